@@ -1,0 +1,181 @@
+//! Diagnostics: one error with a location and a fix, and the collection of
+//! them that `load` / `parse` return.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+
+/// One problem in the config file.
+///
+/// `line` and `column` are 1-based; `column` counts characters, not bytes.
+/// A location of `0:0` means the problem has no place in the text (for
+/// example the file could not be read).
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub fix: String,
+}
+
+/// Every problem found in one config file, in file order.
+///
+/// `Display` prints each diagnostic as
+/// `{path}:{line}:{column}: error: {message}` followed by `  fix: {fix}`.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub path: PathBuf,
+    pub errors: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, diagnostic) in self.errors.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "{}:{}:{}: error: {}\n  fix: {}",
+                self.path.display(),
+                diagnostic.line,
+                diagnostic.column,
+                diagnostic.message,
+                diagnostic.fix
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Turns byte offsets into 1-based line and (character) column.
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let column = text[line_start..offset].chars().count() + 1;
+    (line, column)
+}
+
+pub(crate) fn diagnostic_at(
+    text: &str,
+    span: Range<usize>,
+    message: impl Into<String>,
+    fix: impl Into<String>,
+) -> Diagnostic {
+    let (line, column) = line_column(text, span.start);
+    Diagnostic {
+        line,
+        column,
+        message: message.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Converts a TOML syntax, type or unknown-key error into a diagnostic with a
+/// fix hint. toml's own message is kept; the hint is derived from its shape.
+pub(crate) fn from_toml_error(text: &str, error: &toml::de::Error) -> Diagnostic {
+    let message = error.message().trim().to_string();
+    let fix = toml_error_fix(&message);
+    match error.span() {
+        Some(span) => diagnostic_at(text, span, message, fix),
+        None => Diagnostic {
+            line: 0,
+            column: 0,
+            message,
+            fix,
+        },
+    }
+}
+
+fn toml_error_fix(message: &str) -> String {
+    let quoted = backticked(message);
+    if message.starts_with("unknown field") {
+        let unknown = quoted.first().copied().unwrap_or("");
+        let accepted = quoted.get(1..).unwrap_or(&[]);
+        let mut fix = "remove or rename the key".to_string();
+        if let Some(suggestion) = closest(unknown, accepted) {
+            fix.push_str(&format!(" (did you mean `{suggestion}`?)"));
+        }
+        if !accepted.is_empty() {
+            fix.push_str(&format!("; accepted keys here: {}", accepted.join(", ")));
+        }
+        return fix;
+    }
+    if message.starts_with("missing field") {
+        let field = quoted.first().copied().unwrap_or("the field");
+        return format!("add `{field} = ...` to this table; it is required");
+    }
+    if message.starts_with("unknown variant") {
+        let accepted = quoted.get(1..).unwrap_or(&[]);
+        return format!("use one of: {}", accepted.join(", "));
+    }
+    if message.starts_with("invalid type") {
+        return "change the value to the type named after `expected`".to_string();
+    }
+    if message.starts_with("invalid value") {
+        return "change the value to one in the range named after `expected`".to_string();
+    }
+    if message.contains("duplicate key") {
+        return "remove one of the two definitions of this key".to_string();
+    }
+    "fix the TOML syntax at this position (see https://toml.io/en/v1.0.0)".to_string()
+}
+
+fn backticked(message: &str) -> Vec<&str> {
+    message.split('`').skip(1).step_by(2).collect()
+}
+
+/// The accepted key nearest to `unknown` by edit distance, if it is close.
+fn closest<'a>(unknown: &str, accepted: &[&'a str]) -> Option<&'a str> {
+    accepted
+        .iter()
+        .map(|candidate| (edit_distance(unknown, candidate), *candidate))
+        .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(2))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+fn edit_distance(left: &str, right: &str) -> usize {
+    let right: Vec<char> = right.chars().collect();
+    let mut previous: Vec<usize> = (0..=right.len()).collect();
+    for (i, left_char) in left.chars().enumerate() {
+        let mut current = vec![i + 1; right.len() + 1];
+        for (j, right_char) in right.iter().enumerate() {
+            let substitution = previous[j] + usize::from(left_char != *right_char);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[right.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_column_is_one_based_and_counts_characters() {
+        let text = "a = 1\nbé = \"x\"\n";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 6), (2, 1));
+        // Byte 10 is after "bé " (é is two bytes): column 4.
+        assert_eq!(line_column(text, 10), (2, 4));
+        assert_eq!(line_column(text, 999), (3, 1));
+    }
+
+    #[test]
+    fn closest_key_is_suggested() {
+        assert_eq!(
+            closest("listenn", &["listen", "admin_listen"]),
+            Some("listen")
+        );
+        assert_eq!(closest("zzzzzz", &["listen"]), None);
+    }
+}

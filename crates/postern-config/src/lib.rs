@@ -1,0 +1,287 @@
+//! Postern's configuration: the schema of the one TOML file, its defaults,
+//! and the validation that turns text into a [`Config`] the gateway can trust.
+//!
+//! # What this crate is
+//!
+//! One function, [`parse`], takes the text of the file and either returns a
+//! fully checked [`Config`] or *every* problem it found as [`ConfigErrors`].
+//! [`load`] reads the file first. Each [`Diagnostic`] names a 1-based line and
+//! column and says how to fix the problem, so `postern check` can print them
+//! the way a compiler would:
+//!
+//! ```text
+//! postern.toml:14:11: error: integration `stripe` upstream uses http
+//!   fix: use https, or set `allow_plaintext = true` if the vendor really serves plain HTTP
+//! ```
+//!
+//! Parsing happens in two passes. First the text is deserialized into raw
+//! structs (`raw.rs`) that mirror the file exactly: unknown keys are errors
+//! everywhere, and the values that can be semantically wrong are kept with
+//! their byte span. TOML syntax, type and unknown-key errors stop here (toml
+//! reports one at a time). Then `validate.rs` checks meaning -- names unique,
+//! grants pointing at things that exist, path templates well formed, URLs
+//! safe -- collecting all errors, applying defaults and normalising values
+//! (hex to lowercase, methods to uppercase, relative paths made absolute
+//! against the config file's directory).
+//!
+//! After `parse` succeeds, downstream crates may rely on the invariants
+//! documented on each field; they do not re-validate.
+//!
+//! # What this crate is not
+//!
+//! - It does no network IO: it checks that an upstream URL is well formed,
+//!   never that it resolves or answers. Private-address policy lives in
+//!   `postern-netguard`.
+//! - It does not read secrets. A credential names where its secret comes
+//!   from ([`SecretSource`]); this crate checks that the name is well formed
+//!   and never opens the file or reads the environment variable. No secret
+//!   value can therefore appear in a config error.
+//! - It does not evaluate policy. Grants are data here; `postern-policy`
+//!   decides requests. The optional Cedar `policies` file is only checked to
+//!   exist, not parsed.
+//! - The only file-system access in [`parse`] is that existence check and
+//!   resolving a relative config path against the current directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+mod diagnostic;
+mod path_template;
+mod raw;
+mod validate;
+
+pub use diagnostic::{ConfigErrors, Diagnostic};
+
+/// Default for [`GatewayConfig::events_max_file_bytes`]: 64 MiB.
+pub const DEFAULT_EVENTS_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Default for [`GatewayConfig::events_max_files`].
+pub const DEFAULT_EVENTS_MAX_FILES: u32 = 5;
+/// Default for [`GatewayConfig::max_header_bytes`].
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Default for [`GatewayConfig::shutdown_grace_ms`].
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// Default for [`IntegrationConfig::connect_timeout_ms`].
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Default for [`IntegrationConfig::request_timeout_ms`].
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Default for [`IntegrationConfig::idle_timeout_ms`].
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 90_000;
+/// Default for [`IntegrationConfig::max_request_body_bytes`]: 10 MiB.
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Default for [`IntegrationConfig::max_response_body_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The HTTP methods an operation may declare.
+pub const ALLOWED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// The grant operation that stands for every operation of the integration.
+pub const ALL_OPERATIONS: &str = "*";
+
+/// A validated config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub callers: Vec<CallerConfig>,
+    pub integrations: Vec<IntegrationConfig>,
+    pub grants: Vec<GrantConfig>,
+    /// The path the config was loaded from, as given to [`load`] / [`parse`].
+    pub source_path: PathBuf,
+}
+
+impl Config {
+    /// The integration called `name`, if any.
+    pub fn integration(&self, name: &str) -> Option<&IntegrationConfig> {
+        self.integrations
+            .iter()
+            .find(|integration| integration.name == name)
+    }
+
+    /// The caller called `name`, if any.
+    pub fn caller(&self, name: &str) -> Option<&CallerConfig> {
+        self.callers.iter().find(|caller| caller.name == name)
+    }
+}
+
+/// `[gateway]`: how the gateway itself listens and stores data.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Data-plane listener (callers connect here).
+    pub listen: SocketAddr,
+    /// Admin API listener; differs from `listen`.
+    pub admin_listen: SocketAddr,
+    /// Absolute: relative paths are resolved against the config file's directory.
+    pub data_dir: PathBuf,
+    /// TLS certificate chain (PEM) for `listen`. Set together with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for `listen`. Set together with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle for verifying client certificates (mTLS). Requires `tls_cert`.
+    pub client_ca: Option<PathBuf>,
+    /// SHA-256 of the admin API bearer token: 64 lowercase hex characters.
+    pub admin_token_sha256: Option<String>,
+    /// Optional Cedar file with extra conditions. Absolute; known to exist at parse time.
+    pub policies: Option<PathBuf>,
+    /// Rotate the event log after this many bytes. At least 4096.
+    pub events_max_file_bytes: u64,
+    /// Rotated event-log files kept. At least 1.
+    pub events_max_files: u32,
+    /// Largest accepted request head. 1024 ..= 1 MiB.
+    pub max_header_bytes: usize,
+    /// How long in-flight calls may finish after a shutdown signal.
+    pub shutdown_grace_ms: u64,
+}
+
+/// `[[callers]]`: a workload that may call integrations.
+#[derive(Debug, Clone)]
+pub struct CallerConfig {
+    /// Unique among callers.
+    pub name: String,
+    /// SHA-256 of the caller's bearer token: 64 lowercase hex characters.
+    /// Unique among callers.
+    pub token_sha256: Option<String>,
+    /// `spiffe://trust-domain/path`, matched against the client certificate.
+    /// Unique among callers. At least one of `token_sha256` and `spiffe_id` is set.
+    pub spiffe_id: Option<String>,
+}
+
+/// `[[integrations]]`: one third-party API and what may be called on it.
+#[derive(Debug, Clone)]
+pub struct IntegrationConfig {
+    /// `[a-z0-9][a-z0-9_-]{0,62}`: the first path segment of calls. Unique.
+    pub name: String,
+    pub vendor: String,
+    pub owner: String,
+    pub purpose: Option<String>,
+    /// An http(s) URL when set.
+    pub docs_url: Option<String>,
+    /// https (or http with `allow_plaintext`), with a host, without query,
+    /// fragment or userinfo. `path()` is `/` or a prefix without trailing `/`.
+    pub upstream: url::Url,
+    pub credential: Option<CredentialConfig>,
+    pub rate_limit: Option<RateLimitConfig>,
+    /// At least one; ids unique; (method, path shape) pairs unique.
+    pub operations: Vec<OperationConfig>,
+    /// Private networks this upstream may resolve to. A bare address is a host network.
+    pub allow_private_networks: Vec<ipnet::IpNet>,
+    pub allow_plaintext: bool,
+    /// Extra CA bundle (PEM) for the upstream. Absolute.
+    pub ca_file: Option<PathBuf>,
+    /// Greater than zero.
+    pub connect_timeout_ms: u64,
+    /// Until response headers. Greater than zero.
+    pub request_timeout_ms: u64,
+    /// How long a pooled upstream connection may sit idle. Greater than zero.
+    pub idle_timeout_ms: u64,
+    pub max_request_body_bytes: u64,
+    pub max_response_body_bytes: u64,
+}
+
+/// How the gateway authenticates to the upstream. Names the secret; never holds it.
+#[derive(Debug, Clone)]
+pub struct CredentialConfig {
+    pub kind: CredentialKind,
+    pub source: SecretSource,
+    /// TOML key `name`: set exactly when `kind` is `Header`; a valid HTTP header name.
+    pub header_name: Option<String>,
+    /// TOML key `param`: set exactly when `kind` is `Query`.
+    pub query_param: Option<String>,
+    /// Only for `Basic`. When set the secret is the password; otherwise the
+    /// secret is `user:password`. Contains no ':'.
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// `Authorization: Bearer <secret>`
+    Bearer,
+    /// `Authorization: Basic base64(<user:password>)`
+    Basic,
+    /// `<name>: <secret>`
+    Header,
+    /// `?<param>=<secret>`
+    Query,
+}
+
+/// Where a secret is read from at runtime (by the gateway, not this crate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// TOML key `from_env`: an environment variable name.
+    Env(String),
+    /// TOML key `from_file`: an absolute path (resolved like other paths).
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitConfig {
+    /// At least 1.
+    pub requests_per_second: u32,
+    /// At least 1.
+    pub burst: u32,
+}
+
+/// One allowed call shape on an integration.
+#[derive(Debug, Clone)]
+pub struct OperationConfig {
+    /// Unique within the integration; never `*`.
+    pub id: String,
+    /// Uppercase; one of [`ALLOWED_METHODS`].
+    pub method: String,
+    /// A path template such as `/v1/charges/{id}`.
+    pub path: String,
+}
+
+/// `[[grants]]`: a caller may call these operations of an integration.
+#[derive(Debug, Clone)]
+pub struct GrantConfig {
+    /// Names an existing caller.
+    pub caller: String,
+    /// Names an existing integration.
+    pub integration: String,
+    /// Existing operation ids of the integration, or exactly `["*"]` for all.
+    pub operations: Vec<String>,
+}
+
+impl GrantConfig {
+    /// Whether this grant covers operation `id`.
+    pub fn allows_operation(&self, id: &str) -> bool {
+        self.operations
+            .iter()
+            .any(|operation| operation == ALL_OPERATIONS || operation == id)
+    }
+}
+
+/// Reads and parses the config file at `path`.
+///
+/// A read failure is reported as a single diagnostic at line 0, column 0.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, path),
+        Err(error) => Err(ConfigErrors {
+            path: path.to_path_buf(),
+            errors: vec![Diagnostic {
+                line: 0,
+                column: 0,
+                message: format!("cannot read config file {}: {error}", path.display()),
+                fix: "check that the path is right and the file is readable".to_string(),
+            }],
+        }),
+    }
+}
+
+/// Parses and validates config `text`.
+///
+/// `path` names the file in messages; its parent directory is the base for
+/// relative paths in the config (itself resolved against the current
+/// directory if relative).
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let raw: raw::RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(error) => {
+            return Err(ConfigErrors {
+                path: path.to_path_buf(),
+                errors: vec![diagnostic::from_toml_error(text, &error)],
+            })
+        }
+    };
+    validate::validate(raw, text, path)
+}

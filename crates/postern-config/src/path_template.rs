@@ -1,0 +1,159 @@
+//! Operation path templates such as `/v1/charges/{id}` or
+//! `/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`.
+//!
+//! This module only checks that a template is well formed; matching request
+//! paths against templates is the gateway's job.
+
+/// Why a path template was rejected: what is wrong and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TemplateError {
+    pub message: String,
+    pub fix: String,
+}
+
+fn reject(message: impl Into<String>, fix: impl Into<String>) -> Result<String, TemplateError> {
+    Err(TemplateError {
+        message: message.into(),
+        fix: fix.into(),
+    })
+}
+
+/// Checks `template` and returns its *shape*: the template with every
+/// placeholder name erased (`/v1/charges/{}`). Two templates with the same
+/// shape match the same request paths.
+pub(crate) fn check_path_template(template: &str) -> Result<String, TemplateError> {
+    if !template.starts_with('/') {
+        return reject(
+            format!("path `{template}` does not start with '/'"),
+            format!("write it as `/{template}`"),
+        );
+    }
+    let mut shape = String::with_capacity(template.len());
+    let mut names: Vec<&str> = Vec::new();
+    let mut previous_was_placeholder = false;
+    let mut rest = template;
+    while let Some(character) = rest.chars().next() {
+        match character {
+            '?' | '#' => {
+                return reject(
+                    format!("path `{template}` contains '{character}'"),
+                    "remove the query string or fragment; operations match the path only",
+                );
+            }
+            '}' => {
+                return reject(
+                    format!("path `{template}` has a '}}' without a matching '{{'"),
+                    "write placeholders as `{name}`",
+                );
+            }
+            '{' => {
+                if previous_was_placeholder {
+                    return reject(
+                        format!("path `{template}` has two placeholders next to each other"),
+                        "separate placeholders with '/' or fixed text, e.g. `{a}.{b}`; \
+                         adjacent placeholders cannot be told apart",
+                    );
+                }
+                let Some(end) = rest.find('}') else {
+                    return reject(
+                        format!("path `{template}` has a '{{' without a matching '}}'"),
+                        "close the placeholder with '}'",
+                    );
+                };
+                let name = &rest[1..end];
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return reject(
+                        format!("path `{template}` has an invalid placeholder `{{{name}}}`"),
+                        "name placeholders with letters, digits and '_' only, e.g. `{id}`",
+                    );
+                }
+                if names.contains(&name) {
+                    return reject(
+                        format!("path `{template}` uses placeholder `{{{name}}}` twice"),
+                        "give each placeholder in a path a different name",
+                    );
+                }
+                names.push(name);
+                shape.push_str("{}");
+                previous_was_placeholder = true;
+                rest = &rest[end + 1..];
+                continue;
+            }
+            c if c.is_whitespace() || c.is_control() => {
+                return reject(
+                    format!("path `{template}` contains whitespace or a control character"),
+                    "percent-encode it (e.g. %20) or remove it",
+                );
+            }
+            _ => {
+                shape.push(character);
+                previous_was_placeholder = false;
+            }
+        }
+        rest = &rest[character.len_utf8()..];
+    }
+    Ok(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_path_template;
+
+    fn check(template: &str, expect: &str) {
+        let actual = match check_path_template(template) {
+            Ok(shape) => format!("ok {shape}"),
+            Err(error) => format!("error {}", error.message),
+        };
+        assert_eq!(actual, expect, "template {template:?}");
+    }
+
+    #[test]
+    fn templates() {
+        check("/v1/charges", "ok /v1/charges");
+        check("/v1/charges/{id}", "ok /v1/charges/{}");
+        check(
+            "/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json",
+            "ok /2010-04-01/Accounts/{}/Messages/{}.json",
+        );
+        check("/a/{x}.{y}", "ok /a/{}.{}");
+        check("/", "ok /");
+        check(
+            "v1/charges",
+            "error path `v1/charges` does not start with '/'",
+        );
+        check(
+            "/v1/{a}{b}",
+            "error path `/v1/{a}{b}` has two placeholders next to each other",
+        );
+        check(
+            "/v1/{id",
+            "error path `/v1/{id` has a '{' without a matching '}'",
+        );
+        check(
+            "/v1/id}",
+            "error path `/v1/id}` has a '}' without a matching '{'",
+        );
+        check(
+            "/v1/{}",
+            "error path `/v1/{}` has an invalid placeholder `{}`",
+        );
+        check(
+            "/v1/{a-b}",
+            "error path `/v1/{a-b}` has an invalid placeholder `{a-b}`",
+        );
+        check(
+            "/v1/{a/b}",
+            "error path `/v1/{a/b}` has an invalid placeholder `{a/b}`",
+        );
+        check(
+            "/v1/{a}/{a}",
+            "error path `/v1/{a}/{a}` uses placeholder `{a}` twice",
+        );
+        check("/v1?x=1", "error path `/v1?x=1` contains '?'");
+        check("/v1#top", "error path `/v1#top` contains '#'");
+        check(
+            "/v1/a b",
+            "error path `/v1/a b` contains whitespace or a control character",
+        );
+    }
+}

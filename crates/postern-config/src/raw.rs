@@ -1,0 +1,133 @@
+//! The file as written: serde structs that mirror the TOML exactly.
+//!
+//! Every struct denies unknown fields. Values that semantic validation may
+//! complain about are wrapped in [`Spanned`] so the complaint can point at
+//! the offending value. Nothing here has defaults applied or is checked
+//! beyond its TOML type; `validate` turns these into the public types.
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub gateway: Spanned<RawGateway>,
+    #[serde(default)]
+    pub callers: Vec<Spanned<RawCaller>>,
+    #[serde(default)]
+    pub integrations: Vec<Spanned<RawIntegration>>,
+    #[serde(default)]
+    pub grants: Vec<Spanned<RawGrant>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGateway {
+    pub listen: Spanned<String>,
+    pub admin_listen: Spanned<String>,
+    pub data_dir: Spanned<String>,
+    #[serde(default)]
+    pub tls_cert: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tls_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub client_ca: Option<Spanned<String>>,
+    #[serde(default)]
+    pub admin_token_sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    pub policies: Option<Spanned<String>>,
+    #[serde(default)]
+    pub events_max_file_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub events_max_files: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub max_header_bytes: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCaller {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub token_sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    pub spiffe_id: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIntegration {
+    pub name: Spanned<String>,
+    pub vendor: Spanned<String>,
+    pub owner: Spanned<String>,
+    #[serde(default)]
+    pub purpose: Option<String>,
+    #[serde(default)]
+    pub docs_url: Option<Spanned<String>>,
+    pub upstream: Spanned<String>,
+    #[serde(default)]
+    pub credential: Option<Spanned<RawCredential>>,
+    #[serde(default)]
+    pub rate_limit: Option<RawRateLimit>,
+    pub operations: Spanned<Vec<RawOperation>>,
+    #[serde(default)]
+    pub allow_private_networks: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub allow_plaintext: Option<bool>,
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub request_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub idle_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub max_request_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub max_response_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCredential {
+    pub kind: Spanned<String>,
+    #[serde(default)]
+    pub from_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub from_file: Option<Spanned<String>>,
+    /// Header name, for `kind = "header"`.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// Query parameter name, for `kind = "query"`.
+    #[serde(default)]
+    pub param: Option<Spanned<String>>,
+    /// Fixed user name, for `kind = "basic"`.
+    #[serde(default)]
+    pub username: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub requests_per_second: Spanned<u32>,
+    pub burst: Spanned<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOperation {
+    pub id: Spanned<String>,
+    pub method: Spanned<String>,
+    pub path: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGrant {
+    pub caller: Spanned<String>,
+    pub integration: Spanned<String>,
+    pub operations: Spanned<Vec<Spanned<String>>>,
+}

@@ -1,0 +1,944 @@
+//! Semantic validation: raw structs in, public types out.
+//!
+//! Every check records a diagnostic and carries on with a placeholder value,
+//! so one run reports all problems. Messages never repeat a value that could
+//! be a secret (a token pasted where its hash belongs, a password in a URL).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use serde_spanned::Spanned;
+
+use crate::diagnostic::{diagnostic_at, line_column, ConfigErrors, Diagnostic};
+use crate::path_template::check_path_template;
+use crate::raw::{
+    RawCaller, RawConfig, RawCredential, RawGateway, RawGrant, RawIntegration, RawOperation,
+    RawRateLimit,
+};
+use crate::*;
+
+const MIN_EVENTS_MAX_FILE_BYTES: u64 = 4096;
+const MIN_MAX_HEADER_BYTES: usize = 1024;
+const MAX_MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// Headers the gateway owns; a credential may not set them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let mut validator = Validator {
+        text,
+        base_dir: base_dir(path),
+        errors: Vec::new(),
+    };
+    let gateway = validator.gateway(raw.gateway.into_inner());
+    let callers = validator.callers(raw.callers);
+    let integrations = validator.integrations(raw.integrations);
+    let grants = validator.grants(raw.grants, &callers, &integrations);
+    if validator.errors.is_empty() {
+        Ok(Config {
+            gateway,
+            callers,
+            integrations,
+            grants,
+            source_path: path.to_path_buf(),
+        })
+    } else {
+        let mut errors = validator.errors;
+        errors.sort_by_key(|diagnostic| (diagnostic.line, diagnostic.column));
+        Err(ConfigErrors {
+            path: path.to_path_buf(),
+            errors,
+        })
+    }
+}
+
+/// The directory relative paths are resolved against: the config file's
+/// parent, made absolute against the current directory.
+fn base_dir(config_path: &Path) -> PathBuf {
+    let parent = config_path.parent().unwrap_or(Path::new(""));
+    if parent.is_absolute() {
+        return parent.to_path_buf();
+    }
+    match std::env::current_dir() {
+        Ok(current) => without_dot_components(&current.join(parent)),
+        Err(_) => parent.to_path_buf(),
+    }
+}
+
+fn without_dot_components(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|component| !matches!(component, Component::CurDir))
+        .collect()
+}
+
+struct Validator<'t> {
+    text: &'t str,
+    base_dir: PathBuf,
+    errors: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>, fix: impl Into<String>) {
+        self.errors
+            .push(diagnostic_at(self.text, span, message, fix));
+    }
+
+    fn line_of(&self, span: Range<usize>) -> usize {
+        line_column(self.text, span.start).0
+    }
+
+    fn resolve_path(&mut self, value: &Spanned<String>, key: &str) -> PathBuf {
+        if value.get_ref().trim().is_empty() {
+            self.error(
+                value.span(),
+                format!("`{key}` is empty"),
+                format!("set `{key}` to a file path, or remove the key"),
+            );
+            return PathBuf::new();
+        }
+        let path = Path::new(value.get_ref());
+        if path.is_absolute() {
+            without_dot_components(path)
+        } else {
+            without_dot_components(&self.base_dir.join(path))
+        }
+    }
+
+    fn socket_addr(&mut self, value: &Spanned<String>, key: &str) -> SocketAddr {
+        match value.get_ref().parse::<SocketAddr>() {
+            Ok(address) => address,
+            Err(_) => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "`{key}` = \"{}\" is not an IP address and port",
+                        value.get_ref()
+                    ),
+                    "write it as \"127.0.0.1:8080\" or \"[::1]:8080\"; host names are not accepted",
+                );
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            }
+        }
+    }
+
+    /// A SHA-256 digest as 64 hex characters, normalised to lowercase.
+    fn sha256_hex(&mut self, value: &Spanned<String>, key: &str) -> String {
+        let digest = value.get_ref().trim().to_ascii_lowercase();
+        let is_digest = digest.len() == 64 && hex::decode(&digest).is_ok();
+        if !is_digest {
+            // The value is not echoed: it may be the token itself.
+            self.error(
+                value.span(),
+                format!(
+                    "`{key}` must be a SHA-256 digest: 64 hex characters (got {} characters)",
+                    value.get_ref().chars().count()
+                ),
+                "put the hash of the token here, never the token: \
+                 `printf %s \"$TOKEN\" | sha256sum`",
+            );
+        }
+        digest
+    }
+
+    fn at_least<T: Copy + PartialOrd + std::fmt::Display>(
+        &mut self,
+        value: &Spanned<T>,
+        key: &str,
+        minimum: T,
+    ) -> T {
+        let number = *value.get_ref();
+        if number < minimum {
+            self.error(
+                value.span(),
+                format!("`{key}` = {number} is too small; the minimum is {minimum}"),
+                format!("set `{key}` to {minimum} or more"),
+            );
+        }
+        number
+    }
+
+    fn non_empty_text(&mut self, value: &Spanned<String>, key: &str, what: &str) -> String {
+        if value.get_ref().trim().is_empty() {
+            self.error(
+                value.span(),
+                format!("`{key}` is empty"),
+                format!("set `{key}` to {what}"),
+            );
+        }
+        value.get_ref().clone()
+    }
+
+    fn gateway(&mut self, raw: RawGateway) -> GatewayConfig {
+        let listen = self.socket_addr(&raw.listen, "listen");
+        let admin_listen = self.socket_addr(&raw.admin_listen, "admin_listen");
+        if listen == admin_listen && listen.port() != 0 {
+            self.error(
+                raw.admin_listen.span(),
+                format!("`admin_listen` is the same address as `listen` ({listen})"),
+                "give the admin API its own port, e.g. \"127.0.0.1:9090\"",
+            );
+        }
+        let data_dir = self.resolve_path(&raw.data_dir, "data_dir");
+        let tls_cert = raw
+            .tls_cert
+            .as_ref()
+            .map(|v| self.resolve_path(v, "tls_cert"));
+        let tls_key = raw
+            .tls_key
+            .as_ref()
+            .map(|v| self.resolve_path(v, "tls_key"));
+        let client_ca = raw
+            .client_ca
+            .as_ref()
+            .map(|v| self.resolve_path(v, "client_ca"));
+        match (&raw.tls_cert, &raw.tls_key) {
+            (Some(cert), None) => self.error(
+                cert.span(),
+                "`tls_cert` is set but `tls_key` is not",
+                "add `tls_key = \"path/to/key.pem\"`, or remove `tls_cert` to listen without TLS",
+            ),
+            (None, Some(key)) => self.error(
+                key.span(),
+                "`tls_key` is set but `tls_cert` is not",
+                "add `tls_cert = \"path/to/cert.pem\"`, or remove `tls_key` to listen without TLS",
+            ),
+            _ => {}
+        }
+        if let (Some(client_ca), None) = (&raw.client_ca, &raw.tls_cert) {
+            self.error(
+                client_ca.span(),
+                "`client_ca` requires TLS, but `tls_cert` is not set",
+                "add `tls_cert` and `tls_key`, or remove `client_ca`",
+            );
+        }
+        let admin_token_sha256 = raw
+            .admin_token_sha256
+            .as_ref()
+            .map(|v| self.sha256_hex(v, "admin_token_sha256"));
+        let policies = raw.policies.as_ref().map(|value| {
+            let path = self.resolve_path(value, "policies");
+            if !path.as_os_str().is_empty() && !path.is_file() {
+                self.error(
+                    value.span(),
+                    format!("policies file {} does not exist", path.display()),
+                    "create the Cedar file, fix the path (relative paths start at the \
+                     config file's directory), or remove `policies`",
+                );
+            }
+            path
+        });
+        let events_max_file_bytes = match &raw.events_max_file_bytes {
+            Some(value) => self.at_least(value, "events_max_file_bytes", MIN_EVENTS_MAX_FILE_BYTES),
+            None => DEFAULT_EVENTS_MAX_FILE_BYTES,
+        };
+        let events_max_files = match &raw.events_max_files {
+            Some(value) => self.at_least(value, "events_max_files", 1),
+            None => DEFAULT_EVENTS_MAX_FILES,
+        };
+        let max_header_bytes = match &raw.max_header_bytes {
+            Some(value) => {
+                let bytes = *value.get_ref();
+                if !(MIN_MAX_HEADER_BYTES..=MAX_MAX_HEADER_BYTES).contains(&bytes) {
+                    self.error(
+                        value.span(),
+                        format!(
+                            "`max_header_bytes` = {bytes} is out of range \
+                             {MIN_MAX_HEADER_BYTES}..={MAX_MAX_HEADER_BYTES}"
+                        ),
+                        format!(
+                            "use a value from {MIN_MAX_HEADER_BYTES} to {MAX_MAX_HEADER_BYTES}, \
+                             or remove the key for the default {DEFAULT_MAX_HEADER_BYTES}"
+                        ),
+                    );
+                }
+                bytes
+            }
+            None => DEFAULT_MAX_HEADER_BYTES,
+        };
+        GatewayConfig {
+            listen,
+            admin_listen,
+            data_dir,
+            tls_cert,
+            tls_key,
+            client_ca,
+            admin_token_sha256,
+            policies,
+            events_max_file_bytes,
+            events_max_files,
+            max_header_bytes,
+            shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
+        }
+    }
+
+    fn callers(&mut self, raw_callers: Vec<Spanned<RawCaller>>) -> Vec<CallerConfig> {
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut tokens: HashMap<String, String> = HashMap::new();
+        let mut spiffe_ids: HashMap<String, String> = HashMap::new();
+        let mut callers = Vec::with_capacity(raw_callers.len());
+        for raw in raw_callers {
+            let raw = raw.into_inner();
+            let name = raw.name.get_ref().clone();
+            if !is_identifier(&name) {
+                self.error(
+                    raw.name.span(),
+                    format!("caller name `{name}` is not a valid name"),
+                    "use 1 to 64 letters, digits, '_', '-' or '.', starting with a letter or digit",
+                );
+            }
+            if let Some(first_line) = names.get(&name) {
+                self.error(
+                    raw.name.span(),
+                    format!("caller `{name}` is defined twice (first on line {first_line})"),
+                    "rename one of the callers or merge them",
+                );
+            } else {
+                names.insert(name.clone(), self.line_of(raw.name.span()));
+            }
+            if raw.token_sha256.is_none() && raw.spiffe_id.is_none() {
+                self.error(
+                    raw.name.span(),
+                    format!("caller `{name}` has no way to authenticate"),
+                    "add `token_sha256 = \"<sha256 of the token>\"` or \
+                     `spiffe_id = \"spiffe://trust-domain/workload\"`",
+                );
+            }
+            let token_sha256 = raw.token_sha256.as_ref().map(|value| {
+                let digest = self.sha256_hex(value, "token_sha256");
+                if let Some(other) = tokens.get(&digest) {
+                    self.error(
+                        value.span(),
+                        format!("caller `{name}` has the same token_sha256 as caller `{other}`"),
+                        "give every caller its own token",
+                    );
+                } else {
+                    tokens.insert(digest.clone(), name.clone());
+                }
+                digest
+            });
+            let spiffe_id = raw.spiffe_id.as_ref().map(|value| {
+                let id = value.get_ref().clone();
+                if let Err((message, fix)) = check_spiffe_id(&id) {
+                    self.error(value.span(), message, fix);
+                }
+                if let Some(other) = spiffe_ids.get(&id) {
+                    self.error(
+                        value.span(),
+                        format!("caller `{name}` has the same spiffe_id as caller `{other}`"),
+                        "give every caller its own SPIFFE ID",
+                    );
+                } else {
+                    spiffe_ids.insert(id.clone(), name.clone());
+                }
+                id
+            });
+            callers.push(CallerConfig {
+                name,
+                token_sha256,
+                spiffe_id,
+            });
+        }
+        callers
+    }
+
+    fn integrations(
+        &mut self,
+        raw_integrations: Vec<Spanned<RawIntegration>>,
+    ) -> Vec<IntegrationConfig> {
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut integrations = Vec::with_capacity(raw_integrations.len());
+        for raw in raw_integrations {
+            let raw = raw.into_inner();
+            let name = raw.name.get_ref().clone();
+            if !is_integration_name(&name) {
+                self.error(
+                    raw.name.span(),
+                    format!("integration name `{name}` is not valid"),
+                    "use 1 to 63 lowercase letters, digits, '_' or '-', starting with a letter \
+                     or digit: the name is the first path segment of calls",
+                );
+            }
+            if let Some(first_line) = names.get(&name) {
+                self.error(
+                    raw.name.span(),
+                    format!("integration `{name}` is defined twice (first on line {first_line})"),
+                    "rename one of the integrations or merge them",
+                );
+            } else {
+                names.insert(name.clone(), self.line_of(raw.name.span()));
+            }
+            integrations.push(self.integration(name, raw));
+        }
+        integrations
+    }
+
+    fn integration(&mut self, name: String, raw: RawIntegration) -> IntegrationConfig {
+        let vendor = self.non_empty_text(&raw.vendor, "vendor", "the company behind the API");
+        let owner = self.non_empty_text(&raw.owner, "owner", "the team or person responsible");
+        let docs_url = raw.docs_url.as_ref().map(|value| {
+            let is_web_url = url::Url::parse(value.get_ref())
+                .map(|url| matches!(url.scheme(), "http" | "https"))
+                .unwrap_or(false);
+            if !is_web_url {
+                self.error(
+                    value.span(),
+                    format!("`docs_url` = \"{}\" is not an http(s) URL", value.get_ref()),
+                    "write a full URL such as \"https://docs.example.com/api\"",
+                );
+            }
+            value.get_ref().clone()
+        });
+        let allow_plaintext = raw.allow_plaintext.unwrap_or(false);
+        let upstream = self.upstream(&raw.upstream, allow_plaintext);
+        let credential = raw
+            .credential
+            .as_ref()
+            .map(|credential| self.credential(credential));
+        let rate_limit = raw.rate_limit.as_ref().map(|limit| self.rate_limit(limit));
+        let operations = self.operations(&name, &raw.operations);
+        let allow_private_networks = raw
+            .allow_private_networks
+            .iter()
+            .filter_map(|value| self.ip_network(value))
+            .collect();
+        let ca_file = raw
+            .ca_file
+            .as_ref()
+            .map(|v| self.resolve_path(v, "ca_file"));
+        let connect_timeout_ms = self.timeout(
+            &raw.connect_timeout_ms,
+            "connect_timeout_ms",
+            DEFAULT_CONNECT_TIMEOUT_MS,
+        );
+        let request_timeout_ms = self.timeout(
+            &raw.request_timeout_ms,
+            "request_timeout_ms",
+            DEFAULT_REQUEST_TIMEOUT_MS,
+        );
+        let idle_timeout_ms = self.timeout(
+            &raw.idle_timeout_ms,
+            "idle_timeout_ms",
+            DEFAULT_IDLE_TIMEOUT_MS,
+        );
+        IntegrationConfig {
+            name,
+            vendor,
+            owner,
+            purpose: raw.purpose,
+            docs_url,
+            upstream,
+            credential,
+            rate_limit,
+            operations,
+            allow_private_networks,
+            allow_plaintext,
+            ca_file,
+            connect_timeout_ms,
+            request_timeout_ms,
+            idle_timeout_ms,
+            max_request_body_bytes: raw
+                .max_request_body_bytes
+                .unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES),
+            max_response_body_bytes: raw
+                .max_response_body_bytes
+                .unwrap_or(DEFAULT_MAX_RESPONSE_BODY_BYTES),
+        }
+    }
+
+    fn timeout(&mut self, value: &Option<Spanned<u64>>, key: &str, default: u64) -> u64 {
+        match value {
+            Some(value) if *value.get_ref() == 0 => {
+                self.error(
+                    value.span(),
+                    format!("`{key}` is 0; a timeout must be greater than zero"),
+                    format!("set `{key}` to a number of milliseconds, or remove it for the default {default}"),
+                );
+                default
+            }
+            Some(value) => *value.get_ref(),
+            None => default,
+        }
+    }
+
+    /// Never echoes the URL: it may carry a password.
+    fn upstream(&mut self, value: &Spanned<String>, allow_plaintext: bool) -> url::Url {
+        let placeholder = || url::Url::parse("https://invalid.invalid/").expect("valid URL");
+        let mut upstream = match url::Url::parse(value.get_ref()) {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                self.error(
+                    value.span(),
+                    format!("`upstream` is not a valid absolute URL: {error}"),
+                    "write it as \"https://api.example.com\" (a path prefix is allowed)",
+                );
+                return placeholder();
+            }
+        };
+        let span = value.span();
+        match upstream.scheme() {
+            "https" => {}
+            "http" if allow_plaintext => {}
+            "http" => self.error(
+                span.clone(),
+                "`upstream` uses plain http, which sends the credential unencrypted",
+                "use https, or set `allow_plaintext = true` if the upstream really only speaks HTTP",
+            ),
+            scheme => self.error(
+                span.clone(),
+                format!("`upstream` has scheme `{scheme}`; only https (and http) are supported"),
+                "write it as \"https://api.example.com\"",
+            ),
+        }
+        if upstream.host_str().map_or(true, str::is_empty) {
+            self.error(
+                span.clone(),
+                "`upstream` has no host",
+                "write it as \"https://api.example.com\"",
+            );
+        }
+        if !upstream.username().is_empty() || upstream.password().is_some() {
+            self.error(
+                span.clone(),
+                "`upstream` contains a user name or password",
+                "remove `user:password@` from the URL and configure `credential` instead",
+            );
+        }
+        if upstream.query().is_some() {
+            self.error(
+                span.clone(),
+                "`upstream` has a query string",
+                "remove `?...`; use `credential = { kind = \"query\", ... }` for API keys in the query",
+            );
+        }
+        if upstream.fragment().is_some() {
+            self.error(
+                span,
+                "`upstream` has a fragment",
+                "remove `#...` from the URL",
+            );
+        }
+        let trimmed = upstream.path().trim_end_matches('/').to_string();
+        upstream.set_path(if trimmed.is_empty() { "/" } else { &trimmed });
+        upstream
+    }
+
+    fn credential(&mut self, table: &Spanned<RawCredential>) -> CredentialConfig {
+        let raw = table.get_ref();
+        let kind = match raw.kind.get_ref().as_str() {
+            "bearer" => Some(CredentialKind::Bearer),
+            "basic" => Some(CredentialKind::Basic),
+            "header" => Some(CredentialKind::Header),
+            "query" => Some(CredentialKind::Query),
+            other => {
+                self.error(
+                    raw.kind.span(),
+                    format!("credential kind `{other}` is not known"),
+                    "use one of: \"bearer\", \"basic\", \"header\" (with `name`), \"query\" (with `param`)",
+                );
+                None
+            }
+        };
+        let source = match (&raw.from_env, &raw.from_file) {
+            (Some(_), Some(file)) => {
+                self.error(
+                    file.span(),
+                    "credential has both `from_env` and `from_file`",
+                    "keep exactly one of `from_env` and `from_file`",
+                );
+                SecretSource::File(PathBuf::new())
+            }
+            (Some(variable), None) => {
+                let name = variable.get_ref();
+                if name.is_empty()
+                    || name.contains(['=', '\0'])
+                    || name.contains(char::is_whitespace)
+                {
+                    self.error(
+                        variable.span(),
+                        "`from_env` is not a valid environment variable name",
+                        "name the variable that holds the secret, e.g. `from_env = \"STRIPE_KEY\"`",
+                    );
+                }
+                SecretSource::Env(name.clone())
+            }
+            (None, Some(file)) => SecretSource::File(self.resolve_path(file, "from_file")),
+            (None, None) => {
+                self.error(
+                    table.span(),
+                    "credential does not say where its secret comes from",
+                    "add `from_env = \"VARIABLE\"` or `from_file = \"path/to/secret\"`",
+                );
+                SecretSource::Env(String::new())
+            }
+        };
+        let header_name = self.kind_specific(
+            kind,
+            CredentialKind::Header,
+            &raw.name,
+            &raw.kind,
+            "name",
+            "the header name, e.g. `name = \"X-Api-Key\"`",
+        );
+        if let Some(header) = &raw.name {
+            if kind == Some(CredentialKind::Header) {
+                self.check_header_name(header);
+            }
+        }
+        let query_param = self.kind_specific(
+            kind,
+            CredentialKind::Query,
+            &raw.param,
+            &raw.kind,
+            "param",
+            "the query parameter name, e.g. `param = \"api_key\"`",
+        );
+        if let Some(param) = &raw.param {
+            let valid = !param.get_ref().is_empty()
+                && param
+                    .get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._~[]".contains(c));
+            if kind == Some(CredentialKind::Query) && !valid {
+                self.error(
+                    param.span(),
+                    format!(
+                        "`param` = \"{}\" is not a valid query parameter name",
+                        param.get_ref()
+                    ),
+                    "use letters, digits and '-', '.', '_', '~', '[', ']' only",
+                );
+            }
+        }
+        let username = raw.username.as_ref().map(|username| {
+            if kind.is_some() && kind != Some(CredentialKind::Basic) {
+                self.error(
+                    username.span(),
+                    "`username` is only used with kind = \"basic\"",
+                    "remove `username`, or set kind = \"basic\"",
+                );
+            } else if username.get_ref().is_empty() || username.get_ref().contains(':') {
+                self.error(
+                    username.span(),
+                    "`username` is empty or contains ':'",
+                    "use the user name alone; the secret is then the password",
+                );
+            }
+            username.get_ref().clone()
+        });
+        CredentialConfig {
+            kind: kind.unwrap_or(CredentialKind::Bearer),
+            source,
+            header_name,
+            query_param,
+            username,
+        }
+    }
+
+    /// A credential key that is required for one kind and refused for the others.
+    fn kind_specific(
+        &mut self,
+        kind: Option<CredentialKind>,
+        owning_kind: CredentialKind,
+        value: &Option<Spanned<String>>,
+        kind_value: &Spanned<String>,
+        key: &str,
+        what: &str,
+    ) -> Option<String> {
+        let Some(kind) = kind else {
+            return value.as_ref().map(|value| value.get_ref().clone());
+        };
+        let owning_name = format!("{owning_kind:?}").to_ascii_lowercase();
+        match value {
+            Some(value) if kind != owning_kind => {
+                self.error(
+                    value.span(),
+                    format!("`{key}` is only used with kind = \"{owning_name}\""),
+                    format!("remove `{key}`, or set kind = \"{owning_name}\""),
+                );
+                None
+            }
+            Some(value) => Some(value.get_ref().clone()),
+            None if kind == owning_kind => {
+                self.error(
+                    kind_value.span(),
+                    format!("credential kind \"{owning_name}\" needs `{key}`"),
+                    format!("add {what}"),
+                );
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn check_header_name(&mut self, header: &Spanned<String>) {
+        let name = header.get_ref();
+        let is_token = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+        if !is_token {
+            self.error(
+                header.span(),
+                format!("`name` = \"{name}\" is not a valid HTTP header name"),
+                "use letters, digits and '-' only, e.g. \"X-Api-Key\"",
+            );
+        } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            self.error(
+                header.span(),
+                format!("header `{name}` is managed by the gateway and cannot carry a credential"),
+                "use the header the vendor documents for API keys, e.g. \"X-Api-Key\"",
+            );
+        }
+    }
+
+    fn rate_limit(&mut self, raw: &RawRateLimit) -> RateLimitConfig {
+        RateLimitConfig {
+            requests_per_second: self.at_least(&raw.requests_per_second, "requests_per_second", 1),
+            burst: self.at_least(&raw.burst, "burst", 1),
+        }
+    }
+
+    fn operations(
+        &mut self,
+        integration: &str,
+        raw: &Spanned<Vec<RawOperation>>,
+    ) -> Vec<OperationConfig> {
+        if raw.get_ref().is_empty() {
+            self.error(
+                raw.span(),
+                format!("integration `{integration}` has no operations"),
+                "list at least one: `operations = [{ id = \"get_thing\", method = \"GET\", \
+                 path = \"/v1/things/{id}\" }]`",
+            );
+        }
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut shapes: HashMap<(String, String), (String, usize)> = HashMap::new();
+        let mut operations = Vec::with_capacity(raw.get_ref().len());
+        for operation in raw.get_ref() {
+            let id = operation.id.get_ref().clone();
+            if id == ALL_OPERATIONS || !is_identifier(&id) {
+                self.error(
+                    operation.id.span(),
+                    format!("operation id `{id}` is not valid"),
+                    "use 1 to 64 letters, digits, '_', '-' or '.', starting with a letter or digit",
+                );
+            }
+            if let Some(first_line) = ids.get(&id) {
+                self.error(
+                    operation.id.span(),
+                    format!(
+                        "operation id `{id}` is used twice in integration `{integration}` \
+                         (first on line {first_line})"
+                    ),
+                    "give each operation of an integration its own id",
+                );
+            } else {
+                ids.insert(id.clone(), self.line_of(operation.id.span()));
+            }
+            let method = operation.method.get_ref().to_ascii_uppercase();
+            let method_is_valid = ALLOWED_METHODS.contains(&method.as_str());
+            if !method_is_valid {
+                self.error(
+                    operation.method.span(),
+                    format!("method `{}` is not supported", operation.method.get_ref()),
+                    format!("use one of: {}", ALLOWED_METHODS.join(", ")),
+                );
+            }
+            let path = operation.path.get_ref().clone();
+            match check_path_template(&path) {
+                Err(error) => self.error(operation.path.span(), error.message, error.fix),
+                Ok(_) if !method_is_valid => {}
+                Ok(shape) => {
+                    let key = (method.clone(), shape);
+                    if let Some((first_id, first_line)) = shapes.get(&key) {
+                        self.error(
+                            operation.path.span(),
+                            format!(
+                                "operation `{id}` ({method} {path}) matches the same requests as \
+                                 operation `{first_id}` on line {first_line}"
+                            ),
+                            "remove one of them; a method and path may appear once per integration",
+                        );
+                    } else {
+                        let line = self.line_of(operation.path.span());
+                        shapes.insert(key, (id.clone(), line));
+                    }
+                }
+            }
+            operations.push(OperationConfig { id, method, path });
+        }
+        operations
+    }
+
+    fn ip_network(&mut self, value: &Spanned<String>) -> Option<ipnet::IpNet> {
+        let text = value.get_ref().trim();
+        if let Ok(network) = text.parse::<ipnet::IpNet>() {
+            return Some(network);
+        }
+        if let Ok(address) = text.parse::<std::net::IpAddr>() {
+            return Some(ipnet::IpNet::from(address));
+        }
+        self.error(
+            value.span(),
+            format!("\"{text}\" is not an IP network or address"),
+            "write a CIDR network such as \"10.0.0.0/8\" or a single address such as \"127.0.0.1\"",
+        );
+        None
+    }
+
+    fn grants(
+        &mut self,
+        raw_grants: Vec<Spanned<RawGrant>>,
+        callers: &[CallerConfig],
+        integrations: &[IntegrationConfig],
+    ) -> Vec<GrantConfig> {
+        let mut grants = Vec::with_capacity(raw_grants.len());
+        for raw in raw_grants {
+            let raw = raw.into_inner();
+            let caller = raw.caller.get_ref().clone();
+            if !callers.iter().any(|known| known.name == caller) {
+                let known: Vec<&str> = callers.iter().map(|c| c.name.as_str()).collect();
+                self.error(
+                    raw.caller.span(),
+                    format!("grant names caller `{caller}`, which is not defined"),
+                    known_names_fix("callers", "[[callers]]", &known),
+                );
+            }
+            let integration_name = raw.integration.get_ref().clone();
+            let integration = integrations.iter().find(|i| i.name == integration_name);
+            if integration.is_none() {
+                let known: Vec<&str> = integrations.iter().map(|i| i.name.as_str()).collect();
+                self.error(
+                    raw.integration.span(),
+                    format!("grant names integration `{integration_name}`, which is not defined"),
+                    known_names_fix("integrations", "[[integrations]]", &known),
+                );
+            }
+            let listed = raw.operations.get_ref();
+            if listed.is_empty() {
+                self.error(
+                    raw.operations.span(),
+                    "grant allows no operations",
+                    "list operation ids, or `[\"*\"]` for every operation of the integration",
+                );
+            }
+            let has_wildcard = listed.iter().any(|op| op.get_ref() == ALL_OPERATIONS);
+            if has_wildcard && listed.len() > 1 {
+                self.error(
+                    raw.operations.span(),
+                    "grant lists \"*\" together with other operations",
+                    "use `[\"*\"]` alone for every operation, or list the ids without \"*\"",
+                );
+            }
+            if let Some(integration) = integration {
+                for operation in listed {
+                    let id = operation.get_ref();
+                    let exists = id == ALL_OPERATIONS
+                        || integration.operations.iter().any(|known| &known.id == id);
+                    if !exists {
+                        let known: Vec<&str> = integration
+                            .operations
+                            .iter()
+                            .map(|o| o.id.as_str())
+                            .collect();
+                        self.error(
+                            operation.span(),
+                            format!("integration `{}` has no operation `{id}`", integration.name),
+                            format!(
+                                "use one of its operations: {}, or \"*\" for all",
+                                known.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+            grants.push(GrantConfig {
+                caller,
+                integration: integration_name,
+                operations: listed.iter().map(|op| op.get_ref().clone()).collect(),
+            });
+        }
+        grants
+    }
+}
+
+fn known_names_fix(plural: &str, table: &str, known: &[&str]) -> String {
+    if known.is_empty() {
+        format!("no {plural} are defined; add a {table} table with this name")
+    } else {
+        format!("use one of the defined {plural}: {}", known.join(", "))
+    }
+}
+
+/// `[a-z0-9][a-z0-9_-]{0,62}`
+fn is_integration_name(name: &str) -> bool {
+    let mut characters = name.chars();
+    matches!(characters.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.len() <= 63
+        && characters.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`: caller names and operation ids.
+fn is_identifier(name: &str) -> bool {
+    let mut characters = name.chars();
+    matches!(characters.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && characters.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+fn check_spiffe_id(id: &str) -> Result<(), (String, String)> {
+    let fix =
+        "write it as \"spiffe://trust-domain/workload\", e.g. \"spiffe://example.org/checkout\"";
+    let Some(rest) = id.strip_prefix("spiffe://") else {
+        return Err((
+            format!("spiffe_id `{id}` does not start with \"spiffe://\""),
+            fix.into(),
+        ));
+    };
+    let (trust_domain, path) = match rest.split_once('/') {
+        Some((trust_domain, path)) => (trust_domain, Some(path)),
+        None => (rest, None),
+    };
+    if trust_domain.is_empty() {
+        return Err((format!("spiffe_id `{id}` has no trust domain"), fix.into()));
+    }
+    let domain_is_valid = trust_domain
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c));
+    if !domain_is_valid {
+        return Err((
+            format!("spiffe_id `{id}` has an invalid trust domain `{trust_domain}`"),
+            "use lowercase letters, digits, '.', '-' and '_' in the trust domain".into(),
+        ));
+    }
+    if let Some(path) = path {
+        let path_is_valid = path.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+        });
+        if !path_is_valid {
+            return Err((
+                format!("spiffe_id `{id}` has an invalid path"),
+                "use non-empty segments of letters, digits, '.', '-' and '_', without a trailing '/'"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}

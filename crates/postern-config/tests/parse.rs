@@ -1,0 +1,486 @@
+//! Feature tests for `postern_config::parse`: one line per case.
+//!
+//! `check(body, expect)` parses `body` (followed by a valid `[gateway]`
+//! table unless the body has its own, so line numbers are the body's) and
+//! compares the outcome with `expect`: `"ok"`, or one `line:column: message`
+//! per error.
+
+use std::path::{Path, PathBuf};
+
+use postern_config::{parse, Config, CredentialKind, SecretSource};
+
+const TOKEN: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+const GATEWAY: &str = "[gateway]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"./postern-data\"\n";
+const CONFIG_PATH: &str = "/etc/postern/postern.toml";
+
+const EXAMPLE: &str = r#"[gateway]
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9090"
+data_dir = "./postern-data"
+
+[[callers]]
+name = "checkout"
+token_sha256 = "<64 hex>"
+# spiffe_id = "spiffe://example.org/checkout"
+
+[[integrations]]
+name = "stripe"
+vendor = "Stripe"
+owner = "payments@example.com"
+upstream = "https://api.stripe.com"
+credential = { kind = "bearer", from_env = "STRIPE_KEY" }   # kinds: bearer, basic, header (+ name), query (+ param); from_env or from_file
+rate_limit = { requests_per_second = 50, burst = 100 }
+operations = [
+  { id = "create_charge", method = "POST", path = "/v1/charges" },
+  { id = "get_charge",    method = "GET",  path = "/v1/charges/{id}" },
+]
+# allow_private_networks = ["127.0.0.1/32"]
+
+[[grants]]
+caller = "checkout"
+integration = "stripe"
+operations = ["create_charge", "get_charge"]
+"#;
+
+/// A valid integration table to build cases on; `{extra}` adds keys.
+fn integration(extra: &str) -> String {
+    format!(
+        "[[integrations]]\nname = \"stripe\"\nvendor = \"Stripe\"\nowner = \"payments@example.com\"\n\
+         upstream = \"https://api.stripe.com\"\n\
+         operations = [{{ id = \"get_charge\", method = \"GET\", path = \"/v1/charges/{{id}}\" }}]\n{extra}"
+    )
+}
+
+fn parse_body(body: &str) -> Result<Config, postern_config::ConfigErrors> {
+    let body = body.replace("<64 hex>", TOKEN);
+    let text = if body.contains("[gateway]") {
+        body
+    } else {
+        format!("{body}\n{GATEWAY}")
+    };
+    parse(&text, Path::new(CONFIG_PATH))
+}
+
+fn render(body: &str) -> String {
+    match parse_body(body) {
+        Ok(_) => "ok".to_string(),
+        Err(errors) => errors
+            .errors
+            .iter()
+            .map(|d| format!("{}:{}: {}", d.line, d.column, d.message))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
+#[track_caller]
+fn check(body: &str, expect: &str) {
+    assert_eq!(render(body), expect, "\nbody:\n{body}");
+}
+
+#[track_caller]
+fn parse_ok(body: &str) -> Config {
+    match parse_body(body) {
+        Ok(config) => config,
+        Err(errors) => panic!("expected ok, got:\n{errors}"),
+    }
+}
+
+#[track_caller]
+fn fix_of_first_error(body: &str) -> String {
+    parse_body(body).expect_err("expected errors").errors[0]
+        .fix
+        .clone()
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let config = parse_ok(EXAMPLE);
+    assert_eq!(config.gateway.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.gateway.admin_listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(
+        config.gateway.data_dir,
+        PathBuf::from("/etc/postern/postern-data")
+    );
+    assert_eq!(config.gateway.events_max_file_bytes, 64 * 1024 * 1024);
+    assert_eq!(config.gateway.events_max_files, 5);
+    assert_eq!(config.gateway.max_header_bytes, 16384);
+    assert_eq!(config.gateway.shutdown_grace_ms, 10_000);
+    assert_eq!(config.source_path, PathBuf::from(CONFIG_PATH));
+
+    assert_eq!(config.callers[0].name, "checkout");
+    assert_eq!(config.callers[0].token_sha256.as_deref(), Some(TOKEN));
+
+    let stripe = config.integration("stripe").expect("stripe");
+    assert_eq!(stripe.upstream.as_str(), "https://api.stripe.com/");
+    let credential = stripe.credential.as_ref().expect("credential");
+    assert_eq!(credential.kind, CredentialKind::Bearer);
+    assert_eq!(credential.source, SecretSource::Env("STRIPE_KEY".into()));
+    let rate_limit = stripe.rate_limit.expect("rate limit");
+    assert_eq!(
+        (rate_limit.requests_per_second, rate_limit.burst),
+        (50, 100)
+    );
+    let operations: Vec<_> = stripe
+        .operations
+        .iter()
+        .map(|o| format!("{} {} {}", o.id, o.method, o.path))
+        .collect();
+    assert_eq!(
+        operations,
+        [
+            "create_charge POST /v1/charges",
+            "get_charge GET /v1/charges/{id}"
+        ]
+    );
+    assert!(!stripe.allow_plaintext);
+    assert_eq!(
+        (
+            stripe.connect_timeout_ms,
+            stripe.request_timeout_ms,
+            stripe.idle_timeout_ms
+        ),
+        (5000, 30_000, 90_000)
+    );
+    assert_eq!(stripe.max_request_body_bytes, 10 * 1024 * 1024);
+    assert_eq!(stripe.max_response_body_bytes, 64 * 1024 * 1024);
+
+    assert_eq!(config.grants[0].caller, "checkout");
+    assert!(config.grants[0].allows_operation("get_charge"));
+    assert!(config.integration("twilio").is_none());
+}
+
+#[test]
+#[rustfmt::skip]
+fn toml_syntax_type_and_unknown_key_errors() {
+    check("[gateway]\nlistenn = \"127.0.0.1:8080\"\n", "2:1: unknown field `listenn`, expected one of `listen`, `admin_listen`, `data_dir`, `tls_cert`, `tls_key`, `client_ca`, `admin_token_sha256`, `policies`, `events_max_file_bytes`, `events_max_files`, `max_header_bytes`, `shutdown_grace_ms`");
+    check("[gatway]\n", "1:2: unknown field `gatway`, expected one of `gateway`, `callers`, `integrations`, `grants`");
+    check(&integration("credential = { kind = \"bearer\", from_envv = \"K\" }\n"), "7:33: unknown field `from_envv`, expected one of `kind`, `from_env`, `from_file`, `name`, `param`, `username`");
+    check("[[callers]]\nname = 1\n", "2:8: invalid type: integer `1`, expected a string");
+    check("[[callers]]\nname = \"a\n", "2:10: invalid basic string");
+    check("[[callers]]\nname = \"a\"\ntoken_sha256 = \"<64 hex>\"\n[gateway]\n", "X");
+    check(&integration("").replace("owner = \"payments@example.com\"\n", ""), "X");
+    check("", "X");
+    check(&integration("connect_timeout_ms = -1\n"), "7:22: invalid value: integer `-1`, expected u64");
+}
+
+#[test]
+fn toml_errors_carry_a_fix() {
+    let fix = fix_of_first_error("[gateway]\nlistenn = \"127.0.0.1:8080\"\n");
+    assert!(
+        fix.starts_with("remove or rename the key (did you mean `listen`?)"),
+        "{fix}"
+    );
+    let fix = fix_of_first_error("[gateway]\nlisten = \"127.0.0.1:8080\"\n");
+    assert_eq!(
+        fix,
+        "add `admin_listen = ...` to this table; it is required"
+    );
+}
+
+#[test]
+#[rustfmt::skip]
+fn gateway_values() {
+    check("[gateway]\nlisten = \"localhost:80\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"d\"\n", "2:10: `listen` = \"localhost:80\" is not an IP address and port");
+    check("[gateway]\nlisten = \"127.0.0.1:80\"\nadmin_listen = \"127.0.0.1:80\"\ndata_dir = \"d\"\n", "3:16: `admin_listen` is the same address as `listen` (127.0.0.1:80)");
+    check(&format!("{GATEWAY}tls_cert = \"c.pem\"\n"), "5:12: `tls_cert` is set but `tls_key` is not");
+    check(&format!("{GATEWAY}tls_key = \"k.pem\"\n"), "5:11: `tls_key` is set but `tls_cert` is not");
+    check(&format!("{GATEWAY}client_ca = \"ca.pem\"\n"), "5:13: `client_ca` requires TLS, but `tls_cert` is not set");
+    check(&format!("{GATEWAY}admin_token_sha256 = \"hunter2\"\n"), "5:22: `admin_token_sha256` must be a SHA-256 digest: 64 hex characters (got 7 characters)");
+    check(&format!("{GATEWAY}policies = \"missing.cedar\"\n"), "5:12: policies file /etc/postern/missing.cedar does not exist");
+    check(&format!("{GATEWAY}events_max_file_bytes = 100\n"), "5:25: `events_max_file_bytes` = 100 is too small; the minimum is 4096");
+    check(&format!("{GATEWAY}events_max_files = 0\n"), "5:20: `events_max_files` = 0 is too small; the minimum is 1");
+    check(&format!("{GATEWAY}max_header_bytes = 512\n"), "5:20: `max_header_bytes` = 512 is out of range 1024..=1048576");
+    check(&format!("{GATEWAY}data_dir = \"x\"\n"), "5:1: duplicate key `data_dir` in table `gateway`");
+}
+
+#[test]
+fn gateway_paths_resolve_against_the_config_directory() {
+    let config = parse_ok(&format!(
+        "{GATEWAY}tls_cert = \"tls/cert.pem\"\ntls_key = \"/abs/key.pem\"\nclient_ca = \"../ca.pem\"\nadmin_token_sha256 = \"{}\"\n",
+        TOKEN.to_uppercase()
+    ));
+    assert_eq!(
+        config.gateway.data_dir,
+        PathBuf::from("/etc/postern/postern-data")
+    );
+    assert_eq!(
+        config.gateway.tls_cert,
+        Some(PathBuf::from("/etc/postern/tls/cert.pem"))
+    );
+    assert_eq!(config.gateway.tls_key, Some(PathBuf::from("/abs/key.pem")));
+    assert_eq!(
+        config.gateway.client_ca,
+        Some(PathBuf::from("/etc/postern/../ca.pem"))
+    );
+    assert_eq!(config.gateway.admin_token_sha256.as_deref(), Some(TOKEN));
+}
+
+#[test]
+fn relative_config_path_resolves_against_the_current_directory() {
+    let text = GATEWAY.to_string();
+    let config = parse(&text, Path::new("conf/postern.toml")).expect("valid");
+    let expected = std::env::current_dir()
+        .unwrap()
+        .join("conf")
+        .join("postern-data");
+    assert_eq!(config.gateway.data_dir, expected);
+    assert!(config.gateway.data_dir.is_absolute());
+}
+
+#[test]
+fn policies_file_that_exists_is_accepted() {
+    let directory = tempfile::tempdir().unwrap();
+    std::fs::write(directory.path().join("extra.cedar"), "").unwrap();
+    let config_path = directory.path().join("postern.toml");
+    let text = format!("{GATEWAY}policies = \"extra.cedar\"\n");
+    std::fs::write(&config_path, &text).unwrap();
+    let config = postern_config::load(&config_path).expect("valid");
+    assert_eq!(
+        config.gateway.policies,
+        Some(directory.path().join("extra.cedar"))
+    );
+}
+
+#[test]
+fn load_reports_an_unreadable_file_at_line_zero() {
+    let errors = postern_config::load(Path::new("/nonexistent/postern.toml")).unwrap_err();
+    assert_eq!(errors.errors.len(), 1);
+    assert_eq!((errors.errors[0].line, errors.errors[0].column), (0, 0));
+    assert!(errors
+        .to_string()
+        .starts_with("/nonexistent/postern.toml:0:0: error: cannot read config file"));
+}
+
+#[test]
+#[rustfmt::skip]
+fn callers() {
+    check("[[callers]]\nname = \"a\"\ntoken_sha256 = \"<64 hex>\"\n[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe://example.org/a\"\n", "5:8: caller `a` is defined twice (first on line 2)");
+    check("[[callers]]\nname = \"a\"\n", "2:8: caller `a` has no way to authenticate");
+    check("[[callers]]\nname = \"a b\"\ntoken_sha256 = \"<64 hex>\"\n", "2:8: caller name `a b` is not a valid name");
+    check("[[callers]]\nname = \"a\"\ntoken_sha256 = \"abc\"\n", "3:16: `token_sha256` must be a SHA-256 digest: 64 hex characters (got 3 characters)");
+    check("[[callers]]\nname = \"a\"\ntoken_sha256 = \"<64 hex>\"\n[[callers]]\nname = \"b\"\ntoken_sha256 = \"<64 hex>\"\n", "6:16: caller `b` has the same token_sha256 as caller `a`");
+    check("[[callers]]\nname = \"a\"\nspiffe_id = \"https://example.org/a\"\n", "3:13: spiffe_id `https://example.org/a` does not start with \"spiffe://\"");
+    check("[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe:///a\"\n", "3:13: spiffe_id `spiffe:///a` has no trust domain");
+    check("[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe://Example.org\"\n", "3:13: spiffe_id `spiffe://Example.org` has an invalid trust domain `Example.org`");
+    check("[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe://example.org/a/\"\n", "3:13: spiffe_id `spiffe://example.org/a/` has an invalid path");
+    check("[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe://example.org/a\"\n[[callers]]\nname = \"b\"\nspiffe_id = \"spiffe://example.org/a\"\n", "6:13: caller `b` has the same spiffe_id as caller `a`");
+
+    let config = parse_ok(&format!(
+        "[[callers]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nspiffe_id = \"spiffe://example.org\"\n",
+        TOKEN.to_uppercase()
+    ));
+    assert_eq!(config.callers[0].token_sha256.as_deref(), Some(TOKEN));
+    assert_eq!(
+        config.callers[0].spiffe_id.as_deref(),
+        Some("spiffe://example.org")
+    );
+}
+
+#[test]
+#[rustfmt::skip]
+fn integration_names_and_fields() {
+    check(&integration(""), "ok");
+    check(&format!("{}{}", integration(""), integration("")), "8:8: integration `stripe` is defined twice (first on line 2)");
+    check(&integration("").replace("\"stripe\"", "\"Stripe\""), "2:8: integration name `Stripe` is not valid");
+    check(&integration("").replace("\"stripe\"", "\"-x\""), "2:8: integration name `-x` is not valid");
+    check(&integration("").replace("\"Stripe\"", "\" \""), "3:10: `vendor` is empty");
+    check(&integration("docs_url = \"not a url\"\n"), "7:12: `docs_url` = \"not a url\" is not an http(s) URL");
+    check(&integration("connect_timeout_ms = 0\nrequest_timeout_ms = 0\nidle_timeout_ms = 0\n"), "7:22: `connect_timeout_ms` is 0; a timeout must be greater than zero\n8:22: `request_timeout_ms` is 0; a timeout must be greater than zero\n9:19: `idle_timeout_ms` is 0; a timeout must be greater than zero");
+    check(&integration("rate_limit = { requests_per_second = 0, burst = 0 }\n"), "7:38: `requests_per_second` = 0 is too small; the minimum is 1\n7:49: `burst` = 0 is too small; the minimum is 1");
+    check(&integration("").replace(
+            "operations = [{ id = \"get_charge\", method = \"GET\", path = \"/v1/charges/{id}\" }]", "operations = []",
+        ),
+        "6:14: integration `stripe` has no operations");
+
+    let config = parse_ok(&integration("purpose = \"charge cards\"\ndocs_url = \"https://docs.stripe.com\"\nconnect_timeout_ms = 1\nmax_request_body_bytes = 0\n"));
+    let stripe = config.integration("stripe").unwrap();
+    assert_eq!(stripe.purpose.as_deref(), Some("charge cards"));
+    assert_eq!(stripe.connect_timeout_ms, 1);
+    assert_eq!(stripe.max_request_body_bytes, 0);
+}
+
+#[test]
+#[rustfmt::skip]
+fn upstream_urls() {
+    let with_upstream = |url: &str| integration("").replace("https://api.stripe.com", url);
+    check(&with_upstream("http://api.stripe.com"), "5:12: `upstream` uses plain http, which sends the credential unencrypted");
+    check(&with_upstream("ftp://api.stripe.com"), "5:12: `upstream` has scheme `ftp`; only https (and http) are supported");
+    check(&with_upstream("api.stripe.com"), "5:12: `upstream` is not a valid absolute URL: relative URL without a base");
+    check(&with_upstream("https://user:secret@api.stripe.com"), "5:12: `upstream` contains a user name or password");
+    check(&with_upstream("https://api.stripe.com/?key=1"), "5:12: `upstream` has a query string");
+    check(&with_upstream("https://api.stripe.com/#x"), "5:12: `upstream` has a fragment");
+    check(&format!("{}allow_plaintext = true\n", with_upstream("http://127.0.0.1:9000")), "ok");
+
+    let upstream_of = |url: &str| {
+        parse_ok(&with_upstream(url)).integrations[0]
+            .upstream
+            .to_string()
+    };
+    assert_eq!(
+        upstream_of("https://api.example.com/v2/"),
+        "https://api.example.com/v2"
+    );
+    assert_eq!(
+        upstream_of("https://api.example.com/v2"),
+        "https://api.example.com/v2"
+    );
+    assert_eq!(
+        upstream_of("https://api.example.com:8443"),
+        "https://api.example.com:8443/"
+    );
+    // The password is never echoed back.
+    let errors = parse_body(&with_upstream("https://user:hunter2@api.stripe.com"))
+        .unwrap_err()
+        .to_string();
+    assert!(!errors.contains("hunter2"), "{errors}");
+}
+
+#[test]
+#[rustfmt::skip]
+fn credentials() {
+    let with = |credential: &str| integration(&format!("credential = {credential}\n"));
+    check(&with("{ kind = \"oauth\", from_env = \"K\" }"), "7:23: credential kind `oauth` is not known");
+    check(&with("{ kind = \"bearer\", from_env = \"\" }"), "7:44: `from_env` is not a valid environment variable name");
+    check(&with("{ kind = \"bearer\" }"), "7:14: credential does not say where its secret comes from");
+    check(&with("{ kind = \"bearer\", from_env = \"K\", from_file = \"k\" }"), "7:61: credential has both `from_env` and `from_file`");
+    check(&with("{ kind = \"header\", from_env = \"K\" }"), "7:23: credential kind \"header\" needs `name`");
+    check(&with("{ kind = \"query\", from_env = \"K\" }"), "7:23: credential kind \"query\" needs `param`");
+    check(&with("{ kind = \"bearer\", from_env = \"K\", name = \"X-Key\" }"), "7:56: `name` is only used with kind = \"header\"");
+    check(&with("{ kind = \"header\", from_env = \"K\", name = \"X Key\" }"), "7:56: `name` = \"X Key\" is not a valid HTTP header name");
+    check(&with("{ kind = \"header\", from_env = \"K\", name = \"Host\" }"), "7:56: header `Host` is managed by the gateway and cannot carry a credential");
+    check(&with("{ kind = \"query\", from_env = \"K\", param = \"a&b\" }"), "7:56: `param` = \"a&b\" is not a valid query parameter name");
+    check(&with("{ kind = \"bearer\", from_env = \"K\", username = \"u\" }"), "7:60: `username` is only used with kind = \"basic\"");
+    check(&with("{ kind = \"basic\", from_env = \"K\", username = \"a:b\" }"), "7:59: `username` is empty or contains ':'");
+
+    let credential_of = |credential: &str| {
+        parse_ok(&with(credential)).integrations[0]
+            .credential
+            .clone()
+            .unwrap()
+    };
+    let header = credential_of("{ kind = \"header\", from_env = \"K\", name = \"X-Api-Key\" }");
+    assert_eq!(
+        (header.kind, header.header_name.as_deref()),
+        (CredentialKind::Header, Some("X-Api-Key"))
+    );
+    let query =
+        credential_of("{ kind = \"query\", from_file = \"secrets/key\", param = \"api_key\" }");
+    assert_eq!(
+        (query.kind, query.query_param.as_deref()),
+        (CredentialKind::Query, Some("api_key"))
+    );
+    assert_eq!(
+        query.source,
+        SecretSource::File(PathBuf::from("/etc/postern/secrets/key"))
+    );
+    let basic = credential_of("{ kind = \"basic\", from_env = \"K\", username = \"AC123\" }");
+    assert_eq!(
+        (basic.kind, basic.username.as_deref()),
+        (CredentialKind::Basic, Some("AC123"))
+    );
+}
+
+#[test]
+#[rustfmt::skip]
+fn operations_and_path_templates() {
+    let with_operations = |operations: &str| {
+        integration("").replace(
+            "[{ id = \"get_charge\", method = \"GET\", path = \"/v1/charges/{id}\" }]",
+            operations,
+        )
+    };
+    check(&with_operations("[{ id = \"a\", method = \"get\", path = \"/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json\" }]"), "ok");
+    check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"v1\" }]"), "6:50: path `v1` does not start with '/'");
+    check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1/{a}{b}\" }]"), "6:50: path `/v1/{a}{b}` has two placeholders next to each other");
+    check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1/{a\" }]"), "6:50: path `/v1/{a` has a '{' without a matching '}'");
+    check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1/{}\" }]"), "6:50: path `/v1/{}` has an invalid placeholder `{}`");
+    check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1?x=1\" }]"), "6:50: path `/v1?x=1` contains '?'");
+    check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1#x\" }]"), "6:50: path `/v1#x` contains '#'");
+    check(&with_operations("[{ id = \"a\", method = \"FETCH\", path = \"/v1\" }]"), "6:36: method `FETCH` is not supported");
+    check(&with_operations("[{ id = \"*\", method = \"GET\", path = \"/v1\" }]"), "6:22: operation id `*` is not valid");
+    check(&with_operations("[\n  { id = \"a\", method = \"GET\", path = \"/v1\" },\n  { id = \"a\", method = \"POST\", path = \"/v1\" },\n]"), "8:10: operation id `a` is used twice in integration `stripe` (first on line 7)");
+    check(&with_operations("[\n  { id = \"a\", method = \"GET\", path = \"/v1/{x}\" },\n  { id = \"b\", method = \"get\", path = \"/v1/{y}\" },\n]"), "8:38: operation `b` (GET /v1/{y}) matches the same requests as operation `a` on line 7");
+    check(&with_operations("[\n  { id = \"a\", method = \"GET\", path = \"/v1\" },\n  { id = \"b\", method = \"POST\", path = \"/v1\" },\n]"), "ok");
+    assert_eq!(
+        parse_ok(&with_operations(
+            "[{ id = \"a\", method = \"patch\", path = \"/v1\" }]"
+        ))
+        .integrations[0]
+            .operations[0]
+            .method,
+        "PATCH"
+    );
+}
+
+#[test]
+#[rustfmt::skip]
+fn allow_private_networks() {
+    let config = parse_ok(&integration(
+        "allow_private_networks = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1\"]\n",
+    ));
+    let networks: Vec<String> = config.integrations[0]
+        .allow_private_networks
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(networks, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+    check(&integration("allow_private_networks = [\"10.0.0.0/33\", \"localhost\"]\n"), "7:27: \"10.0.0.0/33\" is not an IP network or address\n7:42: \"localhost\" is not an IP network or address");
+    let ca = parse_ok(&integration("ca_file = \"ca/internal.pem\"\n")).integrations[0]
+        .ca_file
+        .clone();
+    assert_eq!(ca, Some(PathBuf::from("/etc/postern/ca/internal.pem")));
+}
+
+#[test]
+#[rustfmt::skip]
+fn grants() {
+    let callers = "[[callers]]\nname = \"checkout\"\ntoken_sha256 = \"<64 hex>\"\n";
+    let with_grant = |grant: &str| format!("{callers}{}[[grants]]\n{grant}", integration(""));
+    check(&with_grant("caller = \"checkout\"\nintegration = \"stripe\"\noperations = [\"*\"]\n"), "ok");
+    check(&with_grant("caller = \"billing\"\nintegration = \"stripe\"\noperations = [\"*\"]\n"), "11:10: grant names caller `billing`, which is not defined");
+    check(&with_grant("caller = \"checkout\"\nintegration = \"twilio\"\noperations = [\"send\"]\n"), "12:15: grant names integration `twilio`, which is not defined");
+    check(&with_grant("caller = \"checkout\"\nintegration = \"stripe\"\noperations = [\"get_charge\", \"refund\"]\n"), "13:29: integration `stripe` has no operation `refund`");
+    check(&with_grant("caller = \"checkout\"\nintegration = \"stripe\"\noperations = []\n"), "13:14: grant allows no operations");
+    check(&with_grant("caller = \"checkout\"\nintegration = \"stripe\"\noperations = [\"*\", \"get_charge\"]\n"), "13:14: grant lists \"*\" together with other operations");
+
+    let fix = fix_of_first_error(&with_grant(
+        "caller = \"billing\"\nintegration = \"stripe\"\noperations = [\"*\"]\n",
+    ));
+    assert_eq!(fix, "use one of the defined callers: checkout");
+    let fix = fix_of_first_error(&with_grant(
+        "caller = \"checkout\"\nintegration = \"stripe\"\noperations = [\"refund\"]\n",
+    ));
+    assert_eq!(
+        fix,
+        "use one of its operations: get_charge, or \"*\" for all"
+    );
+    let fix = fix_of_first_error("[[grants]]\ncaller = \"a\"\nintegration = \"b\"\noperations = [\"*\"]\n");
+    assert_eq!(
+        fix,
+        "no callers are defined; add a [[callers]] table with this name"
+    );
+
+    let config = parse_ok(&with_grant(
+        "caller = \"checkout\"\nintegration = \"stripe\"\noperations = [\"*\"]\n",
+    ));
+    assert!(config.grants[0].allows_operation("anything"));
+}
+
+#[test]
+#[rustfmt::skip]
+fn all_semantic_errors_are_reported_in_file_order() {
+    let body = "[[grants]]\ncaller = \"ghost\"\nintegration = \"none\"\noperations = [\"*\"]\n[[callers]]\nname = \"a\"\n";
+    check(body, "2:10: grant names caller `ghost`, which is not defined\n3:15: grant names integration `none`, which is not defined\n6:8: caller `a` has no way to authenticate");
+}
+
+#[test]
+fn display_prints_path_location_message_and_fix() {
+    let text = format!("{GATEWAY}events_max_files = 0\n");
+    let errors = parse(&text, Path::new("postern.toml")).unwrap_err();
+    assert_eq!(
+        errors.to_string(),
+        "postern.toml:5:20: error: `events_max_files` = 0 is too small; the minimum is 1\n  fix: set `events_max_files` to 1 or more"
+    );
+    let _: &dyn std::error::Error = &errors;
+}

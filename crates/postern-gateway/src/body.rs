@@ -1,0 +1,314 @@
+//! Streaming bodies in both directions.
+//!
+//! [`ForwardBody`] carries the caller's request to the vendor: it counts bytes, enforces
+//! `max_request_body_bytes`, and refuses to pass on the caller's own token (so the token can
+//! never reach a vendor in a body). [`ResponseBody`] carries the vendor's answer back: it counts
+//! bytes, enforces `max_response_body_bytes`, and records the call event when the body ends
+//! (or is dropped early), so `response_bytes` and `duration_ms` are the real ones.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use memchr::memmem;
+
+use crate::record::PendingRecord;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What stopped a request body on its way to the vendor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RequestBodyViolation {
+    None = 0,
+    TooLarge = 1,
+    CallerToken = 2,
+}
+
+/// Shared between the request body (written while streaming) and the handler (read after).
+#[derive(Debug, Default)]
+pub struct RequestBodyState {
+    pub bytes: AtomicU64,
+    violation: AtomicU8,
+}
+
+impl RequestBodyState {
+    pub fn violation(&self) -> RequestBodyViolation {
+        match self.violation.load(Ordering::Acquire) {
+            1 => RequestBodyViolation::TooLarge,
+            2 => RequestBodyViolation::CallerToken,
+            _ => RequestBodyViolation::None,
+        }
+    }
+
+    fn set(&self, violation: RequestBodyViolation) {
+        self.violation.store(violation as u8, Ordering::Release);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds max_request_body_bytes ({0} bytes)")]
+    RequestTooLarge(u64),
+    #[error("request body contains the caller's Postern token; refusing to forward it")]
+    CallerTokenInBody,
+    #[error("response body exceeds max_response_body_bytes ({0} bytes)")]
+    ResponseTooLarge(u64),
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+/// The request body forwarded upstream.
+pub struct ForwardBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    state: Arc<RequestBodyState>,
+    token: Option<memmem::Finder<'static>>,
+    /// The tail of the previous chunk, so a token split across chunks is still found.
+    carry: Vec<u8>,
+}
+
+impl ForwardBody {
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        state: Arc<RequestBodyState>,
+        caller_token: Option<&[u8]>,
+    ) -> Self {
+        let inner = if inner.is_end_stream() {
+            None
+        } else {
+            Some(inner)
+        };
+        let token = match (&inner, caller_token) {
+            (Some(_), Some(token)) if !token.is_empty() => {
+                Some(memmem::Finder::new(token).into_owned())
+            }
+            _ => None,
+        };
+        ForwardBody {
+            inner,
+            limit,
+            state,
+            token,
+            carry: Vec::new(),
+        }
+    }
+
+    pub fn empty(state: Arc<RequestBodyState>) -> Self {
+        ForwardBody {
+            inner: None,
+            limit: 0,
+            state,
+            token: None,
+            carry: Vec::new(),
+        }
+    }
+
+    fn contains_token(&mut self, data: &[u8]) -> bool {
+        let Some(finder) = &self.token else {
+            return false;
+        };
+        let needle = finder.needle().len();
+        if finder.find(data).is_some() {
+            return true;
+        }
+        if !self.carry.is_empty() {
+            let take = data.len().min(needle - 1);
+            let mut joined = std::mem::take(&mut self.carry);
+            joined.extend_from_slice(&data[..take]);
+            if finder.find(&joined).is_some() {
+                return true;
+            }
+            self.carry = joined;
+        }
+        // Keep the last needle-1 bytes seen.
+        let keep = needle - 1;
+        if data.len() >= keep {
+            self.carry.clear();
+            self.carry.extend_from_slice(&data[data.len() - keep..]);
+        } else {
+            self.carry.extend_from_slice(data);
+            let excess = self.carry.len().saturating_sub(keep);
+            self.carry.drain(..excess);
+        }
+        false
+    }
+}
+
+impl Body for ForwardBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.inner = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.inner = None;
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let total =
+                        this.state.bytes.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                    if total > this.limit {
+                        this.state.set(RequestBodyViolation::TooLarge);
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(BodyError::RequestTooLarge(this.limit))));
+                    }
+                    let data = data.clone();
+                    if this.contains_token(&data) {
+                        this.state.set(RequestBodyViolation::CallerToken);
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(BodyError::CallerTokenInBody)));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|inner| inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |inner| inner.size_hint())
+    }
+}
+
+/// The vendor's response body on its way back to the caller.
+pub struct ResponseBody {
+    inner: Incoming,
+    limit: u64,
+    seen: u64,
+    record: Option<PendingRecord>,
+}
+
+impl ResponseBody {
+    pub fn new(inner: Incoming, limit: u64, record: PendingRecord) -> Self {
+        ResponseBody {
+            inner,
+            limit,
+            seen: 0,
+            record: Some(record),
+        }
+    }
+
+    fn finish(&mut self, incomplete: bool, reason: Option<&'static str>) {
+        if let Some(record) = self.record.take() {
+            record.finish(self.seen, incomplete, reason);
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish(true, None);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.finish(false, None);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.finish(true, Some("upstream_body_error"));
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        this.finish(true, Some("response_too_large"));
+                        return Poll::Ready(Some(Err(BodyError::ResponseTooLarge(this.limit))));
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(false, None);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Every body the gateway answers with: a small in-memory one (errors, admin) or a vendor stream.
+pub enum GatewayBody {
+    Full(Option<Bytes>),
+    Stream(Box<ResponseBody>),
+}
+
+impl GatewayBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        GatewayBody::Full(if bytes.is_empty() { None } else { Some(bytes) })
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            GatewayBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            GatewayBody::Stream(body) => Pin::new(body.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GatewayBody::Full(bytes) => bytes.is_none(),
+            GatewayBody::Stream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GatewayBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            GatewayBody::Stream(body) => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The per-call context: everything the phases learn about one call, in one place.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::body::RequestBodyState;
+use crate::events::{rfc3339_millis, CallEvent, Decision, EVENT_SCHEMA_VERSION};
+
+/// How a caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Token,
+    Mtls,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Token => "token",
+            AuthMethod::Mtls => "mtls",
+        }
+    }
+}
+
+/// Facts about the downstream connection, fixed for all its requests.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+    /// SPIFFE ID from a verified client certificate.
+    pub spiffe_id: Option<String>,
+    pub tls: bool,
+}
+
+pub struct CallContext {
+    pub request_id: String,
+    pub started: Instant,
+    pub wall_start: SystemTime,
+    pub source_ip: IpAddr,
+    pub protocol: &'static str,
+    pub method: String,
+    pub integration: Option<Arc<str>>,
+    pub caller: Option<Arc<str>>,
+    pub auth: Option<AuthMethod>,
+    pub operation_id: Option<String>,
+    pub path_template: Option<String>,
+    pub upstream_addr: Option<SocketAddr>,
+    pub request_body: Arc<RequestBodyState>,
+    pub redirect_off_origin: bool,
+}
+
+impl CallContext {
+    pub fn new(connection: &ConnectionInfo, method: &http::Method, version: http::Version) -> Self {
+        CallContext {
+            request_id: new_request_id(),
+            started: Instant::now(),
+            wall_start: SystemTime::now(),
+            source_ip: connection.peer.ip(),
+            protocol: match version {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            method: method.as_str().to_string(),
+            integration: None,
+            caller: None,
+            auth: None,
+            operation_id: None,
+            path_template: None,
+            upstream_addr: None,
+            request_body: Arc::new(RequestBodyState::default()),
+            redirect_off_origin: false,
+        }
+    }
+
+    pub fn to_event(
+        &self,
+        status: u16,
+        decision: Decision,
+        reason: &str,
+        response_bytes: u64,
+        incomplete: bool,
+    ) -> CallEvent {
+        let elapsed = self.started.elapsed();
+        CallEvent {
+            schema_version: EVENT_SCHEMA_VERSION,
+            time: rfc3339_millis(self.wall_start),
+            request_id: self.request_id.clone(),
+            integration: self.integration.as_deref().map(str::to_string),
+            caller: self.caller.as_deref().map(str::to_string),
+            operation: self.operation_id.clone(),
+            method: self.method.clone(),
+            path: self.path_template.clone(),
+            status,
+            decision,
+            reason: reason.to_string(),
+            request_bytes: self
+                .request_body
+                .bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            response_bytes,
+            duration_ms: (elapsed.as_micros() as f64) / 1000.0,
+            upstream_addr: self.upstream_addr.map(|a| a.to_string()),
+            source_ip: self.source_ip.to_string(),
+            auth: self.auth.map(AuthMethod::as_str),
+            protocol: self.protocol,
+            redirect_off_origin: self.redirect_off_origin,
+            incomplete,
+        }
+    }
+}
+
+/// 128 random bits, hex: unguessable and unique enough to join logs, events and audit entries.
+fn new_request_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}

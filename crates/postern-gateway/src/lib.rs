@@ -1,0 +1,331 @@
+//! `postern-gateway`: Postern's data plane and admin listener.
+//!
+//! A call arrives at `/<integration>/<vendor path>`; [`proxy`] runs it through named phases —
+//! identify the caller, match the operation, authorize with Cedar, rate-limit, strip the caller's
+//! credentials and inject the vendor's, dial a checked address over TLS, inspect the response —
+//! and [`record`] turns it into one event and metrics. Everything one call learns lives in one
+//! [`context::CallContext`].
+//!
+//! The compiled configuration ([`runtime::Runtime`]) is immutable and swapped atomically on
+//! reload; in-flight calls finish on the version they started with.
+//!
+//! What this crate is not: it does not parse the config file (`postern-config`), decide policy
+//! (`postern-policy`, which never sees hyper types) or classify addresses (`postern-netguard`).
+//! It never formats a secret — vendor credential, caller token, admin token — into a log line,
+//! event, metric or error message.
+
+pub mod admin;
+pub mod body;
+pub mod context;
+pub mod error;
+pub mod events;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod record;
+pub mod runtime;
+pub mod tls;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use hyper_util::server::graceful::GracefulShutdown;
+use postern_config::Config;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::events::{EventFileOptions, EventSink};
+use crate::metrics::Metrics;
+use crate::record::Recorder;
+use crate::runtime::{LimiterCache, Runtime};
+
+/// Response header carrying the call's request id.
+pub const REQUEST_ID_HEADER: &str = "postern-request-id";
+/// Request header a caller may use for its token instead of `Authorization`.
+pub const CALLER_TOKEN_HEADER: &str = "postern-caller-token";
+/// File in `data_dir` holding the generated admin token (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// Event file in `data_dir`.
+pub const EVENTS_FILE: &str = "events.jsonl";
+
+/// State shared by every connection.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub recorder: Recorder,
+    limiters: LimiterCache,
+    admin_token_sha256: [u8; 32],
+    draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// A started gateway: its bound addresses and the handles to reload and stop it.
+pub struct RunningGateway {
+    pub listen_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    gateway_graceful: Arc<GracefulShutdown>,
+    admin_graceful: Arc<GracefulShutdown>,
+    event_task: JoinHandle<()>,
+    grace: Duration,
+}
+
+impl RunningGateway {
+    /// Binds the listeners, opens the event file and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
+        let data_dir = config.gateway.data_dir.clone();
+        create_private_dir(&data_dir)?;
+        let admin_token_sha256 = admin_token_hash(&config, &data_dir)?;
+        let limiters = LimiterCache::default();
+        let runtime = Runtime::build(config.clone(), admin_token_sha256, &limiters)?;
+        for problem in &runtime.problems {
+            tracing::error!(problem = %problem, "integration not ready");
+        }
+        let (events, event_task) = EventSink::start(EventFileOptions {
+            path: data_dir.join(EVENTS_FILE),
+            max_file_bytes: config.gateway.events_max_file_bytes,
+            max_files: config.gateway.events_max_files,
+        })
+        .with_context(|| format!("opening {}", data_dir.join(EVENTS_FILE).display()))?;
+        let shared = Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            recorder: Recorder {
+                events,
+                metrics: Arc::new(Metrics::new()),
+            },
+            limiters,
+            admin_token_sha256,
+            draining: AtomicBool::new(false),
+        });
+
+        let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
+            (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                tls::server_config(cert, key, config.gateway.client_ca.as_deref())?,
+            ))),
+            _ => None,
+        };
+        let listener = TcpListener::bind(config.gateway.listen)
+            .await
+            .with_context(|| format!("binding listen address {}", config.gateway.listen))?;
+        let admin_listener = TcpListener::bind(config.gateway.admin_listen)
+            .await
+            .with_context(|| format!("binding admin_listen address {}", config.gateway.admin_listen))?;
+        let listen_addr = listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let gateway_graceful = Arc::new(GracefulShutdown::new());
+        let admin_graceful = Arc::new(GracefulShutdown::new());
+        let builder = listener::connection_builder(config.gateway.max_header_bytes);
+        let gateway_task = tokio::spawn(listener::accept_loop(
+            listener,
+            tls,
+            builder.clone(),
+            gateway_graceful.clone(),
+            shutdown_rx.clone(),
+            {
+                let shared = shared.clone();
+                move |connection, request| proxy::handle(shared.clone(), connection, request)
+            },
+        ));
+        let admin_task = tokio::spawn(listener::accept_loop(
+            admin_listener,
+            None,
+            builder,
+            admin_graceful.clone(),
+            shutdown_rx,
+            {
+                let shared = shared.clone();
+                move |_connection, request| admin::handle(shared.clone(), request)
+            },
+        ));
+        tracing::info!(%listen_addr, %admin_addr, data_dir = %data_dir.display(), "postern is serving");
+        Ok(RunningGateway {
+            listen_addr,
+            admin_addr,
+            data_dir,
+            shared,
+            shutdown,
+            accept_tasks: vec![gateway_task, admin_task],
+            gateway_graceful,
+            admin_graceful,
+            event_task,
+            grace: Duration::from_millis(config.gateway.shutdown_grace_ms),
+        })
+    }
+
+    /// Swaps in a new configuration atomically. On error the running one stays.
+    /// Listener addresses, TLS files and data_dir are fixed at start; changes to them are
+    /// reported and need a restart.
+    pub fn reload(&self, config: Config) -> anyhow::Result<Vec<String>> {
+        let current = self.shared.runtime.load();
+        let mut notes = Vec::new();
+        let old = &current.config.gateway;
+        let new = &config.gateway;
+        if old.listen != new.listen
+            || old.admin_listen != new.admin_listen
+            || old.data_dir != new.data_dir
+            || old.tls_cert != new.tls_cert
+            || old.tls_key != new.tls_key
+            || old.client_ca != new.client_ca
+        {
+            notes.push(
+                "listen, admin_listen, data_dir and TLS files take effect only after a restart"
+                    .to_string(),
+            );
+        }
+        let hash = match &config.gateway.admin_token_sha256 {
+            Some(_) => admin_token_hash(&config, &self.data_dir)?,
+            None => self.shared.admin_token_sha256,
+        };
+        let runtime = match Runtime::build(config, hash, &self.shared.limiters) {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                self.shared
+                    .recorder
+                    .metrics
+                    .config_reloads
+                    .get_or_create(&metrics::ResultLabel {
+                        result: "rejected".to_string(),
+                    })
+                    .inc();
+                return Err(error);
+            }
+        };
+        notes.extend(runtime.problems.iter().cloned());
+        self.shared.runtime.store(Arc::new(runtime));
+        self.shared
+            .recorder
+            .metrics
+            .config_reloads
+            .get_or_create(&metrics::ResultLabel {
+                result: "applied".to_string(),
+            })
+            .inc();
+        Ok(notes)
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, lets in-flight calls finish (up to `shutdown_grace_ms`), flushes events.
+    pub async fn shutdown(self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+        for task in self.accept_tasks {
+            let _ = task.await;
+        }
+        let gateway = Arc::try_unwrap(self.gateway_graceful).ok();
+        let admin = Arc::try_unwrap(self.admin_graceful).ok();
+        let drained = tokio::time::timeout(self.grace, async move {
+            if let Some(gateway) = gateway {
+                gateway.shutdown().await;
+            }
+            if let Some(admin) = admin {
+                admin.shutdown().await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_ms = self.grace.as_millis() as u64,
+                "calls still in flight after the shutdown grace period; closing them"
+            );
+        }
+        self.shared.recorder.events.flush().await;
+        drop(self.shared);
+        // The writer ends when the last sink handle is gone; do not wait forever for stragglers.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.event_task).await;
+    }
+}
+
+fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("creating data_dir {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+/// The admin token's hash: from the config, else from `<data_dir>/admin-token`, generated with
+/// mode 0600 on first start.
+pub fn admin_token_hash(config: &Config, data_dir: &Path) -> anyhow::Result<[u8; 32]> {
+    if let Some(hash) = &config.gateway.admin_token_sha256 {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hash, &mut out)
+            .context("admin_token_sha256 must be 64 hex digits")?;
+        return Ok(out);
+    }
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    let token = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().to_string(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let token = new_token("pat_");
+            write_private_file(&path, format!("{token}\n").as_bytes())?;
+            tracing::info!(path = %path.display(), "generated an admin token");
+            token
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading the admin token {}", path.display()))
+        }
+    };
+    if token.is_empty() {
+        anyhow::bail!(
+            "{} is empty; delete it to have a new admin token generated",
+            path.display()
+        );
+    }
+    Ok(Sha256::digest(token.as_bytes()).into())
+}
+
+/// A new random token: prefix + 32 random bytes, base64url.
+pub fn new_token(prefix: &str) -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Hex SHA-256 of a token, as the config stores it.
+pub fn token_sha256_hex(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    Ok(())
+}

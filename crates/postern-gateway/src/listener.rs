@@ -1,0 +1,132 @@
+//! Accepting connections: plain (HTTP/1.1 and h2c) or TLS (ALPN h2/http1.1, optional client
+//! certificates), each connection served by hyper and watched for graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::GatewayBody;
+use crate::context::ConnectionInfo;
+
+/// Protocol settings shared by the gateway and admin listeners.
+pub fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_bytes as u32)
+        .max_concurrent_streams(1024);
+    builder
+}
+
+/// Accepts until `shutdown` turns true. Each connection runs in its own task, registered with
+/// `watcher` so shutdown can wait for in-flight calls.
+pub async fn accept_loop<H, F>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: Arc<GracefulShutdown>,
+    mut shutdown: watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(Arc<ConnectionInfo>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<GatewayBody>> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let tls = tls.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => {
+                    let info = Arc::new(ConnectionInfo {
+                        peer,
+                        spiffe_id: None,
+                        tls: false,
+                    });
+                    serve(TokioIo::new(stream), info, builder, watcher, handler).await;
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let spiffe_id = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .and_then(crate::tls::spiffe_id);
+                    let info = Arc::new(ConnectionInfo {
+                        peer,
+                        spiffe_id,
+                        tls: true,
+                    });
+                    serve(TokioIo::new(stream), info, builder, watcher, handler).await;
+                }
+            }
+        });
+    }
+}
+
+async fn serve<I, H, F>(
+    io: I,
+    info: Arc<ConnectionInfo>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    handler: H,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    H: Fn(Arc<ConnectionInfo>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<GatewayBody>> + Send + 'static,
+{
+    let peer: SocketAddr = info.peer;
+    let service = hyper::service::service_fn(move |request| {
+        let response = handler(info.clone(), request);
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let connection = builder.serve_connection(io, service).into_owned();
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%peer, error = %error, "connection ended with an error");
+    }
+}

@@ -1,0 +1,159 @@
+//! Prometheus metrics. Names and labels are part of the interface (docs/ADMIN.md).
+//! Label values are configured names only (never a raw path or a token), so cardinality is bounded
+//! by the config.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::events::{CallEvent, Decision, EventStats};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub integration: String,
+    pub caller: String,
+    pub decision: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IntegrationLabel {
+    pub integration: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    denials: Family<ReasonLabel, Counter>,
+    duration: Family<IntegrationLabel, Histogram>,
+    pub config_reloads: Family<ResultLabel, Counter>,
+    pub in_flight: Gauge,
+    events_written: Counter,
+    events_errors: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("postern");
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "calls",
+            "Calls through the gateway by integration, caller, decision and status",
+            calls.clone(),
+        );
+        let denials = Family::<ReasonLabel, Counter>::default();
+        registry.register("denials", "Refused calls by reason", denials.clone());
+        let duration = Family::<IntegrationLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(
+                [
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ]
+                .into_iter(),
+            )
+        });
+        registry.register(
+            "call_duration_seconds",
+            "Call latency from request head to the end of the response body",
+            duration.clone(),
+        );
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result (applied, rejected)",
+            config_reloads.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register("in_flight_calls", "Calls being served now", in_flight.clone());
+        let events_written = Counter::default();
+        registry.register(
+            "events_written",
+            "Call events appended to events.jsonl",
+            events_written.clone(),
+        );
+        let events_errors = Counter::default();
+        registry.register(
+            "event_write_errors",
+            "Call events that could not be written",
+            events_errors.clone(),
+        );
+        Metrics {
+            registry,
+            calls,
+            denials,
+            duration,
+            config_reloads,
+            in_flight,
+            events_written,
+            events_errors,
+        }
+    }
+
+    pub fn observe_call(&self, event: &CallEvent, duration: Duration) {
+        let integration = event.integration.clone().unwrap_or_else(|| "-".to_string());
+        self.calls
+            .get_or_create(&CallLabels {
+                integration: integration.clone(),
+                caller: event.caller.clone().unwrap_or_else(|| "-".to_string()),
+                decision: match event.decision {
+                    Decision::Allow => "allow",
+                    Decision::Deny => "deny",
+                }
+                .to_string(),
+                status: event.status.to_string(),
+            })
+            .inc();
+        if event.decision == Decision::Deny {
+            self.denials
+                .get_or_create(&ReasonLabel {
+                    reason: event.reason.clone(),
+                })
+                .inc();
+        }
+        self.duration
+            .get_or_create(&IntegrationLabel { integration })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Text exposition format.
+    pub fn encode(&self, event_stats: &EventStats) -> String {
+        // Mirror the writer's counters into the registry before encoding.
+        let written = event_stats.written.load(Ordering::Relaxed);
+        let current = self.events_written.get();
+        if written > current {
+            self.events_written.inc_by(written - current);
+        }
+        let errors = event_stats.write_errors.load(Ordering::Relaxed);
+        let current = self.events_errors.get();
+        if errors > current {
+            self.events_errors.inc_by(errors - current);
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,670 @@
+//! The data plane, one call, as its phases:
+//!
+//! `check_request` → `identify_caller` → `route` (integration + operation) → `authorize` (Cedar) →
+//! `rate_limit` → `inject` (strip caller credentials, add the vendor's) → `forward` (guarded
+//! dial, TLS) → `inspect_response` (limits, redirects) → record (when the body ends).
+//!
+//! Each phase reads and fills the one [`CallContext`]; a phase that refuses returns a
+//! [`CallError`] and nothing after it runs, so nothing reaches the vendor.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use percent_encoding::AsciiSet;
+use postern_policy::AuthzRequest;
+
+use crate::body::{ForwardBody, GatewayBody, RequestBodyViolation, ResponseBody};
+use crate::context::{AuthMethod, CallContext, ConnectionInfo};
+use crate::error::CallError;
+use crate::events::Decision;
+use crate::record::PendingRecord;
+use crate::runtime::{Injector, IntegrationRuntime, Runtime};
+use crate::upstream::{find_cause, ConnectError, UpstreamAddr};
+use crate::Shared;
+
+/// Characters escaped in an injected query value.
+pub const QUERY_VALUE: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Connection-scoped headers never forwarded (RFC 9110 §7.6.1), in either direction.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Serves one call and always answers; refusals and failures are recorded here, streamed
+/// responses when their body ends.
+pub async fn handle(
+    shared: Arc<Shared>,
+    connection: Arc<ConnectionInfo>,
+    request: Request<Incoming>,
+) -> Response<GatewayBody> {
+    let runtime = shared.runtime.load_full();
+    let mut context = CallContext::new(&connection, request.method(), request.version());
+    let mut authorized = false;
+    match pipeline(
+        &shared,
+        &runtime,
+        &connection,
+        &mut context,
+        &mut authorized,
+        request,
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(error) => {
+            let decision = if authorized {
+                Decision::Allow
+            } else {
+                Decision::Deny
+            };
+            shared
+                .recorder
+                .record(&context, error.status.as_u16(), decision, error.code);
+            error.to_response(&context.request_id).map(GatewayBody::full)
+        }
+    }
+}
+
+async fn pipeline(
+    shared: &Arc<Shared>,
+    runtime: &Arc<Runtime>,
+    connection: &ConnectionInfo,
+    context: &mut CallContext,
+    authorized: &mut bool,
+    request: Request<Incoming>,
+) -> Result<Response<GatewayBody>, CallError> {
+    check_request(&request)?;
+    let caller_token = identify_caller(runtime, connection, context, request.headers())?;
+    let (integration, vendor_path) = route(runtime, context, request.uri())?;
+    authorize(runtime, &integration, context, &request)?;
+    *authorized = true;
+    rate_limit(&integration, context)?;
+    let upstream_request = inject(&integration, context, request, caller_token.as_deref())?;
+    let response = forward(&integration, context, upstream_request, &vendor_path).await?;
+    inspect_response(shared, &integration, context, response)
+}
+
+/// Refuses malformed requests before anything else: traversal, encoded separators, control
+/// characters, conflicting framing.
+fn check_request(request: &Request<Incoming>) -> Result<(), CallError> {
+    let path = request.uri().path();
+    if let Some(problem) = path_problem(path) {
+        return Err(CallError::bad_request(
+            "invalid_path",
+            format!("the request path is refused: {problem}; send a normalized path such as /<integration>/v1/resource"),
+        ));
+    }
+    let headers = request.headers();
+    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(CallError::bad_request(
+            "conflicting_framing",
+            "the request has both Content-Length and Transfer-Encoding; send only one",
+        ));
+    }
+    if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err(CallError::bad_request(
+            "conflicting_framing",
+            "the request has several Content-Length headers; send exactly one",
+        ));
+    }
+    Ok(())
+}
+
+/// Why a raw request path is refused, if it is.
+pub fn path_problem(path: &str) -> Option<&'static str> {
+    if !path.starts_with('/') {
+        return Some("it does not start with '/'");
+    }
+    let bytes = path.as_bytes();
+    for (index, &byte) in bytes.iter().enumerate() {
+        if byte < 0x20 || byte == 0x7f {
+            return Some("it contains a control character");
+        }
+        if byte == b'\\' {
+            return Some("it contains a backslash");
+        }
+        if byte == b'%' {
+            let code = bytes.get(index + 1..index + 3).unwrap_or_default();
+            if code.len() < 2 || !code.iter().all(u8::is_ascii_hexdigit) {
+                return Some("it contains a malformed percent-escape");
+            }
+            let decoded = u8::from_str_radix(std::str::from_utf8(code).unwrap_or("00"), 16).unwrap_or(0);
+            match decoded {
+                b'.' => return Some("it contains an encoded '.' (%2e)"),
+                b'/' => return Some("it contains an encoded '/' (%2f)"),
+                b'\\' => return Some("it contains an encoded '\\' (%5c)"),
+                0..=0x1f | 0x7f => return Some("it contains an encoded control character"),
+                _ => {}
+            }
+        }
+    }
+    for segment in path[1..].split('/') {
+        match segment {
+            "." | ".." => return Some("it contains a '.' or '..' segment"),
+            _ => {}
+        }
+    }
+    if path.contains("//") {
+        return Some("it contains an empty segment ('//')");
+    }
+    None
+}
+
+/// Who is calling: a verified client certificate's SPIFFE ID, else a caller token from
+/// `Postern-Caller-Token`, `Authorization: Bearer`, or `Authorization: Basic` (token as password).
+/// Returns the token (to keep it from ever being forwarded).
+fn identify_caller(
+    runtime: &Runtime,
+    connection: &ConnectionInfo,
+    context: &mut CallContext,
+    headers: &HeaderMap,
+) -> Result<Option<Vec<u8>>, CallError> {
+    if let Some(spiffe_id) = &connection.spiffe_id {
+        if let Some(caller) = runtime.caller_by_spiffe(spiffe_id) {
+            context.caller = Some(caller);
+            context.auth = Some(AuthMethod::Mtls);
+            return Ok(caller_token_from_headers(headers));
+        }
+    }
+    let Some(token) = caller_token_from_headers(headers) else {
+        return Err(CallError::unauthenticated(
+            "no caller credentials: send Authorization: Bearer <caller token> (or Basic with the token as password, or Postern-Caller-Token), or a client certificate with a registered SPIFFE ID",
+        ));
+    };
+    match runtime.caller_by_token(&token) {
+        Some(caller) => {
+            context.caller = Some(caller);
+            context.auth = Some(AuthMethod::Token);
+            Ok(Some(token))
+        }
+        None => Err(CallError::unauthenticated(
+            "unknown caller token: use a token from `postern callers token NAME` whose sha256 is in the config",
+        )),
+    }
+}
+
+fn caller_token_from_headers(headers: &HeaderMap) -> Option<Vec<u8>> {
+    if let Some(value) = headers.get(crate::CALLER_TOKEN_HEADER) {
+        return Some(value.as_bytes().trim_ascii().to_vec());
+    }
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes().trim_ascii();
+    let (scheme, rest) = match value.iter().position(|&b| b == b' ') {
+        Some(space) => (&value[..space], value[space + 1..].trim_ascii()),
+        None => return None,
+    };
+    if scheme.eq_ignore_ascii_case(b"bearer") {
+        return Some(rest.to_vec());
+    }
+    if scheme.eq_ignore_ascii_case(b"basic") {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
+        let colon = decoded.iter().position(|&b| b == b':')?;
+        let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
+        return Some(if password.is_empty() { user } else { password }.to_vec());
+    }
+    None
+}
+
+/// `/<integration>/<vendor path>` → the integration and the vendor path.
+fn route(
+    runtime: &Runtime,
+    context: &mut CallContext,
+    uri: &Uri,
+) -> Result<(Arc<IntegrationRuntime>, String), CallError> {
+    let path = uri.path();
+    let rest = &path[1..];
+    let (name, vendor_path) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash..]),
+        None => (rest, "/"),
+    };
+    let Some(integration) = runtime.integrations.get(name) else {
+        return Err(CallError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_integration",
+            "no integration is registered under this path's first segment; call /<integration>/<vendor path> with a name from the config",
+        ));
+    };
+    context.integration = Some(integration.name.clone());
+    Ok((integration.clone(), vendor_path.to_string()))
+}
+
+/// Operation match, then the Cedar decision.
+fn authorize(
+    runtime: &Runtime,
+    integration: &IntegrationRuntime,
+    context: &mut CallContext,
+    request: &Request<Incoming>,
+) -> Result<(), CallError> {
+    let vendor_path = {
+        let path = request.uri().path();
+        let rest = &path[1 + integration.name.len()..];
+        if rest.is_empty() {
+            "/"
+        } else {
+            rest
+        }
+    };
+    let Some(operation) = integration
+        .operations
+        .find(request.method().as_str(), vendor_path)
+    else {
+        return Err(CallError::forbidden(
+            "operation_not_allowed",
+            format!(
+                "{} {} matches no operation of integration {}; add it to the integration's operations if it should be allowed",
+                request.method(),
+                "this path",
+                integration.name
+            ),
+        ));
+    };
+    context.operation_id = Some(operation.id.to_string());
+    context.path_template = Some(operation.template.to_string());
+    let caller = context.caller.clone().unwrap_or_else(|| Arc::from(""));
+    let now = time::OffsetDateTime::from(SystemTime::now());
+    let request_bytes = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let source_ip = context.source_ip.to_string();
+    let decision = runtime.policy.authorize(&AuthzRequest {
+        caller: &caller,
+        integration: &integration.name,
+        operation: operation.id,
+        method: request.method().as_str(),
+        hour: now.hour(),
+        weekday: now.weekday().number_days_from_monday(),
+        request_bytes,
+        source_ip: &source_ip,
+    });
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(CallError::forbidden(
+            decision.reason.code(),
+            format!("{}; ask the integration's owner for a grant", decision.reason),
+        ))
+    }
+}
+
+fn rate_limit(integration: &IntegrationRuntime, context: &CallContext) -> Result<(), CallError> {
+    let (Some(limiter), Some(caller)) = (&integration.limiter, &context.caller) else {
+        return Ok(());
+    };
+    if let Err(not_until) = limiter.check_key(caller) {
+        use governor::clock::Clock as _;
+        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        let mut error = CallError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "rate limit of {} requests/s (burst {}) for this caller on {} exceeded; retry after the Retry-After delay",
+                integration.config.rate_limit.map_or(0, |r| r.requests_per_second),
+                integration.config.rate_limit.map_or(0, |r| r.burst),
+                integration.name
+            ),
+        );
+        error.retry_after_seconds = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        return Err(error);
+    }
+    Ok(())
+}
+
+/// Builds the vendor request: strips every caller credential and hop-by-hop header, refuses a
+/// request that would carry the caller token, injects the vendor credential.
+fn inject(
+    integration: &IntegrationRuntime,
+    context: &mut CallContext,
+    request: Request<Incoming>,
+    caller_token: Option<&[u8]>,
+) -> Result<Request<ForwardBody>, CallError> {
+    let injector = match &integration.credential {
+        Ok(injector) => injector.clone(),
+        Err(_) => {
+            return Err(CallError::unavailable(
+                "credential_unavailable",
+                format!(
+                    "the vendor credential of integration {} is not available; the operator must fix it (see postern logs and /readyz)",
+                    integration.name
+                ),
+            ))
+        }
+    };
+    let (parts, body) = request.into_parts();
+    if let Some(token) = caller_token {
+        let target = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
+        if memchr::memmem::find(target.as_bytes(), token).is_some() {
+            return Err(CallError::bad_request(
+                "caller_token_in_url",
+                "the request URL contains the caller token; send it only in the Authorization header",
+            ));
+        }
+    }
+    let declared_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = integration.config.max_request_body_bytes;
+    if declared_length.is_some_and(|length| length > limit) {
+        return Err(CallError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the request body exceeds max_request_body_bytes ({limit}); send a smaller body"),
+        ));
+    }
+
+    // Headers: drop hop-by-hop, those named by Connection, caller credentials, and any header
+    // carrying the caller token.
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
+    let connection_named: Vec<HeaderName> = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    let mut last_name: Option<HeaderName> = None;
+    for (name, value) in parts.headers.into_iter() {
+        let name = match name {
+            Some(name) => {
+                last_name = Some(name.clone());
+                name
+            }
+            None => match &last_name {
+                Some(name) => name.clone(),
+                None => continue,
+            },
+        };
+        if name == header::HOST
+            || HOP_BY_HOP.contains(&name)
+            || connection_named.contains(&name)
+            || integration.stripped_headers.contains(&name)
+        {
+            continue;
+        }
+        if let Some(token) = caller_token {
+            if memchr::memmem::find(value.as_bytes(), token).is_some() {
+                continue;
+            }
+        }
+        headers.append(name, value);
+    }
+
+    // URL: upstream prefix + vendor path + query (with the credential's query param replaced).
+    let path = parts.uri.path();
+    let vendor_path = {
+        let rest = &path[1 + integration.name.len()..];
+        if rest.is_empty() {
+            "/"
+        } else {
+            rest
+        }
+    };
+    let mut target = String::with_capacity(integration.upstream.path_prefix.len() + path.len() + 64);
+    target.push_str(&integration.upstream.path_prefix);
+    target.push_str(vendor_path);
+    let mut query: Vec<&str> = parts
+        .uri
+        .query()
+        .map(|q| q.split('&').filter(|p| !p.is_empty()).collect())
+        .unwrap_or_default();
+    let injected_query;
+    match &injector {
+        Some(Injector::Header { name, value }) => {
+            headers.insert(name.clone(), value.clone());
+        }
+        Some(Injector::Query {
+            param,
+            encoded_value,
+        }) => {
+            query.retain(|pair| pair.split('=').next() != Some(param.as_str()));
+            injected_query = format!("{param}={encoded_value}");
+            query.push(&injected_query);
+        }
+        None => {}
+    }
+    if !query.is_empty() {
+        target.push('?');
+        target.push_str(&query.join("&"));
+    }
+    let uri = Uri::builder()
+        .scheme(integration.upstream.scheme.clone())
+        .authority(integration.upstream.authority.clone())
+        .path_and_query(target)
+        .build()
+        .map_err(|_| CallError::bad_request("invalid_path", "the request target cannot be forwarded; check the path and query encoding"))?;
+
+    let body = ForwardBody::new(body, limit, context.request_body.clone(), caller_token);
+    let mut upstream = Request::new(body);
+    *upstream.method_mut() = parts.method;
+    *upstream.uri_mut() = uri;
+    *upstream.headers_mut() = headers;
+    Ok(upstream)
+}
+
+async fn forward(
+    integration: &IntegrationRuntime,
+    context: &mut CallContext,
+    request: Request<ForwardBody>,
+    _vendor_path: &str,
+) -> Result<Response<Incoming>, CallError> {
+    let timeout = Duration::from_millis(integration.config.request_timeout_ms);
+    let result = tokio::time::timeout(timeout, integration.client.request(request)).await;
+    let response = match result {
+        Err(_) => {
+            return Err(CallError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                format!(
+                    "the vendor did not answer within request_timeout_ms ({} ms)",
+                    integration.config.request_timeout_ms
+                ),
+            ))
+        }
+        Ok(Err(error)) => return Err(classify_upstream_error(integration, context, &error)),
+        Ok(Ok(response)) => response,
+    };
+    if let Some(UpstreamAddr(addr)) = response.extensions().get::<UpstreamAddr>() {
+        context.upstream_addr = Some(*addr);
+    }
+    Ok(response)
+}
+
+fn classify_upstream_error(
+    integration: &IntegrationRuntime,
+    context: &CallContext,
+    error: &hyper_util::client::legacy::Error,
+) -> CallError {
+    match context.request_body.violation() {
+        RequestBodyViolation::TooLarge => {
+            return CallError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!(
+                    "the request body exceeds max_request_body_bytes ({}); send a smaller body",
+                    integration.config.max_request_body_bytes
+                ),
+            )
+        }
+        RequestBodyViolation::CallerToken => {
+            return CallError::bad_request(
+                "caller_token_in_body",
+                "the request body contains the caller token; it is never forwarded to a vendor",
+            )
+        }
+        RequestBodyViolation::None => {}
+    }
+    if let Some(connect) = find_cause::<ConnectError>(error) {
+        tracing::warn!(integration = %integration.name, request_id = %context.request_id, error = %connect, "upstream connection refused or failed");
+        return match connect {
+            ConnectError::Denied(denied) => CallError::bad_gateway(
+                "upstream_address_denied",
+                format!(
+                    "the upstream host of {} resolves to a {} address, which Postern refuses to dial; if this is intended, list it in allow_private_networks",
+                    integration.name,
+                    denied.class.as_str()
+                ),
+            ),
+            ConnectError::Resolve { .. } => CallError::bad_gateway(
+                "upstream_unresolvable",
+                format!("the upstream host of {} could not be resolved", integration.name),
+            ),
+            ConnectError::Timeout { .. } => CallError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_connect_timeout",
+                format!(
+                    "connecting to the vendor took longer than connect_timeout_ms ({} ms)",
+                    integration.config.connect_timeout_ms
+                ),
+            ),
+            ConnectError::Connect { .. } | ConnectError::NoHost => CallError::bad_gateway(
+                "upstream_unreachable",
+                format!("the vendor of {} could not be reached", integration.name),
+            ),
+        };
+    }
+    if has_tls_error(error) {
+        tracing::warn!(integration = %integration.name, request_id = %context.request_id, error = %error_chain(error), "TLS to the vendor failed");
+        return CallError::bad_gateway(
+            "upstream_tls_error",
+            format!(
+                "TLS to the vendor of {} failed (certificate not trusted or handshake refused); check upstream and ca_file",
+                integration.name
+            ),
+        );
+    }
+    tracing::warn!(integration = %integration.name, request_id = %context.request_id, error = %error_chain(error), "upstream request failed");
+    CallError::bad_gateway(
+        "upstream_error",
+        format!("the vendor of {} closed or broke the connection", integration.name),
+    )
+}
+
+fn has_tls_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                return true;
+            }
+        }
+        current = error.source();
+    }
+    false
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(error) = current {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        current = error.source();
+    }
+    text
+}
+
+/// Response checks: size cap, redirects leaving the upstream's origin, hop-by-hop headers.
+fn inspect_response(
+    shared: &Arc<Shared>,
+    integration: &IntegrationRuntime,
+    context: &mut CallContext,
+    response: Response<Incoming>,
+) -> Result<Response<GatewayBody>, CallError> {
+    let (mut parts, body) = response.into_parts();
+    let limit = integration.config.max_response_body_bytes;
+    let declared_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|length| length > limit) {
+        return Err(CallError::bad_gateway(
+            "response_too_large",
+            format!("the vendor's response exceeds max_response_body_bytes ({limit})"),
+        ));
+    }
+    if parts.status.is_redirection() {
+        if let Some(location) = parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+            context.redirect_off_origin = leaves_origin(&integration.config.upstream, location);
+        }
+    }
+    let connection_named: Vec<HeaderName> = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(connection_named.iter()) {
+        parts.headers.remove(name);
+    }
+    if let Ok(value) = HeaderValue::from_str(&context.request_id) {
+        parts.headers.insert(crate::REQUEST_ID_HEADER, value);
+    }
+    parts.version = http::Version::default();
+    parts.extensions = http::Extensions::new();
+    let status = parts.status.as_u16();
+    let pending = PendingRecord {
+        recorder: shared.recorder.clone(),
+        context: std::mem::replace(context, placeholder_context(context)),
+        status,
+    };
+    let body = ResponseBody::new(body, limit, pending);
+    Ok(Response::from_parts(parts, GatewayBody::Stream(Box::new(body))))
+}
+
+/// After the context moves into the streaming body, the handler keeps a copy of its ids.
+fn placeholder_context(context: &CallContext) -> CallContext {
+    CallContext {
+        request_id: context.request_id.clone(),
+        started: context.started,
+        wall_start: context.wall_start,
+        source_ip: context.source_ip,
+        protocol: context.protocol,
+        method: String::new(),
+        integration: None,
+        caller: None,
+        auth: None,
+        operation_id: None,
+        path_template: None,
+        upstream_addr: None,
+        request_body: context.request_body.clone(),
+        redirect_off_origin: false,
+    }
+}
+
+/// Whether a redirect's Location points outside the upstream's scheme, host and port.
+pub fn leaves_origin(upstream: &url::Url, location: &str) -> bool {
+    match upstream.join(location) {
+        Ok(target) => {
+            target.scheme() != upstream.scheme()
+                || target.host_str().map(str::to_ascii_lowercase)
+                    != upstream.host_str().map(str::to_ascii_lowercase)
+                || target.port_or_known_default() != upstream.port_or_known_default()
+        }
+        Err(_) => true,
+    }
+}

@@ -1,0 +1,714 @@
+//! The SSRF guard: Postern decides which upstream addresses it may dial.
+//!
+//! A gateway that calls third-party APIs on behalf of clients is a
+//! server-side request forgery machine unless it refuses to talk to its own
+//! network. In the spirit of Stripe's smokescreen, Postern never hands a
+//! hostname to a connector that resolves it on its own. It resolves the host
+//! here, classifies every address the resolver returned, and the proxy dials
+//! only the addresses this crate handed back. Checking a name and then letting
+//! something else resolve it again would reopen the gap that DNS rebinding
+//! uses, so callers must connect to the returned [`SocketAddr`]s and nothing
+//! else.
+//!
+//! The crate has two layers:
+//!
+//! * **Classification is pure (sans-IO).** [`classify`] maps an [`IpAddr`] to
+//!   an [`AddressClass`], and [`Guard::check`] applies the operator's
+//!   `allow_private_networks` to it. Neither touches the network, a clock or a
+//!   file, so both are exhaustively table-tested.
+//! * **[`Guard::resolve`] is the only IO.** It accepts IP literals (including
+//!   the bracketed IPv6 form and the numeric IPv4 shorthands that the system
+//!   resolver also accepts, such as `2130706433`, `0x7f.1` or `127.1`) without
+//!   DNS, and otherwise asks the system resolver through
+//!   [`tokio::net::lookup_host`]. If *any* address in the answer is denied, the
+//!   whole resolution is refused, so a name that answers with one public and
+//!   one private address cannot smuggle the private one past the guard.
+//!
+//! Policy in one sentence: only globally routable unicast addresses pass;
+//! everything else passes only if an `allow_private_networks` entry contains
+//! it. IPv6 forms that embed an IPv4 address (IPv4-mapped, IPv4-compatible,
+//! NAT64, 6to4, Teredo) are denied as their own class whatever address they
+//! embed, because the path such a packet takes depends on translators we
+//! cannot see.
+//!
+//! What this crate is not: it does not parse URLs, does not decide which
+//! hosts a caller may reach (that is the policy engine's job), does not open
+//! connections and does not cache DNS answers.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ipnet::IpNet;
+
+/// What kind of address an IP is, as far as dialing it from a gateway goes.
+///
+/// Only [`AddressClass::Public`] is allowed by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressClass {
+    /// Globally routable unicast.
+    Public,
+    /// `127.0.0.0/8`, `::1`.
+    Loopback,
+    /// RFC 1918: `10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16`.
+    Private,
+    /// `169.254.0.0/16` (including cloud metadata at `169.254.169.254`) and
+    /// `fe80::/10`.
+    LinkLocal,
+    /// RFC 6598 carrier-grade NAT space, `100.64.0.0/10`.
+    SharedCgnat,
+    /// `fc00::/7`.
+    UniqueLocal,
+    /// `224.0.0.0/4`, `ff00::/8`.
+    Multicast,
+    /// `0.0.0.0`, `::`.
+    Unspecified,
+    /// `255.255.255.255`.
+    Broadcast,
+    /// `::ffff:0:0/96`, whatever IPv4 address it embeds.
+    Ipv4Mapped,
+    /// `::/96`, the deprecated IPv4-compatible form (other than `::` and `::1`).
+    Ipv4Compatible,
+    /// `64:ff9b::/96` and `64:ff9b:1::/48`.
+    Nat64,
+    /// `2002::/16`.
+    SixToFour,
+    /// `2001::/32`.
+    Teredo,
+    /// Anything else that is not globally routable: `0.0.0.0/8`,
+    /// `192.0.0.0/24`, the documentation and benchmarking ranges, `240.0.0.0/4`,
+    /// `100::/64`, `2001:db8::/32`, the rest of `2001::/23`, site-local
+    /// `fec0::/10`, and every IPv6 address outside `2000::/3`.
+    Reserved,
+}
+
+impl AddressClass {
+    /// Stable snake_case name, used in error messages, logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AddressClass::Public => "public",
+            AddressClass::Loopback => "loopback",
+            AddressClass::Private => "private",
+            AddressClass::LinkLocal => "link_local",
+            AddressClass::SharedCgnat => "shared_cgnat",
+            AddressClass::UniqueLocal => "unique_local",
+            AddressClass::Multicast => "multicast",
+            AddressClass::Unspecified => "unspecified",
+            AddressClass::Broadcast => "broadcast",
+            AddressClass::Ipv4Mapped => "ipv4_mapped",
+            AddressClass::Ipv4Compatible => "ipv4_compatible",
+            AddressClass::Nat64 => "nat64",
+            AddressClass::SixToFour => "6to4",
+            AddressClass::Teredo => "teredo",
+            AddressClass::Reserved => "reserved",
+        }
+    }
+}
+
+/// Classifies an address. Pure: no IO, no configuration.
+pub fn classify(ip: IpAddr) -> AddressClass {
+    match ip {
+        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V6(v6) => classify_v6(v6),
+    }
+}
+
+fn classify_v4(ip: Ipv4Addr) -> AddressClass {
+    let [a, b, c, _] = ip.octets();
+    match (a, b, c) {
+        _ if ip == Ipv4Addr::UNSPECIFIED => AddressClass::Unspecified,
+        _ if ip == Ipv4Addr::BROADCAST => AddressClass::Broadcast,
+        // "This network", RFC 1122; dialing it reaches the local host on Linux.
+        (0, _, _) => AddressClass::Reserved,
+        (127, _, _) => AddressClass::Loopback,
+        (10, _, _) | (172, 16..=31, _) | (192, 168, _) => AddressClass::Private,
+        (169, 254, _) => AddressClass::LinkLocal,
+        (100, 64..=127, _) => AddressClass::SharedCgnat,
+        (224..=239, _, _) => AddressClass::Multicast,
+        // Class E, RFC 1112.
+        (240..=255, _, _) => AddressClass::Reserved,
+        // IETF protocol assignments (RFC 6890), TEST-NET-1/2/3 (RFC 5737),
+        // benchmarking (RFC 2544), deprecated 6to4 relay anycast (RFC 7526).
+        (192, 0, 0)
+        | (192, 0, 2)
+        | (198, 51, 100)
+        | (203, 0, 113)
+        | (198, 18..=19, _)
+        | (192, 88, 99) => AddressClass::Reserved,
+        _ => AddressClass::Public,
+    }
+}
+
+fn classify_v6(ip: Ipv6Addr) -> AddressClass {
+    let bits = u128::from(ip);
+    // True when the first `prefix_len` bits of `ip` equal those of `prefix`.
+    let within = |prefix: Ipv6Addr, prefix_len: u32| {
+        let shift = 128 - prefix_len;
+        bits >> shift == u128::from(prefix) >> shift
+    };
+    if ip == Ipv6Addr::UNSPECIFIED {
+        AddressClass::Unspecified
+    } else if ip == Ipv6Addr::LOCALHOST {
+        AddressClass::Loopback
+    } else if within(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96) {
+        AddressClass::Ipv4Mapped
+    } else if within(Ipv6Addr::UNSPECIFIED, 96) {
+        AddressClass::Ipv4Compatible
+    } else if within(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96)
+        || within(Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48)
+    {
+        AddressClass::Nat64
+    } else if within(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8) {
+        AddressClass::Multicast
+    } else if within(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10) {
+        AddressClass::LinkLocal
+    } else if within(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7) {
+        AddressClass::UniqueLocal
+    } else if within(Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16) {
+        AddressClass::SixToFour
+    } else if within(Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32) {
+        AddressClass::Teredo
+    } else if within(Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0), 3)
+        // IETF protocol assignments (RFC 2928): ORCHID, benchmarking, AMT, ...
+        && !within(Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23)
+        // Documentation, RFC 3849 and RFC 9637.
+        && !within(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32)
+        && !within(Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20)
+    {
+        AddressClass::Public
+    } else {
+        // Outside global unicast 2000::/3: discard 100::/64, site-local
+        // fec0::/10, IPv4-translated ::ffff:0:0:0/96, SRv6 5f00::/16, and
+        // space IANA has not allocated.
+        AddressClass::Reserved
+    }
+}
+
+/// An address the guard refused to let Postern dial.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("address {ip} is {} and not in allow_private_networks", class.as_str())]
+pub struct Denied {
+    pub ip: IpAddr,
+    pub class: AddressClass,
+}
+
+/// Why [`Guard::resolve`] produced no addresses to dial.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// The host is, or resolved to, an address the guard refuses.
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// The host is malformed, the resolver failed, or it returned nothing.
+    #[error("could not resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The SSRF guard: public addresses pass, everything else must be inside one
+/// of the operator's `allow_private_networks`.
+///
+/// `Guard::default()` allows public addresses only.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    allow_private_networks: Vec<IpNet>,
+}
+
+impl Guard {
+    pub fn new(allow_private_networks: Vec<IpNet>) -> Self {
+        Guard {
+            allow_private_networks,
+        }
+    }
+
+    /// Decides whether Postern may dial `ip`. Pure.
+    ///
+    /// [`AddressClass::Public`] always passes. Any other address passes only
+    /// if an `allow_private_networks` entry contains it.
+    ///
+    /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is, on a dual-stack
+    /// socket, a connection to `a.b.c.d`, so it is also allowed when an IPv4
+    /// entry contains the embedded address: `127.0.0.1/32` allows both
+    /// `127.0.0.1` and `::ffff:127.0.0.1`. Without a matching entry it stays
+    /// denied as `ipv4_mapped`, even when the embedded address is public.
+    /// No other IPv4-embedding form gets this treatment.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Denied> {
+        let class = classify(ip);
+        if class == AddressClass::Public || self.is_allowed_private(ip) {
+            return Ok(());
+        }
+        if let IpAddr::V6(v6) = ip {
+            if let Some(embedded) = v6.to_ipv4_mapped() {
+                if self.is_allowed_private(IpAddr::V4(embedded)) {
+                    return Ok(());
+                }
+            }
+        }
+        Err(Denied { ip, class })
+    }
+
+    /// Resolves `host` and returns the addresses Postern may dial, in
+    /// resolver order, each paired with `port`.
+    ///
+    /// The host is lowercased and one trailing dot is stripped. IP literals
+    /// (`10.0.0.1`, `::1`, `[::1]`) and numeric IPv4 shorthands the system
+    /// resolver would also accept (`2130706433`, `0x7f.1`, `0177.0.0.1`,
+    /// `127.1`) are checked directly without DNS. Anything else goes to
+    /// [`tokio::net::lookup_host`]; if any address in the answer is denied,
+    /// the whole answer is refused with [`GuardError::Denied`]. An empty
+    /// answer is [`GuardError::Resolve`].
+    ///
+    /// Dial only the returned addresses; resolving the host again elsewhere
+    /// would undo the check.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, GuardError> {
+        let resolve_error = |kind: io::ErrorKind, message: &str| GuardError::Resolve {
+            // Escaped so a hostile host name cannot forge log lines.
+            host: host.escape_debug().to_string(),
+            source: io::Error::new(kind, message.to_string()),
+        };
+        let normalized = normalize_host(host)
+            .map_err(|message| resolve_error(io::ErrorKind::InvalidInput, message))?;
+        if let Some(ip) = parse_ip_literal(&normalized)
+            .map_err(|message| resolve_error(io::ErrorKind::InvalidInput, message))?
+        {
+            self.check(ip)?;
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let answer: Vec<SocketAddr> = tokio::net::lookup_host((normalized.as_str(), port))
+            .await
+            .map_err(|source| GuardError::Resolve {
+                host: host.escape_debug().to_string(),
+                source,
+            })?
+            .collect();
+        if answer.is_empty() {
+            return Err(resolve_error(
+                io::ErrorKind::NotFound,
+                "the resolver returned no addresses",
+            ));
+        }
+        self.check_all(&answer)?;
+        Ok(answer)
+    }
+
+    /// Refuses the whole answer if any address in it is denied.
+    fn check_all(&self, answer: &[SocketAddr]) -> Result<(), Denied> {
+        answer.iter().try_for_each(|addr| self.check(addr.ip()))
+    }
+
+    fn is_allowed_private(&self, ip: IpAddr) -> bool {
+        self.allow_private_networks
+            .iter()
+            .any(|net| net.contains(&ip))
+    }
+}
+
+/// Lowercases the host and strips one trailing dot.
+fn normalize_host(host: &str) -> Result<String, &'static str> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return Err("the host is empty");
+    }
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        return Err("the host contains whitespace, control characters or '/'");
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+/// Recognizes every spelling of an IP address: `Ok(None)` means "a name, ask
+/// DNS"; `Err` means a bracketed literal that is not IPv6.
+fn parse_ip_literal(host: &str) -> Result<Option<IpAddr>, &'static str> {
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner.strip_suffix(']').map(str::parse::<Ipv6Addr>) {
+            Some(Ok(v6)) => Ok(Some(IpAddr::V6(v6))),
+            _ => Err("a bracketed host must be an IPv6 address, like [2001:db8::1]"),
+        };
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(Some(ip));
+    }
+    Ok(parse_ipv4_shorthand(host).map(IpAddr::V4))
+}
+
+/// Parses IPv4 the way `inet_aton` does: one to four parts separated by dots,
+/// each decimal, octal (leading `0`) or hexadecimal (leading `0x`), the last
+/// part filling all remaining bytes (`127.1` is `127.0.0.1`, `2130706433` is
+/// `127.0.0.1`). Returns `None` for anything that is not such a number.
+fn parse_ipv4_shorthand(host: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<u32> = host
+        .split('.')
+        .map(parse_ipv4_shorthand_part)
+        .collect::<Option<_>>()?;
+    let (last, leading) = parts.split_last()?;
+    if leading.len() > 3 || leading.iter().any(|&part| part > 0xff) {
+        return None;
+    }
+    let last_part_bits = 32 - 8 * leading.len() as u32;
+    if last_part_bits < 32 && *last >> last_part_bits != 0 {
+        return None;
+    }
+    let high = leading
+        .iter()
+        .fold(0u32, |acc, &part| (acc << 8) | part)
+        .checked_shl(last_part_bits)
+        .unwrap_or(0);
+    Some(Ipv4Addr::from(high | last))
+}
+
+fn parse_ipv4_shorthand_part(part: &str) -> Option<u32> {
+    let (digits, radix) = if let Some(hex) = part.strip_prefix("0x") {
+        // `inet_aton` reads a bare "0x" as zero.
+        if hex.is_empty() {
+            return Some(0);
+        }
+        (hex, 16)
+    } else if part.len() > 1 && part.starts_with('0') {
+        (&part[1..], 8)
+    } else {
+        (part, 10)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u32::from_str_radix(digits, radix).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AddressClass::*;
+
+    fn check_classes(cases: &[(&str, AddressClass)]) {
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter_map(|&(ip, expected)| {
+                let actual = classify(ip.parse().expect(ip));
+                (actual != expected).then(|| format!("{ip}: expected {expected:?}, got {actual:?}"))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "misclassified:\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn classify_ipv4() {
+        check_classes(&[
+            ("8.8.8.8", Public),
+            ("1.1.1.1", Public),
+            ("172.15.255.255", Public),
+            ("172.32.0.1", Public),
+            ("100.63.255.255", Public),
+            ("100.128.0.1", Public),
+            ("223.255.255.255", Public),
+            ("127.0.0.1", Loopback),
+            ("127.255.255.254", Loopback),
+            ("10.1.2.3", Private),
+            ("172.16.0.1", Private),
+            ("172.31.255.255", Private),
+            ("192.168.1.1", Private),
+            ("169.254.169.254", LinkLocal),
+            ("169.254.0.1", LinkLocal),
+            ("100.64.0.1", SharedCgnat),
+            ("100.127.255.255", SharedCgnat),
+            ("0.0.0.0", Unspecified),
+            ("255.255.255.255", Broadcast),
+            ("224.0.0.1", Multicast),
+            ("239.255.255.250", Multicast),
+            ("0.1.2.3", Reserved),
+            ("192.0.0.8", Reserved),
+            ("192.0.2.1", Reserved),
+            ("198.18.0.1", Reserved),
+            ("198.19.255.255", Reserved),
+            ("198.51.100.7", Reserved),
+            ("203.0.113.9", Reserved),
+            ("240.0.0.1", Reserved),
+            ("255.255.255.254", Reserved),
+            ("192.88.99.1", Reserved),
+        ]);
+    }
+
+    #[test]
+    fn classify_ipv6() {
+        check_classes(&[
+            ("2606:4700::1111", Public),
+            ("2a00:1450:4001:80b::200e", Public),
+            ("2001:4860:4860::8888", Public),
+            ("::1", Loopback),
+            ("::", Unspecified),
+            ("fc00::1", UniqueLocal),
+            ("fd12::1", UniqueLocal),
+            ("fe80::1", LinkLocal),
+            ("febf::1", LinkLocal),
+            ("ff02::1", Multicast),
+            ("ff0e::1", Multicast),
+            ("::ffff:127.0.0.1", Ipv4Mapped),
+            ("::ffff:8.8.8.8", Ipv4Mapped),
+            ("::127.0.0.1", Ipv4Compatible),
+            ("::8.8.8.8", Ipv4Compatible),
+            ("64:ff9b::808:808", Nat64),
+            ("64:ff9b::7f00:1", Nat64),
+            ("64:ff9b:1::1", Nat64),
+            ("2002:7f00:1::", SixToFour),
+            ("2002:808:808::1", SixToFour),
+            ("2001:0:4136:e378::1", Teredo),
+            ("2001:db8::1", Reserved),
+            ("2001:10::1", Reserved),
+            ("2001:2::1", Reserved),
+            ("3fff::1", Reserved),
+            ("100::1", Reserved),
+            ("fec0::1", Reserved),
+            ("::ffff:0:7f00:1", Reserved),
+            ("5f00::1", Reserved),
+            ("4000::1", Reserved),
+        ]);
+    }
+
+    #[test]
+    fn class_names_are_the_documented_strings() {
+        let names: Vec<&str> = [
+            Public,
+            Loopback,
+            Private,
+            LinkLocal,
+            SharedCgnat,
+            UniqueLocal,
+            Multicast,
+            Unspecified,
+            Broadcast,
+            Ipv4Mapped,
+            Ipv4Compatible,
+            Nat64,
+            SixToFour,
+            Teredo,
+            Reserved,
+        ]
+        .iter()
+        .map(AddressClass::as_str)
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "public",
+                "loopback",
+                "private",
+                "link_local",
+                "shared_cgnat",
+                "unique_local",
+                "multicast",
+                "unspecified",
+                "broadcast",
+                "ipv4_mapped",
+                "ipv4_compatible",
+                "nat64",
+                "6to4",
+                "teredo",
+                "reserved"
+            ]
+        );
+    }
+
+    fn nets(nets: &[&str]) -> Vec<IpNet> {
+        nets.iter().map(|net| net.parse().expect(net)).collect()
+    }
+
+    /// One line per case: (allow nets, address, allowed?).
+    fn check_guard(cases: &[(&[&str], &str, bool)]) {
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter_map(|&(allow, ip, expected)| {
+                let actual = Guard::new(nets(allow)).check(ip.parse().expect(ip));
+                (actual.is_ok() != expected).then(|| {
+                    format!("allow {allow:?}, {ip}: expected allowed={expected}, got {actual:?}")
+                })
+            })
+            .collect();
+        assert!(wrong.is_empty(), "wrong decisions:\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn guard_allows_public_and_listed_private_networks_only() {
+        check_guard(&[
+            (&[], "8.8.8.8", true),
+            (&[], "2606:4700::1111", true),
+            (&[], "127.0.0.1", false),
+            (&[], "169.254.169.254", false),
+            (&[], "::ffff:8.8.8.8", false),
+            (&["127.0.0.1/32"], "127.0.0.1", true),
+            (&["127.0.0.1/32"], "127.0.0.2", false),
+            (&["127.0.0.1/32"], "::ffff:127.0.0.1", true),
+            (&["127.0.0.1/32"], "::1", false),
+            (&["127.0.0.1/32"], "::127.0.0.1", false),
+            (&["127.0.0.1/32"], "64:ff9b::7f00:1", false),
+            (&["::1/128"], "::1", true),
+            (&["::1/128"], "127.0.0.1", false),
+            (&["10.0.0.0/8", "fd00::/8"], "10.20.30.40", true),
+            (&["10.0.0.0/8", "fd00::/8"], "fd12::1", true),
+            (&["10.0.0.0/8", "fd00::/8"], "fc00::1", false),
+            (&["10.0.0.0/8", "fd00::/8"], "192.168.1.1", false),
+            (&["::ffff:0:0/96"], "::ffff:8.8.8.8", true),
+        ]);
+    }
+
+    #[test]
+    fn denied_names_the_address_class_and_the_setting() {
+        let denied = Guard::default()
+            .check("169.254.169.254".parse().unwrap())
+            .unwrap_err();
+        assert_eq!(denied.class, LinkLocal);
+        assert_eq!(
+            denied.to_string(),
+            "address 169.254.169.254 is link_local and not in allow_private_networks"
+        );
+    }
+
+    #[test]
+    fn ipv4_shorthand_is_parsed_like_inet_aton() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("2130706433", Some("127.0.0.1")),
+            ("0x7f000001", Some("127.0.0.1")),
+            ("0x7f.1", Some("127.0.0.1")),
+            ("0177.0.0.1", Some("127.0.0.1")),
+            ("127.1", Some("127.0.0.1")),
+            ("127.0.1", Some("127.0.0.1")),
+            ("10.0x10203", Some("10.1.2.3")),
+            ("0xA9.0376.0xa9fe", Some("169.254.169.254")),
+            ("0", Some("0.0.0.0")),
+            ("0x", Some("0.0.0.0")),
+            ("4294967295", Some("255.255.255.255")),
+            ("4294967296", None),
+            ("256.1.1.1", None),
+            ("1.256.1.1", None),
+            ("1.2.65536", None),
+            ("1.2.3.4.5", None),
+            ("08", None),
+            ("1..1", None),
+            ("+1", None),
+            ("0x+1", None),
+            ("example.com", None),
+            ("1e100.net", None),
+            ("0xdeadbeef.com", None),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter_map(|&(host, expected)| {
+                let expected = expected.map(|ip| ip.parse::<Ipv4Addr>().unwrap());
+                let actual = parse_ipv4_shorthand(host);
+                (actual != expected)
+                    .then(|| format!("{host}: expected {expected:?}, got {actual:?}"))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "misparsed:\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn one_denied_address_refuses_the_whole_answer() {
+        let guard = Guard::default();
+        let public = SocketAddr::from(([8, 8, 8, 8], 443));
+        let private = SocketAddr::from(([10, 0, 0, 1], 443));
+        assert_eq!(guard.check_all(&[public]), Ok(()));
+        assert_eq!(
+            guard.check_all(&[public, private]),
+            Err(Denied {
+                ip: private.ip(),
+                class: Private
+            })
+        );
+    }
+
+    async fn resolve_denied(guard: &Guard, host: &str) -> Denied {
+        match guard.resolve(host, 443).await {
+            Err(GuardError::Denied(denied)) => denied,
+            other => panic!("{host}: expected Denied, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn resolve_refuses_localhost() {
+        let denied = resolve_denied(&Guard::default(), "localhost").await;
+        assert_eq!(denied.class, Loopback);
+        let denied = resolve_denied(&Guard::default(), "LocalHost.").await;
+        assert_eq!(denied.class, Loopback);
+    }
+
+    #[tokio::test]
+    async fn resolve_checks_ip_literals_in_every_notation_without_dns() {
+        let guard = Guard::default();
+        let cases: &[(&str, &str, AddressClass)] = &[
+            ("2130706433", "127.0.0.1", Loopback),
+            ("0x7f000001", "127.0.0.1", Loopback),
+            ("0X7F000001", "127.0.0.1", Loopback),
+            ("127.1", "127.0.0.1", Loopback),
+            ("0x7f.1", "127.0.0.1", Loopback),
+            ("0177.0.0.1", "127.0.0.1", Loopback),
+            ("127.0.0.1.", "127.0.0.1", Loopback),
+            ("0xa9fea9fe", "169.254.169.254", LinkLocal),
+            ("[::1]", "::1", Loopback),
+            ("::1", "::1", Loopback),
+            ("[::ffff:127.0.0.1]", "::ffff:127.0.0.1", Ipv4Mapped),
+            ("[FE80::1]", "fe80::1", LinkLocal),
+        ];
+        for &(host, ip, class) in cases {
+            let expected = Denied {
+                ip: ip.parse().unwrap(),
+                class,
+            };
+            assert_eq!(resolve_denied(&guard, host).await, expected, "{host}");
+        }
+    }
+
+    #[tokio::test]
+    async fn resolve_returns_checked_literals_with_the_port() {
+        let guard = Guard::new(nets(&["127.0.0.0/8"]));
+        let cases: &[(&str, &str)] = &[
+            ("127.0.0.1", "127.0.0.1:8080"),
+            ("127.1", "127.0.0.1:8080"),
+            ("[::ffff:127.0.0.1]", "[::ffff:127.0.0.1]:8080"),
+            ("8.8.8.8", "8.8.8.8:8080"),
+            ("[2606:4700::1111]", "[2606:4700::1111]:8080"),
+        ];
+        for &(host, expected) in cases {
+            let resolved = guard.resolve(host, 8080).await.expect(host);
+            assert_eq!(
+                resolved,
+                [expected.parse::<SocketAddr>().unwrap()],
+                "{host}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn resolve_with_allowed_loopback_passes_localhost() {
+        let guard = Guard::new(nets(&["127.0.0.0/8", "::1/128"]));
+        let resolved = guard.resolve("localhost", 8080).await.unwrap();
+        assert!(!resolved.is_empty());
+        assert!(
+            resolved
+                .iter()
+                .all(|addr| addr.ip().is_loopback() && addr.port() == 8080),
+            "{resolved:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn resolve_rejects_malformed_hosts_before_dns() {
+        for host in [
+            "",
+            ".",
+            "[127.0.0.1]",
+            "[::1",
+            "exa mple.com",
+            "evil.com\n",
+            "a/b",
+        ] {
+            match Guard::default().resolve(host, 443).await {
+                Err(GuardError::Resolve { source, .. }) => {
+                    assert_eq!(source.kind(), io::ErrorKind::InvalidInput, "{host:?}")
+                }
+                other => panic!("{host:?}: expected Resolve error, got {other:?}"),
+            }
+        }
+    }
+}

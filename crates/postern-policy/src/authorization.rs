@@ -1,0 +1,601 @@
+//! Grants and custom policies compiled to Cedar, and the decision per request.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+use cedar_policy::ffi::DetailedError;
+use cedar_policy::{
+    AuthorizationError, Authorizer, Context, Effect, Entities, Entity, EntityUid, Policy, PolicyId,
+    PolicySet, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+
+use crate::cedar_model::{
+    self, call_action, describe_diagnostics, entity_uid, grant_policy_text, operation_entity_id,
+    EntityKind, GrantScope,
+};
+use crate::PolicyError;
+
+/// The operation wildcard in [`GrantSpec::operations`].
+const EVERY_OPERATION: &str = "*";
+
+/// One grant from the configuration: `caller` may call `operations` of
+/// `integration`. `"*"` in `operations` means every operation of the
+/// integration, including ones declared later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantSpec {
+    pub caller: String,
+    pub integration: String,
+    pub operations: Vec<String>,
+}
+
+/// The operation ids an integration declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntegrationOps {
+    pub integration: String,
+    pub operations: Vec<String>,
+}
+
+/// Everything a decision may depend on. The caller of this crate reads the
+/// clock and the socket; this crate only sees the values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthzRequest<'a> {
+    pub caller: &'a str,
+    pub integration: &'a str,
+    pub operation: &'a str,
+    pub method: &'a str,
+    /// Hour of day, 0-23, UTC.
+    pub hour: u8,
+    /// Day of week, 0 = Monday .. 6 = Sunday.
+    pub weekday: u8,
+    pub request_bytes: u64,
+    /// The client's IP address, e.g. `10.0.0.7` or `::1`.
+    pub source_ip: &'a str,
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reason: Reason,
+}
+
+/// Why a request was allowed or denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// A permit policy (normally a grant, `grant-N`) allowed it and no forbid
+    /// policy applied.
+    Granted { policy_id: String },
+    /// No permit policy applied: deny by default.
+    NotGranted,
+    /// A forbid policy applied (or failed to evaluate, which counts as
+    /// applying: Postern fails closed).
+    Forbidden { policy_id: String },
+}
+
+impl Reason {
+    /// Stable machine-readable code for logs, metrics and audit records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reason::Granted { .. } => "granted",
+            Reason::NotGranted => "not_granted",
+            Reason::Forbidden { .. } => "policy_forbid",
+        }
+    }
+
+    /// Like `Display`, but names the caller and operation for `NotGranted`,
+    /// e.g. `no grant for caller checkout on stripe/create_charge`.
+    pub fn describe(&self, request: &AuthzRequest<'_>) -> String {
+        match self {
+            Reason::NotGranted => format!(
+                "no grant for caller {} on {}/{}",
+                request.caller, request.integration, request.operation
+            ),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Granted { policy_id } => write!(f, "granted by {policy_id}"),
+            Reason::NotGranted => f.write_str("no grant for this caller and operation"),
+            Reason::Forbidden { policy_id } => write!(f, "forbidden by policy {policy_id}"),
+        }
+    }
+}
+
+impl Decision {
+    fn not_granted() -> Self {
+        Decision {
+            allowed: false,
+            reason: Reason::NotGranted,
+        }
+    }
+}
+
+/// Compiled grants and custom policies. Cheap to share behind an `Arc`;
+/// `authorize` takes `&self` and does not allocate in precomputed mode
+/// beyond cloning the decision.
+pub struct PolicyEngine {
+    callers: HashMap<String, CallerSlot>,
+    /// integration -> operation id -> slot.
+    operations: HashMap<String, HashMap<String, OperationSlot>>,
+    action: EntityUid,
+    policy_set: PolicySet,
+    cedar_text: String,
+    evaluation: Evaluation,
+}
+
+impl fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("callers", &self.callers.len())
+            .field("integrations", &self.operations.len())
+            .field("policies", &self.policy_set.num_of_policies())
+            .field("depends_on_context", &self.depends_on_context())
+            .finish()
+    }
+}
+
+struct CallerSlot {
+    index: usize,
+    uid: EntityUid,
+}
+
+struct OperationSlot {
+    index: usize,
+    uid: EntityUid,
+}
+
+enum Evaluation {
+    /// No custom policies: the decision is a function of (caller, operation),
+    /// computed once at compile time. Absent pairs are `NotGranted`.
+    Precomputed {
+        decisions: HashMap<(usize, usize), Decision>,
+    },
+    /// Custom policies may read the context: ask Cedar per request.
+    PerRequest {
+        authorizer: Authorizer,
+        entities: Entities,
+    },
+}
+
+impl PolicyEngine {
+    /// Compiles the configuration into Cedar, validates custom policies
+    /// against the Postern schema, and (without custom policies) precomputes
+    /// every decision.
+    pub fn compile(
+        callers: &[String],
+        integrations: &[IntegrationOps],
+        grants: &[GrantSpec],
+        custom_policies: Option<&str>,
+    ) -> Result<Self, PolicyError> {
+        let schema = cedar_model::schema()?;
+        let action = call_action()?;
+        let mut entities = Vec::new();
+
+        let mut caller_slots = HashMap::with_capacity(callers.len());
+        for (index, caller) in callers.iter().enumerate() {
+            let uid = entity_uid(EntityKind::Caller, caller)?;
+            entities.push(Entity::new_no_attrs(uid.clone(), HashSet::new()));
+            if caller_slots
+                .insert(caller.clone(), CallerSlot { index, uid })
+                .is_some()
+            {
+                return Err(PolicyError::DuplicateCaller {
+                    caller: caller.clone(),
+                });
+            }
+        }
+
+        let mut integration_uids = HashMap::with_capacity(integrations.len());
+        let mut operation_slots: HashMap<String, HashMap<String, OperationSlot>> =
+            HashMap::with_capacity(integrations.len());
+        let mut next_operation_index = 0;
+        for integration in integrations {
+            let name = &integration.integration;
+            let integration_uid = entity_uid(EntityKind::Integration, name)?;
+            entities.push(Entity::new_no_attrs(
+                integration_uid.clone(),
+                HashSet::new(),
+            ));
+            if integration_uids
+                .insert(name.clone(), integration_uid.clone())
+                .is_some()
+            {
+                return Err(PolicyError::DuplicateIntegration {
+                    integration: name.clone(),
+                });
+            }
+            let slots = operation_slots.entry(name.clone()).or_default();
+            for operation in &integration.operations {
+                let uid = entity_uid(EntityKind::Operation, &operation_entity_id(name, operation))?;
+                entities.push(Entity::new_no_attrs(
+                    uid.clone(),
+                    HashSet::from([integration_uid.clone()]),
+                ));
+                let slot = OperationSlot {
+                    index: next_operation_index,
+                    uid,
+                };
+                next_operation_index += 1;
+                if slots.insert(operation.clone(), slot).is_some() {
+                    return Err(PolicyError::DuplicateOperation {
+                        integration: name.clone(),
+                        operation: operation.clone(),
+                    });
+                }
+            }
+        }
+
+        let mut policy_set = PolicySet::new();
+        let mut cedar_text = String::from("// Grants from the Postern configuration.\n");
+        // (caller index, operation index) pairs some grant could allow.
+        let mut granted_pairs: Vec<(usize, usize)> = Vec::new();
+        for (grant_index, grant) in grants.iter().enumerate() {
+            let policy_id = format!("grant-{grant_index}");
+            let caller =
+                caller_slots
+                    .get(&grant.caller)
+                    .ok_or_else(|| PolicyError::UnknownCaller {
+                        caller: grant.caller.clone(),
+                    })?;
+            let (Some(integration_uid), Some(slots)) = (
+                integration_uids.get(&grant.integration),
+                operation_slots.get(&grant.integration),
+            ) else {
+                return Err(PolicyError::UnknownIntegration {
+                    caller: grant.caller.clone(),
+                    integration: grant.integration.clone(),
+                });
+            };
+            let text = if grant.operations.iter().any(|op| op == EVERY_OPERATION) {
+                granted_pairs.extend(slots.values().map(|slot| (caller.index, slot.index)));
+                grant_policy_text(
+                    &policy_id,
+                    &caller.uid,
+                    &action,
+                    GrantScope::WholeIntegration(integration_uid),
+                )
+            } else {
+                let mut granted = Vec::with_capacity(grant.operations.len());
+                for operation in &grant.operations {
+                    let slot =
+                        slots
+                            .get(operation)
+                            .ok_or_else(|| PolicyError::UnknownOperation {
+                                caller: grant.caller.clone(),
+                                integration: grant.integration.clone(),
+                                operation: operation.clone(),
+                            })?;
+                    if !granted.contains(&&slot.uid) {
+                        granted.push(&slot.uid);
+                        granted_pairs.push((caller.index, slot.index));
+                    }
+                }
+                let scope = match granted.as_slice() {
+                    [] => {
+                        return Err(PolicyError::EmptyGrant {
+                            caller: grant.caller.clone(),
+                            integration: grant.integration.clone(),
+                        })
+                    }
+                    [single] => GrantScope::OneOperation(single),
+                    several => GrantScope::SomeOperations {
+                        integration: integration_uid,
+                        operations: several,
+                    },
+                };
+                grant_policy_text(&policy_id, &caller.uid, &action, scope)
+            };
+            let policy =
+                Policy::parse(Some(PolicyId::new(&policy_id)), &text).map_err(|error| {
+                    PolicyError::Internal {
+                        message: format!("generated policy {policy_id} does not parse: {error}"),
+                    }
+                })?;
+            add_policy(&mut policy_set, policy)?;
+            cedar_text.push_str(&text);
+        }
+
+        let custom_count = match custom_policies {
+            Some(source) => add_custom_policies(source, &schema, &mut policy_set, &mut cedar_text)?,
+            None => 0,
+        };
+
+        let entities = Entities::from_entities(entities, Some(&schema)).map_err(|error| {
+            PolicyError::Internal {
+                message: format!("entities do not conform to the schema: {error}"),
+            }
+        })?;
+
+        let mut engine = PolicyEngine {
+            callers: caller_slots,
+            operations: operation_slots,
+            action,
+            policy_set,
+            cedar_text,
+            evaluation: Evaluation::PerRequest {
+                authorizer: Authorizer::new(),
+                entities,
+            },
+        };
+        if custom_count == 0 {
+            engine.precompute(&granted_pairs);
+        }
+        Ok(engine)
+    }
+
+    /// Replaces per-request evaluation with a table of answers. Only pairs
+    /// some grant mentions are asked about: without custom policies every
+    /// other pair has no applicable permit, so Cedar would deny by default.
+    fn precompute(&mut self, granted_pairs: &[(usize, usize)]) {
+        let caller_uids: HashMap<usize, &EntityUid> = self
+            .callers
+            .values()
+            .map(|slot| (slot.index, &slot.uid))
+            .collect();
+        let operation_uids: HashMap<usize, &EntityUid> = self
+            .operations
+            .values()
+            .flat_map(HashMap::values)
+            .map(|slot| (slot.index, &slot.uid))
+            .collect();
+        let context = context_for_precomputation();
+        let mut decisions = HashMap::new();
+        for &pair in granted_pairs {
+            if decisions.contains_key(&pair) {
+                continue;
+            }
+            let decision = match (
+                &context,
+                caller_uids.get(&pair.0),
+                operation_uids.get(&pair.1),
+            ) {
+                (Some(context), Some(caller), Some(operation)) => {
+                    self.evaluate(caller, operation, context.clone())
+                }
+                _ => Decision::not_granted(),
+            };
+            if decision != Decision::not_granted() {
+                decisions.insert(pair, decision);
+            }
+        }
+        self.evaluation = Evaluation::Precomputed { decisions };
+    }
+
+    /// Decides one request. Unknown callers, integrations or operations are
+    /// `NotGranted`. In per-request mode, a request whose context cannot be
+    /// built (an unparsable `source_ip`) is `NotGranted` as well: fail closed.
+    pub fn authorize(&self, req: &AuthzRequest<'_>) -> Decision {
+        let Some(caller) = self.callers.get(req.caller) else {
+            return Decision::not_granted();
+        };
+        let Some(operation) = self
+            .operations
+            .get(req.integration)
+            .and_then(|operations| operations.get(req.operation))
+        else {
+            return Decision::not_granted();
+        };
+        match &self.evaluation {
+            Evaluation::Precomputed { decisions } => decisions
+                .get(&(caller.index, operation.index))
+                .cloned()
+                .unwrap_or_else(Decision::not_granted),
+            Evaluation::PerRequest { .. } => match request_context(req) {
+                Some(context) => self.evaluate(&caller.uid, &operation.uid, context),
+                None => Decision::not_granted(),
+            },
+        }
+    }
+
+    fn evaluate(&self, caller: &EntityUid, operation: &EntityUid, context: Context) -> Decision {
+        let Evaluation::PerRequest {
+            authorizer,
+            entities,
+        } = &self.evaluation
+        else {
+            return Decision::not_granted();
+        };
+        let Ok(request) = cedar_policy::Request::new(
+            caller.clone(),
+            self.action.clone(),
+            operation.clone(),
+            context,
+            None,
+        ) else {
+            return Decision::not_granted();
+        };
+        let response = authorizer.is_authorized(&request, &self.policy_set, entities);
+        let diagnostics = response.diagnostics();
+
+        // Cedar skips policies whose evaluation errors. For a forbid that
+        // would mean failing open, so an erroring forbid counts as applying.
+        let erroring_forbid = diagnostics
+            .errors()
+            .map(|error| match error {
+                AuthorizationError::PolicyEvaluationError(error) => error.policy_id(),
+            })
+            .filter(|id| {
+                self.policy_set
+                    .policy(id)
+                    .is_some_and(|policy| policy.effect() == Effect::Forbid)
+            })
+            .map(PolicyId::to_string)
+            .min();
+        if let Some(policy_id) = erroring_forbid {
+            return Decision {
+                allowed: false,
+                reason: Reason::Forbidden { policy_id },
+            };
+        }
+
+        let determining = diagnostics.reason().map(PolicyId::to_string).min();
+        match (response.decision(), determining) {
+            (cedar_policy::Decision::Allow, Some(policy_id)) => Decision {
+                allowed: true,
+                reason: Reason::Granted { policy_id },
+            },
+            (cedar_policy::Decision::Deny, Some(policy_id)) => Decision {
+                allowed: false,
+                reason: Reason::Forbidden { policy_id },
+            },
+            // Allow without a determining policy cannot happen in Cedar;
+            // treat it as the default deny.
+            (_, None) => Decision::not_granted(),
+        }
+    }
+
+    /// The generated grant policies followed by the custom policies (each
+    /// with the `@id` it is known by), as Cedar text for operators to read.
+    pub fn cedar_text(&self) -> String {
+        self.cedar_text.clone()
+    }
+
+    /// `true` when custom policies are present and every `authorize` call
+    /// asks Cedar; `false` when decisions were precomputed per
+    /// (caller, operation) and `authorize` is a hash lookup.
+    pub fn depends_on_context(&self) -> bool {
+        matches!(self.evaluation, Evaluation::PerRequest { .. })
+    }
+}
+
+fn add_policy(policy_set: &mut PolicySet, policy: Policy) -> Result<(), PolicyError> {
+    let policy_id = policy.id().to_string();
+    if policy_set.policy(policy.id()).is_some() {
+        return Err(PolicyError::DuplicatePolicyId { policy_id });
+    }
+    policy_set
+        .add(policy)
+        .map_err(|error| PolicyError::Internal {
+            message: format!("adding policy {policy_id}: {error}"),
+        })
+}
+
+/// Parses, renames and validates the custom policies, adds them to
+/// `policy_set` and their text to `cedar_text`. Returns how many there were.
+fn add_custom_policies(
+    source: &str,
+    schema: &Schema,
+    policy_set: &mut PolicySet,
+    cedar_text: &mut String,
+) -> Result<usize, PolicyError> {
+    let parsed = PolicySet::from_str(source).map_err(|errors| PolicyError::CustomPolicySyntax {
+        message: describe_diagnostics(source, [DetailedError::from(&errors)]),
+    })?;
+    if let Some(template) = parsed.templates().next() {
+        return Err(PolicyError::CustomPolicyTemplate {
+            policy_id: template.id().to_string(),
+        });
+    }
+    // Cedar names unannotated policies `policy0`, `policy1`, ... in source
+    // order; keep that order and call them `custom-0`, `custom-1`, ...
+    let mut policies: Vec<&Policy> = parsed.policies().collect();
+    policies.sort_by_key(|policy| source_position(policy.id()));
+
+    let mut renamed = PolicySet::new();
+    let mut texts = Vec::with_capacity(policies.len());
+    for (position, policy) in policies.into_iter().enumerate() {
+        let annotated = policy.annotation("id").map(str::to_owned);
+        let policy_id = annotated
+            .clone()
+            .unwrap_or_else(|| format!("custom-{position}"));
+        if policy_set.policy(&PolicyId::new(&policy_id)).is_some() {
+            return Err(PolicyError::DuplicatePolicyId { policy_id });
+        }
+        let text = match annotated {
+            Some(_) => format!("{policy}\n"),
+            None => format!("@id({policy_id:?})\n{policy}\n"),
+        };
+        add_policy(&mut renamed, policy.new_id(PolicyId::new(&policy_id)))?;
+        texts.push(text);
+    }
+
+    let validation = Validator::new(schema.clone()).validate(&renamed, ValidationMode::Strict);
+    if !validation.validation_passed() {
+        return Err(PolicyError::CustomPolicyValidation {
+            message: describe_diagnostics(
+                source,
+                validation.validation_errors().map(DetailedError::from),
+            ),
+        });
+    }
+
+    let count = texts.len();
+    if count > 0 {
+        cedar_text.push_str("\n// Custom policies.\n");
+        for text in texts {
+            cedar_text.push_str(&text);
+        }
+    }
+    for policy in renamed.policies() {
+        add_policy(policy_set, policy.clone())?;
+    }
+    Ok(count)
+}
+
+/// `policy7` -> 7; anything else sorts last, by name.
+fn source_position(id: &PolicyId) -> (usize, String) {
+    let name = id.to_string();
+    let position = name
+        .strip_prefix("policy")
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or(usize::MAX);
+    (position, name)
+}
+
+fn request_context(req: &AuthzRequest<'_>) -> Option<Context> {
+    Context::from_pairs([
+        (
+            "hour".to_owned(),
+            RestrictedExpression::new_long(req.hour.into()),
+        ),
+        (
+            "weekday".to_owned(),
+            RestrictedExpression::new_long(req.weekday.into()),
+        ),
+        (
+            "request_bytes".to_owned(),
+            RestrictedExpression::new_long(i64::try_from(req.request_bytes).unwrap_or(i64::MAX)),
+        ),
+        (
+            "method".to_owned(),
+            RestrictedExpression::new_string(req.method.to_owned()),
+        ),
+        (
+            "source_ip".to_owned(),
+            RestrictedExpression::new_ip(req.source_ip),
+        ),
+        (
+            "caller".to_owned(),
+            RestrictedExpression::new_string(req.caller.to_owned()),
+        ),
+        (
+            "integration".to_owned(),
+            RestrictedExpression::new_string(req.integration.to_owned()),
+        ),
+        (
+            "operation".to_owned(),
+            RestrictedExpression::new_string(req.operation.to_owned()),
+        ),
+    ])
+    .ok()
+}
+
+/// Grants do not read the context, so any well-typed context gives the same
+/// answer; this one is just well-typed.
+fn context_for_precomputation() -> Option<Context> {
+    request_context(&AuthzRequest {
+        caller: "",
+        integration: "",
+        operation: "",
+        method: "GET",
+        hour: 0,
+        weekday: 0,
+        request_bytes: 0,
+        source_ip: "0.0.0.0",
+    })
+}

@@ -1,0 +1,106 @@
+//! Maps `(method, path)` of a request to the operation id declared for it.
+//!
+//! Operations are indexed by method, then segment count; within a bucket they
+//! are ordered by specificity (literal length, descending; declaration order
+//! breaks ties), so the first template that matches is the answer. A lookup
+//! therefore only looks at templates that could possibly match.
+
+use std::collections::HashMap;
+
+use crate::{PathTemplate, PolicyError};
+
+/// The operations of one integration, ready for lookup.
+#[derive(Debug, Clone)]
+pub struct OperationTable {
+    /// method -> segment count -> operations, most specific first.
+    buckets: HashMap<String, HashMap<usize, Vec<OperationEntry>>>,
+}
+
+/// The operation a request was attributed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatchedOperation<'a> {
+    pub id: &'a str,
+    pub template: &'a str,
+}
+
+#[derive(Debug, Clone)]
+struct OperationEntry {
+    id: String,
+    template: PathTemplate,
+}
+
+impl OperationTable {
+    /// Builds the table from `(operation id, METHOD, template)` triples.
+    /// Methods must be uppercase ASCII letters. Two operations with the same
+    /// method and template are rejected; the same id may appear with several
+    /// methods.
+    pub fn new<'a>(
+        ops: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    ) -> Result<Self, PolicyError> {
+        let mut buckets: HashMap<String, HashMap<usize, Vec<OperationEntry>>> = HashMap::new();
+        for (id, method, template) in ops {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(PolicyError::InvalidMethod {
+                    operation: id.to_owned(),
+                    method: method.to_owned(),
+                });
+            }
+            let template = PathTemplate::parse(template)?;
+            let bucket = buckets
+                .entry(method.to_owned())
+                .or_default()
+                .entry(template.segment_count())
+                .or_default();
+            if let Some(existing) = bucket
+                .iter()
+                .find(|entry| entry.template.as_str() == template.as_str())
+            {
+                return Err(PolicyError::DuplicateRoute {
+                    method: method.to_owned(),
+                    template: template.as_str().to_owned(),
+                    first: existing.id.clone(),
+                    second: id.to_owned(),
+                });
+            }
+            bucket.push(OperationEntry {
+                id: id.to_owned(),
+                template,
+            });
+        }
+        for bucket in buckets.values_mut().flat_map(HashMap::values_mut) {
+            // Stable sort: declaration order breaks ties.
+            bucket.sort_by_key(|entry| std::cmp::Reverse(entry.template.literal_len()));
+        }
+        Ok(OperationTable { buckets })
+    }
+
+    /// Finds the most specific operation for a request. `method` is compared
+    /// case-sensitively (send it uppercase); `path` is the raw path without
+    /// query. A `HEAD` request for which no `HEAD` operation matches falls
+    /// back to the `GET` operations.
+    pub fn find(&self, method: &str, path: &str) -> Option<MatchedOperation<'_>> {
+        let segment_count = path.bytes().filter(|&b| b == b'/').count();
+        let found = self.find_exact(method, segment_count, path);
+        if found.is_none() && method == "HEAD" {
+            return self.find_exact("GET", segment_count, path);
+        }
+        found
+    }
+
+    fn find_exact(
+        &self,
+        method: &str,
+        segment_count: usize,
+        path: &str,
+    ) -> Option<MatchedOperation<'_>> {
+        self.buckets
+            .get(method)?
+            .get(&segment_count)?
+            .iter()
+            .find(|entry| entry.template.matches(path))
+            .map(|entry| MatchedOperation {
+                id: &entry.id,
+                template: entry.template.as_str(),
+            })
+    }
+}

@@ -1,0 +1,143 @@
+//! Path templates such as `/v1/charges/{id}` or
+//! `/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`.
+//!
+//! A template is split on `/` into segments. A segment is either pure literal
+//! text or holds exactly one `{placeholder}` with optional literal text before
+//! and after it. A placeholder matches one or more bytes other than `/`.
+//! Matching works on the raw request path (no query, no percent-decoding):
+//! `%2F` inside a segment is just three ordinary characters.
+
+use crate::PolicyError;
+
+/// A parsed path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    source: String,
+    segments: Vec<TemplateSegment>,
+    literal_len: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplateSegment {
+    Literal(String),
+    Placeholder { prefix: String, suffix: String },
+}
+
+impl TemplateSegment {
+    fn matches(&self, segment: &str) -> bool {
+        match self {
+            TemplateSegment::Literal(text) => text == segment,
+            TemplateSegment::Placeholder { prefix, suffix } => {
+                segment.len() > prefix.len() + suffix.len()
+                    && segment.starts_with(prefix.as_str())
+                    && segment.ends_with(suffix.as_str())
+            }
+        }
+    }
+}
+
+impl PathTemplate {
+    /// Parses a template. It must start with `/`, contain no query (`?`) or
+    /// fragment (`#`), no empty segment except a trailing slash, and at most
+    /// one `{name}` per segment, where `name` is ASCII letters, digits or `_`.
+    pub fn parse(template: &str) -> Result<Self, PolicyError> {
+        let invalid = |problem: &str| PolicyError::InvalidPathTemplate {
+            template: template.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let Some(rest) = template.strip_prefix('/') else {
+            return Err(invalid("it must start with `/`"));
+        };
+        if template.contains(['?', '#']) {
+            return Err(invalid(
+                "it must not contain a query or fragment (`?`, `#`); match on the path only",
+            ));
+        }
+        let raw_segments: Vec<&str> = rest.split('/').collect();
+        let last = raw_segments.len() - 1;
+        let mut segments = Vec::with_capacity(raw_segments.len());
+        // The leading `/` and every separator count as literal characters.
+        let mut literal_len = raw_segments.len();
+        for (index, raw) in raw_segments.iter().enumerate() {
+            if raw.is_empty() && index != last {
+                return Err(invalid(
+                    "it contains an empty segment (`//`); remove the doubled slash",
+                ));
+            }
+            let segment = parse_segment(raw).map_err(|problem| invalid(&problem))?;
+            literal_len += match &segment {
+                TemplateSegment::Literal(text) => text.len(),
+                TemplateSegment::Placeholder { prefix, suffix } => prefix.len() + suffix.len(),
+            };
+            segments.push(segment);
+        }
+        Ok(PathTemplate {
+            source: template.to_owned(),
+            segments,
+            literal_len,
+        })
+    }
+
+    /// Whether the raw request path (without query) matches this template.
+    /// Segment counts must agree, so a trailing slash is significant.
+    pub fn matches(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut path_segments = rest.split('/');
+        for template_segment in &self.segments {
+            match path_segments.next() {
+                Some(segment) if template_segment.matches(segment) => {}
+                _ => return false,
+            }
+        }
+        path_segments.next().is_none()
+    }
+
+    /// The template text as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Number of literal characters (slashes included, placeholders excluded).
+    /// Used as specificity: the more literal text, the more specific.
+    pub fn literal_len(&self) -> usize {
+        self.literal_len
+    }
+
+    /// Number of `/`-separated segments; equals the number of `/` in any path
+    /// this template matches.
+    pub(crate) fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+fn parse_segment(raw: &str) -> Result<TemplateSegment, String> {
+    let Some(open) = raw.find('{') else {
+        if raw.contains('}') {
+            return Err(format!("segment `{raw}` has `}}` without a matching `{{`"));
+        }
+        return Ok(TemplateSegment::Literal(raw.to_owned()));
+    };
+    let after_open = &raw[open + 1..];
+    let Some(close) = after_open.find('}') else {
+        return Err(format!("segment `{raw}` has `{{` without a matching `}}`"));
+    };
+    let name = &after_open[..close];
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(format!(
+            "placeholder `{{{name}}}` in segment `{raw}` must be a non-empty name of ASCII letters, digits or `_`"
+        ));
+    }
+    let prefix = &raw[..open];
+    let suffix = &after_open[close + 1..];
+    if prefix.contains('}') || suffix.contains(['{', '}']) {
+        return Err(format!(
+            "segment `{raw}` has more than one placeholder or a stray brace; use at most one `{{name}}` per segment"
+        ));
+    }
+    Ok(TemplateSegment::Placeholder {
+        prefix: prefix.to_owned(),
+        suffix: suffix.to_owned(),
+    })
+}

@@ -1,0 +1,396 @@
+//! Who may call what, when. One line per case.
+
+use postern_policy::{
+    AuthzRequest, Decision, GrantSpec, IntegrationOps, PolicyEngine, PolicyError, Reason,
+};
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|item| item.to_string()).collect()
+}
+
+fn grant(caller: &str, integration: &str, operations: &[&str]) -> GrantSpec {
+    GrantSpec {
+        caller: caller.to_owned(),
+        integration: integration.to_owned(),
+        operations: strings(operations),
+    }
+}
+
+fn compile(custom_policies: Option<&str>) -> Result<PolicyEngine, PolicyError> {
+    PolicyEngine::compile(
+        &strings(&["checkout", "support", "admin", "reports"]),
+        &[
+            IntegrationOps {
+                integration: "stripe".to_owned(),
+                operations: strings(&["create_charge", "get_charge", "refund"]),
+            },
+            IntegrationOps {
+                integration: "twilio".to_owned(),
+                operations: strings(&["send_message"]),
+            },
+        ],
+        &[
+            grant("checkout", "stripe", &["create_charge"]),
+            grant("support", "stripe", &["get_charge", "refund"]),
+            grant("admin", "stripe", &["*"]),
+            grant("checkout", "twilio", &["send_message"]),
+        ],
+        custom_policies,
+    )
+}
+
+/// A request at noon on a Wednesday from 10.0.0.7, 100 bytes, unless the
+/// case overrides it.
+fn request<'a>(caller: &'a str, target: &'a str) -> AuthzRequest<'a> {
+    let (integration, operation) = target.split_once('/').expect("integration/operation");
+    AuthzRequest {
+        caller,
+        integration,
+        operation,
+        method: "POST",
+        hour: 12,
+        weekday: 2,
+        request_bytes: 100,
+        source_ip: "10.0.0.7",
+    }
+}
+
+/// `expected` is the reason's Display (`describe` for NotGranted).
+#[track_caller]
+fn check(engine: &PolicyEngine, req: AuthzRequest<'_>, expected: &str) {
+    let decision = engine.authorize(&req);
+    assert_eq!(decision.reason.describe(&req), expected);
+    assert_eq!(
+        decision.allowed,
+        matches!(decision.reason, Reason::Granted { .. })
+    );
+}
+
+#[test]
+fn grants_allow_and_everything_else_is_denied() {
+    let engine = compile(None).unwrap();
+    assert!(!engine.depends_on_context());
+    check(
+        &engine,
+        request("checkout", "stripe/create_charge"),
+        "granted by grant-0",
+    );
+    check(
+        &engine,
+        request("checkout", "stripe/refund"),
+        "no grant for caller checkout on stripe/refund",
+    );
+    check(
+        &engine,
+        request("support", "stripe/get_charge"),
+        "granted by grant-1",
+    );
+    check(
+        &engine,
+        request("support", "stripe/refund"),
+        "granted by grant-1",
+    );
+    check(
+        &engine,
+        request("support", "stripe/create_charge"),
+        "no grant for caller support on stripe/create_charge",
+    );
+    check(
+        &engine,
+        request("checkout", "twilio/send_message"),
+        "granted by grant-3",
+    );
+    check(
+        &engine,
+        request("reports", "stripe/get_charge"),
+        "no grant for caller reports on stripe/get_charge",
+    );
+}
+
+#[test]
+fn star_grants_every_operation_of_the_integration() {
+    let engine = compile(None).unwrap();
+    check(
+        &engine,
+        request("admin", "stripe/create_charge"),
+        "granted by grant-2",
+    );
+    check(
+        &engine,
+        request("admin", "stripe/refund"),
+        "granted by grant-2",
+    );
+    check(
+        &engine,
+        request("admin", "twilio/send_message"),
+        "no grant for caller admin on twilio/send_message",
+    );
+}
+
+#[test]
+fn unknown_names_are_not_granted() {
+    let engine = compile(None).unwrap();
+    check(
+        &engine,
+        request("mallory", "stripe/create_charge"),
+        "no grant for caller mallory on stripe/create_charge",
+    );
+    check(
+        &engine,
+        request("checkout", "paypal/create_charge"),
+        "no grant for caller checkout on paypal/create_charge",
+    );
+    check(
+        &engine,
+        request("checkout", "stripe/delete_everything"),
+        "no grant for caller checkout on stripe/delete_everything",
+    );
+}
+
+#[test]
+fn reason_codes_and_display() {
+    let granted = Reason::Granted {
+        policy_id: "grant-0".to_owned(),
+    };
+    let forbidden = Reason::Forbidden {
+        policy_id: "custom-3".to_owned(),
+    };
+    assert_eq!(
+        (granted.code(), granted.to_string().as_str()),
+        ("granted", "granted by grant-0")
+    );
+    assert_eq!(
+        (forbidden.code(), forbidden.to_string().as_str()),
+        ("policy_forbid", "forbidden by policy custom-3")
+    );
+    assert_eq!(Reason::NotGranted.code(), "not_granted");
+}
+
+const NIGHT_AND_SIZE: &str = r#"
+// No calls at night.
+forbid(principal, action, resource) when { context.hour < 6 };
+
+@id("small-stripe-requests")
+forbid(principal, action, resource in Postern::Integration::"stripe")
+    unless { context.request_bytes < 1000 };
+
+forbid(principal, action, resource)
+    when { !context.source_ip.isInRange(ip("10.0.0.0/8")) };
+"#;
+
+#[test]
+fn custom_forbid_by_hour() {
+    let engine = compile(Some(NIGHT_AND_SIZE)).unwrap();
+    assert!(engine.depends_on_context());
+    check(
+        &engine,
+        request("checkout", "stripe/create_charge"),
+        "granted by grant-0",
+    );
+    check(
+        &engine,
+        AuthzRequest {
+            hour: 3,
+            ..request("checkout", "stripe/create_charge")
+        },
+        "forbidden by policy custom-0",
+    );
+    check(
+        &engine,
+        AuthzRequest {
+            hour: 6,
+            ..request("checkout", "stripe/create_charge")
+        },
+        "granted by grant-0",
+    );
+    // Forbid only takes away; it does not grant.
+    check(
+        &engine,
+        request("reports", "stripe/get_charge"),
+        "no grant for caller reports on stripe/get_charge",
+    );
+    assert_eq!(
+        engine.authorize(&AuthzRequest {
+            hour: 3,
+            ..request("checkout", "stripe/create_charge")
+        }),
+        Decision {
+            allowed: false,
+            reason: Reason::Forbidden {
+                policy_id: "custom-0".to_owned()
+            }
+        }
+    );
+}
+
+#[test]
+fn custom_forbid_by_request_bytes_and_source_ip() {
+    let engine = compile(Some(NIGHT_AND_SIZE)).unwrap();
+    check(
+        &engine,
+        AuthzRequest {
+            request_bytes: 999,
+            ..request("checkout", "stripe/create_charge")
+        },
+        "granted by grant-0",
+    );
+    check(
+        &engine,
+        AuthzRequest {
+            request_bytes: 1000,
+            ..request("checkout", "stripe/create_charge")
+        },
+        "forbidden by policy small-stripe-requests",
+    );
+    check(
+        &engine,
+        AuthzRequest {
+            request_bytes: 5000,
+            ..request("checkout", "twilio/send_message")
+        },
+        "granted by grant-3",
+    );
+    check(
+        &engine,
+        AuthzRequest {
+            source_ip: "192.168.1.1",
+            ..request("checkout", "twilio/send_message")
+        },
+        "forbidden by policy custom-2",
+    );
+    // An unparsable address fails closed.
+    check(
+        &engine,
+        AuthzRequest {
+            source_ip: "not-an-ip",
+            ..request("checkout", "twilio/send_message")
+        },
+        "no grant for caller checkout on twilio/send_message",
+    );
+}
+
+#[test]
+fn custom_permit_can_grant() {
+    let engine = compile(Some(
+        r#"permit(principal == Postern::Caller::"reports", action, resource) when { context.method == "GET" };"#,
+    ))
+    .unwrap();
+    check(
+        &engine,
+        AuthzRequest {
+            method: "GET",
+            ..request("reports", "twilio/send_message")
+        },
+        "granted by custom-0",
+    );
+    check(
+        &engine,
+        request("reports", "twilio/send_message"),
+        "no grant for caller reports on twilio/send_message",
+    );
+}
+
+#[test]
+fn empty_custom_file_keeps_precomputed_mode() {
+    let engine = compile(Some("// nothing here yet\n")).unwrap();
+    assert!(!engine.depends_on_context());
+    check(
+        &engine,
+        request("checkout", "stripe/create_charge"),
+        "granted by grant-0",
+    );
+}
+
+#[test]
+fn cedar_text_shows_grants_and_custom_policies() {
+    let text = compile(Some(NIGHT_AND_SIZE)).unwrap().cedar_text();
+    for expected in [
+        "@id(\"grant-0\")\npermit(principal == Postern::Caller::\"checkout\", action == Postern::Action::\"call\", resource == Postern::Operation::\"stripe/create_charge\");",
+        "@id(\"grant-2\")\npermit(principal == Postern::Caller::\"admin\", action == Postern::Action::\"call\", resource in Postern::Integration::\"stripe\");",
+        "[Postern::Operation::\"stripe/get_charge\", Postern::Operation::\"stripe/refund\"].contains(resource)",
+        "@id(\"custom-0\")\nforbid(principal, action, resource) when { context.hour < 6 };",
+        "@id(\"small-stripe-requests\")",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    // The text is valid Cedar that compiles to the same decisions.
+    let engine = PolicyEngine::compile(
+        &strings(&["checkout"]),
+        &[IntegrationOps {
+            integration: "stripe".to_owned(),
+            operations: strings(&["create_charge"]),
+        }],
+        &[],
+        Some(&text),
+    )
+    .unwrap();
+    check(
+        &engine,
+        request("checkout", "stripe/create_charge"),
+        "granted by grant-0",
+    );
+}
+
+/// `expected` is a fragment of the error message.
+#[track_caller]
+fn check_error(custom_policies: &str, expected: &str) {
+    let error = compile(Some(custom_policies)).expect_err("should not compile");
+    let message = error.to_string();
+    assert!(
+        message.contains(expected),
+        "expected {expected:?} in: {message}"
+    );
+}
+
+#[test]
+fn invalid_custom_policies_are_rejected_with_positions() {
+    check_error(
+        "permit(principal, action, resource);\nforbid(principal, action resource);",
+        "custom policies do not parse: 2:",
+    );
+    check_error(
+        "forbid(principal, action, resource) when { context.hourr < 6 };",
+        "custom policies do not validate against the Postern schema: 1:",
+    );
+    check_error(
+        "forbid(principal, action, resource) when { context.hourr < 6 };",
+        "hourr",
+    );
+    check_error(
+        "\n\n  forbid(principal, action, resource) when { context.method < 6 };",
+        "3:",
+    );
+    check_error(
+        "forbid(principal, action, resource in Postern::Integratoin::\"stripe\");",
+        "Integratoin",
+    );
+    check_error(
+        "@id(\"grant-0\") forbid(principal, action, resource);",
+        "policy id `grant-0` is used twice",
+    );
+    check_error(
+        "permit(principal == ?principal, action, resource);",
+        "is a template",
+    );
+}
+
+#[test]
+fn grants_must_name_declared_things() {
+    let compile_grant = |grant: GrantSpec| {
+        PolicyEngine::compile(
+            &strings(&["checkout"]),
+            &[IntegrationOps {
+                integration: "stripe".to_owned(),
+                operations: strings(&["create_charge"]),
+            }],
+            &[grant],
+            None,
+        )
+        .expect_err("should not compile")
+        .to_string()
+    };
+    assert!(compile_grant(grant("nobody", "stripe", &["*"])).contains("caller `nobody`"));
+    assert!(compile_grant(grant("checkout", "paypal", &["*"])).contains("integration `paypal`"));
+    assert!(compile_grant(grant("checkout", "stripe", &["refund"])).contains("operation `refund`"));
+    assert!(compile_grant(grant("checkout", "stripe", &[])).contains("lists no operations"));
+}

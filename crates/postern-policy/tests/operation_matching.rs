@@ -1,0 +1,168 @@
+//! Which operation does a request hit? One line per case.
+
+use postern_policy::{OperationTable, PathTemplate, PolicyError};
+
+/// Operations of a made-up integration mixing Stripe and Twilio styles.
+fn table() -> OperationTable {
+    OperationTable::new([
+        ("list_charges", "GET", "/v1/charges"),
+        ("create_charge", "POST", "/v1/charges"),
+        ("get_charge", "GET", "/v1/charges/{id}"),
+        ("search_charges", "GET", "/v1/charges/search"),
+        ("get_customer", "GET", "/v1/customers/{id}"),
+        (
+            "send_message",
+            "POST",
+            "/2010-04-01/Accounts/{AccountSid}/Messages.json",
+        ),
+        (
+            "get_message",
+            "GET",
+            "/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json",
+        ),
+        (
+            "get_media",
+            "GET",
+            "/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}/Media/{MediaSid}",
+        ),
+        ("versioned", "GET", "/api/v{version}-beta/items"),
+        ("head_file", "HEAD", "/files/{id}"),
+        ("get_file", "GET", "/files/{id}"),
+        ("root", "GET", "/"),
+    ])
+    .expect("valid table")
+}
+
+/// `expected` is the operation id, or `-` for no match.
+#[track_caller]
+fn check(method: &str, path: &str, expected: &str) {
+    let table = table();
+    let found = table.find(method, path).map_or("-", |matched| matched.id);
+    assert_eq!(found, expected, "{method} {path}");
+}
+
+#[test]
+fn literal_paths_and_methods() {
+    check("GET", "/v1/charges", "list_charges");
+    check("POST", "/v1/charges", "create_charge");
+    check("DELETE", "/v1/charges", "-");
+    check("get", "/v1/charges", "-"); // methods are compared case-sensitively
+    check("GET", "/", "root");
+    check("GET", "", "-");
+    check("GET", "v1/charges", "-");
+}
+
+#[test]
+fn placeholders_match_one_segment() {
+    check("GET", "/v1/charges/ch_123", "get_charge");
+    check("GET", "/v1/customers/cus%20x", "get_customer"); // percent-encoded chars stay in the segment
+    check("GET", "/v1/customers/a%2Fb", "get_customer"); // an encoded slash is not a separator
+    check("GET", "/v1/customers/a/b", "-"); // segment count mismatch
+    check("GET", "/v1/customers", "-");
+    check("GET", "/v1/customers//", "-");
+}
+
+#[test]
+fn trailing_slash_is_significant() {
+    check("GET", "/v1/charges/", "-");
+    check("GET", "/v1/charges/ch_1/", "-");
+}
+
+#[test]
+fn twilio_style_segments_and_suffixes() {
+    check(
+        "POST",
+        "/2010-04-01/Accounts/AC123/Messages.json",
+        "send_message",
+    );
+    check(
+        "GET",
+        "/2010-04-01/Accounts/AC123/Messages/SM456.json",
+        "get_message",
+    );
+    check("GET", "/2010-04-01/Accounts/AC123/Messages/SM456.xml", "-");
+    check("GET", "/2010-04-01/Accounts/AC123/Messages/.json", "-"); // placeholders need 1+ chars
+    check(
+        "GET",
+        "/2010-04-01/Accounts/AC123/Messages/SM456/Media/ME789",
+        "get_media",
+    );
+    check("GET", "/api/v2-beta/items", "versioned");
+    check("GET", "/api/v-beta/items", "-");
+    check("GET", "/api/2-beta/items", "-");
+}
+
+#[test]
+fn most_literal_characters_win() {
+    check("GET", "/v1/charges/search", "search_charges");
+    check("GET", "/v1/charges/searcher", "get_charge");
+}
+
+#[test]
+fn head_falls_back_to_get() {
+    check("HEAD", "/v1/charges/ch_1", "get_charge");
+    check("HEAD", "/files/f1", "head_file"); // a declared HEAD operation wins
+    check("HEAD", "/nothing", "-");
+    check("GET", "/files/f1", "get_file");
+}
+
+#[test]
+fn specificity_does_not_depend_on_declaration_order() {
+    let table = OperationTable::new([
+        ("get_charge", "GET", "/v1/charges/{id}"),
+        ("search_charges", "GET", "/v1/charges/search"),
+    ])
+    .unwrap();
+    let matched = table.find("GET", "/v1/charges/search").unwrap();
+    assert_eq!(
+        (matched.id, matched.template),
+        ("search_charges", "/v1/charges/search")
+    );
+}
+
+#[track_caller]
+fn check_template(template: &str, literal_len: Option<usize>) {
+    match PathTemplate::parse(template) {
+        Ok(parsed) => {
+            assert_eq!(Some(parsed.literal_len()), literal_len, "{template}");
+            assert_eq!(parsed.as_str(), template);
+        }
+        Err(error) => {
+            assert_eq!(None, literal_len, "{template}: {error}");
+            assert!(error.to_string().contains(template), "{error}");
+        }
+    }
+}
+
+#[test]
+fn template_syntax() {
+    check_template("/v1/charges", Some(11));
+    check_template("/v1/charges/{id}", Some(12));
+    check_template("/v1/charges/search", Some(18));
+    check_template("/{a}/{b}.json", Some(7));
+    check_template("/", Some(1));
+    check_template("/x/", Some(3));
+    check_template("v1/charges", None); // no leading slash
+    check_template("/v1//charges", None); // empty segment
+    check_template("/v1/{id", None); // unbalanced
+    check_template("/v1/id}", None);
+    check_template("/v1/{}", None); // empty name
+    check_template("/v1/{a}{b}", None); // two placeholders in a segment
+    check_template("/v1/{a-b}", None);
+    check_template("/v1/charges?limit=1", None);
+}
+
+#[test]
+fn table_rejects_bad_declarations() {
+    let error = OperationTable::new([("x", "get", "/x")]).unwrap_err();
+    assert!(
+        matches!(error, PolicyError::InvalidMethod { .. }),
+        "{error}"
+    );
+    let error =
+        OperationTable::new([("a", "GET", "/x/{id}"), ("b", "GET", "/x/{id}")]).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "operations `a` and `b` both declare `GET /x/{id}`; remove one or make the templates differ"
+    );
+}

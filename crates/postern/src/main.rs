@@ -1,0 +1,163 @@
+//! `postern`: the binary. Parses flags, dispatches on the subcommand, and owns the exit-code
+//! policy in one place (see `ExitCode` below and docs/CLI.md). Everything else is glue:
+//! config → runtime → wiring → signals.
+
+mod demo;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode as ProcessExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes scripts can rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Success.
+    Ok = 0,
+    /// A runtime failure: could not bind, could not write data_dir, a self-check failed.
+    Failure = 1,
+    /// Bad command line (clap's own code).
+    Usage = 2,
+    /// The configuration is invalid.
+    InvalidConfig = 3,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "postern",
+    version,
+    about = "The security gateway and control plane for third-party API integrations",
+    long_about = "Postern sits between your services and the vendor APIs they call (Stripe, Twilio, OpenAI, ...). \
+It knows who is calling, allows only what was granted, injects the vendor credentials so apps never hold them, \
+refuses to be turned against internal networks, and records every call.\n\n\
+Exit codes: 0 success, 1 runtime failure, 2 bad command line, 3 invalid configuration."
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway and admin listeners (reloads on SIGHUP and when the file changes).
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "POSTERN_CONFIG", default_value = "postern.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file; errors name line, column and a fix.
+    Check {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "POSTERN_CONFIG", default_value = "postern.toml")]
+        config: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also print the Cedar policies the grants compile to.
+        #[arg(long)]
+        show_policies: bool,
+    },
+    /// Manage caller identities.
+    Callers {
+        #[command(subcommand)]
+        command: CallersCommand,
+    },
+    /// Start a gateway, an example config and a local stand-in vendor, and show a granted call
+    /// succeed and a denied call refused.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum CallersCommand {
+    /// Generate a new caller token: printed once, with the sha256 to put in the config.
+    Token {
+        /// The caller's name, as in [[callers]] name.
+        name: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ProcessExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let code = match cli.command {
+        Command::Serve { config } => run_async(serve::serve(config)),
+        Command::Check {
+            config,
+            json,
+            show_policies,
+        } => serve::check(&config, json, show_policies),
+        Command::Callers {
+            command: CallersCommand::Token { name, json },
+        } => callers_token(&name, json),
+        Command::Demo(args) => run_async(demo::run(args)),
+    };
+    ProcessExitCode::from(code as u8)
+}
+
+fn run_async<F: std::future::Future<Output = ExitCode>>(future: F) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("postern")
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(future),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            ExitCode::Failure
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn callers_token(name: &str, json: bool) -> ExitCode {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        eprintln!("error: caller name {name:?} must be letters, digits, '-', '_' or '.'");
+        return ExitCode::Usage;
+    }
+    let token = postern_gateway::new_token("pst_");
+    let hash = postern_gateway::token_sha256_hex(&token);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"caller": name, "token": token, "token_sha256": hash})
+        );
+    } else {
+        println!("# The token is shown once. Give it to the `{name}` service as its API key;");
+        println!("# Postern keeps only its SHA-256. Add this to the config:");
+        println!();
+        println!("[[callers]]");
+        println!("name = \"{name}\"");
+        println!("token_sha256 = \"{hash}\"");
+        println!();
+        println!("token: {token}");
+    }
+    ExitCode::Ok
+}

@@ -1,0 +1,183 @@
+//! `postern serve` and `postern check`: load the config, run the gateway, reload on SIGHUP and
+//! on file change, stop on SIGINT/SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::Watcher as _;
+use postern_gateway::runtime::{LimiterCache, Runtime};
+use postern_gateway::RunningGateway;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::ExitCode;
+
+pub async fn serve(path: PathBuf) -> ExitCode {
+    let config = match postern_config::load(&path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("postern: the configuration is invalid; nothing was started");
+            return ExitCode::InvalidConfig;
+        }
+    };
+    let gateway = match RunningGateway::start(config).await {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::Failure;
+        }
+    };
+    eprintln!(
+        "postern: gateway on http://{}  admin on http://{}  data in {}",
+        gateway.listen_addr,
+        gateway.admin_addr,
+        gateway.data_dir.display()
+    );
+    run_until_stopped(&gateway, &path).await;
+    tracing::info!("shutting down: waiting for in-flight calls");
+    gateway.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::Ok
+}
+
+/// Serves reload triggers until SIGINT or SIGTERM.
+pub async fn run_until_stopped(gateway: &RunningGateway, path: &Path) {
+    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(8);
+    let _watcher = watch_file(path, reload_tx.clone());
+    let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    loop {
+        let trigger = tokio::select! {
+            _ = hangup.recv() => "SIGHUP",
+            Some(trigger) = reload_rx.recv() => {
+                // Editors write in several steps: settle, then drain duplicates.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while reload_rx.try_recv().is_ok() {}
+                trigger
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        };
+        reload(gateway, path, trigger);
+    }
+}
+
+fn reload(gateway: &RunningGateway, path: &Path, trigger: &str) {
+    match postern_config::load(path) {
+        Ok(config) => match gateway.reload(config) {
+            Ok(notes) => {
+                tracing::info!(trigger, path = %path.display(), "configuration reloaded");
+                for note in notes {
+                    tracing::warn!(note = %note, "after reload");
+                }
+            }
+            Err(error) => {
+                tracing::error!(trigger, error = %format!("{error:#}"), "configuration rejected; keeping the running one")
+            }
+        },
+        Err(errors) => {
+            tracing::error!(trigger, errors = %errors, "configuration rejected; keeping the running one")
+        }
+    }
+}
+
+/// Watches the config file's directory (editors replace files) and signals changes to the file.
+fn watch_file(path: &Path, sender: mpsc::Sender<&'static str>) -> Option<notify::RecommendedWatcher> {
+    let absolute = std::path::absolute(path).ok()?;
+    let directory = absolute.parent()?.to_path_buf();
+    let name = absolute.file_name()?.to_os_string();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let relevant = matches!(
+                event.kind,
+                notify::EventKind::Create(_) | notify::EventKind::Modify(_)
+            ) && event.paths.iter().any(|p| p.file_name() == Some(&name));
+            if relevant {
+                let _ = sender.try_send("file change");
+            }
+        }
+    })
+    .map_err(|error| tracing::warn!(%error, "cannot watch the config file; SIGHUP still reloads"))
+    .ok()?;
+    if let Err(error) = watcher.watch(&directory, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(%error, "cannot watch the config directory; SIGHUP still reloads");
+        return None;
+    }
+    Some(watcher)
+}
+
+pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
+    let config = match postern_config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            if json {
+                let list: Vec<_> = errors
+                    .errors
+                    .iter()
+                    .map(|d| serde_json::json!({"line": d.line, "column": d.column, "message": d.message, "fix": d.fix}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": false, "path": path, "errors": list})
+                );
+            } else {
+                eprintln!("{errors}");
+            }
+            return ExitCode::InvalidConfig;
+        }
+    };
+    // Compile it the way `serve` would (Cedar policies, templates, TLS files) without binding.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let compiled = runtime.block_on(async {
+        Runtime::build(config.clone(), [0u8; 32], &LimiterCache::default())
+    });
+    match compiled {
+        Ok(compiled) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "valid": true,
+                        "path": path,
+                        "callers": config.callers.len(),
+                        "integrations": config.integrations.len(),
+                        "grants": config.grants.len(),
+                        "warnings": compiled.problems,
+                        "cedar": if show_policies { Some(compiled.policy.cedar_text()) } else { None },
+                    })
+                );
+            } else {
+                println!(
+                    "{}: ok ({} callers, {} integrations, {} grants)",
+                    path.display(),
+                    config.callers.len(),
+                    config.integrations.len(),
+                    config.grants.len()
+                );
+                for problem in &compiled.problems {
+                    println!("warning: {problem}");
+                }
+                if show_policies {
+                    println!("\n{}", compiled.policy.cedar_text());
+                }
+            }
+            ExitCode::Ok
+        }
+        Err(error) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": false, "path": path, "errors": [{"message": format!("{error:#}")}]})
+                );
+            } else {
+                eprintln!("{}: error: {error:#}", path.display());
+            }
+            ExitCode::InvalidConfig
+        }
+    }
+}
