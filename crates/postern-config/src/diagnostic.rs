@@ -110,6 +110,10 @@ fn toml_error_fix(message: &str) -> String {
     }
     if message.starts_with("missing field") {
         let field = quoted.first().copied().unwrap_or("the field");
+        if field == "gateway" {
+            return "add a [gateway] table with `listen`, `admin_listen` and `data_dir`"
+                .to_string();
+        }
         return format!("add `{field} = ...` to this table; it is required");
     }
     if message.starts_with("unknown variant") {

@@ -10,8 +10,8 @@
 //! the way a compiler would:
 //!
 //! ```text
-//! postern.toml:14:11: error: integration `stripe` upstream uses http
-//!   fix: use https, or set `allow_plaintext = true` if the vendor really serves plain HTTP
+//! postern.toml:15:12: error: `upstream` uses plain http, which sends the credential unencrypted
+//!   fix: use https, or set `allow_plaintext = true` if the upstream really only speaks HTTP
 //! ```
 //!
 //! Parsing happens in two passes. First the text is deserialized into raw

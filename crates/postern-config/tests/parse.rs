@@ -158,9 +158,9 @@ fn toml_syntax_type_and_unknown_key_errors() {
     check(&integration("credential = { kind = \"bearer\", from_envv = \"K\" }\n"), "7:33: unknown field `from_envv`, expected one of `kind`, `from_env`, `from_file`, `name`, `param`, `username`");
     check("[[callers]]\nname = 1\n", "2:8: invalid type: integer `1`, expected a string");
     check("[[callers]]\nname = \"a\n", "2:10: invalid basic string");
-    check("[[callers]]\nname = \"a\"\ntoken_sha256 = \"<64 hex>\"\n[gateway]\n", "X");
-    check(&integration("").replace("owner = \"payments@example.com\"\n", ""), "X");
-    check("", "X");
+    check("[[callers]]\nname = \"a\"\ntoken_sha256 = \"<64 hex>\"\n[gateway]\n", "4:1: missing field `listen`");
+    check(&integration("").replace("owner = \"payments@example.com\"\n", ""), "1:1: missing field `owner`");
+    check("# no [gateway] table\n", "1:1: missing field `gateway`");
     check(&integration("connect_timeout_ms = -1\n"), "7:22: invalid value: integer `-1`, expected u64");
 }
 
@@ -175,6 +175,11 @@ fn toml_errors_carry_a_fix() {
     assert_eq!(
         fix,
         "add `admin_listen = ...` to this table; it is required"
+    );
+    let fix = fix_of_first_error("# no [gateway] table\n");
+    assert_eq!(
+        fix,
+        "add a [gateway] table with `listen`, `admin_listen` and `data_dir`"
     );
 }
 

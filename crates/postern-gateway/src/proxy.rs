@@ -564,8 +564,11 @@ fn has_tls_error(error: &(dyn std::error::Error + 'static)) -> bool {
         if error.is::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+        // io::Error hides its payload from `source()`; look inside, layer by layer.
+        let mut inner: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(io) = inner.and_then(|e| e.downcast_ref::<std::io::Error>()) {
+            inner = io.get_ref().map(|e| e as &(dyn std::error::Error + 'static));
+            if inner.is_some_and(|e| e.is::<rustls::Error>()) {
                 return true;
             }
         }

@@ -1,0 +1,500 @@
+#!/usr/bin/env bash
+# Postern data-plane benchmark: direct vs nginx proxy_pass vs Postern, side by side, one run.
+# See bench/README.md for the method. Run `bench/run.sh --help` for options.
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
+CMDLINE="bench/run.sh"
+for arg in "$@"; do CMDLINE+=" $(printf '%q' "$arg")"; done
+
+ROUNDS=3
+DURATION=10
+WARMUP=3
+CONNECTIONS=64
+WRK_THREADS=2
+PROXY_THREADS="$(nproc)"
+UPSTREAM_THREADS=1
+IDLE_CONNS=1000
+METHOD=GET
+NGINX_ACCESS_LOG=off
+OUT="$BENCH_DIR/results/latest.md"
+SKIP_BUILD=0
+SKIP_IDLE=0
+KEEP=0
+PERF=0
+TARGETS="direct nginx postern"
+
+usage() {
+  cat <<EOF
+Usage: bench/run.sh [options]
+
+Measures, in one run on this machine, side by side:
+  (a) direct    wrk -> postern-bench-upstream
+  (b) nginx     wrk -> nginx proxy_pass (no policy, keep-alive upstream) -> upstream
+  (c) postern   wrk -> Postern, full pipeline (caller token, grant, Cedar, rate limit,
+                bearer credential injected from a file, events to data_dir) -> upstream
+Runs alternate a,b,c,a,b,c,... for --rounds rounds; the report gives medians, proxy CPU per
+request, peak RSS (VmHWM) and memory per idle keep-alive connection (bench/idle_conns.py).
+Everything runs on loopback in a temp dir; every process started is killed on exit.
+
+Options:
+  --rounds N            rounds of (a,b,c) (default $ROUNDS)
+  --duration S          seconds per measured wrk run (default $DURATION)
+  --warmup S            seconds of warm-up per target before round 1 (default $WARMUP)
+  --connections N       wrk connections (default $CONNECTIONS)
+  --wrk-threads N       wrk threads (default $WRK_THREADS)
+  --proxy-threads N     Postern worker threads = nginx worker_processes (default nproc = $PROXY_THREADS)
+  --upstream-threads N  upstream runtime threads (default $UPSTREAM_THREADS)
+  --idle-conns N        idle connections for the memory test (default $IDLE_CONNS; 0 skips it)
+  --method GET|POST     GET /v1/charges/ch_123 or POST /v1/charges with a small form body (default $METHOD)
+  --nginx-access-log on|off  nginx access log to a file in the temp dir (default $NGINX_ACCESS_LOG)
+  --targets "LIST"      subset of "direct nginx postern" (default all)
+  --out FILE            Markdown report (default bench/results/latest.md); also printed on stdout
+  --perf                after the rounds, profile one extra run of Postern and nginx with perf
+                        (reports in bench/results/perf-*.txt)
+  --skip-build          use the existing release binaries
+  --keep                keep the temp dir (configs, logs, events, raw results)
+  -h, --help            this help
+
+Needs: cargo, wrk, nginx, python3, curl. Missing wrk/nginx/curl are installed with apt-get
+(when running as root). Builds with \`cargo build --release -p postern -p postern-bench-upstream\`
+(honours CARGO_TARGET_DIR).
+EOF
+}
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --rounds) ROUNDS="$2"; shift 2 ;;
+    --duration) DURATION="$2"; shift 2 ;;
+    --warmup) WARMUP="$2"; shift 2 ;;
+    --connections) CONNECTIONS="$2"; shift 2 ;;
+    --wrk-threads) WRK_THREADS="$2"; shift 2 ;;
+    --proxy-threads) PROXY_THREADS="$2"; shift 2 ;;
+    --upstream-threads) UPSTREAM_THREADS="$2"; shift 2 ;;
+    --idle-conns) IDLE_CONNS="$2"; shift 2 ;;
+    --method) METHOD="$2"; shift 2 ;;
+    --nginx-access-log) NGINX_ACCESS_LOG="$2"; shift 2 ;;
+    --targets) TARGETS="$2"; shift 2 ;;
+    --out) OUT="$2"; shift 2 ;;
+    --perf) PERF=1; shift ;;
+    --skip-build) SKIP_BUILD=1; shift ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+for n in "$ROUNDS" "$DURATION" "$WARMUP" "$CONNECTIONS" "$WRK_THREADS" "$PROXY_THREADS" "$UPSTREAM_THREADS" "$IDLE_CONNS"; do
+  [[ "$n" =~ ^[0-9]+$ ]] || { echo "run.sh: '$n' is not a number" >&2; exit 2; }
+done
+[[ "$ROUNDS" -ge 1 && "$DURATION" -ge 1 && "$DURATION" -le 600 ]] || { echo "run.sh: need --rounds >= 1 and 1 <= --duration <= 600" >&2; exit 2; }
+[[ "$METHOD" == GET || "$METHOD" == POST ]] || { echo "run.sh: --method is GET or POST" >&2; exit 2; }
+[[ "$NGINX_ACCESS_LOG" == on || "$NGINX_ACCESS_LOG" == off ]] || { echo "run.sh: --nginx-access-log is on or off" >&2; exit 2; }
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- tools
+need_install=()
+command -v wrk >/dev/null || need_install+=(wrk)
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need_install+=(nginx)
+command -v curl >/dev/null || need_install+=(curl)
+if [[ ${#need_install[@]} -gt 0 ]]; then
+  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    log "installing missing tools with apt-get: ${need_install[*]} (Debian packages)"
+    apt-get update -qq >&2 || log "apt-get update failed; trying the install anyway"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}" >&2 \
+      || die "apt-get install ${need_install[*]} failed"
+  else
+    die "missing ${need_install[*]}; install them (Debian: apt-get install -y ${need_install[*]}) and re-run"
+  fi
+fi
+NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
+command -v python3 >/dev/null || die "python3 is needed (bench/idle_conns.py, bench/report.py)"
+command -v cargo >/dev/null || [[ $SKIP_BUILD -eq 1 ]] || die "cargo is needed to build Postern"
+
+# ---------------------------------------------------------------- build
+if [[ $SKIP_BUILD -eq 0 ]]; then
+  log "building: cargo build --release -p postern -p postern-bench-upstream"
+  (cd "$REPO_DIR" && cargo build --release --quiet -p postern -p postern-bench-upstream) >&2 \
+    || die "cargo build failed"
+fi
+TARGET_DIR="${CARGO_TARGET_DIR:-}"
+if [[ -z "$TARGET_DIR" ]]; then
+  TARGET_DIR="$(cd "$REPO_DIR" && cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' || echo "$REPO_DIR/target")"
+fi
+POSTERN_BIN="$TARGET_DIR/release/postern"
+UPSTREAM_BIN="$TARGET_DIR/release/postern-bench-upstream"
+[[ -x "$POSTERN_BIN" && -x "$UPSTREAM_BIN" ]] || die "release binaries not found in $TARGET_DIR/release (drop --skip-build?)"
+
+# ---------------------------------------------------------------- temp dir, cleanup
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-bench.XXXXXX")"
+PIDS=()
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  sleep 0.3
+  for pid in "${PIDS[@]}"; do
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ $KEEP -eq 1 ]]; then
+    log "kept $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+wait_port() { # PORT PID NAME
+  local i
+  for i in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    kill -0 "$2" 2>/dev/null || die "$3 exited at start-up (see $WORK/$3.log)"
+    sleep 0.1
+  done
+  die "$3 did not listen on 127.0.0.1:$1 within 10 s"
+}
+forget_pid() { # drop a PID from the cleanup list after stopping it
+  local keep=() p
+  for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+stop_pid() {
+  kill "$1" 2>/dev/null || true
+  local i
+  for i in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  forget_pid "$1"
+}
+status_kb() { # PID FIELD -> kB
+  awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
+}
+cpu_ticks() { # PID... -> utime+stime summed (clock ticks)
+  local total=0 pid stat rest
+  for pid in "$@"; do
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
+    rest="${stat##*) }"
+    # fields after "(comm) ": state(3) ... utime(14) stime(15) -> indices 11, 12 of rest
+    read -r -a f <<<"$rest"
+    total=$((total + f[11] + f[12]))
+  done
+  echo "$total"
+}
+
+UPSTREAM_PORT="$(free_port)"
+NGINX_PORT="$(free_port)"
+POSTERN_PORT="$(free_port)"
+ADMIN_PORT="$(free_port)"
+
+# ---------------------------------------------------------------- upstream
+"$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" --threads "$UPSTREAM_THREADS" >"$WORK/upstream.log" 2>&1 &
+UPSTREAM_PID=$!
+PIDS+=("$UPSTREAM_PID")
+wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" upstream
+
+# ---------------------------------------------------------------- Postern config
+mkdir -p "$WORK/postern"
+TOKEN_JSON="$("$POSTERN_BIN" callers token bench --json)"
+TOKEN="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["token"])' "$TOKEN_JSON")"
+TOKEN_SHA="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["token_sha256"])' "$TOKEN_JSON")"
+(umask 077 && printf 'sk_bench_%s' "$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$WORK/postern/vendor-key")
+cat >"$WORK/postern/postern.toml" <<EOF
+# Written by bench/run.sh.
+[gateway]
+listen = "127.0.0.1:$POSTERN_PORT"
+admin_listen = "127.0.0.1:$ADMIN_PORT"
+data_dir = "data"
+
+[[callers]]
+name = "bench"
+token_sha256 = "$TOKEN_SHA"
+
+[[integrations]]
+name = "bench"
+vendor = "postern-bench-upstream"
+owner = "bench@example.com"
+upstream = "http://127.0.0.1:$UPSTREAM_PORT"
+allow_plaintext = true
+allow_private_networks = ["127.0.0.1/32"]
+credential = { kind = "bearer", from_file = "vendor-key" }
+rate_limit = { requests_per_second = 10000000, burst = 10000000 }
+operations = [
+  { id = "create_charge", method = "POST", path = "/v1/charges" },
+  { id = "get_charge",    method = "GET",  path = "/v1/charges/{id}" },
+]
+
+[[grants]]
+caller = "bench"
+integration = "bench"
+operations = ["create_charge", "get_charge"]
+EOF
+"$POSTERN_BIN" check --config "$WORK/postern/postern.toml" >"$WORK/postern-check.log" 2>&1 \
+  || { cat "$WORK/postern-check.log" >&2; die "postern check rejected the bench config"; }
+
+POSTERN_PID=""
+start_postern() {
+  TOKIO_WORKER_THREADS="$PROXY_THREADS" POSTERN_LOG="${POSTERN_LOG:-info}" \
+    "$POSTERN_BIN" serve --config "$WORK/postern/postern.toml" >>"$WORK/postern.log" 2>&1 &
+  POSTERN_PID=$!
+  PIDS+=("$POSTERN_PID")
+  wait_port "$POSTERN_PORT" "$POSTERN_PID" postern
+}
+stop_postern() { stop_pid "$POSTERN_PID"; POSTERN_PID=""; }
+
+# ---------------------------------------------------------------- nginx config
+mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
+NGINX_USER_LINE=""
+[[ $EUID -eq 0 ]] && NGINX_USER_LINE="user root;"
+if [[ "$NGINX_ACCESS_LOG" == on ]]; then
+  NGINX_ACCESS="access_log $WORK/nginx/logs/access.log;"
+else
+  NGINX_ACCESS="access_log off;"
+fi
+cat >"$WORK/nginx/nginx.conf" <<EOF
+# Written by bench/run.sh: a plain reverse proxy, no policy.
+$NGINX_USER_LINE
+daemon off;
+master_process on;
+worker_processes $PROXY_THREADS;
+worker_rlimit_nofile 65536;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+events { worker_connections 8192; }
+http {
+  $NGINX_ACCESS
+  client_body_temp_path $WORK/nginx/tmp/body;
+  proxy_temp_path $WORK/nginx/tmp/proxy;
+  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+  scgi_temp_path $WORK/nginx/tmp/scgi;
+  keepalive_timeout 75s;
+  keepalive_requests 100000000;   # like Postern: never close a busy client connection
+  upstream bench_upstream {
+    server 127.0.0.1:$UPSTREAM_PORT;
+    keepalive 64;
+    keepalive_requests 100000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT backlog=4096;
+    location /bench/ {
+      proxy_pass http://bench_upstream/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+"$NGINX_BIN" -t -p "$WORK/nginx" -e "$WORK/nginx/logs/error.log" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx-check.log" 2>&1 \
+  || { cat "$WORK/nginx-check.log" >&2; die "nginx -t rejected the bench config"; }
+
+NGINX_PID=""
+start_nginx() {
+  "$NGINX_BIN" -p "$WORK/nginx" -e "$WORK/nginx/logs/error.log" -c "$WORK/nginx/nginx.conf" >>"$WORK/nginx.log" 2>&1 &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  wait_port "$NGINX_PORT" "$NGINX_PID" nginx
+  local i
+  for i in $(seq 1 50); do
+    [[ "$(nginx_workers | wc -w)" -ge "$PROXY_THREADS" ]] && break
+    sleep 0.1
+  done
+}
+nginx_workers() { [[ -n "$NGINX_PID" ]] && pgrep -P "$NGINX_PID" | tr '\n' ' ' || true; }
+stop_nginx() { stop_pid "$NGINX_PID"; NGINX_PID=""; }
+
+# ---------------------------------------------------------------- targets
+if [[ "$METHOD" == GET ]]; then VENDOR_PATH="/v1/charges/ch_123"; else VENDOR_PATH="/v1/charges"; fi
+url_of() {
+  case "$1" in
+    direct) echo "http://127.0.0.1:$UPSTREAM_PORT$VENDOR_PATH" ;;
+    nginx) echo "http://127.0.0.1:$NGINX_PORT/bench$VENDOR_PATH" ;;
+    postern) echo "http://127.0.0.1:$POSTERN_PORT/bench$VENDOR_PATH" ;;
+  esac
+}
+proxy_pids() {
+  case "$1" in
+    direct) echo "$UPSTREAM_PID" ;;
+    nginx) echo "$NGINX_PID $(nginx_workers)" ;;
+    postern) echo "$POSTERN_PID" ;;
+  esac
+}
+
+# The same request on every target: method, path after the prefix, Authorization header, body.
+cat >"$WORK/bench.lua" <<EOF
+wrk.method = "$METHOD"
+wrk.headers["Authorization"] = "Bearer $TOKEN"
+if wrk.method == "POST" then
+  wrk.body = "amount=500&currency=usd"
+  wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH requests=%d duration_us=%d p50_us=%d p99_us=%d p999_us=%d mean_us=%.1f status_errors=%d socket_errors=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9), latency.mean, e.status, e.connect + e.read + e.write + e.timeout))
+end
+EOF
+
+start_nginx
+start_postern
+log "upstream :$UPSTREAM_PORT (pid $UPSTREAM_PID), nginx :$NGINX_PORT (pid $NGINX_PID), postern :$POSTERN_PORT (pid $POSTERN_PID); work dir $WORK"
+
+# Sanity: every target answers 200 with the upstream's body; Postern refuses a call without a token.
+for target in direct nginx postern; do
+  curl_args=(-s -o "$WORK/check-$target.body" -w '%{http_code}' -H "Authorization: Bearer $TOKEN")
+  [[ "$METHOD" == POST ]] && curl_args+=(-X POST -d 'amount=500&currency=usd')
+  code="$(curl "${curl_args[@]}" "$(url_of "$target")")"
+  [[ "$code" == 200 ]] || die "$target answered $code, not 200: $(head -c 300 "$WORK/check-$target.body")"
+  grep -q '"object":"charge"' "$WORK/check-$target.body" || die "$target did not return the upstream body"
+done
+code="$(curl -s -o /dev/null -w '%{http_code}' "$(url_of postern)")"
+[[ "$code" == 401 ]] || die "Postern answered $code to a call without a caller token (expected 401): is the pipeline on?"
+EVENTS_FILE="$WORK/postern/data/events.jsonl"
+[[ -s "$EVENTS_FILE" ]] || die "Postern wrote no event to $EVENTS_FILE"
+BODY_BYTES="$(wc -c <"$WORK/check-direct.body")"
+log "sanity checks passed (200 with the upstream body on all three; 401 without a token; events written)"
+
+# ---------------------------------------------------------------- meta
+{
+  echo "cmdline=$CMDLINE"
+  echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "git=$(cd "$REPO_DIR" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$REPO_DIR" && [[ -n "$(git status --porcelain 2>/dev/null | head -1)" ]] && echo ' (uncommitted changes)')"
+  echo "nginx_version=$("$NGINX_BIN" -v 2>&1 | sed 's/.*nginx\///')"
+  echo "wrk_version=$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
+  echo "cpus=$(nproc)"
+  echo "cpu_model=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+  echo "kernel=$(uname -r)"
+  echo "loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "clk_tck=$(getconf CLK_TCK)"
+  echo "wrk_threads=$WRK_THREADS"
+  echo "connections=$CONNECTIONS"
+  echo "duration=$DURATION"
+  echo "warmup=$WARMUP"
+  echo "rounds=$ROUNDS"
+  echo "method=$METHOD"
+  echo "path=$VENDOR_PATH"
+  echo "proxy_threads=$PROXY_THREADS"
+  echo "upstream_threads=$UPSTREAM_THREADS"
+  echo "nginx_access_log=$NGINX_ACCESS_LOG"
+  echo "body_bytes=$BODY_BYTES"
+} >"$WORK/meta.env"
+
+# ---------------------------------------------------------------- idle connections (fresh processes)
+if [[ "$IDLE_CONNS" -gt 0 ]]; then
+  for target in nginx postern; do
+    [[ " $TARGETS " == *" $target "* ]] || continue
+    for mode in request connect; do
+      # Fresh process for each measurement: nothing freed by an earlier phase to reuse.
+      if [[ $target == nginx ]]; then stop_nginx; start_nginx; else stop_postern; start_postern; fi
+      # One call first, so the upstream pool and lazy start-up allocations are not counted.
+      curl -s -o /dev/null -H "Authorization: Bearer $TOKEN" "$(url_of "$target")" >/dev/null || true
+      pids="$(proxy_pids "$target" | tr -s ' ' ',' | sed 's/,$//')"
+      flag=()
+      [[ $mode == request ]] && flag=(--request)
+      log "idle connections: $IDLE_CONNS to $target ($mode)"
+      timeout 120 python3 "$BENCH_DIR/idle_conns.py" --port "$(url_of "$target" | sed -E 's|http://127.0.0.1:([0-9]+).*|\1|')" \
+        --count "$IDLE_CONNS" --pids "$pids" "${flag[@]}" \
+        --path "$(url_of "$target" | sed -E 's|http://127.0.0.1:[0-9]+||')" \
+        --header "Authorization: Bearer $TOKEN" >"$WORK/idle-$target-$mode.json" \
+        || die "idle_conns.py failed for $target ($mode)"
+      log "  $(cat "$WORK/idle-$target-$mode.json")"
+    done
+  done
+  # Fresh processes for the throughput phase, so peak RSS is that of the load alone.
+  stop_nginx; start_nginx
+  stop_postern; start_postern
+fi
+
+# ---------------------------------------------------------------- throughput rounds
+run_wrk() { # TARGET SECONDS OUTFILE
+  timeout $(( $2 + 30 )) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2"s --timeout 5s --latency \
+    -s "$WORK/bench.lua" "$(url_of "$1")" >"$3" 2>&1 || die "wrk failed against $1: $(tail -5 "$3")"
+}
+printf 'round\ttarget\trequests\tduration_us\tp50_us\tp99_us\tp999_us\tmean_us\tstatus_errors\tsocket_errors\tproxy_cpu_ticks\tupstream_cpu_ticks\n' >"$WORK/runs.tsv"
+if [[ "$WARMUP" -gt 0 ]]; then
+  for target in $TARGETS; do
+    log "warm-up: $target ${WARMUP}s"
+    run_wrk "$target" "$WARMUP" "$WORK/warmup-$target.txt"
+  done
+fi
+for round in $(seq 1 "$ROUNDS"); do
+  for target in $TARGETS; do
+    sleep 1
+    # shellcheck disable=SC2046
+    cpu0="$(cpu_ticks $(proxy_pids "$target"))"; up0="$(cpu_ticks "$UPSTREAM_PID")"
+    run_wrk "$target" "$DURATION" "$WORK/wrk-$round-$target.txt"
+    # shellcheck disable=SC2046
+    cpu1="$(cpu_ticks $(proxy_pids "$target"))"; up1="$(cpu_ticks "$UPSTREAM_PID")"
+    line="$(grep '^BENCH ' "$WORK/wrk-$round-$target.txt" || true)"
+    [[ -n "$line" ]] || die "no result line from wrk against $target (see $WORK/wrk-$round-$target.txt)"
+    declare -A v=()
+    for kv in ${line#BENCH }; do v["${kv%%=*}"]="${kv#*=}"; done
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "${v[requests]}" "${v[duration_us]}" \
+      "${v[p50_us]}" "${v[p99_us]}" "${v[p999_us]}" "${v[mean_us]}" "${v[status_errors]}" "${v[socket_errors]}" \
+      "$((cpu1 - cpu0))" "$((up1 - up0))" >>"$WORK/runs.tsv"
+    rps="$(python3 -c "print(f'{${v[requests]}/${v[duration_us]}*1e6:,.0f}')")"
+    log "round $round/$ROUNDS $target: $rps req/s, p50 ${v[p50_us]}us, p99 ${v[p99_us]}us, non-2xx ${v[status_errors]}, socket errors ${v[socket_errors]}"
+    unset v
+  done
+done
+
+# Peak RSS (VmHWM) of each process over the throughput phase.
+{
+  echo "direct_hwm_kb=$(status_kb "$UPSTREAM_PID" VmHWM)"
+  if [[ -n "$NGINX_PID" ]]; then
+    total=0
+    for pid in $NGINX_PID $(nginx_workers); do total=$((total + $(status_kb "$pid" VmHWM))); done
+    echo "nginx_hwm_kb=$total"
+  fi
+  echo "postern_hwm_kb=$(status_kb "$POSTERN_PID" VmHWM)"
+} >"$WORK/hwm.env"
+EVENT_LINES="$(cat "$WORK"/postern/data/events.jsonl* 2>/dev/null | wc -l)"
+POSTERN_LOG_BYTES="$(wc -c <"$WORK/postern.log")"
+echo "notes=Postern wrote $EVENT_LINES events to data_dir during this run (events.jsonl and its rotations); its stderr log grew to $POSTERN_LOG_BYTES bytes." >>"$WORK/meta.env"
+
+# ---------------------------------------------------------------- optional perf profile
+if [[ $PERF -eq 1 ]]; then
+  if command -v perf >/dev/null; then
+    mkdir -p "$BENCH_DIR/results"
+    for target in postern nginx; do
+      [[ " $TARGETS " == *" $target "* ]] || continue
+      log "perf: profiling $target for ${DURATION}s under the same load"
+      # shellcheck disable=SC2046
+      pid_list="$(proxy_pids "$target" | tr -s ' ' ',' | sed 's/,$//')"
+      run_wrk "$target" $(( DURATION + 2 )) "$WORK/wrk-perf-$target.txt" &
+      wrk_job=$!
+      sleep 1
+      timeout $(( DURATION + 30 )) perf record -q -F 499 -g -p "$pid_list" -o "$WORK/perf-$target.data" -- sleep "$DURATION" \
+        >"$WORK/perf-$target.log" 2>&1 || log "perf record failed for $target (see $WORK/perf-$target.log)"
+      wait "$wrk_job" || true
+      if [[ -s "$WORK/perf-$target.data" ]]; then
+        perf report -i "$WORK/perf-$target.data" --no-children --stdio --percent-limit 0.7 -g none \
+          --sort dso,symbol 2>/dev/null | grep -v '^$' | head -80 >"$BENCH_DIR/results/perf-$target.txt" || true
+        perf report -i "$WORK/perf-$target.data" --no-children --stdio --percent-limit 2 -g none \
+          --sort dso 2>/dev/null | grep -v '^$' | head -30 >"$BENCH_DIR/results/perf-$target-dso.txt" || true
+        log "  wrote bench/results/perf-$target.txt and perf-$target-dso.txt"
+      fi
+    done
+  else
+    log "perf not installed; skipping --perf (Debian: apt-get install linux-perf)"
+  fi
+fi
+
+# ---------------------------------------------------------------- report
+mkdir -p "$(dirname "$OUT")"
+python3 "$BENCH_DIR/report.py" "$WORK" >"$OUT.tmp" && mv "$OUT.tmp" "$OUT"
+cat "$OUT"
+log "report written to $OUT"

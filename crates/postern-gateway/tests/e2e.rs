@@ -1,0 +1,940 @@
+//! End-to-end: real sockets, real TLS, a real gateway, a real (in-process) vendor.
+//! Each test states what a user would see.
+
+mod support;
+
+use std::sync::Arc;
+
+use support::*;
+
+/// A Stripe-like integration against `vendor`, granted to `checkout` for create/get charge.
+fn stripe_like(vendor: &TestVendor, extra: &str) -> String {
+    format!(
+        r#"
+[[integrations]]
+name = "stripe"
+vendor = "Stripe"
+owner = "payments@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+credential = {{ kind = "bearer", from_file = "{{dir}}/stripe-key" }}
+operations = [
+  {{ id = "create_charge", method = "POST", path = "/v1/charges" }},
+  {{ id = "get_charge",    method = "GET",  path = "/v1/charges/{{id}}" }},
+  {{ id = "refund_charge", method = "POST", path = "/v1/charges/{{id}}/refund" }},
+]
+{extra}
+
+[[grants]]
+caller = "checkout"
+integration = "stripe"
+operations = ["create_charge", "get_charge"]
+"#,
+        port = vendor.addr.port()
+    )
+}
+
+const VENDOR_KEY: &str = "sk_live_vendor_secret_DO_NOT_LEAK_4242";
+
+async fn stripe_gateway(vendor: &TestVendor, extra: &str) -> TestGateway {
+    stripe_gateway_with(vendor, extra, "").await
+}
+
+async fn stripe_gateway_with(vendor: &TestVendor, extra: &str, more: &str) -> TestGateway {
+    // The key file must exist before start: write it into a dir we then hand to the gateway.
+    let body = format!("{}\n{more}", stripe_like(vendor, extra));
+    start_with_key(&body, vendor.ca_pem.as_deref(), "stripe-key", VENDOR_KEY, "").await
+}
+
+async fn start_with_key(
+    body: &str,
+    ca: Option<&str>,
+    key_file: &str,
+    key: &str,
+    gateway_extra: &str,
+) -> TestGateway {
+    let staging = tempfile::tempdir().unwrap();
+    let key_path = staging.path().join(key_file);
+    std::fs::write(&key_path, key).unwrap();
+    let body = body.replace(
+        &format!("{{dir}}/{key_file}"),
+        &key_path.display().to_string(),
+    );
+    let gateway = TestGateway::start_with_gateway(&body, ca, gateway_extra).await;
+    // Keep the staging dir alive for the test's duration.
+    std::mem::forget(staging);
+    gateway
+}
+
+#[tokio::test]
+async fn granted_call_is_forwarded_with_the_vendor_key_and_recorded() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let response = client()
+        .post(format!("{}/stripe/v1/charges?expand=customer", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("amount=500&currency=usd")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let request_id = response.headers()["postern-request-id"].to_str().unwrap().to_string();
+    assert_eq!(response.text().await.unwrap(), r#"{"ok":true}"#);
+
+    let seen = vendor.last();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.target, "/v1/charges?expand=customer");
+    assert_eq!(seen.header("authorization").unwrap(), format!("Bearer {VENDOR_KEY}"));
+    assert_eq!(seen.body, "amount=500&currency=usd");
+    assert!(!seen.everything().contains(&gw.token), "caller token reached the vendor");
+
+    let events = gw.wait_events(1).await;
+    let event = &events[0];
+    assert_eq!(event["request_id"], request_id);
+    assert_eq!(event["integration"], "stripe");
+    assert_eq!(event["caller"], "checkout");
+    assert_eq!(event["operation"], "create_charge");
+    assert_eq!(event["method"], "POST");
+    assert_eq!(event["path"], "/v1/charges");
+    assert_eq!(event["status"], 200);
+    assert_eq!(event["decision"], "allow");
+    assert_eq!(event["reason"], "granted");
+    assert_eq!(event["request_bytes"], 23);
+    assert_eq!(event["response_bytes"], 11);
+    assert_eq!(event["upstream_addr"], vendor.addr.to_string());
+    assert_eq!(event["source_ip"], "127.0.0.1");
+    assert!(event["duration_ms"].as_f64().unwrap() >= 0.0);
+    let time = event["time"].as_str().unwrap();
+    assert!(time.ends_with('Z') && time.len() == 24, "time {time} is RFC 3339 UTC with ms");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn each_caller_identity_form_is_accepted_and_never_forwarded() {
+    use base64::Engine as _;
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let url = format!("{}/stripe/v1/charges/ch_1", gw.base);
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("ACxyz:{}", gw.token));
+    let basic_user_only = base64::engine::general_purpose::STANDARD.encode(format!("{}:", gw.token));
+    let forms: Vec<(&str, String)> = vec![
+        ("authorization", format!("Bearer {}", gw.token)),
+        ("authorization", format!("bearer {}", gw.token)),
+        ("authorization", format!("Basic {basic}")),
+        ("authorization", format!("Basic {basic_user_only}")),
+        ("postern-caller-token", gw.token.clone()),
+    ];
+    for (name, value) in &forms {
+        let response = client().get(&url).header(*name, value).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{name}: {value}");
+    }
+    // Lower-case header name on the wire, as some SDKs send it.
+    let raw = raw_request(
+        gw.running().listen_addr,
+        format!("GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n", gw.token).as_bytes(),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    for seen in vendor.seen() {
+        assert!(!seen.everything().contains(&gw.token));
+        assert!(!seen.headers.contains_key("postern-caller-token"));
+        assert_eq!(seen.header("authorization").unwrap(), format!("Bearer {VENDOR_KEY}"));
+    }
+    assert_eq!(vendor.seen().len(), forms.len() + 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn missing_or_unknown_caller_gets_401_json_and_nothing_is_forwarded() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let url = format!("{}/stripe/v1/charges/ch_1", gw.base);
+    for request in [
+        client().get(&url),
+        client().get(&url).bearer_auth("pst_not_a_registered_token"),
+        client().get(&url).header("authorization", "Digest abc"),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert!(response.headers().contains_key("www-authenticate"));
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "caller_unauthenticated");
+        assert!(body["error"]["message"].as_str().unwrap().contains("token"));
+        assert!(!body.to_string().contains("pst_not_a_registered_token"));
+    }
+    assert!(vendor.seen().is_empty());
+    let events = gw.wait_events(3).await;
+    assert!(events.iter().all(|e| e["decision"] == "deny" && e["status"] == 401));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn operations_match_templates_and_ungranted_ones_are_refused() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let twilio = format!(
+        r#"
+[[integrations]]
+name = "twilio"
+vendor = "Twilio"
+owner = "comms@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+operations = [
+  {{ id = "send_message", method = "POST", path = "/2010-04-01/Accounts/{{AccountSid}}/Messages.json" }},
+  {{ id = "get_message",  method = "GET",  path = "/2010-04-01/Accounts/{{AccountSid}}/Messages/{{Sid}}.json" }},
+]
+
+[[grants]]
+caller = "checkout"
+integration = "twilio"
+operations = ["send_message", "get_message"]
+"#,
+        port = vendor.addr.port()
+    );
+    let gw = stripe_gateway_with(&vendor, "", &twilio).await;
+    let call = |method: reqwest::Method, path: &str, token: &str| {
+        client()
+            .request(method, format!("{}{path}", gw.base))
+            .bearer_auth(token)
+            .send()
+    };
+    use reqwest::Method;
+    let cases: Vec<(Method, &str, &str, u16, &str)> = vec![
+        (Method::POST, "/twilio/2010-04-01/Accounts/AC123/Messages.json", CHECKOUT_TOKEN, 200, "granted"),
+        (Method::GET, "/twilio/2010-04-01/Accounts/AC123/Messages/SM456.json", CHECKOUT_TOKEN, 200, "granted"),
+        (Method::GET, "/twilio/2010-04-01/Accounts/AC123/Messages/SM456.xml", CHECKOUT_TOKEN, 403, "operation_not_allowed"),
+        (Method::DELETE, "/twilio/2010-04-01/Accounts/AC123/Messages/SM456.json", CHECKOUT_TOKEN, 403, "operation_not_allowed"),
+        (Method::POST, "/stripe/v1/charges/ch_1/refund", CHECKOUT_TOKEN, 403, "not_granted"),
+        (Method::POST, "/stripe/v1/charges", REPORTING_TOKEN, 403, "not_granted"),
+        (Method::GET, "/stripe/v1/customers", CHECKOUT_TOKEN, 403, "operation_not_allowed"),
+        (Method::GET, "/nosuch/v1/x", CHECKOUT_TOKEN, 404, "unknown_integration"),
+    ];
+    for (method, path, token, status, reason) in &cases {
+        let response = call(method.clone(), path, token).await.unwrap();
+        assert_eq!(response.status().as_u16(), *status, "{method} {path}");
+        if *status != 200 {
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], *reason, "{method} {path}");
+        }
+    }
+    assert_eq!(vendor.seen().len(), 2, "only granted calls reach the vendor");
+    let events = gw.wait_events(cases.len()).await;
+    for (event, (_, path, _, status, reason)) in events.iter().zip(&cases) {
+        assert_eq!(event["status"], *status, "{path}");
+        assert_eq!(event["reason"], *reason, "{path}");
+    }
+    assert_eq!(events[1]["path"], "/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn custom_cedar_policy_adds_conditions() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("extra.cedar");
+    std::fs::write(
+        &policies,
+        r#"@id("small-charges-only")
+forbid(principal, action, resource in Postern::Integration::"stripe")
+when { context.request_bytes > 100 };
+"#,
+    )
+    .unwrap();
+    let gw = start_with_key(
+        &stripe_like(&vendor, ""),
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        &format!("policies = \"{}\"", policies.display()),
+    )
+    .await;
+    let small = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(&gw.token)
+        .body("amount=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200);
+    let large = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(&gw.token)
+        .body("x".repeat(500))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(large.status(), 403);
+    let body: serde_json::Value = large.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "policy_forbid");
+    assert!(body["error"]["message"].as_str().unwrap().contains("small-charges-only"));
+    assert_eq!(vendor.seen().len(), 1);
+    gw.stop().await;
+}
+
+async fn injected(kind: &str) -> (TestVendor, SeenRequest) {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let body = format!(
+        r#"
+[[integrations]]
+name = "v"
+vendor = "Vendor"
+owner = "o@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+credential = {{ {kind}, from_file = "{{dir}}/key" }}
+operations = [ {{ id = "list", method = "GET", path = "/items" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "v"
+operations = ["*"]
+"#,
+        port = vendor.addr.port()
+    );
+    let gw = start_with_key(&body, vendor.ca_pem.as_deref(), "key", VENDOR_KEY, "").await;
+    let response = client()
+        .get(format!("{}/v/items?page=2&api_key=caller-supplied&x-api-key=1", gw.base))
+        .bearer_auth(&gw.token)
+        .header("x-api-key", "caller-supplied-header")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    gw.stop().await;
+    let seen = vendor.last();
+    (vendor, seen)
+}
+
+#[tokio::test]
+async fn credentials_are_injected_in_each_form_and_caller_supplied_ones_stripped() {
+    use base64::Engine as _;
+    let (_, seen) = injected(r#"kind = "bearer""#).await;
+    assert_eq!(seen.header("authorization").unwrap(), format!("Bearer {VENDOR_KEY}"));
+
+    let (_, seen) = injected(r#"kind = "basic", username = "AC42""#).await;
+    let expected = base64::engine::general_purpose::STANDARD.encode(format!("AC42:{VENDOR_KEY}"));
+    assert_eq!(seen.header("authorization").unwrap(), format!("Basic {expected}"));
+
+    let (_, seen) = injected(r#"kind = "header", name = "x-api-key""#).await;
+    assert_eq!(seen.header("x-api-key").unwrap(), VENDOR_KEY);
+    assert_eq!(seen.headers.get_all("x-api-key").iter().count(), 1);
+    assert!(seen.header("authorization").is_none());
+
+    let (_, seen) = injected(r#"kind = "query", param = "api_key""#).await;
+    assert_eq!(seen.target, format!("/items?page=2&x-api-key=1&api_key={VENDOR_KEY}"));
+    assert!(seen.header("authorization").is_none());
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "rate_limit = { requests_per_second = 1, burst = 2 }").await;
+    let url = format!("{}/stripe/v1/charges/ch_1", gw.base);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = client().get(&url).bearer_auth(&gw.token).send().await.unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=2).contains(&retry_after));
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limited");
+        }
+    }
+    assert_eq!(statuses, vec![200, 200, 429]);
+    // Another caller has its own bucket (and here no grant: refused by policy, not by the limiter).
+    let other = client().get(&url).bearer_auth(REPORTING_TOKEN).send().await.unwrap();
+    assert_eq!(other.status(), 403);
+    assert_eq!(vendor.seen().len(), 2);
+    gw.stop().await;
+}
+
+/// Every address class the SSRF guard must refuse, as the upstream host.
+#[tokio::test]
+async fn ssrf_guard_refuses_every_internal_address_class() {
+    let hosts = [
+        ("127.0.0.1", "loopback"),
+        ("localhost", "loopback"),
+        ("10.1.2.3", "private"),
+        ("172.16.5.4", "private"),
+        ("192.168.1.1", "private"),
+        ("169.254.169.254", "link_local"),
+        ("100.64.0.1", "shared_cgnat"),
+        ("0.0.0.0", "unspecified"),
+        ("255.255.255.255", "broadcast"),
+        ("224.0.0.1", "multicast"),
+        ("[::1]", "loopback"),
+        ("[fc00::1]", "unique_local"),
+        ("[fd12:3456::1]", "unique_local"),
+        ("[fe80::1]", "link_local"),
+        ("[::ffff:127.0.0.1]", "ipv4_mapped"),
+        ("[::ffff:169.254.169.254]", "ipv4_mapped"),
+        ("[64:ff9b::7f00:1]", "nat64"),
+        ("[2002:7f00:1::1]", "6to4"),
+        ("[2001:0:4136:e378:8000:63bf:3fff:fdd2]", "teredo"),
+        ("[ff02::1]", "multicast"),
+        ("[::]", "unspecified"),
+        ("2130706433", "loopback"),
+        ("0x7f.1", "loopback"),
+    ];
+    let mut body = String::new();
+    for (index, (host, _)) in hosts.iter().enumerate() {
+        body.push_str(&format!(
+            r#"
+[[integrations]]
+name = "target{index}"
+vendor = "V"
+owner = "o@example.com"
+upstream = "https://{host}"
+operations = [ {{ id = "op", method = "GET", path = "/x" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "target{index}"
+operations = ["*"]
+"#
+        ));
+    }
+    let gw = TestGateway::start(&body, None).await;
+    for (index, (host, class)) in hosts.iter().enumerate() {
+        let response = client()
+            .get(format!("{}/target{index}/x", gw.base))
+            .bearer_auth(&gw.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 502, "{host}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "upstream_address_denied", "{host}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(class),
+            "{host}: {body}"
+        );
+    }
+    let events = gw.wait_events(hosts.len()).await;
+    assert!(events.iter().all(|e| e["reason"] == "upstream_address_denied" && e["upstream_addr"].is_null()));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn untrusted_vendor_certificate_is_refused() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    // No ca_file: the throwaway CA is not in the webpki roots.
+    let body = stripe_like(&vendor, "").replace("ca_file = \"{ca}\"\n", "");
+    let gw = start_with_key(&body, None, "stripe-key", VENDOR_KEY, "").await;
+    let response = client()
+        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_tls_error");
+    assert!(vendor.seen().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
+    let handler: Handler = Arc::new(|request: &SeenRequest| {
+        let location = if request.target.ends_with("ch_away") {
+            "https://evil.example.net/steal"
+        } else {
+            "/v1/charges/ch_other"
+        };
+        Answer {
+            status: 308,
+            headers: vec![("location", location.to_string())],
+            body: bytes::Bytes::new(),
+        }
+    });
+    let vendor = TestVendor::tls(handler).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    for id in ["ch_away", "ch_home"] {
+        let response = client()
+            .get(format!("{}/stripe/v1/charges/{id}", gw.base))
+            .bearer_auth(&gw.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 308, "the redirect is passed back, not followed");
+    }
+    assert_eq!(vendor.seen().len(), 2);
+    let events = gw.wait_events(2).await;
+    assert_eq!(events[0]["redirect_off_origin"], true);
+    assert!(events[1].get("redirect_off_origin").is_none());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn http2_on_both_sides() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let h2c = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let response = h2c
+        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(vendor.last().version, http::Version::HTTP_2, "ALPN h2 to the vendor");
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["protocol"], "HTTP/2");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn tls_listener_with_mtls_spiffe_identity() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let pki = TestPki::new();
+    let staging = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = staging.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let cert = write("listener.pem", &pki.server_cert_pem);
+    let key = write("listener-key.pem", &pki.server_key_pem);
+    let ca = write("client-ca.pem", &pki.ca_pem);
+    let spiffe_caller = r#"
+[[callers]]
+name = "billing"
+spiffe_id = "spiffe://example.org/billing"
+
+[[grants]]
+caller = "billing"
+integration = "stripe"
+operations = ["get_charge"]
+"#;
+    let body = format!("{}\n{spiffe_caller}", stripe_like(&vendor, ""));
+    let gw = start_with_key(
+        &body,
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        &format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\nclient_ca = \"{ca}\""),
+    )
+    .await;
+    let base = format!("https://localhost:{}", gw.running().listen_addr.port());
+    let root = reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap();
+
+    // Token over TLS, no client certificate.
+    let plain_tls = reqwest::Client::builder()
+        .add_root_certificate(root.clone())
+        .resolve("localhost", gw.running().listen_addr)
+        .build()
+        .unwrap();
+    let response = plain_tls
+        .get(format!("{base}/stripe/v1/charges/ch_1"))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Client certificate with a registered SPIFFE ID, no token.
+    let (client_cert, client_key) = pki.client_cert("spiffe://example.org/billing");
+    let identity = reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes()).unwrap();
+    let mtls = reqwest::Client::builder()
+        .add_root_certificate(root.clone())
+        .identity(identity)
+        .resolve("localhost", gw.running().listen_addr)
+        .build()
+        .unwrap();
+    let response = mtls.get(format!("{base}/stripe/v1/charges/ch_1")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let refused = mtls.post(format!("{base}/stripe/v1/charges")).send().await.unwrap();
+    assert_eq!(refused.status(), 403, "billing is granted get_charge only");
+
+    // A certificate with an unregistered SPIFFE ID is not a caller.
+    let (other_cert, other_key) = pki.client_cert("spiffe://example.org/unknown");
+    let stranger = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .identity(reqwest::Identity::from_pem(format!("{other_cert}{other_key}").as_bytes()).unwrap())
+        .resolve("localhost", gw.running().listen_addr)
+        .build()
+        .unwrap();
+    let response = stranger.get(format!("{base}/stripe/v1/charges/ch_1")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+
+    let events = gw.wait_events(4).await;
+    assert_eq!(events[1]["caller"], "billing");
+    assert_eq!(events[1]["auth"], "mtls");
+    assert_eq!(vendor.seen().len(), 2);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn slow_vendor_times_out_with_504() {
+    // A vendor that accepts and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let body = format!(
+        r#"
+[[integrations]]
+name = "slow"
+vendor = "Slow"
+owner = "o@example.com"
+upstream = "http://127.0.0.1:{port}"
+allow_plaintext = true
+allow_private_networks = ["127.0.0.1/32"]
+request_timeout_ms = 300
+operations = [ {{ id = "op", method = "GET", path = "/x" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "slow"
+operations = ["*"]
+"#
+    );
+    let gw = TestGateway::start(&body, None).await;
+    let started = std::time::Instant::now();
+    let response = client()
+        .get(format!("{}/slow/x", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+    hold.abort();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn body_and_header_limits() {
+    let handler: Handler = Arc::new(|request: &SeenRequest| {
+        if request.target.ends_with("ch_big") {
+            Answer {
+                status: 200,
+                headers: vec![],
+                body: bytes::Bytes::from(vec![b'x'; 5000]),
+            }
+        } else {
+            Answer::json(200, serde_json::json!({"ok": true}))
+        }
+    });
+    let vendor = TestVendor::tls(handler).await;
+    let gw = stripe_gateway(&vendor, "max_request_body_bytes = 1000\nmax_response_body_bytes = 4000").await;
+    let url = format!("{}/stripe/v1/charges", gw.base);
+
+    // Declared too large: refused before anything is sent.
+    let response = client().post(&url).bearer_auth(&gw.token).body(vec![b'a'; 2000]).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert!(vendor.seen().is_empty());
+
+    // Chunked (no Content-Length) and too large: refused while streaming.
+    let chunks = futures_stream(vec![vec![b'a'; 600], vec![b'b'; 600]]);
+    let response = client()
+        .post(&url)
+        .bearer_auth(&gw.token)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+
+    // Response declared larger than the cap.
+    let response = client()
+        .get(format!("{}/stripe/v1/charges/ch_big", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "response_too_large");
+
+    // Oversized header block.
+    let raw = raw_request(
+        gw.running().listen_addr,
+        format!(
+            "GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\nx-filler: {}\r\n\r\n",
+            gw.token,
+            "f".repeat(64 * 1024)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 431"), "{}", &raw[..raw.len().min(200)]);
+    gw.stop().await;
+}
+
+/// A body stream of fixed chunks (no Content-Length, so it goes chunked).
+fn futures_stream(chunks: Vec<Vec<u8>>) -> ChunkStream {
+    ChunkStream(chunks.into_iter())
+}
+
+struct ChunkStream(std::vec::IntoIter<Vec<u8>>);
+
+impl futures_core::Stream for ChunkStream {
+    type Item = Result<Vec<u8>, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.next().map(Ok))
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_4xx_and_never_reaches_the_vendor() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let addr = gw.running().listen_addr;
+    let auth = format!("authorization: Bearer {}\r\n", gw.token);
+    let cases: Vec<(String, &str)> = vec![
+        ("GARBAGE\r\n\r\n".to_string(), "400"),
+        (format!("GET /stripe/../stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
+        (format!("GET /stripe/v1/charges/%2e%2e/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
+        (format!("GET /stripe/v1/charges/%2E%2E HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
+        (format!("GET /stripe/v1/charges/a%2fb HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
+        (format!("GET /stripe/v1/charges/a%5cb HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
+        (format!("GET /stripe/v1//charges HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
+        (format!("GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}x-evil: a\rb\r\nconnection: close\r\n\r\n"), "400"),
+        (format!("GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}x-evil: a\nb\r\nconnection: close\r\n\r\n"), "400"),
+        (format!("POST /stripe/v1/charges HTTP/1.1\r\nhost: x\r\n{auth}content-length: 4\r\ncontent-length: 5\r\nconnection: close\r\n\r\nabcd"), "400"),
+        (format!("GET /nosuch/v1/x HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "404"),
+    ];
+    for (request, status) in &cases {
+        let answer = raw_request(addr, request.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "request {request:?} got {:?}",
+            &answer[..answer.len().min(120)]
+        );
+    }
+    assert!(vendor.seen().is_empty(), "bad input reached the vendor: {:?}", vendor.seen());
+
+    // Content-Length together with Transfer-Encoding (a request-smuggling shape): handled as
+    // RFC 9112 §6.3 requires of an intermediary — Transfer-Encoding wins, Content-Length is
+    // removed before forwarding, and the connection is closed after the response, so no second
+    // request can be smuggled behind the first.
+    let smuggle = format!(
+        "POST /stripe/v1/charges HTTP/1.1\r\nhost: x\r\n{auth}content-length: 4\r\ntransfer-encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\nGET /stripe/v1/charges/smuggled HTTP/1.1\r\nhost: x\r\n{auth}\r\n"
+    );
+    let answer = raw_request(addr, smuggle.as_bytes()).await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "one response, then close: {answer}");
+    let seen = vendor.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, "abcd");
+    assert!(seen.iter().all(|s| !s.target.contains("smuggled")));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    // In another header: that header is dropped, the call proceeds.
+    let response = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(&gw.token)
+        .header("x-debug", format!("token={}", gw.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(vendor.last().header("x-debug").is_none());
+    // In the query: refused.
+    let response = client()
+        .get(format!("{}/stripe/v1/charges/ch_1?t={}", gw.base, gw.token))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // In the body: refused.
+    let response = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(&gw.token)
+        .body(format!("description=oops {}", gw.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "caller_token_in_body");
+    for seen in vendor.seen() {
+        assert!(!seen.everything().contains(&gw.token));
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn admin_api_health_metrics_integrations_events() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    for _ in 0..3 {
+        client()
+            .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+            .bearer_auth(&gw.token)
+            .send()
+            .await
+            .unwrap();
+    }
+    client().get(format!("{}/stripe/v1/charges/ch_1", gw.base)).send().await.unwrap();
+
+    let health = client().get(format!("{}/healthz", gw.admin)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = client().get(format!("{}/readyz", gw.admin)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    for path in ["/metrics", "/v1/integrations", "/v1/events"] {
+        let response = client().get(format!("{}{path}", gw.admin)).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path} needs the admin token");
+        let response = client()
+            .get(format!("{}{path}", gw.admin))
+            .bearer_auth(&gw.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{path}: a caller token is not an admin token");
+    }
+    let admin = |path: &str| {
+        client()
+            .get(format!("{}{path}", gw.admin))
+            .bearer_auth(&gw.admin_token)
+            .send()
+    };
+    gw.wait_events(4).await;
+    let metrics = admin("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"postern_calls_total{integration="stripe",caller="checkout",decision="allow",status="200"} 3"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"decision="deny",status="401"} 1"#), "{metrics}");
+    assert!(metrics.contains("postern_call_duration_seconds_bucket"), "{metrics}");
+    let integrations: serde_json::Value = admin("/v1/integrations").await.unwrap().json().await.unwrap();
+    let stripe = &integrations["integrations"][0];
+    assert_eq!(stripe["name"], "stripe");
+    assert_eq!(stripe["credential"]["kind"], "bearer");
+    assert_eq!(stripe["credential"]["status"], "loaded");
+    assert_eq!(stripe["operations"].as_array().unwrap().len(), 3);
+    let events: serde_json::Value = admin("/v1/events?limit=2").await.unwrap().json().await.unwrap();
+    let events = events["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["status"], 401);
+    let all = format!("{metrics}{integrations}");
+    assert!(!all.contains(VENDOR_KEY) && !all.contains(&gw.token));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn missing_credential_answers_503_and_readyz_says_why() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let body = stripe_like(&vendor, "").replace(
+        "from_file = \"{dir}/stripe-key\"",
+        "from_env = \"POSTERN_TEST_UNSET_VARIABLE_FOR_STRIPE\"",
+    );
+    let gw = TestGateway::start(&body, vendor.ca_pem.as_deref()).await;
+    let response = client()
+        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "credential_unavailable");
+    let ready = client().get(format!("{}/readyz", gw.admin)).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert!(ready["problems"][0].as_str().unwrap().contains("POSTERN_TEST_UNSET_VARIABLE_FOR_STRIPE"));
+    assert!(vendor.seen().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_swaps_config_atomically_and_in_flight_calls_finish() {
+    let handler: Handler = Arc::new(|request: &SeenRequest| {
+        if request.target.ends_with("ch_slow") {
+            std::thread::sleep(std::time::Duration::from_millis(600));
+        }
+        Answer::json(200, serde_json::json!({"ok": true}))
+    });
+    let vendor = TestVendor::tls(handler).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let refund = || {
+        client()
+            .post(format!("{}/stripe/v1/charges/ch_1/refund", gw.base))
+            .bearer_auth(&gw.token)
+            .send()
+    };
+    assert_eq!(refund().await.unwrap().status(), 403);
+    let slow = tokio::spawn({
+        let url = format!("{}/stripe/v1/charges/ch_slow", gw.base);
+        let token = gw.token.clone();
+        async move { client().get(url).bearer_auth(token).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    // Grant refund_charge and reload.
+    let text = std::fs::read_to_string(&gw.config_path)
+        .unwrap()
+        .replace(r#"operations = ["create_charge", "get_charge"]"#, r#"operations = ["create_charge", "get_charge", "refund_charge"]"#);
+    std::fs::write(&gw.config_path, &text).unwrap();
+    let config = postern_config::load(&gw.config_path).unwrap();
+    gw.running().reload(config).unwrap();
+    assert_eq!(refund().await.unwrap().status(), 200);
+    assert_eq!(slow.await.unwrap(), 200, "the in-flight call finished across the reload");
+
+    // A config that fails to compile (grant of an unknown operation caught by config; a broken
+    // Cedar file caught at build) leaves the running one in place.
+    let dir = tempfile::tempdir().unwrap();
+    let bad_policy = dir.path().join("bad.cedar");
+    std::fs::write(&bad_policy, "forbid(principal, action, resource) when { context.hourr > 1 };").unwrap();
+    let broken = text.replace(
+        "data_dir = \"data\"",
+        &format!("data_dir = \"data\"\npolicies = \"{}\"", bad_policy.display()),
+    );
+    std::fs::write(&gw.config_path, broken).unwrap();
+    let config = postern_config::load(&gw.config_path).unwrap();
+    let error = gw.running().reload(config).unwrap_err();
+    assert!(format!("{error:#}").contains("hourr"), "{error:#}");
+    assert_eq!(refund().await.unwrap().status(), 200, "the previous config still serves");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn events_file_rotates_by_size() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let body = stripe_like(&vendor, "");
+    let gw = start_with_key(
+        &body,
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        "events_max_file_bytes = 4096\nevents_max_files = 2",
+    )
+    .await;
+    for _ in 0..30 {
+        client()
+            .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+            .send()
+            .await
+            .unwrap();
+    }
+    gw.running().shared().recorder.events.flush().await;
+    let dir = gw.running().data_dir.clone();
+    let current = std::fs::metadata(dir.join("events.jsonl")).unwrap().len();
+    assert!(current <= 4096);
+    assert!(dir.join("events.jsonl.1").exists());
+    assert!(dir.join("events.jsonl.2").exists());
+    assert!(!dir.join("events.jsonl.3").exists(), "only events_max_files rotated files are kept");
+    gw.stop().await;
+}

@@ -1,0 +1,595 @@
+//! Real vendor SDKs from PyPI — `openai`, `stripe`, `twilio`, pinned in
+//! `tests/python-requirements.txt` — call their vendors through Postern, changed only in the
+//! way an app would change them: the base URL points at Postern and the API key is the caller
+//! token. The vendor is a real TLS server on loopback that records what it receives.
+//!
+//! Each test runs one script from `tests/sdk/` with the interpreter named by
+//! `POSTERN_TEST_PYTHON` (`scripts/test.sh` creates `.venv` and sets it). Without it the tests
+//! skip, unless `POSTERN_REQUIRE_SDK_TESTS` is set (CI), when they fail.
+//!
+//! The scripts run with a cleared environment: no retries, a bounded timeout, and every proxy
+//! variable pointed at a closed loopback port with only loopback exempt, so an SDK that tried
+//! to reach the internet would fail instead.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use support::{Answer, Handler, SeenRequest, TestGateway, TestVendor, CHECKOUT_TOKEN};
+
+/// Upper bound for one script, interpreter start-up and SDK import included.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+const OPENAI_VENDOR_KEY: &str = "sk-test-openai-vendor-key-4f9c2a";
+const STRIPE_VENDOR_KEY: &str = "sk_test_51StripeVendorKeyForPosternTests";
+const TWILIO_ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
+const TWILIO_VENDOR_AUTH_TOKEN: &str = "twilio-vendor-auth-token-7d1e";
+
+/// The interpreter with the SDKs installed; `None` means skip this test.
+fn sdk_python() -> Option<PathBuf> {
+    match std::env::var_os("POSTERN_TEST_PYTHON") {
+        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
+        _ if std::env::var_os("POSTERN_REQUIRE_SDK_TESTS").is_some() => panic!(
+            "POSTERN_REQUIRE_SDK_TESTS is set but POSTERN_TEST_PYTHON is not: \
+             run ./scripts/test.sh, which installs the vendor SDKs into .venv and sets it"
+        ),
+        _ => {
+            eprintln!(
+                "SKIP: vendor SDK test needs a Python with the SDKs; \
+                 set POSTERN_TEST_PYTHON (scripts/test.sh does)"
+            );
+            None
+        }
+    }
+}
+
+/// Writes a vendor secret into `dir` and returns its path for `from_file`.
+fn secret_file(dir: &tempfile::TempDir, name: &str, secret: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    path.display().to_string()
+}
+
+/// Runs `tests/sdk/<script> <scenario>` against `gateway` and returns the JSON object the
+/// script printed. Panics with the script's output if it fails or overruns.
+async fn run_sdk_script(
+    python: &Path,
+    gateway: &TestGateway,
+    script: &str,
+    scenario: &str,
+    extra_env: &[(&str, &str)],
+) -> Value {
+    let script_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let dead_proxy = "http://127.0.0.1:9";
+    let mut command = tokio::process::Command::new(python);
+    command
+        .arg(&script_path)
+        .arg(scenario)
+        .env_clear()
+        .env("HOME", gateway.dir.path())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONNOUSERSITE", "1")
+        .env("PYTHONIOENCODING", "utf-8")
+        .env("HTTP_PROXY", dead_proxy)
+        .env("HTTPS_PROXY", dead_proxy)
+        .env("ALL_PROXY", dead_proxy)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("POSTERN_BASE_URL", &gateway.base)
+        .env("POSTERN_CALLER_TOKEN", &gateway.token)
+        .envs(extra_env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = match tokio::time::timeout(SCRIPT_TIMEOUT, command.output()).await {
+        Ok(output) => output.unwrap_or_else(|error| {
+            panic!(
+                "cannot run {} {}: {error}",
+                python.display(),
+                script_path.display()
+            )
+        }),
+        Err(_) => panic!(
+            "{script} {scenario} did not finish within {} s",
+            SCRIPT_TIMEOUT.as_secs()
+        ),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} {scenario} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    let last_line = stdout.lines().rev().find(|line| !line.trim().is_empty());
+    last_line
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| {
+            panic!("{script} {scenario} printed no JSON result:\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
+        })
+}
+
+/// The vendor saw the caller token nowhere: not in the target, a header or the body, neither
+/// raw nor in any of `encoded_forms` (e.g. the caller's own Basic credential).
+fn assert_caller_token_absent(seen: &[SeenRequest], encoded_forms: &[String]) {
+    for request in seen {
+        let everything = request.everything();
+        for form in std::iter::once(CHECKOUT_TOKEN).chain(encoded_forms.iter().map(String::as_str))
+        {
+            assert!(
+                !everything.contains(form),
+                "the vendor saw the caller's credential in {} {}",
+                request.method,
+                request.target
+            );
+        }
+    }
+}
+
+/// Every request carried exactly one `Authorization`, and it is `expected`.
+fn assert_vendor_authorization(seen: &[SeenRequest], expected: &str) {
+    for request in seen {
+        let values: Vec<_> = request.headers.get_all("authorization").iter().collect();
+        assert_eq!(
+            values,
+            vec![expected],
+            "Authorization the vendor saw on {} {}",
+            request.method,
+            request.target
+        );
+    }
+}
+
+/// `(operation, decision, status, reason)` of each event, in order, for one-line comparisons.
+async fn event_summary(gateway: &TestGateway, count: usize) -> Vec<(String, String, u64, String)> {
+    gateway
+        .wait_events(count)
+        .await
+        .iter()
+        .map(|event| {
+            assert_eq!(event["caller"], "checkout", "event caller: {event}");
+            (
+                event["operation"].as_str().unwrap_or_default().to_string(),
+                event["decision"].as_str().unwrap_or_default().to_string(),
+                event["status"].as_u64().unwrap_or_default(),
+                event["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn summary(
+    operation: &str,
+    decision: &str,
+    status: u64,
+    reason: &str,
+) -> (String, String, u64, String) {
+    (
+        operation.to_string(),
+        decision.to_string(),
+        status,
+        reason.to_string(),
+    )
+}
+
+fn targets(seen: &[SeenRequest]) -> Vec<String> {
+    seen.iter()
+        .map(|request| format!("{} {}", request.method, request.target))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAI
+
+/// Answers like api.openai.com for chat completions, models and embeddings.
+fn openai_vendor() -> Handler {
+    Arc::new(
+        |request: &SeenRequest| match (request.method.as_str(), request.target.as_str()) {
+            ("POST", "/v1/chat/completions") => Answer::json(
+                200,
+                json!({
+                    "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+                    "object": "chat.completion",
+                    "created": 1_741_569_952,
+                    "model": "gpt-4o-mini-2024-07-18",
+                    "choices": [{
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": "Hello from the vendor, through Postern.",
+                            "refusal": null,
+                            "annotations": []
+                        },
+                        "logprobs": null,
+                        "finish_reason": "stop"
+                    }],
+                    "usage": {
+                        "prompt_tokens": 19,
+                        "completion_tokens": 10,
+                        "total_tokens": 29,
+                        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                        "completion_tokens_details": {
+                            "reasoning_tokens": 0,
+                            "audio_tokens": 0,
+                            "accepted_prediction_tokens": 0,
+                            "rejected_prediction_tokens": 0
+                        }
+                    },
+                    "service_tier": "default",
+                    "system_fingerprint": "fp_06737a9306"
+                }),
+            ),
+            ("GET", "/v1/models") => Answer::json(
+                200,
+                json!({
+                    "object": "list",
+                    "data": [
+                        {"id": "gpt-4o-mini", "object": "model", "created": 1_721_172_741, "owned_by": "system"},
+                        {"id": "text-embedding-3-small", "object": "model", "created": 1_705_948_997, "owned_by": "system"}
+                    ]
+                }),
+            ),
+            ("POST", "/v1/embeddings") => Answer::json(
+                200,
+                json!({
+                    "object": "list",
+                    "data": [{"object": "embedding", "index": 0, "embedding": "AAAAAA=="}],
+                    "model": "text-embedding-3-small",
+                    "usage": {"prompt_tokens": 1, "total_tokens": 1}
+                }),
+            ),
+            _ => Answer::json(
+                404,
+                json!({"error": {"message": "Unknown request URL", "type": "invalid_request_error", "param": null, "code": "unknown_url"}}),
+            ),
+        },
+    )
+}
+
+/// Postern config for the OpenAI integration; `chat` and `models` granted, `embeddings` not.
+fn openai_config(vendor: &TestVendor, key_path: &str) -> String {
+    format!(
+        r#"
+[[integrations]]
+name = "openai"
+vendor = "OpenAI"
+owner = "ml-platform@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+credential = {{ kind = "bearer", from_file = "{key_path}" }}
+operations = [
+  {{ id = "chat", method = "POST", path = "/v1/chat/completions" }},
+  {{ id = "models", method = "GET", path = "/v1/models" }},
+  {{ id = "embeddings", method = "POST", path = "/v1/embeddings" }},
+]
+
+[[grants]]
+caller = "checkout"
+integration = "openai"
+operations = ["chat", "models"]
+"#,
+        port = vendor.addr.port(),
+    )
+}
+
+#[tokio::test]
+async fn openai_sdk_chat_and_models_through_postern() {
+    let Some(python) = sdk_python() else { return };
+    let secrets = tempfile::tempdir().unwrap();
+    let key_path = secret_file(&secrets, "openai-key", OPENAI_VENDOR_KEY);
+    let vendor = TestVendor::tls(openai_vendor()).await;
+    let gateway =
+        TestGateway::start(&openai_config(&vendor, &key_path), vendor.ca_pem.as_deref()).await;
+
+    let result = run_sdk_script(&python, &gateway, "openai_calls.py", "chat_and_models", &[]).await;
+
+    assert_eq!(
+        result,
+        json!({
+            "completion_id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+            "completion": "Hello from the vendor, through Postern.",
+            "total_tokens": 29,
+            "models": ["gpt-4o-mini", "text-embedding-3-small"],
+        })
+    );
+    let seen = vendor.seen();
+    assert_eq!(
+        targets(&seen),
+        ["POST /v1/chat/completions", "GET /v1/models"]
+    );
+    assert_vendor_authorization(&seen, &format!("Bearer {OPENAI_VENDOR_KEY}"));
+    assert_caller_token_absent(&seen, &[]);
+    let chat_body: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(
+        chat_body["model"], "gpt-4o-mini",
+        "the request body reaches the vendor unchanged"
+    );
+    assert_eq!(
+        seen[0].header("user-agent").as_deref(),
+        Some(format!("OpenAI/Python {}", pinned_version("openai")).as_str()),
+        "the SDK's own headers reach the vendor"
+    );
+    assert_eq!(
+        event_summary(&gateway, 2).await,
+        [
+            summary("chat", "allow", 200, "granted"),
+            summary("models", "allow", 200, "granted"),
+        ]
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn openai_sdk_ungranted_operation_raises_permission_denied_and_never_reaches_the_vendor() {
+    let Some(python) = sdk_python() else { return };
+    let secrets = tempfile::tempdir().unwrap();
+    let key_path = secret_file(&secrets, "openai-key", OPENAI_VENDOR_KEY);
+    let vendor = TestVendor::tls(openai_vendor()).await;
+    let gateway =
+        TestGateway::start(&openai_config(&vendor, &key_path), vendor.ca_pem.as_deref()).await;
+
+    let result = run_sdk_script(
+        &python,
+        &gateway,
+        "openai_calls.py",
+        "ungranted_embeddings",
+        &[],
+    )
+    .await;
+
+    assert_eq!(
+        result,
+        json!({"error": "PermissionDeniedError", "status": 403, "code": "not_granted"})
+    );
+    assert_eq!(
+        targets(&vendor.seen()),
+        Vec::<String>::new(),
+        "the vendor saw the refused call"
+    );
+    assert_eq!(
+        event_summary(&gateway, 1).await,
+        [summary("embeddings", "deny", 403, "not_granted")]
+    );
+    gateway.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stripe
+
+/// Answers like api.stripe.com for creating a customer.
+fn stripe_vendor() -> Handler {
+    Arc::new(
+        |request: &SeenRequest| match (request.method.as_str(), request.target.as_str()) {
+            ("POST", "/v1/customers") => Answer::json(
+                200,
+                json!({
+                    "id": "cus_NffrFeUfNV2Hib",
+                    "object": "customer",
+                    "address": null,
+                    "balance": 0,
+                    "created": 1_680_893_993,
+                    "currency": null,
+                    "default_source": null,
+                    "delinquent": false,
+                    "description": null,
+                    "email": "jenny.rosen@example.com",
+                    "invoice_prefix": "0759376C",
+                    "invoice_settings": {
+                        "custom_fields": null,
+                        "default_payment_method": null,
+                        "footer": null,
+                        "rendering_options": null
+                    },
+                    "livemode": false,
+                    "metadata": {"order_id": "6735"},
+                    "name": "Jenny Rosen",
+                    "next_invoice_sequence": 1,
+                    "phone": null,
+                    "preferred_locales": [],
+                    "shipping": null,
+                    "tax_exempt": "none",
+                    "test_clock": null
+                }),
+            ),
+            _ => Answer::json(
+                404,
+                json!({"error": {"message": "Unrecognized request URL.", "type": "invalid_request_error"}}),
+            ),
+        },
+    )
+}
+
+#[tokio::test]
+async fn stripe_sdk_creates_a_customer_through_postern() {
+    let Some(python) = sdk_python() else { return };
+    let secrets = tempfile::tempdir().unwrap();
+    let key_path = secret_file(&secrets, "stripe-key", STRIPE_VENDOR_KEY);
+    let vendor = TestVendor::tls(stripe_vendor()).await;
+    let config = format!(
+        r#"
+[[integrations]]
+name = "stripe"
+vendor = "Stripe"
+owner = "payments@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+credential = {{ kind = "bearer", from_file = "{key_path}" }}
+operations = [
+  {{ id = "create_customer", method = "POST", path = "/v1/customers" }},
+]
+
+[[grants]]
+caller = "checkout"
+integration = "stripe"
+operations = ["create_customer"]
+"#,
+        port = vendor.addr.port(),
+    );
+    let gateway = TestGateway::start(&config, vendor.ca_pem.as_deref()).await;
+
+    let result = run_sdk_script(&python, &gateway, "stripe_calls.py", "create_customer", &[]).await;
+
+    assert_eq!(
+        result,
+        json!({
+            "id": "cus_NffrFeUfNV2Hib",
+            "object": "customer",
+            "email": "jenny.rosen@example.com",
+            "order_id": "6735",
+        })
+    );
+    let seen = vendor.seen();
+    assert_eq!(targets(&seen), ["POST /v1/customers"]);
+    assert_vendor_authorization(&seen, &format!("Bearer {STRIPE_VENDOR_KEY}"));
+    assert_caller_token_absent(&seen, &[]);
+    let form = String::from_utf8_lossy(&seen[0].body).to_string();
+    assert!(
+        form.contains("email=jenny.rosen%40example.com")
+            && form.contains("metadata[order_id]=6735"),
+        "the form body reaches the vendor unchanged: {form}"
+    );
+    assert!(
+        seen[0].header("idempotency-key").is_some() && seen[0].header("stripe-version").is_some(),
+        "the SDK's Idempotency-Key and Stripe-Version reach the vendor"
+    );
+    assert_eq!(
+        event_summary(&gateway, 1).await,
+        [summary("create_customer", "allow", 200, "granted")]
+    );
+    gateway.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Twilio
+
+/// Answers like api.twilio.com for sending a message.
+fn twilio_vendor() -> Handler {
+    Arc::new(|request: &SeenRequest| {
+        let messages = format!("/2010-04-01/Accounts/{TWILIO_ACCOUNT_SID}/Messages.json");
+        if request.method == "POST" && request.target == messages {
+            let sid = "SM1f0e8ae6ade43cb3c0ce4525424e404f";
+            Answer::json(
+                201,
+                json!({
+                    "account_sid": TWILIO_ACCOUNT_SID,
+                    "api_version": "2010-04-01",
+                    "body": "Your order has shipped.",
+                    "date_created": "Thu, 24 Aug 2023 05:01:45 +0000",
+                    "date_sent": null,
+                    "date_updated": "Thu, 24 Aug 2023 05:01:45 +0000",
+                    "direction": "outbound-api",
+                    "error_code": null,
+                    "error_message": null,
+                    "from": "+15017122661",
+                    "num_media": "0",
+                    "num_segments": "1",
+                    "price": null,
+                    "price_unit": "USD",
+                    "messaging_service_sid": null,
+                    "sid": sid,
+                    "status": "queued",
+                    "subresource_uris": {
+                        "media": format!("/2010-04-01/Accounts/{TWILIO_ACCOUNT_SID}/Messages/{sid}/Media.json")
+                    },
+                    "to": "+15558675310",
+                    "uri": format!("/2010-04-01/Accounts/{TWILIO_ACCOUNT_SID}/Messages/{sid}.json")
+                }),
+            )
+        } else {
+            Answer::json(
+                404,
+                json!({"code": 20404, "message": "The requested resource was not found", "more_info": "https://www.twilio.com/docs/errors/20404", "status": 404}),
+            )
+        }
+    })
+}
+
+#[tokio::test]
+async fn twilio_sdk_sends_a_message_through_postern_with_basic_auth() {
+    let Some(python) = sdk_python() else { return };
+    let secrets = tempfile::tempdir().unwrap();
+    let token_path = secret_file(&secrets, "twilio-auth-token", TWILIO_VENDOR_AUTH_TOKEN);
+    let vendor = TestVendor::tls(twilio_vendor()).await;
+    let config = format!(
+        r#"
+[[integrations]]
+name = "twilio"
+vendor = "Twilio"
+owner = "notifications@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+credential = {{ kind = "basic", username = "{TWILIO_ACCOUNT_SID}", from_file = "{token_path}" }}
+operations = [
+  {{ id = "create_message", method = "POST", path = "/2010-04-01/Accounts/{{AccountSid}}/Messages.json" }},
+]
+
+[[grants]]
+caller = "checkout"
+integration = "twilio"
+operations = ["create_message"]
+"#,
+        port = vendor.addr.port(),
+    );
+    let gateway = TestGateway::start(&config, vendor.ca_pem.as_deref()).await;
+
+    let result = run_sdk_script(
+        &python,
+        &gateway,
+        "twilio_calls.py",
+        "send_message",
+        &[("TWILIO_ACCOUNT_SID", TWILIO_ACCOUNT_SID)],
+    )
+    .await;
+
+    assert_eq!(
+        result,
+        json!({
+            "sid": "SM1f0e8ae6ade43cb3c0ce4525424e404f",
+            "status": "queued",
+            "to": "+15558675310",
+            "body": "Your order has shipped.",
+        })
+    );
+    let seen = vendor.seen();
+    assert_eq!(
+        targets(&seen),
+        [format!(
+            "POST /2010-04-01/Accounts/{TWILIO_ACCOUNT_SID}/Messages.json"
+        )]
+    );
+    let basic = |password: &str| {
+        base64::engine::general_purpose::STANDARD.encode(format!("{TWILIO_ACCOUNT_SID}:{password}"))
+    };
+    assert_vendor_authorization(&seen, &format!("Basic {}", basic(TWILIO_VENDOR_AUTH_TOKEN)));
+    assert_caller_token_absent(&seen, &[basic(CHECKOUT_TOKEN)]);
+    let form = String::from_utf8_lossy(&seen[0].body).to_string();
+    assert!(
+        form.contains("To=%2B15558675310") && form.contains("Body=Your+order+has+shipped."),
+        "the form body reaches the vendor unchanged: {form}"
+    );
+    assert_eq!(
+        event_summary(&gateway, 1).await,
+        [summary("create_message", "allow", 201, "granted")]
+    );
+    gateway.stop().await;
+}
+
+/// The version pinned for `package` in `tests/python-requirements.txt`.
+fn pinned_version(package: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python-requirements.txt");
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.lines()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix(&format!("{package}=="))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("{package} is not pinned in {}", path.display()))
+}

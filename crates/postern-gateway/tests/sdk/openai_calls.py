@@ -1,0 +1,57 @@
+"""Drives the real `openai` SDK through Postern, configured the way an app would be.
+
+Environment: POSTERN_BASE_URL (the gateway, e.g. http://127.0.0.1:8080) and
+POSTERN_CALLER_TOKEN (used as the SDK's API key). argv[1] names the scenario.
+Prints one JSON object on stdout; any unexpected error raises (non-zero exit).
+"""
+
+import json
+import os
+import sys
+
+import openai
+
+
+def client() -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{os.environ['POSTERN_BASE_URL']}/openai/v1",
+        api_key=os.environ["POSTERN_CALLER_TOKEN"],
+        max_retries=0,
+        timeout=20.0,
+    )
+
+
+def chat_and_models() -> dict:
+    sdk = client()
+    completion = sdk.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Say hello to Postern."}],
+    )
+    models = sdk.models.list()
+    return {
+        "completion_id": completion.id,
+        "completion": completion.choices[0].message.content,
+        "total_tokens": completion.usage.total_tokens,
+        "models": [model.id for model in models],
+    }
+
+
+def ungranted_embeddings() -> dict:
+    try:
+        client().embeddings.create(model="text-embedding-3-small", input="hello")
+    except openai.PermissionDeniedError as error:
+        return {
+            "error": type(error).__name__,
+            "status": error.status_code,
+            "code": error.code,
+        }
+    return {"error": None}
+
+
+SCENARIOS = {
+    "chat_and_models": chat_and_models,
+    "ungranted_embeddings": ungranted_embeddings,
+}
+
+if __name__ == "__main__":
+    print(json.dumps(SCENARIOS[sys.argv[1]]()))

@@ -1,0 +1,384 @@
+//! Test support: a real in-process vendor (TLS from a throwaway rcgen CA, or plain HTTP) that
+//! records what it receives, and a real gateway started from a TOML config on loopback ports.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use postern_gateway::RunningGateway;
+use tokio::net::TcpListener;
+
+/// What the vendor saw.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    /// Path and query as received.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl SeenRequest {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).to_string())
+    }
+
+    /// Every header value, the target and the body, as one string to search for leaks.
+    pub fn everything(&self) -> String {
+        let mut text = format!("{} {}\n", self.method, self.target);
+        for (name, value) in &self.headers {
+            text.push_str(&format!(
+                "{}: {}\n",
+                name,
+                String::from_utf8_lossy(value.as_bytes())
+            ));
+        }
+        text.push_str(&String::from_utf8_lossy(&self.body));
+        text
+    }
+}
+
+/// The vendor's answer for one request.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(status: u16, body: serde_json::Value) -> Self {
+        Answer {
+            status,
+            headers: vec![("content-type", "application/json".to_string())],
+            body: Bytes::from(body.to_string()),
+        }
+    }
+}
+
+pub type Handler = Arc<dyn Fn(&SeenRequest) -> Answer + Send + Sync>;
+
+/// A throwaway CA and a server certificate for 127.0.0.1 and localhost.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub ca_params: rcgen::CertificateParams,
+    pub ca_key: rcgen::KeyPair,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Postern test CA");
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let server_cert = params.signed_by(&server_key, &issuer).unwrap();
+        TestPki {
+            ca_pem: ca_cert.pem(),
+            server_cert_pem: server_cert.pem(),
+            server_key_pem: server_key.serialize_pem(),
+            ca_params,
+            ca_key,
+        }
+    }
+
+    /// A client certificate with a SPIFFE URI SAN, signed by this CA: (cert PEM, key PEM).
+    pub fn client_cert(&self, spiffe_id: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(spiffe_id.try_into().unwrap())];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test client");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A vendor on loopback that records every request.
+pub struct TestVendor {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<SeenRequest>>>,
+    /// PEM of the CA that signed its certificate (TLS vendors).
+    pub ca_pem: Option<String>,
+}
+
+impl TestVendor {
+    /// TLS vendor (h2 and http/1.1 by ALPN) answering with `handler`.
+    pub async fn tls(handler: Handler) -> Self {
+        let pki = TestPki::new();
+        let certs = rustls_pemfile::certs(&mut pki.server_cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pemfile::private_key(&mut pki.server_key_pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start(Some(acceptor), handler, Some(pki.ca_pem)).await
+    }
+
+    /// Plain-HTTP vendor (needs `allow_plaintext = true`).
+    pub async fn plain(handler: Handler) -> Self {
+        Self::start(None, handler, None).await
+    }
+
+    /// Answers every request with 200 and a small JSON body.
+    pub fn ok_handler() -> Handler {
+        Arc::new(|_request: &SeenRequest| Answer::json(200, serde_json::json!({"ok": true})))
+    }
+
+    async fn start(
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+        handler: Handler,
+        ca_pem: Option<String>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let handler = handler.clone();
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: Request<hyper::body::Incoming>| {
+                            let handler = handler.clone();
+                            let recorded = recorded.clone();
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let seen = SeenRequest {
+                                    method: parts.method.to_string(),
+                                    target: parts
+                                        .uri
+                                        .path_and_query()
+                                        .map(|p| p.to_string())
+                                        .unwrap_or_default(),
+                                    headers: parts.headers,
+                                    body,
+                                    version: parts.version,
+                                };
+                                let answer = handler(&seen);
+                                recorded.lock().unwrap().push(seen);
+                                let mut response = Response::new(Full::new(answer.body));
+                                *response.status_mut() =
+                                    StatusCode::from_u16(answer.status).unwrap();
+                                for (name, value) in answer.headers {
+                                    response.headers_mut().append(name, value.parse().unwrap());
+                                }
+                                Ok::<_, Infallible>(response)
+                            }
+                        },
+                    );
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        TestVendor { addr, seen, ca_pem }
+    }
+
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> SeenRequest {
+        self.seen()
+            .last()
+            .cloned()
+            .expect("the vendor saw no request")
+    }
+}
+
+/// A running gateway with one caller `checkout` whose token is `token`.
+pub struct TestGateway {
+    pub gateway: Option<RunningGateway>,
+    pub base: String,
+    pub admin: String,
+    pub token: String,
+    pub admin_token: String,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+/// The caller token every test config registers for `checkout`.
+pub const CHECKOUT_TOKEN: &str = "pst_test_checkout_token_0123456789abcdefghijkl";
+/// A second caller, `reporting`, with no grants unless a test adds them.
+pub const REPORTING_TOKEN: &str = "pst_test_reporting_token_0123456789abcdefghij";
+
+pub fn sha256_hex(text: &str) -> String {
+    postern_gateway::token_sha256_hex(text)
+}
+
+impl TestGateway {
+    /// `body` is everything after the [gateway] table and the two callers: integrations,
+    /// grants, more callers. `{dir}` in it is replaced by the temp dir path, `{ca}` by the path
+    /// of a file holding `ca_pem` (when given).
+    pub async fn start(body: &str, ca_pem: Option<&str>) -> Self {
+        Self::start_with_gateway(body, ca_pem, "").await
+    }
+
+    pub async fn start_with_gateway(body: &str, ca_pem: Option<&str>, gateway_extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_path = dir.path().join("vendor-ca.pem");
+        if let Some(pem) = ca_pem {
+            std::fs::write(&ca_path, pem).unwrap();
+        }
+        let body = body
+            .replace("{dir}", &dir.path().display().to_string())
+            .replace("{ca}", &ca_path.display().to_string());
+        let text = format!(
+            r#"[gateway]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+data_dir = "data"
+{gateway_extra}
+
+[[callers]]
+name = "checkout"
+token_sha256 = "{checkout}"
+
+[[callers]]
+name = "reporting"
+token_sha256 = "{reporting}"
+
+{body}
+"#,
+            checkout = sha256_hex(CHECKOUT_TOKEN),
+            reporting = sha256_hex(REPORTING_TOKEN),
+        );
+        let config_path = dir.path().join("postern.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let config = postern_config::load(&config_path).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let gateway = RunningGateway::start(config).await.unwrap();
+        let admin_token =
+            std::fs::read_to_string(gateway.data_dir.join(postern_gateway::ADMIN_TOKEN_FILE))
+                .unwrap()
+                .trim()
+                .to_string();
+        TestGateway {
+            base: format!("http://{}", gateway.listen_addr),
+            admin: format!("http://{}", gateway.admin_addr),
+            gateway: Some(gateway),
+            token: CHECKOUT_TOKEN.to_string(),
+            admin_token,
+            config_path,
+            dir,
+        }
+    }
+
+    pub fn running(&self) -> &RunningGateway {
+        self.gateway.as_ref().unwrap()
+    }
+
+    /// Events written so far (flushes first).
+    pub async fn events(&self) -> Vec<serde_json::Value> {
+        self.running().shared().recorder.events.flush().await;
+        let text =
+            std::fs::read_to_string(self.running().data_dir.join(postern_gateway::EVENTS_FILE))
+                .unwrap_or_default();
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// Waits (bounded) until at least `count` events are written, then returns them.
+    pub async fn wait_events(&self, count: usize) -> Vec<serde_json::Value> {
+        for _ in 0..200 {
+            let events = self.events().await;
+            if events.len() >= count {
+                return events;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("fewer than {count} events were written");
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+    }
+}
+
+/// A plain HTTP client (the gateway listener is plain unless a test configures TLS).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Sends raw bytes on a new connection and returns everything the server answered
+/// (until it closes or 2 s pass).
+pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        stream.read_to_end(&mut out),
+    )
+    .await;
+    String::from_utf8_lossy(&out).to_string()
+}
