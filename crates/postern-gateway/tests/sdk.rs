@@ -54,8 +54,35 @@ fn secret_file(dir: &tempfile::TempDir, name: &str, secret: &str) -> String {
     path.display().to_string()
 }
 
+/// A script's process, killed (and reaped) if the test gives up on it or panics.
+struct ScriptProcess(std::process::Child);
+
+impl Drop for ScriptProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads a child's pipe to the end on a blocking thread.
+fn read_pipe(
+    pipe: Option<impl std::io::Read + Send + 'static>,
+) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
 /// Runs `tests/sdk/<script> <scenario>` against `gateway` and returns the JSON object the
-/// script printed. Panics with the script's output if it fails or overruns.
+/// script printed. Panics with the script's output if it fails, or kills it and panics if it
+/// has not closed its output within [`SCRIPT_TIMEOUT`].
+///
+/// (`std::process` with the pipes read on blocking threads: this crate's tokio is built
+/// without the `process` feature.)
 async fn run_sdk_script(
     python: &Path,
     gateway: &TestGateway,
@@ -67,7 +94,7 @@ async fn run_sdk_script(
         .join("tests/sdk")
         .join(script);
     let dead_proxy = "http://127.0.0.1:9";
-    let mut command = tokio::process::Command::new(python);
+    let mut command = std::process::Command::new(python);
     command
         .arg(&script_path)
         .arg(scenario)
@@ -84,26 +111,32 @@ async fn run_sdk_script(
         .env("POSTERN_CALLER_TOKEN", &gateway.token)
         .envs(extra_env.iter().copied())
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let output = match tokio::time::timeout(SCRIPT_TIMEOUT, command.output()).await {
-        Ok(output) => output.unwrap_or_else(|error| {
-            panic!(
-                "cannot run {} {}: {error}",
-                python.display(),
-                script_path.display()
-            )
-        }),
-        Err(_) => panic!(
-            "{script} {scenario} did not finish within {} s",
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut process = ScriptProcess(command.spawn().unwrap_or_else(|error| {
+        panic!(
+            "cannot run {} {}: {error}",
+            python.display(),
+            script_path.display()
+        )
+    }));
+    let stdout = read_pipe(process.0.stdout.take());
+    let stderr = read_pipe(process.0.stderr.take());
+    let Ok((stdout, stderr)) =
+        tokio::time::timeout(SCRIPT_TIMEOUT, async { (stdout.await, stderr.await) }).await
+    else {
+        drop(process);
+        panic!(
+            "{script} {scenario} did not finish within {} s and was killed",
             SCRIPT_TIMEOUT.as_secs()
-        ),
+        );
     };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let status = process.0.wait().unwrap();
+    let stdout = String::from_utf8_lossy(&stdout.unwrap()).to_string();
+    let stderr = String::from_utf8_lossy(&stderr.unwrap()).to_string();
     assert!(
-        output.status.success(),
-        "{script} {scenario} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
+        status.success(),
+        "{script} {scenario} failed ({status}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
     let last_line = stdout.lines().rev().find(|line| !line.trim().is_empty());
     last_line

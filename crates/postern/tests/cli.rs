@@ -1,0 +1,261 @@
+//! The `postern` binary as a user runs it: exit codes, messages, reload, shutdown.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn postern() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_postern"));
+    command.env_remove("POSTERN_CONFIG").env("POSTERN_LOG", "info");
+    command
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs postern with `args`; returns (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (i32, String, String) {
+    let output = postern().args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+#[test]
+fn help_everywhere() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check", "--help"],
+        vec!["callers", "--help"],
+        vec!["callers", "token", "--help"],
+        vec!["demo", "--help"],
+    ] {
+        let (code, stdout, _) = run(&args);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(stdout.contains("Usage:"), "{args:?}: {stdout}");
+    }
+    let (code, _, stderr) = run(&["no-such-command"]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
+fn the_documented_example_config_is_valid() {
+    let example = repo_root().join("examples/postern.toml");
+    let (code, stdout, stderr) = run(&["check", "--config", example.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("ok (1 callers, 1 integrations, 1 grants)"), "{stdout}");
+    let (code, stdout, _) = run(&["check", "--json", "--show-policies", "--config", example.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["valid"], true);
+    assert!(json["cedar"].as_str().unwrap().contains("permit"));
+}
+
+#[test]
+fn invalid_config_exits_3_naming_line_column_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let example = std::fs::read_to_string(repo_root().join("examples/postern.toml")).unwrap();
+    // An unknown key on line 8.
+    let bad = example.replacen("data_dir = ", "data_dri = ", 1);
+    std::fs::write(&path, &bad).unwrap();
+    let (code, _, stderr) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("bad.toml:8:1"), "{stderr}");
+    assert!(stderr.contains("fix:"), "{stderr}");
+    // A grant of an operation that does not exist: semantic error with its position.
+    let bad = example.replace(r#"operations = ["create_charge", "get_charge"]"#, r#"operations = ["create_charge", "refund"]"#);
+    std::fs::write(&path, &bad).unwrap();
+    let (code, stdout, _) = run(&["check", "--json", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 3);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["valid"], false);
+    assert_eq!(json["errors"][0]["line"], 31);
+    assert!(json["errors"][0]["message"].as_str().unwrap().contains("refund"));
+    // serve refuses it the same way.
+    let (code, _, stderr) = run(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 3, "{stderr}");
+}
+
+#[test]
+fn callers_token_prints_a_token_once_with_its_hash() {
+    let (code, stdout, _) = run(&["callers", "token", "checkout", "--json"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let token = json["token"].as_str().unwrap();
+    assert!(token.starts_with("pst_") && token.len() > 40);
+    use sha2::Digest as _;
+    assert_eq!(json["token_sha256"], hex::encode(sha2::Sha256::digest(token.as_bytes())));
+    let (_, text, _) = run(&["callers", "token", "checkout"]);
+    assert!(text.contains("[[callers]]") && text.contains("token_sha256 = \""));
+    let (_, again, _) = run(&["callers", "token", "checkout", "--json"]);
+    assert_ne!(again, stdout, "every token is new");
+}
+
+#[test]
+fn demo_self_check_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let admin = free_port();
+    let (code, stdout, stderr) = run(&[
+        "demo",
+        "--check",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{listen}"),
+        "--admin-listen",
+        &format!("127.0.0.1:{admin}"),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("-> 200"), "{stdout}");
+    assert!(stdout.contains("-> 403 not_granted"), "{stdout}");
+    assert!(stdout.contains("-> 401 caller_unauthenticated"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A served config with a local plain-HTTP "vendor" stand-in: we only need to see decisions
+/// change, so the integration's upstream is a closed port (granted calls get 502, refused 403).
+fn served_config(dir: &Path, listen: u16, admin: u16, granted: &str) -> String {
+    format!(
+        r#"[gateway]
+listen = "127.0.0.1:{listen}"
+admin_listen = "127.0.0.1:{admin}"
+data_dir = "{data}"
+
+[[callers]]
+name = "checkout"
+token_sha256 = "{hash}"
+
+[[integrations]]
+name = "acme"
+vendor = "Acme"
+owner = "o@example.com"
+upstream = "http://127.0.0.1:9"
+allow_plaintext = true
+allow_private_networks = ["127.0.0.1/32"]
+operations = [
+  {{ id = "a", method = "GET", path = "/a" }},
+  {{ id = "b", method = "GET", path = "/b" }},
+]
+
+[[grants]]
+caller = "checkout"
+integration = "acme"
+operations = [{granted}]
+"#,
+        data = dir.join("data").display(),
+        hash = postern_gateway_token_hash(TOKEN),
+    )
+}
+
+const TOKEN: &str = "pst_cli_test_token_abcdefghijklmnopqrstuvwxyz";
+
+fn postern_gateway_token_hash(token: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// Status code of `GET path` on the gateway, or None if it does not answer.
+fn status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer.get(9..12)?.parse().ok()
+}
+
+/// Polls (bounded) until `check` holds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_reloads_on_file_change_and_sighup_keeps_old_config_on_error_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("postern.toml");
+    let (listen, admin) = (free_port(), free_port());
+    std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
+    let child = postern()
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    let stderr = server.0.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let log_writer = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log_writer.lock().unwrap().push_str(&line);
+            log_writer.lock().unwrap().push('\n');
+        }
+    });
+    eventually("the gateway answers", || status(listen, "/acme/a").is_some());
+    assert_eq!(status(listen, "/acme/a"), Some(502), "granted: forwarded (to a closed port)");
+    assert_eq!(status(listen, "/acme/b"), Some(403));
+
+    // 1. File change: grant b.
+    std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a", "b""#)).unwrap();
+    eventually("b is granted after the file changed", || status(listen, "/acme/b") == Some(502));
+
+    // 2. An invalid file is rejected; the running config stays.
+    std::fs::write(&config, "[gateway]\nlisten = \n").unwrap();
+    eventually("the rejection is logged", || log.lock().unwrap().contains("configuration rejected"));
+    assert_eq!(status(listen, "/acme/b"), Some(502));
+
+    // 3. SIGHUP with a valid file that revokes b.
+    std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
+    let pid = server.0.id().to_string();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    eventually("b is refused after SIGHUP", || status(listen, "/acme/b") == Some(403));
+
+    // 4. SIGTERM: graceful exit 0, events flushed.
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "postern did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0));
+    let events = std::fs::read_to_string(dir.path().join("data/events.jsonl")).unwrap();
+    assert!(events.lines().count() >= 5, "{events}");
+    assert!(!events.contains(TOKEN));
+    let log = log.lock().unwrap().clone();
+    assert!(!log.contains(TOKEN), "{log}");
+}
