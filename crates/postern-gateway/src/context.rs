@@ -47,6 +47,8 @@ pub struct CallContext {
     pub upstream_addr: Option<SocketAddr>,
     pub request_body: Arc<RequestBodyState>,
     pub redirect_off_origin: bool,
+    /// The Cedar policy that decided: `grant-N` or a custom policy id.
+    pub policy_id: Option<String>,
 }
 
 impl CallContext {
@@ -70,6 +72,7 @@ impl CallContext {
             upstream_addr: None,
             request_body: Arc::new(RequestBodyState::default()),
             redirect_off_origin: false,
+            policy_id: None,
         }
     }
 
@@ -104,6 +107,7 @@ impl CallContext {
             source_ip: self.source_ip.to_string(),
             auth: self.auth.map(AuthMethod::as_str),
             protocol: self.protocol,
+            policy: self.policy_id.clone(),
             redirect_off_origin: self.redirect_off_origin,
             incomplete,
         }

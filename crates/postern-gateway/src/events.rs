@@ -49,6 +49,9 @@ pub struct CallEvent {
     pub auth: Option<&'static str>,
     /// Downstream protocol: `HTTP/1.1` or `HTTP/2`.
     pub protocol: &'static str,
+    /// The Cedar policy that decided (`grant-N`, or a custom policy's id); absent when no
+    /// policy applied (not granted) or the call was refused before authorization.
+    pub policy: Option<String>,
     /// Set when the vendor answered with a redirect whose Location leaves the upstream origin.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub redirect_off_origin: bool,

@@ -8,7 +8,6 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -43,7 +42,6 @@ pub struct Metrics {
     denials: Family<ReasonLabel, Counter>,
     duration: Family<IntegrationLabel, Histogram>,
     pub config_reloads: Family<ResultLabel, Counter>,
-    pub in_flight: Gauge,
     events_written: Counter,
     events_errors: Counter,
 }
@@ -79,8 +77,6 @@ impl Metrics {
             "Configuration reloads by result (applied, rejected)",
             config_reloads.clone(),
         );
-        let in_flight = Gauge::default();
-        registry.register("in_flight_calls", "Calls being served now", in_flight.clone());
         let events_written = Counter::default();
         registry.register(
             "events_written",
@@ -99,7 +95,6 @@ impl Metrics {
             denials,
             duration,
             config_reloads,
-            in_flight,
             events_written,
             events_errors,
         }

@@ -14,7 +14,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use percent_encoding::AsciiSet;
-use postern_policy::AuthzRequest;
+use postern_policy::{AuthzRequest, Reason};
 
 use crate::body::{ForwardBody, GatewayBody, RequestBodyViolation, ResponseBody};
 use crate::context::{AuthMethod, CallContext, ConnectionInfo};
@@ -283,7 +283,7 @@ fn authorize(
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     let source_ip = context.source_ip.to_string();
-    let decision = runtime.policy.authorize(&AuthzRequest {
+    let authz = AuthzRequest {
         caller: &caller,
         integration: &integration.name,
         operation: operation.id,
@@ -292,13 +292,22 @@ fn authorize(
         weekday: now.weekday().number_days_from_monday(),
         request_bytes,
         source_ip: &source_ip,
-    });
+    };
+    let decision = runtime.policy.authorize(&authz);
+    context.policy_id = match &decision.reason {
+        Reason::Granted { policy_id } | Reason::Forbidden { policy_id } => Some(policy_id.clone()),
+        Reason::NotGranted => None,
+    };
     if decision.allowed {
         Ok(())
     } else {
+        let fix = match decision.reason {
+            Reason::Forbidden { .. } => "the policy's conditions refuse this call",
+            _ => "ask the integration's owner for a grant",
+        };
         Err(CallError::forbidden(
             decision.reason.code(),
-            format!("{}; ask the integration's owner for a grant", decision.reason),
+            format!("{}; {fix}", decision.reason.describe(&authz)),
         ))
     }
 }
@@ -656,6 +665,7 @@ fn placeholder_context(context: &CallContext) -> CallContext {
         upstream_addr: None,
         request_body: context.request_body.clone(),
         redirect_off_origin: false,
+        policy_id: None,
     }
 }
 

@@ -270,6 +270,9 @@ when { context.request_bytes > 100 };
     let body: serde_json::Value = large.json().await.unwrap();
     assert_eq!(body["error"]["code"], "policy_forbid");
     assert!(body["error"]["message"].as_str().unwrap().contains("small-charges-only"));
+    let events = gw.wait_events(2).await;
+    assert_eq!(events[0]["policy"], "grant-0");
+    assert_eq!(events[1]["policy"], "small-charges-only");
     assert_eq!(vendor.seen().len(), 1);
     gw.stop().await;
 }
@@ -936,5 +939,58 @@ async fn events_file_rotates_by_size() {
     assert!(dir.join("events.jsonl.1").exists());
     assert!(dir.join("events.jsonl.2").exists());
     assert!(!dir.join("events.jsonl.3").exists(), "only events_max_files rotated files are kept");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn vendor_that_does_not_accept_hits_the_connect_timeout() {
+    // A listener with a backlog of 1 that never accepts: once its queue is full, new SYNs are
+    // dropped and connects hang — a black-holed vendor, on loopback.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        {
+            fillers.push(stream);
+        }
+    }
+    let body = format!(
+        r#"
+[[integrations]]
+name = "blackhole"
+vendor = "V"
+owner = "o@example.com"
+upstream = "http://127.0.0.1:{port}"
+allow_plaintext = true
+allow_private_networks = ["127.0.0.1/32"]
+connect_timeout_ms = 300
+operations = [ {{ id = "op", method = "GET", path = "/x" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "blackhole"
+operations = ["*"]
+"#
+    );
+    let gw = TestGateway::start(&body, None).await;
+    let started = std::time::Instant::now();
+    let response = client()
+        .get(format!("{}/blackhole/x", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_connect_timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    drop(listener);
     gw.stop().await;
 }

@@ -222,6 +222,7 @@ fn targets(seen: &[SeenRequest]) -> Vec<String> {
 fn openai_vendor() -> Handler {
     Arc::new(
         |request: &SeenRequest| match (request.method.as_str(), request.target.as_str()) {
+            ("POST", "/v1/chat/completions") if streamed_chat(request) => openai_chat_stream(),
             ("POST", "/v1/chat/completions") => Answer::json(
                 200,
                 json!({
@@ -283,6 +284,43 @@ fn openai_vendor() -> Handler {
     )
 }
 
+fn streamed_chat(request: &SeenRequest) -> bool {
+    serde_json::from_slice::<Value>(&request.body).is_ok_and(|body| body["stream"] == true)
+}
+
+/// A chat completion as server-sent events, the way `stream=True` receives it.
+fn openai_chat_stream() -> Answer {
+    let chunk = |delta: Value, finish_reason: Value| {
+        json!({
+            "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+            "object": "chat.completion.chunk",
+            "created": 1_741_570_283,
+            "model": "gpt-4o-mini-2024-07-18",
+            "system_fingerprint": "fp_06737a9306",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}]
+        })
+    };
+    let events = [
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+        chunk(json!({"content": "Streamed "}), Value::Null),
+        chunk(json!({"content": "through Postern."}), Value::Null),
+        chunk(json!({}), json!("stop")),
+    ];
+    let mut body: String = events
+        .iter()
+        .map(|event| format!("data: {event}\n\n"))
+        .collect();
+    body.push_str("data: [DONE]\n\n");
+    Answer {
+        status: 200,
+        headers: vec![(
+            "content-type",
+            "text/event-stream; charset=utf-8".to_string(),
+        )],
+        body: body.into(),
+    }
+}
+
 /// Postern config for the OpenAI integration; `chat` and `models` granted, `embeddings` not.
 fn openai_config(vendor: &TestVendor, key_path: &str) -> String {
     format!(
@@ -327,13 +365,18 @@ async fn openai_sdk_chat_and_models_through_postern() {
             "completion_id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
             "completion": "Hello from the vendor, through Postern.",
             "total_tokens": 29,
+            "streamed": "Streamed through Postern.",
             "models": ["gpt-4o-mini", "text-embedding-3-small"],
         })
     );
     let seen = vendor.seen();
     assert_eq!(
         targets(&seen),
-        ["POST /v1/chat/completions", "GET /v1/models"]
+        [
+            "POST /v1/chat/completions",
+            "POST /v1/chat/completions",
+            "GET /v1/models"
+        ]
     );
     assert_vendor_authorization(&seen, &format!("Bearer {OPENAI_VENDOR_KEY}"));
     assert_caller_token_absent(&seen, &[]);
@@ -348,8 +391,9 @@ async fn openai_sdk_chat_and_models_through_postern() {
         "the SDK's own headers reach the vendor"
     );
     assert_eq!(
-        event_summary(&gateway, 2).await,
+        event_summary(&gateway, 3).await,
         [
+            summary("chat", "allow", 200, "granted"),
             summary("chat", "allow", 200, "granted"),
             summary("models", "allow", 200, "granted"),
         ]

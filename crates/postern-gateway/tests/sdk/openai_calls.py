@@ -27,11 +27,20 @@ def chat_and_models() -> dict:
         model="gpt-4o-mini",
         messages=[{"role": "user", "content": "Say hello to Postern."}],
     )
+    stream = sdk.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Say hello again, streamed."}],
+        stream=True,
+    )
+    streamed = "".join(
+        chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices
+    )
     models = sdk.models.list()
     return {
         "completion_id": completion.id,
         "completion": completion.choices[0].message.content,
         "total_tokens": completion.usage.total_tokens,
+        "streamed": streamed,
         "models": [model.id for model in models],
     }
 
