@@ -30,7 +30,7 @@ pub(crate) fn check_path_template(template: &str) -> Result<String, TemplateErro
     }
     let mut shape = String::with_capacity(template.len());
     let mut names: Vec<&str> = Vec::new();
-    let mut previous_was_placeholder = false;
+    let mut placeholder_in_segment = false;
     let mut rest = template;
     while let Some(character) = rest.chars().next() {
         match character {
@@ -47,11 +47,11 @@ pub(crate) fn check_path_template(template: &str) -> Result<String, TemplateErro
                 );
             }
             '{' => {
-                if previous_was_placeholder {
+                if placeholder_in_segment {
                     return reject(
-                        format!("path `{template}` has two placeholders next to each other"),
-                        "separate placeholders with '/' or fixed text, e.g. `{a}.{b}`; \
-                         adjacent placeholders cannot be told apart",
+                        format!("path `{template}` has two placeholders in one segment"),
+                        "use one placeholder per '/'-separated segment (it may share the segment \
+                         with fixed text, e.g. `{Sid}.json`); match `{name}.{ext}` as one `{file}`",
                     );
                 }
                 let Some(end) = rest.find('}') else {
@@ -75,7 +75,7 @@ pub(crate) fn check_path_template(template: &str) -> Result<String, TemplateErro
                 }
                 names.push(name);
                 shape.push_str("{}");
-                previous_was_placeholder = true;
+                placeholder_in_segment = true;
                 rest = &rest[end + 1..];
                 continue;
             }
@@ -87,7 +87,9 @@ pub(crate) fn check_path_template(template: &str) -> Result<String, TemplateErro
             }
             _ => {
                 shape.push(character);
-                previous_was_placeholder = false;
+                if character == '/' {
+                    placeholder_in_segment = false;
+                }
             }
         }
         rest = &rest[character.len_utf8()..];
@@ -115,7 +117,10 @@ mod tests {
             "/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json",
             "ok /2010-04-01/Accounts/{}/Messages/{}.json",
         );
-        check("/a/{x}.{y}", "ok /a/{}.{}");
+        check(
+            "/a/{x}.{y}",
+            "error path `/a/{x}.{y}` has two placeholders in one segment",
+        );
         check("/", "ok /");
         check(
             "v1/charges",
@@ -123,7 +128,7 @@ mod tests {
         );
         check(
             "/v1/{a}{b}",
-            "error path `/v1/{a}{b}` has two placeholders next to each other",
+            "error path `/v1/{a}{b}` has two placeholders in one segment",
         );
         check(
             "/v1/{id",

@@ -397,7 +397,7 @@ fn operations_and_path_templates() {
     };
     check(&with_operations("[{ id = \"a\", method = \"get\", path = \"/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json\" }]"), "ok");
     check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"v1\" }]"), "6:50: path `v1` does not start with '/'");
-    check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1/{a}{b}\" }]"), "6:50: path `/v1/{a}{b}` has two placeholders next to each other");
+    check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1/{a}{b}\" }]"), "6:50: path `/v1/{a}{b}` has two placeholders in one segment");
     check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1/{a\" }]"), "6:50: path `/v1/{a` has a '{' without a matching '}'");
     check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1/{}\" }]"), "6:50: path `/v1/{}` has an invalid placeholder `{}`");
     check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1?x=1\" }]"), "6:50: path `/v1?x=1` contains '?'");

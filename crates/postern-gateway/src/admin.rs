@@ -31,7 +31,10 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .is_some_and(|token| runtime.is_admin_token(token.trim().as_bytes()));
     if !authorized {
         let mut response = json_response(
@@ -47,7 +50,10 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response
     match path {
         "/metrics" => text_response(
             StatusCode::OK,
-            shared.recorder.metrics.encode(&shared.recorder.events.stats),
+            shared
+                .recorder
+                .metrics
+                .encode(&shared.recorder.events.stats),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         "/v1/integrations" => {
@@ -111,7 +117,8 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response
             let limit = limit.min(crate::events::RECENT_EVENTS_CAPACITY);
             shared.recorder.events.flush().await;
             let lines = shared.recorder.events.recent(limit);
-            let mut body = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 16);
+            let mut body =
+                String::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 16);
             body.push_str("{\"events\":[");
             for (index, line) in lines.iter().enumerate() {
                 if index > 0 {
@@ -140,7 +147,10 @@ fn readiness(shared: &Shared) -> Response<GatewayBody> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json_response(status, json!({"ready": problems.is_empty(), "problems": problems}))
+    json_response(
+        status,
+        json!({"ready": problems.is_empty(), "problems": problems}),
+    )
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<GatewayBody> {

@@ -164,8 +164,11 @@ impl Body for ForwardBody {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let total =
-                        this.state.bytes.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                    let total = this
+                        .state
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed)
+                        + data.len() as u64;
                     if total > this.limit {
                         this.state.set(RequestBodyViolation::TooLarge);
                         this.inner = None;
@@ -184,7 +187,9 @@ impl Body for ForwardBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|inner| inner.is_end_stream())
+        self.inner
+            .as_ref()
+            .is_none_or(|inner| inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -124,7 +124,12 @@ impl RunningGateway {
             .with_context(|| format!("binding listen address {}", config.gateway.listen))?;
         let admin_listener = TcpListener::bind(config.gateway.admin_listen)
             .await
-            .with_context(|| format!("binding admin_listen address {}", config.gateway.admin_listen))?;
+            .with_context(|| {
+                format!(
+                    "binding admin_listen address {}",
+                    config.gateway.admin_listen
+                )
+            })?;
         let listen_addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 
@@ -177,17 +182,40 @@ impl RunningGateway {
         let mut notes = Vec::new();
         let old = &current.config.gateway;
         let new = &config.gateway;
-        if old.listen != new.listen
-            || old.admin_listen != new.admin_listen
-            || old.data_dir != new.data_dir
-            || old.tls_cert != new.tls_cert
-            || old.tls_key != new.tls_key
-            || old.client_ca != new.client_ca
-        {
-            notes.push(
-                "listen, admin_listen, data_dir and TLS files take effect only after a restart"
-                    .to_string(),
-            );
+        let restart_only = [
+            ("listen", old.listen != new.listen),
+            ("admin_listen", old.admin_listen != new.admin_listen),
+            ("data_dir", old.data_dir != new.data_dir),
+            ("tls_cert", old.tls_cert != new.tls_cert),
+            ("tls_key", old.tls_key != new.tls_key),
+            ("client_ca", old.client_ca != new.client_ca),
+            (
+                "events_max_file_bytes",
+                old.events_max_file_bytes != new.events_max_file_bytes,
+            ),
+            (
+                "events_max_files",
+                old.events_max_files != new.events_max_files,
+            ),
+            (
+                "max_header_bytes",
+                old.max_header_bytes != new.max_header_bytes,
+            ),
+            (
+                "shutdown_grace_ms",
+                old.shutdown_grace_ms != new.shutdown_grace_ms,
+            ),
+        ];
+        let changed: Vec<&str> = restart_only
+            .iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| *key)
+            .collect();
+        if !changed.is_empty() {
+            notes.push(format!(
+                "[gateway] {} changed: these take effect only after a restart",
+                changed.join(", ")
+            ));
         }
         let hash = match &config.gateway.admin_token_sha256 {
             Some(_) => admin_token_hash(&config, &self.data_dir)?,
@@ -271,8 +299,7 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 pub fn admin_token_hash(config: &Config, data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     if let Some(hash) = &config.gateway.admin_token_sha256 {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hash, &mut out)
-            .context("admin_token_sha256 must be 64 hex digits")?;
+        hex::decode_to_slice(hash, &mut out).context("admin_token_sha256 must be 64 hex digits")?;
         return Ok(out);
     }
     let path = data_dir.join(ADMIN_TOKEN_FILE);
@@ -285,7 +312,8 @@ pub fn admin_token_hash(config: &Config, data_dir: &Path) -> anyhow::Result<[u8;
             token
         }
         Err(error) => {
-            return Err(error).with_context(|| format!("reading the admin token {}", path.display()))
+            return Err(error)
+                .with_context(|| format!("reading the admin token {}", path.display()))
         }
     };
     if token.is_empty() {

@@ -58,13 +58,10 @@ impl Metrics {
         let denials = Family::<ReasonLabel, Counter>::default();
         registry.register("denials", "Refused calls by reason", denials.clone());
         let duration = Family::<IntegrationLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(
-                [
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0,
-                ]
-                .into_iter(),
-            )
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ])
         });
         registry.register(
             "call_duration_seconds",

@@ -73,7 +73,9 @@ pub async fn handle(
             shared
                 .recorder
                 .record(&context, error.status.as_u16(), decision, error.code);
-            error.to_response(&context.request_id).map(GatewayBody::full)
+            error
+                .to_response(&context.request_id)
+                .map(GatewayBody::full)
         }
     }
 }
@@ -108,7 +110,8 @@ fn check_request(request: &Request<Incoming>) -> Result<(), CallError> {
         ));
     }
     let headers = request.headers();
-    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
     {
         return Err(CallError::bad_request(
             "conflicting_framing",
@@ -142,7 +145,8 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
             if code.len() < 2 || !code.iter().all(u8::is_ascii_hexdigit) {
                 return Some("it contains a malformed percent-escape");
             }
-            let decoded = u8::from_str_radix(std::str::from_utf8(code).unwrap_or("00"), 16).unwrap_or(0);
+            let decoded =
+                u8::from_str_radix(std::str::from_utf8(code).unwrap_or("00"), 16).unwrap_or(0);
             match decoded {
                 b'.' => return Some("it contains an encoded '.' (%2e)"),
                 b'/' => return Some("it contains an encoded '/' (%2f)"),
@@ -211,7 +215,9 @@ fn caller_token_from_headers(headers: &HeaderMap) -> Option<Vec<u8>> {
     }
     if scheme.eq_ignore_ascii_case(b"basic") {
         use base64::Engine as _;
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
         let colon = decoded.iter().position(|&b| b == b':')?;
         let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
         return Some(if password.is_empty() { user } else { password }.to_vec());
@@ -375,7 +381,9 @@ fn inject(
         return Err(CallError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
-            format!("the request body exceeds max_request_body_bytes ({limit}); send a smaller body"),
+            format!(
+                "the request body exceeds max_request_body_bytes ({limit}); send a smaller body"
+            ),
         ));
     }
 
@@ -427,7 +435,8 @@ fn inject(
             rest
         }
     };
-    let mut target = String::with_capacity(integration.upstream.path_prefix.len() + path.len() + 64);
+    let mut target =
+        String::with_capacity(integration.upstream.path_prefix.len() + path.len() + 64);
     target.push_str(&integration.upstream.path_prefix);
     target.push_str(vendor_path);
     let mut query: Vec<&str> = parts
@@ -459,7 +468,12 @@ fn inject(
         .authority(integration.upstream.authority.clone())
         .path_and_query(target)
         .build()
-        .map_err(|_| CallError::bad_request("invalid_path", "the request target cannot be forwarded; check the path and query encoding"))?;
+        .map_err(|_| {
+            CallError::bad_request(
+                "invalid_path",
+                "the request target cannot be forwarded; check the path and query encoding",
+            )
+        })?;
 
     let body = ForwardBody::new(body, limit, context.request_body.clone(), caller_token);
     let mut upstream = Request::new(body);
@@ -563,7 +577,10 @@ fn classify_upstream_error(
     tracing::warn!(integration = %integration.name, request_id = %context.request_id, error = %error_chain(error), "upstream request failed");
     CallError::bad_gateway(
         "upstream_error",
-        format!("the vendor of {} closed or broke the connection", integration.name),
+        format!(
+            "the vendor of {} closed or broke the connection",
+            integration.name
+        ),
     )
 }
 
@@ -576,7 +593,9 @@ fn has_tls_error(error: &(dyn std::error::Error + 'static)) -> bool {
         // io::Error hides its payload from `source()`; look inside, layer by layer.
         let mut inner: Option<&(dyn std::error::Error + 'static)> = Some(error);
         while let Some(io) = inner.and_then(|e| e.downcast_ref::<std::io::Error>()) {
-            inner = io.get_ref().map(|e| e as &(dyn std::error::Error + 'static));
+            inner = io
+                .get_ref()
+                .map(|e| e as &(dyn std::error::Error + 'static));
             if inner.is_some_and(|e| e.is::<rustls::Error>()) {
                 return true;
             }
@@ -618,7 +637,11 @@ fn inspect_response(
         ));
     }
     if parts.status.is_redirection() {
-        if let Some(location) = parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+        if let Some(location) = parts
+            .headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+        {
             context.redirect_off_origin = leaves_origin(&integration.config.upstream, location);
         }
     }
@@ -645,7 +668,10 @@ fn inspect_response(
         status,
     };
     let body = ResponseBody::new(body, limit, pending);
-    Ok(Response::from_parts(parts, GatewayBody::Stream(Box::new(body))))
+    Ok(Response::from_parts(
+        parts,
+        GatewayBody::Stream(Box::new(body)),
+    ))
 }
 
 /// After the context moves into the streaming body, the handler keeps a copy of its ids.

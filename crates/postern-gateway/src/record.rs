@@ -18,10 +18,8 @@ impl Recorder {
     /// Records a call that ended without a streamed body (refusals, errors).
     pub fn record(&self, context: &CallContext, status: u16, decision: Decision, reason: &str) {
         let event = context.to_event(status, decision, reason, 0, false);
-        self.metrics.observe_call(
-            &event,
-            Duration::from_secs_f64(event.duration_ms / 1000.0),
-        );
+        self.metrics
+            .observe_call(&event, Duration::from_secs_f64(event.duration_ms / 1000.0));
         self.events.record_now(event);
     }
 }
@@ -43,10 +41,9 @@ impl PendingRecord {
             response_bytes,
             incomplete,
         );
-        self.recorder.metrics.observe_call(
-            &event,
-            Duration::from_secs_f64(event.duration_ms / 1000.0),
-        );
+        self.recorder
+            .metrics
+            .observe_call(&event, Duration::from_secs_f64(event.duration_ms / 1000.0));
         self.recorder.events.record_now(event);
     }
 }

@@ -9,9 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderName, HeaderValue};
-use postern_config::{
-    Config, CredentialConfig, CredentialKind, IntegrationConfig, SecretSource,
-};
+use postern_config::{Config, CredentialConfig, CredentialKind, IntegrationConfig, SecretSource};
 use postern_policy::{GrantSpec, IntegrationOps, OperationTable, PolicyEngine};
 use sha2::{Digest, Sha256};
 
@@ -19,10 +17,13 @@ use crate::upstream::{build_client, UpstreamClient, UpstreamOptions};
 
 pub type CallerLimiter = DefaultKeyedRateLimiter<Arc<str>>;
 
+/// (requests_per_second, burst) an integration's limiter was built with.
+type QuotaKey = (u32, u32);
+
 /// Rate-limit state survives reloads when an integration's quota is unchanged.
 #[derive(Default)]
 pub struct LimiterCache {
-    limiters: Mutex<HashMap<String, ((u32, u32), Arc<CallerLimiter>)>>,
+    limiters: Mutex<HashMap<String, (QuotaKey, Arc<CallerLimiter>)>>,
 }
 
 impl LimiterCache {
@@ -44,8 +45,14 @@ impl LimiterCache {
 /// How a vendor credential is put on the request.
 #[derive(Clone)]
 pub enum Injector {
-    Header { name: HeaderName, value: HeaderValue },
-    Query { param: String, encoded_value: String },
+    Header {
+        name: HeaderName,
+        value: HeaderValue,
+    },
+    Query {
+        param: String,
+        encoded_value: String,
+    },
 }
 
 /// The upstream's fixed parts.
@@ -304,8 +311,9 @@ fn load_injector(credential: &CredentialConfig) -> Result<Injector, String> {
                 .header_name
                 .as_deref()
                 .ok_or("credential kind header needs `name`")?;
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("credential header name {name:?} is not a valid header name"))?;
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                format!("credential header name {name:?} is not a valid header name")
+            })?;
             Ok(Injector::Header {
                 name,
                 value: sensitive(secret)?,

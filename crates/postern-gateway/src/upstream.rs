@@ -185,9 +185,9 @@ pub fn build_client(options: UpstreamOptions<'_>) -> anyhow::Result<UpstreamClie
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca_file) = options.ca_file {
         for cert in crate::tls::read_certificates(ca_file)? {
-            roots.add(cert).map_err(|error| {
-                anyhow::anyhow!("ca_file {}: {error}", ca_file.display())
-            })?;
+            roots
+                .add(cert)
+                .map_err(|error| anyhow::anyhow!("ca_file {}: {error}", ca_file.display()))?;
         }
     }
     let tls = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())

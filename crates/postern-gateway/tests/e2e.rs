@@ -44,7 +44,14 @@ async fn stripe_gateway(vendor: &TestVendor, extra: &str) -> TestGateway {
 async fn stripe_gateway_with(vendor: &TestVendor, extra: &str, more: &str) -> TestGateway {
     // The key file must exist before start: write it into a dir we then hand to the gateway.
     let body = format!("{}\n{more}", stripe_like(vendor, extra));
-    start_with_key(&body, vendor.ca_pem.as_deref(), "stripe-key", VENDOR_KEY, "").await
+    start_with_key(
+        &body,
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        "",
+    )
+    .await
 }
 
 async fn start_with_key(
@@ -80,15 +87,24 @@ async fn granted_call_is_forwarded_with_the_vendor_key_and_recorded() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let request_id = response.headers()["postern-request-id"].to_str().unwrap().to_string();
+    let request_id = response.headers()["postern-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(response.text().await.unwrap(), r#"{"ok":true}"#);
 
     let seen = vendor.last();
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.target, "/v1/charges?expand=customer");
-    assert_eq!(seen.header("authorization").unwrap(), format!("Bearer {VENDOR_KEY}"));
+    assert_eq!(
+        seen.header("authorization").unwrap(),
+        format!("Bearer {VENDOR_KEY}")
+    );
     assert_eq!(seen.body, "amount=500&currency=usd");
-    assert!(!seen.everything().contains(&gw.token), "caller token reached the vendor");
+    assert!(
+        !seen.everything().contains(&gw.token),
+        "caller token reached the vendor"
+    );
 
     let events = gw.wait_events(1).await;
     let event = &events[0];
@@ -107,7 +123,10 @@ async fn granted_call_is_forwarded_with_the_vendor_key_and_recorded() {
     assert_eq!(event["source_ip"], "127.0.0.1");
     assert!(event["duration_ms"].as_f64().unwrap() >= 0.0);
     let time = event["time"].as_str().unwrap();
-    assert!(time.ends_with('Z') && time.len() == 24, "time {time} is RFC 3339 UTC with ms");
+    assert!(
+        time.ends_with('Z') && time.len() == 24,
+        "time {time} is RFC 3339 UTC with ms"
+    );
     gw.stop().await;
 }
 
@@ -118,7 +137,8 @@ async fn each_caller_identity_form_is_accepted_and_never_forwarded() {
     let gw = stripe_gateway(&vendor, "").await;
     let url = format!("{}/stripe/v1/charges/ch_1", gw.base);
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("ACxyz:{}", gw.token));
-    let basic_user_only = base64::engine::general_purpose::STANDARD.encode(format!("{}:", gw.token));
+    let basic_user_only =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:", gw.token));
     let forms: Vec<(&str, String)> = vec![
         ("authorization", format!("Bearer {}", gw.token)),
         ("authorization", format!("bearer {}", gw.token)),
@@ -127,7 +147,12 @@ async fn each_caller_identity_form_is_accepted_and_never_forwarded() {
         ("postern-caller-token", gw.token.clone()),
     ];
     for (name, value) in &forms {
-        let response = client().get(&url).header(*name, value).send().await.unwrap();
+        let response = client()
+            .get(&url)
+            .header(*name, value)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "{name}: {value}");
     }
     // Lower-case header name on the wire, as some SDKs send it.
@@ -140,7 +165,10 @@ async fn each_caller_identity_form_is_accepted_and_never_forwarded() {
     for seen in vendor.seen() {
         assert!(!seen.everything().contains(&gw.token));
         assert!(!seen.headers.contains_key("postern-caller-token"));
-        assert_eq!(seen.header("authorization").unwrap(), format!("Bearer {VENDOR_KEY}"));
+        assert_eq!(
+            seen.header("authorization").unwrap(),
+            format!("Bearer {VENDOR_KEY}")
+        );
     }
     assert_eq!(vendor.seen().len(), forms.len() + 1);
     gw.stop().await;
@@ -166,7 +194,9 @@ async fn missing_or_unknown_caller_gets_401_json_and_nothing_is_forwarded() {
     }
     assert!(vendor.seen().is_empty());
     let events = gw.wait_events(3).await;
-    assert!(events.iter().all(|e| e["decision"] == "deny" && e["status"] == 401));
+    assert!(events
+        .iter()
+        .all(|e| e["decision"] == "deny" && e["status"] == 401));
     gw.stop().await;
 }
 
@@ -203,14 +233,62 @@ operations = ["send_message", "get_message"]
     };
     use reqwest::Method;
     let cases: Vec<(Method, &str, &str, u16, &str)> = vec![
-        (Method::POST, "/twilio/2010-04-01/Accounts/AC123/Messages.json", CHECKOUT_TOKEN, 200, "granted"),
-        (Method::GET, "/twilio/2010-04-01/Accounts/AC123/Messages/SM456.json", CHECKOUT_TOKEN, 200, "granted"),
-        (Method::GET, "/twilio/2010-04-01/Accounts/AC123/Messages/SM456.xml", CHECKOUT_TOKEN, 403, "operation_not_allowed"),
-        (Method::DELETE, "/twilio/2010-04-01/Accounts/AC123/Messages/SM456.json", CHECKOUT_TOKEN, 403, "operation_not_allowed"),
-        (Method::POST, "/stripe/v1/charges/ch_1/refund", CHECKOUT_TOKEN, 403, "not_granted"),
-        (Method::POST, "/stripe/v1/charges", REPORTING_TOKEN, 403, "not_granted"),
-        (Method::GET, "/stripe/v1/customers", CHECKOUT_TOKEN, 403, "operation_not_allowed"),
-        (Method::GET, "/nosuch/v1/x", CHECKOUT_TOKEN, 404, "unknown_integration"),
+        (
+            Method::POST,
+            "/twilio/2010-04-01/Accounts/AC123/Messages.json",
+            CHECKOUT_TOKEN,
+            200,
+            "granted",
+        ),
+        (
+            Method::GET,
+            "/twilio/2010-04-01/Accounts/AC123/Messages/SM456.json",
+            CHECKOUT_TOKEN,
+            200,
+            "granted",
+        ),
+        (
+            Method::GET,
+            "/twilio/2010-04-01/Accounts/AC123/Messages/SM456.xml",
+            CHECKOUT_TOKEN,
+            403,
+            "operation_not_allowed",
+        ),
+        (
+            Method::DELETE,
+            "/twilio/2010-04-01/Accounts/AC123/Messages/SM456.json",
+            CHECKOUT_TOKEN,
+            403,
+            "operation_not_allowed",
+        ),
+        (
+            Method::POST,
+            "/stripe/v1/charges/ch_1/refund",
+            CHECKOUT_TOKEN,
+            403,
+            "not_granted",
+        ),
+        (
+            Method::POST,
+            "/stripe/v1/charges",
+            REPORTING_TOKEN,
+            403,
+            "not_granted",
+        ),
+        (
+            Method::GET,
+            "/stripe/v1/customers",
+            CHECKOUT_TOKEN,
+            403,
+            "operation_not_allowed",
+        ),
+        (
+            Method::GET,
+            "/nosuch/v1/x",
+            CHECKOUT_TOKEN,
+            404,
+            "unknown_integration",
+        ),
     ];
     for (method, path, token, status, reason) in &cases {
         let response = call(method.clone(), path, token).await.unwrap();
@@ -220,13 +298,20 @@ operations = ["send_message", "get_message"]
             assert_eq!(body["error"]["code"], *reason, "{method} {path}");
         }
     }
-    assert_eq!(vendor.seen().len(), 2, "only granted calls reach the vendor");
+    assert_eq!(
+        vendor.seen().len(),
+        2,
+        "only granted calls reach the vendor"
+    );
     let events = gw.wait_events(cases.len()).await;
     for (event, (_, path, _, status, reason)) in events.iter().zip(&cases) {
         assert_eq!(event["status"], *status, "{path}");
         assert_eq!(event["reason"], *reason, "{path}");
     }
-    assert_eq!(events[1]["path"], "/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json");
+    assert_eq!(
+        events[1]["path"],
+        "/2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json"
+    );
     gw.stop().await;
 }
 
@@ -269,7 +354,10 @@ when { context.request_bytes > 100 };
     assert_eq!(large.status(), 403);
     let body: serde_json::Value = large.json().await.unwrap();
     assert_eq!(body["error"]["code"], "policy_forbid");
-    assert!(body["error"]["message"].as_str().unwrap().contains("small-charges-only"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("small-charges-only"));
     let events = gw.wait_events(2).await;
     assert_eq!(events[0]["policy"], "grant-0");
     assert_eq!(events[1]["policy"], "small-charges-only");
@@ -300,7 +388,10 @@ operations = ["*"]
     );
     let gw = start_with_key(&body, vendor.ca_pem.as_deref(), "key", VENDOR_KEY, "").await;
     let response = client()
-        .get(format!("{}/v/items?page=2&api_key=caller-supplied&x-api-key=1", gw.base))
+        .get(format!(
+            "{}/v/items?page=2&api_key=caller-supplied&x-api-key=1",
+            gw.base
+        ))
         .bearer_auth(&gw.token)
         .header("x-api-key", "caller-supplied-header")
         .send()
@@ -316,11 +407,17 @@ operations = ["*"]
 async fn credentials_are_injected_in_each_form_and_caller_supplied_ones_stripped() {
     use base64::Engine as _;
     let (_, seen) = injected(r#"kind = "bearer""#).await;
-    assert_eq!(seen.header("authorization").unwrap(), format!("Bearer {VENDOR_KEY}"));
+    assert_eq!(
+        seen.header("authorization").unwrap(),
+        format!("Bearer {VENDOR_KEY}")
+    );
 
     let (_, seen) = injected(r#"kind = "basic", username = "AC42""#).await;
     let expected = base64::engine::general_purpose::STANDARD.encode(format!("AC42:{VENDOR_KEY}"));
-    assert_eq!(seen.header("authorization").unwrap(), format!("Basic {expected}"));
+    assert_eq!(
+        seen.header("authorization").unwrap(),
+        format!("Basic {expected}")
+    );
 
     let (_, seen) = injected(r#"kind = "header", name = "x-api-key""#).await;
     assert_eq!(seen.header("x-api-key").unwrap(), VENDOR_KEY);
@@ -328,21 +425,37 @@ async fn credentials_are_injected_in_each_form_and_caller_supplied_ones_stripped
     assert!(seen.header("authorization").is_none());
 
     let (_, seen) = injected(r#"kind = "query", param = "api_key""#).await;
-    assert_eq!(seen.target, format!("/items?page=2&x-api-key=1&api_key={VENDOR_KEY}"));
+    assert_eq!(
+        seen.target,
+        format!("/items?page=2&x-api-key=1&api_key={VENDOR_KEY}")
+    );
     assert!(seen.header("authorization").is_none());
 }
 
 #[tokio::test]
 async fn rate_limit_answers_429_with_retry_after() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let gw = stripe_gateway(&vendor, "rate_limit = { requests_per_second = 1, burst = 2 }").await;
+    let gw = stripe_gateway(
+        &vendor,
+        "rate_limit = { requests_per_second = 1, burst = 2 }",
+    )
+    .await;
     let url = format!("{}/stripe/v1/charges/ch_1", gw.base);
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        let response = client().get(&url).bearer_auth(&gw.token).send().await.unwrap();
+        let response = client()
+            .get(&url)
+            .bearer_auth(&gw.token)
+            .send()
+            .await
+            .unwrap();
         statuses.push(response.status().as_u16());
         if response.status() == 429 {
-            let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            let retry_after: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!((1..=2).contains(&retry_after));
             let body: serde_json::Value = response.json().await.unwrap();
             assert_eq!(body["error"]["code"], "rate_limited");
@@ -350,7 +463,12 @@ async fn rate_limit_answers_429_with_retry_after() {
     }
     assert_eq!(statuses, vec![200, 200, 429]);
     // Another caller has its own bucket (and here no grant: refused by policy, not by the limiter).
-    let other = client().get(&url).bearer_auth(REPORTING_TOKEN).send().await.unwrap();
+    let other = client()
+        .get(&url)
+        .bearer_auth(REPORTING_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(other.status(), 403);
     assert_eq!(vendor.seen().len(), 2);
     gw.stop().await;
@@ -419,7 +537,9 @@ operations = ["*"]
         );
     }
     let events = gw.wait_events(hosts.len()).await;
-    assert!(events.iter().all(|e| e["reason"] == "upstream_address_denied" && e["upstream_addr"].is_null()));
+    assert!(events
+        .iter()
+        .all(|e| e["reason"] == "upstream_address_denied" && e["upstream_addr"].is_null()));
     gw.stop().await;
 }
 
@@ -465,7 +585,11 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 308, "the redirect is passed back, not followed");
+        assert_eq!(
+            response.status(),
+            308,
+            "the redirect is passed back, not followed"
+        );
     }
     assert_eq!(vendor.seen().len(), 2);
     let events = gw.wait_events(2).await;
@@ -478,7 +602,10 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
 async fn http2_on_both_sides() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = stripe_gateway(&vendor, "").await;
-    let h2c = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let response = h2c
         .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
         .bearer_auth(&gw.token)
@@ -487,7 +614,11 @@ async fn http2_on_both_sides() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
-    assert_eq!(vendor.last().version, http::Version::HTTP_2, "ALPN h2 to the vendor");
+    assert_eq!(
+        vendor.last().version,
+        http::Version::HTTP_2,
+        "ALPN h2 to the vendor"
+    );
     let events = gw.wait_events(1).await;
     assert_eq!(events[0]["protocol"], "HTTP/2");
     gw.stop().await;
@@ -544,27 +675,42 @@ operations = ["get_charge"]
 
     // Client certificate with a registered SPIFFE ID, no token.
     let (client_cert, client_key) = pki.client_cert("spiffe://example.org/billing");
-    let identity = reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes()).unwrap();
+    let identity =
+        reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes()).unwrap();
     let mtls = reqwest::Client::builder()
         .add_root_certificate(root.clone())
         .identity(identity)
         .resolve("localhost", gw.running().listen_addr)
         .build()
         .unwrap();
-    let response = mtls.get(format!("{base}/stripe/v1/charges/ch_1")).send().await.unwrap();
+    let response = mtls
+        .get(format!("{base}/stripe/v1/charges/ch_1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    let refused = mtls.post(format!("{base}/stripe/v1/charges")).send().await.unwrap();
+    let refused = mtls
+        .post(format!("{base}/stripe/v1/charges"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 403, "billing is granted get_charge only");
 
     // A certificate with an unregistered SPIFFE ID is not a caller.
     let (other_cert, other_key) = pki.client_cert("spiffe://example.org/unknown");
     let stranger = reqwest::Client::builder()
         .add_root_certificate(root)
-        .identity(reqwest::Identity::from_pem(format!("{other_cert}{other_key}").as_bytes()).unwrap())
+        .identity(
+            reqwest::Identity::from_pem(format!("{other_cert}{other_key}").as_bytes()).unwrap(),
+        )
         .resolve("localhost", gw.running().listen_addr)
         .build()
         .unwrap();
-    let response = stranger.get(format!("{base}/stripe/v1/charges/ch_1")).send().await.unwrap();
+    let response = stranger
+        .get(format!("{base}/stripe/v1/charges/ch_1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 401);
 
     let events = gw.wait_events(4).await;
@@ -633,11 +779,21 @@ async fn body_and_header_limits() {
         }
     });
     let vendor = TestVendor::tls(handler).await;
-    let gw = stripe_gateway(&vendor, "max_request_body_bytes = 1000\nmax_response_body_bytes = 4000").await;
+    let gw = stripe_gateway(
+        &vendor,
+        "max_request_body_bytes = 1000\nmax_response_body_bytes = 4000",
+    )
+    .await;
     let url = format!("{}/stripe/v1/charges", gw.base);
 
     // Declared too large: refused before anything is sent.
-    let response = client().post(&url).bearer_auth(&gw.token).body(vec![b'a'; 2000]).send().await.unwrap();
+    let response = client()
+        .post(&url)
+        .bearer_auth(&gw.token)
+        .body(vec![b'a'; 2000])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 413);
     assert!(vendor.seen().is_empty());
 
@@ -674,7 +830,11 @@ async fn body_and_header_limits() {
         .as_bytes(),
     )
     .await;
-    assert!(raw.starts_with("HTTP/1.1 431"), "{}", &raw[..raw.len().min(200)]);
+    assert!(
+        raw.starts_with("HTTP/1.1 431"),
+        "{}",
+        &raw[..raw.len().min(200)]
+    );
     gw.stop().await;
 }
 
@@ -722,7 +882,11 @@ async fn bad_input_gets_4xx_and_never_reaches_the_vendor() {
             &answer[..answer.len().min(120)]
         );
     }
-    assert!(vendor.seen().is_empty(), "bad input reached the vendor: {:?}", vendor.seen());
+    assert!(
+        vendor.seen().is_empty(),
+        "bad input reached the vendor: {:?}",
+        vendor.seen()
+    );
 
     // Content-Length together with Transfer-Encoding (a request-smuggling shape): handled as
     // RFC 9112 §6.3 requires of an intermediary — Transfer-Encoding wins, Content-Length is
@@ -732,7 +896,11 @@ async fn bad_input_gets_4xx_and_never_reaches_the_vendor() {
         "POST /stripe/v1/charges HTTP/1.1\r\nhost: x\r\n{auth}content-length: 4\r\ntransfer-encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\nGET /stripe/v1/charges/smuggled HTTP/1.1\r\nhost: x\r\n{auth}\r\n"
     );
     let answer = raw_request(addr, smuggle.as_bytes()).await;
-    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "one response, then close: {answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "one response, then close: {answer}"
+    );
     let seen = vendor.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body, "abcd");
@@ -791,14 +959,30 @@ async fn admin_api_health_metrics_integrations_events() {
             .await
             .unwrap();
     }
-    client().get(format!("{}/stripe/v1/charges/ch_1", gw.base)).send().await.unwrap();
+    client()
+        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .send()
+        .await
+        .unwrap();
 
-    let health = client().get(format!("{}/healthz", gw.admin)).send().await.unwrap();
+    let health = client()
+        .get(format!("{}/healthz", gw.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
-    let ready = client().get(format!("{}/readyz", gw.admin)).send().await.unwrap();
+    let ready = client()
+        .get(format!("{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
     for path in ["/metrics", "/v1/integrations", "/v1/events"] {
-        let response = client().get(format!("{}{path}", gw.admin)).send().await.unwrap();
+        let response = client()
+            .get(format!("{}{path}", gw.admin))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 401, "{path} needs the admin token");
         let response = client()
             .get(format!("{}{path}", gw.admin))
@@ -806,7 +990,11 @@ async fn admin_api_health_metrics_integrations_events() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 401, "{path}: a caller token is not an admin token");
+        assert_eq!(
+            response.status(),
+            401,
+            "{path}: a caller token is not an admin token"
+        );
     }
     let admin = |path: &str| {
         client()
@@ -820,15 +1008,31 @@ async fn admin_api_health_metrics_integrations_events() {
         metrics.contains(r#"postern_calls_total{integration="stripe",caller="checkout",decision="allow",status="200"} 3"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"decision="deny",status="401"} 1"#), "{metrics}");
-    assert!(metrics.contains("postern_call_duration_seconds_bucket"), "{metrics}");
-    let integrations: serde_json::Value = admin("/v1/integrations").await.unwrap().json().await.unwrap();
+    assert!(
+        metrics.contains(r#"decision="deny",status="401"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("postern_call_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    let integrations: serde_json::Value = admin("/v1/integrations")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let stripe = &integrations["integrations"][0];
     assert_eq!(stripe["name"], "stripe");
     assert_eq!(stripe["credential"]["kind"], "bearer");
     assert_eq!(stripe["credential"]["status"], "loaded");
     assert_eq!(stripe["operations"].as_array().unwrap().len(), 3);
-    let events: serde_json::Value = admin("/v1/events?limit=2").await.unwrap().json().await.unwrap();
+    let events: serde_json::Value = admin("/v1/events?limit=2")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let events = events["events"].as_array().unwrap();
     assert_eq!(events.len(), 2);
     assert_eq!(events[1]["status"], 401);
@@ -854,10 +1058,17 @@ async fn missing_credential_answers_503_and_readyz_says_why() {
     assert_eq!(response.status(), 503);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "credential_unavailable");
-    let ready = client().get(format!("{}/readyz", gw.admin)).send().await.unwrap();
+    let ready = client()
+        .get(format!("{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     let ready: serde_json::Value = ready.json().await.unwrap();
-    assert!(ready["problems"][0].as_str().unwrap().contains("POSTERN_TEST_UNSET_VARIABLE_FOR_STRIPE"));
+    assert!(ready["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("POSTERN_TEST_UNSET_VARIABLE_FOR_STRIPE"));
     assert!(vendor.seen().is_empty());
     gw.stop().await;
 }
@@ -882,34 +1093,58 @@ async fn reload_swaps_config_atomically_and_in_flight_calls_finish() {
     let slow = tokio::spawn({
         let url = format!("{}/stripe/v1/charges/ch_slow", gw.base);
         let token = gw.token.clone();
-        async move { client().get(url).bearer_auth(token).send().await.unwrap().status() }
+        async move {
+            client()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
     });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 
     // Grant refund_charge and reload.
-    let text = std::fs::read_to_string(&gw.config_path)
-        .unwrap()
-        .replace(r#"operations = ["create_charge", "get_charge"]"#, r#"operations = ["create_charge", "get_charge", "refund_charge"]"#);
+    let text = std::fs::read_to_string(&gw.config_path).unwrap().replace(
+        r#"operations = ["create_charge", "get_charge"]"#,
+        r#"operations = ["create_charge", "get_charge", "refund_charge"]"#,
+    );
     std::fs::write(&gw.config_path, &text).unwrap();
     let config = postern_config::load(&gw.config_path).unwrap();
     gw.running().reload(config).unwrap();
     assert_eq!(refund().await.unwrap().status(), 200);
-    assert_eq!(slow.await.unwrap(), 200, "the in-flight call finished across the reload");
+    assert_eq!(
+        slow.await.unwrap(),
+        200,
+        "the in-flight call finished across the reload"
+    );
 
     // A config that fails to compile (grant of an unknown operation caught by config; a broken
     // Cedar file caught at build) leaves the running one in place.
     let dir = tempfile::tempdir().unwrap();
     let bad_policy = dir.path().join("bad.cedar");
-    std::fs::write(&bad_policy, "forbid(principal, action, resource) when { context.hourr > 1 };").unwrap();
+    std::fs::write(
+        &bad_policy,
+        "forbid(principal, action, resource) when { context.hourr > 1 };",
+    )
+    .unwrap();
     let broken = text.replace(
         "data_dir = \"data\"",
-        &format!("data_dir = \"data\"\npolicies = \"{}\"", bad_policy.display()),
+        &format!(
+            "data_dir = \"data\"\npolicies = \"{}\"",
+            bad_policy.display()
+        ),
     );
     std::fs::write(&gw.config_path, broken).unwrap();
     let config = postern_config::load(&gw.config_path).unwrap();
     let error = gw.running().reload(config).unwrap_err();
     assert!(format!("{error:#}").contains("hourr"), "{error:#}");
-    assert_eq!(refund().await.unwrap().status(), 200, "the previous config still serves");
+    assert_eq!(
+        refund().await.unwrap().status(),
+        200,
+        "the previous config still serves"
+    );
     gw.stop().await;
 }
 
@@ -938,7 +1173,10 @@ async fn events_file_rotates_by_size() {
     assert!(current <= 4096);
     assert!(dir.join("events.jsonl.1").exists());
     assert!(dir.join("events.jsonl.2").exists());
-    assert!(!dir.join("events.jsonl.3").exists(), "only events_max_files rotated files are kept");
+    assert!(
+        !dir.join("events.jsonl.3").exists(),
+        "only events_max_files rotated files are kept"
+    );
     gw.stop().await;
 }
 

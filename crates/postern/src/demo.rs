@@ -104,18 +104,47 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
     println!("  admin           http://{}", gateway.admin_addr);
     println!("  stand-in vendor http://{vendor_addr}  (accepts only its own key, which Postern holds and injects)");
     println!("  config          {}", config_path.display());
-    println!("  events          {}", gateway.data_dir.join(postern_gateway::EVENTS_FILE).display());
+    println!(
+        "  events          {}",
+        gateway
+            .data_dir
+            .join(postern_gateway::EVENTS_FILE)
+            .display()
+    );
     println!();
     println!("Self-check:");
     let checks = [
-        ("granted call", "POST", "/acme/v1/charges", Some(token.as_str()), 200u16),
-        ("granted call", "GET", "/acme/v1/charges/ch_demo_1", Some(token.as_str()), 200),
-        ("not granted", "DELETE", "/acme/v1/charges/ch_demo_1", Some(token.as_str()), 403),
-        ("unknown operation", "GET", "/acme/v1/customers", Some(token.as_str()), 403),
+        (
+            "granted call",
+            "POST",
+            "/acme/v1/charges",
+            Some(token.as_str()),
+            200u16,
+        ),
+        (
+            "granted call",
+            "GET",
+            "/acme/v1/charges/ch_demo_1",
+            Some(token.as_str()),
+            200,
+        ),
+        (
+            "not granted",
+            "DELETE",
+            "/acme/v1/charges/ch_demo_1",
+            Some(token.as_str()),
+            403,
+        ),
+        (
+            "unknown operation",
+            "GET",
+            "/acme/v1/customers",
+            Some(token.as_str()),
+            403,
+        ),
         ("no caller token", "POST", "/acme/v1/charges", None, 401),
     ];
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut all_ok = true;
     for (label, method, path, token, expected) in checks {
         let mut request = Request::builder()
@@ -125,8 +154,14 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
-        let body = if method == "POST" { "amount=500&currency=usd" } else { "" };
-        let response = client.request(request.body(Full::new(Bytes::from(body)))?).await?;
+        let body = if method == "POST" {
+            "amount=500&currency=usd"
+        } else {
+            ""
+        };
+        let response = client
+            .request(request.body(Full::new(Bytes::from(body)))?)
+            .await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();
         let summary = summarize(&body);
@@ -140,7 +175,11 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
     println!();
     if args.check {
         gateway.shutdown().await;
-        return Ok(if all_ok { ExitCode::Ok } else { ExitCode::Failure });
+        return Ok(if all_ok {
+            ExitCode::Ok
+        } else {
+            ExitCode::Failure
+        });
     }
     println!("Try it (Ctrl-C to stop):");
     println!("  export TOKEN={token}");
@@ -150,7 +189,10 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
     println!(
         "  curl -s http://{}/v1/events?limit=5 -H \"Authorization: Bearer $(cat {})\"",
         gateway.admin_addr,
-        gateway.data_dir.join(postern_gateway::ADMIN_TOKEN_FILE).display()
+        gateway
+            .data_dir
+            .join(postern_gateway::ADMIN_TOKEN_FILE)
+            .display()
     );
     crate::serve::run_until_stopped(&gateway, &config_path).await;
     gateway.shutdown().await;
@@ -179,13 +221,14 @@ async fn start_vendor(key: String) -> anyhow::Result<SocketAddr> {
             };
             let expected = expected.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let authorized = request
-                        .headers()
-                        .get("authorization")
-                        .is_some_and(|v| v.as_bytes() == expected.as_bytes());
-                    async move { Ok::<_, Infallible>(vendor_answer(authorized, &request)) }
-                });
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let authorized = request
+                            .headers()
+                            .get("authorization")
+                            .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+                        async move { Ok::<_, Infallible>(vendor_answer(authorized, &request)) }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -224,8 +267,9 @@ fn vendor_answer<B>(authorized: bool, request: &Request<B>) -> Response<Full<Byt
     };
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert("content-type", http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }

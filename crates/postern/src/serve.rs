@@ -84,7 +84,10 @@ fn reload(gateway: &RunningGateway, path: &Path, trigger: &str) {
 }
 
 /// Watches the config file's directory (editors replace files) and signals changes to the file.
-fn watch_file(path: &Path, sender: mpsc::Sender<&'static str>) -> Option<notify::RecommendedWatcher> {
+fn watch_file(
+    path: &Path,
+    sender: mpsc::Sender<&'static str>,
+) -> Option<notify::RecommendedWatcher> {
     let absolute = std::path::absolute(path).ok()?;
     let directory = absolute.parent()?.to_path_buf();
     let name = absolute.file_name()?.to_os_string();
@@ -134,6 +137,9 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
         .build()
         .expect("runtime");
     let compiled = runtime.block_on(async {
+        if let (Some(cert), Some(key)) = (&config.gateway.tls_cert, &config.gateway.tls_key) {
+            postern_gateway::tls::server_config(cert, key, config.gateway.client_ca.as_deref())?;
+        }
         Runtime::build(config.clone(), [0u8; 32], &LimiterCache::default())
     });
     match compiled {

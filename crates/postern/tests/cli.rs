@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 fn postern() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_postern"));
-    command.env_remove("POSTERN_CONFIG").env("POSTERN_LOG", "info");
+    command
+        .env_remove("POSTERN_CONFIG")
+        .env("POSTERN_LOG", "info");
     command
 }
 
@@ -49,8 +51,17 @@ fn the_documented_example_config_is_valid() {
     let example = repo_root().join("examples/postern.toml");
     let (code, stdout, stderr) = run(&["check", "--config", example.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("ok (1 callers, 1 integrations, 1 grants)"), "{stdout}");
-    let (code, stdout, _) = run(&["check", "--json", "--show-policies", "--config", example.to_str().unwrap()]);
+    assert!(
+        stdout.contains("ok (1 callers, 1 integrations, 1 grants)"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(&[
+        "check",
+        "--json",
+        "--show-policies",
+        "--config",
+        example.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0);
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["valid"], true);
@@ -70,14 +81,20 @@ fn invalid_config_exits_3_naming_line_column_and_fix() {
     assert!(stderr.contains("bad.toml:8:1"), "{stderr}");
     assert!(stderr.contains("fix:"), "{stderr}");
     // A grant of an operation that does not exist: semantic error with its position.
-    let bad = example.replace(r#"operations = ["create_charge", "get_charge"]"#, r#"operations = ["create_charge", "refund"]"#);
+    let bad = example.replace(
+        r#"operations = ["create_charge", "get_charge"]"#,
+        r#"operations = ["create_charge", "refund"]"#,
+    );
     std::fs::write(&path, &bad).unwrap();
     let (code, stdout, _) = run(&["check", "--json", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 3);
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["valid"], false);
     assert_eq!(json["errors"][0]["line"], 31);
-    assert!(json["errors"][0]["message"].as_str().unwrap().contains("refund"));
+    assert!(json["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("refund"));
     // serve refuses it the same way.
     let (code, _, stderr) = run(&["serve", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 3, "{stderr}");
@@ -91,7 +108,10 @@ fn callers_token_prints_a_token_once_with_its_hash() {
     let token = json["token"].as_str().unwrap();
     assert!(token.starts_with("pst_") && token.len() > 40);
     use sha2::Digest as _;
-    assert_eq!(json["token_sha256"], hex::encode(sha2::Sha256::digest(token.as_bytes())));
+    assert_eq!(
+        json["token_sha256"],
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    );
     let (_, text, _) = run(&["callers", "token", "checkout"]);
     assert!(text.contains("[[callers]]") && text.contains("token_sha256 = \""));
     let (_, again, _) = run(&["callers", "token", "checkout", "--json"]);
@@ -121,7 +141,11 @@ fn demo_self_check_passes() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A served config with a local plain-HTTP "vendor" stand-in: we only need to see decisions
@@ -223,24 +247,40 @@ fn serve_reloads_on_file_change_and_sighup_keeps_old_config_on_error_and_stops_o
             log_writer.lock().unwrap().push('\n');
         }
     });
-    eventually("the gateway answers", || status(listen, "/acme/a").is_some());
-    assert_eq!(status(listen, "/acme/a"), Some(502), "granted: forwarded (to a closed port)");
+    eventually("the gateway answers", || {
+        status(listen, "/acme/a").is_some()
+    });
+    assert_eq!(
+        status(listen, "/acme/a"),
+        Some(502),
+        "granted: forwarded (to a closed port)"
+    );
     assert_eq!(status(listen, "/acme/b"), Some(403));
 
     // 1. File change: grant b.
-    std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a", "b""#)).unwrap();
-    eventually("b is granted after the file changed", || status(listen, "/acme/b") == Some(502));
+    std::fs::write(
+        &config,
+        served_config(dir.path(), listen, admin, r#""a", "b""#),
+    )
+    .unwrap();
+    eventually("b is granted after the file changed", || {
+        status(listen, "/acme/b") == Some(502)
+    });
 
     // 2. An invalid file is rejected; the running config stays.
     std::fs::write(&config, "[gateway]\nlisten = \n").unwrap();
-    eventually("the rejection is logged", || log.lock().unwrap().contains("configuration rejected"));
+    eventually("the rejection is logged", || {
+        log.lock().unwrap().contains("configuration rejected")
+    });
     assert_eq!(status(listen, "/acme/b"), Some(502));
 
     // 3. SIGHUP with a valid file that revokes b.
     std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
     let pid = server.0.id().to_string();
     Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-    eventually("b is refused after SIGHUP", || status(listen, "/acme/b") == Some(403));
+    eventually("b is refused after SIGHUP", || {
+        status(listen, "/acme/b") == Some(403)
+    });
 
     // 4. SIGTERM: graceful exit 0, events flushed.
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();

@@ -36,7 +36,11 @@ impl SeenRequest {
     pub fn everything(&self) -> String {
         let mut text = format!("{} {}\n", self.method, self.target);
         for (name, value) in &self.headers {
-            text.push_str(&format!("{}: {}\n", name, String::from_utf8_lossy(value.as_bytes())));
+            text.push_str(&format!(
+                "{}: {}\n",
+                name,
+                String::from_utf8_lossy(value.as_bytes())
+            ));
         }
         text.push_str(&String::from_utf8_lossy(&self.body));
         text
@@ -177,38 +181,54 @@ impl TestVendor {
                 let handler = handler.clone();
                 let recorded = recorded.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let handler = handler.clone();
-                        let recorded = recorded.clone();
-                        async move {
-                            let (parts, body) = request.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let seen = SeenRequest {
-                                method: parts.method.to_string(),
-                                target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-                                headers: parts.headers,
-                                body,
-                                version: parts.version,
-                            };
-                            let answer = handler(&seen);
-                            recorded.lock().unwrap().push(seen);
-                            let mut response = Response::new(Full::new(answer.body));
-                            *response.status_mut() = StatusCode::from_u16(answer.status).unwrap();
-                            for (name, value) in answer.headers {
-                                response.headers_mut().append(name, value.parse().unwrap());
+                    let service = hyper::service::service_fn(
+                        move |request: Request<hyper::body::Incoming>| {
+                            let handler = handler.clone();
+                            let recorded = recorded.clone();
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let seen = SeenRequest {
+                                    method: parts.method.to_string(),
+                                    target: parts
+                                        .uri
+                                        .path_and_query()
+                                        .map(|p| p.to_string())
+                                        .unwrap_or_default(),
+                                    headers: parts.headers,
+                                    body,
+                                    version: parts.version,
+                                };
+                                let answer = handler(&seen);
+                                recorded.lock().unwrap().push(seen);
+                                let mut response = Response::new(Full::new(answer.body));
+                                *response.status_mut() =
+                                    StatusCode::from_u16(answer.status).unwrap();
+                                for (name, value) in answer.headers {
+                                    response.headers_mut().append(name, value.parse().unwrap());
+                                }
+                                Ok::<_, Infallible>(response)
                             }
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        },
+                    );
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(stream).await {
-                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
                             }
                         }
                         None => {
-                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
                         }
                     }
                 });
@@ -222,7 +242,10 @@ impl TestVendor {
     }
 
     pub fn last(&self) -> SeenRequest {
-        self.seen().last().cloned().expect("the vendor saw no request")
+        self.seen()
+            .last()
+            .cloned()
+            .expect("the vendor saw no request")
     }
 }
 
@@ -287,10 +310,11 @@ token_sha256 = "{reporting}"
         std::fs::write(&config_path, &text).unwrap();
         let config = postern_config::load(&config_path).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let gateway = RunningGateway::start(config).await.unwrap();
-        let admin_token = std::fs::read_to_string(gateway.data_dir.join(postern_gateway::ADMIN_TOKEN_FILE))
-            .unwrap()
-            .trim()
-            .to_string();
+        let admin_token =
+            std::fs::read_to_string(gateway.data_dir.join(postern_gateway::ADMIN_TOKEN_FILE))
+                .unwrap()
+                .trim()
+                .to_string();
         TestGateway {
             base: format!("http://{}", gateway.listen_addr),
             admin: format!("http://{}", gateway.admin_addr),
@@ -309,10 +333,9 @@ token_sha256 = "{reporting}"
     /// Events written so far (flushes first).
     pub async fn events(&self) -> Vec<serde_json::Value> {
         self.running().shared().recorder.events.flush().await;
-        let text = std::fs::read_to_string(
-            self.running().data_dir.join(postern_gateway::EVENTS_FILE),
-        )
-        .unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.running().data_dir.join(postern_gateway::EVENTS_FILE))
+                .unwrap_or_default();
         text.lines()
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()
@@ -352,6 +375,10 @@ pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stream.read_to_end(&mut out)).await;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        stream.read_to_end(&mut out),
+    )
+    .await;
     String::from_utf8_lossy(&out).to_string()
 }
