@@ -58,6 +58,8 @@ pub const DEFAULT_EVENTS_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_EVENTS_MAX_FILES: u32 = 5;
 /// Default for [`GatewayConfig::max_header_bytes`].
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Default for [`GatewayConfig::credential_max_age_days`].
+pub const DEFAULT_CREDENTIAL_MAX_AGE_DAYS: u64 = 90;
 /// Default for [`GatewayConfig::shutdown_grace_ms`].
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// Default for [`IntegrationConfig::connect_timeout_ms`].
@@ -129,6 +131,8 @@ pub struct GatewayConfig {
     pub max_header_bytes: usize,
     /// How long in-flight calls may finish after a shutdown signal.
     pub shutdown_grace_ms: u64,
+    /// Credentials whose current value is older than this are flagged (`creds list`, `/metrics`).
+    pub credential_max_age_days: u64,
 }
 
 /// `[[callers]]`: a workload that may call integrations.
@@ -209,6 +213,8 @@ pub enum SecretSource {
     Env(String),
     /// TOML key `from_file`: an absolute path (resolved like other paths).
     File(PathBuf),
+    /// TOML key `secret`: a credential name in the vault (`postern creds set NAME`).
+    Vault(String),
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -44,6 +44,8 @@ pub(crate) struct RawGateway {
     pub max_header_bytes: Option<Spanned<usize>>,
     #[serde(default)]
     pub shutdown_grace_ms: Option<u64>,
+    #[serde(default)]
+    pub credential_max_age_days: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +100,9 @@ pub(crate) struct RawCredential {
     pub from_env: Option<Spanned<String>>,
     #[serde(default)]
     pub from_file: Option<Spanned<String>>,
+    /// Name of a credential in the vault (`postern creds set NAME`).
+    #[serde(default)]
+    pub secret: Option<Spanned<String>>,
     /// Header name, for `kind = "header"`.
     #[serde(default)]
     pub name: Option<Spanned<String>>,

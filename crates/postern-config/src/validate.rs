@@ -280,6 +280,18 @@ impl Validator<'_> {
             events_max_files,
             max_header_bytes,
             shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
+            credential_max_age_days: match &raw.credential_max_age_days {
+                Some(days) if *days.get_ref() == 0 => {
+                    self.error(
+                        days.span(),
+                        "`credential_max_age_days` must be at least 1",
+                        "give the age in days after which a credential is flagged, e.g. 90",
+                    );
+                    DEFAULT_CREDENTIAL_MAX_AGE_DAYS
+                }
+                Some(days) => *days.get_ref(),
+                None => DEFAULT_CREDENTIAL_MAX_AGE_DAYS,
+            },
         }
     }
 
@@ -550,38 +562,52 @@ impl Validator<'_> {
                 None
             }
         };
-        let source = match (&raw.from_env, &raw.from_file) {
-            (Some(_), Some(file)) => {
+        let given = [raw.from_env.is_some(), raw.from_file.is_some(), raw.secret.is_some()]
+            .iter()
+            .filter(|given| **given)
+            .count();
+        let source = if given > 1 {
+            self.error(
+                table.span(),
+                "credential names more than one of `secret`, `from_env` and `from_file`",
+                "keep exactly one: `secret = \"NAME\"` (the vault), `from_env` or `from_file`",
+            );
+            SecretSource::Env(String::new())
+        } else if let Some(variable) = &raw.from_env {
+            let name = variable.get_ref();
+            if name.is_empty() || name.contains(['=', '\0']) || name.contains(char::is_whitespace)
+            {
                 self.error(
-                    file.span(),
-                    "credential has both `from_env` and `from_file`",
-                    "keep exactly one of `from_env` and `from_file`",
+                    variable.span(),
+                    "`from_env` is not a valid environment variable name",
+                    "name the variable that holds the secret, e.g. `from_env = \"STRIPE_KEY\"`",
                 );
-                SecretSource::File(PathBuf::new())
             }
-            (Some(variable), None) => {
-                let name = variable.get_ref();
-                if name.is_empty()
-                    || name.contains(['=', '\0'])
-                    || name.contains(char::is_whitespace)
-                {
-                    self.error(
-                        variable.span(),
-                        "`from_env` is not a valid environment variable name",
-                        "name the variable that holds the secret, e.g. `from_env = \"STRIPE_KEY\"`",
-                    );
-                }
-                SecretSource::Env(name.clone())
-            }
-            (None, Some(file)) => SecretSource::File(self.resolve_path(file, "from_file")),
-            (None, None) => {
+            SecretSource::Env(name.clone())
+        } else if let Some(file) = &raw.from_file {
+            SecretSource::File(self.resolve_path(file, "from_file"))
+        } else if let Some(name) = &raw.secret {
+            let text = name.get_ref();
+            if text.is_empty()
+                || text.len() > 128
+                || !text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            {
                 self.error(
-                    table.span(),
-                    "credential does not say where its secret comes from",
-                    "add `from_env = \"VARIABLE\"` or `from_file = \"path/to/secret\"`",
+                    name.span(),
+                    "`secret` is not a valid vault credential name",
+                    "use letters, digits, '.', '-' and '_', as given to `postern creds set NAME`",
                 );
-                SecretSource::Env(String::new())
             }
+            SecretSource::Vault(text.clone())
+        } else {
+            self.error(
+                table.span(),
+                "credential does not say where its secret comes from",
+                "add `secret = \"NAME\"` (stored with `postern creds set NAME`), `from_env = \"VARIABLE\"` or `from_file = \"path/to/secret\"`",
+            );
+            SecretSource::Env(String::new())
         };
         let header_name = self.kind_specific(
             kind,

@@ -153,9 +153,9 @@ fn the_documented_example_parses() {
 #[test]
 #[rustfmt::skip]
 fn toml_syntax_type_and_unknown_key_errors() {
-    check("[gateway]\nlistenn = \"127.0.0.1:8080\"\n", "2:1: unknown field `listenn`, expected one of `listen`, `admin_listen`, `data_dir`, `tls_cert`, `tls_key`, `client_ca`, `admin_token_sha256`, `policies`, `events_max_file_bytes`, `events_max_files`, `max_header_bytes`, `shutdown_grace_ms`");
+    check("[gateway]\nlistenn = \"127.0.0.1:8080\"\n", "2:1: unknown field `listenn`, expected one of `listen`, `admin_listen`, `data_dir`, `tls_cert`, `tls_key`, `client_ca`, `admin_token_sha256`, `policies`, `events_max_file_bytes`, `events_max_files`, `max_header_bytes`, `shutdown_grace_ms`, `credential_max_age_days`");
     check("[gatway]\n", "1:2: unknown field `gatway`, expected one of `gateway`, `callers`, `integrations`, `grants`");
-    check(&integration("credential = { kind = \"bearer\", from_envv = \"K\" }\n"), "7:33: unknown field `from_envv`, expected one of `kind`, `from_env`, `from_file`, `name`, `param`, `username`");
+    check(&integration("credential = { kind = \"bearer\", from_envv = \"K\" }\n"), "7:33: unknown field `from_envv`, expected one of `kind`, `from_env`, `from_file`, `secret`, `name`, `param`, `username`");
     check("[[callers]]\nname = 1\n", "2:8: invalid type: integer `1`, expected a string");
     check("[[callers]]\nname = \"a\n", "2:10: invalid basic string");
     check("[[callers]]\nname = \"a\"\ntoken_sha256 = \"<64 hex>\"\n[gateway]\n", "4:1: missing field `listen`");
@@ -348,7 +348,10 @@ fn credentials() {
     check(&with("{ kind = \"oauth\", from_env = \"K\" }"), "7:23: credential kind `oauth` is not known");
     check(&with("{ kind = \"bearer\", from_env = \"\" }"), "7:44: `from_env` is not a valid environment variable name");
     check(&with("{ kind = \"bearer\" }"), "7:14: credential does not say where its secret comes from");
-    check(&with("{ kind = \"bearer\", from_env = \"K\", from_file = \"k\" }"), "7:61: credential has both `from_env` and `from_file`");
+    check(&with("{ kind = \"bearer\", from_env = \"K\", from_file = \"k\" }"), "7:14: credential names more than one of `secret`, `from_env` and `from_file`");
+    check(&with("{ kind = \"bearer\", secret = \"K\", from_env = \"k\" }"), "7:14: credential names more than one of `secret`, `from_env` and `from_file`");
+    check(&with("{ kind = \"bearer\", secret = \"bad name\" }"), "7:42: `secret` is not a valid vault credential name");
+    check(&with("{ kind = \"bearer\", secret = \"stripe-live\" }"), "ok");
     check(&with("{ kind = \"header\", from_env = \"K\" }"), "7:23: credential kind \"header\" needs `name`");
     check(&with("{ kind = \"query\", from_env = \"K\" }"), "7:23: credential kind \"query\" needs `param`");
     check(&with("{ kind = \"bearer\", from_env = \"K\", name = \"X-Key\" }"), "7:56: `name` is only used with kind = \"header\"");

@@ -1,0 +1,678 @@
+//! The SQLite store: schema, secret versions, history, usage and caller tokens.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::crypto::{open, seal, MasterKey, MasterKeyOrigin};
+
+pub const VAULT_FILE: &str = "vault.db";
+pub const MASTER_KEY_FILE: &str = "master.key";
+pub const MASTER_KEY_ENV: &str = "POSTERN_MASTER_KEY";
+
+const SCHEMA_VERSION: i64 = 1;
+const KEY_CHECK_PLAINTEXT: &[u8] = b"postern-vault key check v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error(
+        "{vault} exists but no master key was given: set {MASTER_KEY_ENV} to the key used when the \
+         vault was created, or restore {key_file}; nothing was changed"
+    )]
+    MissingKey { vault: PathBuf, key_file: PathBuf },
+    #[error(
+        "the master key ({origin}) does not open {vault}: use the key the vault was created with \
+         ({MASTER_KEY_ENV} or {MASTER_KEY_FILE}); nothing was changed"
+    )]
+    WrongKey { vault: PathBuf, origin: String },
+    #[error("{MASTER_KEY_ENV} is set but is not a 32-byte key: give 64 hex digits or base64 of 32 bytes (e.g. `openssl rand -base64 32`)")]
+    MalformedEnvKey,
+    #[error("{path} is not a valid master key file (expected base64 of 32 bytes on one line); fix or restore it — nothing was changed")]
+    MalformedKeyFile { path: PathBuf },
+    #[error("no credential named {0:?}; create it with `postern creds set {0}`")]
+    NotFound(String),
+    #[error("credential {0:?} already exists; use `postern creds rotate {0}` to replace its value")]
+    AlreadyExists(String),
+    #[error("credential {0:?} has no previous version inside its rollback window")]
+    NothingToRollBack(String),
+    #[error("credential name {0:?} is invalid: use letters, digits, '.', '-' and '_' (at most 128)")]
+    InvalidName(String),
+    #[error("the credential value is empty")]
+    EmptyValue,
+    #[error("a stored value of {0:?} failed to decrypt: the vault file was altered or damaged")]
+    Corrupt(String),
+    #[error("vault storage: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("vault file system: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A decrypted secret. Zeroed on drop; `Debug` never shows it; no `Display`.
+pub struct SecretValue {
+    pub version: u32,
+    value: Zeroizing<Vec<u8>>,
+}
+
+impl SecretValue {
+    pub fn expose(&self) -> &[u8] {
+        &self.value
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretValue(v{}, <redacted>)", self.version)
+    }
+}
+
+/// The state of a credential as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretState {
+    Active,
+    Revoked,
+}
+
+/// Metadata only — what `creds list` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretMeta {
+    pub name: String,
+    pub kind: String,
+    pub state: SecretState,
+    pub current_version: u32,
+    pub created_ms: i64,
+    pub last_rotated_ms: Option<i64>,
+    pub last_used_ms: Option<i64>,
+    /// A previous version still usable by `rollback` until this time.
+    pub rollback_until_ms: Option<i64>,
+}
+
+impl SecretMeta {
+    /// Age of the current value (since set or last rotation), in whole days.
+    pub fn age_days(&self, now_ms: i64) -> i64 {
+        let since = self.last_rotated_ms.unwrap_or(self.created_ms);
+        (now_ms - since).max(0) / 86_400_000
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub time_ms: i64,
+    pub action: String,
+    pub version: Option<u32>,
+    pub detail: Option<String>,
+}
+
+/// A caller token known to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerTokenState {
+    pub token_sha256: [u8; 32],
+    pub caller: String,
+    pub revoked: bool,
+}
+
+pub struct Vault {
+    conn: Mutex<Connection>,
+    master: MasterKey,
+    path: PathBuf,
+    origin: MasterKeyOrigin,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("path", &self.path).finish()
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VaultError {
+    let context = context.into();
+    move |source| VaultError::Io { context, source }
+}
+
+impl Vault {
+    /// Opens (creating on first use) `<data_dir>/vault.db` with the master key from
+    /// `POSTERN_MASTER_KEY` or `<data_dir>/master.key`.
+    pub fn open(data_dir: &Path) -> Result<Vault, VaultError> {
+        let env = std::env::var(MASTER_KEY_ENV).ok();
+        Self::open_with(data_dir, env.as_deref())
+    }
+
+    /// Like [`Vault::open`], with the environment's key passed in (tests, embedding).
+    pub fn open_with(data_dir: &Path, env_key: Option<&str>) -> Result<Vault, VaultError> {
+        std::fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+        let path = data_dir.join(VAULT_FILE);
+        let key_file = data_dir.join(MASTER_KEY_FILE);
+        let vault_exists = path.exists();
+        let (master, origin) = match env_key {
+            Some(text) => (
+                MasterKey::parse(text).ok_or(VaultError::MalformedEnvKey)?,
+                MasterKeyOrigin::Environment,
+            ),
+            None if key_file.exists() => {
+                let text = Zeroizing::new(
+                    std::fs::read_to_string(&key_file)
+                        .map_err(io(format!("reading {}", key_file.display())))?,
+                );
+                let key = MasterKey::parse(&text).ok_or_else(|| VaultError::MalformedKeyFile {
+                    path: key_file.clone(),
+                })?;
+                (key, MasterKeyOrigin::File(key_file.clone()))
+            }
+            None if vault_exists => {
+                return Err(VaultError::MissingKey {
+                    vault: path,
+                    key_file,
+                })
+            }
+            None => {
+                let key = MasterKey::generate();
+                write_private(&key_file, key.to_file_text().as_bytes())?;
+                (key, MasterKeyOrigin::Generated(key_file.clone()))
+            }
+        };
+        let conn = Connection::open(&path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS secrets (
+                name TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                state TEXT NOT NULL,
+                current_version INTEGER NOT NULL,
+                created_ms INTEGER NOT NULL,
+                last_rotated_ms INTEGER
+             );
+             CREATE TABLE IF NOT EXISTS secret_versions (
+                name TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                wrapped_key BLOB,
+                sealed_value BLOB,
+                created_ms INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                rollback_until_ms INTEGER,
+                PRIMARY KEY (name, version)
+             );
+             CREATE TABLE IF NOT EXISTS usage (name TEXT PRIMARY KEY, last_used_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS history (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                name TEXT NOT NULL,
+                time_ms INTEGER NOT NULL,
+                action TEXT NOT NULL,
+                version INTEGER,
+                detail TEXT
+             );
+             CREATE TABLE IF NOT EXISTS caller_tokens (
+                token_sha256 BLOB PRIMARY KEY,
+                caller TEXT NOT NULL,
+                created_ms INTEGER NOT NULL,
+                revoked_ms INTEGER
+             );",
+        )?;
+        let check: Option<Vec<u8>> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0))
+            .optional()?;
+        match check {
+            Some(sealed) => {
+                if open(master.bytes(), b"key_check", &sealed).as_deref().map(|v| v.as_slice())
+                    != Some(KEY_CHECK_PLAINTEXT)
+                {
+                    return Err(VaultError::WrongKey {
+                        vault: path,
+                        origin: match &origin {
+                            MasterKeyOrigin::Environment => MASTER_KEY_ENV.to_string(),
+                            MasterKeyOrigin::File(p) | MasterKeyOrigin::Generated(p) => {
+                                p.display().to_string()
+                            }
+                        },
+                    });
+                }
+            }
+            None => {
+                let sealed = seal(master.bytes(), b"key_check", KEY_CHECK_PLAINTEXT);
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('key_check', ?1), ('schema_version', ?2), ('generation', ?3)",
+                    params![sealed, SCHEMA_VERSION.to_be_bytes().to_vec(), 0i64.to_be_bytes().to_vec()],
+                )?;
+            }
+        }
+        Ok(Vault {
+            conn: Mutex::new(conn),
+            master,
+            path,
+            origin,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn key_origin(&self) -> &MasterKeyOrigin {
+        &self.origin
+    }
+
+    /// Changes with every mutation (from any process sharing the file).
+    pub fn generation(&self) -> Result<i64, VaultError> {
+        let conn = self.conn.lock().expect("vault lock");
+        let bytes: Vec<u8> =
+            conn.query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| r.get(0))?;
+        Ok(i64::from_be_bytes(bytes.try_into().unwrap_or([0; 8])))
+    }
+
+    fn bump(tx: &rusqlite::Transaction<'_>) -> Result<(), VaultError> {
+        let bytes: Vec<u8> =
+            tx.query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| r.get(0))?;
+        let next = i64::from_be_bytes(bytes.try_into().unwrap_or([0; 8])) + 1;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'generation'",
+            params![next.to_be_bytes().to_vec()],
+        )?;
+        Ok(())
+    }
+
+    fn seal_version(&self, name: &str, version: u32, value: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let data_key: Zeroizing<[u8; 32]> = Zeroizing::new(rand::random());
+        let value_aad = format!("value|{name}|{version}");
+        let key_aad = format!("dek|{name}|{version}");
+        let sealed_value = seal(&data_key, value_aad.as_bytes(), value);
+        let wrapped_key = seal(self.master.bytes(), key_aad.as_bytes(), data_key.as_ref());
+        (wrapped_key, sealed_value)
+    }
+
+    fn open_version(
+        &self,
+        name: &str,
+        version: u32,
+        wrapped_key: &[u8],
+        sealed_value: &[u8],
+    ) -> Result<SecretValue, VaultError> {
+        let key_aad = format!("dek|{name}|{version}");
+        let data_key = open(self.master.bytes(), key_aad.as_bytes(), wrapped_key)
+            .ok_or_else(|| VaultError::Corrupt(name.to_string()))?;
+        let data_key: [u8; 32] = data_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::Corrupt(name.to_string()))?;
+        let data_key = Zeroizing::new(data_key);
+        let value_aad = format!("value|{name}|{version}");
+        let value = open(&data_key, value_aad.as_bytes(), sealed_value)
+            .ok_or_else(|| VaultError::Corrupt(name.to_string()))?;
+        Ok(SecretValue { version, value })
+    }
+
+    /// Creates a credential (or gives a revoked one a new value).
+    pub fn set(&self, name: &str, kind: &str, value: &[u8], now_ms: i64) -> Result<u32, VaultError> {
+        if !valid_name(name) {
+            return Err(VaultError::InvalidName(name.to_string()));
+        }
+        if value.is_empty() {
+            return Err(VaultError::EmptyValue);
+        }
+        let mut conn = self.conn.lock().expect("vault lock");
+        let tx = conn.transaction()?;
+        let existing: Option<(String, u32)> = tx
+            .query_row(
+                "SELECT state, current_version FROM secrets WHERE name = ?1",
+                params![name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let version = match existing {
+            Some((state, _)) if state == "active" => {
+                return Err(VaultError::AlreadyExists(name.to_string()))
+            }
+            Some(_) => next_version(&tx, name)?,
+            None => 1,
+        };
+        let (wrapped, sealed) = self.seal_version(name, version, value);
+        tx.execute(
+            "INSERT INTO secret_versions (name, version, wrapped_key, sealed_value, created_ms, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'current')",
+            params![name, version, wrapped, sealed, now_ms],
+        )?;
+        tx.execute(
+            "INSERT INTO secrets (name, kind, state, current_version, created_ms, last_rotated_ms)
+             VALUES (?1, ?2, 'active', ?3, ?4, NULL)
+             ON CONFLICT(name) DO UPDATE SET kind = ?2, state = 'active', current_version = ?3,
+                created_ms = ?4, last_rotated_ms = NULL",
+            params![name, kind, version, now_ms],
+        )?;
+        history(&tx, name, now_ms, "set", Some(version), None)?;
+        Self::bump(&tx)?;
+        tx.commit()?;
+        Ok(version)
+    }
+
+    /// Replaces the value; the previous one stays usable for `rollback` for `rollback_window_ms`.
+    pub fn rotate(
+        &self,
+        name: &str,
+        value: &[u8],
+        rollback_window_ms: i64,
+        now_ms: i64,
+    ) -> Result<u32, VaultError> {
+        if value.is_empty() {
+            return Err(VaultError::EmptyValue);
+        }
+        let mut conn = self.conn.lock().expect("vault lock");
+        let tx = conn.transaction()?;
+        let current: u32 = tx
+            .query_row(
+                "SELECT current_version FROM secrets WHERE name = ?1 AND state = 'active'",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| VaultError::NotFound(name.to_string()))?;
+        // Older previous versions are retired now: their material is erased.
+        tx.execute(
+            "UPDATE secret_versions SET status = 'retired', wrapped_key = NULL, sealed_value = NULL
+             WHERE name = ?1 AND status = 'previous'",
+            params![name],
+        )?;
+        tx.execute(
+            "UPDATE secret_versions SET status = 'previous', rollback_until_ms = ?3
+             WHERE name = ?1 AND version = ?2",
+            params![name, current, now_ms + rollback_window_ms.max(0)],
+        )?;
+        let version = next_version(&tx, name)?;
+        let (wrapped, sealed) = self.seal_version(name, version, value);
+        tx.execute(
+            "INSERT INTO secret_versions (name, version, wrapped_key, sealed_value, created_ms, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'current')",
+            params![name, version, wrapped, sealed, now_ms],
+        )?;
+        tx.execute(
+            "UPDATE secrets SET current_version = ?2, last_rotated_ms = ?3 WHERE name = ?1",
+            params![name, version, now_ms],
+        )?;
+        history(
+            &tx,
+            name,
+            now_ms,
+            "rotate",
+            Some(version),
+            Some(format!("previous version {current} kept for rollback for {} s", rollback_window_ms / 1000)),
+        )?;
+        Self::bump(&tx)?;
+        tx.commit()?;
+        Ok(version)
+    }
+
+    /// Makes the previous version current again, if still inside its rollback window.
+    pub fn rollback(&self, name: &str, now_ms: i64) -> Result<u32, VaultError> {
+        let mut conn = self.conn.lock().expect("vault lock");
+        let tx = conn.transaction()?;
+        let current: u32 = tx
+            .query_row(
+                "SELECT current_version FROM secrets WHERE name = ?1 AND state = 'active'",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| VaultError::NotFound(name.to_string()))?;
+        let previous: u32 = tx
+            .query_row(
+                "SELECT version FROM secret_versions WHERE name = ?1 AND status = 'previous'
+                 AND rollback_until_ms >= ?2 AND sealed_value IS NOT NULL",
+                params![name, now_ms],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| VaultError::NothingToRollBack(name.to_string()))?;
+        tx.execute(
+            "UPDATE secret_versions SET status = 'retired', wrapped_key = NULL, sealed_value = NULL
+             WHERE name = ?1 AND version = ?2",
+            params![name, current],
+        )?;
+        tx.execute(
+            "UPDATE secret_versions SET status = 'current', rollback_until_ms = NULL
+             WHERE name = ?1 AND version = ?2",
+            params![name, previous],
+        )?;
+        tx.execute(
+            "UPDATE secrets SET current_version = ?2, last_rotated_ms = ?3 WHERE name = ?1",
+            params![name, previous, now_ms],
+        )?;
+        history(&tx, name, now_ms, "rollback", Some(previous), Some(format!("version {current} retired")))?;
+        Self::bump(&tx)?;
+        tx.commit()?;
+        Ok(previous)
+    }
+
+    /// Ends the credential: every version's material is erased; injection stops.
+    pub fn revoke(&self, name: &str, now_ms: i64) -> Result<(), VaultError> {
+        let mut conn = self.conn.lock().expect("vault lock");
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE secrets SET state = 'revoked' WHERE name = ?1 AND state = 'active'",
+            params![name],
+        )?;
+        if changed == 0 {
+            let exists: Option<String> = tx
+                .query_row("SELECT state FROM secrets WHERE name = ?1", params![name], |r| r.get(0))
+                .optional()?;
+            return match exists {
+                Some(_) => Ok(()),
+                None => Err(VaultError::NotFound(name.to_string())),
+            };
+        }
+        tx.execute(
+            "UPDATE secret_versions SET status = 'revoked', wrapped_key = NULL, sealed_value = NULL
+             WHERE name = ?1",
+            params![name],
+        )?;
+        history(&tx, name, now_ms, "revoke", None, None)?;
+        Self::bump(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The current value, or `Ok(None)` when the credential is revoked.
+    pub fn current(&self, name: &str) -> Result<Option<SecretValue>, VaultError> {
+        let conn = self.conn.lock().expect("vault lock");
+        let row: Option<(String, u32)> = conn
+            .query_row(
+                "SELECT state, current_version FROM secrets WHERE name = ?1",
+                params![name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((state, version)) = row else {
+            return Err(VaultError::NotFound(name.to_string()));
+        };
+        if state != "active" {
+            return Ok(None);
+        }
+        let (wrapped, sealed): (Vec<u8>, Vec<u8>) = conn.query_row(
+            "SELECT wrapped_key, sealed_value FROM secret_versions WHERE name = ?1 AND version = ?2",
+            params![name, version],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        drop(conn);
+        self.open_version(name, version, &wrapped, &sealed).map(Some)
+    }
+
+    pub fn list(&self) -> Result<Vec<SecretMeta>, VaultError> {
+        let conn = self.conn.lock().expect("vault lock");
+        let mut statement = conn.prepare(
+            "SELECT s.name, s.kind, s.state, s.current_version, s.created_ms, s.last_rotated_ms,
+                    u.last_used_ms,
+                    (SELECT MAX(rollback_until_ms) FROM secret_versions v
+                      WHERE v.name = s.name AND v.status = 'previous')
+             FROM secrets s LEFT JOIN usage u ON u.name = s.name ORDER BY s.name",
+        )?;
+        let rows = statement.query_map([], |r| {
+            Ok(SecretMeta {
+                name: r.get(0)?,
+                kind: r.get(1)?,
+                state: if r.get::<_, String>(2)? == "active" {
+                    SecretState::Active
+                } else {
+                    SecretState::Revoked
+                },
+                current_version: r.get(3)?,
+                created_ms: r.get(4)?,
+                last_rotated_ms: r.get(5)?,
+                last_used_ms: r.get(6)?,
+                rollback_until_ms: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn history(&self, name: &str) -> Result<Vec<HistoryEntry>, VaultError> {
+        let conn = self.conn.lock().expect("vault lock");
+        let mut statement = conn.prepare(
+            "SELECT time_ms, action, version, detail FROM history WHERE name = ?1 ORDER BY id",
+        )?;
+        let rows = statement.query_map(params![name], |r| {
+            Ok(HistoryEntry {
+                time_ms: r.get(0)?,
+                action: r.get(1)?,
+                version: r.get(2)?,
+                detail: r.get(3)?,
+            })
+        })?;
+        let entries: Vec<HistoryEntry> = rows.collect::<Result<_, _>>()?;
+        if entries.is_empty() {
+            return Err(VaultError::NotFound(name.to_string()));
+        }
+        Ok(entries)
+    }
+
+    /// Records that credentials were used (batched by the gateway; not a mutation: no bump).
+    pub fn touch(&self, names: &[(String, i64)]) -> Result<(), VaultError> {
+        let mut conn = self.conn.lock().expect("vault lock");
+        let tx = conn.transaction()?;
+        for (name, at) in names {
+            tx.execute(
+                "INSERT INTO usage (name, last_used_ms) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET last_used_ms = MAX(last_used_ms, ?2)",
+                params![name, at],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Registers a new caller token (by hash) issued at run time.
+    pub fn add_caller_token(&self, caller: &str, token: &str, now_ms: i64) -> Result<(), VaultError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut conn = self.conn.lock().expect("vault lock");
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO caller_tokens (token_sha256, caller, created_ms, revoked_ms) VALUES (?1, ?2, ?3, NULL)",
+            params![digest.to_vec(), caller, now_ms],
+        )?;
+        history(&tx, &format!("caller:{caller}"), now_ms, "token_issued", None, None)?;
+        Self::bump(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Revokes every token of `caller`: those issued by the store and the given config hashes.
+    pub fn revoke_caller(
+        &self,
+        caller: &str,
+        config_hashes: &[[u8; 32]],
+        now_ms: i64,
+    ) -> Result<usize, VaultError> {
+        let mut conn = self.conn.lock().expect("vault lock");
+        let tx = conn.transaction()?;
+        let mut count = tx.execute(
+            "UPDATE caller_tokens SET revoked_ms = ?2 WHERE caller = ?1 AND revoked_ms IS NULL",
+            params![caller, now_ms],
+        )?;
+        for hash in config_hashes {
+            count += tx.execute(
+                "INSERT INTO caller_tokens (token_sha256, caller, created_ms, revoked_ms) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT(token_sha256) DO UPDATE SET revoked_ms = ?3 WHERE revoked_ms IS NULL",
+                params![hash.to_vec(), caller, now_ms],
+            )?;
+        }
+        history(&tx, &format!("caller:{caller}"), now_ms, "tokens_revoked", None, Some(format!("{count} token(s)")))?;
+        Self::bump(&tx)?;
+        tx.commit()?;
+        Ok(count)
+    }
+
+    pub fn caller_tokens(&self) -> Result<Vec<CallerTokenState>, VaultError> {
+        let conn = self.conn.lock().expect("vault lock");
+        let mut statement =
+            conn.prepare("SELECT token_sha256, caller, revoked_ms FROM caller_tokens")?;
+        let rows = statement.query_map([], |r| {
+            let hash: Vec<u8> = r.get(0)?;
+            Ok(CallerTokenState {
+                token_sha256: hash.try_into().unwrap_or([0; 32]),
+                caller: r.get(1)?,
+                revoked: r.get::<_, Option<i64>>(2)?.is_some(),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn next_version(tx: &rusqlite::Transaction<'_>, name: &str) -> Result<u32, VaultError> {
+    let max: Option<u32> = tx.query_row(
+        "SELECT MAX(version) FROM secret_versions WHERE name = ?1",
+        params![name],
+        |r| r.get(0),
+    )?;
+    Ok(max.unwrap_or(0) + 1)
+}
+
+fn history(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+    time_ms: i64,
+    action: &str,
+    version: Option<u32>,
+    detail: Option<String>,
+) -> Result<(), VaultError> {
+    tx.execute(
+        "INSERT INTO history (name, time_ms, action, version, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![name, time_ms, action, version, detail],
+    )?;
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), VaultError> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(io(format!("creating {}", path.display())))?;
+    file.write_all(contents)
+        .and_then(|_| file.sync_all())
+        .map_err(io(format!("writing {}", path.display())))
+}

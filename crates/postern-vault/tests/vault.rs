@@ -1,0 +1,158 @@
+//! The vault as the CLI and gateway use it: real SQLite files in a temp dir.
+
+use postern_vault::{SecretState, Vault, VaultError};
+
+const CANARY: &[u8] = b"sk_live_CANARY_vault_plaintext_7f3a";
+
+fn now() -> i64 {
+    1_800_000_000_000
+}
+
+#[test]
+fn set_get_rotate_rollback_revoke_with_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::open_with(dir.path(), None).unwrap();
+    assert_eq!(vault.set("stripe-live", "static", CANARY, now()).unwrap(), 1);
+    assert!(matches!(
+        vault.set("stripe-live", "static", b"x", now()),
+        Err(VaultError::AlreadyExists(_))
+    ));
+    assert_eq!(vault.current("stripe-live").unwrap().unwrap().expose(), CANARY);
+    let generation = vault.generation().unwrap();
+
+    assert_eq!(vault.rotate("stripe-live", b"new-value", 3_600_000, now() + 10).unwrap(), 2);
+    assert!(vault.generation().unwrap() > generation);
+    assert_eq!(vault.current("stripe-live").unwrap().unwrap().expose(), b"new-value");
+    let meta = &vault.list().unwrap()[0];
+    assert_eq!(meta.current_version, 2);
+    assert_eq!(meta.rollback_until_ms, Some(now() + 10 + 3_600_000));
+
+    // Rollback inside the window restores v1; outside it there is nothing to roll back to.
+    assert_eq!(vault.rollback("stripe-live", now() + 20).unwrap(), 1);
+    assert_eq!(vault.current("stripe-live").unwrap().unwrap().expose(), CANARY);
+    vault.rotate("stripe-live", b"v3", 1_000, now() + 30).unwrap();
+    assert!(matches!(
+        vault.rollback("stripe-live", now() + 5_000),
+        Err(VaultError::NothingToRollBack(_))
+    ));
+
+    vault.revoke("stripe-live", now() + 40).unwrap();
+    assert!(vault.current("stripe-live").unwrap().is_none());
+    assert_eq!(vault.list().unwrap()[0].state, SecretState::Revoked);
+    let actions: Vec<String> = vault
+        .history("stripe-live")
+        .unwrap()
+        .into_iter()
+        .map(|h| h.action)
+        .collect();
+    assert_eq!(actions, ["set", "rotate", "rollback", "rotate", "revoke"]);
+    // A revoked name can be given a new value.
+    assert_eq!(vault.set("stripe-live", "static", b"fresh", now() + 50).unwrap(), 4);
+    assert_eq!(vault.current("stripe-live").unwrap().unwrap().expose(), b"fresh");
+}
+
+#[test]
+fn values_are_encrypted_at_rest_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let vault = Vault::open_with(dir.path(), None).unwrap();
+        vault.set("canary", "static", CANARY, now()).unwrap();
+        vault.rotate("canary", b"sk_live_CANARY_second_value_91b2", 60_000, now()).unwrap();
+    }
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for canary in [CANARY, b"sk_live_CANARY_second_value_91b2".as_slice()] {
+            assert!(
+                !bytes.windows(canary.len()).any(|w| w == canary),
+                "plaintext secret found on disk"
+            );
+        }
+    }
+    let vault = Vault::open_with(dir.path(), None).unwrap();
+    assert_eq!(
+        vault.current("canary").unwrap().unwrap().expose(),
+        b"sk_live_CANARY_second_value_91b2"
+    );
+    assert!(!format!("{:?}", vault.current("canary").unwrap()).contains("CANARY"));
+}
+
+#[test]
+fn master_key_file_is_private_and_wrong_or_missing_key_refuses_without_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let vault = Vault::open_with(dir.path(), None).unwrap();
+        vault.set("a", "static", b"value-a", now()).unwrap();
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("master.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let before = std::fs::read(dir.path().join("vault.db")).unwrap();
+
+    let wrong = "0".repeat(64);
+    let error = Vault::open_with(dir.path(), Some(&wrong)).unwrap_err();
+    assert!(matches!(error, VaultError::WrongKey { .. }), "{error}");
+    assert!(error.to_string().contains("POSTERN_MASTER_KEY"));
+
+    let error = Vault::open_with(dir.path(), Some("not a key")).unwrap_err();
+    assert!(matches!(error, VaultError::MalformedEnvKey));
+
+    let key = std::fs::read_to_string(dir.path().join("master.key")).unwrap();
+    std::fs::rename(dir.path().join("master.key"), dir.path().join("master.key.bak")).unwrap();
+    let error = Vault::open_with(dir.path(), None).unwrap_err();
+    assert!(matches!(error, VaultError::MissingKey { .. }), "{error}");
+    assert!(!dir.path().join("master.key").exists(), "no new key was generated over the vault");
+    assert_eq!(std::fs::read(dir.path().join("vault.db")).unwrap(), before, "nothing changed");
+
+    // The same key through the environment opens it.
+    let vault = Vault::open_with(dir.path(), Some(key.trim())).unwrap();
+    assert_eq!(vault.current("a").unwrap().unwrap().expose(), b"value-a");
+}
+
+#[test]
+fn tampered_ciphertext_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::open_with(dir.path(), None).unwrap();
+    vault.set("a", "static", b"value-a", now()).unwrap();
+    vault.set("b", "static", b"value-b", now()).unwrap();
+    drop(vault);
+    // Move b's sealed value onto a: the associated data binds it to its name.
+    let conn = rusqlite::Connection::open(dir.path().join("vault.db")).unwrap();
+    conn.execute(
+        "UPDATE secret_versions SET wrapped_key = (SELECT wrapped_key FROM secret_versions WHERE name='b'),
+                                    sealed_value = (SELECT sealed_value FROM secret_versions WHERE name='b')
+         WHERE name = 'a'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let vault = Vault::open_with(dir.path(), None).unwrap();
+    assert!(matches!(vault.current("a"), Err(VaultError::Corrupt(_))));
+}
+
+#[test]
+fn caller_tokens_issue_and_revoke() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::open_with(dir.path(), None).unwrap();
+    vault.add_caller_token("checkout", "pst_new", now()).unwrap();
+    let config_hash: [u8; 32] = sha2::Sha256::digest(b"pst_from_config").into();
+    let count = vault.revoke_caller("checkout", &[config_hash], now()).unwrap();
+    assert_eq!(count, 2);
+    let tokens = vault.caller_tokens().unwrap();
+    assert_eq!(tokens.len(), 2);
+    assert!(tokens.iter().all(|t| t.revoked && t.caller == "checkout"));
+}
+
+#[test]
+fn list_reports_age_and_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::open_with(dir.path(), None).unwrap();
+    vault.set("old", "static", b"v", now()).unwrap();
+    vault.touch(&[("old".to_string(), now() + 5)]).unwrap();
+    let meta = &vault.list().unwrap()[0];
+    assert_eq!(meta.last_used_ms, Some(now() + 5));
+    assert_eq!(meta.age_days(now() + 91 * 86_400_000), 91);
+}
