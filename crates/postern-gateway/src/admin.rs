@@ -14,11 +14,13 @@ use crate::runtime::Injector;
 use crate::Shared;
 
 pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<GatewayBody> {
-    let path = request.uri().path();
-    if request.method() != Method::GET && request.method() != Method::HEAD {
+    let path = request.uri().path().to_string();
+    let path = path.as_str();
+    let is_credential_change = request.method() == Method::POST && path.starts_with("/v1/credentials/");
+    if request.method() != Method::GET && request.method() != Method::HEAD && !is_credential_change {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
-            json!({"error": {"code": "method_not_allowed", "message": "the admin API is read-only here; use GET"}}),
+            json!({"error": {"code": "method_not_allowed", "message": "use GET (POST only under /v1/credentials/NAME)"}}),
         );
     }
     match path {
@@ -46,6 +48,9 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response
             HeaderValue::from_static("Bearer realm=\"postern-admin\""),
         );
         return response;
+    }
+    if path == "/v1/credentials" || path.starts_with("/v1/credentials/") {
+        return credentials(&shared, request).await;
     }
     match path {
         "/metrics" => text_response(
@@ -133,6 +138,119 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response
             StatusCode::NOT_FOUND,
             json!({"error": {"code": "not_found", "message": "unknown admin route; see docs/ADMIN.md"}}),
         ),
+    }
+}
+
+/// `/v1/credentials…`: list, history, and (POST) set, rotate, rollback, revoke.
+/// A POST body is the raw secret value (at most 64 KiB); it is never echoed.
+async fn credentials(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<GatewayBody> {
+    use http_body_util::BodyExt as _;
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let method = request.method().clone();
+    let rest = path.trim_start_matches("/v1/credentials").trim_start_matches('/');
+    let mut parts = rest.splitn(2, '/');
+    let name = parts.next().unwrap_or("").to_string();
+    let action = parts.next().unwrap_or("").to_string();
+    let vault = shared.vault.clone();
+    let now = crate::now_ms();
+    let max_age = shared
+        .credential_max_age_days
+        .load(std::sync::atomic::Ordering::Relaxed) as i64;
+    let error = |status: StatusCode, code: &str, message: String| {
+        json_response(status, json!({"error": {"code": code, "message": message}}))
+    };
+    let vault_error = |e: postern_vault::VaultError| {
+        let status = match e {
+            postern_vault::VaultError::NotFound(_) => StatusCode::NOT_FOUND,
+            postern_vault::VaultError::AlreadyExists(_)
+            | postern_vault::VaultError::NothingToRollBack(_) => StatusCode::CONFLICT,
+            postern_vault::VaultError::InvalidName(_) | postern_vault::VaultError::EmptyValue => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        error(status, "vault", e.to_string())
+    };
+    if method == Method::GET {
+        return match (name.as_str(), action.as_str()) {
+            ("", "") => match vault.list() {
+                Ok(list) => {
+                    let items: Vec<_> = list
+                        .iter()
+                        .map(|m| {
+                            let age = m.age_days(now);
+                            json!({"name": m.name, "kind": m.kind, "state": m.state, "version": m.current_version,
+                                   "created_ms": m.created_ms, "last_rotated_ms": m.last_rotated_ms,
+                                   "last_used_ms": m.last_used_ms, "rollback_until_ms": m.rollback_until_ms,
+                                   "age_days": age, "over_max_age": age > max_age})
+                        })
+                        .collect();
+                    json_response(StatusCode::OK, json!({"credentials": items, "max_age_days": max_age}))
+                }
+                Err(e) => vault_error(e),
+            },
+            (name, "history") => match vault.history(name) {
+                Ok(history) => json_response(StatusCode::OK, json!({"name": name, "history": history})),
+                Err(e) => vault_error(e),
+            },
+            _ => error(StatusCode::NOT_FOUND, "not_found", "use /v1/credentials or /v1/credentials/NAME/history".to_string()),
+        };
+    }
+    // POST: set (no action), rotate, rollback, revoke.
+    let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024).collect().await {
+        Ok(body) => zeroize::Zeroizing::new(body.to_bytes().to_vec()),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "a credential value is at most 64 KiB".to_string(),
+            )
+        }
+    };
+    let value: &[u8] = body.trim_ascii_end();
+    let param = |key: &str| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .map(str::to_string)
+    };
+    let result = match action.as_str() {
+        "" => vault
+            .set(&name, param("kind").as_deref().unwrap_or("static"), value, now)
+            .map(|v| json!({"name": name, "action": "set", "version": v})),
+        "rotate" => {
+            let window_s: i64 = param("rollback_window_seconds")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(86_400);
+            vault
+                .rotate(&name, value, window_s * 1000, now)
+                .map(|v| json!({"name": name, "action": "rotate", "version": v, "rollback_window_seconds": window_s}))
+        }
+        "rollback" => vault
+            .rollback(&name, now)
+            .map(|v| json!({"name": name, "action": "rollback", "version": v})),
+        "revoke" => vault
+            .revoke(&name, now)
+            .map(|_| json!({"name": name, "action": "revoke"})),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "POST /v1/credentials/NAME[/rotate|/rollback|/revoke]".to_string(),
+            )
+        }
+    };
+    match result {
+        Ok(answer) => {
+            // Apply at once for calls that start after this answer.
+            if let Err(e) = shared.refresh_from_vault() {
+                tracing::error!(error = %format!("{e:#}"), "applying a credential change failed");
+            }
+            tracing::info!(credential = %name, action = %if action.is_empty() { "set" } else { action.as_str() }, "credential changed via the admin API");
+            json_response(StatusCode::OK, answer)
+        }
+        Err(e) => vault_error(e),
     }
 }
 

@@ -30,7 +30,7 @@ pub mod upstream;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -45,7 +45,8 @@ use tokio::task::JoinHandle;
 use crate::events::{EventFileOptions, EventSink};
 use crate::metrics::Metrics;
 use crate::record::Recorder;
-use crate::runtime::{LimiterCache, Runtime};
+use crate::runtime::{BuildInputs, ClientCache, LimiterCache, Runtime};
+use postern_vault::Vault;
 
 /// Response header carrying the call's request id.
 pub const REQUEST_ID_HEADER: &str = "postern-request-id";
@@ -60,15 +61,96 @@ pub const EVENTS_FILE: &str = "events.jsonl";
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub recorder: Recorder,
+    pub vault: Arc<Vault>,
     limiters: LimiterCache,
-    admin_token_sha256: [u8; 32],
+    clients: ClientCache,
+    admin_token_sha256: Mutex<[u8; 32]>,
     draining: AtomicBool,
+    /// Serializes rebuilds (reload, vault refresh) so none is lost.
+    rebuild: Mutex<()>,
+    pub credential_max_age_days: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
+
+    /// Builds a runtime from `config` with the current vault contents and swaps it in.
+    fn rebuild(&self, config: Config, admin_token_sha256: [u8; 32]) -> anyhow::Result<Vec<String>> {
+        let _guard = self.rebuild.lock().expect("rebuild lock");
+        let runtime = Runtime::build(
+            config,
+            &BuildInputs {
+                admin_token_sha256,
+                limiters: &self.limiters,
+                clients: &self.clients,
+                vault: Some(&self.vault),
+            },
+        )?;
+        *self.admin_token_sha256.lock().expect("admin token lock") = admin_token_sha256;
+        let notes = runtime.problems.clone();
+        self.runtime.store(Arc::new(runtime));
+        Ok(notes)
+    }
+
+    /// Re-reads the vault (credentials, caller tokens) into a new runtime when it changed.
+    /// Called by the poller and right after an admin-API change.
+    pub fn refresh_from_vault(&self) -> anyhow::Result<bool> {
+        let generation = self.vault.generation()?;
+        let current = self.runtime.load_full();
+        if generation == current.vault_generation {
+            return Ok(false);
+        }
+        let admin = *self.admin_token_sha256.lock().expect("admin token lock");
+        let notes = self.rebuild((*current.config).clone(), admin)?;
+        for note in notes {
+            tracing::warn!(problem = %note, "after vault change");
+        }
+        tracing::info!(generation, "vault changed; credentials and caller tokens reloaded");
+        Ok(true)
+    }
+
+    /// Writes credential last-used times to the vault.
+    fn flush_usage(&self) {
+        let runtime = self.runtime.load();
+        let used: Vec<(String, i64)> = runtime
+            .integrations
+            .values()
+            .filter_map(|i| {
+                let at = i.last_used_ms.swap(0, Ordering::Relaxed);
+                match (&i.vault_secret, at) {
+                    (Some(name), at) if at > 0 => Some((name.clone(), at)),
+                    _ => None,
+                }
+            })
+            .collect();
+        if !used.is_empty() {
+            if let Err(error) = self.vault.touch(&used) {
+                tracing::warn!(%error, "could not record credential use");
+            }
+        }
+        if let Ok(list) = self.vault.list() {
+            let now = now_ms();
+            let max_age = self.credential_max_age_days.load(Ordering::Relaxed) as i64;
+            for meta in list {
+                let age = meta.age_days(now);
+                self.recorder.metrics.set_credential_age(
+                    &meta.name,
+                    age,
+                    meta.state == postern_vault::SecretState::Active && age > max_age,
+                );
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A started gateway: its bound addresses and the handles to reload and stop it.
@@ -82,6 +164,7 @@ pub struct RunningGateway {
     gateway_graceful: Arc<GracefulShutdown>,
     admin_graceful: Arc<GracefulShutdown>,
     event_task: JoinHandle<()>,
+    vault_poller: Option<std::thread::JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -91,8 +174,18 @@ impl RunningGateway {
         let data_dir = config.gateway.data_dir.clone();
         create_private_dir(&data_dir)?;
         let admin_token_sha256 = admin_token_hash(&config, &data_dir)?;
+        let vault = Arc::new(Vault::open(&data_dir)?);
         let limiters = LimiterCache::default();
-        let runtime = Runtime::build(config.clone(), admin_token_sha256, &limiters)?;
+        let clients = ClientCache::default();
+        let runtime = Runtime::build(
+            config.clone(),
+            &BuildInputs {
+                admin_token_sha256,
+                limiters: &limiters,
+                clients: &clients,
+                vault: Some(&vault),
+            },
+        )?;
         for problem in &runtime.problems {
             tracing::error!(problem = %problem, "integration not ready");
         }
@@ -108,10 +201,18 @@ impl RunningGateway {
                 events,
                 metrics: Arc::new(Metrics::new()),
             },
+            vault,
             limiters,
-            admin_token_sha256,
+            clients,
+            admin_token_sha256: Mutex::new(admin_token_sha256),
             draining: AtomicBool::new(false),
+            rebuild: Mutex::new(()),
+            credential_max_age_days: std::sync::atomic::AtomicU64::new(
+                config.gateway.credential_max_age_days,
+            ),
         });
+        shared.flush_usage();
+        let vault_poller = Some(spawn_vault_poller(shared.clone()));
 
         let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
             (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
@@ -170,6 +271,7 @@ impl RunningGateway {
             gateway_graceful,
             admin_graceful,
             event_task,
+            vault_poller,
             grace: Duration::from_millis(config.gateway.shutdown_grace_ms),
         })
     }
@@ -219,32 +321,22 @@ impl RunningGateway {
         }
         let hash = match &config.gateway.admin_token_sha256 {
             Some(_) => admin_token_hash(&config, &self.data_dir)?,
-            None => self.shared.admin_token_sha256,
+            None => *self.shared.admin_token_sha256.lock().expect("admin token lock"),
         };
-        let runtime = match Runtime::build(config, hash, &self.shared.limiters) {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                self.shared
-                    .recorder
-                    .metrics
-                    .config_reloads
-                    .get_or_create(&metrics::ResultLabel {
-                        result: "rejected".to_string(),
-                    })
-                    .inc();
-                return Err(error);
-            }
-        };
-        notes.extend(runtime.problems.iter().cloned());
-        self.shared.runtime.store(Arc::new(runtime));
+        self.shared
+            .credential_max_age_days
+            .store(config.gateway.credential_max_age_days, Ordering::Relaxed);
+        let result = self.shared.rebuild(config, hash);
+        let label = if result.is_ok() { "applied" } else { "rejected" };
         self.shared
             .recorder
             .metrics
             .config_reloads
             .get_or_create(&metrics::ResultLabel {
-                result: "applied".to_string(),
+                result: label.to_string(),
             })
             .inc();
+        notes.extend(result?);
         Ok(notes)
     }
 
@@ -256,6 +348,10 @@ impl RunningGateway {
     pub async fn shutdown(self) {
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
+        if let Some(poller) = self.vault_poller {
+            let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+        }
+        self.shared.flush_usage();
         for task in self.accept_tasks {
             let _ = task.await;
         }
@@ -281,6 +377,28 @@ impl RunningGateway {
         // The writer ends when the last sink handle is gone; do not wait forever for stragglers.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.event_task).await;
     }
+}
+
+/// Polls the vault's generation (every 250 ms) so changes made by `postern creds` or
+/// `postern callers` in another process take effect, and records credential use every 5 s.
+/// Stops when the gateway starts draining.
+fn spawn_vault_poller(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("postern-vault-poller".to_string())
+        .spawn(move || {
+            let mut ticks: u32 = 0;
+            while !shared.is_draining() {
+                std::thread::sleep(Duration::from_millis(250));
+                if let Err(error) = shared.refresh_from_vault() {
+                    tracing::error!(error = %format!("{error:#}"), "vault refresh failed; keeping the current credentials");
+                }
+                ticks += 1;
+                if ticks % 20 == 0 {
+                    shared.flush_usage();
+                }
+            }
+        })
+        .expect("spawning the vault poller thread")
 }
 
 fn create_private_dir(path: &Path) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -32,6 +33,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabel {
+    pub credential: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
 }
@@ -42,6 +48,8 @@ pub struct Metrics {
     denials: Family<ReasonLabel, Counter>,
     duration: Family<IntegrationLabel, Histogram>,
     pub config_reloads: Family<ResultLabel, Counter>,
+    credential_age_days: Family<CredentialLabel, Gauge>,
+    credential_over_max_age: Family<CredentialLabel, Gauge>,
     events_written: Counter,
     events_errors: Counter,
 }
@@ -74,6 +82,18 @@ impl Metrics {
             "Configuration reloads by result (applied, rejected)",
             config_reloads.clone(),
         );
+        let credential_age_days = Family::<CredentialLabel, Gauge>::default();
+        registry.register(
+            "credential_age_days",
+            "Age of each vault credential's current value, in days",
+            credential_age_days.clone(),
+        );
+        let credential_over_max_age = Family::<CredentialLabel, Gauge>::default();
+        registry.register(
+            "credential_over_max_age",
+            "1 when an active vault credential is older than credential_max_age_days",
+            credential_over_max_age.clone(),
+        );
         let events_written = Counter::default();
         registry.register(
             "events_written",
@@ -92,6 +112,8 @@ impl Metrics {
             denials,
             duration,
             config_reloads,
+            credential_age_days,
+            credential_over_max_age,
             events_written,
             events_errors,
         }
@@ -121,6 +143,16 @@ impl Metrics {
         self.duration
             .get_or_create(&IntegrationLabel { integration })
             .observe(duration.as_secs_f64());
+    }
+
+    pub fn set_credential_age(&self, credential: &str, age_days: i64, over_max_age: bool) {
+        let label = CredentialLabel {
+            credential: credential.to_string(),
+        };
+        self.credential_age_days.get_or_create(&label).set(age_days);
+        self.credential_over_max_age
+            .get_or_create(&label)
+            .set(i64::from(over_max_age));
     }
 
     /// Text exposition format.

@@ -351,16 +351,26 @@ fn inject(
 ) -> Result<Request<ForwardBody>, CallError> {
     let injector = match &integration.credential {
         Ok(injector) => injector.clone(),
-        Err(_) => {
+        Err(problem) => {
+            let what = if problem.code == "credential_revoked" {
+                "has been revoked"
+            } else {
+                "is not available"
+            };
             return Err(CallError::unavailable(
-                "credential_unavailable",
+                problem.code,
                 format!(
-                    "the vendor credential of integration {} is not available; the operator must fix it (see postern logs and /readyz)",
+                    "the vendor credential of integration {} {what}; the operator must fix it (see postern logs and /readyz)",
                     integration.name
                 ),
-            ))
+            ));
         }
     };
+    if integration.vault_secret.is_some() {
+        integration
+            .last_used_ms
+            .store(crate::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
     let (parts, body) = request.into_parts();
     if let Some(token) = caller_token {
         let target = parts.uri.path_and_query().map_or("", |pq| pq.as_str());

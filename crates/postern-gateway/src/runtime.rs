@@ -1,8 +1,9 @@
 //! The compiled configuration: everything the data plane needs, built once per config version
 //! and swapped atomically on reload. In-flight calls keep the version they started with.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +12,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderName, HeaderValue};
 use postern_config::{Config, CredentialConfig, CredentialKind, IntegrationConfig, SecretSource};
 use postern_policy::{GrantSpec, IntegrationOps, OperationTable, PolicyEngine};
+use postern_vault::{Vault, VaultError};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::upstream::{build_client, UpstreamClient, UpstreamOptions};
 
@@ -42,6 +45,58 @@ impl LimiterCache {
     }
 }
 
+/// Upstream pools survive reloads (and vault refreshes) when an integration's network settings
+/// are unchanged, so a rotation does not drop warm connections.
+#[derive(Default)]
+pub struct ClientCache {
+    clients: Mutex<HashMap<String, (String, UpstreamClient)>>,
+}
+
+impl ClientCache {
+    fn get(&self, integration: &IntegrationConfig) -> anyhow::Result<UpstreamClient> {
+        let key = format!(
+            "{:?}|{}|{:?}|{}|{}",
+            integration.allow_private_networks,
+            integration.allow_plaintext,
+            integration.ca_file,
+            integration.connect_timeout_ms,
+            integration.idle_timeout_ms
+        );
+        let mut clients = self.clients.lock().expect("client cache lock");
+        if let Some((cached_key, client)) = clients.get(&integration.name) {
+            if *cached_key == key {
+                return Ok(client.clone());
+            }
+        }
+        let client = build_client(UpstreamOptions {
+            allow_private_networks: integration.allow_private_networks.clone(),
+            allow_plaintext: integration.allow_plaintext,
+            ca_file: integration.ca_file.as_deref(),
+            connect_timeout: Duration::from_millis(integration.connect_timeout_ms),
+            idle_timeout: Duration::from_millis(integration.idle_timeout_ms),
+        })?;
+        clients.insert(integration.name.clone(), (key, client.clone()));
+        Ok(client)
+    }
+}
+
+/// Everything a build reuses or reads besides the config.
+pub struct BuildInputs<'a> {
+    pub admin_token_sha256: [u8; 32],
+    pub limiters: &'a LimiterCache,
+    pub clients: &'a ClientCache,
+    /// The credential vault; `None` only where no vault is opened (`postern check`).
+    pub vault: Option<&'a Vault>,
+}
+
+/// Why an integration's credential cannot be injected. Never holds the value.
+#[derive(Debug, Clone)]
+pub struct CredentialProblem {
+    /// `credential_revoked` or `credential_unavailable`: the refusal's reason code.
+    pub code: &'static str,
+    pub why: String,
+}
+
 /// How a vendor credential is put on the request.
 #[derive(Clone)]
 pub enum Injector {
@@ -70,8 +125,11 @@ pub struct IntegrationRuntime {
     pub name: Arc<str>,
     pub config: IntegrationConfig,
     pub operations: OperationTable,
-    /// `Err` holds why the credential is unavailable (never the value).
-    pub credential: Result<Option<Injector>, String>,
+    /// `Err` holds why the credential cannot be injected (never the value).
+    pub credential: Result<Option<Injector>, CredentialProblem>,
+    /// The vault credential this integration injects, if any, and when it was last used.
+    pub vault_secret: Option<String>,
+    pub last_used_ms: AtomicI64,
     pub limiter: Option<Arc<CallerLimiter>>,
     pub client: UpstreamClient,
     pub upstream: UpstreamTarget,
@@ -83,6 +141,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     callers_by_token: HashMap<[u8; 32], Arc<str>>,
     callers_by_spiffe: HashMap<String, Arc<str>>,
+    /// The vault generation this runtime was built from.
+    pub vault_generation: i64,
     pub integrations: HashMap<String, Arc<IntegrationRuntime>>,
     pub policy: PolicyEngine,
     pub admin_token_sha256: [u8; 32],
@@ -91,11 +151,23 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn build(
-        config: Config,
-        admin_token_sha256: [u8; 32],
-        limiters: &LimiterCache,
-    ) -> anyhow::Result<Runtime> {
+    pub fn build(config: Config, inputs: &BuildInputs<'_>) -> anyhow::Result<Runtime> {
+        // Read the vault's generation first: a change made while building triggers another build.
+        let vault_generation = match inputs.vault {
+            Some(vault) => vault.generation().unwrap_or(-1),
+            None => 0,
+        };
+        let store_tokens = match inputs.vault {
+            Some(vault) => vault
+                .caller_tokens()
+                .map_err(|error| anyhow::anyhow!("reading caller tokens from the vault: {error}"))?,
+            None => Vec::new(),
+        };
+        let revoked: HashSet<[u8; 32]> = store_tokens
+            .iter()
+            .filter(|t| t.revoked)
+            .map(|t| t.token_sha256)
+            .collect();
         let mut callers_by_token = HashMap::new();
         let mut callers_by_spiffe = HashMap::new();
         for caller in &config.callers {
@@ -105,10 +177,19 @@ impl Runtime {
                 hex::decode_to_slice(hash, &mut key).map_err(|_| {
                     anyhow::anyhow!("caller {}: token_sha256 is not 64 hex digits", caller.name)
                 })?;
-                callers_by_token.insert(key, name.clone());
+                if !revoked.contains(&key) {
+                    callers_by_token.insert(key, name.clone());
+                }
             }
             if let Some(spiffe_id) = &caller.spiffe_id {
                 callers_by_spiffe.insert(spiffe_id.clone(), name.clone());
+            }
+        }
+
+        // Tokens issued at run time (`postern callers rotate`) for callers the config declares.
+        for token in store_tokens.iter().filter(|t| !t.revoked) {
+            if let Some(caller) = config.callers.iter().find(|c| c.name == token.caller) {
+                callers_by_token.insert(token.token_sha256, Arc::from(caller.name.as_str()));
             }
         }
 
@@ -147,9 +228,9 @@ impl Runtime {
         let mut integrations = HashMap::new();
         let mut problems = Vec::new();
         for integration in &config.integrations {
-            let runtime = build_integration(integration, limiters)?;
-            if let Err(why) = &runtime.credential {
-                problems.push(format!("integration {}: {why}", integration.name));
+            let runtime = build_integration(integration, inputs)?;
+            if let Err(problem) = &runtime.credential {
+                problems.push(format!("integration {}: {}", integration.name, problem.why));
             }
             integrations.insert(integration.name.clone(), Arc::new(runtime));
         }
@@ -157,9 +238,10 @@ impl Runtime {
             config: Arc::new(config),
             callers_by_token,
             callers_by_spiffe,
+            vault_generation,
             integrations,
             policy,
-            admin_token_sha256,
+            admin_token_sha256: inputs.admin_token_sha256,
             problems,
         })
     }
@@ -186,7 +268,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 fn build_integration(
     integration: &IntegrationConfig,
-    limiters: &LimiterCache,
+    inputs: &BuildInputs<'_>,
 ) -> anyhow::Result<IntegrationRuntime> {
     let operations = OperationTable::new(
         integration
@@ -197,19 +279,22 @@ fn build_integration(
     .map_err(|error| anyhow::anyhow!("integration {}: {error}", integration.name))?;
     let credential = match &integration.credential {
         None => Ok(None),
-        Some(credential) => load_injector(credential).map(Some),
+        Some(credential) => load_injector(credential, inputs.vault).map(Some),
+    };
+    let vault_secret = match &integration.credential {
+        Some(CredentialConfig {
+            source: SecretSource::Vault(name),
+            ..
+        }) => Some(name.clone()),
+        _ => None,
     };
     let limiter = integration
         .rate_limit
-        .map(|r| limiters.get(&integration.name, r.requests_per_second, r.burst));
-    let client = build_client(UpstreamOptions {
-        allow_private_networks: integration.allow_private_networks.clone(),
-        allow_plaintext: integration.allow_plaintext,
-        ca_file: integration.ca_file.as_deref(),
-        connect_timeout: Duration::from_millis(integration.connect_timeout_ms),
-        idle_timeout: Duration::from_millis(integration.idle_timeout_ms),
-    })
-    .map_err(|error| anyhow::anyhow!("integration {}: {error}", integration.name))?;
+        .map(|r| inputs.limiters.get(&integration.name, r.requests_per_second, r.burst));
+    let client = inputs
+        .clients
+        .get(integration)
+        .map_err(|error| anyhow::anyhow!("integration {}: {error}", integration.name))?;
     let upstream = upstream_target(&integration.upstream)
         .map_err(|error| anyhow::anyhow!("integration {}: {error}", integration.name))?;
     let mut stripped_headers = vec![
@@ -227,6 +312,8 @@ fn build_integration(
         config: integration.clone(),
         operations,
         credential,
+        vault_secret,
+        last_used_ms: AtomicI64::new(0),
         limiter,
         client,
         upstream,
@@ -260,32 +347,73 @@ fn upstream_target(url: &url::Url) -> anyhow::Result<UpstreamTarget> {
 }
 
 /// Reads the secret and prepares its header or query form. Errors never contain the value.
-fn load_injector(credential: &CredentialConfig) -> Result<Injector, String> {
-    let secret = match &credential.source {
-        SecretSource::Env(name) => std::env::var(name).map_err(|_| {
-            format!(
+fn load_injector(
+    credential: &CredentialConfig,
+    vault: Option<&Vault>,
+) -> Result<Injector, CredentialProblem> {
+    let unavailable = |why: String| CredentialProblem {
+        code: "credential_unavailable",
+        why,
+    };
+    let secret: Zeroizing<String> = match &credential.source {
+        SecretSource::Env(name) => Zeroizing::new(std::env::var(name).map_err(|_| {
+            unavailable(format!(
                 "credential unavailable: environment variable {name} is not set \
                  (fix: export {name} before starting postern, or use from_file)"
-            )
-        })?,
-        SecretSource::File(path) => std::fs::read_to_string(path)
-            .map_err(|error| {
-                format!(
-                    "credential unavailable: cannot read {}: {} (fix: check the path and its permissions)",
-                    path.display(),
-                    error.kind()
-                )
-            })?
-            .trim_end_matches(['\r', '\n'])
-            .to_string(),
+            ))
+        })?),
+        SecretSource::File(path) => Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|error| {
+                    unavailable(format!(
+                        "credential unavailable: cannot read {}: {} (fix: check the path and its permissions)",
+                        path.display(),
+                        error.kind()
+                    ))
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+        ),
+        SecretSource::Vault(name) => {
+            let Some(vault) = vault else {
+                return Err(unavailable(format!(
+                    "credential {name} lives in the vault, which is opened by `postern serve`"
+                )));
+            };
+            match vault.current(name) {
+                Ok(Some(value)) => Zeroizing::new(
+                    String::from_utf8(value.expose().to_vec()).map_err(|_| {
+                        unavailable(format!(
+                            "credential unusable: vault credential {name} is not UTF-8 text"
+                        ))
+                    })?,
+                ),
+                Ok(None) => {
+                    return Err(CredentialProblem {
+                        code: "credential_revoked",
+                        why: format!(
+                            "credential {name} is revoked (fix: `postern creds set {name}` with a new value)"
+                        ),
+                    })
+                }
+                Err(VaultError::NotFound(_)) => {
+                    return Err(unavailable(format!(
+                        "credential unavailable: no credential {name} in the vault (fix: `postern creds set {name}`)"
+                    )))
+                }
+                Err(error) => return Err(unavailable(format!("credential unavailable: {error}"))),
+            }
+        }
     };
     if secret.is_empty() {
-        return Err("credential unavailable: the secret is empty".to_string());
+        return Err(unavailable("credential unavailable: the secret is empty".to_string()));
     }
-    let sensitive = |text: String| -> Result<HeaderValue, String> {
+    let sensitive = |text: Zeroizing<String>| -> Result<HeaderValue, CredentialProblem> {
         let mut value = HeaderValue::from_str(&text).map_err(|_| {
-            "credential unusable: the secret holds characters not allowed in an HTTP header"
-                .to_string()
+            unavailable(
+                "credential unusable: the secret holds characters not allowed in an HTTP header"
+                    .to_string(),
+            )
         })?;
         value.set_sensitive(true);
         Ok(value)
@@ -293,26 +421,26 @@ fn load_injector(credential: &CredentialConfig) -> Result<Injector, String> {
     match credential.kind {
         CredentialKind::Bearer => Ok(Injector::Header {
             name: http::header::AUTHORIZATION,
-            value: sensitive(format!("Bearer {secret}"))?,
+            value: sensitive(Zeroizing::new(format!("Bearer {}", secret.as_str())))?,
         }),
         CredentialKind::Basic => {
-            let pair = match &credential.username {
-                Some(user) => format!("{user}:{secret}"),
-                None => secret,
-            };
-            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+            let pair = Zeroizing::new(match &credential.username {
+                Some(user) => format!("{user}:{}", secret.as_str()),
+                None => secret.to_string(),
+            });
+            let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
             Ok(Injector::Header {
                 name: http::header::AUTHORIZATION,
-                value: sensitive(format!("Basic {encoded}"))?,
+                value: sensitive(Zeroizing::new(format!("Basic {}", encoded.as_str())))?,
             })
         }
         CredentialKind::Header => {
             let name = credential
                 .header_name
                 .as_deref()
-                .ok_or("credential kind header needs `name`")?;
+                .ok_or_else(|| unavailable("credential kind header needs `name`".to_string()))?;
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                format!("credential header name {name:?} is not a valid header name")
+                unavailable(format!("credential header name {name:?} is not a valid header name"))
             })?;
             Ok(Injector::Header {
                 name,
@@ -323,9 +451,9 @@ fn load_injector(credential: &CredentialConfig) -> Result<Injector, String> {
             let param = credential
                 .query_param
                 .clone()
-                .ok_or("credential kind query needs `param`")?;
+                .ok_or_else(|| unavailable("credential kind query needs `param`".to_string()))?;
             let encoded_value =
-                percent_encoding::utf8_percent_encode(&secret, crate::proxy::QUERY_VALUE)
+                percent_encoding::utf8_percent_encode(secret.as_str(), crate::proxy::QUERY_VALUE)
                     .to_string();
             Ok(Injector::Query {
                 param,

@@ -2,6 +2,7 @@
 //! policy in one place (see `ExitCode` below and docs/CLI.md). Everything else is glue:
 //! config → runtime → wiring → signals.
 
+mod creds;
 mod demo;
 mod serve;
 
@@ -72,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: CallersCommand,
     },
+    /// Manage vendor credentials in the encrypted vault (values from stdin, never argv).
+    Creds {
+        #[command(subcommand)]
+        command: creds::CredsCommand,
+    },
     /// Start a gateway, an example config and a local stand-in vendor, and show a granted call
     /// succeed and a denied call refused.
     Demo(demo::DemoArgs),
@@ -86,6 +92,22 @@ enum CallersCommand {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Revoke every token of a caller and issue a new one (forced re-authentication).
+    Rotate {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        location: creds::VaultLocation,
+    },
+    /// Revoke every token of a caller: its calls are refused (401) at once.
+    Revoke {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        location: creds::VaultLocation,
     },
 }
 
@@ -102,6 +124,13 @@ fn main() -> ProcessExitCode {
         Command::Callers {
             command: CallersCommand::Token { name, json },
         } => callers_token(&name, json),
+        Command::Callers {
+            command: CallersCommand::Rotate { name, json, location },
+        } => creds::callers_rotate(&name, &location, json),
+        Command::Callers {
+            command: CallersCommand::Revoke { name, json, location },
+        } => creds::callers_revoke(&name, &location, json),
+        Command::Creds { command } => creds::run(command),
         Command::Demo(args) => run_async(demo::run(args)),
     };
     ProcessExitCode::from(code as u8)

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify::Watcher as _;
-use postern_gateway::runtime::{LimiterCache, Runtime};
+use postern_gateway::runtime::{BuildInputs, ClientCache, LimiterCache, Runtime};
 use postern_gateway::RunningGateway;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -140,7 +140,15 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
         if let (Some(cert), Some(key)) = (&config.gateway.tls_cert, &config.gateway.tls_key) {
             postern_gateway::tls::server_config(cert, key, config.gateway.client_ca.as_deref())?;
         }
-        Runtime::build(config.clone(), [0u8; 32], &LimiterCache::default())
+        Runtime::build(
+            config.clone(),
+            &BuildInputs {
+                admin_token_sha256: [0u8; 32],
+                limiters: &LimiterCache::default(),
+                clients: &ClientCache::default(),
+                vault: None,
+            },
+        )
     });
     match compiled {
         Ok(compiled) => {

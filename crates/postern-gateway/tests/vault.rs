@@ -1,0 +1,231 @@
+//! Credentials from the vault: injection, rotation under load, rollback, revocation, changes
+//! made by another process, caller token revocation.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use support::*;
+
+fn integration(vendor: &TestVendor) -> String {
+    format!(
+        r#"
+[[integrations]]
+name = "stripe"
+vendor = "Stripe"
+owner = "payments@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+credential = {{ kind = "bearer", secret = "stripe-live" }}
+operations = [ {{ id = "get_charge", method = "GET", path = "/v1/charges/{{id}}" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "stripe"
+operations = ["*"]
+"#,
+        port = vendor.addr.port()
+    )
+}
+
+async fn admin_post(gw: &TestGateway, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let response = client()
+        .post(format!("{}{path}", gw.admin))
+        .bearer_auth(&gw.admin_token)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn call(gw: &TestGateway, marker: &str) -> (u16, serde_json::Value) {
+    let response = client()
+        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .bearer_auth(&gw.token)
+        .header("x-marker", marker)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vault_credential_set_rotate_under_load_rollback_revoke() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(&integration(&vendor), vendor.ca_pem.as_deref()).await;
+
+    // Not in the vault yet: fail closed.
+    let (status, body) = call(&gw, "before").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "credential_unavailable");
+    assert!(vendor.seen().is_empty());
+
+    let (status, answer) = admin_post(&gw, "/v1/credentials/stripe-live", "sk_live_first_value_A1").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(!answer.to_string().contains("sk_live_first_value_A1"));
+    assert_eq!(call(&gw, "after-set").await.0, 200);
+    assert_eq!(vendor.last().header("authorization").unwrap(), "Bearer sk_live_first_value_A1");
+
+    // Rotation under load: calls keep running; none fails; every call that starts after the
+    // rotation answer carries the new value.
+    let rotated = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (base, token) = (gw.base.clone(), gw.token.clone());
+        let (rotated, stop) = (rotated.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let client = client();
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) && statuses.len() < 2000 {
+                let marker = if rotated.load(Ordering::SeqCst) { "after" } else { "during" };
+                let response = client
+                    .get(format!("{base}/stripe/v1/charges/ch_1"))
+                    .bearer_auth(&token)
+                    .header("x-marker", marker)
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(response.status().as_u16());
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let (status, answer) = admin_post(
+        &gw,
+        "/v1/credentials/stripe-live/rotate?rollback_window_seconds=600",
+        "sk_live_second_value_B2\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    rotated.store(true, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for worker in workers {
+        let statuses = worker.await.unwrap();
+        total += statuses.len();
+        assert!(statuses.iter().all(|s| *s == 200), "a call failed during rotation: {statuses:?}");
+    }
+    assert!(total > 20, "the load ran ({total} calls)");
+    let seen = vendor.seen();
+    let after: Vec<_> = seen.iter().filter(|s| s.header("x-marker").as_deref() == Some("after")).collect();
+    assert!(!after.is_empty());
+    assert!(after
+        .iter()
+        .all(|s| s.header("authorization").as_deref() == Some("Bearer sk_live_second_value_B2")));
+    assert!(seen
+        .iter()
+        .all(|s| s.header("authorization").as_deref() != Some("Bearer sk_live_second_value_B2\n")));
+
+    // Rollback restores the first value.
+    let (status, _) = admin_post(&gw, "/v1/credentials/stripe-live/rollback", "").await;
+    assert_eq!(status, 200);
+    call(&gw, "rolled-back").await;
+    assert_eq!(vendor.last().header("authorization").unwrap(), "Bearer sk_live_first_value_A1");
+
+    // Revocation: injection stops at once.
+    let before = vendor.seen().len();
+    let (status, _) = admin_post(&gw, "/v1/credentials/stripe-live/revoke", "").await;
+    assert_eq!(status, 200);
+    let (status, body) = call(&gw, "revoked").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "credential_revoked");
+    assert_eq!(vendor.seen().len(), before);
+
+    // Listing and history: metadata only.
+    let list: serde_json::Value = client()
+        .get(format!("{}/v1/credentials", gw.admin))
+        .bearer_auth(&gw.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["credentials"][0]["name"], "stripe-live");
+    assert_eq!(list["credentials"][0]["state"], "revoked");
+    let history: serde_json::Value = client()
+        .get(format!("{}/v1/credentials/stripe-live/history", gw.admin))
+        .bearer_auth(&gw.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["set", "rotate", "rollback", "revoke"]);
+    let text = format!("{list}{history}");
+    assert!(!text.contains("sk_live_"));
+    // The credential endpoints need the admin token.
+    let denied = client()
+        .post(format!("{}/v1/credentials/x", gw.admin))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+    gw.stop().await;
+}
+
+/// Bounded wait for a condition checked by an async probe.
+async fn eventually<F, Fut>(what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if probe().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_by_another_process_take_effect_without_restart() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(&integration(&vendor), vendor.ca_pem.as_deref()).await;
+    // A second handle on the same vault file, as `postern creds` would open it.
+    let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
+    vault.set("stripe-live", "static", b"sk_from_cli_1", 1).unwrap();
+    eventually("the gateway picks up the new credential", || async {
+        call(&gw, "x").await.0 == 200
+    })
+    .await;
+    assert_eq!(vendor.last().header("authorization").unwrap(), "Bearer sk_from_cli_1");
+
+    // Caller revocation from another process: the caller's config token stops working.
+    use sha2::Digest as _;
+    let hash: [u8; 32] = sha2::Sha256::digest(CHECKOUT_TOKEN.as_bytes()).into();
+    vault.revoke_caller("checkout", &[hash], 2).unwrap();
+    eventually("the revoked caller is refused", || async { call(&gw, "y").await.0 == 401 }).await;
+
+    // A token issued at run time for the same caller works.
+    vault.add_caller_token("checkout", "pst_rotated_token_for_checkout_0001", 3).unwrap();
+    eventually("the new caller token is accepted", || async {
+        client()
+            .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+            .bearer_auth("pst_rotated_token_for_checkout_0001")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+    gw.stop().await;
+}

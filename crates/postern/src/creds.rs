@@ -1,0 +1,359 @@
+//! `postern creds …` and `postern callers rotate|revoke`: operate on the vault in `data_dir`.
+//! Secret values come from stdin or `--from-file`, never from argv, and are never printed.
+//! A running `postern serve` notices every change within a quarter second.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use postern_vault::{SecretState, Vault};
+use zeroize::Zeroizing;
+
+use crate::ExitCode;
+
+/// Where the vault is: `--data-dir`, else the config's `data_dir`.
+#[derive(clap::Args, Clone)]
+pub struct VaultLocation {
+    /// The TOML configuration file (its data_dir holds the vault).
+    #[arg(long, short, env = "POSTERN_CONFIG", default_value = "postern.toml")]
+    config: PathBuf,
+    /// Use this data directory instead of the config's data_dir.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum CredsCommand {
+    /// Store a new credential. The value is read from stdin (or --from-file), never from argv.
+    Set {
+        name: String,
+        /// Read the value from this file instead of stdin.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// A label shown in `creds list` (e.g. static, oauth2_client_secret, tls_client_cert).
+        #[arg(long, default_value = "static")]
+        kind: String,
+        #[command(flatten)]
+        location: VaultLocation,
+    },
+    /// List credentials: metadata only (kind, state, created, last rotated, last used, age).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        location: VaultLocation,
+    },
+    /// Replace a credential's value; the previous one is kept for --rollback-window-seconds.
+    Rotate {
+        name: String,
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// How long `creds rollback` can restore the previous value.
+        #[arg(long, default_value_t = 86_400)]
+        rollback_window_seconds: i64,
+        #[command(flatten)]
+        location: VaultLocation,
+    },
+    /// Restore the previous value (inside its rollback window).
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        location: VaultLocation,
+    },
+    /// Revoke a credential: injection stops at once; calls answer 503 credential_revoked.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        location: VaultLocation,
+    },
+    /// Show a credential's history (set, rotate, rollback, revoke).
+    History {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        location: VaultLocation,
+    },
+}
+
+struct Opened {
+    vault: Vault,
+    max_age_days: u64,
+    config: Option<postern_config::Config>,
+}
+
+fn open(location: &VaultLocation) -> Result<Opened, ExitCode> {
+    let config = match postern_config::load(&location.config) {
+        Ok(config) => Some(config),
+        Err(errors) if location.data_dir.is_none() => {
+            eprintln!("{errors}");
+            eprintln!("postern: the config names the data_dir holding the vault; fix it or pass --data-dir");
+            return Err(ExitCode::InvalidConfig);
+        }
+        Err(_) => None,
+    };
+    let data_dir = match (&location.data_dir, &config) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(config)) => config.gateway.data_dir.clone(),
+        (None, None) => unreachable!("handled above"),
+    };
+    match Vault::open(&data_dir) {
+        Ok(vault) => Ok(Opened {
+            max_age_days: config
+                .as_ref()
+                .map_or(postern_config::DEFAULT_CREDENTIAL_MAX_AGE_DAYS, |c| {
+                    c.gateway.credential_max_age_days
+                }),
+            vault,
+            config,
+        }),
+        Err(error) => {
+            eprintln!("error: {error}");
+            Err(ExitCode::Failure)
+        }
+    }
+}
+
+fn read_value(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, ExitCode> {
+    let mut value = Zeroizing::new(Vec::new());
+    let result = match from_file {
+        Some(path) => std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut value)),
+        None => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("Enter the value, then Ctrl-D:");
+            }
+            std::io::stdin().read_to_end(&mut value)
+        }
+    };
+    if let Err(error) = result {
+        eprintln!("error: reading the value: {error}");
+        return Err(ExitCode::Failure);
+    }
+    while value.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        value.pop();
+    }
+    if value.is_empty() {
+        eprintln!("error: the value is empty; pipe it on stdin or use --from-file");
+        return Err(ExitCode::Usage);
+    }
+    Ok(value)
+}
+
+fn format_time(ms: Option<i64>) -> String {
+    match ms {
+        None => "-".to_string(),
+        Some(ms) => {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+            postern_gateway::events::rfc3339_millis(at)[..19].replace('T', " ")
+        }
+    }
+}
+
+pub fn run(command: CredsCommand) -> ExitCode {
+    match run_inner(command) {
+        Ok(code) | Err(code) => code,
+    }
+}
+
+fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
+    let now = postern_gateway::now_ms();
+    let fail = |error: postern_vault::VaultError| {
+        eprintln!("error: {error}");
+        ExitCode::Failure
+    };
+    match command {
+        CredsCommand::Set {
+            name,
+            from_file,
+            kind,
+            location,
+        } => {
+            let opened = open(&location)?;
+            let value = read_value(from_file.as_deref())?;
+            let version = opened.vault.set(&name, &kind, &value, now).map_err(fail)?;
+            println!("credential {name} stored (version {version})");
+        }
+        CredsCommand::Rotate {
+            name,
+            from_file,
+            rollback_window_seconds,
+            location,
+        } => {
+            let opened = open(&location)?;
+            let value = read_value(from_file.as_deref())?;
+            let version = opened
+                .vault
+                .rotate(&name, &value, rollback_window_seconds * 1000, now)
+                .map_err(fail)?;
+            println!(
+                "credential {name} rotated to version {version}; the previous value can be restored with `postern creds rollback {name}` for {rollback_window_seconds} s"
+            );
+        }
+        CredsCommand::Rollback { name, location } => {
+            let opened = open(&location)?;
+            let version = opened.vault.rollback(&name, now).map_err(fail)?;
+            println!("credential {name} rolled back to version {version}");
+        }
+        CredsCommand::Revoke { name, location } => {
+            let opened = open(&location)?;
+            opened.vault.revoke(&name, now).map_err(fail)?;
+            println!("credential {name} revoked; calls that need it now answer 503 credential_revoked");
+        }
+        CredsCommand::List { json, location } => {
+            let opened = open(&location)?;
+            let list = opened.vault.list().map_err(fail)?;
+            let used_by = |name: &str| -> Vec<String> {
+                opened
+                    .config
+                    .iter()
+                    .flat_map(|c| c.integrations.iter())
+                    .filter(|i| {
+                        matches!(&i.credential, Some(c) if c.source == postern_config::SecretSource::Vault(name.to_string()))
+                    })
+                    .map(|i| i.name.clone())
+                    .collect()
+            };
+            if json {
+                let items: Vec<_> = list
+                    .iter()
+                    .map(|m| {
+                        let age = m.age_days(now);
+                        serde_json::json!({
+                            "name": m.name, "kind": m.kind, "state": m.state, "version": m.current_version,
+                            "created_ms": m.created_ms, "last_rotated_ms": m.last_rotated_ms,
+                            "last_used_ms": m.last_used_ms, "rollback_until_ms": m.rollback_until_ms,
+                            "age_days": age,
+                            "over_max_age": m.state == SecretState::Active && age > opened.max_age_days as i64,
+                            "used_by": used_by(&m.name),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"credentials": items, "max_age_days": opened.max_age_days})
+                );
+            } else {
+                println!(
+                    "{:<24} {:<10} {:<8} {:>3} {:<19} {:<19} {:<19} {:>5}  USED BY",
+                    "NAME", "KIND", "STATE", "V", "CREATED", "LAST ROTATED", "LAST USED", "AGE"
+                );
+                for m in &list {
+                    let age = m.age_days(now);
+                    let flag = if m.state == SecretState::Active && age > opened.max_age_days as i64 {
+                        format!("{age}d !")
+                    } else {
+                        format!("{age}d")
+                    };
+                    println!(
+                        "{:<24} {:<10} {:<8} {:>3} {:<19} {:<19} {:<19} {:>5}  {}",
+                        m.name,
+                        m.kind,
+                        match m.state {
+                            SecretState::Active => "active",
+                            SecretState::Revoked => "revoked",
+                        },
+                        m.current_version,
+                        format_time(Some(m.created_ms)),
+                        format_time(m.last_rotated_ms),
+                        format_time(m.last_used_ms),
+                        flag,
+                        used_by(&m.name).join(",")
+                    );
+                }
+                if list.iter().any(|m| {
+                    m.state == SecretState::Active && m.age_days(now) > opened.max_age_days as i64
+                }) {
+                    println!(
+                        "! older than credential_max_age_days ({}): rotate with `postern creds rotate NAME`",
+                        opened.max_age_days
+                    );
+                }
+            }
+        }
+        CredsCommand::History {
+            name,
+            json,
+            location,
+        } => {
+            let opened = open(&location)?;
+            let history = opened.vault.history(&name).map_err(fail)?;
+            if json {
+                println!("{}", serde_json::json!({"name": name, "history": history}));
+            } else {
+                for entry in history {
+                    println!(
+                        "{}  {:<9} {:<4} {}",
+                        format_time(Some(entry.time_ms)),
+                        entry.action,
+                        entry.version.map(|v| format!("v{v}")).unwrap_or_default(),
+                        entry.detail.unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// `postern callers rotate NAME`: revoke every token of the caller and issue a new one.
+pub fn callers_rotate(name: &str, location: &VaultLocation, json: bool) -> ExitCode {
+    callers_change(name, location, json, true)
+}
+
+/// `postern callers revoke NAME`: revoke every token of the caller.
+pub fn callers_revoke(name: &str, location: &VaultLocation, json: bool) -> ExitCode {
+    callers_change(name, location, json, false)
+}
+
+fn callers_change(name: &str, location: &VaultLocation, json: bool, issue_new: bool) -> ExitCode {
+    let opened = match open(location) {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let Some(config) = &opened.config else {
+        eprintln!("error: callers are declared in the config; pass --config");
+        return ExitCode::InvalidConfig;
+    };
+    let Some(caller) = config.callers.iter().find(|c| c.name == name) else {
+        let known: Vec<&str> = config.callers.iter().map(|c| c.name.as_str()).collect();
+        eprintln!("error: no caller {name:?} in the config (known: {})", known.join(", "));
+        return ExitCode::Usage;
+    };
+    let mut config_hashes = Vec::new();
+    if let Some(hash) = &caller.token_sha256 {
+        let mut bytes = [0u8; 32];
+        if hex::decode_to_slice(hash, &mut bytes).is_ok() {
+            config_hashes.push(bytes);
+        }
+    }
+    let now = postern_gateway::now_ms();
+    let revoked = match opened.vault.revoke_caller(name, &config_hashes, now) {
+        Ok(count) => count,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::Failure;
+        }
+    };
+    let token = if issue_new {
+        let token = postern_gateway::new_token("pst_");
+        if let Err(error) = opened.vault.add_caller_token(name, &token, now) {
+            eprintln!("error: {error}");
+            return ExitCode::Failure;
+        }
+        Some(token)
+    } else {
+        None
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"caller": name, "revoked_tokens": revoked, "token": token})
+        );
+    } else {
+        println!("caller {name}: {revoked} token(s) revoked; a running gateway refuses them within a second");
+        if let Some(token) = token {
+            println!("new token (shown once; the vault keeps only its SHA-256):");
+            println!("token: {token}");
+        }
+    }
+    ExitCode::Ok
+}
