@@ -1,0 +1,927 @@
+//! The ledger: open (recovery), the sequencer (group commit), checkpoints, reads.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use postern_tlog::{
+    append_bundle_entry, leaf_hash, stored_hash_count, tile_width, tree_root, verify_consistency,
+    Checkpoint, Hash, HashTile, NoteSigner, NoteVerifier, TlogProof, TreeBuilder, HASH_SIZE,
+    TILE_HEIGHT, TILE_WIDTH,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{io_error, LedgerError};
+use crate::frame::{push_frame, scan_frames, FrameStop, FRAME_HEADER_BYTES, MAX_RECORD_BYTES};
+use crate::store::{
+    list_segments, load_or_create_signer, open_rw, read_file, segment_name, sync_dir, HashFile,
+    CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE, HASHES_FILE, LOG_DIR,
+};
+
+/// How the ledger batches and stores entries.
+#[derive(Clone, Debug)]
+pub struct LedgerOptions {
+    /// Checkpoint origin and signing key name, e.g. `postern.example.com/audit`.
+    pub origin: String,
+    /// Most entries written and synced together.
+    pub max_batch_entries: usize,
+    /// How long the sequencer waits for more entries after the first one of a batch (0: take
+    /// only what is already queued — while one batch syncs the next one queues up).
+    pub max_batch_wait_ms: u64,
+    /// A new segment starts (at a batch boundary) once the current one reaches this size.
+    pub max_segment_bytes: u64,
+    /// Appends waiting for the sequencer before `append` itself waits.
+    pub queue_capacity: usize,
+}
+
+impl LedgerOptions {
+    pub fn new(origin: impl Into<String>) -> LedgerOptions {
+        LedgerOptions {
+            origin: origin.into(),
+            max_batch_entries: 4096,
+            max_batch_wait_ms: 0,
+            max_segment_bytes: 64 << 20,
+            queue_capacity: 65_536,
+        }
+    }
+}
+
+/// A torn last record removed when the ledger opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub discarded_bytes: u64,
+}
+
+/// What opening found and repaired.
+#[derive(Clone, Debug)]
+pub struct OpenReport {
+    pub entries: u64,
+    pub torn_tail: Option<TornTail>,
+    /// First stored hash rewritten because the hash file was missing, short or stale.
+    pub hashes_rewritten_from: Option<u64>,
+    pub latest_checkpoint: Option<Checkpoint>,
+}
+
+/// Whether the last write succeeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Unhealthy { reason: String },
+}
+
+struct Segment {
+    path: PathBuf,
+    file: Arc<File>,
+    /// Committed bytes (readers never look past this).
+    len: u64,
+}
+
+/// Where an entry's frame starts.
+#[derive(Clone, Copy, Debug)]
+struct Position {
+    segment_slot: usize,
+    offset: u64,
+}
+
+struct State {
+    size: u64,
+    segments: Vec<Segment>,
+    /// Position of every entry whose index is a multiple of 256 (entry bundle starts).
+    bundle_starts: Vec<Position>,
+}
+
+struct LatestCheckpoint {
+    checkpoint: Checkpoint,
+    note: String,
+}
+
+struct Shared {
+    dir: PathBuf,
+    options: LedgerOptions,
+    signer: NoteSigner,
+    verifier: NoteVerifier,
+    state: RwLock<State>,
+    hashes: File,
+    latest: Mutex<Option<LatestCheckpoint>>,
+    health: Mutex<Health>,
+    injected_write_failures: AtomicU32,
+}
+
+enum Command {
+    Append {
+        entry: Vec<u8>,
+        reply: oneshot::Sender<Result<u64, LedgerError>>,
+    },
+    Shutdown,
+}
+
+/// A durable, append-only transparency log in a directory. Cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    sequencer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("dir", &self.shared.dir)
+            .field("size", &self.size())
+            .finish()
+    }
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `dir`: loads or generates the signing key, checks
+    /// every record, truncates a torn tail, recomputes the tree and checks it against the last
+    /// signed checkpoint, then starts the sequencer task. Must run inside a Tokio runtime.
+    pub async fn open(
+        dir: impl Into<PathBuf>,
+        options: LedgerOptions,
+    ) -> Result<(Ledger, OpenReport), LedgerError> {
+        let dir = dir.into();
+        let (shared, writer, report) =
+            tokio::task::spawn_blocking(move || open_blocking(dir, options))
+                .await
+                .expect("ledger open task panicked")?;
+        let shared = Arc::new(shared);
+        let (commands, receiver) = mpsc::channel(shared.options.queue_capacity.max(1));
+        let task = tokio::spawn(run_sequencer(shared.clone(), writer, receiver));
+        Ok((
+            Ledger {
+                shared,
+                commands,
+                sequencer: Arc::new(Mutex::new(Some(task))),
+            },
+            report,
+        ))
+    }
+
+    /// Appends one entry; resolves with its index once it is durably written (after the
+    /// batch's `fdatasync`). Fails promptly if the write fails.
+    pub async fn append(&self, entry: Vec<u8>) -> Result<u64, LedgerError> {
+        if entry.is_empty() || entry.len() > MAX_RECORD_BYTES {
+            return Err(LedgerError::EntrySize(entry.len()));
+        }
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .send(Command::Append { entry, reply })
+            .await
+            .map_err(|_| LedgerError::Closed)?;
+        response.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Stops the sequencer after the queued appends; later appends fail with `Closed`.
+    pub async fn close(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+        let task = self.sequencer.lock().expect("sequencer lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// Number of durable entries.
+    pub fn size(&self) -> u64 {
+        self.shared.state.read().expect("state lock").size
+    }
+
+    pub fn health(&self) -> Health {
+        self.shared.health.lock().expect("health lock").clone()
+    }
+
+    /// `<name>+<hex key id>+<base64 key>`, for `postern audit key` and verifiers.
+    pub fn verifier_key(&self) -> String {
+        self.shared.verifier.verifier_key()
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.shared.options.origin
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Signs and stores a new checkpoint if the tree grew since the last one (or none exists);
+    /// returns it, or `None` when nothing changed. Refuses to write a checkpoint inconsistent
+    /// with the previous one. Blocking (file writes and syncs).
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>, LedgerError> {
+        let shared = &self.shared;
+        let mut latest = shared.latest.lock().expect("checkpoint lock");
+        let size = self.size();
+        if latest.as_ref().map(|l| l.checkpoint.size) == Some(size) {
+            return Ok(None);
+        }
+        let hashes_path = shared.dir.join(HASHES_FILE);
+        shared.hashes.sync_data().map_err(io_error(&hashes_path))?;
+        let reader = HashFile {
+            file: &shared.hashes,
+            count: stored_hash_count(size),
+        };
+        let root_hash = tree_root(size, &reader)?;
+        if let Some(previous) = latest.as_ref() {
+            let old = &previous.checkpoint;
+            if old.size > size {
+                return Err(LedgerError::Inconsistent(format!(
+                    "the log has {size} entries but the last checkpoint covers {}",
+                    old.size
+                )));
+            }
+            if old.size > 0 {
+                let proof = postern_tlog::consistency_proof(old.size, size, &reader)?;
+                verify_consistency(old.size, size, &old.root_hash, &root_hash, &proof).map_err(
+                    |e| {
+                        LedgerError::Inconsistent(format!(
+                            "refusing to sign size {size}: not consistent with the checkpoint at size {} ({e})",
+                            old.size
+                        ))
+                    },
+                )?;
+            }
+        }
+        let checkpoint = Checkpoint {
+            origin: shared.options.origin.clone(),
+            size,
+            root_hash,
+        };
+        let note = checkpoint
+            .sign(&shared.signer)
+            .map_err(|source| LedgerError::Checkpoint {
+                path: shared.dir.join(CHECKPOINT_FILE),
+                source,
+            })?;
+        // History first, then the current checkpoint: a crash in between leaves the newer
+        // one in the history, where open finds it.
+        let history_path = shared.dir.join(CHECKPOINT_HISTORY_FILE);
+        let mut framed = Vec::new();
+        push_frame(&mut framed, note.as_bytes());
+        let history = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&history_path)
+            .map_err(io_error(&history_path))?;
+        (&history)
+            .write_all(&framed)
+            .and_then(|()| history.sync_data())
+            .map_err(io_error(&history_path))?;
+        write_file_atomically(&shared.dir, CHECKPOINT_FILE, note.as_bytes())?;
+        *latest = Some(LatestCheckpoint {
+            checkpoint: checkpoint.clone(),
+            note,
+        });
+        Ok(Some(checkpoint))
+    }
+
+    /// The latest signed checkpoint note (served at `/log/checkpoint`).
+    pub fn checkpoint_text(&self) -> Option<String> {
+        let latest = self.shared.latest.lock().expect("checkpoint lock");
+        latest.as_ref().map(|l| l.note.clone())
+    }
+
+    pub fn latest_checkpoint(&self) -> Option<Checkpoint> {
+        let latest = self.shared.latest.lock().expect("checkpoint lock");
+        latest.as_ref().map(|l| l.checkpoint.clone())
+    }
+
+    fn hash_reader_for(&self, size: u64) -> Result<HashFile<'_>, LedgerError> {
+        let current = self.size();
+        if size > current {
+            return Err(LedgerError::OutOfRange(format!(
+                "tree size {size} is larger than the log ({current} entries)"
+            )));
+        }
+        Ok(HashFile {
+            file: &self.shared.hashes,
+            count: stored_hash_count(size),
+        })
+    }
+
+    /// The root hash of the tree at any size up to the current one.
+    pub fn root(&self, size: u64) -> Result<Hash, LedgerError> {
+        Ok(tree_root(size, &self.hash_reader_for(size)?)?)
+    }
+
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
+        Ok(postern_tlog::inclusion_proof(
+            index,
+            size,
+            &self.hash_reader_for(size)?,
+        )?)
+    }
+
+    pub fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<Vec<Hash>, LedgerError> {
+        Ok(postern_tlog::consistency_proof(
+            old_size,
+            new_size,
+            &self.hash_reader_for(new_size)?,
+        )?)
+    }
+
+    /// A C2SP tlog-proof@v1 for entry `index` against the latest checkpoint.
+    pub fn tlog_proof(&self, index: u64) -> Result<TlogProof, LedgerError> {
+        let (checkpoint, note) = {
+            let latest = self.shared.latest.lock().expect("checkpoint lock");
+            let latest = latest.as_ref().ok_or_else(|| {
+                LedgerError::OutOfRange("no checkpoint has been signed yet".into())
+            })?;
+            (latest.checkpoint.clone(), latest.note.clone())
+        };
+        if index >= checkpoint.size {
+            return Err(LedgerError::OutOfRange(format!(
+                "entry {index} is not covered by the latest checkpoint (size {}); retry after the next checkpoint",
+                checkpoint.size
+            )));
+        }
+        Ok(TlogProof {
+            extra: None,
+            index,
+            inclusion_proof: self.inclusion_proof(index, checkpoint.size)?,
+            checkpoint_note: note,
+        })
+    }
+
+    /// Hash tile `tile/<level>/<n>[.p/<width>]` (concatenated hashes).
+    pub fn read_tile(&self, level: u8, n: u64, width: u16) -> Result<Vec<u8>, LedgerError> {
+        let size = self.size();
+        let available = tile_width(level, n, size).unwrap_or(0);
+        if width == 0 || u64::from(width) > TILE_WIDTH || width > available {
+            return Err(LedgerError::OutOfRange(format!(
+                "tile {level}/{n} of width {width} does not exist at tree size {size}"
+            )));
+        }
+        let reader = self.hash_reader_for(size)?;
+        debug_assert!(u32::from(level) * u32::from(TILE_HEIGHT) < 64);
+        Ok(HashTile { level, n, width }.read(&reader)?)
+    }
+
+    /// Entry bundle `tile/entries/<n>[.p/<width>]`.
+    pub fn read_entries(&self, n: u64, width: u16) -> Result<Vec<u8>, LedgerError> {
+        let size = self.size();
+        let available = tile_width(0, n, size).unwrap_or(0);
+        if width == 0 || width > available {
+            return Err(LedgerError::OutOfRange(format!(
+                "entry bundle {n} of width {width} does not exist at tree size {size}"
+            )));
+        }
+        let mut bundle = Vec::new();
+        self.for_each_entry(n * TILE_WIDTH, u64::from(width), |_, entry| {
+            append_bundle_entry(&mut bundle, entry).expect("entries are at most 65535 bytes");
+        })?;
+        Ok(bundle)
+    }
+
+    /// One entry's bytes.
+    pub fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
+        let mut out = Vec::new();
+        self.for_each_entry(index, 1, |_, entry| out = entry.to_vec())?;
+        Ok(out)
+    }
+
+    /// Reads `count` entries from `first`, checking each record's CRC.
+    fn for_each_entry(
+        &self,
+        first: u64,
+        count: u64,
+        mut visit: impl FnMut(u64, &[u8]),
+    ) -> Result<(), LedgerError> {
+        let state = self.shared.state.read().expect("state lock");
+        if first
+            .checked_add(count)
+            .map_or(true, |end| end > state.size)
+        {
+            return Err(LedgerError::OutOfRange(format!(
+                "entries {first}..{} are beyond the log ({} entries)",
+                first.saturating_add(count),
+                state.size
+            )));
+        }
+        let start = state.bundle_starts[(first / TILE_WIDTH) as usize];
+        let (mut slot, mut offset) = (start.segment_slot, start.offset);
+        let mut index = (first / TILE_WIDTH) * TILE_WIDTH;
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        let mut payload = Vec::new();
+        while index < first + count {
+            while offset >= state.segments[slot].len {
+                slot += 1;
+                offset = 0;
+            }
+            let segment = &state.segments[slot];
+            segment
+                .file
+                .read_exact_at(&mut header, offset)
+                .map_err(io_error(&segment.path))?;
+            let len = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+            let crc = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
+            if index >= first {
+                payload.resize(len, 0);
+                segment
+                    .file
+                    .read_exact_at(&mut payload, offset + FRAME_HEADER_BYTES as u64)
+                    .map_err(io_error(&segment.path))?;
+                if crc32c::crc32c(&payload) != crc {
+                    return Err(LedgerError::Corrupt {
+                        segment: segment.path.clone(),
+                        offset,
+                        entry_index: index,
+                        reason: "CRC-32C mismatch on read".into(),
+                    });
+                }
+                visit(index, &payload);
+            }
+            offset += (FRAME_HEADER_BYTES + len) as u64;
+            index += 1;
+        }
+        Ok(())
+    }
+
+    /// Makes the next `count` batch writes fail as if the disk returned an error (for tests
+    /// of the fail-closed path; the failures are real error returns through the real code).
+    #[doc(hidden)]
+    pub fn inject_write_failures(&self, count: u32) {
+        self.shared
+            .injected_write_failures
+            .store(count, Ordering::SeqCst);
+    }
+}
+
+fn write_file_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LedgerError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
+    sync_dir(dir)
+}
+
+/// The sequencer's private state: the only writer.
+struct Writer {
+    builder: TreeBuilder,
+    hashes_committed: u64,
+    pending_hashes: Vec<Hash>,
+    frames: Vec<u8>,
+}
+
+fn open_blocking(
+    dir: PathBuf,
+    options: LedgerOptions,
+) -> Result<(Shared, Writer, OpenReport), LedgerError> {
+    let log_dir = dir.join(LOG_DIR);
+    std::fs::create_dir_all(&log_dir).map_err(io_error(&log_dir))?;
+    let signer = load_or_create_signer(&dir, &options.origin)?;
+    let verifier = signer.verifier();
+    let latest = load_latest_checkpoint(&dir, &verifier, &options.origin)?;
+
+    let mut segment_paths = list_segments(&log_dir)?;
+    if segment_paths.is_empty() {
+        let path = log_dir.join(segment_name(0));
+        open_rw(&path)?;
+        sync_dir(&log_dir)?;
+        segment_paths.push((0, path));
+    }
+
+    let hashes_path = dir.join(HASHES_FILE);
+    let hashes = open_rw(&hashes_path)?;
+    let hashes_on_disk =
+        hashes.metadata().map_err(io_error(&hashes_path))?.len() / HASH_SIZE as u64;
+    let mut sync = HashFileSync::new(&hashes, &hashes_path, hashes_on_disk)?;
+
+    let mut builder = TreeBuilder::new();
+    let mut new_hashes = Vec::new();
+    let mut segments = Vec::new();
+    let mut bundle_starts = Vec::new();
+    let mut torn_tail = None;
+    let mut root_at_checkpoint = None;
+    let checkpoint_size = latest.as_ref().map(|l| l.checkpoint.size);
+    if checkpoint_size == Some(0) {
+        root_at_checkpoint = Some(builder.root());
+    }
+    let last_slot = segment_paths.len() - 1;
+    for (slot, (first_index, path)) in segment_paths.into_iter().enumerate() {
+        if first_index != builder.size() {
+            return Err(LedgerError::Corrupt {
+                segment: path,
+                offset: 0,
+                entry_index: builder.size(),
+                reason: format!(
+                    "segment starts at entry {first_index} but the previous segments end at entry {}: a segment is missing or misnamed",
+                    builder.size()
+                ),
+            });
+        }
+        let data = read_file(&path)?;
+        let stop = scan_frames(&data, slot == last_slot, |frame| {
+            let index = builder.size();
+            if index % TILE_WIDTH == 0 {
+                bundle_starts.push(Position {
+                    segment_slot: slot,
+                    offset: frame.offset,
+                });
+            }
+            new_hashes.clear();
+            builder.append(leaf_hash(frame.payload), &mut new_hashes);
+            if Some(builder.size()) == checkpoint_size {
+                root_at_checkpoint = Some(builder.root());
+            }
+            sync.push(&new_hashes)
+        })?;
+        let mut valid_len = data.len() as u64;
+        let file = open_rw(&path)?;
+        match stop {
+            None => {}
+            Some(FrameStop::Corrupt { offset, reason }) => {
+                return Err(LedgerError::Corrupt {
+                    segment: path,
+                    offset,
+                    entry_index: builder.size(),
+                    reason,
+                });
+            }
+            Some(FrameStop::TornTail { offset }) => {
+                valid_len = offset;
+                file.set_len(offset)
+                    .and_then(|()| file.sync_all())
+                    .map_err(io_error(&path))?;
+                tracing::warn!(segment = %path.display(), offset, discarded_bytes = data.len() as u64 - offset, "audit log: truncated a torn last record");
+                torn_tail = Some(TornTail {
+                    segment: path.clone(),
+                    offset,
+                    discarded_bytes: data.len() as u64 - offset,
+                });
+            }
+        }
+        segments.push(Segment {
+            path,
+            file: Arc::new(file),
+            len: valid_len,
+        });
+    }
+    let hashes_rewritten_from = sync.finish(stored_hash_count(builder.size()))?;
+
+    if let Some(latest) = &latest {
+        let checkpoint = &latest.checkpoint;
+        match root_at_checkpoint {
+            None => {
+                return Err(LedgerError::Inconsistent(format!(
+                    "the log has {} entries but the last signed checkpoint covers {}: entries were lost; the ledger refuses to open",
+                    builder.size(),
+                    checkpoint.size
+                )))
+            }
+            Some(root) if root != checkpoint.root_hash => {
+                return Err(LedgerError::Inconsistent(format!(
+                    "the root recomputed from the entries at size {} differs from the last signed checkpoint: entries were altered; the ledger refuses to open — run `postern audit verify` to find the entry",
+                    checkpoint.size
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+
+    let report = OpenReport {
+        entries: builder.size(),
+        torn_tail,
+        hashes_rewritten_from,
+        latest_checkpoint: latest.as_ref().map(|l| l.checkpoint.clone()),
+    };
+    let writer = Writer {
+        hashes_committed: stored_hash_count(builder.size()),
+        builder,
+        pending_hashes: Vec::new(),
+        frames: Vec::new(),
+    };
+    let shared = Shared {
+        state: RwLock::new(State {
+            size: writer.builder.size(),
+            segments,
+            bundle_starts,
+        }),
+        hashes,
+        latest: Mutex::new(latest),
+        health: Mutex::new(Health::Healthy),
+        injected_write_failures: AtomicU32::new(0),
+        signer,
+        verifier,
+        dir,
+        options,
+    };
+    Ok((shared, writer, report))
+}
+
+/// Brings the stored-hash file in line with the recomputed hashes: compares while they agree,
+/// rewrites from the first difference.
+struct HashFileSync<'a> {
+    path: &'a Path,
+    file: &'a File,
+    reader: Option<BufReader<&'a File>>,
+    writer: Option<BufWriter<&'a File>>,
+    position: u64,
+    on_disk: u64,
+    rewritten_from: Option<u64>,
+}
+
+impl<'a> HashFileSync<'a> {
+    fn new(file: &'a File, path: &'a Path, on_disk: u64) -> Result<Self, LedgerError> {
+        Ok(HashFileSync {
+            path,
+            file,
+            reader: Some(BufReader::with_capacity(1 << 20, file)),
+            writer: None,
+            position: 0,
+            on_disk,
+            rewritten_from: None,
+        })
+    }
+
+    fn switch_to_writing(&mut self) -> Result<(), LedgerError> {
+        self.reader = None;
+        self.rewritten_from = Some(self.position);
+        self.file
+            .set_len(self.position * HASH_SIZE as u64)
+            .map_err(io_error(self.path))?;
+        let mut writer = BufWriter::with_capacity(1 << 20, self.file);
+        std::io::Seek::seek(
+            &mut writer,
+            std::io::SeekFrom::Start(self.position * HASH_SIZE as u64),
+        )
+        .map_err(io_error(self.path))?;
+        self.writer = Some(writer);
+        Ok(())
+    }
+
+    fn push(&mut self, hashes: &[Hash]) -> Result<(), LedgerError> {
+        for hash in hashes {
+            if let Some(reader) = self.reader.as_mut() {
+                let mut buf = [0u8; HASH_SIZE];
+                if self.position < self.on_disk
+                    && reader.read_exact(&mut buf).is_ok()
+                    && buf == hash.0
+                {
+                    self.position += 1;
+                    continue;
+                }
+                self.switch_to_writing()?;
+            }
+            let writer = self.writer.as_mut().expect("writing after a difference");
+            writer.write_all(&hash.0).map_err(io_error(self.path))?;
+            self.position += 1;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, total: u64) -> Result<Option<u64>, LedgerError> {
+        debug_assert_eq!(self.position, total);
+        if let Some(mut writer) = self.writer.take() {
+            writer.flush().map_err(io_error(self.path))?;
+        } else if self.on_disk > total {
+            self.rewritten_from = Some(total);
+            self.file
+                .set_len(total * HASH_SIZE as u64)
+                .map_err(io_error(self.path))?;
+        }
+        self.file.sync_data().map_err(io_error(self.path))?;
+        Ok(self.rewritten_from)
+    }
+}
+
+fn load_latest_checkpoint(
+    dir: &Path,
+    verifier: &NoteVerifier,
+    origin: &str,
+) -> Result<Option<LatestCheckpoint>, LedgerError> {
+    let mut candidates = Vec::new();
+    let path = dir.join(CHECKPOINT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(note) => candidates.push((path.clone(), note)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(&path)(e)),
+    }
+    let history_path = dir.join(CHECKPOINT_HISTORY_FILE);
+    if history_path.exists() {
+        let data = read_file(&history_path)?;
+        let mut last = None;
+        let stop = scan_frames::<()>(&data, true, |frame| {
+            last = Some(String::from_utf8_lossy(frame.payload).into_owned());
+            Ok(())
+        })
+        .expect("infallible");
+        match stop {
+            Some(FrameStop::Corrupt { offset, reason }) => {
+                return Err(LedgerError::Corrupt {
+                    segment: history_path,
+                    offset,
+                    entry_index: 0,
+                    reason,
+                })
+            }
+            Some(FrameStop::TornTail { offset }) => {
+                let file = open_rw(&history_path)?;
+                file.set_len(offset)
+                    .and_then(|()| file.sync_all())
+                    .map_err(io_error(&history_path))?;
+            }
+            None => {}
+        }
+        if let Some(note) = last {
+            candidates.push((history_path, note));
+        }
+    }
+    let mut latest: Option<LatestCheckpoint> = None;
+    for (path, note) in candidates {
+        let checkpoint = Checkpoint::open(&note, std::slice::from_ref(verifier), origin)
+            .map_err(|source| LedgerError::Checkpoint { path, source })?;
+        if latest
+            .as_ref()
+            .map_or(true, |l| checkpoint.size > l.checkpoint.size)
+        {
+            latest = Some(LatestCheckpoint { checkpoint, note });
+        }
+    }
+    Ok(latest)
+}
+
+async fn run_sequencer(
+    shared: Arc<Shared>,
+    mut writer: Writer,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let max_batch = shared.options.max_batch_entries.max(1);
+    let wait = Duration::from_millis(shared.options.max_batch_wait_ms);
+    let mut shutting_down = false;
+    while !shutting_down {
+        let Some(first) = commands.recv().await else {
+            break;
+        };
+        let mut batch = Vec::with_capacity(max_batch.min(1024));
+        let take = |command: Command, batch: &mut Vec<_>| match command {
+            Command::Append { entry, reply } => {
+                batch.push((entry, reply));
+                false
+            }
+            Command::Shutdown => true,
+        };
+        shutting_down = take(first, &mut batch);
+        while !shutting_down && batch.len() < max_batch {
+            match commands.try_recv() {
+                Ok(command) => shutting_down = take(command, &mut batch),
+                Err(_) => break,
+            }
+        }
+        if !wait.is_zero() && !shutting_down && batch.len() < max_batch {
+            let deadline = tokio::time::Instant::now() + wait;
+            while batch.len() < max_batch {
+                match tokio::time::timeout_at(deadline, commands.recv()).await {
+                    Ok(Some(command)) => {
+                        shutting_down = take(command, &mut batch);
+                        if shutting_down {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let (entries, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let task_shared = shared.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let result = write_batch(&task_shared, &mut writer, &entries);
+            (writer, result)
+        })
+        .await;
+        let Ok((returned_writer, result)) = outcome else {
+            let reason = "the sequencer's write task panicked".to_string();
+            *shared.health.lock().expect("health lock") = Health::Unhealthy {
+                reason: reason.clone(),
+            };
+            for reply in replies {
+                let _ = reply.send(Err(LedgerError::WriteFailed {
+                    reason: reason.clone(),
+                }));
+            }
+            return;
+        };
+        writer = returned_writer;
+        match result {
+            Ok(first_index) => {
+                *shared.health.lock().expect("health lock") = Health::Healthy;
+                for (i, reply) in replies.into_iter().enumerate() {
+                    let _ = reply.send(Ok(first_index + i as u64));
+                }
+            }
+            Err(reason) => {
+                tracing::error!(error = %reason, "audit log: batch write failed");
+                *shared.health.lock().expect("health lock") = Health::Unhealthy {
+                    reason: reason.clone(),
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(LedgerError::WriteFailed {
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+        }
+    }
+    commands.close();
+    while let Ok(Command::Append { reply, .. }) = commands.try_recv() {
+        let _ = reply.send(Err(LedgerError::Closed));
+    }
+}
+
+/// Writes one batch: frames to the current segment, stored hashes to the hash file, then
+/// `fdatasync` of the segment. Publishes the new size only after the sync. On failure nothing
+/// is published and the next batch rewrites from the same offsets.
+fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Result<u64, String> {
+    if shared
+        .injected_write_failures
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return Err("injected write failure (test)".into());
+    }
+    let first_index = writer.builder.size();
+    let (mut slot, segment_file, segment_path, segment_len, new_segment) = {
+        let state = shared.state.read().expect("state lock");
+        let last = state.segments.last().expect("at least one segment");
+        (
+            state.segments.len() - 1,
+            last.file.clone(),
+            last.path.clone(),
+            last.len,
+            last.len >= shared.options.max_segment_bytes,
+        )
+    };
+    let (segment_file, segment_path, base_offset) = if new_segment {
+        let path = shared.dir.join(LOG_DIR).join(segment_name(first_index));
+        let file = open_rw(&path).map_err(|e| e.to_string())?;
+        file.set_len(0)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        sync_dir(&shared.dir.join(LOG_DIR)).map_err(|e| e.to_string())?;
+        slot += 1;
+        (Arc::new(file), path, 0)
+    } else {
+        (segment_file, segment_path, segment_len)
+    };
+
+    let mut builder = writer.builder.clone();
+    writer.frames.clear();
+    writer.pending_hashes.clear();
+    let mut new_bundle_starts = Vec::new();
+    for entry in entries {
+        if builder.size() % TILE_WIDTH == 0 {
+            new_bundle_starts.push(Position {
+                segment_slot: slot,
+                offset: base_offset + writer.frames.len() as u64,
+            });
+        }
+        push_frame(&mut writer.frames, entry);
+        builder.append(leaf_hash(entry), &mut writer.pending_hashes);
+    }
+    let hash_bytes: Vec<u8> = writer.pending_hashes.iter().flat_map(|h| h.0).collect();
+    let hashes_path = shared.dir.join(HASHES_FILE);
+    let write = || -> std::io::Result<()> {
+        segment_file.write_all_at(&writer.frames, base_offset)?;
+        shared
+            .hashes
+            .write_all_at(&hash_bytes, writer.hashes_committed * HASH_SIZE as u64)
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: {e}", hashes_path.display()))
+            })?;
+        segment_file.sync_data()
+    };
+    if let Err(e) = write() {
+        // Best effort: drop the partial write so the file does not carry garbage; the next
+        // batch writes at the same offset anyway.
+        let _ = segment_file.set_len(base_offset);
+        return Err(format!("{}: {e}", segment_path.display()));
+    }
+    writer.hashes_committed += writer.pending_hashes.len() as u64;
+    writer.builder = builder;
+    let mut state = shared.state.write().expect("state lock");
+    if new_segment {
+        state.segments.push(Segment {
+            path: segment_path,
+            file: segment_file,
+            len: writer.frames.len() as u64,
+        });
+    } else {
+        state.segments[slot].len = base_offset + writer.frames.len() as u64;
+    }
+    state.bundle_starts.extend(new_bundle_starts);
+    state.size = writer.builder.size();
+    Ok(first_index)
+}

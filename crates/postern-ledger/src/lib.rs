@@ -1,0 +1,46 @@
+//! `postern-ledger`: durable storage for Postern's audit transparency log — the IO side of
+//! `postern-tlog`.
+//!
+//! What it is: a directory holding CRC-framed, append-only segment files, a single sequencer
+//! task doing group commit (a batch of up to N entries, `fdatasync`, then each caller learns
+//! its entry's index), the stored Merkle hashes, signed C2SP checkpoints with their history,
+//! the read API that tlog-tiles serving needs, and an offline verifier.
+//!
+//! What it is not: the Merkle math, note signing or the record format (those are
+//! `postern-tlog`, sans-IO), nor HTTP serving or policy on when to fail closed (the gateway).
+//!
+//! # On-disk layout
+//!
+//! ```text
+//! <dir>/signing-key                      PRIVATE+KEY+<origin>+<keyid>+<base64>, mode 0600
+//! <dir>/log/segment-<first index, 20 digits>.log
+//!                                        records: u32 BE length ‖ u32 BE CRC-32C ‖ bytes
+//! <dir>/tree-hashes.bin                  stored Merkle hashes, 32 bytes each, in the
+//!                                        postern-tlog stored-hash order (a cache: rebuilt
+//!                                        from the segments when missing or stale)
+//! <dir>/checkpoint                       the latest signed checkpoint (C2SP signed note)
+//! <dir>/checkpoints.log                  every checkpoint ever signed, CRC-framed, in order
+//! ```
+//!
+//! # Invariants
+//!
+//! * An entry's index is returned only after its bytes are `fdatasync`ed; readers never see
+//!   an entry before that.
+//! * Only the sequencer writes segments and stored hashes, always at the committed end; a
+//!   failed batch publishes nothing and the next batch rewrites from the same offset.
+//! * On open every record is read and its CRC checked; a torn final record is truncated and
+//!   reported; any other damage refuses to open, naming the segment and byte offset. The tree
+//!   is recomputed from the entries and must match the last signed checkpoint.
+//! * A checkpoint is signed only if it is consistent with the previous one; the history is
+//!   written before the current checkpoint is replaced.
+
+mod error;
+mod frame;
+mod ledger;
+mod store;
+mod verify;
+
+pub use error::LedgerError;
+pub use frame::MAX_RECORD_BYTES;
+pub use ledger::{Health, Ledger, LedgerOptions, OpenReport, TornTail};
+pub use verify::{verify_dir, VerifyError, VerifyReport};

@@ -1,0 +1,147 @@
+//! Files of the ledger directory: layout, the signing key, segments, stored hashes.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use postern_tlog::{Hash, HashReader, NoteSigner, TreeError, HASH_SIZE};
+use rand::RngCore;
+
+use crate::error::{io_error, LedgerError};
+
+pub(crate) const LOG_DIR: &str = "log";
+pub(crate) const HASHES_FILE: &str = "tree-hashes.bin";
+pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
+pub(crate) const CHECKPOINT_HISTORY_FILE: &str = "checkpoints.log";
+pub(crate) const KEY_FILE: &str = "signing-key";
+
+pub(crate) fn segment_name(first_index: u64) -> String {
+    format!("segment-{first_index:020}.log")
+}
+
+/// Segment files in index order, with the first entry index from each name.
+pub(crate) fn list_segments(log_dir: &Path) -> Result<Vec<(u64, PathBuf)>, LedgerError> {
+    let mut segments = Vec::new();
+    let entries = match std::fs::read_dir(log_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(segments),
+        Err(e) => return Err(io_error(log_dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_error(log_dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(first) = name
+            .strip_prefix("segment-")
+            .and_then(|n| n.strip_suffix(".log"))
+            .filter(|n| n.len() == 20)
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        segments.push((first, entry.path()));
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// Loads `<dir>/signing-key`, or creates it (mode 0600) with a fresh key named `origin`.
+pub(crate) fn load_or_create_signer(dir: &Path, origin: &str) -> Result<NoteSigner, LedgerError> {
+    let path = dir.join(KEY_FILE);
+    let key_error = |reason: String| LedgerError::Key {
+        path: path.clone(),
+        reason,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let mode = std::fs::metadata(&path)
+                .map_err(io_error(&path))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(key_error(format!(
+                    "file mode is {:o}; it must not be readable by group or others (chmod 600)",
+                    mode & 0o777
+                )));
+            }
+            let signer = NoteSigner::from_signer_key(text.trim())
+                .map_err(|e| key_error(format!("not a signer key ({e})")))?;
+            if signer.name() != origin {
+                return Err(key_error(format!(
+                    "the key is named {:?} but the configured origin is {origin:?}; use the origin the log was created with",
+                    signer.name()
+                )));
+            }
+            Ok(signer)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut seed);
+            let signer = NoteSigner::from_seed(origin, seed)
+                .map_err(|e| key_error(format!("cannot create a key for this origin: {e}")))?;
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_error(&path))?;
+            file.write_all(format!("{}\n", signer.signer_key()).as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(io_error(&path))?;
+            sync_dir(dir)?;
+            Ok(signer)
+        }
+        Err(e) => Err(io_error(&path)(e)),
+    }
+}
+
+/// The stored-hash file: 32 bytes per stored hash, in stored-hash order.
+pub(crate) struct HashFile<'a> {
+    pub file: &'a File,
+    /// Number of hashes that may be read.
+    pub count: u64,
+}
+
+impl HashReader for HashFile<'_> {
+    fn read_hash(&self, index: u64) -> Result<Hash, TreeError> {
+        if index >= self.count {
+            return Err(TreeError::HashUnavailable {
+                index,
+                reason: format!("only {} hashes are committed", self.count),
+            });
+        }
+        let mut buf = [0u8; HASH_SIZE];
+        self.file
+            .read_exact_at(&mut buf, index * HASH_SIZE as u64)
+            .map_err(|e| TreeError::HashUnavailable {
+                index,
+                reason: e.to_string(),
+            })?;
+        Ok(Hash(buf))
+    }
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, LedgerError> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(io_error(path))?;
+    Ok(data)
+}
+
+pub(crate) fn open_rw(path: &Path) -> Result<File, LedgerError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_error(path))
+}

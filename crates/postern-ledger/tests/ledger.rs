@@ -1,0 +1,439 @@
+//! The ledger through its public API and real files: appends, proofs, reopen, crash and tamper
+//! cases, write failures. Tamper helpers edit the files the way an attacker or a crash would.
+
+use std::path::{Path, PathBuf};
+
+use postern_ledger::{verify_dir, Health, Ledger, LedgerError, LedgerOptions, VerifyError};
+use postern_tlog::{
+    decode_entry_bundle, leaf_hash, verify_consistency, verify_inclusion, Checkpoint, NoteSigner,
+    NoteVerifier, TlogProof,
+};
+
+const ORIGIN: &str = "test.postern.example/audit";
+
+fn options() -> LedgerOptions {
+    LedgerOptions::new(ORIGIN)
+}
+
+fn entry(i: u64) -> Vec<u8> {
+    format!("{{\"entry\":{i}}}").into_bytes()
+}
+
+async fn open(dir: &Path) -> Ledger {
+    Ledger::open(dir, options()).await.unwrap().0
+}
+
+async fn append_n(ledger: &Ledger, range: std::ops::Range<u64>) {
+    for i in range {
+        assert_eq!(ledger.append(entry(i)).await.unwrap(), i);
+    }
+}
+
+fn only_segment(dir: &Path) -> PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    segments.pop().unwrap()
+}
+
+/// Splits a segment into its records' payloads (test-side framing reader).
+fn records(segment: &Path) -> Vec<Vec<u8>> {
+    let data = std::fs::read(segment).unwrap();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < data.len() {
+        let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+        out.push(data[pos + 8..pos + 8 + len].to_vec());
+        pos += 8 + len;
+    }
+    out
+}
+
+fn write_records(segment: &Path, records: &[Vec<u8>]) {
+    let mut data = Vec::new();
+    for r in records {
+        data.extend_from_slice(&(r.len() as u32).to_be_bytes());
+        data.extend_from_slice(&crc32c::crc32c(r).to_be_bytes());
+        data.extend_from_slice(r);
+    }
+    std::fs::write(segment, data).unwrap();
+}
+
+fn record_offset(segment: &Path, index: usize) -> u64 {
+    records(segment)[..index]
+        .iter()
+        .map(|r| 8 + r.len() as u64)
+        .sum()
+}
+
+#[tokio::test]
+async fn appends_are_readable_provable_and_survive_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.entries, 0);
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(tmp.path().join("signing-key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600);
+    let verifier = NoteVerifier::from_verifier_key(&ledger.verifier_key()).unwrap();
+    assert_eq!(verifier.name(), ORIGIN);
+
+    append_n(&ledger, 0..300).await;
+    let first = ledger.checkpoint().unwrap().expect("tree grew");
+    assert_eq!(first.size, 300);
+    assert!(
+        ledger.checkpoint().unwrap().is_none(),
+        "no growth, no checkpoint"
+    );
+    append_n(&ledger, 300..700).await;
+    let second = ledger.checkpoint().unwrap().unwrap();
+    let note = ledger.checkpoint_text().unwrap();
+    assert_eq!(
+        Checkpoint::open(&note, std::slice::from_ref(&verifier), ORIGIN).unwrap(),
+        second
+    );
+
+    let proof = ledger.consistency_proof(300, 700).unwrap();
+    verify_consistency(300, 700, &first.root_hash, &second.root_hash, &proof).unwrap();
+    for index in [0, 1, 255, 256, 299, 511, 699] {
+        let proof = ledger.inclusion_proof(index, 700).unwrap();
+        verify_inclusion(
+            index,
+            700,
+            &leaf_hash(&entry(index)),
+            &proof,
+            &second.root_hash,
+        )
+        .unwrap();
+        assert_eq!(ledger.entry(index).unwrap(), entry(index));
+    }
+    let receipt = TlogProof::parse(&ledger.tlog_proof(42).unwrap().encode()).unwrap();
+    receipt
+        .verify(&entry(42), std::slice::from_ref(&verifier), ORIGIN)
+        .unwrap();
+
+    let bundle = ledger.read_entries(1, 256).unwrap();
+    let entries = decode_entry_bundle(&bundle).unwrap();
+    assert_eq!(entries.len(), 256);
+    assert_eq!(entries[0], entry(256).as_slice());
+    let partial = ledger.read_entries(2, 700 - 512).unwrap();
+    assert_eq!(decode_entry_bundle(&partial).unwrap().len(), 188);
+    assert!(ledger.read_entries(2, 256).is_err(), "not full yet");
+    let tile = ledger.read_tile(0, 1, 256).unwrap();
+    assert_eq!(&tile[..32], &leaf_hash(&entry(256)).0);
+    let level1 = ledger.read_tile(1, 0, 2).unwrap();
+    assert_eq!(level1.len(), 64);
+    assert!(ledger.read_tile(1, 0, 3).is_err());
+    ledger.close().await;
+    assert!(matches!(
+        ledger.append(entry(1)).await,
+        Err(LedgerError::Closed)
+    ));
+
+    let (reopened, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.entries, 700);
+    assert_eq!(report.torn_tail, None);
+    assert_eq!(report.hashes_rewritten_from, None);
+    assert_eq!(report.latest_checkpoint.unwrap(), second);
+    assert_eq!(reopened.root(700).unwrap(), second.root_hash);
+    assert_eq!(reopened.append(entry(700)).await.unwrap(), 700);
+    reopened.close().await;
+
+    let mut calls = 0;
+    let verified = verify_dir(tmp.path(), Some(&verifier.verifier_key()), |done, total| {
+        calls += 1;
+        assert!(done <= total);
+    })
+    .unwrap();
+    assert_eq!(verified.entries, 701);
+    assert_eq!(
+        verified.checkpoints_verified, 3,
+        "two in history plus the current file"
+    );
+    assert!(calls >= 1);
+}
+
+#[tokio::test]
+async fn concurrent_appends_get_unique_dense_indices_and_all_survive_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    let mut tasks = Vec::new();
+    for task in 0..32u64 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..50u64 {
+                let bytes = format!("task {task} entry {i}").into_bytes();
+                let index = ledger.append(bytes.clone()).await.unwrap();
+                acknowledged.push((index, bytes));
+            }
+            acknowledged
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort();
+    let indices: Vec<u64> = all.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indices, (0..1600).collect::<Vec<_>>());
+    ledger.checkpoint().unwrap();
+    ledger.close().await;
+
+    let reopened = open(tmp.path()).await;
+    for (index, bytes) in &all {
+        assert_eq!(&reopened.entry(*index).unwrap(), bytes);
+    }
+}
+
+#[tokio::test]
+async fn torn_tail_is_truncated_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..8).await;
+    ledger.checkpoint().unwrap();
+    append_n(&ledger, 8..10).await;
+    ledger.close().await;
+    let segment = only_segment(tmp.path());
+    let entry_9 = record_offset(&segment, 9);
+    let cut = entry_9 + 5; // inside entry 9's header
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.set_len(cut).unwrap();
+
+    // verify reports the torn tail but does not fail on it.
+    let verified = verify_dir(tmp.path(), None, |_, _| {}).unwrap();
+    assert_eq!(verified.torn_tail, Some((segment.clone(), entry_9)));
+
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    let torn = report.torn_tail.expect("torn tail reported");
+    assert_eq!(torn.segment, segment);
+    assert_eq!(torn.offset, entry_9);
+    assert_eq!(torn.discarded_bytes, 5);
+    assert_eq!(report.entries, 9);
+    assert_eq!(
+        ledger.append(entry(99)).await.unwrap(),
+        9,
+        "appends continue after the cut"
+    );
+    ledger.close().await;
+    verify_dir(tmp.path(), None, |_, _| {}).unwrap();
+}
+
+#[tokio::test]
+async fn zero_filled_tail_is_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..3).await;
+    ledger.close().await;
+    let segment = only_segment(tmp.path());
+    let mut data = std::fs::read(&segment).unwrap();
+    data.extend_from_slice(&[0u8; 4096]);
+    std::fs::write(&segment, data).unwrap();
+    let (_, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.torn_tail.unwrap().discarded_bytes, 4096);
+    assert_eq!(report.entries, 3);
+}
+
+async fn ledger_with_20_entries(dir: &Path) -> PathBuf {
+    let ledger = open(dir).await;
+    append_n(&ledger, 0..20).await;
+    ledger.checkpoint().unwrap();
+    ledger.close().await;
+    only_segment(dir)
+}
+
+#[tokio::test]
+async fn flipped_byte_mid_log_refuses_open_and_verify_names_the_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let segment = ledger_with_20_entries(tmp.path()).await;
+    let offset = record_offset(&segment, 5);
+    let mut data = std::fs::read(&segment).unwrap();
+    data[offset as usize + 10] ^= 0x01;
+    std::fs::write(&segment, data).unwrap();
+
+    let err = Ledger::open(tmp.path(), options()).await.unwrap_err();
+    match &err {
+        LedgerError::Corrupt {
+            segment: s,
+            offset: o,
+            entry_index,
+            ..
+        } => {
+            assert_eq!((s, *o, *entry_index), (&segment, offset, 5));
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert!(
+        err.to_string().contains(&format!("byte offset {offset}")),
+        "{err}"
+    );
+
+    let err = verify_dir(tmp.path(), None, |_, _| {}).unwrap_err();
+    assert!(
+        matches!(err, VerifyError::BadRecord { offset: o, entry_index: 5, .. } if o == offset),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn dropped_entry_is_named_by_verify_and_refused_by_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let segment = ledger_with_20_entries(tmp.path()).await;
+    let mut recs = records(&segment);
+    recs.remove(7);
+    write_records(&segment, &recs);
+
+    let err = verify_dir(tmp.path(), None, |_, _| {}).unwrap_err();
+    assert!(
+        matches!(err, VerifyError::EntryMismatch { entry_index: 7, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("entry 7"), "{err}");
+    let err = Ledger::open(tmp.path(), options()).await.unwrap_err();
+    assert!(matches!(err, LedgerError::Inconsistent(_)), "{err}");
+
+    // Without the stored hashes, the checkpoints still catch it.
+    std::fs::remove_file(tmp.path().join("tree-hashes.bin")).unwrap();
+    let err = verify_dir(tmp.path(), None, |_, _| {}).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::CheckpointBeyondLog {
+                size: 20,
+                entries: 19,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn reordered_entries_are_named_by_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let segment = ledger_with_20_entries(tmp.path()).await;
+    let mut recs = records(&segment);
+    recs.swap(3, 4);
+    write_records(&segment, &recs);
+    let err = verify_dir(tmp.path(), None, |_, _| {}).unwrap_err();
+    assert!(
+        matches!(err, VerifyError::EntryMismatch { entry_index: 3, .. }),
+        "{err}"
+    );
+    std::fs::remove_file(tmp.path().join("tree-hashes.bin")).unwrap();
+    let err = verify_dir(tmp.path(), None, |_, _| {}).unwrap_err();
+    assert!(
+        matches!(err, VerifyError::CheckpointRootMismatch { size: 20, .. }),
+        "{err}"
+    );
+    assert!(Ledger::open(tmp.path(), options()).await.is_err());
+}
+
+#[tokio::test]
+async fn checkpoint_signed_by_another_key_fails_verification() {
+    let tmp = tempfile::tempdir().unwrap();
+    ledger_with_20_entries(tmp.path()).await;
+    let real_key = verify_dir(tmp.path(), None, |_, _| {})
+        .unwrap()
+        .verifier_key;
+    let forged_signer = NoteSigner::from_seed(ORIGIN, [9; 32]).unwrap();
+    let note = std::fs::read_to_string(tmp.path().join("checkpoint")).unwrap();
+    let text = note.split("\n\n").next().unwrap().to_string() + "\n";
+    std::fs::write(
+        tmp.path().join("checkpoint"),
+        forged_signer.sign(&text).unwrap(),
+    )
+    .unwrap();
+
+    let err = verify_dir(tmp.path(), Some(&real_key), |_, _| {}).unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::CheckpointSignature { which, .. } if which.ends_with("checkpoint")),
+        "{err}"
+    );
+    assert!(Ledger::open(tmp.path(), options()).await.is_err());
+    // A verifier key that is not the log's also fails, naming the history's first checkpoint.
+    let err = verify_dir(
+        tmp.path(),
+        Some(&forged_signer.verifier().verifier_key()),
+        |_, _| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("checkpoint #0"), "{err}");
+}
+
+#[tokio::test]
+async fn write_failures_fail_promptly_then_recover() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..3).await;
+    ledger.inject_write_failures(2);
+    for _ in 0..2 {
+        let err = ledger.append(entry(1000)).await.unwrap_err();
+        assert!(matches!(err, LedgerError::WriteFailed { .. }), "{err}");
+        assert!(matches!(ledger.health(), Health::Unhealthy { .. }));
+    }
+    assert_eq!(ledger.size(), 3);
+    assert_eq!(
+        ledger.append(entry(3)).await.unwrap(),
+        3,
+        "recovers, indices stay dense"
+    );
+    assert_eq!(ledger.health(), Health::Healthy);
+    ledger.checkpoint().unwrap();
+    ledger.close().await;
+    assert_eq!(verify_dir(tmp.path(), None, |_, _| {}).unwrap().entries, 4);
+}
+
+#[tokio::test]
+async fn segments_roll_and_entry_bundles_span_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut small = options();
+    small.max_segment_bytes = 2000;
+    small.max_batch_entries = 7;
+    let (ledger, _) = Ledger::open(tmp.path(), small.clone()).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..600u64 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            ledger.append(entry(i)).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    ledger.checkpoint().unwrap();
+    let bundle = ledger.read_entries(0, 256).unwrap();
+    assert_eq!(decode_entry_bundle(&bundle).unwrap().len(), 256);
+    ledger.close().await;
+    let segments = std::fs::read_dir(tmp.path().join("log")).unwrap().count();
+    assert!(segments > 3, "{segments} segments");
+    let (reopened, report) = Ledger::open(tmp.path(), small).await.unwrap();
+    assert_eq!(report.entries, 600);
+    assert_eq!(
+        decode_entry_bundle(&reopened.read_entries(1, 256).unwrap())
+            .unwrap()
+            .len(),
+        256
+    );
+    verify_dir(tmp.path(), None, |_, _| {}).unwrap();
+}
+
+#[tokio::test]
+async fn stale_hash_file_is_rebuilt_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..50).await;
+    let checkpoint = ledger.checkpoint().unwrap().unwrap();
+    ledger.close().await;
+    std::fs::remove_file(tmp.path().join("tree-hashes.bin")).unwrap();
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.hashes_rewritten_from, Some(0));
+    assert_eq!(ledger.root(50).unwrap(), checkpoint.root_hash);
+}
