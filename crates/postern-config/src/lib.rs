@@ -170,6 +170,8 @@ pub struct IntegrationConfig {
     pub allow_plaintext: bool,
     /// Extra CA bundle (PEM) for the upstream. Absolute.
     pub ca_file: Option<PathBuf>,
+    /// Client certificate presented to the vendor (mTLS), from the vault.
+    pub client_certificate: Option<ClientCertificateConfig>,
     /// Greater than zero.
     pub connect_timeout_ms: u64,
     /// Until response headers. Greater than zero.
@@ -192,6 +194,38 @@ pub struct CredentialConfig {
     /// Only for `Basic`. When set the secret is the password; otherwise the
     /// secret is `user:password`. Contains no ':'.
     pub username: Option<String>,
+    /// Set exactly when `kind` is `OAuth2`; the secret is then the client secret.
+    pub oauth2: Option<OAuth2Config>,
+}
+
+/// OAuth2 client-credentials grant (RFC 6749 §4.4).
+#[derive(Debug, Clone)]
+pub struct OAuth2Config {
+    /// The token endpoint: https, or http only when the integration has `allow_plaintext`.
+    pub token_url: url::Url,
+    pub client_id: String,
+    pub scope: Option<String>,
+    /// How the client authenticates to the token endpoint.
+    pub client_auth: OAuth2ClientAuth,
+    /// Extra form parameters, in key order.
+    pub params: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuth2ClientAuth {
+    /// `Authorization: Basic base64(client_id:client_secret)` (RFC 6749 §2.3.1, the default).
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Body,
+}
+
+/// A client certificate Postern presents to the vendor (mTLS), both halves in the vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificateConfig {
+    /// Vault name of the PEM certificate chain.
+    pub cert_secret: String,
+    /// Vault name of the PEM private key.
+    pub key_secret: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +238,8 @@ pub enum CredentialKind {
     Header,
     /// `?<param>=<secret>`
     Query,
+    /// `Authorization: Bearer <access token>` minted by OAuth2 client credentials.
+    OAuth2,
 }
 
 /// Where a secret is read from at runtime (by the gateway, not this crate).

@@ -81,6 +81,8 @@ pub(crate) struct RawIntegration {
     #[serde(default)]
     pub ca_file: Option<Spanned<String>>,
     #[serde(default)]
+    pub client_certificate: Option<Spanned<RawClientCertificate>>,
+    #[serde(default)]
     pub connect_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     pub request_timeout_ms: Option<Spanned<u64>>,
@@ -112,6 +114,31 @@ pub(crate) struct RawCredential {
     /// Fixed user name, for `kind = "basic"`.
     #[serde(default)]
     pub username: Option<Spanned<String>>,
+    /// OAuth2 client credentials (`kind = "oauth2"`): the token endpoint.
+    #[serde(default)]
+    pub token_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub client_id: Option<Spanned<String>>,
+    /// Vault name of the client secret (alternative to `secret`).
+    #[serde(default)]
+    pub client_secret: Option<Spanned<String>>,
+    #[serde(default)]
+    pub scope: Option<Spanned<String>>,
+    /// `basic` (default) or `body`.
+    #[serde(default)]
+    pub client_auth: Option<Spanned<String>>,
+    /// Extra form parameters for the token request (`audience`, `resource`, ...).
+    #[serde(default)]
+    pub params: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClientCertificate {
+    /// Vault name of the PEM certificate chain.
+    pub cert: Spanned<String>,
+    /// Vault name of the PEM private key.
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -417,7 +417,8 @@ impl Validator<'_> {
         let credential = raw
             .credential
             .as_ref()
-            .map(|credential| self.credential(credential));
+            .map(|credential| self.credential(credential, allow_plaintext));
+        let client_certificate = self.client_certificate(&raw.client_certificate);
         let rate_limit = raw.rate_limit.as_ref().map(|limit| self.rate_limit(limit));
         let operations = self.operations(&name, &raw.operations);
         let allow_private_networks = raw
@@ -457,6 +458,7 @@ impl Validator<'_> {
             allow_private_networks,
             allow_plaintext,
             ca_file,
+            client_certificate,
             connect_timeout_ms,
             request_timeout_ms,
             idle_timeout_ms,
@@ -546,23 +548,33 @@ impl Validator<'_> {
         upstream
     }
 
-    fn credential(&mut self, table: &Spanned<RawCredential>) -> CredentialConfig {
+    fn credential(
+        &mut self,
+        table: &Spanned<RawCredential>,
+        allow_plaintext: bool,
+    ) -> CredentialConfig {
         let raw = table.get_ref();
         let kind = match raw.kind.get_ref().as_str() {
             "bearer" => Some(CredentialKind::Bearer),
             "basic" => Some(CredentialKind::Basic),
             "header" => Some(CredentialKind::Header),
             "query" => Some(CredentialKind::Query),
+            "oauth2" => Some(CredentialKind::OAuth2),
             other => {
                 self.error(
                     raw.kind.span(),
                     format!("credential kind `{other}` is not known"),
-                    "use one of: \"bearer\", \"basic\", \"header\" (with `name`), \"query\" (with `param`)",
+                    "use one of: \"bearer\", \"basic\", \"header\" (with `name`), \"query\" (with `param`), \"oauth2\" (with `token_url`, `client_id`, `client_secret`)",
                 );
                 None
             }
         };
-        let given = [raw.from_env.is_some(), raw.from_file.is_some(), raw.secret.is_some()]
+        let given = [
+            raw.from_env.is_some(),
+            raw.from_file.is_some(),
+            raw.secret.is_some(),
+            raw.client_secret.is_some(),
+        ]
             .iter()
             .filter(|given| **given)
             .count();
@@ -586,7 +598,14 @@ impl Validator<'_> {
             SecretSource::Env(name.clone())
         } else if let Some(file) = &raw.from_file {
             SecretSource::File(self.resolve_path(file, "from_file"))
-        } else if let Some(name) = &raw.secret {
+        } else if let Some(name) = raw.secret.as_ref().or(raw.client_secret.as_ref()) {
+            if raw.client_secret.is_some() && kind.is_some() && kind != Some(CredentialKind::OAuth2) {
+                self.error(
+                    name.span(),
+                    "`client_secret` is only used with kind = \"oauth2\"",
+                    "use `secret = \"NAME\"` for other kinds",
+                );
+            }
             let text = name.get_ref();
             if text.is_empty()
                 || text.len() > 128
@@ -663,13 +682,122 @@ impl Validator<'_> {
             }
             username.get_ref().clone()
         });
+        let oauth2 = self.oauth2(kind, raw, allow_plaintext);
         CredentialConfig {
             kind: kind.unwrap_or(CredentialKind::Bearer),
             source,
             header_name,
             query_param,
             username,
+            oauth2,
         }
+    }
+
+    fn oauth2(
+        &mut self,
+        kind: Option<CredentialKind>,
+        raw: &RawCredential,
+        allow_plaintext: bool,
+    ) -> Option<OAuth2Config> {
+        let token_url = self.kind_specific(
+            kind,
+            CredentialKind::OAuth2,
+            &raw.token_url,
+            &raw.kind,
+            "token_url",
+            "the token endpoint, e.g. `token_url = \"https://auth.example.com/oauth/token\"`",
+        );
+        let client_id = self.kind_specific(
+            kind,
+            CredentialKind::OAuth2,
+            &raw.client_id,
+            &raw.kind,
+            "client_id",
+            "the OAuth2 client id, e.g. `client_id = \"postern-prod\"`",
+        );
+        let optional = [("scope", raw.scope.as_ref().map(|s| s.span())), ("client_auth", raw.client_auth.as_ref().map(|s| s.span())), ("params", raw.params.as_ref().map(|s| s.span()))];
+        if kind.is_some() && kind != Some(CredentialKind::OAuth2) {
+            for (key, span) in optional {
+                if let Some(span) = span {
+                    self.error(
+                        span,
+                        format!("`{key}` is only used with kind = \"oauth2\""),
+                        format!("remove `{key}`, or set kind = \"oauth2\""),
+                    );
+                }
+            }
+            return None;
+        }
+        let (token_url_text, client_id) = (token_url?, client_id?);
+        let span = raw.token_url.as_ref().map(|t| t.span()).unwrap_or_default();
+        let token_url = match url::Url::parse(&token_url_text) {
+            Ok(url) if url.scheme() == "https" || (url.scheme() == "http" && allow_plaintext) => url,
+            Ok(_) => {
+                self.error(
+                    span,
+                    "`token_url` must use https (http only with `allow_plaintext = true`)",
+                    "write it as \"https://auth.example.com/oauth/token\"",
+                );
+                return None;
+            }
+            Err(error) => {
+                self.error(
+                    span,
+                    format!("`token_url` is not a valid absolute URL: {error}"),
+                    "write it as \"https://auth.example.com/oauth/token\"",
+                );
+                return None;
+            }
+        };
+        let client_auth = match raw.client_auth.as_ref().map(|c| c.get_ref().as_str()) {
+            None | Some("basic") => OAuth2ClientAuth::Basic,
+            Some("body") => OAuth2ClientAuth::Body,
+            Some(other) => {
+                self.error(
+                    raw.client_auth.as_ref().map(|c| c.span()).unwrap_or_default(),
+                    format!("`client_auth` = \"{other}\" is not known"),
+                    "use \"basic\" (HTTP Basic, the default) or \"body\" (form fields)",
+                );
+                OAuth2ClientAuth::Basic
+            }
+        };
+        let params = raw
+            .params
+            .as_ref()
+            .map(|p| p.get_ref().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        Some(OAuth2Config {
+            token_url,
+            client_id,
+            scope: raw.scope.as_ref().map(|s| s.get_ref().clone()),
+            client_auth,
+            params,
+        })
+    }
+
+    fn client_certificate(
+        &mut self,
+        raw: &Option<Spanned<crate::raw::RawClientCertificate>>,
+    ) -> Option<ClientCertificateConfig> {
+        let raw = raw.as_ref()?.get_ref();
+        for name in [&raw.cert, &raw.key] {
+            let text = name.get_ref();
+            if text.is_empty()
+                || !text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            {
+                self.error(
+                    name.span(),
+                    "client certificate names must be vault credential names",
+                    "store the PEM with `postern creds set NAME --kind tls_client_cert --from-file cert.pem` and name it here",
+                );
+            }
+        }
+        Some(ClientCertificateConfig {
+            cert_secret: raw.cert.get_ref().clone(),
+            key_secret: raw.key.get_ref().clone(),
+        })
     }
 
     /// A credential key that is required for one kind and refused for the others.

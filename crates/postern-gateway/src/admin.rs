@@ -164,6 +164,7 @@ async fn credentials(shared: &Arc<Shared>, request: Request<Incoming>) -> Respon
         let status = match e {
             postern_vault::VaultError::NotFound(_) => StatusCode::NOT_FOUND,
             postern_vault::VaultError::AlreadyExists(_)
+            | postern_vault::VaultError::Revoked(_)
             | postern_vault::VaultError::NothingToRollBack(_) => StatusCode::CONFLICT,
             postern_vault::VaultError::InvalidName(_) | postern_vault::VaultError::EmptyValue => {
                 StatusCode::BAD_REQUEST
@@ -183,7 +184,8 @@ async fn credentials(shared: &Arc<Shared>, request: Request<Incoming>) -> Respon
                             json!({"name": m.name, "kind": m.kind, "state": m.state, "version": m.current_version,
                                    "created_ms": m.created_ms, "last_rotated_ms": m.last_rotated_ms,
                                    "last_used_ms": m.last_used_ms, "rollback_until_ms": m.rollback_until_ms,
-                                   "age_days": age, "over_max_age": age > max_age})
+                                   "age_days": age,
+                                   "over_max_age": m.state == postern_vault::SecretState::Active && age > max_age})
                         })
                         .collect();
                     json_response(StatusCode::OK, json!({"credentials": items, "max_age_days": max_age}))

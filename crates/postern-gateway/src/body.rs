@@ -65,6 +65,8 @@ pub enum BodyError {
 /// The request body forwarded upstream.
 pub struct ForwardBody {
     inner: Option<Incoming>,
+    /// A body already read into memory (replayable requests, token requests).
+    buffered: Option<Bytes>,
     limit: u64,
     state: Arc<RequestBodyState>,
     token: Option<memmem::Finder<'static>>,
@@ -92,6 +94,7 @@ impl ForwardBody {
         };
         ForwardBody {
             inner,
+            buffered: None,
             limit,
             state,
             token,
@@ -100,43 +103,49 @@ impl ForwardBody {
     }
 
     pub fn empty(state: Arc<RequestBodyState>) -> Self {
+        Self::full(Bytes::new(), state)
+    }
+
+    /// A body already in memory (already checked; sent as is).
+    pub fn full(bytes: Bytes, state: Arc<RequestBodyState>) -> Self {
         ForwardBody {
             inner: None,
-            limit: 0,
+            buffered: if bytes.is_empty() { None } else { Some(bytes) },
+            limit: u64::MAX,
             state,
             token: None,
             carry: Vec::new(),
         }
     }
 
-    fn contains_token(&mut self, data: &[u8]) -> bool {
+    /// Scans `data` (after what was held back) for the caller token. Returns the bytes that
+    /// may be sent now; the last `token length - 1` bytes are held back until more data or the
+    /// end of the body shows they cannot start the token, so not even a prefix of the token is
+    /// sent ahead of the refusal.
+    fn release(&mut self, data: &Bytes) -> Result<Bytes, ()> {
         let Some(finder) = &self.token else {
-            return false;
+            return Ok(data.clone());
         };
-        let needle = finder.needle().len();
-        if finder.find(data).is_some() {
-            return true;
+        let keep = finder.needle().len() - 1;
+        let mut window = std::mem::take(&mut self.carry);
+        window.extend_from_slice(data);
+        if finder.find(&window).is_some() {
+            return Err(());
         }
-        if !self.carry.is_empty() {
-            let take = data.len().min(needle - 1);
-            let mut joined = std::mem::take(&mut self.carry);
-            joined.extend_from_slice(&data[..take]);
-            if finder.find(&joined).is_some() {
-                return true;
-            }
-            self.carry = joined;
-        }
-        // Keep the last needle-1 bytes seen.
-        let keep = needle - 1;
-        if data.len() >= keep {
-            self.carry.clear();
-            self.carry.extend_from_slice(&data[data.len() - keep..]);
+        let split = window.len().saturating_sub(keep);
+        self.carry = window.split_off(split);
+        Ok(Bytes::from(window))
+    }
+}
+
+impl ForwardBody {
+    /// At the end of the body, what was held back is safe to send.
+    fn drain_carry(this: &mut Self) -> Option<Result<Frame<Bytes>, BodyError>> {
+        if this.carry.is_empty() {
+            None
         } else {
-            self.carry.extend_from_slice(data);
-            let excess = self.carry.len().saturating_sub(keep);
-            self.carry.drain(..excess);
+            Some(Ok(Frame::data(Bytes::from(std::mem::take(&mut this.carry)))))
         }
-        false
     }
 }
 
@@ -149,14 +158,17 @@ impl Body for ForwardBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(bytes) = this.buffered.take() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
         let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
+            return Poll::Ready(Self::drain_carry(this));
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.inner = None;
-                Poll::Ready(None)
+                Poll::Ready(Self::drain_carry(this))
             }
             Poll::Ready(Some(Err(error))) => {
                 this.inner = None;
@@ -175,11 +187,15 @@ impl Body for ForwardBody {
                         return Poll::Ready(Some(Err(BodyError::RequestTooLarge(this.limit))));
                     }
                     let data = data.clone();
-                    if this.contains_token(&data) {
-                        this.state.set(RequestBodyViolation::CallerToken);
-                        this.inner = None;
-                        return Poll::Ready(Some(Err(BodyError::CallerTokenInBody)));
-                    }
+                    return match this.release(&data) {
+                        Ok(send) => Poll::Ready(Some(Ok(Frame::data(send)))),
+                        Err(()) => {
+                            this.state.set(RequestBodyViolation::CallerToken);
+                            this.inner = None;
+                            this.carry.clear();
+                            Poll::Ready(Some(Err(BodyError::CallerTokenInBody)))
+                        }
+                    };
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -187,15 +203,31 @@ impl Body for ForwardBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner
-            .as_ref()
-            .is_none_or(|inner| inner.is_end_stream())
+        // Held-back bytes are released only at the end of the inner body, so the body ends
+        // when the inner one has ended and nothing is held back.
+        self.buffered.is_none()
+            && self.carry.is_empty()
+            && self.inner.as_ref().is_none_or(|inner| inner.is_end_stream())
+            && self.token.as_ref().is_none_or(|_| self.inner.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |inner| inner.size_hint())
+        if let Some(bytes) = &self.buffered {
+            return SizeHint::with_exact(bytes.len() as u64);
+        }
+        let held = self.carry.len() as u64;
+        match &self.inner {
+            Some(inner) => {
+                let inner = inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + held);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + held);
+                }
+                hint
+            }
+            None => SizeHint::with_exact(held),
+        }
     }
 }
 

@@ -21,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod listener;
 pub mod metrics;
+pub mod oauth;
 pub mod proxy;
 pub mod record;
 pub mod runtime;
@@ -45,7 +46,7 @@ use tokio::task::JoinHandle;
 use crate::events::{EventFileOptions, EventSink};
 use crate::metrics::Metrics;
 use crate::record::Recorder;
-use crate::runtime::{BuildInputs, ClientCache, LimiterCache, Runtime};
+use crate::runtime::{BuildInputs, ClientCache, LimiterCache, Runtime, TokenSourceCache};
 use postern_vault::Vault;
 
 /// Response header carrying the call's request id.
@@ -64,6 +65,7 @@ pub struct Shared {
     pub vault: Arc<Vault>,
     limiters: LimiterCache,
     clients: ClientCache,
+    token_sources: TokenSourceCache,
     admin_token_sha256: Mutex<[u8; 32]>,
     draining: AtomicBool,
     /// Serializes rebuilds (reload, vault refresh) so none is lost.
@@ -85,12 +87,22 @@ impl Shared {
                 admin_token_sha256,
                 limiters: &self.limiters,
                 clients: &self.clients,
+                token_sources: &self.token_sources,
                 vault: Some(&self.vault),
             },
         )?;
         *self.admin_token_sha256.lock().expect("admin token lock") = admin_token_sha256;
         let notes = runtime.problems.clone();
-        self.runtime.store(Arc::new(runtime));
+        // Carry last-used times over: they live on the runtime being replaced.
+        let previous = self.runtime.swap(Arc::new(runtime));
+        for (name, integration) in &previous.integrations {
+            let at = integration.last_used_ms.swap(0, Ordering::Relaxed);
+            if at > 0 {
+                if let Some(current) = self.runtime.load().integrations.get(name) {
+                    current.last_used_ms.fetch_max(at, Ordering::Relaxed);
+                }
+            }
+        }
         Ok(notes)
     }
 
@@ -173,16 +185,19 @@ impl RunningGateway {
     pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
         let data_dir = config.gateway.data_dir.clone();
         create_private_dir(&data_dir)?;
-        let admin_token_sha256 = admin_token_hash(&config, &data_dir)?;
+        // The vault first: a wrong or missing master key refuses start before anything is written.
         let vault = Arc::new(Vault::open(&data_dir)?);
+        let admin_token_sha256 = admin_token_hash(&config, &data_dir)?;
         let limiters = LimiterCache::default();
         let clients = ClientCache::default();
+        let token_sources = TokenSourceCache::default();
         let runtime = Runtime::build(
             config.clone(),
             &BuildInputs {
                 admin_token_sha256,
                 limiters: &limiters,
                 clients: &clients,
+                token_sources: &token_sources,
                 vault: Some(&vault),
             },
         )?;
@@ -204,6 +219,7 @@ impl RunningGateway {
             vault,
             limiters,
             clients,
+            token_sources,
             admin_token_sha256: Mutex::new(admin_token_sha256),
             draining: AtomicBool::new(false),
             rebuild: Mutex::new(()),
@@ -393,7 +409,7 @@ fn spawn_vault_poller(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
                     tracing::error!(error = %format!("{error:#}"), "vault refresh failed; keeping the current credentials");
                 }
                 ticks += 1;
-                if ticks % 20 == 0 {
+                if ticks.is_multiple_of(20) {
                     shared.flush_usage();
                 }
             }

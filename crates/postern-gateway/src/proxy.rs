@@ -21,6 +21,7 @@ use crate::context::{AuthMethod, CallContext, ConnectionInfo};
 use crate::error::CallError;
 use crate::events::Decision;
 use crate::record::PendingRecord;
+use crate::oauth::TokenSource;
 use crate::runtime::{Injector, IntegrationRuntime, Runtime};
 use crate::upstream::{find_cause, ConnectError, UpstreamAddr};
 use crate::Shared;
@@ -94,8 +95,28 @@ async fn pipeline(
     authorize(runtime, &integration, context, &request)?;
     *authorized = true;
     rate_limit(&integration, context)?;
-    let upstream_request = inject(&integration, context, request, caller_token.as_deref())?;
-    let response = forward(&integration, context, upstream_request, &vendor_path).await?;
+    let token_source = match &integration.credential {
+        Ok(Some(Injector::OAuth2(source))) => Some(source.clone()),
+        _ => None,
+    };
+    let response = match token_source {
+        None => {
+            let upstream_request =
+                inject(&integration, context, request, caller_token.as_deref(), None)?;
+            forward(&integration, context, upstream_request, &vendor_path).await?
+        }
+        Some(source) => {
+            let token = oauth_token(&integration, &source).await?;
+            let upstream_request = inject(
+                &integration,
+                context,
+                request,
+                caller_token.as_deref(),
+                Some(token.clone()),
+            )?;
+            forward_replayable(&integration, context, upstream_request, &source, token).await?
+        }
+    };
     inspect_response(shared, &integration, context, response)
 }
 
@@ -348,6 +369,7 @@ fn inject(
     context: &mut CallContext,
     request: Request<Incoming>,
     caller_token: Option<&[u8]>,
+    oauth_token: Option<HeaderValue>,
 ) -> Result<Request<ForwardBody>, CallError> {
     let injector = match &integration.credential {
         Ok(injector) => injector.clone(),
@@ -467,6 +489,11 @@ fn inject(
             injected_query = format!("{param}={encoded_value}");
             query.push(&injected_query);
         }
+        Some(Injector::OAuth2(_)) => {
+            if let Some(token) = oauth_token {
+                headers.insert(header::AUTHORIZATION, token);
+            }
+        }
         None => {}
     }
     if !query.is_empty() {
@@ -491,6 +518,80 @@ fn inject(
     *upstream.uri_mut() = uri;
     *upstream.headers_mut() = headers;
     Ok(upstream)
+}
+
+/// The OAuth2 access token for this call (cached, or minted now — once for all waiting calls).
+async fn oauth_token(
+    integration: &IntegrationRuntime,
+    source: &Arc<TokenSource>,
+) -> Result<HeaderValue, CallError> {
+    source.authorization().await.map_err(|error| {
+        tracing::error!(integration = %integration.name, %error, "no OAuth2 access token; failing closed");
+        CallError::unavailable(
+            "credential_unavailable",
+            format!(
+                "no OAuth2 access token for integration {} ({error}); calls fail closed until the token endpoint answers",
+                integration.name
+            ),
+        )
+    })
+}
+
+/// Forwards a request whose body is read into memory first, so that when the vendor refuses the
+/// access token (401) the token is purged, re-minted once, and the call replayed once.
+async fn forward_replayable(
+    integration: &IntegrationRuntime,
+    context: &mut CallContext,
+    request: Request<ForwardBody>,
+    source: &Arc<TokenSource>,
+    token: HeaderValue,
+) -> Result<Response<Incoming>, CallError> {
+    use http_body_util::BodyExt as _;
+    let (parts, body) = request.into_parts();
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return Err(match context.request_body.violation() {
+                RequestBodyViolation::TooLarge => CallError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    format!(
+                        "the request body exceeds max_request_body_bytes ({}); send a smaller body",
+                        integration.config.max_request_body_bytes
+                    ),
+                ),
+                RequestBodyViolation::CallerToken => CallError::bad_request(
+                    "caller_token_in_body",
+                    "the request body contains the caller token; it is never forwarded to a vendor",
+                ),
+                RequestBodyViolation::None => CallError::bad_request(
+                    "request_body_error",
+                    "the request body could not be read completely",
+                ),
+            })
+        }
+    };
+    let body_state = context.request_body.clone();
+    let build = |authorization: HeaderValue| {
+        let mut request = Request::new(ForwardBody::full(bytes.clone(), body_state.clone()));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.headers_mut() = parts.headers.clone();
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, authorization);
+        request
+    };
+    let first = build(token.clone());
+    let response = forward(integration, context, first, "").await?;
+    if response.status() != StatusCode::UNAUTHORIZED {
+        return Ok(response);
+    }
+    drop(response);
+    source.purge(&token);
+    tracing::info!(integration = %integration.name, request_id = %context.request_id, "vendor refused the OAuth2 token; re-minting once");
+    let fresh = oauth_token(integration, source).await?;
+    forward(integration, context, build(fresh), "").await
 }
 
 async fn forward(
@@ -665,6 +766,25 @@ fn inspect_response(
         .collect();
     for name in HOP_BY_HOP.iter().chain(connection_named.iter()) {
         parts.headers.remove(name);
+    }
+    // A vendor may echo the injected credential (a redirect or pagination link carrying an
+    // api_key parameter, say): such headers never reach the caller.
+    if !integration.secret_needles.is_empty() {
+        let leaking: Vec<HeaderName> = parts
+            .headers
+            .iter()
+            .filter(|(_, value)| {
+                integration
+                    .secret_needles
+                    .iter()
+                    .any(|needle| memchr::memmem::find(value.as_bytes(), needle).is_some())
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in leaking {
+            tracing::warn!(integration = %integration.name, header = %name, request_id = %context.request_id, "vendor response header carried the injected credential; removed");
+            parts.headers.remove(&name);
+        }
     }
     if let Ok(value) = HeaderValue::from_str(&context.request_id) {
         parts.headers.insert(crate::REQUEST_ID_HEADER, value);

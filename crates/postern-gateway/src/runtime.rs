@@ -16,6 +16,7 @@ use postern_vault::{Vault, VaultError};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::oauth::TokenSource;
 use crate::upstream::{build_client, UpstreamClient, UpstreamOptions};
 
 pub type CallerLimiter = DefaultKeyedRateLimiter<Arc<str>>;
@@ -53,14 +54,25 @@ pub struct ClientCache {
 }
 
 impl ClientCache {
-    fn get(&self, integration: &IntegrationConfig) -> anyhow::Result<UpstreamClient> {
+    fn get(
+        &self,
+        integration: &IntegrationConfig,
+        client_pem: Option<(&[u8], &[u8])>,
+    ) -> anyhow::Result<UpstreamClient> {
+        let client_fingerprint = client_pem.map(|(cert, key)| {
+            let mut hasher = Sha256::new();
+            hasher.update(cert);
+            hasher.update(key);
+            hex::encode(hasher.finalize())
+        });
         let key = format!(
-            "{:?}|{}|{:?}|{}|{}",
+            "{:?}|{}|{:?}|{}|{}|{:?}",
             integration.allow_private_networks,
             integration.allow_plaintext,
             integration.ca_file,
             integration.connect_timeout_ms,
-            integration.idle_timeout_ms
+            integration.idle_timeout_ms,
+            client_fingerprint
         );
         let mut clients = self.clients.lock().expect("client cache lock");
         if let Some((cached_key, client)) = clients.get(&integration.name) {
@@ -74,9 +86,59 @@ impl ClientCache {
             ca_file: integration.ca_file.as_deref(),
             connect_timeout: Duration::from_millis(integration.connect_timeout_ms),
             idle_timeout: Duration::from_millis(integration.idle_timeout_ms),
+            client_auth: match client_pem {
+                Some((cert, key)) => Some((
+                    rustls_pemfile::certs(&mut &cert[..])
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| anyhow::anyhow!("client_certificate: the certificate is not PEM"))?,
+                    rustls_pemfile::private_key(&mut &key[..])
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| anyhow::anyhow!("client_certificate: the key is not a PEM private key"))?,
+                )),
+                None => None,
+            },
         })?;
         clients.insert(integration.name.clone(), (key, client.clone()));
         Ok(client)
+    }
+}
+
+/// OAuth2 token sources survive rebuilds while their settings and client secret are unchanged,
+/// so a vault refresh or config reload does not discard a valid token.
+#[derive(Default)]
+pub struct TokenSourceCache {
+    sources: Mutex<HashMap<String, (String, Arc<TokenSource>)>>,
+}
+
+impl TokenSourceCache {
+    fn get(
+        &self,
+        integration: &IntegrationConfig,
+        oauth2: &postern_config::OAuth2Config,
+        client_secret: Zeroizing<String>,
+        client: &UpstreamClient,
+    ) -> Arc<TokenSource> {
+        let key = format!(
+            "{oauth2:?}|{}|{}",
+            hex::encode(Sha256::digest(client_secret.as_bytes())),
+            integration.request_timeout_ms
+        );
+        let mut sources = self.sources.lock().expect("token source lock");
+        if let Some((cached_key, source)) = sources.get(&integration.name) {
+            if *cached_key == key {
+                return source.clone();
+            }
+        }
+        let source = Arc::new(TokenSource::new(
+            &integration.name,
+            oauth2.clone(),
+            client_secret,
+            client.clone(),
+            Duration::from_millis(integration.request_timeout_ms),
+        ));
+        sources.insert(integration.name.clone(), (key, source.clone()));
+        source
     }
 }
 
@@ -85,6 +147,7 @@ pub struct BuildInputs<'a> {
     pub admin_token_sha256: [u8; 32],
     pub limiters: &'a LimiterCache,
     pub clients: &'a ClientCache,
+    pub token_sources: &'a TokenSourceCache,
     /// The credential vault; `None` only where no vault is opened (`postern check`).
     pub vault: Option<&'a Vault>,
 }
@@ -108,6 +171,8 @@ pub enum Injector {
         param: String,
         encoded_value: String,
     },
+    /// `Authorization: Bearer <token>` from an OAuth2 token source.
+    OAuth2(Arc<TokenSource>),
 }
 
 /// The upstream's fixed parts.
@@ -127,6 +192,9 @@ pub struct IntegrationRuntime {
     pub operations: OperationTable,
     /// `Err` holds why the credential cannot be injected (never the value).
     pub credential: Result<Option<Injector>, CredentialProblem>,
+    /// The injected secret as it could appear in a vendor's echo (raw and percent-encoded):
+    /// response headers containing it are dropped before they reach the caller.
+    pub secret_needles: Vec<Zeroizing<Vec<u8>>>,
     /// The vault credential this integration injects, if any, and when it was last used.
     pub vault_secret: Option<String>,
     pub last_used_ms: AtomicI64,
@@ -277,9 +345,75 @@ fn build_integration(
             .map(|o| (o.id.as_str(), o.method.as_str(), o.path.as_str())),
     )
     .map_err(|error| anyhow::anyhow!("integration {}: {error}", integration.name))?;
-    let credential = match &integration.credential {
-        None => Ok(None),
-        Some(credential) => load_injector(credential, inputs.vault).map(Some),
+    // A client certificate for the vendor (mTLS) comes from the vault; if it cannot be read the
+    // integration fails closed like a missing credential.
+    let mut client_pem_problem = None;
+    let client_pem = match (&integration.client_certificate, inputs.vault) {
+        (Some(names), Some(vault)) => {
+            match (vault.current(&names.cert_secret), vault.current(&names.key_secret)) {
+                (Ok(Some(cert)), Ok(Some(key))) => Some((cert, key)),
+                _ => {
+                    client_pem_problem = Some(CredentialProblem {
+                        code: "credential_unavailable",
+                        why: format!(
+                            "client certificate unavailable: vault credentials {} and {} must both exist and be active (fix: `postern creds set NAME --from-file FILE.pem`)",
+                            names.cert_secret, names.key_secret
+                        ),
+                    });
+                    None
+                }
+            }
+        }
+        (Some(_), None) => {
+            client_pem_problem = Some(CredentialProblem {
+                code: "credential_unavailable",
+                why: "client certificate lives in the vault, which is opened by `postern serve`".to_string(),
+            });
+            None
+        }
+        _ => None,
+    };
+    let client = inputs
+        .clients
+        .get(
+            integration,
+            client_pem
+                .as_ref()
+                .map(|(cert, key)| (cert.expose(), key.expose())),
+        )
+        .map_err(|error| anyhow::anyhow!("integration {}: {error}", integration.name))?;
+    let mut secret_needles: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+    let credential = match (&integration.credential, client_pem_problem) {
+        (_, Some(problem)) => Err(problem),
+        (None, None) => Ok(None),
+        (Some(credential), None) => match (&credential.oauth2, credential.kind) {
+            (Some(oauth2), CredentialKind::OAuth2) => read_secret(credential, inputs.vault)
+                .map(|secret| {
+                    Some(Injector::OAuth2(inputs.token_sources.get(
+                        integration,
+                        oauth2,
+                        secret,
+                        &client,
+                    )))
+                }),
+            _ => {
+                let injector = load_injector(credential, inputs.vault);
+                if let Ok(secret) = read_secret(credential, inputs.vault) {
+                    let raw = secret.as_bytes().to_vec();
+                    let encoded = percent_encoding::utf8_percent_encode(
+                        secret.as_str(),
+                        crate::proxy::QUERY_VALUE,
+                    )
+                    .to_string()
+                    .into_bytes();
+                    if encoded != raw {
+                        secret_needles.push(Zeroizing::new(encoded));
+                    }
+                    secret_needles.push(Zeroizing::new(raw));
+                }
+                injector.map(Some)
+            }
+        },
     };
     let vault_secret = match &integration.credential {
         Some(CredentialConfig {
@@ -291,10 +425,6 @@ fn build_integration(
     let limiter = integration
         .rate_limit
         .map(|r| inputs.limiters.get(&integration.name, r.requests_per_second, r.burst));
-    let client = inputs
-        .clients
-        .get(integration)
-        .map_err(|error| anyhow::anyhow!("integration {}: {error}", integration.name))?;
     let upstream = upstream_target(&integration.upstream)
         .map_err(|error| anyhow::anyhow!("integration {}: {error}", integration.name))?;
     let mut stripped_headers = vec![
@@ -312,6 +442,7 @@ fn build_integration(
         config: integration.clone(),
         operations,
         credential,
+        secret_needles,
         vault_secret,
         last_used_ms: AtomicI64::new(0),
         limiter,
@@ -346,15 +477,18 @@ fn upstream_target(url: &url::Url) -> anyhow::Result<UpstreamTarget> {
     })
 }
 
-/// Reads the secret and prepares its header or query form. Errors never contain the value.
-fn load_injector(
-    credential: &CredentialConfig,
-    vault: Option<&Vault>,
-) -> Result<Injector, CredentialProblem> {
-    let unavailable = |why: String| CredentialProblem {
+fn unavailable(why: String) -> CredentialProblem {
+    CredentialProblem {
         code: "credential_unavailable",
         why,
-    };
+    }
+}
+
+/// Reads a credential's secret from its source. Errors never contain the value.
+fn read_secret(
+    credential: &CredentialConfig,
+    vault: Option<&Vault>,
+) -> Result<Zeroizing<String>, CredentialProblem> {
     let secret: Zeroizing<String> = match &credential.source {
         SecretSource::Env(name) => Zeroizing::new(std::env::var(name).map_err(|_| {
             unavailable(format!(
@@ -408,6 +542,15 @@ fn load_injector(
     if secret.is_empty() {
         return Err(unavailable("credential unavailable: the secret is empty".to_string()));
     }
+    Ok(secret)
+}
+
+/// Reads the secret and prepares its header or query form. Errors never contain the value.
+fn load_injector(
+    credential: &CredentialConfig,
+    vault: Option<&Vault>,
+) -> Result<Injector, CredentialProblem> {
+    let secret = read_secret(credential, vault)?;
     let sensitive = |text: Zeroizing<String>| -> Result<HeaderValue, CredentialProblem> {
         let mut value = HeaderValue::from_str(&text).map_err(|_| {
             unavailable(
@@ -447,6 +590,9 @@ fn load_injector(
                 value: sensitive(secret)?,
             })
         }
+        CredentialKind::OAuth2 => Err(unavailable(
+            "credential kind oauth2 needs token_url and client_id".to_string(),
+        )),
         CredentialKind::Query => {
             let param = credential
                 .query_param

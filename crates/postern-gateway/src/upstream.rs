@@ -177,6 +177,11 @@ pub struct UpstreamOptions<'a> {
     pub ca_file: Option<&'a Path>,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Client certificate chain and key presented to the vendor (mTLS).
+    pub client_auth: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
 }
 
 /// Builds the pool for one integration.
@@ -190,11 +195,16 @@ pub fn build_client(options: UpstreamOptions<'_>) -> anyhow::Result<UpstreamClie
                 .map_err(|error| anyhow::anyhow!("ca_file {}: {error}", ca_file.display()))?;
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(|error| anyhow::anyhow!("TLS setup: {error}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let tls = match options.client_auth {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|error| anyhow::anyhow!("client_certificate: {error}"))?,
+        None => builder.with_no_client_auth(),
+    };
     let guarded = GuardedConnector::new(
         Guard::new(options.allow_private_networks),
         options.connect_timeout,

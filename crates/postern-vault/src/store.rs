@@ -37,6 +37,8 @@ pub enum VaultError {
     NotFound(String),
     #[error("credential {0:?} already exists; use `postern creds rotate {0}` to replace its value")]
     AlreadyExists(String),
+    #[error("credential {0:?} is revoked; give it a new value with `postern creds set {0}`")]
+    Revoked(String),
     #[error("credential {0:?} has no previous version inside its rollback window")]
     NothingToRollBack(String),
     #[error("credential name {0:?} is invalid: use letters, digits, '.', '-' and '_' (at most 128)")]
@@ -155,7 +157,15 @@ impl Vault {
 
     /// Like [`Vault::open`], with the environment's key passed in (tests, embedding).
     pub fn open_with(data_dir: &Path, env_key: Option<&str>) -> Result<Vault, VaultError> {
-        std::fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+        if !data_dir.exists() {
+            std::fs::create_dir_all(data_dir)
+                .map_err(io(format!("creating {}", data_dir.display())))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
+            }
+        }
         let path = data_dir.join(VAULT_FILE);
         let key_file = data_dir.join(MASTER_KEY_FILE);
         let vault_exists = path.exists();
@@ -195,6 +205,8 @@ impl Vault {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Erased material (retired and revoked versions) is overwritten, not just unlinked.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS secrets (
@@ -379,14 +391,7 @@ impl Vault {
         }
         let mut conn = self.conn.lock().expect("vault lock");
         let tx = conn.transaction()?;
-        let current: u32 = tx
-            .query_row(
-                "SELECT current_version FROM secrets WHERE name = ?1 AND state = 'active'",
-                params![name],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| VaultError::NotFound(name.to_string()))?;
+        let current: u32 = active_version(&tx, name)?;
         // Older previous versions are retired now: their material is erased.
         tx.execute(
             "UPDATE secret_versions SET status = 'retired', wrapped_key = NULL, sealed_value = NULL
@@ -426,14 +431,7 @@ impl Vault {
     pub fn rollback(&self, name: &str, now_ms: i64) -> Result<u32, VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
         let tx = conn.transaction()?;
-        let current: u32 = tx
-            .query_row(
-                "SELECT current_version FROM secrets WHERE name = ?1 AND state = 'active'",
-                params![name],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| VaultError::NotFound(name.to_string()))?;
+        let current: u32 = active_version(&tx, name)?;
         let previous: u32 = tx
             .query_row(
                 "SELECT version FROM secret_versions WHERE name = ?1 AND status = 'previous'
@@ -453,9 +451,12 @@ impl Vault {
              WHERE name = ?1 AND version = ?2",
             params![name, previous],
         )?;
+        // The restored value keeps its own age: a rollback must not make an old key look new.
         tx.execute(
-            "UPDATE secrets SET current_version = ?2, last_rotated_ms = ?3 WHERE name = ?1",
-            params![name, previous, now_ms],
+            "UPDATE secrets SET current_version = ?2,
+                last_rotated_ms = (SELECT created_ms FROM secret_versions WHERE name = ?1 AND version = ?2)
+             WHERE name = ?1",
+            params![name, previous],
         )?;
         history(&tx, name, now_ms, "rollback", Some(previous), Some(format!("version {current} retired")))?;
         Self::bump(&tx)?;
@@ -488,6 +489,8 @@ impl Vault {
         history(&tx, name, now_ms, "revoke", None, None)?;
         Self::bump(&tx)?;
         tx.commit()?;
+        // Move the overwritten pages out of the WAL into the main file, then truncate the WAL.
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         Ok(())
     }
 
@@ -633,6 +636,22 @@ impl Vault {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// The current version of an active credential; a clear error when it is revoked or unknown.
+fn active_version(tx: &rusqlite::Transaction<'_>, name: &str) -> Result<u32, VaultError> {
+    let row: Option<(String, u32)> = tx
+        .query_row(
+            "SELECT state, current_version FROM secrets WHERE name = ?1",
+            params![name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match row {
+        Some((state, version)) if state == "active" => Ok(version),
+        Some(_) => Err(VaultError::Revoked(name.to_string())),
+        None => Err(VaultError::NotFound(name.to_string())),
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify::Watcher as _;
-use postern_gateway::runtime::{BuildInputs, ClientCache, LimiterCache, Runtime};
+use postern_gateway::runtime::{BuildInputs, ClientCache, LimiterCache, Runtime, TokenSourceCache};
 use postern_gateway::RunningGateway;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -146,6 +146,7 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
                 admin_token_sha256: [0u8; 32],
                 limiters: &LimiterCache::default(),
                 clients: &ClientCache::default(),
+                token_sources: &TokenSourceCache::default(),
                 vault: None,
             },
         )

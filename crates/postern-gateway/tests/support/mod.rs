@@ -153,6 +153,35 @@ impl TestVendor {
         Self::start(Some(acceptor), handler, Some(pki.ca_pem)).await
     }
 
+    /// TLS vendor that requires a client certificate signed by `client_ca_pem` (mTLS).
+    pub async fn mtls(handler: Handler, client_ca_pem: &str) -> Self {
+        let pki = TestPki::new();
+        let certs = rustls_pemfile::certs(&mut pki.server_cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pemfile::private_key(&mut pki.server_key_pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut client_ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start(Some(acceptor), handler, Some(pki.ca_pem)).await
+    }
+
     /// Plain-HTTP vendor (needs `allow_plaintext = true`).
     pub async fn plain(handler: Handler) -> Self {
         Self::start(None, handler, None).await

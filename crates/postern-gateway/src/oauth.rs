@@ -1,0 +1,229 @@
+//! OAuth2 client credentials (RFC 6749 §4.4): mint, cache, refresh and purge vendor access tokens.
+//!
+//! One [`TokenSource`] per integration. A call takes the cached token without waiting; when the
+//! token has passed 80 % of its lifetime the call also starts one background refresh (the old
+//! token keeps serving until it expires). When there is no valid token, the first caller fetches
+//! one while every other caller waits for that same fetch (single flight: one token request
+//! however many calls wait). A vendor 401 purges the token that was used so the next fetch
+//! re-mints. Token requests go through the integration's guarded pool, so the SSRF guard and TLS
+//! rules apply to the token endpoint too. A token or client secret is never logged.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request};
+use http_body_util::BodyExt as _;
+use postern_config::{OAuth2ClientAuth, OAuth2Config};
+use zeroize::Zeroizing;
+
+use crate::body::{ForwardBody, RequestBodyState};
+use crate::upstream::UpstreamClient;
+
+/// Lifetime assumed when the token endpoint gives no `expires_in`.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Largest token response read.
+const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token endpoint could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the token endpoint answered {status}")]
+    Refused { status: u16 },
+    #[error("the token endpoint's answer has no usable access_token")]
+    Malformed,
+    #[error("the token endpoint did not answer within {0} ms")]
+    Timeout(u64),
+}
+
+struct CachedToken {
+    header: HeaderValue,
+    refresh_at: Instant,
+    expires_at: Instant,
+}
+
+pub struct TokenSource {
+    integration: String,
+    config: OAuth2Config,
+    client_secret: Zeroizing<String>,
+    client: UpstreamClient,
+    timeout: Duration,
+    current: ArcSwapOption<CachedToken>,
+    fetch_lock: tokio::sync::Mutex<()>,
+    refreshing: AtomicBool,
+    /// Token requests made (for tests and metrics).
+    pub token_requests: AtomicU64,
+}
+
+impl TokenSource {
+    pub fn new(
+        integration: &str,
+        config: OAuth2Config,
+        client_secret: Zeroizing<String>,
+        client: UpstreamClient,
+        timeout: Duration,
+    ) -> Self {
+        TokenSource {
+            integration: integration.to_string(),
+            config,
+            client_secret,
+            client,
+            timeout,
+            current: ArcSwapOption::empty(),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            refreshing: AtomicBool::new(false),
+            token_requests: AtomicU64::new(0),
+        }
+    }
+
+    /// The `Authorization` value to inject: the cached token, or one fetched now.
+    pub async fn authorization(self: &Arc<Self>) -> Result<HeaderValue, TokenError> {
+        if let Some(token) = self.valid_token() {
+            return Ok(token);
+        }
+        let _single_flight = self.fetch_lock.lock().await;
+        if let Some(token) = self.valid_token() {
+            return Ok(token);
+        }
+        let token = self.fetch().await?;
+        let header = token.header.clone();
+        self.current.store(Some(Arc::new(token)));
+        Ok(header)
+    }
+
+    fn valid_token(self: &Arc<Self>) -> Option<HeaderValue> {
+        let token = self.current.load_full()?;
+        let now = Instant::now();
+        if now >= token.expires_at {
+            return None;
+        }
+        if now >= token.refresh_at && !self.refreshing.swap(true, Ordering::AcqRel) {
+            let source = self.clone();
+            tokio::spawn(async move { source.refresh_in_background().await });
+        }
+        Some(token.header.clone())
+    }
+
+    async fn refresh_in_background(self: Arc<Self>) {
+        {
+            let _single_flight = self.fetch_lock.lock().await;
+            match self.fetch().await {
+                Ok(token) => self.current.store(Some(Arc::new(token))),
+                Err(error) => tracing::warn!(
+                    integration = %self.integration,
+                    %error,
+                    "OAuth2 token refresh failed; the current token serves until it expires"
+                ),
+            }
+        }
+        self.refreshing.store(false, Ordering::Release);
+    }
+
+    /// Drops the token that a vendor refused (401), unless a newer one already replaced it.
+    pub fn purge(&self, refused: &HeaderValue) {
+        let current = self.current.load_full();
+        if current.as_ref().is_some_and(|t| t.header == *refused) {
+            self.current.store(None);
+        }
+    }
+
+    async fn fetch(&self) -> Result<CachedToken, TokenError> {
+        self.token_requests.fetch_add(1, Ordering::Relaxed);
+        let mut form = form_urlencoded(&[("grant_type", "client_credentials")]);
+        if let Some(scope) = &self.config.scope {
+            form.push('&');
+            form.push_str(&form_urlencoded(&[("scope", scope)]));
+        }
+        for (key, value) in &self.config.params {
+            form.push('&');
+            form.push_str(&form_urlencoded(&[(key, value)]));
+        }
+        let mut request = Request::post(self.config.token_url.as_str())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json");
+        match self.config.client_auth {
+            OAuth2ClientAuth::Basic => {
+                // RFC 6749 §2.3.1: form-encode id and secret, then Basic.
+                let pair = Zeroizing::new(format!(
+                    "{}:{}",
+                    form_value(&self.config.client_id),
+                    form_value(&self.client_secret)
+                ));
+                let mut value = HeaderValue::from_str(&format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+                ))
+                .map_err(|_| TokenError::Malformed)?;
+                value.set_sensitive(true);
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            OAuth2ClientAuth::Body => {
+                form.push('&');
+                form.push_str(&form_urlencoded(&[
+                    ("client_id", &self.config.client_id),
+                    ("client_secret", &self.client_secret),
+                ]));
+            }
+        }
+        let body = ForwardBody::full(Bytes::from(form), Arc::new(RequestBodyState::default()));
+        let request = request.body(body).map_err(|_| TokenError::Malformed)?;
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Err(_) => return Err(TokenError::Timeout(self.timeout.as_millis() as u64)),
+            Ok(Err(error)) => return Err(TokenError::Unreachable(describe(&error))),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(TokenError::Refused { status });
+        }
+        let body = http_body_util::Limited::new(response.into_body(), MAX_TOKEN_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|_| TokenError::Malformed)?
+            .to_bytes();
+        let parsed: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|_| TokenError::Malformed)?;
+        let access_token = parsed
+            .get("access_token")
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
+            .ok_or(TokenError::Malformed)?;
+        let lifetime = parsed
+            .get("expires_in")
+            .and_then(|e| e.as_u64().or_else(|| e.as_str().and_then(|s| s.parse().ok())))
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_LIFETIME);
+        let mut header = HeaderValue::from_str(&format!("Bearer {access_token}"))
+            .map_err(|_| TokenError::Malformed)?;
+        header.set_sensitive(true);
+        let now = Instant::now();
+        Ok(CachedToken {
+            header,
+            refresh_at: now + lifetime.mul_f64(0.8),
+            expires_at: now + lifetime,
+        })
+    }
+}
+
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    if let Some(denied) = crate::upstream::find_cause::<crate::upstream::ConnectError>(error) {
+        return denied.to_string();
+    }
+    error.to_string()
+}
+
+fn form_value(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, crate::proxy::QUERY_VALUE).to_string()
+}
+
+fn form_urlencoded(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", form_value(k), form_value(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}

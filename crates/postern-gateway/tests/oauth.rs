@@ -1,0 +1,325 @@
+//! OAuth2 client credentials against a real local token server, and mTLS to the vendor.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use support::*;
+
+/// A token endpoint: counts requests, can be taken down, mints `tok-N` with a set lifetime.
+#[derive(Default)]
+struct TokenServer {
+    requests: AtomicU64,
+    down: AtomicBool,
+    lifetime_s: AtomicU64,
+    last_form: Mutex<String>,
+    last_authorization: Mutex<Option<String>>,
+}
+
+fn token_handler(state: Arc<TokenServer>) -> Handler {
+    Arc::new(move |request: &SeenRequest| {
+        if state.down.load(Ordering::SeqCst) {
+            return Answer::json(503, serde_json::json!({"error": "temporarily_unavailable"}));
+        }
+        let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        *state.last_form.lock().unwrap() = String::from_utf8_lossy(&request.body).to_string();
+        *state.last_authorization.lock().unwrap() = request.header("authorization");
+        Answer::json(
+            200,
+            serde_json::json!({
+                "access_token": format!("tok-{n}"),
+                "token_type": "Bearer",
+                "expires_in": state.lifetime_s.load(Ordering::SeqCst),
+            }),
+        )
+    })
+}
+
+/// The vendor accepts every `tok-N` except those listed as refused.
+fn vendor_handler(refused: Arc<Mutex<Vec<String>>>) -> Handler {
+    Arc::new(move |request: &SeenRequest| {
+        let auth = request.header("authorization").unwrap_or_default();
+        let token = auth.strip_prefix("Bearer ").unwrap_or("");
+        if !token.starts_with("tok-") || refused.lock().unwrap().iter().any(|t| t == token) {
+            return Answer::json(401, serde_json::json!({"error": "invalid_token"}));
+        }
+        Answer::json(200, serde_json::json!({"ok": true, "token": token}))
+    })
+}
+
+struct Setup {
+    gw: TestGateway,
+    tokens: Arc<TokenServer>,
+    vendor: TestVendor,
+    refused: Arc<Mutex<Vec<String>>>,
+}
+
+async fn setup(lifetime_s: u64, client_auth: &str) -> Setup {
+    let tokens = Arc::new(TokenServer::default());
+    tokens.lifetime_s.store(lifetime_s, Ordering::SeqCst);
+    let token_server = TestVendor::tls(token_handler(tokens.clone())).await;
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let vendor = TestVendor::tls(vendor_handler(refused.clone())).await;
+    let cas = format!(
+        "{}{}",
+        vendor.ca_pem.as_deref().unwrap(),
+        token_server.ca_pem.as_deref().unwrap()
+    );
+    let body = format!(
+        r#"
+[[integrations]]
+name = "crm"
+vendor = "CRM"
+owner = "sales@example.com"
+upstream = "https://127.0.0.1:{vendor_port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+credential = {{ kind = "oauth2", token_url = "https://127.0.0.1:{token_port}/oauth/token", client_id = "postern-client", client_secret = "crm-client-secret", scope = "contacts.read", client_auth = "{client_auth}", params = {{ audience = "https://api.crm.example" }} }}
+operations = [
+  {{ id = "list_contacts", method = "GET", path = "/contacts" }},
+  {{ id = "create_contact", method = "POST", path = "/contacts" }},
+]
+
+[[grants]]
+caller = "checkout"
+integration = "crm"
+operations = ["*"]
+"#,
+        vendor_port = vendor.addr.port(),
+        token_port = token_server.addr.port(),
+    );
+    let gw = TestGateway::start(&body, Some(&cas)).await;
+    let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
+    vault
+        .set("crm-client-secret", "oauth2_client_secret", b"s3cret value&=", 1)
+        .unwrap();
+    gw.running().shared().refresh_from_vault().unwrap();
+    std::mem::forget(token_server);
+    Setup {
+        gw,
+        tokens,
+        vendor,
+        refused,
+    }
+}
+
+async fn call(gw: &TestGateway) -> u16 {
+    client()
+        .get(format!("{}/crm/contacts", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_mint_exactly_one_token() {
+    let s = setup(3600, "basic").await;
+    let mut calls = Vec::new();
+    for _ in 0..32 {
+        let (base, token) = (s.gw.base.clone(), s.gw.token.clone());
+        calls.push(tokio::spawn(async move {
+            client()
+                .get(format!("{base}/crm/contacts"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    assert_eq!(s.tokens.requests.load(Ordering::SeqCst), 1, "single flight");
+    assert!(s
+        .vendor
+        .seen()
+        .iter()
+        .all(|r| r.header("authorization").as_deref() == Some("Bearer tok-1")));
+    // The token request: client credentials grant, scope, extra params, Basic client auth with
+    // form-encoded id and secret (RFC 6749 §2.3.1).
+    let form = s.tokens.last_form.lock().unwrap().clone();
+    assert!(form.contains("grant_type=client_credentials"), "{form}");
+    assert!(form.contains("scope=contacts.read"), "{form}");
+    assert!(form.contains("audience=https%3A%2F%2Fapi.crm.example"), "{form}");
+    use base64::Engine as _;
+    let expected = base64::engine::general_purpose::STANDARD.encode("postern-client:s3cret%20value%26%3D");
+    assert_eq!(
+        s.tokens.last_authorization.lock().unwrap().clone().unwrap(),
+        format!("Basic {expected}")
+    );
+    s.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secret_in_body_when_asked() {
+    let s = setup(3600, "body").await;
+    assert_eq!(call(&s.gw).await, 200);
+    let form = s.tokens.last_form.lock().unwrap().clone();
+    assert!(form.contains("client_id=postern-client"), "{form}");
+    assert!(form.contains("client_secret=s3cret%20value%26%3D"), "{form}");
+    assert!(s.tokens.last_authorization.lock().unwrap().is_none());
+    s.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_is_refreshed_before_expiry_without_a_failed_call() {
+    // 2 s lifetime: refreshed in the background from 1.6 s on, while calls keep succeeding.
+    let s = setup(2, "basic").await;
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    while started.elapsed() < std::time::Duration::from_millis(3000) {
+        statuses.push(call(&s.gw).await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let minted = s.tokens.requests.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&minted), "refreshed ahead of expiry: {minted} tokens");
+    s.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendor_401_purges_and_re_mints_once() {
+    let s = setup(3600, "basic").await;
+    assert_eq!(call(&s.gw).await, 200);
+    // The vendor revokes tok-1: the next call gets 401, Postern re-mints once, replays, succeeds.
+    s.refused.lock().unwrap().push("tok-1".to_string());
+    let response = client()
+        .post(format!("{}/crm/contacts", s.gw.base))
+        .bearer_auth(&s.gw.token)
+        .body(r#"{"name":"Ada"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(s.tokens.requests.load(Ordering::SeqCst), 2);
+    let seen = s.vendor.seen();
+    let posts: Vec<_> = seen.iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(posts.len(), 2, "the call was replayed once");
+    assert_eq!(posts[0].header("authorization").unwrap(), "Bearer tok-1");
+    assert_eq!(posts[1].header("authorization").unwrap(), "Bearer tok-2");
+    assert_eq!(posts[1].body, r#"{"name":"Ada"}"#, "the body was replayed intact");
+
+    // A vendor that refuses every token: exactly one re-mint, then the 401 is returned.
+    s.refused.lock().unwrap().push("tok-2".to_string());
+    s.refused.lock().unwrap().push("tok-3".to_string());
+    assert_eq!(call(&s.gw).await, 401);
+    assert_eq!(s.tokens.requests.load(Ordering::SeqCst), 3);
+    s.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_down_serves_cached_token_then_fails_closed_after_expiry() {
+    let s = setup(1, "basic").await;
+    assert_eq!(call(&s.gw).await, 200);
+    s.tokens.down.store(true, Ordering::SeqCst);
+    assert_eq!(call(&s.gw).await, 200, "the unexpired token keeps serving");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let response = client()
+        .get(format!("{}/crm/contacts", s.gw.base))
+        .bearer_auth(&s.gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "credential_unavailable");
+    let events = s.gw.wait_events(3).await;
+    assert_eq!(events.last().unwrap()["reason"], "credential_unavailable");
+    // Back up: the next call mints again.
+    s.tokens.down.store(false, Ordering::SeqCst);
+    assert_eq!(call(&s.gw).await, 200);
+    s.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_goes_through_the_ssrf_guard() {
+    let body = r#"
+[[integrations]]
+name = "crm"
+vendor = "CRM"
+owner = "sales@example.com"
+upstream = "https://api.crm.example"
+credential = { kind = "oauth2", token_url = "https://169.254.169.254/latest/token", client_id = "c", client_secret = "crm-client-secret" }
+operations = [ { id = "list_contacts", method = "GET", path = "/contacts" } ]
+
+[[grants]]
+caller = "checkout"
+integration = "crm"
+operations = ["*"]
+"#;
+    let gw = TestGateway::start(body, None).await;
+    let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
+    vault.set("crm-client-secret", "oauth2_client_secret", b"x", 1).unwrap();
+    gw.running().shared().refresh_from_vault().unwrap();
+    let response = client()
+        .get(format!("{}/crm/contacts", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("link_local"), "{body}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_from_the_vault_is_presented_to_the_vendor() {
+    let client_pki = TestPki::new();
+    let vendor = TestVendor::mtls(TestVendor::ok_handler(), &client_pki.ca_pem).await;
+    let body = format!(
+        r#"
+[[integrations]]
+name = "bank"
+vendor = "Bank"
+owner = "treasury@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+client_certificate = {{ cert = "bank-cert", key = "bank-key" }}
+operations = [ {{ id = "balance", method = "GET", path = "/balance" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "bank"
+operations = ["*"]
+"#,
+        port = vendor.addr.port()
+    );
+    let gw = TestGateway::start(&body, vendor.ca_pem.as_deref()).await;
+    let get = || {
+        client()
+            .get(format!("{}/bank/balance", gw.base))
+            .bearer_auth(&gw.token)
+            .send()
+    };
+    // Not in the vault yet: fail closed, nothing sent.
+    assert_eq!(get().await.unwrap().status(), 503);
+    let (cert, key) = client_pki.client_cert("spiffe://postern.example/gateway");
+    let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
+    vault.set("bank-cert", "tls_client_cert", cert.as_bytes(), 1).unwrap();
+    vault.set("bank-key", "tls_client_key", key.as_bytes(), 1).unwrap();
+    gw.running().shared().refresh_from_vault().unwrap();
+    assert_eq!(get().await.unwrap().status(), 200);
+    assert_eq!(vendor.seen().len(), 1);
+    gw.stop().await;
+
+    // The same vendor refuses a gateway without the certificate.
+    let body = body.replace("client_certificate = { cert = \"bank-cert\", key = \"bank-key\" }\n", "");
+    let gw = TestGateway::start(&body, vendor.ca_pem.as_deref()).await;
+    let response = client()
+        .get(format!("{}/bank/balance", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(vendor.seen().len(), 1);
+    gw.stop().await;
+}
