@@ -133,6 +133,14 @@ pub struct GatewayConfig {
     pub shutdown_grace_ms: u64,
     /// Credentials whose current value is older than this are flagged (`creds list`, `/metrics`).
     pub credential_max_age_days: u64,
+    /// Origin line of the audit log's checkpoints (C2SP tlog-checkpoint), e.g.
+    /// `postern.example.com/audit`. Default `postern/<hostname>`.
+    pub audit_origin: Option<String>,
+    /// A new signed checkpoint at most this often, when the log grew. Default 1000.
+    pub audit_checkpoint_interval_ms: u64,
+    /// How long a call waits for its audit entry to be durable before it fails closed
+    /// (503 `audit_unavailable`). Default 2000.
+    pub audit_timeout_ms: u64,
 }
 
 /// `[[callers]]`: a workload that may call integrations.
@@ -172,6 +180,8 @@ pub struct IntegrationConfig {
     pub ca_file: Option<PathBuf>,
     /// Client certificate presented to the vendor (mTLS), from the vault.
     pub client_certificate: Option<ClientCertificateConfig>,
+    /// Whether a call waits for its audit entry to be durable before it is forwarded.
+    pub audit: AuditMode,
     /// Greater than zero.
     pub connect_timeout_ms: u64,
     /// Until response headers. Greater than zero.
@@ -217,6 +227,15 @@ pub enum OAuth2ClientAuth {
     Basic,
     /// `client_id` and `client_secret` in the form body.
     Body,
+}
+
+/// Per-integration audit durability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditMode {
+    /// No call is forwarded unless its intent entry is durably sequenced (the default).
+    Required,
+    /// Calls are forwarded even when the audit log cannot be written (entries still attempted).
+    BestEffort,
 }
 
 /// A client certificate Postern presents to the vendor (mTLS), both halves in the vault.

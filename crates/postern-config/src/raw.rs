@@ -46,6 +46,12 @@ pub(crate) struct RawGateway {
     pub shutdown_grace_ms: Option<u64>,
     #[serde(default)]
     pub credential_max_age_days: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub audit_origin: Option<Spanned<String>>,
+    #[serde(default)]
+    pub audit_checkpoint_interval_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub audit_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +88,9 @@ pub(crate) struct RawIntegration {
     pub ca_file: Option<Spanned<String>>,
     #[serde(default)]
     pub client_certificate: Option<Spanned<RawClientCertificate>>,
+    /// `required` (default) or `best_effort`.
+    #[serde(default)]
+    pub audit: Option<Spanned<String>>,
     #[serde(default)]
     pub connect_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]

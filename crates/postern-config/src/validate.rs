@@ -280,6 +280,41 @@ impl Validator<'_> {
             events_max_files,
             max_header_bytes,
             shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
+            audit_origin: raw.audit_origin.as_ref().map(|origin| {
+                let text = origin.get_ref();
+                if text.is_empty() || text.contains(['\n', '\r']) || text.starts_with("http") {
+                    self.error(
+                        origin.span(),
+                        "`audit_origin` must be a non-empty single line without a URL scheme",
+                        "name the log like `postern.example.com/audit` (C2SP tlog-checkpoint origin)",
+                    );
+                }
+                text.clone()
+            }),
+            audit_checkpoint_interval_ms: match &raw.audit_checkpoint_interval_ms {
+                Some(ms) if *ms.get_ref() < 10 => {
+                    self.error(
+                        ms.span(),
+                        "`audit_checkpoint_interval_ms` must be at least 10",
+                        "use e.g. 1000 (one signed checkpoint per second when the log grew)",
+                    );
+                    1000
+                }
+                Some(ms) => *ms.get_ref(),
+                None => 1000,
+            },
+            audit_timeout_ms: match &raw.audit_timeout_ms {
+                Some(ms) if *ms.get_ref() == 0 => {
+                    self.error(
+                        ms.span(),
+                        "`audit_timeout_ms` must be at least 1",
+                        "use e.g. 2000: how long a call waits for its audit entry to be durable",
+                    );
+                    2000
+                }
+                Some(ms) => *ms.get_ref(),
+                None => 2000,
+            },
             credential_max_age_days: match &raw.credential_max_age_days {
                 Some(days) if *days.get_ref() == 0 => {
                     self.error(
@@ -419,6 +454,18 @@ impl Validator<'_> {
             .as_ref()
             .map(|credential| self.credential(credential, allow_plaintext));
         let client_certificate = self.client_certificate(&raw.client_certificate);
+        let audit = match raw.audit.as_ref().map(|a| (a, a.get_ref().as_str())) {
+            None | Some((_, "required")) => AuditMode::Required,
+            Some((_, "best_effort")) => AuditMode::BestEffort,
+            Some((value, other)) => {
+                self.error(
+                    value.span(),
+                    format!("`audit` = \"{other}\" is not known"),
+                    "use \"required\" (no call leaves unless its audit entry is durable) or \"best_effort\"",
+                );
+                AuditMode::Required
+            }
+        };
         let rate_limit = raw.rate_limit.as_ref().map(|limit| self.rate_limit(limit));
         let operations = self.operations(&name, &raw.operations);
         let allow_private_networks = raw
@@ -459,6 +506,7 @@ impl Validator<'_> {
             allow_plaintext,
             ca_file,
             client_certificate,
+            audit,
             connect_timeout_ms,
             request_timeout_ms,
             idle_timeout_ms,

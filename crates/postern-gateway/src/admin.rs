@@ -259,6 +259,9 @@ async fn credentials(shared: &Arc<Shared>, request: Request<Incoming>) -> Respon
 fn readiness(shared: &Shared) -> Response<GatewayBody> {
     let runtime = shared.runtime.load();
     let mut problems: Vec<String> = runtime.problems.clone();
+    if let Some(problem) = shared.audit.health_problem() {
+        problems.push(problem);
+    }
     if shared.is_draining() {
         problems.push("shutting down".to_string());
     }

@@ -15,6 +15,7 @@
 //! event, metric or error message.
 
 pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod context;
 pub mod error;
@@ -51,6 +52,8 @@ use postern_vault::Vault;
 
 /// Response header carrying the call's request id.
 pub const REQUEST_ID_HEADER: &str = "postern-request-id";
+/// Response header carrying the log index of the call's audit intent entry (a receipt).
+pub const AUDIT_INDEX_HEADER: &str = "postern-audit-index";
 /// Request header a caller may use for its token instead of `Authorization`.
 pub const CALLER_TOKEN_HEADER: &str = "postern-caller-token";
 /// File in `data_dir` holding the generated admin token (mode 0600).
@@ -63,6 +66,7 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub recorder: Recorder,
     pub vault: Arc<Vault>,
+    pub audit: Arc<audit::Audit>,
     limiters: LimiterCache,
     clients: ClientCache,
     token_sources: TokenSourceCache,
@@ -177,6 +181,8 @@ pub struct RunningGateway {
     admin_graceful: Arc<GracefulShutdown>,
     event_task: JoinHandle<()>,
     vault_poller: Option<std::thread::JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
+    checkpoint_stop: watch::Sender<bool>,
     grace: Duration,
 }
 
@@ -188,6 +194,12 @@ impl RunningGateway {
         // The vault first: a wrong or missing master key refuses start before anything is written.
         let vault = Arc::new(Vault::open(&data_dir)?);
         let admin_token_sha256 = admin_token_hash(&config, &data_dir)?;
+        let audit = audit::Audit::open(
+            &data_dir,
+            config.gateway.audit_origin.as_deref(),
+            Duration::from_millis(config.gateway.audit_timeout_ms),
+        )
+        .await?;
         let limiters = LimiterCache::default();
         let clients = ClientCache::default();
         let token_sources = TokenSourceCache::default();
@@ -217,6 +229,7 @@ impl RunningGateway {
                 metrics: Arc::new(Metrics::new()),
             },
             vault,
+            audit,
             limiters,
             clients,
             token_sources,
@@ -229,6 +242,12 @@ impl RunningGateway {
         });
         shared.flush_usage();
         let vault_poller = Some(spawn_vault_poller(shared.clone()));
+        let (checkpoint_stop, checkpoint_stop_rx) = watch::channel(false);
+        let checkpointer = Some(tokio::spawn(run_checkpointer(
+            shared.audit.clone(),
+            Duration::from_millis(config.gateway.audit_checkpoint_interval_ms),
+            checkpoint_stop_rx,
+        )));
 
         let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
             (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
@@ -288,6 +307,8 @@ impl RunningGateway {
             admin_graceful,
             event_task,
             vault_poller,
+            checkpointer,
+            checkpoint_stop,
             grace: Duration::from_millis(config.gateway.shutdown_grace_ms),
         })
     }
@@ -389,9 +410,39 @@ impl RunningGateway {
             );
         }
         self.shared.recorder.events.flush().await;
+        // Last: let queued audit entries land, sign a final checkpoint, stop the sequencer.
+        let _ = self.checkpoint_stop.send(true);
+        if let Some(checkpointer) = self.checkpointer {
+            let _ = checkpointer.await;
+        }
+        let audit = self.shared.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.ledger.checkpoint()).await;
+        self.shared.audit.ledger.close().await;
         drop(self.shared);
         // The writer ends when the last sink handle is gone; do not wait forever for stragglers.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.event_task).await;
+    }
+}
+
+/// Signs a checkpoint every `interval` when the log grew; stops on `stop`.
+async fn run_checkpointer(
+    audit: Arc<audit::Audit>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let ledger = audit.clone();
+        match tokio::task::spawn_blocking(move || ledger.ledger.checkpoint()).await {
+            Ok(Err(error)) => tracing::error!(%error, "could not sign an audit checkpoint"),
+            Err(error) => tracing::error!(%error, "checkpoint task failed"),
+            Ok(Ok(_)) => {}
+        }
     }
 }
 

@@ -21,7 +21,10 @@ use crate::context::{AuthMethod, CallContext, ConnectionInfo};
 use crate::error::CallError;
 use crate::events::Decision;
 use crate::record::PendingRecord;
+use crate::audit::Outcome;
 use crate::oauth::TokenSource;
+use postern_config::AuditMode;
+use postern_tlog::RecordKind;
 use crate::runtime::{Injector, IntegrationRuntime, Runtime};
 use crate::upstream::{find_cause, ConnectError, UpstreamAddr};
 use crate::Shared;
@@ -53,20 +56,25 @@ pub async fn handle(
 ) -> Response<GatewayBody> {
     let runtime = shared.runtime.load_full();
     let mut context = CallContext::new(&connection, request.method(), request.version());
-    let mut authorized = false;
+    let raw_target = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    let mut progress = Progress::default();
     match pipeline(
         &shared,
         &runtime,
         &connection,
         &mut context,
-        &mut authorized,
+        &mut progress,
+        &raw_target,
         request,
     )
     .await
     {
         Ok(response) => response,
         Err(error) => {
-            let decision = if authorized {
+            let decision = if progress.authorized {
                 Decision::Allow
             } else {
                 Decision::Deny
@@ -74,11 +82,39 @@ pub async fn handle(
             shared
                 .recorder
                 .record(&context, error.status.as_u16(), decision, error.code);
-            error
-                .to_response(&context.request_id)
-                .map(GatewayBody::full)
+            let record = shared.audit.record(
+                RecordKind::Outcome,
+                &context,
+                &raw_target,
+                Some(&Outcome {
+                    decision: if progress.authorized {
+                        postern_tlog::Decision::Allow
+                    } else {
+                        postern_tlog::Decision::Deny
+                    },
+                    reason: error.code,
+                    status: error.status.as_u16(),
+                    response_bytes: 0,
+                    intent_index: progress.intent_index,
+                }),
+            );
+            shared.audit.append_later(record);
+            let mut response = error.to_response(&context.request_id).map(GatewayBody::full);
+            if let Some(index) = progress.intent_index {
+                response
+                    .headers_mut()
+                    .insert(crate::AUDIT_INDEX_HEADER, HeaderValue::from(index));
+            }
+            response
         }
     }
+}
+
+/// How far a call got: decides the recorded decision and links the outcome to its intent.
+#[derive(Default)]
+struct Progress {
+    authorized: bool,
+    intent_index: Option<u64>,
 }
 
 async fn pipeline(
@@ -86,15 +122,17 @@ async fn pipeline(
     runtime: &Arc<Runtime>,
     connection: &ConnectionInfo,
     context: &mut CallContext,
-    authorized: &mut bool,
+    progress: &mut Progress,
+    raw_target: &str,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, CallError> {
     check_request(&request)?;
     let caller_token = identify_caller(runtime, connection, context, request.headers())?;
     let (integration, vendor_path) = route(runtime, context, request.uri())?;
     authorize(runtime, &integration, context, &request)?;
-    *authorized = true;
+    progress.authorized = true;
     rate_limit(&integration, context)?;
+    progress.intent_index = record_intent(shared, &integration, context, raw_target).await?;
     let token_source = match &integration.credential {
         Ok(Some(Injector::OAuth2(source))) => Some(source.clone()),
         _ => None,
@@ -117,7 +155,34 @@ async fn pipeline(
             forward_replayable(&integration, context, upstream_request, &source, token).await?
         }
     };
-    inspect_response(shared, &integration, context, response)
+    inspect_response(shared, &integration, context, response, progress.intent_index)
+}
+
+/// The intent entry: durable before the call is forwarded, unless the integration's audit mode
+/// is best effort. Fails closed with 503 `audit_unavailable`.
+async fn record_intent(
+    shared: &Arc<Shared>,
+    integration: &IntegrationRuntime,
+    context: &CallContext,
+    raw_target: &str,
+) -> Result<Option<u64>, CallError> {
+    let record = shared
+        .audit
+        .record(RecordKind::Intent, context, raw_target, None);
+    match shared.audit.append_durable(&record).await {
+        Ok(index) => Ok(Some(index)),
+        Err(why) if integration.config.audit == AuditMode::Required => {
+            tracing::error!(integration = %integration.name, request_id = %context.request_id, %why, "audit log unavailable; refusing the call");
+            Err(CallError::unavailable(
+                "audit_unavailable",
+                "the audit log cannot record this call right now, and no call leaves without its record; retry later (see /readyz)",
+            ))
+        }
+        Err(why) => {
+            tracing::warn!(integration = %integration.name, request_id = %context.request_id, %why, "audit log unavailable; forwarding anyway (audit = \"best_effort\")");
+            Ok(None)
+        }
+    }
 }
 
 /// Refuses malformed requests before anything else: traversal, encoded separators, control
@@ -733,6 +798,7 @@ fn inspect_response(
     integration: &IntegrationRuntime,
     context: &mut CallContext,
     response: Response<Incoming>,
+    intent_index: Option<u64>,
 ) -> Result<Response<GatewayBody>, CallError> {
     let (mut parts, body) = response.into_parts();
     let limit = integration.config.max_response_body_bytes;
@@ -788,6 +854,11 @@ fn inspect_response(
     }
     if let Ok(value) = HeaderValue::from_str(&context.request_id) {
         parts.headers.insert(crate::REQUEST_ID_HEADER, value);
+    }
+    if let Some(index) = intent_index {
+        parts
+            .headers
+            .insert(crate::AUDIT_INDEX_HEADER, HeaderValue::from(index));
     }
     parts.version = http::Version::default();
     parts.extensions = http::Extensions::new();

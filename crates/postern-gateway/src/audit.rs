@@ -1,0 +1,160 @@
+//! The record of every call in the transparency log (`postern-ledger`): an intent entry that
+//! must be durable before a call is forwarded (unless the integration says `audit =
+//! "best_effort"`), and an outcome entry when the call ends. Refused calls get one outcome entry.
+//!
+//! No secret and no raw path, query or body enters the log: the raw request target appears only
+//! as an HMAC-SHA256 under a per-deployment key kept outside the log (`<data_dir>/audit-hmac.key`;
+//! deleting it erases what the HMACs stood for while every proof stays valid).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use postern_ledger::{Health, Ledger, LedgerOptions};
+use postern_tlog::{keyed_hash, AuditRecord, Decision, RecordKind, RECORD_VERSION};
+use zeroize::Zeroizing;
+
+use crate::context::CallContext;
+
+/// Directory of the log inside `data_dir`.
+pub const AUDIT_DIR: &str = "audit";
+/// The per-deployment HMAC key, kept outside the log.
+pub const AUDIT_HMAC_KEY_FILE: &str = "audit-hmac.key";
+
+pub struct Audit {
+    pub ledger: Ledger,
+    hmac_key: Zeroizing<Vec<u8>>,
+    pub timeout: Duration,
+}
+
+/// What a finished or refused call contributes to its audit entry.
+pub struct Outcome<'a> {
+    pub decision: Decision,
+    pub reason: &'a str,
+    pub status: u16,
+    pub response_bytes: u64,
+    pub intent_index: Option<u64>,
+}
+
+impl Audit {
+    pub async fn open(
+        data_dir: &Path,
+        origin: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<Arc<Audit>> {
+        let origin = match origin {
+            Some(origin) => origin.to_string(),
+            None => format!("postern/{}", hostname()),
+        };
+        let dir = data_dir.join(AUDIT_DIR);
+        let (ledger, report) = Ledger::open(&dir, LedgerOptions::new(origin))
+            .await
+            .with_context(|| format!("opening the audit log in {}", dir.display()))?;
+        if let Some(torn) = &report.torn_tail {
+            tracing::warn!(?torn, "the audit log had a torn tail (an unacknowledged partial write); it was truncated");
+        }
+        let key_path = data_dir.join(AUDIT_HMAC_KEY_FILE);
+        let hmac_key = match std::fs::read(&key_path) {
+            Ok(bytes) if bytes.len() >= 32 => Zeroizing::new(bytes),
+            Ok(_) => anyhow::bail!(
+                "{} is shorter than 32 bytes; restore it from backup (or delete it to start a new key: old HMACs can then no longer be matched)",
+                key_path.display()
+            ),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let key: [u8; 32] = rand::random();
+                crate::write_private_file(&key_path, &key)?;
+                Zeroizing::new(key.to_vec())
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("reading {}", key_path.display()))
+            }
+        };
+        tracing::info!(entries = report.entries, verifier_key = %ledger.verifier_key(), "audit log open");
+        Ok(Arc::new(Audit {
+            ledger,
+            hmac_key,
+            timeout,
+        }))
+    }
+
+    pub fn health_problem(&self) -> Option<String> {
+        match self.ledger.health() {
+            Health::Healthy => None,
+            Health::Unhealthy { reason } => Some(format!("audit log: {reason}")),
+        }
+    }
+
+    pub fn record(
+        &self,
+        kind: RecordKind,
+        context: &CallContext,
+        raw_target: &str,
+        outcome: Option<&Outcome<'_>>,
+    ) -> AuditRecord {
+        let mut hmacs = std::collections::BTreeMap::new();
+        hmacs.insert(
+            "target".to_string(),
+            keyed_hash(&self.hmac_key, "target", raw_target.as_bytes()),
+        );
+        AuditRecord {
+            version: RECORD_VERSION,
+            kind,
+            time_unix_ms: context
+                .wall_start
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            request_id: context.request_id.clone(),
+            caller: context.caller.as_deref().unwrap_or("").to_string(),
+            integration: context.integration.as_deref().unwrap_or("").to_string(),
+            operation: context.operation_id.clone().unwrap_or_default(),
+            method: context.method.clone(),
+            path_template: context.path_template.clone().unwrap_or_default(),
+            decision: outcome.map_or(Decision::Allow, |o| o.decision),
+            reason: Some(outcome.map_or("granted", |o| o.reason).to_string()),
+            status: outcome.map(|o| o.status),
+            request_bytes: Some(
+                context
+                    .request_body
+                    .bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            response_bytes: outcome.map(|o| o.response_bytes),
+            data_classes: Vec::new(),
+            intent_index: outcome.and_then(|o| o.intent_index),
+            hmacs,
+        }
+    }
+
+    /// Appends and waits until the entry is durable (or the timeout passes).
+    pub async fn append_durable(&self, record: &AuditRecord) -> Result<u64, String> {
+        let bytes = record.encode().map_err(|e| e.to_string())?;
+        match tokio::time::timeout(self.timeout, self.ledger.append(bytes)).await {
+            Ok(Ok(index)) => Ok(index),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!(
+                "the audit log did not acknowledge within audit_timeout_ms ({} ms)",
+                self.timeout.as_millis()
+            )),
+        }
+    }
+
+    /// Appends without making the caller wait (refusals and outcomes).
+    pub fn append_later(self: &Arc<Self>, record: AuditRecord) {
+        let audit = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = audit.append_durable(&record).await {
+                tracing::error!(%error, request_id = %record.request_id, "audit entry not written");
+            }
+        });
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
