@@ -231,26 +231,60 @@ impl Body for ForwardBody {
     }
 }
 
+/// The audit outcome entry still owed for a forwarded call.
+pub struct PendingAudit {
+    pub audit: Arc<crate::audit::Audit>,
+    pub raw_target: String,
+    pub intent_index: Option<u64>,
+}
+
 /// The vendor's response body on its way back to the caller.
 pub struct ResponseBody {
     inner: Incoming,
     limit: u64,
     seen: u64,
     record: Option<PendingRecord>,
+    audit: Option<PendingAudit>,
 }
 
 impl ResponseBody {
-    pub fn new(inner: Incoming, limit: u64, record: PendingRecord) -> Self {
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        record: PendingRecord,
+        audit: Option<PendingAudit>,
+    ) -> Self {
         ResponseBody {
             inner,
             limit,
             seen: 0,
             record: Some(record),
+            audit,
         }
     }
 
     fn finish(&mut self, incomplete: bool, reason: Option<&'static str>) {
         if let Some(record) = self.record.take() {
+            if let Some(pending) = self.audit.take() {
+                let outcome = crate::audit::Outcome {
+                    decision: postern_tlog::Decision::Allow,
+                    reason: match (reason, incomplete) {
+                        (Some(reason), _) => reason,
+                        (None, true) => "incomplete",
+                        (None, false) => "granted",
+                    },
+                    status: record.status,
+                    response_bytes: self.seen,
+                    intent_index: pending.intent_index,
+                };
+                let entry = pending.audit.record(
+                    postern_tlog::RecordKind::Outcome,
+                    &record.context,
+                    &pending.raw_target,
+                    Some(&outcome),
+                );
+                pending.audit.append_later(entry);
+            }
             record.finish(self.seen, incomplete, reason);
         }
     }

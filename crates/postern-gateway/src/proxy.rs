@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use percent_encoding::AsciiSet;
 use postern_policy::{AuthzRequest, Reason};
 
-use crate::body::{ForwardBody, GatewayBody, RequestBodyViolation, ResponseBody};
+use crate::body::{ForwardBody, GatewayBody, PendingAudit, RequestBodyViolation, ResponseBody};
 use crate::context::{AuthMethod, CallContext, ConnectionInfo};
 use crate::error::CallError;
 use crate::events::Decision;
@@ -155,7 +155,14 @@ async fn pipeline(
             forward_replayable(&integration, context, upstream_request, &source, token).await?
         }
     };
-    inspect_response(shared, &integration, context, response, progress.intent_index)
+    inspect_response(
+        shared,
+        &integration,
+        context,
+        response,
+        progress.intent_index,
+        raw_target,
+    )
 }
 
 /// The intent entry: durable before the call is forwarded, unless the integration's audit mode
@@ -799,6 +806,7 @@ fn inspect_response(
     context: &mut CallContext,
     response: Response<Incoming>,
     intent_index: Option<u64>,
+    raw_target: &str,
 ) -> Result<Response<GatewayBody>, CallError> {
     let (mut parts, body) = response.into_parts();
     let limit = integration.config.max_response_body_bytes;
@@ -868,7 +876,12 @@ fn inspect_response(
         context: std::mem::replace(context, placeholder_context(context)),
         status,
     };
-    let body = ResponseBody::new(body, limit, pending);
+    let audit = PendingAudit {
+        audit: shared.audit.clone(),
+        raw_target: raw_target.to_string(),
+        intent_index,
+    };
+    let body = ResponseBody::new(body, limit, pending, Some(audit));
     Ok(Response::from_parts(
         parts,
         GatewayBody::Stream(Box::new(body)),
