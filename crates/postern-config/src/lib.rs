@@ -141,6 +141,8 @@ pub struct GatewayConfig {
     /// How long a call waits for its audit entry to be durable before it fails closed
     /// (503 `audit_unavailable`). Default 2000.
     pub audit_timeout_ms: u64,
+    /// TOML rules extending or overriding the built-in payload scanner rules (resolved path).
+    pub scan_rules: Option<PathBuf>,
 }
 
 /// `[[callers]]`: a workload that may call integrations.
@@ -182,6 +184,14 @@ pub struct IntegrationConfig {
     pub client_certificate: Option<ClientCertificateConfig>,
     /// Whether a call waits for its audit entry to be durable before it is forwarded.
     pub audit: AuditMode,
+    /// Payload scanning: `Some` (from `data_classes`) turns it on; the classes listed are the
+    /// ones approved for this vendor.
+    pub data_classes: Option<Vec<String>>,
+    /// What happens to a request carrying a class that is not approved.
+    pub on_unapproved: OnUnapproved,
+    /// Bodies up to this size are scanned (decoded if gzip/br); larger ones are forwarded and
+    /// marked unscanned in the event. Default 1 MiB.
+    pub scan_max_body_bytes: u64,
     /// Greater than zero.
     pub connect_timeout_ms: u64,
     /// Until response headers. Greater than zero.
@@ -228,6 +238,20 @@ pub enum OAuth2ClientAuth {
     /// `client_id` and `client_secret` in the form body.
     Body,
 }
+
+/// What to do with a payload carrying a data class not approved for the integration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnapproved {
+    /// 403 `data_class_not_approved`; nothing reaches the vendor.
+    Block,
+    /// The values are masked in the forwarded body (same length).
+    Redact,
+    /// Forwarded unchanged; the event and the data-flow ledger record it.
+    Report,
+}
+
+/// Default for [`IntegrationConfig::scan_max_body_bytes`]: 1 MiB.
+pub const DEFAULT_SCAN_MAX_BODY_BYTES: u64 = 1024 * 1024;
 
 /// Per-integration audit durability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

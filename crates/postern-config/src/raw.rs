@@ -48,6 +48,9 @@ pub(crate) struct RawGateway {
     pub credential_max_age_days: Option<Spanned<u64>>,
     #[serde(default)]
     pub audit_origin: Option<Spanned<String>>,
+    /// A TOML rule file extending or overriding the built-in scanner rules.
+    #[serde(default)]
+    pub scan_rules: Option<Spanned<String>>,
     #[serde(default)]
     pub audit_checkpoint_interval_ms: Option<Spanned<u64>>,
     #[serde(default)]
@@ -91,6 +94,14 @@ pub(crate) struct RawIntegration {
     /// `required` (default) or `best_effort`.
     #[serde(default)]
     pub audit: Option<Spanned<String>>,
+    /// Data classes approved for this vendor; setting it turns payload scanning on.
+    #[serde(default)]
+    pub data_classes: Option<Vec<Spanned<String>>>,
+    /// `block` (default), `redact` or `report`.
+    #[serde(default)]
+    pub on_unapproved: Option<Spanned<String>>,
+    #[serde(default)]
+    pub scan_max_body_bytes: Option<u64>,
     #[serde(default)]
     pub connect_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]

@@ -280,6 +280,10 @@ impl Validator<'_> {
             events_max_files,
             max_header_bytes,
             shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
+            scan_rules: raw
+                .scan_rules
+                .as_ref()
+                .map(|path| self.resolve_path(path, "scan_rules")),
             audit_origin: raw.audit_origin.as_ref().map(|origin| {
                 let text = origin.get_ref();
                 if text.is_empty() || text.contains(['\n', '\r']) || text.starts_with("http") {
@@ -454,6 +458,39 @@ impl Validator<'_> {
             .as_ref()
             .map(|credential| self.credential(credential, allow_plaintext));
         let client_certificate = self.client_certificate(&raw.client_certificate);
+        let data_classes = raw.data_classes.as_ref().map(|classes| {
+            classes
+                .iter()
+                .map(|class| {
+                    let text = class.get_ref();
+                    let valid = text.split('.').count() == 2
+                        && text
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_');
+                    if !valid {
+                        self.error(
+                            class.span(),
+                            format!("`{text}` is not a data class id"),
+                            "use ids like \"pii.email\", \"payment.card\", \"secret.stripe_key\" (see docs/DATA.md)",
+                        );
+                    }
+                    text.clone()
+                })
+                .collect::<Vec<_>>()
+        });
+        let on_unapproved = match raw.on_unapproved.as_ref().map(|o| (o, o.get_ref().as_str())) {
+            None | Some((_, "block")) => OnUnapproved::Block,
+            Some((_, "redact")) => OnUnapproved::Redact,
+            Some((_, "report")) => OnUnapproved::Report,
+            Some((value, other)) => {
+                self.error(
+                    value.span(),
+                    format!("`on_unapproved` = \"{other}\" is not known"),
+                    "use \"block\", \"redact\" or \"report\"",
+                );
+                OnUnapproved::Block
+            }
+        };
         let audit = match raw.audit.as_ref().map(|a| (a, a.get_ref().as_str())) {
             None | Some((_, "required")) => AuditMode::Required,
             Some((_, "best_effort")) => AuditMode::BestEffort,
@@ -507,6 +544,11 @@ impl Validator<'_> {
             ca_file,
             client_certificate,
             audit,
+            data_classes,
+            on_unapproved,
+            scan_max_body_bytes: raw
+                .scan_max_body_bytes
+                .unwrap_or(DEFAULT_SCAN_MAX_BODY_BYTES),
             connect_timeout_ms,
             request_timeout_ms,
             idle_timeout_ms,

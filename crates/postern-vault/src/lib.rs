@@ -28,6 +28,6 @@ mod store;
 
 pub use crypto::{MasterKey, MasterKeyOrigin};
 pub use store::{
-    CallerTokenState, HistoryEntry, SecretMeta, SecretState, SecretValue, Vault, VaultError,
+    CallerTokenState, DataflowRow, HistoryEntry, SecretMeta, SecretState, SecretValue, Vault, VaultError,
     MASTER_KEY_ENV, MASTER_KEY_FILE, VAULT_FILE,
 };

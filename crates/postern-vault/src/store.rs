@@ -113,6 +113,18 @@ pub struct HistoryEntry {
     pub detail: Option<String>,
 }
 
+/// Data-flow ledger row: how many values of a data class went to (`request`) or came from
+/// (`response`) a vendor, from one caller, on one UTC day (`YYYY-MM-DD`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DataflowRow {
+    pub integration: String,
+    pub caller: String,
+    pub class: String,
+    pub direction: String,
+    pub day: String,
+    pub count: u64,
+}
+
 /// A caller token known to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerTokenState {
@@ -235,6 +247,15 @@ impl Vault {
                 action TEXT NOT NULL,
                 version INTEGER,
                 detail TEXT
+             );
+             CREATE TABLE IF NOT EXISTS dataflow (
+                integration TEXT NOT NULL,
+                caller TEXT NOT NULL,
+                class TEXT NOT NULL,
+                direction TEXT NOT NULL,
+                day TEXT NOT NULL,
+                count INTEGER NOT NULL,
+                PRIMARY KEY (integration, caller, class, direction, day)
              );
              CREATE TABLE IF NOT EXISTS caller_tokens (
                 token_sha256 BLOB PRIMARY KEY,
@@ -580,6 +601,47 @@ impl Vault {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Adds counts to the data-flow ledger (not a mutation of credentials: no generation bump).
+    pub fn add_dataflow(&self, rows: &[DataflowRow]) -> Result<(), VaultError> {
+        let mut conn = self.conn.lock().expect("vault lock");
+        let tx = conn.transaction()?;
+        for row in rows {
+            tx.execute(
+                "INSERT INTO dataflow (integration, caller, class, direction, day, count)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(integration, caller, class, direction, day) DO UPDATE SET count = count + ?6",
+                params![row.integration, row.caller, row.class, row.direction, row.day, row.count as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Data-flow rows, optionally for one integration and from a day on (inclusive), newest first.
+    pub fn dataflow(
+        &self,
+        integration: Option<&str>,
+        since_day: Option<&str>,
+    ) -> Result<Vec<DataflowRow>, VaultError> {
+        let conn = self.conn.lock().expect("vault lock");
+        let mut statement = conn.prepare(
+            "SELECT integration, caller, class, direction, day, count FROM dataflow
+             WHERE (?1 IS NULL OR integration = ?1) AND (?2 IS NULL OR day >= ?2)
+             ORDER BY day DESC, integration, caller, class, direction",
+        )?;
+        let rows = statement.query_map(params![integration, since_day], |r| {
+            Ok(DataflowRow {
+                integration: r.get(0)?,
+                caller: r.get(1)?,
+                class: r.get(2)?,
+                direction: r.get(3)?,
+                day: r.get(4)?,
+                count: r.get::<_, i64>(5)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Registers a new caller token (by hash) issued at run time.

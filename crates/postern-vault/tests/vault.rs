@@ -156,3 +156,26 @@ fn list_reports_age_and_usage() {
     assert_eq!(meta.last_used_ms, Some(now() + 5));
     assert_eq!(meta.age_days(now() + 91 * 86_400_000), 91);
 }
+
+#[test]
+fn dataflow_counts_accumulate_per_day_and_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::open_with(dir.path(), None).unwrap();
+    let row = |integration: &str, class: &str, day: &str, count: u64| postern_vault::DataflowRow {
+        integration: integration.to_string(),
+        caller: "checkout".to_string(),
+        class: class.to_string(),
+        direction: "request".to_string(),
+        day: day.to_string(),
+        count,
+    };
+    vault
+        .add_dataflow(&[row("stripe", "pii.email", "2026-11-27", 2), row("openai", "pii.phone", "2026-11-28", 1)])
+        .unwrap();
+    vault.add_dataflow(&[row("stripe", "pii.email", "2026-11-27", 3)]).unwrap();
+    let all = vault.dataflow(None, None).unwrap();
+    assert_eq!(all.len(), 2);
+    let stripe = vault.dataflow(Some("stripe"), None).unwrap();
+    assert_eq!(stripe, vec![row("stripe", "pii.email", "2026-11-27", 5)]);
+    assert_eq!(vault.dataflow(None, Some("2026-11-28")).unwrap().len(), 1);
+}
