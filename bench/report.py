@@ -80,6 +80,7 @@ def main():
         upstream_ticks = sum(r["upstream_cpu_ticks"] for r in mine)
         m["proxy_cpu_us"] = proxy_ticks / hz / requests * 1e6 if requests else 0
         m["upstream_cpu_us"] = upstream_ticks / hz / requests * 1e6 if requests else 0
+        m["vcsw"] = sum(r.get("proxy_vcsw", 0) for r in mine) / requests if requests else 0
         med[target] = m
 
     out = []
@@ -89,7 +90,7 @@ def main():
     w(f"Command: `{meta.get('cmdline', '?')}`")
     w("")
     w(f"- Date: {meta.get('date', '?')}; Postern {meta.get('git', '?')}; nginx {meta.get('nginx_version', '?')}; wrk {meta.get('wrk_version', '?')}")
-    w(f"- Machine: {meta.get('cpus', '?')} CPU(s), {meta.get('cpu_model', '?')}; kernel {meta.get('kernel', '?')}; load average at start {meta.get('loadavg', '?')}")
+    w(f"- Machine: {meta.get('cpus', '?')} CPU(s), {meta.get('cpu_model', '?')}; kernel {meta.get('kernel', '?')}; load average {meta.get('loadavg', '?')} at start, {meta.get('loadavg_end', '?')} at end")
     w(f"- **Shared machine:** the load generator (wrk, {meta.get('wrk_threads')} threads), the proxy under test "
       f"and the upstream all run on these {meta.get('cpus', '?')} CPUs, and other tenants may be busy too. "
       "Absolute numbers are a floor for this box; the side-by-side ratios are what the run is for.")
@@ -104,8 +105,8 @@ def main():
     w("")
     w("## Throughput and latency (median of rounds)")
     w("")
-    w("| target | req/s | (min–max) | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req | peak RSS MiB | non-2xx | socket errors |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| target | req/s | (min–max) | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req | proxy sleeps/req | peak RSS MiB | non-2xx | socket errors |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for target, label in TARGETS:
         if target not in med:
             continue
@@ -114,8 +115,9 @@ def main():
         peak_s = f"{int(peak) / 1024:.1f}" if peak else "–"
         cpu = m["proxy_cpu_us"] if target != "direct" else None
         cpu_s = f"{cpu:.1f}" if cpu is not None else "–"
+        vcsw_s = f"{m['vcsw']:.2f}" if target != "direct" else "–"
         w(f"| {label} | {m['rps']:,.0f} | {m['rps_min']:,.0f}–{m['rps_max']:,.0f} | {ms(m['p50_us'])} | {ms(m['p99_us'])} | "
-          f"{ms(m['p999_us'])} | {cpu_s} | {peak_s} | {int(m['status_errors'])} | {int(m['socket_errors'])} |")
+          f"{ms(m['p999_us'])} | {cpu_s} | {vcsw_s} | {peak_s} | {int(m['status_errors'])} | {int(m['socket_errors'])} |")
     w("")
     w("Peak RSS is VmHWM from /proc (nginx: master + workers summed; direct: the upstream itself). "
       "Proxy CPU is user+system time of the proxy process(es) over all measured rounds divided by the requests served "

@@ -51,8 +51,8 @@ Options:
   --nginx-access-log on|off  nginx access log to a file in the temp dir (default $NGINX_ACCESS_LOG)
   --targets "LIST"      subset of "direct nginx postern" (default all)
   --out FILE            Markdown report (default bench/results/latest.md); also printed on stdout
-  --perf                after the rounds, profile one extra run of Postern and nginx with perf
-                        (reports in bench/results/perf-*.txt)
+  --perf                after the rounds, profile Postern and nginx under the same load with
+                        perf (DWARF call graphs; reports in bench/results/perf-*.txt)
   --skip-build          use the existing release binaries
   --keep                keep the temp dir (configs, logs, events, raw results)
   -h, --help            this help
@@ -117,7 +117,7 @@ command -v cargo >/dev/null || [[ $SKIP_BUILD -eq 1 ]] || die "cargo is needed t
 if [[ $SKIP_BUILD -eq 0 ]]; then
   log "building: cargo build --release -p postern -p postern-bench-upstream"
   (cd "$REPO_DIR" && cargo build --release --quiet -p postern -p postern-bench-upstream) >&2 \
-    || die "cargo build failed"
+    || die "cargo build failed (does every workspace crate build? --skip-build uses the last release binaries)"
 fi
 TARGET_DIR="${CARGO_TARGET_DIR:-}"
 if [[ -z "$TARGET_DIR" ]]; then
@@ -180,6 +180,14 @@ stop_pid() {
 }
 status_kb() { # PID FIELD -> kB
   awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
+}
+ctx_switches() { # PID... -> voluntary context switches summed over all threads
+  local total=0 pid n
+  for pid in "$@"; do
+    n="$(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '$1 == "voluntary_ctxt_switches:" { s += $2 } END { print s + 0 }')"
+    total=$((total + n))
+  done
+  echo "$total"
 }
 cpu_ticks() { # PID... -> utime+stime summed (clock ticks)
   local total=0 pid stat rest
@@ -256,6 +264,7 @@ stop_postern() { stop_pid "$POSTERN_PID"; POSTERN_PID=""; }
 # ---------------------------------------------------------------- nginx config
 mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
 NGINX_USER_LINE=""
+NOFILE="$(ulimit -Hn)"; [[ "$NOFILE" == unlimited || "$NOFILE" -gt 65536 ]] && NOFILE=65536
 [[ $EUID -eq 0 ]] && NGINX_USER_LINE="user root;"
 if [[ "$NGINX_ACCESS_LOG" == on ]]; then
   NGINX_ACCESS="access_log $WORK/nginx/logs/access.log;"
@@ -268,7 +277,7 @@ $NGINX_USER_LINE
 daemon off;
 master_process on;
 worker_processes $PROXY_THREADS;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile $NOFILE;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/logs/error.log warn;
 events { worker_connections 8192; }
@@ -363,7 +372,9 @@ done
 code="$(curl -s -o /dev/null -w '%{http_code}' "$(url_of postern)")"
 [[ "$code" == 401 ]] || die "Postern answered $code to a call without a caller token (expected 401): is the pipeline on?"
 EVENTS_FILE="$WORK/postern/data/events.jsonl"
-[[ -s "$EVENTS_FILE" ]] || die "Postern wrote no event to $EVENTS_FILE"
+# The writer appends in batches (every ~20 ms, docs/EVENTS.md): give it up to 2 s.
+for _ in $(seq 20); do [[ -s "$EVENTS_FILE" ]] && break; sleep 0.1; done
+[[ -s "$EVENTS_FILE" ]] || die "Postern wrote no event to $EVENTS_FILE within 2 s"
 BODY_BYTES="$(wc -c <"$WORK/check-direct.body")"
 log "sanity checks passed (200 with the upstream body on all three; 401 without a token; events written)"
 
@@ -423,7 +434,7 @@ run_wrk() { # TARGET SECONDS OUTFILE
   timeout $(( $2 + 30 )) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2"s --timeout 5s --latency \
     -s "$WORK/bench.lua" "$(url_of "$1")" >"$3" 2>&1 || die "wrk failed against $1: $(tail -5 "$3")"
 }
-printf 'round\ttarget\trequests\tduration_us\tp50_us\tp99_us\tp999_us\tmean_us\tstatus_errors\tsocket_errors\tproxy_cpu_ticks\tupstream_cpu_ticks\n' >"$WORK/runs.tsv"
+printf 'round\ttarget\trequests\tduration_us\tp50_us\tp99_us\tp999_us\tmean_us\tstatus_errors\tsocket_errors\tproxy_cpu_ticks\tupstream_cpu_ticks\tproxy_vcsw\n' >"$WORK/runs.tsv"
 if [[ "$WARMUP" -gt 0 ]]; then
   for target in $TARGETS; do
     log "warm-up: $target ${WARMUP}s"
@@ -434,17 +445,17 @@ for round in $(seq 1 "$ROUNDS"); do
   for target in $TARGETS; do
     sleep 1
     # shellcheck disable=SC2046
-    cpu0="$(cpu_ticks $(proxy_pids "$target"))"; up0="$(cpu_ticks "$UPSTREAM_PID")"
+    cpu0="$(cpu_ticks $(proxy_pids "$target"))"; up0="$(cpu_ticks "$UPSTREAM_PID")"; cs0="$(ctx_switches $(proxy_pids "$target"))"
     run_wrk "$target" "$DURATION" "$WORK/wrk-$round-$target.txt"
     # shellcheck disable=SC2046
-    cpu1="$(cpu_ticks $(proxy_pids "$target"))"; up1="$(cpu_ticks "$UPSTREAM_PID")"
+    cpu1="$(cpu_ticks $(proxy_pids "$target"))"; up1="$(cpu_ticks "$UPSTREAM_PID")"; cs1="$(ctx_switches $(proxy_pids "$target"))"
     line="$(grep '^BENCH ' "$WORK/wrk-$round-$target.txt" || true)"
     [[ -n "$line" ]] || die "no result line from wrk against $target (see $WORK/wrk-$round-$target.txt)"
     declare -A v=()
     for kv in ${line#BENCH }; do v["${kv%%=*}"]="${kv#*=}"; done
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "${v[requests]}" "${v[duration_us]}" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "${v[requests]}" "${v[duration_us]}" \
       "${v[p50_us]}" "${v[p99_us]}" "${v[p999_us]}" "${v[mean_us]}" "${v[status_errors]}" "${v[socket_errors]}" \
-      "$((cpu1 - cpu0))" "$((up1 - up0))" >>"$WORK/runs.tsv"
+      "$((cpu1 - cpu0))" "$((up1 - up0))" "$((cs1 - cs0))" >>"$WORK/runs.tsv"
     rps="$(python3 -c "print(f'{${v[requests]}/${v[duration_us]}*1e6:,.0f}')")"
     log "round $round/$ROUNDS $target: $rps req/s, p50 ${v[p50_us]}us, p99 ${v[p99_us]}us, non-2xx ${v[status_errors]}, socket errors ${v[socket_errors]}"
     unset v
@@ -463,7 +474,14 @@ done
 } >"$WORK/hwm.env"
 EVENT_LINES="$(cat "$WORK"/postern/data/events.jsonl* 2>/dev/null | wc -l)"
 POSTERN_LOG_BYTES="$(wc -c <"$WORK/postern.log")"
+echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/meta.env"
 echo "notes=Postern wrote $EVENT_LINES events to data_dir during this run (events.jsonl and its rotations); its stderr log grew to $POSTERN_LOG_BYTES bytes." >>"$WORK/meta.env"
+
+# ---------------------------------------------------------------- report
+mkdir -p "$(dirname "$OUT")"
+python3 "$BENCH_DIR/report.py" "$WORK" >"$OUT.tmp" && mv "$OUT.tmp" "$OUT"
+cat "$OUT"
+log "report written to $OUT"
 
 # ---------------------------------------------------------------- optional perf profile
 if [[ $PERF -eq 1 ]]; then
@@ -471,30 +489,37 @@ if [[ $PERF -eq 1 ]]; then
     mkdir -p "$BENCH_DIR/results"
     for target in postern nginx; do
       [[ " $TARGETS " == *" $target "* ]] || continue
-      log "perf: profiling $target for ${DURATION}s under the same load"
+      log "perf: profiling $target under the same load"
       # shellcheck disable=SC2046
       pid_list="$(proxy_pids "$target" | tr -s ' ' ',' | sed 's/,$//')"
-      run_wrk "$target" $(( DURATION + 2 )) "$WORK/wrk-perf-$target.txt" &
+      # DWARF call graphs (the release profile keeps debug info), so inclusive ("children")
+      # costs per function are right even without frame pointers. Shorter than a round: big data.
+      perf_secs=$(( DURATION < 5 ? DURATION : 5 ))
+      run_wrk "$target" $(( perf_secs + 3 )) "$WORK/wrk-perf-$target.txt" &
       wrk_job=$!
       sleep 1
-      timeout $(( DURATION + 30 )) perf record -q -F 499 -g -p "$pid_list" -o "$WORK/perf-$target.data" -- sleep "$DURATION" \
+      timeout $(( perf_secs + 60 )) perf record -q -F 250 --call-graph dwarf,16384 -p "$pid_list" \
+        -o "$WORK/perf-$target.data" -- sleep "$perf_secs" \
         >"$WORK/perf-$target.log" 2>&1 || log "perf record failed for $target (see $WORK/perf-$target.log)"
       wait "$wrk_job" || true
       if [[ -s "$WORK/perf-$target.data" ]]; then
-        perf report -i "$WORK/perf-$target.data" --no-children --stdio --percent-limit 0.7 -g none \
-          --sort dso,symbol 2>/dev/null | grep -v '^$' | head -80 >"$BENCH_DIR/results/perf-$target.txt" || true
-        perf report -i "$WORK/perf-$target.data" --no-children --stdio --percent-limit 2 -g none \
-          --sort dso 2>/dev/null | grep -v '^$' | head -30 >"$BENCH_DIR/results/perf-$target-dso.txt" || true
-        log "  wrote bench/results/perf-$target.txt and perf-$target-dso.txt"
+        tidy() { grep -v '^$' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//'; }
+        {
+          echo "# perf, $target under the same wrk load, ${perf_secs}s at 250 Hz, DWARF call graphs"
+          echo "## self time by shared object"
+          timeout 300 perf report -i "$WORK/perf-$target.data" --no-children --stdio --percent-limit 1 -g none \
+            --sort dso 2>/dev/null | grep -v '^#' | tidy
+          echo "## self time by symbol (top)"
+          timeout 300 perf report -i "$WORK/perf-$target.data" --no-children --stdio --percent-limit 0.7 -g none \
+            --sort dso,symbol 2>/dev/null | grep -v '^#' | tidy | head -40
+          echo "## inclusive time (self + callees) of user-space functions, inlined frames omitted"
+          timeout 300 perf report -i "$WORK/perf-$target.data" --children --stdio --percent-limit 0.5 -g none \
+            --sort symbol 2>/dev/null | grep -v '^#' | grep -v '(inlined)' | grep -F '[.]' | tidy | cut -c1-200 | head -70
+        } >"$BENCH_DIR/results/perf-$target.txt" || true   # head closes pipes early (SIGPIPE)
+        log "  wrote bench/results/perf-$target.txt"
       fi
     done
   else
     log "perf not installed; skipping --perf (Debian: apt-get install linux-perf)"
   fi
 fi
-
-# ---------------------------------------------------------------- report
-mkdir -p "$(dirname "$OUT")"
-python3 "$BENCH_DIR/report.py" "$WORK" >"$OUT.tmp" && mv "$OUT.tmp" "$OUT"
-cat "$OUT"
-log "report written to $OUT"

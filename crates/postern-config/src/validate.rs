@@ -478,7 +478,11 @@ impl Validator<'_> {
                 })
                 .collect::<Vec<_>>()
         });
-        let on_unapproved = match raw.on_unapproved.as_ref().map(|o| (o, o.get_ref().as_str())) {
+        let on_unapproved = match raw
+            .on_unapproved
+            .as_ref()
+            .map(|o| (o, o.get_ref().as_str()))
+        {
             None | Some((_, "block")) => OnUnapproved::Block,
             Some((_, "redact")) => OnUnapproved::Redact,
             Some((_, "report")) => OnUnapproved::Report,
@@ -605,7 +609,7 @@ impl Validator<'_> {
                 "write it as \"https://api.example.com\"",
             ),
         }
-        if upstream.host_str().map_or(true, str::is_empty) {
+        if upstream.host_str().is_none_or(str::is_empty) {
             self.error(
                 span.clone(),
                 "`upstream` has no host",
@@ -665,9 +669,9 @@ impl Validator<'_> {
             raw.secret.is_some(),
             raw.client_secret.is_some(),
         ]
-            .iter()
-            .filter(|given| **given)
-            .count();
+        .iter()
+        .filter(|given| **given)
+        .count();
         let source = if given > 1 {
             self.error(
                 table.span(),
@@ -677,8 +681,7 @@ impl Validator<'_> {
             SecretSource::Env(String::new())
         } else if let Some(variable) = &raw.from_env {
             let name = variable.get_ref();
-            if name.is_empty() || name.contains(['=', '\0']) || name.contains(char::is_whitespace)
-            {
+            if name.is_empty() || name.contains(['=', '\0']) || name.contains(char::is_whitespace) {
                 self.error(
                     variable.span(),
                     "`from_env` is not a valid environment variable name",
@@ -689,7 +692,8 @@ impl Validator<'_> {
         } else if let Some(file) = &raw.from_file {
             SecretSource::File(self.resolve_path(file, "from_file"))
         } else if let Some(name) = raw.secret.as_ref().or(raw.client_secret.as_ref()) {
-            if raw.client_secret.is_some() && kind.is_some() && kind != Some(CredentialKind::OAuth2) {
+            if raw.client_secret.is_some() && kind.is_some() && kind != Some(CredentialKind::OAuth2)
+            {
                 self.error(
                     name.span(),
                     "`client_secret` is only used with kind = \"oauth2\"",
@@ -805,7 +809,11 @@ impl Validator<'_> {
             "client_id",
             "the OAuth2 client id, e.g. `client_id = \"postern-prod\"`",
         );
-        let optional = [("scope", raw.scope.as_ref().map(|s| s.span())), ("client_auth", raw.client_auth.as_ref().map(|s| s.span())), ("params", raw.params.as_ref().map(|s| s.span()))];
+        let optional = [
+            ("scope", raw.scope.as_ref().map(|s| s.span())),
+            ("client_auth", raw.client_auth.as_ref().map(|s| s.span())),
+            ("params", raw.params.as_ref().map(|s| s.span())),
+        ];
         if kind.is_some() && kind != Some(CredentialKind::OAuth2) {
             for (key, span) in optional {
                 if let Some(span) = span {
@@ -821,7 +829,9 @@ impl Validator<'_> {
         let (token_url_text, client_id) = (token_url?, client_id?);
         let span = raw.token_url.as_ref().map(|t| t.span()).unwrap_or_default();
         let token_url = match url::Url::parse(&token_url_text) {
-            Ok(url) if url.scheme() == "https" || (url.scheme() == "http" && allow_plaintext) => url,
+            Ok(url) if url.scheme() == "https" || (url.scheme() == "http" && allow_plaintext) => {
+                url
+            }
             Ok(_) => {
                 self.error(
                     span,
@@ -844,7 +854,10 @@ impl Validator<'_> {
             Some("body") => OAuth2ClientAuth::Body,
             Some(other) => {
                 self.error(
-                    raw.client_auth.as_ref().map(|c| c.span()).unwrap_or_default(),
+                    raw.client_auth
+                        .as_ref()
+                        .map(|c| c.span())
+                        .unwrap_or_default(),
                     format!("`client_auth` = \"{other}\" is not known"),
                     "use \"basic\" (HTTP Basic, the default) or \"body\" (form fields)",
                 );
@@ -854,7 +867,12 @@ impl Validator<'_> {
         let params = raw
             .params
             .as_ref()
-            .map(|p| p.get_ref().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|p| {
+                p.get_ref()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         Some(OAuth2Config {
             token_url,

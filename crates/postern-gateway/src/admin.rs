@@ -1,6 +1,7 @@
-//! The admin listener: health, readiness, metrics and the read-only JSON API.
-//! Everything but `/healthz` and `/readyz` needs `Authorization: Bearer <admin token>`.
-//! Routes and payloads are documented in `docs/ADMIN.md`.
+//! The admin listener: health, readiness, metrics, the read-only JSON API and the audit log.
+//! Everything but `/healthz`, `/readyz` and the public transparency log under `/log/` needs
+//! `Authorization: Bearer <admin token>`.
+//! Routes and payloads are documented in `docs/ADMIN.md` and (audit) `docs/AUDIT.md`.
 
 use std::sync::Arc;
 
@@ -16,8 +17,10 @@ use crate::Shared;
 pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<GatewayBody> {
     let path = request.uri().path().to_string();
     let path = path.as_str();
-    let is_credential_change = request.method() == Method::POST && path.starts_with("/v1/credentials/");
-    if request.method() != Method::GET && request.method() != Method::HEAD && !is_credential_change {
+    let is_credential_change =
+        request.method() == Method::POST && path.starts_with("/v1/credentials/");
+    if request.method() != Method::GET && request.method() != Method::HEAD && !is_credential_change
+    {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"error": {"code": "method_not_allowed", "message": "use GET (POST only under /v1/credentials/NAME)"}}),
@@ -27,6 +30,11 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response
         "/healthz" => return text_response(StatusCode::OK, "ok\n", "text/plain"),
         "/readyz" => return readiness(&shared),
         _ => {}
+    }
+    // The transparency log is public, like any tlog-tiles log: it holds no secret (entries
+    // carry only names from the config and keyed hashes), and anyone may verify it.
+    if let Some(resource) = path.strip_prefix("/log/") {
+        return log_resource(&shared, resource).await;
     }
     let runtime = shared.runtime.load();
     let authorized = request
@@ -51,6 +59,9 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response
     }
     if path == "/v1/credentials" || path.starts_with("/v1/credentials/") {
         return credentials(&shared, request).await;
+    }
+    if let Some(rest) = path.strip_prefix("/v1/audit/") {
+        return audit_api(&shared, rest, request.uri().query().unwrap_or("")).await;
     }
     match path {
         "/metrics" => text_response(
@@ -148,7 +159,9 @@ async fn credentials(shared: &Arc<Shared>, request: Request<Incoming>) -> Respon
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
     let method = request.method().clone();
-    let rest = path.trim_start_matches("/v1/credentials").trim_start_matches('/');
+    let rest = path
+        .trim_start_matches("/v1/credentials")
+        .trim_start_matches('/');
     let mut parts = rest.splitn(2, '/');
     let name = parts.next().unwrap_or("").to_string();
     let action = parts.next().unwrap_or("").to_string();
@@ -188,19 +201,31 @@ async fn credentials(shared: &Arc<Shared>, request: Request<Incoming>) -> Respon
                                    "over_max_age": m.state == postern_vault::SecretState::Active && age > max_age})
                         })
                         .collect();
-                    json_response(StatusCode::OK, json!({"credentials": items, "max_age_days": max_age}))
+                    json_response(
+                        StatusCode::OK,
+                        json!({"credentials": items, "max_age_days": max_age}),
+                    )
                 }
                 Err(e) => vault_error(e),
             },
             (name, "history") => match vault.history(name) {
-                Ok(history) => json_response(StatusCode::OK, json!({"name": name, "history": history})),
+                Ok(history) => {
+                    json_response(StatusCode::OK, json!({"name": name, "history": history}))
+                }
                 Err(e) => vault_error(e),
             },
-            _ => error(StatusCode::NOT_FOUND, "not_found", "use /v1/credentials or /v1/credentials/NAME/history".to_string()),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "use /v1/credentials or /v1/credentials/NAME/history".to_string(),
+            ),
         };
     }
     // POST: set (no action), rotate, rollback, revoke.
-    let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024).collect().await {
+    let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
         Ok(body) => zeroize::Zeroizing::new(body.to_bytes().to_vec()),
         Err(_) => {
             return error(
@@ -219,7 +244,12 @@ async fn credentials(shared: &Arc<Shared>, request: Request<Incoming>) -> Respon
     };
     let result = match action.as_str() {
         "" => vault
-            .set(&name, param("kind").as_deref().unwrap_or("static"), value, now)
+            .set(
+                &name,
+                param("kind").as_deref().unwrap_or("static"),
+                value,
+                now,
+            )
             .map(|v| json!({"name": name, "action": "set", "version": v})),
         "rotate" => {
             let window_s: i64 = param("rollback_window_seconds")
@@ -253,6 +283,222 @@ async fn credentials(shared: &Arc<Shared>, request: Request<Incoming>) -> Respon
             json_response(StatusCode::OK, answer)
         }
         Err(e) => vault_error(e),
+    }
+}
+
+/// `/log/checkpoint`, `/log/tile/<L>/<N>[.p/<W>]`, `/log/tile/entries/<N>[.p/<W>]` (C2SP
+/// tlog-tiles), read-only. Only what the latest signed checkpoint covers is served, so every
+/// tile a client fetches can be checked against a checkpoint it can get.
+async fn log_resource(shared: &Arc<Shared>, resource: &str) -> Response<GatewayBody> {
+    let ledger = shared.audit.ledger.clone();
+    let not_found = |message: String| {
+        let mut response = text_response(
+            StatusCode::NOT_FOUND,
+            message + "\n",
+            "text/plain; charset=utf-8",
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    };
+    if resource == "checkpoint" {
+        return match ledger.checkpoint_text() {
+            Some(note) => {
+                let mut response = text_response(StatusCode::OK, note, "text/plain; charset=utf-8");
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                response
+            }
+            None => not_found("no checkpoint has been signed yet; one is signed within audit_checkpoint_interval_ms of the first entry".to_string()),
+        };
+    }
+    let tile = match postern_tlog::parse_tile_path(resource) {
+        Ok(tile) => tile,
+        Err(error) => {
+            return not_found(format!(
+                "{error}; see docs/AUDIT.md for the tlog-tiles paths"
+            ))
+        }
+    };
+    let signed_size = ledger.latest_checkpoint().map_or(0, |c| c.size);
+    let (level, n, width) = match tile {
+        postern_tlog::TileResource::Hashes(t) => (t.level, t.n, t.width),
+        postern_tlog::TileResource::Entries(b) => (0, b.n, b.width),
+    };
+    let covered = postern_tlog::tile_width(level, n, signed_size).unwrap_or(0);
+    if width > covered {
+        return not_found(format!(
+            "{resource} is not covered by the latest checkpoint (size {signed_size})"
+        ));
+    }
+    let full = u64::from(width) == postern_tlog::TILE_WIDTH;
+    let read = tokio::task::spawn_blocking(move || match tile {
+        postern_tlog::TileResource::Hashes(t) => ledger.read_tile(t.level, t.n, t.width),
+        postern_tlog::TileResource::Entries(b) => ledger.read_entries(b.n, b.width),
+    })
+    .await;
+    match read {
+        Ok(Ok(bytes)) => {
+            let mut response = text_response(StatusCode::OK, bytes, "application/octet-stream");
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static(if full {
+                    "public, max-age=31536000, immutable"
+                } else {
+                    "public, max-age=60"
+                }),
+            );
+            response
+        }
+        Ok(Err(postern_ledger::LedgerError::OutOfRange(message))) => not_found(message),
+        Ok(Err(error)) => {
+            tracing::error!(%error, resource, "reading the audit log failed");
+            text_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the audit log could not be read; see the gateway's log\n",
+                "text/plain; charset=utf-8",
+            )
+        }
+        Err(_) => text_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the audit log read task failed\n",
+            "text/plain; charset=utf-8",
+        ),
+    }
+}
+
+/// `/v1/audit/entries/<INDEX>`, `/v1/audit/proof/<INDEX>`,
+/// `/v1/audit/consistency?old=N&new=M`, `/v1/audit/key` (admin token required).
+async fn audit_api(shared: &Arc<Shared>, rest: &str, query: &str) -> Response<GatewayBody> {
+    let ledger = shared.audit.ledger.clone();
+    let error = |status: StatusCode, code: &str, message: String| {
+        json_response(status, json!({"error": {"code": code, "message": message}}))
+    };
+    let parse_index = |text: &str| -> Option<u64> {
+        if text.is_empty()
+            || !text.bytes().all(|b| b.is_ascii_digit())
+            || (text.len() > 1 && text.starts_with('0'))
+        {
+            return None;
+        }
+        text.parse().ok()
+    };
+    let (route, argument) = rest.split_once('/').unwrap_or((rest, ""));
+    let size = ledger.size();
+    let signed_size = ledger.latest_checkpoint().map_or(0, |c| c.size);
+    match (route, argument) {
+        ("key", "") => text_response(
+            StatusCode::OK,
+            format!("{}\n", ledger.verifier_key()),
+            "text/plain; charset=utf-8",
+        ),
+        ("entries" | "proof", index) => {
+            let Some(index) = parse_index(index) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_index",
+                    format!("{index:?} is not an entry index: use a whole number, e.g. /v1/audit/{route}/0"),
+                );
+            };
+            if index >= size {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "no_such_entry",
+                    format!("entry {index} does not exist: the log has {size} entries"),
+                );
+            }
+            let is_proof = route == "proof";
+            let read = tokio::task::spawn_blocking(move || {
+                if is_proof {
+                    ledger.tlog_proof(index).map(|proof| proof.encode().into_bytes())
+                } else {
+                    ledger.entry(index)
+                }
+            })
+            .await;
+            let bytes = match read {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(postern_ledger::LedgerError::OutOfRange(message))) => {
+                    return error(StatusCode::NOT_FOUND, "not_checkpointed", message)
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, index, "reading the audit log failed");
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, "audit_read_failed", e.to_string());
+                }
+                Err(_) => {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, "audit_read_failed", "the read task failed".to_string())
+                }
+            };
+            if is_proof {
+                return text_response(StatusCode::OK, bytes, "text/plain; charset=utf-8");
+            }
+            use base64::Engine as _;
+            let (record, decode_error) = match postern_tlog::AuditRecord::decode(&bytes) {
+                Ok(record) => (serde_json::to_value(&record).unwrap_or(serde_json::Value::Null), None),
+                Err(e) => (serde_json::Value::Null, Some(e.to_string())),
+            };
+            json_response(
+                StatusCode::OK,
+                json!({
+                    "index": index,
+                    "leaf_hash": postern_tlog::leaf_hash(&bytes).to_hex(),
+                    "entry_base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
+                    "covered_by_checkpoint": index < signed_size,
+                    "checkpoint_size": signed_size,
+                    "record": record,
+                    "decode_error": decode_error,
+                }),
+            )
+        }
+        ("consistency", "") => {
+            let param = |key: &str| {
+                query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                    .and_then(parse_index)
+            };
+            let (Some(old), Some(new)) = (param("old"), param("new")) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    "give both tree sizes as whole numbers: /v1/audit/consistency?old=N&new=M".to_string(),
+                );
+            };
+            if old == 0 || old > new {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_sizes",
+                    format!("need 0 < old <= new (got old={old}, new={new}); every tree is consistent with the empty one"),
+                );
+            }
+            if new > signed_size {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_checkpointed",
+                    format!("tree size {new} is beyond the latest checkpoint (size {signed_size})"),
+                );
+            }
+            let read = tokio::task::spawn_blocking(move || ledger.consistency_proof(old, new)).await;
+            match read {
+                Ok(Ok(proof)) => {
+                    let mut body = String::with_capacity(proof.len() * 45);
+                    for hash in &proof {
+                        body.push_str(&hash.to_base64());
+                        body.push('\n');
+                    }
+                    text_response(StatusCode::OK, body, "text/plain; charset=utf-8")
+                }
+                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "audit_read_failed", e.to_string()),
+                Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "audit_read_failed", "the read task failed".to_string()),
+            }
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "audit routes: /v1/audit/entries/INDEX, /v1/audit/proof/INDEX, /v1/audit/consistency?old=N&new=M, /v1/audit/key".to_string(),
+        ),
     }
 }
 

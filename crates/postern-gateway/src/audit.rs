@@ -52,7 +52,10 @@ impl Audit {
             .await
             .with_context(|| format!("opening the audit log in {}", dir.display()))?;
         if let Some(torn) = &report.torn_tail {
-            tracing::warn!(?torn, "the audit log had a torn tail (an unacknowledged partial write); it was truncated");
+            tracing::warn!(
+                ?torn,
+                "the audit log had a torn tail (an unacknowledged partial write); it was truncated"
+            );
         }
         let key_path = data_dir.join(AUDIT_HMAC_KEY_FILE);
         let hmac_key = match std::fs::read(&key_path) {
@@ -121,7 +124,11 @@ impl Audit {
                     .load(std::sync::atomic::Ordering::Relaxed),
             ),
             response_bytes: outcome.map(|o| o.response_bytes),
-            data_classes: Vec::new(),
+            data_classes: context
+                .request_scan
+                .as_ref()
+                .map(|scan| scan.classes.keys().cloned().collect())
+                .unwrap_or_default(),
             intent_index: outcome.and_then(|o| o.intent_index),
             hmacs,
         }

@@ -106,6 +106,31 @@ impl ForwardBody {
         Self::full(Bytes::new(), state)
     }
 
+    /// A prefix already read (and checked for the caller token), then the rest of the stream.
+    pub fn with_prefix(
+        prefix: Bytes,
+        rest: Incoming,
+        limit: u64,
+        state: Arc<RequestBodyState>,
+        caller_token: Option<&[u8]>,
+    ) -> Self {
+        let mut body = Self::new(rest, limit, state, caller_token);
+        body.state
+            .bytes
+            .fetch_add(prefix.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // The prefix's tail may start the token: hold it back like any chunk's tail.
+        match &body.token {
+            Some(finder) => {
+                let keep = (finder.needle().len() - 1).min(prefix.len());
+                let split = prefix.len() - keep;
+                body.carry = prefix[split..].to_vec();
+                body.buffered = Some(prefix.slice(..split)).filter(|b| !b.is_empty());
+            }
+            None => body.buffered = Some(prefix).filter(|b| !b.is_empty()),
+        }
+        body
+    }
+
     /// A body already in memory (already checked; sent as is).
     pub fn full(bytes: Bytes, state: Arc<RequestBodyState>) -> Self {
         ForwardBody {
@@ -144,7 +169,9 @@ impl ForwardBody {
         if this.carry.is_empty() {
             None
         } else {
-            Some(Ok(Frame::data(Bytes::from(std::mem::take(&mut this.carry)))))
+            Some(Ok(Frame::data(Bytes::from(std::mem::take(
+                &mut this.carry,
+            )))))
         }
     }
 }
@@ -207,7 +234,10 @@ impl Body for ForwardBody {
         // when the inner one has ended and nothing is held back.
         self.buffered.is_none()
             && self.carry.is_empty()
-            && self.inner.as_ref().is_none_or(|inner| inner.is_end_stream())
+            && self
+                .inner
+                .as_ref()
+                .is_none_or(|inner| inner.is_end_stream())
             && self.token.as_ref().is_none_or(|_| self.inner.is_none())
     }
 

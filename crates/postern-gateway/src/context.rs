@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::body::RequestBodyState;
-use crate::events::{rfc3339_millis, CallEvent, Decision, EVENT_SCHEMA_VERSION};
+use crate::events::{
+    rfc3339_millis, CallEvent, CallEventRef, Decision, EventText, EVENT_SCHEMA_VERSION,
+};
 
 /// How a caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub struct CallContext {
     pub redirect_off_origin: bool,
     /// The Cedar policy that decided: `grant-N` or a custom policy id.
     pub policy_id: Option<String>,
+    /// What the payload scan found in the request (scanned integrations only).
+    pub request_scan: Option<crate::scan::ScanSummary>,
 }
 
 impl CallContext {
@@ -73,9 +77,53 @@ impl CallContext {
             request_body: Arc::new(RequestBodyState::default()),
             redirect_off_origin: false,
             policy_id: None,
+            request_scan: None,
         }
     }
 
+    /// The call's event, borrowed from this context: nothing is copied or formatted until it is
+    /// serialized. `elapsed` is the call's duration so far (`started.elapsed()`).
+    pub fn event_ref<'a>(
+        &'a self,
+        status: u16,
+        decision: Decision,
+        reason: &'a str,
+        response_bytes: u64,
+        incomplete: bool,
+        elapsed: std::time::Duration,
+    ) -> CallEventRef<'a> {
+        CallEventRef {
+            schema_version: EVENT_SCHEMA_VERSION,
+            time: EventText::Time(self.wall_start),
+            request_id: &self.request_id,
+            integration: self.integration.as_deref(),
+            caller: self.caller.as_deref(),
+            operation: self.operation_id.as_deref(),
+            method: &self.method,
+            path: self.path_template.as_deref(),
+            status,
+            decision,
+            reason,
+            request_bytes: self
+                .request_body
+                .bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            response_bytes,
+            duration_ms: duration_ms(elapsed),
+            upstream_addr: self.upstream_addr.map(EventText::Addr),
+            source_ip: EventText::Ip(self.source_ip),
+            auth: self.auth.map(AuthMethod::as_str),
+            protocol: self.protocol,
+            policy: self.policy_id.as_deref(),
+            redirect_off_origin: self.redirect_off_origin,
+            incomplete,
+            data_classes: self.request_scan.as_ref().map(|s| &s.classes),
+            unscanned: self.request_scan.as_ref().and_then(|s| s.unscanned),
+            redacted: self.request_scan.as_ref().is_some_and(|s| s.redacted),
+        }
+    }
+
+    /// The call's event as an owned value (see [`CallContext::event_ref`] for the cheap form).
     pub fn to_event(
         &self,
         status: u16,
@@ -102,7 +150,7 @@ impl CallContext {
                 .bytes
                 .load(std::sync::atomic::Ordering::Relaxed),
             response_bytes,
-            duration_ms: (elapsed.as_micros() as f64) / 1000.0,
+            duration_ms: duration_ms(elapsed),
             upstream_addr: self.upstream_addr.map(|a| a.to_string()),
             source_ip: self.source_ip.to_string(),
             auth: self.auth.map(AuthMethod::as_str),
@@ -110,11 +158,27 @@ impl CallContext {
             policy: self.policy_id.clone(),
             redirect_off_origin: self.redirect_off_origin,
             incomplete,
+            data_classes: self.request_scan.as_ref().map(|s| s.classes.clone()),
+            unscanned: self.request_scan.as_ref().and_then(|s| s.unscanned),
+            redacted: self.request_scan.as_ref().is_some_and(|s| s.redacted),
         }
     }
 }
 
+/// Milliseconds with microsecond precision, as the event's `duration_ms`.
+pub fn duration_ms(elapsed: std::time::Duration) -> f64 {
+    (elapsed.as_micros() as f64) / 1000.0
+}
+
 /// 128 random bits, hex: unguessable and unique enough to join logs, events and audit entries.
 fn new_request_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = rand::random::<[u8; 16]>();
+    let mut text = [0u8; 32];
+    for (index, byte) in bytes.iter().enumerate() {
+        text[2 * index] = HEX[usize::from(byte >> 4)];
+        text[2 * index + 1] = HEX[usize::from(byte & 0x0f)];
+    }
+    // One exact allocation (hex::encode grows a String char by char).
+    String::from_utf8_lossy(&text).into_owned()
 }

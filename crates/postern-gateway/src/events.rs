@@ -4,19 +4,32 @@
 //! The schema is documented in `docs/EVENTS.md`; fields are only ever added. Events never hold a
 //! secret, a raw path or a body: the path is the operation's template.
 //!
-//! Writing is off the request path: the data plane sends the event on a bounded channel and a
-//! single writer task serializes, appends and rotates. A full channel applies back-pressure rather
-//! than dropping; an I/O failure is counted and logged, and writing resumes when the disk recovers.
+//! Writing is off the request path, and cheap on it: the data plane serializes the event into a
+//! reusable thread-local buffer (no per-field allocation: the JSON is written straight from the
+//! call's context) and appends the bytes to one shared buffer under an uncontended lock — no
+//! channel, no per-event wake-up. A single writer thread wakes when a batch is due (every
+//! [`WRITER_LINGER`], when the buffer passes [`WAKE_THRESHOLD_BYTES`], on `flush()`, or on the
+//! first event after it went idle), swaps the buffer out and appends it with one `write()` per
+//! file, rotating at line boundaries.
+//!
+//! Guarantees (docs/EVENTS.md): a buffer past [`MAX_BUFFERED_BYTES`] makes the producer wait for
+//! the writer (back-pressure, counted in [`EventStats::backpressure_waits`]) — events are never
+//! dropped silently; an I/O failure is counted and logged, and writing resumes when the disk
+//! recovers; `flush()` returns once everything recorded before it is written.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use serde::{Serialize, Serializer};
+use tokio::sync::oneshot;
 
 /// Version of the event schema; bumped only for incompatible changes.
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
@@ -24,8 +37,17 @@ pub const EVENT_SCHEMA_VERSION: u32 = 1;
 /// How many recent events the admin API can return.
 pub const RECENT_EVENTS_CAPACITY: usize = 10_000;
 
-/// One call, as recorded.
-#[derive(Debug, Clone, Serialize)]
+/// How long the writer lets events accumulate before writing a batch.
+pub const WRITER_LINGER: Duration = Duration::from_millis(20);
+
+/// Buffered bytes past which a producer wakes the writer early.
+pub const WAKE_THRESHOLD_BYTES: usize = 256 * 1024;
+
+/// Buffered bytes past which producers wait for the writer (back-pressure). About 16k events.
+pub const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
+
+/// One call, as recorded (owned form; the data plane serializes [`CallEventRef`] directly).
+#[derive(Debug, Clone)]
 pub struct CallEvent {
     pub schema_version: u32,
     /// RFC 3339 UTC with milliseconds.
@@ -53,11 +75,122 @@ pub struct CallEvent {
     /// policy applied (not granted) or the call was refused before authorization.
     pub policy: Option<String>,
     /// Set when the vendor answered with a redirect whose Location leaves the upstream origin.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub redirect_off_origin: bool,
     /// Set when the response body stopped early (client went away, limit hit, upstream reset).
+    pub incomplete: bool,
+    /// Data classes found in the request body (class → count), for scanned integrations.
+    pub data_classes: Option<std::collections::BTreeMap<String, usize>>,
+    /// Why a scanned integration's request body was not scanned.
+    pub unscanned: Option<&'static str>,
+    /// Whether unapproved values were masked before forwarding.
+    pub redacted: bool,
+}
+
+impl CallEvent {
+    /// The borrowed view that defines the serialized form.
+    pub fn as_ref(&self) -> CallEventRef<'_> {
+        CallEventRef {
+            schema_version: self.schema_version,
+            time: EventText::Str(&self.time),
+            request_id: &self.request_id,
+            integration: self.integration.as_deref(),
+            caller: self.caller.as_deref(),
+            operation: self.operation.as_deref(),
+            method: &self.method,
+            path: self.path.as_deref(),
+            status: self.status,
+            decision: self.decision,
+            reason: &self.reason,
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+            duration_ms: self.duration_ms,
+            upstream_addr: self.upstream_addr.as_deref().map(EventText::Str),
+            source_ip: EventText::Str(&self.source_ip),
+            auth: self.auth,
+            protocol: self.protocol,
+            policy: self.policy.as_deref(),
+            redirect_off_origin: self.redirect_off_origin,
+            incomplete: self.incomplete,
+            data_classes: self.data_classes.as_ref(),
+            unscanned: self.unscanned,
+            redacted: self.redacted,
+        }
+    }
+}
+
+impl Serialize for CallEvent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.as_ref().serialize(serializer)
+    }
+}
+
+/// One call, borrowed from wherever its facts live. This struct *is* the schema: field names and
+/// order of the JSON object (docs/EVENTS.md).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CallEventRef<'a> {
+    pub schema_version: u32,
+    pub time: EventText<'a>,
+    pub request_id: &'a str,
+    pub integration: Option<&'a str>,
+    pub caller: Option<&'a str>,
+    pub operation: Option<&'a str>,
+    pub method: &'a str,
+    pub path: Option<&'a str>,
+    pub status: u16,
+    pub decision: Decision,
+    pub reason: &'a str,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub duration_ms: f64,
+    pub upstream_addr: Option<EventText<'a>>,
+    pub source_ip: EventText<'a>,
+    pub auth: Option<&'static str>,
+    pub protocol: &'static str,
+    pub policy: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_off_origin: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
+    /// Classes and counts found in the request body (scanned integrations only). Never values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_classes: Option<&'a std::collections::BTreeMap<String, usize>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unscanned: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
+}
+
+/// A string field formatted straight into the JSON output (no intermediate `String`).
+#[derive(Debug, Clone, Copy)]
+pub enum EventText<'a> {
+    Str(&'a str),
+    /// RFC 3339 UTC with milliseconds.
+    Time(SystemTime),
+    Addr(SocketAddr),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for EventText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventText::Str(text) => f.write_str(text),
+            EventText::Time(at) => match format_rfc3339_millis(*at) {
+                Some(bytes) => f.write_str(std::str::from_utf8(&bytes).map_err(|_| fmt::Error)?),
+                None => f.write_str(&rfc3339_millis_slow(*at)),
+            },
+            EventText::Addr(addr) => fmt::Display::fmt(addr, f),
+            EventText::Ip(ip) => fmt::Display::fmt(ip, f),
+        }
+    }
+}
+
+impl Serialize for EventText<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EventText::Str(text) => serializer.serialize_str(text),
+            other => serializer.collect_str(other),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,25 +200,82 @@ pub enum Decision {
     Deny,
 }
 
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        }
+    }
+}
+
 /// Counters the writer keeps; exported to `/metrics`.
 #[derive(Debug, Default)]
 pub struct EventStats {
     pub written: AtomicU64,
     pub write_errors: AtomicU64,
     pub rotations: AtomicU64,
-}
-
-enum Command {
-    Record(Box<CallEvent>),
-    Flush(oneshot::Sender<()>),
+    /// Times a producer had to wait because the writer was [`MAX_BUFFERED_BYTES`] behind.
+    pub backpressure_waits: AtomicU64,
 }
 
 /// Handle used by the data plane to record events.
 #[derive(Clone)]
 pub struct EventSink {
-    sender: mpsc::Sender<Command>,
-    recent: Arc<Mutex<VecDeque<Arc<str>>>>,
+    handle: Arc<SinkHandle>,
     pub stats: Arc<EventStats>,
+}
+
+/// Dropped with the last `EventSink` clone: tells the writer to drain and stop.
+struct SinkHandle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for SinkHandle {
+    fn drop(&mut self) {
+        self.shared.state().closed = true;
+        self.shared.wake_writer.notify_one();
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The writer sleeps on this.
+    wake_writer: Condvar,
+    /// Producers held back by a full buffer sleep on this.
+    space: Condvar,
+    recent: Mutex<RecentRing>,
+    stats: Arc<EventStats>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn recent(&self) -> MutexGuard<'_, RecentRing> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Serialized events, one line each, not yet taken by the writer.
+    buffer: Vec<u8>,
+    /// `flush()` calls waiting for everything in `buffer` (and before) to be written.
+    flush_waiters: Vec<oneshot::Sender<()>>,
+    /// The writer sleeps without a deadline (nothing buffered): the next event must wake it.
+    writer_idle: bool,
+    /// The writer was told to write now (threshold passed, producers waiting); not yet served.
+    urgent: bool,
+    /// Every `EventSink` is gone: drain and stop.
+    closed: bool,
+    /// The writer thread has ended (or panicked): nothing will be written any more.
+    writer_gone: bool,
 }
 
 /// Where and how events are written.
@@ -96,151 +286,339 @@ pub struct EventFileOptions {
     pub max_files: u32,
 }
 
+thread_local! {
+    /// Each worker thread's serialization buffer, reused across events.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
+
+enum Append {
+    Done,
+    Full,
+    WriterGone,
+}
+
 impl EventSink {
-    /// Opens (creating) the event file and starts the writer task. The returned join handle ends
-    /// after every sender is dropped and the queue is drained.
+    /// Opens (creating) the event file and starts the writer thread. The returned join handle
+    /// ends after every sink clone is dropped and everything buffered is written.
     pub fn start(
         options: EventFileOptions,
     ) -> std::io::Result<(EventSink, tokio::task::JoinHandle<()>)> {
         let writer = RotatingWriter::open(options)?;
-        let (sender, receiver) = mpsc::channel(16_384);
-        let recent = Arc::new(Mutex::new(VecDeque::with_capacity(1024)));
         let stats = Arc::new(EventStats::default());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                buffer: Vec::with_capacity(WAKE_THRESHOLD_BYTES),
+                ..State::default()
+            }),
+            wake_writer: Condvar::new(),
+            space: Condvar::new(),
+            recent: Mutex::new(RecentRing::default()),
+            stats: stats.clone(),
+        });
         let task = tokio::task::spawn_blocking({
-            let recent = recent.clone();
-            let stats = stats.clone();
-            move || writer_loop(writer, receiver, recent, stats)
+            let shared = shared.clone();
+            move || writer_loop(writer, shared)
         });
         Ok((
             EventSink {
-                sender,
-                recent,
+                handle: Arc::new(SinkHandle { shared }),
                 stats,
             },
             task,
         ))
     }
 
-    /// Queues an event. Waits when the writer is behind (back-pressure, never a silent drop).
+    /// Records an event. Waits (asynchronously) when the writer is behind: back-pressure, never
+    /// a silent drop.
     pub async fn record(&self, event: CallEvent) {
-        if self
-            .sender
-            .send(Command::Record(Box::new(event)))
-            .await
-            .is_err()
-        {
-            tracing::error!("event writer has stopped; event not recorded");
-            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Queues an event from synchronous code (a body's `Drop`): waits only if the queue is full.
-    pub fn record_now(&self, event: CallEvent) {
-        match self.sender.try_send(Command::Record(Box::new(event))) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(command)) => {
-                let sender = self.sender.clone();
-                match tokio::runtime::Handle::try_current() {
-                    Ok(handle) => {
-                        handle.spawn(async move {
-                            let _ = sender.send(command).await;
-                        });
+        let mut waited = false;
+        loop {
+            let outcome = self.serialize_and(&event.as_ref(), |line| self.try_append(line));
+            match outcome {
+                Some(Append::Full) => {
+                    if !waited {
+                        waited = true;
+                        self.stats
+                            .backpressure_waits
+                            .fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(_) => {
-                        let _ = sender.blocking_send(command);
-                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!("event writer has stopped; event not recorded");
-                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                Some(Append::WriterGone) => return self.writer_gone(),
+                Some(Append::Done) | None => return,
             }
         }
     }
 
-    /// Waits until every event queued before this call is written and flushed.
-    pub async fn flush(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.sender.send(Command::Flush(done)).await.is_ok() {
-            let _ = wait.await;
+    /// Records an event from synchronous code (a body's `Drop`). Waits only if the writer is
+    /// [`MAX_BUFFERED_BYTES`] behind.
+    pub fn record_now(&self, event: CallEvent) {
+        self.record_ref(&event.as_ref());
+    }
+
+    /// Records an event borrowed from the call's context: serialized on this thread into a
+    /// reusable buffer, then appended to the writer's buffer. Waits only if the writer is
+    /// [`MAX_BUFFERED_BYTES`] behind (back-pressure, counted).
+    pub fn record_ref(&self, event: &CallEventRef<'_>) {
+        self.serialize_and(event, |line| self.append_blocking(line));
+    }
+
+    /// Serializes `event` as one line and hands it to `then`; `None` (counted, logged) if it
+    /// cannot be serialized, which JSON of these types never fails to be.
+    fn serialize_and<R>(
+        &self,
+        event: &CallEventRef<'_>,
+        then: impl FnOnce(&[u8]) -> R,
+    ) -> Option<R> {
+        fn fill(line: &mut Vec<u8>, event: &CallEventRef<'_>) -> serde_json::Result<()> {
+            line.clear();
+            serde_json::to_writer(&mut *line, event)?;
+            line.push(b'\n');
+            Ok(())
         }
+        let mut then = Some(then);
+        let mut run = |line: &mut Vec<u8>| match fill(line, event) {
+            Ok(()) => Some((then.take().expect("called once"))(line)),
+            Err(error) => {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, "could not serialize a call event");
+                None
+            }
+        };
+        // The thread-local buffer is unavailable only during thread teardown (or re-entrancy).
+        let outcome =
+            LINE.try_with(|cell| cell.try_borrow_mut().ok().map(|mut line| run(&mut line)));
+        match outcome {
+            Ok(Some(result)) => result,
+            _ => run(&mut Vec::with_capacity(1024)),
+        }
+    }
+
+    fn try_append(&self, line: &[u8]) -> Append {
+        let shared = &self.handle.shared;
+        let mut state = shared.state();
+        if state.writer_gone {
+            return Append::WriterGone;
+        }
+        if state.buffer.len() >= MAX_BUFFERED_BYTES {
+            let notify = !state.urgent;
+            state.urgent = true;
+            drop(state);
+            if notify {
+                shared.wake_writer.notify_one();
+            }
+            return Append::Full;
+        }
+        Self::push_locked(shared, state, line);
+        Append::Done
+    }
+
+    fn append_blocking(&self, line: &[u8]) {
+        let shared = &self.handle.shared;
+        let mut state = shared.state();
+        if state.buffer.len() >= MAX_BUFFERED_BYTES && !state.writer_gone {
+            self.stats
+                .backpressure_waits
+                .fetch_add(1, Ordering::Relaxed);
+            while state.buffer.len() >= MAX_BUFFERED_BYTES && !state.writer_gone {
+                if !state.urgent {
+                    state.urgent = true;
+                    shared.wake_writer.notify_one();
+                }
+                state = shared
+                    .space
+                    .wait_timeout(state, Duration::from_millis(100))
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0;
+            }
+        }
+        if state.writer_gone {
+            drop(state);
+            return self.writer_gone();
+        }
+        Self::push_locked(shared, state, line);
+    }
+
+    fn push_locked(shared: &Shared, mut state: MutexGuard<'_, State>, line: &[u8]) {
+        state.buffer.extend_from_slice(line);
+        let mut notify = false;
+        if state.writer_idle {
+            // First event after a quiet period: the writer sleeps without a deadline.
+            state.writer_idle = false;
+            notify = true;
+        }
+        if !state.urgent && state.buffer.len() >= WAKE_THRESHOLD_BYTES {
+            state.urgent = true;
+            notify = true;
+        }
+        drop(state);
+        if notify {
+            shared.wake_writer.notify_one();
+        }
+    }
+
+    fn writer_gone(&self) {
+        tracing::error!("event writer has stopped; event not recorded");
+        self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Waits until every event recorded before this call is written.
+    pub async fn flush(&self) {
+        let shared = &self.handle.shared;
+        let (done, wait) = oneshot::channel();
+        {
+            let mut state = shared.state();
+            if state.writer_gone {
+                return;
+            }
+            state.flush_waiters.push(done);
+        }
+        shared.wake_writer.notify_one();
+        let _ = wait.await;
     }
 
     /// The most recent events, oldest first, at most `limit`.
     pub fn recent(&self, limit: usize) -> Vec<Arc<str>> {
-        let recent = self.recent.lock().expect("recent events lock");
-        let skip = recent.len().saturating_sub(limit);
-        recent.iter().skip(skip).cloned().collect()
+        self.handle.shared.recent().last(limit)
     }
 }
 
-fn writer_loop(
-    mut writer: RotatingWriter,
-    mut receiver: mpsc::Receiver<Command>,
-    recent: Arc<Mutex<VecDeque<Arc<str>>>>,
-    stats: Arc<EventStats>,
-) {
-    let mut line = Vec::with_capacity(512);
-    while let Some(command) = receiver.blocking_recv() {
-        let mut pending_flush = Vec::new();
-        let mut batch = Vec::new();
-        let mut next = Some(command);
-        // Drain what is queued so one flush covers a batch.
-        while let Some(command) = next.take() {
-            match command {
-                Command::Record(event) => batch.push(event),
-                Command::Flush(done) => pending_flush.push(done),
-            }
-            if batch.len() >= 4096 {
+/// The last written batches, holding at least the last [`RECENT_EVENTS_CAPACITY`] lines.
+#[derive(Default)]
+struct RecentRing {
+    batches: VecDeque<Batch>,
+    lines: usize,
+}
+
+/// One writer batch: the bytes as written and where each line ends (at its `\n`).
+struct Batch {
+    bytes: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+impl Batch {
+    fn line(&self, index: usize) -> &[u8] {
+        let start = if index == 0 {
+            0
+        } else {
+            self.ends[index - 1] as usize + 1
+        };
+        &self.bytes[start..self.ends[index] as usize]
+    }
+}
+
+impl RecentRing {
+    fn push(&mut self, batch: Batch) {
+        self.lines += batch.ends.len();
+        self.batches.push_back(batch);
+        while let Some(front) = self.batches.front() {
+            if self.lines - front.ends.len() < RECENT_EVENTS_CAPACITY {
                 break;
             }
-            next = receiver.try_recv().ok();
-        }
-        let mut lines: Vec<Arc<str>> = Vec::with_capacity(batch.len());
-        for event in batch {
-            line.clear();
-            if serde_json::to_writer(&mut line, &event).is_err() {
-                stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            line.push(b'\n');
-            match writer.write(&line, &stats) {
-                Ok(()) => {
-                    stats.written.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%error, "could not append to the event file");
-                }
-            }
-            let text = String::from_utf8_lossy(&line[..line.len() - 1]);
-            lines.push(Arc::from(text.as_ref()));
-        }
-        if let Err(error) = writer.flush() {
-            stats.write_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%error, "could not flush the event file");
-        }
-        {
-            let mut recent = recent.lock().expect("recent events lock");
-            for line in lines {
-                if recent.len() == RECENT_EVENTS_CAPACITY {
-                    recent.pop_front();
-                }
-                recent.push_back(line);
-            }
-        }
-        for done in pending_flush {
-            let _ = done.send(());
+            self.lines -= front.ends.len();
+            self.batches.pop_front();
         }
     }
-    let _ = writer.flush();
+
+    fn last(&self, limit: usize) -> Vec<Arc<str>> {
+        let mut wanted = limit.min(self.lines).min(RECENT_EVENTS_CAPACITY);
+        let mut out = Vec::with_capacity(wanted);
+        for batch in self.batches.iter().rev() {
+            if wanted == 0 {
+                break;
+            }
+            let take = wanted.min(batch.ends.len());
+            for index in (batch.ends.len() - take..batch.ends.len()).rev() {
+                out.push(Arc::from(
+                    String::from_utf8_lossy(batch.line(index)).as_ref(),
+                ));
+            }
+            wanted -= take;
+        }
+        out.reverse();
+        out
+    }
+}
+
+/// Marks the writer gone however it ends (a panic included), so producers and `flush()` never
+/// wait for it forever.
+struct WriterGoneGuard(Arc<Shared>);
+
+impl Drop for WriterGoneGuard {
+    fn drop(&mut self) {
+        let waiters = {
+            let mut state = self.0.state();
+            state.writer_gone = true;
+            std::mem::take(&mut state.flush_waiters)
+        };
+        drop(waiters);
+        self.0.space.notify_all();
+    }
+}
+
+fn writer_loop(mut writer: RotatingWriter, shared: Arc<Shared>) {
+    let _guard = WriterGoneGuard(shared.clone());
+    let stats = shared.stats.clone();
+    let mut spare: Vec<u8> = Vec::with_capacity(WAKE_THRESHOLD_BYTES);
+    loop {
+        let mut state = shared.state();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if state.closed || state.urgent || !state.flush_waiters.is_empty() {
+                break;
+            }
+            if state.buffer.is_empty() {
+                deadline = None;
+                state.writer_idle = true;
+                state = shared
+                    .wake_writer
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                state.writer_idle = false;
+                continue;
+            }
+            let now = Instant::now();
+            let until = *deadline.get_or_insert(now + WRITER_LINGER);
+            if now >= until {
+                break;
+            }
+            state = shared
+                .wake_writer
+                .wait_timeout(state, until - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        std::mem::swap(&mut state.buffer, &mut spare);
+        let waiters = std::mem::take(&mut state.flush_waiters);
+        let held_back = state.urgent;
+        state.urgent = false;
+        let closing = state.closed;
+        drop(state);
+        if held_back {
+            shared.space.notify_all();
+        }
+
+        if !spare.is_empty() {
+            let batch_bytes = std::mem::take(&mut spare);
+            let batch = writer.write_batch(batch_bytes, &stats);
+            // Reuse a buffer of the size this batch needed, for the next swap.
+            spare = Vec::with_capacity(batch.bytes.len().max(4096));
+            shared.recent().push(batch);
+        }
+        for done in waiters {
+            let _ = done.send(());
+        }
+        if closing && shared.state().buffer.is_empty() {
+            break;
+        }
+    }
 }
 
 /// Appends to `events.jsonl`; past `max_file_bytes` it shifts `events.jsonl.N` up by one
 /// (dropping the oldest beyond `max_files`) and starts a new file.
 struct RotatingWriter {
     options: EventFileOptions,
-    file: BufWriter<File>,
+    file: File,
     size: u64,
 }
 
@@ -253,23 +631,66 @@ impl RotatingWriter {
         let size = file.metadata()?.len();
         Ok(RotatingWriter {
             options,
-            file: BufWriter::with_capacity(256 * 1024, file),
+            file,
             size,
         })
     }
 
-    fn write(&mut self, line: &[u8], stats: &EventStats) -> std::io::Result<()> {
-        if self.size > 0 && self.size + line.len() as u64 > self.options.max_file_bytes {
-            self.rotate()?;
-            stats.rotations.fetch_add(1, Ordering::Relaxed);
+    /// Writes a batch of whole lines: one `write()` per file it lands in, rotating before a line
+    /// that would take the file past `max_file_bytes`.
+    fn write_batch(&mut self, bytes: Vec<u8>, stats: &EventStats) -> Batch {
+        let mut ends = Vec::with_capacity(bytes.len() / 400 + 1);
+        ends.extend(memchr::memchr_iter(b'\n', &bytes).map(|end| end as u32));
+        let max = self.options.max_file_bytes;
+        let mut chunk_start = 0usize;
+        let mut chunk_lines = 0u64;
+        let mut line_start = 0usize;
+        for &end in &ends {
+            let line_len = (end as usize + 1 - line_start) as u64;
+            let pending = (line_start - chunk_start) as u64;
+            if self.size + pending > 0 && self.size + pending + line_len > max {
+                self.write_chunk(&bytes[chunk_start..line_start], chunk_lines, stats);
+                chunk_start = line_start;
+                chunk_lines = 0;
+                match self.rotate() {
+                    Ok(()) => {
+                        stats.rotations.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        // As before: this line is not written; the next one retries rotating.
+                        stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(%error, "could not rotate the event file");
+                        line_start = end as usize + 1;
+                        chunk_start = line_start;
+                        continue;
+                    }
+                }
+            }
+            chunk_lines += 1;
+            line_start = end as usize + 1;
         }
-        self.file.write_all(line)?;
-        self.size += line.len() as u64;
-        Ok(())
+        self.write_chunk(&bytes[chunk_start..line_start], chunk_lines, stats);
+        Batch { bytes, ends }
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
+    fn write_chunk(&mut self, chunk: &[u8], lines: u64, stats: &EventStats) {
+        if chunk.is_empty() {
+            return;
+        }
+        match self.file.write_all(chunk) {
+            Ok(()) => {
+                self.size += chunk.len() as u64;
+                stats.written.fetch_add(lines, Ordering::Relaxed);
+            }
+            Err(error) => {
+                // Part of the chunk may have landed; the size is re-read so rotation stays right.
+                if let Ok(metadata) = self.file.metadata() {
+                    self.size = metadata.len();
+                }
+                stats.write_errors.fetch_add(lines, Ordering::Relaxed);
+                tracing::error!(%error, events = lines, "could not append to the event file");
+            }
+        }
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
@@ -284,7 +705,7 @@ impl RotatingWriter {
             }
         }
         std::fs::rename(path, rotated_name(path, 1))?;
-        self.file = BufWriter::with_capacity(256 * 1024, open_append(path)?);
+        self.file = open_append(path)?;
         self.size = 0;
         Ok(())
     }
@@ -308,11 +729,215 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-28T09:12:03.123Z`.
-pub fn rfc3339_millis(at: std::time::SystemTime) -> String {
+pub fn rfc3339_millis(at: SystemTime) -> String {
+    match format_rfc3339_millis(at) {
+        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        None => rfc3339_millis_slow(at),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` without allocating, for times from 1970 to 9999; `None` outside.
+fn format_rfc3339_millis(at: SystemTime) -> Option<[u8; 24]> {
+    let since = at.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    let secs = since.as_secs();
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days as i64);
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for index in (at..at + width).rev() {
+            out[index] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year as u64);
+    put(5, 2, u64::from(month));
+    put(8, 2, u64::from(day));
+    put(11, 2, rem / 3600);
+    put(14, 2, rem % 3600 / 60);
+    put(17, 2, rem % 60);
+    put(20, 3, u64::from(since.subsec_millis()));
+    Some(out)
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn rfc3339_millis_slow(at: SystemTime) -> String {
     let at = time::OffsetDateTime::from(at);
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
     at.format(&format)
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_time_format_matches_the_time_crate() {
+        let mut secs: u64 = 0;
+        while secs < 253_402_300_799 {
+            for millis in [0u64, 1, 266, 999] {
+                let at = SystemTime::UNIX_EPOCH
+                    + Duration::from_secs(secs)
+                    + Duration::from_micros(millis * 1000 + 123);
+                let fast = format_rfc3339_millis(at).expect("in range");
+                assert_eq!(std::str::from_utf8(&fast).unwrap(), rfc3339_millis_slow(at));
+            }
+            secs = secs * 3 / 2 + 86_399 + secs % 7919;
+        }
+        for day in 0..(366 * 4 + 10) {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(day * 86_400 + 951_782_400);
+            assert_eq!(rfc3339_millis(at), rfc3339_millis_slow(at));
+        }
+    }
+
+    fn sample() -> CallEvent {
+        CallEvent {
+            schema_version: EVENT_SCHEMA_VERSION,
+            time: "2026-11-28T09:15:23.266Z".into(),
+            request_id: "1bfe16b2916ae24326296f2641d65eb0".into(),
+            integration: Some("acme".into()),
+            caller: Some("check\"out".into()),
+            operation: None,
+            method: "DELETE".into(),
+            path: Some("/v1/charges/{id}".into()),
+            status: 403,
+            decision: Decision::Deny,
+            reason: "not_granted".into(),
+            request_bytes: 0,
+            response_bytes: 7,
+            duration_ms: 0.03,
+            upstream_addr: Some("[::1]:443".into()),
+            source_ip: "127.0.0.1".into(),
+            auth: Some("token"),
+            protocol: "HTTP/1.1",
+            policy: None,
+            redirect_off_origin: false,
+            incomplete: true,
+            data_classes: None,
+            unscanned: None,
+            redacted: false,
+        }
+    }
+
+    #[test]
+    fn schema_field_order_is_stable() {
+        let text = serde_json::to_string(&sample()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"schema_version":1,"time":"2026-11-28T09:15:23.266Z","request_id":"1bfe16b2916ae24326296f2641d65eb0","integration":"acme","caller":"check\"out","operation":null,"method":"DELETE","path":"/v1/charges/{id}","status":403,"decision":"deny","reason":"not_granted","request_bytes":0,"response_bytes":7,"duration_ms":0.03,"upstream_addr":"[::1]:443","source_ip":"127.0.0.1","auth":"token","protocol":"HTTP/1.1","policy":null,"incomplete":true}"#
+        );
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_857_323_266);
+        let owned = sample();
+        let mut view = owned.as_ref();
+        view.time = EventText::Time(at);
+        view.upstream_addr = Some(EventText::Addr("[::1]:443".parse().unwrap()));
+        view.source_ip = EventText::Ip("127.0.0.1".parse().unwrap());
+        assert_eq!(
+            serde_json::to_string(&view).unwrap(),
+            serde_json::to_string(&owned.as_ref())
+                .unwrap()
+                .replace("2026-11-28T09:15:23.266Z", &rfc3339_millis(at))
+        );
+    }
+
+    fn options(dir: &Path, max_file_bytes: u64) -> EventFileOptions {
+        EventFileOptions {
+            path: dir.join("events.jsonl"),
+            max_file_bytes,
+            max_files: 3,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_event_is_written_once_flushed_and_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, task) = EventSink::start(options(dir.path(), 200_000)).unwrap();
+        let mut handles = Vec::new();
+        for worker in 0..4 {
+            let sink = sink.clone();
+            handles.push(tokio::spawn(async move {
+                for index in 0..5_000u64 {
+                    let mut event = sample();
+                    event.response_bytes = worker * 1_000_000 + index;
+                    if index % 2 == 0 {
+                        sink.record_now(event);
+                    } else {
+                        sink.record(event).await;
+                    }
+                }
+            }));
+        }
+        for handle in handles {
+            handle.await.unwrap();
+        }
+        sink.flush().await;
+        assert_eq!(sink.stats.written.load(Ordering::Relaxed), 20_000);
+        assert_eq!(sink.stats.write_errors.load(Ordering::Relaxed), 0);
+        assert!(sink.stats.rotations.load(Ordering::Relaxed) >= 1);
+        let recent = sink.recent(usize::MAX);
+        assert_eq!(recent.len(), RECENT_EVENTS_CAPACITY);
+        for line in &recent {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(value["reason"], "not_granted");
+        }
+        assert_eq!(sink.recent(3).len(), 3);
+        assert_eq!(&sink.recent(1)[0], recent.last().unwrap());
+        drop(sink);
+        task.await.unwrap();
+        // Every file holds whole lines, none past the cap.
+        let mut total = 0;
+        for name in [
+            "events.jsonl",
+            "events.jsonl.1",
+            "events.jsonl.2",
+            "events.jsonl.3",
+        ] {
+            if let Ok(text) = std::fs::read_to_string(dir.path().join(name)) {
+                assert!(text.len() as u64 <= 200_000);
+                assert!(text.is_empty() || text.ends_with('\n'));
+                total += text.lines().count();
+            }
+        }
+        assert!(
+            total > 0 && total < 20_000,
+            "older rotations were dropped: {total}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_waits_for_earlier_events_and_the_writer_drains_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, task) = EventSink::start(options(dir.path(), u64::MAX)).unwrap();
+        sink.record_now(sample());
+        sink.flush().await;
+        let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        assert_eq!(sink.recent(10).len(), 1);
+        for _ in 0..10 {
+            sink.record_now(sample());
+        }
+        drop(sink);
+        task.await.unwrap();
+        let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        assert_eq!(text.lines().count(), 11);
+    }
 }

@@ -26,9 +26,11 @@ pub mod oauth;
 pub mod proxy;
 pub mod record;
 pub mod runtime;
+pub mod scan;
 pub mod tls;
 pub mod upstream;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +63,9 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// Event file in `data_dir`.
 pub const EVENTS_FILE: &str = "events.jsonl";
 
+/// (integration, caller, class, direction, UTC day) of the data-flow ledger.
+type DataflowKey = (String, String, String, &'static str, String);
+
 /// State shared by every connection.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
@@ -74,6 +79,8 @@ pub struct Shared {
     draining: AtomicBool,
     /// Serializes rebuilds (reload, vault refresh) so none is lost.
     rebuild: Mutex<()>,
+    /// Data-flow counts not yet written to the store: (integration, caller, class, direction, day).
+    dataflow: Mutex<HashMap<DataflowKey, u64>>,
     pub credential_max_age_days: std::sync::atomic::AtomicU64,
 }
 
@@ -123,12 +130,67 @@ impl Shared {
         for note in notes {
             tracing::warn!(problem = %note, "after vault change");
         }
-        tracing::info!(generation, "vault changed; credentials and caller tokens reloaded");
+        tracing::info!(
+            generation,
+            "vault changed; credentials and caller tokens reloaded"
+        );
         Ok(true)
+    }
+
+    /// Counts the data classes a call carried, for the data-flow ledger.
+    pub fn note_dataflow(
+        &self,
+        context: &context::CallContext,
+        scan: &scan::ScanSummary,
+        direction: &'static str,
+    ) {
+        if scan.classes.is_empty() {
+            return;
+        }
+        let day = events::rfc3339_millis(context.wall_start)[..10].to_string();
+        let integration = context.integration.as_deref().unwrap_or("").to_string();
+        let caller = context.caller.as_deref().unwrap_or("").to_string();
+        let mut pending = self.dataflow.lock().expect("dataflow lock");
+        for (class, count) in &scan.classes {
+            *pending
+                .entry((
+                    integration.clone(),
+                    caller.clone(),
+                    class.to_string(),
+                    direction,
+                    day.clone(),
+                ))
+                .or_default() += *count as u64;
+        }
+    }
+
+    /// Writes pending data-flow counts to the store.
+    pub fn flush_dataflow(&self) {
+        let pending = std::mem::take(&mut *self.dataflow.lock().expect("dataflow lock"));
+        if pending.is_empty() {
+            return;
+        }
+        let rows: Vec<postern_vault::DataflowRow> = pending
+            .into_iter()
+            .map(|((integration, caller, class, direction, day), count)| {
+                postern_vault::DataflowRow {
+                    integration,
+                    caller,
+                    class,
+                    direction: direction.to_string(),
+                    day,
+                    count,
+                }
+            })
+            .collect();
+        if let Err(error) = self.vault.add_dataflow(&rows) {
+            tracing::error!(%error, "could not write data-flow counts");
+        }
     }
 
     /// Writes credential last-used times to the vault.
     fn flush_usage(&self) {
+        self.flush_dataflow();
         let runtime = self.runtime.load();
         let used: Vec<(String, i64)> = runtime
             .integrations
@@ -236,6 +298,7 @@ impl RunningGateway {
             admin_token_sha256: Mutex::new(admin_token_sha256),
             draining: AtomicBool::new(false),
             rebuild: Mutex::new(()),
+            dataflow: Mutex::new(HashMap::new()),
             credential_max_age_days: std::sync::atomic::AtomicU64::new(
                 config.gateway.credential_max_age_days,
             ),
@@ -358,13 +421,21 @@ impl RunningGateway {
         }
         let hash = match &config.gateway.admin_token_sha256 {
             Some(_) => admin_token_hash(&config, &self.data_dir)?,
-            None => *self.shared.admin_token_sha256.lock().expect("admin token lock"),
+            None => *self
+                .shared
+                .admin_token_sha256
+                .lock()
+                .expect("admin token lock"),
         };
         self.shared
             .credential_max_age_days
             .store(config.gateway.credential_max_age_days, Ordering::Relaxed);
         let result = self.shared.rebuild(config, hash);
-        let label = if result.is_ok() { "applied" } else { "rejected" };
+        let label = if result.is_ok() {
+            "applied"
+        } else {
+            "rejected"
+        };
         self.shared
             .recorder
             .metrics
@@ -450,12 +521,21 @@ async fn run_checkpointer(
 /// `postern callers` in another process take effect, and records credential use every 5 s.
 /// Stops when the gateway starts draining.
 fn spawn_vault_poller(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
+    // A weak handle: if the gateway is dropped without `shutdown` (a panicking test, say), the
+    // poller ends instead of keeping the shared state — and the event writer — alive.
+    let shared = Arc::downgrade(&shared);
     std::thread::Builder::new()
         .name("postern-vault-poller".to_string())
         .spawn(move || {
             let mut ticks: u32 = 0;
-            while !shared.is_draining() {
+            loop {
                 std::thread::sleep(Duration::from_millis(250));
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                if shared.is_draining() {
+                    return;
+                }
                 if let Err(error) = shared.refresh_from_vault() {
                     tracing::error!(error = %format!("{error:#}"), "vault refresh failed; keeping the current credentials");
                 }

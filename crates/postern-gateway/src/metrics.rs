@@ -3,6 +3,7 @@
 //! by the config.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,19 +13,27 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::events::{CallEvent, Decision, EventStats};
+use crate::events::{Decision, EventStats};
 
+/// Labels of `postern_calls_total`. The names are shared with the call's context (`Arc<str>`)
+/// and the status is encoded as its number, so counting a call allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
-    pub integration: String,
-    pub caller: String,
-    pub decision: String,
-    pub status: String,
+    pub integration: Arc<str>,
+    pub caller: Arc<str>,
+    pub decision: &'static str,
+    pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IntegrationLabel {
-    pub integration: String,
+    pub integration: Arc<str>,
+}
+
+/// The label value for "none" (no integration, unauthenticated caller).
+fn dash() -> Arc<str> {
+    static DASH: OnceLock<Arc<str>> = OnceLock::new();
+    DASH.get_or_init(|| Arc::from("-")).clone()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,24 +128,29 @@ impl Metrics {
         }
     }
 
-    pub fn observe_call(&self, event: &CallEvent, duration: Duration) {
-        let integration = event.integration.clone().unwrap_or_else(|| "-".to_string());
+    /// Counts one finished call and observes its duration.
+    pub fn observe_call(
+        &self,
+        integration: Option<&Arc<str>>,
+        caller: Option<&Arc<str>>,
+        decision: Decision,
+        status: u16,
+        reason: &str,
+        duration: Duration,
+    ) {
+        let integration = integration.cloned().unwrap_or_else(dash);
         self.calls
             .get_or_create(&CallLabels {
                 integration: integration.clone(),
-                caller: event.caller.clone().unwrap_or_else(|| "-".to_string()),
-                decision: match event.decision {
-                    Decision::Allow => "allow",
-                    Decision::Deny => "deny",
-                }
-                .to_string(),
-                status: event.status.to_string(),
+                caller: caller.cloned().unwrap_or_else(dash),
+                decision: decision.as_str(),
+                status,
             })
             .inc();
-        if event.decision == Decision::Deny {
+        if decision == Decision::Deny {
             self.denials
                 .get_or_create(&ReasonLabel {
-                    reason: event.reason.clone(),
+                    reason: reason.to_string(),
                 })
                 .inc();
         }

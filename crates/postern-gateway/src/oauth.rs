@@ -171,7 +171,8 @@ impl TokenSource {
         }
         let body = ForwardBody::full(Bytes::from(form), Arc::new(RequestBodyState::default()));
         let request = request.body(body).map_err(|_| TokenError::Malformed)?;
-        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
+        {
             Err(_) => return Err(TokenError::Timeout(self.timeout.as_millis() as u64)),
             Ok(Err(error)) => return Err(TokenError::Unreachable(describe(&error))),
             Ok(Ok(response)) => response,
@@ -194,7 +195,10 @@ impl TokenSource {
             .ok_or(TokenError::Malformed)?;
         let lifetime = parsed
             .get("expires_in")
-            .and_then(|e| e.as_u64().or_else(|| e.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|e| {
+                e.as_u64()
+                    .or_else(|| e.as_str().and_then(|s| s.parse().ok()))
+            })
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_LIFETIME);
         let mut header = HeaderValue::from_str(&format!("Bearer {access_token}"))

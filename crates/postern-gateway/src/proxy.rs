@@ -16,18 +16,18 @@ use hyper::body::Incoming;
 use percent_encoding::AsciiSet;
 use postern_policy::{AuthzRequest, Reason};
 
+use crate::audit::Outcome;
 use crate::body::{ForwardBody, GatewayBody, PendingAudit, RequestBodyViolation, ResponseBody};
 use crate::context::{AuthMethod, CallContext, ConnectionInfo};
 use crate::error::CallError;
 use crate::events::Decision;
-use crate::record::PendingRecord;
-use crate::audit::Outcome;
 use crate::oauth::TokenSource;
-use postern_config::AuditMode;
-use postern_tlog::RecordKind;
+use crate::record::PendingRecord;
 use crate::runtime::{Injector, IntegrationRuntime, Runtime};
 use crate::upstream::{find_cause, ConnectError, UpstreamAddr};
 use crate::Shared;
+use postern_config::AuditMode;
+use postern_tlog::RecordKind;
 
 /// Characters escaped in an injected query value.
 pub const QUERY_VALUE: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -99,7 +99,9 @@ pub async fn handle(
                 }),
             );
             shared.audit.append_later(record);
-            let mut response = error.to_response(&context.request_id).map(GatewayBody::full);
+            let mut response = error
+                .to_response(&context.request_id)
+                .map(GatewayBody::full);
             if let Some(index) = progress.intent_index {
                 response
                     .headers_mut()
@@ -132,6 +134,32 @@ async fn pipeline(
     authorize(runtime, &integration, context, &request)?;
     progress.authorized = true;
     rate_limit(&integration, context)?;
+    let (parts, body) = request.into_parts();
+    let scanned = crate::scan::scan_request(
+        &integration,
+        &runtime.scanner,
+        context,
+        &parts.headers,
+        body,
+        caller_token.as_deref(),
+    )
+    .await;
+    let (body, scan) = match scanned {
+        Ok(scanned) => scanned,
+        Err((error, summary)) => {
+            // A refusal still records what the body carried (classes and counts, never values).
+            if !summary.classes.is_empty() {
+                shared.note_dataflow(context, &summary, "request_blocked");
+                context.request_scan = Some(summary);
+            }
+            return Err(error);
+        }
+    };
+    if let Some(scan) = &scan {
+        shared.note_dataflow(context, scan, "request");
+    }
+    context.request_scan = scan;
+    let request = Request::from_parts(parts, body);
     progress.intent_index = record_intent(shared, &integration, context, raw_target).await?;
     let token_source = match &integration.credential {
         Ok(Some(Injector::OAuth2(source))) => Some(source.clone()),
@@ -139,8 +167,13 @@ async fn pipeline(
     };
     let response = match token_source {
         None => {
-            let upstream_request =
-                inject(&integration, context, request, caller_token.as_deref(), None)?;
+            let upstream_request = inject(
+                &integration,
+                context,
+                request,
+                caller_token.as_deref(),
+                None,
+            )?;
             forward(&integration, context, upstream_request, &vendor_path).await?
         }
         Some(source) => {
@@ -438,8 +471,8 @@ fn rate_limit(integration: &IntegrationRuntime, context: &CallContext) -> Result
 /// request that would carry the caller token, injects the vendor credential.
 fn inject(
     integration: &IntegrationRuntime,
-    context: &mut CallContext,
-    request: Request<Incoming>,
+    _context: &mut CallContext,
+    request: Request<ForwardBody>,
     caller_token: Option<&[u8]>,
     oauth_token: Option<HeaderValue>,
 ) -> Result<Request<ForwardBody>, CallError> {
@@ -584,7 +617,6 @@ fn inject(
             )
         })?;
 
-    let body = ForwardBody::new(body, limit, context.request_body.clone(), caller_token);
     let mut upstream = Request::new(body);
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
@@ -620,10 +652,10 @@ async fn forward_replayable(
 ) -> Result<Response<Incoming>, CallError> {
     use http_body_util::BodyExt as _;
     let (parts, body) = request.into_parts();
-    let bytes = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return Err(match context.request_body.violation() {
+    let bytes =
+        match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return Err(match context.request_body.violation() {
                 RequestBodyViolation::TooLarge => CallError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "request_too_large",
@@ -640,9 +672,8 @@ async fn forward_replayable(
                     "request_body_error",
                     "the request body could not be read completely",
                 ),
-            })
-        }
-    };
+            }),
+        };
     let body_state = context.request_body.clone();
     let build = |authorization: HeaderValue| {
         let mut request = Request::new(ForwardBody::full(bytes.clone(), body_state.clone()));
@@ -906,6 +937,7 @@ fn placeholder_context(context: &CallContext) -> CallContext {
         request_body: context.request_body.clone(),
         redirect_off_origin: false,
         policy_id: None,
+        request_scan: None,
     }
 }
 

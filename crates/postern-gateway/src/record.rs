@@ -1,7 +1,9 @@
 //! The record phase: turn a finished call into an event and metrics.
+//!
+//! Neither allocates per call: the event is serialized straight from the `CallContext` into the
+//! writer's buffer (see `events.rs`), and the metrics labels share the context's names.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::context::CallContext;
 use crate::events::{Decision, EventSink};
@@ -17,10 +19,35 @@ pub struct Recorder {
 impl Recorder {
     /// Records a call that ended without a streamed body (refusals, errors).
     pub fn record(&self, context: &CallContext, status: u16, decision: Decision, reason: &str) {
-        let event = context.to_event(status, decision, reason, 0, false);
-        self.metrics
-            .observe_call(&event, Duration::from_secs_f64(event.duration_ms / 1000.0));
-        self.events.record_now(event);
+        self.record_call(context, status, decision, reason, 0, false);
+    }
+
+    fn record_call(
+        &self,
+        context: &CallContext,
+        status: u16,
+        decision: Decision,
+        reason: &str,
+        response_bytes: u64,
+        incomplete: bool,
+    ) {
+        let elapsed = context.started.elapsed();
+        self.metrics.observe_call(
+            context.integration.as_ref(),
+            context.caller.as_ref(),
+            decision,
+            status,
+            reason,
+            elapsed,
+        );
+        self.events.record_ref(&context.event_ref(
+            status,
+            decision,
+            reason,
+            response_bytes,
+            incomplete,
+            elapsed,
+        ));
     }
 }
 
@@ -34,16 +61,13 @@ pub struct PendingRecord {
 impl PendingRecord {
     pub fn finish(self, response_bytes: u64, incomplete: bool, reason: Option<&'static str>) {
         let reason = reason.unwrap_or("granted");
-        let event = self.context.to_event(
+        self.recorder.record_call(
+            &self.context,
             self.status,
             Decision::Allow,
             reason,
             response_bytes,
             incomplete,
         );
-        self.recorder
-            .metrics
-            .observe_call(&event, Duration::from_secs_f64(event.duration_ms / 1000.0));
-        self.recorder.events.record_now(event);
     }
 }

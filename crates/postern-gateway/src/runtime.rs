@@ -90,11 +90,15 @@ impl ClientCache {
                 Some((cert, key)) => Some((
                     rustls_pemfile::certs(&mut &cert[..])
                         .collect::<Result<Vec<_>, _>>()
-                        .map_err(|_| anyhow::anyhow!("client_certificate: the certificate is not PEM"))?,
+                        .map_err(|_| {
+                            anyhow::anyhow!("client_certificate: the certificate is not PEM")
+                        })?,
                     rustls_pemfile::private_key(&mut &key[..])
                         .ok()
                         .flatten()
-                        .ok_or_else(|| anyhow::anyhow!("client_certificate: the key is not a PEM private key"))?,
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("client_certificate: the key is not a PEM private key")
+                        })?,
                 )),
                 None => None,
             },
@@ -214,6 +218,8 @@ pub struct Runtime {
     pub integrations: HashMap<String, Arc<IntegrationRuntime>>,
     pub policy: PolicyEngine,
     pub admin_token_sha256: [u8; 32],
+    /// The payload scanner (built-in rules, extended by `scan_rules`).
+    pub scanner: Arc<postern_scan::Scanner>,
     /// Readiness problems, e.g. a credential that could not be loaded.
     pub problems: Vec<String>,
 }
@@ -226,9 +232,9 @@ impl Runtime {
             None => 0,
         };
         let store_tokens = match inputs.vault {
-            Some(vault) => vault
-                .caller_tokens()
-                .map_err(|error| anyhow::anyhow!("reading caller tokens from the vault: {error}"))?,
+            Some(vault) => vault.caller_tokens().map_err(|error| {
+                anyhow::anyhow!("reading caller tokens from the vault: {error}")
+            })?,
             None => Vec::new(),
         };
         let revoked: HashSet<[u8; 32]> = store_tokens
@@ -293,6 +299,19 @@ impl Runtime {
         )
         .map_err(|error| anyhow::anyhow!("policies: {error}"))?;
 
+        let scanner = match &config.gateway.scan_rules {
+            None => Arc::new(postern_scan::Scanner::default()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|error| {
+                    anyhow::anyhow!("reading scan_rules {}: {error}", path.display())
+                })?;
+                Arc::new(
+                    postern_scan::Scanner::with_rule_file(&text).map_err(|error| {
+                        anyhow::anyhow!("scan_rules {}: {error}", path.display())
+                    })?,
+                )
+            }
+        };
         let mut integrations = HashMap::new();
         let mut problems = Vec::new();
         for integration in &config.integrations {
@@ -310,6 +329,7 @@ impl Runtime {
             integrations,
             policy,
             admin_token_sha256: inputs.admin_token_sha256,
+            scanner,
             problems,
         })
     }
@@ -350,7 +370,10 @@ fn build_integration(
     let mut client_pem_problem = None;
     let client_pem = match (&integration.client_certificate, inputs.vault) {
         (Some(names), Some(vault)) => {
-            match (vault.current(&names.cert_secret), vault.current(&names.key_secret)) {
+            match (
+                vault.current(&names.cert_secret),
+                vault.current(&names.key_secret),
+            ) {
                 (Ok(Some(cert)), Ok(Some(key))) => Some((cert, key)),
                 _ => {
                     client_pem_problem = Some(CredentialProblem {
@@ -367,7 +390,8 @@ fn build_integration(
         (Some(_), None) => {
             client_pem_problem = Some(CredentialProblem {
                 code: "credential_unavailable",
-                why: "client certificate lives in the vault, which is opened by `postern serve`".to_string(),
+                why: "client certificate lives in the vault, which is opened by `postern serve`"
+                    .to_string(),
             });
             None
         }
@@ -387,15 +411,16 @@ fn build_integration(
         (_, Some(problem)) => Err(problem),
         (None, None) => Ok(None),
         (Some(credential), None) => match (&credential.oauth2, credential.kind) {
-            (Some(oauth2), CredentialKind::OAuth2) => read_secret(credential, inputs.vault)
-                .map(|secret| {
+            (Some(oauth2), CredentialKind::OAuth2) => {
+                read_secret(credential, inputs.vault).map(|secret| {
                     Some(Injector::OAuth2(inputs.token_sources.get(
                         integration,
                         oauth2,
                         secret,
                         &client,
                     )))
-                }),
+                })
+            }
             _ => {
                 let injector = load_injector(credential, inputs.vault);
                 if let Ok(secret) = read_secret(credential, inputs.vault) {
@@ -422,9 +447,11 @@ fn build_integration(
         }) => Some(name.clone()),
         _ => None,
     };
-    let limiter = integration
-        .rate_limit
-        .map(|r| inputs.limiters.get(&integration.name, r.requests_per_second, r.burst));
+    let limiter = integration.rate_limit.map(|r| {
+        inputs
+            .limiters
+            .get(&integration.name, r.requests_per_second, r.burst)
+    });
     let upstream = upstream_target(&integration.upstream)
         .map_err(|error| anyhow::anyhow!("integration {}: {error}", integration.name))?;
     let mut stripped_headers = vec![
@@ -540,7 +567,9 @@ fn read_secret(
         }
     };
     if secret.is_empty() {
-        return Err(unavailable("credential unavailable: the secret is empty".to_string()));
+        return Err(unavailable(
+            "credential unavailable: the secret is empty".to_string(),
+        ));
     }
     Ok(secret)
 }
@@ -571,7 +600,8 @@ fn load_injector(
                 Some(user) => format!("{user}:{}", secret.as_str()),
                 None => secret.to_string(),
             });
-            let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
+            let encoded =
+                Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
             Ok(Injector::Header {
                 name: http::header::AUTHORIZATION,
                 value: sensitive(Zeroizing::new(format!("Basic {}", encoded.as_str())))?,
@@ -583,7 +613,9 @@ fn load_injector(
                 .as_deref()
                 .ok_or_else(|| unavailable("credential kind header needs `name`".to_string()))?;
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                unavailable(format!("credential header name {name:?} is not a valid header name"))
+                unavailable(format!(
+                    "credential header name {name:?} is not a valid header name"
+                ))
             })?;
             Ok(Injector::Header {
                 name,

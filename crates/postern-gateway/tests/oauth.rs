@@ -92,7 +92,12 @@ operations = ["*"]
     let gw = TestGateway::start(&body, Some(&cas)).await;
     let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
     vault
-        .set("crm-client-secret", "oauth2_client_secret", b"s3cret value&=", 1)
+        .set(
+            "crm-client-secret",
+            "oauth2_client_secret",
+            b"s3cret value&=",
+            1,
+        )
         .unwrap();
     gw.running().shared().refresh_from_vault().unwrap();
     std::mem::forget(token_server);
@@ -146,9 +151,13 @@ async fn concurrent_calls_mint_exactly_one_token() {
     let form = s.tokens.last_form.lock().unwrap().clone();
     assert!(form.contains("grant_type=client_credentials"), "{form}");
     assert!(form.contains("scope=contacts.read"), "{form}");
-    assert!(form.contains("audience=https%3A%2F%2Fapi.crm.example"), "{form}");
+    assert!(
+        form.contains("audience=https%3A%2F%2Fapi.crm.example"),
+        "{form}"
+    );
     use base64::Engine as _;
-    let expected = base64::engine::general_purpose::STANDARD.encode("postern-client:s3cret%20value%26%3D");
+    let expected =
+        base64::engine::general_purpose::STANDARD.encode("postern-client:s3cret%20value%26%3D");
     assert_eq!(
         s.tokens.last_authorization.lock().unwrap().clone().unwrap(),
         format!("Basic {expected}")
@@ -162,7 +171,10 @@ async fn client_secret_in_body_when_asked() {
     assert_eq!(call(&s.gw).await, 200);
     let form = s.tokens.last_form.lock().unwrap().clone();
     assert!(form.contains("client_id=postern-client"), "{form}");
-    assert!(form.contains("client_secret=s3cret%20value%26%3D"), "{form}");
+    assert!(
+        form.contains("client_secret=s3cret%20value%26%3D"),
+        "{form}"
+    );
     assert!(s.tokens.last_authorization.lock().unwrap().is_none());
     s.gw.stop().await;
 }
@@ -179,7 +191,10 @@ async fn token_is_refreshed_before_expiry_without_a_failed_call() {
     }
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let minted = s.tokens.requests.load(Ordering::SeqCst);
-    assert!((2..=3).contains(&minted), "refreshed ahead of expiry: {minted} tokens");
+    assert!(
+        (2..=3).contains(&minted),
+        "refreshed ahead of expiry: {minted} tokens"
+    );
     s.gw.stop().await;
 }
 
@@ -203,7 +218,10 @@ async fn vendor_401_purges_and_re_mints_once() {
     assert_eq!(posts.len(), 2, "the call was replayed once");
     assert_eq!(posts[0].header("authorization").unwrap(), "Bearer tok-1");
     assert_eq!(posts[1].header("authorization").unwrap(), "Bearer tok-2");
-    assert_eq!(posts[1].body, r#"{"name":"Ada"}"#, "the body was replayed intact");
+    assert_eq!(
+        posts[1].body, r#"{"name":"Ada"}"#,
+        "the body was replayed intact"
+    );
 
     // A vendor that refuses every token: exactly one re-mint, then the 401 is returned.
     s.refused.lock().unwrap().push("tok-2".to_string());
@@ -255,7 +273,9 @@ operations = ["*"]
 "#;
     let gw = TestGateway::start(body, None).await;
     let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
-    vault.set("crm-client-secret", "oauth2_client_secret", b"x", 1).unwrap();
+    vault
+        .set("crm-client-secret", "oauth2_client_secret", b"x", 1)
+        .unwrap();
     gw.running().shared().refresh_from_vault().unwrap();
     let response = client()
         .get(format!("{}/crm/contacts", gw.base))
@@ -265,7 +285,13 @@ operations = ["*"]
         .unwrap();
     assert_eq!(response.status(), 503);
     let body: serde_json::Value = response.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("link_local"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("link_local"),
+        "{body}"
+    );
     gw.stop().await;
 }
 
@@ -303,15 +329,22 @@ operations = ["*"]
     assert_eq!(get().await.unwrap().status(), 503);
     let (cert, key) = client_pki.client_cert("spiffe://postern.example/gateway");
     let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
-    vault.set("bank-cert", "tls_client_cert", cert.as_bytes(), 1).unwrap();
-    vault.set("bank-key", "tls_client_key", key.as_bytes(), 1).unwrap();
+    vault
+        .set("bank-cert", "tls_client_cert", cert.as_bytes(), 1)
+        .unwrap();
+    vault
+        .set("bank-key", "tls_client_key", key.as_bytes(), 1)
+        .unwrap();
     gw.running().shared().refresh_from_vault().unwrap();
     assert_eq!(get().await.unwrap().status(), 200);
     assert_eq!(vendor.seen().len(), 1);
     gw.stop().await;
 
     // The same vendor refuses a gateway without the certificate.
-    let body = body.replace("client_certificate = { cert = \"bank-cert\", key = \"bank-key\" }\n", "");
+    let body = body.replace(
+        "client_certificate = { cert = \"bank-cert\", key = \"bank-key\" }\n",
+        "",
+    );
     let gw = TestGateway::start(&body, vendor.ca_pem.as_deref()).await;
     let response = client()
         .get(format!("{}/bank/balance", gw.base))

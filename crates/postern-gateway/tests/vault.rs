@@ -65,11 +65,15 @@ async fn vault_credential_set_rotate_under_load_rollback_revoke() {
     assert_eq!(body["error"]["code"], "credential_unavailable");
     assert!(vendor.seen().is_empty());
 
-    let (status, answer) = admin_post(&gw, "/v1/credentials/stripe-live", "sk_live_first_value_A1").await;
+    let (status, answer) =
+        admin_post(&gw, "/v1/credentials/stripe-live", "sk_live_first_value_A1").await;
     assert_eq!(status, 200, "{answer}");
     assert!(!answer.to_string().contains("sk_live_first_value_A1"));
     assert_eq!(call(&gw, "after-set").await.0, 200);
-    assert_eq!(vendor.last().header("authorization").unwrap(), "Bearer sk_live_first_value_A1");
+    assert_eq!(
+        vendor.last().header("authorization").unwrap(),
+        "Bearer sk_live_first_value_A1"
+    );
 
     // Rotation under load: calls keep running; none fails; every call that starts after the
     // rotation answer carries the new value.
@@ -83,7 +87,11 @@ async fn vault_credential_set_rotate_under_load_rollback_revoke() {
             let client = client();
             let mut statuses = Vec::new();
             while !stop.load(Ordering::Relaxed) && statuses.len() < 2000 {
-                let marker = if rotated.load(Ordering::SeqCst) { "after" } else { "during" };
+                let marker = if rotated.load(Ordering::SeqCst) {
+                    "after"
+                } else {
+                    "during"
+                };
                 let response = client
                     .get(format!("{base}/stripe/v1/charges/ch_1"))
                     .bearer_auth(&token)
@@ -111,11 +119,17 @@ async fn vault_credential_set_rotate_under_load_rollback_revoke() {
     for worker in workers {
         let statuses = worker.await.unwrap();
         total += statuses.len();
-        assert!(statuses.iter().all(|s| *s == 200), "a call failed during rotation: {statuses:?}");
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "a call failed during rotation: {statuses:?}"
+        );
     }
     assert!(total > 20, "the load ran ({total} calls)");
     let seen = vendor.seen();
-    let after: Vec<_> = seen.iter().filter(|s| s.header("x-marker").as_deref() == Some("after")).collect();
+    let after: Vec<_> = seen
+        .iter()
+        .filter(|s| s.header("x-marker").as_deref() == Some("after"))
+        .collect();
     assert!(!after.is_empty());
     assert!(after
         .iter()
@@ -128,7 +142,10 @@ async fn vault_credential_set_rotate_under_load_rollback_revoke() {
     let (status, _) = admin_post(&gw, "/v1/credentials/stripe-live/rollback", "").await;
     assert_eq!(status, 200);
     call(&gw, "rolled-back").await;
-    assert_eq!(vendor.last().header("authorization").unwrap(), "Bearer sk_live_first_value_A1");
+    assert_eq!(
+        vendor.last().header("authorization").unwrap(),
+        "Bearer sk_live_first_value_A1"
+    );
 
     // Revocation: injection stops at once.
     let before = vendor.seen().len();
@@ -201,21 +218,31 @@ async fn changes_made_by_another_process_take_effect_without_restart() {
     let gw = TestGateway::start(&integration(&vendor), vendor.ca_pem.as_deref()).await;
     // A second handle on the same vault file, as `postern creds` would open it.
     let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
-    vault.set("stripe-live", "static", b"sk_from_cli_1", 1).unwrap();
+    vault
+        .set("stripe-live", "static", b"sk_from_cli_1", 1)
+        .unwrap();
     eventually("the gateway picks up the new credential", || async {
         call(&gw, "x").await.0 == 200
     })
     .await;
-    assert_eq!(vendor.last().header("authorization").unwrap(), "Bearer sk_from_cli_1");
+    assert_eq!(
+        vendor.last().header("authorization").unwrap(),
+        "Bearer sk_from_cli_1"
+    );
 
     // Caller revocation from another process: the caller's config token stops working.
     use sha2::Digest as _;
     let hash: [u8; 32] = sha2::Sha256::digest(CHECKOUT_TOKEN.as_bytes()).into();
     vault.revoke_caller("checkout", &[hash], 2).unwrap();
-    eventually("the revoked caller is refused", || async { call(&gw, "y").await.0 == 401 }).await;
+    eventually("the revoked caller is refused", || async {
+        call(&gw, "y").await.0 == 401
+    })
+    .await;
 
     // A token issued at run time for the same caller works.
-    vault.add_caller_token("checkout", "pst_rotated_token_for_checkout_0001", 3).unwrap();
+    vault
+        .add_caller_token("checkout", "pst_rotated_token_for_checkout_0001", 3)
+        .unwrap();
     eventually("the new caller token is accepted", || async {
         client()
             .get(format!("{}/stripe/v1/charges/ch_1", gw.base))

@@ -32,6 +32,8 @@ pub enum LedgerError {
     EntrySize(usize),
     #[error("audit log write failed, the entry is not recorded: {reason}")]
     WriteFailed { reason: String },
+    #[error("{path}: the audit log is in use by another postern process (a running `postern serve`, or a `postern audit --offline` command); stop it first, or use the running gateway's admin API (`postern audit` without --offline)")]
+    Locked { path: PathBuf },
     #[error("the ledger is closed")]
     Closed,
     #[error("{0}")]

@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{io_error, LedgerError};
 use crate::frame::{push_frame, scan_frames, FrameStop, FRAME_HEADER_BYTES, MAX_RECORD_BYTES};
 use crate::store::{
-    list_segments, load_or_create_signer, open_rw, read_file, segment_name, sync_dir, HashFile,
-    CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE, HASHES_FILE, LOG_DIR,
+    list_segments, load_or_create_signer, lock_dir, open_rw, read_file, segment_name, sync_dir,
+    HashFile, CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE, HASHES_FILE, LOG_DIR,
 };
 
 /// How the ledger batches and stores entries.
@@ -111,6 +111,8 @@ struct Shared {
     latest: Mutex<Option<LatestCheckpoint>>,
     health: Mutex<Health>,
     injected_write_failures: AtomicU32,
+    /// The open `<dir>/lock`, holding the exclusive lock until `close` (or drop).
+    lock: Mutex<Option<File>>,
 }
 
 enum Command {
@@ -178,13 +180,16 @@ impl Ledger {
         response.await.map_err(|_| LedgerError::Closed)?
     }
 
-    /// Stops the sequencer after the queued appends; later appends fail with `Closed`.
+    /// Stops the sequencer after the queued appends; later appends fail with `Closed`. Then
+    /// releases the directory lock, so another process may open the log (reads through this
+    /// handle keep working on what was committed).
     pub async fn close(&self) {
         let _ = self.commands.send(Command::Shutdown).await;
         let task = self.sequencer.lock().expect("sequencer lock").take();
         if let Some(task) = task {
             let _ = task.await;
         }
+        drop(self.shared.lock.lock().expect("lock file lock").take());
     }
 
     /// Number of durable entries.
@@ -396,10 +401,7 @@ impl Ledger {
         mut visit: impl FnMut(u64, &[u8]),
     ) -> Result<(), LedgerError> {
         let state = self.shared.state.read().expect("state lock");
-        if first
-            .checked_add(count)
-            .map_or(true, |end| end > state.size)
-        {
+        if first.checked_add(count).is_none_or(|end| end > state.size) {
             return Err(LedgerError::OutOfRange(format!(
                 "entries {first}..{} are beyond the log ({} entries)",
                 first.saturating_add(count),
@@ -478,6 +480,9 @@ fn open_blocking(
     dir: PathBuf,
     options: LedgerOptions,
 ) -> Result<(Shared, Writer, OpenReport), LedgerError> {
+    std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    // Before anything is read or repaired: a second writer must not touch the files.
+    let lock = lock_dir(&dir)?;
     let log_dir = dir.join(LOG_DIR);
     std::fs::create_dir_all(&log_dir).map_err(io_error(&log_dir))?;
     let signer = load_or_create_signer(&dir, &options.origin)?;
@@ -524,7 +529,7 @@ fn open_blocking(
         let data = read_file(&path)?;
         let stop = scan_frames(&data, slot == last_slot, |frame| {
             let index = builder.size();
-            if index % TILE_WIDTH == 0 {
+            if index.is_multiple_of(TILE_WIDTH) {
                 bundle_starts.push(Position {
                     segment_slot: slot,
                     offset: frame.offset,
@@ -612,6 +617,7 @@ fn open_blocking(
         latest: Mutex::new(latest),
         health: Mutex::new(Health::Healthy),
         injected_write_failures: AtomicU32::new(0),
+        lock: Mutex::new(Some(lock)),
         signer,
         verifier,
         dir,
@@ -744,7 +750,7 @@ fn load_latest_checkpoint(
             .map_err(|source| LedgerError::Checkpoint { path, source })?;
         if latest
             .as_ref()
-            .map_or(true, |l| checkpoint.size > l.checkpoint.size)
+            .is_none_or(|l| checkpoint.size > l.checkpoint.size)
         {
             latest = Some(LatestCheckpoint { checkpoint, note });
         }
@@ -882,7 +888,7 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
     writer.pending_hashes.clear();
     let mut new_bundle_starts = Vec::new();
     for entry in entries {
-        if builder.size() % TILE_WIDTH == 0 {
+        if builder.size().is_multiple_of(TILE_WIDTH) {
             new_bundle_starts.push(Position {
                 segment_slot: slot,
                 offset: base_offset + writer.frames.len() as u64,

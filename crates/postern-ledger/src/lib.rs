@@ -12,6 +12,7 @@
 //! # On-disk layout
 //!
 //! ```text
+//! <dir>/lock                            held (flock, exclusive) by the one process writing
 //! <dir>/signing-key                      PRIVATE+KEY+<origin>+<keyid>+<base64>, mode 0600
 //! <dir>/log/segment-<first index, 20 digits>.log
 //!                                        records: u32 BE length ‖ u32 BE CRC-32C ‖ bytes
@@ -24,6 +25,10 @@
 //!
 //! # Invariants
 //!
+//! * One writer per directory: [`Ledger::open`] takes an exclusive lock on `<dir>/lock` and
+//!   fails with [`LedgerError::Locked`] while another process (or another open `Ledger`) holds
+//!   it; [`Ledger::close`] and the end of the process release it. [`verify_dir`] only reads
+//!   and takes no lock.
 //! * An entry's index is returned only after its bytes are `fdatasync`ed; readers never see
 //!   an entry before that.
 //! * Only the sequencer writes segments and stored hashes, always at the committed end; a
@@ -43,4 +48,5 @@ mod verify;
 pub use error::LedgerError;
 pub use frame::MAX_RECORD_BYTES;
 pub use ledger::{Health, Ledger, LedgerOptions, OpenReport, TornTail};
+pub use store::stored_origin;
 pub use verify::{verify_dir, VerifyError, VerifyReport};

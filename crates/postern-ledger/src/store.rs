@@ -15,6 +15,7 @@ pub(crate) const HASHES_FILE: &str = "tree-hashes.bin";
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
 pub(crate) const CHECKPOINT_HISTORY_FILE: &str = "checkpoints.log";
 pub(crate) const KEY_FILE: &str = "signing-key";
+pub(crate) const LOCK_FILE: &str = "lock";
 
 pub(crate) fn segment_name(first_index: u64) -> String {
     format!("segment-{first_index:020}.log")
@@ -50,6 +51,37 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_error(dir))
+}
+
+/// Takes the exclusive lock on `<dir>/lock` (an advisory `flock`, released when the file is
+/// closed, including when the process dies): one writer per log directory.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, LedgerError> {
+    let path = dir.join(LOCK_FILE);
+    let file = open_rw(&path)?;
+    // `File::try_lock` is stable since Rust 1.89 (the toolchain here is newer than the
+    // workspace's declared rust-version).
+    let locked = file.try_lock();
+    match locked {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LedgerError::Locked { path }),
+        Err(std::fs::TryLockError::Error(source)) => Err(LedgerError::Io { path, source }),
+    }
+}
+
+/// The origin (key name) of the log in `dir`, from its signing key file; `None` when the
+/// directory has no key yet. Lets tools open an existing log without knowing its origin.
+pub fn stored_origin(dir: &Path) -> Result<Option<String>, LedgerError> {
+    let path = dir.join(KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => NoteSigner::from_signer_key(text.trim())
+            .map(|signer| Some(signer.name().to_string()))
+            .map_err(|e| LedgerError::Key {
+                path,
+                reason: format!("not a signer key ({e})"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(&path)(e)),
+    }
 }
 
 /// Loads `<dir>/signing-key`, or creates it (mode 0600) with a fresh key named `origin`.

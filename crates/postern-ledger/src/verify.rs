@@ -105,7 +105,8 @@ struct CheckpointToCheck {
 /// Checks a ledger directory offline: every record's framing and CRC, the tree recomputed
 /// from the entries (against the stored hashes), every stored checkpoint's signature, and that
 /// every checkpoint's root matches the recomputed tree at its size (hence they are mutually
-/// consistent). `progress(bytes_done, bytes_total)` is called as segments are read.
+/// consistent). `progress(bytes_done, bytes_total)` is called as segments are read (every 8192
+/// entries and at the end of each segment).
 pub fn verify_dir(
     dir: &Path,
     verifier_key: Option<&str>,
@@ -245,6 +246,9 @@ pub fn verify_dir(
         let data = std::fs::read(path).map_err(io(path))?;
         let stop = scan_frames(&data, slot == last_slot, |frame| {
             let index = builder.size();
+            if index.is_multiple_of(8192) {
+                progress(done_bytes + frame.offset, total_bytes);
+            }
             new_hashes.clear();
             builder.append(leaf_hash(frame.payload), &mut new_hashes);
             if let Some((reader, len)) = stored.as_mut() {

@@ -437,3 +437,29 @@ async fn stale_hash_file_is_rebuilt_on_open() {
     assert_eq!(report.hashes_rewritten_from, Some(0));
     assert_eq!(ledger.root(50).unwrap(), checkpoint.root_hash);
 }
+
+#[tokio::test]
+async fn a_second_writer_is_refused_until_the_first_closes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..3).await;
+    let err = Ledger::open(tmp.path(), options()).await.unwrap_err();
+    assert!(matches!(err, LedgerError::Locked { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("in use by another postern process"),
+        "{err}"
+    );
+    // Reading offline needs no lock.
+    assert_eq!(verify_dir(tmp.path(), None, |_, _| {}).unwrap().entries, 3);
+    assert_eq!(
+        postern_ledger::stored_origin(tmp.path())
+            .unwrap()
+            .as_deref(),
+        Some(ledger.origin())
+    );
+    ledger.close().await;
+    let (reopened, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.entries, 3);
+    reopened.close().await;
+}

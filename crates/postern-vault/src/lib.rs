@@ -28,6 +28,6 @@ mod store;
 
 pub use crypto::{MasterKey, MasterKeyOrigin};
 pub use store::{
-    CallerTokenState, DataflowRow, HistoryEntry, SecretMeta, SecretState, SecretValue, Vault, VaultError,
-    MASTER_KEY_ENV, MASTER_KEY_FILE, VAULT_FILE,
+    CallerTokenState, DataflowRow, HistoryEntry, SecretMeta, SecretState, SecretValue, Vault,
+    VaultError, MASTER_KEY_ENV, MASTER_KEY_FILE, VAULT_FILE,
 };

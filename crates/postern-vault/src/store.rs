@@ -35,13 +35,17 @@ pub enum VaultError {
     MalformedKeyFile { path: PathBuf },
     #[error("no credential named {0:?}; create it with `postern creds set {0}`")]
     NotFound(String),
-    #[error("credential {0:?} already exists; use `postern creds rotate {0}` to replace its value")]
+    #[error(
+        "credential {0:?} already exists; use `postern creds rotate {0}` to replace its value"
+    )]
     AlreadyExists(String),
     #[error("credential {0:?} is revoked; give it a new value with `postern creds set {0}`")]
     Revoked(String),
     #[error("credential {0:?} has no previous version inside its rollback window")]
     NothingToRollBack(String),
-    #[error("credential name {0:?} is invalid: use letters, digits, '.', '-' and '_' (at most 128)")]
+    #[error(
+        "credential name {0:?} is invalid: use letters, digits, '.', '-' and '_' (at most 128)"
+    )]
     InvalidName(String),
     #[error("the credential value is empty")]
     EmptyValue,
@@ -265,11 +269,15 @@ impl Vault {
              );",
         )?;
         let check: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         match check {
             Some(sealed) => {
-                if open(master.bytes(), b"key_check", &sealed).as_deref().map(|v| v.as_slice())
+                if open(master.bytes(), b"key_check", &sealed)
+                    .as_deref()
+                    .map(|v| v.as_slice())
                     != Some(KEY_CHECK_PLAINTEXT)
                 {
                     return Err(VaultError::WrongKey {
@@ -311,13 +319,17 @@ impl Vault {
     pub fn generation(&self) -> Result<i64, VaultError> {
         let conn = self.conn.lock().expect("vault lock");
         let bytes: Vec<u8> =
-            conn.query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| r.get(0))?;
+            conn.query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+                r.get(0)
+            })?;
         Ok(i64::from_be_bytes(bytes.try_into().unwrap_or([0; 8])))
     }
 
     fn bump(tx: &rusqlite::Transaction<'_>) -> Result<(), VaultError> {
         let bytes: Vec<u8> =
-            tx.query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| r.get(0))?;
+            tx.query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+                r.get(0)
+            })?;
         let next = i64::from_be_bytes(bytes.try_into().unwrap_or([0; 8])) + 1;
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'generation'",
@@ -357,7 +369,13 @@ impl Vault {
     }
 
     /// Creates a credential (or gives a revoked one a new value).
-    pub fn set(&self, name: &str, kind: &str, value: &[u8], now_ms: i64) -> Result<u32, VaultError> {
+    pub fn set(
+        &self,
+        name: &str,
+        kind: &str,
+        value: &[u8],
+        now_ms: i64,
+    ) -> Result<u32, VaultError> {
         if !valid_name(name) {
             return Err(VaultError::InvalidName(name.to_string()));
         }
@@ -441,7 +459,10 @@ impl Vault {
             now_ms,
             "rotate",
             Some(version),
-            Some(format!("previous version {current} kept for rollback for {} s", rollback_window_ms / 1000)),
+            Some(format!(
+                "previous version {current} kept for rollback for {} s",
+                rollback_window_ms / 1000
+            )),
         )?;
         Self::bump(&tx)?;
         tx.commit()?;
@@ -479,7 +500,14 @@ impl Vault {
              WHERE name = ?1",
             params![name, previous],
         )?;
-        history(&tx, name, now_ms, "rollback", Some(previous), Some(format!("version {current} retired")))?;
+        history(
+            &tx,
+            name,
+            now_ms,
+            "rollback",
+            Some(previous),
+            Some(format!("version {current} retired")),
+        )?;
         Self::bump(&tx)?;
         tx.commit()?;
         Ok(previous)
@@ -495,7 +523,11 @@ impl Vault {
         )?;
         if changed == 0 {
             let exists: Option<String> = tx
-                .query_row("SELECT state FROM secrets WHERE name = ?1", params![name], |r| r.get(0))
+                .query_row(
+                    "SELECT state FROM secrets WHERE name = ?1",
+                    params![name],
+                    |r| r.get(0),
+                )
                 .optional()?;
             return match exists {
                 Some(_) => Ok(()),
@@ -537,7 +569,8 @@ impl Vault {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         drop(conn);
-        self.open_version(name, version, &wrapped, &sealed).map(Some)
+        self.open_version(name, version, &wrapped, &sealed)
+            .map(Some)
     }
 
     pub fn list(&self) -> Result<Vec<SecretMeta>, VaultError> {
@@ -645,7 +678,12 @@ impl Vault {
     }
 
     /// Registers a new caller token (by hash) issued at run time.
-    pub fn add_caller_token(&self, caller: &str, token: &str, now_ms: i64) -> Result<(), VaultError> {
+    pub fn add_caller_token(
+        &self,
+        caller: &str,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<(), VaultError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut conn = self.conn.lock().expect("vault lock");
         let tx = conn.transaction()?;
@@ -653,7 +691,14 @@ impl Vault {
             "INSERT INTO caller_tokens (token_sha256, caller, created_ms, revoked_ms) VALUES (?1, ?2, ?3, NULL)",
             params![digest.to_vec(), caller, now_ms],
         )?;
-        history(&tx, &format!("caller:{caller}"), now_ms, "token_issued", None, None)?;
+        history(
+            &tx,
+            &format!("caller:{caller}"),
+            now_ms,
+            "token_issued",
+            None,
+            None,
+        )?;
         Self::bump(&tx)?;
         tx.commit()?;
         Ok(())
@@ -679,7 +724,14 @@ impl Vault {
                 params![hash.to_vec(), caller, now_ms],
             )?;
         }
-        history(&tx, &format!("caller:{caller}"), now_ms, "tokens_revoked", None, Some(format!("{count} token(s)")))?;
+        history(
+            &tx,
+            &format!("caller:{caller}"),
+            now_ms,
+            "tokens_revoked",
+            None,
+            Some(format!("{count} token(s)")),
+        )?;
         Self::bump(&tx)?;
         tx.commit()?;
         Ok(count)

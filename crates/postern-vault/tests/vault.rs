@@ -12,25 +12,44 @@ fn now() -> i64 {
 fn set_get_rotate_rollback_revoke_with_history() {
     let dir = tempfile::tempdir().unwrap();
     let vault = Vault::open_with(dir.path(), None).unwrap();
-    assert_eq!(vault.set("stripe-live", "static", CANARY, now()).unwrap(), 1);
+    assert_eq!(
+        vault.set("stripe-live", "static", CANARY, now()).unwrap(),
+        1
+    );
     assert!(matches!(
         vault.set("stripe-live", "static", b"x", now()),
         Err(VaultError::AlreadyExists(_))
     ));
-    assert_eq!(vault.current("stripe-live").unwrap().unwrap().expose(), CANARY);
+    assert_eq!(
+        vault.current("stripe-live").unwrap().unwrap().expose(),
+        CANARY
+    );
     let generation = vault.generation().unwrap();
 
-    assert_eq!(vault.rotate("stripe-live", b"new-value", 3_600_000, now() + 10).unwrap(), 2);
+    assert_eq!(
+        vault
+            .rotate("stripe-live", b"new-value", 3_600_000, now() + 10)
+            .unwrap(),
+        2
+    );
     assert!(vault.generation().unwrap() > generation);
-    assert_eq!(vault.current("stripe-live").unwrap().unwrap().expose(), b"new-value");
+    assert_eq!(
+        vault.current("stripe-live").unwrap().unwrap().expose(),
+        b"new-value"
+    );
     let meta = &vault.list().unwrap()[0];
     assert_eq!(meta.current_version, 2);
     assert_eq!(meta.rollback_until_ms, Some(now() + 10 + 3_600_000));
 
     // Rollback inside the window restores v1; outside it there is nothing to roll back to.
     assert_eq!(vault.rollback("stripe-live", now() + 20).unwrap(), 1);
-    assert_eq!(vault.current("stripe-live").unwrap().unwrap().expose(), CANARY);
-    vault.rotate("stripe-live", b"v3", 1_000, now() + 30).unwrap();
+    assert_eq!(
+        vault.current("stripe-live").unwrap().unwrap().expose(),
+        CANARY
+    );
+    vault
+        .rotate("stripe-live", b"v3", 1_000, now() + 30)
+        .unwrap();
     assert!(matches!(
         vault.rollback("stripe-live", now() + 5_000),
         Err(VaultError::NothingToRollBack(_))
@@ -47,8 +66,16 @@ fn set_get_rotate_rollback_revoke_with_history() {
         .collect();
     assert_eq!(actions, ["set", "rotate", "rollback", "rotate", "revoke"]);
     // A revoked name can be given a new value.
-    assert_eq!(vault.set("stripe-live", "static", b"fresh", now() + 50).unwrap(), 4);
-    assert_eq!(vault.current("stripe-live").unwrap().unwrap().expose(), b"fresh");
+    assert_eq!(
+        vault
+            .set("stripe-live", "static", b"fresh", now() + 50)
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        vault.current("stripe-live").unwrap().unwrap().expose(),
+        b"fresh"
+    );
 }
 
 #[test]
@@ -57,7 +84,9 @@ fn values_are_encrypted_at_rest_and_survive_reopen() {
     {
         let vault = Vault::open_with(dir.path(), None).unwrap();
         vault.set("canary", "static", CANARY, now()).unwrap();
-        vault.rotate("canary", b"sk_live_CANARY_second_value_91b2", 60_000, now()).unwrap();
+        vault
+            .rotate("canary", b"sk_live_CANARY_second_value_91b2", 60_000, now())
+            .unwrap();
     }
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
@@ -86,7 +115,10 @@ fn master_key_file_is_private_and_wrong_or_missing_key_refuses_without_changes()
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("master.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("master.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let before = std::fs::read(dir.path().join("vault.db")).unwrap();
@@ -100,11 +132,22 @@ fn master_key_file_is_private_and_wrong_or_missing_key_refuses_without_changes()
     assert!(matches!(error, VaultError::MalformedEnvKey));
 
     let key = std::fs::read_to_string(dir.path().join("master.key")).unwrap();
-    std::fs::rename(dir.path().join("master.key"), dir.path().join("master.key.bak")).unwrap();
+    std::fs::rename(
+        dir.path().join("master.key"),
+        dir.path().join("master.key.bak"),
+    )
+    .unwrap();
     let error = Vault::open_with(dir.path(), None).unwrap_err();
     assert!(matches!(error, VaultError::MissingKey { .. }), "{error}");
-    assert!(!dir.path().join("master.key").exists(), "no new key was generated over the vault");
-    assert_eq!(std::fs::read(dir.path().join("vault.db")).unwrap(), before, "nothing changed");
+    assert!(
+        !dir.path().join("master.key").exists(),
+        "no new key was generated over the vault"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("vault.db")).unwrap(),
+        before,
+        "nothing changed"
+    );
 
     // The same key through the environment opens it.
     let vault = Vault::open_with(dir.path(), Some(key.trim())).unwrap();
@@ -137,9 +180,13 @@ fn caller_tokens_issue_and_revoke() {
     use sha2::Digest as _;
     let dir = tempfile::tempdir().unwrap();
     let vault = Vault::open_with(dir.path(), None).unwrap();
-    vault.add_caller_token("checkout", "pst_new", now()).unwrap();
+    vault
+        .add_caller_token("checkout", "pst_new", now())
+        .unwrap();
     let config_hash: [u8; 32] = sha2::Sha256::digest(b"pst_from_config").into();
-    let count = vault.revoke_caller("checkout", &[config_hash], now()).unwrap();
+    let count = vault
+        .revoke_caller("checkout", &[config_hash], now())
+        .unwrap();
     assert_eq!(count, 2);
     let tokens = vault.caller_tokens().unwrap();
     assert_eq!(tokens.len(), 2);
@@ -170,9 +217,14 @@ fn dataflow_counts_accumulate_per_day_and_filter() {
         count,
     };
     vault
-        .add_dataflow(&[row("stripe", "pii.email", "2026-11-27", 2), row("openai", "pii.phone", "2026-11-28", 1)])
+        .add_dataflow(&[
+            row("stripe", "pii.email", "2026-11-27", 2),
+            row("openai", "pii.phone", "2026-11-28", 1),
+        ])
         .unwrap();
-    vault.add_dataflow(&[row("stripe", "pii.email", "2026-11-27", 3)]).unwrap();
+    vault
+        .add_dataflow(&[row("stripe", "pii.email", "2026-11-27", 3)])
+        .unwrap();
     let all = vault.dataflow(None, None).unwrap();
     assert_eq!(all.len(), 2);
     let stripe = vault.dataflow(Some("stripe"), None).unwrap();

@@ -113,6 +113,11 @@ fn open(location: &VaultLocation) -> Result<Opened, ExitCode> {
     }
 }
 
+/// Opens the vault named by `--config`/`--data-dir` (for other subcommands).
+pub fn open_vault(location: &VaultLocation) -> Result<Vault, ExitCode> {
+    open(location).map(|opened| opened.vault)
+}
+
 fn read_value(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, ExitCode> {
     let mut value = Zeroizing::new(Vec::new());
     let result = match from_file {
@@ -196,7 +201,9 @@ fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
         CredsCommand::Revoke { name, location } => {
             let opened = open(&location)?;
             opened.vault.revoke(&name, now).map_err(fail)?;
-            println!("credential {name} revoked; calls that need it now answer 503 credential_revoked");
+            println!(
+                "credential {name} revoked; calls that need it now answer 503 credential_revoked"
+            );
         }
         CredsCommand::List { json, location } => {
             let opened = open(&location)?;
@@ -238,7 +245,8 @@ fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
                 );
                 for m in &list {
                     let age = m.age_days(now);
-                    let flag = if m.state == SecretState::Active && age > opened.max_age_days as i64 {
+                    let flag = if m.state == SecretState::Active && age > opened.max_age_days as i64
+                    {
                         format!("{age}d !")
                     } else {
                         format!("{age}d")
@@ -315,7 +323,10 @@ fn callers_change(name: &str, location: &VaultLocation, json: bool, issue_new: b
     };
     let Some(caller) = config.callers.iter().find(|c| c.name == name) else {
         let known: Vec<&str> = config.callers.iter().map(|c| c.name.as_str()).collect();
-        eprintln!("error: no caller {name:?} in the config (known: {})", known.join(", "));
+        eprintln!(
+            "error: no caller {name:?} in the config (known: {})",
+            known.join(", ")
+        );
         return ExitCode::Usage;
     };
     let mut config_hashes = Vec::new();

@@ -1,0 +1,178 @@
+//! The scan phase: classify what a request body carries (PII, secrets) and apply the
+//! integration's data-class policy before anything is forwarded.
+//!
+//! Only integrations that declare `data_classes` are scanned. A body up to `scan_max_body_bytes`
+//! is read into memory (decoded first if gzip or br), scanned, and then blocked (403
+//! `data_class_not_approved`), redacted (values masked, same length) or reported, per
+//! `on_unapproved`. A larger body is forwarded as a stream and its event says `unscanned` —
+//! never silently. Findings are classes and counts only; no value is kept or logged.
+
+use bytes::{Bytes, BytesMut};
+use http::header;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use postern_config::OnUnapproved;
+use postern_scan::{ContentTypeHint, Scanner};
+use std::collections::BTreeMap;
+
+use crate::body::ForwardBody;
+use crate::context::CallContext;
+use crate::error::CallError;
+use crate::runtime::IntegrationRuntime;
+
+/// What the scan found in one direction.
+#[derive(Debug, Clone, Default)]
+pub struct ScanSummary {
+    /// Class id → number of values.
+    pub classes: BTreeMap<String, usize>,
+    /// Classes found that the integration does not approve.
+    pub unapproved: Vec<String>,
+    /// Why the body was not scanned, if it was not.
+    pub unscanned: Option<&'static str>,
+    /// Whether values were masked before forwarding.
+    pub redacted: bool,
+}
+
+/// Reads, scans and (per policy) blocks or redacts the request body; returns the body to forward.
+pub async fn scan_request(
+    integration: &IntegrationRuntime,
+    scanner: &Scanner,
+    context: &CallContext,
+    headers: &http::HeaderMap,
+    body: Incoming,
+    caller_token: Option<&[u8]>,
+) -> Result<(ForwardBody, Option<ScanSummary>), (CallError, ScanSummary)> {
+    let limit = integration.config.max_request_body_bytes;
+    let state = context.request_body.clone();
+    let Some(approved) = &integration.config.data_classes else {
+        return Ok((ForwardBody::new(body, limit, state, caller_token), None));
+    };
+    let cap = integration.config.scan_max_body_bytes;
+    let mut body = body;
+    let mut buffer = BytesMut::new();
+    let mut complete = false;
+    while (buffer.len() as u64) <= cap {
+        match body.frame().await {
+            None => {
+                complete = true;
+                break;
+            }
+            Some(Err(_)) => {
+                return Err((
+                    CallError::bad_request(
+                        "request_body_error",
+                        "the request body could not be read completely",
+                    ),
+                    ScanSummary::default(),
+                ))
+            }
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    buffer.extend_from_slice(data);
+                }
+                if buffer.len() as u64 > limit {
+                    return Err((
+                        CallError::new(
+                            http::StatusCode::PAYLOAD_TOO_LARGE,
+                            "request_too_large",
+                            format!("the request body exceeds max_request_body_bytes ({limit}); send a smaller body"),
+                        ),
+                        ScanSummary::default(),
+                    ));
+                }
+            }
+        }
+    }
+    let bytes = buffer.freeze();
+    if let Some(token) = caller_token {
+        if !token.is_empty() && memchr::memmem::find(&bytes, token).is_some() {
+            return Err((
+                CallError::bad_request(
+                    "caller_token_in_body",
+                    "the request body contains the caller token; it is never forwarded to a vendor",
+                ),
+                ScanSummary::default(),
+            ));
+        }
+    }
+    let mut summary = ScanSummary::default();
+    if !complete {
+        summary.unscanned = Some("body larger than scan_max_body_bytes");
+        let forward = ForwardBody::with_prefix(bytes, body, limit, state, caller_token);
+        return Ok((forward, Some(summary)));
+    }
+    state
+        .bytes
+        .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    if bytes.is_empty() {
+        return Ok((ForwardBody::full(bytes, state), Some(summary)));
+    }
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let decoded = match postern_scan::decode_for_scan(&bytes, encoding, cap as usize) {
+        Ok(decoded) => decoded,
+        Err(unscanned) => {
+            tracing::debug!(reason = ?unscanned, "request body not scanned");
+            summary.unscanned = Some("body could not be decoded for scanning");
+            return Ok((ForwardBody::full(bytes, state), Some(summary)));
+        }
+    };
+    let is_encoded = !matches!(&decoded, std::borrow::Cow::Borrowed(_));
+    let hint = ContentTypeHint::from_content_type(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let result = scanner.scan(&decoded, hint);
+    summary.classes = result
+        .class_counts
+        .iter()
+        .map(|(class, count)| (class.to_string(), *count))
+        .collect();
+    summary.unapproved = summary
+        .classes
+        .keys()
+        .filter(|class| !approved.contains(class))
+        .cloned()
+        .collect();
+    if summary.unapproved.is_empty() {
+        return Ok((ForwardBody::full(bytes, state), Some(summary)));
+    }
+    let names: Vec<String> = summary.unapproved.clone();
+    let refuse = |summary: ScanSummary| {
+        (
+        CallError::forbidden(
+            "data_class_not_approved",
+            format!(
+                "the request carries data classes not approved for integration {}: {}; remove them or ask for the integration's data_classes to include them",
+                integration.name,
+                names.join(", ")
+            ),
+        ),
+        summary,
+        )
+    };
+    match integration.config.on_unapproved {
+        OnUnapproved::Block => Err(refuse(summary)),
+        OnUnapproved::Redact if is_encoded => {
+            // A compressed body cannot be masked in place; fail closed.
+            Err(refuse(summary))
+        }
+        OnUnapproved::Redact => {
+            let findings: Vec<_> = result
+                .findings
+                .iter()
+                .filter(|f| summary.unapproved.iter().any(|c| c.as_str() == &*f.class))
+                .cloned()
+                .collect();
+            let redacted = postern_scan::redact(&bytes, &findings);
+            summary.redacted = true;
+            Ok((
+                ForwardBody::full(Bytes::from(redacted), state),
+                Some(summary),
+            ))
+        }
+        OnUnapproved::Report => Ok((ForwardBody::full(bytes, state), Some(summary))),
+    }
+}

@@ -1,0 +1,421 @@
+//! The audit log through the gateway: receipts on responses, the public tlog-tiles endpoints,
+//! proofs that verify against signed checkpoints, no raw target in the log, fail-closed on
+//! write failures (and recovery), best effort. Real sockets, a real gateway, a real vendor.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use postern_tlog::{
+    decode_entry_bundle, keyed_hash, leaf_hash, tile_width, verify_consistency, AuditRecord,
+    Checkpoint, Hash, NoteVerifier, RecordKind, TlogProof,
+};
+use support::*;
+
+const ORIGIN: &str = "audit.test.postern.example/log";
+
+/// Two integrations on one plain-HTTP vendor: `acme` (fail closed, the default) and `lenient`
+/// (`audit = "best_effort"`), both granted to `checkout`.
+fn body(vendor: &TestVendor) -> String {
+    let integration = |name: &str, extra: &str| {
+        format!(
+            r#"
+[[integrations]]
+name = "{name}"
+vendor = "Acme"
+owner = "o@example.com"
+upstream = "http://127.0.0.1:{port}"
+allow_plaintext = true
+allow_private_networks = ["127.0.0.1/32"]
+{extra}
+operations = [ {{ id = "get_thing", method = "GET", path = "/things/{{id}}" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "{name}"
+operations = ["get_thing"]
+"#,
+            port = vendor.addr.port()
+        )
+    };
+    format!(
+        "{}\n{}",
+        integration("acme", ""),
+        integration("lenient", "audit = \"best_effort\"")
+    )
+}
+
+async fn start(vendor: &TestVendor) -> TestGateway {
+    TestGateway::start_with_gateway(
+        &body(vendor),
+        None,
+        &format!("audit_origin = \"{ORIGIN}\"\naudit_checkpoint_interval_ms = 20"),
+    )
+    .await
+}
+
+/// `GET path` on the gateway with the checkout token: (status, audit index, body).
+async fn call(gw: &TestGateway, path: &str) -> (u16, Option<u64>, String) {
+    let response = client()
+        .get(format!("{}{path}", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let index = response
+        .headers()
+        .get("postern-audit-index")
+        .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+    (status, index, response.text().await.unwrap())
+}
+
+/// `GET path` on the admin listener, with the admin token when `auth`.
+async fn admin(gw: &TestGateway, path: &str, auth: bool) -> reqwest::Response {
+    let mut request = client().get(format!("{}{path}", gw.admin));
+    if auth {
+        request = request.bearer_auth(&gw.admin_token);
+    }
+    request.send().await.unwrap()
+}
+
+fn verifier(key: &str) -> NoteVerifier {
+    NoteVerifier::from_verifier_key(key).unwrap()
+}
+
+/// Polls `/log/checkpoint` (bounded) until a checkpoint covers `size` entries; returns it
+/// opened with `key`, and its note.
+async fn checkpoint_covering(gw: &TestGateway, key: &str, size: u64) -> (Checkpoint, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = admin(gw, "/log/checkpoint", false).await;
+        if response.status() == 200 {
+            assert_eq!(
+                response.headers()["content-type"],
+                "text/plain; charset=utf-8"
+            );
+            let note = response.text().await.unwrap();
+            let checkpoint = Checkpoint::open(&note, &[verifier(key)], ORIGIN)
+                .unwrap_or_else(|e| panic!("checkpoint does not verify: {e}\n{note}"));
+            if checkpoint.size >= size {
+                return (checkpoint, note);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint covering {size} entries"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn readyz(gw: &TestGateway) -> (u16, serde_json::Value) {
+    let response = admin(gw, "/readyz", false).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn receipts_proofs_and_tiles_verify_against_signed_checkpoints() {
+    let vendor = TestVendor::plain(TestVendor::ok_handler()).await;
+    let gw = start(&vendor).await;
+    let ledger = gw.running().shared().audit.ledger.clone();
+
+    // Granted calls carry a receipt: the index of their durable intent entry.
+    let secret_target = "/acme/things/42?card=4111111111111111";
+    let (status, first, _) = call(&gw, secret_target).await;
+    assert_eq!(status, 200);
+    let first = first.expect("a granted call returns Postern-Audit-Index");
+    let mut receipts = vec![first];
+    for i in 0..4 {
+        let (status, index, _) = call(&gw, &format!("/acme/things/{i}")).await;
+        assert_eq!(status, 200);
+        receipts.push(index.unwrap());
+    }
+    let mut unique = receipts.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), receipts.len(), "receipts are distinct");
+    // A refused call is recorded too, but was never forwarded: no intent receipt.
+    let (status, index, _) = call(&gw, "/acme/nope").await;
+    assert_eq!(status, 403);
+    assert_eq!(index, None);
+
+    // The verifier key, from the admin API (token required).
+    assert_eq!(admin(&gw, "/v1/audit/key", false).await.status(), 401);
+    let key = admin(&gw, "/v1/audit/key", true)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let key = key.trim().to_string();
+    assert_eq!(key, ledger.verifier_key());
+    assert!(key.starts_with(&format!("{ORIGIN}+")), "{key}");
+
+    // /log/checkpoint is public and verifies with that key.
+    let last = *receipts.iter().max().unwrap();
+    let (checkpoint, _) = checkpoint_covering(&gw, &key, last + 1).await;
+
+    // The entry bundle holding the first receipt (public), its entry and hash tile.
+    let width = tile_width(0, 0, checkpoint.size).unwrap();
+    assert!(width < 256, "fewer than 256 entries so far");
+    let response = admin(&gw, &format!("/log/tile/entries/000.p/{width}"), false).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    let bundle = response.bytes().await.unwrap();
+    let entries = decode_entry_bundle(&bundle).unwrap();
+    assert_eq!(entries.len(), usize::from(width));
+    let tile = admin(&gw, &format!("/log/tile/0/000.p/{width}"), false)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(tile.len(), 32 * usize::from(width));
+    for (i, entry) in entries.iter().enumerate() {
+        assert_eq!(&tile[i * 32..(i + 1) * 32], &leaf_hash(entry).0, "leaf {i}");
+    }
+    // Nothing beyond the latest checkpoint, and no non-canonical paths.
+    for path in [
+        "/log/tile/0/001".to_string(),
+        "/log/tile/entries/000".to_string(),
+        format!("/log/tile/0/000.p/{}", width + 1),
+        "/log/tile/0/0".to_string(),
+        "/log/tile/0/000.p/0".to_string(),
+        "/log/nothing".to_string(),
+    ] {
+        assert_eq!(admin(&gw, &path, false).await.status(), 404, "{path}");
+    }
+
+    // The inclusion proof for the first receipt verifies for the entry's bytes.
+    let entry = entries[first as usize];
+    let response = admin(&gw, &format!("/v1/audit/proof/{first}"), true).await;
+    assert_eq!(response.status(), 200);
+    let proof = TlogProof::parse(&response.text().await.unwrap()).unwrap();
+    assert_eq!(proof.index, first);
+    let proved = proof.verify(entry, &[verifier(&key)], ORIGIN).unwrap();
+    assert!(proved.size > first);
+    // A proof for another entry's bytes does not.
+    assert!(proof
+        .verify(entries[receipts[1] as usize], &[verifier(&key)], ORIGIN)
+        .is_err());
+
+    // The entry: decoded record, leaf hash, and no raw path or query — the HMAC stands in.
+    let response = admin(&gw, &format!("/v1/audit/entries/{first}"), true).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    for raw in ["4111111111111111", "card=", "/things/42", "?"] {
+        assert!(!text.contains(raw), "{raw:?} in {text}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["index"], first);
+    assert_eq!(json["leaf_hash"], leaf_hash(entry).to_hex());
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(json["entry_base64"].as_str().unwrap())
+            .unwrap(),
+        entry
+    );
+    assert_eq!(json["covered_by_checkpoint"], true);
+    let record = &json["record"];
+    assert_eq!(record["kind"], "intent");
+    assert_eq!(record["caller"], "checkout");
+    assert_eq!(record["integration"], "acme");
+    assert_eq!(record["operation"], "get_thing");
+    assert_eq!(record["method"], "GET");
+    assert_eq!(record["path_template"], "/things/{id}");
+    assert_eq!(record["decision"], "allow");
+    let hmac_key = std::fs::read(gw.running().data_dir.join("audit-hmac.key")).unwrap();
+    assert_eq!(
+        record["hmacs"]["target"],
+        keyed_hash(&hmac_key, "target", secret_target.as_bytes())
+    );
+    let decoded = AuditRecord::decode(entry).unwrap();
+    assert_eq!(decoded.kind, RecordKind::Intent);
+
+    // Errors: an entry beyond the log, a malformed index, no token.
+    let beyond = ledger.size() + 1000;
+    assert_eq!(
+        admin(&gw, &format!("/v1/audit/entries/{beyond}"), true)
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(admin(&gw, "/v1/audit/proof/01", true).await.status(), 400);
+    assert_eq!(
+        admin(&gw, &format!("/v1/audit/proof/{first}"), false)
+            .await
+            .status(),
+        401
+    );
+
+    // Consistency between two signed checkpoints.
+    let (old, _) = checkpoint_covering(&gw, &key, 1).await;
+    for i in 0..3 {
+        assert_eq!(call(&gw, &format!("/acme/things/c{i}")).await.0, 200);
+    }
+    let (new, _) = checkpoint_covering(&gw, &key, old.size + 3).await;
+    let response = admin(
+        &gw,
+        &format!("/v1/audit/consistency?old={}&new={}", old.size, new.size),
+        true,
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let proof: Vec<Hash> = response
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|line| Hash::from_base64(line).unwrap())
+        .collect();
+    verify_consistency(old.size, new.size, &old.root_hash, &new.root_hash, &proof).unwrap();
+    assert_eq!(
+        admin(
+            &gw,
+            &format!("/v1/audit/consistency?old=1&new={}", ledger.size() + 10),
+            true
+        )
+        .await
+        .status(),
+        404
+    );
+    assert_eq!(
+        admin(&gw, "/v1/audit/consistency?old=0&new=1", true)
+            .await
+            .status(),
+        400
+    );
+
+    // One writer per log: the running gateway holds it.
+    let error = postern_ledger::Ledger::open(
+        gw.running().data_dir.join("audit"),
+        postern_ledger::LedgerOptions::new(ORIGIN),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("in use by another postern process"),
+        "{error}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn full_tiles_are_served_and_cacheable() {
+    let vendor = TestVendor::plain(TestVendor::ok_handler()).await;
+    let gw = start(&vendor).await;
+    let key = gw.running().shared().audit.ledger.verifier_key();
+    // Refusals are cheap entries (one outcome each): 260 of them fill the first tile.
+    for _ in 0..260 {
+        assert_eq!(call(&gw, "/acme/refused").await.0, 403);
+    }
+    let (checkpoint, _) = checkpoint_covering(&gw, &key, 256).await;
+    let response = admin(&gw, "/log/tile/0/000", false).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let tile = response.bytes().await.unwrap();
+    assert_eq!(tile.len(), 256 * 32);
+    let bundle = admin(&gw, "/log/tile/entries/000", false)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let entries = decode_entry_bundle(&bundle).unwrap();
+    assert_eq!(entries.len(), 256);
+    for (i, entry) in entries.iter().enumerate() {
+        assert_eq!(&tile[i * 32..(i + 1) * 32], &leaf_hash(entry).0);
+        let record = AuditRecord::decode(entry).unwrap();
+        assert_eq!(record.reason.as_deref(), Some("operation_not_allowed"));
+    }
+    // The level-1 tile's first hash is the root of the first 256 entries.
+    let level1 = admin(&gw, "/log/tile/1/000.p/1", false)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        &level1[..],
+        &gw.running().shared().audit.ledger.root(256).unwrap().0
+    );
+    assert!(checkpoint.size >= 256);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn write_failures_fail_closed_with_readiness_and_recover_by_themselves() {
+    let vendor = TestVendor::plain(TestVendor::ok_handler()).await;
+    let gw = start(&vendor).await;
+    assert_eq!(call(&gw, "/acme/things/warm").await.0, 200);
+    assert_eq!(readyz(&gw).await.0, 200);
+    let forwarded = vendor.seen().len();
+    let ledger = gw.running().shared().audit.ledger.clone();
+
+    // The next three batch writes fail (the call's intent, its refusal's outcome, the next
+    // call's intent): the call is refused before anything reaches the vendor.
+    ledger.inject_write_failures(3);
+    let (status, index, body) = call(&gw, "/acme/things/1").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(index, None);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"]["code"], "audit_unavailable");
+    assert_eq!(vendor.seen().len(), forwarded, "nothing was forwarded");
+    let (status, ready) = readyz(&gw).await;
+    assert_eq!(status, 503);
+    assert!(
+        ready["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("audit log")),
+        "{ready}"
+    );
+
+    // No operator action: as soon as writing works again, calls go through and it is ready.
+    let mut recovered = None;
+    for attempt in 0..50 {
+        let (status, index, body) = call(&gw, &format!("/acme/things/r{attempt}")).await;
+        match status {
+            503 => assert!(body.contains("audit_unavailable"), "{body}"),
+            200 => {
+                recovered = Some(index.expect("a receipt"));
+                break;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(recovered.is_some(), "calls did not recover");
+    assert_eq!(vendor.seen().len(), forwarded + 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readyz(&gw).await.0 != 200 {
+        assert!(Instant::now() < deadline, "readiness did not recover");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn best_effort_integrations_still_forward_when_the_log_fails() {
+    let vendor = TestVendor::plain(TestVendor::ok_handler()).await;
+    let gw = start(&vendor).await;
+    let ledger = gw.running().shared().audit.ledger.clone();
+    ledger.inject_write_failures(1000);
+    let (status, _, body) = call(&gw, "/lenient/things/1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(vendor.seen().len(), 1);
+    assert_eq!(vendor.last().target, "/things/1");
+    // The fail-closed integration on the same gateway refuses meanwhile.
+    let (status, _, body) = call(&gw, "/acme/things/1").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(vendor.seen().len(), 1);
+    ledger.inject_write_failures(0);
+    gw.stop().await;
+}

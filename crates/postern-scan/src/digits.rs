@@ -1,0 +1,610 @@
+//! The digit pass: native detectors for digit-shaped classes (cards, IBAN, SSN, phone, IP).
+//!
+//! One forward walk over the input, 64 bytes at a time: SIMD byte-class masks (SSE2 on x86_64,
+//! scalar elsewhere) select the few positions worth a look — a digit not glued to a preceding
+//! letter, digit or `_` (so ids, hashes, base64 and UUIDs cost nothing), a digit after a capital
+//! letter (IBAN), a hex digit touching `:` (IPv6). What is left is a short *numeric token* (digit groups joined by single ` `, `-`, `.`, `(`, `)`),
+//! classified by its shape and then validated (Luhn, mod-97, ranges). Nothing here allocates.
+
+use crate::validators::{
+    card_issuer_known, iban_expected_length, iban_valid, luhn_valid, us_ssn_valid,
+};
+use crate::RawFinding;
+
+/// Rule indexes of the enabled native detectors.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct DigitDetectors {
+    pub card: Option<u16>,
+    pub iban: Option<u16>,
+    pub us_ssn: Option<u16>,
+    pub phone: Option<u16>,
+    pub ip_address: Option<u16>,
+}
+
+impl DigitDetectors {
+    pub(crate) fn any(&self) -> bool {
+        self.card.is_some()
+            || self.iban.is_some()
+            || self.us_ssn.is_some()
+            || self.phone.is_some()
+            || self.ip_address.is_some()
+    }
+}
+
+const MAX_GROUPS: usize = 8;
+
+#[inline]
+fn is_word(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_'
+}
+
+#[inline]
+fn digit_run_end(input: &[u8], mut at: usize) -> usize {
+    while at < input.len() && input[at].is_ascii_digit() {
+        at += 1;
+    }
+    at
+}
+
+struct NumericToken {
+    start: usize,
+    end: usize,
+    groups: [u8; MAX_GROUPS],
+    group_count: usize,
+    /// The single separator byte used between groups, or 0 if mixed / none.
+    uniform_separator: u8,
+    digit_count: usize,
+    has_paren: bool,
+}
+
+/// Groups of digits joined by short separators, starting at the digit run at `start`.
+fn numeric_token(input: &[u8], start: usize) -> NumericToken {
+    let mut token = NumericToken {
+        start,
+        end: start,
+        groups: [0; MAX_GROUPS],
+        group_count: 0,
+        uniform_separator: 0,
+        digit_count: 0,
+        has_paren: false,
+    };
+    let mut at = start;
+    let mut first_separator = None;
+    let mut mixed = false;
+    loop {
+        let run_end = digit_run_end(input, at);
+        let len = run_end - at;
+        token.groups[token.group_count] = len.min(255) as u8;
+        token.group_count += 1;
+        token.digit_count += len;
+        token.end = run_end;
+        if token.group_count == MAX_GROUPS || token.digit_count > 24 {
+            break;
+        }
+        // Separator: 1 or 2 bytes of ` -.()`, then a digit.
+        let mut sep_len = 0;
+        while sep_len < 2
+            && run_end + sep_len < input.len()
+            && matches!(input[run_end + sep_len], b' ' | b'-' | b'.' | b'(' | b')')
+        {
+            sep_len += 1;
+        }
+        if sep_len == 0
+            || run_end + sep_len >= input.len()
+            || !input[run_end + sep_len].is_ascii_digit()
+        {
+            break;
+        }
+        let separator = &input[run_end..run_end + sep_len];
+        if separator.contains(&b'(') || separator.contains(&b')') {
+            token.has_paren = true;
+        }
+        let key = if sep_len == 1 { separator[0] } else { 0 };
+        match first_separator {
+            None => first_separator = Some(key),
+            Some(previous) if previous != key => mixed = true,
+            Some(_) => {}
+        }
+        at = run_end + sep_len;
+    }
+    token.uniform_separator = if mixed {
+        0
+    } else {
+        first_separator.unwrap_or(0)
+    };
+    token
+}
+
+impl NumericToken {
+    fn groups(&self) -> &[u8] {
+        &self.groups[..self.group_count]
+    }
+}
+
+fn digits_of(input: &[u8], start: usize, end: usize, buffer: &mut [u8; 32]) -> usize {
+    let mut count = 0;
+    for &byte in &input[start..end] {
+        if byte.is_ascii_digit() && count < buffer.len() {
+            buffer[count] = byte;
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Byte-class masks of one 64-byte block: bit `i` is set when byte `i` is of the class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct BlockMasks {
+    digit: u64,
+    word: u64,
+    upper: u64,
+    hex: u64,
+    colon: u64,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn block_masks(block: &[u8; 64]) -> BlockMasks {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned loads of 16 bytes that
+    // lie inside `block`.
+    unsafe {
+        #[inline(always)]
+        unsafe fn in_range(x: __m128i, low: u8, high: u8) -> __m128i {
+            let shifted = _mm_add_epi8(x, _mm_set1_epi8(128u8.wrapping_sub(low) as i8));
+            _mm_cmplt_epi8(
+                shifted,
+                _mm_set1_epi8((i16::from(high - low) + 1 - 128) as i8),
+            )
+        }
+        let mut masks = BlockMasks::default();
+        for lane in 0..4 {
+            let x = _mm_loadu_si128(block.as_ptr().add(lane * 16) as *const __m128i);
+            let digit = in_range(x, b'0', b'9');
+            let upper = in_range(x, b'A', b'Z');
+            let lower = in_range(x, b'a', b'z');
+            let underscore = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'_' as i8));
+            let word = _mm_or_si128(_mm_or_si128(digit, upper), _mm_or_si128(lower, underscore));
+            let hex = _mm_or_si128(
+                digit,
+                _mm_or_si128(in_range(x, b'a', b'f'), in_range(x, b'A', b'F')),
+            );
+            let colon = _mm_cmpeq_epi8(x, _mm_set1_epi8(b':' as i8));
+            let shift = lane * 16;
+            masks.digit |= u64::from(_mm_movemask_epi8(digit) as u16) << shift;
+            masks.upper |= u64::from(_mm_movemask_epi8(upper) as u16) << shift;
+            masks.word |= u64::from(_mm_movemask_epi8(word) as u16) << shift;
+            masks.hex |= u64::from(_mm_movemask_epi8(hex) as u16) << shift;
+            masks.colon |= u64::from(_mm_movemask_epi8(colon) as u16) << shift;
+        }
+        masks
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn block_masks(block: &[u8; 64]) -> BlockMasks {
+    block_masks_scalar(block)
+}
+
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn block_masks_scalar(block: &[u8; 64]) -> BlockMasks {
+    let mut masks = BlockMasks::default();
+    for (index, &byte) in block.iter().enumerate() {
+        let bit = 1u64 << index;
+        if byte.is_ascii_digit() {
+            masks.digit |= bit;
+        }
+        if byte.is_ascii_uppercase() {
+            masks.upper |= bit;
+        }
+        if is_word(byte) {
+            masks.word |= bit;
+        }
+        if byte.is_ascii_hexdigit() {
+            masks.hex |= bit;
+        }
+        if byte == b':' {
+            masks.colon |= bit;
+        }
+    }
+    masks
+}
+
+/// Positions worth a look in one block: a digit not glued to a preceding word byte (the start
+/// of a number), a digit right after a capital letter (IBAN check digits), and a hex digit
+/// touching a `:` (IPv6). `previous` is the byte before the block.
+fn candidates(masks: BlockMasks, previous: u8, next: u8) -> u64 {
+    let previous_word = u64::from(is_word(previous));
+    let previous_upper = u64::from(previous.is_ascii_uppercase());
+    let word_before = (masks.word << 1) | previous_word;
+    let upper_before = (masks.upper << 1) | previous_upper;
+    (masks.digit & !word_before)
+        | (masks.digit & upper_before)
+        | colon_adjacent(masks, previous, next)
+}
+
+fn colon_adjacent(masks: BlockMasks, previous: u8, next: u8) -> u64 {
+    let colon_before = (masks.colon << 1) | u64::from(previous == b':');
+    let colon_after = (masks.colon >> 1) | (u64::from(next == b':') << 63);
+    masks.hex & (colon_before | colon_after)
+}
+
+pub(crate) fn scan_digits(input: &[u8], detectors: DigitDetectors, out: &mut Vec<RawFinding>) {
+    let mut resume = 0;
+    let mut ipv6_checked_until = 0;
+    let mut block_start = 0;
+    let mut padded = [0u8; 64];
+    while block_start < input.len() {
+        let block: &[u8; 64] = match input.get(block_start..block_start + 64) {
+            Some(full) => full.try_into().expect("64 bytes"),
+            None => {
+                let tail = &input[block_start..];
+                padded[..tail.len()].copy_from_slice(tail);
+                padded[tail.len()..].fill(0);
+                &padded
+            }
+        };
+        let masks = block_masks(block);
+        let previous = if block_start > 0 {
+            input[block_start - 1]
+        } else {
+            b' '
+        };
+        let next = input.get(block_start + 64).copied().unwrap_or(b' ');
+        let mut bits = candidates(masks, previous, next);
+        let near_colon = colon_adjacent(masks, previous, next);
+        while bits != 0 {
+            let offset = bits.trailing_zeros();
+            bits &= bits - 1;
+            let at = block_start + offset as usize;
+            if at < resume || at >= input.len() {
+                continue;
+            }
+            let touches_colon = near_colon & (1u64 << offset) != 0;
+            resume = examine(
+                input,
+                at,
+                touches_colon,
+                detectors,
+                &mut ipv6_checked_until,
+                out,
+            );
+        }
+        block_start += 64;
+    }
+}
+
+/// Looks at the candidate at `at`; returns the position from which to look again.
+fn examine(
+    input: &[u8],
+    at: usize,
+    touches_colon: bool,
+    detectors: DigitDetectors,
+    ipv6_checked_until: &mut usize,
+    out: &mut Vec<RawFinding>,
+) -> usize {
+    let n = input.len();
+    // IPv6: a hex span around this position that contains ':'.
+    if let Some(rule) = detectors.ip_address {
+        if touches_colon && at >= *ipv6_checked_until {
+            if let Some((start, end, valid)) = ipv6_candidate(input, at) {
+                *ipv6_checked_until = end;
+                if valid {
+                    out.push(RawFinding { rule, start, end });
+                    return end;
+                }
+            }
+        }
+    }
+    if !input[at].is_ascii_digit() || (at > 0 && input[at - 1].is_ascii_digit()) {
+        return at + 1;
+    }
+    let run_end = digit_run_end(input, at);
+    let prev = if at > 0 { input[at - 1] } else { b' ' };
+
+    // Fast path: a lone number (`"id":1234567890`, `/issues/42`) can only be a card.
+    let after = input.get(run_end).copied().unwrap_or(b' ');
+    let lone = !matches!(after, b' ' | b'-' | b'.' | b'(' | b')')
+        && !matches!(prev, b'+' | b'(' | b'B' | b'b' | b'%')
+        && !prev.is_ascii_uppercase();
+    if lone && !(13..=19).contains(&(run_end - at)) {
+        return run_end;
+    }
+
+    // IBAN: two capital letters right before the check digits.
+    if let Some(rule) = detectors.iban {
+        if at >= 2
+            && input[at - 1].is_ascii_uppercase()
+            && input[at - 2].is_ascii_uppercase()
+            && (at < 3 || !is_word(input[at - 3]))
+        {
+            if let Some(end) = iban_at(input, at - 2) {
+                out.push(RawFinding {
+                    rule,
+                    start: at - 2,
+                    end,
+                });
+                return end;
+            }
+        }
+    }
+
+    if prev == b'%'
+        && run_end - at == 1
+        && input[at] == b'2'
+        && input
+            .get(run_end)
+            .is_some_and(|b| b.eq_ignore_ascii_case(&b'B'))
+    {
+        // `%2B` (a percent-encoded `+`): the number starts after it.
+        return run_end + 1;
+    }
+    // Part of an identifier: `ch_3Mm`, `9f86d0`, `ORD-2024-0001`, `v1.2`, `1.5`.
+    let percent_plus = prev.eq_ignore_ascii_case(&b'B')
+        && at >= 3
+        && input[at - 3] == b'%'
+        && input[at - 2] == b'2';
+    let glued_before = is_word(prev)
+        || (matches!(prev, b'-' | b'.' | b'/' | b'#') && at >= 2 && is_word(input[at - 2]));
+    let glued_after =
+        run_end < n && (input[run_end].is_ascii_alphabetic() || input[run_end] == b'_');
+    if (glued_before && !percent_plus) || glued_after {
+        return run_end;
+    }
+
+    let token = numeric_token(input, at);
+    let next = if token.end < n {
+        input[token.end]
+    } else {
+        b' '
+    };
+    if is_word(next) || (next == b'.' && token.end + 1 < n && input[token.end + 1].is_ascii_digit())
+    {
+        return token.end;
+    }
+    let plus = prev == b'+';
+    let open_paren = prev == b'(';
+    let plus_len = if percent_plus { 3 } else { usize::from(plus) };
+    classify(input, &token, plus_len, open_paren, detectors, out);
+    token.end.max(at + 1)
+}
+
+fn classify(
+    input: &[u8],
+    token: &NumericToken,
+    plus_len: usize,
+    open_paren: bool,
+    detectors: DigitDetectors,
+    out: &mut Vec<RawFinding>,
+) {
+    let groups = token.groups();
+    let sep = token.uniform_separator;
+    let plus = plus_len > 0;
+    let mut digits = [0u8; 32];
+
+    // Payment card.
+    if let Some(rule) = detectors.card {
+        if !plus && !open_paren && !token.has_paren && (13..=19).contains(&token.digit_count) {
+            let shape_ok = groups.len() == 1
+                || (matches!(sep, b' ' | b'-')
+                    && matches!(
+                        groups,
+                        [4, 4, 4, 4]
+                            | [4, 6, 5]
+                            | [4, 6, 4]
+                            | [4, 4, 4, 4, 3]
+                            | [4, 4, 4, 1]
+                            | [4, 4, 4, 2]
+                            | [4, 4, 4, 3]
+                            | [4, 4, 5]
+                            | [4, 4, 4, 4, 2]
+                            | [4, 4, 4, 4, 1]
+                    ));
+            if shape_ok {
+                let count = digits_of(input, token.start, token.end, &mut digits);
+                if card_issuer_known(&digits[..count]) && luhn_valid(&digits[..count]) {
+                    out.push(RawFinding {
+                        rule,
+                        start: token.start,
+                        end: token.end,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    // US SSN: AAA-GG-SSSS.
+    if let Some(rule) = detectors.us_ssn {
+        if !plus && !open_paren && sep == b'-' && groups == [3, 2, 4] {
+            if us_ssn_valid(&input[token.start..token.end]) {
+                out.push(RawFinding {
+                    rule,
+                    start: token.start,
+                    end: token.end,
+                });
+            }
+            return;
+        }
+    }
+
+    // IPv4 dotted quad.
+    if let Some(rule) = detectors.ip_address {
+        if !plus && sep == b'.' && groups.len() == 4 && groups.iter().all(|&g| (1..=3).contains(&g))
+        {
+            let text = &input[token.start..token.end];
+            let valid = text.split(|&b| b == b'.').all(|octet| {
+                octet
+                    .iter()
+                    .fold(0u32, |acc, &d| acc * 10 + u32::from(d - b'0'))
+                    <= 255
+            });
+            if valid {
+                out.push(RawFinding {
+                    rule,
+                    start: token.start,
+                    end: token.end,
+                });
+            }
+            return;
+        }
+    }
+
+    // Phone numbers.
+    if let Some(rule) = detectors.phone {
+        let first_digit = input[token.start];
+        if plus {
+            // E.164, possibly with grouping: +1 415 555 2671, +44 20 7946 0958, +14155552671.
+            if (8..=15).contains(&token.digit_count)
+                && first_digit != b'0'
+                && (groups.len() == 1 || groups.len() >= 3 || token.digit_count >= 10)
+            {
+                out.push(RawFinding {
+                    rule,
+                    start: token.start - plus_len,
+                    end: token.end,
+                });
+            }
+            return;
+        }
+        // US national: (415) 555-2671, 415-555-2671, 415.555.2671, 415 555 2671.
+        let mut exchange = token.start + 3;
+        while exchange < token.end && !input[exchange].is_ascii_digit() {
+            exchange += 1;
+        }
+        if groups == [3, 3, 4]
+            && (b'2'..=b'9').contains(&first_digit)
+            && (b'2'..=b'9').contains(&input[exchange])
+        {
+            let paren_ok = if open_paren {
+                token.has_paren
+            } else {
+                !token.has_paren && matches!(sep, b'-' | b'.' | b' ')
+            };
+            if paren_ok {
+                let start = if open_paren {
+                    token.start - 1
+                } else {
+                    token.start
+                };
+                out.push(RawFinding {
+                    rule,
+                    start,
+                    end: token.end,
+                });
+            }
+            return;
+        }
+        // Trunk-prefixed national numbers: 020 7946 0958, 01 23 45 67 89, 030 12345678.
+        if first_digit == b'0'
+            && !open_paren
+            && !token.has_paren
+            && matches!(sep, b' ' | b'-')
+            && (10..=11).contains(&token.digit_count)
+            && (2..=5).contains(&groups.len())
+            && groups.iter().all(|&g| g >= 2)
+            && groups[0] <= 5
+            && input.get(token.start + 1) != Some(&b'0')
+        {
+            out.push(RawFinding {
+                rule,
+                start: token.start,
+                end: token.end,
+            });
+        }
+    }
+}
+
+/// An IBAN starting at `start` (country code), compact or in groups of four: returns its end.
+fn iban_at(input: &[u8], start: usize) -> Option<usize> {
+    let expected = iban_expected_length(&input[start..start + 2])?;
+    let mut at = start;
+    let mut count = 0;
+    while count < expected && at < input.len() {
+        let byte = input[at];
+        if byte.is_ascii_digit() || byte.is_ascii_uppercase() {
+            count += 1;
+            at += 1;
+        } else if byte == b' '
+            && count % 4 == 0
+            && count > 0
+            && at + 1 < input.len()
+            && input[at + 1].is_ascii_alphanumeric()
+        {
+            at += 1;
+        } else {
+            return None;
+        }
+    }
+    if count != expected || (at < input.len() && is_word(input[at])) {
+        return None;
+    }
+    iban_valid(&input[start..at]).then_some(at)
+}
+
+#[inline]
+fn is_ipv6_byte(byte: u8) -> bool {
+    byte.is_ascii_hexdigit() || byte == b':' || byte == b'.'
+}
+
+/// A span of hex digits, `:` and `.` around `at` with at least two colons: `(start, end, valid)`.
+/// Returns `None` quickly when no colon is adjacent.
+fn ipv6_candidate(input: &[u8], at: usize) -> Option<(usize, usize, bool)> {
+    // Quick reject: a ':' within 5 bytes on either side, over hex digits only.
+    let mut probe = at;
+    while probe < input.len() && probe < at + 5 && input[probe].is_ascii_hexdigit() {
+        probe += 1;
+    }
+    let colon_after = probe < input.len() && input[probe] == b':';
+    let mut back = at;
+    while back > 0 && at - back < 5 && input[back - 1].is_ascii_hexdigit() {
+        back -= 1;
+    }
+    let colon_before = back > 0 && input[back - 1] == b':';
+    if !colon_after && !colon_before {
+        return None;
+    }
+    let mut start = at;
+    while start > 0 && at - start < 45 && is_ipv6_byte(input[start - 1]) {
+        start -= 1;
+    }
+    let mut end = at;
+    while end < input.len() && end - start < 45 && is_ipv6_byte(input[end]) {
+        end += 1;
+    }
+    // Trim a trailing '.' or a lone trailing ':' (end of sentence, `key:`).
+    while end > start && input[end - 1] == b'.' {
+        end -= 1;
+    }
+    let span = &input[start..end];
+    let colons = span.iter().filter(|&&b| b == b':').count();
+    let compressed = span.windows(2).any(|pair| pair == b"::");
+    if colons < 2 || !(compressed || colons == 7) {
+        return Some((start, end, false));
+    }
+    let before_ok = start == 0 || !is_word(input[start - 1]);
+    let after_ok = end == input.len() || !is_word(input[end]);
+    let valid = before_ok
+        && after_ok
+        && std::str::from_utf8(span)
+            .ok()
+            .and_then(|text| text.parse::<std::net::Ipv6Addr>().ok())
+            .is_some()
+        && span.iter().any(u8::is_ascii_digit);
+    Some((start, end, valid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_masks_match_the_scalar_definition() {
+        let mut block = [0u8; 64];
+        for seed in 0..64u32 {
+            for (index, byte) in block.iter_mut().enumerate() {
+                *byte = ((index as u32 * 37 + seed * 101) % 256) as u8;
+            }
+            assert_eq!(block_masks(&block), block_masks_scalar(&block));
+        }
+    }
+}

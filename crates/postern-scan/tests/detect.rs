@@ -1,0 +1,203 @@
+//! Detection cases, one line each: `check(input, hint, expected)` where `expected` lists
+//! `(class, matched text)` in input order.
+
+use postern_scan::{ContentTypeHint, Scanner};
+use ContentTypeHint::{FormUrlEncoded as Form, Json, Text};
+
+fn check(input: &str, hint: ContentTypeHint, expected: &[(&str, &str)]) {
+    static SCANNER: std::sync::OnceLock<Scanner> = std::sync::OnceLock::new();
+    let result = SCANNER
+        .get_or_init(Scanner::default)
+        .scan(input.as_bytes(), hint);
+    let found: Vec<(String, String)> = result
+        .findings
+        .iter()
+        .map(|f| (f.class.to_string(), input[f.start..f.end].to_owned()))
+        .collect();
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(c, t)| (c.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(found, expected, "input: {input}");
+    for (class, _) in &expected {
+        assert!(result.count(class) >= 1);
+    }
+}
+
+#[test]
+fn json_values_and_key_context() {
+    check(
+        r#"{"email":"jane.doe@example.com","id":"cus_9s6XKzkNRiz8i3"}"#,
+        Json,
+        &[("pii.email", "jane.doe@example.com")],
+    );
+    check(
+        r#"{"phone":"4155552671"}"#,
+        Json,
+        &[("pii.phone", "4155552671")],
+    );
+    check(r#"{"note":"4155552671"}"#, Json, &[]);
+    check(
+        r#"{"ssn":"123456789","ssn_last4":"6789"}"#,
+        Json,
+        &[("pii.us_ssn", "123456789")],
+    );
+    check(
+        r#"{"dateOfBirth":"1985-04-12","created":"1985-04-12"}"#,
+        Json,
+        &[("pii.date_of_birth", "1985-04-12")],
+    );
+    check(
+        r#"{"client_secret":"q8Z!x2Lp#v9TmWc4"}"#,
+        Json,
+        &[("secret.generic", "q8Z!x2Lp#v9TmWc4")],
+    );
+    check(r#"{"password":"password"}"#, Json, &[]);
+    check(
+        r#"{"prompt_tokens":1234567890123,"token_type":"bearer","max_tokens":4096}"#,
+        Json,
+        &[],
+    );
+    check(
+        r#"{"idempotency_key":"9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f"}"#,
+        Json,
+        &[],
+    );
+    check(
+        r#"{"api_key":"sk_live_51H8abcdefghijklmnopqrstu"}"#,
+        Json,
+        &[("secret.stripe_key", "sk_live_51H8abcdefghijklmnopqrstu")],
+    );
+    check(
+        r#"{"body":"{\"password\":\"Zx81!kq0PwLm2#rT\"}"}"#,
+        Json,
+        &[("secret.generic", "Zx81!kq0PwLm2#rT")],
+    );
+    check(
+        r#"{"msg":"login failed password=Zx81!kq0PwLm2#rT attempts=3"}"#,
+        Json,
+        &[("secret.generic", "Zx81!kq0PwLm2#rT")],
+    );
+}
+
+#[test]
+fn numbers_with_validators() {
+    check(
+        "card 4111 1111 1111 1111 ok",
+        Text,
+        &[("payment.card", "4111 1111 1111 1111")],
+    );
+    check("card 4111 1111 1111 1112 ok", Text, &[]);
+    check(
+        r#"{"n":4242424242424242}"#,
+        Json,
+        &[("payment.card", "4242424242424242")],
+    );
+    check("order_4242424242424242 ORD-4242424242424242", Text, &[]);
+    check(
+        "iban DE89 3704 0044 0532 0130 00.",
+        Text,
+        &[("payment.iban", "DE89 3704 0044 0532 0130 00")],
+    );
+    check(
+        "iban GB82WEST12345698765432",
+        Text,
+        &[("payment.iban", "GB82WEST12345698765432")],
+    );
+    check("iban GB82WEST12345698765433", Text, &[]);
+    check(
+        "ssn 123-45-6789, not 666-45-6789 or 2024-01-15",
+        Text,
+        &[("pii.us_ssn", "123-45-6789")],
+    );
+    check(
+        "call (415) 555-2671 or +44 20 7946 0958 or 415.555.2671",
+        Text,
+        &[
+            ("pii.phone", "(415) 555-2671"),
+            ("pii.phone", "+44 20 7946 0958"),
+            ("pii.phone", "415.555.2671"),
+        ],
+    );
+    check(
+        "To=%2B14155552671&Body=hi",
+        Form,
+        &[("pii.phone", "%2B14155552671")],
+    );
+    check(
+        "from 203.0.113.7 and 2001:db8::8a2e:370:7334 at 10:00:00, v1.2.3.4 Chrome/124.0.0.0",
+        Text,
+        &[
+            ("pii.ip_address", "203.0.113.7"),
+            ("pii.ip_address", "2001:db8::8a2e:370:7334"),
+        ],
+    );
+    check("uuid 550e8400-e29b-41d4-a716-446655440000 sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", Text, &[]);
+}
+
+#[test]
+fn secrets_by_shape() {
+    check(
+        "k=AKIAIOSFODNN7EXAMPLE.",
+        Text,
+        &[("secret.aws_access_key", "AKIAIOSFODNN7EXAMPLE")],
+    );
+    check(
+        "t ghp_1234567890abcdefghijABCDEFGHIJ123456 x",
+        Text,
+        &[(
+            "secret.github_token",
+            "ghp_1234567890abcdefghijABCDEFGHIJ123456",
+        )],
+    );
+    check(
+        "xoxb-12345678901-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+        Text,
+        &[(
+            "secret.slack_token",
+            "xoxb-12345678901-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+        )],
+    );
+    check(
+        "pk_live_51H8abcdefghijklmnopqrstu is publishable",
+        Text,
+        &[],
+    );
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+    check(
+        &format!(r#"{{"msg":"Bearer {jwt}"}}"#),
+        Json,
+        &[("secret.jwt", jwt)],
+    );
+    let pem = r"-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n-----END RSA PRIVATE KEY-----";
+    check(
+        &format!(r#"{{"key":"{pem}"}}"#),
+        Json,
+        &[("secret.private_key", pem)],
+    );
+    check(
+        r"-----BEGIN CERTIFICATE-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n-----END CERTIFICATE-----",
+        Json,
+        &[],
+    );
+    let openai = "sk-proj-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLT3BlbkFJabcdefghijklmnopqrstuvwxyz0123456789";
+    check(
+        &format!("use {openai}"),
+        Text,
+        &[("secret.openai_key", openai)],
+    );
+}
+
+#[test]
+fn json_escapes_do_not_leak_into_offsets() {
+    check(
+        r#"{"m":"line one\njane@example.com"}"#,
+        Json,
+        &[("pii.email", "jane@example.com")],
+    );
+    check(
+        "contact=jane.doe%40example.com&x=1",
+        Form,
+        &[("pii.email", "jane.doe%40example.com")],
+    );
+}

@@ -1,0 +1,129 @@
+//! Rule files extend or override the built-ins by id, in the spirit of gitleaks.
+
+use postern_scan::{ContentTypeHint, RuleError, Rules, Scanner};
+
+fn classes(scanner: &Scanner, input: &str) -> Vec<String> {
+    scanner
+        .scan(input.as_bytes(), ContentTypeHint::Text)
+        .findings
+        .iter()
+        .map(|f| format!("{}:{}", f.class, &input[f.start..f.end]))
+        .collect()
+}
+
+#[test]
+fn a_new_rule_extends_the_builtins() {
+    let scanner = Scanner::with_rule_file(
+        r#"
+        [[rules]]
+        id = "acme-internal-token"
+        class = "secret.acme_token"
+        keywords = ["acme_"]
+        regex = '\bacme_[a-z0-9]{20}\b'
+        entropy_min = 3.0
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        classes(&scanner, "t=acme_k3j4h5g6f7d8s9a0q1w2 mail a@example.com"),
+        [
+            "secret.acme_token:acme_k3j4h5g6f7d8s9a0q1w2",
+            "pii.email:a@example.com"
+        ]
+    );
+    // The entropy floor applies.
+    assert_eq!(
+        classes(&scanner, "t=acme_aaaaaaaaaaaaaaaaaaaa"),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_rule_with_a_builtin_id_replaces_it() {
+    let input = "mail a@example.com and b@localhost";
+    assert_eq!(
+        classes(&Scanner::default(), input),
+        ["pii.email:a@example.com"]
+    );
+    let scanner = Scanner::with_rule_file(
+        r#"
+        [[rules]]
+        id = "email"
+        class = "pii.email"
+        keywords = ["@"]
+        regex = '[a-z]+@[a-z.]+'
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        classes(&scanner, input),
+        ["pii.email:a@example.com", "pii.email:b@localhost"]
+    );
+}
+
+#[test]
+fn a_builtin_can_be_switched_off_and_a_native_detector_replaced() {
+    let scanner = Scanner::with_rule_file(
+        r#"
+        [[rules]]
+        id = "phone"
+        class = "pii.phone"
+        enabled = false
+
+        [[rules]]
+        id = "payment-card"
+        class = "payment.card"
+        regex = '\b4[0-9]{15}\b'
+        keywords = ["4"]
+        validator = "luhn"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        classes(
+            &scanner,
+            "call 415-555-2671, card 4111111111111111 or 5555555555554444"
+        ),
+        ["payment.card:4111111111111111"]
+    );
+}
+
+#[test]
+fn key_context_rules_are_data_too() {
+    let scanner = Scanner::with_rule_file(
+        r#"
+        [[rules]]
+        id = "employee-id"
+        class = "pii.employee_id"
+        key_context = ["employee_id", "staff_number"]
+        regex = '\A(E[0-9]{6})\z'
+        "#,
+    )
+    .unwrap();
+    let input = r#"{"employeeId":"E123456","ticket":"E123456","staff-number":"E654321"}"#;
+    let found: Vec<_> = scanner
+        .scan(input.as_bytes(), ContentTypeHint::Json)
+        .findings
+        .iter()
+        .map(|f| &input[f.start..f.end])
+        .collect();
+    assert_eq!(found, ["E123456", "E654321"]);
+}
+
+#[test]
+fn bad_rule_files_are_refused_with_the_rule_named() {
+    let error =
+        Scanner::with_rule_file("[[rules]]\nid = \"x\"\nclass = \"c\"\nregex = '('\n").unwrap_err();
+    assert!(
+        matches!(&error, RuleError::Regex { id, .. } if id == "x"),
+        "{error}"
+    );
+    let error =
+        Rules::from_toml_str("[[rules]]\nid = \"x\"\nclass = \"c\"\nregex = 'a'\ncolour = 1\n")
+            .unwrap_err();
+    assert!(error.to_string().contains("colour"), "{error}");
+    let error = Rules::from_toml_str("[[rules]]\nid = \"x\"\nclass = \"c\"\n").unwrap_err();
+    assert!(matches!(error, RuleError::RegexOrDetector { .. }));
+    let error = Rules::from_toml_str("[[rules]]\nid = \"x\"\nclass = \"c\"\nregex = 'a'\n[[rules]]\nid = \"x\"\nclass = \"c\"\nregex = 'b'\n").unwrap_err();
+    assert!(matches!(error, RuleError::DuplicateId { .. }));
+}

@@ -1,0 +1,156 @@
+//! Precision and recall per class on the labelled corpus (`tests/support/corpus.rs`).
+//!
+//! A finding counts as a true positive when a label of the same class overlaps it (each label
+//! is matched once); exact-boundary agreement is reported alongside. The floors below are what
+//! the default rule set must keep; `SCAN_CORPUS_SAMPLES=N` runs a larger corpus.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use postern_scan::Scanner;
+use support::corpus;
+
+/// Floors per class: (precision, recall).
+const FLOORS: &[(&str, f64, f64)] = &[
+    // Well-defined shapes with a checksum or a fixed format.
+    ("pii.email", 0.98, 0.98),
+    ("payment.card", 0.95, 0.98),
+    ("payment.iban", 0.98, 0.98),
+    ("pii.us_ssn", 0.95, 0.95),
+    ("pii.ip_address", 0.95, 0.95),
+    ("secret.aws_access_key", 0.98, 0.98),
+    ("secret.github_token", 0.98, 0.98),
+    ("secret.stripe_key", 0.98, 0.98),
+    ("secret.slack_token", 0.98, 0.98),
+    ("secret.openai_key", 0.98, 0.98),
+    ("secret.jwt", 0.98, 0.98),
+    ("secret.private_key", 0.98, 0.98),
+    // Shapes that overlap with ordinary numbers, or depend on a key.
+    ("pii.phone", 0.95, 0.95),
+    ("pii.date_of_birth", 0.95, 0.95),
+    ("secret.generic", 0.90, 0.85),
+];
+
+#[derive(Default, Debug, Clone, Copy)]
+struct Tally {
+    true_positives: usize,
+    false_positives: usize,
+    false_negatives: usize,
+    exact: usize,
+}
+
+#[test]
+fn precision_and_recall_per_class_meet_the_floors() {
+    let samples_count = std::env::var("SCAN_CORPUS_SAMPLES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(4000);
+    let samples = corpus::generate(7, samples_count);
+    let scanner = Scanner::default();
+    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+    let mut examples: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for sample in &samples {
+        let result = scanner.scan(sample.body.as_bytes(), support::hint(sample.syntax));
+        let mut matched = vec![false; sample.labels.len()];
+        for finding in &result.findings {
+            let class: &str = &finding.class;
+            let label = sample.labels.iter().enumerate().find(|(index, label)| {
+                !matched[*index]
+                    && label.class == class
+                    && label.start < finding.end
+                    && finding.start < label.end
+            });
+            let tally = tallies.entry(static_class(class)).or_default();
+            match label {
+                Some((index, label)) => {
+                    matched[index] = true;
+                    tally.true_positives += 1;
+                    if label.start == finding.start && label.end == finding.end {
+                        tally.exact += 1;
+                    }
+                }
+                None => {
+                    tally.false_positives += 1;
+                    let context = &sample.body[finding.start.saturating_sub(30)
+                        ..(finding.end + 10).min(sample.body.len())];
+                    examples
+                        .entry(format!("FP {class}"))
+                        .or_default()
+                        .push(format!("[{}] {:?}", sample.family, context));
+                }
+            }
+        }
+        for (label, matched) in sample.labels.iter().zip(matched) {
+            if !matched {
+                tallies.entry(label.class).or_default().false_negatives += 1;
+                let context = &sample.body
+                    [label.start.saturating_sub(30)..(label.end + 10).min(sample.body.len())];
+                examples
+                    .entry(format!("FN {}", label.class))
+                    .or_default()
+                    .push(format!("[{}] {:?}", sample.family, context));
+            }
+        }
+    }
+
+    let bytes: usize = samples.iter().map(|sample| sample.body.len()).sum();
+    println!("corpus: {} samples, {} bytes, seed 7", samples.len(), bytes);
+    println!(
+        "{:<24} {:>7} {:>5} {:>5} {:>9} {:>7} {:>6}",
+        "class", "labels", "FP", "FN", "precision", "recall", "exact"
+    );
+    let mut failures = Vec::new();
+    for &(class, precision_floor, recall_floor) in FLOORS {
+        let tally = tallies.get(class).copied().unwrap_or_default();
+        let labels = tally.true_positives + tally.false_negatives;
+        let precision = ratio(
+            tally.true_positives,
+            tally.true_positives + tally.false_positives,
+        );
+        let recall = ratio(tally.true_positives, labels);
+        println!(
+            "{:<24} {:>7} {:>5} {:>5} {:>9.4} {:>7.4} {:>6.3}",
+            class,
+            labels,
+            tally.false_positives,
+            tally.false_negatives,
+            precision,
+            recall,
+            ratio(tally.exact, tally.true_positives)
+        );
+        if labels < 20 {
+            failures.push(format!("{class}: only {labels} labels in the corpus"));
+        }
+        if precision < precision_floor || recall < recall_floor {
+            failures.push(format!("{class}: precision {precision:.4} (floor {precision_floor}), recall {recall:.4} (floor {recall_floor})"));
+        }
+    }
+    for (kind, list) in &examples {
+        println!("{kind}: {} e.g.", list.len());
+        for example in list.iter().take(3) {
+            println!("    {example}");
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "below the floors:\n{}",
+        failures.join("\n")
+    );
+}
+
+fn ratio(numerator: usize, denominator: usize) -> f64 {
+    if denominator == 0 {
+        1.0
+    } else {
+        numerator as f64 / denominator as f64
+    }
+}
+
+fn static_class(class: &str) -> &'static str {
+    FLOORS
+        .iter()
+        .map(|(name, _, _)| *name)
+        .find(|name| *name == class)
+        .unwrap_or("(other)")
+}

@@ -1,0 +1,712 @@
+//! `postern audit …`: the audit transparency log from the command line.
+//!
+//! `key`, `proof`, `consistency` and `show` ask the running gateway's admin API (address and
+//! admin token from the config), or with `--offline` open the log in `<data_dir>/audit`
+//! directly (only while no gateway holds it). `verify` always reads the files offline and
+//! takes no lock. Exit codes: 0 ok, 1 failure, 3 invalid config, and for `verify` 4 when the
+//! log is corrupt or was tampered with (docs/AUDIT.md).
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode as ProcessExitCode;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use postern_ledger::{Ledger, LedgerOptions, VerifyError};
+use postern_tlog::{leaf_hash, AuditRecord, Hash};
+
+use crate::ExitCode;
+
+/// `postern audit verify`: the log is corrupt or was tampered with (distinct from 1, "could
+/// not check").
+pub const EXIT_LOG_CORRUPT: u8 = 4;
+
+/// The log's directory inside `data_dir` (as `postern_gateway::audit::AUDIT_DIR`).
+const AUDIT_DIR: &str = postern_gateway::audit::AUDIT_DIR;
+
+#[derive(clap::Subcommand)]
+pub enum AuditCommand {
+    /// Print the log's verifier key, `<origin>+<hex key id>+<base64 Ed25519 public key>`:
+    /// what anyone needs to check checkpoints and proofs.
+    Key {
+        /// Print {"verifier_key", "origin"} as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Write a C2SP tlog-proof@v1 file for entry INDEX: its inclusion proof against the latest
+    /// signed checkpoint, and that checkpoint.
+    Proof {
+        /// The entry's index (e.g. a response's Postern-Audit-Index).
+        index: u64,
+        /// Write the proof to this file instead of stdout (conventionally NAME.tlog-proof).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Print a consistency proof between two signed tree sizes (base64 hashes, one per line).
+    Consistency {
+        /// The older tree size (at least 1).
+        old: u64,
+        /// The newer tree size (at most the latest checkpoint's).
+        new: u64,
+        /// Print {"old", "new", "proof": [...]} as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Show one entry: the decoded audit record, its leaf hash, whether a checkpoint covers it.
+    Show {
+        /// The entry's index.
+        index: u64,
+        /// Print the entry as JSON (the admin API's /v1/audit/entries/INDEX answer).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Check the whole log offline: every record's framing and CRC, the Merkle tree
+    /// recomputed from the entries, every checkpoint's signature and that all checkpoints are
+    /// consistent. Names the first bad entry. Exit 4 when the log is corrupt or tampered with.
+    Verify {
+        /// The gateway's data_dir (holding audit/), or the audit log directory itself.
+        /// Default: the config's data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The verifier key to check checkpoint signatures with (`postern audit key`).
+        /// Default: derived from the log's own signing key — pass the key you obtained
+        /// independently to also detect a replaced key.
+        #[arg(long)]
+        key: Option<String>,
+        /// The TOML configuration file (for its data_dir when --data-dir is not given).
+        #[arg(long, short, env = "POSTERN_CONFIG", default_value = "postern.toml")]
+        config: PathBuf,
+        /// Print the report (or the failure) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the log is read from: the running gateway, or the files with `--offline`.
+#[derive(clap::Args)]
+pub struct Source {
+    /// The TOML configuration file: admin_listen, data_dir and the admin token come from it.
+    #[arg(long, short, env = "POSTERN_CONFIG", default_value = "postern.toml")]
+    config: PathBuf,
+    /// A file holding the admin token. Needed when the config sets admin_token_sha256;
+    /// otherwise <data_dir>/admin-token is used.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Open the log in <data_dir>/audit directly instead of asking the running gateway.
+    /// Works only while no gateway (or other postern command) holds the log.
+    #[arg(long)]
+    offline: bool,
+    /// With --offline: this data_dir (or audit log directory) instead of the config's.
+    #[arg(long, requires = "offline")]
+    data_dir: Option<PathBuf>,
+}
+
+/// A failure: what to print and which exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Failure {
+        Failure {
+            code: ExitCode::Failure as u8,
+            message: message.into(),
+        }
+    }
+}
+
+pub fn run(command: AuditCommand) -> ProcessExitCode {
+    let result = match command {
+        AuditCommand::Key { json, source } => key(&source, json),
+        AuditCommand::Proof { index, out, source } => proof(&source, index, out.as_deref()),
+        AuditCommand::Consistency {
+            old,
+            new,
+            json,
+            source,
+        } => consistency(&source, old, new, json),
+        AuditCommand::Show {
+            index,
+            json,
+            source,
+        } => show(&source, index, json),
+        AuditCommand::Verify {
+            data_dir,
+            key,
+            config,
+            json,
+        } => verify(data_dir.as_deref(), key.as_deref(), &config, json),
+    };
+    match result {
+        Ok(()) => ProcessExitCode::from(ExitCode::Ok as u8),
+        Err(failure) => {
+            if !failure.message.is_empty() {
+                eprintln!("error: {}", failure.message);
+            }
+            ProcessExitCode::from(failure.code)
+        }
+    }
+}
+
+fn key(source: &Source, json: bool) -> Result<(), Failure> {
+    let verifier_key = match open(source)? {
+        Log::Online(admin) => {
+            let body = admin.get_ok("/v1/audit/key")?;
+            String::from_utf8_lossy(&body).trim().to_string()
+        }
+        Log::Offline(offline) => {
+            let key = offline.ledger.verifier_key();
+            offline.close();
+            key
+        }
+    };
+    if json {
+        let origin = verifier_key.split('+').next().unwrap_or_default();
+        println!(
+            "{}",
+            serde_json::json!({"verifier_key": verifier_key, "origin": origin})
+        );
+    } else {
+        println!("{verifier_key}");
+    }
+    Ok(())
+}
+
+fn proof(source: &Source, index: u64, out: Option<&Path>) -> Result<(), Failure> {
+    let text = match open(source)? {
+        Log::Online(admin) => {
+            let body = admin.get_ok(&format!("/v1/audit/proof/{index}"))?;
+            String::from_utf8(body.to_vec())
+                .map_err(|_| Failure::new("the gateway answered a proof that is not text"))?
+        }
+        Log::Offline(offline) => {
+            let size = offline.ledger.size();
+            let result = if index >= size {
+                Err(format!(
+                    "entry {index} does not exist: the log has {size} entries"
+                ))
+            } else {
+                offline
+                    .ledger
+                    .tlog_proof(index)
+                    .map(|p| p.encode())
+                    .map_err(|e| {
+                        format!("{e} (the gateway signs a checkpoint every audit_checkpoint_interval_ms while it runs)")
+                    })
+            };
+            offline.close();
+            result.map_err(Failure::new)?
+        }
+    };
+    match out {
+        Some(path) => {
+            std::fs::write(path, &text)
+                .map_err(|e| Failure::new(format!("writing {}: {e}", path.display())))?;
+            eprintln!("wrote the proof of entry {index} to {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn consistency(source: &Source, old: u64, new: u64, json: bool) -> Result<(), Failure> {
+    let hashes: Vec<String> = match open(source)? {
+        Log::Online(admin) => {
+            let body = admin.get_ok(&format!("/v1/audit/consistency?old={old}&new={new}"))?;
+            String::from_utf8_lossy(&body)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        }
+        Log::Offline(offline) => {
+            let signed = offline.ledger.latest_checkpoint().map_or(0, |c| c.size);
+            let result = if old == 0 || old > new {
+                Err(format!("need 0 < OLD <= NEW (got {old}, {new})"))
+            } else if new > signed {
+                Err(format!(
+                    "tree size {new} is beyond the latest checkpoint (size {signed})"
+                ))
+            } else {
+                offline
+                    .ledger
+                    .consistency_proof(old, new)
+                    .map(|proof| proof.iter().map(Hash::to_base64).collect())
+                    .map_err(|e| e.to_string())
+            };
+            offline.close();
+            result.map_err(Failure::new)?
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"old": old, "new": new, "proof": hashes})
+        );
+    } else {
+        for hash in hashes {
+            println!("{hash}");
+        }
+    }
+    Ok(())
+}
+
+/// One entry as read from either source.
+struct EntryView {
+    index: u64,
+    bytes: Vec<u8>,
+    checkpoint_size: u64,
+}
+
+impl EntryView {
+    /// The same shape as the admin API's `/v1/audit/entries/INDEX`.
+    fn to_json(&self) -> serde_json::Value {
+        let (record, decode_error) = match AuditRecord::decode(&self.bytes) {
+            Ok(record) => (
+                serde_json::to_value(&record).unwrap_or(serde_json::Value::Null),
+                None,
+            ),
+            Err(e) => (serde_json::Value::Null, Some(e.to_string())),
+        };
+        serde_json::json!({
+            "index": self.index,
+            "leaf_hash": leaf_hash(&self.bytes).to_hex(),
+            "entry_base64": base64::engine::general_purpose::STANDARD.encode(&self.bytes),
+            "covered_by_checkpoint": self.index < self.checkpoint_size,
+            "checkpoint_size": self.checkpoint_size,
+            "record": record,
+            "decode_error": decode_error,
+        })
+    }
+}
+
+fn show(source: &Source, index: u64, json: bool) -> Result<(), Failure> {
+    let view = match open(source)? {
+        Log::Online(admin) => {
+            let body = admin.get_ok(&format!("/v1/audit/entries/{index}"))?;
+            let answer: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| Failure::new(format!("the gateway's answer is not JSON: {e}")))?;
+            let bytes = answer["entry_base64"]
+                .as_str()
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .ok_or_else(|| Failure::new("the gateway's answer has no entry_base64"))?;
+            let view = EntryView {
+                index,
+                checkpoint_size: answer["checkpoint_size"].as_u64().unwrap_or(0),
+                bytes,
+            };
+            if answer["leaf_hash"].as_str() != Some(leaf_hash(&view.bytes).to_hex().as_str()) {
+                return Err(Failure::new(
+                    "the gateway's leaf_hash does not match the entry bytes it sent",
+                ));
+            }
+            view
+        }
+        Log::Offline(offline) => {
+            let size = offline.ledger.size();
+            let checkpoint_size = offline.ledger.latest_checkpoint().map_or(0, |c| c.size);
+            let bytes = if index >= size {
+                Err(format!(
+                    "entry {index} does not exist: the log has {size} entries"
+                ))
+            } else {
+                offline.ledger.entry(index).map_err(|e| e.to_string())
+            };
+            offline.close();
+            EntryView {
+                index,
+                bytes: bytes.map_err(Failure::new)?,
+                checkpoint_size,
+            }
+        }
+    };
+    if json {
+        println!("{}", view.to_json());
+        return Ok(());
+    }
+    let covered = if view.index < view.checkpoint_size {
+        format!("yes (latest checkpoint size {})", view.checkpoint_size)
+    } else {
+        format!("not yet (latest checkpoint size {})", view.checkpoint_size)
+    };
+    let mut rows: Vec<(&str, String)> = vec![
+        ("index", view.index.to_string()),
+        ("leaf_hash", leaf_hash(&view.bytes).to_hex()),
+        ("checkpointed", covered),
+    ];
+    let show_opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+    match AuditRecord::decode(&view.bytes) {
+        Ok(r) => {
+            rows.extend([
+                ("version", r.version.to_string()),
+                ("kind", format!("{:?}", r.kind).to_lowercase()),
+                ("time_unix_ms", r.time_unix_ms.to_string()),
+                ("request_id", r.request_id),
+                ("caller", r.caller),
+                ("integration", r.integration),
+                ("operation", r.operation),
+                ("method", r.method),
+                ("path_template", r.path_template),
+                ("decision", format!("{:?}", r.decision).to_lowercase()),
+                ("reason", show_opt(r.reason)),
+                ("status", show_opt(r.status.map(|s| s.to_string()))),
+                (
+                    "request_bytes",
+                    show_opt(r.request_bytes.map(|s| s.to_string())),
+                ),
+                (
+                    "response_bytes",
+                    show_opt(r.response_bytes.map(|s| s.to_string())),
+                ),
+                (
+                    "data_classes",
+                    if r.data_classes.is_empty() {
+                        "-".to_string()
+                    } else {
+                        r.data_classes.join(", ")
+                    },
+                ),
+                (
+                    "intent_index",
+                    show_opt(r.intent_index.map(|s| s.to_string())),
+                ),
+            ]);
+            for (name, value) in r.hmacs {
+                rows.push(("hmac", format!("{name} {value}")));
+            }
+        }
+        Err(e) => rows.push(("undecodable", e.to_string())),
+    }
+    for (name, value) in rows {
+        let value = if value.is_empty() { "-" } else { &value };
+        println!("{name:<16}{value}");
+    }
+    Ok(())
+}
+
+fn verify(
+    data_dir: Option<&Path>,
+    key: Option<&str>,
+    config: &Path,
+    json: bool,
+) -> Result<(), Failure> {
+    let dir = match data_dir {
+        Some(dir) => log_dir(dir),
+        None => log_dir(&load_config(config)?.gateway.data_dir),
+    };
+    if !dir.join("log").is_dir() {
+        return Err(Failure::new(format!(
+            "no audit log in {} (expected {}/log); pass the gateway's data_dir with --data-dir",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "verifying {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+            )
+            .expect("valid template"),
+        );
+        bar
+    });
+    let result = postern_ledger::verify_dir(&dir, key, |done, total| {
+        if let Some(bar) = &bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    });
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match result {
+        Ok(report) => {
+            let latest = report.latest_checkpoint.as_ref();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "ok": true,
+                        "dir": dir.display().to_string(),
+                        "entries": report.entries,
+                        "segments": report.segments,
+                        "root_hash": report.root_hash.to_base64(),
+                        "checkpoints_verified": report.checkpoints_verified,
+                        "latest_checkpoint_size": latest.map(|c| c.size),
+                        "verifier_key": report.verifier_key,
+                        "stored_hashes_checked": report.stored_hashes_checked,
+                        "torn_tail": report.torn_tail.as_ref().map(|(path, offset)| serde_json::json!({"segment": path.display().to_string(), "offset": offset})),
+                    })
+                );
+            } else {
+                println!(
+                    "ok: {} entries in {} segment(s), root {}",
+                    report.entries,
+                    report.segments,
+                    report.root_hash.to_base64()
+                );
+                println!(
+                    "{} checkpoint signature(s) verified and consistent{}",
+                    report.checkpoints_verified,
+                    latest.map_or(String::new(), |c| format!(
+                        "; the latest covers {} entries",
+                        c.size
+                    ))
+                );
+                if let Some(c) = latest {
+                    if c.size < report.entries {
+                        println!(
+                            "entries {}..{} are not yet covered by a signed checkpoint",
+                            c.size, report.entries
+                        );
+                    }
+                }
+                println!("verifier key: {}", report.verifier_key);
+                if let Some((segment, offset)) = &report.torn_tail {
+                    println!(
+                        "note: {} ends in a torn (unacknowledged) record at byte offset {offset}; the gateway truncates it when it opens the log",
+                        segment.display()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(error) => {
+            let tampered = is_tampering(&error);
+            let message = if tampered {
+                format!("the audit log is corrupt or was tampered with: {error}")
+            } else {
+                format!("could not verify the audit log: {error}")
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "dir": dir.display().to_string(), "corrupt": tampered, "error": error.to_string()})
+                );
+            }
+            Err(Failure {
+                code: if tampered {
+                    EXIT_LOG_CORRUPT
+                } else {
+                    ExitCode::Failure as u8
+                },
+                message,
+            })
+        }
+    }
+}
+
+/// Whether a verification failure shows damage to the log (exit 4) rather than an inability
+/// to check it (exit 1).
+fn is_tampering(error: &VerifyError) -> bool {
+    match error {
+        VerifyError::Io { .. }
+        | VerifyError::Unreadable(_)
+        | VerifyError::NoKey(_)
+        | VerifyError::BadKey(_) => false,
+        VerifyError::BadRecord { .. }
+        | VerifyError::SegmentGap { .. }
+        | VerifyError::EntryMismatch { .. }
+        | VerifyError::CheckpointSignature { .. }
+        | VerifyError::CheckpointRootMismatch { .. }
+        | VerifyError::CheckpointBeyondLog { .. }
+        | VerifyError::CheckpointRollback { .. } => true,
+    }
+}
+
+/// The gateway's data_dir holds the log in `audit/`; a directory that is itself a log (has
+/// `log/`) is taken as is.
+fn log_dir(dir: &Path) -> PathBuf {
+    let nested = dir.join(AUDIT_DIR);
+    if nested.join("log").is_dir() || !dir.join("log").is_dir() {
+        nested
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+fn load_config(path: &Path) -> Result<postern_config::Config, Failure> {
+    postern_config::load(path).map_err(|errors| Failure {
+        code: ExitCode::InvalidConfig as u8,
+        message: format!("{errors}"),
+    })
+}
+
+enum Log {
+    Online(Admin),
+    Offline(Offline),
+}
+
+fn open(source: &Source) -> Result<Log, Failure> {
+    if source.offline {
+        let dir = match &source.data_dir {
+            Some(dir) => log_dir(dir),
+            None => log_dir(&load_config(&source.config)?.gateway.data_dir),
+        };
+        return Offline::open(&dir).map(Log::Offline);
+    }
+    let config = load_config(&source.config)?;
+    Admin::new(&config, source.admin_token_file.as_deref()).map(Log::Online)
+}
+
+/// The log opened directly (holds its lock until `close`).
+struct Offline {
+    runtime: tokio::runtime::Runtime,
+    ledger: Ledger,
+}
+
+impl Offline {
+    fn open(dir: &Path) -> Result<Offline, Failure> {
+        let origin = postern_ledger::stored_origin(dir)
+            .map_err(|e| Failure::new(e.to_string()))?
+            .ok_or_else(|| {
+                Failure::new(format!(
+                    "no audit log in {} (no signing-key); pass the gateway's data_dir with --data-dir",
+                    dir.display()
+                ))
+            })?;
+        let runtime = current_thread_runtime()?;
+        let ledger = runtime
+            .block_on(Ledger::open(dir, LedgerOptions::new(origin)))
+            .map_err(|e| Failure::new(e.to_string()))?
+            .0;
+        Ok(Offline { runtime, ledger })
+    }
+
+    fn close(self) {
+        self.runtime.block_on(self.ledger.close());
+    }
+}
+
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(format!("cannot start the async runtime: {e}")))
+}
+
+/// The running gateway's admin API.
+struct Admin {
+    runtime: tokio::runtime::Runtime,
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    fn new(config: &postern_config::Config, token_file: Option<&Path>) -> Result<Admin, Failure> {
+        let mut addr = config.gateway.admin_listen;
+        if addr.port() == 0 {
+            return Err(Failure::new(
+                "admin_listen has port 0, so the gateway's admin port is not known; set a port in the config, or use --offline",
+            ));
+        }
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let token_path = match (token_file, &config.gateway.admin_token_sha256) {
+            (Some(path), _) => path.to_path_buf(),
+            (None, Some(_)) => {
+                return Err(Failure::new(
+                    "the config sets admin_token_sha256: pass --admin-token-file FILE holding that admin token",
+                ))
+            }
+            (None, None) => config
+                .gateway
+                .data_dir
+                .join(postern_gateway::ADMIN_TOKEN_FILE),
+        };
+        let token = std::fs::read_to_string(&token_path)
+            .map_err(|e| {
+                Failure::new(format!(
+                    "reading the admin token {}: {e} (the gateway writes it on its first start)",
+                    token_path.display()
+                ))
+            })?
+            .trim()
+            .to_string();
+        if token.is_empty() {
+            return Err(Failure::new(format!(
+                "the admin token file {} is empty",
+                token_path.display()
+            )));
+        }
+        Ok(Admin {
+            runtime: current_thread_runtime()?,
+            base: format!("http://{addr}"),
+            token,
+        })
+    }
+
+    /// `GET path`; the body of a 200 answer, else the API's error message.
+    fn get_ok(&self, path: &str) -> Result<Bytes, Failure> {
+        let url = format!("{}{path}", self.base);
+        let request = http::Request::get(&url)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| Failure::new(format!("bad request {url}: {e}")))?;
+        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let answer = self.runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                let response = client.request(request).await?;
+                let status = response.status();
+                let body = response.into_body().collect().await?.to_bytes();
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
+            })
+            .await
+        });
+        let (status, body) = match answer {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                return Err(Failure::new(format!(
+                    "cannot reach the gateway's admin API at {}: {} (is `postern serve` running? --offline reads the log directly when it is not)",
+                    self.base,
+                    error_chain(e.as_ref())
+                )))
+            }
+            Err(_) => {
+                return Err(Failure::new(format!(
+                    "the gateway's admin API at {} did not answer within 30 s",
+                    self.base
+                )))
+            }
+        };
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+        Err(Failure::new(format!("{status} from {url}: {message}")))
+    }
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
