@@ -141,6 +141,8 @@ pub struct GatewayConfig {
     /// How long a call waits for its audit entry to be durable before it fails closed
     /// (503 `audit_unavailable`). Default 2000.
     pub audit_timeout_ms: u64,
+    /// Live anomaly detection over every call (alerts.jsonl, /v1/alerts). Default true.
+    pub detect: bool,
     /// TOML rules extending or overriding the built-in payload scanner rules (resolved path).
     pub scan_rules: Option<PathBuf>,
 }

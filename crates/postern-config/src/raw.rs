@@ -48,6 +48,8 @@ pub(crate) struct RawGateway {
     pub credential_max_age_days: Option<Spanned<u64>>,
     #[serde(default)]
     pub audit_origin: Option<Spanned<String>>,
+    #[serde(default)]
+    pub detect: Option<bool>,
     /// A TOML rule file extending or overriding the built-in scanner rules.
     #[serde(default)]
     pub scan_rules: Option<Spanned<String>>,

@@ -280,6 +280,7 @@ impl Validator<'_> {
             events_max_files,
             max_header_bytes,
             shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
+            detect: raw.detect.unwrap_or(true),
             scan_rules: raw
                 .scan_rules
                 .as_ref()

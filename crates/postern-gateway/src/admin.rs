@@ -114,6 +114,23 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response
                 .collect();
             json_response(StatusCode::OK, json!({ "integrations": list }))
         }
+        "/v1/alerts" => {
+            let limit = request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("limit=")))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(100)
+                .min(1000);
+            let lines = shared
+                .recorder
+                .detector
+                .as_ref()
+                .map(|d| d.recent(limit))
+                .unwrap_or_default();
+            let body = format!("{{\"alerts\":[{}]}}", lines.join(","));
+            text_response(StatusCode::OK, body, "application/json")
+        }
         "/v1/events" => {
             let limit = request
                 .uri()

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod audit;
 pub mod body;
 pub mod context;
+pub mod detect;
 pub mod error;
 pub mod events;
 pub mod listener;
@@ -284,11 +285,18 @@ impl RunningGateway {
             max_files: config.gateway.events_max_files,
         })
         .with_context(|| format!("opening {}", data_dir.join(EVENTS_FILE).display()))?;
+        let metrics = Arc::new(Metrics::new());
+        let detector = if config.gateway.detect {
+            Some(detect::Detector::start(&data_dir, metrics.clone())?)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             recorder: Recorder {
                 events,
-                metrics: Arc::new(Metrics::new()),
+                metrics: metrics.clone(),
+                detector: detector.clone(),
             },
             vault,
             audit,
@@ -481,6 +489,9 @@ impl RunningGateway {
             );
         }
         self.shared.recorder.events.flush().await;
+        if let Some(detector) = self.shared.recorder.detector.clone() {
+            let _ = tokio::task::spawn_blocking(move || detector.stop()).await;
+        }
         // Last: let queued audit entries land, sign a final checkpoint, stop the sequencer.
         let _ = self.checkpoint_stop.send(true);
         if let Some(checkpointer) = self.checkpointer {

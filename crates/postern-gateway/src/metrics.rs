@@ -42,6 +42,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialLabel {
     pub credential: String,
 }
@@ -52,6 +57,8 @@ pub struct ResultLabel {
 }
 
 pub struct Metrics {
+    alerts: Family<KindLabel, Counter>,
+    pub detector_dropped: Counter,
     registry: Registry,
     calls: Family<CallLabels, Counter>,
     denials: Family<ReasonLabel, Counter>,
@@ -91,6 +98,14 @@ impl Metrics {
             "Configuration reloads by result (applied, rejected)",
             config_reloads.clone(),
         );
+        let alerts = Family::<KindLabel, Counter>::default();
+        registry.register("alerts", "Anomaly alerts by kind", alerts.clone());
+        let detector_dropped = Counter::default();
+        registry.register(
+            "detector_dropped",
+            "Calls not scored by the anomaly detector because its queue was full",
+            detector_dropped.clone(),
+        );
         let credential_age_days = Family::<CredentialLabel, Gauge>::default();
         registry.register(
             "credential_age_days",
@@ -121,6 +136,8 @@ impl Metrics {
             denials,
             duration,
             config_reloads,
+            alerts,
+            detector_dropped,
             credential_age_days,
             credential_over_max_age,
             events_written,
@@ -157,6 +174,14 @@ impl Metrics {
         self.duration
             .get_or_create(&IntegrationLabel { integration })
             .observe(duration.as_secs_f64());
+    }
+
+    pub fn observe_alert(&self, kind: &str) {
+        self.alerts
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
     }
 
     pub fn set_credential_age(&self, credential: &str, age_days: i64, over_max_age: bool) {

@@ -14,6 +14,8 @@ use crate::metrics::Metrics;
 pub struct Recorder {
     pub events: EventSink,
     pub metrics: Arc<Metrics>,
+    /// The live anomaly detector (off the request path).
+    pub detector: Option<Arc<crate::detect::Detector>>,
 }
 
 impl Recorder {
@@ -48,6 +50,34 @@ impl Recorder {
             incomplete,
             elapsed,
         ));
+        if let Some(detector) = &self.detector {
+            detector.observe(postern_detect::engine::DetectEvent {
+                time_unix_ms: context
+                    .wall_start
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
+                integration: context.integration.as_deref().map(str::to_string),
+                caller: context.caller.as_deref().map(str::to_string),
+                operation: context.operation_id.clone(),
+                status,
+                request_bytes: context
+                    .request_body
+                    .bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                response_bytes,
+                duration_ms: crate::context::duration_ms(elapsed),
+                source_ip: Some(context.source_ip.to_string()),
+                decision: Some(
+                    match decision {
+                        Decision::Allow => "allow",
+                        Decision::Deny => "deny",
+                    }
+                    .to_string(),
+                ),
+                reason: Some(reason.to_string()),
+            });
+        }
     }
 }
 

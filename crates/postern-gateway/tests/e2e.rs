@@ -1038,7 +1038,21 @@ async fn admin_api_health_metrics_integrations_events() {
     assert_eq!(events[1]["status"], 401);
     let all = format!("{metrics}{integrations}");
     assert!(!all.contains(VENDOR_KEY) && !all.contains(&gw.token));
-    gw.stop().await;
+    // Live detection: alerts are served (the baseline is still warming up here) and the
+    // engine's baselines are snapshotted at shutdown so a restart keeps them.
+    let alerts: serde_json::Value = admin("/v1/alerts?limit=10")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(alerts["alerts"].is_array(), "{alerts}");
+    let data_dir = gw.running().data_dir.clone();
+    let TestGateway { gateway, dir, .. } = gw;
+    gateway.unwrap().shutdown().await;
+    assert!(data_dir.join("detector-snapshot.json").exists());
+    assert!(data_dir.join("alerts.jsonl").exists());
+    drop(dir);
 }
 
 #[tokio::test]
