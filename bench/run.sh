@@ -17,6 +17,7 @@ PROXY_THREADS="$(nproc)"
 UPSTREAM_THREADS=1
 IDLE_CONNS=1000
 METHOD=GET
+AUDIT_MODE=required
 NGINX_ACCESS_LOG=off
 OUT="$BENCH_DIR/results/latest.md"
 SKIP_BUILD=0
@@ -53,6 +54,7 @@ Options:
   --out FILE            Markdown report (default bench/results/latest.md); also printed on stdout
   --perf                after the rounds, profile Postern and nginx under the same load with
                         perf (DWARF call graphs; reports in bench/results/perf-*.txt)
+  --audit MODE          Postern's audit mode for the bench integration: required (default) or best_effort
   --skip-build          use the existing release binaries
   --keep                keep the temp dir (configs, logs, events, raw results)
   -h, --help            this help
@@ -80,6 +82,7 @@ while [[ $# -gt 0 ]]; do
     --perf) PERF=1; shift ;;
     --skip-build) SKIP_BUILD=1; shift ;;
     --keep) KEEP=1; shift ;;
+    --audit) AUDIT_MODE="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -237,6 +240,7 @@ upstream = "http://127.0.0.1:$UPSTREAM_PORT"
 allow_plaintext = true
 allow_private_networks = ["127.0.0.1/32"]
 credential = { kind = "bearer", from_file = "vendor-key" }
+audit = "${AUDIT_MODE:-required}"
 rate_limit = { requests_per_second = 10000000, burst = 10000000 }
 operations = [
   { id = "create_charge", method = "POST", path = "/v1/charges" },

@@ -132,6 +132,11 @@ fn run(
                         recent.push_back(line);
                     }
                 }
+                if last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+                    let _ = alerts.flush();
+                    write_snapshot(&engine, &snapshot_path);
+                    last_snapshot = Instant::now();
+                }
                 continue;
             }
             Err(RecvTimeoutError::Timeout) => {}
