@@ -156,8 +156,11 @@ pub struct CallerConfig {
     /// Unique among callers.
     pub token_sha256: Option<String>,
     /// `spiffe://trust-domain/path`, matched against the client certificate.
-    /// Unique among callers. At least one of `token_sha256` and `spiffe_id` is set.
+    /// Unique among callers. At least one of `token_sha256`, `spiffe_id` and `token_store`.
     pub spiffe_id: Option<String>,
+    /// The caller authenticates with tokens kept in the vault (issued by
+    /// `postern callers rotate`, or moved there by `postern callers import`).
+    pub token_store: bool,
 }
 
 /// `[[integrations]]`: one third-party API and what may be called on it.

@@ -67,6 +67,9 @@ pub(crate) struct RawCaller {
     pub token_sha256: Option<Spanned<String>>,
     #[serde(default)]
     pub spiffe_id: Option<Spanned<String>>,
+    /// The caller's tokens live in the vault (`postern callers rotate|import`).
+    #[serde(default)]
+    pub token_store: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -359,12 +359,16 @@ impl Validator<'_> {
             } else {
                 names.insert(name.clone(), self.line_of(raw.name.span()));
             }
-            if raw.token_sha256.is_none() && raw.spiffe_id.is_none() {
+            if raw.token_sha256.is_none()
+                && raw.spiffe_id.is_none()
+                && !raw.token_store.unwrap_or(false)
+            {
                 self.error(
                     raw.name.span(),
                     format!("caller `{name}` has no way to authenticate"),
-                    "add `token_sha256 = \"<sha256 of the token>\"` or \
-                     `spiffe_id = \"spiffe://trust-domain/workload\"`",
+                    "add `token_sha256 = \"<sha256 of the token>\"`, \
+                     `spiffe_id = \"spiffe://trust-domain/workload\"`, or `token_store = true` \
+                     (tokens kept in the vault: `postern callers rotate` / `callers import`)",
                 );
             }
             let token_sha256 = raw.token_sha256.as_ref().map(|value| {
@@ -400,6 +404,7 @@ impl Validator<'_> {
                 name,
                 token_sha256,
                 spiffe_id,
+                token_store: raw.token_store.unwrap_or(false),
             });
         }
         callers

@@ -704,6 +704,36 @@ impl Vault {
         Ok(())
     }
 
+    /// Copies a caller token hash (e.g. from the config) into the store, active, unless the store
+    /// already knows it (a revoked hash stays revoked). Returns whether it was added.
+    pub fn import_caller_token_hash(
+        &self,
+        caller: &str,
+        token_sha256: &[u8; 32],
+        now_ms: i64,
+    ) -> Result<bool, VaultError> {
+        let mut conn = self.conn.lock().expect("vault lock");
+        let tx = conn.transaction()?;
+        let added = tx.execute(
+            "INSERT INTO caller_tokens (token_sha256, caller, created_ms, revoked_ms) VALUES (?1, ?2, ?3, NULL)
+             ON CONFLICT(token_sha256) DO NOTHING",
+            params![token_sha256.to_vec(), caller, now_ms],
+        )?;
+        if added > 0 {
+            history(
+                &tx,
+                &format!("caller:{caller}"),
+                now_ms,
+                "token_imported",
+                None,
+                None,
+            )?;
+            Self::bump(&tx)?;
+        }
+        tx.commit()?;
+        Ok(added > 0)
+    }
+
     /// Revokes every token of `caller`: those issued by the store and the given config hashes.
     pub fn revoke_caller(
         &self,

@@ -368,3 +368,59 @@ fn callers_change(name: &str, location: &VaultLocation, json: bool, issue_new: b
     }
     ExitCode::Ok
 }
+
+/// `postern callers import`: copy the config's caller token hashes into the vault, so the config
+/// can drop them (`token_store = true` instead of `token_sha256`).
+pub fn callers_import(location: &VaultLocation, json: bool) -> ExitCode {
+    let opened = match open(location) {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let Some(config) = &opened.config else {
+        eprintln!("error: callers are declared in the config; pass --config");
+        return ExitCode::InvalidConfig;
+    };
+    let now = postern_gateway::now_ms();
+    let mut imported = Vec::new();
+    for caller in &config.callers {
+        let Some(hash) = &caller.token_sha256 else {
+            continue;
+        };
+        let mut bytes = [0u8; 32];
+        if hex::decode_to_slice(hash, &mut bytes).is_err() {
+            continue;
+        }
+        match opened
+            .vault
+            .import_caller_token_hash(&caller.name, &bytes, now)
+        {
+            Ok(added) => imported.push((caller.name.clone(), added)),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::Failure;
+            }
+        }
+    }
+    if json {
+        let items: Vec<_> = imported
+            .iter()
+            .map(|(name, added)| serde_json::json!({"caller": name, "imported": added}))
+            .collect();
+        println!("{}", serde_json::json!({"callers": items}));
+    } else {
+        for (name, added) in &imported {
+            println!(
+                "caller {name}: {}",
+                if *added {
+                    "token hash moved into the vault"
+                } else {
+                    "already in the vault"
+                }
+            );
+        }
+        println!(
+            "You can now replace `token_sha256 = ...` with `token_store = true` in the config."
+        );
+    }
+    ExitCode::Ok
+}

@@ -135,6 +135,13 @@ enum CallersCommand {
         #[command(flatten)]
         location: creds::VaultLocation,
     },
+    /// Move the config's caller token hashes into the vault (then use `token_store = true`).
+    Import {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        location: creds::VaultLocation,
+    },
     /// Revoke every token of a caller: its calls are refused (401) at once.
     Revoke {
         name: String,
@@ -174,6 +181,9 @@ fn main() -> ProcessExitCode {
                     location,
                 },
         } => creds::callers_revoke(&name, &location, json),
+        Command::Callers {
+            command: CallersCommand::Import { json, location },
+        } => creds::callers_import(&location, json),
         Command::Creds { command } => creds::run(command),
         Command::Demo(args) => run_async(demo::run(args)),
         Command::Audit { command } => return audit::run(command),

@@ -299,3 +299,43 @@ fn serve_reloads_on_file_change_and_sighup_keeps_old_config_on_error_and_stops_o
     let log = log.lock().unwrap().clone();
     assert!(!log.contains(TOKEN), "{log}");
 }
+
+#[test]
+fn caller_token_hashes_move_into_the_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("postern.toml");
+    let (listen, admin) = (free_port(), free_port());
+    let text = served_config(dir.path(), listen, admin, r#""a""#);
+    std::fs::write(&config, &text).unwrap();
+    let (code, stdout, stderr) = run(&[
+        "callers",
+        "import",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["callers"][0]["caller"], "checkout");
+    assert_eq!(json["callers"][0]["imported"], true);
+    // The config no longer holds the hash: the caller's tokens live in the vault.
+    let hash_line = format!("token_sha256 = \"{}\"", postern_gateway_token_hash(TOKEN));
+    std::fs::write(&config, text.replace(&hash_line, "token_store = true")).unwrap();
+    let (code, _, stderr) = run(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let child = postern()
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Server(child);
+    eventually("the gateway answers", || {
+        status(listen, "/acme/a").is_some()
+    });
+    assert_eq!(
+        status(listen, "/acme/a"),
+        Some(502),
+        "authenticated by the stored hash"
+    );
+}
