@@ -18,6 +18,7 @@ UPSTREAM_THREADS=1
 IDLE_CONNS=1000
 METHOD=GET
 AUDIT_MODE=required
+CREDENTIAL_KIND=static
 NGINX_ACCESS_LOG=off
 OUT="$BENCH_DIR/results/latest.md"
 SKIP_BUILD=0
@@ -54,6 +55,8 @@ Options:
   --out FILE            Markdown report (default bench/results/latest.md); also printed on stdout
   --perf                after the rounds, profile Postern and nginx under the same load with
                         perf (DWARF call graphs; reports in bench/results/perf-*.txt)
+  --credential KIND     static (bearer from a file, default) or oauth2 (client credentials; the
+                        upstream doubles as the token endpoint; the token is cached after the first call)
   --audit MODE          Postern's audit mode for the bench integration: required (default) or best_effort
   --skip-build          use the existing release binaries
   --keep                keep the temp dir (configs, logs, events, raw results)
@@ -83,6 +86,7 @@ while [[ $# -gt 0 ]]; do
     --skip-build) SKIP_BUILD=1; shift ;;
     --keep) KEEP=1; shift ;;
     --audit) AUDIT_MODE="$2"; shift 2 ;;
+    --credential) CREDENTIAL_KIND="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -221,6 +225,11 @@ TOKEN_JSON="$("$POSTERN_BIN" callers token bench --json)"
 TOKEN="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["token"])' "$TOKEN_JSON")"
 TOKEN_SHA="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["token_sha256"])' "$TOKEN_JSON")"
 (umask 077 && printf 'sk_bench_%s' "$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$WORK/postern/vendor-key")
+if [ "$CREDENTIAL_KIND" = oauth2 ]; then
+  CREDENTIAL_LINE="credential = { kind = \"oauth2\", token_url = \"http://127.0.0.1:$UPSTREAM_PORT/oauth/token\", client_id = \"bench\", from_file = \"vendor-key\" }"
+else
+  CREDENTIAL_LINE='credential = { kind = "bearer", from_file = "vendor-key" }'
+fi
 cat >"$WORK/postern/postern.toml" <<EOF
 # Written by bench/run.sh.
 [gateway]
@@ -239,7 +248,7 @@ owner = "bench@example.com"
 upstream = "http://127.0.0.1:$UPSTREAM_PORT"
 allow_plaintext = true
 allow_private_networks = ["127.0.0.1/32"]
-credential = { kind = "bearer", from_file = "vendor-key" }
+$CREDENTIAL_LINE
 audit = "${AUDIT_MODE:-required}"
 rate_limit = { requests_per_second = 10000000, burst = 10000000 }
 operations = [

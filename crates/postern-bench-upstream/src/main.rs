@@ -17,7 +17,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 /// The fixed answer: about 100 bytes of JSON, like a small vendor response.
-const BODY: &[u8] = br#"{"id":"ch_3MmlLrLkdIwHu7ix0snN0B15","object":"charge","amount":500,"currency":"usd","status":"ok"}"#;
+/// Also a valid OAuth2 token response, so the same server is the token endpoint when the
+/// benchmark runs with an OAuth2 credential.
+const BODY: &[u8] = br#"{"id":"ch_3MmlLrLkdIwHu7ix0snN0B15","object":"charge","amount":500,"access_token":"tok","expires_in":3600}"#;
 
 const USAGE: &str = "usage: postern-bench-upstream --listen ADDR [--threads N]\n\
 Answers every HTTP/1.1 request 200 with a fixed ~100-byte JSON body (keep-alive).";
