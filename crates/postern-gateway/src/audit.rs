@@ -147,14 +147,30 @@ impl Audit {
         }
     }
 
-    /// Appends without making the caller wait (refusals and outcomes).
+    /// Appends without making the caller wait (refusals and outcomes): queued for the next group
+    /// commit; when the queue is full, a task waits for room instead (never a silent drop).
     pub fn append_later(self: &Arc<Self>, record: AuditRecord) {
-        let audit = self.clone();
-        tokio::spawn(async move {
-            if let Err(error) = audit.append_durable(&record).await {
+        let bytes = match record.encode() {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, request_id = %record.request_id, "audit entry not encodable");
+                return;
+            }
+        };
+        match self.ledger.append_detached(bytes) {
+            Ok(()) => {}
+            Err(postern_ledger::DetachedAppend::Full(bytes)) => {
+                let audit = self.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = audit.ledger.append(bytes).await {
+                        tracing::error!(%error, "audit entry not written");
+                    }
+                });
+            }
+            Err(postern_ledger::DetachedAppend::Refused(error)) => {
                 tracing::error!(%error, request_id = %record.request_id, "audit entry not written");
             }
-        });
+        }
     }
 }
 

@@ -123,6 +123,14 @@ enum Command {
     Shutdown,
 }
 
+/// Why [`Ledger::append_detached`] did not queue an entry.
+#[derive(Debug)]
+pub enum DetachedAppend {
+    /// The queue is full: here is the entry back, append it with [`Ledger::append`].
+    Full(Vec<u8>),
+    Refused(LedgerError),
+}
+
 /// A durable, append-only transparency log in a directory. Cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
@@ -178,6 +186,24 @@ impl Ledger {
             .await
             .map_err(|_| LedgerError::Closed)?;
         response.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Queues an entry without waiting for it to become durable: it is written with the next
+    /// group commit. For entries nobody waits on (outcomes, refusals). When the queue is full the
+    /// entry is handed back so the caller can wait with [`Ledger::append`] instead (back-pressure,
+    /// never a silent drop).
+    pub fn append_detached(&self, entry: Vec<u8>) -> Result<(), DetachedAppend> {
+        if entry.is_empty() || entry.len() > MAX_RECORD_BYTES {
+            return Err(DetachedAppend::Refused(LedgerError::EntrySize(entry.len())));
+        }
+        let (reply, _ignored) = oneshot::channel();
+        match self.commands.try_send(Command::Append { entry, reply }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(Command::Append { entry, .. })) => {
+                Err(DetachedAppend::Full(entry))
+            }
+            Err(_) => Err(DetachedAppend::Refused(LedgerError::Closed)),
+        }
     }
 
     /// Stops the sequencer after the queued appends; later appends fail with `Closed`. Then
