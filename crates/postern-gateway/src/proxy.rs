@@ -8,7 +8,7 @@
 //! [`CallError`] and nothing after it runs, so nothing reaches the vendor.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -131,7 +131,7 @@ async fn pipeline(
     check_request(&request)?;
     let caller_token = identify_caller(runtime, connection, context, request.headers())?;
     let (integration, vendor_path) = route(runtime, context, request.uri())?;
-    authorize(runtime, &integration, context, &request)?;
+    authorize(runtime, &integration, context, &request, &vendor_path)?;
     progress.authorized = true;
     rate_limit(&integration, context)?;
     let (parts, body) = request.into_parts();
@@ -169,18 +169,18 @@ async fn pipeline(
         None => {
             let upstream_request = inject(
                 &integration,
-                context,
+                &vendor_path,
                 request,
                 caller_token.as_deref(),
                 None,
             )?;
-            forward(&integration, context, upstream_request, &vendor_path).await?
+            forward(&integration, context, upstream_request).await?
         }
         Some(source) => {
             let token = oauth_token(&integration, &source).await?;
             let upstream_request = inject(
                 &integration,
-                context,
+                &vendor_path,
                 request,
                 caller_token.as_deref(),
                 Some(token.clone()),
@@ -380,16 +380,8 @@ fn authorize(
     integration: &IntegrationRuntime,
     context: &mut CallContext,
     request: &Request<Incoming>,
+    vendor_path: &str,
 ) -> Result<(), CallError> {
-    let vendor_path = {
-        let path = request.uri().path();
-        let rest = &path[1 + integration.name.len()..];
-        if rest.is_empty() {
-            "/"
-        } else {
-            rest
-        }
-    };
     let Some(operation) = integration
         .operations
         .find(request.method().as_str(), vendor_path)
@@ -407,13 +399,8 @@ fn authorize(
     context.operation_id = Some(operation.id.to_string());
     context.path_template = Some(operation.template.to_string());
     let caller = context.caller.clone().unwrap_or_else(|| Arc::from(""));
-    let now = time::OffsetDateTime::from(SystemTime::now());
-    let request_bytes = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let now = time::OffsetDateTime::from(context.wall_start);
+    let request_bytes = content_length(request.headers()).unwrap_or(0);
     let source_ip = context.source_ip.to_string();
     let authz = AuthzRequest {
         caller: &caller,
@@ -471,7 +458,7 @@ fn rate_limit(integration: &IntegrationRuntime, context: &CallContext) -> Result
 /// request that would carry the caller token, injects the vendor credential.
 fn inject(
     integration: &IntegrationRuntime,
-    _context: &mut CallContext,
+    vendor_path: &str,
     request: Request<ForwardBody>,
     caller_token: Option<&[u8]>,
     oauth_token: Option<HeaderValue>,
@@ -508,11 +495,7 @@ fn inject(
             ));
         }
     }
-    let declared_length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared_length = content_length(&parts.headers);
     let limit = integration.config.max_request_body_bytes;
     if declared_length.is_some_and(|length| length > limit) {
         return Err(CallError::new(
@@ -527,14 +510,7 @@ fn inject(
     // Headers: drop hop-by-hop, those named by Connection, caller credentials, and any header
     // carrying the caller token.
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
-    let connection_named: Vec<HeaderName> = parts
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    let connection_named = connection_named(&parts.headers);
     let mut last_name: Option<HeaderName> = None;
     for (name, value) in parts.headers.into_iter() {
         let name = match name {
@@ -563,17 +539,8 @@ fn inject(
     }
 
     // URL: upstream prefix + vendor path + query (with the credential's query param replaced).
-    let path = parts.uri.path();
-    let vendor_path = {
-        let rest = &path[1 + integration.name.len()..];
-        if rest.is_empty() {
-            "/"
-        } else {
-            rest
-        }
-    };
     let mut target =
-        String::with_capacity(integration.upstream.path_prefix.len() + path.len() + 64);
+        String::with_capacity(integration.upstream.path_prefix.len() + vendor_path.len() + 64);
     target.push_str(&integration.upstream.path_prefix);
     target.push_str(vendor_path);
     let mut query: Vec<&str> = parts
@@ -686,7 +653,7 @@ async fn forward_replayable(
         request
     };
     let first = build(token.clone());
-    let response = forward(integration, context, first, "").await?;
+    let response = forward(integration, context, first).await?;
     if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(response);
     }
@@ -694,14 +661,13 @@ async fn forward_replayable(
     source.purge(&token);
     tracing::info!(integration = %integration.name, request_id = %context.request_id, "vendor refused the OAuth2 token; re-minting once");
     let fresh = oauth_token(integration, source).await?;
-    forward(integration, context, build(fresh), "").await
+    forward(integration, context, build(fresh)).await
 }
 
 async fn forward(
     integration: &IntegrationRuntime,
     context: &mut CallContext,
     request: Request<ForwardBody>,
-    _vendor_path: &str,
 ) -> Result<Response<Incoming>, CallError> {
     let timeout = Duration::from_millis(integration.config.request_timeout_ms);
     let result = tokio::time::timeout(timeout, integration.client.request(request)).await;
@@ -841,11 +807,7 @@ fn inspect_response(
 ) -> Result<Response<GatewayBody>, CallError> {
     let (mut parts, body) = response.into_parts();
     let limit = integration.config.max_response_body_bytes;
-    let declared_length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared_length = content_length(&parts.headers);
     if declared_length.is_some_and(|length| length > limit) {
         return Err(CallError::bad_gateway(
             "response_too_large",
@@ -861,14 +823,7 @@ fn inspect_response(
             context.redirect_off_origin = leaves_origin(&integration.config.upstream, location);
         }
     }
-    let connection_named: Vec<HeaderName> = parts
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    let connection_named = connection_named(&parts.headers);
     for name in HOP_BY_HOP.iter().chain(connection_named.iter()) {
         parts.headers.remove(name);
     }
@@ -952,4 +907,23 @@ pub fn leaves_origin(upstream: &url::Url, location: &str) -> bool {
         }
         Err(_) => true,
     }
+}
+
+/// Header names listed in `Connection` (hop-by-hop for this message, RFC 9110 §7.6.1).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// The declared `Content-Length`, if present and well formed.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }

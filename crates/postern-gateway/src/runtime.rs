@@ -421,23 +421,10 @@ fn build_integration(
                     )))
                 })
             }
-            _ => {
-                let injector = load_injector(credential, inputs.vault);
-                if let Ok(secret) = read_secret(credential, inputs.vault) {
-                    let raw = secret.as_bytes().to_vec();
-                    let encoded = percent_encoding::utf8_percent_encode(
-                        secret.as_str(),
-                        crate::proxy::QUERY_VALUE,
-                    )
-                    .to_string()
-                    .into_bytes();
-                    if encoded != raw {
-                        secret_needles.push(Zeroizing::new(encoded));
-                    }
-                    secret_needles.push(Zeroizing::new(raw));
-                }
-                injector.map(Some)
-            }
+            _ => read_secret(credential, inputs.vault).and_then(|secret| {
+                secret_needles = echo_needles(&secret);
+                load_injector(credential, secret).map(Some)
+            }),
         },
     };
     let vault_secret = match &integration.credential {
@@ -574,12 +561,24 @@ fn read_secret(
     Ok(secret)
 }
 
-/// Reads the secret and prepares its header or query form. Errors never contain the value.
+/// The forms in which a vendor could echo the secret back (raw and percent-encoded).
+fn echo_needles(secret: &str) -> Vec<Zeroizing<Vec<u8>>> {
+    let raw = secret.as_bytes().to_vec();
+    let encoded = percent_encoding::utf8_percent_encode(secret, crate::proxy::QUERY_VALUE)
+        .to_string()
+        .into_bytes();
+    let mut needles = vec![Zeroizing::new(raw.clone())];
+    if encoded != raw {
+        needles.push(Zeroizing::new(encoded));
+    }
+    needles
+}
+
+/// Prepares a secret's header or query form. Errors never contain the value.
 fn load_injector(
     credential: &CredentialConfig,
-    vault: Option<&Vault>,
+    secret: Zeroizing<String>,
 ) -> Result<Injector, CredentialProblem> {
-    let secret = read_secret(credential, vault)?;
     let sensitive = |text: Zeroizing<String>| -> Result<HeaderValue, CredentialProblem> {
         let mut value = HeaderValue::from_str(&text).map_err(|_| {
             unavailable(
