@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{eventually, free_port};
+
 const TOKEN: &str = "pst_audit_cli_test_token_abcdefghijklmnopqrstu";
 const ORIGIN: &str = "cli.test.postern.example/audit";
 
@@ -29,14 +32,6 @@ fn run(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stdout).to_string(),
         String::from_utf8_lossy(&output.stderr).to_string(),
     )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A plain-HTTP vendor on loopback answering 200 to everything, one thread per connection.
@@ -148,16 +143,6 @@ fn get(port: u16, path: &str) -> Option<(u16, Option<u64>)> {
 }
 
 /// Polls (bounded) until `check` holds.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for: {what}");
-}
 
 struct Server(Child);
 

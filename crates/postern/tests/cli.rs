@@ -3,8 +3,11 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
 
 fn postern() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_postern"));
@@ -140,14 +143,6 @@ fn demo_self_check_passes() {
     assert!(!stdout.contains("FAIL"), "{stdout}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A served config with a local plain-HTTP "vendor" stand-in: we only need to see decisions
 /// change, so the integration's upstream is a closed port (granted calls get 502, refused 403).
 fn served_config(dir: &Path, listen: u16, admin: u16, granted: &str) -> String {
@@ -179,16 +174,11 @@ integration = "acme"
 operations = [{granted}]
 "#,
         data = dir.join("data").display(),
-        hash = postern_gateway_token_hash(TOKEN),
+        hash = sha256_hex(TOKEN),
     )
 }
 
 const TOKEN: &str = "pst_cli_test_token_abcdefghijklmnopqrstuvwxyz";
-
-fn postern_gateway_token_hash(token: &str) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
 
 /// Status code of `GET path` on the gateway, or None if it does not answer.
 fn status(port: u16, path: &str) -> Option<u16> {
@@ -202,27 +192,6 @@ fn status(port: u16, path: &str) -> Option<u16> {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
     answer.get(9..12)?.parse().ok()
-}
-
-/// Polls (bounded) until `check` holds.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -319,7 +288,7 @@ fn caller_token_hashes_move_into_the_vault() {
     assert_eq!(json["callers"][0]["caller"], "checkout");
     assert_eq!(json["callers"][0]["imported"], true);
     // The config no longer holds the hash: the caller's tokens live in the vault.
-    let hash_line = format!("token_sha256 = \"{}\"", postern_gateway_token_hash(TOKEN));
+    let hash_line = format!("token_sha256 = \"{}\"", sha256_hex(TOKEN));
     std::fs::write(&config, text.replace(&hash_line, "token_store = true")).unwrap();
     let (code, _, stderr) = run(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
