@@ -142,8 +142,6 @@ fn get(port: u16, path: &str) -> Option<(u16, Option<u64>)> {
     Some((status, index))
 }
 
-/// Polls (bounded) until `check` holds.
-
 struct Server(Child);
 
 impl Server {

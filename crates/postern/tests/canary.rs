@@ -390,8 +390,6 @@ fn http(
     Answer { status, text }
 }
 
-/// Polls (bounded) until `check` holds.
-
 struct Ports {
     listen: u16,
     admin: u16,
