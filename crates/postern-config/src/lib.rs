@@ -86,6 +86,8 @@ pub struct Config {
     pub callers: Vec<CallerConfig>,
     pub integrations: Vec<IntegrationConfig>,
     pub grants: Vec<GrantConfig>,
+    /// `[proxy]`: forward-proxy mode and its host policy.
+    pub proxy: ProxyConfig,
     /// The path the config was loaded from, as given to [`load`] / [`parse`].
     pub source_path: PathBuf,
 }
@@ -161,6 +163,73 @@ pub struct CallerConfig {
     /// The caller authenticates with tokens kept in the vault (issued by
     /// `postern callers rotate`, or moved there by `postern callers import`).
     pub token_store: bool,
+    /// Forward-proxy host policy mode for this caller; `None` uses `[proxy] mode`.
+    pub proxy_mode: Option<ProxyMode>,
+    /// Host patterns (see [`ProxyConfig::allow_hosts`]) this caller may reach through the proxy.
+    pub allow_hosts: Vec<String>,
+}
+
+/// Default for [`ProxyConfig::allowed_ports`].
+pub const DEFAULT_PROXY_PORTS: &[u16] = &[443];
+
+/// `[proxy]`: the gateway listener also serves as an HTTP forward proxy (`HTTP_PROXY` /
+/// `HTTPS_PROXY`, CONNECT). Host patterns are lowercase names, optionally with one leading
+/// one-level wildcard label (`*.example.com` matches `a.example.com`, not `a.b.example.com`
+/// nor `example.com`).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Default true: CONNECT and absolute-form requests are served (deny by default still holds:
+    /// the default mode is `enforce` with empty allow lists).
+    pub enabled: bool,
+    /// Mode for callers without their own `proxy_mode`.
+    pub mode: ProxyMode,
+    /// Hosts every caller may reach.
+    pub allow_hosts: Vec<String>,
+    /// Hosts nobody may reach, whatever the mode (checked first).
+    pub deny_hosts: Vec<String>,
+    /// Destination ports allowed for unregistered hosts. Default `[443]`.
+    pub allowed_ports: Vec<u16>,
+    /// Private networks a proxied destination may resolve to (the SSRF guard refuses the rest).
+    pub allow_private_networks: Vec<ipnet::IpNet>,
+    pub connect_timeout_ms: u64,
+    /// A tunnel with no traffic either way for this long is closed.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            enabled: true,
+            mode: ProxyMode::Enforce,
+            allow_hosts: Vec::new(),
+            deny_hosts: Vec::new(),
+            allowed_ports: DEFAULT_PROXY_PORTS.to_vec(),
+            allow_private_networks: Vec::new(),
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Forward-proxy host policy modes, as in Stripe's smokescreen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Only allowed hosts pass.
+    Enforce,
+    /// Every host passes (except `deny_hosts`); those not allowed are reported in events.
+    Report,
+    /// Every host passes except `deny_hosts`.
+    Open,
+}
+
+impl ProxyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyMode::Enforce => "enforce",
+            ProxyMode::Report => "report",
+            ProxyMode::Open => "open",
+        }
+    }
 }
 
 /// `[[integrations]]`: one third-party API and what may be called on it.
@@ -180,6 +249,12 @@ pub struct IntegrationConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// At least one; ids unique; (method, path shape) pairs unique.
     pub operations: Vec<OperationConfig>,
+    /// Host patterns whose forward-proxy traffic belongs to this integration. Unique across
+    /// integrations.
+    pub hosts: Vec<String>,
+    /// Terminate TLS in CONNECT tunnels to `hosts` with a leaf from Postern's CA and apply the
+    /// L7 pipeline (default true). False: host-level policy, byte counts and timing only.
+    pub intercept: bool,
     /// Private networks this upstream may resolve to. A bare address is a host network.
     pub allow_private_networks: Vec<ipnet::IpNet>,
     pub allow_plaintext: bool,

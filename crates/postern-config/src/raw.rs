@@ -18,6 +18,31 @@ pub(crate) struct RawConfig {
     pub integrations: Vec<Spanned<RawIntegration>>,
     #[serde(default)]
     pub grants: Vec<Spanned<RawGrant>>,
+    /// Forward-proxy mode (`HTTP(S)_PROXY`, CONNECT) and its host policy.
+    #[serde(default)]
+    pub proxy: Option<Spanned<RawProxy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProxy {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// `enforce` (default), `report` or `open`: for callers without their own `proxy_mode`.
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub deny_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub allowed_ports: Option<Vec<Spanned<i64>>>,
+    #[serde(default)]
+    pub allow_private_networks: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub idle_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +95,12 @@ pub(crate) struct RawCaller {
     /// The caller's tokens live in the vault (`postern callers rotate|import`).
     #[serde(default)]
     pub token_store: Option<bool>,
+    /// Forward-proxy host policy for this caller: `enforce`, `report` or `open`.
+    #[serde(default)]
+    pub proxy_mode: Option<Spanned<String>>,
+    /// Hosts this caller may reach through the forward proxy (beyond registered integrations).
+    #[serde(default)]
+    pub allow_hosts: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +119,12 @@ pub(crate) struct RawIntegration {
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
     pub operations: Spanned<Vec<RawOperation>>,
+    /// Host names that route forward-proxy traffic (CONNECT / absolute-form) to this integration.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// Terminate TLS inside CONNECT tunnels to `hosts` and apply the full L7 pipeline.
+    #[serde(default)]
+    pub intercept: Option<Spanned<bool>>,
     #[serde(default)]
     pub allow_private_networks: Vec<Spanned<String>>,
     #[serde(default)]

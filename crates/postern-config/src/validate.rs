@@ -15,7 +15,7 @@ use crate::diagnostic::{diagnostic_at, line_column, ConfigErrors, Diagnostic};
 use crate::path_template::check_path_template;
 use crate::raw::{
     RawCaller, RawConfig, RawCredential, RawGateway, RawGrant, RawIntegration, RawOperation,
-    RawRateLimit,
+    RawProxy, RawRateLimit,
 };
 use crate::*;
 
@@ -46,12 +46,14 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
     let callers = validator.callers(raw.callers);
     let integrations = validator.integrations(raw.integrations);
     let grants = validator.grants(raw.grants, &callers, &integrations);
+    let proxy = validator.proxy(raw.proxy.map(Spanned::into_inner));
     if validator.errors.is_empty() {
         Ok(Config {
             gateway,
             callers,
             integrations,
             grants,
+            proxy,
             source_path: path.to_path_buf(),
         })
     } else {
@@ -400,11 +402,15 @@ impl Validator<'_> {
                 }
                 id
             });
+            let proxy_mode = raw.proxy_mode.as_ref().map(|mode| self.proxy_mode(mode));
+            let allow_hosts = self.host_patterns(&raw.allow_hosts, "allow_hosts");
             callers.push(CallerConfig {
                 name,
                 token_sha256,
                 spiffe_id,
                 token_store: raw.token_store.unwrap_or(false),
+                proxy_mode,
+                allow_hosts,
             });
         }
         callers
@@ -415,9 +421,22 @@ impl Validator<'_> {
         raw_integrations: Vec<Spanned<RawIntegration>>,
     ) -> Vec<IntegrationConfig> {
         let mut names: HashMap<String, usize> = HashMap::new();
+        let mut hosts: HashMap<String, String> = HashMap::new();
         let mut integrations = Vec::with_capacity(raw_integrations.len());
         for raw in raw_integrations {
             let raw = raw.into_inner();
+            for host in &raw.hosts {
+                let pattern = host.get_ref().trim().to_ascii_lowercase();
+                if let Some(other) = hosts.get(&pattern) {
+                    self.error(
+                        host.span(),
+                        format!("host `{pattern}` is already claimed by integration `{other}`"),
+                        "list each host under one integration only",
+                    );
+                } else {
+                    hosts.insert(pattern, raw.name.get_ref().clone());
+                }
+            }
             let name = raw.name.get_ref().clone();
             if !is_integration_name(&name) {
                 self.error(
@@ -515,6 +534,16 @@ impl Validator<'_> {
         };
         let rate_limit = raw.rate_limit.as_ref().map(|limit| self.rate_limit(limit));
         let operations = self.operations(&name, &raw.operations);
+        let hosts = self.host_patterns(&raw.hosts, "hosts");
+        if let Some(intercept) = &raw.intercept {
+            if raw.hosts.is_empty() {
+                self.error(
+                    intercept.span(),
+                    "`intercept` is set but the integration lists no `hosts`",
+                    "add `hosts = [\"api.vendor.com\"]` (the names clients reach through the proxy), or remove `intercept`",
+                );
+            }
+        }
         let allow_private_networks = raw
             .allow_private_networks
             .iter()
@@ -549,6 +578,8 @@ impl Validator<'_> {
             credential,
             rate_limit,
             operations,
+            hosts,
+            intercept: raw.intercept.as_ref().is_none_or(|i| *i.get_ref()),
             allow_private_networks,
             allow_plaintext,
             ca_file,
@@ -569,6 +600,92 @@ impl Validator<'_> {
                 .max_response_body_bytes
                 .unwrap_or(DEFAULT_MAX_RESPONSE_BODY_BYTES),
         }
+    }
+
+    fn proxy(&mut self, raw: Option<RawProxy>) -> ProxyConfig {
+        let Some(raw) = raw else {
+            return ProxyConfig::default();
+        };
+        let defaults = ProxyConfig::default();
+        let allowed_ports = match &raw.allowed_ports {
+            None => defaults.allowed_ports,
+            Some(ports) => ports
+                .iter()
+                .filter_map(|port| match u16::try_from(*port.get_ref()) {
+                    Ok(value) if value > 0 => Some(value),
+                    _ => {
+                        self.error(
+                            port.span(),
+                            format!("port {} is not a TCP port", port.get_ref()),
+                            "use a number from 1 to 65535, such as 443",
+                        );
+                        None
+                    }
+                })
+                .collect(),
+        };
+        ProxyConfig {
+            enabled: raw.enabled.unwrap_or(true),
+            mode: raw
+                .mode
+                .as_ref()
+                .map_or(ProxyMode::Enforce, |mode| self.proxy_mode(mode)),
+            allow_hosts: self.host_patterns(&raw.allow_hosts, "allow_hosts"),
+            deny_hosts: self.host_patterns(&raw.deny_hosts, "deny_hosts"),
+            allowed_ports,
+            allow_private_networks: raw
+                .allow_private_networks
+                .iter()
+                .filter_map(|value| self.ip_network(value))
+                .collect(),
+            connect_timeout_ms: self.timeout(
+                &raw.connect_timeout_ms,
+                "connect_timeout_ms",
+                DEFAULT_CONNECT_TIMEOUT_MS,
+            ),
+            idle_timeout_ms: self.timeout(
+                &raw.idle_timeout_ms,
+                "idle_timeout_ms",
+                DEFAULT_IDLE_TIMEOUT_MS,
+            ),
+        }
+    }
+
+    fn proxy_mode(&mut self, value: &Spanned<String>) -> ProxyMode {
+        match value.get_ref().as_str() {
+            "enforce" => ProxyMode::Enforce,
+            "report" => ProxyMode::Report,
+            "open" => ProxyMode::Open,
+            other => {
+                self.error(
+                    value.span(),
+                    format!("proxy mode \"{other}\" is not known"),
+                    "use \"enforce\" (only allowed hosts pass), \"report\" (all pass, the rest reported) or \"open\"",
+                );
+                ProxyMode::Enforce
+            }
+        }
+    }
+
+    /// Lowercased host patterns: a DNS name, optionally `*.` + a name (one-level wildcard).
+    fn host_patterns(&mut self, values: &[Spanned<String>], key: &str) -> Vec<String> {
+        values
+            .iter()
+            .filter_map(|value| {
+                let pattern = value.get_ref().trim().to_ascii_lowercase();
+                match check_host_pattern(&pattern) {
+                    Ok(()) => Some(pattern),
+                    Err(problem) => {
+                        self.error(
+                            value.span(),
+                            format!("`{key}` entry \"{pattern}\" is not a host pattern: {problem}"),
+                            "write a host name such as \"api.stripe.com\" or a one-level wildcard such as \"*.example.com\" (no scheme, port or path)",
+                        );
+                        None
+                    }
+                }
+            })
+            .collect()
     }
 
     fn timeout(&mut self, value: &Option<Spanned<u64>>, key: &str, default: u64) -> u64 {
@@ -1140,6 +1257,38 @@ impl Validator<'_> {
         }
         grants
     }
+}
+
+/// A host name (letters, digits, '-' labels, dots) or `*.` followed by one.
+fn check_host_pattern(pattern: &str) -> Result<(), &'static str> {
+    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+    if name.is_empty() || name.len() > 253 {
+        return Err("the name is empty or too long");
+    }
+    if name.contains('*') {
+        return Err("only one leading `*.` wildcard label is allowed");
+    }
+    if name.contains(':') || name.contains('/') {
+        return Err("it contains a scheme, port or path");
+    }
+    for label in name.split('.') {
+        let valid = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !valid {
+            return Err(
+                "a label is empty, too long, or has characters other than letters, digits and '-'",
+            );
+        }
+    }
+    if pattern.starts_with("*.") && !name.contains('.') {
+        return Err("a wildcard must cover a name with at least two labels, such as *.example.com");
+    }
+    Ok(())
 }
 
 fn known_names_fix(plural: &str, table: &str, known: &[&str]) -> String {

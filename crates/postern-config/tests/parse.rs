@@ -154,7 +154,7 @@ fn the_documented_example_parses() {
 #[rustfmt::skip]
 fn toml_syntax_type_and_unknown_key_errors() {
     check("[gateway]\nlistenn = \"127.0.0.1:8080\"\n", "2:1: unknown field `listenn`, expected one of `listen`, `admin_listen`, `data_dir`, `tls_cert`, `tls_key`, `client_ca`, `admin_token_sha256`, `policies`, `events_max_file_bytes`, `events_max_files`, `max_header_bytes`, `shutdown_grace_ms`, `credential_max_age_days`, `audit_origin`, `detect`, `scan_rules`, `audit_checkpoint_interval_ms`, `audit_timeout_ms`");
-    check("[gatway]\n", "1:2: unknown field `gatway`, expected one of `gateway`, `callers`, `integrations`, `grants`");
+    check("[gatway]\n", "1:2: unknown field `gatway`, expected one of `gateway`, `callers`, `integrations`, `grants`, `proxy`");
     check(&integration("credential = { kind = \"bearer\", from_envv = \"K\" }\n"), "7:33: unknown field `from_envv`, expected one of `kind`, `from_env`, `from_file`, `secret`, `name`, `param`, `username`, `token_url`, `client_id`, `client_secret`, `scope`, `client_auth`, `params`");
     check("[[callers]]\nname = 1\n", "2:8: invalid type: integer `1`, expected a string");
     check("[[callers]]\nname = \"a\n", "2:10: invalid basic string");
@@ -491,4 +491,40 @@ fn display_prints_path_location_message_and_fix() {
         "postern.toml:5:20: error: `events_max_files` = 0 is too small; the minimum is 1\n  fix: set `events_max_files` to 1 or more"
     );
     let _: &dyn std::error::Error = &errors;
+}
+
+#[test]
+#[rustfmt::skip]
+fn forward_proxy_section_and_host_keys() {
+    // Defaults: on, enforce, port 443, nothing allowed.
+    let config = parse_ok(&integration(""));
+    assert!(config.proxy.enabled);
+    assert_eq!(config.proxy.mode, postern_config::ProxyMode::Enforce);
+    assert_eq!(config.proxy.allowed_ports, [443]);
+    assert!(config.integrations[0].hosts.is_empty());
+
+    let config = parse_ok(&format!(
+        "{}\n[proxy]\nmode = \"report\"\nallow_hosts = [\"*.Example.com\"]\ndeny_hosts = [\"pastebin.com\"]\nallowed_ports = [443, 8443]\nallow_private_networks = [\"10.1.0.0/16\"]\n",
+        integration("hosts = [\"api.stripe.com\"]\nintercept = false\n")
+    ));
+    assert_eq!(config.proxy.mode, postern_config::ProxyMode::Report);
+    assert_eq!(config.proxy.allow_hosts, ["*.example.com"]);
+    assert_eq!(config.proxy.allowed_ports, [443, 8443]);
+    assert_eq!(config.integrations[0].hosts, ["api.stripe.com"]);
+    assert!(!config.integrations[0].intercept);
+    // intercept defaults to true when hosts are listed.
+    assert!(parse_ok(&integration("hosts = [\"api.stripe.com\"]\n")).integrations[0].intercept);
+
+    check(
+        &format!("{}\n[proxy]\nmode = \"strict\"\nallow_hosts = [\"*.*.example.com\", \"https://x.com\", \"*.com\"]\nallowed_ports = [0, 70000]\n", integration("")),
+        "9:8: proxy mode \"strict\" is not known\n10:16: `allow_hosts` entry \"*.*.example.com\" is not a host pattern: only one leading `*.` wildcard label is allowed\n10:35: `allow_hosts` entry \"https://x.com\" is not a host pattern: it contains a scheme, port or path\n10:52: `allow_hosts` entry \"*.com\" is not a host pattern: a wildcard must cover a name with at least two labels, such as *.example.com\n11:18: port 0 is not a TCP port\n11:21: port 70000 is not a TCP port",
+    );
+    check(&integration("intercept = true\n"), "7:13: `intercept` is set but the integration lists no `hosts`");
+    let twice = format!("{}\n{}", integration("hosts = [\"api.stripe.com\"]\n"), integration("hosts = [\"API.stripe.com\"]\n").replace("name = \"stripe\"", "name = \"stripe2\""));
+    assert!(render(&twice).contains("host `api.stripe.com` is already claimed by integration `stripe`"), "{}", render(&twice));
+    check(&format!("{}\n[[callers]]\nname = \"ci\"\ntoken_sha256 = \"<64 hex>\"\nproxy_mode = \"open\"\nallow_hosts = [\"api.github.com\"]\n", integration("")), "ok");
+    let config = parse_ok(&format!("{}\n[[callers]]\nname = \"ci\"\ntoken_sha256 = \"<64 hex>\"\nproxy_mode = \"open\"\nallow_hosts = [\"api.github.com\"]\n", integration("")));
+    let ci = config.caller("ci").unwrap();
+    assert_eq!(ci.proxy_mode, Some(postern_config::ProxyMode::Open));
+    assert_eq!(ci.allow_hosts, ["api.github.com"]);
 }

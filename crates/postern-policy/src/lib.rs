@@ -13,6 +13,10 @@
 //!    optional custom Cedar policies) and returns a [`Decision`] with a
 //!    [`Reason`].
 //!
+//! 3. **May this caller reach this host through the forward proxy?** [`HostPolicy`]
+//!    applies smokescreen-style modes (enforce / report / open), global allow and deny lists
+//!    and one-level wildcards to destinations no integration claims.
+//!
 //! ## What this crate is not
 //!
 //! It does no IO: no files, sockets, environment or clocks. The caller reads
@@ -80,10 +84,12 @@
 mod authorization;
 mod cedar_model;
 mod error;
+mod host_policy;
 mod operation_table;
 mod path_template;
 
 pub use authorization::{AuthzRequest, Decision, GrantSpec, IntegrationOps, PolicyEngine, Reason};
 pub use error::PolicyError;
+pub use host_policy::{normalize_host, HostDecision, HostMode, HostPattern, HostPolicy};
 pub use operation_table::{MatchedOperation, OperationTable};
 pub use path_template::PathTemplate;
