@@ -1,0 +1,529 @@
+//! The in-memory inventory: observations in, one [`DiscoveredHost`] per (host, port) out.
+//!
+//! Bounded: at most [`Limits::max_hosts`] hosts, [`Limits::max_endpoints_per_host`] endpoints
+//! and [`Limits::max_callers_per_host`] callers per host. What does not fit is counted, never
+//! dropped silently: `endpoints_truncated` and `callers_truncated` on the host,
+//! [`Inventory::dropped_calls`] for calls to hosts that did not fit.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::template::infer_template;
+
+/// How many hosts, endpoints and callers an inventory (and the store) keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Distinct (host, port) pairs.
+    pub max_hosts: usize,
+    /// Distinct (method, template) pairs per host.
+    pub max_endpoints_per_host: usize,
+    /// Distinct callers per host.
+    pub max_callers_per_host: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_hosts: 50_000,
+            max_endpoints_per_host: 500,
+            max_callers_per_host: 200,
+        }
+    }
+}
+
+/// Where an observation came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservationSource {
+    /// The gateway saw the call (forward proxy to an unregistered destination).
+    Proxy,
+    /// `postern discover import` read it from an access log or a HAR file.
+    Import,
+}
+
+/// One call to a destination that matched no registered integration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// The destination host name or IP address (case and a trailing `.` do not matter;
+    /// IPv6 with or without brackets).
+    pub host: String,
+    /// The destination port.
+    pub port: u16,
+    /// Who made the call: a caller name, a user, or a client address.
+    pub caller: Option<String>,
+    /// The HTTP method, when visible (not for an opaque `CONNECT` tunnel).
+    pub method: Option<String>,
+    /// The raw request path (query allowed, it is ignored); the endpoint template is inferred
+    /// from it ([`crate::infer_template`]). `None` when not visible.
+    pub path: Option<String>,
+    /// The response status, when there was one.
+    pub status: Option<u16>,
+    /// Bytes sent toward the destination (request).
+    pub bytes_out: u64,
+    /// Bytes received from the destination (response).
+    pub bytes_in: u64,
+    /// When the call started, in Unix milliseconds.
+    pub time_ms: i64,
+    /// Whether the gateway refused to pass the call (always `false` for imports).
+    pub blocked: bool,
+    /// Where the observation came from.
+    pub source: ObservationSource,
+}
+
+/// One endpoint (method + template) of a discovered host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStats {
+    /// Upper-case HTTP method.
+    pub method: String,
+    /// The inferred template, e.g. `/v1/charges/{id}`.
+    pub template: String,
+    pub calls: u64,
+    pub blocked_calls: u64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// The status of the latest call that had one.
+    pub last_status: Option<u16>,
+}
+
+/// Everything known about one unregistered destination. This is the stable JSON shape of
+/// `postern discover list --json` and of the admin endpoint `GET /v1/discovered`
+/// (see docs/DISCOVERY.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveredHost {
+    /// Lower-case host name or IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// Every call, passed or blocked.
+    pub calls: u64,
+    /// Calls the gateway refused.
+    pub blocked_calls: u64,
+    /// Bytes sent toward the host.
+    pub bytes_out: u64,
+    /// Bytes received from the host.
+    pub bytes_in: u64,
+    /// Distinct callers (at most `max_callers_per_host`), sorted.
+    pub callers: BTreeSet<String>,
+    /// A lower bound on the calls whose caller is missing from `callers` because of the cap.
+    pub callers_truncated: u64,
+    /// Endpoints sorted by (method, template), at most `max_endpoints_per_host`.
+    pub endpoints: Vec<EndpointStats>,
+    /// Calls whose endpoint is missing from `endpoints` because of the cap.
+    pub endpoints_truncated: u64,
+    /// Where the calls were seen: `proxy`, `import`.
+    pub sources: BTreeSet<ObservationSource>,
+}
+
+impl DiscoveredHost {
+    /// An empty entry for `host:port` (counts zero, times from `time_ms`).
+    pub fn new(host: &str, port: u16, time_ms: i64) -> Self {
+        DiscoveredHost {
+            host: normalize_host(host),
+            port,
+            first_seen_ms: time_ms,
+            last_seen_ms: time_ms,
+            calls: 0,
+            blocked_calls: 0,
+            bytes_out: 0,
+            bytes_in: 0,
+            callers: BTreeSet::new(),
+            callers_truncated: 0,
+            endpoints: Vec::new(),
+            endpoints_truncated: 0,
+            sources: BTreeSet::new(),
+        }
+    }
+
+    /// `host:port`, with brackets around an IPv6 address.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The endpoint `method template`, if known.
+    pub fn endpoint(&self, method: &str, template: &str) -> Option<&EndpointStats> {
+        self.endpoints
+            .binary_search_by(|e| (e.method.as_str(), e.template.as_str()).cmp(&(method, template)))
+            .ok()
+            .map(|index| &self.endpoints[index])
+    }
+
+    fn record(&mut self, observation: &Observation, limits: &Limits) {
+        self.calls += 1;
+        self.blocked_calls += u64::from(observation.blocked);
+        self.bytes_out = self.bytes_out.saturating_add(observation.bytes_out);
+        self.bytes_in = self.bytes_in.saturating_add(observation.bytes_in);
+        self.first_seen_ms = self.first_seen_ms.min(observation.time_ms);
+        self.last_seen_ms = self.last_seen_ms.max(observation.time_ms);
+        self.sources.insert(observation.source);
+        if let Some(caller) = observation.caller.as_deref().filter(|c| !c.is_empty()) {
+            self.add_caller(caller, 1, limits);
+        }
+        if let (Some(method), Some(path)) = (&observation.method, &observation.path) {
+            let endpoint = EndpointStats {
+                method: method.to_ascii_uppercase(),
+                template: infer_template(path),
+                calls: 1,
+                blocked_calls: u64::from(observation.blocked),
+                first_seen_ms: observation.time_ms,
+                last_seen_ms: observation.time_ms,
+                last_status: observation.status,
+            };
+            self.add_endpoint(endpoint, limits);
+        }
+    }
+
+    /// Adds `other`'s counts, times, callers and endpoints (same host and port assumed).
+    pub fn merge(&mut self, other: DiscoveredHost, limits: &Limits) {
+        self.calls += other.calls;
+        self.blocked_calls += other.blocked_calls;
+        self.bytes_out = self.bytes_out.saturating_add(other.bytes_out);
+        self.bytes_in = self.bytes_in.saturating_add(other.bytes_in);
+        self.first_seen_ms = self.first_seen_ms.min(other.first_seen_ms);
+        self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
+        self.callers_truncated += other.callers_truncated;
+        self.endpoints_truncated += other.endpoints_truncated;
+        self.sources.extend(other.sources);
+        for caller in other.callers {
+            self.add_caller(&caller, 1, limits);
+        }
+        for endpoint in other.endpoints {
+            self.add_endpoint(endpoint, limits);
+        }
+    }
+
+    fn add_caller(&mut self, caller: &str, calls: u64, limits: &Limits) {
+        if self.callers.contains(caller) {
+            return;
+        }
+        if self.callers.len() < limits.max_callers_per_host {
+            self.callers.insert(caller.to_owned());
+        } else {
+            self.callers_truncated += calls;
+        }
+    }
+
+    fn add_endpoint(&mut self, endpoint: EndpointStats, limits: &Limits) {
+        let key = (endpoint.method.as_str(), endpoint.template.as_str());
+        match self
+            .endpoints
+            .binary_search_by(|e| (e.method.as_str(), e.template.as_str()).cmp(&key))
+        {
+            Ok(index) => merge_endpoint(&mut self.endpoints[index], &endpoint),
+            Err(_) if self.endpoints.len() >= limits.max_endpoints_per_host => {
+                self.endpoints_truncated += endpoint.calls;
+            }
+            Err(index) => self.endpoints.insert(index, endpoint),
+        }
+    }
+}
+
+/// Adds `other` into `into`: counts summed, earliest first seen, latest last seen, and the
+/// status of whichever saw the later call.
+pub(crate) fn merge_endpoint(into: &mut EndpointStats, other: &EndpointStats) {
+    into.calls += other.calls;
+    into.blocked_calls += other.blocked_calls;
+    into.first_seen_ms = into.first_seen_ms.min(other.first_seen_ms);
+    if other.last_status.is_some() && other.last_seen_ms >= into.last_seen_ms {
+        into.last_status = other.last_status;
+    }
+    into.last_seen_ms = into.last_seen_ms.max(other.last_seen_ms);
+}
+
+/// Lower case, no trailing `.`, no IPv6 brackets.
+pub(crate) fn normalize_host(host: &str) -> String {
+    let host = host.trim();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Observations aggregated per (host, port), bounded by [`Limits`].
+///
+/// The gateway keeps one (behind a mutex), calls [`Inventory::record`] per call, and every few
+/// seconds hands [`Inventory::drain`] to [`crate::Store::merge_delta`] on a blocking thread.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    hosts: BTreeMap<(String, u16), DiscoveredHost>,
+    limits: Limits,
+    dropped_calls: u64,
+}
+
+impl Inventory {
+    /// An empty inventory with the default [`Limits`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty inventory with these limits.
+    pub fn with_limits(limits: Limits) -> Self {
+        Inventory {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Adds one call. An observation without a host is counted in [`Inventory::dropped_calls`].
+    pub fn record(&mut self, observation: &Observation) {
+        let host = normalize_host(&observation.host);
+        if host.is_empty() {
+            self.dropped_calls += 1;
+            return;
+        }
+        let key = (host, observation.port);
+        if let Some(entry) = self.hosts.get_mut(&key) {
+            entry.record(observation, &self.limits);
+            return;
+        }
+        if self.hosts.len() >= self.limits.max_hosts {
+            self.dropped_calls += 1;
+            return;
+        }
+        let mut entry = DiscoveredHost::new(&key.0, key.1, observation.time_ms);
+        entry.record(observation, &self.limits);
+        self.hosts.insert(key, entry);
+    }
+
+    /// Adds everything `other` holds (hosts, counts, overflow counters).
+    pub fn merge(&mut self, other: Inventory) {
+        self.dropped_calls += other.dropped_calls;
+        for (key, host) in other.hosts {
+            if let Some(entry) = self.hosts.get_mut(&key) {
+                entry.merge(host, &self.limits);
+            } else if self.hosts.len() >= self.limits.max_hosts {
+                self.dropped_calls += host.calls;
+            } else {
+                let mut entry = DiscoveredHost::new(&key.0, key.1, host.first_seen_ms);
+                entry.merge(host, &self.limits);
+                self.hosts.insert(key, entry);
+            }
+        }
+    }
+
+    /// Takes everything recorded so far (the delta to persist), leaving this inventory empty
+    /// with the same limits.
+    pub fn drain(&mut self) -> Inventory {
+        Inventory {
+            hosts: std::mem::take(&mut self.hosts),
+            limits: self.limits,
+            dropped_calls: std::mem::take(&mut self.dropped_calls),
+        }
+    }
+
+    /// Calls not recorded because their host did not fit under `max_hosts` (or had no host).
+    pub fn dropped_calls(&self) -> u64 {
+        self.dropped_calls
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.dropped_calls == 0
+    }
+
+    /// Number of distinct (host, port) pairs.
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// The hosts, sorted by (host, port).
+    pub fn hosts(&self) -> impl Iterator<Item = &DiscoveredHost> {
+        self.hosts.values()
+    }
+
+    pub fn get(&self, host: &str, port: u16) -> Option<&DiscoveredHost> {
+        self.hosts.get(&(normalize_host(host), port))
+    }
+
+    /// The hosts, by calls (most first), then host and port.
+    pub fn into_hosts(self) -> Vec<DiscoveredHost> {
+        let mut hosts: Vec<DiscoveredHost> = self.hosts.into_values().collect();
+        sort_by_calls(&mut hosts);
+        hosts
+    }
+}
+
+pub(crate) fn sort_by_calls(hosts: &mut [DiscoveredHost]) {
+    hosts.sort_by(|a, b| {
+        b.calls
+            .cmp(&a.calls)
+            .then_with(|| a.host.cmp(&b.host))
+            .then_with(|| a.port.cmp(&b.port))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(host: &str, caller: &str, method: &str, path: &str, time_ms: i64) -> Observation {
+        Observation {
+            host: host.into(),
+            port: 443,
+            caller: Some(caller.into()),
+            method: Some(method.into()),
+            path: Some(path.into()),
+            status: Some(200),
+            bytes_out: 100,
+            bytes_in: 1000,
+            time_ms,
+            blocked: false,
+            source: ObservationSource::Proxy,
+        }
+    }
+
+    #[test]
+    fn aggregates_per_host_and_endpoint() {
+        let mut inventory = Inventory::new();
+        inventory.record(&call(
+            "API.Stripe.com.",
+            "checkout",
+            "post",
+            "/v1/charges",
+            2_000,
+        ));
+        inventory.record(&call(
+            "api.stripe.com",
+            "billing",
+            "GET",
+            "/v1/charges/ch_3MmlLrLkdIwHu7ix0snN0B15",
+            1_000,
+        ));
+        let mut blocked = call(
+            "api.stripe.com",
+            "checkout",
+            "GET",
+            "/v1/charges/ch_3MmlLrLkdIwHu7ix0snN0B16?expand=x",
+            3_000,
+        );
+        blocked.blocked = true;
+        blocked.status = None;
+        inventory.record(&blocked);
+        inventory.record(&call(
+            "api.openai.com",
+            "bot",
+            "POST",
+            "/v1/chat/completions",
+            5_000,
+        ));
+
+        assert_eq!(inventory.len(), 2);
+        let stripe = inventory.get("api.stripe.com", 443).unwrap();
+        assert_eq!((stripe.calls, stripe.blocked_calls), (3, 1));
+        assert_eq!((stripe.first_seen_ms, stripe.last_seen_ms), (1_000, 3_000));
+        assert_eq!((stripe.bytes_out, stripe.bytes_in), (300, 3000));
+        assert_eq!(
+            stripe.callers.iter().collect::<Vec<_>>(),
+            ["billing", "checkout"]
+        );
+        let get = stripe.endpoint("GET", "/v1/charges/{id}").unwrap();
+        assert_eq!(
+            (get.calls, get.blocked_calls, get.last_status),
+            (2, 1, Some(200))
+        );
+        assert_eq!(stripe.endpoint("POST", "/v1/charges").unwrap().calls, 1);
+        let hosts = inventory.into_hosts();
+        assert_eq!(hosts[0].host, "api.stripe.com");
+        assert_eq!(hosts[1].host, "api.openai.com");
+    }
+
+    #[test]
+    fn caps_count_what_did_not_fit() {
+        let mut inventory = Inventory::with_limits(Limits {
+            max_hosts: 2,
+            max_endpoints_per_host: 3,
+            max_callers_per_host: 2,
+        });
+        for index in 0..10 {
+            inventory.record(&call(
+                "api.x.com",
+                &format!("caller-{index}"),
+                "GET",
+                &format!("/v1/things/{index}/part{}", index % 5),
+                index,
+            ));
+        }
+        inventory.record(&call("b.example.com", "c", "GET", "/", 1));
+        inventory.record(&call("c.example.com", "c", "GET", "/", 1));
+        inventory.record(&call("c.example.com", "c", "GET", "/", 2));
+        let host = inventory.get("api.x.com", 443).unwrap();
+        assert_eq!(host.calls, 10);
+        assert_eq!(host.callers.len(), 2);
+        assert_eq!(host.callers_truncated, 8);
+        assert_eq!(host.endpoints.len(), 3);
+        let kept: u64 = host.endpoints.iter().map(|e| e.calls).sum();
+        assert_eq!(kept + host.endpoints_truncated, 10);
+        assert_eq!(inventory.len(), 2);
+        assert_eq!(inventory.dropped_calls(), 2);
+    }
+
+    #[test]
+    fn drain_and_merge() {
+        let mut live = Inventory::new();
+        live.record(&call("api.x.com", "a", "GET", "/v1/a", 10));
+        let first = live.drain();
+        assert!(live.is_empty());
+        live.record(&call("api.x.com", "b", "GET", "/v1/a", 5));
+        live.record(&call("api.y.com", "b", "GET", "/v1/b", 20));
+        let mut total = first;
+        total.merge(live.drain());
+        let x = total.get("api.x.com", 443).unwrap();
+        assert_eq!((x.calls, x.first_seen_ms, x.last_seen_ms), (2, 5, 10));
+        assert_eq!(x.callers.len(), 2);
+        assert_eq!(x.endpoint("GET", "/v1/a").unwrap().calls, 2);
+        assert_eq!(total.len(), 2);
+    }
+
+    #[test]
+    fn tunnels_and_anonymous_calls_count_on_the_host_only() {
+        let mut inventory = Inventory::new();
+        inventory.record(&Observation {
+            host: "[2001:db8::1]".into(),
+            port: 8443,
+            caller: None,
+            method: Some("CONNECT".into()),
+            path: None,
+            status: None,
+            bytes_out: 0,
+            bytes_in: 0,
+            time_ms: 1,
+            blocked: true,
+            source: ObservationSource::Import,
+        });
+        let host = inventory.get("2001:db8::1", 8443).unwrap();
+        assert_eq!(host.authority(), "[2001:db8::1]:8443");
+        assert!(host.endpoints.is_empty() && host.callers.is_empty());
+        assert_eq!(host.blocked_calls, 1);
+    }
+
+    #[test]
+    fn json_shape_is_stable() {
+        let mut inventory = Inventory::new();
+        inventory.record(&call("api.x.com", "a", "GET", "/v1/a/123", 10));
+        let json = serde_json::to_value(inventory.into_hosts()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{
+                "host": "api.x.com", "port": 443,
+                "first_seen_ms": 10, "last_seen_ms": 10,
+                "calls": 1, "blocked_calls": 0, "bytes_out": 100, "bytes_in": 1000,
+                "callers": ["a"], "callers_truncated": 0,
+                "endpoints": [{
+                    "method": "GET", "template": "/v1/a/{id}", "calls": 1, "blocked_calls": 0,
+                    "first_seen_ms": 10, "last_seen_ms": 10, "last_status": 200
+                }],
+                "endpoints_truncated": 0,
+                "sources": ["proxy"]
+            }])
+        );
+    }
+}

@@ -1,0 +1,558 @@
+//! The persistent inventory: `<data_dir>/discovery.db` (SQLite, WAL).
+//!
+//! Deltas are merged in one `BEGIN IMMEDIATE` transaction (counts added, earliest first seen,
+//! latest last seen, callers and endpoints united under the same [`Limits`] as memory), so two
+//! writers — a running gateway and `postern discover import` — can share the file; the second
+//! waits (`busy_timeout`, 10 s) rather than failing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::inventory::{merge_endpoint, normalize_host, sort_by_calls};
+use crate::{DiscoveredHost, EndpointStats, Inventory, Limits, ObservationSource};
+
+/// The file name inside `data_dir`.
+pub const DISCOVERY_FILE: &str = "discovery.db";
+
+/// The schema this code writes. A file with a newer version is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Why the store could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("discovery store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "discovery store {path} has schema version {found}, newer than this postern understands \
+         ({SCHEMA_VERSION}); upgrade postern or move the file away"
+    )]
+    NewerSchema { path: PathBuf, found: i64 },
+}
+
+/// The discovery store. `Send + Sync`: one connection behind a mutex; calls block (use a
+/// blocking thread from async code).
+pub struct Store {
+    path: PathBuf,
+    connection: Mutex<Connection>,
+    limits: Limits,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS hosts (
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    calls INTEGER NOT NULL,
+    blocked_calls INTEGER NOT NULL,
+    bytes_out INTEGER NOT NULL,
+    bytes_in INTEGER NOT NULL,
+    callers_truncated INTEGER NOT NULL,
+    endpoints_truncated INTEGER NOT NULL,
+    seen_by_proxy INTEGER NOT NULL,
+    seen_by_import INTEGER NOT NULL,
+    PRIMARY KEY (host, port)
+);
+CREATE TABLE IF NOT EXISTS callers (
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    caller TEXT NOT NULL,
+    PRIMARY KEY (host, port, caller)
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    template TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    blocked_calls INTEGER NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    last_status INTEGER,
+    PRIMARY KEY (host, port, method, template)
+);
+";
+
+fn to_sql(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn from_sql(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating on first use) `<data_dir>/discovery.db` with the default [`Limits`].
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with_limits(data_dir, Limits::default())
+    }
+
+    /// Like [`Store::open`], with other limits (tests, small deployments).
+    pub fn open_with_limits(data_dir: &Path, limits: Limits) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(DISCOVERY_FILE);
+        let sqlite = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let connection = Connection::open(&path).map_err(sqlite)?;
+        connection
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(sqlite)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(sqlite)?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sqlite)?;
+        connection.execute_batch(SCHEMA).map_err(sqlite)?;
+        // Two processes may create the file at once: only the first insert wins.
+        connection
+            .execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
+                [SCHEMA_VERSION],
+            )
+            .map_err(sqlite)?;
+        let found: i64 = connection
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(sqlite)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema { path, found });
+        }
+        Ok(Store {
+            path,
+            connection: Mutex::new(connection),
+            limits,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sqlite(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves no half-done transaction behind (rusqlite
+        // rolls back on drop), so the connection is still usable.
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a delta (usually [`Inventory::drain`]) in one transaction.
+    pub fn merge_delta(&self, delta: &Inventory) -> Result<(), StoreError> {
+        if delta.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection();
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sqlite())?;
+        merge_in(&transaction, delta, &self.limits).map_err(self.sqlite())?;
+        transaction.commit().map_err(self.sqlite())
+    }
+
+    /// Every host, by calls (most first), then host and port.
+    pub fn list(&self) -> Result<Vec<DiscoveredHost>, StoreError> {
+        let connection = self.connection();
+        load(&connection, None).map_err(self.sqlite())
+    }
+
+    /// The entries for `host` (every port, or only `port`), by calls (most first).
+    pub fn get(&self, host: &str, port: Option<u16>) -> Result<Vec<DiscoveredHost>, StoreError> {
+        let connection = self.connection();
+        let host = normalize_host(host);
+        let mut hosts = load(&connection, Some(&host)).map_err(self.sqlite())?;
+        hosts.retain(|entry| port.is_none_or(|port| entry.port == port));
+        Ok(hosts)
+    }
+
+    /// Calls never recorded because the store (or the inventory that fed it) was full.
+    pub fn dropped_calls(&self) -> Result<u64, StoreError> {
+        let connection = self.connection();
+        connection
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'dropped_calls'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|value| value.map_or(0, from_sql))
+            .map_err(self.sqlite())
+    }
+}
+
+fn add_dropped_calls(connection: &Connection, calls: u64) -> rusqlite::Result<()> {
+    if calls > 0 {
+        connection.execute(
+            "INSERT INTO meta (key, value) VALUES ('dropped_calls', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+            [to_sql(calls)],
+        )?;
+    }
+    Ok(())
+}
+
+fn merge_in(connection: &Connection, delta: &Inventory, limits: &Limits) -> rusqlite::Result<()> {
+    add_dropped_calls(connection, delta.dropped_calls())?;
+    let mut host_count: usize = connection
+        .query_row("SELECT count(*) FROM hosts", [], |row| row.get::<_, i64>(0))?
+        as usize;
+    let mut exists =
+        connection.prepare_cached("SELECT 1 FROM hosts WHERE host = ?1 AND port = ?2")?;
+    let mut insert_host = connection.prepare_cached(
+        "INSERT INTO hosts (host, port, first_seen_ms, last_seen_ms, calls, blocked_calls,
+            bytes_out, bytes_in, callers_truncated, endpoints_truncated, seen_by_proxy, seen_by_import)
+         VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0, 0, 0, 0, 0)",
+    )?;
+    let mut update_host = connection.prepare_cached(
+        "UPDATE hosts SET
+            first_seen_ms = min(first_seen_ms, ?3), last_seen_ms = max(last_seen_ms, ?4),
+            calls = calls + ?5, blocked_calls = blocked_calls + ?6,
+            bytes_out = bytes_out + ?7, bytes_in = bytes_in + ?8,
+            callers_truncated = callers_truncated + ?9,
+            endpoints_truncated = endpoints_truncated + ?10,
+            seen_by_proxy = max(seen_by_proxy, ?11), seen_by_import = max(seen_by_import, ?12)
+         WHERE host = ?1 AND port = ?2",
+    )?;
+    let mut count_callers =
+        connection.prepare_cached("SELECT count(*) FROM callers WHERE host = ?1 AND port = ?2")?;
+    let mut insert_caller = connection
+        .prepare_cached("INSERT OR IGNORE INTO callers (host, port, caller) VALUES (?1, ?2, ?3)")?;
+    let mut caller_exists = connection
+        .prepare_cached("SELECT 1 FROM callers WHERE host = ?1 AND port = ?2 AND caller = ?3")?;
+    let mut count_endpoints = connection
+        .prepare_cached("SELECT count(*) FROM endpoints WHERE host = ?1 AND port = ?2")?;
+    let mut select_endpoint = connection.prepare_cached(
+        "SELECT calls, blocked_calls, first_seen_ms, last_seen_ms, last_status FROM endpoints
+         WHERE host = ?1 AND port = ?2 AND method = ?3 AND template = ?4",
+    )?;
+    let mut upsert_endpoint = connection.prepare_cached(
+        "INSERT INTO endpoints (host, port, method, template, calls, blocked_calls, first_seen_ms,
+            last_seen_ms, last_status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (host, port, method, template) DO UPDATE SET
+            calls = excluded.calls, blocked_calls = excluded.blocked_calls,
+            first_seen_ms = excluded.first_seen_ms, last_seen_ms = excluded.last_seen_ms,
+            last_status = excluded.last_status",
+    )?;
+
+    for host in delta.hosts() {
+        let key = params![host.host, host.port];
+        if !exists.exists(key)? {
+            if host_count >= limits.max_hosts {
+                add_dropped_calls(connection, host.calls)?;
+                continue;
+            }
+            insert_host.execute(params![
+                host.host,
+                host.port,
+                host.first_seen_ms,
+                host.last_seen_ms
+            ])?;
+            host_count += 1;
+        }
+        let mut callers_truncated = host.callers_truncated;
+        let mut caller_count = count_callers.query_row(key, |row| row.get::<_, i64>(0))? as usize;
+        for caller in &host.callers {
+            if caller_count < limits.max_callers_per_host {
+                caller_count += insert_caller.execute(params![host.host, host.port, caller])?;
+            } else if !caller_exists.exists(params![host.host, host.port, caller])? {
+                callers_truncated += 1;
+            }
+        }
+        let mut endpoints_truncated = host.endpoints_truncated;
+        let mut endpoint_count =
+            count_endpoints.query_row(key, |row| row.get::<_, i64>(0))? as usize;
+        for endpoint in &host.endpoints {
+            let stored = select_endpoint
+                .query_row(
+                    params![host.host, host.port, endpoint.method, endpoint.template],
+                    |row| {
+                        Ok(EndpointStats {
+                            method: endpoint.method.clone(),
+                            template: endpoint.template.clone(),
+                            calls: from_sql(row.get(0)?),
+                            blocked_calls: from_sql(row.get(1)?),
+                            first_seen_ms: row.get(2)?,
+                            last_seen_ms: row.get(3)?,
+                            last_status: row.get(4)?,
+                        })
+                    },
+                )
+                .optional()?;
+            let merged = match stored {
+                Some(mut stored) => {
+                    merge_endpoint(&mut stored, endpoint);
+                    stored
+                }
+                None if endpoint_count >= limits.max_endpoints_per_host => {
+                    endpoints_truncated += endpoint.calls;
+                    continue;
+                }
+                None => {
+                    endpoint_count += 1;
+                    endpoint.clone()
+                }
+            };
+            upsert_endpoint.execute(params![
+                host.host,
+                host.port,
+                merged.method,
+                merged.template,
+                to_sql(merged.calls),
+                to_sql(merged.blocked_calls),
+                merged.first_seen_ms,
+                merged.last_seen_ms,
+                merged.last_status,
+            ])?;
+        }
+        update_host.execute(params![
+            host.host,
+            host.port,
+            host.first_seen_ms,
+            host.last_seen_ms,
+            to_sql(host.calls),
+            to_sql(host.blocked_calls),
+            to_sql(host.bytes_out),
+            to_sql(host.bytes_in),
+            to_sql(callers_truncated),
+            to_sql(endpoints_truncated),
+            host.sources.contains(&ObservationSource::Proxy),
+            host.sources.contains(&ObservationSource::Import),
+        ])?;
+    }
+    Ok(())
+}
+
+fn load(connection: &Connection, only_host: Option<&str>) -> rusqlite::Result<Vec<DiscoveredHost>> {
+    let filter = if only_host.is_some() {
+        "WHERE host = ?1"
+    } else {
+        ""
+    };
+    let host_filter: Vec<&dyn rusqlite::ToSql> = match &only_host {
+        Some(host) => vec![host as &dyn rusqlite::ToSql],
+        None => Vec::new(),
+    };
+    let mut index: HashMap<(String, u16), usize> = HashMap::new();
+    let mut hosts = Vec::new();
+    let mut statement = connection.prepare(&format!(
+        "SELECT host, port, first_seen_ms, last_seen_ms, calls, blocked_calls, bytes_out,
+            bytes_in, callers_truncated, endpoints_truncated, seen_by_proxy, seen_by_import
+         FROM hosts {filter}"
+    ))?;
+    let mut rows = statement.query(host_filter.as_slice())?;
+    while let Some(row) = rows.next()? {
+        let mut sources = BTreeSet::new();
+        if row.get::<_, bool>(10)? {
+            sources.insert(ObservationSource::Proxy);
+        }
+        if row.get::<_, bool>(11)? {
+            sources.insert(ObservationSource::Import);
+        }
+        let host = DiscoveredHost {
+            host: row.get(0)?,
+            port: row.get(1)?,
+            first_seen_ms: row.get(2)?,
+            last_seen_ms: row.get(3)?,
+            calls: from_sql(row.get(4)?),
+            blocked_calls: from_sql(row.get(5)?),
+            bytes_out: from_sql(row.get(6)?),
+            bytes_in: from_sql(row.get(7)?),
+            callers: BTreeSet::new(),
+            callers_truncated: from_sql(row.get(8)?),
+            endpoints: Vec::new(),
+            endpoints_truncated: from_sql(row.get(9)?),
+            sources,
+        };
+        index.insert((host.host.clone(), host.port), hosts.len());
+        hosts.push(host);
+    }
+    let mut statement =
+        connection.prepare(&format!("SELECT host, port, caller FROM callers {filter}"))?;
+    let mut rows = statement.query(host_filter.as_slice())?;
+    while let Some(row) = rows.next()? {
+        if let Some(&at) = index.get(&(row.get(0)?, row.get(1)?)) {
+            hosts[at].callers.insert(row.get(2)?);
+        }
+    }
+    let mut statement = connection.prepare(&format!(
+        "SELECT host, port, method, template, calls, blocked_calls, first_seen_ms, last_seen_ms,
+            last_status
+         FROM endpoints {filter} ORDER BY host, port, method, template"
+    ))?;
+    let mut rows = statement.query(host_filter.as_slice())?;
+    while let Some(row) = rows.next()? {
+        if let Some(&at) = index.get(&(row.get(0)?, row.get(1)?)) {
+            hosts[at].endpoints.push(EndpointStats {
+                method: row.get(2)?,
+                template: row.get(3)?,
+                calls: from_sql(row.get(4)?),
+                blocked_calls: from_sql(row.get(5)?),
+                first_seen_ms: row.get(6)?,
+                last_seen_ms: row.get(7)?,
+                last_status: row.get(8)?,
+            });
+        }
+    }
+    sort_by_calls(&mut hosts);
+    Ok(hosts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Observation;
+
+    fn call(host: &str, caller: &str, path: &str, time_ms: i64) -> Observation {
+        Observation {
+            host: host.into(),
+            port: 443,
+            caller: Some(caller.into()),
+            method: Some("GET".into()),
+            path: Some(path.into()),
+            status: Some(200),
+            bytes_out: 10,
+            bytes_in: 20,
+            time_ms,
+            blocked: false,
+            source: ObservationSource::Proxy,
+        }
+    }
+
+    #[test]
+    fn persists_across_reopen_and_adds_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        {
+            let store = Store::open(&data_dir).unwrap();
+            let mut inventory = Inventory::new();
+            inventory.record(&call("api.x.com", "a", "/v1/things/1", 100));
+            inventory.record(&call("api.y.com", "a", "/v1/other", 100));
+            inventory.record(&call("api.y.com", "a", "/v1/other", 100));
+            store.merge_delta(&inventory.drain()).unwrap();
+            let mut status_less = call("api.x.com", "b", "/v1/things/2", 50);
+            status_less.status = None;
+            status_less.blocked = true;
+            inventory.record(&status_less);
+            inventory.record(&call("api.x.com", "b", "/v1/new", 300));
+            store.merge_delta(&inventory.drain()).unwrap();
+        }
+        let store = Store::open(&data_dir).unwrap();
+        assert!(data_dir.join(DISCOVERY_FILE).exists());
+        let hosts = store.list().unwrap();
+        assert_eq!(hosts.len(), 2);
+        let x = &store.get("API.x.com", None).unwrap()[0];
+        assert_eq!(hosts[0], *x);
+        assert_eq!(
+            (x.calls, x.blocked_calls, x.bytes_out, x.bytes_in),
+            (3, 1, 30, 60)
+        );
+        assert_eq!((x.first_seen_ms, x.last_seen_ms), (50, 300));
+        assert_eq!(x.callers.iter().collect::<Vec<_>>(), ["a", "b"]);
+        let things = x.endpoint("GET", "/v1/things/{id}").unwrap();
+        assert_eq!((things.calls, things.blocked_calls), (2, 1));
+        assert_eq!((things.first_seen_ms, things.last_seen_ms), (50, 100));
+        assert_eq!(things.last_status, Some(200));
+        assert_eq!(x.endpoints.len(), 2);
+        assert!(store.get("api.x.com", Some(80)).unwrap().is_empty());
+        assert_eq!(store.get("api.y.com", Some(443)).unwrap()[0].calls, 2);
+        assert_eq!(x.sources, BTreeSet::from([ObservationSource::Proxy]));
+    }
+
+    #[test]
+    fn caps_apply_to_the_store_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_hosts: 1,
+            max_endpoints_per_host: 1,
+            max_callers_per_host: 1,
+        };
+        let store = Store::open_with_limits(dir.path(), limits).unwrap();
+        let mut first = Inventory::new();
+        first.record(&call("api.x.com", "a", "/v1/a", 1));
+        store.merge_delta(&first).unwrap();
+        let mut second = Inventory::new();
+        second.record(&call("api.x.com", "b", "/v1/b", 2));
+        second.record(&call("api.x.com", "b", "/v1/b", 2));
+        second.record(&call("api.y.com", "b", "/v1/b", 2));
+        store.merge_delta(&second).unwrap();
+        let hosts = store.list().unwrap();
+        assert_eq!(hosts.len(), 1);
+        let x = &hosts[0];
+        assert_eq!(x.calls, 3);
+        assert_eq!(x.callers.len(), 1);
+        assert_eq!(x.callers_truncated, 1);
+        assert_eq!(x.endpoints_truncated, 2);
+        assert_eq!(store.dropped_calls().unwrap(), 1);
+    }
+
+    #[test]
+    fn concurrent_writers_share_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let writers: Vec<_> = (0..2)
+            .map(|writer| {
+                let data_dir = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let store = Store::open(&data_dir).unwrap();
+                    for round in 0..50 {
+                        let mut inventory = Inventory::new();
+                        inventory.record(&call(
+                            "api.shared.com",
+                            &format!("w{writer}"),
+                            "/v1/x",
+                            round,
+                        ));
+                        inventory.record(&call(&format!("api.w{writer}.com"), "c", "/v1/y", round));
+                        store.merge_delta(&inventory).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let hosts = store.list().unwrap();
+        assert_eq!(hosts[0].host, "api.shared.com");
+        assert_eq!(hosts[0].calls, 100);
+        assert_eq!(hosts[0].endpoint("GET", "/v1/x").unwrap().calls, 100);
+        assert_eq!(hosts[0].callers.len(), 2);
+        assert_eq!(hosts.iter().map(|h| h.calls).sum::<u64>(), 200);
+    }
+
+    #[test]
+    fn store_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Store>();
+        assert_send_sync::<Inventory>();
+    }
+}

@@ -1,0 +1,358 @@
+//! Endpoint template inference: `/v1/charges/ch_3MmlLrLkdIwHu7ix0snN0B15/refund` →
+//! `/v1/charges/{id}/refund`.
+//!
+//! The rules look at one path segment at a time (and, for one exception, at the segment
+//! before it); they know no vendor. A segment becomes `{id}` when it looks like a value rather
+//! than a name. The full list, with examples, is in docs/DISCOVERY.md; in short, **literal**:
+//! words (`charges`, `chat.postMessage`, `Hello-World`), versions (`v1`, `v2beta1`), dates
+//! (`2010-04-01`, Twilio's API version), and one- or two-digit numbers right after `api`
+//! (`/rest/api/2/`); **`{id}`**: numbers (also `+14155552671`), UUIDs, hex of 8+ characters with
+//! a digit, e-mail addresses, prefixed vendor ids (`cus_Nffrfe2r9a`, `file-abc123`), tokens of
+//! 16+ characters mixing letters and digits (`AC0123…`), upper-case ids with 2+ digits
+//! (`T024BE7LD`), digit-heavy strings, and any segment that could not be written into a
+//! template as is (braces, whitespace, control characters).
+//!
+//! The output always satisfies the config's template rules: it starts with `/`, has no query,
+//! fragment or empty segment (`//` is collapsed; a trailing `/` is kept, it is significant), and
+//! at most one placeholder per segment (a file extension stays literal: `{id}.json`).
+
+/// What an inferred placeholder is called. [`crate::promote`] renames the second and later
+/// ones of a template (`{id2}`, …) because the config wants distinct names.
+pub const PLACEHOLDER: &str = "{id}";
+
+/// The endpoint template of a raw request path (query and fragment are ignored).
+pub fn infer_template(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut template = String::with_capacity(path.len() + 1);
+    let mut previous: Option<&str> = None;
+    for segment in path.split('/').filter(|segment| !segment.is_empty()) {
+        template.push('/');
+        template_segment(segment, previous, &mut template);
+        previous = Some(segment);
+    }
+    if template.is_empty() || (path.ends_with('/') && path.len() > 1) {
+        template.push('/');
+    }
+    template
+}
+
+fn template_segment(raw: &str, previous: Option<&str>, out: &mut String) {
+    if raw
+        .chars()
+        .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control())
+    {
+        out.push_str(PLACEHOLDER);
+        return;
+    }
+    let decoded = percent_decode(raw);
+    if is_value(&decoded, previous) {
+        out.push_str(PLACEHOLDER);
+        return;
+    }
+    if let Some((stem, extension)) = split_extension(raw) {
+        if is_value(&percent_decode(stem), previous) {
+            out.push_str(PLACEHOLDER);
+            out.push('.');
+            out.push_str(extension);
+            return;
+        }
+    }
+    out.push_str(raw);
+}
+
+/// `name.ext` with a short alphanumeric extension starting with a letter (`json`, `xml`, `mp3`).
+fn split_extension(segment: &str) -> Option<(&str, &str)> {
+    let (stem, extension) = segment.rsplit_once('.')?;
+    let extension_is_short_word = (1..=5).contains(&extension.len())
+        && extension.starts_with(|c: char| c.is_ascii_alphabetic())
+        && extension.chars().all(|c| c.is_ascii_alphanumeric());
+    (!stem.is_empty() && extension_is_short_word).then_some((stem, extension))
+}
+
+/// Whether a (percent-decoded) segment is a value (an id, a number, an address) rather than a
+/// name that is part of the API's shape.
+fn is_value(segment: &str, previous: Option<&str>) -> bool {
+    if segment.is_empty() || is_date(segment) || is_version(segment) {
+        return false;
+    }
+    let digits = segment.chars().filter(char::is_ascii_digit).count();
+    let letters = segment.chars().filter(char::is_ascii_alphabetic).count();
+    let length = segment.chars().count();
+
+    let number = segment.strip_prefix('+').unwrap_or(segment);
+    if !number.is_empty() && number.chars().all(|c| c.is_ascii_digit()) {
+        // `/rest/api/2/issue`: a small number right after `api` is a version.
+        let is_api_version = number.len() <= 2
+            && !segment.starts_with('+')
+            && previous.is_some_and(|p| p.eq_ignore_ascii_case("api"));
+        return !is_api_version;
+    }
+    if is_uuid(segment) || is_email(segment) || is_prefixed_id(segment) {
+        return true;
+    }
+    if length >= 8 && digits > 0 && segment.chars().all(|c| c.is_ascii_hexdigit()) {
+        return true;
+    }
+    let token_characters = segment
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_-+=~".contains(c));
+    if token_characters && length >= 16 && digits > 0 && letters > 0 {
+        return true;
+    }
+    let upper_case_id = length >= 8
+        && digits >= 2
+        && segment.starts_with(|c: char| c.is_ascii_uppercase())
+        && segment
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    if upper_case_id {
+        return true;
+    }
+    token_characters && length >= 6 && digits * 2 > length
+}
+
+/// `2010-04-01` or `2024-03`: dated API versions (Twilio) stay literal.
+fn is_date(segment: &str) -> bool {
+    let bytes = segment.as_bytes();
+    let digits = |range: std::ops::Range<usize>| bytes[range].iter().all(u8::is_ascii_digit);
+    match bytes.len() {
+        7 => digits(0..4) && bytes[4] == b'-' && digits(5..7),
+        10 => digits(0..4) && bytes[4] == b'-' && digits(5..7) && bytes[7] == b'-' && digits(8..10),
+        _ => false,
+    }
+}
+
+/// `v1`, `v2`, `v1beta2`, `v3alpha`, `V2`.
+fn is_version(segment: &str) -> bool {
+    let Some(rest) = segment.strip_prefix(['v', 'V']) else {
+        return false;
+    };
+    let number_end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    if number_end == 0 || number_end > 4 {
+        return false;
+    }
+    let rest = &rest[number_end..];
+    let label_end = rest
+        .find(|c: char| !c.is_ascii_lowercase())
+        .unwrap_or(rest.len());
+    rest[label_end..].chars().all(|c| c.is_ascii_digit()) && rest.len() - label_end <= 2
+}
+
+fn is_uuid(segment: &str) -> bool {
+    let bytes = segment.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(index, byte)| match index {
+            8 | 13 | 18 | 23 => *byte == b'-',
+            _ => byte.is_ascii_hexdigit(),
+        })
+}
+
+fn is_email(segment: &str) -> bool {
+    segment
+        .rsplit_once('@')
+        .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+}
+
+/// `cus_Nffrfe2r9a`, `ch_3MmlLrLkdIwHu7ix0snN0B15`, `cs_test_a1B2c3`, `file-abc123`,
+/// `thread_abc123`: a short word, `_` or `-`, and 6+ characters holding a digit.
+fn is_prefixed_id(segment: &str) -> bool {
+    let Some(separator) = segment.find(['_', '-']) else {
+        return false;
+    };
+    let (prefix, tail) = (&segment[..separator], &segment[separator + 1..]);
+    (1..=12).contains(&prefix.len())
+        && prefix.chars().all(|c| c.is_ascii_alphabetic())
+        && tail.len() >= 6
+        && tail
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && tail.chars().any(|c| c.is_ascii_digit())
+}
+
+/// `%XX` → byte; anything malformed is kept as is. Only used to classify a segment.
+fn percent_decode(segment: &str) -> String {
+    if !segment.contains('%') {
+        return segment.to_owned();
+    }
+    let bytes = segment.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = |at: usize| bytes.get(at).and_then(|b| (*b as char).to_digit(16));
+        match (bytes[index], hex(index + 1), hex(index + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push((high * 16 + low) as u8);
+                index += 3;
+            }
+            (byte, _, _) => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::infer_template;
+
+    fn check(path: &str, expect: &str) {
+        assert_eq!(infer_template(path), expect, "path {path:?}");
+    }
+
+    #[test]
+    fn stripe() {
+        check("/v1/charges", "/v1/charges");
+        check(
+            "/v1/charges/ch_3MmlLrLkdIwHu7ix0snN0B15",
+            "/v1/charges/{id}",
+        );
+        check(
+            "/v1/charges/ch_3MmlLrLkdIwHu7ix0snN0B15/refund",
+            "/v1/charges/{id}/refund",
+        );
+        check("/v1/customers/cus_Nffrfe2r9a", "/v1/customers/{id}");
+        check(
+            "/v1/customers/cus_Nffrfe2r9a/sources/card_1MvoiELkdIwHu7ixOeFh1Wnx",
+            "/v1/customers/{id}/sources/{id}",
+        );
+        check(
+            "/v1/payment_intents/pi_3MtwBwLkdIwHu7ix28a3tqPa/confirm",
+            "/v1/payment_intents/{id}/confirm",
+        );
+        check(
+            "/v1/checkout/sessions/cs_test_a1B2c3D4e5F6g7H8i9J0",
+            "/v1/checkout/sessions/{id}",
+        );
+        check(
+            "/v1/accounts/acct_1032D82eZvKYlo2C/external_accounts",
+            "/v1/accounts/{id}/external_accounts",
+        );
+        check(
+            "/v1/customers/search?query=email:'a@example.com'",
+            "/v1/customers/search",
+        );
+        check(
+            "/v1/test_helpers/test_clocks",
+            "/v1/test_helpers/test_clocks",
+        );
+    }
+
+    #[test]
+    fn twilio() {
+        check(
+            "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json",
+            "/2010-04-01/Accounts/{id}/Messages.json",
+        );
+        check(
+            "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages/SM0123456789abcdef0123456789abcdef.json",
+            "/2010-04-01/Accounts/{id}/Messages/{id}.json",
+        );
+        check(
+            "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Calls/CA0123456789abcdef0123456789abcdef/Recordings.json?PageSize=20",
+            "/2010-04-01/Accounts/{id}/Calls/{id}/Recordings.json",
+        );
+        check("/v2/PhoneNumbers/+14155552671", "/v2/PhoneNumbers/{id}");
+        check(
+            "/v2/PhoneNumbers/%2B14155552671?Fields=line_type_intelligence",
+            "/v2/PhoneNumbers/{id}",
+        );
+        check(
+            "/v2/Services/VA0123456789abcdef0123456789abcdef/Verifications",
+            "/v2/Services/{id}/Verifications",
+        );
+    }
+
+    #[test]
+    fn openai() {
+        check("/v1/chat/completions", "/v1/chat/completions");
+        check("/v1/embeddings", "/v1/embeddings");
+        check("/v1/files/file-abc123XYZ456def789", "/v1/files/{id}");
+        check(
+            "/v1/files/file-abc123XYZ456def789/content",
+            "/v1/files/{id}/content",
+        );
+        check(
+            "/v1/threads/thread_abc123/runs/run_abc123",
+            "/v1/threads/{id}/runs/{id}",
+        );
+        check(
+            "/v1/fine_tuning/jobs/ftjob-abc123/events",
+            "/v1/fine_tuning/jobs/{id}/events",
+        );
+        check("/v1/models/gpt-4o-mini", "/v1/models/{id}");
+        check("/v1/models/claude-3-5-sonnet-20241022", "/v1/models/{id}");
+        check("/v1/audio/text-to-speech", "/v1/audio/text-to-speech");
+        check("/v1beta/models", "/v1beta/models");
+    }
+
+    #[test]
+    fn github() {
+        check(
+            "/repos/octocat/Hello-World/issues/1347",
+            "/repos/octocat/Hello-World/issues/{id}",
+        );
+        check(
+            "/repos/octocat/Hello-World/commits/6dcb09b5b57875f334f61aebed695e2e4193db5e",
+            "/repos/octocat/Hello-World/commits/{id}",
+        );
+        check("/users/octocat", "/users/octocat");
+        check(
+            "/repos/octocat/Hello-World/git/refs/heads/main",
+            "/repos/octocat/Hello-World/git/refs/heads/main",
+        );
+        check(
+            "/app/installations/12345678/access_tokens",
+            "/app/installations/{id}/access_tokens",
+        );
+        // Deadbeef-like words without a digit stay literal.
+        check("/facade/deadbeef", "/facade/deadbeef");
+    }
+
+    #[test]
+    fn slack() {
+        check("/api/chat.postMessage", "/api/chat.postMessage");
+        check("/api/conversations.history", "/api/conversations.history");
+        check("/api/users.profile.get", "/api/users.profile.get");
+        check(
+            "/services/T024BE7LD/B024BE7LH/xJ2fQ8mR4tB7nW1kL9pD3sV6",
+            "/services/{id}/{id}/{id}",
+        );
+    }
+
+    #[test]
+    fn generic_values() {
+        check(
+            "/things/123e4567-e89b-12d3-a456-426614174000",
+            "/things/{id}",
+        );
+        check("/users/jane.doe@example.com/groups", "/users/{id}/groups");
+        check("/users/jane.doe%40example.com/groups", "/users/{id}/groups");
+        check("/orders/20241022/lines/7", "/orders/{id}/lines/{id}");
+        check("/reports/2024-03-05", "/reports/2024-03-05");
+        check("/rest/api/2/issue/10042", "/rest/api/2/issue/{id}");
+        check("/rest/api/12/issue", "/rest/api/12/issue");
+        check("/items/123.json", "/items/{id}.json");
+        check("/static/app.js", "/static/app.js");
+        check("/docs/index.html", "/docs/index.html");
+        check("/hash/sha256", "/hash/sha256");
+        check("/oauth2/token", "/oauth2/token");
+        check("/x/ab12cd3456", "/x/{id}");
+    }
+
+    #[test]
+    fn shape() {
+        check("", "/");
+        check("/", "/");
+        check("/?a=1", "/");
+        check("/v1/charges/", "/v1/charges/");
+        check("//v1//charges", "/v1/charges");
+        check("/v1/charges#top", "/v1/charges");
+        check("/a/{weird}/b", "/a/{id}/b");
+        check("/a/%7Bx%7D", "/a/%7Bx%7D");
+        check("relative/path", "/relative/path");
+    }
+}
