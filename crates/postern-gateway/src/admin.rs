@@ -108,11 +108,27 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response
                         "operations": integration.operations.iter().map(|o| json!({"id": o.id, "method": o.method, "path": o.path})).collect::<Vec<_>>(),
                         "allow_private_networks": integration.allow_private_networks.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                         "allow_plaintext": integration.allow_plaintext,
+                        "hosts": integration.hosts,
+                        "intercept": integration.intercept,
                         "grants": runtime.config.grants.iter().filter(|g| g.integration == integration.name).map(|g| json!({"caller": g.caller, "operations": g.operations})).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
             json_response(StatusCode::OK, json!({ "integrations": list }))
+        }
+        "/v1/discovered" => {
+            let discovery = shared.discovery.clone();
+            match tokio::task::spawn_blocking(move || discovery.list()).await {
+                Ok(Ok(hosts)) => json_response(StatusCode::OK, json!({ "discovered": hosts })),
+                Ok(Err(error)) => json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": {"code": "discovery_unavailable", "message": format!("{error:#}")}}),
+                ),
+                Err(_) => json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": {"code": "internal", "message": "the discovery task failed"}}),
+                ),
+            }
         }
         "/v1/alerts" => {
             let limit = request

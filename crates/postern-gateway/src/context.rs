@@ -14,6 +14,8 @@ use crate::events::{
 pub enum AuthMethod {
     Token,
     Mtls,
+    /// A caller token in `Proxy-Authorization` (forward-proxy mode).
+    ProxyToken,
 }
 
 impl AuthMethod {
@@ -21,6 +23,7 @@ impl AuthMethod {
         match self {
             AuthMethod::Token => "token",
             AuthMethod::Mtls => "mtls",
+            AuthMethod::ProxyToken => "proxy_token",
         }
     }
 }
@@ -32,6 +35,43 @@ pub struct ConnectionInfo {
     /// SPIFFE ID from a verified client certificate.
     pub spiffe_id: Option<String>,
     pub tls: bool,
+    /// Set on connections inside an intercepted CONNECT tunnel (and for absolute-form requests
+    /// to a registered host): who opened it and which integration the host belongs to.
+    pub tunnel: Option<Arc<TunnelInfo>>,
+}
+
+impl ConnectionInfo {
+    pub fn new(peer: SocketAddr, spiffe_id: Option<String>, tls: bool) -> Self {
+        ConnectionInfo {
+            peer,
+            spiffe_id,
+            tls,
+            tunnel: None,
+        }
+    }
+}
+
+/// The forward-proxy facts a tunnel's requests inherit.
+pub struct TunnelInfo {
+    pub caller: Arc<str>,
+    pub auth: AuthMethod,
+    /// The caller token from `Proxy-Authorization`, kept to make sure it is never forwarded.
+    pub token: Option<zeroize::Zeroizing<Vec<u8>>>,
+    pub integration: Arc<str>,
+    pub host: Arc<str>,
+    /// `intercept` (CONNECT) or `proxy` (absolute-form request).
+    pub mode: &'static str,
+}
+
+impl std::fmt::Debug for TunnelInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelInfo")
+            .field("caller", &self.caller)
+            .field("integration", &self.integration)
+            .field("host", &self.host)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
 }
 
 pub struct CallContext {
@@ -53,6 +93,10 @@ pub struct CallContext {
     pub policy_id: Option<String>,
     /// What the payload scan found in the request (scanned integrations only).
     pub request_scan: Option<crate::scan::ScanSummary>,
+    /// Forward-proxy mode (`proxy`, `tunnel`, `intercept`); `None` in path mode.
+    pub mode: Option<&'static str>,
+    /// Forward-proxy destination host.
+    pub host: Option<Arc<str>>,
 }
 
 impl CallContext {
@@ -78,7 +122,35 @@ impl CallContext {
             redirect_off_origin: false,
             policy_id: None,
             request_scan: None,
+            mode: connection.tunnel.as_ref().map(|t| t.mode),
+            host: connection.tunnel.as_ref().map(|t| t.host.clone()),
         }
+    }
+
+    /// Moves the context out (into a streaming body or a tunnel task), leaving a placeholder that
+    /// keeps only the request id, clocks and source address.
+    pub fn take(&mut self) -> CallContext {
+        let placeholder = CallContext {
+            request_id: self.request_id.clone(),
+            started: self.started,
+            wall_start: self.wall_start,
+            source_ip: self.source_ip,
+            protocol: self.protocol,
+            method: String::new(),
+            integration: None,
+            caller: None,
+            auth: None,
+            operation_id: None,
+            path_template: None,
+            upstream_addr: None,
+            request_body: self.request_body.clone(),
+            redirect_off_origin: false,
+            policy_id: None,
+            request_scan: None,
+            mode: None,
+            host: None,
+        };
+        std::mem::replace(self, placeholder)
     }
 
     /// The call's event, borrowed from this context: nothing is copied or formatted until it is
@@ -120,6 +192,8 @@ impl CallContext {
             data_classes: self.request_scan.as_ref().map(|s| &s.classes),
             unscanned: self.request_scan.as_ref().and_then(|s| s.unscanned),
             redacted: self.request_scan.as_ref().is_some_and(|s| s.redacted),
+            mode: self.mode,
+            host: self.host.as_deref(),
         }
     }
 
@@ -161,6 +235,8 @@ impl CallContext {
             data_classes: self.request_scan.as_ref().map(|s| s.classes.clone()),
             unscanned: self.request_scan.as_ref().and_then(|s| s.unscanned),
             redacted: self.request_scan.as_ref().is_some_and(|s| s.redacted),
+            mode: self.mode,
+            host: self.host.as_deref().map(str::to_string),
         }
     }
 }

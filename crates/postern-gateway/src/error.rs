@@ -88,6 +88,12 @@ impl CallError {
         if let Some(seconds) = self.retry_after_seconds {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            headers.insert(
+                http::header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"postern\""),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 http::header::WWW_AUTHENTICATE,

@@ -84,6 +84,12 @@ pub struct CallEvent {
     pub unscanned: Option<&'static str>,
     /// Whether unapproved values were masked before forwarding.
     pub redacted: bool,
+    /// How the call reached Postern, when not path mode: `proxy` (absolute-form plain HTTP),
+    /// `tunnel` (CONNECT, not intercepted: host policy, bytes and timing only) or `intercept`
+    /// (CONNECT with TLS interception: the full pipeline).
+    pub mode: Option<&'static str>,
+    /// The destination host of a forward-proxy call.
+    pub host: Option<String>,
 }
 
 impl CallEvent {
@@ -114,6 +120,8 @@ impl CallEvent {
             data_classes: self.data_classes.as_ref(),
             unscanned: self.unscanned,
             redacted: self.redacted,
+            mode: self.mode,
+            host: self.host.as_deref(),
         }
     }
 }
@@ -158,6 +166,10 @@ pub struct CallEventRef<'a> {
     pub unscanned: Option<&'static str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub redacted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<&'a str>,
 }
 
 /// A string field formatted straight into the JSON output (no intermediate `String`).
@@ -835,6 +847,8 @@ mod tests {
             data_classes: None,
             unscanned: None,
             redacted: false,
+            mode: Some("intercept"),
+            host: Some("api.acme.test".into()),
         }
     }
 
@@ -843,7 +857,7 @@ mod tests {
         let text = serde_json::to_string(&sample()).unwrap();
         assert_eq!(
             text,
-            r#"{"schema_version":1,"time":"2026-11-28T09:15:23.266Z","request_id":"1bfe16b2916ae24326296f2641d65eb0","integration":"acme","caller":"check\"out","operation":null,"method":"DELETE","path":"/v1/charges/{id}","status":403,"decision":"deny","reason":"not_granted","request_bytes":0,"response_bytes":7,"duration_ms":0.03,"upstream_addr":"[::1]:443","source_ip":"127.0.0.1","auth":"token","protocol":"HTTP/1.1","policy":null,"incomplete":true}"#
+            r#"{"schema_version":1,"time":"2026-11-28T09:15:23.266Z","request_id":"1bfe16b2916ae24326296f2641d65eb0","integration":"acme","caller":"check\"out","operation":null,"method":"DELETE","path":"/v1/charges/{id}","status":403,"decision":"deny","reason":"not_granted","request_bytes":0,"response_bytes":7,"duration_ms":0.03,"upstream_addr":"[::1]:443","source_ip":"127.0.0.1","auth":"token","protocol":"HTTP/1.1","policy":null,"incomplete":true,"mode":"intercept","host":"api.acme.test"}"#
         );
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_857_323_266);
         let owned = sample();

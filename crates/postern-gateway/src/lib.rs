@@ -19,8 +19,11 @@ pub mod audit;
 pub mod body;
 pub mod context;
 pub mod detect;
+pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod forward_proxy;
+pub mod intercept;
 pub mod listener;
 pub mod metrics;
 pub mod oauth;
@@ -83,9 +86,26 @@ pub struct Shared {
     /// Data-flow counts not yet written to the store: (integration, caller, class, direction, day).
     dataflow: Mutex<HashMap<DataflowKey, u64>>,
     pub credential_max_age_days: std::sync::atomic::AtomicU64,
+    /// Postern's interception CA (forward proxy); `None` if it could not be loaded.
+    pub intercept_ca: Option<Arc<intercept::InterceptCa>>,
+    /// Destinations no integration claims, seen by the forward proxy.
+    pub discovery: Arc<discovery::Discovery>,
+    /// Open CONNECT tunnels.
+    pub tunnels: std::sync::atomic::AtomicUsize,
+    shutdown_signal: watch::Receiver<bool>,
 }
 
 impl Shared {
+    /// Turns true when the gateway shuts down (tunnels close, intercepted connections drain).
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_signal.clone()
+    }
+
+    /// Records a forward-proxy destination no integration claims.
+    pub fn discovered(&self, sighting: discovery::Sighting) {
+        self.discovery.record(sighting);
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
@@ -192,6 +212,7 @@ impl Shared {
     /// Writes credential last-used times to the vault.
     fn flush_usage(&self) {
         self.flush_dataflow();
+        self.discovery.flush();
         let runtime = self.runtime.load();
         let used: Vec<(String, i64)> = runtime
             .integrations
@@ -291,6 +312,15 @@ impl RunningGateway {
         } else {
             None
         };
+        let intercept_ca = match intercept::InterceptCa::load_or_create(&data_dir) {
+            Ok(ca) => Some(Arc::new(ca)),
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "TLS interception disabled: the CA could not be loaded");
+                None
+            }
+        };
+        let discovery = Arc::new(discovery::Discovery::open(&data_dir)?);
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             recorder: Recorder {
@@ -310,6 +340,10 @@ impl RunningGateway {
             credential_max_age_days: std::sync::atomic::AtomicU64::new(
                 config.gateway.credential_max_age_days,
             ),
+            intercept_ca,
+            discovery,
+            tunnels: std::sync::atomic::AtomicUsize::new(0),
+            shutdown_signal: shutdown_rx.clone(),
         });
         shared.flush_usage();
         let vault_poller = Some(spawn_vault_poller(shared.clone()));
@@ -340,7 +374,6 @@ impl RunningGateway {
         let listen_addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let gateway_graceful = Arc::new(GracefulShutdown::new());
         let admin_graceful = Arc::new(GracefulShutdown::new());
         let builder = listener::connection_builder(config.gateway.max_header_bytes);
@@ -482,12 +515,21 @@ impl RunningGateway {
             }
         })
         .await;
-        if drained.is_err() {
+        // Tunnels saw the shutdown signal: intercepted ones finish their in-flight requests.
+        let deadline = tokio::time::Instant::now() + self.grace;
+        while self.shared.tunnels.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if drained.is_err() || self.shared.tunnels.load(Ordering::Relaxed) > 0 {
             tracing::warn!(
                 grace_ms = self.grace.as_millis() as u64,
                 "calls still in flight after the shutdown grace period; closing them"
             );
         }
+        let discovery = self.shared.discovery.clone();
+        let _ = tokio::task::spawn_blocking(move || discovery.flush()).await;
         self.shared.recorder.events.flush().await;
         if let Some(detector) = self.shared.recorder.detector.clone() {
             let _ = tokio::task::spawn_blocking(move || detector.stop()).await;

@@ -70,11 +70,7 @@ pub async fn accept_loop<H, F>(
         tokio::spawn(async move {
             match tls {
                 None => {
-                    let info = Arc::new(ConnectionInfo {
-                        peer,
-                        spiffe_id: None,
-                        tls: false,
-                    });
+                    let info = Arc::new(ConnectionInfo::new(peer, None, false));
                     serve(TokioIo::new(stream), info, builder, watcher, handler).await;
                 }
                 Some(acceptor) => {
@@ -98,11 +94,7 @@ pub async fn accept_loop<H, F>(
                         .peer_certificates()
                         .and_then(|certs| certs.first())
                         .and_then(crate::tls::spiffe_id);
-                    let info = Arc::new(ConnectionInfo {
-                        peer,
-                        spiffe_id,
-                        tls: true,
-                    });
+                    let info = Arc::new(ConnectionInfo::new(peer, spiffe_id, true));
                     serve(TokioIo::new(stream), info, builder, watcher, handler).await;
                 }
             }
@@ -126,8 +118,43 @@ async fn serve<I, H, F>(
         let response = handler(info.clone(), request);
         async move { Ok::<_, Infallible>(response.await) }
     });
-    let connection = builder.serve_connection(io, service).into_owned();
+    // With upgrades: a CONNECT request hands the connection over to the forward proxy.
+    let connection = builder
+        .serve_connection_with_upgrades(io, service)
+        .into_owned();
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(%peer, error = %error, "connection ended with an error");
+    }
+}
+
+/// Serves HTTP inside an intercepted tunnel (already TLS-terminated) until the client closes
+/// it or the gateway shuts down (then in-flight requests finish first).
+pub async fn serve_tunnel<I, H, F>(
+    io: I,
+    info: Arc<ConnectionInfo>,
+    builder: auto::Builder<TokioExecutor>,
+    mut shutdown: watch::Receiver<bool>,
+    handler: H,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    H: Fn(Arc<ConnectionInfo>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<GatewayBody>> + Send + 'static,
+{
+    let peer: SocketAddr = info.peer;
+    let service = hyper::service::service_fn(move |request| {
+        let response = handler(info.clone(), request);
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let connection = builder.serve_connection(io, service).into_owned();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, error = %error, "tunnel connection ended with an error");
     }
 }

@@ -37,8 +37,9 @@ pub const QUERY_VALUE: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'~');
 
 /// Connection-scoped headers never forwarded (RFC 9110 §7.6.1), in either direction.
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
+    header::PROXY_AUTHORIZATION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
@@ -48,8 +49,28 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Serves one call and always answers; refusals and failures are recorded here, streamed
-/// responses when their body ends.
+/// responses when their body ends. CONNECT and absolute-form requests go to the forward proxy.
 pub async fn handle(
+    shared: Arc<Shared>,
+    connection: Arc<ConnectionInfo>,
+    request: Request<Incoming>,
+) -> Response<GatewayBody> {
+    if request.method() == http::Method::CONNECT {
+        return crate::forward_proxy::handle_connect(shared, connection, request).await;
+    }
+    // Absolute-form is HTTP/1 proxy syntax; every HTTP/2 request carries a scheme.
+    if connection.tunnel.is_none()
+        && request.version() < http::Version::HTTP_2
+        && request.uri().scheme().is_some()
+    {
+        return crate::forward_proxy::handle_absolute(shared, connection, request).await;
+    }
+    handle_call(shared, connection, request).await
+}
+
+/// The L7 pipeline for one call: path mode, or a request inside an intercepted tunnel
+/// (`connection.tunnel` names the caller and integration).
+pub async fn handle_call(
     shared: Arc<Shared>,
     connection: Arc<ConnectionInfo>,
     request: Request<Incoming>,
@@ -73,43 +94,60 @@ pub async fn handle(
     .await
     {
         Ok(response) => response,
-        Err(error) => {
-            let decision = if progress.authorized {
-                Decision::Allow
-            } else {
-                Decision::Deny
-            };
-            shared
-                .recorder
-                .record(&context, error.status.as_u16(), decision, error.code);
-            let record = shared.audit.record(
-                RecordKind::Outcome,
-                &context,
-                &raw_target,
-                Some(&Outcome {
-                    decision: if progress.authorized {
-                        postern_tlog::Decision::Allow
-                    } else {
-                        postern_tlog::Decision::Deny
-                    },
-                    reason: error.code,
-                    status: error.status.as_u16(),
-                    response_bytes: 0,
-                    intent_index: progress.intent_index,
-                }),
-            );
-            shared.audit.append_later(record);
-            let mut response = error
-                .to_response(&context.request_id)
-                .map(GatewayBody::full);
-            if let Some(index) = progress.intent_index {
-                response
-                    .headers_mut()
-                    .insert(crate::AUDIT_INDEX_HEADER, HeaderValue::from(index));
-            }
-            response
-        }
+        Err(error) => refuse(
+            &shared,
+            &context,
+            &raw_target,
+            progress.authorized,
+            progress.intent_index,
+            &error,
+        ),
     }
+}
+
+/// Records a refused or failed call (event, metrics, audit outcome) and builds its answer.
+pub fn refuse(
+    shared: &Shared,
+    context: &CallContext,
+    raw_target: &str,
+    authorized: bool,
+    intent_index: Option<u64>,
+    error: &CallError,
+) -> Response<GatewayBody> {
+    let decision = if authorized {
+        Decision::Allow
+    } else {
+        Decision::Deny
+    };
+    shared
+        .recorder
+        .record(context, error.status.as_u16(), decision, error.code);
+    let record = shared.audit.record(
+        RecordKind::Outcome,
+        context,
+        raw_target,
+        Some(&Outcome {
+            decision: if authorized {
+                postern_tlog::Decision::Allow
+            } else {
+                postern_tlog::Decision::Deny
+            },
+            reason: error.code,
+            status: error.status.as_u16(),
+            response_bytes: 0,
+            intent_index,
+        }),
+    );
+    shared.audit.append_later(record);
+    let mut response = error
+        .to_response(&context.request_id)
+        .map(GatewayBody::full);
+    if let Some(index) = intent_index {
+        response
+            .headers_mut()
+            .insert(crate::AUDIT_INDEX_HEADER, HeaderValue::from(index));
+    }
+    response
 }
 
 /// How far a call got: decides the recorded decision and links the outcome to its intent.
@@ -130,7 +168,10 @@ async fn pipeline(
 ) -> Result<Response<GatewayBody>, CallError> {
     check_request(&request)?;
     let caller_token = identify_caller(runtime, connection, context, request.headers())?;
-    let (integration, vendor_path) = route(runtime, context, request.uri())?;
+    let (integration, vendor_path) = match &connection.tunnel {
+        Some(tunnel) => route_tunnel(runtime, context, tunnel, request.uri())?,
+        None => route(runtime, context, request.uri())?,
+    };
     authorize(runtime, &integration, context, &request, &vendor_path)?;
     progress.authorized = true;
     rate_limit(&integration, context)?;
@@ -303,6 +344,12 @@ fn identify_caller(
     context: &mut CallContext,
     headers: &HeaderMap,
 ) -> Result<Option<Vec<u8>>, CallError> {
+    if let Some(tunnel) = &connection.tunnel {
+        // Identified when the tunnel was opened (Proxy-Authorization or client certificate).
+        context.caller = Some(tunnel.caller.clone());
+        context.auth = Some(tunnel.auth);
+        return Ok(tunnel.token.as_ref().map(|token| token.to_vec()));
+    }
     if let Some(spiffe_id) = &connection.spiffe_id {
         if let Some(caller) = runtime.caller_by_spiffe(spiffe_id) {
             context.caller = Some(caller);
@@ -331,7 +378,13 @@ fn caller_token_from_headers(headers: &HeaderMap) -> Option<Vec<u8>> {
     if let Some(value) = headers.get(crate::CALLER_TOKEN_HEADER) {
         return Some(value.as_bytes().trim_ascii().to_vec());
     }
-    let value = headers.get(header::AUTHORIZATION)?.as_bytes().trim_ascii();
+    token_from_authorization(headers.get(header::AUTHORIZATION)?.as_bytes())
+}
+
+/// The caller token in an `Authorization` or `Proxy-Authorization` value: `Bearer <token>`, or
+/// `Basic` with the token as password (or as user name when the password is empty).
+pub(crate) fn token_from_authorization(value: &[u8]) -> Option<Vec<u8>> {
+    let value = value.trim_ascii();
     let (scheme, rest) = match value.iter().position(|&b| b == b' ') {
         Some(space) => (&value[..space], value[space + 1..].trim_ascii()),
         None => return None,
@@ -372,6 +425,24 @@ fn route(
     };
     context.integration = Some(integration.name.clone());
     Ok((integration.clone(), vendor_path.to_string()))
+}
+
+/// Inside a tunnel the integration is the one claiming the host; the whole path is the vendor's.
+fn route_tunnel(
+    runtime: &Runtime,
+    context: &mut CallContext,
+    tunnel: &crate::context::TunnelInfo,
+    uri: &Uri,
+) -> Result<(Arc<IntegrationRuntime>, String), CallError> {
+    let Some(integration) = runtime.integrations.get(&*tunnel.integration) else {
+        return Err(CallError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_integration",
+            "the integration this tunnel was opened for is no longer configured; reconnect",
+        ));
+    };
+    context.integration = Some(integration.name.clone());
+    Ok((integration.clone(), uri.path().to_string()))
 }
 
 /// Operation match, then the Cedar decision.
@@ -859,8 +930,10 @@ fn inspect_response(
     let status = parts.status.as_u16();
     let pending = PendingRecord {
         recorder: shared.recorder.clone(),
-        context: std::mem::replace(context, placeholder_context(context)),
+        context: context.take(),
         status,
+        reason: "granted",
+        after: None,
     };
     let audit = PendingAudit {
         audit: shared.audit.clone(),
@@ -872,28 +945,6 @@ fn inspect_response(
         parts,
         GatewayBody::Stream(Box::new(body)),
     ))
-}
-
-/// After the context moves into the streaming body, the handler keeps a copy of its ids.
-fn placeholder_context(context: &CallContext) -> CallContext {
-    CallContext {
-        request_id: context.request_id.clone(),
-        started: context.started,
-        wall_start: context.wall_start,
-        source_ip: context.source_ip,
-        protocol: context.protocol,
-        method: String::new(),
-        integration: None,
-        caller: None,
-        auth: None,
-        operation_id: None,
-        path_template: None,
-        upstream_addr: None,
-        request_body: context.request_body.clone(),
-        redirect_off_origin: false,
-        policy_id: None,
-        request_scan: None,
-    }
 }
 
 /// Whether a redirect's Location points outside the upstream's scheme, host and port.

@@ -24,7 +24,8 @@ impl Recorder {
         self.record_call(context, status, decision, reason, 0, false);
     }
 
-    fn record_call(
+    /// Records a finished call with its response byte count (tunnels, streamed bodies).
+    pub fn record_call(
         &self,
         context: &CallContext,
         status: u16,
@@ -86,11 +87,18 @@ pub struct PendingRecord {
     pub recorder: Recorder,
     pub context: CallContext,
     pub status: u16,
+    /// The event's reason when the body ends normally (`granted` for integration calls).
+    pub reason: &'static str,
+    /// Runs once the call is recorded, with its response byte count (forward-proxy discovery).
+    pub after: Option<AfterRecord>,
 }
+
+/// A hook run when a streamed call has been recorded.
+pub type AfterRecord = Box<dyn FnOnce(&CallContext, u64) + Send + Sync>;
 
 impl PendingRecord {
     pub fn finish(self, response_bytes: u64, incomplete: bool, reason: Option<&'static str>) {
-        let reason = reason.unwrap_or("granted");
+        let reason = reason.unwrap_or(self.reason);
         self.recorder.record_call(
             &self.context,
             self.status,
@@ -99,5 +107,8 @@ impl PendingRecord {
             response_bytes,
             incomplete,
         );
+        if let Some(after) = self.after {
+            after(&self.context, response_bytes);
+        }
     }
 }

@@ -190,6 +190,19 @@ pub struct UpstreamTarget {
     pub origin: String,
 }
 
+impl IntegrationRuntime {
+    /// The upstream's port (explicit, or the scheme's default).
+    pub fn upstream_port(&self) -> u16 {
+        self.upstream.authority.port_u16().unwrap_or(
+            if self.upstream.scheme == http::uri::Scheme::HTTP {
+                80
+            } else {
+                443
+            },
+        )
+    }
+}
+
 pub struct IntegrationRuntime {
     pub name: Arc<str>,
     pub config: IntegrationConfig,
@@ -222,6 +235,40 @@ pub struct Runtime {
     pub scanner: Arc<postern_scan::Scanner>,
     /// Readiness problems, e.g. a credential that could not be loaded.
     pub problems: Vec<String>,
+    /// Forward-proxy mode: host policy, registered hosts, the guard for unregistered targets.
+    pub proxy: ProxyRuntime,
+}
+
+/// The compiled `[proxy]` section and the `hosts` of integrations.
+pub struct ProxyRuntime {
+    pub config: postern_config::ProxyConfig,
+    pub policy: postern_policy::HostPolicy,
+    /// Registered hosts, in config order: the first matching pattern wins.
+    hosts: Vec<(postern_policy::HostPattern, Arc<IntegrationRuntime>)>,
+    /// (caller, integration) pairs with at least one grant: who may open a non-intercepted
+    /// tunnel to a registered host.
+    granted: HashSet<(String, String)>,
+    /// The SSRF guard for destinations no integration claims.
+    pub guard: Arc<postern_netguard::Guard>,
+    /// Pool for plain-HTTP requests to unregistered hosts (absolute-form), guarded the same way.
+    pub plain_client: UpstreamClient,
+}
+
+impl ProxyRuntime {
+    /// The integration whose `hosts` match `host`.
+    pub fn integration_for_host(&self, host: &str) -> Option<&Arc<IntegrationRuntime>> {
+        let host = postern_policy::normalize_host(host);
+        self.hosts
+            .iter()
+            .find(|(pattern, _)| pattern.matches(&host))
+            .map(|(_, integration)| integration)
+    }
+
+    /// Whether `caller` holds any grant on `integration`.
+    pub fn has_grant(&self, caller: &str, integration: &str) -> bool {
+        self.granted
+            .contains(&(caller.to_string(), integration.to_string()))
+    }
 }
 
 impl Runtime {
@@ -321,6 +368,7 @@ impl Runtime {
             }
             integrations.insert(integration.name.clone(), Arc::new(runtime));
         }
+        let proxy = build_proxy(&config, &integrations)?;
         Ok(Runtime {
             config: Arc::new(config),
             callers_by_token,
@@ -331,6 +379,7 @@ impl Runtime {
             admin_token_sha256: inputs.admin_token_sha256,
             scanner,
             problems,
+            proxy,
         })
     }
 
@@ -348,6 +397,64 @@ impl Runtime {
         let digest: [u8; 32] = Sha256::digest(token).into();
         constant_time_eq(&digest, &self.admin_token_sha256)
     }
+}
+
+fn build_proxy(
+    config: &Config,
+    integrations: &HashMap<String, Arc<IntegrationRuntime>>,
+) -> anyhow::Result<ProxyRuntime> {
+    use postern_policy::{HostMode, HostPattern, HostPolicy};
+    let mode = |mode: postern_config::ProxyMode| match mode {
+        postern_config::ProxyMode::Enforce => HostMode::Enforce,
+        postern_config::ProxyMode::Report => HostMode::Report,
+        postern_config::ProxyMode::Open => HostMode::Open,
+    };
+    let proxy = &config.proxy;
+    let mut policy = HostPolicy::new(
+        mode(proxy.mode),
+        &proxy.allow_hosts,
+        &proxy.deny_hosts,
+        &proxy.allowed_ports,
+    );
+    for caller in &config.callers {
+        policy.caller(
+            &caller.name,
+            caller.proxy_mode.map(mode),
+            &caller.allow_hosts,
+        );
+    }
+    let hosts = config
+        .integrations
+        .iter()
+        .flat_map(|i| {
+            i.hosts
+                .iter()
+                .filter_map(|h| Some((HostPattern::new(h), integrations.get(&i.name)?.clone())))
+        })
+        .collect();
+    let granted = config
+        .grants
+        .iter()
+        .map(|g| (g.caller.clone(), g.integration.clone()))
+        .collect();
+    let plain_client = crate::upstream::build_client(crate::upstream::UpstreamOptions {
+        allow_private_networks: proxy.allow_private_networks.clone(),
+        allow_plaintext: true,
+        ca_file: None,
+        connect_timeout: std::time::Duration::from_millis(proxy.connect_timeout_ms),
+        idle_timeout: std::time::Duration::from_millis(proxy.idle_timeout_ms),
+        client_auth: None,
+    })?;
+    Ok(ProxyRuntime {
+        config: proxy.clone(),
+        policy,
+        hosts,
+        granted,
+        guard: Arc::new(postern_netguard::Guard::new(
+            proxy.allow_private_networks.clone(),
+        )),
+        plain_client,
+    })
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {

@@ -13,6 +13,13 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Every certificate in PEM text.
+pub fn read_certificates_pem(pem: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<_, _>>()
+        .context("parsing PEM certificates")
+}
+
 pub fn read_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())

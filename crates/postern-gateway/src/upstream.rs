@@ -88,32 +88,44 @@ impl tower_service::Service<Uri> for GuardedConnector {
                 } else {
                     443
                 });
-            let addrs = guard.resolve(&host, port).await.map_err(|e| match e {
-                GuardError::Denied(denied) => ConnectError::Denied(denied),
-                GuardError::Resolve { host, source } => ConnectError::Resolve { host, source },
-            })?;
-            let mut last_error = None;
-            for addr in addrs {
-                match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = stream.set_nodelay(true);
-                        return Ok(GuardedStream {
-                            inner: TokioIo::new(stream),
-                            addr,
-                        });
-                    }
-                    Ok(Err(source)) => last_error = Some(ConnectError::Connect { addr, source }),
-                    Err(_) => {
-                        last_error = Some(ConnectError::Timeout {
-                            addr,
-                            timeout_ms: connect_timeout.as_millis() as u64,
-                        })
-                    }
-                }
-            }
-            Err(last_error.unwrap_or(ConnectError::NoHost))
+            let (stream, addr) = dial(&guard, &host, port, connect_timeout).await?;
+            Ok(GuardedStream {
+                inner: TokioIo::new(stream),
+                addr,
+            })
         })
     }
+}
+
+/// Resolves `host`, refuses the answer if the guard refuses any address in it, and connects to
+/// the first address that answers within `connect_timeout`. The one way Postern dials out.
+pub async fn dial(
+    guard: &Guard,
+    host: &str,
+    port: u16,
+    connect_timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    let addrs = guard.resolve(host, port).await.map_err(|e| match e {
+        GuardError::Denied(denied) => ConnectError::Denied(denied),
+        GuardError::Resolve { host, source } => ConnectError::Resolve { host, source },
+    })?;
+    let mut last_error = None;
+    for addr in addrs {
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, addr));
+            }
+            Ok(Err(source)) => last_error = Some(ConnectError::Connect { addr, source }),
+            Err(_) => {
+                last_error = Some(ConnectError::Timeout {
+                    addr,
+                    timeout_ms: connect_timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+    Err(last_error.unwrap_or(ConnectError::NoHost))
 }
 
 /// A TCP stream to a checked address; reports that address to the pool.

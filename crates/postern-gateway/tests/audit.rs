@@ -153,9 +153,18 @@ async fn receipts_proofs_and_tiles_verify_against_signed_checkpoints() {
     assert_eq!(key, ledger.verifier_key());
     assert!(key.starts_with(&format!("{ORIGIN}+")), "{key}");
 
-    // /log/checkpoint is public and verifies with that key.
+    // /log/checkpoint is public and verifies with that key. Outcome entries land after the
+    // responses: wait until the log stops growing, so "nothing beyond the checkpoint" holds.
     let last = *receipts.iter().max().unwrap();
-    let (checkpoint, _) = checkpoint_covering(&gw, &key, last + 1).await;
+    let (mut checkpoint, _) = checkpoint_covering(&gw, &key, last + 1).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (latest, _) = checkpoint_covering(&gw, &key, checkpoint.size).await;
+        if latest.size == checkpoint.size {
+            break;
+        }
+        checkpoint = latest;
+    }
 
     // The entry bundle holding the first receipt (public), its entry and hash tile.
     let width = tile_width(0, 0, checkpoint.size).unwrap();

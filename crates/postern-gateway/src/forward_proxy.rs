@@ -1,0 +1,821 @@
+//! Forward-proxy mode: the gateway listener also answers `CONNECT host:port` and absolute-form
+//! requests (`GET http://host/path`), so apps that only know `HTTP(S)_PROXY` go through Postern.
+//!
+//! ```text
+//! CONNECT / absolute-form
+//!   → proxy_caller   Proxy-Authorization (Basic password or Bearer) or client cert   (407)
+//!   → target         host:port, registered integration claiming the host?
+//!      registered, intercept = true   → 200, TLS with a leaf from Postern's CA, then every
+//!                                       request runs the path-mode pipeline (proxy::handle_call)
+//!      registered, intercept = false  → caller needs a grant on the integration; tunnel with
+//!                                       bytes and timing only (mode "tunnel")
+//!      unregistered                   → host policy (ports, deny, allow, mode), SSRF guard,
+//!                                       tunnel or plain-HTTP forward; recorded in discovery
+//! ```
+//!
+//! Every destination is resolved and checked by the SSRF guard, and Postern dials the address
+//! it checked (`upstream::dial`). Tunnels end when either side closes, after `idle_timeout_ms`
+//! without traffic, or at shutdown.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use zeroize::Zeroizing;
+
+use crate::body::{ForwardBody, GatewayBody, PendingAudit, ResponseBody};
+use crate::context::{AuthMethod, CallContext, ConnectionInfo, TunnelInfo};
+use crate::discovery::Sighting;
+use crate::error::CallError;
+use crate::events::Decision;
+use crate::record::PendingRecord;
+use crate::runtime::{IntegrationRuntime, Runtime};
+use crate::upstream::{dial, ConnectError, UpstreamAddr};
+use crate::Shared;
+use postern_config::AuditMode;
+use postern_tlog::RecordKind;
+
+/// Status recorded when a client refuses the interception certificate (nginx's 495).
+pub const INTERCEPTION_REFUSED_STATUS: u16 = 495;
+
+/// Who opened a proxy connection.
+struct ProxyCaller {
+    name: Arc<str>,
+    auth: AuthMethod,
+    token: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// `CONNECT host:port`.
+pub async fn handle_connect(
+    shared: Arc<Shared>,
+    connection: Arc<ConnectionInfo>,
+    request: Request<Incoming>,
+) -> Response<GatewayBody> {
+    let runtime = shared.runtime.load_full();
+    let mut context = CallContext::new(&connection, request.method(), request.version());
+    context.mode = Some("tunnel");
+    let raw_target = request
+        .uri()
+        .authority()
+        .map_or_else(String::new, |a| a.as_str().to_string());
+    let mut authorized = false;
+    let mut intent_index = None;
+    match connect(
+        &shared,
+        &runtime,
+        &connection,
+        &mut context,
+        &mut authorized,
+        &mut intent_index,
+        &raw_target,
+        request,
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(error) => crate::proxy::refuse(
+            &shared,
+            &context,
+            &raw_target,
+            authorized,
+            intent_index,
+            &error,
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connect(
+    shared: &Arc<Shared>,
+    runtime: &Arc<Runtime>,
+    connection: &Arc<ConnectionInfo>,
+    context: &mut CallContext,
+    authorized: &mut bool,
+    intent_index: &mut Option<u64>,
+    raw_target: &str,
+    request: Request<Incoming>,
+) -> Result<Response<GatewayBody>, CallError> {
+    enabled(runtime)?;
+    let (host, port) = connect_target(request.uri())?;
+    context.host = Some(Arc::from(host.as_str()));
+    let caller = proxy_caller(runtime, connection, context, request.headers())?;
+    let proxy = &runtime.proxy;
+
+    if let Some(integration) = proxy.integration_for_host(&host).cloned() {
+        context.integration = Some(integration.name.clone());
+        if port != integration.upstream_port() && !proxy.config.allowed_ports.contains(&port) {
+            shared.discovered(sighting(context, &host, port, true));
+            return Err(port_refused(port));
+        }
+        if integration.config.intercept {
+            context.mode = Some("intercept");
+            return intercept(
+                shared,
+                runtime,
+                connection,
+                context,
+                caller,
+                &integration,
+                host,
+                request,
+            );
+        }
+        if !proxy.has_grant(&caller.name, &integration.name) {
+            return Err(CallError::forbidden(
+                "not_granted",
+                format!(
+                    "caller {} holds no grant on integration {}, which owns {host}; ask the integration's owner for a grant",
+                    caller.name, integration.name
+                ),
+            ));
+        }
+        *authorized = true;
+        *intent_index = record_intent(shared, Some(&integration), context, raw_target).await?;
+        let guard = postern_netguard::Guard::new(integration.config.allow_private_networks.clone());
+        let connect_timeout = Duration::from_millis(integration.config.connect_timeout_ms);
+        let (upstream, addr) = dial(&guard, &host, port, connect_timeout)
+            .await
+            .map_err(|error| dial_error(&host, &error))?;
+        context.upstream_addr = Some(addr);
+        return Ok(open_tunnel(
+            shared,
+            runtime,
+            context,
+            request,
+            upstream,
+            "tunnel",
+            None,
+            *intent_index,
+            raw_target,
+        ));
+    }
+
+    // Unregistered: host policy, then the guard; recorded in discovery either way.
+    let decision = proxy.policy.decide(&caller.name, &host, port);
+    if !decision.allowed {
+        shared.discovered(sighting(context, &host, port, true));
+        return Err(host_refused(decision.reason, &host, port));
+    }
+    *authorized = true;
+    *intent_index = record_intent(shared, None, context, raw_target).await?;
+    let connect_timeout = Duration::from_millis(proxy.config.connect_timeout_ms);
+    let (upstream, addr) = match dial(&proxy.guard, &host, port, connect_timeout).await {
+        Ok(dialled) => dialled,
+        Err(error) => {
+            shared.discovered(sighting(context, &host, port, true));
+            return Err(dial_error(&host, &error));
+        }
+    };
+    context.upstream_addr = Some(addr);
+    Ok(open_tunnel(
+        shared,
+        runtime,
+        context,
+        request,
+        upstream,
+        decision.reason,
+        Some((host, port)),
+        *intent_index,
+        raw_target,
+    ))
+}
+
+/// Answers 200 and splices the client and the upstream until either closes, the tunnel idles
+/// out, or the gateway shuts down; then records the event (bytes each way, duration).
+#[allow(clippy::too_many_arguments)]
+fn open_tunnel(
+    shared: &Arc<Shared>,
+    runtime: &Runtime,
+    context: &mut CallContext,
+    request: Request<Incoming>,
+    upstream: TcpStream,
+    reason: &'static str,
+    discovered: Option<(String, u16)>,
+    intent_index: Option<u64>,
+    raw_target: &str,
+) -> Response<GatewayBody> {
+    let shared = shared.clone();
+    let idle = Duration::from_millis(runtime.proxy.config.idle_timeout_ms);
+    let context = context.take();
+    let raw_target = raw_target.to_string();
+    let mut shutdown = shared.shutdown_signal();
+    shared.tunnels.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        let counts = Arc::new(TunnelCounts::default());
+        match hyper::upgrade::on(request).await {
+            Ok(upgraded) => {
+                let client = TokioIo::new(upgraded);
+                tokio::select! {
+                    _ = splice(client, upstream, counts.clone(), idle) => {}
+                    _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {}
+                }
+            }
+            Err(error) => tracing::debug!(%error, "CONNECT upgrade failed"),
+        }
+        let sent = counts.client_to_upstream.load(Ordering::Relaxed);
+        let received = counts.upstream_to_client.load(Ordering::Relaxed);
+        context.request_body.bytes.store(sent, Ordering::Relaxed);
+        shared
+            .recorder
+            .record_call(&context, 200, Decision::Allow, reason, received, false);
+        let record = shared.audit.record(
+            RecordKind::Outcome,
+            &context,
+            &raw_target,
+            Some(&crate::audit::Outcome {
+                decision: postern_tlog::Decision::Allow,
+                reason,
+                status: 200,
+                response_bytes: received,
+                intent_index,
+            }),
+        );
+        shared.audit.append_later(record);
+        if let Some((host, port)) = discovered {
+            let mut seen = sighting(&context, &host, port, false);
+            seen.bytes_out = sent;
+            seen.bytes_in = received;
+            shared.discovered(seen);
+        }
+        shared.tunnels.fetch_sub(1, Ordering::Relaxed);
+    });
+    Response::new(GatewayBody::full(bytes::Bytes::new()))
+}
+
+/// Answers 200, then terminates TLS inside the tunnel with a leaf for `host` and serves every
+/// request through the path-mode pipeline with the tunnel's caller and integration.
+#[allow(clippy::too_many_arguments)]
+fn intercept(
+    shared: &Arc<Shared>,
+    runtime: &Runtime,
+    connection: &ConnectionInfo,
+    context: &mut CallContext,
+    caller: ProxyCaller,
+    integration: &IntegrationRuntime,
+    host: String,
+    request: Request<Incoming>,
+) -> Result<Response<GatewayBody>, CallError> {
+    let Some(ca) = shared.intercept_ca.clone() else {
+        return Err(CallError::unavailable(
+            "interception_unavailable",
+            "TLS interception is not available (the CA could not be loaded; see postern logs); set intercept = false on the integration or fix data_dir/ca",
+        ));
+    };
+    let tls = ca.server_config(&host).map_err(|error| {
+        tracing::warn!(%host, error = %format!("{error:#}"), "no interception certificate");
+        CallError::bad_request(
+            "invalid_connect_target",
+            "no certificate can be issued for this host name; CONNECT to a DNS name",
+        )
+    })?;
+    let tunnel = Arc::new(TunnelInfo {
+        caller: caller.name,
+        auth: caller.auth,
+        token: caller.token,
+        integration: integration.name.clone(),
+        host: Arc::from(host.as_str()),
+        mode: "intercept",
+    });
+    let info = Arc::new(ConnectionInfo {
+        peer: connection.peer,
+        spiffe_id: connection.spiffe_id.clone(),
+        tls: true,
+        tunnel: Some(tunnel),
+    });
+    let builder = crate::listener::connection_builder(runtime.config.gateway.max_header_bytes);
+    let shared = shared.clone();
+    let context = context.take();
+    shared.tunnels.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        match hyper::upgrade::on(request).await {
+            Ok(upgraded) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                let handshake = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    acceptor.accept(TokioIo::new(upgraded)),
+                )
+                .await;
+                match handshake {
+                    Ok(Ok(stream)) => {
+                        let handler = {
+                            let shared = shared.clone();
+                            move |connection, request| {
+                                crate::proxy::handle_call(shared.clone(), connection, request)
+                            }
+                        };
+                        crate::listener::serve_tunnel(
+                            TokioIo::new(stream),
+                            info,
+                            builder,
+                            shared.shutdown_signal(),
+                            handler,
+                        )
+                        .await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(host = %context.host.as_deref().unwrap_or(""), caller = %context.caller.as_deref().unwrap_or(""), %error, "the client refused Postern's interception certificate; nothing was forwarded (trust the CA from `postern ca export`, or set intercept = false)");
+                        shared.recorder.record(
+                            &context,
+                            INTERCEPTION_REFUSED_STATUS,
+                            Decision::Deny,
+                            "interception_refused",
+                        );
+                    }
+                    Err(_) => {
+                        shared.recorder.record(
+                            &context,
+                            INTERCEPTION_REFUSED_STATUS,
+                            Decision::Deny,
+                            "interception_handshake_timeout",
+                        );
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%error, "CONNECT upgrade failed"),
+        }
+        shared.tunnels.fetch_sub(1, Ordering::Relaxed);
+    });
+    Ok(Response::new(GatewayBody::full(bytes::Bytes::new())))
+}
+
+/// Absolute-form requests (`GET http://host/path`, what HTTP_PROXY clients send for plain http).
+pub async fn handle_absolute(
+    shared: Arc<Shared>,
+    connection: Arc<ConnectionInfo>,
+    request: Request<Incoming>,
+) -> Response<GatewayBody> {
+    let runtime = shared.runtime.load_full();
+    let mut context = CallContext::new(&connection, request.method(), request.version());
+    context.mode = Some("proxy");
+    let raw_target = request.uri().to_string();
+    let mut authorized = false;
+    let mut intent_index = None;
+    let outcome = absolute(
+        &shared,
+        &runtime,
+        &connection,
+        &mut context,
+        &mut authorized,
+        &mut intent_index,
+        &raw_target,
+        request,
+    )
+    .await;
+    match outcome {
+        Ok(Absolute::Answered(response)) => response,
+        Ok(Absolute::Registered(info, request)) => {
+            crate::proxy::handle_call(shared, info, request).await
+        }
+        Err(error) => crate::proxy::refuse(
+            &shared,
+            &context,
+            &raw_target,
+            authorized,
+            intent_index,
+            &error,
+        ),
+    }
+}
+
+enum Absolute {
+    Answered(Response<GatewayBody>),
+    /// A registered host: the request continues through the path-mode pipeline.
+    Registered(Arc<ConnectionInfo>, Request<Incoming>),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn absolute(
+    shared: &Arc<Shared>,
+    runtime: &Arc<Runtime>,
+    connection: &Arc<ConnectionInfo>,
+    context: &mut CallContext,
+    authorized: &mut bool,
+    intent_index: &mut Option<u64>,
+    raw_target: &str,
+    request: Request<Incoming>,
+) -> Result<Absolute, CallError> {
+    enabled(runtime)?;
+    let uri = request.uri().clone();
+    let host = uri
+        .host()
+        .map(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        })
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| {
+            CallError::bad_request(
+                "invalid_proxy_target",
+                "the absolute-form request has no host; send GET http://host/path",
+            )
+        })?;
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    context.host = Some(Arc::from(host.as_str()));
+    if let Some(problem) = crate::proxy::path_problem(uri.path()) {
+        return Err(CallError::bad_request(
+            "invalid_path",
+            format!("the request path is refused: {problem}"),
+        ));
+    }
+    let caller = proxy_caller(runtime, connection, context, request.headers())?;
+    let proxy = &runtime.proxy;
+    if let Some(integration) = proxy.integration_for_host(&host) {
+        // The same pipeline as path mode; the request is re-originated to the integration's
+        // upstream over TLS.
+        let info = Arc::new(ConnectionInfo {
+            peer: connection.peer,
+            spiffe_id: connection.spiffe_id.clone(),
+            tls: connection.tls,
+            tunnel: Some(Arc::new(TunnelInfo {
+                caller: caller.name,
+                auth: caller.auth,
+                token: caller.token,
+                integration: integration.name.clone(),
+                host: Arc::from(host.as_str()),
+                mode: "proxy",
+            })),
+        });
+        return Ok(Absolute::Registered(info, request));
+    }
+    let decision = proxy.policy.decide(&caller.name, &host, port);
+    if !decision.allowed {
+        let mut seen = sighting(context, &host, port, true);
+        seen.method = Some(context.method.clone());
+        seen.path = Some(uri.path().to_string());
+        shared.discovered(seen);
+        return Err(host_refused(decision.reason, &host, port));
+    }
+    *authorized = true;
+    *intent_index = record_intent(shared, None, context, raw_target).await?;
+
+    // Forward as is (minus hop-by-hop and caller credentials), streaming both ways.
+    let (mut parts, body) = request.into_parts();
+    let token = caller.token.as_ref().map(|t| t.to_vec());
+    strip_proxy_headers(&mut parts.headers, token.as_deref());
+    let body = ForwardBody::new(
+        body,
+        postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES,
+        context.request_body.clone(),
+        token.as_deref(),
+    );
+    let mut upstream_request = Request::from_parts(parts, body);
+    *upstream_request.version_mut() = http::Version::HTTP_11;
+    let timeout = Duration::from_millis(postern_config::DEFAULT_REQUEST_TIMEOUT_MS);
+    let response =
+        match tokio::time::timeout(timeout, proxy.plain_client.request(upstream_request)).await {
+            Err(_) => {
+                return Err(CallError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    format!("{host} did not answer within {} ms", timeout.as_millis()),
+                ))
+            }
+            Ok(Err(error)) => {
+                shared.discovered(sighting(context, &host, port, true));
+                return Err(match crate::upstream::find_cause::<ConnectError>(&error) {
+                    Some(connect) => dial_error(&host, connect),
+                    None => CallError::bad_gateway(
+                        "upstream_error",
+                        format!("the request to {host} failed"),
+                    ),
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+    if let Some(UpstreamAddr(addr)) = response.extensions().get::<UpstreamAddr>() {
+        context.upstream_addr = Some(*addr);
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_proxy_headers(&mut parts.headers, None);
+    parts.extensions = http::Extensions::new();
+    let status = parts.status.as_u16();
+    let request_id = context.request_id.clone();
+    let method = context.method.clone();
+    let path = uri.path().to_string();
+    let after_shared = shared.clone();
+    let pending = PendingRecord {
+        recorder: shared.recorder.clone(),
+        context: context.take(),
+        status,
+        reason: decision.reason,
+        after: Some(Box::new(
+            move |context: &CallContext, response_bytes: u64| {
+                let mut seen = sighting(context, &host, port, false);
+                seen.method = Some(method);
+                seen.path = Some(path);
+                seen.status = Some(status);
+                seen.bytes_in = response_bytes;
+                after_shared.discovered(seen);
+            },
+        )),
+    };
+    let audit = PendingAudit {
+        audit: shared.audit.clone(),
+        raw_target: raw_target.to_string(),
+        intent_index: *intent_index,
+    };
+    let body = ResponseBody::new(
+        body,
+        postern_config::DEFAULT_MAX_RESPONSE_BODY_BYTES,
+        pending,
+        Some(audit),
+    );
+    let mut response = Response::from_parts(parts, GatewayBody::Stream(Box::new(body)));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(crate::REQUEST_ID_HEADER, value);
+    }
+    Ok(Absolute::Answered(response))
+}
+
+fn enabled(runtime: &Runtime) -> Result<(), CallError> {
+    if runtime.proxy.config.enabled {
+        return Ok(());
+    }
+    Err(CallError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "proxy_disabled",
+        "forward-proxy mode is off; call /<integration>/<path>, or set [proxy] enabled = true",
+    ))
+}
+
+/// `host:port` of a CONNECT request (the port is required, as RFC 9110 §9.3.6 says).
+fn connect_target(uri: &Uri) -> Result<(String, u16), CallError> {
+    let invalid = || {
+        CallError::bad_request(
+            "invalid_connect_target",
+            "CONNECT needs host:port (RFC 9110 §9.3.6), for example CONNECT api.stripe.com:443",
+        )
+    };
+    let authority = uri.authority().ok_or_else(invalid)?;
+    let port = authority.port_u16().ok_or_else(invalid)?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(invalid());
+    }
+    Ok((host, port))
+}
+
+/// The caller of a proxy request: a verified client certificate's SPIFFE ID, else a caller token
+/// in `Proxy-Authorization` (Basic with the token as password, or Bearer). Missing: 407.
+fn proxy_caller(
+    runtime: &Runtime,
+    connection: &ConnectionInfo,
+    context: &mut CallContext,
+    headers: &http::HeaderMap,
+) -> Result<ProxyCaller, CallError> {
+    let token = headers
+        .get(header::PROXY_AUTHORIZATION)
+        .and_then(|value| crate::proxy::token_from_authorization(value.as_bytes()))
+        .map(Zeroizing::new);
+    if let Some(spiffe_id) = &connection.spiffe_id {
+        if let Some(name) = runtime.caller_by_spiffe(spiffe_id) {
+            context.caller = Some(name.clone());
+            context.auth = Some(AuthMethod::Mtls);
+            return Ok(ProxyCaller {
+                name,
+                auth: AuthMethod::Mtls,
+                token,
+            });
+        }
+    }
+    let Some(token) = token else {
+        return Err(CallError::new(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "proxy_auth_required",
+            "the proxy needs the caller token: put it in the proxy URL as the password (http://caller:<token>@postern:8080) or send Proxy-Authorization: Bearer <token>",
+        ));
+    };
+    match runtime.caller_by_token(&token) {
+        Some(name) => {
+            context.caller = Some(name.clone());
+            context.auth = Some(AuthMethod::ProxyToken);
+            Ok(ProxyCaller {
+                name,
+                auth: AuthMethod::ProxyToken,
+                token: Some(token),
+            })
+        }
+        None => Err(CallError::new(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "proxy_auth_required",
+            "unknown caller token in Proxy-Authorization: use a token from `postern callers token NAME` whose sha256 is in the config",
+        )),
+    }
+}
+
+/// The intent entry before a tunnel opens or an unregistered request leaves: durable, or 503
+/// (best effort only for integrations that say so).
+async fn record_intent(
+    shared: &Shared,
+    integration: Option<&IntegrationRuntime>,
+    context: &CallContext,
+    raw_target: &str,
+) -> Result<Option<u64>, CallError> {
+    let record = shared
+        .audit
+        .record(RecordKind::Intent, context, raw_target, None);
+    match shared.audit.append_durable(&record).await {
+        Ok(index) => Ok(Some(index)),
+        Err(why) if integration.is_some_and(|i| i.config.audit == AuditMode::BestEffort) => {
+            tracing::warn!(request_id = %context.request_id, %why, "audit log unavailable; forwarding anyway (audit = \"best_effort\")");
+            Ok(None)
+        }
+        Err(why) => {
+            tracing::error!(request_id = %context.request_id, %why, "audit log unavailable; refusing the proxy request");
+            Err(CallError::unavailable(
+                "audit_unavailable",
+                "the audit log cannot record this call right now, and no call leaves without its record; retry later (see /readyz)",
+            ))
+        }
+    }
+}
+
+fn port_refused(port: u16) -> CallError {
+    CallError::forbidden(
+        "port_not_allowed",
+        format!("port {port} is not allowed through the proxy; add it to [proxy] allowed_ports if it should be"),
+    )
+}
+
+fn host_refused(reason: &'static str, host: &str, port: u16) -> CallError {
+    match reason {
+        "port_not_allowed" => port_refused(port),
+        "host_denied" => CallError::forbidden(
+            "host_denied",
+            format!("{host} is on the proxy's deny list ([proxy] deny_hosts)"),
+        ),
+        _ => CallError::forbidden(
+            "host_not_allowed",
+            format!("{host} is not allowed for this caller through the proxy; register an integration for it, or add it to the caller's allow_hosts or [proxy] allow_hosts"),
+        ),
+    }
+}
+
+fn dial_error(host: &str, error: &ConnectError) -> CallError {
+    match error {
+        ConnectError::Denied(denied) => CallError::bad_gateway(
+            "upstream_address_denied",
+            format!(
+                "{host} resolves to a {} address, which Postern refuses to dial; if this is intended, list it in allow_private_networks",
+                denied.class.as_str()
+            ),
+        ),
+        ConnectError::Resolve { .. } => {
+            CallError::bad_gateway("upstream_unresolvable", format!("{host} could not be resolved"))
+        }
+        ConnectError::Timeout { .. } => CallError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_connect_timeout",
+            format!("connecting to {host} timed out"),
+        ),
+        ConnectError::Connect { .. } | ConnectError::NoHost => {
+            CallError::bad_gateway("upstream_unreachable", format!("{host} could not be reached"))
+        }
+    }
+}
+
+/// Removes hop-by-hop headers, proxy credentials and any header carrying the caller token.
+fn strip_proxy_headers(headers: &mut http::HeaderMap, token: Option<&[u8]>) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| http::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("proxy-connection");
+    headers.remove("keep-alive");
+    headers.remove(crate::CALLER_TOKEN_HEADER);
+    if let Some(token) = token {
+        let carrying: Vec<http::HeaderName> = headers
+            .iter()
+            .filter(|(_, value)| memchr::memmem::find(value.as_bytes(), token).is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in carrying {
+            headers.remove(name);
+        }
+    }
+}
+
+fn sighting(context: &CallContext, host: &str, port: u16, blocked: bool) -> Sighting {
+    Sighting {
+        host: host.to_string(),
+        port,
+        caller: context.caller.as_deref().map(str::to_string),
+        method: None,
+        path: None,
+        status: None,
+        bytes_out: 0,
+        bytes_in: 0,
+        time_ms: context
+            .wall_start
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        blocked,
+    }
+}
+
+#[derive(Default)]
+struct TunnelCounts {
+    client_to_upstream: AtomicU64,
+    upstream_to_client: AtomicU64,
+    /// Milliseconds since `started` of the last byte either way.
+    last_activity_ms: AtomicU64,
+}
+
+/// Copies both ways until both directions end, or nothing moved for `idle`.
+async fn splice<C>(client: C, upstream: TcpStream, counts: Arc<TunnelCounts>, idle: Duration)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = upstream.into_split();
+    let up = pump(
+        &mut client_read,
+        &mut upstream_write,
+        &counts,
+        &counts.client_to_upstream,
+        started,
+    );
+    let down = pump(
+        &mut upstream_read,
+        &mut client_write,
+        &counts,
+        &counts.upstream_to_client,
+        started,
+    );
+    let idle_watch = async {
+        let tick = idle
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(tick).await;
+            let last = Duration::from_millis(counts.last_activity_ms.load(Ordering::Relaxed));
+            if started.elapsed().saturating_sub(last) >= idle {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(up, down) } => {}
+        _ = idle_watch => tracing::debug!("tunnel idle timeout"),
+    }
+}
+
+async fn pump<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    counts: &TunnelCounts,
+    counter: &AtomicU64,
+    started: Instant,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        if writer.write_all(&buffer[..read]).await.is_err() {
+            break;
+        }
+        counter.fetch_add(read as u64, Ordering::Relaxed);
+        counts
+            .last_activity_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    let _ = writer.shutdown().await;
+}

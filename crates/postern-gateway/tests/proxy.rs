@@ -1,0 +1,543 @@
+//! Forward-proxy mode end to end: real clients (reqwest) through `HTTPS_PROXY`-style proxies,
+//! real TLS interception with Postern's own CA, real tunnels, and the host policy.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const VENDOR_KEY: &str = "sk_live_vendor_secret_PROXY_4242";
+/// The name clients use for the intercepted vendor; it never resolves — Postern terminates the
+/// tunnel and re-originates to the integration's upstream.
+const VENDOR_HOST: &str = "api.vendor.postern.test";
+
+fn postern_ca(gw: &TestGateway) -> reqwest::Certificate {
+    let pem = postern_gateway::intercept::export_ca_pem(&gw.running().data_dir).unwrap();
+    reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()
+}
+
+/// A client whose proxy is Postern with `token` as the proxy password.
+fn proxied(
+    gw: &TestGateway,
+    token: Option<&str>,
+    roots: &[reqwest::Certificate],
+) -> reqwest::Client {
+    let mut proxy = reqwest::Proxy::all(&gw.base).unwrap();
+    if let Some(token) = token {
+        proxy = proxy.basic_auth("ignored-user", token);
+    }
+    let mut builder = reqwest::Client::builder()
+        .proxy(proxy)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10));
+    for root in roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    builder.build().unwrap()
+}
+
+/// An intercepted integration for `vendor` under [`VENDOR_HOST`], plus `proxy` settings.
+async fn intercepting_gateway(
+    vendor: &TestVendor,
+    integration_extra: &str,
+    proxy: &str,
+) -> TestGateway {
+    let staging = tempfile::tempdir().unwrap();
+    let key_path = staging.path().join("vendor-key");
+    std::fs::write(&key_path, VENDOR_KEY).unwrap();
+    let body = format!(
+        r#"
+[[integrations]]
+name = "vendor"
+vendor = "Vendor"
+owner = "team@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+hosts = ["{VENDOR_HOST}"]
+credential = {{ kind = "bearer", from_file = "{key}" }}
+operations = [
+  {{ id = "create_charge", method = "POST", path = "/v1/charges" }},
+  {{ id = "get_charge",    method = "GET",  path = "/v1/charges/{{id}}" }},
+  {{ id = "refund_charge", method = "POST", path = "/v1/charges/{{id}}/refund" }},
+]
+{integration_extra}
+
+[[grants]]
+caller = "checkout"
+integration = "vendor"
+operations = ["create_charge", "get_charge"]
+
+{proxy}
+"#,
+        port = vendor.addr.port(),
+        key = key_path.display(),
+    );
+    let gw = TestGateway::start(&body, vendor.ca_pem.as_deref()).await;
+    std::mem::forget(staging);
+    gw
+}
+
+#[tokio::test]
+async fn intercepted_calls_get_the_same_decisions_as_path_mode_and_the_vendor_sees_only_its_key() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(&vendor, "", "").await;
+    let client = proxied(&gw, Some(CHECKOUT_TOKEN), &[postern_ca(&gw)]);
+
+    let granted = client
+        .post(format!("https://{VENDOR_HOST}/v1/charges"))
+        .header("authorization", "Bearer sk_dummy_the_sdk_sends_this")
+        .body("amount=100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(granted.status(), 200);
+    let seen = vendor.last();
+    assert_eq!(seen.target, "/v1/charges");
+    assert_eq!(
+        seen.header("authorization").unwrap(),
+        format!("Bearer {VENDOR_KEY}")
+    );
+    let everything = seen.everything();
+    assert!(
+        !everything.contains(CHECKOUT_TOKEN),
+        "the caller token reached the vendor"
+    );
+    assert!(!everything
+        .to_ascii_lowercase()
+        .contains("proxy-authorization"));
+    assert!(!everything.contains("sk_dummy_the_sdk_sends_this"));
+
+    let not_granted = client
+        .post(format!("https://{VENDOR_HOST}/v1/charges/ch_1/refund"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_granted.status(), 403);
+    let body: serde_json::Value = not_granted.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_granted");
+
+    let unknown = client
+        .delete(format!("https://{VENDOR_HOST}/v1/customers/cus_1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 403);
+    let body: serde_json::Value = unknown.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "operation_not_allowed");
+    assert_eq!(vendor.seen().len(), 1, "refused calls reached the vendor");
+
+    let events = gw.wait_events(3).await;
+    let allowed = events.iter().find(|e| e["status"] == 200).unwrap();
+    assert_eq!(allowed["mode"], "intercept");
+    assert_eq!(allowed["host"], VENDOR_HOST);
+    assert_eq!(allowed["integration"], "vendor");
+    assert_eq!(allowed["caller"], "checkout");
+    assert_eq!(allowed["operation"], "create_charge");
+    assert_eq!(allowed["auth"], "proxy_token");
+    // reqwest offers h2 by ALPN inside the tunnel.
+    assert_eq!(allowed["protocol"], "HTTP/2");
+    assert!(events
+        .iter()
+        .any(|e| e["reason"] == "not_granted" && e["mode"] == "intercept"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn http1_inside_the_tunnel_works_too() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(&vendor, "", "").await;
+    let client = reqwest::Client::builder()
+        .proxy(
+            reqwest::Proxy::all(&gw.base)
+                .unwrap()
+                .basic_auth("x", CHECKOUT_TOKEN),
+        )
+        .add_root_certificate(postern_ca(&gw))
+        .http1_only()
+        .build()
+        .unwrap();
+    let response = client
+        .get(format!("https://{VENDOR_HOST}/v1/charges/ch_42"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(vendor.last().target, "/v1/charges/ch_42");
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["protocol"], "HTTP/1.1");
+    assert_eq!(events[0]["operation"], "get_charge");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn missing_or_wrong_proxy_credentials_get_407_and_nothing_is_forwarded() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(&vendor, "", "").await;
+    let addr = gw.running().listen_addr;
+    let answer = raw_request(
+        addr,
+        format!("CONNECT {VENDOR_HOST}:443 HTTP/1.1\r\nHost: {VENDOR_HOST}:443\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("proxy-authenticate: basic realm=\"postern\""),
+        "{answer}"
+    );
+    assert!(answer.contains("proxy_auth_required"));
+
+    use base64::Engine as _;
+    let wrong = base64::engine::general_purpose::STANDARD.encode("x:pst_not_a_real_token");
+    let answer = raw_request(
+        addr,
+        format!("CONNECT {VENDOR_HOST}:443 HTTP/1.1\r\nHost: {VENDOR_HOST}:443\r\nProxy-Authorization: Basic {wrong}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
+
+    // A plain-HTTP proxy request without credentials: 407 as well.
+    let answer = raw_request(
+        addr,
+        b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
+
+    // A real client with a wrong token fails the same way.
+    let client = proxied(&gw, Some("pst_wrong"), &[postern_ca(&gw)]);
+    assert!(client
+        .get(format!("https://{VENDOR_HOST}/v1/charges/ch_1"))
+        .send()
+        .await
+        .is_err());
+    assert!(vendor.seen().is_empty());
+    let events = gw.wait_events(3).await;
+    assert!(events
+        .iter()
+        .all(|e| e["reason"] == "proxy_auth_required" && e["status"] == 407));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_refuses_the_interception_certificate_gets_a_clear_error_and_nothing_is_forwarded(
+) {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(&vendor, "", "").await;
+    // No Postern CA in the client's roots.
+    let client = proxied(&gw, Some(CHECKOUT_TOKEN), &[]);
+    let error = client
+        .get(format!("https://{VENDOR_HOST}/v1/charges/ch_1"))
+        .send()
+        .await
+        .unwrap_err();
+    let chain = format!("{error:?}").to_ascii_lowercase();
+    assert!(
+        chain.contains("certificate") || chain.contains("unknownissuer"),
+        "{chain}"
+    );
+    assert!(vendor.seen().is_empty());
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "interception_refused");
+    assert_eq!(events[0]["status"], 495);
+    assert_eq!(events[0]["decision"], "deny");
+    assert_eq!(events[0]["host"], VENDOR_HOST);
+    assert_eq!(events[0]["caller"], "checkout");
+    gw.stop().await;
+}
+
+/// Raw CONNECT with the checkout token; returns the status line.
+async fn connect_status(gw: &TestGateway, target: &str) -> String {
+    use base64::Engine as _;
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
+    let answer = raw_request(
+        gw.running().listen_addr,
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {credentials}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    answer.lines().next().unwrap_or_default().to_string() + "\n" + &answer
+}
+
+#[tokio::test]
+async fn connect_refuses_internal_targets_and_closed_ports() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    // Open mode and ports 22/80 allowed, so only the SSRF guard stands between the caller and
+    // the internal targets.
+    let gw = intercepting_gateway(
+        &vendor,
+        "",
+        "[proxy]\nmode = \"open\"\nallowed_ports = [22, 80, 443]",
+    )
+    .await;
+    for target in [
+        "127.0.0.1:22",
+        "169.254.169.254:80",
+        "localhost:443",
+        "[::1]:443",
+        "10.0.0.1:443",
+        "[::ffff:127.0.0.1]:443",
+    ] {
+        let answer = connect_status(&gw, target).await;
+        assert!(answer.starts_with("HTTP/1.1 502"), "{target}: {answer}");
+        assert!(
+            answer.contains("upstream_address_denied"),
+            "{target}: {answer}"
+        );
+    }
+    gw.stop().await;
+
+    // Default ports: only 443.
+    let gw = intercepting_gateway(&vendor, "", "[proxy]\nmode = \"open\"").await;
+    for target in ["127.0.0.1:22", "169.254.169.254:80", "example.com:25"] {
+        let answer = connect_status(&gw, target).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{target}: {answer}");
+        assert!(answer.contains("port_not_allowed"), "{target}: {answer}");
+    }
+    gw.stop().await;
+}
+
+/// A TLS vendor reached through an opaque tunnel (not intercepted): the client verifies the
+/// vendor's own certificate, Postern sees bytes only.
+async fn tunnel_client(gw: &TestGateway, token: &str, vendor: &TestVendor) -> reqwest::Client {
+    let vendor_ca =
+        reqwest::Certificate::from_pem(vendor.ca_pem.as_ref().unwrap().as_bytes()).unwrap();
+    proxied(gw, Some(token), &[vendor_ca])
+}
+
+fn host_policy_proxy(vendor: &TestVendor, mode: &str, extra: &str) -> String {
+    format!(
+        "[proxy]\nmode = \"{mode}\"\nallowed_ports = [443, {port}]\nallow_private_networks = [\"127.0.0.1/32\", \"::1/128\"]\n{extra}",
+        port = vendor.addr.port()
+    )
+}
+
+#[tokio::test]
+async fn enforce_mode_refuses_unlisted_hosts_and_records_them_in_discovery() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let other = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(&vendor, "", &host_policy_proxy(&other, "enforce", "")).await;
+    let client = tunnel_client(&gw, CHECKOUT_TOKEN, &other).await;
+    let url = format!("https://localhost:{}/v1/things/123", other.addr.port());
+    let error = client.get(&url).send().await.unwrap_err();
+    assert!(
+        format!("{error:?}").contains("403") || error.is_connect(),
+        "{error:?}"
+    );
+    assert!(other.seen().is_empty());
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "host_not_allowed");
+    assert_eq!(events[0]["mode"], "tunnel");
+    assert_eq!(events[0]["host"], "localhost");
+
+    let discovered = discovered(&gw).await;
+    let host = discovered
+        .iter()
+        .find(|h| h["host"] == "localhost")
+        .expect("localhost discovered");
+    assert_eq!(host["blocked_calls"], 1);
+    assert_eq!(host["port"], other.addr.port());
+    assert!(host["callers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c == "checkout"));
+    gw.stop().await;
+}
+
+async fn discovered(gw: &TestGateway) -> Vec<serde_json::Value> {
+    let answer: serde_json::Value = client()
+        .get(format!("{}/v1/discovered", gw.admin))
+        .bearer_auth(&gw.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["discovered"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn report_mode_passes_unlisted_hosts_through_a_tunnel_and_reports_them() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let other = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(&vendor, "", &host_policy_proxy(&other, "report", "")).await;
+    let client = tunnel_client(&gw, CHECKOUT_TOKEN, &other).await;
+    let url = format!("https://localhost:{}/v1/things/123", other.addr.port());
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The tunnel is opaque: the vendor saw the client's own request, untouched.
+    assert_eq!(other.last().target, "/v1/things/123");
+    // Closing the client's connection closes the tunnel, which writes its event.
+    drop(response);
+    drop(client);
+    let events = gw.wait_events(1).await;
+    let tunnel = &events[0];
+    assert_eq!(tunnel["mode"], "tunnel");
+    assert_eq!(tunnel["reason"], "host_not_allowed_reported");
+    assert_eq!(tunnel["decision"], "allow");
+    assert!(tunnel["request_bytes"].as_u64().unwrap() > 100, "{tunnel}");
+    assert!(tunnel["response_bytes"].as_u64().unwrap() > 100, "{tunnel}");
+    assert!(tunnel["operation"].is_null());
+
+    let discovered = discovered(&gw).await;
+    let host = discovered
+        .iter()
+        .find(|h| h["host"] == "localhost")
+        .unwrap();
+    assert_eq!(host["calls"], 1);
+    assert_eq!(host["blocked_calls"], 0);
+    assert!(host["bytes_out"].as_u64().unwrap() > 100);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn allow_lists_wildcards_and_the_deny_list() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(
+        &vendor,
+        "",
+        "[proxy]\nmode = \"enforce\"\nallow_hosts = [\"*.allowed.test\"]\ndeny_hosts = [\"*.evil.test\", \"pastebin.com\"]",
+    )
+    .await;
+    // Allowed by wildcard: passes the host policy, then fails to resolve (no DNS here) — 502,
+    // not 403.
+    let answer = connect_status(&gw, "api.allowed.test:443").await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.contains("upstream_unresolvable"), "{answer}");
+    // One level only.
+    let answer = connect_status(&gw, "a.b.allowed.test:443").await;
+    assert!(answer.contains("host_not_allowed"), "{answer}");
+    let answer = connect_status(&gw, "x.evil.test:443").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 403") && answer.contains("host_denied"),
+        "{answer}"
+    );
+    gw.stop().await;
+
+    // The deny list wins even in open mode.
+    let gw = intercepting_gateway(
+        &vendor,
+        "",
+        "[proxy]\nmode = \"open\"\ndeny_hosts = [\"pastebin.com\"]",
+    )
+    .await;
+    let answer = connect_status(&gw, "pastebin.com:443").await;
+    assert!(answer.contains("host_denied"), "{answer}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_registered_host_without_interception_is_a_tunnel_for_granted_callers_only() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let body = format!(
+        r#"
+[[integrations]]
+name = "opaque"
+vendor = "Opaque"
+owner = "team@example.com"
+upstream = "https://localhost:{port}"
+allow_private_networks = ["127.0.0.1/32", "::1/128"]
+hosts = ["localhost"]
+intercept = false
+operations = [ {{ id = "any", method = "GET", path = "/v1/things/{{id}}" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "opaque"
+operations = ["*"]
+"#,
+        port = vendor.addr.port()
+    );
+    let gw = TestGateway::start(&body, None).await;
+    let url = format!("https://localhost:{}/v1/things/1", vendor.addr.port());
+    let granted = tunnel_client(&gw, CHECKOUT_TOKEN, &vendor).await;
+    assert_eq!(granted.get(&url).send().await.unwrap().status(), 200);
+    drop(granted);
+    let refused = tunnel_client(&gw, REPORTING_TOKEN, &vendor).await;
+    assert!(refused.get(&url).send().await.is_err());
+    assert_eq!(vendor.seen().len(), 1);
+    let events = gw.wait_events(2).await;
+    let tunnel = events.iter().find(|e| e["decision"] == "allow").unwrap();
+    assert_eq!(tunnel["mode"], "tunnel");
+    assert_eq!(tunnel["integration"], "opaque");
+    assert_eq!(tunnel["reason"], "tunnel");
+    let denied = events.iter().find(|e| e["decision"] == "deny").unwrap();
+    assert_eq!(denied["reason"], "not_granted");
+    assert_eq!(denied["caller"], "reporting");
+    // Registered hosts are not "discovered".
+    assert!(discovered(&gw).await.is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their_endpoints_discovered(
+) {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let plain = TestVendor::plain(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(
+        &vendor,
+        "",
+        &format!(
+            "[proxy]\nmode = \"open\"\nallowed_ports = [{}]\nallow_private_networks = [\"127.0.0.1/32\"]",
+            plain.addr.port()
+        ),
+    )
+    .await;
+    let client = proxied(&gw, Some(CHECKOUT_TOKEN), &[]);
+    for id in ["1001", "1002", "1003"] {
+        let response = client
+            .get(format!(
+                "http://127.0.0.1:{}/v2/orders/{id}",
+                plain.addr.port()
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "{\"ok\":true}");
+    }
+    let seen = plain.last();
+    assert_eq!(seen.target, "/v2/orders/1003");
+    assert!(!seen.everything().contains(CHECKOUT_TOKEN));
+    let events = gw.wait_events(3).await;
+    assert!(events
+        .iter()
+        .all(|e| e["mode"] == "proxy" && e["reason"] == "open_mode"));
+    let discovered = discovered(&gw).await;
+    let host = discovered
+        .iter()
+        .find(|h| h["host"] == "127.0.0.1")
+        .unwrap();
+    assert_eq!(host["calls"], 3);
+    let endpoints = host["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    assert_eq!(endpoints[0]["template"], "/v2/orders/{id}");
+    assert_eq!(endpoints[0]["method"], "GET");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_to_a_registered_host_runs_the_pipeline_and_is_re_originated_over_tls() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(&vendor, "", "").await;
+    let client = proxied(&gw, Some(CHECKOUT_TOKEN), &[]);
+    let response = client
+        .get(format!("http://{VENDOR_HOST}/v1/charges/ch_9"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        vendor.last().header("authorization").unwrap(),
+        format!("Bearer {VENDOR_KEY}")
+    );
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["mode"], "proxy");
+    assert_eq!(events[0]["operation"], "get_charge");
+    gw.stop().await;
+}
