@@ -670,3 +670,189 @@ fn pinned_version(package: &str) -> String {
         })
         .unwrap_or_else(|| panic!("{package} is not pinned in {}", path.display()))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Forward proxy: unchanged clients through HTTPS_PROXY, with Postern's CA trusted
+
+/// The OpenAI integration claiming api.openai.com for the forward proxy (intercepted). The
+/// clients ask for api.openai.com; Postern re-originates to the local vendor.
+fn openai_proxy_config(vendor: &TestVendor, key_path: &str) -> String {
+    openai_config(vendor, key_path).replace(
+        "allow_private_networks = [\"127.0.0.1/32\"]",
+        "allow_private_networks = [\"127.0.0.1/32\"]\nhosts = [\"api.openai.com\"]",
+    )
+}
+
+/// `HTTPS_PROXY` with the caller token as the proxy password, and the path of Postern's CA.
+fn proxy_env(gateway: &TestGateway) -> (String, String) {
+    let proxy = gateway
+        .base
+        .replace("http://", &format!("http://app:{CHECKOUT_TOKEN}@"));
+    let ca = gateway.dir.path().join("postern-ca.pem");
+    let pem = postern_gateway::intercept::export_ca_pem(&gateway.running().data_dir).unwrap();
+    std::fs::write(&ca, pem).unwrap();
+    (proxy, ca.display().to_string())
+}
+
+#[tokio::test]
+async fn openai_sdk_through_https_proxy_gets_path_mode_decisions() {
+    let Some(python) = sdk_python() else { return };
+    let secrets = tempfile::tempdir().unwrap();
+    let key_path = secret_file(&secrets, "openai-key", OPENAI_VENDOR_KEY);
+    let vendor = TestVendor::tls(openai_vendor()).await;
+    let gateway = TestGateway::start(
+        &openai_proxy_config(&vendor, &key_path),
+        vendor.ca_pem.as_deref(),
+    )
+    .await;
+    let (proxy, ca) = proxy_env(&gateway);
+    let env = [
+        ("HTTPS_PROXY", proxy.as_str()),
+        ("HTTP_PROXY", proxy.as_str()),
+        ("ALL_PROXY", proxy.as_str()),
+        ("NO_PROXY", ""),
+        ("POSTERN_CA_FILE", ca.as_str()),
+    ];
+    let result = run_sdk_script(
+        &python,
+        &gateway,
+        "openai_calls.py",
+        "via_https_proxy",
+        &env,
+    )
+    .await;
+    assert_eq!(
+        result,
+        json!({
+            "completion": "Hello from the vendor, through Postern.",
+            "models": ["gpt-4o-mini", "text-embedding-3-small"],
+            "embeddings": {"status": 403, "code": "not_granted"},
+        })
+    );
+    let seen = vendor.seen();
+    assert_eq!(
+        targets(&seen),
+        ["POST /v1/chat/completions", "GET /v1/models"]
+    );
+    assert_vendor_authorization(&seen, &format!("Bearer {OPENAI_VENDOR_KEY}"));
+    assert_caller_token_absent(&seen, &[]);
+    for request in &seen {
+        assert!(!request.everything().contains("sk-placeholder"));
+    }
+    let events = gateway.wait_events(3).await;
+    assert!(events
+        .iter()
+        .all(|e| e["mode"] == "intercept" && e["host"] == "api.openai.com"));
+    assert_eq!(
+        event_summary(&gateway, 3).await,
+        [
+            summary("chat", "allow", 200, "granted"),
+            summary("models", "allow", 200, "granted"),
+            summary("embeddings", "deny", 403, "not_granted"),
+        ]
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn python_requests_through_https_proxy() {
+    let Some(python) = sdk_python() else { return };
+    let secrets = tempfile::tempdir().unwrap();
+    let key_path = secret_file(&secrets, "openai-key", OPENAI_VENDOR_KEY);
+    let vendor = TestVendor::tls(openai_vendor()).await;
+    let gateway = TestGateway::start(
+        &openai_proxy_config(&vendor, &key_path),
+        vendor.ca_pem.as_deref(),
+    )
+    .await;
+    let (proxy, ca) = proxy_env(&gateway);
+    let env = [
+        ("HTTPS_PROXY", proxy.as_str()),
+        ("NO_PROXY", ""),
+        ("POSTERN_CA_FILE", ca.as_str()),
+    ];
+    let result = run_sdk_script(&python, &gateway, "requests_proxy.py", "main", &env).await;
+    assert_eq!(
+        result,
+        json!({
+            "models_status": 200,
+            "models": ["gpt-4o-mini", "text-embedding-3-small"],
+            "refused_status": 403,
+            "refused_code": "not_granted",
+        })
+    );
+    let seen = vendor.seen();
+    assert_eq!(targets(&seen), ["GET /v1/models"]);
+    assert_vendor_authorization(&seen, &format!("Bearer {OPENAI_VENDOR_KEY}"));
+    assert_caller_token_absent(&seen, &[]);
+    gateway.stop().await;
+}
+
+/// curl is a system tool here (Debian's), like the Python interpreter: the test needs it and
+/// says so when it is missing, unless CI requires it.
+#[tokio::test]
+async fn curl_through_https_proxy_and_a_curl_that_does_not_trust_the_ca() {
+    let curl = std::process::Command::new("curl").arg("--version").output();
+    if curl.is_err() {
+        assert!(
+            std::env::var_os("POSTERN_REQUIRE_SDK_TESTS").is_none(),
+            "curl is required (POSTERN_REQUIRE_SDK_TESTS is set) but not installed"
+        );
+        eprintln!("SKIP: curl is not installed");
+        return;
+    }
+    let secrets = tempfile::tempdir().unwrap();
+    let key_path = secret_file(&secrets, "openai-key", OPENAI_VENDOR_KEY);
+    let vendor = TestVendor::tls(openai_vendor()).await;
+    let gateway = TestGateway::start(
+        &openai_proxy_config(&vendor, &key_path),
+        vendor.ca_pem.as_deref(),
+    )
+    .await;
+    let (_, ca) = proxy_env(&gateway);
+    let trusted = curl_via_proxy(&gateway.base, Some(&ca)).await;
+    let stdout = String::from_utf8_lossy(&trusted.stdout).to_string();
+    assert!(
+        trusted.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert!(stdout.ends_with("\n200"), "{stdout}");
+    assert!(stdout.contains("gpt-4o-mini"));
+    assert_eq!(targets(&vendor.seen()), ["GET /v1/models"]);
+
+    // Without the CA, curl refuses Postern's certificate (exit 60) and nothing is forwarded.
+    let untrusting = curl_via_proxy(&gateway.base, None).await;
+    assert_eq!(
+        untrusting.status.code(),
+        Some(60),
+        "{}",
+        String::from_utf8_lossy(&untrusting.stderr)
+    );
+    assert!(String::from_utf8_lossy(&untrusting.stderr).contains("certificate"));
+    assert_eq!(
+        vendor.seen().len(),
+        1,
+        "the refused handshake forwarded something"
+    );
+    let events = gateway.wait_events(2).await;
+    assert!(events.iter().any(|e| e["reason"] == "interception_refused"));
+    gateway.stop().await;
+}
+
+/// `curl https://api.openai.com/v1/models` through `proxy` with the caller token as the proxy
+/// password, trusting `ca` when given; prints the body then the status code.
+async fn curl_via_proxy(proxy: &str, ca: Option<&str>) -> std::process::Output {
+    let mut command = std::process::Command::new("curl");
+    command
+        .env_clear()
+        .args(["-sS", "--max-time", "20", "--proxy", proxy])
+        .args(["--proxy-user", &format!("app:{CHECKOUT_TOKEN}")]);
+    if let Some(ca) = ca {
+        command.args(["--cacert", ca]);
+    }
+    command.args(["-w", "\n%{http_code}", "https://api.openai.com/v1/models"]);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}

@@ -57,7 +57,35 @@ def ungranted_embeddings() -> dict:
     return {"error": None}
 
 
+def via_https_proxy() -> dict:
+    """The app is unchanged: default base URL (api.openai.com), HTTPS_PROXY from the
+    environment, and only Postern's CA added to what it trusts. Its API key is a placeholder:
+    the real key lives in Postern, which injects it."""
+    sdk = openai.OpenAI(
+        api_key="sk-placeholder-the-app-never-sees-the-real-key",
+        http_client=openai.DefaultHttpxClient(verify=os.environ["POSTERN_CA_FILE"]),
+        max_retries=0,
+        timeout=20.0,
+    )
+    completion = sdk.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Say hello through the proxy."}],
+    )
+    models = sdk.models.list()
+    try:
+        sdk.embeddings.create(model="text-embedding-3-small", input="hello")
+        refused = None
+    except openai.PermissionDeniedError as error:
+        refused = {"status": error.status_code, "code": error.code}
+    return {
+        "completion": completion.choices[0].message.content,
+        "models": [model.id for model in models],
+        "embeddings": refused,
+    }
+
+
 SCENARIOS = {
+    "via_https_proxy": via_https_proxy,
     "chat_and_models": chat_and_models,
     "ungranted_embeddings": ungranted_embeddings,
 }
