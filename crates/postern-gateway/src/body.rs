@@ -271,6 +271,8 @@ pub struct PendingAudit {
 /// The vendor's response body on its way back to the caller.
 pub struct ResponseBody {
     inner: Incoming,
+    /// Bytes already read from `inner` (a scanned response), sent before the rest of `inner`.
+    prefix: Option<Bytes>,
     limit: u64,
     seen: u64,
     record: Option<PendingRecord>,
@@ -286,11 +288,18 @@ impl ResponseBody {
     ) -> Self {
         ResponseBody {
             inner,
+            prefix: None,
             limit,
             seen: 0,
             record: Some(record),
             audit,
         }
+    }
+
+    /// Sends `prefix` (already read from the vendor, possibly redacted) before the rest.
+    pub fn with_prefix(mut self, prefix: Bytes) -> Self {
+        self.prefix = Some(prefix).filter(|p| !p.is_empty());
+        self
     }
 
     fn finish(&mut self, incomplete: bool, reason: Option<&'static str>) {
@@ -335,6 +344,13 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            this.seen += prefix.len() as u64;
+            if this.inner.is_end_stream() {
+                this.finish(false, None);
+            }
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
@@ -362,11 +378,18 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.prefix.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + prefix);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + prefix);
+        }
+        hint
     }
 }
 

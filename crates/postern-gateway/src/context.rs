@@ -93,6 +93,8 @@ pub struct CallContext {
     pub policy_id: Option<String>,
     /// What the payload scan found in the request (scanned integrations only).
     pub request_scan: Option<crate::scan::ScanSummary>,
+    /// What the payload scan found in the vendor's response (scanned integrations only).
+    pub response_scan: Option<crate::scan::ScanSummary>,
     /// Forward-proxy mode (`proxy`, `tunnel`, `intercept`); `None` in path mode.
     pub mode: Option<&'static str>,
     /// Forward-proxy destination host.
@@ -122,6 +124,7 @@ impl CallContext {
             redirect_off_origin: false,
             policy_id: None,
             request_scan: None,
+            response_scan: None,
             mode: connection.tunnel.as_ref().map(|t| t.mode),
             host: connection.tunnel.as_ref().map(|t| t.host.clone()),
         }
@@ -147,6 +150,7 @@ impl CallContext {
             redirect_off_origin: false,
             policy_id: None,
             request_scan: None,
+            response_scan: None,
             mode: None,
             host: None,
         };
@@ -192,6 +196,9 @@ impl CallContext {
             data_classes: self.request_scan.as_ref().map(|s| &s.classes),
             unscanned: self.request_scan.as_ref().and_then(|s| s.unscanned),
             redacted: self.request_scan.as_ref().is_some_and(|s| s.redacted),
+            response_data_classes: self.response_scan.as_ref().map(|s| &s.classes),
+            response_unscanned: self.response_scan.as_ref().and_then(|s| s.unscanned),
+            response_redacted: self.response_scan.as_ref().is_some_and(|s| s.redacted),
             mode: self.mode,
             host: self.host.as_deref(),
         }
@@ -235,6 +242,9 @@ impl CallContext {
             data_classes: self.request_scan.as_ref().map(|s| s.classes.clone()),
             unscanned: self.request_scan.as_ref().and_then(|s| s.unscanned),
             redacted: self.request_scan.as_ref().is_some_and(|s| s.redacted),
+            response_data_classes: self.response_scan.as_ref().map(|s| s.classes.clone()),
+            response_unscanned: self.response_scan.as_ref().and_then(|s| s.unscanned),
+            response_redacted: self.response_scan.as_ref().is_some_and(|s| s.redacted),
             mode: self.mode,
             host: self.host.as_deref().map(str::to_string),
         }

@@ -84,6 +84,12 @@ pub struct CallEvent {
     pub unscanned: Option<&'static str>,
     /// Whether unapproved values were masked before forwarding.
     pub redacted: bool,
+    /// Data classes found in the vendor's response body, for scanned integrations.
+    pub response_data_classes: Option<std::collections::BTreeMap<String, usize>>,
+    /// Why a scanned integration's response body was not scanned.
+    pub response_unscanned: Option<&'static str>,
+    /// Whether unapproved values in the response were masked before it reached the caller.
+    pub response_redacted: bool,
     /// How the call reached Postern, when not path mode: `proxy` (absolute-form plain HTTP),
     /// `tunnel` (CONNECT, not intercepted: host policy, bytes and timing only) or `intercept`
     /// (CONNECT with TLS interception: the full pipeline).
@@ -120,6 +126,9 @@ impl CallEvent {
             data_classes: self.data_classes.as_ref(),
             unscanned: self.unscanned,
             redacted: self.redacted,
+            response_data_classes: self.response_data_classes.as_ref(),
+            response_unscanned: self.response_unscanned,
+            response_redacted: self.response_redacted,
             mode: self.mode,
             host: self.host.as_deref(),
         }
@@ -166,6 +175,12 @@ pub struct CallEventRef<'a> {
     pub unscanned: Option<&'static str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub redacted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_data_classes: Option<&'a std::collections::BTreeMap<String, usize>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_unscanned: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub response_redacted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -847,6 +862,9 @@ mod tests {
             data_classes: None,
             unscanned: None,
             redacted: false,
+            response_data_classes: None,
+            response_unscanned: None,
+            response_redacted: false,
             mode: Some("intercept"),
             host: Some("api.acme.test".into()),
         }

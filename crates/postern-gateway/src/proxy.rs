@@ -231,12 +231,14 @@ async fn pipeline(
     };
     inspect_response(
         shared,
+        runtime,
         &integration,
         context,
         response,
         progress.intent_index,
         raw_target,
     )
+    .await
 }
 
 /// The intent entry: durable before the call is forwarded, unless the integration's audit mode
@@ -868,8 +870,9 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Response checks: size cap, redirects leaving the upstream's origin, hop-by-hop headers.
-fn inspect_response(
+async fn inspect_response(
     shared: &Arc<Shared>,
+    runtime: &Runtime,
     integration: &IntegrationRuntime,
     context: &mut CallContext,
     response: Response<Incoming>,
@@ -927,6 +930,23 @@ fn inspect_response(
     }
     parts.version = http::Version::default();
     parts.extensions = http::Extensions::new();
+    let (prefix, body) = if integration.config.data_classes.is_some() {
+        match crate::scan::scan_response(integration, &runtime.scanner, &parts.headers, body).await
+        {
+            Ok(scanned) => {
+                shared.note_dataflow(context, &scanned.summary, "response");
+                context.response_scan = Some(scanned.summary);
+                (scanned.prefix, scanned.rest)
+            }
+            Err((error, summary)) => {
+                shared.note_dataflow(context, &summary, "response_blocked");
+                context.response_scan = Some(summary);
+                return Err(error);
+            }
+        }
+    } else {
+        (bytes::Bytes::new(), body)
+    };
     let status = parts.status.as_u16();
     let pending = PendingRecord {
         recorder: shared.recorder.clone(),
@@ -940,7 +960,7 @@ fn inspect_response(
         raw_target: raw_target.to_string(),
         intent_index,
     };
-    let body = ResponseBody::new(body, limit, pending, Some(audit));
+    let body = ResponseBody::new(body, limit, pending, Some(audit)).with_prefix(prefix);
     Ok(Response::from_parts(
         parts,
         GatewayBody::Stream(Box::new(body)),

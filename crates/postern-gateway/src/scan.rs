@@ -1,5 +1,6 @@
 //! The scan phase: classify what a request body carries (PII, secrets) and apply the
-//! integration's data-class policy before anything is forwarded.
+//! integration's data-class policy before anything is forwarded — and the same for the vendor's
+//! response before it reaches the caller.
 //!
 //! Only integrations that declare `data_classes` are scanned. A body up to `scan_max_body_bytes`
 //! is read into memory (decoded first if gzip or br), scanned, and then blocked (403
@@ -107,35 +108,9 @@ pub async fn scan_request(
     if bytes.is_empty() {
         return Ok((ForwardBody::full(bytes, state), Some(summary)));
     }
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    let decoded = match postern_scan::decode_for_scan(&bytes, encoding, cap as usize) {
-        Ok(decoded) => decoded,
-        Err(unscanned) => {
-            tracing::debug!(reason = ?unscanned, "request body not scanned");
-            summary.unscanned = Some("body could not be decoded for scanning");
-            return Ok((ForwardBody::full(bytes, state), Some(summary)));
-        }
+    let Some(classified) = classify(scanner, approved, &bytes, headers, cap, &mut summary) else {
+        return Ok((ForwardBody::full(bytes, state), Some(summary)));
     };
-    let is_encoded = !matches!(&decoded, std::borrow::Cow::Borrowed(_));
-    let hint = ContentTypeHint::from_content_type(
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let result = scanner.scan(&decoded, hint);
-    summary.classes = result
-        .class_counts
-        .iter()
-        .map(|(class, count)| (class.to_string(), *count))
-        .collect();
-    summary.unapproved = summary
-        .classes
-        .keys()
-        .filter(|class| !approved.contains(class))
-        .cloned()
-        .collect();
     if summary.unapproved.is_empty() {
         return Ok((ForwardBody::full(bytes, state), Some(summary)));
     }
@@ -155,18 +130,12 @@ pub async fn scan_request(
     };
     match integration.config.on_unapproved {
         OnUnapproved::Block => Err(refuse(summary)),
-        OnUnapproved::Redact if is_encoded => {
+        OnUnapproved::Redact if classified.encoded => {
             // A compressed body cannot be masked in place; fail closed.
             Err(refuse(summary))
         }
         OnUnapproved::Redact => {
-            let findings: Vec<_> = result
-                .findings
-                .iter()
-                .filter(|f| summary.unapproved.iter().any(|c| c.as_str() == &*f.class))
-                .cloned()
-                .collect();
-            let redacted = postern_scan::redact(&bytes, &findings);
+            let redacted = postern_scan::redact(&bytes, &classified.unapproved_findings);
             summary.redacted = true;
             Ok((
                 ForwardBody::full(Bytes::from(redacted), state),
@@ -174,5 +143,168 @@ pub async fn scan_request(
             ))
         }
         OnUnapproved::Report => Ok((ForwardBody::full(bytes, state), Some(summary))),
+    }
+}
+
+/// The scan of one complete body: what is needed to redact it.
+struct Classified {
+    /// The body was compressed (scanned decoded; cannot be masked in place).
+    encoded: bool,
+    /// Findings of classes the integration does not approve.
+    unapproved_findings: Vec<postern_scan::Finding>,
+}
+
+/// Decodes (gzip/br), scans and fills `summary` (classes, unapproved). `None` when the body
+/// could not be decoded (then `summary.unscanned` says so).
+fn classify(
+    scanner: &Scanner,
+    approved: &[String],
+    bytes: &[u8],
+    headers: &http::HeaderMap,
+    cap: u64,
+    summary: &mut ScanSummary,
+) -> Option<Classified> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let decoded = match postern_scan::decode_for_scan(bytes, encoding, cap as usize) {
+        Ok(decoded) => decoded,
+        Err(unscanned) => {
+            tracing::debug!(reason = ?unscanned, "body not scanned");
+            summary.unscanned = Some("body could not be decoded for scanning");
+            return None;
+        }
+    };
+    let encoded = !matches!(&decoded, std::borrow::Cow::Borrowed(_));
+    let hint = ContentTypeHint::from_content_type(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let result = scanner.scan(&decoded, hint);
+    summary.classes = result
+        .class_counts
+        .iter()
+        .map(|(class, count)| (class.to_string(), *count))
+        .collect();
+    summary.unapproved = summary
+        .classes
+        .keys()
+        .filter(|class| !approved.contains(class))
+        .cloned()
+        .collect();
+    let unapproved_findings = result
+        .findings
+        .iter()
+        .filter(|f| summary.unapproved.iter().any(|c| c.as_str() == &*f.class))
+        .cloned()
+        .collect();
+    Some(Classified {
+        encoded,
+        unapproved_findings,
+    })
+}
+
+/// A vendor response after scanning: the bytes read so far (possibly masked), the rest of the
+/// stream (empty when the whole body was read), and what was found.
+pub struct ScannedResponse {
+    pub prefix: Bytes,
+    pub rest: Incoming,
+    pub summary: ScanSummary,
+}
+
+/// Scans a response body for scanned integrations: up to `scan_max_body_bytes` is read and
+/// classified; unapproved classes are masked (`redact`), refused (`block`: 502
+/// `response_data_class_not_approved`, the caller never sees them) or reported.
+pub async fn scan_response(
+    integration: &IntegrationRuntime,
+    scanner: &Scanner,
+    headers: &http::HeaderMap,
+    mut body: Incoming,
+) -> Result<ScannedResponse, (CallError, ScanSummary)> {
+    let approved = integration.config.data_classes.as_deref().unwrap_or(&[]);
+    let cap = integration.config.scan_max_body_bytes;
+    let mut summary = ScanSummary::default();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > cap) {
+        summary.unscanned = Some("body larger than scan_max_body_bytes");
+        return Ok(ScannedResponse {
+            prefix: Bytes::new(),
+            rest: body,
+            summary,
+        });
+    }
+    let mut buffer = BytesMut::new();
+    let mut complete = false;
+    while (buffer.len() as u64) <= cap {
+        match body.frame().await {
+            None => {
+                complete = true;
+                break;
+            }
+            Some(Err(_)) => {
+                return Err((
+                    CallError::bad_gateway(
+                        "upstream_body_error",
+                        "the vendor's response body broke off before it could be scanned",
+                    ),
+                    summary,
+                ))
+            }
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    buffer.extend_from_slice(data);
+                }
+            }
+        }
+    }
+    let bytes = buffer.freeze();
+    if !complete {
+        summary.unscanned = Some("body larger than scan_max_body_bytes");
+        return Ok(ScannedResponse {
+            prefix: bytes,
+            rest: body,
+            summary,
+        });
+    }
+    let scanned = |prefix: Bytes, summary: ScanSummary| ScannedResponse {
+        prefix,
+        rest: body,
+        summary,
+    };
+    if bytes.is_empty() {
+        return Ok(scanned(bytes, summary));
+    }
+    let Some(classified) = classify(scanner, approved, &bytes, headers, cap, &mut summary) else {
+        return Ok(scanned(bytes, summary));
+    };
+    if summary.unapproved.is_empty() {
+        return Ok(scanned(bytes, summary));
+    }
+    let refuse = |summary: ScanSummary| {
+        let names = summary.unapproved.join(", ");
+        (
+            CallError::bad_gateway(
+                "response_data_class_not_approved",
+                format!(
+                    "the vendor's response carries data classes not approved for integration {}: {names}; it was withheld",
+                    integration.name
+                ),
+            ),
+            summary,
+        )
+    };
+    match integration.config.on_unapproved {
+        OnUnapproved::Block => Err(refuse(summary)),
+        OnUnapproved::Redact if classified.encoded => Err(refuse(summary)),
+        OnUnapproved::Redact => {
+            let redacted = postern_scan::redact(&bytes, &classified.unapproved_findings);
+            summary.redacted = true;
+            Ok(scanned(Bytes::from(redacted), summary))
+        }
+        OnUnapproved::Report => Ok(scanned(bytes, summary)),
     }
 }

@@ -136,3 +136,117 @@ async fn report_mode_forwards_and_records_and_large_bodies_are_marked_unscanned(
     assert_eq!(events[1]["request_bytes"], large.len());
     gw.stop().await;
 }
+
+/// A vendor whose answers carry an email (approved) and a card number and an SSN (not approved).
+fn leaky_vendor() -> Handler {
+    std::sync::Arc::new(|_request: &SeenRequest| {
+        Answer::json(
+            200,
+            serde_json::json!({
+                "id": "cus_1",
+                "email": "ada@example.com",
+                "card": "4242424242424242",
+                "ssn": "123-45-6789"
+            }),
+        )
+    })
+}
+
+#[tokio::test]
+async fn responses_are_scanned_and_unapproved_values_redacted_blocked_or_reported() {
+    // redact: the caller gets the body with the card and SSN masked, same length.
+    let vendor = TestVendor::tls(leaky_vendor()).await;
+    let gw = TestGateway::start(&body(&vendor, "redact", ""), vendor.ca_pem.as_deref()).await;
+    let response = post(&gw, WITH_EMAIL).await;
+    assert_eq!(response.status(), 200);
+    let length = response.content_length();
+    let text = response.text().await.unwrap();
+    assert_eq!(
+        length,
+        Some(text.len() as u64),
+        "Content-Length stays right"
+    );
+    assert!(
+        text.contains("ada@example.com"),
+        "approved class passes: {text}"
+    );
+    assert!(!text.contains("4242424242424242"), "{text}");
+    assert!(!text.contains("123-45-6789"), "{text}");
+    let original = serde_json::json!({"id": "cus_1", "email": "ada@example.com", "card": "4242424242424242", "ssn": "123-45-6789"}).to_string();
+    assert_eq!(text.len(), original.len());
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["response_data_classes"]["payment.card"], 1);
+    assert_eq!(events[0]["response_data_classes"]["pii.email"], 1);
+    assert_eq!(events[0]["response_redacted"], true);
+    assert!(!serde_json::to_string(&events)
+        .unwrap()
+        .contains("4242424242424242"));
+    gw.running().shared().flush_dataflow();
+    let rows = gw
+        .running()
+        .shared()
+        .vault
+        .dataflow(Some("crm"), None)
+        .unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r.class == "payment.card" && r.direction == "response"),
+        "{rows:?}"
+    );
+    gw.stop().await;
+
+    // block: the caller never sees the response.
+    let gw = TestGateway::start(&body(&vendor, "block", ""), vendor.ca_pem.as_deref()).await;
+    let response = post(&gw, WITH_EMAIL).await;
+    assert_eq!(response.status(), 502);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("response_data_class_not_approved"), "{text}");
+    assert!(!text.contains("4242424242424242"));
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "response_data_class_not_approved");
+    assert_eq!(events[0]["decision"], "allow");
+    gw.stop().await;
+
+    // report: passed unchanged, counted.
+    let gw = TestGateway::start(&body(&vendor, "report", ""), vendor.ca_pem.as_deref()).await;
+    let text = post(&gw, WITH_EMAIL).await.text().await.unwrap();
+    assert!(text.contains("4242424242424242"));
+    let events = gw.wait_events(1).await;
+    assert_eq!(
+        events[0]["response_data_classes"]["pii.us_ssn"], 1,
+        "{}",
+        events[0]
+    );
+    assert!(events[0].get("response_redacted").is_none());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_larger_than_the_scan_cap_streams_and_is_marked_unscanned() {
+    let big = "x".repeat(4096);
+    let vendor = TestVendor::tls(std::sync::Arc::new(move |_request: &SeenRequest| {
+        Answer::json(
+            200,
+            serde_json::json!({ "blob": big, "card": "4242424242424242" }),
+        )
+    }))
+    .await;
+    let gw = TestGateway::start(
+        &body(&vendor, "redact", "scan_max_body_bytes = 1024"),
+        vendor.ca_pem.as_deref(),
+    )
+    .await;
+    // The request itself is small enough to scan.
+    let text = post(&gw, WITH_EMAIL).await.text().await.unwrap();
+    assert!(text.len() > 4096);
+    let events = gw.wait_events(1).await;
+    assert_eq!(
+        events[0]["response_unscanned"],
+        "body larger than scan_max_body_bytes"
+    );
+    assert_eq!(
+        events[0]["response_bytes"].as_u64(),
+        Some(text.len() as u64)
+    );
+    gw.stop().await;
+}
