@@ -102,6 +102,10 @@ def main():
       "Postern runs the full pipeline: caller token, grant, Cedar, rate limit (10M/s, never triggers), "
       "bearer credential injected from a file, one event per call written to data_dir.")
     w(f"- Upstream: `postern-bench-upstream` ({meta.get('upstream_threads')} thread), 200 + a {meta.get('body_bytes', '~100')}-byte JSON body, keep-alive.")
+    if meta.get("scan") == "on":
+        w(f"- **Payload scanning on**: `data_classes = [\"pii.email\"]`, `on_unapproved = \"redact\"`; every request carries a "
+          f"{meta.get('request_body_bytes')}-byte JSON customer (email approved; phone and card masked before forwarding), "
+          "and the upstream's JSON response is scanned too. nginx and direct get the same body.")
     w("")
     w("## Throughput and latency (median of rounds)")
     w("")

@@ -19,6 +19,7 @@ IDLE_CONNS=1000
 METHOD=GET
 AUDIT_MODE=required
 CREDENTIAL_KIND=static
+SCAN=off
 NGINX_ACCESS_LOG=off
 OUT="$BENCH_DIR/results/latest.md"
 SKIP_BUILD=0
@@ -58,6 +59,9 @@ Options:
   --credential KIND     static (bearer from a file, default) or oauth2 (client credentials; the
                         upstream doubles as the token endpoint; the token is cached after the first call)
   --audit MODE          Postern's audit mode for the bench integration: required (default) or best_effort
+  --scan on|off         payload scanning on the bench integration (data_classes = ["pii.email"],
+                        on_unapproved = "redact"); implies --method POST with a ~1 KB JSON customer
+                        body (email approved, phone and card masked) on every target (default off)
   --skip-build          use the existing release binaries
   --keep                keep the temp dir (configs, logs, events, raw results)
   -h, --help            this help
@@ -87,6 +91,7 @@ while [[ $# -gt 0 ]]; do
     --keep) KEEP=1; shift ;;
     --audit) AUDIT_MODE="$2"; shift 2 ;;
     --credential) CREDENTIAL_KIND="$2"; shift 2 ;;
+    --scan) SCAN="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -96,6 +101,19 @@ for n in "$ROUNDS" "$DURATION" "$WARMUP" "$CONNECTIONS" "$WRK_THREADS" "$PROXY_T
 done
 [[ "$ROUNDS" -ge 1 && "$DURATION" -ge 1 && "$DURATION" -le 600 ]] || { echo "run.sh: need --rounds >= 1 and 1 <= --duration <= 600" >&2; exit 2; }
 [[ "$METHOD" == GET || "$METHOD" == POST ]] || { echo "run.sh: --method is GET or POST" >&2; exit 2; }
+[[ "$SCAN" == on || "$SCAN" == off ]] || { echo "run.sh: --scan is on or off" >&2; exit 2; }
+if [[ "$SCAN" == on ]]; then
+  METHOD=POST
+  SCAN_LINES='data_classes = ["pii.email"]
+on_unapproved = "redact"'
+  # A realistic customer-create payload: approved email, unapproved phone and card (masked).
+  POST_BODY='{"object":"customer","name":"Ada Lovelace","email":"ada.lovelace@example.com","phone":"+14155550123","description":"Customer for order 8842-1193","metadata":{"order_id":"ord_8842_1193","plan":"pro-annual","source":"checkout-web","campaign":"spring-2026","notes":"prefers email contact; renewal due in March"},"shipping":{"name":"Ada Lovelace","address":{"line1":"12 St James Square","city":"London","postal_code":"SW1Y 4JH","country":"GB"}},"payment_method":{"type":"card","card":{"number":"4242424242424242","exp_month":12,"exp_year":2030,"cvc":"123"}},"preferred_locales":["en-GB","en"],"tax_exempt":"none","invoice_settings":{"footer":"Thank you for your business","custom_fields":[{"name":"PO","value":"PO-55821"}]},"created":1764326400}'
+  POST_TYPE=application/json
+else
+  SCAN_LINES=''
+  POST_BODY='amount=500&currency=usd'
+  POST_TYPE=application/x-www-form-urlencoded
+fi
 [[ "$NGINX_ACCESS_LOG" == on || "$NGINX_ACCESS_LOG" == off ]] || { echo "run.sh: --nginx-access-log is on or off" >&2; exit 2; }
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -250,6 +268,7 @@ allow_plaintext = true
 allow_private_networks = ["127.0.0.1/32"]
 $CREDENTIAL_LINE
 audit = "${AUDIT_MODE:-required}"
+$SCAN_LINES
 rate_limit = { requests_per_second = 10000000, burst = 10000000 }
 operations = [
   { id = "create_charge", method = "POST", path = "/v1/charges" },
@@ -358,8 +377,8 @@ cat >"$WORK/bench.lua" <<EOF
 wrk.method = "$METHOD"
 wrk.headers["Authorization"] = "Bearer $TOKEN"
 if wrk.method == "POST" then
-  wrk.body = "amount=500&currency=usd"
-  wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+  wrk.body = [[$POST_BODY]]
+  wrk.headers["Content-Type"] = "$POST_TYPE"
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -377,7 +396,7 @@ log "upstream :$UPSTREAM_PORT (pid $UPSTREAM_PID), nginx :$NGINX_PORT (pid $NGIN
 # Sanity: every target answers 200 with the upstream's body; Postern refuses a call without a token.
 for target in direct nginx postern; do
   curl_args=(-s -o "$WORK/check-$target.body" -w '%{http_code}' -H "Authorization: Bearer $TOKEN")
-  [[ "$METHOD" == POST ]] && curl_args+=(-X POST -d 'amount=500&currency=usd')
+  [[ "$METHOD" == POST ]] && curl_args+=(-X POST -H "Content-Type: $POST_TYPE" --data-raw "$POST_BODY")
   code="$(curl "${curl_args[@]}" "$(url_of "$target")")"
   [[ "$code" == 200 ]] || die "$target answered $code, not 200: $(head -c 300 "$WORK/check-$target.body")"
   grep -q '"object":"charge"' "$WORK/check-$target.body" || die "$target did not return the upstream body"
@@ -414,6 +433,8 @@ log "sanity checks passed (200 with the upstream body on all three; 401 without 
   echo "upstream_threads=$UPSTREAM_THREADS"
   echo "nginx_access_log=$NGINX_ACCESS_LOG"
   echo "body_bytes=$BODY_BYTES"
+  echo "scan=$SCAN"
+  echo "request_body_bytes=$([[ "$METHOD" == POST ]] && printf '%s' "$POST_BODY" | wc -c || echo 0)"
 } >"$WORK/meta.env"
 
 # ---------------------------------------------------------------- idle connections (fresh processes)
