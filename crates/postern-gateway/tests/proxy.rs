@@ -541,3 +541,102 @@ async fn plain_http_to_a_registered_host_runs_the_pipeline_and_is_re_originated_
     assert_eq!(events[0]["operation"], "get_charge");
     gw.stop().await;
 }
+
+/// `HTTPS_PROXY=https://…`: the TLS listener is the proxy (TLS to Postern, then CONNECT inside),
+/// and a client certificate with a registered SPIFFE ID identifies the caller without a token.
+/// Driven by curl (Debian's), which speaks HTTPS proxies; skipped when curl is missing.
+#[tokio::test]
+async fn https_proxy_listener_with_a_client_certificate_identity() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("POSTERN_REQUIRE_SDK_TESTS").is_none(),
+            "curl is required"
+        );
+        eprintln!("SKIP: curl is not installed");
+        return;
+    }
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let pki = TestPki::new();
+    let staging = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = staging.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let listener_cert = write("listener.pem", &pki.server_cert_pem);
+    let listener_key = write("listener-key.pem", &pki.server_key_pem);
+    let listener_ca = write("listener-ca.pem", &pki.ca_pem);
+    let (client_cert, client_key) = pki.client_cert("spiffe://example.org/billing");
+    let client_cert = write("client.pem", &client_cert);
+    let client_key = write("client-key.pem", &client_key);
+    let key_path = write("vendor-key", VENDOR_KEY);
+    let body = format!(
+        r#"
+[[callers]]
+name = "billing"
+spiffe_id = "spiffe://example.org/billing"
+
+[[integrations]]
+name = "vendor"
+vendor = "Vendor"
+owner = "team@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+hosts = ["{VENDOR_HOST}"]
+credential = {{ kind = "bearer", from_file = "{key_path}" }}
+operations = [ {{ id = "get_charge", method = "GET", path = "/v1/charges/{{id}}" }} ]
+
+[[grants]]
+caller = "billing"
+integration = "vendor"
+operations = ["get_charge"]
+"#,
+        port = vendor.addr.port()
+    );
+    let gw = TestGateway::start_with_gateway(
+        &body,
+        vendor.ca_pem.as_deref(),
+        &format!("tls_cert = \"{listener_cert}\"\ntls_key = \"{listener_key}\"\nclient_ca = \"{listener_ca}\""),
+    )
+    .await;
+    let postern_ca = write(
+        "postern-ca.pem",
+        &postern_gateway::intercept::export_ca_pem(&gw.running().data_dir).unwrap(),
+    );
+    let proxy = format!("https://localhost:{}", gw.running().listen_addr.port());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .env_clear()
+            .args(["-sS", "--max-time", "20", "--proxy", &proxy])
+            .args(["--proxy-cacert", &listener_ca])
+            .args(["--proxy-cert", &client_cert, "--proxy-key", &client_key])
+            .args(["--cacert", &postern_ca])
+            .args(["-w", "\n%{http_code}"])
+            .arg(format!("https://{VENDOR_HOST}/v1/charges/ch_7"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.ends_with("\n200"), "{stdout}");
+    assert_eq!(
+        vendor.last().header("authorization").unwrap(),
+        format!("Bearer {VENDOR_KEY}")
+    );
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["caller"], "billing");
+    assert_eq!(events[0]["auth"], "mtls");
+    assert_eq!(events[0]["mode"], "intercept");
+    gw.stop().await;
+}
