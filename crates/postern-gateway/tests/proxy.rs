@@ -178,7 +178,7 @@ async fn missing_or_wrong_proxy_credentials_get_407_and_nothing_is_forwarded() {
     let addr = gw.running().listen_addr;
     let answer = raw_request(
         addr,
-        format!("CONNECT {VENDOR_HOST}:443 HTTP/1.1\r\nHost: {VENDOR_HOST}:443\r\n\r\n").as_bytes(),
+        format!("CONNECT {VENDOR_HOST}:443 HTTP/1.1\r\nHost: {VENDOR_HOST}:443\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
@@ -194,7 +194,7 @@ async fn missing_or_wrong_proxy_credentials_get_407_and_nothing_is_forwarded() {
     let wrong = base64::engine::general_purpose::STANDARD.encode("x:pst_not_a_real_token");
     let answer = raw_request(
         addr,
-        format!("CONNECT {VENDOR_HOST}:443 HTTP/1.1\r\nHost: {VENDOR_HOST}:443\r\nProxy-Authorization: Basic {wrong}\r\n\r\n").as_bytes(),
+        format!("CONNECT {VENDOR_HOST}:443 HTTP/1.1\r\nHost: {VENDOR_HOST}:443\r\nProxy-Authorization: Basic {wrong}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
@@ -202,7 +202,7 @@ async fn missing_or_wrong_proxy_credentials_get_407_and_nothing_is_forwarded() {
     // A plain-HTTP proxy request without credentials: 407 as well.
     let answer = raw_request(
         addr,
-        b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
@@ -256,7 +256,7 @@ async fn connect_status(gw: &TestGateway, target: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
     let answer = raw_request(
         gw.running().listen_addr,
-        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {credentials}\r\n\r\n").as_bytes(),
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {credentials}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
     answer.lines().next().unwrap_or_default().to_string() + "\n" + &answer
