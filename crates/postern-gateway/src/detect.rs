@@ -2,12 +2,14 @@
 //! own thread, off the request path, through a bounded queue. A full queue drops the event for
 //! detection only (the call, its event line and audit entry are unaffected) and the drop is
 //! counted in `postern_detector_dropped_total` — never silently. Alerts are appended to
-//! `<data_dir>/alerts.jsonl`, kept for `GET /v1/alerts`, and counted by kind. The engine's
-//! baselines are snapshotted to `<data_dir>/detector-snapshot.json` every minute and at shutdown,
-//! and restored at start, so a restart does not forget them.
+//! `<data_dir>/alerts.jsonl` (rotated by size the way `events.jsonl` is: `alerts.jsonl.1`,
+//! `.2`, …), kept for `GET /v1/alerts`, and counted by kind. The engine's baselines are
+//! snapshotted to `<data_dir>/detector-snapshot.json` every minute and at shutdown, and restored
+//! at start, so a restart does not forget them.
 
 use std::collections::VecDeque;
-use std::io::Write as _;
+use std::fs::File;
+use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -19,6 +21,11 @@ use postern_detect::engine::{DetectEvent, Engine, EngineConfig};
 use crate::metrics::Metrics;
 
 pub const ALERTS_FILE: &str = "alerts.jsonl";
+/// `alerts.jsonl` is rotated when a line would take it past this size (the default of
+/// `events_max_file_bytes`, 64 MiB)…
+pub const ALERTS_MAX_FILE_BYTES: u64 = postern_config::DEFAULT_EVENTS_MAX_FILE_BYTES;
+/// …keeping this many rotated files (the default of `events_max_files`).
+pub const ALERTS_MAX_FILES: u32 = postern_config::DEFAULT_EVENTS_MAX_FILES;
 pub const SNAPSHOT_FILE: &str = "detector-snapshot.json";
 const QUEUE: usize = 65_536;
 const RECENT: usize = 1_000;
@@ -32,8 +39,32 @@ pub struct Detector {
     metrics: Arc<Metrics>,
 }
 
+/// Where alerts go and when the file rotates.
+#[derive(Debug, Clone)]
+pub struct AlertFileOptions {
+    pub path: PathBuf,
+    pub max_file_bytes: u64,
+    pub max_files: u32,
+}
+
 impl Detector {
+    /// Starts the detector thread, appending alerts to `<data_dir>/alerts.jsonl` rotated at
+    /// [`ALERTS_MAX_FILE_BYTES`], keeping [`ALERTS_MAX_FILES`] rotated files.
     pub fn start(data_dir: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Detector>> {
+        let alerts = AlertFileOptions {
+            path: data_dir.join(ALERTS_FILE),
+            max_file_bytes: ALERTS_MAX_FILE_BYTES,
+            max_files: ALERTS_MAX_FILES,
+        };
+        Self::start_with(data_dir, alerts, metrics)
+    }
+
+    /// [`Detector::start`] with the alert file's place and rotation given.
+    pub fn start_with(
+        data_dir: &Path,
+        alert_file: AlertFileOptions,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Detector>> {
         let snapshot_path = data_dir.join(SNAPSHOT_FILE);
         let engine = match std::fs::read(&snapshot_path) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
@@ -45,10 +76,7 @@ impl Detector {
             },
             Err(_) => Engine::new(EngineConfig::default()),
         };
-        let alerts = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join(ALERTS_FILE))?;
+        let alerts = AlertWriter::open(alert_file)?;
         let (sender, receiver) = sync_channel(QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let recent = Arc::new(Mutex::new(VecDeque::with_capacity(RECENT)));
@@ -109,13 +137,12 @@ impl Detector {
 fn run(
     mut engine: Engine,
     receiver: Receiver<DetectEvent>,
-    alerts: std::fs::File,
+    mut alerts: AlertWriter,
     snapshot_path: PathBuf,
     stop: Arc<AtomicBool>,
     recent: Arc<Mutex<VecDeque<String>>>,
     metrics: Arc<Metrics>,
 ) {
-    let mut alerts = std::io::BufWriter::new(alerts);
     let mut last_snapshot = Instant::now();
     loop {
         match receiver.recv_timeout(Duration::from_millis(250)) {
@@ -124,7 +151,7 @@ fn run(
                 for alert in engine.observe(&event, now) {
                     metrics.observe_alert(alert.kind.as_str());
                     if let Ok(line) = serde_json::to_string(&alert) {
-                        let _ = writeln!(alerts, "{line}");
+                        alerts.append(&line);
                         let mut recent = recent.lock().expect("alerts lock");
                         if recent.len() == RECENT {
                             recent.pop_front();
@@ -154,7 +181,7 @@ fn run(
                 for alert in engine.observe(&event, now) {
                     metrics.observe_alert(alert.kind.as_str());
                     if let Ok(line) = serde_json::to_string(&alert) {
-                        let _ = writeln!(alerts, "{line}");
+                        alerts.append(&line);
                     }
                 }
             }
@@ -163,6 +190,83 @@ fn run(
     }
     let _ = alerts.flush();
     write_snapshot(&engine, &snapshot_path);
+}
+
+/// Appends alert lines to `alerts.jsonl`; before a line that would take the file past
+/// `max_file_bytes` it shifts `alerts.jsonl.N` up by one (dropping the oldest beyond
+/// `max_files`), renames the file to `alerts.jsonl.1` and starts a new one — the convention
+/// of `events.jsonl` (events.rs). Buffered; an IO error is logged and writing goes on.
+struct AlertWriter {
+    options: AlertFileOptions,
+    out: BufWriter<File>,
+    /// Bytes in the file, buffered ones included.
+    size: u64,
+}
+
+impl AlertWriter {
+    fn open(options: AlertFileOptions) -> std::io::Result<Self> {
+        let file = open_append(&options.path)?;
+        let size = file.metadata()?.len();
+        Ok(AlertWriter {
+            options,
+            out: BufWriter::new(file),
+            size,
+        })
+    }
+
+    fn append(&mut self, line: &str) {
+        let line_bytes = line.len() as u64 + 1;
+        if self.size > 0 && self.size + line_bytes > self.options.max_file_bytes {
+            if let Err(error) = self.rotate() {
+                // Keep appending to the current file rather than lose alerts.
+                tracing::error!(%error, path = %self.options.path.display(), "could not rotate the alert file");
+            }
+        }
+        match writeln!(self.out, "{line}") {
+            Ok(()) => self.size += line_bytes,
+            Err(error) => {
+                tracing::error!(%error, path = %self.options.path.display(), "could not append to the alert file")
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        let keep = self.options.max_files.max(1);
+        let path = &self.options.path;
+        let _ = std::fs::remove_file(rotated_name(path, keep));
+        for index in (1..keep).rev() {
+            let from = rotated_name(path, index);
+            if from.exists() {
+                std::fs::rename(&from, rotated_name(path, index + 1))?;
+            }
+        }
+        std::fs::rename(path, rotated_name(path, 1))?;
+        self.out = BufWriter::new(open_append(path)?);
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn rotated_name(path: &Path, index: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{index}"));
+    PathBuf::from(name)
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o640);
+    }
+    options.open(path)
 }
 
 fn write_snapshot(engine: &Engine, path: &Path) {
@@ -176,5 +280,130 @@ fn write_snapshot(engine: &Engine, path: &Path) {
     let tmp = path.with_extension("json.tmp");
     if let Err(error) = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)) {
         tracing::error!(%error, path = %path.display(), "could not write the detector snapshot");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .map(|text| text.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    fn alert_line(index: usize) -> String {
+        format!(
+            r#"{{"time":"2026-11-28T00:00:00.000Z","integration":"acme","kind":"rate_spike","score":0.9,"observed":{index}.0,"baseline":1.0}}"#
+        )
+    }
+
+    #[test]
+    fn alert_file_rotates_by_size_keeping_max_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ALERTS_FILE);
+        // An alert left from before a restart: the size counts from it.
+        std::fs::write(&path, format!("{}\n", alert_line(0))).unwrap();
+        let line_bytes = alert_line(10).len() as u64 + 1;
+        let options = AlertFileOptions {
+            path: path.clone(),
+            max_file_bytes: 3 * line_bytes,
+            max_files: 2,
+        };
+        let mut writer = AlertWriter::open(options).unwrap();
+        for index in 10..21 {
+            writer.append(&alert_line(index));
+        }
+        writer.flush().unwrap();
+        // 12 lines, 3 a file: the newest in alerts.jsonl, then .1, .2; the oldest dropped.
+        assert_eq!(lines(&path), (18..21).map(alert_line).collect::<Vec<_>>());
+        assert_eq!(
+            lines(&rotated_name(&path, 1)),
+            (15..18).map(alert_line).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            lines(&rotated_name(&path, 2)),
+            (12..15).map(alert_line).collect::<Vec<_>>()
+        );
+        assert!(!rotated_name(&path, 3).exists());
+        for index in [0, 1, 2] {
+            let file = if index == 0 {
+                path.clone()
+            } else {
+                rotated_name(&path, index)
+            };
+            let size = std::fs::metadata(&file).unwrap().len();
+            assert!(size <= 3 * line_bytes, "{}: {size}", file.display());
+            // Whole lines only.
+            for line in lines(&file) {
+                serde_json::from_str::<serde_json::Value>(&line).unwrap();
+            }
+        }
+        // A line larger than the limit still goes in, alone in its file.
+        writer.append(&"x".repeat(4 * line_bytes as usize));
+        writer.flush().unwrap();
+        assert_eq!(lines(&path).len(), 1);
+        assert_eq!(
+            lines(&rotated_name(&path, 1)),
+            (18..21).map(alert_line).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn the_detector_writes_rotated_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ALERTS_FILE);
+        let options = AlertFileOptions {
+            path: path.clone(),
+            max_file_bytes: 300,
+            max_files: 3,
+        };
+        let detector = Detector::start_with(dir.path(), options, Arc::new(Metrics::new())).unwrap();
+        // A day of one call a minute from one caller, then callers never seen: each new
+        // caller is one `new_caller` alert.
+        let start_ms = 1_795_996_800_000i64;
+        let event = |minute: i64, caller: &str| DetectEvent {
+            time_unix_ms: start_ms + minute * 60_000,
+            integration: Some("acme".into()),
+            caller: Some(caller.into()),
+            operation: Some("get".into()),
+            status: 200,
+            request_bytes: 10,
+            response_bytes: 100,
+            duration_ms: 5.0,
+            source_ip: Some("10.0.0.1".into()),
+            decision: Some("allow".into()),
+            reason: Some("granted".into()),
+        };
+        for minute in 0..1_441 {
+            detector.observe(event(minute, "checkout"));
+        }
+        for index in 0..12 {
+            detector.observe(event(1_441 + index, &format!("intruder-{index}")));
+        }
+        detector.stop();
+        let mut all: Vec<String> = Vec::new();
+        for index in (1..=3).rev() {
+            all.extend(lines(&rotated_name(&path, index)));
+        }
+        all.extend(lines(&path));
+        assert!(std::fs::metadata(rotated_name(&path, 1)).is_ok(), "rotated");
+        assert!(!rotated_name(&path, 4).exists());
+        let callers: Vec<String> = all
+            .iter()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|alert| alert["kind"] == "new_caller")
+            .map(|alert| alert["caller"].as_str().unwrap().to_owned())
+            .collect();
+        // The newest alerts are all there, oldest first; the oldest files were dropped.
+        assert!(!callers.is_empty() && callers.len() < 12, "{callers:?}");
+        let first = 12 - callers.len();
+        assert_eq!(
+            callers,
+            (first..12)
+                .map(|index| format!("intruder-{index}"))
+                .collect::<Vec<_>>()
+        );
     }
 }

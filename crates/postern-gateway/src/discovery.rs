@@ -5,23 +5,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use postern_discover::{DiscoveredHost, Inventory, Observation, ObservationSource, Store};
-
-/// One call (or tunnel) to an unregistered destination, as the proxy saw it.
-#[derive(Debug, Clone)]
-pub struct Sighting {
-    pub host: String,
-    pub port: u16,
-    pub caller: Option<String>,
-    pub method: Option<String>,
-    /// The raw path; the inventory keeps only its inferred template.
-    pub path: Option<String>,
-    pub status: Option<u16>,
-    pub bytes_out: u64,
-    pub bytes_in: u64,
-    pub time_ms: i64,
-    pub blocked: bool,
-}
+use postern_discover::{DiscoveredHost, Inventory, Observation, Store};
 
 /// The pending (not yet stored) inventory and the store.
 pub struct Discovery {
@@ -38,20 +22,7 @@ impl Discovery {
         })
     }
 
-    pub fn record(&self, sighting: Sighting) {
-        let observation = Observation {
-            host: sighting.host,
-            port: sighting.port,
-            caller: sighting.caller,
-            method: sighting.method,
-            path: sighting.path,
-            status: sighting.status,
-            bytes_out: sighting.bytes_out,
-            bytes_in: sighting.bytes_in,
-            time_ms: sighting.time_ms,
-            blocked: sighting.blocked,
-            source: ObservationSource::Proxy,
-        };
+    pub fn record(&self, observation: Observation) {
         self.pending
             .lock()
             .expect("discovery lock")

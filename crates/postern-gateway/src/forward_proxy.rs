@@ -31,14 +31,14 @@ use zeroize::Zeroizing;
 
 use crate::body::{ForwardBody, GatewayBody, PendingAudit, ResponseBody};
 use crate::context::{AuthMethod, CallContext, ConnectionInfo, TunnelInfo};
-use crate::discovery::Sighting;
 use crate::error::CallError;
 use crate::events::Decision;
+use crate::proxy::Progress;
 use crate::record::PendingRecord;
 use crate::runtime::{IntegrationRuntime, Runtime};
 use crate::upstream::{dial, ConnectError, UpstreamAddr};
 use crate::Shared;
-use postern_config::AuditMode;
+use postern_discover::{Observation, ObservationSource};
 use postern_tlog::RecordKind;
 
 /// Status recorded when a client refuses the interception certificate (nginx's 495).
@@ -64,40 +64,29 @@ pub async fn handle_connect(
         .uri()
         .authority()
         .map_or_else(String::new, |a| a.as_str().to_string());
-    let mut authorized = false;
-    let mut intent_index = None;
+    let mut progress = Progress::default();
     match connect(
         &shared,
         &runtime,
         &connection,
         &mut context,
-        &mut authorized,
-        &mut intent_index,
+        &mut progress,
         &raw_target,
         request,
     )
     .await
     {
         Ok(response) => response,
-        Err(error) => crate::proxy::refuse(
-            &shared,
-            &context,
-            &raw_target,
-            authorized,
-            intent_index,
-            &error,
-        ),
+        Err(error) => refuse(&shared, &context, &raw_target, &progress, &error),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn connect(
     shared: &Arc<Shared>,
     runtime: &Arc<Runtime>,
     connection: &Arc<ConnectionInfo>,
     context: &mut CallContext,
-    authorized: &mut bool,
-    intent_index: &mut Option<u64>,
+    progress: &mut Progress,
     raw_target: &str,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, CallError> {
@@ -135,8 +124,9 @@ async fn connect(
                 ),
             ));
         }
-        *authorized = true;
-        *intent_index = record_intent(shared, Some(&integration), context, raw_target).await?;
+        progress.authorized = true;
+        progress.intent_index =
+            crate::proxy::record_intent(shared, Some(&integration), context, raw_target).await?;
         let guard = postern_netguard::Guard::new(integration.config.allow_private_networks.clone());
         let connect_timeout = Duration::from_millis(integration.config.connect_timeout_ms);
         let (upstream, addr) = dial(&guard, &host, port, connect_timeout)
@@ -151,7 +141,7 @@ async fn connect(
             upstream,
             "tunnel",
             None,
-            *intent_index,
+            progress.intent_index,
             raw_target,
         ));
     }
@@ -162,8 +152,8 @@ async fn connect(
         shared.discovered(sighting(context, &host, port, true));
         return Err(host_refused(decision.reason, &host, port));
     }
-    *authorized = true;
-    *intent_index = record_intent(shared, None, context, raw_target).await?;
+    progress.authorized = true;
+    progress.intent_index = crate::proxy::record_intent(shared, None, context, raw_target).await?;
     let connect_timeout = Duration::from_millis(proxy.config.connect_timeout_ms);
     let (upstream, addr) = match dial(&proxy.guard, &host, port, connect_timeout).await {
         Ok(dialled) => dialled,
@@ -181,7 +171,7 @@ async fn connect(
         upstream,
         decision.reason,
         Some((host, port)),
-        *intent_index,
+        progress.intent_index,
         raw_target,
     ))
 }
@@ -354,15 +344,13 @@ pub async fn handle_absolute(
     let mut context = CallContext::new(&connection, request.method(), request.version());
     context.mode = Some("proxy");
     let raw_target = request.uri().to_string();
-    let mut authorized = false;
-    let mut intent_index = None;
+    let mut progress = Progress::default();
     let outcome = absolute(
         &shared,
         &runtime,
         &connection,
         &mut context,
-        &mut authorized,
-        &mut intent_index,
+        &mut progress,
         &raw_target,
         request,
     )
@@ -372,15 +360,25 @@ pub async fn handle_absolute(
         Ok(Absolute::Registered(info, request)) => {
             crate::proxy::handle_call(shared, info, request).await
         }
-        Err(error) => crate::proxy::refuse(
-            &shared,
-            &context,
-            &raw_target,
-            authorized,
-            intent_index,
-            &error,
-        ),
+        Err(error) => refuse(&shared, &context, &raw_target, &progress, &error),
     }
+}
+
+fn refuse(
+    shared: &Shared,
+    context: &CallContext,
+    raw_target: &str,
+    progress: &Progress,
+    error: &CallError,
+) -> Response<GatewayBody> {
+    crate::proxy::refuse(
+        shared,
+        context,
+        raw_target,
+        progress.authorized,
+        progress.intent_index,
+        error,
+    )
 }
 
 enum Absolute {
@@ -389,14 +387,12 @@ enum Absolute {
     Registered(Arc<ConnectionInfo>, Request<Incoming>),
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn absolute(
     shared: &Arc<Shared>,
     runtime: &Arc<Runtime>,
     connection: &Arc<ConnectionInfo>,
     context: &mut CallContext,
-    authorized: &mut bool,
-    intent_index: &mut Option<u64>,
+    progress: &mut Progress,
     raw_target: &str,
     request: Request<Incoming>,
 ) -> Result<Absolute, CallError> {
@@ -453,8 +449,8 @@ async fn absolute(
         shared.discovered(seen);
         return Err(host_refused(decision.reason, &host, port));
     }
-    *authorized = true;
-    *intent_index = record_intent(shared, None, context, raw_target).await?;
+    progress.authorized = true;
+    progress.intent_index = crate::proxy::record_intent(shared, None, context, raw_target).await?;
 
     // Forward as is (minus hop-by-hop and caller credentials), streaming both ways.
     let (mut parts, body) = request.into_parts();
@@ -520,7 +516,7 @@ async fn absolute(
     let audit = PendingAudit {
         audit: shared.audit.clone(),
         raw_target: raw_target.to_string(),
-        intent_index: *intent_index,
+        intent_index: progress.intent_index,
     };
     let body = ResponseBody::new(
         body,
@@ -617,33 +613,6 @@ fn proxy_caller(
     }
 }
 
-/// The intent entry before a tunnel opens or an unregistered request leaves: durable, or 503
-/// (best effort only for integrations that say so).
-async fn record_intent(
-    shared: &Shared,
-    integration: Option<&IntegrationRuntime>,
-    context: &CallContext,
-    raw_target: &str,
-) -> Result<Option<u64>, CallError> {
-    let record = shared
-        .audit
-        .record(RecordKind::Intent, context, raw_target, None);
-    match shared.audit.append_durable(&record).await {
-        Ok(index) => Ok(Some(index)),
-        Err(why) if integration.is_some_and(|i| i.config.audit == AuditMode::BestEffort) => {
-            tracing::warn!(request_id = %context.request_id, %why, "audit log unavailable; forwarding anyway (audit = \"best_effort\")");
-            Ok(None)
-        }
-        Err(why) => {
-            tracing::error!(request_id = %context.request_id, %why, "audit log unavailable; refusing the proxy request");
-            Err(CallError::unavailable(
-                "audit_unavailable",
-                "the audit log cannot record this call right now, and no call leaves without its record; retry later (see /readyz)",
-            ))
-        }
-    }
-}
-
 fn port_refused(port: u16) -> CallError {
     CallError::forbidden(
         "port_not_allowed",
@@ -726,8 +695,8 @@ fn strip_proxy_headers(headers: &mut http::HeaderMap, token: Option<&[u8]>) {
     }
 }
 
-fn sighting(context: &CallContext, host: &str, port: u16, blocked: bool) -> Sighting {
-    Sighting {
+fn sighting(context: &CallContext, host: &str, port: u16, blocked: bool) -> Observation {
+    Observation {
         host: host.to_string(),
         port,
         caller: context.caller.as_deref().map(str::to_string),
@@ -742,6 +711,7 @@ fn sighting(context: &CallContext, host: &str, port: u16, blocked: bool) -> Sigh
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0),
         blocked,
+        source: ObservationSource::Proxy,
     }
 }
 

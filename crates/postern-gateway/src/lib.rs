@@ -102,8 +102,8 @@ impl Shared {
     }
 
     /// Records a forward-proxy destination no integration claims.
-    pub fn discovered(&self, sighting: discovery::Sighting) {
-        self.discovery.record(sighting);
+    pub fn discovered(&self, observation: postern_discover::Observation) {
+        self.discovery.record(observation);
     }
 
     pub fn is_draining(&self) -> bool {

@@ -102,6 +102,28 @@ pub async fn accept_loop<H, F>(
     }
 }
 
+/// A hyper service answering every request of one connection with `handler`.
+fn service<H, F>(
+    info: Arc<ConnectionInfo>,
+    handler: H,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<GatewayBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + 'static
+where
+    H: Fn(Arc<ConnectionInfo>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<GatewayBody>> + Send + 'static,
+{
+    hyper::service::service_fn(move |request| {
+        let response = handler(info.clone(), request);
+        async move { Ok::<_, Infallible>(response.await) }
+    })
+}
+
 async fn serve<I, H, F>(
     io: I,
     info: Arc<ConnectionInfo>,
@@ -114,10 +136,7 @@ async fn serve<I, H, F>(
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
     let peer: SocketAddr = info.peer;
-    let service = hyper::service::service_fn(move |request| {
-        let response = handler(info.clone(), request);
-        async move { Ok::<_, Infallible>(response.await) }
-    });
+    let service = service(info, handler);
     // With upgrades: a CONNECT request hands the connection over to the forward proxy.
     let connection = builder
         .serve_connection_with_upgrades(io, service)
@@ -141,10 +160,7 @@ pub async fn serve_tunnel<I, H, F>(
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
     let peer: SocketAddr = info.peer;
-    let service = hyper::service::service_fn(move |request| {
-        let response = handler(info.clone(), request);
-        async move { Ok::<_, Infallible>(response.await) }
-    });
+    let service = service(info, handler);
     let connection = builder.serve_connection(io, service).into_owned();
     tokio::pin!(connection);
     let result = tokio::select! {

@@ -152,9 +152,9 @@ pub fn refuse(
 
 /// How far a call got: decides the recorded decision and links the outcome to its intent.
 #[derive(Default)]
-struct Progress {
-    authorized: bool,
-    intent_index: Option<u64>,
+pub(crate) struct Progress {
+    pub authorized: bool,
+    pub intent_index: Option<u64>,
 }
 
 async fn pipeline(
@@ -201,7 +201,7 @@ async fn pipeline(
     }
     context.request_scan = scan;
     let request = Request::from_parts(parts, body);
-    progress.intent_index = record_intent(shared, &integration, context, raw_target).await?;
+    progress.intent_index = record_intent(shared, Some(&integration), context, raw_target).await?;
     let token_source = match &integration.credential {
         Ok(Some(Injector::OAuth2(source))) => Some(source.clone()),
         _ => None,
@@ -241,11 +241,12 @@ async fn pipeline(
     .await
 }
 
-/// The intent entry: durable before the call is forwarded, unless the integration's audit mode
-/// is best effort. Fails closed with 503 `audit_unavailable`.
-async fn record_intent(
-    shared: &Arc<Shared>,
-    integration: &IntegrationRuntime,
+/// The intent entry: durable before the call is forwarded (or a tunnel opens), unless the
+/// integration's audit mode is best effort. Fails closed with 503 `audit_unavailable`;
+/// destinations no integration claims always fail closed.
+pub(crate) async fn record_intent(
+    shared: &Shared,
+    integration: Option<&IntegrationRuntime>,
     context: &CallContext,
     raw_target: &str,
 ) -> Result<Option<u64>, CallError> {
@@ -254,16 +255,16 @@ async fn record_intent(
         .record(RecordKind::Intent, context, raw_target, None);
     match shared.audit.append_durable(&record).await {
         Ok(index) => Ok(Some(index)),
-        Err(why) if integration.config.audit == AuditMode::Required => {
-            tracing::error!(integration = %integration.name, request_id = %context.request_id, %why, "audit log unavailable; refusing the call");
+        Err(why) if integration.is_some_and(|i| i.config.audit == AuditMode::BestEffort) => {
+            tracing::warn!(integration = %context.integration.as_deref().unwrap_or(""), request_id = %context.request_id, %why, "audit log unavailable; forwarding anyway (audit = \"best_effort\")");
+            Ok(None)
+        }
+        Err(why) => {
+            tracing::error!(integration = %context.integration.as_deref().unwrap_or(""), request_id = %context.request_id, %why, "audit log unavailable; refusing the call");
             Err(CallError::unavailable(
                 "audit_unavailable",
                 "the audit log cannot record this call right now, and no call leaves without its record; retry later (see /readyz)",
             ))
-        }
-        Err(why) => {
-            tracing::warn!(integration = %integration.name, request_id = %context.request_id, %why, "audit log unavailable; forwarding anyway (audit = \"best_effort\")");
-            Ok(None)
         }
     }
 }

@@ -49,42 +49,28 @@ pub async fn scan_request(
         return Ok((ForwardBody::new(body, limit, state, caller_token), None));
     };
     let cap = integration.config.scan_max_body_bytes;
-    let mut body = body;
-    let mut buffer = BytesMut::new();
-    let mut complete = false;
-    while (buffer.len() as u64) <= cap {
-        match body.frame().await {
-            None => {
-                complete = true;
-                break;
-            }
-            Some(Err(_)) => {
-                return Err((
-                    CallError::bad_request(
-                        "request_body_error",
-                        "the request body could not be read completely",
-                    ),
-                    ScanSummary::default(),
-                ))
-            }
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    buffer.extend_from_slice(data);
-                }
-                if buffer.len() as u64 > limit {
-                    return Err((
-                        CallError::new(
-                            http::StatusCode::PAYLOAD_TOO_LARGE,
-                            "request_too_large",
-                            format!("the request body exceeds max_request_body_bytes ({limit}); send a smaller body"),
-                        ),
-                        ScanSummary::default(),
-                    ));
-                }
-            }
+    let (bytes, body, complete) = match read_up_to(body, cap, limit).await {
+        Ok(read) => read,
+        Err(ReadError::Broken) => {
+            return Err((
+                CallError::bad_request(
+                    "request_body_error",
+                    "the request body could not be read completely",
+                ),
+                ScanSummary::default(),
+            ))
         }
-    }
-    let bytes = buffer.freeze();
+        Err(ReadError::TooLarge) => {
+            return Err((
+                CallError::new(
+                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    format!("the request body exceeds max_request_body_bytes ({limit}); send a smaller body"),
+                ),
+                ScanSummary::default(),
+            ))
+        }
+    };
     if let Some(token) = caller_token {
         if !token.is_empty() && memchr::memmem::find(&bytes, token).is_some() {
             return Err((
@@ -220,7 +206,7 @@ pub async fn scan_response(
     integration: &IntegrationRuntime,
     scanner: &Scanner,
     headers: &http::HeaderMap,
-    mut body: Incoming,
+    body: Incoming,
 ) -> Result<ScannedResponse, (CallError, ScanSummary)> {
     let approved = integration.config.data_classes.as_deref().unwrap_or(&[]);
     let cap = integration.config.scan_max_body_bytes;
@@ -237,31 +223,18 @@ pub async fn scan_response(
             summary,
         });
     }
-    let mut buffer = BytesMut::new();
-    let mut complete = false;
-    while (buffer.len() as u64) <= cap {
-        match body.frame().await {
-            None => {
-                complete = true;
-                break;
-            }
-            Some(Err(_)) => {
-                return Err((
-                    CallError::bad_gateway(
-                        "upstream_body_error",
-                        "the vendor's response body broke off before it could be scanned",
-                    ),
-                    summary,
-                ))
-            }
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    buffer.extend_from_slice(data);
-                }
-            }
+    let (bytes, body, complete) = match read_up_to(body, cap, u64::MAX).await {
+        Ok(read) => read,
+        Err(_) => {
+            return Err((
+                CallError::bad_gateway(
+                    "upstream_body_error",
+                    "the vendor's response body broke off before it could be scanned",
+                ),
+                summary,
+            ))
         }
-    }
-    let bytes = buffer.freeze();
+    };
     if !complete {
         summary.unscanned = Some("body larger than scan_max_body_bytes");
         return Ok(ScannedResponse {
@@ -307,4 +280,34 @@ pub async fn scan_response(
         }
         OnUnapproved::Report => Ok(scanned(bytes, summary)),
     }
+}
+
+enum ReadError {
+    Broken,
+    TooLarge,
+}
+
+/// Reads frames until the body ends or more than `cap` bytes are buffered; more than `limit`
+/// is an error. Returns the bytes, the rest of the stream, and whether the body ended.
+async fn read_up_to(
+    mut body: Incoming,
+    cap: u64,
+    limit: u64,
+) -> Result<(Bytes, Incoming, bool), ReadError> {
+    let mut buffer = BytesMut::new();
+    while (buffer.len() as u64) <= cap {
+        match body.frame().await {
+            None => return Ok((buffer.freeze(), body, true)),
+            Some(Err(_)) => return Err(ReadError::Broken),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    buffer.extend_from_slice(data);
+                }
+                if buffer.len() as u64 > limit {
+                    return Err(ReadError::TooLarge);
+                }
+            }
+        }
+    }
+    Ok((buffer.freeze(), body, false))
 }
