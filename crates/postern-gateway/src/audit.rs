@@ -96,10 +96,10 @@ impl Audit {
         outcome: Option<&Outcome<'_>>,
     ) -> AuditRecord {
         let mut hmacs = std::collections::BTreeMap::new();
-        hmacs.insert(
-            "target".to_string(),
-            keyed_hash(&self.hmac_key, "target", raw_target.as_bytes()),
-        );
+        let target = context
+            .target_hmac
+            .get_or_init(|| keyed_hash(&self.hmac_key, "target", raw_target.as_bytes()));
+        hmacs.insert("target".to_string(), target.clone());
         AuditRecord {
             version: RECORD_VERSION,
             kind,

@@ -97,6 +97,8 @@ pub struct CallContext {
     pub response_scan: Option<crate::scan::ScanSummary>,
     /// Forward-proxy mode (`proxy`, `tunnel`, `intercept`); `None` in path mode.
     pub mode: Option<&'static str>,
+    /// The keyed hash of the raw target, computed once for the intent and outcome entries.
+    pub target_hmac: std::sync::OnceLock<String>,
     /// Forward-proxy destination host.
     pub host: Option<Arc<str>>,
 }
@@ -126,6 +128,7 @@ impl CallContext {
             request_scan: None,
             response_scan: None,
             mode: connection.tunnel.as_ref().map(|t| t.mode),
+            target_hmac: std::sync::OnceLock::new(),
             host: connection.tunnel.as_ref().map(|t| t.host.clone()),
         }
     }
@@ -152,6 +155,7 @@ impl CallContext {
             request_scan: None,
             response_scan: None,
             mode: None,
+            target_hmac: std::sync::OnceLock::new(),
             host: None,
         };
         std::mem::replace(self, placeholder)
