@@ -241,11 +241,11 @@ async fn pipeline(
     .await
 }
 
-/// The intent entry: durable before the call is forwarded (or a tunnel opens), unless the
-/// integration's audit mode is best effort. Fails closed with 503 `audit_unavailable`;
-/// destinations no integration claims always fail closed.
+/// The intent entry: durable before the call is forwarded (or a tunnel opens), failing closed
+/// with 503 `audit_unavailable`. Integrations with `audit = "best_effort"` queue it without
+/// waiting for the disk (no receipt index); destinations no integration claims always wait.
 pub(crate) async fn record_intent(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     integration: Option<&IntegrationRuntime>,
     context: &CallContext,
     raw_target: &str,
@@ -253,12 +253,12 @@ pub(crate) async fn record_intent(
     let record = shared
         .audit
         .record(RecordKind::Intent, context, raw_target, None);
+    if integration.is_some_and(|i| i.config.audit == AuditMode::BestEffort) {
+        shared.audit.append_later(record);
+        return Ok(None);
+    }
     match shared.audit.append_durable(&record).await {
         Ok(index) => Ok(Some(index)),
-        Err(why) if integration.is_some_and(|i| i.config.audit == AuditMode::BestEffort) => {
-            tracing::warn!(integration = %context.integration.as_deref().unwrap_or(""), request_id = %context.request_id, %why, "audit log unavailable; forwarding anyway (audit = \"best_effort\")");
-            Ok(None)
-        }
         Err(why) => {
             tracing::error!(integration = %context.integration.as_deref().unwrap_or(""), request_id = %context.request_id, %why, "audit log unavailable; refusing the call");
             Err(CallError::unavailable(
