@@ -13,7 +13,7 @@ use crate::ExitCode;
 /// Where the vault is: `--data-dir`, else the config's `data_dir`.
 #[derive(clap::Args, Clone)]
 pub struct VaultLocation {
-    /// The TOML configuration file (its data_dir holds the vault).
+    /// The TOML configuration file (its data_dir holds the vault and the other stores).
     #[arg(long, short, env = "POSTERN_CONFIG", default_value = "postern.toml")]
     config: PathBuf,
     /// Use this data directory instead of the config's data_dir.
@@ -109,6 +109,25 @@ fn open(location: &VaultLocation) -> Result<Opened, ExitCode> {
         Err(error) => {
             eprintln!("error: {error}");
             Err(ExitCode::Failure)
+        }
+    }
+}
+
+impl VaultLocation {
+    /// `--data-dir`, else the config's `data_dir`; `what` names the store for the error.
+    pub fn data_dir(&self, what: &str) -> Result<PathBuf, ExitCode> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        match postern_config::load(&self.config) {
+            Ok(config) => Ok(config.gateway.data_dir),
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!(
+                    "postern: the config names the data_dir holding {what}; fix it or pass --data-dir"
+                );
+                Err(ExitCode::InvalidConfig)
+            }
         }
     }
 }

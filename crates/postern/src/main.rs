@@ -3,9 +3,11 @@
 //! config → runtime → wiring → signals.
 
 mod audit;
+mod ca_cli;
 mod creds;
 mod demo;
 mod detect_cli;
+mod discover_cli;
 mod scan_cli;
 mod serve;
 
@@ -104,6 +106,17 @@ enum Command {
     Dataflow(scan_cli::DataflowArgs),
     /// Run the anomaly-detection engine over recorded events (events.jsonl), as fast as it can.
     Replay(detect_cli::ReplayArgs),
+    /// The inventory of unregistered (rogue) outbound APIs: list, show, import access logs or
+    /// HAR files, and draft an [[integrations]] stanza from what was seen.
+    Discover {
+        #[command(subcommand)]
+        command: discover_cli::DiscoverCommand,
+    },
+    /// The forward proxy's TLS interception CA: `export` prints it for trust stores.
+    Ca {
+        #[command(subcommand)]
+        command: ca_cli::CaCommand,
+    },
     /// Benchmarks of Postern's engines against public datasets.
     Bench {
         #[command(subcommand)]
@@ -190,6 +203,8 @@ fn main() -> ProcessExitCode {
         Command::Scan(args) => scan_cli::scan(args),
         Command::Dataflow(args) => scan_cli::dataflow(args),
         Command::Replay(args) => detect_cli::replay(args),
+        Command::Discover { command } => discover_cli::run(command),
+        Command::Ca { command } => ca_cli::run(command),
         Command::Bench {
             command: BenchCommand::Nab(args),
         } => detect_cli::bench_nab(args),
