@@ -288,3 +288,27 @@ fn the_data_dir_comes_from_the_config() {
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("--data-dir"), "{stderr}");
 }
+
+#[test]
+fn ca_export_creates_the_interception_ca_once_and_prints_only_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (code, first, stderr) = run(&["ca", "export", "--data-dir", data]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(first.starts_with("-----BEGIN CERTIFICATE-----"), "{first}");
+    assert!(!first.contains("PRIVATE KEY"));
+    let (code, again, _) = run(&["ca", "export", "--data-dir", data]);
+    assert_eq!(code, 0);
+    assert_eq!(first, again, "the CA is generated once and kept");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("ca/ca-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (code, _, _) = run(&["ca", "--help"]);
+    assert_eq!(code, 0);
+}
