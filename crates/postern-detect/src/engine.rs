@@ -13,11 +13,17 @@
 //!
 //! A closed bucket updates the key's baseline for each metric: an exponentially weighted level
 //! and mean absolute deviation (re-learning a new normal within about
-//! [`EngineConfig::relearn_minutes`]) and, for counts and byte volumes, a seasonal profile by
-//! hour of day × weekday/weekend. The expected value is the larger of the level and the
+//! [`EngineConfig::relearn_minutes`]) and, for counts, byte volumes and latency, a seasonal
+//! profile by hour of day × weekday/weekend (learned from minutes with activity, capped so a
+//! spike is not learned as normal). The expected value is the larger of the level and the
 //! seasonal value, so the daily ramp does not alert and a benign level shift stops alerting
 //! once the level has caught up. The open bucket is checked on every event, so a spike alerts
 //! within seconds, not at the end of the minute.
+//!
+//! Two checks look further back: error ratios and vendor authentication failures over the last
+//! 5, 10 and 30 minutes against the key's long-run rates (keys with a few calls a minute), and,
+//! on caller and operation keys, the last hour's bytes against its calls times the usual bytes
+//! per call (a slow leak under the per-minute floor). docs/DETECTION.md has the rules.
 //!
 //! Novelty: a caller new to an integration, an operation or source address new to a caller, and
 //! an hour of the week the caller rarely uses — each only after a warm-up.
@@ -28,7 +34,7 @@
 //! seen are evicted first. Novelty sets are capped per key. Seasonal profiles are allocated
 //! only for keys that have lived through their warm-up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -172,6 +178,17 @@ pub struct EngineConfig {
     pub min_ratio_increase: f64,
     /// Least absolute increase of mean latency to alert, milliseconds.
     pub min_latency_increase_ms: f64,
+    /// Error ratios and vendor authentication failures are also checked over this many
+    /// minutes (the open one and those before it) against the key's long-run rates, so a key
+    /// with a few calls a minute can alert too.
+    pub window_minutes: u32,
+    /// Time constant of those long-run rates, minutes.
+    pub long_run_minutes: f64,
+    /// Slow volume check (caller and operation keys): bytes over the last
+    /// `slow_volume_window_minutes` are compared with the calls made in them times the bytes
+    /// per call over the last ~`slow_volume_minutes` (the time constant of that baseline).
+    pub slow_volume_window_minutes: u32,
+    pub slow_volume_minutes: f64,
     /// Novelty alerts start once the integration (and, for a caller's novelties, the caller)
     /// has been seen for this long.
     pub novelty_warmup_seconds: i64,
@@ -179,6 +196,9 @@ pub struct EngineConfig {
     /// caller's activity, after `off_hours_min_events` events.
     pub off_hours_max_share: f64,
     pub off_hours_min_events: u64,
+    /// And only when the caller averaged fewer than this many events a week in that hour and
+    /// the hours either side of it (a caller quietly active every night is not off hours).
+    pub off_hours_max_weekly_events: f64,
     /// And only once the caller has been seen for this long (a week: every hour of the week
     /// has had its chance).
     pub off_hours_warmup_seconds: i64,
@@ -205,9 +225,14 @@ impl Default for EngineConfig {
             min_requests_for_ratio: 10,
             min_ratio_increase: 0.2,
             min_latency_increase_ms: 200.0,
+            window_minutes: 30,
+            long_run_minutes: 1_440.0,
+            slow_volume_window_minutes: 60,
+            slow_volume_minutes: 1_440.0,
             novelty_warmup_seconds: 86_400,
             off_hours_max_share: 0.002,
             off_hours_min_events: 5_000,
+            off_hours_max_weekly_events: 10.0,
             off_hours_warmup_seconds: 7 * 86_400,
             alert_cooldown_seconds: 600,
             max_keys: 50_000,
@@ -227,6 +252,8 @@ const VENDOR_AUTH: usize = 5;
 const CALLER_AUTH: usize = 6;
 const LATENCY: usize = 7;
 const SEASONAL_SLOTS: usize = 48;
+/// Minutes of data a seasonal slot needs before it is used.
+const SEASONAL_MIN_MINUTES: u16 = 30;
 const MINUTE_MS: i64 = 60_000;
 /// Empty minutes replayed one by one into a baseline after a gap; longer gaps decay in closed
 /// form.
@@ -267,6 +294,12 @@ fn seasonal_slot(unix_ms: i64) -> usize {
 struct Seasonal {
     mean: Vec<f32>,
     minutes: Vec<u16>,
+    /// The hour (unix hour) being learned, and its slot's mean when that hour began: what a
+    /// minute teaches is capped relative to it, so one spike cannot compound within the hour.
+    #[serde(default)]
+    visit_hour: i64,
+    #[serde(default)]
+    visit_mean: f32,
 }
 
 /// Exponentially weighted level and deviation of one metric, with an optional seasonal profile.
@@ -280,7 +313,19 @@ struct Baseline {
 }
 
 impl Baseline {
-    fn update(&mut self, value: f64, slot: usize, alpha: f64, keep_seasonal: bool) {
+    /// Learns the value of closed minute `minute` (into the seasonal profile too when
+    /// `keep_seasonal`). What a seasonal slot learns is capped at `seasonal_cap` times the
+    /// slot's mean when the hour began: a spike is not learned as the slot's normal, while a
+    /// pattern that recurs (a nightly batch) is learned within a few days.
+    fn update(
+        &mut self,
+        value: f64,
+        minute: i64,
+        alpha: f64,
+        keep_seasonal: bool,
+        seasonal_cap: f64,
+    ) {
+        let slot = seasonal_slot(minute * MINUTE_MS);
         if self.updates == 0 {
             self.level = value;
         } else {
@@ -289,18 +334,38 @@ impl Baseline {
             self.deviation += alpha * (error.abs() - self.deviation);
         }
         self.updates = self.updates.saturating_add(1);
-        if keep_seasonal {
+        // The seasonal profile learns the slot's minutes with activity: a batch job busy for
+        // ten minutes of the hour is expected at its busy rate, not at a sixth of it.
+        if keep_seasonal && value > 0.0 {
             let seasonal = self.seasonal.get_or_insert_with(|| {
                 Box::new(Seasonal {
                     mean: vec![0.0; SEASONAL_SLOTS],
                     minutes: vec![0; SEASONAL_SLOTS],
+                    visit_hour: i64::MIN,
+                    visit_mean: 0.0,
                 })
             });
+            let hour = minute.div_euclid(60);
+            if seasonal.visit_hour != hour {
+                seasonal.visit_hour = hour;
+                seasonal.visit_mean = seasonal.mean[slot];
+            }
             let minutes = &mut seasonal.minutes[slot];
+            let mean = &mut seasonal.mean[slot];
+            // A slot's first hour has no reference yet: capped relative to its mean so far.
+            let reference = if seasonal.visit_mean > 0.0 {
+                f64::from(seasonal.visit_mean)
+            } else {
+                f64::from(*mean)
+            };
+            let value = if *minutes > 0 {
+                value.min(seasonal_cap * reference)
+            } else {
+                value
+            };
             *minutes = minutes.saturating_add(1);
             // Running mean for the first week of a slot's minutes, then exponential.
             let weight = 1.0 / f64::from((*minutes).min(7 * 60));
-            let mean = &mut seasonal.mean[slot];
             *mean += (weight * (value - f64::from(*mean))) as f32;
         }
     }
@@ -316,7 +381,7 @@ impl Baseline {
         let seasonal = self
             .seasonal
             .as_ref()
-            .filter(|seasonal| seasonal.minutes[slot] >= 30)
+            .filter(|seasonal| seasonal.minutes[slot] >= SEASONAL_MIN_MINUTES)
             .map_or(0.0, |seasonal| f64::from(seasonal.mean[slot]));
         self.level.max(seasonal)
     }
@@ -335,11 +400,31 @@ struct Bucket {
     caller_auth_failures: u32,
     latency_sum_ms: f64,
     latency_count: u32,
+    /// The slowest forwarded call of the minute, left out of the minute's mean latency: one
+    /// timed-out call is not a slowdown.
+    #[serde(default)]
+    latency_max_ms: f64,
     /// Metrics that already alerted in this minute (bit per metric).
     alerted: u8,
 }
 
 impl Bucket {
+    /// Request and response bytes, each 0 when its per-minute check alerted in this minute (a
+    /// burst already reported is not counted again by the slow volume check).
+    fn unalerted_bytes(&self) -> (f64, f64) {
+        let unless = |metric: usize, bytes: f64| {
+            if self.alerted & (1 << metric) == 0 {
+                bytes
+            } else {
+                0.0
+            }
+        };
+        (
+            unless(REQUEST_BYTES, self.request_bytes),
+            unless(RESPONSE_BYTES, self.response_bytes),
+        )
+    }
+
     /// The bucket's value of `metric`, `None` when there is too little data for it.
     fn value(&self, metric: usize, min_requests_for_ratio: u32) -> Option<f64> {
         let requests = f64::from(self.requests);
@@ -353,8 +438,9 @@ impl Bucket {
                 .then(|| f64::from(self.status_5xx) / requests),
             VENDOR_AUTH => Some(f64::from(self.vendor_auth_failures)),
             CALLER_AUTH => Some(f64::from(self.caller_auth_failures)),
-            _ => (self.latency_count >= min_requests_for_ratio)
-                .then(|| self.latency_sum_ms / f64::from(self.latency_count)),
+            _ => (self.latency_count >= min_requests_for_ratio.max(2)).then(|| {
+                (self.latency_sum_ms - self.latency_max_ms) / f64::from(self.latency_count - 1)
+            }),
         }
     }
 }
@@ -403,6 +489,132 @@ struct KeyState {
     /// Caller keys: events per hour of the week.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     hours: Vec<u32>,
+    /// Counts of the last `window_minutes - 1` closed minutes, oldest first.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    recent: VecDeque<MinuteCounts>,
+    #[serde(default)]
+    totals: Totals,
+    /// Mean latency of the previous minute when it had enough calls (and was the minute just
+    /// before the open one), else 0.
+    #[serde(default)]
+    previous_latency_ms: f64,
+    /// Caller and operation keys: calls and bytes per 5-minute step over the last
+    /// `slow_volume_window_minutes`, oldest first, for the slow volume check.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    volume_steps: VecDeque<VolumeStep>,
+}
+
+/// Calls and bytes of one 5-minute step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct VolumeStep {
+    /// Unix minute / `VOLUME_STEP_MINUTES`.
+    step: i64,
+    requests: u32,
+    request_bytes: f64,
+    response_bytes: f64,
+}
+
+const VOLUME_STEP_MINUTES: i64 = 5;
+
+/// The counts of one closed minute kept for the window checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct MinuteCounts {
+    requests: u32,
+    status_4xx: u32,
+    status_5xx: u32,
+    vendor_auth_failures: u32,
+}
+
+impl MinuteCounts {
+    fn of(bucket: &Bucket) -> Self {
+        MinuteCounts {
+            requests: bucket.requests,
+            status_4xx: bucket.status_4xx,
+            status_5xx: bucket.status_5xx,
+            vendor_auth_failures: bucket.vendor_auth_failures,
+        }
+    }
+
+    fn add(&mut self, other: &MinuteCounts) {
+        self.requests += other.requests;
+        self.status_4xx += other.status_4xx;
+        self.status_5xx += other.status_5xx;
+        self.vendor_auth_failures += other.vendor_auth_failures;
+    }
+}
+
+/// Long-run rates for the window checks (exponentially weighted sums over closed minutes:
+/// `sum = keep × sum + this minute`), and bytes per call for the slow volume check.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct Totals {
+    /// Time constant `long_run_minutes`.
+    requests: f64,
+    status_4xx: f64,
+    status_5xx: f64,
+    vendor_auth_failures: f64,
+    /// Bytes per call: a mean over the last ~`slow_volume_minutes` minutes with calls, each
+    /// minute counting once (a flood of calls in a few minutes does not swamp it), a minute's
+    /// value capped at `alert_ratio` times the mean; minutes whose volume alerted are left out.
+    request_bytes_per_call: f64,
+    response_bytes_per_call: f64,
+    /// Minutes with calls learned into them.
+    minutes_with_calls: u32,
+}
+
+/// The weight an exponentially weighted sum keeps per minute, for a time constant in minutes.
+fn keep_per_minute(time_constant_minutes: f64) -> f64 {
+    1.0 - 1.0 / time_constant_minutes.max(1.0)
+}
+
+impl Totals {
+    /// Adds the closed minute `bucket`, then decays over the `empty` empty minutes after it.
+    fn close(&mut self, bucket: &Bucket, empty: i64, config: &EngineConfig) {
+        let minutes = 1.0 + empty.max(0) as f64;
+        let long = keep_per_minute(config.long_run_minutes);
+        let step = |sum: &mut f64, keep: f64, value: f64| {
+            *sum = (keep * *sum + value) * keep.powf(minutes - 1.0);
+        };
+        step(&mut self.requests, long, f64::from(bucket.requests));
+        step(&mut self.status_4xx, long, f64::from(bucket.status_4xx));
+        step(&mut self.status_5xx, long, f64::from(bucket.status_5xx));
+        step(
+            &mut self.vendor_auth_failures,
+            long,
+            f64::from(bucket.vendor_auth_failures),
+        );
+        if bucket.requests > 0 {
+            let learned = self.minutes_with_calls >= MIN_SLOW_VOLUME_MINUTES;
+            self.minutes_with_calls = self.minutes_with_calls.saturating_add(1);
+            let horizon = config.slow_volume_minutes.max(1.0);
+            let weight = 1.0 / f64::from(self.minutes_with_calls).min(horizon);
+            let calls = f64::from(bucket.requests);
+            for (mean, bytes, metric) in [
+                (
+                    &mut self.request_bytes_per_call,
+                    bucket.request_bytes,
+                    REQUEST_BYTES,
+                ),
+                (
+                    &mut self.response_bytes_per_call,
+                    bucket.response_bytes,
+                    RESPONSE_BYTES,
+                ),
+            ] {
+                if bucket.alerted & (1 << metric) != 0 {
+                    continue;
+                }
+                // Capped once learned, as the seasonal profile is: hours of exfiltration are
+                // not learned as the caller's normal by the next day.
+                let cap = if learned {
+                    config.alert_ratio * mean.max(100.0)
+                } else {
+                    f64::INFINITY
+                };
+                *mean += weight * ((bytes / calls).min(cap) - *mean);
+            }
+        }
+    }
 }
 
 impl KeyState {
@@ -421,6 +633,10 @@ impl KeyState {
             operations: NoveltySet::default(),
             sources: NoveltySet::default(),
             hours: Vec::new(),
+            recent: VecDeque::new(),
+            totals: Totals::default(),
+            previous_latency_ms: 0.0,
+            volume_steps: VecDeque::new(),
         }
     }
 }
@@ -611,10 +827,21 @@ impl Engine {
         let hour = hour_of_week(event.time_unix_ms.div_euclid(1_000));
         let total: u64 = state.hours.iter().map(|&count| u64::from(count)).sum();
         let share = f64::from(state.hours[hour]) / total.max(1) as f64;
+        // The hour and the hours either side: starting at 07:50 is not off hours for a caller
+        // that usually starts at 08:00.
+        let nearby: u64 = [167, 0, 1]
+            .iter()
+            .map(|offset| u64::from(state.hours[(hour + offset) % 168]))
+            .sum();
+        let nearby_share = nearby as f64 / total.max(1) as f64;
         state.hours[hour] = state.hours[hour].saturating_add(1);
-        let week_old = now_ms - state.first_seen_ms >= config.off_hours_warmup_seconds * 1_000;
-        let rare =
-            week_old && total >= config.off_hours_min_events && share < config.off_hours_max_share;
+        let age_ms = now_ms - state.first_seen_ms;
+        let week_old = age_ms >= config.off_hours_warmup_seconds * 1_000;
+        let weeks = (age_ms as f64 / (7.0 * 86_400_000.0)).max(1.0);
+        let rare = week_old
+            && total >= config.off_hours_min_events
+            && nearby_share < config.off_hours_max_share
+            && (nearby as f64 / weeks) < config.off_hours_max_weekly_events;
         if rare
             && state
                 .last_alert_ms
@@ -622,7 +849,7 @@ impl Engine {
                 .is_none_or(|&last| now_ms - last >= 3_600_000)
         {
             state.last_alert_ms.insert(AlertKind::OffHours, now_ms);
-            let score = 0.4 + 0.4 * (1.0 - share / config.off_hours_max_share);
+            let score = 0.4 + 0.4 * (1.0 - nearby_share / config.off_hours_max_share);
             alerts.push(alert(
                 AlertKind::OffHours,
                 score,
@@ -640,20 +867,13 @@ impl Engine {
         now_ms: i64,
         alerts: &mut Vec<Alert>,
     ) {
-        let alpha = 1.0 / self.config.relearn_minutes.max(1.0);
         let state = self
             .keys
             .entry(key.clone())
             .or_insert_with(|| KeyState::new(now_ms, minute));
         state.last_seen_ms = state.last_seen_ms.max(now_ms);
         if minute > state.bucket.minute {
-            close_buckets(
-                state,
-                minute,
-                alpha,
-                self.config.warmup_minutes,
-                self.config.min_requests_for_ratio,
-            );
+            close_buckets(state, key, minute, &self.config);
         }
         // Events older than the open minute (out of order) still count in it.
         let bucket = &mut state.bucket;
@@ -661,12 +881,16 @@ impl Engine {
         bucket.requests += 1;
         bucket.request_bytes += event.request_bytes as f64;
         bucket.response_bytes += event.response_bytes as f64;
+        // The window metrics this call counts in (a bit per metric).
+        let mut failing = 0u8;
         if caller_auth_failure {
             bucket.caller_auth_failures += 1;
         } else if (400..500).contains(&event.status) {
             bucket.status_4xx += 1;
+            failing |= 1 << RATIO_4XX;
         } else if event.status >= 500 {
             bucket.status_5xx += 1;
+            failing |= 1 << RATIO_5XX;
         }
         let forwarded = event
             .reason
@@ -674,12 +898,15 @@ impl Engine {
             .is_none_or(|reason| reason == "granted");
         if forwarded && matches!(event.status, 401 | 403) {
             bucket.vendor_auth_failures += 1;
+            failing |= 1 << VENDOR_AUTH;
         }
         if forwarded && event.duration_ms.is_finite() && event.duration_ms >= 0.0 {
             bucket.latency_sum_ms += event.duration_ms;
             bucket.latency_count += 1;
+            bucket.latency_max_ms = bucket.latency_max_ms.max(event.duration_ms);
         }
-        if state.closed_minutes < self.config.warmup_minutes {
+        let config = &self.config;
+        if state.closed_minutes < config.warmup_minutes {
             return;
         }
         let slot = seasonal_slot(state.bucket.minute * MINUTE_MS);
@@ -687,10 +914,7 @@ impl Engine {
             if state.bucket.alerted & (1 << metric) != 0 {
                 continue;
             }
-            let Some(observed) = state
-                .bucket
-                .value(metric, self.config.min_requests_for_ratio)
-            else {
+            let Some(observed) = state.bucket.value(metric, config.min_requests_for_ratio) else {
                 continue;
             };
             let baseline = &state.baselines[metric];
@@ -700,20 +924,24 @@ impl Engine {
             let expected = baseline.expected(slot);
             let (spread_floor, least_increase) = match metric {
                 RATE | VENDOR_AUTH | CALLER_AUTH => {
-                    (expected.sqrt().max(1.0), self.config.min_alert_count)
+                    (expected.sqrt().max(1.0), config.min_alert_count)
                 }
-                REQUEST_BYTES | RESPONSE_BYTES => (expected * 0.1, self.config.min_alert_bytes),
-                RATIO_4XX | RATIO_5XX => (0.02, self.config.min_ratio_increase),
-                _ => (expected * 0.1, self.config.min_latency_increase_ms),
+                REQUEST_BYTES | RESPONSE_BYTES => (expected * 0.1, config.min_alert_bytes),
+                RATIO_4XX | RATIO_5XX => (0.02, config.min_ratio_increase),
+                _ => (expected * 0.1, config.min_latency_increase_ms),
             };
             let spread = baseline.deviation.max(spread_floor).max(1e-9);
             let deviations = (observed - expected) / spread;
             let high_enough = match metric {
                 RATE | VENDOR_AUTH | CALLER_AUTH | REQUEST_BYTES | RESPONSE_BYTES => {
-                    observed >= least_increase && observed >= self.config.alert_ratio * expected
+                    observed >= least_increase && observed >= config.alert_ratio * expected
                 }
                 RATIO_4XX | RATIO_5XX => observed - expected >= least_increase,
-                _ => observed - expected >= least_increase && observed >= 2.0 * expected,
+                // Latency: and the minute before too (one slow minute of a heavy-tailed
+                // vendor is noise; a slowdown lasts).
+                _ => [observed, state.previous_latency_ms]
+                    .iter()
+                    .all(|&value| value - expected >= least_increase && value >= 2.0 * expected),
             };
             // Counts must also be improbable as Poisson noise around the baseline: small keys
             // would otherwise alert on chance bursts, checked on every event.
@@ -726,33 +954,25 @@ impl Engine {
                 _ => 0.0,
             };
             if !(high_enough
-                && deviations >= self.config.alert_deviations
-                && chance <= self.config.alert_chance_probability)
+                && deviations >= config.alert_deviations
+                && chance <= config.alert_chance_probability)
             {
                 continue;
             }
-            let kind = metric_kind(metric);
-            state.bucket.alerted |= 1 << metric;
-            let cooled = state
-                .last_alert_ms
-                .get(&kind)
-                .is_none_or(|&last| now_ms - last >= self.config.alert_cooldown_seconds * 1_000);
-            if !cooled {
-                continue;
-            }
-            state.last_alert_ms.insert(kind, now_ms);
-            let relative = deviations / self.config.alert_deviations;
-            alerts.push(Alert {
-                time: format_rfc3339_millis(now_ms),
-                integration: key.integration.clone(),
-                caller: key.caller.clone(),
-                operation: key.operation.clone(),
-                kind,
-                score: (1.0 - 1.0 / (1.0 + relative * relative)).clamp(0.0, 1.0),
+            let relative = deviations / config.alert_deviations;
+            let quiet_ms = config.alert_cooldown_seconds * 1_000;
+            let found = Finding {
+                metric,
+                relative,
                 observed,
-                baseline: expected,
-            });
+                expected,
+            };
+            // Either way the metric does not alert again in the open minute.
+            state.bucket.alerted |= 1 << metric;
+            raise(state, key, found, now_ms, quiet_ms, alerts);
         }
+        check_window(config, state, key, failing, now_ms, alerts);
+        check_slow_volume(config, state, key, now_ms, alerts);
     }
 
     /// Evicts idle keys (at most once a minute of `now`), then the least recently seen keys
@@ -788,6 +1008,290 @@ impl Engine {
     }
 }
 
+/// A metric found far above what was expected.
+struct Finding {
+    metric: usize,
+    /// How far above, relative to the threshold (1 at the threshold): sets the score.
+    relative: f64,
+    observed: f64,
+    expected: f64,
+}
+
+/// Raises the alert of `found` on `key` unless the same (key, kind) alerted within `quiet_ms`.
+fn raise(
+    state: &mut KeyState,
+    key: &MetricKey,
+    found: Finding,
+    now_ms: i64,
+    quiet_ms: i64,
+    alerts: &mut Vec<Alert>,
+) {
+    let kind = metric_kind(found.metric);
+    let quiet = state
+        .last_alert_ms
+        .get(&kind)
+        .is_none_or(|&last| now_ms - last >= quiet_ms);
+    if !quiet {
+        return;
+    }
+    state.last_alert_ms.insert(kind, now_ms);
+    let relative = found.relative;
+    alerts.push(Alert {
+        time: format_rfc3339_millis(now_ms),
+        integration: key.integration.clone(),
+        caller: key.caller.clone(),
+        operation: key.operation.clone(),
+        kind,
+        score: (1.0 - 1.0 / (1.0 + relative * relative)).clamp(0.0, 1.0),
+        observed: found.observed,
+        baseline: found.expected,
+    });
+}
+
+/// Long-run requests a key needs before its window checks run.
+const MIN_LONG_RUN_REQUESTS: f64 = 100.0;
+/// Minutes with calls a key needs before its slow volume check runs.
+const MIN_SLOW_VOLUME_MINUTES: u32 = 60;
+
+/// Error ratios and vendor authentication failures over the last 5, 10 and `window_minutes`
+/// minutes (the open minute included), against the key's long-run rates: keys with a few calls
+/// a minute never have the 10 requests a minute the per-minute checks need. Checked on a call
+/// that counts in the metric (`failing`, a bit per metric) while the last 5 minutes still fail
+/// at an alerting ratio, so the check stops once the calls succeed again; a window's alert is
+/// not repeated within the window's length.
+fn check_window(
+    config: &EngineConfig,
+    state: &mut KeyState,
+    key: &MetricKey,
+    failing: u8,
+    now_ms: i64,
+    alerts: &mut Vec<Alert>,
+) {
+    if failing == 0 || config.window_minutes < 2 || state.totals.requests < MIN_LONG_RUN_REQUESTS {
+        return;
+    }
+    let mut windows: Vec<(u32, MinuteCounts)> = Vec::with_capacity(3);
+    let mut window = MinuteCounts::of(&state.bucket);
+    let mut minutes = 1;
+    let mut recent = state.recent.iter().rev();
+    for length in [5, 10, config.window_minutes] {
+        if length > config.window_minutes || length <= minutes && !windows.is_empty() {
+            continue;
+        }
+        while minutes < length {
+            let Some(minute) = recent.next() else { break };
+            window.add(minute);
+            minutes += 1;
+        }
+        windows.push((minutes, window));
+    }
+    // Still failing: at least two failures in the last 5 minutes, at a ratio the longer windows
+    // would alert on (not one ordinary error among the successes after an incident).
+    let latest = windows[0].1;
+    let usual = |failures: f64| failures / state.totals.requests;
+    let ongoing = |failures: u32, long_run: f64| {
+        failures >= 2
+            && f64::from(failures) / f64::from(latest.requests.max(1)) - usual(long_run)
+                >= config.min_ratio_increase
+    };
+    let mut failing = failing;
+    for (metric, failures, long_run) in [
+        (RATIO_4XX, latest.status_4xx, state.totals.status_4xx),
+        (RATIO_5XX, latest.status_5xx, state.totals.status_5xx),
+        (
+            VENDOR_AUTH,
+            latest.vendor_auth_failures,
+            state.totals.vendor_auth_failures,
+        ),
+    ] {
+        if !ongoing(failures, long_run) {
+            failing &= !(1 << metric);
+        }
+    }
+    for (minutes, window) in windows {
+        // Quiet for the window's length: its failures are not reported again from its tail.
+        let quiet_ms = (config.alert_cooldown_seconds * 1_000).max(i64::from(minutes) * MINUTE_MS);
+        check_window_counts(
+            config, state, key, &window, failing, now_ms, quiet_ms, alerts,
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_window_counts(
+    config: &EngineConfig,
+    state: &mut KeyState,
+    key: &MetricKey,
+    window: &MinuteCounts,
+    failing: u8,
+    now_ms: i64,
+    quiet_ms: i64,
+    alerts: &mut Vec<Alert>,
+) {
+    let totals = state.totals.clone();
+    let requests = f64::from(window.requests);
+    if window.requests < config.min_requests_for_ratio.max(1) {
+        return;
+    }
+    for (metric, errors, long_run) in [
+        (RATIO_4XX, window.status_4xx, totals.status_4xx),
+        (RATIO_5XX, window.status_5xx, totals.status_5xx),
+    ] {
+        if failing & (1 << metric) == 0 || state.bucket.alerted & (1 << metric) != 0 {
+            continue;
+        }
+        let usual = long_run / totals.requests;
+        let observed = f64::from(errors) / requests;
+        let spread = (usual * (1.0 - usual) / requests).sqrt().max(0.02);
+        let deviations = (observed - usual) / spread;
+        if observed - usual >= config.min_ratio_increase
+            && deviations >= config.alert_deviations
+            && poisson_upper_tail(f64::from(errors), requests * usual.max(0.01))
+                <= config.alert_chance_probability
+        {
+            let found = Finding {
+                metric,
+                relative: deviations / config.alert_deviations,
+                observed,
+                expected: usual,
+            };
+            state.bucket.alerted |= 1 << metric;
+            raise(state, key, found, now_ms, quiet_ms, alerts);
+        }
+    }
+    if failing & (1 << VENDOR_AUTH) != 0 && state.bucket.alerted & (1 << VENDOR_AUTH) == 0 {
+        let failures = f64::from(window.vendor_auth_failures);
+        let expected = requests * totals.vendor_auth_failures / totals.requests;
+        let deviations = (failures - expected) / expected.sqrt().max(1.0);
+        if failures >= config.min_alert_count
+            && failures >= config.alert_ratio * expected
+            && deviations >= config.alert_deviations
+            && poisson_upper_tail(failures, expected.max(0.1)) <= config.alert_chance_probability
+        {
+            let found = Finding {
+                metric: VENDOR_AUTH,
+                relative: deviations / config.alert_deviations,
+                observed: failures,
+                expected,
+            };
+            state.bucket.alerted |= 1 << VENDOR_AUTH;
+            raise(state, key, found, now_ms, quiet_ms, alerts);
+        }
+    }
+}
+
+/// 5-minute steps in the slow volume check's window (at least one).
+fn volume_window_steps(config: &EngineConfig) -> i64 {
+    (i64::from(config.slow_volume_window_minutes) / VOLUME_STEP_MINUTES).max(1)
+}
+
+/// Slow volume, on caller and operation keys: bytes over the last
+/// `slow_volume_window_minutes` (in 5-minute steps, the open minute included) against the
+/// calls made in that time times the usual bytes per call (over the last ~`slow_volume_minutes`
+/// minutes with calls). Catches a few hundred kilobytes a minute added for hours — below the
+/// per-minute floor, and re-learned by the per-minute baseline within the hour — while a benign
+/// step in the number of calls leaves bytes per call, and so this check, alone. Minutes whose
+/// per-minute volume check fired are left out (that burst was reported), and the bytes must be
+/// raised in at least half of the window's 5-minute steps, one of them among the last two, so
+/// neither a burst nor the end of a slow leak lingers into an alert. Integration keys are left
+/// out: their bytes per call move with the mix of callers through the day. Alerts at most once
+/// an hour per key.
+fn check_slow_volume(
+    config: &EngineConfig,
+    state: &mut KeyState,
+    key: &MetricKey,
+    now_ms: i64,
+    alerts: &mut Vec<Alert>,
+) {
+    let totals = &state.totals;
+    if key.caller.is_none()
+        || f64::from(state.closed_minutes) < config.slow_volume_minutes
+        || totals.minutes_with_calls < MIN_SLOW_VOLUME_MINUTES
+    {
+        return;
+    }
+    let bucket = &state.bucket;
+    let steps = volume_window_steps(config);
+    let current = bucket.minute.div_euclid(VOLUME_STEP_MINUTES);
+    let oldest = current - steps + 1;
+    let (open_request_bytes, open_response_bytes) = bucket.unalerted_bytes();
+    let open = VolumeStep {
+        step: current,
+        requests: bucket.requests,
+        request_bytes: open_request_bytes,
+        response_bytes: open_response_bytes,
+    };
+    let window: Vec<VolumeStep> = state
+        .volume_steps
+        .iter()
+        .filter(|step| step.step >= oldest && step.step < current)
+        .copied()
+        .chain(std::iter::once(
+            match state
+                .volume_steps
+                .back()
+                .filter(|last| last.step == current)
+            {
+                Some(closed) => VolumeStep {
+                    requests: closed.requests + open.requests,
+                    request_bytes: closed.request_bytes + open.request_bytes,
+                    response_bytes: closed.response_bytes + open.response_bytes,
+                    ..open
+                },
+                None => open,
+            },
+        ))
+        .collect();
+    let window_minutes = (bucket.minute - oldest * VOLUME_STEP_MINUTES + 1) as f64;
+    let step_floor = config.min_alert_bytes / steps as f64;
+    let checks = [
+        (REQUEST_BYTES, totals.request_bytes_per_call),
+        (RESPONSE_BYTES, totals.response_bytes_per_call),
+    ];
+    for (metric, bytes_per_call) in checks {
+        if state.bucket.alerted & (1 << metric) != 0 {
+            continue;
+        }
+        let bytes = |step: &VolumeStep| {
+            if metric == REQUEST_BYTES {
+                step.request_bytes
+            } else {
+                step.response_bytes
+            }
+        };
+        let (mut observed, mut expected, mut raised_steps) = (0.0, 0.0, 0);
+        let mut raised_lately = false;
+        for step in &window {
+            let step_bytes = bytes(step);
+            let step_expected = f64::from(step.requests) * bytes_per_call;
+            observed += step_bytes;
+            expected += step_expected;
+            if step_bytes - step_expected >= step_floor
+                && step_bytes >= config.alert_ratio * step_expected
+            {
+                raised_steps += 1;
+                raised_lately |= step.step >= current - 1;
+            }
+        }
+        // Raised for half the window at least (sustained, not one burst), and still raised in
+        // the last two steps (not the tail of something that stopped).
+        if 2 * raised_steps >= steps
+            && raised_lately
+            && observed - expected >= config.min_alert_bytes
+            && observed >= config.alert_ratio * expected
+        {
+            let found = Finding {
+                metric,
+                relative: observed / (config.alert_ratio * expected).max(1.0),
+                observed: observed / window_minutes,
+                expected: expected / window_minutes,
+            };
+            let quiet_ms = (config.alert_cooldown_seconds * 1_000).max(3_600_000);
+            raise(state, key, found, now_ms, quiet_ms, alerts);
+        }
+    }
+}
+
 /// An upper bound of P(X ≥ k) for X ~ Poisson(λ): the first term times the geometric series
 /// bounding the rest (1 when k ≤ λ).
 fn poisson_upper_tail(k: f64, lambda: f64) -> f64 {
@@ -805,37 +1309,79 @@ fn poisson_upper_tail(k: f64, lambda: f64) -> f64 {
 }
 
 /// Closes the open bucket and any empty minutes up to `minute` into the baselines.
-fn close_buckets(
-    state: &mut KeyState,
-    minute: i64,
-    alpha: f64,
-    warmup_minutes: u32,
-    min_requests_for_ratio: u32,
-) {
-    let keep_seasonal = state.closed_minutes >= warmup_minutes;
+fn close_buckets(state: &mut KeyState, key: &MetricKey, minute: i64, config: &EngineConfig) {
+    let alpha = 1.0 / config.relearn_minutes.max(1.0);
+    let min_requests_for_ratio = config.min_requests_for_ratio;
+    let keep_seasonal = state.closed_minutes >= config.warmup_minutes;
     let closed = std::mem::take(&mut state.bucket);
-    let slot = seasonal_slot(closed.minute * MINUTE_MS);
     for metric in 0..METRICS {
         if let Some(value) = closed.value(metric, min_requests_for_ratio) {
             if is_count_metric(metric) || closed.requests > 0 {
                 state.baselines[metric].update(
                     value,
-                    slot,
+                    closed.minute,
                     alpha,
-                    keep_seasonal && is_count_metric(metric),
+                    keep_seasonal && (is_count_metric(metric) || metric == LATENCY),
+                    config.alert_ratio,
                 );
             }
         }
     }
     state.closed_minutes = state.closed_minutes.saturating_add(1);
     let empty = minute - closed.minute - 1;
+    state.totals.close(&closed, empty, config);
+    state.previous_latency_ms = match closed.value(LATENCY, min_requests_for_ratio) {
+        Some(latency) if empty == 0 => latency,
+        _ => 0.0,
+    };
+    if key.caller.is_some() {
+        // The slow volume check's steps (caller and operation keys).
+        let (request_bytes, response_bytes) = closed.unalerted_bytes();
+        let step = closed.minute.div_euclid(VOLUME_STEP_MINUTES);
+        match state.volume_steps.back_mut() {
+            Some(last) if last.step == step => {
+                last.requests += closed.requests;
+                last.request_bytes += request_bytes;
+                last.response_bytes += response_bytes;
+            }
+            _ => state.volume_steps.push_back(VolumeStep {
+                step,
+                requests: closed.requests,
+                request_bytes,
+                response_bytes,
+            }),
+        }
+        let oldest = minute.div_euclid(VOLUME_STEP_MINUTES) - volume_window_steps(config) + 1;
+        while state
+            .volume_steps
+            .front()
+            .is_some_and(|first| first.step < oldest)
+        {
+            state.volume_steps.pop_front();
+        }
+    }
+    let window = config.window_minutes.saturating_sub(1) as usize;
+    if window > 0 {
+        state.recent.push_back(MinuteCounts::of(&closed));
+        let zeros = usize::try_from(empty.max(0))
+            .unwrap_or(usize::MAX)
+            .min(window);
+        state
+            .recent
+            .extend(std::iter::repeat_n(MinuteCounts::default(), zeros));
+        while state.recent.len() > window {
+            state.recent.pop_front();
+        }
+    } else {
+        state.recent.clear();
+    }
     let replayed = empty.clamp(0, MAX_GAP_FILL_MINUTES);
     for offset in 1..=replayed {
         let empty_minute = closed.minute + offset;
-        let slot = seasonal_slot(empty_minute * MINUTE_MS);
         for metric in 0..METRICS {
             if is_count_metric(metric) {
-                state.baselines[metric].update(0.0, slot, alpha, keep_seasonal);
+                // Empty minutes move the level; the seasonal profile learns active minutes.
+                state.baselines[metric].update(0.0, empty_minute, alpha, false, 1.0);
             }
         }
     }

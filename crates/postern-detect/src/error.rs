@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
-/// Errors of the IO edges of this crate (corpus loading, replay). The detectors themselves
-/// cannot fail.
+/// Errors of the IO edges of this crate (corpus loading, replay, simulation output). The
+/// detectors themselves cannot fail.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
     #[error("cannot read {path}: {source}; check the path and permissions")]
@@ -30,4 +30,6 @@ pub enum DetectError {
     Event { line: usize, message: String },
     #[error("cannot write alerts: {0}")]
     AlertOutput(std::io::Error),
+    #[error("cannot write the simulation's output: {0}")]
+    SimulationOutput(std::io::Error),
 }

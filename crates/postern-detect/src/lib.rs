@@ -10,6 +10,9 @@
 //!   write per-series score files.
 //! - [`engine`]: behaviour baselines over gateway call events keyed per integration, caller and
 //!   operation, emitting [`engine::Alert`]s; [`replay()`] runs it over an `events.jsonl` stream.
+//! - [`simulate`]: a seeded simulator of multi-integration API traffic with labelled incidents
+//!   and benign level shifts, and an evaluator scoring the engine's alerts against them
+//!   (recall, time to detect, precision, false alerts per day); [`run_simulation`] runs both.
 //!
 //! ## What this crate is not
 //!
@@ -21,9 +24,11 @@ pub mod engine;
 pub mod error;
 pub mod nab;
 pub mod replay;
+pub mod simulate;
 pub mod timestamp;
 pub mod univariate;
 
 pub use error::DetectError;
 pub use nab::run::{run_nab, NabReport};
 pub use replay::{replay, ReplayReport};
+pub use simulate::{run_simulation, SimulationConfig, SimulationReport};

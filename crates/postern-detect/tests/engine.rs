@@ -380,3 +380,278 @@ fn events_deserialize_from_gateway_lines() {
         r#"{"time":"2026-11-28T09:15:23.266Z","integration":"acme","kind":"caller_auth_failures","score":0.9,"observed":40.0,"baseline":0.0}"#
     );
 }
+
+/// Events of `caller` at about `per_minute(minute_ms)` calls a minute (deterministic spacing
+/// with jitter) from `from_ms` for `minutes`.
+fn paced(
+    from_ms: i64,
+    minutes: i64,
+    caller: &str,
+    noise: &mut Noise,
+    per_minute: impl Fn(i64) -> f64,
+) -> Vec<DetectEvent> {
+    let mut events = Vec::new();
+    let mut carry = 0.0;
+    for minute in 0..minutes {
+        let minute_ms = from_ms + minute * MINUTE_MS;
+        carry += per_minute(minute_ms) * (0.8 + 0.4 * noise.next());
+        let count = carry.floor() as i64;
+        carry -= count as f64;
+        for index in 0..count {
+            let time = minute_ms + index * MINUTE_MS / count.max(1);
+            events.push(event(
+                time,
+                Some(caller),
+                "get_charge",
+                200,
+                5_000,
+                "10.0.0.1",
+            ));
+        }
+    }
+    events
+}
+
+fn raised_at(alert: &Alert) -> i64 {
+    postern_detect::timestamp::parse_rfc3339_millis(&alert.time).unwrap()
+}
+
+#[test]
+fn slow_exfiltration_below_the_per_minute_floor_alerts_volume_out_within_the_hour() {
+    let mut noise = Noise(21);
+    let (mut engine, now) = warmed_engine(&mut noise);
+    let mut events = steady(now, 4 * 60, 1.0, &mut noise);
+    // One extra call a minute from checkout with a 150 kB body: 0.15 MB a minute, far below
+    // the per-minute floor of 1 MB, for four hours.
+    events.extend((0..4 * 60).map(|minute| DetectEvent {
+        request_bytes: 150_000,
+        ..event(
+            now + minute * MINUTE_MS + 30_000,
+            Some("checkout"),
+            "create_charge",
+            200,
+            5_000,
+            "10.0.0.1",
+        )
+    }));
+    events.sort_by_key(|event| event.time_unix_ms);
+    let alerts = run(&mut engine, &events);
+    let first = alerts
+        .iter()
+        .find(|alert| alert.kind == AlertKind::VolumeOut)
+        .unwrap_or_else(|| panic!("no volume_out: {alerts:#?}"));
+    assert_eq!(first.caller.as_deref(), Some("checkout"), "{first:?}");
+    assert!(raised_at(first) - now <= 60 * MINUTE_MS, "{first:?}");
+    assert!(first.observed < 1_000_000.0, "{first:?}");
+    // At most once an hour per key, and nothing else.
+    let per_key = alerts
+        .iter()
+        .filter(|alert| alert.caller.as_deref() == Some("checkout") && alert.operation.is_none())
+        .count();
+    assert!(per_key <= 4, "{alerts:#?}");
+    assert_eq!(
+        kinds(&alerts),
+        BTreeSet::from([AlertKind::VolumeOut]),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn vendor_failures_on_a_quiet_integration_alert_over_a_window() {
+    // Two calls a minute: never the 10 a minute the per-minute checks need.
+    let mut noise = Noise(5);
+    let mut engine = Engine::new(EngineConfig::default());
+    let warm = paced(START_MS, 2 * 1_440, "checkout", &mut noise, |_| 2.0);
+    let alerts = run(&mut engine, &warm);
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    let now = START_MS + 2 * DAY_MS;
+    // The vendor revokes the credential: every call answered 401.
+    let revoked: Vec<DetectEvent> = paced(now, 20, "checkout", &mut noise, |_| 2.0)
+        .into_iter()
+        .map(|event| DetectEvent {
+            status: 401,
+            ..event
+        })
+        .collect();
+    let alerts = run(&mut engine, &revoked);
+    let first = alerts
+        .iter()
+        .find(|alert| alert.kind == AlertKind::VendorAuthFailures)
+        .unwrap_or_else(|| panic!("no vendor_auth_failures: {alerts:#?}"));
+    assert!(raised_at(first) - now <= 10 * MINUTE_MS, "{first:?}");
+    // Recovered: the window still holds the failures, but no new alert comes from its tail.
+    let later = now + 20 * MINUTE_MS;
+    let recovered = paced(later, 60, "checkout", &mut noise, |_| 2.0);
+    let alerts = run(&mut engine, &recovered);
+    assert!(alerts.is_empty(), "{alerts:#?}");
+}
+
+#[test]
+fn one_timed_out_call_is_not_a_slowdown_but_a_slow_vendor_is() {
+    let mut noise = Noise(8);
+    let (mut engine, midnight) = warmed_engine(&mut noise);
+    // At noon: about 40 calls a minute, enough for the latency check.
+    let alerts = run(&mut engine, &steady(midnight, 12 * 60, 1.0, &mut noise));
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    let now = midnight + 12 * 3_600_000;
+    // One call of the minute times out after 30 s.
+    let mut events = steady(now, 5, 1.0, &mut noise);
+    let middle = events.len() / 2;
+    events[middle].duration_ms = 30_000.0;
+    let alerts = run(&mut engine, &events);
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    // Every call takes a second for three minutes.
+    let slow: Vec<DetectEvent> = steady(now + 5 * MINUTE_MS, 3, 1.0, &mut noise)
+        .into_iter()
+        .map(|event| DetectEvent {
+            duration_ms: 1_000.0,
+            ..event
+        })
+        .collect();
+    let alerts = run(&mut engine, &slow);
+    assert!(
+        alerts.iter().any(|alert| alert.kind == AlertKind::Latency),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn off_hours_is_a_weekday_job_at_night_not_a_caller_quietly_active_every_night() {
+    let mut noise = Noise(13);
+    let hour_of = |time_ms: i64| time_ms.rem_euclid(DAY_MS) / 3_600_000;
+    let weekday =
+        |time_ms: i64| postern_detect::timestamp::hour_of_week(time_ms.div_euclid(1_000)) < 5 * 24;
+    // "sync" works weekdays 08:00–18:00; "web" is busy by day and quiet, but never idle, by
+    // night (a tenth of its daytime rate).
+    let mut events = paced(START_MS, 8 * 1_440, "sync", &mut noise, |time| {
+        if weekday(time) && (8..18).contains(&hour_of(time)) {
+            2.0
+        } else {
+            0.0
+        }
+    });
+    events.extend(paced(START_MS, 8 * 1_440, "web", &mut noise, |time| {
+        if (8..20).contains(&hour_of(time)) {
+            3.0
+        } else {
+            0.3
+        }
+    }));
+    events.sort_by_key(|event| event.time_unix_ms);
+    let mut engine = Engine::new(EngineConfig::default());
+    let alerts = run(&mut engine, &events);
+    assert!(
+        !kinds(&alerts).contains(&AlertKind::OffHours),
+        "{alerts:#?}"
+    );
+    // Tuesday 03:00, day 9: both call.
+    let night = START_MS + 8 * DAY_MS + 3 * 3_600_000;
+    let calls = [
+        event(night, Some("web"), "get_charge", 200, 5_000, "10.0.0.1"),
+        event(
+            night + 1_000,
+            Some("sync"),
+            "get_charge",
+            200,
+            5_000,
+            "10.0.0.1",
+        ),
+    ];
+    let alerts = run(&mut engine, &calls);
+    let off_hours: Vec<&Alert> = alerts
+        .iter()
+        .filter(|alert| alert.kind == AlertKind::OffHours)
+        .collect();
+    assert_eq!(off_hours.len(), 1, "{alerts:#?}");
+    assert_eq!(off_hours[0].caller.as_deref(), Some("sync"));
+}
+
+#[test]
+fn a_nightly_batch_busy_for_ten_minutes_is_expected_at_its_busy_rate() {
+    let mut noise = Noise(17);
+    // 30 calls a minute from 02:00 to 02:10 every night, nothing else.
+    let batch = |time: i64| {
+        let minute_of_day = time.rem_euclid(DAY_MS) / MINUTE_MS;
+        if (2 * 60..2 * 60 + 10).contains(&minute_of_day) {
+            30.0
+        } else {
+            0.0
+        }
+    };
+    let mut events = paced(START_MS, 10 * 1_440, "batch", &mut noise, batch);
+    events.extend(paced(START_MS, 10 * 1_440, "web", &mut noise, |_| 3.0));
+    events.sort_by_key(|event| event.time_unix_ms);
+    let mut engine = Engine::new(EngineConfig::default());
+    let alerts = run(&mut engine, &events);
+    // The batch's own keys expect it once its slot (weekday 02:00, 10 minutes a night) has 30
+    // minutes of data: from the second Monday on. (The integration key, which also carries
+    // "web" all hour, still sees 30 calls a minute against an hourly mean of about 8: see
+    // docs/DETECTION.md.)
+    let late: Vec<&Alert> = alerts
+        .iter()
+        .filter(|alert| {
+            alert.caller.as_deref() == Some("batch") && raised_at(alert) >= START_MS + 7 * DAY_MS
+        })
+        .collect();
+    assert!(late.is_empty(), "{late:#?}");
+    assert!(
+        alerts
+            .iter()
+            .any(|alert| alert.caller.as_deref() == Some("batch")),
+        "the first nights are new: {alerts:#?}"
+    );
+}
+
+#[test]
+fn a_snapshot_from_before_the_window_and_slow_volume_checks_restores() {
+    let mut noise = Noise(23);
+    let (engine, now) = warmed_engine(&mut noise);
+    let mut snapshot = serde_json::to_value(engine.snapshot()).unwrap();
+    // Remove what the engine added since snapshot version 1 was first written.
+    let config = snapshot["config"].as_object_mut().unwrap();
+    for field in [
+        "window_minutes",
+        "long_run_minutes",
+        "slow_volume_window_minutes",
+        "slow_volume_minutes",
+        "off_hours_max_weekly_events",
+    ] {
+        assert!(config.remove(field).is_some(), "{field}");
+    }
+    for key in snapshot["keys"].as_array_mut().unwrap() {
+        let state = key[1].as_object_mut().unwrap();
+        for field in ["recent", "totals", "previous_latency_ms", "volume_steps"] {
+            state.remove(field);
+        }
+        state["bucket"]
+            .as_object_mut()
+            .unwrap()
+            .remove("latency_max_ms");
+        for baseline in state["baselines"].as_array_mut().unwrap() {
+            if let Some(seasonal) = baseline["seasonal"].as_object_mut() {
+                seasonal.remove("visit_hour");
+                seasonal.remove("visit_mean");
+            }
+        }
+    }
+    let old = serde_json::to_string(&snapshot).unwrap();
+    let mut restored = Engine::restore(serde_json::from_str(&old).unwrap());
+    assert_eq!(restored.config(), &EngineConfig::default());
+    let spike: Vec<DetectEvent> = (0..240)
+        .map(|i| {
+            event(
+                now + i * 250,
+                Some("checkout"),
+                "get_charge",
+                200,
+                5_000,
+                "10.0.0.1",
+            )
+        })
+        .collect();
+    let alerts = run(&mut restored, &spike);
+    assert!(
+        kinds(&alerts).contains(&AlertKind::RateSpike),
+        "{alerts:#?}"
+    );
+}

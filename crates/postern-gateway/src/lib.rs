@@ -308,7 +308,16 @@ impl RunningGateway {
         .with_context(|| format!("opening {}", data_dir.join(EVENTS_FILE).display()))?;
         let metrics = Arc::new(Metrics::new());
         let detector = if config.gateway.detect {
-            Some(detect::Detector::start(&data_dir, metrics.clone())?)
+            // Alerts rotate like events: the same size limit and number of files kept.
+            Some(detect::Detector::start_with(
+                &data_dir,
+                detect::AlertFileOptions {
+                    path: data_dir.join(detect::ALERTS_FILE),
+                    max_file_bytes: config.gateway.events_max_file_bytes,
+                    max_files: config.gateway.events_max_files,
+                },
+                metrics.clone(),
+            )?)
         } else {
             None
         };

@@ -1,10 +1,12 @@
-//! `postern bench nab` and `postern replay`: the detection engine run offline, as fast as it can,
-//! with a progress bar on stderr.
+//! `postern bench nab`, `postern replay` and `postern simulate`: the detection engine run
+//! offline, as fast as it can, with a progress bar on stderr.
 
 use std::io::{BufReader, BufWriter, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use postern_detect::simulate::{IncidentKind, SimulatedEvent, SimulationObserver};
+use postern_detect::{SimulationConfig, SimulationReport};
 
 use crate::ExitCode;
 
@@ -170,5 +172,264 @@ pub fn replay(args: ReplayArgs) -> ExitCode {
             eprintln!("error: {error}");
             ExitCode::Failure
         }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct SimulateArgs {
+    /// Days of evaluation traffic, after the warm-up.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=365))]
+    days: u32,
+    /// Days of clean warm-up traffic first (off-hours alerts need a week of history).
+    #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u32).range(0..=365))]
+    warmup_days: u32,
+    /// Seed of the simulated traffic: the same seed gives the same events and alerts.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Incidents to inject: `all`, `none`, or a comma-separated list of new_identity,
+    /// foreign_source, exfiltration_burst, slow_exfiltration, bulk_download, enumeration,
+    /// credential_stuffing, vendor_credential_revoked, vendor_outage, runaway_client,
+    /// off_hours_use.
+    #[arg(long, default_value = "all", value_parser = parse_incident_kinds)]
+    incidents: IncidentKinds,
+    /// Incidents of each kind [default: one per evaluation day].
+    #[arg(long)]
+    incidents_per_kind: Option<u32>,
+    /// Benign level shifts (a caller's traffic steps up +50 % to +200 % for good)
+    /// [default: one per evaluation day].
+    #[arg(long)]
+    benign_shifts: Option<u32>,
+    /// Write the simulated events (warm-up and evaluation, incidents included) here, in the
+    /// gateway's events.jsonl schema: `postern replay --events FILE` reads them back.
+    #[arg(long)]
+    events_out: Option<PathBuf>,
+    /// Write the engine's alerts on those events here, one JSON object per line.
+    #[arg(long)]
+    alerts_out: Option<PathBuf>,
+    /// Print the whole report as JSON on stdout instead of the tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone)]
+struct IncidentKinds(Vec<IncidentKind>);
+
+fn parse_incident_kinds(text: &str) -> Result<IncidentKinds, String> {
+    match text {
+        "all" => return Ok(IncidentKinds(IncidentKind::ALL.to_vec())),
+        "none" => return Ok(IncidentKinds(Vec::new())),
+        _ => {}
+    }
+    let mut kinds = Vec::new();
+    for name in text
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+    {
+        let kind = IncidentKind::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = IncidentKind::ALL.iter().map(|kind| kind.as_str()).collect();
+            format!(
+                "unknown incident kind `{name}`; use all, none, or some of: {}",
+                known.join(", ")
+            )
+        })?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    Ok(IncidentKinds(kinds))
+}
+
+/// Writes the run's events and alerts to the requested files and moves the progress bar.
+struct SimulationFiles {
+    events: Option<(PathBuf, BufWriter<std::fs::File>)>,
+    alerts: Option<(PathBuf, BufWriter<std::fs::File>)>,
+    progress: ProgressBar,
+}
+
+fn with_path(path: &Path, error: std::io::Error) -> std::io::Error {
+    std::io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+}
+
+fn create(path: &Option<PathBuf>) -> Result<Option<(PathBuf, BufWriter<std::fs::File>)>, String> {
+    match path {
+        None => Ok(None),
+        Some(path) => std::fs::File::create(path)
+            .map(|file| Some((path.clone(), BufWriter::new(file))))
+            .map_err(|error| format!("cannot write {}: {error}", path.display())),
+    }
+}
+
+impl SimulationObserver for SimulationFiles {
+    fn event(&mut self, event: &SimulatedEvent) -> std::io::Result<()> {
+        if let Some((path, out)) = &mut self.events {
+            writeln!(out, "{}", event.to_gateway_json()).map_err(|error| with_path(path, error))?;
+        }
+        Ok(())
+    }
+
+    fn alert(&mut self, alert: &postern_detect::engine::Alert) -> std::io::Result<()> {
+        if let Some((path, out)) = &mut self.alerts {
+            let line = serde_json::to_string(alert).map_err(std::io::Error::other)?;
+            writeln!(out, "{line}").map_err(|error| with_path(path, error))?;
+        }
+        Ok(())
+    }
+
+    fn progress(&mut self, done_minutes: u64, total_minutes: u64) {
+        self.progress.set_length(total_minutes);
+        self.progress.set_position(done_minutes);
+    }
+}
+
+pub fn simulate(args: SimulateArgs) -> ExitCode {
+    let mut config = SimulationConfig::new(args.seed, args.warmup_days, args.days);
+    config.incident_kinds = args.incidents.0;
+    if let Some(count) = args.incidents_per_kind {
+        config.incidents_per_kind = count;
+    }
+    if let Some(count) = args.benign_shifts {
+        config.benign_shifts = count;
+    }
+    let (events, alerts) = match (create(&args.events_out), create(&args.alerts_out)) {
+        (Ok(events), Ok(alerts)) => (events, alerts),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("error: {error}");
+            return ExitCode::Failure;
+        }
+    };
+    let mut files = SimulationFiles {
+        events,
+        alerts,
+        progress: bar(0, "simulated minutes"),
+    };
+    let report = postern_detect::run_simulation(&config, &mut files);
+    files.progress.finish_and_clear();
+    let report = match report {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::Failure;
+        }
+    };
+    for (path, mut out) in [files.events, files.alerts].into_iter().flatten() {
+        if let Err(error) = out.flush() {
+            eprintln!("error: cannot write {}: {error}", path.display());
+            return ExitCode::Failure;
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        print_simulation(&report, config.incident_kinds.len());
+    }
+    ExitCode::Ok
+}
+
+/// `35 s`, `24.6 min`, or `-`.
+fn duration(seconds: Option<f64>) -> String {
+    match seconds {
+        None => "-".into(),
+        Some(seconds) if seconds < 120.0 => format!("{seconds:.0} s"),
+        Some(seconds) => format!("{:.1} min", seconds / 60.0),
+    }
+}
+
+fn ratio(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |value| format!("{value:.2}"))
+}
+
+fn print_simulation(report: &SimulationReport, incident_kinds: usize) {
+    let evaluation = &report.evaluation;
+    println!(
+        "simulated {} warm-up + {} evaluation days, seed {}: {} events, {} incidents, {} benign shifts",
+        report.warmup_days,
+        report.evaluation_days,
+        report.seed,
+        report.events,
+        evaluation.incidents.len(),
+        report.benign_shifts.len()
+    );
+    println!(
+        "engine: default settings, {:.1} s for all runs ({:.0} events/s)",
+        report.seconds, report.events_per_second
+    );
+    if incident_kinds > 0 {
+        println!();
+        println!(
+            "{:<26} {:>9} {:>7} {:>11} {:>11} {:>7}  detected by",
+            "incident", "detected", "recall", "median TTD", "max TTD", "alerts"
+        );
+        for kind in &evaluation.by_incident_kind {
+            let detected_by: Vec<&str> =
+                kind.detected_by.iter().map(|kind| kind.as_str()).collect();
+            println!(
+                "{:<26} {:>9} {:>7} {:>11} {:>11} {:>7}  {}",
+                kind.kind.as_str(),
+                format!("{}/{}", kind.detected, kind.incidents),
+                ratio(kind.recall),
+                duration(kind.median_time_to_detect_seconds),
+                duration(kind.max_time_to_detect_seconds),
+                kind.alerts,
+                detected_by.join(", ")
+            );
+        }
+        println!();
+        println!(
+            "{:<22} {:>7} {:>8} {:>7} {:>7} {:>10}",
+            "alert kind", "alerts", "matched", "grace", "false", "precision"
+        );
+        for kind in &evaluation.by_alert_kind {
+            println!(
+                "{:<22} {:>7} {:>8} {:>7} {:>7} {:>10}",
+                kind.kind.as_str(),
+                kind.alerts,
+                kind.matched,
+                kind.shift_grace,
+                kind.false_alerts,
+                ratio(kind.precision)
+            );
+        }
+        println!();
+        println!(
+            "with incidents: {} alerts, {} matching an incident (precision {}), {} in a shift's grace period, {} false ({:.2} a day)",
+            evaluation.alerts,
+            evaluation.matched_alerts,
+            ratio(evaluation.precision),
+            evaluation.shift_grace_alerts,
+            evaluation.false_alerts,
+            evaluation.false_alerts_per_day
+        );
+    }
+    for (name, clean) in [
+        (
+            "clean traffic with benign shifts",
+            &report.clean_with_shifts,
+        ),
+        ("clean traffic without shifts", &report.clean_without_shifts),
+    ] {
+        let kinds: Vec<String> = clean
+            .false_alerts_by_kind
+            .iter()
+            .map(|(kind, count)| format!("{kind} {count}"))
+            .collect();
+        println!(
+            "{name}: {} false alerts ({:.2} a day){}{}",
+            clean.false_alerts,
+            clean.false_alerts_per_day,
+            if kinds.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", kinds.join(", "))
+            },
+            if clean.shift_grace_alerts > 0 {
+                format!(
+                    "; {} more within a shift's grace period",
+                    clean.shift_grace_alerts
+                )
+            } else {
+                String::new()
+            }
+        );
     }
 }

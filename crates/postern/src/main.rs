@@ -106,6 +106,9 @@ enum Command {
     Dataflow(scan_cli::DataflowArgs),
     /// Run the anomaly-detection engine over recorded events (events.jsonl), as fast as it can.
     Replay(detect_cli::ReplayArgs),
+    /// Simulate multi-integration API traffic with labelled incidents, run the detection engine
+    /// over it and score its alerts: recall, time to detect, precision, false alerts per day.
+    Simulate(detect_cli::SimulateArgs),
     /// The inventory of unregistered (rogue) outbound APIs: list, show, import access logs or
     /// HAR files, and draft an [[integrations]] stanza from what was seen.
     Discover {
@@ -203,6 +206,7 @@ fn main() -> ProcessExitCode {
         Command::Scan(args) => scan_cli::scan(args),
         Command::Dataflow(args) => scan_cli::dataflow(args),
         Command::Replay(args) => detect_cli::replay(args),
+        Command::Simulate(args) => detect_cli::simulate(args),
         Command::Discover { command } => discover_cli::run(command),
         Command::Ca { command } => ca_cli::run(command),
         Command::Bench {
