@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,8 @@ pub const ALERTS_MAX_FILE_BYTES: u64 = postern_config::DEFAULT_EVENTS_MAX_FILE_B
 pub const ALERTS_MAX_FILES: u32 = postern_config::DEFAULT_EVENTS_MAX_FILES;
 pub const SNAPSHOT_FILE: &str = "detector-snapshot.json";
 const QUEUE: usize = 65_536;
+/// How long the detector thread sleeps between batches (the added alert latency at most).
+const BATCH_WAIT: Duration = Duration::from_millis(10);
 const RECENT: usize = 1_000;
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
 
@@ -144,49 +146,50 @@ fn run(
     metrics: Arc<Metrics>,
 ) {
     let mut last_snapshot = Instant::now();
-    loop {
-        match receiver.recv_timeout(Duration::from_millis(250)) {
-            Ok(event) => {
-                let now = event.time_unix_ms;
-                for alert in engine.observe(&event, now) {
-                    metrics.observe_alert(alert.kind.as_str());
-                    if let Ok(line) = serde_json::to_string(&alert) {
-                        alerts.append(&line);
-                        let mut recent = recent.lock().expect("alerts lock");
-                        if recent.len() == RECENT {
-                            recent.pop_front();
-                        }
-                        recent.push_back(line);
-                    }
+    let observe = |engine: &mut Engine, alerts: &mut AlertWriter, event: DetectEvent| {
+        let now = event.time_unix_ms;
+        for alert in engine.observe(&event, now) {
+            metrics.observe_alert(alert.kind.as_str());
+            if let Ok(line) = serde_json::to_string(&alert) {
+                alerts.append(&line);
+                let mut recent = recent.lock().expect("alerts lock");
+                if recent.len() == RECENT {
+                    recent.pop_front();
                 }
-                if last_snapshot.elapsed() >= SNAPSHOT_EVERY {
-                    let _ = alerts.flush();
-                    write_snapshot(&engine, &snapshot_path);
-                    last_snapshot = Instant::now();
-                }
-                continue;
+                recent.push_back(line);
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
         }
-        let _ = alerts.flush();
+    };
+    // Batches, not a wake-up per event: the thread drains what is queued, then sleeps for
+    // BATCH_WAIT. Senders never block or wake it (`try_send` on a queue nobody waits on), so
+    // the request path pays no futex call for detection.
+    loop {
+        let mut handled = 0usize;
+        let disconnected = loop {
+            match receiver.try_recv() {
+                Ok(event) => {
+                    observe(&mut engine, &mut alerts, event);
+                    handled += 1;
+                }
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
+            }
+        };
         if last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+            let _ = alerts.flush();
             write_snapshot(&engine, &snapshot_path);
             last_snapshot = Instant::now();
         }
-        if stop.load(Ordering::Acquire) {
-            // Drain what is already queued, then stop.
-            while let Ok(event) = receiver.try_recv() {
-                let now = event.time_unix_ms;
-                for alert in engine.observe(&event, now) {
-                    metrics.observe_alert(alert.kind.as_str());
-                    if let Ok(line) = serde_json::to_string(&alert) {
-                        alerts.append(&line);
-                    }
-                }
-            }
+        if disconnected {
             break;
         }
+        if handled == 0 {
+            let _ = alerts.flush();
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        std::thread::sleep(BATCH_WAIT);
     }
     let _ = alerts.flush();
     write_snapshot(&engine, &snapshot_path);
