@@ -95,8 +95,8 @@ fn main() {
         let native_and_keyed: Vec<&str> = native.iter().chain(keyed.iter()).copied().collect();
         for (name, off) in [
             ("  digit pass only", &others),
-            ("  anchors + key triggers only", &native),
-            ("  anchors only", &native_and_keyed),
+            ("  keyword anchors + keys only", &native),
+            ("  keyword anchors only", &native_and_keyed),
         ] {
             report(name, &scanner_without(off), &typical);
         }

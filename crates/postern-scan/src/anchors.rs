@@ -1,4 +1,5 @@
-//! The keyword pre-filter: every rule keyword and key trigger, found in one pass.
+//! The keyword pre-filter: every rule keyword, found in one pass. (Keys are not found here but
+//! from their terminators, in the block pass.)
 //!
 //! Patterns of three bytes or more go to one SIMD multi-literal searcher (Teddy, from
 //! `aho-corasick`'s packed module; an Aho-Corasick DFA where SIMD is unavailable). Shorter
@@ -8,11 +9,10 @@
 use aho_corasick::{packed, AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use memchr::memmem;
 
-/// What a pattern hit means: keyword rules to try, and/or a key trigger.
+/// What a pattern hit means: the keyword rules to try around it.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct AnchorTarget {
     pub keyword_rules: Vec<u16>,
-    pub key_trigger: bool,
 }
 
 #[derive(Debug)]

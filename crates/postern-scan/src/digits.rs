@@ -1,10 +1,11 @@
-//! The digit pass: native detectors for digit-shaped classes (cards, IBAN, SSN, phone, IP).
+//! The digit detectors: native detectors for digit-shaped classes (cards, IBAN, SSN, phone,
+//! IP).
 //!
-//! One forward walk over the input, 64 bytes at a time: SIMD byte-class masks (SSE2 on x86_64,
-//! scalar elsewhere) select the few positions worth a look — a digit not glued to a preceding
-//! letter, digit or `_` (so ids, hashes, base64 and UUIDs cost nothing), a digit after a capital
-//! letter (IBAN), a hex digit touching `:` (IPv6). What is left is a short *numeric token* (digit groups joined by single ` `, `-`, `.`, `(`, `)`),
-//! classified by its shape and then validated (Luhn, mod-97, ranges). Nothing here allocates.
+//! The block pass (`blocks.rs`) hands over the few positions worth a look — a digit not glued
+//! to a preceding letter, digit or `_`, a digit after a capital letter (IBAN), a hex digit
+//! touching `:` (IPv6). What is left is a short *numeric token* (digit groups joined by single
+//! ` `, `-`, `.`, `(`, `)`), classified by its shape and then validated (Luhn, mod-97, ranges).
+//! Nothing here allocates.
 
 use crate::validators::{
     card_issuer_known, iban_expected_length, iban_valid, luhn_valid, us_ssn_valid,
@@ -34,7 +35,7 @@ impl DigitDetectors {
 const MAX_GROUPS: usize = 8;
 
 #[inline]
-fn is_word(byte: u8) -> bool {
+pub(crate) fn is_word(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || byte == b'_'
 }
 
@@ -132,162 +133,54 @@ fn digits_of(input: &[u8], start: usize, end: usize, buffer: &mut [u8; 32]) -> u
     count
 }
 
-/// Byte-class masks of one 64-byte block: bit `i` is set when byte `i` is of the class.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct BlockMasks {
-    digit: u64,
-    word: u64,
-    upper: u64,
-    hex: u64,
-    colon: u64,
+/// Whether the digit run `input[at..run_end]` (`at` not after a digit) is a lone number that
+/// cannot be a card (`"id":1234567890`, `/issues/42`): nothing that could join it to a phone
+/// number, SSN, IBAN or address is around it, and it has not 13-19 digits. Such a number is
+/// skipped whole.
+#[inline(always)]
+pub(crate) fn is_lone_short_number(input: &[u8], at: usize, run_end: usize) -> bool {
+    let prev = if at > 0 { input[at - 1] } else { b' ' };
+    let after = input.get(run_end).copied().unwrap_or(b' ');
+    !matches!(after, b' ' | b'-' | b'.' | b'(' | b')')
+        && !matches!(prev, b'+' | b'(' | b'B' | b'b' | b'%')
+        && !prev.is_ascii_uppercase()
+        && !(13..=19).contains(&(run_end - at))
 }
 
-#[cfg(target_arch = "x86_64")]
-fn block_masks(block: &[u8; 64]) -> BlockMasks {
-    use std::arch::x86_64::*;
-    // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned loads of 16 bytes that
-    // lie inside `block`.
-    unsafe {
-        #[inline(always)]
-        unsafe fn in_range(x: __m128i, low: u8, high: u8) -> __m128i {
-            let shifted = _mm_add_epi8(x, _mm_set1_epi8(128u8.wrapping_sub(low) as i8));
-            _mm_cmplt_epi8(
-                shifted,
-                _mm_set1_epi8((i16::from(high - low) + 1 - 128) as i8),
-            )
-        }
-        let mut masks = BlockMasks::default();
-        for lane in 0..4 {
-            let x = _mm_loadu_si128(block.as_ptr().add(lane * 16) as *const __m128i);
-            let digit = in_range(x, b'0', b'9');
-            let upper = in_range(x, b'A', b'Z');
-            let lower = in_range(x, b'a', b'z');
-            let underscore = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'_' as i8));
-            let word = _mm_or_si128(_mm_or_si128(digit, upper), _mm_or_si128(lower, underscore));
-            let hex = _mm_or_si128(
-                digit,
-                _mm_or_si128(in_range(x, b'a', b'f'), in_range(x, b'A', b'F')),
-            );
-            let colon = _mm_cmpeq_epi8(x, _mm_set1_epi8(b':' as i8));
-            let shift = lane * 16;
-            masks.digit |= u64::from(_mm_movemask_epi8(digit) as u16) << shift;
-            masks.upper |= u64::from(_mm_movemask_epi8(upper) as u16) << shift;
-            masks.word |= u64::from(_mm_movemask_epi8(word) as u16) << shift;
-            masks.hex |= u64::from(_mm_movemask_epi8(hex) as u16) << shift;
-            masks.colon |= u64::from(_mm_movemask_epi8(colon) as u16) << shift;
-        }
-        masks
-    }
+/// What the digit pass carries from one candidate to the next.
+#[derive(Debug, Default)]
+pub(crate) struct DigitState {
+    /// Candidates before this position were consumed by an earlier token.
+    pub resume: usize,
+    ipv6_checked_until: usize,
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-fn block_masks(block: &[u8; 64]) -> BlockMasks {
-    block_masks_scalar(block)
-}
-
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-fn block_masks_scalar(block: &[u8; 64]) -> BlockMasks {
-    let mut masks = BlockMasks::default();
-    for (index, &byte) in block.iter().enumerate() {
-        let bit = 1u64 << index;
-        if byte.is_ascii_digit() {
-            masks.digit |= bit;
-        }
-        if byte.is_ascii_uppercase() {
-            masks.upper |= bit;
-        }
-        if is_word(byte) {
-            masks.word |= bit;
-        }
-        if byte.is_ascii_hexdigit() {
-            masks.hex |= bit;
-        }
-        if byte == b':' {
-            masks.colon |= bit;
-        }
-    }
-    masks
-}
-
-/// Positions worth a look in one block: a digit not glued to a preceding word byte (the start
-/// of a number), a digit right after a capital letter (IBAN check digits), and a hex digit
-/// touching a `:` (IPv6). `previous` is the byte before the block.
-fn candidates(masks: BlockMasks, previous: u8, next: u8) -> u64 {
-    let previous_word = u64::from(is_word(previous));
-    let previous_upper = u64::from(previous.is_ascii_uppercase());
-    let word_before = (masks.word << 1) | previous_word;
-    let upper_before = (masks.upper << 1) | previous_upper;
-    (masks.digit & !word_before)
-        | (masks.digit & upper_before)
-        | colon_adjacent(masks, previous, next)
-}
-
-fn colon_adjacent(masks: BlockMasks, previous: u8, next: u8) -> u64 {
-    let colon_before = (masks.colon << 1) | u64::from(previous == b':');
-    let colon_after = (masks.colon >> 1) | (u64::from(next == b':') << 63);
-    masks.hex & (colon_before | colon_after)
-}
-
-pub(crate) fn scan_digits(input: &[u8], detectors: DigitDetectors, out: &mut Vec<RawFinding>) {
-    let mut resume = 0;
-    let mut ipv6_checked_until = 0;
-    let mut block_start = 0;
-    let mut padded = [0u8; 64];
-    while block_start < input.len() {
-        let block: &[u8; 64] = match input.get(block_start..block_start + 64) {
-            Some(full) => full.try_into().expect("64 bytes"),
-            None => {
-                let tail = &input[block_start..];
-                padded[..tail.len()].copy_from_slice(tail);
-                padded[tail.len()..].fill(0);
-                &padded
-            }
-        };
-        let masks = block_masks(block);
-        let previous = if block_start > 0 {
-            input[block_start - 1]
-        } else {
-            b' '
-        };
-        let next = input.get(block_start + 64).copied().unwrap_or(b' ');
-        let mut bits = candidates(masks, previous, next);
-        let near_colon = colon_adjacent(masks, previous, next);
-        while bits != 0 {
-            let offset = bits.trailing_zeros();
-            bits &= bits - 1;
-            let at = block_start + offset as usize;
-            if at < resume || at >= input.len() {
-                continue;
-            }
-            let touches_colon = near_colon & (1u64 << offset) != 0;
-            resume = examine(
-                input,
-                at,
-                touches_colon,
-                detectors,
-                &mut ipv6_checked_until,
-                out,
-            );
-        }
-        block_start += 64;
-    }
-}
-
-/// Looks at the candidate at `at`; returns the position from which to look again.
-fn examine(
+/// Looks at the candidate at `at` and records in `state` from where to look again.
+pub(crate) fn examine(
     input: &[u8],
     at: usize,
     touches_colon: bool,
     detectors: DigitDetectors,
-    ipv6_checked_until: &mut usize,
+    state: &mut DigitState,
+    out: &mut Vec<RawFinding>,
+) {
+    state.resume = examine_at(input, at, touches_colon, detectors, state, out);
+}
+
+fn examine_at(
+    input: &[u8],
+    at: usize,
+    touches_colon: bool,
+    detectors: DigitDetectors,
+    state: &mut DigitState,
     out: &mut Vec<RawFinding>,
 ) -> usize {
     let n = input.len();
     // IPv6: a hex span around this position that contains ':'.
     if let Some(rule) = detectors.ip_address {
-        if touches_colon && at >= *ipv6_checked_until {
+        if touches_colon && at >= state.ipv6_checked_until {
             if let Some((start, end, valid)) = ipv6_candidate(input, at) {
-                *ipv6_checked_until = end;
+                state.ipv6_checked_until = end;
                 if valid {
                     out.push(RawFinding { rule, start, end });
                     return end;
@@ -301,12 +194,7 @@ fn examine(
     let run_end = digit_run_end(input, at);
     let prev = if at > 0 { input[at - 1] } else { b' ' };
 
-    // Fast path: a lone number (`"id":1234567890`, `/issues/42`) can only be a card.
-    let after = input.get(run_end).copied().unwrap_or(b' ');
-    let lone = !matches!(after, b' ' | b'-' | b'.' | b'(' | b')')
-        && !matches!(prev, b'+' | b'(' | b'B' | b'b' | b'%')
-        && !prev.is_ascii_uppercase();
-    if lone && !(13..=19).contains(&(run_end - at)) {
+    if is_lone_short_number(input, at, run_end) {
         return run_end;
     }
 
@@ -591,20 +479,4 @@ fn ipv6_candidate(input: &[u8], at: usize) -> Option<(usize, usize, bool)> {
             .is_some()
         && span.iter().any(u8::is_ascii_digit);
     Some((start, end, valid))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn simd_masks_match_the_scalar_definition() {
-        let mut block = [0u8; 64];
-        for seed in 0..64u32 {
-            for (index, byte) in block.iter_mut().enumerate() {
-                *byte = ((index as u32 * 37 + seed * 101) % 256) as u8;
-            }
-            assert_eq!(block_masks(&block), block_masks_scalar(&block));
-        }
-    }
 }

@@ -7,46 +7,58 @@
 //! value: a `Finding` is offsets and names only.
 //!
 //! ## How it looks at bytes
-//! Most bytes of an API payload are looked at once, by SIMD. Two passes find candidates, and
-//! only candidates meet a regex or a validator:
-//! 1. **Anchors** — one SIMD multi-literal search (Teddy, from `aho-corasick`) over every rule
-//!    keyword (`AKIA`, `ghp_`, `k_live_`, `xox`, `eyJ`, `-----BEGIN`, `T3BlbkFJ`, …; one-byte
-//!    keywords such as `@` go to `memchr`) and every *key trigger* (`password`, `token`,
-//!    `secret`, `phone`, `birth`, … as written, Capitalized and UPPER; short words only in
-//!    context, `api_key`/`apiKey`/`API_KEY`). A keyword hit runs its rule's regex from the start
-//!    of the token holding the hit, over at most the regex's maximum length. A key-trigger hit
-//!    checks that the hit sits inside a key (`"apiKey":`, `\"token\":` in an embedded
-//!    document, `password=` in a form or log line); the key's value then goes to the rules whose
-//!    `key_context` words appear, as whole words, in the key's words.
-//! 2. **Digits** — native detectors for digit-shaped classes (card + issuer prefix + Luhn, IBAN +
-//!    mod-97, SSN ranges, phone shapes, IPv4/IPv6) look only at positions selected by per-64-byte
-//!    SSE2 byte-class masks: a digit not glued to a preceding word byte (so ids, hashes, base64
-//!    and UUIDs cost nothing), a digit after a capital letter (IBAN), a hex digit touching `:`.
+//! Most bytes of an API payload are looked at once, by SIMD, and only candidates meet a
+//! matcher or a validator:
+//! 1. **Keyword anchors** — one SIMD multi-literal search (Teddy, from `aho-corasick`) over the
+//!    rule keywords (`AKIA`, `ghp_`, `k_live_`, `xox`, `eyJ`, `-----BEGIN`, `T3BlbkFJ`, …;
+//!    one-byte keywords such as `@` go to `memchr`). A hit runs its rule's pattern from the
+//!    start of the token holding the hit, over at most the pattern's maximum length.
+//! 2. **The block pass** (`blocks.rs`) — one walk over 64-byte blocks computing byte-class
+//!    masks (AVX2 when the CPU has it, SSE2 otherwise). Bit arithmetic on the masks yields
+//!    - *digit candidates* for the native detectors of digit-shaped classes (card + issuer
+//!      prefix + Luhn, IBAN + mod-97, SSN ranges, phone shapes, IPv4/IPv6; `digits.rs`): a
+//!      digit not glued to a preceding word byte (so ids, hashes, base64 and UUIDs cost
+//!      nothing), digits after two capitals (IBAN) or `%2B`, a hex digit next to a `:` that
+//!      could be inside an IPv6 address; a lone short number is skipped from the masks alone;
+//!    - *key terminators* (`keys.rs`): every `:` and `=` (only `=` in a form). The key before
+//!      it is read backwards — `"apiKey":` from the 32 bytes before the quote, `\"token\":` in
+//!      an embedded document, `password=` in a form or log line, `key: value` in text — split
+//!      into words, and looked up in a table of *anchor words* (per `key_context` entry its
+//!      most specific word). A per-thread memo keeps that verdict for keys up to 32 bytes, so a
+//!      repeated key costs a lookup. Only a key holding an anchor word has its value located
+//!      and given to the key rules whose `key_context` words it contains.
 //!
-//! Rules with neither keywords nor key context run their regex over the whole input (slow; no
-//! built-in rule does this). Findings are then sorted, de-duplicated, and a key-context finding
-//! overlapping a more specific one is dropped (`"api_key": "sk_live_…"` is a Stripe key, not
-//! also a generic secret).
+//! Patterns are `regex`es, except that the hottest built-in ones (email, JWT, AWS, GitHub,
+//! Stripe, Slack and OpenAI keys, PEM private keys, the generic-secret and date-of-birth
+//! values) run on native matchers (`shapes.rs`) that give the same matches — checked against
+//! `regex` in the tests — at a fraction of the cost. A rule with neither keywords nor key
+//! context runs its regex over the whole input (slow; no built-in rule does this). Findings
+//! are then sorted, de-duplicated, and a key-context finding overlapping a more specific one is
+//! dropped (`"api_key": "sk_live_…"` is a Stripe key, not also a generic secret).
 //!
 //! JSON is not parsed into a tree: a key is recognised where it stands (`"…"` followed by `:`),
 //! which in valid JSON only a key can be. Form bodies and text get `key=value` / `key: value`.
 //!
-//! Throughput (one core, `examples/scan_bench.rs`, see `bench/scan/README.md`): about 0.5 GB/s
-//! on PII-light API JSON and 0.13 GB/s on the dense labelled corpus — below the 1 GB/s target.
-
+//! Throughput (one core, `examples/scan_bench.rs`; figures in `docs/BENCHMARKS.md`): about
+//! 1.1 GB/s on PII-light API JSON and 0.3 GB/s on the dense labelled corpus.
+//!
 //! ## What it is not
 //! Not a DLP policy engine (the gateway decides what a class means for an integration), not a
 //! streaming scanner (give it the whole body, decoded with [`decode_for_scan`] within a cap),
 //! and not a named-entity recogniser: names and addresses are out of scope.
 
 mod anchors;
+mod blocks;
 mod decode;
 mod digits;
+mod keys;
 mod redact;
 mod rules;
+mod shapes;
 mod validators;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use decode::{decode_for_scan, Unscanned, UnscannedReason};
@@ -54,7 +66,10 @@ pub use redact::redact;
 pub use rules::{NativeDetector, RuleError, RuleSpec, Rules, Validator, BUILTIN_RULES_TOML};
 
 use anchors::{AnchorSet, AnchorSetBuilder};
+use blocks::KeyVisitor;
+use blocks::Terminators;
 use digits::DigitDetectors;
+use keys::{AnchorWords, KeyVerdicts, QuotedKey, MAX_KEY_SEGMENTS};
 
 /// One detected value: its class, the rule that found it, and its byte range in the scanned
 /// input. Never holds the value itself.
@@ -174,26 +189,36 @@ struct CompiledRule {
     kind: RuleKind,
     regex: Option<regex::bytes::Regex>,
     regex_has_group: bool,
+    /// A native matcher giving the same matches as `regex`, for the hottest built-in patterns.
+    shape: Option<shapes::Shape>,
     max_match_len: usize,
     validator: Validator,
     entropy_min: Option<f64>,
-    key_context: Vec<Vec<String>>,
+    /// Per `key_context` entry: its words, and the id of its anchor word in
+    /// `Scanner::key_anchor_words` (a key holds the entry only if it holds that word).
+    key_context: Vec<(Vec<String>, usize)>,
+    /// For a key rule given `keywords`: the key must contain one of them (case-sensitive).
+    key_keywords: Vec<Vec<u8>>,
 }
 
 /// A compiled rule set. Cheap to share (`&self` scans); build once per rule-set change.
 #[derive(Debug)]
 pub struct Scanner {
+    /// Unique per scanner in this process: tags what a thread remembers about keys.
+    id: u64,
     rules: Vec<CompiledRule>,
     anchors: Option<AnchorSet>,
     key_rules: Vec<u16>,
+    /// Per `key_context` entry of every key rule, the word that stands for it.
+    key_anchor_words: AnchorWords,
     full_scan_rules: Vec<u16>,
     digit_detectors: DigitDetectors,
 }
 
 const DEFAULT_MAX_MATCH_LEN: usize = 16 * 1024;
 const MAX_LOOKBEHIND_BYTES: usize = 256;
-const KEY_VALUE_MAX_BYTES: usize = 16 * 1024;
-const KEY_MAX_BYTES: usize = 96;
+/// Rule sets up to this size track keyword coverage on the stack.
+const STACK_RULES: usize = 64;
 
 impl Default for Scanner {
     /// The built-in rule set.
@@ -210,6 +235,7 @@ impl Scanner {
         let mut compiled = Vec::with_capacity(specs.len());
         let mut anchor_builder = AnchorSetBuilder::default();
         let mut key_rules = Vec::new();
+        let mut key_anchor_words = AnchorWords::default();
         let mut full_scan_rules = Vec::new();
         let mut digit_detectors = DigitDetectors::default();
 
@@ -238,7 +264,7 @@ impl Scanner {
             let key_context: Vec<Vec<String>> = spec
                 .key_context
                 .iter()
-                .map(|word| key_segments(word.as_bytes()))
+                .map(|word| keys::key_segments(word.as_bytes()))
                 .filter(|segments| !segments.is_empty())
                 .collect();
             let kind = if let Some(detector) = spec.detector {
@@ -253,14 +279,6 @@ impl Scanner {
                 RuleKind::Native
             } else if !key_context.is_empty() {
                 key_rules.push(rule_index);
-                let triggers: Vec<String> = if spec.keywords.is_empty() {
-                    key_triggers(&key_context)
-                } else {
-                    spec.keywords.clone()
-                };
-                for trigger in triggers {
-                    anchor_builder.target(trigger.as_bytes()).key_trigger = true;
-                }
                 RuleKind::KeyContext
             } else if !spec.keywords.is_empty() {
                 for keyword in &spec.keywords {
@@ -280,18 +298,40 @@ impl Scanner {
                 kind,
                 regex,
                 regex_has_group,
+                shape: spec.regex.as_deref().and_then(shapes::Shape::for_pattern),
                 max_match_len,
                 validator: spec.validator,
                 entropy_min: spec.entropy_min,
-                key_context,
+                key_keywords: if kind == RuleKind::KeyContext {
+                    spec.keywords
+                        .iter()
+                        .map(|k| k.as_bytes().to_vec())
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                key_context: if kind == RuleKind::KeyContext {
+                    key_context
+                        .into_iter()
+                        .filter_map(|entry| {
+                            let anchor = key_anchor_words.insert(keys::anchor_word(&entry)?);
+                            Some((entry, anchor))
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             });
         }
 
         let anchors = anchor_builder.build();
+        static NEXT_SCANNER_ID: AtomicU64 = AtomicU64::new(1);
         Ok(Scanner {
+            id: NEXT_SCANNER_ID.fetch_add(1, Ordering::Relaxed),
             rules: compiled,
             anchors,
             key_rules,
+            key_anchor_words,
             full_scan_rules,
             digit_detectors,
         })
@@ -304,52 +344,87 @@ impl Scanner {
 
     /// Scans `input` and returns its findings, sorted by offset.
     pub fn scan(&self, input: &[u8], content_type_hint: ContentTypeHint) -> ScanResult {
+        let mut result = ScanResult::default();
+        self.scan_into(input, content_type_hint, &mut result);
+        result
+    }
+
+    /// Like [`Scanner::scan`], but fills `result` (cleared first), so a caller scanning many
+    /// bodies can reuse its allocations.
+    pub fn scan_into(
+        &self,
+        input: &[u8],
+        content_type_hint: ContentTypeHint,
+        result: &mut ScanResult,
+    ) {
+        result.findings.clear();
+        result.class_counts.clear();
         let syntax = content_type_hint.resolve(input);
-        let mut raw = Vec::new();
-        if let Some(anchors) = &self.anchors {
-            let mut keyword_covered_until: Vec<usize> = Vec::new();
-            let mut last_key = (usize::MAX, usize::MAX);
-            anchors.for_each_hit(input, |hit_start, hit_end, target, first_of_group| {
-                if first_of_group {
-                    keyword_covered_until.clear();
-                    last_key = (usize::MAX, usize::MAX);
-                }
-                for &rule in &target.keyword_rules {
-                    if keyword_covered_until.is_empty() {
-                        keyword_covered_until.resize(self.rules.len(), 0);
-                    }
-                    if hit_start < keyword_covered_until[usize::from(rule)] {
+        with_scratch(self.id, |scratch| {
+            let ScanScratch { verdicts, raw } = scratch;
+            if let Some(anchors) = &self.anchors {
+                self.keyword_hits(anchors, input, raw);
+            }
+            let terminators = if self.key_anchor_words.is_empty() {
+                Terminators::None
+            } else if syntax == Syntax::Form {
+                Terminators::Equals
+            } else {
+                Terminators::ColonAndEquals
+            };
+            if self.digit_detectors.any() || terminators != Terminators::None {
+                let mut keys = KeyScan {
+                    scanner: self,
+                    input,
+                    syntax,
+                    verdicts,
+                };
+                blocks::scan_blocks(input, self.digit_detectors, terminators, &mut keys, raw);
+            }
+            for &rule in &self.full_scan_rules {
+                let compiled = &self.rules[usize::from(rule)];
+                let Some(regex) = &compiled.regex else {
+                    continue;
+                };
+                for captures in regex.captures_iter(input) {
+                    let Some(whole) = captures.get(0) else {
                         continue;
-                    }
-                    if let Some(found) = self.keyword_hit(rule, input, hit_start, hit_end) {
-                        keyword_covered_until[usize::from(rule)] = found.end;
+                    };
+                    let found = captures.get(1).unwrap_or(whole);
+                    if let Some(found) = self.accept(rule, input, found.start(), found.end()) {
                         raw.push(found);
                     }
                 }
-                if target.key_trigger {
-                    self.key_hit(input, hit_start, hit_end, syntax, &mut last_key, &mut raw);
-                }
-            });
-        }
-        if self.digit_detectors.any() {
-            digits::scan_digits(input, self.digit_detectors, &mut raw);
-        }
-        for &rule in &self.full_scan_rules {
-            let compiled = &self.rules[usize::from(rule)];
-            let Some(regex) = &compiled.regex else {
-                continue;
-            };
-            for captures in regex.captures_iter(input) {
-                let Some(whole) = captures.get(0) else {
+            }
+            self.resolve(raw, result);
+        });
+    }
+
+    /// Every keyword hit runs its rules' regexes around it (once per stretch a rule already
+    /// matched).
+    fn keyword_hits(&self, anchors: &AnchorSet, input: &[u8], raw: &mut Vec<RawFinding>) {
+        let mut on_stack = [0usize; STACK_RULES];
+        let mut on_heap = Vec::new();
+        let covered_until: &mut [usize] = if self.rules.len() <= STACK_RULES {
+            &mut on_stack
+        } else {
+            on_heap.resize(self.rules.len(), 0);
+            &mut on_heap
+        };
+        anchors.for_each_hit(input, |hit_start, hit_end, target, first_of_group| {
+            if first_of_group {
+                covered_until.fill(0);
+            }
+            for &rule in &target.keyword_rules {
+                if hit_start < covered_until[usize::from(rule)] {
                     continue;
-                };
-                let found = captures.get(1).unwrap_or(whole);
-                if let Some(found) = self.accept(rule, input, found.start(), found.end()) {
+                }
+                if let Some(found) = self.keyword_hit(rule, input, hit_start, hit_end) {
+                    covered_until[usize::from(rule)] = found.end;
                     raw.push(found);
                 }
             }
-        }
-        self.resolve(raw)
+        });
     }
 
     /// Runs a keyword rule's regex around a keyword hit; the match must contain the hit.
@@ -375,15 +450,18 @@ impl Scanner {
         let haystack = &input[..window_end];
         let mut at = window_start;
         while at <= hit_start {
-            let (whole_start, whole_end, found_start, found_end) = if compiled.regex_has_group {
-                let captures = regex.captures_at(haystack, at)?;
-                let whole = captures.get(0)?;
-                let found = captures.get(1).unwrap_or(whole);
-                (whole.start(), whole.end(), found.start(), found.end())
-            } else {
-                let whole = regex.find_at(haystack, at)?;
-                (whole.start(), whole.end(), whole.start(), whole.end())
-            };
+            let (whole_start, whole_end, found_start, found_end) =
+                if let Some(shape) = compiled.shape {
+                    shape.find_at(haystack, at, hit_start)?
+                } else if compiled.regex_has_group {
+                    let captures = regex.captures_at(haystack, at)?;
+                    let whole = captures.get(0)?;
+                    let found = captures.get(1).unwrap_or(whole);
+                    (whole.start(), whole.end(), found.start(), found.end())
+                } else {
+                    let whole = regex.find_at(haystack, at)?;
+                    (whole.start(), whole.end(), whole.start(), whole.end())
+                };
             if whole_start > hit_start {
                 return None;
             }
@@ -425,42 +503,58 @@ impl Scanner {
         Some(RawFinding { rule, start, end })
     }
 
-    /// A key trigger hit: if it sits in a key, give that key's value to the matching key rules.
-    fn key_hit(
+    /// The key rules whose `key_context` the key's words contain, run on the key's value.
+    #[cold]
+    fn key_rules_on_value(
         &self,
         input: &[u8],
-        hit_start: usize,
-        hit_end: usize,
+        at: usize,
+        key: keys::KeySpan,
         syntax: Syntax,
-        last_key: &mut (usize, usize),
         out: &mut Vec<RawFinding>,
     ) {
-        let Some(pair) = locate_key_value(input, hit_start, hit_end, syntax) else {
+        let Some((value_start, value_end)) = keys::value_after(input, at, key.form, syntax) else {
             return;
         };
-        if pair.key == *last_key {
-            return;
-        }
-        *last_key = pair.key;
-        let key = &input[pair.key.0..pair.key.1];
+        let key = &input[key.start..key.end];
         let mut segments = [(0usize, 0usize); MAX_KEY_SEGMENTS];
-        let segment_count = key_segment_ranges(key, &mut segments);
+        let segment_count = keys::key_segment_ranges(key, &mut segments);
         let segments = &segments[..segment_count];
-        let (value_start, value_end) = pair.value;
+        // The anchor words the key holds: an entry whose anchor word is not among them is not
+        // held, without comparing its words.
+        let mut anchors = [usize::MAX; MAX_KEY_SEGMENTS];
+        for (slot, &(start, end)) in anchors.iter_mut().zip(segments) {
+            *slot = self
+                .key_anchor_words
+                .find(&key[start..end])
+                .unwrap_or(usize::MAX);
+        }
         let value = &input[value_start..value_end];
         for &rule in &self.key_rules {
             let compiled = &self.rules[usize::from(rule)];
-            if !compiled
-                .key_context
-                .iter()
-                .any(|word| key_contains_words(key, segments, word))
+            if !compiled.key_context.iter().any(|(words, anchor)| {
+                anchors[..segments.len()].contains(anchor)
+                    && keys::key_contains_words(key, segments, words)
+            }) {
+                continue;
+            }
+            if !compiled.key_keywords.is_empty()
+                && !compiled
+                    .key_keywords
+                    .iter()
+                    .any(|keyword| memchr::memmem::find(key, keyword).is_some())
             {
                 continue;
             }
             let Some(regex) = &compiled.regex else {
                 continue;
             };
-            let (found_start, found_end) = if compiled.regex_has_group {
+            let (found_start, found_end) = if let Some(shape) = compiled.shape {
+                let Some(found) = shape.match_whole(value) else {
+                    continue;
+                };
+                found
+            } else if compiled.regex_has_group {
                 let Some(captures) = regex.captures(value) else {
                     continue;
                 };
@@ -487,9 +581,9 @@ impl Scanner {
 
     /// Sorts, removes duplicates, and drops key-context findings that overlap a finding of a
     /// more specific rule (a Stripe key under `api_key` is `secret.stripe_key`, not also
-    /// `secret.generic`).
-    fn resolve(&self, mut raw: Vec<RawFinding>) -> ScanResult {
-        raw.sort_by_key(|finding| (finding.start, finding.end, finding.rule));
+    /// `secret.generic`); writes what is left into `result`.
+    fn resolve(&self, raw: &mut Vec<RawFinding>, result: &mut ScanResult) {
+        raw.sort_unstable_by_key(|finding| (finding.start, finding.end, finding.rule));
         raw.dedup_by(|later, earlier| {
             later.start == earlier.start
                 && later.end == earlier.end
@@ -499,28 +593,22 @@ impl Scanner {
         let is_key_rule = |finding: &RawFinding| {
             self.rules[usize::from(finding.rule)].kind == RuleKind::KeyContext
         };
-        let mut keep = vec![true; raw.len()];
-        for (index, finding) in raw.iter().enumerate() {
-            if !is_key_rule(finding) {
-                continue;
-            }
-            let overlapped = raw.iter().any(|other| {
-                !is_key_rule(other) && other.start < finding.end && finding.start < other.end
-            });
-            if overlapped {
-                keep[index] = false;
-            }
-        }
-        let mut result = ScanResult::default();
-        for (finding, keep) in raw.into_iter().zip(keep) {
-            if !keep {
+        result.findings.reserve(raw.len());
+        for finding in raw.iter() {
+            if is_key_rule(finding)
+                && raw.iter().any(|other| {
+                    !is_key_rule(other) && other.start < finding.end && finding.start < other.end
+                })
+            {
                 continue;
             }
             let compiled = &self.rules[usize::from(finding.rule)];
-            *result
-                .class_counts
-                .entry(compiled.class.clone())
-                .or_insert(0) += 1;
+            match result.class_counts.get_mut(&compiled.class) {
+                Some(count) => *count += 1,
+                None => {
+                    result.class_counts.insert(compiled.class.clone(), 1);
+                }
+            }
             result.findings.push(Finding {
                 class: compiled.class.clone(),
                 rule_id: compiled.id.clone(),
@@ -528,106 +616,92 @@ impl Scanner {
                 end: finding.end,
             });
         }
-        result
     }
 }
 
-fn is_token_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'%' | b'+' | b'-')
+/// What a thread keeps from one scan to the next: the key verdict memo and the buffer of
+/// candidate findings. Scanning stays `&self` and allocation-free in the common case.
+struct ScanScratch {
+    verdicts: KeyVerdicts,
+    raw: Vec<RawFinding>,
 }
 
-/// Words too common in keys to find key-context keys by (`api_key` is found by `api`).
-const WEAK_KEY_WORDS: &[&str] = &[
-    "key", "id", "number", "date", "of", "client", "user", "name", "code", "value", "data",
-];
+/// Candidate findings kept for reuse between scans, at most.
+const SCRATCH_RAW_KEEP: usize = 4096;
 
-/// The literals that find keys for `key_context`: per entry its longest strong word, dropping
-/// words that contain another trigger (`mobilephone` is found by `phone`), each as written,
-/// Capitalized and UPPER.
-fn key_triggers(key_context: &[Vec<String>]) -> Vec<String> {
-    // One-word entries first: their word is a trigger, and a longer entry containing that word
-    // (`access_token` after `token`) needs no trigger of its own.
-    let mut words: Vec<String> = key_context
-        .iter()
-        .filter(|segments| segments.len() == 1)
-        .map(|segments| segments[0].clone())
-        .collect();
-    let mut joined: Vec<String> = Vec::new();
-    for segments in key_context.iter().filter(|segments| segments.len() > 1) {
-        if segments.iter().any(|segment| words.contains(segment)) {
-            continue;
-        }
-        let strong = segments
-            .iter()
-            .filter(|segment| !WEAK_KEY_WORDS.contains(&segment.as_str()));
-        let Some(word) = strong
-            .max_by_key(|segment| segment.len())
-            .or_else(|| segments.iter().max_by_key(|segment| segment.len()))
-        else {
-            continue;
-        };
-        if word.len() >= 4 {
-            words.push(word.clone());
-        } else {
-            // A short word (`api`) is too common alone: find the whole entry as it is usually
-            // written (`api_key`, `api-key`, `apikey`, `apiKey`, `ApiKey`, `API_KEY`, `API-KEY`).
-            let camel: String = segments
-                .iter()
-                .enumerate()
-                .map(|(index, segment)| {
-                    if index == 0 {
-                        segment.clone()
-                    } else {
-                        capitalized(segment)
-                    }
-                })
-                .collect();
-            let pascal: String = segments
-                .iter()
-                .map(|segment| capitalized(segment))
-                .collect();
-            for variant in [
-                segments.join("_"),
-                segments.join("-"),
-                segments.concat(),
-                camel,
-                pascal,
-                segments.join("_").to_ascii_uppercase(),
-                segments.join("-").to_ascii_uppercase(),
-            ] {
-                joined.push(variant);
-            }
-        }
-    }
-    words.sort();
-    words.dedup();
-    let minimal: Vec<String> = words
-        .iter()
-        .filter(|word| {
-            !words
-                .iter()
-                .any(|other| other != *word && word.contains(other.as_str()))
+thread_local! {
+    static SCRATCH: std::cell::RefCell<ScanScratch> = const {
+        std::cell::RefCell::new(ScanScratch {
+            verdicts: KeyVerdicts::EMPTY,
+            raw: Vec::new(),
         })
-        .cloned()
-        .collect();
-    let mut triggers: Vec<String> = minimal
-        .iter()
-        .flat_map(|word| [word.clone(), capitalized(word), word.to_ascii_uppercase()])
-        .collect();
-    for variant in joined {
-        if !triggers.contains(&variant) {
-            triggers.push(variant);
-        }
-    }
-    triggers
+    };
 }
 
-fn capitalized(word: &str) -> String {
-    let mut chars = word.chars();
-    chars
-        .next()
-        .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
-        .unwrap_or_default()
+/// Runs `scan` with this thread's scratch, its key verdict memo made valid for `scanner_id`
+/// and its buffer empty.
+fn with_scratch<R>(scanner_id: u64, scan: impl FnOnce(&mut ScanScratch) -> R) -> R {
+    let run = |scratch: &mut ScanScratch| {
+        scratch.verdicts.use_for(scanner_id);
+        scratch.raw.clear();
+        let result = scan(scratch);
+        if scratch.raw.capacity() > SCRATCH_RAW_KEEP {
+            scratch.raw = Vec::new();
+        }
+        result
+    };
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => run(&mut scratch),
+        // Only if a scan ran inside a scan on this thread: use scratch of its own.
+        Err(_) => run(&mut Box::new(ScanScratch {
+            verdicts: KeyVerdicts::EMPTY,
+            raw: Vec::new(),
+        })),
+    })
+}
+
+/// The key side of one scan: keys handed over by the block pass, checked for anchor words,
+/// and the selected key rules run on their values.
+struct KeyScan<'a> {
+    scanner: &'a Scanner,
+    input: &'a [u8],
+    syntax: Syntax,
+    verdicts: &'a mut KeyVerdicts,
+}
+
+impl KeyVisitor for KeyScan<'_> {
+    #[inline(always)]
+    fn quoted_key(&mut self, close: usize, out: &mut Vec<RawFinding>) {
+        let words = &self.scanner.key_anchor_words;
+        match self.verdicts.quoted_key(self.input, close, words) {
+            QuotedKey::Key {
+                span,
+                holds_anchor_word,
+            } => {
+                if holds_anchor_word {
+                    self.scanner
+                        .key_rules_on_value(self.input, close + 1, span, self.syntax, out);
+                }
+            }
+            QuotedKey::NotAKey => {}
+            QuotedKey::Unresolved => self.terminator(close + 1, out),
+        }
+    }
+
+    #[inline]
+    fn terminator(&mut self, at: usize, out: &mut Vec<RawFinding>) {
+        let words = &self.scanner.key_anchor_words;
+        let Some(key) = keys::key_before(self.input, at, self.syntax, words.min_letters) else {
+            return;
+        };
+        if self
+            .verdicts
+            .holds_anchor_word(self.input, key.start, key.end, words)
+        {
+            self.scanner
+                .key_rules_on_value(self.input, at, key, self.syntax, out);
+        }
+    }
 }
 
 fn preceding_backslashes(input: &[u8], at: usize) -> usize {
@@ -638,267 +712,6 @@ fn preceding_backslashes(input: &[u8], at: usize) -> usize {
         .count()
 }
 
-/// The words of a key, lowercased: `apiKey` → `api key`, `X-API-KEY` → `x api key`,
-/// `SSN__c` → `ssn c`, `date_of_birth` → `date of birth`.
-fn key_segments(key: &[u8]) -> Vec<String> {
-    let mut ranges = [(0usize, 0usize); MAX_KEY_SEGMENTS];
-    let count = key_segment_ranges(key, &mut ranges);
-    ranges[..count]
-        .iter()
-        .map(|&(start, end)| String::from_utf8_lossy(&key[start..end]).to_ascii_lowercase())
-        .collect()
-}
-
-const MAX_KEY_SEGMENTS: usize = 16;
-
-/// Word boundaries of a key without allocating: separators, lower→Upper, `APIKey` → `API|Key`.
-fn key_segment_ranges(key: &[u8], ranges: &mut [(usize, usize); MAX_KEY_SEGMENTS]) -> usize {
-    let mut count = 0;
-    let mut start: Option<usize> = None;
-    for (index, &byte) in key.iter().enumerate() {
-        if !byte.is_ascii_alphanumeric() {
-            if let Some(segment_start) = start.take() {
-                if count < MAX_KEY_SEGMENTS {
-                    ranges[count] = (segment_start, index);
-                    count += 1;
-                }
-            }
-            continue;
-        }
-        if let Some(segment_start) = start {
-            if byte.is_ascii_uppercase() {
-                let previous = key[index - 1];
-                let next_is_lower = key.get(index + 1).is_some_and(u8::is_ascii_lowercase);
-                if previous.is_ascii_lowercase()
-                    || previous.is_ascii_digit()
-                    || (previous.is_ascii_uppercase() && next_is_lower)
-                {
-                    if count < MAX_KEY_SEGMENTS {
-                        ranges[count] = (segment_start, index);
-                        count += 1;
-                    }
-                    start = Some(index);
-                }
-            }
-        } else {
-            start = Some(index);
-        }
-    }
-    if let Some(segment_start) = start {
-        if count < MAX_KEY_SEGMENTS {
-            ranges[count] = (segment_start, key.len());
-            count += 1;
-        }
-    }
-    count
-}
-
-/// Whether the key's words contain `words` as a contiguous run (case-insensitive).
-fn key_contains_words(key: &[u8], segments: &[(usize, usize)], words: &[String]) -> bool {
-    !words.is_empty()
-        && segments.windows(words.len()).any(|window| {
-            window
-                .iter()
-                .zip(words)
-                .all(|(&(start, end), word)| key[start..end].eq_ignore_ascii_case(word.as_bytes()))
-        })
-}
-
-struct KeyValue {
-    key: (usize, usize),
-    value: (usize, usize),
-}
-
-fn is_key_word_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'[' | b']')
-}
-
-fn is_key_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.' | b'[' | b']')
-}
-
-/// Finds the key around a trigger hit and the span of its value.
-fn locate_key_value(
-    input: &[u8],
-    hit_start: usize,
-    hit_end: usize,
-    syntax: Syntax,
-) -> Option<KeyValue> {
-    if syntax != Syntax::Form {
-        if let Some(pair) = quoted_key_value(input, hit_start, hit_end) {
-            return Some(pair);
-        }
-    }
-    bare_key_value(input, hit_start, hit_end, syntax)
-}
-
-/// `"key": value` (JSON) or `\"key\": \"value\"` (a JSON document embedded in a string).
-fn quoted_key_value(input: &[u8], hit_start: usize, hit_end: usize) -> Option<KeyValue> {
-    let n = input.len();
-    // From the trigger to the key's end only word bytes may follow (a URL such as
-    // `api.example.com` is rejected at the `.`).
-    let mut close = hit_end;
-    while close < n && close - hit_end < KEY_MAX_BYTES && is_key_word_byte(input[close]) {
-        close += 1;
-    }
-    let escaped = close < n && input[close] == b'\\' && input.get(close + 1) == Some(&b'"');
-    if close >= n || !(input[close] == b'"' || escaped) {
-        return None;
-    }
-    let mut open = hit_start;
-    while open > 0
-        && hit_start - open < KEY_MAX_BYTES
-        && !matches!(input[open - 1], b'"' | b'\n' | b'\\')
-    {
-        open -= 1;
-    }
-    if open == 0 || input[open - 1] != b'"' {
-        return None;
-    }
-    let open_escaped = open >= 2 && input[open - 2] == b'\\';
-    if open_escaped != escaped {
-        return None;
-    }
-    let mut at = close + if escaped { 2 } else { 1 };
-    while at < n && matches!(input[at], b' ' | b'\t' | b'\r' | b'\n') {
-        at += 1;
-    }
-    if at >= n || input[at] != b':' {
-        return None;
-    }
-    at += 1;
-    while at < n && matches!(input[at], b' ' | b'\t' | b'\r' | b'\n') {
-        at += 1;
-    }
-    let value = if escaped {
-        if input.get(at..at + 2) != Some(b"\\\"") {
-            return None;
-        }
-        let start = at + 2;
-        let limit = n.min(start + KEY_VALUE_MAX_BYTES);
-        let end = start + memchr::memmem::find(&input[start..limit], b"\\\"")?;
-        (start, end)
-    } else if input.get(at) == Some(&b'"') {
-        let start = at + 1;
-        (start, json_string_end(input, start)?)
-    } else {
-        let start = at;
-        let mut end = start;
-        while end < n
-            && end - start < KEY_VALUE_MAX_BYTES
-            && !matches!(
-                input[end],
-                b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n' | b'{' | b'[' | b'"'
-            )
-        {
-            end += 1;
-        }
-        (start, end)
-    };
-    (value.0 < value.1).then_some(KeyValue {
-        key: (open, close),
-        value,
-    })
-}
-
-/// End (index of the closing quote) of the JSON string whose content starts at `start`.
-fn json_string_end(input: &[u8], start: usize) -> Option<usize> {
-    let limit = input.len().min(start + KEY_VALUE_MAX_BYTES);
-    let mut at = start;
-    loop {
-        at += memchr::memchr2(b'"', b'\\', &input[at..limit])?;
-        if input[at] == b'"' {
-            return Some(at);
-        }
-        at += 2;
-        if at >= limit {
-            return None;
-        }
-    }
-}
-
-/// `key=value` (form, text, logs inside JSON strings) or `key: value` (text).
-fn bare_key_value(
-    input: &[u8],
-    hit_start: usize,
-    hit_end: usize,
-    syntax: Syntax,
-) -> Option<KeyValue> {
-    let n = input.len();
-    let mut key_start = hit_start;
-    while key_start > 0
-        && hit_start - key_start < KEY_MAX_BYTES
-        && is_key_byte(input[key_start - 1])
-    {
-        key_start -= 1;
-    }
-    let mut key_end = hit_end;
-    while key_end < n && key_end - hit_end < KEY_MAX_BYTES && is_key_word_byte(input[key_end]) {
-        key_end += 1;
-    }
-    let mut at = key_end;
-    if syntax != Syntax::Form && at < n && input[at] == b' ' {
-        at += 1;
-    }
-    let separator = *input.get(at)?;
-    let colon_allowed = syntax != Syntax::Form;
-    if !(separator == b'='
-        || (colon_allowed && separator == b':' && input.get(at + 1) != Some(&b'/')))
-    {
-        return None;
-    }
-    at += 1;
-    if syntax != Syntax::Form {
-        while at < n && input[at] == b' ' {
-            at += 1;
-        }
-    }
-    let quote = input
-        .get(at)
-        .copied()
-        .filter(|byte| matches!(byte, b'"' | b'\''));
-    let (start, end) = if let Some(quote) = quote.filter(|_| syntax != Syntax::Form) {
-        let start = at + 1;
-        let limit = n.min(start + KEY_VALUE_MAX_BYTES);
-        (start, start + memchr::memchr(quote, &input[start..limit])?)
-    } else {
-        let start = at;
-        let mut end = start;
-        while end < n && end - start < KEY_VALUE_MAX_BYTES {
-            let byte = input[end];
-            let stop = match syntax {
-                Syntax::Form => byte == b'&',
-                _ => {
-                    byte.is_ascii_whitespace()
-                        || matches!(
-                            byte,
-                            b'&' | b',' | b';' | b'"' | b'\'' | b'\\' | b'<' | b'>'
-                        )
-                }
-            };
-            if stop {
-                break;
-            }
-            end += 1;
-        }
-        (start, end)
-    };
-    (start < end).then_some(KeyValue {
-        key: (key_start, key_end),
-        value: (start, end),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_words() {
-        assert_eq!(key_segments(b"apiKey"), ["api", "key"]);
-        assert_eq!(key_segments(b"X-API-KEY"), ["x", "api", "key"]);
-        assert_eq!(key_segments(b"APIKey"), ["api", "key"]);
-        assert_eq!(key_segments(b"SSN__c"), ["ssn", "c"]);
-        assert_eq!(key_segments(b"prompt_tokens"), ["prompt", "tokens"]);
-    }
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'%' | b'+' | b'-')
 }

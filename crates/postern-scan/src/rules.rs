@@ -18,7 +18,8 @@ pub struct RuleSpec {
     /// Rust `regex` syntax. If it has a capture group 1, the finding is that group.
     #[serde(default)]
     pub regex: Option<String>,
-    /// Literal anchors (ASCII case-insensitive); the regex runs only around a hit.
+    /// Literal anchors (case-sensitive); the regex runs only around a hit. On a key rule, the
+    /// key must contain one of them.
     #[serde(default)]
     pub keywords: Vec<String>,
     /// Check applied to a regex match before it becomes a finding.

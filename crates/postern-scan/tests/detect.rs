@@ -81,6 +81,51 @@ fn json_values_and_key_context() {
 }
 
 #[test]
+fn keys_are_matched_by_their_words_wherever_they_stand() {
+    let secret = "Zx81!kq0PwLm2#rT";
+    // Any case style, spaces around the colon, a long key, a key that is the first thing in
+    // the body or comes after a long value.
+    for body in [
+        format!(r#"{{"x-Api-Key":"{secret}"}}"#),
+        format!(r#"{{"API_KEY" : "{secret}"}}"#),
+        format!(r#"{{"stripeSecretKey":"{secret}"}}"#),
+        format!(r#"{{"the_user_account_primary_password_v2":"{secret}"}}"#),
+        format!(
+            r#"{{"note":"{}","Authorization":"Bearer {secret}"}}"#,
+            "x".repeat(300)
+        ),
+        format!(r#"{{"log":"db=main password={secret} retries=3"}}"#),
+        format!(r#"{{"body":"{{\"token\": \"{secret}\"}}"}}"#),
+    ] {
+        check(&body, Json, &[("secret.generic", secret)]);
+    }
+    check(
+        &format!("user=ada&Client-Secret={secret}"),
+        Form,
+        &[("secret.generic", secret)],
+    );
+    check(
+        &format!("retrying, token: {secret}"),
+        Text,
+        &[("secret.generic", secret)],
+    );
+    // Words, not substrings: no key here holds `token`, `pass` or `secret` as a word.
+    check(
+        &format!(r#"{{"max_tokens":"{secret}","passenger":"{secret}","secretary":"{secret}"}}"#),
+        Json,
+        &[],
+    );
+    // Not keys: a time, a URL, a value that merely contains a key word.
+    check(
+        &format!(
+            r#"{{"at":"2024-05-01T10:30:00Z","url":"https://x.example/token","m":"token {secret}"}}"#
+        ),
+        Json,
+        &[],
+    );
+}
+
+#[test]
 fn numbers_with_validators() {
     check(
         "card 4111 1111 1111 1111 ok",

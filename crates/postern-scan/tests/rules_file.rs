@@ -127,3 +127,70 @@ fn bad_rule_files_are_refused_with_the_rule_named() {
     let error = Rules::from_toml_str("[[rules]]\nid = \"x\"\nclass = \"c\"\nregex = 'a'\n[[rules]]\nid = \"x\"\nclass = \"c\"\nregex = 'b'\n").unwrap_err();
     assert!(matches!(error, RuleError::DuplicateId { .. }));
 }
+
+#[test]
+fn scanners_with_different_rules_can_share_a_thread() {
+    // Each thread remembers which keys matter, per scanner: alternating must not mix them up.
+    let custom = Scanner::with_rule_file(
+        r#"
+        [[rules]]
+        id = "employee-id"
+        class = "pii.employee_id"
+        key_context = ["employee_id"]
+        regex = '\A(E[0-9]{6})\z'
+        "#,
+    )
+    .unwrap();
+    let builtin = Scanner::default();
+    let input = r#"{"employeeId":"E123456","password":"Zx81!kq0PwLm2#rT"}"#;
+    let classes = |scanner: &Scanner| -> Vec<String> {
+        scanner
+            .scan(input.as_bytes(), ContentTypeHint::Json)
+            .classes()
+            .map(str::to_owned)
+            .collect()
+    };
+    for _ in 0..3 {
+        assert_eq!(classes(&builtin), ["secret.generic"]);
+        assert_eq!(classes(&custom), ["pii.employee_id", "secret.generic"]);
+    }
+}
+
+#[test]
+fn key_rule_keywords_must_appear_in_the_key() {
+    // With `keywords`, a key rule applies only to keys holding one of them as written.
+    let scanner = Scanner::with_rule_file(
+        r#"
+        [[rules]]
+        id = "badge"
+        class = "pii.badge"
+        key_context = ["badge"]
+        keywords = ["Badge"]
+        regex = '\A([0-9]{5})\z'
+        "#,
+    )
+    .unwrap();
+    let input = r#"{"staffBadge":"12345","badge":"54321"}"#;
+    let found: Vec<_> = scanner
+        .scan(input.as_bytes(), ContentTypeHint::Json)
+        .findings
+        .iter()
+        .map(|f| &input[f.start..f.end])
+        .collect();
+    assert_eq!(found, ["12345"]);
+}
+
+#[test]
+fn scan_into_reuses_the_result() {
+    let scanner = Scanner::default();
+    let mut result = postern_scan::ScanResult::default();
+    scanner.scan_into(b"mail ada@example.com", ContentTypeHint::Text, &mut result);
+    assert_eq!(result.count("pii.email"), 1);
+    scanner.scan_into(b"nothing here", ContentTypeHint::Text, &mut result);
+    assert!(result.findings.is_empty() && result.class_counts.is_empty());
+    assert_eq!(
+        result,
+        scanner.scan(b"nothing here", ContentTypeHint::Text),
+        "scan_into gives what scan gives"
+    );
+}

@@ -1,0 +1,348 @@
+//! The block pass: one forward walk over the input, 64 bytes at a time, that finds every
+//! position the digit detectors and the key rules need to look at.
+//!
+//! Per block, SIMD byte-class comparisons (AVX2 when the CPU has it, SSE2 — the x86_64
+//! baseline — otherwise, scalar elsewhere) give one 64-bit mask per class: digit, word byte,
+//! capital letter, hex digit, `:`, `=`, `"`. Bit arithmetic on the masks then selects:
+//! - *digit candidates*: a digit not glued to a preceding word byte (so ids, hashes, base64 and
+//!   UUIDs cost nothing), a digit after two capitals (IBAN check digits) or `%2B`, and a hex
+//!   digit next to a `:` that has a hex digit or `:` on both sides (IPv6) — handed to
+//!   [`digits::examine`], except a lone short number, which the digit mask alone rules out;
+//! - *quoted-key colons*: a `:` right after a `"` (`"key":`), the common JSON key;
+//! - *other key terminators*: every other `:` and `=` (only `=` in a form body).
+//!
+//! Everything else is looked at only by the mask computation.
+
+use crate::digits::{self, DigitDetectors};
+use crate::RawFinding;
+
+/// Which bytes end a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Terminators {
+    /// No key rules: keys are not looked for.
+    None,
+    /// Form bodies: `key=value`.
+    Equals,
+    /// JSON and text: `"key":`, `key: value`, `key=value`.
+    ColonAndEquals,
+}
+
+/// What the block pass hands over besides digit candidates.
+pub(crate) trait KeyVisitor {
+    /// `"key":` — a `:` right after a `"`, which is at `close`.
+    fn quoted_key(&mut self, close: usize, out: &mut Vec<RawFinding>);
+    /// Any other `:` or `=`, at `at`.
+    fn terminator(&mut self, at: usize, out: &mut Vec<RawFinding>);
+}
+
+/// Byte-class masks of one 64-byte block: bit `i` is set when byte `i` is of the class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct BlockMasks {
+    digit: u64,
+    word: u64,
+    upper: u64,
+    hex: u64,
+    colon: u64,
+    equals: u64,
+    quote: u64,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn block_masks_sse2(block: &[u8; 64]) -> BlockMasks {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned loads of 16 bytes that
+    // lie inside `block`.
+    unsafe {
+        #[inline(always)]
+        unsafe fn in_range(x: __m128i, low: u8, high: u8) -> __m128i {
+            let shifted = _mm_add_epi8(x, _mm_set1_epi8(128u8.wrapping_sub(low) as i8));
+            _mm_cmplt_epi8(
+                shifted,
+                _mm_set1_epi8((i16::from(high - low) + 1 - 128) as i8),
+            )
+        }
+        let mut masks = BlockMasks::default();
+        for lane in 0..4 {
+            let x = _mm_loadu_si128(block.as_ptr().add(lane * 16) as *const __m128i);
+            let folded = _mm_or_si128(x, _mm_set1_epi8(0x20));
+            let digit = in_range(x, b'0', b'9');
+            let upper = in_range(x, b'A', b'Z');
+            let letter = in_range(folded, b'a', b'z');
+            let underscore = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'_' as i8));
+            let word = _mm_or_si128(_mm_or_si128(digit, letter), underscore);
+            let hex = _mm_or_si128(digit, in_range(folded, b'a', b'f'));
+            let colon = _mm_cmpeq_epi8(x, _mm_set1_epi8(b':' as i8));
+            let equals = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'=' as i8));
+            let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
+            let shift = lane * 16;
+            masks.digit |= u64::from(_mm_movemask_epi8(digit) as u16) << shift;
+            masks.upper |= u64::from(_mm_movemask_epi8(upper) as u16) << shift;
+            masks.word |= u64::from(_mm_movemask_epi8(word) as u16) << shift;
+            masks.hex |= u64::from(_mm_movemask_epi8(hex) as u16) << shift;
+            masks.colon |= u64::from(_mm_movemask_epi8(colon) as u16) << shift;
+            masks.equals |= u64::from(_mm_movemask_epi8(equals) as u16) << shift;
+            masks.quote |= u64::from(_mm_movemask_epi8(quote) as u16) << shift;
+        }
+        masks
+    }
+}
+
+/// The same masks with 32-byte AVX2 lanes: about a third of the SSE2 cost.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_masks_avx2(block: &[u8; 64]) -> BlockMasks {
+    use std::arch::x86_64::*;
+    #[inline(always)]
+    unsafe fn in_range(x: __m256i, low: u8, high: u8) -> __m256i {
+        let shifted = _mm256_add_epi8(x, _mm256_set1_epi8(128u8.wrapping_sub(low) as i8));
+        _mm256_cmpgt_epi8(
+            _mm256_set1_epi8((i16::from(high - low) + 1 - 128) as i8),
+            shifted,
+        )
+    }
+    let mut masks = BlockMasks::default();
+    for lane in 0..2 {
+        // SAFETY: an unaligned load of 32 bytes inside `block`.
+        let x = _mm256_loadu_si256(block.as_ptr().add(lane * 32) as *const __m256i);
+        let folded = _mm256_or_si256(x, _mm256_set1_epi8(0x20));
+        let digit = in_range(x, b'0', b'9');
+        let upper = in_range(x, b'A', b'Z');
+        let letter = in_range(folded, b'a', b'z');
+        let underscore = _mm256_cmpeq_epi8(x, _mm256_set1_epi8(b'_' as i8));
+        let word = _mm256_or_si256(_mm256_or_si256(digit, letter), underscore);
+        let hex = _mm256_or_si256(digit, in_range(folded, b'a', b'f'));
+        let colon = _mm256_cmpeq_epi8(x, _mm256_set1_epi8(b':' as i8));
+        let equals = _mm256_cmpeq_epi8(x, _mm256_set1_epi8(b'=' as i8));
+        let quote = _mm256_cmpeq_epi8(x, _mm256_set1_epi8(b'"' as i8));
+        let shift = lane * 32;
+        masks.digit |= u64::from(_mm256_movemask_epi8(digit) as u32) << shift;
+        masks.upper |= u64::from(_mm256_movemask_epi8(upper) as u32) << shift;
+        masks.word |= u64::from(_mm256_movemask_epi8(word) as u32) << shift;
+        masks.hex |= u64::from(_mm256_movemask_epi8(hex) as u32) << shift;
+        masks.colon |= u64::from(_mm256_movemask_epi8(colon) as u32) << shift;
+        masks.equals |= u64::from(_mm256_movemask_epi8(equals) as u32) << shift;
+        masks.quote |= u64::from(_mm256_movemask_epi8(quote) as u32) << shift;
+    }
+    masks
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn block_masks_portable(block: &[u8; 64]) -> BlockMasks {
+    block_masks_scalar(block)
+}
+
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn block_masks_scalar(block: &[u8; 64]) -> BlockMasks {
+    let mut masks = BlockMasks::default();
+    for (index, &byte) in block.iter().enumerate() {
+        let bit = 1u64 << index;
+        if byte.is_ascii_digit() {
+            masks.digit |= bit;
+        }
+        if byte.is_ascii_uppercase() {
+            masks.upper |= bit;
+        }
+        if digits::is_word(byte) {
+            masks.word |= bit;
+        }
+        if byte.is_ascii_hexdigit() {
+            masks.hex |= bit;
+        }
+        if byte == b':' {
+            masks.colon |= bit;
+        }
+        if byte == b'=' {
+            masks.equals |= bit;
+        }
+        if byte == b'"' {
+            masks.quote |= bit;
+        }
+    }
+    masks
+}
+
+/// Digit candidates of one block; `previous` is the byte before the block, `next` the one after.
+#[inline(always)]
+fn digit_candidates(masks: BlockMasks, previous: u8, next: u8) -> u64 {
+    let previous_word = u64::from(digits::is_word(previous));
+    let previous_upper = u64::from(previous.is_ascii_uppercase());
+    let word_before = (masks.word << 1) | previous_word;
+    // After a capital: IBAN check digits (two capitals before, not glued to a word byte before
+    // them) and `%2B` (a percent-encoded `+`). The first bits of a block, whose bytes before
+    // are not in the masks, are kept.
+    let after_capital = masks.digit
+        & ((masks.upper << 1) | previous_upper)
+        & (((masks.upper | masks.digit) << 2) | 0b11)
+        & !(masks.word << 3);
+    (masks.digit & !word_before) | after_capital | ipv6_adjacent(masks, previous, next)
+}
+
+/// Hex digits next to a `:` that has a hex digit or `:` on each side — every IPv6 address has
+/// one (`db8::1`, `::1`), a JSON `"key":1` or `https://` does not. At a block edge, where the
+/// byte on the far side is not in the masks, any `:` counts.
+#[inline(always)]
+fn ipv6_adjacent(masks: BlockMasks, previous: u8, next: u8) -> u64 {
+    let hex_or_colon = masks.hex | masks.colon;
+    let colon = masks.colon
+        & ((hex_or_colon << 1) | u64::from(previous.is_ascii_hexdigit() || previous == b':'))
+        & ((hex_or_colon >> 1) | (u64::from(next.is_ascii_hexdigit() || next == b':') << 63));
+    let colon_before = (colon << 1) | u64::from(previous == b':');
+    let colon_after = (colon >> 1) | (u64::from(next == b':') << 63);
+    masks.hex & (colon_before | colon_after)
+}
+
+/// Walks `input` once: digit candidates go to the digit detectors, keys and key terminators
+/// to `keys` (findings into `out`). Uses AVX2 when the CPU has it.
+pub(crate) fn scan_blocks(
+    input: &[u8],
+    detectors: DigitDetectors,
+    terminators: Terminators,
+    keys: &mut impl KeyVisitor,
+    out: &mut Vec<RawFinding>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            unsafe { scan_blocks_avx2(input, detectors, terminators, keys, out) };
+        } else {
+            scan_blocks_with(input, detectors, terminators, keys, out, block_masks_sse2);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    scan_blocks_with(
+        input,
+        detectors,
+        terminators,
+        keys,
+        out,
+        block_masks_portable,
+    );
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_blocks_avx2(
+    input: &[u8],
+    detectors: DigitDetectors,
+    terminators: Terminators,
+    keys: &mut impl KeyVisitor,
+    out: &mut Vec<RawFinding>,
+) {
+    // SAFETY: this function only runs on a CPU with AVX2.
+    scan_blocks_with(input, detectors, terminators, keys, out, |block| unsafe {
+        block_masks_avx2(block)
+    });
+}
+
+#[inline(always)]
+fn scan_blocks_with(
+    input: &[u8],
+    detectors: DigitDetectors,
+    terminators: Terminators,
+    keys: &mut impl KeyVisitor,
+    out: &mut Vec<RawFinding>,
+    block_masks: impl Fn(&[u8; 64]) -> BlockMasks,
+) {
+    let with_digits = detectors.any();
+    let mut digit_state = digits::DigitState::default();
+    let mut padded = [0u8; 64];
+    let mut block_start = 0;
+    while block_start < input.len() {
+        let block: &[u8; 64] = match input.get(block_start..block_start + 64) {
+            Some(full) => full.try_into().expect("64 bytes"),
+            None => {
+                let tail = &input[block_start..];
+                padded[..tail.len()].copy_from_slice(tail);
+                padded[tail.len()..].fill(0);
+                &padded
+            }
+        };
+        let masks = block_masks(block);
+        let previous = if block_start > 0 {
+            input[block_start - 1]
+        } else {
+            b' '
+        };
+        if with_digits {
+            let next = input.get(block_start + 64).copied().unwrap_or(b' ');
+            let mut bits = digit_candidates(masks, previous, next);
+            let near_colon = ipv6_adjacent(masks, previous, next);
+            while bits != 0 {
+                let offset = bits.trailing_zeros();
+                bits &= bits - 1;
+                let at = block_start + offset as usize;
+                if at < digit_state.resume {
+                    continue;
+                }
+                let bit = 1u64 << offset;
+                let touches_colon = near_colon & bit != 0;
+                if !touches_colon && masks.digit & bit != 0 {
+                    // The digit run, from the mask when it ends inside the block.
+                    let run = (!(masks.digit >> offset)).trailing_zeros();
+                    let run_end = at + run as usize;
+                    if offset + run < 64
+                        && run_end < input.len()
+                        && digits::is_lone_short_number(input, at, run_end)
+                    {
+                        digit_state.resume = run_end;
+                        continue;
+                    }
+                }
+                digits::examine(input, at, touches_colon, detectors, &mut digit_state, out);
+            }
+        }
+        let (mut quoted, mut others) = match terminators {
+            Terminators::None => (0, 0),
+            Terminators::Equals => (0, masks.equals),
+            Terminators::ColonAndEquals => {
+                let quoted = masks.colon & ((masks.quote << 1) | u64::from(previous == b'"'));
+                (quoted, (masks.colon & !quoted) | masks.equals)
+            }
+        };
+        while quoted != 0 {
+            let at = block_start + quoted.trailing_zeros() as usize;
+            quoted &= quoted - 1;
+            keys.quoted_key(at - 1, out);
+        }
+        while others != 0 {
+            let at = block_start + others.trailing_zeros() as usize;
+            others &= others - 1;
+            keys.terminator(at, out);
+        }
+        block_start += 64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_masks_match_the_scalar_definition() {
+        let mut block = [0u8; 64];
+        for seed in 0..256u32 {
+            for (index, byte) in block.iter_mut().enumerate() {
+                *byte = ((index as u32 * 37 + seed * 101 + seed / 7) % 256) as u8;
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            assert_eq!(block_masks_portable(&block), block_masks_scalar(&block));
+            #[cfg(target_arch = "x86_64")]
+            {
+                assert_eq!(block_masks_sse2(&block), block_masks_scalar(&block));
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2 (checked above).
+                    let avx2 = unsafe { block_masks_avx2(&block) };
+                    assert_eq!(avx2, block_masks_scalar(&block));
+                }
+            }
+        }
+    }
+}
