@@ -60,7 +60,7 @@ Options:
                         upstream doubles as the token endpoint; the token is cached after the first call)
   --audit MODE          Postern's audit mode for the bench integration: required (default) or best_effort
   --scan on|off         payload scanning on the bench integration (data_classes = ["pii.email"],
-                        on_unapproved = "redact"); implies --method POST with a ~1 KB JSON customer
+                        on_unapproved = "redact"); implies --method POST with a 741-byte JSON customer
                         body (email approved, phone and card masked) on every target (default off)
   --skip-build          use the existing release binaries
   --keep                keep the temp dir (configs, logs, events, raw results)
