@@ -456,6 +456,17 @@ async fn absolute(
     let (mut parts, body) = request.into_parts();
     let token = caller.token.as_ref().map(|t| t.to_vec());
     strip_proxy_headers(&mut parts.headers, token.as_deref());
+    // The Host the destination sees is the one the policy checked, never the client's own:
+    // otherwise an allowed host could front for another name on the same address.
+    let checked_host = match (host.contains(':'), uri.port_u16()) {
+        (true, Some(port)) => format!("[{host}]:{port}"),
+        (true, None) => format!("[{host}]"),
+        (false, Some(port)) => format!("{host}:{port}"),
+        (false, None) => host.clone(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&checked_host) {
+        parts.headers.insert(header::HOST, value);
+    }
     let body = ForwardBody::new(
         body,
         postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES,

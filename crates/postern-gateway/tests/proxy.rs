@@ -504,7 +504,31 @@ async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their
     let seen = plain.last();
     assert_eq!(seen.target, "/v2/orders/1003");
     assert!(!seen.everything().contains(CHECKOUT_TOKEN));
-    let events = gw.wait_events(3).await;
+    assert_eq!(
+        seen.header("host").unwrap(),
+        format!("127.0.0.1:{}", plain.addr.port())
+    );
+
+    // A Host header naming another site is replaced by the host the policy checked.
+    use base64::Engine as _;
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
+    let answer = raw_request(
+        gw.running().listen_addr,
+        format!(
+            "GET http://127.0.0.1:{port}/v2/orders/1004 HTTP/1.1\r\nHost: internal.admin.example\r\nProxy-Authorization: Basic {credentials}\r\nConnection: close\r\n\r\n",
+            port = plain.addr.port()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        plain.last().header("host").unwrap(),
+        format!("127.0.0.1:{}", plain.addr.port())
+    );
+    assert!(!plain.last().everything().contains("internal.admin.example"));
+    let events = gw.wait_events(4).await;
     assert!(events
         .iter()
         .all(|e| e["mode"] == "proxy" && e["reason"] == "open_mode"));
@@ -513,7 +537,7 @@ async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their
         .iter()
         .find(|h| h["host"] == "127.0.0.1")
         .unwrap();
-    assert_eq!(host["calls"], 3);
+    assert_eq!(host["calls"], 4);
     let endpoints = host["endpoints"].as_array().unwrap();
     assert_eq!(endpoints.len(), 1, "{endpoints:?}");
     assert_eq!(endpoints[0]["template"], "/v2/orders/{id}");
