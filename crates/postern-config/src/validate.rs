@@ -1281,7 +1281,7 @@ fn check_host_pattern(pattern: &str) -> Result<(), &'static str> {
             && !label.ends_with('-');
         if !valid {
             return Err(
-                "a label is empty, too long, or has characters other than letters, digits and '-'",
+                "a label is empty, too long, or has characters other than letters, digits, '-' and '_'",
             );
         }
     }

@@ -41,7 +41,7 @@ use crate::Shared;
 use postern_discover::{Observation, ObservationSource};
 use postern_tlog::RecordKind;
 
-/// Status recorded when a client refuses the interception certificate (nginx's 495).
+/// Status recorded when the TLS handshake inside an intercepted tunnel fails (nginx's 495).
 pub const INTERCEPTION_REFUSED_STATUS: u16 = 495;
 
 /// Who opened a proxy connection.
@@ -99,7 +99,6 @@ async fn connect(
     if let Some(integration) = proxy.integration_for_host(&host).cloned() {
         context.integration = Some(integration.name.clone());
         if port != integration.upstream_port() && !proxy.config.allowed_ports.contains(&port) {
-            shared.discovered(sighting(context, &host, port, true));
             return Err(port_refused(port));
         }
         if integration.config.intercept {
@@ -115,24 +114,16 @@ async fn connect(
                 request,
             );
         }
-        if !proxy.has_grant(&caller.name, &integration.name) {
-            return Err(CallError::forbidden(
-                "not_granted",
-                format!(
-                    "caller {} holds no grant on integration {}, which owns {host}; ask the integration's owner for a grant",
-                    caller.name, integration.name
-                ),
-            ));
-        }
-        progress.authorized = true;
-        progress.intent_index =
-            crate::proxy::record_intent(shared, Some(&integration), context, raw_target).await?;
+        authorize_tunnel(runtime, &integration, context)?;
         let guard = postern_netguard::Guard::new(integration.config.allow_private_networks.clone());
         let connect_timeout = Duration::from_millis(integration.config.connect_timeout_ms);
         let (upstream, addr) = dial(&guard, &host, port, connect_timeout)
             .await
             .map_err(|error| dial_error(&host, &error))?;
         context.upstream_addr = Some(addr);
+        progress.authorized = true;
+        progress.intent_index =
+            crate::proxy::record_intent(shared, Some(&integration), context, raw_target).await?;
         return Ok(open_tunnel(
             shared,
             runtime,
@@ -152,8 +143,6 @@ async fn connect(
         shared.discovered(sighting(context, &host, port, true));
         return Err(host_refused(decision.reason, &host, port));
     }
-    progress.authorized = true;
-    progress.intent_index = crate::proxy::record_intent(shared, None, context, raw_target).await?;
     let connect_timeout = Duration::from_millis(proxy.config.connect_timeout_ms);
     let (upstream, addr) = match dial(&proxy.guard, &host, port, connect_timeout).await {
         Ok(dialled) => dialled,
@@ -163,6 +152,9 @@ async fn connect(
         }
     };
     context.upstream_addr = Some(addr);
+    // Authorized once the guard let the address through: a refused address is a denial.
+    progress.authorized = true;
+    progress.intent_index = crate::proxy::record_intent(shared, None, context, raw_target).await?;
     Ok(open_tunnel(
         shared,
         runtime,
@@ -279,8 +271,11 @@ fn intercept(
         tunnel: Some(tunnel),
     });
     let builder = crate::listener::connection_builder(runtime.config.gateway.max_header_bytes);
+    // An intercepted tunnel closes after the proxy's idle timeout without a byte either way.
+    let idle = Duration::from_millis(runtime.proxy.config.idle_timeout_ms);
     let shared = shared.clone();
     let context = context.take();
+    let raw_target = format!("{host}:443");
     shared.tunnels.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         match hyper::upgrade::on(request).await {
@@ -288,7 +283,11 @@ fn intercept(
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                 let handshake = tokio::time::timeout(
                     Duration::from_secs(10),
-                    acceptor.accept(TokioIo::new(upgraded)),
+                    acceptor.accept(crate::deadline::Deadline::new(
+                        TokioIo::new(upgraded),
+                        crate::listener::FIRST_BYTE_TIMEOUT,
+                        idle,
+                    )),
                 )
                 .await;
                 match handshake {
@@ -309,20 +308,29 @@ fn intercept(
                         .await;
                     }
                     Ok(Err(error)) => {
-                        tracing::warn!(host = %context.host.as_deref().unwrap_or(""), caller = %context.caller.as_deref().unwrap_or(""), %error, "the client refused Postern's interception certificate; nothing was forwarded (trust the CA from `postern ca export`, or set intercept = false)");
-                        shared.recorder.record(
-                            &context,
-                            INTERCEPTION_REFUSED_STATUS,
-                            Decision::Deny,
+                        tracing::warn!(host = %context.host.as_deref().unwrap_or(""), caller = %context.caller.as_deref().unwrap_or(""), %error, "the TLS handshake inside the tunnel failed (the client refused Postern's interception certificate, or did not speak TLS); nothing was forwarded (trust the CA from `postern ca export`, or set intercept = false)");
+                        let refused = CallError::new(
+                            StatusCode::from_u16(INTERCEPTION_REFUSED_STATUS)
+                                .unwrap_or(StatusCode::BAD_REQUEST),
                             "interception_refused",
+                            "the TLS handshake inside the tunnel failed",
                         );
+                        crate::proxy::refuse(&shared, &context, &raw_target, false, None, &refused);
                     }
                     Err(_) => {
-                        shared.recorder.record(
-                            &context,
-                            INTERCEPTION_REFUSED_STATUS,
-                            Decision::Deny,
+                        let timed_out = CallError::new(
+                            StatusCode::from_u16(INTERCEPTION_REFUSED_STATUS)
+                                .unwrap_or(StatusCode::BAD_REQUEST),
                             "interception_handshake_timeout",
+                            "no TLS handshake inside the tunnel within 10 s",
+                        );
+                        crate::proxy::refuse(
+                            &shared,
+                            &context,
+                            &raw_target,
+                            false,
+                            None,
+                            &timed_out,
                         );
                     }
                 }
@@ -398,20 +406,12 @@ async fn absolute(
 ) -> Result<Absolute, CallError> {
     enabled(runtime)?;
     let uri = request.uri().clone();
-    let host = uri
-        .host()
-        .map(|h| {
-            h.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_ascii_lowercase()
-        })
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            CallError::bad_request(
-                "invalid_proxy_target",
-                "the absolute-form request has no host; send GET http://host/path",
-            )
-        })?;
+    let host = uri.host().and_then(canonical_host).ok_or_else(|| {
+        CallError::bad_request(
+            "invalid_proxy_target",
+            "the absolute-form request has no valid host; send GET http://host/path",
+        )
+    })?;
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     context.host = Some(Arc::from(host.as_str()));
@@ -455,6 +455,15 @@ async fn absolute(
     // Forward as is (minus hop-by-hop and caller credentials), streaming both ways.
     let (mut parts, body) = request.into_parts();
     let token = caller.token.as_ref().map(|t| t.to_vec());
+    if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
+        let target = parts.uri.to_string();
+        if memchr::memmem::find(target.as_bytes(), token).is_some() {
+            return Err(CallError::bad_request(
+                "caller_token_in_url",
+                "the request URL contains the caller token; send it only in Proxy-Authorization",
+            ));
+        }
+    }
     strip_proxy_headers(&mut parts.headers, token.as_deref());
     // The Host the destination sees is the one the policy checked, never the client's own:
     // otherwise an allowed host could front for another name on the same address.
@@ -476,27 +485,45 @@ async fn absolute(
     let mut upstream_request = Request::from_parts(parts, body);
     *upstream_request.version_mut() = http::Version::HTTP_11;
     let timeout = Duration::from_millis(postern_config::DEFAULT_REQUEST_TIMEOUT_MS);
-    let response =
-        match tokio::time::timeout(timeout, proxy.plain_client.request(upstream_request)).await {
-            Err(_) => {
-                return Err(CallError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    format!("{host} did not answer within {} ms", timeout.as_millis()),
-                ))
-            }
-            Ok(Err(error)) => {
-                shared.discovered(sighting(context, &host, port, true));
-                return Err(match crate::upstream::find_cause::<ConnectError>(&error) {
-                    Some(connect) => dial_error(&host, connect),
-                    None => CallError::bad_gateway(
+    let response = match tokio::time::timeout(timeout, proxy.plain_client.request(upstream_request))
+        .await
+    {
+        Err(_) => {
+            return Err(CallError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                format!("{host} did not answer within {} ms", timeout.as_millis()),
+            ))
+        }
+        Ok(Err(error)) => {
+            shared.discovered(sighting(context, &host, port, true));
+            return Err(
+                match (
+                    context.request_body.violation(),
+                    crate::upstream::find_cause::<ConnectError>(&error),
+                ) {
+                    (crate::body::RequestBodyViolation::CallerToken, _) => CallError::bad_request(
+                        "caller_token_in_body",
+                        "the request body contains the caller token; it is never forwarded",
+                    ),
+                    (crate::body::RequestBodyViolation::TooLarge, _) => CallError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request_too_large",
+                        format!(
+                            "the request body exceeds {} bytes; send a smaller body",
+                            postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES
+                        ),
+                    ),
+                    (_, Some(connect)) => dial_error(&host, connect),
+                    (_, None) => CallError::bad_gateway(
                         "upstream_error",
                         format!("the request to {host} failed"),
                     ),
-                });
-            }
-            Ok(Ok(response)) => response,
-        };
+                },
+            );
+        }
+        Ok(Ok(response)) => response,
+    };
     if let Some(UpstreamAddr(addr)) = response.extensions().get::<UpstreamAddr>() {
         context.upstream_addr = Some(*addr);
     }
@@ -520,6 +547,7 @@ async fn absolute(
                 seen.path = Some(path);
                 seen.status = Some(status);
                 seen.bytes_in = response_bytes;
+                seen.bytes_out = context.request_body.bytes.load(Ordering::Relaxed);
                 after_shared.discovered(seen);
             },
         )),
@@ -544,6 +572,49 @@ async fn absolute(
     Ok(Absolute::Answered(response))
 }
 
+/// An opaque tunnel carries any of the integration's operations, so Cedar must permit the caller
+/// at least one of them in this context (grants, custom `permit`s, and any applicable `forbid`
+/// — office hours, source ranges — all count, as in path mode).
+fn authorize_tunnel(
+    runtime: &Runtime,
+    integration: &IntegrationRuntime,
+    context: &mut CallContext,
+) -> Result<(), CallError> {
+    let caller = context.caller.clone().unwrap_or_else(|| Arc::from(""));
+    let now = time::OffsetDateTime::from(context.wall_start);
+    let source_ip = context.source_ip.to_string();
+    let mut refusal = None;
+    for operation in &integration.config.operations {
+        let request = postern_policy::AuthzRequest {
+            caller: &caller,
+            integration: &integration.name,
+            operation: &operation.id,
+            method: &operation.method,
+            hour: now.hour(),
+            weekday: now.weekday().number_days_from_monday(),
+            request_bytes: 0,
+            source_ip: &source_ip,
+        };
+        let decision = runtime.policy.authorize(&request);
+        if decision.allowed {
+            if let postern_policy::Reason::Granted { policy_id } = &decision.reason {
+                context.policy_id = Some(policy_id.clone());
+            }
+            return Ok(());
+        }
+        refusal.get_or_insert(decision.reason);
+    }
+    let code = refusal
+        .as_ref()
+        .map_or("not_granted", postern_policy::Reason::code);
+    Err(CallError::forbidden(
+        code,
+        format!(
+            "caller {caller} may call no operation of the integration that owns this host (now); ask the integration's owner for a grant"
+        ),
+    ))
+}
+
 fn enabled(runtime: &Runtime) -> Result<(), CallError> {
     if runtime.proxy.config.enabled {
         return Ok(());
@@ -565,15 +636,17 @@ fn connect_target(uri: &Uri) -> Result<(String, u16), CallError> {
     };
     let authority = uri.authority().ok_or_else(invalid)?;
     let port = authority.port_u16().ok_or_else(invalid)?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    if host.is_empty() {
-        return Err(invalid());
-    }
+    let host = canonical_host(authority.host()).ok_or_else(invalid)?;
     Ok((host, port))
+}
+
+/// The one form of a destination host that policy, guard, certificates, events and discovery
+/// all see: brackets off, lowercase, one trailing dot removed; `None` for an empty label.
+fn canonical_host(raw: &str) -> Option<String> {
+    let host = postern_policy::normalize_host(raw.trim_start_matches('[').trim_end_matches(']'));
+    let valid =
+        !host.is_empty() && !host.starts_with('.') && !host.ends_with('.') && !host.contains("..");
+    valid.then_some(host)
 }
 
 /// The caller of a proxy request: a verified client certificate's SPIFFE ID, else a caller token
@@ -668,33 +741,17 @@ fn dial_error(host: &str, error: &ConnectError) -> CallError {
     }
 }
 
-/// Removes hop-by-hop headers, proxy credentials and any header carrying the caller token.
+/// Removes hop-by-hop headers (the same set as path mode, proxy credentials included), the
+/// caller-token header, and any header carrying the caller token.
 fn strip_proxy_headers(headers: &mut http::HeaderMap, token: Option<&[u8]>) {
-    let named: Vec<http::HeaderName> = headers
-        .get_all(header::CONNECTION)
+    for name in crate::proxy::connection_named(headers)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| http::HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+        .chain(crate::proxy::HOP_BY_HOP.iter())
+    {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("proxy-connection");
-    headers.remove("keep-alive");
     headers.remove(crate::CALLER_TOKEN_HEADER);
-    if let Some(token) = token {
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
         let carrying: Vec<http::HeaderName> = headers
             .iter()
             .filter(|(_, value)| memchr::memmem::find(value.as_bytes(), token).is_some())

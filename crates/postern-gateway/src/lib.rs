@@ -18,6 +18,7 @@ pub mod admin;
 pub mod audit;
 pub mod body;
 pub mod context;
+pub mod deadline;
 pub mod detect;
 pub mod discovery;
 pub mod error;

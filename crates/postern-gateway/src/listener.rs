@@ -18,6 +18,15 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::GatewayBody;
 use crate::context::ConnectionInfo;
+use crate::deadline::Deadline;
+
+/// A connection must send its first byte within this long (a bare TCP connection that never
+/// speaks would otherwise hold a file descriptor forever).
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no byte either way for this long is closed.
+pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Connections served at once per listener; beyond it new ones are closed at accept.
+pub const MAX_CONNECTIONS: usize = 16_384;
 
 /// Protocol settings shared by the gateway and admin listeners.
 pub fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
@@ -31,7 +40,9 @@ pub fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecuto
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(max_header_bytes as u32)
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
@@ -48,6 +59,7 @@ pub async fn accept_loop<H, F>(
     H: Fn(Arc<ConnectionInfo>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -62,12 +74,18 @@ pub async fn accept_loop<H, F>(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "too many connections; closing a new one");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, CONNECTION_IDLE_TIMEOUT);
         let tls = tls.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let handler = handler.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             match tls {
                 None => {
                     let info = Arc::new(ConnectionInfo::new(peer, None, false));

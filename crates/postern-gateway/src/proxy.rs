@@ -37,9 +37,10 @@ pub const QUERY_VALUE: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'~');
 
 /// Connection-scoped headers never forwarded (RFC 9110 §7.6.1), in either direction.
-const HOP_BY_HOP: [HeaderName; 8] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
@@ -348,7 +349,19 @@ fn identify_caller(
     headers: &HeaderMap,
 ) -> Result<Option<Vec<u8>>, CallError> {
     if let Some(tunnel) = &connection.tunnel {
-        // Identified when the tunnel was opened (Proxy-Authorization or client certificate).
+        // Identified when the tunnel was opened (Proxy-Authorization or client certificate);
+        // checked again on every request, so a revoked token or a caller removed from the
+        // config stops working inside tunnels that are already open.
+        let current = match (tunnel.auth, &tunnel.token, &connection.spiffe_id) {
+            (AuthMethod::Mtls, _, Some(spiffe_id)) => runtime.caller_by_spiffe(spiffe_id),
+            (_, Some(token), _) => runtime.caller_by_token(token),
+            _ => None,
+        };
+        if current.as_deref() != Some(&*tunnel.caller) {
+            return Err(CallError::unauthenticated(
+                "the credentials this tunnel was opened with are no longer valid (revoked or reconfigured); reconnect with a current caller token",
+            ));
+        }
         context.caller = Some(tunnel.caller.clone());
         context.auth = Some(tunnel.auth);
         return Ok(tunnel.token.as_ref().map(|token| token.to_vec()));
@@ -982,7 +995,7 @@ pub fn leaves_origin(upstream: &url::Url, location: &str) -> bool {
 }
 
 /// Header names listed in `Connection` (hop-by-hop for this message, RFC 9110 §7.6.1).
-fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()

@@ -243,7 +243,8 @@ pub struct Runtime {
 pub struct ProxyRuntime {
     pub config: postern_config::ProxyConfig,
     pub policy: postern_policy::HostPolicy,
-    /// Registered hosts, in config order: the first matching pattern wins.
+    /// Registered hosts: exact names first, then wildcards, each in config order; the first
+    /// matching pattern wins.
     hosts: Vec<(postern_policy::HostPattern, Arc<IntegrationRuntime>)>,
     /// (caller, integration) pairs with at least one grant: who may open a non-intercepted
     /// tunnel to a registered host.
@@ -423,7 +424,7 @@ fn build_proxy(
             &caller.allow_hosts,
         );
     }
-    let hosts = config
+    let mut hosts: Vec<(HostPattern, Arc<IntegrationRuntime>)> = config
         .integrations
         .iter()
         .flat_map(|i| {
@@ -432,6 +433,9 @@ fn build_proxy(
                 .filter_map(|h| Some((HostPattern::new(h), integrations.get(&i.name)?.clone())))
         })
         .collect();
+    // Exact names before wildcards: `api.stripe.com` on one integration wins over
+    // `*.stripe.com` on another, whatever their order in the file.
+    hosts.sort_by_key(|(pattern, _)| matches!(pattern, HostPattern::OneLevel(_)));
     let granted = config
         .grants
         .iter()

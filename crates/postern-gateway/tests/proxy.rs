@@ -288,6 +288,11 @@ async fn connect_refuses_internal_targets_and_closed_ports() {
             "{target}: {answer}"
         );
     }
+    // A refused address is a denial in the events (alerts keyed on deny see SSRF probes).
+    let events = gw.wait_events(6).await;
+    assert!(events
+        .iter()
+        .all(|e| e["decision"] == "deny" && e["reason"] == "upstream_address_denied"));
     gw.stop().await;
 
     // Default ports: only 443.
@@ -662,5 +667,124 @@ operations = ["get_charge"]
     assert_eq!(events[0]["caller"], "billing");
     assert_eq!(events[0]["auth"], "mtls");
     assert_eq!(events[0]["mode"], "intercept");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_caller_token_in_a_url_to_an_unregistered_host_is_refused() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let plain = TestVendor::plain(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(
+        &vendor,
+        "",
+        &format!(
+            "[proxy]\nmode = \"open\"\nallowed_ports = [{}]\nallow_private_networks = [\"127.0.0.1/32\"]",
+            plain.addr.port()
+        ),
+    )
+    .await;
+    let client = proxied(&gw, Some(CHECKOUT_TOKEN), &[]);
+    let response = client
+        .get(format!(
+            "http://127.0.0.1:{}/callback?key={CHECKOUT_TOKEN}",
+            plain.addr.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "caller_token_in_url");
+    assert!(plain.seen().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_exact_host_wins_over_another_integrations_wildcard_and_the_host_is_canonical() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(
+        &vendor,
+        "",
+        &format!(
+            r#"
+[[integrations]]
+name = "wide"
+vendor = "Wide"
+owner = "team@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+hosts = ["*.vendor.postern.test"]
+operations = [ {{ id = "anything", method = "GET", path = "/v1/charges/{{id}}" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "wide"
+operations = ["*"]
+"#,
+            port = vendor.addr.port()
+        ),
+    )
+    .await;
+    let client = proxied(&gw, Some(CHECKOUT_TOKEN), &[postern_ca(&gw)]);
+    // The wildcard integration is declared after the exact one here; order must not matter,
+    // and a trailing dot or capitals name the same host.
+    for url in [
+        format!("https://{VENDOR_HOST}/v1/charges/ch_1"),
+        format!(
+            "https://{}./v1/charges/ch_2",
+            VENDOR_HOST.to_ascii_uppercase()
+        ),
+    ] {
+        assert_eq!(
+            client.get(&url).send().await.unwrap().status(),
+            200,
+            "{url}"
+        );
+    }
+    assert_eq!(
+        client
+            .get("https://other.vendor.postern.test/v1/charges/ch_3")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let events = gw.wait_events(3).await;
+    let count = |name: &str| events.iter().filter(|e| e["integration"] == name).count();
+    assert_eq!((count("vendor"), count("wide")), (2, 1), "{events:?}");
+    assert!(events
+        .iter()
+        .filter(|e| e["integration"] == "vendor")
+        .all(|e| e["host"] == VENDOR_HOST));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_tunnel_stops_working_when_its_caller_is_revoked() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(&vendor, "", "").await;
+    let client = reqwest::Client::builder()
+        .proxy(
+            reqwest::Proxy::all(&gw.base)
+                .unwrap()
+                .basic_auth("x", CHECKOUT_TOKEN),
+        )
+        .add_root_certificate(postern_ca(&gw))
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let url = format!("https://{VENDOR_HOST}/v1/charges/ch_1");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    // The config no longer knows checkout's token: the tunnel already open refuses.
+    let text = std::fs::read_to_string(&gw.config_path)
+        .unwrap()
+        .replace(&sha256_hex(CHECKOUT_TOKEN), &"0".repeat(64));
+    let config = postern_config::parse(&text, &gw.config_path).unwrap();
+    gw.running().reload(config).unwrap();
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(vendor.seen().len(), 1);
     gw.stop().await;
 }

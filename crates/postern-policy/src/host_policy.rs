@@ -5,7 +5,8 @@
 //! The order of checks is fixed and documented (docs/PROXY.md):
 //!
 //! 1. the port must be in `allowed_ports` (`port_not_allowed`);
-//! 2. a host on the global deny list is refused in every mode (`host_denied`);
+//! 2. a host on the global deny list is refused in every mode (`host_denied`); a deny wildcard
+//!    `*.example.com` covers `example.com` and every name below it, at any depth;
 //! 3. a host on the global allow list or the caller's own list passes (`host_allowed`);
 //! 4. otherwise the caller's mode decides: `enforce` refuses (`host_not_allowed`), `report`
 //!    passes and marks the call (`host_not_allowed_reported`), `open` passes (`open_mode`).
@@ -30,6 +31,18 @@ impl HostPattern {
         match pattern.strip_prefix('*') {
             Some(suffix) => HostPattern::OneLevel(suffix.to_string()),
             None => HostPattern::Exact(pattern),
+        }
+    }
+
+    /// Deny-list matching, which errs wide: `*.example.com` covers `example.com` itself and
+    /// names any number of labels below it (`a.b.example.com`), so adding a label cannot slip
+    /// past a deny entry. An exact entry matches exactly.
+    pub fn covers(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(name) => host == name,
+            HostPattern::OneLevel(suffix) => {
+                host == &suffix[1..] || host.ends_with(suffix.as_str())
+            }
         }
     }
 
@@ -110,12 +123,6 @@ impl HostPolicy {
         );
     }
 
-    /// Whether `host` is on the global deny list.
-    pub fn denied(&self, host: &str) -> bool {
-        let host = normalize_host(host);
-        self.deny.iter().any(|p| p.matches(&host))
-    }
-
     /// The decision for `caller` reaching `host:port`.
     pub fn decide(&self, caller: &str, host: &str, port: u16) -> HostDecision {
         let refuse = |reason| HostDecision {
@@ -130,7 +137,7 @@ impl HostPolicy {
             return refuse("port_not_allowed");
         }
         let host = normalize_host(host);
-        if self.deny.iter().any(|p| p.matches(&host)) {
+        if self.deny.iter().any(|p| p.covers(&host)) {
             return refuse("host_denied");
         }
         let rule = self.callers.get(caller);

@@ -1,0 +1,155 @@
+//! Time limits on a connection's bytes: the first byte must arrive within `first_byte`
+//! (a connection that never speaks is closed — hyper's protocol sniffing has no timeout of its
+//! own), and afterwards a connection with no byte in either direction for `idle` is closed.
+
+use std::future::Future as _;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+pin_project! {
+    /// A stream that fails reads with `TimedOut` once its deadline passes.
+    pub struct Deadline<S> {
+        #[pin]
+        inner: S,
+        sleep: Pin<Box<Sleep>>,
+        started: Instant,
+        last_activity: Option<Instant>,
+        first_byte: Duration,
+        idle: Duration,
+    }
+}
+
+impl<S> Deadline<S> {
+    pub fn new(inner: S, first_byte: Duration, idle: Duration) -> Self {
+        let started = Instant::now();
+        Deadline {
+            inner,
+            sleep: Box::pin(tokio::time::sleep_until(started + first_byte)),
+            started,
+            last_activity: None,
+            first_byte,
+            idle,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Deadline<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        match this.inner.poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    *this.last_activity = Some(Instant::now());
+                }
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Pending => {}
+        }
+        let deadline = match *this.last_activity {
+            None => *this.started + *this.first_byte,
+            Some(last) => last + *this.idle,
+        };
+        if this.sleep.deadline() != deadline {
+            this.sleep.as_mut().reset(deadline);
+        }
+        match this.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                if this.last_activity.is_none() {
+                    "no request within the first-byte timeout"
+                } else {
+                    "connection idle"
+                },
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Deadline<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let result = this.inner.poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = &result {
+            if *written > 0 && this.last_activity.is_some() {
+                *this.last_activity = Some(Instant::now());
+            }
+        }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let result = this.inner.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(written)) = &result {
+            if *written > 0 && this.last_activity.is_some() {
+                *this.last_activity = Some(Instant::now());
+            }
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_times_out_and_a_talking_one_does_not() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut server = Deadline::new(server, Duration::from_secs(10), Duration::from_secs(60));
+        let mut buf = [0u8; 8];
+        let error = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        drop(client);
+
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = Deadline::new(server, Duration::from_secs(10), Duration::from_secs(60));
+        client.write_all(b"GET").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 3);
+        // Idle for less than the idle limit, then more bytes: still fine.
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        client.write_all(b" /").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 2);
+        // Then silence past the idle limit.
+        let error = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+}
