@@ -112,6 +112,12 @@ impl Store {
             source,
         };
         let connection = Connection::open(&path).map_err(sqlite)?;
+        // Who called which outside host is operational data: owner-only, like the vault.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
         connection
             .busy_timeout(Duration::from_secs(10))
             .map_err(sqlite)?;

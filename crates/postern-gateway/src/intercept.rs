@@ -126,12 +126,20 @@ fn ensure_ca_files(data_dir: &Path) -> anyhow::Result<(String, String)> {
     let dir = ca_dir(data_dir);
     let cert_path = dir.join(CA_CERT_FILE);
     let key_path = dir.join(CA_KEY_FILE);
-    if key_path.exists() || cert_path.exists() {
-        let cert = std::fs::read_to_string(&cert_path)
-            .with_context(|| format!("reading {}", cert_path.display()))?;
-        let key = std::fs::read_to_string(&key_path)
-            .with_context(|| format!("reading {}", key_path.display()))?;
-        return Ok((cert, key));
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => {
+            let cert = std::fs::read_to_string(&cert_path)
+                .with_context(|| format!("reading {}", cert_path.display()))?;
+            let key = std::fs::read_to_string(&key_path)
+                .with_context(|| format!("reading {}", key_path.display()))?;
+            return Ok((cert, key));
+        }
+        (true, false) | (false, true) => anyhow::bail!(
+            "the interception CA in {} is incomplete ({} is missing); restore it from backup, or move the ca/ directory away to have a new CA generated (clients must then trust the new one)",
+            dir.display(),
+            if cert_path.exists() { CA_KEY_FILE } else { CA_CERT_FILE }
+        ),
+        (false, false) => {}
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     #[cfg(unix)]
@@ -158,8 +166,16 @@ fn ensure_ca_files(data_dir: &Path) -> anyhow::Result<(String, String)> {
         .self_signed(&key)
         .context("signing the CA certificate")?;
     let key_pem = key.serialize_pem();
-    crate::write_private_file(&key_path, key_pem.as_bytes())?;
-    std::fs::write(&cert_path, cert.pem())
+    // Both files under temporary names, then renamed: a crash never leaves half a CA.
+    let key_tmp = dir.join(format!("{CA_KEY_FILE}.tmp"));
+    let cert_tmp = dir.join(format!("{CA_CERT_FILE}.tmp"));
+    let _ = std::fs::remove_file(&key_tmp);
+    crate::write_private_file(&key_tmp, key_pem.as_bytes())?;
+    std::fs::write(&cert_tmp, cert.pem())
+        .with_context(|| format!("writing {}", cert_tmp.display()))?;
+    std::fs::rename(&key_tmp, &key_path)
+        .with_context(|| format!("writing {}", key_path.display()))?;
+    std::fs::rename(&cert_tmp, &cert_path)
         .with_context(|| format!("writing {}", cert_path.display()))?;
     tracing::info!(path = %cert_path.display(), "generated the interception CA (trust it with `postern ca export`)");
     Ok((cert.pem(), key_pem))
@@ -191,5 +207,18 @@ mod tests {
             &ca.server_config("API.example.test").unwrap()
         ));
         assert_eq!(config.alpn_protocols[0], b"h2");
+    }
+
+    #[test]
+    fn half_a_ca_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        export_ca_pem(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join(CA_DIR).join(CA_KEY_FILE)).unwrap();
+        let error = format!("{:#}", export_ca_pem(dir.path()).unwrap_err());
+        assert!(
+            error.contains("incomplete") && error.contains(CA_KEY_FILE),
+            "{error}"
+        );
+        assert!(error.contains("move the ca/ directory away"), "{error}");
     }
 }
