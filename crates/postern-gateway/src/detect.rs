@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use postern_detect::engine::{DetectEvent, Engine, EngineConfig};
 
+use crate::events::{open_append, shift_rotated};
 use crate::metrics::Metrics;
 
 pub const ALERTS_FILE: &str = "alerts.jsonl";
@@ -239,37 +240,11 @@ impl AlertWriter {
 
     fn rotate(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        let keep = self.options.max_files.max(1);
-        let path = &self.options.path;
-        let _ = std::fs::remove_file(rotated_name(path, keep));
-        for index in (1..keep).rev() {
-            let from = rotated_name(path, index);
-            if from.exists() {
-                std::fs::rename(&from, rotated_name(path, index + 1))?;
-            }
-        }
-        std::fs::rename(path, rotated_name(path, 1))?;
-        self.out = BufWriter::new(open_append(path)?);
+        shift_rotated(&self.options.path, self.options.max_files)?;
+        self.out = BufWriter::new(open_append(&self.options.path)?);
         self.size = 0;
         Ok(())
     }
-}
-
-fn rotated_name(path: &Path, index: u32) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{index}"));
-    PathBuf::from(name)
-}
-
-fn open_append(path: &Path) -> std::io::Result<File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.create(true).append(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o640);
-    }
-    options.open(path)
 }
 
 fn write_snapshot(engine: &Engine, path: &Path) {
@@ -289,6 +264,7 @@ fn write_snapshot(engine: &Engine, path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::rotated_name;
 
     fn lines(path: &Path) -> Vec<String> {
         std::fs::read_to_string(path)

@@ -722,29 +722,36 @@ impl RotatingWriter {
 
     fn rotate(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
-        let keep = self.options.max_files.max(1);
-        let path = &self.options.path;
-        let _ = std::fs::remove_file(rotated_name(path, keep));
-        for index in (1..keep).rev() {
-            let from = rotated_name(path, index);
-            if from.exists() {
-                std::fs::rename(&from, rotated_name(path, index + 1))?;
-            }
-        }
-        std::fs::rename(path, rotated_name(path, 1))?;
-        self.file = open_append(path)?;
+        shift_rotated(&self.options.path, self.options.max_files)?;
+        self.file = open_append(&self.options.path)?;
         self.size = 0;
         Ok(())
     }
 }
 
-fn rotated_name(path: &Path, index: u32) -> PathBuf {
+/// Renames `path` to `path.1`, shifting `path.N` to `path.N+1` and dropping what would pass
+/// `max_files` (at least one kept): the rotation of `events.jsonl` and `alerts.jsonl`.
+pub(crate) fn shift_rotated(path: &Path, max_files: u32) -> std::io::Result<()> {
+    let keep = max_files.max(1);
+    let _ = std::fs::remove_file(rotated_name(path, keep));
+    for index in (1..keep).rev() {
+        let from = rotated_name(path, index);
+        if from.exists() {
+            std::fs::rename(&from, rotated_name(path, index + 1))?;
+        }
+    }
+    std::fs::rename(path, rotated_name(path, 1))
+}
+
+/// `path.N`: the N-th rotated file.
+pub(crate) fn rotated_name(path: &Path, index: u32) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{index}"));
     PathBuf::from(name)
 }
 
-fn open_append(path: &Path) -> std::io::Result<File> {
+/// Opens a log file for appending (created with mode 0640).
+pub(crate) fn open_append(path: &Path) -> std::io::Result<File> {
     let mut options = OpenOptions::new();
     options.create(true).append(true);
     #[cfg(unix)]
