@@ -4,7 +4,7 @@
 //! A client that trusts the CA (`postern ca export` prints it) sees a certificate for the host it
 //! asked for; one that does not refuses the handshake and nothing is forwarded. Leaves share one
 //! key pair generated at start (in memory only), are valid for 30 days, and are re-issued after
-//! 7 days; at most [`MAX_CACHED_LEAVES`] are cached.
+//! 7 days; at most [`MAX_CACHED_LEAVES`] are cached (the older half is dropped when full).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ pub const CA_DIR: &str = "ca";
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// The CA private key (PEM, mode 0600).
 pub const CA_KEY_FILE: &str = "ca-key.pem";
-/// Leaves kept in memory; the cache is cleared when it grows past this.
+/// Leaves kept in memory; past this the older half is dropped.
 pub const MAX_CACHED_LEAVES: usize = 10_000;
 const LEAF_REISSUE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -78,7 +78,11 @@ impl InterceptCa {
         let config = Arc::new(self.issue(&host)?);
         let mut leaves = self.leaves.lock().expect("leaf cache lock");
         if leaves.len() >= MAX_CACHED_LEAVES {
-            leaves.clear();
+            // Drop the older half, so hosts in steady use keep their leaf.
+            let mut issued: Vec<Instant> = leaves.values().map(|(at, _)| *at).collect();
+            issued.sort_unstable();
+            let cutoff = issued[issued.len() / 2];
+            leaves.retain(|_, (at, _)| *at > cutoff);
         }
         leaves.insert(host, (Instant::now(), config.clone()));
         Ok(config)
