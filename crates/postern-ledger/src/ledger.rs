@@ -805,10 +805,21 @@ async fn run_sequencer(
             Command::Shutdown => true,
         };
         shutting_down = take(first, &mut batch);
-        while !shutting_down && batch.len() < max_batch {
-            match commands.try_recv() {
-                Ok(command) => shutting_down = take(command, &mut batch),
-                Err(_) => break,
+        // Drain what is queued; then give the runtime's other tasks two turns (no timer, so no
+        // added latency when idle) and drain again: under load that gathers the entries of
+        // calls already in flight into this commit instead of the next, fewer `fdatasync`s.
+        for round in 0..3 {
+            if round > 0 {
+                if shutting_down || batch.len() >= max_batch {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            while !shutting_down && batch.len() < max_batch {
+                match commands.try_recv() {
+                    Ok(command) => shutting_down = take(command, &mut batch),
+                    Err(_) => break,
+                }
             }
         }
         if !wait.is_zero() && !shutting_down && batch.len() < max_batch {
