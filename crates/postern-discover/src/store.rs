@@ -215,6 +215,36 @@ impl Store {
     }
 }
 
+/// Removes the least recently seen host whose every call was refused; its calls are counted as
+/// dropped. False when there is none.
+fn evict_refused_only(connection: &Connection) -> rusqlite::Result<bool> {
+    let victim = connection
+        .query_row(
+            "SELECT host, port, calls FROM hosts WHERE calls = blocked_calls
+             ORDER BY last_seen_ms ASC, host ASC LIMIT 1",
+            [],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((host, port, calls)) = victim else {
+        return Ok(false);
+    };
+    for table in ["hosts", "callers", "endpoints"] {
+        connection.execute(
+            &format!("DELETE FROM {table} WHERE host = ?1 AND port = ?2"),
+            params![host, port],
+        )?;
+    }
+    add_dropped_calls(connection, from_sql(calls))?;
+    Ok(true)
+}
+
 fn add_dropped_calls(connection: &Connection, calls: u64) -> rusqlite::Result<()> {
     if calls > 0 {
         connection.execute(
@@ -273,9 +303,17 @@ fn merge_in(connection: &Connection, delta: &Inventory, limits: &Limits) -> rusq
     for host in delta.hosts() {
         let key = params![host.host, host.port];
         if !exists.exists(key)? {
-            if host_count >= limits.max_hosts {
+            // Full: a destination that traffic actually reached takes the place of one that
+            // was only ever refused (least recently seen), so a caller probing random names
+            // cannot crowd real rogue APIs out. Refused-only newcomers are counted, not kept.
+            if host_count >= limits.max_hosts
+                && (host.calls == host.blocked_calls || !evict_refused_only(connection)?)
+            {
                 add_dropped_calls(connection, host.calls)?;
                 continue;
+            }
+            if host_count >= limits.max_hosts {
+                host_count -= 1;
             }
             insert_host.execute(params![
                 host.host,
@@ -519,6 +557,43 @@ mod tests {
         assert_eq!(x.callers_truncated, 1);
         assert_eq!(x.endpoints_truncated, 2);
         assert_eq!(store.dropped_calls().unwrap(), 1);
+    }
+
+    #[test]
+    fn when_full_a_reached_host_replaces_a_refused_only_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_hosts: 2,
+            ..Limits::default()
+        };
+        let store = Store::open_with_limits(dir.path(), limits).unwrap();
+        let refused = |host: &str, time: i64| {
+            let mut observation = call(host, "prober", "/", time);
+            observation.blocked = true;
+            observation
+        };
+        let mut probes = Inventory::new();
+        probes.record(&refused("junk-1.example", 1));
+        probes.record(&refused("junk-2.example", 2));
+        store.merge_delta(&probes).unwrap();
+        // Another refused-only newcomer does not displace anything.
+        let mut more = Inventory::new();
+        more.record(&refused("junk-3.example", 3));
+        store.merge_delta(&more).unwrap();
+        let names: Vec<String> = store.list().unwrap().into_iter().map(|h| h.host).collect();
+        assert!(names.contains(&"junk-1.example".to_string()), "{names:?}");
+        // A destination traffic reached takes the oldest refused-only slot.
+        let mut real = Inventory::new();
+        real.record(&call("api.rogue.example", "app", "/v1/upload", 4));
+        store.merge_delta(&real).unwrap();
+        let names: Vec<String> = store.list().unwrap().into_iter().map(|h| h.host).collect();
+        assert_eq!(names.len(), 2);
+        assert!(
+            names.contains(&"api.rogue.example".to_string()),
+            "{names:?}"
+        );
+        assert!(!names.contains(&"junk-1.example".to_string()), "{names:?}");
+        assert_eq!(store.dropped_calls().unwrap(), 2);
     }
 
     #[test]
