@@ -77,7 +77,7 @@ pub async fn handle_connect(
     .await
     {
         Ok(response) => response,
-        Err(error) => refuse(&shared, &context, &raw_target, &progress, &error),
+        Err(error) => crate::proxy::refuse(&shared, &context, &raw_target, &progress, &error),
     }
 }
 
@@ -111,6 +111,7 @@ async fn connect(
                 caller,
                 &integration,
                 host,
+                raw_target,
                 request,
             );
         }
@@ -119,7 +120,7 @@ async fn connect(
         let connect_timeout = Duration::from_millis(integration.config.connect_timeout_ms);
         let (upstream, addr) = dial(&guard, &host, port, connect_timeout)
             .await
-            .map_err(|error| dial_error(&host, &error))?;
+            .map_err(|error| crate::proxy::connect_error(&host, &error))?;
         context.upstream_addr = Some(addr);
         progress.authorized = true;
         progress.intent_index =
@@ -148,7 +149,7 @@ async fn connect(
         Ok(dialled) => dialled,
         Err(error) => {
             shared.discovered(sighting(context, &host, port, true));
-            return Err(dial_error(&host, &error));
+            return Err(crate::proxy::connect_error(&host, &error));
         }
     };
     context.upstream_addr = Some(addr);
@@ -241,6 +242,7 @@ fn intercept(
     caller: ProxyCaller,
     integration: &IntegrationRuntime,
     host: String,
+    raw_target: &str,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, CallError> {
     let Some(ca) = shared.intercept_ca.clone() else {
@@ -275,7 +277,7 @@ fn intercept(
     let idle = Duration::from_millis(runtime.proxy.config.idle_timeout_ms);
     let shared = shared.clone();
     let context = context.take();
-    let raw_target = format!("{host}:443");
+    let raw_target = raw_target.to_string();
     shared.tunnels.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         match hyper::upgrade::on(request).await {
@@ -315,7 +317,13 @@ fn intercept(
                             "interception_refused",
                             "the TLS handshake inside the tunnel failed",
                         );
-                        crate::proxy::refuse(&shared, &context, &raw_target, false, None, &refused);
+                        crate::proxy::refuse(
+                            &shared,
+                            &context,
+                            &raw_target,
+                            &Progress::default(),
+                            &refused,
+                        );
                     }
                     Err(_) => {
                         let timed_out = CallError::new(
@@ -328,8 +336,7 @@ fn intercept(
                             &shared,
                             &context,
                             &raw_target,
-                            false,
-                            None,
+                            &Progress::default(),
                             &timed_out,
                         );
                     }
@@ -368,25 +375,8 @@ pub async fn handle_absolute(
         Ok(Absolute::Registered(info, request)) => {
             crate::proxy::handle_call(shared, info, request).await
         }
-        Err(error) => refuse(&shared, &context, &raw_target, &progress, &error),
+        Err(error) => crate::proxy::refuse(&shared, &context, &raw_target, &progress, &error),
     }
-}
-
-fn refuse(
-    shared: &Shared,
-    context: &CallContext,
-    raw_target: &str,
-    progress: &Progress,
-    error: &CallError,
-) -> Response<GatewayBody> {
-    crate::proxy::refuse(
-        shared,
-        context,
-        raw_target,
-        progress.authorized,
-        progress.intent_index,
-        error,
-    )
 }
 
 enum Absolute {
@@ -485,45 +475,32 @@ async fn absolute(
     let mut upstream_request = Request::from_parts(parts, body);
     *upstream_request.version_mut() = http::Version::HTTP_11;
     let timeout = Duration::from_millis(postern_config::DEFAULT_REQUEST_TIMEOUT_MS);
-    let response = match tokio::time::timeout(timeout, proxy.plain_client.request(upstream_request))
-        .await
-    {
-        Err(_) => {
-            return Err(CallError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                format!("{host} did not answer within {} ms", timeout.as_millis()),
-            ))
-        }
-        Ok(Err(error)) => {
-            shared.discovered(sighting(context, &host, port, true));
-            return Err(
-                match (
-                    context.request_body.violation(),
-                    crate::upstream::find_cause::<ConnectError>(&error),
-                ) {
-                    (crate::body::RequestBodyViolation::CallerToken, _) => CallError::bad_request(
-                        "caller_token_in_body",
-                        "the request body contains the caller token; it is never forwarded",
-                    ),
-                    (crate::body::RequestBodyViolation::TooLarge, _) => CallError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request_too_large",
-                        format!(
-                            "the request body exceeds {} bytes; send a smaller body",
-                            postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES
-                        ),
-                    ),
-                    (_, Some(connect)) => dial_error(&host, connect),
-                    (_, None) => CallError::bad_gateway(
-                        "upstream_error",
-                        format!("the request to {host} failed"),
-                    ),
-                },
-            );
-        }
-        Ok(Ok(response)) => response,
-    };
+    let response =
+        match tokio::time::timeout(timeout, proxy.plain_client.request(upstream_request)).await {
+            Err(_) => {
+                return Err(CallError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    format!("{host} did not answer within {} ms", timeout.as_millis()),
+                ))
+            }
+            Ok(Err(error)) => {
+                shared.discovered(sighting(context, &host, port, true));
+                let limit = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
+                return Err(crate::proxy::body_violation_error(context, limit)
+                    .or_else(|| {
+                        crate::upstream::find_cause::<ConnectError>(&error)
+                            .map(|connect| crate::proxy::connect_error(&host, connect))
+                    })
+                    .unwrap_or_else(|| {
+                        CallError::bad_gateway(
+                            "upstream_error",
+                            format!("the request to {host} failed"),
+                        )
+                    }));
+            }
+            Ok(Ok(response)) => response,
+        };
     if let Some(UpstreamAddr(addr)) = response.extensions().get::<UpstreamAddr>() {
         context.upstream_addr = Some(*addr);
     }
@@ -715,29 +692,6 @@ fn host_refused(reason: &'static str, host: &str, port: u16) -> CallError {
             "host_not_allowed",
             format!("{host} is not allowed for this caller through the proxy; register an integration for it, or add it to the caller's allow_hosts or [proxy] allow_hosts"),
         ),
-    }
-}
-
-fn dial_error(host: &str, error: &ConnectError) -> CallError {
-    match error {
-        ConnectError::Denied(denied) => CallError::bad_gateway(
-            "upstream_address_denied",
-            format!(
-                "{host} resolves to a {} address, which Postern refuses to dial; if this is intended, list it in allow_private_networks",
-                denied.class.as_str()
-            ),
-        ),
-        ConnectError::Resolve { .. } => {
-            CallError::bad_gateway("upstream_unresolvable", format!("{host} could not be resolved"))
-        }
-        ConnectError::Timeout { .. } => CallError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream_connect_timeout",
-            format!("connecting to {host} timed out"),
-        ),
-        ConnectError::Connect { .. } | ConnectError::NoHost => {
-            CallError::bad_gateway("upstream_unreachable", format!("{host} could not be reached"))
-        }
     }
 }
 

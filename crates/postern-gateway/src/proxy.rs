@@ -95,26 +95,22 @@ pub async fn handle_call(
     .await
     {
         Ok(response) => response,
-        Err(error) => refuse(
-            &shared,
-            &context,
-            &raw_target,
-            progress.authorized,
-            progress.intent_index,
-            &error,
-        ),
+        Err(error) => refuse(&shared, &context, &raw_target, &progress, &error),
     }
 }
 
 /// Records a refused or failed call (event, metrics, audit outcome) and builds its answer.
-pub fn refuse(
+pub(crate) fn refuse(
     shared: &Shared,
     context: &CallContext,
     raw_target: &str,
-    authorized: bool,
-    intent_index: Option<u64>,
+    progress: &Progress,
     error: &CallError,
 ) -> Response<GatewayBody> {
+    let Progress {
+        authorized,
+        intent_index,
+    } = *progress;
     let decision = if authorized {
         Decision::Allow
     } else {
@@ -152,7 +148,7 @@ pub fn refuse(
 }
 
 /// How far a call got: decides the recorded decision and links the outcome to its intent.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 pub(crate) struct Progress {
     pub authorized: bool,
     pub intent_index: Option<u64>,
@@ -783,53 +779,13 @@ fn classify_upstream_error(
     context: &CallContext,
     error: &hyper_util::client::legacy::Error,
 ) -> CallError {
-    match context.request_body.violation() {
-        RequestBodyViolation::TooLarge => {
-            return CallError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                format!(
-                    "the request body exceeds max_request_body_bytes ({}); send a smaller body",
-                    integration.config.max_request_body_bytes
-                ),
-            )
-        }
-        RequestBodyViolation::CallerToken => {
-            return CallError::bad_request(
-                "caller_token_in_body",
-                "the request body contains the caller token; it is never forwarded to a vendor",
-            )
-        }
-        RequestBodyViolation::None => {}
+    if let Some(refusal) = body_violation_error(context, integration.config.max_request_body_bytes)
+    {
+        return refusal;
     }
     if let Some(connect) = find_cause::<ConnectError>(error) {
         tracing::warn!(integration = %integration.name, request_id = %context.request_id, error = %connect, "upstream connection refused or failed");
-        return match connect {
-            ConnectError::Denied(denied) => CallError::bad_gateway(
-                "upstream_address_denied",
-                format!(
-                    "the upstream host of {} resolves to a {} address, which Postern refuses to dial; if this is intended, list it in allow_private_networks",
-                    integration.name,
-                    denied.class.as_str()
-                ),
-            ),
-            ConnectError::Resolve { .. } => CallError::bad_gateway(
-                "upstream_unresolvable",
-                format!("the upstream host of {} could not be resolved", integration.name),
-            ),
-            ConnectError::Timeout { .. } => CallError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_connect_timeout",
-                format!(
-                    "connecting to the vendor took longer than connect_timeout_ms ({} ms)",
-                    integration.config.connect_timeout_ms
-                ),
-            ),
-            ConnectError::Connect { .. } | ConnectError::NoHost => CallError::bad_gateway(
-                "upstream_unreachable",
-                format!("the vendor of {} could not be reached", integration.name),
-            ),
-        };
+        return connect_error(&format!("the vendor of {}", integration.name), connect);
     }
     if has_tls_error(error) {
         tracing::warn!(integration = %integration.name, request_id = %context.request_id, error = %error_chain(error), "TLS to the vendor failed");
@@ -849,6 +805,52 @@ fn classify_upstream_error(
             integration.name
         ),
     )
+}
+
+/// The refusal for a request body stopped while streaming (too large, or carrying the caller
+/// token), if it was.
+pub(crate) fn body_violation_error(context: &CallContext, limit: u64) -> Option<CallError> {
+    match context.request_body.violation() {
+        RequestBodyViolation::TooLarge => Some(CallError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!(
+                "the request body exceeds max_request_body_bytes ({limit}); send a smaller body"
+            ),
+        )),
+        RequestBodyViolation::CallerToken => Some(CallError::bad_request(
+            "caller_token_in_body",
+            "the request body contains the caller token; it is never forwarded",
+        )),
+        RequestBodyViolation::None => None,
+    }
+}
+
+/// The answer when `what` (a vendor, a host) could not be dialled: guard refusal, DNS,
+/// timeout, or connection failure.
+pub(crate) fn connect_error(what: &str, error: &ConnectError) -> CallError {
+    match error {
+        ConnectError::Denied(denied) => CallError::bad_gateway(
+            "upstream_address_denied",
+            format!(
+                "{what} resolves to a {} address, which Postern refuses to dial; if this is intended, list it in allow_private_networks",
+                denied.class.as_str()
+            ),
+        ),
+        ConnectError::Resolve { .. } => CallError::bad_gateway(
+            "upstream_unresolvable",
+            format!("{what} could not be resolved"),
+        ),
+        ConnectError::Timeout { timeout_ms, .. } => CallError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_connect_timeout",
+            format!("connecting to {what} took longer than connect_timeout_ms ({timeout_ms} ms)"),
+        ),
+        ConnectError::Connect { .. } | ConnectError::NoHost => CallError::bad_gateway(
+            "upstream_unreachable",
+            format!("{what} could not be reached"),
+        ),
+    }
 }
 
 fn has_tls_error(error: &(dyn std::error::Error + 'static)) -> bool {

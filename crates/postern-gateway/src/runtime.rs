@@ -246,9 +246,6 @@ pub struct ProxyRuntime {
     /// Registered hosts: exact names first, then wildcards, each in config order; the first
     /// matching pattern wins.
     hosts: Vec<(postern_policy::HostPattern, Arc<IntegrationRuntime>)>,
-    /// (caller, integration) pairs with at least one grant: who may open a non-intercepted
-    /// tunnel to a registered host.
-    granted: HashSet<(String, String)>,
     /// The SSRF guard for destinations no integration claims.
     pub guard: Arc<postern_netguard::Guard>,
     /// Pool for plain-HTTP requests to unregistered hosts (absolute-form), guarded the same way.
@@ -263,12 +260,6 @@ impl ProxyRuntime {
             .iter()
             .find(|(pattern, _)| pattern.matches(&host))
             .map(|(_, integration)| integration)
-    }
-
-    /// Whether `caller` holds any grant on `integration`.
-    pub fn has_grant(&self, caller: &str, integration: &str) -> bool {
-        self.granted
-            .contains(&(caller.to_string(), integration.to_string()))
     }
 }
 
@@ -436,11 +427,6 @@ fn build_proxy(
     // Exact names before wildcards: `api.stripe.com` on one integration wins over
     // `*.stripe.com` on another, whatever their order in the file.
     hosts.sort_by_key(|(pattern, _)| matches!(pattern, HostPattern::OneLevel(_)));
-    let granted = config
-        .grants
-        .iter()
-        .map(|g| (g.caller.clone(), g.integration.clone()))
-        .collect();
     let plain_client = crate::upstream::build_client(crate::upstream::UpstreamOptions {
         allow_private_networks: proxy.allow_private_networks.clone(),
         allow_plaintext: true,
@@ -453,7 +439,6 @@ fn build_proxy(
         config: proxy.clone(),
         policy,
         hosts,
-        granted,
         guard: Arc::new(postern_netguard::Guard::new(
             proxy.allow_private_networks.clone(),
         )),
