@@ -13,23 +13,23 @@ use support::corpus;
 
 /// Floors per class: (precision, recall).
 const FLOORS: &[(&str, f64, f64)] = &[
-    // Well-defined shapes with a checksum or a fixed format.
-    ("pii.email", 0.98, 0.98),
-    ("payment.card", 0.95, 0.98),
-    ("payment.iban", 0.98, 0.98),
-    ("pii.us_ssn", 0.95, 0.95),
-    ("pii.ip_address", 0.95, 0.95),
-    ("secret.aws_access_key", 0.98, 0.98),
-    ("secret.github_token", 0.98, 0.98),
-    ("secret.stripe_key", 0.98, 0.98),
-    ("secret.slack_token", 0.98, 0.98),
-    ("secret.openai_key", 0.98, 0.98),
-    ("secret.jwt", 0.98, 0.98),
-    ("secret.private_key", 0.98, 0.98),
-    // Shapes that overlap with ordinary numbers, or depend on a key.
-    ("pii.phone", 0.95, 0.95),
-    ("pii.date_of_birth", 0.95, 0.95),
-    ("secret.generic", 0.90, 0.85),
+    // Just under what the default rules measure on this seeded corpus (1.000 / 1.000 unless
+    // noted), so a regression of a few findings fails.
+    ("pii.email", 0.995, 0.995),
+    ("payment.card", 0.975, 0.995), // measured 0.981 / 1.000: random 16-digit ids pass Luhn
+    ("payment.iban", 0.995, 0.995),
+    ("pii.us_ssn", 0.995, 0.995),
+    ("pii.ip_address", 0.995, 0.995),
+    ("secret.aws_access_key", 0.995, 0.995),
+    ("secret.github_token", 0.995, 0.995),
+    ("secret.stripe_key", 0.995, 0.995),
+    ("secret.slack_token", 0.995, 0.995),
+    ("secret.openai_key", 0.995, 0.995),
+    ("secret.jwt", 0.995, 0.995),
+    ("secret.private_key", 0.995, 0.995),
+    ("pii.phone", 0.995, 0.995),
+    ("pii.date_of_birth", 0.995, 0.995),
+    ("secret.generic", 0.99, 0.985), // measured 0.998 / 0.992
 ];
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -124,6 +124,11 @@ fn precision_and_recall_per_class_meet_the_floors() {
         }
         if precision < precision_floor || recall < recall_floor {
             failures.push(format!("{class}: precision {precision:.4} (floor {precision_floor}), recall {recall:.4} (floor {recall_floor})"));
+        }
+    }
+    for class in tallies.keys() {
+        if !FLOORS.iter().any(|(floored, _, _)| floored == class) {
+            failures.push(format!("{class}: found or labelled, but has no floor in FLOORS"));
         }
     }
     for (kind, list) in &examples {
