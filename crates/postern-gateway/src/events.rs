@@ -776,7 +776,7 @@ fn format_rfc3339_millis(at: SystemTime) -> Option<[u8; 24]> {
     let secs = since.as_secs();
     let days = secs / 86_400;
     let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
+    let (year, month, day) = postern_detect::timestamp::civil_from_days(days as i64);
     if !(0..=9999).contains(&year) {
         return None;
     }
@@ -795,20 +795,6 @@ fn format_rfc3339_millis(at: SystemTime) -> Option<[u8; 24]> {
     put(17, 2, rem % 60);
     put(20, 3, u64::from(since.subsec_millis()));
     Some(out)
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 fn rfc3339_millis_slow(at: SystemTime) -> String {

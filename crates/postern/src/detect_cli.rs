@@ -387,7 +387,7 @@ fn print_simulation(report: &SimulationReport, incident_kinds: usize) {
                 kind.matched,
                 kind.shift_grace,
                 kind.false_alerts,
-                ratio(kind.precision)
+                ratio(Some(kind.precision))
             );
         }
         println!();

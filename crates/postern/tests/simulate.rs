@@ -73,7 +73,6 @@ fn simulated_events_replay_to_the_same_alerts() {
         report["evaluation"]["incidents"].as_array().unwrap().len(),
         11
     );
-    assert!(report["clean_without_shifts"]["false_alerts_per_day"].is_number());
 
     // The events are the gateway's events.jsonl lines, as many as the report says.
     let text = std::fs::read_to_string(&events).unwrap();

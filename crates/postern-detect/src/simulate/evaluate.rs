@@ -82,7 +82,7 @@ pub struct AlertKindSummary {
     /// Within a benign shift's grace period (and matching no incident).
     pub shift_grace: u64,
     pub false_alerts: u64,
-    pub precision: Option<f64>,
+    pub precision: f64,
 }
 
 /// Everything measured on one run.
@@ -170,7 +170,7 @@ pub fn evaluate(
                 matched: 0,
                 shift_grace: 0,
                 false_alerts: 0,
-                precision: None,
+                precision: 0.0,
             });
         summary.alerts += 1;
         let mut matched = false;
@@ -204,7 +204,7 @@ pub fn evaluate(
         }
     }
     for summary in by_alert_kind.values_mut() {
-        summary.precision = Some(summary.matched as f64 / summary.alerts as f64);
+        summary.precision = summary.matched as f64 / summary.alerts as f64;
     }
     let by_incident_kind = kinds
         .iter()
