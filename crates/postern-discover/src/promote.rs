@@ -13,9 +13,6 @@ use std::fmt::Write as _;
 use crate::template::PLACEHOLDER;
 use crate::DiscoveredHost;
 
-/// The methods an operation may have (as the config crate allows).
-const OPERATION_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
-
 /// Umbrella domains where the registrable name says little (`sqs.us-east-1.amazonaws.com`):
 /// the name is then `<first label>-<umbrella>`.
 const UMBRELLA_DOMAINS: &[&str] = &[
@@ -146,7 +143,7 @@ fn write_draft(out: &mut String, host: &DiscoveredHost, name: &str) -> std::fmt:
             endpoint.blocked_calls,
             rfc3339(endpoint.last_seen_ms)
         );
-        if !OPERATION_METHODS.contains(&endpoint.method.as_str()) {
+        if !postern_config::ALLOWED_METHODS.contains(&endpoint.method.as_str()) {
             writeln!(
                 out,
                 "  # {} {}: {counts}; method not allowed in operations",

@@ -169,26 +169,12 @@ fn har() {
     );
 }
 
-/// The example config's `[gateway]` and a caller, plus the drafted stanza. `hosts` and
-/// `intercept` are dropped when this config crate does not know them yet (they are added in
-/// parallel); everything else must validate as is.
+/// The example config's `[gateway]` plus the drafted stanza: it must validate as is.
 fn validate_draft(stanza: &str) -> Result<postern_config::Config, String> {
     let base = "[gateway]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:9090\"\n\
                 data_dir = \"./postern-data\"\n\n";
-    let path = Path::new("/tmp/draft.toml");
-    let text = format!("{base}{stanza}");
-    match postern_config::parse(&text, path) {
-        Ok(config) => Ok(config),
-        Err(errors) if errors.to_string().contains("unknown field") => {
-            let without_new_keys: String = text
-                .lines()
-                .filter(|line| !line.starts_with("hosts = ") && !line.starts_with("intercept = "))
-                .map(|line| format!("{line}\n"))
-                .collect();
-            postern_config::parse(&without_new_keys, path).map_err(|e| e.to_string())
-        }
-        Err(errors) => Err(errors.to_string()),
-    }
+    postern_config::parse(&format!("{base}{stanza}"), Path::new("/tmp/draft.toml"))
+        .map_err(|errors| errors.to_string())
 }
 
 #[test]

@@ -70,6 +70,8 @@ owner = "payments@example.com"
 upstream = "http://{vendor_addr}"
 allow_plaintext = true                      # the stand-in vendor is local plain HTTP
 allow_private_networks = ["127.0.0.1/32"]   # ... on loopback, which the SSRF guard refuses otherwise
+hosts = ["api.acme.test"]                   # forward-proxy mode: HTTPS_PROXY calls to this name
+                                            # are intercepted and sent to `upstream` (never resolved)
 credential = {{ kind = "bearer", from_file = "vendor-key" }}
 rate_limit = {{ requests_per_second = 50, burst = 100 }}
 operations = [
@@ -186,8 +188,14 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
     println!("  curl -s -X POST {base}/acme/v1/charges -H \"Authorization: Bearer $TOKEN\" -d amount=500");
     println!("  curl -s -X DELETE {base}/acme/v1/charges/ch_1 -H \"Authorization: Bearer $TOKEN\"   # 403 not_granted");
     println!("  curl -s {base}/acme/v1/charges/ch_1                                      # 401 no caller");
+    println!("As an HTTPS proxy (apps keep the vendor's own URL; trust Postern's CA):");
     println!(
-        "  curl -s http://{}/v1/events?limit=5 -H \"Authorization: Bearer $(cat {})\"",
+        "  cargo run --release -- ca export --data-dir {} > postern-ca.pem",
+        gateway.data_dir.display()
+    );
+    println!("  curl -s --proxy {base} --proxy-user checkout:$TOKEN --cacert postern-ca.pem -X POST https://api.acme.test/v1/charges -d amount=500");
+    println!(
+        "  curl -s 'http://{}/v1/events?limit=5' -H \"Authorization: Bearer $(cat {})\"",
         gateway.admin_addr,
         gateway
             .data_dir

@@ -121,7 +121,7 @@ fn open_store(data_dir: &Path) -> Result<Store, ExitCode> {
 /// The store for reading, or `None` when nothing was ever recorded (the file is not created
 /// just to be read).
 fn open_existing(location: &DataLocation) -> Result<Option<Store>, ExitCode> {
-    let data_dir = location.data_dir("discovery.db")?;
+    let data_dir = location.data_dir(DISCOVERY_FILE)?;
     if !data_dir.join(DISCOVERY_FILE).exists() {
         return Ok(None);
     }
@@ -283,32 +283,13 @@ fn promote(location: &DataLocation, host: &str) -> Result<ExitCode, ExitCode> {
     Ok(ExitCode::Ok)
 }
 
-/// `host`, `host:port`, `[v6]:port` or a bare IPv6 address.
-fn parse_host_argument(argument: &str) -> Option<(String, Option<u16>)> {
-    if let Some(rest) = argument.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(port) => Some(port.parse().ok()?),
-            None if after.is_empty() => None,
-            None => return None,
-        };
-        return Some((host.to_owned(), port));
-    }
-    match argument.split_once(':') {
-        Some((host, port)) if !port.contains(':') => {
-            Some((host.to_owned(), Some(port.parse().ok()?)))
-        }
-        _ => Some((argument.to_owned(), None)),
-    }
-}
-
 /// The one entry named by `argument`, or exit 1 saying why (unknown, or several ports).
 fn find_host(
     location: &DataLocation,
     argument: &str,
     subcommand: &str,
 ) -> Result<DiscoveredHost, ExitCode> {
-    let Some((host, port)) = parse_host_argument(argument) else {
+    let Some((host, port)) = import::split_host_port(argument) else {
         eprintln!("error: `{argument}` is not a host or host:port");
         return Err(ExitCode::Usage);
     };
@@ -352,7 +333,7 @@ fn import_file(
             ExitCode::Usage
         })?,
     };
-    let data_dir = location.data_dir("discovery.db")?;
+    let data_dir = location.data_dir(DISCOVERY_FILE)?;
     let file = std::fs::File::open(path).map_err(|error| {
         eprintln!("error: cannot read {}: {error}", path.display());
         ExitCode::Failure
@@ -486,22 +467,22 @@ mod tests {
     #[test]
     fn host_arguments() {
         assert_eq!(
-            parse_host_argument("api.x.com"),
+            import::split_host_port("api.x.com"),
             Some(("api.x.com".into(), None))
         );
         assert_eq!(
-            parse_host_argument("api.x.com:8443"),
+            import::split_host_port("api.x.com:8443"),
             Some(("api.x.com".into(), Some(8443)))
         );
         assert_eq!(
-            parse_host_argument("[::1]:443"),
+            import::split_host_port("[::1]:443"),
             Some(("::1".into(), Some(443)))
         );
         assert_eq!(
-            parse_host_argument("2001:db8::1"),
+            import::split_host_port("2001:db8::1"),
             Some(("2001:db8::1".into(), None))
         );
-        assert_eq!(parse_host_argument("api.x.com:x"), None);
+        assert_eq!(import::split_host_port("api.x.com:x"), None);
     }
 
     #[test]

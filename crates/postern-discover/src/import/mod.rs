@@ -241,7 +241,8 @@ fn observation(host: (String, u16), time_ms: i64) -> Observation {
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port`, or a bare IPv6 address. `None` if a port is there
 /// but is not a number.
-fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
+/// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address → (host, port).
+pub fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
     let text = text.trim();
     if let Some(rest) = text.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
