@@ -281,7 +281,7 @@ fn plan(
             .collect()
     };
 
-    let (integration, caller, duration, plan, start) = match kind {
+    let (plan, duration, start) = match kind {
         IncidentKind::NewIdentity => {
             let integration = rng.below(estate.integrations.len());
             let model = &estate.integrations[integration];
@@ -302,13 +302,7 @@ fn plan(
                 response_bytes: None,
                 outcome: ExtraOutcome::Forwarded,
             };
-            (
-                integration,
-                Some(name),
-                duration,
-                Plan::Calls(calls),
-                any_start(rng, duration)?,
-            )
+            (Plan::Calls(calls), duration, any_start(rng, duration)?)
         }
         IncidentKind::ForeignSource => {
             let caller = pick(rng, &ordinary_callers);
@@ -316,13 +310,7 @@ fn plan(
             let mut calls = caller_calls(caller, usual_operations(caller), rng.range(1.0, 3.0));
             calls.source = format!("203.0.113.{}", serial % 250 + 1);
             let start = any_start(rng, duration)?;
-            (
-                estate.callers[caller].integration,
-                Some(calls.caller.clone()?),
-                duration,
-                Plan::Calls(calls),
-                start,
-            )
+            (Plan::Calls(calls), duration, start)
         }
         IncidentKind::ExfiltrationBurst => {
             let caller = pick(rng, &ordinary_callers);
@@ -335,13 +323,7 @@ fn plan(
             });
             let duration = minutes(rng, 3.0, 10.0);
             let start = any_start(rng, duration)?;
-            (
-                estate.callers[caller].integration,
-                Some(calls.caller.clone()?),
-                duration,
-                Plan::Calls(calls),
-                start,
-            )
+            (Plan::Calls(calls), duration, start)
         }
         IncidentKind::SlowExfiltration => {
             // Hidden in a caller that writes around the clock.
@@ -363,13 +345,7 @@ fn plan(
             });
             let duration = minutes(rng, 180.0, 480.0);
             let start = any_start(rng, duration)?;
-            (
-                estate.callers[caller].integration,
-                Some(calls.caller.clone()?),
-                duration,
-                Plan::Calls(calls),
-                start,
-            )
+            (Plan::Calls(calls), duration, start)
         }
         IncidentKind::BulkDownload => {
             let caller = pick(rng, &ordinary_callers);
@@ -382,13 +358,7 @@ fn plan(
             });
             let duration = minutes(rng, 5.0, 20.0);
             let start = any_start(rng, duration)?;
-            (
-                estate.callers[caller].integration,
-                Some(calls.caller.clone()?),
-                duration,
-                Plan::Calls(calls),
-                start,
-            )
+            (Plan::Calls(calls), duration, start)
         }
         IncidentKind::Enumeration => {
             let caller = pick(rng, &ordinary_callers);
@@ -411,13 +381,7 @@ fn plan(
             };
             let duration = minutes(rng, 5.0, 20.0);
             let start = any_start(rng, duration)?;
-            (
-                estate.callers[caller].integration,
-                Some(calls.caller.clone()?),
-                duration,
-                Plan::Calls(calls),
-                start,
-            )
+            (Plan::Calls(calls), duration, start)
         }
         IncidentKind::CredentialStuffing => {
             let calls = ExtraCalls {
@@ -431,15 +395,7 @@ fn plan(
                 outcome: ExtraOutcome::Unauthenticated,
             };
             let duration = minutes(rng, 5.0, 30.0);
-            let start = any_start(rng, duration)?;
-            return Some(Incident {
-                kind,
-                integration: NO_INTEGRATION.to_owned(),
-                caller: None,
-                start_unix_ms: start,
-                end_unix_ms: start + duration,
-                plan: Plan::Calls(calls),
-            });
+            (Plan::Calls(calls), duration, any_start(rng, duration)?)
         }
         IncidentKind::VendorCredentialRevoked | IncidentKind::VendorOutage => {
             let integration = rng.below(estate.integrations.len());
@@ -456,13 +412,11 @@ fn plan(
             };
             let start = any_start(rng, duration)?;
             (
-                integration,
-                None,
-                duration,
                 Plan::Vendor {
                     integration,
                     failure,
                 },
+                duration,
                 start,
             )
         }
@@ -479,13 +433,7 @@ fn plan(
             };
             let duration = minutes(rng, 10.0, 60.0);
             let start = any_start(rng, duration)?;
-            (
-                estate.callers[caller].integration,
-                Some(calls.caller.clone()?),
-                duration,
-                Plan::Calls(calls),
-                start,
-            )
+            (Plan::Calls(calls), duration, start)
         }
         IncidentKind::OffHoursUse => {
             let candidates: Vec<usize> = (0..estate.callers.len())
@@ -509,18 +457,20 @@ fn plan(
                 return None;
             }
             let calls = caller_calls(caller, usual_operations(caller), rng.range(2.0, 6.0));
-            (
-                estate.callers[caller].integration,
-                Some(calls.caller.clone()?),
-                duration,
-                Plan::Calls(calls),
-                start,
-            )
+            (Plan::Calls(calls), duration, start)
         }
+    };
+    // Who and where follow from the plan.
+    let (integration, caller) = match &plan {
+        Plan::Calls(calls) => (calls.integration, calls.caller.clone()),
+        Plan::Vendor { integration, .. } => (Some(*integration), None),
     };
     Some(Incident {
         kind,
-        integration: estate.integrations[integration].name.to_owned(),
+        integration: integration.map_or_else(
+            || NO_INTEGRATION.to_owned(),
+            |index| estate.integrations[index].name.to_owned(),
+        ),
         caller,
         start_unix_ms: start,
         end_unix_ms: start + duration,
