@@ -319,14 +319,8 @@ fn classify(
     if let Some(rule) = detectors.ip_address {
         if !plus && sep == b'.' && groups.len() == 4 && groups.iter().all(|&g| (1..=3).contains(&g))
         {
-            let text = &input[token.start..token.end];
-            let valid = text.split(|&b| b == b'.').all(|octet| {
-                octet
-                    .iter()
-                    .fold(0u32, |acc, &d| acc * 10 + u32::from(d - b'0'))
-                    <= 255
-            });
-            if valid {
+            // The same rule as the regex path's validator (leading-zero octets are refused).
+            if crate::validators::ip_address_valid(&input[token.start..token.end]) {
                 out.push(RawFinding {
                     rule,
                     start: token.start,

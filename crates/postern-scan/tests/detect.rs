@@ -246,3 +246,15 @@ fn json_escapes_do_not_leak_into_offsets() {
         &[("pii.email", "jane.doe%40example.com")],
     );
 }
+
+#[test]
+fn ipv4_octets_follow_the_address_parser() {
+    check(
+        "from 10.1.2.3 today",
+        Text,
+        &[("pii.ip_address", "10.1.2.3")],
+    );
+    // A leading zero is not an IPv4 octet (the standard parser refuses it), nor is 256.
+    check("from 010.1.2.3 today", Text, &[]);
+    check("from 10.1.2.256 today", Text, &[]);
+}

@@ -128,7 +128,9 @@ fn precision_and_recall_per_class_meet_the_floors() {
     }
     for class in tallies.keys() {
         if !FLOORS.iter().any(|(floored, _, _)| floored == class) {
-            failures.push(format!("{class}: found or labelled, but has no floor in FLOORS"));
+            failures.push(format!(
+                "{class}: found or labelled, but has no floor in FLOORS"
+            ));
         }
     }
     for (kind, list) in &examples {
