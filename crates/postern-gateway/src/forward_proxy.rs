@@ -557,21 +557,10 @@ fn authorize_tunnel(
     integration: &IntegrationRuntime,
     context: &mut CallContext,
 ) -> Result<(), CallError> {
-    let caller = context.caller.clone().unwrap_or_else(|| Arc::from(""));
-    let now = time::OffsetDateTime::from(context.wall_start);
-    let source_ip = context.source_ip.to_string();
+    let facts = crate::proxy::PolicyFacts::of(context);
     let mut refusal = None;
     for operation in &integration.config.operations {
-        let request = postern_policy::AuthzRequest {
-            caller: &caller,
-            integration: &integration.name,
-            operation: &operation.id,
-            method: &operation.method,
-            hour: now.hour(),
-            weekday: now.weekday().number_days_from_monday(),
-            request_bytes: 0,
-            source_ip: &source_ip,
-        };
+        let request = facts.request(&integration.name, &operation.id, &operation.method, 0);
         let decision = runtime.policy.authorize(&request);
         if decision.allowed {
             if let postern_policy::Reason::Granted { policy_id } = &decision.reason {
@@ -586,9 +575,7 @@ fn authorize_tunnel(
         .map_or("not_granted", postern_policy::Reason::code);
     Err(CallError::forbidden(
         code,
-        format!(
-            "caller {caller} may call no operation of the integration that owns this host (now); ask the integration's owner for a grant"
-        ),
+        "this caller may call no operation of the integration that owns this host (now); ask the integration's owner for a grant",
     ))
 }
 

@@ -481,20 +481,13 @@ fn authorize(
     };
     context.operation_id = Some(operation.id.to_string());
     context.path_template = Some(operation.template.to_string());
-    let caller = context.caller.clone().unwrap_or_else(|| Arc::from(""));
-    let now = time::OffsetDateTime::from(context.wall_start);
-    let request_bytes = content_length(request.headers()).unwrap_or(0);
-    let source_ip = context.source_ip.to_string();
-    let authz = AuthzRequest {
-        caller: &caller,
-        integration: &integration.name,
-        operation: operation.id,
-        method: request.method().as_str(),
-        hour: now.hour(),
-        weekday: now.weekday().number_days_from_monday(),
-        request_bytes,
-        source_ip: &source_ip,
-    };
+    let facts = PolicyFacts::of(context);
+    let authz = facts.request(
+        &integration.name,
+        operation.id,
+        request.method().as_str(),
+        content_length(request.headers()).unwrap_or(0),
+    );
     let decision = runtime.policy.authorize(&authz);
     context.policy_id = match &decision.reason {
         Reason::Granted { policy_id } | Reason::Forbidden { policy_id } => Some(policy_id.clone()),
@@ -511,6 +504,46 @@ fn authorize(
             decision.reason.code(),
             format!("{}; {fix}", decision.reason.describe(&authz)),
         ))
+    }
+}
+
+/// What Cedar's context needs from the call, read once: caller, hour and weekday (UTC) of the
+/// call's start, source address.
+pub(crate) struct PolicyFacts {
+    caller: Arc<str>,
+    hour: u8,
+    weekday: u8,
+    source_ip: String,
+}
+
+impl PolicyFacts {
+    pub(crate) fn of(context: &CallContext) -> PolicyFacts {
+        let now = time::OffsetDateTime::from(context.wall_start);
+        PolicyFacts {
+            caller: context.caller.clone().unwrap_or_else(|| Arc::from("")),
+            hour: now.hour(),
+            weekday: now.weekday().number_days_from_monday(),
+            source_ip: context.source_ip.to_string(),
+        }
+    }
+
+    pub(crate) fn request<'a>(
+        &'a self,
+        integration: &'a str,
+        operation: &'a str,
+        method: &'a str,
+        request_bytes: u64,
+    ) -> AuthzRequest<'a> {
+        AuthzRequest {
+            caller: &self.caller,
+            integration,
+            operation,
+            method,
+            hour: self.hour,
+            weekday: self.weekday,
+            request_bytes,
+            source_ip: &self.source_ip,
+        }
     }
 }
 
