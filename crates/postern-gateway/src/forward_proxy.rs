@@ -309,35 +309,29 @@ fn intercept(
                         )
                         .await;
                     }
-                    Ok(Err(error)) => {
-                        tracing::warn!(host = %context.host.as_deref().unwrap_or(""), caller = %context.caller.as_deref().unwrap_or(""), %error, "the TLS handshake inside the tunnel failed (the client refused Postern's interception certificate, or did not speak TLS); nothing was forwarded (trust the CA from `postern ca export`, or set intercept = false)");
-                        let refused = CallError::new(
-                            StatusCode::from_u16(INTERCEPTION_REFUSED_STATUS)
-                                .unwrap_or(StatusCode::BAD_REQUEST),
-                            "interception_refused",
-                            "the TLS handshake inside the tunnel failed",
-                        );
+                    failed => {
+                        let (code, message) = match failed {
+                            Ok(Err(error)) => {
+                                tracing::warn!(host = %context.host.as_deref().unwrap_or(""), caller = %context.caller.as_deref().unwrap_or(""), %error, "the TLS handshake inside the tunnel failed (the client refused Postern's interception certificate, or did not speak TLS); nothing was forwarded (trust the CA from `postern ca export`, or set intercept = false)");
+                                (
+                                    "interception_refused",
+                                    "the TLS handshake inside the tunnel failed",
+                                )
+                            }
+                            _ => (
+                                "interception_handshake_timeout",
+                                "no TLS handshake inside the tunnel within 10 s",
+                            ),
+                        };
+                        let status = StatusCode::from_u16(INTERCEPTION_REFUSED_STATUS)
+                            .unwrap_or(StatusCode::BAD_REQUEST);
+                        let refusal = CallError::new(status, code, message);
                         crate::proxy::refuse(
                             &shared,
                             &context,
                             &raw_target,
                             &Progress::default(),
-                            &refused,
-                        );
-                    }
-                    Err(_) => {
-                        let timed_out = CallError::new(
-                            StatusCode::from_u16(INTERCEPTION_REFUSED_STATUS)
-                                .unwrap_or(StatusCode::BAD_REQUEST),
-                            "interception_handshake_timeout",
-                            "no TLS handshake inside the tunnel within 10 s",
-                        );
-                        crate::proxy::refuse(
-                            &shared,
-                            &context,
-                            &raw_target,
-                            &Progress::default(),
-                            &timed_out,
+                            &refusal,
                         );
                     }
                 }
