@@ -184,6 +184,7 @@ cat >"$WORK/postern/postern.toml" <<EOF
 listen = "127.0.0.1:$POSTERN_PORT"
 admin_listen = "127.0.0.1:$ADMIN_PORT"
 data_dir = "data"
+workers = $PROXY_THREADS
 
 [proxy]
 mode = "open"                                # the tunnel variant's destination is unregistered
@@ -221,7 +222,7 @@ EOF
   || { cat "$WORK/ca-export.log" >&2; die "postern ca export failed"; }
 grep -q 'BEGIN CERTIFICATE' "$WORK/ca.pem" || die "postern ca export printed no certificate"
 
-TOKIO_WORKER_THREADS="$PROXY_THREADS" POSTERN_LOG="${POSTERN_LOG:-info}" \
+POSTERN_LOG="${POSTERN_LOG:-info}" \
   "$POSTERN_BIN" serve --config "$WORK/postern/postern.toml" >>"$WORK/postern.log" 2>&1 &
 POSTERN_PID=$!
 PIDS+=("$POSTERN_PID")

@@ -97,7 +97,7 @@ def main():
     w(f"- Load: `wrk -t{meta.get('wrk_threads')} -c{meta.get('connections')} -d{meta.get('duration')}s --latency` "
       f"(closed loop), {meta.get('method')} `{meta.get('path')}` with `Authorization: Bearer <caller token>` on every target; "
       f"{meta.get('warmup')} s warm-up per target, then {meta.get('rounds')} rounds alternating a, b, c; **medians** reported.")
-    w(f"- Proxies: {meta.get('proxy_threads')} thread(s) each (Postern `TOKIO_WORKER_THREADS`, nginx `worker_processes`); "
+    w(f"- Proxies: {meta.get('proxy_threads')} thread(s) each (Postern `[gateway] workers`, nginx `worker_processes`); "
       f"nginx keeps {meta.get('connections')} keep-alive connections to the upstream, access log {meta.get('nginx_access_log')}. "
       "Postern runs the full pipeline: caller token, grant, Cedar, rate limit (10M/s, never triggers), "
       "bearer credential injected from a file, one event per call written to data_dir.")

@@ -47,7 +47,7 @@ Options:
   --warmup S            seconds of warm-up per target before round 1 (default $WARMUP)
   --connections N       wrk connections (default $CONNECTIONS)
   --wrk-threads N       wrk threads (default $WRK_THREADS)
-  --proxy-threads N     Postern worker threads = nginx worker_processes (default nproc = $PROXY_THREADS)
+  --proxy-threads N     Postern [gateway] workers = nginx worker_processes (default nproc = $PROXY_THREADS)
   --upstream-threads N  upstream runtime threads (default $UPSTREAM_THREADS)
   --idle-conns N        idle connections for the memory test (default $IDLE_CONNS; 0 skips it)
   --method GET|POST     GET /v1/charges/ch_123 or POST /v1/charges with a small form body (default $METHOD)
@@ -254,6 +254,7 @@ cat >"$WORK/postern/postern.toml" <<EOF
 listen = "127.0.0.1:$POSTERN_PORT"
 admin_listen = "127.0.0.1:$ADMIN_PORT"
 data_dir = "data"
+workers = $PROXY_THREADS
 
 [[callers]]
 name = "bench"
@@ -285,7 +286,7 @@ EOF
 
 POSTERN_PID=""
 start_postern() {
-  TOKIO_WORKER_THREADS="$PROXY_THREADS" POSTERN_LOG="${POSTERN_LOG:-info}" \
+  POSTERN_LOG="${POSTERN_LOG:-info}" \
     "$POSTERN_BIN" serve --config "$WORK/postern/postern.toml" >>"$WORK/postern.log" 2>&1 &
   POSTERN_PID=$!
   PIDS+=("$POSTERN_PID")

@@ -60,6 +60,8 @@ pub const DEFAULT_EVENTS_MAX_FILES: u32 = 5;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Default for [`GatewayConfig::credential_max_age_days`].
 pub const DEFAULT_CREDENTIAL_MAX_AGE_DAYS: u64 = 90;
+/// Most data-plane workers [`GatewayConfig::workers`] accepts.
+pub const MAX_WORKERS: usize = 256;
 /// Default for [`GatewayConfig::shutdown_grace_ms`].
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// Default for [`IntegrationConfig::connect_timeout_ms`].
@@ -133,6 +135,9 @@ pub struct GatewayConfig {
     pub max_header_bytes: usize,
     /// How long in-flight calls may finish after a shutdown signal.
     pub shutdown_grace_ms: u64,
+    /// Data-plane worker threads, each with its own event loop, listening socket
+    /// (`SO_REUSEPORT`) and upstream connection pools. `0` (the default): one per CPU.
+    pub workers: usize,
     /// Credentials whose current value is older than this are flagged (`creds list`, `/metrics`).
     pub credential_max_age_days: u64,
     /// Origin line of the audit log's checkpoints (C2SP tlog-checkpoint), e.g.

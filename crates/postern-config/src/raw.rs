@@ -70,6 +70,8 @@ pub(crate) struct RawGateway {
     #[serde(default)]
     pub shutdown_grace_ms: Option<u64>,
     #[serde(default)]
+    pub workers: Option<Spanned<usize>>,
+    #[serde(default)]
     pub credential_max_age_days: Option<Spanned<u64>>,
     #[serde(default)]
     pub audit_origin: Option<Spanned<String>>,

@@ -269,6 +269,22 @@ impl Validator<'_> {
             }
             None => DEFAULT_MAX_HEADER_BYTES,
         };
+        let workers = match &raw.workers {
+            Some(value) => {
+                let workers = *value.get_ref();
+                if workers > MAX_WORKERS {
+                    self.error(
+                        value.span(),
+                        format!("`workers` = {workers} is more than {MAX_WORKERS}"),
+                        format!(
+                            "use 1 to {MAX_WORKERS}, or 0 (or no key) for one worker per CPU"
+                        ),
+                    );
+                }
+                workers
+            }
+            None => 0,
+        };
         GatewayConfig {
             listen,
             admin_listen,
@@ -282,6 +298,7 @@ impl Validator<'_> {
             events_max_files,
             max_header_bytes,
             shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
+            workers,
             detect: raw.detect.unwrap_or(true),
             scan_rules: raw
                 .scan_rules

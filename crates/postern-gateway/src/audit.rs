@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use postern_ledger::{Health, Ledger, LedgerOptions};
-use postern_tlog::{keyed_hash, AuditRecord, Decision, RecordKind, RECORD_VERSION};
+use postern_tlog::{keyed_hash, AuditRecordRef, Decision, RecordKind, RECORD_VERSION};
 use zeroize::Zeroizing;
 
 use crate::context::CallContext;
@@ -88,19 +88,23 @@ impl Audit {
         }
     }
 
+    /// The call's entry, encoded (borrowing the context: no owned record is built).
     pub fn record(
         &self,
         kind: RecordKind,
         context: &CallContext,
         raw_target: &str,
         outcome: Option<&Outcome<'_>>,
-    ) -> AuditRecord {
-        let mut hmacs = std::collections::BTreeMap::new();
+    ) -> Entry {
         let target = context
             .target_hmac
             .get_or_init(|| keyed_hash(&self.hmac_key, "target", raw_target.as_bytes()));
-        hmacs.insert("target".to_string(), target.clone());
-        AuditRecord {
+        let classes: Vec<&str> = context
+            .request_scan
+            .as_ref()
+            .map(|scan| scan.classes.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let record = AuditRecordRef {
             version: RECORD_VERSION,
             kind,
             time_unix_ms: context
@@ -108,14 +112,14 @@ impl Audit {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
-            request_id: context.request_id.clone(),
-            caller: context.caller.as_deref().unwrap_or("").to_string(),
-            integration: context.integration.as_deref().unwrap_or("").to_string(),
-            operation: context.operation_id.clone().unwrap_or_default(),
-            method: context.method.clone(),
-            path_template: context.path_template.clone().unwrap_or_default(),
+            request_id: &context.request_id,
+            caller: context.caller.as_deref().unwrap_or(""),
+            integration: context.integration.as_deref().unwrap_or(""),
+            operation: context.operation_id.as_deref().unwrap_or(""),
+            method: &context.method,
+            path_template: context.path_template.as_deref().unwrap_or(""),
             decision: outcome.map_or(Decision::Allow, |o| o.decision),
-            reason: Some(outcome.map_or("granted", |o| o.reason).to_string()),
+            reason: Some(outcome.map_or("granted", |o| o.reason)),
             status: outcome.map(|o| o.status),
             request_bytes: Some(
                 context
@@ -124,19 +128,21 @@ impl Audit {
                     .load(std::sync::atomic::Ordering::Relaxed),
             ),
             response_bytes: outcome.map(|o| o.response_bytes),
-            data_classes: context
-                .request_scan
-                .as_ref()
-                .map(|scan| scan.classes.keys().cloned().collect())
-                .unwrap_or_default(),
+            data_classes: &classes,
             intent_index: outcome.and_then(|o| o.intent_index),
-            hmacs,
-        }
+            hmacs: &[("target", target)],
+        };
+        Entry(record.encode().map_err(|error| {
+            format!(
+                "the audit entry of request {} cannot be encoded: {error}",
+                context.request_id
+            )
+        }))
     }
 
     /// Appends and waits until the entry is durable (or the timeout passes).
-    pub async fn append_durable(&self, record: &AuditRecord) -> Result<u64, String> {
-        let bytes = record.encode().map_err(|e| e.to_string())?;
+    pub async fn append_durable(&self, entry: Entry) -> Result<u64, String> {
+        let bytes = entry.0?;
         match tokio::time::timeout(self.timeout, self.ledger.append(bytes)).await {
             Ok(Ok(index)) => Ok(index),
             Ok(Err(error)) => Err(error.to_string()),
@@ -149,11 +155,11 @@ impl Audit {
 
     /// Appends without making the caller wait (refusals and outcomes): queued for the next group
     /// commit; when the queue is full, a task waits for room instead (never a silent drop).
-    pub fn append_later(self: &Arc<Self>, record: AuditRecord) {
-        let bytes = match record.encode() {
+    pub fn append_later(self: &Arc<Self>, entry: Entry) {
+        let bytes = match entry.0 {
             Ok(bytes) => bytes,
             Err(error) => {
-                tracing::error!(%error, request_id = %record.request_id, "audit entry not encodable");
+                tracing::error!(%error, "audit entry not written");
                 return;
             }
         };
@@ -168,11 +174,14 @@ impl Audit {
                 });
             }
             Err(postern_ledger::DetachedAppend::Refused(error)) => {
-                tracing::error!(%error, request_id = %record.request_id, "audit entry not written");
+                tracing::error!(%error, "audit entry not written");
             }
         }
     }
 }
+
+/// One encoded audit entry (canonical bytes), or why it could not be encoded.
+pub struct Entry(Result<Vec<u8>, String>);
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -34,6 +34,7 @@ pub mod runtime;
 pub mod scan;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -261,6 +262,8 @@ pub struct RunningGateway {
     pub data_dir: PathBuf,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
+    /// The data plane's threads (`workers.rs`); taken by `shutdown`.
+    workers: Option<workers::Workers>,
     accept_tasks: Vec<JoinHandle<()>>,
     gateway_graceful: Arc<GracefulShutdown>,
     admin_graceful: Arc<GracefulShutdown>,
@@ -370,9 +373,6 @@ impl RunningGateway {
             ))),
             _ => None,
         };
-        let listener = TcpListener::bind(config.gateway.listen)
-            .await
-            .with_context(|| format!("binding listen address {}", config.gateway.listen))?;
         let admin_listener = TcpListener::bind(config.gateway.admin_listen)
             .await
             .with_context(|| {
@@ -381,29 +381,41 @@ impl RunningGateway {
                     config.gateway.admin_listen
                 )
             })?;
-        let listen_addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 
         let gateway_graceful = Arc::new(GracefulShutdown::new());
         let admin_graceful = Arc::new(GracefulShutdown::new());
         let builder = listener::connection_builder(config.gateway.max_header_bytes);
-        let gateway_task = tokio::spawn(listener::accept_loop(
-            listener,
+        let gateway_accept = listener::Accept {
             tls,
-            builder.clone(),
-            gateway_graceful.clone(),
-            shutdown_rx.clone(),
+            builder: builder.clone(),
+            graceful: gateway_graceful.clone(),
+            shutdown: shutdown_rx.clone(),
+            slots: listener::connection_slots(),
+        };
+        let (workers, listen_addr) = workers::Workers::start(
+            config.gateway.listen,
+            workers::count(config.gateway.workers),
             {
                 let shared = shared.clone();
-                move |connection, request| proxy::handle(shared.clone(), connection, request)
+                move |listener| {
+                    let shared = shared.clone();
+                    listener::accept_loop(listener, gateway_accept.clone(), move |connection, request| {
+                        proxy::handle(shared.clone(), connection, request)
+                    })
+                }
             },
-        ));
+        )
+        .await?;
         let admin_task = tokio::spawn(listener::accept_loop(
             admin_listener,
-            None,
-            builder,
-            admin_graceful.clone(),
-            shutdown_rx,
+            listener::Accept {
+                tls: None,
+                builder,
+                graceful: admin_graceful.clone(),
+                shutdown: shutdown_rx,
+                slots: listener::connection_slots(),
+            },
             {
                 let shared = shared.clone();
                 move |_connection, request| admin::handle(shared.clone(), request)
@@ -416,7 +428,8 @@ impl RunningGateway {
             data_dir,
             shared,
             shutdown,
-            accept_tasks: vec![gateway_task, admin_task],
+            workers: Some(workers),
+            accept_tasks: vec![admin_task],
             gateway_graceful,
             admin_graceful,
             event_task,
@@ -458,6 +471,7 @@ impl RunningGateway {
                 "shutdown_grace_ms",
                 old.shutdown_grace_ms != new.shutdown_grace_ms,
             ),
+            ("workers", old.workers != new.workers),
         ];
         let changed: Vec<&str> = restart_only
             .iter()
@@ -504,15 +518,19 @@ impl RunningGateway {
     }
 
     /// Stops accepting, lets in-flight calls finish (up to `shutdown_grace_ms`), flushes events.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         if let Some(poller) = self.vault_poller {
             let _ = tokio::task::spawn_blocking(move || poller.join()).await;
         }
         self.shared.flush_usage();
-        for task in self.accept_tasks {
+        for task in std::mem::take(&mut self.accept_tasks) {
             let _ = task.await;
+        }
+        let mut workers = self.workers.take();
+        if let Some(workers) = &mut workers {
+            workers.stopped_accepting().await;
         }
         let gateway = Arc::try_unwrap(self.gateway_graceful).ok();
         let admin = Arc::try_unwrap(self.admin_graceful).ok();
@@ -537,6 +555,9 @@ impl RunningGateway {
                 grace_ms = self.grace.as_millis() as u64,
                 "calls still in flight after the shutdown grace period; closing them"
             );
+        }
+        if let Some(workers) = workers {
+            workers.finish().await;
         }
         let discovery = self.shared.discovery.clone();
         let _ = tokio::task::spawn_blocking(move || discovery.flush()).await;
@@ -685,3 +706,4 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     file.sync_all()?;
     Ok(())
 }
+

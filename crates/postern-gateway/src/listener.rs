@@ -25,8 +25,14 @@ use crate::deadline::Deadline;
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no byte either way for this long is closed.
 pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Connections served at once per listener; beyond it new ones are closed at accept.
+/// Connections served at once per listener (all workers together); beyond it new ones are
+/// closed at accept.
 pub const MAX_CONNECTIONS: usize = 16_384;
+
+/// The connection slots of one listener, shared by the workers accepting on it.
+pub fn connection_slots() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS))
+}
 
 /// Protocol settings shared by the gateway and admin listeners.
 pub fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
@@ -46,20 +52,30 @@ pub fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecuto
     builder
 }
 
+/// The parts of a listener every accepting task shares.
+#[derive(Clone)]
+pub struct Accept {
+    pub tls: Option<TlsAcceptor>,
+    pub builder: auto::Builder<TokioExecutor>,
+    pub graceful: Arc<GracefulShutdown>,
+    pub shutdown: watch::Receiver<bool>,
+    pub slots: Arc<tokio::sync::Semaphore>,
+}
+
 /// Accepts until `shutdown` turns true. Each connection runs in its own task, registered with
 /// `watcher` so shutdown can wait for in-flight calls.
-pub async fn accept_loop<H, F>(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    builder: auto::Builder<TokioExecutor>,
-    graceful: Arc<GracefulShutdown>,
-    mut shutdown: watch::Receiver<bool>,
-    handler: H,
-) where
+pub async fn accept_loop<H, F>(listener: TcpListener, accept: Accept, handler: H)
+where
     H: Fn(Arc<ConnectionInfo>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let Accept {
+        tls,
+        builder,
+        graceful,
+        mut shutdown,
+        slots,
+    } = accept;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

@@ -254,7 +254,7 @@ pub(crate) async fn record_intent(
         shared.audit.append_later(record);
         return Ok(None);
     }
-    match shared.audit.append_durable(&record).await {
+    match shared.audit.append_durable(record).await {
         Ok(index) => Ok(Some(index)),
         Err(why) => {
             tracing::error!(integration = %context.integration.as_deref().unwrap_or(""), request_id = %context.request_id, %why, "audit log unavailable; refusing the call");

@@ -5,6 +5,10 @@
 //! DNS answer that later turns private is refused the next time a connection is made. TLS is
 //! rustls with the webpki roots plus an optional per-integration `ca_file`; ALPN offers h2 and
 //! http/1.1.
+//!
+//! Each data-plane worker has its own pool (see `workers.rs`): a pooled connection's task lives on
+//! the worker that opened it, so a call only ever reuses connections of its own thread and no
+//! call wakes another thread.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -180,7 +184,36 @@ impl hyper::rt::Write for GuardedStream {
     }
 }
 
-pub type UpstreamClient = Client<HttpsConnector<GuardedConnector>, ForwardBody>;
+type HyperClient = Client<HttpsConnector<GuardedConnector>, ForwardBody>;
+
+/// One integration's upstream pools: one per data-plane worker, made on the worker's first
+/// call, and one shared by every other thread (admin, token refresh, tests). Clones share them.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    pools: Arc<Pools>,
+}
+
+struct Pools {
+    builder: hyper_util::client::legacy::Builder,
+    connector: HttpsConnector<GuardedConnector>,
+    /// Index `w` for worker `w`; the last for threads outside the data plane.
+    slots: Box<[std::sync::OnceLock<HyperClient>]>,
+}
+
+impl UpstreamClient {
+    /// Sends `request` on this thread's pool.
+    pub fn request(
+        &self,
+        request: http::Request<ForwardBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        let pools = &*self.pools;
+        let last = pools.slots.len() - 1;
+        let slot = crate::workers::current().map_or(last, |worker| worker.min(last));
+        pools.slots[slot]
+            .get_or_init(|| pools.builder.build(pools.connector.clone()))
+            .request(request)
+    }
+}
 
 /// Settings for one integration's pool.
 pub struct UpstreamOptions<'a> {
@@ -233,12 +266,21 @@ pub fn build_client(options: UpstreamOptions<'_>) -> anyhow::Result<UpstreamClie
             .enable_all_versions()
             .wrap_connector(guarded)
     };
-    Ok(Client::builder(TokioExecutor::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(options.idle_timeout)
         .pool_max_idle_per_host(1024)
         .pool_timer(hyper_util::rt::TokioTimer::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .build(connector))
+        .timer(hyper_util::rt::TokioTimer::new());
+    Ok(UpstreamClient {
+        pools: Arc::new(Pools {
+            builder,
+            connector,
+            slots: (0..=postern_config::MAX_WORKERS)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+        }),
+    })
 }
 
 /// Finds the cause of a client error in its source chain.

@@ -118,7 +118,8 @@ struct Shared {
 enum Command {
     Append {
         entry: Vec<u8>,
-        reply: oneshot::Sender<Result<u64, LedgerError>>,
+        /// `None` for a detached append: nobody waits for it.
+        reply: Option<oneshot::Sender<Result<u64, LedgerError>>>,
     },
     Shutdown,
 }
@@ -182,7 +183,10 @@ impl Ledger {
         }
         let (reply, response) = oneshot::channel();
         self.commands
-            .send(Command::Append { entry, reply })
+            .send(Command::Append {
+                entry,
+                reply: Some(reply),
+            })
             .await
             .map_err(|_| LedgerError::Closed)?;
         response.await.map_err(|_| LedgerError::Closed)?
@@ -196,8 +200,10 @@ impl Ledger {
         if entry.is_empty() || entry.len() > MAX_RECORD_BYTES {
             return Err(DetachedAppend::Refused(LedgerError::EntrySize(entry.len())));
         }
-        let (reply, _ignored) = oneshot::channel();
-        match self.commands.try_send(Command::Append { entry, reply }) {
+        match self
+            .commands
+            .try_send(Command::Append { entry, reply: None })
+        {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(Command::Append { entry, .. })) => {
                 Err(DetachedAppend::Full(entry))
@@ -851,7 +857,7 @@ async fn run_sequencer(
             *shared.health.lock().expect("health lock") = Health::Unhealthy {
                 reason: reason.clone(),
             };
-            for reply in replies {
+            for reply in replies.into_iter().flatten() {
                 let _ = reply.send(Err(LedgerError::WriteFailed {
                     reason: reason.clone(),
                 }));
@@ -863,7 +869,9 @@ async fn run_sequencer(
             Ok(first_index) => {
                 *shared.health.lock().expect("health lock") = Health::Healthy;
                 for (i, reply) in replies.into_iter().enumerate() {
-                    let _ = reply.send(Ok(first_index + i as u64));
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(first_index + i as u64));
+                    }
                 }
             }
             Err(reason) => {
@@ -871,7 +879,7 @@ async fn run_sequencer(
                 *shared.health.lock().expect("health lock") = Health::Unhealthy {
                     reason: reason.clone(),
                 };
-                for reply in replies {
+                for reply in replies.into_iter().flatten() {
                     let _ = reply.send(Err(LedgerError::WriteFailed {
                         reason: reason.clone(),
                     }));
@@ -881,7 +889,9 @@ async fn run_sequencer(
     }
     commands.close();
     while let Ok(Command::Append { reply, .. }) = commands.try_recv() {
-        let _ = reply.send(Err(LedgerError::Closed));
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(LedgerError::Closed));
+        }
     }
 }
 

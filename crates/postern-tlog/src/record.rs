@@ -83,12 +83,7 @@ impl AuditRecord {
                 "data_classes must be sorted and unique",
             ));
         }
-        let is_hmac = |v: &String| {
-            v.len() == 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        if !self.hmacs.values().all(is_hmac) {
+        if !self.hmacs.values().all(|value| is_hmac_hex(value)) {
             return Err(RecordError::NotCanonical(
                 "hmacs values must be 64 lower-case hex characters",
             ));
@@ -124,6 +119,84 @@ impl AuditRecord {
         }
         Ok(record)
     }
+}
+
+/// A record borrowed from the caller's data, for the hot path: [`AuditRecordRef::encode`] gives
+/// exactly the bytes [`AuditRecord::encode`] gives for the same values, without building an
+/// owned record first. Field order here is the key order on the wire, as in [`AuditRecord`].
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct AuditRecordRef<'a> {
+    pub version: u32,
+    pub kind: RecordKind,
+    pub time_unix_ms: u64,
+    pub request_id: &'a str,
+    pub caller: &'a str,
+    pub integration: &'a str,
+    pub operation: &'a str,
+    pub method: &'a str,
+    pub path_template: &'a str,
+    pub decision: Decision,
+    pub reason: Option<&'a str>,
+    pub status: Option<u16>,
+    pub request_bytes: Option<u64>,
+    pub response_bytes: Option<u64>,
+    /// Sorted and unique.
+    pub data_classes: &'a [&'a str],
+    pub intent_index: Option<u64>,
+    /// `(name, hex)` pairs sorted by name, unique; written as a JSON object.
+    #[serde(serialize_with = "pairs_as_map")]
+    pub hmacs: &'a [(&'a str, &'a str)],
+}
+
+fn pairs_as_map<S: serde::Serializer>(
+    pairs: &&[(&str, &str)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(pairs.iter().map(|(name, value)| (name, value)))
+}
+
+impl AuditRecordRef<'_> {
+    /// The canonical bytes, appended to `out` (cleared first).
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), RecordError> {
+        if self.version != RECORD_VERSION {
+            return Err(RecordError::UnsupportedVersion(u64::from(self.version)));
+        }
+        if !self.data_classes.windows(2).all(|w| w[0] < w[1]) {
+            return Err(RecordError::NotCanonical(
+                "data_classes must be sorted and unique",
+            ));
+        }
+        if !self.hmacs.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Err(RecordError::NotCanonical(
+                "hmacs names must be sorted and unique",
+            ));
+        }
+        if !self.hmacs.iter().all(|(_, value)| is_hmac_hex(value)) {
+            return Err(RecordError::NotCanonical(
+                "hmacs values must be 64 lower-case hex characters",
+            ));
+        }
+        out.clear();
+        serde_json::to_writer(&mut *out, self)?;
+        if out.len() > MAX_ENTRY_BYTES {
+            return Err(RecordError::TooLarge(out.len()));
+        }
+        Ok(())
+    }
+
+    /// The canonical bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
+        let mut out = Vec::with_capacity(384);
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+}
+
+fn is_hmac_hex(value: &str) -> bool {
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// `HMAC-SHA256(key, u32_be(len(label)) ‖ label ‖ data)` in lower-case hex: how bodies and

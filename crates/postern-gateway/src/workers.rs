@@ -1,0 +1,228 @@
+//! The data plane's workers: `[gateway] workers` threads (default one per CPU), each with its own
+//! single-threaded tokio runtime, its own listening socket on the gateway address
+//! (`SO_REUSEPORT`: the kernel spreads new connections across the sockets) and its own upstream
+//! pools (`upstream.rs`). A connection and every call on it are served start to finish on one
+//! thread, as nginx's worker processes do: no work stealing, no cross-thread wake-up per call.
+//!
+//! What is shared stays shared (`Shared`: the config snapshot, rate limiters, the audit log, the
+//! event writer); it is reached through atomics and channels, never by moving a call between
+//! threads. The admin listener, the audit sequencer and the background jobs run on the main
+//! runtime.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use anyhow::Context as _;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Pending connections each worker's socket queues before the kernel refuses more.
+const LISTEN_BACKLOG: u32 = 1024;
+
+thread_local! {
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The data-plane worker running on this thread, if it is one.
+pub fn current() -> Option<usize> {
+    WORKER.with(Cell::get)
+}
+
+/// `[gateway] workers` resolved: `0` means one per CPU.
+pub fn count(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .min(postern_config::MAX_WORKERS)
+}
+
+/// The running workers. Dropping this without [`Workers::finish`] lets the threads end on their
+/// own (their in-flight calls are cut), as a dropped runtime would.
+pub struct Workers {
+    threads: Vec<JoinHandle<()>>,
+    stopped_accepting: mpsc::Receiver<()>,
+    finished: watch::Sender<bool>,
+}
+
+impl Workers {
+    /// Binds `count` sockets to `addr` and starts one worker on each. `serve` runs on the
+    /// worker's runtime with its listener and returns when the worker should stop accepting;
+    /// the worker's connections keep being served until [`Workers::finish`].
+    pub async fn start<S, F>(
+        addr: SocketAddr,
+        count: usize,
+        serve: S,
+    ) -> anyhow::Result<(Workers, SocketAddr)>
+    where
+        S: Fn(TcpListener) -> F + Clone + Send + 'static,
+        F: Future<Output = ()> + 'static,
+    {
+        let (sockets, bound) = bind(addr, count.max(1))
+            .with_context(|| format!("binding listen address {addr}"))?;
+        let (finished, _) = watch::channel(false);
+        let (accepting_done, stopped_accepting) = mpsc::channel(sockets.len());
+        let mut threads = Vec::with_capacity(sockets.len());
+        let mut ready = Vec::with_capacity(sockets.len());
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a worker's runtime")?;
+            let serve = serve.clone();
+            let mut finished = finished.subscribe();
+            let accepting_done = accepting_done.clone();
+            let (listening, listened) = oneshot::channel();
+            ready.push(listened);
+            let thread = std::thread::Builder::new()
+                .name(format!("postern-worker-{index}"))
+                .spawn(move || {
+                    WORKER.with(|worker| worker.set(Some(index)));
+                    runtime.block_on(async move {
+                        let listener = match socket.listen(LISTEN_BACKLOG) {
+                            Ok(listener) => listener,
+                            Err(error) => {
+                                let _ = listening.send(Err(error));
+                                return;
+                            }
+                        };
+                        let _ = listening.send(Ok(()));
+                        serve(listener).await;
+                        let _ = accepting_done.send(()).await;
+                        // Serve what is in flight until told to stop (or the gateway is dropped).
+                        let _ = finished.wait_for(|finished| *finished).await;
+                    });
+                })
+                .context("starting a worker thread")?;
+            threads.push(thread);
+        }
+        for listened in ready {
+            match listened.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    return Err(error).with_context(|| format!("listening on {bound}"));
+                }
+                Err(_) => anyhow::bail!("a worker thread ended before it was listening"),
+            }
+        }
+        Ok((
+            Workers {
+                threads,
+                stopped_accepting,
+                finished,
+            },
+            bound,
+        ))
+    }
+
+    /// Waits until every worker has stopped accepting (after the shutdown signal).
+    pub async fn stopped_accepting(&mut self) {
+        for _ in 0..self.threads.len() {
+            if self.stopped_accepting.recv().await.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Ends every worker (what is still in flight is closed) and waits for the threads.
+    pub async fn finish(self) {
+        let _ = self.finished.send(true);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// `count` sockets bound to one address with `SO_REUSEPORT`; a port of 0 is chosen by the first
+/// bind and shared by the rest. Returns them (not yet listening) and the bound address.
+///
+/// A plain bind first: if anything already holds the address (another Postern included, whose
+/// sockets would otherwise share it and split the traffic silently), start fails with "address
+/// in use" as it would without `SO_REUSEPORT`; and a plain bind by anyone later fails too.
+fn bind(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<TcpSocket>, SocketAddr)> {
+    let new_socket = || {
+        if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+    };
+    if addr.port() != 0 {
+        let probe = new_socket()?;
+        probe.set_reuseaddr(true)?;
+        probe.bind(addr)?;
+    }
+    let mut sockets = Vec::with_capacity(count);
+    let mut bound = addr;
+    for _ in 0..count {
+        let socket = new_socket()?;
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(bound)?;
+        bound = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok((sockets, bound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_worker_serves_on_its_own_thread_and_shares_one_port() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (mut workers, addr) = Workers::start("127.0.0.1:0".parse().unwrap(), 3, {
+            move |listener: TcpListener| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send((current(), listener.local_addr().unwrap()));
+                }
+            }
+        })
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let (worker, local) = rx.recv().await.unwrap();
+            assert_eq!(local, addr, "every worker listens on the one address");
+            seen.push(worker.expect("set on worker threads"));
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 2]);
+        assert_eq!(current(), None, "not a worker thread");
+        workers.stopped_accepting().await;
+        workers.finish().await;
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_is_refused_even_by_a_second_worker_group() {
+        let serve = |listener: TcpListener| async move {
+            let _ = listener.accept().await;
+        };
+        let (first, addr) = Workers::start("127.0.0.1:0".parse().unwrap(), 2, serve)
+            .await
+            .unwrap();
+        let error = Workers::start(addr, 2, serve)
+            .await
+            .err()
+            .expect("the address is taken");
+        assert!(format!("{error:#}").contains("in use"), "{error:#}");
+        let plain = std::net::TcpListener::bind(addr);
+        assert!(plain.is_err(), "a plain bind must not join the group");
+        drop(first);
+    }
+
+    #[test]
+    fn zero_means_one_per_cpu_and_the_count_is_capped() {
+        assert!(count(0) >= 1);
+        assert_eq!(count(3), 3);
+        assert_eq!(count(10_000), postern_config::MAX_WORKERS);
+    }
+}
