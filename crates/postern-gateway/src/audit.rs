@@ -7,12 +7,13 @@
 //! deleting it erases what the HMACs stood for while every proof stays valid).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use postern_ledger::{Health, Ledger, LedgerOptions};
 use postern_tlog::{keyed_hash, AuditRecordRef, Decision, RecordKind, RECORD_VERSION};
+use tokio::sync::{oneshot, Notify};
 use zeroize::Zeroizing;
 
 use crate::context::CallContext;
@@ -26,6 +27,38 @@ pub struct Audit {
     pub ledger: Ledger,
     hmac_key: Zeroizing<Vec<u8>>,
     pub timeout: Duration,
+    /// One per data-plane worker, made on its first call: see [`IntentPipe`].
+    pipes: Box<[OnceLock<Arc<IntentPipe>>]>,
+}
+
+/// The intents a worker's calls are waiting on, handed to the ledger as one run per commit: one
+/// round trip between the worker and the sequencer thread per batch instead of one per call
+/// (each cross-thread wake-up costs a syscall and often a context switch).
+struct IntentPipe {
+    queue: Mutex<Vec<(Vec<u8>, oneshot::Sender<Result<u64, String>>)>>,
+    ready: Notify,
+}
+
+/// A worker's pipe task: whenever intents are queued, appends them all as one run and answers
+/// each call with its index.
+async fn run_pipe(pipe: Arc<IntentPipe>, ledger: Ledger) {
+    loop {
+        pipe.ready.notified().await;
+        loop {
+            let batch = std::mem::take(&mut *pipe.queue.lock().expect("intent queue lock"));
+            if batch.is_empty() {
+                break;
+            }
+            let (entries, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let result = ledger.append_many(entries).await;
+            for (offset, reply) in (0u64..).zip(replies) {
+                let _ = reply.send(match &result {
+                    Ok(first) => Ok(first + offset),
+                    Err(error) => Err(error.to_string()),
+                });
+            }
+        }
+    }
 }
 
 /// What a finished or refused call contributes to its audit entry.
@@ -48,7 +81,11 @@ impl Audit {
             None => format!("postern/{}", hostname()),
         };
         let dir = data_dir.join(AUDIT_DIR);
-        let (ledger, report) = Ledger::open(&dir, LedgerOptions::new(origin))
+        let mut options = LedgerOptions::new(origin);
+        if let Some(us) = std::env::var("POSTERN_XP_COMMIT_US").ok().and_then(|v| v.parse().ok()) {
+            options.min_commit_interval_us = us;
+        }
+        let (ledger, report) = Ledger::open(&dir, options)
             .await
             .with_context(|| format!("opening the audit log in {}", dir.display()))?;
         if let Some(torn) = &report.torn_tail {
@@ -78,6 +115,9 @@ impl Audit {
             ledger,
             hmac_key,
             timeout,
+            pipes: (0..postern_config::MAX_WORKERS)
+                .map(|_| OnceLock::new())
+                .collect(),
         }))
     }
 
@@ -141,16 +181,46 @@ impl Audit {
     }
 
     /// Appends and waits until the entry is durable (or the timeout passes).
+    /// On a data-plane worker the entry goes through the worker's [`IntentPipe`].
     pub async fn append_durable(&self, entry: Entry) -> Result<u64, String> {
         let bytes = entry.0?;
-        match tokio::time::timeout(self.timeout, self.ledger.append(bytes)).await {
-            Ok(Ok(index)) => Ok(index),
-            Ok(Err(error)) => Err(error.to_string()),
+        let append = async {
+            match self.pipe() {
+                Some(pipe) => {
+                    let (reply, answer) = oneshot::channel();
+                    pipe.queue
+                        .lock()
+                        .expect("intent queue lock")
+                        .push((bytes, reply));
+                    pipe.ready.notify_one();
+                    answer
+                        .await
+                        .map_err(|_| "the audit log's worker pipe ended".to_string())?
+                }
+                None => self.ledger.append(bytes).await.map_err(|e| e.to_string()),
+            }
+        };
+        match tokio::time::timeout(self.timeout, append).await {
+            Ok(result) => result,
             Err(_) => Err(format!(
                 "the audit log did not acknowledge within audit_timeout_ms ({} ms)",
                 self.timeout.as_millis()
             )),
         }
+    }
+
+    /// This worker's pipe (started on its first use), or `None` off the data plane.
+    fn pipe(&self) -> Option<&Arc<IntentPipe>> {
+        let slot = self.pipes.get(crate::workers::current()?)?;
+        Some(slot.get_or_init(|| {
+            let pipe = Arc::new(IntentPipe {
+                queue: Mutex::new(Vec::new()),
+                ready: Notify::new(),
+            });
+            // On the worker's own runtime: the pipe's wake-ups never leave the thread.
+            tokio::spawn(run_pipe(pipe.clone(), self.ledger.clone()));
+            pipe
+        }))
     }
 
     /// Appends without making the caller wait (refusals and outcomes): queued for the next group

@@ -22,6 +22,9 @@ use crate::store::{
     HashFile, CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE, HASHES_FILE, LOG_DIR,
 };
 
+/// Default [`LedgerOptions::min_commit_interval_us`].
+pub const DEFAULT_MIN_COMMIT_INTERVAL_US: u64 = 1_000;
+
 /// How the ledger batches and stores entries.
 #[derive(Clone, Debug)]
 pub struct LedgerOptions {
@@ -32,6 +35,11 @@ pub struct LedgerOptions {
     /// How long the sequencer waits for more entries after the first one of a batch (0: take
     /// only what is already queued — while one batch syncs the next one queues up).
     pub max_batch_wait_ms: u64,
+    /// Under concurrent load (the previous batch held more than one entry), a commit starts no
+    /// sooner than this long after the previous one started: the entries of calls in flight
+    /// join it instead of each paying for its own `fdatasync` (PostgreSQL's `commit_delay`, but
+    /// measured from the last commit). A lone caller never waits for it.
+    pub min_commit_interval_us: u64,
     /// A new segment starts (at a batch boundary) once the current one reaches this size.
     pub max_segment_bytes: u64,
     /// Appends waiting for the sequencer before `append` itself waits.
@@ -44,6 +52,7 @@ impl LedgerOptions {
             origin: origin.into(),
             max_batch_entries: 4096,
             max_batch_wait_ms: 0,
+            min_commit_interval_us: DEFAULT_MIN_COMMIT_INTERVAL_US,
             max_segment_bytes: 64 << 20,
             queue_capacity: 65_536,
         }
@@ -121,6 +130,11 @@ enum Command {
         /// `None` for a detached append: nobody waits for it.
         reply: Option<oneshot::Sender<Result<u64, LedgerError>>>,
     },
+    /// Several entries written together, in order; the reply carries the first one's index.
+    AppendMany {
+        entries: Vec<Vec<u8>>,
+        reply: oneshot::Sender<Result<u64, LedgerError>>,
+    },
     Shutdown,
 }
 
@@ -137,7 +151,8 @@ pub enum DetachedAppend {
 pub struct Ledger {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
-    sequencer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// Resolves when the sequencer thread has ended; taken by `close`.
+    sequencer: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -164,12 +179,22 @@ impl Ledger {
                 .expect("ledger open task panicked")?;
         let shared = Arc::new(shared);
         let (commands, receiver) = mpsc::channel(shared.options.queue_capacity.max(1));
-        let task = tokio::spawn(run_sequencer(shared.clone(), writer, receiver));
+        let (ended, sequencer_ended) = oneshot::channel();
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("postern-audit-log".to_string())
+            .spawn(move || {
+                run_sequencer(&thread_shared, writer, receiver);
+                let _ = ended.send(());
+            })
+            .map_err(|error| LedgerError::WriteFailed {
+                reason: format!("cannot start the sequencer thread: {error}"),
+            })?;
         Ok((
             Ledger {
                 shared,
                 commands,
-                sequencer: Arc::new(Mutex::new(Some(task))),
+                sequencer: Arc::new(Mutex::new(Some(sequencer_ended))),
             },
             report,
         ))
@@ -187,6 +212,27 @@ impl Ledger {
                 entry,
                 reply: Some(reply),
             })
+            .await
+            .map_err(|_| LedgerError::Closed)?;
+        response.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Appends several entries as one contiguous run; resolves with the first one's index once
+    /// all are durable (the rest follow it in order). One round trip to the sequencer for the
+    /// whole run: what a data-plane worker uses for the intents its calls are waiting on.
+    pub async fn append_many(&self, entries: Vec<Vec<u8>>) -> Result<u64, LedgerError> {
+        if let Some(bad) = entries
+            .iter()
+            .find(|entry| entry.is_empty() || entry.len() > MAX_RECORD_BYTES)
+        {
+            return Err(LedgerError::EntrySize(bad.len()));
+        }
+        if entries.is_empty() {
+            return Ok(self.size());
+        }
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .send(Command::AppendMany { entries, reply })
             .await
             .map_err(|_| LedgerError::Closed)?;
         response.await.map_err(|_| LedgerError::Closed)?
@@ -217,9 +263,9 @@ impl Ledger {
     /// handle keep working on what was committed).
     pub async fn close(&self) {
         let _ = self.commands.send(Command::Shutdown).await;
-        let task = self.sequencer.lock().expect("sequencer lock").take();
-        if let Some(task) = task {
-            let _ = task.await;
+        let ended = self.sequencer.lock().expect("sequencer lock").take();
+        if let Some(ended) = ended {
+            let _ = ended.await;
         }
         drop(self.shared.lock.lock().expect("lock file lock").take());
     }
@@ -790,16 +836,17 @@ fn load_latest_checkpoint(
     Ok(latest)
 }
 
-async fn run_sequencer(
-    shared: Arc<Shared>,
-    mut writer: Writer,
-    mut commands: mpsc::Receiver<Command>,
-) {
+/// The sequencer: a thread of its own (the batch write and its `fdatasync` block). Takes what is
+/// queued, waits out [`LedgerOptions::min_commit_interval_us`] under load, writes and syncs the
+/// batch, then answers every waiting append.
+fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiver<Command>) {
     let max_batch = shared.options.max_batch_entries.max(1);
     let wait = Duration::from_millis(shared.options.max_batch_wait_ms);
+    let interval = Duration::from_micros(shared.options.min_commit_interval_us);
+    let mut last_commit: Option<(std::time::Instant, usize)> = None;
     let mut shutting_down = false;
     while !shutting_down {
-        let Some(first) = commands.recv().await else {
+        let Some(first) = commands.blocking_recv() else {
             break;
         };
         let mut batch = Vec::with_capacity(max_batch.min(1024));
@@ -808,52 +855,56 @@ async fn run_sequencer(
                 batch.push((entry, reply));
                 false
             }
+            Command::AppendMany { entries, reply } => {
+                let mut reply = Some(reply);
+                for entry in entries {
+                    batch.push((entry, reply.take()));
+                }
+                false
+            }
             Command::Shutdown => true,
         };
-        shutting_down = take(first, &mut batch);
-        // Drain what is queued; then give the runtime's other tasks two turns (no timer, so no
-        // added latency when idle) and drain again: under load that gathers the entries of
-        // calls already in flight into this commit instead of the next, fewer `fdatasync`s.
-        for round in 0..3 {
-            if round > 0 {
-                if shutting_down || batch.len() >= max_batch {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
-            while !shutting_down && batch.len() < max_batch {
+        let drain = |batch: &mut Vec<_>, commands: &mut mpsc::Receiver<Command>| {
+            while batch.len() < max_batch {
                 match commands.try_recv() {
-                    Ok(command) => shutting_down = take(command, &mut batch),
+                    Ok(command) => {
+                        if take(command, batch) {
+                            return true;
+                        }
+                    }
                     Err(_) => break,
                 }
             }
+            false
+        };
+        shutting_down = take(first, &mut batch) || drain(&mut batch, &mut commands);
+        let mut hold_until = None;
+        if let Some((started, entries)) = last_commit {
+            if entries > 1 || batch.len() > 1 {
+                hold_until = Some(started + interval);
+            }
         }
-        if !wait.is_zero() && !shutting_down && batch.len() < max_batch {
-            let deadline = tokio::time::Instant::now() + wait;
-            while batch.len() < max_batch {
-                match tokio::time::timeout_at(deadline, commands.recv()).await {
-                    Ok(Some(command)) => {
-                        shutting_down = take(command, &mut batch);
-                        if shutting_down {
-                            break;
-                        }
-                    }
-                    _ => break,
-                }
+        if !wait.is_zero() {
+            let deadline = std::time::Instant::now() + wait;
+            hold_until = Some(hold_until.map_or(deadline, |until| until.max(deadline)));
+        }
+        if let Some(until) = hold_until {
+            let now = std::time::Instant::now();
+            if !shutting_down && batch.len() < max_batch && until > now {
+                std::thread::sleep(until - now);
+                shutting_down = drain(&mut batch, &mut commands);
             }
         }
         if batch.is_empty() {
             continue;
         }
+        last_commit = Some((std::time::Instant::now(), batch.len()));
         let (entries, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let task_shared = shared.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let result = write_batch(&task_shared, &mut writer, &entries);
-            (writer, result)
-        })
-        .await;
-        let Ok((returned_writer, result)) = outcome else {
-            let reason = "the sequencer's write task panicked".to_string();
+        let Ok(result) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write_batch(shared, &mut writer, &entries)
+        })) else {
+            // The writer's state is unknown: stop (later appends fail with `Closed`).
+            let reason = "the sequencer's batch write panicked".to_string();
             *shared.health.lock().expect("health lock") = Health::Unhealthy {
                 reason: reason.clone(),
             };
@@ -864,7 +915,6 @@ async fn run_sequencer(
             }
             return;
         };
-        writer = returned_writer;
         match result {
             Ok(first_index) => {
                 *shared.health.lock().expect("health lock") = Health::Healthy;
@@ -888,9 +938,15 @@ async fn run_sequencer(
         }
     }
     commands.close();
-    while let Ok(Command::Append { reply, .. }) = commands.try_recv() {
-        if let Some(reply) = reply {
-            let _ = reply.send(Err(LedgerError::Closed));
+    while let Ok(command) = commands.try_recv() {
+        match command {
+            Command::Append {
+                reply: Some(reply), ..
+            }
+            | Command::AppendMany { reply, .. } => {
+                let _ = reply.send(Err(LedgerError::Closed));
+            }
+            _ => {}
         }
     }
 }

@@ -463,3 +463,38 @@ async fn a_second_writer_is_refused_until_the_first_closes() {
     assert_eq!(report.entries, 3);
     reopened.close().await;
 }
+
+#[tokio::test]
+async fn append_many_writes_one_contiguous_run_among_concurrent_appends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..3).await;
+    // Runs from several tasks interleave with single appends; each run stays contiguous.
+    let mut tasks = Vec::new();
+    for run in 0..8u64 {
+        let many = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let entries: Vec<Vec<u8>> = (0..5).map(|i| entry(1000 + run * 10 + i)).collect();
+            let first = many.append_many(entries.clone()).await.unwrap();
+            (first, entries)
+        }));
+        let single = ledger.clone();
+        tokio::spawn(async move { single.append(entry(5000 + run)).await.unwrap() });
+    }
+    for task in tasks {
+        let (first, entries) = task.await.unwrap();
+        for (i, expected) in entries.iter().enumerate() {
+            assert_eq!(&ledger.entry(first + i as u64).unwrap(), expected);
+        }
+    }
+    assert_eq!(
+        ledger.append_many(Vec::new()).await.unwrap(),
+        ledger.size(),
+        "an empty run writes nothing"
+    );
+    assert!(matches!(
+        ledger.append_many(vec![entry(1), Vec::new()]).await,
+        Err(LedgerError::EntrySize(0))
+    ));
+    ledger.close().await;
+}
