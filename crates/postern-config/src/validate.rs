@@ -276,9 +276,7 @@ impl Validator<'_> {
                     self.error(
                         value.span(),
                         format!("`workers` = {workers} is more than {MAX_WORKERS}"),
-                        format!(
-                            "use 1 to {MAX_WORKERS}, or 0 (or no key) for one worker per CPU"
-                        ),
+                        format!("use 1 to {MAX_WORKERS}, or 0 (or no key) for one worker per CPU"),
                     );
                 }
                 workers

@@ -35,9 +35,12 @@ pub struct Audit {
 /// round trip between the worker and the sequencer thread per batch instead of one per call
 /// (each cross-thread wake-up costs a syscall and often a context switch).
 struct IntentPipe {
-    queue: Mutex<Vec<(Vec<u8>, oneshot::Sender<Result<u64, String>>)>>,
+    queue: Mutex<Vec<(Vec<u8>, IndexReply)>>,
     ready: Notify,
 }
+
+/// Where a waiting call learns its entry's index (or why it has none).
+type IndexReply = oneshot::Sender<Result<u64, String>>;
 
 /// A worker's pipe task: whenever intents are queued, appends them all as one run and answers
 /// each call with its index.
@@ -81,11 +84,7 @@ impl Audit {
             None => format!("postern/{}", hostname()),
         };
         let dir = data_dir.join(AUDIT_DIR);
-        let mut options = LedgerOptions::new(origin);
-        if let Some(us) = std::env::var("POSTERN_XP_COMMIT_US").ok().and_then(|v| v.parse().ok()) {
-            options.min_commit_interval_us = us;
-        }
-        let (ledger, report) = Ledger::open(&dir, options)
+        let (ledger, report) = Ledger::open(&dir, LedgerOptions::new(origin))
             .await
             .with_context(|| format!("opening the audit log in {}", dir.display()))?;
         if let Some(torn) = &report.torn_tail {

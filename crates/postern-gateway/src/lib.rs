@@ -400,9 +400,13 @@ impl RunningGateway {
                 let shared = shared.clone();
                 move |listener| {
                     let shared = shared.clone();
-                    listener::accept_loop(listener, gateway_accept.clone(), move |connection, request| {
-                        proxy::handle(shared.clone(), connection, request)
-                    })
+                    listener::accept_loop(
+                        listener,
+                        gateway_accept.clone(),
+                        move |connection, request| {
+                            proxy::handle(shared.clone(), connection, request)
+                        },
+                    )
                 }
             },
         )
@@ -706,4 +710,3 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     file.sync_all()?;
     Ok(())
 }
-

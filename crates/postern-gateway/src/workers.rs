@@ -60,8 +60,8 @@ impl Workers {
         S: Fn(TcpListener) -> F + Clone + Send + 'static,
         F: Future<Output = ()> + 'static,
     {
-        let (sockets, bound) = bind(addr, count.max(1))
-            .with_context(|| format!("binding listen address {addr}"))?;
+        let (sockets, bound) =
+            bind(addr, count.max(1)).with_context(|| format!("binding listen address {addr}"))?;
         let (finished, _) = watch::channel(false);
         let (accepting_done, stopped_accepting) = mpsc::channel(sockets.len());
         let mut threads = Vec::with_capacity(sockets.len());

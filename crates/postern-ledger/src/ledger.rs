@@ -23,7 +23,7 @@ use crate::store::{
 };
 
 /// Default [`LedgerOptions::min_commit_interval_us`].
-pub const DEFAULT_MIN_COMMIT_INTERVAL_US: u64 = 1_000;
+pub const DEFAULT_MIN_COMMIT_INTERVAL_US: u64 = 500;
 
 /// How the ledger batches and stores entries.
 #[derive(Clone, Debug)]

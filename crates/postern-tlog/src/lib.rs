@@ -48,7 +48,9 @@ pub mod tree;
 pub use checkpoint::{Checkpoint, CheckpointError, TlogProof, TLOG_PROOF_HEADER};
 pub use hash::{empty_root, leaf_hash, node_hash, Hash, HASH_SIZE};
 pub use note::{ed25519_key_id, open_note, NoteError, NoteSigner, NoteVerifier, OpenedNote};
-pub use record::{keyed_hash, AuditRecord, AuditRecordRef, Decision, RecordError, RecordKind, RECORD_VERSION};
+pub use record::{
+    keyed_hash, AuditRecord, AuditRecordRef, Decision, RecordError, RecordKind, RECORD_VERSION,
+};
 pub use tile::{
     append_bundle_entry, decode_entry_bundle, encode_entry_bundle, encode_tile_index,
     parse_tile_path, tile_width, EntryBundle, HashTile, TileError, TileResource, MAX_ENTRY_BYTES,
