@@ -13,6 +13,7 @@ TARGETS = [
     ("direct", "(a) direct to upstream"),
     ("nginx", "(b) nginx proxy_pass"),
     ("postern", "(c) Postern, full pipeline"),
+    ("floor", "(d) hyper floor: bare hyper proxy, no pipeline"),
 ]
 
 
@@ -143,6 +144,20 @@ def main():
         w("A closed-loop load generator saturates whatever is slowest, so latency here includes queueing at "
           "saturation; with every process on the same CPUs, a proxy that needs more CPU per request also "
           "takes CPU from wrk and the upstream.")
+        w("")
+
+    if all(t in med for t in ("nginx", "postern", "floor")):
+        n, p, f = med["nginx"], med["postern"], med["floor"]
+        w("## Against the hyper floor")
+        w("")
+        w("The floor forwards the same request with hyper and nothing else. What it costs over nginx is the "
+          "HTTP stack's; what Postern costs over it is Postern's own per-call work.")
+        w("")
+        w("| | floor vs nginx | Postern vs floor |")
+        w("|---|---:|---:|")
+        w(f"| throughput (req/s ratio) | {f['rps'] / n['rps']:.2f}× | {p['rps'] / f['rps']:.2f}× |")
+        w(f"| proxy CPU per request | {f['proxy_cpu_us']:.1f} vs {n['proxy_cpu_us']:.1f} µs | "
+          f"{p['proxy_cpu_us']:.1f} vs {f['proxy_cpu_us']:.1f} µs (+{p['proxy_cpu_us'] - f['proxy_cpu_us']:.1f}) |")
         w("")
 
     w("## Per round")

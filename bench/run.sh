@@ -37,6 +37,9 @@ Measures, in one run on this machine, side by side:
   (b) nginx     wrk -> nginx proxy_pass (no policy, keep-alive upstream) -> upstream
   (c) postern   wrk -> Postern, full pipeline (caller token, grant, Cedar, rate limit,
                 bearer credential injected from a file, events to data_dir) -> upstream
+  (d) floor     wrk -> a bare hyper proxy, one single-threaded runtime per thread
+                (crates/postern-bench-upstream/examples/minproxy.rs) -> upstream: what any
+                hyper-based proxy costs here before it does anything (only with --targets)
 Runs alternate a,b,c,a,b,c,... for --rounds rounds; the report gives medians, proxy CPU per
 request, peak RSS (VmHWM) and memory per idle keep-alive connection (bench/idle_conns.py).
 Everything runs on loopback in a temp dir; every process started is killed on exit.
@@ -52,7 +55,7 @@ Options:
   --idle-conns N        idle connections for the memory test (default $IDLE_CONNS; 0 skips it)
   --method GET|POST     GET /v1/charges/ch_123 or POST /v1/charges with a small form body (default $METHOD)
   --nginx-access-log on|off  nginx access log to a file in the temp dir (default $NGINX_ACCESS_LOG)
-  --targets "LIST"      subset of "direct nginx postern" (default all)
+  --targets "LIST"      subset of "direct nginx postern floor" (default "direct nginx postern")
   --out FILE            Markdown report (default bench/results/latest.md); also printed on stdout
   --perf                after the rounds, profile Postern and nginx under the same load with
                         perf (DWARF call graphs; reports in bench/results/perf-*.txt)
@@ -140,8 +143,8 @@ command -v cargo >/dev/null || [[ $SKIP_BUILD -eq 1 ]] || die "cargo is needed t
 
 # ---------------------------------------------------------------- build
 if [[ $SKIP_BUILD -eq 0 ]]; then
-  log "building: cargo build --release -p postern -p postern-bench-upstream"
-  (cd "$REPO_DIR" && cargo build --release --quiet -p postern -p postern-bench-upstream) >&2 \
+  log "building: cargo build --release -p postern -p postern-bench-upstream --bins --example minproxy"
+  (cd "$REPO_DIR" && cargo build --release --quiet -p postern -p postern-bench-upstream --bins --example minproxy) >&2 \
     || die "cargo build failed (does every workspace crate build? --skip-build uses the last release binaries)"
 fi
 TARGET_DIR="${CARGO_TARGET_DIR:-}"
@@ -151,6 +154,7 @@ if [[ -z "$TARGET_DIR" ]]; then
 fi
 POSTERN_BIN="$TARGET_DIR/release/postern"
 UPSTREAM_BIN="$TARGET_DIR/release/postern-bench-upstream"
+FLOOR_BIN="$TARGET_DIR/release/examples/minproxy"
 [[ -x "$POSTERN_BIN" && -x "$UPSTREAM_BIN" ]] || die "release binaries not found in $TARGET_DIR/release (drop --skip-build?)"
 
 # ---------------------------------------------------------------- temp dir, cleanup
@@ -229,6 +233,7 @@ cpu_ticks() { # PID... -> utime+stime summed (clock ticks)
 UPSTREAM_PORT="$(free_port)"
 NGINX_PORT="$(free_port)"
 POSTERN_PORT="$(free_port)"
+FLOOR_PORT="$(free_port)"
 ADMIN_PORT="$(free_port)"
 
 # ---------------------------------------------------------------- upstream
@@ -363,6 +368,7 @@ url_of() {
     direct) echo "http://127.0.0.1:$UPSTREAM_PORT$VENDOR_PATH" ;;
     nginx) echo "http://127.0.0.1:$NGINX_PORT/bench$VENDOR_PATH" ;;
     postern) echo "http://127.0.0.1:$POSTERN_PORT/bench$VENDOR_PATH" ;;
+    floor) echo "http://127.0.0.1:$FLOOR_PORT/bench$VENDOR_PATH" ;;
   esac
 }
 proxy_pids() {
@@ -370,6 +376,7 @@ proxy_pids() {
     direct) echo "$UPSTREAM_PID" ;;
     nginx) echo "$NGINX_PID $(nginx_workers)" ;;
     postern) echo "$POSTERN_PID" ;;
+    floor) echo "$FLOOR_PID" ;;
   esac
 }
 
@@ -392,10 +399,20 @@ EOF
 
 start_nginx
 start_postern
+FLOOR_PID=""
+if [[ " $TARGETS " == *" floor "* ]]; then
+  [[ -x "$FLOOR_BIN" ]] || die "$FLOOR_BIN not found (drop --skip-build, or build it: cargo build --release -p postern-bench-upstream --example minproxy)"
+  "$FLOOR_BIN" tpc "127.0.0.1:$FLOOR_PORT" "http://127.0.0.1:$UPSTREAM_PORT" "$PROXY_THREADS" >"$WORK/floor.log" 2>&1 &
+  FLOOR_PID=$!
+  PIDS+=("$FLOOR_PID")
+  wait_port "$FLOOR_PORT" "$FLOOR_PID" floor
+fi
 log "upstream :$UPSTREAM_PORT (pid $UPSTREAM_PID), nginx :$NGINX_PORT (pid $NGINX_PID), postern :$POSTERN_PORT (pid $POSTERN_PID); work dir $WORK"
 
 # Sanity: every target answers 200 with the upstream's body; Postern refuses a call without a token.
-for target in direct nginx postern; do
+SANITY_TARGETS="direct nginx postern"
+[[ -n "$FLOOR_PID" ]] && SANITY_TARGETS+=" floor"
+for target in $SANITY_TARGETS; do
   curl_args=(-s -o "$WORK/check-$target.body" -w '%{http_code}' -H "Authorization: Bearer $TOKEN")
   [[ "$METHOD" == POST ]] && curl_args+=(-X POST -H "Content-Type: $POST_TYPE" --data-raw "$POST_BODY")
   code="$(curl "${curl_args[@]}" "$(url_of "$target")")"
@@ -506,6 +523,7 @@ done
     echo "nginx_hwm_kb=$total"
   fi
   echo "postern_hwm_kb=$(status_kb "$POSTERN_PID" VmHWM)"
+  [[ -n "$FLOOR_PID" ]] && echo "floor_hwm_kb=$(status_kb "$FLOOR_PID" VmHWM)"
 } >"$WORK/hwm.env"
 EVENT_LINES="$(cat "$WORK"/postern/data/events.jsonl* 2>/dev/null | wc -l)"
 POSTERN_LOG_BYTES="$(wc -c <"$WORK/postern.log")"
