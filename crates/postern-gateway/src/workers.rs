@@ -89,7 +89,11 @@ impl Workers {
                             }
                         };
                         let _ = listening.send(Ok(()));
-                        serve(listener).await;
+                        let accepting = serve(listener);
+                        // Nothing `serve` captured may outlive accepting: the gateway's graceful
+                        // shutdown waits for the last handle on its connection watcher.
+                        drop(serve);
+                        accepting.await;
                         let _ = accepting_done.send(()).await;
                         // Serve what is in flight until told to stop (or the gateway is dropped).
                         let _ = finished.wait_for(|finished| *finished).await;

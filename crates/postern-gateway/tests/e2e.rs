@@ -1246,3 +1246,55 @@ operations = ["*"]
     drop(listener);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_lets_in_flight_calls_finish() {
+    // The vendor sleeps on its runtime's threads: two slow calls leave two threads for the test.
+    let handler: Handler = Arc::new(|request: &SeenRequest| {
+        if request.target.ends_with("ch_slow") {
+            std::thread::sleep(std::time::Duration::from_millis(600));
+        }
+        Answer::json(200, serde_json::json!({"ok": true}))
+    });
+    let vendor = TestVendor::tls(handler).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = format!("{}/stripe/v1/charges/ch_slow", gw.base);
+            let token = gw.token.clone();
+            tokio::spawn(async move {
+                client()
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .map(|response| response.status())
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        slow.iter().all(|call| !call.is_finished()),
+        "the slow calls are in flight when shutdown starts"
+    );
+    let base = gw.base.clone();
+    gw.stop().await;
+    for call in slow {
+        let status = call
+            .await
+            .unwrap()
+            .expect("the in-flight call was answered");
+        assert_eq!(
+            status, 200,
+            "in-flight calls finish during the grace period"
+        );
+    }
+    assert!(
+        client()
+            .get(format!("{base}/stripe/v1/charges/ch_1"))
+            .send()
+            .await
+            .is_err(),
+        "nothing accepts after shutdown"
+    );
+}
