@@ -1087,15 +1087,21 @@ async fn missing_credential_answers_503_and_readyz_says_why() {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reload_swaps_config_atomically_and_in_flight_calls_finish() {
+/// A vendor that answers `…/ch_slow` after 600 ms (sleeping on its runtime's thread) and
+/// everything else at once.
+async fn slow_vendor() -> TestVendor {
     let handler: Handler = Arc::new(|request: &SeenRequest| {
         if request.target.ends_with("ch_slow") {
             std::thread::sleep(std::time::Duration::from_millis(600));
         }
         Answer::json(200, serde_json::json!({"ok": true}))
     });
-    let vendor = TestVendor::tls(handler).await;
+    TestVendor::tls(handler).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_swaps_config_atomically_and_in_flight_calls_finish() {
+    let vendor = slow_vendor().await;
     let gw = stripe_gateway(&vendor, "").await;
     let refund = || {
         client()
@@ -1250,13 +1256,7 @@ operations = ["*"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_lets_in_flight_calls_finish() {
     // The vendor sleeps on its runtime's threads: two slow calls leave two threads for the test.
-    let handler: Handler = Arc::new(|request: &SeenRequest| {
-        if request.target.ends_with("ch_slow") {
-            std::thread::sleep(std::time::Duration::from_millis(600));
-        }
-        Answer::json(200, serde_json::json!({"ok": true}))
-    });
-    let vendor = TestVendor::tls(handler).await;
+    let vendor = slow_vendor().await;
     let gw = stripe_gateway(&vendor, "").await;
     let slow: Vec<_> = (0..2)
         .map(|_| {
