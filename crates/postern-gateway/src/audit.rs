@@ -7,7 +7,7 @@
 //! deleting it erases what the HMACs stood for while every proof stays valid).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, Notify};
 use zeroize::Zeroizing;
 
 use crate::context::CallContext;
+use crate::workers::PerWorker;
 
 /// Directory of the log inside `data_dir`.
 pub const AUDIT_DIR: &str = "audit";
@@ -28,7 +29,7 @@ pub struct Audit {
     hmac_key: Zeroizing<Vec<u8>>,
     pub timeout: Duration,
     /// One per data-plane worker, made on its first call: see [`IntentPipe`].
-    pipes: Box<[OnceLock<Arc<IntentPipe>>]>,
+    pipes: PerWorker<Arc<IntentPipe>>,
 }
 
 /// The intents a worker's calls are waiting on, handed to the ledger as one run per commit: one
@@ -114,9 +115,7 @@ impl Audit {
             ledger,
             hmac_key,
             timeout,
-            pipes: (0..postern_config::MAX_WORKERS)
-                .map(|_| OnceLock::new())
-                .collect(),
+            pipes: PerWorker::new(),
         }))
     }
 
@@ -210,8 +209,7 @@ impl Audit {
 
     /// This worker's pipe (started on its first use), or `None` off the data plane.
     fn pipe(&self) -> Option<&Arc<IntentPipe>> {
-        let slot = self.pipes.get(crate::workers::current()?)?;
-        Some(slot.get_or_init(|| {
+        self.pipes.on_worker(|| {
             let pipe = Arc::new(IntentPipe {
                 queue: Mutex::new(Vec::new()),
                 ready: Notify::new(),
@@ -219,7 +217,7 @@ impl Audit {
             // On the worker's own runtime: the pipe's wake-ups never leave the thread.
             tokio::spawn(run_pipe(pipe.clone(), self.ledger.clone()));
             pipe
-        }))
+        })
     }
 
     /// Appends without making the caller wait (refusals and outcomes): queued for the next group

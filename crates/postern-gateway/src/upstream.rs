@@ -196,8 +196,7 @@ pub struct UpstreamClient {
 struct Pools {
     builder: hyper_util::client::legacy::Builder,
     connector: HttpsConnector<GuardedConnector>,
-    /// Index `w` for worker `w`; the last for threads outside the data plane.
-    slots: Box<[std::sync::OnceLock<HyperClient>]>,
+    clients: crate::workers::PerWorker<HyperClient>,
 }
 
 impl UpstreamClient {
@@ -207,9 +206,8 @@ impl UpstreamClient {
         request: http::Request<ForwardBody>,
     ) -> hyper_util::client::legacy::ResponseFuture {
         let pools = &*self.pools;
-        let last = pools.slots.len() - 1;
-        let slot = crate::workers::current().map_or(last, |worker| worker.min(last));
-        pools.slots[slot]
+        pools
+            .clients
             .get_or_init(|| pools.builder.build(pools.connector.clone()))
             .request(request)
     }
@@ -276,9 +274,7 @@ pub fn build_client(options: UpstreamOptions<'_>) -> anyhow::Result<UpstreamClie
         pools: Arc::new(Pools {
             builder,
             connector,
-            slots: (0..=postern_config::MAX_WORKERS)
-                .map(|_| std::sync::OnceLock::new())
-                .collect(),
+            clients: crate::workers::PerWorker::new(),
         }),
     })
 }

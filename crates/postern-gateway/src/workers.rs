@@ -30,6 +30,41 @@ pub fn current() -> Option<usize> {
     WORKER.with(Cell::get)
 }
 
+/// A value per data-plane worker, made on that worker's first use (so anything it spawns lands
+/// on the worker's own runtime), and one more shared by every thread outside the data plane.
+pub struct PerWorker<T> {
+    /// Index `w` for worker `w`; the last for threads outside the data plane.
+    slots: Box<[std::sync::OnceLock<T>]>,
+}
+
+impl<T> PerWorker<T> {
+    pub fn new() -> Self {
+        PerWorker {
+            slots: (0..=postern_config::MAX_WORKERS)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// This thread's value: its worker's, or the shared one off the data plane.
+    pub fn get_or_init(&self, init: impl FnOnce() -> T) -> &T {
+        let last = self.slots.len() - 1;
+        let slot = current().map_or(last, |worker| worker.min(last - 1));
+        self.slots[slot].get_or_init(init)
+    }
+
+    /// This worker's value, or `None` off the data plane.
+    pub fn on_worker(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        current().map(|_| self.get_or_init(init))
+    }
+}
+
+impl<T> Default for PerWorker<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// `[gateway] workers` resolved: `0` means one per CPU.
 pub fn count(configured: usize) -> usize {
     match configured {
@@ -221,6 +256,39 @@ mod tests {
         let plain = std::net::TcpListener::bind(addr);
         assert!(plain.is_err(), "a plain bind must not join the group");
         drop(first);
+    }
+
+    #[tokio::test]
+    async fn per_worker_values_are_kept_apart_and_one_is_shared_off_the_data_plane() {
+        let values = std::sync::Arc::new(PerWorker::<Option<usize>>::new());
+        assert_eq!(*values.get_or_init(current), None, "the shared value");
+        assert!(values.on_worker(current).is_none(), "not a worker thread");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (mut workers, _) = Workers::start("127.0.0.1:0".parse().unwrap(), 2, {
+            let values = values.clone();
+            move |_listener: TcpListener| {
+                let (tx, values) = (tx.clone(), values.clone());
+                async move {
+                    let made = values.on_worker(current).copied();
+                    let again = *values.get_or_init(|| Some(usize::MAX));
+                    let _ = tx.send((current(), made, again));
+                }
+            }
+        })
+        .await
+        .unwrap();
+        for _ in 0..2 {
+            let (worker, made, again) = rx.recv().await.unwrap();
+            assert_eq!(made, Some(worker), "made on and for its own worker");
+            assert_eq!(again, worker, "later calls get the same value");
+        }
+        assert_eq!(
+            *values.get_or_init(|| Some(7)),
+            None,
+            "still the shared one"
+        );
+        workers.stopped_accepting().await;
+        workers.finish().await;
     }
 
     #[test]

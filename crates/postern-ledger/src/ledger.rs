@@ -32,9 +32,6 @@ pub struct LedgerOptions {
     pub origin: String,
     /// Most entries written and synced together.
     pub max_batch_entries: usize,
-    /// How long the sequencer waits for more entries after the first one of a batch (0: take
-    /// only what is already queued — while one batch syncs the next one queues up).
-    pub max_batch_wait_ms: u64,
     /// Under concurrent load (the previous batch held more than one entry), a commit starts no
     /// sooner than this long after the previous one started: the entries of calls in flight
     /// join it instead of each paying for its own `fdatasync` (PostgreSQL's `commit_delay`, but
@@ -51,7 +48,6 @@ impl LedgerOptions {
         LedgerOptions {
             origin: origin.into(),
             max_batch_entries: 4096,
-            max_batch_wait_ms: 0,
             min_commit_interval_us: DEFAULT_MIN_COMMIT_INTERVAL_US,
             max_segment_bytes: 64 << 20,
             queue_capacity: 65_536,
@@ -841,7 +837,6 @@ fn load_latest_checkpoint(
 /// batch, then answers every waiting append.
 fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiver<Command>) {
     let max_batch = shared.options.max_batch_entries.max(1);
-    let wait = Duration::from_millis(shared.options.max_batch_wait_ms);
     let interval = Duration::from_micros(shared.options.min_commit_interval_us);
     let mut last_commit: Option<(std::time::Instant, usize)> = None;
     let mut shutting_down = false;
@@ -878,16 +873,10 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
             false
         };
         shutting_down = take(first, &mut batch) || drain(&mut batch, &mut commands);
-        let mut hold_until = None;
-        if let Some((started, entries)) = last_commit {
-            if entries > 1 || batch.len() > 1 {
-                hold_until = Some(started + interval);
-            }
-        }
-        if !wait.is_zero() {
-            let deadline = std::time::Instant::now() + wait;
-            hold_until = Some(hold_until.map_or(deadline, |until| until.max(deadline)));
-        }
+        // Under load, hold the commit until `interval` after the previous one started.
+        let hold_until = last_commit
+            .filter(|&(_, entries)| entries > 1 || batch.len() > 1)
+            .map(|(started, _)| started + interval);
         if let Some(until) = hold_until {
             let now = std::time::Instant::now();
             if !shutting_down && batch.len() < max_batch && until > now {
