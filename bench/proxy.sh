@@ -5,8 +5,10 @@ set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
-CMDLINE="bench/proxy.sh"
-for arg in "$@"; do CMDLINE+=" $(printf '%q' "$arg")"; done
+BENCH_LOG_TAG=proxy-bench
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+CMDLINE="$(quote_cmdline bench/proxy.sh "$@")"
 
 ROUNDS=3
 DURATION=10
@@ -84,9 +86,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "proxy.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-for n in "$ROUNDS" "$DURATION" "$WARMUP" "$RUN_WARMUP" "$CONNECTIONS" "$FRESH_CONNECTIONS" "$LOAD_THREADS" "$PROXY_THREADS" "$UPSTREAM_THREADS"; do
-  [[ "$n" =~ ^[0-9]+$ ]] || { echo "proxy.sh: '$n' is not a number" >&2; exit 2; }
-done
+require_numbers proxy.sh "$ROUNDS" "$DURATION" "$WARMUP" "$RUN_WARMUP" "$CONNECTIONS" "$FRESH_CONNECTIONS" "$LOAD_THREADS" "$PROXY_THREADS" "$UPSTREAM_THREADS"
 [[ "$ROUNDS" -ge 1 && "$DURATION" -ge 1 && "$DURATION" -le 600 && "$CONNECTIONS" -ge 1 && "$FRESH_CONNECTIONS" -ge 1 ]] \
   || { echo "proxy.sh: need --rounds >= 1, 1 <= --duration <= 600, connections >= 1" >&2; exit 2; }
 [[ "$AUDIT_MODE" == required || "$AUDIT_MODE" == best_effort ]] || { echo "proxy.sh: --audit is required or best_effort" >&2; exit 2; }
@@ -94,139 +94,44 @@ for v in $VARIANTS; do
   [[ "$ALL_VARIANTS" == *" $v "* ]] || { echo "proxy.sh: unknown variant $v (known:$ALL_VARIANTS)" >&2; exit 2; }
 done
 
-log() { printf '[proxy-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
 command -v python3 >/dev/null || die "python3 is needed (bench/proxy_report.py)"
 command -v curl >/dev/null || die "curl is needed for the sanity checks (Debian: apt-get install -y curl)"
-command -v cargo >/dev/null || [[ $SKIP_BUILD -eq 1 ]] || die "cargo is needed to build Postern"
 
 # ---------------------------------------------------------------- build
-if [[ $SKIP_BUILD -eq 0 ]]; then
-  log "building: cargo build --release -p postern -p postern-bench-upstream"
-  (cd "$REPO_DIR" && cargo build --release --quiet -p postern -p postern-bench-upstream) >&2 \
-    || die "cargo build failed (--skip-build uses the last release binaries)"
-fi
-TARGET_DIR="${CARGO_TARGET_DIR:-}"
-if [[ -z "$TARGET_DIR" ]]; then
-  TARGET_DIR="$(cd "$REPO_DIR" && cargo metadata --format-version 1 --no-deps 2>/dev/null \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' || echo "$REPO_DIR/target")"
-fi
-POSTERN_BIN="$TARGET_DIR/release/postern"
-UPSTREAM_BIN="$TARGET_DIR/release/postern-bench-upstream"
+build_release "--skip-build uses the last release binaries" -p postern -p postern-bench-upstream
+locate_release_bins
 LOAD_BIN="$TARGET_DIR/release/postern-bench-load"
 [[ -x "$POSTERN_BIN" && -x "$UPSTREAM_BIN" && -x "$LOAD_BIN" ]] \
   || die "release binaries (postern, postern-bench-upstream, postern-bench-load) not found in $TARGET_DIR/release (drop --skip-build?)"
 
 # ---------------------------------------------------------------- temp dir, cleanup
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-proxy-bench.XXXXXX")"
-PIDS=()
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  sleep 0.3
-  for pid in "${PIDS[@]}"; do
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ $KEEP -eq 1 ]]; then
-    log "kept $WORK"
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-wait_port() { # PORT PID NAME
-  local i
-  for i in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    kill -0 "$2" 2>/dev/null || die "$3 exited at start-up (see $WORK/$3.log)"
-    sleep 0.1
-  done
-  die "$3 did not listen on 127.0.0.1:$1 within 10 s"
-}
-status_kb() { # PID FIELD -> kB
-  awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
-}
+make_workdir postern-proxy-bench
 
 UPSTREAM_PORT="$(free_port)"
 POSTERN_PORT="$(free_port)"
 ADMIN_PORT="$(free_port)"
 
 # ---------------------------------------------------------------- upstream
-"$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" --threads "$UPSTREAM_THREADS" >"$WORK/upstream.log" 2>&1 &
-UPSTREAM_PID=$!
-PIDS+=("$UPSTREAM_PID")
-wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" upstream
+start_upstream
 
 # ---------------------------------------------------------------- Postern config
 # The same integration as bench/run.sh (static bearer from a file, audit required, rate limit
 # that never triggers), plus `hosts` so CONNECT $INTERCEPT_HOST:443 is intercepted into it, and a
 # [proxy] section letting the caller tunnel to the (unregistered) upstream address.
-mkdir -p "$WORK/postern"
-TOKEN_JSON="$("$POSTERN_BIN" callers token bench --json)"
-TOKEN="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["token"])' "$TOKEN_JSON")"
-TOKEN_SHA="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["token_sha256"])' "$TOKEN_JSON")"
-(umask 077 && printf 'sk_bench_%s' "$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$WORK/postern/vendor-key")
-cat >"$WORK/postern/postern.toml" <<EOF
-# Written by bench/proxy.sh.
-[gateway]
-listen = "127.0.0.1:$POSTERN_PORT"
-admin_listen = "127.0.0.1:$ADMIN_PORT"
-data_dir = "data"
-workers = $PROXY_THREADS
-
+PROXY_SECTION="$(cat <<EOF
 [proxy]
 mode = "open"                                # the tunnel variant's destination is unregistered
 allowed_ports = [443, $UPSTREAM_PORT]        # 443 for CONNECT $INTERCEPT_HOST:443
 allow_private_networks = ["127.0.0.1/32"]    # the upstream listens on loopback
-
-[[callers]]
-name = "bench"
-token_sha256 = "$TOKEN_SHA"
-
-[[integrations]]
-name = "bench"
-vendor = "postern-bench-upstream"
-owner = "bench@example.com"
-upstream = "http://127.0.0.1:$UPSTREAM_PORT"
-hosts = ["$INTERCEPT_HOST"]
-allow_plaintext = true
-allow_private_networks = ["127.0.0.1/32"]
-credential = { kind = "bearer", from_file = "vendor-key" }
-audit = "$AUDIT_MODE"
-rate_limit = { requests_per_second = 10000000, burst = 10000000 }
-operations = [
-  { id = "create_charge", method = "POST", path = "/v1/charges" },
-  { id = "get_charge",    method = "GET",  path = "/v1/charges/{id}" },
-]
-
-[[grants]]
-caller = "bench"
-integration = "bench"
-operations = ["create_charge", "get_charge"]
 EOF
-"$POSTERN_BIN" check --config "$WORK/postern/postern.toml" >"$WORK/postern-check.log" 2>&1 \
-  || { cat "$WORK/postern-check.log" >&2; die "postern check rejected the bench config"; }
+)"
+write_postern_config bench/proxy.sh 'credential = { kind = "bearer", from_file = "vendor-key" }' \
+  "$PROXY_SECTION" "hosts = [\"$INTERCEPT_HOST\"]"
 "$POSTERN_BIN" ca export --config "$WORK/postern/postern.toml" >"$WORK/ca.pem" 2>"$WORK/ca-export.log" \
   || { cat "$WORK/ca-export.log" >&2; die "postern ca export failed"; }
 grep -q 'BEGIN CERTIFICATE' "$WORK/ca.pem" || die "postern ca export printed no certificate"
 
-POSTERN_LOG="${POSTERN_LOG:-info}" \
-  "$POSTERN_BIN" serve --config "$WORK/postern/postern.toml" >>"$WORK/postern.log" 2>&1 &
-POSTERN_PID=$!
-PIDS+=("$POSTERN_PID")
-wait_port "$POSTERN_PORT" "$POSTERN_PID" postern
+start_postern
 log "upstream :$UPSTREAM_PORT (pid $UPSTREAM_PID), postern :$POSTERN_PORT (pid $POSTERN_PID); work dir $WORK"
 
 # ---------------------------------------------------------------- load generator
@@ -280,13 +185,7 @@ log "sanity checks passed (every variant 200 with the upstream body; curl throug
 
 # ---------------------------------------------------------------- meta
 {
-  echo "cmdline=$CMDLINE"
-  echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "git=$(cd "$REPO_DIR" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$REPO_DIR" && [[ -n "$(git status --porcelain 2>/dev/null | head -1)" ]] && echo ' (uncommitted changes)')"
-  echo "cpus=$(nproc)"
-  echo "cpu_model=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
-  echo "kernel=$(uname -r)"
-  echo "loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
+  write_meta_common
   echo "rounds=$ROUNDS"
   echo "duration=$DURATION"
   echo "warmup=$WARMUP"
@@ -355,7 +254,4 @@ if grep -q -E '\b(WARN|ERROR)\b' "$WORK/postern.log"; then
     | sed -E 's/request_id=[^ ]+//g; s/peer=[^ ]+//g' | sort | uniq -c | sort -rn | head -10 >"$WORK/postern-warnings.txt" || true
 fi
 
-mkdir -p "$(dirname "$OUT")"
-python3 "$BENCH_DIR/proxy_report.py" "$WORK" >"$OUT.tmp" && mv "$OUT.tmp" "$OUT"
-cat "$OUT"
-log "report written to $OUT"
+write_report proxy_report.py

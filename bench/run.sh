@@ -5,8 +5,10 @@ set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
-CMDLINE="bench/run.sh"
-for arg in "$@"; do CMDLINE+=" $(printf '%q' "$arg")"; done
+BENCH_LOG_TAG=bench
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+CMDLINE="$(quote_cmdline bench/run.sh "$@")"
 
 ROUNDS=3
 DURATION=10
@@ -99,9 +101,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-for n in "$ROUNDS" "$DURATION" "$WARMUP" "$CONNECTIONS" "$WRK_THREADS" "$PROXY_THREADS" "$UPSTREAM_THREADS" "$IDLE_CONNS"; do
-  [[ "$n" =~ ^[0-9]+$ ]] || { echo "run.sh: '$n' is not a number" >&2; exit 2; }
-done
+require_numbers run.sh "$ROUNDS" "$DURATION" "$WARMUP" "$CONNECTIONS" "$WRK_THREADS" "$PROXY_THREADS" "$UPSTREAM_THREADS" "$IDLE_CONNS"
 [[ "$ROUNDS" -ge 1 && "$DURATION" -ge 1 && "$DURATION" -le 600 ]] || { echo "run.sh: need --rounds >= 1 and 1 <= --duration <= 600" >&2; exit 2; }
 [[ "$METHOD" == GET || "$METHOD" == POST ]] || { echo "run.sh: --method is GET or POST" >&2; exit 2; }
 [[ "$SCAN" == on || "$SCAN" == off ]] || { echo "run.sh: --scan is on or off" >&2; exit 2; }
@@ -118,9 +118,6 @@ else
   POST_TYPE=application/x-www-form-urlencoded
 fi
 [[ "$NGINX_ACCESS_LOG" == on || "$NGINX_ACCESS_LOG" == off ]] || { echo "run.sh: --nginx-access-log is on or off" >&2; exit 2; }
-
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- tools
 need_install=()
@@ -139,61 +136,18 @@ if [[ ${#need_install[@]} -gt 0 ]]; then
 fi
 NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
 command -v python3 >/dev/null || die "python3 is needed (bench/idle_conns.py, bench/report.py)"
-command -v cargo >/dev/null || [[ $SKIP_BUILD -eq 1 ]] || die "cargo is needed to build Postern"
 
 # ---------------------------------------------------------------- build
-if [[ $SKIP_BUILD -eq 0 ]]; then
-  log "building: cargo build --release -p postern -p postern-bench-upstream --bins --example minproxy"
-  (cd "$REPO_DIR" && cargo build --release --quiet -p postern -p postern-bench-upstream --bins --example minproxy) >&2 \
-    || die "cargo build failed (does every workspace crate build? --skip-build uses the last release binaries)"
-fi
-TARGET_DIR="${CARGO_TARGET_DIR:-}"
-if [[ -z "$TARGET_DIR" ]]; then
-  TARGET_DIR="$(cd "$REPO_DIR" && cargo metadata --format-version 1 --no-deps 2>/dev/null \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' || echo "$REPO_DIR/target")"
-fi
-POSTERN_BIN="$TARGET_DIR/release/postern"
-UPSTREAM_BIN="$TARGET_DIR/release/postern-bench-upstream"
+build_release "does every workspace crate build? --skip-build uses the last release binaries" \
+  -p postern -p postern-bench-upstream --bins --example minproxy
+locate_release_bins
 FLOOR_BIN="$TARGET_DIR/release/examples/minproxy"
 [[ -x "$POSTERN_BIN" && -x "$UPSTREAM_BIN" ]] || die "release binaries not found in $TARGET_DIR/release (drop --skip-build?)"
 
 # ---------------------------------------------------------------- temp dir, cleanup
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/postern-bench.XXXXXX")"
-PIDS=()
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  sleep 0.3
-  for pid in "${PIDS[@]}"; do
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ $KEEP -eq 1 ]]; then
-    log "kept $WORK"
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+make_workdir postern-bench
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-wait_port() { # PORT PID NAME
-  local i
-  for i in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    kill -0 "$2" 2>/dev/null || die "$3 exited at start-up (see $WORK/$3.log)"
-    sleep 0.1
-  done
-  die "$3 did not listen on 127.0.0.1:$1 within 10 s"
-}
+# Helpers only this script needs (the shared ones are in bench/lib.sh).
 forget_pid() { # drop a PID from the cleanup list after stopping it
   local keep=() p
   for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
@@ -206,9 +160,6 @@ stop_pid() {
   kill -9 "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
   forget_pid "$1"
-}
-status_kb() { # PID FIELD -> kB
-  awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
 }
 ctx_switches() { # PID... -> voluntary context switches summed over all threads
   local total=0 pid n
@@ -237,66 +188,17 @@ FLOOR_PORT="$(free_port)"
 ADMIN_PORT="$(free_port)"
 
 # ---------------------------------------------------------------- upstream
-"$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" --threads "$UPSTREAM_THREADS" >"$WORK/upstream.log" 2>&1 &
-UPSTREAM_PID=$!
-PIDS+=("$UPSTREAM_PID")
-wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" upstream
+start_upstream
 
 # ---------------------------------------------------------------- Postern config
-mkdir -p "$WORK/postern"
-TOKEN_JSON="$("$POSTERN_BIN" callers token bench --json)"
-TOKEN="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["token"])' "$TOKEN_JSON")"
-TOKEN_SHA="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["token_sha256"])' "$TOKEN_JSON")"
-(umask 077 && printf 'sk_bench_%s' "$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$WORK/postern/vendor-key")
 if [ "$CREDENTIAL_KIND" = oauth2 ]; then
   CREDENTIAL_LINE="credential = { kind = \"oauth2\", token_url = \"http://127.0.0.1:$UPSTREAM_PORT/oauth/token\", client_id = \"bench\", from_file = \"vendor-key\" }"
 else
   CREDENTIAL_LINE='credential = { kind = "bearer", from_file = "vendor-key" }'
 fi
-cat >"$WORK/postern/postern.toml" <<EOF
-# Written by bench/run.sh.
-[gateway]
-listen = "127.0.0.1:$POSTERN_PORT"
-admin_listen = "127.0.0.1:$ADMIN_PORT"
-data_dir = "data"
-workers = $PROXY_THREADS
-
-[[callers]]
-name = "bench"
-token_sha256 = "$TOKEN_SHA"
-
-[[integrations]]
-name = "bench"
-vendor = "postern-bench-upstream"
-owner = "bench@example.com"
-upstream = "http://127.0.0.1:$UPSTREAM_PORT"
-allow_plaintext = true
-allow_private_networks = ["127.0.0.1/32"]
-$CREDENTIAL_LINE
-audit = "${AUDIT_MODE:-required}"
-$SCAN_LINES
-rate_limit = { requests_per_second = 10000000, burst = 10000000 }
-operations = [
-  { id = "create_charge", method = "POST", path = "/v1/charges" },
-  { id = "get_charge",    method = "GET",  path = "/v1/charges/{id}" },
-]
-
-[[grants]]
-caller = "bench"
-integration = "bench"
-operations = ["create_charge", "get_charge"]
-EOF
-"$POSTERN_BIN" check --config "$WORK/postern/postern.toml" >"$WORK/postern-check.log" 2>&1 \
-  || { cat "$WORK/postern-check.log" >&2; die "postern check rejected the bench config"; }
+write_postern_config bench/run.sh "$CREDENTIAL_LINE" "" "" "$SCAN_LINES"
 
 POSTERN_PID=""
-start_postern() {
-  POSTERN_LOG="${POSTERN_LOG:-info}" \
-    "$POSTERN_BIN" serve --config "$WORK/postern/postern.toml" >>"$WORK/postern.log" 2>&1 &
-  POSTERN_PID=$!
-  PIDS+=("$POSTERN_PID")
-  wait_port "$POSTERN_PORT" "$POSTERN_PID" postern
-}
 stop_postern() { stop_pid "$POSTERN_PID"; POSTERN_PID=""; }
 
 # ---------------------------------------------------------------- nginx config
@@ -430,15 +332,9 @@ log "sanity checks passed (200 with the upstream body on all three; 401 without 
 
 # ---------------------------------------------------------------- meta
 {
-  echo "cmdline=$CMDLINE"
-  echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "git=$(cd "$REPO_DIR" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$REPO_DIR" && [[ -n "$(git status --porcelain 2>/dev/null | head -1)" ]] && echo ' (uncommitted changes)')"
+  write_meta_common
   echo "nginx_version=$("$NGINX_BIN" -v 2>&1 | sed 's/.*nginx\///')"
   echo "wrk_version=$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
-  echo "cpus=$(nproc)"
-  echo "cpu_model=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
-  echo "kernel=$(uname -r)"
-  echo "loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
   echo "clk_tck=$(getconf CLK_TCK)"
   echo "wrk_threads=$WRK_THREADS"
   echo "connections=$CONNECTIONS"
@@ -531,10 +427,7 @@ echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/meta.env"
 echo "notes=Postern wrote $EVENT_LINES events to data_dir during this run (events.jsonl and its rotations); its stderr log grew to $POSTERN_LOG_BYTES bytes." >>"$WORK/meta.env"
 
 # ---------------------------------------------------------------- report
-mkdir -p "$(dirname "$OUT")"
-python3 "$BENCH_DIR/report.py" "$WORK" >"$OUT.tmp" && mv "$OUT.tmp" "$OUT"
-cat "$OUT"
-log "report written to $OUT"
+write_report report.py
 
 # ---------------------------------------------------------------- optional perf profile
 if [[ $PERF -eq 1 ]]; then
