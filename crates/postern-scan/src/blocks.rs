@@ -47,87 +47,87 @@ struct BlockMasks {
     quote: u64,
 }
 
+/// Defines `unsafe fn $name(&[u8; 64]) -> BlockMasks` from one SIMD width's intrinsics: the
+/// 64 bytes in `64 / $width` lanes of `$width` bytes, each compared against every byte class.
+/// `$mask` is the unsigned integer as wide as `$movemask`'s result has bits.
+///
+/// A byte is in `low..=high` when `x + (128 - low)`, as a signed byte, is below
+/// `high - low + 1 - 128`: one add and one signed compare (`$cmpgt` with the bound first).
+#[cfg(target_arch = "x86_64")]
+macro_rules! simd_block_masks {
+    (
+        $(#[$attr:meta])*
+        unsafe fn $name:ident;
+        vector: $vector:ident, width: $width:literal, mask: $mask:ty,
+        load: $load:ident, set1: $set1:ident, add: $add:ident, or: $or:ident,
+        cmpeq: $cmpeq:ident, cmpgt: $cmpgt:ident, movemask: $movemask:ident $(,)?
+    ) => {
+        $(#[$attr])*
+        #[inline(always)]
+        unsafe fn $name(block: &[u8; 64]) -> BlockMasks {
+            use std::arch::x86_64::*;
+            #[inline(always)]
+            unsafe fn in_range(x: $vector, low: u8, high: u8) -> $vector {
+                let shifted = $add(x, $set1(128u8.wrapping_sub(low) as i8));
+                $cmpgt($set1((i16::from(high - low) + 1 - 128) as i8), shifted)
+            }
+            let mut masks = BlockMasks::default();
+            for lane in 0..64 / $width {
+                // SAFETY: an unaligned load of `$width` bytes that lie inside `block`.
+                let x = $load(block.as_ptr().add(lane * $width) as *const $vector);
+                let folded = $or(x, $set1(0x20));
+                let digit = in_range(x, b'0', b'9');
+                let upper = in_range(x, b'A', b'Z');
+                let letter = in_range(folded, b'a', b'z');
+                let underscore = $cmpeq(x, $set1(b'_' as i8));
+                let word = $or($or(digit, letter), underscore);
+                let hex = $or(digit, in_range(folded, b'a', b'f'));
+                let colon = $cmpeq(x, $set1(b':' as i8));
+                let equals = $cmpeq(x, $set1(b'=' as i8));
+                let quote = $cmpeq(x, $set1(b'"' as i8));
+                let shift = lane * $width;
+                masks.digit |= u64::from($movemask(digit) as $mask) << shift;
+                masks.upper |= u64::from($movemask(upper) as $mask) << shift;
+                masks.word |= u64::from($movemask(word) as $mask) << shift;
+                masks.hex |= u64::from($movemask(hex) as $mask) << shift;
+                masks.colon |= u64::from($movemask(colon) as $mask) << shift;
+                masks.equals |= u64::from($movemask(equals) as $mask) << shift;
+                masks.quote |= u64::from($movemask(quote) as $mask) << shift;
+            }
+            masks
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+simd_block_masks! {
+    /// The masks with 16-byte SSE2 lanes; [`block_masks_sse2`] is the safe entry point.
+    ///
+    /// # Safety
+    /// The CPU must support SSE2, which every x86_64 CPU does.
+    unsafe fn sse2_block_masks;
+    vector: __m128i, width: 16, mask: u16,
+    load: _mm_loadu_si128, set1: _mm_set1_epi8, add: _mm_add_epi8, or: _mm_or_si128,
+    cmpeq: _mm_cmpeq_epi8, cmpgt: _mm_cmpgt_epi8, movemask: _mm_movemask_epi8,
+}
+
+#[cfg(target_arch = "x86_64")]
+simd_block_masks! {
+    /// The same masks with 32-byte AVX2 lanes: about a third of the SSE2 cost.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    unsafe fn block_masks_avx2;
+    vector: __m256i, width: 32, mask: u32,
+    load: _mm256_loadu_si256, set1: _mm256_set1_epi8, add: _mm256_add_epi8, or: _mm256_or_si256,
+    cmpeq: _mm256_cmpeq_epi8, cmpgt: _mm256_cmpgt_epi8, movemask: _mm256_movemask_epi8,
+}
+
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn block_masks_sse2(block: &[u8; 64]) -> BlockMasks {
-    use std::arch::x86_64::*;
-    // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned loads of 16 bytes that
-    // lie inside `block`.
-    unsafe {
-        #[inline(always)]
-        unsafe fn in_range(x: __m128i, low: u8, high: u8) -> __m128i {
-            let shifted = _mm_add_epi8(x, _mm_set1_epi8(128u8.wrapping_sub(low) as i8));
-            _mm_cmplt_epi8(
-                shifted,
-                _mm_set1_epi8((i16::from(high - low) + 1 - 128) as i8),
-            )
-        }
-        let mut masks = BlockMasks::default();
-        for lane in 0..4 {
-            let x = _mm_loadu_si128(block.as_ptr().add(lane * 16) as *const __m128i);
-            let folded = _mm_or_si128(x, _mm_set1_epi8(0x20));
-            let digit = in_range(x, b'0', b'9');
-            let upper = in_range(x, b'A', b'Z');
-            let letter = in_range(folded, b'a', b'z');
-            let underscore = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'_' as i8));
-            let word = _mm_or_si128(_mm_or_si128(digit, letter), underscore);
-            let hex = _mm_or_si128(digit, in_range(folded, b'a', b'f'));
-            let colon = _mm_cmpeq_epi8(x, _mm_set1_epi8(b':' as i8));
-            let equals = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'=' as i8));
-            let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
-            let shift = lane * 16;
-            masks.digit |= u64::from(_mm_movemask_epi8(digit) as u16) << shift;
-            masks.upper |= u64::from(_mm_movemask_epi8(upper) as u16) << shift;
-            masks.word |= u64::from(_mm_movemask_epi8(word) as u16) << shift;
-            masks.hex |= u64::from(_mm_movemask_epi8(hex) as u16) << shift;
-            masks.colon |= u64::from(_mm_movemask_epi8(colon) as u16) << shift;
-            masks.equals |= u64::from(_mm_movemask_epi8(equals) as u16) << shift;
-            masks.quote |= u64::from(_mm_movemask_epi8(quote) as u16) << shift;
-        }
-        masks
-    }
-}
-
-/// The same masks with 32-byte AVX2 lanes: about a third of the SSE2 cost.
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn block_masks_avx2(block: &[u8; 64]) -> BlockMasks {
-    use std::arch::x86_64::*;
-    #[inline(always)]
-    unsafe fn in_range(x: __m256i, low: u8, high: u8) -> __m256i {
-        let shifted = _mm256_add_epi8(x, _mm256_set1_epi8(128u8.wrapping_sub(low) as i8));
-        _mm256_cmpgt_epi8(
-            _mm256_set1_epi8((i16::from(high - low) + 1 - 128) as i8),
-            shifted,
-        )
-    }
-    let mut masks = BlockMasks::default();
-    for lane in 0..2 {
-        // SAFETY: an unaligned load of 32 bytes inside `block`.
-        let x = _mm256_loadu_si256(block.as_ptr().add(lane * 32) as *const __m256i);
-        let folded = _mm256_or_si256(x, _mm256_set1_epi8(0x20));
-        let digit = in_range(x, b'0', b'9');
-        let upper = in_range(x, b'A', b'Z');
-        let letter = in_range(folded, b'a', b'z');
-        let underscore = _mm256_cmpeq_epi8(x, _mm256_set1_epi8(b'_' as i8));
-        let word = _mm256_or_si256(_mm256_or_si256(digit, letter), underscore);
-        let hex = _mm256_or_si256(digit, in_range(folded, b'a', b'f'));
-        let colon = _mm256_cmpeq_epi8(x, _mm256_set1_epi8(b':' as i8));
-        let equals = _mm256_cmpeq_epi8(x, _mm256_set1_epi8(b'=' as i8));
-        let quote = _mm256_cmpeq_epi8(x, _mm256_set1_epi8(b'"' as i8));
-        let shift = lane * 32;
-        masks.digit |= u64::from(_mm256_movemask_epi8(digit) as u32) << shift;
-        masks.upper |= u64::from(_mm256_movemask_epi8(upper) as u32) << shift;
-        masks.word |= u64::from(_mm256_movemask_epi8(word) as u32) << shift;
-        masks.hex |= u64::from(_mm256_movemask_epi8(hex) as u32) << shift;
-        masks.colon |= u64::from(_mm256_movemask_epi8(colon) as u32) << shift;
-        masks.equals |= u64::from(_mm256_movemask_epi8(equals) as u32) << shift;
-        masks.quote |= u64::from(_mm256_movemask_epi8(quote) as u32) << shift;
-    }
-    masks
+    // SAFETY: SSE2 is part of the x86_64 baseline.
+    unsafe { sse2_block_masks(block) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -843,6 +843,104 @@ mod tests {
         }
     }
 
+    /// A seeded xorshift generator of inputs: bytes from the edges of every class the window
+    /// functions compute (and the bytes around them), or any byte at all.
+    struct Bytes(u64);
+
+    impl Bytes {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+
+        fn input(&mut self, len: usize, alphabet: &[u8]) -> Vec<u8> {
+            (0..len)
+                .map(|_| match self.below(4) {
+                    0 => self.below(256) as u8,
+                    _ => alphabet[self.below(alphabet.len())],
+                })
+                .collect()
+        }
+    }
+
+    const EDGE_BYTES: &[u8] = b":=\"\\\n\0 /09@AZ[`az{_-.\x7f\x80\xc3\xe9\xff";
+
+    #[test]
+    fn window_classes_match_the_scalar_definition() {
+        let mut generator = Bytes(0x9e37_79b9_7f4a_7c15);
+        for len in 0..=70 {
+            for _ in 0..64 {
+                let input = generator.input(len, EDGE_BYTES);
+                // Every window the scan reads: 32 bytes of the input, or a shorter key at
+                // the end of the input, zero-padded.
+                let windows: Vec<[u8; WINDOW]> = if len < WINDOW {
+                    vec![padded_window(&input)]
+                } else {
+                    input
+                        .windows(WINDOW)
+                        .map(|window| window.try_into().expect("32 bytes"))
+                        .collect()
+                };
+                for window in windows {
+                    let quotes = window
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &byte)| byte == b'"')
+                        .fold(0u32, |mask, (index, _)| mask | 1 << index);
+                    assert_eq!(window_quotes(&window), quotes, "{window:?}");
+                    let (simd, scalar) = (window_classes(&window), window_classes_scalar(&window));
+                    assert_eq!(
+                        (simd.digit, simd.upper, simd.lower, simd.bad),
+                        (scalar.digit, scalar.upper, scalar.lower, scalar.bad),
+                        "{window:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn window_verdicts_match_the_byte_loop_on_random_keys() {
+        let mut words = AnchorWords::default();
+        for word in ["token", "pass", "ssn", "api", "key"] {
+            words.insert(word);
+        }
+        let pieces: &[&[u8]] = &[
+            b"token", b"Token", b"PASS", b"api", b"Key", b"ssn", b"tokens", b"apiKey", b"_", b"-",
+        ];
+        let mut generator = Bytes(0x2545_f491_4f6c_dd1d);
+        let mut verdicts = Box::new(KeyVerdicts::EMPTY);
+        let mut held = 0;
+        for len in 1..=70 {
+            for _ in 0..64 {
+                // Edge bytes with anchor words (and near misses) dropped in, cut to `len`.
+                let mut input = Vec::new();
+                while input.len() < len {
+                    if generator.below(3) == 0 {
+                        input.extend_from_slice(pieces[generator.below(pieces.len())]);
+                    } else {
+                        let run = generator.below(4) + 1;
+                        input.extend(generator.input(run, EDGE_BYTES));
+                    }
+                }
+                input.truncate(len);
+                let start = generator.below(len);
+                let end = start + 1 + generator.below(len - start);
+                let expected = key_holds_anchor_word(&input[start..end], &words);
+                held += usize::from(expected);
+                assert_eq!(
+                    verdicts.holds_anchor_word(&input, start, end, &words),
+                    expected,
+                    "{:?} in {input:?}",
+                    String::from_utf8_lossy(&input[start..end])
+                );
+            }
+        }
+        assert!(held >= 500, "only {held} keys hold an anchor word");
+    }
+
     #[test]
     fn anchor_words_are_matched_case_insensitively() {
         let mut words = AnchorWords::default();
