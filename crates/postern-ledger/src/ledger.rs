@@ -25,6 +25,9 @@ use crate::store::{
 /// Default [`LedgerOptions::min_commit_interval_us`].
 pub const DEFAULT_MIN_COMMIT_INTERVAL_US: u64 = 500;
 
+/// Default [`LedgerOptions::detached_commit_interval_us`].
+pub const DEFAULT_DETACHED_COMMIT_INTERVAL_US: u64 = 10_000;
+
 /// How the ledger batches and stores entries.
 #[derive(Clone, Debug)]
 pub struct LedgerOptions {
@@ -37,6 +40,12 @@ pub struct LedgerOptions {
     /// join it instead of each paying for its own `fdatasync` (PostgreSQL's `commit_delay`, but
     /// measured from the last commit). A lone caller never waits for it.
     pub min_commit_interval_us: u64,
+    /// When every queued entry is detached (nobody waits for it: [`Ledger::append_detached`]),
+    /// the commit starts no sooner than this long after the previous one started, so one
+    /// `fdatasync` covers all the detached entries of that span; an append that waits ends the
+    /// hold at once. Bounds how long a detached entry may stay unwritten (and what a crash can
+    /// lose of them). 0 commits detached entries like waited ones.
+    pub detached_commit_interval_us: u64,
     /// A new segment starts (at a batch boundary) once the current one reaches this size.
     pub max_segment_bytes: u64,
     /// Appends waiting for the sequencer before `append` itself waits.
@@ -49,6 +58,7 @@ impl LedgerOptions {
             origin: origin.into(),
             max_batch_entries: 4096,
             min_commit_interval_us: DEFAULT_MIN_COMMIT_INTERVAL_US,
+            detached_commit_interval_us: DEFAULT_DETACHED_COMMIT_INTERVAL_US,
             max_segment_bytes: 64 << 20,
             queue_capacity: 65_536,
         }
@@ -120,16 +130,19 @@ struct Shared {
     lock: Mutex<Option<File>>,
 }
 
+/// Where a waiting append learns its index (or why it failed).
+type Reply = oneshot::Sender<Result<u64, LedgerError>>;
+
 enum Command {
     Append {
         entry: Vec<u8>,
         /// `None` for a detached append: nobody waits for it.
-        reply: Option<oneshot::Sender<Result<u64, LedgerError>>>,
+        reply: Option<Reply>,
     },
     /// Several entries written together, in order; the reply carries the first one's index.
     AppendMany {
         entries: Vec<Vec<u8>>,
-        reply: oneshot::Sender<Result<u64, LedgerError>>,
+        reply: Reply,
     },
     Shutdown,
 }
@@ -833,18 +846,32 @@ fn load_latest_checkpoint(
 }
 
 /// The sequencer: a thread of its own (the batch write and its `fdatasync` block). Takes what is
-/// queued, waits out [`LedgerOptions::min_commit_interval_us`] under load, writes and syncs the
-/// batch, then answers every waiting append.
+/// queued; while every queued entry is detached, holds the commit for
+/// [`LedgerOptions::detached_commit_interval_us`] (until an append that waits arrives); waits out
+/// [`LedgerOptions::min_commit_interval_us`] under load; writes and syncs the batch, then answers
+/// every waiting append.
 fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiver<Command>) {
     let max_batch = shared.options.max_batch_entries.max(1);
     let interval = Duration::from_micros(shared.options.min_commit_interval_us);
+    let detached_interval = Duration::from_micros(shared.options.detached_commit_interval_us);
+    // Only for waiting on the queue with a deadline (the detached hold); nothing is spawned on it.
+    let clock = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(clock) => Some(clock),
+        Err(error) => {
+            tracing::warn!(%error, "audit log: no timer for the detached hold; committing detached entries at once");
+            None
+        }
+    };
     let mut last_commit: Option<(std::time::Instant, usize)> = None;
     let mut shutting_down = false;
     while !shutting_down {
         let Some(first) = commands.blocking_recv() else {
             break;
         };
-        let mut batch = Vec::with_capacity(max_batch.min(1024));
+        let mut batch: Vec<(Vec<u8>, Option<Reply>)> = Vec::with_capacity(max_batch.min(1024));
         let take = |command: Command, batch: &mut Vec<_>| match command {
             Command::Append { entry, reply } => {
                 batch.push((entry, reply));
@@ -873,6 +900,23 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
             false
         };
         shutting_down = take(first, &mut batch) || drain(&mut batch, &mut commands);
+        // Nobody waits for any of these: let them gather for one sync, until someone waits.
+        let waited = |batch: &[(Vec<u8>, Option<Reply>)]| batch.iter().any(|(_, r)| r.is_some());
+        if let (Some(clock), Some((started, _))) = (&clock, last_commit) {
+            let until = tokio::time::Instant::from_std(started + detached_interval);
+            while !shutting_down && batch.len() < max_batch && !waited(&batch) {
+                match clock
+                    .block_on(async { tokio::time::timeout_at(until, commands.recv()).await })
+                {
+                    Ok(Some(command)) => {
+                        shutting_down =
+                            take(command, &mut batch) || drain(&mut batch, &mut commands);
+                    }
+                    Ok(None) => shutting_down = true,
+                    Err(_elapsed) => break,
+                }
+            }
+        }
         // Under load, hold the commit until `interval` after the previous one started.
         let hold_until = last_commit
             .filter(|&(_, entries)| entries > 1 || batch.len() > 1)

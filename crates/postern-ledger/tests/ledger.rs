@@ -498,3 +498,42 @@ async fn append_many_writes_one_contiguous_run_among_concurrent_appends() {
     ));
     ledger.close().await;
 }
+
+#[tokio::test]
+async fn detached_entries_gather_for_one_sync_until_an_append_waits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut options = options();
+    options.detached_commit_interval_us = 3_000_000;
+    let ledger = Ledger::open(tmp.path(), options).await.unwrap().0;
+    append_n(&ledger, 0..1).await;
+    for i in 1..=4 {
+        ledger.append_detached(entry(i)).unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(ledger.size(), 1, "detached entries are held for company");
+    // A waiting append ends the hold at once and is written after them.
+    let started = std::time::Instant::now();
+    assert_eq!(ledger.append(entry(5)).await.unwrap(), 5);
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "a waiting append is not held for the detached interval ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(ledger.size(), 6);
+    // Left alone, detached entries are written once the interval has passed.
+    ledger.append_detached(entry(6)).unwrap();
+    let mut waited = 0;
+    while ledger.size() < 7 && waited < 100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(ledger.size(), 7, "a held detached entry is committed by itself");
+    // Closing writes whatever is still held.
+    ledger.append_detached(entry(7)).unwrap();
+    ledger.close().await;
+    let reopened = open(tmp.path()).await;
+    assert_eq!(reopened.size(), 8);
+    for i in 0..8 {
+        assert_eq!(reopened.entry(i).unwrap(), entry(i));
+    }
+}

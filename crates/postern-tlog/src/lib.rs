@@ -40,6 +40,7 @@
 
 pub mod checkpoint;
 pub mod hash;
+pub mod json;
 pub mod note;
 pub mod record;
 pub mod tile;
