@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use postern_ledger::{Health, Ledger, LedgerOptions};
-use postern_tlog::{keyed_hash, AuditRecordRef, Decision, RecordKind, RECORD_VERSION};
+use postern_tlog::{AuditRecordRef, Decision, KeyedHasher, RecordKind, RECORD_VERSION};
 use tokio::sync::{oneshot, Notify};
 use zeroize::Zeroizing;
 
@@ -24,9 +24,14 @@ pub const AUDIT_DIR: &str = "audit";
 /// The per-deployment HMAC key, kept outside the log.
 pub const AUDIT_HMAC_KEY_FILE: &str = "audit-hmac.key";
 
+/// Data classes an entry lists from a stack buffer; a call with more collects them into a `Vec`.
+const INLINE_DATA_CLASSES: usize = 16;
+
 pub struct Audit {
     pub ledger: Ledger,
-    hmac_key: Zeroizing<Vec<u8>>,
+    /// The per-deployment HMAC key, prepared once (the raw key bytes are zeroized after
+    /// loading); its state stands in for the key, so it is never logged or shared.
+    hmac: KeyedHasher,
     pub timeout: Duration,
     /// One per data-plane worker, made on its first call: see [`IntentPipe`].
     pipes: PerWorker<Arc<IntentPipe>>,
@@ -110,10 +115,12 @@ impl Audit {
                 return Err(error).with_context(|| format!("reading {}", key_path.display()))
             }
         };
+        let hmac = KeyedHasher::new(&hmac_key);
+        drop(hmac_key);
         tracing::info!(entries = report.entries, verifier_key = %ledger.verifier_key(), "audit log open");
         Ok(Arc::new(Audit {
             ledger,
-            hmac_key,
+            hmac,
             timeout,
             pipes: PerWorker::new(),
         }))
@@ -136,12 +143,23 @@ impl Audit {
     ) -> Entry {
         let target = context
             .target_hmac
-            .get_or_init(|| keyed_hash(&self.hmac_key, "target", raw_target.as_bytes()));
-        let classes: Vec<&str> = context
-            .request_scan
-            .as_ref()
-            .map(|scan| scan.classes.keys().map(String::as_str).collect())
-            .unwrap_or_default();
+            .get_or_init(|| self.hmac.hash_hex("target", raw_target.as_bytes()));
+        // The scan's classes are a sorted map: its keys are already sorted and unique.
+        let mut inline = [""; INLINE_DATA_CLASSES];
+        let spilled: Vec<&str>;
+        let classes: &[&str] = match &context.request_scan {
+            None => &[],
+            Some(scan) if scan.classes.len() <= INLINE_DATA_CLASSES => {
+                for (slot, class) in inline.iter_mut().zip(scan.classes.keys()) {
+                    *slot = class;
+                }
+                &inline[..scan.classes.len()]
+            }
+            Some(scan) => {
+                spilled = scan.classes.keys().map(String::as_str).collect();
+                &spilled
+            }
+        };
         let record = AuditRecordRef {
             version: RECORD_VERSION,
             kind,
@@ -166,7 +184,7 @@ impl Audit {
                     .load(std::sync::atomic::Ordering::Relaxed),
             ),
             response_bytes: outcome.map(|o| o.response_bytes),
-            data_classes: &classes,
+            data_classes: classes,
             intent_index: outcome.and_then(|o| o.intent_index),
             hmacs: &[("target", target)],
         };
@@ -256,4 +274,112 @@ fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::Ordering;
+
+    use postern_tlog::{keyed_hash, AuditRecord};
+
+    use super::*;
+    use crate::context::ConnectionInfo;
+    use crate::scan::ScanSummary;
+
+    /// The owned record the gateway's entry stands for, encoded through the owned path with a
+    /// fresh `keyed_hash` (what `record` wrote before the prepared hasher and stack buffer).
+    fn expected(
+        key: &[u8],
+        kind: RecordKind,
+        context: &CallContext,
+        raw_target: &str,
+        outcome: Option<&Outcome<'_>>,
+    ) -> Vec<u8> {
+        AuditRecord {
+            version: RECORD_VERSION,
+            kind,
+            time_unix_ms: context
+                .wall_start
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+            request_id: context.request_id.clone(),
+            caller: context.caller.as_deref().unwrap_or("").to_string(),
+            integration: context.integration.as_deref().unwrap_or("").to_string(),
+            operation: context.operation_id.clone().unwrap_or_default(),
+            method: context.method.clone(),
+            path_template: context.path_template.clone().unwrap_or_default(),
+            decision: outcome.map_or(Decision::Allow, |o| o.decision),
+            reason: Some(outcome.map_or("granted", |o| o.reason).to_string()),
+            status: outcome.map(|o| o.status),
+            request_bytes: Some(context.request_body.bytes.load(Ordering::Relaxed)),
+            response_bytes: outcome.map(|o| o.response_bytes),
+            data_classes: context
+                .request_scan
+                .as_ref()
+                .map(|scan| scan.classes.keys().cloned().collect())
+                .unwrap_or_default(),
+            intent_index: outcome.and_then(|o| o.intent_index),
+            hmacs: BTreeMap::from([(
+                "target".to_string(),
+                keyed_hash(key, "target", raw_target.as_bytes()),
+            )]),
+        }
+        .encode()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn audit_entries_match_the_owned_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path(), Some("test/log"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let key = std::fs::read(dir.path().join(AUDIT_HMAC_KEY_FILE)).unwrap();
+        let connection = ConnectionInfo::new("127.0.0.1:9".parse().unwrap(), None, false);
+        // No scan, no classes, a few classes, and more than the stack buffer holds.
+        for class_count in [None, Some(0), Some(3), Some(INLINE_DATA_CLASSES), Some(40)] {
+            let mut context =
+                CallContext::new(&connection, &http::Method::POST, http::Version::HTTP_11);
+            context.caller = Some("checkout \"svc\"".into());
+            context.integration = Some("acme".into());
+            context.operation_id = Some("create_thing".into());
+            context.path_template = Some("/things/{id}".into());
+            context.request_body.bytes.store(512, Ordering::Relaxed);
+            context.request_scan = class_count.map(|count| ScanSummary {
+                classes: (0..count).map(|i| (format!("class_{i:02}"), i)).collect(),
+                unapproved: Vec::new(),
+                unscanned: None,
+                redacted: false,
+            });
+            let raw_target = "/things/42?secret=é\u{1}";
+            let intent = audit.record(RecordKind::Intent, &context, raw_target, None);
+            assert_eq!(
+                intent.0.unwrap(),
+                expected(&key, RecordKind::Intent, &context, raw_target, None),
+                "{class_count:?}"
+            );
+            let outcome = Outcome {
+                decision: Decision::Deny,
+                reason: "operation_not_allowed",
+                status: 403,
+                response_bytes: 77,
+                intent_index: Some(9),
+            };
+            let entry = audit.record(RecordKind::Outcome, &context, raw_target, Some(&outcome));
+            assert_eq!(
+                entry.0.unwrap(),
+                expected(
+                    &key,
+                    RecordKind::Outcome,
+                    &context,
+                    raw_target,
+                    Some(&outcome)
+                ),
+                "{class_count:?}"
+            );
+        }
+        audit.ledger.close().await;
+    }
 }

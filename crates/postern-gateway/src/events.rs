@@ -5,9 +5,10 @@
 //! secret, a raw path or a body: the path is the operation's template.
 //!
 //! Writing is off the request path, and cheap on it: the data plane serializes the event into a
-//! reusable thread-local buffer (no per-field allocation: the JSON is written straight from the
-//! call's context) and appends the bytes to one shared buffer under an uncontended lock — no
-//! channel, no per-event wake-up. A single writer thread wakes when a batch is due (every
+//! reusable thread-local buffer (no per-field allocation, no serde: [`CallEventRef::write_json`]
+//! writes the JSON straight from the call's context, byte for byte what the derived `Serialize`
+//! gives) and appends the bytes to one shared buffer under an uncontended lock — no channel, no
+//! per-event wake-up. A single writer thread wakes when a batch is due (every
 //! [`WRITER_LINGER`], when the buffer passes [`WAKE_THRESHOLD_BYTES`], on `flush()`, or on the
 //! first event after it went idle), swaps the buffer out and appends it with one `write()` per
 //! file, rotating at line boundaries.
@@ -22,12 +23,13 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use postern_tlog::json::{push_opt_str, push_str, push_u64};
 use serde::{Serialize, Serializer};
 use tokio::sync::oneshot;
 
@@ -142,7 +144,9 @@ impl Serialize for CallEvent {
 }
 
 /// One call, borrowed from wherever its facts live. This struct *is* the schema: field names and
-/// order of the JSON object (docs/EVENTS.md).
+/// order of the JSON object (docs/EVENTS.md). The derived `Serialize` is the reference;
+/// [`CallEventRef::write_json`] writes the same bytes without serde and is what the data plane
+/// uses — a field added here must be added there too (a test compares the two).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct CallEventRef<'a> {
     pub schema_version: u32,
@@ -187,6 +191,156 @@ pub struct CallEventRef<'a> {
     pub host: Option<&'a str>,
 }
 
+impl CallEventRef<'_> {
+    /// Appends the event as one compact JSON object (no newline): byte for byte what
+    /// `serde_json::to_writer` writes for the derived `Serialize` — same keys and order, the same
+    /// fields skipped, `null` for an absent value that is not skipped — but straight into `out`,
+    /// without serde's per-field machinery or `fmt` for the time and IPv4 addresses.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"schema_version\":");
+        push_u64(out, u64::from(self.schema_version));
+        out.extend_from_slice(b",\"time\":");
+        self.time.write_json(out);
+        out.extend_from_slice(b",\"request_id\":");
+        push_str(out, self.request_id);
+        out.extend_from_slice(b",\"integration\":");
+        push_opt_str(out, self.integration);
+        out.extend_from_slice(b",\"caller\":");
+        push_opt_str(out, self.caller);
+        out.extend_from_slice(b",\"operation\":");
+        push_opt_str(out, self.operation);
+        out.extend_from_slice(b",\"method\":");
+        push_str(out, self.method);
+        out.extend_from_slice(b",\"path\":");
+        push_opt_str(out, self.path);
+        out.extend_from_slice(b",\"status\":");
+        push_u64(out, u64::from(self.status));
+        out.extend_from_slice(match self.decision {
+            Decision::Allow => b",\"decision\":\"allow\"".as_slice(),
+            Decision::Deny => b",\"decision\":\"deny\"".as_slice(),
+        });
+        out.extend_from_slice(b",\"reason\":");
+        push_str(out, self.reason);
+        out.extend_from_slice(b",\"request_bytes\":");
+        push_u64(out, self.request_bytes);
+        out.extend_from_slice(b",\"response_bytes\":");
+        push_u64(out, self.response_bytes);
+        out.extend_from_slice(b",\"duration_ms\":");
+        push_f64(out, self.duration_ms);
+        out.extend_from_slice(b",\"upstream_addr\":");
+        match &self.upstream_addr {
+            Some(addr) => addr.write_json(out),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"source_ip\":");
+        self.source_ip.write_json(out);
+        out.extend_from_slice(b",\"auth\":");
+        push_opt_str(out, self.auth);
+        out.extend_from_slice(b",\"protocol\":");
+        push_str(out, self.protocol);
+        out.extend_from_slice(b",\"policy\":");
+        push_opt_str(out, self.policy);
+        if self.redirect_off_origin {
+            out.extend_from_slice(b",\"redirect_off_origin\":true");
+        }
+        if self.incomplete {
+            out.extend_from_slice(b",\"incomplete\":true");
+        }
+        if let Some(classes) = self.data_classes {
+            out.extend_from_slice(b",\"data_classes\":");
+            push_class_counts(out, classes);
+        }
+        if let Some(reason) = self.unscanned {
+            out.extend_from_slice(b",\"unscanned\":");
+            push_str(out, reason);
+        }
+        if self.redacted {
+            out.extend_from_slice(b",\"redacted\":true");
+        }
+        if let Some(classes) = self.response_data_classes {
+            out.extend_from_slice(b",\"response_data_classes\":");
+            push_class_counts(out, classes);
+        }
+        if let Some(reason) = self.response_unscanned {
+            out.extend_from_slice(b",\"response_unscanned\":");
+            push_str(out, reason);
+        }
+        if self.response_redacted {
+            out.extend_from_slice(b",\"response_redacted\":true");
+        }
+        if let Some(mode) = self.mode {
+            out.extend_from_slice(b",\"mode\":");
+            push_str(out, mode);
+        }
+        if let Some(host) = self.host {
+            out.extend_from_slice(b",\"host\":");
+            push_str(out, host);
+        }
+        out.push(b'}');
+    }
+}
+
+/// A float exactly as serde_json writes it: its own formatter (shortest round-trip digits; the
+/// algorithm is serde_json's choice — `zmij` in current versions, which writes `1e+21` where
+/// `ryu` would write `1e21`), `null` for NaN and infinities. Serializing one `f64` this way
+/// involves none of the per-struct machinery.
+#[inline]
+fn push_f64(out: &mut Vec<u8>, value: f64) {
+    // Writing into a `Vec` cannot fail, and serde_json serializes any `f64`.
+    if serde_json::to_writer(&mut *out, &value).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// A class → count map as a JSON object, in the map's (sorted) order.
+fn push_class_counts(out: &mut Vec<u8>, classes: &std::collections::BTreeMap<String, usize>) {
+    out.push(b'{');
+    for (index, (class, count)) in classes.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        push_str(out, class);
+        out.push(b':');
+        push_u64(out, *count as u64);
+    }
+    out.push(b'}');
+}
+
+/// An IPv4 address in dotted-decimal form, as its `Display` writes it (no padding or precision
+/// is ever requested here).
+#[inline]
+fn push_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (index, octet) in ip.octets().into_iter().enumerate() {
+        if index > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    out.extend_from_slice(&text[..len]);
+}
+
+/// `value`'s `Display` text as a JSON string, for text that never needs escaping (IPv6
+/// addresses: hex digits, `:`, `.`, `[`, `]`, `%`).
+#[cold]
+fn push_display_unescaped(out: &mut Vec<u8>, value: &dyn fmt::Display) {
+    out.push(b'"');
+    // Writing into a `Vec` cannot fail, and std's address `Display` never returns an error.
+    let _ = write!(out, "{value}");
+    out.push(b'"');
+}
+
 /// A string field formatted straight into the JSON output (no intermediate `String`).
 #[derive(Debug, Clone, Copy)]
 pub enum EventText<'a> {
@@ -207,6 +361,40 @@ impl fmt::Display for EventText<'_> {
             },
             EventText::Addr(addr) => fmt::Display::fmt(addr, f),
             EventText::Ip(ip) => fmt::Display::fmt(ip, f),
+        }
+    }
+}
+
+impl EventText<'_> {
+    /// Appends the text as a JSON string: what its `Serialize` writes, without `fmt` for the
+    /// time and IPv4 addresses (the hot cases).
+    #[inline]
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            EventText::Str(text) => push_str(out, text),
+            EventText::Time(at) => match format_rfc3339_millis(*at) {
+                Some(bytes) => {
+                    // Digits and `-:.TZ`: nothing to escape.
+                    out.push(b'"');
+                    out.extend_from_slice(&bytes);
+                    out.push(b'"');
+                }
+                None => push_str(out, &rfc3339_millis_slow(*at)),
+            },
+            EventText::Addr(SocketAddr::V4(addr)) => {
+                out.push(b'"');
+                push_ipv4(out, *addr.ip());
+                out.push(b':');
+                push_u64(out, u64::from(addr.port()));
+                out.push(b'"');
+            }
+            EventText::Ip(IpAddr::V4(ip)) => {
+                out.push(b'"');
+                push_ipv4(out, *ip);
+                out.push(b'"');
+            }
+            EventText::Addr(addr @ SocketAddr::V6(_)) => push_display_unescaped(out, addr),
+            EventText::Ip(ip @ IpAddr::V6(_)) => push_display_unescaped(out, ip),
         }
     }
 }
@@ -314,8 +502,8 @@ pub struct EventFileOptions {
 }
 
 thread_local! {
-    /// Each worker thread's serialization buffer, reused across events.
-    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+    /// Each worker thread's serialization buffer, reused across events (sized on first use).
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 enum Append {
@@ -360,9 +548,8 @@ impl EventSink {
     pub async fn record(&self, event: CallEvent) {
         let mut waited = false;
         loop {
-            let outcome = self.serialize_and(&event.as_ref(), |line| self.try_append(line));
-            match outcome {
-                Some(Append::Full) => {
+            match Self::serialize_and(&event.as_ref(), |line| self.try_append(line)) {
+                Append::Full => {
                     if !waited {
                         waited = true;
                         self.stats
@@ -371,8 +558,8 @@ impl EventSink {
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Some(Append::WriterGone) => return self.writer_gone(),
-                Some(Append::Done) | None => return,
+                Append::WriterGone => return self.writer_gone(),
+                Append::Done => return,
             }
         }
     }
@@ -387,37 +574,33 @@ impl EventSink {
     /// reusable buffer, then appended to the writer's buffer. Waits only if the writer is
     /// [`MAX_BUFFERED_BYTES`] behind (back-pressure, counted).
     pub fn record_ref(&self, event: &CallEventRef<'_>) {
-        self.serialize_and(event, |line| self.append_blocking(line));
+        Self::serialize_and(event, |line| self.append_blocking(line));
     }
 
-    /// Serializes `event` as one line and hands it to `then`; `None` (counted, logged) if it
-    /// cannot be serialized, which JSON of these types never fails to be.
-    fn serialize_and<R>(
-        &self,
-        event: &CallEventRef<'_>,
-        then: impl FnOnce(&[u8]) -> R,
-    ) -> Option<R> {
-        fn fill(line: &mut Vec<u8>, event: &CallEventRef<'_>) -> serde_json::Result<()> {
+    /// Serializes `event` as one line into this thread's reusable buffer and hands it to
+    /// `then` (called exactly once). Infallible: no allocation once the buffer has grown, no
+    /// error path.
+    #[inline]
+    fn serialize_and<R>(event: &CallEventRef<'_>, mut then: impl FnMut(&[u8]) -> R) -> R {
+        fn fill(line: &mut Vec<u8>, event: &CallEventRef<'_>) {
             line.clear();
-            serde_json::to_writer(&mut *line, event)?;
+            line.reserve(1024);
+            event.write_json(line);
             line.push(b'\n');
-            Ok(())
         }
-        let mut then = Some(then);
-        let mut run = |line: &mut Vec<u8>| match fill(line, event) {
-            Ok(()) => Some((then.take().expect("called once"))(line)),
-            Err(error) => {
-                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, "could not serialize a call event");
-                None
-            }
-        };
         // The thread-local buffer is unavailable only during thread teardown (or re-entrancy).
-        let outcome =
-            LINE.try_with(|cell| cell.try_borrow_mut().ok().map(|mut line| run(&mut line)));
-        match outcome {
+        let done = LINE.try_with(|cell| {
+            let mut line = cell.try_borrow_mut().ok()?;
+            fill(&mut line, event);
+            Some(then(&line))
+        });
+        match done {
             Ok(Some(result)) => result,
-            _ => run(&mut Vec::with_capacity(1024)),
+            _ => {
+                let mut line = Vec::with_capacity(1024);
+                fill(&mut line, event);
+                then(&line)
+            }
         }
     }
 
@@ -797,13 +980,29 @@ fn format_rfc3339_millis(at: SystemTime) -> Option<[u8; 24]> {
     Some(out)
 }
 
+/// The general path (before 1970, after 9999): the `time` crate. A time it cannot represent
+/// (beyond ±9999 years) falls back to the epoch, as a formatting error does, instead of
+/// panicking in `OffsetDateTime::from`.
 fn rfc3339_millis_slow(at: SystemTime) -> String {
-    let at = time::OffsetDateTime::from(at);
+    let epoch = time::OffsetDateTime::UNIX_EPOCH;
+    let at = match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => after
+            .try_into()
+            .ok()
+            .and_then(|after| epoch.checked_add(after)),
+        Err(before) => {
+            let before = before.duration();
+            before
+                .try_into()
+                .ok()
+                .and_then(|before| epoch.checked_sub(before))
+        }
+    };
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    at.format(&format)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_string())
+    at.and_then(|at| at.format(&format).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_string())
 }
 
 #[cfg(test)]
@@ -882,6 +1081,465 @@ mod tests {
                 .unwrap()
                 .replace("2026-11-28T09:15:23.266Z", &rfc3339_millis(at))
         );
+    }
+
+    /// xorshift64*: a fixed, seeded sequence (the test must be reproducible).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, bound: usize) -> usize {
+            (self.next() % bound as u64) as usize
+        }
+
+        fn coin(&mut self) -> bool {
+            self.next() & 1 == 1
+        }
+
+        fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+            from[self.below(from.len())]
+        }
+
+        /// One of `edges`, or a random value, evenly.
+        fn edge_or<T: Copy>(&mut self, edges: &[T], random: impl FnOnce(&mut Self) -> T) -> T {
+            if self.coin() {
+                self.pick(edges)
+            } else {
+                random(self)
+            }
+        }
+    }
+
+    const STATIC_TEXTS: &[&str] = &[
+        "",
+        "token",
+        "mtls",
+        "HTTP/1.1",
+        "HTTP/2",
+        "intercept",
+        "too_large",
+        "quo\"te \\ back\\slash",
+        "ctl \u{0}\u{1}\u{8}\u{9}\u{a}\u{b}\u{c}\u{d}\u{1b}\u{1f}\u{7f}",
+        "ünïcödé ✓ 𝄞 \u{2028}\u{2029}",
+    ];
+
+    fn random_text(rng: &mut Rng) -> String {
+        const PIECES: &[&str] = &[
+            "a",
+            "Z",
+            "0",
+            "/v1/charges/{id}",
+            " ",
+            "\"",
+            "\\",
+            "\n",
+            "\r",
+            "\t",
+            "\u{8}",
+            "\u{c}",
+            "\u{0}",
+            "\u{1f}",
+            "\u{7f}",
+            "é",
+            "✓",
+            "𝄞",
+            "\u{2028}",
+            "</script>",
+            "'",
+        ];
+        (0..rng.below(12)).map(|_| rng.pick(PIECES)).collect()
+    }
+
+    fn random_v4(rng: &mut Rng) -> std::net::Ipv4Addr {
+        // Bias octets towards the 1-, 2- and 3-digit boundaries.
+        let mut octet = || match rng.below(4) {
+            0 => [0u8, 9, 10, 99, 100, 255][rng.below(6)],
+            _ => rng.next() as u8,
+        };
+        std::net::Ipv4Addr::new(octet(), octet(), octet(), octet())
+    }
+
+    fn random_v6(rng: &mut Rng) -> std::net::Ipv6Addr {
+        // Zero runs of every length and position, and some v4-mapped / v4-compatible forms.
+        let mut segments = [0u16; 8];
+        for segment in &mut segments {
+            *segment = match rng.below(3) {
+                0 => 0,
+                1 => rng.next() as u16,
+                _ => rng.next() as u16 & 0xf,
+            };
+        }
+        match rng.below(6) {
+            0 => std::net::Ipv4Addr::from(rng.next() as u32).to_ipv6_mapped(),
+            1 => std::net::Ipv4Addr::from(rng.next() as u32).to_ipv6_compatible(),
+            _ => std::net::Ipv6Addr::from(segments),
+        }
+    }
+
+    fn random_port(rng: &mut Rng) -> u16 {
+        rng.edge_or(&[0, 1, 9, 10, 80, 443, 65_535], |rng| rng.next() as u16)
+    }
+
+    fn random_ip(rng: &mut Rng) -> IpAddr {
+        let v4_edges = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "127.0.0.1",
+            "10.0.0.1",
+            "1.2.3.4",
+        ];
+        let v6_edges = [
+            "::",
+            "::1",
+            "::ffff:1.2.3.4",
+            "::ffff:0.0.0.0",
+            "::1.2.3.4",
+            "2001:db8::1",
+            "2001:db8:0:0:1:0:0:1",
+            "fe80::1:0:0:0",
+            "1:0:0:2:0:0:0:3",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "64:ff9b::102:304",
+        ];
+        match rng.below(4) {
+            0 => rng.pick(&v4_edges).parse().unwrap(),
+            1 => rng.pick(&v6_edges).parse().unwrap(),
+            2 => IpAddr::V4(random_v4(rng)),
+            _ => IpAddr::V6(random_v6(rng)),
+        }
+    }
+
+    fn random_socket_addr(rng: &mut Rng) -> SocketAddr {
+        match random_ip(rng) {
+            IpAddr::V4(ip) => SocketAddr::from((ip, random_port(rng))),
+            IpAddr::V6(ip) => {
+                let flow = if rng.coin() { 0 } else { rng.next() as u32 };
+                let scope = rng.edge_or(&[0, 1, 3, u32::MAX], |rng| rng.next() as u32);
+                SocketAddr::V6(std::net::SocketAddrV6::new(
+                    ip,
+                    random_port(rng),
+                    flow,
+                    scope,
+                ))
+            }
+        }
+    }
+
+    fn random_time(rng: &mut Rng) -> SystemTime {
+        let epoch = SystemTime::UNIX_EPOCH;
+        // Years 1970..=9999 take the fast path; the rest (before 1970, years 0 and below,
+        // past 9999 and past what `time` represents) the slow one.
+        let edges = [
+            0i64,
+            -1,
+            86_399,
+            951_782_400,           // 2000-02-29
+            1_795_857_323,         // 2026
+            -62_135_596_800,       // 0001-01-01
+            -62_167_219_200,       // 0000-01-01
+            -62_167_219_201,       // year -1
+            253_402_300_799,       // 9999-12-31T23:59:59
+            253_402_300_800,       // 10000-01-01
+            -377_705_203_200,      // -9999-01-01, the earliest `time` represents
+            -377_705_203_201,      // before it
+            1_000_000_000_000_000, // far beyond it
+        ];
+        let secs = rng.edge_or(&edges, |rng| match rng.below(3) {
+            0 => (rng.next() % 253_402_300_800) as i64,
+            1 => -((rng.next() % 377_705_116_800) as i64),
+            _ => (rng.next() >> 20) as i64 - (1 << 43),
+        });
+        let nanos = rng.edge_or(&[0, 1, 999_999, 1_000_000, 999_999_999], |rng| {
+            (rng.next() % 1_000_000_000) as u32
+        });
+        let whole = Duration::from_secs(secs.unsigned_abs());
+        let at = if secs >= 0 {
+            epoch + whole
+        } else {
+            epoch - whole
+        };
+        at + Duration::from_nanos(u64::from(nanos))
+    }
+
+    fn random_duration_ms(rng: &mut Rng) -> f64 {
+        let edges = [
+            0.0,
+            -0.0,
+            1.0,
+            12.5,
+            0.03,
+            0.1,
+            1e-7,
+            1e-5,
+            1e-4,
+            1e15,
+            1e16,
+            1e17,
+            1e21,
+            1e22,
+            1e300,
+            123_456_789.012,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::MAX,
+            f64::MIN,
+            f64::EPSILON,
+            f64::NAN,
+            -f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        rng.edge_or(&edges, |rng| match rng.below(4) {
+            0 => f64::from_bits(rng.next()),
+            1 => (rng.next() % 10_000_000) as f64 / 1000.0,
+            2 => rng.next() as f64 / (rng.next() | 1) as f64,
+            _ => Duration::from_nanos(rng.next() % 100_000_000_000).as_secs_f64() * 1000.0,
+        })
+    }
+
+    fn random_text_field<'a>(rng: &mut Rng, texts: &'a [String]) -> EventText<'a> {
+        match rng.below(4) {
+            0 => EventText::Str(&texts[rng.below(texts.len())]),
+            1 => EventText::Time(random_time(rng)),
+            2 => EventText::Addr(random_socket_addr(rng)),
+            _ => EventText::Ip(random_ip(rng)),
+        }
+    }
+
+    #[test]
+    fn write_json_matches_serde_json_byte_for_byte() {
+        let mut rng = Rng(0x5eed_0f90_57e4);
+        let texts: Vec<String> = STATIC_TEXTS
+            .iter()
+            .map(|text| text.to_string())
+            .chain((0..200).map(|_| random_text(&mut rng)))
+            .collect();
+        let maps: Vec<std::collections::BTreeMap<String, usize>> = (0..40)
+            .map(|index| {
+                (0..index % 5)
+                    .map(|_| {
+                        let count = rng.edge_or(&[0, 1, usize::MAX], |rng| rng.below(1 << 20));
+                        (texts[rng.below(texts.len())].clone(), count)
+                    })
+                    .collect()
+            })
+            .collect();
+        let text = |rng: &mut Rng| texts[rng.below(texts.len())].as_str();
+        let opt_text = |rng: &mut Rng| rng.coin().then(|| text(rng));
+        let opt_static = |rng: &mut Rng| rng.coin().then(|| rng.pick(STATIC_TEXTS));
+        let opt_map = |rng: &mut Rng| rng.coin().then(|| &maps[rng.below(maps.len())]);
+
+        let mut coverage = Coverage::default();
+        let mut ours = Vec::new();
+        for round in 0..5_000 {
+            let event = CallEventRef {
+                schema_version: rng.edge_or(&[0, 1, u32::MAX], |rng| rng.next() as u32),
+                time: random_text_field(&mut rng, &texts),
+                request_id: text(&mut rng),
+                integration: opt_text(&mut rng),
+                caller: opt_text(&mut rng),
+                operation: opt_text(&mut rng),
+                method: text(&mut rng),
+                path: opt_text(&mut rng),
+                status: rng.edge_or(&[0, 200, 403, u16::MAX], |rng| rng.next() as u16),
+                decision: if rng.coin() {
+                    Decision::Allow
+                } else {
+                    Decision::Deny
+                },
+                reason: text(&mut rng),
+                request_bytes: rng.edge_or(&[0, 9, 10, u64::MAX], Rng::next),
+                response_bytes: rng.edge_or(&[0, 99, 100, u64::MAX], |rng| rng.next() >> 30),
+                duration_ms: random_duration_ms(&mut rng),
+                upstream_addr: rng.coin().then(|| random_text_field(&mut rng, &texts)),
+                source_ip: random_text_field(&mut rng, &texts),
+                auth: opt_static(&mut rng),
+                protocol: rng.pick(STATIC_TEXTS),
+                policy: opt_text(&mut rng),
+                redirect_off_origin: rng.coin(),
+                incomplete: rng.coin(),
+                data_classes: opt_map(&mut rng),
+                unscanned: opt_static(&mut rng),
+                redacted: rng.coin(),
+                response_data_classes: opt_map(&mut rng),
+                response_unscanned: opt_static(&mut rng),
+                response_redacted: rng.coin(),
+                mode: opt_static(&mut rng),
+                host: opt_text(&mut rng),
+            };
+            let reference = serde_json::to_vec(&event).unwrap();
+            ours.clear();
+            event.write_json(&mut ours);
+            assert!(
+                ours == reference,
+                "round {round}: {event:?}\nserde: {}\nours:  {}",
+                String::from_utf8_lossy(&reference),
+                String::from_utf8_lossy(&ours),
+            );
+            // The data plane's line is the same bytes and a newline.
+            let line = EventSink::serialize_and(&event, <[u8]>::to_vec);
+            assert_eq!(line[..line.len() - 1], reference[..], "round {round}");
+            assert_eq!(line.last(), Some(&b'\n'));
+            coverage.note(&event, &reference);
+        }
+        coverage.assert_complete();
+    }
+
+    /// Which hard cases the random events reached: the test is only as good as its inputs.
+    #[derive(Default)]
+    struct Coverage {
+        seen: std::collections::BTreeSet<&'static str>,
+    }
+
+    impl Coverage {
+        const ALL: &'static [&'static str] = &[
+            "time fast",
+            "time before 1970",
+            "time after 9999",
+            "time beyond the time crate",
+            "addr v4",
+            "addr v6",
+            "addr v6 scoped",
+            "ip v4",
+            "ip v6",
+            "ip v4-mapped",
+            "ip 0.0.0.0",
+            "ip 255.255.255.255",
+            "ip ::1",
+            "str",
+            "float null",
+            "float e+",
+            "float e-",
+            "float .0",
+            "negative zero",
+            "escaped control",
+            "escaped quote",
+            "non-ascii",
+            "optional null",
+            "every skipped field present",
+            "every skipped field absent",
+            "empty map",
+            "upstream null",
+        ];
+
+        fn note(&mut self, event: &CallEventRef<'_>, reference: &[u8]) {
+            let text = String::from_utf8_lossy(reference);
+            let mut see = |case: &'static str, when: bool| {
+                if when {
+                    self.seen.insert(case);
+                }
+            };
+            for field in [Some(event.time), event.upstream_addr, Some(event.source_ip)]
+                .into_iter()
+                .flatten()
+            {
+                match field {
+                    EventText::Str(_) => see("str", true),
+                    EventText::Time(at) => {
+                        let fast = format_rfc3339_millis(at).is_some();
+                        see("time fast", fast);
+                        see("time before 1970", at < SystemTime::UNIX_EPOCH);
+                        let future = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+                        see("time after 9999", at >= future);
+                        see(
+                            "time beyond the time crate",
+                            !fast && rfc3339_millis_slow(at) == "1970-01-01T00:00:00.000Z",
+                        );
+                    }
+                    EventText::Addr(SocketAddr::V4(_)) => see("addr v4", true),
+                    EventText::Addr(SocketAddr::V6(addr)) => {
+                        see("addr v6", true);
+                        see("addr v6 scoped", addr.scope_id() != 0);
+                    }
+                    EventText::Ip(IpAddr::V4(ip)) => {
+                        see("ip v4", true);
+                        see("ip 0.0.0.0", ip.is_unspecified());
+                        see("ip 255.255.255.255", ip.is_broadcast());
+                    }
+                    EventText::Ip(IpAddr::V6(ip)) => {
+                        see("ip v6", true);
+                        see("ip v4-mapped", ip.to_ipv4_mapped().is_some());
+                        see("ip ::1", ip.is_loopback());
+                    }
+                }
+            }
+            let duration = serde_json::to_string(&event.duration_ms).unwrap();
+            see("float null", duration == "null");
+            see("float e+", duration.contains("e+"));
+            see("float e-", duration.contains("e-"));
+            see("float .0", duration.ends_with(".0"));
+            see("negative zero", duration == "-0.0");
+            see("escaped control", text.contains("\\u00"));
+            see("escaped quote", text.contains("\\\""));
+            see("non-ascii", !text.is_ascii());
+            see("optional null", text.contains(":null"));
+            see("upstream null", event.upstream_addr.is_none());
+            let skipped = [
+                event.redirect_off_origin,
+                event.incomplete,
+                event.data_classes.is_some(),
+                event.unscanned.is_some(),
+                event.redacted,
+                event.response_data_classes.is_some(),
+                event.response_unscanned.is_some(),
+                event.response_redacted,
+                event.mode.is_some(),
+                event.host.is_some(),
+            ];
+            see(
+                "every skipped field present",
+                skipped.iter().all(|&set| set),
+            );
+            see(
+                "every skipped field absent",
+                skipped.iter().all(|&set| !set),
+            );
+            see("empty map", text.contains("classes\":{}"));
+        }
+
+        fn assert_complete(&self) {
+            let missing: Vec<_> = Self::ALL
+                .iter()
+                .filter(|case| !self.seen.contains(*case))
+                .collect();
+            assert!(missing.is_empty(), "cases never generated: {missing:?}");
+        }
+    }
+
+    #[test]
+    fn slow_time_path_matches_the_time_crate_and_never_panics() {
+        let format = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        // `OffsetDateTime::from(SystemTime)` (the former slow path) panics out of range, and
+        // also just inside it (-9999-01-01T00:00:00.001); compare with it away from the edges.
+        let interior = -377_705_116_800i128 * 1_000_000_000..253_402_214_400i128 * 1_000_000_000;
+        let mut rng = Rng(42);
+        let mut compared = 0;
+        for _ in 0..5_000 {
+            let at = random_time(&mut rng);
+            let nanos = match at.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(after) => after.as_nanos() as i128,
+                Err(before) => -(before.duration().as_nanos() as i128),
+            };
+            let expected = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+                .ok()
+                .and_then(|at| at.format(&format).ok())
+                .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into());
+            assert_eq!(rfc3339_millis_slow(at), expected, "{at:?}");
+            if interior.contains(&nanos) {
+                let former = time::OffsetDateTime::from(at).format(&format).unwrap();
+                assert_eq!(expected, former, "{at:?}");
+                compared += 1;
+            }
+        }
+        assert!(compared > 1_000);
     }
 
     fn options(dir: &Path, max_file_bytes: u64) -> EventFileOptions {

@@ -128,6 +128,10 @@ struct Shared {
     injected_write_failures: AtomicU32,
     /// The open `<dir>/lock`, holding the exclusive lock until `close` (or drop).
     lock: Mutex<Option<File>>,
+    /// Rung after queueing anything that must not be held back (an append that waits, the
+    /// shutdown): ends the sequencer's detached hold. Detached appends do not ring it, so they
+    /// cost the sequencer no wake-up each.
+    urgent: tokio::sync::Notify,
 }
 
 /// Where a waiting append learns its index (or why it failed).
@@ -223,6 +227,7 @@ impl Ledger {
             })
             .await
             .map_err(|_| LedgerError::Closed)?;
+        self.shared.urgent.notify_one();
         response.await.map_err(|_| LedgerError::Closed)?
     }
 
@@ -244,6 +249,7 @@ impl Ledger {
             .send(Command::AppendMany { entries, reply })
             .await
             .map_err(|_| LedgerError::Closed)?;
+        self.shared.urgent.notify_one();
         response.await.map_err(|_| LedgerError::Closed)?
     }
 
@@ -272,6 +278,7 @@ impl Ledger {
     /// handle keep working on what was committed).
     pub async fn close(&self) {
         let _ = self.commands.send(Command::Shutdown).await;
+        self.shared.urgent.notify_one();
         let ended = self.sequencer.lock().expect("sequencer lock").take();
         if let Some(ended) = ended {
             let _ = ended.await;
@@ -705,6 +712,7 @@ fn open_blocking(
         health: Mutex::new(Health::Healthy),
         injected_write_failures: AtomicU32::new(0),
         lock: Mutex::new(Some(lock)),
+        urgent: tokio::sync::Notify::new(),
         signer,
         verifier,
         dir,
@@ -901,19 +909,19 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
         };
         shutting_down = take(first, &mut batch) || drain(&mut batch, &mut commands);
         // Nobody waits for any of these: let them gather for one sync, until someone waits.
+        // The thread sleeps through detached appends; only `urgent` (or the deadline) wakes it.
         let waited = |batch: &[(Vec<u8>, Option<Reply>)]| batch.iter().any(|(_, r)| r.is_some());
         if let (Some(clock), Some((started, _))) = (&clock, last_commit) {
             let until = tokio::time::Instant::from_std(started + detached_interval);
             while !shutting_down && batch.len() < max_batch && !waited(&batch) {
-                match clock
-                    .block_on(async { tokio::time::timeout_at(until, commands.recv()).await })
-                {
-                    Ok(Some(command)) => {
-                        shutting_down =
-                            take(command, &mut batch) || drain(&mut batch, &mut commands);
-                    }
-                    Ok(None) => shutting_down = true,
-                    Err(_elapsed) => break,
+                let rung = clock.block_on(async {
+                    tokio::time::timeout_at(until, shared.urgent.notified())
+                        .await
+                        .is_ok()
+                });
+                shutting_down = drain(&mut batch, &mut commands);
+                if !rung {
+                    break;
                 }
             }
         }

@@ -527,7 +527,11 @@ async fn detached_entries_gather_for_one_sync_until_an_append_waits() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         waited += 1;
     }
-    assert_eq!(ledger.size(), 7, "a held detached entry is committed by itself");
+    assert_eq!(
+        ledger.size(),
+        7,
+        "a held detached entry is committed by itself"
+    );
     // Closing writes whatever is still held.
     ledger.append_detached(entry(7)).unwrap();
     ledger.close().await;

@@ -50,7 +50,8 @@ pub use checkpoint::{Checkpoint, CheckpointError, TlogProof, TLOG_PROOF_HEADER};
 pub use hash::{empty_root, leaf_hash, node_hash, Hash, HASH_SIZE};
 pub use note::{ed25519_key_id, open_note, NoteError, NoteSigner, NoteVerifier, OpenedNote};
 pub use record::{
-    keyed_hash, AuditRecord, AuditRecordRef, Decision, RecordError, RecordKind, RECORD_VERSION,
+    keyed_hash, AuditRecord, AuditRecordRef, Decision, KeyedHasher, RecordError, RecordKind,
+    RECORD_VERSION,
 };
 pub use tile::{
     append_bundle_entry, decode_entry_bundle, encode_entry_bundle, encode_tile_index,
