@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Instructions per forwarded call, counted by callgrind: the same figure on a busy shared machine
+# as on an idle one, so a change to the per-call work shows even when req/s are noise.
+# See bench/README.md. Run `bench/instructions.sh --help` for options.
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
+BENCH_LOG_TAG=instructions
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+CMDLINE="$(quote_cmdline bench/instructions.sh "$@")"
+
+SMALL=500
+LARGE=2500
+AUDIT_MODE=best_effort
+TARGETS="postern floor"
+SKIP_BUILD=0
+KEEP=0
+PROXY_THREADS=1
+UPSTREAM_THREADS=1
+
+usage() {
+  cat <<EOF
+Usage: bench/instructions.sh [options]
+
+Runs each target under valgrind --tool=callgrind twice, serving --small and then --large calls
+(GET /bench/v1/charges/ch_123 over 8 keep-alive connections from postern-bench-load), and prints
+(total instructions of the large run - those of the small run) / (large - small): what one more
+forwarded call costs the proxy process in user space, start-up excluded. Targets:
+  postern  the full pipeline (one worker; caller token, grant, Cedar, rate limit, bearer
+           injection, event, audit entries, detector), with --audit MODE
+  floor    the bare hyper proxy (examples/minproxy.rs, one thread)
+valgrind has no SHA-NI: SHA-256 runs in software under it, so hashing (audit leaf and node
+hashes, the target HMAC, the caller token) counts for far more than on the CPU (~70k of
+Postern's count); the report gives Postern's total with and without sha2's compress function.
+
+Options:
+  --small N        calls in the short run (default $SMALL)
+  --large N        calls in the long run (default $LARGE)
+  --audit MODE     required or best_effort (default $AUDIT_MODE)
+  --targets LIST   subset of "postern floor" (default "$TARGETS")
+  --skip-build     use the existing release binaries
+  --keep           keep the temp dir (configs, logs, callgrind files)
+  -h, --help       this help
+
+Needs: cargo, valgrind (installed with apt-get when missing and running as root), python3.
+EOF
+}
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --small) SMALL="$2"; shift 2 ;;
+    --large) LARGE="$2"; shift 2 ;;
+    --audit) AUDIT_MODE="$2"; shift 2 ;;
+    --targets) TARGETS="$2"; shift 2 ;;
+    --skip-build) SKIP_BUILD=1; shift ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "instructions.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+require_numbers instructions.sh "$SMALL" "$LARGE"
+[[ "$LARGE" -gt "$SMALL" && "$SMALL" -ge 1 ]] || { echo "instructions.sh: need 1 <= --small < --large" >&2; exit 2; }
+[[ "$AUDIT_MODE" == required || "$AUDIT_MODE" == best_effort ]] || { echo "instructions.sh: --audit is required or best_effort" >&2; exit 2; }
+
+if ! command -v valgrind >/dev/null; then
+  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    log "installing valgrind with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >&2 || die "apt-get install valgrind failed"
+  else
+    die "valgrind is needed (Debian: apt-get install -y valgrind)"
+  fi
+fi
+
+build_release "--skip-build uses the last release binaries" \
+  -p postern -p postern-bench-upstream --bins --example minproxy
+locate_release_bins
+LOAD_BIN="$TARGET_DIR/release/postern-bench-load"
+FLOOR_BIN="$TARGET_DIR/release/examples/minproxy"
+for bin in "$POSTERN_BIN" "$UPSTREAM_BIN" "$LOAD_BIN" "$FLOOR_BIN"; do
+  [[ -x "$bin" ]] || die "$bin not found (drop --skip-build?)"
+done
+
+make_workdir postern-instructions
+UPSTREAM_PORT="$(free_port)"
+POSTERN_PORT="$(free_port)"
+ADMIN_PORT="$(free_port)"
+start_upstream
+write_postern_config bench/instructions.sh 'credential = { kind = "bearer", from_file = "vendor-key" }'
+
+# count TARGET CALLS -> TOTAL (instructions of the proxy process) and SHA (those in sha2's
+# software compress function)
+count() {
+  local target="$1" calls="$2" out="$WORK/callgrind.$1.$2" pid
+  rm -rf "$WORK/postern/data"
+  case "$target" in
+    postern)
+      (cd "$WORK/postern" && POSTERN_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$POSTERN_BIN" serve --config postern.toml) >"$WORK/valgrind.$target.$calls.log" 2>&1 &
+      ;;
+    floor)
+      valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$FLOOR_BIN" tpc "127.0.0.1:$POSTERN_PORT" "http://127.0.0.1:$UPSTREAM_PORT" 1 \
+        >"$WORK/valgrind.$target.$calls.log" 2>&1 &
+      ;;
+  esac
+  pid=$!
+  PIDS+=("$pid")
+  local i
+  for i in $(seq 1 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$POSTERN_PORT") 2>/dev/null && break
+    kill -0 "$pid" 2>/dev/null || die "$target exited under valgrind (see $WORK/valgrind.$target.$calls.log)"
+    sleep 0.2
+  done
+  "$LOAD_BIN" path --target "127.0.0.1:$POSTERN_PORT" --token "$TOKEN" --connections 8 --threads 1 \
+    --requests "$calls" --timeout 60 --strict >"$WORK/load.$target.$calls.log" 2>&1 \
+    || die "calls through $target failed (see $WORK/load.$target.$calls.log)"
+  sleep 1
+  # Postern shuts down gracefully on SIGINT; the floor has no handler and stops on SIGTERM.
+  if [[ "$target" == postern ]]; then kill -INT "$pid"; else kill -TERM "$pid"; fi
+  wait "$pid" 2>/dev/null || true
+  [[ -s "$out" ]] || die "callgrind wrote no profile for $target (see $WORK/valgrind.$target.$calls.log)"
+  TOTAL="$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
+  SHA="$(callgrind_annotate "$out" 2>/dev/null | awk '/sha2::sha256::soft::compress/ {gsub(",", "", $1); s += $1} END {print s + 0}')"
+}
+
+printf '%s\n' "# Instructions per forwarded call (callgrind)" "" "Command: \`$CMDLINE\`" \
+  "" "| target | instructions per call | without software SHA-256 |" "|---|---:|---:|"
+for target in $TARGETS; do
+  log "$target: $SMALL calls"
+  count "$target" "$SMALL"
+  small_total=$TOTAL small_sha=$SHA
+  log "$target: $LARGE calls"
+  count "$target" "$LARGE"
+  python3 - "$target" "$SMALL" "$LARGE" "$small_total" "$TOTAL" "$small_sha" "$SHA" <<'PY'
+import sys
+target, small, large, st, lt, ss, ls = sys.argv[1], *map(int, sys.argv[2:])
+calls = large - small
+per, sha = (lt - st) / calls, (ls - ss) / calls
+print(f"| {target} | {per:,.0f} | {per - sha:,.0f} |")
+PY
+done
