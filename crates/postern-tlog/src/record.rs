@@ -99,13 +99,18 @@ impl AuditRecord {
     /// The canonical bytes: compact JSON, keys in the documented order, no whitespace.
     /// Written by the same encoder as [`AuditRecordRef::encode`].
     pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
+        self.with_ref(|record| record.encode())
+    }
+
+    /// Runs `f` on this record borrowed as an [`AuditRecordRef`] (the form the encoder takes).
+    pub fn with_ref<R>(&self, f: impl FnOnce(&AuditRecordRef<'_>) -> R) -> R {
         let data_classes: Vec<&str> = self.data_classes.iter().map(String::as_str).collect();
         let hmacs: Vec<(&str, &str)> = self
             .hmacs
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_str()))
             .collect();
-        AuditRecordRef {
+        f(&AuditRecordRef {
             version: self.version,
             kind: self.kind,
             time_unix_ms: self.time_unix_ms,
@@ -123,8 +128,7 @@ impl AuditRecord {
             data_classes: &data_classes,
             intent_index: self.intent_index,
             hmacs: &hmacs,
-        }
-        .encode()
+        })
     }
 
     /// Decodes canonical bytes; anything that would not re-encode to the same bytes is refused.
@@ -569,46 +573,24 @@ mod tests {
         let mut reused = b"stale bytes the encoder must clear".to_vec();
         for n in 0..4000 {
             let record = random_record(&mut rng, &specials, &mut coverage);
-            let classes: Vec<&str> = record.data_classes.iter().map(String::as_str).collect();
-            let hmacs: Vec<(&str, &str)> = record
-                .hmacs
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str()))
-                .collect();
-            let borrowed = AuditRecordRef {
-                version: record.version,
-                kind: record.kind,
-                time_unix_ms: record.time_unix_ms,
-                request_id: &record.request_id,
-                caller: &record.caller,
-                integration: &record.integration,
-                operation: &record.operation,
-                method: &record.method,
-                path_template: &record.path_template,
-                decision: record.decision,
-                reason: record.reason.as_deref(),
-                status: record.status,
-                request_bytes: record.request_bytes,
-                response_bytes: record.response_bytes,
-                data_classes: &classes,
-                intent_index: record.intent_index,
-                hmacs: &hmacs,
-            };
-            let ours = borrowed.encode().unwrap();
-            // The serde paths this encoder replaced: the borrowed record's derive, and the
-            // owned record's derive (the old `AuditRecord::encode`).
-            let serde_borrowed = serde_json::to_vec(&SerdeMirror::of(&borrowed)).unwrap();
-            let serde_owned = serde_json::to_vec(&record).unwrap();
-            assert_eq!(
-                String::from_utf8_lossy(&ours),
-                String::from_utf8_lossy(&serde_borrowed),
-                "record {n}: {record:?}"
-            );
-            assert_eq!(ours, serde_borrowed, "record {n}: {record:?}");
-            assert_eq!(ours, serde_owned, "record {n}: {record:?}");
-            assert_eq!(record.encode().unwrap(), ours, "record {n}");
-            borrowed.encode_into(&mut reused).unwrap();
-            assert_eq!(reused, ours, "record {n}: encode_into clears and rewrites");
+            let ours = record.with_ref(|borrowed| {
+                let ours = borrowed.encode().unwrap();
+                // The serde paths this encoder replaced: the borrowed record's derive, and the
+                // owned record's derive (the old `AuditRecord::encode`).
+                let serde_borrowed = serde_json::to_vec(&SerdeMirror::of(&borrowed)).unwrap();
+                let serde_owned = serde_json::to_vec(&record).unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&ours),
+                    String::from_utf8_lossy(&serde_borrowed),
+                    "record {n}: {record:?}"
+                );
+                assert_eq!(ours, serde_borrowed, "record {n}: {record:?}");
+                assert_eq!(ours, serde_owned, "record {n}: {record:?}");
+                assert_eq!(record.encode().unwrap(), ours, "record {n}");
+                borrowed.encode_into(&mut reused).unwrap();
+                assert_eq!(reused, ours, "record {n}: encode_into clears and rewrites");
+                ours
+            });
             assert_eq!(AuditRecord::decode(&ours).unwrap(), record, "record {n}");
         }
 

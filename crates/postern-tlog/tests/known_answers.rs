@@ -427,52 +427,34 @@ fn keyed_hash_is_hmac_sha256_with_length_prefixed_label() {
 #[test]
 fn borrowed_record_encodes_to_the_same_bytes() {
     let record = sample_record();
-    let classes: Vec<&str> = record.data_classes.iter().map(String::as_str).collect();
-    let hmacs: Vec<(&str, &str)> = record
-        .hmacs
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_str()))
-        .collect();
-    let borrowed = |reason: Option<&'static str>, intent_index| AuditRecordRef {
-        version: record.version,
-        kind: record.kind,
-        time_unix_ms: record.time_unix_ms,
-        request_id: &record.request_id,
-        caller: &record.caller,
-        integration: &record.integration,
-        operation: &record.operation,
-        method: &record.method,
-        path_template: &record.path_template,
-        decision: record.decision,
-        reason,
-        status: record.status,
-        request_bytes: record.request_bytes,
-        response_bytes: record.response_bytes,
-        data_classes: &classes,
-        intent_index,
-        hmacs: &hmacs,
-    };
-    assert_eq!(
-        borrowed(None, Some(41)).encode().unwrap(),
-        record.encode().unwrap()
-    );
-    let mut other = record.clone();
-    other.reason = Some("granted".into());
-    other.intent_index = None;
-    assert_eq!(
-        borrowed(Some("granted"), None).encode().unwrap(),
-        other.encode().unwrap()
-    );
-    // The same checks as the owned record: unsorted names or bad hex are refused.
-    let unsorted = [hmacs[1], hmacs[0]];
-    let mut bad = borrowed(None, None);
-    bad.hmacs = &unsorted;
-    assert!(bad.encode().is_err());
-    let not_hex = [("target", "XYZ")];
-    bad.hmacs = &not_hex;
-    assert!(bad.encode().is_err());
-    let unsorted_classes = ["email", "card_number"];
-    let mut bad = borrowed(None, None);
-    bad.data_classes = &unsorted_classes;
-    assert!(bad.encode().is_err());
+    record.with_ref(|base| {
+        let borrowed = |reason: Option<&'static str>, intent_index| AuditRecordRef {
+            reason,
+            intent_index,
+            ..*base
+        };
+        assert_eq!(
+            borrowed(None, Some(41)).encode().unwrap(),
+            record.encode().unwrap()
+        );
+        let mut other = record.clone();
+        other.reason = Some("granted".into());
+        other.intent_index = None;
+        assert_eq!(
+            borrowed(Some("granted"), None).encode().unwrap(),
+            other.encode().unwrap()
+        );
+        // The same checks as the owned record: unsorted names or bad hex are refused.
+        let unsorted = [base.hmacs[1], base.hmacs[0]];
+        let mut bad = borrowed(None, None);
+        bad.hmacs = &unsorted;
+        assert!(bad.encode().is_err());
+        let not_hex = [("target", "XYZ")];
+        bad.hmacs = &not_hex;
+        assert!(bad.encode().is_err());
+        let unsorted_classes = ["email", "card_number"];
+        let mut bad = borrowed(None, None);
+        bad.data_classes = &unsorted_classes;
+        assert!(bad.encode().is_err());
+    });
 }
