@@ -575,6 +575,8 @@ impl RunningGateway {
             let _ = checkpointer.await;
         }
         let audit = self.shared.audit.clone();
+        // Held detached entries (outcomes, refusals) first, so the checkpoint covers them.
+        let _ = audit.ledger.flush().await;
         let _ = tokio::task::spawn_blocking(move || audit.ledger.checkpoint()).await;
         self.shared.audit.ledger.close().await;
         drop(self.shared);

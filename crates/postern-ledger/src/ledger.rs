@@ -148,6 +148,10 @@ enum Command {
         entries: Vec<Vec<u8>>,
         reply: Reply,
     },
+    /// Answered once everything queued before it is durable (with the log's size then).
+    Flush {
+        reply: Reply,
+    },
     Shutdown,
 }
 
@@ -267,10 +271,24 @@ impl Ledger {
         {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(Command::Append { entry, .. })) => {
+                // A full queue must not sit out the detached hold.
+                self.shared.urgent.notify_one();
                 Err(DetachedAppend::Full(entry))
             }
             Err(_) => Err(DetachedAppend::Refused(LedgerError::Closed)),
         }
+    }
+
+    /// Resolves once every entry queued before it (detached ones included) is durable, with the
+    /// log's size then: what to call before a final checkpoint, so it covers them.
+    pub async fn flush(&self) -> Result<u64, LedgerError> {
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .send(Command::Flush { reply })
+            .await
+            .map_err(|_| LedgerError::Closed)?;
+        self.shared.urgent.notify_one();
+        response.await.map_err(|_| LedgerError::Closed)?
     }
 
     /// Stops the sequencer after the queued appends; later appends fail with `Closed`. Then
@@ -880,7 +898,8 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
             break;
         };
         let mut batch: Vec<(Vec<u8>, Option<Reply>)> = Vec::with_capacity(max_batch.min(1024));
-        let take = |command: Command, batch: &mut Vec<_>| match command {
+        let mut flushes: Vec<Reply> = Vec::new();
+        let take = |command: Command, batch: &mut Vec<_>, flushes: &mut Vec<Reply>| match command {
             Command::Append { entry, reply } => {
                 batch.push((entry, reply));
                 false
@@ -892,13 +911,19 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
                 }
                 false
             }
+            Command::Flush { reply } => {
+                flushes.push(reply);
+                false
+            }
             Command::Shutdown => true,
         };
-        let drain = |batch: &mut Vec<_>, commands: &mut mpsc::Receiver<Command>| {
+        let drain = |batch: &mut Vec<_>,
+                     flushes: &mut Vec<Reply>,
+                     commands: &mut mpsc::Receiver<Command>| {
             while batch.len() < max_batch {
                 match commands.try_recv() {
                     Ok(command) => {
-                        if take(command, batch) {
+                        if take(command, batch, flushes) {
                             return true;
                         }
                     }
@@ -907,19 +932,23 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
             }
             false
         };
-        shutting_down = take(first, &mut batch) || drain(&mut batch, &mut commands);
+        shutting_down =
+            take(first, &mut batch, &mut flushes) || drain(&mut batch, &mut flushes, &mut commands);
         // Nobody waits for any of these: let them gather for one sync, until someone waits.
         // The thread sleeps through detached appends; only `urgent` (or the deadline) wakes it.
-        let waited = |batch: &[(Vec<u8>, Option<Reply>)]| batch.iter().any(|(_, r)| r.is_some());
-        if let (Some(clock), Some((started, _))) = (&clock, last_commit) {
+        let waited = |batch: &[(Vec<u8>, Option<Reply>)], flushes: &[Reply]| {
+            !flushes.is_empty() || batch.iter().any(|(_, r)| r.is_some())
+        };
+        let hold = last_commit.filter(|_| !detached_interval.is_zero());
+        if let (Some(clock), Some((started, _))) = (&clock, hold) {
             let until = tokio::time::Instant::from_std(started + detached_interval);
-            while !shutting_down && batch.len() < max_batch && !waited(&batch) {
+            while !shutting_down && batch.len() < max_batch && !waited(&batch, &flushes) {
                 let rung = clock.block_on(async {
                     tokio::time::timeout_at(until, shared.urgent.notified())
                         .await
                         .is_ok()
                 });
-                shutting_down = drain(&mut batch, &mut commands);
+                shutting_down = drain(&mut batch, &mut flushes, &mut commands);
                 if !rung {
                     break;
                 }
@@ -933,14 +962,22 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
             let now = std::time::Instant::now();
             if !shutting_down && batch.len() < max_batch && until > now {
                 std::thread::sleep(until - now);
-                shutting_down = drain(&mut batch, &mut commands);
+                shutting_down = drain(&mut batch, &mut flushes, &mut commands);
             }
         }
         if batch.is_empty() {
+            let size = shared.state.read().expect("state lock").size;
+            for flush in flushes {
+                let _ = flush.send(Ok(size));
+            }
             continue;
         }
         last_commit = Some((std::time::Instant::now(), batch.len()));
-        let (entries, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let (entries, mut replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        // A flush is answered like the batch's last entry, with the size after it.
+        let flushed_size = entries.len() as u64;
+        let flushes_from = replies.len();
+        replies.extend(flushes.into_iter().map(Some));
         let Ok(result) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             write_batch(shared, &mut writer, &entries)
         })) else {
@@ -961,7 +998,12 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
                 *shared.health.lock().expect("health lock") = Health::Healthy;
                 for (i, reply) in replies.into_iter().enumerate() {
                     if let Some(reply) = reply {
-                        let _ = reply.send(Ok(first_index + i as u64));
+                        let answer = if i < flushes_from {
+                            first_index + i as u64
+                        } else {
+                            first_index + flushed_size
+                        };
+                        let _ = reply.send(Ok(answer));
                     }
                 }
             }
@@ -984,7 +1026,8 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
             Command::Append {
                 reply: Some(reply), ..
             }
-            | Command::AppendMany { reply, .. } => {
+            | Command::AppendMany { reply, .. }
+            | Command::Flush { reply } => {
                 let _ = reply.send(Err(LedgerError::Closed));
             }
             _ => {}

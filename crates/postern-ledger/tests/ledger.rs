@@ -532,12 +532,23 @@ async fn detached_entries_gather_for_one_sync_until_an_append_waits() {
         7,
         "a held detached entry is committed by itself"
     );
-    // Closing writes whatever is still held.
+    // A flush ends the hold too, and answers with the size that covers the held entries.
     ledger.append_detached(entry(7)).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(ledger.flush().await.unwrap(), 8);
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500));
+    assert_eq!(ledger.size(), 8);
+    assert_eq!(
+        ledger.flush().await.unwrap(),
+        8,
+        "nothing queued: the size now"
+    );
+    // Closing writes whatever is still held.
+    ledger.append_detached(entry(8)).unwrap();
     ledger.close().await;
     let reopened = open(tmp.path()).await;
-    assert_eq!(reopened.size(), 8);
-    for i in 0..8 {
+    assert_eq!(reopened.size(), 9);
+    for i in 0..9 {
         assert_eq!(reopened.entry(i).unwrap(), entry(i));
     }
 }
