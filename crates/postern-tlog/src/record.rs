@@ -577,7 +577,7 @@ mod tests {
                 let ours = borrowed.encode().unwrap();
                 // The serde paths this encoder replaced: the borrowed record's derive, and the
                 // owned record's derive (the old `AuditRecord::encode`).
-                let serde_borrowed = serde_json::to_vec(&SerdeMirror::of(&borrowed)).unwrap();
+                let serde_borrowed = serde_json::to_vec(&SerdeMirror::of(borrowed)).unwrap();
                 let serde_owned = serde_json::to_vec(&record).unwrap();
                 assert_eq!(
                     String::from_utf8_lossy(&ours),
