@@ -1,14 +1,14 @@
 # shellcheck shell=bash
-# Shared set-up for the bench scripts (bench/run.sh, bench/proxy.sh). This file is sourced, not
+# Shared set-up for the bench scripts (bench/run.sh, bench/proxy.sh, bench/instructions.sh). This file is sourced, not
 # run: it only defines functions and sets nothing on its own, so sourcing it before option parsing
 # (and for --help) changes nothing. It holds log/die, argument checks, the release build and
 # locating its binaries (CARGO_TARGET_DIR or cargo metadata), the temp dir with the PIDS list and
 # the cleanup trap that kills every process started, port helpers, starting the upstream and
-# Postern, the Postern config both scripts share, the machine part of meta.env and the report step.
+# Postern, the Postern config the scripts share, the machine part of meta.env and the report step.
 #
 # The sourcing script runs under `set -euo pipefail` and provides:
 #   BENCH_DIR, REPO_DIR   bench/ and the repository root
-#   BENCH_LOG_TAG         prefix of log lines: [<tag> HH:MM:SS] (bench, proxy-bench)
+#   BENCH_LOG_TAG         prefix of log lines: [<tag> HH:MM:SS] (bench, proxy-bench, instructions)
 #   SKIP_BUILD, KEEP      0/1 from --skip-build, --keep
 #   PROXY_THREADS, UPSTREAM_THREADS, AUDIT_MODE
 #   UPSTREAM_PORT, POSTERN_PORT, ADMIN_PORT   before start_upstream / write_postern_config
@@ -91,14 +91,14 @@ cleanup() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
-wait_port() { # PORT PID NAME
+wait_port() { # PORT PID NAME [TRIES of 0.1 s, default 100]
   local i
-  for i in $(seq 1 100); do
+  for i in $(seq 1 "${4:-100}"); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     kill -0 "$2" 2>/dev/null || die "$3 exited at start-up (see $WORK/$3.log)"
     sleep 0.1
   done
-  die "$3 did not listen on 127.0.0.1:$1 within 10 s"
+  die "$3 did not listen on 127.0.0.1:$1 within $(( ${4:-100} / 10 )) s"
 }
 status_kb() { # PID FIELD -> kB
   awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0

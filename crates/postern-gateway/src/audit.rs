@@ -24,9 +24,6 @@ pub const AUDIT_DIR: &str = "audit";
 /// The per-deployment HMAC key, kept outside the log.
 pub const AUDIT_HMAC_KEY_FILE: &str = "audit-hmac.key";
 
-/// Data classes an entry lists from a stack buffer; a call with more collects them into a `Vec`.
-const INLINE_DATA_CLASSES: usize = 16;
-
 pub struct Audit {
     pub ledger: Ledger,
     /// The per-deployment HMAC key, prepared once (the raw key bytes are zeroized after
@@ -144,22 +141,13 @@ impl Audit {
         let target = context
             .target_hmac
             .get_or_init(|| self.hmac.hash_hex("target", raw_target.as_bytes()));
-        // The scan's classes are a sorted map: its keys are already sorted and unique.
-        let mut inline = [""; INLINE_DATA_CLASSES];
-        let spilled: Vec<&str>;
-        let classes: &[&str] = match &context.request_scan {
-            None => &[],
-            Some(scan) if scan.classes.len() <= INLINE_DATA_CLASSES => {
-                for (slot, class) in inline.iter_mut().zip(scan.classes.keys()) {
-                    *slot = class;
-                }
-                &inline[..scan.classes.len()]
-            }
-            Some(scan) => {
-                spilled = scan.classes.keys().map(String::as_str).collect();
-                &spilled
-            }
-        };
+        // The scan's classes are a sorted map: its keys are already sorted and unique. No scan,
+        // no allocation (an empty Vec allocates nothing).
+        let classes: Vec<&str> = context
+            .request_scan
+            .as_ref()
+            .map(|scan| scan.classes.keys().map(String::as_str).collect())
+            .unwrap_or_default();
         let record = AuditRecordRef {
             version: RECORD_VERSION,
             kind,
@@ -184,7 +172,7 @@ impl Audit {
                     .load(std::sync::atomic::Ordering::Relaxed),
             ),
             response_bytes: outcome.map(|o| o.response_bytes),
-            data_classes: classes,
+            data_classes: &classes,
             intent_index: outcome.and_then(|o| o.intent_index),
             hmacs: &[("target", target)],
         };
@@ -240,7 +228,8 @@ impl Audit {
 
     /// Appends without making the caller wait (refusals and outcomes): queued for the next group
     /// commit; when the queue is full, a task waits for room instead (never a silent drop).
-    pub fn append_later(self: &Arc<Self>, entry: Entry) {
+    /// `request_id` names the call in the error logged if the entry cannot be written.
+    pub fn append_later(self: &Arc<Self>, entry: Entry, request_id: &str) {
         let bytes = match entry.0 {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -252,14 +241,15 @@ impl Audit {
             Ok(()) => {}
             Err(postern_ledger::DetachedAppend::Full(bytes)) => {
                 let audit = self.clone();
+                let request_id = request_id.to_string();
                 tokio::spawn(async move {
                     if let Err(error) = audit.ledger.append(bytes).await {
-                        tracing::error!(%error, "audit entry not written");
+                        tracing::error!(%error, %request_id, "audit entry not written");
                     }
                 });
             }
             Err(postern_ledger::DetachedAppend::Refused(error)) => {
-                tracing::error!(%error, "audit entry not written");
+                tracing::error!(%error, %request_id, "audit entry not written");
             }
         }
     }
@@ -287,8 +277,9 @@ mod tests {
     use crate::context::ConnectionInfo;
     use crate::scan::ScanSummary;
 
-    /// The owned record the gateway's entry stands for, encoded through the owned path with a
-    /// fresh `keyed_hash` (what `record` wrote before the prepared hasher and stack buffer).
+    /// The owned record the gateway's entry stands for, built field by field from the context
+    /// with `keyed_hash` from the key file: checks how `record` maps the call into an entry and
+    /// that the prepared hasher gives the same HMAC (the encoder itself is tested in tlog).
     fn expected(
         key: &[u8],
         kind: RecordKind,
@@ -338,8 +329,8 @@ mod tests {
             .unwrap();
         let key = std::fs::read(dir.path().join(AUDIT_HMAC_KEY_FILE)).unwrap();
         let connection = ConnectionInfo::new("127.0.0.1:9".parse().unwrap(), None, false);
-        // No scan, no classes, a few classes, and more than the stack buffer holds.
-        for class_count in [None, Some(0), Some(3), Some(INLINE_DATA_CLASSES), Some(40)] {
+        // No scan, no classes, a few classes, and many.
+        for class_count in [None, Some(0), Some(3), Some(16), Some(40)] {
             let mut context =
                 CallContext::new(&connection, &http::Method::POST, http::Version::HTTP_11);
             context.caller = Some("checkout \"svc\"".into());

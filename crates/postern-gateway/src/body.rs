@@ -322,7 +322,9 @@ impl ResponseBody {
                     &pending.raw_target,
                     Some(&outcome),
                 );
-                pending.audit.append_later(entry);
+                pending
+                    .audit
+                    .append_later(entry, &record.context.request_id);
             }
             record.finish(self.seen, incomplete, reason);
         }

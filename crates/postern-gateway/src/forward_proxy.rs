@@ -219,7 +219,7 @@ fn open_tunnel(
                 intent_index,
             }),
         );
-        shared.audit.append_later(record);
+        shared.audit.append_later(record, &context.request_id);
         if let Some((host, port)) = discovered {
             let mut seen = sighting(&context, &host, port, false);
             seen.bytes_out = sent;

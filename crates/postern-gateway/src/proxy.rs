@@ -135,7 +135,7 @@ pub(crate) fn refuse(
             intent_index,
         }),
     );
-    shared.audit.append_later(record);
+    shared.audit.append_later(record, &context.request_id);
     let mut response = error
         .to_response(&context.request_id)
         .map(GatewayBody::full);
@@ -251,7 +251,7 @@ pub(crate) async fn record_intent(
         .audit
         .record(RecordKind::Intent, context, raw_target, None);
     if integration.is_some_and(|i| i.config.audit == AuditMode::BestEffort) {
-        shared.audit.append_later(record);
+        shared.audit.append_later(record, &context.request_id);
         return Ok(None);
     }
     match shared.audit.append_durable(record).await {

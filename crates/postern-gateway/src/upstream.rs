@@ -7,8 +7,9 @@
 //! http/1.1.
 //!
 //! Each data-plane worker has its own pool (see `workers.rs`): a pooled connection's task lives on
-//! the worker that opened it, so a call only ever reuses connections of its own thread and no
-//! call wakes another thread.
+//! the worker that opened it, so a call only ever reuses connections of its own thread and
+//! forwarding never wakes another thread (the audit sequencer and the event writer are woken
+//! in batches, elsewhere).
 
 use std::future::Future;
 use std::net::SocketAddr;

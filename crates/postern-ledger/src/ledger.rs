@@ -5,7 +5,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use postern_tlog::{
@@ -128,10 +128,8 @@ struct Shared {
     injected_write_failures: AtomicU32,
     /// The open `<dir>/lock`, holding the exclusive lock until `close` (or drop).
     lock: Mutex<Option<File>>,
-    /// Rung after queueing anything that must not be held back (an append that waits, the
-    /// shutdown): ends the sequencer's detached hold. Detached appends do not ring it, so they
-    /// cost the sequencer no wake-up each.
-    urgent: tokio::sync::Notify,
+    /// Ends the sequencer's detached hold.
+    urgent: Urgent,
 }
 
 /// Where a waiting append learns its index (or why it failed).
@@ -231,7 +229,7 @@ impl Ledger {
             })
             .await
             .map_err(|_| LedgerError::Closed)?;
-        self.shared.urgent.notify_one();
+        self.shared.urgent.ring();
         response.await.map_err(|_| LedgerError::Closed)?
     }
 
@@ -253,7 +251,7 @@ impl Ledger {
             .send(Command::AppendMany { entries, reply })
             .await
             .map_err(|_| LedgerError::Closed)?;
-        self.shared.urgent.notify_one();
+        self.shared.urgent.ring();
         response.await.map_err(|_| LedgerError::Closed)?
     }
 
@@ -272,7 +270,7 @@ impl Ledger {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(Command::Append { entry, .. })) => {
                 // A full queue must not sit out the detached hold.
-                self.shared.urgent.notify_one();
+                self.shared.urgent.ring();
                 Err(DetachedAppend::Full(entry))
             }
             Err(_) => Err(DetachedAppend::Refused(LedgerError::Closed)),
@@ -287,7 +285,7 @@ impl Ledger {
             .send(Command::Flush { reply })
             .await
             .map_err(|_| LedgerError::Closed)?;
-        self.shared.urgent.notify_one();
+        self.shared.urgent.ring();
         response.await.map_err(|_| LedgerError::Closed)?
     }
 
@@ -296,7 +294,7 @@ impl Ledger {
     /// handle keep working on what was committed).
     pub async fn close(&self) {
         let _ = self.commands.send(Command::Shutdown).await;
-        self.shared.urgent.notify_one();
+        self.shared.urgent.ring();
         let ended = self.sequencer.lock().expect("sequencer lock").take();
         if let Some(ended) = ended {
             let _ = ended.await;
@@ -730,7 +728,7 @@ fn open_blocking(
         health: Mutex::new(Health::Healthy),
         injected_write_failures: AtomicU32::new(0),
         lock: Mutex::new(Some(lock)),
-        urgent: tokio::sync::Notify::new(),
+        urgent: Urgent::default(),
         signer,
         verifier,
         dir,
@@ -871,84 +869,109 @@ fn load_latest_checkpoint(
     Ok(latest)
 }
 
+/// What one commit takes from the queue.
+#[derive(Default)]
+struct Gathered {
+    entries: Vec<(Vec<u8>, Option<Reply>)>,
+    flushes: Vec<Reply>,
+    /// Someone waits for this commit: an append with a reply, or a flush.
+    waited: bool,
+    shutdown: bool,
+}
+
+impl Gathered {
+    fn take(&mut self, command: Command) {
+        match command {
+            Command::Append { entry, reply } => {
+                self.waited |= reply.is_some();
+                self.entries.push((entry, reply));
+            }
+            Command::AppendMany { entries, reply } => {
+                self.waited = true;
+                let mut reply = Some(reply);
+                for entry in entries {
+                    self.entries.push((entry, reply.take()));
+                }
+            }
+            Command::Flush { reply } => {
+                self.waited = true;
+                self.flushes.push(reply);
+            }
+            Command::Shutdown => self.shutdown = true,
+        }
+    }
+
+    /// Takes what is queued now, up to `max` entries, stopping at a shutdown.
+    fn drain(&mut self, commands: &mut mpsc::Receiver<Command>, max: usize) {
+        while !self.shutdown && self.entries.len() < max {
+            match commands.try_recv() {
+                Ok(command) => self.take(command),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Whether the commit may wait for more: not shutting down and room left.
+    fn can_wait(&self, max: usize) -> bool {
+        !self.shutdown && self.entries.len() < max
+    }
+}
+
+/// Rung by what must not sit out the detached hold (an append that waits, a flush, the
+/// shutdown, a full queue). Detached appends do not ring it, so they cost the sequencer no
+/// wake-up each.
+#[derive(Default)]
+struct Urgent {
+    rung: Mutex<bool>,
+    bell: Condvar,
+}
+
+impl Urgent {
+    fn ring(&self) {
+        *self.rung.lock().expect("urgent lock") = true;
+        self.bell.notify_one();
+    }
+
+    /// Sleeps until rung (true; the ring is consumed) or until `deadline` (false).
+    fn wait_until(&self, deadline: std::time::Instant) -> bool {
+        let mut rung = self.rung.lock().expect("urgent lock");
+        loop {
+            if std::mem::take(&mut *rung) {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            rung = self
+                .bell
+                .wait_timeout(rung, deadline - now)
+                .expect("urgent lock")
+                .0;
+        }
+    }
+}
+
 /// The sequencer: a thread of its own (the batch write and its `fdatasync` block). Takes what is
 /// queued; while every queued entry is detached, holds the commit for
-/// [`LedgerOptions::detached_commit_interval_us`] (until an append that waits arrives); waits out
+/// [`LedgerOptions::detached_commit_interval_us`] (until something rings `urgent`); waits out
 /// [`LedgerOptions::min_commit_interval_us`] under load; writes and syncs the batch, then answers
-/// every waiting append.
+/// every waiting append and flush.
 fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiver<Command>) {
     let max_batch = shared.options.max_batch_entries.max(1);
     let interval = Duration::from_micros(shared.options.min_commit_interval_us);
     let detached_interval = Duration::from_micros(shared.options.detached_commit_interval_us);
-    // Only for waiting on the queue with a deadline (the detached hold); nothing is spawned on it.
-    let clock = match tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-    {
-        Ok(clock) => Some(clock),
-        Err(error) => {
-            tracing::warn!(%error, "audit log: no timer for the detached hold; committing detached entries at once");
-            None
-        }
-    };
     let mut last_commit: Option<(std::time::Instant, usize)> = None;
-    let mut shutting_down = false;
-    while !shutting_down {
-        let Some(first) = commands.blocking_recv() else {
-            break;
-        };
-        let mut batch: Vec<(Vec<u8>, Option<Reply>)> = Vec::with_capacity(max_batch.min(1024));
-        let mut flushes: Vec<Reply> = Vec::new();
-        let take = |command: Command, batch: &mut Vec<_>, flushes: &mut Vec<Reply>| match command {
-            Command::Append { entry, reply } => {
-                batch.push((entry, reply));
-                false
-            }
-            Command::AppendMany { entries, reply } => {
-                let mut reply = Some(reply);
-                for entry in entries {
-                    batch.push((entry, reply.take()));
-                }
-                false
-            }
-            Command::Flush { reply } => {
-                flushes.push(reply);
-                false
-            }
-            Command::Shutdown => true,
-        };
-        let drain = |batch: &mut Vec<_>,
-                     flushes: &mut Vec<Reply>,
-                     commands: &mut mpsc::Receiver<Command>| {
-            while batch.len() < max_batch {
-                match commands.try_recv() {
-                    Ok(command) => {
-                        if take(command, batch, flushes) {
-                            return true;
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
-            false
-        };
-        shutting_down =
-            take(first, &mut batch, &mut flushes) || drain(&mut batch, &mut flushes, &mut commands);
+    while let Some(first) = commands.blocking_recv() {
+        let mut gathered = Gathered::default();
+        gathered.take(first);
+        gathered.drain(&mut commands, max_batch);
         // Nobody waits for any of these: let them gather for one sync, until someone waits.
-        // The thread sleeps through detached appends; only `urgent` (or the deadline) wakes it.
-        let waited = |batch: &[(Vec<u8>, Option<Reply>)], flushes: &[Reply]| {
-            !flushes.is_empty() || batch.iter().any(|(_, r)| r.is_some())
-        };
-        let hold = last_commit.filter(|_| !detached_interval.is_zero());
-        if let (Some(clock), Some((started, _))) = (&clock, hold) {
-            let until = tokio::time::Instant::from_std(started + detached_interval);
-            while !shutting_down && batch.len() < max_batch && !waited(&batch, &flushes) {
-                let rung = clock.block_on(async {
-                    tokio::time::timeout_at(until, shared.urgent.notified())
-                        .await
-                        .is_ok()
-                });
-                shutting_down = drain(&mut batch, &mut flushes, &mut commands);
+        if let Some((started, _)) = last_commit.filter(|_| !detached_interval.is_zero()) {
+            let until = started + detached_interval;
+            while gathered.can_wait(max_batch) && !gathered.waited {
+                let rung = shared.urgent.wait_until(until);
+                gathered.drain(&mut commands, max_batch);
                 if !rung {
                     break;
                 }
@@ -956,68 +979,30 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
         }
         // Under load, hold the commit until `interval` after the previous one started.
         let hold_until = last_commit
-            .filter(|&(_, entries)| entries > 1 || batch.len() > 1)
+            .filter(|&(_, entries)| entries > 1 || gathered.entries.len() > 1)
             .map(|(started, _)| started + interval);
         if let Some(until) = hold_until {
             let now = std::time::Instant::now();
-            if !shutting_down && batch.len() < max_batch && until > now {
+            if gathered.can_wait(max_batch) && until > now {
                 std::thread::sleep(until - now);
-                shutting_down = drain(&mut batch, &mut flushes, &mut commands);
+                gathered.drain(&mut commands, max_batch);
             }
         }
-        if batch.is_empty() {
+        let shutdown = gathered.shutdown;
+        if gathered.entries.is_empty() {
             let size = shared.state.read().expect("state lock").size;
-            for flush in flushes {
+            for flush in gathered.flushes {
                 let _ = flush.send(Ok(size));
             }
-            continue;
+        } else {
+            last_commit = Some((std::time::Instant::now(), gathered.entries.len()));
+            if !commit(shared, &mut writer, gathered) {
+                // The writer's state is unknown: stop (later appends fail with `Closed`).
+                return;
+            }
         }
-        last_commit = Some((std::time::Instant::now(), batch.len()));
-        let (entries, mut replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        // A flush is answered like the batch's last entry, with the size after it.
-        let flushed_size = entries.len() as u64;
-        let flushes_from = replies.len();
-        replies.extend(flushes.into_iter().map(Some));
-        let Ok(result) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            write_batch(shared, &mut writer, &entries)
-        })) else {
-            // The writer's state is unknown: stop (later appends fail with `Closed`).
-            let reason = "the sequencer's batch write panicked".to_string();
-            *shared.health.lock().expect("health lock") = Health::Unhealthy {
-                reason: reason.clone(),
-            };
-            for reply in replies.into_iter().flatten() {
-                let _ = reply.send(Err(LedgerError::WriteFailed {
-                    reason: reason.clone(),
-                }));
-            }
-            return;
-        };
-        match result {
-            Ok(first_index) => {
-                *shared.health.lock().expect("health lock") = Health::Healthy;
-                for (i, reply) in replies.into_iter().enumerate() {
-                    if let Some(reply) = reply {
-                        let answer = if i < flushes_from {
-                            first_index + i as u64
-                        } else {
-                            first_index + flushed_size
-                        };
-                        let _ = reply.send(Ok(answer));
-                    }
-                }
-            }
-            Err(reason) => {
-                tracing::error!(error = %reason, "audit log: batch write failed");
-                *shared.health.lock().expect("health lock") = Health::Unhealthy {
-                    reason: reason.clone(),
-                };
-                for reply in replies.into_iter().flatten() {
-                    let _ = reply.send(Err(LedgerError::WriteFailed {
-                        reason: reason.clone(),
-                    }));
-                }
-            }
+        if shutdown {
+            break;
         }
     }
     commands.close();
@@ -1033,6 +1018,44 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
             _ => {}
         }
     }
+}
+
+/// Writes and syncs the gathered entries, records the health, and answers each waiting append
+/// (its index) and flush (the size after the batch). False when the write panicked.
+fn commit(shared: &Shared, writer: &mut Writer, gathered: Gathered) -> bool {
+    let (entries, replies): (Vec<_>, Vec<_>) = gathered.entries.into_iter().unzip();
+    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        write_batch(shared, writer, &entries)
+    }));
+    let panicked = written.is_err();
+    let result =
+        written.unwrap_or_else(|_| Err("the sequencer's batch write panicked".to_string()));
+    *shared.health.lock().expect("health lock") = match &result {
+        Ok(_) => Health::Healthy,
+        Err(reason) => {
+            tracing::error!(error = %reason, "audit log: batch write failed");
+            Health::Unhealthy {
+                reason: reason.clone(),
+            }
+        }
+    };
+    let answer = |offset: u64| {
+        result
+            .as_ref()
+            .map(|first| first + offset)
+            .map_err(|reason| LedgerError::WriteFailed {
+                reason: reason.clone(),
+            })
+    };
+    for (i, reply) in replies.into_iter().enumerate() {
+        if let Some(reply) = reply {
+            let _ = reply.send(answer(i as u64));
+        }
+    }
+    for flush in gathered.flushes {
+        let _ = flush.send(answer(entries.len() as u64));
+    }
+    !panicked
 }
 
 /// Writes one batch: frames to the current segment, stored hashes to the hash file, then

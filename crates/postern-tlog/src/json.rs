@@ -64,15 +64,6 @@ pub fn push_u64(out: &mut Vec<u8>, value: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
-/// Appends `"key":` (the key must need no escaping: a fixed field name).
-#[inline]
-pub fn push_key(out: &mut Vec<u8>, key: &str) {
-    debug_assert!(!key.bytes().any(needs_escape));
-    out.push(b'"');
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\":");
-}
-
 /// Appends `value` as a JSON string, or `null`.
 #[inline]
 pub fn push_opt_str(out: &mut Vec<u8>, value: Option<&str>) {

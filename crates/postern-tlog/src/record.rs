@@ -248,7 +248,7 @@ impl AuditRecordRef<'_> {
     /// Writes the JSON object (the checks in [`AuditRecordRef::encode_into`] have passed).
     /// Key order and spelling are the crate documentation's; the bytes are what serde's derive
     /// writes for [`AuditRecord`] (checked against it in the tests). Each `,"key":` is one
-    /// literal: fewer buffer checks than a separator push plus `json::push_key`.
+    /// literal.
     fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"version\":");
         push_u64(out, u64::from(self.version));
@@ -332,8 +332,7 @@ pub fn keyed_hash(key: &[u8], label: &str, data: &[u8]) -> String {
 /// only the compressions of the value itself. Gives exactly [`keyed_hash`]'s results.
 ///
 /// The prepared states stand in for the key (they compute the same HMACs): keep the hasher
-/// as private as the key itself.
-#[derive(Clone)]
+/// as private as the key itself (no `Clone`, a `Debug` that shows nothing).
 pub struct KeyedHasher {
     mac: Hmac<Sha256>,
 }
@@ -357,13 +356,7 @@ impl KeyedHasher {
 
     /// The same in lower-case hex, 64 characters: exactly [`keyed_hash`]`(key, label, data)`.
     pub fn hash_hex(&self, label: &str, data: &[u8]) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut text = String::with_capacity(64);
-        for byte in self.hash(label, data) {
-            text.push(char::from(HEX[usize::from(byte >> 4)]));
-            text.push(char::from(HEX[usize::from(byte & 0xf)]));
-        }
-        text
+        hex::encode(self.hash(label, data))
     }
 }
 
