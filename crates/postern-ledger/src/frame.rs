@@ -5,6 +5,9 @@
 pub const FRAME_HEADER_BYTES: usize = 8;
 /// Largest payload (the tlog-tiles entry bundle limit).
 pub const MAX_RECORD_BYTES: usize = u16::MAX as usize;
+/// Direct I/O writes whole blocks of this size: a segment written that way ends in zeros up to
+/// the next block boundary (see [`FrameStop::Padding`]).
+pub const PAD_BLOCK_BYTES: usize = 4096;
 
 /// Appends one framed record to `out`.
 pub fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
@@ -21,6 +24,9 @@ pub enum FrameStop {
     TornTail { offset: u64 },
     /// A damaged record with valid data after it: refuse.
     Corrupt { offset: u64, reason: String },
+    /// The data ends in zeros that fill its last [`PAD_BLOCK_BYTES`] block after the final
+    /// record: the padding of a direct I/O write, not a record. The records end at `offset`.
+    Padding { offset: u64 },
 }
 
 /// One decoded frame: byte offset of its header and its payload.
@@ -38,8 +44,13 @@ pub fn scan_frames<E>(
     mut on_frame: impl FnMut(Frame<'_>) -> Result<(), E>,
 ) -> Result<Option<FrameStop>, E> {
     let mut pos = 0usize;
+    let block_aligned = data.len().is_multiple_of(PAD_BLOCK_BYTES);
     while pos < data.len() {
         let remaining = &data[pos..];
+        // Zeros are never a record (a length is at least 1), so this cannot hide one.
+        if block_aligned && remaining.len() < PAD_BLOCK_BYTES && remaining.iter().all(|&b| b == 0) {
+            return Ok(Some(FrameStop::Padding { offset: pos as u64 }));
+        }
         let torn_or_corrupt = |reason: String, looks_torn: bool| {
             let only_zeros = remaining.iter().all(|&b| b == 0);
             if tail_allowed && (looks_torn || only_zeros) {

@@ -15,8 +15,11 @@ use postern_tlog::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::direct::DirectSegment;
 use crate::error::{io_error, LedgerError};
-use crate::frame::{push_frame, scan_frames, FrameStop, FRAME_HEADER_BYTES, MAX_RECORD_BYTES};
+use crate::frame::{
+    push_frame, scan_frames, FrameStop, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, PAD_BLOCK_BYTES,
+};
 use crate::store::{
     list_segments, load_or_create_signer, lock_dir, open_rw, read_file, segment_name, sync_dir,
     HashFile, CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE, HASHES_FILE, LOG_DIR,
@@ -50,6 +53,11 @@ pub struct LedgerOptions {
     pub max_segment_bytes: u64,
     /// Appends waiting for the sequencer before `append` itself waits.
     pub queue_capacity: usize,
+    /// Write batches with direct, synchronous I/O (`O_DIRECT | O_DSYNC`: no page cache, no
+    /// separate `fdatasync`), padding the segment's last block with zeros until it rolls or
+    /// closes. Where the filesystem refuses direct I/O the ledger writes through the page cache
+    /// and syncs, as with `false`.
+    pub direct_io: bool,
 }
 
 impl LedgerOptions {
@@ -61,6 +69,7 @@ impl LedgerOptions {
             detached_commit_interval_us: DEFAULT_DETACHED_COMMIT_INTERVAL_US,
             max_segment_bytes: 64 << 20,
             queue_capacity: 65_536,
+            direct_io: true,
         }
     }
 }
@@ -584,6 +593,9 @@ struct Writer {
     hashes_committed: u64,
     pending_hashes: Vec<Hash>,
     frames: Vec<u8>,
+    /// The active segment opened for direct I/O; `None` writes through the page cache and
+    /// syncs ([`LedgerOptions::direct_io`] off, or refused by the filesystem).
+    direct: Option<DirectSegment>,
 }
 
 fn open_blocking(
@@ -624,6 +636,8 @@ fn open_blocking(
         root_at_checkpoint = Some(builder.root());
     }
     let last_slot = segment_paths.len() - 1;
+    // The active segment's bytes after its last block boundary (for direct I/O).
+    let mut last_tail = Vec::new();
     for (slot, (first_index, path)) in segment_paths.into_iter().enumerate() {
         if first_index != builder.size() {
             return Err(LedgerError::Corrupt {
@@ -664,6 +678,12 @@ fn open_blocking(
                     reason,
                 });
             }
+            Some(FrameStop::Padding { offset }) => {
+                // A direct write's zeros after the last record (the ledger stopped without
+                // closing): nothing to report.
+                valid_len = offset;
+                file.set_len(offset).map_err(io_error(&path))?;
+            }
             Some(FrameStop::TornTail { offset }) => {
                 valid_len = offset;
                 file.set_len(offset)
@@ -676,6 +696,10 @@ fn open_blocking(
                     discarded_bytes: data.len() as u64 - offset,
                 });
             }
+        }
+        if slot == last_slot {
+            let len = valid_len as usize;
+            last_tail = data[len - len % PAD_BLOCK_BYTES..len].to_vec();
         }
         segments.push(Segment {
             path,
@@ -711,11 +735,19 @@ fn open_blocking(
         hashes_rewritten_from,
         latest_checkpoint: latest.as_ref().map(|l| l.checkpoint.clone()),
     };
+    let direct = match options.direct_io {
+        true => open_direct(
+            &segments.last().expect("at least one segment").path,
+            &last_tail,
+        )?,
+        false => None,
+    };
     let writer = Writer {
         hashes_committed: stored_hash_count(builder.size()),
         builder,
         pending_hashes: Vec::new(),
         frames: Vec::new(),
+        direct,
     };
     let shared = Shared {
         state: RwLock::new(State {
@@ -843,7 +875,7 @@ fn load_latest_checkpoint(
                     reason,
                 })
             }
-            Some(FrameStop::TornTail { offset }) => {
+            Some(FrameStop::TornTail { offset } | FrameStop::Padding { offset }) => {
                 let file = open_rw(&history_path)?;
                 file.set_len(offset)
                     .and_then(|()| file.sync_all())
@@ -1005,6 +1037,9 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
             break;
         }
     }
+    if writer.direct.is_some() {
+        trim_padding(shared);
+    }
     commands.close();
     while let Ok(command) = commands.try_recv() {
         match command {
@@ -1017,6 +1052,30 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
             }
             _ => {}
         }
+    }
+}
+
+/// Opens `path` for direct writes, or says why not: `None` (logged) where the filesystem
+/// refuses direct I/O.
+fn open_direct(path: &Path, tail: &[u8]) -> Result<Option<DirectSegment>, LedgerError> {
+    let direct = DirectSegment::open(path, tail)?;
+    if direct.is_none() {
+        tracing::info!(segment = %path.display(), "audit log: the filesystem has no direct I/O; batches are written through the page cache and synced");
+    }
+    Ok(direct)
+}
+
+/// On a clean stop: cuts the active segment back to its records (the last direct write padded
+/// its block with zeros) and syncs it. Best effort: padding left behind is recognised on open.
+fn trim_padding(shared: &Shared) {
+    let state = shared.state.read().expect("state lock");
+    let last = state.segments.last().expect("at least one segment");
+    if let Err(error) = last
+        .file
+        .set_len(last.len)
+        .and_then(|()| last.file.sync_all())
+    {
+        tracing::warn!(segment = %last.path.display(), %error, "audit log: could not trim the last segment's padding (it is skipped on open)");
     }
 }
 
@@ -1082,11 +1141,20 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
         )
     };
     let (segment_file, segment_path, base_offset) = if new_segment {
+        if writer.direct.is_some() {
+            // The full segment keeps its records only, not the last write's padding.
+            segment_file
+                .set_len(segment_len)
+                .map_err(|e| format!("{}: {e}", segment_path.display()))?;
+        }
         let path = shared.dir.join(LOG_DIR).join(segment_name(first_index));
         let file = open_rw(&path).map_err(|e| e.to_string())?;
         file.set_len(0)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         sync_dir(&shared.dir.join(LOG_DIR)).map_err(|e| e.to_string())?;
+        if writer.direct.is_some() {
+            writer.direct = open_direct(&path, &[]).map_err(|e| e.to_string())?;
+        }
         slot += 1;
         (Arc::new(file), path, 0)
     } else {
@@ -1109,15 +1177,33 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
     }
     let hash_bytes: Vec<u8> = writer.pending_hashes.iter().flat_map(|h| h.0).collect();
     let hashes_path = shared.dir.join(HASHES_FILE);
-    let write = || -> std::io::Result<()> {
-        segment_file.write_all_at(&writer.frames, base_offset)?;
+    let mut write = || -> std::io::Result<()> {
+        // Direct: durable when the write returns. Otherwise written now, synced below.
+        let direct = match writer.direct.as_mut() {
+            Some(direct) => match direct.write(&writer.frames, base_offset) {
+                Ok(()) => true,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(segment = %segment_path.display(), error = %e, "audit log: the filesystem refused a direct write; writing through the page cache from now on");
+                    writer.direct = None;
+                    false
+                }
+                Err(e) => return Err(e),
+            },
+            None => false,
+        };
+        if !direct {
+            segment_file.write_all_at(&writer.frames, base_offset)?;
+        }
         shared
             .hashes
             .write_all_at(&hash_bytes, writer.hashes_committed * HASH_SIZE as u64)
             .map_err(|e| {
                 std::io::Error::new(e.kind(), format!("{}: {e}", hashes_path.display()))
             })?;
-        segment_file.sync_data()
+        if !direct {
+            segment_file.sync_data()?;
+        }
+        Ok(())
     };
     if let Err(e) = write() {
         // Best effort: drop the partial write so the file does not carry garbage; the next

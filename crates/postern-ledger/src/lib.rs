@@ -39,6 +39,7 @@
 //! * A checkpoint is signed only if it is consistent with the previous one; the history is
 //!   written before the current checkpoint is replaced.
 
+mod direct;
 mod error;
 mod frame;
 mod ledger;

@@ -275,6 +275,7 @@ pub fn verify_dir(
         match stop {
             None => {}
             Some(FrameStop::TornTail { offset }) => torn_tail = Some((path.clone(), offset)),
+            Some(FrameStop::Padding { .. }) => {}
             Some(FrameStop::Corrupt { offset, reason }) => {
                 return Err(VerifyError::BadRecord {
                     segment: path.clone(),

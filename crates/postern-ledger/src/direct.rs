@@ -1,0 +1,81 @@
+//! Direct, synchronous writes to the active segment (`O_DIRECT | O_DSYNC`).
+//!
+//! A group commit's cost is mostly its sync. Written this way, a batch reaches stable storage in
+//! the `pwrite` itself, without the page cache and without a separate `fdatasync`: on this
+//! project's build machine ~30 % less time and ~20 % less CPU per commit than a buffered write
+//! followed by `fdatasync` (docs/AUDIT.md, "Direct I/O").
+//!
+//! Direct I/O moves whole blocks from a block-aligned buffer to a block-aligned offset. Each
+//! batch therefore rewrites the segment's last partial block (its bytes are kept here, as
+//! `tail`) with the new frames after it, and pads the final block with zeros. Those zeros are
+//! what [`FrameStop::Padding`](crate::frame::FrameStop::Padding) recognises when the segment is
+//! read back; the ledger trims them when it rolls to a new segment and when it closes.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::error::{io_error, LedgerError};
+use crate::frame::PAD_BLOCK_BYTES;
+
+pub(crate) struct DirectSegment {
+    file: File,
+    /// The segment's bytes from its last block boundary to its end: what the next write puts
+    /// in front of its frames.
+    tail: Vec<u8>,
+    /// Holds the block-aligned window that is written (a `Vec` has no alignment of its own).
+    staging: Vec<u8>,
+}
+
+impl DirectSegment {
+    /// Opens the segment at `path`, whose committed bytes end with `tail` (its bytes after the
+    /// last block boundary), for direct synchronous writes. `Ok(None)` when the filesystem
+    /// refuses direct I/O (`EINVAL`, e.g. tmpfs before Linux 6.6): the caller writes through
+    /// the page cache and syncs instead.
+    pub(crate) fn open(path: &Path, tail: &[u8]) -> Result<Option<DirectSegment>, LedgerError> {
+        debug_assert!(tail.len() < PAD_BLOCK_BYTES);
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+            .open(path)
+        {
+            Ok(file) => Ok(Some(DirectSegment {
+                file,
+                tail: tail.to_vec(),
+                staging: Vec::new(),
+            })),
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+            Err(error) => Err(io_error(path)(error)),
+        }
+    }
+
+    /// Writes `frames` at `end`, the segment's committed length, and returns once they are on
+    /// stable storage. On failure the tail is unchanged, so the next write redoes the same
+    /// blocks.
+    pub(crate) fn write(&mut self, frames: &[u8], end: u64) -> io::Result<()> {
+        let block = PAD_BLOCK_BYTES as u64;
+        if end % block != self.tail.len() as u64 {
+            return Err(io::Error::other(format!(
+                "direct write at offset {end} does not follow the {}-byte tail kept for it",
+                self.tail.len()
+            )));
+        }
+        let start = end - self.tail.len() as u64;
+        let used = self.tail.len() + frames.len();
+        let padded = used.next_multiple_of(PAD_BLOCK_BYTES);
+        if self.staging.len() < padded + PAD_BLOCK_BYTES {
+            self.staging.resize(padded + PAD_BLOCK_BYTES, 0);
+        }
+        let align = self.staging.as_ptr().align_offset(PAD_BLOCK_BYTES);
+        let window = &mut self.staging[align..align + padded];
+        window[..self.tail.len()].copy_from_slice(&self.tail);
+        window[self.tail.len()..used].copy_from_slice(frames);
+        window[used..].fill(0);
+        self.file.write_all_at(window, start)?;
+        let new_tail = used - used % PAD_BLOCK_BYTES;
+        self.tail.clear();
+        self.tail.extend_from_slice(&window[new_tail..used]);
+        Ok(())
+    }
+}
