@@ -7,13 +7,13 @@
 //! deleting it erases what the HMACs stood for while every proof stays valid).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use postern_ledger::{Health, Ledger, LedgerOptions};
 use postern_tlog::{AuditRecordRef, Decision, KeyedHasher, RecordKind, RECORD_VERSION};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::context::CallContext;
@@ -31,38 +31,34 @@ pub struct Audit {
     hmac: KeyedHasher,
     pub timeout: Duration,
     /// One per data-plane worker, made on its first call: see [`IntentPipe`].
-    pipes: PerWorker<Arc<IntentPipe>>,
+    pipes: PerWorker<IntentPipe>,
 }
 
-/// The intents a worker's calls are waiting on, handed to the ledger as one run per commit: one
-/// round trip between the worker and the sequencer thread per batch instead of one per call
-/// (each cross-thread wake-up costs a syscall and often a context switch).
-struct IntentPipe {
-    queue: Mutex<Vec<(Vec<u8>, IndexReply)>>,
-    ready: Notify,
-}
+/// The intents a worker's calls are waiting on, handed to the ledger as one run per commit by
+/// the worker's [`run_pipe`] task: one round trip between the worker and the sequencer thread
+/// per batch instead of one per call (each cross-thread wake-up costs a syscall and often a
+/// context switch).
+type IntentPipe = mpsc::UnboundedSender<(Vec<u8>, IndexReply)>;
 
 /// Where a waiting call learns its entry's index (or why it has none).
 type IndexReply = oneshot::Sender<Result<u64, String>>;
 
-/// A worker's pipe task: whenever intents are queued, appends them all as one run and answers
-/// each call with its index.
-async fn run_pipe(pipe: Arc<IntentPipe>, ledger: Ledger) {
-    loop {
-        pipe.ready.notified().await;
-        loop {
-            let batch = std::mem::take(&mut *pipe.queue.lock().expect("intent queue lock"));
-            if batch.is_empty() {
-                break;
-            }
-            let (entries, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let result = ledger.append_many(entries).await;
-            for (offset, reply) in (0u64..).zip(replies) {
-                let _ = reply.send(match &result {
-                    Ok(first) => Ok(first + offset),
-                    Err(error) => Err(error.to_string()),
-                });
-            }
+/// Most intents appended as one run (the ledger's batch limit).
+const MAX_RUN: usize = 4096;
+
+/// A worker's pipe task: takes every intent queued, appends them as one run and answers each
+/// call with its own index (the run's first index plus its place in the run). Ends when the
+/// pipe's sender is dropped.
+async fn run_pipe(mut intents: mpsc::UnboundedReceiver<(Vec<u8>, IndexReply)>, ledger: Ledger) {
+    let mut run = Vec::new();
+    while intents.recv_many(&mut run, MAX_RUN).await > 0 {
+        let (entries, replies): (Vec<_>, Vec<_>) = run.drain(..).unzip();
+        let result = ledger.append_many(entries).await;
+        for (offset, reply) in (0u64..).zip(replies) {
+            let _ = reply.send(match &result {
+                Ok(first) => Ok(first + offset),
+                Err(error) => Err(error.to_string()),
+            });
         }
     }
 }
@@ -192,14 +188,9 @@ impl Audit {
             match self.pipe() {
                 Some(pipe) => {
                     let (reply, answer) = oneshot::channel();
-                    pipe.queue
-                        .lock()
-                        .expect("intent queue lock")
-                        .push((bytes, reply));
-                    pipe.ready.notify_one();
-                    answer
-                        .await
-                        .map_err(|_| "the audit log's worker pipe ended".to_string())?
+                    let ended = || "the audit log's worker pipe ended".to_string();
+                    pipe.send((bytes, reply)).map_err(|_| ended())?;
+                    answer.await.map_err(|_| ended())?
                 }
                 None => self.ledger.append(bytes).await.map_err(|e| e.to_string()),
             }
@@ -214,14 +205,11 @@ impl Audit {
     }
 
     /// This worker's pipe (started on its first use), or `None` off the data plane.
-    fn pipe(&self) -> Option<&Arc<IntentPipe>> {
+    fn pipe(&self) -> Option<&IntentPipe> {
         self.pipes.on_worker(|| {
-            let pipe = Arc::new(IntentPipe {
-                queue: Mutex::new(Vec::new()),
-                ready: Notify::new(),
-            });
+            let (pipe, intents) = mpsc::unbounded_channel();
             // On the worker's own runtime: the pipe's wake-ups never leave the thread.
-            tokio::spawn(run_pipe(pipe.clone(), self.ledger.clone()));
+            tokio::spawn(run_pipe(intents, self.ledger.clone()));
             pipe
         })
     }
@@ -319,6 +307,41 @@ mod tests {
         }
         .encode()
         .unwrap()
+    }
+
+    /// Several intents queued before the pipe task runs go out as one run; each call gets the
+    /// index of its own entry. Then a run that fails answers every call with the error.
+    #[tokio::test]
+    async fn a_run_of_intents_answers_each_call_with_its_own_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _) = Ledger::open(dir.path(), LedgerOptions::new("test/log"))
+            .await
+            .unwrap();
+        ledger.append(b"before".to_vec()).await.unwrap();
+        let (pipe, intents) = mpsc::unbounded_channel();
+        let mut answers = Vec::new();
+        for i in 0..5 {
+            let (reply, answer) = oneshot::channel();
+            pipe.send((format!("intent {i}").into_bytes(), reply))
+                .unwrap();
+            answers.push(answer);
+        }
+        let task = tokio::spawn(run_pipe(intents, ledger.clone()));
+        for (i, answer) in answers.into_iter().enumerate() {
+            let index = answer.await.unwrap().unwrap();
+            assert_eq!(index, 1 + i as u64);
+            assert_eq!(
+                ledger.entry(index).unwrap(),
+                format!("intent {i}").into_bytes()
+            );
+        }
+        ledger.inject_write_failures(1);
+        let (reply, answer) = oneshot::channel();
+        pipe.send((b"fails".to_vec(), reply)).unwrap();
+        assert!(answer.await.unwrap().unwrap_err().contains("injected"));
+        drop(pipe);
+        task.await.unwrap();
+        ledger.close().await;
     }
 
     #[tokio::test]
