@@ -262,8 +262,8 @@ pub struct RunningGateway {
     pub data_dir: PathBuf,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
-    /// The data plane's threads (`workers.rs`); taken by `shutdown`.
-    workers: Option<workers::Workers>,
+    /// The data plane's threads (`workers.rs`).
+    workers: workers::Workers,
     accept_tasks: Vec<JoinHandle<()>>,
     gateway_graceful: Arc<GracefulShutdown>,
     admin_graceful: Arc<GracefulShutdown>,
@@ -432,7 +432,7 @@ impl RunningGateway {
             data_dir,
             shared,
             shutdown,
-            workers: Some(workers),
+            workers,
             accept_tasks: vec![admin_task],
             gateway_graceful,
             admin_graceful,
@@ -522,22 +522,33 @@ impl RunningGateway {
     }
 
     /// Stops accepting, lets in-flight calls finish (up to `shutdown_grace_ms`), flushes events.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         if let Some(poller) = self.vault_poller {
             let _ = tokio::task::spawn_blocking(move || poller.join()).await;
         }
         self.shared.flush_usage();
-        for task in std::mem::take(&mut self.accept_tasks) {
+        for task in self.accept_tasks {
             let _ = task.await;
         }
-        let mut workers = self.workers.take();
-        if let Some(workers) = &mut workers {
-            workers.stopped_accepting().await;
+        let mut workers = self.workers;
+        workers.stopped_accepting().await;
+        // Every accept loop has ended, so these are the last handles on the watchers; if one
+        // were still held, the calls it watches could not be waited for: say so.
+        let watchers = [
+            ("gateway", Arc::try_unwrap(self.gateway_graceful).ok()),
+            ("admin", Arc::try_unwrap(self.admin_graceful).ok()),
+        ];
+        for (listener, watcher) in &watchers {
+            if watcher.is_none() {
+                tracing::error!(
+                    listener,
+                    "a connection watcher is still held at shutdown; in-flight calls on this listener are not waited for"
+                );
+            }
         }
-        let gateway = Arc::try_unwrap(self.gateway_graceful).ok();
-        let admin = Arc::try_unwrap(self.admin_graceful).ok();
+        let [(_, gateway), (_, admin)] = watchers;
         let drained = tokio::time::timeout(self.grace, async move {
             if let Some(gateway) = gateway {
                 gateway.shutdown().await;
@@ -560,9 +571,7 @@ impl RunningGateway {
                 "calls still in flight after the shutdown grace period; closing them"
             );
         }
-        if let Some(workers) = workers {
-            workers.finish().await;
-        }
+        workers.finish().await;
         let discovery = self.shared.discovery.clone();
         let _ = tokio::task::spawn_blocking(move || discovery.flush()).await;
         self.shared.recorder.events.flush().await;
