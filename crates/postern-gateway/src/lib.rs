@@ -403,8 +403,10 @@ impl RunningGateway {
                     listener::accept_loop(
                         listener,
                         gateway_accept.clone(),
+                        // Boxed: hyper keeps a slot the size of the service's future in
+                        // every connection, idle or not, and moves the future per call.
                         move |connection, request| {
-                            proxy::handle(shared.clone(), connection, request)
+                            Box::pin(proxy::handle(shared.clone(), connection, request))
                         },
                     )
                 }
