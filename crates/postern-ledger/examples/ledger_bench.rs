@@ -1,4 +1,4 @@
-//! Micro-benchmark of the ledger: sequencing throughput with group commit + fdatasync,
+//! Micro-benchmark of the ledger: sequencing throughput with group commit + synchronous writes,
 //! proof times, reopen and offline verification.
 //!
 //! ```text
@@ -105,7 +105,7 @@ async fn run(entries: u64, dir: &std::path::Path) {
     }
     let append_seconds = started.elapsed().as_secs_f64();
     println!(
-        "append (group commit + fdatasync): {:.0} entries/s ({entries} in {append_seconds:.2} s)",
+        "append (group commit + synchronous write): {:.0} entries/s ({entries} in {append_seconds:.2} s)",
         entries as f64 / append_seconds
     );
 

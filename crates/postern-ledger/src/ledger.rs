@@ -40,12 +40,12 @@ pub struct LedgerOptions {
     pub max_batch_entries: usize,
     /// Under concurrent load (the previous batch held more than one entry), a commit starts no
     /// sooner than this long after the previous one started: the entries of calls in flight
-    /// join it instead of each paying for its own `fdatasync` (PostgreSQL's `commit_delay`, but
+    /// join it instead of each paying for its own sync (PostgreSQL's `commit_delay`, but
     /// measured from the last commit). A lone caller never waits for it.
     pub min_commit_interval_us: u64,
     /// When every queued entry is detached (nobody waits for it: [`Ledger::append_detached`]),
     /// the commit starts no sooner than this long after the previous one started, so one
-    /// `fdatasync` covers all the detached entries of that span; an append that waits ends the
+    /// sync covers all the detached entries of that span; an append that waits ends the
     /// hold at once. Bounds how long a detached entry may stay unwritten (and what a crash can
     /// lose of them). 0 commits detached entries like waited ones.
     pub detached_commit_interval_us: u64,
@@ -225,7 +225,7 @@ impl Ledger {
     }
 
     /// Appends one entry; resolves with its index once it is durably written (after the
-    /// batch's `fdatasync`). Fails promptly if the write fails.
+    /// batch's synchronous write). Fails promptly if the write fails.
     pub async fn append(&self, entry: Vec<u8>) -> Result<u64, LedgerError> {
         if entry.is_empty() || entry.len() > MAX_RECORD_BYTES {
             return Err(LedgerError::EntrySize(entry.len()));
@@ -984,7 +984,7 @@ impl Urgent {
     }
 }
 
-/// The sequencer: a thread of its own (the batch write and its `fdatasync` block). Takes what is
+/// The sequencer: a thread of its own (the batch's synchronous write blocks). Takes what is
 /// queued; while every queued entry is detached, holds the commit for
 /// [`LedgerOptions::detached_commit_interval_us`] (until something rings `urgent`); waits out
 /// [`LedgerOptions::min_commit_interval_us`] under load; writes and syncs the batch, then answers
@@ -1117,9 +1117,10 @@ fn commit(shared: &Shared, writer: &mut Writer, gathered: Gathered) -> bool {
     !panicked
 }
 
-/// Writes one batch: frames to the current segment, stored hashes to the hash file, then
-/// `fdatasync` of the segment. Publishes the new size only after the sync. On failure nothing
-/// is published and the next batch rewrites from the same offsets.
+/// Writes one batch: frames to the current segment (durable on return with direct I/O, else
+/// synced with `fdatasync` after the hashes), stored hashes to the hash file. Publishes the new
+/// size only once the frames are durable. On failure nothing is published and the next batch
+/// rewrites from the same offsets.
 fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Result<u64, String> {
     if shared
         .injected_write_failures

@@ -2,8 +2,8 @@
 //! `postern-tlog`.
 //!
 //! What it is: a directory holding CRC-framed, append-only segment files, a single sequencer
-//! task doing group commit (a batch of up to N entries, `fdatasync`, then each caller learns
-//! its entry's index), the stored Merkle hashes, signed C2SP checkpoints with their history,
+//! thread doing group commit (a batch of up to N entries, one synchronous write, then each
+//! caller learns its entry's index), the stored Merkle hashes, signed C2SP checkpoints with their history,
 //! the read API that tlog-tiles serving needs, and an offline verifier.
 //!
 //! What it is not: the Merkle math, note signing or the record format (those are
@@ -15,7 +15,9 @@
 //! <dir>/lock                            held (flock, exclusive) by the one process writing
 //! <dir>/signing-key                      PRIVATE+KEY+<origin>+<keyid>+<base64>, mode 0600
 //! <dir>/log/segment-<first index, 20 digits>.log
-//!                                        records: u32 BE length ‖ u32 BE CRC-32C ‖ bytes
+//!                                        records: u32 BE length ‖ u32 BE CRC-32C ‖ bytes,
+//!                                        then, while the ledger runs with direct I/O, zeros
+//!                                        to the end of the last 4 KiB block (padding)
 //! <dir>/tree-hashes.bin                  stored Merkle hashes, 32 bytes each, in the
 //!                                        postern-tlog stored-hash order (a cache: rebuilt
 //!                                        from the segments when missing or stale)
@@ -29,12 +31,12 @@
 //!   fails with [`LedgerError::Locked`] while another process (or another open `Ledger`) holds
 //!   it; [`Ledger::close`] and the end of the process release it. [`verify_dir`] only reads
 //!   and takes no lock.
-//! * An entry's index is returned only after its bytes are `fdatasync`ed; readers never see
+//! * An entry's index is returned only after its bytes are durable; readers never see
 //!   an entry before that.
 //! * Only the sequencer writes segments and stored hashes, always at the committed end; a
 //!   failed batch publishes nothing and the next batch rewrites from the same offset.
 //! * On open every record is read and its CRC checked; a torn final record is truncated and
-//!   reported; any other damage refuses to open, naming the segment and byte offset. The tree
+//!   reported (zero padding after the last record is cut off silently); any other damage refuses to open, naming the segment and byte offset. The tree
 //!   is recomputed from the entries and must match the last signed checkpoint.
 //! * A checkpoint is signed only if it is consistent with the previous one; the history is
 //!   written before the current checkpoint is replaced.
