@@ -6,8 +6,11 @@ measures, alternating rounds, an append of SIZE bytes to a growing file made dur
   write+fdatasync     pwrite through the page cache, then fdatasync (the ledger's fallback)
   write O_DSYNC       pwrite on a file opened O_DSYNC
   O_DIRECT|O_DSYNC    the ledger's way: the last 4 KiB block(s) rewritten from an aligned buffer
-and prints, per round, the p50 and p99 time of one append and the CPU it cost (user + system of
-this process per append; Python's own overhead, a few µs, is included in every column alike).
+and prints the median over rounds of the p50 and p99 time of one append and of the CPU it cost
+(user + system of this process per append; Python's own overhead, a few µs, is in every
+column alike). The O_DIRECT case writes a prepared buffer: the copy of the tail and frames into
+it and the zero fill that the ledger also does per batch are not timed, and a short write is
+not retried.
 
 Usage: bench/sync_cost.py [--count N] [--size BYTES] [--rounds R] [--dir DIR]
 The files go to DIR (default: a temp dir under /var/tmp, on the disk data_dir usually lives on)

@@ -309,8 +309,9 @@ mod tests {
         .unwrap()
     }
 
-    /// Several intents queued before the pipe task runs go out as one run; each call gets the
-    /// index of its own entry. Then a run that fails answers every call with the error.
+    /// Several intents queued before the pipe task runs (so `recv_many` takes them together):
+    /// each call gets the index of its own entry. Then a run that fails answers every call
+    /// with the error.
     #[tokio::test]
     async fn a_run_of_intents_answers_each_call_with_its_own_index() {
         let dir = tempfile::tempdir().unwrap();

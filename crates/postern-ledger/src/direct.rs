@@ -2,14 +2,19 @@
 //!
 //! A group commit's cost is mostly its sync. Written this way, a batch reaches stable storage in
 //! the `pwrite` itself, without the page cache and without a separate `fdatasync`: on this
-//! project's build machine ~30 % less time and ~20 % less CPU per commit than a buffered write
-//! followed by `fdatasync` (docs/AUDIT.md, "Direct I/O").
+//! project's build machine ~30 % less time and ~25 % less CPU per commit than a buffered write
+//! followed by `fdatasync` (`bench/sync_cost.py`; docs/AUDIT.md, "Direct I/O").
 //!
 //! Direct I/O moves whole blocks from a block-aligned buffer to a block-aligned offset. Each
 //! batch therefore rewrites the segment's last partial block (its bytes are kept here, as
 //! `tail`) with the new frames after it, and pads the final block with zeros. Those zeros are
 //! what [`FrameStop::Padding`](crate::frame::FrameStop::Padding) recognises when the segment is
 //! read back; the ledger trims them when it rolls to a new segment and when it closes.
+//!
+//! Rewriting the last block in place also rewrites the acknowledged records in it, with the
+//! same bytes: a device that writes each sector atomically (what every disk promises) leaves them
+//! intact whatever happens; a crash mid-write can only tear the new records, which start-up then
+//! discards as a torn tail.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -24,6 +29,8 @@ pub(crate) struct DirectSegment {
     /// The segment's bytes from its last block boundary to its end: what the next write puts
     /// in front of its frames.
     tail: Vec<u8>,
+    /// What `tail` becomes once the batch just written is committed ([`DirectSegment::commit`]).
+    next_tail: Vec<u8>,
     /// Holds the block-aligned window that is written (a `Vec` has no alignment of its own).
     staging: Vec<u8>,
 }
@@ -43,6 +50,7 @@ impl DirectSegment {
             Ok(file) => Ok(Some(DirectSegment {
                 file,
                 tail: tail.to_vec(),
+                next_tail: Vec::new(),
                 staging: Vec::new(),
             })),
             Err(error) if error.raw_os_error() == Some(libc::EINVAL) => Ok(None),
@@ -51,8 +59,9 @@ impl DirectSegment {
     }
 
     /// Writes `frames` at `end`, the segment's committed length, and returns once they are on
-    /// stable storage. On failure the tail is unchanged, so the next write redoes the same
-    /// blocks.
+    /// stable storage. The kept tail only moves on with [`DirectSegment::commit`], once the whole
+    /// batch has succeeded: a batch that fails after this write (or in it) is redone from the
+    /// same blocks.
     pub(crate) fn write(&mut self, frames: &[u8], end: u64) -> io::Result<()> {
         let block = PAD_BLOCK_BYTES as u64;
         if end % block != self.tail.len() as u64 {
@@ -74,8 +83,13 @@ impl DirectSegment {
         window[used..].fill(0);
         self.file.write_all_at(window, start)?;
         let new_tail = used - used % PAD_BLOCK_BYTES;
-        self.tail.clear();
-        self.tail.extend_from_slice(&window[new_tail..used]);
+        self.next_tail.clear();
+        self.next_tail.extend_from_slice(&window[new_tail..used]);
         Ok(())
+    }
+
+    /// The batch last written is committed: its last partial block is the new tail.
+    pub(crate) fn commit(&mut self) {
+        std::mem::swap(&mut self.tail, &mut self.next_tail);
     }
 }

@@ -37,7 +37,10 @@ pub struct Frame<'a> {
 
 /// Walks the framed records in `data`, calling `on_frame` for each valid one. A damaged record
 /// is a torn tail when `tail_allowed` and nothing valid can follow it (the record runs past the
-/// end, or is the last one, or only zeros follow); otherwise it is corruption.
+/// end, or is the last one, or only zeros follow) or when it reaches into the last block of a
+/// block-aligned file (the block a direct write rewrites in place); otherwise it is corruption.
+/// With `tail_allowed`, zeros that fill a block-aligned file's last block after its last record
+/// are [`FrameStop::Padding`].
 pub fn scan_frames<E>(
     data: &[u8],
     tail_allowed: bool,
@@ -45,10 +48,19 @@ pub fn scan_frames<E>(
 ) -> Result<Option<FrameStop>, E> {
     let mut pos = 0usize;
     let block_aligned = data.len().is_multiple_of(PAD_BLOCK_BYTES);
+    // Whether a record ending at `end` (an offset in `data`) reaches into the last block of a
+    // block-aligned file: a crash during a direct write can tear only that block.
+    let in_rewritten_block =
+        |end: usize| block_aligned && end > data.len().saturating_sub(PAD_BLOCK_BYTES);
     while pos < data.len() {
         let remaining = &data[pos..];
-        // Zeros are never a record (a length is at least 1), so this cannot hide one.
-        if block_aligned && remaining.len() < PAD_BLOCK_BYTES && remaining.iter().all(|&b| b == 0) {
+        // Only the active (last) segment is ever padded; a valid record is never all zeros
+        // (its length is at least 1), so padding cannot stand for one.
+        if tail_allowed
+            && block_aligned
+            && remaining.len() < PAD_BLOCK_BYTES
+            && remaining.iter().all(|&b| b == 0)
+        {
             return Ok(Some(FrameStop::Padding { offset: pos as u64 }));
         }
         let torn_or_corrupt = |reason: String, looks_torn: bool| {
@@ -74,7 +86,7 @@ pub fn scan_frames<E>(
             let runs_past_end = len > remaining.len() - FRAME_HEADER_BYTES;
             return Ok(Some(torn_or_corrupt(
                 format!("record length {len} is invalid (must be 1..=65535)"),
-                runs_past_end,
+                runs_past_end || in_rewritten_block(pos + FRAME_HEADER_BYTES),
             )));
         }
         let end = FRAME_HEADER_BYTES + len;
@@ -91,7 +103,7 @@ pub fn scan_frames<E>(
         if crc32c::crc32c(payload) != crc {
             return Ok(Some(torn_or_corrupt(
                 "CRC-32C mismatch (the record's bytes were altered)".to_string(),
-                end == remaining.len(),
+                end == remaining.len() || in_rewritten_block(pos + end),
             )));
         }
         on_frame(Frame {

@@ -135,6 +135,7 @@ struct Shared {
     latest: Mutex<Option<LatestCheckpoint>>,
     health: Mutex<Health>,
     injected_write_failures: AtomicU32,
+    injected_failures_after_segment_write: AtomicU32,
     /// The open `<dir>/lock`, holding the exclusive lock until `close` (or drop).
     lock: Mutex<Option<File>>,
     /// Ends the sequencer's detached hold.
@@ -574,6 +575,15 @@ impl Ledger {
             .injected_write_failures
             .store(count, Ordering::SeqCst);
     }
+
+    /// Makes the next `count` batches fail after their segment write (durable with direct
+    /// I/O) and before the stored hashes are written: the failure a full disk gives there.
+    #[doc(hidden)]
+    pub fn inject_failures_after_segment_write(&self, count: u32) {
+        self.shared
+            .injected_failures_after_segment_write
+            .store(count, Ordering::SeqCst);
+    }
 }
 
 fn write_file_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LedgerError> {
@@ -759,6 +769,7 @@ fn open_blocking(
         latest: Mutex::new(latest),
         health: Mutex::new(Health::Healthy),
         injected_write_failures: AtomicU32::new(0),
+        injected_failures_after_segment_write: AtomicU32::new(0),
         lock: Mutex::new(Some(lock)),
         urgent: Urgent::default(),
         signer,
@@ -1037,9 +1048,7 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
             break;
         }
     }
-    if writer.direct.is_some() {
-        trim_padding(shared);
-    }
+    trim_padding(shared);
     commands.close();
     while let Ok(command) = commands.try_recv() {
         match command {
@@ -1066,17 +1075,22 @@ fn open_direct(path: &Path, tail: &[u8]) -> Result<Option<DirectSegment>, Ledger
 }
 
 /// On a clean stop: cuts the active segment back to its records (the last direct write padded
-/// its block with zeros) and syncs it. Best effort: padding left behind is recognised on open.
+/// its block with zeros). Best effort: padding left behind is recognised on open.
 fn trim_padding(shared: &Shared) {
     let state = shared.state.read().expect("state lock");
     let last = state.segments.last().expect("at least one segment");
-    if let Err(error) = last
-        .file
-        .set_len(last.len)
-        .and_then(|()| last.file.sync_all())
-    {
+    if let Err(error) = trim_to(&last.file, last.len) {
         tracing::warn!(segment = %last.path.display(), %error, "audit log: could not trim the last segment's padding (it is skipped on open)");
     }
+}
+
+/// Cuts `file` to `len` and syncs it, if it is longer (a direct write's padding).
+fn trim_to(file: &File, len: u64) -> std::io::Result<()> {
+    if file.metadata()?.len() > len {
+        file.set_len(len)?;
+        file.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Writes and syncs the gathered entries, records the health, and answers each waiting append
@@ -1142,12 +1156,10 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
         )
     };
     let (segment_file, segment_path, base_offset) = if new_segment {
-        if writer.direct.is_some() {
-            // The full segment keeps its records only, not the last write's padding.
-            segment_file
-                .set_len(segment_len)
-                .map_err(|e| format!("{}: {e}", segment_path.display()))?;
-        }
+        // The full segment keeps its records only, not a direct write's padding, durably: only
+        // the last segment may end in padding (start-up refuses zeros anywhere else).
+        trim_to(&segment_file, segment_len)
+            .map_err(|e| format!("{}: {e}", segment_path.display()))?;
         let path = shared.dir.join(LOG_DIR).join(segment_name(first_index));
         let file = open_rw(&path).map_err(|e| e.to_string())?;
         file.set_len(0)
@@ -1195,6 +1207,15 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
         if !direct {
             segment_file.write_all_at(&writer.frames, base_offset)?;
         }
+        if shared
+            .injected_failures_after_segment_write
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(std::io::Error::other(
+                "injected failure after the segment write (test)",
+            ));
+        }
         shared
             .hashes
             .write_all_at(&hash_bytes, writer.hashes_committed * HASH_SIZE as u64)
@@ -1207,10 +1228,16 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
         Ok(())
     };
     if let Err(e) = write() {
-        // Best effort: drop the partial write so the file does not carry garbage; the next
-        // batch writes at the same offset anyway.
-        let _ = segment_file.set_len(base_offset);
+        // Best effort: drop what was written, durably (a direct write is already on disk, and
+        // its entries must not come back after a crash: their callers were told it failed).
+        // The next batch writes at the same offset anyway.
+        let _ = segment_file
+            .set_len(base_offset)
+            .and_then(|()| segment_file.sync_all());
         return Err(format!("{}: {e}", segment_path.display()));
+    }
+    if let Some(direct) = writer.direct.as_mut() {
+        direct.commit();
     }
     writer.hashes_committed += writer.pending_hashes.len() as u64;
     writer.builder = builder;

@@ -280,6 +280,13 @@ async fn direct_and_buffered_writes_leave_the_same_files() {
                 assert_eq!(ledger.append_many(entries).await.unwrap(), next);
                 next += n as u64;
             }
+            // Direct writes pad the last segment's block until close; buffered ones never do.
+            let open_len = segment_bytes(tmp.path()).last().unwrap().len();
+            assert_eq!(
+                open_len.is_multiple_of(4096),
+                direct_io,
+                "{open_len} bytes while open"
+            );
             ledger.close().await;
         }
         let segments = segment_bytes(tmp.path());
@@ -312,6 +319,111 @@ async fn direct_writes_pad_the_last_block_until_close() {
         std::fs::metadata(&segment).unwrap().len(),
         records_len as u64
     );
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_after_its_segment_write_is_redone_cleanly() {
+    for direct_io in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = LedgerOptions {
+            direct_io,
+            ..options()
+        };
+        let (ledger, _) = Ledger::open(tmp.path(), options.clone()).await.unwrap();
+        append_n(&ledger, 0..3).await;
+        // The segment write succeeds (durably, with direct I/O), then the batch fails.
+        ledger.inject_failures_after_segment_write(1);
+        assert!(ledger.append(b"never acknowledged".to_vec()).await.is_err());
+        // The next batches write over it, at the same offset, and succeed.
+        append_n(&ledger, 3..6).await;
+        assert_eq!(ledger.health(), Health::Healthy);
+        assert_eq!(ledger.entry(3).unwrap(), entry(3));
+        ledger.close().await;
+        let (ledger, report) = Ledger::open(tmp.path(), options).await.unwrap();
+        assert_eq!(
+            (report.entries, report.torn_tail),
+            (6, None),
+            "direct_io {direct_io}"
+        );
+        ledger.close().await;
+        assert_eq!(
+            records(&only_segment(tmp.path())),
+            (0..6).map(entry).collect::<Vec<_>>()
+        );
+    }
+}
+
+/// A padded segment (a crash after direct writes) of 300 records: more than one block.
+async fn padded_segment_of_300(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let ledger = open(dir).await;
+    append_n(&ledger, 0..300).await;
+    ledger.close().await;
+    let segment = only_segment(dir);
+    let mut data = std::fs::read(&segment).unwrap();
+    assert!(data.len() > 4096);
+    data.resize(data.len().next_multiple_of(4096), 0);
+    (segment, data)
+}
+
+#[tokio::test]
+async fn a_torn_record_in_the_rewritten_block_is_a_torn_tail_but_not_elsewhere() {
+    // Sectors of the last block zeroed inside the last record: what a crash during the direct
+    // rewrite of that block can leave. The record is discarded, the ones before it kept.
+    let tmp = tempfile::tempdir().unwrap();
+    let (segment, mut data) = padded_segment_of_300(tmp.path()).await;
+    let last = record_offset(&segment, 299) as usize;
+    data[last + 9..last + 12].fill(0);
+    std::fs::write(&segment, &data).unwrap();
+    let verified = verify_dir(tmp.path(), None, |_, _| {}).unwrap();
+    assert_eq!(verified.torn_tail, Some((segment.clone(), last as u64)));
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.entries, 299);
+    assert_eq!(report.torn_tail.unwrap().offset, last as u64);
+    ledger.close().await;
+
+    // The same damage in the first block, with valid records after it, is corruption.
+    let tmp = tempfile::tempdir().unwrap();
+    let (segment, mut data) = padded_segment_of_300(tmp.path()).await;
+    let early = record_offset(&segment, 10) as usize;
+    data[early + 9..early + 12].fill(0);
+    std::fs::write(&segment, &data).unwrap();
+    assert!(matches!(
+        Ledger::open(tmp.path(), options()).await.unwrap_err(),
+        LedgerError::Corrupt {
+            entry_index: 10,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn padding_in_an_earlier_segment_is_corruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = LedgerOptions {
+        max_segment_bytes: 200,
+        ..options()
+    };
+    let (ledger, _) = Ledger::open(tmp.path(), options.clone()).await.unwrap();
+    append_n(&ledger, 0..40).await;
+    ledger.close().await;
+    let mut segments: Vec<_> = std::fs::read_dir(tmp.path().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    assert!(segments.len() > 2);
+    // Only the last segment is ever padded: rolling trims (and syncs) the one before.
+    for segment in &segments[..segments.len() - 1] {
+        assert_ne!(std::fs::metadata(segment).unwrap().len() % 4096, 0);
+    }
+    let first = &segments[0];
+    let mut data = std::fs::read(first).unwrap();
+    data.resize(4096, 0);
+    std::fs::write(first, data).unwrap();
+    assert!(matches!(
+        Ledger::open(tmp.path(), options).await.unwrap_err(),
+        LedgerError::Corrupt { .. }
+    ));
 }
 
 #[tokio::test]
