@@ -226,14 +226,20 @@ async fn torn_tail_is_truncated_and_reported() {
     verify_dir(tmp.path(), None, |_, _| {}).unwrap();
 }
 
+/// A closed ledger of `n` entries in one segment: its path and bytes.
+async fn closed_segment(dir: &Path, n: u64) -> (PathBuf, Vec<u8>) {
+    let ledger = open(dir).await;
+    append_n(&ledger, 0..n).await;
+    ledger.close().await;
+    let segment = only_segment(dir);
+    let data = std::fs::read(&segment).unwrap();
+    (segment, data)
+}
+
 #[tokio::test]
 async fn zero_filled_tail_is_a_torn_tail() {
     let tmp = tempfile::tempdir().unwrap();
-    let ledger = open(tmp.path()).await;
-    append_n(&ledger, 0..3).await;
-    ledger.close().await;
-    let segment = only_segment(tmp.path());
-    let mut data = std::fs::read(&segment).unwrap();
+    let (segment, mut data) = closed_segment(tmp.path(), 3).await;
     data.extend_from_slice(&[0u8; 4096]);
     std::fs::write(&segment, data).unwrap();
     let (_, report) = Ledger::open(tmp.path(), options()).await.unwrap();
@@ -355,11 +361,7 @@ async fn a_batch_that_fails_after_its_segment_write_is_redone_cleanly() {
 
 /// A padded segment (a crash after direct writes) of 300 records: more than one block.
 async fn padded_segment_of_300(dir: &Path) -> (PathBuf, Vec<u8>) {
-    let ledger = open(dir).await;
-    append_n(&ledger, 0..300).await;
-    ledger.close().await;
-    let segment = only_segment(dir);
-    let mut data = std::fs::read(&segment).unwrap();
+    let (segment, mut data) = closed_segment(dir, 300).await;
     assert!(data.len() > 4096);
     data.resize(data.len().next_multiple_of(4096), 0);
     (segment, data)
@@ -429,12 +431,8 @@ async fn padding_in_an_earlier_segment_is_corruption() {
 #[tokio::test]
 async fn padding_left_by_a_crash_is_not_a_torn_tail() {
     let tmp = tempfile::tempdir().unwrap();
-    let ledger = open(tmp.path()).await;
-    append_n(&ledger, 0..3).await;
-    ledger.close().await;
+    let (segment, mut data) = closed_segment(tmp.path(), 3).await;
     // What a process killed after a direct write leaves: zeros to the block boundary.
-    let segment = only_segment(tmp.path());
-    let mut data = std::fs::read(&segment).unwrap();
     let records_len = data.len();
     data.resize(records_len.next_multiple_of(4096), 0);
     std::fs::write(&segment, data).unwrap();
