@@ -67,6 +67,16 @@ impl<T> Default for PerWorker<T> {
     }
 }
 
+/// A worker's "stopped accepting" signal, sent when dropped (the channel has room for one per
+/// worker, so it never waits).
+struct StoppedAccepting(mpsc::Sender<()>);
+
+impl Drop for StoppedAccepting {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
+    }
+}
+
 /// `[gateway] workers` resolved: `0` means one per CPU.
 pub fn count(configured: usize) -> usize {
     match configured {
@@ -126,12 +136,16 @@ impl Workers {
                             }
                         };
                         let _ = listening.send(Ok(()));
+                        // Says "stopped accepting" when dropped: after `serve` returns, or
+                        // while a panic in it unwinds (else `stopped_accepting` would wait for
+                        // this worker forever).
+                        let done = StoppedAccepting(accepting_done);
                         let accepting = serve(listener);
                         // Nothing `serve` captured may outlive accepting: the gateway's graceful
                         // shutdown waits for the last handle on its connection watcher.
                         drop(serve);
                         accepting.await;
-                        let _ = accepting_done.send(()).await;
+                        drop(done);
                         // Serve what is in flight until told to stop (or the gateway is dropped).
                         let _ = finished.wait_for(|finished| *finished).await;
                     });
@@ -310,6 +324,26 @@ mod tests {
             "still the shared one"
         );
         workers.stopped_accepting().await;
+        workers.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_worker_whose_accept_loop_panics_still_counts_as_stopped() {
+        let (mut workers, _) = Workers::start("127.0.0.1:0".parse().unwrap(), 2, {
+            |_listener: TcpListener| async move {
+                if current() == Some(0) {
+                    panic!("worker 0's accept loop fails (test)");
+                }
+            }
+        })
+        .await
+        .unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            workers.stopped_accepting(),
+        )
+        .await
+        .expect("stopped_accepting returns although worker 0 panicked");
         workers.finish().await;
     }
 
