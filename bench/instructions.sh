@@ -67,14 +67,7 @@ for target in $TARGETS; do
   [[ "$target" == postern || "$target" == floor ]] || { echo "instructions.sh: unknown target $target (postern, floor)" >&2; exit 2; }
 done
 
-if ! command -v valgrind >/dev/null; then
-  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
-    log "installing valgrind with apt-get"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >&2 || die "apt-get install valgrind failed"
-  else
-    die "valgrind is needed (Debian: apt-get install -y valgrind)"
-  fi
-fi
+command -v valgrind >/dev/null || apt_install valgrind
 
 build_release "--skip-build uses the last release binaries" \
   -p postern -p postern-bench-upstream --bins --example minproxy

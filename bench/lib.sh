@@ -1,10 +1,11 @@
 # shellcheck shell=bash
-# Shared set-up for the bench scripts (bench/run.sh, bench/proxy.sh, bench/instructions.sh). This file is sourced, not
-# run: it only defines functions and sets nothing on its own, so sourcing it before option parsing
-# (and for --help) changes nothing. It holds log/die, argument checks, the release build and
-# locating its binaries (CARGO_TARGET_DIR or cargo metadata), the temp dir with the PIDS list and
-# the cleanup trap that kills every process started, port helpers, starting the upstream and
-# Postern, the Postern config the scripts share, the machine part of meta.env and the report step.
+# Shared set-up for the bench scripts (bench/run.sh, bench/proxy.sh, bench/instructions.sh). This
+# file is sourced, not run: it only defines functions and sets nothing on its own, so sourcing it
+# before option parsing (and for --help) changes nothing. It holds log/die, argument checks,
+# installing missing Debian tools, the release build and locating its binaries (CARGO_TARGET_DIR
+# or cargo metadata), the temp dir with the PIDS list and the cleanup trap that kills every
+# process started, port helpers, starting the upstream and Postern, the Postern config the
+# scripts share, the machine part of meta.env and the report step.
 #
 # The sourcing script runs under `set -euo pipefail` and provides:
 #   BENCH_DIR, REPO_DIR   bench/ and the repository root
@@ -32,6 +33,19 @@ require_numbers() {
   for n in "$@"; do
     [[ "$n" =~ ^[0-9]+$ ]] || { echo "$script: '$n' is not a number" >&2; exit 2; }
   done
+}
+
+# apt_install PACKAGE... -> installs these missing Debian packages with apt-get when running as
+# root, else dies naming them; nothing to do without arguments.
+apt_install() {
+  [[ $# -gt 0 ]] || return 0
+  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    log "installing missing tools with apt-get: $* (Debian packages)"
+    apt-get update -qq >&2 || log "apt-get update failed; trying the install anyway"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 || die "apt-get install $* failed"
+  else
+    die "missing $*; install them (Debian: apt-get install -y $*) and re-run"
+  fi
 }
 
 # ---------------------------------------------------------------- build, binaries

@@ -124,16 +124,7 @@ need_install=()
 command -v wrk >/dev/null || need_install+=(wrk)
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need_install+=(nginx)
 command -v curl >/dev/null || need_install+=(curl)
-if [[ ${#need_install[@]} -gt 0 ]]; then
-  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
-    log "installing missing tools with apt-get: ${need_install[*]} (Debian packages)"
-    apt-get update -qq >&2 || log "apt-get update failed; trying the install anyway"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}" >&2 \
-      || die "apt-get install ${need_install[*]} failed"
-  else
-    die "missing ${need_install[*]}; install them (Debian: apt-get install -y ${need_install[*]}) and re-run"
-  fi
-fi
+apt_install "${need_install[@]}"
 NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
 command -v python3 >/dev/null || die "python3 is needed (bench/idle_conns.py, bench/report.py)"
 
