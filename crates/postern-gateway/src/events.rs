@@ -215,10 +215,8 @@ impl CallEventRef<'_> {
         push_opt_str(out, self.path);
         out.extend_from_slice(b",\"status\":");
         push_u64(out, u64::from(self.status));
-        out.extend_from_slice(match self.decision {
-            Decision::Allow => b",\"decision\":\"allow\"".as_slice(),
-            Decision::Deny => b",\"decision\":\"deny\"".as_slice(),
-        });
+        out.extend_from_slice(b",\"decision\":");
+        push_str(out, self.decision.as_str());
         out.extend_from_slice(b",\"reason\":");
         push_str(out, self.reason);
         out.extend_from_slice(b",\"request_bytes\":");
