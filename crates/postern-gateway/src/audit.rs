@@ -43,15 +43,16 @@ type IntentPipe = mpsc::UnboundedSender<(Vec<u8>, IndexReply)>;
 /// Where a waiting call learns its entry's index (or why it has none).
 type IndexReply = oneshot::Sender<Result<u64, String>>;
 
-/// Most intents appended as one run (the ledger's batch limit).
-const MAX_RUN: usize = 4096;
-
 /// A worker's pipe task: takes every intent queued, appends them as one run and answers each
 /// call with its own index (the run's first index plus its place in the run). Ends when the
 /// pipe's sender is dropped.
 async fn run_pipe(mut intents: mpsc::UnboundedReceiver<(Vec<u8>, IndexReply)>, ledger: Ledger) {
     let mut run = Vec::new();
-    while intents.recv_many(&mut run, MAX_RUN).await > 0 {
+    while intents
+        .recv_many(&mut run, ledger.max_batch_entries())
+        .await
+        > 0
+    {
         let (entries, replies): (Vec<_>, Vec<_>) = run.drain(..).unzip();
         let result = ledger.append_many(entries).await;
         for (offset, reply) in (0u64..).zip(replies) {

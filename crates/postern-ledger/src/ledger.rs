@@ -312,6 +312,11 @@ impl Ledger {
         drop(self.shared.lock.lock().expect("lock file lock").take());
     }
 
+    /// Most entries one commit takes ([`LedgerOptions::max_batch_entries`]).
+    pub fn max_batch_entries(&self) -> usize {
+        self.shared.options.max_batch_entries.max(1)
+    }
+
     /// Number of durable entries.
     pub fn size(&self) -> u64 {
         self.shared.state.read().expect("state lock").size
@@ -946,7 +951,7 @@ impl Gathered {
 
     /// Takes what is queued now, up to `max` entries, stopping at a shutdown.
     fn drain(&mut self, commands: &mut mpsc::Receiver<Command>, max: usize) {
-        while !self.shutdown && self.entries.len() < max {
+        while self.can_wait(max) {
             match commands.try_recv() {
                 Ok(command) => self.take(command),
                 Err(_) => break,
