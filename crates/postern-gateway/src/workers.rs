@@ -67,16 +67,6 @@ impl<T> Default for PerWorker<T> {
     }
 }
 
-/// A worker's "stopped accepting" signal, sent when dropped (the channel has room for one per
-/// worker, so it never waits).
-struct StoppedAccepting(mpsc::Sender<()>);
-
-impl Drop for StoppedAccepting {
-    fn drop(&mut self) {
-        let _ = self.0.try_send(());
-    }
-}
-
 /// `[gateway] workers` resolved: `0` means one per CPU.
 pub fn count(configured: usize) -> usize {
     match configured {
@@ -110,7 +100,7 @@ impl Workers {
         let (sockets, bound) =
             bind(addr, count.max(1)).with_context(|| format!("binding listen address {addr}"))?;
         let (finished, _) = watch::channel(false);
-        let (accepting_done, stopped_accepting) = mpsc::channel(sockets.len());
+        let (accepting_done, stopped_accepting) = mpsc::channel::<()>(1);
         let mut threads = Vec::with_capacity(sockets.len());
         let mut ready = Vec::with_capacity(sockets.len());
         for (index, socket) in sockets.into_iter().enumerate() {
@@ -136,16 +126,14 @@ impl Workers {
                             }
                         };
                         let _ = listening.send(Ok(()));
-                        // Says "stopped accepting" when dropped: after `serve` returns, or
-                        // while a panic in it unwinds (else `stopped_accepting` would wait for
-                        // this worker forever).
-                        let done = StoppedAccepting(accepting_done);
                         let accepting = serve(listener);
                         // Nothing `serve` captured may outlive accepting: the gateway's graceful
                         // shutdown waits for the last handle on its connection watcher.
                         drop(serve);
                         accepting.await;
-                        drop(done);
+                        // Stopped accepting. A panic in `serve` drops the sender as well, so
+                        // `stopped_accepting` never waits for a dead worker.
+                        drop(accepting_done);
                         // Serve what is in flight until told to stop (or the gateway is dropped).
                         let _ = finished.wait_for(|finished| *finished).await;
                     });
@@ -174,11 +162,8 @@ impl Workers {
 
     /// Waits until every worker has stopped accepting (after the shutdown signal).
     pub async fn stopped_accepting(&mut self) {
-        for _ in 0..self.threads.len() {
-            if self.stopped_accepting.recv().await.is_none() {
-                return;
-            }
-        }
+        // Nothing is ever sent: the channel closes when the last worker drops its sender.
+        let _ = self.stopped_accepting.recv().await;
     }
 
     /// Ends every worker (what is still in flight is closed) and waits for the threads.
