@@ -5,7 +5,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use postern_tlog::{
@@ -138,8 +138,6 @@ struct Shared {
     injected_failures_after_segment_write: AtomicU32,
     /// The open `<dir>/lock`, holding the exclusive lock until `close` (or drop).
     lock: Mutex<Option<File>>,
-    /// Ends the sequencer's detached hold.
-    urgent: Urgent,
 }
 
 /// Where a waiting append learns its index (or why it failed).
@@ -178,6 +176,10 @@ pub struct Ledger {
     commands: mpsc::Sender<Command>,
     /// Resolves when the sequencer thread has ended; taken by `close`.
     sequencer: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
+    /// The sequencer thread, unparked by what must not sit out its detached hold (an append
+    /// that waits, a flush, the shutdown, a full queue). Detached appends do not unpark it, so
+    /// they cost it no wake-up each; an unpark costs no syscall unless it is parked.
+    sequencer_thread: std::thread::Thread,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -206,7 +208,7 @@ impl Ledger {
         let (commands, receiver) = mpsc::channel(shared.options.queue_capacity.max(1));
         let (ended, sequencer_ended) = oneshot::channel();
         let thread_shared = shared.clone();
-        std::thread::Builder::new()
+        let sequencer_thread = std::thread::Builder::new()
             .name("postern-audit-log".to_string())
             .spawn(move || {
                 run_sequencer(&thread_shared, writer, receiver);
@@ -214,12 +216,15 @@ impl Ledger {
             })
             .map_err(|error| LedgerError::WriteFailed {
                 reason: format!("cannot start the sequencer thread: {error}"),
-            })?;
+            })?
+            .thread()
+            .clone();
         Ok((
             Ledger {
                 shared,
                 commands,
                 sequencer: Arc::new(Mutex::new(Some(sequencer_ended))),
+                sequencer_thread,
             },
             report,
         ))
@@ -239,7 +244,7 @@ impl Ledger {
             })
             .await
             .map_err(|_| LedgerError::Closed)?;
-        self.shared.urgent.ring();
+        self.sequencer_thread.unpark();
         response.await.map_err(|_| LedgerError::Closed)?
     }
 
@@ -261,7 +266,7 @@ impl Ledger {
             .send(Command::AppendMany { entries, reply })
             .await
             .map_err(|_| LedgerError::Closed)?;
-        self.shared.urgent.ring();
+        self.sequencer_thread.unpark();
         response.await.map_err(|_| LedgerError::Closed)?
     }
 
@@ -280,7 +285,7 @@ impl Ledger {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(Command::Append { entry, .. })) => {
                 // A full queue must not sit out the detached hold.
-                self.shared.urgent.ring();
+                self.sequencer_thread.unpark();
                 Err(DetachedAppend::Full(entry))
             }
             Err(_) => Err(DetachedAppend::Refused(LedgerError::Closed)),
@@ -295,7 +300,7 @@ impl Ledger {
             .send(Command::Flush { reply })
             .await
             .map_err(|_| LedgerError::Closed)?;
-        self.shared.urgent.ring();
+        self.sequencer_thread.unpark();
         response.await.map_err(|_| LedgerError::Closed)?
     }
 
@@ -304,7 +309,7 @@ impl Ledger {
     /// handle keep working on what was committed).
     pub async fn close(&self) {
         let _ = self.commands.send(Command::Shutdown).await;
-        self.shared.urgent.ring();
+        self.sequencer_thread.unpark();
         let ended = self.sequencer.lock().expect("sequencer lock").take();
         if let Some(ended) = ended {
             let _ = ended.await;
@@ -776,7 +781,6 @@ fn open_blocking(
         injected_write_failures: AtomicU32::new(0),
         injected_failures_after_segment_write: AtomicU32::new(0),
         lock: Mutex::new(Some(lock)),
-        urgent: Urgent::default(),
         signer,
         verifier,
         dir,
@@ -965,44 +969,9 @@ impl Gathered {
     }
 }
 
-/// Rung by what must not sit out the detached hold (an append that waits, a flush, the
-/// shutdown, a full queue). Detached appends do not ring it, so they cost the sequencer no
-/// wake-up each.
-#[derive(Default)]
-struct Urgent {
-    rung: Mutex<bool>,
-    bell: Condvar,
-}
-
-impl Urgent {
-    fn ring(&self) {
-        *self.rung.lock().expect("urgent lock") = true;
-        self.bell.notify_one();
-    }
-
-    /// Sleeps until rung (true; the ring is consumed) or until `deadline` (false).
-    fn wait_until(&self, deadline: std::time::Instant) -> bool {
-        let mut rung = self.rung.lock().expect("urgent lock");
-        loop {
-            if std::mem::take(&mut *rung) {
-                return true;
-            }
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            rung = self
-                .bell
-                .wait_timeout(rung, deadline - now)
-                .expect("urgent lock")
-                .0;
-        }
-    }
-}
-
 /// The sequencer: a thread of its own (the batch's synchronous write blocks). Takes what is
 /// queued; while every queued entry is detached, holds the commit for
-/// [`LedgerOptions::detached_commit_interval_us`] (until something rings `urgent`); waits out
+/// [`LedgerOptions::detached_commit_interval_us`] (until the thread is unparked); waits out
 /// [`LedgerOptions::min_commit_interval_us`] under load; writes and syncs the batch, then answers
 /// every waiting append and flush.
 fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiver<Command>) {
@@ -1018,11 +987,13 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
         if let Some((started, _)) = last_commit.filter(|_| !detached_interval.is_zero()) {
             let until = started + detached_interval;
             while gathered.can_wait(max_batch) && !gathered.waited {
-                let rung = shared.urgent.wait_until(until);
-                gathered.drain(&mut commands, max_batch);
-                if !rung {
+                let now = std::time::Instant::now();
+                if now >= until {
                     break;
                 }
+                // Returns when unparked (or spuriously): take what came, look again.
+                std::thread::park_timeout(until - now);
+                gathered.drain(&mut commands, max_batch);
             }
         }
         // Under load, hold the commit until `interval` after the previous one started.
