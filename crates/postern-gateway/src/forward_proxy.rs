@@ -36,7 +36,7 @@ use crate::events::Decision;
 use crate::proxy::Progress;
 use crate::record::PendingRecord;
 use crate::runtime::{IntegrationRuntime, Runtime};
-use crate::upstream::{dial, ConnectError, UpstreamAddr};
+use crate::upstream::{dial, UpstreamAddr};
 use crate::Shared;
 use postern_discover::{Observation, ObservationSource};
 use postern_tlog::RecordKind;
@@ -482,9 +482,11 @@ async fn absolute(
                 shared.discovered(sighting(context, &host, port, true));
                 let limit = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
                 return Err(crate::proxy::body_violation_error(context, limit)
-                    .or_else(|| {
-                        crate::upstream::find_cause::<ConnectError>(&error)
-                            .map(|connect| crate::proxy::connect_error(&host, connect))
+                    .or_else(|| match &error {
+                        crate::upstream::UpstreamError::Connect(connect) => {
+                            Some(crate::proxy::connect_error(&host, connect))
+                        }
+                        _ => None,
                     })
                     .unwrap_or_else(|| {
                         CallError::bad_gateway(

@@ -213,10 +213,7 @@ impl TokenSource {
     }
 }
 
-fn describe(error: &hyper_util::client::legacy::Error) -> String {
-    if let Some(denied) = crate::upstream::find_cause::<crate::upstream::ConnectError>(error) {
-        return denied.to_string();
-    }
+fn describe(error: &crate::upstream::UpstreamError) -> String {
     error.to_string()
 }
 

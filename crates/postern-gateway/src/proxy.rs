@@ -24,7 +24,7 @@ use crate::events::Decision;
 use crate::oauth::TokenSource;
 use crate::record::PendingRecord;
 use crate::runtime::{Injector, IntegrationRuntime, Runtime};
-use crate::upstream::{find_cause, ConnectError, UpstreamAddr};
+use crate::upstream::{ConnectError, UpstreamAddr, UpstreamError};
 use crate::Shared;
 use postern_config::AuditMode;
 use postern_tlog::RecordKind;
@@ -810,17 +810,17 @@ async fn forward(
 fn classify_upstream_error(
     integration: &IntegrationRuntime,
     context: &CallContext,
-    error: &hyper_util::client::legacy::Error,
+    error: &UpstreamError,
 ) -> CallError {
     if let Some(refusal) = body_violation_error(context, integration.config.max_request_body_bytes)
     {
         return refusal;
     }
-    if let Some(connect) = find_cause::<ConnectError>(error) {
+    if let UpstreamError::Connect(connect) = error {
         tracing::warn!(integration = %integration.name, request_id = %context.request_id, error = %connect, "upstream connection refused or failed");
         return connect_error(&format!("the vendor of {}", integration.name), connect);
     }
-    if has_tls_error(error) {
+    if matches!(error, UpstreamError::Tls { .. }) || has_tls_error(error) {
         tracing::warn!(integration = %integration.name, request_id = %context.request_id, error = %error_chain(error), "TLS to the vendor failed");
         return CallError::bad_gateway(
             "upstream_tls_error",

@@ -1,5 +1,6 @@
-//! Forwarding to the vendor: a connection pool whose connector resolves the vendor host itself,
-//! checks every address with the SSRF guard, and dials only the address it checked.
+//! Forwarding to the vendor: Postern's connection pool ([`UpstreamClient`]), whose connections are
+//! made by [`dial`]: it resolves the vendor host itself, checks every address with the SSRF
+//! guard, and dials only the address it checked.
 //!
 //! Resolution happens for each new connection (pooled connections are reused until idle), so a
 //! DNS answer that later turns private is refused the next time a connection is made. TLS is
@@ -11,19 +12,16 @@
 //! forwarding never wakes another thread (the audit sequencer and the event writer are woken
 //! in batches, elsewhere).
 
-use std::future::Future;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use http::uri::Authority;
 use http::Uri;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use postern_netguard::{Denied, Guard, GuardError};
 use tokio::net::TcpStream;
 
@@ -54,52 +52,6 @@ pub enum ConnectError {
     },
     #[error("the upstream URI has no host")]
     NoHost,
-}
-
-/// A `tower::Service<Uri>` that resolves, guards and dials.
-#[derive(Clone)]
-pub struct GuardedConnector {
-    guard: Arc<Guard>,
-    connect_timeout: Duration,
-}
-
-impl GuardedConnector {
-    pub fn new(guard: Guard, connect_timeout: Duration) -> Self {
-        GuardedConnector {
-            guard: Arc::new(guard),
-            connect_timeout,
-        }
-    }
-}
-
-impl tower_service::Service<Uri> for GuardedConnector {
-    type Response = GuardedStream;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<GuardedStream, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let guard = self.guard.clone();
-        let connect_timeout = self.connect_timeout;
-        Box::pin(async move {
-            let host = uri.host().ok_or(ConnectError::NoHost)?.to_string();
-            let port = uri
-                .port_u16()
-                .unwrap_or(if uri.scheme_str() == Some("http") {
-                    80
-                } else {
-                    443
-                });
-            let (stream, addr) = dial(&guard, &host, port, connect_timeout).await?;
-            Ok(GuardedStream {
-                inner: TokioIo::new(stream),
-                addr,
-            })
-        })
-    }
 }
 
 /// Resolves `host`, refuses the answer if the guard refuses any address in it, and connects to
@@ -133,85 +85,352 @@ pub async fn dial(
     Err(last_error.unwrap_or(ConnectError::NoHost))
 }
 
-/// A TCP stream to a checked address; reports that address to the pool.
-pub struct GuardedStream {
-    inner: TokioIo<TcpStream>,
-    addr: SocketAddr,
+/// Why a call to the vendor failed. Never carries the request URI (its query may hold an injected
+/// credential).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("TLS to {host}: {source}")]
+    Tls {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("plaintext http:// to {0} is refused (set allow_plaintext on the integration)")]
+    Plaintext(String),
+    #[error("the upstream URI is not absolute http(s)")]
+    NotAbsolute,
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
 }
 
-impl Connection for GuardedStream {
-    fn connected(&self) -> Connected {
-        Connected::new().extra(UpstreamAddr(self.addr))
-    }
-}
-
-impl hyper::rt::Read for GuardedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for GuardedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-}
-
-type HyperClient = Client<HttpsConnector<GuardedConnector>, ForwardBody>;
-
-/// One integration's upstream pools: one per data-plane worker, made on the worker's first
-/// call, and one shared by every other thread (admin, token refresh, tests). Clones share them.
+/// One integration's upstream connections (or the forward proxy's, per destination): a pool per
+/// data-plane worker, made on the worker's first call, and one shared by every other thread
+/// (admin, token refresh, tests). Clones share them.
+///
+/// The pool is Postern's own, over hyper's connection-level client (`hyper::client::conn`):
+/// a worker's idle connections to one origin are a stack taken from and returned to under an
+/// uncontended lock, and the call's task sends on the connection directly. (hyper-util's pooled
+/// `Client` does the same job through a keyed, shared pool and costs ~1.5 µs more per call:
+/// docs/BENCHMARKS.md.)
+///
+/// - HTTP/1.1 connections carry one call at a time; a connection goes back on the stack when the
+///   response head arrives and is taken again once hyper reports it ready (its body read).
+/// - An h2 connection (ALPN) is shared by every call of the worker to that origin.
+/// - A request a pooled connection refused before writing anything (the vendor closed it while
+///   idle) is sent once more on a new connection.
+/// - Idle connections close after `idle_timeout`: checked when a call takes one, and by a sweep
+///   task on the worker every `idle_timeout`.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    pools: Arc<Pools>,
+    inner: Arc<ClientInner>,
 }
 
-struct Pools {
-    builder: hyper_util::client::legacy::Builder,
-    connector: HttpsConnector<GuardedConnector>,
-    clients: crate::workers::PerWorker<HyperClient>,
+struct ClientInner {
+    guard: Guard,
+    tls: tokio_rustls::TlsConnector,
+    allow_plaintext: bool,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    pools: crate::workers::PerWorker<Arc<Mutex<Pool>>>,
+}
+
+/// At most this many idle connections are kept per origin and worker (more are closed).
+const MAX_IDLE_PER_ORIGIN: usize = 1024;
+
+type OriginKey = (bool, Authority);
+
+#[derive(Default)]
+struct Pool {
+    origins: HashMap<OriginKey, Vec<Pooled>>,
+    sweeping: bool,
+}
+
+struct Pooled {
+    sender: Sender,
+    addr: SocketAddr,
+    /// When it was last handed back (for HTTP/1.1: when its last response head arrived).
+    since: Instant,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<ForwardBody>),
+    H2(hyper::client::conn::http2::SendRequest<ForwardBody>),
+}
+
+impl Sender {
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(tx) => tx.is_ready(),
+            Sender::H2(tx) => tx.is_ready(),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(tx) => tx.is_closed(),
+            Sender::H2(tx) => tx.is_closed(),
+        }
+    }
+}
+
+impl Pooled {
+    /// Closed, or ready and idle for longer than `idle_timeout`: to be dropped.
+    fn spent(&self, now: Instant, idle_timeout: Duration) -> bool {
+        self.sender.is_closed()
+            || (self.sender.is_ready() && now.saturating_duration_since(self.since) > idle_timeout)
+    }
+}
+
+impl Pool {
+    /// A ready connection to `key`: an HTTP/1.1 one leaves the stack, an h2 one is shared.
+    /// Closed connections and ones idle longer than `idle_timeout` are dropped on the way.
+    fn take(&mut self, key: &OriginKey, idle_timeout: Duration) -> Option<(Sender, SocketAddr)> {
+        let conns = self.origins.get_mut(key)?;
+        let now = Instant::now();
+        let mut i = conns.len();
+        while i > 0 {
+            i -= 1;
+            if conns[i].spent(now, idle_timeout) {
+                conns.swap_remove(i);
+                continue;
+            }
+            if !conns[i].sender.is_ready() {
+                continue; // an HTTP/1.1 response body still being read
+            }
+            return Some(match &conns[i].sender {
+                Sender::H2(tx) => (Sender::H2(tx.clone()), conns[i].addr),
+                Sender::H1(_) => {
+                    let conn = conns.swap_remove(i);
+                    (conn.sender, conn.addr)
+                }
+            });
+        }
+        None
+    }
+
+    fn put(&mut self, key: &OriginKey, sender: Sender, addr: SocketAddr) {
+        let conns = match self.origins.get_mut(key) {
+            Some(conns) => conns,
+            None => self.origins.entry(key.clone()).or_default(),
+        };
+        if conns.len() < MAX_IDLE_PER_ORIGIN {
+            conns.push(Pooled {
+                sender,
+                addr,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Drops closed connections and idle ones past `idle_timeout`, and origins left empty.
+    fn sweep(&mut self, idle_timeout: Duration) {
+        let now = Instant::now();
+        self.origins.retain(|_, conns| {
+            conns.retain(|conn| !conn.spent(now, idle_timeout));
+            !conns.is_empty()
+        });
+    }
 }
 
 impl UpstreamClient {
-    /// Sends `request` on this thread's pool.
-    pub fn request(
+    /// Sends `request` (absolute URI) on this thread's pool; the response carries the
+    /// [`UpstreamAddr`] it came from.
+    pub async fn request(
         &self,
-        request: http::Request<ForwardBody>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        let pools = &*self.pools;
-        pools
-            .clients
-            .get_or_init(|| pools.builder.build(pools.connector.clone()))
-            .request(request)
+        mut request: http::Request<ForwardBody>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let https = match request.uri().scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(UpstreamError::NotAbsolute),
+        };
+        let authority = request
+            .uri()
+            .authority()
+            .cloned()
+            .ok_or(UpstreamError::NotAbsolute)?;
+        let key: OriginKey = (https, authority);
+        let pool = self.pool();
+        loop {
+            let pooled = lock(pool).take(&key, self.inner.idle_timeout);
+            let fresh = pooled.is_none();
+            let (sender, addr) = match pooled {
+                Some(pooled) => pooled,
+                // Boxed: the TLS and h2 handshakes would otherwise make every call's future
+                // (and each move of it) kilobytes larger.
+                None => Box::pin(self.connect(&key, pool)).await?,
+            };
+            let sent = match sender {
+                Sender::H1(mut tx) => {
+                    to_origin_form(&mut request, &key)?;
+                    match tx.try_send_request(request).await {
+                        Ok(response) => {
+                            lock(pool).put(&key, Sender::H1(tx), addr);
+                            Ok(response)
+                        }
+                        Err(refused) => Err(refused),
+                    }
+                }
+                Sender::H2(mut tx) => {
+                    to_absolute_form(&mut request, &key)?;
+                    tx.try_send_request(request).await
+                }
+            };
+            match sent {
+                Ok(mut response) => {
+                    response.extensions_mut().insert(UpstreamAddr(addr));
+                    return Ok(response);
+                }
+                // Refused before a byte was written: the pooled connection had closed. Once more,
+                // on the next one (a new connection's refusal is final).
+                Err(mut refused) => match refused.take_message() {
+                    Some(unsent) if !fresh => request = unsent,
+                    _ => return Err(UpstreamError::Http(refused.into_error())),
+                },
+            }
+        }
     }
+
+    fn pool(&self) -> &Arc<Mutex<Pool>> {
+        self.inner.pools.get_or_init(Default::default)
+    }
+
+    /// Dials `key` through the SSRF guard, negotiates TLS (ALPN h2 or http/1.1) and starts the
+    /// connection's task on this thread's runtime.
+    async fn connect(
+        &self,
+        key: &OriginKey,
+        pool: &Arc<Mutex<Pool>>,
+    ) -> Result<(Sender, SocketAddr), UpstreamError> {
+        let (https, authority) = key;
+        if !https && !self.inner.allow_plaintext {
+            return Err(UpstreamError::Plaintext(authority.host().to_string()));
+        }
+        let host = authority.host();
+        let port = authority
+            .port_u16()
+            .unwrap_or(if *https { 443 } else { 80 });
+        let (stream, addr) =
+            dial(&self.inner.guard, host, port, self.inner.connect_timeout).await?;
+        let sender = if *https {
+            let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
+                .map_err(|_| UpstreamError::Connect(ConnectError::NoHost))?
+                .to_owned();
+            let tls = self
+                .inner
+                .tls
+                .connect(name, stream)
+                .await
+                .map_err(|source| UpstreamError::Tls {
+                    host: host.to_string(),
+                    source,
+                })?;
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            handshake(TokioIo::new(tls), h2).await?
+        } else {
+            handshake(TokioIo::new(stream), false).await?
+        };
+        let mut locked = lock(pool);
+        if !locked.sweeping {
+            locked.sweeping = true;
+            tokio::spawn(sweep(Arc::downgrade(pool), self.inner.idle_timeout));
+        }
+        if let Sender::H2(tx) = &sender {
+            locked.put(key, Sender::H2(tx.clone()), addr);
+        }
+        Ok((sender, addr))
+    }
+}
+
+fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
+    // A panic while holding the lock leaves the pool consistent (every step is a push or a
+    // remove), so a poisoned lock is taken as is.
+    pool.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn sweep(pool: std::sync::Weak<Mutex<Pool>>, idle_timeout: Duration) {
+    loop {
+        tokio::time::sleep(idle_timeout.max(Duration::from_secs(1))).await;
+        match pool.upgrade() {
+            Some(pool) => lock(&pool).sweep(idle_timeout),
+            None => return,
+        }
+    }
+}
+
+/// Starts an HTTP/1.1 or h2 connection over `io`; its task runs on this thread's runtime until
+/// every sender is gone or the vendor closes it.
+async fn handshake<T>(io: T, h2: bool) -> Result<Sender, hyper::Error>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    if h2 {
+        let (tx, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream h2 connection ended");
+            }
+        });
+        Ok(Sender::H2(tx))
+    } else {
+        let (mut tx, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream connection ended");
+            }
+        });
+        tx.ready().await?;
+        Ok(Sender::H1(tx))
+    }
+}
+
+/// HTTP/1.1 sends the path and query, and the origin in `Host` (without a default port).
+fn to_origin_form(
+    request: &mut http::Request<ForwardBody>,
+    (https, authority): &OriginKey,
+) -> Result<(), UpstreamError> {
+    if !request.headers().contains_key(http::header::HOST) {
+        let default_port = if *https { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(port) if port != default_port => authority.as_str(),
+            _ => authority.host(),
+        };
+        let value = http::HeaderValue::from_str(host).map_err(|_| UpstreamError::NotAbsolute)?;
+        request.headers_mut().insert(http::header::HOST, value);
+    }
+    if request.uri().scheme().is_some() {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(path);
+    }
+    Ok(())
+}
+
+/// h2 sends the scheme and authority as pseudo-headers: the URI must be absolute.
+fn to_absolute_form(
+    request: &mut http::Request<ForwardBody>,
+    (https, authority): &OriginKey,
+) -> Result<(), UpstreamError> {
+    if request.uri().scheme().is_none() {
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(if *https {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        });
+        parts.authority = Some(authority.clone());
+        *request.uri_mut() = Uri::from_parts(parts).map_err(|_| UpstreamError::NotAbsolute)?;
+    }
+    Ok(())
 }
 
 /// Settings for one integration's pool.
@@ -249,47 +468,195 @@ pub fn build_client(options: UpstreamOptions<'_>) -> anyhow::Result<UpstreamClie
             .map_err(|error| anyhow::anyhow!("client_certificate: {error}"))?,
         None => builder.with_no_client_auth(),
     };
-    let guarded = GuardedConnector::new(
-        Guard::new(options.allow_private_networks),
-        options.connect_timeout,
-    );
-    let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
-    let connector = if options.allow_plaintext {
-        builder
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(guarded)
-    } else {
-        builder
-            .https_only()
-            .enable_all_versions()
-            .wrap_connector(guarded)
-    };
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(options.idle_timeout)
-        .pool_max_idle_per_host(1024)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .timer(hyper_util::rt::TokioTimer::new());
+    let mut tls = tls;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(UpstreamClient {
-        pools: Arc::new(Pools {
-            builder,
-            connector,
-            clients: crate::workers::PerWorker::new(),
+        inner: Arc::new(ClientInner {
+            guard: Guard::new(options.allow_private_networks),
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            allow_plaintext: options.allow_plaintext,
+            connect_timeout: options.connect_timeout,
+            idle_timeout: options.idle_timeout,
+            pools: crate::workers::PerWorker::new(),
         }),
     })
 }
 
-/// Finds the cause of a client error in its source chain.
-pub fn find_cause<'a, T: std::error::Error + 'static>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(error) = current {
-        if let Some(found) = error.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = error.source();
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::body::RequestBodyState;
+
+    /// A plain HTTP/1.1 vendor on loopback that answers `per_connection` requests on each
+    /// connection (keep-alive, no `Connection: close`) and then closes it. Counts connections;
+    /// `closed` counts connections the client closed first.
+    struct Vendor {
+        addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        closed_by_client: Arc<AtomicUsize>,
     }
-    None
+
+    async fn vendor(per_connection: usize) -> Vendor {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed_by_client = Arc::new(AtomicUsize::new(0));
+        let (count, closed) = (accepted.clone(), closed_by_client.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let closed = closed.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut answered = 0;
+                    while answered < per_connection {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => {
+                                closed.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let body = format!("{{\"n\":{answered}}}");
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                                body.len()
+                            );
+                            stream.write_all(head.as_bytes()).await.unwrap();
+                            stream.write_all(body.as_bytes()).await.unwrap();
+                            answered += 1;
+                        }
+                    }
+                });
+            }
+        });
+        Vendor {
+            addr,
+            accepted,
+            closed_by_client,
+        }
+    }
+
+    fn client(idle_timeout: Duration) -> UpstreamClient {
+        build_client(UpstreamOptions {
+            allow_private_networks: vec!["127.0.0.1/32".parse().unwrap()],
+            allow_plaintext: true,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout,
+            client_auth: None,
+        })
+        .unwrap()
+    }
+
+    async fn call(client: &UpstreamClient, addr: SocketAddr) -> String {
+        let body = ForwardBody::full(Bytes::new(), Arc::new(RequestBodyState::default()));
+        let mut request = http::Request::new(body);
+        *request.uri_mut() = format!("http://{addr}/v1/charges").parse().unwrap();
+        let response = client.request(request).await.expect("the vendor answers");
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.extensions().get::<UpstreamAddr>().map(|a| a.0),
+            Some(addr)
+        );
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// Waits (bounded) until `counter` reaches `want`.
+    async fn reaches(counter: &AtomicUsize, want: usize) -> bool {
+        for _ in 0..300 {
+            if counter.load(Ordering::SeqCst) >= want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn sequential_calls_share_one_connection() {
+        let vendor = vendor(usize::MAX).await;
+        let client = client(Duration::from_secs(60));
+        for n in 0..5 {
+            assert_eq!(call(&client, vendor.addr).await, format!("{{\"n\":{n}}}"));
+        }
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_open_a_connection_each_and_reuse_them() {
+        let vendor = vendor(usize::MAX).await;
+        let client = client(Duration::from_secs(60));
+        for _ in 0..3 {
+            let mut calls = tokio::task::JoinSet::new();
+            for _ in 0..4 {
+                let (client, addr) = (client.clone(), vendor.addr);
+                calls.spawn(async move { call(&client, addr).await });
+            }
+            assert_eq!(calls.join_all().await.len(), 4);
+            // Let the connections' tasks see their bodies end (they are ready again then).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Four at once need four connections; the later rounds reuse them.
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_vendor_closed_is_not_reused() {
+        let vendor = vendor(1).await;
+        let client = client(Duration::from_secs(60));
+        for n in 1..=3 {
+            assert_eq!(call(&client, vendor.addr).await, "{\"n\":0}");
+            assert_eq!(vendor.accepted.load(Ordering::SeqCst), n);
+            // The vendor closes after its one answer; the client must notice, not fail.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_idle_timeout() {
+        let vendor = vendor(usize::MAX).await;
+        let client = client(Duration::from_millis(100));
+        call(&client, vendor.addr).await;
+        // The sweep runs every max(idle_timeout, 1 s): the connection is closed within ~1 s.
+        assert!(
+            reaches(&vendor.closed_by_client, 1).await,
+            "the idle connection was not closed"
+        );
+        // A later call dials afresh.
+        call(&client, vendor.addr).await;
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn plaintext_is_refused_unless_allowed() {
+        let vendor = vendor(usize::MAX).await;
+        let refusing = build_client(UpstreamOptions {
+            allow_private_networks: vec!["127.0.0.1/32".parse().unwrap()],
+            allow_plaintext: false,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(60),
+            client_auth: None,
+        })
+        .unwrap();
+        let body = ForwardBody::full(Bytes::new(), Arc::new(RequestBodyState::default()));
+        let mut request = http::Request::new(body);
+        *request.uri_mut() = format!("http://{}/", vendor.addr).parse().unwrap();
+        let error = refusing.request(request).await.unwrap_err();
+        assert!(matches!(error, UpstreamError::Plaintext(_)), "{error}");
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 0);
+        call(&client(Duration::from_secs(60)), vendor.addr).await;
+    }
 }
