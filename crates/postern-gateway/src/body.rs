@@ -69,7 +69,9 @@ pub struct ForwardBody {
     buffered: Option<Bytes>,
     limit: u64,
     state: Arc<RequestBodyState>,
-    token: Option<memmem::Finder<'static>>,
+    /// Boxed: a `Finder` is ~300 bytes, and most requests (no body, or no caller token) have
+    /// none; every move of the request would otherwise copy them.
+    token: Option<Box<memmem::Finder<'static>>>,
     /// The tail of the previous chunk, so a token split across chunks is still found.
     carry: Vec<u8>,
 }
@@ -88,7 +90,7 @@ impl ForwardBody {
         };
         let token = match (&inner, caller_token) {
             (Some(_), Some(token)) if !token.is_empty() => {
-                Some(memmem::Finder::new(token).into_owned())
+                Some(Box::new(memmem::Finder::new(token).into_owned()))
             }
             _ => None,
         };

@@ -56,15 +56,23 @@ pub async fn handle(
     connection: Arc<ConnectionInfo>,
     request: Request<Incoming>,
 ) -> Response<GatewayBody> {
+    // The forward-proxy paths are boxed (allocated only when taken): a future is as large as its
+    // largest branch, and every call's future is moved into a box before hyper polls it.
     if request.method() == http::Method::CONNECT {
-        return crate::forward_proxy::handle_connect(shared, connection, request).await;
+        return Box::pin(crate::forward_proxy::handle_connect(
+            shared, connection, request,
+        ))
+        .await;
     }
     // Absolute-form is HTTP/1 proxy syntax; every HTTP/2 request carries a scheme.
     if connection.tunnel.is_none()
         && request.version() < http::Version::HTTP_2
         && request.uri().scheme().is_some()
     {
-        return crate::forward_proxy::handle_absolute(shared, connection, request).await;
+        return Box::pin(crate::forward_proxy::handle_absolute(
+            shared, connection, request,
+        ))
+        .await;
     }
     handle_call(shared, connection, request).await
 }
@@ -215,7 +223,8 @@ async fn pipeline(
             forward(&integration, context, upstream_request).await?
         }
         Some(source) => {
-            let token = oauth_token(&integration, &source).await?;
+            // Boxed like the forward-proxy paths in `handle`: only OAuth2 integrations pay.
+            let token = Box::pin(oauth_token(&integration, &source)).await?;
             let upstream_request = inject(
                 &integration,
                 &vendor_path,
@@ -223,7 +232,14 @@ async fn pipeline(
                 caller_token.as_deref(),
                 Some(token.clone()),
             )?;
-            forward_replayable(&integration, context, upstream_request, &source, token).await?
+            Box::pin(forward_replayable(
+                &integration,
+                context,
+                upstream_request,
+                &source,
+                token,
+            ))
+            .await?
         }
     };
     inspect_response(
