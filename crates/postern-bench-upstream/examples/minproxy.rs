@@ -78,45 +78,46 @@ async fn serve_conn(listener: tokio::net::TcpListener, upstream: SocketAddr) {
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| async move {
-                let (mut parts, body) = request.into_parts();
-                let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                let path = path.strip_prefix("/bench").unwrap_or(path);
-                parts.uri = Uri::try_from(path).expect("valid path");
-                parts.headers.remove(hyper::header::AUTHORIZATION);
-                parts.headers.insert(
-                    hyper::header::HOST,
-                    hyper::header::HeaderValue::from_static("127.0.0.1"),
-                );
-                let ready = SENDERS.with(|senders| {
-                    let mut senders = senders.borrow_mut();
-                    senders.retain(|sender| !sender.is_closed());
-                    let i = senders.iter().rposition(|sender| sender.is_ready())?;
-                    Some(senders.swap_remove(i))
-                });
-                let mut sender = match ready {
-                    Some(sender) => sender,
-                    None => {
-                        let stream = tokio::net::TcpStream::connect(upstream)
-                            .await
-                            .expect("the upstream accepts");
-                        let _ = stream.set_nodelay(true);
-                        let (mut sender, connection) =
-                            hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            let service =
+                hyper::service::service_fn(move |request: Request<Incoming>| async move {
+                    let (mut parts, body) = request.into_parts();
+                    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                    let path = path.strip_prefix("/bench").unwrap_or(path);
+                    parts.uri = Uri::try_from(path).expect("valid path");
+                    parts.headers.remove(hyper::header::AUTHORIZATION);
+                    parts.headers.insert(
+                        hyper::header::HOST,
+                        hyper::header::HeaderValue::from_static("127.0.0.1"),
+                    );
+                    let ready = SENDERS.with(|senders| {
+                        let mut senders = senders.borrow_mut();
+                        senders.retain(|sender| !sender.is_closed());
+                        let i = senders.iter().rposition(|sender| sender.is_ready())?;
+                        Some(senders.swap_remove(i))
+                    });
+                    let mut sender = match ready {
+                        Some(sender) => sender,
+                        None => {
+                            let stream = tokio::net::TcpStream::connect(upstream)
                                 .await
-                                .expect("handshake");
-                        tokio::spawn(connection);
-                        sender.ready().await.expect("a new connection is ready");
-                        sender
-                    }
-                };
-                let response = sender
-                    .send_request(Request::from_parts(parts, body))
-                    .await
-                    .expect("the upstream answers");
-                SENDERS.with(|senders| senders.borrow_mut().push(sender));
-                Ok::<_, Infallible>(response.map(BoxBody::new))
-            });
+                                .expect("the upstream accepts");
+                            let _ = stream.set_nodelay(true);
+                            let (mut sender, connection) =
+                                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                                    .await
+                                    .expect("handshake");
+                            tokio::spawn(connection);
+                            sender.ready().await.expect("a new connection is ready");
+                            sender
+                        }
+                    };
+                    let response = sender
+                        .send_request(Request::from_parts(parts, body))
+                        .await
+                        .expect("the upstream answers");
+                    SENDERS.with(|senders| senders.borrow_mut().push(sender));
+                    Ok::<_, Infallible>(response.map(BoxBody::new))
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
