@@ -97,6 +97,14 @@ pub enum UpstreamError {
         #[source]
         source: std::io::Error,
     },
+    /// The connection failed during the TLS handshake for a reason other than TLS itself
+    /// (reset, closed, not a TLS server).
+    #[error("the connection to {host} broke during the TLS handshake: {source}")]
+    Handshake {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("plaintext http:// to {0} is refused (set allow_plaintext on the integration)")]
     Plaintext(String),
     #[error("the upstream URI is not absolute http(s)")]
@@ -119,9 +127,14 @@ pub enum UpstreamError {
 ///   response head arrives and is taken again once hyper reports it ready (its body read).
 /// - An h2 connection (ALPN) is shared by every call of the worker to that origin.
 /// - A request a pooled connection refused before writing anything (the vendor closed it while
-///   idle) is sent once more on a new connection.
-/// - Idle connections close after `idle_timeout`: checked when a call takes one, and by a sweep
-///   task on the worker every `idle_timeout`.
+///   idle) moves on to the next pooled connection, and at last to a new one, whose refusal is
+///   final.
+/// - Idle connections close after `idle_timeout` (up to about twice that, plus a second):
+///   checked when a call takes one, and by a sweep task on the worker every `idle_timeout` (at
+///   least 1 s). An HTTP/1.1 connection's idle time starts when it is first found ready after its
+///   response body, so a long body never counts as idle.
+/// - One h2 connection per origin is kept; calls that found none and dialled at once use their
+///   own for that call only.
 #[derive(Clone)]
 pub struct UpstreamClient {
     inner: Arc<ClientInner>,
@@ -150,8 +163,11 @@ struct Pool {
 struct Pooled {
     sender: Sender,
     addr: SocketAddr,
-    /// When it was last handed back (for HTTP/1.1: when its last response head arrived).
+    /// When it was last in use: handed back or taken (h2, shared), or first found ready after
+    /// reading a response body (HTTP/1.1). Idle time counts from here.
     since: Instant,
+    /// Handed back with a response body still to read (HTTP/1.1): not idle until found ready.
+    busy: bool,
 }
 
 enum Sender {
@@ -175,11 +191,33 @@ impl Sender {
     }
 }
 
+#[derive(PartialEq)]
+enum State {
+    /// Closed, or idle for longer than `idle_timeout`: to be dropped.
+    Spent,
+    /// Reading a response body (HTTP/1.1).
+    Busy,
+    Ready,
+}
+
 impl Pooled {
-    /// Closed, or ready and idle for longer than `idle_timeout`: to be dropped.
-    fn spent(&self, now: Instant, idle_timeout: Duration) -> bool {
-        self.sender.is_closed()
-            || (self.sender.is_ready() && now.saturating_duration_since(self.since) > idle_timeout)
+    /// Where the connection stands at `now`. A connection handed back busy starts its idle time
+    /// when it is first found ready (by a call or the sweep, which runs every `idle_timeout`
+    /// at most): a long response body never counts as idle time.
+    fn state(&mut self, now: Instant, idle_timeout: Duration) -> State {
+        if self.sender.is_closed() {
+            State::Spent
+        } else if !self.sender.is_ready() {
+            self.busy = true;
+            State::Busy
+        } else if std::mem::take(&mut self.busy) {
+            self.since = now;
+            State::Ready
+        } else if now.saturating_duration_since(self.since) > idle_timeout {
+            State::Spent
+        } else {
+            State::Ready
+        }
     }
 }
 
@@ -192,12 +230,13 @@ impl Pool {
         let mut i = conns.len();
         while i > 0 {
             i -= 1;
-            if conns[i].spent(now, idle_timeout) {
-                conns.swap_remove(i);
-                continue;
-            }
-            if !conns[i].sender.is_ready() {
-                continue; // an HTTP/1.1 response body still being read
+            match conns[i].state(now, idle_timeout) {
+                State::Spent => {
+                    conns.swap_remove(i);
+                    continue;
+                }
+                State::Busy => continue,
+                State::Ready => conns[i].since = now,
             }
             return Some(match &conns[i].sender {
                 Sender::H2(tx) => (Sender::H2(tx.clone()), conns[i].addr),
@@ -215,8 +254,15 @@ impl Pool {
             Some(conns) => conns,
             None => self.origins.entry(key.clone()).or_default(),
         };
-        if conns.len() < MAX_IDLE_PER_ORIGIN {
+        // One h2 connection per origin is enough: when calls that found none dialled at once,
+        // only the first is kept and the others end with their calls.
+        let shared_h2 = matches!(sender, Sender::H2(_))
+            && conns
+                .iter()
+                .any(|conn| matches!(conn.sender, Sender::H2(_)) && !conn.sender.is_closed());
+        if conns.len() < MAX_IDLE_PER_ORIGIN && !shared_h2 {
             conns.push(Pooled {
+                busy: matches!(sender, Sender::H1(_)),
                 sender,
                 addr,
                 since: Instant::now(),
@@ -228,7 +274,7 @@ impl Pool {
     fn sweep(&mut self, idle_timeout: Duration) {
         let now = Instant::now();
         self.origins.retain(|_, conns| {
-            conns.retain(|conn| !conn.spent(now, idle_timeout));
+            conns.retain_mut(|conn| conn.state(now, idle_timeout) != State::Spent);
             !conns.is_empty()
         });
     }
@@ -323,9 +369,16 @@ impl UpstreamClient {
                 .tls
                 .connect(name, stream)
                 .await
-                .map_err(|source| UpstreamError::Tls {
-                    host: host.to_string(),
-                    source,
+                .map_err(|source| {
+                    let host = host.to_string();
+                    if source
+                        .get_ref()
+                        .is_some_and(|inner| inner.is::<rustls::Error>())
+                    {
+                        UpstreamError::Tls { host, source }
+                    } else {
+                        UpstreamError::Handshake { host, source }
+                    }
                 })?;
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             handshake(TokioIo::new(tls), h2).await?
@@ -352,6 +405,16 @@ fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
 }
 
 async fn sweep(pool: std::sync::Weak<Mutex<Pool>>, idle_timeout: Duration) {
+    // If this task is dropped (its runtime shut down), the next connection starts another.
+    struct Sweeping(std::sync::Weak<Mutex<Pool>>);
+    impl Drop for Sweeping {
+        fn drop(&mut self) {
+            if let Some(pool) = self.0.upgrade() {
+                lock(&pool).sweeping = false;
+            }
+        }
+    }
+    let _sweeping = Sweeping(pool.clone());
     loop {
         tokio::time::sleep(idle_timeout.max(Duration::from_secs(1))).await;
         match pool.upgrade() {
@@ -397,11 +460,14 @@ fn to_origin_form(
 ) -> Result<(), UpstreamError> {
     if !request.headers().contains_key(http::header::HOST) {
         let default_port = if *https { 443 } else { 80 };
-        let host = match authority.port_u16() {
-            Some(port) if port != default_port => authority.as_str(),
-            _ => authority.host(),
-        };
-        let value = http::HeaderValue::from_str(host).map_err(|_| UpstreamError::NotAbsolute)?;
+        // Host and port only: never the authority's user information.
+        let value = match authority.port_u16() {
+            Some(port) if port != default_port => {
+                http::HeaderValue::from_str(&format!("{}:{port}", authority.host()))
+            }
+            _ => http::HeaderValue::from_str(authority.host()),
+        }
+        .map_err(|_| UpstreamError::NotAbsolute)?;
         request.headers_mut().insert(http::header::HOST, value);
     }
     if request.uri().scheme().is_some() {
@@ -504,6 +570,11 @@ mod tests {
     }
 
     async fn vendor(per_connection: usize) -> Vendor {
+        slow_vendor(per_connection, Duration::ZERO).await
+    }
+
+    /// Like `vendor`, but each body's second half follows its first after `pause`.
+    async fn slow_vendor(per_connection: usize, pause: Duration) -> Vendor {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -533,7 +604,12 @@ mod tests {
                                 body.len()
                             );
                             stream.write_all(head.as_bytes()).await.unwrap();
-                            stream.write_all(body.as_bytes()).await.unwrap();
+                            let (first, second) = body.split_at(body.len() / 2);
+                            stream.write_all(first.as_bytes()).await.unwrap();
+                            if !pause.is_zero() {
+                                tokio::time::sleep(pause).await;
+                            }
+                            stream.write_all(second.as_bytes()).await.unwrap();
                             answered += 1;
                         }
                     }
@@ -575,7 +651,7 @@ mod tests {
 
     /// Waits (bounded) until `counter` reaches `want`.
     async fn reaches(counter: &AtomicUsize, want: usize) -> bool {
-        for _ in 0..300 {
+        for _ in 0..500 {
             if counter.load(Ordering::SeqCst) >= want {
                 return true;
             }
@@ -629,7 +705,8 @@ mod tests {
         let vendor = vendor(usize::MAX).await;
         let client = client(Duration::from_millis(100));
         call(&client, vendor.addr).await;
-        // The sweep runs every max(idle_timeout, 1 s): the connection is closed within ~1 s.
+        // The sweep runs every max(idle_timeout, 1 s): the first finds the connection ready (its
+        // idle time starts), the second closes it, ~2 s in.
         assert!(
             reaches(&vendor.closed_by_client, 1).await,
             "the idle connection was not closed"
@@ -637,6 +714,68 @@ mod tests {
         // A later call dials afresh.
         call(&client, vendor.addr).await;
         assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_idle_timeout_does_not_retire_its_connection() {
+        // Each body takes 400 ms, longer than the 250 ms idle limit: the connection was busy,
+        // not idle, so the next call reuses it.
+        let vendor = slow_vendor(usize::MAX, Duration::from_millis(400)).await;
+        let client = client(Duration::from_millis(250));
+        call(&client, vendor.addr).await;
+        call(&client, vendor.addr).await;
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn host_is_host_and_port_without_user_information() {
+        let host = |uri: &str| {
+            let mut request = http::Request::new(ForwardBody::full(
+                Bytes::new(),
+                Arc::new(RequestBodyState::default()),
+            ));
+            *request.uri_mut() = uri.parse().unwrap();
+            let key = (
+                request.uri().scheme_str() == Some("https"),
+                request.uri().authority().unwrap().clone(),
+            );
+            to_origin_form(&mut request, &key).unwrap();
+            assert_eq!(request.uri().to_string(), "/token?a=1");
+            request.headers()[http::header::HOST]
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            host("https://id:secret@auth.example.com:8443/token?a=1"),
+            "auth.example.com:8443"
+        );
+        assert_eq!(
+            host("https://id:secret@auth.example.com:443/token?a=1"),
+            "auth.example.com"
+        );
+        assert_eq!(host("http://127.0.0.1:80/token?a=1"), "127.0.0.1");
+        assert_eq!(host("http://[::1]:8080/token?a=1"), "[::1]:8080");
+    }
+
+    #[tokio::test]
+    async fn a_broken_handshake_is_not_called_a_tls_error() {
+        // A server that accepts and closes at once: the handshake fails, but not on TLS itself.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        let body = ForwardBody::full(Bytes::new(), Arc::new(RequestBodyState::default()));
+        let mut request = http::Request::new(body);
+        *request.uri_mut() = format!("https://{addr}/").parse().unwrap();
+        let error = client(Duration::from_secs(60))
+            .request(request)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, UpstreamError::Handshake { .. }), "{error}");
     }
 
     #[tokio::test]
