@@ -1087,12 +1087,14 @@ async fn missing_credential_answers_503_and_readyz_says_why() {
     gw.stop().await;
 }
 
-/// A vendor that answers `…/ch_slow` after 600 ms (sleeping on its runtime's thread) and
-/// everything else at once.
+/// A vendor that answers `…/ch_slow` after 1.5 s (sleeping on its runtime's thread) and
+/// everything else at once. The tests check a slow call is still in flight 100–200 ms after it
+/// started: with 600 ms, a loaded machine (the blocked threads are the test runtime's own) once
+/// let that check run after the call had finished.
 async fn slow_vendor() -> TestVendor {
     let handler: Handler = Arc::new(|request: &SeenRequest| {
         if request.target.ends_with("ch_slow") {
-            std::thread::sleep(std::time::Duration::from_millis(600));
+            std::thread::sleep(std::time::Duration::from_millis(1500));
         }
         Answer::json(200, serde_json::json!({"ok": true}))
     });
