@@ -621,6 +621,26 @@ async fn http2_on_both_sides() {
     );
     let events = gw.wait_events(1).await;
     assert_eq!(events[0]["protocol"], "HTTP/2");
+    // More calls on the same client connection (so the same worker), one after another and
+    // then four at once: all of them share the worker's one h2 connection to the vendor.
+    let call = || {
+        h2c.get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+            .bearer_auth(&gw.token)
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(call().await.unwrap().status(), 200);
+    }
+    let (a, b, c, d) = tokio::join!(call(), call(), call(), call());
+    for response in [a, b, c, d] {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    assert_eq!(vendor.seen().len(), 8);
+    assert_eq!(
+        vendor.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one pooled h2 connection carried every call"
+    );
     gw.stop().await;
 }
 

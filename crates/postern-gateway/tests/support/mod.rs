@@ -128,6 +128,8 @@ pub struct TestVendor {
     pub seen: Arc<Mutex<Vec<SeenRequest>>>,
     /// PEM of the CA that signed its certificate (TLS vendors).
     pub ca_pem: Option<String>,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TestVendor {
@@ -203,11 +205,14 @@ impl TestVendor {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let recorded = seen.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let acceptor = acceptor.clone();
                 let handler = handler.clone();
                 let recorded = recorded.clone();
@@ -265,7 +270,12 @@ impl TestVendor {
                 });
             }
         });
-        TestVendor { addr, seen, ca_pem }
+        TestVendor {
+            addr,
+            seen,
+            ca_pem,
+            connections,
+        }
     }
 
     pub fn seen(&self) -> Vec<SeenRequest> {
