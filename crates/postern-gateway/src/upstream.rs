@@ -133,8 +133,9 @@ pub enum UpstreamError {
 ///   checked when a call takes one, and by a sweep task on the worker every `idle_timeout` (at
 ///   least 1 s). An HTTP/1.1 connection's idle time starts when it is first found ready after its
 ///   response body, so a long body never counts as idle.
-/// - One h2 connection per origin is kept; calls that found none and dialled at once use their
-///   own for that call only.
+/// - One h2 connection per origin is kept. Once an origin has answered with h2, calls that find
+///   no connection to it while another call opens one wait for that one; the first calls to an
+///   origin not yet known dial at once, and the extra connections serve their own call only.
 #[derive(Clone)]
 pub struct UpstreamClient {
     inner: Arc<ClientInner>,
@@ -157,6 +158,10 @@ type OriginKey = (bool, Authority);
 #[derive(Default)]
 struct Pool {
     origins: HashMap<OriginKey, Vec<Pooled>>,
+    /// Origins that have answered with h2 (kept for the pool's life: one small entry per
+    /// origin), and, while a call is opening a connection to one, how to wait for it: the
+    /// calls that find no connection meanwhile share that one instead of each dialling.
+    h2_origins: HashMap<OriginKey, Option<tokio::sync::watch::Receiver<()>>>,
     sweeping: bool,
 }
 
@@ -300,7 +305,19 @@ impl UpstreamClient {
         let key: OriginKey = (https, authority);
         let pool = self.pool();
         loop {
-            let pooled = lock(pool).take(&key, self.inner.idle_timeout);
+            let (pooled, opening) = {
+                let mut locked = lock(pool);
+                match locked.take(&key, self.inner.idle_timeout) {
+                    Some(pooled) => (Some(pooled), None),
+                    None => (None, locked.h2_origins.get(&key).cloned().flatten()),
+                }
+            };
+            if let Some(mut opening) = opening {
+                // Another call is opening this h2 origin's connection: look again once it is
+                // up, or once that attempt failed (then this call may dial).
+                let _ = opening.changed().await;
+                continue;
+            }
             let fresh = pooled.is_none();
             let (sender, addr) = match pooled {
                 Some(pooled) => pooled,
@@ -354,6 +371,19 @@ impl UpstreamClient {
         if !https && !self.inner.allow_plaintext {
             return Err(UpstreamError::Plaintext(authority.host().to_string()));
         }
+        // An origin known to speak h2: the calls that come meanwhile wait for this connection.
+        let _opening = {
+            let mut locked = lock(pool);
+            locked.h2_origins.get_mut(key).map(|slot| {
+                let (done, wait) = tokio::sync::watch::channel(());
+                *slot = Some(wait);
+                Opening {
+                    pool: pool.clone(),
+                    key: key.clone(),
+                    _done: done,
+                }
+            })
+        };
         let host = authority.host();
         let port = authority
             .port_u16()
@@ -390,10 +420,32 @@ impl UpstreamClient {
             locked.sweeping = true;
             tokio::spawn(sweep(Arc::downgrade(pool), self.inner.idle_timeout));
         }
-        if let Sender::H2(tx) = &sender {
-            locked.put(key, Sender::H2(tx.clone()), addr);
+        match &sender {
+            Sender::H2(tx) => {
+                locked.h2_origins.entry(key.clone()).or_insert(None);
+                locked.put(key, Sender::H2(tx.clone()), addr);
+            }
+            Sender::H1(_) => {
+                locked.h2_origins.remove(key);
+            }
         }
         Ok((sender, addr))
+    }
+}
+
+/// A connection being opened to a known h2 origin. Dropped when the attempt ends (the connection
+/// is in the pool by then, or the attempt failed or was cancelled): the waiting calls wake.
+struct Opening {
+    pool: Arc<Mutex<Pool>>,
+    key: OriginKey,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if let Some(slot) = lock(&self.pool).h2_origins.get_mut(&self.key) {
+            *slot = None;
+        }
     }
 }
 

@@ -645,6 +645,55 @@ async fn http2_on_both_sides() {
 }
 
 #[tokio::test]
+async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "idle_timeout_ms = 300").await;
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let call = || {
+        h2c.get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+            .bearer_auth(&gw.token)
+            .send()
+    };
+    let connections = || vendor.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(call().await.unwrap().status(), 200);
+    assert_eq!(connections(), 1);
+    // The pool's sweep (every second here) closes the idle connection; the worker still knows
+    // the vendor speaks h2.
+    for _ in 0..100 {
+        if vendor.closed.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        vendor.closed.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the idle connection was closed"
+    );
+    // Eight calls at once on the same client connection (so the same worker): one of them
+    // dials, the others wait for its connection instead of opening seven more.
+    let (a, b, c, d, e, f, g, h) = tokio::join!(
+        call(),
+        call(),
+        call(),
+        call(),
+        call(),
+        call(),
+        call(),
+        call()
+    );
+    for response in [a, b, c, d, e, f, g, h] {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    assert_eq!(vendor.seen().len(), 9);
+    assert_eq!(connections(), 2, "one new connection for the burst");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn tls_listener_with_mtls_spiffe_identity() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let pki = TestPki::new();

@@ -130,6 +130,8 @@ pub struct TestVendor {
     pub ca_pem: Option<String>,
     /// Connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections that have ended.
+    pub closed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TestVendor {
@@ -207,6 +209,8 @@ impl TestVendor {
         let recorded = seen.clone();
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let accepted = connections.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ended = closed.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -216,6 +220,7 @@ impl TestVendor {
                 let acceptor = acceptor.clone();
                 let handler = handler.clone();
                 let recorded = recorded.clone();
+                let ended = ended.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |request: Request<hyper::body::Incoming>| {
@@ -267,6 +272,7 @@ impl TestVendor {
                                 .await;
                         }
                     }
+                    ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
         });
@@ -275,6 +281,7 @@ impl TestVendor {
             seen,
             ca_pem,
             connections,
+            closed,
         }
     }
 
