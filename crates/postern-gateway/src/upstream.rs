@@ -152,6 +152,9 @@ struct ClientInner {
 
 /// At most this many idle connections are kept per origin and worker (more are closed).
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
+/// Origins remembered as speaking h2, per worker, before the ones with no connection are
+/// forgotten (the forward proxy's client meets arbitrary hosts).
+const MAX_KNOWN_H2_ORIGINS: usize = 1024;
 
 type OriginKey = (bool, Authority);
 
@@ -304,18 +307,22 @@ impl UpstreamClient {
             .ok_or(UpstreamError::NotAbsolute)?;
         let key: OriginKey = (https, authority);
         let pool = self.pool();
+        // Set once an attempt this call waited for failed: it then dials itself, at once, like
+        // every other call that waited (a down vendor must not make them fail one by one).
+        let mut dial_now = false;
         loop {
             let (pooled, opening) = {
                 let mut locked = lock(pool);
                 match locked.take(&key, self.inner.idle_timeout) {
                     Some(pooled) => (Some(pooled), None),
+                    None if dial_now => (None, None),
                     None => (None, locked.h2_origins.get(&key).cloned().flatten()),
                 }
             };
             if let Some(mut opening) = opening {
-                // Another call is opening this h2 origin's connection: look again once it is
-                // up, or once that attempt failed (then this call may dial).
-                let _ = opening.changed().await;
+                // Another call is opening this h2 origin's connection: take it once it is up
+                // (the value changes); if that attempt failed (the sender is gone), dial.
+                dial_now = opening.changed().await.is_err();
                 continue;
             }
             let fresh = pooled.is_none();
@@ -372,15 +379,17 @@ impl UpstreamClient {
             return Err(UpstreamError::Plaintext(authority.host().to_string()));
         }
         // An origin known to speak h2: the calls that come meanwhile wait for this connection.
-        let _opening = {
+        // (Declared before `locked` below, so it is dropped after the lock is released.)
+        let opening = {
             let mut locked = lock(pool);
             locked.h2_origins.get_mut(key).map(|slot| {
                 let (done, wait) = tokio::sync::watch::channel(());
-                *slot = Some(wait);
+                *slot = Some(wait.clone());
                 Opening {
                     pool: pool.clone(),
                     key: key.clone(),
-                    _done: done,
+                    done,
+                    wait,
                 }
             })
         };
@@ -422,8 +431,24 @@ impl UpstreamClient {
         }
         match &sender {
             Sender::H2(tx) => {
-                locked.h2_origins.entry(key.clone()).or_insert(None);
+                if !locked.h2_origins.contains_key(key) {
+                    if locked.h2_origins.len() >= MAX_KNOWN_H2_ORIGINS {
+                        // Forget the origins with no connection and no call opening one.
+                        let Pool {
+                            origins,
+                            h2_origins,
+                            ..
+                        } = &mut *locked;
+                        h2_origins.retain(|origin, opening| {
+                            opening.is_some() || origins.contains_key(origin)
+                        });
+                    }
+                    locked.h2_origins.insert(key.clone(), None);
+                }
                 locked.put(key, Sender::H2(tx.clone()), addr);
+                if let Some(opening) = &opening {
+                    opening.done.send_replace(());
+                }
             }
             Sender::H1(_) => {
                 locked.h2_origins.remove(key);
@@ -438,13 +463,22 @@ impl UpstreamClient {
 struct Opening {
     pool: Arc<Mutex<Pool>>,
     key: OriginKey,
-    _done: tokio::sync::watch::Sender<()>,
+    /// Changed when the connection is in the pool; dropped (waiters see an error) otherwise.
+    done: tokio::sync::watch::Sender<()>,
+    /// This attempt's receiver, to clear the origin's slot only if it is still this attempt's.
+    wait: tokio::sync::watch::Receiver<()>,
 }
 
 impl Drop for Opening {
     fn drop(&mut self) {
-        if let Some(slot) = lock(&self.pool).h2_origins.get_mut(&self.key) {
-            *slot = None;
+        let mut locked = lock(&self.pool);
+        if let Some(slot) = locked.h2_origins.get_mut(&self.key) {
+            if slot
+                .as_ref()
+                .is_some_and(|wait| wait.same_channel(&self.wait))
+            {
+                *slot = None;
+            }
         }
     }
 }

@@ -647,7 +647,7 @@ async fn http2_on_both_sides() {
 #[tokio::test]
 async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let gw = stripe_gateway(&vendor, "idle_timeout_ms = 300").await;
+    let gw = stripe_gateway(&vendor, "idle_timeout_ms = 1000").await;
     let h2c = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -660,9 +660,9 @@ async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
     let connections = || vendor.connections.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(call().await.unwrap().status(), 200);
     assert_eq!(connections(), 1);
-    // The pool's sweep (every second here) closes the idle connection; the worker still knows
-    // the vendor speaks h2.
-    for _ in 0..100 {
+    // The pool's sweep (every second here) closes the idle connection, ~2 s in; the worker
+    // still knows the vendor speaks h2.
+    for _ in 0..150 {
         if vendor.closed.load(std::sync::atomic::Ordering::SeqCst) == 1 {
             break;
         }
@@ -675,16 +675,21 @@ async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
     );
     // Eight calls at once on the same client connection (so the same worker): one of them
     // dials, the others wait for its connection instead of opening seven more.
-    let (a, b, c, d, e, f, g, h) = tokio::join!(
-        call(),
-        call(),
-        call(),
-        call(),
-        call(),
-        call(),
-        call(),
-        call()
-    );
+    let burst = async {
+        tokio::join!(
+            call(),
+            call(),
+            call(),
+            call(),
+            call(),
+            call(),
+            call(),
+            call()
+        )
+    };
+    let (a, b, c, d, e, f, g, h) = tokio::time::timeout(std::time::Duration::from_secs(30), burst)
+        .await
+        .expect("the burst is answered");
     for response in [a, b, c, d, e, f, g, h] {
         assert_eq!(response.unwrap().status(), 200);
     }
@@ -1156,18 +1161,31 @@ async fn missing_credential_answers_503_and_readyz_says_why() {
     gw.stop().await;
 }
 
-/// A vendor that answers `…/ch_slow` after 1.5 s (sleeping on its runtime's thread) and
-/// everything else at once. The tests check a slow call is still in flight 100–200 ms after it
-/// started: with 600 ms, a loaded machine (the blocked threads are the test runtime's own) once
-/// let that check run after the call had finished.
+/// A vendor that answers `…/ch_slow` after 1 s (sleeping on its runtime's thread) and
+/// everything else at once. It runs on a runtime of its own, on a thread of its own that lives
+/// as long as the test process: its sleeping handlers must not hold the test runtime's threads
+/// (the tests check a slow call is still in flight 100–200 ms after it started, and on the
+/// test's own runtime a loaded machine once let that check run after the call had finished).
 async fn slow_vendor() -> TestVendor {
     let handler: Handler = Arc::new(|request: &SeenRequest| {
         if request.target.ends_with("ch_slow") {
-            std::thread::sleep(std::time::Duration::from_millis(1500));
+            std::thread::sleep(std::time::Duration::from_millis(1000));
         }
         Answer::json(200, serde_json::json!({"ok": true}))
     });
-    TestVendor::tls(handler).await
+    let (started, vendor) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let _ = started.send(TestVendor::tls(handler).await);
+            std::future::pending::<()>().await
+        });
+    });
+    vendor.await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1326,7 +1344,7 @@ operations = ["*"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_lets_in_flight_calls_finish() {
-    // The vendor sleeps on its runtime's threads: two slow calls leave two threads for the test.
+    // The vendor sleeps on its own runtime's threads (see `slow_vendor`).
     let vendor = slow_vendor().await;
     let gw = stripe_gateway(&vendor, "").await;
     let slow: Vec<_> = (0..2)
