@@ -20,6 +20,9 @@ pub const DISCOVERY_FILE: &str = "discovery.db";
 
 /// The schema this code writes. A file with a newer version is refused.
 pub const SCHEMA_VERSION: i64 = 1;
+/// How long a write waits for another writer (SQLite's busy timeout), and how long opening
+/// keeps trying while another process sets the same new file up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the store could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,26 @@ impl Store {
 
     /// Like [`Store::open`], with other limits (tests, small deployments).
     pub fn open_with_limits(data_dir: &Path, limits: Limits) -> Result<Store, StoreError> {
+        // Two processes opening a new file at once can see SQLITE_BUSY from the switch to WAL
+        // or the schema, where SQLite does not call the busy handler: try again for up to the
+        // busy timeout, like a locked write would wait.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match Self::open_once(data_dir, limits) {
+                Err(StoreError::Sqlite {
+                    source: rusqlite::Error::SqliteFailure(failure, _),
+                    ..
+                }) if failure.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn open_once(data_dir: &Path, limits: Limits) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
             path: data_dir.to_path_buf(),
             source,
@@ -118,9 +141,7 @@ impl Store {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         }
-        connection
-            .busy_timeout(Duration::from_secs(10))
-            .map_err(sqlite)?;
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(sqlite)?;
