@@ -146,20 +146,36 @@ struct Server(Child);
 
 impl Server {
     fn start(config: &Path, admin: u16) -> Server {
+        Server::try_start(config, admin).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// Starts `postern serve` and waits until it is ready; if it exits first, says how (with
+    /// its stderr).
+    fn try_start(config: &Path, admin: u16) -> Result<Server, String> {
+        let stderr_path = config.with_extension("serve.log");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
         let child = postern()
             .args(["serve", "--config", config.to_str().unwrap()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut server = Server(child);
+        let mut exited = None;
         eventually("the gateway to be ready", || {
             if let Ok(Some(status)) = server.0.try_wait() {
-                panic!("postern serve exited with {status}");
+                exited = Some(status);
+                return true;
             }
             get(admin, "/readyz").is_some_and(|(status, _)| status == 200)
         });
-        server
+        match exited {
+            None => Ok(server),
+            Some(status) => Err(format!(
+                "postern serve exited with {status}: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            )),
+        }
     }
 
     fn kill_9(&mut self) {
@@ -198,6 +214,28 @@ struct Setup {
     data: PathBuf,
     listen: u16,
     admin: u16,
+    vendor: u16,
+}
+
+impl Setup {
+    /// Starts `postern serve` on this setup. The ports were free when picked, but a parallel
+    /// test's connection can take one before the server binds it: if the server exits at
+    /// start-up, new ports are picked and the start tried again (three times at most).
+    fn start(&mut self) -> Server {
+        for attempt in 1..=3 {
+            match Server::try_start(&self.config, self.admin) {
+                Ok(server) => return server,
+                Err(why) if attempt < 3 => {
+                    eprintln!("postern serve did not start ({why}); new ports");
+                    (self.listen, self.admin) = (free_port(), free_port());
+                    let text = config_text(self._dir.path(), self.listen, self.admin, self.vendor);
+                    std::fs::write(&self.config, text).unwrap();
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+        unreachable!()
+    }
 }
 
 fn setup() -> Setup {
@@ -212,6 +250,7 @@ fn setup() -> Setup {
         _dir: dir,
         listen,
         admin,
+        vendor,
     }
 }
 
@@ -261,11 +300,11 @@ fn show_json(config: &Path, index: u64, offline: bool) -> serde_json::Value {
 
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_entry_and_the_log_verifies() {
-    let s = setup();
+    let mut s = setup();
+    let mut server = s.start();
     let data = s.data.to_str().unwrap().to_string();
     let config = s.config.to_str().unwrap().to_string();
     let mut all_acked: Vec<u64> = Vec::new();
-    let mut server = Server::start(&s.config, s.admin);
     for round in 0..3 {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
@@ -386,9 +425,9 @@ fn kill_9_under_load_loses_no_acknowledged_entry_and_the_log_verifies() {
 
 #[test]
 fn a_flipped_byte_is_found_and_named() {
-    let s = setup();
+    let mut s = setup();
+    let mut server = s.start();
     let data = s.data.to_str().unwrap().to_string();
-    let mut server = Server::start(&s.config, s.admin);
     for i in 0..10 {
         assert_eq!(
             get(s.listen, &format!("/acme/things/{i}")).map(|a| a.0),
@@ -478,9 +517,9 @@ fn audit_help_everywhere_and_config_errors_exit_3() {
         assert_eq!(code, 3, "{args:?}: {stderr}");
     }
     // No gateway running: a clear failure pointing at --offline, which then works.
-    let s = setup();
+    let mut s = setup();
+    let mut server = s.start();
     let config = s.config.to_str().unwrap();
-    let mut server = Server::start(&s.config, s.admin);
     let (code, online, stderr) = run(&["audit", "key", "--config", config]);
     assert_eq!(code, 0, "{stderr}");
     server.terminate();
