@@ -33,13 +33,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 type Pool = Client<HttpConnector, Incoming>;
 
 async fn serve(listener: tokio::net::TcpListener, client: Pool, upstream: &'static str) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    accept_each(listener, move |stream| {
         let client = client.clone();
-        tokio::spawn(async move {
+        async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let client = client.clone();
                 async move {
@@ -58,8 +54,9 @@ async fn serve(listener: tokio::net::TcpListener, client: Pool, upstream: &'stat
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-        });
-    }
+        }
+    })
+    .await
 }
 
 thread_local! {
@@ -72,57 +69,51 @@ thread_local! {
 }
 
 async fn serve_conn(listener: tokio::net::TcpListener, upstream: SocketAddr) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: Request<Incoming>| async move {
-                    let (mut parts, body) = request.into_parts();
-                    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                    let path = path.strip_prefix("/bench").unwrap_or(path);
-                    parts.uri = Uri::try_from(path).expect("valid path");
-                    parts.headers.remove(hyper::header::AUTHORIZATION);
-                    parts.headers.insert(
-                        hyper::header::HOST,
-                        hyper::header::HeaderValue::from_static("127.0.0.1"),
-                    );
-                    let ready = SENDERS.with(|senders| {
-                        let mut senders = senders.borrow_mut();
-                        senders.retain(|sender| !sender.is_closed());
-                        let i = senders.iter().rposition(|sender| sender.is_ready())?;
-                        Some(senders.swap_remove(i))
-                    });
-                    let mut sender = match ready {
-                        Some(sender) => sender,
-                        None => {
-                            let stream = tokio::net::TcpStream::connect(upstream)
-                                .await
-                                .expect("the upstream accepts");
-                            let _ = stream.set_nodelay(true);
-                            let (mut sender, connection) =
-                                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                                    .await
-                                    .expect("handshake");
-                            tokio::spawn(connection);
-                            sender.ready().await.expect("a new connection is ready");
-                            sender
-                        }
-                    };
-                    let response = sender
-                        .send_request(Request::from_parts(parts, body))
+    accept_each(listener, move |stream| async move {
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| async move {
+            let (mut parts, body) = request.into_parts();
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let path = path.strip_prefix("/bench").unwrap_or(path);
+            parts.uri = Uri::try_from(path).expect("valid path");
+            parts.headers.remove(hyper::header::AUTHORIZATION);
+            parts.headers.insert(
+                hyper::header::HOST,
+                hyper::header::HeaderValue::from_static("127.0.0.1"),
+            );
+            let ready = SENDERS.with(|senders| {
+                let mut senders = senders.borrow_mut();
+                senders.retain(|sender| !sender.is_closed());
+                let i = senders.iter().rposition(|sender| sender.is_ready())?;
+                Some(senders.swap_remove(i))
+            });
+            let mut sender = match ready {
+                Some(sender) => sender,
+                None => {
+                    let stream = tokio::net::TcpStream::connect(upstream)
                         .await
-                        .expect("the upstream answers");
-                    SENDERS.with(|senders| senders.borrow_mut().push(sender));
-                    Ok::<_, Infallible>(response.map(BoxBody::new))
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                        .expect("the upstream accepts");
+                    let _ = stream.set_nodelay(true);
+                    let (mut sender, connection) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                            .await
+                            .expect("handshake");
+                    tokio::spawn(connection);
+                    sender.ready().await.expect("a new connection is ready");
+                    sender
+                }
+            };
+            let response = sender
+                .send_request(Request::from_parts(parts, body))
+                .await
+                .expect("the upstream answers");
+            SENDERS.with(|senders| senders.borrow_mut().push(sender));
+            Ok::<_, Infallible>(response.map(BoxBody::new))
         });
-    }
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await
 }
 
 /// Forwards one parsed request head (GET, no body) and returns the upstream's whole answer
@@ -167,47 +158,57 @@ async fn raw_exchange(upstream: SocketAddr, head: &[u8]) -> bytes::Bytes {
 
 async fn serve_raw(listener: tokio::net::TcpListener, upstream: SocketAddr) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    accept_each(listener, move |mut stream| async move {
+        let mut buf = bytes::BytesMut::with_capacity(8192);
+        let mut head = Vec::with_capacity(1024);
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut request = httparse::Request::new(&mut headers);
+            let Ok(httparse::Status::Complete(head_len)) = request.parse(&buf) else {
+                buf.reserve(4096);
+                match stream.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            };
+            let path = request.path.unwrap_or("/");
+            head.clear();
+            head.extend_from_slice(request.method.unwrap_or("GET").as_bytes());
+            head.push(b' ');
+            head.extend_from_slice(path.strip_prefix("/bench").unwrap_or(path).as_bytes());
+            head.extend_from_slice(b" HTTP/1.1\r\nhost: 127.0.0.1\r\n");
+            for header in request.headers.iter().filter(|h| {
+                !h.name.eq_ignore_ascii_case("authorization")
+                    && !h.name.eq_ignore_ascii_case("host")
+            }) {
+                head.extend_from_slice(header.name.as_bytes());
+                head.extend_from_slice(b": ");
+                head.extend_from_slice(header.value);
+                head.extend_from_slice(b"\r\n");
+            }
+            head.extend_from_slice(b"\r\n");
+            let _ = buf.split_to(head_len);
+            let answer = raw_exchange(upstream, &head).await;
+            if stream.write_all(&answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// Accepts forever, serving each connection (no delay on small writes) in a task of its own.
+async fn accept_each<F, S>(listener: tokio::net::TcpListener, serve: F)
+where
+    F: Fn(tokio::net::TcpStream) -> S,
+    S: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let mut buf = bytes::BytesMut::with_capacity(8192);
-            let mut head = Vec::with_capacity(1024);
-            loop {
-                let mut headers = [httparse::EMPTY_HEADER; 32];
-                let mut request = httparse::Request::new(&mut headers);
-                let Ok(httparse::Status::Complete(head_len)) = request.parse(&buf) else {
-                    buf.reserve(4096);
-                    match stream.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => continue,
-                    }
-                };
-                let path = request.path.unwrap_or("/");
-                head.clear();
-                head.extend_from_slice(request.method.unwrap_or("GET").as_bytes());
-                head.push(b' ');
-                head.extend_from_slice(path.strip_prefix("/bench").unwrap_or(path).as_bytes());
-                head.extend_from_slice(b" HTTP/1.1\r\nhost: 127.0.0.1\r\n");
-                for header in request.headers.iter().filter(|h| {
-                    !h.name.eq_ignore_ascii_case("authorization")
-                        && !h.name.eq_ignore_ascii_case("host")
-                }) {
-                    head.extend_from_slice(header.name.as_bytes());
-                    head.extend_from_slice(b": ");
-                    head.extend_from_slice(header.value);
-                    head.extend_from_slice(b"\r\n");
-                }
-                head.extend_from_slice(b"\r\n");
-                let _ = buf.split_to(head_len);
-                let answer = raw_exchange(upstream, &head).await;
-                if stream.write_all(&answer).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(serve(stream));
     }
 }
 

@@ -174,7 +174,7 @@ impl TokenSource {
         let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
         {
             Err(_) => return Err(TokenError::Timeout(self.timeout.as_millis() as u64)),
-            Ok(Err(error)) => return Err(TokenError::Unreachable(describe(&error))),
+            Ok(Err(error)) => return Err(TokenError::Unreachable(error.to_string())),
             Ok(Ok(response)) => response,
         };
         let status = response.status().as_u16();
@@ -211,10 +211,6 @@ impl TokenSource {
             expires_at: now + lifetime,
         })
     }
-}
-
-fn describe(error: &crate::upstream::UpstreamError) -> String {
-    error.to_string()
 }
 
 fn form_value(value: &str) -> String {

@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 
 use crate::body::ForwardBody;
 
-/// The address a response came from; the connector attaches it to every response.
+/// The address a response came from; [`UpstreamClient::request`] attaches it to every response.
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamAddr(pub SocketAddr);
 
@@ -120,12 +120,11 @@ pub enum UpstreamError {
 /// The pool is Postern's own, over hyper's connection-level client (`hyper::client::conn`):
 /// a worker's idle connections to one origin are a stack taken from and returned to under an
 /// uncontended lock, and the call's task sends on the connection directly. (hyper-util's pooled
-/// `Client` does the same job through a keyed, shared pool and costs ~1.5 µs more per call:
-/// docs/BENCHMARKS.md.)
+/// `Client` does the same job through a keyed, shared pool: swapping it for this shape cost
+/// 1.3–1.5 µs less user-space CPU per call in `minproxy`, docs/BENCHMARKS.md.)
 ///
 /// - HTTP/1.1 connections carry one call at a time; a connection goes back on the stack when the
 ///   response head arrives and is taken again once hyper reports it ready (its body read).
-/// - An h2 connection (ALPN) is shared by every call of the worker to that origin.
 /// - A request a pooled connection refused before writing anything (the vendor closed it while
 ///   idle) moves on to the next pooled connection, and at last to a new one, whose refusal is
 ///   final.
@@ -133,8 +132,9 @@ pub enum UpstreamError {
 ///   checked when a call takes one, and by a sweep task on the worker every `idle_timeout` (at
 ///   least 1 s). An HTTP/1.1 connection's idle time starts when it is first found ready after its
 ///   response body, so a long body never counts as idle.
-/// - One h2 connection per origin is kept. Once an origin has answered with h2, calls that find
-///   no connection to it while another call opens one wait for that one; the first calls to an
+/// - One h2 connection (ALPN) per origin is kept, shared by every call of the worker to that
+///   origin. Once an origin has answered with h2, calls that find no connection to it while
+///   another call opens one wait for that one; the first calls to an
 ///   origin not yet known dial at once, and the extra connections serve their own call only.
 #[derive(Clone)]
 pub struct UpstreamClient {
@@ -548,9 +548,10 @@ fn to_origin_form(
         let default_port = if *https { 443 } else { 80 };
         // Host and port only: never the authority's user information.
         let value = match authority.port_u16() {
-            Some(port) if port != default_port => {
-                http::HeaderValue::from_str(&format!("{}:{port}", authority.host()))
-            }
+            Some(port) if port != default_port => match authority.as_str().contains('@') {
+                false => http::HeaderValue::from_str(authority.as_str()),
+                true => http::HeaderValue::from_str(&format!("{}:{port}", authority.host())),
+            },
             _ => http::HeaderValue::from_str(authority.host()),
         }
         .map_err(|_| UpstreamError::NotAbsolute)?;
@@ -710,9 +711,13 @@ mod tests {
     }
 
     fn client(idle_timeout: Duration) -> UpstreamClient {
+        client_with(idle_timeout, true)
+    }
+
+    fn client_with(idle_timeout: Duration, allow_plaintext: bool) -> UpstreamClient {
         build_client(UpstreamOptions {
             allow_private_networks: vec!["127.0.0.1/32".parse().unwrap()],
-            allow_plaintext: true,
+            allow_plaintext,
             ca_file: None,
             connect_timeout: Duration::from_secs(2),
             idle_timeout,
@@ -721,11 +726,19 @@ mod tests {
         .unwrap()
     }
 
-    async fn call(client: &UpstreamClient, addr: SocketAddr) -> String {
+    /// A bodiless request for `uri`.
+    fn request(uri: &str) -> http::Request<ForwardBody> {
         let body = ForwardBody::full(Bytes::new(), Arc::new(RequestBodyState::default()));
         let mut request = http::Request::new(body);
-        *request.uri_mut() = format!("http://{addr}/v1/charges").parse().unwrap();
-        let response = client.request(request).await.expect("the vendor answers");
+        *request.uri_mut() = uri.parse().unwrap();
+        request
+    }
+
+    async fn call(client: &UpstreamClient, addr: SocketAddr) -> String {
+        let response = client
+            .request(request(&format!("http://{addr}/v1/charges")))
+            .await
+            .expect("the vendor answers");
         assert_eq!(response.status(), 200);
         assert_eq!(
             response.extensions().get::<UpstreamAddr>().map(|a| a.0),
@@ -816,11 +829,7 @@ mod tests {
     #[test]
     fn host_is_host_and_port_without_user_information() {
         let host = |uri: &str| {
-            let mut request = http::Request::new(ForwardBody::full(
-                Bytes::new(),
-                Arc::new(RequestBodyState::default()),
-            ));
-            *request.uri_mut() = uri.parse().unwrap();
+            let mut request = request(uri);
             let key = (
                 request.uri().scheme_str() == Some("https"),
                 request.uri().authority().unwrap().clone(),
@@ -854,11 +863,8 @@ mod tests {
                 drop(stream);
             }
         });
-        let body = ForwardBody::full(Bytes::new(), Arc::new(RequestBodyState::default()));
-        let mut request = http::Request::new(body);
-        *request.uri_mut() = format!("https://{addr}/").parse().unwrap();
         let error = client(Duration::from_secs(60))
-            .request(request)
+            .request(request(&format!("https://{addr}/")))
             .await
             .unwrap_err();
         assert!(matches!(error, UpstreamError::Handshake { .. }), "{error}");
@@ -867,19 +873,10 @@ mod tests {
     #[tokio::test]
     async fn plaintext_is_refused_unless_allowed() {
         let vendor = vendor(usize::MAX).await;
-        let refusing = build_client(UpstreamOptions {
-            allow_private_networks: vec!["127.0.0.1/32".parse().unwrap()],
-            allow_plaintext: false,
-            ca_file: None,
-            connect_timeout: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(60),
-            client_auth: None,
-        })
-        .unwrap();
-        let body = ForwardBody::full(Bytes::new(), Arc::new(RequestBodyState::default()));
-        let mut request = http::Request::new(body);
-        *request.uri_mut() = format!("http://{}/", vendor.addr).parse().unwrap();
-        let error = refusing.request(request).await.unwrap_err();
+        let error = client_with(Duration::from_secs(60), false)
+            .request(request(&format!("http://{}/", vendor.addr)))
+            .await
+            .unwrap_err();
         assert!(matches!(error, UpstreamError::Plaintext(_)), "{error}");
         assert_eq!(vendor.accepted.load(Ordering::SeqCst), 0);
         call(&client(Duration::from_secs(60)), vendor.addr).await;

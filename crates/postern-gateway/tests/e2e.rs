@@ -598,20 +598,32 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
     gw.stop().await;
 }
 
+/// A client speaking h2c with prior knowledge: its calls share one connection to the gateway,
+/// so one worker serves them all.
+fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+/// `GET /stripe/v1/charges/ch_1` as `checkout`, on `client`.
+fn get_charge(
+    client: &reqwest::Client,
+    gw: &TestGateway,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+    client
+        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+}
+
 #[tokio::test]
 async fn http2_on_both_sides() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = stripe_gateway(&vendor, "").await;
-    let h2c = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    let response = h2c
-        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
-        .bearer_auth(&gw.token)
-        .send()
-        .await
-        .unwrap();
+    let h2c = h2c_client();
+    let response = get_charge(&h2c, &gw).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(
@@ -623,11 +635,7 @@ async fn http2_on_both_sides() {
     assert_eq!(events[0]["protocol"], "HTTP/2");
     // More calls on the same client connection (so the same worker), one after another and
     // then four at once: all of them share the worker's one h2 connection to the vendor.
-    let call = || {
-        h2c.get(format!("{}/stripe/v1/charges/ch_1", gw.base))
-            .bearer_auth(&gw.token)
-            .send()
-    };
+    let call = || get_charge(&h2c, &gw);
     for _ in 0..3 {
         assert_eq!(call().await.unwrap().status(), 200);
     }
@@ -637,7 +645,7 @@ async fn http2_on_both_sides() {
     }
     assert_eq!(vendor.seen().len(), 8);
     assert_eq!(
-        vendor.connections.load(std::sync::atomic::Ordering::SeqCst),
+        vendor.connections(),
         1,
         "one pooled h2 connection carried every call"
     );
@@ -648,31 +656,19 @@ async fn http2_on_both_sides() {
 async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = stripe_gateway(&vendor, "idle_timeout_ms = 1000").await;
-    let h2c = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    let call = || {
-        h2c.get(format!("{}/stripe/v1/charges/ch_1", gw.base))
-            .bearer_auth(&gw.token)
-            .send()
-    };
-    let connections = || vendor.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let h2c = h2c_client();
+    let call = || get_charge(&h2c, &gw);
     assert_eq!(call().await.unwrap().status(), 200);
-    assert_eq!(connections(), 1);
+    assert_eq!(vendor.connections(), 1);
     // The pool's sweep (every second here) closes the idle connection, ~2 s in; the worker
     // still knows the vendor speaks h2.
     for _ in 0..150 {
-        if vendor.closed.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+        if vendor.closed() == 1 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        vendor.closed.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "the idle connection was closed"
-    );
+    assert_eq!(vendor.closed(), 1, "the idle connection was closed");
     // Eight calls at once on the same client connection (so the same worker): one of them
     // dials, the others wait for its connection instead of opening seven more.
     let burst = async {
@@ -694,7 +690,7 @@ async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
         assert_eq!(response.unwrap().status(), 200);
     }
     assert_eq!(vendor.seen().len(), 9);
-    assert_eq!(connections(), 2, "one new connection for the burst");
+    assert_eq!(vendor.connections(), 2, "one new connection for the burst");
     gw.stop().await;
 }
 

@@ -128,10 +128,8 @@ pub struct TestVendor {
     pub seen: Arc<Mutex<Vec<SeenRequest>>>,
     /// PEM of the CA that signed its certificate (TLS vendors).
     pub ca_pem: Option<String>,
-    /// Connections accepted so far.
-    pub connections: Arc<std::sync::atomic::AtomicUsize>,
-    /// Connections that have ended.
-    pub closed: Arc<std::sync::atomic::AtomicUsize>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TestVendor {
@@ -283,6 +281,16 @@ impl TestVendor {
             connections,
             closed,
         }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections that have ended so far.
+    pub fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn seen(&self) -> Vec<SeenRequest> {
