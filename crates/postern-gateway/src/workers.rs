@@ -334,6 +334,8 @@ mod tests {
 
     #[test]
     fn zero_means_one_per_cpu_and_the_count_is_capped() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(count(0), cpus.min(postern_config::MAX_WORKERS));
         assert_eq!(count(3), 3);
         assert_eq!(count(10_000), postern_config::MAX_WORKERS);
     }

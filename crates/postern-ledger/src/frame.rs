@@ -35,19 +35,41 @@ pub struct Frame<'a> {
     pub payload: &'a [u8],
 }
 
-/// Walks the framed records in `data`, calling `on_frame` for each valid one. A damaged record
-/// is a torn tail when `tail_allowed` and nothing valid can follow it (the record runs past the
-/// end, or is the last one, or only zeros follow) or when it reaches into the last block of a
-/// block-aligned file (the block a direct write rewrites in place); otherwise it is corruption.
-/// With `tail_allowed`, zeros that fill a block-aligned file's last block after its last record
-/// are [`FrameStop::Padding`].
+/// How a file's end may legitimately look after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// A file no longer written (an earlier segment): any damage is corruption.
+    Sealed,
+    /// A file only ever appended to through the page cache (the checkpoint history): a damaged
+    /// record is a torn tail when nothing valid can follow it.
+    Appended,
+    /// The active segment, which direct I/O may have written: as `Appended`, and also zeros
+    /// filling a block-aligned file's last block are padding, and a damaged record reaching into
+    /// that block (the one a direct write rewrites in place) is a torn tail.
+    Active,
+}
+
+impl Tail {
+    /// The rule for a segment: the last one is active, the others sealed.
+    pub fn of_segment(last: bool) -> Tail {
+        if last {
+            Tail::Active
+        } else {
+            Tail::Sealed
+        }
+    }
+}
+
+/// Walks the framed records in `data`, calling `on_frame` for each valid one, and says how the
+/// walk stopped if not at the end: torn tail, padding or corruption, as `tail` allows.
 pub fn scan_frames<E>(
     data: &[u8],
-    tail_allowed: bool,
+    tail: Tail,
     mut on_frame: impl FnMut(Frame<'_>) -> Result<(), E>,
 ) -> Result<Option<FrameStop>, E> {
     let mut pos = 0usize;
-    let block_aligned = data.len().is_multiple_of(PAD_BLOCK_BYTES);
+    let tail_allowed = tail != Tail::Sealed;
+    let block_aligned = tail == Tail::Active && data.len().is_multiple_of(PAD_BLOCK_BYTES);
     // Whether a record ending at `end` (an offset in `data`) reaches into the last block of a
     // block-aligned file: a crash during a direct write can tear only that block.
     let in_rewritten_block =
@@ -56,11 +78,7 @@ pub fn scan_frames<E>(
         let remaining = &data[pos..];
         // Only the active (last) segment is ever padded; a valid record is never all zeros
         // (its length is at least 1), so padding cannot stand for one.
-        if tail_allowed
-            && block_aligned
-            && remaining.len() < PAD_BLOCK_BYTES
-            && remaining.iter().all(|&b| b == 0)
-        {
+        if block_aligned && remaining.len() < PAD_BLOCK_BYTES && remaining.iter().all(|&b| b == 0) {
             return Ok(Some(FrameStop::Padding { offset: pos as u64 }));
         }
         let torn_or_corrupt = |reason: String, looks_torn: bool| {
@@ -113,4 +131,71 @@ pub fn scan_frames<E>(
         pos += end;
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records filling exactly two blocks (the file's length is block-aligned): 29 records of
+    /// 8 + 265 bytes, then one of whatever is left, with record 28 (in the last block) damaged.
+    fn aligned_with_damage_in_the_last_block() -> (Vec<u8>, u64) {
+        let mut data = Vec::new();
+        let mut damaged = 0;
+        for i in 0..29 {
+            if i == 28 {
+                damaged = data.len();
+            }
+            push_frame(&mut data, &[b'a' + (i % 26) as u8; 265]);
+        }
+        let left = 2 * PAD_BLOCK_BYTES - data.len() - FRAME_HEADER_BYTES;
+        push_frame(&mut data, &vec![b'z'; left]);
+        assert_eq!(data.len(), 2 * PAD_BLOCK_BYTES);
+        assert!(
+            damaged > PAD_BLOCK_BYTES,
+            "the damaged record is in the last block"
+        );
+        data[damaged + FRAME_HEADER_BYTES + 3] ^= 0x20;
+        (data, damaged as u64)
+    }
+
+    fn stop(data: &[u8], tail: Tail) -> Option<FrameStop> {
+        scan_frames::<()>(data, tail, |_| Ok(())).unwrap()
+    }
+
+    #[test]
+    fn the_rewritten_block_rule_is_for_the_active_segment_only() {
+        let (data, damaged) = aligned_with_damage_in_the_last_block();
+        // The active segment: direct I/O rewrites its last block, so a crash can tear it there.
+        assert!(
+            matches!(stop(&data, Tail::Active), Some(FrameStop::TornTail { offset }) if offset == damaged)
+        );
+        // The checkpoint history is only appended: damage with a valid record after it is
+        // corruption, whatever the file's length.
+        assert!(
+            matches!(stop(&data, Tail::Appended), Some(FrameStop::Corrupt { offset, .. }) if offset == damaged)
+        );
+        assert!(
+            matches!(stop(&data, Tail::Sealed), Some(FrameStop::Corrupt { offset, .. }) if offset == damaged)
+        );
+    }
+
+    #[test]
+    fn padding_is_for_the_active_segment_only() {
+        let mut data = Vec::new();
+        push_frame(&mut data, b"one record");
+        let records = data.len() as u64;
+        data.resize(PAD_BLOCK_BYTES, 0);
+        assert!(
+            matches!(stop(&data, Tail::Active), Some(FrameStop::Padding { offset }) if offset == records)
+        );
+        // An appended file ending in zeros was torn by a crash (it is never padded).
+        assert!(
+            matches!(stop(&data, Tail::Appended), Some(FrameStop::TornTail { offset }) if offset == records)
+        );
+        assert!(matches!(
+            stop(&data, Tail::Sealed),
+            Some(FrameStop::Corrupt { .. })
+        ));
+    }
 }

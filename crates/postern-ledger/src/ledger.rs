@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::direct::DirectSegment;
 use crate::error::{io_error, LedgerError};
 use crate::frame::{
-    push_frame, scan_frames, FrameStop, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, PAD_BLOCK_BYTES,
+    push_frame, scan_frames, FrameStop, Tail, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, PAD_BLOCK_BYTES,
 };
 use crate::store::{
     list_segments, load_or_create_signer, lock_dir, open_rw, read_file, segment_name, sync_dir,
@@ -71,6 +71,11 @@ impl LedgerOptions {
             queue_capacity: 65_536,
             direct_io: true,
         }
+    }
+
+    /// `max_batch_entries`, at least 1.
+    fn batch_limit(&self) -> usize {
+        self.max_batch_entries.max(1)
     }
 }
 
@@ -319,7 +324,7 @@ impl Ledger {
 
     /// Most entries one commit takes ([`LedgerOptions::max_batch_entries`]).
     pub fn max_batch_entries(&self) -> usize {
-        self.shared.options.max_batch_entries.max(1)
+        self.shared.options.batch_limit()
     }
 
     /// Number of durable entries.
@@ -671,7 +676,7 @@ fn open_blocking(
             });
         }
         let data = read_file(&path)?;
-        let stop = scan_frames(&data, slot == last_slot, |frame| {
+        let stop = scan_frames(&data, Tail::of_segment(slot == last_slot), |frame| {
             let index = builder.size();
             if index.is_multiple_of(TILE_WIDTH) {
                 bundle_starts.push(Position {
@@ -881,7 +886,7 @@ fn load_latest_checkpoint(
     if history_path.exists() {
         let data = read_file(&history_path)?;
         let mut last = None;
-        let stop = scan_frames::<()>(&data, true, |frame| {
+        let stop = scan_frames::<()>(&data, Tail::Appended, |frame| {
             last = Some(String::from_utf8_lossy(frame.payload).into_owned());
             Ok(())
         })
@@ -975,7 +980,7 @@ impl Gathered {
 /// [`LedgerOptions::min_commit_interval_us`] under load; writes and syncs the batch, then answers
 /// every waiting append and flush.
 fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiver<Command>) {
-    let max_batch = shared.options.max_batch_entries.max(1);
+    let max_batch = shared.options.batch_limit();
     let interval = Duration::from_micros(shared.options.min_commit_interval_us);
     let detached_interval = Duration::from_micros(shared.options.detached_commit_interval_us);
     let mut last_commit: Option<(std::time::Instant, usize)> = None;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use postern_tlog::{leaf_hash, Checkpoint, Hash, NoteSigner, NoteVerifier, TreeBuilder, HASH_SIZE};
 
-use crate::frame::{scan_frames, FrameStop};
+use crate::frame::{scan_frames, FrameStop, Tail};
 use crate::store::{
     list_segments, read_file, CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE, HASHES_FILE, KEY_FILE,
     LOG_DIR,
@@ -134,7 +134,7 @@ pub fn verify_dir(
     if history_path.exists() {
         let data = read_file(&history_path).map_err(|e| VerifyError::Unreadable(e.to_string()))?;
         let mut notes = Vec::new();
-        let stop = scan_frames::<()>(&data, true, |frame| {
+        let stop = scan_frames::<()>(&data, Tail::Appended, |frame| {
             notes.push((
                 frame.offset,
                 String::from_utf8_lossy(frame.payload).into_owned(),
@@ -244,7 +244,7 @@ pub fn verify_dir(
             });
         }
         let data = std::fs::read(path).map_err(io(path))?;
-        let stop = scan_frames(&data, slot == last_slot, |frame| {
+        let stop = scan_frames(&data, Tail::of_segment(slot == last_slot), |frame| {
             let index = builder.size();
             if index.is_multiple_of(8192) {
                 progress(done_bytes + frame.offset, total_bytes);
