@@ -4,6 +4,7 @@
 //! cargo run --release -p postern-detect --example engine_throughput -- [EVENTS]
 //! ```
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use postern_detect::engine::{DetectEvent, Engine, EngineConfig};
@@ -13,9 +14,9 @@ fn main() {
         .nth(1)
         .and_then(|arg| arg.parse().ok())
         .unwrap_or(1_000_000);
-    let integrations: Vec<String> = (0..20).map(|i| format!("vendor-{i}")).collect();
-    let callers: Vec<String> = (0..25).map(|i| format!("service-{i}")).collect();
-    let operations: Vec<String> = (0..8).map(|i| format!("operation-{i}")).collect();
+    let integrations: Vec<Arc<str>> = (0..20).map(|i| format!("vendor-{i}").into()).collect();
+    let callers: Vec<Arc<str>> = (0..25).map(|i| format!("service-{i}").into()).collect();
+    let operations: Vec<Arc<str>> = (0..8).map(|i| format!("operation-{i}").into()).collect();
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         state ^= state << 13;
@@ -37,11 +38,9 @@ fn main() {
                 request_bytes: (random >> 32) % 2_000,
                 response_bytes: (random >> 40) % 20_000,
                 duration_ms: ((random >> 48) % 300) as f64,
-                source_ip: Some(format!(
-                    "10.0.{}.{}",
-                    (random >> 8) % 25,
-                    (random >> 56) % 4
-                )),
+                source_ip: Some(
+                    format!("10.0.{}.{}", (random >> 8) % 25, (random >> 56) % 4).into(),
+                ),
                 decision: Some("allow".into()),
                 reason: Some("granted".into()),
             }

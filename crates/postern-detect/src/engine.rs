@@ -34,7 +34,9 @@
 //! seen are evicted first. Novelty sets are capped per key. Seasonal profiles are allocated
 //! only for keys that have lived through their warm-up.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -52,11 +54,11 @@ pub struct DetectEvent {
     )]
     pub time_unix_ms: i64,
     #[serde(default)]
-    pub integration: Option<String>,
+    pub integration: Option<Arc<str>>,
     #[serde(default)]
-    pub caller: Option<String>,
+    pub caller: Option<Arc<str>>,
     #[serde(default)]
-    pub operation: Option<String>,
+    pub operation: Option<Arc<str>>,
     pub status: u16,
     #[serde(default)]
     pub request_bytes: u64,
@@ -65,11 +67,11 @@ pub struct DetectEvent {
     #[serde(default)]
     pub duration_ms: f64,
     #[serde(default)]
-    pub source_ip: Option<String>,
+    pub source_ip: Option<Arc<str>>,
     #[serde(default)]
-    pub decision: Option<String>,
+    pub decision: Option<Cow<'static, str>>,
     #[serde(default)]
-    pub reason: Option<String>,
+    pub reason: Option<Cow<'static, str>>,
 }
 
 fn deserialize_rfc3339_millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
@@ -644,11 +646,11 @@ impl KeyState {
 /// A key: an integration, optionally narrowed to a caller and an operation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MetricKey {
-    pub integration: String,
+    pub integration: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub caller: Option<String>,
+    pub caller: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub operation: Option<String>,
+    pub operation: Option<Arc<str>>,
 }
 
 /// The engine's whole state, for persisting across restarts.
@@ -669,7 +671,8 @@ pub const NO_INTEGRATION: &str = "(none)";
 #[derive(Debug, Clone)]
 pub struct Engine {
     config: EngineConfig,
-    keys: HashMap<MetricKey, KeyState>,
+    /// foldhash: three lookups per event, and the names come from the gateway's config.
+    keys: HashMap<MetricKey, KeyState, foldhash::fast::RandomState>,
     last_sweep_ms: i64,
 }
 
@@ -677,7 +680,7 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Self {
         Self {
             config,
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             last_sweep_ms: i64::MIN,
         }
     }
@@ -723,7 +726,7 @@ impl Engine {
         let integration = event
             .integration
             .clone()
-            .unwrap_or_else(|| NO_INTEGRATION.to_owned());
+            .unwrap_or_else(|| Arc::from(NO_INTEGRATION));
         let minute = event.time_unix_ms.div_euclid(MINUTE_MS);
 
         let integration_key = MetricKey {
@@ -762,11 +765,11 @@ impl Engine {
         let config = &self.config;
         let warm_ms = config.novelty_warmup_seconds * 1_000;
         let caller = caller_key.caller.as_deref().unwrap_or_default();
-        let alert = |kind: AlertKind, score: f64, observed: f64, operation: Option<String>| Alert {
+        let alert = |kind: AlertKind, score: f64, observed: f64, operation: Option<&str>| Alert {
             time: format_rfc3339_millis(now_ms),
-            integration: caller_key.integration.clone(),
-            caller: caller_key.caller.clone(),
-            operation,
+            integration: caller_key.integration.to_string(),
+            caller: caller_key.caller.as_deref().map(str::to_string),
+            operation: operation.map(str::to_string),
             kind,
             score,
             observed,
@@ -783,7 +786,7 @@ impl Engine {
                     AlertKind::NewCaller,
                     0.8,
                     1.0,
-                    event.operation.clone(),
+                    event.operation.as_deref(),
                 ));
             }
         }
@@ -799,12 +802,7 @@ impl Engine {
                 .insert(operation, now_ms, config.max_novelty_entries)
                 && caller_warm
             {
-                alerts.push(alert(
-                    AlertKind::NewOperation,
-                    0.5,
-                    1.0,
-                    Some(operation.clone()),
-                ));
+                alerts.push(alert(AlertKind::NewOperation, 0.5, 1.0, Some(operation)));
             }
         }
         if let Some(source) = &event.source_ip {
@@ -817,7 +815,7 @@ impl Engine {
                     AlertKind::NewSource,
                     0.7,
                     1.0,
-                    event.operation.clone(),
+                    event.operation.as_deref(),
                 ));
             }
         }
@@ -854,7 +852,7 @@ impl Engine {
                 AlertKind::OffHours,
                 score,
                 share,
-                event.operation.clone(),
+                event.operation.as_deref(),
             ));
         }
     }
@@ -1038,9 +1036,9 @@ fn raise(
     let relative = found.relative;
     alerts.push(Alert {
         time: format_rfc3339_millis(now_ms),
-        integration: key.integration.clone(),
-        caller: key.caller.clone(),
-        operation: key.operation.clone(),
+        integration: key.integration.to_string(),
+        caller: key.caller.as_deref().map(str::to_string),
+        operation: key.operation.as_deref().map(str::to_string),
         kind,
         score: (1.0 - 1.0 / (1.0 + relative * relative)).clamp(0.0, 1.0),
         observed: found.observed,

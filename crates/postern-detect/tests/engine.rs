@@ -33,7 +33,7 @@ fn event(
     DetectEvent {
         time_unix_ms: time_ms,
         integration: Some("acme".into()),
-        caller: caller.map(str::to_owned),
+        caller: caller.map(Into::into),
         operation: Some(operation.into()),
         status,
         request_bytes: 300,

@@ -251,7 +251,12 @@ fn simulated_events_are_gateway_event_lines() {
     };
     let mut reasons = BTreeMap::<String, u64>::new();
     for (index, simulated) in scenario.events(traffic).enumerate() {
-        let reason = simulated.event.reason.clone().unwrap_or_default();
+        let reason = simulated
+            .event
+            .reason
+            .clone()
+            .unwrap_or_default()
+            .into_owned();
         *reasons.entry(reason).or_default() += 1;
         if index % 7 != 0 {
             continue;

@@ -32,6 +32,9 @@ impl AuthMethod {
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     pub peer: SocketAddr,
+    /// `peer.ip()` as text, formatted once per connection for every call's event, audit entry,
+    /// policy context and detector event.
+    pub peer_ip: Arc<str>,
     /// SPIFFE ID from a verified client certificate.
     pub spiffe_id: Option<String>,
     pub tls: bool,
@@ -44,6 +47,7 @@ impl ConnectionInfo {
     pub fn new(peer: SocketAddr, spiffe_id: Option<String>, tls: bool) -> Self {
         ConnectionInfo {
             peer,
+            peer_ip: peer.ip().to_string().into(),
             spiffe_id,
             tls,
             tunnel: None,
@@ -75,22 +79,24 @@ impl std::fmt::Debug for TunnelInfo {
 }
 
 pub struct CallContext {
-    pub request_id: String,
+    pub request_id: RequestId,
     pub started: Instant,
     pub wall_start: SystemTime,
     pub source_ip: IpAddr,
+    /// `source_ip` as text (the connection's `peer_ip`).
+    pub source_ip_text: Arc<str>,
     pub protocol: &'static str,
-    pub method: String,
+    pub method: http::Method,
     pub integration: Option<Arc<str>>,
     pub caller: Option<Arc<str>>,
     pub auth: Option<AuthMethod>,
-    pub operation_id: Option<String>,
-    pub path_template: Option<String>,
+    pub operation_id: Option<Arc<str>>,
+    pub path_template: Option<Arc<str>>,
     pub upstream_addr: Option<SocketAddr>,
     pub request_body: Arc<RequestBodyState>,
     pub redirect_off_origin: bool,
     /// The Cedar policy that decided: `grant-N` or a custom policy id.
-    pub policy_id: Option<String>,
+    pub policy_id: Option<Arc<str>>,
     /// What the payload scan found in the request (scanned integrations only).
     pub request_scan: Option<crate::scan::ScanSummary>,
     /// What the payload scan found in the vendor's response (scanned integrations only).
@@ -106,16 +112,17 @@ pub struct CallContext {
 impl CallContext {
     pub fn new(connection: &ConnectionInfo, method: &http::Method, version: http::Version) -> Self {
         CallContext {
-            request_id: new_request_id(),
+            request_id: RequestId::new(),
             started: Instant::now(),
             wall_start: SystemTime::now(),
             source_ip: connection.peer.ip(),
+            source_ip_text: connection.peer_ip.clone(),
             protocol: match version {
                 http::Version::HTTP_2 => "HTTP/2",
                 http::Version::HTTP_10 => "HTTP/1.0",
                 _ => "HTTP/1.1",
             },
-            method: method.as_str().to_string(),
+            method: method.clone(),
             integration: None,
             caller: None,
             auth: None,
@@ -137,12 +144,13 @@ impl CallContext {
     /// keeps only the request id, clocks and source address.
     pub fn take(&mut self) -> CallContext {
         let placeholder = CallContext {
-            request_id: self.request_id.clone(),
+            request_id: self.request_id,
             started: self.started,
             wall_start: self.wall_start,
             source_ip: self.source_ip,
+            source_ip_text: self.source_ip_text.clone(),
             protocol: self.protocol,
-            method: String::new(),
+            method: http::Method::GET,
             integration: None,
             caller: None,
             auth: None,
@@ -175,11 +183,11 @@ impl CallContext {
         CallEventRef {
             schema_version: EVENT_SCHEMA_VERSION,
             time: EventText::Time(self.wall_start),
-            request_id: &self.request_id,
+            request_id: self.request_id.as_str(),
             integration: self.integration.as_deref(),
             caller: self.caller.as_deref(),
             operation: self.operation_id.as_deref(),
-            method: &self.method,
+            method: self.method.as_str(),
             path: self.path_template.as_deref(),
             status,
             decision,
@@ -191,7 +199,7 @@ impl CallContext {
             response_bytes,
             duration_ms: duration_ms(elapsed),
             upstream_addr: self.upstream_addr.map(EventText::Addr),
-            source_ip: EventText::Ip(self.source_ip),
+            source_ip: EventText::Str(&self.source_ip_text),
             auth: self.auth.map(AuthMethod::as_str),
             protocol: self.protocol,
             policy: self.policy_id.as_deref(),
@@ -221,12 +229,12 @@ impl CallContext {
         CallEvent {
             schema_version: EVENT_SCHEMA_VERSION,
             time: rfc3339_millis(self.wall_start),
-            request_id: self.request_id.clone(),
+            request_id: self.request_id.to_string(),
             integration: self.integration.as_deref().map(str::to_string),
             caller: self.caller.as_deref().map(str::to_string),
-            operation: self.operation_id.clone(),
-            method: self.method.clone(),
-            path: self.path_template.clone(),
+            operation: self.operation_id.as_deref().map(str::to_string),
+            method: self.method.to_string(),
+            path: self.path_template.as_deref().map(str::to_string),
             status,
             decision,
             reason: reason.to_string(),
@@ -237,10 +245,10 @@ impl CallContext {
             response_bytes,
             duration_ms: duration_ms(elapsed),
             upstream_addr: self.upstream_addr.map(|a| a.to_string()),
-            source_ip: self.source_ip.to_string(),
+            source_ip: self.source_ip_text.to_string(),
             auth: self.auth.map(AuthMethod::as_str),
             protocol: self.protocol,
-            policy: self.policy_id.clone(),
+            policy: self.policy_id.as_deref().map(str::to_string),
             redirect_off_origin: self.redirect_off_origin,
             incomplete,
             data_classes: self.request_scan.as_ref().map(|s| s.classes.clone()),
@@ -260,15 +268,51 @@ pub fn duration_ms(elapsed: std::time::Duration) -> f64 {
     (elapsed.as_micros() as f64) / 1000.0
 }
 
-/// 128 random bits, hex: unguessable and unique enough to join logs, events and audit entries.
-fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = rand::random::<[u8; 16]>();
-    let mut text = [0u8; 32];
-    for (index, byte) in bytes.iter().enumerate() {
-        text[2 * index] = HEX[usize::from(byte >> 4)];
-        text[2 * index + 1] = HEX[usize::from(byte & 0x0f)];
+/// 128 random bits as 32 lower-case hex digits: unguessable and unique enough to join logs,
+/// events and audit entries. Inline, so making and copying one allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RequestId([u8; 32]);
+
+impl RequestId {
+    pub fn new() -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let bytes = rand::random::<[u8; 16]>();
+        let mut text = [0u8; 32];
+        for (index, byte) in bytes.iter().enumerate() {
+            text[2 * index] = HEX[usize::from(byte >> 4)];
+            text[2 * index + 1] = HEX[usize::from(byte & 0x0f)];
+        }
+        RequestId(text)
     }
-    // One exact allocation (hex::encode grows a String char by char).
-    String::from_utf8_lossy(&text).into_owned()
+
+    pub fn as_str(&self) -> &str {
+        // Always ASCII hex, so never the fallback.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
 }

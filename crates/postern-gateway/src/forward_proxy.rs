@@ -36,7 +36,7 @@ use crate::events::Decision;
 use crate::proxy::Progress;
 use crate::record::PendingRecord;
 use crate::runtime::{IntegrationRuntime, Runtime};
-use crate::upstream::{dial, UpstreamAddr};
+use crate::upstream::dial;
 use crate::Shared;
 use postern_discover::{Observation, ObservationSource};
 use postern_tlog::RecordKind;
@@ -268,6 +268,7 @@ fn intercept(
     });
     let info = Arc::new(ConnectionInfo {
         peer: connection.peer,
+        peer_ip: connection.peer_ip.clone(),
         spiffe_id: connection.spiffe_id.clone(),
         tls: true,
         tunnel: Some(tunnel),
@@ -412,6 +413,7 @@ async fn absolute(
         // upstream over TLS.
         let info = Arc::new(ConnectionInfo {
             peer: connection.peer,
+            peer_ip: connection.peer_ip.clone(),
             spiffe_id: connection.spiffe_id.clone(),
             tls: connection.tls,
             tunnel: Some(Arc::new(TunnelInfo {
@@ -428,7 +430,7 @@ async fn absolute(
     let decision = proxy.policy.decide(&caller.name, &host, port);
     if !decision.allowed {
         let mut seen = sighting(context, &host, port, true);
-        seen.method = Some(context.method.clone());
+        seen.method = Some(context.method.to_string());
         seen.path = Some(uri.path().to_string());
         shared.discovered(seen);
         return Err(host_refused(decision.reason, &host, port));
@@ -495,17 +497,17 @@ async fn absolute(
                         )
                     }));
             }
-            Ok(Ok(response)) => response,
+            Ok(Ok((response, addr))) => {
+                context.upstream_addr = Some(addr);
+                response
+            }
         };
-    if let Some(UpstreamAddr(addr)) = response.extensions().get::<UpstreamAddr>() {
-        context.upstream_addr = Some(*addr);
-    }
     let (mut parts, body) = response.into_parts();
     strip_proxy_headers(&mut parts.headers, None);
     parts.extensions = http::Extensions::new();
     let status = parts.status.as_u16();
-    let request_id = context.request_id.clone();
-    let method = context.method.clone();
+    let request_id = context.request_id;
+    let method = context.method.to_string();
     let path = uri.path().to_string();
     let after_shared = shared.clone();
     let pending = PendingRecord {

@@ -2,7 +2,9 @@
 //! Label values are configured names only (never a raw path or a token), so cardinality is bounded
 //! by the config.
 
-use std::sync::atomic::Ordering;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -56,7 +58,26 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// Each thread's handles to the per-call series it has used: a call's counter and histogram are
+/// found here without the family's lock and SipHash. The handles share the registry's atomics,
+/// so scrapes see every increment. Tied to one `Metrics` (tests run several gateways), bounded.
+#[derive(Default)]
+struct SeriesCache {
+    owner: u64,
+    calls: HashMap<CallLabels, Counter, foldhash::fast::RandomState>,
+    durations: HashMap<Arc<str>, Histogram, foldhash::fast::RandomState>,
+}
+
+/// Series a thread keeps handles to before it starts over.
+const SERIES_CACHE_LIMIT: usize = 4096;
+
+thread_local! {
+    static SERIES: RefCell<SeriesCache> = RefCell::default();
+}
+
 pub struct Metrics {
+    /// Tells this instance's series apart in the threads' caches.
+    id: u64,
     alerts: Family<KindLabel, Counter>,
     pub detector_dropped: Counter,
     registry: Registry,
@@ -130,7 +151,9 @@ impl Metrics {
             "Call events that could not be written",
             events_errors.clone(),
         );
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Metrics {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             calls,
             denials,
@@ -155,15 +178,12 @@ impl Metrics {
         reason: &str,
         duration: Duration,
     ) {
-        let integration = integration.cloned().unwrap_or_else(dash);
-        self.calls
-            .get_or_create(&CallLabels {
-                integration: integration.clone(),
-                caller: caller.cloned().unwrap_or_else(dash),
-                decision: decision.as_str(),
-                status,
-            })
-            .inc();
+        let labels = CallLabels {
+            integration: integration.cloned().unwrap_or_else(dash),
+            caller: caller.cloned().unwrap_or_else(dash),
+            decision: decision.as_str(),
+            status,
+        };
         if decision == Decision::Deny {
             self.denials
                 .get_or_create(&ReasonLabel {
@@ -171,9 +191,37 @@ impl Metrics {
                 })
                 .inc();
         }
-        self.duration
-            .get_or_create(&IntegrationLabel { integration })
-            .observe(duration.as_secs_f64());
+        SERIES.with_borrow_mut(|cache| {
+            if cache.owner != self.id
+                || cache.calls.len() + cache.durations.len() >= SERIES_CACHE_LIMIT
+            {
+                cache.calls.clear();
+                cache.durations.clear();
+                cache.owner = self.id;
+            }
+            match cache.durations.get(&labels.integration) {
+                Some(histogram) => histogram.observe(duration.as_secs_f64()),
+                None => {
+                    let histogram = self.duration.get_or_create_owned(&IntegrationLabel {
+                        integration: labels.integration.clone(),
+                    });
+                    histogram.observe(duration.as_secs_f64());
+                    cache
+                        .durations
+                        .insert(labels.integration.clone(), histogram);
+                }
+            }
+            match cache.calls.get(&labels) {
+                Some(counter) => {
+                    counter.inc();
+                }
+                None => {
+                    let counter = self.calls.get_or_create_owned(&labels);
+                    counter.inc();
+                    cache.calls.insert(labels, counter);
+                }
+            }
+        });
     }
 
     pub fn observe_alert(&self, kind: &str) {

@@ -175,7 +175,7 @@ impl TokenSource {
         {
             Err(_) => return Err(TokenError::Timeout(self.timeout.as_millis() as u64)),
             Ok(Err(error)) => return Err(TokenError::Unreachable(error.to_string())),
-            Ok(Ok(response)) => response,
+            Ok(Ok((response, _))) => response,
         };
         let status = response.status().as_u16();
         if status != 200 {

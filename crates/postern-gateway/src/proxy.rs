@@ -24,7 +24,7 @@ use crate::events::Decision;
 use crate::oauth::TokenSource;
 use crate::record::PendingRecord;
 use crate::runtime::{Injector, IntegrationRuntime, Runtime};
-use crate::upstream::{ConnectError, UpstreamAddr, UpstreamError};
+use crate::upstream::{ConnectError, UpstreamError};
 use crate::Shared;
 use postern_config::AuditMode;
 use postern_tlog::RecordKind;
@@ -86,10 +86,12 @@ pub async fn handle_call(
 ) -> Response<GatewayBody> {
     let runtime = shared.runtime.load_full();
     let mut context = CallContext::new(&connection, request.method(), request.version());
+    // A shared copy of the target (no allocation): the vendor path is a slice of it.
     let raw_target = request
         .uri()
         .path_and_query()
-        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let mut progress = Progress::default();
     match pipeline(
         &shared,
@@ -103,7 +105,7 @@ pub async fn handle_call(
     .await
     {
         Ok(response) => response,
-        Err(error) => refuse(&shared, &context, &raw_target, &progress, &error),
+        Err(error) => refuse(&shared, &context, raw_target.as_str(), &progress, &error),
     }
 }
 
@@ -168,16 +170,17 @@ async fn pipeline(
     connection: &ConnectionInfo,
     context: &mut CallContext,
     progress: &mut Progress,
-    raw_target: &str,
+    target: &http::uri::PathAndQuery,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, CallError> {
     check_request(&request)?;
+    let raw_target = target.as_str();
     let caller_token = identify_caller(runtime, connection, context, request.headers())?;
     let (integration, vendor_path) = match &connection.tunnel {
-        Some(tunnel) => route_tunnel(runtime, context, tunnel, request.uri())?,
-        None => route(runtime, context, request.uri())?,
+        Some(tunnel) => route_tunnel(runtime, context, tunnel, target.path())?,
+        None => route(runtime, context, target.path())?,
     };
-    authorize(runtime, &integration, context, &request, &vendor_path)?;
+    authorize(runtime, &integration, context, &request, vendor_path)?;
     progress.authorized = true;
     rate_limit(&integration, context)?;
     let (parts, body) = request.into_parts();
@@ -215,7 +218,7 @@ async fn pipeline(
         None => {
             let upstream_request = inject(
                 &integration,
-                &vendor_path,
+                vendor_path,
                 request,
                 caller_token.as_deref(),
                 None,
@@ -227,7 +230,7 @@ async fn pipeline(
             let token = Box::pin(oauth_token(&integration, &source)).await?;
             let upstream_request = inject(
                 &integration,
-                &vendor_path,
+                vendor_path,
                 request,
                 caller_token.as_deref(),
                 Some(token.clone()),
@@ -433,13 +436,12 @@ pub(crate) fn token_from_authorization(value: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `/<integration>/<vendor path>` → the integration and the vendor path.
-fn route(
+fn route<'a>(
     runtime: &Runtime,
     context: &mut CallContext,
-    uri: &Uri,
-) -> Result<(Arc<IntegrationRuntime>, String), CallError> {
-    let path = uri.path();
-    let rest = &path[1..];
+    path: &'a str,
+) -> Result<(Arc<IntegrationRuntime>, &'a str), CallError> {
+    let rest = path.strip_prefix('/').unwrap_or(path);
     let (name, vendor_path) = match rest.find('/') {
         Some(slash) => (&rest[..slash], &rest[slash..]),
         None => (rest, "/"),
@@ -452,16 +454,16 @@ fn route(
         ));
     };
     context.integration = Some(integration.name.clone());
-    Ok((integration.clone(), vendor_path.to_string()))
+    Ok((integration.clone(), vendor_path))
 }
 
 /// Inside a tunnel the integration is the one claiming the host; the whole path is the vendor's.
-fn route_tunnel(
+fn route_tunnel<'a>(
     runtime: &Runtime,
     context: &mut CallContext,
     tunnel: &crate::context::TunnelInfo,
-    uri: &Uri,
-) -> Result<(Arc<IntegrationRuntime>, String), CallError> {
+    path: &'a str,
+) -> Result<(Arc<IntegrationRuntime>, &'a str), CallError> {
     let Some(integration) = runtime.integrations.get(&*tunnel.integration) else {
         return Err(CallError::new(
             StatusCode::NOT_FOUND,
@@ -470,7 +472,7 @@ fn route_tunnel(
         ));
     };
     context.integration = Some(integration.name.clone());
-    Ok((integration.clone(), uri.path().to_string()))
+    Ok((integration.clone(), path))
 }
 
 /// Operation match, then the Cedar decision.
@@ -495,8 +497,8 @@ fn authorize(
             ),
         ));
     };
-    context.operation_id = Some(operation.id.to_string());
-    context.path_template = Some(operation.template.to_string());
+    context.operation_id = Some(operation.id.clone());
+    context.path_template = Some(operation.template.clone());
     let facts = PolicyFacts::of(context);
     let authz = facts.request(
         &integration.name,
@@ -529,7 +531,7 @@ pub(crate) struct PolicyFacts {
     caller: Arc<str>,
     hour: u8,
     weekday: u8,
-    source_ip: String,
+    source_ip: Arc<str>,
 }
 
 impl PolicyFacts {
@@ -539,7 +541,7 @@ impl PolicyFacts {
             caller: context.caller.clone().unwrap_or_else(|| Arc::from("")),
             hour: now.hour(),
             weekday: now.weekday().number_days_from_monday(),
-            source_ip: context.source_ip.to_string(),
+            source_ip: context.source_ip_text.clone(),
         }
     }
 
@@ -669,6 +671,8 @@ fn inject(
         }
         headers.append(name, value);
     }
+    // Made once per integration (the client would otherwise build it from the authority).
+    headers.insert(header::HOST, integration.upstream.host_header.clone());
 
     // URL: upstream prefix + vendor path + query (with the credential's query param replaced).
     let mut target =
@@ -815,11 +819,11 @@ async fn forward(
             ))
         }
         Ok(Err(error)) => return Err(classify_upstream_error(integration, context, &error)),
-        Ok(Ok(response)) => response,
+        Ok(Ok((response, addr))) => {
+            context.upstream_addr = Some(addr);
+            response
+        }
     };
-    if let Some(UpstreamAddr(addr)) = response.extensions().get::<UpstreamAddr>() {
-        context.upstream_addr = Some(*addr);
-    }
     Ok(response)
 }
 
@@ -1022,7 +1026,12 @@ async fn inspect_response(
     };
     let audit = PendingAudit {
         audit: shared.audit.clone(),
-        raw_target: raw_target.to_string(),
+        // The outcome entry needs the target only for its keyed hash, which the intent entry
+        // has normally computed and kept in the context already.
+        raw_target: match pending.context.target_hmac.get() {
+            Some(_) => String::new(),
+            None => raw_target.to_string(),
+        },
         intent_index,
     };
     let body = ResponseBody::new(body, limit, pending, Some(audit)).with_prefix(prefix);

@@ -3,6 +3,7 @@
 //! Neither allocates per call: the event is serialized straight from the `CallContext` into the
 //! writer's buffer (see `events.rs`), and the metrics labels share the context's names.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::context::CallContext;
@@ -20,7 +21,13 @@ pub struct Recorder {
 
 impl Recorder {
     /// Records a call that ended without a streamed body (refusals, errors).
-    pub fn record(&self, context: &CallContext, status: u16, decision: Decision, reason: &str) {
+    pub fn record(
+        &self,
+        context: &CallContext,
+        status: u16,
+        decision: Decision,
+        reason: &'static str,
+    ) {
         self.record_call(context, status, decision, reason, 0, false);
     }
 
@@ -30,7 +37,7 @@ impl Recorder {
         context: &CallContext,
         status: u16,
         decision: Decision,
-        reason: &str,
+        reason: &'static str,
         response_bytes: u64,
         incomplete: bool,
     ) {
@@ -58,8 +65,8 @@ impl Recorder {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(0),
-                integration: context.integration.as_deref().map(str::to_string),
-                caller: context.caller.as_deref().map(str::to_string),
+                integration: context.integration.clone(),
+                caller: context.caller.clone(),
                 operation: context.operation_id.clone(),
                 status,
                 request_bytes: context
@@ -68,15 +75,12 @@ impl Recorder {
                     .load(std::sync::atomic::Ordering::Relaxed),
                 response_bytes,
                 duration_ms: crate::context::duration_ms(elapsed),
-                source_ip: Some(context.source_ip.to_string()),
-                decision: Some(
-                    match decision {
-                        Decision::Allow => "allow",
-                        Decision::Deny => "deny",
-                    }
-                    .to_string(),
-                ),
-                reason: Some(reason.to_string()),
+                source_ip: Some(context.source_ip_text.clone()),
+                decision: Some(Cow::Borrowed(match decision {
+                    Decision::Allow => "allow",
+                    Decision::Deny => "deny",
+                })),
+                reason: Some(Cow::Borrowed(reason)),
             });
         }
     }

@@ -188,6 +188,8 @@ pub struct UpstreamTarget {
     pub path_prefix: String,
     /// `scheme://host:port`, for comparing redirect targets.
     pub origin: String,
+    /// The `Host` header every call to it carries: host, and port when not the scheme's default.
+    pub host_header: http::HeaderValue,
 }
 
 impl IntegrationRuntime {
@@ -579,11 +581,14 @@ fn upstream_target(url: &url::Url) -> anyhow::Result<UpstreamTarget> {
         .parse()
         .map_err(|_| anyhow::anyhow!("upstream {url} has an invalid host"))?;
     let path_prefix = url.path().trim_end_matches('/').to_string();
+    let host_header = http::HeaderValue::from_str(&authority_text)
+        .map_err(|_| anyhow::anyhow!("upstream {url} has an invalid host"))?;
     Ok(UpstreamTarget {
         origin: format!("{}://{}:{}", url.scheme(), host.to_ascii_lowercase(), port),
         scheme,
         authority,
         path_prefix,
+        host_header,
     })
 }
 

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::ffi::DetailedError;
 use cedar_policy::{
@@ -65,12 +66,12 @@ pub struct Decision {
 pub enum Reason {
     /// A permit policy (normally a grant, `grant-N`) allowed it and no forbid
     /// policy applied.
-    Granted { policy_id: String },
+    Granted { policy_id: Arc<str> },
     /// No permit policy applied: deny by default.
     NotGranted,
     /// A forbid policy applied (or failed to evaluate, which counts as
     /// applying: Postern fails closed).
-    Forbidden { policy_id: String },
+    Forbidden { policy_id: Arc<str> },
 }
 
 impl Reason {
@@ -429,7 +430,9 @@ impl PolicyEngine {
         if let Some(policy_id) = erroring_forbid {
             return Decision {
                 allowed: false,
-                reason: Reason::Forbidden { policy_id },
+                reason: Reason::Forbidden {
+                    policy_id: policy_id.into(),
+                },
             };
         }
 
@@ -437,11 +440,15 @@ impl PolicyEngine {
         match (response.decision(), determining) {
             (cedar_policy::Decision::Allow, Some(policy_id)) => Decision {
                 allowed: true,
-                reason: Reason::Granted { policy_id },
+                reason: Reason::Granted {
+                    policy_id: policy_id.into(),
+                },
             },
             (cedar_policy::Decision::Deny, Some(policy_id)) => Decision {
                 allowed: false,
-                reason: Reason::Forbidden { policy_id },
+                reason: Reason::Forbidden {
+                    policy_id: policy_id.into(),
+                },
             },
             // Allow without a determining policy cannot happen in Cedar;
             // treat it as the default deny.

@@ -6,6 +6,7 @@
 //! therefore only looks at templates that could possibly match.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::{PathTemplate, PolicyError};
 
@@ -16,17 +17,20 @@ pub struct OperationTable {
     buckets: HashMap<String, HashMap<usize, Vec<OperationEntry>>>,
 }
 
-/// The operation a request was attributed to.
+/// The operation a request was attributed to. Id and template are shared, so a call can keep
+/// them without copying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MatchedOperation<'a> {
-    pub id: &'a str,
-    pub template: &'a str,
+    pub id: &'a Arc<str>,
+    pub template: &'a Arc<str>,
 }
 
 #[derive(Debug, Clone)]
 struct OperationEntry {
-    id: String,
+    id: Arc<str>,
     template: PathTemplate,
+    /// `template.as_str()`, shared.
+    template_text: Arc<str>,
 }
 
 impl OperationTable {
@@ -58,12 +62,13 @@ impl OperationTable {
                 return Err(PolicyError::DuplicateRoute {
                     method: method.to_owned(),
                     template: template.as_str().to_owned(),
-                    first: existing.id.clone(),
+                    first: existing.id.to_string(),
                     second: id.to_owned(),
                 });
             }
             bucket.push(OperationEntry {
-                id: id.to_owned(),
+                id: id.into(),
+                template_text: template.as_str().into(),
                 template,
             });
         }
@@ -100,7 +105,7 @@ impl OperationTable {
             .find(|entry| entry.template.matches(path))
             .map(|entry| MatchedOperation {
                 id: &entry.id,
-                template: entry.template.as_str(),
+                template: &entry.template_text,
             })
     }
 }

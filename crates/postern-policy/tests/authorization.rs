@@ -150,10 +150,10 @@ fn unknown_names_are_not_granted() {
 #[test]
 fn reason_codes_and_display() {
     let granted = Reason::Granted {
-        policy_id: "grant-0".to_owned(),
+        policy_id: "grant-0".into(),
     };
     let forbidden = Reason::Forbidden {
-        policy_id: "custom-3".to_owned(),
+        policy_id: "custom-3".into(),
     };
     assert_eq!(
         (granted.code(), granted.to_string().as_str()),
@@ -217,7 +217,7 @@ fn custom_forbid_by_hour() {
         Decision {
             allowed: false,
             reason: Reason::Forbidden {
-                policy_id: "custom-0".to_owned()
+                policy_id: "custom-0".into()
             }
         }
     );

@@ -115,7 +115,7 @@ fn specificity_does_not_depend_on_declaration_order() {
     .unwrap();
     let matched = table.find("GET", "/v1/charges/search").unwrap();
     assert_eq!(
-        (matched.id, matched.template),
+        (&**matched.id, &**matched.template),
         ("search_charges", "/v1/charges/search")
     );
 }

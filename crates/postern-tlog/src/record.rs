@@ -356,7 +356,10 @@ impl KeyedHasher {
 
     /// The same in lower-case hex, 64 characters: exactly [`keyed_hash`]`(key, label, data)`.
     pub fn hash_hex(&self, label: &str, data: &[u8]) -> String {
-        hex::encode(self.hash(label, data))
+        // One exact allocation (hex::encode grows a String char by char).
+        let mut text = [0u8; 64];
+        hex::encode_to_slice(self.hash(label, data), &mut text).expect("64 hex digits");
+        String::from_utf8_lossy(&text).into_owned()
     }
 }
 

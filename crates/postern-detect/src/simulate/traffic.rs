@@ -359,14 +359,14 @@ impl Generator<'_> {
         SimulatedEvent {
             event: DetectEvent {
                 time_unix_ms: time_ms,
-                integration: Some(model.name.to_owned()),
-                caller: Some(caller.to_owned()),
-                operation: Some(op.name.to_owned()),
+                integration: Some(model.name.into()),
+                caller: Some(caller.into()),
+                operation: Some(op.name.into()),
                 status,
                 request_bytes,
                 response_bytes: response_bytes.round() as u64,
                 duration_ms: round_ms(duration_ms),
-                source_ip: Some(source.to_owned()),
+                source_ip: Some(source.into()),
                 decision: Some("allow".into()),
                 reason: Some(reason.into()),
             },
@@ -383,7 +383,7 @@ impl Generator<'_> {
 /// Turns a forwarded call into one the gateway refused before forwarding.
 fn refuse(event: &mut SimulatedEvent, status: u16, reason: &str, rng: &mut Rng) {
     event.event.status = status;
-    event.event.reason = Some(reason.into());
+    event.event.reason = Some(reason.to_owned().into());
     event.event.decision = Some("deny".into());
     event.event.request_bytes = 0;
     event.event.response_bytes = 0;
@@ -404,7 +404,7 @@ fn unauthenticated(rng: &mut Rng, time_ms: i64, source: &str) -> SimulatedEvent 
             request_bytes: 0,
             response_bytes: 0,
             duration_ms: round_ms(rng.log_normal(0.04, 0.3)),
-            source_ip: Some(source.to_owned()),
+            source_ip: Some(source.into()),
             decision: Some("deny".into()),
             reason: Some("caller_unauthenticated".into()),
         },
