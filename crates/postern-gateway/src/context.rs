@@ -33,8 +33,8 @@ impl AuthMethod {
 pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// `peer.ip()` as text, formatted once per connection for every call's event, audit entry,
-    /// policy context and detector event.
-    pub peer_ip: Arc<str>,
+    /// policy context and detector event. Private so it always matches `peer`.
+    peer_ip: Arc<str>,
     /// SPIFFE ID from a verified client certificate.
     pub spiffe_id: Option<String>,
     pub tls: bool,
@@ -51,6 +51,17 @@ impl ConnectionInfo {
             spiffe_id,
             tls,
             tunnel: None,
+        }
+    }
+
+    /// The same client, inside a tunnel (or an absolute-form request) that `tunnel` describes.
+    pub fn tunnelled(&self, tls: bool, tunnel: Arc<TunnelInfo>) -> Self {
+        ConnectionInfo {
+            peer: self.peer,
+            peer_ip: self.peer_ip.clone(),
+            spiffe_id: self.spiffe_id.clone(),
+            tls,
+            tunnel: Some(tunnel),
         }
     }
 }
@@ -150,6 +161,7 @@ impl CallContext {
             source_ip: self.source_ip,
             source_ip_text: self.source_ip_text.clone(),
             protocol: self.protocol,
+            // Never recorded: the call's record goes with the context taken.
             method: http::Method::GET,
             integration: None,
             caller: None,

@@ -266,13 +266,7 @@ fn intercept(
         host: Arc::from(host.as_str()),
         mode: "intercept",
     });
-    let info = Arc::new(ConnectionInfo {
-        peer: connection.peer,
-        peer_ip: connection.peer_ip.clone(),
-        spiffe_id: connection.spiffe_id.clone(),
-        tls: true,
-        tunnel: Some(tunnel),
-    });
+    let info = Arc::new(connection.tunnelled(true, tunnel));
     let builder = crate::listener::connection_builder(runtime.config.gateway.max_header_bytes);
     // An intercepted tunnel closes after the proxy's idle timeout without a byte either way.
     let idle = Duration::from_millis(runtime.proxy.config.idle_timeout_ms);
@@ -411,20 +405,17 @@ async fn absolute(
     if let Some(integration) = proxy.integration_for_host(&host) {
         // The same pipeline as path mode; the request is re-originated to the integration's
         // upstream over TLS.
-        let info = Arc::new(ConnectionInfo {
-            peer: connection.peer,
-            peer_ip: connection.peer_ip.clone(),
-            spiffe_id: connection.spiffe_id.clone(),
-            tls: connection.tls,
-            tunnel: Some(Arc::new(TunnelInfo {
+        let info = Arc::new(connection.tunnelled(
+            connection.tls,
+            Arc::new(TunnelInfo {
                 caller: caller.name,
                 auth: caller.auth,
                 token: caller.token,
                 integration: integration.name.clone(),
                 host: Arc::from(host.as_str()),
                 mode: "proxy",
-            })),
-        });
+            }),
+        ));
         return Ok(Absolute::Registered(info, request));
     }
     let decision = proxy.policy.decide(&caller.name, &host, port);

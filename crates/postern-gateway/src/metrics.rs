@@ -61,6 +61,8 @@ pub struct ResultLabel {
 /// Each thread's handles to the per-call series it has used: a call's counter and histogram are
 /// found here without the family's lock and SipHash. The handles share the registry's atomics,
 /// so scrapes see every increment. Tied to one `Metrics` (tests run several gateways), bounded.
+/// Correct only while series are never removed from `calls` or `duration`: a change that prunes
+/// them must also give the `Metrics` a new `id`, or threads would count into dropped series.
 #[derive(Default)]
 struct SeriesCache {
     owner: u64,
@@ -191,7 +193,12 @@ impl Metrics {
                 })
                 .inc();
         }
-        SERIES.with_borrow_mut(|cache| {
+        let seconds = duration.as_secs_f64();
+        let cached = SERIES.try_with(|cell| {
+            let Ok(mut cache) = cell.try_borrow_mut() else {
+                return false;
+            };
+            let cache = &mut *cache;
             if cache.owner != self.id
                 || cache.calls.len() + cache.durations.len() >= SERIES_CACHE_LIMIT
             {
@@ -199,18 +206,15 @@ impl Metrics {
                 cache.durations.clear();
                 cache.owner = self.id;
             }
-            match cache.durations.get(&labels.integration) {
-                Some(histogram) => histogram.observe(duration.as_secs_f64()),
-                None => {
-                    let histogram = self.duration.get_or_create_owned(&IntegrationLabel {
+            cache
+                .durations
+                .entry(labels.integration.clone())
+                .or_insert_with(|| {
+                    self.duration.get_or_create_owned(&IntegrationLabel {
                         integration: labels.integration.clone(),
-                    });
-                    histogram.observe(duration.as_secs_f64());
-                    cache
-                        .durations
-                        .insert(labels.integration.clone(), histogram);
-                }
-            }
+                    })
+                })
+                .observe(seconds);
             match cache.calls.get(&labels) {
                 Some(counter) => {
                     counter.inc();
@@ -218,10 +222,20 @@ impl Metrics {
                 None => {
                     let counter = self.calls.get_or_create_owned(&labels);
                     counter.inc();
-                    cache.calls.insert(labels, counter);
+                    cache.calls.insert(labels.clone(), counter);
                 }
             }
+            true
         });
+        // Only while the thread's locals are torn down (a body dropped late) or re-entered.
+        if cached != Ok(true) {
+            self.calls.get_or_create(&labels).inc();
+            self.duration
+                .get_or_create(&IntegrationLabel {
+                    integration: labels.integration,
+                })
+                .observe(seconds);
+        }
     }
 
     pub fn observe_alert(&self, kind: &str) {
@@ -266,5 +280,65 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn calls_line(metrics: &Metrics, caller: &str) -> String {
+        let text = metrics.encode(&EventStats::default());
+        let wanted = format!("caller=\"{caller}\"");
+        text.lines()
+            .find(|line| line.starts_with("postern_calls_total{") && line.contains(&wanted))
+            .unwrap_or_else(|| panic!("no postern_calls_total series for {caller} in:\n{text}"))
+            .to_string()
+    }
+
+    fn observe(metrics: &Metrics, caller: &Arc<str>) {
+        let integration: Arc<str> = Arc::from("acme");
+        metrics.observe_call(
+            Some(&integration),
+            Some(caller),
+            Decision::Allow,
+            200,
+            "granted",
+            Duration::from_millis(3),
+        );
+    }
+
+    #[test]
+    fn two_gateways_on_one_thread_count_into_their_own_series() {
+        let (first, second) = (Metrics::new(), Metrics::new());
+        let caller: Arc<str> = Arc::from("checkout");
+        for _ in 0..3 {
+            observe(&first, &caller);
+            observe(&second, &caller);
+            observe(&second, &caller);
+        }
+        assert!(calls_line(&first, "checkout").ends_with(" 3"));
+        assert!(calls_line(&second, "checkout").ends_with(" 6"));
+        let text = first.encode(&EventStats::default());
+        assert!(
+            text.contains("postern_call_duration_seconds_count{integration=\"acme\"} 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn past_the_cache_limit_every_call_still_counts() {
+        let metrics = Metrics::new();
+        let callers: Vec<Arc<str>> = (0..SERIES_CACHE_LIMIT + 10)
+            .map(|index| Arc::from(format!("caller-{index}")))
+            .collect();
+        for caller in callers.iter().chain(&callers[..5]) {
+            observe(&metrics, caller);
+        }
+        assert!(calls_line(&metrics, "caller-0").ends_with(" 2"));
+        assert!(calls_line(&metrics, "caller-4").ends_with(" 2"));
+        assert!(
+            calls_line(&metrics, &format!("caller-{}", SERIES_CACHE_LIMIT + 9)).ends_with(" 1")
+        );
     }
 }

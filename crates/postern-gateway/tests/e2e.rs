@@ -652,6 +652,56 @@ async fn http2_on_both_sides() {
     gw.stop().await;
 }
 
+/// The vendor sees its own host in `Host`, never the caller's: over HTTP/1.1 as the header
+/// (with the port, which is not the scheme's default), over h2 as `:authority` alone.
+#[tokio::test]
+async fn the_vendor_sees_its_own_host_never_the_callers() {
+    let plain = TestVendor::plain(TestVendor::ok_handler()).await;
+    let body = format!(
+        r#"
+[[integrations]]
+name = "plain"
+vendor = "Plain"
+owner = "o@example.com"
+upstream = "http://127.0.0.1:{port}"
+allow_plaintext = true
+allow_private_networks = ["127.0.0.1/32"]
+operations = [ {{ id = "op", method = "GET", path = "/x" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "plain"
+operations = ["*"]
+"#,
+        port = plain.addr.port()
+    );
+    let gw = TestGateway::start(&body, None).await;
+    let response = client()
+        .get(format!("{}/plain/x", gw.base))
+        .bearer_auth(&gw.token)
+        .header("host", "caller.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = plain.last();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(
+        seen.header("host").as_deref(),
+        Some(format!("127.0.0.1:{}", plain.addr.port()).as_str())
+    );
+    assert_eq!(seen.headers.get_all("host").iter().count(), 1);
+    gw.stop().await;
+
+    let tls = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&tls, "").await;
+    assert_eq!(get_charge(&h2c_client(), &gw).await.unwrap().status(), 200);
+    let seen = tls.last();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.header("host"), None, "h2 carries :authority only");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
