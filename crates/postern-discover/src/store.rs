@@ -106,8 +106,9 @@ impl Store {
     /// Like [`Store::open`], with other limits (tests, small deployments).
     pub fn open_with_limits(data_dir: &Path, limits: Limits) -> Result<Store, StoreError> {
         // Two processes opening a new file at once can see SQLITE_BUSY from the switch to WAL
-        // or the schema, where SQLite does not call the busy handler: try again for up to the
-        // busy timeout, like a locked write would wait.
+        // or the schema, where SQLite does not call the busy handler: try the whole open again
+        // until the busy timeout has passed (a try's own statements may wait in the busy
+        // handler too, so the worst case is about twice that).
         let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
         loop {
             match Self::open_once(data_dir, limits) {

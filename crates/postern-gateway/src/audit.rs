@@ -127,17 +127,23 @@ impl Audit {
         }
     }
 
+    /// The keyed hash a call's entries carry for its raw request target (path and query, a
+    /// CONNECT authority, an absolute URI): the target itself never enters the log.
+    pub fn target_hmac(&self, raw_target: &str) -> Arc<str> {
+        Arc::from(
+            self.hmac
+                .hash_hex_into("target", raw_target.as_bytes(), &mut [0; 64]),
+        )
+    }
+
     /// The call's entry, encoded (borrowing the context: no owned record is built).
     pub fn record(
         &self,
         kind: RecordKind,
         context: &CallContext,
-        raw_target: &str,
         outcome: Option<&Outcome<'_>>,
     ) -> Entry {
-        let target = context
-            .target_hmac
-            .get_or_init(|| self.hmac.hash_hex("target", raw_target.as_bytes()));
+        let target = &*context.target_hmac;
         // The scan's classes are a sorted map: its keys are already sorted and unique. No scan,
         // no allocation (an empty Vec allocates nothing).
         let classes: Vec<&str> = context
@@ -356,8 +362,13 @@ mod tests {
         let connection = ConnectionInfo::new("127.0.0.1:9".parse().unwrap(), None, false);
         // No scan, no classes, a few classes, and many.
         for class_count in [None, Some(0), Some(3), Some(16), Some(40)] {
-            let mut context =
-                CallContext::new(&connection, &http::Method::POST, http::Version::HTTP_11);
+            let raw_target = "/things/42?secret=é\u{1}";
+            let mut context = CallContext::new(
+                &connection,
+                &http::Method::POST,
+                http::Version::HTTP_11,
+                audit.target_hmac(raw_target),
+            );
             context.caller = Some("checkout \"svc\"".into());
             context.integration = Some("acme".into());
             context.operation_id = Some("create_thing".into());
@@ -369,8 +380,7 @@ mod tests {
                 unscanned: None,
                 redacted: false,
             });
-            let raw_target = "/things/42?secret=é\u{1}";
-            let intent = audit.record(RecordKind::Intent, &context, raw_target, None);
+            let intent = audit.record(RecordKind::Intent, &context, None);
             assert_eq!(
                 intent.0.unwrap(),
                 expected(&key, RecordKind::Intent, &context, raw_target, None),
@@ -383,7 +393,7 @@ mod tests {
                 response_bytes: 77,
                 intent_index: Some(9),
             };
-            let entry = audit.record(RecordKind::Outcome, &context, raw_target, Some(&outcome));
+            let entry = audit.record(RecordKind::Outcome, &context, Some(&outcome));
             assert_eq!(
                 entry.0.unwrap(),
                 expected(

@@ -266,7 +266,6 @@ impl Body for ForwardBody {
 /// The audit outcome entry still owed for a forwarded call.
 pub struct PendingAudit {
     pub audit: Arc<crate::audit::Audit>,
-    pub raw_target: String,
     pub intent_index: Option<u64>,
 }
 
@@ -321,7 +320,6 @@ impl ResponseBody {
                 let entry = pending.audit.record(
                     postern_tlog::RecordKind::Outcome,
                     &record.context,
-                    &pending.raw_target,
                     Some(&outcome),
                 );
                 pending

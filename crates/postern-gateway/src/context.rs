@@ -1,6 +1,6 @@
 //! The per-call context: everything the phases learn about one call, in one place.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -93,9 +93,8 @@ pub struct CallContext {
     pub request_id: RequestId,
     pub started: Instant,
     pub wall_start: SystemTime,
-    pub source_ip: IpAddr,
-    /// `source_ip` as text (the connection's `peer_ip`).
-    pub source_ip_text: Arc<str>,
+    /// The client's address as text (the connection's `peer_ip`, formatted once).
+    pub source_ip: Arc<str>,
     pub protocol: &'static str,
     pub method: http::Method,
     pub integration: Option<Arc<str>>,
@@ -114,20 +113,25 @@ pub struct CallContext {
     pub response_scan: Option<crate::scan::ScanSummary>,
     /// Forward-proxy mode (`proxy`, `tunnel`, `intercept`); `None` in path mode.
     pub mode: Option<&'static str>,
-    /// The keyed hash of the raw target, computed once for the intent and outcome entries.
-    pub target_hmac: std::sync::OnceLock<String>,
+    /// The keyed hash of the raw request target ([`crate::audit::Audit::target_hmac`]), made
+    /// when the call starts and carried by every audit entry of the call.
+    pub target_hmac: Arc<str>,
     /// Forward-proxy destination host.
     pub host: Option<Arc<str>>,
 }
 
 impl CallContext {
-    pub fn new(connection: &ConnectionInfo, method: &http::Method, version: http::Version) -> Self {
+    pub fn new(
+        connection: &ConnectionInfo,
+        method: &http::Method,
+        version: http::Version,
+        target_hmac: Arc<str>,
+    ) -> Self {
         CallContext {
             request_id: RequestId::new(),
             started: Instant::now(),
             wall_start: SystemTime::now(),
-            source_ip: connection.peer.ip(),
-            source_ip_text: connection.peer_ip.clone(),
+            source_ip: connection.peer_ip.clone(),
             protocol: match version {
                 http::Version::HTTP_2 => "HTTP/2",
                 http::Version::HTTP_10 => "HTTP/1.0",
@@ -146,7 +150,7 @@ impl CallContext {
             request_scan: None,
             response_scan: None,
             mode: connection.tunnel.as_ref().map(|t| t.mode),
-            target_hmac: std::sync::OnceLock::new(),
+            target_hmac,
             host: connection.tunnel.as_ref().map(|t| t.host.clone()),
         }
     }
@@ -158,8 +162,7 @@ impl CallContext {
             request_id: self.request_id,
             started: self.started,
             wall_start: self.wall_start,
-            source_ip: self.source_ip,
-            source_ip_text: self.source_ip_text.clone(),
+            source_ip: self.source_ip.clone(),
             protocol: self.protocol,
             // Never recorded: the call's record goes with the context taken.
             method: http::Method::GET,
@@ -175,7 +178,7 @@ impl CallContext {
             request_scan: None,
             response_scan: None,
             mode: None,
-            target_hmac: std::sync::OnceLock::new(),
+            target_hmac: self.target_hmac.clone(),
             host: None,
         };
         std::mem::replace(self, placeholder)
@@ -211,7 +214,7 @@ impl CallContext {
             response_bytes,
             duration_ms: duration_ms(elapsed),
             upstream_addr: self.upstream_addr.map(EventText::Addr),
-            source_ip: EventText::Str(&self.source_ip_text),
+            source_ip: EventText::Str(&self.source_ip),
             auth: self.auth.map(AuthMethod::as_str),
             protocol: self.protocol,
             policy: self.policy_id.as_deref(),
@@ -257,7 +260,7 @@ impl CallContext {
             response_bytes,
             duration_ms: duration_ms(elapsed),
             upstream_addr: self.upstream_addr.map(|a| a.to_string()),
-            source_ip: self.source_ip_text.to_string(),
+            source_ip: self.source_ip.to_string(),
             auth: self.auth.map(AuthMethod::as_str),
             protocol: self.protocol,
             policy: self.policy_id.as_deref().map(str::to_string),
@@ -287,13 +290,9 @@ pub struct RequestId([u8; 32]);
 
 impl RequestId {
     pub fn new() -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let bytes = rand::random::<[u8; 16]>();
         let mut text = [0u8; 32];
-        for (index, byte) in bytes.iter().enumerate() {
-            text[2 * index] = HEX[usize::from(byte >> 4)];
-            text[2 * index + 1] = HEX[usize::from(byte & 0x0f)];
-        }
+        hex::encode_to_slice(rand::random::<[u8; 16]>(), &mut text)
+            .expect("16 bytes are 32 hex digits");
         RequestId(text)
     }
 

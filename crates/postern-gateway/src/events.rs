@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -346,7 +346,6 @@ pub enum EventText<'a> {
     /// RFC 3339 UTC with milliseconds.
     Time(SystemTime),
     Addr(SocketAddr),
-    Ip(IpAddr),
 }
 
 impl fmt::Display for EventText<'_> {
@@ -358,14 +357,13 @@ impl fmt::Display for EventText<'_> {
                 None => f.write_str(&rfc3339_millis_slow(*at)),
             },
             EventText::Addr(addr) => fmt::Display::fmt(addr, f),
-            EventText::Ip(ip) => fmt::Display::fmt(ip, f),
         }
     }
 }
 
 impl EventText<'_> {
     /// Appends the text as a JSON string: what its `Serialize` writes, without `fmt` for the
-    /// time and IPv4 addresses (the hot cases).
+    /// time and IPv4 socket addresses (the hot cases).
     #[inline]
     fn write_json(&self, out: &mut Vec<u8>) {
         match self {
@@ -386,13 +384,7 @@ impl EventText<'_> {
                 push_u64(out, u64::from(addr.port()));
                 out.push(b'"');
             }
-            EventText::Ip(IpAddr::V4(ip)) => {
-                out.push(b'"');
-                push_ipv4(out, *ip);
-                out.push(b'"');
-            }
             EventText::Addr(addr @ SocketAddr::V6(_)) => push_display_unescaped(out, addr),
-            EventText::Ip(ip @ IpAddr::V6(_)) => push_display_unescaped(out, ip),
         }
     }
 }
@@ -1006,6 +998,7 @@ fn rfc3339_millis_slow(at: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     #[test]
     fn fast_time_format_matches_the_time_crate() {
@@ -1072,7 +1065,6 @@ mod tests {
         let mut view = owned.as_ref();
         view.time = EventText::Time(at);
         view.upstream_addr = Some(EventText::Addr("[::1]:443".parse().unwrap()));
-        view.source_ip = EventText::Ip("127.0.0.1".parse().unwrap());
         assert_eq!(
             serde_json::to_string(&view).unwrap(),
             serde_json::to_string(&owned.as_ref())
@@ -1302,11 +1294,10 @@ mod tests {
     }
 
     fn random_text_field<'a>(rng: &mut Rng, texts: &'a [String]) -> EventText<'a> {
-        match rng.below(4) {
+        match rng.below(3) {
             0 => EventText::Str(&texts[rng.below(texts.len())]),
             1 => EventText::Time(random_time(rng)),
-            2 => EventText::Addr(random_socket_addr(rng)),
-            _ => EventText::Ip(random_ip(rng)),
+            _ => EventText::Addr(random_socket_addr(rng)),
         }
     }
 
@@ -1404,12 +1395,6 @@ mod tests {
             "addr v4",
             "addr v6",
             "addr v6 scoped",
-            "ip v4",
-            "ip v6",
-            "ip v4-mapped",
-            "ip 0.0.0.0",
-            "ip 255.255.255.255",
-            "ip ::1",
             "str",
             "float null",
             "float e+",
@@ -1454,16 +1439,6 @@ mod tests {
                     EventText::Addr(SocketAddr::V6(addr)) => {
                         see("addr v6", true);
                         see("addr v6 scoped", addr.scope_id() != 0);
-                    }
-                    EventText::Ip(IpAddr::V4(ip)) => {
-                        see("ip v4", true);
-                        see("ip 0.0.0.0", ip.is_unspecified());
-                        see("ip 255.255.255.255", ip.is_broadcast());
-                    }
-                    EventText::Ip(IpAddr::V6(ip)) => {
-                        see("ip v6", true);
-                        see("ip v4-mapped", ip.to_ipv4_mapped().is_some());
-                        see("ip ::1", ip.is_loopback());
                     }
                 }
             }

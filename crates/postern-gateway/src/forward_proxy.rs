@@ -58,12 +58,14 @@ pub async fn handle_connect(
     request: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let runtime = shared.runtime.load_full();
-    let mut context = CallContext::new(&connection, request.method(), request.version());
+    let raw_target = request.uri().authority().map_or("", |a| a.as_str());
+    let mut context = CallContext::new(
+        &connection,
+        request.method(),
+        request.version(),
+        shared.audit.target_hmac(raw_target),
+    );
     context.mode = Some("tunnel");
-    let raw_target = request
-        .uri()
-        .authority()
-        .map_or_else(String::new, |a| a.as_str().to_string());
     let mut progress = Progress::default();
     match connect(
         &shared,
@@ -71,13 +73,12 @@ pub async fn handle_connect(
         &connection,
         &mut context,
         &mut progress,
-        &raw_target,
         request,
     )
     .await
     {
         Ok(response) => response,
-        Err(error) => crate::proxy::refuse(&shared, &context, &raw_target, &progress, &error),
+        Err(error) => crate::proxy::refuse(&shared, &context, &progress, &error),
     }
 }
 
@@ -87,7 +88,6 @@ async fn connect(
     connection: &Arc<ConnectionInfo>,
     context: &mut CallContext,
     progress: &mut Progress,
-    raw_target: &str,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, CallError> {
     enabled(runtime)?;
@@ -111,7 +111,6 @@ async fn connect(
                 caller,
                 &integration,
                 host,
-                raw_target,
                 request,
             );
         }
@@ -124,7 +123,7 @@ async fn connect(
         context.upstream_addr = Some(addr);
         progress.authorized = true;
         progress.intent_index =
-            crate::proxy::record_intent(shared, Some(&integration), context, raw_target).await?;
+            crate::proxy::record_intent(shared, Some(&integration), context).await?;
         return Ok(open_tunnel(
             shared,
             runtime,
@@ -134,7 +133,6 @@ async fn connect(
             "tunnel",
             None,
             progress.intent_index,
-            raw_target,
         ));
     }
 
@@ -155,7 +153,7 @@ async fn connect(
     context.upstream_addr = Some(addr);
     // Authorized once the guard let the address through: a refused address is a denial.
     progress.authorized = true;
-    progress.intent_index = crate::proxy::record_intent(shared, None, context, raw_target).await?;
+    progress.intent_index = crate::proxy::record_intent(shared, None, context).await?;
     Ok(open_tunnel(
         shared,
         runtime,
@@ -165,7 +163,6 @@ async fn connect(
         decision.reason,
         Some((host, port)),
         progress.intent_index,
-        raw_target,
     ))
 }
 
@@ -181,12 +178,10 @@ fn open_tunnel(
     reason: &'static str,
     discovered: Option<(String, u16)>,
     intent_index: Option<u64>,
-    raw_target: &str,
 ) -> Response<GatewayBody> {
     let shared = shared.clone();
     let idle = Duration::from_millis(runtime.proxy.config.idle_timeout_ms);
     let context = context.take();
-    let raw_target = raw_target.to_string();
     let mut shutdown = shared.shutdown_signal();
     shared.tunnels.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
@@ -210,7 +205,6 @@ fn open_tunnel(
         let record = shared.audit.record(
             RecordKind::Outcome,
             &context,
-            &raw_target,
             Some(&crate::audit::Outcome {
                 decision: postern_tlog::Decision::Allow,
                 reason,
@@ -242,7 +236,6 @@ fn intercept(
     caller: ProxyCaller,
     integration: &IntegrationRuntime,
     host: String,
-    raw_target: &str,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, CallError> {
     let Some(ca) = shared.intercept_ca.clone() else {
@@ -272,7 +265,6 @@ fn intercept(
     let idle = Duration::from_millis(runtime.proxy.config.idle_timeout_ms);
     let shared = shared.clone();
     let context = context.take();
-    let raw_target = raw_target.to_string();
     shared.tunnels.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         match hyper::upgrade::on(request).await {
@@ -321,13 +313,7 @@ fn intercept(
                         let status = StatusCode::from_u16(INTERCEPTION_REFUSED_STATUS)
                             .unwrap_or(StatusCode::BAD_REQUEST);
                         let refusal = CallError::new(status, code, message);
-                        crate::proxy::refuse(
-                            &shared,
-                            &context,
-                            &raw_target,
-                            &Progress::default(),
-                            &refusal,
-                        );
+                        crate::proxy::refuse(&shared, &context, &Progress::default(), &refusal);
                     }
                 }
             }
@@ -345,9 +331,13 @@ pub async fn handle_absolute(
     request: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let runtime = shared.runtime.load_full();
-    let mut context = CallContext::new(&connection, request.method(), request.version());
+    let mut context = CallContext::new(
+        &connection,
+        request.method(),
+        request.version(),
+        shared.audit.target_hmac(&request.uri().to_string()),
+    );
     context.mode = Some("proxy");
-    let raw_target = request.uri().to_string();
     let mut progress = Progress::default();
     let outcome = absolute(
         &shared,
@@ -355,7 +345,6 @@ pub async fn handle_absolute(
         &connection,
         &mut context,
         &mut progress,
-        &raw_target,
         request,
     )
     .await;
@@ -364,7 +353,7 @@ pub async fn handle_absolute(
         Ok(Absolute::Registered(info, request)) => {
             crate::proxy::handle_call(shared, info, request).await
         }
-        Err(error) => crate::proxy::refuse(&shared, &context, &raw_target, &progress, &error),
+        Err(error) => crate::proxy::refuse(&shared, &context, &progress, &error),
     }
 }
 
@@ -380,7 +369,6 @@ async fn absolute(
     connection: &Arc<ConnectionInfo>,
     context: &mut CallContext,
     progress: &mut Progress,
-    raw_target: &str,
     request: Request<Incoming>,
 ) -> Result<Absolute, CallError> {
     enabled(runtime)?;
@@ -427,7 +415,7 @@ async fn absolute(
         return Err(host_refused(decision.reason, &host, port));
     }
     progress.authorized = true;
-    progress.intent_index = crate::proxy::record_intent(shared, None, context, raw_target).await?;
+    progress.intent_index = crate::proxy::record_intent(shared, None, context).await?;
 
     // Forward as is (minus hop-by-hop and caller credentials), streaming both ways.
     let (mut parts, body) = request.into_parts();
@@ -520,7 +508,6 @@ async fn absolute(
     };
     let audit = PendingAudit {
         audit: shared.audit.clone(),
-        raw_target: raw_target.to_string(),
         intent_index: progress.intent_index,
     };
     let body = ResponseBody::new(

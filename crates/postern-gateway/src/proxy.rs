@@ -85,13 +85,18 @@ pub async fn handle_call(
     request: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let runtime = shared.runtime.load_full();
-    let mut context = CallContext::new(&connection, request.method(), request.version());
     // A shared copy of the target (no allocation): the vendor path is a slice of it.
-    let raw_target = request
+    let target = request
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let mut context = CallContext::new(
+        &connection,
+        request.method(),
+        request.version(),
+        shared.audit.target_hmac(target.as_str()),
+    );
     let mut progress = Progress::default();
     match pipeline(
         &shared,
@@ -99,13 +104,13 @@ pub async fn handle_call(
         &connection,
         &mut context,
         &mut progress,
-        &raw_target,
+        &target,
         request,
     )
     .await
     {
         Ok(response) => response,
-        Err(error) => refuse(&shared, &context, raw_target.as_str(), &progress, &error),
+        Err(error) => refuse(&shared, &context, &progress, &error),
     }
 }
 
@@ -113,7 +118,6 @@ pub async fn handle_call(
 pub(crate) fn refuse(
     shared: &Shared,
     context: &CallContext,
-    raw_target: &str,
     progress: &Progress,
     error: &CallError,
 ) -> Response<GatewayBody> {
@@ -132,7 +136,6 @@ pub(crate) fn refuse(
     let record = shared.audit.record(
         RecordKind::Outcome,
         context,
-        raw_target,
         Some(&Outcome {
             decision: if authorized {
                 postern_tlog::Decision::Allow
@@ -174,7 +177,6 @@ async fn pipeline(
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, CallError> {
     check_request(&request)?;
-    let raw_target = target.as_str();
     let caller_token = identify_caller(runtime, connection, context, request.headers())?;
     let (integration, vendor_path) = match &connection.tunnel {
         Some(tunnel) => route_tunnel(runtime, context, tunnel, target.path())?,
@@ -209,7 +211,7 @@ async fn pipeline(
     }
     context.request_scan = scan;
     let request = Request::from_parts(parts, body);
-    progress.intent_index = record_intent(shared, Some(&integration), context, raw_target).await?;
+    progress.intent_index = record_intent(shared, Some(&integration), context).await?;
     let token_source = match &integration.credential {
         Ok(Some(Injector::OAuth2(source))) => Some(source.clone()),
         _ => None,
@@ -252,7 +254,6 @@ async fn pipeline(
         context,
         response,
         progress.intent_index,
-        raw_target,
     )
     .await
 }
@@ -264,11 +265,8 @@ pub(crate) async fn record_intent(
     shared: &Arc<Shared>,
     integration: Option<&IntegrationRuntime>,
     context: &CallContext,
-    raw_target: &str,
 ) -> Result<Option<u64>, CallError> {
-    let record = shared
-        .audit
-        .record(RecordKind::Intent, context, raw_target, None);
+    let record = shared.audit.record(RecordKind::Intent, context, None);
     if integration.is_some_and(|i| i.config.audit == AuditMode::BestEffort) {
         shared.audit.append_later(record, &context.request_id);
         return Ok(None);
@@ -541,7 +539,7 @@ impl PolicyFacts {
             caller: context.caller.clone().unwrap_or_else(|| Arc::from("")),
             hour: now.hour(),
             weekday: now.weekday().number_days_from_monday(),
-            source_ip: context.source_ip_text.clone(),
+            source_ip: context.source_ip.clone(),
         }
     }
 
@@ -946,7 +944,6 @@ async fn inspect_response(
     context: &mut CallContext,
     response: Response<Incoming>,
     intent_index: Option<u64>,
-    raw_target: &str,
 ) -> Result<Response<GatewayBody>, CallError> {
     let (mut parts, body) = response.into_parts();
     let limit = integration.config.max_response_body_bytes;
@@ -1026,12 +1023,6 @@ async fn inspect_response(
     };
     let audit = PendingAudit {
         audit: shared.audit.clone(),
-        // The outcome entry needs the target only for its keyed hash, which the intent entry
-        // has normally computed and kept in the context already.
-        raw_target: match pending.context.target_hmac.get() {
-            Some(_) => String::new(),
-            None => raw_target.to_string(),
-        },
         intent_index,
     };
     let body = ResponseBody::new(body, limit, pending, Some(audit)).with_prefix(prefix);

@@ -75,7 +75,7 @@ impl Recorder {
                     .load(std::sync::atomic::Ordering::Relaxed),
                 response_bytes,
                 duration_ms: crate::context::duration_ms(elapsed),
-                source_ip: Some(context.source_ip_text.clone()),
+                source_ip: Some(context.source_ip.clone()),
                 decision: Some(Cow::Borrowed(match decision {
                     Decision::Allow => "allow",
                     Decision::Deny => "deny",

@@ -69,16 +69,17 @@ pub fn scan_frames<E>(
 ) -> Result<Option<FrameStop>, E> {
     let mut pos = 0usize;
     let tail_allowed = tail != Tail::Sealed;
-    let block_aligned = tail == Tail::Active && data.len().is_multiple_of(PAD_BLOCK_BYTES);
-    // Whether a record ending at `end` (an offset in `data`) reaches into the last block of a
-    // block-aligned file: a crash during a direct write can tear only that block.
+    // Only the active segment is written in padded blocks, its last block rewritten in place.
+    let padded_tail = tail == Tail::Active && data.len().is_multiple_of(PAD_BLOCK_BYTES);
+    // Whether a record ending at `end` (an offset in `data`) reaches into that last block: a
+    // crash during a direct write can tear only that block.
     let in_rewritten_block =
-        |end: usize| block_aligned && end > data.len().saturating_sub(PAD_BLOCK_BYTES);
+        |end: usize| padded_tail && end > data.len().saturating_sub(PAD_BLOCK_BYTES);
     while pos < data.len() {
         let remaining = &data[pos..];
-        // Only the active (last) segment is ever padded; a valid record is never all zeros
-        // (its length is at least 1), so padding cannot stand for one.
-        if block_aligned && remaining.len() < PAD_BLOCK_BYTES && remaining.iter().all(|&b| b == 0) {
+        // A valid record is never all zeros (its length is at least 1), so padding cannot
+        // stand for one.
+        if padded_tail && remaining.len() < PAD_BLOCK_BYTES && remaining.iter().all(|&b| b == 0) {
             return Ok(Some(FrameStop::Padding { offset: pos as u64 }));
         }
         let torn_or_corrupt = |reason: String, looks_torn: bool| {

@@ -900,6 +900,7 @@ fn load_latest_checkpoint(
                     reason,
                 })
             }
+            // The history is appended through the page cache: never padded (`Tail::Appended`).
             Some(FrameStop::TornTail { offset } | FrameStop::Padding { offset }) => {
                 let file = open_rw(&history_path)?;
                 file.set_len(offset)

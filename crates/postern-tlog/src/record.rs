@@ -356,10 +356,14 @@ impl KeyedHasher {
 
     /// The same in lower-case hex, 64 characters: exactly [`keyed_hash`]`(key, label, data)`.
     pub fn hash_hex(&self, label: &str, data: &[u8]) -> String {
-        // One exact allocation (hex::encode grows a String char by char).
-        let mut text = [0u8; 64];
-        hex::encode_to_slice(self.hash(label, data), &mut text).expect("64 hex digits");
-        String::from_utf8_lossy(&text).into_owned()
+        self.hash_hex_into(label, data, &mut [0; 64]).to_string()
+    }
+
+    /// [`KeyedHasher::hash_hex`] written into `out`, for callers that keep the text in an
+    /// allocation of their own.
+    pub fn hash_hex_into<'a>(&self, label: &str, data: &[u8], out: &'a mut [u8; 64]) -> &'a str {
+        hex::encode_to_slice(self.hash(label, data), out).expect("32 bytes are 64 hex digits");
+        std::str::from_utf8(out).expect("hex digits are ASCII")
     }
 }
 

@@ -209,7 +209,7 @@ impl Drop for Server {
 }
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     config: PathBuf,
     data: PathBuf,
     listen: u16,
@@ -220,15 +220,16 @@ struct Setup {
 impl Setup {
     /// Starts `postern serve` on this setup. The ports were free when picked, but a parallel
     /// test's connection can take one before the server binds it: if the server exits at
-    /// start-up, new ports are picked and the start tried again (three times at most).
+    /// start-up because a port is in use, new ports are picked and the start tried again (three
+    /// times at most). Any other start-up failure fails the test at once.
     fn start(&mut self) -> Server {
         for attempt in 1..=3 {
             match Server::try_start(&self.config, self.admin) {
                 Ok(server) => return server,
-                Err(why) if attempt < 3 => {
+                Err(why) if attempt < 3 && why.contains("Address already in use") => {
                     eprintln!("postern serve did not start ({why}); new ports");
                     (self.listen, self.admin) = (free_port(), free_port());
-                    let text = config_text(self._dir.path(), self.listen, self.admin, self.vendor);
+                    let text = config_text(self.dir.path(), self.listen, self.admin, self.vendor);
                     std::fs::write(&self.config, text).unwrap();
                 }
                 Err(why) => panic!("{why}"),
@@ -247,7 +248,7 @@ fn setup() -> Setup {
     Setup {
         data: dir.path().join("data"),
         config,
-        _dir: dir,
+        dir,
         listen,
         admin,
         vendor,
