@@ -27,7 +27,9 @@ Usage: bench/instructions.sh [options]
 Runs each target under valgrind --tool=callgrind twice, serving --small and then --large calls
 (GET /bench/v1/charges/ch_123 over 8 keep-alive connections from postern-bench-load), and prints
 (total instructions of the large run - those of the small run) / (large - small): what one more
-forwarded call costs the proxy process in user space, start-up excluded. Targets:
+forwarded call costs the proxy process in user space, start-up excluded. The same difference
+of the calls into the allocator (mimalloc's aligned entry points, from every thread) gives the
+allocations per call. Targets:
   postern  the full pipeline (one worker; caller token, grant, Cedar, rate limit, bearer
            injection, event, audit entries, detector), with --audit MODE
   floor    the bare hyper proxy (examples/minproxy.rs, one thread)
@@ -112,19 +114,45 @@ count() {
   wait "$pid" 2>/dev/null || true
   [[ -s "$out" ]] || die "callgrind wrote no profile for $target (see $WORK/valgrind.$target.$calls.log)"
   TOTAL="$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
+  ALLOCS="$(python3 - "$out" <<'PY'
+import re, sys
+# Calls into the global allocator (mimalloc's aligned entry points, what Rust's GlobalAlloc
+# calls) from outside mimalloc, in every thread of the process.
+ENTRY = {"mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned"}
+names, total, caller, callee = {}, 0, "", None
+pattern = re.compile(r"(c?fn)=\((\d+)\)(?: (.*))?$")
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith(("fn=", "cfn=")):
+        found = pattern.match(line.rstrip("\n"))
+        if found:
+            kind, ident, name = found.groups()
+            if name:
+                names[ident] = name
+            if kind == "fn":
+                caller = names.get(ident, "")
+            else:
+                callee = names.get(ident, "")
+    elif line.startswith("calls=") and callee is not None:
+        if callee in ENTRY and not caller.startswith(("mi_", "_mi_")):
+            total += int(line[6:].split()[0])
+        callee = None
+print(total)
+PY
+)"
 }
 
 printf '%s\n' "# Instructions per forwarded call (callgrind)" "" "Command: \`$CMDLINE\`" \
-  "" "| target | instructions per call |" "|---|---:|"
+  "" "| target | instructions per call | allocations per call |" "|---|---:|---:|"
 for target in $TARGETS; do
   log "$target: $SMALL calls"
   count "$target" "$SMALL"
   small_total=$TOTAL
+  small_allocs=$ALLOCS
   log "$target: $LARGE calls"
   count "$target" "$LARGE"
-  python3 - "$target" "$SMALL" "$LARGE" "$small_total" "$TOTAL" <<'PY'
+  python3 - "$target" "$SMALL" "$LARGE" "$small_total" "$TOTAL" "$small_allocs" "$ALLOCS" <<'PY'
 import sys
-target, small, large, st, lt = sys.argv[1], *map(int, sys.argv[2:])
-print(f"| {target} | {(lt - st) / (large - small):,.0f} |")
+target, small, large, st, lt, sa, la = sys.argv[1], *map(int, sys.argv[2:])
+print(f"| {target} | {(lt - st) / (large - small):,.0f} | {(la - sa) / (large - small):.1f} |")
 PY
 done

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared set-up for the bench scripts (bench/run.sh, bench/proxy.sh, bench/instructions.sh). This
+# Shared set-up for the bench scripts (bench/run.sh, bench/proxy.sh, bench/instructions.sh, bench/ab.sh). This
 # file is sourced, not run: it only defines functions and sets nothing on its own, so sourcing it
 # before option parsing (and for --help) changes nothing. It holds log/die, argument checks,
 # installing missing Debian tools, the release build and locating its binaries (CARGO_TARGET_DIR

@@ -89,10 +89,7 @@ async fn serve_conn(listener: tokio::net::TcpListener, upstream: SocketAddr) {
             let mut sender = match ready {
                 Some(sender) => sender,
                 None => {
-                    let stream = tokio::net::TcpStream::connect(upstream)
-                        .await
-                        .expect("the upstream accepts");
-                    let _ = stream.set_nodelay(true);
+                    let stream = connect_upstream(upstream).await;
                     let (mut sender, connection) =
                         hyper::client::conn::http1::handshake(TokioIo::new(stream))
                             .await
@@ -116,19 +113,25 @@ async fn serve_conn(listener: tokio::net::TcpListener, upstream: SocketAddr) {
     .await
 }
 
+/// A new connection to the upstream, Nagle off (as Postern's).
+async fn connect_upstream(upstream: SocketAddr) -> tokio::net::TcpStream {
+    let stream = tokio::net::TcpStream::connect(upstream)
+        .await
+        .expect("the upstream accepts");
+    let _ = stream.set_nodelay(true);
+    stream
+}
+
 /// Forwards one parsed request head (GET, no body) and returns the upstream's whole answer
 /// (`content-length` bodies only), its connection back on this thread's stack.
 async fn raw_exchange(upstream: SocketAddr, head: &[u8]) -> bytes::Bytes {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut stream, mut buf) = match RAW.with(|raw| raw.borrow_mut().pop()) {
         Some(idle) => idle,
-        None => {
-            let stream = tokio::net::TcpStream::connect(upstream)
-                .await
-                .expect("the upstream accepts");
-            let _ = stream.set_nodelay(true);
-            (stream, bytes::BytesMut::with_capacity(8192))
-        }
+        None => (
+            connect_upstream(upstream).await,
+            bytes::BytesMut::with_capacity(8192),
+        ),
     };
     stream.write_all(head).await.expect("write to the upstream");
     loop {

@@ -897,7 +897,9 @@ pub(crate) fn connect_error(what: &str, error: &ConnectError) -> CallError {
             "upstream_connect_timeout",
             format!("connecting to {what} took longer than connect_timeout_ms ({timeout_ms} ms)"),
         ),
-        ConnectError::Connect { .. } | ConnectError::NoHost => CallError::bad_gateway(
+        ConnectError::Connect { .. }
+        | ConnectError::NoAddress
+        | ConnectError::ServerName { .. } => CallError::bad_gateway(
             "upstream_unreachable",
             format!("{what} could not be reached"),
         ),

@@ -581,8 +581,8 @@ fn upstream_target(url: &url::Url) -> anyhow::Result<UpstreamTarget> {
         .parse()
         .map_err(|_| anyhow::anyhow!("upstream {url} has an invalid host"))?;
     let path_prefix = url.path().trim_end_matches('/').to_string();
-    let host_header = http::HeaderValue::from_str(&authority_text)
-        .map_err(|_| anyhow::anyhow!("upstream {url} has an invalid host"))?;
+    let host_header = crate::upstream::host_header(scheme == http::uri::Scheme::HTTPS, &authority)
+        .ok_or_else(|| anyhow::anyhow!("upstream {url} has an invalid host"))?;
     Ok(UpstreamTarget {
         origin: format!("{}://{}:{}", url.scheme(), host.to_ascii_lowercase(), port),
         scheme,

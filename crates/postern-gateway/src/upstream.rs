@@ -46,8 +46,10 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the upstream URI has no host")]
-    NoHost,
+    #[error("the host resolved to no address")]
+    NoAddress,
+    #[error("{host} is not a valid TLS server name")]
+    ServerName { host: String },
 }
 
 /// Resolves `host`, refuses the answer if the guard refuses any address in it, and connects to
@@ -78,7 +80,7 @@ pub async fn dial(
             }
         }
     }
-    Err(last_error.unwrap_or(ConnectError::NoHost))
+    Err(last_error.unwrap_or(ConnectError::NoAddress))
 }
 
 /// Why a call to the vendor failed. Never carries the request URI (its query may hold an injected
@@ -124,7 +126,7 @@ pub enum UpstreamError {
 /// - A request a pooled connection refused before writing anything (the vendor closed it while
 ///   idle) moves on to the next pooled connection, and at last to a new one, whose refusal is
 ///   final.
-/// - Idle connections close after `idle_timeout` (up to about twice that, plus a second):
+/// - Idle connections close after `idle_timeout` (within about 2 × max(`idle_timeout`, 1 s)):
 ///   checked when a call takes one, and by a sweep task on the worker every `idle_timeout` (at
 ///   least 1 s). An HTTP/1.1 connection's idle time starts when it is first found ready after its
 ///   response body, so a long body never counts as idle.
@@ -146,7 +148,8 @@ struct ClientInner {
     pools: crate::workers::PerWorker<Arc<Mutex<Pool>>>,
 }
 
-/// At most this many idle connections are kept per origin and worker (more are closed).
+/// At most this many connections are pooled per origin and worker, idle or finishing a response
+/// body (more are closed).
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
 /// Origins remembered as speaking h2, per worker, before the ones with no connection are
 /// forgotten (the forward proxy's client meets arbitrary hosts).
@@ -161,8 +164,8 @@ type OriginMap<V> = HashMap<OriginKey, V, foldhash::quality::RandomState>;
 #[derive(Default)]
 struct Pool {
     origins: OriginMap<Vec<Pooled>>,
-    /// Origins that have answered with h2 (kept for the pool's life: one small entry per
-    /// origin), and, while a call is opening a connection to one, how to wait for it: the
+    /// Origins that have answered with h2 (one small entry per origin; past
+    /// `MAX_KNOWN_H2_ORIGINS` the ones with no connection are forgotten), and, while a call is opening a connection to one, how to wait for it: the
     /// calls that find no connection meanwhile share that one instead of each dialling.
     h2_origins: OriginMap<Option<tokio::sync::watch::Receiver<()>>>,
     sweeping: bool,
@@ -394,12 +397,20 @@ impl UpstreamClient {
         let port = authority
             .port_u16()
             .unwrap_or(if *https { 443 } else { 80 });
+        // Checked before dialling: a name TLS cannot verify never opens a connection.
+        let name = match https {
+            true => Some(
+                rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
+                    .map_err(|_| ConnectError::ServerName {
+                        host: host.to_string(),
+                    })?
+                    .to_owned(),
+            ),
+            false => None,
+        };
         let (stream, addr) =
             dial(&self.inner.guard, host, port, self.inner.connect_timeout).await?;
-        let sender = if *https {
-            let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
-                .map_err(|_| UpstreamError::Connect(ConnectError::NoHost))?
-                .to_owned();
+        let sender = if let Some(name) = name {
             let tls = self
                 .inner
                 .tls
@@ -536,22 +547,27 @@ where
     }
 }
 
+/// The `Host` header for `authority`: host, and port when not the scheme's default; never the
+/// authority's user information.
+pub(crate) fn host_header(https: bool, authority: &Authority) -> Option<http::HeaderValue> {
+    let default_port = if https { 443 } else { 80 };
+    match authority.port_u16() {
+        Some(port) if port != default_port => match authority.as_str().contains('@') {
+            false => http::HeaderValue::from_str(authority.as_str()),
+            true => http::HeaderValue::from_str(&format!("{}:{port}", authority.host())),
+        },
+        _ => http::HeaderValue::from_str(authority.host()),
+    }
+    .ok()
+}
+
 /// HTTP/1.1 sends the path and query, and the origin in `Host` (without a default port).
 fn to_origin_form(
     request: &mut http::Request<ForwardBody>,
     (https, authority): &OriginKey,
 ) -> Result<(), UpstreamError> {
     if !request.headers().contains_key(http::header::HOST) {
-        let default_port = if *https { 443 } else { 80 };
-        // Host and port only: never the authority's user information.
-        let value = match authority.port_u16() {
-            Some(port) if port != default_port => match authority.as_str().contains('@') {
-                false => http::HeaderValue::from_str(authority.as_str()),
-                true => http::HeaderValue::from_str(&format!("{}:{port}", authority.host())),
-            },
-            _ => http::HeaderValue::from_str(authority.host()),
-        }
-        .map_err(|_| UpstreamError::NotAbsolute)?;
+        let value = host_header(*https, authority).ok_or(UpstreamError::NotAbsolute)?;
         request.headers_mut().insert(http::header::HOST, value);
     }
     if request.uri().scheme().is_some() {

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Two Postern builds side by side under the same load, alternating, so that a change's effect
+# shows on a shared, noisy machine. See bench/README.md. Run `bench/ab.sh --help` for options.
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
+BENCH_LOG_TAG=ab
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+
+PAIRS=4
+DURATION=10
+WARMUP=2
+CONNECTIONS=64
+WRK_THREADS=2
+AUDIT_MODE=best_effort
+PROXY_THREADS="$(nproc)"
+UPSTREAM_THREADS=1
+SKIP_BUILD=1
+KEEP=0
+
+usage() {
+  cat <<EOF
+Usage: bench/ab.sh [options] OLD_POSTERN NEW_POSTERN
+
+Runs two \`postern\` binaries (for example the build before a change, built from a worktree
+into its own CARGO_TARGET_DIR, and the build after it) one at a time against the same
+upstream, with the same config and load as bench/run.sh's Postern target, alternating
+old, new, old, new, ... for --pairs pairs. Each run starts Postern on an empty data_dir, warms
+up for --warmup seconds, then measures \`wrk -t$WRK_THREADS -c$CONNECTIONS -d<duration>s --latency\`
+(GET /bench/v1/charges/ch_123 with the caller token). Prints one line per run and the medians:
+req/s, p99, and Postern's CPU per call (utime+stime from /proc over the measured run, divided
+by the requests), with its user-space share.
+
+The upstream is postern-bench-upstream from the release build (CARGO_TARGET_DIR, else
+cargo metadata); it is not built here.
+
+Options:
+  --pairs N         old/new pairs (default $PAIRS)
+  --duration S      seconds per measured run (default $DURATION)
+  --warmup S        seconds of warm-up per run (default $WARMUP)
+  --audit MODE      required or best_effort (default $AUDIT_MODE)
+  --keep            keep the temp dir (config, logs, wrk output)
+  -h, --help        this help
+EOF
+}
+
+BINS=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --pairs) PAIRS="$2"; shift 2 ;;
+    --duration) DURATION="$2"; shift 2 ;;
+    --warmup) WARMUP="$2"; shift 2 ;;
+    --audit) AUDIT_MODE="$2"; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "ab.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) BINS+=("$1"); shift ;;
+  esac
+done
+[[ ${#BINS[@]} -eq 2 ]] || { echo "ab.sh: give two postern binaries, OLD and NEW (see --help)" >&2; exit 2; }
+require_numbers ab.sh "$PAIRS" "$DURATION" "$WARMUP"
+[[ "$PAIRS" -ge 1 && "$DURATION" -ge 1 ]] || { echo "ab.sh: need --pairs >= 1 and --duration >= 1" >&2; exit 2; }
+[[ "$AUDIT_MODE" == required || "$AUDIT_MODE" == best_effort ]] || { echo "ab.sh: --audit is required or best_effort" >&2; exit 2; }
+for bin in "${BINS[@]}"; do [[ -x "$bin" ]] || { echo "ab.sh: $bin is not an executable" >&2; exit 2; }; done
+command -v wrk >/dev/null || apt_install wrk
+
+locate_release_bins
+[[ -x "$UPSTREAM_BIN" ]] || die "$UPSTREAM_BIN not found (cargo build --release -p postern-bench-upstream)"
+make_workdir postern-ab
+UPSTREAM_PORT="$(free_port)"
+POSTERN_PORT="$(free_port)"
+ADMIN_PORT="$(free_port)"
+start_upstream
+POSTERN_BIN="${BINS[1]}"
+write_postern_config bench/ab.sh 'credential = { kind = "bearer", from_file = "vendor-key" }'
+cat >"$WORK/bench.lua" <<EOF
+wrk.headers["Authorization"] = "Bearer $TOKEN"
+done = function(summary, latency, requests)
+  io.write(string.format("AB requests=%d p99_us=%d errors=%d\n", summary.requests,
+    latency:percentile(99), summary.errors.status + summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout))
+end
+EOF
+URL="http://127.0.0.1:$POSTERN_PORT/bench/v1/charges/ch_123"
+TICK="$(getconf CLK_TCK)"
+cpu_fields() { local stat; stat="$(cat "/proc/$1/stat")"; stat="${stat##*) }"; read -r -a f <<<"$stat"; echo "${f[11]} ${f[12]}"; }
+
+# run LABEL BIN -> one result line "LABEL req/s p99_ms cpu_us user_us" on stdout
+run() {
+  rm -rf "$WORK/postern/data"
+  POSTERN_BIN="$2"
+  start_postern
+  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP"s -s "$WORK/bench.lua" "$URL" >/dev/null 2>&1 || true
+  local before after out
+  before="$(cpu_fields "$POSTERN_PID")"
+  out="$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION"s --latency -s "$WORK/bench.lua" "$URL" 2>&1)" \
+    || die "wrk failed against $1: $(tail -3 <<<"$out")"
+  after="$(cpu_fields "$POSTERN_PID")"
+  kill "$POSTERN_PID"; wait "$POSTERN_PID" 2>/dev/null || true
+  local line; line="$(grep '^AB ' <<<"$out")" || die "no result from wrk against $1"
+  python3 - "$1" "$line" "$before" "$after" "$DURATION" "$TICK" <<'EOF'
+import sys
+label, line, before, after, duration, tick = sys.argv[1:]
+fields = dict(part.split("=") for part in line.split()[1:])
+requests = int(fields["requests"])
+if requests == 0 or int(fields["errors"]):
+    sys.exit(f"ab.sh: {label}: {requests} requests, {fields['errors']} errors")
+u0, s0 = map(int, before.split()); u1, s1 = map(int, after.split())
+per_call = 1e6 / int(tick) / requests
+print(f"{label} {requests / int(duration):.0f} {int(fields['p99_us']) / 1000:.2f} "
+      f"{((u1 - u0) + (s1 - s0)) * per_call:.1f} {(u1 - u0) * per_call:.1f}")
+EOF
+}
+
+log "upstream :$UPSTREAM_PORT, Postern :$POSTERN_PORT; $PAIRS pairs of ${DURATION}s runs, audit = $AUDIT_MODE"
+echo "| pair | build | req/s | p99 ms | CPU µs/call | of which user |"
+echo "|---:|---|---:|---:|---:|---:|"
+RESULTS="$WORK/results.txt"
+: >"$RESULTS"
+for pair in $(seq 1 "$PAIRS"); do
+  for label in old new; do
+    if [[ $label == old ]]; then bin="${BINS[0]}"; else bin="${BINS[1]}"; fi
+    result="$(run "$label" "$bin")"
+    echo "$result" >>"$RESULTS"
+    read -r _ rps p99 cpu user <<<"$result"
+    echo "| $pair | $label | $rps | $p99 | $cpu | $user |"
+  done
+done
+python3 - "$RESULTS" <<'EOF'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+def median(label, column):
+    return statistics.median(float(row[column]) for row in rows if row[0] == label)
+print()
+print("| medians | req/s | p99 ms | CPU µs/call | of which user |")
+print("|---|---:|---:|---:|---:|")
+for label in ("old", "new"):
+    print(f"| {label} | {median(label, 1):.0f} | {median(label, 2):.2f} | {median(label, 3):.1f} | {median(label, 4):.1f} |")
+print(f"| new / old | {median('new', 1) / median('old', 1):.3f}× | | {median('new', 3) / median('old', 3):.3f}× | |")
+EOF
