@@ -28,7 +28,7 @@ Runs each target under valgrind --tool=callgrind twice, serving --small and then
 (GET /bench/v1/charges/ch_123 over 8 keep-alive connections from postern-bench-load), and prints
 (total instructions of the large run - those of the small run) / (large - small): what one more
 forwarded call costs the proxy process in user space, start-up excluded. The same difference
-of the calls into the allocator (mimalloc's aligned entry points, from every thread) gives the
+of the calls into the allocators (mimalloc's and libc's, from every thread) gives the
 allocations per call. Targets:
   postern  the full pipeline (one worker; caller token, grant, Cedar, rate limit, bearer
            injection, event, audit entries, detector), with --audit MODE
@@ -116,9 +116,9 @@ count() {
   TOTAL="$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
   ALLOCS="$(python3 - "$out" <<'PY'
 import re, sys
-# Calls into the global allocator (mimalloc's aligned entry points, what Rust's GlobalAlloc
-# calls) from outside mimalloc, in every thread of the process.
-ENTRY = {"mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned"}
+# Calls into an allocator from outside it, in every thread of the process: mimalloc's aligned
+# entry points (what Rust's GlobalAlloc calls in Postern) and libc's (the floor, C code).
+ENTRY = {"mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned", "malloc", "calloc", "realloc"}
 names, total, caller, callee = {}, 0, "", None
 pattern = re.compile(r"(c?fn)=\((\d+)\)(?: (.*))?$")
 for line in open(sys.argv[1], errors="replace"):
@@ -133,7 +133,7 @@ for line in open(sys.argv[1], errors="replace"):
             else:
                 callee = names.get(ident, "")
     elif line.startswith("calls=") and callee is not None:
-        if callee in ENTRY and not caller.startswith(("mi_", "_mi_")):
+        if callee in ENTRY and not caller.startswith(("mi_", "_mi_", "malloc", "calloc", "realloc", "_int_")):
             total += int(line[6:].split()[0])
         callee = None
 print(total)
