@@ -200,6 +200,47 @@ async fn serve_raw(listener: tokio::net::TcpListener, upstream: SocketAddr) {
     .await
 }
 
+/// `rawclient` mode: hyper's server, the upstream side written by hand (request head serialized
+/// from the parsed request, the answer's head parsed with httparse into a `Response`).
+async fn serve_rawclient(listener: tokio::net::TcpListener, upstream: SocketAddr) {
+    accept_each(listener, move |stream| async move {
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| async move {
+            let mut head = Vec::with_capacity(512);
+            head.extend_from_slice(request.method().as_str().as_bytes());
+            head.push(b' ');
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            head.extend_from_slice(path.strip_prefix("/bench").unwrap_or(path).as_bytes());
+            head.extend_from_slice(b" HTTP/1.1\r\nhost: 127.0.0.1\r\n");
+            for (name, value) in request.headers() {
+                if name != hyper::header::AUTHORIZATION && name != hyper::header::HOST {
+                    head.extend_from_slice(name.as_str().as_bytes());
+                    head.extend_from_slice(b": ");
+                    head.extend_from_slice(value.as_bytes());
+                    head.extend_from_slice(b"\r\n");
+                }
+            }
+            head.extend_from_slice(b"\r\n");
+            let answer = raw_exchange(upstream, &head).await;
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Response::new(&mut headers);
+            let httparse::Status::Complete(head_len) = parsed.parse(&answer).expect("a valid answer")
+            else {
+                unreachable!("raw_exchange returns whole answers")
+            };
+            let mut response = hyper::Response::builder().status(parsed.code.unwrap_or(200));
+            for header in parsed.headers.iter() {
+                response = response.header(header.name, header.value);
+            }
+            let body = http_body_util::Full::new(answer.slice(head_len..));
+            Ok::<_, Infallible>(response.body(body).expect("a valid response"))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await
+}
+
 /// Accepts forever, serving each connection (no delay on small writes) in a task of its own.
 async fn accept_each<F, S>(listener: tokio::net::TcpListener, serve: F)
 where
@@ -240,10 +281,11 @@ fn main() {
                 let client: Pool = Client::builder(TokioExecutor::new()).build_http();
                 serve(listener(addr), client, upstream).await
             }),
-        mode @ ("tpc" | "conn" | "raw") => {
+        mode @ ("tpc" | "conn" | "raw" | "rawclient") => {
             let mode: &'static str = match mode {
                 "conn" => "conn",
                 "raw" => "raw",
+                "rawclient" => "rawclient",
                 _ => "tpc",
             };
             let upstream_addr: SocketAddr = upstream
@@ -258,6 +300,9 @@ fn main() {
                                 match mode {
                                     "conn" => serve_conn(listener(addr), upstream_addr).await,
                                     "raw" => serve_raw(listener(addr), upstream_addr).await,
+                                    "rawclient" => {
+                                        serve_rawclient(listener(addr), upstream_addr).await
+                                    }
                                     _ => {
                                         let client: Pool =
                                             Client::builder(TokioExecutor::new()).build_http();
