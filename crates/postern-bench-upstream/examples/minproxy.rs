@@ -3,17 +3,20 @@
 //! No policy, no events, no audit: what Postern's own per-call work is measured against
 //! (docs/BENCHMARKS.md).
 //!
-//! Two more modes are measuring sticks for the HTTP layer itself, not proxies to deploy:
+//! Three more modes are measuring sticks for the HTTP layer itself, not proxies to deploy:
 //! `conn` forwards over hyper's connection-level client with a per-thread stack of idle
-//! connections (the shape of Postern's own pool, `postern-gateway/src/upstream.rs`), and `raw`
-//! parses both sides by hand with httparse (GET without a body, `content-length` answers only):
-//! what a hand-written HTTP/1.1 path would cost on this machine.
+//! connections (the shape of Postern's pool before its own HTTP/1.1 client), `rawclient` keeps
+//! hyper's server and writes the upstream side by hand (the shape of Postern's pool now,
+//! `postern-gateway/src/h1.rs`), and `raw` parses both sides by hand with httparse (GET without
+//! a body, `content-length` answers only): what a hand-written HTTP/1.1 path would cost on this
+//! machine.
 //!
 //! ```text
 //! cargo run --release -p postern-bench-upstream --example minproxy -- MODE LISTEN UPSTREAM [THREADS]
 //!   MODE      mt   (one multi-threaded tokio runtime, one shared hyper-util pool)
 //!             tpc  (one single-threaded runtime, SO_REUSEPORT socket and hyper-util pool per thread)
 //!             conn (like tpc, over hyper::client::conn with a per-thread connection stack)
+//!             rawclient (like conn, the upstream side written by hand)
 //!             raw  (like tpc, HTTP/1.1 parsed and written by hand on both sides)
 //!   LISTEN    e.g. 127.0.0.1:18004
 //!   UPSTREAM  e.g. http://127.0.0.1:18001
@@ -223,7 +226,8 @@ async fn serve_rawclient(listener: tokio::net::TcpListener, upstream: SocketAddr
             let answer = raw_exchange(upstream, &head).await;
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut parsed = httparse::Response::new(&mut headers);
-            let httparse::Status::Complete(head_len) = parsed.parse(&answer).expect("a valid answer")
+            let httparse::Status::Complete(head_len) =
+                parsed.parse(&answer).expect("a valid answer")
             else {
                 unreachable!("raw_exchange returns whole answers")
             };
@@ -267,7 +271,7 @@ fn listener(addr: SocketAddr) -> tokio::net::TcpListener {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        eprintln!("usage: minproxy mt|tpc|conn|raw LISTEN UPSTREAM [THREADS]");
+        eprintln!("usage: minproxy mt|tpc|conn|rawclient|raw LISTEN UPSTREAM [THREADS]");
         std::process::exit(2);
     }
     let addr: SocketAddr = args[2].parse().expect("LISTEN is host:port");
@@ -319,7 +323,7 @@ fn main() {
             }
         }
         other => {
-            eprintln!("unknown mode {other}: use mt, tpc, conn or raw");
+            eprintln!("unknown mode {other}: use mt, tpc, conn, rawclient or raw");
             std::process::exit(2);
         }
     }

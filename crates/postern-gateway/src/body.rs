@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use memchr::memmem;
 
 use crate::record::PendingRecord;
+use crate::upstream::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -60,6 +61,8 @@ pub enum BodyError {
     ResponseTooLarge(u64),
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Vendor(#[from] crate::h1::Error),
 }
 
 /// The request body forwarded upstream.
@@ -244,10 +247,8 @@ impl Body for ForwardBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if let Some(bytes) = &self.buffered {
-            return SizeHint::with_exact(bytes.len() as u64);
-        }
-        let held = self.carry.len() as u64;
+        // What is in memory (a prefix already read, the tail held back), then the stream.
+        let held = self.carry.len() as u64 + self.buffered.as_ref().map_or(0, |b| b.len() as u64);
         match &self.inner {
             Some(inner) => {
                 let inner = inner.size_hint();
@@ -271,7 +272,7 @@ pub struct PendingAudit {
 
 /// The vendor's response body on its way back to the caller.
 pub struct ResponseBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     /// Bytes already read from `inner` (a scanned response), sent before the rest of `inner`.
     prefix: Option<Bytes>,
     limit: u64,
@@ -282,7 +283,7 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     pub fn new(
-        inner: Incoming,
+        inner: UpstreamBody,
         limit: u64,
         record: PendingRecord,
         audit: Option<PendingAudit>,
@@ -361,7 +362,7 @@ impl Body for ResponseBody {
             }
             Poll::Ready(Some(Err(error))) => {
                 this.finish(true, Some("upstream_body_error"));
-                Poll::Ready(Some(Err(error.into())))
+                Poll::Ready(Some(Err(error)))
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {

@@ -24,6 +24,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod forward_proxy;
+pub mod h1;
 pub mod intercept;
 pub mod listener;
 pub mod metrics;

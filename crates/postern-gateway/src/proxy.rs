@@ -24,7 +24,7 @@ use crate::events::Decision;
 use crate::oauth::TokenSource;
 use crate::record::PendingRecord;
 use crate::runtime::{Injector, IntegrationRuntime, Runtime};
-use crate::upstream::{ConnectError, UpstreamError};
+use crate::upstream::{ConnectError, UpstreamBody, UpstreamError};
 use crate::Shared;
 use postern_config::AuditMode;
 use postern_tlog::RecordKind;
@@ -750,7 +750,7 @@ async fn forward_replayable(
     request: Request<ForwardBody>,
     source: &Arc<TokenSource>,
     token: HeaderValue,
-) -> Result<Response<Incoming>, CallError> {
+) -> Result<Response<UpstreamBody>, CallError> {
     use http_body_util::BodyExt as _;
     let (parts, body) = request.into_parts();
     let bytes =
@@ -802,7 +802,7 @@ async fn forward(
     integration: &IntegrationRuntime,
     context: &mut CallContext,
     request: Request<ForwardBody>,
-) -> Result<Response<Incoming>, CallError> {
+) -> Result<Response<UpstreamBody>, CallError> {
     let timeout = Duration::from_millis(integration.config.request_timeout_ms);
     let result = tokio::time::timeout(timeout, integration.client.request(request)).await;
     let response = match result {
@@ -944,7 +944,7 @@ async fn inspect_response(
     runtime: &Runtime,
     integration: &IntegrationRuntime,
     context: &mut CallContext,
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     intent_index: Option<u64>,
 ) -> Result<Response<GatewayBody>, CallError> {
     let (mut parts, body) = response.into_parts();

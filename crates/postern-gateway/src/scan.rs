@@ -12,6 +12,8 @@ use bytes::{Bytes, BytesMut};
 use http::header;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
+
+use crate::upstream::UpstreamBody;
 use postern_config::OnUnapproved;
 use postern_scan::{ContentTypeHint, Scanner};
 use std::collections::BTreeMap;
@@ -195,7 +197,7 @@ fn classify(
 /// stream (empty when the whole body was read), and what was found.
 pub struct ScannedResponse {
     pub prefix: Bytes,
-    pub rest: Incoming,
+    pub rest: UpstreamBody,
     pub summary: ScanSummary,
 }
 
@@ -206,7 +208,7 @@ pub async fn scan_response(
     integration: &IntegrationRuntime,
     scanner: &Scanner,
     headers: &http::HeaderMap,
-    body: Incoming,
+    body: UpstreamBody,
 ) -> Result<ScannedResponse, (CallError, ScanSummary)> {
     let approved = integration.config.data_classes.as_deref().unwrap_or(&[]);
     let cap = integration.config.scan_max_body_bytes;
@@ -289,11 +291,11 @@ enum ReadError {
 
 /// Reads frames until the body ends or more than `cap` bytes are buffered; more than `limit`
 /// is an error. Returns the bytes, the rest of the stream, and whether the body ended.
-async fn read_up_to(
-    mut body: Incoming,
+async fn read_up_to<B: http_body::Body<Data = Bytes> + Unpin>(
+    mut body: B,
     cap: u64,
     limit: u64,
-) -> Result<(Bytes, Incoming, bool), ReadError> {
+) -> Result<(Bytes, B, bool), ReadError> {
     let mut buffer = BytesMut::new();
     while (buffer.len() as u64) <= cap {
         match body.frame().await {

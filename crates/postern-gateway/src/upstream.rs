@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use postern_netguard::{Denied, Guard, GuardError};
 use tokio::net::TcpStream;
 
-use crate::body::ForwardBody;
+use crate::body::{BodyError, ForwardBody};
 
 /// Why a connection to the vendor could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -109,27 +109,31 @@ pub enum UpstreamError {
     NotAbsolute,
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    #[error(transparent)]
+    H1(#[from] crate::h1::Error),
 }
 
 /// One integration's upstream connections (or the forward proxy's, per destination): a pool per
 /// data-plane worker, made on the worker's first call, and one shared by every other thread
 /// (admin, token refresh, tests). Clones share them.
 ///
-/// The pool is Postern's own, over hyper's connection-level client (`hyper::client::conn`):
-/// a worker's idle connections to one origin are a stack taken from and returned to under an
-/// uncontended lock, and the call's task sends on the connection directly. (hyper-util's pooled
-/// `Client` does the same job through a keyed, shared pool: swapping it for this shape cost
-/// 1.3–1.5 µs less user-space CPU per call in `minproxy`, docs/BENCHMARKS.md.)
+/// The pool is Postern's own: a worker's idle connections to one origin are a stack taken from
+/// and returned to under an uncontended lock, and the call's task uses the connection directly.
+/// HTTP/1.1 is spoken by Postern's own client (`h1.rs`: the call writes the request and reads
+/// the answer itself, no connection task); h2 by hyper's connection-level client
+/// (`hyper::client::conn::http2`). (hyper-util's pooled `Client` does the same job through a
+/// keyed, shared pool and a task per connection: docs/BENCHMARKS.md has what each step saved.)
 ///
-/// - HTTP/1.1 connections carry one call at a time; a connection goes back on the stack when the
-///   response head arrives and is taken again once hyper reports it ready (its body read).
-/// - A request a pooled connection refused before writing anything (the vendor closed it while
-///   idle) moves on to the next pooled connection, and at last to a new one, whose refusal is
-///   final.
+/// - HTTP/1.1 connections carry one call at a time; a connection goes back on the stack when its
+///   response body has ended cleanly (`h1::ResponseBody`), and is closed otherwise.
+/// - An idle HTTP/1.1 connection is probed when it is taken (`h1::Connection::is_usable`: closed,
+///   reset, or sent something while idle, it is dropped). A bodiless request that a pooled
+///   connection could not take at all moves on to the next pooled connection, and at last to a
+///   new one, whose failure is final.
 /// - Idle connections close after `idle_timeout` (within about 2 × max(`idle_timeout`, 1 s)):
 ///   checked when a call takes one, and by a sweep task on the worker every `idle_timeout` (at
-///   least 1 s). An HTTP/1.1 connection's idle time starts when it is first found ready after its
-///   response body, so a long body never counts as idle.
+///   least 1 s). An HTTP/1.1 connection's idle time starts when its response body ends, so a
+///   long body never counts as idle.
 /// - One h2 connection (ALPN) per origin is kept, shared by every call of the worker to that
 ///   origin. Once an origin has answered with h2, calls that find no connection to it while
 ///   another call opens one wait for that one; the first calls to an
@@ -174,30 +178,33 @@ struct Pool {
 struct Pooled {
     sender: Sender,
     addr: SocketAddr,
-    /// When it was last in use: handed back or taken (h2, shared), or first found ready after
-    /// reading a response body (HTTP/1.1). Idle time counts from here.
+    /// When it was last in use: handed back (HTTP/1.1, when its response body ended), taken,
+    /// or found ready again after being busy (h2). Idle time counts from here.
     since: Instant,
-    /// Handed back with a response body still to read (HTTP/1.1): not idle until found ready.
+    /// Found at its stream limit (h2): not idle until found ready again.
     busy: bool,
 }
 
 enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<ForwardBody>),
+    H1(crate::h1::Connection),
     H2(hyper::client::conn::http2::SendRequest<ForwardBody>),
 }
 
 impl Sender {
-    fn is_ready(&self) -> bool {
+    /// Not closed by the vendor (an idle HTTP/1.1 connection is probed, see
+    /// `h1::Connection::is_usable`).
+    fn is_open(&mut self) -> bool {
         match self {
-            Sender::H1(tx) => tx.is_ready(),
-            Sender::H2(tx) => tx.is_ready(),
+            Sender::H1(conn) => conn.is_usable(),
+            Sender::H2(tx) => !tx.is_closed(),
         }
     }
 
-    fn is_closed(&self) -> bool {
+    /// Can take another request now (an h2 connection may be at its stream limit).
+    fn is_ready(&self) -> bool {
         match self {
-            Sender::H1(tx) => tx.is_closed(),
-            Sender::H2(tx) => tx.is_closed(),
+            Sender::H1(_) => true,
+            Sender::H2(tx) => tx.is_ready(),
         }
     }
 }
@@ -206,17 +213,16 @@ impl Sender {
 enum State {
     /// Closed, or idle for longer than `idle_timeout`: to be dropped.
     Spent,
-    /// Reading a response body (HTTP/1.1).
+    /// At its stream limit (h2).
     Busy,
     Ready,
 }
 
 impl Pooled {
-    /// Where the connection stands at `now`. A connection handed back busy starts its idle time
-    /// when it is first found ready (by a call or the sweep, which runs every `idle_timeout`
-    /// at most): a long response body never counts as idle time.
+    /// Where the connection stands at `now`. A busy connection starts its idle time when it is
+    /// first found ready again (by a call or the sweep, which runs every `idle_timeout` at most).
     fn state(&mut self, now: Instant, idle_timeout: Duration) -> State {
-        if self.sender.is_closed() {
+        if !self.sender.is_open() {
             State::Spent
         } else if !self.sender.is_ready() {
             self.busy = true;
@@ -270,10 +276,10 @@ impl Pool {
         let shared_h2 = matches!(sender, Sender::H2(_))
             && conns
                 .iter()
-                .any(|conn| matches!(conn.sender, Sender::H2(_)) && !conn.sender.is_closed());
+                .any(|conn| matches!(&conn.sender, Sender::H2(tx) if !tx.is_closed()));
         if conns.len() < MAX_IDLE_PER_ORIGIN && !shared_h2 {
             conns.push(Pooled {
-                busy: matches!(sender, Sender::H1(_)),
+                busy: false,
                 sender,
                 addr,
                 since: Instant::now(),
@@ -297,7 +303,7 @@ impl UpstreamClient {
     pub async fn request(
         &self,
         mut request: http::Request<ForwardBody>,
-    ) -> Result<(http::Response<Incoming>, SocketAddr), UpstreamError> {
+    ) -> Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError> {
         let https = match request.uri().scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -336,14 +342,23 @@ impl UpstreamClient {
                 None => Box::pin(self.connect(&key, pool)).await?,
             };
             let sent = match sender {
-                Sender::H1(mut tx) => {
+                Sender::H1(conn) => {
                     to_origin_form(&mut request, &key)?;
-                    match tx.try_send_request(request).await {
-                        Ok(response) => {
-                            lock(pool).put(&key, Sender::H1(tx), addr);
-                            Ok(response)
+                    let checkin = Checkin {
+                        pool: pool.clone(),
+                        key: key.clone(),
+                        addr,
+                    };
+                    match crate::h1::send(conn, request, checkin, !fresh).await {
+                        Ok(response) => return Ok((response.map(UpstreamBody::H1), addr)),
+                        // The pooled connection took nothing: once more, on the next one.
+                        Err(crate::h1::SendError::Unsent(unsent)) => {
+                            request = *unsent;
+                            continue;
                         }
-                        Err(refused) => Err(refused),
+                        Err(crate::h1::SendError::Failed(error)) => {
+                            return Err(UpstreamError::H1(error))
+                        }
                     }
                 }
                 Sender::H2(mut tx) => {
@@ -352,7 +367,7 @@ impl UpstreamClient {
                 }
             };
             match sent {
-                Ok(response) => return Ok((response, addr)),
+                Ok(response) => return Ok((response.map(UpstreamBody::H2), addr)),
                 // Refused before a byte was written: the pooled connection had closed. Once more,
                 // on the next one (a new connection's refusal is final).
                 Err(mut refused) => match refused.take_message() {
@@ -427,10 +442,14 @@ impl UpstreamClient {
                         UpstreamError::Handshake { host, source }
                     }
                 })?;
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            handshake(TokioIo::new(tls), h2).await?
+            match tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                true => h2_handshake(TokioIo::new(tls)).await?,
+                false => Sender::H1(crate::h1::Connection::new(crate::h1::Io::Tls(Box::new(
+                    tls,
+                )))),
+            }
         } else {
-            handshake(TokioIo::new(stream), false).await?
+            Sender::H1(crate::h1::Connection::new(crate::h1::Io::Plain(stream)))
         };
         let mut locked = lock(pool);
         if !locked.sweeping {
@@ -518,32 +537,82 @@ async fn sweep(pool: std::sync::Weak<Mutex<Pool>>, idle_timeout: Duration) {
     }
 }
 
-/// Starts an HTTP/1.1 or h2 connection over `io`; its task runs on this thread's runtime until
-/// every sender is gone or the vendor closes it.
-async fn handshake<T>(io: T, h2: bool) -> Result<Sender, hyper::Error>
+/// Starts an h2 connection over `io`; its task runs on this thread's runtime until every sender
+/// is gone or the vendor closes it.
+async fn h2_handshake<T>(io: T) -> Result<Sender, hyper::Error>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    if h2 {
-        let (tx, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(io)
-            .await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream h2 connection ended");
-            }
-        });
-        Ok(Sender::H2(tx))
-    } else {
-        let (mut tx, connection) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream connection ended");
-            }
-        });
-        tx.ready().await?;
-        Ok(Sender::H1(tx))
+    let (tx, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(io)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "upstream h2 connection ended");
+        }
+    });
+    Ok(Sender::H2(tx))
+}
+
+/// Where an HTTP/1.1 connection goes back when its response body has ended cleanly.
+pub(crate) struct Checkin {
+    pool: Arc<Mutex<Pool>>,
+    key: OriginKey,
+    addr: SocketAddr,
+}
+
+impl Checkin {
+    pub(crate) fn put(self, conn: crate::h1::Connection) {
+        lock(&self.pool).put(&self.key, Sender::H1(conn), self.addr);
+    }
+}
+
+/// A vendor's response body: read by Postern's HTTP/1.1 client, or hyper's h2 stream.
+pub enum UpstreamBody {
+    H1(crate::h1::ResponseBody),
+    H2(Incoming),
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpstreamBody::H1(_) => "UpstreamBody::H1",
+            UpstreamBody::H2(_) => "UpstreamBody::H2",
+        })
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map_err(BodyError::Vendor),
+            UpstreamBody::H2(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map_err(BodyError::Hyper),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(body) => body.is_end_stream(),
+            UpstreamBody::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::H1(body) => body.size_hint(),
+            UpstreamBody::H2(body) => body.size_hint(),
+        }
     }
 }
 

@@ -1,0 +1,1086 @@
+//! HTTP/1.1 to vendors, written by hand on the pool's connections (`upstream.rs`); h2 stays on
+//! hyper.
+//!
+//! hyper's connection-level client runs every connection as a task of its own and passes each
+//! request and response through channels to it. Here the call's own task writes the request and
+//! reads the answer's head, and the response body reads the rest and hands the connection back
+//! to the pool when it ends. In the `minproxy` measuring stick that is 1.4–1.5 µs less CPU per
+//! call in user space (docs/BENCHMARKS.md, `minproxy conn` against `minproxy rawclient`).
+//!
+//! What a vendor may send is read strictly (RFC 9112), failing closed:
+//! - a head larger than [`MAX_HEAD_BYTES`] or with more than [`MAX_HEADERS`] headers, or one
+//!   httparse rejects, is malformed;
+//! - `Transfer-Encoding` together with `Content-Length`, differing `Content-Length` values, or
+//!   one that is not a number, is malformed (§6.3: a sign of response splitting);
+//! - interim answers (1xx) are skipped, except `101 Switching Protocols`, which Postern never
+//!   asks for;
+//! - a body ends at its length, at the last chunk (trailers are read and dropped), or, with
+//!   neither, when the vendor closes (that connection is not reused);
+//! - a connection goes back to the pool only after a complete body, for HTTP/1.1 answers without
+//!   `Connection: close`, and with no byte after the body.
+//!
+//! The request is written in full before the answer is read: a vendor that answers before it
+//! has read the whole body is heard once the body is written (or `request_timeout_ms` ends).
+
+use std::future::Future as _;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::body::ForwardBody;
+use crate::upstream::Checkin;
+
+/// The largest response head read (status line and headers).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most headers a response head may carry.
+pub const MAX_HEADERS: usize = 128;
+/// The largest chunk-size line or trailer section of a chunked body.
+const MAX_CHUNK_META_BYTES: usize = 16 * 1024;
+/// Free space made in the read buffer before each read.
+const READ_SPACE: usize = 16 * 1024;
+/// A request body's first frame up to this size goes out in the head's write.
+const COALESCE_BYTES: usize = 16 * 1024;
+
+/// The byte stream under one connection.
+pub(crate) enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One HTTP/1.1 connection to a vendor and what was read from it but not yet used.
+pub(crate) struct Connection {
+    io: Io,
+    buf: BytesMut,
+}
+
+/// Why an exchange failed. Never carries the request (its target or headers may hold an
+/// injected credential).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing the request to the vendor failed")]
+    Write(#[source] io::Error),
+    #[error("reading the vendor's answer failed")]
+    Read(#[source] io::Error),
+    #[error("the vendor closed the connection before it answered")]
+    Closed,
+    #[error("the vendor's answer is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("the request body broke off")]
+    RequestBody(#[source] Box<crate::body::BodyError>),
+    #[error("the request body's length differs from its Content-Length")]
+    RequestLength,
+}
+
+/// How `send` failed: with nothing written on a pooled connection (the request comes back, to
+/// try on another), or for good.
+pub(crate) enum SendError {
+    Unsent(Box<http::Request<ForwardBody>>),
+    Failed(Error),
+}
+
+impl Connection {
+    pub(crate) fn new(io: Io) -> Connection {
+        Connection {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry a request: not if the vendor closed it, reset it,
+    /// or sent anything while it was idle. Costs no system call when the runtime has seen no
+    /// event on the socket since the last read (it polls with a no-op waker: nothing waits on an
+    /// idle connection).
+    pub(crate) fn is_usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        let mut probe = ReadBuf::uninit(&mut probe);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+
+    async fn read_more(&mut self) -> io::Result<usize> {
+        self.buf.reserve(READ_SPACE);
+        self.io.read_buf(&mut self.buf).await
+    }
+
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_SPACE);
+        let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
+        read.poll(cx)
+    }
+}
+
+/// How the request's body is framed on the wire.
+#[derive(Clone, Copy)]
+enum Outgoing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Sends `request` (origin form, `Host` set) on `conn` and reads the answer's head; the
+/// response's body holds the connection and gives it to `checkin` when it ends. `reused`: the
+/// connection came from the pool, so a request it could not take at all is handed back.
+pub(crate) async fn send(
+    mut conn: Connection,
+    request: http::Request<ForwardBody>,
+    checkin: Checkin,
+    reused: bool,
+) -> Result<http::Response<ResponseBody>, SendError> {
+    let (parts, mut body) = request.into_parts();
+    let outgoing = if body.is_end_stream() {
+        Outgoing::None
+    } else if let Some(length) = body.size_hint().exact() {
+        Outgoing::Length(length)
+    } else if let Some(length) = content_length(&parts.headers) {
+        Outgoing::Length(length)
+    } else {
+        Outgoing::Chunked
+    };
+    let mut head = Vec::with_capacity(512);
+    write_head(&mut head, &parts, outgoing);
+    let failed = |error| SendError::Failed(error);
+    match outgoing {
+        Outgoing::None => {
+            if let Err(error) = write_all(&mut conn.io, &head).await {
+                return Err(match (reused, error) {
+                    (true, (0, _)) => {
+                        SendError::Unsent(Box::new(http::Request::from_parts(parts, body)))
+                    }
+                    (_, (_, error)) => failed(Error::Write(error)),
+                });
+            }
+        }
+        Outgoing::Length(length) => {
+            write_body(&mut conn.io, head, &mut body, Some(length))
+                .await
+                .map_err(failed)?;
+        }
+        Outgoing::Chunked => {
+            write_body(&mut conn.io, head, &mut body, None)
+                .await
+                .map_err(failed)?;
+        }
+    }
+    conn.io
+        .flush()
+        .await
+        .map_err(|error| failed(Error::Write(error)))?;
+    let (head, framing, keep_alive) = read_head(&mut conn, &parts.method).await.map_err(failed)?;
+    let mut body = ResponseBody {
+        conn: Some(conn),
+        framing,
+        keep_alive,
+        checkin: Some(checkin),
+    };
+    body.end_if_done();
+    Ok(http::Response::from_parts(head, body))
+}
+
+/// The request line and headers, with the framing header Postern chose in place of the caller's.
+fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts, outgoing: Outgoing) {
+    use std::io::Write as _;
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match outgoing {
+        Outgoing::Length(length) => {
+            let _ = write!(out, "content-length: {length}\r\n");
+        }
+        Outgoing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // An empty body is announced where the method usually has one, or the caller did.
+        Outgoing::None
+            if parts.headers.contains_key(header::CONTENT_LENGTH)
+                || !matches!(
+                    parts.method,
+                    Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+                ) =>
+        {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        Outgoing::None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the head and the body, framed by `length` (checked) or chunked. A small first frame
+/// shares the head's write.
+async fn write_body(
+    io: &mut Io,
+    head: Vec<u8>,
+    body: &mut ForwardBody,
+    length: Option<u64>,
+) -> Result<(), Error> {
+    use std::io::Write as _;
+    let mut sent: u64 = 0;
+    let mut head_out = Some(head);
+    loop {
+        let frame = match body.frame().await {
+            None => None,
+            Some(Ok(frame)) => Some(frame),
+            Some(Err(error)) => return Err(Error::RequestBody(Box::new(error))),
+        };
+        let data = match frame {
+            None => None,
+            Some(frame) => match frame.into_data() {
+                Ok(data) if data.is_empty() => continue,
+                Ok(data) => Some(data),
+                // Trailers are not forwarded.
+                Err(_) => continue,
+            },
+        };
+        let mut out = head_out.take().unwrap_or_default();
+        match &data {
+            Some(data) => {
+                sent += data.len() as u64;
+                if length.is_some_and(|length| sent > length) {
+                    return Err(Error::RequestLength);
+                }
+                if length.is_none() {
+                    let _ = write!(out, "{:x}\r\n", data.len());
+                }
+                if data.len() <= COALESCE_BYTES {
+                    out.extend_from_slice(data);
+                } else {
+                    write_all(io, &out)
+                        .await
+                        .map_err(|(_, e)| Error::Write(e))?;
+                    out.clear();
+                    write_all(io, data)
+                        .await
+                        .map_err(|(_, e)| Error::Write(e))?;
+                }
+                if length.is_none() {
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            None => {
+                if length.is_some_and(|length| sent != length) {
+                    return Err(Error::RequestLength);
+                }
+                if length.is_none() {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+            }
+        }
+        if !out.is_empty() {
+            write_all(io, &out)
+                .await
+                .map_err(|(_, e)| Error::Write(e))?;
+        }
+        if data.is_none() {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes all of `bytes`; on failure, how many were written before it.
+async fn write_all(io: &mut Io, mut bytes: &[u8]) -> Result<(), (usize, io::Error)> {
+    let total = bytes.len();
+    while !bytes.is_empty() {
+        match io.write(bytes).await {
+            Ok(0) => {
+                return Err((
+                    total - bytes.len(),
+                    io::Error::from(io::ErrorKind::WriteZero),
+                ))
+            }
+            Ok(n) => bytes = &bytes[n..],
+            Err(error) => return Err((total - bytes.len(), error)),
+        }
+    }
+    Ok(())
+}
+
+/// The request's `Content-Length`, when it has exactly one valid value.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    parse_length(value.as_bytes())
+}
+
+fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the vendor closes the connection.
+    Close,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// This many bytes of the current chunk are still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// The trailer section after the last chunk.
+    Trailers,
+}
+
+/// Reads the answer's head (skipping interim 1xx answers): its parts, how its body ends, and
+/// whether the connection may carry another request after it.
+async fn read_head(
+    conn: &mut Connection,
+    method: &Method,
+) -> Result<(http::response::Parts, Framing, bool), Error> {
+    loop {
+        if let Some(parsed) = parse_head(conn, method)? {
+            return Ok(parsed);
+        }
+        if conn.buf.len() >= MAX_HEAD_BYTES {
+            return Err(Error::Malformed("the response head is larger than 64 KiB"));
+        }
+        match conn.read_more().await {
+            Ok(0) if conn.buf.is_empty() => return Err(Error::Closed),
+            Ok(0) => return Err(Error::Malformed("the connection closed inside the head")),
+            Ok(_) => {}
+            Err(error) => return Err(Error::Read(error)),
+        }
+    }
+}
+
+/// A complete final head from the buffer, if it holds one (interim answers are consumed).
+fn parse_head(
+    conn: &mut Connection,
+    method: &Method,
+) -> Result<Option<(http::response::Parts, Framing, bool)>, Error> {
+    loop {
+        if conn.buf.is_empty() {
+            return Ok(None);
+        }
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut slots);
+        let head_len = match response.parse(&conn.buf) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Error::Malformed("the response has more than 128 headers"))
+            }
+            Err(_) => return Err(Error::Malformed("the response head is not HTTP/1.1")),
+        };
+        let code = response.code.unwrap_or(0);
+        if code == 101 {
+            return Err(Error::Malformed("the vendor switched protocols unasked"));
+        }
+        if (100..200).contains(&code) {
+            conn.buf.advance(head_len);
+            continue;
+        }
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| Error::Malformed("the response status is not a valid code"))?;
+        let version = match response.version {
+            Some(1) => Version::HTTP_11,
+            _ => Version::HTTP_10,
+        };
+        // Where each name and value sits in the buffer, so the values can share its bytes.
+        let base = conn.buf.as_ptr() as usize;
+        let offset = |part: &[u8]| {
+            let start = part.as_ptr() as usize - base;
+            start..start + part.len()
+        };
+        let count = response.headers.len();
+        let mut spans = [const { (0..0, 0..0) }; MAX_HEADERS];
+        for (span, found) in spans.iter_mut().zip(response.headers.iter()) {
+            *span = (offset(found.name.as_bytes()), offset(found.value));
+        }
+        let head = conn.buf.split_to(head_len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for (name, value) in spans.into_iter().take(count) {
+            let name = HeaderName::from_bytes(&head[name])
+                .map_err(|_| Error::Malformed("a response header name is invalid"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value))
+                .map_err(|_| Error::Malformed("a response header value is invalid"))?;
+            headers.append(name, value);
+        }
+        let framing = framing(&headers, method, status)?;
+        let keep_alive = version == Version::HTTP_11
+            && framing != Framing::Close
+            && !headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|value| has_token(value.as_bytes(), b"close"));
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.version = version;
+        parts.headers = headers;
+        return Ok(Some((parts, framing, keep_alive)));
+    }
+}
+
+/// How the body of an answer with these headers, to `method`, with `status`, ends.
+fn framing(headers: &HeaderMap, method: &Method, status: StatusCode) -> Result<Framing, Error> {
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Done);
+    }
+    let lengths = headers.get_all(header::CONTENT_LENGTH);
+    if let Some(coding) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
+        if lengths.iter().next().is_some() {
+            return Err(Error::Malformed(
+                "the response has both Transfer-Encoding and Content-Length",
+            ));
+        }
+        let last = coding
+            .as_bytes()
+            .rsplit(|b| *b == b',')
+            .next()
+            .unwrap_or(b"");
+        return Ok(match last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            true => Framing::Chunked(Chunk::Size),
+            false => Framing::Close,
+        });
+    }
+    let mut length = None;
+    for value in lengths {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let parsed = parse_length(part.trim_ascii())
+                .ok_or(Error::Malformed("the response's Content-Length is invalid"))?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err(Error::Malformed(
+                    "the response has differing Content-Length values",
+                ));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Done,
+        Some(length) => Framing::Length(length),
+        None => Framing::Close,
+    })
+}
+
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|part| part.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// A vendor's response body read from its connection; the connection goes back to the pool
+/// when the body ends cleanly (see the module notes), and is closed otherwise (also when the
+/// body is dropped unread).
+pub struct ResponseBody {
+    conn: Option<Connection>,
+    framing: Framing,
+    keep_alive: bool,
+    checkin: Option<Checkin>,
+}
+
+impl ResponseBody {
+    /// At the body's end: the connection back to the pool, if it can carry another request.
+    fn end_if_done(&mut self) {
+        if self.framing != Framing::Done {
+            return;
+        }
+        if let (Some(conn), Some(checkin)) = (self.conn.take(), self.checkin.take()) {
+            if self.keep_alive && conn.buf.is_empty() {
+                checkin.put(conn);
+            }
+        }
+    }
+
+    fn fail(&mut self, error: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.framing = Framing::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    /// The next piece of the body from the buffer, reading when it is empty.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.framing {
+                Framing::Done => {
+                    self.end_if_done();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) if !conn.buf.is_empty() => {
+                    let take = (conn.buf.len() as u64).min(left) as usize;
+                    let data = conn.buf.split_to(take).freeze();
+                    self.framing = match left - take as u64 {
+                        0 => Framing::Done,
+                        left => Framing::Length(left),
+                    };
+                    self.end_if_done();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Close if !conn.buf.is_empty() => {
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(state) if !conn.buf.is_empty() => {
+                    match chunk_step(&mut conn.buf, state) {
+                        Ok(Step::Data(data, next)) => {
+                            self.framing = Framing::Chunked(next);
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Ok(Step::Next(next)) => {
+                            self.framing = next;
+                            continue;
+                        }
+                        Ok(Step::NeedMore) => {}
+                        Err(error) => return self.fail(error),
+                    }
+                }
+                _ => {}
+            }
+            let conn = self.conn.as_mut().expect("checked above");
+            match ready!(conn.poll_read_more(cx)) {
+                Ok(0) if self.framing == Framing::Close => {
+                    self.framing = Framing::Done;
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return self.fail(Error::Malformed(
+                        "the vendor closed the connection before the body ended",
+                    ))
+                }
+                Ok(_) => {}
+                Err(error) => return self.fail(Error::Read(error)),
+            }
+        }
+    }
+}
+
+/// What one step of chunked decoding made of the buffer.
+enum Step {
+    Data(Bytes, Chunk),
+    Next(Framing),
+    NeedMore,
+}
+
+fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Error> {
+    Ok(match state {
+        Chunk::Size => match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete((used, 0))) => {
+                buf.advance(used);
+                Step::Next(Framing::Chunked(Chunk::Trailers))
+            }
+            Ok(httparse::Status::Complete((used, size))) => {
+                buf.advance(used);
+                Step::Next(Framing::Chunked(Chunk::Data(size)))
+            }
+            Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_META_BYTES => {
+                return Err(Error::Malformed("a chunk-size line is too long"))
+            }
+            Ok(httparse::Status::Partial) => Step::NeedMore,
+            Err(_) => return Err(Error::Malformed("a chunk size is invalid")),
+        },
+        Chunk::Data(left) => {
+            let take = (buf.len() as u64).min(left) as usize;
+            let data = buf.split_to(take).freeze();
+            let next = match left - take as u64 {
+                0 => Chunk::DataEnd,
+                left => Chunk::Data(left),
+            };
+            Step::Data(data, next)
+        }
+        Chunk::DataEnd if buf.len() < 2 => Step::NeedMore,
+        Chunk::DataEnd if buf.starts_with(b"\r\n") => {
+            buf.advance(2);
+            Step::Next(Framing::Chunked(Chunk::Size))
+        }
+        Chunk::DataEnd => return Err(Error::Malformed("a chunk does not end with CRLF")),
+        Chunk::Trailers if buf.len() < 2 => Step::NeedMore,
+        Chunk::Trailers if buf.starts_with(b"\r\n") => {
+            buf.advance(2);
+            Step::Next(Framing::Done)
+        }
+        Chunk::Trailers => match memchr::memmem::find(buf, b"\r\n\r\n") {
+            Some(end) => {
+                buf.advance(end + 4);
+                Step::Next(Framing::Done)
+            }
+            None if buf.len() > MAX_CHUNK_META_BYTES => {
+                return Err(Error::Malformed("the trailer section is too long"))
+            }
+            None => Step::NeedMore,
+        },
+    })
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.get_mut().poll_next(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(left) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::body::RequestBodyState;
+    use crate::upstream::{build_client, UpstreamClient, UpstreamError, UpstreamOptions};
+
+    /// One scripted answer: its bytes, and whether the vendor closes the connection after it.
+    struct Answer(&'static [u8], bool);
+
+    /// A loopback vendor that reads each request (head, then a `content-length` or chunked
+    /// body), keeps its bytes, and writes the next scripted answer; it closes a connection after
+    /// an answer marked so, and when the script is done.
+    struct Vendor {
+        addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    async fn vendor(script: Vec<Answer>) -> Vendor {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(script.into_iter()));
+        let (count, seen) = (accepted.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let (script, seen) = (script.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(request) = read_request(&mut stream, &mut buf).await else {
+                            return;
+                        };
+                        seen.lock().unwrap().push(request);
+                        let next = script.lock().unwrap().next();
+                        let Some(Answer(bytes, close)) = next else {
+                            return;
+                        };
+                        if stream.write_all(bytes).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Vendor {
+            addr,
+            accepted,
+            requests,
+        }
+    }
+
+    /// One whole request from `stream` (bytes past it stay in `buf`); `None` at the end.
+    async fn read_request(
+        stream: &mut tokio::net::TcpStream,
+        buf: &mut Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .map(|n| n.trim().parse::<usize>().unwrap());
+                let chunked = head.contains("transfer-encoding: chunked");
+                let total = match (length, chunked) {
+                    (Some(length), _) => Some(end + 4 + length),
+                    (None, true) => buf[end + 4..]
+                        .windows(5)
+                        .position(|w| w == b"0\r\n\r\n")
+                        .map(|at| end + 4 + at + 5),
+                    (None, false) => Some(end + 4),
+                };
+                if let Some(total) = total.filter(|total| buf.len() >= *total) {
+                    return Some(buf.drain(..total).collect());
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn client() -> UpstreamClient {
+        build_client(UpstreamOptions {
+            allow_private_networks: vec!["127.0.0.1/32".parse().unwrap()],
+            allow_plaintext: true,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(60),
+            client_auth: None,
+        })
+        .unwrap()
+    }
+
+    fn request(
+        method: Method,
+        addr: SocketAddr,
+        body: &'static [u8],
+    ) -> http::Request<ForwardBody> {
+        let body = ForwardBody::full(
+            Bytes::from_static(body),
+            Arc::new(RequestBodyState::default()),
+        );
+        let mut request = http::Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = format!("http://{addr}/v1/x?q=1").parse().unwrap();
+        request
+    }
+
+    /// Status and whole body of one call, or the error of the head or of the body.
+    async fn call(
+        client: &UpstreamClient,
+        request: http::Request<ForwardBody>,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let (response, _) = client.request(request).await.map_err(|e| error_text(&e))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| error_text(&e))?
+            .to_bytes();
+        Ok((status, body.to_vec()))
+    }
+
+    fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(inner) = source {
+            text = format!("{text}: {inner}");
+            source = inner.source();
+        }
+        text
+    }
+
+    async fn get(client: &UpstreamClient, vendor: &Vendor) -> Result<(u16, Vec<u8>), String> {
+        call(client, request(Method::GET, vendor.addr, b"")).await
+    }
+
+    #[tokio::test]
+    async fn chunked_and_length_bodies_are_read_and_the_connection_reused() {
+        let vendor = vendor(vec![
+            Answer(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n", false),
+            Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain", false),
+            Answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false),
+        ])
+        .await;
+        let client = client();
+        assert_eq!(
+            get(&client, &vendor).await.unwrap(),
+            (200, b"hello world".to_vec())
+        );
+        assert_eq!(
+            get(&client, &vendor).await.unwrap(),
+            (200, b"again".to_vec())
+        );
+        assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"ok".to_vec()));
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped() {
+        let vendor = vendor(vec![Answer(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        )])
+        .await;
+        assert_eq!(
+            get(&client(), &vendor).await.unwrap(),
+            (201, b"ok".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn heads_without_a_body_leave_the_connection_ready() {
+        let vendor = vendor(vec![
+            Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", false),
+            Answer(b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            Answer(
+                b"HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n",
+                false,
+            ),
+            Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false),
+        ])
+        .await;
+        let client = client();
+        let head = call(&client, request(Method::HEAD, vendor.addr, b"")).await;
+        assert_eq!(head.unwrap(), (200, vec![]));
+        assert_eq!(get(&client, &vendor).await.unwrap(), (204, vec![]));
+        assert_eq!(get(&client, &vendor).await.unwrap(), (304, vec![]));
+        assert_eq!(get(&client, &vendor).await.unwrap(), (200, vec![]));
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn connections_that_cannot_carry_another_request_are_not_reused() {
+        let vendor = vendor(vec![
+            // Delimited by the close: read to the end, then a new connection.
+            Answer(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", true),
+            Answer(
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                false,
+            ),
+            // Bytes past the body: the connection is out of step.
+            Answer(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA",
+                false,
+            ),
+            Answer(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+            Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlast", false),
+        ])
+        .await;
+        let client = client();
+        assert_eq!(
+            get(&client, &vendor).await.unwrap(),
+            (200, b"until the end".to_vec())
+        );
+        assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"ok".to_vec()));
+        assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"ok".to_vec()));
+        assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"ok".to_vec()));
+        assert_eq!(
+            get(&client, &vendor).await.unwrap(),
+            (200, b"last".to_vec())
+        );
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_closes_its_connection() {
+        let vendor = vendor(vec![
+            Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf.", false),
+            Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+        ])
+        .await;
+        let client = client();
+        let (response, _) = client
+            .request(request(Method::GET, vendor.addr, b""))
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"half.");
+        drop(body);
+        assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"ok".to_vec()));
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_fail_closed() {
+        let big = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n",
+                "a".repeat(MAX_HEAD_BYTES)
+            )
+            .into_boxed_str(),
+        );
+        let many = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\n{}\r\n",
+                "x-h: 1\r\n".repeat(MAX_HEADERS + 1)
+            )
+            .into_boxed_str(),
+        );
+        let cases: [(&'static [u8], &str); 11] = [
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n",
+                "both Transfer-Encoding and Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+                "differing Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nok",
+                "differing Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+                "Content-Length is invalid",
+            ),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+                "switched protocols",
+            ),
+            (b"SMTP ready\r\n\r\n", "not HTTP/1.1"),
+            (big.as_bytes(), "larger than 64 KiB"),
+            (many.as_bytes(), "more than 128 headers"),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                "chunk size is invalid",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX",
+                "does not end with CRLF",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort",
+                "closed the connection before the body ended",
+            ),
+        ];
+        for (answer, expected) in cases {
+            let vendor = vendor(vec![Answer(answer, true)]).await;
+            let error = get(&client(), &vendor).await.expect_err(expected);
+            assert!(error.contains(expected), "{expected:?} not in {error:?}");
+        }
+        // A vendor that closes without a word.
+        let vendor = vendor(vec![]).await;
+        let error = client()
+            .request(request(Method::GET, vendor.addr, b""))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, UpstreamError::H1(Error::Closed)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_request_is_framed_by_postern() {
+        let vendor = vendor(
+            (0..4)
+                .map(|_| Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false))
+                .collect(),
+        )
+        .await;
+        let client = client();
+        call(&client, request(Method::GET, vendor.addr, b""))
+            .await
+            .unwrap();
+        call(&client, request(Method::POST, vendor.addr, b""))
+            .await
+            .unwrap();
+        call(&client, request(Method::POST, vendor.addr, b"a=1&b=2"))
+            .await
+            .unwrap();
+        // The caller's own framing headers never reach the vendor: the body's length does.
+        let mut lying = request(Method::PUT, vendor.addr, b"abc");
+        lying
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        lying
+            .headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("api.example"));
+        call(&client, lying).await.unwrap();
+        let seen = vendor.requests.lock().unwrap().clone();
+        let text: Vec<String> = seen
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect();
+        let host = format!("host: {}", vendor.addr);
+        assert_eq!(text[0], format!("GET /v1/x?q=1 HTTP/1.1\r\n{host}\r\n\r\n"));
+        assert_eq!(
+            text[1],
+            format!("POST /v1/x?q=1 HTTP/1.1\r\n{host}\r\ncontent-length: 0\r\n\r\n")
+        );
+        assert_eq!(
+            text[2],
+            format!("POST /v1/x?q=1 HTTP/1.1\r\n{host}\r\ncontent-length: 7\r\n\r\na=1&b=2")
+        );
+        assert_eq!(
+            text[3],
+            "PUT /v1/x?q=1 HTTP/1.1\r\nhost: api.example\r\ncontent-length: 3\r\n\r\nabc"
+        );
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 1);
+    }
+}
