@@ -400,10 +400,7 @@ enum Chunk {
 
 /// Reads the answer's head (skipping interim 1xx answers): its parts, how its body ends, and
 /// whether the connection may carry another request after it.
-async fn read_head(
-    conn: &mut Connection,
-    method: &Method,
-) -> Result<(http::response::Parts, Framing, bool), Error> {
+async fn read_head(conn: &mut Connection, method: &Method) -> Result<Head, Error> {
     loop {
         if let Some(parsed) = parse_head(conn, method)? {
             return Ok(parsed);
@@ -420,72 +417,97 @@ async fn read_head(
     }
 }
 
-/// A complete final head from the buffer, if it holds one (interim answers are consumed).
-fn parse_head(
-    conn: &mut Connection,
-    method: &Method,
-) -> Result<Option<(http::response::Parts, Framing, bool)>, Error> {
+/// A final head: its parts, how its body ends, and whether the connection may be reused.
+type Head = (http::response::Parts, Framing, bool);
+
+/// What one parse of the buffer found.
+enum Parsed {
+    Partial,
+    /// An interim (1xx) answer, consumed.
+    Interim,
+    TooManyHeaders,
+    Final(Head),
+}
+
+/// A complete final head from the buffer, if it holds one (interim answers are consumed). Most
+/// answers carry few headers: the buffer is parsed with room for 32 first, and only a head with
+/// more is parsed again with room for [`MAX_HEADERS`].
+fn parse_head(conn: &mut Connection, method: &Method) -> Result<Option<Head>, Error> {
     loop {
         if conn.buf.is_empty() {
             return Ok(None);
         }
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut slots);
-        let head_len = match response.parse(&conn.buf) {
-            Ok(httparse::Status::Complete(length)) => length,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
+        let parsed = match parse_with::<32>(conn, method)? {
+            Parsed::TooManyHeaders => parse_with::<MAX_HEADERS>(conn, method)?,
+            parsed => parsed,
+        };
+        match parsed {
+            Parsed::Partial => return Ok(None),
+            Parsed::Interim => continue,
+            Parsed::Final(head) => return Ok(Some(head)),
+            Parsed::TooManyHeaders => {
                 return Err(Error::Malformed("the response has more than 128 headers"))
             }
-            Err(_) => return Err(Error::Malformed("the response head is not HTTP/1.1")),
-        };
-        let code = response.code.unwrap_or(0);
-        if code == 101 {
-            return Err(Error::Malformed("the vendor switched protocols unasked"));
         }
-        if (100..200).contains(&code) {
-            conn.buf.advance(head_len);
-            continue;
-        }
-        let status = StatusCode::from_u16(code)
-            .map_err(|_| Error::Malformed("the response status is not a valid code"))?;
-        let version = match response.version {
-            Some(1) => Version::HTTP_11,
-            _ => Version::HTTP_10,
-        };
-        // Where each name and value sits in the buffer, so the values can share its bytes.
-        let base = conn.buf.as_ptr() as usize;
-        let offset = |part: &[u8]| {
-            let start = part.as_ptr() as usize - base;
-            start..start + part.len()
-        };
-        let count = response.headers.len();
-        let mut spans = [const { (0..0, 0..0) }; MAX_HEADERS];
-        for (span, found) in spans.iter_mut().zip(response.headers.iter()) {
-            *span = (offset(found.name.as_bytes()), offset(found.value));
-        }
-        let head = conn.buf.split_to(head_len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for (name, value) in spans.into_iter().take(count) {
-            let name = HeaderName::from_bytes(&head[name])
-                .map_err(|_| Error::Malformed("a response header name is invalid"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value))
-                .map_err(|_| Error::Malformed("a response header value is invalid"))?;
-            headers.append(name, value);
-        }
-        let framing = framing(&headers, method, status)?;
-        let keep_alive = version == Version::HTTP_11
-            && framing != Framing::Close
-            && !headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .any(|value| has_token(value.as_bytes(), b"close"));
-        let mut parts = http::Response::new(()).into_parts().0;
-        parts.status = status;
-        parts.version = version;
-        parts.headers = headers;
-        return Ok(Some((parts, framing, keep_alive)));
     }
+}
+
+/// One parse of the buffer with room for `N` headers.
+fn parse_with<const N: usize>(conn: &mut Connection, method: &Method) -> Result<Parsed, Error> {
+    let mut slots = [httparse::EMPTY_HEADER; N];
+    let mut response = httparse::Response::new(&mut slots);
+    let head_len = match response.parse(&conn.buf) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Ok(Parsed::TooManyHeaders),
+        Err(_) => return Err(Error::Malformed("the response head is not HTTP/1.1")),
+    };
+    let code = response.code.unwrap_or(0);
+    if code == 101 {
+        return Err(Error::Malformed("the vendor switched protocols unasked"));
+    }
+    if (100..200).contains(&code) {
+        conn.buf.advance(head_len);
+        return Ok(Parsed::Interim);
+    }
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| Error::Malformed("the response status is not a valid code"))?;
+    let version = match response.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    // Where each name and value sits in the buffer, so the values can share its bytes.
+    let base = conn.buf.as_ptr() as usize;
+    let offset = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        start..start + part.len()
+    };
+    let count = response.headers.len();
+    let mut spans = [const { (0..0, 0..0) }; N];
+    for (span, found) in spans.iter_mut().zip(response.headers.iter()) {
+        *span = (offset(found.name.as_bytes()), offset(found.value));
+    }
+    let head = conn.buf.split_to(head_len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for (name, value) in spans.into_iter().take(count) {
+        let name = HeaderName::from_bytes(&head[name])
+            .map_err(|_| Error::Malformed("a response header name is invalid"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value))
+            .map_err(|_| Error::Malformed("a response header value is invalid"))?;
+        headers.append(name, value);
+    }
+    let framing = framing(&headers, method, status)?;
+    let keep_alive = version == Version::HTTP_11
+        && framing != Framing::Close
+        && !headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|value| has_token(value.as_bytes(), b"close"));
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Parsed::Final((parts, framing, keep_alive)))
 }
 
 /// How the body of an answer with these headers, to `method`, with `status`, ends.
@@ -884,6 +906,28 @@ mod tests {
         );
         assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"ok".to_vec()));
         assert_eq!(vendor.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn answers_with_up_to_128_headers_are_read() {
+        let head = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\n{}content-length: 2\r\n\r\nok",
+                (0..MAX_HEADERS - 1)
+                    .map(|n| format!("x-h{n}: v{n}\r\n"))
+                    .collect::<String>()
+            )
+            .into_boxed_str(),
+        );
+        let vendor = vendor(vec![Answer(head.as_bytes(), false)]).await;
+        let (response, _) = client()
+            .request(request(Method::GET, vendor.addr, b""))
+            .await
+            .unwrap();
+        assert_eq!(response.headers().len(), MAX_HEADERS);
+        assert_eq!(response.headers()["x-h100"], "v100");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
     }
 
     #[tokio::test]
