@@ -652,6 +652,95 @@ async fn http2_on_both_sides() {
     gw.stop().await;
 }
 
+/// Over TLS to a vendor that speaks only HTTP/1.1, Postern's own client carries the calls: one
+/// connection for sequential calls, a chunked upload arrives whole and chunked, a sized one
+/// with its length, and a large answer streams back intact.
+#[tokio::test]
+async fn an_http1_vendor_over_tls_gets_whole_requests_on_one_connection() {
+    let handler: Handler = Arc::new(|request: &SeenRequest| {
+        if request.target.ends_with("ch_big") {
+            Answer {
+                status: 200,
+                headers: vec![],
+                body: bytes::Bytes::from(vec![b'z'; 300_000]),
+            }
+        } else {
+            Answer::json(
+                200,
+                serde_json::json!({"ok": true, "bytes": request.body.len()}),
+            )
+        }
+    });
+    let vendor = TestVendor::tls_http1(handler).await;
+    let gw = stripe_gateway(&vendor, "max_response_body_bytes = 1000000").await;
+    let url = format!("{}/stripe/v1/charges", gw.base);
+    // One client connection, so every call is served by the same worker (and its pool).
+    let caller = client();
+    for _ in 0..3 {
+        let response = get_charge(&caller, &gw).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["bytes"], 0);
+    }
+    let chunks = futures_stream(vec![vec![b'a'; 300], vec![b'b'; 300], vec![b'c'; 5]]);
+    let response = caller
+        .post(&url)
+        .bearer_auth(&gw.token)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["bytes"], 605);
+    let chunked = vendor.last();
+    assert_eq!(chunked.version, http::Version::HTTP_11);
+    assert_eq!(
+        chunked.header("transfer-encoding").as_deref(),
+        Some("chunked")
+    );
+    assert_eq!(chunked.header("content-length"), None);
+    let mut expected = vec![b'a'; 300];
+    expected.extend_from_slice(&[b'b'; 300]);
+    expected.extend_from_slice(&[b'c'; 5]);
+    assert_eq!(&chunked.body[..], &expected[..]);
+    assert_eq!(
+        chunked.header("authorization").as_deref(),
+        Some(format!("Bearer {VENDOR_KEY}").as_str())
+    );
+
+    let response = caller
+        .post(&url)
+        .bearer_auth(&gw.token)
+        .body("amount=500&currency=eur")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["bytes"], 23);
+    let sized = vendor.last();
+    assert_eq!(sized.header("content-length").as_deref(), Some("23"));
+    assert_eq!(&sized.body[..], b"amount=500&currency=eur");
+
+    let response = caller
+        .get(format!("{}/stripe/v1/charges/ch_big", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await.unwrap();
+    assert_eq!(body.len(), 300_000);
+    assert!(body.iter().all(|b| *b == b'z'));
+    assert_eq!(
+        vendor.connections(),
+        1,
+        "every call took the one pooled connection"
+    );
+    gw.stop().await;
+}
+
 /// The vendor sees its own host in `Host`, never the caller's: over HTTP/1.1 as the header
 /// (with the port, which is not the scheme's default), over h2 as `:authority` alone.
 #[tokio::test]

@@ -135,6 +135,15 @@ pub struct TestVendor {
 impl TestVendor {
     /// TLS vendor (h2 and http/1.1 by ALPN) answering with `handler`.
     pub async fn tls(handler: Handler) -> Self {
+        Self::tls_with_alpn(handler, &[b"h2", b"http/1.1"]).await
+    }
+
+    /// TLS vendor that speaks only HTTP/1.1 (ALPN `http/1.1`).
+    pub async fn tls_http1(handler: Handler) -> Self {
+        Self::tls_with_alpn(handler, &[b"http/1.1"]).await
+    }
+
+    async fn tls_with_alpn(handler: Handler, alpn: &[&[u8]]) -> Self {
         let pki = TestPki::new();
         let certs = rustls_pemfile::certs(&mut pki.server_cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
@@ -150,7 +159,7 @@ impl TestVendor {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         Self::start(Some(acceptor), handler, Some(pki.ca_pem)).await
     }
