@@ -169,34 +169,12 @@ impl ForwardBody {
 }
 
 impl ForwardBody {
-    /// At the end of the body, what was held back is safe to send.
-    fn drain_carry(this: &mut Self) -> Option<Result<Frame<Bytes>, BodyError>> {
-        if this.carry.is_empty() {
-            None
-        } else {
-            Some(Ok(Frame::data(Bytes::from(std::mem::take(
-                &mut this.carry,
-            )))))
-        }
-    }
-}
-
-impl Body for ForwardBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+    /// Counts, limits and token-checks one frame from the caller's body.
+    fn forward_frame(
+        this: &mut Self,
+        polled: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        if let Some(bytes) = this.buffered.take() {
-            return Poll::Ready(Some(Ok(Frame::data(bytes))));
-        }
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(Self::drain_carry(this));
-        };
-        match Pin::new(inner).poll_frame(cx) {
+        match polled {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.inner = None;
@@ -231,6 +209,45 @@ impl Body for ForwardBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
+        }
+    }
+
+    /// At the end of the body, what was held back is safe to send.
+    fn drain_carry(this: &mut Self) -> Option<Result<Frame<Bytes>, BodyError>> {
+        if this.carry.is_empty() {
+            None
+        } else {
+            Some(Ok(Frame::data(Bytes::from(std::mem::take(
+                &mut this.carry,
+            )))))
+        }
+    }
+}
+
+impl Body for ForwardBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let Some(bytes) = this.buffered.take() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
+        loop {
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(Self::drain_carry(this));
+            };
+            let polled = Pin::new(inner).poll_frame(cx);
+            // A caller's trailers are never forwarded: they are not scanned for its token.
+            if let Poll::Ready(Some(Ok(frame))) = &polled {
+                if frame.is_trailers() {
+                    continue;
+                }
+            }
+            return Self::forward_frame(this, polled);
         }
     }
 

@@ -11,16 +11,27 @@
 //! - a head larger than [`MAX_HEAD_BYTES`] or with more than [`MAX_HEADERS`] headers, or one
 //!   httparse rejects, is malformed;
 //! - `Transfer-Encoding` together with `Content-Length`, differing `Content-Length` values, or
-//!   one that is not a number, is malformed (§6.3: a sign of response splitting);
+//!   one that is not a number, is malformed (§6.3: a sign of response splitting), and so is any
+//!   transfer coding but `chunked` alone (Postern offers none, and the scanner would see it
+//!   still encoded);
+//! - chunk-size lines are 1–16 hex digits, optional extensions of visible characters, then CRLF
+//!   (no bare LF, no empty size: hyper's rules); trailer fields must parse, and are dropped;
 //! - interim answers (1xx) are skipped, except `101 Switching Protocols`, which Postern never
 //!   asks for;
-//! - a body ends at its length, at the last chunk (trailers are read and dropped), or, with
-//!   neither, when the vendor closes (that connection is not reused);
+//! - a body ends at its length, at the last chunk, or, with neither, when the vendor closes
+//!   (that connection is not reused);
 //! - a connection goes back to the pool only after a complete body, for HTTP/1.1 answers without
-//!   `Connection: close`, and with no byte after the body.
+//!   `Connection: close`, and with no byte after the body; an idle one that received anything is
+//!   dropped when it is next taken.
 //!
-//! The request is written in full before the answer is read: a vendor that answers before it
-//! has read the whole body is heard once the body is written (or `request_timeout_ms` ends).
+//! A request goes again on another connection only when nothing of it reached the vendor (the
+//! pooled connection was found closed before the write), or when it is idempotent, bodiless,
+//! and the pooled connection closed before a byte of an answer (RFC 9112 §9.3.1.1).
+//!
+//! Limits, known: the request is written in full before the answer is read, so a vendor that
+//! answers before it has read the whole body is heard once the body is written (or
+//! `request_timeout_ms` ends), and one that closes mid-upload is a `502`; connections are
+//! dropped without a TLS `close_notify`.
 
 use std::future::Future as _;
 use std::io;
@@ -42,7 +53,7 @@ use crate::upstream::Checkin;
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The most headers a response head may carry.
 pub const MAX_HEADERS: usize = 128;
-/// The largest chunk-size line or trailer section of a chunked body.
+/// The largest chunk-size line (extensions included) or trailer section of a chunked body.
 const MAX_CHUNK_META_BYTES: usize = 16 * 1024;
 /// Free space made in the read buffer before each read.
 const READ_SPACE: usize = 16 * 1024;
@@ -140,12 +151,13 @@ impl Connection {
     /// idle connection).
     pub(crate) fn is_usable(&mut self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
-        let mut probe = ReadBuf::uninit(&mut probe);
-        matches!(
-            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
-            Poll::Pending
-        )
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        let mut byte = ReadBuf::uninit(&mut byte);
+        // Outside tokio's co-operative budget: a task that has spent it would see `Pending`
+        // without the socket being asked.
+        let probe = std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_read(cx, &mut byte));
+        let mut probe = std::pin::pin!(tokio::task::unconstrained(probe));
+        matches!(probe.as_mut().poll(&mut cx), Poll::Pending)
     }
 
     async fn read_more(&mut self) -> io::Result<usize> {
@@ -194,6 +206,12 @@ pub(crate) async fn send(
     // requests of a pass together. Writing at once cost the p99 (4.5 against 2.6 ms in the
     // bench, docs/BENCHMARKS.md) for no throughput.
     tokio::task::yield_now().await;
+    // The vendor may have closed a pooled connection meanwhile; nothing is written yet.
+    if reused && !conn.is_usable() {
+        return Err(SendError::Unsent(Box::new(http::Request::from_parts(
+            parts, body,
+        ))));
+    }
     let failed = |error| SendError::Failed(error);
     match outgoing {
         Outgoing::None => {
@@ -221,7 +239,23 @@ pub(crate) async fn send(
         .flush()
         .await
         .map_err(|error| failed(Error::Write(error)))?;
-    let (head, framing, keep_alive) = read_head(&mut conn, &parts.method).await.map_err(failed)?;
+    let (head, framing, keep_alive) = match read_head(&mut conn, &parts.method).await {
+        Ok(head) => head,
+        // A pooled connection the vendor closed as the request went out, before a byte of an
+        // answer: an idempotent request without a body goes again on another connection
+        // (RFC 9112 §9.3.1.1).
+        Err(error)
+            if reused
+                && matches!(outgoing, Outgoing::None)
+                && parts.method.is_idempotent()
+                && dropped_unanswered(&error) =>
+        {
+            return Err(SendError::Unsent(Box::new(http::Request::from_parts(
+                parts, body,
+            ))))
+        }
+        Err(error) => return Err(failed(error)),
+    };
     let mut body = ResponseBody {
         conn: Some(conn),
         framing,
@@ -230,6 +264,18 @@ pub(crate) async fn send(
     };
     body.end_if_done();
     Ok(http::Response::from_parts(head, body))
+}
+
+/// Whether `error` says the vendor dropped the connection before any byte of an answer.
+fn dropped_unanswered(error: &Error) -> bool {
+    match error {
+        Error::Closed => true,
+        Error::Read(error) => matches!(
+            error.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+        ),
+        _ => false,
+    }
 }
 
 /// The request line and headers, with the framing header Postern chose in place of the caller's.
@@ -519,25 +565,24 @@ fn framing(headers: &HeaderMap, method: &Method, status: StatusCode) -> Result<F
         return Ok(Framing::Done);
     }
     let lengths = headers.get_all(header::CONTENT_LENGTH);
-    if let Some(coding) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
         if lengths.iter().next().is_some() {
             return Err(Error::Malformed(
                 "the response has both Transfer-Encoding and Content-Length",
             ));
         }
-        let last = coding
-            .as_bytes()
-            .rsplit(|b| *b == b',')
-            .next()
-            .unwrap_or(b"");
-        return Ok(match last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-            true => Framing::Chunked(Chunk::Size),
-            false => Framing::Close,
-        });
+        // Postern never offers a transfer coding (no `TE`), so `chunked` is the only one a
+        // vendor may use (RFC 9110 §10.1.4): any other would reach the scanner still encoded.
+        let mut parts = codings.flat_map(|value| value.as_bytes().split(|b| *b == b','));
+        return match (parts.next(), parts.next()) {
+            (Some(only), None) if only.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
+                Ok(Framing::Chunked(Chunk::Size))
+            }
+            _ => Err(Error::Malformed(
+                "the response's Transfer-Encoding is not chunked alone",
+            )),
+        };
     }
     let mut length = None;
     for value in lengths {
@@ -663,20 +708,16 @@ enum Step {
 
 fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Error> {
     Ok(match state {
-        Chunk::Size => match httparse::parse_chunk_size(buf) {
-            Ok(httparse::Status::Complete((used, 0))) => {
+        Chunk::Size => match chunk_size_line(buf)? {
+            Some((used, 0)) => {
                 buf.advance(used);
                 Step::Next(Framing::Chunked(Chunk::Trailers))
             }
-            Ok(httparse::Status::Complete((used, size))) => {
+            Some((used, size)) => {
                 buf.advance(used);
                 Step::Next(Framing::Chunked(Chunk::Data(size)))
             }
-            Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_META_BYTES => {
-                return Err(Error::Malformed("a chunk-size line is too long"))
-            }
-            Ok(httparse::Status::Partial) => Step::NeedMore,
-            Err(_) => return Err(Error::Malformed("a chunk size is invalid")),
+            None => Step::NeedMore,
         },
         Chunk::Data(left) => {
             let take = (buf.len() as u64).min(left) as usize;
@@ -693,22 +734,63 @@ fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Error> {
             Step::Next(Framing::Chunked(Chunk::Size))
         }
         Chunk::DataEnd => return Err(Error::Malformed("a chunk does not end with CRLF")),
-        Chunk::Trailers if buf.len() < 2 => Step::NeedMore,
-        Chunk::Trailers if buf.starts_with(b"\r\n") => {
-            buf.advance(2);
-            Step::Next(Framing::Done)
+        Chunk::Trailers => {
+            let mut fields = [httparse::EMPTY_HEADER; 32];
+            match httparse::parse_headers(buf, &mut fields) {
+                // Trailer fields are read, checked and dropped.
+                Ok(httparse::Status::Complete((used, _))) => {
+                    buf.advance(used);
+                    Step::Next(Framing::Done)
+                }
+                Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_META_BYTES => {
+                    return Err(Error::Malformed("the trailer section is too long"))
+                }
+                Ok(httparse::Status::Partial) => Step::NeedMore,
+                Err(_) => return Err(Error::Malformed("the trailer section is invalid")),
+            }
         }
-        Chunk::Trailers => match memchr::memmem::find(buf, b"\r\n\r\n") {
-            Some(end) => {
-                buf.advance(end + 4);
-                Step::Next(Framing::Done)
-            }
-            None if buf.len() > MAX_CHUNK_META_BYTES => {
-                return Err(Error::Malformed("the trailer section is too long"))
-            }
-            None => Step::NeedMore,
-        },
     })
+}
+
+/// A chunk-size line (RFC 9112 §7.1), strictly: 1 to 16 hex digits, then optional extensions
+/// (`;` after optional blanks, then visible characters, blanks and obs-text only), then CRLF.
+/// The line's length and the size, or `None` while the line is incomplete.
+fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, Error> {
+    let Some(end) = memchr::memchr(b'\n', buf) else {
+        return match buf.len() > MAX_CHUNK_META_BYTES {
+            true => Err(Error::Malformed("a chunk-size line is too long")),
+            false => Ok(None),
+        };
+    };
+    if end > MAX_CHUNK_META_BYTES {
+        return Err(Error::Malformed("a chunk-size line is too long"));
+    }
+    let Some(line) = buf[..end].strip_suffix(b"\r") else {
+        return Err(Error::Malformed("a chunk-size line does not end with CRLF"));
+    };
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(Error::Malformed("a chunk size is invalid"));
+    }
+    let size = line[..digits].iter().fold(0u64, |size, digit| {
+        (size << 4) | u64::from(hex_value(*digit))
+    });
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let rest = &line[digits..];
+    let extensions = &rest[rest.iter().take_while(|b| blank(b)).count()..];
+    let allowed = |b: &u8| blank(b) || (b'!'..=b'~').contains(b) || *b >= 0x80;
+    if !extensions.is_empty() && (extensions[0] != b';' || !extensions.iter().all(allowed)) {
+        return Err(Error::Malformed("a chunk extension is invalid"));
+    }
+    Ok(Some((end + 1, size)))
+}
+
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit - b'A' + 10,
+    }
 }
 
 impl Body for ResponseBody {
@@ -750,7 +832,10 @@ mod tests {
     use crate::upstream::{build_client, UpstreamClient, UpstreamError, UpstreamOptions};
 
     /// One scripted answer: its bytes, and whether the vendor closes the connection after it.
+    /// Empty bytes and `true`: the vendor reads the request and closes without a word.
     struct Answer(&'static [u8], bool);
+
+    const PAUSE: &[u8] = b"<pause>";
 
     /// A loopback vendor that reads each request (head, then a `content-length` or chunked
     /// body), keeps its bytes, and writes the next scripted answer; it closes a connection after
@@ -783,7 +868,21 @@ mod tests {
                         let Some(Answer(bytes, close)) = next else {
                             return;
                         };
-                        if stream.write_all(bytes).await.is_err() || close {
+                        // `<pause>` in an answer: the rest follows 100 ms later.
+                        let (first, later) = match memchr::memmem::find(bytes, PAUSE) {
+                            Some(at) => (&bytes[..at], Some(&bytes[at + PAUSE.len()..])),
+                            None => (bytes, None),
+                        };
+                        if stream.write_all(first).await.is_err() {
+                            return;
+                        }
+                        if let Some(later) = later {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            if stream.write_all(later).await.is_err() {
+                                return;
+                            }
+                        }
+                        if close {
                             return;
                         }
                     }
@@ -892,7 +991,7 @@ mod tests {
         let vendor = vendor(vec![
             Answer(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n", false),
             Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain", false),
-            Answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false),
+            Answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false),
         ])
         .await;
         let client = client();
@@ -998,6 +1097,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_bodiless_idempotent_request_the_vendor_dropped_unanswered_goes_again() {
+        let vendor = vendor(vec![
+            Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none", false),
+            Answer(b"", true),
+            Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo", false),
+        ])
+        .await;
+        let client = client();
+        assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"one".to_vec()));
+        assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"two".to_vec()));
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(vendor.requests.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_post_the_vendor_dropped_unanswered_is_not_sent_again() {
+        let vendor = vendor(vec![
+            Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none", false),
+            Answer(b"", true),
+        ])
+        .await;
+        let client = client();
+        assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"one".to_vec()));
+        let error = call(&client, request(Method::POST, vendor.addr, b"a=1"))
+            .await
+            .unwrap_err();
+        assert!(
+            error.contains("closed the connection before it answered"),
+            "{error}"
+        );
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(vendor.requests.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn bytes_a_vendor_sends_on_an_idle_connection_retire_it() {
+        // After its answer the vendor sends a 408 on the idle connection: never the next
+        // call's answer.
+        let vendor = vendor(vec![
+            Answer(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none<pause>HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n",
+                false,
+            ),
+            Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo", false),
+        ])
+        .await;
+        let client = client();
+        assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"one".to_vec()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"two".to_vec()));
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn a_body_dropped_before_its_end_closes_its_connection() {
         let vendor = vendor(vec![
             Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf.", false),
@@ -1033,7 +1186,7 @@ mod tests {
             )
             .into_boxed_str(),
         );
-        let cases: [(&'static [u8], &str); 11] = [
+        let cases: &[(&'static [u8], &str)] = &[
             (
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n",
                 "both Transfer-Encoding and Content-Length",
@@ -1069,8 +1222,18 @@ mod tests {
                 b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort",
                 "closed the connection before the body ended",
             ),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n", "not chunked alone"),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n", "not chunked alone"),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nbytes", "not chunked alone"),
+            // A stray empty line is no last chunk.
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nZ\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "chunk size is invalid"),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x\nhello\r\n0\r\n\r\n", "does not end with CRLF"),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x\x01\r\nhello\r\n0\r\n\r\n", "chunk extension is invalid"),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5 x\r\nhello\r\n0\r\n\r\n", "chunk extension is invalid"),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n00000000000000005\r\nhello\r\n0\r\n\r\n", "chunk size is invalid"),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nbad trailer\r\n\r\n", "trailer section is invalid"),
         ];
-        for (answer, expected) in cases {
+        for &(answer, expected) in cases {
             let vendor = vendor(vec![Answer(answer, true)]).await;
             let error = get(&client(), &vendor).await.expect_err(expected);
             assert!(error.contains(expected), "{expected:?} not in {error:?}");

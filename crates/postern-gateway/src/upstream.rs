@@ -126,10 +126,11 @@ pub enum UpstreamError {
 ///
 /// - HTTP/1.1 connections carry one call at a time; a connection goes back on the stack when its
 ///   response body has ended cleanly (`h1::ResponseBody`), and is closed otherwise.
-/// - An idle HTTP/1.1 connection is probed when it is taken (`h1::Connection::is_usable`: closed,
-///   reset, or sent something while idle, it is dropped). A bodiless request that a pooled
-///   connection could not take at all moves on to the next pooled connection, and at last to a
-///   new one, whose failure is final.
+/// - An idle HTTP/1.1 connection is probed when it is taken and again just before the write
+///   (`h1::Connection::is_usable`: closed, reset, or sent something while idle, it is dropped).
+///   A request a pooled connection could not take, or a bodiless idempotent one it dropped
+///   unanswered, moves on to the next pooled connection, and at last to a new one, whose
+///   failure is final.
 /// - Idle connections close after `idle_timeout` (within about 2 × max(`idle_timeout`, 1 s)):
 ///   checked when a call takes one, and by a sweep task on the worker every `idle_timeout` (at
 ///   least 1 s). An HTTP/1.1 connection's idle time starts when its response body ends, so a
@@ -885,8 +886,8 @@ mod tests {
         let vendor = vendor(usize::MAX).await;
         let client = client(Duration::from_millis(100));
         call(&client, vendor.addr).await;
-        // The sweep runs every max(idle_timeout, 1 s): the first finds the connection ready (its
-        // idle time starts), the second closes it, ~2 s in.
+        // The sweep runs every max(idle_timeout, 1 s); its first pass, ~1 s in, finds the
+        // connection idle since its body ended and closes it.
         assert!(
             reaches(&vendor.closed_by_client, 1).await,
             "the idle connection was not closed"

@@ -652,17 +652,15 @@ async fn http2_on_both_sides() {
     gw.stop().await;
 }
 
-/// Over TLS to a vendor that speaks only HTTP/1.1, Postern's own client carries the calls: one
-/// connection for sequential calls, a chunked upload arrives whole and chunked, a sized one
-/// with its length, and a large answer streams back intact.
-#[tokio::test]
-async fn an_http1_vendor_over_tls_gets_whole_requests_on_one_connection() {
-    let handler: Handler = Arc::new(|request: &SeenRequest| {
+/// A vendor answering `GET …/ch_big` with `big` bytes of `z`, and anything else with
+/// `{"ok": true, "bytes": <request body length>}`.
+fn big_or_ok(big: usize) -> Handler {
+    Arc::new(move |request: &SeenRequest| {
         if request.target.ends_with("ch_big") {
             Answer {
                 status: 200,
                 headers: vec![],
-                body: bytes::Bytes::from(vec![b'z'; 300_000]),
+                body: bytes::Bytes::from(vec![b'z'; big]),
             }
         } else {
             Answer::json(
@@ -670,8 +668,15 @@ async fn an_http1_vendor_over_tls_gets_whole_requests_on_one_connection() {
                 serde_json::json!({"ok": true, "bytes": request.body.len()}),
             )
         }
-    });
-    let vendor = TestVendor::tls_http1(handler).await;
+    })
+}
+
+/// Over TLS to a vendor that speaks only HTTP/1.1, Postern's own client carries the calls: one
+/// connection for sequential calls, a chunked upload arrives whole and chunked, a sized one
+/// with its length, and a large answer streams back intact.
+#[tokio::test]
+async fn an_http1_vendor_over_tls_gets_whole_requests_on_one_connection() {
+    let vendor = TestVendor::tls_http1(big_or_ok(300_000)).await;
     let gw = stripe_gateway(&vendor, "max_response_body_bytes = 1000000").await;
     let url = format!("{}/stripe/v1/charges", gw.base);
     // One client connection, so every call is served by the same worker (and its pool).
@@ -976,18 +981,7 @@ operations = ["*"]
 
 #[tokio::test]
 async fn body_and_header_limits() {
-    let handler: Handler = Arc::new(|request: &SeenRequest| {
-        if request.target.ends_with("ch_big") {
-            Answer {
-                status: 200,
-                headers: vec![],
-                body: bytes::Bytes::from(vec![b'x'; 5000]),
-            }
-        } else {
-            Answer::json(200, serde_json::json!({"ok": true}))
-        }
-    });
-    let vendor = TestVendor::tls(handler).await;
+    let vendor = TestVendor::tls(big_or_ok(5000)).await;
     let gw = stripe_gateway(
         &vendor,
         "max_request_body_bytes = 1000\nmax_response_body_bytes = 4000",
