@@ -98,6 +98,7 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
             return Ok(ExitCode::InvalidConfig);
         }
     };
+    let triggers = crate::serve::Triggers::arm(&config_path);
     let gateway = RunningGateway::start(config).await?;
     let base = format!("http://{}", gateway.listen_addr);
 
@@ -202,7 +203,7 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
             .join(postern_gateway::ADMIN_TOKEN_FILE)
             .display()
     );
-    crate::serve::run_until_stopped(&gateway, &config_path).await;
+    crate::serve::run_until_stopped(&gateway, &config_path, triggers).await;
     gateway.shutdown().await;
     Ok(ExitCode::Ok)
 }

@@ -21,6 +21,7 @@ pub async fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::InvalidConfig;
         }
     };
+    let triggers = Triggers::arm(&path);
     let gateway = match RunningGateway::start(config).await {
         Ok(gateway) => gateway,
         Err(error) => {
@@ -34,31 +35,50 @@ pub async fn serve(path: PathBuf) -> ExitCode {
         gateway.admin_addr,
         gateway.data_dir.display()
     );
-    run_until_stopped(&gateway, &path).await;
+    run_until_stopped(&gateway, &path, triggers).await;
     tracing::info!("shutting down: waiting for in-flight calls");
     gateway.shutdown().await;
     tracing::info!("stopped");
     ExitCode::Ok
 }
 
+/// What reloads or stops a running gateway: the config file's changes, SIGHUP, SIGTERM and
+/// SIGINT. Armed before the gateway starts listening, so that a change made as soon as it
+/// answers is not missed, and a SIGHUP then does not end the process.
+pub struct Triggers {
+    changes: mpsc::Receiver<&'static str>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Triggers {
+    pub fn arm(path: &Path) -> Triggers {
+        let (sender, changes) = mpsc::channel::<&'static str>(8);
+        Triggers {
+            changes,
+            _watcher: watch_file(path, sender),
+            hangup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
+            terminate: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
+    }
+}
+
 /// Serves reload triggers until SIGINT or SIGTERM.
-pub async fn run_until_stopped(gateway: &RunningGateway, path: &Path) {
-    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(8);
-    let _watcher = watch_file(path, reload_tx.clone());
-    let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+pub async fn run_until_stopped(gateway: &RunningGateway, path: &Path, mut triggers: Triggers) {
     loop {
         let trigger = tokio::select! {
-            _ = hangup.recv() => "SIGHUP",
-            Some(trigger) = reload_rx.recv() => {
+            _ = triggers.hangup.recv() => "SIGHUP",
+            Some(trigger) = triggers.changes.recv() => {
                 // Editors write in several steps: settle, then drain duplicates.
                 tokio::time::sleep(Duration::from_millis(150)).await;
-                while reload_rx.try_recv().is_ok() {}
+                while triggers.changes.try_recv().is_ok() {}
                 trigger
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = triggers.terminate.recv() => break,
+            _ = triggers.interrupt.recv() => break,
         };
         reload(gateway, path, trigger);
     }
