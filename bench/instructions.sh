@@ -35,7 +35,8 @@ allocations per call. Targets:
   floor    the bare hyper proxy (examples/minproxy.rs, one thread)
 valgrind has no SHA-NI: SHA-256 runs in software under it, so hashing (audit leaf and node
 hashes, the target HMAC, the caller token) counts for far more than on the CPU (more than a
-third of Postern's count). The totals repeat within ~2 % from run to run.
+third of Postern's count). Postern's totals vary by up to ~4 % from run to run (the audit
+sequencer's batches, and so its tree hashes, follow timing): compare ranges of several runs.
 
 Options:
   --small N        calls in the short run (default $SMALL)
