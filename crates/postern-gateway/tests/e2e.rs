@@ -1144,6 +1144,20 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "caller_token_in_body");
+    // In a trailer of a chunked upload: the body goes (to an h2 vendor), the trailers never.
+    let raw = raw_request(
+        gw.running().listen_addr,
+        format!(
+            "POST /stripe/v1/charges HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\ntransfer-encoding: chunked\r\ntrailer: x-sneak\r\n\r\n3\r\nabc\r\n0\r\nx-sneak: {token}\r\n\r\n",
+            token = gw.token
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let trailed = vendor.last();
+    assert_eq!(&trailed.body[..], b"abc");
+    assert_eq!(trailed.trailers, None);
     for seen in vendor.seen() {
         assert!(!seen.everything().contains(&gw.token));
     }

@@ -22,6 +22,8 @@ pub struct SeenRequest {
     pub target: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Trailer fields after the body, if any came.
+    pub trailers: Option<HeaderMap>,
     pub version: http::Version,
 }
 
@@ -43,6 +45,13 @@ impl SeenRequest {
             ));
         }
         text.push_str(&String::from_utf8_lossy(&self.body));
+        for (name, value) in self.trailers.iter().flatten() {
+            text.push_str(&format!(
+                "\n{}: {}",
+                name,
+                String::from_utf8_lossy(value.as_bytes())
+            ));
+        }
         text
     }
 }
@@ -235,11 +244,13 @@ impl TestVendor {
                             let recorded = recorded.clone();
                             async move {
                                 let (parts, body) = request.into_parts();
-                                let body = body
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
+                                let (body, trailers) = match body.collect().await {
+                                    Ok(collected) => {
+                                        let trailers = collected.trailers().cloned();
+                                        (collected.to_bytes(), trailers)
+                                    }
+                                    Err(_) => (Bytes::new(), None),
+                                };
                                 let seen = SeenRequest {
                                     method: parts.method.to_string(),
                                     target: parts
@@ -249,6 +260,7 @@ impl TestVendor {
                                         .unwrap_or_default(),
                                     headers: parts.headers,
                                     body,
+                                    trailers,
                                     version: parts.version,
                                 };
                                 let answer = handler(&seen);
