@@ -28,10 +28,13 @@
 //! pooled connection was found closed before the write), or when it is idempotent, bodiless,
 //! and the pooled connection closed before a byte of an answer (RFC 9112 §9.3.1.1).
 //!
+//! A vendor that answers (413, 401…) and closes before it has read the whole request body: the
+//! write fails, and the answer it had already sent is the call's answer.
+//!
 //! Limits, known: the request is written in full before the answer is read, so a vendor that
-//! answers before it has read the whole body is heard once the body is written (or
-//! `request_timeout_ms` ends), and one that closes mid-upload is a `502`; connections are
-//! dropped without a TLS `close_notify`.
+//! answers early but keeps the connection open without reading is heard once the body is
+//! written (or `request_timeout_ms` ends); connections are dropped without a TLS
+//! `close_notify`.
 
 use std::future::Future as _;
 use std::io;
@@ -224,21 +227,39 @@ pub(crate) async fn send(
                 });
             }
         }
-        Outgoing::Length(length) => {
-            write_body(&mut conn.io, head, &mut body, Some(length))
-                .await
-                .map_err(failed)?;
-        }
-        Outgoing::Chunked => {
-            write_body(&mut conn.io, head, &mut body, None)
-                .await
-                .map_err(failed)?;
+        Outgoing::Length(_) | Outgoing::Chunked => {
+            let length = match outgoing {
+                Outgoing::Length(length) => Some(length),
+                _ => None,
+            };
+            let written = match write_body(&mut conn.io, head, &mut body, length).await {
+                Ok(()) => conn.io.flush().await.map_err(Error::Write),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = written {
+                // A vendor may answer (413, 401…) and close before it has read the whole body:
+                // the answer it sent first is the call's (on a connection not reused).
+                return match (&error, early_answer(&mut conn, &parts.method)) {
+                    (Error::Write(_), Some((head, framing, _))) => {
+                        let body = ResponseBody {
+                            conn: Some(conn),
+                            framing,
+                            keep_alive: false,
+                            checkin: None,
+                        };
+                        Ok(http::Response::from_parts(head, body))
+                    }
+                    _ => Err(failed(error)),
+                };
+            }
         }
     }
-    conn.io
-        .flush()
-        .await
-        .map_err(|error| failed(Error::Write(error)))?;
+    if matches!(outgoing, Outgoing::None) {
+        conn.io
+            .flush()
+            .await
+            .map_err(|error| failed(Error::Write(error)))?;
+    }
     let (head, framing, keep_alive) = match read_head(&mut conn, &parts.method).await {
         Ok(head) => head,
         // A pooled connection the vendor closed as the request went out, before a byte of an
@@ -264,6 +285,26 @@ pub(crate) async fn send(
     };
     body.end_if_done();
     Ok(http::Response::from_parts(head, body))
+}
+
+/// A complete answer head among what the vendor has already sent (read without waiting), after
+/// a write to it failed.
+fn early_answer(conn: &mut Connection, method: &Method) -> Option<Head> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    // Outside tokio's co-operative budget, which the writes may have spent.
+    let drain = std::future::poll_fn(|cx| {
+        while conn.buf.len() < MAX_HEAD_BYTES {
+            match conn.poll_read_more(cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) | Poll::Pending => break,
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+        Poll::Ready(())
+    });
+    let _ = std::pin::pin!(tokio::task::unconstrained(drain))
+        .as_mut()
+        .poll(&mut cx);
+    parse_head(conn, method).ok().flatten()
 }
 
 /// Whether `error` says the vendor dropped the connection before any byte of an answer.
@@ -1148,6 +1189,38 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"two".to_vec()));
         assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_answer_sent_before_the_upload_ended_is_the_calls_answer() {
+        // The vendor reads the head, answers 413 and closes with the body unread (a reset).
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!")
+                .await;
+        });
+        let body = ForwardBody::full(
+            Bytes::from(vec![b'u'; 32 * 1024 * 1024]),
+            Arc::new(RequestBodyState::default()),
+        );
+        let mut upload = http::Request::new(body);
+        *upload.method_mut() = Method::POST;
+        *upload.uri_mut() = format!("http://{addr}/v1/files").parse().unwrap();
+        assert_eq!(
+            call(&client(), upload).await.unwrap(),
+            (413, b"too big!".to_vec())
+        );
     }
 
     #[tokio::test]
