@@ -25,8 +25,9 @@
 //!   dropped when it is next taken.
 //!
 //! A request goes again on another connection only when nothing of it reached the vendor (the
-//! pooled connection was found closed before the write), or when it is idempotent, bodiless,
-//! and the pooled connection closed before a byte of an answer (RFC 9112 §9.3.1.1).
+//! pooled connection was found closed before the write), or, once and on a new connection, when
+//! it is safe (`GET`, `HEAD`, `OPTIONS`, `TRACE`), bodiless, and the pooled connection closed
+//! before a byte of an answer (RFC 9112 §9.3.1.1).
 //!
 //! A vendor that answers (413, 401…) and closes before it has read the whole request body: the
 //! write fails, and the answer it had already sent is the call's answer.
@@ -134,9 +135,12 @@ pub enum Error {
 }
 
 /// How `send` failed: with nothing written on a pooled connection (the request comes back, to
-/// try on another), or for good.
+/// try on another), dropped unanswered (see [`SendError::Dropped`]), or for good.
 pub(crate) enum SendError {
     Unsent(Box<http::Request<ForwardBody>>),
+    /// A safe request without a body that a pooled connection dropped before a byte of an
+    /// answer: it may go once more, on a new connection (RFC 9112 §9.3.1.1).
+    Dropped(Box<http::Request<ForwardBody>>),
     Failed(Error),
 }
 
@@ -260,18 +264,19 @@ pub(crate) async fn send(
             .await
             .map_err(|error| failed(Error::Write(error)))?;
     }
-    let (head, framing, keep_alive) = match read_head(&mut conn, &parts.method).await {
+    let mut heard = false;
+    let (head, framing, keep_alive) = match read_head(&mut conn, &parts.method, &mut heard).await {
         Ok(head) => head,
         // A pooled connection the vendor closed as the request went out, before a byte of an
-        // answer: an idempotent request without a body goes again on another connection
-        // (RFC 9112 §9.3.1.1).
+        // answer: a safe request without a body may go once more (RFC 9112 §9.3.1.1).
         Err(error)
             if reused
+                && !heard
                 && matches!(outgoing, Outgoing::None)
-                && parts.method.is_idempotent()
-                && dropped_unanswered(&error) =>
+                && parts.method.is_safe()
+                && dropped(&error) =>
         {
-            return Err(SendError::Unsent(Box::new(http::Request::from_parts(
+            return Err(SendError::Dropped(Box::new(http::Request::from_parts(
                 parts, body,
             ))))
         }
@@ -295,20 +300,28 @@ fn early_answer(conn: &mut Connection, method: &Method) -> Option<Head> {
     let drain = std::future::poll_fn(|cx| {
         while conn.buf.len() < MAX_HEAD_BYTES {
             match conn.poll_read_more(cx) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) | Poll::Pending => break,
+                Poll::Ready(Ok(0)) | Poll::Pending => break,
+                Poll::Ready(Err(_)) => return Poll::Ready(false),
                 Poll::Ready(Ok(_)) => {}
             }
         }
-        Poll::Ready(())
+        Poll::Ready(true)
     });
-    let _ = std::pin::pin!(tokio::task::unconstrained(drain))
+    let clean = match std::pin::pin!(tokio::task::unconstrained(drain))
         .as_mut()
-        .poll(&mut cx);
-    parse_head(conn, method).ok().flatten()
+        .poll(&mut cx)
+    {
+        Poll::Ready(clean) => clean,
+        Poll::Pending => false,
+    };
+    let head = parse_head(conn, method).ok().flatten()?;
+    // After a reset, a read sees the end: an answer that ends at the close would pass for
+    // complete. Only one with its own length (or chunks) is taken then.
+    (clean || head.1 != Framing::Close).then_some(head)
 }
 
-/// Whether `error` says the vendor dropped the connection before any byte of an answer.
-fn dropped_unanswered(error: &Error) -> bool {
+/// Whether `error` says the vendor closed or reset the connection.
+fn dropped(error: &Error) -> bool {
     match error {
         Error::Closed => true,
         Error::Read(error) => matches!(
@@ -487,7 +500,12 @@ enum Chunk {
 
 /// Reads the answer's head (skipping interim 1xx answers): its parts, how its body ends, and
 /// whether the connection may carry another request after it.
-async fn read_head(conn: &mut Connection, method: &Method) -> Result<Head, Error> {
+/// `heard`: set once any byte of an answer (an interim one too) has been read.
+async fn read_head(
+    conn: &mut Connection,
+    method: &Method,
+    heard: &mut bool,
+) -> Result<Head, Error> {
     loop {
         if let Some(parsed) = parse_head(conn, method)? {
             return Ok(parsed);
@@ -498,7 +516,7 @@ async fn read_head(conn: &mut Connection, method: &Method) -> Result<Head, Error
         match conn.read_more().await {
             Ok(0) if conn.buf.is_empty() => return Err(Error::Closed),
             Ok(0) => return Err(Error::Malformed("the connection closed inside the head")),
-            Ok(_) => {}
+            Ok(_) => *heard = true,
             Err(error) => return Err(Error::Read(error)),
         }
     }
@@ -1138,7 +1156,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_bodiless_idempotent_request_the_vendor_dropped_unanswered_goes_again() {
+    async fn a_bodiless_safe_request_the_vendor_dropped_unanswered_goes_again() {
         let vendor = vendor(vec![
             Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none", false),
             Answer(b"", true),
@@ -1150,6 +1168,32 @@ mod tests {
         assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"two".to_vec()));
         assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(vendor.requests.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_goes_again_once_only_and_on_a_new_connection() {
+        let vendor = vendor(vec![
+            Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none", false),
+            Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo", false),
+            Answer(b"", true),
+            Answer(b"", true),
+        ])
+        .await;
+        let client = client();
+        // Two connections in the pool, both idle.
+        let (first, second) = tokio::join!(get(&client, &vendor), get(&client, &vendor));
+        assert_eq!(first.unwrap().0, 200);
+        assert_eq!(second.unwrap().0, 200);
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
+        // Dropped on a pooled connection, then again on the new one: that failure is final,
+        // and the other pooled connection is not tried.
+        let error = get(&client, &vendor).await.unwrap_err();
+        assert!(
+            error.contains("closed the connection before it answered"),
+            "{error}"
+        );
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(vendor.requests.lock().unwrap().len(), 4);
     }
 
     #[tokio::test]

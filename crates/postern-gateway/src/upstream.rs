@@ -128,9 +128,9 @@ pub enum UpstreamError {
 ///   response body has ended cleanly (`h1::ResponseBody`), and is closed otherwise.
 /// - An idle HTTP/1.1 connection is probed when it is taken and again just before the write
 ///   (`h1::Connection::is_usable`: closed, reset, or sent something while idle, it is dropped).
-///   A request a pooled connection could not take, or a bodiless idempotent one it dropped
-///   unanswered, moves on to the next pooled connection, and at last to a new one, whose
-///   failure is final.
+///   A request a pooled connection could not take moves on to the next pooled connection, and
+///   at last to a new one, whose failure is final; a bodiless safe one a pooled connection
+///   dropped unanswered goes once more, on a new connection.
 /// - Idle connections close after `idle_timeout` (within about 2 × max(`idle_timeout`, 1 s)):
 ///   checked when a call takes one, and by a sweep task on the worker every `idle_timeout` (at
 ///   least 1 s). An HTTP/1.1 connection's idle time starts when its response body ends, so a
@@ -320,10 +320,17 @@ impl UpstreamClient {
         // Set once an attempt this call waited for failed: it then dials itself, at once, like
         // every other call that waited (a down vendor must not make them fail one by one).
         let mut dial_now = false;
+        // Set once a request a pooled connection dropped unanswered goes again: on a new
+        // connection, and only once.
+        let mut resent = false;
         loop {
             let (pooled, opening) = {
                 let mut locked = lock(pool);
-                match locked.take(&key, self.inner.idle_timeout) {
+                let taken = match resent {
+                    true => None,
+                    false => locked.take(&key, self.inner.idle_timeout),
+                };
+                match taken {
                     Some(pooled) => (Some(pooled), None),
                     None if dial_now => (None, None),
                     None => (None, locked.h2_origins.get(&key).cloned().flatten()),
@@ -356,6 +363,14 @@ impl UpstreamClient {
                         Err(crate::h1::SendError::Unsent(unsent)) => {
                             request = *unsent;
                             continue;
+                        }
+                        Err(crate::h1::SendError::Dropped(dropped)) if !resent => {
+                            request = *dropped;
+                            resent = true;
+                            continue;
+                        }
+                        Err(crate::h1::SendError::Dropped(_)) => {
+                            return Err(UpstreamError::H1(crate::h1::Error::Closed))
                         }
                         Err(crate::h1::SendError::Failed(error)) => {
                             return Err(UpstreamError::H1(error))

@@ -98,7 +98,6 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
             return Ok(ExitCode::InvalidConfig);
         }
     };
-    let triggers = crate::serve::Triggers::arm(&config_path);
     let gateway = RunningGateway::start(config).await?;
     let base = format!("http://{}", gateway.listen_addr);
 
@@ -184,6 +183,8 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
             ExitCode::Failure
         });
     }
+    // Armed only now: until here, Ctrl-C stops the demo at once.
+    let triggers = crate::serve::Triggers::arm(&config_path);
     println!("Try it (Ctrl-C to stop):");
     println!("  export TOKEN={token}");
     println!("  curl -s -X POST {base}/acme/v1/charges -H \"Authorization: Bearer $TOKEN\" -d amount=500");
