@@ -219,50 +219,38 @@ pub(crate) async fn send(
             parts, body,
         ))));
     }
-    let failed = |error| SendError::Failed(error);
-    match outgoing {
-        Outgoing::None => {
-            if let Err(error) = write_all(&mut conn.io, &head).await {
-                return Err(match (reused, error) {
-                    (true, (0, _)) => {
-                        SendError::Unsent(Box::new(http::Request::from_parts(parts, body)))
-                    }
-                    (_, (_, error)) => failed(Error::Write(error)),
-                });
+    let written = match outgoing {
+        Outgoing::None => match write_all(&mut conn.io, &head).await {
+            Err((0, _)) if reused => {
+                return Err(SendError::Unsent(Box::new(http::Request::from_parts(
+                    parts, body,
+                ))))
             }
-        }
-        Outgoing::Length(_) | Outgoing::Chunked => {
-            let length = match outgoing {
-                Outgoing::Length(length) => Some(length),
-                _ => None,
-            };
-            let written = match write_body(&mut conn.io, head, &mut body, length).await {
-                Ok(()) => conn.io.flush().await.map_err(Error::Write),
-                Err(error) => Err(error),
-            };
-            if let Err(error) = written {
-                // A vendor may answer (413, 401…) and close before it has read the whole body:
-                // the answer it sent first is the call's (on a connection not reused).
-                return match (&error, early_answer(&mut conn, &parts.method)) {
-                    (Error::Write(_), Some((head, framing, _))) => {
-                        let body = ResponseBody {
-                            conn: Some(conn),
-                            framing,
-                            keep_alive: false,
-                            checkin: None,
-                        };
-                        Ok(http::Response::from_parts(head, body))
-                    }
-                    _ => Err(failed(error)),
+            Err((_, error)) => Err(Error::Write(error)),
+            Ok(()) => Ok(()),
+        },
+        Outgoing::Length(length) => write_body(&mut conn.io, head, &mut body, Some(length)).await,
+        Outgoing::Chunked => write_body(&mut conn.io, head, &mut body, None).await,
+    };
+    let written = match written {
+        Ok(()) => conn.io.flush().await.map_err(Error::Write),
+        Err(error) => Err(error),
+    };
+    if let Err(error) = written {
+        // A vendor may answer (413, 401…) and close before it has read the whole body: the
+        // answer it sent first is the call's (on a connection not reused).
+        return match (&error, early_answer(&mut conn, &parts.method)) {
+            (Error::Write(_), Some((head, framing, _))) => {
+                let body = ResponseBody {
+                    conn: Some(conn),
+                    framing,
+                    keep_alive: false,
+                    checkin: None,
                 };
+                Ok(http::Response::from_parts(head, body))
             }
-        }
-    }
-    if matches!(outgoing, Outgoing::None) {
-        conn.io
-            .flush()
-            .await
-            .map_err(|error| failed(Error::Write(error)))?;
+            _ => Err(SendError::Failed(error)),
+        };
     }
     let mut heard = false;
     let (head, framing, keep_alive) = match read_head(&mut conn, &parts.method, &mut heard).await {
@@ -280,7 +268,7 @@ pub(crate) async fn send(
                 parts, body,
             ))))
         }
-        Err(error) => return Err(failed(error)),
+        Err(error) => return Err(SendError::Failed(error)),
     };
     let mut body = ResponseBody {
         conn: Some(conn),
@@ -391,7 +379,7 @@ async fn write_body(
             Some(frame) => match frame.into_data() {
                 Ok(data) if data.is_empty() => continue,
                 Ok(data) => Some(data),
-                // Trailers are not forwarded.
+                // Trailers (`ForwardBody` drops the caller's already) are not forwarded.
                 Err(_) => continue,
             },
         };
@@ -408,13 +396,9 @@ async fn write_body(
                 if data.len() <= COALESCE_BYTES {
                     out.extend_from_slice(data);
                 } else {
-                    write_all(io, &out)
-                        .await
-                        .map_err(|(_, e)| Error::Write(e))?;
+                    write_out(io, &out).await?;
                     out.clear();
-                    write_all(io, data)
-                        .await
-                        .map_err(|(_, e)| Error::Write(e))?;
+                    write_out(io, data).await?;
                 }
                 if length.is_none() {
                     out.extend_from_slice(b"\r\n");
@@ -430,14 +414,18 @@ async fn write_body(
             }
         }
         if !out.is_empty() {
-            write_all(io, &out)
-                .await
-                .map_err(|(_, e)| Error::Write(e))?;
+            write_out(io, &out).await?;
         }
         if data.is_none() {
             return Ok(());
         }
     }
+}
+
+async fn write_out(io: &mut Io, bytes: &[u8]) -> Result<(), Error> {
+    write_all(io, bytes)
+        .await
+        .map_err(|(_, error)| Error::Write(error))
 }
 
 /// Writes all of `bytes`; on failure, how many were written before it.
@@ -458,8 +446,8 @@ async fn write_all(io: &mut Io, mut bytes: &[u8]) -> Result<(), (usize, io::Erro
     Ok(())
 }
 
-/// The request's `Content-Length`, when it has exactly one valid value.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+/// A message's `Content-Length`, when it has exactly one valid value (digits only).
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
     let value = values.next()?;
     if values.next().is_some() {

@@ -502,7 +502,7 @@ fn authorize(
         &integration.name,
         operation.id,
         request.method().as_str(),
-        content_length(request.headers()).unwrap_or(0),
+        crate::h1::content_length(request.headers()).unwrap_or(0),
     );
     let decision = runtime.policy.authorize(&authz);
     context.policy_id = match &decision.reason {
@@ -627,7 +627,7 @@ fn inject(
             ));
         }
     }
-    let declared_length = content_length(&parts.headers);
+    let declared_length = crate::h1::content_length(&parts.headers);
     let limit = integration.config.max_request_body_bytes;
     if declared_length.is_some_and(|length| length > limit) {
         return Err(CallError::new(
@@ -949,7 +949,7 @@ async fn inspect_response(
 ) -> Result<Response<GatewayBody>, CallError> {
     let (mut parts, body) = response.into_parts();
     let limit = integration.config.max_response_body_bytes;
-    let declared_length = content_length(&parts.headers);
+    let declared_length = crate::h1::content_length(&parts.headers);
     if declared_length.is_some_and(|length| length > limit) {
         return Err(CallError::bad_gateway(
             "response_too_large",
@@ -1056,12 +1056,4 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect()
-}
-
-/// The declared `Content-Length`, if present and well formed.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
 }

@@ -213,10 +213,7 @@ pub async fn scan_response(
     let approved = integration.config.data_classes.as_deref().unwrap_or(&[]);
     let cap = integration.config.scan_max_body_bytes;
     let mut summary = ScanSummary::default();
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = crate::h1::content_length(headers);
     if declared.is_some_and(|length| length > cap) {
         summary.unscanned = Some("body larger than scan_max_body_bytes");
         return Ok(ScannedResponse {

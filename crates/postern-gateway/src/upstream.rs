@@ -364,13 +364,11 @@ impl UpstreamClient {
                             request = *unsent;
                             continue;
                         }
-                        Err(crate::h1::SendError::Dropped(dropped)) if !resent => {
+                        // Only a reused connection drops a request so; the resend dials.
+                        Err(crate::h1::SendError::Dropped(dropped)) => {
                             request = *dropped;
                             resent = true;
                             continue;
-                        }
-                        Err(crate::h1::SendError::Dropped(_)) => {
-                            return Err(UpstreamError::H1(crate::h1::Error::Closed))
                         }
                         Err(crate::h1::SendError::Failed(error)) => {
                             return Err(UpstreamError::H1(error))
