@@ -168,8 +168,7 @@ impl Connection {
     }
 
     async fn read_more(&mut self) -> io::Result<usize> {
-        self.buf.reserve(READ_SPACE);
-        self.io.read_buf(&mut self.buf).await
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
     }
 
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
