@@ -340,5 +340,10 @@ mod tests {
         assert!(
             calls_line(&metrics, &format!("caller-{}", SERIES_CACHE_LIMIT + 9)).ends_with(" 1")
         );
+        // And the cache stayed bounded while the counts stayed exact.
+        SERIES.with(|cell| {
+            let cache = cell.borrow();
+            assert!(cache.calls.len() + cache.durations.len() <= SERIES_CACHE_LIMIT);
+        });
     }
 }
