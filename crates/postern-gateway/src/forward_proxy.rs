@@ -331,11 +331,15 @@ pub async fn handle_absolute(
     request: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let runtime = shared.runtime.load_full();
+    let uri = request.uri().clone();
+    // The target's keyed hash is made only where this context reaches the audit log (below, and
+    // before the intent in `absolute`): a call to a registered host gets a context of its own
+    // in `handle_call`, which hashes the target itself.
     let mut context = CallContext::new(
         &connection,
         request.method(),
         request.version(),
-        shared.audit.target_hmac(&request.uri().to_string()),
+        Arc::from(""),
     );
     context.mode = Some("proxy");
     let mut progress = Progress::default();
@@ -353,7 +357,12 @@ pub async fn handle_absolute(
         Ok(Absolute::Registered(info, request)) => {
             crate::proxy::handle_call(shared, info, request).await
         }
-        Err(error) => crate::proxy::refuse(&shared, &context, &progress, &error),
+        Err(error) => {
+            if context.target_hmac.is_empty() {
+                context.target_hmac = shared.audit.target_hmac(&uri.to_string());
+            }
+            crate::proxy::refuse(&shared, &context, &progress, &error)
+        }
     }
 }
 
@@ -415,6 +424,7 @@ async fn absolute(
         return Err(host_refused(decision.reason, &host, port));
     }
     progress.authorized = true;
+    context.target_hmac = shared.audit.target_hmac(&uri.to_string());
     progress.intent_index = crate::proxy::record_intent(shared, None, context).await?;
 
     // Forward as is (minus hop-by-hop and caller credentials), streaming both ways.

@@ -533,6 +533,27 @@ async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their
         format!("127.0.0.1:{}", plain.addr.port())
     );
     assert!(!plain.last().everything().contains("internal.admin.example"));
+    // Its audit entries (intent and outcome) carry the keyed hash of the absolute target.
+    let key = std::fs::read(gw.running().data_dir.join("audit-hmac.key")).unwrap();
+    let target = format!("http://127.0.0.1:{}/v2/orders/1004", plain.addr.port());
+    let expected = postern_tlog::keyed_hash(&key, "target", target.as_bytes());
+    let mut kinds = Vec::new();
+    for index in 0..100 {
+        let response = support::client()
+            .get(format!("{}/v1/audit/entries/{index}", gw.admin))
+            .bearer_auth(&gw.admin_token)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 404 {
+            break;
+        }
+        let entry: serde_json::Value = response.json().await.unwrap();
+        if entry["record"]["hmacs"]["target"] == expected {
+            kinds.push(entry["record"]["kind"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(kinds.iter().any(|k| k == "intent"), "{kinds:?}");
     let events = gw.wait_events(4).await;
     assert!(events
         .iter()
