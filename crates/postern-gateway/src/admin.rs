@@ -5,16 +5,16 @@
 
 use std::sync::Arc;
 
+use crate::body::CallerBody;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::body::GatewayBody;
 use crate::runtime::Injector;
 use crate::Shared;
 
-pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<GatewayBody> {
+pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Response<GatewayBody> {
     let path = request.uri().path().to_string();
     let path = path.as_str();
     let is_credential_change =
@@ -187,7 +187,7 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response
 
 /// `/v1/credentials…`: list, history, and (POST) set, rotate, rollback, revoke.
 /// A POST body is the raw secret value (at most 64 KiB); it is never echoed.
-async fn credentials(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<GatewayBody> {
+async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Response<GatewayBody> {
     use http_body_util::BodyExt as _;
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();

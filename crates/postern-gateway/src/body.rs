@@ -65,9 +65,58 @@ pub enum BodyError {
     Vendor(#[from] crate::h1::Error),
 }
 
+/// The caller's request body as the listener hands it over: hyper's stream (HTTP/2, and any
+/// HTTP/1.1 request [`crate::h1server`] leaves to hyper), or a body Postern's own HTTP/1.1
+/// server has already read whole (`Content-Length` framed and small).
+#[derive(Debug)]
+pub enum CallerBody {
+    Hyper(Incoming),
+    /// Read whole; `None` once its one frame has been taken.
+    Read(Option<Bytes>),
+}
+
+impl CallerBody {
+    pub fn empty() -> Self {
+        CallerBody::Read(None)
+    }
+}
+
+impl Body for CallerBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            CallerBody::Hyper(incoming) => Pin::new(incoming).poll_frame(cx),
+            CallerBody::Read(bytes) => {
+                Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            CallerBody::Hyper(incoming) => incoming.is_end_stream(),
+            CallerBody::Read(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            CallerBody::Hyper(incoming) => incoming.size_hint(),
+            CallerBody::Read(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
 /// The request body forwarded upstream.
 pub struct ForwardBody {
-    inner: Option<Incoming>,
+    inner: Option<CallerBody>,
     /// A body already read into memory (replayable requests, token requests).
     buffered: Option<Bytes>,
     limit: u64,
@@ -81,7 +130,7 @@ pub struct ForwardBody {
 
 impl ForwardBody {
     pub fn new(
-        inner: Incoming,
+        inner: CallerBody,
         limit: u64,
         state: Arc<RequestBodyState>,
         caller_token: Option<&[u8]>,
@@ -114,7 +163,7 @@ impl ForwardBody {
     /// A prefix already read (and checked for the caller token), then the rest of the stream.
     pub fn with_prefix(
         prefix: Bytes,
-        rest: Incoming,
+        rest: CallerBody,
         limit: u64,
         state: Arc<RequestBodyState>,
         caller_token: Option<&[u8]>,

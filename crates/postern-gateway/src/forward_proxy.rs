@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::body::CallerBody;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -55,7 +55,7 @@ struct ProxyCaller {
 pub async fn handle_connect(
     shared: Arc<Shared>,
     connection: Arc<ConnectionInfo>,
-    request: Request<Incoming>,
+    request: Request<CallerBody>,
 ) -> Response<GatewayBody> {
     let runtime = shared.runtime.load_full();
     let raw_target = request.uri().authority().map_or("", |a| a.as_str());
@@ -88,7 +88,7 @@ async fn connect(
     connection: &Arc<ConnectionInfo>,
     context: &mut CallContext,
     progress: &mut Progress,
-    request: Request<Incoming>,
+    request: Request<CallerBody>,
 ) -> Result<Response<GatewayBody>, CallError> {
     enabled(runtime)?;
     let (host, port) = connect_target(request.uri())?;
@@ -173,7 +173,7 @@ fn open_tunnel(
     shared: &Arc<Shared>,
     runtime: &Runtime,
     context: &mut CallContext,
-    request: Request<Incoming>,
+    request: Request<CallerBody>,
     upstream: TcpStream,
     reason: &'static str,
     discovered: Option<(String, u16)>,
@@ -236,7 +236,7 @@ fn intercept(
     caller: ProxyCaller,
     integration: &IntegrationRuntime,
     host: String,
-    request: Request<Incoming>,
+    request: Request<CallerBody>,
 ) -> Result<Response<GatewayBody>, CallError> {
     let Some(ca) = shared.intercept_ca.clone() else {
         return Err(CallError::unavailable(
@@ -328,7 +328,7 @@ fn intercept(
 pub async fn handle_absolute(
     shared: Arc<Shared>,
     connection: Arc<ConnectionInfo>,
-    request: Request<Incoming>,
+    request: Request<CallerBody>,
 ) -> Response<GatewayBody> {
     let runtime = shared.runtime.load_full();
     let uri = request.uri().clone();
@@ -369,7 +369,7 @@ pub async fn handle_absolute(
 enum Absolute {
     Answered(Response<GatewayBody>),
     /// A registered host: the request continues through the path-mode pipeline.
-    Registered(Arc<ConnectionInfo>, Request<Incoming>),
+    Registered(Arc<ConnectionInfo>, Request<CallerBody>),
 }
 
 async fn absolute(
@@ -378,7 +378,7 @@ async fn absolute(
     connection: &Arc<ConnectionInfo>,
     context: &mut CallContext,
     progress: &mut Progress,
-    request: Request<Incoming>,
+    request: Request<CallerBody>,
 ) -> Result<Absolute, CallError> {
     enabled(runtime)?;
     let uri = request.uri().clone();

@@ -455,7 +455,7 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     parse_length(value.as_bytes())
 }
 
-fn parse_length(value: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -650,7 +650,7 @@ fn framing(headers: &HeaderMap, method: &Method, status: StatusCode) -> Result<F
     })
 }
 
-fn has_token(value: &[u8], token: &[u8]) -> bool {
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|b| *b == b',')
         .any(|part| part.trim_ascii().eq_ignore_ascii_case(token))

@@ -25,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod forward_proxy;
 pub mod h1;
+pub mod h1server;
 pub mod intercept;
 pub mod listener;
 pub mod metrics;
@@ -393,6 +394,7 @@ impl RunningGateway {
             graceful: gateway_graceful.clone(),
             shutdown: shutdown_rx.clone(),
             slots: listener::connection_slots(),
+            max_header_bytes: config.gateway.max_header_bytes,
         };
         let (workers, listen_addr) = workers::Workers::start(
             config.gateway.listen,
@@ -404,10 +406,8 @@ impl RunningGateway {
                     listener::accept_loop(
                         listener,
                         gateway_accept.clone(),
-                        // Boxed: hyper keeps a slot the size of the service's future in
-                        // every connection, idle or not, and moves the future per call.
                         move |connection, request| {
-                            Box::pin(proxy::handle(shared.clone(), connection, request))
+                            proxy::handle(shared.clone(), connection, request)
                         },
                     )
                 }
@@ -422,6 +422,7 @@ impl RunningGateway {
                 graceful: admin_graceful.clone(),
                 shutdown: shutdown_rx,
                 slots: listener::connection_slots(),
+                max_header_bytes: config.gateway.max_header_bytes,
             },
             {
                 let shared = shared.clone();

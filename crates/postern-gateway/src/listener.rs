@@ -1,5 +1,7 @@
 //! Accepting connections: plain (HTTP/1.1 and h2c) or TLS (ALPN h2/http1.1, optional client
-//! certificates), each connection served by hyper and watched for graceful shutdown.
+//! certificates). HTTP/1.1 connections start on Postern's own server ([`crate::h1server`]),
+//! which hands a connection to hyper at the first request it does not take; h2 (ALPN) goes to
+//! hyper at once. Every connection is watched for graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,13 +14,15 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::GatewayBody;
+use crate::body::{CallerBody, GatewayBody};
 use crate::context::ConnectionInfo;
 use crate::deadline::Deadline;
+use crate::h1server::{self, Prefixed, Served};
 
 /// A connection must send its first byte within this long (a bare TCP connection that never
 /// speaks would otherwise hold a file descriptor forever).
@@ -60,13 +64,15 @@ pub struct Accept {
     pub graceful: Arc<GracefulShutdown>,
     pub shutdown: watch::Receiver<bool>,
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// `[gateway] max_header_bytes`: heads larger than this are hyper's to refuse.
+    pub max_header_bytes: usize,
 }
 
 /// Accepts until `shutdown` turns true. Each connection runs in its own task, registered with
 /// `watcher` so shutdown can wait for in-flight calls.
 pub async fn accept_loop<H, F>(listener: TcpListener, accept: Accept, handler: H)
 where
-    H: Fn(Arc<ConnectionInfo>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
     let Accept {
@@ -75,6 +81,7 @@ where
         graceful,
         mut shutdown,
         slots,
+        max_header_bytes,
     } = accept;
     loop {
         let accepted = tokio::select! {
@@ -100,12 +107,19 @@ where
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let handler = handler.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let connection = Connection {
+                builder,
+                watcher,
+                shutdown,
+                max_header_bytes,
+            };
             match tls {
                 None => {
                     let info = Arc::new(ConnectionInfo::new(peer, None, false));
-                    serve(TokioIo::new(stream), info, builder, watcher, handler).await;
+                    connection.serve_h1_first(stream, info, handler).await;
                 }
                 Some(acceptor) => {
                     let handshake =
@@ -128,11 +142,58 @@ where
                         .peer_certificates()
                         .and_then(|certs| certs.first())
                         .and_then(crate::tls::spiffe_id);
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let info = Arc::new(ConnectionInfo::new(peer, spiffe_id, true));
-                    serve(TokioIo::new(stream), info, builder, watcher, handler).await;
+                    match h2 {
+                        true => {
+                            let Connection {
+                                builder, watcher, ..
+                            } = connection;
+                            serve(TokioIo::new(stream), info, builder, watcher, handler).await
+                        }
+                        false => connection.serve_h1_first(stream, info, handler).await,
+                    }
                 }
             }
         });
+    }
+}
+
+/// What a connection task needs besides its stream and handler.
+struct Connection {
+    builder: auto::Builder<TokioExecutor>,
+    /// Held for the connection's life, so graceful shutdown waits for it.
+    watcher: Watcher,
+    shutdown: watch::Receiver<bool>,
+    max_header_bytes: usize,
+}
+
+impl Connection {
+    /// Postern's own HTTP/1.1 server first; hyper from the first request it leaves.
+    async fn serve_h1_first<S, H, F>(self, mut stream: S, info: Arc<ConnectionInfo>, handler: H)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<GatewayBody>> + Send + 'static,
+    {
+        let Connection {
+            builder,
+            watcher,
+            mut shutdown,
+            max_header_bytes,
+        } = self;
+        let served = h1server::serve(
+            &mut stream,
+            &info,
+            &handler,
+            &mut shutdown,
+            max_header_bytes,
+        )
+        .await;
+        if let Served::Handoff(read) = served {
+            let io = TokioIo::new(Prefixed::new(read, stream));
+            serve(io, info, builder, watcher, handler).await;
+        }
     }
 }
 
@@ -149,11 +210,13 @@ fn service<H, F>(
        + Send
        + 'static
 where
-    H: Fn(Arc<ConnectionInfo>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
-    hyper::service::service_fn(move |request| {
-        let response = handler(info.clone(), request);
+    hyper::service::service_fn(move |request: Request<Incoming>| {
+        // Boxed: hyper keeps a slot the size of the service's future in every connection,
+        // idle or not, and moves the future per call.
+        let response = Box::pin(handler(info.clone(), request.map(CallerBody::Hyper)));
         async move { Ok::<_, Infallible>(response.await) }
     })
 }
@@ -166,7 +229,7 @@ async fn serve<I, H, F>(
     handler: H,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    H: Fn(Arc<ConnectionInfo>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
     let peer: SocketAddr = info.peer;
@@ -190,7 +253,7 @@ pub async fn serve_tunnel<I, H, F>(
     handler: H,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    H: Fn(Arc<ConnectionInfo>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
     let peer: SocketAddr = info.peer;

@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::body::CallerBody;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use percent_encoding::AsciiSet;
 use postern_policy::{AuthzRequest, Reason};
 
@@ -54,7 +54,7 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 9] = [
 pub async fn handle(
     shared: Arc<Shared>,
     connection: Arc<ConnectionInfo>,
-    request: Request<Incoming>,
+    request: Request<CallerBody>,
 ) -> Response<GatewayBody> {
     // The forward-proxy paths are boxed (allocated only when taken): a future is as large as its
     // largest branch, and every call's future is moved into a box before hyper polls it.
@@ -82,7 +82,7 @@ pub async fn handle(
 pub async fn handle_call(
     shared: Arc<Shared>,
     connection: Arc<ConnectionInfo>,
-    request: Request<Incoming>,
+    request: Request<CallerBody>,
 ) -> Response<GatewayBody> {
     let runtime = shared.runtime.load_full();
     // A shared copy of the target (no allocation): the vendor path is a slice of it.
@@ -174,7 +174,7 @@ async fn pipeline(
     context: &mut CallContext,
     progress: &mut Progress,
     target: &http::uri::PathAndQuery,
-    request: Request<Incoming>,
+    request: Request<CallerBody>,
 ) -> Result<Response<GatewayBody>, CallError> {
     check_request(&request)?;
     let caller_token = identify_caller(runtime, connection, context, request.headers())?;
@@ -285,7 +285,7 @@ pub(crate) async fn record_intent(
 
 /// Refuses malformed requests before anything else: traversal, encoded separators, control
 /// characters, conflicting framing.
-fn check_request(request: &Request<Incoming>) -> Result<(), CallError> {
+fn check_request(request: &Request<CallerBody>) -> Result<(), CallError> {
     let path = request.uri().path();
     if let Some(problem) = path_problem(path) {
         return Err(CallError::bad_request(
@@ -478,7 +478,7 @@ fn authorize(
     runtime: &Runtime,
     integration: &IntegrationRuntime,
     context: &mut CallContext,
-    request: &Request<Incoming>,
+    request: &Request<CallerBody>,
     vendor_path: &str,
 ) -> Result<(), CallError> {
     let Some(operation) = integration

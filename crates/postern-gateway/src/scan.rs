@@ -8,10 +8,10 @@
 //! `on_unapproved`. A larger body is forwarded as a stream and its event says `unscanned` —
 //! never silently. Findings are classes and counts only; no value is kept or logged.
 
+use crate::body::CallerBody;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 
 use crate::upstream::UpstreamBody;
 use postern_config::OnUnapproved;
@@ -42,7 +42,7 @@ pub async fn scan_request(
     scanner: &Scanner,
     context: &CallContext,
     headers: &http::HeaderMap,
-    body: Incoming,
+    body: CallerBody,
     caller_token: Option<&[u8]>,
 ) -> Result<(ForwardBody, Option<ScanSummary>), (CallError, ScanSummary)> {
     let limit = integration.config.max_request_body_bytes;

@@ -1,0 +1,539 @@
+//! Postern's own HTTP/1.1 server for the common call, with hyper behind it for the rest.
+//!
+//! A caller's connection starts here. Each request head is parsed (httparse) and served here
+//! only when it is plainly an ordinary HTTP/1.1 request: origin-form target, no
+//! `Transfer-Encoding`, at most one all-digit `Content-Length` no larger than
+//! [`MAX_READ_BODY_BYTES`], no `Expect`, `Upgrade`, `TE` or `HTTP2-Settings`, and a `Connection`
+//! header (if any) of exactly `keep-alive` or `close`. Anything else — a malformed or oversized
+//! head, HTTP/1.0, chunked or large uploads, CONNECT, absolute-form (forward proxy) targets,
+//! upgrades, `100-continue`, the h2c preface — is left, with every byte read so far, to hyper,
+//! which then serves the connection to its end. So each unusual or hostile input meets hyper's
+//! strict and well-tested parser, and Postern's server accepts a subset of what hyper accepts,
+//! with the same meaning.
+//!
+//! Why: hyper's server costs about 0.8 µs of CPU per call here in parsing, dispatch, a boxed
+//! service future per request, timers and its response encoder (docs/BENCHMARKS.md §1), on a
+//! path that is otherwise a few syscalls.
+//!
+//! What it does like hyper: keep-alive by default, `Connection: close` honoured both ways, a
+//! `date` header added when the response has none, `content-length` from an exact body size or
+//! else chunked framing, no body for `HEAD`, 1xx, 204 and 304, pipelined requests answered in
+//! order, a head that does not complete within [`HEAD_TIMEOUT`] closes the connection, and
+//! graceful shutdown: the request in flight is answered (with `connection: close`), an idle
+//! connection is closed. What it does differently: a request body is read whole before the call
+//! starts (it is at most [`MAX_READ_BODY_BYTES`]; bigger ones stream through hyper), and the
+//! response's data is written before the body is polled for its end, so the call is recorded
+//! after the caller has its answer.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+
+use crate::body::{CallerBody, GatewayBody};
+use crate::context::ConnectionInfo;
+
+/// The largest request body read whole here; bigger ones go to hyper, which streams them.
+pub const MAX_READ_BODY_BYTES: u64 = 64 * 1024;
+/// A request head must be complete within this long of its first byte (hyper's
+/// `header_read_timeout`, as the gateway configures it).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Headers parsed here; a request with more goes to hyper.
+const MAX_HEADERS: usize = 64;
+/// Room for one read.
+const READ_SPACE: usize = 8 * 1024;
+/// Response data up to this size is copied behind the head and sent with it in one write.
+const COALESCE_BYTES: usize = 16 * 1024;
+
+/// How a connection left this server.
+pub enum Served {
+    /// Closed (by either side, or at shutdown, or after an error).
+    Closed,
+    /// A request this server does not take: hyper gets the connection with these bytes, which
+    /// were read from it and not consumed.
+    Handoff(BytesMut),
+}
+
+/// Serves requests on `io` until the connection closes or a request needs hyper.
+pub async fn serve<S, H, F>(
+    io: &mut S,
+    info: &Arc<ConnectionInfo>,
+    handler: &H,
+    shutdown: &mut watch::Receiver<bool>,
+    max_header_bytes: usize,
+) -> Served
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F,
+    F: Future<Output = Response<GatewayBody>>,
+{
+    let mut buf = BytesMut::with_capacity(READ_SPACE);
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        let (request, close) = match next_request(io, &mut buf, shutdown, max_header_bytes).await {
+            Next::Request(request, close) => (request, close),
+            Next::Closed => return Served::Closed,
+            Next::Handoff => return Served::Handoff(buf),
+        };
+        let head_only = request.method() == Method::HEAD;
+        let response = handler(info.clone(), request).await;
+        let close = close || *shutdown.borrow();
+        match respond(io, &mut out, response, head_only, close).await {
+            Ok(true) if !close => {}
+            _ => {
+                let _ = io.shutdown().await;
+                return Served::Closed;
+            }
+        }
+    }
+}
+
+// Made once per request and matched at once: boxing the request would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    /// A request, and whether the caller asked to close after it.
+    Request(Request<CallerBody>, bool),
+    Closed,
+    Handoff,
+}
+
+/// Reads the next request: its head, and its body when it has one.
+async fn next_request<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    shutdown: &mut watch::Receiver<bool>,
+    max_header_bytes: usize,
+) -> Next {
+    let mut head_deadline = None;
+    let (head, body_len, close) = loop {
+        if !buf.is_empty() {
+            match parse(buf, max_header_bytes) {
+                Parse::Partial => {}
+                Parse::Handoff => return Next::Handoff,
+                Parse::Request(head, body_len, close) => break (head, body_len, close),
+            }
+            if buf.len() >= max_header_bytes {
+                return Next::Handoff;
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_SPACE);
+        }
+        let read = if buf.is_empty() {
+            // Idle between requests: the connection's own idle deadline applies; shutdown
+            // closes it.
+            tokio::select! {
+                biased;
+                read = io.read_buf(buf) => read,
+                _ = stopping(shutdown) => return Next::Closed,
+            }
+        } else {
+            let deadline =
+                *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+            match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+                Ok(read) => read,
+                Err(_) => return Next::Closed,
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => return Next::Closed,
+            Ok(_) => {}
+        }
+    };
+    let body = match body_len {
+        0 => CallerBody::empty(),
+        len => {
+            let len = len as usize;
+            while buf.len() < len {
+                buf.reserve(len - buf.len());
+                match io.read_buf(buf).await {
+                    Ok(0) | Err(_) => return Next::Closed,
+                    Ok(_) => {}
+                }
+            }
+            CallerBody::Read(Some(buf.split_to(len).freeze()))
+        }
+    };
+    let (parts, ()) = head.into_parts();
+    Next::Request(Request::from_parts(parts, body), close)
+}
+
+/// Resolves once shutdown has begun (never, if the gateway's shutdown sender is gone).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[allow(clippy::large_enum_variant)]
+enum Parse {
+    Partial,
+    Handoff,
+    /// The head (taken from the buffer), the body's length, and `Connection: close`.
+    Request(Request<()>, u64, bool),
+}
+
+/// Parses a request head at the start of `buf`; takes it from `buf` only when this server will
+/// serve the request.
+fn parse(buf: &mut BytesMut, max_header_bytes: usize) -> Parse {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(_) => return Parse::Handoff,
+    };
+    if head_len > max_header_bytes || parsed.version != Some(1) {
+        return Parse::Handoff;
+    }
+    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+        return Parse::Handoff;
+    };
+    if method == "CONNECT" || !path.starts_with('/') {
+        return Parse::Handoff;
+    }
+    let mut body_len = None;
+    let mut close = false;
+    for found in parsed.headers.iter() {
+        let name = found.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match (body_len, crate::h1::parse_length(found.value)) {
+                (None, Some(length)) if length <= MAX_READ_BODY_BYTES => body_len = Some(length),
+                _ => return Parse::Handoff,
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if found.value.eq_ignore_ascii_case(b"close") {
+                close = true;
+            } else if !found.value.eq_ignore_ascii_case(b"keep-alive") {
+                return Parse::Handoff;
+            }
+        } else if [
+            &b"transfer-encoding"[..],
+            b"expect",
+            b"upgrade",
+            b"te",
+            b"http2-settings",
+        ]
+        .iter()
+        .any(|special| name.eq_ignore_ascii_case(special))
+        {
+            return Parse::Handoff;
+        }
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parse::Handoff;
+    };
+    // Where each part sits in the buffer, so the head's parts can share its bytes.
+    let base = buf.as_ptr() as usize;
+    let span = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        start..start + part.len()
+    };
+    let path = span(path.as_bytes());
+    let count = parsed.headers.len();
+    let mut spans = [const { (0..0, 0..0) }; MAX_HEADERS];
+    for (slot, found) in spans.iter_mut().zip(parsed.headers.iter()) {
+        *slot = (span(found.name.as_bytes()), span(found.value));
+    }
+    let head = buf.split_to(head_len).freeze();
+    let build = || -> Option<Request<()>> {
+        let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
+        let mut headers = HeaderMap::with_capacity(count);
+        for (name, value) in spans.into_iter().take(count) {
+            let name = HeaderName::from_bytes(&head[name]).ok()?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value)).ok()?;
+            headers.append(name, value);
+        }
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        Some(request)
+    };
+    match build() {
+        Some(request) => Parse::Request(request, body_len.unwrap_or(0), close),
+        None => {
+            // Not something hyper would take either, but hyper says so: put the head back.
+            let mut restored = BytesMut::with_capacity(head.len() + buf.len());
+            restored.extend_from_slice(&head);
+            restored.extend_from_slice(buf);
+            *buf = restored;
+            Parse::Handoff
+        }
+    }
+}
+
+/// Writes `response`. `Ok(true)`: the connection may carry another request.
+async fn respond<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    response: Response<GatewayBody>,
+    head_only: bool,
+    close: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let bodiless = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let close = close
+        || parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|value| crate::h1::has_token(value.as_bytes(), b"close"));
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut declared = None;
+    let mut chunked_declared = false;
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            declared = crate::h1::parse_length(value.as_bytes());
+        } else if name == header::TRANSFER_ENCODING {
+            // The only coding Postern's responses carry is chunked framing; it writes that
+            // itself.
+            chunked_declared = true;
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        with_date(|date| out.extend_from_slice(date));
+        out.extend_from_slice(b"\r\n");
+    }
+    if close && !parts.headers.contains_key(header::CONNECTION) {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    let exact = body.size_hint().exact();
+    // What the body must add up to: a declared length wins, as in hyper.
+    let length = match (declared, chunked_declared) {
+        (Some(length), false) => Some(length),
+        (None, false) => exact,
+        _ => None,
+    };
+    if bodiless {
+        // A `HEAD` answer keeps the length the vendor declared, and gets none otherwise.
+        out.extend_from_slice(b"\r\n");
+        write_all(io, out).await?;
+        drop(body);
+        return Ok(!close);
+    }
+    match length {
+        Some(length) if declared.is_none() => push_header_u64(out, b"content-length", length),
+        Some(_) => {}
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+
+    let mut remaining = length;
+    let mut head_sent = false;
+    loop {
+        let frame = match poll_once(&mut body).await {
+            Some(frame) => frame,
+            None => {
+                if !head_sent {
+                    write_all(io, out).await?;
+                    head_sent = true;
+                }
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            }
+        };
+        match frame {
+            None => break,
+            Some(Err(error)) => {
+                tracing::debug!(%error, "response body failed; closing the connection");
+                if !head_sent {
+                    let _ = write_all(io, out).await;
+                }
+                return Ok(false);
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers: not sent, as hyper does for a caller without `TE`
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if let Some(left) = remaining.as_mut() {
+                    if data.len() as u64 > *left {
+                        tracing::debug!("response body longer than its length; closing");
+                        if !head_sent {
+                            let _ = write_all(io, out).await;
+                        }
+                        return Ok(false);
+                    }
+                    *left -= data.len() as u64;
+                }
+                if !head_sent {
+                    head_sent = true;
+                    if remaining.is_some() && data.len() <= COALESCE_BYTES {
+                        out.extend_from_slice(&data);
+                        write_all(io, out).await?;
+                        continue;
+                    }
+                    write_all(io, out).await?;
+                }
+                if remaining.is_some() {
+                    write_all(io, &data).await?;
+                } else {
+                    out.clear();
+                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    if data.len() <= COALESCE_BYTES {
+                        out.extend_from_slice(&data);
+                        out.extend_from_slice(b"\r\n");
+                        write_all(io, out).await?;
+                    } else {
+                        write_all(io, out).await?;
+                        write_all(io, &data).await?;
+                        write_all(io, b"\r\n").await?;
+                    }
+                }
+            }
+        }
+    }
+    if !head_sent {
+        write_all(io, out).await?;
+    }
+    match remaining {
+        Some(0) => {}
+        Some(_) => {
+            tracing::debug!("response body shorter than its length; closing");
+            return Ok(false);
+        }
+        None => write_all(io, b"0\r\n\r\n").await?,
+    }
+    io.flush().await?;
+    Ok(!close)
+}
+
+/// One poll of the body's next frame: `None` when it is not ready yet.
+async fn poll_once(
+    body: &mut GatewayBody,
+) -> Option<Option<Result<Frame<Bytes>, crate::body::BodyError>>> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(frame) => Some(frame),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+async fn write_all<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
+}
+
+fn push_header_u64(out: &mut Vec<u8>, name: &[u8], value: u64) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The current `date` value (IMF-fixdate), formatted once per second per thread.
+fn with_date(write: impl FnOnce(&[u8])) {
+    thread_local! {
+        static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    DATE.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            let formatted = httpdate::fmt_http_date(now);
+            if formatted.len() == text.len() {
+                text.copy_from_slice(formatted.as_bytes());
+                *cached = second;
+            } else {
+                return write(formatted.as_bytes());
+            }
+        }
+        write(&text[..])
+    })
+}
+
+/// A stream whose first reads return bytes already read from it: how hyper gets a connection
+/// this server handed off.
+pub struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: BytesMut, inner: S) -> Self {
+        Prefixed {
+            prefix: prefix.freeze(),
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
