@@ -1,6 +1,8 @@
 //! Time limits on a connection's bytes: the first byte must arrive within `first_byte`
 //! (a connection that never speaks is closed — hyper's protocol sniffing has no timeout of its
-//! own), and afterwards a connection with no byte in either direction for `idle` is closed.
+//! own), and afterwards a connection with no byte in either direction for `idle` is closed —
+//! also when it is the peer that stops taking bytes (a write, flush or shutdown that stays
+//! blocked fails the same way), so a caller that stops reading cannot hold a connection.
 
 use std::future::Future as _;
 use std::io;
@@ -61,24 +63,44 @@ impl<S: AsyncRead> AsyncRead for Deadline<S> {
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
             Poll::Pending => {}
         }
-        let deadline = match *this.last_activity {
-            None => *this.started + *this.first_byte,
-            Some(last) => last + *this.idle,
-        };
-        if this.sleep.deadline() != deadline {
-            this.sleep.as_mut().reset(deadline);
-        }
-        match this.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                if this.last_activity.is_none() {
-                    "no request within the first-byte timeout"
-                } else {
-                    "connection idle"
-                },
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
+        expired(
+            this.sleep,
+            *this.started,
+            *this.last_activity,
+            *this.first_byte,
+            *this.idle,
+            cx,
+        )
+    }
+}
+
+/// Called when the stream is not ready: `TimedOut` once the connection has been silent past
+/// its deadline, else `Pending` with the deadline's timer armed.
+fn expired<T>(
+    sleep: &mut Pin<Box<Sleep>>,
+    started: Instant,
+    last_activity: Option<Instant>,
+    first_byte: Duration,
+    idle: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<T>> {
+    let deadline = match last_activity {
+        None => started + first_byte,
+        Some(last) => last + idle,
+    };
+    if sleep.deadline() != deadline {
+        sleep.as_mut().reset(deadline);
+    }
+    match sleep.as_mut().poll(cx) {
+        Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            if last_activity.is_none() {
+                "no request within the first-byte timeout"
+            } else {
+                "connection idle"
+            },
+        ))),
+        Poll::Pending => Poll::Pending,
     }
 }
 
@@ -89,21 +111,53 @@ impl<S: AsyncWrite> AsyncWrite for Deadline<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        let result = this.inner.poll_write(cx, buf);
-        if let Poll::Ready(Ok(written)) = &result {
-            if *written > 0 && this.last_activity.is_some() {
-                *this.last_activity = Some(Instant::now());
+        match this.inner.poll_write(cx, buf) {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 && this.last_activity.is_some() {
+                    *this.last_activity = Some(Instant::now());
+                }
+                Poll::Ready(Ok(written))
             }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => expired(
+                this.sleep,
+                *this.started,
+                *this.last_activity,
+                *this.first_byte,
+                *this.idle,
+                cx,
+            ),
         }
-        result
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        match this.inner.poll_flush(cx) {
+            Poll::Pending => expired(
+                this.sleep,
+                *this.started,
+                *this.last_activity,
+                *this.first_byte,
+                *this.idle,
+                cx,
+            ),
+            ready => ready,
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        let this = self.project();
+        match this.inner.poll_shutdown(cx) {
+            Poll::Pending => expired(
+                this.sleep,
+                *this.started,
+                *this.last_activity,
+                *this.first_byte,
+                *this.idle,
+                cx,
+            ),
+            ready => ready,
+        }
     }
 
     fn poll_write_vectored(
@@ -112,13 +166,23 @@ impl<S: AsyncWrite> AsyncWrite for Deadline<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        let result = this.inner.poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(written)) = &result {
-            if *written > 0 && this.last_activity.is_some() {
-                *this.last_activity = Some(Instant::now());
+        match this.inner.poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 && this.last_activity.is_some() {
+                    *this.last_activity = Some(Instant::now());
+                }
+                Poll::Ready(Ok(written))
             }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => expired(
+                this.sleep,
+                *this.started,
+                *this.last_activity,
+                *this.first_byte,
+                *this.idle,
+                cx,
+            ),
         }
-        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -151,5 +215,18 @@ mod tests {
         // Then silence past the idle limit.
         let error = server.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_times_out_a_write() {
+        let (mut client, server) = tokio::io::duplex(16);
+        let mut server = Deadline::new(server, Duration::from_secs(10), Duration::from_secs(60));
+        client.write_all(b"GET").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(server.read(&mut buf).await.unwrap(), 3);
+        // The client never reads: the pipe fills, and the write waits until the idle limit.
+        let error = server.write_all(&[b'x'; 64]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        drop(client);
     }
 }

@@ -20,14 +20,20 @@
 //! else chunked framing, no body for `HEAD`, 1xx, 204 and 304, pipelined requests answered in
 //! order, a head that does not complete within [`HEAD_TIMEOUT`] closes the connection, and
 //! graceful shutdown: the request in flight is answered (with `connection: close`), an idle
-//! connection is closed. What it does differently: a request body is read whole before the call
-//! starts (it is at most [`MAX_READ_BODY_BYTES`]; bigger ones stream through hyper), and the
-//! response's data is written before the body is polled for its end, so the call is recorded
-//! after the caller has its answer.
+//! connection is closed, and while a call runs the connection is still read, so a caller that
+//! hangs up ends its call. What it does differently:
+//! - a request body is read whole before the call starts (it is at most
+//!   [`MAX_READ_BODY_BYTES`]; bigger ones stream through hyper);
+//! - a response's last byte is written before its body is polled for its end, so the call is
+//!   recorded after the caller has its answer;
+//! - an idle keep-alive connection lives until the connection's idle limit
+//!   ([`crate::listener::CONNECTION_IDLE_TIMEOUT`], 300 s, as docs/PROXY.md states); hyper's
+//!   head timer also ran between requests and closed it after 30 s;
+//! - at shutdown, a connection whose first request has not arrived is closed at once.
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -45,8 +51,8 @@ use crate::context::ConnectionInfo;
 
 /// The largest request body read whole here; bigger ones go to hyper, which streams them.
 pub const MAX_READ_BODY_BYTES: u64 = 64 * 1024;
-/// A request head must be complete within this long of its first byte (hyper's
-/// `header_read_timeout`, as the gateway configures it).
+/// A request head must be complete within this long of its first byte (the gateway's
+/// `header_read_timeout` for hyper).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Headers parsed here; a request with more goes to hyper.
 const MAX_HEADERS: usize = 64;
@@ -59,9 +65,10 @@ const COALESCE_BYTES: usize = 16 * 1024;
 pub enum Served {
     /// Closed (by either side, or at shutdown, or after an error).
     Closed,
-    /// A request this server does not take: hyper gets the connection with these bytes, which
-    /// were read from it and not consumed.
-    Handoff(BytesMut),
+    /// A request this server does not take: hyper gets the connection with `read`, the bytes
+    /// read from it and not consumed. `served`: requests were answered here before it (so the
+    /// connection is HTTP/1.1 for good, and no h2 preface may follow).
+    Handoff { read: BytesMut, served: bool },
 }
 
 /// Serves requests on `io` until the connection closes or a request needs hyper.
@@ -79,14 +86,30 @@ where
 {
     let mut buf = BytesMut::with_capacity(READ_SPACE);
     let mut out = Vec::with_capacity(1024);
+    let mut served = false;
     loop {
         let (request, close) = match next_request(io, &mut buf, shutdown, max_header_bytes).await {
             Next::Request(request, close) => (request, close),
             Next::Closed => return Served::Closed,
-            Next::Handoff => return Served::Handoff(buf),
+            Next::Handoff => return Served::Handoff { read: buf, served },
         };
+        served = true;
         let head_only = request.method() == Method::HEAD;
-        let response = handler(info.clone(), request).await;
+        let call = handler(info.clone(), request);
+        let mut call = std::pin::pin!(call);
+        // While the call runs, the connection is still read (as hyper does): a caller that
+        // hangs up (EOF, reset, or the connection's idle deadline) ends the call, and what a
+        // pipelining caller sends next waits in `buf`, up to a head's worth.
+        let response = loop {
+            tokio::select! {
+                biased;
+                response = &mut call => break response,
+                read = io.read_buf(&mut buf), if buf.len() < max_header_bytes => match read {
+                    Ok(0) | Err(_) => return Served::Closed,
+                    Ok(_) => {}
+                },
+            }
+        };
         let close = close || *shutdown.borrow();
         match respond(io, &mut out, response, head_only, close).await {
             Ok(true) if !close => {}
@@ -94,6 +117,12 @@ where
                 let _ = io.shutdown().await;
                 return Served::Closed;
             }
+        }
+        // An idle connection keeps small buffers, whatever its last call needed.
+        out.clear();
+        out.shrink_to(4096);
+        if buf.is_empty() && buf.capacity() > 2 * READ_SPACE {
+            buf = BytesMut::with_capacity(READ_SPACE);
         }
     }
 }
@@ -284,10 +313,8 @@ async fn respond<S: AsyncWrite + Unpin>(
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
-    let bodiless = head_only
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    // Never a 1xx here: the vendor client passes on final answers only.
+    let no_content = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let close = close
         || parts
             .headers
@@ -302,14 +329,14 @@ async fn respond<S: AsyncWrite + Unpin>(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut declared = None;
-    let mut chunked_declared = false;
     for (name, value) in &parts.headers {
+        // Framing is written below, once: the length the response declares (a vendor's
+        // `5, 5` or a repeated line becomes one), else the body's exact size, else chunked.
         if name == header::CONTENT_LENGTH {
-            declared = crate::h1::parse_length(value.as_bytes());
-        } else if name == header::TRANSFER_ENCODING {
-            // The only coding Postern's responses carry is chunked framing; it writes that
-            // itself.
-            chunked_declared = true;
+            declared = declared.or_else(|| declared_length(value.as_bytes()));
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -325,106 +352,113 @@ async fn respond<S: AsyncWrite + Unpin>(
     if close && !parts.headers.contains_key(header::CONNECTION) {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    let exact = body.size_hint().exact();
-    // What the body must add up to: a declared length wins, as in hyper.
-    let length = match (declared, chunked_declared) {
-        (Some(length), false) => Some(length),
-        (None, false) => exact,
-        _ => None,
-    };
-    if bodiless {
-        // A `HEAD` answer keeps the length the vendor declared, and gets none otherwise.
+    let length = declared.or(body.size_hint().exact());
+    if head_only || no_content {
+        // A `HEAD` answer states the length a `GET` would have had; 204 and 304 none.
+        let length = declared.or(body.size_hint().exact().filter(|&n| n > 0));
+        if let (Some(length), false) = (length, no_content) {
+            push_length(out, length);
+        }
         out.extend_from_slice(b"\r\n");
-        write_all(io, out).await?;
         drop(body);
+        write_all(io, out).await?;
+        io.flush().await?;
         return Ok(!close);
     }
     match length {
-        Some(length) if declared.is_none() => push_header_u64(out, b"content-length", length),
-        Some(_) => {}
+        Some(length) => push_length(out, length),
         None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
 
+    // `out` holds what is still to be written; it is written when the body has nothing ready
+    // (so a streamed answer reaches the caller as it comes) and at the end.
     let mut remaining = length;
-    let mut head_sent = false;
     loop {
         let frame = match poll_once(&mut body).await {
             Some(frame) => frame,
             None => {
-                if !head_sent {
+                if !out.is_empty() {
                     write_all(io, out).await?;
-                    head_sent = true;
+                    out.clear();
                 }
+                io.flush().await?;
                 std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
             }
         };
-        match frame {
+        let data = match frame {
             None => break,
             Some(Err(error)) => {
                 tracing::debug!(%error, "response body failed; closing the connection");
-                if !head_sent {
-                    let _ = write_all(io, out).await;
-                }
+                let _ = write_all(io, out).await;
                 return Ok(false);
             }
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue; // trailers: not sent, as hyper does for a caller without `TE`
-                };
-                if data.is_empty() {
-                    continue;
+            // Trailers are not sent, as hyper does for a caller without `TE: trailers`.
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
+        };
+        match remaining.as_mut() {
+            Some(left) => {
+                if data.len() as u64 > *left {
+                    tracing::debug!("response body longer than its length; closing");
+                    out.extend_from_slice(&data[..*left as usize]);
+                    let _ = write_all(io, out).await;
+                    return Ok(false);
                 }
-                if let Some(left) = remaining.as_mut() {
-                    if data.len() as u64 > *left {
-                        tracing::debug!("response body longer than its length; closing");
-                        if !head_sent {
-                            let _ = write_all(io, out).await;
-                        }
-                        return Ok(false);
-                    }
-                    *left -= data.len() as u64;
-                }
-                if !head_sent {
-                    head_sent = true;
-                    if remaining.is_some() && data.len() <= COALESCE_BYTES {
-                        out.extend_from_slice(&data);
-                        write_all(io, out).await?;
-                        continue;
-                    }
-                    write_all(io, out).await?;
-                }
-                if remaining.is_some() {
-                    write_all(io, &data).await?;
+                *left -= data.len() as u64;
+                if out.len() + data.len() <= COALESCE_BYTES {
+                    out.extend_from_slice(&data);
                 } else {
+                    write_all(io, out).await?;
                     out.clear();
-                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                    if data.len() <= COALESCE_BYTES {
-                        out.extend_from_slice(&data);
-                        out.extend_from_slice(b"\r\n");
-                        write_all(io, out).await?;
-                    } else {
-                        write_all(io, out).await?;
-                        write_all(io, &data).await?;
-                        write_all(io, b"\r\n").await?;
-                    }
+                    write_all(io, &data).await?;
+                }
+                if *left == 0 {
+                    // The whole answer: the caller gets it before the body is polled for its
+                    // end (which records the call).
+                    write_all(io, out).await?;
+                    out.clear();
+                    io.flush().await?;
                 }
             }
+            None => {
+                let _ = write!(out, "{:x}\r\n", data.len());
+                if out.len() + data.len() <= COALESCE_BYTES {
+                    out.extend_from_slice(&data);
+                } else {
+                    write_all(io, out).await?;
+                    out.clear();
+                    write_all(io, &data).await?;
+                }
+                out.extend_from_slice(b"\r\n");
+            }
         }
-    }
-    if !head_sent {
-        write_all(io, out).await?;
     }
     match remaining {
         Some(0) => {}
         Some(_) => {
             tracing::debug!("response body shorter than its length; closing");
+            let _ = write_all(io, out).await;
             return Ok(false);
         }
-        None => write_all(io, b"0\r\n\r\n").await?,
+        None => out.extend_from_slice(b"0\r\n\r\n"),
     }
-    io.flush().await?;
+    if !out.is_empty() {
+        write_all(io, out).await?;
+        io.flush().await?;
+    }
     Ok(!close)
+}
+
+/// A response's declared `Content-Length`: one value, or a list of equal ones (`5, 5`).
+fn declared_length(value: &[u8]) -> Option<u64> {
+    let mut values = value.split(|&b| b == b',').map(|v| v.trim_ascii());
+    let first = crate::h1::parse_length(values.next()?)?;
+    values
+        .all(|v| crate::h1::parse_length(v) == Some(first))
+        .then_some(first)
 }
 
 /// One poll of the body's next frame: `None` when it is not ready yet.
@@ -441,15 +475,11 @@ async fn poll_once(
 }
 
 async fn write_all<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> io::Result<()> {
-    io.write_all(bytes).await?;
-    io.flush().await
+    io.write_all(bytes).await
 }
 
-fn push_header_u64(out: &mut Vec<u8>, name: &[u8], value: u64) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
+fn push_length(out: &mut Vec<u8>, length: u64) {
+    let _ = write!(out, "content-length: {length}\r\n");
 }
 
 /// The current `date` value (IMF-fixdate), formatted once per second per thread.
@@ -498,7 +528,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.prefix.is_empty() {
+        if !this.prefix.is_empty() && buf.remaining() > 0 {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
@@ -535,5 +565,236 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn parsed(bytes: &[u8]) -> &'static str {
+        let mut buf = BytesMut::from(bytes);
+        match parse(&mut buf, 8192) {
+            Parse::Partial => "partial",
+            Parse::Handoff => {
+                assert_eq!(&buf[..], bytes, "a hand-off keeps every byte");
+                "hyper"
+            }
+            Parse::Request(..) => "here",
+        }
+    }
+
+    #[test]
+    fn only_plainly_ordinary_requests_are_served_here() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n", "here"),
+            (
+                b"POST /a HTTP/1.1\r\nContent-Length: 5\r\nConnection: Keep-Alive\r\n\r\nhello",
+                "here",
+            ),
+            (b"GET /a HTTP/1.1\r\nconnection: close\r\n\r\n", "here"),
+            (b"GET /a HTTP/1.1\r\nhost: x\r\n", "partial"),
+            (b"GET /a HTTP/1.0\r\n\r\n", "hyper"),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "hyper"),
+            (b"CONNECT api.example.com:443 HTTP/1.1\r\n\r\n", "hyper"),
+            (b"GET http://api.example.com/a HTTP/1.1\r\n\r\n", "hyper"),
+            (b"OPTIONS * HTTP/1.1\r\n\r\n", "hyper"),
+            (
+                b"POST /a HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+                "hyper",
+            ),
+            (
+                b"POST /a HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "hyper",
+            ),
+            (
+                b"POST /a HTTP/1.1\r\ncontent-length: 4\r\nContent-Length: 4\r\n\r\n",
+                "hyper",
+            ),
+            (b"POST /a HTTP/1.1\r\ncontent-length: +4\r\n\r\n", "hyper"),
+            (b"POST /a HTTP/1.1\r\ncontent-length: 4, 4\r\n\r\n", "hyper"),
+            (b"POST /a HTTP/1.1\r\ncontent-length: \r\n\r\n", "hyper"),
+            (
+                b"POST /a HTTP/1.1\r\ncontent-length: 65537\r\n\r\n",
+                "hyper",
+            ),
+            (b"POST /a HTTP/1.1\r\nexpect: 100-continue\r\n\r\n", "hyper"),
+            (
+                b"GET /a HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+                "hyper",
+            ),
+            (
+                b"GET /a HTTP/1.1\r\nconnection: keep-alive, te\r\n\r\n",
+                "hyper",
+            ),
+            (b"GET /a HTTP/1.1\r\nte: trailers\r\n\r\n", "hyper"),
+            (b"GET /a HTTP/1.1\r\nx-evil: a\rb\r\n\r\n", "hyper"),
+            (b"GET /a HTTP/1.1\r\nx-evil: a\nb\r\n\r\n", "hyper"),
+            (b"GET /a HTTP/1.1\r\nx-fold: a\r\n b\r\n\r\n", "hyper"),
+            (b"GET /a HTTP/1.1\r\nbad name: a\r\n\r\n", "hyper"),
+            (b"GARBAGE\r\n\r\n", "hyper"),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(
+                parsed(bytes),
+                *expected,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("x-{i}: v\r\n"))
+            .collect();
+        assert_eq!(
+            parsed(format!("GET /a HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            "hyper"
+        );
+        let big = "a".repeat(9000);
+        assert_eq!(
+            parsed(format!("GET /a HTTP/1.1\r\nx: {big}\r\n\r\n").as_bytes()),
+            "hyper"
+        );
+    }
+
+    fn info() -> Arc<ConnectionInfo> {
+        Arc::new(ConnectionInfo::new(([127, 0, 0, 1], 1).into(), None, false))
+    }
+
+    /// Answers with the method, target and body it got.
+    async fn echo(_: Arc<ConnectionInfo>, request: Request<CallerBody>) -> Response<GatewayBody> {
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let text = format!(
+            "{} {} {}",
+            parts.method,
+            parts.uri,
+            String::from_utf8_lossy(&body)
+        );
+        Response::new(GatewayBody::full(text))
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_then_closed() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        client
+            .write_all(
+                b"GET /one HTTP/1.1\r\n\r\nPOST /two HTTP/1.1\r\ncontent-length: 3\r\n\r\nabcHEAD /three HTTP/1.1\r\nconnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let served = serve(&mut server, &info(), &echo, &mut shutdown, 8192).await;
+        assert!(matches!(served, Served::Closed));
+        drop(server);
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        let answers: Vec<&str> = answer.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+        assert_eq!(answers.len(), 3, "{answer}");
+        assert!(
+            answers[0].contains("content-length: 9\r\n")
+                && answers[0].ends_with("\r\n\r\nGET /one ")
+        );
+        assert!(
+            answers[1].ends_with("\r\n\r\nPOST /two abc"),
+            "{}",
+            answers[1]
+        );
+        // HEAD: the length a GET would have had, no body, and the close announced.
+        assert!(
+            answers[2].contains("content-length: 12\r\n"),
+            "{}",
+            answers[2]
+        );
+        assert!(
+            answers[2].contains("connection: close\r\n"),
+            "{}",
+            answers[2]
+        );
+        assert!(answers[2].ends_with("\r\n\r\n"), "{}", answers[2]);
+        assert!(answers.iter().all(|a| a.contains("date: ")));
+    }
+
+    #[tokio::test]
+    async fn a_request_left_to_hyper_hands_over_every_unread_byte() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let rest =
+            b"POST /two HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /x";
+        let mut sent = b"GET /one HTTP/1.1\r\n\r\n".to_vec();
+        sent.extend_from_slice(rest);
+        client.write_all(&sent).await.unwrap();
+        match serve(&mut server, &info(), &echo, &mut shutdown, 8192).await {
+            Served::Handoff { read, served } => {
+                assert!(served);
+                assert_eq!(&read[..], &rest[..]);
+            }
+            Served::Closed => panic!("expected a hand-off"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_hangs_up_ends_its_call() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let dropped = Arc::new(AtomicBool::new(false));
+        struct Flag(Arc<AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let flag = dropped.clone();
+        let never = move |_: Arc<ConnectionInfo>, _: Request<CallerBody>| {
+            let guard = Flag(flag.clone());
+            async move {
+                let _guard = guard;
+                std::future::pending::<Response<GatewayBody>>().await
+            }
+        };
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let serving = tokio::spawn(async move {
+            matches!(
+                serve(&mut server, &info(), &never, &mut shutdown, 8192).await,
+                Served::Closed
+            )
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!dropped.load(Ordering::SeqCst));
+        drop(client);
+        let closed = tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .expect("the connection ends when the caller hangs up")
+            .unwrap();
+        assert!(closed);
+        assert!(dropped.load(Ordering::SeqCst), "the call was dropped");
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_an_idle_connection() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (stop, mut shutdown) = watch::channel(false);
+        let serving = tokio::spawn(async move {
+            serve(&mut server, &info(), &echo, &mut shutdown, 8192).await;
+        });
+        client
+            .write_all(b"GET /one HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0u8; 512];
+        let n = client.read(&mut first).await.unwrap();
+        assert!(!String::from_utf8_lossy(&first[..n]).contains("connection: close"));
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .expect("an idle connection closes at shutdown")
+            .unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
     }
 }

@@ -190,7 +190,13 @@ impl Connection {
             max_header_bytes,
         )
         .await;
-        if let Served::Handoff(read) = served {
+        if let Served::Handoff { read, served } = served {
+            // After an HTTP/1.1 exchange, the connection stays HTTP/1.1 (no h2 preface).
+            let builder = if served {
+                builder.http1_only()
+            } else {
+                builder
+            };
             let io = TokioIo::new(Prefixed::new(read, stream));
             serve(io, info, builder, watcher, handler).await;
         }

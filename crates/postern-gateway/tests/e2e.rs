@@ -1111,6 +1111,64 @@ async fn bad_input_gets_4xx_and_never_reaches_the_vendor() {
     gw.stop().await;
 }
 
+/// One connection carries ordinary requests (served by Postern's own HTTP/1.1 server) and then
+/// requests that server leaves to hyper (a chunked upload, `Expect: 100-continue`, HTTP/1.0):
+/// pipelined back to back, every one is answered in order, with the right body reaching the
+/// vendor, and nothing is lost or repeated at the hand-over.
+#[tokio::test]
+async fn ordinary_and_unusual_requests_share_one_connection() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let addr = gw.running().listen_addr;
+    let auth = format!("authorization: Bearer {}\r\n", gw.token);
+    let pipelined = format!(
+        "GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}\r\n\
+         POST /stripe/v1/charges HTTP/1.1\r\nhost: x\r\n{auth}content-length: 5\r\nconnection: keep-alive\r\n\r\nfirst\
+         HEAD /stripe/v1/charges/ch_2 HTTP/1.1\r\nhost: x\r\n{auth}\r\n\
+         POST /stripe/v1/charges HTTP/1.1\r\nhost: x\r\n{auth}transfer-encoding: chunked\r\n\r\n6\r\nsecond\r\n0\r\n\r\n\
+         POST /stripe/v1/charges HTTP/1.1\r\nhost: x\r\n{auth}content-length: 5\r\n\r\nthird\
+         GET /stripe/v1/charges/ch_3 HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"
+    );
+    let answer = raw_request(addr, pipelined.as_bytes()).await;
+    assert_eq!(
+        answer.matches("HTTP/1.1 200 OK\r\n").count(),
+        6,
+        "six answers in order: {answer}"
+    );
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    let seen = vendor.seen();
+    let got: Vec<(&str, &str, &[u8])> = seen
+        .iter()
+        .map(|s| (s.method.as_str(), s.target.as_str(), &s.body[..]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("GET", "/v1/charges/ch_1", &b""[..]),
+            ("POST", "/v1/charges", b"first"),
+            ("HEAD", "/v1/charges/ch_2", b""),
+            ("POST", "/v1/charges", b"second"),
+            ("POST", "/v1/charges", b"third"),
+            ("GET", "/v1/charges/ch_3", b""),
+        ]
+    );
+    // The HEAD answer had no body: the next answer's status line follows its head directly.
+    let head_answer = answer.split("HTTP/1.1 ").nth(3).unwrap();
+    assert!(head_answer.ends_with("\r\n\r\n"), "{head_answer:?}");
+
+    // Requests hyper takes from the first byte: HTTP/1.0, and a 100-continue upload.
+    let http10 = format!("GET /stripe/v1/charges/ch_4 HTTP/1.0\r\nhost: x\r\n{auth}\r\n");
+    let answer = raw_request(addr, http10.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    let expect = format!(
+        "POST /stripe/v1/charges HTTP/1.1\r\nhost: x\r\n{auth}content-length: 6\r\nexpect: 100-continue\r\nconnection: close\r\n\r\nfourth"
+    );
+    let answer = raw_request(addr, expect.as_bytes()).await;
+    assert!(answer.contains("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!(&vendor.last().body[..], b"fourth");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
