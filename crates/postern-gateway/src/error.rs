@@ -83,7 +83,7 @@ impl CallError {
             HeaderValue::from_static("application/json"),
         );
         if let Ok(value) = HeaderValue::from_str(request_id) {
-            headers.insert(crate::REQUEST_ID_HEADER, value);
+            headers.insert(crate::REQUEST_ID, value);
         }
         if let Some(seconds) = self.retry_after_seconds {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));

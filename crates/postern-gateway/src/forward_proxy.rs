@@ -528,9 +528,7 @@ async fn absolute(
     );
     let mut response = Response::from_parts(parts, GatewayBody::Stream(Box::new(body)));
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response
-            .headers_mut()
-            .insert(crate::REQUEST_ID_HEADER, value);
+        response.headers_mut().insert(crate::REQUEST_ID, value);
     }
     Ok(Absolute::Answered(response))
 }
@@ -677,7 +675,7 @@ fn strip_proxy_headers(headers: &mut http::HeaderMap, token: Option<&[u8]>) {
     {
         headers.remove(name);
     }
-    headers.remove(crate::CALLER_TOKEN_HEADER);
+    headers.remove(crate::CALLER_TOKEN);
     if let Some(token) = token.filter(|t| !t.is_empty()) {
         let carrying: Vec<http::HeaderName> = headers
             .iter()

@@ -95,8 +95,8 @@ where
         };
         served = true;
         let head_only = request.method() == Method::HEAD;
-        let call = handler(info.clone(), request);
-        let mut call = std::pin::pin!(call);
+        // Made in place: the call's future is several KiB, and each move copies all of it.
+        let mut call = std::pin::pin!(handler(info.clone(), request));
         // While the call runs, the connection is still read (as hyper does): a caller that
         // hangs up (EOF, reset, or the connection's idle deadline) ends the call, and what a
         // pipelining caller sends next waits in `buf`, up to a head's worth.

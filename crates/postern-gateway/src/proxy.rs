@@ -155,7 +155,7 @@ pub(crate) fn refuse(
     if let Some(index) = intent_index {
         response
             .headers_mut()
-            .insert(crate::AUDIT_INDEX_HEADER, HeaderValue::from(index));
+            .insert(crate::AUDIT_INDEX, HeaderValue::from(index));
     }
     response
 }
@@ -404,7 +404,7 @@ fn identify_caller(
 }
 
 fn caller_token_from_headers(headers: &HeaderMap) -> Option<Vec<u8>> {
-    if let Some(value) = headers.get(crate::CALLER_TOKEN_HEADER) {
+    if let Some(value) = headers.get(crate::CALLER_TOKEN) {
         return Some(value.as_bytes().trim_ascii().to_vec());
     }
     token_from_authorization(headers.get(header::AUTHORIZATION)?.as_bytes())
@@ -989,12 +989,12 @@ async fn inspect_response(
         }
     }
     if let Ok(value) = HeaderValue::from_str(&context.request_id) {
-        parts.headers.insert(crate::REQUEST_ID_HEADER, value);
+        parts.headers.insert(crate::REQUEST_ID, value);
     }
     if let Some(index) = intent_index {
         parts
             .headers
-            .insert(crate::AUDIT_INDEX_HEADER, HeaderValue::from(index));
+            .insert(crate::AUDIT_INDEX, HeaderValue::from(index));
     }
     parts.version = http::Version::default();
     parts.extensions = http::Extensions::new();

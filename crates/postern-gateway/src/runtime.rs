@@ -542,7 +542,7 @@ fn build_integration(
     let mut stripped_headers = vec![
         http::header::AUTHORIZATION,
         http::header::PROXY_AUTHORIZATION,
-        HeaderName::from_static(crate::CALLER_TOKEN_HEADER),
+        crate::CALLER_TOKEN,
     ];
     if let Ok(Some(Injector::Header { name, .. })) = &credential {
         if !stripped_headers.contains(name) {
