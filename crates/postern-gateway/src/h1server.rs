@@ -84,9 +84,15 @@ where
     H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F,
     F: Future<Output = Response<GatewayBody>>,
 {
-    let mut buf = BytesMut::with_capacity(READ_SPACE);
-    let mut out = Vec::with_capacity(1024);
+    // Allocated when the first bytes come: a connection that has not spoken yet holds none
+    // (its first read takes what fits in the small buffer `read_buf` makes).
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
     let mut served = false;
+    // The call's future (several KiB) lives in a box made on the connection's first request and
+    // reused for every later one: a connection that has not spoken holds none of it, and no
+    // call pays an allocation.
+    let mut slot: Option<Pin<Box<F>>> = None;
     loop {
         let (request, close) = match next_request(io, &mut buf, shutdown, max_header_bytes).await {
             Next::Request(request, close) => (request, close),
@@ -95,8 +101,14 @@ where
         };
         served = true;
         let head_only = request.method() == Method::HEAD;
-        // Made in place: the call's future is several KiB, and each move copies all of it.
-        let mut call = std::pin::pin!(handler(info.clone(), request));
+        let future = handler(info.clone(), request);
+        let mut call = match slot.as_mut() {
+            Some(boxed) => {
+                boxed.set(future);
+                boxed.as_mut()
+            }
+            None => slot.insert(Box::pin(future)).as_mut(),
+        };
         // While the call runs, the connection is still read (as hyper does): a caller that
         // hangs up (EOF, reset, or the connection's idle deadline) ends the call, and what a
         // pipelining caller sends next waits in `buf`, up to a head's worth.
@@ -155,7 +167,7 @@ async fn next_request<S: AsyncRead + Unpin>(
                 return Next::Handoff;
             }
         }
-        if buf.capacity() - buf.len() < 1024 {
+        if buf.capacity() - buf.len() < 1024 && buf.capacity() > 0 {
             buf.reserve(READ_SPACE);
         }
         let read = if buf.is_empty() {
