@@ -910,6 +910,28 @@ operations = ["get_charge"]
         .unwrap();
     assert_eq!(refused.status(), 403, "billing is granted get_charge only");
 
+    // The same identity over HTTP/1.1 (ALPN http/1.1: Postern's own HTTP/1.1 server; the
+    // calls above negotiated h2, which hyper serves).
+    let mtls_h1 = reqwest::Client::builder()
+        .add_root_certificate(root.clone())
+        .identity(
+            reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes()).unwrap(),
+        )
+        .http1_only()
+        .resolve("localhost", gw.running().listen_addr)
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let response = mtls_h1
+            .get(format!("{base}/stripe/v1/charges/ch_1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), reqwest::Version::HTTP_11);
+        assert!(!response.bytes().await.unwrap().is_empty());
+    }
+
     // A certificate with an unregistered SPIFFE ID is not a caller.
     let (other_cert, other_key) = pki.client_cert("spiffe://example.org/unknown");
     let stranger = reqwest::Client::builder()
@@ -927,10 +949,15 @@ operations = ["get_charge"]
         .unwrap();
     assert_eq!(response.status(), 401);
 
-    let events = gw.wait_events(4).await;
+    let events = gw.wait_events(6).await;
     assert_eq!(events[1]["caller"], "billing");
     assert_eq!(events[1]["auth"], "mtls");
-    assert_eq!(vendor.seen().len(), 2);
+    for event in &events[3..5] {
+        assert_eq!(event["caller"], "billing");
+        assert_eq!(event["auth"], "mtls");
+        assert_eq!(event["protocol"], "HTTP/1.1");
+    }
+    assert_eq!(vendor.seen().len(), 4);
     gw.stop().await;
 }
 
