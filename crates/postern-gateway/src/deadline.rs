@@ -15,7 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 pin_project! {
-    /// A stream that fails reads with `TimedOut` once its deadline passes.
+    /// A stream whose reads, writes, flushes and shutdown fail with `TimedOut` once its
+    /// deadline passes.
     pub struct Deadline<S> {
         #[pin]
         inner: S,

@@ -19,13 +19,14 @@
 //! `date` header added when the response has none, `content-length` from an exact body size or
 //! else chunked framing, no body for `HEAD`, 1xx, 204 and 304, pipelined requests answered in
 //! order, a head that does not complete within [`HEAD_TIMEOUT`] closes the connection, and
-//! graceful shutdown: the request in flight is answered (with `connection: close`), an idle
-//! connection is closed, and while a call runs the connection is still read, so a caller that
-//! hangs up ends its call. What it does differently:
+//! graceful shutdown: the request in flight is answered (with `connection: close`), a connection
+//! waiting for (or in the middle of sending) its next request is closed, and while a call runs
+//! or its answer pauses the connection is still read, so a caller that hangs up ends its call. What it does differently:
 //! - a request body is read whole before the call starts (it is at most
 //!   [`MAX_READ_BODY_BYTES`]; bigger ones stream through hyper);
-//! - a response's last byte is written before its body is polled for its end, so the call is
-//!   recorded after the caller has its answer;
+//! - an answer of known length is written in full before its body is polled for its end, so
+//!   the call is recorded after the caller has its answer (a chunked answer's last chunk is
+//!   written once the body has ended);
 //! - an idle keep-alive connection lives until the connection's idle limit
 //!   ([`crate::listener::CONNECTION_IDLE_TIMEOUT`], 300 s, as docs/PROXY.md states); hyper's
 //!   head timer also ran between requests and closed it after 30 s;
@@ -109,21 +110,22 @@ where
             }
             None => slot.insert(Box::pin(future)).as_mut(),
         };
-        // While the call runs, the connection is still read (as hyper does): a caller that
-        // hangs up (EOF, reset, or the connection's idle deadline) ends the call, and what a
-        // pipelining caller sends next waits in `buf`, up to a head's worth.
+        // While the call runs and nothing else has arrived, the connection is still read (as
+        // hyper does): a caller that hangs up (EOF, reset, or the connection's idle deadline)
+        // ends the call. Once a pipelining caller's next bytes are in `buf`, reading stops
+        // until they are served, so an EOF behind them waits until their answers are written.
         let response = loop {
             tokio::select! {
                 biased;
                 response = &mut call => break response,
-                read = io.read_buf(&mut buf), if buf.len() < max_header_bytes => match read {
+                read = io.read_buf(&mut buf), if buf.is_empty() => match read {
                     Ok(0) | Err(_) => return Served::Closed,
                     Ok(_) => {}
                 },
             }
         };
         let close = close || *shutdown.borrow();
-        match respond(io, &mut out, response, head_only, close).await {
+        match respond(io, &mut out, &mut buf, response, head_only, close).await {
             Ok(true) if !close => {}
             _ => {
                 let _ = io.shutdown().await;
@@ -181,9 +183,13 @@ async fn next_request<S: AsyncRead + Unpin>(
         } else {
             let deadline =
                 *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
-            match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
-                Ok(read) => read,
-                Err(_) => return Next::Closed,
+            tokio::select! {
+                biased;
+                read = tokio::time::timeout_at(deadline, io.read_buf(buf)) => match read {
+                    Ok(read) => read,
+                    Err(_) => return Next::Closed,
+                },
+                _ = stopping(shutdown) => return Next::Closed,
             }
         };
         match read {
@@ -197,7 +203,12 @@ async fn next_request<S: AsyncRead + Unpin>(
             let len = len as usize;
             while buf.len() < len {
                 buf.reserve(len - buf.len());
-                match io.read_buf(buf).await {
+                let read = tokio::select! {
+                    biased;
+                    read = io.read_buf(buf) => read,
+                    _ = stopping(shutdown) => return Next::Closed,
+                };
+                match read {
                     Ok(0) | Err(_) => return Next::Closed,
                     Ok(_) => {}
                 }
@@ -316,9 +327,10 @@ fn parse(buf: &mut BytesMut, max_header_bytes: usize) -> Parse {
 }
 
 /// Writes `response`. `Ok(true)`: the connection may carry another request.
-async fn respond<S: AsyncWrite + Unpin>(
+async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     out: &mut Vec<u8>,
+    buf: &mut BytesMut,
     response: Response<GatewayBody>,
     head_only: bool,
     close: bool,
@@ -348,7 +360,9 @@ async fn respond<S: AsyncWrite + Unpin>(
             declared = declared.or_else(|| declared_length(value.as_bytes()));
             continue;
         }
-        if name == header::TRANSFER_ENCODING {
+        // When the connection closes after this answer, the caller is told so, whatever the
+        // response said.
+        if name == header::TRANSFER_ENCODING || (close && name == header::CONNECTION) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -361,7 +375,7 @@ async fn respond<S: AsyncWrite + Unpin>(
         with_date(|date| out.extend_from_slice(date));
         out.extend_from_slice(b"\r\n");
     }
-    if close && !parts.headers.contains_key(header::CONNECTION) {
+    if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     let length = declared.or(body.size_hint().exact());
@@ -395,7 +409,18 @@ async fn respond<S: AsyncWrite + Unpin>(
                     out.clear();
                 }
                 io.flush().await?;
-                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                // While the answer pauses (a stream waiting on the vendor), a caller that
+                // hangs up ends it, as during the call.
+                loop {
+                    tokio::select! {
+                        biased;
+                        frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => break frame,
+                        read = io.read_buf(buf), if buf.is_empty() => match read {
+                            Ok(0) | Err(_) => return Ok(false),
+                            Ok(_) => {}
+                        },
+                    }
+                }
             }
         };
         let data = match frame {
@@ -544,6 +569,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // Let the read buffer go: hyper has its own.
+                this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
@@ -726,6 +755,30 @@ mod tests {
         );
         assert!(answers[2].ends_with("\r\n\r\n"), "{}", answers[2]);
         assert!(answers.iter().all(|a| a.contains("date: ")));
+    }
+
+    /// As hyper (without `allow_half_close`): an EOF is a hang-up, noticed while a call runs
+    /// with nothing else read. Here it is read during the second call: the first, whose call
+    /// ran while the second waited in the buffer, is answered; the second is dropped.
+    #[tokio::test]
+    async fn a_half_close_is_noticed_once_no_pipelined_bytes_wait() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let slow = |info: Arc<ConnectionInfo>, request: Request<CallerBody>| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            echo(info, request).await
+        };
+        client
+            .write_all(b"GET /one HTTP/1.1\r\n\r\nGET /two HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        serve(&mut server, &info(), &slow, &mut shutdown, 8192).await;
+        drop(server);
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 1, "{answer}");
+        assert!(answer.ends_with("GET /one "), "{answer}");
     }
 
     #[tokio::test]

@@ -91,26 +91,57 @@ pub async fn handle_call(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let mut context = CallContext::new(
+    let context = CallContext::new(
         &connection,
         request.method(),
         request.version(),
         shared.audit.target_hmac(target.as_str()),
     );
-    let mut progress = Progress::default();
-    match pipeline(
+    let mut call = Unanswered {
+        shared: &shared,
+        context,
+        progress: Progress::default(),
+        answered: false,
+    };
+    let result = pipeline(
         &shared,
         &runtime,
         &connection,
-        &mut context,
-        &mut progress,
+        &mut call.context,
+        &mut call.progress,
         &target,
         request,
     )
-    .await
-    {
+    .await;
+    call.answered = true;
+    match result {
         Ok(response) => response,
-        Err(error) => refuse(&shared, &context, &progress, &error),
+        Err(error) => refuse(&shared, &call.context, &call.progress, &error),
+    }
+}
+
+/// A call in the pipeline. Dropped before it has an answer — its caller hung up (HTTP/1.1
+/// EOF or reset, an h2 stream reset) while it waited, most often for the vendor — it is
+/// recorded like a refusal: event, metrics and audit outcome with `499 caller_closed`, so no
+/// call goes unrecorded.
+struct Unanswered<'a> {
+    shared: &'a Shared,
+    context: CallContext,
+    progress: Progress,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        // A context already moved into a streaming answer is recorded with it.
+        if !self.answered && !self.context.is_taken() {
+            let error = CallError::new(
+                http::StatusCode::from_u16(499).expect("499 is a valid status code"),
+                "caller_closed",
+                "the caller closed the connection before the call was answered",
+            );
+            let _ = refuse(self.shared, &self.context, &self.progress, &error);
+        }
     }
 }
 

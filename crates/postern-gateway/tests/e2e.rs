@@ -1196,6 +1196,80 @@ async fn ordinary_and_unusual_requests_share_one_connection() {
     gw.stop().await;
 }
 
+/// A caller that gives up while its call waits for the vendor — it closes its HTTP/1.1
+/// connection, or resets its h2 stream — ends the call, and the call is still recorded:
+/// `499 caller_closed`.
+#[tokio::test]
+async fn a_call_whose_caller_hangs_up_is_recorded_as_caller_closed() {
+    // A vendor that accepts and never answers; it reports each connection it accepts.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted, mut accepts) = tokio::sync::mpsc::unbounded_channel();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+            let _ = accepted.send(());
+        }
+    });
+    let body = format!(
+        r#"
+[[integrations]]
+name = "slow"
+vendor = "Slow"
+owner = "o@example.com"
+upstream = "http://127.0.0.1:{port}"
+allow_plaintext = true
+allow_private_networks = ["127.0.0.1/32"]
+request_timeout_ms = 20000
+operations = [ {{ id = "op", method = "GET", path = "/x" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "slow"
+operations = ["*"]
+"#
+    );
+    let gw = TestGateway::start(&body, None).await;
+
+    // HTTP/1.1: the caller closes its connection.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /slow/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
+            gw.token
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), accepts.recv())
+            .await
+            .expect("the call reached the vendor");
+        drop(stream);
+    }
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["status"], 499, "{}", events[0]);
+    assert_eq!(events[0]["reason"], "caller_closed");
+    assert_eq!(events[0]["decision"], "allow");
+    assert_eq!(events[0]["protocol"], "HTTP/1.1");
+
+    // h2 (prior knowledge): the caller gives up on the request, which resets its stream.
+    let gave_up = h2c_client()
+        .get(format!("{}/slow/x", gw.base))
+        .bearer_auth(&gw.token)
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err());
+    let events = gw.wait_events(2).await;
+    assert_eq!(events[1]["status"], 499, "{}", events[1]);
+    assert_eq!(events[1]["reason"], "caller_closed");
+    assert_eq!(events[1]["protocol"], "HTTP/2");
+    hold.abort();
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
