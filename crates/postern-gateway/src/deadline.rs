@@ -48,11 +48,11 @@ impl<S> Deadline<S> {
 
 impl<S: AsyncRead> AsyncRead for Deadline<S> {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
+        let this = self.as_mut().project();
         let before = buf.filled().len();
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -64,44 +64,55 @@ impl<S: AsyncRead> AsyncRead for Deadline<S> {
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
             Poll::Pending => {}
         }
-        expired(
-            this.sleep,
-            *this.started,
-            *this.last_activity,
-            *this.first_byte,
-            *this.idle,
-            cx,
-        )
+        self.expired(cx)
     }
 }
 
-/// Called when the stream is not ready: `TimedOut` once the connection has been silent past
-/// its deadline, else `Pending` with the deadline's timer armed.
-fn expired<T>(
-    sleep: &mut Pin<Box<Sleep>>,
-    started: Instant,
-    last_activity: Option<Instant>,
-    first_byte: Duration,
-    idle: Duration,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<T>> {
-    let deadline = match last_activity {
-        None => started + first_byte,
-        Some(last) => last + idle,
-    };
-    if sleep.deadline() != deadline {
-        sleep.as_mut().reset(deadline);
+impl<S> Deadline<S> {
+    /// Called when the stream is not ready: `TimedOut` once the connection has been silent
+    /// past its deadline, else `Pending` with the deadline's timer armed.
+    fn expired<T>(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let this = self.project();
+        let deadline = match *this.last_activity {
+            None => *this.started + *this.first_byte,
+            Some(last) => last + *this.idle,
+        };
+        if this.sleep.deadline() != deadline {
+            this.sleep.as_mut().reset(deadline);
+        }
+        match this.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                if this.last_activity.is_none() {
+                    "no request within the first-byte timeout"
+                } else {
+                    "connection idle"
+                },
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
-    match sleep.as_mut().poll(cx) {
-        Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            if last_activity.is_none() {
-                "no request within the first-byte timeout"
-            } else {
-                "connection idle"
-            },
-        ))),
-        Poll::Pending => Poll::Pending,
+}
+
+impl<S: AsyncWrite> Deadline<S> {
+    /// One write: bytes taken count as activity; a write the peer does not take times out
+    /// with the connection.
+    fn write_with(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        let this = self.as_mut().project();
+        match write(this.inner, cx) {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 && this.last_activity.is_some() {
+                    *this.last_activity = Some(Instant::now());
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => self.expired(cx),
+        }
     }
 }
 
@@ -111,52 +122,19 @@ impl<S: AsyncWrite> AsyncWrite for Deadline<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        match this.inner.poll_write(cx, buf) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 && this.last_activity.is_some() {
-                    *this.last_activity = Some(Instant::now());
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => expired(
-                this.sleep,
-                *this.started,
-                *this.last_activity,
-                *this.first_byte,
-                *this.idle,
-                cx,
-            ),
-        }
+        self.write_with(cx, |inner, cx| inner.poll_write(cx, buf))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        match this.inner.poll_flush(cx) {
-            Poll::Pending => expired(
-                this.sleep,
-                *this.started,
-                *this.last_activity,
-                *this.first_byte,
-                *this.idle,
-                cx,
-            ),
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.as_mut().project().inner.poll_flush(cx) {
+            Poll::Pending => self.expired(cx),
             ready => ready,
         }
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        match this.inner.poll_shutdown(cx) {
-            Poll::Pending => expired(
-                this.sleep,
-                *this.started,
-                *this.last_activity,
-                *this.first_byte,
-                *this.idle,
-                cx,
-            ),
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.as_mut().project().inner.poll_shutdown(cx) {
+            Poll::Pending => self.expired(cx),
             ready => ready,
         }
     }
@@ -166,24 +144,7 @@ impl<S: AsyncWrite> AsyncWrite for Deadline<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        match this.inner.poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 && this.last_activity.is_some() {
-                    *this.last_activity = Some(Instant::now());
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => expired(
-                this.sleep,
-                *this.started,
-                *this.last_activity,
-                *this.first_byte,
-                *this.idle,
-                cx,
-            ),
-        }
+        self.write_with(cx, |inner, cx| inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -445,13 +445,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(false);
                 }
                 *left -= data.len() as u64;
-                if out.len() + data.len() <= COALESCE_BYTES {
-                    out.extend_from_slice(&data);
-                } else {
-                    write_all(io, out).await?;
-                    out.clear();
-                    write_all(io, &data).await?;
-                }
+                push_data(io, out, &data).await?;
                 if *left == 0 {
                     // The whole answer: the caller gets it before the body is polled for its
                     // end (which records the call).
@@ -462,13 +456,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             }
             None => {
                 let _ = write!(out, "{:x}\r\n", data.len());
-                if out.len() + data.len() <= COALESCE_BYTES {
-                    out.extend_from_slice(&data);
-                } else {
-                    write_all(io, out).await?;
-                    out.clear();
-                    write_all(io, &data).await?;
-                }
+                push_data(io, out, &data).await?;
                 out.extend_from_slice(b"\r\n");
             }
         }
@@ -513,6 +501,22 @@ async fn poll_once(
 
 async fn write_all<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> io::Result<()> {
     io.write_all(bytes).await
+}
+
+/// Adds `data` behind what `out` holds, or, when together they pass [`COALESCE_BYTES`], writes
+/// both out (no copy of a large frame).
+async fn push_data<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    data: &[u8],
+) -> io::Result<()> {
+    if out.len() + data.len() <= COALESCE_BYTES {
+        out.extend_from_slice(data);
+        return Ok(());
+    }
+    write_all(io, out).await?;
+    out.clear();
+    write_all(io, data).await
 }
 
 fn push_length(out: &mut Vec<u8>, length: u64) {

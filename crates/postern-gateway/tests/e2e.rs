@@ -961,18 +961,30 @@ operations = ["get_charge"]
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn slow_vendor_times_out_with_504() {
-    // A vendor that accepts and never answers.
+/// A vendor that accepts connections and never answers: its port, the task holding the
+/// connections, and a channel that reports each connection accepted.
+async fn silent_vendor() -> (
+    u16,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let (accepted, accepts) = tokio::sync::mpsc::unbounded_channel();
     let hold = tokio::spawn(async move {
         let mut open = Vec::new();
         while let Ok((stream, _)) = listener.accept().await {
             open.push(stream);
+            let _ = accepted.send(());
         }
     });
-    let body = format!(
+    (port, hold, accepts)
+}
+
+/// Integration `slow` (one operation, `GET /x`, granted to `checkout`) on a plain-HTTP local
+/// upstream.
+fn slow_integration(port: u16, request_timeout_ms: u64) -> String {
+    format!(
         r#"
 [[integrations]]
 name = "slow"
@@ -981,7 +993,7 @@ owner = "o@example.com"
 upstream = "http://127.0.0.1:{port}"
 allow_plaintext = true
 allow_private_networks = ["127.0.0.1/32"]
-request_timeout_ms = 300
+request_timeout_ms = {request_timeout_ms}
 operations = [ {{ id = "op", method = "GET", path = "/x" }} ]
 
 [[grants]]
@@ -989,8 +1001,13 @@ caller = "checkout"
 integration = "slow"
 operations = ["*"]
 "#
-    );
-    let gw = TestGateway::start(&body, None).await;
+    )
+}
+
+#[tokio::test]
+async fn slow_vendor_times_out_with_504() {
+    let (port, hold, _accepts) = silent_vendor().await;
+    let gw = TestGateway::start(&slow_integration(port, 300), None).await;
     let started = std::time::Instant::now();
     let response = client()
         .get(format!("{}/slow/x", gw.base))
@@ -1201,36 +1218,8 @@ async fn ordinary_and_unusual_requests_share_one_connection() {
 /// `499 caller_closed`.
 #[tokio::test]
 async fn a_call_whose_caller_hangs_up_is_recorded_as_caller_closed() {
-    // A vendor that accepts and never answers; it reports each connection it accepts.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (accepted, mut accepts) = tokio::sync::mpsc::unbounded_channel();
-    let hold = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            open.push(stream);
-            let _ = accepted.send(());
-        }
-    });
-    let body = format!(
-        r#"
-[[integrations]]
-name = "slow"
-vendor = "Slow"
-owner = "o@example.com"
-upstream = "http://127.0.0.1:{port}"
-allow_plaintext = true
-allow_private_networks = ["127.0.0.1/32"]
-request_timeout_ms = 20000
-operations = [ {{ id = "op", method = "GET", path = "/x" }} ]
-
-[[grants]]
-caller = "checkout"
-integration = "slow"
-operations = ["*"]
-"#
-    );
-    let gw = TestGateway::start(&body, None).await;
+    let (port, hold, mut accepts) = silent_vendor().await;
+    let gw = TestGateway::start(&slow_integration(port, 20_000), None).await;
 
     // HTTP/1.1: the caller closes its connection.
     {
