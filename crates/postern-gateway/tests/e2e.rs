@@ -1259,6 +1259,64 @@ async fn a_call_whose_caller_hangs_up_is_recorded_as_caller_closed() {
     gw.stop().await;
 }
 
+/// A streamed answer (server-sent events, a model's tokens) that pauses while the vendor
+/// thinks: a caller that hangs up during the pause ends the call at once — Postern closes its
+/// vendor connection and records the call as `incomplete`, it does not wait for the vendor's
+/// next chunk.
+#[tokio::test]
+async fn a_caller_that_leaves_a_paused_stream_ends_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A vendor that sends a chunked head and one chunk, then pauses; it reports when Postern
+    // closes the connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    let vendor = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 4096];
+        let _ = stream.read(&mut request).await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n7\r\ndata: 1\r\n")
+            .await
+            .unwrap();
+        let mut rest = [0u8; 64];
+        // Only Postern closing the connection ends this read (bounded by the test's timeout).
+        let n = stream.read(&mut rest).await.unwrap_or(0);
+        let _ = closed_tx.send(n);
+    });
+    let gw = TestGateway::start(&slow_integration(port, 20_000), None).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /slow/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
+        gw.token
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data: 1") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("the first chunk arrives")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("transfer-encoding: chunked"));
+    drop(stream);
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), closed)
+        .await
+        .expect("Postern closed its vendor connection when the caller left")
+        .unwrap();
+    assert_eq!(read, 0);
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["status"], 200);
+    assert_eq!(events[0]["incomplete"], true, "{}", events[0]);
+    vendor.abort();
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
