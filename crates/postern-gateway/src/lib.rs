@@ -133,6 +133,13 @@ impl Shared {
         )?;
         *self.admin_token_sha256.lock().expect("admin token lock") = admin_token_sha256;
         let notes = runtime.problems.clone();
+        // What the caches hold for integrations this config no longer has (pools with their
+        // idle vendor connections, rate-limit state, cached vendor tokens) goes now, not at
+        // the next restart. Calls in flight keep what they hold.
+        let kept = |name: &str| runtime.integrations.contains_key(name);
+        self.clients.retain(kept);
+        self.limiters.retain(kept);
+        self.token_sources.retain(kept);
         // Carry last-used times over: they live on the runtime being replaced.
         let previous = self.runtime.swap(Arc::new(runtime));
         for (name, integration) in &previous.integrations {

@@ -31,6 +31,12 @@ pub struct LimiterCache {
 }
 
 impl LimiterCache {
+    /// Forgets the integrations a reload removed.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut limiters = self.limiters.lock().expect("limiter cache lock");
+        limiters.retain(|name, _| keep(name));
+    }
+
     fn get(&self, integration: &str, rps: u32, burst: u32) -> Arc<CallerLimiter> {
         let mut limiters = self.limiters.lock().expect("limiter cache lock");
         if let Some((quota, limiter)) = limiters.get(integration) {
@@ -54,6 +60,13 @@ pub struct ClientCache {
 }
 
 impl ClientCache {
+    /// Forgets the integrations a reload removed: their pools, and the idle vendor connections
+    /// in them, are dropped.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut clients = self.clients.lock().expect("client cache lock");
+        clients.retain(|name, _| keep(name));
+    }
+
     fn get(
         &self,
         integration: &IntegrationConfig,
@@ -116,6 +129,12 @@ pub struct TokenSourceCache {
 }
 
 impl TokenSourceCache {
+    /// Forgets the integrations a reload removed, with the vendor access tokens they cached.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut sources = self.sources.lock().expect("token source cache lock");
+        sources.retain(|name, _| keep(name));
+    }
+
     fn get(
         &self,
         integration: &IntegrationConfig,

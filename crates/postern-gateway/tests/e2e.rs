@@ -1317,6 +1317,50 @@ async fn a_caller_that_leaves_a_paused_stream_ends_it() {
     gw.stop().await;
 }
 
+/// An integration removed by a reload takes its pooled vendor connections with it: the idle
+/// connection closes at the reload, not `idle_timeout_ms` (here 90 s) later.
+#[tokio::test]
+async fn a_reload_that_removes_an_integration_closes_its_vendor_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A keep-alive vendor: answers one request, then reports when the connection closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    let vendor = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 4096];
+        let _ = stream.read(&mut request).await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let n = stream.read(&mut request).await.unwrap_or(0);
+        let _ = closed_tx.send(n);
+    });
+    let gw = TestGateway::start(&slow_integration(port, 20_000), None).await;
+    let response = client()
+        .get(format!("{}/slow/x", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "ok");
+
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let without = &text[..text.find("[[integrations]]").unwrap()];
+    std::fs::write(&gw.config_path, without).unwrap();
+    let config = postern_config::load(&gw.config_path).unwrap();
+    gw.running().reload(config).unwrap();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), closed)
+        .await
+        .expect("the removed integration's pooled connection closed at the reload")
+        .unwrap();
+    assert_eq!(read, 0);
+    vendor.abort();
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
