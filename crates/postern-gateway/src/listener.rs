@@ -108,20 +108,25 @@ where
         let watcher = graceful.watcher();
         let handler = handler.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let connection = Connection {
-                builder,
-                watcher,
-                shutdown,
-                max_header_bytes,
-            };
-            match tls {
-                None => {
+        let connection = Connection {
+            builder,
+            watcher,
+            shutdown,
+            max_header_bytes,
+        };
+        // Two task shapes: a task is as large as its largest state, and a plain connection
+        // should not carry room for a TLS one's.
+        match tls {
+            None => {
+                tokio::spawn(async move {
+                    let _slot = slot;
                     let info = Arc::new(ConnectionInfo::new(peer, None, false));
                     connection.serve_h1_first(stream, info, handler).await;
-                }
-                Some(acceptor) => {
+                });
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                             .await;
@@ -153,9 +158,9 @@ where
                         }
                         false => connection.serve_h1_first(stream, info, handler).await,
                     }
-                }
+                });
             }
-        });
+        }
     }
 }
 
