@@ -121,9 +121,9 @@ pub async fn handle_call(
 }
 
 /// A call in the pipeline. Dropped before it has an answer — its caller hung up (HTTP/1.1
-/// EOF or reset, an h2 stream reset) while it waited, most often for the vendor — it is
-/// recorded like a refusal: event, metrics and audit outcome with `499 caller_closed`, so no
-/// call goes unrecorded.
+/// EOF or reset, an h2 stream reset) while it waited, most often for the vendor, or shutdown's
+/// grace ran out — it is recorded like a refusal: event, metrics and audit outcome with
+/// `499 caller_closed` (or `503 gateway_shutdown`), so no call goes unrecorded.
 struct Unanswered<'a> {
     shared: &'a Shared,
     context: CallContext,
@@ -135,11 +135,21 @@ impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         // A context already moved into a streaming answer is recorded with it.
         if !self.answered && !self.context.is_taken() {
-            let error = CallError::new(
-                http::StatusCode::from_u16(499).expect("499 is a valid status code"),
-                "caller_closed",
-                "the caller closed the connection before the call was answered",
-            );
+            // While Postern shuts down, calls still in flight when `shutdown_grace_ms` runs
+            // out are dropped with the workers: that, not the caller, ended them.
+            let error = if self.shared.is_draining() {
+                CallError::new(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "gateway_shutdown",
+                    "Postern shut down before the call was answered (shutdown_grace_ms ran out)",
+                )
+            } else {
+                CallError::new(
+                    http::StatusCode::from_u16(499).expect("499 is a valid status code"),
+                    "caller_closed",
+                    "the caller closed the connection before the call was answered",
+                )
+            };
             let _ = refuse(self.shared, &self.context, &self.progress, &error);
         }
     }

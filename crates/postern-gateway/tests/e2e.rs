@@ -1361,6 +1361,40 @@ async fn a_reload_that_removes_an_integration_closes_its_vendor_connections() {
     gw.stop().await;
 }
 
+/// A call still waiting for its vendor when shutdown's grace runs out is cut, and recorded as
+/// such: `503 gateway_shutdown`, not as a caller that left.
+#[tokio::test]
+async fn a_call_cut_by_shutdown_is_recorded_as_gateway_shutdown() {
+    let (port, hold, mut accepts) = silent_vendor().await;
+    let mut gw = TestGateway::start_with_gateway(
+        &slow_integration(port, 20_000),
+        None,
+        "shutdown_grace_ms = 200",
+    )
+    .await;
+    let call = tokio::spawn({
+        let url = format!("{}/slow/x", gw.base);
+        let token = gw.token.clone();
+        async move { client().get(url).bearer_auth(token).send().await }
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(5), accepts.recv())
+        .await
+        .expect("the call reached the vendor");
+    let running = gw.gateway.take().unwrap();
+    let events_file = running.data_dir.join(postern_gateway::EVENTS_FILE);
+    running.shutdown().await;
+    assert!(call.await.unwrap().is_err(), "the cut call got no answer");
+    let text = std::fs::read_to_string(events_file).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "{text}");
+    assert_eq!(events[0]["status"], 503);
+    assert_eq!(events[0]["reason"], "gateway_shutdown");
+    hold.abort();
+}
+
 #[tokio::test]
 async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
