@@ -1259,15 +1259,16 @@ async fn a_call_whose_caller_hangs_up_is_recorded_as_caller_closed() {
     gw.stop().await;
 }
 
-/// A streamed answer (server-sent events, a model's tokens) that pauses while the vendor
-/// thinks: a caller that hangs up during the pause ends the call at once — Postern closes its
-/// vendor connection and records the call as `incomplete`, it does not wait for the vendor's
-/// next chunk.
-#[tokio::test]
-async fn a_caller_that_leaves_a_paused_stream_ends_it() {
+/// A vendor that takes one connection, reads one request, writes `answer` and then waits:
+/// the channel reports what its next read got when Postern closes the connection (0).
+async fn one_answer_vendor(
+    answer: &'static [u8],
+) -> (
+    u16,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Receiver<usize>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // A vendor that sends a chunked head and one chunk, then pauses; it reports when Postern
-    // closes the connection.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (closed_tx, closed) = tokio::sync::oneshot::channel();
@@ -1275,15 +1276,26 @@ async fn a_caller_that_leaves_a_paused_stream_ends_it() {
         let (mut stream, _) = listener.accept().await.unwrap();
         let mut request = vec![0u8; 4096];
         let _ = stream.read(&mut request).await.unwrap();
-        stream
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n7\r\ndata: 1\r\n")
-            .await
-            .unwrap();
-        let mut rest = [0u8; 64];
+        stream.write_all(answer).await.unwrap();
         // Only Postern closing the connection ends this read (bounded by the test's timeout).
-        let n = stream.read(&mut rest).await.unwrap_or(0);
+        let n = stream.read(&mut request).await.unwrap_or(0);
         let _ = closed_tx.send(n);
     });
+    (port, vendor, closed)
+}
+
+/// A streamed answer (server-sent events, a model's tokens) that pauses while the vendor
+/// thinks: a caller that hangs up during the pause ends the call at once — Postern closes its
+/// vendor connection and records the call as `incomplete`, it does not wait for the vendor's
+/// next chunk.
+#[tokio::test]
+async fn a_caller_that_leaves_a_paused_stream_ends_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A chunked head and one chunk, then a pause.
+    let (port, vendor, closed) = one_answer_vendor(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n7\r\ndata: 1\r\n",
+    )
+    .await;
     let gw = TestGateway::start(&slow_integration(port, 20_000), None).await;
     let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
         .await
@@ -1321,22 +1333,9 @@ async fn a_caller_that_leaves_a_paused_stream_ends_it() {
 /// connection closes at the reload, not `idle_timeout_ms` (here 90 s) later.
 #[tokio::test]
 async fn a_reload_that_removes_an_integration_closes_its_vendor_connections() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // A keep-alive vendor: answers one request, then reports when the connection closes.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (closed_tx, closed) = tokio::sync::oneshot::channel();
-    let vendor = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut request = vec![0u8; 4096];
-        let _ = stream.read(&mut request).await.unwrap();
-        stream
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .await
-            .unwrap();
-        let n = stream.read(&mut request).await.unwrap_or(0);
-        let _ = closed_tx.send(n);
-    });
+    // A keep-alive answer; the connection then sits in the pool.
+    let (port, vendor, closed) =
+        one_answer_vendor(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
     let gw = TestGateway::start(&slow_integration(port, 20_000), None).await;
     let response = client()
         .get(format!("{}/slow/x", gw.base))
