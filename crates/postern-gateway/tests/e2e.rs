@@ -1223,15 +1223,7 @@ async fn a_call_whose_caller_hangs_up_is_recorded_as_caller_closed() {
 
     // HTTP/1.1: the caller closes its connection.
     {
-        use tokio::io::AsyncWriteExt;
-        let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
-            .await
-            .unwrap();
-        let request = format!(
-            "GET /slow/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
-            gw.token
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
+        let stream = call_slow_x(&gw).await;
         tokio::time::timeout(std::time::Duration::from_secs(5), accepts.recv())
             .await
             .expect("the call reached the vendor");
@@ -1257,6 +1249,20 @@ async fn a_call_whose_caller_hangs_up_is_recorded_as_caller_closed() {
     assert_eq!(events[1]["protocol"], "HTTP/2");
     hold.abort();
     gw.stop().await;
+}
+
+/// Sends `GET /slow/x` as `checkout` on a new HTTP/1.1 connection, and returns the connection.
+async fn call_slow_x(gw: &TestGateway) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /slow/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
+        gw.token
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
 }
 
 /// A vendor that takes one connection, reads one request, writes `answer` and then waits:
@@ -1297,14 +1303,7 @@ async fn a_caller_that_leaves_a_paused_stream_ends_it() {
     )
     .await;
     let gw = TestGateway::start(&slow_integration(port, 20_000), None).await;
-    let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
-        .await
-        .unwrap();
-    let request = format!(
-        "GET /slow/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
-        gw.token
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut stream = call_slow_x(&gw).await;
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("data: 1") {
         let mut chunk = [0u8; 1024];
