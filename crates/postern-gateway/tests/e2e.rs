@@ -1296,7 +1296,7 @@ async fn one_answer_vendor(
 /// next chunk.
 #[tokio::test]
 async fn a_caller_that_leaves_a_paused_stream_ends_it() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     // A chunked head and one chunk, then a pause.
     let (port, vendor, closed) = one_answer_vendor(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n7\r\ndata: 1\r\n",
