@@ -743,6 +743,48 @@ impl Vault {
     ) -> Result<usize, VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
         let tx = conn.transaction()?;
+        let count = Self::revoke_in(&tx, caller, config_hashes, now_ms)?;
+        Self::bump(&tx)?;
+        tx.commit()?;
+        Ok(count)
+    }
+
+    /// Revokes every token of `caller` (as [`Store::revoke_caller`]) and registers `token` in
+    /// the same transaction, so a running gateway never sees the caller with no valid token.
+    pub fn rotate_caller(
+        &self,
+        caller: &str,
+        config_hashes: &[[u8; 32]],
+        token: &str,
+        now_ms: i64,
+    ) -> Result<usize, VaultError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut conn = self.conn.lock().expect("vault lock");
+        let tx = conn.transaction()?;
+        let count = Self::revoke_in(&tx, caller, config_hashes, now_ms)?;
+        tx.execute(
+            "INSERT INTO caller_tokens (token_sha256, caller, created_ms, revoked_ms) VALUES (?1, ?2, ?3, NULL)",
+            params![digest.to_vec(), caller, now_ms],
+        )?;
+        history(
+            &tx,
+            &format!("caller:{caller}"),
+            now_ms,
+            "token_issued",
+            None,
+            None,
+        )?;
+        Self::bump(&tx)?;
+        tx.commit()?;
+        Ok(count)
+    }
+
+    fn revoke_in(
+        tx: &rusqlite::Transaction<'_>,
+        caller: &str,
+        config_hashes: &[[u8; 32]],
+        now_ms: i64,
+    ) -> Result<usize, VaultError> {
         let mut count = tx.execute(
             "UPDATE caller_tokens SET revoked_ms = ?2 WHERE caller = ?1 AND revoked_ms IS NULL",
             params![caller, now_ms],
@@ -755,15 +797,13 @@ impl Vault {
             )?;
         }
         history(
-            &tx,
+            tx,
             &format!("caller:{caller}"),
             now_ms,
             "tokens_revoked",
             None,
             Some(format!("{count} token(s)")),
         )?;
-        Self::bump(&tx)?;
-        tx.commit()?;
         Ok(count)
     }
 

@@ -194,6 +194,29 @@ fn caller_tokens_issue_and_revoke() {
 }
 
 #[test]
+fn a_rotation_revokes_and_issues_in_one_change() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::open_with(dir.path(), None).unwrap();
+    vault
+        .add_caller_token("checkout", "pst_old", now())
+        .unwrap();
+    let before = vault.generation().unwrap();
+    let count = vault
+        .rotate_caller("checkout", &[], "pst_rotated", now())
+        .unwrap();
+    assert_eq!(count, 1);
+    // One generation step: a gateway polling the vault sees both changes or neither.
+    assert_eq!(vault.generation().unwrap(), before + 1);
+    let rotated: [u8; 32] = sha2::Sha256::digest(b"pst_rotated").into();
+    let tokens = vault.caller_tokens().unwrap();
+    assert_eq!(tokens.len(), 2);
+    for token in &tokens {
+        assert_eq!(token.revoked, token.token_sha256 != rotated, "{token:?}");
+    }
+}
+
+#[test]
 fn list_reports_age_and_usage() {
     let dir = tempfile::tempdir().unwrap();
     let vault = Vault::open_with(dir.path(), None).unwrap();

@@ -356,22 +356,19 @@ fn callers_change(name: &str, location: &VaultLocation, json: bool, issue_new: b
         }
     }
     let now = postern_gateway::now_ms();
-    let revoked = match opened.vault.revoke_caller(name, &config_hashes, now) {
+    // A rotation is one transaction: a running gateway sees the old tokens and the new one
+    // change together, never the caller with no valid token.
+    let token = issue_new.then(|| postern_gateway::new_token("pst_"));
+    let changed = match &token {
+        Some(token) => opened.vault.rotate_caller(name, &config_hashes, token, now),
+        None => opened.vault.revoke_caller(name, &config_hashes, now),
+    };
+    let revoked = match changed {
         Ok(count) => count,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::Failure;
         }
-    };
-    let token = if issue_new {
-        let token = postern_gateway::new_token("pst_");
-        if let Err(error) = opened.vault.add_caller_token(name, &token, now) {
-            eprintln!("error: {error}");
-            return ExitCode::Failure;
-        }
-        Some(token)
-    } else {
-        None
     };
     if json {
         println!(
