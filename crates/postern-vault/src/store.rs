@@ -684,24 +684,33 @@ impl Vault {
         token: &str,
         now_ms: i64,
     ) -> Result<(), VaultError> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut conn = self.conn.lock().expect("vault lock");
         let tx = conn.transaction()?;
+        Self::issue_in(&tx, caller, token, now_ms)?;
+        Self::bump(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn issue_in(
+        tx: &rusqlite::Transaction<'_>,
+        caller: &str,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<(), VaultError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         tx.execute(
             "INSERT INTO caller_tokens (token_sha256, caller, created_ms, revoked_ms) VALUES (?1, ?2, ?3, NULL)",
             params![digest.to_vec(), caller, now_ms],
         )?;
         history(
-            &tx,
+            tx,
             &format!("caller:{caller}"),
             now_ms,
             "token_issued",
             None,
             None,
-        )?;
-        Self::bump(&tx)?;
-        tx.commit()?;
-        Ok(())
+        )
     }
 
     /// Copies a caller token hash (e.g. from the config) into the store, active, unless the store
@@ -758,22 +767,10 @@ impl Vault {
         token: &str,
         now_ms: i64,
     ) -> Result<usize, VaultError> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut conn = self.conn.lock().expect("vault lock");
         let tx = conn.transaction()?;
         let count = Self::revoke_in(&tx, caller, config_hashes, now_ms)?;
-        tx.execute(
-            "INSERT INTO caller_tokens (token_sha256, caller, created_ms, revoked_ms) VALUES (?1, ?2, ?3, NULL)",
-            params![digest.to_vec(), caller, now_ms],
-        )?;
-        history(
-            &tx,
-            &format!("caller:{caller}"),
-            now_ms,
-            "token_issued",
-            None,
-            None,
-        )?;
+        Self::issue_in(&tx, caller, token, now_ms)?;
         Self::bump(&tx)?;
         tx.commit()?;
         Ok(count)
