@@ -589,6 +589,13 @@ fn parse_with<const N: usize>(conn: &mut Connection, method: &Method) -> Result<
         headers.append(name, value);
     }
     let framing = framing(&headers, method, status)?;
+    // Downstream sees one `content-length`, whatever repetition or list the vendor sent, so
+    // every reader (`content_length`, the caller-facing server) takes it as is.
+    if content_length(&headers).is_none() {
+        if let Ok(Some(length)) = agreed_length(&headers) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+    }
     let keep_alive = version == Version::HTTP_11
         && framing != Framing::Close
         && !headers
@@ -600,6 +607,25 @@ fn parse_with<const N: usize>(conn: &mut Connection, method: &Method) -> Result<
     parts.version = version;
     parts.headers = headers;
     Ok(Parsed::Final((parts, framing, keep_alive)))
+}
+
+/// The length every `Content-Length` value agrees on (repeated lines and `5, 5` lists allowed,
+/// RFC 9110 §8.6), or `None` without one.
+fn agreed_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let parsed = parse_length(part.trim_ascii())
+                .ok_or(Error::Malformed("the response's Content-Length is invalid"))?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err(Error::Malformed(
+                    "the response has differing Content-Length values",
+                ));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length)
 }
 
 /// How the body of an answer with these headers, to `method`, with `status`, ends.
@@ -630,20 +656,7 @@ fn framing(headers: &HeaderMap, method: &Method, status: StatusCode) -> Result<F
             )),
         };
     }
-    let mut length = None;
-    for value in lengths {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let parsed = parse_length(part.trim_ascii())
-                .ok_or(Error::Malformed("the response's Content-Length is invalid"))?;
-            if length.is_some_and(|seen| seen != parsed) {
-                return Err(Error::Malformed(
-                    "the response has differing Content-Length values",
-                ));
-            }
-            length = Some(parsed);
-        }
-    }
-    Ok(match length {
+    Ok(match agreed_length(headers)? {
         Some(0) => Framing::Done,
         Some(length) => Framing::Length(length),
         None => Framing::Close,
@@ -1272,6 +1285,27 @@ mod tests {
         drop(body);
         assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"ok".to_vec()));
         assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn agreeing_content_lengths_reach_the_caller_as_one() {
+        let vendor = vendor(vec![Answer(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2, 2\r\n\r\nok",
+            true,
+        )])
+        .await;
+        let (response, _) = client()
+            .request(request(Method::GET, vendor.addr, b""))
+            .await
+            .unwrap();
+        let lengths: Vec<_> = response
+            .headers()
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .collect();
+        assert_eq!(lengths, [HeaderValue::from(2u64)]);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
     }
 
     #[tokio::test]

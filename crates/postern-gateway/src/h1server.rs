@@ -125,8 +125,9 @@ where
             }
         };
         let close = close || *shutdown.borrow();
+        // `Ok(true)`: neither side asked to close.
         match respond(io, &mut out, &mut buf, response, head_only, close).await {
-            Ok(true) if !close => {}
+            Ok(true) => {}
             _ => {
                 let _ = io.shutdown().await;
                 return Served::Closed;
@@ -354,10 +355,10 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     out.extend_from_slice(b"\r\n");
     let mut declared = None;
     for (name, value) in &parts.headers {
-        // Framing is written below, once: the length the response declares (a vendor's
-        // `5, 5` or a repeated line becomes one), else the body's exact size, else chunked.
+        // Framing is written below, once: the length the response declares (the vendor
+        // client leaves one `content-length`), else the body's exact size, else chunked.
         if name == header::CONTENT_LENGTH {
-            declared = declared.or_else(|| declared_length(value.as_bytes()));
+            declared = crate::h1::parse_length(value.as_bytes());
             continue;
         }
         // When the connection closes after this answer, the caller is told so, whatever the
@@ -387,7 +388,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         }
         out.extend_from_slice(b"\r\n");
         drop(body);
-        write_all(io, out).await?;
+        io.write_all(out).await?;
         io.flush().await?;
         return Ok(!close);
     }
@@ -405,7 +406,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             Some(frame) => frame,
             None => {
                 if !out.is_empty() {
-                    write_all(io, out).await?;
+                    io.write_all(out).await?;
                     out.clear();
                 }
                 io.flush().await?;
@@ -427,7 +428,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             None => break,
             Some(Err(error)) => {
                 tracing::debug!(%error, "response body failed; closing the connection");
-                let _ = write_all(io, out).await;
+                let _ = io.write_all(out).await;
                 return Ok(false);
             }
             // Trailers are not sent, as hyper does for a caller without `TE: trailers`.
@@ -441,7 +442,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
                 if data.len() as u64 > *left {
                     tracing::debug!("response body longer than its length; closing");
                     out.extend_from_slice(&data[..*left as usize]);
-                    let _ = write_all(io, out).await;
+                    let _ = io.write_all(out).await;
                     return Ok(false);
                 }
                 *left -= data.len() as u64;
@@ -449,7 +450,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
                 if *left == 0 {
                     // The whole answer: the caller gets it before the body is polled for its
                     // end (which records the call).
-                    write_all(io, out).await?;
+                    io.write_all(out).await?;
                     out.clear();
                     io.flush().await?;
                 }
@@ -465,25 +466,16 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         Some(0) => {}
         Some(_) => {
             tracing::debug!("response body shorter than its length; closing");
-            let _ = write_all(io, out).await;
+            let _ = io.write_all(out).await;
             return Ok(false);
         }
         None => out.extend_from_slice(b"0\r\n\r\n"),
     }
     if !out.is_empty() {
-        write_all(io, out).await?;
+        io.write_all(out).await?;
         io.flush().await?;
     }
     Ok(!close)
-}
-
-/// A response's declared `Content-Length`: one value, or a list of equal ones (`5, 5`).
-fn declared_length(value: &[u8]) -> Option<u64> {
-    let mut values = value.split(|&b| b == b',').map(|v| v.trim_ascii());
-    let first = crate::h1::parse_length(values.next()?)?;
-    values
-        .all(|v| crate::h1::parse_length(v) == Some(first))
-        .then_some(first)
 }
 
 /// One poll of the body's next frame: `None` when it is not ready yet.
@@ -499,10 +491,6 @@ async fn poll_once(
     .await
 }
 
-async fn write_all<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> io::Result<()> {
-    io.write_all(bytes).await
-}
-
 /// Adds `data` behind what `out` holds, or, when together they pass [`COALESCE_BYTES`], writes
 /// both out (no copy of a large frame).
 async fn push_data<S: AsyncWrite + Unpin>(
@@ -514,9 +502,9 @@ async fn push_data<S: AsyncWrite + Unpin>(
         out.extend_from_slice(data);
         return Ok(());
     }
-    write_all(io, out).await?;
+    io.write_all(out).await?;
     out.clear();
-    write_all(io, data).await
+    io.write_all(data).await
 }
 
 fn push_length(out: &mut Vec<u8>, length: u64) {
