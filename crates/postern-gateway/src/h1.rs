@@ -37,7 +37,7 @@
 //! written (or `request_timeout_ms` ends); connections are dropped without a TLS
 //! `close_notify`.
 
-use std::future::Future as _;
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -189,12 +189,15 @@ enum Outgoing {
 /// Sends `request` (origin form, `Host` set) on `conn` and reads the answer's head; the
 /// response's body holds the connection and gives it to `checkin` when it ends. `reused`: the
 /// connection came from the pool, so a request it could not take at all is handed back.
-pub(crate) async fn send(
+///
+/// Not an `async fn`: the head is written before the future is made, and the future (an
+/// `async move` block) keeps the request's parts once, not also the request they came from.
+pub(crate) fn send(
     mut conn: Connection,
     request: http::Request<ForwardBody>,
     checkin: Checkin,
     reused: bool,
-) -> Result<http::Response<ResponseBody>, SendError> {
+) -> impl Future<Output = Result<http::Response<ResponseBody>, SendError>> + Send {
     let (parts, mut body) = request.into_parts();
     let outgoing = if body.is_end_stream() {
         Outgoing::None
@@ -207,76 +210,81 @@ pub(crate) async fn send(
     };
     let mut head = Vec::with_capacity(512);
     write_head(&mut head, &parts, outgoing);
-    // The write waits for the worker's other ready calls (and the I/O events it has not yet
-    // read), as it did when a connection task wrote it: under load the vendor then gets the
-    // requests of a pass together. Writing at once cost the p99 (4.5 against 2.6 ms in the
-    // bench, docs/BENCHMARKS.md) for no throughput.
-    tokio::task::yield_now().await;
-    // The vendor may have closed a pooled connection meanwhile; nothing is written yet.
-    if reused && !conn.is_usable() {
-        return Err(SendError::Unsent(Box::new(http::Request::from_parts(
-            parts, body,
-        ))));
-    }
-    let written = match outgoing {
-        Outgoing::None => match write_all(&mut conn.io, &head).await {
-            Err((0, _)) if reused => {
-                return Err(SendError::Unsent(Box::new(http::Request::from_parts(
-                    parts, body,
-                ))))
-            }
-            Err((_, error)) => Err(Error::Write(error)),
-            Ok(()) => Ok(()),
-        },
-        Outgoing::Length(length) => write_body(&mut conn.io, head, &mut body, Some(length)).await,
-        Outgoing::Chunked => write_body(&mut conn.io, head, &mut body, None).await,
-    };
-    let written = match written {
-        Ok(()) => conn.io.flush().await.map_err(Error::Write),
-        Err(error) => Err(error),
-    };
-    if let Err(error) = written {
-        // A vendor may answer (413, 401…) and close before it has read the whole body: the
-        // answer it sent first is the call's (on a connection not reused).
-        return match (&error, early_answer(&mut conn, &parts.method)) {
-            (Error::Write(_), Some((head, framing, _))) => {
-                let body = ResponseBody {
-                    conn: Some(conn),
-                    framing,
-                    keep_alive: false,
-                    checkin: None,
-                };
-                Ok(http::Response::from_parts(head, body))
-            }
-            _ => Err(SendError::Failed(error)),
-        };
-    }
-    let mut heard = false;
-    let (head, framing, keep_alive) = match read_head(&mut conn, &parts.method, &mut heard).await {
-        Ok(head) => head,
-        // A pooled connection the vendor closed as the request went out, before a byte of an
-        // answer: a safe request without a body may go once more (RFC 9112 §9.3.1.1).
-        Err(error)
-            if reused
-                && !heard
-                && matches!(outgoing, Outgoing::None)
-                && parts.method.is_safe()
-                && dropped(&error) =>
-        {
-            return Err(SendError::Dropped(Box::new(http::Request::from_parts(
+    async move {
+        // The write waits for the worker's other ready calls (and the I/O events it has not yet
+        // read), as it did when a connection task wrote it: under load the vendor then gets the
+        // requests of a pass together. Writing at once cost the p99 (4.5 against 2.6 ms in the
+        // bench, docs/BENCHMARKS.md) for no throughput.
+        tokio::task::yield_now().await;
+        // The vendor may have closed a pooled connection meanwhile; nothing is written yet.
+        if reused && !conn.is_usable() {
+            return Err(SendError::Unsent(Box::new(http::Request::from_parts(
                 parts, body,
-            ))))
+            ))));
         }
-        Err(error) => return Err(SendError::Failed(error)),
-    };
-    let mut body = ResponseBody {
-        conn: Some(conn),
-        framing,
-        keep_alive,
-        checkin: Some(checkin),
-    };
-    body.end_if_done();
-    Ok(http::Response::from_parts(head, body))
+        let written = match outgoing {
+            Outgoing::None => match write_all(&mut conn.io, &head).await {
+                Err((0, _)) if reused => {
+                    return Err(SendError::Unsent(Box::new(http::Request::from_parts(
+                        parts, body,
+                    ))))
+                }
+                Err((_, error)) => Err(Error::Write(error)),
+                Ok(()) => Ok(()),
+            },
+            Outgoing::Length(length) => {
+                write_body(&mut conn.io, head, &mut body, Some(length)).await
+            }
+            Outgoing::Chunked => write_body(&mut conn.io, head, &mut body, None).await,
+        };
+        let written = match written {
+            Ok(()) => conn.io.flush().await.map_err(Error::Write),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = written {
+            // A vendor may answer (413, 401…) and close before it has read the whole body: the
+            // answer it sent first is the call's (on a connection not reused).
+            return match (&error, early_answer(&mut conn, &parts.method)) {
+                (Error::Write(_), Some((head, framing, _))) => {
+                    let body = ResponseBody {
+                        conn: Some(conn),
+                        framing,
+                        keep_alive: false,
+                        checkin: None,
+                    };
+                    Ok(http::Response::from_parts(head, body))
+                }
+                _ => Err(SendError::Failed(error)),
+            };
+        }
+        let mut heard = false;
+        let (head, framing, keep_alive) =
+            match read_head(&mut conn, &parts.method, &mut heard).await {
+                Ok(head) => head,
+                // A pooled connection the vendor closed as the request went out, before a byte of an
+                // answer: a safe request without a body may go once more (RFC 9112 §9.3.1.1).
+                Err(error)
+                    if reused
+                        && !heard
+                        && matches!(outgoing, Outgoing::None)
+                        && parts.method.is_safe()
+                        && dropped(&error) =>
+                {
+                    return Err(SendError::Dropped(Box::new(http::Request::from_parts(
+                        parts, body,
+                    ))))
+                }
+                Err(error) => return Err(SendError::Failed(error)),
+            };
+        let mut body = ResponseBody {
+            conn: Some(conn),
+            framing,
+            keep_alive,
+            checkin: Some(checkin),
+        };
+        body.end_if_done();
+        Ok(http::Response::from_parts(head, body))
+    }
 }
 
 /// A complete answer head among what the vendor has already sent (read without waiting), after

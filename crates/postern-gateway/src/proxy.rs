@@ -7,8 +7,13 @@
 //! Each phase reads and fills the one [`CallContext`]; a phase that refuses returns a
 //! [`CallError`] and nothing after it runs, so nothing reaches the vendor.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use crate::body::CallerBody;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -51,39 +56,71 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Serves one call and always answers; refusals and failures are recorded here, streamed
 /// responses when their body ends. CONNECT and absolute-form requests go to the forward proxy.
-pub async fn handle(
+///
+/// Not an `async fn`: it picks the path at once and returns that path's future, so the call's
+/// future is the pipeline's own and not one level more (each level of `async fn` keeps its
+/// arguments and is copied whole when it is made, and a call's futures are kilobytes).
+pub fn handle(
     shared: Arc<Shared>,
     connection: Arc<ConnectionInfo>,
     request: Request<CallerBody>,
-) -> Response<GatewayBody> {
+) -> Handled<impl Future<Output = Response<GatewayBody>> + Send> {
     // The forward-proxy paths are boxed (allocated only when taken): a future is as large as its
-    // largest branch, and every call's future is moved into a box before hyper polls it.
+    // largest branch, and every call's future is moved into a box before it is polled.
     if request.method() == http::Method::CONNECT {
-        return Box::pin(crate::forward_proxy::handle_connect(
-            shared, connection, request,
-        ))
-        .await;
+        return Handled::Boxed {
+            call: Box::pin(crate::forward_proxy::handle_connect(
+                shared, connection, request,
+            )),
+        };
     }
     // Absolute-form is HTTP/1 proxy syntax; every HTTP/2 request carries a scheme.
     if connection.tunnel.is_none()
         && request.version() < http::Version::HTTP_2
         && request.uri().scheme().is_some()
     {
-        return Box::pin(crate::forward_proxy::handle_absolute(
-            shared, connection, request,
-        ))
-        .await;
+        return Handled::Boxed {
+            call: Box::pin(crate::forward_proxy::handle_absolute(
+                shared, connection, request,
+            )),
+        };
     }
-    handle_call(shared, connection, request).await
+    Handled::Call {
+        call: handle_call(shared, connection, request),
+    }
+}
+
+/// A forward-proxy call's future, boxed.
+type BoxedCall = Pin<Box<dyn Future<Output = Response<GatewayBody>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The future [`handle`] returns: the pipeline's, or a boxed forward-proxy path.
+    #[project = HandledProjection]
+    pub enum Handled<F> {
+        Call { #[pin] call: F },
+        Boxed { call: BoxedCall },
+    }
+}
+
+impl<F: Future<Output = Response<GatewayBody>>> Future for Handled<F> {
+    type Output = Response<GatewayBody>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            HandledProjection::Call { call } => call.poll(cx),
+            HandledProjection::Boxed { call } => call.as_mut().poll(cx),
+        }
+    }
 }
 
 /// The L7 pipeline for one call: path mode, or a request inside an intercepted tunnel
-/// (`connection.tunnel` names the caller and integration).
-pub async fn handle_call(
+/// (`connection.tunnel` names the caller and integration). What needs no waiting is done
+/// before the future is made; the future is an `async move` block (see [`pipeline`]).
+pub fn handle_call(
     shared: Arc<Shared>,
     connection: Arc<ConnectionInfo>,
     request: Request<CallerBody>,
-) -> Response<GatewayBody> {
+) -> impl Future<Output = Response<GatewayBody>> + Send {
     let runtime = shared.runtime.load_full();
     // A shared copy of the target (no allocation): the vendor path is a slice of it.
     let target = request
@@ -97,26 +134,28 @@ pub async fn handle_call(
         request.version(),
         shared.audit.target_hmac(target.as_str()),
     );
-    let mut call = Unanswered {
-        shared: &shared,
-        context,
-        progress: Progress::default(),
-        answered: false,
-    };
-    let result = pipeline(
-        &shared,
-        &runtime,
-        &connection,
-        &mut call.context,
-        &mut call.progress,
-        &target,
-        request,
-    )
-    .await;
-    call.answered = true;
-    match result {
-        Ok(response) => response,
-        Err(error) => refuse(&shared, &call.context, &call.progress, &error),
+    async move {
+        let mut call = Unanswered {
+            shared: &shared,
+            context,
+            progress: Progress::default(),
+            answered: false,
+        };
+        let result = pipeline(
+            &shared,
+            &runtime,
+            &connection,
+            &mut call.context,
+            &mut call.progress,
+            &target,
+            request,
+        )
+        .await;
+        call.answered = true;
+        match result {
+            Ok(response) => response,
+            Err(error) => refuse(&shared, &call.context, &call.progress, &error),
+        }
     }
 }
 
@@ -208,95 +247,143 @@ pub(crate) struct Progress {
     pub intent_index: Option<u64>,
 }
 
-async fn pipeline(
-    shared: &Arc<Shared>,
-    runtime: &Arc<Runtime>,
-    connection: &ConnectionInfo,
-    context: &mut CallContext,
-    progress: &mut Progress,
-    target: &http::uri::PathAndQuery,
-    request: Request<CallerBody>,
-) -> Result<Response<GatewayBody>, CallError> {
-    check_request(&request)?;
-    let caller_token = identify_caller(runtime, connection, context, request.headers())?;
-    let (integration, vendor_path) = match &connection.tunnel {
-        Some(tunnel) => route_tunnel(runtime, context, tunnel, target.path())?,
-        None => route(runtime, context, target.path())?,
-    };
-    authorize(runtime, &integration, context, &request, vendor_path)?;
-    progress.authorized = true;
-    rate_limit(&integration, context)?;
-    let (parts, body) = request.into_parts();
-    let scanned = crate::scan::scan_request(
-        &integration,
-        &runtime.scanner,
-        context,
-        &parts.headers,
-        body,
-        caller_token.as_deref(),
-    )
-    .await;
-    let (body, scan) = match scanned {
-        Ok(scanned) => scanned,
-        Err((error, summary)) => {
-            // A refusal still records what the body carried (classes and counts, never values).
-            if !summary.classes.is_empty() {
-                shared.note_dataflow(context, &summary, "request_blocked");
-                context.request_scan = Some(summary);
+/// The call's phases. Not an `async fn` but an `async move` block: an `async fn` keeps each
+/// argument twice in its future (as captured and as a local), and the request is hundreds of
+/// bytes. Phases that wait only for some integrations (scanning, OAuth2 tokens, the durable
+/// intent) are awaited only there, so the usual call's future holds none of their state.
+// The `async move` block is the point (see above), not an oversight.
+#[allow(clippy::manual_async_fn)]
+fn pipeline<'a>(
+    shared: &'a Arc<Shared>,
+    runtime: &'a Arc<Runtime>,
+    connection: &'a ConnectionInfo,
+    context: &'a mut CallContext,
+    progress: &'a mut Progress,
+    target: &'a http::uri::PathAndQuery,
+    mut request: Request<CallerBody>,
+) -> impl Future<Output = Result<Response<GatewayBody>, CallError>> + 'a {
+    async move {
+        check_request(&request)?;
+        let caller_token = identify_caller(runtime, connection, context, request.headers())?;
+        let (integration, vendor_path) = match &connection.tunnel {
+            Some(tunnel) => route_tunnel(runtime, context, tunnel, target.path())?,
+            None => route(runtime, context, target.path())?,
+        };
+        authorize(runtime, &integration, context, &request, vendor_path)?;
+        progress.authorized = true;
+        rate_limit(&integration, context)?;
+        let body = std::mem::replace(request.body_mut(), CallerBody::empty());
+        let (body, scan) = if integration.config.data_classes.is_none() {
+            let body = ForwardBody::new(
+                body,
+                integration.config.max_request_body_bytes,
+                context.request_body.clone(),
+                caller_token.as_deref(),
+            );
+            (body, None)
+        } else {
+            let scanned = Box::pin(crate::scan::scan_request(
+                &integration,
+                &runtime.scanner,
+                context,
+                request.headers(),
+                body,
+                caller_token.as_deref(),
+            ))
+            .await;
+            match scanned {
+                Ok(scanned) => scanned,
+                Err((error, summary)) => {
+                    // A refusal still records what the body carried (classes and counts, never
+                    // values).
+                    if !summary.classes.is_empty() {
+                        shared.note_dataflow(context, &summary, "request_blocked");
+                        context.request_scan = Some(summary);
+                    }
+                    return Err(error);
+                }
             }
-            return Err(error);
+        };
+        if let Some(scan) = &scan {
+            shared.note_dataflow(context, scan, "request");
         }
-    };
-    if let Some(scan) = &scan {
-        shared.note_dataflow(context, scan, "request");
-    }
-    context.request_scan = scan;
-    let request = Request::from_parts(parts, body);
-    progress.intent_index = record_intent(shared, Some(&integration), context).await?;
-    let token_source = match &integration.credential {
-        Ok(Some(Injector::OAuth2(source))) => Some(source.clone()),
-        _ => None,
-    };
-    let response = match token_source {
-        None => {
-            let upstream_request = inject(
-                &integration,
-                vendor_path,
-                request,
-                caller_token.as_deref(),
-                None,
-            )?;
-            forward(&integration, context, upstream_request).await?
+        context.request_scan = scan;
+        let request = request.map(|_| body);
+        if let Some(intent) = queue_intent(shared, Some(&integration), context) {
+            progress.intent_index = durable_intent(shared, context, intent).await?;
         }
-        Some(source) => {
-            // Boxed like the forward-proxy paths in `handle`: only OAuth2 integrations pay.
-            let token = Box::pin(oauth_token(&integration, &source)).await?;
-            let upstream_request = inject(
-                &integration,
-                vendor_path,
-                request,
-                caller_token.as_deref(),
-                Some(token.clone()),
-            )?;
-            Box::pin(forward_replayable(
+        let response = match &integration.credential {
+            Ok(Some(Injector::OAuth2(source))) => {
+                // Boxed: only OAuth2 integrations pay for its state.
+                let source = source.clone();
+                Box::pin(oauth_call(
+                    &integration,
+                    context,
+                    vendor_path,
+                    request,
+                    caller_token.as_deref(),
+                    source,
+                ))
+                .await?
+            }
+            _ => {
+                let upstream_request = inject(
+                    &integration,
+                    vendor_path,
+                    request,
+                    caller_token.as_deref(),
+                    None,
+                )?;
+                let result = forward(&integration, upstream_request).await;
+                forwarded(&integration, context, result)?
+            }
+        };
+        if integration.config.data_classes.is_some() {
+            // Boxed like the request's scan: only scanning integrations pay for its state.
+            Box::pin(inspect_scanned(
+                shared,
+                runtime,
                 &integration,
                 context,
-                upstream_request,
-                &source,
-                token,
+                response,
+                progress.intent_index,
             ))
-            .await?
+            .await
+        } else {
+            let (parts, body) =
+                prepare_response(&integration, context, response, progress.intent_index)?;
+            Ok(answer(
+                shared,
+                &integration,
+                context,
+                parts,
+                body,
+                Bytes::new(),
+                progress.intent_index,
+            ))
         }
-    };
-    inspect_response(
-        shared,
-        runtime,
-        &integration,
-        context,
-        response,
-        progress.intent_index,
-    )
-    .await
+    }
+}
+
+/// An OAuth2 integration's vendor call: a token (cached, or minted), the request with it, and
+/// once more with a fresh token if the vendor refuses the first.
+async fn oauth_call(
+    integration: &IntegrationRuntime,
+    context: &mut CallContext,
+    vendor_path: &str,
+    request: Request<ForwardBody>,
+    caller_token: Option<&[u8]>,
+    source: Arc<TokenSource>,
+) -> Result<Response<UpstreamBody>, CallError> {
+    let token = oauth_token(integration, &source).await?;
+    let upstream_request = inject(
+        integration,
+        vendor_path,
+        request,
+        caller_token,
+        Some(token.clone()),
+    )?;
+    forward_replayable(integration, context, upstream_request, &source, token).await
 }
 
 /// The intent entry: durable before the call is forwarded (or a tunnel opens), failing closed
@@ -307,12 +394,34 @@ pub(crate) async fn record_intent(
     integration: Option<&IntegrationRuntime>,
     context: &CallContext,
 ) -> Result<Option<u64>, CallError> {
+    match queue_intent(shared, integration, context) {
+        Some(intent) => durable_intent(shared, context, intent).await,
+        None => Ok(None),
+    }
+}
+
+/// The intent entry, queued at once for a `best_effort` integration (`None`: nothing to wait
+/// for); otherwise returned, for [`durable_intent`].
+fn queue_intent(
+    shared: &Arc<Shared>,
+    integration: Option<&IntegrationRuntime>,
+    context: &CallContext,
+) -> Option<crate::audit::Entry> {
     let record = shared.audit.record(RecordKind::Intent, context, None);
     if integration.is_some_and(|i| i.config.audit == AuditMode::BestEffort) {
         shared.audit.append_later(record, &context.request_id);
-        return Ok(None);
+        return None;
     }
-    match shared.audit.append_durable(record).await {
+    Some(record)
+}
+
+/// Waits until the intent entry is durable: its index, or 503 `audit_unavailable`.
+async fn durable_intent(
+    shared: &Arc<Shared>,
+    context: &CallContext,
+    intent: crate::audit::Entry,
+) -> Result<Option<u64>, CallError> {
+    match shared.audit.append_durable(intent).await {
         Ok(index) => Ok(Some(index)),
         Err(why) => {
             tracing::error!(integration = %context.integration.as_deref().unwrap_or(""), request_id = %context.request_id, %why, "audit log unavailable; refusing the call");
@@ -828,7 +937,8 @@ async fn forward_replayable(
         request
     };
     let first = build(token.clone());
-    let response = forward(integration, context, first).await?;
+    let result = forward(integration, first).await;
+    let response = forwarded(integration, context, result)?;
     if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(response);
     }
@@ -836,34 +946,44 @@ async fn forward_replayable(
     source.purge(&token);
     tracing::info!(integration = %integration.name, request_id = %context.request_id, "vendor refused the OAuth2 token; re-minting once");
     let fresh = oauth_token(integration, source).await?;
-    forward(integration, context, build(fresh)).await
+    let result = forward(integration, build(fresh)).await;
+    forwarded(integration, context, result)
 }
 
-async fn forward(
+/// The vendor request under `request_timeout_ms`; [`forwarded`] reads its result. Not an
+/// `async fn` (no level of its own in the call's future: see [`handle`]).
+fn forward(
+    integration: &IntegrationRuntime,
+    request: Request<ForwardBody>,
+) -> tokio::time::Timeout<impl Future<Output = Forwarded> + Send + '_> {
+    let timeout = Duration::from_millis(integration.config.request_timeout_ms);
+    tokio::time::timeout(timeout, integration.client.request(request))
+}
+
+/// What the vendor request gave: its response, or why there is none.
+type Forwarded = Result<(Response<UpstreamBody>, std::net::SocketAddr), UpstreamError>;
+
+/// [`forward`]'s result as the call sees it: the response (its address noted), or the refusal.
+fn forwarded(
     integration: &IntegrationRuntime,
     context: &mut CallContext,
-    request: Request<ForwardBody>,
+    result: Result<Forwarded, tokio::time::error::Elapsed>,
 ) -> Result<Response<UpstreamBody>, CallError> {
-    let timeout = Duration::from_millis(integration.config.request_timeout_ms);
-    let result = tokio::time::timeout(timeout, integration.client.request(request)).await;
-    let response = match result {
-        Err(_) => {
-            return Err(CallError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                format!(
-                    "the vendor did not answer within request_timeout_ms ({} ms)",
-                    integration.config.request_timeout_ms
-                ),
-            ))
-        }
-        Ok(Err(error)) => return Err(classify_upstream_error(integration, context, &error)),
+    match result {
+        Err(_) => Err(CallError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!(
+                "the vendor did not answer within request_timeout_ms ({} ms)",
+                integration.config.request_timeout_ms
+            ),
+        )),
+        Ok(Err(error)) => Err(classify_upstream_error(integration, context, &error)),
         Ok(Ok((response, addr))) => {
             context.upstream_addr = Some(addr);
-            response
+            Ok(response)
         }
-    };
-    Ok(response)
+    }
 }
 
 fn classify_upstream_error(
@@ -980,14 +1100,15 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Response checks: size cap, redirects leaving the upstream's origin, hop-by-hop headers.
-async fn inspect_response(
-    shared: &Arc<Shared>,
-    runtime: &Runtime,
+/// The vendor's response, checked and cleaned before anything of it reaches the caller: its
+/// declared size, an off-origin redirect noted, hop-by-hop headers and any header echoing the
+/// injected credential removed, Postern's own headers added.
+fn prepare_response(
     integration: &IntegrationRuntime,
     context: &mut CallContext,
     response: Response<UpstreamBody>,
     intent_index: Option<u64>,
-) -> Result<Response<GatewayBody>, CallError> {
+) -> Result<(http::response::Parts, UpstreamBody), CallError> {
     let (mut parts, body) = response.into_parts();
     let limit = integration.config.max_response_body_bytes;
     let declared_length = crate::h1::content_length(&parts.headers);
@@ -1039,23 +1160,52 @@ async fn inspect_response(
     }
     parts.version = http::Version::default();
     parts.extensions = http::Extensions::new();
-    let (prefix, body) = if integration.config.data_classes.is_some() {
-        match crate::scan::scan_response(integration, &runtime.scanner, &parts.headers, body).await
-        {
-            Ok(scanned) => {
-                shared.note_dataflow(context, &scanned.summary, "response");
-                context.response_scan = Some(scanned.summary);
-                (scanned.prefix, scanned.rest)
-            }
-            Err((error, summary)) => {
-                shared.note_dataflow(context, &summary, "response_blocked");
-                context.response_scan = Some(summary);
-                return Err(error);
-            }
+    Ok((parts, body))
+}
+
+/// [`prepare_response`], then the response body's scan (integrations with `data_classes`).
+async fn inspect_scanned(
+    shared: &Arc<Shared>,
+    runtime: &Runtime,
+    integration: &IntegrationRuntime,
+    context: &mut CallContext,
+    response: Response<UpstreamBody>,
+    intent_index: Option<u64>,
+) -> Result<Response<GatewayBody>, CallError> {
+    let (parts, body) = prepare_response(integration, context, response, intent_index)?;
+    match crate::scan::scan_response(integration, &runtime.scanner, &parts.headers, body).await {
+        Ok(scanned) => {
+            shared.note_dataflow(context, &scanned.summary, "response");
+            context.response_scan = Some(scanned.summary);
+            Ok(answer(
+                shared,
+                integration,
+                context,
+                parts,
+                scanned.rest,
+                scanned.prefix,
+                intent_index,
+            ))
         }
-    } else {
-        (bytes::Bytes::new(), body)
-    };
+        Err((error, summary)) => {
+            shared.note_dataflow(context, &summary, "response_blocked");
+            context.response_scan = Some(summary);
+            Err(error)
+        }
+    }
+}
+
+/// The caller's response: the vendor's head, and its body (after `prefix`, what a scan already
+/// read) streamed under `max_response_body_bytes`; the call is recorded when the body ends.
+fn answer(
+    shared: &Arc<Shared>,
+    integration: &IntegrationRuntime,
+    context: &mut CallContext,
+    parts: http::response::Parts,
+    body: UpstreamBody,
+    prefix: Bytes,
+    intent_index: Option<u64>,
+) -> Response<GatewayBody> {
     let status = parts.status.as_u16();
     let pending = PendingRecord {
         recorder: shared.recorder.clone(),
@@ -1068,11 +1218,9 @@ async fn inspect_response(
         audit: shared.audit.clone(),
         intent_index,
     };
+    let limit = integration.config.max_response_body_bytes;
     let body = ResponseBody::new(body, limit, pending, Some(audit)).with_prefix(prefix);
-    Ok(Response::from_parts(
-        parts,
-        GatewayBody::Stream(Box::new(body)),
-    ))
+    Response::from_parts(parts, GatewayBody::Stream(Box::new(body)))
 }
 
 /// Whether a redirect's Location points outside the upstream's scheme, host and port.

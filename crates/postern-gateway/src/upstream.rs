@@ -13,6 +13,7 @@
 //! in batches, elsewhere).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -301,93 +302,101 @@ impl Pool {
 impl UpstreamClient {
     /// Sends `request` (absolute URI) on this thread's pool; answers the response and the
     /// address it came from (returned beside it, not in its extensions: that would allocate).
-    pub async fn request(
+    ///
+    /// Not an `async fn` but an `async move` block, which keeps the request once in its future
+    /// (an `async fn` keeps each argument twice).
+    #[allow(clippy::manual_async_fn)]
+    pub fn request(
         &self,
         mut request: http::Request<ForwardBody>,
-    ) -> Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError> {
-        let https = match request.uri().scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(UpstreamError::NotAbsolute),
-        };
-        let authority = request
-            .uri()
-            .authority()
-            .cloned()
-            .ok_or(UpstreamError::NotAbsolute)?;
-        let key: OriginKey = (https, authority);
-        let pool = self.pool();
-        // Set once an attempt this call waited for failed: it then dials itself, at once, like
-        // every other call that waited (a down vendor must not make them fail one by one).
-        let mut dial_now = false;
-        // Set once a request a pooled connection dropped unanswered goes again: on a new
-        // connection, and only once.
-        let mut resent = false;
-        loop {
-            let (pooled, opening) = {
-                let mut locked = lock(pool);
-                let taken = match resent {
-                    true => None,
-                    false => locked.take(&key, self.inner.idle_timeout),
-                };
-                match taken {
-                    Some(pooled) => (Some(pooled), None),
-                    None if dial_now => (None, None),
-                    None => (None, locked.h2_origins.get(&key).cloned().flatten()),
-                }
+    ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError>>
+           + Send
+           + '_ {
+        async move {
+            let https = match request.uri().scheme_str() {
+                Some("https") => true,
+                Some("http") => false,
+                _ => return Err(UpstreamError::NotAbsolute),
             };
-            if let Some(mut opening) = opening {
-                // Another call is opening this h2 origin's connection: take it once it is up
-                // (the value changes); if that attempt failed (the sender is gone), dial.
-                dial_now = opening.changed().await.is_err();
-                continue;
-            }
-            let fresh = pooled.is_none();
-            let (sender, addr) = match pooled {
-                Some(pooled) => pooled,
-                // Boxed: the TLS and h2 handshakes would otherwise make every call's future
-                // (and each move of it) kilobytes larger.
-                None => Box::pin(self.connect(&key, pool)).await?,
-            };
-            let sent = match sender {
-                Sender::H1(conn) => {
-                    to_origin_form(&mut request, &key)?;
-                    let checkin = Checkin {
-                        pool: pool.clone(),
-                        key: key.clone(),
-                        addr,
+            let authority = request
+                .uri()
+                .authority()
+                .cloned()
+                .ok_or(UpstreamError::NotAbsolute)?;
+            let key: OriginKey = (https, authority);
+            let pool = self.pool();
+            // Set once an attempt this call waited for failed: it then dials itself, at once, like
+            // every other call that waited (a down vendor must not make them fail one by one).
+            let mut dial_now = false;
+            // Set once a request a pooled connection dropped unanswered goes again: on a new
+            // connection, and only once.
+            let mut resent = false;
+            loop {
+                let (pooled, opening) = {
+                    let mut locked = lock(pool);
+                    let taken = match resent {
+                        true => None,
+                        false => locked.take(&key, self.inner.idle_timeout),
                     };
-                    match crate::h1::send(conn, request, checkin, !fresh).await {
-                        Ok(response) => return Ok((response.map(UpstreamBody::H1), addr)),
-                        // The pooled connection took nothing: once more, on the next one.
-                        Err(crate::h1::SendError::Unsent(unsent)) => {
-                            request = *unsent;
-                            continue;
-                        }
-                        // Only a reused connection drops a request so; the resend dials.
-                        Err(crate::h1::SendError::Dropped(dropped)) => {
-                            request = *dropped;
-                            resent = true;
-                            continue;
-                        }
-                        Err(crate::h1::SendError::Failed(error)) => {
-                            return Err(UpstreamError::H1(error))
+                    match taken {
+                        Some(pooled) => (Some(pooled), None),
+                        None if dial_now => (None, None),
+                        None => (None, locked.h2_origins.get(&key).cloned().flatten()),
+                    }
+                };
+                if let Some(mut opening) = opening {
+                    // Another call is opening this h2 origin's connection: take it once it is up
+                    // (the value changes); if that attempt failed (the sender is gone), dial.
+                    dial_now = opening.changed().await.is_err();
+                    continue;
+                }
+                let fresh = pooled.is_none();
+                let (sender, addr) = match pooled {
+                    Some(pooled) => pooled,
+                    // Boxed: the TLS and h2 handshakes would otherwise make every call's future
+                    // (and each move of it) kilobytes larger.
+                    None => Box::pin(self.connect(&key, pool)).await?,
+                };
+                let sent = match sender {
+                    Sender::H1(conn) => {
+                        to_origin_form(&mut request, &key)?;
+                        let checkin = Checkin {
+                            pool: pool.clone(),
+                            key: key.clone(),
+                            addr,
+                        };
+                        match crate::h1::send(conn, request, checkin, !fresh).await {
+                            Ok(response) => return Ok((response.map(UpstreamBody::H1), addr)),
+                            // The pooled connection took nothing: once more, on the next one.
+                            Err(crate::h1::SendError::Unsent(unsent)) => {
+                                request = *unsent;
+                                continue;
+                            }
+                            // Only a reused connection drops a request so; the resend dials.
+                            Err(crate::h1::SendError::Dropped(dropped)) => {
+                                request = *dropped;
+                                resent = true;
+                                continue;
+                            }
+                            Err(crate::h1::SendError::Failed(error)) => {
+                                return Err(UpstreamError::H1(error))
+                            }
                         }
                     }
+                    Sender::H2(mut tx) => {
+                        to_absolute_form(&mut request, &key)?;
+                        tx.try_send_request(request).await
+                    }
+                };
+                match sent {
+                    Ok(response) => return Ok((response.map(UpstreamBody::H2), addr)),
+                    // Refused before a byte was written: the pooled connection had closed. Once more,
+                    // on the next one (a new connection's refusal is final).
+                    Err(mut refused) => match refused.take_message() {
+                        Some(unsent) if !fresh => request = unsent,
+                        _ => return Err(UpstreamError::Http(refused.into_error())),
+                    },
                 }
-                Sender::H2(mut tx) => {
-                    to_absolute_form(&mut request, &key)?;
-                    tx.try_send_request(request).await
-                }
-            };
-            match sent {
-                Ok(response) => return Ok((response.map(UpstreamBody::H2), addr)),
-                // Refused before a byte was written: the pooled connection had closed. Once more,
-                // on the next one (a new connection's refusal is final).
-                Err(mut refused) => match refused.take_message() {
-                    Some(unsent) if !fresh => request = unsent,
-                    _ => return Err(UpstreamError::Http(refused.into_error())),
-                },
             }
         }
     }
