@@ -588,7 +588,9 @@ fn parse_with<const N: usize>(conn: &mut Connection, method: &Method) -> Result<
         *span = (offset(found.name.as_bytes()), offset(found.value));
     }
     let head = conn.buf.split_to(head_len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the two headers the gateway adds to every answer (its request id and audit
+    // index): a map made exactly full would grow, and allocate, on the first of them.
+    let mut headers = HeaderMap::with_capacity(count + 2);
     for (name, value) in spans.into_iter().take(count) {
         let name = HeaderName::from_bytes(&head[name])
             .map_err(|_| Error::Malformed("a response header name is invalid"))?;

@@ -746,7 +746,7 @@ fn inject(
     oauth_token: Option<HeaderValue>,
 ) -> Result<Request<ForwardBody>, CallError> {
     let injector = match &integration.credential {
-        Ok(injector) => injector.clone(),
+        Ok(injector) => injector,
         Err(problem) => {
             let what = if problem.code == "credential_revoked" {
                 "has been revoked"
@@ -833,7 +833,7 @@ fn inject(
         .map(|q| q.split('&').filter(|p| !p.is_empty()).collect())
         .unwrap_or_default();
     let injected_query;
-    match &injector {
+    match injector {
         Some(Injector::Header { name, value }) => {
             headers.insert(name.clone(), value.clone());
         }
