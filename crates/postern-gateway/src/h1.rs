@@ -190,7 +190,8 @@ enum Outgoing {
 /// response's body holds the connection and gives it to `checkin` when it ends. `reused`: the
 /// connection came from the pool, so a request it could not take at all is handed back.
 ///
-/// Not an `async fn`: the head is written before the future is made, and the future (an
+/// Not an `async fn`: the head is serialized before the future is made (it goes out after the
+/// yield below), and the future (an
 /// `async move` block) keeps the request's parts once, not also the request they came from.
 pub(crate) fn send(
     mut conn: Connection,

@@ -2,7 +2,8 @@
 //!
 //! `check_request` → `identify_caller` → `route` (integration + operation) → `authorize` (Cedar) →
 //! `rate_limit` → `inject` (strip caller credentials, add the vendor's) → `forward` (guarded
-//! dial, TLS) → `inspect_response` (limits, redirects) → record (when the body ends).
+//! dial, TLS) → `prepare_response` (limits, redirects; `inspect_scanned` when the body is
+//! scanned) → record (when the body ends).
 //!
 //! Each phase reads and fills the one [`CallContext`]; a phase that refuses returns a
 //! [`CallError`] and nothing after it runs, so nothing reaches the vendor.
@@ -95,6 +96,7 @@ type BoxedCall = Pin<Box<dyn Future<Output = Response<GatewayBody>> + Send>>;
 
 pin_project_lite::pin_project! {
     /// The future [`handle`] returns: the pipeline's, or a boxed forward-proxy path.
+    #[must_use = "a call does nothing until its future is awaited"]
     #[project = HandledProjection]
     pub enum Handled<F> {
         Call { #[pin] call: F },
@@ -115,7 +117,7 @@ impl<F: Future<Output = Response<GatewayBody>>> Future for Handled<F> {
 
 /// The L7 pipeline for one call: path mode, or a request inside an intercepted tunnel
 /// (`connection.tunnel` names the caller and integration). What needs no waiting is done
-/// before the future is made; the future is an `async move` block (see [`pipeline`]).
+/// before the future is made; the future is an `async move` block (see `pipeline`).
 pub fn handle_call(
     shared: Arc<Shared>,
     connection: Arc<ConnectionInfo>,
@@ -249,8 +251,9 @@ pub(crate) struct Progress {
 
 /// The call's phases. Not an `async fn` but an `async move` block: an `async fn` keeps each
 /// argument twice in its future (as captured and as a local), and the request is hundreds of
-/// bytes. Phases that wait only for some integrations (scanning, OAuth2 tokens, the durable
-/// intent) are awaited only there, so the usual call's future holds none of their state.
+/// bytes. The phases that wait only for some integrations (the body scans, the OAuth2 token)
+/// are boxed where they apply, so the usual call's future holds none of their state; a
+/// `best_effort` integration's intent entry is queued without a future at all.
 // The `async move` block is the point (see above), not an oversight.
 #[allow(clippy::manual_async_fn)]
 fn pipeline<'a>(
@@ -1099,7 +1102,6 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Response checks: size cap, redirects leaving the upstream's origin, hop-by-hop headers.
 /// The vendor's response, checked and cleaned before anything of it reaches the caller: its
 /// declared size, an off-origin redirect noted, hop-by-hop headers and any header echoing the
 /// injected credential removed, Postern's own headers added.
