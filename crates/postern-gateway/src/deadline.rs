@@ -77,19 +77,29 @@ impl<S> Deadline<S> {
             None => *this.started + *this.first_byte,
             Some(last) => last + *this.idle,
         };
-        if this.sleep.deadline() != deadline {
+        // Activity moves the deadline later on every call; the timer is not moved with it (a
+        // timer-wheel update per request) but stays armed where it was, and is moved on when
+        // it fires before the deadline. It is moved at once only to an earlier deadline.
+        if deadline < this.sleep.deadline() {
             this.sleep.as_mut().reset(deadline);
         }
-        match this.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                if this.last_activity.is_none() {
-                    "no request within the first-byte timeout"
-                } else {
-                    "connection idle"
-                },
-            ))),
-            Poll::Pending => Poll::Pending,
+        loop {
+            match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) if this.sleep.deadline() < deadline => {
+                    this.sleep.as_mut().reset(deadline);
+                }
+                Poll::Ready(()) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        if this.last_activity.is_none() {
+                            "no request within the first-byte timeout"
+                        } else {
+                            "connection idle"
+                        },
+                    )))
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }
@@ -177,6 +187,41 @@ mod tests {
         // Then silence past the idle limit.
         let error = server.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// The timer stays where activity left it and moves on when it fires early: the
+    /// connection still closes exactly `idle` after its last byte, not earlier or later.
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_limit_counts_from_the_last_byte() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = Deadline::new(server, Duration::from_secs(10), Duration::from_secs(60));
+        let mut buf = [0u8; 8];
+        let start = Instant::now();
+        client.write_all(b"a").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 1);
+        // The timer is armed at 60 s (a read that waits); bytes at 40 s move the deadline to
+        // 100 s while the timer stays at 60.
+        let waiting = server.read(&mut buf);
+        tokio::pin!(waiting);
+        assert!(futures_poll_once(waiting.as_mut()).await.is_none());
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        client.write_all(b"b").await.unwrap();
+        assert_eq!(waiting.await.unwrap(), 1);
+        let error = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(100));
+    }
+
+    /// Polls `future` once: its output if it was ready.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(future: F) -> Option<F::Output> {
+        let mut future = future;
+        std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut future).poll(cx) {
+                Poll::Ready(output) => Some(output),
+                Poll::Pending => None,
+            })
+        })
+        .await
     }
 
     #[tokio::test(start_paused = true)]
