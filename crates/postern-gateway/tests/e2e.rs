@@ -838,6 +838,58 @@ async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
     gw.stop().await;
 }
 
+/// The other side of the burst above: the call that dials a known h2 vendor fails, and the
+/// calls waiting for its connection are woken at once and dial for themselves (each failing
+/// on its own) instead of waiting out `request_timeout_ms`.
+#[tokio::test]
+async fn calls_waiting_on_a_failed_h2_dial_dial_for_themselves() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(
+        &vendor,
+        "idle_timeout_ms = 1000\nrequest_timeout_ms = 60000",
+    )
+    .await;
+    let h2c = h2c_client();
+    let call = || get_charge(&h2c, &gw);
+    assert_eq!(call().await.unwrap().status(), 200);
+    for _ in 0..150 {
+        if vendor.closed() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(vendor.closed(), 1, "the idle connection was closed");
+    vendor.refuse_new_connections();
+    let started = std::time::Instant::now();
+    let burst = async {
+        tokio::join!(
+            call(),
+            call(),
+            call(),
+            call(),
+            call(),
+            call(),
+            call(),
+            call()
+        )
+    };
+    let (a, b, c, d, e, f, g, h) = tokio::time::timeout(std::time::Duration::from_secs(30), burst)
+        .await
+        .expect("the burst is answered well before request_timeout_ms");
+    for response in [a, b, c, d, e, f, g, h] {
+        assert_eq!(response.unwrap().status(), 502);
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    // The first connection, then one dial per call: the one that opened for the others and
+    // seven that dialled for themselves once it failed.
+    assert_eq!(vendor.connections(), 9);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn tls_listener_with_mtls_spiffe_identity() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;

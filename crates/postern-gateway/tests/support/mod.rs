@@ -139,6 +139,8 @@ pub struct TestVendor {
     pub ca_pem: Option<String>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
     closed: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set: new connections are accepted and dropped at once (their handshake fails).
+    refusing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TestVendor {
@@ -227,12 +229,19 @@ impl TestVendor {
         let accepted = connections.clone();
         let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ended = closed.clone();
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refuse = refusing.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(stream);
+                    ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    continue;
+                }
                 let acceptor = acceptor.clone();
                 let handler = handler.clone();
                 let recorded = recorded.clone();
@@ -301,7 +310,15 @@ impl TestVendor {
             ca_pem,
             connections,
             closed,
+            refusing,
         }
+    }
+
+    /// From now on, new connections are dropped as soon as they are accepted (a vendor whose
+    /// listener is up but broken); open ones carry on.
+    pub fn refuse_new_connections(&self) {
+        self.refusing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Connections accepted so far.
