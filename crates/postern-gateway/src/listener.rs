@@ -83,6 +83,20 @@ where
         slots,
         max_header_bytes,
     } = accept;
+    // This loop's connections watch a shutdown channel of its own, on its own thread: an idle
+    // keep-alive connection registers with the channel's waiter list before each request and
+    // leaves it when the request comes, and one list shared by every worker thread would bounce
+    // its lock between them on every call. The forwarder passes the gateway's shutdown on (and
+    // ends without it if the gateway's sender is dropped, as `stopping` expects).
+    let (local_stop, local_shutdown) = watch::channel(*shutdown.borrow());
+    tokio::spawn({
+        let mut shutdown = shutdown.clone();
+        async move {
+            if shutdown.wait_for(|stop| *stop).await.is_ok() {
+                let _ = local_stop.send(true);
+            }
+        }
+    });
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -107,7 +121,7 @@ where
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let handler = handler.clone();
-        let shutdown = shutdown.clone();
+        let shutdown = local_shutdown.clone();
         let connection = Connection {
             builder,
             watcher,
