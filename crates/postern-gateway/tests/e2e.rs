@@ -796,16 +796,17 @@ operations = ["*"]
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
-    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let gw = stripe_gateway(&vendor, "idle_timeout_ms = 1000").await;
-    let h2c = h2c_client();
-    let call = || get_charge(&h2c, &gw);
-    assert_eq!(call().await.unwrap().status(), 200);
+/// A gateway whose worker serving `h2c` (one client connection, so one worker) knows `vendor`
+/// speaks h2 but holds no connection to it: one call made the connection, and the pool's sweep
+/// (every second with `idle_timeout_ms = 1000`) closed it, ~2 s in.
+async fn known_h2_vendor_no_connection(
+    vendor: &TestVendor,
+    extra: &str,
+    h2c: &reqwest::Client,
+) -> TestGateway {
+    let gw = stripe_gateway(vendor, &format!("idle_timeout_ms = 1000\n{extra}")).await;
+    assert_eq!(get_charge(h2c, &gw).await.unwrap().status(), 200);
     assert_eq!(vendor.connections(), 1);
-    // The pool's sweep (every second here) closes the idle connection, ~2 s in; the worker
-    // still knows the vendor speaks h2.
     for _ in 0..150 {
         if vendor.closed() == 1 {
             break;
@@ -813,8 +814,13 @@ async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(vendor.closed(), 1, "the idle connection was closed");
-    // Eight calls at once on the same client connection (so the same worker): one of them
-    // dials, the others wait for its connection instead of opening seven more.
+    gw
+}
+
+/// Eight `get_charge` calls at once on `h2c`'s one connection (so on one worker): their
+/// statuses, once all are answered (within 30 s).
+async fn burst_of_eight(gw: &TestGateway, h2c: &reqwest::Client) -> Vec<u16> {
+    let call = || get_charge(h2c, gw);
     let burst = async {
         tokio::join!(
             call(),
@@ -830,9 +836,19 @@ async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
     let (a, b, c, d, e, f, g, h) = tokio::time::timeout(std::time::Duration::from_secs(30), burst)
         .await
         .expect("the burst is answered");
-    for response in [a, b, c, d, e, f, g, h] {
-        assert_eq!(response.unwrap().status(), 200);
-    }
+    [a, b, c, d, e, f, g, h]
+        .into_iter()
+        .map(|response| response.unwrap().status().as_u16())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let h2c = h2c_client();
+    let gw = known_h2_vendor_no_connection(&vendor, "", &h2c).await;
+    // One of the eight dials, the others wait for its connection instead of opening seven more.
+    assert_eq!(burst_of_eight(&gw, &h2c).await, [200; 8]);
     assert_eq!(vendor.seen().len(), 9);
     assert_eq!(vendor.connections(), 2, "one new connection for the burst");
     gw.stop().await;
@@ -844,44 +860,14 @@ async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
 #[tokio::test]
 async fn calls_waiting_on_a_failed_h2_dial_dial_for_themselves() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let gw = stripe_gateway(
-        &vendor,
-        "idle_timeout_ms = 1000\nrequest_timeout_ms = 60000",
-    )
-    .await;
     let h2c = h2c_client();
-    let call = || get_charge(&h2c, &gw);
-    assert_eq!(call().await.unwrap().status(), 200);
-    for _ in 0..150 {
-        if vendor.closed() == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(vendor.closed(), 1, "the idle connection was closed");
+    let gw = known_h2_vendor_no_connection(&vendor, "request_timeout_ms = 60000", &h2c).await;
     vendor.refuse_new_connections();
     let started = std::time::Instant::now();
-    let burst = async {
-        tokio::join!(
-            call(),
-            call(),
-            call(),
-            call(),
-            call(),
-            call(),
-            call(),
-            call()
-        )
-    };
-    let (a, b, c, d, e, f, g, h) = tokio::time::timeout(std::time::Duration::from_secs(30), burst)
-        .await
-        .expect("the burst is answered well before request_timeout_ms");
-    for response in [a, b, c, d, e, f, g, h] {
-        assert_eq!(response.unwrap().status(), 502);
-    }
+    assert_eq!(burst_of_eight(&gw, &h2c).await, [502; 8]);
     assert!(
         started.elapsed() < std::time::Duration::from_secs(20),
-        "answered in {:?}",
+        "answered in {:?}, not at once",
         started.elapsed()
     );
     // The first connection, then one dial per call: the one that opened for the others and
