@@ -77,29 +77,19 @@ impl<S> Deadline<S> {
             None => *this.started + *this.first_byte,
             Some(last) => last + *this.idle,
         };
-        // Activity moves the deadline later on every call; the timer is not moved with it (a
-        // timer-wheel update per request) but stays armed where it was, and is moved on when
-        // it fires before the deadline. It is moved at once only to an earlier deadline.
-        if deadline < this.sleep.deadline() {
+        if this.sleep.deadline() != deadline {
             this.sleep.as_mut().reset(deadline);
         }
-        loop {
-            match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) if this.sleep.deadline() < deadline => {
-                    this.sleep.as_mut().reset(deadline);
-                }
-                Poll::Ready(()) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        if this.last_activity.is_none() {
-                            "no request within the first-byte timeout"
-                        } else {
-                            "connection idle"
-                        },
-                    )))
-                }
-                Poll::Pending => return Poll::Pending,
-            }
+        match this.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                if this.last_activity.is_none() {
+                    "no request within the first-byte timeout"
+                } else {
+                    "connection idle"
+                },
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -189,8 +179,8 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 
-    /// The timer stays where activity left it and moves on when it fires early: the
-    /// connection still closes exactly `idle` after its last byte, not earlier or later.
+    /// The limit counts from the last byte: a read waiting while the peer is silent, bytes
+    /// at 40 s, then silence: the connection times out exactly `idle` after those bytes.
     #[tokio::test(start_paused = true)]
     async fn the_idle_limit_counts_from_the_last_byte() {
         let (mut client, server) = tokio::io::duplex(64);
@@ -199,8 +189,6 @@ mod tests {
         let start = Instant::now();
         client.write_all(b"a").await.unwrap();
         assert_eq!(server.read(&mut buf).await.unwrap(), 1);
-        // The timer is armed at 60 s (a read that waits); bytes at 40 s move the deadline to
-        // 100 s while the timer stays at 60.
         let waiting = server.read(&mut buf);
         tokio::pin!(waiting);
         assert!(futures_poll_once(waiting.as_mut()).await.is_none());

@@ -83,10 +83,10 @@ where
         slots,
         max_header_bytes,
     } = accept;
-    // This loop's connections watch a shutdown channel of its own, on its own thread: an idle
-    // keep-alive connection registers with the channel's waiter list before each request and
-    // leaves it when the request comes, and one list shared by every worker thread would bounce
-    // its lock between them on every call. The forwarder passes the gateway's shutdown on (and
+    // This loop's connections watch a shutdown channel of its own (on a worker, one that only
+    // that worker's thread touches): an idle keep-alive connection registers with the channel's
+    // waiter list before each request and leaves it when the request comes, and one list shared
+    // by every worker thread would bounce its lock between them on every call. The forwarder passes the gateway's shutdown on (and
     // ends without it if the gateway's sender is dropped, as `stopping` expects).
     let (local_stop, local_shutdown) = watch::channel(*shutdown.borrow());
     tokio::spawn({
