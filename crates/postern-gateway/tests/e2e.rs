@@ -929,12 +929,15 @@ operations = ["get_charge"]
     let (client_cert, client_key) = pki.client_cert("spiffe://example.org/billing");
     let identity =
         reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes()).unwrap();
-    let mtls = reqwest::Client::builder()
-        .add_root_certificate(root.clone())
-        .identity(identity)
-        .resolve("localhost", gw.running().listen_addr)
-        .build()
-        .unwrap();
+    let with_identity = |builder: reqwest::ClientBuilder| {
+        builder
+            .add_root_certificate(root.clone())
+            .identity(identity.clone())
+            .resolve("localhost", gw.running().listen_addr)
+            .build()
+            .unwrap()
+    };
+    let mtls = with_identity(reqwest::Client::builder());
     let response = mtls
         .get(format!("{base}/stripe/v1/charges/ch_1"))
         .send()
@@ -950,15 +953,7 @@ operations = ["get_charge"]
 
     // The same identity over HTTP/1.1 (ALPN http/1.1: Postern's own HTTP/1.1 server; the
     // calls above negotiated h2, which hyper serves).
-    let mtls_h1 = reqwest::Client::builder()
-        .add_root_certificate(root.clone())
-        .identity(
-            reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes()).unwrap(),
-        )
-        .http1_only()
-        .resolve("localhost", gw.running().listen_addr)
-        .build()
-        .unwrap();
+    let mtls_h1 = with_identity(reqwest::Client::builder().http1_only());
     for _ in 0..2 {
         let response = mtls_h1
             .get(format!("{base}/stripe/v1/charges/ch_1"))
