@@ -118,8 +118,6 @@ pub struct CallContext {
     pub target_hmac: Arc<str>,
     /// Forward-proxy destination host.
     pub host: Option<Arc<str>>,
-    /// This is the placeholder [`CallContext::take`] left: the call's record went elsewhere.
-    taken: bool,
 }
 
 impl CallContext {
@@ -154,13 +152,7 @@ impl CallContext {
             mode: connection.tunnel.as_ref().map(|t| t.mode),
             target_hmac,
             host: connection.tunnel.as_ref().map(|t| t.host.clone()),
-            taken: false,
         }
-    }
-
-    /// Whether this context was moved out by [`CallContext::take`].
-    pub fn is_taken(&self) -> bool {
-        self.taken
     }
 
     /// Moves the context out (into a streaming body or a tunnel task), leaving a placeholder that
@@ -188,7 +180,6 @@ impl CallContext {
             mode: None,
             target_hmac: self.target_hmac.clone(),
             host: None,
-            taken: true,
         };
         std::mem::replace(self, placeholder)
     }

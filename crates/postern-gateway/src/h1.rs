@@ -590,7 +590,8 @@ fn parse_with<const N: usize>(conn: &mut Connection, method: &Method) -> Result<
     }
     let head = conn.buf.split_to(head_len).freeze();
     // Room for the two headers the gateway adds to every answer (its request id and audit
-    // index): a map made exactly full would grow, and allocate, on the first of them.
+    // index): a map sized for the vendor's headers alone can be full (3 vendor headers fill
+    // the 4-slot table `with_capacity(3)` makes) and would grow, and allocate, on the first.
     let mut headers = HeaderMap::with_capacity(count + 2);
     for (name, value) in spans.into_iter().take(count) {
         let name = HeaderName::from_bytes(&head[name])

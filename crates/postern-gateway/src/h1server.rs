@@ -85,14 +85,15 @@ where
     H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F,
     F: Future<Output = Response<GatewayBody>>,
 {
-    // Allocated when the first bytes come: a connection that has not spoken yet holds none
-    // (its first read takes what fits in the small buffer `read_buf` makes).
+    // Made small by the first read (`read_buf` reserves 64 bytes in an empty buffer) and grown
+    // as the head needs: a connection that has not spoken holds 64 bytes, at the price of a
+    // second read for a first head longer than that.
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut served = false;
     // The call's future (several KiB) lives in a box made on the connection's first request and
     // reused for every later one: a connection that has not spoken holds none of it, and no
-    // call pays an allocation.
+    // call after the first pays an allocation for it.
     let mut slot: Option<Pin<Box<F>>> = None;
     loop {
         let (request, close) = match next_request(io, &mut buf, shutdown, max_header_bytes).await {
@@ -355,10 +356,11 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     out.extend_from_slice(b"\r\n");
     let mut declared = None;
     for (name, value) in &parts.headers {
-        // Framing is written below, once: the length the response declares (the vendor
-        // client leaves one `content-length`), else the body's exact size, else chunked.
+        // Framing is written below, once: the length the response declares (Postern's
+        // HTTP/1.1 client leaves one `content-length`; of several, the first that parses),
+        // else the body's exact size, else chunked.
         if name == header::CONTENT_LENGTH {
-            declared = crate::h1::parse_length(value.as_bytes());
+            declared = declared.or_else(|| crate::h1::parse_length(value.as_bytes()));
             continue;
         }
         // When the connection closes after this answer, the caller is told so, whatever the

@@ -61,15 +61,11 @@ use crate::runtime::{BuildInputs, ClientCache, LimiterCache, Runtime, TokenSourc
 use postern_vault::Vault;
 
 /// Response header carrying the call's request id.
-pub const REQUEST_ID_HEADER: &str = "postern-request-id";
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("postern-request-id");
 /// Response header carrying the log index of the call's audit intent entry (a receipt).
-pub const AUDIT_INDEX_HEADER: &str = "postern-audit-index";
+pub const AUDIT_INDEX: http::HeaderName = http::HeaderName::from_static("postern-audit-index");
 /// Request header a caller may use for its token instead of `Authorization`.
-pub const CALLER_TOKEN_HEADER: &str = "postern-caller-token";
-/// The header names above, made once (a `&str` key is parsed and checked again on every use).
-pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
-pub const AUDIT_INDEX: http::HeaderName = http::HeaderName::from_static(AUDIT_INDEX_HEADER);
-pub const CALLER_TOKEN: http::HeaderName = http::HeaderName::from_static(CALLER_TOKEN_HEADER);
+pub const CALLER_TOKEN: http::HeaderName = http::HeaderName::from_static("postern-caller-token");
 /// File in `data_dir` holding the generated admin token (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// Event file in `data_dir`.

@@ -164,7 +164,9 @@ pub fn handle_call(
 /// A call in the pipeline. Dropped before it has an answer — its caller hung up (HTTP/1.1
 /// EOF or reset, an h2 stream reset) while it waited, most often for the vendor, or shutdown's
 /// grace ran out — it is recorded like a refusal: event, metrics and audit outcome with
-/// `499 caller_closed` (or `503 gateway_shutdown`), so no call goes unrecorded.
+/// `499 caller_closed` (or `503 gateway_shutdown`). It covers the calls of this pipeline
+/// (path mode, intercepted tunnels, absolute-form to a registered host); the forward proxy's
+/// own paths (CONNECT, absolute-form to unregistered hosts) have no such guard yet.
 struct Unanswered<'a> {
     shared: &'a Shared,
     context: CallContext,
@@ -174,8 +176,9 @@ struct Unanswered<'a> {
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        // A context already moved into a streaming answer is recorded with it.
-        if !self.answered && !self.context.is_taken() {
+        // The context is taken (into a streamed answer) only by `answer`, which the pipeline
+        // returns at once: a call dropped unanswered still has it.
+        if !self.answered {
             // While Postern shuts down, calls still in flight when `shutdown_grace_ms` runs
             // out are dropped with the workers: that, not the caller, ended them.
             let error = if self.shared.is_draining() {
@@ -191,7 +194,7 @@ impl Drop for Unanswered<'_> {
                     "the caller closed the connection before the call was answered",
                 )
             };
-            let _ = refuse(self.shared, &self.context, &self.progress, &error);
+            record_refusal(self.shared, &self.context, &self.progress, &error);
         }
     }
 }
@@ -203,6 +206,20 @@ pub(crate) fn refuse(
     progress: &Progress,
     error: &CallError,
 ) -> Response<GatewayBody> {
+    record_refusal(shared, context, progress, error);
+    let mut response = error
+        .to_response(&context.request_id)
+        .map(GatewayBody::full);
+    if let Some(index) = progress.intent_index {
+        response
+            .headers_mut()
+            .insert(crate::AUDIT_INDEX, HeaderValue::from(index));
+    }
+    response
+}
+
+/// Records a refused or failed call: its event, metrics and audit outcome entry.
+fn record_refusal(shared: &Shared, context: &CallContext, progress: &Progress, error: &CallError) {
     let Progress {
         authorized,
         intent_index,
@@ -231,15 +248,6 @@ pub(crate) fn refuse(
         }),
     );
     shared.audit.append_later(record, &context.request_id);
-    let mut response = error
-        .to_response(&context.request_id)
-        .map(GatewayBody::full);
-    if let Some(index) = intent_index {
-        response
-            .headers_mut()
-            .insert(crate::AUDIT_INDEX, HeaderValue::from(index));
-    }
-    response
 }
 
 /// How far a call got: decides the recorded decision and links the outcome to its intent.
@@ -276,34 +284,38 @@ fn pipeline<'a>(
         progress.authorized = true;
         rate_limit(&integration, context)?;
         let body = std::mem::replace(request.body_mut(), CallerBody::empty());
-        let (body, scan) = if integration.config.data_classes.is_none() {
-            let body = ForwardBody::new(
-                body,
-                integration.config.max_request_body_bytes,
-                context.request_body.clone(),
-                caller_token.as_deref(),
-            );
-            (body, None)
-        } else {
-            let scanned = Box::pin(crate::scan::scan_request(
-                &integration,
-                &runtime.scanner,
-                context,
-                request.headers(),
-                body,
-                caller_token.as_deref(),
-            ))
-            .await;
-            match scanned {
-                Ok(scanned) => scanned,
-                Err((error, summary)) => {
-                    // A refusal still records what the body carried (classes and counts, never
-                    // values).
-                    if !summary.classes.is_empty() {
-                        shared.note_dataflow(context, &summary, "request_blocked");
-                        context.request_scan = Some(summary);
+        let (body, scan) = match &integration.config.data_classes {
+            None => {
+                let body = ForwardBody::new(
+                    body,
+                    integration.config.max_request_body_bytes,
+                    context.request_body.clone(),
+                    caller_token.as_deref(),
+                );
+                (body, None)
+            }
+            Some(approved) => {
+                let scanned = Box::pin(crate::scan::scan_request(
+                    &integration,
+                    &runtime.scanner,
+                    context,
+                    request.headers(),
+                    body,
+                    caller_token.as_deref(),
+                    approved,
+                ))
+                .await;
+                match scanned {
+                    Ok(scanned) => scanned,
+                    Err((error, summary)) => {
+                        // A refusal still records what the body carried (classes and counts, never
+                        // values).
+                        if !summary.classes.is_empty() {
+                            shared.note_dataflow(context, &summary, "request_blocked");
+                            context.request_scan = Some(summary);
+                        }
+                        return Err(error);
                     }
-                    return Err(error);
                 }
             }
         };

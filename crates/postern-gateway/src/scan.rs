@@ -44,12 +44,10 @@ pub async fn scan_request(
     headers: &http::HeaderMap,
     body: CallerBody,
     caller_token: Option<&[u8]>,
+    approved: &[String],
 ) -> Result<(ForwardBody, Option<ScanSummary>), (CallError, ScanSummary)> {
     let limit = integration.config.max_request_body_bytes;
     let state = context.request_body.clone();
-    let Some(approved) = &integration.config.data_classes else {
-        return Ok((ForwardBody::new(body, limit, state, caller_token), None));
-    };
     let cap = integration.config.scan_max_body_bytes;
     let (bytes, body, complete) = match read_up_to(body, cap, limit).await {
         Ok(read) => read,

@@ -758,7 +758,7 @@ impl Vault {
         Ok(count)
     }
 
-    /// Revokes every token of `caller` (as [`Store::revoke_caller`]) and registers `token` in
+    /// Revokes every token of `caller` (as [`Vault::revoke_caller`]) and registers `token` in
     /// the same transaction, so a running gateway never sees the caller with no valid token.
     pub fn rotate_caller(
         &self,
