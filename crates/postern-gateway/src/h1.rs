@@ -602,8 +602,15 @@ fn parse_with<const N: usize>(conn: &mut Connection, method: &Method) -> Result<
     }
     let framing = framing(&headers, method, status)?;
     // Downstream sees one `content-length`, whatever repetition or list the vendor sent, so
-    // every reader (`content_length`, the caller-facing server) takes it as is.
-    if content_length(&headers).is_none() {
+    // every reader (`content_length`, the caller-facing server) takes it as is. The usual single
+    // plain value (already checked by `framing`) is left alone, not parsed again.
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let repeated = match (lengths.next(), lengths.next()) {
+        (Some(only), None) => only.as_bytes().contains(&b','),
+        (Some(_), Some(_)) => true,
+        (None, _) => false,
+    };
+    if repeated {
         if let Ok(Some(length)) = agreed_length(&headers) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         }
