@@ -1,6 +1,8 @@
 //! The record of every call in the transparency log (`postern-ledger`): an intent entry that
 //! must be durable before a call is forwarded (unless the integration says `audit =
 //! "best_effort"`), and an outcome entry when the call ends. Refused calls get one outcome entry.
+//! A `best_effort` intent is provisional: a call that ends before its intent's group commit is
+//! written leaves only its outcome entry, which holds everything the intent did.
 //!
 //! No secret and no raw path, query or body enters the log: the raw request target appears only
 //! as an HMAC-SHA256 under a per-deployment key kept outside the log (`<data_dir>/audit-hmac.key`;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use postern_ledger::{Health, Ledger, LedgerOptions};
+use postern_ledger::{Health, Ledger, LedgerOptions, Link};
 use postern_tlog::{AuditRecordRef, Decision, KeyedHasher, RecordKind, RECORD_VERSION};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
@@ -179,18 +181,24 @@ impl Audit {
             intent_index: outcome.and_then(|o| o.intent_index),
             hmacs: &[("target", target)],
         };
-        Entry(record.encode().map_err(|error| {
+        let bytes = record.encode().map_err(|error| {
             format!(
                 "the audit entry of request {} cannot be encoded: {error}",
                 context.request_id
             )
-        }))
+        });
+        // An outcome says all its call's intent said, and more.
+        let link = match kind {
+            RecordKind::Outcome => Link::Supersedes(context.request_id.bits()),
+            _ => Link::None,
+        };
+        Entry { bytes, link }
     }
 
     /// Appends and waits until the entry is durable (or the timeout passes).
     /// On a data-plane worker the entry goes through the worker's [`IntentPipe`].
     pub async fn append_durable(&self, entry: Entry) -> Result<u64, String> {
-        let bytes = entry.0?;
+        let bytes = entry.bytes?;
         let append = async {
             match self.pipe() {
                 Some(pipe) => {
@@ -225,14 +233,14 @@ impl Audit {
     /// commit; when the queue is full, a task waits for room instead (never a silent drop).
     /// `request_id` names the call in the error logged if the entry cannot be written.
     pub fn append_later(self: &Arc<Self>, entry: Entry, request_id: &str) {
-        let bytes = match entry.0 {
+        let bytes = match entry.bytes {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::error!(%error, "audit entry not written");
                 return;
             }
         };
-        match self.ledger.append_detached(bytes) {
+        match self.ledger.append_detached_linked(bytes, entry.link) {
             Ok(()) => {}
             Err(postern_ledger::DetachedAppend::Full(bytes)) => {
                 let audit = self.clone();
@@ -251,7 +259,25 @@ impl Audit {
 }
 
 /// One encoded audit entry (canonical bytes), or why it could not be encoded.
-pub struct Entry(Result<Vec<u8>, String>);
+pub struct Entry {
+    bytes: Result<Vec<u8>, String>,
+    /// Links a call's outcome to its intent, by request id: a `best_effort` intent queued with
+    /// [`Entry::provisional`] is left out of the log when its call's outcome is written in the
+    /// same group commit (see [`Link`]).
+    link: Link,
+}
+
+impl Entry {
+    /// This intent, for an integration that does not wait for it (`best_effort`): if the
+    /// call ends before the intent's group commit is written, the outcome entry replaces it.
+    /// A call still running then keeps its intent, written as before.
+    pub fn provisional(self, context: &CallContext) -> Entry {
+        Entry {
+            link: Link::Provisional(context.request_id.bits()),
+            ..self
+        }
+    }
+}
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -381,8 +407,14 @@ mod tests {
                 redacted: false,
             });
             let intent = audit.record(RecordKind::Intent, &context, None);
+            // An intent is written as it is unless queued as provisional; the call's outcome
+            // supersedes it (by the request id's bits).
+            let call_key = context.request_id.bits();
+            assert_eq!(intent.link, Link::None);
+            let intent = intent.provisional(&context);
+            assert_eq!(intent.link, Link::Provisional(call_key));
             assert_eq!(
-                intent.0.unwrap(),
+                intent.bytes.unwrap(),
                 expected(&key, RecordKind::Intent, &context, raw_target, None),
                 "{class_count:?}"
             );
@@ -394,8 +426,9 @@ mod tests {
                 intent_index: Some(9),
             };
             let entry = audit.record(RecordKind::Outcome, &context, Some(&outcome));
+            assert_eq!(entry.link, Link::Supersedes(call_key));
             assert_eq!(
-                entry.0.unwrap(),
+                entry.bytes.unwrap(),
                 expected(
                     &key,
                     RecordKind::Outcome,

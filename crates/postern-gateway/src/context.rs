@@ -286,19 +286,27 @@ pub fn duration_ms(elapsed: std::time::Duration) -> f64 {
 /// 128 random bits as 32 lower-case hex digits: unguessable and unique enough to join logs,
 /// events and audit entries. Inline, so making and copying one allocates nothing.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct RequestId([u8; 32]);
+pub struct RequestId {
+    text: [u8; 32],
+    bits: u128,
+}
 
 impl RequestId {
     pub fn new() -> Self {
+        let bits: u128 = rand::random();
         let mut text = [0u8; 32];
-        hex::encode_to_slice(rand::random::<[u8; 16]>(), &mut text)
-            .expect("16 bytes are 32 hex digits");
-        RequestId(text)
+        hex::encode_to_slice(bits.to_be_bytes(), &mut text).expect("16 bytes are 32 hex digits");
+        RequestId { text, bits }
     }
 
     pub fn as_str(&self) -> &str {
         // Always ASCII hex, so never the fallback.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(&self.text).unwrap_or_default()
+    }
+
+    /// The 128 bits the text spells: a key for the call's entries (see `audit::Entry`).
+    pub fn bits(&self) -> u128 {
+        self.bits
     }
 }
 

@@ -424,7 +424,10 @@ fn queue_intent(
 ) -> Option<crate::audit::Entry> {
     let record = shared.audit.record(RecordKind::Intent, context, None);
     if integration.is_some_and(|i| i.config.audit == AuditMode::BestEffort) {
-        shared.audit.append_later(record, &context.request_id);
+        // Provisional: left out if the call's outcome joins the same group commit.
+        shared
+            .audit
+            .append_later(record.provisional(context), &context.request_id);
         return None;
     }
     Some(record)

@@ -1,5 +1,6 @@
 //! The ledger: open (recovery), the sequencer (group commit), checkpoints, reads.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -153,6 +154,7 @@ enum Command {
         entry: Vec<u8>,
         /// `None` for a detached append: nobody waits for it.
         reply: Option<Reply>,
+        link: Link,
     },
     /// Several entries written together, in order; the reply carries the first one's index.
     AppendMany {
@@ -164,6 +166,18 @@ enum Command {
         reply: Reply,
     },
     Shutdown,
+}
+
+/// How a detached entry relates to another one (see [`Ledger::append_detached_linked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Written as it is.
+    None,
+    /// Said for now: left out of its batch when that batch also holds the entry that
+    /// supersedes it (the same key), which then says all it would have said.
+    Provisional(u128),
+    /// Supersedes the provisional entry with this key, if one is still waiting in its batch.
+    Supersedes(u128),
 }
 
 /// Why [`Ledger::append_detached`] did not queue an entry.
@@ -246,6 +260,7 @@ impl Ledger {
             .send(Command::Append {
                 entry,
                 reply: Some(reply),
+                link: Link::None,
             })
             .await
             .map_err(|_| LedgerError::Closed)?;
@@ -280,13 +295,23 @@ impl Ledger {
     /// entry is handed back so the caller can wait with [`Ledger::append`] instead (back-pressure,
     /// never a silent drop).
     pub fn append_detached(&self, entry: Vec<u8>) -> Result<(), DetachedAppend> {
+        self.append_detached_linked(entry, Link::None)
+    }
+
+    /// [`Ledger::append_detached`], for an entry that is [`Link::Provisional`] or
+    /// [`Link::Supersedes`] another. A provisional entry whose superseding entry arrives before
+    /// its batch is written is left out: the batch holds the superseding one, which says all
+    /// it would have said, and a crash loses both or neither (they are written together). A
+    /// provisional entry still alone when its batch is written is written, and stays.
+    pub fn append_detached_linked(&self, entry: Vec<u8>, link: Link) -> Result<(), DetachedAppend> {
         if entry.is_empty() || entry.len() > MAX_RECORD_BYTES {
             return Err(DetachedAppend::Refused(LedgerError::EntrySize(entry.len())));
         }
-        match self
-            .commands
-            .try_send(Command::Append { entry, reply: None })
-        {
+        match self.commands.try_send(Command::Append {
+            entry,
+            reply: None,
+            link,
+        }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(Command::Append { entry, .. })) => {
                 // A full queue must not sit out the detached hold.
@@ -930,7 +955,11 @@ fn load_latest_checkpoint(
 /// What one commit takes from the queue.
 #[derive(Default)]
 struct Gathered {
+    /// In order. A provisional entry superseded within the batch is left empty here (a real
+    /// entry never is) and is not written.
     entries: Vec<(Vec<u8>, Option<Reply>)>,
+    /// Where the batch's provisional entries are in `entries`, by key.
+    provisional: HashMap<u128, usize>,
     flushes: Vec<Reply>,
     /// Someone waits for this commit: an append with a reply, or a flush.
     waited: bool,
@@ -940,8 +969,19 @@ struct Gathered {
 impl Gathered {
     fn take(&mut self, command: Command) {
         match command {
-            Command::Append { entry, reply } => {
+            Command::Append { entry, reply, link } => {
                 self.waited |= reply.is_some();
+                match link {
+                    Link::None => {}
+                    Link::Provisional(key) => {
+                        self.provisional.insert(key, self.entries.len());
+                    }
+                    Link::Supersedes(key) => {
+                        if let Some(at) = self.provisional.remove(&key) {
+                            self.entries[at].0 = Vec::new();
+                        }
+                    }
+                }
                 self.entries.push((entry, reply));
             }
             Command::AppendMany { entries, reply } => {
@@ -985,8 +1025,13 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
     let interval = Duration::from_micros(shared.options.min_commit_interval_us);
     let detached_interval = Duration::from_micros(shared.options.detached_commit_interval_us);
     let mut last_commit: Option<(std::time::Instant, usize)> = None;
+    // Kept from batch to batch, emptied: its room is allocated once.
+    let mut provisional = HashMap::new();
     while let Some(first) = commands.blocking_recv() {
-        let mut gathered = Gathered::default();
+        let mut gathered = Gathered {
+            provisional: std::mem::take(&mut provisional),
+            ..Gathered::default()
+        };
         gathered.take(first);
         gathered.drain(&mut commands, max_batch);
         // Nobody waits for any of these: let them gather for one sync, until someone waits.
@@ -1014,6 +1059,8 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
             }
         }
         let shutdown = gathered.shutdown;
+        provisional = std::mem::take(&mut gathered.provisional);
+        provisional.clear();
         if gathered.entries.is_empty() {
             let size = shared.state.read().expect("state lock").size;
             for flush in gathered.flushes {
@@ -1078,7 +1125,15 @@ fn trim_to(file: &File, len: u64) -> std::io::Result<()> {
 /// Writes and syncs the gathered entries, records the health, and answers each waiting append
 /// (its index) and flush (the size after the batch). False when the write panicked.
 fn commit(shared: &Shared, writer: &mut Writer, gathered: Gathered) -> bool {
-    let (entries, replies): (Vec<_>, Vec<_>) = gathered.entries.into_iter().unzip();
+    let mut entries = Vec::with_capacity(gathered.entries.len());
+    let mut replies = Vec::with_capacity(gathered.entries.len());
+    // Superseded provisional entries were left empty: not written, and not counted.
+    for (entry, reply) in gathered.entries {
+        if !entry.is_empty() {
+            entries.push(entry);
+            replies.push(reply);
+        }
+    }
     let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         write_batch(shared, writer, &entries)
     }));

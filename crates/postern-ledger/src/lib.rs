@@ -50,6 +50,6 @@ mod verify;
 
 pub use error::LedgerError;
 pub use frame::MAX_RECORD_BYTES;
-pub use ledger::{DetachedAppend, Health, Ledger, LedgerOptions, OpenReport, TornTail};
+pub use ledger::{DetachedAppend, Health, Ledger, LedgerOptions, Link, OpenReport, TornTail};
 pub use store::stored_origin;
 pub use verify::{verify_dir, VerifyError, VerifyReport};

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use postern_ledger::{verify_dir, Health, Ledger, LedgerError, LedgerOptions, VerifyError};
+use postern_ledger::{verify_dir, Health, Ledger, LedgerError, LedgerOptions, Link, VerifyError};
 use postern_tlog::{
     decode_entry_bundle, leaf_hash, verify_consistency, verify_inclusion, Checkpoint, NoteSigner,
     NoteVerifier, TlogProof,
@@ -771,4 +771,59 @@ async fn detached_entries_gather_for_one_sync_until_an_append_waits() {
     for i in 0..9 {
         assert_eq!(reopened.entry(i).unwrap(), entry(i));
     }
+}
+
+#[tokio::test]
+async fn a_provisional_entry_is_left_out_of_the_batch_that_holds_what_supersedes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut options = options();
+    options.detached_commit_interval_us = 3_000_000;
+    let ledger = Ledger::open(tmp.path(), options).await.unwrap().0;
+    append_n(&ledger, 0..1).await;
+    // Held together (detached), then written by one flush: the superseded entry is left out,
+    // and the entries around it keep dense indices.
+    ledger
+        .append_detached_linked(b"intent A".to_vec(), Link::Provisional(7))
+        .unwrap();
+    ledger
+        .append_detached_linked(b"intent B".to_vec(), Link::Provisional(8))
+        .unwrap();
+    ledger.append_detached(entry(1)).unwrap();
+    ledger
+        .append_detached_linked(b"outcome A".to_vec(), Link::Supersedes(7))
+        .unwrap();
+    ledger
+        .append_detached_linked(b"outcome C".to_vec(), Link::Supersedes(9))
+        .unwrap();
+    assert_eq!(ledger.flush().await.unwrap(), 5);
+    let written: Vec<Vec<u8>> = (1..5).map(|i| ledger.entry(i).unwrap()).collect();
+    assert_eq!(
+        written,
+        [
+            b"intent B".to_vec(),
+            entry(1),
+            b"outcome A".to_vec(),
+            b"outcome C".to_vec()
+        ]
+    );
+    // A provisional entry written in an earlier batch stays: what supersedes it later is
+    // written after it.
+    ledger
+        .append_detached_linked(b"outcome B".to_vec(), Link::Supersedes(8))
+        .unwrap();
+    assert_eq!(ledger.flush().await.unwrap(), 6);
+    assert_eq!(ledger.entry(5).unwrap(), b"outcome B");
+    // A waited append in the same batch is answered with its index among the written ones.
+    ledger
+        .append_detached_linked(b"intent D".to_vec(), Link::Provisional(10))
+        .unwrap();
+    ledger
+        .append_detached_linked(b"outcome D".to_vec(), Link::Supersedes(10))
+        .unwrap();
+    assert_eq!(ledger.append(entry(2)).await.unwrap(), 7);
+    assert_eq!(ledger.entry(6).unwrap(), b"outcome D");
+    ledger.close().await;
+    let reopened = open(tmp.path()).await;
+    assert_eq!(reopened.size(), 8);
+    assert_eq!(reopened.entry(7).unwrap(), entry(2));
 }
