@@ -33,7 +33,7 @@ use crate::body::{ForwardBody, GatewayBody, PendingAudit, ResponseBody};
 use crate::context::{AuthMethod, CallContext, ConnectionInfo, TunnelInfo};
 use crate::error::CallError;
 use crate::events::Decision;
-use crate::proxy::Progress;
+use crate::proxy::{Progress, Unanswered};
 use crate::record::PendingRecord;
 use crate::runtime::{IntegrationRuntime, Runtime};
 use crate::upstream::dial;
@@ -66,19 +66,22 @@ pub async fn handle_connect(
         shared.audit.target_hmac(raw_target),
     );
     context.mode = Some("tunnel");
-    let mut progress = Progress::default();
-    match connect(
+    // Until `connect` returns, a caller that hangs up (while the destination is dialled, say)
+    // leaves the call recorded as `caller_closed`; an open tunnel records itself when it closes.
+    let mut call = Unanswered::new(&shared, context);
+    let result = connect(
         &shared,
         &runtime,
         &connection,
-        &mut context,
-        &mut progress,
+        &mut call.context,
+        &mut call.progress,
         request,
     )
-    .await
-    {
+    .await;
+    call.answered();
+    match result {
         Ok(response) => response,
-        Err(error) => crate::proxy::refuse(&shared, &context, &progress, &error),
+        Err(error) => crate::proxy::refuse(&shared, &call.context, &call.progress, &error),
     }
 }
 
@@ -333,8 +336,9 @@ pub async fn handle_absolute(
     let runtime = shared.runtime.load_full();
     let uri = request.uri().clone();
     // The target's keyed hash is made only where this context reaches the audit log (below, and
-    // before the intent in `absolute`): a call to a registered host gets a context of its own
-    // in `handle_call`, which hashes the target itself.
+    // in `absolute` before the intent, its first await, so a call dropped unanswered has it
+    // too): a call to a registered host gets a context of its own in `handle_call`, which
+    // hashes the target itself.
     let mut context = CallContext::new(
         &connection,
         request.method(),
@@ -342,26 +346,31 @@ pub async fn handle_absolute(
         Arc::from(""),
     );
     context.mode = Some("proxy");
-    let mut progress = Progress::default();
+    // Until `absolute` returns, a caller that hangs up (while the destination answers, say)
+    // leaves the call recorded as `caller_closed`.
+    let mut call = Unanswered::new(&shared, context);
     let outcome = absolute(
         &shared,
         &runtime,
         &connection,
-        &mut context,
-        &mut progress,
+        &mut call.context,
+        &mut call.progress,
         request,
     )
     .await;
+    call.answered();
     match outcome {
         Ok(Absolute::Answered(response)) => response,
         Ok(Absolute::Registered(info, request)) => {
+            // The pipeline makes and guards a context of its own; this one is never recorded.
+            drop(call);
             crate::proxy::handle_call(shared, info, request).await
         }
         Err(error) => {
-            if context.target_hmac.is_empty() {
-                context.target_hmac = shared.audit.target_hmac(&uri.to_string());
+            if call.context.target_hmac.is_empty() {
+                call.context.target_hmac = shared.audit.target_hmac(&uri.to_string());
             }
-            crate::proxy::refuse(&shared, &context, &progress, &error)
+            crate::proxy::refuse(&shared, &call.context, &call.progress, &error)
         }
     }
 }

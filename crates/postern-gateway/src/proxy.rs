@@ -137,12 +137,7 @@ pub fn handle_call(
         shared.audit.target_hmac(target.as_str()),
     );
     async move {
-        let mut call = Unanswered {
-            shared: &shared,
-            context,
-            progress: Progress::default(),
-            answered: false,
-        };
+        let mut call = Unanswered::new(&shared, context);
         let result = pipeline(
             &shared,
             &runtime,
@@ -153,7 +148,7 @@ pub fn handle_call(
             request,
         )
         .await;
-        call.answered = true;
+        call.answered();
         match result {
             Ok(response) => response,
             Err(error) => refuse(&shared, &call.context, &call.progress, &error),
@@ -161,23 +156,44 @@ pub fn handle_call(
     }
 }
 
-/// A call in the pipeline. Dropped before it has an answer — its caller hung up (HTTP/1.1
-/// EOF or reset, an h2 stream reset) while it waited, most often for the vendor, or shutdown's
-/// grace ran out — it is recorded like a refusal: event, metrics and audit outcome with
-/// `499 caller_closed` (or `503 gateway_shutdown`). It covers the calls of this pipeline
-/// (path mode, intercepted tunnels, absolute-form to a registered host); the forward proxy's
-/// own paths (CONNECT, absolute-form to unregistered hosts) have no such guard yet.
-struct Unanswered<'a> {
+/// A call not answered yet, with what it has learnt so far. Dropped before it has an answer —
+/// its caller hung up (HTTP/1.1 EOF or reset, an h2 stream reset) while it waited, most often
+/// for the vendor or a dial, or shutdown's grace ran out — it is recorded like a refusal:
+/// event, metrics and audit outcome with `499 caller_closed` (or `503 gateway_shutdown`).
+///
+/// Every call holds one from its first poll until [`Unanswered::answered`]: the pipeline's
+/// (path mode, intercepted tunnels, absolute-form to a registered host) and the forward proxy's
+/// own (CONNECT, absolute-form to an unregistered host). A call is answered once its response
+/// is built — a refusal recorded, or its record passed on with the context (a streamed body, a
+/// tunnel's task, the pipeline for a registered host) — so the guard never records a call twice.
+pub(crate) struct Unanswered<'a> {
     shared: &'a Shared,
-    context: CallContext,
-    progress: Progress,
+    pub context: CallContext,
+    pub progress: Progress,
     answered: bool,
+}
+
+impl<'a> Unanswered<'a> {
+    pub(crate) fn new(shared: &'a Shared, context: CallContext) -> Self {
+        Unanswered {
+            shared,
+            context,
+            progress: Progress::default(),
+            answered: false,
+        }
+    }
+
+    /// The call has its answer, or its record has gone elsewhere: dropping it records nothing.
+    pub(crate) fn answered(&mut self) {
+        self.answered = true;
+    }
 }
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        // The context is taken (into a streamed answer) only by `answer`, which the pipeline
-        // returns at once: a call dropped unanswered still has it.
+        // The context is taken (into a streamed answer, a tunnel's task) only just before the
+        // call returns its answer, with no await in between: a call dropped unanswered still
+        // has it.
         if !self.answered {
             // While Postern shuts down, calls still in flight when `shutdown_grace_ms` runs
             // out are dropped with the workers: that, not the caller, ended them.

@@ -809,3 +809,191 @@ async fn an_open_tunnel_stops_working_when_its_caller_is_revoked() {
     assert_eq!(vendor.seen().len(), 1);
     gw.stop().await;
 }
+
+/// An open forward proxy that may reach 127.0.0.1:`port`, with `extra` proxy settings.
+fn open_proxy_to(port: u16, extra: &str) -> String {
+    format!(
+        "[proxy]\nmode = \"open\"\nallowed_ports = [{port}]\nallow_private_networks = [\"127.0.0.1/32\"]\n{extra}"
+    )
+}
+
+/// Opens a connection to the gateway and sends a request head for 127.0.0.1:`port` as
+/// `checkout` (proxy credentials), and nothing after it; returns the connection.
+async fn send_proxy_head(gw: &TestGateway, request_line: &str, port: u16) -> tokio::net::TcpStream {
+    use base64::Engine as _;
+    use tokio::io::AsyncWriteExt;
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
+    let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "{request_line}\r\nHost: 127.0.0.1:{port}\r\nProxy-Authorization: Basic {credentials}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Waits (bounded) for the audit outcome entry of the call `request_id`.
+async fn audit_outcome(gw: &TestGateway, request_id: &str) -> postern_tlog::AuditRecord {
+    let ledger = gw.running().shared().audit.ledger.clone();
+    let mut next = 0;
+    for _ in 0..300 {
+        // Entries only ever append: each round reads only the new ones.
+        while next < ledger.size() {
+            let record = postern_tlog::AuditRecord::decode(&ledger.entry(next).unwrap()).unwrap();
+            next += 1;
+            if record.request_id == request_id && record.kind == postern_tlog::RecordKind::Outcome {
+                return record;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no audit outcome for request {request_id}");
+}
+
+/// A caller that hangs up while an unregistered host has yet to answer its plain-HTTP request
+/// ends the call, and the call is still recorded: event and audit outcome with
+/// `499 caller_closed`, the outcome linked to the intent written before the request left.
+#[tokio::test]
+async fn a_proxied_call_whose_caller_hangs_up_before_the_host_answers_is_recorded() {
+    let (port, hold, mut accepts) = silent_vendor().await;
+    let gw = TestGateway::start(&open_proxy_to(port, ""), None).await;
+    let stream = send_proxy_head(
+        &gw,
+        &format!("GET http://127.0.0.1:{port}/v1/slow HTTP/1.1"),
+        port,
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), accepts.recv())
+        .await
+        .expect("the request reached the host");
+    drop(stream);
+
+    let events = gw.wait_events(1).await;
+    let event = &events[0];
+    assert_eq!(event["status"], 499, "{event}");
+    assert_eq!(event["reason"], "caller_closed");
+    assert_eq!(event["decision"], "allow");
+    assert_eq!(event["mode"], "proxy");
+    assert_eq!(event["host"], "127.0.0.1");
+    assert_eq!(event["caller"], "checkout");
+    let outcome = audit_outcome(&gw, event["request_id"].as_str().unwrap()).await;
+    assert_eq!(outcome.status, Some(499));
+    assert_eq!(outcome.reason.as_deref(), Some("caller_closed"));
+    assert_eq!(outcome.decision, postern_tlog::Decision::Allow);
+    let ledger = &gw.running().shared().audit.ledger;
+    let intent = outcome.intent_index.expect("the outcome names its intent");
+    let intent = postern_tlog::AuditRecord::decode(&ledger.entry(intent).unwrap()).unwrap();
+    assert_eq!(intent.kind, postern_tlog::RecordKind::Intent);
+    assert_eq!(intent.request_id, outcome.request_id);
+    assert_eq!(gw.events().await.len(), 1, "the call was recorded twice");
+    hold.abort();
+    gw.stop().await;
+}
+
+/// The same call still waiting when shutdown's grace runs out is recorded as cut by the
+/// shutdown: `503 gateway_shutdown`.
+#[tokio::test]
+async fn a_proxied_call_cut_by_shutdown_is_recorded_as_gateway_shutdown() {
+    let (port, hold, mut accepts) = silent_vendor().await;
+    let mut gw =
+        TestGateway::start_with_gateway(&open_proxy_to(port, ""), None, "shutdown_grace_ms = 200")
+            .await;
+    let _stream = send_proxy_head(
+        &gw,
+        &format!("GET http://127.0.0.1:{port}/v1/slow HTTP/1.1"),
+        port,
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), accepts.recv())
+        .await
+        .expect("the request reached the host");
+    let running = gw.gateway.take().unwrap();
+    let events_file = running.data_dir.join(postern_gateway::EVENTS_FILE);
+    running.shutdown().await;
+    let text = std::fs::read_to_string(events_file).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "{text}");
+    assert_eq!(events[0]["status"], 503);
+    assert_eq!(events[0]["reason"], "gateway_shutdown");
+    assert_eq!(events[0]["mode"], "proxy");
+    hold.abort();
+}
+
+/// A loopback listener whose accept queue is full (the kernel drops new SYNs, so a connect to
+/// it hangs until its timeout), its port, and the connection that fills the queue. Linux: a
+/// backlog of 0 still queues one connection.
+#[cfg(target_os = "linux")]
+async fn full_listener() -> (u16, tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut queued = Vec::new();
+    while let Ok(connected) = tokio::time::timeout(
+        Duration::from_millis(200),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    {
+        queued.push(connected.unwrap());
+        assert!(queued.len() < 16, "the accept queue never filled");
+    }
+    (port, listener, queued)
+}
+
+/// Whether a socket on this host is connecting to 127.0.0.1:`port`, its SYN unanswered
+/// (`/proc/net/tcp` state 02, SYN_SENT; addresses in the host's byte order).
+#[cfg(target_os = "linux")]
+fn dialling(port: u16) -> bool {
+    let remote = format!("{:08X}:{port:04X}", u32::from_ne_bytes([127, 0, 0, 1]));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"02")
+        })
+}
+
+/// A caller that hangs up on its CONNECT while Postern still dials the destination leaves the
+/// call recorded: `499 caller_closed`, a denial (as for a refused address, the destination is
+/// authorized only once the dial returns), with an audit outcome and no intent.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_connect_whose_caller_hangs_up_while_the_host_is_dialled_is_recorded() {
+    let (port, _listener, _queued) = full_listener().await;
+    let gw = TestGateway::start(&open_proxy_to(port, "connect_timeout_ms = 30000"), None).await;
+    assert!(
+        !dialling(port),
+        "a connect to the full listener is still pending"
+    );
+    let stream = send_proxy_head(&gw, &format!("CONNECT 127.0.0.1:{port} HTTP/1.1"), port).await;
+    let mut waited = 0;
+    while !dialling(port) {
+        assert!(waited < 500, "Postern never dialled the destination");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    drop(stream);
+
+    let events = gw.wait_events(1).await;
+    let event = &events[0];
+    assert_eq!(event["status"], 499, "{event}");
+    assert_eq!(event["reason"], "caller_closed");
+    assert_eq!(event["decision"], "deny");
+    assert_eq!(event["mode"], "tunnel");
+    assert_eq!(event["host"], "127.0.0.1");
+    assert_eq!(event["caller"], "checkout");
+    let outcome = audit_outcome(&gw, event["request_id"].as_str().unwrap()).await;
+    assert_eq!(outcome.status, Some(499));
+    assert_eq!(outcome.reason.as_deref(), Some("caller_closed"));
+    assert_eq!(outcome.intent_index, None);
+    assert_eq!(gw.events().await.len(), 1, "the call was recorded twice");
+    gw.stop().await;
+}

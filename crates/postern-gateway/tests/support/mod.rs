@@ -343,6 +343,26 @@ impl TestVendor {
     }
 }
 
+/// A vendor that accepts connections and never answers: its port, the task holding the
+/// connections, and a channel that reports each connection accepted.
+pub async fn silent_vendor() -> (
+    u16,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted, accepts) = tokio::sync::mpsc::unbounded_channel();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+            let _ = accepted.send(());
+        }
+    });
+    (port, hold, accepts)
+}
+
 /// A running gateway with one caller `checkout` whose token is `token`.
 pub struct TestGateway {
     pub gateway: Option<RunningGateway>,
