@@ -31,7 +31,8 @@ old, new, old, new, ... for --pairs pairs. Each run starts Postern on an empty d
 up for --warmup seconds, then measures \`wrk -t$WRK_THREADS -c$CONNECTIONS -d<duration>s --latency\`
 (GET /bench/v1/charges/ch_123 with the caller token). Prints one line per run and the medians:
 req/s, p99, and Postern's CPU per call (utime+stime from /proc over the measured run, divided
-by the requests), with its user-space share.
+by the requests), with its user-space share, and the same split by thread kind (the
+data-plane workers summed, the audit sequencer, the detector, ...).
 
 The upstream is postern-bench-upstream from the release build (CARGO_TARGET_DIR, else
 cargo metadata); it is not built here.
@@ -86,6 +87,16 @@ EOF
 URL="http://127.0.0.1:$POSTERN_PORT/bench/v1/charges/ch_123"
 TICK="$(getconf CLK_TCK)"
 cpu_fields() { local stat; stat="$(cat "/proc/$1/stat")"; stat="${stat##*) }"; read -r -a f <<<"$stat"; echo "${f[11]} ${f[12]}"; }
+# thread_cpu PID -> one line per thread: "name utime stime" (clock ticks), name as in
+# /proc/PID/task/TID/comm with spaces made underscores.
+thread_cpu() {
+  local task stat
+  for task in /proc/"$1"/task/*; do
+    stat="$(cat "$task/stat" 2>/dev/null)" || continue
+    stat="${stat##*) }"; read -r -a f <<<"$stat"
+    echo "$(tr ' ' _ <"$task/comm") ${f[11]} ${f[12]}"
+  done
+}
 
 # run LABEL BIN -> one result line "LABEL req/s p99_ms cpu_us user_us" on stdout
 run() {
@@ -95,20 +106,34 @@ run() {
   wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP"s -s "$WORK/bench.lua" "$URL" >/dev/null 2>&1 || true
   local before after out
   before="$(cpu_fields "$POSTERN_PID")"
+  thread_cpu "$POSTERN_PID" >"$WORK/threads.before"
   out="$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION"s --latency -s "$WORK/bench.lua" "$URL" 2>&1)" \
     || die "wrk failed against $1: $(tail -3 <<<"$out")"
   after="$(cpu_fields "$POSTERN_PID")"
+  thread_cpu "$POSTERN_PID" >"$WORK/threads.after"
   kill "$POSTERN_PID"; wait "$POSTERN_PID" 2>/dev/null || true
   local line; line="$(grep '^AB ' <<<"$out")" || die "no result from wrk against $1"
-  python3 - "$1" "$line" "$before" "$after" "$DURATION" "$TICK" <<'EOF'
-import sys
-label, line, before, after, duration, tick = sys.argv[1:]
+  python3 - "$1" "$line" "$before" "$after" "$DURATION" "$TICK" "$WORK" <<'EOF'
+import collections, re, sys
+label, line, before, after, duration, tick, work = sys.argv[1:]
 fields = dict(part.split("=") for part in line.split()[1:])
 requests = int(fields["requests"])
 if requests == 0 or int(fields["errors"]):
     sys.exit(f"ab.sh: {label}: {requests} requests, {fields['errors']} errors")
 u0, s0 = map(int, before.split()); u1, s1 = map(int, after.split())
 per_call = 1e6 / int(tick) / requests
+# Per thread kind (workers summed: the name without its number), user and kernel µs per call.
+def threads(path):
+    ticks = collections.Counter()
+    for row in open(path):
+        name, user, kernel = row.split()
+        name = re.sub(r"\d+$", "", name).rstrip("-_") or name
+        ticks[name, "user"] += int(user); ticks[name, "kernel"] += int(kernel)
+    return ticks
+spent = threads(f"{work}/threads.after"); spent.subtract(threads(f"{work}/threads.before"))
+with open(f"{work}/threads.txt", "a") as out:
+    for (name, kind), value in sorted(spent.items()):
+        out.write(f"{label} {name} {kind} {value * per_call:.2f}\n")
 print(f"{label} {requests / int(duration):.0f} {int(fields['p99_us']) / 1000:.2f} "
       f"{((u1 - u0) + (s1 - s0)) * per_call:.1f} {(u1 - u0) * per_call:.1f}")
 EOF
@@ -139,4 +164,22 @@ print("|---|---:|---:|---:|---:|")
 for label in ("old", "new"):
     print(f"| {label} | {median(label, 1):.0f} | {median(label, 2):.2f} | {median(label, 3):.1f} | {median(label, 4):.1f} |")
 print(f"| new / old | {median('new', 1) / median('old', 1):.3f}× | | {median('new', 3) / median('old', 3):.3f}× | |")
+EOF
+# Where Postern's CPU goes, by thread kind (medians of the runs; threads that used less than
+# 0.05 µs per call in every run are left out).
+python3 - "$WORK/threads.txt" <<'EOF'
+import collections, statistics, sys
+values = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    label, name, kind, value = line.split()
+    values[label, name, kind].append(float(value))
+names = sorted({name for (_, name, _), v in values.items() if max(v) >= 0.05})
+def median(label, name, kind):
+    return statistics.median(values.get((label, name, kind), [0.0]))
+print()
+print("| thread | old user µs/call | old kernel | new user µs/call | new kernel |")
+print("|---|---:|---:|---:|---:|")
+for name in names:
+    print(f"| {name} | {median('old', name, 'user'):.2f} | {median('old', name, 'kernel'):.2f} "
+          f"| {median('new', name, 'user'):.2f} | {median('new', name, 'kernel'):.2f} |")
 EOF

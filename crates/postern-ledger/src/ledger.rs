@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -952,6 +953,30 @@ fn load_latest_checkpoint(
     Ok(latest)
 }
 
+/// Hashes a [`Link`] key by folding its halves: keys are random (a request id's 128 bits), so
+/// they need no SipHash, which would cost the sequencer more than the lookup.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used; fold any other input all the same.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+
+    fn write_u128(&mut self, key: u128) {
+        self.0 ^= (key as u64) ^ ((key >> 64) as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// What one commit takes from the queue.
 #[derive(Default)]
 struct Gathered {
@@ -959,7 +984,7 @@ struct Gathered {
     /// entry never is) and is not written.
     entries: Vec<(Vec<u8>, Option<Reply>)>,
     /// Where the batch's provisional entries are in `entries`, by key.
-    provisional: HashMap<u128, usize>,
+    provisional: HashMap<u128, usize, BuildHasherDefault<KeyHasher>>,
     flushes: Vec<Reply>,
     /// Someone waits for this commit: an append with a reply, or a flush.
     waited: bool,
@@ -1026,7 +1051,7 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
     let detached_interval = Duration::from_micros(shared.options.detached_commit_interval_us);
     let mut last_commit: Option<(std::time::Instant, usize)> = None;
     // Kept from batch to batch, emptied: its room is allocated once.
-    let mut provisional = HashMap::new();
+    let mut provisional = HashMap::default();
     while let Some(first) = commands.blocking_recv() {
         let mut gathered = Gathered {
             provisional: std::mem::take(&mut provisional),
