@@ -559,3 +559,85 @@ token_sha256 = "{hash}"
     }
     gateway.shutdown().await;
 }
+
+/// The log's records, in order, once everything queued is written.
+async fn records(gw: &TestGateway) -> Vec<AuditRecord> {
+    let ledger = gw.running().shared().audit.ledger.clone();
+    let size = ledger.flush().await.unwrap();
+    (0..size)
+        .map(|i| AuditRecord::decode(&ledger.entry(i).unwrap()).unwrap())
+        .collect()
+}
+
+/// A `best_effort` intent is provisional: a call that ends before its intent's group commit is
+/// written leaves its outcome entry alone (which says all the intent did); a call still running
+/// when that commit is written keeps its intent, before its outcome.
+#[tokio::test]
+async fn best_effort_intents_give_way_to_outcomes_written_with_them() {
+    let vendor = TestVendor::plain(TestVendor::ok_handler()).await;
+    let (silent_port, _hold, _accepts) = silent_vendor().await;
+    let slow = format!(
+        r#"
+[[integrations]]
+name = "slow"
+vendor = "Acme"
+owner = "o@example.com"
+upstream = "http://127.0.0.1:{silent_port}"
+allow_plaintext = true
+allow_private_networks = ["127.0.0.1/32"]
+audit = "best_effort"
+request_timeout_ms = 300
+operations = [ {{ id = "get_thing", method = "GET", path = "/things/{{id}}" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "slow"
+operations = ["get_thing"]
+"#
+    );
+    let gw = TestGateway::start_with_gateway(
+        &format!("{}\n{slow}", body(&vendor)),
+        None,
+        &format!("audit_origin = \"{ORIGIN}\""),
+    )
+    .await;
+    let calls = 40;
+    for i in 0..calls {
+        let (status, receipt, body) = call(&gw, &format!("/lenient/things/{i}")).await;
+        assert_eq!((status, receipt), (200, None), "{body}");
+    }
+    let log = records(&gw).await;
+    let outcomes: Vec<&AuditRecord> = log
+        .iter()
+        .filter(|r| r.kind == RecordKind::Outcome)
+        .collect();
+    assert_eq!(outcomes.len(), calls, "every call has its outcome entry");
+    assert!(outcomes.iter().all(|r| r.status == Some(200)));
+    let intents = log.len() - calls;
+    assert!(
+        intents < calls,
+        "calls that ended within their intent's commit left no intent ({intents} intents for {calls} calls)"
+    );
+    for (at, intent) in log.iter().enumerate() {
+        if intent.kind == RecordKind::Intent {
+            assert!(
+                log[at + 1..]
+                    .iter()
+                    .any(|r| r.kind == RecordKind::Outcome && r.request_id == intent.request_id),
+                "an intent kept is followed by its call's outcome"
+            );
+        }
+    }
+    // Outliving its intent's commit (the vendor never answers; the call times out after
+    // 300 ms, the commit is held at most ~10 ms): the intent stays, then the outcome.
+    let (status, _, body) = call(&gw, "/slow/things/1").await;
+    assert_eq!(status, 504, "{body}");
+    let log = records(&gw).await;
+    let slow: Vec<&AuditRecord> = log.iter().filter(|r| r.integration == "slow").collect();
+    assert_eq!(slow.len(), 2, "{slow:?}");
+    assert_eq!(slow[0].kind, RecordKind::Intent);
+    assert_eq!(slow[1].kind, RecordKind::Outcome);
+    assert_eq!(slow[1].status, Some(504));
+    assert_eq!(slow[0].request_id, slow[1].request_id);
+    gw.stop().await;
+}
