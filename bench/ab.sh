@@ -90,11 +90,13 @@ cpu_fields() { local stat; stat="$(cat "/proc/$1/stat")"; stat="${stat##*) }"; r
 # thread_cpu PID -> one line per thread: "name utime stime" (clock ticks), name as in
 # /proc/PID/task/TID/comm with spaces made underscores.
 thread_cpu() {
-  local task stat
+  local task name stat
   for task in /proc/"$1"/task/*; do
+    # A thread may end between the reads: skip it.
+    name="$(tr ' ' _ <"$task/comm" 2>/dev/null)" || continue
     stat="$(cat "$task/stat" 2>/dev/null)" || continue
     stat="${stat##*) }"; read -r -a f <<<"$stat"
-    echo "$(tr ' ' _ <"$task/comm") ${f[11]} ${f[12]}"
+    echo "$name ${f[11]} ${f[12]}"
   done
 }
 

@@ -288,14 +288,16 @@ pub fn duration_ms(elapsed: std::time::Duration) -> f64 {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct RequestId {
     text: [u8; 32],
-    bits: u128,
+    /// Bytes, not a `u128`: the id sits in every call's context and future, which a 16-byte
+    /// alignment would pad.
+    bits: [u8; 16],
 }
 
 impl RequestId {
     pub fn new() -> Self {
-        let bits: u128 = rand::random();
+        let bits: [u8; 16] = rand::random();
         let mut text = [0u8; 32];
-        hex::encode_to_slice(bits.to_be_bytes(), &mut text).expect("16 bytes are 32 hex digits");
+        hex::encode_to_slice(bits, &mut text).expect("16 bytes are 32 hex digits");
         RequestId { text, bits }
     }
 
@@ -306,7 +308,7 @@ impl RequestId {
 
     /// The 128 bits the text spells: a key for the call's entries (see `audit::Entry`).
     pub fn bits(&self) -> u128 {
-        self.bits
+        u128::from_be_bytes(self.bits)
     }
 }
 

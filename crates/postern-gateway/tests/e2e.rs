@@ -1391,16 +1391,9 @@ async fn a_call_cut_by_shutdown_is_recorded_as_gateway_shutdown() {
     tokio::time::timeout(std::time::Duration::from_secs(5), accepts.recv())
         .await
         .expect("the call reached the vendor");
-    let running = gw.gateway.take().unwrap();
-    let events_file = running.data_dir.join(postern_gateway::EVENTS_FILE);
-    running.shutdown().await;
+    let events = gw.shut_down_for_events().await;
     assert!(call.await.unwrap().is_err(), "the cut call got no answer");
-    let text = std::fs::read_to_string(events_file).unwrap();
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    assert_eq!(events.len(), 1, "{text}");
+    assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["status"], 503);
     assert_eq!(events[0]["reason"], "gateway_shutdown");
     hold.abort();

@@ -852,15 +852,37 @@ async fn audit_outcome(gw: &TestGateway, request_id: &str) -> postern_tlog::Audi
     panic!("no audit outcome for request {request_id}");
 }
 
-/// A caller that hangs up while an unregistered host has yet to answer its plain-HTTP request
-/// ends the call, and the call is still recorded: event and audit outcome with
-/// `499 caller_closed`, the outcome linked to the intent written before the request left.
-#[tokio::test]
-async fn a_proxied_call_whose_caller_hangs_up_before_the_host_answers_is_recorded() {
-    let (port, hold, mut accepts) = silent_vendor().await;
-    let gw = TestGateway::start(&open_proxy_to(port, ""), None).await;
+/// Waits for the one event of a call whose caller hung up (`499 caller_closed`, by caller
+/// `checkout` to 127.0.0.1, with `decision` and `mode`) and returns its audit outcome, which
+/// says the same.
+async fn hang_up_recorded(
+    gw: &TestGateway,
+    decision: &str,
+    mode: &str,
+) -> postern_tlog::AuditRecord {
+    let events = gw.wait_events(1).await;
+    let event = &events[0];
+    assert_eq!(event["status"], 499, "{event}");
+    assert_eq!(event["reason"], "caller_closed");
+    assert_eq!(event["decision"], decision);
+    assert_eq!(event["mode"], mode);
+    assert_eq!(event["host"], "127.0.0.1");
+    assert_eq!(event["caller"], "checkout");
+    let outcome = audit_outcome(gw, event["request_id"].as_str().unwrap()).await;
+    assert_eq!(outcome.status, Some(499));
+    assert_eq!(outcome.reason.as_deref(), Some("caller_closed"));
+    outcome
+}
+
+/// Sends a plain-HTTP `GET` for the silent host on `port` through the proxy and waits until
+/// the host has accepted Postern's connection: the call is then waiting for its answer.
+async fn proxied_get_reaching(
+    gw: &TestGateway,
+    port: u16,
+    accepts: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+) -> tokio::net::TcpStream {
     let stream = send_proxy_head(
-        &gw,
+        gw,
         &format!("GET http://127.0.0.1:{port}/v1/slow HTTP/1.1"),
         port,
     )
@@ -868,28 +890,29 @@ async fn a_proxied_call_whose_caller_hangs_up_before_the_host_answers_is_recorde
     tokio::time::timeout(Duration::from_secs(5), accepts.recv())
         .await
         .expect("the request reached the host");
+    stream
+}
+
+/// A caller that hangs up while an unregistered host has yet to answer its plain-HTTP request
+/// ends the call, and the call is still recorded: event and audit outcome with
+/// `499 caller_closed`, the outcome linked to the intent written before the request left.
+#[tokio::test]
+async fn a_proxied_call_whose_caller_hangs_up_before_the_host_answers_is_recorded() {
+    let (port, hold, mut accepts) = silent_vendor().await;
+    let mut gw = TestGateway::start(&open_proxy_to(port, ""), None).await;
+    let stream = proxied_get_reaching(&gw, port, &mut accepts).await;
     drop(stream);
 
-    let events = gw.wait_events(1).await;
-    let event = &events[0];
-    assert_eq!(event["status"], 499, "{event}");
-    assert_eq!(event["reason"], "caller_closed");
-    assert_eq!(event["decision"], "allow");
-    assert_eq!(event["mode"], "proxy");
-    assert_eq!(event["host"], "127.0.0.1");
-    assert_eq!(event["caller"], "checkout");
-    let outcome = audit_outcome(&gw, event["request_id"].as_str().unwrap()).await;
-    assert_eq!(outcome.status, Some(499));
-    assert_eq!(outcome.reason.as_deref(), Some("caller_closed"));
+    let outcome = hang_up_recorded(&gw, "allow", "proxy").await;
     assert_eq!(outcome.decision, postern_tlog::Decision::Allow);
     let ledger = &gw.running().shared().audit.ledger;
     let intent = outcome.intent_index.expect("the outcome names its intent");
     let intent = postern_tlog::AuditRecord::decode(&ledger.entry(intent).unwrap()).unwrap();
     assert_eq!(intent.kind, postern_tlog::RecordKind::Intent);
     assert_eq!(intent.request_id, outcome.request_id);
-    assert_eq!(gw.events().await.len(), 1, "the call was recorded twice");
+    let events = gw.shut_down_for_events().await;
+    assert_eq!(events.len(), 1, "the call was recorded twice: {events:?}");
     hold.abort();
-    gw.stop().await;
 }
 
 /// The same call still waiting when shutdown's grace runs out is recorded as cut by the
@@ -900,24 +923,9 @@ async fn a_proxied_call_cut_by_shutdown_is_recorded_as_gateway_shutdown() {
     let mut gw =
         TestGateway::start_with_gateway(&open_proxy_to(port, ""), None, "shutdown_grace_ms = 200")
             .await;
-    let _stream = send_proxy_head(
-        &gw,
-        &format!("GET http://127.0.0.1:{port}/v1/slow HTTP/1.1"),
-        port,
-    )
-    .await;
-    tokio::time::timeout(Duration::from_secs(5), accepts.recv())
-        .await
-        .expect("the request reached the host");
-    let running = gw.gateway.take().unwrap();
-    let events_file = running.data_dir.join(postern_gateway::EVENTS_FILE);
-    running.shutdown().await;
-    let text = std::fs::read_to_string(events_file).unwrap();
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    assert_eq!(events.len(), 1, "{text}");
+    let _stream = proxied_get_reaching(&gw, port, &mut accepts).await;
+    let events = gw.shut_down_for_events().await;
+    assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["status"], 503);
     assert_eq!(events[0]["reason"], "gateway_shutdown");
     assert_eq!(events[0]["mode"], "proxy");
@@ -968,7 +976,7 @@ fn dialling(port: u16) -> bool {
 #[tokio::test]
 async fn a_connect_whose_caller_hangs_up_while_the_host_is_dialled_is_recorded() {
     let (port, _listener, _queued) = full_listener().await;
-    let gw = TestGateway::start(&open_proxy_to(port, "connect_timeout_ms = 30000"), None).await;
+    let mut gw = TestGateway::start(&open_proxy_to(port, "connect_timeout_ms = 30000"), None).await;
     assert!(
         !dialling(port),
         "a connect to the full listener is still pending"
@@ -982,18 +990,8 @@ async fn a_connect_whose_caller_hangs_up_while_the_host_is_dialled_is_recorded()
     }
     drop(stream);
 
-    let events = gw.wait_events(1).await;
-    let event = &events[0];
-    assert_eq!(event["status"], 499, "{event}");
-    assert_eq!(event["reason"], "caller_closed");
-    assert_eq!(event["decision"], "deny");
-    assert_eq!(event["mode"], "tunnel");
-    assert_eq!(event["host"], "127.0.0.1");
-    assert_eq!(event["caller"], "checkout");
-    let outcome = audit_outcome(&gw, event["request_id"].as_str().unwrap()).await;
-    assert_eq!(outcome.status, Some(499));
-    assert_eq!(outcome.reason.as_deref(), Some("caller_closed"));
+    let outcome = hang_up_recorded(&gw, "deny", "tunnel").await;
     assert_eq!(outcome.intent_index, None);
-    assert_eq!(gw.events().await.len(), 1, "the call was recorded twice");
-    gw.stop().await;
+    let events = gw.shut_down_for_events().await;
+    assert_eq!(events.len(), 1, "the call was recorded twice: {events:?}");
 }

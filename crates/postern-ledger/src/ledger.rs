@@ -174,8 +174,8 @@ enum Command {
 pub enum Link {
     /// Written as it is.
     None,
-    /// Said for now: left out of its batch when that batch also holds the entry that
-    /// supersedes it (the same key), which then says all it would have said.
+    /// Stands until superseded: left out of its batch when that batch also holds the entry
+    /// that supersedes it (the same key), which then says all it would have said.
     Provisional(u128),
     /// Supersedes the provisional entry with this key, if one is still waiting in its batch.
     Supersedes(u128),
@@ -302,8 +302,10 @@ impl Ledger {
     /// [`Ledger::append_detached`], for an entry that is [`Link::Provisional`] or
     /// [`Link::Supersedes`] another. A provisional entry whose superseding entry arrives before
     /// its batch is written is left out: the batch holds the superseding one, which says all
-    /// it would have said, and a crash loses both or neither (they are written together). A
-    /// provisional entry still alone when its batch is written is written, and stays.
+    /// it would have said. Neither was acknowledged, and both would have gone out in the same
+    /// write (a crash during it could have kept the first and torn the second; now it keeps
+    /// neither). A provisional entry still alone when its batch is written is written, and
+    /// stays.
     pub fn append_detached_linked(&self, entry: Vec<u8>, link: Link) -> Result<(), DetachedAppend> {
         if entry.is_empty() || entry.len() > MAX_RECORD_BYTES {
             return Err(DetachedAppend::Refused(LedgerError::EntrySize(entry.len())));
@@ -959,13 +961,8 @@ fn load_latest_checkpoint(
 struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u128` is used; fold any other input all the same.
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
-        }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("Link keys are u128s, hashed by write_u128");
     }
 
     fn write_u128(&mut self, key: u128) {

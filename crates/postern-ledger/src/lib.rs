@@ -32,7 +32,9 @@
 //!   it; [`Ledger::close`] and the end of the process release it. [`verify_dir`] only reads
 //!   and takes no lock.
 //! * An entry's index is returned only after its bytes are durable; readers never see
-//!   an entry before that.
+//!   an entry before that. Every appended entry is written, except a detached
+//!   [`Link::Provisional`] one whose superseding entry joins its batch (it is left out; the
+//!   indices stay dense).
 //! * Only the sequencer writes segments and stored hashes, always at the committed end; a
 //!   failed batch publishes nothing and the next batch rewrites from the same offset.
 //! * On open every record is read and its CRC checked; a torn final record is truncated and

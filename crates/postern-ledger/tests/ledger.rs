@@ -827,3 +827,28 @@ async fn a_provisional_entry_is_left_out_of_the_batch_that_holds_what_supersedes
     assert_eq!(reopened.size(), 8);
     assert_eq!(reopened.entry(7).unwrap(), entry(2));
 }
+
+#[tokio::test]
+async fn a_provisional_entry_in_a_full_batch_stays_when_what_supersedes_it_comes_in_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut options = options();
+    options.detached_commit_interval_us = 3_000_000;
+    options.max_batch_entries = 2;
+    let ledger = Ledger::open(tmp.path(), options).await.unwrap().0;
+    append_n(&ledger, 0..1).await;
+    // The batch is full after two entries (written at once); the superseding entry is third.
+    ledger
+        .append_detached_linked(b"intent A".to_vec(), Link::Provisional(7))
+        .unwrap();
+    ledger.append_detached(entry(1)).unwrap();
+    ledger
+        .append_detached_linked(b"outcome A".to_vec(), Link::Supersedes(7))
+        .unwrap();
+    assert_eq!(ledger.flush().await.unwrap(), 4);
+    let written: Vec<Vec<u8>> = (1..4).map(|i| ledger.entry(i).unwrap()).collect();
+    assert_eq!(
+        written,
+        [b"intent A".to_vec(), entry(1), b"outcome A".to_vec()]
+    );
+    ledger.close().await;
+}

@@ -455,6 +455,19 @@ token_sha256 = "{reporting}"
             .collect()
     }
 
+    /// Shuts the gateway down (its shutdown grace, then calls still in flight are cut) and
+    /// returns every event it wrote.
+    pub async fn shut_down_for_events(&mut self) -> Vec<serde_json::Value> {
+        let running = self.gateway.take().expect("the gateway is running");
+        let events_file = running.data_dir.join(postern_gateway::EVENTS_FILE);
+        running.shutdown().await;
+        std::fs::read_to_string(events_file)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
     /// Waits (bounded) until at least `count` events are written, then returns them.
     pub async fn wait_events(&self, count: usize) -> Vec<serde_json::Value> {
         for _ in 0..200 {
