@@ -197,7 +197,17 @@ fn open_tunnel(
                     _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {}
                 }
             }
-            Err(error) => tracing::debug!(%error, "CONNECT upgrade failed"),
+            Err(error) => {
+                // The connection ended before hyper handed it over (the caller left before its
+                // `200` went out, or shutdown cut it): recorded like any call left unanswered.
+                tracing::debug!(%error, "CONNECT upgrade failed");
+                crate::proxy::record_refusal(
+                    &shared,
+                    &context,
+                    &Progress::default(),
+                    &crate::proxy::unanswered(&shared),
+                );
+            }
         }
         let sent = counts.client_to_upstream.load(Ordering::Relaxed);
         let received = counts.upstream_to_client.load(Ordering::Relaxed);

@@ -195,23 +195,32 @@ impl Drop for Unanswered<'_> {
         // call returns its answer, with no await in between: a call dropped unanswered still
         // has it.
         if !self.answered {
-            // While Postern shuts down, calls still in flight when `shutdown_grace_ms` runs
-            // out are dropped with the workers: that, not the caller, ended them.
-            let error = if self.shared.is_draining() {
-                CallError::new(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    "gateway_shutdown",
-                    "Postern shut down before the call was answered (shutdown_grace_ms ran out)",
-                )
-            } else {
-                CallError::new(
-                    http::StatusCode::from_u16(499).expect("499 is a valid status code"),
-                    "caller_closed",
-                    "the caller closed the connection before the call was answered",
-                )
-            };
-            record_refusal(self.shared, &self.context, &self.progress, &error);
+            record_refusal(
+                self.shared,
+                &self.context,
+                &self.progress,
+                &unanswered(self.shared),
+            );
         }
+    }
+}
+
+/// Why a call ended without an answer: its caller hung up (`499 caller_closed`), or, while
+/// Postern shuts down, `shutdown_grace_ms` ran out and the calls still in flight were dropped
+/// with the workers (`503 gateway_shutdown`): that, not the caller, ended them.
+pub(crate) fn unanswered(shared: &Shared) -> CallError {
+    if shared.is_draining() {
+        CallError::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "gateway_shutdown",
+            "Postern shut down before the call was answered (shutdown_grace_ms ran out)",
+        )
+    } else {
+        CallError::new(
+            http::StatusCode::from_u16(499).expect("499 is a valid status code"),
+            "caller_closed",
+            "the caller closed the connection before the call was answered",
+        )
     }
 }
 
@@ -235,7 +244,12 @@ pub(crate) fn refuse(
 }
 
 /// Records a refused or failed call: its event, metrics and audit outcome entry.
-fn record_refusal(shared: &Shared, context: &CallContext, progress: &Progress, error: &CallError) {
+pub(crate) fn record_refusal(
+    shared: &Shared,
+    context: &CallContext,
+    progress: &Progress,
+    error: &CallError,
+) {
     let Progress {
         authorized,
         intent_index,
