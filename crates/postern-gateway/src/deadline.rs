@@ -179,10 +179,11 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 
-    /// The limit counts from the last byte: a read waiting while the peer is silent, bytes
-    /// at 40 s, then silence: the connection times out exactly `idle` after those bytes.
+    /// A read already waiting (its timer armed from the first byte) when more bytes arrive at
+    /// 40 s: the deadline moves to `idle` after them, so the connection times out at 100 s,
+    /// not at 60 s.
     #[tokio::test(start_paused = true)]
-    async fn the_idle_limit_counts_from_the_last_byte() {
+    async fn bytes_reaching_a_waiting_read_move_its_idle_deadline() {
         let (mut client, server) = tokio::io::duplex(64);
         let mut server = Deadline::new(server, Duration::from_secs(10), Duration::from_secs(60));
         let mut buf = [0u8; 8];
@@ -191,25 +192,16 @@ mod tests {
         assert_eq!(server.read(&mut buf).await.unwrap(), 1);
         let waiting = server.read(&mut buf);
         tokio::pin!(waiting);
-        assert!(futures_poll_once(waiting.as_mut()).await.is_none());
+        // Polled once: waiting, its timer armed.
+        assert!(tokio::time::timeout(Duration::ZERO, waiting.as_mut())
+            .await
+            .is_err());
         tokio::time::sleep(Duration::from_secs(40)).await;
         client.write_all(b"b").await.unwrap();
         assert_eq!(waiting.await.unwrap(), 1);
         let error = server.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(100));
-    }
-
-    /// Polls `future` once: its output if it was ready.
-    async fn futures_poll_once<F: std::future::Future + Unpin>(future: F) -> Option<F::Output> {
-        let mut future = future;
-        std::future::poll_fn(|cx| {
-            Poll::Ready(match Pin::new(&mut future).poll(cx) {
-                Poll::Ready(output) => Some(output),
-                Poll::Pending => None,
-            })
-        })
-        .await
     }
 
     #[tokio::test(start_paused = true)]

@@ -197,17 +197,8 @@ fn open_tunnel(
                     _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {}
                 }
             }
-            Err(error) => {
-                // The connection ended before hyper handed it over (the caller left before its
-                // `200` went out, or shutdown cut it): recorded like any call left unanswered.
-                tracing::debug!(%error, "CONNECT upgrade failed");
-                crate::proxy::record_refusal(
-                    &shared,
-                    &context,
-                    &Progress::default(),
-                    &crate::proxy::unanswered(&shared),
-                );
-            }
+            // The tunnel's record below covers it: 0 bytes each way.
+            Err(error) => tracing::debug!(%error, "CONNECT upgrade failed"),
         }
         let sent = counts.client_to_upstream.load(Ordering::Relaxed);
         let received = counts.upstream_to_client.load(Ordering::Relaxed);
@@ -330,7 +321,17 @@ fn intercept(
                     }
                 }
             }
-            Err(error) => tracing::debug!(%error, "CONNECT upgrade failed"),
+            Err(error) => {
+                // The connection ended before hyper handed it over (the caller left before its
+                // `200` went out, or shutdown cut it): recorded like any call left unanswered.
+                tracing::debug!(%error, "CONNECT upgrade failed");
+                crate::proxy::record_refusal(
+                    &shared,
+                    &context,
+                    &Progress::default(),
+                    &crate::proxy::unanswered(&shared),
+                );
+            }
         }
         shared.tunnels.fetch_sub(1, Ordering::Relaxed);
     });

@@ -601,9 +601,11 @@ fn parse_with<const N: usize>(conn: &mut Connection, method: &Method) -> Result<
         headers.append(name, value);
     }
     let framing = framing(&headers, method, status)?;
-    // Downstream sees one `content-length`, whatever repetition or list the vendor sent, so
-    // every reader (`content_length`, the caller-facing server) takes it as is. The usual single
-    // plain value (already checked by `framing`) is left alone, not parsed again.
+    // Downstream sees at most one `content-length`, whatever repetition or list the vendor
+    // sent, so every reader (`content_length`, the caller-facing server) takes it as is: values
+    // that agree become one; values that differ (an answer with a body has failed in `framing`
+    // already, so only a HEAD, 204 or 304 answer gets here with them) are dropped. The usual
+    // single plain value is left alone, not parsed again.
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let repeated = match (lengths.next(), lengths.next()) {
         (Some(only), None) => only.as_bytes().contains(&b','),
@@ -611,8 +613,13 @@ fn parse_with<const N: usize>(conn: &mut Connection, method: &Method) -> Result<
         (None, _) => false,
     };
     if repeated {
-        if let Ok(Some(length)) = agreed_length(&headers) {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        match agreed_length(&headers) {
+            Ok(Some(length)) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
+            _ => {
+                headers.remove(header::CONTENT_LENGTH);
+            }
         }
     }
     let keep_alive = version == Version::HTTP_11
@@ -1325,6 +1332,23 @@ mod tests {
         assert_eq!(lengths, [HeaderValue::from(2u64)]);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
+    }
+
+    /// A bodiless answer's differing lengths are not framing (`framing` never reads them), so
+    /// they do not fail the call; they are dropped rather than passed on to the caller.
+    #[tokio::test]
+    async fn differing_content_lengths_on_a_head_answer_are_dropped() {
+        let vendor = vendor(vec![Answer(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n",
+            true,
+        )])
+        .await;
+        let (response, _) = client()
+            .request(request(Method::HEAD, vendor.addr, b""))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(!response.headers().contains_key(header::CONTENT_LENGTH));
     }
 
     #[tokio::test]

@@ -354,13 +354,11 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut declared = None;
+    // Framing is written below, once: the length the response declares when it declares one
+    // (several that differ declare none), else the body's exact size, else chunked.
+    let declared = crate::h1::content_length(&parts.headers);
     for (name, value) in &parts.headers {
-        // Framing is written below, once: the length the response declares (Postern's
-        // HTTP/1.1 client leaves one `content-length`; of several, the first that parses),
-        // else the body's exact size, else chunked.
         if name == header::CONTENT_LENGTH {
-            declared = declared.or_else(|| crate::h1::parse_length(value.as_bytes()));
             continue;
         }
         // When the connection closes after this answer, the caller is told so, whatever the
@@ -749,6 +747,32 @@ mod tests {
         );
         assert!(answers[2].ends_with("\r\n\r\n"), "{}", answers[2]);
         assert!(answers.iter().all(|a| a.contains("date: ")));
+    }
+
+    /// An answer's framing is the length it declares when it declares one; lengths that
+    /// differ declare none, and the body's own size frames it.
+    #[tokio::test]
+    async fn an_answer_with_differing_lengths_is_framed_by_its_body() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let differing = |_: Arc<ConnectionInfo>, _: Request<CallerBody>| async {
+            let mut response = Response::new(GatewayBody::full("hello"));
+            let headers = response.headers_mut();
+            headers.append(header::CONTENT_LENGTH, HeaderValue::from(3u64));
+            headers.append(header::CONTENT_LENGTH, HeaderValue::from(9u64));
+            response
+        };
+        client
+            .write_all(b"GET /one HTTP/1.1\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        serve(&mut server, &info(), &differing, &mut shutdown, 8192).await;
+        drop(server);
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer.matches("content-length").count(), 1, "{answer}");
+        assert!(answer.contains("content-length: 5\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nhello"), "{answer}");
     }
 
     /// As hyper (without `allow_half_close`): an EOF is a hang-up, noticed while a call runs

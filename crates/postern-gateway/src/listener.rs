@@ -85,18 +85,10 @@ where
     } = accept;
     // This loop's connections watch a shutdown channel of its own (on a worker, one that only
     // that worker's thread touches): an idle keep-alive connection registers with the channel's
-    // waiter list before each request and leaves it when the request comes, and one list shared
-    // by every worker thread would bounce its lock between them on every call. The forwarder passes the gateway's shutdown on (and
-    // ends without it if the gateway's sender is dropped, as `stopping` expects).
+    // waiters before each request and leaves them when the request comes, and the gateway's
+    // channel is shared by every worker thread. The loop passes the gateway's shutdown on when
+    // it stops (and nothing if the gateway's sender was dropped, as `stopping` expects).
     let (local_stop, local_shutdown) = watch::channel(*shutdown.borrow());
-    tokio::spawn({
-        let mut shutdown = shutdown.clone();
-        async move {
-            if shutdown.wait_for(|stop| *stop).await.is_ok() {
-                let _ = local_stop.send(true);
-            }
-        }
-    });
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -175,6 +167,10 @@ where
                 });
             }
         }
+    }
+    // A value sent before the sender is dropped is still seen: `stopping` ends.
+    if *shutdown.borrow() {
+        let _ = local_stop.send(true);
     }
 }
 

@@ -37,6 +37,8 @@ pub struct ScanSummary {
 }
 
 /// Reads, scans and (per policy) blocks or redacts the request body; returns the body to forward.
+/// Only for an integration with `data_classes`: `approved` is that list (the pipeline forwards
+/// other integrations' bodies unscanned without calling this).
 pub async fn scan_request(
     integration: &IntegrationRuntime,
     scanner: &Scanner,

@@ -576,25 +576,7 @@ async fn records(gw: &TestGateway) -> Vec<AuditRecord> {
 async fn best_effort_intents_give_way_to_outcomes_written_with_them() {
     let vendor = TestVendor::plain(TestVendor::ok_handler()).await;
     let (silent_port, _hold, _accepts) = silent_vendor().await;
-    let slow = format!(
-        r#"
-[[integrations]]
-name = "slow"
-vendor = "Acme"
-owner = "o@example.com"
-upstream = "http://127.0.0.1:{silent_port}"
-allow_plaintext = true
-allow_private_networks = ["127.0.0.1/32"]
-audit = "best_effort"
-request_timeout_ms = 300
-operations = [ {{ id = "get_thing", method = "GET", path = "/things/{{id}}" }} ]
-
-[[grants]]
-caller = "checkout"
-integration = "slow"
-operations = ["get_thing"]
-"#
-    );
+    let slow = slow_integration(silent_port, 300, r#"audit = "best_effort""#);
     let gw = TestGateway::start_with_gateway(
         &format!("{}\n{slow}", body(&vendor)),
         None,
@@ -630,7 +612,7 @@ operations = ["get_thing"]
     }
     // Outliving its intent's commit (the vendor never answers; the call times out after
     // 300 ms, the commit is held at most ~10 ms): the intent stays, then the outcome.
-    let (status, _, body) = call(&gw, "/slow/things/1").await;
+    let (status, _, body) = call(&gw, "/slow/x").await;
     assert_eq!(status, 504, "{body}");
     let log = records(&gw).await;
     let slow: Vec<&AuditRecord> = log.iter().filter(|r| r.integration == "slow").collect();

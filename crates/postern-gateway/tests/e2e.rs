@@ -994,33 +994,51 @@ operations = ["get_charge"]
     gw.stop().await;
 }
 
-/// Integration `slow` (one operation, `GET /x`, granted to `checkout`) on a plain-HTTP local
-/// upstream.
-fn slow_integration(port: u16, request_timeout_ms: u64) -> String {
-    format!(
-        r#"
-[[integrations]]
-name = "slow"
-vendor = "Slow"
-owner = "o@example.com"
-upstream = "http://127.0.0.1:{port}"
-allow_plaintext = true
-allow_private_networks = ["127.0.0.1/32"]
-request_timeout_ms = {request_timeout_ms}
-operations = [ {{ id = "op", method = "GET", path = "/x" }} ]
-
-[[grants]]
-caller = "checkout"
-integration = "slow"
-operations = ["*"]
-"#
+/// An idle keep-alive connection is closed as soon as the gateway stops, not at the end of
+/// `shutdown_grace_ms`: each worker's connections hear of the shutdown through their own
+/// channel, passed on by the worker's accept loop.
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let mut gw = stripe_gateway(&vendor, "").await;
+    let addr = gw.running().listen_addr;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: postern\r\nauthorization: Bearer {}\r\n\r\n",
+        gw.token
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 4096];
+    let read = stream.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..read].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..read])
+    );
+    // The connection is now idle, kept alive; the default grace is 10 s.
+    let started = std::time::Instant::now();
+    gw.shut_down_for_events().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "shutdown waited {:?} for an idle connection",
+        started.elapsed()
+    );
+    // Whatever of the answer was still unread, then the end of the stream.
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        stream.read_to_end(&mut rest),
     )
+    .await
+    .expect("the idle connection was closed")
+    .ok();
 }
 
 #[tokio::test]
 async fn slow_vendor_times_out_with_504() {
     let (port, hold, _accepts) = silent_vendor().await;
-    let gw = TestGateway::start(&slow_integration(port, 300), None).await;
+    let gw = TestGateway::start(&slow_integration(port, 300, ""), None).await;
     let started = std::time::Instant::now();
     let response = client()
         .get(format!("{}/slow/x", gw.base))
@@ -1232,7 +1250,7 @@ async fn ordinary_and_unusual_requests_share_one_connection() {
 #[tokio::test]
 async fn a_call_whose_caller_hangs_up_is_recorded_as_caller_closed() {
     let (port, hold, mut accepts) = silent_vendor().await;
-    let gw = TestGateway::start(&slow_integration(port, 20_000), None).await;
+    let gw = TestGateway::start(&slow_integration(port, 20_000, ""), None).await;
 
     // HTTP/1.1: the caller closes its connection.
     {
@@ -1315,7 +1333,7 @@ async fn a_caller_that_leaves_a_paused_stream_ends_it() {
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n7\r\ndata: 1\r\n",
     )
     .await;
-    let gw = TestGateway::start(&slow_integration(port, 20_000), None).await;
+    let gw = TestGateway::start(&slow_integration(port, 20_000, ""), None).await;
     let mut stream = call_slow_x(&gw).await;
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("data: 1") {
@@ -1348,7 +1366,7 @@ async fn a_reload_that_removes_an_integration_closes_its_vendor_connections() {
     // A keep-alive answer; the connection then sits in the pool.
     let (port, vendor, closed) =
         one_answer_vendor(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-    let gw = TestGateway::start(&slow_integration(port, 20_000), None).await;
+    let gw = TestGateway::start(&slow_integration(port, 20_000, ""), None).await;
     let response = client()
         .get(format!("{}/slow/x", gw.base))
         .bearer_auth(&gw.token)
@@ -1378,7 +1396,7 @@ async fn a_reload_that_removes_an_integration_closes_its_vendor_connections() {
 async fn a_call_cut_by_shutdown_is_recorded_as_gateway_shutdown() {
     let (port, hold, mut accepts) = silent_vendor().await;
     let mut gw = TestGateway::start_with_gateway(
-        &slow_integration(port, 20_000),
+        &slow_integration(port, 20_000, ""),
         None,
         "shutdown_grace_ms = 200",
     )

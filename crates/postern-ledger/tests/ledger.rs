@@ -719,13 +719,19 @@ async fn append_many_writes_one_contiguous_run_among_concurrent_appends() {
     ledger.close().await;
 }
 
+/// A ledger in `dir` that holds detached entries for 3 s after a commit (until an append
+/// waits or a flush comes), with entry 0 written so that the hold applies from the start.
+async fn holding_detached(dir: &Path, mut options: LedgerOptions) -> Ledger {
+    options.detached_commit_interval_us = 3_000_000;
+    let ledger = Ledger::open(dir, options).await.unwrap().0;
+    append_n(&ledger, 0..1).await;
+    ledger
+}
+
 #[tokio::test]
 async fn detached_entries_gather_for_one_sync_until_an_append_waits() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut options = options();
-    options.detached_commit_interval_us = 3_000_000;
-    let ledger = Ledger::open(tmp.path(), options).await.unwrap().0;
-    append_n(&ledger, 0..1).await;
+    let ledger = holding_detached(tmp.path(), options()).await;
     for i in 1..=4 {
         ledger.append_detached(entry(i)).unwrap();
     }
@@ -776,10 +782,7 @@ async fn detached_entries_gather_for_one_sync_until_an_append_waits() {
 #[tokio::test]
 async fn a_provisional_entry_is_left_out_of_the_batch_that_holds_what_supersedes_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut options = options();
-    options.detached_commit_interval_us = 3_000_000;
-    let ledger = Ledger::open(tmp.path(), options).await.unwrap().0;
-    append_n(&ledger, 0..1).await;
+    let ledger = holding_detached(tmp.path(), options()).await;
     // Held together (detached), then written by one flush: the superseded entry is left out,
     // and the entries around it keep dense indices.
     ledger
@@ -832,10 +835,8 @@ async fn a_provisional_entry_is_left_out_of_the_batch_that_holds_what_supersedes
 async fn a_provisional_entry_in_a_full_batch_stays_when_what_supersedes_it_comes_in_the_next() {
     let tmp = tempfile::tempdir().unwrap();
     let mut options = options();
-    options.detached_commit_interval_us = 3_000_000;
     options.max_batch_entries = 2;
-    let ledger = Ledger::open(tmp.path(), options).await.unwrap().0;
-    append_n(&ledger, 0..1).await;
+    let ledger = holding_detached(tmp.path(), options).await;
     // The batch is full after two entries (written at once); the superseding entry is third.
     ledger
         .append_detached_linked(b"intent A".to_vec(), Link::Provisional(7))

@@ -343,6 +343,30 @@ impl TestVendor {
     }
 }
 
+/// An integration `slow` on a plain-HTTP vendor at `port` (e.g. a [`silent_vendor`]) with
+/// `request_timeout_ms`, one operation `GET /x` granted to `checkout`, and `extra` TOML lines.
+pub fn slow_integration(port: u16, request_timeout_ms: u64, extra: &str) -> String {
+    format!(
+        r#"
+[[integrations]]
+name = "slow"
+vendor = "Slow"
+owner = "o@example.com"
+upstream = "http://127.0.0.1:{port}"
+allow_plaintext = true
+allow_private_networks = ["127.0.0.1/32"]
+request_timeout_ms = {request_timeout_ms}
+{extra}
+operations = [ {{ id = "op", method = "GET", path = "/x" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "slow"
+operations = ["*"]
+"#
+    )
+}
+
 /// A vendor that accepts connections and never answers: its port, the task holding the
 /// connections, and a channel that reports each connection accepted.
 pub async fn silent_vendor() -> (
@@ -361,6 +385,15 @@ pub async fn silent_vendor() -> (
         }
     });
     (port, hold, accepts)
+}
+
+/// The events in `data_dir`'s events file (none when it is not there yet).
+fn read_events(data_dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(data_dir.join(postern_gateway::EVENTS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }
 
 /// A running gateway with one caller `checkout` whose token is `token`.
@@ -447,25 +480,16 @@ token_sha256 = "{reporting}"
     /// Events written so far (flushes first).
     pub async fn events(&self) -> Vec<serde_json::Value> {
         self.running().shared().recorder.events.flush().await;
-        let text =
-            std::fs::read_to_string(self.running().data_dir.join(postern_gateway::EVENTS_FILE))
-                .unwrap_or_default();
-        text.lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
+        read_events(&self.running().data_dir)
     }
 
     /// Shuts the gateway down (its shutdown grace, then calls still in flight are cut) and
     /// returns every event it wrote.
     pub async fn shut_down_for_events(&mut self) -> Vec<serde_json::Value> {
         let running = self.gateway.take().expect("the gateway is running");
-        let events_file = running.data_dir.join(postern_gateway::EVENTS_FILE);
+        let data_dir = running.data_dir.clone();
         running.shutdown().await;
-        std::fs::read_to_string(events_file)
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
+        read_events(&data_dir)
     }
 
     /// Waits (bounded) until at least `count` events are written, then returns them.
