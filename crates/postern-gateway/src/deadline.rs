@@ -77,19 +77,32 @@ impl<S> Deadline<S> {
             None => *this.started + *this.first_byte,
             Some(last) => last + *this.idle,
         };
-        if this.sleep.deadline() != deadline {
+        // The timer is only moved earlier here, never later: activity moves the deadline later
+        // on nearly every call, and re-arming a tokio timer takes the timer wheel's lock (and,
+        // when the new deadline is the runtime's earliest, an eventfd write to unpark it). A
+        // timer left at an earlier instant fires early once and is re-armed then (below), so
+        // a busy connection re-arms once per idle period instead of once per read.
+        if deadline < this.sleep.deadline() {
             this.sleep.as_mut().reset(deadline);
         }
-        match this.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                if this.last_activity.is_none() {
-                    "no request within the first-byte timeout"
-                } else {
-                    "connection idle"
-                },
-            ))),
-            Poll::Pending => Poll::Pending,
+        loop {
+            match this.sleep.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if this.sleep.deadline() < deadline => {
+                    // Fired for a deadline that activity has since moved: wait for the real one.
+                    this.sleep.as_mut().reset(deadline);
+                }
+                Poll::Ready(()) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        if this.last_activity.is_none() {
+                            "no request within the first-byte timeout"
+                        } else {
+                            "connection idle"
+                        },
+                    )))
+                }
+            }
         }
     }
 }
@@ -202,6 +215,47 @@ mod tests {
         let error = server.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(100));
+    }
+
+    /// The timer is armed for the first-byte limit (10 s); the first byte at 1 s makes the
+    /// idle limit (2 s) the earlier deadline, so the timer must move earlier: timed out at 3 s.
+    /// And a timer left early by activity fires, re-arms for the moved deadline, and times out
+    /// there (the idle limit after the last byte), not at its first instant.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_moved_earlier_re_arms_and_one_moved_later_waits_for_it() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = Deadline::new(server, Duration::from_secs(10), Duration::from_secs(2));
+        let mut buf = [0u8; 8];
+        let start = Instant::now();
+        let waiting = server.read(&mut buf);
+        tokio::pin!(waiting);
+        assert!(tokio::time::timeout(Duration::ZERO, waiting.as_mut())
+            .await
+            .is_err());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        client.write_all(b"a").await.unwrap();
+        assert_eq!(waiting.await.unwrap(), 1);
+        let error = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = Deadline::new(server, Duration::from_secs(10), Duration::from_secs(2));
+        let start = Instant::now();
+        client.write_all(b"a").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 1);
+        // Armed for 2 s; bytes at 1.5 s move the deadline to 3.5 s while the timer stays.
+        let waiting = server.read(&mut buf);
+        tokio::pin!(waiting);
+        assert!(tokio::time::timeout(Duration::ZERO, waiting.as_mut())
+            .await
+            .is_err());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        client.write_all(b"b").await.unwrap();
+        assert_eq!(waiting.await.unwrap(), 1);
+        let error = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_millis(3500));
     }
 
     #[tokio::test(start_paused = true)]
