@@ -13,6 +13,7 @@ TARGETS = [
     ("direct", "(a) direct to upstream"),
     ("nginx", "(b) nginx proxy_pass"),
     ("postern", "(c) Postern, full pipeline"),
+    ("pgo", "(c′) Postern, full pipeline, PGO build"),
     ("floor", "(d) hyper floor: bare hyper proxy, no pipeline"),
 ]
 
@@ -144,6 +145,21 @@ def main():
         w("A closed-loop load generator saturates whatever is slowest, so latency here includes queueing at "
           "saturation; with every process on the same CPUs, a proxy that needs more CPU per request also "
           "takes CPU from wrk and the upstream.")
+        w("")
+
+    if all(t in med for t in ("nginx", "postern", "pgo")):
+        n, p, g = med["nginx"], med["postern"], med["pgo"]
+        w("## The PGO build")
+        w("")
+        w("The same program built by bench/pgo.sh with profile-guided optimization (trained on this bench's "
+          "load), beside the plain release build in the same rounds.")
+        w("")
+        w("| | PGO build vs nginx | PGO build vs release build |")
+        w("|---|---:|---:|")
+        w(f"| throughput (req/s ratio) | **{g['rps'] / n['rps']:.2f}×** | {g['rps'] / p['rps']:.2f}× |")
+        w(f"| p99 difference | **{signed_ms(g['p99_us'] - n['p99_us'])} ms** | {signed_ms(g['p99_us'] - p['p99_us'])} ms |")
+        w(f"| proxy CPU per request | {g['proxy_cpu_us']:.1f} vs {n['proxy_cpu_us']:.1f} µs | "
+          f"{g['proxy_cpu_us']:.1f} vs {p['proxy_cpu_us']:.1f} µs ({g['proxy_cpu_us'] / p['proxy_cpu_us']:.2f}×) |")
         w("")
 
     if all(t in med for t in ("nginx", "postern", "floor")):

@@ -42,6 +42,8 @@ Measures, in one run on this machine, side by side:
   (d) floor     wrk -> a bare hyper proxy, one single-threaded runtime per thread
                 (crates/postern-bench-upstream/examples/minproxy.rs) -> upstream: what any
                 hyper-based proxy costs here before it does anything (only with --targets)
+  (c') pgo      wrk -> Postern as (c), built with profile-guided optimization by bench/pgo.sh
+                (only with --targets; without --skip-build it runs bench/pgo.sh, ~12 min on 2 cores)
 Runs alternate a,b,c,a,b,c,... for --rounds rounds; the report gives medians, proxy CPU per
 request, peak RSS (VmHWM) and memory per idle keep-alive connection (bench/idle_conns.py).
 Everything runs on loopback in a temp dir; every process started is killed on exit.
@@ -57,7 +59,7 @@ Options:
   --idle-conns N        idle connections for the memory test (default $IDLE_CONNS; 0 skips it)
   --method GET|POST     GET /v1/charges/ch_123 or POST /v1/charges with a small form body (default $METHOD)
   --nginx-access-log on|off  nginx access log to a file in the temp dir (default $NGINX_ACCESS_LOG)
-  --targets "LIST"      subset of "direct nginx postern floor" (default "direct nginx postern")
+  --targets "LIST"      subset of "direct nginx postern pgo floor" (default "direct nginx postern")
   --out FILE            Markdown report (default bench/results/latest.md); also printed on stdout
   --perf                after the rounds, profile Postern and nginx under the same load with
                         perf (DWARF call graphs; reports in bench/results/perf-*.txt)
@@ -134,6 +136,15 @@ build_release "does every workspace crate build? --skip-build uses the last rele
 locate_release_bins
 FLOOR_BIN="$TARGET_DIR/release/examples/minproxy"
 [[ -x "$POSTERN_BIN" && -x "$UPSTREAM_BIN" ]] || die "release binaries not found in $TARGET_DIR/release (drop --skip-build?)"
+PGO_BIN=""
+if [[ " $TARGETS " == *" pgo "* ]]; then
+  if [[ $SKIP_BUILD -eq 1 ]]; then
+    PGO_BIN="$TARGET_DIR/pgo/optimized/$(rustc -vV | awk '/^host:/ { print $2 }')/release/postern"
+    [[ -x "$PGO_BIN" ]] || die "$PGO_BIN not found (run bench/pgo.sh, or drop --skip-build)"
+  else
+    PGO_BIN="$("$BENCH_DIR/pgo.sh" --skip-build | tail -1)" || die "bench/pgo.sh failed"
+  fi
+fi
 
 # ---------------------------------------------------------------- temp dir, cleanup
 make_workdir postern-bench
@@ -188,9 +199,26 @@ else
   CREDENTIAL_LINE='credential = { kind = "bearer", from_file = "vendor-key" }'
 fi
 write_postern_config bench/run.sh "$CREDENTIAL_LINE" "" "" "$SCAN_LINES"
+if [[ -n "$PGO_BIN" ]]; then
+  # The same config for the PGO build, on its own ports and data_dir.
+  PGO_PORT="$(free_port)"
+  PGO_ADMIN_PORT="$(free_port)"
+  mkdir -p "$WORK/pgo"
+  cp -p "$WORK/postern/vendor-key" "$WORK/pgo/vendor-key"
+  sed -e "s|127.0.0.1:$POSTERN_PORT\"|127.0.0.1:$PGO_PORT\"|; s|127.0.0.1:$ADMIN_PORT\"|127.0.0.1:$PGO_ADMIN_PORT\"|" \
+    "$WORK/postern/postern.toml" >"$WORK/pgo/postern.toml"
+  grep -q "127.0.0.1:$PGO_PORT\"" "$WORK/pgo/postern.toml" || die "could not give the PGO build its own port"
+fi
 
 POSTERN_PID=""
 stop_postern() { stop_pid "$POSTERN_PID"; POSTERN_PID=""; }
+PGO_PID=""
+start_pgo() {
+  POSTERN_LOG="${POSTERN_LOG:-info}" "$PGO_BIN" serve --config "$WORK/pgo/postern.toml" >>"$WORK/pgo.log" 2>&1 &
+  PGO_PID=$!
+  PIDS+=("$PGO_PID")
+  wait_port "$PGO_PORT" "$PGO_PID" pgo
+}
 
 # ---------------------------------------------------------------- nginx config
 mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
@@ -261,6 +289,7 @@ url_of() {
     direct) echo "http://127.0.0.1:$UPSTREAM_PORT$VENDOR_PATH" ;;
     nginx) echo "http://127.0.0.1:$NGINX_PORT/bench$VENDOR_PATH" ;;
     postern) echo "http://127.0.0.1:$POSTERN_PORT/bench$VENDOR_PATH" ;;
+    pgo) echo "http://127.0.0.1:$PGO_PORT/bench$VENDOR_PATH" ;;
     floor) echo "http://127.0.0.1:$FLOOR_PORT/bench$VENDOR_PATH" ;;
   esac
 }
@@ -269,6 +298,7 @@ proxy_pids() {
     direct) echo "$UPSTREAM_PID" ;;
     nginx) echo "$NGINX_PID $(nginx_workers)" ;;
     postern) echo "$POSTERN_PID" ;;
+    pgo) echo "$PGO_PID" ;;
     floor) echo "$FLOOR_PID" ;;
   esac
 }
@@ -292,6 +322,7 @@ EOF
 
 start_nginx
 start_postern
+[[ -n "$PGO_BIN" ]] && start_pgo
 FLOOR_PID=""
 if [[ " $TARGETS " == *" floor "* ]]; then
   [[ -x "$FLOOR_BIN" ]] || die "$FLOOR_BIN not found (drop --skip-build, or build it: cargo build --release -p postern-bench-upstream --example minproxy)"
@@ -305,6 +336,7 @@ log "upstream :$UPSTREAM_PORT (pid $UPSTREAM_PID), nginx :$NGINX_PORT (pid $NGIN
 # Sanity: every target answers 200 with the upstream's body; Postern refuses a call without a token.
 SANITY_TARGETS="direct nginx postern"
 [[ -n "$FLOOR_PID" ]] && SANITY_TARGETS+=" floor"
+[[ -n "$PGO_PID" ]] && SANITY_TARGETS+=" pgo"
 for target in $SANITY_TARGETS; do
   curl_args=(-s -o "$WORK/check-$target.body" -w '%{http_code}' -H "Authorization: Bearer $TOKEN")
   [[ "$METHOD" == POST ]] && curl_args+=(-X POST -H "Content-Type: $POST_TYPE" --data-raw "$POST_BODY")
@@ -319,7 +351,7 @@ EVENTS_FILE="$WORK/postern/data/events.jsonl"
 for _ in $(seq 20); do [[ -s "$EVENTS_FILE" ]] && break; sleep 0.1; done
 [[ -s "$EVENTS_FILE" ]] || die "Postern wrote no event to $EVENTS_FILE within 2 s"
 BODY_BYTES="$(wc -c <"$WORK/check-direct.body")"
-log "sanity checks passed (200 with the upstream body on all three; 401 without a token; events written)"
+log "sanity checks passed (200 with the upstream body on $SANITY_TARGETS; 401 without a token; events written)"
 
 # ---------------------------------------------------------------- meta
 {
@@ -366,6 +398,7 @@ if [[ "$IDLE_CONNS" -gt 0 ]]; then
   # Fresh processes for the throughput phase, so peak RSS is that of the load alone.
   stop_nginx; start_nginx
   stop_postern; start_postern
+  if [[ -n "$PGO_PID" ]]; then stop_pid "$PGO_PID"; start_pgo; fi
 fi
 
 # ---------------------------------------------------------------- throughput rounds
@@ -411,6 +444,7 @@ done
   fi
   echo "postern_hwm_kb=$(status_kb "$POSTERN_PID" VmHWM)"
   [[ -n "$FLOOR_PID" ]] && echo "floor_hwm_kb=$(status_kb "$FLOOR_PID" VmHWM)"
+  [[ -n "$PGO_PID" ]] && echo "pgo_hwm_kb=$(status_kb "$PGO_PID" VmHWM)"
 } >"$WORK/hwm.env"
 EVENT_LINES="$(cat "$WORK"/postern/data/events.jsonl* 2>/dev/null | wc -l)"
 POSTERN_LOG_BYTES="$(wc -c <"$WORK/postern.log")"
