@@ -83,6 +83,13 @@ make_workdir() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
 }
+# forget_pid PID -> PIDS without PID (a process already stopped and waited for: cleanup must not
+# signal its number again, which may belong to another process by then).
+forget_pid() {
+  local keep=() p
+  for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
 cleanup() {
   local status=$?
   trap - EXIT INT TERM

@@ -24,19 +24,20 @@ Builds the \`postern\` binary with profile-guided optimization, in three steps (
 cold release build; on 2 cores ~12 minutes):
   1. an instrumented build (rustc -Cprofile-generate) into TARGET/pgo/instrumented;
   2. training: that binary serves the bench's load (bench/run.sh's config and upstream: caller
-     token, grant, Cedar, rate limit, bearer injection, events, audit log, detector) with wrk,
-     GET and POST, once with audit = "best_effort" and once with "required"; it is stopped with
-     SIGTERM so its profile is written, and the profiles are merged with llvm-profdata into
-     TARGET/pgo/postern.profdata;
+     token, grant, Cedar, rate limit, bearer injection, events, audit log, detector; nproc
+     workers) with wrk, GET and a small JSON POST, once with audit = "best_effort" and once
+     with "required"; it is stopped with SIGTERM so its profile is written, and the profiles of
+     these two \`postern serve\` runs are merged with llvm-profdata into TARGET/pgo/postern.profdata;
   3. the optimizing build (rustc -Cprofile-use) into TARGET/pgo/optimized.
 Prints the optimized binary's path on stdout: TARGET/pgo/optimized/<host triple>/release/postern.
 TARGET is CARGO_TARGET_DIR (else cargo metadata's target directory). Both builds pass
 --target <host triple>, so build scripts and proc macros are neither instrumented nor profiled.
 
-The optimized binary is the same program: every test passes on it alike. Code the training
-load does not reach (TLS to vendors, h2, the forward proxy, ...) is laid out as cold, so only
-the bench's own path is measured faster; bench/run.sh --targets "... pgo" compares it with the
-plain release build in one run.
+The optimized binary is built from the same source as the release build; what changes is code
+layout and inlining. Code the training load does not reach (TLS to vendors, h2, the forward
+proxy, ...) is laid out as cold, so only the bench's own path is measured faster; bench/run.sh
+--targets "... pgo" compares it with the plain release build in one run. RUSTFLAGS (with the
+profile flag added) replaces any build.rustflags of a cargo config, as for any build that sets it.
 
 Options:
   --train-seconds S   seconds of wrk load per audit mode (default $TRAIN_SECONDS; GET for S, POST for S/2)
@@ -60,6 +61,8 @@ while [[ $# -gt 0 ]]; do
 done
 require_numbers pgo.sh "$TRAIN_SECONDS"
 [[ "$TRAIN_SECONDS" -ge 2 ]] || { echo "pgo.sh: --train-seconds is at least 2" >&2; exit 2; }
+# cargo reads CARGO_ENCODED_RUSTFLAGS before RUSTFLAGS: the profile flags would be dropped.
+[[ -z "${CARGO_ENCODED_RUSTFLAGS:-}" ]] || die "CARGO_ENCODED_RUSTFLAGS is set; unset it (pgo.sh passes its flags in RUSTFLAGS)"
 
 # ---------------------------------------------------------------- tools
 command -v cargo >/dev/null || die "cargo is needed to build Postern"
@@ -99,7 +102,6 @@ pgo_build instrumented "-Cprofile-generate=$RAW_DIR"
 # ---------------------------------------------------------------- 2. training
 make_workdir postern-pgo
 POSTERN_BIN="$INSTRUMENTED"
-export LLVM_PROFILE_FILE="$RAW_DIR/postern-%p-%m.profraw"
 UPSTREAM_PORT="$(free_port)"
 start_upstream
 for AUDIT_MODE in best_effort required; do
@@ -107,7 +109,9 @@ for AUDIT_MODE in best_effort required; do
   ADMIN_PORT="$(free_port)"
   rm -rf "$WORK/postern"
   write_postern_config bench/pgo.sh 'credential = { kind = "bearer", from_file = "vendor-key" }'
-  start_postern
+  # Only the serving runs' profiles are merged (`callers token` and `check` above write theirs
+  # under the default name in the same directory).
+  LLVM_PROFILE_FILE="$RAW_DIR/serve-%p-%m.profraw" start_postern
   url="http://127.0.0.1:$POSTERN_PORT/bench/v1/charges"
   log "training ($AUDIT_MODE): GET ${TRAIN_SECONDS}s, POST $((TRAIN_SECONDS / 2))s"
   wrk -t2 -c64 -d"${TRAIN_SECONDS}s" -H "Authorization: Bearer $TOKEN" "$url/ch_123" >"$WORK/wrk-$AUDIT_MODE-get.txt" 2>&1 \
@@ -119,15 +123,18 @@ wrk.headers["Content-Type"] = "application/json"
 EOF
   wrk -t2 -c64 -d"$((TRAIN_SECONDS / 2))s" -s "$WORK/post.lua" -H "Authorization: Bearer $TOKEN" "$url" \
     >"$WORK/wrk-$AUDIT_MODE-post.txt" 2>&1 || die "wrk failed (see $WORK/wrk-$AUDIT_MODE-post.txt)"
-  grep -q 'Non-2xx' "$WORK"/wrk-"$AUDIT_MODE"-*.txt && die "Postern refused training calls (see $WORK/wrk-$AUDIT_MODE-*.txt)"
+  grep -q -E 'Non-2xx|Socket errors' "$WORK"/wrk-"$AUDIT_MODE"-*.txt \
+    && die "training calls failed (see $WORK/wrk-$AUDIT_MODE-*.txt)"
   # SIGTERM: a graceful stop returns from main, which is when the profile is written.
-  kill -TERM "$POSTERN_PID"
+  kill -TERM "$POSTERN_PID" || die "the instrumented postern exited during training (see $WORK/postern.log)"
   wait "$POSTERN_PID" || die "the instrumented postern did not stop cleanly (see $WORK/postern.log)"
+  forget_pid "$POSTERN_PID"
 done
-compgen -G "$RAW_DIR/postern-*.profraw" >/dev/null || die "training wrote no profile to $RAW_DIR"
+served="$(compgen -G "$RAW_DIR/serve-*.profraw" | wc -l)"
+[[ "$served" -eq 2 ]] || die "expected 2 profiles from the training runs in $RAW_DIR, found $served"
 
-log "merging $(ls "$RAW_DIR" | wc -l) profiles into $PROFILE"
-"$PROFDATA" merge -o "$PROFILE" "$RAW_DIR"/postern-*.profraw >&2 || die "llvm-profdata merge failed"
+log "merging the $served training profiles into $PROFILE"
+"$PROFDATA" merge -o "$PROFILE" "$RAW_DIR"/serve-*.profraw >&2 || die "llvm-profdata merge failed"
 
 # ---------------------------------------------------------------- 3. optimizing build
 pgo_build optimized "-Cprofile-use=$PROFILE"

@@ -98,7 +98,7 @@ def main():
       "Absolute numbers are a floor for this box; the side-by-side ratios are what the run is for.")
     w(f"- Load: `wrk -t{meta.get('wrk_threads')} -c{meta.get('connections')} -d{meta.get('duration')}s --latency` "
       f"(closed loop), {meta.get('method')} `{meta.get('path')}` with `Authorization: Bearer <caller token>` on every target; "
-      f"{meta.get('warmup')} s warm-up per target, then {meta.get('rounds')} rounds alternating a, b, c; **medians** reported.")
+      f"{meta.get('warmup')} s warm-up per target, then {meta.get('rounds')} rounds alternating the targets in that order; **medians** reported.")
     w(f"- Proxies: {meta.get('proxy_threads')} thread(s) each (Postern `[gateway] workers`, nginx `worker_processes`); "
       f"nginx keeps {meta.get('connections')} keep-alive connections to the upstream, access log {meta.get('nginx_access_log')}. "
       "Postern runs the full pipeline: caller token, grant, Cedar, rate limit (10M/s, never triggers), "
@@ -158,8 +158,9 @@ def main():
         w("|---|---:|---:|")
         w(f"| throughput (req/s ratio) | **{g['rps'] / n['rps']:.2f}×** | {g['rps'] / p['rps']:.2f}× |")
         w(f"| p99 difference | **{signed_ms(g['p99_us'] - n['p99_us'])} ms** | {signed_ms(g['p99_us'] - p['p99_us'])} ms |")
-        w(f"| proxy CPU per request | {g['proxy_cpu_us']:.1f} vs {n['proxy_cpu_us']:.1f} µs | "
-          f"{g['proxy_cpu_us']:.1f} vs {p['proxy_cpu_us']:.1f} µs ({g['proxy_cpu_us'] / p['proxy_cpu_us']:.2f}×) |")
+        if p["proxy_cpu_us"]:
+            w(f"| proxy CPU per request | {g['proxy_cpu_us']:.1f} vs {n['proxy_cpu_us']:.1f} µs | "
+              f"{g['proxy_cpu_us']:.1f} vs {p['proxy_cpu_us']:.1f} µs ({g['proxy_cpu_us'] / p['proxy_cpu_us']:.2f}×) |")
         w("")
 
     if all(t in med for t in ("nginx", "postern", "floor")):

@@ -150,11 +150,6 @@ fi
 make_workdir postern-bench
 
 # Helpers only this script needs (the shared ones are in bench/lib.sh).
-forget_pid() { # drop a PID from the cleanup list after stopping it
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
 stop_pid() {
   kill "$1" 2>/dev/null || true
   local i
@@ -205,9 +200,13 @@ if [[ -n "$PGO_BIN" ]]; then
   PGO_ADMIN_PORT="$(free_port)"
   mkdir -p "$WORK/pgo"
   cp -p "$WORK/postern/vendor-key" "$WORK/pgo/vendor-key"
-  sed -e "s|127.0.0.1:$POSTERN_PORT\"|127.0.0.1:$PGO_PORT\"|; s|127.0.0.1:$ADMIN_PORT\"|127.0.0.1:$PGO_ADMIN_PORT\"|" \
+  while [[ "$PGO_PORT" == "$POSTERN_PORT" || "$PGO_PORT" == "$ADMIN_PORT" ]]; do PGO_PORT="$(free_port)"; done
+  while [[ "$PGO_ADMIN_PORT" == "$POSTERN_PORT" || "$PGO_ADMIN_PORT" == "$ADMIN_PORT" || "$PGO_ADMIN_PORT" == "$PGO_PORT" ]]; do
+    PGO_ADMIN_PORT="$(free_port)"
+  done
+  sed -e "s|^listen = .*|listen = \"127.0.0.1:$PGO_PORT\"|; s|^admin_listen = .*|admin_listen = \"127.0.0.1:$PGO_ADMIN_PORT\"|" \
     "$WORK/postern/postern.toml" >"$WORK/pgo/postern.toml"
-  grep -q "127.0.0.1:$PGO_PORT\"" "$WORK/pgo/postern.toml" || die "could not give the PGO build its own port"
+  grep -q "^listen = \"127.0.0.1:$PGO_PORT\"" "$WORK/pgo/postern.toml" || die "could not give the PGO build its own port"
 fi
 
 POSTERN_PID=""
@@ -331,7 +330,7 @@ if [[ " $TARGETS " == *" floor "* ]]; then
   PIDS+=("$FLOOR_PID")
   wait_port "$FLOOR_PORT" "$FLOOR_PID" floor
 fi
-log "upstream :$UPSTREAM_PORT (pid $UPSTREAM_PID), nginx :$NGINX_PORT (pid $NGINX_PID), postern :$POSTERN_PORT (pid $POSTERN_PID); work dir $WORK"
+log "upstream :$UPSTREAM_PORT (pid $UPSTREAM_PID), nginx :$NGINX_PORT (pid $NGINX_PID), postern :$POSTERN_PORT (pid $POSTERN_PID)${PGO_PID:+, pgo :$PGO_PORT (pid $PGO_PID)}; work dir $WORK"
 
 # Sanity: every target answers 200 with the upstream's body; Postern refuses a call without a token.
 SANITY_TARGETS="direct nginx postern"
@@ -344,12 +343,16 @@ for target in $SANITY_TARGETS; do
   [[ "$code" == 200 ]] || die "$target answered $code, not 200: $(head -c 300 "$WORK/check-$target.body")"
   grep -q '"object":"charge"' "$WORK/check-$target.body" || die "$target did not return the upstream body"
 done
-code="$(curl -s -o /dev/null -w '%{http_code}' "$(url_of postern)")"
-[[ "$code" == 401 ]] || die "Postern answered $code to a call without a caller token (expected 401): is the pipeline on?"
-EVENTS_FILE="$WORK/postern/data/events.jsonl"
-# The writer appends in batches (every ~20 ms, docs/EVENTS.md): give it up to 2 s.
-for _ in $(seq 20); do [[ -s "$EVENTS_FILE" ]] && break; sleep 0.1; done
-[[ -s "$EVENTS_FILE" ]] || die "Postern wrote no event to $EVENTS_FILE within 2 s"
+POSTERNS=postern
+[[ -n "$PGO_PID" ]] && POSTERNS+=" pgo"
+for target in $POSTERNS; do
+  code="$(curl -s -o /dev/null -w '%{http_code}' "$(url_of "$target")")"
+  [[ "$code" == 401 ]] || die "$target answered $code to a call without a caller token (expected 401): is the pipeline on?"
+  EVENTS_FILE="$WORK/$target/data/events.jsonl"
+  # The writer appends in batches (every ~20 ms, docs/EVENTS.md): give it up to 2 s.
+  for _ in $(seq 20); do [[ -s "$EVENTS_FILE" ]] && break; sleep 0.1; done
+  [[ -s "$EVENTS_FILE" ]] || die "$target wrote no event to $EVENTS_FILE within 2 s"
+done
 BODY_BYTES="$(wc -c <"$WORK/check-direct.body")"
 log "sanity checks passed (200 with the upstream body on $SANITY_TARGETS; 401 without a token; events written)"
 

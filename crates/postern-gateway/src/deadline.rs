@@ -78,10 +78,10 @@ impl<S> Deadline<S> {
             Some(last) => last + *this.idle,
         };
         // The timer is only moved earlier here, never later: activity moves the deadline later
-        // on nearly every call, and re-arming a tokio timer takes the timer wheel's lock (and,
-        // when the new deadline is the runtime's earliest, an eventfd write to unpark it). A
-        // timer left at an earlier instant fires early once and is re-armed then (below), so
-        // a busy connection re-arms once per idle period instead of once per read.
+        // on nearly every call, and moving the timer each time was measured to come with tokio
+        // unparking its own driver (an eventfd write every ~5 calls, docs/BENCHMARKS.md §1),
+        // gone since. A timer left at an earlier instant fires early once and is re-armed then
+        // (below), so a busy connection re-arms once per idle period instead of once per read.
         if deadline < this.sleep.deadline() {
             this.sleep.as_mut().reset(deadline);
         }
