@@ -192,70 +192,60 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 
-    /// A read already waiting (its timer armed from the first byte) when more bytes arrive at
-    /// 40 s: the deadline moves to `idle` after them, so the connection times out at 100 s,
-    /// not at 60 s.
-    #[tokio::test(start_paused = true)]
-    async fn bytes_reaching_a_waiting_read_move_its_idle_deadline() {
+    /// A connection whose peer sends one byte at each of `arrivals` (offsets from the start,
+    /// each reaching a read already waiting, its timer armed), then falls silent: when it timed
+    /// out, from the start.
+    async fn times_out_after(
+        first_byte: Duration,
+        idle: Duration,
+        arrivals: &[Duration],
+    ) -> Duration {
         let (mut client, server) = tokio::io::duplex(64);
-        let mut server = Deadline::new(server, Duration::from_secs(10), Duration::from_secs(60));
+        let mut server = Deadline::new(server, first_byte, idle);
         let mut buf = [0u8; 8];
         let start = Instant::now();
-        client.write_all(b"a").await.unwrap();
-        assert_eq!(server.read(&mut buf).await.unwrap(), 1);
-        let waiting = server.read(&mut buf);
-        tokio::pin!(waiting);
-        // Polled once: waiting, its timer armed.
-        assert!(tokio::time::timeout(Duration::ZERO, waiting.as_mut())
-            .await
-            .is_err());
-        tokio::time::sleep(Duration::from_secs(40)).await;
-        client.write_all(b"b").await.unwrap();
-        assert_eq!(waiting.await.unwrap(), 1);
+        for &at in arrivals {
+            let waiting = server.read(&mut buf);
+            tokio::pin!(waiting);
+            // Polled once: waiting, its timer armed.
+            assert!(tokio::time::timeout(Duration::ZERO, waiting.as_mut())
+                .await
+                .is_err());
+            tokio::time::sleep_until(start + at).await;
+            client.write_all(b"x").await.unwrap();
+            assert_eq!(waiting.await.unwrap(), 1);
+        }
         let error = server.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(start.elapsed(), Duration::from_secs(100));
+        start.elapsed()
+    }
+
+    /// Bytes at 0 s and 40 s: the deadline moves to `idle` (60 s) after the last, so the
+    /// connection times out at 100 s, not at 60 s.
+    #[tokio::test(start_paused = true)]
+    async fn bytes_reaching_a_waiting_read_move_its_idle_deadline() {
+        let secs = Duration::from_secs;
+        assert_eq!(
+            times_out_after(secs(10), secs(60), &[secs(0), secs(40)]).await,
+            secs(100)
+        );
     }
 
     /// The timer is armed for the first-byte limit (10 s); the first byte at 1 s makes the
     /// idle limit (2 s) the earlier deadline, so the timer must move earlier: timed out at 3 s.
-    /// And a timer left early by activity fires, re-arms for the moved deadline, and times out
-    /// there (the idle limit after the last byte), not at its first instant.
+    /// And a timer left early by activity (armed for 2 s, bytes at 1.5 s) fires, re-arms for
+    /// the moved deadline, and times out there (3.5 s), not at its first instant.
     #[tokio::test(start_paused = true)]
     async fn a_deadline_moved_earlier_re_arms_and_one_moved_later_waits_for_it() {
-        let (mut client, server) = tokio::io::duplex(64);
-        let mut server = Deadline::new(server, Duration::from_secs(10), Duration::from_secs(2));
-        let mut buf = [0u8; 8];
-        let start = Instant::now();
-        let waiting = server.read(&mut buf);
-        tokio::pin!(waiting);
-        assert!(tokio::time::timeout(Duration::ZERO, waiting.as_mut())
-            .await
-            .is_err());
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        client.write_all(b"a").await.unwrap();
-        assert_eq!(waiting.await.unwrap(), 1);
-        let error = server.read(&mut buf).await.unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(start.elapsed(), Duration::from_secs(3));
-
-        let (mut client, server) = tokio::io::duplex(64);
-        let mut server = Deadline::new(server, Duration::from_secs(10), Duration::from_secs(2));
-        let start = Instant::now();
-        client.write_all(b"a").await.unwrap();
-        assert_eq!(server.read(&mut buf).await.unwrap(), 1);
-        // Armed for 2 s; bytes at 1.5 s move the deadline to 3.5 s while the timer stays.
-        let waiting = server.read(&mut buf);
-        tokio::pin!(waiting);
-        assert!(tokio::time::timeout(Duration::ZERO, waiting.as_mut())
-            .await
-            .is_err());
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        client.write_all(b"b").await.unwrap();
-        assert_eq!(waiting.await.unwrap(), 1);
-        let error = server.read(&mut buf).await.unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(start.elapsed(), Duration::from_millis(3500));
+        let (secs, ms) = (Duration::from_secs, Duration::from_millis);
+        assert_eq!(
+            times_out_after(secs(10), secs(2), &[secs(1)]).await,
+            secs(3)
+        );
+        assert_eq!(
+            times_out_after(secs(10), secs(2), &[secs(0), ms(1500)]).await,
+            ms(3500)
+        );
     }
 
     #[tokio::test(start_paused = true)]
