@@ -11,6 +11,7 @@ BENCH_LOG_TAG=pgo
 source "$BENCH_DIR/lib.sh"
 
 TRAIN_SECONDS=8
+INTERCEPT_HOST="api.bench.test"
 PROXY_THREADS="$(nproc)"
 UPSTREAM_THREADS=1
 SKIP_BUILD=0
@@ -25,22 +26,26 @@ cold release build; on 2 cores ~12 minutes):
   1. an instrumented build (rustc -Cprofile-generate) into TARGET/pgo/instrumented;
   2. training: that binary serves the bench's load (bench/run.sh's config and upstream: caller
      token, grant, Cedar, rate limit, bearer injection, events, audit log, detector; nproc
-     workers) with wrk, GET and a small JSON POST, once with audit = "best_effort" and once
-     with "required"; it is stopped with SIGTERM so its profile is written, and the profiles of
-     these two \`postern serve\` runs are merged with llvm-profdata into TARGET/pgo/postern.profdata;
+     workers) with wrk, GET and a small JSON POST, then calls through the forward proxy
+     (bench/proxy.sh's intercept variant: CONNECT, TLS from Postern's CA, the same pipeline;
+     with postern-bench-load, keep-alive and a TLS handshake per call), once with
+     audit = "best_effort" and once with "required"; it is stopped with SIGTERM so its
+     profile is written, and the profiles of these two \`postern serve\` runs are merged
+     with llvm-profdata into TARGET/pgo/postern.profdata;
   3. the optimizing build (rustc -Cprofile-use) into TARGET/pgo/optimized.
 Prints the optimized binary's path on stdout: TARGET/pgo/optimized/<host triple>/release/postern.
 TARGET is CARGO_TARGET_DIR (else cargo metadata's target directory). Both builds pass
 --target <host triple>, so build scripts and proc macros are neither instrumented nor profiled.
 
 The optimized binary is built from the same source as the release build; what changes is code
-layout and inlining. Code the training load does not reach (TLS to vendors, h2, the forward
-proxy, ...) is laid out as cold, so only the bench's own path is measured faster; bench/run.sh
+layout and inlining. Code the training load does not reach (TLS to vendors, h2, opaque
+tunnels, payload scanning, ...) is laid out as cold, so only the bench's own path is measured faster; bench/run.sh
 --targets "... pgo" compares it with the plain release build in one run. RUSTFLAGS (with the
 profile flag added) replaces any build.rustflags of a cargo config, as for any build that sets it.
 
 Options:
-  --train-seconds S   seconds of wrk load per audit mode (default $TRAIN_SECONDS; GET for S, POST for S/2)
+  --train-seconds S   seconds of load per audit mode (default $TRAIN_SECONDS; GET for S, POST for
+                      S/2, intercepted keep-alive calls for S/2, a handshake per call for S/4)
   --skip-build        skip the release build of postern-bench-upstream (the PGO builds always run)
   --keep              keep the temp dir (configs, logs)
   -h, --help          this help
@@ -77,9 +82,10 @@ if [[ ! -x "$PROFDATA" ]]; then
   [[ -x "$PROFDATA" ]] || die "llvm-profdata still not found at $PROFDATA"
 fi
 
-build_release "the upstream for training" -p postern-bench-upstream --bins
+build_release "the upstream and load generator for training" -p postern-bench-upstream --bins
 locate_release_bins
-[[ -x "$UPSTREAM_BIN" ]] || die "$UPSTREAM_BIN not found (drop --skip-build)"
+LOAD_BIN="$TARGET_DIR/release/postern-bench-load"
+[[ -x "$UPSTREAM_BIN" && -x "$LOAD_BIN" ]] || die "$UPSTREAM_BIN or $LOAD_BIN not found (drop --skip-build)"
 PGO_DIR="$TARGET_DIR/pgo"
 RAW_DIR="$PGO_DIR/raw"
 PROFILE="$PGO_DIR/postern.profdata"
@@ -108,12 +114,17 @@ for AUDIT_MODE in best_effort required; do
   POSTERN_PORT="$(free_port)"
   ADMIN_PORT="$(free_port)"
   rm -rf "$WORK/postern"
-  write_postern_config bench/pgo.sh 'credential = { kind = "bearer", from_file = "vendor-key" }'
+  # bench/run.sh's integration, plus bench/proxy.sh's interception of $INTERCEPT_HOST:443.
+  write_postern_config bench/pgo.sh 'credential = { kind = "bearer", from_file = "vendor-key" }' \
+    "$(printf '[proxy]\nallowed_ports = [443]\nallow_private_networks = ["127.0.0.1/32"]')" \
+    "hosts = [\"$INTERCEPT_HOST\"]"
+  "$POSTERN_BIN" ca export --config "$WORK/postern/postern.toml" >"$WORK/ca.pem" 2>"$WORK/ca-export.log" \
+    || die "postern ca export failed (see $WORK/ca-export.log)"
   # Only the serving runs' profiles are merged (`callers token` and `check` above write theirs
   # under the default name in the same directory).
   LLVM_PROFILE_FILE="$RAW_DIR/serve-%p-%m.profraw" start_postern
   url="http://127.0.0.1:$POSTERN_PORT/bench/v1/charges"
-  log "training ($AUDIT_MODE): GET ${TRAIN_SECONDS}s, POST $((TRAIN_SECONDS / 2))s"
+  log "training ($AUDIT_MODE): GET ${TRAIN_SECONDS}s, POST $((TRAIN_SECONDS / 2))s, intercepted $((TRAIN_SECONDS / 2))s + $((TRAIN_SECONDS / 4))s with a handshake per call"
   wrk -t2 -c64 -d"${TRAIN_SECONDS}s" -H "Authorization: Bearer $TOKEN" "$url/ch_123" >"$WORK/wrk-$AUDIT_MODE-get.txt" 2>&1 \
     || die "wrk failed (see $WORK/wrk-$AUDIT_MODE-get.txt)"
   cat >"$WORK/post.lua" <<'EOF'
@@ -125,6 +136,15 @@ EOF
     >"$WORK/wrk-$AUDIT_MODE-post.txt" 2>&1 || die "wrk failed (see $WORK/wrk-$AUDIT_MODE-post.txt)"
   grep -q -E 'Non-2xx|Socket errors' "$WORK"/wrk-"$AUDIT_MODE"-*.txt \
     && die "training calls failed (see $WORK/wrk-$AUDIT_MODE-*.txt)"
+  for fresh in "" --fresh; do
+    seconds=$((TRAIN_SECONDS / 2)); connections=64
+    [[ -n "$fresh" ]] && { seconds=$((TRAIN_SECONDS / 4)); connections=16; }
+    out="$WORK/load-$AUDIT_MODE-intercept${fresh}.json"
+    timeout $((seconds + 60)) "$LOAD_BIN" intercept --target "127.0.0.1:$POSTERN_PORT" \
+      --host "$INTERCEPT_HOST:443" --ca "$WORK/ca.pem" --token "$TOKEN" --connections "$connections" \
+      --duration "$seconds" --warmup 0 --expect '"object":"charge"' --strict --json $fresh \
+      >"$out" 2>"$out.stderr" || die "intercepted training calls failed (see $out.stderr)"
+  done
   # SIGTERM: a graceful stop returns from main, which is when the profile is written.
   kill -TERM "$POSTERN_PID" || die "the instrumented postern exited during training (see $WORK/postern.log)"
   wait "$POSTERN_PID" || die "the instrumented postern did not stop cleanly (see $WORK/postern.log)"
