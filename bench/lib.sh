@@ -73,6 +73,14 @@ locate_release_bins() {
   UPSTREAM_BIN="$TARGET_DIR/release/postern-bench-upstream"
 }
 
+# pgo_paths -> HOST (rustc's host triple), PGO_DIR (TARGET_DIR/pgo) and PGO_BIN, where bench/pgo.sh
+# puts the optimized binary. After locate_release_bins.
+pgo_paths() {
+  HOST="$(rustc -vV | awk '/^host:/ { print $2 }')"
+  PGO_DIR="$TARGET_DIR/pgo"
+  PGO_BIN="$PGO_DIR/optimized/$HOST/release/postern"
+}
+
 # ---------------------------------------------------------------- temp dir, cleanup
 # make_workdir NAME -> WORK (a new ${TMPDIR:-/tmp}/NAME.XXXXXX), PIDS=() and the traps: on exit
 # every PID in PIDS is killed (TERM, then KILL) and WORK removed (kept with --keep).

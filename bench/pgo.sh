@@ -22,7 +22,8 @@ usage() {
 Usage: bench/pgo.sh [options]
 
 Builds the \`postern\` binary with profile-guided optimization, in three steps (about twice a
-cold release build; on 2 cores ~12 minutes):
+cold release build; ~13 minutes on 2 cores from cold, ~5–8 on later runs, as the optimizing
+build always rebuilds every crate for the new profile):
   1. an instrumented build (rustc -Cprofile-generate) into TARGET/pgo/instrumented;
   2. training: that binary serves the bench's load (bench/run.sh's config and upstream: caller
      token, grant, Cedar, rate limit, bearer injection, events, audit log, detector; nproc
@@ -73,7 +74,9 @@ require_numbers pgo.sh "$TRAIN_SECONDS"
 command -v cargo >/dev/null || die "cargo is needed to build Postern"
 command -v python3 >/dev/null || die "python3 is needed"
 command -v wrk >/dev/null || apt_install wrk
-HOST="$(rustc -vV | awk '/^host:/ { print $2 }')"
+build_release "the upstream and load generator for training" -p postern-bench-upstream --bins
+locate_release_bins
+pgo_paths
 PROFDATA="$(rustc --print sysroot)/lib/rustlib/$HOST/bin/llvm-profdata"
 if [[ ! -x "$PROFDATA" ]]; then
   command -v rustup >/dev/null || die "llvm-profdata not found at $PROFDATA and rustup is missing (install the llvm-tools component of this toolchain)"
@@ -82,15 +85,11 @@ if [[ ! -x "$PROFDATA" ]]; then
   [[ -x "$PROFDATA" ]] || die "llvm-profdata still not found at $PROFDATA"
 fi
 
-build_release "the upstream and load generator for training" -p postern-bench-upstream --bins
-locate_release_bins
 LOAD_BIN="$TARGET_DIR/release/postern-bench-load"
 [[ -x "$UPSTREAM_BIN" && -x "$LOAD_BIN" ]] || die "$UPSTREAM_BIN or $LOAD_BIN not found (drop --skip-build)"
-PGO_DIR="$TARGET_DIR/pgo"
 RAW_DIR="$PGO_DIR/raw"
 PROFILE="$PGO_DIR/postern.profdata"
 INSTRUMENTED="$PGO_DIR/instrumented/$HOST/release/postern"
-OPTIMIZED="$PGO_DIR/optimized/$HOST/release/postern"
 
 # pgo_build STAGE RUSTFLAG -> cargo build --release -p postern for the host triple into
 # PGO_DIR/STAGE, with RUSTFLAG added to RUSTFLAGS.
@@ -158,6 +157,6 @@ log "merging the $served training profiles into $PROFILE"
 
 # ---------------------------------------------------------------- 3. optimizing build
 pgo_build optimized "-Cprofile-use=$PROFILE"
-[[ -x "$OPTIMIZED" ]] || die "$OPTIMIZED was not built"
-log "PGO build: $OPTIMIZED"
-echo "$OPTIMIZED"
+[[ -x "$PGO_BIN" ]] || die "$PGO_BIN was not built"
+log "PGO build: $PGO_BIN"
+echo "$PGO_BIN"

@@ -43,7 +43,7 @@ Measures, in one run on this machine, side by side:
                 (crates/postern-bench-upstream/examples/minproxy.rs) -> upstream: what any
                 hyper-based proxy costs here before it does anything (only with --targets)
   (c') pgo      wrk -> Postern as (c), built with profile-guided optimization by bench/pgo.sh
-                (only with --targets; without --skip-build it runs bench/pgo.sh, ~12 min on 2 cores)
+                (only with --targets; without --skip-build it runs bench/pgo.sh, ~5–13 min on 2 cores)
 Runs alternate a,b,c,a,b,c,... for --rounds rounds; the report gives medians, proxy CPU per
 request, peak RSS (VmHWM) and memory per idle keep-alive connection (bench/idle_conns.py).
 Everything runs on loopback in a temp dir; every process started is killed on exit.
@@ -139,7 +139,7 @@ FLOOR_BIN="$TARGET_DIR/release/examples/minproxy"
 PGO_BIN=""
 if [[ " $TARGETS " == *" pgo "* ]]; then
   if [[ $SKIP_BUILD -eq 1 ]]; then
-    PGO_BIN="$TARGET_DIR/pgo/optimized/$(rustc -vV | awk '/^host:/ { print $2 }')/release/postern"
+    pgo_paths
     [[ -x "$PGO_BIN" ]] || die "$PGO_BIN not found (run bench/pgo.sh, or drop --skip-build)"
   else
     PGO_BIN="$("$BENCH_DIR/pgo.sh" --skip-build | tail -1)" || die "bench/pgo.sh failed"
