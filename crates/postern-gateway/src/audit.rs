@@ -8,6 +8,7 @@
 //! as an HMAC-SHA256 under a per-deployment key kept outside the log (`<data_dir>/audit-hmac.key`;
 //! deleting it erases what the HMACs stood for while every proof stays valid).
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,33 +37,60 @@ pub struct Audit {
     pipes: PerWorker<IntentPipe>,
 }
 
-/// The intents a worker's calls are waiting on, handed to the ledger as one run per commit by
-/// the worker's [`run_pipe`] task: one round trip between the worker and the sequencer thread
-/// per batch instead of one per call (each cross-thread wake-up costs a syscall and often a
-/// context switch).
+/// The intents a worker's calls are waiting on, handed to the ledger in runs by the worker's
+/// [`run_pipe`] task: one round trip between the worker and the sequencer thread per run instead
+/// of one per call (each cross-thread wake-up costs a syscall and often a context switch).
 type IntentPipe = mpsc::UnboundedSender<(Vec<u8>, IndexReply)>;
 
 /// Where a waiting call learns its entry's index (or why it has none).
 type IndexReply = oneshot::Sender<Result<u64, String>>;
 
-/// A worker's pipe task: takes every intent queued, appends them as one run and answers each
+/// A worker's pipe task: takes every intent queued and appends them as one run, answering each
 /// call with its own index (the run's first index plus its place in the run). Ends when the
 /// pipe's sender is dropped.
-async fn run_pipe(mut intents: mpsc::UnboundedReceiver<(Vec<u8>, IndexReply)>, ledger: Ledger) {
+///
+/// A run is handed over as soon as it is taken, without waiting for the previous run's commit:
+/// the sequencer holds a commit open under load (`min_commit_interval_us`) so the intents of
+/// calls still arriving can join it, and a pipe that waited for its previous answer first made
+/// each of them sit out that commit and the whole next interval.
+async fn run_pipe(
+    mut intents: mpsc::UnboundedReceiver<(Vec<u8>, IndexReply)>,
+    ledger: Ledger,
+    timeout: Duration,
+) {
     let mut run = Vec::new();
     while intents
         .recv_many(&mut run, ledger.max_batch_entries())
         .await
         > 0
     {
-        let (entries, replies): (Vec<_>, Vec<_>) = run.drain(..).unzip();
-        let result = ledger.append_many(entries).await;
-        for (offset, reply) in (0u64..).zip(replies) {
-            let _ = reply.send(match &result {
-                Ok(first) => Ok(first + offset),
-                Err(error) => Err(error.to_string()),
-            });
-        }
+        let (entries, replies): (Vec<_>, Vec<IndexReply>) = run.drain(..).unzip();
+        // A task of this worker's own appends the run and waits for its answer.
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            let result = acknowledged(timeout, ledger.append_many(entries)).await;
+            for (offset, reply) in (0u64..).zip(replies) {
+                let _ = reply.send(match &result {
+                    Ok(first) => Ok(first + offset),
+                    Err(error) => Err(error.clone()),
+                });
+            }
+        });
+    }
+}
+
+/// An append's index, or why there is none: it failed, or was not durable within `timeout`
+/// (`audit_timeout_ms`).
+async fn acknowledged(
+    timeout: Duration,
+    append: impl Future<Output = Result<u64, postern_ledger::LedgerError>>,
+) -> Result<u64, String> {
+    match tokio::time::timeout(timeout, append).await {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(_) => Err(format!(
+            "the audit log did not acknowledge within audit_timeout_ms ({} ms)",
+            timeout.as_millis()
+        )),
     }
 }
 
@@ -199,23 +227,15 @@ impl Audit {
     /// On a data-plane worker the entry goes through the worker's [`IntentPipe`].
     pub async fn append_durable(&self, entry: Entry) -> Result<u64, String> {
         let bytes = entry.bytes?;
-        let append = async {
-            match self.pipe() {
-                Some(pipe) => {
-                    let (reply, answer) = oneshot::channel();
-                    let ended = || "the audit log's worker pipe ended".to_string();
-                    pipe.send((bytes, reply)).map_err(|_| ended())?;
-                    answer.await.map_err(|_| ended())?
-                }
-                None => self.ledger.append(bytes).await.map_err(|e| e.to_string()),
+        match self.pipe() {
+            // The pipe's run waits under the timeout for all of its calls: no timer per call.
+            Some(pipe) => {
+                let (reply, answer) = oneshot::channel();
+                let ended = || "the audit log's worker pipe ended".to_string();
+                pipe.send((bytes, reply)).map_err(|_| ended())?;
+                answer.await.map_err(|_| ended())?
             }
-        };
-        match tokio::time::timeout(self.timeout, append).await {
-            Ok(result) => result,
-            Err(_) => Err(format!(
-                "the audit log did not acknowledge within audit_timeout_ms ({} ms)",
-                self.timeout.as_millis()
-            )),
+            None => acknowledged(self.timeout, self.ledger.append(bytes)).await,
         }
     }
 
@@ -224,7 +244,7 @@ impl Audit {
         self.pipes.on_worker(|| {
             let (pipe, intents) = mpsc::unbounded_channel();
             // On the worker's own runtime: the pipe's wake-ups never leave the thread.
-            tokio::spawn(run_pipe(intents, self.ledger.clone()));
+            tokio::spawn(run_pipe(intents, self.ledger.clone(), self.timeout));
             pipe
         })
     }
@@ -360,7 +380,7 @@ mod tests {
                 .unwrap();
             answers.push(answer);
         }
-        let task = tokio::spawn(run_pipe(intents, ledger.clone()));
+        let task = tokio::spawn(run_pipe(intents, ledger.clone(), Duration::from_secs(5)));
         for (i, answer) in answers.into_iter().enumerate() {
             let index = answer.await.unwrap().unwrap();
             assert_eq!(index, 1 + i as u64);
@@ -373,6 +393,90 @@ mod tests {
         let (reply, answer) = oneshot::channel();
         pipe.send((b"fails".to_vec(), reply)).unwrap();
         assert!(answer.await.unwrap().unwrap_err().contains("injected"));
+        drop(pipe);
+        task.await.unwrap();
+        ledger.close().await;
+    }
+
+    /// A ledger whose commits, under load, start no sooner than `hold` after the previous one,
+    /// put under load by a first commit of two entries (so the next commit is held).
+    async fn held_ledger(dir: &Path, hold: Duration) -> Ledger {
+        let options = LedgerOptions {
+            min_commit_interval_us: hold.as_micros() as u64,
+            ..LedgerOptions::new("test/log")
+        };
+        let (ledger, _) = Ledger::open(dir, options).await.unwrap();
+        ledger
+            .append_many(vec![b"first".to_vec(), b"second".to_vec()])
+            .await
+            .unwrap();
+        ledger
+    }
+
+    /// Queues one intent on the pipe; its answer and when it came.
+    fn queue(
+        pipe: &IntentPipe,
+        entry: &str,
+    ) -> impl Future<Output = (Result<u64, String>, std::time::Instant)> {
+        let (reply, answer) = oneshot::channel();
+        pipe.send((entry.as_bytes().to_vec(), reply)).unwrap();
+        async move { (answer.await.unwrap(), std::time::Instant::now()) }
+    }
+
+    /// An intent queued while the pipe's previous run waits in a held commit joins that
+    /// commit: the pipe hands it over at once instead of after the previous run's answer
+    /// (which made it sit out the commit and the whole next interval).
+    #[tokio::test]
+    async fn a_run_queued_during_a_held_commit_joins_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let hold = Duration::from_millis(1000);
+        let ledger = held_ledger(dir.path(), hold).await;
+        let (pipe, intents) = mpsc::unbounded_channel();
+        // Two intents in the first run, so the commit after it is held too.
+        let first = tokio::spawn(queue(&pipe, "intent x"));
+        let _also_first = tokio::spawn(queue(&pipe, "intent x2"));
+        let task = tokio::spawn(run_pipe(intents, ledger.clone(), Duration::from_secs(30)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = tokio::spawn(queue(&pipe, "intent y"));
+        let (x, x_at) = first.await.unwrap();
+        let (y, y_at) = second.await.unwrap();
+        assert_eq!((x.unwrap(), y.unwrap()), (2, 4));
+        // One commit answers both; separate ones would be `hold` apart.
+        assert!(
+            y_at.duration_since(x_at) < hold / 2,
+            "the second intent waited {:?} longer than the first",
+            y_at.duration_since(x_at)
+        );
+        drop(pipe);
+        task.await.unwrap();
+        ledger.close().await;
+    }
+
+    /// `audit_timeout_ms` is kept per run: a commit that does not come in time fails every
+    /// call of the run with the reason.
+    #[tokio::test]
+    async fn a_run_not_durable_in_time_fails_each_of_its_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = held_ledger(dir.path(), Duration::from_secs(3)).await;
+        let (pipe, intents) = mpsc::unbounded_channel();
+        let one = queue(&pipe, "intent 1");
+        let two = queue(&pipe, "intent 2");
+        let task = tokio::spawn(run_pipe(
+            intents,
+            ledger.clone(),
+            Duration::from_millis(200),
+        ));
+        let started = std::time::Instant::now();
+        for (answer, _) in [one.await, two.await] {
+            let error = answer.unwrap_err();
+            assert!(
+                error.contains("did not acknowledge within audit_timeout_ms (200 ms)"),
+                "{error}"
+            );
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // The entries were queued all the same: they are written with the held commit.
+        assert_eq!(ledger.flush().await.unwrap(), 4);
         drop(pipe);
         task.await.unwrap();
         ledger.close().await;
