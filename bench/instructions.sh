@@ -29,7 +29,9 @@ Runs each target under valgrind --tool=callgrind twice, serving --small and then
 (total instructions of the large run - those of the small run) / (large - small): what one more
 forwarded call costs the proxy process in user space, start-up excluded. The same difference
 of the calls into the allocators (mimalloc's and libc's, from every thread) gives the
-allocations per call. Targets:
+allocations per call. For postern it then maps where those instructions go: the same
+difference of each phase's inclusive count (with what it calls), from reading the caller's
+request to the audit sequencer thread. Targets:
   postern  the full pipeline (one worker; caller token, grant, Cedar, rate limit, bearer
            injection, event, audit entries, detector), with --audit MODE
   floor    the bare hyper proxy (examples/minproxy.rs, one thread)
@@ -114,7 +116,9 @@ count() {
   if [[ "$target" == postern ]]; then kill -INT "$pid"; else kill -TERM "$pid"; fi
   wait "$pid" 2>/dev/null || true
   [[ -s "$out" ]] || die "callgrind wrote no profile for $target (see $WORK/valgrind.$target.$calls.log)"
-  TOTAL="$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
+  callgrind_annotate --threshold=100 --inclusive=yes "$out" >"$out.inclusive" 2>/dev/null \
+    || die "callgrind_annotate failed on $out"
+  TOTAL="$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}' "$out.inclusive")"
   ALLOCS="$(python3 - "$out" <<'PY'
 import re, sys
 # Calls into an allocator from outside it, in every thread of the process: mimalloc's aligned
@@ -157,3 +161,62 @@ target, small, large, st, lt, sa, la = sys.argv[1], *map(int, sys.argv[2:])
 print(f"| {target} | {(lt - st) / (large - small):,.0f} | {(la - sa) / (large - small):.1f} |")
 PY
 done
+
+# Where Postern's instructions go: each phase's inclusive count, differenced the same way.
+if [[ " $TARGETS " == *" postern "* ]]; then
+  python3 - "$WORK/callgrind.postern.$SMALL.inclusive" "$WORK/callgrind.postern.$LARGE.inclusive" \
+    "$SMALL" "$LARGE" "$AUDIT_MODE" <<'PY'
+import re, sys
+small_path, large_path, small, large, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+
+def inclusive(path):
+    """Function -> inclusive instructions. callgrind_annotate prints a function once per file its
+    code comes from (inlining); the largest line is the whole function, the others parts of it."""
+    whole = {}
+    for line in open(path):
+        found = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)$", line)
+        if not found:
+            continue
+        count, rest = int(found.group(1).replace(",", "")), found.group(2).rstrip()
+        if rest.startswith("PROGRAM TOTALS"):
+            whole[None] = count
+            continue
+        named = re.match(r"\S*?:(.+?)(?: \[[^\]]+\])?$", rest)
+        if named:
+            whole[named.group(1)] = max(whole.get(named.group(1), 0), count)
+    return whole
+
+before, after = inclusive(small_path), inclusive(large_path)
+rows = [
+    (0, "the whole process", None),
+    (1, "SHA-256 in software, wherever it runs", "sha2::sha256::soft::compress"),
+    (0, "the data-plane worker", "postern_gateway::listener::accept_loop::{{closure}}::{{closure}}"),
+    (1, "reading and parsing the caller's request", "postern_gateway::h1server::next_request::{{closure}}"),
+    (1, "call set-up: context, target HMAC", "postern_gateway::proxy::handle"),
+    (1, "the pipeline", "<postern_gateway::proxy::Handled<F> as core::future::future::Future>::poll"),
+    (2, "caller identification", "postern_gateway::proxy::identify_caller"),
+    (2, "operation match and Cedar", "postern_gateway::proxy::authorize"),
+    (2, "credential injection", "postern_gateway::proxy::inject"),
+    (2, "the vendor exchange (under request_timeout_ms)", "<tokio::time::timeout::Timeout<T> as core::future::future::Future>::poll"),
+    (2, "audit entries encoded", "postern_gateway::audit::Audit::record"),
+    (2, "the answer prepared", "postern_gateway::proxy::prepare_response"),
+    (1, "answering the caller", "postern_gateway::h1server::respond::{{closure}}"),
+    (2, "the call recorded when its body ends", "postern_gateway::body::ResponseBody::finish"),
+    (3, "its event", "postern_gateway::events::EventSink::record_ref"),
+    (3, "its metrics", "postern_gateway::metrics::Metrics::observe_call"),
+    (0, "the audit sequencer thread", "postern_ledger::ledger::run_sequencer"),
+    (0, "the detector thread", "postern_gateway::detect::run"),
+]
+print()
+print(f"## Where Postern's instructions go (audit = {mode}, inclusive, per call)")
+print()
+print("| phase | function | instructions per call |")
+print("|---|---|---:|")
+for depth, label, function in rows:
+    if function in before and function in after:
+        value = f"{(after[function] - before[function]) / (large - small):,.0f}"
+    else:
+        value = "not found (inlined or renamed?)"
+    print(f"| {'… ' * depth}{label} | {'' if function is None else f'`{function}`'} | {value} |")
+PY
+fi
