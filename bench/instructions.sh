@@ -31,7 +31,8 @@ forwarded call costs the proxy process in user space, start-up excluded. The sam
 of the calls into the allocators (mimalloc's and libc's, from every thread) gives the
 allocations per call. For postern it then maps where those instructions go: the same
 difference of each phase's inclusive count (with what it calls), from reading the caller's
-request to the audit sequencer thread. Targets:
+request to the audit sequencer thread (callgrind runs one thread at a time, so the calls per
+audit commit, and with them the sequencer's share, differ from a real run). Targets:
   postern  the full pipeline (one worker; caller token, grant, Cedar, rate limit, bearer
            injection, event, audit entries, detector), with --audit MODE
   floor    the bare hyper proxy (examples/minproxy.rs, one thread)
@@ -190,20 +191,23 @@ before, after = inclusive(small_path), inclusive(large_path)
 rows = [
     (0, "the whole process", None),
     (1, "SHA-256 in software, wherever it runs", "sha2::sha256::soft::compress"),
-    (0, "the data-plane worker", "postern_gateway::listener::accept_loop::{{closure}}::{{closure}}"),
+    (0, "the caller connections' tasks (not the audit pipe's)", "postern_gateway::listener::accept_loop::{{closure}}::{{closure}}"),
     (1, "reading and parsing the caller's request", "postern_gateway::h1server::next_request::{{closure}}"),
     (1, "call set-up: context, target HMAC", "postern_gateway::proxy::handle"),
     (1, "the pipeline", "<postern_gateway::proxy::Handled<F> as core::future::future::Future>::poll"),
     (2, "caller identification", "postern_gateway::proxy::identify_caller"),
     (2, "operation match and Cedar", "postern_gateway::proxy::authorize"),
     (2, "credential injection", "postern_gateway::proxy::inject"),
-    (2, "the vendor exchange (under request_timeout_ms)", "<tokio::time::timeout::Timeout<T> as core::future::future::Future>::poll"),
+    # Every copy of tokio's Timeout::poll demangles to one name: mostly the vendor exchange
+    # (under request_timeout_ms), but also the audit pipe's wait (required) and the like.
+    (2, "futures under a tokio timeout, mostly the vendor exchange", "<tokio::time::timeout::Timeout<T> as core::future::future::Future>::poll"),
     (2, "audit entries encoded", "postern_gateway::audit::Audit::record"),
     (2, "the answer prepared", "postern_gateway::proxy::prepare_response"),
     (1, "answering the caller", "postern_gateway::h1server::respond::{{closure}}"),
     (2, "the call recorded when its body ends", "postern_gateway::body::ResponseBody::finish"),
     (3, "its event", "postern_gateway::events::EventSink::record_ref"),
     (3, "its metrics", "postern_gateway::metrics::Metrics::observe_call"),
+    (0, "the audit pipe's tasks (required)", "postern_gateway::audit::run_pipe::{{closure}}"),
     (0, "the audit sequencer thread", "postern_ledger::ledger::run_sequencer"),
     (0, "the detector thread", "postern_gateway::detect::run"),
 ]

@@ -64,11 +64,13 @@ async fn run_pipe(
         .await
         > 0
     {
+        // The run's time starts now, before its task is first polled.
+        let deadline = tokio::time::Instant::now() + timeout;
         let (entries, replies): (Vec<_>, Vec<IndexReply>) = run.drain(..).unzip();
         // A task of this worker's own appends the run and waits for its answer.
         let ledger = ledger.clone();
         tokio::spawn(async move {
-            let result = acknowledged(timeout, ledger.append_many(entries)).await;
+            let result = acknowledged(deadline, timeout, ledger.append_many(entries)).await;
             for (offset, reply) in (0u64..).zip(replies) {
                 let _ = reply.send(match &result {
                     Ok(first) => Ok(first + offset),
@@ -79,13 +81,14 @@ async fn run_pipe(
     }
 }
 
-/// An append's index, or why there is none: it failed, or was not durable within `timeout`
-/// (`audit_timeout_ms`).
+/// An append's index, or why there is none: it failed, or was not durable by `deadline`
+/// (`timeout`, `audit_timeout_ms`, after it was handed over).
 async fn acknowledged(
+    deadline: tokio::time::Instant,
     timeout: Duration,
     append: impl Future<Output = Result<u64, postern_ledger::LedgerError>>,
 ) -> Result<u64, String> {
-    match tokio::time::timeout(timeout, append).await {
+    match tokio::time::timeout_at(deadline, append).await {
         Ok(result) => result.map_err(|error| error.to_string()),
         Err(_) => Err(format!(
             "the audit log did not acknowledge within audit_timeout_ms ({} ms)",
@@ -235,7 +238,10 @@ impl Audit {
                 pipe.send((bytes, reply)).map_err(|_| ended())?;
                 answer.await.map_err(|_| ended())?
             }
-            None => acknowledged(self.timeout, self.ledger.append(bytes)).await,
+            None => {
+                let deadline = tokio::time::Instant::now() + self.timeout;
+                acknowledged(deadline, self.timeout, self.ledger.append(bytes)).await
+            }
         }
     }
 
@@ -429,10 +435,11 @@ mod tests {
     #[tokio::test]
     async fn a_run_queued_during_a_held_commit_joins_it() {
         let dir = tempfile::tempdir().unwrap();
-        let hold = Duration::from_millis(1000);
+        let hold = Duration::from_secs(3);
         let ledger = held_ledger(dir.path(), hold).await;
         let (pipe, intents) = mpsc::unbounded_channel();
         // Two intents in the first run, so the commit after it is held too.
+        let queued = std::time::Instant::now();
         let first = tokio::spawn(queue(&pipe, "intent x"));
         let _also_first = tokio::spawn(queue(&pipe, "intent x2"));
         let task = tokio::spawn(run_pipe(intents, ledger.clone(), Duration::from_secs(30)));
@@ -441,6 +448,12 @@ mod tests {
         let (x, x_at) = first.await.unwrap();
         let (y, y_at) = second.await.unwrap();
         assert_eq!((x.unwrap(), y.unwrap()), (2, 4));
+        // The first run's commit was held (else this test shows nothing about the pipe).
+        assert!(
+            x_at.duration_since(queued) > hold / 2,
+            "the first run was not held: answered after {:?}",
+            x_at.duration_since(queued)
+        );
         // One commit answers both; separate ones would be `hold` apart.
         assert!(
             y_at.duration_since(x_at) < hold / 2,
