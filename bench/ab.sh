@@ -70,9 +70,7 @@ command -v wrk >/dev/null || apt_install wrk
 locate_release_bins
 [[ -x "$UPSTREAM_BIN" ]] || die "$UPSTREAM_BIN not found (cargo build --release -p postern-bench-upstream)"
 make_workdir postern-ab
-UPSTREAM_PORT="$(free_port)"
-POSTERN_PORT="$(free_port)"
-ADMIN_PORT="$(free_port)"
+read -r UPSTREAM_PORT POSTERN_PORT ADMIN_PORT < <(free_ports 3)
 start_upstream
 POSTERN_BIN="${BINS[1]}"
 write_postern_config bench/ab.sh 'credential = { kind = "bearer", from_file = "vendor-key" }'

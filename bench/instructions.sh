@@ -85,9 +85,7 @@ for bin in "$POSTERN_BIN" "$UPSTREAM_BIN" "$LOAD_BIN" "$FLOOR_BIN"; do
 done
 
 make_workdir postern-instructions
-UPSTREAM_PORT="$(free_port)"
-POSTERN_PORT="$(free_port)"
-ADMIN_PORT="$(free_port)"
+read -r UPSTREAM_PORT POSTERN_PORT ADMIN_PORT < <(free_ports 3)
 start_upstream
 write_postern_config bench/instructions.sh 'credential = { kind = "bearer", from_file = "vendor-key" }'
 

@@ -117,8 +117,16 @@ cleanup() {
   exit "$status"
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+# free_ports N -> N distinct free loopback ports on one line (all bound at once while they are
+# picked, so no two are the same; each is free again when this returns).
+free_ports() {
+  python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+' "$1"
 }
 wait_port() { # PORT PID NAME [TRIES of 0.1 s, default 100]
   local i

@@ -107,11 +107,11 @@ pgo_build instrumented "-Cprofile-generate=$RAW_DIR"
 # ---------------------------------------------------------------- 2. training
 make_workdir postern-pgo
 POSTERN_BIN="$INSTRUMENTED"
-UPSTREAM_PORT="$(free_port)"
+read -r UPSTREAM_PORT < <(free_ports 1)
 start_upstream
 for AUDIT_MODE in best_effort required; do
-  POSTERN_PORT="$(free_port)"
-  ADMIN_PORT="$(free_port)"
+  # The upstream is listening by now, so these cannot be its port.
+  read -r POSTERN_PORT ADMIN_PORT < <(free_ports 2)
   rm -rf "$WORK/postern"
   # bench/run.sh's integration, plus bench/proxy.sh's interception of $INTERCEPT_HOST:443.
   write_postern_config bench/pgo.sh 'credential = { kind = "bearer", from_file = "vendor-key" }' \

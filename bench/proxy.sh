@@ -107,9 +107,7 @@ LOAD_BIN="$TARGET_DIR/release/postern-bench-load"
 # ---------------------------------------------------------------- temp dir, cleanup
 make_workdir postern-proxy-bench
 
-UPSTREAM_PORT="$(free_port)"
-POSTERN_PORT="$(free_port)"
-ADMIN_PORT="$(free_port)"
+read -r UPSTREAM_PORT POSTERN_PORT ADMIN_PORT < <(free_ports 3)
 
 # ---------------------------------------------------------------- upstream
 start_upstream

@@ -178,11 +178,7 @@ cpu_ticks() { # PID... -> utime+stime summed (clock ticks)
   echo "$total"
 }
 
-UPSTREAM_PORT="$(free_port)"
-NGINX_PORT="$(free_port)"
-POSTERN_PORT="$(free_port)"
-FLOOR_PORT="$(free_port)"
-ADMIN_PORT="$(free_port)"
+read -r UPSTREAM_PORT NGINX_PORT POSTERN_PORT FLOOR_PORT ADMIN_PORT PGO_PORT PGO_ADMIN_PORT < <(free_ports 7)
 
 # ---------------------------------------------------------------- upstream
 start_upstream
@@ -196,14 +192,8 @@ fi
 write_postern_config bench/run.sh "$CREDENTIAL_LINE" "" "" "$SCAN_LINES"
 if [[ -n "$PGO_BIN" ]]; then
   # The same config for the PGO build, on its own ports and data_dir.
-  PGO_PORT="$(free_port)"
-  PGO_ADMIN_PORT="$(free_port)"
   mkdir -p "$WORK/pgo"
   cp -p "$WORK/postern/vendor-key" "$WORK/pgo/vendor-key"
-  while [[ "$PGO_PORT" == "$POSTERN_PORT" || "$PGO_PORT" == "$ADMIN_PORT" ]]; do PGO_PORT="$(free_port)"; done
-  while [[ "$PGO_ADMIN_PORT" == "$POSTERN_PORT" || "$PGO_ADMIN_PORT" == "$ADMIN_PORT" || "$PGO_ADMIN_PORT" == "$PGO_PORT" ]]; do
-    PGO_ADMIN_PORT="$(free_port)"
-  done
   sed -e "s|^listen = .*|listen = \"127.0.0.1:$PGO_PORT\"|; s|^admin_listen = .*|admin_listen = \"127.0.0.1:$PGO_ADMIN_PORT\"|" \
     "$WORK/postern/postern.toml" >"$WORK/pgo/postern.toml"
   grep -q "^listen = \"127.0.0.1:$PGO_PORT\"" "$WORK/pgo/postern.toml" || die "could not give the PGO build its own port"
