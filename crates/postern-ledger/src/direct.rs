@@ -15,6 +15,15 @@
 //! same bytes: a device that writes each sector atomically (what every disk promises) leaves them
 //! intact whatever happens; a crash mid-write can only tear the new records, which start-up then
 //! discards as a torn tail.
+//!
+//! The segment grows ahead of its records, [`GROW_BYTES`] at a time: a batch that would write
+//! past the bytes already written pads its write with zeros up to the next `GROW_BYTES`
+//! boundary. Every other batch then overwrites blocks that are allocated and inside the file's
+//! durable size, so its synchronous write changes no metadata and needs no journal commit: on
+//! this project's VM ~25 % less time and ~30 % less CPU per commit than a write that grows the
+//! file (`bench/sync_cost.py`, "O_DIRECT, prezeroed"). PostgreSQL zero-fills its WAL segments
+//! ahead of use for the same reason. Start-up and readers take whole blocks of zeros at the end
+//! of the active segment as padding; a roll and a clean close cut them off.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -24,8 +33,15 @@ use std::path::Path;
 use crate::error::{io_error, LedgerError};
 use crate::frame::PAD_BLOCK_BYTES;
 
+/// The step the segment grows by: one write this large (the batch and zeros) per this many bytes
+/// of records, ~1 ms on this project's VM.
+pub(crate) const GROW_BYTES: u64 = 1 << 20;
+
 pub(crate) struct DirectSegment {
     file: File,
+    /// The file's bytes before this offset are written and durable (records, then zeros): a
+    /// write that ends here or before changes no metadata.
+    written_end: u64,
     /// The segment's bytes from its last block boundary to its end: what the next write puts
     /// in front of its frames.
     tail: Vec<u8>,
@@ -48,6 +64,7 @@ impl DirectSegment {
             .open(path)
         {
             Ok(file) => Ok(Some(DirectSegment {
+                written_end: file.metadata().map_err(io_error(path))?.len(),
                 file,
                 tail: tail.to_vec(),
                 next_tail: Vec::new(),
@@ -72,7 +89,12 @@ impl DirectSegment {
         }
         let start = end - self.tail.len() as u64;
         let used = self.tail.len() + frames.len();
-        let padded = used.next_multiple_of(PAD_BLOCK_BYTES);
+        let mut padded = used.next_multiple_of(PAD_BLOCK_BYTES);
+        let grows = start + padded as u64 > self.written_end;
+        if grows {
+            // Zeros up to the next step: the batches after this one overwrite them in place.
+            padded = ((start + padded as u64).next_multiple_of(GROW_BYTES) - start) as usize;
+        }
         if self.staging.len() < padded + PAD_BLOCK_BYTES {
             self.staging.resize(padded + PAD_BLOCK_BYTES, 0);
         }
@@ -81,7 +103,14 @@ impl DirectSegment {
         window[..self.tail.len()].copy_from_slice(&self.tail);
         window[self.tail.len()..used].copy_from_slice(frames);
         window[used..].fill(0);
-        self.file.write_all_at(window, start)?;
+        if let Err(error) = self.file.write_all_at(window, start) {
+            // What the failed write left is unknown: the next one grows the file again.
+            self.written_end = self.written_end.min(start);
+            return Err(error);
+        }
+        if grows {
+            self.written_end = start + padded as u64;
+        }
         let new_tail = used - used % PAD_BLOCK_BYTES;
         self.next_tail.clear();
         self.next_tail.extend_from_slice(&window[new_tail..used]);
@@ -91,5 +120,10 @@ impl DirectSegment {
     /// The batch last written is committed: its last partial block is the new tail.
     pub(crate) fn commit(&mut self) {
         std::mem::swap(&mut self.tail, &mut self.next_tail);
+    }
+
+    /// The file was cut to `len` (a failed batch undone): bytes past it are no longer written.
+    pub(crate) fn truncated(&mut self, len: u64) {
+        self.written_end = self.written_end.min(len);
     }
 }

@@ -24,8 +24,9 @@ pub enum FrameStop {
     TornTail { offset: u64 },
     /// A damaged record with valid data after it: refuse.
     Corrupt { offset: u64, reason: String },
-    /// The data ends in zeros that fill its last [`PAD_BLOCK_BYTES`] block after the final
-    /// record: the padding of a direct I/O write, not a record. The records end at `offset`.
+    /// The data ends in zeros after the final record, up to a [`PAD_BLOCK_BYTES`] boundary that
+    /// is the data's end: the padding of a direct I/O write and the zeros the active segment is
+    /// grown by, not a record. The records end at `offset`.
     Padding { offset: u64 },
 }
 
@@ -43,9 +44,10 @@ pub enum Tail {
     /// A file only ever appended to through the page cache (the checkpoint history): a damaged
     /// record is a torn tail when nothing valid can follow it.
     Appended,
-    /// The active segment, which direct I/O may have written: as `Appended`, and also zeros
-    /// filling a block-aligned file's last block are padding, and a damaged record reaching into
-    /// that block (the one a direct write rewrites in place) is a torn tail.
+    /// The active segment, which direct I/O may have written: as `Appended`, and also, in a
+    /// block-aligned file, zeros from the last record to the end are padding (whole blocks of
+    /// them, and the rest of the block the last record ends in), and a damaged record reaching
+    /// into the last block before them (the one a direct write rewrites in place) is a torn tail.
     Active,
 }
 
@@ -71,6 +73,20 @@ pub fn scan_frames<E>(
     let tail_allowed = tail != Tail::Sealed;
     // Only the active segment is written in padded blocks, its last block rewritten in place.
     let padded_tail = tail == Tail::Active && data.len().is_multiple_of(PAD_BLOCK_BYTES);
+    // The active segment also grows in steps of zeros written ahead of its records
+    // (`direct.rs`): whole blocks of zeros at its end are padding, and the rules below apply to
+    // the data up to the last block that holds anything else.
+    let data = match padded_tail {
+        true => {
+            let last = data.iter().rposition(|&b| b != 0);
+            let kept = last.map_or(0, |at| (at / PAD_BLOCK_BYTES + 1) * PAD_BLOCK_BYTES);
+            if kept == 0 && !data.is_empty() {
+                return Ok(Some(FrameStop::Padding { offset: 0 }));
+            }
+            &data[..kept]
+        }
+        false => data,
+    };
     // Whether a record ending at `end` (an offset in `data`) reaches into that last block: a
     // crash during a direct write can tear only that block.
     let in_rewritten_block =
@@ -179,6 +195,38 @@ mod tests {
         assert!(
             matches!(stop(&data, Tail::Sealed), Some(FrameStop::Corrupt { offset, .. }) if offset == damaged)
         );
+    }
+
+    #[test]
+    fn whole_blocks_of_zeros_after_the_records_are_padding_of_the_active_segment() {
+        // Records in the first block, then the zeros the segment was grown by.
+        let mut data = Vec::new();
+        push_frame(&mut data, b"one record");
+        push_frame(&mut data, b"two records");
+        let records = data.len() as u64;
+        data.resize(64 * PAD_BLOCK_BYTES, 0);
+        assert!(
+            matches!(stop(&data, Tail::Active), Some(FrameStop::Padding { offset }) if offset == records)
+        );
+        // Records ending exactly on a block boundary, then zero blocks.
+        let (mut aligned, _) = aligned_with_damage_in_the_last_block();
+        let damaged = stop(&aligned, Tail::Active);
+        aligned.resize(aligned.len() + 8 * PAD_BLOCK_BYTES, 0);
+        // The zeros change nothing: the damaged record is in the last block before them.
+        assert_eq!(stop(&aligned, Tail::Active), damaged);
+        // Nothing but zeros: an empty segment.
+        assert_eq!(
+            stop(&vec![0; 4 * PAD_BLOCK_BYTES], Tail::Active),
+            Some(FrameStop::Padding { offset: 0 })
+        );
+        // Elsewhere, zero blocks are a torn tail (appended) or corruption (sealed), as before.
+        assert!(
+            matches!(stop(&data, Tail::Appended), Some(FrameStop::TornTail { offset }) if offset == records)
+        );
+        assert!(matches!(
+            stop(&data, Tail::Sealed),
+            Some(FrameStop::Corrupt { .. })
+        ));
     }
 
     #[test]

@@ -56,8 +56,8 @@ pub struct LedgerOptions {
     /// Appends waiting for the sequencer before `append` itself waits.
     pub queue_capacity: usize,
     /// Write batches with direct, synchronous I/O (`O_DIRECT | O_DSYNC`: no page cache, no
-    /// separate `fdatasync`), padding the segment's last block with zeros until it rolls or
-    /// closes. Where the filesystem refuses direct I/O the ledger writes through the page cache
+    /// separate `fdatasync`), padding the segment's last block with zeros and growing it by
+    /// zeros written 1 MiB ahead, until it rolls or closes. Where the filesystem refuses direct I/O the ledger writes through the page cache
     /// and syncs, as with `false`.
     pub direct_io: bool,
 }
@@ -1293,6 +1293,9 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
         let _ = segment_file
             .set_len(base_offset)
             .and_then(|()| segment_file.sync_all());
+        if let Some(direct) = writer.direct.as_mut() {
+            direct.truncated(base_offset);
+        }
         return Err(format!("{}: {e}", segment_path.display()));
     }
     if let Some(direct) = writer.direct.as_mut() {

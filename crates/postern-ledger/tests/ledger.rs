@@ -318,9 +318,16 @@ async fn direct_writes_pad_the_last_block_until_close() {
     );
     let records_len: usize = (0..5).map(|i| 8 + entry(i).len()).sum();
     assert!(data[records_len..].iter().all(|&b| b == 0));
+    // The segment grew by one step of zeros written ahead of its records, and the next batches
+    // write over them: the file's length does not move.
+    assert_eq!(data.len(), 1 << 20, "the segment grows 1 MiB at a time");
+    append_n(&ledger, 5..8).await;
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), 1 << 20);
     // A reader sees the records only, with the padding still on disk.
     assert_eq!(ledger.entry(4).unwrap(), entry(4));
+    assert_eq!(ledger.entry(7).unwrap(), entry(7));
     ledger.close().await;
+    let records_len: usize = (0..8).map(|i| 8 + entry(i).len()).sum();
     assert_eq!(
         std::fs::metadata(&segment).unwrap().len(),
         records_len as u64
@@ -439,11 +446,18 @@ async fn padding_in_an_earlier_segment_is_corruption() {
 
 #[tokio::test]
 async fn padding_left_by_a_crash_is_not_a_torn_tail() {
+    // What a process killed after a direct write leaves: zeros to the block boundary, and zeros
+    // to the end of the step the segment last grew by.
+    for padded_to in [4096, 1 << 20] {
+        padding_left_by_a_crash(padded_to).await;
+    }
+}
+
+async fn padding_left_by_a_crash(padded_to: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let (segment, mut data) = closed_segment(tmp.path(), 3).await;
-    // What a process killed after a direct write leaves: zeros to the block boundary.
     let records_len = data.len();
-    data.resize(records_len.next_multiple_of(4096), 0);
+    data.resize(records_len.next_multiple_of(padded_to), 0);
     std::fs::write(&segment, data).unwrap();
     assert_eq!(
         verify_dir(tmp.path(), None, |_, _| {}).unwrap().torn_tail,
