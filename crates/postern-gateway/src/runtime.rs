@@ -243,13 +243,18 @@ pub struct IntegrationRuntime {
     pub stripped_headers: Vec<HeaderName>,
 }
 
+/// The runtime's tables read on every call. Their keys come from the configuration and the vault,
+/// so a caller can only look up, never insert: foldhash (seeded per map) rather than SipHash,
+/// which costs several times as much per lookup for flood resistance these maps do not need.
+pub type LookupMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 pub struct Runtime {
     pub config: Arc<Config>,
-    callers_by_token: HashMap<[u8; 32], Arc<str>>,
-    callers_by_spiffe: HashMap<String, Arc<str>>,
+    callers_by_token: LookupMap<[u8; 32], Arc<str>>,
+    callers_by_spiffe: LookupMap<String, Arc<str>>,
     /// The vault generation this runtime was built from.
     pub vault_generation: i64,
-    pub integrations: HashMap<String, Arc<IntegrationRuntime>>,
+    pub integrations: LookupMap<String, Arc<IntegrationRuntime>>,
     pub policy: PolicyEngine,
     pub admin_token_sha256: [u8; 32],
     /// The payload scanner (built-in rules, extended by `scan_rules`).
@@ -302,8 +307,8 @@ impl Runtime {
             .filter(|t| t.revoked)
             .map(|t| t.token_sha256)
             .collect();
-        let mut callers_by_token = HashMap::new();
-        let mut callers_by_spiffe = HashMap::new();
+        let mut callers_by_token = LookupMap::default();
+        let mut callers_by_spiffe = LookupMap::default();
         for caller in &config.callers {
             let name: Arc<str> = Arc::from(caller.name.as_str());
             if let Some(hash) = &caller.token_sha256 {
@@ -372,7 +377,7 @@ impl Runtime {
                 )
             }
         };
-        let mut integrations = HashMap::new();
+        let mut integrations = LookupMap::default();
         let mut problems = Vec::new();
         for integration in &config.integrations {
             let runtime = build_integration(integration, inputs)?;
@@ -414,7 +419,7 @@ impl Runtime {
 
 fn build_proxy(
     config: &Config,
-    integrations: &HashMap<String, Arc<IntegrationRuntime>>,
+    integrations: &LookupMap<String, Arc<IntegrationRuntime>>,
 ) -> anyhow::Result<ProxyRuntime> {
     use postern_policy::{HostMode, HostPattern, HostPolicy};
     let mode = |mode: postern_config::ProxyMode| match mode {

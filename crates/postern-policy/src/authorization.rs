@@ -1,6 +1,8 @@
 //! Grants and custom policies compiled to Cedar, and the decision per request.
 
 use std::collections::{HashMap, HashSet};
+
+use crate::LookupMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -120,9 +122,9 @@ impl Decision {
 /// `authorize` takes `&self` and does not allocate in precomputed mode
 /// beyond cloning the decision.
 pub struct PolicyEngine {
-    callers: HashMap<String, CallerSlot>,
+    callers: LookupMap<String, CallerSlot>,
     /// integration -> operation id -> slot.
-    operations: HashMap<String, HashMap<String, OperationSlot>>,
+    operations: LookupMap<String, LookupMap<String, OperationSlot>>,
     action: EntityUid,
     policy_set: PolicySet,
     cedar_text: String,
@@ -154,7 +156,7 @@ enum Evaluation {
     /// No custom policies: the decision is a function of (caller, operation),
     /// computed once at compile time. Absent pairs are `NotGranted`.
     Precomputed {
-        decisions: HashMap<(usize, usize), Decision>,
+        decisions: LookupMap<(usize, usize), Decision>,
     },
     /// Custom policies may read the context: ask Cedar per request.
     PerRequest {
@@ -177,7 +179,8 @@ impl PolicyEngine {
         let action = call_action()?;
         let mut entities = Vec::new();
 
-        let mut caller_slots = HashMap::with_capacity(callers.len());
+        let mut caller_slots =
+            LookupMap::with_capacity_and_hasher(callers.len(), Default::default());
         for (index, caller) in callers.iter().enumerate() {
             let uid = entity_uid(EntityKind::Caller, caller)?;
             entities.push(Entity::new_no_attrs(uid.clone(), HashSet::new()));
@@ -192,8 +195,8 @@ impl PolicyEngine {
         }
 
         let mut integration_uids = HashMap::with_capacity(integrations.len());
-        let mut operation_slots: HashMap<String, HashMap<String, OperationSlot>> =
-            HashMap::with_capacity(integrations.len());
+        let mut operation_slots: LookupMap<String, LookupMap<String, OperationSlot>> =
+            LookupMap::with_capacity_and_hasher(integrations.len(), Default::default());
         let mut next_operation_index = 0;
         for integration in integrations {
             let name = &integration.integration;
@@ -341,11 +344,11 @@ impl PolicyEngine {
         let operation_uids: HashMap<usize, &EntityUid> = self
             .operations
             .values()
-            .flat_map(HashMap::values)
+            .flat_map(LookupMap::values)
             .map(|slot| (slot.index, &slot.uid))
             .collect();
         let context = context_for_precomputation();
-        let mut decisions = HashMap::new();
+        let mut decisions = LookupMap::default();
         for &pair in granted_pairs {
             if decisions.contains_key(&pair) {
                 continue;

@@ -5,16 +5,15 @@
 //! breaks ties), so the first template that matches is the answer. A lookup
 //! therefore only looks at templates that could possibly match.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::{PathTemplate, PolicyError};
+use crate::{LookupMap, PathTemplate, PolicyError};
 
 /// The operations of one integration, ready for lookup.
 #[derive(Debug, Clone)]
 pub struct OperationTable {
     /// method -> segment count -> operations, most specific first.
-    buckets: HashMap<String, HashMap<usize, Vec<OperationEntry>>>,
+    buckets: LookupMap<String, LookupMap<usize, Vec<OperationEntry>>>,
 }
 
 /// The operation a request was attributed to. Id and template are shared, so a call can keep
@@ -41,7 +40,8 @@ impl OperationTable {
     pub fn new<'a>(
         ops: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
     ) -> Result<Self, PolicyError> {
-        let mut buckets: HashMap<String, HashMap<usize, Vec<OperationEntry>>> = HashMap::new();
+        let mut buckets: LookupMap<String, LookupMap<usize, Vec<OperationEntry>>> =
+            LookupMap::default();
         for (id, method, template) in ops {
             if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
                 return Err(PolicyError::InvalidMethod {
@@ -72,7 +72,7 @@ impl OperationTable {
                 template,
             });
         }
-        for bucket in buckets.values_mut().flat_map(HashMap::values_mut) {
+        for bucket in buckets.values_mut().flat_map(LookupMap::values_mut) {
             // Stable sort: declaration order breaks ties.
             bucket.sort_by_key(|entry| std::cmp::Reverse(entry.template.literal_len()));
         }
