@@ -95,10 +95,10 @@ where
     // reused for every later one: a connection that has not spoken holds none of it, and no
     // call after the first pays an allocation for it.
     let mut slot: Option<Pin<Box<F>>> = None;
-    loop {
+    'connection: loop {
         let (request, close) = match next_request(io, &mut buf, shutdown, max_header_bytes).await {
             Next::Request(request, close) => (request, close),
-            Next::Closed => return Served::Closed,
+            Next::Closed => break 'connection,
             Next::Handoff => return Served::Handoff { read: buf, served },
         };
         served = true;
@@ -120,7 +120,7 @@ where
                 biased;
                 response = &mut call => break response,
                 read = io.read_buf(&mut buf), if buf.is_empty() => match read {
-                    Ok(0) | Err(_) => return Served::Closed,
+                    Ok(0) | Err(_) => break 'connection,
                     Ok(_) => {}
                 },
             }
@@ -129,10 +129,7 @@ where
         // `Ok(true)`: neither side asked to close.
         match respond(io, &mut out, &mut buf, response, head_only, close).await {
             Ok(true) => {}
-            _ => {
-                let _ = io.shutdown().await;
-                return Served::Closed;
-            }
+            _ => break 'connection,
         }
         // An idle connection keeps small buffers, whatever its last call needed.
         out.clear();
@@ -141,6 +138,12 @@ where
             buf = BytesMut::with_capacity(READ_SPACE);
         }
     }
+    // However the connection ends here (either side closed it, an error, shutdown, an idle
+    // deadline), it is shut down, not just dropped: over TLS that sends the `close_notify` alert
+    // before the TCP close (RFC 8446 §6.1), so the caller reads a clean end of stream rather than
+    // a truncation. Writes are bounded by the connection's idle deadline (`deadline.rs`).
+    let _ = io.shutdown().await;
+    Served::Closed
 }
 
 // Made once per request and matched at once: boxing the request would cost an allocation.

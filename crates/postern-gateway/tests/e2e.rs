@@ -1035,6 +1035,79 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
     .ok();
 }
 
+/// A TLS caller's connection that Postern closes (here an idle keep-alive connection, at
+/// shutdown) ends with a TLS `close_notify` alert before the TCP close (RFC 8446 §6.1): rustls
+/// reads that as a clean end of stream, and a bare TCP close as an `UnexpectedEof` error.
+#[tokio::test]
+async fn postern_closes_a_tls_caller_connection_with_close_notify() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let pki = TestPki::new();
+    let staging = tempfile::tempdir().unwrap();
+    let cert = staging.path().join("listener.pem");
+    let key = staging.path().join("listener-key.pem");
+    std::fs::write(&cert, &pki.server_cert_pem).unwrap();
+    std::fs::write(&key, &pki.server_key_pem).unwrap();
+    let mut gw = start_with_key(
+        &stripe_like(&vendor, ""),
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut pki.ca_pem.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Postern's own HTTP/1.1 server, not hyper's h2.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: postern\r\nauthorization: Bearer {}\r\n\r\n",
+        gw.token
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 4096];
+    let read = stream.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..read].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..read])
+    );
+    gw.shut_down_for_events().await;
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the idle connection was closed");
+    assert!(
+        end.is_ok(),
+        "the connection ended without close_notify: {end:?}"
+    );
+}
+
 #[tokio::test]
 async fn slow_vendor_times_out_with_504() {
     let (port, hold, _accepts) = silent_vendor().await;
