@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What one durable append costs on this disk, three ways, side by side.
+"""What one durable append costs on this disk, four ways, side by side.
 
 The audit ledger's sequencer makes one synchronous write per group commit (docs/AUDIT.md). This
 measures, alternating rounds, an append of SIZE bytes to a growing file made durable by
@@ -36,7 +36,8 @@ def cpu_seconds():
 
 def measure(path, flags, count, size, direct=False, fdatasync=False, prezero=False):
     if prezero:
-        # Written and synced before the clock starts, as the ledger does when it opens a segment.
+        # Written and synced before the clock starts, as the ledger writes zeros ahead of its
+        # records (1 MiB at a time; that write itself is not timed here).
         with open(path, "wb") as file:
             file.write(bytes((count * size // BLOCK + 2) * BLOCK))
             file.flush()
@@ -75,7 +76,7 @@ def main():
     )
     parser.add_argument("--count", type=int, default=800, help="appends per run (default 800)")
     parser.add_argument("--size", type=int, default=1500, help="bytes per append (default 1500)")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds over the three ways (default 4)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds over the four ways (default 4)")
     parser.add_argument("--dir", help="where the test files go (default: a temp dir in /var/tmp)")
     args = parser.parse_args()
     if args.count < 1 or args.size < 1 or args.rounds < 1:

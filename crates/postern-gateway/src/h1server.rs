@@ -59,6 +59,8 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEADERS: usize = 64;
 /// Room for one read.
 const READ_SPACE: usize = 8 * 1024;
+/// How long closing a connection may wait to send its last bytes (TLS `close_notify`).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Response data up to this size is copied behind the head and sent with it in one write.
 const COALESCE_BYTES: usize = 16 * 1024;
 
@@ -138,11 +140,14 @@ where
             buf = BytesMut::with_capacity(READ_SPACE);
         }
     }
+    // A call cut short by the caller's hang-up ends (and is recorded) now, not after the close.
+    drop(slot);
     // However the connection ends here (either side closed it, an error, shutdown, an idle
     // deadline), it is shut down, not just dropped: over TLS that sends the `close_notify` alert
     // before the TCP close (RFC 8446 §6.1), so the caller reads a clean end of stream rather than
-    // a truncation. Writes are bounded by the connection's idle deadline (`deadline.rs`).
-    let _ = io.shutdown().await;
+    // a truncation. Briefly: a caller that does not read must not hold the connection (or
+    // graceful shutdown) for the idle deadline.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
     Served::Closed
 }
 

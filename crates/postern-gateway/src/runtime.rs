@@ -11,7 +11,7 @@ use base64::Engine as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderName, HeaderValue};
 use postern_config::{Config, CredentialConfig, CredentialKind, IntegrationConfig, SecretSource};
-use postern_policy::{GrantSpec, IntegrationOps, OperationTable, PolicyEngine};
+use postern_policy::{GrantSpec, IntegrationOps, LookupMap, OperationTable, PolicyEngine};
 use postern_vault::{Vault, VaultError};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -242,11 +242,6 @@ pub struct IntegrationRuntime {
     /// Headers removed from every forwarded request, lowercase.
     pub stripped_headers: Vec<HeaderName>,
 }
-
-/// The runtime's tables read on every call. Their keys come from the configuration and the vault,
-/// so a caller can only look up, never insert: foldhash (seeded per map) rather than SipHash,
-/// which costs several times as much per lookup for flood resistance these maps do not need.
-pub type LookupMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 pub struct Runtime {
     pub config: Arc<Config>,

@@ -8,6 +8,12 @@ pub const MAX_RECORD_BYTES: usize = u16::MAX as usize;
 /// Direct I/O writes whole blocks of this size: a segment written that way ends in zeros up to
 /// the next block boundary (see [`FrameStop::Padding`]).
 pub const PAD_BLOCK_BYTES: usize = 4096;
+/// The active segment grows ahead of its records in steps of this many bytes of zeros, written
+/// and durable before records are written over them (`direct.rs`).
+pub const GROW_BYTES: u64 = 1 << 20;
+/// The most one direct write of records carries (a larger batch is written in pieces, each
+/// durable before the next starts): the most a crash can tear. Block-aligned.
+pub const MAX_WRITE_BYTES: usize = 256 * 1024;
 
 /// Appends one framed record to `out`.
 pub fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
@@ -24,9 +30,9 @@ pub enum FrameStop {
     TornTail { offset: u64 },
     /// A damaged record with valid data after it: refuse.
     Corrupt { offset: u64, reason: String },
-    /// The data ends in zeros after the final record, up to a [`PAD_BLOCK_BYTES`] boundary that
-    /// is the data's end: the padding of a direct I/O write and the zeros the active segment is
-    /// grown by, not a record. The records end at `offset`.
+    /// The active segment's data ends in zeros after the final record (at most one growth
+    /// step and a block of them): the padding of a direct I/O write and the zeros the segment
+    /// is grown by, not a record. The records end at `offset`.
     Padding { offset: u64 },
 }
 
@@ -45,9 +51,9 @@ pub enum Tail {
     /// record is a torn tail when nothing valid can follow it.
     Appended,
     /// The active segment, which direct I/O may have written: as `Appended`, and also, in a
-    /// block-aligned file, zeros from the last record to the end are padding (whole blocks of
-    /// them, and the rest of the block the last record ends in), and a damaged record reaching
-    /// into the last block before them (the one a direct write rewrites in place) is a torn tail.
+    /// block-aligned file, zeros from the last record to the end are padding, and a damaged
+    /// record reaching into the last [`MAX_WRITE_BYTES`] before them (what the last direct
+    /// write, torn by a crash, can have covered) is a torn tail.
     Active,
 }
 
@@ -71,32 +77,33 @@ pub fn scan_frames<E>(
 ) -> Result<Option<FrameStop>, E> {
     let mut pos = 0usize;
     let tail_allowed = tail != Tail::Sealed;
-    // Only the active segment is written in padded blocks, its last block rewritten in place.
+    // Only the active segment is written in padded blocks by direct I/O.
     let padded_tail = tail == Tail::Active && data.len().is_multiple_of(PAD_BLOCK_BYTES);
-    // The active segment also grows in steps of zeros written ahead of its records
-    // (`direct.rs`): whole blocks of zeros at its end are padding, and the rules below apply to
-    // the data up to the last block that holds anything else.
-    let data = match padded_tail {
-        true => {
-            let last = data.iter().rposition(|&b| b != 0);
-            let kept = last.map_or(0, |at| (at / PAD_BLOCK_BYTES + 1) * PAD_BLOCK_BYTES);
-            if kept == 0 && !data.is_empty() {
-                return Ok(Some(FrameStop::Padding { offset: 0 }));
-            }
-            &data[..kept]
-        }
-        false => data,
+    // Where its bytes other than zeros end: the zeros after them are padding (the rest of the
+    // block the last write ended in, and the zeros the segment was grown by, `direct.rs`).
+    let content_end = match padded_tail {
+        true => data.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1),
+        false => data.len(),
     };
-    // Whether a record ending at `end` (an offset in `data`) reaches into that last block: a
-    // crash during a direct write can tear only that block.
-    let in_rewritten_block =
-        |end: usize| padded_tail && end > data.len().saturating_sub(PAD_BLOCK_BYTES);
+    // Whether a record ending at `end` reaches into what the last direct write covered: each
+    // write is durable before the next starts and carries at most `MAX_WRITE_BYTES` from a block
+    // boundary, so a crash can tear only the last `MAX_WRITE_BYTES` (rounded out to whole
+    // blocks) before `content_end`, in any of its blocks.
+    let torn_from = content_end
+        .next_multiple_of(PAD_BLOCK_BYTES)
+        .saturating_sub(MAX_WRITE_BYTES);
+    let in_rewritten_block = |end: usize| padded_tail && end > torn_from;
     while pos < data.len() {
         let remaining = &data[pos..];
-        // A valid record is never all zeros (its length is at least 1), so padding cannot
-        // stand for one.
-        if padded_tail && remaining.len() < PAD_BLOCK_BYTES && remaining.iter().all(|&b| b == 0) {
-            return Ok(Some(FrameStop::Padding { offset: pos as u64 }));
+        // Only zeros from this record boundary on. A valid record is never all zeros (its length
+        // is at least 1), so padding cannot stand for one. More zeros than one growth step and a
+        // block are not what the writer leaves: reported as a torn tail.
+        if padded_tail && pos >= content_end {
+            let zeros = (data.len() - pos) as u64;
+            return Ok(Some(match zeros <= GROW_BYTES + PAD_BLOCK_BYTES as u64 {
+                true => FrameStop::Padding { offset: pos as u64 },
+                false => FrameStop::TornTail { offset: pos as u64 },
+            }));
         }
         let torn_or_corrupt = |reason: String, looks_torn: bool| {
             let only_zeros = remaining.iter().all(|&b| b == 0);
@@ -227,6 +234,40 @@ mod tests {
             stop(&data, Tail::Sealed),
             Some(FrameStop::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn more_zeros_than_a_growth_step_are_reported() {
+        let mut data = Vec::new();
+        push_frame(&mut data, b"one record");
+        let records = data.len() as u64;
+        data.resize(GROW_BYTES as usize + 2 * PAD_BLOCK_BYTES, 0);
+        assert!(
+            matches!(stop(&data, Tail::Active), Some(FrameStop::TornTail { offset }) if offset == records)
+        );
+    }
+
+    #[test]
+    fn a_last_record_ending_in_zeros_is_kept() {
+        // Its length says where it ends: the zeros in it are not padding.
+        let mut data = Vec::new();
+        push_frame(&mut data, b"one record");
+        let mut payload = b"ends in zeros".to_vec();
+        payload.resize(3 * PAD_BLOCK_BYTES, 0);
+        push_frame(&mut data, &payload);
+        let records = data.len() as u64;
+        data.resize(
+            data.len().next_multiple_of(PAD_BLOCK_BYTES) + PAD_BLOCK_BYTES,
+            0,
+        );
+        let mut seen = 0;
+        let stopped = scan_frames::<()>(&data, Tail::Active, |_| {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, 2);
+        assert_eq!(stopped, Some(FrameStop::Padding { offset: records }));
     }
 
     #[test]

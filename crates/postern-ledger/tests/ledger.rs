@@ -375,12 +375,39 @@ async fn a_batch_that_fails_after_its_segment_write_is_redone_cleanly() {
     }
 }
 
-/// A padded segment (a crash after direct writes) of 300 records: more than one block.
+/// A padded segment (a crash after direct writes) of 300 records of ~1 KiB: more than one direct
+/// write of records (256 KiB at most), so damage can be near the end or far from it.
 async fn padded_segment_of_300(dir: &Path) -> (PathBuf, Vec<u8>) {
-    let (segment, mut data) = closed_segment(dir, 300).await;
-    assert!(data.len() > 4096);
+    let ledger = open(dir).await;
+    for i in 0..300 {
+        let entry = format!("{{\"entry\":{i},\"pad\":\"{}\"}}", "x".repeat(1000));
+        ledger.append(entry.into_bytes()).await.unwrap();
+    }
+    ledger.close().await;
+    let segment = only_segment(dir);
+    let mut data = std::fs::read(&segment).unwrap();
+    assert!(data.len() > 256 * 1024);
     data.resize(data.len().next_multiple_of(4096), 0);
     (segment, data)
+}
+
+#[tokio::test]
+async fn a_block_lost_inside_the_last_write_is_a_torn_tail() {
+    // Writes of records overwrite zeros written ahead, and a crash can leave any of their blocks
+    // unwritten: here a whole block in the middle of the last few records reads as zeros, with
+    // records after it. The first record it damages and every one after are discarded.
+    let tmp = tempfile::tempdir().unwrap();
+    let (segment, mut data) = padded_segment_of_300(tmp.path()).await;
+    let offsets: Vec<u64> = (0..=300).map(|i| record_offset(&segment, i)).collect();
+    let lost = (offsets[295] as usize + 100).next_multiple_of(4096);
+    data[lost..lost + 4096].fill(0);
+    std::fs::write(&segment, &data).unwrap();
+    let first_damaged = (0..300).find(|&i| offsets[i + 1] as usize > lost).unwrap();
+    assert!(first_damaged < 299, "records follow the lost block");
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.entries, first_damaged as u64);
+    assert_eq!(report.torn_tail.unwrap().offset, offsets[first_damaged]);
+    ledger.close().await;
 }
 
 #[tokio::test]
@@ -399,7 +426,8 @@ async fn a_torn_record_in_the_rewritten_block_is_a_torn_tail_but_not_elsewhere()
     assert_eq!(report.torn_tail.unwrap().offset, last as u64);
     ledger.close().await;
 
-    // The same damage in the first block, with valid records after it, is corruption.
+    // The same damage far from the end (more than one direct write before it), with valid
+    // records after it, is corruption.
     let tmp = tempfile::tempdir().unwrap();
     let (segment, mut data) = padded_segment_of_300(tmp.path()).await;
     let early = record_offset(&segment, 10) as usize;

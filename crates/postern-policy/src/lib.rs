@@ -81,11 +81,11 @@
 //! its context are built per call. [`PolicyEngine::depends_on_context`] says
 //! which mode is in use.
 
-/// The lookup tables built from the configuration and read on every call. Their keys come from
-/// the configuration, so a caller can only look up, never insert: foldhash (seeded per map)
-/// rather than SipHash, which costs several times as much per lookup and buys flood resistance
-/// these maps do not need.
-pub(crate) type LookupMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// A table built from the configuration (or the vault) and read on every call: a caller can only
+/// look keys up, never insert them, so it hashes with foldhash (seeded per map) rather than
+/// SipHash, which costs several times as much per lookup for flood resistance such a table does
+/// not need. Used here and by the gateway's runtime.
+pub type LookupMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 mod authorization;
 mod cedar_model;
 mod error;
