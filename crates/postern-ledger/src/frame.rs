@@ -30,9 +30,9 @@ pub enum FrameStop {
     TornTail { offset: u64 },
     /// A damaged record with valid data after it: refuse.
     Corrupt { offset: u64, reason: String },
-    /// The active segment's data ends in zeros after the final record (at most one growth
-    /// step and a block of them): the padding of a direct I/O write and the zeros the segment
-    /// is grown by, not a record. The records end at `offset`.
+    /// The active segment's data ends in zeros after the final record: the padding of a direct
+    /// I/O write and the zeros the segment is grown by, not a record. The records end at
+    /// `offset`.
     Padding { offset: u64 },
 }
 
@@ -95,15 +95,12 @@ pub fn scan_frames<E>(
     let in_rewritten_block = |end: usize| padded_tail && end > torn_from;
     while pos < data.len() {
         let remaining = &data[pos..];
-        // Only zeros from this record boundary on. A valid record is never all zeros (its length
-        // is at least 1), so padding cannot stand for one. More zeros than one growth step and a
-        // block are not what the writer leaves: reported as a torn tail.
+        // Only zeros from this record boundary on: padding. A valid record is never all zeros
+        // (its length is at least 1), so padding cannot stand for one. (Their length is not
+        // bounded: a crash between growing the segment and writing a large batch into it
+        // leaves more than one growth step of them.)
         if padded_tail && pos >= content_end {
-            let zeros = (data.len() - pos) as u64;
-            return Ok(Some(match zeros <= GROW_BYTES + PAD_BLOCK_BYTES as u64 {
-                true => FrameStop::Padding { offset: pos as u64 },
-                false => FrameStop::TornTail { offset: pos as u64 },
-            }));
+            return Ok(Some(FrameStop::Padding { offset: pos as u64 }));
         }
         let torn_or_corrupt = |reason: String, looks_torn: bool| {
             let only_zeros = remaining.iter().all(|&b| b == 0);
@@ -237,13 +234,14 @@ mod tests {
     }
 
     #[test]
-    fn more_zeros_than_a_growth_step_are_reported() {
+    fn zeros_past_a_growth_step_are_padding_too() {
+        // What a crash between growing the segment and writing a large batch leaves.
         let mut data = Vec::new();
         push_frame(&mut data, b"one record");
         let records = data.len() as u64;
         data.resize(GROW_BYTES as usize + 2 * PAD_BLOCK_BYTES, 0);
         assert!(
-            matches!(stop(&data, Tail::Active), Some(FrameStop::TornTail { offset }) if offset == records)
+            matches!(stop(&data, Tail::Active), Some(FrameStop::Padding { offset }) if offset == records)
         );
     }
 

@@ -1257,6 +1257,9 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::warn!(segment = %segment_path.display(), error = %e, "audit log: the filesystem refused a direct write; writing through the page cache from now on");
                     writer.direct = None;
+                    // Buffered writes append again, past the durable size: the zeros grown
+                    // ahead go, so page writeback cannot tear a batch anywhere but its end.
+                    trim_to(&segment_file, base_offset)?;
                     false
                 }
                 Err(e) => return Err(e),
