@@ -994,19 +994,15 @@ operations = ["get_charge"]
     gw.stop().await;
 }
 
-/// An idle keep-alive connection is closed as soon as the gateway stops, not at the end of
-/// `shutdown_grace_ms`: each worker's connections hear of the shutdown through their own
-/// channel, passed on by the worker's accept loop.
-#[tokio::test]
-async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+/// Sends one keep-alive `GET /stripe/v1/charges/ch_1` on `stream` and checks its answer starts
+/// with a 200 (the rest of it may still be unread).
+async fn get_charge_kept_alive<S>(stream: &mut S, token: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let mut gw = stripe_gateway(&vendor, "").await;
-    let addr = gw.running().listen_addr;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
-        "GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: postern\r\nauthorization: Bearer {}\r\n\r\n",
-        gw.token
+        "GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: postern\r\nauthorization: Bearer {token}\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = [0u8; 4096];
@@ -1016,6 +1012,19 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
         "{}",
         String::from_utf8_lossy(&answer[..read])
     );
+}
+
+/// An idle keep-alive connection is closed as soon as the gateway stops, not at the end of
+/// `shutdown_grace_ms`: each worker's connections hear of the shutdown through their own
+/// channel, passed on by the worker's accept loop.
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::AsyncReadExt;
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let mut gw = stripe_gateway(&vendor, "").await;
+    let addr = gw.running().listen_addr;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    get_charge_kept_alive(&mut stream, &gw.token).await;
     // The connection is now idle, kept alive; the default grace is 10 s.
     let started = std::time::Instant::now();
     gw.shut_down_for_events().await;
@@ -1040,7 +1049,7 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
 /// reads that as a clean end of stream, and a bare TCP close as an `UnexpectedEof` error.
 #[tokio::test]
 async fn postern_closes_a_tls_caller_connection_with_close_notify() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let pki = TestPki::new();
     let staging = tempfile::tempdir().unwrap();
@@ -1082,18 +1091,7 @@ async fn postern_closes_a_tls_caller_connection_with_close_notify() {
         )
         .await
         .unwrap();
-    let request = format!(
-        "GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: postern\r\nauthorization: Bearer {}\r\n\r\n",
-        gw.token
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = [0u8; 4096];
-    let read = stream.read(&mut answer).await.unwrap();
-    assert!(
-        answer[..read].starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&answer[..read])
-    );
+    get_charge_kept_alive(&mut stream, &gw.token).await;
     gw.shut_down_for_events().await;
     let mut rest = Vec::new();
     let end = tokio::time::timeout(
