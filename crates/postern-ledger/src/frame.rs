@@ -92,7 +92,7 @@ pub fn scan_frames<E>(
     let torn_from = content_end
         .next_multiple_of(PAD_BLOCK_BYTES)
         .saturating_sub(MAX_WRITE_BYTES);
-    let in_rewritten_block = |end: usize| padded_tail && end > torn_from;
+    let in_last_write = |end: usize| padded_tail && end > torn_from;
     while pos < data.len() {
         let remaining = &data[pos..];
         // Only zeros from this record boundary on: padding. A valid record is never all zeros
@@ -125,7 +125,7 @@ pub fn scan_frames<E>(
             let runs_past_end = len > remaining.len() - FRAME_HEADER_BYTES;
             return Ok(Some(torn_or_corrupt(
                 format!("record length {len} is invalid (must be 1..=65535)"),
-                runs_past_end || in_rewritten_block(pos + FRAME_HEADER_BYTES),
+                runs_past_end || in_last_write(pos + FRAME_HEADER_BYTES),
             )));
         }
         let end = FRAME_HEADER_BYTES + len;
@@ -142,7 +142,7 @@ pub fn scan_frames<E>(
         if crc32c::crc32c(payload) != crc {
             return Ok(Some(torn_or_corrupt(
                 "CRC-32C mismatch (the record's bytes were altered)".to_string(),
-                end == remaining.len() || in_rewritten_block(pos + end),
+                end == remaining.len() || in_last_write(pos + end),
             )));
         }
         on_frame(Frame {

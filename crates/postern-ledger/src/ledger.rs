@@ -57,8 +57,8 @@ pub struct LedgerOptions {
     pub queue_capacity: usize,
     /// Write batches with direct, synchronous I/O (`O_DIRECT | O_DSYNC`: no page cache, no
     /// separate `fdatasync`), padding the segment's last block with zeros and growing it by
-    /// zeros written 1 MiB ahead, until it rolls or closes. Where the filesystem refuses direct I/O the ledger writes through the page cache
-    /// and syncs, as with `false`.
+    /// zeros written 1 MiB ahead, until it rolls or closes. Where the filesystem refuses direct
+    /// I/O the ledger writes through the page cache and syncs, as with `false`.
     pub direct_io: bool,
 }
 

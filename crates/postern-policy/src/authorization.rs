@@ -1,8 +1,6 @@
 //! Grants and custom policies compiled to Cedar, and the decision per request.
 
 use std::collections::{HashMap, HashSet};
-
-use crate::LookupMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -17,7 +15,7 @@ use crate::cedar_model::{
     self, call_action, describe_diagnostics, entity_uid, grant_policy_text, operation_entity_id,
     EntityKind, GrantScope,
 };
-use crate::PolicyError;
+use crate::{LookupMap, PolicyError};
 
 /// The operation wildcard in [`GrantSpec::operations`].
 const EVERY_OPERATION: &str = "*";
