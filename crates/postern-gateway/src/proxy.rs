@@ -511,43 +511,55 @@ fn check_request(request: &Request<CallerBody>) -> Result<(), CallError> {
 
 /// Why a raw request path is refused, if it is.
 pub fn path_problem(path: &str) -> Option<&'static str> {
-    if !path.starts_with('/') {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
         return Some("it does not start with '/'");
     }
-    let bytes = path.as_bytes();
+    // One pass over the bytes (this runs on every call): a problem with a character wins over
+    // a problem with a segment, wherever each is.
+    let (mut dot_segment, mut empty_segment) = (false, false);
+    let mut segment_start = 1;
     for (index, &byte) in bytes.iter().enumerate() {
         if byte < 0x20 || byte == 0x7f {
             return Some("it contains a control character");
         }
-        if byte == b'\\' {
-            return Some("it contains a backslash");
-        }
-        if byte == b'%' {
-            let code = bytes.get(index + 1..index + 3).unwrap_or_default();
-            if code.len() < 2 || !code.iter().all(u8::is_ascii_hexdigit) {
-                return Some("it contains a malformed percent-escape");
+        match byte {
+            b'\\' => return Some("it contains a backslash"),
+            b'%' => {
+                let (Some(&high), Some(&low)) = (bytes.get(index + 1), bytes.get(index + 2)) else {
+                    return Some("it contains a malformed percent-escape");
+                };
+                let (Some(high), Some(low)) = (hex_digit(high), hex_digit(low)) else {
+                    return Some("it contains a malformed percent-escape");
+                };
+                match high << 4 | low {
+                    b'.' => return Some("it contains an encoded '.' (%2e)"),
+                    b'/' => return Some("it contains an encoded '/' (%2f)"),
+                    b'\\' => return Some("it contains an encoded '\\' (%5c)"),
+                    0..=0x1f | 0x7f => return Some("it contains an encoded control character"),
+                    _ => {}
+                }
             }
-            let decoded =
-                u8::from_str_radix(std::str::from_utf8(code).unwrap_or("00"), 16).unwrap_or(0);
-            match decoded {
-                b'.' => return Some("it contains an encoded '.' (%2e)"),
-                b'/' => return Some("it contains an encoded '/' (%2f)"),
-                b'\\' => return Some("it contains an encoded '\\' (%5c)"),
-                0..=0x1f | 0x7f => return Some("it contains an encoded control character"),
-                _ => {}
+            b'/' if index > 0 => {
+                dot_segment |= matches!(&bytes[segment_start..index], b"." | b"..");
+                empty_segment |= bytes[index - 1] == b'/';
+                segment_start = index + 1;
             }
-        }
-    }
-    for segment in path[1..].split('/') {
-        match segment {
-            "." | ".." => return Some("it contains a '.' or '..' segment"),
             _ => {}
         }
     }
-    if path.contains("//") {
-        return Some("it contains an empty segment ('//')");
+    dot_segment |= matches!(&bytes[segment_start..], b"." | b"..");
+    if dot_segment {
+        Some("it contains a '.' or '..' segment")
+    } else if empty_segment {
+        Some("it contains an empty segment ('//')")
+    } else {
+        None
     }
-    None
+}
+
+fn hex_digit(byte: u8) -> Option<u8> {
+    (byte as char).to_digit(16).map(|digit| digit as u8)
 }
 
 /// Who is calling: a verified client certificate's SPIFFE ID, else a caller token from
@@ -638,7 +650,7 @@ fn route<'a>(
     path: &'a str,
 ) -> Result<(Arc<IntegrationRuntime>, &'a str), CallError> {
     let rest = path.strip_prefix('/').unwrap_or(path);
-    let (name, vendor_path) = match rest.find('/') {
+    let (name, vendor_path) = match rest.bytes().position(|byte| byte == b'/') {
         Some(slash) => (&rest[..slash], &rest[slash..]),
         None => (rest, "/"),
     };
@@ -1174,22 +1186,29 @@ fn prepare_response(
             context.redirect_off_origin = leaves_origin(&integration.config.upstream, location);
         }
     }
-    let connection_named = connection_named(&parts.headers);
-    for name in HOP_BY_HOP.iter().chain(connection_named.iter()) {
-        parts.headers.remove(name);
-    }
     // A vendor may echo the injected credential (a redirect or pagination link carrying an
     // api_key parameter, say): such headers never reach the caller.
-    if !integration.secret_needles.is_empty() {
+    let leaks = |value: &HeaderValue| {
+        integration
+            .secret_needles
+            .iter()
+            .any(|needle| memchr::memmem::find(value.as_bytes(), needle).is_some())
+    };
+    // Most answers carry none of the headers removed below, and one pass over them costs less
+    // than the removals (each hashes its name): `Connection`, which names more, is hop-by-hop.
+    let strip = parts
+        .headers
+        .iter()
+        .any(|(name, value)| HOP_BY_HOP.contains(name) || leaks(value));
+    if strip {
+        let connection_named = connection_named(&parts.headers);
+        for name in HOP_BY_HOP.iter().chain(connection_named.iter()) {
+            parts.headers.remove(name);
+        }
         let leaking: Vec<HeaderName> = parts
             .headers
             .iter()
-            .filter(|(_, value)| {
-                integration
-                    .secret_needles
-                    .iter()
-                    .any(|needle| memchr::memmem::find(value.as_bytes(), needle).is_some())
-            })
+            .filter(|(_, value)| leaks(value))
             .map(|(name, _)| name.clone())
             .collect();
         for name in leaking {
@@ -1292,4 +1311,46 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_problem;
+
+    #[test]
+    fn path_problem_names_the_first_kind_of_problem() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/stripe/v1/charges/ch_1", None),
+            ("/", None),
+            ("/stripe/v1/charges/", None),
+            ("/a/.b/c..", None),
+            ("/a/%41%7e", None),
+            ("stripe/v1", Some("it does not start with '/'")),
+            ("", Some("it does not start with '/'")),
+            ("/a/b\x01", Some("it contains a control character")),
+            ("/a/b\x7f", Some("it contains a control character")),
+            ("/a\\b", Some("it contains a backslash")),
+            ("/a/%", Some("it contains a malformed percent-escape")),
+            ("/a/%4", Some("it contains a malformed percent-escape")),
+            ("/a/%zz", Some("it contains a malformed percent-escape")),
+            ("/a/%2e%2e/b", Some("it contains an encoded '.' (%2e)")),
+            ("/a/%2E", Some("it contains an encoded '.' (%2e)")),
+            ("/a%2fb", Some("it contains an encoded '/' (%2f)")),
+            ("/a%5Cb", Some("it contains an encoded '\\' (%5c)")),
+            ("/a%0d%0a", Some("it contains an encoded control character")),
+            ("/a/../b", Some("it contains a '.' or '..' segment")),
+            ("/a/./b", Some("it contains a '.' or '..' segment")),
+            ("/..", Some("it contains a '.' or '..' segment")),
+            ("/a/.", Some("it contains a '.' or '..' segment")),
+            ("/a//b", Some("it contains an empty segment ('//')")),
+            ("//", Some("it contains an empty segment ('//')")),
+            // A segment problem anywhere loses to a character problem anywhere, and an empty
+            // segment to a dot segment.
+            ("/a//../b\\", Some("it contains a backslash")),
+            ("/a//b/../c", Some("it contains a '.' or '..' segment")),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(path_problem(path), *expected, "{path:?}");
+        }
+    }
 }
