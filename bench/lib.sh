@@ -118,14 +118,19 @@ cleanup() {
 }
 
 # free_ports N -> N distinct free loopback ports on one line (all bound at once while they are
-# picked, so no two are the same; each is free again when this returns).
+# picked, so no two are the same; each is free again when this returns). The sockets are closed
+# before the line is printed: callers read it through a process substitution, which does not
+# wait for python to exit, and a port still held then made the next bind fail (EADDRINUSE).
 free_ports() {
   python3 -c '
 import socket, sys
 socks = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in socks:
     s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
+ports = [s.getsockname()[1] for s in socks]
+for s in socks:
+    s.close()
+print(" ".join(map(str, ports)), flush=True)
 ' "$1"
 }
 wait_port() { # PORT PID NAME [TRIES of 0.1 s, default 100]
