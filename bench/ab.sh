@@ -19,6 +19,8 @@ PROXY_THREADS="$(nproc)"
 UPSTREAM_THREADS=1
 SKIP_BUILD=1
 KEEP=0
+SYSCALLS=0
+SYSCALL_EVENTS="syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,syscalls:sys_enter_write,syscalls:sys_enter_pwrite64,context-switches"
 
 usage() {
   cat <<EOF
@@ -42,6 +44,10 @@ Options:
   --duration S      seconds per measured run (default $DURATION)
   --warmup S        seconds of warm-up per run (default $WARMUP)
   --audit MODE      required or best_effort (default $AUDIT_MODE)
+  --syscalls        also count, with \`perf stat -p\` over each measured run, Postern's
+                    recvfrom, sendto, epoll_wait, futex, write (eventfd wake-ups between
+                    threads), pwrite64 (audit commits) and context switches per call
+                    (needs perf: apt-get install linux-perf; run as root)
   --keep            keep the temp dir (config, logs, wrk output)
   -h, --help        this help
 EOF
@@ -55,6 +61,7 @@ while [[ $# -gt 0 ]]; do
     --warmup) WARMUP="$2"; shift 2 ;;
     --audit) AUDIT_MODE="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --syscalls) SYSCALLS=1; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "ab.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) BINS+=("$1"); shift ;;
@@ -66,6 +73,11 @@ require_numbers ab.sh "$PAIRS" "$DURATION" "$WARMUP"
 [[ "$AUDIT_MODE" == required || "$AUDIT_MODE" == best_effort ]] || { echo "ab.sh: --audit is required or best_effort" >&2; exit 2; }
 for bin in "${BINS[@]}"; do [[ -x "$bin" ]] || { echo "ab.sh: $bin is not an executable" >&2; exit 2; }; done
 command -v wrk >/dev/null || apt_install wrk
+if [[ $SYSCALLS == 1 ]]; then
+  command -v perf >/dev/null || apt_install linux-perf
+  perf stat -e syscalls:sys_enter_futex -- true >/dev/null 2>&1 \
+    || die "--syscalls: perf cannot read the syscall tracepoints here (run as root)"
+fi
 
 locate_release_bins
 [[ -x "$UPSTREAM_BIN" ]] || die "$UPSTREAM_BIN not found (cargo build --release -p postern-bench-upstream)"
@@ -107,8 +119,16 @@ run() {
   local before after out
   before="$(cpu_fields "$POSTERN_PID")"
   thread_cpu "$POSTERN_PID" >"$WORK/threads.before"
+  local perf_pid=""
+  if [[ $SYSCALLS == 1 ]]; then
+    perf stat -x, -e "$SYSCALL_EVENTS" -p "$POSTERN_PID" -o "$WORK/perf.$1.txt" -- sleep "$DURATION" &
+    perf_pid=$!
+  fi
   out="$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION"s --latency -s "$WORK/bench.lua" "$URL" 2>&1)" \
     || die "wrk failed against $1: $(tail -3 <<<"$out")"
+  if [[ -n $perf_pid ]]; then
+    wait "$perf_pid" || die "perf stat failed (see $WORK/perf.$1.txt)"
+  fi
   after="$(cpu_fields "$POSTERN_PID")"
   thread_cpu "$POSTERN_PID" >"$WORK/threads.after"
   kill "$POSTERN_PID"; wait "$POSTERN_PID" 2>/dev/null || true
@@ -134,6 +154,16 @@ spent = threads(f"{work}/threads.after"); spent.subtract(threads(f"{work}/thread
 with open(f"{work}/threads.txt", "a") as out:
     for (name, kind), value in sorted(spent.items()):
         out.write(f"{label} {name} {kind} {value * per_call:.2f}\n")
+# perf stat -x, rows: count,unit,event,... over the measured run (--syscalls), per call.
+try:
+    with open(f"{work}/perf.{label}.txt") as counts, open(f"{work}/syscalls.txt", "a") as out:
+        for row in counts:
+            cells = row.strip().split(",")
+            if len(cells) > 2 and cells[0].replace(".", "").isdigit():
+                event = cells[2].removeprefix("syscalls:sys_enter_")
+                out.write(f"{label} {event} {float(cells[0]) / requests:.4f}\n")
+except FileNotFoundError:
+    pass
 print(f"{label} {requests / int(duration):.0f} {int(fields['p99_us']) / 1000:.2f} "
       f"{((u1 - u0) + (s1 - s0)) * per_call:.1f} {(u1 - u0) * per_call:.1f}")
 EOF
@@ -183,3 +213,20 @@ for name in names:
     print(f"| {name} | {median('old', name, 'user'):.2f} | {median('old', name, 'kernel'):.2f} "
           f"| {median('new', name, 'user'):.2f} | {median('new', name, 'kernel'):.2f} |")
 EOF
+if [[ $SYSCALLS == 1 ]]; then
+  python3 - "$WORK/syscalls.txt" <<'EOF'
+import collections, statistics, sys
+values = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    label, event, value = line.split()
+    values[label, event].append(float(value))
+events = list(dict.fromkeys(event for _, event in values))
+print()
+print("| per call (medians) | old | new |")
+print("|---|---:|---:|")
+for event in events:
+    cells = [f"{statistics.median(values[label, event]):.3f}" if (label, event) in values else "–"
+             for label in ("old", "new")]
+    print(f"| {event} | {cells[0]} | {cells[1]} |")
+EOF
+fi
