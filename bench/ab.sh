@@ -34,7 +34,8 @@ up for --warmup seconds, then measures \`wrk -t$WRK_THREADS -c$CONNECTIONS -d<du
 (GET /bench/v1/charges/ch_123 with the caller token). Prints one line per run and the medians:
 req/s, p99, and Postern's CPU per call (utime+stime from /proc over the measured run, divided
 by the requests), with its user-space share, and the same split by thread kind (the
-data-plane workers summed, the audit sequencer, the detector, ...).
+data-plane workers summed, the audit sequencer, the detector, ...), and with --syscalls the
+median syscalls and context switches per call.
 
 The upstream is postern-bench-upstream from the release build (CARGO_TARGET_DIR, else
 cargo metadata); it is not built here.
@@ -159,6 +160,8 @@ try:
     with open(f"{work}/perf.{label}.txt") as counts, open(f"{work}/syscalls.txt", "a") as out:
         for row in counts:
             cells = row.strip().split(",")
+            if len(cells) > 2 and cells[0].startswith("<"):
+                print(f"ab.sh: {label}: perf did not count {cells[2]} ({cells[0]})", file=sys.stderr)
             if len(cells) > 2 and cells[0].replace(".", "").isdigit():
                 event = cells[2].removeprefix("syscalls:sys_enter_")
                 out.write(f"{label} {event} {float(cells[0]) / requests:.4f}\n")
