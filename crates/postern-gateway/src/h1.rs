@@ -555,9 +555,14 @@ fn parse_head(conn: &mut Connection, method: &Method) -> Result<Option<Head>, Er
 
 /// One parse of the buffer with room for `N` headers.
 fn parse_with<const N: usize>(conn: &mut Connection, method: &Method) -> Result<Parsed, Error> {
-    let mut slots = [httparse::EMPTY_HEADER; N];
-    let mut response = httparse::Response::new(&mut slots);
-    let head_len = match response.parse(&conn.buf) {
+    // Left uninitialized: httparse writes the slots it fills.
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
+    let mut response = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        &conn.buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => return Ok(Parsed::TooManyHeaders),
@@ -593,7 +598,7 @@ fn parse_with<const N: usize>(conn: &mut Connection, method: &Method) -> Result<
     // index): a map sized for the vendor's headers alone can be full (3 vendor headers fill
     // the 4-slot table `with_capacity(3)` makes) and would grow, and allocate, on the first.
     let mut headers = HeaderMap::with_capacity(count + 2);
-    for (name, value) in spans.into_iter().take(count) {
+    for (name, value) in spans[..count].iter().cloned() {
         let name = HeaderName::from_bytes(&head[name])
             .map_err(|_| Error::Malformed("a response header name is invalid"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value))

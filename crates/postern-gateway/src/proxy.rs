@@ -304,13 +304,20 @@ fn pipeline<'a>(
     mut request: Request<CallerBody>,
 ) -> impl Future<Output = Result<Response<GatewayBody>, CallError>> + 'a {
     async move {
-        check_request(&request)?;
+        let declared_length = check_request(&request)?;
         let caller_token = identify_caller(runtime, connection, context, request.headers())?;
         let (integration, vendor_path) = match &connection.tunnel {
             Some(tunnel) => route_tunnel(runtime, context, tunnel, target.path())?,
             None => route(runtime, context, target.path())?,
         };
-        authorize(runtime, &integration, context, &request, vendor_path)?;
+        authorize(
+            runtime,
+            &integration,
+            context,
+            &request,
+            vendor_path,
+            declared_length,
+        )?;
         progress.authorized = true;
         rate_limit(&integration, context)?;
         let body = std::mem::replace(request.body_mut(), CallerBody::empty());
@@ -366,6 +373,7 @@ fn pipeline<'a>(
                     context,
                     vendor_path,
                     request,
+                    declared_length,
                     caller_token.as_deref(),
                     source,
                 ))
@@ -376,6 +384,7 @@ fn pipeline<'a>(
                     &integration,
                     vendor_path,
                     request,
+                    declared_length,
                     caller_token.as_deref(),
                     None,
                 )?;
@@ -417,6 +426,7 @@ async fn oauth_call(
     context: &mut CallContext,
     vendor_path: &str,
     request: Request<ForwardBody>,
+    declared_length: Option<u64>,
     caller_token: Option<&[u8]>,
     source: Arc<TokenSource>,
 ) -> Result<Response<UpstreamBody>, CallError> {
@@ -425,6 +435,7 @@ async fn oauth_call(
         integration,
         vendor_path,
         request,
+        declared_length,
         caller_token,
         Some(token.clone()),
     )?;
@@ -482,8 +493,9 @@ async fn durable_intent(
 }
 
 /// Refuses malformed requests before anything else: traversal, encoded separators, control
-/// characters, conflicting framing.
-fn check_request(request: &Request<CallerBody>) -> Result<(), CallError> {
+/// characters, conflicting framing. Returns the declared `Content-Length` (read once here for
+/// the policy's request size and the body limit).
+fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError> {
     let path = request.uri().path();
     if let Some(problem) = path_problem(path) {
         return Err(CallError::bad_request(
@@ -492,21 +504,23 @@ fn check_request(request: &Request<CallerBody>) -> Result<(), CallError> {
         ));
     }
     let headers = request.headers();
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.contains_key(header::CONTENT_LENGTH)
-    {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(length) = lengths.next() else {
+        return Ok(None);
+    };
+    if headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(CallError::bad_request(
             "conflicting_framing",
             "the request has both Content-Length and Transfer-Encoding; send only one",
         ));
     }
-    if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+    if lengths.next().is_some() {
         return Err(CallError::bad_request(
             "conflicting_framing",
             "the request has several Content-Length headers; send exactly one",
         ));
     }
-    Ok(())
+    Ok(crate::h1::parse_length(length.as_bytes()))
 }
 
 /// Why a raw request path is refused, if it is.
@@ -690,6 +704,7 @@ fn authorize(
     context: &mut CallContext,
     request: &Request<CallerBody>,
     vendor_path: &str,
+    declared_length: Option<u64>,
 ) -> Result<(), CallError> {
     let Some(operation) = integration
         .operations
@@ -712,7 +727,7 @@ fn authorize(
         &integration.name,
         operation.id,
         request.method().as_str(),
-        crate::h1::content_length(request.headers()).unwrap_or(0),
+        declared_length.unwrap_or(0),
     );
     let decision = runtime.policy.authorize(&authz);
     context.policy_id = match &decision.reason {
@@ -802,6 +817,7 @@ fn inject(
     integration: &IntegrationRuntime,
     vendor_path: &str,
     request: Request<ForwardBody>,
+    declared_length: Option<u64>,
     caller_token: Option<&[u8]>,
     oauth_token: Option<HeaderValue>,
 ) -> Result<Request<ForwardBody>, CallError> {
@@ -837,7 +853,6 @@ fn inject(
             ));
         }
     }
-    let declared_length = crate::h1::content_length(&parts.headers);
     let limit = integration.config.max_request_body_bytes;
     if declared_length.is_some_and(|length| length > limit) {
         return Err(CallError::new(
@@ -1315,7 +1330,8 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 
 #[cfg(test)]
 mod tests {
-    use super::path_problem;
+    use super::{check_request, path_problem};
+    use crate::body::CallerBody;
 
     #[test]
     fn path_problem_names_the_first_kind_of_problem() {
@@ -1352,5 +1368,54 @@ mod tests {
         for (path, expected) in cases {
             assert_eq!(path_problem(path), *expected, "{path:?}");
         }
+    }
+
+    #[test]
+    fn check_request_reads_the_declared_length_once_and_refuses_conflicting_framing() {
+        let request = |headers: &[(&str, &str)]| {
+            let mut builder = http::Request::builder()
+                .method("POST")
+                .uri("/stripe/v1/charges");
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            builder.body(CallerBody::empty()).unwrap()
+        };
+        let code = |headers: &[(&str, &str)]| check_request(&request(headers)).unwrap_err().code;
+        assert_eq!(check_request(&request(&[])).unwrap(), None);
+        assert_eq!(
+            check_request(&request(&[("content-length", "42")])).unwrap(),
+            Some(42)
+        );
+        // Not a length: left to the body's own limits, as before.
+        assert_eq!(
+            check_request(&request(&[("content-length", "4x")])).unwrap(),
+            None
+        );
+        // Transfer-Encoding alone is not a conflict.
+        assert_eq!(
+            check_request(&request(&[("transfer-encoding", "chunked")])).unwrap(),
+            None
+        );
+        assert_eq!(
+            code(&[("content-length", "1"), ("transfer-encoding", "chunked")]),
+            "conflicting_framing"
+        );
+        assert_eq!(
+            code(&[("content-length", "1"), ("content-length", "1")]),
+            "conflicting_framing"
+        );
+        // Both problems at once: the Transfer-Encoding conflict is the one named, as before.
+        let both = check_request(&request(&[
+            ("content-length", "1"),
+            ("content-length", "2"),
+            ("transfer-encoding", "chunked"),
+        ]))
+        .unwrap_err();
+        assert!(
+            both.message.contains("Transfer-Encoding"),
+            "{}",
+            both.message
+        );
     }
 }
