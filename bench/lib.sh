@@ -73,12 +73,14 @@ locate_release_bins() {
   UPSTREAM_BIN="$TARGET_DIR/release/postern-bench-upstream"
 }
 
-# pgo_paths -> HOST (rustc's host triple), PGO_DIR (TARGET_DIR/pgo) and PGO_BIN, where bench/pgo.sh
-# puts the optimized binary. After locate_release_bins.
+# pgo_paths -> HOST (rustc's host triple), PGO_DIR (TARGET_DIR/pgo), PGO_BIN and BOLT_BIN, where
+# bench/pgo.sh puts the optimized binary (and with --bolt, that binary laid out again by BOLT).
+# After locate_release_bins.
 pgo_paths() {
   HOST="$(rustc -vV | awk '/^host:/ { print $2 }')"
   PGO_DIR="$TARGET_DIR/pgo"
   PGO_BIN="$PGO_DIR/optimized/$HOST/release/postern"
+  BOLT_BIN="$PGO_DIR/bolted/postern"
 }
 
 # ---------------------------------------------------------------- temp dir, cleanup

@@ -16,12 +16,13 @@ PROXY_THREADS="$(nproc)"
 UPSTREAM_THREADS=1
 SKIP_BUILD=0
 KEEP=0
+BOLT=0
 
 usage() {
   cat <<EOF
 Usage: bench/pgo.sh [options]
 
-Builds the \`postern\` binary with profile-guided optimization, in three steps (about twice a
+Builds the \`postern\` binary with profile-guided optimization, in three steps, four with --bolt (about twice a
 cold release build; ~13 minutes on 2 cores from cold, ~5–8 on later runs, as the optimizing
 build always rebuilds every crate for the new profile):
   1. an instrumented build (rustc -Cprofile-generate) into TARGET/pgo/instrumented;
@@ -33,8 +34,12 @@ build always rebuilds every crate for the new profile):
      audit = "best_effort" and once with "required"; it is stopped with SIGTERM so its
      profile is written, and the profiles of these two \`postern serve\` runs are merged
      with llvm-profdata into TARGET/pgo/postern.profdata;
-  3. the optimizing build (rustc -Cprofile-use) into TARGET/pgo/optimized.
-Prints the optimized binary's path on stdout: TARGET/pgo/optimized/<host triple>/release/postern.
+  3. the optimizing build (rustc -Cprofile-use) into TARGET/pgo/optimized;
+  4. with --bolt, a post-link pass: BOLT (llvm-bolt) instruments the optimized binary, the
+     same training runs it, and BOLT lays out its code again from that profile (hot paths
+     together, cold blocks split off) into TARGET/pgo/bolted/postern.
+Prints the final binary's path on stdout: TARGET/pgo/optimized/<host triple>/release/postern,
+or with --bolt TARGET/pgo/bolted/postern (bench/run.sh --pgo-bolt runs that one as its pgo target).
 TARGET is CARGO_TARGET_DIR (else cargo metadata's target directory). Both builds pass
 --target <host triple>, so build scripts and proc macros are neither instrumented nor profiled.
 
@@ -48,11 +53,14 @@ Options:
   --train-seconds S   seconds of load per audit mode (default $TRAIN_SECONDS; GET for S, POST for
                       S/2, intercepted keep-alive calls for S/2, a handshake per call for S/4)
   --skip-build        skip the release build of postern-bench-upstream (the PGO builds always run)
+  --bolt              also step 4 (adds -Clink-arg=-Wl,--emit-relocs to step 3, which BOLT needs
+                      to move functions; llvm-bolt and merge-fdata from Debian's bolt-N package,
+                      installed with apt-get when missing and running as root; ~1–2 minutes more)
   --keep              keep the temp dir (configs, logs)
   -h, --help          this help
 
 Needs: cargo, wrk, python3, and llvm-profdata matching rustc's LLVM (the rustup component
-llvm-tools, added with rustup when missing).
+llvm-tools, added with rustup when missing); with --bolt, llvm-bolt and merge-fdata.
 EOF
 }
 
@@ -61,6 +69,7 @@ while [[ $# -gt 0 ]]; do
     --train-seconds) TRAIN_SECONDS="$2"; shift 2 ;;
     --skip-build) SKIP_BUILD=1; shift ;;
     --keep) KEEP=1; shift ;;
+    --bolt) BOLT=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "pgo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -101,54 +110,67 @@ pgo_build() {
 
 # ---------------------------------------------------------------- 1. instrumented build
 rm -rf "$RAW_DIR"
+# A BOLT binary of an earlier PGO build must not outlive it (run.sh --pgo-bolt --skip-build).
+rm -f "$BOLT_BIN"
 mkdir -p "$RAW_DIR"
 pgo_build instrumented "-Cprofile-generate=$RAW_DIR"
 
 # ---------------------------------------------------------------- 2. training
 make_workdir postern-pgo
-POSTERN_BIN="$INSTRUMENTED"
 read -r UPSTREAM_PORT < <(free_ports 1)
 start_upstream
-for AUDIT_MODE in best_effort required; do
-  # The upstream is listening by now, so these cannot be its port.
-  read -r POSTERN_PORT ADMIN_PORT < <(free_ports 2)
-  rm -rf "$WORK/postern"
-  # bench/run.sh's integration, plus bench/proxy.sh's interception of $INTERCEPT_HOST:443.
-  write_postern_config bench/pgo.sh 'credential = { kind = "bearer", from_file = "vendor-key" }' \
-    "$(printf '[proxy]\nallowed_ports = [443]\nallow_private_networks = ["127.0.0.1/32"]')" \
-    "hosts = [\"$INTERCEPT_HOST\"]"
-  "$POSTERN_BIN" ca export --config "$WORK/postern/postern.toml" >"$WORK/ca.pem" 2>"$WORK/ca-export.log" \
-    || die "postern ca export failed (see $WORK/ca-export.log)"
-  # Only the serving runs' profiles are merged (`callers token` and `check` above write theirs
-  # under the default name in the same directory).
-  LLVM_PROFILE_FILE="$RAW_DIR/serve-%p-%m.profraw" start_postern
-  url="http://127.0.0.1:$POSTERN_PORT/bench/v1/charges"
-  log "training ($AUDIT_MODE): GET ${TRAIN_SECONDS}s, POST $((TRAIN_SECONDS / 2))s, intercepted $((TRAIN_SECONDS / 2))s + $((TRAIN_SECONDS / 4))s with a handshake per call"
-  wrk -t2 -c64 -d"${TRAIN_SECONDS}s" -H "Authorization: Bearer $TOKEN" "$url/ch_123" >"$WORK/wrk-$AUDIT_MODE-get.txt" 2>&1 \
-    || die "wrk failed (see $WORK/wrk-$AUDIT_MODE-get.txt)"
-  cat >"$WORK/post.lua" <<'EOF'
+
+# train BIN [PROFILE_FILE] -> the training load, once per audit mode, each on a fresh
+# `postern serve` of BIN (with LLVM_PROFILE_FILE=PROFILE_FILE when given); SERVE_PIDS gets the
+# pids of those serve runs, whose profiles are the ones to merge.
+train() {
+  local profile_file="${2:-}"
+  POSTERN_BIN="$1"
+  SERVE_PIDS=()
+  for AUDIT_MODE in best_effort required; do
+    # The upstream is listening by now, so these cannot be its port.
+    read -r POSTERN_PORT ADMIN_PORT < <(free_ports 2)
+    rm -rf "$WORK/postern"
+    # bench/run.sh's integration, plus bench/proxy.sh's interception of $INTERCEPT_HOST:443.
+    write_postern_config bench/pgo.sh 'credential = { kind = "bearer", from_file = "vendor-key" }' \
+      "$(printf '[proxy]\nallowed_ports = [443]\nallow_private_networks = ["127.0.0.1/32"]')" \
+      "hosts = [\"$INTERCEPT_HOST\"]"
+    "$POSTERN_BIN" ca export --config "$WORK/postern/postern.toml" >"$WORK/ca.pem" 2>"$WORK/ca-export.log" \
+      || die "postern ca export failed (see $WORK/ca-export.log)"
+    # Only the serving runs' profiles are merged (`callers token` and `ca export` above write
+    # theirs too: PGO's under the default name in the same directory, BOLT's under their pids).
+    if [[ -n "$profile_file" ]]; then LLVM_PROFILE_FILE="$profile_file" start_postern; else start_postern; fi
+    SERVE_PIDS+=("$POSTERN_PID")
+    url="http://127.0.0.1:$POSTERN_PORT/bench/v1/charges"
+    log "training ($AUDIT_MODE): GET ${TRAIN_SECONDS}s, POST $((TRAIN_SECONDS / 2))s, intercepted $((TRAIN_SECONDS / 2))s + $((TRAIN_SECONDS / 4))s with a handshake per call"
+    wrk -t2 -c64 -d"${TRAIN_SECONDS}s" -H "Authorization: Bearer $TOKEN" "$url/ch_123" >"$WORK/wrk-$AUDIT_MODE-get.txt" 2>&1 \
+      || die "wrk failed (see $WORK/wrk-$AUDIT_MODE-get.txt)"
+    cat >"$WORK/post.lua" <<'EOF'
 wrk.method = "POST"
 wrk.body = '{"amount":2000,"currency":"usd","source":"tok_visa","description":"pgo training"}'
 wrk.headers["Content-Type"] = "application/json"
 EOF
-  wrk -t2 -c64 -d"$((TRAIN_SECONDS / 2))s" -s "$WORK/post.lua" -H "Authorization: Bearer $TOKEN" "$url" \
-    >"$WORK/wrk-$AUDIT_MODE-post.txt" 2>&1 || die "wrk failed (see $WORK/wrk-$AUDIT_MODE-post.txt)"
-  grep -q -E 'Non-2xx|Socket errors' "$WORK"/wrk-"$AUDIT_MODE"-*.txt \
-    && die "training calls failed (see $WORK/wrk-$AUDIT_MODE-*.txt)"
-  for fresh in "" --fresh; do
-    seconds=$((TRAIN_SECONDS / 2)); connections=64
-    [[ -n "$fresh" ]] && { seconds=$((TRAIN_SECONDS / 4)); connections=16; }
-    out="$WORK/load-$AUDIT_MODE-intercept${fresh}.json"
-    timeout $((seconds + 60)) "$LOAD_BIN" intercept --target "127.0.0.1:$POSTERN_PORT" \
-      --host "$INTERCEPT_HOST:443" --ca "$WORK/ca.pem" --token "$TOKEN" --connections "$connections" \
-      --duration "$seconds" --warmup 0 --expect '"object":"charge"' --strict --json $fresh \
-      >"$out" 2>"$out.stderr" || die "intercepted training calls failed (see $out.stderr)"
+    wrk -t2 -c64 -d"$((TRAIN_SECONDS / 2))s" -s "$WORK/post.lua" -H "Authorization: Bearer $TOKEN" "$url" \
+      >"$WORK/wrk-$AUDIT_MODE-post.txt" 2>&1 || die "wrk failed (see $WORK/wrk-$AUDIT_MODE-post.txt)"
+    grep -q -E 'Non-2xx|Socket errors' "$WORK"/wrk-"$AUDIT_MODE"-*.txt \
+      && die "training calls failed (see $WORK/wrk-$AUDIT_MODE-*.txt)"
+    for fresh in "" --fresh; do
+      seconds=$((TRAIN_SECONDS / 2)); connections=64
+      [[ -n "$fresh" ]] && { seconds=$((TRAIN_SECONDS / 4)); connections=16; }
+      out="$WORK/load-$AUDIT_MODE-intercept${fresh}.json"
+      timeout $((seconds + 60)) "$LOAD_BIN" intercept --target "127.0.0.1:$POSTERN_PORT" \
+        --host "$INTERCEPT_HOST:443" --ca "$WORK/ca.pem" --token "$TOKEN" --connections "$connections" \
+        --duration "$seconds" --warmup 0 --expect '"object":"charge"' --strict --json $fresh \
+        >"$out" 2>"$out.stderr" || die "intercepted training calls failed (see $out.stderr)"
+    done
+    # SIGTERM: a graceful stop returns from main, which is when the profile is written.
+    kill -TERM "$POSTERN_PID" || die "the instrumented postern exited during training (see $WORK/postern.log)"
+    wait "$POSTERN_PID" || die "the instrumented postern did not stop cleanly (see $WORK/postern.log)"
+    forget_pid "$POSTERN_PID"
   done
-  # SIGTERM: a graceful stop returns from main, which is when the profile is written.
-  kill -TERM "$POSTERN_PID" || die "the instrumented postern exited during training (see $WORK/postern.log)"
-  wait "$POSTERN_PID" || die "the instrumented postern did not stop cleanly (see $WORK/postern.log)"
-  forget_pid "$POSTERN_PID"
-done
+}
+
+train "$INSTRUMENTED" "$RAW_DIR/serve-%p-%m.profraw"
 served="$(compgen -G "$RAW_DIR/serve-*.profraw" | wc -l)"
 [[ "$served" -eq 2 ]] || die "expected 2 profiles from the training runs in $RAW_DIR, found $served"
 
@@ -156,7 +178,49 @@ log "merging the $served training profiles into $PROFILE"
 "$PROFDATA" merge -o "$PROFILE" "$RAW_DIR"/serve-*.profraw >&2 || die "llvm-profdata merge failed"
 
 # ---------------------------------------------------------------- 3. optimizing build
-pgo_build optimized "-Cprofile-use=$PROFILE"
+# BOLT moves functions only in a binary linked with its relocations kept.
+RELOCS=""
+[[ $BOLT -eq 1 ]] && RELOCS=" -Clink-arg=-Wl,--emit-relocs"
+pgo_build optimized "-Cprofile-use=$PROFILE$RELOCS"
 [[ -x "$PGO_BIN" ]] || die "$PGO_BIN was not built"
 log "PGO build: $PGO_BIN"
-echo "$PGO_BIN"
+if [[ $BOLT -eq 0 ]]; then
+  echo "$PGO_BIN"
+  exit 0
+fi
+
+# ---------------------------------------------------------------- 4. BOLT
+# llvm-bolt and merge-fdata: on PATH, else the newest Debian bolt-N's, else installed.
+bolt_tool() { # NAME -> its path, or nothing
+  command -v "$1" 2>/dev/null && return 0
+  compgen -G "/usr/lib/llvm-*/bin/$1" | sort -t- -k2 -n | tail -1 || true
+}
+if [[ -z "$(bolt_tool llvm-bolt)" ]]; then
+  package="$(apt-cache search --names-only '^bolt-[0-9]+$' 2>/dev/null | awk '{ print $1 }' | sort -t- -k2 -n | tail -1 || true)"
+  [[ -n "$package" ]] || die "llvm-bolt not found, and apt has no bolt-N package (install LLVM's BOLT)"
+  apt_install "$package"
+fi
+LLVM_BOLT="$(bolt_tool llvm-bolt)"
+MERGE_FDATA="$(bolt_tool merge-fdata)"
+[[ -x "$LLVM_BOLT" && -x "$MERGE_FDATA" ]] || die "llvm-bolt or merge-fdata not found after installing BOLT"
+BOLT_DIR="$PGO_DIR/bolt"
+rm -rf "$BOLT_DIR" && mkdir -p "$BOLT_DIR" "$(dirname "$BOLT_BIN")"
+log "BOLT ($("$LLVM_BOLT" --version | awk '/LLVM version/ { print $NF }')): instrumenting $PGO_BIN"
+"$LLVM_BOLT" "$PGO_BIN" -instrument -o "$BOLT_DIR/postern.instrumented" \
+  --instrumentation-file="$BOLT_DIR/profile" --instrumentation-file-append-pid \
+  >"$BOLT_DIR/instrument.log" 2>&1 || die "llvm-bolt -instrument failed (see $BOLT_DIR/instrument.log)"
+train "$BOLT_DIR/postern.instrumented"
+profiles=()
+for pid in "${SERVE_PIDS[@]}"; do
+  [[ -s "$BOLT_DIR/profile.$pid.fdata" ]] || die "the BOLT training run $pid wrote no profile ($BOLT_DIR/profile.$pid.fdata)"
+  profiles+=("$BOLT_DIR/profile.$pid.fdata")
+done
+"$MERGE_FDATA" "${profiles[@]}" >"$BOLT_DIR/postern.fdata" 2>"$BOLT_DIR/merge.log" \
+  || die "merge-fdata failed (see $BOLT_DIR/merge.log)"
+log "BOLT: laying out $PGO_BIN again from the ${#profiles[@]} training profiles"
+"$LLVM_BOLT" "$PGO_BIN" -o "$BOLT_BIN" --data="$BOLT_DIR/postern.fdata" \
+  --reorder-blocks=ext-tsp --reorder-functions=cdsort --split-functions --split-all-cold --split-eh \
+  --icf=all --use-gnu-stack --dyno-stats >"$BOLT_DIR/optimize.log" 2>&1 \
+  || die "llvm-bolt failed (see $BOLT_DIR/optimize.log)"
+log "PGO + BOLT build: $BOLT_BIN"
+echo "$BOLT_BIN"

@@ -113,7 +113,10 @@ def main():
     w("")
     w("| target | req/s | (min–max) | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req | proxy sleeps/req | peak RSS MiB | non-2xx | socket errors |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    pgo_build = meta.get("pgo_build", "PGO")
     for target, label in TARGETS:
+        if target == "pgo":
+            label = f"(c′) Postern, full pipeline, {pgo_build} build"
         if target not in med:
             continue
         m = med[target]
@@ -149,12 +152,16 @@ def main():
 
     if all(t in med for t in ("nginx", "postern", "pgo")):
         n, p, g = med["nginx"], med["postern"], med["pgo"]
-        w("## The PGO build")
+        w(f"## The {pgo_build} build")
         w("")
-        w("The same program built by bench/pgo.sh with profile-guided optimization (trained on this bench's "
-          "load), beside the plain release build in the same rounds.")
+        if pgo_build == "PGO":
+            w("The same program built by bench/pgo.sh with profile-guided optimization (trained on this bench's "
+              "load), beside the plain release build in the same rounds.")
+        else:
+            w("The same program built by bench/pgo.sh --bolt: profile-guided optimization, then BOLT's post-link "
+              "layout (both trained on this bench's load), beside the plain release build in the same rounds.")
         w("")
-        w("| | PGO build vs nginx | PGO build vs release build |")
+        w(f"| | {pgo_build} build vs nginx | {pgo_build} build vs release build |")
         w("|---|---:|---:|")
         w(f"| throughput (req/s ratio) | **{g['rps'] / n['rps']:.2f}×** | {g['rps'] / p['rps']:.2f}× |")
         w(f"| p99 difference | **{signed_ms(g['p99_us'] - n['p99_us'])} ms** | {signed_ms(g['p99_us'] - p['p99_us'])} ms |")

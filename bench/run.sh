@@ -25,6 +25,7 @@ SCAN=off
 NGINX_ACCESS_LOG=off
 OUT="$BENCH_DIR/results/latest.md"
 SKIP_BUILD=0
+PGO_BOLT=0
 SKIP_IDLE=0
 KEEP=0
 PERF=0
@@ -43,7 +44,8 @@ Measures, in one run on this machine, side by side:
                 (crates/postern-bench-upstream/examples/minproxy.rs) -> upstream: what any
                 hyper-based proxy costs here before it does anything (only with --targets)
   (c') pgo      wrk -> Postern as (c), built with profile-guided optimization by bench/pgo.sh
-                (only with --targets; without --skip-build it runs bench/pgo.sh, ~5–13 min on 2 cores)
+                (only with --targets; without --skip-build it runs bench/pgo.sh, ~5–13 min on 2 cores;
+                with --pgo-bolt, the PGO build laid out again by BOLT: bench/pgo.sh --bolt)
 Runs alternate a,b,c,a,b,c,... for --rounds rounds; the report gives medians, proxy CPU per
 request, peak RSS (VmHWM) and memory per idle keep-alive connection (bench/idle_conns.py).
 Everything runs on loopback in a temp dir; every process started is killed on exit.
@@ -69,6 +71,7 @@ Options:
   --scan on|off         payload scanning on the bench integration (data_classes = ["pii.email"],
                         on_unapproved = "redact"); implies --method POST with a 741-byte JSON customer
                         body (email approved, phone and card masked) on every target (default off)
+  --pgo-bolt            the pgo target is bench/pgo.sh --bolt's PGO + BOLT build
   --skip-build          use the existing release binaries
   --keep                keep the temp dir (configs, logs, events, raw results)
   -h, --help            this help
@@ -95,6 +98,7 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="$2"; shift 2 ;;
     --perf) PERF=1; shift ;;
     --skip-build) SKIP_BUILD=1; shift ;;
+    --pgo-bolt) PGO_BOLT=1; shift ;;
     --keep) KEEP=1; shift ;;
     --audit) AUDIT_MODE="$2"; shift 2 ;;
     --credential) CREDENTIAL_KIND="$2"; shift 2 ;;
@@ -137,12 +141,17 @@ locate_release_bins
 FLOOR_BIN="$TARGET_DIR/release/examples/minproxy"
 [[ -x "$POSTERN_BIN" && -x "$UPSTREAM_BIN" ]] || die "release binaries not found in $TARGET_DIR/release (drop --skip-build?)"
 PGO_BIN=""
+PGO_BUILD="PGO"
+PGO_FLAGS=()
+if [[ $PGO_BOLT -eq 1 ]]; then PGO_BUILD="PGO + BOLT"; PGO_FLAGS=(--bolt); fi
+[[ $PGO_BOLT -eq 0 || " $TARGETS " == *" pgo "* ]] || die "--pgo-bolt needs the pgo target (--targets \"... pgo\")"
 if [[ " $TARGETS " == *" pgo "* ]]; then
   if [[ $SKIP_BUILD -eq 1 ]]; then
     pgo_paths
-    [[ -x "$PGO_BIN" ]] || die "$PGO_BIN not found (run bench/pgo.sh, or drop --skip-build)"
+    [[ $PGO_BOLT -eq 1 ]] && PGO_BIN="$BOLT_BIN"
+    [[ -x "$PGO_BIN" ]] || die "$PGO_BIN not found (run bench/pgo.sh${PGO_FLAGS[*]:+ ${PGO_FLAGS[*]}}, or drop --skip-build)"
   else
-    PGO_BIN="$("$BENCH_DIR/pgo.sh" --skip-build | tail -1)" || die "bench/pgo.sh failed"
+    PGO_BIN="$("$BENCH_DIR/pgo.sh" --skip-build "${PGO_FLAGS[@]}" | tail -1)" || die "bench/pgo.sh failed"
   fi
 fi
 
@@ -362,6 +371,7 @@ log "sanity checks passed (200 with the upstream body on $SANITY_TARGETS; 401 wi
   echo "proxy_threads=$PROXY_THREADS"
   echo "upstream_threads=$UPSTREAM_THREADS"
   echo "nginx_access_log=$NGINX_ACCESS_LOG"
+  [[ -n "$PGO_BIN" ]] && echo "pgo_build=$PGO_BUILD"
   echo "body_bytes=$BODY_BYTES"
   echo "scan=$SCAN"
   echo "request_body_bytes=$([[ "$METHOD" == POST ]] && printf '%s' "$POST_BODY" | wc -c || echo 0)"
