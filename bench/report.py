@@ -13,7 +13,7 @@ TARGETS = [
     ("direct", "(a) direct to upstream"),
     ("nginx", "(b) nginx proxy_pass"),
     ("postern", "(c) Postern, full pipeline"),
-    ("pgo", "(c′) Postern, full pipeline, PGO build"),
+    ("pgo", None),  # labelled with the build's kind (PGO, or PGO + BOLT) from meta.env
     ("floor", "(d) hyper floor: bare hyper proxy, no pipeline"),
 ]
 

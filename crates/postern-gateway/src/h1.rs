@@ -556,7 +556,7 @@ fn parse_head(conn: &mut Connection, method: &Method) -> Result<Option<Head>, Er
 /// One parse of the buffer with room for `N` headers.
 fn parse_with<const N: usize>(conn: &mut Connection, method: &Method) -> Result<Parsed, Error> {
     // Left uninitialized: httparse writes the slots it fills.
-    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
     let mut response = httparse::Response::new(&mut []);
     let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut response,

@@ -314,9 +314,9 @@ fn parse(buf: &mut BytesMut, max_header_bytes: usize) -> Parse {
         let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
         let mut headers = HeaderMap::with_capacity(count);
         // Borrowed, not moved into the closure: the array is 2 KiB.
-        for (name, value) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
+        for (name, value) in spans[..count].iter().cloned() {
+            let name = HeaderName::from_bytes(&head[name]).ok()?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value)).ok()?;
             headers.append(name, value);
         }
         let mut request = Request::new(());
