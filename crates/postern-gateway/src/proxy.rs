@@ -846,7 +846,7 @@ fn inject(
     let (parts, body) = request.into_parts();
     if let Some(token) = caller_token {
         let target = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
-        if memchr::memmem::find(target.as_bytes(), token).is_some() {
+        if contains(target.as_bytes(), token) {
             return Err(CallError::bad_request(
                 "caller_token_in_url",
                 "the request URL contains the caller token; send it only in the Authorization header",
@@ -888,7 +888,7 @@ fn inject(
             continue;
         }
         if let Some(token) = caller_token {
-            if memchr::memmem::find(value.as_bytes(), token).is_some() {
+            if contains(value.as_bytes(), token) {
                 continue;
             }
         }
@@ -948,6 +948,13 @@ fn inject(
     *upstream.uri_mut() = uri;
     *upstream.headers_mut() = headers;
     Ok(upstream)
+}
+
+/// Whether `haystack` holds `needle`. A haystack shorter than the needle is answered without a
+/// search: `memmem::find` first prepares the needle (a hash of all its bytes), and on every call
+/// the target and most header values are shorter than a caller token.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.len() >= needle.len() && memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// The OAuth2 access token for this call (cached, or minted now — once for all waiting calls).
@@ -1330,7 +1337,7 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_request, path_problem};
+    use super::{check_request, contains, path_problem};
     use crate::body::CallerBody;
 
     #[test]
@@ -1417,5 +1424,15 @@ mod tests {
             "{}",
             both.message
         );
+    }
+
+    #[test]
+    fn contains_finds_a_needle_only_where_it_fits() {
+        assert!(contains(b"/v1/charges?key=tok_abc", b"tok_abc"));
+        assert!(contains(b"tok_abc", b"tok_abc"));
+        assert!(!contains(b"tok_ab", b"tok_abc"));
+        assert!(!contains(b"/v1/charges", b"tok_abc"));
+        // An empty needle is in everything, as memmem says.
+        assert!(contains(b"", b""));
     }
 }
