@@ -452,7 +452,7 @@ async fn absolute(
     let token = caller.token.as_ref().map(|t| t.to_vec());
     if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
         let target = parts.uri.to_string();
-        if memchr::memmem::find(target.as_bytes(), token).is_some() {
+        if crate::proxy::contains(target.as_bytes(), token) {
             return Err(CallError::bad_request(
                 "caller_token_in_url",
                 "the request URL contains the caller token; send it only in Proxy-Authorization",
@@ -699,7 +699,7 @@ fn strip_proxy_headers(headers: &mut http::HeaderMap, token: Option<&[u8]>) {
     if let Some(token) = token.filter(|t| !t.is_empty()) {
         let carrying: Vec<http::HeaderName> = headers
             .iter()
-            .filter(|(_, value)| memchr::memmem::find(value.as_bytes(), token).is_some())
+            .filter(|(_, value)| crate::proxy::contains(value.as_bytes(), token))
             .map(|(name, _)| name.clone())
             .collect();
         for name in carrying {

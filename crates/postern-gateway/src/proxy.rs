@@ -950,10 +950,11 @@ fn inject(
     Ok(upstream)
 }
 
-/// Whether `haystack` holds `needle`. A haystack shorter than the needle is answered without a
-/// search: `memmem::find` first prepares the needle (a hash of all its bytes), and on every call
-/// the target and most header values are shorter than a caller token.
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+/// Whether `haystack` holds `needle` (a caller token, an injected secret). A haystack shorter
+/// than the needle is answered without a search: `memmem::find` first prepares the needle (a
+/// hash of all its bytes), and on every call the target and most header values are shorter
+/// than a token or a secret.
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.len() >= needle.len() && memchr::memmem::find(haystack, needle).is_some()
 }
 
@@ -1214,7 +1215,7 @@ fn prepare_response(
         integration
             .secret_needles
             .iter()
-            .any(|needle| memchr::memmem::find(value.as_bytes(), needle).is_some())
+            .any(|needle| contains(value.as_bytes(), needle))
     };
     // Most answers carry none of the headers removed below, and one pass over them costs less
     // than the removals (each hashes its name): `Connection`, which names more, is hop-by-hop.
