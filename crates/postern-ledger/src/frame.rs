@@ -122,10 +122,16 @@ pub fn scan_frames<E>(
         let len = u32::from_be_bytes(remaining[0..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_be_bytes(remaining[4..8].try_into().expect("4 bytes"));
         if len == 0 || len > MAX_RECORD_BYTES {
-            let runs_past_end = len > remaining.len() - FRAME_HEADER_BYTES;
+            let looks_torn = match padded_tail {
+                // A crash leaves each block (sector) of a direct write either new or as it was:
+                // the same bytes or zeros. A torn length keeps a real one's two high zero bytes,
+                // so a length above the limit there is damage, whatever follows it.
+                true => len == 0 && in_last_write(pos + FRAME_HEADER_BYTES),
+                false => len > remaining.len() - FRAME_HEADER_BYTES,
+            };
             return Ok(Some(torn_or_corrupt(
                 format!("record length {len} is invalid (must be 1..=65535)"),
-                runs_past_end || in_last_write(pos + FRAME_HEADER_BYTES),
+                looks_torn,
             )));
         }
         let end = FRAME_HEADER_BYTES + len;
@@ -159,13 +165,13 @@ mod tests {
     use super::*;
 
     /// Records filling exactly two blocks (the file's length is block-aligned): 29 records of
-    /// 8 + 265 bytes, then one of whatever is left, with record 28 (in the last block) damaged.
-    fn aligned_with_damage_in_the_last_block() -> (Vec<u8>, u64) {
+    /// 8 + 265 bytes, then one of whatever is left; and where record 28 (in the last block) is.
+    fn aligned_records() -> (Vec<u8>, usize) {
         let mut data = Vec::new();
-        let mut damaged = 0;
+        let mut record_28 = 0;
         for i in 0..29 {
             if i == 28 {
-                damaged = data.len();
+                record_28 = data.len();
             }
             push_frame(&mut data, &[b'a' + (i % 26) as u8; 265]);
         }
@@ -173,11 +179,50 @@ mod tests {
         push_frame(&mut data, &vec![b'z'; left]);
         assert_eq!(data.len(), 2 * PAD_BLOCK_BYTES);
         assert!(
-            damaged > PAD_BLOCK_BYTES,
-            "the damaged record is in the last block"
+            record_28 > PAD_BLOCK_BYTES,
+            "record 28 is in the last block"
         );
+        (data, record_28)
+    }
+
+    /// [`aligned_records`] with a byte of record 28's payload flipped.
+    fn aligned_with_damage_in_the_last_block() -> (Vec<u8>, u64) {
+        let (mut data, damaged) = aligned_records();
         data[damaged + FRAME_HEADER_BYTES + 3] ^= 0x20;
         (data, damaged as u64)
+    }
+
+    #[test]
+    fn a_length_above_the_limit_in_a_direct_write_is_damage_not_a_tear() {
+        // A lost sector zeroes a length: in the block the last write rewrote, a tear.
+        let (mut data, at) = aligned_records();
+        data[at..at + 4].fill(0);
+        assert_eq!(
+            stop(&data, Tail::Active),
+            Some(FrameStop::TornTail { offset: at as u64 })
+        );
+        // A crash cannot set a length's high bytes (a real one's are zero, and a torn block
+        // holds new bytes or zeros): a length above the limit is damage, even when it would
+        // run past the end of the file.
+        for (byte, value) in [(0, 0x80), (1, 0x01), (1, 0x7f)] {
+            let (mut data, at) = aligned_records();
+            data[at + byte] = value;
+            assert!(
+                matches!(stop(&data, Tail::Active), Some(FrameStop::Corrupt { offset, ref reason }) if offset == at as u64 && reason.contains("is invalid")),
+                "high byte {byte} set to {value:#x}"
+            );
+        }
+        // A file only appended through the page cache keeps the old rule: a length running
+        // past the end of the data is the last record, torn.
+        let (mut data, _) = aligned_records();
+        let last = data.len() - (2 * PAD_BLOCK_BYTES - 29 * (FRAME_HEADER_BYTES + 265));
+        data[last] = 0x01;
+        assert_eq!(
+            stop(&data, Tail::Appended),
+            Some(FrameStop::TornTail {
+                offset: last as u64
+            })
+        );
     }
 
     fn stop(data: &[u8], tail: Tail) -> Option<FrameStop> {

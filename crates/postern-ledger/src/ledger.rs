@@ -676,7 +676,13 @@ fn open_blocking(
     let hashes = open_rw(&hashes_path)?;
     let hashes_on_disk =
         hashes.metadata().map_err(io_error(&hashes_path))?.len() / HASH_SIZE as u64;
-    let mut sync = HashFileSync::new(&hashes, &hashes_path, hashes_on_disk)?;
+    let checkpoint_size = latest.as_ref().map(|l| l.checkpoint.size);
+    let mut sync = HashFileSync::new(
+        &hashes,
+        &hashes_path,
+        hashes_on_disk,
+        stored_hash_count(checkpoint_size.unwrap_or(0)),
+    )?;
 
     let mut builder = TreeBuilder::new();
     let mut new_hashes = Vec::new();
@@ -684,7 +690,6 @@ fn open_blocking(
     let mut bundle_starts = Vec::new();
     let mut torn_tail = None;
     let mut root_at_checkpoint = None;
-    let checkpoint_size = latest.as_ref().map(|l| l.checkpoint.size);
     if checkpoint_size == Some(0) {
         root_at_checkpoint = Some(builder.root());
     }
@@ -717,7 +722,13 @@ fn open_blocking(
             if Some(builder.size()) == checkpoint_size {
                 root_at_checkpoint = Some(builder.root());
             }
-            sync.push(&new_hashes)
+            sync.push(&new_hashes, || {
+                format!(
+                    "entry {index} ({} at byte offset {})",
+                    path.display(),
+                    frame.offset
+                )
+            })
         })?;
         let mut valid_len = data.len() as u64;
         let file = open_rw(&path)?;
@@ -738,6 +749,19 @@ fn open_blocking(
                 file.set_len(offset).map_err(io_error(&path))?;
             }
             Some(FrameStop::TornTail { offset }) => {
+                // Entries a signed checkpoint covers were durable before it was signed: a crash
+                // cannot tear them. Damage there is refused before anything is truncated, so
+                // the bytes stay for `postern audit verify` and for whoever investigates.
+                if let Some(covered) = checkpoint_size.filter(|&size| size > builder.size()) {
+                    return Err(LedgerError::Corrupt {
+                        segment: path,
+                        offset,
+                        entry_index: builder.size(),
+                        reason: format!(
+                            "the record here is damaged, and the last signed checkpoint covers {covered} entries, so it was durable before that checkpoint and not torn by a crash; the ledger refuses to open and leaves the file as it is"
+                        ),
+                    });
+                }
                 valid_len = offset;
                 file.set_len(offset)
                     .and_then(|()| file.sync_all())
@@ -823,7 +847,9 @@ fn open_blocking(
 }
 
 /// Brings the stored-hash file in line with the recomputed hashes: compares while they agree,
-/// rewrites from the first difference.
+/// rewrites from the first difference — except among the hashes the last signed checkpoint
+/// covers, where a difference is evidence (an entry changed, or the file damaged) and opening
+/// is refused with the file as it was, for `postern audit verify` to name the entry.
 struct HashFileSync<'a> {
     path: &'a Path,
     file: &'a File,
@@ -831,11 +857,18 @@ struct HashFileSync<'a> {
     writer: Option<BufWriter<&'a File>>,
     position: u64,
     on_disk: u64,
+    /// Stored hashes below this position are covered by the last signed checkpoint.
+    covered: u64,
     rewritten_from: Option<u64>,
 }
 
 impl<'a> HashFileSync<'a> {
-    fn new(file: &'a File, path: &'a Path, on_disk: u64) -> Result<Self, LedgerError> {
+    fn new(
+        file: &'a File,
+        path: &'a Path,
+        on_disk: u64,
+        covered: u64,
+    ) -> Result<Self, LedgerError> {
         Ok(HashFileSync {
             path,
             file,
@@ -843,6 +876,7 @@ impl<'a> HashFileSync<'a> {
             writer: None,
             position: 0,
             on_disk,
+            covered,
             rewritten_from: None,
         })
     }
@@ -863,16 +897,22 @@ impl<'a> HashFileSync<'a> {
         Ok(())
     }
 
-    fn push(&mut self, hashes: &[Hash]) -> Result<(), LedgerError> {
+    /// The hashes one entry added to the tree; `entry` describes that entry for an error.
+    fn push(&mut self, hashes: &[Hash], entry: impl Fn() -> String) -> Result<(), LedgerError> {
         for hash in hashes {
             if let Some(reader) = self.reader.as_mut() {
                 let mut buf = [0u8; HASH_SIZE];
-                if self.position < self.on_disk
-                    && reader.read_exact(&mut buf).is_ok()
-                    && buf == hash.0
-                {
+                let stored = self.position < self.on_disk && reader.read_exact(&mut buf).is_ok();
+                if stored && buf == hash.0 {
                     self.position += 1;
                     continue;
+                }
+                if stored && self.position < self.covered {
+                    return Err(LedgerError::Inconsistent(format!(
+                        "{} does not match the stored Merkle tree ({}), which the last signed checkpoint covers: an entry at or before it was changed, removed or reordered, or that file was damaged; the ledger refuses to open and changes no file — run `postern audit verify`, then again with that file moved aside: if the entries then match the signed checkpoints, only the file was damaged, and the next start rebuilds it",
+                        entry(),
+                        self.path.display()
+                    )));
                 }
                 self.switch_to_writing()?;
             }

@@ -443,6 +443,49 @@ async fn a_torn_record_in_the_rewritten_block_is_a_torn_tail_but_not_elsewhere()
 }
 
 #[tokio::test]
+async fn damage_a_signed_checkpoint_covers_is_refused_and_left_in_place() {
+    // The damage the test above forgives as a torn write, after a checkpoint covering the
+    // damaged record was signed: that record was durable before the checkpoint, so a crash
+    // cannot have torn it. Opening refuses without truncating anything.
+    let tmp = tempfile::tempdir().unwrap();
+    let (segment, mut data) = padded_segment_of_300(tmp.path()).await;
+    let ledger = open(tmp.path()).await;
+    assert_eq!(ledger.checkpoint().unwrap().unwrap().size, 300);
+    ledger.close().await;
+    let last = record_offset(&segment, 299) as usize;
+    data[last + 9..last + 12].fill(0);
+    std::fs::write(&segment, &data).unwrap();
+    match Ledger::open(tmp.path(), options()).await.unwrap_err() {
+        LedgerError::Corrupt {
+            segment: s,
+            offset,
+            entry_index,
+            reason,
+        } => {
+            assert_eq!(
+                (s, offset, entry_index),
+                (segment.clone(), last as u64, 299)
+            );
+            assert!(reason.contains("checkpoint covers 300 entries"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        data,
+        "the damaged segment is left as it was"
+    );
+    assert!(matches!(
+        verify_dir(tmp.path(), None, |_, _| {}).unwrap_err(),
+        VerifyError::CheckpointBeyondLog {
+            size: 300,
+            entries: 299,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
 async fn padding_in_an_earlier_segment_is_corruption() {
     let tmp = tempfile::tempdir().unwrap();
     let options = LedgerOptions {
@@ -552,14 +595,16 @@ async fn dropped_entry_is_named_by_verify_and_refused_by_open() {
     recs.remove(7);
     write_records(&segment, &recs);
 
+    // Opening first: it refuses, and leaves the stored hashes for verify to name the entry.
+    let err = Ledger::open(tmp.path(), options()).await.unwrap_err();
+    assert!(matches!(err, LedgerError::Inconsistent(_)), "{err}");
+    assert!(err.to_string().contains("entry 7 ("), "{err}");
     let err = verify_dir(tmp.path(), None, |_, _| {}).unwrap_err();
     assert!(
         matches!(err, VerifyError::EntryMismatch { entry_index: 7, .. }),
         "{err}"
     );
     assert!(err.to_string().contains("entry 7"), "{err}");
-    let err = Ledger::open(tmp.path(), options()).await.unwrap_err();
-    assert!(matches!(err, LedgerError::Inconsistent(_)), "{err}");
 
     // Without the stored hashes, the checkpoints still catch it.
     std::fs::remove_file(tmp.path().join("tree-hashes.bin")).unwrap();
@@ -698,6 +743,32 @@ async fn stale_hash_file_is_rebuilt_on_open() {
     let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
     assert_eq!(report.hashes_rewritten_from, Some(0));
     assert_eq!(ledger.root(50).unwrap(), checkpoint.root_hash);
+}
+
+#[tokio::test]
+async fn a_damaged_hash_file_is_refused_where_a_checkpoint_covers_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..50).await;
+    let checkpoint = ledger.checkpoint().unwrap().unwrap();
+    ledger.close().await;
+    let hashes = tmp.path().join("tree-hashes.bin");
+    let mut stored = std::fs::read(&hashes).unwrap();
+    stored[32 * 40 + 5] ^= 0x01;
+    std::fs::write(&hashes, &stored).unwrap();
+    // The entries are intact, but opening cannot tell that from an entry changed before the
+    // hash: it refuses, changing nothing, and says how to tell the two apart.
+    let err = Ledger::open(tmp.path(), options()).await.unwrap_err();
+    assert!(matches!(err, LedgerError::Inconsistent(_)), "{err}");
+    assert!(err.to_string().contains("moved aside"), "{err}");
+    assert_eq!(std::fs::read(&hashes).unwrap(), stored);
+    // Moved aside: the entries match the signed checkpoint, and the file is rebuilt.
+    std::fs::rename(&hashes, tmp.path().join("tree-hashes.bin.damaged")).unwrap();
+    assert_eq!(verify_dir(tmp.path(), None, |_, _| {}).unwrap().entries, 50);
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.hashes_rewritten_from, Some(0));
+    assert_eq!(ledger.root(50).unwrap(), checkpoint.root_hash);
+    ledger.close().await;
 }
 
 #[tokio::test]
