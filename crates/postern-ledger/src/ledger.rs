@@ -143,6 +143,7 @@ struct Shared {
     health: Mutex<Health>,
     injected_write_failures: AtomicU32,
     injected_failures_after_segment_write: AtomicU32,
+    injected_undo_failures: AtomicU32,
     /// The open `<dir>/lock`, holding the exclusive lock until `close` (or drop).
     lock: Mutex<Option<File>>,
 }
@@ -619,6 +620,15 @@ impl Ledger {
             .store(count, Ordering::SeqCst);
     }
 
+    /// Makes the next `count` attempts to cut a failed batch's bytes off the segment fail (as
+    /// when the disk is gone); combine with [`Ledger::inject_failures_after_segment_write`].
+    #[doc(hidden)]
+    pub fn inject_undo_failures(&self, count: u32) {
+        self.shared
+            .injected_undo_failures
+            .store(count, Ordering::SeqCst);
+    }
+
     /// Makes the next `count` batches fail after their segment write (durable with direct
     /// I/O) and before the stored hashes are written: the failure a full disk gives there.
     #[doc(hidden)]
@@ -649,6 +659,10 @@ struct Writer {
     /// The active segment opened for direct I/O; `None` writes through the page cache and
     /// syncs ([`LedgerOptions::direct_io`] off, or refused by the filesystem).
     direct: Option<DirectSegment>,
+    /// A failed batch whose bytes could not be cut off again (the segment, and the length to
+    /// cut it to): no batch is written until they are, so no caller is told an index while
+    /// entries it was told had failed could come back after a crash.
+    undo: Option<(Arc<File>, PathBuf, u64)>,
 }
 
 fn open_blocking(
@@ -825,6 +839,7 @@ fn open_blocking(
         pending_hashes: Vec::new(),
         frames: Vec::new(),
         direct,
+        undo: None,
     };
     let shared = Shared {
         state: RwLock::new(State {
@@ -837,6 +852,7 @@ fn open_blocking(
         health: Mutex::new(Health::Healthy),
         injected_write_failures: AtomicU32::new(0),
         injected_failures_after_segment_write: AtomicU32::new(0),
+        injected_undo_failures: AtomicU32::new(0),
         lock: Mutex::new(Some(lock)),
         signer,
         verifier,
@@ -1184,6 +1200,21 @@ fn trim_to(file: &File, len: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Cuts a failed batch's bytes off the segment, durably.
+fn undo_failed_batch(shared: &Shared, file: &File, len: u64) -> std::io::Result<()> {
+    if shared
+        .injected_undo_failures
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return Err(std::io::Error::other(
+            "injected failure to cut off a failed batch (test)",
+        ));
+    }
+    file.set_len(len)?;
+    file.sync_all()
+}
+
 /// Writes and syncs the gathered entries, records the health, and answers each waiting append
 /// (its index) and flush (the size after the batch). False when the write panicked.
 fn commit(shared: &Shared, writer: &mut Writer, gathered: Gathered) -> bool {
@@ -1241,6 +1272,16 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
         .is_ok()
     {
         return Err("injected write failure (test)".into());
+    }
+    if let Some((file, path, len)) = writer.undo.take() {
+        if let Err(e) = undo_failed_batch(shared, &file, len) {
+            let reason = format!(
+                "{}: the bytes of a failed batch could not be cut off, and nothing is written until they are: {e}",
+                path.display()
+            );
+            writer.undo = Some((file, path, len));
+            return Err(reason);
+        }
     }
     let first_index = writer.builder.size();
     let (mut slot, segment_file, segment_path, segment_len, new_segment) = {
@@ -1330,12 +1371,13 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
         Ok(())
     };
     if let Err(e) = write() {
-        // Best effort: drop what was written, durably (a direct write is already on disk, and
-        // its entries must not come back after a crash: their callers were told it failed).
-        // The next batch writes at the same offset anyway.
-        let _ = segment_file
-            .set_len(base_offset)
-            .and_then(|()| segment_file.sync_all());
+        // Drop what was written, durably (a direct write is already on disk, and its entries
+        // must not come back after a crash: their callers were told it failed). The next batch
+        // writes at the same offset, but may be shorter: when this fails too, the next batch
+        // tries again first and is not written until it succeeds.
+        if undo_failed_batch(shared, &segment_file, base_offset).is_err() {
+            writer.undo = Some((segment_file.clone(), segment_path.clone(), base_offset));
+        }
         if let Some(direct) = writer.direct.as_mut() {
             direct.truncated(base_offset);
         }

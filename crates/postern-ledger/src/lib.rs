@@ -36,9 +36,13 @@
 //!   [`Link::Provisional`] one whose superseding entry joins its batch (it is left out; the
 //!   indices stay dense).
 //! * Only the sequencer writes segments and stored hashes, always at the committed end; a
-//!   failed batch publishes nothing and the next batch rewrites from the same offset.
+//!   failed batch publishes nothing, its bytes are cut off durably (retried before the next
+//!   batch, which is not written until that succeeds), and the next batch rewrites from the
+//!   same offset.
 //! * On open every record is read and its CRC checked; a torn final record is truncated and
-//!   reported (zero padding after the last record is cut off silently); any other damage refuses to open, naming the segment and byte offset. The tree
+//!   reported (zero padding after the last record is cut off silently) unless the last signed
+//!   checkpoint covers it; any other damage refuses to open, naming the segment and byte
+//!   offset, and changes no file (nor a stored hash the checkpoint covers). The tree
 //!   is recomputed from the entries and must match the last signed checkpoint.
 //! * A checkpoint is signed only if it is consistent with the previous one; the history is
 //!   written before the current checkpoint is replaced.

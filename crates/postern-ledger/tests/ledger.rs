@@ -375,6 +375,52 @@ async fn a_batch_that_fails_after_its_segment_write_is_redone_cleanly() {
     }
 }
 
+#[tokio::test]
+async fn a_failed_batch_that_cannot_be_cut_off_stops_writes_until_it_is() {
+    for direct_io in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = LedgerOptions {
+            direct_io,
+            ..options()
+        };
+        let (ledger, _) = Ledger::open(tmp.path(), options.clone()).await.unwrap();
+        append_n(&ledger, 0..3).await;
+        // The batch fails after its segment write, and cutting its bytes off fails too (twice).
+        ledger.inject_failures_after_segment_write(1);
+        ledger.inject_undo_failures(2);
+        let failed: Vec<Vec<u8>> = (0..40)
+            .map(|i| format!("never acknowledged {i} {}", "x".repeat(200)).into_bytes())
+            .collect();
+        assert!(ledger.append_many(failed).await.is_err());
+        let stale = |data: &[u8]| data.windows(18).any(|w| w == b"never acknowledged");
+        let segment = only_segment(tmp.path());
+        assert!(
+            stale(&std::fs::read(&segment).unwrap()),
+            "direct_io {direct_io}"
+        );
+        // The next batch tries the cut again first; it fails, so nothing is written.
+        let err = ledger.append(entry(3)).await.unwrap_err();
+        assert!(
+            matches!(err, LedgerError::WriteFailed { .. })
+                && err.to_string().contains("could not be cut off"),
+            "{err}"
+        );
+        assert_eq!(ledger.size(), 3);
+        // Then it succeeds: the batch is written, shorter than the failed one, and none of the
+        // failed batch's bytes are left after it to come back as entries after a crash.
+        assert_eq!(ledger.append(entry(3)).await.unwrap(), 3);
+        assert_eq!(ledger.health(), Health::Healthy);
+        assert!(
+            !stale(&std::fs::read(&segment).unwrap()),
+            "direct_io {direct_io}"
+        );
+        ledger.close().await;
+        let (ledger, report) = Ledger::open(tmp.path(), options).await.unwrap();
+        assert_eq!((report.entries, report.torn_tail), (4, None));
+        ledger.close().await;
+    }
+}
+
 /// A padded segment (a crash after direct writes) of 300 records of ~1 KiB: more than one direct
 /// write of records (256 KiB at most), so damage can be near the end or far from it.
 async fn padded_segment_of_300(dir: &Path) -> (PathBuf, Vec<u8>) {
