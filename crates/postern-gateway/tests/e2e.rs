@@ -1187,23 +1187,6 @@ async fn body_and_header_limits() {
     gw.stop().await;
 }
 
-/// A body stream of fixed chunks (no Content-Length, so it goes chunked).
-fn futures_stream(chunks: Vec<Vec<u8>>) -> ChunkStream {
-    ChunkStream(chunks.into_iter())
-}
-
-struct ChunkStream(std::vec::IntoIter<Vec<u8>>);
-
-impl futures_core::Stream for ChunkStream {
-    type Item = Result<Vec<u8>, std::io::Error>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        std::task::Poll::Ready(self.0.next().map(Ok))
-    }
-}
-
 #[tokio::test]
 async fn bad_input_gets_4xx_and_never_reaches_the_vendor() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;

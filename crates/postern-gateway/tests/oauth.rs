@@ -56,6 +56,11 @@ struct Setup {
 }
 
 async fn setup(lifetime_s: u64, client_auth: &str) -> Setup {
+    setup_with(lifetime_s, client_auth, "").await
+}
+
+/// [`setup`] with `extra` keys added to the integration.
+async fn setup_with(lifetime_s: u64, client_auth: &str, extra: &str) -> Setup {
     let tokens = Arc::new(TokenServer::default());
     tokens.lifetime_s.store(lifetime_s, Ordering::SeqCst);
     let token_server = TestVendor::tls(token_handler(tokens.clone())).await;
@@ -80,6 +85,7 @@ operations = [
   {{ id = "list_contacts", method = "GET", path = "/contacts" }},
   {{ id = "create_contact", method = "POST", path = "/contacts" }},
 ]
+{extra}
 
 [[grants]]
 caller = "checkout"
@@ -162,6 +168,52 @@ async fn concurrent_calls_mint_exactly_one_token() {
         s.tokens.last_authorization.lock().unwrap().clone().unwrap(),
         format!("Basic {expected}")
     );
+    s.gw.stop().await;
+}
+
+/// The OAuth2 path reads a request body into memory (to replay it once if the vendor refuses
+/// the token): a body over `max_request_body_bytes` is refused with 413 there too, whether it
+/// declares its length or streams, and none of it reaches the vendor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413_on_the_oauth2_path_and_never_reach_the_vendor() {
+    let s = setup_with(3600, "basic", "max_request_body_bytes = 64").await;
+    let url = format!("{}/crm/contacts", s.gw.base);
+    let streamed = reqwest::Body::wrap_stream(futures_stream(vec![vec![b'a'; 50], vec![b'b'; 50]]));
+    for body in [reqwest::Body::from(vec![b'c'; 100]), streamed] {
+        let response = client()
+            .post(&url)
+            .bearer_auth(&s.gw.token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 413);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "request_too_large", "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("max_request_body_bytes (64)"),
+            "{answer}"
+        );
+    }
+    // Within the limit, the same call goes through with the minted token.
+    let response = client()
+        .post(&url)
+        .bearer_auth(&s.gw.token)
+        .body(vec![b'd'; 64])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = s.vendor.seen();
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the call within the limit reached the vendor"
+    );
+    assert_eq!(&seen[0].body[..], &[b'd'; 64][..]);
     s.gw.stop().await;
 }
 

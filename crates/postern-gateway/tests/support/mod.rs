@@ -533,3 +533,20 @@ pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
     .await;
     String::from_utf8_lossy(&out).to_string()
 }
+
+/// A body stream of fixed chunks (no Content-Length, so it goes chunked).
+pub fn futures_stream(chunks: Vec<Vec<u8>>) -> ChunkStream {
+    ChunkStream(chunks.into_iter())
+}
+
+pub struct ChunkStream(std::vec::IntoIter<Vec<u8>>);
+
+impl futures_core::Stream for ChunkStream {
+    type Item = Result<Vec<u8>, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.next().map(Ok))
+    }
+}
