@@ -149,18 +149,33 @@ status_kb() { # PID FIELD -> kB
 }
 
 # ---------------------------------------------------------------- upstream, Postern
-# start_upstream -> UPSTREAM_PID: postern-bench-upstream on UPSTREAM_PORT, listening.
+# start_upstream -> UPSTREAM_PID: postern-bench-upstream on UPSTREAM_PORT, listening; with
+# UPSTREAM_TLS=1 over HTTPS, its throwaway CA's certificate in UPSTREAM_CA (WORK/upstream/ca.pem).
+UPSTREAM_TLS="${UPSTREAM_TLS:-0}"
+UPSTREAM_SCHEME=http
+UPSTREAM_CA=""
+# An optional NAME (default upstream) names its log, WORK/NAME.log, and its CA's directory.
 start_upstream() {
-  "$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" --threads "$UPSTREAM_THREADS" >"$WORK/upstream.log" 2>&1 &
+  local name="${1:-upstream}" tls_args=()
+  if [[ "$UPSTREAM_TLS" -eq 1 ]]; then
+    UPSTREAM_SCHEME=https
+    UPSTREAM_CA="$WORK/$name/ca.pem"
+    mkdir -p "$WORK/$name"
+    tls_args=(--tls-dir "$WORK/$name")
+  else
+    UPSTREAM_SCHEME=http
+  fi
+  "$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" --threads "$UPSTREAM_THREADS" "${tls_args[@]}" >"$WORK/$name.log" 2>&1 &
   UPSTREAM_PID=$!
   PIDS+=("$UPSTREAM_PID")
-  wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" upstream
+  wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" "$name"
 }
 
 # write_postern_config WRITER CREDENTIAL_LINE [SECTIONS] [HOST_LINES] [EXTRA_LINES]
 # -> TOKEN, TOKEN_SHA (a new caller token for caller "bench"), WORK/postern/vendor-key and
 # WORK/postern/postern.toml, checked with `postern check`. The config: [gateway] on POSTERN_PORT,
-# caller "bench", integration "bench" -> the upstream (plaintext, loopback allowed) with
+# caller "bench", integration "bench" -> the upstream (plaintext, or HTTPS trusting UPSTREAM_CA
+# when UPSTREAM_TLS=1; loopback allowed) with
 # CREDENTIAL_LINE, audit = AUDIT_MODE and a rate limit that never triggers, and the grant.
 # Optional TOML lines: SECTIONS after [gateway], HOST_LINES after the integration's upstream,
 # EXTRA_LINES after its audit line (empty ones are left out).
@@ -192,11 +207,15 @@ token_sha256 = "$TOKEN_SHA"
 name = "bench"
 vendor = "postern-bench-upstream"
 owner = "bench@example.com"
-upstream = "http://127.0.0.1:$UPSTREAM_PORT"
+upstream = "$UPSTREAM_SCHEME://127.0.0.1:$UPSTREAM_PORT"
 EOF
     [[ -z "$host_lines" ]] || printf '%s\n' "$host_lines"
+    if [[ "$UPSTREAM_TLS" -eq 1 ]]; then
+      printf 'ca_file = "%s"\n' "$UPSTREAM_CA"
+    else
+      echo "allow_plaintext = true"
+    fi
     cat <<EOF
-allow_plaintext = true
 allow_private_networks = ["127.0.0.1/32"]
 $credential_line
 audit = "${AUDIT_MODE:-required}"

@@ -30,9 +30,11 @@ build always rebuilds every crate for the new profile):
      token, grant, Cedar, rate limit, bearer injection, events, audit log, detector; nproc
      workers) with wrk, GET and a small JSON POST, then calls through the forward proxy
      (bench/proxy.sh's intercept variant: CONNECT, TLS from Postern's CA, the same pipeline;
-     with postern-bench-load, keep-alive and a TLS handshake per call), once with
-     audit = "best_effort" and once with "required"; it is stopped with SIGTERM so its
-     profile is written, and the profiles of these two \`postern serve\` runs are merged
+     with postern-bench-load, keep-alive and a TLS handshake per call), three times: with
+     audit = "best_effort" and with "required" to the plain-HTTP upstream, and with
+     "required" to the same upstream over HTTPS (Postern's default for vendors: TLS,
+     verified against the upstream's throwaway CA); it is stopped with SIGTERM so its
+     profile is written, and the profiles of these three \`postern serve\` runs are merged
      with llvm-profdata into TARGET/pgo/postern.profdata;
   3. the optimizing build (rustc -Cprofile-use) into TARGET/pgo/optimized;
   4. with --bolt, a post-link pass: BOLT (llvm-bolt) instruments the optimized binary, the
@@ -44,13 +46,13 @@ TARGET is CARGO_TARGET_DIR (else cargo metadata's target directory). Both builds
 --target <host triple>, so build scripts and proc macros are neither instrumented nor profiled.
 
 The optimized binary is built from the same source as the release build; what changes is code
-layout and inlining. Code the training load does not reach (TLS to vendors, h2, opaque
-tunnels, payload scanning, ...) is laid out as cold, so only the bench's own path is measured faster; bench/run.sh
+layout and inlining. Code the training load does not reach (h2, opaque tunnels, payload
+scanning, OAuth2, ...) is laid out as cold, so only the bench's own path is measured faster; bench/run.sh
 --targets "... pgo" compares it with the plain release build in one run. RUSTFLAGS (with the
 profile flag added) replaces any build.rustflags of a cargo config, as for any build that sets it.
 
 Options:
-  --train-seconds S   seconds of load per audit mode (default $TRAIN_SECONDS; GET for S, POST for
+  --train-seconds S   seconds of load per pass (default $TRAIN_SECONDS; GET for S, POST for
                       S/2, intercepted keep-alive calls for S/2, a handshake per call for S/4)
   --skip-build        skip the release build of postern-bench-upstream (the PGO builds always run)
   --bolt              also step 4 (adds -Clink-arg=-Wl,--emit-relocs to step 3, which BOLT needs
@@ -117,17 +119,32 @@ pgo_build instrumented "-Cprofile-generate=$RAW_DIR"
 
 # ---------------------------------------------------------------- 2. training
 make_workdir postern-pgo
-read -r UPSTREAM_PORT < <(free_ports 1)
+read -r PLAIN_PORT TLS_PORT < <(free_ports 2)
+# Two upstreams: plain HTTP (bench/run.sh's default) and HTTPS (Postern's default for vendors:
+# TLS, verified against the upstream's throwaway CA).
+UPSTREAM_PORT=$TLS_PORT UPSTREAM_TLS=1 start_upstream upstream-tls
+TLS_CA="$UPSTREAM_CA"
+UPSTREAM_PORT=$PLAIN_PORT
+UPSTREAM_TLS=0
 start_upstream
 
-# train BIN [PROFILE_FILE] -> the training load, once per audit mode, each on a fresh
+# train BIN [PROFILE_FILE] -> the training load, once per pass (audit mode and upstream
+# scheme), each on a fresh
 # `postern serve` of BIN (with LLVM_PROFILE_FILE=PROFILE_FILE when given); SERVE_PIDS gets the
 # pids of those serve runs, whose profiles are the ones to merge.
 train() {
   local profile_file="${2:-}"
   POSTERN_BIN="$1"
   SERVE_PIDS=()
-  for AUDIT_MODE in best_effort required; do
+  local pass
+  for pass in best_effort:http required:http required:https; do
+    AUDIT_MODE="${pass%%:*}"
+    label="${pass/:/-}"
+    if [[ "${pass#*:}" == https ]]; then
+      UPSTREAM_TLS=1 UPSTREAM_SCHEME=https UPSTREAM_PORT=$TLS_PORT UPSTREAM_CA="$TLS_CA"
+    else
+      UPSTREAM_TLS=0 UPSTREAM_SCHEME=http UPSTREAM_PORT=$PLAIN_PORT
+    fi
     # The upstream is listening by now, so these cannot be its port.
     read -r POSTERN_PORT ADMIN_PORT < <(free_ports 2)
     rm -rf "$WORK/postern"
@@ -142,22 +159,22 @@ train() {
     if [[ -n "$profile_file" ]]; then LLVM_PROFILE_FILE="$profile_file" start_postern; else start_postern; fi
     SERVE_PIDS+=("$POSTERN_PID")
     url="http://127.0.0.1:$POSTERN_PORT/bench/v1/charges"
-    log "training ($AUDIT_MODE): GET ${TRAIN_SECONDS}s, POST $((TRAIN_SECONDS / 2))s, intercepted $((TRAIN_SECONDS / 2))s + $((TRAIN_SECONDS / 4))s with a handshake per call"
-    wrk -t2 -c64 -d"${TRAIN_SECONDS}s" -H "Authorization: Bearer $TOKEN" "$url/ch_123" >"$WORK/wrk-$AUDIT_MODE-get.txt" 2>&1 \
-      || die "wrk failed (see $WORK/wrk-$AUDIT_MODE-get.txt)"
+    log "training ($AUDIT_MODE, $UPSTREAM_SCHEME upstream): GET ${TRAIN_SECONDS}s, POST $((TRAIN_SECONDS / 2))s, intercepted $((TRAIN_SECONDS / 2))s + $((TRAIN_SECONDS / 4))s with a handshake per call"
+    wrk -t2 -c64 -d"${TRAIN_SECONDS}s" -H "Authorization: Bearer $TOKEN" "$url/ch_123" >"$WORK/wrk-$label-get.txt" 2>&1 \
+      || die "wrk failed (see $WORK/wrk-$label-get.txt)"
     cat >"$WORK/post.lua" <<'EOF'
 wrk.method = "POST"
 wrk.body = '{"amount":2000,"currency":"usd","source":"tok_visa","description":"pgo training"}'
 wrk.headers["Content-Type"] = "application/json"
 EOF
     wrk -t2 -c64 -d"$((TRAIN_SECONDS / 2))s" -s "$WORK/post.lua" -H "Authorization: Bearer $TOKEN" "$url" \
-      >"$WORK/wrk-$AUDIT_MODE-post.txt" 2>&1 || die "wrk failed (see $WORK/wrk-$AUDIT_MODE-post.txt)"
-    grep -q -E 'Non-2xx|Socket errors' "$WORK"/wrk-"$AUDIT_MODE"-*.txt \
-      && die "training calls failed (see $WORK/wrk-$AUDIT_MODE-*.txt)"
+      >"$WORK/wrk-$label-post.txt" 2>&1 || die "wrk failed (see $WORK/wrk-$label-post.txt)"
+    grep -q -E 'Non-2xx|Socket errors' "$WORK"/wrk-"$label"-*.txt \
+      && die "training calls failed (see $WORK/wrk-$label-*.txt)"
     for fresh in "" --fresh; do
       seconds=$((TRAIN_SECONDS / 2)); connections=64
       [[ -n "$fresh" ]] && { seconds=$((TRAIN_SECONDS / 4)); connections=16; }
-      out="$WORK/load-$AUDIT_MODE-intercept${fresh}.json"
+      out="$WORK/load-$label-intercept${fresh}.json"
       timeout $((seconds + 60)) "$LOAD_BIN" intercept --target "127.0.0.1:$POSTERN_PORT" \
         --host "$INTERCEPT_HOST:443" --ca "$WORK/ca.pem" --token "$TOKEN" --connections "$connections" \
         --duration "$seconds" --warmup 0 --expect '"object":"charge"' --strict --json $fresh \
@@ -172,7 +189,7 @@ EOF
 
 train "$INSTRUMENTED" "$RAW_DIR/serve-%p-%m.profraw"
 served="$(compgen -G "$RAW_DIR/serve-*.profraw" | wc -l)"
-[[ "$served" -eq 2 ]] || die "expected 2 profiles from the training runs in $RAW_DIR, found $served"
+[[ "$served" -eq 3 ]] || die "expected 3 profiles from the training runs in $RAW_DIR, found $served"
 
 log "merging the $served training profiles into $PROFILE"
 "$PROFDATA" merge -o "$PROFILE" "$RAW_DIR"/serve-*.profraw >&2 || die "llvm-profdata merge failed"

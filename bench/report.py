@@ -104,6 +104,11 @@ def main():
       "Postern runs the full pipeline: caller token, grant, Cedar, rate limit (10M/s, never triggers), "
       "bearer credential injected from a file, one event per call written to data_dir.")
     w(f"- Upstream: `postern-bench-upstream` ({meta.get('upstream_threads')} thread), 200 + a {meta.get('body_bytes', '~100')}-byte JSON body, keep-alive.")
+    if meta.get("upstream_tls") == "1":
+        w("- **Upstream over HTTPS** (`--upstream-tls`): HTTP/1.1 over TLS with a certificate from a throwaway CA. "
+          "Postern on its defaults (TLS to the vendor, no `allow_plaintext`, the CA as `ca_file`); nginx `proxy_pass https://` "
+          "verifying the same CA (`proxy_ssl_verify on`, `proxy_ssl_name localhost`), sessions reused over its keep-alive "
+          "connections; direct is wrk over TLS.")
     if meta.get("scan") == "on":
         w(f"- **Payload scanning on**: `data_classes = [\"pii.email\"]`, `on_unapproved = \"redact\"`; every request carries a "
           f"{meta.get('request_body_bytes')}-byte JSON customer (email approved; phone and card masked before forwarding), "

@@ -23,6 +23,7 @@ AUDIT_MODE=required
 CREDENTIAL_KIND=static
 SCAN=off
 NGINX_ACCESS_LOG=off
+UPSTREAM_TLS=0
 OUT="$BENCH_DIR/results/latest.md"
 SKIP_BUILD=0
 PGO_BOLT=0
@@ -61,6 +62,10 @@ Options:
   --idle-conns N        idle connections for the memory test (default $IDLE_CONNS; 0 skips it)
   --method GET|POST     GET /v1/charges/ch_123 or POST /v1/charges with a small form body (default $METHOD)
   --nginx-access-log on|off  nginx access log to a file in the temp dir (default $NGINX_ACCESS_LOG)
+  --upstream-tls        the upstream speaks HTTPS (HTTP/1.1, a throwaway CA): Postern on its
+                        defaults (TLS to vendors, no allow_plaintext, the CA as ca_file) against
+                        nginx proxy_pass https:// verifying the same CA and reusing sessions over
+                        keep-alive; direct is wrk over TLS (not with the floor target)
   --targets "LIST"      subset of "direct nginx postern pgo floor" (default "direct nginx postern")
   --out FILE            Markdown report (default bench/results/latest.md); also printed on stdout
   --perf                after the rounds, profile Postern and nginx under the same load with
@@ -94,6 +99,7 @@ while [[ $# -gt 0 ]]; do
     --idle-conns) IDLE_CONNS="$2"; shift 2 ;;
     --method) METHOD="$2"; shift 2 ;;
     --nginx-access-log) NGINX_ACCESS_LOG="$2"; shift 2 ;;
+    --upstream-tls) UPSTREAM_TLS=1; shift ;;
     --targets) TARGETS="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --perf) PERF=1; shift ;;
@@ -124,6 +130,10 @@ else
   POST_TYPE=application/x-www-form-urlencoded
 fi
 [[ "$NGINX_ACCESS_LOG" == on || "$NGINX_ACCESS_LOG" == off ]] || { echo "run.sh: --nginx-access-log is on or off" >&2; exit 2; }
+if [[ $UPSTREAM_TLS -eq 1 && " $TARGETS " == *" floor "* ]]; then
+  echo "run.sh: the floor target (examples/minproxy.rs) speaks plain HTTP to the upstream only; drop it from --targets with --upstream-tls" >&2
+  exit 2
+fi
 
 # ---------------------------------------------------------------- tools
 need_install=()
@@ -194,7 +204,7 @@ start_upstream
 
 # ---------------------------------------------------------------- Postern config
 if [ "$CREDENTIAL_KIND" = oauth2 ]; then
-  CREDENTIAL_LINE="credential = { kind = \"oauth2\", token_url = \"http://127.0.0.1:$UPSTREAM_PORT/oauth/token\", client_id = \"bench\", from_file = \"vendor-key\" }"
+  CREDENTIAL_LINE="credential = { kind = \"oauth2\", token_url = \"$UPSTREAM_SCHEME://127.0.0.1:$UPSTREAM_PORT/oauth/token\", client_id = \"bench\", from_file = \"vendor-key\" }"
 else
   CREDENTIAL_LINE='credential = { kind = "bearer", from_file = "vendor-key" }'
 fi
@@ -223,6 +233,15 @@ mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
 NGINX_USER_LINE=""
 NOFILE="$(ulimit -Hn)"; [[ "$NOFILE" == unlimited || "$NOFILE" -gt 65536 ]] && NOFILE=65536
 [[ $EUID -eq 0 ]] && NGINX_USER_LINE="user root;"
+NGINX_TLS=""
+if [[ $UPSTREAM_TLS -eq 1 ]]; then
+  # As Postern: verify the vendor's certificate against the CA, by the name it was issued for;
+  # TLS sessions are reused across the keep-alive connections (nginx's default).
+  NGINX_TLS="      proxy_ssl_trusted_certificate $UPSTREAM_CA;
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_ssl_session_reuse on;"
+fi
 if [[ "$NGINX_ACCESS_LOG" == on ]]; then
   NGINX_ACCESS="access_log $WORK/nginx/logs/access.log;"
 else
@@ -255,9 +274,10 @@ http {
   server {
     listen 127.0.0.1:$NGINX_PORT backlog=4096;
     location /bench/ {
-      proxy_pass http://bench_upstream/;
+      proxy_pass $UPSTREAM_SCHEME://bench_upstream/;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+$NGINX_TLS
     }
   }
 }
@@ -284,7 +304,7 @@ stop_nginx() { stop_pid "$NGINX_PID"; NGINX_PID=""; }
 if [[ "$METHOD" == GET ]]; then VENDOR_PATH="/v1/charges/ch_123"; else VENDOR_PATH="/v1/charges"; fi
 url_of() {
   case "$1" in
-    direct) echo "http://127.0.0.1:$UPSTREAM_PORT$VENDOR_PATH" ;;
+    direct) echo "$UPSTREAM_SCHEME://127.0.0.1:$UPSTREAM_PORT$VENDOR_PATH" ;;
     nginx) echo "http://127.0.0.1:$NGINX_PORT/bench$VENDOR_PATH" ;;
     postern) echo "http://127.0.0.1:$POSTERN_PORT/bench$VENDOR_PATH" ;;
     pgo) echo "http://127.0.0.1:$PGO_PORT/bench$VENDOR_PATH" ;;
@@ -337,6 +357,7 @@ SANITY_TARGETS="direct nginx postern"
 [[ -n "$PGO_PID" ]] && SANITY_TARGETS+=" pgo"
 for target in $SANITY_TARGETS; do
   curl_args=(-s -o "$WORK/check-$target.body" -w '%{http_code}' -H "Authorization: Bearer $TOKEN")
+  [[ $UPSTREAM_TLS -eq 1 ]] && curl_args+=(--cacert "$UPSTREAM_CA")
   [[ "$METHOD" == POST ]] && curl_args+=(-X POST -H "Content-Type: $POST_TYPE" --data-raw "$POST_BODY")
   code="$(curl "${curl_args[@]}" "$(url_of "$target")")"
   [[ "$code" == 200 ]] || die "$target answered $code, not 200: $(head -c 300 "$WORK/check-$target.body")"
@@ -371,6 +392,7 @@ log "sanity checks passed (200 with the upstream body on $SANITY_TARGETS; 401 wi
   echo "proxy_threads=$PROXY_THREADS"
   echo "upstream_threads=$UPSTREAM_THREADS"
   echo "nginx_access_log=$NGINX_ACCESS_LOG"
+  echo "upstream_tls=$UPSTREAM_TLS"
   [[ -n "$PGO_BIN" ]] && echo "pgo_build=$PGO_BUILD"
   echo "body_bytes=$BODY_BYTES"
   echo "scan=$SCAN"
