@@ -1200,13 +1200,16 @@ fn trim_to(file: &File, len: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Cuts a failed batch's bytes off the segment, durably.
-fn undo_failed_batch(shared: &Shared, file: &File, len: u64) -> std::io::Result<()> {
-    if shared
-        .injected_undo_failures
+/// Whether a failure injected by a test (`Ledger::inject_*`) is due now: takes one if any.
+fn take_injected(count: &AtomicU32) -> bool {
+    count
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
-    {
+}
+
+/// Cuts a failed batch's bytes off the segment, durably.
+fn undo_failed_batch(shared: &Shared, file: &File, len: u64) -> std::io::Result<()> {
+    if take_injected(&shared.injected_undo_failures) {
         return Err(std::io::Error::other(
             "injected failure to cut off a failed batch (test)",
         ));
@@ -1266,11 +1269,7 @@ fn commit(shared: &Shared, writer: &mut Writer, gathered: Gathered) -> bool {
 /// size only once the frames are durable. On failure nothing is published and the next batch
 /// rewrites from the same offsets.
 fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Result<u64, String> {
-    if shared
-        .injected_write_failures
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
+    if take_injected(&shared.injected_write_failures) {
         return Err("injected write failure (test)".into());
     }
     if let Some((file, path, len)) = writer.undo.take() {
@@ -1350,11 +1349,7 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
         if !direct {
             segment_file.write_all_at(&writer.frames, base_offset)?;
         }
-        if shared
-            .injected_failures_after_segment_write
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        if take_injected(&shared.injected_failures_after_segment_write) {
             return Err(std::io::Error::other(
                 "injected failure after the segment write (test)",
             ));

@@ -334,16 +334,22 @@ async fn direct_writes_pad_the_last_block_until_close() {
     );
 }
 
+/// A ledger with direct I/O on or off, holding entries 0..3, and the options it was opened with.
+async fn three_entries(direct_io: bool) -> (tempfile::TempDir, Ledger, LedgerOptions) {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = LedgerOptions {
+        direct_io,
+        ..options()
+    };
+    let (ledger, _) = Ledger::open(tmp.path(), options.clone()).await.unwrap();
+    append_n(&ledger, 0..3).await;
+    (tmp, ledger, options)
+}
+
 #[tokio::test]
 async fn a_batch_that_fails_after_its_segment_write_is_redone_cleanly() {
     for direct_io in [true, false] {
-        let tmp = tempfile::tempdir().unwrap();
-        let options = LedgerOptions {
-            direct_io,
-            ..options()
-        };
-        let (ledger, _) = Ledger::open(tmp.path(), options.clone()).await.unwrap();
-        append_n(&ledger, 0..3).await;
+        let (tmp, ledger, options) = three_entries(direct_io).await;
         // The segment write succeeds (durably, with direct I/O), then the batch fails.
         ledger.inject_failures_after_segment_write(1);
         assert!(ledger.append(b"never acknowledged".to_vec()).await.is_err());
@@ -378,13 +384,7 @@ async fn a_batch_that_fails_after_its_segment_write_is_redone_cleanly() {
 #[tokio::test]
 async fn a_failed_batch_that_cannot_be_cut_off_stops_writes_until_it_is() {
     for direct_io in [true, false] {
-        let tmp = tempfile::tempdir().unwrap();
-        let options = LedgerOptions {
-            direct_io,
-            ..options()
-        };
-        let (ledger, _) = Ledger::open(tmp.path(), options.clone()).await.unwrap();
-        append_n(&ledger, 0..3).await;
+        let (tmp, ledger, options) = three_entries(direct_io).await;
         // The batch fails after its segment write, and cutting its bytes off fails too (twice).
         ledger.inject_failures_after_segment_write(1);
         ledger.inject_undo_failures(2);
