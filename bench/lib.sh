@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Shared set-up for the bench scripts (bench/run.sh, bench/proxy.sh, bench/instructions.sh, bench/ab.sh). This
-# file is sourced, not run: it only defines functions and sets nothing on its own, so sourcing it
-# before option parsing (and for --help) changes nothing. It holds log/die, argument checks,
+# file is sourced, not run: it defines functions and the upstream's defaults (plain HTTP:
+# UPSTREAM_TLS=0, which only bench/run.sh and bench/pgo.sh change), so sourcing it before option
+# parsing (and for --help) changes nothing else. It holds log/die, argument checks,
 # installing missing Debian tools, the release build and locating its binaries (CARGO_TARGET_DIR
 # or cargo metadata), the temp dir with the PIDS list and the cleanup trap that kills every
 # process started, port helpers, starting the upstream and Postern, the Postern config the
@@ -151,7 +152,7 @@ status_kb() { # PID FIELD -> kB
 # ---------------------------------------------------------------- upstream, Postern
 # start_upstream -> UPSTREAM_PID: postern-bench-upstream on UPSTREAM_PORT, listening; with
 # UPSTREAM_TLS=1 over HTTPS, its throwaway CA's certificate in UPSTREAM_CA (WORK/upstream/ca.pem).
-UPSTREAM_TLS="${UPSTREAM_TLS:-0}"
+UPSTREAM_TLS=0
 UPSTREAM_SCHEME=http
 UPSTREAM_CA=""
 # An optional NAME (default upstream) names its log, WORK/NAME.log, and its CA's directory.

@@ -50,10 +50,12 @@ pub enum Tail {
     /// A file only ever appended to through the page cache (the checkpoint history): a damaged
     /// record is a torn tail when nothing valid can follow it.
     Appended,
-    /// The active segment, which direct I/O may have written: as `Appended`, and also, in a
-    /// block-aligned file, zeros from the last record to the end are padding, and a damaged
+    /// The active segment, which direct I/O may have written: as `Appended`, except in a
+    /// block-aligned file, where zeros from the last record to the end are padding, a damaged
     /// record reaching into the last [`MAX_WRITE_BYTES`] before them (what the last direct
-    /// write, torn by a crash, can have covered) is a torn tail.
+    /// write, torn by a crash, can have covered) is a torn tail, and a record length above
+    /// [`MAX_RECORD_BYTES`] is corruption wherever it is (a crash cannot set a length's high
+    /// bytes).
     Active,
 }
 

@@ -798,8 +798,6 @@ fn open_blocking(
             len: valid_len,
         });
     }
-    let hashes_rewritten_from = sync.finish(stored_hash_count(builder.size()))?;
-
     if let Some(latest) = &latest {
         let checkpoint = &latest.checkpoint;
         match root_at_checkpoint {
@@ -819,6 +817,9 @@ fn open_blocking(
             Some(_) => {}
         }
     }
+    // Only now, the log being consistent with the last checkpoint, may the stored hashes be cut
+    // to the log's size (when entries were lost, the hashes past them are what is left of them).
+    let hashes_rewritten_from = sync.finish(stored_hash_count(builder.size()))?;
 
     let report = OpenReport {
         entries: builder.size(),
@@ -923,7 +924,9 @@ impl<'a> HashFileSync<'a> {
                     self.position += 1;
                     continue;
                 }
-                if stored && self.position < self.covered {
+                // All zeros is no hash: a hole left by a rebuild that a crash interrupted
+                // (the file is synced only at the end), to be filled again.
+                if stored && self.position < self.covered && buf != [0u8; HASH_SIZE] {
                     return Err(LedgerError::Inconsistent(format!(
                         "{} does not match the stored Merkle tree ({}), which the last signed checkpoint covers: an entry at or before it was changed, removed or reordered, or that file was damaged; the ledger refuses to open and changes no file — run `postern audit verify`, then again with that file moved aside: if the entries then match the signed checkpoints, only the file was damaged, and the next start rebuilds it",
                         entry(),
@@ -1153,6 +1156,13 @@ fn run_sequencer(shared: &Shared, mut writer: Writer, mut commands: mpsc::Receiv
         }
         if shutdown {
             break;
+        }
+    }
+    // A failed batch whose bytes could not be cut off yet: one more try, or its entries (whose
+    // callers were told they failed) would be read back after the acknowledged ones.
+    if let Some((file, path, len)) = writer.undo.take() {
+        if let Err(error) = undo_failed_batch(shared, &file, len) {
+            tracing::error!(segment = %path.display(), %error, "audit log: the bytes of a failed batch could not be cut off before stopping; the next start reads its entries back after the acknowledged ones");
         }
     }
     trim_padding(shared);

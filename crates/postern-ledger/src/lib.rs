@@ -42,7 +42,7 @@
 //! * On open every record is read and its CRC checked; a torn final record is truncated and
 //!   reported (zero padding after the last record is cut off silently) unless the last signed
 //!   checkpoint covers it; any other damage refuses to open, naming the segment and byte
-//!   offset, and changes no file (nor a stored hash the checkpoint covers). The tree
+//!   offset, and changes no segment nor a stored hash the checkpoint covers. The tree
 //!   is recomputed from the entries and must match the last signed checkpoint.
 //! * A checkpoint is signed only if it is consistent with the previous one; the history is
 //!   written before the current checkpoint is replaced.

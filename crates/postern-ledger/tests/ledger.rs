@@ -421,6 +421,32 @@ async fn a_failed_batch_that_cannot_be_cut_off_stops_writes_until_it_is() {
     }
 }
 
+#[tokio::test]
+async fn a_failed_first_batch_of_a_new_segment_is_cut_off_at_the_latest_on_close() {
+    for direct_io in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = LedgerOptions {
+            max_segment_bytes: 200,
+            direct_io,
+            ..options()
+        };
+        let (ledger, _) = Ledger::open(tmp.path(), options.clone()).await.unwrap();
+        append_n(&ledger, 0..21).await;
+        // The next batch rolls to a new segment and fails there; cutting it off fails once.
+        ledger.inject_failures_after_segment_write(1);
+        ledger.inject_undo_failures(1);
+        assert!(ledger.append(b"never acknowledged".to_vec()).await.is_err());
+        ledger.close().await;
+        let (ledger, report) = Ledger::open(tmp.path(), options).await.unwrap();
+        assert_eq!(report.entries, 21, "direct_io {direct_io}");
+        ledger.close().await;
+        for segment in std::fs::read_dir(tmp.path().join("log")).unwrap() {
+            let data = std::fs::read(segment.unwrap().path()).unwrap();
+            assert!(!data.windows(18).any(|w| w == b"never acknowledged"));
+        }
+    }
+}
+
 /// A padded segment (a crash after direct writes) of 300 records of ~1 KiB: more than one direct
 /// write of records (256 KiB at most), so damage can be near the end or far from it.
 async fn padded_segment_of_300(dir: &Path) -> (PathBuf, Vec<u8>) {
@@ -501,6 +527,7 @@ async fn damage_a_signed_checkpoint_covers_is_refused_and_left_in_place() {
     let last = record_offset(&segment, 299) as usize;
     data[last + 9..last + 12].fill(0);
     std::fs::write(&segment, &data).unwrap();
+    let hashes = std::fs::read(tmp.path().join("tree-hashes.bin")).unwrap();
     match Ledger::open(tmp.path(), options()).await.unwrap_err() {
         LedgerError::Corrupt {
             segment: s,
@@ -521,6 +548,11 @@ async fn damage_a_signed_checkpoint_covers_is_refused_and_left_in_place() {
         data,
         "the damaged segment is left as it was"
     );
+    assert_eq!(
+        std::fs::read(tmp.path().join("tree-hashes.bin")).unwrap(),
+        hashes,
+        "so are the stored hashes"
+    );
     assert!(matches!(
         verify_dir(tmp.path(), None, |_, _| {}).unwrap_err(),
         VerifyError::CheckpointBeyondLog {
@@ -529,6 +561,47 @@ async fn damage_a_signed_checkpoint_covers_is_refused_and_left_in_place() {
             ..
         }
     ));
+}
+
+#[tokio::test]
+async fn a_tear_in_the_first_entry_after_the_checkpoint_is_forgiven() {
+    // The boundary of the rule above: the checkpoint covers entries 0..9, the tear is in 9.
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..9).await;
+    assert_eq!(ledger.checkpoint().unwrap().unwrap().size, 9);
+    append_n(&ledger, 9..10).await;
+    ledger.close().await;
+    let segment = only_segment(tmp.path());
+    let entry_9 = record_offset(&segment, 9);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.set_len(entry_9 + 5).unwrap();
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.entries, 9);
+    assert_eq!(report.torn_tail.unwrap().offset, entry_9);
+    ledger.close().await;
+}
+
+#[tokio::test]
+async fn entries_lost_before_the_checkpoint_leave_the_stored_hashes_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..50).await;
+    ledger.checkpoint().unwrap().unwrap();
+    ledger.close().await;
+    let segment = only_segment(tmp.path());
+    write_records(&segment, &records(&segment)[..30]);
+    let hashes = std::fs::read(tmp.path().join("tree-hashes.bin")).unwrap();
+    let err = Ledger::open(tmp.path(), options()).await.unwrap_err();
+    assert!(err.to_string().contains("entries were lost"), "{err}");
+    // The hashes of the lost entries are what is left of them: not cut to the log's size.
+    assert_eq!(
+        std::fs::read(tmp.path().join("tree-hashes.bin")).unwrap(),
+        hashes
+    );
 }
 
 #[tokio::test]
@@ -814,6 +887,31 @@ async fn a_damaged_hash_file_is_refused_where_a_checkpoint_covers_it() {
     let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
     assert_eq!(report.hashes_rewritten_from, Some(0));
     assert_eq!(ledger.root(50).unwrap(), checkpoint.root_hash);
+    ledger.close().await;
+}
+
+#[tokio::test]
+async fn a_stored_hash_past_the_checkpoint_that_differs_is_rewritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..20).await;
+    ledger.checkpoint().unwrap().unwrap();
+    append_n(&ledger, 20..50).await;
+    ledger.close().await;
+    let hashes = tmp.path().join("tree-hashes.bin");
+    let mut stored = std::fs::read(&hashes).unwrap();
+    let covered = postern_tlog::stored_hash_count(20) as usize;
+    stored[32 * (covered + 5) + 1] ^= 0x01;
+    std::fs::write(&hashes, &stored).unwrap();
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.hashes_rewritten_from, Some(covered as u64 + 5));
+    ledger.close().await;
+    // A zeroed hash inside the covered range is a hole (a rebuild cut short), not evidence.
+    let mut stored = std::fs::read(&hashes).unwrap();
+    stored[32 * 3..32 * 4].fill(0);
+    std::fs::write(&hashes, &stored).unwrap();
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.hashes_rewritten_from, Some(3));
     ledger.close().await;
 }
 
