@@ -59,6 +59,8 @@ pub enum BodyError {
     CallerTokenInBody,
     #[error("response body exceeds max_response_body_bytes ({0} bytes)")]
     ResponseTooLarge(u64),
+    #[error("the vendor sent no byte of its response body for {0:?} (idle_timeout_ms)")]
+    UpstreamIdle(std::time::Duration),
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
     #[error(transparent)]
@@ -343,6 +345,13 @@ pub struct ResponseBody {
     prefix: Option<Bytes>,
     limit: u64,
     seen: u64,
+    /// The longest the vendor may send nothing while the body is awaited (the integration's
+    /// `idle_timeout_ms`): a vendor that stalls mid-body ends the call rather than holding it.
+    idle: std::time::Duration,
+    /// Armed the first time the body has to wait (a body that arrives with its head, the usual
+    /// case, never makes a timer); re-armed after each frame that arrived since.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    progressed: bool,
     record: Option<PendingRecord>,
     audit: Option<PendingAudit>,
 }
@@ -351,6 +360,7 @@ impl ResponseBody {
     pub fn new(
         inner: UpstreamBody,
         limit: u64,
+        idle: std::time::Duration,
         record: PendingRecord,
         audit: Option<PendingAudit>,
     ) -> Self {
@@ -359,9 +369,25 @@ impl ResponseBody {
             prefix: None,
             limit,
             seen: 0,
+            idle,
+            stall: None,
+            progressed: false,
             record: Some(record),
             audit,
         }
+    }
+
+    /// The body has to wait for the vendor: whether it has waited longer than `idle`.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let idle = self.idle;
+        let progressed = std::mem::take(&mut self.progressed);
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        if progressed {
+            stall.as_mut().reset(tokio::time::Instant::now() + idle);
+        }
+        std::future::Future::poll(stall.as_mut(), cx).is_ready()
     }
 
     /// Sends `prefix` (already read from the vendor, possibly redacted) before the rest.
@@ -421,7 +447,13 @@ impl Body for ResponseBody {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if this.stalled(cx) {
+                    this.finish(true, Some("upstream_idle_timeout"));
+                    return Poll::Ready(Some(Err(BodyError::UpstreamIdle(this.idle))));
+                }
+                Poll::Pending
+            }
             Poll::Ready(None) => {
                 this.finish(false, None);
                 Poll::Ready(None)
@@ -431,6 +463,7 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Err(error)))
             }
             Poll::Ready(Some(Ok(frame))) => {
+                this.progressed = true;
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {

@@ -1308,7 +1308,8 @@ fn answer(
         intent_index,
     };
     let limit = integration.config.max_response_body_bytes;
-    let body = ResponseBody::new(body, limit, pending, Some(audit)).with_prefix(prefix);
+    let idle = std::time::Duration::from_millis(integration.config.idle_timeout_ms);
+    let body = ResponseBody::new(body, limit, idle, pending, Some(audit)).with_prefix(prefix);
     Response::from_parts(parts, GatewayBody::Stream(Box::new(body)))
 }
 

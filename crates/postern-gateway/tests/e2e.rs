@@ -1413,6 +1413,68 @@ async fn a_caller_that_leaves_a_paused_stream_ends_it() {
     gw.stop().await;
 }
 
+/// A vendor that stops sending in the middle of its body, with the caller still waiting: after
+/// the integration's `idle_timeout_ms` the body is cut, both connections close and the call is
+/// recorded `incomplete` (`upstream_idle_timeout`), rather than holding the caller until its
+/// connection's own idle limit (minutes).
+#[tokio::test]
+async fn a_vendor_that_stalls_mid_body_is_cut_after_idle_timeout() {
+    use tokio::io::AsyncReadExt;
+    let (port, vendor, closed) = one_answer_vendor(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n7\r\ndata: 1\r\n",
+    )
+    .await;
+    let gw = TestGateway::start(
+        &slow_integration(port, 20_000, "idle_timeout_ms = 400"),
+        None,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let mut stream = call_slow_x(&gw).await;
+    let mut seen = Vec::new();
+    // Read until Postern closes the caller's connection (bounded: 10 s).
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("Postern cut the stalled body well before 10 s")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let elapsed = started.elapsed();
+    let seen = String::from_utf8_lossy(&seen).to_string();
+    assert!(
+        seen.contains("data: 1"),
+        "the first chunk was forwarded: {seen}"
+    );
+    assert!(
+        !seen.ends_with("0\r\n\r\n"),
+        "the cut body is not ended as if complete: {seen}"
+    );
+    assert!(
+        elapsed >= std::time::Duration::from_millis(400),
+        "not before idle_timeout_ms: {elapsed:?}"
+    );
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), closed)
+        .await
+        .expect("Postern closed its vendor connection")
+        .unwrap();
+    assert_eq!(read, 0);
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["status"], 200);
+    assert_eq!(events[0]["incomplete"], true, "{}", events[0]);
+    assert_eq!(
+        events[0]["reason"], "upstream_idle_timeout",
+        "{}",
+        events[0]
+    );
+    vendor.abort();
+    gw.stop().await;
+}
+
 /// An integration removed by a reload takes its pooled vendor connections with it: the idle
 /// connection closes at the reload, not `idle_timeout_ms` (here 90 s) later.
 #[tokio::test]
