@@ -51,9 +51,11 @@ pub async fn scan_request(
     let limit = integration.config.max_request_body_bytes;
     let state = context.request_body.clone();
     let cap = integration.config.scan_max_body_bytes;
-    let (bytes, body, complete) = match read_up_to(body, cap, limit).await {
+    // The caller's side: its connection's own deadlines bound a caller that stalls.
+    let (bytes, body, complete) = match read_up_to(body, cap, limit, None).await {
         Ok(read) => read,
-        Err(ReadError::Broken) => {
+        // Not given an idle limit, so never stalled.
+        Err(ReadError::Broken | ReadError::Stalled) => {
             return Err((
                 CallError::bad_request(
                     "request_body_error",
@@ -222,8 +224,22 @@ pub async fn scan_response(
             summary,
         });
     }
-    let (bytes, body, complete) = match read_up_to(body, cap, u64::MAX).await {
+    let idle = std::time::Duration::from_millis(integration.config.idle_timeout_ms);
+    let (bytes, body, complete) = match read_up_to(body, cap, u64::MAX, Some(idle)).await {
         Ok(read) => read,
+        Err(ReadError::Stalled) => {
+            return Err((
+                CallError::new(
+                    http::StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_idle_timeout",
+                    format!(
+                        "the vendor of {} sent no byte of its response body for idle_timeout_ms ({} ms) while it was read for scanning",
+                        integration.name, integration.config.idle_timeout_ms
+                    ),
+                ),
+                summary,
+            ))
+        }
         Err(_) => {
             return Err((
                 CallError::bad_gateway(
@@ -284,18 +300,28 @@ pub async fn scan_response(
 enum ReadError {
     Broken,
     TooLarge,
+    /// No frame for the idle limit given.
+    Stalled,
 }
 
 /// Reads frames until the body ends or more than `cap` bytes are buffered; more than `limit`
-/// is an error. Returns the bytes, the rest of the stream, and whether the body ended.
+/// is an error, and so is waiting longer than `idle` for a frame (when given). Returns the
+/// bytes, the rest of the stream, and whether the body ended.
 async fn read_up_to<B: http_body::Body<Data = Bytes> + Unpin>(
     mut body: B,
     cap: u64,
     limit: u64,
+    idle: Option<std::time::Duration>,
 ) -> Result<(Bytes, B, bool), ReadError> {
     let mut buffer = BytesMut::new();
     while (buffer.len() as u64) <= cap {
-        match body.frame().await {
+        let frame = match idle {
+            Some(idle) => tokio::time::timeout(idle, body.frame())
+                .await
+                .map_err(|_| ReadError::Stalled)?,
+            None => body.frame().await,
+        };
+        match frame {
             None => return Ok((buffer.freeze(), body, true)),
             Some(Err(_)) => return Err(ReadError::Broken),
             Some(Ok(frame)) => {

@@ -1475,6 +1475,41 @@ async fn a_vendor_that_stalls_mid_body_is_cut_after_idle_timeout() {
     gw.stop().await;
 }
 
+/// The same stall while a scanned integration reads the answer for scanning (nothing has gone
+/// to the caller yet): the caller gets `504 upstream_idle_timeout`.
+#[tokio::test]
+async fn a_vendor_that_stalls_while_its_answer_is_scanned_gets_504() {
+    let (port, vendor, _closed) = one_answer_vendor(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n6\r\n{\"a\":1\r\n",
+    )
+    .await;
+    let extra = "idle_timeout_ms = 400\ndata_classes = [\"pii.email\"]";
+    let gw = TestGateway::start(&slow_integration(port, 20_000, extra), None).await;
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client()
+            .get(format!("{}/slow/x", gw.base))
+            .bearer_auth(&gw.token)
+            .send(),
+    )
+    .await
+    .expect("answered well before 10 s")
+    .unwrap();
+    assert_eq!(response.status(), 504);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "upstream_idle_timeout", "{answer}");
+    let events = gw.wait_events(1).await;
+    assert_eq!(
+        events[0]["reason"], "upstream_idle_timeout",
+        "{}",
+        events[0]
+    );
+    vendor.abort();
+    gw.stop().await;
+}
+
 /// An integration removed by a reload takes its pooled vendor connections with it: the idle
 /// connection closes at the reload, not `idle_timeout_ms` (here 90 s) later.
 #[tokio::test]
