@@ -1463,16 +1463,21 @@ async fn a_vendor_that_stalls_mid_body_is_cut_after_idle_timeout() {
         .expect("Postern closed its vendor connection")
         .unwrap();
     assert_eq!(read, 0);
-    let events = gw.wait_events(1).await;
-    assert_eq!(events[0]["status"], 200);
-    assert_eq!(events[0]["incomplete"], true, "{}", events[0]);
-    assert_eq!(
-        events[0]["reason"], "upstream_idle_timeout",
-        "{}",
-        events[0]
-    );
+    let event = stalled_call_event(gw, vendor).await;
+    assert_eq!(event["status"], 200);
+    assert_eq!(event["incomplete"], true, "{event}");
+}
+
+/// The one call's event, checked for `upstream_idle_timeout`, once the gateway has stopped.
+async fn stalled_call_event(
+    gw: TestGateway,
+    vendor: tokio::task::JoinHandle<()>,
+) -> serde_json::Value {
+    let event = gw.wait_events(1).await.remove(0);
+    assert_eq!(event["reason"], "upstream_idle_timeout", "{event}");
     vendor.abort();
     gw.stop().await;
+    event
 }
 
 /// The same stall while a scanned integration reads the answer for scanning (nothing has gone
@@ -1500,14 +1505,7 @@ async fn a_vendor_that_stalls_while_its_answer_is_scanned_gets_504() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(400));
     let answer: serde_json::Value = response.json().await.unwrap();
     assert_eq!(answer["error"]["code"], "upstream_idle_timeout", "{answer}");
-    let events = gw.wait_events(1).await;
-    assert_eq!(
-        events[0]["reason"], "upstream_idle_timeout",
-        "{}",
-        events[0]
-    );
-    vendor.abort();
-    gw.stop().await;
+    stalled_call_event(gw, vendor).await;
 }
 
 /// An integration removed by a reload takes its pooled vendor connections with it: the idle
