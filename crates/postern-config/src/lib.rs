@@ -68,6 +68,9 @@ pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default for [`IntegrationConfig::request_timeout_ms`].
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Default for [`IntegrationConfig::response_idle_timeout_ms`] and
+/// [`ProxyConfig::response_idle_timeout_ms`]: the caller connection's own idle limit.
+pub const DEFAULT_RESPONSE_IDLE_TIMEOUT_MS: u64 = 300_000;
 /// Default for [`IntegrationConfig::idle_timeout_ms`].
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 90_000;
 /// Default for [`IntegrationConfig::max_request_body_bytes`]: 10 MiB.
@@ -199,6 +202,8 @@ pub struct ProxyConfig {
     pub connect_timeout_ms: u64,
     /// A tunnel with no traffic either way for this long is closed.
     pub idle_timeout_ms: u64,
+    /// A plain-HTTP answer's body with no data for this long is cut; 0: never.
+    pub response_idle_timeout_ms: u64,
 }
 
 impl Default for ProxyConfig {
@@ -212,6 +217,7 @@ impl Default for ProxyConfig {
             allow_private_networks: Vec::new(),
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            response_idle_timeout_ms: DEFAULT_RESPONSE_IDLE_TIMEOUT_MS,
         }
     }
 }
@@ -283,6 +289,8 @@ pub struct IntegrationConfig {
     pub request_timeout_ms: u64,
     /// How long a pooled upstream connection may sit idle. Greater than zero.
     pub idle_timeout_ms: u64,
+    /// How long the vendor may send no body data while a call streams its answer; 0: never.
+    pub response_idle_timeout_ms: u64,
     pub max_request_body_bytes: u64,
     pub max_response_body_bytes: u64,
 }

@@ -43,6 +43,8 @@ pub(crate) struct RawProxy {
     pub connect_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     pub idle_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub response_idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +154,8 @@ pub(crate) struct RawIntegration {
     pub request_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     pub idle_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub response_idle_timeout_ms: Option<u64>,
     #[serde(default)]
     pub max_request_body_bytes: Option<u64>,
     #[serde(default)]

@@ -608,6 +608,9 @@ impl Validator<'_> {
             connect_timeout_ms,
             request_timeout_ms,
             idle_timeout_ms,
+            response_idle_timeout_ms: raw
+                .response_idle_timeout_ms
+                .unwrap_or(DEFAULT_RESPONSE_IDLE_TIMEOUT_MS),
             max_request_body_bytes: raw
                 .max_request_body_bytes
                 .unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES),
@@ -663,6 +666,9 @@ impl Validator<'_> {
                 "idle_timeout_ms",
                 DEFAULT_IDLE_TIMEOUT_MS,
             ),
+            response_idle_timeout_ms: raw
+                .response_idle_timeout_ms
+                .unwrap_or(DEFAULT_RESPONSE_IDLE_TIMEOUT_MS),
         }
     }
 

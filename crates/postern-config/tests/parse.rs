@@ -139,10 +139,12 @@ fn the_documented_example_parses() {
         (
             stripe.connect_timeout_ms,
             stripe.request_timeout_ms,
-            stripe.idle_timeout_ms
+            stripe.idle_timeout_ms,
+            stripe.response_idle_timeout_ms
         ),
-        (5000, 30_000, 90_000)
+        (5000, 30_000, 90_000, 300_000)
     );
+    assert_eq!(config.proxy.response_idle_timeout_ms, 300_000);
     assert_eq!(stripe.max_request_body_bytes, 10 * 1024 * 1024);
     assert_eq!(stripe.max_response_body_bytes, 64 * 1024 * 1024);
 

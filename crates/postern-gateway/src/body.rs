@@ -59,7 +59,7 @@ pub enum BodyError {
     CallerTokenInBody,
     #[error("response body exceeds max_response_body_bytes ({0} bytes)")]
     ResponseTooLarge(u64),
-    #[error("the vendor sent no byte of its response body for {0:?} (idle_timeout_ms)")]
+    #[error("the vendor sent no body data for {0:?} (response_idle_timeout_ms)")]
     UpstreamIdle(std::time::Duration),
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
@@ -338,6 +338,12 @@ pub struct PendingAudit {
     pub intent_index: Option<u64>,
 }
 
+/// A `response_idle_timeout_ms` as the limit [`ResponseBody`] and payload scanning apply:
+/// 0 is none.
+pub fn response_idle(ms: u64) -> Option<std::time::Duration> {
+    (ms > 0).then(|| std::time::Duration::from_millis(ms))
+}
+
 /// The vendor's response body on its way back to the caller.
 pub struct ResponseBody {
     inner: UpstreamBody,
@@ -345,9 +351,10 @@ pub struct ResponseBody {
     prefix: Option<Bytes>,
     limit: u64,
     seen: u64,
-    /// The longest the vendor may send nothing while the body is awaited (the integration's
-    /// `idle_timeout_ms`): a vendor that stalls mid-body ends the call rather than holding it.
-    idle: std::time::Duration,
+    /// The longest the vendor may send no body data while the body is awaited (the
+    /// integration's `response_idle_timeout_ms`; `None`: no limit): a vendor that stalls
+    /// mid-body ends the call rather than holding it.
+    idle: Option<std::time::Duration>,
     /// Armed the first time the body has to wait (a body that arrives with its head, the usual
     /// case, never makes a timer); re-armed after each frame that arrived since.
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -360,7 +367,7 @@ impl ResponseBody {
     pub fn new(
         inner: UpstreamBody,
         limit: u64,
-        idle: std::time::Duration,
+        idle: Option<std::time::Duration>,
         record: PendingRecord,
         audit: Option<PendingAudit>,
     ) -> Self {
@@ -379,14 +386,19 @@ impl ResponseBody {
 
     /// The body has to wait for the vendor: whether it has waited longer than `idle`.
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        let idle = self.idle;
+        let Some(idle) = self.idle else {
+            return false;
+        };
         let progressed = std::mem::take(&mut self.progressed);
-        let stall = self
-            .stall
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-        if progressed {
-            stall.as_mut().reset(tokio::time::Instant::now() + idle);
-        }
+        let stall = match &mut self.stall {
+            Some(stall) => {
+                if progressed {
+                    stall.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+                stall
+            }
+            None => self.stall.insert(Box::pin(tokio::time::sleep(idle))),
+        };
         std::future::Future::poll(stall.as_mut(), cx).is_ready()
     }
 
@@ -450,7 +462,8 @@ impl Body for ResponseBody {
             Poll::Pending => {
                 if this.stalled(cx) {
                     this.finish(true, Some("upstream_idle_timeout"));
-                    return Poll::Ready(Some(Err(BodyError::UpstreamIdle(this.idle))));
+                    let idle = this.idle.unwrap_or_default();
+                    return Poll::Ready(Some(Err(BodyError::UpstreamIdle(idle))));
                 }
                 Poll::Pending
             }

@@ -1308,7 +1308,7 @@ fn answer(
         intent_index,
     };
     let limit = integration.config.max_response_body_bytes;
-    let idle = std::time::Duration::from_millis(integration.config.idle_timeout_ms);
+    let idle = crate::body::response_idle(integration.config.response_idle_timeout_ms);
     let body = ResponseBody::new(body, limit, idle, pending, Some(audit)).with_prefix(prefix);
     Response::from_parts(parts, GatewayBody::Stream(Box::new(body)))
 }

@@ -224,8 +224,8 @@ pub async fn scan_response(
             summary,
         });
     }
-    let idle = std::time::Duration::from_millis(integration.config.idle_timeout_ms);
-    let (bytes, body, complete) = match read_up_to(body, cap, u64::MAX, Some(idle)).await {
+    let idle = crate::body::response_idle(integration.config.response_idle_timeout_ms);
+    let (bytes, body, complete) = match read_up_to(body, cap, u64::MAX, idle).await {
         Ok(read) => read,
         Err(ReadError::Stalled) => {
             return Err((
@@ -233,8 +233,8 @@ pub async fn scan_response(
                     http::StatusCode::GATEWAY_TIMEOUT,
                     "upstream_idle_timeout",
                     format!(
-                        "the vendor of {} sent no byte of its response body for idle_timeout_ms ({} ms) while it was read for scanning",
-                        integration.name, integration.config.idle_timeout_ms
+                        "the vendor of {} sent no body data for response_idle_timeout_ms ({} ms) while its answer was read for scanning",
+                        integration.name, integration.config.response_idle_timeout_ms
                     ),
                 ),
                 summary,

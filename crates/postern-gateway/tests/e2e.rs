@@ -1414,9 +1414,9 @@ async fn a_caller_that_leaves_a_paused_stream_ends_it() {
 }
 
 /// A vendor that stops sending in the middle of its body, with the caller still waiting: after
-/// the integration's `idle_timeout_ms` the body is cut, both connections close and the call is
-/// recorded `incomplete` (`upstream_idle_timeout`), rather than holding the caller until its
-/// connection's own idle limit (minutes).
+/// the integration's `response_idle_timeout_ms` the body is cut, both connections close and the
+/// call is recorded `incomplete` (`upstream_idle_timeout`), rather than holding the caller
+/// until its connection's own idle limit.
 #[tokio::test]
 async fn a_vendor_that_stalls_mid_body_is_cut_after_idle_timeout() {
     use tokio::io::AsyncReadExt;
@@ -1425,7 +1425,7 @@ async fn a_vendor_that_stalls_mid_body_is_cut_after_idle_timeout() {
     )
     .await;
     let gw = TestGateway::start(
-        &slow_integration(port, 20_000, "idle_timeout_ms = 400"),
+        &slow_integration(port, 20_000, "response_idle_timeout_ms = 400"),
         None,
     )
     .await;
@@ -1456,7 +1456,7 @@ async fn a_vendor_that_stalls_mid_body_is_cut_after_idle_timeout() {
     );
     assert!(
         elapsed >= std::time::Duration::from_millis(400),
-        "not before idle_timeout_ms: {elapsed:?}"
+        "not before response_idle_timeout_ms: {elapsed:?}"
     );
     let read = tokio::time::timeout(std::time::Duration::from_secs(5), closed)
         .await
@@ -1484,11 +1484,11 @@ async fn stalled_call_event(
 /// to the caller yet): the caller gets `504 upstream_idle_timeout`.
 #[tokio::test]
 async fn a_vendor_that_stalls_while_its_answer_is_scanned_gets_504() {
-    let (port, vendor, _closed) = one_answer_vendor(
+    let (port, vendor, closed) = one_answer_vendor(
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n6\r\n{\"a\":1\r\n",
     )
     .await;
-    let extra = "idle_timeout_ms = 400\ndata_classes = [\"pii.email\"]";
+    let extra = "response_idle_timeout_ms = 400\ndata_classes = [\"pii.email\"]";
     let gw = TestGateway::start(&slow_integration(port, 20_000, extra), None).await;
     let started = std::time::Instant::now();
     let response = tokio::time::timeout(
@@ -1505,7 +1505,56 @@ async fn a_vendor_that_stalls_while_its_answer_is_scanned_gets_504() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(400));
     let answer: serde_json::Value = response.json().await.unwrap();
     assert_eq!(answer["error"]["code"], "upstream_idle_timeout", "{answer}");
-    stalled_call_event(gw, vendor).await;
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), closed)
+        .await
+        .expect("Postern closed its vendor connection")
+        .unwrap();
+    assert_eq!(read, 0);
+    assert_eq!(stalled_call_event(gw, vendor).await["status"], 504);
+}
+
+/// A slow stream is not a stalled one: each chunk restarts the clock, so six chunks 200 ms
+/// apart (1.2 s in all) pass a 1 s `response_idle_timeout_ms` whole.
+#[tokio::test]
+async fn a_slow_but_steady_stream_is_not_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let vendor = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 4096];
+        let _ = stream.read(&mut request).await.unwrap();
+        let head =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+        stream.write_all(head).await.unwrap();
+        for i in 0..6 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            stream
+                .write_all(format!("2\r\n{i};\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        stream.write_all(b"0\r\n\r\n").await.unwrap();
+        let _ = stream.read(&mut request).await;
+    });
+    let extra = "response_idle_timeout_ms = 1000";
+    let gw = TestGateway::start(&slow_integration(port, 20_000, extra), None).await;
+    let response = client()
+        .get(format!("{}/slow/x", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "0;1;2;3;4;5;");
+    let event = gw.wait_events(1).await.remove(0);
+    assert_eq!(event["reason"], "granted", "{event}");
+    assert!(
+        event.get("incomplete").is_none_or(|v| v == false),
+        "{event}"
+    );
+    vendor.abort();
+    gw.stop().await;
 }
 
 /// An integration removed by a reload takes its pooled vendor connections with it: the idle
