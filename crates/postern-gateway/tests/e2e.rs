@@ -1111,12 +1111,7 @@ async fn slow_vendor_times_out_with_504() {
     let (port, hold, _accepts) = silent_vendor().await;
     let gw = TestGateway::start(&slow_integration(port, 300, ""), None).await;
     let started = std::time::Instant::now();
-    let response = client()
-        .get(format!("{}/slow/x", gw.base))
-        .bearer_auth(&gw.token)
-        .send()
-        .await
-        .unwrap();
+    let response = get_slow_x(&gw).await;
     assert_eq!(response.status(), 504);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     let body: serde_json::Value = response.json().await.unwrap();
@@ -1350,6 +1345,16 @@ async fn call_slow_x(gw: &TestGateway) -> tokio::net::TcpStream {
     stream
 }
 
+/// `GET /slow/x` through the gateway with the caller's token, by an HTTP client.
+async fn get_slow_x(gw: &TestGateway) -> reqwest::Response {
+    client()
+        .get(format!("{}/slow/x", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A vendor that takes one connection, reads one request, writes `answer` and then waits:
 /// the channel reports what its next read got when Postern closes the connection (0).
 async fn one_answer_vendor(
@@ -1491,16 +1496,9 @@ async fn a_vendor_that_stalls_while_its_answer_is_scanned_gets_504() {
     let extra = "response_idle_timeout_ms = 400\ndata_classes = [\"pii.email\"]";
     let gw = TestGateway::start(&slow_integration(port, 20_000, extra), None).await;
     let started = std::time::Instant::now();
-    let response = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        client()
-            .get(format!("{}/slow/x", gw.base))
-            .bearer_auth(&gw.token)
-            .send(),
-    )
-    .await
-    .expect("answered well before 10 s")
-    .unwrap();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), get_slow_x(&gw))
+        .await
+        .expect("answered well before 10 s");
     assert_eq!(response.status(), 504);
     assert!(started.elapsed() >= std::time::Duration::from_millis(400));
     let answer: serde_json::Value = response.json().await.unwrap();
@@ -1539,12 +1537,7 @@ async fn a_slow_but_steady_stream_is_not_cut() {
     });
     let extra = "response_idle_timeout_ms = 1000";
     let gw = TestGateway::start(&slow_integration(port, 20_000, extra), None).await;
-    let response = client()
-        .get(format!("{}/slow/x", gw.base))
-        .bearer_auth(&gw.token)
-        .send()
-        .await
-        .unwrap();
+    let response = get_slow_x(&gw).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "0;1;2;3;4;5;");
     let event = gw.wait_events(1).await.remove(0);
@@ -1565,12 +1558,7 @@ async fn a_reload_that_removes_an_integration_closes_its_vendor_connections() {
     let (port, vendor, closed) =
         one_answer_vendor(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
     let gw = TestGateway::start(&slow_integration(port, 20_000, ""), None).await;
-    let response = client()
-        .get(format!("{}/slow/x", gw.base))
-        .bearer_auth(&gw.token)
-        .send()
-        .await
-        .unwrap();
+    let response = get_slow_x(&gw).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "ok");
 
