@@ -338,10 +338,48 @@ pub struct PendingAudit {
     pub intent_index: Option<u64>,
 }
 
-/// A `response_idle_timeout_ms` as the limit [`ResponseBody`] and payload scanning apply:
-/// 0 is none.
-pub fn response_idle(ms: u64) -> Option<std::time::Duration> {
-    (ms > 0).then(|| std::time::Duration::from_millis(ms))
+/// How long a vendor's body may send nothing (`response_idle_timeout_ms`; 0 is no limit), for
+/// [`ResponseBody`] and for payload scanning's read. The timer is made the first time the body
+/// has to wait (a body that arrives with its head, the usual case, never makes one) and moved
+/// on after each frame that arrived since.
+pub struct Stall {
+    idle: Option<std::time::Duration>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    progressed: bool,
+}
+
+impl Stall {
+    pub fn new(response_idle_timeout_ms: u64) -> Self {
+        Stall {
+            idle: (response_idle_timeout_ms > 0)
+                .then(|| std::time::Duration::from_millis(response_idle_timeout_ms)),
+            sleep: None,
+            progressed: false,
+        }
+    }
+
+    /// A frame arrived: the next wait starts the clock again.
+    pub fn progressed(&mut self) {
+        self.progressed = true;
+    }
+
+    /// The body has to wait for the vendor: the limit it has waited past, if it has.
+    pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Option<std::time::Duration> {
+        let idle = self.idle?;
+        let progressed = std::mem::take(&mut self.progressed);
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if progressed {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+                sleep
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep(idle))),
+        };
+        std::future::Future::poll(sleep.as_mut(), cx)
+            .is_ready()
+            .then_some(idle)
+    }
 }
 
 /// The vendor's response body on its way back to the caller.
@@ -351,14 +389,8 @@ pub struct ResponseBody {
     prefix: Option<Bytes>,
     limit: u64,
     seen: u64,
-    /// The longest the vendor may send no body data while the body is awaited (the
-    /// integration's `response_idle_timeout_ms`; `None`: no limit): a vendor that stalls
-    /// mid-body ends the call rather than holding it.
-    idle: Option<std::time::Duration>,
-    /// Armed the first time the body has to wait (a body that arrives with its head, the usual
-    /// case, never makes a timer); re-armed after each frame that arrived since.
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-    progressed: bool,
+    /// A vendor that stalls mid-body ends the call rather than holding it.
+    stall: Stall,
     record: Option<PendingRecord>,
     audit: Option<PendingAudit>,
 }
@@ -367,7 +399,7 @@ impl ResponseBody {
     pub fn new(
         inner: UpstreamBody,
         limit: u64,
-        idle: Option<std::time::Duration>,
+        stall: Stall,
         record: PendingRecord,
         audit: Option<PendingAudit>,
     ) -> Self {
@@ -376,30 +408,10 @@ impl ResponseBody {
             prefix: None,
             limit,
             seen: 0,
-            idle,
-            stall: None,
-            progressed: false,
+            stall,
             record: Some(record),
             audit,
         }
-    }
-
-    /// The body has to wait for the vendor: whether it has waited longer than `idle`.
-    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(idle) = self.idle else {
-            return false;
-        };
-        let progressed = std::mem::take(&mut self.progressed);
-        let stall = match &mut self.stall {
-            Some(stall) => {
-                if progressed {
-                    stall.as_mut().reset(tokio::time::Instant::now() + idle);
-                }
-                stall
-            }
-            None => self.stall.insert(Box::pin(tokio::time::sleep(idle))),
-        };
-        std::future::Future::poll(stall.as_mut(), cx).is_ready()
     }
 
     /// Sends `prefix` (already read from the vendor, possibly redacted) before the rest.
@@ -459,14 +471,13 @@ impl Body for ResponseBody {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => {
-                if this.stalled(cx) {
+            Poll::Pending => match this.stall.poll_stalled(cx) {
+                Some(idle) => {
                     this.finish(true, Some("upstream_idle_timeout"));
-                    let idle = this.idle.unwrap_or_default();
-                    return Poll::Ready(Some(Err(BodyError::UpstreamIdle(idle))));
+                    Poll::Ready(Some(Err(BodyError::UpstreamIdle(idle))))
                 }
-                Poll::Pending
-            }
+                None => Poll::Pending,
+            },
             Poll::Ready(None) => {
                 this.finish(false, None);
                 Poll::Ready(None)
@@ -476,7 +487,7 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Err(error)))
             }
             Poll::Ready(Some(Ok(frame))) => {
-                this.progressed = true;
+                this.stall.progressed();
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {

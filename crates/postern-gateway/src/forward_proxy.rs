@@ -543,7 +543,7 @@ async fn absolute(
     let body = ResponseBody::new(
         body,
         postern_config::DEFAULT_MAX_RESPONSE_BODY_BYTES,
-        crate::body::response_idle(proxy.config.response_idle_timeout_ms),
+        crate::body::Stall::new(proxy.config.response_idle_timeout_ms),
         pending,
         Some(audit),
     );

@@ -23,7 +23,9 @@ use percent_encoding::AsciiSet;
 use postern_policy::{AuthzRequest, Reason};
 
 use crate::audit::Outcome;
-use crate::body::{ForwardBody, GatewayBody, PendingAudit, RequestBodyViolation, ResponseBody};
+use crate::body::{
+    ForwardBody, GatewayBody, PendingAudit, RequestBodyViolation, ResponseBody, Stall,
+};
 use crate::context::{AuthMethod, CallContext, ConnectionInfo};
 use crate::error::CallError;
 use crate::events::Decision;
@@ -1308,8 +1310,8 @@ fn answer(
         intent_index,
     };
     let limit = integration.config.max_response_body_bytes;
-    let idle = crate::body::response_idle(integration.config.response_idle_timeout_ms);
-    let body = ResponseBody::new(body, limit, idle, pending, Some(audit)).with_prefix(prefix);
+    let stall = Stall::new(integration.config.response_idle_timeout_ms);
+    let body = ResponseBody::new(body, limit, stall, pending, Some(audit)).with_prefix(prefix);
     Response::from_parts(parts, GatewayBody::Stream(Box::new(body)))
 }
 

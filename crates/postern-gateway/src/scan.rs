@@ -11,14 +11,15 @@
 use crate::body::CallerBody;
 use bytes::{Bytes, BytesMut};
 use http::header;
-use http_body_util::BodyExt as _;
 
 use crate::upstream::UpstreamBody;
 use postern_config::OnUnapproved;
 use postern_scan::{ContentTypeHint, Scanner};
 use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::task::Poll;
 
-use crate::body::ForwardBody;
+use crate::body::{ForwardBody, Stall};
 use crate::context::CallContext;
 use crate::error::CallError;
 use crate::runtime::IntegrationRuntime;
@@ -52,7 +53,7 @@ pub async fn scan_request(
     let state = context.request_body.clone();
     let cap = integration.config.scan_max_body_bytes;
     // The caller's side: its connection's own deadlines bound a caller that stalls.
-    let (bytes, body, complete) = match read_up_to(body, cap, limit, None).await {
+    let (bytes, body, complete) = match read_up_to(body, cap, limit, Stall::new(0)).await {
         Ok(read) => read,
         // Not given an idle limit, so never stalled.
         Err(ReadError::Broken | ReadError::Stalled) => {
@@ -224,8 +225,8 @@ pub async fn scan_response(
             summary,
         });
     }
-    let idle = crate::body::response_idle(integration.config.response_idle_timeout_ms);
-    let (bytes, body, complete) = match read_up_to(body, cap, u64::MAX, idle).await {
+    let stall = Stall::new(integration.config.response_idle_timeout_ms);
+    let (bytes, body, complete) = match read_up_to(body, cap, u64::MAX, stall).await {
         Ok(read) => read,
         Err(ReadError::Stalled) => {
             return Err((
@@ -305,22 +306,27 @@ enum ReadError {
 }
 
 /// Reads frames until the body ends or more than `cap` bytes are buffered; more than `limit`
-/// is an error, and so is waiting longer than `idle` for a frame (when given). Returns the
-/// bytes, the rest of the stream, and whether the body ended.
+/// is an error, and so is a vendor that stalls past `stall`'s limit. Returns the bytes, the
+/// rest of the stream, and whether the body ended.
 async fn read_up_to<B: http_body::Body<Data = Bytes> + Unpin>(
     mut body: B,
     cap: u64,
     limit: u64,
-    idle: Option<std::time::Duration>,
+    mut stall: Stall,
 ) -> Result<(Bytes, B, bool), ReadError> {
     let mut buffer = BytesMut::new();
     while (buffer.len() as u64) <= cap {
-        let frame = match idle {
-            Some(idle) => tokio::time::timeout(idle, body.frame())
-                .await
-                .map_err(|_| ReadError::Stalled)?,
-            None => body.frame().await,
-        };
+        let frame = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Pending => match stall.poll_stalled(cx) {
+                Some(_) => Poll::Ready(Err(ReadError::Stalled)),
+                None => Poll::Pending,
+            },
+            Poll::Ready(frame) => {
+                stall.progressed();
+                Poll::Ready(Ok(frame))
+            }
+        })
+        .await?;
         match frame {
             None => return Ok((buffer.freeze(), body, true)),
             Some(Err(_)) => return Err(ReadError::Broken),

@@ -1282,15 +1282,14 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
     if take_injected(&shared.injected_write_failures) {
         return Err("injected write failure (test)".into());
     }
-    if let Some((file, path, len)) = writer.undo.take() {
-        if let Err(e) = undo_failed_batch(shared, &file, len) {
-            let reason = format!(
+    if let Some((file, path, len)) = &writer.undo {
+        undo_failed_batch(shared, file, *len).map_err(|e| {
+            format!(
                 "{}: the bytes of a failed batch could not be cut off, and nothing is written until they are: {e}",
                 path.display()
-            );
-            writer.undo = Some((file, path, len));
-            return Err(reason);
-        }
+            )
+        })?;
+        writer.undo = None;
     }
     let first_index = writer.builder.size();
     let (mut slot, segment_file, segment_path, segment_len, new_segment) = {
