@@ -136,7 +136,7 @@ train() {
   local profile_file="${2:-}"
   POSTERN_BIN="$1"
   SERVE_PIDS=()
-  local pass
+  local pass label
   for pass in best_effort:http required:http required:https; do
     AUDIT_MODE="${pass%%:*}"
     label="${pass/:/-}"
