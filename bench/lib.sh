@@ -151,8 +151,10 @@ status_kb() { # PID FIELD -> kB
 
 # ---------------------------------------------------------------- upstream, Postern
 # start_upstream -> UPSTREAM_PID: postern-bench-upstream on UPSTREAM_PORT, listening; with
-# UPSTREAM_TLS=1 over HTTPS, its throwaway CA's certificate in UPSTREAM_CA (WORK/upstream/ca.pem).
+# UPSTREAM_TLS=1 over HTTPS, its throwaway CA's certificate in UPSTREAM_CA (WORK/upstream/ca.pem),
+# and with UPSTREAM_H2=1 as well offering HTTP/2 first by ALPN.
 UPSTREAM_TLS=0
+UPSTREAM_H2=0
 UPSTREAM_SCHEME=http
 UPSTREAM_CA=""
 # An optional NAME (default upstream) names its log, WORK/NAME.log, and its CA's directory.
@@ -163,6 +165,7 @@ start_upstream() {
     UPSTREAM_CA="$WORK/$name/ca.pem"
     mkdir -p "$WORK/$name"
     tls_args=(--tls-dir "$WORK/$name")
+    [[ "$UPSTREAM_H2" -eq 1 ]] && tls_args+=(--h2)
   else
     UPSTREAM_SCHEME=http
   fi

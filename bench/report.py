@@ -109,6 +109,10 @@ def main():
           "Postern on its defaults (TLS to the vendor, no `allow_plaintext`, the CA as `ca_file`); nginx `proxy_pass https://` "
           "verifying the same CA (`proxy_ssl_verify on`, `proxy_ssl_name localhost`), sessions reused over its keep-alive "
           "connections; direct is wrk over TLS.")
+    if meta.get("upstream_h2") == "1":
+        w("- **The upstream offers HTTP/2** (`--upstream-h2`): ALPN `h2` first, HTTP/1.1 still served. Postern takes h2 "
+          "(the calls of each worker share one connection to the vendor); nginx `proxy_pass` has no HTTP/2 to upstreams and "
+          "stays on HTTP/1.1; wrk speaks HTTP/1.1.")
     if meta.get("scan") == "on":
         w(f"- **Payload scanning on**: `data_classes = [\"pii.email\"]`, `on_unapproved = \"redact\"`; every request carries a "
           f"{meta.get('request_body_bytes')}-byte JSON customer (email approved; phone and card masked before forwarding), "

@@ -66,6 +66,9 @@ Options:
                         defaults (TLS to vendors, no allow_plaintext, the CA as ca_file) against
                         nginx proxy_pass https:// verifying the same CA and reusing sessions over
                         keep-alive; direct is wrk over TLS (not with the floor target)
+  --upstream-h2         --upstream-tls, and the upstream offers HTTP/2 first by ALPN (HTTP/1.1
+                        still served), as large vendors' API hosts do: Postern takes h2 (its
+                        calls on a worker share one connection), nginx stays on HTTP/1.1
   --targets "LIST"      subset of "direct nginx postern pgo floor" (default "direct nginx postern")
   --out FILE            Markdown report (default bench/results/latest.md); also printed on stdout
   --perf                after the rounds, profile Postern and nginx under the same load with
@@ -100,6 +103,7 @@ while [[ $# -gt 0 ]]; do
     --method) METHOD="$2"; shift 2 ;;
     --nginx-access-log) NGINX_ACCESS_LOG="$2"; shift 2 ;;
     --upstream-tls) UPSTREAM_TLS=1; shift ;;
+    --upstream-h2) UPSTREAM_TLS=1; UPSTREAM_H2=1; shift ;;
     --targets) TARGETS="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --perf) PERF=1; shift ;;
@@ -393,6 +397,7 @@ log "sanity checks passed (200 with the upstream body on $SANITY_TARGETS; 401 wi
   echo "upstream_threads=$UPSTREAM_THREADS"
   echo "nginx_access_log=$NGINX_ACCESS_LOG"
   echo "upstream_tls=$UPSTREAM_TLS"
+  echo "upstream_h2=$UPSTREAM_H2"
   [[ -n "$PGO_BIN" ]] && echo "pgo_build=$PGO_BUILD"
   echo "body_bytes=$BODY_BYTES"
   echo "scan=$SCAN"

@@ -6,7 +6,8 @@
 //! request body is read and dropped. Prints `listening on ADDR` once bound. With `--tls-dir` it
 //! speaks HTTPS (HTTP/1.1 by ALPN, as vendors' HTTP/1.1 endpoints do) with a certificate for
 //! `localhost` and `127.0.0.1` from a throwaway CA made at start-up, whose certificate it writes
-//! to `DIR/ca.pem` for the proxies in front of it to trust.
+//! to `DIR/ca.pem` for the proxies in front of it to trust. With `--h2` as well, it offers HTTP/2
+//! first by ALPN and falls back to HTTP/1.1, as most large vendors' API hosts do.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -27,14 +28,17 @@ use tokio_rustls::TlsAcceptor;
 /// benchmark runs with an OAuth2 credential.
 const BODY: &[u8] = br#"{"id":"ch_3MmlLrLkdIwHu7ix0snN0B15","object":"charge","amount":500,"access_token":"tok","expires_in":3600}"#;
 
-const USAGE: &str = "usage: postern-bench-upstream --listen ADDR [--threads N] [--tls-dir DIR]\n\
-Answers every HTTP/1.1 request 200 with a fixed ~100-byte JSON body (keep-alive).\n\
---tls-dir DIR  serve HTTPS with a certificate from a throwaway CA, written to DIR/ca.pem";
+const USAGE: &str =
+    "usage: postern-bench-upstream --listen ADDR [--threads N] [--tls-dir DIR [--h2]]\n\
+Answers every request 200 with a fixed ~100-byte JSON body (keep-alive).\n\
+--tls-dir DIR  serve HTTPS with a certificate from a throwaway CA, written to DIR/ca.pem\n\
+--h2           with --tls-dir: offer HTTP/2 first by ALPN (HTTP/1.1 still served)";
 
 fn main() {
     let mut listen: Option<SocketAddr> = None;
     let mut threads: usize = 1;
     let mut tls_dir: Option<PathBuf> = None;
+    let mut h2 = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -47,6 +51,7 @@ fn main() {
                     std::process::exit(2);
                 }
             },
+            "--h2" => h2 = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return;
@@ -61,7 +66,15 @@ fn main() {
         eprintln!("{USAGE}");
         std::process::exit(2);
     };
-    let tls = match tls_dir.as_deref().map(tls_acceptor).transpose() {
+    if h2 && tls_dir.is_none() {
+        eprintln!("--h2 needs --tls-dir (HTTP/2 is offered by ALPN)\n{USAGE}");
+        std::process::exit(2);
+    }
+    let tls = match tls_dir
+        .as_deref()
+        .map(|dir| tls_acceptor(dir, h2))
+        .transpose()
+    {
         Ok(tls) => tls,
         Err(error) => {
             eprintln!("postern-bench-upstream: {error}");
@@ -86,8 +99,8 @@ fn main() {
 }
 
 /// A TLS acceptor with a fresh CA and a server certificate it signed (for `localhost` and
-/// `127.0.0.1`); the CA's certificate goes to `dir/ca.pem`.
-fn tls_acceptor(dir: &Path) -> Result<TlsAcceptor, String> {
+/// `127.0.0.1`); the CA's certificate goes to `dir/ca.pem`. ALPN offers `h2` first when `h2`.
+fn tls_acceptor(dir: &Path, h2: bool) -> Result<TlsAcceptor, String> {
     let fail = |what: &str, error: &dyn std::fmt::Display| format!("TLS set-up: {what}: {error}");
     let ca_key = rcgen::KeyPair::generate().map_err(|e| fail("CA key", &e))?;
     let mut ca_params =
@@ -125,7 +138,11 @@ fn tls_acceptor(dir: &Path) -> Result<TlsAcceptor, String> {
         .with_no_client_auth()
         .with_single_cert(vec![cert.der().clone()], key)
         .map_err(|e| fail("certificate", &e))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -152,6 +169,12 @@ async fn serve(listen: SocketAddr, tls: Option<TlsAcceptor>) -> std::io::Result<
             let _ = match tls {
                 None => http.serve_connection(TokioIo::new(stream), service).await,
                 Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .timer(TokioTimer::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
                     Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
                     Err(_) => return,
                 },
