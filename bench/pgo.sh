@@ -30,11 +30,12 @@ build always rebuilds every crate for the new profile):
      token, grant, Cedar, rate limit, bearer injection, events, audit log, detector; nproc
      workers) with wrk, GET and a small JSON POST, then calls through the forward proxy
      (bench/proxy.sh's intercept variant: CONNECT, TLS from Postern's CA, the same pipeline;
-     with postern-bench-load, keep-alive and a TLS handshake per call), three times: with
-     audit = "best_effort" and with "required" to the plain-HTTP upstream, and with
+     with postern-bench-load, keep-alive and a TLS handshake per call), four times: with
+     audit = "best_effort" and with "required" to the plain-HTTP upstream, with
      "required" to the same upstream over HTTPS (Postern's default for vendors: TLS,
-     verified against the upstream's throwaway CA); it is stopped with SIGTERM so its
-     profile is written, and the profiles of these three \`postern serve\` runs are merged
+     verified against the upstream's throwaway CA), and with "best_effort" to an HTTPS
+     upstream that offers HTTP/2 (bench/run.sh --upstream-h2); it is stopped with SIGTERM so its
+     profile is written, and the profiles of these four \`postern serve\` runs are merged
      with llvm-profdata into TARGET/pgo/postern.profdata;
   3. the optimizing build (rustc -Cprofile-use) into TARGET/pgo/optimized;
   4. with --bolt, a post-link pass: BOLT (llvm-bolt) instruments the optimized binary, the
@@ -46,7 +47,7 @@ TARGET is CARGO_TARGET_DIR (else cargo metadata's target directory). Both builds
 --target <host triple>, so build scripts and proc macros are neither instrumented nor profiled.
 
 The optimized binary is built from the same source as the release build; what changes is code
-layout and inlining. Code the training load does not reach (h2, opaque tunnels, payload
+layout and inlining. Code the training load does not reach (h2 from callers, opaque tunnels, payload
 scanning, OAuth2, ...) is laid out as cold, so only the bench's own path is measured faster; bench/run.sh
 --targets "... pgo" compares it with the plain release build in one run. RUSTFLAGS (with the
 profile flag added) replaces any build.rustflags of a cargo config, as for any build that sets it.
@@ -119,11 +120,13 @@ pgo_build instrumented "-Cprofile-generate=$RAW_DIR"
 
 # ---------------------------------------------------------------- 2. training
 make_workdir postern-pgo
-read -r PLAIN_PORT TLS_PORT < <(free_ports 2)
-# Two upstreams: plain HTTP (bench/run.sh's default) and HTTPS (Postern's default for vendors:
-# TLS, verified against the upstream's throwaway CA).
+read -r PLAIN_PORT TLS_PORT H2_PORT < <(free_ports 3)
+# Three upstreams: plain HTTP (bench/run.sh's default), HTTPS (Postern's default for vendors:
+# TLS, verified against the upstream's throwaway CA), and HTTPS offering HTTP/2 first.
 UPSTREAM_PORT=$TLS_PORT UPSTREAM_TLS=1 start_upstream upstream-tls
 TLS_CA="$UPSTREAM_CA"
+UPSTREAM_PORT=$H2_PORT UPSTREAM_TLS=1 UPSTREAM_H2=1 start_upstream upstream-h2
+H2_CA="$UPSTREAM_CA"
 UPSTREAM_PORT=$PLAIN_PORT
 UPSTREAM_TLS=0
 start_upstream
@@ -137,14 +140,14 @@ train() {
   POSTERN_BIN="$1"
   SERVE_PIDS=()
   local pass label
-  for pass in best_effort:http required:http required:https; do
+  for pass in best_effort:http required:http required:https best_effort:h2; do
     AUDIT_MODE="${pass%%:*}"
     label="${pass/:/-}"
-    if [[ "${pass#*:}" == https ]]; then
-      UPSTREAM_TLS=1 UPSTREAM_SCHEME=https UPSTREAM_PORT=$TLS_PORT UPSTREAM_CA="$TLS_CA"
-    else
-      UPSTREAM_TLS=0 UPSTREAM_SCHEME=http UPSTREAM_PORT=$PLAIN_PORT
-    fi
+    case "${pass#*:}" in
+      https) UPSTREAM_TLS=1 UPSTREAM_SCHEME=https UPSTREAM_PORT=$TLS_PORT UPSTREAM_CA="$TLS_CA" ;;
+      h2) UPSTREAM_TLS=1 UPSTREAM_SCHEME=https UPSTREAM_PORT=$H2_PORT UPSTREAM_CA="$H2_CA" ;;
+      *) UPSTREAM_TLS=0 UPSTREAM_SCHEME=http UPSTREAM_PORT=$PLAIN_PORT ;;
+    esac
     # The upstream is listening by now, so these cannot be its port.
     read -r POSTERN_PORT ADMIN_PORT < <(free_ports 2)
     rm -rf "$WORK/postern"
@@ -159,7 +162,7 @@ train() {
     if [[ -n "$profile_file" ]]; then LLVM_PROFILE_FILE="$profile_file" start_postern; else start_postern; fi
     SERVE_PIDS+=("$POSTERN_PID")
     url="http://127.0.0.1:$POSTERN_PORT/bench/v1/charges"
-    log "training ($AUDIT_MODE, $UPSTREAM_SCHEME upstream): GET ${TRAIN_SECONDS}s, POST $((TRAIN_SECONDS / 2))s, intercepted $((TRAIN_SECONDS / 2))s + $((TRAIN_SECONDS / 4))s with a handshake per call"
+    log "training ($AUDIT_MODE, ${pass#*:} upstream): GET ${TRAIN_SECONDS}s, POST $((TRAIN_SECONDS / 2))s, intercepted $((TRAIN_SECONDS / 2))s + $((TRAIN_SECONDS / 4))s with a handshake per call"
     wrk -t2 -c64 -d"${TRAIN_SECONDS}s" -H "Authorization: Bearer $TOKEN" "$url/ch_123" >"$WORK/wrk-$label-get.txt" 2>&1 \
       || die "wrk failed (see $WORK/wrk-$label-get.txt)"
     cat >"$WORK/post.lua" <<'EOF'
@@ -189,7 +192,7 @@ EOF
 
 train "$INSTRUMENTED" "$RAW_DIR/serve-%p-%m.profraw"
 served="$(compgen -G "$RAW_DIR/serve-*.profraw" | wc -l)"
-[[ "$served" -eq 3 ]] || die "expected 3 profiles from the training runs in $RAW_DIR, found $served"
+[[ "$served" -eq 4 ]] || die "expected 4 profiles from the training runs in $RAW_DIR, found $served"
 
 log "merging the $served training profiles into $PROFILE"
 "$PROFDATA" merge -o "$PROFILE" "$RAW_DIR"/serve-*.profraw >&2 || die "llvm-profdata merge failed"
