@@ -49,6 +49,9 @@ Options:
                     recvfrom, sendto, epoll_wait, futex, write (eventfd wake-ups between
                     threads), pwrite64 (audit commits) and context switches per call
                     (needs perf: apt-get install linux-perf; run as root)
+  --upstream-tls    the upstream speaks HTTPS (HTTP/1.1), Postern verifies it with its CA as
+                    ca_file, as bench/run.sh --upstream-tls
+  --upstream-h2     the same, the upstream offering HTTP/2 first (bench/run.sh --upstream-h2)
   --keep            keep the temp dir (config, logs, wrk output)
   -h, --help        this help
 EOF
@@ -63,6 +66,8 @@ while [[ $# -gt 0 ]]; do
     --audit) AUDIT_MODE="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --syscalls) SYSCALLS=1; shift ;;
+    --upstream-tls) UPSTREAM_TLS=1; shift ;;
+    --upstream-h2) UPSTREAM_TLS=1; UPSTREAM_H2=1; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "ab.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) BINS+=("$1"); shift ;;
