@@ -177,7 +177,10 @@ print(f"{label} {requests / int(duration):.0f} {int(fields['p99_us']) / 1000:.2f
 EOF
 }
 
-log "upstream :$UPSTREAM_PORT, Postern :$POSTERN_PORT; $PAIRS pairs of ${DURATION}s runs, audit = $AUDIT_MODE"
+UPSTREAM_KIND="plain HTTP"
+[[ $UPSTREAM_TLS -eq 1 ]] && UPSTREAM_KIND="HTTPS"
+[[ $UPSTREAM_H2 -eq 1 ]] && UPSTREAM_KIND="HTTPS offering h2"
+log "upstream :$UPSTREAM_PORT ($UPSTREAM_KIND), Postern :$POSTERN_PORT; $PAIRS pairs of ${DURATION}s runs, audit = $AUDIT_MODE"
 echo "| pair | build | req/s | p99 ms | CPU µs/call | of which user |"
 echo "|---:|---|---:|---:|---:|---:|"
 RESULTS="$WORK/results.txt"

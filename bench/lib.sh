@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Shared set-up for the bench scripts (bench/run.sh, bench/proxy.sh, bench/instructions.sh, bench/ab.sh). This
 # file is sourced, not run: it defines functions and the upstream's defaults (plain HTTP:
-# UPSTREAM_TLS=0, which only bench/run.sh and bench/pgo.sh change), so sourcing it before option
+# UPSTREAM_TLS=0 and UPSTREAM_H2=0, which only bench/run.sh, bench/ab.sh and bench/pgo.sh change), so sourcing it before option
 # parsing (and for --help) changes nothing else. It holds log/die, argument checks,
 # installing missing Debian tools, the release build and locating its binaries (CARGO_TARGET_DIR
 # or cargo metadata), the temp dir with the PIDS list and the cleanup trap that kills every

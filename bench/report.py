@@ -83,6 +83,8 @@ def main():
         m["proxy_cpu_us"] = proxy_ticks / hz / requests * 1e6 if requests else 0
         m["upstream_cpu_us"] = upstream_ticks / hz / requests * 1e6 if requests else 0
         m["vcsw"] = sum(r.get("proxy_vcsw", 0) for r in mine) / requests if requests else 0
+        conns = [r["upstream_conns"] for r in mine if r.get("upstream_conns", -1) >= 0]
+        m["upstream_conns"] = statistics.median(conns) if conns else None
         med[target] = m
 
     out = []
@@ -105,7 +107,7 @@ def main():
       "bearer credential injected from a file, one event per call written to data_dir.")
     w(f"- Upstream: `postern-bench-upstream` ({meta.get('upstream_threads')} thread), 200 + a {meta.get('body_bytes', '~100')}-byte JSON body, keep-alive.")
     if meta.get("upstream_tls") == "1":
-        w("- **Upstream over HTTPS** (`--upstream-tls`): HTTP/1.1 over TLS with a certificate from a throwaway CA. "
+        w("- **Upstream over HTTPS** (`--upstream-tls`): HTTP/1.1 (or h2 with `--upstream-h2`, below) over TLS with a certificate from a throwaway CA. "
           "Postern on its defaults (TLS to the vendor, no `allow_plaintext`, the CA as `ca_file`); nginx `proxy_pass https://` "
           "verifying the same CA (`proxy_ssl_verify on`, `proxy_ssl_name localhost`), sessions reused over its keep-alive "
           "connections; direct is wrk over TLS.")
@@ -120,8 +122,8 @@ def main():
     w("")
     w("## Throughput and latency (median of rounds)")
     w("")
-    w("| target | req/s | (min–max) | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req | proxy sleeps/req | peak RSS MiB | non-2xx | socket errors |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| target | req/s | (min–max) | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req | proxy sleeps/req | upstream CPU µs/req | upstream conns | peak RSS MiB | non-2xx | socket errors |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     pgo_build = meta.get("pgo_build", "PGO")
     for target, label in TARGETS:
         if target == "pgo":
@@ -134,12 +136,17 @@ def main():
         cpu = m["proxy_cpu_us"] if target != "direct" else None
         cpu_s = f"{cpu:.1f}" if cpu is not None else "–"
         vcsw_s = f"{m['vcsw']:.2f}" if target != "direct" else "–"
+        conns_s = f"{m['upstream_conns']:.0f}" if m["upstream_conns"] is not None else "–"
         w(f"| {label} | {m['rps']:,.0f} | {m['rps_min']:,.0f}–{m['rps_max']:,.0f} | {ms(m['p50_us'])} | {ms(m['p99_us'])} | "
-          f"{ms(m['p999_us'])} | {cpu_s} | {vcsw_s} | {peak_s} | {int(m['status_errors'])} | {int(m['socket_errors'])} |")
+          f"{ms(m['p999_us'])} | {cpu_s} | {vcsw_s} | {m['upstream_cpu_us']:.1f} | {conns_s} | {peak_s} | "
+          f"{int(m['status_errors'])} | {int(m['socket_errors'])} |")
     w("")
     w("Peak RSS is VmHWM from /proc (nginx: master + workers summed; direct: the upstream itself). "
-      "Proxy CPU is user+system time of the proxy process(es) over all measured rounds divided by the requests served "
-      f"(the upstream used {med.get('direct', {}).get('upstream_cpu_us', 0):.1f} µs/req when hit directly).")
+      "Proxy CPU is user+system time of the proxy process(es) over all measured rounds divided by the requests served; "
+      "upstream CPU the same of the upstream while that target was measured (on this shared machine, CPU the upstream "
+      "does not use goes to the others). Upstream conns: the TCP connections established to the upstream at the middle "
+      "of each round (`ss`), median over rounds: the proxy's pool (or wrk's, for direct), and with `--upstream-h2` the "
+      "evidence of which protocol each proxy took (h2 shares one connection per worker).")
     w("")
 
     if all(t in med for t in ("direct", "nginx", "postern")):

@@ -67,7 +67,7 @@ Options:
                         nginx proxy_pass https:// verifying the same CA and reusing sessions over
                         keep-alive; direct is wrk over TLS (not with the floor target)
   --upstream-h2         --upstream-tls, and the upstream offers HTTP/2 first by ALPN (HTTP/1.1
-                        still served), as large vendors' API hosts do: Postern takes h2 (its
+                        still served), as many vendors' API hosts do: Postern takes h2 (its
                         calls on a worker share one connection), nginx stays on HTTP/1.1
   --targets "LIST"      subset of "direct nginx postern pgo floor" (default "direct nginx postern")
   --out FILE            Markdown report (default bench/results/latest.md); also printed on stdout
@@ -135,7 +135,7 @@ else
 fi
 [[ "$NGINX_ACCESS_LOG" == on || "$NGINX_ACCESS_LOG" == off ]] || { echo "run.sh: --nginx-access-log is on or off" >&2; exit 2; }
 if [[ $UPSTREAM_TLS -eq 1 && " $TARGETS " == *" floor "* ]]; then
-  echo "run.sh: the floor target (examples/minproxy.rs) speaks plain HTTP to the upstream only; drop it from --targets with --upstream-tls" >&2
+  echo "run.sh: the floor target (examples/minproxy.rs) speaks plain HTTP to the upstream only; drop it from --targets with --upstream-tls or --upstream-h2" >&2
   exit 2
 fi
 
@@ -436,7 +436,17 @@ run_wrk() { # TARGET SECONDS OUTFILE
   timeout $(( $2 + 30 )) wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2"s --timeout 5s --latency \
     -s "$WORK/bench.lua" "$(url_of "$1")" >"$3" 2>&1 || die "wrk failed against $1: $(tail -5 "$3")"
 }
-printf 'round\ttarget\trequests\tduration_us\tp50_us\tp99_us\tp999_us\tmean_us\tstatus_errors\tsocket_errors\tproxy_cpu_ticks\tupstream_cpu_ticks\tproxy_vcsw\n' >"$WORK/runs.tsv"
+printf 'round\ttarget\trequests\tduration_us\tp50_us\tp99_us\tp999_us\tmean_us\tstatus_errors\tsocket_errors\tproxy_cpu_ticks\tupstream_cpu_ticks\tproxy_vcsw\tupstream_conns\n' >"$WORK/runs.tsv"
+# upstream_conns_at SECONDS FILE: after SECONDS, the TCP connections established to the upstream
+# (the proxy's pool; wrk's own for direct) into FILE, -1 without ss.
+upstream_conns_at() {
+  sleep "$1"
+  if command -v ss >/dev/null; then
+    ss -tnH state established "( dport = :$UPSTREAM_PORT )" 2>/dev/null | wc -l >"$2"
+  else
+    echo -1 >"$2"
+  fi
+}
 if [[ "$WARMUP" -gt 0 ]]; then
   for target in $TARGETS; do
     log "warm-up: $target ${WARMUP}s"
@@ -448,16 +458,19 @@ for round in $(seq 1 "$ROUNDS"); do
     sleep 1
     # shellcheck disable=SC2046
     cpu0="$(cpu_ticks $(proxy_pids "$target"))"; up0="$(cpu_ticks "$UPSTREAM_PID")"; cs0="$(ctx_switches $(proxy_pids "$target"))"
+    upstream_conns_at "$(( (DURATION + 1) / 2 ))" "$WORK/conns-$round-$target" &
+    conns_job=$!
     run_wrk "$target" "$DURATION" "$WORK/wrk-$round-$target.txt"
+    wait "$conns_job" || echo -1 >"$WORK/conns-$round-$target"
     # shellcheck disable=SC2046
     cpu1="$(cpu_ticks $(proxy_pids "$target"))"; up1="$(cpu_ticks "$UPSTREAM_PID")"; cs1="$(ctx_switches $(proxy_pids "$target"))"
     line="$(grep '^BENCH ' "$WORK/wrk-$round-$target.txt" || true)"
     [[ -n "$line" ]] || die "no result line from wrk against $target (see $WORK/wrk-$round-$target.txt)"
     declare -A v=()
     for kv in ${line#BENCH }; do v["${kv%%=*}"]="${kv#*=}"; done
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "${v[requests]}" "${v[duration_us]}" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "${v[requests]}" "${v[duration_us]}" \
       "${v[p50_us]}" "${v[p99_us]}" "${v[p999_us]}" "${v[mean_us]}" "${v[status_errors]}" "${v[socket_errors]}" \
-      "$((cpu1 - cpu0))" "$((up1 - up0))" "$((cs1 - cs0))" >>"$WORK/runs.tsv"
+      "$((cpu1 - cpu0))" "$((up1 - up0))" "$((cs1 - cs0))" "$(cat "$WORK/conns-$round-$target")" >>"$WORK/runs.tsv"
     rps="$(python3 -c "print(f'{${v[requests]}/${v[duration_us]}*1e6:,.0f}')")"
     log "round $round/$ROUNDS $target: $rps req/s, p50 ${v[p50_us]}us, p99 ${v[p99_us]}us, non-2xx ${v[status_errors]}, socket errors ${v[socket_errors]}"
     unset v

@@ -1,13 +1,13 @@
-//! `postern-bench-upstream`: the upstream for `bench/run.sh`. An HTTP/1.1 server that answers
+//! `postern-bench-upstream`: the upstream for `bench/run.sh`. An HTTP server that answers
 //! every request `200` with the same ~100-byte JSON body and keeps connections alive, so the
 //! benchmark measures the proxy in front of it, not the upstream.
 //!
-//! Usage: `postern-bench-upstream --listen 127.0.0.1:PORT [--threads N] [--tls-dir DIR]`. The
+//! Usage: `postern-bench-upstream --listen 127.0.0.1:PORT [--threads N] [--tls-dir DIR [--h2]]`. The
 //! request body is read and dropped. Prints `listening on ADDR` once bound. With `--tls-dir` it
 //! speaks HTTPS (HTTP/1.1 by ALPN, as vendors' HTTP/1.1 endpoints do) with a certificate for
 //! `localhost` and `127.0.0.1` from a throwaway CA made at start-up, whose certificate it writes
 //! to `DIR/ca.pem` for the proxies in front of it to trust. With `--h2` as well, it offers HTTP/2
-//! first by ALPN and falls back to HTTP/1.1, as most large vendors' API hosts do.
+//! first by ALPN and falls back to HTTP/1.1, as many vendors' API hosts do.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

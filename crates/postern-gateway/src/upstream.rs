@@ -140,6 +140,8 @@ pub enum UpstreamError {
 ///   origin. Once an origin has answered with h2, calls that find no connection to it while
 ///   another call opens one wait for that one; the first calls to an
 ///   origin not yet known dial at once, and the extra connections serve their own call only.
+///   Calls past the vendor's stream limit (`SETTINGS_MAX_CONCURRENT_STREAMS`) wait in that
+///   connection for a stream (hyper queues them); no second connection is opened for them.
 #[derive(Clone)]
 pub struct UpstreamClient {
     inner: Arc<ClientInner>,
@@ -250,11 +252,9 @@ struct Pool {
 struct Pooled {
     sender: Sender,
     addr: SocketAddr,
-    /// When it was last in use: handed back (HTTP/1.1, when its response body ended), taken,
-    /// or found ready again after being busy (h2). Idle time counts from here.
+    /// When it was last in use: handed back (HTTP/1.1, when its response body ended) or taken.
+    /// Idle time counts from here.
     since: Instant,
-    /// Found at its stream limit (h2): not idle until found ready again.
-    busy: bool,
 }
 
 enum Sender {
@@ -271,37 +271,22 @@ impl Sender {
             Sender::H2(tx) => !tx.is_closed(),
         }
     }
-
-    /// Can take another request now (an h2 connection may be at its stream limit).
-    fn is_ready(&self) -> bool {
-        match self {
-            Sender::H1(_) => true,
-            Sender::H2(tx) => tx.is_ready(),
-        }
-    }
 }
 
 #[derive(PartialEq)]
 enum State {
     /// Closed, or idle for longer than `idle_timeout`: to be dropped.
     Spent,
-    /// At its stream limit (h2).
-    Busy,
     Ready,
 }
 
 impl Pooled {
-    /// Where the connection stands at `now`. A busy connection starts its idle time when it is
-    /// first found ready again (by a call or the sweep, which runs every `idle_timeout` at most).
+    /// Where the connection stands at `now`. (An h2 connection is never refused for being at
+    /// the vendor's stream limit: hyper's `SendRequest::is_ready` only says it is open, and a
+    /// request past the limit waits in it for a stream.)
     fn state(&mut self, now: Instant, idle_timeout: Duration) -> State {
         if !self.sender.is_open() {
             State::Spent
-        } else if !self.sender.is_ready() {
-            self.busy = true;
-            State::Busy
-        } else if std::mem::take(&mut self.busy) {
-            self.since = now;
-            State::Ready
         } else if now.saturating_duration_since(self.since) > idle_timeout {
             State::Spent
         } else {
@@ -324,7 +309,6 @@ impl Pool {
                     conns.swap_remove(i);
                     continue;
                 }
-                State::Busy => continue,
                 State::Ready => conns[i].since = now,
             }
             return Some(match &conns[i].sender {
@@ -351,7 +335,6 @@ impl Pool {
                 .any(|conn| matches!(&conn.sender, Sender::H2(tx) if !tx.is_closed()));
         if conns.len() < MAX_IDLE_PER_ORIGIN && !shared_h2 {
             conns.push(Pooled {
-                busy: false,
                 sender,
                 addr,
                 since: Instant::now(),

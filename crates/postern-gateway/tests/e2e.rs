@@ -854,6 +854,29 @@ async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
     gw.stop().await;
 }
 
+/// A vendor whose h2 connections take one stream at a time: calls past its limit wait in the
+/// one connection for a stream, burst after burst, and are all answered; none dials a
+/// connection of its own.
+#[tokio::test]
+async fn calls_past_an_h2_vendors_stream_limit_wait_for_a_stream() {
+    let vendor = TestVendor::tls_with_stream_limit(TestVendor::ok_handler(), 1).await;
+    let h2c = h2c_client();
+    let gw = stripe_gateway(&vendor, "").await;
+    // One call first: the worker then holds a connection to an origin it knows speaks h2 (the
+    // first calls to an origin not yet known dial at once, see `UpstreamClient`).
+    assert_eq!(get_charge(&h2c, &gw).await.unwrap().status(), 200);
+    for _ in 0..6 {
+        assert_eq!(burst_of_eight(&gw, &h2c).await, [200; 8]);
+    }
+    assert_eq!(vendor.seen().len(), 49);
+    assert!(vendor
+        .seen()
+        .iter()
+        .all(|seen| seen.version == http::Version::HTTP_2));
+    assert_eq!(vendor.connections(), 1);
+    gw.stop().await;
+}
+
 /// The other side of the burst above: the call that dials a known h2 vendor fails, and the
 /// calls waiting for its connection are woken at once and dial for themselves (each failing
 /// on its own) instead of waiting out `request_timeout_ms`.

@@ -154,7 +154,17 @@ impl TestVendor {
         Self::tls_with_alpn(handler, &[b"http/1.1"]).await
     }
 
+    /// TLS vendor (h2 and http/1.1 by ALPN) whose h2 connections take at most `streams`
+    /// concurrent streams (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub async fn tls_with_stream_limit(handler: Handler, streams: u32) -> Self {
+        Self::tls_with(handler, &[b"h2", b"http/1.1"], Some(streams)).await
+    }
+
     async fn tls_with_alpn(handler: Handler, alpn: &[&[u8]]) -> Self {
+        Self::tls_with(handler, alpn, None).await
+    }
+
+    async fn tls_with(handler: Handler, alpn: &[&[u8]], max_streams: Option<u32>) -> Self {
         let pki = TestPki::new();
         let certs = rustls_pemfile::certs(&mut pki.server_cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
@@ -172,7 +182,7 @@ impl TestVendor {
         .unwrap();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        Self::start(Some(acceptor), handler, Some(pki.ca_pem)).await
+        Self::start_with(Some(acceptor), handler, Some(pki.ca_pem), max_streams).await
     }
 
     /// TLS vendor that requires a client certificate signed by `client_ca_pem` (mTLS).
@@ -220,6 +230,15 @@ impl TestVendor {
         acceptor: Option<tokio_rustls::TlsAcceptor>,
         handler: Handler,
         ca_pem: Option<String>,
+    ) -> Self {
+        Self::start_with(acceptor, handler, ca_pem, None).await
+    }
+
+    async fn start_with(
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+        handler: Handler,
+        ca_pem: Option<String>,
+        max_streams: Option<u32>,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -284,8 +303,11 @@ impl TestVendor {
                             }
                         },
                     );
-                    let builder =
+                    let mut builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    if let Some(streams) = max_streams {
+                        builder.http2().max_concurrent_streams(streams);
+                    }
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(stream).await {
