@@ -285,9 +285,7 @@ impl Pooled {
     /// the vendor's stream limit: hyper's `SendRequest::is_ready` only says it is open, and a
     /// request past the limit waits in it for a stream.)
     fn state(&mut self, now: Instant, idle_timeout: Duration) -> State {
-        if !self.sender.is_open() {
-            State::Spent
-        } else if now.saturating_duration_since(self.since) > idle_timeout {
+        if !self.sender.is_open() || now.saturating_duration_since(self.since) > idle_timeout {
             State::Spent
         } else {
             State::Ready
