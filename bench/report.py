@@ -144,9 +144,9 @@ def main():
     w("Peak RSS is VmHWM from /proc (nginx: master + workers summed; direct: the upstream itself). "
       "Proxy CPU is user+system time of the proxy process(es) over all measured rounds divided by the requests served; "
       "upstream CPU the same of the upstream while that target was measured (on this shared machine, CPU the upstream "
-      "does not use goes to the others). Upstream conns: the TCP connections established to the upstream at the middle "
-      "of each round (`ss`), median over rounds: the proxy's pool (or wrk's, for direct), and with `--upstream-h2` the "
-      "evidence of which protocol each proxy took (h2 shares one connection per worker).")
+      "does not use goes to the others). Upstream conns: the TCP connections the proxy's processes held established to "
+      "the upstream at the middle of each round (`ss -p`), median over rounds; with `--upstream-h2` the evidence of "
+      "which protocol each proxy took (h2: one connection per worker).")
     w("")
 
     if all(t in med for t in ("direct", "nginx", "postern")):

@@ -437,14 +437,20 @@ run_wrk() { # TARGET SECONDS OUTFILE
     -s "$WORK/bench.lua" "$(url_of "$1")" >"$3" 2>&1 || die "wrk failed against $1: $(tail -5 "$3")"
 }
 printf 'round\ttarget\trequests\tduration_us\tp50_us\tp99_us\tp999_us\tmean_us\tstatus_errors\tsocket_errors\tproxy_cpu_ticks\tupstream_cpu_ticks\tproxy_vcsw\tupstream_conns\n' >"$WORK/runs.tsv"
-# upstream_conns_at SECONDS FILE: after SECONDS, the TCP connections established to the upstream
-# (the proxy's pool; wrk's own for direct) into FILE, -1 without ss.
+# upstream_conns_at SECONDS FILE [PID...]: after SECONDS, the TCP connections the processes PID
+# hold established to the upstream (the proxy's pool; the other proxies' idle pools are not
+# counted) into FILE; -1 without ss or without PIDs (direct: wrk's own).
 upstream_conns_at() {
-  sleep "$1"
-  if command -v ss >/dev/null; then
-    ss -tnH state established "( dport = :$UPSTREAM_PORT )" 2>/dev/null | wc -l >"$2"
+  local seconds="$1" file="$2"
+  shift 2
+  sleep "$seconds"
+  if [[ $# -gt 0 ]] && command -v ss >/dev/null; then
+    local pids
+    pids="$(tr ' ' '|' <<<"$*")"
+    ss -tnpH state established "( dport = :$UPSTREAM_PORT )" 2>/dev/null \
+      | grep -c -E "pid=($pids)," >"$file" || true
   else
-    echo -1 >"$2"
+    echo -1 >"$file"
   fi
 }
 if [[ "$WARMUP" -gt 0 ]]; then
@@ -458,7 +464,9 @@ for round in $(seq 1 "$ROUNDS"); do
     sleep 1
     # shellcheck disable=SC2046
     cpu0="$(cpu_ticks $(proxy_pids "$target"))"; up0="$(cpu_ticks "$UPSTREAM_PID")"; cs0="$(ctx_switches $(proxy_pids "$target"))"
-    upstream_conns_at "$(( (DURATION + 1) / 2 ))" "$WORK/conns-$round-$target" &
+    conn_pids=()
+    [[ "$target" != direct ]] && read -r -a conn_pids <<<"$(proxy_pids "$target")"
+    upstream_conns_at "$(( (DURATION + 1) / 2 ))" "$WORK/conns-$round-$target" "${conn_pids[@]}" &
     conns_job=$!
     run_wrk "$target" "$DURATION" "$WORK/wrk-$round-$target.txt"
     wait "$conns_job" || echo -1 >"$WORK/conns-$round-$target"
