@@ -135,7 +135,9 @@ pub enum UpstreamError {
 /// - Idle connections close after `idle_timeout` (within about 2 × max(`idle_timeout`, 1 s)):
 ///   checked when a call takes one, and by a sweep task on the worker every `idle_timeout` (at
 ///   least 1 s). An HTTP/1.1 connection's idle time starts when its response body ends, so a
-///   long body never counts as idle.
+///   long body never counts as idle. An h2 connection's counts from the last call that took
+///   it: past `idle_timeout` it leaves the pool even while a stream still runs on it (that
+///   stream finishes; the next call dials).
 /// - One h2 connection (ALPN) per origin is kept, shared by every call of the worker to that
 ///   origin. Once an origin has answered with h2, calls that find no connection to it while
 ///   another call opens one wait for that one; the first calls to an

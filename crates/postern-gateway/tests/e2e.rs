@@ -854,21 +854,29 @@ async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
     gw.stop().await;
 }
 
-/// A vendor whose h2 connections take one stream at a time: calls past its limit wait in the
-/// one connection for a stream, burst after burst, and are all answered; none dials a
-/// connection of its own.
+/// A vendor whose h2 connections take one stream at a time, each answer 50 ms after its
+/// request: calls past its limit wait in the one connection for a stream (a burst of eight
+/// takes at least eight answers' time, one after another), burst after burst, and are all
+/// answered; none dials a connection of its own.
 #[tokio::test]
 async fn calls_past_an_h2_vendors_stream_limit_wait_for_a_stream() {
-    let vendor = TestVendor::tls_with_stream_limit(TestVendor::ok_handler(), 1).await;
+    let answer_after = std::time::Duration::from_millis(50);
+    let vendor = TestVendor::tls_with_stream_limit(TestVendor::ok_handler(), 1, answer_after).await;
     let h2c = h2c_client();
     let gw = stripe_gateway(&vendor, "").await;
     // One call first: the worker then holds a connection to an origin it knows speaks h2 (the
     // first calls to an origin not yet known dial at once, see `UpstreamClient`).
     assert_eq!(get_charge(&h2c, &gw).await.unwrap().status(), 200);
-    for _ in 0..6 {
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
         assert_eq!(burst_of_eight(&gw, &h2c).await, [200; 8]);
+        assert!(
+            started.elapsed() >= answer_after * 8,
+            "a burst of eight took {:?}: not one stream at a time",
+            started.elapsed()
+        );
     }
-    assert_eq!(vendor.seen().len(), 49);
+    assert_eq!(vendor.seen().len(), 25);
     assert!(vendor
         .seen()
         .iter()

@@ -155,16 +155,31 @@ impl TestVendor {
     }
 
     /// TLS vendor (h2 and http/1.1 by ALPN) whose h2 connections take at most `streams`
-    /// concurrent streams (`SETTINGS_MAX_CONCURRENT_STREAMS`).
-    pub async fn tls_with_stream_limit(handler: Handler, streams: u32) -> Self {
-        Self::tls_with(handler, &[b"h2", b"http/1.1"], Some(streams)).await
+    /// concurrent streams (`SETTINGS_MAX_CONCURRENT_STREAMS`), and which answers each request
+    /// `answer_after` it has read it (so a stream stays open that long).
+    pub async fn tls_with_stream_limit(
+        handler: Handler,
+        streams: u32,
+        answer_after: std::time::Duration,
+    ) -> Self {
+        Self::tls_with(
+            handler,
+            &[b"h2", b"http/1.1"],
+            Some((streams, answer_after)),
+        )
+        .await
     }
 
     async fn tls_with_alpn(handler: Handler, alpn: &[&[u8]]) -> Self {
         Self::tls_with(handler, alpn, None).await
     }
 
-    async fn tls_with(handler: Handler, alpn: &[&[u8]], max_streams: Option<u32>) -> Self {
+    /// `limit`: the h2 stream limit and each answer's delay (`tls_with_stream_limit`).
+    async fn tls_with(
+        handler: Handler,
+        alpn: &[&[u8]],
+        limit: Option<(u32, std::time::Duration)>,
+    ) -> Self {
         let pki = TestPki::new();
         let certs = rustls_pemfile::certs(&mut pki.server_cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
@@ -182,7 +197,7 @@ impl TestVendor {
         .unwrap();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        Self::start_with(Some(acceptor), handler, Some(pki.ca_pem), max_streams).await
+        Self::start_with(Some(acceptor), handler, Some(pki.ca_pem), limit).await
     }
 
     /// TLS vendor that requires a client certificate signed by `client_ca_pem` (mTLS).
@@ -238,7 +253,7 @@ impl TestVendor {
         acceptor: Option<tokio_rustls::TlsAcceptor>,
         handler: Handler,
         ca_pem: Option<String>,
-        max_streams: Option<u32>,
+        limit: Option<(u32, std::time::Duration)>,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -271,6 +286,9 @@ impl TestVendor {
                             let handler = handler.clone();
                             let recorded = recorded.clone();
                             async move {
+                                if let Some((_, delay)) = limit {
+                                    tokio::time::sleep(delay).await;
+                                }
                                 let (parts, body) = request.into_parts();
                                 let (body, trailers) = match body.collect().await {
                                     Ok(collected) => {
@@ -305,7 +323,7 @@ impl TestVendor {
                     );
                     let mut builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    if let Some(streams) = max_streams {
+                    if let Some((streams, _)) = limit {
                         builder.http2().max_concurrent_streams(streams);
                     }
                     match acceptor {
