@@ -127,9 +127,7 @@ UPSTREAM_PORT=$TLS_PORT UPSTREAM_TLS=1 start_upstream upstream-tls
 TLS_CA="$UPSTREAM_CA"
 UPSTREAM_PORT=$H2_PORT UPSTREAM_TLS=1 UPSTREAM_H2=1 start_upstream upstream-h2
 H2_CA="$UPSTREAM_CA"
-UPSTREAM_PORT=$PLAIN_PORT
-UPSTREAM_TLS=0
-start_upstream
+UPSTREAM_PORT=$PLAIN_PORT start_upstream
 
 # train BIN [PROFILE_FILE] -> the training load, once per pass (audit mode and upstream
 # scheme), each on a fresh

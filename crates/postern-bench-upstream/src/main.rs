@@ -2,8 +2,8 @@
 //! every request `200` with the same ~100-byte JSON body and keeps connections alive, so the
 //! benchmark measures the proxy in front of it, not the upstream.
 //!
-//! Usage: `postern-bench-upstream --listen 127.0.0.1:PORT [--threads N] [--tls-dir DIR [--h2]]`. The
-//! request body is read and dropped. Prints `listening on ADDR` once bound. With `--tls-dir` it
+//! Usage: `postern-bench-upstream --listen 127.0.0.1:PORT [--threads N] [--tls-dir DIR [--h2]]`.
+//! The request body is read and dropped. Prints `listening on ADDR` once bound. With `--tls-dir` it
 //! speaks HTTPS (HTTP/1.1 by ALPN, as vendors' HTTP/1.1 endpoints do) with a certificate for
 //! `localhost` and `127.0.0.1` from a throwaway CA made at start-up, whose certificate it writes
 //! to `DIR/ca.pem` for the proxies in front of it to trust. With `--h2` as well, it offers HTTP/2

@@ -1386,31 +1386,6 @@ async fn get_slow_x(gw: &TestGateway) -> reqwest::Response {
         .unwrap()
 }
 
-/// A vendor that takes one connection, reads one request, writes `answer` and then waits:
-/// the channel reports what its next read got when Postern closes the connection (0).
-async fn one_answer_vendor(
-    answer: &'static [u8],
-) -> (
-    u16,
-    tokio::task::JoinHandle<()>,
-    tokio::sync::oneshot::Receiver<usize>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (closed_tx, closed) = tokio::sync::oneshot::channel();
-    let vendor = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut request = vec![0u8; 4096];
-        let _ = stream.read(&mut request).await.unwrap();
-        stream.write_all(answer).await.unwrap();
-        // Only Postern closing the connection ends this read (bounded by the test's timeout).
-        let n = stream.read(&mut request).await.unwrap_or(0);
-        let _ = closed_tx.send(n);
-    });
-    (port, vendor, closed)
-}
-
 /// A streamed answer (server-sent events, a model's tokens) that pauses while the vendor
 /// thinks: a caller that hangs up during the pause ends the call at once — Postern closes its
 /// vendor connection and records the call as `incomplete`, it does not wait for the vendor's

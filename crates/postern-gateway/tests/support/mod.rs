@@ -146,12 +146,12 @@ pub struct TestVendor {
 impl TestVendor {
     /// TLS vendor (h2 and http/1.1 by ALPN) answering with `handler`.
     pub async fn tls(handler: Handler) -> Self {
-        Self::tls_with_alpn(handler, &[b"h2", b"http/1.1"]).await
+        Self::tls_with(handler, &[b"h2", b"http/1.1"], None).await
     }
 
     /// TLS vendor that speaks only HTTP/1.1 (ALPN `http/1.1`).
     pub async fn tls_http1(handler: Handler) -> Self {
-        Self::tls_with_alpn(handler, &[b"http/1.1"]).await
+        Self::tls_with(handler, &[b"http/1.1"], None).await
     }
 
     /// TLS vendor (h2 and http/1.1 by ALPN) whose h2 connections take at most `streams`
@@ -170,11 +170,8 @@ impl TestVendor {
         .await
     }
 
-    async fn tls_with_alpn(handler: Handler, alpn: &[&[u8]]) -> Self {
-        Self::tls_with(handler, alpn, None).await
-    }
-
-    /// `limit`: the h2 stream limit and each answer's delay (`tls_with_stream_limit`).
+    /// TLS vendor offering `alpn`; `limit`: the h2 stream limit and each answer's delay
+    /// (`tls_with_stream_limit`).
     async fn tls_with(
         handler: Handler,
         alpn: &[&[u8]],
@@ -197,7 +194,7 @@ impl TestVendor {
         .unwrap();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        Self::start_with(Some(acceptor), handler, Some(pki.ca_pem), limit).await
+        Self::start(Some(acceptor), handler, Some(pki.ca_pem), limit).await
     }
 
     /// TLS vendor that requires a client certificate signed by `client_ca_pem` (mTLS).
@@ -228,12 +225,12 @@ impl TestVendor {
             .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        Self::start(Some(acceptor), handler, Some(pki.ca_pem)).await
+        Self::start(Some(acceptor), handler, Some(pki.ca_pem), None).await
     }
 
     /// Plain-HTTP vendor (needs `allow_plaintext = true`).
     pub async fn plain(handler: Handler) -> Self {
-        Self::start(None, handler, None).await
+        Self::start(None, handler, None, None).await
     }
 
     /// Answers every request with 200 and a small JSON body.
@@ -242,14 +239,6 @@ impl TestVendor {
     }
 
     async fn start(
-        acceptor: Option<tokio_rustls::TlsAcceptor>,
-        handler: Handler,
-        ca_pem: Option<String>,
-    ) -> Self {
-        Self::start_with(acceptor, handler, ca_pem, None).await
-    }
-
-    async fn start_with(
         acceptor: Option<tokio_rustls::TlsAcceptor>,
         handler: Handler,
         ca_pem: Option<String>,
@@ -425,6 +414,31 @@ pub async fn silent_vendor() -> (
         }
     });
     (port, hold, accepts)
+}
+
+/// A vendor that takes one connection, reads one request, writes `answer` and then waits:
+/// the channel reports what its next read got when Postern closes the connection (0).
+pub async fn one_answer_vendor(
+    answer: &'static [u8],
+) -> (
+    u16,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Receiver<usize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    let vendor = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 4096];
+        let _ = stream.read(&mut request).await.unwrap();
+        stream.write_all(answer).await.unwrap();
+        // Only Postern closing the connection ends this read (bounded by the test's timeout).
+        let n = stream.read(&mut request).await.unwrap_or(0);
+        let _ = closed_tx.send(n);
+    });
+    (port, vendor, closed)
 }
 
 /// The events in `data_dir`'s events file (none when it is not there yet).
