@@ -29,6 +29,17 @@ async fn append_n(ledger: &Ledger, range: std::ops::Range<u64>) {
     }
 }
 
+/// A closed ledger in `dir` of `entries` entries, whose last signed checkpoint covers the first
+/// `covered`: that checkpoint.
+async fn closed_ledger(dir: &Path, covered: u64, entries: u64) -> Checkpoint {
+    let ledger = open(dir).await;
+    append_n(&ledger, 0..covered).await;
+    let checkpoint = ledger.checkpoint().unwrap().unwrap();
+    append_n(&ledger, covered..entries).await;
+    ledger.close().await;
+    checkpoint
+}
+
 fn only_segment(dir: &Path) -> PathBuf {
     let mut segments: Vec<_> = std::fs::read_dir(dir.join("log"))
         .unwrap()
@@ -588,10 +599,7 @@ async fn a_tear_in_the_first_entry_after_the_checkpoint_is_forgiven() {
 #[tokio::test]
 async fn entries_lost_before_the_checkpoint_leave_the_stored_hashes_whole() {
     let tmp = tempfile::tempdir().unwrap();
-    let ledger = open(tmp.path()).await;
-    append_n(&ledger, 0..50).await;
-    ledger.checkpoint().unwrap().unwrap();
-    ledger.close().await;
+    closed_ledger(tmp.path(), 50, 50).await;
     let segment = only_segment(tmp.path());
     write_records(&segment, &records(&segment)[..30]);
     let hashes = std::fs::read(tmp.path().join("tree-hashes.bin")).unwrap();
@@ -854,10 +862,7 @@ async fn segments_roll_and_entry_bundles_span_them() {
 #[tokio::test]
 async fn stale_hash_file_is_rebuilt_on_open() {
     let tmp = tempfile::tempdir().unwrap();
-    let ledger = open(tmp.path()).await;
-    append_n(&ledger, 0..50).await;
-    let checkpoint = ledger.checkpoint().unwrap().unwrap();
-    ledger.close().await;
+    let checkpoint = closed_ledger(tmp.path(), 50, 50).await;
     std::fs::remove_file(tmp.path().join("tree-hashes.bin")).unwrap();
     let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
     assert_eq!(report.hashes_rewritten_from, Some(0));
@@ -867,10 +872,7 @@ async fn stale_hash_file_is_rebuilt_on_open() {
 #[tokio::test]
 async fn a_damaged_hash_file_is_refused_where_a_checkpoint_covers_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let ledger = open(tmp.path()).await;
-    append_n(&ledger, 0..50).await;
-    let checkpoint = ledger.checkpoint().unwrap().unwrap();
-    ledger.close().await;
+    let checkpoint = closed_ledger(tmp.path(), 50, 50).await;
     let hashes = tmp.path().join("tree-hashes.bin");
     let mut stored = std::fs::read(&hashes).unwrap();
     stored[32 * 40 + 5] ^= 0x01;
@@ -893,11 +895,7 @@ async fn a_damaged_hash_file_is_refused_where_a_checkpoint_covers_it() {
 #[tokio::test]
 async fn a_stored_hash_past_the_checkpoint_that_differs_is_rewritten() {
     let tmp = tempfile::tempdir().unwrap();
-    let ledger = open(tmp.path()).await;
-    append_n(&ledger, 0..20).await;
-    ledger.checkpoint().unwrap().unwrap();
-    append_n(&ledger, 20..50).await;
-    ledger.close().await;
+    closed_ledger(tmp.path(), 20, 50).await;
     let hashes = tmp.path().join("tree-hashes.bin");
     let mut stored = std::fs::read(&hashes).unwrap();
     let covered = postern_tlog::stored_hash_count(20) as usize;
