@@ -920,51 +920,16 @@ async fn a_proxied_call_whose_caller_hangs_up_before_the_host_answers_is_recorde
 /// close, and the call is recorded `incomplete` with `upstream_idle_timeout`.
 #[tokio::test]
 async fn a_proxied_answer_that_stalls_mid_body_is_cut_after_the_proxys_idle_timeout() {
-    use tokio::io::AsyncReadExt;
-    let (port, vendor, closed) = one_answer_vendor(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n7\r\ndata: 1\r\n",
-    )
-    .await;
+    let (port, vendor, closed) = stalling_vendor().await;
     let gw = TestGateway::start(&open_proxy_to(port, "response_idle_timeout_ms = 400"), None).await;
     let started = std::time::Instant::now();
-    let mut stream = send_proxy_head(
+    let stream = send_proxy_head(
         &gw,
         &format!("GET http://127.0.0.1:{port}/v1/stream HTTP/1.1"),
         port,
     )
     .await;
-    let mut seen = Vec::new();
-    // Read until Postern closes the caller's connection (bounded: 10 s).
-    loop {
-        let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .expect("Postern cut the stalled body well before 10 s")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        seen.extend_from_slice(&chunk[..n]);
-    }
-    let seen = String::from_utf8_lossy(&seen).to_string();
-    assert!(
-        seen.contains("data: 1"),
-        "the first chunk was forwarded: {seen}"
-    );
-    assert!(
-        !seen.ends_with("0\r\n\r\n"),
-        "not ended as if complete: {seen}"
-    );
-    assert!(
-        started.elapsed() >= Duration::from_millis(400),
-        "not before response_idle_timeout_ms: {:?}",
-        started.elapsed()
-    );
-    let read = tokio::time::timeout(Duration::from_secs(5), closed)
-        .await
-        .expect("Postern closed its connection to the host")
-        .unwrap();
-    assert_eq!(read, 0);
+    assert_cut_after_stall(stream, started, Duration::from_millis(400), closed).await;
     let event = gw.wait_events(1).await.remove(0);
     assert_eq!(event["mode"], "proxy", "{event}");
     assert_eq!(event["reason"], "upstream_idle_timeout", "{event}");

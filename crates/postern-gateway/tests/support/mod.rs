@@ -441,6 +441,60 @@ pub async fn one_answer_vendor(
     (port, vendor, closed)
 }
 
+/// A vendor (`one_answer_vendor`) that answers an event stream's head and first chunk
+/// (`data: 1`), then sends nothing more.
+pub async fn stalling_vendor() -> (
+    u16,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Receiver<usize>,
+) {
+    one_answer_vendor(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n7\r\ndata: 1\r\n",
+    )
+    .await
+}
+
+/// Reads the caller's connection `stream` to a [`stalling_vendor`] until Postern closes it
+/// (bounded: 10 s) and checks the body was cut after the stall: its first chunk forwarded, not
+/// ended as if complete, no sooner than `idle` after `started`; then that Postern closed its
+/// vendor connection too (`closed`, bounded: 5 s).
+pub async fn assert_cut_after_stall(
+    mut stream: tokio::net::TcpStream,
+    started: std::time::Instant,
+    idle: std::time::Duration,
+    closed: tokio::sync::oneshot::Receiver<usize>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("Postern cut the stalled body well before 10 s")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let elapsed = started.elapsed();
+    let seen = String::from_utf8_lossy(&seen).to_string();
+    assert!(
+        seen.contains("data: 1"),
+        "the first chunk was forwarded: {seen}"
+    );
+    assert!(
+        !seen.ends_with("0\r\n\r\n"),
+        "the cut body is not ended as if complete: {seen}"
+    );
+    assert!(elapsed >= idle, "cut after {elapsed:?}, before {idle:?}");
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), closed)
+        .await
+        .expect("Postern closed its vendor connection")
+        .unwrap();
+    assert_eq!(read, 0);
+}
+
 /// The events in `data_dir`'s events file (none when it is not there yet).
 fn read_events(data_dir: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(data_dir.join(postern_gateway::EVENTS_FILE))
