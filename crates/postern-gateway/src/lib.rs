@@ -26,6 +26,7 @@ pub mod events;
 pub mod forward_proxy;
 pub mod h1;
 pub mod h1server;
+pub mod h2streams;
 pub mod intercept;
 pub mod listener;
 pub mod metrics;

@@ -27,6 +27,7 @@ use postern_netguard::{Denied, Guard, GuardError};
 use tokio::net::TcpStream;
 
 use crate::body::{BodyError, ForwardBody};
+use crate::h2streams::{H2Streams, SettingsWatch, StreamSlot};
 
 /// Why a connection to the vendor could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -138,12 +139,15 @@ pub enum UpstreamError {
 ///   long body never counts as idle. An h2 connection's counts from the last call that took
 ///   it: past `idle_timeout` it leaves the pool even while a stream still runs on it (that
 ///   stream finishes; the next call dials).
-/// - One h2 connection (ALPN) per origin is kept, shared by every call of the worker to that
-///   origin. Once an origin has answered with h2, calls that find no connection to it while
-///   another call opens one wait for that one; the first calls to an
-///   origin not yet known dial at once, and the extra connections serve their own call only.
-///   Calls past the vendor's stream limit (`SETTINGS_MAX_CONCURRENT_STREAMS`) wait in that
-///   connection for a stream (hyper queues them); no second connection is opened for them.
+/// - An h2 connection (ALPN) is shared by every call of the worker to its origin, up to the
+///   vendor's stream limit (`SETTINGS_MAX_CONCURRENT_STREAMS`, read off the connection:
+///   `h2streams.rs`). A call that finds every connection to the origin full opens another, as
+///   Envoy's pool does, rather than wait in one behind long streams; a connection opened so is
+///   kept beside the others. Once an origin has answered with h2, calls that find no connection
+///   with room while another call opens one wait for that one, as many as its limit (the
+///   origin's last connection's) leaves room for; the first calls to an origin not yet known
+///   dial at once, and those extra connections serve their own call only unless every other
+///   is full.
 #[derive(Clone)]
 pub struct UpstreamClient {
     inner: Arc<ClientInner>,
@@ -245,10 +249,19 @@ type OriginMap<V> = HashMap<OriginKey, V, std::hash::BuildHasherDefault<Precompu
 struct Pool {
     origins: OriginMap<Vec<Pooled>>,
     /// Origins that have answered with h2 (one small entry per origin; past
-    /// `MAX_KNOWN_H2_ORIGINS` the ones with no connection are forgotten), and, while a call is opening a connection to one, how to wait for it: the
-    /// calls that find no connection meanwhile share that one instead of each dialling.
-    h2_origins: OriginMap<Option<tokio::sync::watch::Receiver<()>>>,
+    /// `MAX_KNOWN_H2_ORIGINS` the ones with no connection are forgotten).
+    h2_origins: OriginMap<H2Origin>,
     sweeping: bool,
+}
+
+/// What the pool remembers of an origin that speaks h2.
+struct H2Origin {
+    /// The vendor's stream limit on the last connection opened to it.
+    limit: usize,
+    /// While a call opens a connection to it: how to wait for that connection, and how many
+    /// more calls may (the calls that find no connection with room meanwhile share that one
+    /// instead of each dialling).
+    opening: Option<(tokio::sync::watch::Receiver<()>, usize)>,
 }
 
 struct Pooled {
@@ -261,7 +274,23 @@ struct Pooled {
 
 enum Sender {
     H1(crate::h1::Connection),
-    H2(hyper::client::conn::http2::SendRequest<ForwardBody>),
+    H2(H2Conn),
+}
+
+/// An h2 connection: hyper's sender, and the calls on it against the vendor's limit.
+#[derive(Clone)]
+struct H2Conn {
+    tx: hyper::client::conn::http2::SendRequest<ForwardBody>,
+    streams: Arc<H2Streams>,
+}
+
+/// A connection as a call takes it: an HTTP/1.1 one whole, or a stream of an h2 one.
+enum Leased {
+    H1(crate::h1::Connection),
+    H2(
+        hyper::client::conn::http2::SendRequest<ForwardBody>,
+        StreamSlot,
+    ),
 }
 
 impl Sender {
@@ -270,7 +299,18 @@ impl Sender {
     fn is_open(&mut self) -> bool {
         match self {
             Sender::H1(conn) => conn.is_usable(),
-            Sender::H2(tx) => !tx.is_closed(),
+            Sender::H2(conn) => !conn.tx.is_closed(),
+        }
+    }
+
+    /// The connection for one call: an HTTP/1.1 one itself, an h2 one with a stream counted.
+    fn lease(self) -> Leased {
+        match self {
+            Sender::H1(conn) => Leased::H1(conn),
+            Sender::H2(conn) => {
+                let slot = conn.streams.reserve();
+                Leased::H2(conn.tx, slot)
+            }
         }
     }
 }
@@ -279,16 +319,18 @@ impl Sender {
 enum State {
     /// Closed, or idle for longer than `idle_timeout`: to be dropped.
     Spent,
+    /// An h2 connection at the vendor's stream limit: kept, but not taken.
+    Full,
     Ready,
 }
 
 impl Pooled {
-    /// Where the connection stands at `now`. (An h2 connection is never refused for being at
-    /// the vendor's stream limit: hyper's `SendRequest::is_ready` only says it is open, and a
-    /// request past the limit waits in it for a stream.)
+    /// Where the connection stands at `now`.
     fn state(&mut self, now: Instant, idle_timeout: Duration) -> State {
         if !self.sender.is_open() || now.saturating_duration_since(self.since) > idle_timeout {
             State::Spent
+        } else if matches!(&self.sender, Sender::H2(conn) if !conn.streams.has_room()) {
+            State::Full
         } else {
             State::Ready
         }
@@ -296,9 +338,10 @@ impl Pooled {
 }
 
 impl Pool {
-    /// A ready connection to `key`: an HTTP/1.1 one leaves the stack, an h2 one is shared.
-    /// Closed connections and ones idle longer than `idle_timeout` are dropped on the way.
-    fn take(&mut self, key: &OriginKey, idle_timeout: Duration) -> Option<(Sender, SocketAddr)> {
+    /// A ready connection to `key`: an HTTP/1.1 one leaves the stack, an h2 one with room is
+    /// shared (a stream of it counted for the call). Closed connections and ones idle longer
+    /// than `idle_timeout` are dropped on the way.
+    fn take(&mut self, key: &OriginKey, idle_timeout: Duration) -> Option<(Leased, SocketAddr)> {
         let conns = self.origins.get_mut(key)?;
         let now = Instant::now();
         let mut i = conns.len();
@@ -309,30 +352,36 @@ impl Pool {
                     conns.swap_remove(i);
                     continue;
                 }
+                State::Full => continue,
                 State::Ready => conns[i].since = now,
             }
-            return Some(match &conns[i].sender {
-                Sender::H2(tx) => (Sender::H2(tx.clone()), conns[i].addr),
+            let (sender, addr) = match &conns[i].sender {
+                Sender::H2(conn) => (Sender::H2(conn.clone()), conns[i].addr),
                 Sender::H1(_) => {
-                    let conn = conns.swap_remove(i);
-                    (conn.sender, conn.addr)
+                    let pooled = conns.swap_remove(i);
+                    (pooled.sender, pooled.addr)
                 }
-            });
+            };
+            return Some((sender.lease(), addr));
         }
         None
     }
 
-    fn put(&mut self, key: &OriginKey, sender: Sender, addr: SocketAddr) {
+    /// Pools `sender`. An h2 connection is kept beside the others when it was opened because
+    /// the origin's were full (`opened_for_room`), or when none of them has room: when calls to
+    /// an origin not yet known as h2 dialled at once, the first is kept and the others end
+    /// with their calls.
+    fn put(&mut self, key: &OriginKey, sender: Sender, addr: SocketAddr, opened_for_room: bool) {
         let conns = match self.origins.get_mut(key) {
             Some(conns) => conns,
             None => self.origins.entry(key.clone()).or_default(),
         };
-        // One h2 connection per origin is enough: when calls that found none dialled at once,
-        // only the first is kept and the others end with their calls.
-        let shared_h2 = matches!(sender, Sender::H2(_))
-            && conns
-                .iter()
-                .any(|conn| matches!(&conn.sender, Sender::H2(tx) if !tx.is_closed()));
+        let shared_h2 = !opened_for_room
+            && matches!(sender, Sender::H2(_))
+            && conns.iter().any(|pooled| {
+                matches!(&pooled.sender, Sender::H2(conn)
+                    if !conn.tx.is_closed() && conn.streams.has_room())
+            });
         if conns.len() < MAX_IDLE_PER_ORIGIN && !shared_h2 {
             conns.push(Pooled {
                 sender,
@@ -394,7 +443,18 @@ impl UpstreamClient {
                     match taken {
                         Some(pooled) => (Some(pooled), None),
                         None if dial_now => (None, None),
-                        None => (None, locked.h2_origins.get(&key).cloned().flatten()),
+                        None => match locked
+                            .h2_origins
+                            .get_mut(&key)
+                            .and_then(|origin| origin.opening.as_mut())
+                        {
+                            // Room is left on the connection being opened: wait for it.
+                            Some((wait, room)) if *room > 0 => {
+                                *room -= 1;
+                                (None, Some(wait.clone()))
+                            }
+                            _ => (None, None),
+                        },
                     }
                 };
                 if let Some(mut opening) = opening {
@@ -411,7 +471,7 @@ impl UpstreamClient {
                     None => Box::pin(self.connect(&key, pool)).await?,
                 };
                 let sent = match sender {
-                    Sender::H1(conn) => {
+                    Leased::H1(conn) => {
                         to_origin_form(&mut request, &key)?;
                         let checkin = Checkin {
                             pool: pool.clone(),
@@ -436,13 +496,15 @@ impl UpstreamClient {
                             }
                         }
                     }
-                    Sender::H2(mut tx) => {
+                    Leased::H2(mut tx, slot) => {
                         to_absolute_form(&mut request, &key)?;
-                        tx.try_send_request(request).await
+                        tx.try_send_request(request)
+                            .await
+                            .map(|response| response.map(|body| UpstreamBody::H2(body, slot)))
                     }
                 };
                 match sent {
-                    Ok(response) => return Ok((response.map(UpstreamBody::H2), addr)),
+                    Ok(response) => return Ok((response, addr)),
                     // Refused before a byte was written: the pooled connection had closed. Once more,
                     // on the next one (a new connection's refusal is final).
                     Err(mut refused) => match refused.take_message() {
@@ -464,7 +526,7 @@ impl UpstreamClient {
         &self,
         key: &OriginKey,
         pool: &Arc<Mutex<Pool>>,
-    ) -> Result<(Sender, SocketAddr), UpstreamError> {
+    ) -> Result<(Leased, SocketAddr), UpstreamError> {
         let OriginKey {
             https, authority, ..
         } = key;
@@ -475,9 +537,10 @@ impl UpstreamClient {
         // (Declared before `locked` below, so it is dropped after the lock is released.)
         let opening = {
             let mut locked = lock(pool);
-            locked.h2_origins.get_mut(key).map(|slot| {
+            locked.h2_origins.get_mut(key).map(|origin| {
                 let (done, wait) = tokio::sync::watch::channel(());
-                *slot = Some(wait.clone());
+                // This call takes one stream of it; the rest is room for others to wait for.
+                origin.opening = Some((wait.clone(), origin.limit.saturating_sub(1)));
                 Opening {
                     pool: pool.clone(),
                     key: key.clone(),
@@ -521,7 +584,7 @@ impl UpstreamClient {
                     }
                 })?;
             match tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                true => h2_handshake(TokioIo::new(tls)).await?,
+                true => h2_handshake(tls, self.inner.connect_timeout).await?,
                 false => Sender::H1(crate::h1::Connection::new(crate::h1::Io::Tls(Box::new(
                     tls,
                 )))),
@@ -535,7 +598,7 @@ impl UpstreamClient {
             tokio::spawn(sweep(Arc::downgrade(pool), self.inner.idle_timeout));
         }
         match &sender {
-            Sender::H2(tx) => {
+            Sender::H2(conn) => {
                 if !locked.h2_origins.contains_key(key) {
                     if locked.h2_origins.len() >= MAX_KNOWN_H2_ORIGINS {
                         // Forget the origins with no connection and no call opening one.
@@ -544,13 +607,24 @@ impl UpstreamClient {
                             h2_origins,
                             ..
                         } = &mut *locked;
-                        h2_origins.retain(|origin, opening| {
-                            opening.is_some() || origins.contains_key(origin)
+                        h2_origins.retain(|key, origin| {
+                            origin.opening.is_some() || origins.contains_key(key)
                         });
                     }
-                    locked.h2_origins.insert(key.clone(), None);
+                    locked.h2_origins.insert(
+                        key.clone(),
+                        H2Origin {
+                            limit: usize::MAX,
+                            opening: None,
+                        },
+                    );
                 }
-                locked.put(key, Sender::H2(tx.clone()), addr);
+                if let Some(origin) = locked.h2_origins.get_mut(key) {
+                    origin.limit = conn.streams.limit();
+                }
+                // A connection opened for an origin known as h2 was opened because the others
+                // were full, and calls may be waiting for it (`Opening`).
+                locked.put(key, Sender::H2(conn.clone()), addr, opening.is_some());
                 if let Some(opening) = &opening {
                     opening.done.send_replace(());
                 }
@@ -559,7 +633,7 @@ impl UpstreamClient {
                 locked.h2_origins.remove(key);
             }
         }
-        Ok((sender, addr))
+        Ok((sender.lease(), addr))
     }
 }
 
@@ -577,12 +651,13 @@ struct Opening {
 impl Drop for Opening {
     fn drop(&mut self) {
         let mut locked = lock(&self.pool);
-        if let Some(slot) = locked.h2_origins.get_mut(&self.key) {
-            if slot
+        if let Some(origin) = locked.h2_origins.get_mut(&self.key) {
+            if origin
+                .opening
                 .as_ref()
-                .is_some_and(|wait| wait.same_channel(&self.wait))
+                .is_some_and(|(wait, _)| wait.same_channel(&self.wait))
             {
-                *slot = None;
+                origin.opening = None;
             }
         }
     }
@@ -616,11 +691,14 @@ async fn sweep(pool: std::sync::Weak<Mutex<Pool>>, idle_timeout: Duration) {
 }
 
 /// Starts an h2 connection over `io`; its task runs on this thread's runtime until every sender
-/// is gone or the vendor closes it.
-async fn h2_handshake<T>(io: T) -> Result<Sender, hyper::Error>
+/// is gone or the vendor closes it. Answers once the vendor's first SETTINGS frame has been read
+/// (its stream limit known), or after `settle_timeout` without it.
+async fn h2_handshake<T>(io: T, settle_timeout: Duration) -> Result<Sender, hyper::Error>
 where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let streams = H2Streams::new();
+    let io = TokioIo::new(SettingsWatch::new(io, streams.clone()));
     let (tx, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(io)
@@ -630,7 +708,10 @@ where
             tracing::debug!(%error, "upstream h2 connection ended");
         }
     });
-    Ok(Sender::H2(tx))
+    // The vendor sends its SETTINGS first; the connection's task reads it. A vendor that does
+    // not is left to hyper, which fails the connection (its limit stays unknown meanwhile).
+    let _ = tokio::time::timeout(settle_timeout, streams.settled()).await;
+    Ok(Sender::H2(H2Conn { tx, streams }))
 }
 
 /// Where an HTTP/1.1 connection goes back when its response body has ended cleanly.
@@ -642,21 +723,22 @@ pub(crate) struct Checkin {
 
 impl Checkin {
     pub(crate) fn put(self, conn: crate::h1::Connection) {
-        lock(&self.pool).put(&self.key, Sender::H1(conn), self.addr);
+        lock(&self.pool).put(&self.key, Sender::H1(conn), self.addr, false);
     }
 }
 
 /// A vendor's response body: read by Postern's HTTP/1.1 client, or hyper's h2 stream.
 pub enum UpstreamBody {
     H1(crate::h1::ResponseBody),
-    H2(Incoming),
+    /// The stream's slot is counted on its connection until the body is dropped.
+    H2(Incoming, StreamSlot),
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             UpstreamBody::H1(_) => "UpstreamBody::H1",
-            UpstreamBody::H2(_) => "UpstreamBody::H2",
+            UpstreamBody::H2(..) => "UpstreamBody::H2",
         })
     }
 }
@@ -673,7 +755,7 @@ impl http_body::Body for UpstreamBody {
             UpstreamBody::H1(body) => std::pin::Pin::new(body)
                 .poll_frame(cx)
                 .map_err(BodyError::Vendor),
-            UpstreamBody::H2(body) => std::pin::Pin::new(body)
+            UpstreamBody::H2(body, _) => std::pin::Pin::new(body)
                 .poll_frame(cx)
                 .map_err(BodyError::Hyper),
         }
@@ -682,14 +764,14 @@ impl http_body::Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::H1(body) => body.is_end_stream(),
-            UpstreamBody::H2(body) => body.is_end_stream(),
+            UpstreamBody::H2(body, _) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             UpstreamBody::H1(body) => body.size_hint(),
-            UpstreamBody::H2(body) => body.size_hint(),
+            UpstreamBody::H2(body, _) => body.size_hint(),
         }
     }
 }

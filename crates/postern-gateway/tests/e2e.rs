@@ -854,34 +854,49 @@ async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
     gw.stop().await;
 }
 
-/// A vendor whose h2 connections take one stream at a time, each answer 50 ms after its
-/// request: calls past its limit wait in the one connection for a stream (a burst of eight
-/// takes at least eight answers' time, one after another), burst after burst, and are all
-/// answered; none dials a connection of its own.
+/// A vendor whose h2 connections take one stream at a time, each answer 300 ms after its
+/// request: a call that finds every connection at the vendor's limit opens another instead of
+/// waiting in one for a stream (a burst of eight is answered in about one answer's time, not
+/// eight), and the connections opened so are kept for the next bursts.
 #[tokio::test]
-async fn calls_past_an_h2_vendors_stream_limit_wait_for_a_stream() {
-    let answer_after = std::time::Duration::from_millis(50);
+async fn calls_past_an_h2_vendors_stream_limit_open_another_connection() {
+    let answer_after = std::time::Duration::from_millis(300);
     let vendor = TestVendor::tls_with_stream_limit(TestVendor::ok_handler(), 1, answer_after).await;
     let h2c = h2c_client();
     let gw = stripe_gateway(&vendor, "").await;
-    // One call first: the worker then holds a connection to an origin it knows speaks h2 (the
-    // first calls to an origin not yet known dial at once, see `UpstreamClient`).
+    // One call first: the worker then holds a connection to an origin it knows speaks h2, with
+    // a limit of one stream.
     assert_eq!(get_charge(&h2c, &gw).await.unwrap().status(), 200);
-    for _ in 0..3 {
+    for burst in 0..3 {
         let started = std::time::Instant::now();
         assert_eq!(burst_of_eight(&gw, &h2c).await, [200; 8]);
         assert!(
-            started.elapsed() >= answer_after * 8,
-            "a burst of eight took {:?}: not one stream at a time",
+            started.elapsed() < answer_after * 4,
+            "burst {burst} took {:?}: its calls waited for streams one after another",
             started.elapsed()
         );
+        assert_eq!(vendor.connections(), 8, "after burst {burst}");
     }
     assert_eq!(vendor.seen().len(), 25);
     assert!(vendor
         .seen()
         .iter()
         .all(|seen| seen.version == http::Version::HTTP_2));
-    assert_eq!(vendor.connections(), 1);
+    gw.stop().await;
+}
+
+/// A vendor allowing four streams per connection, with no connection open: of a burst of eight,
+/// four share the connection the first opens (it waits for its SETTINGS, so the limit is
+/// known), the fifth finds no room there and opens one for the other three.
+#[tokio::test]
+async fn calls_wait_for_a_connection_being_opened_only_as_far_as_its_limit_leaves_room() {
+    let answer_after = std::time::Duration::from_millis(300);
+    let vendor = TestVendor::tls_with_stream_limit(TestVendor::ok_handler(), 4, answer_after).await;
+    let h2c = h2c_client();
+    let gw = known_h2_vendor_no_connection(&vendor, "", &h2c).await;
+    assert_eq!(burst_of_eight(&gw, &h2c).await, [200; 8]);
+    assert_eq!(vendor.seen().len(), 9);
+    assert_eq!(vendor.connections(), 3, "two new connections for the burst");
     gw.stop().await;
 }
 

@@ -1,0 +1,303 @@
+//! How many streams an h2 connection to a vendor carries, and how many the vendor allows.
+//!
+//! hyper's h2 client queues a request past the vendor's `SETTINGS_MAX_CONCURRENT_STREAMS` inside
+//! the connection until a stream ends, and does not say what the limit is. A call to a vendor
+//! that keeps long streams open (a streamed completion, a long poll) would then wait behind
+//! them. The pool (`upstream.rs`) instead opens another connection once every connection to the
+//! origin is full, as Envoy's pool does; for that it needs both numbers:
+//!
+//! - [`H2Streams`] counts the calls on a connection: a [`StreamSlot`] is taken with the
+//!   connection and lives in the call's response body.
+//! - [`SettingsWatch`] wraps the connection's decrypted byte stream and reads the vendor's
+//!   SETTINGS frames off the frame headers as they pass to hyper (RFC 9113 §4.1, §6.5): nothing
+//!   is copied or changed, and a DATA frame's payload is skipped whole.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// One h2 connection's calls and the vendor's stream limit on it.
+#[derive(Debug)]
+pub(crate) struct H2Streams {
+    active: AtomicUsize,
+    /// Unlimited until the vendor's first SETTINGS frame says otherwise (RFC 9113 §5.1.2).
+    limit: AtomicUsize,
+    /// Has a permit once the vendor's first SETTINGS frame has been read.
+    settled: tokio::sync::Notify,
+}
+
+impl H2Streams {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(H2Streams {
+            active: AtomicUsize::new(0),
+            limit: AtomicUsize::new(usize::MAX),
+            settled: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Whether one more call fits under the vendor's limit.
+    pub(crate) fn has_room(&self) -> bool {
+        self.active.load(Ordering::Relaxed) < self.limit()
+    }
+
+    /// The vendor's limit as last announced (`usize::MAX`: none yet).
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more call on the connection until the slot is dropped.
+    pub(crate) fn reserve(self: &Arc<Self>) -> StreamSlot {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        StreamSlot(self.clone())
+    }
+
+    /// Waits until the vendor's first SETTINGS frame has been read (the connection's task reads
+    /// it; a vendor sends it first thing, RFC 9113 §3.4).
+    pub(crate) async fn settled(&self) {
+        self.settled.notified().await;
+    }
+}
+
+/// A call's place on an h2 connection: counted in [`H2Streams`] until dropped.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<H2Streams>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where the scan of the vendor's frames stands.
+#[derive(Debug, Default)]
+struct FrameScan {
+    /// The frame header being read, and how much of it has come.
+    header: [u8; 9],
+    header_len: usize,
+    /// Payload bytes of the current frame still to come (0: a header is next).
+    payload_left: usize,
+    /// The current frame is a SETTINGS frame (not an acknowledgement): its payload is read.
+    settings: bool,
+    /// A setting (2-byte identifier, 4-byte value) split across reads.
+    entry: [u8; 6],
+    entry_len: usize,
+    /// The first SETTINGS frame has been read whole.
+    settled: bool,
+}
+
+const FRAME_SETTINGS: u8 = 0x4;
+const FLAG_ACK: u8 = 0x1;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+
+impl FrameScan {
+    /// Reads `data`, the next bytes the vendor sent, into `streams`.
+    fn feed(&mut self, mut data: &[u8], streams: &H2Streams) {
+        while !data.is_empty() {
+            if self.payload_left == 0 {
+                let take = (9 - self.header_len).min(data.len());
+                self.header[self.header_len..self.header_len + take].copy_from_slice(&data[..take]);
+                self.header_len += take;
+                data = &data[take..];
+                if self.header_len < 9 {
+                    return;
+                }
+                self.header_len = 0;
+                let [l0, l1, l2, kind, flags, ..] = self.header;
+                self.payload_left = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+                self.settings = kind == FRAME_SETTINGS && flags & FLAG_ACK == 0;
+                self.entry_len = 0;
+                if self.payload_left == 0 {
+                    self.frame_ended(streams);
+                }
+                continue;
+            }
+            let take = self.payload_left.min(data.len());
+            if self.settings {
+                for &byte in &data[..take] {
+                    self.entry[self.entry_len] = byte;
+                    self.entry_len += 1;
+                    if self.entry_len == 6 {
+                        self.entry_len = 0;
+                        let [i0, i1, v0, v1, v2, v3] = self.entry;
+                        if u16::from_be_bytes([i0, i1]) == SETTINGS_MAX_CONCURRENT_STREAMS {
+                            let value = u32::from_be_bytes([v0, v1, v2, v3]);
+                            let value = usize::try_from(value).unwrap_or(usize::MAX);
+                            streams.limit.store(value, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            self.payload_left -= take;
+            data = &data[take..];
+            if self.payload_left == 0 {
+                self.frame_ended(streams);
+            }
+        }
+    }
+
+    fn frame_ended(&mut self, streams: &H2Streams) {
+        if self.settings && !self.settled {
+            self.settled = true;
+            streams.settled.notify_one();
+        }
+        self.settings = false;
+    }
+}
+
+/// An h2 connection's byte stream, its reads scanned for the vendor's SETTINGS (module docs).
+/// Writes pass through untouched, vectored ones included.
+pub(crate) struct SettingsWatch<T> {
+    io: T,
+    scan: FrameScan,
+    streams: Arc<H2Streams>,
+}
+
+impl<T> SettingsWatch<T> {
+    pub(crate) fn new(io: T, streams: Arc<H2Streams>) -> Self {
+        SettingsWatch {
+            io,
+            scan: FrameScan::default(),
+            streams,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SettingsWatch<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = poll {
+            this.scan.feed(&buf.filled()[before..], &this.streams);
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SettingsWatch<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = len.to_be_bytes()[1..].to_vec();
+        out.extend([kind, flags, 0, 0, 0, 0]);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn settings(entries: &[(u16, u32)]) -> Vec<u8> {
+        let payload: Vec<u8> = entries
+            .iter()
+            .flat_map(|(id, value)| id.to_be_bytes().into_iter().chain(value.to_be_bytes()))
+            .collect();
+        frame(FRAME_SETTINGS, 0, &payload)
+    }
+
+    /// What a vendor sends: its SETTINGS (initial window size, then the stream limit), a
+    /// WINDOW_UPDATE, the acknowledgement of ours, HEADERS and a DATA frame whose payload looks
+    /// like a SETTINGS frame, then a SETTINGS frame that lowers the limit.
+    fn vendor_bytes() -> Vec<u8> {
+        let mut bytes = settings(&[(0x4, 65_535), (0x3, 100)]);
+        bytes.extend(frame(0x8, 0, &[0, 0, 0x10, 0]));
+        bytes.extend(frame(FRAME_SETTINGS, FLAG_ACK, &[]));
+        bytes.extend(frame(0x1, 0x4, &[0x88]));
+        bytes.extend(frame(0x0, 0x1, &settings(&[(0x3, 1)])));
+        bytes.extend(settings(&[(0x3, 7)]));
+        bytes
+    }
+
+    #[test]
+    fn the_vendors_stream_limit_is_read_however_the_bytes_are_split() {
+        let bytes = vendor_bytes();
+        for piece in 1..=bytes.len() {
+            let streams = H2Streams::new();
+            let mut scan = FrameScan::default();
+            let mut limits = vec![streams.limit()];
+            for chunk in bytes.chunks(piece) {
+                scan.feed(chunk, &streams);
+                if limits.last() != Some(&streams.limit()) {
+                    limits.push(streams.limit());
+                }
+            }
+            // Unlimited, then the first SETTINGS' 100 (unless the same read brought the last
+            // frame too), then 7; never the 1 inside the DATA frame.
+            assert!(
+                limits == [usize::MAX, 100, 7] || limits == [usize::MAX, 7],
+                "reads of {piece} bytes: limits {limits:?}"
+            );
+            assert!(scan.settled);
+            assert_eq!((scan.header_len, scan.payload_left), (0, 0));
+        }
+    }
+
+    #[test]
+    fn settled_once_the_first_settings_frame_is_whole() {
+        let first = settings(&[(0x3, 100)]);
+        let streams = H2Streams::new();
+        let mut scan = FrameScan::default();
+        scan.feed(&first[..first.len() - 1], &streams);
+        assert!(!scan.settled);
+        scan.feed(&first[first.len() - 1..], &streams);
+        assert!(scan.settled);
+        assert_eq!(streams.limit(), 100);
+        // An empty SETTINGS frame settles too (the vendor keeps every default).
+        let (streams, mut scan) = (H2Streams::new(), FrameScan::default());
+        scan.feed(&settings(&[]), &streams);
+        assert!(scan.settled);
+        assert_eq!(streams.limit(), usize::MAX);
+    }
+
+    #[test]
+    fn slots_count_the_calls_on_a_connection() {
+        let streams = H2Streams::new();
+        let mut scan = FrameScan::default();
+        scan.feed(&settings(&[(0x3, 2)]), &streams);
+        let one = streams.reserve();
+        assert!(streams.has_room());
+        let two = streams.reserve();
+        assert!(!streams.has_room());
+        drop(one);
+        assert!(streams.has_room());
+        drop(two);
+        assert_eq!(streams.active.load(Ordering::Relaxed), 0);
+    }
+}
