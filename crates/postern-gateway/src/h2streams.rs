@@ -98,15 +98,27 @@ impl FrameScan {
     fn feed(&mut self, mut data: &[u8], streams: &H2Streams) {
         while !data.is_empty() {
             if self.payload_left == 0 {
-                let take = (9 - self.header_len).min(data.len());
-                self.header[self.header_len..self.header_len + take].copy_from_slice(&data[..take]);
-                self.header_len += take;
-                data = &data[take..];
-                if self.header_len < 9 {
-                    return;
-                }
-                self.header_len = 0;
-                let [l0, l1, l2, kind, flags, ..] = self.header;
+                // A whole header in `data` is read in place; one split across reads is
+                // gathered first.
+                let header = match (self.header_len, data.first_chunk::<9>()) {
+                    (0, Some(header)) => {
+                        data = &data[9..];
+                        *header
+                    }
+                    _ => {
+                        let take = (9 - self.header_len).min(data.len());
+                        self.header[self.header_len..self.header_len + take]
+                            .copy_from_slice(&data[..take]);
+                        self.header_len += take;
+                        data = &data[take..];
+                        if self.header_len < 9 {
+                            return;
+                        }
+                        self.header_len = 0;
+                        self.header
+                    }
+                };
+                let [l0, l1, l2, kind, flags, ..] = header;
                 self.payload_left = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
                 self.settings = kind == FRAME_SETTINGS && flags & FLAG_ACK == 0;
                 self.entry_len = 0;

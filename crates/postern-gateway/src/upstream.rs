@@ -355,14 +355,16 @@ impl Pool {
                 State::Full => continue,
                 State::Ready => conns[i].since = now,
             }
-            let (sender, addr) = match &conns[i].sender {
-                Sender::H2(conn) => (Sender::H2(conn.clone()), conns[i].addr),
+            return Some(match &conns[i].sender {
+                Sender::H2(conn) => (
+                    Leased::H2(conn.tx.clone(), conn.streams.reserve()),
+                    conns[i].addr,
+                ),
                 Sender::H1(_) => {
                     let pooled = conns.swap_remove(i);
-                    (pooled.sender, pooled.addr)
+                    (pooled.sender.lease(), pooled.addr)
                 }
-            };
-            return Some((sender.lease(), addr));
+            });
         }
         None
     }
