@@ -14,9 +14,10 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -24,24 +25,55 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 #[derive(Debug)]
 pub(crate) struct H2Streams {
     active: AtomicUsize,
-    /// Unlimited until the vendor's first SETTINGS frame says otherwise (RFC 9113 §5.1.2).
+    /// Until the vendor's first SETTINGS frame: what the pool expects (the origin's last
+    /// connection's limit), or unlimited (RFC 9113 §5.1.2).
     limit: AtomicUsize,
-    /// Has a permit once the vendor's first SETTINGS frame has been read.
+    /// When the last call on it ended, in nanoseconds from [`EPOCH`] (0: none has).
+    idle_since: AtomicU64,
+    /// Has a permit once the vendor's first SETTINGS frame has been read, or the connection
+    /// has ended without one.
     settled: tokio::sync::Notify,
 }
 
+/// The origin of [`H2Streams::idle_since`].
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
 impl H2Streams {
-    pub(crate) fn new() -> Arc<Self> {
+    /// `limit`: the stream limit to assume until the vendor announces its own.
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        LazyLock::force(&EPOCH);
         Arc::new(H2Streams {
             active: AtomicUsize::new(0),
-            limit: AtomicUsize::new(usize::MAX),
+            limit: AtomicUsize::new(limit),
+            idle_since: AtomicU64::new(0),
             settled: tokio::sync::Notify::new(),
         })
     }
 
-    /// Whether one more call fits under the vendor's limit.
+    /// Whether one more call fits under the vendor's limit. A limit of 0 (a vendor refusing
+    /// new streams for now, RFC 9113 §6.5.2) counts as 1: such a connection takes one call,
+    /// which waits in it, rather than every call dialling a connection of its own.
     pub(crate) fn has_room(&self) -> bool {
-        self.active.load(Ordering::Relaxed) < self.limit()
+        self.active() < self.limit().max(1)
+    }
+
+    /// The calls on the connection now.
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// When the connection's last call ended, if one has and none runs now.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        match self.idle_since.load(Ordering::Relaxed) {
+            _ if self.active() > 0 => None,
+            0 => None,
+            nanos => Some(*EPOCH + Duration::from_nanos(nanos)),
+        }
+    }
+
+    /// The connection's task has ended: nobody waits for SETTINGS that will not come.
+    pub(crate) fn ended(&self) {
+        self.settled.notify_one();
     }
 
     /// The vendor's limit as last announced (`usize::MAX`: none yet).
@@ -56,7 +88,7 @@ impl H2Streams {
     }
 
     /// Waits until the vendor's first SETTINGS frame has been read (the connection's task reads
-    /// it; a vendor sends it first thing, RFC 9113 §3.4).
+    /// it; a vendor sends it first thing, RFC 9113 §3.4), or the connection has ended.
     pub(crate) async fn settled(&self) {
         self.settled.notified().await;
     }
@@ -68,7 +100,11 @@ pub struct StreamSlot(Arc<H2Streams>);
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        // The clock is read only when the connection falls idle, not at every call's end.
+        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let nanos = u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.0.idle_since.store(nanos.max(1), Ordering::Relaxed);
+        }
     }
 }
 
@@ -261,7 +297,7 @@ mod tests {
     fn the_vendors_stream_limit_is_read_however_the_bytes_are_split() {
         let bytes = vendor_bytes();
         for piece in 1..=bytes.len() {
-            let streams = H2Streams::new();
+            let streams = H2Streams::new(usize::MAX);
             let mut scan = FrameScan::default();
             let mut limits = vec![streams.limit()];
             for chunk in bytes.chunks(piece) {
@@ -284,7 +320,7 @@ mod tests {
     #[test]
     fn settled_once_the_first_settings_frame_is_whole() {
         let first = settings(&[(0x3, 100)]);
-        let streams = H2Streams::new();
+        let streams = H2Streams::new(usize::MAX);
         let mut scan = FrameScan::default();
         scan.feed(&first[..first.len() - 1], &streams);
         assert!(!scan.settled);
@@ -292,7 +328,7 @@ mod tests {
         assert!(scan.settled);
         assert_eq!(streams.limit(), 100);
         // An empty SETTINGS frame settles too (the vendor keeps every default).
-        let (streams, mut scan) = (H2Streams::new(), FrameScan::default());
+        let (streams, mut scan) = (H2Streams::new(usize::MAX), FrameScan::default());
         scan.feed(&settings(&[]), &streams);
         assert!(scan.settled);
         assert_eq!(streams.limit(), usize::MAX);
@@ -300,7 +336,7 @@ mod tests {
 
     #[test]
     fn slots_count_the_calls_on_a_connection() {
-        let streams = H2Streams::new();
+        let streams = H2Streams::new(usize::MAX);
         let mut scan = FrameScan::default();
         scan.feed(&settings(&[(0x3, 2)]), &streams);
         let one = streams.reserve();
@@ -309,7 +345,35 @@ mod tests {
         assert!(!streams.has_room());
         drop(one);
         assert!(streams.has_room());
+        assert_eq!(streams.idle_since(), None, "a call still runs");
         drop(two);
-        assert_eq!(streams.active.load(Ordering::Relaxed), 0);
+        assert_eq!(streams.active(), 0);
+        assert!(streams
+            .idle_since()
+            .is_some_and(|since| since.elapsed() < Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_limit_of_zero_takes_one_call_per_connection() {
+        let streams = H2Streams::new(usize::MAX);
+        FrameScan::default().feed(&settings(&[(0x3, 0)]), &streams);
+        assert_eq!(streams.limit(), 0);
+        assert!(streams.has_room());
+        let _one = streams.reserve();
+        assert!(!streams.has_room());
+    }
+
+    #[test]
+    fn the_assumed_limit_holds_until_the_vendor_says_its_own() {
+        let streams = H2Streams::new(4);
+        assert_eq!(streams.limit(), 4);
+        FrameScan::default().feed(&settings(&[(0x4, 1 << 20)]), &streams);
+        assert_eq!(
+            streams.limit(),
+            4,
+            "a SETTINGS frame without the limit keeps it"
+        );
+        FrameScan::default().feed(&settings(&[(0x3, 250)]), &streams);
+        assert_eq!(streams.limit(), 250);
     }
 }

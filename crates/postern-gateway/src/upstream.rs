@@ -136,9 +136,8 @@ pub enum UpstreamError {
 /// - Idle connections close after `idle_timeout` (within about 2 × max(`idle_timeout`, 1 s)):
 ///   checked when a call takes one, and by a sweep task on the worker every `idle_timeout` (at
 ///   least 1 s). An HTTP/1.1 connection's idle time starts when its response body ends, so a
-///   long body never counts as idle. An h2 connection's counts from the last call that took
-///   it: past `idle_timeout` it leaves the pool even while a stream still runs on it (that
-///   stream finishes; the next call dials).
+///   long body never counts as idle. An h2 connection is idle only while no call runs on it,
+///   from the later of its last call's end and the last take.
 /// - An h2 connection (ALPN) is shared by every call of the worker to its origin, up to the
 ///   vendor's stream limit (`SETTINGS_MAX_CONCURRENT_STREAMS`, read off the connection:
 ///   `h2streams.rs`). A call that finds every connection to the origin full opens another, as
@@ -147,7 +146,11 @@ pub enum UpstreamError {
 ///   with room while another call opens one wait for that one, as many as its limit (the
 ///   origin's last connection's) leaves room for; the first calls to an origin not yet known
 ///   dial at once, and those extra connections serve their own call only unless every other
-///   is full.
+///   is full. The first connection to an origin is used once the vendor's SETTINGS have been
+///   read (within `connect_timeout`); a later one assumes its predecessor's limit until then.
+///   At most `MAX_H2_PER_ORIGIN` connections are opened so per origin and worker; past that,
+///   a call waits for a stream in the least loaded one (a vendor announcing a limit of 0 gets
+///   one call per connection, waiting in it).
 #[derive(Clone)]
 pub struct UpstreamClient {
     inner: Arc<ClientInner>,
@@ -165,6 +168,9 @@ struct ClientInner {
 /// At most this many connections are pooled per origin and worker, idle or finishing a response
 /// body (more are closed).
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
+/// At most this many h2 connections are opened per origin and worker because the others were at
+/// the vendor's stream limit; past it, calls wait for a stream in the least loaded one.
+const MAX_H2_PER_ORIGIN: usize = 64;
 /// Origins remembered as speaking h2, per worker, before the ones with no connection are
 /// forgotten (the forward proxy's client meets arbitrary hosts).
 const MAX_KNOWN_H2_ORIGINS: usize = 1024;
@@ -325,14 +331,31 @@ enum State {
 }
 
 impl Pooled {
-    /// Where the connection stands at `now`.
+    /// Where the connection stands at `now`. An h2 connection is idle only while no call runs
+    /// on it, from the later of its last call's end and the last take.
     fn state(&mut self, now: Instant, idle_timeout: Duration) -> State {
-        if !self.sender.is_open() || now.saturating_duration_since(self.since) > idle_timeout {
-            State::Spent
-        } else if matches!(&self.sender, Sender::H2(conn) if !conn.streams.has_room()) {
-            State::Full
-        } else {
-            State::Ready
+        if !self.sender.is_open() {
+            return State::Spent;
+        }
+        let idle_since = match &self.sender {
+            Sender::H1(_) => Some(self.since),
+            Sender::H2(conn) => match conn.streams.active() {
+                0 => Some(
+                    conn.streams
+                        .idle_since()
+                        .map_or(self.since, |ended| ended.max(self.since)),
+                ),
+                _ => None,
+            },
+        };
+        match &self.sender {
+            _ if idle_since
+                .is_some_and(|since| now.saturating_duration_since(since) > idle_timeout) =>
+            {
+                State::Spent
+            }
+            Sender::H2(conn) if !conn.streams.has_room() => State::Full,
+            _ => State::Ready,
         }
     }
 }
@@ -366,19 +389,30 @@ impl Pool {
                 }
             });
         }
-        None
+        // Every h2 connection is full. Up to `MAX_H2_PER_ORIGIN` of them, the call opens
+        // another; past it, it waits for a stream in the least loaded one.
+        let h2 = || {
+            conns.iter().filter_map(|pooled| match &pooled.sender {
+                Sender::H2(conn) => Some((conn, pooled.addr)),
+                Sender::H1(_) => None,
+            })
+        };
+        if h2().count() < MAX_H2_PER_ORIGIN {
+            return None;
+        }
+        let (conn, addr) = h2().min_by_key(|(conn, _)| conn.streams.active())?;
+        Some((Leased::H2(conn.tx.clone(), conn.streams.reserve()), addr))
     }
 
-    /// Pools `sender`. An h2 connection is kept beside the others when it was opened because
-    /// the origin's were full (`opened_for_room`), or when none of them has room: when calls to
-    /// an origin not yet known as h2 dialled at once, the first is kept and the others end
-    /// with their calls.
-    fn put(&mut self, key: &OriginKey, sender: Sender, addr: SocketAddr, opened_for_room: bool) {
+    /// Pools `sender`. An h2 connection is kept beside the others when calls waited for it
+    /// (`waited_for`), or when none of them has room: when calls to an origin not yet known as
+    /// h2 dialled at once, the first is kept and the others end with their calls.
+    fn put(&mut self, key: &OriginKey, sender: Sender, addr: SocketAddr, waited_for: bool) {
         let conns = match self.origins.get_mut(key) {
             Some(conns) => conns,
             None => self.origins.entry(key.clone()).or_default(),
         };
-        let shared_h2 = !opened_for_room
+        let shared_h2 = !waited_for
             && matches!(sender, Sender::H2(_))
             && conns.iter().any(|pooled| {
                 matches!(&pooled.sender, Sender::H2(conn)
@@ -542,12 +576,15 @@ impl UpstreamClient {
             locked.h2_origins.get_mut(key).map(|origin| {
                 let (done, wait) = tokio::sync::watch::channel(());
                 // This call takes one stream of it; the rest is room for others to wait for.
-                origin.opening = Some((wait.clone(), origin.limit.saturating_sub(1)));
+                let room = origin.limit.max(1) - 1;
+                origin.opening = Some((wait.clone(), room));
                 Opening {
                     pool: pool.clone(),
                     key: key.clone(),
                     done,
                     wait,
+                    room,
+                    limit: origin.limit,
                 }
             })
         };
@@ -586,7 +623,12 @@ impl UpstreamClient {
                     }
                 })?;
             match tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                true => h2_handshake(tls, self.inner.connect_timeout).await?,
+                // A known origin's new connection takes its last one's limit until the vendor
+                // says otherwise; the first waits for the vendor's SETTINGS.
+                true => match &opening {
+                    Some(opening) => h2_handshake(tls, opening.limit, None).await?,
+                    None => h2_handshake(tls, usize::MAX, Some(self.inner.connect_timeout)).await?,
+                },
                 false => Sender::H1(crate::h1::Connection::new(crate::h1::Io::Tls(Box::new(
                     tls,
                 )))),
@@ -624,9 +666,15 @@ impl UpstreamClient {
                 if let Some(origin) = locked.h2_origins.get_mut(key) {
                     origin.limit = conn.streams.limit();
                 }
-                // A connection opened for an origin known as h2 was opened because the others
-                // were full, and calls may be waiting for it (`Opening`).
-                locked.put(key, Sender::H2(conn.clone()), addr, opening.is_some());
+                // Calls waited for it if they took room from its opening (which another opening
+                // replaces only once its room has run out, or after a failed one).
+                let waited_for = opening.as_ref().is_some_and(|mine| {
+                    match locked.h2_origins.get(key).and_then(|o| o.opening.as_ref()) {
+                        Some((wait, room)) if wait.same_channel(&mine.wait) => *room < mine.room,
+                        _ => mine.room > 0,
+                    }
+                });
+                locked.put(key, Sender::H2(conn.clone()), addr, waited_for);
                 if let Some(opening) = &opening {
                     opening.done.send_replace(());
                 }
@@ -648,6 +696,9 @@ struct Opening {
     done: tokio::sync::watch::Sender<()>,
     /// This attempt's receiver, to clear the origin's slot only if it is still this attempt's.
     wait: tokio::sync::watch::Receiver<()>,
+    /// The room it offered others to wait for, and the stream limit it was offered for.
+    room: usize,
+    limit: usize,
 }
 
 impl Drop for Opening {
@@ -693,26 +744,35 @@ async fn sweep(pool: std::sync::Weak<Mutex<Pool>>, idle_timeout: Duration) {
 }
 
 /// Starts an h2 connection over `io`; its task runs on this thread's runtime until every sender
-/// is gone or the vendor closes it. Answers once the vendor's first SETTINGS frame has been read
-/// (its stream limit known), or after `settle_timeout` without it.
-async fn h2_handshake<T>(io: T, settle_timeout: Duration) -> Result<Sender, hyper::Error>
+/// is gone or the vendor closes it. `limit` is the stream limit assumed until the vendor's
+/// SETTINGS say; with `settle`, answers once they have been read (or the connection ended),
+/// or after that long without them.
+async fn h2_handshake<T>(
+    io: T,
+    limit: usize,
+    settle: Option<Duration>,
+) -> Result<Sender, hyper::Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let streams = H2Streams::new();
+    let streams = H2Streams::new(limit);
     let io = TokioIo::new(SettingsWatch::new(io, streams.clone()));
     let (tx, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(io)
         .await?;
+    let ended = streams.clone();
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "upstream h2 connection ended");
         }
+        ended.ended();
     });
-    // The vendor sends its SETTINGS first; the connection's task reads it. A vendor that does
-    // not is left to hyper, which fails the connection (its limit stays unknown meanwhile).
-    let _ = tokio::time::timeout(settle_timeout, streams.settled()).await;
+    // The vendor sends its SETTINGS first; the connection's task reads them. A vendor that
+    // does not is left to hyper, which fails the connection (the limit stays as assumed).
+    if let Some(settle) = settle {
+        let _ = tokio::time::timeout(settle, streams.settled()).await;
+    }
     Ok(Sender::H2(H2Conn { tx, streams }))
 }
 

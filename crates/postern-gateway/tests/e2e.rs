@@ -634,7 +634,8 @@ async fn http2_on_both_sides() {
     let events = gw.wait_events(1).await;
     assert_eq!(events[0]["protocol"], "HTTP/2");
     // More calls on the same client connection (so the same worker), one after another and
-    // then four at once: all of them share the worker's one h2 connection to the vendor.
+    // then four at once: all of them share the worker's one h2 connection to the vendor (its
+    // stream limit, hyper's default of 200, leaves room).
     let call = || get_charge(&h2c, &gw);
     for _ in 0..3 {
         assert_eq!(call().await.unwrap().status(), 200);
@@ -818,9 +819,13 @@ async fn known_h2_vendor_no_connection(
 }
 
 /// Eight `get_charge` calls at once on `h2c`'s one connection (so on one worker): their
-/// statuses, once all are answered (within 30 s).
+/// statuses, once all are answered, bodies read (within 30 s).
 async fn burst_of_eight(gw: &TestGateway, h2c: &reqwest::Client) -> Vec<u16> {
-    let call = || get_charge(h2c, gw);
+    let call = || async {
+        let response = get_charge(h2c, gw).await?;
+        let status = response.status();
+        response.bytes().await.map(|_| status)
+    };
     let burst = async {
         tokio::join!(
             call(),
@@ -838,7 +843,7 @@ async fn burst_of_eight(gw: &TestGateway, h2c: &reqwest::Client) -> Vec<u16> {
         .expect("the burst is answered");
     [a, b, c, d, e, f, g, h]
         .into_iter()
-        .map(|response| response.unwrap().status().as_u16())
+        .map(|status| status.unwrap().as_u16())
         .collect()
 }
 
@@ -856,8 +861,9 @@ async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
 
 /// A vendor whose h2 connections take one stream at a time, each answer 300 ms after its
 /// request: a call that finds every connection at the vendor's limit opens another instead of
-/// waiting in one for a stream (a burst of eight is answered in about one answer's time, not
-/// eight), and the connections opened so are kept for the next bursts.
+/// waiting in one for a stream (a burst of eight is answered in about one answer's time, well
+/// under the eight it takes one after another), and the connections opened so are kept for
+/// the next bursts.
 #[tokio::test]
 async fn calls_past_an_h2_vendors_stream_limit_open_another_connection() {
     let answer_after = std::time::Duration::from_millis(300);
@@ -871,7 +877,7 @@ async fn calls_past_an_h2_vendors_stream_limit_open_another_connection() {
         let started = std::time::Instant::now();
         assert_eq!(burst_of_eight(&gw, &h2c).await, [200; 8]);
         assert!(
-            started.elapsed() < answer_after * 4,
+            started.elapsed() < answer_after * 7,
             "burst {burst} took {:?}: its calls waited for streams one after another",
             started.elapsed()
         );
@@ -882,6 +888,28 @@ async fn calls_past_an_h2_vendors_stream_limit_open_another_connection() {
         .seen()
         .iter()
         .all(|seen| seen.version == http::Version::HTTP_2));
+    gw.stop().await;
+}
+
+/// An h2 connection is idle only while no call runs on it: two connections kept busy (a limit
+/// of one stream, answers after 1.5 s) past `idle_timeout_ms` (1 s) are still pooled when their
+/// calls end, and the next two calls take them rather than dial.
+#[tokio::test]
+async fn an_h2_connection_busy_past_idle_timeout_is_not_idle() {
+    let answer_after = std::time::Duration::from_millis(1500);
+    let vendor = TestVendor::tls_with_stream_limit(TestVendor::ok_handler(), 1, answer_after).await;
+    let h2c = h2c_client();
+    let gw = stripe_gateway(&vendor, "idle_timeout_ms = 1000").await;
+    let call = || async { get_charge(&h2c, &gw).await.unwrap().status().as_u16() };
+    let later = || async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        call().await
+    };
+    // The first call dials; the second, finding it full, opens another.
+    assert_eq!(tokio::join!(call(), later()), (200, 200));
+    assert_eq!(vendor.connections(), 2);
+    assert_eq!(tokio::join!(call(), call()), (200, 200));
+    assert_eq!(vendor.connections(), 2, "the busy connections were kept");
     gw.stop().await;
 }
 
