@@ -14,6 +14,48 @@
 //! It never formats a secret — vendor credential, caller token, admin token — into a log line,
 //! event, metric or error message.
 
+/// `tokio::io::AsyncWrite` for a wrapper `$wrapper<$io>` whose writes all pass untouched to its
+/// field `$field` (vectored ones included): the wrappers that only watch or replay reads.
+macro_rules! forward_async_write {
+    ($wrapper:ident<$io:ident>, $field:ident) => {
+        impl<$io: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $wrapper<$io> {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.get_mut().$field).poll_write(cx, buf)
+            }
+
+            fn poll_write_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.get_mut().$field).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.$field.is_write_vectored()
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.get_mut().$field).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.get_mut().$field).poll_shutdown(cx)
+            }
+        }
+    };
+}
+
 pub mod admin;
 pub mod audit;
 pub mod body;
