@@ -268,6 +268,9 @@ struct H2Origin {
     /// more calls may (the calls that find no connection with room meanwhile share that one
     /// instead of each dialling).
     opening: Option<(tokio::sync::watch::Receiver<()>, usize)>,
+    /// Connections being opened to it now (each call's `Opening`), counted against
+    /// `MAX_H2_PER_ORIGIN` with the pooled ones, so a burst cannot dial past it.
+    dialling: usize,
 }
 
 struct Pooled {
@@ -389,15 +392,16 @@ impl Pool {
                 }
             });
         }
-        // Every h2 connection is full. Up to `MAX_H2_PER_ORIGIN` of them, the call opens
-        // another; past it, it waits for a stream in the least loaded one.
+        // Every h2 connection is full. Up to `MAX_H2_PER_ORIGIN` of them, those being opened
+        // counted, the call opens another; past it, it waits for a stream in the least loaded.
         let h2 = || {
             conns.iter().filter_map(|pooled| match &pooled.sender {
                 Sender::H2(conn) => Some((conn, pooled.addr)),
                 Sender::H1(_) => None,
             })
         };
-        if h2().count() < MAX_H2_PER_ORIGIN {
+        let dialling = self.h2_origins.get(key).map_or(0, |origin| origin.dialling);
+        if h2().count() + dialling < MAX_H2_PER_ORIGIN {
             return None;
         }
         let (conn, addr) = h2().min_by_key(|(conn, _)| conn.streams.active())?;
@@ -578,6 +582,7 @@ impl UpstreamClient {
                 // This call takes one stream of it; the rest is room for others to wait for.
                 let room = origin.limit.max(1) - 1;
                 origin.opening = Some((wait.clone(), room));
+                origin.dialling += 1;
                 Opening {
                     pool: pool.clone(),
                     key: key.clone(),
@@ -660,6 +665,7 @@ impl UpstreamClient {
                         H2Origin {
                             limit: usize::MAX,
                             opening: None,
+                            dialling: 0,
                         },
                     );
                 }
@@ -705,6 +711,7 @@ impl Drop for Opening {
     fn drop(&mut self) {
         let mut locked = lock(&self.pool);
         if let Some(origin) = locked.h2_origins.get_mut(&self.key) {
+            origin.dialling = origin.dialling.saturating_sub(1);
             if origin
                 .opening
                 .as_ref()
