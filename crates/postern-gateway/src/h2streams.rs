@@ -76,7 +76,7 @@ impl H2Streams {
         self.settled.notify_one();
     }
 
-    /// The vendor's limit as last announced (`usize::MAX`: none yet).
+    /// The vendor's limit as last announced, or as assumed until it is (`usize::MAX`: none).
     pub(crate) fn limit(&self) -> usize {
         self.limit.load(Ordering::Relaxed)
     }

@@ -144,13 +144,14 @@ pub enum UpstreamError {
 ///   Envoy's pool does, rather than wait in one behind long streams; a connection opened so is
 ///   kept beside the others. Once an origin has answered with h2, calls that find no connection
 ///   with room while another call opens one wait for that one, as many as its limit (the
-///   origin's last connection's) leaves room for; the first calls to an origin not yet known
+///   origin's, as its pooled connections last heard it) leaves room for; the first calls to an origin not yet known
 ///   dial at once, and those extra connections serve their own call only unless every other
 ///   is full. The first connection to an origin is used once the vendor's SETTINGS have been
 ///   read (within `connect_timeout`); a later one assumes its predecessor's limit until then.
-///   At most `MAX_H2_PER_ORIGIN` connections are opened so per origin and worker; past that,
-///   a call waits for a stream in the least loaded one (a vendor announcing a limit of 0 gets
-///   one call per connection, waiting in it).
+///   At most `MAX_H2_PER_ORIGIN` connections, pooled or being opened, per origin and worker:
+///   past that, a call waits for one being opened, or for a stream in the least loaded one (a
+///   vendor announcing a limit of 0 gets one call per connection, waiting in it). The first
+///   calls to an origin not yet known as h2 are not counted: each dials, as for HTTP/1.1.
 #[derive(Clone)]
 pub struct UpstreamClient {
     inner: Arc<ClientInner>,
@@ -262,7 +263,8 @@ struct Pool {
 
 /// What the pool remembers of an origin that speaks h2.
 struct H2Origin {
-    /// The vendor's stream limit on the last connection opened to it.
+    /// The vendor's stream limit: read by the first connection to it, refreshed from the
+    /// pooled connections (whose SETTINGS keep theirs current) each time another is opened.
     limit: usize,
     /// While a call opens a connection to it: how to wait for that connection, and how many
     /// more calls may (the calls that find no connection with room meanwhile share that one
@@ -482,15 +484,17 @@ impl UpstreamClient {
                     };
                     match taken {
                         Some(pooled) => (Some(pooled), None),
-                        None if dial_now => (None, None),
-                        None => match locked
-                            .h2_origins
-                            .get_mut(&key)
-                            .and_then(|origin| origin.opening.as_mut())
-                        {
-                            // Room is left on the connection being opened: wait for it.
-                            Some((wait, room)) if *room > 0 => {
-                                *room -= 1;
+                        None if dial_now || resent => (None, None),
+                        None => match locked.h2_origins.get_mut(&key) {
+                            // Room is left on the connection being opened, or the origin's
+                            // connections are at `MAX_H2_PER_ORIGIN`: wait for it, then take
+                            // one (past the cap, the least loaded).
+                            Some(H2Origin {
+                                opening: Some((wait, room)),
+                                dialling,
+                                ..
+                            }) if *room > 0 || *dialling >= MAX_H2_PER_ORIGIN => {
+                                *room = room.saturating_sub(1);
                                 (None, Some(wait.clone()))
                             }
                             _ => (None, None),
@@ -577,7 +581,23 @@ impl UpstreamClient {
         // (Declared before `locked` below, so it is dropped after the lock is released.)
         let opening = {
             let mut locked = lock(pool);
-            locked.h2_origins.get_mut(key).map(|origin| {
+            let Pool {
+                origins,
+                h2_origins,
+                ..
+            } = &mut *locked;
+            h2_origins.get_mut(key).map(|origin| {
+                // The vendor's limit as its newest pooled connection last heard it.
+                let pooled = origins.get(key).into_iter().flatten().rev();
+                if let Some(limit) = pooled
+                    .filter_map(|pooled| match &pooled.sender {
+                        Sender::H2(conn) => Some(conn.streams.limit()),
+                        Sender::H1(_) => None,
+                    })
+                    .next()
+                {
+                    origin.limit = limit;
+                }
                 let (done, wait) = tokio::sync::watch::channel(());
                 // This call takes one stream of it; the rest is room for others to wait for.
                 let room = origin.limit.max(1) - 1;
@@ -657,7 +677,9 @@ impl UpstreamClient {
                             ..
                         } = &mut *locked;
                         h2_origins.retain(|key, origin| {
-                            origin.opening.is_some() || origins.contains_key(key)
+                            origin.opening.is_some()
+                                || origin.dialling > 0
+                                || origins.contains_key(key)
                         });
                     }
                     locked.h2_origins.insert(
@@ -669,7 +691,9 @@ impl UpstreamClient {
                         },
                     );
                 }
-                if let Some(origin) = locked.h2_origins.get_mut(key) {
+                // The first connection to the origin has read the vendor's SETTINGS; later ones
+                // assumed this limit (it is refreshed from the pool when the next one opens).
+                if let (None, Some(origin)) = (&opening, locked.h2_origins.get_mut(key)) {
                     origin.limit = conn.streams.limit();
                 }
                 // Calls waited for it if they took room from its opening (which another opening
@@ -686,7 +710,16 @@ impl UpstreamClient {
                 }
             }
             Sender::H1(_) => {
-                locked.h2_origins.remove(key);
+                // No longer h2, unless other calls are opening connections to it still (their
+                // `Opening`s count down `dialling` in this entry).
+                let ours = usize::from(opening.is_some());
+                if locked
+                    .h2_origins
+                    .get(key)
+                    .is_some_and(|origin| origin.dialling <= ours)
+                {
+                    locked.h2_origins.remove(key);
+                }
             }
         }
         Ok((sender.lease(), addr))

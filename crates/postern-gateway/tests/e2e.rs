@@ -891,37 +891,51 @@ async fn calls_past_an_h2_vendors_stream_limit_open_another_connection() {
     gw.stop().await;
 }
 
-/// A worker opens at most 64 connections to an h2 origin for room: with a vendor allowing one
-/// stream per connection, 70 calls at once open 63 beside the one it holds, and the 6 past the
-/// cap wait for a stream in one of them (the burst takes two answers' time, not one).
+/// A worker opens at most 64 connections to an h2 origin for room, those being opened counted:
+/// with a vendor allowing one stream per connection, 70 calls at once open 63 beside the one it
+/// holds, and the 6 past the cap wait for a stream in one of them (the burst takes two answers'
+/// time, not one). Once all are closed as idle, the next 70 calls find none pooled: 64 dial and
+/// the 6 past the cap wait for one being opened.
 #[tokio::test]
 async fn past_64_connections_to_an_h2_vendor_calls_wait_for_a_stream() {
     let answer_after = std::time::Duration::from_millis(1000);
     let vendor = TestVendor::tls_with_stream_limit(TestVendor::ok_handler(), 1, answer_after).await;
     let h2c = h2c_client();
-    let gw = stripe_gateway(&vendor, "").await;
+    let gw = stripe_gateway(&vendor, "idle_timeout_ms = 1000").await;
     assert_eq!(get_charge(&h2c, &gw).await.unwrap().status(), 200);
-    let started = std::time::Instant::now();
-    let mut burst = tokio::task::JoinSet::new();
-    for _ in 0..70 {
-        let call = get_charge(&h2c, &gw);
-        burst.spawn(async move {
-            let response = call.await.unwrap();
-            let status = response.status().as_u16();
-            response.bytes().await.unwrap();
-            status
-        });
-    }
-    let statuses = tokio::time::timeout(std::time::Duration::from_secs(60), burst.join_all())
-        .await
-        .expect("the burst is answered");
-    assert_eq!(statuses, [200; 70]);
+    let burst_of_seventy = || async {
+        let started = std::time::Instant::now();
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..70 {
+            let call = get_charge(&h2c, &gw);
+            burst.spawn(async move {
+                let response = call.await.unwrap();
+                let status = response.status().as_u16();
+                response.bytes().await.unwrap();
+                status
+            });
+        }
+        let statuses = tokio::time::timeout(std::time::Duration::from_secs(60), burst.join_all())
+            .await
+            .expect("the burst is answered");
+        assert_eq!(statuses, [200; 70]);
+        assert!(
+            started.elapsed() >= answer_after * 2,
+            "the burst took {:?}: no call waited for a stream",
+            started.elapsed()
+        );
+    };
+    burst_of_seventy().await;
     assert_eq!(vendor.connections(), 64);
-    assert!(
-        started.elapsed() >= answer_after * 2,
-        "the burst took {:?}: no call waited for a stream",
-        started.elapsed()
-    );
+    for _ in 0..150 {
+        if vendor.closed() == 64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(vendor.closed(), 64, "the idle connections were closed");
+    burst_of_seventy().await;
+    assert_eq!(vendor.connections(), 128);
     gw.stop().await;
 }
 
@@ -934,7 +948,12 @@ async fn an_h2_connection_busy_past_idle_timeout_is_not_idle() {
     let vendor = TestVendor::tls_with_stream_limit(TestVendor::ok_handler(), 1, answer_after).await;
     let h2c = h2c_client();
     let gw = stripe_gateway(&vendor, "idle_timeout_ms = 1000").await;
-    let call = || async { get_charge(&h2c, &gw).await.unwrap().status().as_u16() };
+    let call = || async {
+        let response = get_charge(&h2c, &gw).await.unwrap();
+        let status = response.status().as_u16();
+        response.bytes().await.unwrap();
+        status
+    };
     let later = || async {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         call().await
