@@ -146,8 +146,8 @@ pub enum UpstreamError {
 ///   with room while another call opens one wait for that one, as many as its limit (the
 ///   origin's, as its pooled connections last heard it) leaves room for; the first calls to an origin not yet known
 ///   dial at once, and those extra connections serve their own call only unless every other
-///   is full. The first connection to an origin is used once the vendor's SETTINGS have been
-///   read (within `connect_timeout`); a later one assumes its predecessor's limit until then.
+///   is full. A new h2 connection is used once the vendor's SETTINGS have been read (within
+///   `connect_timeout`): a stream past the limit sent before would be refused.
 ///   At most `MAX_H2_PER_ORIGIN` connections, pooled or being opened, per origin and worker:
 ///   past that, a call waits for one being opened, or for a stream in the least loaded one (a
 ///   vendor announcing a limit of 0 gets one call per connection, waiting in it). The first
@@ -263,7 +263,7 @@ struct Pool {
 
 /// What the pool remembers of an origin that speaks h2.
 struct H2Origin {
-    /// The vendor's stream limit: read by the first connection to it, refreshed from the
+    /// The vendor's stream limit as the last connection opened read it, refreshed from the
     /// pooled connections (whose SETTINGS keep theirs current) each time another is opened.
     limit: usize,
     /// While a call opens a connection to it: how to wait for that connection, and how many
@@ -648,12 +648,12 @@ impl UpstreamClient {
                     }
                 })?;
             match tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                // A known origin's new connection takes its last one's limit until the vendor
-                // says otherwise; the first waits for the vendor's SETTINGS.
-                true => match &opening {
-                    Some(opening) => h2_handshake(tls, opening.limit, None).await?,
-                    None => h2_handshake(tls, usize::MAX, Some(self.inner.connect_timeout)).await?,
-                },
+                // Used once the vendor's SETTINGS are read: a stream past its limit sent before
+                // that would be refused (REFUSED_STREAM), and hyper does not send it again.
+                true => {
+                    let assumed = opening.as_ref().map_or(usize::MAX, |opening| opening.limit);
+                    h2_handshake(tls, assumed, self.inner.connect_timeout).await?
+                }
                 false => Sender::H1(crate::h1::Connection::new(crate::h1::Io::Tls(Box::new(
                     tls,
                 )))),
@@ -691,9 +691,7 @@ impl UpstreamClient {
                         },
                     );
                 }
-                // The first connection to the origin has read the vendor's SETTINGS; later ones
-                // assumed this limit (it is refreshed from the pool when the next one opens).
-                if let (None, Some(origin)) = (&opening, locked.h2_origins.get_mut(key)) {
+                if let Some(origin) = locked.h2_origins.get_mut(key) {
                     origin.limit = conn.streams.limit();
                 }
                 // Calls waited for it if they took room from its opening (which another opening
@@ -784,14 +782,10 @@ async fn sweep(pool: std::sync::Weak<Mutex<Pool>>, idle_timeout: Duration) {
 }
 
 /// Starts an h2 connection over `io`; its task runs on this thread's runtime until every sender
-/// is gone or the vendor closes it. `limit` is the stream limit assumed until the vendor's
-/// SETTINGS say; with `settle`, answers once they have been read (or the connection ended),
-/// or after that long without them.
-async fn h2_handshake<T>(
-    io: T,
-    limit: usize,
-    settle: Option<Duration>,
-) -> Result<Sender, hyper::Error>
+/// is gone or the vendor closes it. Answers once the vendor's SETTINGS have been read (or the
+/// connection ended), or after `settle` without them, the stream limit then assumed to be
+/// `limit`.
+async fn h2_handshake<T>(io: T, limit: usize, settle: Duration) -> Result<Sender, hyper::Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -810,9 +804,7 @@ where
     });
     // The vendor sends its SETTINGS first; the connection's task reads them. A vendor that
     // does not is left to hyper, which fails the connection (the limit stays as assumed).
-    if let Some(settle) = settle {
-        let _ = tokio::time::timeout(settle, streams.settled()).await;
-    }
+    let _ = tokio::time::timeout(settle, streams.settled()).await;
     Ok(Sender::H2(H2Conn { tx, streams }))
 }
 
