@@ -10,7 +10,8 @@
 //!   connection and lives in the call's response body.
 //! - [`SettingsWatch`] wraps the connection's decrypted byte stream and reads the vendor's
 //!   SETTINGS frames off the frame headers as they pass to hyper (RFC 9113 §4.1, §6.5): nothing
-//!   is copied or changed, and a DATA frame's payload is skipped whole.
+//!   is changed, only a header split across reads is gathered (9 bytes), and any other frame's
+//!   payload, DATA's included, is skipped whole.
 
 use std::io;
 use std::pin::Pin;

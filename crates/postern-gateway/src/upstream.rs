@@ -295,6 +295,13 @@ struct H2Conn {
     streams: Arc<H2Streams>,
 }
 
+impl H2Conn {
+    /// A stream of it for one call, counted until the call's response body is dropped.
+    fn lease(&self) -> Leased {
+        Leased::H2(self.tx.clone(), self.streams.reserve())
+    }
+}
+
 /// A connection as a call takes it: an HTTP/1.1 one whole, or a stream of an h2 one.
 enum Leased {
     H1(crate::h1::Connection),
@@ -318,10 +325,7 @@ impl Sender {
     fn lease(self) -> Leased {
         match self {
             Sender::H1(conn) => Leased::H1(conn),
-            Sender::H2(conn) => {
-                let slot = conn.streams.reserve();
-                Leased::H2(conn.tx, slot)
-            }
+            Sender::H2(conn) => conn.lease(),
         }
     }
 }
@@ -344,21 +348,17 @@ impl Pooled {
         }
         let idle_since = match &self.sender {
             Sender::H1(_) => Some(self.since),
-            Sender::H2(conn) => match conn.streams.active() {
-                0 => Some(
-                    conn.streams
-                        .idle_since()
-                        .map_or(self.since, |ended| ended.max(self.since)),
-                ),
-                _ => None,
-            },
+            Sender::H2(conn) if conn.streams.active() > 0 => None,
+            Sender::H2(conn) => Some(
+                conn.streams
+                    .idle_since()
+                    .map_or(self.since, |ended| ended.max(self.since)),
+            ),
         };
+        if idle_since.is_some_and(|since| now.saturating_duration_since(since) > idle_timeout) {
+            return State::Spent;
+        }
         match &self.sender {
-            _ if idle_since
-                .is_some_and(|since| now.saturating_duration_since(since) > idle_timeout) =>
-            {
-                State::Spent
-            }
             Sender::H2(conn) if !conn.streams.has_room() => State::Full,
             _ => State::Ready,
         }
@@ -384,10 +384,7 @@ impl Pool {
                 State::Ready => conns[i].since = now,
             }
             return Some(match &conns[i].sender {
-                Sender::H2(conn) => (
-                    Leased::H2(conn.tx.clone(), conn.streams.reserve()),
-                    conns[i].addr,
-                ),
+                Sender::H2(conn) => (conn.lease(), conns[i].addr),
                 Sender::H1(_) => {
                     let pooled = conns.swap_remove(i);
                     (pooled.sender.lease(), pooled.addr)
@@ -407,7 +404,7 @@ impl Pool {
             return None;
         }
         let (conn, addr) = h2().min_by_key(|(conn, _)| conn.streams.active())?;
-        Some((Leased::H2(conn.tx.clone(), conn.streams.reserve()), addr))
+        Some((conn.lease(), addr))
     }
 
     /// Pools `sender`. An h2 connection is kept beside the others when calls waited for it

@@ -808,43 +808,46 @@ async fn known_h2_vendor_no_connection(
     let gw = stripe_gateway(vendor, &format!("idle_timeout_ms = 1000\n{extra}")).await;
     assert_eq!(get_charge(h2c, &gw).await.unwrap().status(), 200);
     assert_eq!(vendor.connections(), 1);
+    until_closed(vendor, 1).await;
+    gw
+}
+
+/// Waits (up to 15 s) until `vendor` has seen `count` connections closed.
+async fn until_closed(vendor: &TestVendor, count: usize) {
     for _ in 0..150 {
-        if vendor.closed() == 1 {
+        if vendor.closed() == count {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(vendor.closed(), 1, "the idle connection was closed");
-    gw
+    assert_eq!(vendor.closed(), count, "the idle connections were closed");
 }
 
-/// Eight `get_charge` calls at once on `h2c`'s one connection (so on one worker): their
-/// statuses, once all are answered, bodies read (within 30 s).
-async fn burst_of_eight(gw: &TestGateway, h2c: &reqwest::Client) -> Vec<u16> {
-    let call = || async {
-        let response = get_charge(h2c, gw).await?;
-        let status = response.status();
-        response.bytes().await.map(|_| status)
-    };
-    let burst = async {
-        tokio::join!(
-            call(),
-            call(),
-            call(),
-            call(),
-            call(),
-            call(),
-            call(),
-            call()
-        )
-    };
-    let (a, b, c, d, e, f, g, h) = tokio::time::timeout(std::time::Duration::from_secs(30), burst)
+/// `get_charge`'s status, once its body has been read whole (so the call has ended on
+/// Postern's side, its vendor stream released).
+fn answered_status(
+    h2c: &reqwest::Client,
+    gw: &TestGateway,
+) -> impl std::future::Future<Output = u16> + Send + 'static {
+    let call = get_charge(h2c, gw);
+    async move {
+        let response = call.await.unwrap();
+        let status = response.status().as_u16();
+        response.bytes().await.unwrap();
+        status
+    }
+}
+
+/// `calls` `get_charge` calls at once on `h2c`'s one connection (so on one worker): their
+/// statuses, once all are answered, bodies read (within 60 s).
+async fn burst(gw: &TestGateway, h2c: &reqwest::Client, calls: usize) -> Vec<u16> {
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..calls {
+        burst.spawn(answered_status(h2c, gw));
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), burst.join_all())
         .await
-        .expect("the burst is answered");
-    [a, b, c, d, e, f, g, h]
-        .into_iter()
-        .map(|status| status.unwrap().as_u16())
-        .collect()
+        .expect("the burst is answered")
 }
 
 #[tokio::test]
@@ -853,7 +856,7 @@ async fn a_burst_to_a_known_h2_vendor_with_no_open_connection_opens_one() {
     let h2c = h2c_client();
     let gw = known_h2_vendor_no_connection(&vendor, "", &h2c).await;
     // One of the eight dials, the others wait for its connection instead of opening seven more.
-    assert_eq!(burst_of_eight(&gw, &h2c).await, [200; 8]);
+    assert_eq!(burst(&gw, &h2c, 8).await, [200; 8]);
     assert_eq!(vendor.seen().len(), 9);
     assert_eq!(vendor.connections(), 2, "one new connection for the burst");
     gw.stop().await;
@@ -873,15 +876,15 @@ async fn calls_past_an_h2_vendors_stream_limit_open_another_connection() {
     // One call first: the worker then holds a connection to an origin it knows speaks h2, with
     // a limit of one stream.
     assert_eq!(get_charge(&h2c, &gw).await.unwrap().status(), 200);
-    for burst in 0..3 {
+    for round in 0..3 {
         let started = std::time::Instant::now();
-        assert_eq!(burst_of_eight(&gw, &h2c).await, [200; 8]);
+        assert_eq!(burst(&gw, &h2c, 8).await, [200; 8]);
         assert!(
             started.elapsed() < answer_after * 7,
-            "burst {burst} took {:?}: its calls waited for streams one after another",
+            "burst {round} took {:?}: its calls waited for streams one after another",
             started.elapsed()
         );
-        assert_eq!(vendor.connections(), 8, "after burst {burst}");
+        assert_eq!(vendor.connections(), 8, "after burst {round}");
     }
     assert_eq!(vendor.seen().len(), 25);
     assert!(vendor
@@ -905,20 +908,7 @@ async fn past_64_connections_to_an_h2_vendor_calls_wait_for_a_stream() {
     assert_eq!(get_charge(&h2c, &gw).await.unwrap().status(), 200);
     let burst_of_seventy = || async {
         let started = std::time::Instant::now();
-        let mut burst = tokio::task::JoinSet::new();
-        for _ in 0..70 {
-            let call = get_charge(&h2c, &gw);
-            burst.spawn(async move {
-                let response = call.await.unwrap();
-                let status = response.status().as_u16();
-                response.bytes().await.unwrap();
-                status
-            });
-        }
-        let statuses = tokio::time::timeout(std::time::Duration::from_secs(60), burst.join_all())
-            .await
-            .expect("the burst is answered");
-        assert_eq!(statuses, [200; 70]);
+        assert_eq!(burst(&gw, &h2c, 70).await, [200; 70]);
         assert!(
             started.elapsed() >= answer_after * 2,
             "the burst took {:?}: no call waited for a stream",
@@ -927,13 +917,7 @@ async fn past_64_connections_to_an_h2_vendor_calls_wait_for_a_stream() {
     };
     burst_of_seventy().await;
     assert_eq!(vendor.connections(), 64);
-    for _ in 0..150 {
-        if vendor.closed() == 64 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(vendor.closed(), 64, "the idle connections were closed");
+    until_closed(&vendor, 64).await;
     burst_of_seventy().await;
     assert_eq!(vendor.connections(), 128);
     gw.stop().await;
@@ -948,12 +932,7 @@ async fn an_h2_connection_busy_past_idle_timeout_is_not_idle() {
     let vendor = TestVendor::tls_with_stream_limit(TestVendor::ok_handler(), 1, answer_after).await;
     let h2c = h2c_client();
     let gw = stripe_gateway(&vendor, "idle_timeout_ms = 1000").await;
-    let call = || async {
-        let response = get_charge(&h2c, &gw).await.unwrap();
-        let status = response.status().as_u16();
-        response.bytes().await.unwrap();
-        status
-    };
+    let call = || answered_status(&h2c, &gw);
     let later = || async {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         call().await
@@ -975,7 +954,7 @@ async fn calls_wait_for_a_connection_being_opened_only_as_far_as_its_limit_leave
     let vendor = TestVendor::tls_with_stream_limit(TestVendor::ok_handler(), 4, answer_after).await;
     let h2c = h2c_client();
     let gw = known_h2_vendor_no_connection(&vendor, "", &h2c).await;
-    assert_eq!(burst_of_eight(&gw, &h2c).await, [200; 8]);
+    assert_eq!(burst(&gw, &h2c, 8).await, [200; 8]);
     assert_eq!(vendor.seen().len(), 9);
     assert_eq!(vendor.connections(), 3, "two new connections for the burst");
     gw.stop().await;
@@ -991,7 +970,7 @@ async fn calls_waiting_on_a_failed_h2_dial_dial_for_themselves() {
     let gw = known_h2_vendor_no_connection(&vendor, "request_timeout_ms = 60000", &h2c).await;
     vendor.refuse_new_connections();
     let started = std::time::Instant::now();
-    assert_eq!(burst_of_eight(&gw, &h2c).await, [502; 8]);
+    assert_eq!(burst(&gw, &h2c, 8).await, [502; 8]);
     assert!(
         started.elapsed() < std::time::Duration::from_secs(20),
         "answered in {:?}, not at once",
