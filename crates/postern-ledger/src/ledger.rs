@@ -24,7 +24,7 @@ use crate::frame::{
 };
 use crate::store::{
     list_segments, load_or_create_signer, lock_dir, open_rw, read_file, segment_name, sync_dir,
-    HashFile, CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE, HASHES_FILE, LOG_DIR,
+    HashFile, CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE, HASHES_FILE, HASHES_REBUILD_FILE, LOG_DIR,
 };
 
 /// Default [`LedgerOptions::min_commit_interval_us`].
@@ -691,9 +691,11 @@ fn open_blocking(
     let hashes_on_disk =
         hashes.metadata().map_err(io_error(&hashes_path))?.len() / HASH_SIZE as u64;
     let checkpoint_size = latest.as_ref().map(|l| l.checkpoint.size);
+    let rebuild_path = dir.join(HASHES_REBUILD_FILE);
     let mut sync = HashFileSync::new(
         &hashes,
         &hashes_path,
+        &rebuild_path,
         hashes_on_disk,
         stored_hash_count(checkpoint_size.unwrap_or(0)),
     )?;
@@ -870,6 +872,13 @@ fn open_blocking(
 struct HashFileSync<'a> {
     path: &'a Path,
     file: &'a File,
+    /// The rewrite marker ([`HASHES_REBUILD_FILE`]).
+    marker: &'a Path,
+    /// A rewrite that a crash cut short started here: the stored hashes from here on are no
+    /// evidence, whatever they hold.
+    interrupted_from: Option<u64>,
+    /// The marker is on disk (found, or written for this rewrite): removed at the end.
+    marker_present: bool,
     reader: Option<BufReader<&'a File>>,
     writer: Option<BufWriter<&'a File>>,
     position: u64,
@@ -883,12 +892,25 @@ impl<'a> HashFileSync<'a> {
     fn new(
         file: &'a File,
         path: &'a Path,
+        marker: &'a Path,
         on_disk: u64,
         covered: u64,
     ) -> Result<Self, LedgerError> {
+        let (interrupted_from, marker_present) = match std::fs::read_to_string(marker) {
+            // Unreadable as a position: the marker itself was cut short, so no rewrite began.
+            Ok(text) => (text.trim().parse::<u64>().ok(), true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, false),
+            Err(e) => return Err(io_error(marker)(e)),
+        };
+        if let Some(from) = interrupted_from {
+            tracing::warn!(hash_file = %path.display(), from, "audit log: the stored hashes' rewrite was cut short; rewriting them from there");
+        }
         Ok(HashFileSync {
             path,
             file,
+            marker,
+            interrupted_from,
+            marker_present,
             reader: Some(BufReader::with_capacity(1 << 20, file)),
             writer: None,
             position: 0,
@@ -901,6 +923,18 @@ impl<'a> HashFileSync<'a> {
     fn switch_to_writing(&mut self) -> Result<(), LedgerError> {
         self.reader = None;
         self.rewritten_from = Some(self.position);
+        // Durable before the first byte changes (a marker of an earlier rewrite that started
+        // sooner stays, its range not yet rewritten whole).
+        if self
+            .interrupted_from
+            .is_none_or(|from| from > self.position)
+        {
+            let mut marker = File::create(self.marker).map_err(io_error(self.marker))?;
+            writeln!(marker, "{}", self.position).map_err(io_error(self.marker))?;
+            marker.sync_data().map_err(io_error(self.marker))?;
+            sync_dir(self.marker.parent().expect("in the ledger's directory"))?;
+            self.marker_present = true;
+        }
         self.file
             .set_len(self.position * HASH_SIZE as u64)
             .map_err(io_error(self.path))?;
@@ -924,9 +958,13 @@ impl<'a> HashFileSync<'a> {
                     self.position += 1;
                     continue;
                 }
-                // All zeros is no hash: a hole left by a rebuild that a crash interrupted
-                // (the file is synced only at the end), to be filled again.
-                if stored && self.position < self.covered && buf != [0u8; HASH_SIZE] {
+                // Past where a rewrite cut short by a crash started, anything may be stored
+                // (the file is synced only at the end); so may all zeros anywhere, no hash, a
+                // hole such a rewrite left before the marker existed: filled again.
+                let rewriting = self
+                    .interrupted_from
+                    .is_some_and(|from| self.position >= from);
+                if stored && self.position < self.covered && !rewriting && buf != [0u8; HASH_SIZE] {
                     return Err(LedgerError::Inconsistent(format!(
                         "{} does not match the stored Merkle tree ({}), which the last signed checkpoint covers: an entry at or before it was changed, removed or reordered, or that file was damaged; the ledger refuses to open and changes no file — run `postern audit verify`, then again with that file moved aside: if the entries then match the signed checkpoints, only the file was damaged, and the next start rebuilds it",
                         entry(),
@@ -953,6 +991,15 @@ impl<'a> HashFileSync<'a> {
                 .map_err(io_error(self.path))?;
         }
         self.file.sync_data().map_err(io_error(self.path))?;
+        if self.marker_present {
+            match std::fs::remove_file(self.marker) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_error(self.marker)(e))
+                }
+                _ => {}
+            }
+            sync_dir(self.marker.parent().expect("in the ledger's directory"))?;
+        }
         Ok(self.rewritten_from)
     }
 }

@@ -12,6 +12,11 @@ use crate::error::{io_error, LedgerError};
 
 pub(crate) const LOG_DIR: &str = "log";
 pub(crate) const HASHES_FILE: &str = "tree-hashes.bin";
+/// Present while the stored hashes are rewritten on open: the position the rewrite starts at.
+/// Written and synced before the first rewritten byte and removed once the rewrite is synced,
+/// so a crash part-way is told apart from a damaged file (whatever the cut-short rewrite left
+/// past that position, zeros or stale bytes, is rewritten again rather than taken as evidence).
+pub(crate) const HASHES_REBUILD_FILE: &str = "tree-hashes.rebuild";
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
 pub(crate) const CHECKPOINT_HISTORY_FILE: &str = "checkpoints.log";
 pub(crate) const KEY_FILE: &str = "signing-key";

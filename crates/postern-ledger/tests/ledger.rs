@@ -913,6 +913,46 @@ async fn a_stored_hash_past_the_checkpoint_that_differs_is_rewritten() {
     ledger.close().await;
 }
 
+/// A rewrite of the stored hashes that a crash cut short left its marker (written and synced
+/// before the first byte changed): from the position it names, whatever the file holds, even
+/// where a signed checkpoint covers it and not zeros (a torn write, a stale block), is
+/// rewritten rather than taken as evidence; before that position a difference is still refused.
+#[tokio::test]
+async fn a_hash_rewrite_cut_short_is_finished_on_open_from_where_it_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    let checkpoint = closed_ledger(tmp.path(), 50, 50).await;
+    let hashes = tmp.path().join("tree-hashes.bin");
+    let marker = tmp.path().join("tree-hashes.rebuild");
+    let mut stored = std::fs::read(&hashes).unwrap();
+    stored[32 * 40 + 5] ^= 0x01;
+    std::fs::write(&hashes, &stored).unwrap();
+
+    std::fs::write(&marker, "41\n").unwrap();
+    let err = Ledger::open(tmp.path(), options()).await.unwrap_err();
+    assert!(matches!(err, LedgerError::Inconsistent(_)), "{err}");
+    assert_eq!(std::fs::read(&hashes).unwrap(), stored);
+    assert!(marker.exists());
+
+    std::fs::write(&marker, "40\n").unwrap();
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.hashes_rewritten_from, Some(40));
+    assert_eq!(ledger.root(50).unwrap(), checkpoint.root_hash);
+    ledger.close().await;
+    assert!(!marker.exists(), "the marker outlived the rewrite");
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.hashes_rewritten_from, None);
+    ledger.close().await;
+
+    // A marker cut short itself (no position) means no rewrite began: the file is evidence.
+    let mut stored = std::fs::read(&hashes).unwrap();
+    stored[32 * 45 + 5] ^= 0x01;
+    std::fs::write(&hashes, &stored).unwrap();
+    std::fs::write(&marker, "").unwrap();
+    let err = Ledger::open(tmp.path(), options()).await.unwrap_err();
+    assert!(matches!(err, LedgerError::Inconsistent(_)), "{err}");
+    assert_eq!(std::fs::read(&hashes).unwrap(), stored);
+}
+
 #[tokio::test]
 async fn a_second_writer_is_refused_until_the_first_closes() {
     let tmp = tempfile::tempdir().unwrap();
