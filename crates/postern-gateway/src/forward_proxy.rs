@@ -118,13 +118,15 @@ async fn connect(
             );
         }
         authorize_tunnel(runtime, &integration, context)?;
+        // Granted, as a path-mode call is before its vendor is dialled: what befalls the dial
+        // (a refused address, the caller hanging up) is recorded as an allowed call's end.
+        progress.authorized = true;
         let guard = postern_netguard::Guard::new(integration.config.allow_private_networks.clone());
         let connect_timeout = Duration::from_millis(integration.config.connect_timeout_ms);
         let (upstream, addr) = dial(&guard, &host, port, connect_timeout)
             .await
             .map_err(|error| crate::proxy::connect_error(&host, &error))?;
         context.upstream_addr = Some(addr);
-        progress.authorized = true;
         progress.intent_index =
             crate::proxy::record_intent(shared, Some(&integration), context).await?;
         return Ok(open_tunnel(

@@ -993,8 +993,9 @@ fn dialling(port: u16) -> bool {
 }
 
 /// A caller that hangs up on its CONNECT while Postern still dials the destination leaves the
-/// call recorded: `499 caller_closed`, a denial (as for a refused address, the destination is
-/// authorized only once the dial returns), with an audit outcome and no intent.
+/// call recorded: `499 caller_closed`, a denial (as for a refused address, a host no
+/// integration registers is authorized only once the dial returns), with an audit outcome and
+/// no intent.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_connect_whose_caller_hangs_up_while_the_host_is_dialled_is_recorded() {
@@ -1016,5 +1017,48 @@ async fn a_connect_whose_caller_hangs_up_while_the_host_is_dialled_is_recorded()
     let outcome = hang_up_recorded(&gw, "deny", "tunnel").await;
     assert_eq!(outcome.intent_index, None);
     let events = gw.shut_down_for_events().await;
+    assert_eq!(events.len(), 1, "the call was recorded twice: {events:?}");
+}
+
+/// The same hang-up on a CONNECT to a registered integration's host (a tunnel): the caller's
+/// grant was checked before the dial, so the call is recorded as allowed, as a path-mode call
+/// whose caller leaves while the vendor is dialled.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_granted_tunnel_whose_caller_hangs_up_while_the_vendor_is_dialled_is_allowed() {
+    let (port, _listener, _queued) = full_listener().await;
+    let body = format!(
+        r#"
+[[integrations]]
+name = "opaque"
+vendor = "Opaque"
+owner = "team@example.com"
+upstream = "https://127.0.0.1:{port}"
+allow_private_networks = ["127.0.0.1/32"]
+hosts = ["127.0.0.1"]
+intercept = false
+connect_timeout_ms = 30000
+operations = [ {{ id = "any", method = "GET", path = "/v1/things/{{id}}" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "opaque"
+operations = ["*"]
+"#
+    );
+    let mut gw = TestGateway::start(&body, None).await;
+    let stream = send_proxy_head(&gw, &format!("CONNECT 127.0.0.1:{port} HTTP/1.1"), port).await;
+    let mut waited = 0;
+    while !dialling(port) {
+        assert!(waited < 500, "Postern never dialled the vendor");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    drop(stream);
+
+    let outcome = hang_up_recorded(&gw, "allow", "tunnel").await;
+    assert_eq!(outcome.intent_index, None);
+    let events = gw.shut_down_for_events().await;
+    assert_eq!(events[0]["integration"], "opaque");
     assert_eq!(events.len(), 1, "the call was recorded twice: {events:?}");
 }
