@@ -34,8 +34,9 @@
 //!
 //! Limits, known: the request is written in full before the answer is read, so a vendor that
 //! answers early but keeps the connection open without reading is heard once the body is
-//! written (or `request_timeout_ms` ends); connections are dropped without a TLS
-//! `close_notify`.
+//! written (or `request_timeout_ms` ends). A connection the pool closes for idling is shut down
+//! in order (TLS `close_notify`, then FIN: [`Connection::close`]); one that ends otherwise (the
+//! vendor closed it, an exchange failed, the gateway stopped) is dropped.
 
 use std::future::Future;
 use std::io;
@@ -165,6 +166,15 @@ impl Connection {
         let probe = std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_read(cx, &mut byte));
         let mut probe = std::pin::pin!(tokio::task::unconstrained(probe));
         matches!(probe.as_mut().poll(&mut cx), Poll::Pending)
+    }
+
+    /// Shuts the connection down in order: over TLS a `close_notify` alert, then the socket's
+    /// write side (FIN), so the vendor sees a close, not a truncation. Errors are the vendor's
+    /// concern: the connection is gone either way.
+    pub(crate) async fn close(mut self) {
+        if let Err(error) = self.io.shutdown().await {
+            tracing::debug!(%error, "closing an idle vendor connection");
+        }
     }
 
     async fn read_more(&mut self) -> io::Result<usize> {

@@ -431,12 +431,21 @@ impl Pool {
     }
 
     /// Drops closed connections and idle ones past `idle_timeout`, and origins left empty.
-    fn sweep(&mut self, idle_timeout: Duration) {
+    /// Drops the connections that closed or idled out; answers the HTTP/1.1 ones among them, to
+    /// be closed in order outside the lock (an h2 connection's task closes it once its sender is
+    /// dropped: GOAWAY, then the same shutdown).
+    fn sweep(&mut self, idle_timeout: Duration) -> Vec<crate::h1::Connection> {
         let now = Instant::now();
+        let mut spent = Vec::new();
         self.origins.retain(|_, conns| {
-            conns.retain_mut(|conn| conn.state(now, idle_timeout) != State::Spent);
+            let gone = conns.extract_if(.., |conn| conn.state(now, idle_timeout) == State::Spent);
+            spent.extend(gone.filter_map(|pooled| match pooled.sender {
+                Sender::H1(conn) => Some(conn),
+                Sender::H2(_) => None,
+            }));
             !conns.is_empty()
         });
+        spent
     }
 }
 
@@ -491,17 +500,24 @@ impl UpstreamClient {
                                 dialling,
                                 ..
                             }) if *room > 0 || *dialling >= MAX_H2_PER_ORIGIN => {
+                                let took = *room > 0;
                                 *room = room.saturating_sub(1);
-                                (None, Some(wait.clone()))
+                                let claim = RoomClaim {
+                                    pool,
+                                    key: &key,
+                                    wait: wait.clone(),
+                                    took,
+                                };
+                                (None, Some(claim))
                             }
                             _ => (None, None),
                         },
                     }
                 };
-                if let Some(mut opening) = opening {
+                if let Some(claim) = opening {
                     // Another call is opening this h2 origin's connection: take it once it is up
                     // (the value changes); if that attempt failed (the sender is gone), dial.
-                    dial_now = opening.changed().await.is_err();
+                    dial_now = claim.settled().await.is_err();
                     continue;
                 }
                 let fresh = pooled.is_none();
@@ -751,6 +767,45 @@ impl Drop for Opening {
     }
 }
 
+/// A call's place among those waiting for a connection being opened (the room it took from the
+/// opening, if any). A call cancelled while it waits (its caller gone, its deadline passed) gives
+/// that room back, so the calls that come after it wait for the connection instead of each
+/// dialling one.
+struct RoomClaim<'a> {
+    pool: &'a Mutex<Pool>,
+    key: &'a OriginKey,
+    wait: tokio::sync::watch::Receiver<()>,
+    /// Room was taken (past `MAX_H2_PER_ORIGIN`, calls wait without taking any).
+    took: bool,
+}
+
+impl RoomClaim<'_> {
+    /// Waits for the opening's end: `Ok` once its connection is in the pool, `Err` if it failed.
+    /// The room is spent either way.
+    async fn settled(mut self) -> Result<(), tokio::sync::watch::error::RecvError> {
+        let settled = self.wait.changed().await;
+        self.took = false;
+        settled
+    }
+}
+
+impl Drop for RoomClaim<'_> {
+    fn drop(&mut self) {
+        if !self.took {
+            return;
+        }
+        if let Some(H2Origin {
+            opening: Some((wait, room)),
+            ..
+        }) = lock(self.pool).h2_origins.get_mut(self.key)
+        {
+            if wait.same_channel(&self.wait) {
+                *room += 1;
+            }
+        }
+    }
+}
+
 fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
     // A panic while holding the lock leaves the pool consistent (every step is a push or a
     // remove), so a poisoned lock is taken as is.
@@ -771,9 +826,14 @@ async fn sweep(pool: std::sync::Weak<Mutex<Pool>>, idle_timeout: Duration) {
     let _sweeping = Sweeping(pool.clone());
     loop {
         tokio::time::sleep(idle_timeout.max(Duration::from_secs(1))).await;
-        match pool.upgrade() {
+        let spent = match pool.upgrade() {
             Some(pool) => lock(&pool).sweep(idle_timeout),
             None => return,
+        };
+        for conn in spent {
+            // Over TLS, `close_notify` goes into the socket's send buffer: it does not wait on
+            // the vendor, and the bound is only against a full buffer.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
         }
     }
 }

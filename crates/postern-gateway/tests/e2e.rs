@@ -960,6 +960,62 @@ async fn calls_wait_for_a_connection_being_opened_only_as_far_as_its_limit_leave
     gw.stop().await;
 }
 
+/// Postern closes a vendor connection that idled out in order: over TLS a `close_notify` before
+/// the end, so the vendor sees a close rather than a truncation; HTTP/1.1 (closed by the pool's
+/// sweep) and h2 (by hyper once the pool drops it) alike.
+#[tokio::test]
+async fn idle_vendor_connections_are_closed_with_close_notify() {
+    for vendor in [
+        TestVendor::tls_http1(TestVendor::ok_handler()).await,
+        TestVendor::tls(TestVendor::ok_handler()).await,
+    ] {
+        let gw = stripe_gateway(&vendor, "idle_timeout_ms = 1000").await;
+        assert_eq!(answered_status(&client(), &gw).await, 200);
+        until_closed(&vendor, 1).await;
+        assert_eq!(vendor.clean_closes(), 1, "no close_notify before the end");
+        gw.stop().await;
+    }
+}
+
+/// Calls waiting for a connection being opened give their place back when they are cancelled:
+/// while one call opens a connection to a vendor allowing four streams, three calls wait for
+/// it and their callers give up; three more calls that come after them wait for the same
+/// connection too, rather than each dialling one (as they did when the cancelled calls' places
+/// stayed taken).
+#[tokio::test]
+async fn calls_cancelled_while_waiting_for_a_connection_give_their_place_back() {
+    let no_wait = std::time::Duration::ZERO;
+    let vendor = TestVendor::tls_with_stream_limit(TestVendor::ok_handler(), 4, no_wait).await;
+    let h2c = h2c_client();
+    let gw = known_h2_vendor_no_connection(&vendor, "", &h2c).await;
+    vendor.stall_new_connections(std::time::Duration::from_millis(1500));
+    let pause = |millis| tokio::time::sleep(std::time::Duration::from_millis(millis));
+    let opener = tokio::spawn(answered_status(&h2c, &gw));
+    pause(300).await;
+    // On the same client connection as the others, so on the same worker and its pool.
+    let mut cancelled = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let impatient = h2c
+            .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+            .bearer_auth(&gw.token)
+            .timeout(std::time::Duration::from_millis(300));
+        cancelled.spawn(impatient.send());
+    }
+    for gave_up in cancelled.join_all().await {
+        assert!(gave_up.unwrap_err().is_timeout());
+    }
+    pause(100).await;
+    let later = burst(&gw, &h2c, 3);
+    assert_eq!(later.await, [200; 3]);
+    assert_eq!(opener.await.unwrap(), 200);
+    assert_eq!(
+        vendor.connections(),
+        2,
+        "the later calls shared the connection being opened"
+    );
+    gw.stop().await;
+}
+
 /// The other side of the burst above: the call that dials a known h2 vendor fails, and the
 /// calls waiting for its connection are woken at once and dial for themselves (each failing
 /// on its own) instead of waiting out `request_timeout_ms`.

@@ -141,6 +141,10 @@ pub struct TestVendor {
     closed: Arc<std::sync::atomic::AtomicUsize>,
     /// Set: new connections are accepted and dropped at once (their handshake fails).
     refusing: Arc<std::sync::atomic::AtomicBool>,
+    /// Milliseconds a new connection waits, once accepted, before its handshake is answered.
+    stalling: Arc<std::sync::atomic::AtomicU64>,
+    /// TLS connections whose client closed them in order (`close_notify` before the end).
+    clean_closes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TestVendor {
@@ -254,6 +258,10 @@ impl TestVendor {
         let ended = closed.clone();
         let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let refuse = refusing.clone();
+        let stalling = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stall = stalling.clone();
+        let clean_closes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let clean = clean_closes.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -269,7 +277,10 @@ impl TestVendor {
                 let handler = handler.clone();
                 let recorded = recorded.clone();
                 let ended = ended.clone();
+                let clean = clean.clone();
+                let stall = stall.load(std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(stall)).await;
                     let service = hyper::service::service_fn(
                         move |request: Request<hyper::body::Incoming>| {
                             let handler = handler.clone();
@@ -318,6 +329,11 @@ impl TestVendor {
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(stream).await {
+                                let stream = EofWatch {
+                                    inner: stream,
+                                    clean,
+                                    seen: false,
+                                };
                                 let _ = builder
                                     .serve_connection(TokioIo::new(stream), service)
                                     .await;
@@ -340,6 +356,8 @@ impl TestVendor {
             connections,
             closed,
             refusing,
+            stalling,
+            clean_closes,
         }
     }
 
@@ -350,9 +368,23 @@ impl TestVendor {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// From now on, new connections wait `stall` once accepted before their handshake is
+    /// answered (a vendor slow to open a connection).
+    pub fn stall_new_connections(&self, stall: std::time::Duration) {
+        let millis = u64::try_from(stall.as_millis()).unwrap();
+        self.stalling
+            .store(millis, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// TLS connections the client has closed in order so far: a `close_notify` before the end
+    /// of the stream (without one, rustls reads the end as a truncation, an error).
+    pub fn clean_closes(&self) -> usize {
+        self.clean_closes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Connections that have ended so far.
@@ -369,6 +401,56 @@ impl TestVendor {
             .last()
             .cloned()
             .expect("the vendor saw no request")
+    }
+}
+
+/// Reads through to `inner`, counting in `clean` the first end of stream read as such.
+struct EofWatch<S> {
+    inner: S,
+    clean: Arc<std::sync::atomic::AtomicUsize>,
+    seen: bool,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofWatch<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let read = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let ended = matches!(read, std::task::Poll::Ready(Ok(())))
+            && buf.filled().len() == before
+            && buf.remaining() > 0;
+        if ended && !self.seen {
+            self.seen = true;
+            self.clean.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        read
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EofWatch<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
