@@ -268,31 +268,41 @@ fn parse(buf: &mut BytesMut, max_header_bytes: usize) -> Parse {
     }
     let mut body_len = None;
     let mut close = false;
+    // Read through the whole head (not left at the first header that sends it to hyper): a
+    // request with both Content-Length and Transfer-Encoding is served here whatever else it
+    // has, so that the pipeline refuses it (`conflicting_framing`).
+    let (mut lengths, mut chunked, mut handoff) = (0, false, false);
     for found in parsed.headers.iter() {
         let name = found.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
             match (body_len, crate::h1::parse_length(found.value)) {
                 (None, Some(length)) if length <= MAX_READ_BODY_BYTES => body_len = Some(length),
-                _ => return Parse::Handoff,
+                _ => handoff = true,
             }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            chunked = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             if found.value.eq_ignore_ascii_case(b"close") {
                 close = true;
             } else if !found.value.eq_ignore_ascii_case(b"keep-alive") {
-                return Parse::Handoff;
+                handoff = true;
             }
-        } else if [
-            &b"transfer-encoding"[..],
-            b"expect",
-            b"upgrade",
-            b"te",
-            b"http2-settings",
-        ]
-        .iter()
-        .any(|special| name.eq_ignore_ascii_case(special))
+        } else if [&b"expect"[..], b"upgrade", b"te", b"http2-settings"]
+            .iter()
+            .any(|special| name.eq_ignore_ascii_case(special))
         {
-            return Parse::Handoff;
+            handoff = true;
         }
+    }
+    // Both framings (a request-smuggling shape): no body is read (which length would it be?),
+    // the head goes on to be refused, and the connection closes after the answer, as its next
+    // byte cannot be found.
+    let conflicting = lengths > 0 && chunked;
+    if conflicting {
+        (body_len, close) = (None, true);
+    } else if handoff || chunked {
+        return Parse::Handoff;
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parse::Handoff;
@@ -598,7 +608,16 @@ mod tests {
                 assert_eq!(&buf[..], bytes, "a hand-off keeps every byte");
                 "hyper"
             }
-            Parse::Request(..) => "here",
+            Parse::Request(request, body_len, close) => {
+                let headers = request.headers();
+                if headers.contains_key(header::CONTENT_LENGTH)
+                    && headers.contains_key(header::TRANSFER_ENCODING)
+                {
+                    assert_eq!((body_len, close), (0, true), "no body read, then close");
+                    return "refused here";
+                }
+                "here"
+            }
         }
     }
 
@@ -623,7 +642,11 @@ mod tests {
             ),
             (
                 b"POST /a HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
-                "hyper",
+                "refused here",
+            ),
+            (
+                b"POST /a HTTP/1.1\r\nexpect: 100-continue\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n",
+                "refused here",
             ),
             (
                 b"POST /a HTTP/1.1\r\ncontent-length: 4\r\nContent-Length: 4\r\n\r\n",
