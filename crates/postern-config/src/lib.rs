@@ -71,6 +71,8 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Default for [`IntegrationConfig::response_idle_timeout_ms`] and
 /// [`ProxyConfig::response_idle_timeout_ms`]: the caller connection's own idle limit.
 pub const DEFAULT_RESPONSE_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// Default for [`IntegrationConfig::total_timeout_ms`]: ten minutes.
+pub const DEFAULT_TOTAL_TIMEOUT_MS: u64 = 600_000;
 /// Default for [`IntegrationConfig::idle_timeout_ms`].
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 90_000;
 /// Default for [`IntegrationConfig::max_request_body_bytes`]: 10 MiB.
@@ -95,7 +97,28 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// The path the config was loaded from, as given to [`load`] / [`parse`].
     pub source_path: PathBuf,
+    /// Where the keys that name files or compile later sit in the text, for [`KeyProblem`]s.
+    locations: std::collections::HashMap<String, (usize, usize)>,
 }
+
+/// A problem with a config value that only using it shows: a file it names cannot be read or
+/// parsed, the Cedar policies do not compile. `key` says which value, as `gateway.<key>` or
+/// `integrations.<name>.<key>`; [`Config::diagnostic`] places it in the file. Displays as its
+/// message.
+#[derive(Debug)]
+pub struct KeyProblem {
+    pub key: String,
+    pub message: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for KeyProblem {}
 
 impl Config {
     /// The integration called `name`, if any.
@@ -108,6 +131,25 @@ impl Config {
     /// The caller called `name`, if any.
     pub fn caller(&self, name: &str) -> Option<&CallerConfig> {
         self.callers.iter().find(|caller| caller.name == name)
+    }
+
+    /// The line and column (1-based) of `key` (`gateway.policies`, `integrations.stripe.ca_file`)
+    /// in the file, if it is one of the keys whose place is kept: `tls_cert`, `tls_key`,
+    /// `client_ca`, `policies` and `scan_rules` in `[gateway]`; `upstream`, `credential`,
+    /// `operations`, `ca_file` and `client_certificate` in an integration.
+    pub fn locate(&self, key: &str) -> Option<(usize, usize)> {
+        self.locations.get(key).copied()
+    }
+
+    /// `problem` as a diagnostic placed at its key (`0:0` if its place is not kept).
+    pub fn diagnostic(&self, problem: &KeyProblem) -> Diagnostic {
+        let (line, column) = self.locate(&problem.key).unwrap_or((0, 0));
+        Diagnostic {
+            line,
+            column,
+            message: problem.message.clone(),
+            fix: problem.fix.clone(),
+        }
     }
 }
 
@@ -291,8 +333,15 @@ pub struct IntegrationConfig {
     pub idle_timeout_ms: u64,
     /// How long the vendor may send no body data while a call streams its answer; 0: never.
     pub response_idle_timeout_ms: u64,
+    /// The longest a call may last, from its arrival until the vendor's answer has ended; 0:
+    /// no limit.
+    pub total_timeout_ms: u64,
     pub max_request_body_bytes: u64,
     pub max_response_body_bytes: u64,
+    /// The largest header section this integration's requests may have (each field's name and
+    /// value plus 4 bytes, and the request target); `None`: only `[gateway] max_header_bytes`,
+    /// which every request already meets.
+    pub max_header_bytes: Option<usize>,
 }
 
 /// How the gateway authenticates to the upstream. Names the secret; never holds it.

@@ -157,9 +157,13 @@ pub(crate) struct RawIntegration {
     #[serde(default)]
     pub response_idle_timeout_ms: Option<u64>,
     #[serde(default)]
+    pub total_timeout_ms: Option<u64>,
+    #[serde(default)]
     pub max_request_body_bytes: Option<u64>,
     #[serde(default)]
     pub max_response_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub max_header_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

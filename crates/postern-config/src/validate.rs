@@ -41,8 +41,11 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
         text,
         base_dir: base_dir(path),
         errors: Vec::new(),
+        max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        locations: HashMap::new(),
     };
     let gateway = validator.gateway(raw.gateway.into_inner());
+    validator.max_header_bytes = gateway.max_header_bytes;
     let callers = validator.callers(raw.callers);
     let integrations = validator.integrations(raw.integrations);
     let grants = validator.grants(raw.grants, &callers, &integrations);
@@ -55,6 +58,7 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
             grants,
             proxy,
             source_path: path.to_path_buf(),
+            locations: validator.locations,
         })
     } else {
         let mut errors = validator.errors;
@@ -89,9 +93,19 @@ struct Validator<'t> {
     text: &'t str,
     base_dir: PathBuf,
     errors: Vec<Diagnostic>,
+    /// `[gateway] max_header_bytes`, once read: an integration's may not exceed it.
+    max_header_bytes: usize,
+    /// Kept for [`Config::locate`].
+    locations: HashMap<String, (usize, usize)>,
 }
 
 impl Validator<'_> {
+    /// Keeps where `key`'s value starts, for [`Config::locate`].
+    fn keep_location(&mut self, key: String, span: Range<usize>) {
+        let place = line_column(self.text, span.start);
+        self.locations.insert(key, place);
+    }
+
     fn error(&mut self, span: Range<usize>, message: impl Into<String>, fix: impl Into<String>) {
         self.errors
             .push(diagnostic_at(self.text, span, message, fix));
@@ -183,6 +197,18 @@ impl Validator<'_> {
     }
 
     fn gateway(&mut self, raw: RawGateway) -> GatewayConfig {
+        let files = [
+            ("tls_cert", &raw.tls_cert),
+            ("tls_key", &raw.tls_key),
+            ("client_ca", &raw.client_ca),
+            ("policies", &raw.policies),
+            ("scan_rules", &raw.scan_rules),
+        ];
+        for (key, value) in files {
+            if let Some(value) = value {
+                self.keep_location(format!("gateway.{key}"), value.span());
+            }
+        }
         let listen = self.socket_addr(&raw.listen, "listen");
         let admin_listen = self.socket_addr(&raw.admin_listen, "admin_listen");
         if listen == admin_listen && listen.port() != 0 {
@@ -476,6 +502,21 @@ impl Validator<'_> {
     }
 
     fn integration(&mut self, name: String, raw: RawIntegration) -> IntegrationConfig {
+        let spans = [
+            ("upstream", Some(raw.upstream.span())),
+            ("credential", raw.credential.as_ref().map(Spanned::span)),
+            ("operations", Some(raw.operations.span())),
+            ("ca_file", raw.ca_file.as_ref().map(Spanned::span)),
+            (
+                "client_certificate",
+                raw.client_certificate.as_ref().map(Spanned::span),
+            ),
+        ];
+        for (key, span) in spans {
+            if let Some(span) = span {
+                self.keep_location(format!("integrations.{name}.{key}"), span);
+            }
+        }
         let vendor = self.non_empty_text(&raw.vendor, "vendor", "the company behind the API");
         let owner = self.non_empty_text(&raw.owner, "owner", "the team or person responsible");
         let docs_url = raw.docs_url.as_ref().map(|value| {
@@ -611,13 +652,39 @@ impl Validator<'_> {
             response_idle_timeout_ms: raw
                 .response_idle_timeout_ms
                 .unwrap_or(DEFAULT_RESPONSE_IDLE_TIMEOUT_MS),
+            total_timeout_ms: raw.total_timeout_ms.unwrap_or(DEFAULT_TOTAL_TIMEOUT_MS),
             max_request_body_bytes: raw
                 .max_request_body_bytes
                 .unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES),
             max_response_body_bytes: raw
                 .max_response_body_bytes
                 .unwrap_or(DEFAULT_MAX_RESPONSE_BODY_BYTES),
+            max_header_bytes: raw
+                .max_header_bytes
+                .as_ref()
+                .map(|value| self.integration_header_bytes(value)),
         }
+    }
+
+    /// An integration's `max_header_bytes`: from the smallest the gateway takes up to the
+    /// gateway's own.
+    fn integration_header_bytes(&mut self, value: &Spanned<u64>) -> usize {
+        let bytes = usize::try_from(*value.get_ref()).unwrap_or(usize::MAX);
+        let most = self.max_header_bytes;
+        if bytes < MIN_MAX_HEADER_BYTES {
+            self.error(
+                value.span(),
+                format!("`max_header_bytes` = {bytes} is too small; the minimum is {MIN_MAX_HEADER_BYTES}"),
+                format!("use a value from {MIN_MAX_HEADER_BYTES} to {most}, or remove the key for the gateway's limit"),
+            );
+        } else if bytes > most {
+            self.error(
+                value.span(),
+                format!("`max_header_bytes` = {bytes} is more than the gateway's ({most}), which every request meets first"),
+                format!("use a value up to {most}, or raise `max_header_bytes` in [gateway]"),
+            );
+        }
+        bytes
     }
 
     fn proxy(&mut self, raw: Option<RawProxy>) -> ProxyConfig {

@@ -61,6 +61,8 @@ pub enum BodyError {
     ResponseTooLarge(u64),
     #[error("the vendor sent no body data for {0:?} (response_idle_timeout_ms)")]
     UpstreamIdle(std::time::Duration),
+    #[error("the vendor's answer did not end within {0:?} of the call's start (total_timeout_ms)")]
+    UpstreamTotal(std::time::Duration),
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
     #[error(transparent)]
@@ -338,14 +340,43 @@ pub struct PendingAudit {
     pub intent_index: Option<u64>,
 }
 
-/// How long a vendor's body may send nothing (`response_idle_timeout_ms`; 0 is no limit), for
+/// How long a vendor's body may send nothing (`response_idle_timeout_ms`; 0 is no limit), and
+/// when the call must be over (`total_timeout_ms`, from its start; 0 is no limit), for
 /// [`ResponseBody`] and for payload scanning's read. The timer is made the first time the body
 /// has to wait (a body that arrives with its head, the usual case, never makes one) and moved
-/// on after each frame that arrived since.
+/// on after each frame that arrived since, never past the call's end.
 pub struct Stall {
     idle: Option<std::time::Duration>,
+    /// When the call must be over, and the limit that says so.
+    total: Option<(tokio::time::Instant, std::time::Duration)>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     progressed: bool,
+}
+
+/// The limit a vendor's body went past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overdue {
+    /// No body data for `response_idle_timeout_ms`.
+    Idle(std::time::Duration),
+    /// The call lasted `total_timeout_ms`.
+    Total(std::time::Duration),
+}
+
+impl Overdue {
+    /// The event's reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Overdue::Idle(_) => "upstream_idle_timeout",
+            Overdue::Total(_) => "upstream_total_timeout",
+        }
+    }
+
+    fn error(self) -> BodyError {
+        match self {
+            Overdue::Idle(idle) => BodyError::UpstreamIdle(idle),
+            Overdue::Total(total) => BodyError::UpstreamTotal(total),
+        }
+    }
 }
 
 impl Stall {
@@ -353,9 +384,19 @@ impl Stall {
         Stall {
             idle: (response_idle_timeout_ms > 0)
                 .then(|| std::time::Duration::from_millis(response_idle_timeout_ms)),
+            total: None,
             sleep: None,
             progressed: false,
         }
+    }
+
+    /// The call started at `started` and must be over `total_timeout_ms` later (0: no limit).
+    pub fn ending(mut self, started: std::time::Instant, total_timeout_ms: u64) -> Self {
+        if total_timeout_ms > 0 {
+            let total = std::time::Duration::from_millis(total_timeout_ms);
+            self.total = Some((tokio::time::Instant::from_std(started) + total, total));
+        }
+        self
     }
 
     /// A frame arrived: the next wait starts the clock again.
@@ -364,21 +405,46 @@ impl Stall {
     }
 
     /// The body has to wait for the vendor: the limit it has waited past, if it has.
-    pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Option<std::time::Duration> {
-        let idle = self.idle?;
+    pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Option<Overdue> {
+        if self.idle.is_none() && self.total.is_none() {
+            return None;
+        }
         let progressed = std::mem::take(&mut self.progressed);
-        let sleep = match &mut self.sleep {
-            Some(sleep) => {
-                if progressed {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + idle);
-                }
+        let (idle, total) = (self.idle, self.total);
+        // Where the timer goes: when it is first made, and after progress when the idle limit
+        // moves it (without one, it stays at the call's end).
+        let at = match self.sleep.is_none() || (progressed && idle.is_some()) {
+            true => idle
+                .map(|idle| tokio::time::Instant::now() + idle)
+                .into_iter()
+                .chain(total.map(|(end, _)| end))
+                .min(),
+            false => None,
+        };
+        let sleep = match (&mut self.sleep, at) {
+            (Some(sleep), Some(at)) => {
+                sleep.as_mut().reset(at);
                 sleep
             }
-            None => self.sleep.insert(Box::pin(tokio::time::sleep(idle))),
+            (Some(sleep), None) => sleep,
+            (None, Some(at)) => self.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
+            (None, None) => return None,
         };
-        std::future::Future::poll(sleep.as_mut(), cx)
-            .is_ready()
-            .then_some(idle)
+        if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+            return None;
+        }
+        match (self.past_total(), idle, total) {
+            (Some(total), _, _) | (None, None, Some((_, total))) => Some(Overdue::Total(total)),
+            (None, Some(idle), _) => Some(Overdue::Idle(idle)),
+            (None, None, None) => None,
+        }
+    }
+
+    /// Whether the call is past its end (`total_timeout_ms`): checked after each frame that
+    /// does not end the body, for a body that never has to wait.
+    pub fn past_total(&self) -> Option<std::time::Duration> {
+        let (end, total) = self.total?;
+        (tokio::time::Instant::now() >= end).then_some(total)
     }
 }
 
@@ -472,9 +538,9 @@ impl Body for ResponseBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => match this.stall.poll_stalled(cx) {
-                Some(idle) => {
-                    this.finish(true, Some("upstream_idle_timeout"));
-                    Poll::Ready(Some(Err(BodyError::UpstreamIdle(idle))))
+                Some(overdue) => {
+                    this.finish(true, Some(overdue.reason()));
+                    Poll::Ready(Some(Err(overdue.error())))
                 }
                 None => Poll::Pending,
             },
@@ -497,6 +563,10 @@ impl Body for ResponseBody {
                 }
                 if this.inner.is_end_stream() {
                     this.finish(false, None);
+                } else if let Some(total) = this.stall.past_total() {
+                    // A body that never has to wait (a fast vendor, a slow caller) still ends.
+                    this.finish(true, Some("upstream_total_timeout"));
+                    return Poll::Ready(Some(Err(BodyError::UpstreamTotal(total))));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

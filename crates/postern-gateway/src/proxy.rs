@@ -312,6 +312,9 @@ fn pipeline<'a>(
             Some(tunnel) => route_tunnel(runtime, context, tunnel, target.path())?,
             None => route(runtime, context, target.path())?,
         };
+        if let Some(limit) = integration.config.max_header_bytes {
+            check_header_bytes(&request, target, limit)?;
+        }
         authorize(
             runtime,
             &integration,
@@ -390,7 +393,7 @@ fn pipeline<'a>(
                     caller_token.as_deref(),
                     None,
                 )?;
-                let result = forward(&integration, upstream_request).await;
+                let result = forward(&integration, upstream_request, context.started).await;
                 forwarded(&integration, context, result)?
             }
         };
@@ -523,6 +526,30 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
         ));
     }
     Ok(crate::h1::parse_length(length.as_bytes()))
+}
+
+/// Refuses a request whose header section is larger than its integration allows
+/// (`max_header_bytes`): each field's name and value plus 4 bytes (`: ` and CRLF, as on
+/// HTTP/1.1), and the request target, however the request came (HTTP/1.1 or h2).
+fn check_header_bytes(
+    request: &Request<CallerBody>,
+    target: &http::uri::PathAndQuery,
+    limit: usize,
+) -> Result<(), CallError> {
+    let size = request
+        .headers()
+        .iter()
+        .fold(target.as_str().len(), |size, (name, value)| {
+            size + name.as_str().len() + value.len() + 4
+        });
+    if size <= limit {
+        return Ok(());
+    }
+    Err(CallError::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "request_headers_too_large",
+        format!("the request's header fields take {size} bytes, more than this integration's max_header_bytes ({limit}); send fewer or smaller headers"),
+    ))
 }
 
 /// Why a raw request path is refused, if it is.
@@ -1022,7 +1049,7 @@ async fn forward_replayable(
         request
     };
     let first = build(token.clone());
-    let result = forward(integration, first).await;
+    let result = forward(integration, first, context.started).await;
     let response = forwarded(integration, context, result)?;
     if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(response);
@@ -1031,18 +1058,26 @@ async fn forward_replayable(
     source.purge(&token);
     tracing::info!(integration = %integration.name, request_id = %context.request_id, "vendor refused the OAuth2 token; re-minting once");
     let fresh = oauth_token(integration, source).await?;
-    let result = forward(integration, build(fresh)).await;
+    let result = forward(integration, build(fresh), context.started).await;
     forwarded(integration, context, result)
 }
 
-/// The vendor request under `request_timeout_ms`; [`forwarded`] reads its result. Not an
-/// `async fn` (no level of its own in the call's future: see [`handle`]).
+/// The vendor request under `request_timeout_ms`, and within the call's `total_timeout_ms` of
+/// `started`; [`forwarded`] reads its result. Not an `async fn` (no level of its own in the
+/// call's future: see [`handle`]).
 fn forward(
     integration: &IntegrationRuntime,
     request: Request<ForwardBody>,
+    started: std::time::Instant,
 ) -> tokio::time::Timeout<impl Future<Output = Forwarded> + Send + '_> {
-    let timeout = Duration::from_millis(integration.config.request_timeout_ms);
-    tokio::time::timeout(timeout, integration.client.request(request))
+    let config = &integration.config;
+    let mut deadline =
+        tokio::time::Instant::now() + Duration::from_millis(config.request_timeout_ms);
+    if config.total_timeout_ms > 0 {
+        let end = started + Duration::from_millis(config.total_timeout_ms);
+        deadline = deadline.min(tokio::time::Instant::from_std(end));
+    }
+    tokio::time::timeout_at(deadline, integration.client.request(request))
 }
 
 /// What the vendor request gave: its response, or why there is none.
@@ -1054,7 +1089,15 @@ fn forwarded(
     context: &mut CallContext,
     result: Result<Forwarded, tokio::time::error::Elapsed>,
 ) -> Result<Response<UpstreamBody>, CallError> {
+    let total = integration.config.total_timeout_ms;
     match result {
+        Err(_) if total > 0 && context.started.elapsed() >= Duration::from_millis(total) => {
+            Err(CallError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_total_timeout",
+                format!("the vendor did not answer before the call reached total_timeout_ms ({total} ms)"),
+            ))
+        }
         Err(_) => Err(CallError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_timeout",
@@ -1264,7 +1307,14 @@ async fn inspect_scanned(
     intent_index: Option<u64>,
 ) -> Result<Response<GatewayBody>, CallError> {
     let (parts, body) = prepare_response(integration, context, response, intent_index)?;
-    match crate::scan::scan_response(integration, &runtime.scanner, &parts.headers, body).await {
+    let scanned = crate::scan::scan_response(
+        integration,
+        &runtime.scanner,
+        &parts.headers,
+        body,
+        context.started,
+    );
+    match scanned.await {
         Ok(scanned) => {
             shared.note_dataflow(context, &scanned.summary, "response");
             context.response_scan = Some(scanned.summary);
@@ -1298,6 +1348,7 @@ fn answer(
     intent_index: Option<u64>,
 ) -> Response<GatewayBody> {
     let status = parts.status.as_u16();
+    let started = context.started;
     let pending = PendingRecord {
         recorder: shared.recorder.clone(),
         context: context.take(),
@@ -1310,7 +1361,8 @@ fn answer(
         intent_index,
     };
     let limit = integration.config.max_response_body_bytes;
-    let stall = Stall::new(integration.config.response_idle_timeout_ms);
+    let stall = Stall::new(integration.config.response_idle_timeout_ms)
+        .ending(started, integration.config.total_timeout_ms);
     let body = ResponseBody::new(body, limit, stall, pending, Some(audit)).with_prefix(prefix);
     Response::from_parts(parts, GatewayBody::Stream(Box::new(body)))
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderName, HeaderValue};
-use postern_config::{Config, CredentialConfig, CredentialKind, IntegrationConfig, SecretSource};
+use postern_config::{
+    Config, CredentialConfig, CredentialKind, IntegrationConfig, KeyProblem, SecretSource,
+};
 use postern_policy::{GrantSpec, IntegrationOps, LookupMap, OperationTable, PolicyEngine};
 use postern_vault::{Vault, VaultError};
 use sha2::{Digest, Sha256};
@@ -104,13 +106,16 @@ impl ClientCache {
                     rustls_pemfile::certs(&mut &cert[..])
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|_| {
-                            anyhow::anyhow!("client_certificate: the certificate is not PEM")
+                            client_certificate_problem(integration, "the certificate is not PEM")
                         })?,
                     rustls_pemfile::private_key(&mut &key[..])
                         .ok()
                         .flatten()
                         .ok_or_else(|| {
-                            anyhow::anyhow!("client_certificate: the key is not a PEM private key")
+                            client_certificate_problem(
+                                integration,
+                                "the key is not a PEM private key",
+                            )
                         })?,
                 )),
                 None => None,
@@ -328,8 +333,10 @@ impl Runtime {
         }
 
         let custom_policies = match &config.gateway.policies {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|error| {
-                anyhow::anyhow!("reading policies file {}: {error}", path.display())
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|error| KeyProblem {
+                key: "gateway.policies".to_string(),
+                message: format!("reading policies file {}: {error}", path.display()),
+                fix: "make the file readable by postern, or remove `policies`".to_string(),
             })?),
             None => None,
         };
@@ -357,17 +364,35 @@ impl Runtime {
             &grants,
             custom_policies.as_deref(),
         )
-        .map_err(|error| anyhow::anyhow!("policies: {error}"))?;
+        .map_err(|error| match config.gateway.policies {
+            Some(_) => anyhow::Error::new(KeyProblem {
+                key: "gateway.policies".to_string(),
+                message: format!("policies: {error}"),
+                fix: "correct the Cedar policy where the message says (`postern check --show-policies` prints what the grants compile to)".to_string(),
+            }),
+            None => anyhow::anyhow!("policies: {error}"),
+        })?;
 
         let scanner = match &config.gateway.scan_rules {
             None => Arc::new(postern_scan::Scanner::default()),
             Some(path) => {
+                let problem = |message: String, fix: &str| KeyProblem {
+                    key: "gateway.scan_rules".to_string(),
+                    message,
+                    fix: fix.to_string(),
+                };
                 let text = std::fs::read_to_string(path).map_err(|error| {
-                    anyhow::anyhow!("reading scan_rules {}: {error}", path.display())
+                    problem(
+                        format!("reading scan_rules {}: {error}", path.display()),
+                        "make the file readable by postern, or remove `scan_rules`",
+                    )
                 })?;
                 Arc::new(
                     postern_scan::Scanner::with_rule_file(&text).map_err(|error| {
-                        anyhow::anyhow!("scan_rules {}: {error}", path.display())
+                        problem(
+                            format!("scan_rules {}: {error}", path.display()),
+                            "correct the rule file (its format: docs/DATA.md)",
+                        )
                     })?,
                 )
             }
@@ -471,6 +496,15 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The vault's client certificate for `integration` cannot be used.
+fn client_certificate_problem(integration: &IntegrationConfig, what: &str) -> anyhow::Error {
+    anyhow::Error::new(KeyProblem {
+        key: format!("integrations.{}.client_certificate", integration.name),
+        message: format!("integration {}: client_certificate: {what}", integration.name),
+        fix: "store the PEM certificate chain and its private key: `postern creds set NAME --from-file FILE.pem`".to_string(),
+    })
+}
+
 fn build_integration(
     integration: &IntegrationConfig,
     inputs: &BuildInputs<'_>,
@@ -481,7 +515,11 @@ fn build_integration(
             .iter()
             .map(|o| (o.id.as_str(), o.method.as_str(), o.path.as_str())),
     )
-    .map_err(|error| anyhow::anyhow!("integration {}: {error}", integration.name))?;
+    .map_err(|error| KeyProblem {
+        key: format!("integrations.{}.operations", integration.name),
+        message: format!("integration {}: {error}", integration.name),
+        fix: "give each operation a method and path template that no other operation of the integration matches".to_string(),
+    })?;
     // A client certificate for the vendor (mTLS) comes from the vault; if it cannot be read the
     // integration fails closed like a missing credential.
     let mut client_pem_problem = None;
@@ -522,7 +560,18 @@ fn build_integration(
                 .as_ref()
                 .map(|(cert, key)| (cert.expose(), key.expose())),
         )
-        .map_err(|error| anyhow::anyhow!("integration {}: {error}", integration.name))?;
+        .map_err(|error| match (error.is::<KeyProblem>(), &integration.ca_file) {
+            (true, _) => error,
+            (false, Some(ca_file)) => anyhow::Error::new(KeyProblem {
+                key: format!("integrations.{}.ca_file", integration.name),
+                message: format!("integration {}: {error:#}", integration.name),
+                fix: format!(
+                    "point `ca_file` at a readable PEM file of CA certificates (-----BEGIN CERTIFICATE-----); it is now {}",
+                    ca_file.display()
+                ),
+            }),
+            (false, None) => anyhow::anyhow!("integration {}: {error:#}", integration.name),
+        })?;
     let mut secret_needles: Vec<Zeroizing<Vec<u8>>> = Vec::new();
     let credential = match (&integration.credential, client_pem_problem) {
         (_, Some(problem)) => Err(problem),

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::task::Poll;
 
-use crate::body::{ForwardBody, Stall};
+use crate::body::{ForwardBody, Overdue, Stall};
 use crate::context::CallContext;
 use crate::error::CallError;
 use crate::runtime::IntegrationRuntime;
@@ -56,7 +56,7 @@ pub async fn scan_request(
     let (bytes, body, complete) = match read_up_to(body, cap, limit, Stall::new(0)).await {
         Ok(read) => read,
         // Not given an idle limit, so never stalled.
-        Err(ReadError::Broken | ReadError::Stalled) => {
+        Err(ReadError::Broken | ReadError::Stalled(_)) => {
             return Err((
                 CallError::bad_request(
                     "request_body_error",
@@ -206,12 +206,14 @@ pub struct ScannedResponse {
 
 /// Scans a response body for scanned integrations: up to `scan_max_body_bytes` is read and
 /// classified; unapproved classes are masked (`redact`), refused (`block`: 502
-/// `response_data_class_not_approved`, the caller never sees them) or reported.
+/// `response_data_class_not_approved`, the caller never sees them) or reported. `started`: when
+/// the call began (its `total_timeout_ms` counts from there).
 pub async fn scan_response(
     integration: &IntegrationRuntime,
     scanner: &Scanner,
     headers: &http::HeaderMap,
     body: UpstreamBody,
+    started: std::time::Instant,
 ) -> Result<ScannedResponse, (CallError, ScanSummary)> {
     let approved = integration.config.data_classes.as_deref().unwrap_or(&[]);
     let cap = integration.config.scan_max_body_bytes;
@@ -225,21 +227,25 @@ pub async fn scan_response(
             summary,
         });
     }
-    let stall = Stall::new(integration.config.response_idle_timeout_ms);
+    let stall = Stall::new(integration.config.response_idle_timeout_ms)
+        .ending(started, integration.config.total_timeout_ms);
     let (bytes, body, complete) = match read_up_to(body, cap, u64::MAX, stall).await {
         Ok(read) => read,
-        Err(ReadError::Stalled) => {
-            return Err((
-                CallError::new(
-                    http::StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_idle_timeout",
-                    format!(
-                        "the vendor of {} sent no body data for response_idle_timeout_ms ({} ms) while its answer was read for scanning",
-                        integration.name, integration.config.response_idle_timeout_ms
-                    ),
+        Err(ReadError::Stalled(overdue)) => {
+            let message = match overdue {
+                Overdue::Idle(_) => format!(
+                    "the vendor of {} sent no body data for response_idle_timeout_ms ({} ms) while its answer was read for scanning",
+                    integration.name, integration.config.response_idle_timeout_ms
                 ),
+                Overdue::Total(_) => format!(
+                    "the call to {} passed total_timeout_ms ({} ms) while the vendor's answer was read for scanning",
+                    integration.name, integration.config.total_timeout_ms
+                ),
+            };
+            return Err((
+                CallError::new(http::StatusCode::GATEWAY_TIMEOUT, overdue.reason(), message),
                 summary,
-            ))
+            ));
         }
         Err(_) => {
             return Err((
@@ -301,8 +307,8 @@ pub async fn scan_response(
 enum ReadError {
     Broken,
     TooLarge,
-    /// No frame for the idle limit given.
-    Stalled,
+    /// No frame for the idle limit given, or past the call's end.
+    Stalled(Overdue),
 }
 
 /// Reads frames until the body ends or more than `cap` bytes are buffered; more than `limit`
@@ -318,7 +324,7 @@ async fn read_up_to<B: http_body::Body<Data = Bytes> + Unpin>(
     while (buffer.len() as u64) <= cap {
         let frame = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
             Poll::Pending => match stall.poll_stalled(cx) {
-                Some(_) => Poll::Ready(Err(ReadError::Stalled)),
+                Some(overdue) => Poll::Ready(Err(ReadError::Stalled(overdue))),
                 None => Poll::Pending,
             },
             Poll::Ready(frame) => {

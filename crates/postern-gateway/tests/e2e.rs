@@ -1282,6 +1282,42 @@ async fn slow_vendor_times_out_with_504() {
     gw.stop().await;
 }
 
+/// An integration's own `max_header_bytes`, below the gateway's: a larger header section is
+/// refused (`431 request_headers_too_large`, recorded as a denial) and not forwarded, from an
+/// HTTP/1.1 caller and an h2 one alike; a smaller one passes.
+#[tokio::test]
+async fn an_integrations_header_limit_refuses_larger_requests_on_both_protocols() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "max_header_bytes = 1024").await;
+    let h2c = h2c_client();
+    for caller in [client(), h2c] {
+        let call = |filler: usize| {
+            caller
+                .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+                .bearer_auth(&gw.token)
+                .header("x-filler", "f".repeat(filler))
+                .send()
+        };
+        assert_eq!(call(100).await.unwrap().status(), 200);
+        let refused = call(1100).await.unwrap();
+        assert_eq!(refused.status(), 431);
+        let answer: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "request_headers_too_large");
+    }
+    assert_eq!(
+        vendor.seen().len(),
+        2,
+        "only the small requests were forwarded"
+    );
+    let events = gw.wait_events(4).await;
+    let refused: Vec<_> = events.iter().filter(|e| e["status"] == 431).collect();
+    assert_eq!(refused.len(), 2);
+    assert!(refused
+        .iter()
+        .all(|e| e["decision"] == "deny" && e["reason"] == "request_headers_too_large"));
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn body_and_header_limits() {
     let vendor = TestVendor::tls(big_or_ok(5000)).await;
@@ -1303,7 +1339,9 @@ async fn body_and_header_limits() {
     assert_eq!(response.status(), 413);
     assert!(vendor.seen().is_empty());
 
-    // Chunked (no Content-Length) and too large: refused while streaming.
+    // Chunked (no Content-Length) and too large: refused while streaming. The vendor may have
+    // seen the request begin, but never its whole body: the request is cut off (h2: reset)
+    // before the byte past the limit.
     let chunks = futures_stream(vec![vec![b'a'; 600], vec![b'b'; 600]]);
     let response = client()
         .post(&url)
@@ -1313,6 +1351,10 @@ async fn body_and_header_limits() {
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
+    assert!(
+        vendor.seen().iter().all(|seen| seen.body.len() < 1200),
+        "the whole oversized body reached the vendor"
+    );
 
     // Response declared larger than the cap.
     let response = client()
@@ -1685,6 +1727,83 @@ async fn a_slow_but_steady_stream_is_not_cut() {
         "{event}"
     );
     vendor.abort();
+    gw.stop().await;
+}
+
+/// `total_timeout_ms` bounds the whole call whatever its pace: a vendor that trickles a chunk
+/// every 200 ms (well inside `response_idle_timeout_ms`) has its body cut once the call has
+/// lasted 1 s, recorded `incomplete` with `upstream_total_timeout`.
+#[tokio::test]
+async fn a_call_past_total_timeout_is_cut_however_steady_the_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let vendor = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 4096];
+        let _ = stream.read(&mut request).await.unwrap();
+        let head =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+        stream.write_all(head).await.unwrap();
+        // 10 s of chunks at most; the test needs about 1.
+        for i in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let chunk = format!("2\r\n{}.\r\n", i % 10);
+            if stream.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let extra = "response_idle_timeout_ms = 1000\ntotal_timeout_ms = 1000";
+    let gw = TestGateway::start(&slow_integration(port, 20_000, extra), None).await;
+    let started = std::time::Instant::now();
+    let response = get_slow_x(&gw).await;
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(std::time::Duration::from_secs(8), response.bytes())
+        .await
+        .expect("the body ended well before the vendor stopped");
+    assert!(body.is_err(), "the body was cut, not ended: {body:?}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= std::time::Duration::from_millis(1000),
+        "cut after {elapsed:?}"
+    );
+    let event = gw.wait_events(1).await.remove(0);
+    assert_eq!(event["reason"], "upstream_total_timeout", "{event}");
+    assert_eq!(event["incomplete"], true, "{event}");
+    vendor.abort();
+    gw.stop().await;
+}
+
+/// A vendor that has not answered when the call reaches `total_timeout_ms` (here sooner than
+/// `request_timeout_ms`): `504 upstream_total_timeout`, at the total limit.
+#[tokio::test]
+async fn a_vendor_silent_past_total_timeout_gets_504() {
+    let (port, hold, _accepts) = silent_vendor().await;
+    let gw = TestGateway::start(
+        &slow_integration(port, 20_000, "total_timeout_ms = 500"),
+        None,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), get_slow_x(&gw))
+        .await
+        .expect("answered well before request_timeout_ms");
+    assert_eq!(response.status(), 504);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        answer["error"]["code"], "upstream_total_timeout",
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("total_timeout_ms (500 ms)"),
+        "{answer}"
+    );
+    hold.abort();
     gw.stop().await;
 }
 

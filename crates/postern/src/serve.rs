@@ -131,23 +131,28 @@ fn watch_file(
     Some(watcher)
 }
 
+/// Prints `errors` as `check` does (JSON on stdout, else text on stderr).
+fn report_invalid(errors: &postern_config::ConfigErrors, json: bool) {
+    if json {
+        let list: Vec<_> = errors
+            .errors
+            .iter()
+            .map(|d| serde_json::json!({"line": d.line, "column": d.column, "message": d.message, "fix": d.fix}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"valid": false, "path": errors.path, "errors": list})
+        );
+    } else {
+        eprintln!("{errors}");
+    }
+}
+
 pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
     let config = match postern_config::load(path) {
         Ok(config) => config,
         Err(errors) => {
-            if json {
-                let list: Vec<_> = errors
-                    .errors
-                    .iter()
-                    .map(|d| serde_json::json!({"line": d.line, "column": d.column, "message": d.message, "fix": d.fix}))
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({"valid": false, "path": path, "errors": list})
-                );
-            } else {
-                eprintln!("{errors}");
-            }
+            report_invalid(&errors, json);
             return ExitCode::InvalidConfig;
         }
     };
@@ -158,7 +163,14 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
         .expect("runtime");
     let compiled = runtime.block_on(async {
         if let (Some(cert), Some(key)) = (&config.gateway.tls_cert, &config.gateway.tls_key) {
-            postern_gateway::tls::server_config(cert, key, config.gateway.client_ca.as_deref())?;
+            let client_ca = config.gateway.client_ca.as_deref();
+            postern_gateway::tls::server_config(cert, key, client_ca).map_err(|error| {
+                postern_config::KeyProblem {
+                    key: "gateway.tls_cert".to_string(),
+                    message: format!("{error:#}"),
+                    fix: "point `tls_cert` at a PEM certificate chain, `tls_key` at its private key, and `client_ca` (if set) at PEM CA certificates".to_string(),
+                }
+            })?;
         }
         Runtime::build(
             config.clone(),
@@ -204,14 +216,21 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
             ExitCode::Ok
         }
         Err(error) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"valid": false, "path": path, "errors": [{"message": format!("{error:#}")}]})
-                );
-            } else {
-                eprintln!("{}: error: {error:#}", path.display());
-            }
+            // Placed at the key it is about when it says which; else at 0:0, no place.
+            let diagnostic = match error.downcast_ref::<postern_config::KeyProblem>() {
+                Some(problem) => config.diagnostic(problem),
+                None => postern_config::Diagnostic {
+                    line: 0,
+                    column: 0,
+                    message: format!("{error:#}"),
+                    fix: "see the message; `postern check` reads the files the config names as `postern serve` would".to_string(),
+                },
+            };
+            let errors = postern_config::ConfigErrors {
+                path: path.to_path_buf(),
+                errors: vec![diagnostic],
+            };
+            report_invalid(&errors, json);
             ExitCode::InvalidConfig
         }
     }

@@ -103,6 +103,57 @@ fn invalid_config_exits_3_naming_line_column_and_fix() {
     assert_eq!(code, 3, "{stderr}");
 }
 
+/// What only using the config shows (a `ca_file` that is not PEM, Cedar policies that do not
+/// compile) is reported like a parse error: at the key's line and column, with a fix.
+#[test]
+fn problems_found_compiling_the_config_name_the_key_line_column_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+    std::fs::write(
+        dir.path().join("rules.cedar"),
+        "forbid(principal, action, resource) when { context.hourr < 6 };\n",
+    )
+    .unwrap();
+    let example = std::fs::read_to_string(repo_root().join("examples/postern.toml")).unwrap();
+    // (the text, the key's line and column as the error must give them)
+    let line_of = |text: &str, needle: &str| {
+        1 + text
+            .lines()
+            .position(|line| line.starts_with(needle))
+            .unwrap()
+    };
+    let with_ca = example.replacen(
+        "upstream = \"https://api.stripe.com\"\n",
+        "upstream = \"https://api.stripe.com\"\nca_file = \"ca.pem\"\n",
+        1,
+    );
+    let with_policies =
+        example.replacen("data_dir = ", "policies = \"rules.cedar\"\ndata_dir = ", 1);
+    for (text, key, column, words) in [
+        (&with_ca, "ca_file = ", 11, "ca_file"),
+        (&with_policies, "policies = ", 12, "hourr"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let line = line_of(text, key);
+        let (code, _, stderr) = run(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 3, "{stderr}");
+        assert!(
+            stderr.contains(&format!("bad.toml:{line}:{column}: error: ")),
+            "{stderr}"
+        );
+        assert!(stderr.contains(words), "{stderr}");
+        assert!(stderr.contains("\n  fix: "), "{stderr}");
+        let (code, stdout, _) = run(&["check", "--json", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 3);
+        let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let error = &json["errors"][0];
+        assert_eq!(error["line"], line, "{json}");
+        assert_eq!(error["column"], column, "{json}");
+        assert!(!error["fix"].as_str().unwrap().is_empty(), "{json}");
+    }
+}
+
 #[test]
 fn callers_token_prints_a_token_once_with_its_hash() {
     let (code, stdout, _) = run(&["callers", "token", "checkout", "--json"]);
