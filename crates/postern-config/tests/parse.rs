@@ -167,6 +167,69 @@ fn toml_syntax_type_and_unknown_key_errors() {
     check(&integration("connect_timeout_ms = -1\n"), "7:22: invalid value: integer `-1`, expected u64");
 }
 
+/// Every table refuses a key it does not know, at the key, with a fix: not only the top level,
+/// `[gateway]` and `credential` above.
+#[test]
+fn every_table_refuses_unknown_keys() {
+    let cases = [
+        (
+            "[[callers]]\nname = \"a\"\ntoken_sha256 = \"<64 hex>\"\nspiffe = \"x\"\n".to_string(),
+            "4:1",
+            "spiffe",
+        ),
+        (integration("ownr = \"x\"\n"), "7:1", "ownr"),
+        (
+            integration("").replace(
+                "path = \"/v1/charges/{id}\" }",
+                "path = \"/v1/charges/{id}\", verb = \"GET\" }",
+            ),
+            "6:79",
+            "verb",
+        ),
+        (
+            integration("rate_limit = { requests_per_second = 1, burts = 2 }\n"),
+            "7:41",
+            "burts",
+        ),
+        (
+            integration("client_certificate = { cert = \"c\", key = \"k\", chain = \"x\" }\n"),
+            "7:47",
+            "chain",
+        ),
+        (
+            "[[grants]]\ncaller = \"a\"\nintegration = \"b\"\noperations = []\nops = []\n"
+                .to_string(),
+            "5:1",
+            "ops",
+        ),
+        (format!("{GATEWAY}[proxy]\nmod = \"open\"\n"), "6:1", "mod"),
+    ];
+    for (body, at, key) in cases {
+        let errors = parse_body(&body)
+            .expect_err("an unknown key is an error")
+            .errors;
+        let first = &errors[0];
+        assert_eq!(
+            format!("{}:{}", first.line, first.column),
+            at,
+            "{key}: {}\n{body}",
+            first.message
+        );
+        assert!(
+            first
+                .message
+                .starts_with(&format!("unknown field `{key}`, expected")),
+            "{}",
+            first.message
+        );
+        assert!(
+            first.fix.starts_with("remove or rename the key"),
+            "{key}: {}",
+            first.fix
+        );
+    }
+}
+
 #[test]
 fn toml_errors_carry_a_fix() {
     let fix = fix_of_first_error("[gateway]\nlistenn = \"127.0.0.1:8080\"\n");

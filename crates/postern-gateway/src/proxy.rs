@@ -1393,8 +1393,28 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_request, contains, path_problem};
+    use super::{check_request, contains, leaves_origin, path_problem};
     use crate::body::CallerBody;
+
+    #[test]
+    fn a_redirect_leaves_the_origin_when_scheme_host_or_port_differ() {
+        let upstream = url::Url::parse("https://api.vendor.example").unwrap();
+        let cases = [
+            ("/v1/other", false),
+            ("other", false),
+            ("https://API.Vendor.Example/v2", false),
+            ("https://api.vendor.example:443/v2", false),
+            ("http://api.vendor.example/v1", true),
+            ("https://api.vendor.example:8443/v1", true),
+            ("https://evil.example/v1", true),
+            ("//evil.example/v1", true),
+            ("https://api.vendor.example.evil.example/", true),
+            ("https://[::1", true),
+        ];
+        for (location, leaves) in cases {
+            assert_eq!(leaves_origin(&upstream, location), leaves, "{location}");
+        }
+    }
 
     #[test]
     fn path_problem_names_the_first_kind_of_problem() {

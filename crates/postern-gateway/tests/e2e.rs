@@ -435,9 +435,36 @@ async fn credentials_are_injected_in_each_form_and_caller_supplied_ones_stripped
 #[tokio::test]
 async fn rate_limit_answers_429_with_retry_after() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let gw = stripe_gateway(
+    // A second granted caller on `stripe`, and a second integration (`twin`, the same limit)
+    // granted to `checkout`: each (caller, integration) has its own bucket.
+    let more = format!(
+        r#"
+[[grants]]
+caller = "reporting"
+integration = "stripe"
+operations = ["get_charge"]
+
+[[integrations]]
+name = "twin"
+vendor = "Stripe"
+owner = "payments@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+rate_limit = {{ requests_per_second = 1, burst = 2 }}
+operations = [ {{ id = "get_charge", method = "GET", path = "/v1/charges/{{id}}" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "twin"
+operations = ["get_charge"]
+"#,
+        port = vendor.addr.port()
+    );
+    let gw = stripe_gateway_with(
         &vendor,
         "rate_limit = { requests_per_second = 1, burst = 2 }",
+        &more,
     )
     .await;
     let url = format!("{}/stripe/v1/charges/ch_1", gw.base);
@@ -462,15 +489,17 @@ async fn rate_limit_answers_429_with_retry_after() {
         }
     }
     assert_eq!(statuses, vec![200, 200, 429]);
-    // Another caller has its own bucket (and here no grant: refused by policy, not by the limiter).
-    let other = client()
-        .get(&url)
-        .bearer_auth(REPORTING_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(other.status(), 403);
-    assert_eq!(vendor.seen().len(), 2);
+    // `checkout`'s bucket on `stripe` is empty (the 429 above); the other two are full.
+    let status = |token: String, integration: &str| {
+        let url = format!("{}/{integration}/v1/charges/ch_1", gw.base);
+        async move {
+            let response = client().get(url).bearer_auth(token).send().await.unwrap();
+            response.status().as_u16()
+        }
+    };
+    assert_eq!(status(REPORTING_TOKEN.to_string(), "stripe").await, 200);
+    assert_eq!(status(gw.token.clone(), "twin").await, 200);
+    assert_eq!(vendor.seen().len(), 4);
     gw.stop().await;
 }
 

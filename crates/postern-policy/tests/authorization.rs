@@ -270,6 +270,63 @@ fn custom_forbid_by_request_bytes_and_source_ip() {
 }
 
 #[test]
+fn custom_forbid_by_weekday_caller_integration_and_operation() {
+    let engine = compile(Some(
+        r#"@id("weekend")
+forbid(principal, action, resource) when { context.weekday >= 5 && context.integration == "twilio" };
+@id("no-refunds-for-support")
+forbid(principal, action, resource)
+    when { context.caller == "support" && context.operation == "refund" };"#,
+    ))
+    .unwrap();
+    // Wednesday, then Friday (4), Saturday (5) and Sunday (6), on twilio.
+    check(
+        &engine,
+        request("checkout", "twilio/send_message"),
+        "granted by grant-3",
+    );
+    for (weekday, expected) in [
+        (4, "granted by grant-3"),
+        (5, "forbidden by policy weekend"),
+        (6, "forbidden by policy weekend"),
+    ] {
+        check(
+            &engine,
+            AuthzRequest {
+                weekday,
+                ..request("checkout", "twilio/send_message")
+            },
+            expected,
+        );
+    }
+    // The weekend rule names twilio only: stripe on a Saturday passes.
+    check(
+        &engine,
+        AuthzRequest {
+            weekday: 5,
+            ..request("checkout", "stripe/create_charge")
+        },
+        "granted by grant-0",
+    );
+    // `support` may no longer refund, but may still read; `admin` may still refund.
+    check(
+        &engine,
+        request("support", "stripe/refund"),
+        "forbidden by policy no-refunds-for-support",
+    );
+    check(
+        &engine,
+        request("support", "stripe/get_charge"),
+        "granted by grant-1",
+    );
+    check(
+        &engine,
+        request("admin", "stripe/refund"),
+        "granted by grant-2",
+    );
+}
+
+#[test]
 fn custom_permit_can_grant() {
     let engine = compile(Some(
         r#"permit(principal == Postern::Caller::"reports", action, resource) when { context.method == "GET" };"#,

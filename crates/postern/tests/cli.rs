@@ -303,13 +303,35 @@ fn serve_reloads_on_file_change_and_sighup_keeps_old_config_on_error_and_stops_o
     });
     assert_eq!(status(listen, "/acme/b"), Some(502));
 
-    // 3. SIGHUP with a valid file that revokes b.
+    // 3. SIGHUP with a valid file that revokes b. (The write alone reloads too: the log must
+    // show the reload SIGHUP caused.)
+    let logged = |what: &str, trigger: &str| {
+        let log = log.lock().unwrap();
+        log.lines()
+            .filter(|line| line.contains(what) && line.contains(trigger))
+            .count()
+    };
     std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
     let pid = server.0.id().to_string();
     Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     eventually("b is refused after SIGHUP", || {
         status(listen, "/acme/b") == Some(403)
     });
+    eventually("the reload on SIGHUP is logged", || {
+        logged("configuration reloaded", "SIGHUP") == 1
+    });
+
+    // SIGHUP with an invalid file: rejected, the running config stays.
+    std::fs::write(&config, "[gateway]\nlisten = \n").unwrap();
+    eventually("the changed file is rejected", || {
+        logged("configuration rejected", "file change") >= 2
+    });
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    eventually("the file is rejected on SIGHUP", || {
+        logged("configuration rejected", "SIGHUP") == 1
+    });
+    assert_eq!(status(listen, "/acme/a"), Some(502));
+    assert_eq!(status(listen, "/acme/b"), Some(403));
 
     // 4. SIGTERM: graceful exit 0, events flushed.
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
