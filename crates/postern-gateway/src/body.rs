@@ -554,6 +554,15 @@ impl Body for ResponseBody {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 this.stall.progressed();
+                let last = this.inner.is_end_stream();
+                if !last {
+                    // A body that never has to wait (a fast vendor, a slow caller) still ends:
+                    // this frame is not passed on (nor counted).
+                    if let Some(total) = this.stall.past_total() {
+                        this.finish(true, Some("upstream_total_timeout"));
+                        return Poll::Ready(Some(Err(BodyError::UpstreamTotal(total))));
+                    }
+                }
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
@@ -561,12 +570,8 @@ impl Body for ResponseBody {
                         return Poll::Ready(Some(Err(BodyError::ResponseTooLarge(this.limit))));
                     }
                 }
-                if this.inner.is_end_stream() {
+                if last {
                     this.finish(false, None);
-                } else if let Some(total) = this.stall.past_total() {
-                    // A body that never has to wait (a fast vendor, a slow caller) still ends.
-                    this.finish(true, Some("upstream_total_timeout"));
-                    return Poll::Ready(Some(Err(BodyError::UpstreamTotal(total))));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -34,9 +34,10 @@
 //!
 //! Limits, known: the request is written in full before the answer is read, so a vendor that
 //! answers early but keeps the connection open without reading is heard once the body is
-//! written (or `request_timeout_ms` ends). A connection the pool closes for idling is shut down
-//! in order (TLS `close_notify`, then FIN: [`Connection::close`]); one that ends otherwise (the
-//! vendor closed it, an exchange failed, the gateway stopped) is dropped.
+//! written (or `request_timeout_ms` ends). A connection the pool's sweep closes for idling is
+//! shut down in order (TLS `close_notify`, then FIN: [`Connection::close`]); one that ends
+//! otherwise (found idle too long when taken, beyond what the pool keeps, dropped with its
+//! pool, closed by the vendor, failed) is dropped.
 
 use std::future::Future;
 use std::io;

@@ -9,7 +9,10 @@
 //! upgrades, `100-continue`, the h2c preface — is left, with every byte read so far, to hyper,
 //! which then serves the connection to its end. So each unusual or hostile input meets hyper's
 //! strict and well-tested parser, and Postern's server accepts a subset of what hyper accepts,
-//! with the same meaning.
+//! with the same meaning. One exception: a head with both `Content-Length` and
+//! `Transfer-Encoding` (which hyper would frame by the latter) is taken here, with no body read
+//! and the connection closed after the answer, so that the pipeline refuses it
+//! (`conflicting_framing`).
 //!
 //! Why: hyper's server costs about 0.8 µs of CPU per call here in parsing, dispatch, a boxed
 //! service future per request, timers and its response encoder (docs/BENCHMARKS.md §1), on a
@@ -57,6 +60,9 @@ pub const MAX_READ_BODY_BYTES: u64 = 64 * 1024;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Headers parsed here; a request with more goes to hyper.
 const MAX_HEADERS: usize = 64;
+/// The most headers hyper's server takes (its default; it answers 431 past it): a head with more
+/// than [`MAX_HEADERS`] is parsed again with room for these, only to find both framings.
+const HYPER_MAX_HEADERS: usize = 100;
 /// Room for one read.
 const READ_SPACE: usize = 8 * 1024;
 /// How long closing a connection may wait to send its last bytes (TLS `close_notify`).
@@ -248,23 +254,40 @@ enum Parse {
 /// Parses a request head at the start of `buf`; takes it from `buf` only when this server will
 /// serve the request.
 fn parse(buf: &mut BytesMut, max_header_bytes: usize) -> Parse {
+    match parse_with::<MAX_HEADERS>(buf, max_header_bytes, false) {
+        // More headers than are parsed here: hyper's, unless the head has both framings (which
+        // hyper would forward, framed by Transfer-Encoding).
+        None => {
+            parse_with::<HYPER_MAX_HEADERS>(buf, max_header_bytes, true).unwrap_or(Parse::Handoff)
+        }
+        Some(parsed) => parsed,
+    }
+}
+
+/// [`parse`] with room for `N` headers: `None` if the head has more. `only_conflicting`: serve
+/// nothing but a head with both framings (hand every other one to hyper).
+fn parse_with<const N: usize>(
+    buf: &mut BytesMut,
+    max_header_bytes: usize,
+    only_conflicting: bool,
+) -> Option<Parse> {
     // Left uninitialized: httparse writes the slots it fills (2 KiB not zeroed per request).
-    let mut slots =
-        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
     let mut parsed = httparse::Request::new(&mut []);
     let head_len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) => return Parse::Partial,
-        Err(_) => return Parse::Handoff,
+        Ok(httparse::Status::Partial) => return Some(Parse::Partial),
+        Err(httparse::Error::TooManyHeaders) => return None,
+        Err(_) => return Some(Parse::Handoff),
     };
     if head_len > max_header_bytes || parsed.version != Some(1) {
-        return Parse::Handoff;
+        return Some(Parse::Handoff);
     }
     let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
-        return Parse::Handoff;
+        return Some(Parse::Handoff);
     };
     if method == "CONNECT" || !path.starts_with('/') {
-        return Parse::Handoff;
+        return Some(Parse::Handoff);
     }
     let mut body_len = None;
     let mut close = false;
@@ -301,11 +324,11 @@ fn parse(buf: &mut BytesMut, max_header_bytes: usize) -> Parse {
     let conflicting = lengths > 0 && chunked;
     if conflicting {
         (body_len, close) = (None, true);
-    } else if handoff || chunked {
-        return Parse::Handoff;
+    } else if handoff || chunked || only_conflicting {
+        return Some(Parse::Handoff);
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        return Parse::Handoff;
+        return Some(Parse::Handoff);
     };
     // Where each part sits in the buffer, so the head's parts can share its bytes.
     let base = buf.as_ptr() as usize;
@@ -315,7 +338,7 @@ fn parse(buf: &mut BytesMut, max_header_bytes: usize) -> Parse {
     };
     let path = span(path.as_bytes());
     let count = parsed.headers.len();
-    let mut spans = [const { (0..0, 0..0) }; MAX_HEADERS];
+    let mut spans = [const { (0..0, 0..0) }; N];
     for (slot, found) in spans.iter_mut().zip(parsed.headers.iter()) {
         *slot = (span(found.name.as_bytes()), span(found.value));
     }
@@ -323,7 +346,7 @@ fn parse(buf: &mut BytesMut, max_header_bytes: usize) -> Parse {
     let build = || -> Option<Request<()>> {
         let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
         let mut headers = HeaderMap::with_capacity(count);
-        // Borrowed, not moved into the closure: the array is 2 KiB.
+        // Borrowed, not moved into the closure: the array is 2 KiB (N = 64).
         for (name, value) in spans[..count].iter().cloned() {
             let name = HeaderName::from_bytes(&head[name]).ok()?;
             let value = HeaderValue::from_maybe_shared(head.slice(value)).ok()?;
@@ -336,7 +359,7 @@ fn parse(buf: &mut BytesMut, max_header_bytes: usize) -> Parse {
         *request.headers_mut() = headers;
         Some(request)
     };
-    match build() {
+    Some(match build() {
         Some(request) => Parse::Request(request, body_len.unwrap_or(0), close),
         None => {
             // Not something hyper would take either, but hyper says so: put the head back.
@@ -346,7 +369,7 @@ fn parse(buf: &mut BytesMut, max_header_bytes: usize) -> Parse {
             *buf = restored;
             Parse::Handoff
         }
-    }
+    })
 }
 
 /// Writes `response`. `Ok(true)`: the connection may carry another request.
@@ -689,6 +712,24 @@ mod tests {
         assert_eq!(
             parsed(format!("GET /a HTTP/1.1\r\n{many}\r\n").as_bytes()),
             "hyper"
+        );
+        // Both framings among more headers than are parsed here (as many as hyper takes): still
+        // refused here, not left to hyper to forward framed by Transfer-Encoding.
+        let framed = "content-length: 4\r\ntransfer-encoding: chunked\r\n";
+        let many: String = (0..HYPER_MAX_HEADERS - 2)
+            .map(|i| format!("x-{i}: v\r\n"))
+            .collect();
+        assert_eq!(
+            parsed(format!("POST /a HTTP/1.1\r\n{many}{framed}\r\n").as_bytes()),
+            "refused here"
+        );
+        let too_many: String = (0..HYPER_MAX_HEADERS)
+            .map(|i| format!("x-{i}: v\r\n"))
+            .collect();
+        assert_eq!(
+            parsed(format!("POST /a HTTP/1.1\r\n{too_many}{framed}\r\n").as_bytes()),
+            "hyper",
+            "past hyper's limit too: hyper answers 431"
         );
         let big = "a".repeat(9000);
         assert_eq!(

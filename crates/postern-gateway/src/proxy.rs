@@ -536,10 +536,18 @@ fn check_header_bytes(
     target: &http::uri::PathAndQuery,
     limit: usize,
 ) -> Result<(), CallError> {
-    let size = request
-        .headers()
+    let headers = request.headers();
+    // An h2 request's `:authority` stands for the `Host` field an HTTP/1.1 one carries.
+    let authority = match headers.contains_key(header::HOST) {
+        true => 0,
+        false => request
+            .uri()
+            .authority()
+            .map_or(0, |authority| "host".len() + authority.as_str().len() + 4),
+    };
+    let size = headers
         .iter()
-        .fold(target.as_str().len(), |size, (name, value)| {
+        .fold(target.as_str().len() + authority, |size, (name, value)| {
             size + name.as_str().len() + value.len() + 4
         });
     if size <= limit {

@@ -560,17 +560,19 @@ fn build_integration(
                 .as_ref()
                 .map(|(cert, key)| (cert.expose(), key.expose())),
         )
-        .map_err(|error| match (error.is::<KeyProblem>(), &integration.ca_file) {
-            (true, _) => error,
-            (false, Some(ca_file)) => anyhow::Error::new(KeyProblem {
-                key: format!("integrations.{}.ca_file", integration.name),
-                message: format!("integration {}: {error:#}", integration.name),
-                fix: format!(
-                    "point `ca_file` at a readable PEM file of CA certificates (-----BEGIN CERTIFICATE-----); it is now {}",
-                    ca_file.display()
-                ),
-            }),
-            (false, None) => anyhow::anyhow!("integration {}: {error:#}", integration.name),
+        .map_err(|error| match &integration.ca_file {
+            _ if error.is::<KeyProblem>() => error,
+            Some(ca_file) if error.is::<crate::upstream::CaFileError>() => {
+                anyhow::Error::new(KeyProblem {
+                    key: format!("integrations.{}.ca_file", integration.name),
+                    message: format!("integration {}: {error:#}", integration.name),
+                    fix: format!(
+                        "point `ca_file` at a readable PEM file of CA certificates (-----BEGIN CERTIFICATE-----); it is now {}",
+                        ca_file.display()
+                    ),
+                })
+            }
+            _ => anyhow::anyhow!("integration {}: {error:#}", integration.name),
         })?;
     let mut secret_needles: Vec<Zeroizing<Vec<u8>>> = Vec::new();
     let credential = match (&integration.credential, client_pem_problem) {

@@ -999,15 +999,22 @@ pub struct UpstreamOptions<'a> {
     )>,
 }
 
+/// The integration's `ca_file` cannot be used (unreadable, not PEM, not a CA certificate):
+/// told apart from the pool's other set-up errors so the config check can point at the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct CaFileError(anyhow::Error);
+
 /// Builds the pool for one integration.
 pub fn build_client(options: UpstreamOptions<'_>) -> anyhow::Result<UpstreamClient> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca_file) = options.ca_file {
-        for cert in crate::tls::read_certificates(ca_file)? {
-            roots
-                .add(cert)
-                .map_err(|error| anyhow::anyhow!("ca_file {}: {error}", ca_file.display()))?;
+        let certificates = crate::tls::read_certificates(ca_file).map_err(CaFileError)?;
+        for cert in certificates {
+            roots.add(cert).map_err(|error| {
+                CaFileError(anyhow::anyhow!("ca_file {}: {error}", ca_file.display()))
+            })?;
         }
     }
     let builder = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())

@@ -989,21 +989,18 @@ async fn calls_wait_for_a_connection_being_opened_only_as_far_as_its_limit_leave
     gw.stop().await;
 }
 
-/// Postern closes a vendor connection that idled out in order: over TLS a `close_notify` before
-/// the end, so the vendor sees a close rather than a truncation; HTTP/1.1 (closed by the pool's
-/// sweep) and h2 (by hyper once the pool drops it) alike.
+/// Postern closes an HTTP/1.1 vendor connection that idled out in order: over TLS a
+/// `close_notify` before the end, so the vendor sees a close rather than a truncation. (An h2
+/// one is closed by hyper, GOAWAY first; a vendor may then end the connection before it reads
+/// the rest, so there is nothing steady to check there.)
 #[tokio::test]
 async fn idle_vendor_connections_are_closed_with_close_notify() {
-    for vendor in [
-        TestVendor::tls_http1(TestVendor::ok_handler()).await,
-        TestVendor::tls(TestVendor::ok_handler()).await,
-    ] {
-        let gw = stripe_gateway(&vendor, "idle_timeout_ms = 1000").await;
-        assert_eq!(answered_status(&client(), &gw).await, 200);
-        until_closed(&vendor, 1).await;
-        assert_eq!(vendor.clean_closes(), 1, "no close_notify before the end");
-        gw.stop().await;
-    }
+    let vendor = TestVendor::tls_http1(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "idle_timeout_ms = 1000").await;
+    assert_eq!(answered_status(&client(), &gw).await, 200);
+    until_closed(&vendor, 1).await;
+    assert_eq!(vendor.clean_closes(), 1, "no close_notify before the end");
+    gw.stop().await;
 }
 
 /// Calls waiting for a connection being opened give their place back when they are cancelled:
@@ -1020,7 +1017,14 @@ async fn calls_cancelled_while_waiting_for_a_connection_give_their_place_back() 
     vendor.stall_new_connections(std::time::Duration::from_millis(1500));
     let pause = |millis| tokio::time::sleep(std::time::Duration::from_millis(millis));
     let opener = tokio::spawn(answered_status(&h2c, &gw));
-    pause(300).await;
+    // Its connection is accepted (and stalled) before any other call comes.
+    for _ in 0..100 {
+        if vendor.connections() == 2 {
+            break;
+        }
+        pause(20).await;
+    }
+    assert_eq!(vendor.connections(), 2, "the first call dialled");
     // On the same client connection as the others, so on the same worker and its pool.
     let mut cancelled = tokio::task::JoinSet::new();
     for _ in 0..3 {

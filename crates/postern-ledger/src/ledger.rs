@@ -23,8 +23,9 @@ use crate::frame::{
     push_frame, scan_frames, FrameStop, Tail, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, PAD_BLOCK_BYTES,
 };
 use crate::store::{
-    list_segments, load_or_create_signer, lock_dir, open_rw, read_file, segment_name, sync_dir,
-    HashFile, CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE, HASHES_FILE, HASHES_REBUILD_FILE, LOG_DIR,
+    list_segments, load_or_create_signer, lock_dir, open_rw, read_file, read_rebuild_marker,
+    segment_name, sync_dir, write_rebuild_marker, HashFile, CHECKPOINT_FILE,
+    CHECKPOINT_HISTORY_FILE, HASHES_FILE, HASHES_REBUILD_FILE, LOG_DIR,
 };
 
 /// Default [`LedgerOptions::min_commit_interval_us`].
@@ -888,6 +889,16 @@ struct HashFileSync<'a> {
     rewritten_from: Option<u64>,
 }
 
+impl Drop for HashFileSync<'_> {
+    /// Left unfinished (opening failed after a rewrite began, say the entries do not match the
+    /// signed checkpoint): what is still buffered is not written.
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.into_parts();
+        }
+    }
+}
+
 impl<'a> HashFileSync<'a> {
     fn new(
         file: &'a File,
@@ -896,12 +907,8 @@ impl<'a> HashFileSync<'a> {
         on_disk: u64,
         covered: u64,
     ) -> Result<Self, LedgerError> {
-        let (interrupted_from, marker_present) = match std::fs::read_to_string(marker) {
-            // Unreadable as a position: the marker itself was cut short, so no rewrite began.
-            Ok(text) => (text.trim().parse::<u64>().ok(), true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, false),
-            Err(e) => return Err(io_error(marker)(e)),
-        };
+        let directory = marker.parent().expect("in the ledger's directory");
+        let (marker_present, interrupted_from) = read_rebuild_marker(directory)?;
         if let Some(from) = interrupted_from {
             tracing::warn!(hash_file = %path.display(), from, "audit log: the stored hashes' rewrite was cut short; rewriting them from there");
         }
@@ -929,10 +936,10 @@ impl<'a> HashFileSync<'a> {
             .interrupted_from
             .is_none_or(|from| from > self.position)
         {
-            let mut marker = File::create(self.marker).map_err(io_error(self.marker))?;
-            writeln!(marker, "{}", self.position).map_err(io_error(self.marker))?;
-            marker.sync_data().map_err(io_error(self.marker))?;
-            sync_dir(self.marker.parent().expect("in the ledger's directory"))?;
+            write_rebuild_marker(
+                self.marker.parent().expect("in the ledger's directory"),
+                self.position,
+            )?;
             self.marker_present = true;
         }
         self.file

@@ -52,6 +52,32 @@ pub(crate) fn list_segments(log_dir: &Path) -> Result<Vec<(u64, PathBuf)>, Ledge
     Ok(segments)
 }
 
+/// The rewrite marker in `dir` ([`HASHES_REBUILD_FILE`]): whether it is there, and the position
+/// it names (`None` when it names none: a marker is only ever renamed into place whole, so that
+/// is a file put there by hand).
+pub(crate) fn read_rebuild_marker(dir: &Path) -> Result<(bool, Option<u64>), LedgerError> {
+    let path = dir.join(HASHES_REBUILD_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((true, text.trim().parse::<u64>().ok())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((false, None)),
+        Err(e) => Err(io_error(&path)(e)),
+    }
+}
+
+/// Puts a marker naming `position` in `dir`, durably: written to a temporary file and synced,
+/// renamed over any marker there, and the directory synced (so a crash leaves the old marker or
+/// the new one, never an empty one).
+pub(crate) fn write_rebuild_marker(dir: &Path, position: u64) -> Result<(), LedgerError> {
+    let path = dir.join(HASHES_REBUILD_FILE);
+    let staged = dir.join(format!("{HASHES_REBUILD_FILE}.tmp"));
+    let mut file = File::create(&staged).map_err(io_error(&staged))?;
+    file.write_all(format!("{position}\n").as_bytes())
+        .map_err(io_error(&staged))?;
+    file.sync_data().map_err(io_error(&staged))?;
+    std::fs::rename(&staged, &path).map_err(io_error(&path))?;
+    sync_dir(dir)
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
     File::open(dir)
         .and_then(|d| d.sync_all())

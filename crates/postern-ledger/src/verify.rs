@@ -8,8 +8,8 @@ use postern_tlog::{leaf_hash, Checkpoint, Hash, NoteSigner, NoteVerifier, TreeBu
 
 use crate::frame::{scan_frames, FrameStop, Tail};
 use crate::store::{
-    list_segments, read_file, CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE, HASHES_FILE, KEY_FILE,
-    LOG_DIR,
+    list_segments, read_file, read_rebuild_marker, CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE,
+    HASHES_FILE, KEY_FILE, LOG_DIR,
 };
 
 /// What a successful verification checked.
@@ -207,11 +207,15 @@ pub fn verify_dir(
         Err(_) => None,
     };
     // Stored hashes are only trusted (and so only compared) up to the latest checkpoint:
-    // beyond it, open rewrites them.
+    // beyond it, open rewrites them; so it does from where a rewrite cut short by a crash
+    // began (its marker).
+    let (_, interrupted_from) =
+        read_rebuild_marker(dir).map_err(|error| VerifyError::Unreadable(error.to_string()))?;
     let compare_limit = latest_checkpoint
         .as_ref()
         .map(|c| postern_tlog::stored_hash_count(c.size))
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .min(interrupted_from.unwrap_or(u64::MAX));
     let mut stored_hashes_checked = 0u64;
     let mut builder = TreeBuilder::new();
     let mut new_hashes = Vec::new();
@@ -259,7 +263,8 @@ pub fn verify_dir(
                     }
                     let mut buf = [0u8; HASH_SIZE];
                     reader.read_exact(&mut buf).map_err(io(&hashes_path))?;
-                    if buf != hash.0 {
+                    // All zeros: a hole a cut-short rewrite left, as open takes it.
+                    if buf != hash.0 && buf != [0u8; HASH_SIZE] {
                         return Err(VerifyError::EntryMismatch {
                             entry_index: index,
                             segment: path.clone(),

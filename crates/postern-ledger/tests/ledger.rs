@@ -932,8 +932,11 @@ async fn a_hash_rewrite_cut_short_is_finished_on_open_from_where_it_started() {
     assert!(matches!(err, LedgerError::Inconsistent(_)), "{err}");
     assert_eq!(std::fs::read(&hashes).unwrap(), stored);
     assert!(marker.exists());
+    // `audit verify` reads the marker the same way.
+    assert!(verify_dir(tmp.path(), None, |_, _| {}).is_err());
 
     std::fs::write(&marker, "40\n").unwrap();
+    assert_eq!(verify_dir(tmp.path(), None, |_, _| {}).unwrap().entries, 50);
     let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
     assert_eq!(report.hashes_rewritten_from, Some(40));
     assert_eq!(ledger.root(50).unwrap(), checkpoint.root_hash);
