@@ -78,6 +78,7 @@ async fn start_with_key(
 async fn granted_call_is_forwarded_with_the_vendor_key_and_recorded() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = stripe_gateway(&vendor, "").await;
+    let started = std::time::Instant::now();
     let response = client()
         .post(format!("{}/stripe/v1/charges?expand=customer", gw.base))
         .bearer_auth(&gw.token)
@@ -92,6 +93,7 @@ async fn granted_call_is_forwarded_with_the_vendor_key_and_recorded() {
         .unwrap()
         .to_string();
     assert_eq!(response.text().await.unwrap(), r#"{"ok":true}"#);
+    let took = started.elapsed().as_secs_f64() * 1000.0;
 
     let seen = vendor.last();
     assert_eq!(seen.method, "POST");
@@ -121,7 +123,9 @@ async fn granted_call_is_forwarded_with_the_vendor_key_and_recorded() {
     assert_eq!(event["response_bytes"], 11);
     assert_eq!(event["upstream_addr"], vendor.addr.to_string());
     assert_eq!(event["source_ip"], "127.0.0.1");
-    assert!(event["duration_ms"].as_f64().unwrap() >= 0.0);
+    // Within the call as the test saw it (a lower bound: the total-timeout test's event).
+    let duration = event["duration_ms"].as_f64().unwrap();
+    assert!((0.0..=took).contains(&duration), "{duration} of {took} ms");
     let time = event["time"].as_str().unwrap();
     assert!(
         time.ends_with('Z') && time.len() == 24,
@@ -1724,10 +1728,10 @@ async fn a_vendor_that_stalls_while_its_answer_is_scanned_gets_504() {
     assert_eq!(stalled_call_event(gw, vendor).await["status"], 504);
 }
 
-/// A slow stream is not a stalled one: each chunk restarts the clock, so six chunks 200 ms
-/// apart (1.2 s in all) pass a 1 s `response_idle_timeout_ms` whole.
-#[tokio::test]
-async fn a_slow_but_steady_stream_is_not_cut() {
+/// A plain-HTTP vendor that answers one request with a chunked body, `chunks` chunks of two
+/// bytes (`0;`, `1;`, … `9;`, then again) 200 ms apart, then (`end`) the last chunk; it stops
+/// early if the connection goes.
+async fn trickling_vendor(chunks: usize, end: bool) -> (u16, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -1738,16 +1742,26 @@ async fn a_slow_but_steady_stream_is_not_cut() {
         let head =
             b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
         stream.write_all(head).await.unwrap();
-        for i in 0..6 {
+        for i in 0..chunks {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            stream
-                .write_all(format!("2\r\n{i};\r\n").as_bytes())
-                .await
-                .unwrap();
+            let chunk = format!("2\r\n{};\r\n", i % 10);
+            if stream.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
         }
-        stream.write_all(b"0\r\n\r\n").await.unwrap();
-        let _ = stream.read(&mut request).await;
+        if end {
+            stream.write_all(b"0\r\n\r\n").await.unwrap();
+            let _ = stream.read(&mut request).await;
+        }
     });
+    (port, vendor)
+}
+
+/// A slow stream is not a stalled one: each chunk restarts the clock, so six chunks 200 ms
+/// apart (1.2 s in all) pass a 1 s `response_idle_timeout_ms` whole.
+#[tokio::test]
+async fn a_slow_but_steady_stream_is_not_cut() {
+    let (port, vendor) = trickling_vendor(6, true).await;
     let extra = "response_idle_timeout_ms = 1000";
     let gw = TestGateway::start(&slow_integration(port, 20_000, extra), None).await;
     let response = get_slow_x(&gw).await;
@@ -1768,25 +1782,8 @@ async fn a_slow_but_steady_stream_is_not_cut() {
 /// lasted 1 s, recorded `incomplete` with `upstream_total_timeout`.
 #[tokio::test]
 async fn a_call_past_total_timeout_is_cut_however_steady_the_stream() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let vendor = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut request = vec![0u8; 4096];
-        let _ = stream.read(&mut request).await.unwrap();
-        let head =
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
-        stream.write_all(head).await.unwrap();
-        // 10 s of chunks at most; the test needs about 1.
-        for i in 0..50 {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            let chunk = format!("2\r\n{}.\r\n", i % 10);
-            if stream.write_all(chunk.as_bytes()).await.is_err() {
-                return;
-            }
-        }
-    });
+    // 10 s of chunks at most; the test needs about 1.
+    let (port, vendor) = trickling_vendor(50, false).await;
     let extra = "response_idle_timeout_ms = 1000\ntotal_timeout_ms = 1000";
     let gw = TestGateway::start(&slow_integration(port, 20_000, extra), None).await;
     let started = std::time::Instant::now();
@@ -1804,6 +1801,7 @@ async fn a_call_past_total_timeout_is_cut_however_steady_the_stream() {
     let event = gw.wait_events(1).await.remove(0);
     assert_eq!(event["reason"], "upstream_total_timeout", "{event}");
     assert_eq!(event["incomplete"], true, "{event}");
+    assert!(event["duration_ms"].as_f64().unwrap() >= 1000.0, "{event}");
     vendor.abort();
     gw.stop().await;
 }

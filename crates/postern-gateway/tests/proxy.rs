@@ -992,6 +992,20 @@ fn dialling(port: u16) -> bool {
         })
 }
 
+/// Sends `CONNECT 127.0.0.1:port` as `checkout`, waits (up to 5 s) until Postern dials it, and
+/// hangs up.
+#[cfg(target_os = "linux")]
+async fn connect_and_hang_up_while_dialled(gw: &TestGateway, port: u16) {
+    let stream = send_proxy_head(gw, &format!("CONNECT 127.0.0.1:{port} HTTP/1.1"), port).await;
+    let mut waited = 0;
+    while !dialling(port) {
+        assert!(waited < 500, "Postern never dialled the destination");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    drop(stream);
+}
+
 /// A caller that hangs up on its CONNECT while Postern still dials the destination leaves the
 /// call recorded: `499 caller_closed`, a denial (as for a refused address, a host no
 /// integration registers is authorized only once the dial returns), with an audit outcome and
@@ -1005,14 +1019,7 @@ async fn a_connect_whose_caller_hangs_up_while_the_host_is_dialled_is_recorded()
         !dialling(port),
         "a connect to the full listener is still pending"
     );
-    let stream = send_proxy_head(&gw, &format!("CONNECT 127.0.0.1:{port} HTTP/1.1"), port).await;
-    let mut waited = 0;
-    while !dialling(port) {
-        assert!(waited < 500, "Postern never dialled the destination");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        waited += 1;
-    }
-    drop(stream);
+    connect_and_hang_up_while_dialled(&gw, port).await;
 
     let outcome = hang_up_recorded(&gw, "deny", "tunnel").await;
     assert_eq!(outcome.intent_index, None);
@@ -1047,14 +1054,7 @@ operations = ["*"]
 "#
     );
     let mut gw = TestGateway::start(&body, None).await;
-    let stream = send_proxy_head(&gw, &format!("CONNECT 127.0.0.1:{port} HTTP/1.1"), port).await;
-    let mut waited = 0;
-    while !dialling(port) {
-        assert!(waited < 500, "Postern never dialled the vendor");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        waited += 1;
-    }
-    drop(stream);
+    connect_and_hang_up_while_dialled(&gw, port).await;
 
     let outcome = hang_up_recorded(&gw, "allow", "tunnel").await;
     assert_eq!(outcome.intent_index, None);

@@ -31,22 +31,55 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `--help` answers for every command and subcommand, found by walking the "Commands:" lists
+/// of the help itself (so a new command is covered without touching this test).
 #[test]
 fn help_everywhere() {
-    for args in [
-        vec!["--help"],
-        vec!["serve", "--help"],
-        vec!["check", "--help"],
-        vec!["callers", "--help"],
-        vec!["callers", "token", "--help"],
-        vec!["demo", "--help"],
-    ] {
-        let (code, stdout, _) = run(&args);
-        assert_eq!(code, 0, "{args:?}");
+    let mut pending = vec![Vec::<String>::new()];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let (code, stdout, stderr) = run(&args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
         assert!(stdout.contains("Usage:"), "{args:?}: {stdout}");
+        seen += 1;
+        let commands = stdout
+            .split_once("Commands:")
+            .map(|(_, rest)| rest.split("\n\n").next().unwrap_or_default())
+            .unwrap_or_default();
+        for line in commands.lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            if name != "help" {
+                let mut child = path.clone();
+                child.push(name.to_string());
+                pending.push(child);
+            }
+        }
     }
+    assert!(seen > 20, "only {seen} commands found");
     let (code, _, stderr) = run(&["no-such-command"]);
     assert_eq!(code, 2, "{stderr}");
+}
+
+/// A listener address someone else holds: `serve` exits 1 (runtime failure), naming it.
+#[test]
+fn serve_exits_1_when_it_cannot_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = held.local_addr().unwrap().port();
+    let config = dir.path().join("postern.toml");
+    std::fs::write(
+        &config,
+        served_config(dir.path(), listen, free_port(), r#""a""#),
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{listen}")), "{stderr}");
+    drop(held);
 }
 
 #[test]
