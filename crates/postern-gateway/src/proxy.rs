@@ -19,6 +19,7 @@ use bytes::Bytes;
 use crate::body::CallerBody;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
 use percent_encoding::AsciiSet;
 use postern_policy::{AuthzRequest, Reason};
 
@@ -759,6 +760,18 @@ fn authorize(
     };
     context.operation_id = Some(operation.id.clone());
     context.path_template = Some(operation.template.clone());
+    // A policy that decides on the size cannot be asked about a body of unknown size (it would
+    // read 0, and a chunked upload would pass any size limit): fail closed.
+    if declared_length.is_none() && runtime.policy.reads_request_bytes() {
+        let body = request.body();
+        if !body.is_end_stream() && body.size_hint().exact().is_none() {
+            return Err(CallError::new(
+                StatusCode::LENGTH_REQUIRED,
+                "length_required",
+                "the policies decide on the request's size (context.request_bytes), and this request's body does not declare one; send it with Content-Length",
+            ));
+        }
+    }
     let facts = PolicyFacts::of(context);
     let authz = facts.request(
         &integration.name,

@@ -366,6 +366,31 @@ when { context.request_bytes > 100 };
     assert_eq!(events[0]["policy"], "grant-0");
     assert_eq!(events[1]["policy"], "small-charges-only");
     assert_eq!(vendor.seen().len(), 1);
+
+    // A body that declares no size (chunked over HTTP/1.1, no content-length over h2) cannot
+    // be decided on by a size policy: refused, not read as 0 bytes and let through.
+    for caller in [client(), h2c_client()] {
+        let chunks = futures_stream(vec![vec![b'x'; 300], vec![b'y'; 300]]);
+        let unsized_body = caller
+            .post(format!("{}/stripe/v1/charges", gw.base))
+            .bearer_auth(&gw.token)
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unsized_body.status(), 411);
+        let body: serde_json::Value = unsized_body.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "length_required", "{body}");
+    }
+    // A bodiless request needs no length.
+    let get = client()
+        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    assert_eq!(vendor.seen().len(), 2);
     gw.stop().await;
 }
 

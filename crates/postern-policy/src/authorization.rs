@@ -127,6 +127,8 @@ pub struct PolicyEngine {
     policy_set: PolicySet,
     cedar_text: String,
     evaluation: Evaluation,
+    /// A custom policy reads `context.request_bytes`.
+    reads_request_bytes: bool,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -302,9 +304,9 @@ impl PolicyEngine {
             cedar_text.push_str(&text);
         }
 
-        let custom_count = match custom_policies {
+        let (custom_count, reads_request_bytes) = match custom_policies {
             Some(source) => add_custom_policies(source, &schema, &mut policy_set, &mut cedar_text)?,
-            None => 0,
+            None => (0, false),
         };
 
         let entities = Entities::from_entities(entities, Some(&schema)).map_err(|error| {
@@ -323,6 +325,7 @@ impl PolicyEngine {
                 authorizer: Authorizer::new(),
                 entities,
             },
+            reads_request_bytes,
         };
         if custom_count == 0 {
             engine.precompute(&granted_pairs);
@@ -469,6 +472,12 @@ impl PolicyEngine {
     pub fn depends_on_context(&self) -> bool {
         matches!(self.evaluation, Evaluation::PerRequest { .. })
     }
+
+    /// Whether a custom policy reads `context.request_bytes`: then a request whose size is not
+    /// declared cannot be decided on (the gateway asks for a `Content-Length`).
+    pub fn reads_request_bytes(&self) -> bool {
+        self.reads_request_bytes
+    }
 }
 
 fn add_policy(policy_set: &mut PolicySet, policy: Policy) -> Result<(), PolicyError> {
@@ -490,7 +499,7 @@ fn add_custom_policies(
     schema: &Schema,
     policy_set: &mut PolicySet,
     cedar_text: &mut String,
-) -> Result<usize, PolicyError> {
+) -> Result<(usize, bool), PolicyError> {
     let parsed = PolicySet::from_str(source).map_err(|errors| PolicyError::CustomPolicySyntax {
         message: describe_diagnostics(source, [DetailedError::from(&errors)]),
     })?;
@@ -539,10 +548,26 @@ fn add_custom_policies(
             cedar_text.push_str(&text);
         }
     }
+    // Read from each policy's JSON form (attribute names are strings there; comments are gone).
+    let reads_request_bytes = renamed.policies().any(|policy| {
+        policy
+            .to_json()
+            .is_ok_and(|json| names(&json, "request_bytes"))
+    });
     for policy in renamed.policies() {
         add_policy(policy_set, policy.clone())?;
     }
-    Ok(count)
+    Ok((count, reads_request_bytes))
+}
+
+/// Whether `json` holds the string `name` anywhere.
+fn names(json: &serde_json::Value, name: &str) -> bool {
+    match json {
+        serde_json::Value::String(text) => text == name,
+        serde_json::Value::Array(items) => items.iter().any(|item| names(item, name)),
+        serde_json::Value::Object(fields) => fields.values().any(|value| names(value, name)),
+        _ => false,
+    }
 }
 
 /// `policy7` -> 7; anything else sorts last, by name.

@@ -327,6 +327,14 @@ forbid(principal, action, resource)
 }
 
 #[test]
+fn whether_custom_policies_read_the_request_size_is_known() {
+    assert!(compile(Some(NIGHT_AND_SIZE)).unwrap().reads_request_bytes());
+    assert!(!compile(None).unwrap().reads_request_bytes());
+    let by_hour = "// request_bytes is not read here\nforbid(principal, action, resource) when { context.hour < 6 };";
+    assert!(!compile(Some(by_hour)).unwrap().reads_request_bytes());
+}
+
+#[test]
 fn custom_permit_can_grant() {
     let engine = compile(Some(
         r#"permit(principal == Postern::Caller::"reports", action, resource) when { context.method == "GET" };"#,
