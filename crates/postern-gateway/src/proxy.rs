@@ -760,26 +760,36 @@ fn authorize(
     };
     context.operation_id = Some(operation.id.clone());
     context.path_template = Some(operation.template.clone());
-    // A policy that decides on the size cannot be asked about a body of unknown size (it would
-    // read 0, and a chunked upload would pass any size limit): fail closed.
-    if declared_length.is_none() && runtime.policy.reads_request_bytes() {
-        let body = request.body();
-        if !body.is_end_stream() && body.size_hint().exact().is_none() {
-            return Err(CallError::new(
-                StatusCode::LENGTH_REQUIRED,
-                "length_required",
-                "the policies decide on the request's size (context.request_bytes), and this request's body does not declare one; send it with Content-Length",
-            ));
-        }
-    }
+    let body = request.body();
+    let size = declared_length
+        .or_else(|| body.size_hint().exact())
+        .or_else(|| body.is_end_stream().then_some(0));
     let facts = PolicyFacts::of(context);
-    let authz = facts.request(
-        &integration.name,
-        operation.id,
-        request.method().as_str(),
-        declared_length.unwrap_or(0),
-    );
+    let ask = |request_bytes| {
+        facts.request(
+            &integration.name,
+            operation.id,
+            request.method().as_str(),
+            request_bytes,
+        )
+    };
+    let authz = ask(size.unwrap_or(0));
     let decision = runtime.policy.authorize(&authz);
+    // A body of unknown size (chunked, h2 without content-length) under policies that read
+    // `request_bytes`: decided as the smallest and as the largest body. The same answer both
+    // ways, the size does not change it (a size rule is a bound: this call is under none, or
+    // refused anyway); different answers, it does, and a chunked upload must not pass a size
+    // limit as 0 bytes: fail closed.
+    if size.is_none()
+        && runtime.policy.reads_request_bytes()
+        && runtime.policy.authorize(&ask(u64::MAX)).allowed != decision.allowed
+    {
+        return Err(CallError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "a policy decides this call on the request's size (context.request_bytes), and its body does not declare one; send it with Content-Length",
+        ));
+    }
     context.policy_id = match &decision.reason {
         Reason::Granted { policy_id } | Reason::Forbidden { policy_id } => Some(policy_id.clone()),
         Reason::NotGranted => None,

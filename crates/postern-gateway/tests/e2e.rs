@@ -327,7 +327,7 @@ async fn custom_cedar_policy_adds_conditions() {
     std::fs::write(
         &policies,
         r#"@id("small-charges-only")
-forbid(principal, action, resource in Postern::Integration::"stripe")
+forbid(principal, action, resource == Postern::Operation::"stripe/create_charge")
 when { context.request_bytes > 100 };
 "#,
     )
@@ -367,21 +367,45 @@ when { context.request_bytes > 100 };
     assert_eq!(events[1]["policy"], "small-charges-only");
     assert_eq!(vendor.seen().len(), 1);
 
-    // A body that declares no size (chunked over HTTP/1.1, no content-length over h2) cannot
-    // be decided on by a size policy: refused, not read as 0 bytes and let through.
+    // A body that declares no size (chunked over HTTP/1.1, no content-length over h2), on an
+    // operation the size rule bounds: refused, not decided as 0 bytes and let through.
+    let unsized_call =
+        |caller: &reqwest::Client, method: reqwest::Method, path: &str, token: &str| {
+            let chunks = futures_stream(vec![vec![b'x'; 300], vec![b'y'; 300]]);
+            caller
+                .request(method, format!("{}/stripe{path}", gw.base))
+                .bearer_auth(token)
+                .body(reqwest::Body::wrap_stream(chunks))
+                .send()
+        };
     for caller in [client(), h2c_client()] {
-        let chunks = futures_stream(vec![vec![b'x'; 300], vec![b'y'; 300]]);
-        let unsized_body = caller
-            .post(format!("{}/stripe/v1/charges", gw.base))
-            .bearer_auth(&gw.token)
-            .body(reqwest::Body::wrap_stream(chunks))
-            .send()
+        let refused = unsized_call(&caller, reqwest::Method::POST, "/v1/charges", &gw.token)
             .await
             .unwrap();
-        assert_eq!(unsized_body.status(), 411);
-        let body: serde_json::Value = unsized_body.json().await.unwrap();
+        assert_eq!(refused.status(), 411);
+        let body: serde_json::Value = refused.json().await.unwrap();
         assert_eq!(body["error"]["code"], "length_required", "{body}");
     }
+    let events = gw.wait_events(4).await;
+    assert!(events[2..]
+        .iter()
+        .all(|e| e["reason"] == "length_required" && e["decision"] == "deny"));
+    // Where the size changes nothing, none is asked for: an operation no size rule bounds, and
+    // a caller refused anyway (403, as with any size).
+    let other = unsized_call(
+        &client(),
+        reqwest::Method::GET,
+        "/v1/charges/ch_1",
+        &gw.token,
+    );
+    assert_eq!(other.await.unwrap().status(), 200);
+    let ungranted = unsized_call(
+        &client(),
+        reqwest::Method::POST,
+        "/v1/charges",
+        REPORTING_TOKEN,
+    );
+    assert_eq!(ungranted.await.unwrap().status(), 403);
     // A bodiless request needs no length.
     let get = client()
         .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
@@ -390,7 +414,7 @@ when { context.request_bytes > 100 };
         .await
         .unwrap();
     assert_eq!(get.status(), 200);
-    assert_eq!(vendor.seen().len(), 2);
+    assert_eq!(vendor.seen().len(), 3);
     gw.stop().await;
 }
 

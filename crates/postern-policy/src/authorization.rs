@@ -548,11 +548,12 @@ fn add_custom_policies(
             cedar_text.push_str(&text);
         }
     }
-    // Read from each policy's JSON form (attribute names are strings there; comments are gone).
+    // Read from each policy's JSON form (attribute names are strings there; comments are gone);
+    // a policy with no JSON form counts as reading it (the gateway then asks for a length).
     let reads_request_bytes = renamed.policies().any(|policy| {
         policy
             .to_json()
-            .is_ok_and(|json| names(&json, "request_bytes"))
+            .map_or(true, |json| names(&json, "request_bytes"))
     });
     for policy in renamed.policies() {
         add_policy(policy_set, policy.clone())?;
