@@ -566,9 +566,23 @@ fn authorize_tunnel(
 ) -> Result<(), CallError> {
     let facts = crate::proxy::PolicyFacts::of(context);
     let mut refusal = None;
+    // The tunnel's requests are not seen, so neither are their sizes: where a policy reads
+    // `request_bytes`, an operation opens the tunnel only if the largest body would pass too.
+    let sized = runtime.policy.reads_request_bytes();
+    let mut bounded_by_size = false;
     for operation in &integration.config.operations {
         let request = facts.request(&integration.name, &operation.id, &operation.method, 0);
-        let decision = runtime.policy.authorize(&request);
+        let mut decision = runtime.policy.authorize(&request);
+        if decision.allowed && sized {
+            let largest = facts.request(
+                &integration.name,
+                &operation.id,
+                &operation.method,
+                u64::MAX,
+            );
+            decision = runtime.policy.authorize(&largest);
+            bounded_by_size |= !decision.allowed;
+        }
         if decision.allowed {
             if let postern_policy::Reason::Granted { policy_id } = &decision.reason {
                 context.policy_id = Some(policy_id.clone());
@@ -582,7 +596,10 @@ fn authorize_tunnel(
         .map_or("not_granted", postern_policy::Reason::code);
     Err(CallError::forbidden(
         code,
-        "this caller may call no operation of the integration that owns this host (now); ask the integration's owner for a grant",
+        match bounded_by_size {
+            true => "a policy bounds the size of this caller's requests to the integration that owns this host (context.request_bytes), and an opaque tunnel's requests are not seen; set `intercept = true` on the integration so each request is decided",
+            false => "this caller may call no operation of the integration that owns this host (now); ask the integration's owner for a grant",
+        },
     ))
 }
 

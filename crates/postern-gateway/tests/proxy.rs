@@ -479,6 +479,55 @@ operations = ["*"]
     gw.stop().await;
 }
 
+/// An opaque tunnel's requests are not seen, sizes included: where a Cedar rule bounds
+/// `request_bytes` for the integration, the tunnel is refused (it could carry any size), and
+/// says to intercept; without such a rule the same tunnel opens.
+#[tokio::test]
+async fn an_opaque_tunnel_is_refused_where_a_size_rule_applies() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("size.cedar");
+    std::fs::write(
+        &policies,
+        "forbid(principal, action, resource in Postern::Integration::\"opaque\") when { context.request_bytes > 1000 };\n",
+    )
+    .unwrap();
+    let body = format!(
+        r#"
+[[integrations]]
+name = "opaque"
+vendor = "Opaque"
+owner = "team@example.com"
+upstream = "https://localhost:{port}"
+allow_private_networks = ["127.0.0.1/32", "::1/128"]
+hosts = ["localhost"]
+intercept = false
+operations = [ {{ id = "any", method = "GET", path = "/v1/things/{{id}}" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "opaque"
+operations = ["*"]
+"#,
+        port = vendor.addr.port()
+    );
+    let url = format!("https://localhost:{}/v1/things/1", vendor.addr.port());
+    let gateway_extra = format!("policies = \"{}\"", policies.display());
+    let gw = TestGateway::start_with_gateway(&body, None, &gateway_extra).await;
+    let sized = tunnel_client(&gw, CHECKOUT_TOKEN, &vendor).await;
+    assert!(sized.get(&url).send().await.is_err());
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["decision"], "deny", "{}", events[0]);
+    assert_eq!(events[0]["reason"], "policy_forbid", "{}", events[0]);
+    assert!(vendor.seen().is_empty());
+    gw.stop().await;
+
+    let gw = TestGateway::start(&body, None).await;
+    let unbounded = tunnel_client(&gw, CHECKOUT_TOKEN, &vendor).await;
+    assert_eq!(unbounded.get(&url).send().await.unwrap().status(), 200);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their_endpoints_discovered(
 ) {
