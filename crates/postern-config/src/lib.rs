@@ -112,6 +112,16 @@ pub struct KeyProblem {
     pub fix: String,
 }
 
+impl KeyProblem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        KeyProblem {
+            key: key.into(),
+            message: message.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
 impl std::fmt::Display for KeyProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)

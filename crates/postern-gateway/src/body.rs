@@ -392,10 +392,7 @@ impl Stall {
 
     /// The call started at `started` and must be over `total_timeout_ms` later (0: no limit).
     pub fn ending(mut self, started: std::time::Instant, total_timeout_ms: u64) -> Self {
-        if total_timeout_ms > 0 {
-            let total = std::time::Duration::from_millis(total_timeout_ms);
-            self.total = Some((tokio::time::Instant::from_std(started) + total, total));
-        }
+        self.total = call_end(started, total_timeout_ms);
         self
     }
 
@@ -433,19 +430,29 @@ impl Stall {
         if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
             return None;
         }
-        match (self.past_total(), idle, total) {
-            (Some(total), _, _) | (None, None, Some((_, total))) => Some(Overdue::Total(total)),
-            (None, Some(idle), _) => Some(Overdue::Idle(idle)),
-            (None, None, None) => None,
-        }
+        // The timer fired: at the call's end, or (before it) after the idle limit; without an
+        // idle limit it was set at the call's end.
+        self.past_total()
+            .or(idle.map(Overdue::Idle))
+            .or(total.map(|(_, total)| Overdue::Total(total)))
     }
 
     /// Whether the call is past its end (`total_timeout_ms`): checked after each frame that
     /// does not end the body, for a body that never has to wait.
-    pub fn past_total(&self) -> Option<std::time::Duration> {
+    pub fn past_total(&self) -> Option<Overdue> {
         let (end, total) = self.total?;
-        (tokio::time::Instant::now() >= end).then_some(total)
+        (tokio::time::Instant::now() >= end).then_some(Overdue::Total(total))
     }
+}
+
+/// When a call that started at `started` must be over, by `total_timeout_ms` (0: never), and
+/// that limit.
+pub fn call_end(
+    started: std::time::Instant,
+    total_timeout_ms: u64,
+) -> Option<(tokio::time::Instant, std::time::Duration)> {
+    let total = std::time::Duration::from_millis(total_timeout_ms);
+    (total_timeout_ms > 0).then(|| (tokio::time::Instant::from_std(started) + total, total))
 }
 
 /// The vendor's response body on its way back to the caller.
@@ -558,9 +565,9 @@ impl Body for ResponseBody {
                 if !last {
                     // A body that never has to wait (a fast vendor, a slow caller) still ends:
                     // this frame is not passed on (nor counted).
-                    if let Some(total) = this.stall.past_total() {
-                        this.finish(true, Some("upstream_total_timeout"));
-                        return Poll::Ready(Some(Err(BodyError::UpstreamTotal(total))));
+                    if let Some(overdue) = this.stall.past_total() {
+                        this.finish(true, Some(overdue.reason()));
+                        return Poll::Ready(Some(Err(overdue.error())));
                     }
                 }
                 if let Some(data) = frame.data_ref() {

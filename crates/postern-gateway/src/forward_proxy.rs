@@ -566,23 +566,18 @@ fn authorize_tunnel(
 ) -> Result<(), CallError> {
     let facts = crate::proxy::PolicyFacts::of(context);
     let mut refusal = None;
-    // The tunnel's requests are not seen, so neither are their sizes: where a policy reads
-    // `request_bytes`, an operation opens the tunnel only if the largest body would pass too.
-    let sized = runtime.policy.reads_request_bytes();
+    // The tunnel's requests are not seen, so neither are their sizes: an operation opens it only
+    // if no size could change the answer.
     let mut bounded_by_size = false;
     for operation in &integration.config.operations {
         let request = facts.request(&integration.name, &operation.id, &operation.method, 0);
-        let mut decision = runtime.policy.authorize(&request);
-        if decision.allowed && sized {
-            let largest = facts.request(
-                &integration.name,
-                &operation.id,
-                &operation.method,
-                u64::MAX,
-            );
-            decision = runtime.policy.authorize(&largest);
-            bounded_by_size |= !decision.allowed;
-        }
+        let decision = runtime
+            .policy
+            .authorize_unsized(&request)
+            .unwrap_or_else(|refusing| {
+                bounded_by_size = true;
+                refusing
+            });
         if decision.allowed {
             if let postern_policy::Reason::Granted { policy_id } = &decision.reason {
                 context.policy_id = Some(policy_id.clone());

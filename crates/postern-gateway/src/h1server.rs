@@ -60,9 +60,10 @@ pub const MAX_READ_BODY_BYTES: u64 = 64 * 1024;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Headers parsed here; a request with more goes to hyper.
 const MAX_HEADERS: usize = 64;
-/// The most headers hyper's server takes (its default; it answers 431 past it): a head with more
-/// than [`MAX_HEADERS`] is parsed again with room for these, only to find both framings.
-const HYPER_MAX_HEADERS: usize = 100;
+/// The most headers hyper's server takes (set on it: [`crate::listener::connection_builder`];
+/// it answers 431 past them): a head with more than [`MAX_HEADERS`] is parsed again with room
+/// for these, only to find both framings.
+pub(crate) const HYPER_MAX_HEADERS: usize = 100;
 /// Room for one read.
 const READ_SPACE: usize = 8 * 1024;
 /// How long closing a connection may wait to send its last bytes (TLS `close_notify`).
@@ -294,11 +295,11 @@ fn parse_with<const N: usize>(
     // Read through the whole head (not left at the first header that sends it to hyper): a
     // request with both Content-Length and Transfer-Encoding is served here whatever else it
     // has, so that the pipeline refuses it (`conflicting_framing`).
-    let (mut lengths, mut chunked, mut handoff) = (0, false, false);
+    let (mut length, mut chunked, mut handoff) = (false, false, false);
     for found in parsed.headers.iter() {
         let name = found.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            lengths += 1;
+            length = true;
             match (body_len, crate::h1::parse_length(found.value)) {
                 (None, Some(length)) if length <= MAX_READ_BODY_BYTES => body_len = Some(length),
                 _ => handoff = true,
@@ -321,7 +322,7 @@ fn parse_with<const N: usize>(
     // Both framings (a request-smuggling shape): no body is read (which length would it be?),
     // the head goes on to be refused, and the connection closes after the answer, as its next
     // byte cannot be found.
-    let conflicting = lengths > 0 && chunked;
+    let conflicting = length && chunked;
     if conflicting {
         (body_len, close) = (None, true);
     } else if handoff || chunked || only_conflicting {

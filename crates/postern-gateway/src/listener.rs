@@ -45,6 +45,7 @@ pub fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecuto
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
+        .max_headers(crate::h1server::HYPER_MAX_HEADERS)
         .max_buf_size(max_header_bytes.max(8192));
     builder
         .http2()

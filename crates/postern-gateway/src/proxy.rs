@@ -765,31 +765,25 @@ fn authorize(
         .or_else(|| body.size_hint().exact())
         .or_else(|| body.is_end_stream().then_some(0));
     let facts = PolicyFacts::of(context);
-    let ask = |request_bytes| {
-        facts.request(
-            &integration.name,
-            operation.id,
-            request.method().as_str(),
-            request_bytes,
-        )
+    let authz = facts.request(
+        &integration.name,
+        operation.id,
+        request.method().as_str(),
+        size.unwrap_or(0),
+    );
+    let decision = match size {
+        Some(_) => runtime.policy.authorize(&authz),
+        // A body of unknown size (chunked, h2 without content-length): a chunked upload must
+        // not pass a size rule as 0 bytes, so where the size could change the answer: fail
+        // closed.
+        None => runtime.policy.authorize_unsized(&authz).map_err(|_| {
+            CallError::new(
+                StatusCode::LENGTH_REQUIRED,
+                "length_required",
+                "a policy decides this call on the request's size (context.request_bytes), and its body does not declare one; send it with Content-Length",
+            )
+        })?,
     };
-    let authz = ask(size.unwrap_or(0));
-    let decision = runtime.policy.authorize(&authz);
-    // A body of unknown size (chunked, h2 without content-length) under policies that read
-    // `request_bytes`: decided as the smallest and as the largest body. The same answer both
-    // ways, the size does not change it (a size rule is a bound: this call is under none, or
-    // refused anyway); different answers, it does, and a chunked upload must not pass a size
-    // limit as 0 bytes: fail closed.
-    if size.is_none()
-        && runtime.policy.reads_request_bytes()
-        && runtime.policy.authorize(&ask(u64::MAX)).allowed != decision.allowed
-    {
-        return Err(CallError::new(
-            StatusCode::LENGTH_REQUIRED,
-            "length_required",
-            "a policy decides this call on the request's size (context.request_bytes), and its body does not declare one; send it with Content-Length",
-        ));
-    }
     context.policy_id = match &decision.reason {
         Reason::Granted { policy_id } | Reason::Forbidden { policy_id } => Some(policy_id.clone()),
         Reason::NotGranted => None,
@@ -1102,12 +1096,11 @@ fn forward(
     started: std::time::Instant,
 ) -> tokio::time::Timeout<impl Future<Output = Forwarded> + Send + '_> {
     let config = &integration.config;
-    let mut deadline =
-        tokio::time::Instant::now() + Duration::from_millis(config.request_timeout_ms);
-    if config.total_timeout_ms > 0 {
-        let end = started + Duration::from_millis(config.total_timeout_ms);
-        deadline = deadline.min(tokio::time::Instant::from_std(end));
-    }
+    let head = tokio::time::Instant::now() + Duration::from_millis(config.request_timeout_ms);
+    let deadline = match crate::body::call_end(started, config.total_timeout_ms) {
+        Some((end, _)) => head.min(end),
+        None => head,
+    };
     tokio::time::timeout_at(deadline, integration.client.request(request))
 }
 
@@ -1121,14 +1114,18 @@ fn forwarded(
     result: Result<Forwarded, tokio::time::error::Elapsed>,
 ) -> Result<Response<UpstreamBody>, CallError> {
     let total = integration.config.total_timeout_ms;
+    let past_end = || {
+        crate::body::call_end(context.started, total)
+            .is_some_and(|(end, _)| tokio::time::Instant::now() >= end)
+    };
     match result {
-        Err(_) if total > 0 && context.started.elapsed() >= Duration::from_millis(total) => {
-            Err(CallError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_total_timeout",
-                format!("the vendor did not answer before the call reached total_timeout_ms ({total} ms)"),
-            ))
-        }
+        Err(_) if past_end() => Err(CallError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_total_timeout",
+            format!(
+                "the vendor did not answer before the call reached total_timeout_ms ({total} ms)"
+            ),
+        )),
         Err(_) => Err(CallError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_timeout",

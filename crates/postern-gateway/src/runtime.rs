@@ -333,10 +333,12 @@ impl Runtime {
         }
 
         let custom_policies = match &config.gateway.policies {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|error| KeyProblem {
-                key: "gateway.policies".to_string(),
-                message: format!("reading policies file {}: {error}", path.display()),
-                fix: "make the file readable by postern, or remove `policies`".to_string(),
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|error| {
+                KeyProblem::new(
+                    "gateway.policies",
+                    format!("reading policies file {}: {error}", path.display()),
+                    "make the file readable by postern, or remove `policies`",
+                )
             })?),
             None => None,
         };
@@ -365,21 +367,19 @@ impl Runtime {
             custom_policies.as_deref(),
         )
         .map_err(|error| match config.gateway.policies {
-            Some(_) => anyhow::Error::new(KeyProblem {
-                key: "gateway.policies".to_string(),
-                message: format!("policies: {error}"),
-                fix: "correct the Cedar policy where the message says (`postern check --show-policies` prints what the grants compile to)".to_string(),
-            }),
+            Some(_) => anyhow::Error::new(KeyProblem::new(
+                "gateway.policies",
+                format!("policies: {error}"),
+                "correct the Cedar policy where the message says (`postern check --show-policies` prints what the grants compile to)",
+            )),
             None => anyhow::anyhow!("policies: {error}"),
         })?;
 
         let scanner = match &config.gateway.scan_rules {
             None => Arc::new(postern_scan::Scanner::default()),
             Some(path) => {
-                let problem = |message: String, fix: &str| KeyProblem {
-                    key: "gateway.scan_rules".to_string(),
-                    message,
-                    fix: fix.to_string(),
+                let problem = |message: String, fix: &str| {
+                    KeyProblem::new("gateway.scan_rules", message, fix)
                 };
                 let text = std::fs::read_to_string(path).map_err(|error| {
                     problem(
@@ -498,11 +498,11 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 /// The vault's client certificate for `integration` cannot be used.
 fn client_certificate_problem(integration: &IntegrationConfig, what: &str) -> anyhow::Error {
-    anyhow::Error::new(KeyProblem {
-        key: format!("integrations.{}.client_certificate", integration.name),
-        message: format!("integration {}: client_certificate: {what}", integration.name),
-        fix: "store the PEM certificate chain and its private key: `postern creds set NAME --from-file FILE.pem`".to_string(),
-    })
+    anyhow::Error::new(KeyProblem::new(
+        format!("integrations.{}.client_certificate", integration.name),
+        format!("integration {}: client_certificate: {what}", integration.name),
+        "store the PEM certificate chain and its private key: `postern creds set NAME --from-file FILE.pem`",
+    ))
 }
 
 fn build_integration(
@@ -515,10 +515,12 @@ fn build_integration(
             .iter()
             .map(|o| (o.id.as_str(), o.method.as_str(), o.path.as_str())),
     )
-    .map_err(|error| KeyProblem {
-        key: format!("integrations.{}.operations", integration.name),
-        message: format!("integration {}: {error}", integration.name),
-        fix: "give each operation a method and path template that no other operation of the integration matches".to_string(),
+    .map_err(|error| {
+        KeyProblem::new(
+            format!("integrations.{}.operations", integration.name),
+            format!("integration {}: {error}", integration.name),
+            "give each operation a method and path template that no other operation of the integration matches",
+        )
     })?;
     // A client certificate for the vendor (mTLS) comes from the vault; if it cannot be read the
     // integration fails closed like a missing credential.
@@ -563,14 +565,14 @@ fn build_integration(
         .map_err(|error| match &integration.ca_file {
             _ if error.is::<KeyProblem>() => error,
             Some(ca_file) if error.is::<crate::upstream::CaFileError>() => {
-                anyhow::Error::new(KeyProblem {
-                    key: format!("integrations.{}.ca_file", integration.name),
-                    message: format!("integration {}: {error:#}", integration.name),
-                    fix: format!(
+                anyhow::Error::new(KeyProblem::new(
+                    format!("integrations.{}.ca_file", integration.name),
+                    format!("integration {}: {error:#}", integration.name),
+                    format!(
                         "point `ca_file` at a readable PEM file of CA certificates (-----BEGIN CERTIFICATE-----); it is now {}",
                         ca_file.display()
                     ),
-                })
+                ))
             }
             _ => anyhow::anyhow!("integration {}: {error:#}", integration.name),
         })?;

@@ -436,28 +436,35 @@ async fn allow_lists_wildcards_and_the_deny_list() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn a_registered_host_without_interception_is_a_tunnel_for_granted_callers_only() {
-    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let body = format!(
+/// An integration `opaque` at `https://{host}:{port}`, reached through the proxy by that host
+/// and not intercepted (an opaque tunnel), loopback allowed, every operation granted to
+/// `checkout`; `extra` adds keys to the integration.
+fn opaque_integration(host: &str, port: u16, extra: &str) -> String {
+    format!(
         r#"
 [[integrations]]
 name = "opaque"
 vendor = "Opaque"
 owner = "team@example.com"
-upstream = "https://localhost:{port}"
+upstream = "https://{host}:{port}"
 allow_private_networks = ["127.0.0.1/32", "::1/128"]
-hosts = ["localhost"]
+hosts = ["{host}"]
 intercept = false
+{extra}
 operations = [ {{ id = "any", method = "GET", path = "/v1/things/{{id}}" }} ]
 
 [[grants]]
 caller = "checkout"
 integration = "opaque"
 operations = ["*"]
-"#,
-        port = vendor.addr.port()
-    );
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_registered_host_without_interception_is_a_tunnel_for_granted_callers_only() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let body = opaque_integration("localhost", vendor.addr.port(), "");
     let gw = TestGateway::start(&body, None).await;
     let url = format!("https://localhost:{}/v1/things/1", vendor.addr.port());
     let granted = tunnel_client(&gw, CHECKOUT_TOKEN, &vendor).await;
@@ -492,25 +499,7 @@ async fn an_opaque_tunnel_is_refused_where_a_size_rule_applies() {
         "forbid(principal, action, resource in Postern::Integration::\"opaque\") when { context.request_bytes > 1000 };\n",
     )
     .unwrap();
-    let body = format!(
-        r#"
-[[integrations]]
-name = "opaque"
-vendor = "Opaque"
-owner = "team@example.com"
-upstream = "https://localhost:{port}"
-allow_private_networks = ["127.0.0.1/32", "::1/128"]
-hosts = ["localhost"]
-intercept = false
-operations = [ {{ id = "any", method = "GET", path = "/v1/things/{{id}}" }} ]
-
-[[grants]]
-caller = "checkout"
-integration = "opaque"
-operations = ["*"]
-"#,
-        port = vendor.addr.port()
-    );
+    let body = opaque_integration("localhost", vendor.addr.port(), "");
     let url = format!("https://localhost:{}/v1/things/1", vendor.addr.port());
     let gateway_extra = format!("policies = \"{}\"", policies.display());
     let gw = TestGateway::start_with_gateway(&body, None, &gateway_extra).await;
@@ -1083,25 +1072,7 @@ async fn a_connect_whose_caller_hangs_up_while_the_host_is_dialled_is_recorded()
 #[tokio::test]
 async fn a_granted_tunnel_whose_caller_hangs_up_while_the_vendor_is_dialled_is_allowed() {
     let (port, _listener, _queued) = full_listener().await;
-    let body = format!(
-        r#"
-[[integrations]]
-name = "opaque"
-vendor = "Opaque"
-owner = "team@example.com"
-upstream = "https://127.0.0.1:{port}"
-allow_private_networks = ["127.0.0.1/32"]
-hosts = ["127.0.0.1"]
-intercept = false
-connect_timeout_ms = 30000
-operations = [ {{ id = "any", method = "GET", path = "/v1/things/{{id}}" }} ]
-
-[[grants]]
-caller = "checkout"
-integration = "opaque"
-operations = ["*"]
-"#
-    );
+    let body = opaque_integration("127.0.0.1", port, "connect_timeout_ms = 30000");
     let mut gw = TestGateway::start(&body, None).await;
     connect_and_hang_up_while_dialled(&gw, port).await;
 

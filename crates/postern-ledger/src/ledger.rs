@@ -24,8 +24,8 @@ use crate::frame::{
 };
 use crate::store::{
     list_segments, load_or_create_signer, lock_dir, open_rw, read_file, read_rebuild_marker,
-    segment_name, sync_dir, write_rebuild_marker, HashFile, CHECKPOINT_FILE,
-    CHECKPOINT_HISTORY_FILE, HASHES_FILE, HASHES_REBUILD_FILE, LOG_DIR,
+    remove_rebuild_marker, segment_name, sync_dir, write_rebuild_marker, HashFile, CHECKPOINT_FILE,
+    CHECKPOINT_HISTORY_FILE, HASHES_FILE, LOG_DIR,
 };
 
 /// Default [`LedgerOptions::min_commit_interval_us`].
@@ -692,11 +692,10 @@ fn open_blocking(
     let hashes_on_disk =
         hashes.metadata().map_err(io_error(&hashes_path))?.len() / HASH_SIZE as u64;
     let checkpoint_size = latest.as_ref().map(|l| l.checkpoint.size);
-    let rebuild_path = dir.join(HASHES_REBUILD_FILE);
     let mut sync = HashFileSync::new(
         &hashes,
         &hashes_path,
-        &rebuild_path,
+        &dir,
         hashes_on_disk,
         stored_hash_count(checkpoint_size.unwrap_or(0)),
     )?;
@@ -873,8 +872,8 @@ fn open_blocking(
 struct HashFileSync<'a> {
     path: &'a Path,
     file: &'a File,
-    /// The rewrite marker ([`HASHES_REBUILD_FILE`]).
-    marker: &'a Path,
+    /// The ledger's directory, where the rewrite marker (`tree-hashes.rebuild`) is.
+    dir: &'a Path,
     /// A rewrite that a crash cut short started here: the stored hashes from here on are no
     /// evidence, whatever they hold.
     interrupted_from: Option<u64>,
@@ -903,19 +902,18 @@ impl<'a> HashFileSync<'a> {
     fn new(
         file: &'a File,
         path: &'a Path,
-        marker: &'a Path,
+        dir: &'a Path,
         on_disk: u64,
         covered: u64,
     ) -> Result<Self, LedgerError> {
-        let directory = marker.parent().expect("in the ledger's directory");
-        let (marker_present, interrupted_from) = read_rebuild_marker(directory)?;
+        let (marker_present, interrupted_from) = read_rebuild_marker(dir)?;
         if let Some(from) = interrupted_from {
             tracing::warn!(hash_file = %path.display(), from, "audit log: the stored hashes' rewrite was cut short; rewriting them from there");
         }
         Ok(HashFileSync {
             path,
             file,
-            marker,
+            dir,
             interrupted_from,
             marker_present,
             reader: Some(BufReader::with_capacity(1 << 20, file)),
@@ -936,10 +934,7 @@ impl<'a> HashFileSync<'a> {
             .interrupted_from
             .is_none_or(|from| from > self.position)
         {
-            write_rebuild_marker(
-                self.marker.parent().expect("in the ledger's directory"),
-                self.position,
-            )?;
+            write_rebuild_marker(self.dir, self.position)?;
             self.marker_present = true;
         }
         self.file
@@ -999,13 +994,7 @@ impl<'a> HashFileSync<'a> {
         }
         self.file.sync_data().map_err(io_error(self.path))?;
         if self.marker_present {
-            match std::fs::remove_file(self.marker) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io_error(self.marker)(e))
-                }
-                _ => {}
-            }
-            sync_dir(self.marker.parent().expect("in the ledger's directory"))?;
+            remove_rebuild_marker(self.dir)?;
         }
         Ok(self.rewritten_from)
     }

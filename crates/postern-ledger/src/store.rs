@@ -78,6 +78,16 @@ pub(crate) fn write_rebuild_marker(dir: &Path, position: u64) -> Result<(), Ledg
     sync_dir(dir)
 }
 
+/// Removes the marker in `dir` (if there) once the rewrite it stood for is synced, durably.
+pub(crate) fn remove_rebuild_marker(dir: &Path) -> Result<(), LedgerError> {
+    let path = dir.join(HASHES_REBUILD_FILE);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(&path)(e)),
+        _ => {}
+    }
+    sync_dir(dir)
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
     File::open(dir)
         .and_then(|d| d.sync_all())

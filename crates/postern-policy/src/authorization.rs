@@ -473,10 +473,32 @@ impl PolicyEngine {
         matches!(self.evaluation, Evaluation::PerRequest { .. })
     }
 
-    /// Whether a custom policy reads `context.request_bytes`: then a request whose size is not
-    /// declared cannot be decided on (the gateway asks for a `Content-Length`).
+    /// Whether a custom policy reads `context.request_bytes`.
     pub fn reads_request_bytes(&self) -> bool {
         self.reads_request_bytes
+    }
+
+    /// Decides a request whose size is not known (`req.request_bytes` is not read): `Ok` with
+    /// the decision when the size cannot change it, `Err` with the refusing decision when it can
+    /// (asked as the smallest and as the largest body, which settles any size bound, when a
+    /// custom policy reads `request_bytes`).
+    pub fn authorize_unsized(&self, req: &AuthzRequest<'_>) -> Result<Decision, Decision> {
+        let smallest = self.authorize(&AuthzRequest {
+            request_bytes: 0,
+            ..*req
+        });
+        if !self.reads_request_bytes {
+            return Ok(smallest);
+        }
+        let largest = self.authorize(&AuthzRequest {
+            request_bytes: u64::MAX,
+            ..*req
+        });
+        match (smallest.allowed, largest.allowed) {
+            (true, false) => Err(largest),
+            (false, true) => Err(smallest),
+            _ => Ok(smallest),
+        }
     }
 }
 

@@ -335,6 +335,32 @@ fn whether_custom_policies_read_the_request_size_is_known() {
 }
 
 #[test]
+fn a_request_of_unknown_size_is_decided_only_where_the_size_cannot_change_the_answer() {
+    let engine = compile(Some(NIGHT_AND_SIZE)).unwrap();
+    let unsized_reason = |target| match engine.authorize_unsized(&request("checkout", target)) {
+        Ok(decision) => format!("ok: {}", decision.reason),
+        Err(refusing) => format!("size decides: {}", refusing.reason),
+    };
+    // stripe is bounded by size; twilio is not; reporting is refused whatever the size.
+    assert_eq!(
+        unsized_reason("stripe/create_charge"),
+        "size decides: forbidden by policy small-stripe-requests"
+    );
+    assert_eq!(
+        unsized_reason("twilio/send_message"),
+        "ok: granted by grant-3"
+    );
+    assert!(engine
+        .authorize_unsized(&request("reports", "stripe/create_charge"))
+        .is_ok_and(|decision| !decision.allowed));
+    // Without size rules nothing is asked twice: the decision stands.
+    let plain = compile(None).unwrap();
+    assert!(plain
+        .authorize_unsized(&request("checkout", "stripe/create_charge"))
+        .is_ok_and(|decision| decision.allowed));
+}
+
+#[test]
 fn custom_permit_can_grant() {
     let engine = compile(Some(
         r#"permit(principal == Postern::Caller::"reports", action, resource) when { context.method == "GET" };"#,

@@ -22,12 +22,21 @@ pub async fn serve(path: PathBuf) -> ExitCode {
         }
     };
     let triggers = Triggers::arm(&path);
+    // Kept to place a problem that starting finds in the config (a `ca_file` that is not PEM).
+    let placed = config.clone();
     let gateway = match RunningGateway::start(config).await {
         Ok(gateway) => gateway,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            return ExitCode::Failure;
-        }
+        Err(error) => match located(&placed, &error) {
+            Some(errors) => {
+                eprintln!("{errors}");
+                eprintln!("postern: the configuration is invalid; nothing was started");
+                return ExitCode::InvalidConfig;
+            }
+            None => {
+                eprintln!("error: {error:#}");
+                return ExitCode::Failure;
+            }
+        },
     };
     eprintln!(
         "postern: gateway on http://{}  admin on http://{}  data in {}",
@@ -86,16 +95,21 @@ pub async fn run_until_stopped(gateway: &RunningGateway, path: &Path, mut trigge
 
 fn reload(gateway: &RunningGateway, path: &Path, trigger: &str) {
     match postern_config::load(path) {
-        Ok(config) => match gateway.reload(config) {
+        Ok(config) => match gateway.reload(config.clone()) {
             Ok(notes) => {
                 tracing::info!(trigger, path = %path.display(), "configuration reloaded");
                 for note in notes {
                     tracing::warn!(note = %note, "after reload");
                 }
             }
-            Err(error) => {
-                tracing::error!(trigger, error = %format!("{error:#}"), "configuration rejected; keeping the running one")
-            }
+            Err(error) => match located(&config, &error) {
+                Some(errors) => {
+                    tracing::error!(trigger, errors = %errors, "configuration rejected; keeping the running one")
+                }
+                None => {
+                    tracing::error!(trigger, error = %format!("{error:#}"), "configuration rejected; keeping the running one")
+                }
+            },
         },
         Err(errors) => {
             tracing::error!(trigger, errors = %errors, "configuration rejected; keeping the running one")
@@ -129,6 +143,19 @@ fn watch_file(
         return None;
     }
     Some(watcher)
+}
+
+/// `error`, when it is a problem with one of `config`'s values ([`postern_config::KeyProblem`]),
+/// as a diagnostic placed at that value's line and column.
+fn located(
+    config: &postern_config::Config,
+    error: &anyhow::Error,
+) -> Option<postern_config::ConfigErrors> {
+    let problem = error.downcast_ref::<postern_config::KeyProblem>()?;
+    Some(postern_config::ConfigErrors {
+        path: config.source_path.clone(),
+        errors: vec![config.diagnostic(problem)],
+    })
 }
 
 /// Prints `errors` as `check` does (JSON on stdout, else text on stderr).
@@ -165,11 +192,11 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
         if let (Some(cert), Some(key)) = (&config.gateway.tls_cert, &config.gateway.tls_key) {
             let client_ca = config.gateway.client_ca.as_deref();
             postern_gateway::tls::server_config(cert, key, client_ca).map_err(|error| {
-                postern_config::KeyProblem {
-                    key: "gateway.tls_cert".to_string(),
-                    message: format!("{error:#}"),
-                    fix: "point `tls_cert` at a PEM certificate chain, `tls_key` at its private key, and `client_ca` (if set) at PEM CA certificates".to_string(),
-                }
+                postern_config::KeyProblem::new(
+                    "gateway.tls_cert",
+                    format!("{error:#}"),
+                    "point `tls_cert` at a PEM certificate chain, `tls_key` at its private key, and `client_ca` (if set) at PEM CA certificates",
+                )
             })?;
         }
         Runtime::build(
@@ -217,19 +244,15 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
         }
         Err(error) => {
             // Placed at the key it is about when it says which; else at 0:0, no place.
-            let diagnostic = match error.downcast_ref::<postern_config::KeyProblem>() {
-                Some(problem) => config.diagnostic(problem),
-                None => postern_config::Diagnostic {
+            let errors = located(&config, &error).unwrap_or_else(|| postern_config::ConfigErrors {
+                path: path.to_path_buf(),
+                errors: vec![postern_config::Diagnostic {
                     line: 0,
                     column: 0,
                     message: format!("{error:#}"),
                     fix: "see the message; `postern check` reads the files the config names as `postern serve` would".to_string(),
-                },
-            };
-            let errors = postern_config::ConfigErrors {
-                path: path.to_path_buf(),
-                errors: vec![diagnostic],
-            };
+                }],
+            });
             report_invalid(&errors, json);
             ExitCode::InvalidConfig
         }

@@ -216,6 +216,13 @@ fn problems_found_compiling_the_config_name_the_key_line_column_and_fix() {
         assert_eq!(error["line"], line, "{json}");
         assert_eq!(error["column"], column, "{json}");
         assert!(!error["fix"].as_str().unwrap().is_empty(), "{json}");
+        // serve refuses it the same way, before it binds anything.
+        let (code, _, stderr) = run(&["serve", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 3, "{stderr}");
+        assert!(
+            stderr.contains(&format!("bad.toml:{line}:{column}: error: ")),
+            "{stderr}"
+        );
     }
 }
 
