@@ -196,7 +196,7 @@ impl Audit {
             caller: context.caller.as_deref().unwrap_or(""),
             integration: context.integration.as_deref().unwrap_or(""),
             operation: context.operation_id.as_deref().unwrap_or(""),
-            method: context.method.as_str(),
+            method: context.method.as_ref().map_or("", http::Method::as_str),
             path_template: context.path_template.as_deref().unwrap_or(""),
             decision: outcome.map_or(Decision::Allow, |o| o.decision),
             reason: Some(outcome.map_or("granted", |o| o.reason)),
@@ -210,7 +210,12 @@ impl Audit {
             response_bytes: outcome.map(|o| o.response_bytes),
             data_classes: &classes,
             intent_index: outcome.and_then(|o| o.intent_index),
-            hmacs: &[("target", target)],
+            // A head hyper refused has no target to hash (`CallContext::malformed`).
+            hmacs: if target.is_empty() {
+                &[]
+            } else {
+                &[("target", target)]
+            },
         };
         let bytes = record.encode().map_err(|error| {
             format!(
@@ -346,7 +351,10 @@ mod tests {
             caller: context.caller.as_deref().unwrap_or("").to_string(),
             integration: context.integration.as_deref().unwrap_or("").to_string(),
             operation: context.operation_id.as_deref().unwrap_or("").to_string(),
-            method: context.method.to_string(),
+            method: context
+                .method
+                .as_ref()
+                .map_or(String::new(), http::Method::to_string),
             path_template: context.path_template.as_deref().unwrap_or("").to_string(),
             decision: outcome.map_or(Decision::Allow, |o| o.decision),
             reason: Some(outcome.map_or("granted", |o| o.reason).to_string()),

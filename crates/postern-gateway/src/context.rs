@@ -96,7 +96,9 @@ pub struct CallContext {
     /// The client's address as text (the connection's `peer_ip`, formatted once).
     pub source_ip: Arc<str>,
     pub protocol: &'static str,
-    pub method: http::Method,
+    /// `None` for a request refused before its method could be read: a head hyper's parser
+    /// refused ([`CallContext::malformed`]).
+    pub method: Option<http::Method>,
     pub integration: Option<Arc<str>>,
     pub caller: Option<Arc<str>>,
     pub auth: Option<AuthMethod>,
@@ -137,7 +139,7 @@ impl CallContext {
                 http::Version::HTTP_10 => "HTTP/1.0",
                 _ => "HTTP/1.1",
             },
-            method: method.clone(),
+            method: Some(method.clone()),
             integration: None,
             caller: None,
             auth: None,
@@ -155,6 +157,26 @@ impl CallContext {
         }
     }
 
+    /// A request whose head hyper's HTTP/1.1 parser refused (and answered itself): nothing of
+    /// it is known but the connection it came on. Its target is unknown, so its audit entry
+    /// carries no target hash (`target_hmac` is empty). Inside an intercepted tunnel, the
+    /// tunnel's caller and integration are the request's.
+    pub fn malformed(connection: &ConnectionInfo) -> Self {
+        let mut context = CallContext::new(
+            connection,
+            &http::Method::GET,
+            http::Version::HTTP_11,
+            Arc::from(""),
+        );
+        context.method = None;
+        if let Some(tunnel) = &connection.tunnel {
+            context.caller = Some(tunnel.caller.clone());
+            context.auth = Some(tunnel.auth);
+            context.integration = Some(tunnel.integration.clone());
+        }
+        context
+    }
+
     /// Moves the context out (into a streaming body or a tunnel task), leaving a placeholder that
     /// keeps only the request id, clocks and source address.
     pub fn take(&mut self) -> CallContext {
@@ -165,7 +187,7 @@ impl CallContext {
             source_ip: self.source_ip.clone(),
             protocol: self.protocol,
             // Never recorded: the call's record goes with the context taken.
-            method: http::Method::GET,
+            method: None,
             integration: None,
             caller: None,
             auth: None,
@@ -202,7 +224,7 @@ impl CallContext {
             integration: self.integration.as_deref(),
             caller: self.caller.as_deref(),
             operation: self.operation_id.as_deref(),
-            method: self.method.as_str(),
+            method: self.method.as_ref().map(http::Method::as_str),
             path: self.path_template.as_deref(),
             status,
             decision,
@@ -248,7 +270,7 @@ impl CallContext {
             integration: self.integration.as_deref().map(str::to_string),
             caller: self.caller.as_deref().map(str::to_string),
             operation: self.operation_id.as_deref().map(str::to_string),
-            method: self.method.to_string(),
+            method: self.method.as_ref().map(http::Method::to_string),
             path: self.path_template.as_deref().map(str::to_string),
             status,
             decision,

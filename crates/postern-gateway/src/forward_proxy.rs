@@ -298,6 +298,7 @@ fn intercept(
                             info,
                             builder,
                             shared.shutdown_signal(),
+                            Some(crate::proxy::on_malformed(&shared)),
                             handler,
                         )
                         .await;
@@ -440,7 +441,7 @@ async fn absolute(
     let decision = proxy.policy.decide(&caller.name, &host, port);
     if !decision.allowed {
         let mut seen = sighting(context, &host, port, true);
-        seen.method = Some(context.method.to_string());
+        seen.method = context.method.as_ref().map(ToString::to_string);
         seen.path = Some(uri.path().to_string());
         shared.discovered(seen);
         return Err(host_refused(decision.reason, &host, port));
@@ -518,7 +519,7 @@ async fn absolute(
     parts.extensions = http::Extensions::new();
     let status = parts.status.as_u16();
     let request_id = context.request_id;
-    let method = context.method.to_string();
+    let method = context.method.as_ref().map(ToString::to_string);
     let path = uri.path().to_string();
     let after_shared = shared.clone();
     let pending = PendingRecord {
@@ -529,7 +530,7 @@ async fn absolute(
         after: Some(Box::new(
             move |context: &CallContext, response_bytes: u64| {
                 let mut seen = sighting(context, &host, port, false);
-                seen.method = Some(method);
+                seen.method = method;
                 seen.path = Some(path);
                 seen.status = Some(status);
                 seen.bytes_in = response_bytes;

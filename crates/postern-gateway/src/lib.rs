@@ -445,6 +445,7 @@ impl RunningGateway {
             shutdown: shutdown_rx.clone(),
             slots: listener::connection_slots(),
             max_header_bytes: config.gateway.max_header_bytes,
+            on_malformed: Some(proxy::on_malformed(&shared)),
         };
         let (workers, listen_addr) = workers::Workers::start(
             config.gateway.listen,
@@ -473,6 +474,7 @@ impl RunningGateway {
                 shutdown: shutdown_rx,
                 slots: listener::connection_slots(),
                 max_header_bytes: config.gateway.max_header_bytes,
+                on_malformed: None,
             },
             {
                 let shared = shared.clone();

@@ -1,15 +1,16 @@
 //! Accepting connections: plain (HTTP/1.1 and h2c) or TLS (ALPN h2/http1.1, optional client
 //! certificates). HTTP/1.1 connections start on Postern's own server ([`crate::h1server`]),
 //! which hands a connection to hyper at the first request it does not take; h2 (ALPN) goes to
-//! hyper at once. Every connection is watched for graceful shutdown.
+//! hyper at once. Every connection is watched for graceful shutdown. A request head hyper's
+//! parser refuses (and answers itself) is reported to [`Accept::on_malformed`], so the gateway
+//! records it as a refused call.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -57,6 +58,56 @@ pub fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecuto
     builder
 }
 
+/// A request head hyper's HTTP/1.1 parser refused, and the answer hyper sent for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed {
+    pub status: StatusCode,
+    /// The call's reason code.
+    pub reason: &'static str,
+    pub message: &'static str,
+}
+
+/// Told of each request head hyper refused on a connection (the gateway records it as a call).
+pub type OnMalformed = Arc<dyn Fn(&ConnectionInfo, Malformed) + Send + Sync>;
+
+/// The answer hyper sent for the error a connection ended with, if it was a request head hyper
+/// refused. This mirrors hyper 1.x's server (`proto::h1::role::Server::on_error`): `400` for a
+/// method, header, target or version it could not parse, `431` for a head larger than its
+/// buffer (`[gateway] max_header_bytes`), `414` for a target longer than it takes; any other
+/// error (an h2 preface on an HTTP/1.1-only connection, hyper's internal error, I/O, timeouts)
+/// was sent no answer and is no call. hyper names the two too-large kinds and its internal error
+/// only in its message.
+pub fn malformed(error: &(dyn std::error::Error + 'static)) -> Option<Malformed> {
+    let error = error.downcast_ref::<hyper::Error>()?;
+    if !error.is_parse() || error.is_parse_version_h2() || error.is_parse_status() {
+        return None;
+    }
+    let text = error.to_string();
+    if text.starts_with("internal error") {
+        return None;
+    }
+    Some(if !error.is_parse_too_large() {
+        Malformed {
+            status: StatusCode::BAD_REQUEST,
+            reason: "malformed_request",
+            message: "the request head is not valid HTTP/1.1 (its method, target, version or a header could not be parsed); hyper answered it and closed the connection",
+        }
+    } else if text == "URI too long" {
+        Malformed {
+            status: StatusCode::URI_TOO_LONG,
+            reason: "request_uri_too_long",
+            message:
+                "the request target is longer than the HTTP parser takes (65,534 bytes); shorten it",
+        }
+    } else {
+        Malformed {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            reason: "request_headers_too_large",
+            message: "the request head is larger than [gateway] max_header_bytes; send fewer or smaller headers, or raise the limit",
+        }
+    })
+}
+
 /// The parts of a listener every accepting task shares.
 #[derive(Clone)]
 pub struct Accept {
@@ -67,6 +118,8 @@ pub struct Accept {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// `[gateway] max_header_bytes`: heads larger than this are hyper's to refuse.
     pub max_header_bytes: usize,
+    /// Told of each request head hyper refuses (`None`: not recorded, as on the admin listener).
+    pub on_malformed: Option<OnMalformed>,
 }
 
 /// Accepts until `shutdown` turns true. Each connection runs in its own task, registered with
@@ -83,6 +136,7 @@ where
         mut shutdown,
         slots,
         max_header_bytes,
+        on_malformed,
     } = accept;
     // This loop's connections watch a shutdown channel of its own (on a worker, one that only
     // that worker's thread touches): an idle keep-alive connection registers with the channel's
@@ -120,6 +174,7 @@ where
             watcher,
             shutdown,
             max_header_bytes,
+            on_malformed: on_malformed.clone(),
         };
         // Two task shapes: a task is as large as its largest state, and a plain connection
         // should not carry room for a TLS one's.
@@ -161,7 +216,9 @@ where
                             let Connection {
                                 builder, watcher, ..
                             } = connection;
-                            serve(TokioIo::new(stream), info, builder, watcher, handler).await
+                            // hyper's h2 server resets a malformed stream itself (no
+                            // connection error): nothing to record here.
+                            serve(TokioIo::new(stream), info, builder, watcher, None, handler).await
                         }
                         false => connection.serve_h1_first(stream, info, handler).await,
                     }
@@ -182,6 +239,7 @@ struct Connection {
     watcher: Watcher,
     shutdown: watch::Receiver<bool>,
     max_header_bytes: usize,
+    on_malformed: Option<OnMalformed>,
 }
 
 impl Connection {
@@ -197,6 +255,7 @@ impl Connection {
             watcher,
             mut shutdown,
             max_header_bytes,
+            on_malformed,
         } = self;
         let served = h1server::serve(
             &mut stream,
@@ -214,7 +273,7 @@ impl Connection {
                 builder
             };
             let io = TokioIo::new(Prefixed::new(read, stream));
-            serve(io, info, builder, watcher, handler).await;
+            serve(io, info, builder, watcher, on_malformed, handler).await;
         }
     }
 }
@@ -248,20 +307,32 @@ async fn serve<I, H, F>(
     info: Arc<ConnectionInfo>,
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
+    on_malformed: Option<OnMalformed>,
     handler: H,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
-    let peer: SocketAddr = info.peer;
-    let service = service(info, handler);
+    let service = service(info.clone(), handler);
     // With upgrades: a CONNECT request hands the connection over to the forward proxy.
     let connection = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
     if let Err(error) = watcher.watch(connection).await {
-        tracing::debug!(%peer, error = %error, "connection ended with an error");
+        ended_with(&info, &*error, on_malformed.as_ref());
+    }
+}
+
+/// A connection hyper served ended with `error`: a refused request head is reported.
+fn ended_with(
+    info: &ConnectionInfo,
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+    on_malformed: Option<&OnMalformed>,
+) {
+    tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
+    if let (Some(refused), Some(on_malformed)) = (malformed(error), on_malformed) {
+        on_malformed(info, refused);
     }
 }
 
@@ -272,14 +343,14 @@ pub async fn serve_tunnel<I, H, F>(
     info: Arc<ConnectionInfo>,
     builder: auto::Builder<TokioExecutor>,
     mut shutdown: watch::Receiver<bool>,
+    on_malformed: Option<OnMalformed>,
     handler: H,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
-    let peer: SocketAddr = info.peer;
-    let service = service(info, handler);
+    let service = service(info.clone(), handler);
     let connection = builder.serve_connection(io, service).into_owned();
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -290,6 +361,6 @@ pub async fn serve_tunnel<I, H, F>(
         }
     };
     if let Err(error) = result {
-        tracing::debug!(%peer, error = %error, "tunnel connection ended with an error");
+        ended_with(&info, &*error, on_malformed.as_ref());
     }
 }

@@ -30,6 +30,7 @@ use crate::body::{
 use crate::context::{AuthMethod, CallContext, ConnectionInfo};
 use crate::error::CallError;
 use crate::events::Decision;
+use crate::listener::{Malformed, OnMalformed};
 use crate::oauth::TokenSource;
 use crate::record::PendingRecord;
 use crate::runtime::{Injector, IntegrationRuntime, Runtime};
@@ -281,6 +282,18 @@ pub(crate) fn record_refusal(
         }),
     );
     shared.audit.append_later(record, &context.request_id);
+}
+
+/// The hook a gateway listener calls for each request head hyper refused and answered itself
+/// ([`crate::listener::malformed`]): it is recorded as a refused call (`deny`), with no method,
+/// path or target; inside an intercepted tunnel, with the tunnel's caller and integration.
+pub(crate) fn on_malformed(shared: &Arc<Shared>) -> OnMalformed {
+    let shared = shared.clone();
+    Arc::new(move |connection: &ConnectionInfo, refused: Malformed| {
+        let context = CallContext::malformed(connection);
+        let error = CallError::new(refused.status, refused.reason, refused.message);
+        record_refusal(&shared, &context, &Progress::default(), &error);
+    })
 }
 
 /// How far a call got: decides the recorded decision and links the outcome to its intent.

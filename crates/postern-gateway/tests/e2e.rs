@@ -1469,6 +1469,13 @@ async fn body_and_header_limits() {
         "{}",
         &raw[..raw.len().min(200)]
     );
+    // hyper's parser refused the head as it read it: recorded all the same, with no method.
+    let events = gw.wait_events(4).await;
+    let oversized = events.last().unwrap();
+    assert_eq!(oversized["status"], 431, "{events:#?}");
+    assert_eq!(oversized["reason"], "request_headers_too_large");
+    assert_eq!(oversized["decision"], "deny");
+    assert_eq!(oversized["method"], serde_json::Value::Null);
     gw.stop().await;
 }
 
@@ -1504,6 +1511,29 @@ async fn bad_input_gets_4xx_and_never_reaches_the_vendor() {
         "bad input reached the vendor: {:?}",
         vendor.seen()
     );
+    // Each is a recorded call, denied: those hyper's parser answered itself too (the garbage
+    // line, CR and LF inside a header value, differing Content-Lengths), with nothing of the
+    // request but its connection (no method, no target).
+    let events = gw.wait_events(cases.len()).await;
+    assert_eq!(events.len(), cases.len(), "{events:#?}");
+    assert!(
+        events.iter().all(|e| e["decision"] == "deny"),
+        "{events:#?}"
+    );
+    let parser_refused: Vec<_> = events
+        .iter()
+        .filter(|e| e["reason"] == "malformed_request")
+        .collect();
+    assert_eq!(parser_refused.len(), 4, "{events:#?}");
+    for event in &parser_refused {
+        assert_eq!(event["status"], 400, "{event}");
+        assert_eq!(event["method"], serde_json::Value::Null, "{event}");
+        assert_eq!(event["integration"], serde_json::Value::Null, "{event}");
+        assert_eq!(event["caller"], serde_json::Value::Null, "{event}");
+        assert_eq!(event["path"], serde_json::Value::Null, "{event}");
+        assert_eq!(event["source_ip"], "127.0.0.1", "{event}");
+        assert_eq!(event["protocol"], "HTTP/1.1", "{event}");
+    }
 
     // Content-Length together with Transfer-Encoding (a request-smuggling shape): refused,
     // nothing forwarded, and the connection closed after the answer, so nothing behind it (the

@@ -171,6 +171,75 @@ async fn http1_inside_the_tunnel_works_too() {
     gw.stop().await;
 }
 
+/// A request head hyper's parser refuses inside an intercepted tunnel is answered `400` and
+/// recorded as a refused call of the tunnel's caller and integration (`mode` `intercept`), with
+/// no method; its audit outcome carries no target hash, as there was no target.
+#[tokio::test]
+async fn a_malformed_request_inside_a_tunnel_is_recorded_for_the_tunnels_caller() {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(&vendor, "", "").await;
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
+    let mut tcp = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    tcp.write_all(
+        format!("CONNECT {VENDOR_HOST}:443 HTTP/1.1\r\nHost: {VENDOR_HOST}:443\r\nProxy-Authorization: Basic {credentials}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = postern_gateway::intercept::export_ca_pem(&gw.running().data_dir).unwrap();
+    for ca in rustls_pemfile::certs(&mut pem.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from(VENDOR_HOST).unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    tls.write_all(b"GET /v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\nx-evil: a\rb\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(vendor.seen().is_empty());
+    let events = gw.wait_events(1).await;
+    let event = &events[0];
+    assert_eq!(event["reason"], "malformed_request", "{event}");
+    assert_eq!(event["decision"], "deny");
+    assert_eq!(event["mode"], "intercept");
+    assert_eq!(event["caller"], "checkout");
+    assert_eq!(event["integration"], "vendor");
+    assert_eq!(event["host"], VENDOR_HOST);
+    assert_eq!(event["method"], serde_json::Value::Null);
+    let outcome = audit_outcome(&gw, event["request_id"].as_str().unwrap()).await;
+    assert_eq!(outcome.reason.as_deref(), Some("malformed_request"));
+    assert_eq!(outcome.method, "");
+    assert!(outcome.hmacs.is_empty(), "{:?}", outcome.hmacs);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn missing_or_wrong_proxy_credentials_get_407_and_nothing_is_forwarded() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
