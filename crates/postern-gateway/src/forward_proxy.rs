@@ -121,7 +121,9 @@ async fn connect(
         // Granted, as a path-mode call is before its vendor is dialled: what befalls the dial
         // (a refused address, the caller hanging up) is recorded as an allowed call's end.
         progress.authorized = true;
-        let guard = postern_netguard::Guard::new(integration.config.allow_private_networks.clone());
+        let guard = shared
+            .clients
+            .guard(integration.config.allow_private_networks.clone());
         let connect_timeout = Duration::from_millis(integration.config.connect_timeout_ms);
         let (upstream, addr) = dial(&guard, &host, port, connect_timeout)
             .await

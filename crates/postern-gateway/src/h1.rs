@@ -1032,7 +1032,7 @@ mod tests {
 
     fn client() -> UpstreamClient {
         build_client(UpstreamOptions {
-            allow_private_networks: vec!["127.0.0.1/32".parse().unwrap()],
+            guard: postern_netguard::Guard::new(vec!["127.0.0.1/32".parse().unwrap()]),
             allow_plaintext: true,
             ca_file: None,
             connect_timeout: Duration::from_secs(2),

@@ -329,6 +329,15 @@ pub struct RunningGateway {
 impl RunningGateway {
     /// Binds the listeners, opens the event file and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
+        Self::start_with_resolver(config, None).await
+    }
+
+    /// [`RunningGateway::start`], with every vendor host looked up by `resolver` instead of
+    /// the system resolver (`None`). Its answers go through the same SSRF guard.
+    pub async fn start_with_resolver(
+        config: Config,
+        resolver: Option<Arc<dyn postern_netguard::Resolve>>,
+    ) -> anyhow::Result<RunningGateway> {
         let data_dir = config.gateway.data_dir.clone();
         create_private_dir(&data_dir)?;
         // The vault first: a wrong or missing master key refuses start before anything is written.
@@ -341,7 +350,7 @@ impl RunningGateway {
         )
         .await?;
         let limiters = LimiterCache::default();
-        let clients = ClientCache::default();
+        let clients = ClientCache::new(resolver);
         let token_sources = TokenSourceCache::default();
         let runtime = Runtime::build(
             config.clone(),

@@ -55,13 +55,28 @@ impl LimiterCache {
 }
 
 /// Upstream pools survive reloads (and vault refreshes) when an integration's network settings
-/// are unchanged, so a rotation does not drop warm connections.
+/// are unchanged, so a rotation does not drop warm connections. The cache also holds the
+/// resolver every vendor dial uses (the system's by default), fixed for the gateway's life.
 #[derive(Default)]
 pub struct ClientCache {
     clients: Mutex<HashMap<String, (String, UpstreamClient)>>,
+    resolver: Option<Arc<dyn postern_netguard::Resolve>>,
 }
 
 impl ClientCache {
+    /// A cache whose clients (and the forward proxy's dials) look vendor hosts up with
+    /// `resolver` (`None`: the system resolver).
+    pub fn new(resolver: Option<Arc<dyn postern_netguard::Resolve>>) -> Self {
+        ClientCache {
+            clients: Mutex::default(),
+            resolver,
+        }
+    }
+
+    /// An SSRF guard for `allow_private_networks`, resolving with this cache's resolver.
+    pub fn guard(&self, allow_private_networks: Vec<ipnet::IpNet>) -> postern_netguard::Guard {
+        postern_netguard::Guard::new(allow_private_networks).with_resolver(self.resolver.clone())
+    }
     /// Forgets the integrations a reload removed: their pools, and the idle vendor connections
     /// in them, are dropped.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
@@ -96,7 +111,7 @@ impl ClientCache {
             }
         }
         let client = build_client(UpstreamOptions {
-            allow_private_networks: integration.allow_private_networks.clone(),
+            guard: self.guard(integration.allow_private_networks.clone()),
             allow_plaintext: integration.allow_plaintext,
             ca_file: integration.ca_file.as_deref(),
             connect_timeout: Duration::from_millis(integration.connect_timeout_ms),
@@ -406,7 +421,7 @@ impl Runtime {
             }
             integrations.insert(integration.name.clone(), Arc::new(runtime));
         }
-        let proxy = build_proxy(&config, &integrations)?;
+        let proxy = build_proxy(&config, &integrations, inputs.clients)?;
         Ok(Runtime {
             config: Arc::new(config),
             callers_by_token,
@@ -440,6 +455,7 @@ impl Runtime {
 fn build_proxy(
     config: &Config,
     integrations: &LookupMap<String, Arc<IntegrationRuntime>>,
+    clients: &ClientCache,
 ) -> anyhow::Result<ProxyRuntime> {
     use postern_policy::{HostMode, HostPattern, HostPolicy};
     let mode = |mode: postern_config::ProxyMode| match mode {
@@ -474,7 +490,7 @@ fn build_proxy(
     // `*.stripe.com` on another, whatever their order in the file.
     hosts.sort_by_key(|(pattern, _)| matches!(pattern, HostPattern::OneLevel(_)));
     let plain_client = crate::upstream::build_client(crate::upstream::UpstreamOptions {
-        allow_private_networks: proxy.allow_private_networks.clone(),
+        guard: clients.guard(proxy.allow_private_networks.clone()),
         allow_plaintext: true,
         ca_file: None,
         connect_timeout: std::time::Duration::from_millis(proxy.connect_timeout_ms),
@@ -485,9 +501,7 @@ fn build_proxy(
         config: proxy.clone(),
         policy,
         hosts,
-        guard: Arc::new(postern_netguard::Guard::new(
-            proxy.allow_private_networks.clone(),
-        )),
+        guard: Arc::new(clients.guard(proxy.allow_private_networks.clone())),
         plain_client,
     })
 }

@@ -987,7 +987,8 @@ fn to_absolute_form(
 
 /// Settings for one integration's pool.
 pub struct UpstreamOptions<'a> {
-    pub allow_private_networks: Vec<ipnet::IpNet>,
+    /// The SSRF guard every dial resolves and checks with.
+    pub guard: Guard,
     pub allow_plaintext: bool,
     pub ca_file: Option<&'a Path>,
     pub connect_timeout: Duration,
@@ -1031,7 +1032,7 @@ pub fn build_client(options: UpstreamOptions<'_>) -> anyhow::Result<UpstreamClie
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(UpstreamClient {
         inner: Arc::new(ClientInner {
-            guard: Guard::new(options.allow_private_networks),
+            guard: options.guard,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             allow_plaintext: options.allow_plaintext,
             connect_timeout: options.connect_timeout,
@@ -1139,7 +1140,7 @@ mod tests {
 
     fn client_with(idle_timeout: Duration, allow_plaintext: bool) -> UpstreamClient {
         build_client(UpstreamOptions {
-            allow_private_networks: vec!["127.0.0.1/32".parse().unwrap()],
+            guard: postern_netguard::Guard::new(vec!["127.0.0.1/32".parse().unwrap()]),
             allow_plaintext,
             ca_file: None,
             connect_timeout: Duration::from_secs(2),

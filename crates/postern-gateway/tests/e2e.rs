@@ -625,6 +625,107 @@ operations = ["*"]
     gw.stop().await;
 }
 
+/// Answers each lookup with the next of its addresses (the last again once they run out) and
+/// keeps the names it was asked for: a vendor name that rebinds.
+#[derive(Debug)]
+struct Rebinding {
+    answers: Vec<std::net::IpAddr>,
+    lookups: std::sync::Mutex<Vec<String>>,
+}
+
+impl postern_netguard::Resolve for Rebinding {
+    fn lookup<'a>(&'a self, host: &'a str, port: u16) -> postern_netguard::Lookup<'a> {
+        let mut lookups = self.lookups.lock().unwrap();
+        lookups.push(host.to_string());
+        let ip = self.answers[(lookups.len() - 1).min(self.answers.len() - 1)];
+        Box::pin(async move { Ok(vec![std::net::SocketAddr::new(ip, port)]) })
+    }
+}
+
+/// Postern resolves the vendor's host itself for each new connection, never from an earlier
+/// answer (issue 2's "resolution is done for each new connection"): a name that first answers
+/// with the vendor's address and then with an internal one (DNS rebinding) has its next
+/// connection refused, `502 upstream_address_denied`, and nothing dialled; a pooled connection
+/// is reused without a lookup, and the name's next good answer is dialled again.
+#[tokio::test]
+async fn the_vendor_host_is_resolved_again_for_each_new_connection() {
+    // The vendor closes its connection after answering `/v1/charges/close`.
+    let vendor = TestVendor::tls_http1(Arc::new(|request: &SeenRequest| {
+        let mut answer = Answer::json(200, serde_json::json!({"ok": true}));
+        if request.target.ends_with("/close") {
+            answer.headers.push(("connection", "close".to_string()));
+        }
+        answer
+    }))
+    .await;
+    let rebinding = Arc::new(Rebinding {
+        answers: ["127.0.0.1", "10.0.0.7", "127.0.0.1"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect(),
+        lookups: Default::default(),
+    });
+    let staging = tempfile::tempdir().unwrap();
+    let key_path = staging.path().join("stripe-key");
+    std::fs::write(&key_path, VENDOR_KEY).unwrap();
+    let body = stripe_like(&vendor, "")
+        .replace(
+            &format!("https://127.0.0.1:{}", vendor.addr.port()),
+            &format!("https://LocalHost:{}", vendor.addr.port()),
+        )
+        .replace("{dir}/stripe-key", &key_path.display().to_string());
+    let gw = TestGateway::start_with_resolver(
+        &body,
+        vendor.ca_pem.as_deref(),
+        "",
+        Some(rebinding.clone()),
+    )
+    .await;
+    let lookups = || rebinding.lookups.lock().unwrap().len();
+    let caller = client();
+    let get = |id: &str| {
+        caller
+            .get(format!("{}/stripe/v1/charges/{id}", gw.base))
+            .bearer_auth(&gw.token)
+            .send()
+    };
+    assert_eq!(get("ch_1").await.unwrap().status(), 200);
+    assert_eq!(lookups(), 1);
+    // The pooled connection: no lookup.
+    assert_eq!(get("ch_2").await.unwrap().status(), 200);
+    assert_eq!(get("close").await.unwrap().status(), 200);
+    assert_eq!(lookups(), 1);
+    // A new connection: the name now answers with an internal address.
+    let refused = get("ch_3").await.unwrap();
+    assert_eq!(refused.status(), 502);
+    let answer: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "upstream_address_denied");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("private"),
+        "{answer}"
+    );
+    assert_eq!(lookups(), 2);
+    // Nothing is remembered either way: the next answer is the vendor's again.
+    assert_eq!(get("ch_4").await.unwrap().status(), 200);
+    assert_eq!(lookups(), 3);
+    assert_eq!(*rebinding.lookups.lock().unwrap(), ["localhost"; 3]);
+    let targets: Vec<String> = vendor.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(
+        targets,
+        [
+            "/v1/charges/ch_1",
+            "/v1/charges/ch_2",
+            "/v1/charges/close",
+            "/v1/charges/ch_4"
+        ]
+    );
+    assert_eq!(vendor.connections(), 2);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn untrusted_vendor_certificate_is_refused() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;

@@ -20,7 +20,8 @@
 //!   the bracketed IPv6 form and the numeric IPv4 shorthands that the system
 //!   resolver also accepts, such as `2130706433`, `0x7f.1` or `127.1`) without
 //!   DNS, and otherwise asks the system resolver through
-//!   [`tokio::net::lookup_host`]. If *any* address in the answer is denied, the
+//!   [`tokio::net::lookup_host`] (or the [`Resolve`] it was given), on every
+//!   call: an answer is never kept. If *any* address in the answer is denied, the
 //!   whole resolution is refused, so a name that answers with one public and
 //!   one private address cannot smuggle the private one past the guard.
 //!
@@ -35,8 +36,12 @@
 //! hosts a caller may reach (that is the policy engine's job), does not open
 //! connections and does not cache DNS answers.
 
+use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -206,6 +211,19 @@ pub enum GuardError {
     },
 }
 
+/// A lookup in progress: every address the name has, each with the port asked for.
+pub type Lookup<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>>;
+
+/// Looks host names up for a [`Guard`]: the system resolver
+/// ([`tokio::net::lookup_host`]) unless [`Guard::with_resolver`] gives another
+/// (a DNS client of the deployment's own; in tests, one whose answer changes
+/// between lookups, as a rebinding name's does). Whatever it answers is
+/// checked like the system resolver's answer.
+pub trait Resolve: Send + Sync + fmt::Debug {
+    /// Resolves `host` (lower-cased, without a trailing dot, never an IP literal).
+    fn lookup<'a>(&'a self, host: &'a str, port: u16) -> Lookup<'a>;
+}
+
 /// The SSRF guard: public addresses pass, everything else must be inside one
 /// of the operator's `allow_private_networks`.
 ///
@@ -213,13 +231,22 @@ pub enum GuardError {
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
     allow_private_networks: Vec<IpNet>,
+    /// `None`: the system resolver.
+    resolver: Option<Arc<dyn Resolve>>,
 }
 
 impl Guard {
     pub fn new(allow_private_networks: Vec<IpNet>) -> Self {
         Guard {
             allow_private_networks,
+            resolver: None,
         }
+    }
+
+    /// The same guard, looking names up with `resolver` (`None`: the system resolver).
+    pub fn with_resolver(mut self, resolver: Option<Arc<dyn Resolve>>) -> Self {
+        self.resolver = resolver;
+        self
     }
 
     /// Decides whether Postern may dial `ip`. Pure.
@@ -255,9 +282,10 @@ impl Guard {
     /// (`10.0.0.1`, `::1`, `[::1]`) and numeric IPv4 shorthands the system
     /// resolver would also accept (`2130706433`, `0x7f.1`, `0177.0.0.1`,
     /// `127.1`) are checked directly without DNS. Anything else goes to
-    /// [`tokio::net::lookup_host`]; if any address in the answer is denied,
-    /// the whole answer is refused with [`GuardError::Denied`]. An empty
-    /// answer is [`GuardError::Resolve`].
+    /// [`tokio::net::lookup_host`] (or the guard's [`Resolve`]), afresh on every
+    /// call; if any address in the answer is denied, the whole answer is
+    /// refused with [`GuardError::Denied`]. An empty answer is
+    /// [`GuardError::Resolve`].
     ///
     /// Dial only the returned addresses; resolving the host again elsewhere
     /// would undo the check.
@@ -275,13 +303,16 @@ impl Guard {
             self.check(ip)?;
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        let answer: Vec<SocketAddr> = tokio::net::lookup_host((normalized.as_str(), port))
-            .await
-            .map_err(|source| GuardError::Resolve {
-                host: host.escape_debug().to_string(),
-                source,
-            })?
-            .collect();
+        let answer = match &self.resolver {
+            Some(resolver) => resolver.lookup(&normalized, port).await,
+            None => tokio::net::lookup_host((normalized.as_str(), port))
+                .await
+                .map(Iterator::collect),
+        }
+        .map_err(|source| GuardError::Resolve {
+            host: host.escape_debug().to_string(),
+            source,
+        })?;
         if answer.is_empty() {
             return Err(resolve_error(
                 io::ErrorKind::NotFound,
@@ -623,6 +654,60 @@ mod tests {
             Err(GuardError::Denied(denied)) => denied,
             other => panic!("{host}: expected Denied, got {other:?}"),
         }
+    }
+
+    /// Answers each lookup with the next of its answers (the last one again once they run out),
+    /// counting lookups: a name that rebinds.
+    #[derive(Debug)]
+    struct Rebinding {
+        answers: Vec<Vec<IpAddr>>,
+        lookups: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Resolve for Rebinding {
+        fn lookup<'a>(&'a self, host: &'a str, port: u16) -> Lookup<'a> {
+            let mut lookups = self.lookups.lock().unwrap();
+            lookups.push(host.to_string());
+            let answer = &self.answers[(lookups.len() - 1).min(self.answers.len() - 1)];
+            let answer = answer.iter().map(|&ip| SocketAddr::new(ip, port)).collect();
+            Box::pin(async move { Ok(answer) })
+        }
+    }
+
+    /// Every resolution asks the resolver again and checks its new answer: a name that first
+    /// answers with a public address and then with an internal one is refused the second time.
+    #[tokio::test]
+    async fn every_resolution_asks_again_and_checks_the_new_answer() {
+        let rebinding = Arc::new(Rebinding {
+            answers: vec![
+                vec!["93.184.216.34".parse().unwrap()],
+                vec!["169.254.169.254".parse().unwrap()],
+                vec![
+                    "93.184.216.34".parse().unwrap(),
+                    "10.1.2.3".parse().unwrap(),
+                ],
+            ],
+            lookups: Default::default(),
+        });
+        let guard = Guard::default().with_resolver(Some(rebinding.clone()));
+        assert_eq!(
+            guard.resolve("API.Vendor.example.", 443).await.unwrap(),
+            [SocketAddr::from(([93, 184, 216, 34], 443))]
+        );
+        assert_eq!(
+            resolve_denied(&guard, "api.vendor.example").await.class,
+            LinkLocal
+        );
+        assert_eq!(
+            resolve_denied(&guard, "api.vendor.example").await.class,
+            Private
+        );
+        // IP literals never reach the resolver; names reach it normalized.
+        resolve_denied(&guard, "127.0.0.1").await;
+        assert_eq!(
+            *rebinding.lookups.lock().unwrap(),
+            ["api.vendor.example"; 3]
+        );
     }
 
     #[tokio::test]

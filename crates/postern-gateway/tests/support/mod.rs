@@ -615,6 +615,16 @@ impl TestGateway {
     }
 
     pub async fn start_with_gateway(body: &str, ca_pem: Option<&str>, gateway_extra: &str) -> Self {
+        Self::start_with_resolver(body, ca_pem, gateway_extra, None).await
+    }
+
+    /// [`TestGateway::start_with_gateway`], with vendor hosts looked up by `resolver`.
+    pub async fn start_with_resolver(
+        body: &str,
+        ca_pem: Option<&str>,
+        gateway_extra: &str,
+        resolver: Option<std::sync::Arc<dyn postern_netguard::Resolve>>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca_path = dir.path().join("vendor-ca.pem");
         if let Some(pem) = ca_pem {
@@ -646,7 +656,9 @@ token_sha256 = "{reporting}"
         let config_path = dir.path().join("postern.toml");
         std::fs::write(&config_path, &text).unwrap();
         let config = postern_config::load(&config_path).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let gateway = RunningGateway::start(config).await.unwrap();
+        let gateway = RunningGateway::start_with_resolver(config, resolver)
+            .await
+            .unwrap();
         let admin_token =
             std::fs::read_to_string(gateway.data_dir.join(postern_gateway::ADMIN_TOKEN_FILE))
                 .unwrap()
