@@ -127,8 +127,24 @@ pub struct PolicyEngine {
     policy_set: PolicySet,
     cedar_text: String,
     evaluation: Evaluation,
-    /// A custom policy reads `context.request_bytes`.
-    reads_request_bytes: bool,
+    /// How custom policies read `context.request_bytes`.
+    size_reads: SizeReads,
+}
+
+/// How the custom policies read `context.request_bytes`: what deciding a request of unknown
+/// size must ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SizeReads {
+    /// No custom policy reads it.
+    Never,
+    /// Every read compares it with a number. An answer can only change where one of those
+    /// comparisons does, so the sizes on either side of each number, with 0 and the largest,
+    /// meet every answer a size can give (sorted, without repeats).
+    Compared { probes: Vec<u64> },
+    /// Some read does more (arithmetic, a comparison with another value), in the policy named:
+    /// which sizes matter is not known, so a request of unknown size that would pass is taken
+    /// as bounded by that policy.
+    Opaque { policy_id: Arc<str> },
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -304,9 +320,9 @@ impl PolicyEngine {
             cedar_text.push_str(&text);
         }
 
-        let (custom_count, reads_request_bytes) = match custom_policies {
+        let (custom_count, size_reads) = match custom_policies {
             Some(source) => add_custom_policies(source, &schema, &mut policy_set, &mut cedar_text)?,
-            None => (0, false),
+            None => (0, SizeReads::Never),
         };
 
         let entities = Entities::from_entities(entities, Some(&schema)).map_err(|error| {
@@ -325,7 +341,7 @@ impl PolicyEngine {
                 authorizer: Authorizer::new(),
                 entities,
             },
-            reads_request_bytes,
+            size_reads,
         };
         if custom_count == 0 {
             engine.precompute(&granted_pairs);
@@ -475,30 +491,47 @@ impl PolicyEngine {
 
     /// Whether a custom policy reads `context.request_bytes`.
     pub fn reads_request_bytes(&self) -> bool {
-        self.reads_request_bytes
+        self.size_reads != SizeReads::Never
     }
 
     /// Decides a request whose size is not known (`req.request_bytes` is not read): `Ok` with
-    /// the decision when the size cannot change it, `Err` with the refusing decision when it can
-    /// (asked as the smallest and as the largest body, which settles any size bound, when a
-    /// custom policy reads `request_bytes`).
+    /// the decision when no size can change it, `Err` with a refusing decision when one can.
+    ///
+    /// Where every custom policy that reads `context.request_bytes` compares it with numbers,
+    /// the request is asked at 0, at the largest size, and on either side of each number: that
+    /// meets every answer a size can give (a band refused in the middle too), and the answers
+    /// agree or not. Where a policy reads it otherwise, a request that would pass at size 0 is
+    /// taken as bounded by that policy (fail closed).
     pub fn authorize_unsized(&self, req: &AuthzRequest<'_>) -> Result<Decision, Decision> {
-        let smallest = self.authorize(&AuthzRequest {
-            request_bytes: 0,
-            ..*req
-        });
-        if !self.reads_request_bytes {
-            return Ok(smallest);
+        let at = |request_bytes| {
+            self.authorize(&AuthzRequest {
+                request_bytes,
+                ..*req
+            })
+        };
+        let smallest = at(0);
+        let probes = match &self.size_reads {
+            SizeReads::Never => return Ok(smallest),
+            SizeReads::Opaque { policy_id } => {
+                return match smallest.allowed {
+                    false => Ok(smallest),
+                    true => Err(Decision {
+                        allowed: false,
+                        reason: Reason::Forbidden {
+                            policy_id: policy_id.clone(),
+                        },
+                    }),
+                };
+            }
+            SizeReads::Compared { probes } => probes,
+        };
+        for &size in probes.iter().filter(|&&size| size != 0) {
+            let decision = at(size);
+            if decision.allowed != smallest.allowed {
+                return Err(if decision.allowed { smallest } else { decision });
+            }
         }
-        let largest = self.authorize(&AuthzRequest {
-            request_bytes: u64::MAX,
-            ..*req
-        });
-        match (smallest.allowed, largest.allowed) {
-            (true, false) => Err(largest),
-            (false, true) => Err(smallest),
-            _ => Ok(smallest),
-        }
+        Ok(smallest)
     }
 }
 
@@ -521,7 +554,7 @@ fn add_custom_policies(
     schema: &Schema,
     policy_set: &mut PolicySet,
     cedar_text: &mut String,
-) -> Result<(usize, bool), PolicyError> {
+) -> Result<(usize, SizeReads), PolicyError> {
     let parsed = PolicySet::from_str(source).map_err(|errors| PolicyError::CustomPolicySyntax {
         message: describe_diagnostics(source, [DetailedError::from(&errors)]),
     })?;
@@ -570,26 +603,103 @@ fn add_custom_policies(
             cedar_text.push_str(&text);
         }
     }
-    // Read from each policy's JSON form (attribute names are strings there; comments are gone);
-    // a policy with no JSON form counts as reading it (the gateway then asks for a length).
-    let reads_request_bytes = renamed.policies().any(|policy| {
-        policy
-            .to_json()
-            .map_or(true, |json| names(&json, "request_bytes"))
-    });
+    let size_reads = size_reads(&renamed);
     for policy in renamed.policies() {
         add_policy(policy_set, policy.clone())?;
     }
-    Ok((count, reads_request_bytes))
+    Ok((count, size_reads))
 }
 
-/// Whether `json` holds the string `name` anywhere.
-fn names(json: &serde_json::Value, name: &str) -> bool {
+/// How `policies` read `context.request_bytes`, from each policy's JSON form (Cedar's EST:
+/// attribute names are strings there and comments are gone). A policy with no JSON form
+/// counts as reading it opaquely.
+fn size_reads(policies: &PolicySet) -> SizeReads {
+    let mut thresholds = Vec::new();
+    let mut reads = false;
+    for policy in policies.policies() {
+        let understood = policy.to_json().is_ok_and(|json| {
+            let mut found = Vec::new();
+            let understood = compared_sizes(&json, &mut found);
+            reads |= !found.is_empty();
+            thresholds.extend(found);
+            understood
+        });
+        if !understood {
+            return SizeReads::Opaque {
+                policy_id: Arc::from(policy.id().to_string()),
+            };
+        }
+    }
+    if !reads {
+        return SizeReads::Never;
+    }
+    // Cedar sees sizes as Longs, the largest capped at i64::MAX.
+    let largest = i64::MAX as u64;
+    let mut probes = vec![0, largest];
+    for number in thresholds {
+        for probe in [number.saturating_sub(1), number, number.saturating_add(1)] {
+            probes.push(probe.clamp(0, i64::MAX) as u64);
+        }
+    }
+    probes.sort_unstable();
+    probes.dedup();
+    SizeReads::Compared { probes }
+}
+
+/// Collects into `numbers` every number `context.request_bytes` is compared with in `json` (a
+/// policy's EST); `false` if it is read any other way (a request whose size is unknown then
+/// cannot be decided by probing, so the search stops there).
+fn compared_sizes(json: &serde_json::Value, numbers: &mut Vec<i64>) -> bool {
+    use serde_json::Value;
+    /// `context.request_bytes` (or `context["request_bytes"]`).
+    fn is_size(json: &Value) -> bool {
+        json.get(".").is_some_and(|access| {
+            access["attr"] == "request_bytes" && access["left"]["Var"] == "context"
+        })
+    }
+    if let Value::Object(fields) = json {
+        if fields.len() == 1 {
+            let (operator, operands) = fields.iter().next().expect("one field");
+            let comparison = matches!(operator.as_str(), "==" | "!=" | "<" | "<=" | ">" | ">=");
+            if comparison {
+                let (left, right) = (&operands["left"], &operands["right"]);
+                let number = |side: &Value| side.get("Value").and_then(Value::as_i64);
+                match (is_size(left), is_size(right)) {
+                    (true, false) | (false, true) => {
+                        let other = if is_size(left) { right } else { left };
+                        return match number(other) {
+                            Some(n) => {
+                                numbers.push(n);
+                                true
+                            }
+                            // Compared with something other than a number written out.
+                            None => {
+                                numbers.push(0);
+                                false
+                            }
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            // `context has request_bytes` reads no value.
+            if operator == "has" && operands["attr"] == "request_bytes" {
+                return true;
+            }
+        }
+        if is_size(json) {
+            numbers.push(0);
+            return false;
+        }
+    }
     match json {
-        serde_json::Value::String(text) => text == name,
-        serde_json::Value::Array(items) => items.iter().any(|item| names(item, name)),
-        serde_json::Value::Object(fields) => fields.values().any(|value| names(value, name)),
-        _ => false,
+        Value::String(text) if text == "request_bytes" => {
+            numbers.push(0);
+            false
+        }
+        Value::Array(items) => items.iter().all(|item| compared_sizes(item, numbers)),
+        Value::Object(fields) => fields.values().all(|value| compared_sizes(value, numbers)),
+        _ => true,
     }
 }
 
@@ -654,4 +764,54 @@ fn context_for_precomputation() -> Option<Context> {
         request_bytes: 0,
         source_ip: "0.0.0.0",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reads(source: &str) -> SizeReads {
+        size_reads(&PolicySet::from_str(source).expect("policies parse"))
+    }
+
+    #[test]
+    fn the_sizes_probed_are_those_on_either_side_of_each_number_compared_with() {
+        let largest = i64::MAX as u64;
+        assert_eq!(
+            reads("forbid(principal, action, resource) when { context.hour < 6 };"),
+            SizeReads::Never
+        );
+        assert_eq!(
+            reads(
+                r#"forbid(principal, action, resource)
+                    when { context.request_bytes > 1000 && 2000 >= context["request_bytes"] };
+                   forbid(principal, action, resource) when { context has request_bytes && context.request_bytes == 0 };"#
+            ),
+            SizeReads::Compared {
+                probes: vec![0, 1, 999, 1000, 1001, 1999, 2000, 2001, largest]
+            }
+        );
+        // Past the ends, probes are clamped to the sizes Cedar can see.
+        assert_eq!(
+            reads(
+                "forbid(principal, action, resource) when { context.request_bytes < 9223372036854775807 };"
+            ),
+            SizeReads::Compared {
+                probes: vec![0, largest - 1, largest]
+            }
+        );
+        for opaque in [
+            "forbid(principal, action, resource) when { context.request_bytes + 1 > 10 };",
+            "forbid(principal, action, resource) when { context.request_bytes > context.hour };",
+            "forbid(principal, action, resource) when { [context.request_bytes].contains(7) };",
+        ] {
+            assert_eq!(
+                reads(opaque),
+                SizeReads::Opaque {
+                    policy_id: Arc::from("policy0")
+                },
+                "{opaque}"
+            );
+        }
+    }
 }

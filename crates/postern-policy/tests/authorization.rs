@@ -360,6 +360,77 @@ fn a_request_of_unknown_size_is_decided_only_where_the_size_cannot_change_the_an
         .is_ok_and(|decision| decision.allowed));
 }
 
+/// A rule that refuses only a band of sizes in the middle passes as both the smallest and the
+/// largest body; the sizes on either side of each number a policy compares the size with find
+/// it, whichever way the comparison is written, and an exact size too.
+#[test]
+fn a_request_of_unknown_size_meets_a_size_band_refused_in_the_middle() {
+    let unsized_reason = |policies: &str, target| {
+        let engine = compile(Some(policies)).unwrap();
+        match engine.authorize_unsized(&request("checkout", target)) {
+            Ok(decision) => format!("ok: {}", decision.reason),
+            Err(refusing) => format!("size decides: {}", refusing.reason),
+        }
+    };
+    let band = r#"@id("no-mid-size-stripe")
+forbid(principal, action, resource in Postern::Integration::"stripe")
+    when { context.request_bytes > 1000 && 2000 >= context.request_bytes };"#;
+    assert_eq!(
+        unsized_reason(band, "stripe/create_charge"),
+        "size decides: forbidden by policy no-mid-size-stripe"
+    );
+    // The band applies to stripe only: twilio's answer does not depend on the size.
+    assert_eq!(
+        unsized_reason(band, "twilio/send_message"),
+        "ok: granted by grant-3"
+    );
+    let exact = r#"@id("not-4096")
+forbid(principal, action, resource) when { context.request_bytes == 4096 };"#;
+    assert_eq!(
+        unsized_reason(exact, "twilio/send_message"),
+        "size decides: forbidden by policy not-4096"
+    );
+    // A band that only permits (a custom permit for sizes the grant does not cover).
+    let permit_band = r#"@id("reports-mid-size")
+permit(principal == Postern::Caller::"reports", action, resource)
+    when { context.request_bytes >= 10 && context.request_bytes <= 20 };"#;
+    let engine = compile(Some(permit_band)).unwrap();
+    assert!(engine
+        .authorize_unsized(&request("reports", "twilio/send_message"))
+        .is_err_and(|refusing| !refusing.allowed));
+    // Sizes read but no number compared that changes this call's answer: it stands.
+    let generous = r#"forbid(principal, action, resource) when { context.request_bytes < 0 };"#;
+    assert_eq!(
+        unsized_reason(generous, "stripe/create_charge"),
+        "ok: granted by grant-0"
+    );
+}
+
+/// A policy that reads the size other than by comparing it with a number: which sizes matter
+/// is not known, so a request of unknown size that would pass is refused in its name (fail
+/// closed); one refused anyway keeps its refusal.
+#[test]
+fn a_size_read_that_is_not_a_comparison_with_a_number_fails_closed() {
+    let policies = r#"@id("scaled")
+forbid(principal, action, resource in Postern::Integration::"stripe")
+    when { context.request_bytes * 2 > 3000 };"#;
+    let engine = compile(Some(policies)).unwrap();
+    assert!(engine.reads_request_bytes());
+    let refusing = engine
+        .authorize_unsized(&request("checkout", "twilio/send_message"))
+        .unwrap_err();
+    assert_eq!(refusing.reason.to_string(), "forbidden by policy scaled");
+    assert!(engine
+        .authorize_unsized(&request("reports", "stripe/create_charge"))
+        .is_ok_and(|decision| !decision.allowed));
+    // A known size is decided as ever.
+    check(
+        &engine,
+        request("checkout", "stripe/create_charge"),
+        "granted by grant-0",
+    );
+}
+
 #[test]
 fn custom_permit_can_grant() {
     let engine = compile(Some(
