@@ -224,7 +224,7 @@ impl CallContext {
             integration: self.integration.as_deref(),
             caller: self.caller.as_deref(),
             operation: self.operation_id.as_deref(),
-            method: self.method.as_ref().map(http::Method::as_str),
+            method: self.method.as_ref().map_or("", http::Method::as_str),
             path: self.path_template.as_deref(),
             status,
             decision,
@@ -270,7 +270,10 @@ impl CallContext {
             integration: self.integration.as_deref().map(str::to_string),
             caller: self.caller.as_deref().map(str::to_string),
             operation: self.operation_id.as_deref().map(str::to_string),
-            method: self.method.as_ref().map(http::Method::to_string),
+            method: self
+                .method
+                .as_ref()
+                .map_or(String::new(), http::Method::to_string),
             path: self.path_template.as_deref().map(str::to_string),
             status,
             decision,

@@ -58,8 +58,8 @@ pub struct CallEvent {
     pub integration: Option<String>,
     pub caller: Option<String>,
     pub operation: Option<String>,
-    /// `None` when the request was refused before its method could be read.
-    pub method: Option<String>,
+    /// Empty when the request was refused before its method could be read.
+    pub method: String,
     /// The operation's path template, never the raw path.
     pub path: Option<String>,
     pub status: u16,
@@ -111,7 +111,7 @@ impl CallEvent {
             integration: self.integration.as_deref(),
             caller: self.caller.as_deref(),
             operation: self.operation.as_deref(),
-            method: self.method.as_deref(),
+            method: &self.method,
             path: self.path.as_deref(),
             status: self.status,
             decision: self.decision,
@@ -156,7 +156,7 @@ pub struct CallEventRef<'a> {
     pub integration: Option<&'a str>,
     pub caller: Option<&'a str>,
     pub operation: Option<&'a str>,
-    pub method: Option<&'a str>,
+    pub method: &'a str,
     pub path: Option<&'a str>,
     pub status: u16,
     pub decision: Decision,
@@ -211,7 +211,7 @@ impl CallEventRef<'_> {
         out.extend_from_slice(b",\"operation\":");
         push_opt_str(out, self.operation);
         out.extend_from_slice(b",\"method\":");
-        push_opt_str(out, self.method);
+        push_str(out, self.method);
         out.extend_from_slice(b",\"path\":");
         push_opt_str(out, self.path);
         out.extend_from_slice(b",\"status\":");
@@ -1028,7 +1028,7 @@ mod tests {
             integration: Some("acme".into()),
             caller: Some("check\"out".into()),
             operation: None,
-            method: Some("DELETE".into()),
+            method: "DELETE".into(),
             path: Some("/v1/charges/{id}".into()),
             status: 403,
             decision: Decision::Deny,
@@ -1335,7 +1335,7 @@ mod tests {
                 integration: opt_text(&mut rng),
                 caller: opt_text(&mut rng),
                 operation: opt_text(&mut rng),
-                method: opt_text(&mut rng),
+                method: text(&mut rng),
                 path: opt_text(&mut rng),
                 status: rng.edge_or(&[0, 200, 403, u16::MAX], |rng| rng.next() as u16),
                 decision: if rng.coin() {

@@ -76,7 +76,7 @@ pub type OnMalformed = Arc<dyn Fn(&ConnectionInfo, Malformed) + Send + Sync>;
 /// buffer (`[gateway] max_header_bytes`), `414` for a target longer than it takes; any other
 /// error (an h2 preface on an HTTP/1.1-only connection, hyper's internal error, I/O, timeouts)
 /// was sent no answer and is no call. hyper names the two too-large kinds and its internal error
-/// only in its message.
+/// only in its message (a unit test pins each against the hyper in use).
 pub fn malformed(error: &(dyn std::error::Error + 'static)) -> Option<Malformed> {
     let error = error.downcast_ref::<hyper::Error>()?;
     if !error.is_parse() || error.is_parse_version_h2() || error.is_parse_status() {
@@ -103,7 +103,7 @@ pub fn malformed(error: &(dyn std::error::Error + 'static)) -> Option<Malformed>
         Malformed {
             status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             reason: "request_headers_too_large",
-            message: "the request head is larger than [gateway] max_header_bytes; send fewer or smaller headers, or raise the limit",
+            message: "the request head is larger than [gateway] max_header_bytes, or has more than 100 headers; send fewer or smaller headers, or raise the limit",
         }
     })
 }
@@ -362,5 +362,98 @@ pub async fn serve_tunnel<I, H, F>(
     };
     if let Err(error) = result {
         ended_with(&info, &*error, on_malformed.as_ref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves `request` with hyper's HTTP/1.1 server (its head buffer `max_buf_size`, at most
+    /// [`h1server::HYPER_MAX_HEADERS`] headers, as the listener sets it) and returns what
+    /// `malformed` makes of the error it ends with, and the status line hyper sent.
+    async fn refused(request: &[u8], max_buf_size: usize) -> (Option<Malformed>, String) {
+        let (client, server) = tokio::io::duplex(256 * 1024);
+        let service = hyper::service::service_fn(|_: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+        });
+        let serving = tokio::spawn(async move {
+            hyper::server::conn::http1::Builder::new()
+                .max_headers(h1server::HYPER_MAX_HEADERS)
+                .max_buf_size(max_buf_size)
+                .serve_connection(TokioIo::new(server), service)
+                .await
+        });
+        let (mut read, mut write) = tokio::io::split(client);
+        let _ = write.write_all(request).await;
+        let mut answer = Vec::new();
+        let _ = read.read_to_end(&mut answer).await;
+        let error = serving.await.unwrap().expect_err("hyper refuses the head");
+        let status_line = String::from_utf8_lossy(&answer)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        (malformed(&error), status_line)
+    }
+
+    /// Each kind of head hyper refuses maps to the answer hyper really sent; an h2 preface on an
+    /// HTTP/1.1-only connection, which hyper answers with nothing, is no call.
+    #[tokio::test]
+    async fn a_refused_head_maps_to_the_answer_hyper_sent() {
+        let long_target = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
+        let many_headers = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            (0..120)
+                .map(|i| format!("x-{i}: y\r\n"))
+                .collect::<String>()
+        );
+        let cases: [(&[u8], usize, u16, &str); 6] = [
+            (b"GARBAGE\r\n\r\n", 16 * 1024, 400, "malformed_request"),
+            (
+                b"GET / HTTP/1.1\r\nx-evil: a\rb\r\n\r\n",
+                16 * 1024,
+                400,
+                "malformed_request",
+            ),
+            (
+                b"POST / HTTP/1.1\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\nabcd",
+                16 * 1024,
+                400,
+                "malformed_request",
+            ),
+            (
+                many_headers.as_bytes(),
+                16 * 1024,
+                431,
+                "request_headers_too_large",
+            ),
+            (
+                long_target.as_bytes(),
+                16 * 1024,
+                431,
+                "request_headers_too_large",
+            ),
+            (
+                long_target.as_bytes(),
+                128 * 1024,
+                414,
+                "request_uri_too_long",
+            ),
+        ];
+        for (request, max_buf_size, status, reason) in cases {
+            let (refusal, status_line) = refused(request, max_buf_size).await;
+            let shown = String::from_utf8_lossy(&request[..request.len().min(40)]).to_string();
+            let got = refusal.map(|r| (r.status.as_u16(), r.reason));
+            assert_eq!(got, Some((status, reason)), "{shown:?}");
+            assert!(
+                status_line.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{shown:?}: hyper sent {status_line:?}"
+            );
+        }
+        let (refusal, status_line) = refused(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 16 * 1024).await;
+        assert_eq!(refusal, None);
+        assert_eq!(status_line, "");
     }
 }

@@ -285,8 +285,9 @@ pub(crate) fn record_refusal(
 }
 
 /// The hook a gateway listener calls for each request head hyper refused and answered itself
-/// ([`crate::listener::malformed`]): it is recorded as a refused call (`deny`), with no method,
-/// path or target; inside an intercepted tunnel, with the tunnel's caller and integration.
+/// ([`crate::listener::malformed`]): it is recorded as a refused call (`deny`), with an empty
+/// method and no path or target; inside an intercepted tunnel, with the tunnel's caller and
+/// integration.
 pub(crate) fn on_malformed(shared: &Arc<Shared>) -> OnMalformed {
     let shared = shared.clone();
     Arc::new(move |connection: &ConnectionInfo, refused: Malformed| {
@@ -784,23 +785,27 @@ fn authorize(
         request.method().as_str(),
         size.unwrap_or(0),
     );
-    let decision = match size {
-        Some(_) => runtime.policy.authorize(&authz),
+    let (decision, size_decides) = match size {
+        Some(_) => (runtime.policy.authorize(&authz), false),
         // A body of unknown size (chunked, h2 without content-length): a chunked upload must
         // not pass a size rule as 0 bytes, so where the size could change the answer: fail
-        // closed.
-        None => runtime.policy.authorize_unsized(&authz).map_err(|_| {
-            CallError::new(
-                StatusCode::LENGTH_REQUIRED,
-                "length_required",
-                "a policy decides this call on the request's size (context.request_bytes), and its body does not declare one; send it with Content-Length",
-            )
-        })?,
+        // closed, in the name of the policy that bounds it.
+        None => match runtime.policy.authorize_unsized(&authz) {
+            Ok(decision) => (decision, false),
+            Err(refusing) => (refusing, true),
+        },
     };
     context.policy_id = match &decision.reason {
         Reason::Granted { policy_id } | Reason::Forbidden { policy_id } => Some(policy_id.clone()),
         Reason::NotGranted => None,
     };
+    if size_decides {
+        return Err(CallError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "a policy decides this call on the request's size (context.request_bytes), and its body does not declare one; send it with Content-Length",
+        ));
+    }
     if decision.allowed {
         Ok(())
     } else {

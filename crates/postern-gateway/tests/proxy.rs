@@ -197,25 +197,8 @@ async fn a_malformed_request_inside_a_tunnel_is_recorded_for_the_tunnels_caller(
         head.push(byte[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
-    let mut roots = rustls::RootCertStore::empty();
     let pem = postern_gateway::intercept::export_ca_pem(&gw.running().data_dir).unwrap();
-    for ca in rustls_pemfile::certs(&mut pem.as_bytes()) {
-        roots.add(ca.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(
-            rustls::pki_types::ServerName::try_from(VENDOR_HOST).unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut tls = tls_http1_client(tcp, &pem, VENDOR_HOST).await;
     tls.write_all(b"GET /v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\nx-evil: a\rb\r\n\r\n")
         .await
         .unwrap();
@@ -232,7 +215,7 @@ async fn a_malformed_request_inside_a_tunnel_is_recorded_for_the_tunnels_caller(
     assert_eq!(event["caller"], "checkout");
     assert_eq!(event["integration"], "vendor");
     assert_eq!(event["host"], VENDOR_HOST);
-    assert_eq!(event["method"], serde_json::Value::Null);
+    assert_eq!(event["method"], "");
     let outcome = audit_outcome(&gw, event["request_id"].as_str().unwrap()).await;
     assert_eq!(outcome.reason.as_deref(), Some("malformed_request"));
     assert_eq!(outcome.method, "");

@@ -132,19 +132,26 @@ pub struct PolicyEngine {
 }
 
 /// How the custom policies read `context.request_bytes`: what deciding a request of unknown
-/// size must ask.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum SizeReads {
-    /// No custom policy reads it.
-    Never,
-    /// Every read compares it with a number. An answer can only change where one of those
-    /// comparisons does, so the sizes on either side of each number, with 0 and the largest,
-    /// meet every answer a size can give (sorted, without repeats).
-    Compared { probes: Vec<u64> },
-    /// Some read does more (arithmetic, a comparison with another value), in the policy named:
-    /// which sizes matter is not known, so a request of unknown size that would pass is taken
-    /// as bounded by that policy.
-    Opaque { policy_id: Arc<str> },
+/// size must ask. Empty when no custom policy reads it.
+#[derive(Default)]
+struct SizeReads {
+    /// Where reads compare it with a number, an answer can only change where one of those
+    /// comparisons does: the sizes on either side of each number, with 0 and the largest,
+    /// meet every answer a size can give (sorted, without repeats; empty when no policy
+    /// compares it).
+    probes: Vec<u64>,
+    /// The policies that read it some other way (arithmetic, a comparison with another value,
+    /// the whole context): which sizes matter is not known, so a request of unknown size that
+    /// would pass is taken as bounded by such a policy wherever it applies. Each with its
+    /// scope: the policy as a `permit` without its conditions (`None` if that cannot be made:
+    /// it is taken to apply everywhere).
+    opaque: Vec<(Arc<str>, Option<PolicySet>)>,
+}
+
+impl SizeReads {
+    fn read(&self) -> bool {
+        !self.probes.is_empty() || !self.opaque.is_empty()
+    }
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -322,7 +329,7 @@ impl PolicyEngine {
 
         let (custom_count, size_reads) = match custom_policies {
             Some(source) => add_custom_policies(source, &schema, &mut policy_set, &mut cedar_text)?,
-            None => (0, SizeReads::Never),
+            None => (0, SizeReads::default()),
         };
 
         let entities = Entities::from_entities(entities, Some(&schema)).map_err(|error| {
@@ -491,7 +498,42 @@ impl PolicyEngine {
 
     /// Whether a custom policy reads `context.request_bytes`.
     pub fn reads_request_bytes(&self) -> bool {
-        self.size_reads != SizeReads::Never
+        self.size_reads.read()
+    }
+
+    /// Whether `scope` (a policy's principal, action and resource, as a `permit` without
+    /// conditions) applies to `req`; where Cedar cannot tell, it applies.
+    fn in_scope(&self, scope: &PolicySet, req: &AuthzRequest<'_>) -> bool {
+        let Evaluation::PerRequest {
+            authorizer,
+            entities,
+        } = &self.evaluation
+        else {
+            return true;
+        };
+        let (Some(caller), Some(operation)) = (
+            self.callers.get(req.caller),
+            self.operations
+                .get(req.integration)
+                .and_then(|operations| operations.get(req.operation)),
+        ) else {
+            return true;
+        };
+        let request = request_context(req).and_then(|context| {
+            cedar_policy::Request::new(
+                caller.uid.clone(),
+                self.action.clone(),
+                operation.uid.clone(),
+                context,
+                None,
+            )
+            .ok()
+        });
+        request.is_none_or(|request| {
+            let response = authorizer.is_authorized(&request, scope, entities);
+            response.decision() == cedar_policy::Decision::Allow
+                || response.diagnostics().errors().next().is_some()
+        })
     }
 
     /// Decides a request whose size is not known (`req.request_bytes` is not read): `Ok` with
@@ -500,8 +542,8 @@ impl PolicyEngine {
     /// Where every custom policy that reads `context.request_bytes` compares it with numbers,
     /// the request is asked at 0, at the largest size, and on either side of each number: that
     /// meets every answer a size can give (a band refused in the middle too), and the answers
-    /// agree or not. Where a policy reads it otherwise, a request that would pass at size 0 is
-    /// taken as bounded by that policy (fail closed).
+    /// agree or not. Where a policy that applies to the request reads it otherwise, a request
+    /// that would pass at size 0 is taken as bounded by that policy (fail closed).
     pub fn authorize_unsized(&self, req: &AuthzRequest<'_>) -> Result<Decision, Decision> {
         let at = |request_bytes| {
             self.authorize(&AuthzRequest {
@@ -510,22 +552,21 @@ impl PolicyEngine {
             })
         };
         let smallest = at(0);
-        let probes = match &self.size_reads {
-            SizeReads::Never => return Ok(smallest),
-            SizeReads::Opaque { policy_id } => {
-                return match smallest.allowed {
-                    false => Ok(smallest),
-                    true => Err(Decision {
-                        allowed: false,
-                        reason: Reason::Forbidden {
-                            policy_id: policy_id.clone(),
-                        },
-                    }),
-                };
+        if smallest.allowed {
+            let bounding =
+                self.size_reads.opaque.iter().find(|(_, scope)| {
+                    scope.as_ref().is_none_or(|scope| self.in_scope(scope, req))
+                });
+            if let Some((policy_id, _)) = bounding {
+                return Err(Decision {
+                    allowed: false,
+                    reason: Reason::Forbidden {
+                        policy_id: policy_id.clone(),
+                    },
+                });
             }
-            SizeReads::Compared { probes } => probes,
-        };
-        for &size in probes.iter().filter(|&&size| size != 0) {
+        }
+        for &size in self.size_reads.probes.iter().filter(|&&size| size != 0) {
             let decision = at(size);
             if decision.allowed != smallest.allowed {
                 return Err(if decision.allowed { smallest } else { decision });
@@ -615,35 +656,45 @@ fn add_custom_policies(
 /// counts as reading it opaquely.
 fn size_reads(policies: &PolicySet) -> SizeReads {
     let mut thresholds = Vec::new();
-    let mut reads = false;
+    let mut opaque = Vec::new();
     for policy in policies.policies() {
-        let understood = policy.to_json().is_ok_and(|json| {
-            let mut found = Vec::new();
-            let understood = compared_sizes(&json, &mut found);
-            reads |= !found.is_empty();
-            thresholds.extend(found);
-            understood
-        });
+        let json = policy.to_json().ok();
+        let understood = json
+            .as_ref()
+            .is_some_and(|json| compared_sizes(json, &mut thresholds));
         if !understood {
-            return SizeReads::Opaque {
-                policy_id: Arc::from(policy.id().to_string()),
-            };
+            opaque.push((
+                Arc::from(policy.id().to_string()),
+                json.and_then(|json| scope_of(policy.id(), json)),
+            ));
         }
     }
-    if !reads {
-        return SizeReads::Never;
-    }
-    // Cedar sees sizes as Longs, the largest capped at i64::MAX.
-    let largest = i64::MAX as u64;
-    let mut probes = vec![0, largest];
-    for number in thresholds {
-        for probe in [number.saturating_sub(1), number, number.saturating_add(1)] {
-            probes.push(probe.clamp(0, i64::MAX) as u64);
+    let mut probes = Vec::new();
+    if !thresholds.is_empty() {
+        // Cedar sees sizes as Longs, the largest capped at i64::MAX.
+        probes = vec![0, i64::MAX as u64];
+        for number in thresholds {
+            for probe in [number.saturating_sub(1), number, number.saturating_add(1)] {
+                probes.push(probe.clamp(0, i64::MAX) as u64);
+            }
         }
+        probes.sort_unstable();
+        probes.dedup();
     }
-    probes.sort_unstable();
-    probes.dedup();
-    SizeReads::Compared { probes }
+    SizeReads { probes, opaque }
+}
+
+/// A policy's scope alone: the policy (its JSON form) as a `permit` with no conditions, which
+/// Cedar allows exactly where the policy's principal, action and resource match.
+fn scope_of(id: &PolicyId, mut json: serde_json::Value) -> Option<PolicySet> {
+    let fields = json.as_object_mut()?;
+    fields.insert("effect".to_owned(), serde_json::json!("permit"));
+    fields.insert("conditions".to_owned(), serde_json::json!([]));
+    let mut scope = PolicySet::new();
+    scope
+        .add(Policy::from_json(Some(id.clone()), json).ok()?)
+        .ok()?;
+    Some(scope)
 }
 
 /// Collects into `numbers` every number `context.request_bytes` is compared with in `json` (a
@@ -651,11 +702,13 @@ fn size_reads(policies: &PolicySet) -> SizeReads {
 /// cannot be decided by probing, so the search stops there).
 fn compared_sizes(json: &serde_json::Value, numbers: &mut Vec<i64>) -> bool {
     use serde_json::Value;
+    fn is_context(json: &Value) -> bool {
+        json.get("Var").is_some_and(|name| name == "context")
+    }
     /// `context.request_bytes` (or `context["request_bytes"]`).
     fn is_size(json: &Value) -> bool {
-        json.get(".").is_some_and(|access| {
-            access["attr"] == "request_bytes" && access["left"]["Var"] == "context"
-        })
+        json.get(".")
+            .is_some_and(|access| access["attr"] == "request_bytes" && is_context(&access["left"]))
     }
     if let Value::Object(fields) = json {
         if fields.len() == 1 {
@@ -673,30 +726,26 @@ fn compared_sizes(json: &serde_json::Value, numbers: &mut Vec<i64>) -> bool {
                                 true
                             }
                             // Compared with something other than a number written out.
-                            None => {
-                                numbers.push(0);
-                                false
-                            }
+                            None => false,
                         };
                     }
                     _ => {}
                 }
             }
-            // `context has request_bytes` reads no value.
-            if operator == "has" && operands["attr"] == "request_bytes" {
-                return true;
+            // An attribute of the context: only `request_bytes`' value is a size; whether
+            // the context has an attribute reads no value.
+            if (operator == "." || operator == "has") && is_context(&operands["left"]) {
+                return operator == "has" || operands["attr"] != "request_bytes";
             }
         }
-        if is_size(json) {
-            numbers.push(0);
+        // The whole context (compared with a record, say): its size is read too.
+        if is_context(json) {
             return false;
         }
     }
     match json {
-        Value::String(text) if text == "request_bytes" => {
-            numbers.push(0);
-            false
-        }
+        // Named some other way than as the context's attribute.
+        Value::String(text) if text == "request_bytes" => false,
         Value::Array(items) => items.iter().all(|item| compared_sizes(item, numbers)),
         Value::Object(fields) => fields.values().all(|value| compared_sizes(value, numbers)),
         _ => true,
@@ -770,46 +819,49 @@ fn context_for_precomputation() -> Option<Context> {
 mod tests {
     use super::*;
 
-    fn reads(source: &str) -> SizeReads {
-        size_reads(&PolicySet::from_str(source).expect("policies parse"))
+    /// The probes, and the ids of the policies read opaquely.
+    fn reads(source: &str) -> (Vec<u64>, Vec<String>) {
+        let reads = size_reads(&PolicySet::from_str(source).expect("policies parse"));
+        let opaque = reads.opaque.iter().map(|(id, _)| id.to_string()).collect();
+        (reads.probes, opaque)
     }
 
     #[test]
     fn the_sizes_probed_are_those_on_either_side_of_each_number_compared_with() {
         let largest = i64::MAX as u64;
         assert_eq!(
-            reads("forbid(principal, action, resource) when { context.hour < 6 };"),
-            SizeReads::Never
+            reads("forbid(principal, action, resource) when { context.hour < 6 && context has request_bytes };"),
+            (vec![], vec![])
         );
         assert_eq!(
             reads(
                 r#"forbid(principal, action, resource)
                     when { context.request_bytes > 1000 && 2000 >= context["request_bytes"] };
-                   forbid(principal, action, resource) when { context has request_bytes && context.request_bytes == 0 };"#
+                   forbid(principal, action, resource) when { context has request_bytes && context.request_bytes == 0 };
+                   forbid(principal, action, resource) when { context.request_bytes > -5 };"#
             ),
-            SizeReads::Compared {
-                probes: vec![0, 1, 999, 1000, 1001, 1999, 2000, 2001, largest]
-            }
+            (
+                vec![0, 1, 999, 1000, 1001, 1999, 2000, 2001, largest],
+                vec![]
+            )
         );
         // Past the ends, probes are clamped to the sizes Cedar can see.
         assert_eq!(
             reads(
                 "forbid(principal, action, resource) when { context.request_bytes < 9223372036854775807 };"
             ),
-            SizeReads::Compared {
-                probes: vec![0, largest - 1, largest]
-            }
+            (vec![0, largest - 1, largest], vec![])
         );
         for opaque in [
             "forbid(principal, action, resource) when { context.request_bytes + 1 > 10 };",
             "forbid(principal, action, resource) when { context.request_bytes > context.hour };",
             "forbid(principal, action, resource) when { [context.request_bytes].contains(7) };",
+            r#"forbid(principal, action, resource) when { context == {hour: 1, weekday: 1, caller: "a", integration: "b", operation: "c", request_bytes: 5, method: "GET", source_ip: ip("10.0.0.1")} };"#,
+            r#"forbid(principal, action, resource) when { context.method == "request_bytes" };"#,
         ] {
             assert_eq!(
                 reads(opaque),
-                SizeReads::Opaque {
-                    policy_id: Arc::from("policy0")
-                },
+                (vec![], vec!["policy0".to_string()]),
                 "{opaque}"
             );
         }

@@ -407,28 +407,43 @@ permit(principal == Postern::Caller::"reports", action, resource)
 }
 
 /// A policy that reads the size other than by comparing it with a number: which sizes matter
-/// is not known, so a request of unknown size that would pass is refused in its name (fail
-/// closed); one refused anyway keeps its refusal.
+/// is not known, so where the policy applies, a request of unknown size that would pass is
+/// refused in its name (fail closed); one refused anyway keeps its refusal, and where the
+/// policy cannot apply (another integration) nothing changes.
 #[test]
-fn a_size_read_that_is_not_a_comparison_with_a_number_fails_closed() {
+fn a_size_read_that_is_not_a_comparison_with_a_number_fails_closed_where_it_applies() {
     let policies = r#"@id("scaled")
 forbid(principal, action, resource in Postern::Integration::"stripe")
     when { context.request_bytes * 2 > 3000 };"#;
     let engine = compile(Some(policies)).unwrap();
     assert!(engine.reads_request_bytes());
     let refusing = engine
-        .authorize_unsized(&request("checkout", "twilio/send_message"))
+        .authorize_unsized(&request("checkout", "stripe/create_charge"))
         .unwrap_err();
     assert_eq!(refusing.reason.to_string(), "forbidden by policy scaled");
     assert!(engine
         .authorize_unsized(&request("reports", "stripe/create_charge"))
         .is_ok_and(|decision| !decision.allowed));
+    assert!(engine
+        .authorize_unsized(&request("checkout", "twilio/send_message"))
+        .is_ok_and(|decision| decision.allowed));
     // A known size is decided as ever.
     check(
         &engine,
         request("checkout", "stripe/create_charge"),
         "granted by grant-0",
     );
+    // The scope is the policy's principal, action and resource together.
+    let for_support = r#"@id("support-scaled")
+forbid(principal == Postern::Caller::"support", action, resource)
+    when { context.request_bytes * 2 > 3000 };"#;
+    let engine = compile(Some(for_support)).unwrap();
+    assert!(engine
+        .authorize_unsized(&request("checkout", "stripe/create_charge"))
+        .is_ok_and(|decision| decision.allowed));
+    assert!(engine
+        .authorize_unsized(&request("support", "stripe/refund"))
+        .is_err());
 }
 
 #[test]

@@ -721,6 +721,36 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A TLS client connection over `io` to `server_name`, trusting the CAs in `ca_pem` and
+/// offering only HTTP/1.1 by ALPN.
+pub async fn tls_http1_client<S>(
+    io: S,
+    ca_pem: &str,
+    server_name: &str,
+) -> tokio_rustls::client::TlsStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap(),
+            io,
+        )
+        .await
+        .unwrap()
+}
+
 /// Sends raw bytes on a new connection and returns everything the server answered
 /// (until it closes or 2 s pass).
 pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
