@@ -365,6 +365,9 @@ impl RunningGateway {
         for problem in &runtime.problems {
             tracing::error!(problem = %problem, "integration not ready");
         }
+        for note in runtime.policy.notes() {
+            tracing::warn!(%note, "custom policies");
+        }
         let (events, event_task) = EventSink::start(EventFileOptions {
             path: data_dir.join(EVENTS_FILE),
             max_file_bytes: config.gateway.events_max_file_bytes,

@@ -501,6 +501,21 @@ impl PolicyEngine {
         self.size_reads.read()
     }
 
+    /// What an operator should know of the custom policies: each one that reads
+    /// `context.request_bytes` in a way sizes cannot be probed for (`postern check` prints them
+    /// as warnings, `postern serve` logs them).
+    pub fn notes(&self) -> Vec<String> {
+        self.size_reads
+            .opaque
+            .iter()
+            .map(|(policy_id, _)| {
+                format!(
+                    "policy {policy_id} reads context.request_bytes other than by comparing it with a number: a request whose body declares no size (chunked, or h2 without content-length) that the policy's principal, action and resource match is refused with 411 length_required; compare request_bytes with numbers written out so the sizes that matter can be probed"
+                )
+            })
+            .collect()
+    }
+
     /// Whether `scope` (a policy's principal, action and resource, as a `permit` without
     /// conditions) applies to `req`; where Cedar cannot tell, it applies.
     fn in_scope(&self, scope: &PolicySet, req: &AuthzRequest<'_>) -> bool {

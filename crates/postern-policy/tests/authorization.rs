@@ -417,6 +417,10 @@ forbid(principal, action, resource in Postern::Integration::"stripe")
     when { context.request_bytes * 2 > 3000 };"#;
     let engine = compile(Some(policies)).unwrap();
     assert!(engine.reads_request_bytes());
+    let notes = engine.notes();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].starts_with("policy scaled reads context.request_bytes"));
+    assert!(compile(Some(NIGHT_AND_SIZE)).unwrap().notes().is_empty());
     let refusing = engine
         .authorize_unsized(&request("checkout", "stripe/create_charge"))
         .unwrap_err();

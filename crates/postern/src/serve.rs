@@ -221,7 +221,7 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
                         "callers": config.callers.len(),
                         "integrations": config.integrations.len(),
                         "grants": config.grants.len(),
-                        "warnings": compiled.problems,
+                        "warnings": compiled.problems.iter().cloned().chain(compiled.policy.notes()).collect::<Vec<_>>(),
                         "cedar": if show_policies { Some(compiled.policy.cedar_text()) } else { None },
                     })
                 );
@@ -233,7 +233,12 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
                     config.integrations.len(),
                     config.grants.len()
                 );
-                for problem in &compiled.problems {
+                for problem in compiled
+                    .problems
+                    .iter()
+                    .cloned()
+                    .chain(compiled.policy.notes())
+                {
                     println!("warning: {problem}");
                 }
                 if show_policies {

@@ -168,6 +168,42 @@ fn invalid_config_exits_3_naming_line_column_and_fix() {
     assert_eq!(code, 3, "{stderr}");
 }
 
+/// A custom policy that reads the request's size in a way that cannot be probed is valid, and
+/// `check` says what it means for requests of unknown size (a warning; exit 0).
+#[test]
+fn check_warns_of_a_size_read_that_cannot_be_probed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scaled.toml");
+    std::fs::write(
+        dir.path().join("rules.cedar"),
+        "@id(\"scaled\")\nforbid(principal, action, resource) when { context.request_bytes * 2 > 3000 };\n",
+    )
+    .unwrap();
+    let example = std::fs::read_to_string(repo_root().join("examples/postern.toml")).unwrap();
+    std::fs::write(
+        &path,
+        example.replacen("data_dir = ", "policies = \"rules.cedar\"\ndata_dir = ", 1),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("warning: policy scaled reads context.request_bytes")
+            && stdout.contains("411 length_required"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(&["check", "--json", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let warnings = json["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().starts_with("policy scaled reads")),
+        "{json}"
+    );
+}
+
 /// What only using the config shows (a `ca_file` that is not PEM, Cedar policies that do not
 /// compile) is reported like a parse error: at the key's line and column, with a fix.
 #[test]
