@@ -569,25 +569,34 @@ fn authorize_tunnel(
 ) -> Result<(), CallError> {
     let facts = crate::proxy::PolicyFacts::of(context);
     let mut refusal = None;
-    // The tunnel's requests are not seen, so neither are their sizes: an operation opens it only
-    // if no size could change the answer.
+    let mut granted = None;
+    // The tunnel's requests are not seen, so neither are their sizes: it carries any of the
+    // operations, so it opens only if no size could change the answer for any of them.
     let mut bounded_by_size = false;
     for operation in &integration.config.operations {
         let request = facts.request(&integration.name, &operation.id, &operation.method, 0);
-        let decision = runtime
-            .policy
-            .authorize_unsized(&request)
-            .unwrap_or_else(|refusing| {
-                bounded_by_size = true;
-                refusing
-            });
-        if decision.allowed {
-            if let postern_policy::Reason::Granted { policy_id } = &decision.reason {
-                context.policy_id = Some(policy_id.clone());
+        match runtime.policy.authorize_unsized(&request) {
+            Ok(decision) if decision.allowed => {
+                granted.get_or_insert(decision.reason);
             }
-            return Ok(());
+            Ok(decision) => {
+                refusal.get_or_insert(decision.reason);
+            }
+            Err(refusing) => {
+                bounded_by_size = true;
+                refusal = Some(refusing.reason);
+                break;
+            }
         }
-        refusal.get_or_insert(decision.reason);
+    }
+    if let (Some(reason), false) = (granted, bounded_by_size) {
+        if let postern_policy::Reason::Granted { policy_id } = reason {
+            context.policy_id = Some(policy_id);
+        }
+        return Ok(());
+    }
+    if let Some(postern_policy::Reason::Forbidden { policy_id }) = &refusal {
+        context.policy_id = Some(policy_id.clone());
     }
     let code = refusal
         .as_ref()

@@ -563,7 +563,28 @@ async fn an_opaque_tunnel_is_refused_where_a_size_rule_applies() {
     assert!(vendor.seen().is_empty());
     gw.stop().await;
 
-    let gw = TestGateway::start(&body, None).await;
+    // A rule on one operation of two bounds the tunnel too: it would carry that operation's
+    // uploads unseen.
+    let two_operations = body.replace(
+        r#"operations = [ { id = "any", method = "GET", path = "/v1/things/{id}" } ]"#,
+        r#"operations = [ { id = "any", method = "GET", path = "/v1/things/{id}" }, { id = "upload", method = "POST", path = "/v1/uploads" } ]"#,
+    );
+    assert_ne!(two_operations, body);
+    std::fs::write(
+        &policies,
+        "@id(\"small-uploads\")\nforbid(principal, action, resource == Postern::Operation::\"opaque/upload\") when { context.request_bytes > 1000 };\n",
+    )
+    .unwrap();
+    let gw = TestGateway::start_with_gateway(&two_operations, None, &gateway_extra).await;
+    let one_bounded = tunnel_client(&gw, CHECKOUT_TOKEN, &vendor).await;
+    assert!(one_bounded.get(&url).send().await.is_err());
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "policy_forbid", "{}", events[0]);
+    assert_eq!(events[0]["policy"], "small-uploads", "{}", events[0]);
+    assert!(vendor.seen().is_empty());
+    gw.stop().await;
+
+    let gw = TestGateway::start(&two_operations, None).await;
     let unbounded = tunnel_client(&gw, CHECKOUT_TOKEN, &vendor).await;
     assert_eq!(unbounded.get(&url).send().await.unwrap().status(), 200);
     gw.stop().await;

@@ -580,6 +580,17 @@ impl PolicyEngine {
                     },
                 });
             }
+        } else if let Reason::Forbidden { policy_id } = &smallest.reason {
+            // Refused at size 0 by a policy that reads the size opaquely: another size might
+            // pass, which only a declared size can tell.
+            if self
+                .size_reads
+                .opaque
+                .iter()
+                .any(|(opaque, _)| opaque == policy_id)
+            {
+                return Err(smallest);
+            }
         }
         for &size in self.size_reads.probes.iter().filter(|&&size| size != 0) {
             let decision = at(size);
@@ -759,8 +770,6 @@ fn compared_sizes(json: &serde_json::Value, numbers: &mut Vec<i64>) -> bool {
         }
     }
     match json {
-        // Named some other way than as the context's attribute.
-        Value::String(text) if text == "request_bytes" => false,
         Value::Array(items) => items.iter().all(|item| compared_sizes(item, numbers)),
         Value::Object(fields) => fields.values().all(|value| compared_sizes(value, numbers)),
         _ => true,
@@ -867,12 +876,18 @@ mod tests {
             ),
             (vec![0, largest - 1, largest], vec![])
         );
+        // The name alone, as a string or an entity id, reads nothing.
+        assert_eq!(
+            reads(
+                r#"forbid(principal == Postern::Caller::"request_bytes", action, resource) when { context.method == "request_bytes" };"#
+            ),
+            (vec![], vec![])
+        );
         for opaque in [
             "forbid(principal, action, resource) when { context.request_bytes + 1 > 10 };",
             "forbid(principal, action, resource) when { context.request_bytes > context.hour };",
             "forbid(principal, action, resource) when { [context.request_bytes].contains(7) };",
             r#"forbid(principal, action, resource) when { context == {hour: 1, weekday: 1, caller: "a", integration: "b", operation: "c", request_bytes: 5, method: "GET", source_ip: ip("10.0.0.1")} };"#,
-            r#"forbid(principal, action, resource) when { context.method == "request_bytes" };"#,
         ] {
             assert_eq!(
                 reads(opaque),

@@ -437,6 +437,16 @@ forbid(principal, action, resource in Postern::Integration::"stripe")
         request("checkout", "stripe/create_charge"),
         "granted by grant-0",
     );
+    // Refused at size 0 by such a policy: a declared size might pass, so a length is asked
+    // for, not a refusal given.
+    let small_refused = compile(Some(
+        r#"@id("at-least-ten")
+forbid(principal, action, resource) when { context.request_bytes * 1 < 10 };"#,
+    ))
+    .unwrap();
+    assert!(small_refused
+        .authorize_unsized(&request("checkout", "twilio/send_message"))
+        .is_err_and(|refusing| refusing.reason.to_string() == "forbidden by policy at-least-ten"));
     // The scope is the policy's principal, action and resource together.
     let for_support = r#"@id("support-scaled")
 forbid(principal == Postern::Caller::"support", action, resource)
