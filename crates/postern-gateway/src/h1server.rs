@@ -739,6 +739,289 @@ mod tests {
         );
     }
 
+    /// A small deterministic generator (xorshift), so a failing case names its seed.
+    struct Fuzz(u64);
+
+    impl Fuzz {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            from[self.below(from.len())]
+        }
+    }
+
+    /// A request head from pieces that are valid, nearly valid and hostile, sometimes with a
+    /// few bytes mutated, and a body as long as its first Content-Length says (when small).
+    fn fuzzed_request(fuzz: &mut Fuzz) -> Vec<u8> {
+        // Half the cases stay near the valid shapes, so the server's own path is well covered.
+        let plain = fuzz.below(2) == 0;
+        let method = if plain {
+            fuzz.pick(&[
+                "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "get", "M-SEARCH",
+            ])
+        } else {
+            fuzz.pick(&[
+                "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "get",
+                "G ET", "", "GET\t", "M-SEARCH", "GE\u{0}T",
+            ])
+        };
+        let target = if plain {
+            fuzz.pick(&[
+                "/a",
+                "/a?b=c&d",
+                "/v1/charges/ch_1",
+                "/%2e%2e/x",
+                "//x",
+                "/a%00",
+                "/a?\"<>",
+                "/a?",
+                "/~user/$x'(y)*+,;=:@",
+            ])
+        } else {
+            fuzz.pick(&[
+                "/a",
+                "/a?b=c&d",
+                "*",
+                "http://x.test/a",
+                "/a b",
+                "/a\u{7f}",
+                "/\u{e9}",
+                "",
+                "/a#frag",
+                "api.test:443",
+                "/a\tb",
+                "/a|b{c}",
+            ])
+        };
+        let version = if plain {
+            "HTTP/1.1"
+        } else {
+            fuzz.pick(&[
+                "HTTP/1.1",
+                "HTTP/1.1",
+                "HTTP/1.1",
+                "HTTP/1.0",
+                "HTTP/2.0",
+                "http/1.1",
+                "HTTP/1.1 ",
+                "HTTP/1.2",
+                "HTTP/11",
+            ])
+        };
+        let eol = if fuzz.below(8) == 0 { "\n" } else { "\r\n" };
+        let mut head = format!("{method} {target} {version}{eol}");
+        let names = [
+            "host",
+            "content-length",
+            "Content-Length",
+            "transfer-encoding",
+            "connection",
+            "expect",
+            "te",
+            "upgrade",
+            "x-custom",
+            "authorization",
+            "bad name",
+            "x:y",
+            "",
+            "\u{ff}",
+            "x-\u{0}",
+            "http2-settings",
+            "CONTENT-LENGTH",
+        ];
+        let values = [
+            "x",
+            "5",
+            "05",
+            "+5",
+            "5,5",
+            " 5 ",
+            "",
+            "-1",
+            "99999999999999999999",
+            "0",
+            "65537",
+            "chunked",
+            "gzip, chunked",
+            " chunked",
+            "close",
+            "keep-alive",
+            "Close",
+            "close, te",
+            "upgrade",
+            "100-continue",
+            "trailers",
+            "websocket",
+            "a\rb",
+            "a\nb",
+            "a\u{0}b",
+            "a\u{7f}b",
+            "\tv\t",
+            "Bearer t",
+            "\u{e9}",
+        ];
+        let plain_names = [
+            "host",
+            "content-length",
+            "connection",
+            "x-custom",
+            "authorization",
+        ];
+        let plain_values = [
+            "x",
+            "5",
+            "0",
+            "05",
+            "12",
+            "close",
+            "keep-alive",
+            "Close",
+            "Bearer t",
+            "\tv\t",
+            "a b",
+            "\u{e9}",
+        ];
+        for _ in 0..fuzz.below(7) {
+            let (name, value) = match plain {
+                true => (fuzz.pick(&plain_names), fuzz.pick(&plain_values)),
+                false => (fuzz.pick(&names), fuzz.pick(&values)),
+            };
+            head.push_str(&format!("{name}: {value}{eol}"));
+            if !plain && fuzz.below(20) == 0 {
+                head.push_str(&format!(" folded{eol}"));
+            }
+        }
+        head.push_str(eol);
+        let mut bytes = head.into_bytes();
+        let mutations = if plain {
+            0
+        } else {
+            [0, 0, 1, 2][fuzz.below(4)]
+        };
+        for _ in 0..mutations {
+            let at = fuzz.below(bytes.len());
+            match fuzz.below(3) {
+                0 => bytes[at] = fuzz.next() as u8,
+                1 => bytes.insert(at, b"\r\n: \t\0/"[fuzz.below(7)]),
+                _ => {
+                    bytes.remove(at);
+                }
+            }
+        }
+        // A body as long as the head's first well-formed Content-Length says, when small.
+        let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+        let declared = text
+            .split(['\r', '\n'])
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .and_then(|value| value.parse::<usize>().ok())
+            .filter(|&length| length <= 64);
+        bytes.extend(std::iter::repeat_n(b'b', declared.unwrap_or(0)));
+        bytes
+    }
+
+    /// What hyper's HTTP/1.1 server (as the listener configures it) makes of `bytes`: the first
+    /// request's method, target, headers and body, or `None` if it takes no request.
+    async fn hyper_reads(bytes: &[u8]) -> Option<(Method, Uri, HeaderMap, Bytes)> {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (seen, mut got) = tokio::sync::mpsc::unbounded_channel();
+        let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let seen = seen.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let _ = seen.send((parts.method, parts.uri, parts.headers, body));
+                Ok::<_, std::convert::Infallible>(Response::new(
+                    http_body_util::Empty::<Bytes>::new(),
+                ))
+            }
+        });
+        let serving = tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .max_headers(HYPER_MAX_HEADERS)
+                .max_buf_size(8192)
+                // The input ends with a half-close: the request before it is still served.
+                .half_close(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(server), service),
+        );
+        let (mut read, mut write) = tokio::io::split(client);
+        let _ = write.write_all(bytes).await;
+        let _ = write.shutdown().await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut answer)).await;
+        serving.abort();
+        got.try_recv().ok()
+    }
+
+    /// Postern's server takes a subset of what hyper takes, with the same meaning: over several
+    /// thousand generated heads (valid, nearly valid, hostile, mutated), every one it serves
+    /// itself hyper reads as the same method, target, headers and body; every one it leaves to
+    /// hyper keeps all its bytes; and the one shape it takes that hyper would reframe (both
+    /// Content-Length and Transfer-Encoding) is taken with no body and a close.
+    #[tokio::test]
+    async fn the_servers_parser_agrees_with_hyper_on_fuzzed_heads() {
+        let seed = 0x005e_ed0f_b00c;
+        let mut fuzz = Fuzz(seed);
+        let (mut served, mut handed_off) = (0, 0);
+        for case in 0..8000 {
+            let bytes = fuzzed_request(&mut fuzz);
+            let shown = format!(
+                "seed {seed:#x}, case {case}: {:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+            let mut buf = BytesMut::from(&bytes[..]);
+            match parse(&mut buf, 8192) {
+                Parse::Partial => {}
+                Parse::Handoff => {
+                    assert_eq!(&buf[..], &bytes[..], "a hand-off keeps every byte; {shown}");
+                    handed_off += 1;
+                }
+                Parse::Request(request, body_len, close) => {
+                    let headers = request.headers();
+                    if headers.contains_key(header::CONTENT_LENGTH)
+                        && headers.contains_key(header::TRANSFER_ENCODING)
+                    {
+                        assert_eq!((body_len, close), (0, true), "{shown}");
+                        continue;
+                    }
+                    served += 1;
+                    let head_len = bytes.len() - buf.len();
+                    let body = &bytes[head_len..head_len + body_len as usize];
+                    let Some((method, uri, hyper_headers, hyper_body)) = hyper_reads(&bytes).await
+                    else {
+                        panic!("served here, but hyper takes no request; {shown}");
+                    };
+                    assert_eq!(request.method(), method, "{shown}");
+                    assert_eq!(request.uri(), &uri, "{shown}");
+                    assert_eq!(request.headers(), &hyper_headers, "{shown}");
+                    assert_eq!(&hyper_body[..], body, "{shown}");
+                    if !close {
+                        let closing = hyper_headers
+                            .get_all(header::CONNECTION)
+                            .iter()
+                            .any(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+                        assert!(!closing, "{shown}");
+                    }
+                }
+            }
+        }
+        // The generator reaches both sides.
+        assert!(
+            served > 1200 && handed_off > 2000,
+            "served {served}, handed off {handed_off}"
+        );
+    }
+
     fn info() -> Arc<ConnectionInfo> {
         Arc::new(ConnectionInfo::new(([127, 0, 0, 1], 1).into(), None, false))
     }
