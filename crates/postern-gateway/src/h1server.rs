@@ -621,6 +621,7 @@ forward_async_write!(Prefixed<S>, inner);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzz::Fuzz;
     use http_body_util::BodyExt as _;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -737,24 +738,6 @@ mod tests {
             parsed(format!("GET /a HTTP/1.1\r\nx: {big}\r\n\r\n").as_bytes()),
             "hyper"
         );
-    }
-
-    /// A small deterministic generator (xorshift), so a failing case names its seed.
-    struct Fuzz(u64);
-
-    impl Fuzz {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-            from[self.below(from.len())]
-        }
     }
 
     /// A request head from pieces that are valid, nearly valid and hostile, sometimes with a
@@ -900,20 +883,8 @@ mod tests {
         }
         head.push_str(eol);
         let mut bytes = head.into_bytes();
-        let mutations = if plain {
-            0
-        } else {
-            [0, 0, 1, 2][fuzz.below(4)]
-        };
-        for _ in 0..mutations {
-            let at = fuzz.below(bytes.len());
-            match fuzz.below(3) {
-                0 => bytes[at] = fuzz.next() as u8,
-                1 => bytes.insert(at, b"\r\n: \t\0/"[fuzz.below(7)]),
-                _ => {
-                    bytes.remove(at);
-                }
-            }
+        if !plain {
+            fuzz.mutate(&mut bytes, b"\r\n: \t\0/");
         }
         // A body as long as the head's first well-formed Content-Length says, when small.
         let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();

@@ -66,6 +66,8 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod forward_proxy;
+#[cfg(test)]
+mod fuzz;
 pub mod h1;
 pub mod h1server;
 pub mod h2streams;
