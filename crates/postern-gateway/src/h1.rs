@@ -1064,6 +1064,15 @@ mod tests {
         request: http::Request<ForwardBody>,
     ) -> Result<(u16, Vec<u8>), String> {
         let (response, _) = client.request(request).await.map_err(|e| error_text(&e))?;
+        status_and_body(response).await
+    }
+
+    /// The status and whole body of `response`, or the error its body ends with.
+    async fn status_and_body<B>(response: http::Response<B>) -> Result<(u16, Vec<u8>), String>
+    where
+        B: Body,
+        B::Error: std::error::Error + 'static,
+    {
         let status = response.status().as_u16();
         let body = response
             .into_body()
@@ -1254,14 +1263,7 @@ mod tests {
                 .send_request(request)
                 .await
                 .map_err(|e| error_text(&e))?;
-            let status = response.status().as_u16();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| error_text(&e))?
-                .to_bytes();
-            Ok((status, body.to_vec()))
+            status_and_body(response).await
         };
         let result = tokio::time::timeout(Duration::from_secs(2), read)
             .await
