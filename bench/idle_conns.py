@@ -106,9 +106,12 @@ def main():
     after = rss_kb(pids)
     time.sleep(max(0.0, args.hold - args.settle))
 
-    # A connection the server closed is readable (EOF); an idle open one is not.
-    readable, _, _ = select.select(sockets, [], [], 0)
-    open_at_end = len(sockets) - len(readable)
+    # A connection the server closed is readable (EOF); an idle open one is not. (poll, not
+    # select: select takes no descriptor above 1023.)
+    poller = select.poll()
+    for sock in sockets:
+        poller.register(sock, select.POLLIN)
+    open_at_end = len(sockets) - len(poller.poll(0))
     after_hold = rss_kb(pids)
     for sock in sockets:
         sock.close()
