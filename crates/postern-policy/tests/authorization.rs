@@ -585,3 +585,102 @@ fn grants_must_name_declared_things() {
     assert!(compile_grant(grant("checkout", "stripe", &["refund"])).contains("operation `refund`"));
     assert!(compile_grant(grant("checkout", "stripe", &[])).contains("lists no operations"));
 }
+
+/// A property over generated size rules: random `permit`/`forbid` policies whose conditions
+/// combine comparisons of `context.request_bytes` with numbers (`<`, `<=`, `>`, `>=`, `==`,
+/// `!=`, either side, under `&&`, `||`, `!`, `when`/`unless`). Whenever `authorize_unsized`
+/// decides a request of unknown size, every size gives that answer (checked at the numbers,
+/// around them, at random sizes and at the largest); whenever it asks for a length, some size
+/// does answer differently.
+#[test]
+fn unsized_decisions_hold_for_every_size_under_generated_size_rules() {
+    struct Fuzz(u64);
+    impl Fuzz {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+    let mut fuzz = Fuzz(0x0051_2e5e_ed01);
+    let numbers = [0u64, 1, 7, 100, 999, 1000, 1001, 4096, 65_536, 1 << 40];
+    let targets = [
+        ("checkout", "stripe/create_charge"),
+        ("checkout", "twilio/send_message"),
+        ("support", "stripe/refund"),
+        ("reports", "stripe/get_charge"),
+    ];
+    let mut decided_by_size = 0;
+    for case in 0..300 {
+        let condition = |fuzz: &mut Fuzz| {
+            let number = numbers[fuzz.below(numbers.len() as u64) as usize];
+            let operator = ["<", "<=", ">", ">=", "==", "!="][fuzz.below(6) as usize];
+            match fuzz.below(2) {
+                0 => format!("context.request_bytes {operator} {number}"),
+                _ => format!("{number} {operator} context.request_bytes"),
+            }
+        };
+        let mut policies = String::new();
+        for index in 0..1 + fuzz.below(3) {
+            let mut expression = condition(&mut fuzz);
+            for _ in 0..fuzz.below(3) {
+                let joined = ["&&", "||"][fuzz.below(2) as usize];
+                let negated = if fuzz.below(3) == 0 { "!" } else { "" };
+                expression = format!(
+                    "({expression}) {joined} {negated}({})",
+                    condition(&mut fuzz)
+                );
+            }
+            let effect = ["forbid", "forbid", "permit"][fuzz.below(3) as usize];
+            let clause = ["when", "unless"][fuzz.below(2) as usize];
+            let scope = [
+                "resource",
+                r#"resource in Postern::Integration::"stripe""#,
+                r#"resource == Postern::Operation::"twilio/send_message""#,
+            ][fuzz.below(3) as usize];
+            policies.push_str(&format!(
+                "@id(\"rule-{index}\")\n{effect}(principal, action, {scope}) {clause} {{ {expression} }};\n"
+            ));
+        }
+        let engine = compile(Some(&policies)).unwrap_or_else(|e| panic!("{e}\n{policies}"));
+        let mut sizes: Vec<u64> = numbers
+            .iter()
+            .flat_map(|&n| [n.saturating_sub(1), n, n + 1])
+            .chain([u64::MAX])
+            .collect();
+        sizes.extend((0..40).map(|_| fuzz.below(70_000)));
+        for (caller, target) in targets {
+            let unsized_answer = engine.authorize_unsized(&request(caller, target));
+            let answers: Vec<bool> = sizes
+                .iter()
+                .map(|&request_bytes| {
+                    engine
+                        .authorize(&AuthzRequest {
+                            request_bytes,
+                            ..request(caller, target)
+                        })
+                        .allowed
+                })
+                .collect();
+            match unsized_answer {
+                Ok(decision) => assert!(
+                    answers.iter().all(|&allowed| allowed == decision.allowed),
+                    "case {case}, {caller} {target}: decided {} for an unknown size, but sizes answer differently\n{policies}",
+                    decision.allowed
+                ),
+                Err(_) => {
+                    decided_by_size += 1;
+                    assert!(
+                        answers.iter().any(|&allowed| allowed != answers[0]),
+                        "case {case}, {caller} {target}: a length was asked for, but every size answers the same\n{policies}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(decided_by_size > 50, "{decided_by_size}");
+}
