@@ -64,8 +64,9 @@ const MAX_HEADERS: usize = 64;
 /// it answers 431 past them): a head with more than [`MAX_HEADERS`] is parsed again with room
 /// for these, only to find both framings.
 pub(crate) const HYPER_MAX_HEADERS: usize = 100;
-/// Room for one read.
-const READ_SPACE: usize = 8 * 1024;
+/// Room for one read, as the buffer grows: an API call's head fits in one, and an idle
+/// keep-alive connection keeps this much (a body is read into room made for its length).
+const READ_SPACE: usize = 2 * 1024;
 /// How long closing a connection may wait to send its last bytes (TLS `close_notify`).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Response data up to this size is copied behind the head and sent with it in one write.
