@@ -946,6 +946,15 @@ mod tests {
         addr: SocketAddr,
         accepted: Arc<AtomicUsize>,
         requests: Arc<Mutex<Vec<Vec<u8>>>>,
+        /// The accept loop: stopped when the vendor is dropped, so a test that makes many
+        /// vendors does not hold a listening socket for each.
+        accepting: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Vendor {
+        fn drop(&mut self) {
+            self.accepting.abort();
+        }
     }
 
     async fn vendor(script: Vec<Answer>) -> Vendor {
@@ -955,7 +964,7 @@ mod tests {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(script.into_iter()));
         let (count, seen) = (accepted.clone(), requests.clone());
-        tokio::spawn(async move {
+        let accepting = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
                 let (script, seen) = (script.clone(), seen.clone());
@@ -995,6 +1004,7 @@ mod tests {
             addr,
             accepted,
             requests,
+            accepting,
         }
     }
 
