@@ -1,6 +1,14 @@
 //! Test-only: a small deterministic generator for the parsers' differential fuzz tests
 //! (`h1server`, `h1`), so a failing case names its seed and can be replayed.
 
+/// How a failing case is named: its seed, its number and its bytes (lossily as text).
+pub(crate) fn shown(seed: u64, case: usize, bytes: &[u8]) -> String {
+    format!(
+        "seed {seed:#x}, case {case}: {:?}",
+        String::from_utf8_lossy(bytes)
+    )
+}
+
 /// xorshift64: not random enough for anything but picking test inputs.
 pub(crate) struct Fuzz(pub(crate) u64);
 

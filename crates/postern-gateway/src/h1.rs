@@ -1294,10 +1294,7 @@ mod tests {
         let (mut accepted, mut refused) = (0, 0);
         for case in 0..1500 {
             let bytes = fuzzed_answer(&mut fuzz);
-            let shown = format!(
-                "seed {seed:#x}, case {case}: {:?}",
-                String::from_utf8_lossy(&bytes)
-            );
+            let shown = crate::fuzz::shown(seed, case, &bytes);
             let script: &'static [u8] = Box::leak(bytes.clone().into_boxed_slice());
             let vendor = vendor(vec![Answer(script, true)]).await;
             let ours = tokio::time::timeout(Duration::from_secs(2), get(&client, &vendor))

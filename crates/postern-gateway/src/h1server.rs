@@ -947,10 +947,7 @@ mod tests {
         let (mut served, mut handed_off) = (0, 0);
         for case in 0..8000 {
             let bytes = fuzzed_request(&mut fuzz);
-            let shown = format!(
-                "seed {seed:#x}, case {case}: {:?}",
-                String::from_utf8_lossy(&bytes)
-            );
+            let shown = crate::fuzz::shown(seed, case, &bytes);
             let mut buf = BytesMut::from(&bytes[..]);
             match parse(&mut buf, 8192) {
                 Parse::Partial => {}

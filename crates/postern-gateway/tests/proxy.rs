@@ -546,22 +546,31 @@ async fn an_opaque_tunnel_is_refused_where_a_size_rule_applies() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("size.cedar");
-    std::fs::write(
-        &policies,
+    let gateway_extra = format!("policies = \"{}\"", policies.display());
+    let url = format!("https://localhost:{}/v1/things/1", vendor.addr.port());
+    // The gateway with `body` and the Cedar `rule`: the checkout caller's tunnel is refused,
+    // nothing reaches the vendor, and the refusal's event is returned.
+    let refused = |body: String, rule: &'static str| {
+        let (policies, gateway_extra, url, vendor) = (&policies, &gateway_extra, &url, &vendor);
+        async move {
+            std::fs::write(policies, rule).unwrap();
+            let gw = TestGateway::start_with_gateway(&body, None, gateway_extra).await;
+            let client = tunnel_client(&gw, CHECKOUT_TOKEN, vendor).await;
+            assert!(client.get(url).send().await.is_err());
+            let event = gw.wait_events(1).await.remove(0);
+            assert_eq!(event["decision"], "deny", "{event}");
+            assert_eq!(event["reason"], "policy_forbid", "{event}");
+            assert!(vendor.seen().is_empty());
+            gw.stop().await;
+            event
+        }
+    };
+    let body = opaque_integration("localhost", vendor.addr.port(), "");
+    refused(
+        body.clone(),
         "forbid(principal, action, resource in Postern::Integration::\"opaque\") when { context.request_bytes > 1000 };\n",
     )
-    .unwrap();
-    let body = opaque_integration("localhost", vendor.addr.port(), "");
-    let url = format!("https://localhost:{}/v1/things/1", vendor.addr.port());
-    let gateway_extra = format!("policies = \"{}\"", policies.display());
-    let gw = TestGateway::start_with_gateway(&body, None, &gateway_extra).await;
-    let sized = tunnel_client(&gw, CHECKOUT_TOKEN, &vendor).await;
-    assert!(sized.get(&url).send().await.is_err());
-    let events = gw.wait_events(1).await;
-    assert_eq!(events[0]["decision"], "deny", "{}", events[0]);
-    assert_eq!(events[0]["reason"], "policy_forbid", "{}", events[0]);
-    assert!(vendor.seen().is_empty());
-    gw.stop().await;
+    .await;
 
     // A rule on one operation of two bounds the tunnel too: it would carry that operation's
     // uploads unseen.
@@ -570,19 +579,12 @@ async fn an_opaque_tunnel_is_refused_where_a_size_rule_applies() {
         r#"operations = [ { id = "any", method = "GET", path = "/v1/things/{id}" }, { id = "upload", method = "POST", path = "/v1/uploads" } ]"#,
     );
     assert_ne!(two_operations, body);
-    std::fs::write(
-        &policies,
+    let event = refused(
+        two_operations.clone(),
         "@id(\"small-uploads\")\nforbid(principal, action, resource == Postern::Operation::\"opaque/upload\") when { context.request_bytes > 1000 };\n",
     )
-    .unwrap();
-    let gw = TestGateway::start_with_gateway(&two_operations, None, &gateway_extra).await;
-    let one_bounded = tunnel_client(&gw, CHECKOUT_TOKEN, &vendor).await;
-    assert!(one_bounded.get(&url).send().await.is_err());
-    let events = gw.wait_events(1).await;
-    assert_eq!(events[0]["reason"], "policy_forbid", "{}", events[0]);
-    assert_eq!(events[0]["policy"], "small-uploads", "{}", events[0]);
-    assert!(vendor.seen().is_empty());
-    gw.stop().await;
+    .await;
+    assert_eq!(event["policy"], "small-uploads", "{event}");
 
     let gw = TestGateway::start(&two_operations, None).await;
     let unbounded = tunnel_client(&gw, CHECKOUT_TOKEN, &vendor).await;
