@@ -67,8 +67,11 @@ pub struct Malformed {
     pub message: &'static str,
 }
 
-/// Told of each request head hyper refused on a connection (the gateway records it as a call).
-pub type OnMalformed = Arc<dyn Fn(&ConnectionInfo, Malformed) + Send + Sync>;
+/// Told of each request head refused before any handler saw it, by hyper or by Postern's own
+/// HTTP/1.1 server: the gateway records it as a call, and returns its answer (which
+/// Postern's server sends; hyper has sent its own).
+pub type OnMalformed =
+    Arc<dyn Fn(&ConnectionInfo, Malformed) -> Response<GatewayBody> + Send + Sync>;
 
 /// The answer hyper sent for the error a connection ended with, if it was a request head hyper
 /// refused. This mirrors hyper 1.x's server (`proto::h1::role::Server::on_error`): `400` for a
@@ -263,6 +266,7 @@ impl Connection {
             &handler,
             &mut shutdown,
             max_header_bytes,
+            on_malformed.as_ref(),
         )
         .await;
         if let Served::Handoff { read, served } = served {
@@ -332,7 +336,8 @@ fn ended_with(
 ) {
     tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
     if let (Some(refused), Some(on_malformed)) = (malformed(error), on_malformed) {
-        on_malformed(info, refused);
+        // hyper has answered already.
+        drop(on_malformed(info, refused));
     }
 }
 

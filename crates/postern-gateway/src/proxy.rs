@@ -284,16 +284,16 @@ pub(crate) fn record_refusal(
     shared.audit.append_later(record, &context.request_id);
 }
 
-/// The hook a gateway listener calls for each request head hyper refused and answered itself
-/// ([`crate::listener::malformed`]): it is recorded as a refused call (`deny`), with an empty
-/// method and no path or target; inside an intercepted tunnel, with the tunnel's caller and
-/// integration.
+/// The hook a gateway listener calls for each request head refused before the pipeline saw it
+/// (by hyper, [`crate::listener::malformed`], or by Postern's HTTP/1.1 server, both framings):
+/// it is recorded as a refused call (`deny`), with an empty method and no path or target;
+/// inside an intercepted tunnel, with the tunnel's caller and integration. Returns the answer.
 pub(crate) fn on_malformed(shared: &Arc<Shared>) -> OnMalformed {
     let shared = shared.clone();
     Arc::new(move |connection: &ConnectionInfo, refused: Malformed| {
         let context = CallContext::malformed(connection);
         let error = CallError::new(refused.status, refused.reason, refused.message);
-        record_refusal(&shared, &context, &Progress::default(), &error);
+        refuse(&shared, &context, &Progress::default(), &error)
     })
 }
 

@@ -1655,6 +1655,20 @@ async fn bad_input_gets_4xx_and_never_reaches_the_vendor() {
     let refused = refused.expect("the refusal is recorded");
     assert_eq!(refused["decision"], "deny");
     assert_eq!(refused["status"], 400);
+    // The admin listener shares the HTTP/1.1 server: there too the head is refused before any
+    // handler runs, and the connection closed.
+    let admin = raw_request(
+        gw.running().admin_addr,
+        format!(
+            "GET /v1/integrations HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\nGET /v1/integrations HTTP/1.1\r\nhost: x\r\n\r\n",
+            gw.admin_token
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(admin.starts_with("HTTP/1.1 400 "), "{admin}");
+    assert!(admin.contains("conflicting_framing"), "{admin}");
+    assert_eq!(admin.matches("HTTP/1.1 ").count(), 1, "{admin}");
 
     // The same behind a chunked upload on one connection (from which hyper's parser serves the
     // connection): hyper drops the Content-Length and frames by Transfer-Encoding, as RFC 9112
