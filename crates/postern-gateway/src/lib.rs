@@ -434,12 +434,8 @@ impl RunningGateway {
             checkpoint_stop_rx,
         )));
 
-        let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
-            (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                tls::server_config(cert, key, config.gateway.client_ca.as_deref())?,
-            ))),
-            _ => None,
-        };
+        let tls = tls::listener_config(&config.gateway)?
+            .map(|config| tokio_rustls::TlsAcceptor::from(Arc::new(config)));
         let admin_listener = TcpListener::bind(config.gateway.admin_listen)
             .await
             .with_context(|| {

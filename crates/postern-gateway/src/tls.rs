@@ -46,26 +46,46 @@ pub fn read_private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
         })
 }
 
-/// The listener's TLS config: ALPN h2 and http/1.1; with `client_ca`, client certificates are
-/// verified when presented (callers may still authenticate with a token instead).
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-) -> anyhow::Result<rustls::ServerConfig> {
-    let certs = read_certificates(cert)?;
-    let key = read_private_key(key)?;
+/// The listener's TLS config from `[gateway]` (`None` without `tls_cert` and `tls_key`): ALPN
+/// h2 and http/1.1; with `client_ca`, client certificates are verified when presented (callers
+/// may still authenticate with a token instead). A file that cannot be used is a
+/// [`postern_config::KeyProblem`] at its own key, so `check`, `serve` and a reload place it at
+/// its line and column alike.
+pub fn listener_config(
+    gateway: &postern_config::GatewayConfig,
+) -> anyhow::Result<Option<rustls::ServerConfig>> {
+    let (Some(cert), Some(key)) = (&gateway.tls_cert, &gateway.tls_key) else {
+        return Ok(None);
+    };
+    let at = |key: &str, fix: &str| {
+        let (key, fix) = (format!("gateway.{key}"), fix.to_string());
+        move |error: anyhow::Error| {
+            anyhow::Error::new(postern_config::KeyProblem::new(
+                key.clone(),
+                format!("{error:#}"),
+                fix.clone(),
+            ))
+        }
+    };
+    let certs = read_certificates(cert).map_err(at(
+        "tls_cert",
+        "point `tls_cert` at a PEM certificate chain",
+    ))?;
+    let key_fix = "point `tls_key` at the PEM private key of the `tls_cert` certificate";
+    let key = read_private_key(key).map_err(at("tls_key", key_fix))?;
     let provider = crypto_provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
-    let builder = match client_ca {
+    let builder = match &gateway.client_ca {
         Some(ca) => {
+            let ca_problem = at("client_ca", "point `client_ca` at PEM CA certificates");
             let mut roots = rustls::RootCertStore::empty();
-            for cert in read_certificates(ca)? {
+            for cert in read_certificates(ca).map_err(&ca_problem)? {
                 roots
                     .add(cert)
-                    .with_context(|| format!("client_ca {}", ca.display()))?;
+                    .with_context(|| format!("client_ca {}", ca.display()))
+                    .map_err(&ca_problem)?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
@@ -80,9 +100,10 @@ pub fn server_config(
     };
     let mut config = builder
         .with_single_cert(certs, key)
-        .context("the listener certificate and key do not match")?;
+        .context("the listener certificate and key do not match")
+        .map_err(at("tls_key", key_fix))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(Some(config))
 }
 
 /// The `spiffe://` URI SAN of a verified client certificate, if any.

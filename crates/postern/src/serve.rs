@@ -189,16 +189,7 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
         .build()
         .expect("runtime");
     let compiled = runtime.block_on(async {
-        if let (Some(cert), Some(key)) = (&config.gateway.tls_cert, &config.gateway.tls_key) {
-            let client_ca = config.gateway.client_ca.as_deref();
-            postern_gateway::tls::server_config(cert, key, client_ca).map_err(|error| {
-                postern_config::KeyProblem::new(
-                    "gateway.tls_cert",
-                    format!("{error:#}"),
-                    "point `tls_cert` at a PEM certificate chain, `tls_key` at its private key, and `client_ca` (if set) at PEM CA certificates",
-                )
-            })?;
-        }
+        postern_gateway::tls::listener_config(&config.gateway)?;
         Runtime::build(
             config.clone(),
             &BuildInputs {

@@ -231,7 +231,27 @@ fn problems_found_compiling_the_config_name_the_key_line_column_and_fix() {
     );
     let with_policies =
         example.replacen("data_dir = ", "policies = \"rules.cedar\"\ndata_dir = ", 1);
+    // The listener's TLS files: each is placed at its own key. A real certificate (the
+    // interception CA's, exported) with a file that holds no key puts the problem at tls_key.
+    let (code, cert, stderr) = run(&[
+        "ca",
+        "export",
+        "--data-dir",
+        dir.path().join("ca-data").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+    let with_tls = |cert: &str| {
+        example.replacen(
+            "data_dir = ",
+            &format!("tls_cert = \"{cert}\"\ntls_key = \"ca.pem\"\ndata_dir = "),
+            1,
+        )
+    };
+    let (with_bad_cert, with_bad_key) = (with_tls("ca.pem"), with_tls("cert.pem"));
     for (text, key, column, words) in [
+        (&with_bad_cert, "tls_cert = ", 12, "ca.pem"),
+        (&with_bad_key, "tls_key = ", 11, "private key"),
         (&with_ca, "ca_file = ", 11, "ca_file"),
         (&with_policies, "policies = ", 12, "hourr"),
     ] {
