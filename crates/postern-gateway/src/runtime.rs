@@ -87,14 +87,8 @@ impl ClientCache {
     fn get(
         &self,
         integration: &IntegrationConfig,
-        client_pem: Option<(&[u8], &[u8])>,
+        client_auth: Option<ClientAuth>,
     ) -> anyhow::Result<UpstreamClient> {
-        let client_fingerprint = client_pem.map(|(cert, key)| {
-            let mut hasher = Sha256::new();
-            hasher.update(cert);
-            hasher.update(key);
-            hex::encode(hasher.finalize())
-        });
         let key = format!(
             "{:?}|{}|{:?}|{}|{}|{:?}",
             integration.allow_private_networks,
@@ -102,7 +96,7 @@ impl ClientCache {
             integration.ca_file,
             integration.connect_timeout_ms,
             integration.idle_timeout_ms,
-            client_fingerprint
+            client_auth.as_ref().map(|auth| &auth.fingerprint)
         );
         let mut clients = self.clients.lock().expect("client cache lock");
         if let Some((cached_key, client)) = clients.get(&integration.name) {
@@ -116,25 +110,7 @@ impl ClientCache {
             ca_file: integration.ca_file.as_deref(),
             connect_timeout: Duration::from_millis(integration.connect_timeout_ms),
             idle_timeout: Duration::from_millis(integration.idle_timeout_ms),
-            client_auth: match client_pem {
-                Some((cert, key)) => Some((
-                    rustls_pemfile::certs(&mut &cert[..])
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|_| {
-                            client_certificate_problem(integration, "the certificate is not PEM")
-                        })?,
-                    rustls_pemfile::private_key(&mut &key[..])
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| {
-                            client_certificate_problem(
-                                integration,
-                                "the key is not a PEM private key",
-                            )
-                        })?,
-                )),
-                None => None,
-            },
+            client_auth: client_auth.map(|auth| (auth.chain, auth.key)),
         })?;
         clients.insert(integration.name.clone(), (key, client.clone()));
         Ok(client)
@@ -511,12 +487,35 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 /// The vault's client certificate for `integration` cannot be used.
-fn client_certificate_problem(integration: &IntegrationConfig, what: &str) -> anyhow::Error {
-    anyhow::Error::new(KeyProblem::new(
-        format!("integrations.{}.client_certificate", integration.name),
-        format!("integration {}: client_certificate: {what}", integration.name),
-        "store the PEM certificate chain and its private key: `postern creds set NAME --from-file FILE.pem`",
-    ))
+/// A client certificate for the vendor (mTLS) from the vault, parsed, with a fingerprint of its
+/// PEM for the client cache's key.
+struct ClientAuth {
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    fingerprint: String,
+}
+
+impl ClientAuth {
+    /// What is wrong with it, if the vault's PEM is not a certificate chain and a private key.
+    fn parse(cert: &[u8], key: &[u8]) -> Result<ClientAuth, &'static str> {
+        let chain = rustls_pemfile::certs(&mut &cert[..])
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+            .filter(|chain| !chain.is_empty())
+            .ok_or("the certificate is not PEM")?;
+        let private_key = rustls_pemfile::private_key(&mut &key[..])
+            .ok()
+            .flatten()
+            .ok_or("the key is not a PEM private key")?;
+        let mut hasher = Sha256::new();
+        hasher.update(cert);
+        hasher.update(key);
+        Ok(ClientAuth {
+            chain,
+            key: private_key,
+            fingerprint: hex::encode(hasher.finalize()),
+        })
+    }
 }
 
 fn build_integration(
@@ -536,16 +535,30 @@ fn build_integration(
             "give each operation a method and path template that no other operation of the integration matches",
         )
     })?;
-    // A client certificate for the vendor (mTLS) comes from the vault; if it cannot be read the
-    // integration fails closed like a missing credential.
+    // A client certificate for the vendor (mTLS) comes from the vault; if it cannot be read or
+    // used the integration fails closed like a missing credential (the config is not at fault).
     let mut client_pem_problem = None;
-    let client_pem = match (&integration.client_certificate, inputs.vault) {
+    let client_auth = match (&integration.client_certificate, inputs.vault) {
         (Some(names), Some(vault)) => {
             match (
                 vault.current(&names.cert_secret),
                 vault.current(&names.key_secret),
             ) {
-                (Ok(Some(cert)), Ok(Some(key))) => Some((cert, key)),
+                (Ok(Some(cert)), Ok(Some(key))) => {
+                    match ClientAuth::parse(cert.expose(), key.expose()) {
+                        Ok(auth) => Some(auth),
+                        Err(what) => {
+                            client_pem_problem = Some(CredentialProblem {
+                                code: "credential_unavailable",
+                                why: format!(
+                                    "client certificate unusable: vault credentials {} and {}: {what} (fix: `postern creds set NAME --from-file FILE.pem`)",
+                                    names.cert_secret, names.key_secret
+                                ),
+                            });
+                            None
+                        }
+                    }
+                }
                 _ => {
                     client_pem_problem = Some(CredentialProblem {
                         code: "credential_unavailable",
@@ -570,12 +583,7 @@ fn build_integration(
     };
     let client = inputs
         .clients
-        .get(
-            integration,
-            client_pem
-                .as_ref()
-                .map(|(cert, key)| (cert.expose(), key.expose())),
-        )
+        .get(integration, client_auth)
         .map_err(|error| match &integration.ca_file {
             _ if error.is::<KeyProblem>() => error,
             Some(ca_file) if error.is::<crate::upstream::CaFileError>() => {

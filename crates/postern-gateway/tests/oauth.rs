@@ -381,12 +381,22 @@ operations = ["*"]
     assert_eq!(get().await.unwrap().status(), 503);
     let (cert, key) = client_pki.client_cert("spiffe://postern.example/gateway");
     let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
+    // In the vault but not PEM: the vault's refresh is taken (the config is not at fault) and
+    // this integration fails closed, as without a certificate.
     vault
-        .set("bank-cert", "tls_client_cert", cert.as_bytes(), 1)
+        .set("bank-cert", "tls_client_cert", b"not a certificate", 1)
         .unwrap();
     vault
-        .set("bank-key", "tls_client_key", key.as_bytes(), 1)
+        .set("bank-key", "tls_client_key", b"nor a key", 1)
         .unwrap();
+    gw.running().shared().refresh_from_vault().unwrap();
+    let unusable = get().await.unwrap();
+    assert_eq!(unusable.status(), 503);
+    let answer: serde_json::Value = unusable.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "credential_unavailable", "{answer}");
+    assert!(vendor.seen().is_empty());
+    vault.rotate("bank-cert", cert.as_bytes(), 0, 2).unwrap();
+    vault.rotate("bank-key", key.as_bytes(), 0, 2).unwrap();
     gw.running().shared().refresh_from_vault().unwrap();
     assert_eq!(get().await.unwrap().status(), 200);
     assert_eq!(vendor.seen().len(), 1);
