@@ -1439,8 +1439,9 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_request, contains, leaves_origin, path_problem};
+    use super::{check_header_bytes, check_request, contains, leaves_origin, path_problem};
     use crate::body::CallerBody;
+    use http::{header, Request};
 
     #[test]
     fn a_redirect_leaves_the_origin_when_scheme_host_or_port_differ() {
@@ -1496,6 +1497,33 @@ mod tests {
         ];
         for (path, expected) in cases {
             assert_eq!(path_problem(path), *expected, "{path:?}");
+        }
+    }
+
+    /// The header section is counted alike however the request came: an HTTP/1.1 request with
+    /// its `Host` field and an h2 one with `:authority` instead take the same bytes (target,
+    /// then name, value and 4 per field), allowed at the limit and refused one byte past it.
+    #[test]
+    fn header_bytes_count_host_and_authority_alike() {
+        let target = http::uri::PathAndQuery::from_static("/v1/charges/ch_1");
+        let http1 = Request::builder()
+            .uri("/v1/charges/ch_1")
+            .header(header::HOST, "api.vendor.test")
+            .header("x-filler", "abc")
+            .body(CallerBody::empty())
+            .unwrap();
+        let h2 = Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("https://api.vendor.test/v1/charges/ch_1")
+            .header("x-filler", "abc")
+            .body(CallerBody::empty())
+            .unwrap();
+        // "/v1/charges/ch_1" 16, "host" + "api.vendor.test" + 4 = 23, "x-filler" + "abc" + 4 = 15.
+        let size = 16 + 23 + 15;
+        for request in [&http1, &h2] {
+            assert!(check_header_bytes(request, &target, size).is_ok());
+            let refused = check_header_bytes(request, &target, size - 1).unwrap_err();
+            assert_eq!(refused.code, "request_headers_too_large");
         }
     }
 

@@ -393,7 +393,10 @@ operations = ["*"]
     let unusable = get().await.unwrap();
     assert_eq!(unusable.status(), 503);
     let answer: serde_json::Value = unusable.json().await.unwrap();
-    assert_eq!(answer["error"]["code"], "credential_unavailable", "{answer}");
+    assert_eq!(
+        answer["error"]["code"], "credential_unavailable",
+        "{answer}"
+    );
     assert!(vendor.seen().is_empty());
     vault.rotate("bank-cert", cert.as_bytes(), 0, 2).unwrap();
     vault.rotate("bank-key", key.as_bytes(), 0, 2).unwrap();

@@ -75,11 +75,8 @@ fn serve_exits_1_when_it_cannot_bind() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = held.local_addr().unwrap().port();
     let config = dir.path().join("postern.toml");
-    std::fs::write(
-        &config,
-        served_config(dir.path(), listen, free_port(), r#""a""#),
-    )
-    .unwrap();
+    let admin = free_port();
+    std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
     // Bounded: a serve that started anyway would not end by itself.
     let mut child = postern()
         .args(["serve", "--config", config.to_str().unwrap()])
@@ -106,9 +103,11 @@ fn serve_exits_1_when_it_cannot_bind() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert_eq!(code, Some(1), "{stderr}");
-    // (The admin address, bound first, may have been taken by another test meanwhile.)
+    // It names the address it could not bind: the held one, or (bound first, and free when
+    // picked) the admin address if another test took it meanwhile.
     assert!(
-        stderr.contains(&format!("127.0.0.1:{listen}")) || stderr.contains("admin"),
+        stderr.contains(&format!("binding listen address 127.0.0.1:{listen}"))
+            || stderr.contains(&format!("binding admin_listen address 127.0.0.1:{admin}")),
         "{stderr}"
     );
     drop(held);
