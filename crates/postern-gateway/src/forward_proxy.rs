@@ -568,45 +568,33 @@ fn authorize_tunnel(
     context: &mut CallContext,
 ) -> Result<(), CallError> {
     let facts = crate::proxy::PolicyFacts::of(context);
-    let mut refusal = None;
-    let mut granted = None;
+    let (mut granted, mut refusal) = (None, None);
     // The tunnel's requests are not seen, so neither are their sizes: it carries any of the
     // operations, so it opens only if no size could change the answer for any of them.
-    let mut bounded_by_size = false;
     for operation in &integration.config.operations {
         let request = facts.request(&integration.name, &operation.id, &operation.method, 0);
         match runtime.policy.authorize_unsized(&request) {
-            Ok(decision) if decision.allowed => {
-                granted.get_or_insert(decision.reason);
-            }
-            Ok(decision) => {
-                refusal.get_or_insert(decision.reason);
-            }
+            Ok(decision) if decision.allowed => granted.get_or_insert(decision.reason),
+            Ok(decision) => refusal.get_or_insert(decision.reason),
             Err(refusing) => {
-                bounded_by_size = true;
-                refusal = Some(refusing.reason);
-                break;
+                context.policy_id = refusing.reason.policy_id().cloned();
+                return Err(CallError::forbidden(
+                    "policy_forbid",
+                    "a policy bounds the size of this caller's requests to the integration that owns this host (context.request_bytes), and an opaque tunnel's requests are not seen; set `intercept = true` on the integration so each request is decided",
+                ));
             }
-        }
+        };
     }
-    if let (Some(reason), false) = (granted, bounded_by_size) {
-        if let postern_policy::Reason::Granted { policy_id } = reason {
-            context.policy_id = Some(policy_id);
-        }
+    if let Some(reason) = granted {
+        context.policy_id = reason.policy_id().cloned();
         return Ok(());
     }
-    if let Some(postern_policy::Reason::Forbidden { policy_id }) = &refusal {
-        context.policy_id = Some(policy_id.clone());
-    }
-    let code = refusal
-        .as_ref()
-        .map_or("not_granted", postern_policy::Reason::code);
+    context.policy_id = refusal.as_ref().and_then(|r| r.policy_id().cloned());
     Err(CallError::forbidden(
-        code,
-        match bounded_by_size {
-            true => "a policy bounds the size of this caller's requests to the integration that owns this host (context.request_bytes), and an opaque tunnel's requests are not seen; set `intercept = true` on the integration so each request is decided",
-            false => "this caller may call no operation of the integration that owns this host (now); ask the integration's owner for a grant",
-        },
+        refusal
+            .as_ref()
+            .map_or("not_granted", postern_policy::Reason::code),
+        "this caller may call no operation of the integration that owns this host (now); ask the integration's owner for a grant",
     ))
 }
 

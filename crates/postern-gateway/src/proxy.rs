@@ -795,10 +795,7 @@ fn authorize(
             Err(refusing) => (refusing, true),
         },
     };
-    context.policy_id = match &decision.reason {
-        Reason::Granted { policy_id } | Reason::Forbidden { policy_id } => Some(policy_id.clone()),
-        Reason::NotGranted => None,
-    };
+    context.policy_id = decision.reason.policy_id().cloned();
     if size_decides {
         return Err(CallError::new(
             StatusCode::LENGTH_REQUIRED,

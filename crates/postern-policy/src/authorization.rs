@@ -75,6 +75,14 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The policy that decided: `grant-N` or a custom policy's id; `None` for the default deny.
+    pub fn policy_id(&self) -> Option<&Arc<str>> {
+        match self {
+            Reason::Granted { policy_id } | Reason::Forbidden { policy_id } => Some(policy_id),
+            Reason::NotGranted => None,
+        }
+    }
+
     /// Stable machine-readable code for logs, metrics and audit records.
     pub fn code(&self) -> &'static str {
         match self {
@@ -136,22 +144,24 @@ pub struct PolicyEngine {
 #[derive(Default)]
 struct SizeReads {
     /// Where reads compare it with a number, an answer can only change where one of those
-    /// comparisons does: the sizes on either side of each number, with 0 and the largest,
-    /// meet every answer a size can give (sorted, without repeats; empty when no policy
-    /// compares it).
+    /// comparisons does: the sizes on either side of each number, with the largest (and 0,
+    /// which every such decision asks first), meet every answer a size can give (sorted,
+    /// without repeats, 0 left out; empty when no policy compares it).
     probes: Vec<u64>,
     /// The policies that read it some other way (arithmetic, a comparison with another value,
-    /// the whole context): which sizes matter is not known, so a request of unknown size that
-    /// would pass is taken as bounded by such a policy wherever it applies. Each with its
-    /// scope: the policy as a `permit` without its conditions (`None` if that cannot be made:
-    /// it is taken to apply everywhere).
-    opaque: Vec<(Arc<str>, Option<PolicySet>)>,
+    /// the whole context): which sizes matter is not known, so a request of unknown size is
+    /// taken as bounded by such a policy wherever it applies.
+    opaque: Vec<OpaqueRead>,
 }
 
-impl SizeReads {
-    fn read(&self) -> bool {
-        !self.probes.is_empty() || !self.opaque.is_empty()
-    }
+/// A policy that reads `context.request_bytes` in a way sizes cannot be probed for.
+struct OpaqueRead {
+    policy_id: Arc<str>,
+    /// A `permit` (which might allow at a size where size 0 is refused), not a `forbid`.
+    permit: bool,
+    /// Its scope alone: the policy as a `permit` without its conditions (`None` if that cannot
+    /// be made: it is taken to apply everywhere).
+    scope: Option<PolicySet>,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -398,14 +408,7 @@ impl PolicyEngine {
     /// `NotGranted`. In per-request mode, a request whose context cannot be
     /// built (an unparsable `source_ip`) is `NotGranted` as well: fail closed.
     pub fn authorize(&self, req: &AuthzRequest<'_>) -> Decision {
-        let Some(caller) = self.callers.get(req.caller) else {
-            return Decision::not_granted();
-        };
-        let Some(operation) = self
-            .operations
-            .get(req.integration)
-            .and_then(|operations| operations.get(req.operation))
-        else {
+        let Some((caller, operation)) = self.slots(req) else {
             return Decision::not_granted();
         };
         match &self.evaluation {
@@ -420,6 +423,30 @@ impl PolicyEngine {
         }
     }
 
+    /// The caller's and the operation's slots, if both are known.
+    fn slots(&self, req: &AuthzRequest<'_>) -> Option<(&CallerSlot, &OperationSlot)> {
+        let caller = self.callers.get(req.caller)?;
+        let operation = self.operations.get(req.integration)?.get(req.operation)?;
+        Some((caller, operation))
+    }
+
+    /// The Cedar request for `caller` calling `operation` in `context`.
+    fn cedar_request(
+        &self,
+        caller: &EntityUid,
+        operation: &EntityUid,
+        context: Context,
+    ) -> Option<cedar_policy::Request> {
+        cedar_policy::Request::new(
+            caller.clone(),
+            self.action.clone(),
+            operation.clone(),
+            context,
+            None,
+        )
+        .ok()
+    }
+
     fn evaluate(&self, caller: &EntityUid, operation: &EntityUid, context: Context) -> Decision {
         let Evaluation::PerRequest {
             authorizer,
@@ -428,13 +455,7 @@ impl PolicyEngine {
         else {
             return Decision::not_granted();
         };
-        let Ok(request) = cedar_policy::Request::new(
-            caller.clone(),
-            self.action.clone(),
-            operation.clone(),
-            context,
-            None,
-        ) else {
+        let Some(request) = self.cedar_request(caller, operation, context) else {
             return Decision::not_granted();
         };
         let response = authorizer.is_authorized(&request, &self.policy_set, entities);
@@ -498,7 +519,7 @@ impl PolicyEngine {
 
     /// Whether a custom policy reads `context.request_bytes`.
     pub fn reads_request_bytes(&self) -> bool {
-        self.size_reads.read()
+        !self.size_reads.probes.is_empty() || !self.size_reads.opaque.is_empty()
     }
 
     /// What an operator should know of the custom policies: each one that reads
@@ -508,7 +529,7 @@ impl PolicyEngine {
         self.size_reads
             .opaque
             .iter()
-            .map(|(policy_id, _)| {
+            .map(|OpaqueRead { policy_id, .. }| {
                 format!(
                     "policy {policy_id} reads context.request_bytes other than by comparing it with a number: a request whose body declares no size (chunked, or h2 without content-length) that the policy's principal, action and resource match is refused with 411 length_required; compare request_bytes with numbers written out so the sizes that matter can be probed"
                 )
@@ -526,24 +547,11 @@ impl PolicyEngine {
         else {
             return true;
         };
-        let (Some(caller), Some(operation)) = (
-            self.callers.get(req.caller),
-            self.operations
-                .get(req.integration)
-                .and_then(|operations| operations.get(req.operation)),
-        ) else {
+        let Some((caller, operation)) = self.slots(req) else {
             return true;
         };
-        let request = request_context(req).and_then(|context| {
-            cedar_policy::Request::new(
-                caller.uid.clone(),
-                self.action.clone(),
-                operation.uid.clone(),
-                context,
-                None,
-            )
-            .ok()
-        });
+        let request = request_context(req)
+            .and_then(|context| self.cedar_request(&caller.uid, &operation.uid, context));
         request.is_none_or(|request| {
             let response = authorizer.is_authorized(&request, scope, entities);
             response.decision() == cedar_policy::Decision::Allow
@@ -567,32 +575,31 @@ impl PolicyEngine {
             })
         };
         let smallest = at(0);
-        if smallest.allowed {
-            let bounding =
-                self.size_reads.opaque.iter().find(|(_, scope)| {
-                    scope.as_ref().is_none_or(|scope| self.in_scope(scope, req))
-                });
-            if let Some((policy_id, _)) = bounding {
-                return Err(Decision {
+        // A policy reading the size opaquely that could change this call's answer at another
+        // size: where it applies, if the call passes at size 0 (it might forbid some size), or
+        // it is a permit (it might allow some size), or it is the forbid that refused size 0.
+        let bounding = self.size_reads.opaque.iter().find(|opaque| {
+            let may_change = smallest.allowed
+                || opaque.permit
+                || matches!(&smallest.reason, Reason::Forbidden { policy_id } if *policy_id == opaque.policy_id);
+            may_change
+                && opaque
+                    .scope
+                    .as_ref()
+                    .is_none_or(|scope| self.in_scope(scope, req))
+        });
+        if let Some(opaque) = bounding {
+            return Err(match smallest.allowed {
+                true => Decision {
                     allowed: false,
                     reason: Reason::Forbidden {
-                        policy_id: policy_id.clone(),
+                        policy_id: opaque.policy_id.clone(),
                     },
-                });
-            }
-        } else if let Reason::Forbidden { policy_id } = &smallest.reason {
-            // Refused at size 0 by a policy that reads the size opaquely: another size might
-            // pass, which only a declared size can tell.
-            if self
-                .size_reads
-                .opaque
-                .iter()
-                .any(|(opaque, _)| opaque == policy_id)
-            {
-                return Err(smallest);
-            }
+                },
+                false => smallest,
+            });
         }
-        for &size in self.size_reads.probes.iter().filter(|&&size| size != 0) {
+        for &size in &self.size_reads.probes {
             let decision = at(size);
             if decision.allowed != smallest.allowed {
                 return Err(if decision.allowed { smallest } else { decision });
@@ -689,21 +696,24 @@ fn size_reads(policies: &PolicySet) -> SizeReads {
             .as_ref()
             .is_some_and(|json| compared_sizes(json, &mut thresholds));
         if !understood {
-            opaque.push((
-                Arc::from(policy.id().to_string()),
-                json.and_then(|json| scope_of(policy.id(), json)),
-            ));
+            opaque.push(OpaqueRead {
+                policy_id: Arc::from(policy.id().to_string()),
+                permit: policy.effect() == Effect::Permit,
+                scope: json.and_then(|json| scope_of(policy.id(), json)),
+            });
         }
     }
+    // The sizes asked besides 0 (which every decision of an unknown size asks first).
     let mut probes = Vec::new();
     if !thresholds.is_empty() {
         // Cedar sees sizes as Longs, the largest capped at i64::MAX.
-        probes = vec![0, i64::MAX as u64];
+        probes.push(i64::MAX as u64);
         for number in thresholds {
             for probe in [number.saturating_sub(1), number, number.saturating_add(1)] {
                 probes.push(probe.clamp(0, i64::MAX) as u64);
             }
         }
+        probes.retain(|&probe| probe != 0);
         probes.sort_unstable();
         probes.dedup();
     }
@@ -846,7 +856,11 @@ mod tests {
     /// The probes, and the ids of the policies read opaquely.
     fn reads(source: &str) -> (Vec<u64>, Vec<String>) {
         let reads = size_reads(&PolicySet::from_str(source).expect("policies parse"));
-        let opaque = reads.opaque.iter().map(|(id, _)| id.to_string()).collect();
+        let opaque = reads
+            .opaque
+            .iter()
+            .map(|opaque| opaque.policy_id.to_string())
+            .collect();
         (reads.probes, opaque)
     }
 
@@ -864,17 +878,14 @@ mod tests {
                    forbid(principal, action, resource) when { context has request_bytes && context.request_bytes == 0 };
                    forbid(principal, action, resource) when { context.request_bytes > -5 };"#
             ),
-            (
-                vec![0, 1, 999, 1000, 1001, 1999, 2000, 2001, largest],
-                vec![]
-            )
+            (vec![1, 999, 1000, 1001, 1999, 2000, 2001, largest], vec![])
         );
         // Past the ends, probes are clamped to the sizes Cedar can see.
         assert_eq!(
             reads(
                 "forbid(principal, action, resource) when { context.request_bytes < 9223372036854775807 };"
             ),
-            (vec![0, largest - 1, largest], vec![])
+            (vec![largest - 1, largest], vec![])
         );
         // The name alone, as a string or an entity id, reads nothing.
         assert_eq!(

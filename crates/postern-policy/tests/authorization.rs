@@ -447,6 +447,20 @@ forbid(principal, action, resource) when { context.request_bytes * 1 < 10 };"#,
     assert!(small_refused
         .authorize_unsized(&request("checkout", "twilio/send_message"))
         .is_err_and(|refusing| refusing.reason.to_string() == "forbidden by policy at-least-ten"));
+    // A permit that reads the size opaquely might allow a size where size 0 is refused: a
+    // length is asked for where it applies, and elsewhere the refusal stands.
+    let permit = compile(Some(
+        r#"@id("reports-scaled")
+permit(principal == Postern::Caller::"reports", action, resource)
+    when { context.request_bytes * 2 > 100 };"#,
+    ))
+    .unwrap();
+    assert!(permit
+        .authorize_unsized(&request("reports", "stripe/get_charge"))
+        .is_err_and(|refusing| !refusing.allowed));
+    assert!(permit
+        .authorize_unsized(&request("support", "twilio/send_message"))
+        .is_ok_and(|decision| !decision.allowed));
     // The scope is the policy's principal, action and resource together.
     let for_support = r#"@id("support-scaled")
 forbid(principal == Postern::Caller::"support", action, resource)
