@@ -121,11 +121,8 @@ async fn connect(
         // Granted, as a path-mode call is before its vendor is dialled: what befalls the dial
         // (a refused address, the caller hanging up) is recorded as an allowed call's end.
         progress.authorized = true;
-        let guard = shared
-            .clients
-            .guard(integration.config.allow_private_networks.clone());
         let connect_timeout = Duration::from_millis(integration.config.connect_timeout_ms);
-        let (upstream, addr) = dial(&guard, &host, port, connect_timeout)
+        let (upstream, addr) = dial(integration.client.guard(), &host, port, connect_timeout)
             .await
             .map_err(|error| crate::proxy::connect_error(&host, &error))?;
         context.upstream_addr = Some(addr);
@@ -150,13 +147,14 @@ async fn connect(
         return Err(host_refused(decision.reason, &host, port));
     }
     let connect_timeout = Duration::from_millis(proxy.config.connect_timeout_ms);
-    let (upstream, addr) = match dial(&proxy.guard, &host, port, connect_timeout).await {
-        Ok(dialled) => dialled,
-        Err(error) => {
-            shared.discovered(sighting(context, &host, port, true));
-            return Err(crate::proxy::connect_error(&host, &error));
-        }
-    };
+    let (upstream, addr) =
+        match dial(proxy.plain_client.guard(), &host, port, connect_timeout).await {
+            Ok(dialled) => dialled,
+            Err(error) => {
+                shared.discovered(sighting(context, &host, port, true));
+                return Err(crate::proxy::connect_error(&host, &error));
+            }
+        };
     context.upstream_addr = Some(addr);
     // Authorized once the guard let the address through: a refused address is a denial.
     progress.authorized = true;

@@ -66,7 +66,7 @@ const MAX_HEADERS: usize = 64;
 /// it answers 431 past them): a head with more than [`MAX_HEADERS`] is parsed again with room
 /// for these, only to find both framings.
 pub(crate) const HYPER_MAX_HEADERS: usize = 100;
-/// Room for one read, as the buffer grows: an API call's head fits in one, and an idle
+/// Room for one read, as the buffer grows: a typical API call's head fits in one, and an idle
 /// keep-alive connection keeps this much (a body is read into room made for its length).
 const READ_SPACE: usize = 2 * 1024;
 /// How long closing a connection may wait to send its last bytes (TLS `close_notify`).
@@ -377,7 +377,7 @@ fn parse_with<const N: usize>(
     let build = || -> Option<Request<()>> {
         let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
         let mut headers = HeaderMap::with_capacity(count);
-        // Borrowed, not moved into the closure: the array is 2 KiB (N = 64).
+        // Borrowed, not moved into the closure: the array is 32 bytes a slot (2 KiB for N = 64).
         for (name, value) in spans[..count].iter().cloned() {
             let name = HeaderName::from_bytes(&head[name]).ok()?;
             let value = HeaderValue::from_maybe_shared(head.slice(value)).ok()?;

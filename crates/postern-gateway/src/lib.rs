@@ -173,8 +173,7 @@ impl Shared {
             },
         )?;
         *self.admin_token_sha256.lock().expect("admin token lock") = admin_token_sha256;
-        let mut notes = runtime.problems.clone();
-        notes.extend(runtime.policy.notes());
+        let notes = runtime.warnings();
         // What the caches hold for integrations this config no longer has (pools with their
         // idle vendor connections, rate-limit state, cached vendor tokens) goes now, not at
         // the next restart. Calls in flight keep what they hold.

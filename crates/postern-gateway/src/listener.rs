@@ -106,6 +106,7 @@ pub fn malformed(error: &(dyn std::error::Error + 'static)) -> Option<Malformed>
         Malformed {
             status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             reason: "request_headers_too_large",
+            // (A test holds the number to h1server::HYPER_MAX_HEADERS.)
             message: "the request head is larger than [gateway] max_header_bytes, or has more than 100 headers; send fewer or smaller headers, or raise the limit",
         }
     })
@@ -450,6 +451,11 @@ mod tests {
         for (request, max_buf_size, status, reason) in cases {
             let (refusal, status_line) = refused(request, max_buf_size).await;
             let shown = String::from_utf8_lossy(&request[..request.len().min(40)]).to_string();
+            if status == 431 {
+                let message = refusal.unwrap().message;
+                let limit = format!("more than {} headers", h1server::HYPER_MAX_HEADERS);
+                assert!(message.contains(&limit), "{message}");
+            }
             let got = refusal.map(|r| (r.status.as_u16(), r.reason));
             assert_eq!(got, Some((status, reason)), "{shown:?}");
             assert!(

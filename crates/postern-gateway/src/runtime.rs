@@ -263,9 +263,8 @@ pub struct ProxyRuntime {
     /// Registered hosts: exact names first, then wildcards, each in config order; the first
     /// matching pattern wins.
     hosts: Vec<(postern_policy::HostPattern, Arc<IntegrationRuntime>)>,
-    /// The SSRF guard for destinations no integration claims.
-    pub guard: Arc<postern_netguard::Guard>,
-    /// Pool for plain-HTTP requests to unregistered hosts (absolute-form), guarded the same way.
+    /// Pool for plain-HTTP requests to unregistered hosts (absolute-form); its guard
+    /// (`[proxy] allow_private_networks`) also guards their CONNECT tunnels.
     pub plain_client: UpstreamClient,
 }
 
@@ -281,6 +280,14 @@ impl ProxyRuntime {
 }
 
 impl Runtime {
+    /// What an operator should be told of this runtime: the integrations' readiness problems,
+    /// then the custom policies' notes.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = self.problems.clone();
+        warnings.extend(self.policy.notes());
+        warnings
+    }
+
     pub fn build(config: Config, inputs: &BuildInputs<'_>) -> anyhow::Result<Runtime> {
         // Read the vault's generation first: a change made while building triggers another build.
         let vault_generation = match inputs.vault {
@@ -477,7 +484,6 @@ fn build_proxy(
         config: proxy.clone(),
         policy,
         hosts,
-        guard: Arc::new(clients.guard(proxy.allow_private_networks.clone())),
         plain_client,
     })
 }

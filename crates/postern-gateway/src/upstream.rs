@@ -430,7 +430,6 @@ impl Pool {
         }
     }
 
-    /// Drops closed connections and idle ones past `idle_timeout`, and origins left empty.
     /// Drops the connections that closed or idled out; answers the HTTP/1.1 ones among them, to
     /// be closed in order outside the lock (an h2 connection's task closes it once its sender is
     /// dropped: GOAWAY, then the same shutdown).
@@ -450,6 +449,11 @@ impl Pool {
 }
 
 impl UpstreamClient {
+    /// The SSRF guard every dial of this client resolves and checks with.
+    pub fn guard(&self) -> &Guard {
+        &self.inner.guard
+    }
+
     /// Sends `request` (absolute URI) on this thread's pool; answers the response and the
     /// address it came from (returned beside it, not in its extensions: that would allocate).
     ///

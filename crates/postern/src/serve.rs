@@ -212,7 +212,7 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
                         "callers": config.callers.len(),
                         "integrations": config.integrations.len(),
                         "grants": config.grants.len(),
-                        "warnings": compiled.problems.iter().cloned().chain(compiled.policy.notes()).collect::<Vec<_>>(),
+                        "warnings": compiled.warnings(),
                         "cedar": if show_policies { Some(compiled.policy.cedar_text()) } else { None },
                     })
                 );
@@ -224,13 +224,8 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
                     config.integrations.len(),
                     config.grants.len()
                 );
-                for problem in compiled
-                    .problems
-                    .iter()
-                    .cloned()
-                    .chain(compiled.policy.notes())
-                {
-                    println!("warning: {problem}");
+                for warning in compiled.warnings() {
+                    println!("warning: {warning}");
                 }
                 if show_policies {
                     println!("\n{}", compiled.policy.cedar_text());
