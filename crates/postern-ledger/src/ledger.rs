@@ -24,8 +24,8 @@ use crate::frame::{
 };
 use crate::store::{
     list_segments, load_or_create_signer, lock_dir, open_rw, read_file, read_rebuild_marker,
-    remove_rebuild_marker, segment_name, sync_dir, write_rebuild_marker, HashFile, CHECKPOINT_FILE,
-    CHECKPOINT_HISTORY_FILE, HASHES_FILE, LOG_DIR,
+    remove_rebuild_marker, segment_name, sync_dir, write_file_atomically, write_rebuild_marker,
+    HashFile, CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE, HASHES_FILE, LOG_DIR,
 };
 
 /// Default [`LedgerOptions::min_commit_interval_us`].
@@ -638,17 +638,6 @@ impl Ledger {
             .injected_failures_after_segment_write
             .store(count, Ordering::SeqCst);
     }
-}
-
-fn write_file_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LedgerError> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let path = dir.join(name);
-    let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
-    sync_dir(dir)
 }
 
 /// The sequencer's private state: the only writer.

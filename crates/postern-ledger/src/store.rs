@@ -68,13 +68,23 @@ pub(crate) fn read_rebuild_marker(dir: &Path) -> Result<(bool, Option<u64>), Led
 /// renamed over any marker there, and the directory synced (so a crash leaves the old marker or
 /// the new one, never an empty one).
 pub(crate) fn write_rebuild_marker(dir: &Path, position: u64) -> Result<(), LedgerError> {
-    let path = dir.join(HASHES_REBUILD_FILE);
-    let staged = dir.join(format!("{HASHES_REBUILD_FILE}.tmp"));
-    let mut file = File::create(&staged).map_err(io_error(&staged))?;
-    file.write_all(format!("{position}\n").as_bytes())
-        .map_err(io_error(&staged))?;
-    file.sync_data().map_err(io_error(&staged))?;
-    std::fs::rename(&staged, &path).map_err(io_error(&path))?;
+    write_file_atomically(dir, HASHES_REBUILD_FILE, format!("{position}\n").as_bytes())
+}
+
+/// Writes `bytes` as `dir/name` whole or not at all: written aside, synced, renamed over it, and
+/// the directory synced.
+pub(crate) fn write_file_atomically(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), LedgerError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
     sync_dir(dir)
 }
 
