@@ -390,10 +390,16 @@ impl Stall {
         }
     }
 
-    /// The call started at `started` and must be over `total_timeout_ms` later (0: no limit).
-    pub fn ending(mut self, started: std::time::Instant, total_timeout_ms: u64) -> Self {
-        self.total = call_end(started, total_timeout_ms);
-        self
+    /// The limits of a call to `integration` that started at `started`: its
+    /// `response_idle_timeout_ms`, and its end, `total_timeout_ms` after `started` (0: none).
+    pub fn for_call(
+        integration: &postern_config::IntegrationConfig,
+        started: std::time::Instant,
+    ) -> Self {
+        Stall {
+            total: call_end(started, integration.total_timeout_ms),
+            ..Stall::new(integration.response_idle_timeout_ms)
+        }
     }
 
     /// A frame arrived: the next wait starts the clock again.
@@ -408,25 +414,21 @@ impl Stall {
         }
         let progressed = std::mem::take(&mut self.progressed);
         let (idle, total) = (self.idle, self.total);
-        // Where the timer goes: when it is first made, and after progress when the idle limit
-        // moves it (without one, it stays at the call's end).
-        let at = match self.sleep.is_none() || (progressed && idle.is_some()) {
-            true => idle
+        // The timer is set when first made, and moved after progress when there is an idle
+        // limit (without one it stays at the call's end): at the sooner of the two limits.
+        if self.sleep.is_none() || (progressed && idle.is_some()) {
+            let at = idle
                 .map(|idle| tokio::time::Instant::now() + idle)
                 .into_iter()
                 .chain(total.map(|(end, _)| end))
-                .min(),
-            false => None,
-        };
-        let sleep = match (&mut self.sleep, at) {
-            (Some(sleep), Some(at)) => {
-                sleep.as_mut().reset(at);
-                sleep
+                .min()
+                .expect("a limit is set (checked above)");
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(at),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
             }
-            (Some(sleep), None) => sleep,
-            (None, Some(at)) => self.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
-            (None, None) => return None,
-        };
+        }
+        let sleep = self.sleep.as_mut().expect("set above");
         if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
             return None;
         }

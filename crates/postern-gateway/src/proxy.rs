@@ -1404,8 +1404,7 @@ fn answer(
         intent_index,
     };
     let limit = integration.config.max_response_body_bytes;
-    let stall = Stall::new(integration.config.response_idle_timeout_ms)
-        .ending(started, integration.config.total_timeout_ms);
+    let stall = Stall::for_call(&integration.config, started);
     let body = ResponseBody::new(body, limit, stall, pending, Some(audit)).with_prefix(prefix);
     Response::from_parts(parts, GatewayBody::Stream(Box::new(body)))
 }

@@ -227,8 +227,7 @@ pub async fn scan_response(
             summary,
         });
     }
-    let stall = Stall::new(integration.config.response_idle_timeout_ms)
-        .ending(started, integration.config.total_timeout_ms);
+    let stall = Stall::for_call(&integration.config, started);
     let (bytes, body, complete) = match read_up_to(body, cap, u64::MAX, stall).await {
         Ok(read) => read,
         Err(ReadError::Stalled(overdue)) => {
