@@ -116,7 +116,9 @@ pub struct CallContext {
     /// Forward-proxy mode (`proxy`, `tunnel`, `intercept`); `None` in path mode.
     pub mode: Option<&'static str>,
     /// The keyed hash of the raw request target ([`crate::audit::Audit::target_hmac`]), made
-    /// when the call starts and carried by every audit entry of the call.
+    /// when the call starts and carried by every audit entry of the call. Empty while there is
+    /// no target to hash (a forward-proxy request before its destination is parsed, a head the
+    /// parser refused): its audit entries then carry no target hash.
     pub target_hmac: Arc<str>,
     /// Forward-proxy destination host.
     pub host: Option<Arc<str>>,
