@@ -869,20 +869,34 @@ async fn stale_hash_file_is_rebuilt_on_open() {
     assert_eq!(ledger.root(50).unwrap(), checkpoint.root_hash);
 }
 
+/// Flips one bit of the stored hash at `index` in `dir`'s hash file; returns the file as now
+/// written.
+fn flip_stored_hash(dir: &std::path::Path, index: usize) -> Vec<u8> {
+    let hashes = dir.join("tree-hashes.bin");
+    let mut stored = std::fs::read(&hashes).unwrap();
+    stored[32 * index + 5] ^= 0x01;
+    std::fs::write(&hashes, &stored).unwrap();
+    stored
+}
+
+/// Opening `dir` is refused as inconsistent, and the hash file is left as `stored`.
+async fn open_refused_untouched(dir: &std::path::Path, stored: &[u8]) -> LedgerError {
+    let err = Ledger::open(dir, options()).await.unwrap_err();
+    assert!(matches!(err, LedgerError::Inconsistent(_)), "{err}");
+    assert_eq!(std::fs::read(dir.join("tree-hashes.bin")).unwrap(), stored);
+    err
+}
+
 #[tokio::test]
 async fn a_damaged_hash_file_is_refused_where_a_checkpoint_covers_it() {
     let tmp = tempfile::tempdir().unwrap();
     let checkpoint = closed_ledger(tmp.path(), 50, 50).await;
     let hashes = tmp.path().join("tree-hashes.bin");
-    let mut stored = std::fs::read(&hashes).unwrap();
-    stored[32 * 40 + 5] ^= 0x01;
-    std::fs::write(&hashes, &stored).unwrap();
+    let stored = flip_stored_hash(tmp.path(), 40);
     // The entries are intact, but opening cannot tell that from an entry changed before the
     // hash: it refuses, changing nothing, and says how to tell the two apart.
-    let err = Ledger::open(tmp.path(), options()).await.unwrap_err();
-    assert!(matches!(err, LedgerError::Inconsistent(_)), "{err}");
+    let err = open_refused_untouched(tmp.path(), &stored).await;
     assert!(err.to_string().contains("moved aside"), "{err}");
-    assert_eq!(std::fs::read(&hashes).unwrap(), stored);
     // Moved aside: the entries match the signed checkpoint, and the file is rebuilt.
     std::fs::rename(&hashes, tmp.path().join("tree-hashes.bin.damaged")).unwrap();
     assert_eq!(verify_dir(tmp.path(), None, |_, _| {}).unwrap().entries, 50);
@@ -921,16 +935,11 @@ async fn a_stored_hash_past_the_checkpoint_that_differs_is_rewritten() {
 async fn a_hash_rewrite_cut_short_is_finished_on_open_from_where_it_started() {
     let tmp = tempfile::tempdir().unwrap();
     let checkpoint = closed_ledger(tmp.path(), 50, 50).await;
-    let hashes = tmp.path().join("tree-hashes.bin");
     let marker = tmp.path().join("tree-hashes.rebuild");
-    let mut stored = std::fs::read(&hashes).unwrap();
-    stored[32 * 40 + 5] ^= 0x01;
-    std::fs::write(&hashes, &stored).unwrap();
+    let stored = flip_stored_hash(tmp.path(), 40);
 
     std::fs::write(&marker, "41\n").unwrap();
-    let err = Ledger::open(tmp.path(), options()).await.unwrap_err();
-    assert!(matches!(err, LedgerError::Inconsistent(_)), "{err}");
-    assert_eq!(std::fs::read(&hashes).unwrap(), stored);
+    open_refused_untouched(tmp.path(), &stored).await;
     assert!(marker.exists());
     // `audit verify` reads the marker the same way.
     assert!(verify_dir(tmp.path(), None, |_, _| {}).is_err());
@@ -947,13 +956,9 @@ async fn a_hash_rewrite_cut_short_is_finished_on_open_from_where_it_started() {
     ledger.close().await;
 
     // A marker cut short itself (no position) means no rewrite began: the file is evidence.
-    let mut stored = std::fs::read(&hashes).unwrap();
-    stored[32 * 45 + 5] ^= 0x01;
-    std::fs::write(&hashes, &stored).unwrap();
+    let stored = flip_stored_hash(tmp.path(), 45);
     std::fs::write(&marker, "").unwrap();
-    let err = Ledger::open(tmp.path(), options()).await.unwrap_err();
-    assert!(matches!(err, LedgerError::Inconsistent(_)), "{err}");
-    assert_eq!(std::fs::read(&hashes).unwrap(), stored);
+    open_refused_untouched(tmp.path(), &stored).await;
 }
 
 #[tokio::test]
