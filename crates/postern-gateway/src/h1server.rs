@@ -668,15 +668,16 @@ mod tests {
                 "refused here"
             }
             Parse::Request(request, _, _) => {
-                let headers = request.headers();
-                assert!(
-                    !(headers.contains_key(header::CONTENT_LENGTH)
-                        && headers.contains_key(header::TRANSFER_ENCODING)),
-                    "both framings are never served"
-                );
+                assert!(!both_framings(&request), "both framings are never served");
                 "here"
             }
         }
+    }
+
+    fn both_framings(request: &Request<()>) -> bool {
+        let headers = request.headers();
+        headers.contains_key(header::CONTENT_LENGTH)
+            && headers.contains_key(header::TRANSFER_ENCODING)
     }
 
     #[test]
@@ -995,10 +996,8 @@ mod tests {
                     );
                 }
                 Parse::Request(request, body_len, close) => {
-                    let headers = request.headers();
                     assert!(
-                        !(headers.contains_key(header::CONTENT_LENGTH)
-                            && headers.contains_key(header::TRANSFER_ENCODING)),
+                        !both_framings(&request),
                         "both framings are never served; {shown}"
                     );
                     served += 1;

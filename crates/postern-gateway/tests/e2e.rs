@@ -1762,7 +1762,7 @@ async fn ordinary_and_unusual_requests_share_one_connection() {
 #[tokio::test]
 async fn a_call_whose_caller_hangs_up_is_recorded_as_caller_closed() {
     let (port, hold, mut accepts) = silent_vendor().await;
-    let gw = TestGateway::start(&slow_integration(port, 20_000, ""), None).await;
+    let gw = slow_gateway(port, "").await;
 
     // HTTP/1.1: the caller closes its connection.
     {
@@ -1830,7 +1830,7 @@ async fn a_caller_that_leaves_a_paused_stream_ends_it() {
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n7\r\ndata: 1\r\n",
     )
     .await;
-    let gw = TestGateway::start(&slow_integration(port, 20_000, ""), None).await;
+    let gw = slow_gateway(port, "").await;
     let mut stream = call_slow_x(&gw).await;
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("data: 1") {
@@ -1863,11 +1863,7 @@ async fn a_caller_that_leaves_a_paused_stream_ends_it() {
 #[tokio::test]
 async fn a_vendor_that_stalls_mid_body_is_cut_after_idle_timeout() {
     let (port, vendor, closed) = stalling_vendor().await;
-    let gw = TestGateway::start(
-        &slow_integration(port, 20_000, "response_idle_timeout_ms = 400"),
-        None,
-    )
-    .await;
+    let gw = slow_gateway(port, "response_idle_timeout_ms = 400").await;
     let started = std::time::Instant::now();
     let stream = call_slow_x(&gw).await;
     assert_cut_after_stall(
@@ -1903,7 +1899,7 @@ async fn a_vendor_that_stalls_while_its_answer_is_scanned_gets_504() {
     )
     .await;
     let extra = "response_idle_timeout_ms = 400\ndata_classes = [\"pii.email\"]";
-    let gw = TestGateway::start(&slow_integration(port, 20_000, extra), None).await;
+    let gw = slow_gateway(port, extra).await;
     let started = std::time::Instant::now();
     let response = tokio::time::timeout(std::time::Duration::from_secs(10), get_slow_x(&gw))
         .await
@@ -1955,7 +1951,7 @@ async fn trickling_vendor(chunks: usize, end: bool) -> (u16, tokio::task::JoinHa
 async fn a_slow_but_steady_stream_is_not_cut() {
     let (port, vendor) = trickling_vendor(6, true).await;
     let extra = "response_idle_timeout_ms = 1000";
-    let gw = TestGateway::start(&slow_integration(port, 20_000, extra), None).await;
+    let gw = slow_gateway(port, extra).await;
     let response = get_slow_x(&gw).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "0;1;2;3;4;5;");
@@ -1977,7 +1973,7 @@ async fn a_call_past_total_timeout_is_cut_however_steady_the_stream() {
     // 10 s of chunks at most; the test needs about 1.
     let (port, vendor) = trickling_vendor(50, false).await;
     let extra = "response_idle_timeout_ms = 1000\ntotal_timeout_ms = 1000";
-    let gw = TestGateway::start(&slow_integration(port, 20_000, extra), None).await;
+    let gw = slow_gateway(port, extra).await;
     let started = std::time::Instant::now();
     let response = get_slow_x(&gw).await;
     assert_eq!(response.status(), 200);
@@ -2003,11 +1999,7 @@ async fn a_call_past_total_timeout_is_cut_however_steady_the_stream() {
 #[tokio::test]
 async fn a_vendor_silent_past_total_timeout_gets_504() {
     let (port, hold, _accepts) = silent_vendor().await;
-    let gw = TestGateway::start(
-        &slow_integration(port, 20_000, "total_timeout_ms = 500"),
-        None,
-    )
-    .await;
+    let gw = slow_gateway(port, "total_timeout_ms = 500").await;
     let started = std::time::Instant::now();
     let response = tokio::time::timeout(std::time::Duration::from_secs(10), get_slow_x(&gw))
         .await
@@ -2037,7 +2029,7 @@ async fn a_reload_that_removes_an_integration_closes_its_vendor_connections() {
     // A keep-alive answer; the connection then sits in the pool.
     let (port, vendor, closed) =
         one_answer_vendor(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-    let gw = TestGateway::start(&slow_integration(port, 20_000, ""), None).await;
+    let gw = slow_gateway(port, "").await;
     let response = get_slow_x(&gw).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "ok");

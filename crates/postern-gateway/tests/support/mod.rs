@@ -456,6 +456,12 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EofWatch<S> {
 
 /// An integration `slow` on a plain-HTTP vendor at `port` (e.g. a [`silent_vendor`]) with
 /// `request_timeout_ms`, one operation `GET /x` granted to `checkout`, and `extra` TOML lines.
+/// A gateway with [`slow_integration`] at `port`, its `request_timeout_ms` 20 s (longer than
+/// any limit a test sets in `extra`).
+pub async fn slow_gateway(port: u16, extra: &str) -> TestGateway {
+    TestGateway::start(&slow_integration(port, 20_000, extra), None).await
+}
+
 pub fn slow_integration(port: u16, request_timeout_ms: u64, extra: &str) -> String {
     format!(
         r#"
