@@ -98,26 +98,89 @@ pub struct Config {
     /// The path the config was loaded from, as given to [`load`] / [`parse`].
     pub source_path: PathBuf,
     /// Where the keys that name files or compile later sit in the text, for [`KeyProblem`]s.
-    locations: std::collections::HashMap<String, (usize, usize)>,
+    places: std::sync::Arc<Places>,
 }
 
 /// A problem with a config value that only using it shows: a file it names cannot be read or
-/// parsed, the Cedar policies do not compile. `key` says which value, as `gateway.<key>` or
-/// `integrations.<name>.<key>`; [`Config::diagnostic`] places it in the file. Displays as its
-/// message.
+/// parsed, the Cedar policies do not compile. `key` says which value (made by
+/// [`KeyProblem::gateway`] or [`KeyProblem::integration`]); [`Places::diagnostic`] places it in
+/// the file. Displays as its message.
 #[derive(Debug)]
 pub struct KeyProblem {
-    pub key: String,
+    key: String,
     pub message: String,
     pub fix: String,
 }
 
 impl KeyProblem {
-    pub fn new(key: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Self {
+    /// A problem with `[gateway] <key>`.
+    pub fn gateway(key: &str, message: impl Into<String>, fix: impl Into<String>) -> Self {
         KeyProblem {
-            key: key.into(),
+            key: gateway_key(key),
             message: message.into(),
             fix: fix.into(),
+        }
+    }
+
+    /// A problem with `<key>` of the integration called `integration`.
+    pub fn integration(
+        integration: &str,
+        key: &str,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        KeyProblem {
+            key: integration_key(integration, key),
+            message: message.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// How a [`KeyProblem`] and [`Places`] name `[gateway] <key>`.
+fn gateway_key(key: &str) -> String {
+    format!("gateway.{key}")
+}
+
+/// How a [`KeyProblem`] and [`Places`] name an integration's `<key>`.
+fn integration_key(integration: &str, key: &str) -> String {
+    format!("integrations.{integration}.{key}")
+}
+
+/// Where a config's values that only using them can fault sit in its file: `tls_cert`,
+/// `tls_key`, `client_ca`, `policies` and `scan_rules` in `[gateway]`; `upstream`, `credential`,
+/// `operations`, `ca_file` and `client_certificate` in an integration. Shared, not copied, by
+/// [`Config::places`], so a caller that hands the config on can still place what starting it
+/// finds.
+#[derive(Debug, Default)]
+pub struct Places {
+    /// The file, as given to [`load`] / [`parse`].
+    path: PathBuf,
+    at: std::collections::HashMap<String, (usize, usize)>,
+}
+
+impl Places {
+    /// The line and column (1-based) where `problem`'s value starts, if its place is kept.
+    pub fn locate(&self, problem: &KeyProblem) -> Option<(usize, usize)> {
+        self.at.get(&problem.key).copied()
+    }
+
+    /// `problem` as a diagnostic placed at its key (`0:0` if its place is not kept).
+    pub fn diagnostic(&self, problem: &KeyProblem) -> Diagnostic {
+        let (line, column) = self.locate(problem).unwrap_or((0, 0));
+        Diagnostic {
+            line,
+            column,
+            message: problem.message.clone(),
+            fix: problem.fix.clone(),
+        }
+    }
+
+    /// `problem` as the file's one error, placed at its key.
+    pub fn errors(&self, problem: &KeyProblem) -> ConfigErrors {
+        ConfigErrors {
+            path: self.path.clone(),
+            errors: vec![self.diagnostic(problem)],
         }
     }
 }
@@ -143,23 +206,9 @@ impl Config {
         self.callers.iter().find(|caller| caller.name == name)
     }
 
-    /// The line and column (1-based) of `key` (`gateway.policies`, `integrations.stripe.ca_file`)
-    /// in the file, if it is one of the keys whose place is kept: `tls_cert`, `tls_key`,
-    /// `client_ca`, `policies` and `scan_rules` in `[gateway]`; `upstream`, `credential`,
-    /// `operations`, `ca_file` and `client_certificate` in an integration.
-    pub fn locate(&self, key: &str) -> Option<(usize, usize)> {
-        self.locations.get(key).copied()
-    }
-
-    /// `problem` as a diagnostic placed at its key (`0:0` if its place is not kept).
-    pub fn diagnostic(&self, problem: &KeyProblem) -> Diagnostic {
-        let (line, column) = self.locate(&problem.key).unwrap_or((0, 0));
-        Diagnostic {
-            line,
-            column,
-            message: problem.message.clone(),
-            fix: problem.fix.clone(),
-        }
+    /// Where the values that only using them can fault sit in the file.
+    pub fn places(&self) -> std::sync::Arc<Places> {
+        self.places.clone()
     }
 }
 

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use serde_spanned::Spanned;
 
@@ -42,7 +43,7 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
         base_dir: base_dir(path),
         errors: Vec::new(),
         max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
-        locations: HashMap::new(),
+        places: Places::default(),
     };
     let gateway = validator.gateway(raw.gateway.into_inner());
     validator.max_header_bytes = gateway.max_header_bytes;
@@ -58,7 +59,10 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
             grants,
             proxy,
             source_path: path.to_path_buf(),
-            locations: validator.locations,
+            places: Arc::new(Places {
+                path: path.to_path_buf(),
+                ..validator.places
+            }),
         })
     } else {
         let mut errors = validator.errors;
@@ -95,15 +99,15 @@ struct Validator<'t> {
     errors: Vec<Diagnostic>,
     /// `[gateway] max_header_bytes`, once read: an integration's may not exceed it.
     max_header_bytes: usize,
-    /// Kept for [`Config::locate`].
-    locations: HashMap<String, (usize, usize)>,
+    /// Kept for [`Config::places`].
+    places: Places,
 }
 
 impl Validator<'_> {
-    /// Keeps where `key`'s value starts, for [`Config::locate`].
+    /// Keeps where `key`'s value starts, for [`Config::places`].
     fn keep_location(&mut self, key: String, span: Range<usize>) {
         let place = line_column(self.text, span.start);
-        self.locations.insert(key, place);
+        self.places.at.insert(key, place);
     }
 
     fn error(&mut self, span: Range<usize>, message: impl Into<String>, fix: impl Into<String>) {
@@ -206,7 +210,7 @@ impl Validator<'_> {
         ];
         for (key, value) in files {
             if let Some(value) = value {
-                self.keep_location(format!("gateway.{key}"), value.span());
+                self.keep_location(gateway_key(key), value.span());
             }
         }
         let listen = self.socket_addr(&raw.listen, "listen");
@@ -514,7 +518,7 @@ impl Validator<'_> {
         ];
         for (key, span) in spans {
             if let Some(span) = span {
-                self.keep_location(format!("integrations.{name}.{key}"), span);
+                self.keep_location(integration_key(&name, key), span);
             }
         }
         let vendor = self.non_empty_text(&raw.vendor, "vendor", "the company behind the API");

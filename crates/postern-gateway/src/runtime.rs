@@ -332,8 +332,8 @@ impl Runtime {
 
         let custom_policies = match &config.gateway.policies {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|error| {
-                KeyProblem::new(
-                    "gateway.policies",
+                KeyProblem::gateway(
+                    "policies",
                     format!("reading policies file {}: {error}", path.display()),
                     "make the file readable by postern, or remove `policies`",
                 )
@@ -365,8 +365,8 @@ impl Runtime {
             custom_policies.as_deref(),
         )
         .map_err(|error| match config.gateway.policies {
-            Some(_) => anyhow::Error::new(KeyProblem::new(
-                "gateway.policies",
+            Some(_) => anyhow::Error::new(KeyProblem::gateway(
+                "policies",
                 format!("policies: {error}"),
                 "correct the Cedar policy where the message says (`postern check --show-policies` prints what the grants compile to)",
             )),
@@ -376,9 +376,8 @@ impl Runtime {
         let scanner = match &config.gateway.scan_rules {
             None => Arc::new(postern_scan::Scanner::default()),
             Some(path) => {
-                let problem = |message: String, fix: &str| {
-                    KeyProblem::new("gateway.scan_rules", message, fix)
-                };
+                let problem =
+                    |message: String, fix: &str| KeyProblem::gateway("scan_rules", message, fix);
                 let text = std::fs::read_to_string(path).map_err(|error| {
                     problem(
                         format!("reading scan_rules {}: {error}", path.display()),
@@ -535,8 +534,9 @@ fn build_integration(
             .map(|o| (o.id.as_str(), o.method.as_str(), o.path.as_str())),
     )
     .map_err(|error| {
-        KeyProblem::new(
-            format!("integrations.{}.operations", integration.name),
+        KeyProblem::integration(
+            &integration.name,
+            "operations",
             format!("integration {}: {error}", integration.name),
             "give each operation a method and path template that no other operation of the integration matches",
         )
@@ -593,8 +593,9 @@ fn build_integration(
         .map_err(|error| match &integration.ca_file {
             _ if error.is::<KeyProblem>() => error,
             Some(ca_file) if error.is::<crate::upstream::CaFileError>() => {
-                anyhow::Error::new(KeyProblem::new(
-                    format!("integrations.{}.ca_file", integration.name),
+                anyhow::Error::new(KeyProblem::integration(
+                    &integration.name,
+                    "ca_file",
                     format!("integration {}: {error:#}", integration.name),
                     format!(
                         "point `ca_file` at a readable PEM file of CA certificates (-----BEGIN CERTIFICATE-----); it is now {}",

@@ -57,13 +57,12 @@ pub fn listener_config(
     let (Some(cert), Some(key)) = (&gateway.tls_cert, &gateway.tls_key) else {
         return Ok(None);
     };
-    let at = |key: &str, fix: &str| {
-        let (key, fix) = (format!("gateway.{key}"), fix.to_string());
+    let at = |key: &'static str, fix: &'static str| {
         move |error: anyhow::Error| {
-            anyhow::Error::new(postern_config::KeyProblem::new(
-                key.clone(),
+            anyhow::Error::new(postern_config::KeyProblem::gateway(
+                key,
                 format!("{error:#}"),
-                fix.clone(),
+                fix,
             ))
         }
     };

@@ -23,10 +23,10 @@ pub async fn serve(path: PathBuf) -> ExitCode {
     };
     let triggers = Triggers::arm(&path);
     // Kept to place a problem that starting finds in the config (a `ca_file` that is not PEM).
-    let placed = config.clone();
+    let places = config.places();
     let gateway = match RunningGateway::start(config).await {
         Ok(gateway) => gateway,
-        Err(error) => match located(&placed, &error) {
+        Err(error) => match located(&places, &error) {
             Some(errors) => {
                 eprintln!("{errors}");
                 eprintln!("postern: the configuration is invalid; nothing was started");
@@ -95,14 +95,14 @@ pub async fn run_until_stopped(gateway: &RunningGateway, path: &Path, mut trigge
 
 fn reload(gateway: &RunningGateway, path: &Path, trigger: &str) {
     match postern_config::load(path) {
-        Ok(config) => match gateway.reload(config.clone()) {
-            Ok(notes) => {
+        Ok(config) => match (config.places(), gateway.reload(config)) {
+            (_, Ok(notes)) => {
                 tracing::info!(trigger, path = %path.display(), "configuration reloaded");
                 for note in notes {
                     tracing::warn!(note = %note, "after reload");
                 }
             }
-            Err(error) => match located(&config, &error) {
+            (places, Err(error)) => match located(&places, &error) {
                 Some(errors) => {
                     tracing::error!(trigger, errors = %errors, "configuration rejected; keeping the running one")
                 }
@@ -145,17 +145,15 @@ fn watch_file(
     Some(watcher)
 }
 
-/// `error`, when it is a problem with one of `config`'s values ([`postern_config::KeyProblem`]),
-/// as a diagnostic placed at that value's line and column.
+/// `error`, when it is a problem with one of the config's values
+/// ([`postern_config::KeyProblem`]), as a diagnostic placed at that value's line and column.
 fn located(
-    config: &postern_config::Config,
+    places: &postern_config::Places,
     error: &anyhow::Error,
 ) -> Option<postern_config::ConfigErrors> {
-    let problem = error.downcast_ref::<postern_config::KeyProblem>()?;
-    Some(postern_config::ConfigErrors {
-        path: config.source_path.clone(),
-        errors: vec![config.diagnostic(problem)],
-    })
+    error
+        .downcast_ref::<postern_config::KeyProblem>()
+        .map(|problem| places.errors(problem))
 }
 
 /// Prints `errors` as `check` does (JSON on stdout, else text on stderr).
@@ -188,10 +186,11 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
         .enable_all()
         .build()
         .expect("runtime");
+    let places = config.places();
     let compiled = runtime.block_on(async {
         postern_gateway::tls::listener_config(&config.gateway)?;
         Runtime::build(
-            config.clone(),
+            config,
             &BuildInputs {
                 admin_token_sha256: [0u8; 32],
                 limiters: &LimiterCache::default(),
@@ -203,6 +202,7 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
     });
     match compiled {
         Ok(compiled) => {
+            let config = &compiled.config;
             if json {
                 println!(
                     "{}",
@@ -235,7 +235,7 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
         }
         Err(error) => {
             // Placed at the key it is about when it says which; else at 0:0, no place.
-            let errors = located(&config, &error).unwrap_or_else(|| postern_config::ConfigErrors {
+            let errors = located(&places, &error).unwrap_or_else(|| postern_config::ConfigErrors {
                 path: path.to_path_buf(),
                 errors: vec![postern_config::Diagnostic {
                     line: 0,
