@@ -524,9 +524,23 @@ impl ResponseBody {
 }
 
 impl Drop for ResponseBody {
+    /// A body dropped before its end is a call cut short; one that has no content (the answer
+    /// to `HEAD`, a 204 or 304) or is already at its end (`content-length: 0`) is a whole one:
+    /// servers drop these without polling them.
     fn drop(&mut self) {
-        self.finish(true, None);
+        let whole = self.is_end_stream()
+            || self
+                .record
+                .as_ref()
+                .is_some_and(|record| bodiless(record.context.method.as_ref(), record.status));
+        self.finish(!whole, None);
     }
+}
+
+/// Whether an answer with `status` to a request with `method` has no content whatever its
+/// headers say (RFC 9110 §6.4.1): its `Content-Length`, if any, describes another answer.
+pub fn bodiless(method: Option<&http::Method>, status: u16) -> bool {
+    method == Some(&http::Method::HEAD) || status == 204 || status == 304
 }
 
 impl Body for ResponseBody {

@@ -516,6 +516,7 @@ async fn absolute(
         };
     let (mut parts, body) = response.into_parts();
     strip_proxy_headers(&mut parts.headers, None);
+    crate::proxy::audit_receipt(&mut parts.headers, progress.intent_index);
     parts.extensions = http::Extensions::new();
     let status = parts.status.as_u16();
     let request_id = context.request_id;

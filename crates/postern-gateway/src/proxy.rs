@@ -582,9 +582,16 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
         return Some("it does not start with '/'");
     }
     // One pass over the bytes (this runs on every call): a problem with a character wins over
-    // a problem with a segment, wherever each is.
+    // a problem with a segment, wherever each is. A segment's name is what comes before its
+    // first ';': servers that read RFC 3986's path parameters (Tomcat, Jetty, Spring) drop
+    // them, so `..;x` climbs as `..` does and `;x` alone is an empty segment.
     let (mut dot_segment, mut empty_segment) = (false, false);
-    let mut segment_start = 1;
+    let (mut segment_start, mut name_end) = (1, None);
+    let mut segment_ends = |start: usize, name_end: usize| {
+        let name = &bytes[start..name_end];
+        dot_segment |= matches!(name, b"." | b"..");
+        name.is_empty()
+    };
     for (index, &byte) in bytes.iter().enumerate() {
         if byte < 0x20 || byte == 0x7f {
             return Some("it contains a control character");
@@ -606,15 +613,19 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
                     _ => {}
                 }
             }
+            b';' if name_end.is_none() => name_end = Some(index),
             b'/' if index > 0 => {
-                dot_segment |= matches!(&bytes[segment_start..index], b"." | b"..");
-                empty_segment |= bytes[index - 1] == b'/';
+                let (start, end) = (segment_start, name_end.take().unwrap_or(index));
+                // Only a path's last segment may be empty (`/v1/charges/`).
+                empty_segment |= segment_ends(start, end);
                 segment_start = index + 1;
             }
             _ => {}
         }
     }
-    dot_segment |= matches!(&bytes[segment_start..], b"." | b"..");
+    let parameters = name_end.is_some();
+    let last_name_empty = segment_ends(segment_start, name_end.unwrap_or(bytes.len()));
+    empty_segment |= last_name_empty && parameters;
     if dot_segment {
         Some("it contains a '.' or '..' segment")
     } else if empty_segment {
@@ -985,7 +996,7 @@ fn inject(
             param,
             encoded_value,
         }) => {
-            query.retain(|pair| pair.split('=').next() != Some(param.as_str()));
+            query.retain(|pair| !query_name_is(pair, param));
             injected_query = format!("{param}={encoded_value}");
             query.push(&injected_query);
         }
@@ -1023,6 +1034,31 @@ fn inject(
 /// than the needle is answered without a search: `memmem::find` first prepares the needle (a
 /// hash of all its bytes), and on every call the target and most header values are shorter
 /// than a token or a secret.
+/// Puts the durable intent's index on a vendor's answer as `Postern-Audit-Index`, and takes off
+/// any the vendor sent (with no durable intent, or one of its own making, it would point the
+/// caller at another call's entry).
+pub(crate) fn audit_receipt(headers: &mut HeaderMap, intent_index: Option<u64>) {
+    match intent_index {
+        Some(index) => {
+            headers.insert(crate::AUDIT_INDEX, HeaderValue::from(index));
+        }
+        None => {
+            headers.remove(crate::AUDIT_INDEX);
+        }
+    }
+}
+
+/// Whether a query pair's name, decoded as a form decodes it (`%XX`, `+` for a space), is
+/// `name`: a caller's `api%5Fkey=…` is its own `api_key=…`, which vendors that read the first
+/// value would take over the injected one.
+fn query_name_is(pair: &str, name: &str) -> bool {
+    let raw = pair.split('=').next().unwrap_or(pair);
+    if !raw.bytes().any(|byte| byte == b'%' || byte == b'+') {
+        return raw == name;
+    }
+    percent_encoding::percent_decode_str(&raw.replace('+', " ")).eq(name.bytes())
+}
+
 pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.len() >= needle.len() && memchr::memmem::find(haystack, needle).is_some()
 }
@@ -1281,7 +1317,10 @@ fn prepare_response(
 ) -> Result<(http::response::Parts, UpstreamBody), CallError> {
     let (mut parts, body) = response.into_parts();
     let limit = integration.config.max_response_body_bytes;
-    let declared_length = crate::h1::content_length(&parts.headers);
+    // An answer with no content (to `HEAD`, a 304) has nothing to limit: its `Content-Length`
+    // says what a `GET` would have carried.
+    let declared_length = crate::h1::content_length(&parts.headers)
+        .filter(|_| !crate::body::bodiless(context.method.as_ref(), parts.status.as_u16()));
     if declared_length.is_some_and(|length| length > limit) {
         return Err(CallError::bad_gateway(
             "response_too_large",
@@ -1330,11 +1369,7 @@ fn prepare_response(
     if let Ok(value) = HeaderValue::from_str(&context.request_id) {
         parts.headers.insert(crate::REQUEST_ID, value);
     }
-    if let Some(index) = intent_index {
-        parts
-            .headers
-            .insert(crate::AUDIT_INDEX, HeaderValue::from(index));
-    }
+    audit_receipt(&mut parts.headers, intent_index);
     parts.version = http::Version::default();
     parts.extensions = http::Extensions::new();
     Ok((parts, body))
@@ -1435,7 +1470,9 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_header_bytes, check_request, contains, leaves_origin, path_problem};
+    use super::{
+        check_header_bytes, check_request, contains, leaves_origin, path_problem, query_name_is,
+    };
     use crate::body::CallerBody;
     use http::{header, Request};
 
@@ -1457,6 +1494,30 @@ mod tests {
         for (location, leaves) in cases {
             assert_eq!(leaves_origin(&upstream, location), leaves, "{location}");
         }
+    }
+
+    #[test]
+    fn a_query_name_is_compared_decoded() {
+        for pair in [
+            "api_key=1",
+            "api_key",
+            "api%5Fkey=1",
+            "%61pi_key=",
+            "api%5fkey",
+        ] {
+            assert!(query_name_is(pair, "api_key"), "{pair}");
+        }
+        for pair in [
+            "api_keys=1",
+            "x=api_key",
+            "api+key=1",
+            "api%5Gkey=1",
+            "=api_key",
+        ] {
+            assert!(!query_name_is(pair, "api_key"), "{pair}");
+        }
+        assert!(query_name_is("api+key=1", "api key"));
+        assert!(query_name_is("api%20key=1", "api key"));
     }
 
     #[test]
@@ -1486,6 +1547,15 @@ mod tests {
             ("/a/.", Some("it contains a '.' or '..' segment")),
             ("/a//b", Some("it contains an empty segment ('//')")),
             ("//", Some("it contains an empty segment ('//')")),
+            // Path parameters: a segment's name ends at its first ';'.
+            ("/a/b;v=1/c;x", None),
+            ("/a/..;/b", Some("it contains a '.' or '..' segment")),
+            ("/a/.;x/b", Some("it contains a '.' or '..' segment")),
+            ("/a/..;x.json", Some("it contains a '.' or '..' segment")),
+            ("/a/..;x;y", Some("it contains a '.' or '..' segment")),
+            ("/a/;x/b", Some("it contains an empty segment ('//')")),
+            ("/a/;x", Some("it contains an empty segment ('//')")),
+            ("/;", Some("it contains an empty segment ('//')")),
             // A segment problem anywhere loses to a character problem anywhere, and an empty
             // segment to a dot segment.
             ("/a//../b\\", Some("it contains a backslash")),

@@ -315,6 +315,32 @@ async fn receipts_proofs_and_tiles_verify_against_signed_checkpoints() {
     gw.stop().await;
 }
 
+/// A vendor's own `Postern-Audit-Index` never reaches the caller: a durable call gets its real
+/// receipt in its place, a `best_effort` one (no durable intent) none.
+#[tokio::test]
+async fn a_receipt_forged_by_the_vendor_is_replaced_or_removed() {
+    let vendor = TestVendor::plain(std::sync::Arc::new(|_: &SeenRequest| {
+        let mut answer = Answer::json(200, serde_json::json!({"ok": true}));
+        answer
+            .headers
+            .push(("postern-audit-index", "999999".to_string()));
+        answer
+    }))
+    .await;
+    let gw = start(&vendor).await;
+    let ledger = gw.running().shared().audit.ledger.clone();
+    let (status, index, _) = call(&gw, "/acme/things/1").await;
+    assert_eq!(status, 200);
+    let index = index.expect("a durable call's receipt");
+    assert_ne!(index, 999999);
+    let record = AuditRecord::decode(&ledger.entry(index).unwrap()).unwrap();
+    assert_eq!(record.kind, RecordKind::Intent);
+    let (status, index, _) = call(&gw, "/lenient/things/1").await;
+    assert_eq!(status, 200);
+    assert_eq!(index, None, "best_effort gives no receipt, forged or not");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn full_tiles_are_served_and_cacheable() {
     let vendor = TestVendor::plain(TestVendor::ok_handler()).await;

@@ -442,7 +442,7 @@ operations = ["*"]
     let gw = start_with_key(&body, vendor.ca_pem.as_deref(), "key", VENDOR_KEY, "").await;
     let response = client()
         .get(format!(
-            "{}/v/items?page=2&api_key=caller-supplied&x-api-key=1",
+            "{}/v/items?page=2&api_key=caller-supplied&x-api-key=1&api%5Fkey=encoded&%61pi_key=too",
             gw.base
         ))
         .bearer_auth(&gw.token)
@@ -1551,6 +1551,19 @@ async fn body_and_header_limits() {
     assert_eq!(response.status(), 502);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "response_too_large");
+    // The same resource's HEAD: its length describes a body that is not sent, so nothing is
+    // over the cap and the length reaches the caller.
+    let head = raw_request(
+        gw.running().listen_addr,
+        format!(
+            "HEAD /stripe/v1/charges/ch_big HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n",
+            gw.token
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 5000\r\n"), "{head}");
 
     // Oversized header block.
     let raw = raw_request(
@@ -1569,7 +1582,7 @@ async fn body_and_header_limits() {
         &raw[..raw.len().min(200)]
     );
     // hyper's parser refused the head as it read it: recorded all the same, with no method.
-    let events = gw.wait_events(4).await;
+    let events = gw.wait_events(5).await;
     let oversized = events.last().unwrap();
     assert_eq!(oversized["status"], 431, "{events:#?}");
     assert_eq!(oversized["reason"], "request_headers_too_large");
@@ -1592,6 +1605,8 @@ async fn bad_input_gets_4xx_and_never_reaches_the_vendor() {
         (format!("GET /stripe/v1/charges/a%2fb HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
         (format!("GET /stripe/v1/charges/a%5cb HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
         (format!("GET /stripe/v1//charges HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
+        // `..;` climbs on servers that drop path parameters (Tomcat, Jetty): `{id}` would take it.
+        (format!("GET /stripe/v1/charges/..;/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
         (format!("GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}x-evil: a\rb\r\nconnection: close\r\n\r\n"), "400"),
         (format!("GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}x-evil: a\nb\r\nconnection: close\r\n\r\n"), "400"),
         (format!("POST /stripe/v1/charges HTTP/1.1\r\nhost: x\r\n{auth}content-length: 4\r\ncontent-length: 5\r\nconnection: close\r\n\r\nabcd"), "400"),
@@ -1754,6 +1769,55 @@ async fn ordinary_and_unusual_requests_share_one_connection() {
     assert!(answer.contains("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert_eq!(&vendor.last().body[..], b"fourth");
     gw.stop().await;
+}
+
+/// An answer with no body (to `HEAD`, a 204, a `content-length: 0`) is a whole call: recorded
+/// complete, its audit outcome `granted`, whether the vendor speaks h2 or HTTP/1.1 and the
+/// caller HTTP/1.1 or h2c.
+#[tokio::test]
+async fn answers_without_a_body_are_recorded_complete() {
+    let handler: Handler = std::sync::Arc::new(|seen: &SeenRequest| Answer {
+        status: if seen.target.ends_with("/gone") {
+            204
+        } else {
+            200
+        },
+        headers: vec![],
+        body: bytes::Bytes::new(),
+    });
+    for vendor in [
+        TestVendor::tls(handler.clone()).await,
+        TestVendor::tls_http1(handler.clone()).await,
+    ] {
+        let gw = stripe_gateway(&vendor, "").await;
+        let head = format!(
+            "HEAD /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n",
+            gw.token
+        );
+        let answer = raw_request(gw.running().listen_addr, head.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        for client in [client(), h2c_client()] {
+            for (path, status) in [("gone", 204), ("empty", 200)] {
+                let response = client
+                    .get(format!("{}/stripe/v1/charges/{path}", gw.base))
+                    .bearer_auth(&gw.token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), status);
+                assert!(response.bytes().await.unwrap().is_empty());
+            }
+        }
+        let events = gw.wait_events(5).await;
+        assert_eq!(events.len(), 5, "{events:#?}");
+        for event in &events {
+            assert_eq!(event["decision"], "allow", "{event}");
+            assert!(event.get("incomplete").is_none(), "{event}");
+            let outcome = audit_outcome(&gw, event["request_id"].as_str().unwrap()).await;
+            assert_eq!(outcome.reason.as_deref(), Some("granted"), "{event}");
+        }
+        gw.stop().await;
+    }
 }
 
 /// A caller that gives up while its call waits for the vendor — it closes its HTTP/1.1

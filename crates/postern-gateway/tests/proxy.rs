@@ -596,7 +596,15 @@ async fn an_opaque_tunnel_is_refused_where_a_size_rule_applies() {
 async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their_endpoints_discovered(
 ) {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let plain = TestVendor::plain(TestVendor::ok_handler()).await;
+    // The host forges a receipt: the caller must get Postern's own (its intent's index).
+    let plain = TestVendor::plain(std::sync::Arc::new(|_: &SeenRequest| {
+        let mut answer = Answer::json(200, serde_json::json!({"ok": true}));
+        answer
+            .headers
+            .push(("postern-audit-index", "999999".to_string()));
+        answer
+    }))
+    .await;
     let gw = intercepting_gateway(
         &vendor,
         "",
@@ -650,8 +658,8 @@ async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their
     let key = std::fs::read(gw.running().data_dir.join("audit-hmac.key")).unwrap();
     let target = format!("http://127.0.0.1:{}/v2/orders/1004", plain.addr.port());
     let expected = postern_tlog::keyed_hash(&key, "target", target.as_bytes());
-    let mut kinds = Vec::new();
-    for index in 0..100 {
+    let (mut kinds, mut intent) = (Vec::new(), None);
+    for index in 0..100u64 {
         let response = support::client()
             .get(format!("{}/v1/audit/entries/{index}", gw.admin))
             .bearer_auth(&gw.admin_token)
@@ -663,10 +671,19 @@ async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their
         }
         let entry: serde_json::Value = response.json().await.unwrap();
         if entry["record"]["hmacs"]["target"] == expected {
-            kinds.push(entry["record"]["kind"].as_str().unwrap().to_string());
+            let kind = entry["record"]["kind"].as_str().unwrap().to_string();
+            if kind == "intent" {
+                intent = Some(index);
+            }
+            kinds.push(kind);
         }
     }
     assert!(kinds.iter().any(|k| k == "intent"), "{kinds:?}");
+    let receipt = answer
+        .lines()
+        .find_map(|line| line.strip_prefix("postern-audit-index: "))
+        .map(|value| value.trim().parse::<u64>().unwrap());
+    assert_eq!(receipt, intent, "{answer}");
     let events = gw.wait_events(4).await;
     assert!(events
         .iter()
@@ -945,24 +962,6 @@ async fn send_proxy_head(gw: &TestGateway, request_line: &str, port: u16) -> tok
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream
-}
-
-/// Waits (bounded) for the audit outcome entry of the call `request_id`.
-async fn audit_outcome(gw: &TestGateway, request_id: &str) -> postern_tlog::AuditRecord {
-    let ledger = gw.running().shared().audit.ledger.clone();
-    let mut next = 0;
-    for _ in 0..300 {
-        // Entries only ever append: each round reads only the new ones.
-        while next < ledger.size() {
-            let record = postern_tlog::AuditRecord::decode(&ledger.entry(next).unwrap()).unwrap();
-            next += 1;
-            if record.request_id == request_id && record.kind == postern_tlog::RecordKind::Outcome {
-                return record;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no audit outcome for request {request_id}");
 }
 
 /// Waits for the one event of a call whose caller hung up (`499 caller_closed`, by caller

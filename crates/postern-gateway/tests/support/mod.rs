@@ -608,6 +608,24 @@ pub const CHECKOUT_TOKEN: &str = "pst_test_checkout_token_0123456789abcdefghijkl
 /// A second caller, `reporting`, with no grants unless a test adds them.
 pub const REPORTING_TOKEN: &str = "pst_test_reporting_token_0123456789abcdefghij";
 
+/// Waits (bounded) for the audit outcome entry of the call `request_id`.
+pub async fn audit_outcome(gw: &TestGateway, request_id: &str) -> postern_tlog::AuditRecord {
+    let ledger = gw.running().shared().audit.ledger.clone();
+    let mut next = 0;
+    for _ in 0..300 {
+        // Entries only ever append: each round reads only the new ones.
+        while next < ledger.size() {
+            let record = postern_tlog::AuditRecord::decode(&ledger.entry(next).unwrap()).unwrap();
+            next += 1;
+            if record.request_id == request_id && record.kind == postern_tlog::RecordKind::Outcome {
+                return record;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no audit outcome for request {request_id}");
+}
+
 pub fn sha256_hex(text: &str) -> String {
     postern_gateway::token_sha256_hex(text)
 }
