@@ -542,6 +542,16 @@ impl RunningGateway {
                 old.shutdown_grace_ms != new.shutdown_grace_ms,
             ),
             ("workers", old.workers != new.workers),
+            ("detect", old.detect != new.detect),
+            ("audit_origin", old.audit_origin != new.audit_origin),
+            (
+                "audit_timeout_ms",
+                old.audit_timeout_ms != new.audit_timeout_ms,
+            ),
+            (
+                "audit_checkpoint_interval_ms",
+                old.audit_checkpoint_interval_ms != new.audit_checkpoint_interval_ms,
+            ),
         ];
         let changed: Vec<&str> = restart_only
             .iter()

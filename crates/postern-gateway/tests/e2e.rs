@@ -2392,13 +2392,32 @@ async fn reload_swaps_config_atomically_and_in_flight_calls_finish() {
     );
     std::fs::write(&gw.config_path, &text).unwrap();
     let config = postern_config::load(&gw.config_path).unwrap();
-    gw.running().reload(config).unwrap();
+    assert!(gw.running().reload(config).unwrap().is_empty());
     assert_eq!(refund().await.unwrap().status(), 200);
     assert_eq!(
         slow.await.unwrap(),
         200,
         "the in-flight call finished across the reload"
     );
+
+    // Keys read only at start: the reload names each in one note, and applies the rest.
+    let start_only = text.replace(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\ndetect = false\naudit_origin = \"other.example/log\"\naudit_timeout_ms = 2500\naudit_checkpoint_interval_ms = 999",
+    );
+    std::fs::write(&gw.config_path, &start_only).unwrap();
+    let config = postern_config::load(&gw.config_path).unwrap();
+    let notes = gw.running().reload(config).unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    for key in [
+        "detect",
+        "audit_origin",
+        "audit_timeout_ms",
+        "audit_checkpoint_interval_ms",
+    ] {
+        assert!(notes[0].contains(key), "{key} in {notes:?}");
+    }
+    assert_eq!(refund().await.unwrap().status(), 200);
 
     // A config that fails to compile (grant of an unknown operation caught by config; a broken
     // Cedar file caught at build) leaves the running one in place.
