@@ -4,7 +4,8 @@
 //! token has passed 80 % of its lifetime the call also starts one background refresh (the old
 //! token keeps serving until it expires). When there is no valid token, the first caller fetches
 //! one while every other caller waits for that same fetch (single flight: one token request
-//! however many calls wait). A vendor 401 purges the token that was used so the next fetch
+//! however many calls wait, and when it fails they all get its failure; for a second after,
+//! calls fail without asking again). An `expires_in` is taken up to a day. A vendor 401 purges the token that was used so the next fetch
 //! re-mints. Token requests go through the integration's guarded pool, so the SSRF guard and TLS
 //! rules apply to the token endpoint too. A token or client secret is never logged.
 
@@ -25,10 +26,15 @@ use crate::upstream::UpstreamClient;
 
 /// Lifetime assumed when the token endpoint gives no `expires_in`.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Longest lifetime taken from an `expires_in` (a larger one is refreshed after this long).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// After a failed fetch with no valid token, calls get that failure without a new token
+/// request for this long: a failing or refusing endpoint is not asked once per waiting call.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// Largest token response read.
 const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
     #[error("the token endpoint could not be reached: {0}")]
     Unreachable(String),
@@ -46,6 +52,12 @@ struct CachedToken {
     expires_at: Instant,
 }
 
+/// The last fetch made for want of a valid token, when it failed.
+struct FailedFetch {
+    error: TokenError,
+    retry_at: Instant,
+}
+
 pub struct TokenSource {
     integration: String,
     config: OAuth2Config,
@@ -54,6 +66,10 @@ pub struct TokenSource {
     timeout: Duration,
     current: ArcSwapOption<CachedToken>,
     fetch_lock: tokio::sync::Mutex<()>,
+    /// Fetches made for want of a valid token that have ended, whatever their result: a call
+    /// that waited for the lock while one ended takes that one's answer.
+    fetches: AtomicU64,
+    failed: ArcSwapOption<FailedFetch>,
     refreshing: AtomicBool,
     /// Token requests made (for tests and metrics).
     pub token_requests: AtomicU64,
@@ -75,24 +91,54 @@ impl TokenSource {
             timeout,
             current: ArcSwapOption::empty(),
             fetch_lock: tokio::sync::Mutex::new(()),
+            fetches: AtomicU64::new(0),
+            failed: ArcSwapOption::empty(),
             refreshing: AtomicBool::new(false),
             token_requests: AtomicU64::new(0),
         }
     }
 
-    /// The `Authorization` value to inject: the cached token, or one fetched now.
+    /// The `Authorization` value to inject: the cached token, or one fetched now. Calls that
+    /// wait while a fetch is made take its answer, a failure included; and for
+    /// [`RETRY_AFTER_FAILURE`] after a failure, calls get it without a new request.
     pub async fn authorization(self: &Arc<Self>) -> Result<HeaderValue, TokenError> {
         if let Some(token) = self.valid_token() {
             return Ok(token);
         }
+        let ended_before = self.fetches.load(Ordering::Acquire);
         let _single_flight = self.fetch_lock.lock().await;
         if let Some(token) = self.valid_token() {
             return Ok(token);
         }
-        let token = self.fetch().await?;
-        let header = token.header.clone();
-        self.current.store(Some(Arc::new(token)));
-        Ok(header)
+        if let Some(failed) = self.failed.load_full() {
+            let shared = self.fetches.load(Ordering::Acquire) != ended_before;
+            if shared || Instant::now() < failed.retry_at {
+                return Err(failed.error.clone());
+            }
+        }
+        let fetched = self.fetch().await;
+        self.fetches.fetch_add(1, Ordering::Release);
+        match fetched {
+            Ok(token) => {
+                let header = token.header.clone();
+                self.current.store(Some(Arc::new(token)));
+                self.failed.store(None);
+                Ok(header)
+            }
+            Err(error) => {
+                self.failed.store(Some(Arc::new(FailedFetch {
+                    error: error.clone(),
+                    retry_at: Instant::now() + RETRY_AFTER_FAILURE,
+                })));
+                Err(error)
+            }
+        }
+    }
+
+    /// Whether this source makes its token requests with `client` (a rebuilt integration whose
+    /// network settings changed has another).
+    pub(crate) fn uses(&self, client: &UpstreamClient) -> bool {
+        self.client.same(client)
     }
 
     fn valid_token(self: &Arc<Self>) -> Option<HeaderValue> {
@@ -199,7 +245,7 @@ impl TokenSource {
                 e.as_u64()
                     .or_else(|| e.as_str().and_then(|s| s.parse().ok()))
             })
-            .map(Duration::from_secs)
+            .map(|seconds| Duration::from_secs(seconds).min(MAX_LIFETIME))
             .unwrap_or(DEFAULT_LIFETIME);
         let mut header = HeaderValue::from_str(&format!("Bearer {access_token}"))
             .map_err(|_| TokenError::Malformed)?;

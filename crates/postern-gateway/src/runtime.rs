@@ -117,8 +117,8 @@ impl ClientCache {
     }
 }
 
-/// OAuth2 token sources survive rebuilds while their settings and client secret are unchanged,
-/// so a vault refresh or config reload does not discard a valid token.
+/// OAuth2 token sources survive rebuilds while their settings, client secret and network
+/// settings are unchanged, so a vault refresh or config reload does not discard a valid token.
 #[derive(Default)]
 pub struct TokenSourceCache {
     sources: Mutex<HashMap<String, (String, Arc<TokenSource>)>>,
@@ -144,8 +144,10 @@ impl TokenSourceCache {
             integration.request_timeout_ms
         );
         let mut sources = self.sources.lock().expect("token source lock");
+        // The same settings and secret, and the same network settings (guard, CA, client
+        // certificate: the integration's client is rebuilt when they change).
         if let Some((cached_key, source)) = sources.get(&integration.name) {
-            if *cached_key == key {
+            if *cached_key == key && source.uses(client) {
                 return source.clone();
             }
         }

@@ -449,6 +449,13 @@ impl Pool {
 }
 
 impl UpstreamClient {
+    /// Whether both are one client (clones of it), with one guard, TLS setup and pool.
+    pub fn same(&self, other: &UpstreamClient) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl UpstreamClient {
     /// The SSRF guard every dial of this client resolves and checks with.
     pub fn guard(&self) -> &Guard {
         &self.inner.guard

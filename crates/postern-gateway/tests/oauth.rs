@@ -11,6 +11,8 @@ use support::*;
 #[derive(Default)]
 struct TokenServer {
     requests: AtomicU64,
+    /// Requests answered 503 while down.
+    refused: AtomicU64,
     down: AtomicBool,
     lifetime_s: AtomicU64,
     last_form: Mutex<String>,
@@ -20,6 +22,7 @@ struct TokenServer {
 fn token_handler(state: Arc<TokenServer>) -> Handler {
     Arc::new(move |request: &SeenRequest| {
         if state.down.load(Ordering::SeqCst) {
+            state.refused.fetch_add(1, Ordering::SeqCst);
             return Answer::json(503, serde_json::json!({"error": "temporarily_unavailable"}));
         }
         let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
@@ -301,9 +304,88 @@ async fn token_endpoint_down_serves_cached_token_then_fails_closed_after_expiry(
     assert_eq!(body["error"]["code"], "credential_unavailable");
     let events = s.gw.wait_events(3).await;
     assert_eq!(events.last().unwrap()["reason"], "credential_unavailable");
-    // Back up: the next call mints again.
+    // Back up: once the failure's second has passed, the next call mints again.
     s.tokens.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(call(&s.gw).await, 200);
+    s.gw.stop().await;
+}
+
+/// With no token, a failing token endpoint is asked once, not once per waiting call: the calls
+/// that waited for that fetch, and those that come within a second of it, get its failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_token_endpoint_is_asked_once_for_all_waiting_calls() {
+    let s = setup(3600, "basic").await;
+    s.tokens.down.store(true, Ordering::SeqCst);
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let (base, token) = (s.gw.base.clone(), s.gw.token.clone());
+            tokio::spawn(async move {
+                client()
+                    .get(format!("{base}/crm/contacts"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 503);
+    }
+    assert_eq!(
+        s.tokens.refused.load(Ordering::SeqCst),
+        1,
+        "one token request"
+    );
+    s.tokens.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(call(&s.gw).await, 200);
+    assert_eq!(s.tokens.requests.load(Ordering::SeqCst), 1);
+    s.gw.stop().await;
+}
+
+/// An `expires_in` too large for the clock is taken as a day, not a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_token_lifetime_is_capped() {
+    let s = setup(u64::MAX, "basic").await;
+    assert_eq!(call(&s.gw).await, 200);
+    assert_eq!(call(&s.gw).await, 200);
+    assert_eq!(
+        s.tokens.requests.load(Ordering::SeqCst),
+        1,
+        "the token is cached"
+    );
+    s.gw.stop().await;
+}
+
+/// Token requests follow the integration's network settings across a reload: with a `ca_file`
+/// that no longer trusts the token endpoint, the next token request fails, rather than going
+/// on through the client built for the old settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_requests_use_the_reloaded_network_settings() {
+    let s = setup(3600, "basic").await;
+    assert_eq!(call(&s.gw).await, 200);
+    let text = std::fs::read_to_string(&s.gw.config_path).unwrap();
+    let vendor_only = s.gw.config_path.with_file_name("vendor-only-ca.pem");
+    std::fs::write(&vendor_only, s.vendor.ca_pem.as_deref().unwrap()).unwrap();
+    let old_ca = s.gw.config_path.with_file_name("vendor-ca.pem");
+    let reloaded = text.replace(
+        &old_ca.display().to_string(),
+        &vendor_only.display().to_string(),
+    );
+    assert_ne!(reloaded, text);
+    std::fs::write(&s.gw.config_path, reloaded).unwrap();
+    let config = postern_config::load(&s.gw.config_path).unwrap();
+    s.gw.running().reload(config).unwrap();
+    assert_eq!(
+        call(&s.gw).await,
+        503,
+        "the token endpoint is no longer trusted"
+    );
+    assert_eq!(s.tokens.requests.load(Ordering::SeqCst), 1);
     s.gw.stop().await;
 }
 
