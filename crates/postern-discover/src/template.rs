@@ -9,8 +9,9 @@
 //! (`/rest/api/2/`); **`{id}`**: numbers (also `+14155552671`), UUIDs, hex of 8+ characters with
 //! a digit, e-mail addresses, prefixed vendor ids (`cus_Nffrfe2r9a`, `file-abc123`), tokens of
 //! 16+ characters mixing letters and digits (`AC0123…`), upper-case ids with 2+ digits
-//! (`T024BE7LD`), digit-heavy strings, and any segment that could not be written into a
-//! template as is (braces, whitespace, control characters).
+//! (`T024BE7LD`), digit-heavy strings, values joined by `:` or `.` (a bot token, a JWT), and any
+//! segment that could not be written into a template as is (braces, whitespace, control
+//! characters).
 //!
 //! The output always satisfies the config's template rules: it starts with `/`, has no query,
 //! fragment or empty segment (`//` is collapsed; a trailing `/` is kept, it is significant), and
@@ -57,7 +58,40 @@ fn template_segment(raw: &str, previous: Option<&str>, out: &mut String) {
             return;
         }
     }
-    out.push_str(raw);
+    // Values joined by `:` or `.` (a Telegram bot token `bot123456:AAH…`, a JWT `eyJ….eyJ….…`,
+    // a custom method `doc_8f3a9c2e:batchUpdate`): one value among words is replaced where it
+    // stands, a segment with more than one becomes a placeholder whole.
+    let is_separator = |c: char| c == ':' || c == '.';
+    // A short number between dots is part of a version (`gpt-4.1`, `2.0`), not a value.
+    let piece_is_value = |piece: &str| {
+        let version_part = piece.len() <= 3 && piece.bytes().all(|b| b.is_ascii_digit());
+        !piece.is_empty() && !version_part && is_value(&percent_decode(piece), previous)
+    };
+    let values = raw
+        .split(is_separator)
+        .filter(|p| piece_is_value(p))
+        .count();
+    match values {
+        0 => out.push_str(raw),
+        1 => {
+            let mut rest = raw;
+            loop {
+                let end = rest.find(is_separator).unwrap_or(rest.len());
+                let piece = &rest[..end];
+                if piece_is_value(piece) {
+                    out.push_str(PLACEHOLDER);
+                } else {
+                    out.push_str(piece);
+                }
+                let Some(separator) = rest[end..].chars().next() else {
+                    break;
+                };
+                out.push(separator);
+                rest = &rest[end + 1..];
+            }
+        }
+        _ => out.push_str(PLACEHOLDER),
+    }
 }
 
 /// `name.ext` with a short alphanumeric extension starting with a letter (`json`, `xml`, `mp3`).
@@ -341,6 +375,24 @@ mod tests {
         check("/hash/sha256", "/hash/sha256");
         check("/oauth2/token", "/oauth2/token");
         check("/x/ab12cd3456", "/x/{id}");
+        // Values joined by `:` or `.`: credentials in a path are not kept.
+        check(
+            "/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage",
+            "/{id}/sendMessage",
+        );
+        check(
+            "/verify/eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+            "/verify/{id}",
+        );
+        check(
+            "/v1/documents/doc_8f3a9c2e:batchUpdate",
+            "/v1/documents/{id}:batchUpdate",
+        );
+        check("/v1/models/gpt-4.1:generate", "/v1/models/gpt-4.1:generate");
+        check(
+            "/files/cus_Nffrfe2r9a.backup.json",
+            "/files/{id}.backup.json",
+        );
     }
 
     #[test]
