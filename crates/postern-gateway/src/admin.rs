@@ -66,10 +66,14 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
     match path {
         "/metrics" => text_response(
             StatusCode::OK,
-            shared
-                .recorder
-                .metrics
-                .encode(&shared.recorder.events.stats),
+            {
+                let metrics = &shared.recorder.metrics;
+                metrics.set_open(
+                    crate::listener::MAX_CONNECTIONS - shared.connection_slots.available_permits(),
+                    shared.tunnels.load(std::sync::atomic::Ordering::Relaxed),
+                );
+                metrics.encode(&shared.recorder.events.stats)
+            },
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         "/v1/integrations" => {

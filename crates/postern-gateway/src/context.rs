@@ -41,6 +41,10 @@ pub struct ConnectionInfo {
     /// Set on connections inside an intercepted CONNECT tunnel (and for absolute-form requests
     /// to a registered host): who opened it and which integration the host belongs to.
     pub tunnel: Option<Arc<TunnelInfo>>,
+    /// The listener's connection slot, given back when the last holder of this connection's
+    /// facts ends: the connection's task, or a tunnel that outlives it (a CONNECT's socket is
+    /// handed to a task of its own), so open tunnels count against the listener's limit.
+    slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl ConnectionInfo {
@@ -51,6 +55,15 @@ impl ConnectionInfo {
             spiffe_id,
             tls,
             tunnel: None,
+            slot: None,
+        }
+    }
+
+    /// The same facts, holding the listener's connection `slot` until the last holder ends.
+    pub fn holding(self, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+        ConnectionInfo {
+            slot: Some(Arc::new(slot)),
+            ..self
         }
     }
 
@@ -62,6 +75,7 @@ impl ConnectionInfo {
             spiffe_id: self.spiffe_id.clone(),
             tls,
             tunnel: Some(tunnel),
+            slot: self.slot.clone(),
         }
     }
 }

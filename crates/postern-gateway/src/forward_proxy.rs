@@ -131,6 +131,7 @@ async fn connect(
         return Ok(open_tunnel(
             shared,
             runtime,
+            connection,
             context,
             request,
             upstream,
@@ -162,6 +163,7 @@ async fn connect(
     Ok(open_tunnel(
         shared,
         runtime,
+        connection,
         context,
         request,
         upstream,
@@ -177,6 +179,7 @@ async fn connect(
 fn open_tunnel(
     shared: &Arc<Shared>,
     runtime: &Runtime,
+    connection: &Arc<ConnectionInfo>,
     context: &mut CallContext,
     request: Request<CallerBody>,
     upstream: TcpStream,
@@ -189,7 +192,11 @@ fn open_tunnel(
     let context = context.take();
     let mut shutdown = shared.shutdown_signal();
     shared.tunnels.fetch_add(1, Ordering::Relaxed);
+    // Holds the connection's slot on the listener while the tunnel is open (hyper's connection
+    // task has ended once it handed the socket over).
+    let connection = connection.clone();
     tokio::spawn(async move {
+        let _connection = connection;
         let counts = Arc::new(TunnelCounts::default());
         match hyper::upgrade::on(request).await {
             Ok(upgraded) => {
@@ -628,7 +635,12 @@ fn canonical_host(raw: &str) -> Option<String> {
     let host = postern_policy::normalize_host(raw.trim_start_matches('[').trim_end_matches(']'));
     let valid =
         !host.is_empty() && !host.starts_with('.') && !host.ends_with('.') && !host.contains("..");
-    valid.then_some(host)
+    // An IPv4 address in a shorthand form (`1572395042`, `0x5db8d822`, `93.184.216.042`) is
+    // the dotted quad it dials as, so a `deny_hosts` entry for that address matches it.
+    match postern_netguard::ipv4_literal(&host) {
+        Some(address) if valid => Some(address.to_string()),
+        _ => valid.then_some(host),
+    }
 }
 
 /// The caller of a proxy request: a verified client certificate's SPIFFE ID, else a caller token

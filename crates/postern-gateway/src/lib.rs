@@ -141,6 +141,9 @@ pub struct Shared {
     pub discovery: Arc<discovery::Discovery>,
     /// Open CONNECT tunnels.
     pub tunnels: std::sync::atomic::AtomicUsize,
+    /// The data-plane listener's connection slots ([`listener::MAX_CONNECTIONS`]), held by each
+    /// caller connection and by each tunnel opened on one.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
     shutdown_signal: watch::Receiver<bool>,
 }
 
@@ -422,6 +425,7 @@ impl RunningGateway {
             intercept_ca,
             discovery,
             tunnels: std::sync::atomic::AtomicUsize::new(0),
+            connection_slots: listener::connection_slots(),
             shutdown_signal: shutdown_rx.clone(),
         });
         shared.flush_usage();
@@ -453,7 +457,7 @@ impl RunningGateway {
             builder: builder.clone(),
             graceful: gateway_graceful.clone(),
             shutdown: shutdown_rx.clone(),
-            slots: listener::connection_slots(),
+            slots: shared.connection_slots.clone(),
             max_header_bytes: config.gateway.max_header_bytes,
             on_malformed: Some(proxy::on_malformed(&shared)),
         };

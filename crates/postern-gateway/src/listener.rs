@@ -52,9 +52,10 @@ pub fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecuto
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(max_header_bytes as u32)
-        .max_concurrent_streams(1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_concurrent_streams(1024);
+    // No keep-alive PINGs: a PING and its answer are bytes, so they would keep an idle HTTP/2
+    // connection (or an intercepted tunnel) from ever reaching its idle limit; a silent peer
+    // is closed by that limit (`deadline.rs`) as an HTTP/1.1 one is.
     builder
 }
 
@@ -185,14 +186,12 @@ where
         match tls {
             None => {
                 tokio::spawn(async move {
-                    let _slot = slot;
-                    let info = Arc::new(ConnectionInfo::new(peer, None, false));
+                    let info = Arc::new(ConnectionInfo::new(peer, None, false).holding(slot));
                     connection.serve_h1_first(stream, info, handler).await;
                 });
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
-                    let _slot = slot;
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                             .await;
@@ -214,7 +213,7 @@ where
                         .and_then(|certs| certs.first())
                         .and_then(crate::tls::spiffe_id);
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let info = Arc::new(ConnectionInfo::new(peer, spiffe_id, true));
+                    let info = Arc::new(ConnectionInfo::new(peer, spiffe_id, true).holding(slot));
                     match h2 {
                         true => {
                             let Connection {

@@ -91,6 +91,8 @@ pub struct Metrics {
     credential_over_max_age: Family<CredentialLabel, Gauge>,
     events_written: Counter,
     events_errors: Counter,
+    connections_open: Gauge,
+    tunnels_open: Gauge,
 }
 
 impl Metrics {
@@ -153,6 +155,18 @@ impl Metrics {
             "Call events that could not be written",
             events_errors.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections open on the data-plane listener, CONNECT tunnels opened on them included",
+            connections_open.clone(),
+        );
+        let tunnels_open = Gauge::default();
+        registry.register(
+            "tunnels_open",
+            "CONNECT tunnels open (opaque and intercepted)",
+            tunnels_open.clone(),
+        );
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Metrics {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -167,7 +181,17 @@ impl Metrics {
             credential_over_max_age,
             events_written,
             events_errors,
+            connections_open,
+            tunnels_open,
         }
+    }
+
+    /// Sets the open connections and tunnels, read when the metrics are asked for.
+    pub fn set_open(&self, connections: usize, tunnels: usize) {
+        self.connections_open
+            .set(i64::try_from(connections).unwrap_or(i64::MAX));
+        self.tunnels_open
+            .set(i64::try_from(tunnels).unwrap_or(i64::MAX));
     }
 
     /// Counts one finished call and observes its duration.

@@ -365,6 +365,30 @@ async fn tunnel_client(gw: &TestGateway, token: &str, vendor: &TestVendor) -> re
     proxied(gw, Some(token), &[vendor_ca])
 }
 
+/// `postern_connections_open` and `postern_tunnels_open` from `/metrics`.
+async fn open_gauges(gw: &TestGateway) -> (i64, i64) {
+    let text = support::client()
+        .get(format!("{}/metrics", gw.admin))
+        .bearer_auth(&gw.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse::<i64>()
+            .unwrap()
+    };
+    (
+        gauge("postern_connections_open"),
+        gauge("postern_tunnels_open"),
+    )
+}
+
 fn host_policy_proxy(vendor: &TestVendor, mode: &str, extra: &str) -> String {
     format!(
         "[proxy]\nmode = \"{mode}\"\nallowed_ports = [443, {port}]\nallow_private_networks = [\"127.0.0.1/32\", \"::1/128\"]\n{extra}",
@@ -429,10 +453,23 @@ async fn report_mode_passes_unlisted_hosts_through_a_tunnel_and_reports_them() {
     assert_eq!(response.status(), 200);
     // The tunnel is opaque: the vendor saw the client's own request, untouched.
     assert_eq!(other.last().target, "/v1/things/123");
+    // The open tunnel holds its connection's slot on the listener, though hyper's task for
+    // that connection ended when it handed the socket over.
+    assert_eq!(open_gauges(&gw).await, (1, 1));
     // Closing the client's connection closes the tunnel, which writes its event.
     drop(response);
     drop(client);
     let events = gw.wait_events(1).await;
+    // The tunnel's task ends just after its event: both gauges fall back (bounded wait).
+    let mut gauges = open_gauges(&gw).await;
+    for _ in 0..100 {
+        if gauges == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gauges = open_gauges(&gw).await;
+    }
+    assert_eq!(gauges, (0, 0));
     let tunnel = &events[0];
     assert_eq!(tunnel["mode"], "tunnel");
     assert_eq!(tunnel["reason"], "host_not_allowed_reported");
@@ -480,11 +517,22 @@ async fn allow_lists_wildcards_and_the_deny_list() {
     let gw = intercepting_gateway(
         &vendor,
         "",
-        "[proxy]\nmode = \"open\"\ndeny_hosts = [\"pastebin.com\"]",
+        "[proxy]\nmode = \"open\"\ndeny_hosts = [\"pastebin.com\", \"93.184.216.34\"]",
     )
     .await;
     let answer = connect_status(&gw, "pastebin.com:443").await;
     assert!(answer.contains("host_denied"), "{answer}");
+    // A denied address is denied in each form a resolver reads as that address.
+    for form in [
+        "93.184.216.34",
+        "1572395042",
+        "0x5db8d822",
+        "93.184.216.042",
+        "93.184.55330",
+    ] {
+        let answer = connect_status(&gw, &format!("{form}:443")).await;
+        assert!(answer.contains("host_denied"), "{form}: {answer}");
+    }
     gw.stop().await;
 }
 

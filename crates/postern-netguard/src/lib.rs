@@ -365,6 +365,13 @@ fn parse_ip_literal(host: &str) -> Result<Option<IpAddr>, &'static str> {
     Ok(parse_ipv4_shorthand(host).map(IpAddr::V4))
 }
 
+/// `host` as the IPv4 address a resolver would read it as, when it is one in any of
+/// `inet_aton`'s forms (`93.184.216.34`, `1572395042`, `0x5db8d822`, `93.184.216.042`, `127.1`):
+/// a name policy compares the dotted quad this gives, as the guard dials it.
+pub fn ipv4_literal(host: &str) -> Option<Ipv4Addr> {
+    parse_ipv4_shorthand(host)
+}
+
 /// Parses IPv4 the way `inet_aton` does: one to four parts separated by dots,
 /// each decimal, octal (leading `0`) or hexadecimal (leading `0x`), the last
 /// part filling all remaining bytes (`127.1` is `127.0.0.1`, `2130706433` is
