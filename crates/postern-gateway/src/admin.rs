@@ -289,9 +289,24 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
             )
             .map(|v| json!({"name": name, "action": "set", "version": v})),
         "rotate" => {
-            let window_s: i64 = param("rollback_window_seconds")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(86_400);
+            let window_s = match param("rollback_window_seconds").map(|v| v.parse::<i64>()) {
+                None => 86_400,
+                Some(Ok(seconds))
+                    if (0..=postern_vault::MAX_ROLLBACK_WINDOW_SECONDS).contains(&seconds) =>
+                {
+                    seconds
+                }
+                Some(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_rollback_window",
+                        format!(
+                            "rollback_window_seconds must be a whole number of seconds from 0 to {} (a year)",
+                            postern_vault::MAX_ROLLBACK_WINDOW_SECONDS
+                        ),
+                    )
+                }
+            };
             vault
                 .rotate(&name, value, window_s * 1000, now)
                 .map(|v| json!({"name": name, "action": "rotate", "version": v, "rollback_window_seconds": window_s}))

@@ -138,6 +138,19 @@ async fn vault_credential_set_rotate_under_load_rollback_revoke() {
         .iter()
         .all(|s| s.header("authorization").as_deref() != Some("Bearer sk_live_second_value_B2\n")));
 
+    // A rollback window that is not 0 ..= a year is refused, and rotates nothing (the history
+    // below has one rotation).
+    for window in ["-1", "31536001", "9223372036854775807", "soon"] {
+        let (status, body) = admin_post(
+            &gw,
+            &format!("/v1/credentials/stripe-live/rotate?rollback_window_seconds={window}"),
+            "sk_live_third_value_C3\n",
+        )
+        .await;
+        assert_eq!(status, 400, "{window}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_rollback_window");
+    }
+
     // Rollback restores the first value.
     let (status, _) = admin_post(&gw, "/v1/credentials/stripe-live/rollback", "").await;
     assert_eq!(status, 200);

@@ -27,6 +27,9 @@ mod crypto;
 mod store;
 
 pub use crypto::{MasterKey, MasterKeyOrigin};
+
+/// The longest rollback window a rotation may keep (a year), in seconds.
+pub const MAX_ROLLBACK_WINDOW_SECONDS: i64 = 365 * 24 * 3600;
 pub use store::{
     CallerTokenState, DataflowRow, HistoryEntry, SecretMeta, SecretState, SecretValue, Vault,
     VaultError, MASTER_KEY_ENV, MASTER_KEY_FILE, VAULT_FILE,

@@ -47,8 +47,9 @@ pub enum CredsCommand {
         name: String,
         #[arg(long)]
         from_file: Option<PathBuf>,
-        /// How long `creds rollback` can restore the previous value.
-        #[arg(long, default_value_t = 86_400)]
+        /// How long `creds rollback` can restore the previous value (0 to 31536000, a year).
+        #[arg(long, default_value_t = 86_400,
+              value_parser = clap::value_parser!(i64).range(0..=postern_vault::MAX_ROLLBACK_WINDOW_SECONDS))]
         rollback_window_seconds: i64,
         #[command(flatten)]
         location: VaultLocation,
