@@ -128,6 +128,13 @@ async fn connect(
         context.upstream_addr = Some(addr);
         progress.intent_index =
             crate::proxy::record_intent(shared, Some(&integration), context).await?;
+        let grant = TunnelGrant {
+            caller,
+            spiffe_id: connection.spiffe_id.clone(),
+            host,
+            port,
+            integration: Some(integration.name.clone()),
+        };
         return Ok(open_tunnel(
             shared,
             runtime,
@@ -136,7 +143,7 @@ async fn connect(
             request,
             upstream,
             "tunnel",
-            None,
+            grant,
             progress.intent_index,
         ));
     }
@@ -160,6 +167,13 @@ async fn connect(
     // Authorized once the guard let the address through: a refused address is a denial.
     progress.authorized = true;
     progress.intent_index = crate::proxy::record_intent(shared, None, context).await?;
+    let grant = TunnelGrant {
+        caller,
+        spiffe_id: connection.spiffe_id.clone(),
+        host,
+        port,
+        integration: None,
+    };
     Ok(open_tunnel(
         shared,
         runtime,
@@ -168,13 +182,94 @@ async fn connect(
         request,
         upstream,
         decision.reason,
-        Some((host, port)),
+        grant,
         progress.intent_index,
     ))
 }
 
+/// What an opaque tunnel was opened for, to decide again whether it still may stay open when
+/// a new runtime is swapped in (a reload, a vault change): its requests are never seen, so this
+/// is the only check after it opens.
+struct TunnelGrant {
+    caller: ProxyCaller,
+    spiffe_id: Option<String>,
+    host: String,
+    port: u16,
+    /// The integration whose host it reaches; `None` for an unregistered destination.
+    integration: Option<Arc<str>>,
+}
+
+impl TunnelGrant {
+    /// Whether `runtime` still opens this tunnel: the same caller for the same credential, and
+    /// the grant or host policy that let it open. Time-of-day rules are decided at reloads only.
+    fn still_allowed(&self, runtime: &Runtime, context: &mut CallContext) -> Result<(), CallError> {
+        enabled(runtime)?;
+        let caller = match (&self.caller.auth, &self.spiffe_id, &self.caller.token) {
+            (AuthMethod::Mtls, Some(spiffe_id), _) => runtime.caller_by_spiffe(spiffe_id),
+            (_, _, Some(token)) => runtime.caller_by_token(token),
+            _ => None,
+        };
+        if caller.as_deref() != Some(&*self.caller.name) {
+            return Err(CallError::new(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                "proxy_auth_required",
+                "the tunnel's caller credential is no longer known (revoked, or the caller removed)",
+            ));
+        }
+        let proxy = &runtime.proxy;
+        match (proxy.integration_for_host(&self.host), &self.integration) {
+            (Some(integration), Some(name))
+                if integration.name == *name && !integration.config.intercept =>
+            {
+                if self.port != integration.upstream_port()
+                    && !proxy.config.allowed_ports.contains(&self.port)
+                {
+                    return Err(port_refused(self.port));
+                }
+                authorize_tunnel(runtime, integration, context)
+            }
+            (None, None) => {
+                let decision = proxy
+                    .policy
+                    .decide(&self.caller.name, &self.host, self.port);
+                match decision.allowed {
+                    true => Ok(()),
+                    false => Err(host_refused(decision.reason, &self.host, self.port)),
+                }
+            }
+            _ => Err(CallError::forbidden(
+                "host_changed",
+                "the integration that owns this host changed; open a new tunnel",
+            )),
+        }
+    }
+}
+
+/// Returns the refusal once a runtime swapped in no longer allows `grant`'s tunnel; pending
+/// while every new one does.
+async fn revoked(
+    shared: &Shared,
+    grant: &TunnelGrant,
+    context: &mut CallContext,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+) -> CallError {
+    loop {
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let runtime = shared.runtime.load_full();
+        if let Err(refusal) = grant.still_allowed(&runtime, context) {
+            return refusal;
+        }
+    }
+}
+
+/// The reason an opaque tunnel's record gives when a configuration or vault change closed it.
+const TUNNEL_REVOKED: &str = "tunnel_revoked";
+
 /// Answers 200 and splices the client and the upstream until either closes, the tunnel idles
-/// out, or the gateway shuts down; then records the event (bytes each way, duration).
+/// out, a configuration or vault change no longer allows it, or the gateway shuts down; then
+/// records the event (bytes each way, duration).
 #[allow(clippy::too_many_arguments)]
 fn open_tunnel(
     shared: &Arc<Shared>,
@@ -184,13 +279,16 @@ fn open_tunnel(
     request: Request<CallerBody>,
     upstream: TcpStream,
     reason: &'static str,
-    discovered: Option<(String, u16)>,
+    grant: TunnelGrant,
     intent_index: Option<u64>,
 ) -> Response<GatewayBody> {
     let shared = shared.clone();
     let idle = Duration::from_millis(runtime.proxy.config.idle_timeout_ms);
-    let context = context.take();
+    let mut context = context.take();
     let mut shutdown = shared.shutdown_signal();
+    let mut changes = shared.runtime_changes();
+    // Subscribed after this runtime was loaded: a swap in between is looked at too.
+    changes.mark_changed();
     shared.tunnels.fetch_add(1, Ordering::Relaxed);
     // Holds the connection's slot on the listener while the tunnel is open (hyper's connection
     // task has ended once it handed the socket over).
@@ -198,17 +296,28 @@ fn open_tunnel(
     tokio::spawn(async move {
         let _connection = connection;
         let counts = Arc::new(TunnelCounts::default());
+        let mut reason = reason;
         match hyper::upgrade::on(request).await {
             Ok(upgraded) => {
                 let client = TokioIo::new(upgraded);
+                let mut check = context.take();
                 tokio::select! {
                     _ = splice(client, upstream, counts.clone(), idle) => {}
                     _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {}
+                    refusal = revoked(&shared, &grant, &mut check, &mut changes) => {
+                        tracing::info!(caller = %grant.caller.name, host = %grant.host, refusal = refusal.code, "an open tunnel is no longer allowed after a configuration or vault change; closed");
+                        reason = TUNNEL_REVOKED;
+                    }
                 }
+                context = check;
             }
             // The tunnel's record below covers it: 0 bytes each way.
             Err(error) => tracing::debug!(%error, "CONNECT upgrade failed"),
         }
+        let discovered = grant
+            .integration
+            .is_none()
+            .then(|| (grant.host.clone(), grant.port));
         let sent = counts.client_to_upstream.load(Ordering::Relaxed);
         let received = counts.upstream_to_client.load(Ordering::Relaxed);
         context.request_body.bytes.store(sent, Ordering::Relaxed);

@@ -145,12 +145,20 @@ pub struct Shared {
     /// caller connection and by each tunnel opened on one.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     shutdown_signal: watch::Receiver<bool>,
+    /// Counts the runtimes swapped in (reloads, vault changes): open opaque tunnels watch it
+    /// to re-check that they are still allowed.
+    runtime_changes: watch::Sender<u64>,
 }
 
 impl Shared {
     /// Turns true when the gateway shuts down (tunnels close, intercepted connections drain).
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown_signal.clone()
+    }
+
+    /// Changes each time a new runtime is swapped in (a reload, a vault change).
+    pub fn runtime_changes(&self) -> watch::Receiver<u64> {
+        self.runtime_changes.subscribe()
     }
 
     /// Records a forward-proxy destination no integration claims.
@@ -186,6 +194,7 @@ impl Shared {
         self.token_sources.retain(kept);
         // Carry last-used times over: they live on the runtime being replaced.
         let previous = self.runtime.swap(Arc::new(runtime));
+        self.runtime_changes.send_modify(|changes| *changes += 1);
         for (name, integration) in &previous.integrations {
             let at = integration.last_used_ms.swap(0, Ordering::Relaxed);
             if at > 0 {
@@ -427,6 +436,7 @@ impl RunningGateway {
             tunnels: std::sync::atomic::AtomicUsize::new(0),
             connection_slots: listener::connection_slots(),
             shutdown_signal: shutdown_rx.clone(),
+            runtime_changes: watch::channel(0).0,
         });
         shared.flush_usage();
         let vault_poller = Some(spawn_vault_poller(shared.clone()));

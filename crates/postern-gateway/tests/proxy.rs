@@ -586,6 +586,57 @@ async fn a_registered_host_without_interception_is_a_tunnel_for_granted_callers_
     gw.stop().await;
 }
 
+/// An opaque tunnel's requests are never seen, so each reload or vault change decides it again:
+/// one that still allows it leaves it open; one that revokes its caller closes it, recorded
+/// `tunnel_revoked`.
+#[tokio::test]
+async fn open_opaque_tunnels_are_decided_again_at_each_reload() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let body = opaque_integration("localhost", vendor.addr.port(), "");
+    let gw = TestGateway::start(&body, None).await;
+    let url = format!("https://localhost:{}/v1/things/1", vendor.addr.port());
+    let client = tunnel_client(&gw, CHECKOUT_TOKEN, &vendor).await;
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    // A reload that changes nothing the tunnel rests on: it stays open for the next call.
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let config = postern_config::parse(&text, &gw.config_path).unwrap();
+    gw.running().reload(config).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(vendor.connections(), 1, "one tunnel carried both calls");
+    assert!(gw.events().await.is_empty(), "the tunnel is still open");
+    // The caller's token revoked: the open tunnel is closed.
+    let revoked = text.replace(&sha256_hex(CHECKOUT_TOKEN), &"0".repeat(64));
+    let config = postern_config::parse(&revoked, &gw.config_path).unwrap();
+    gw.running().reload(config).unwrap();
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "tunnel_revoked", "{events:#?}");
+    assert_eq!(events[0]["mode"], "tunnel");
+    assert_eq!(events[0]["caller"], "checkout");
+    let after = client.get(&url).send().await;
+    assert!(after.is_err(), "a new tunnel is refused: {after:?}");
+    assert_eq!(vendor.seen().len(), 2);
+    gw.stop().await;
+
+    // An unregistered destination: a reload that puts its host on the deny list closes it.
+    let other = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(&vendor, "", &host_policy_proxy(&other, "report", "")).await;
+    let client = tunnel_client(&gw, CHECKOUT_TOKEN, &other).await;
+    let url = format!("https://localhost:{}/v1/things/1", other.addr.port());
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let denied = text.replace(
+        "mode = \"report\"",
+        "mode = \"report\"\ndeny_hosts = [\"localhost\"]",
+    );
+    assert_ne!(denied, text);
+    let config = postern_config::parse(&denied, &gw.config_path).unwrap();
+    gw.running().reload(config).unwrap();
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "tunnel_revoked", "{events:#?}");
+    gw.stop().await;
+}
+
 /// An opaque tunnel's requests are not seen, sizes included: where a Cedar rule bounds
 /// `request_bytes` for the integration, the tunnel is refused (it could carry any size), and
 /// says to intercept; without such a rule the same tunnel opens.
