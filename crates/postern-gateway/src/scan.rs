@@ -145,6 +145,29 @@ struct Classified {
     unapproved_findings: Vec<postern_scan::Finding>,
 }
 
+/// Every line of `name` as one comma-separated list (RFC 9110 §5.3: several lines are one
+/// list, and a server may read them so): a second `Content-Encoding: gzip` line is a coding to
+/// decode. A value that is not text reads as a coding no one knows, so the body is left
+/// unscanned (and says so) rather than scanned as it stands.
+fn all_values<'a>(
+    headers: &'a http::HeaderMap,
+    name: &header::HeaderName,
+) -> Option<std::borrow::Cow<'a, str>> {
+    let mut values = headers.get_all(name).iter();
+    let text = |value: &'a http::HeaderValue| value.to_str().unwrap_or("\u{fffd}");
+    let first = text(values.next()?);
+    let rest: Vec<&str> = values.map(text).collect();
+    if rest.is_empty() {
+        return Some(std::borrow::Cow::Borrowed(first));
+    }
+    Some(std::borrow::Cow::Owned(
+        std::iter::once(first)
+            .chain(rest)
+            .collect::<Vec<_>>()
+            .join(", "),
+    ))
+}
+
 /// Decodes (gzip/br), scans and fills `summary` (classes, unapproved). `None` when the body
 /// could not be decoded (then `summary.unscanned` says so).
 fn classify(
@@ -155,10 +178,8 @@ fn classify(
     cap: u64,
     summary: &mut ScanSummary,
 ) -> Option<Classified> {
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    let decoded = match postern_scan::decode_for_scan(bytes, encoding, cap as usize) {
+    let encoding = all_values(headers, &header::CONTENT_ENCODING);
+    let decoded = match postern_scan::decode_for_scan(bytes, encoding.as_deref(), cap as usize) {
         Ok(decoded) => decoded,
         Err(unscanned) => {
             tracing::debug!(reason = ?unscanned, "body not scanned");
@@ -167,11 +188,13 @@ fn classify(
         }
     };
     let encoded = !matches!(&decoded, std::borrow::Cow::Borrowed(_));
-    let hint = ContentTypeHint::from_content_type(
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    );
+    // Two `Content-Type` lines say nothing certain: scanned as text of no known kind.
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let content_type = match (types.next(), types.next()) {
+        (Some(only), None) => only.to_str().ok(),
+        _ => None,
+    };
+    let hint = ContentTypeHint::from_content_type(content_type);
     let result = scanner.scan(&decoded, hint);
     summary.classes = result
         .class_counts
@@ -228,8 +251,20 @@ pub async fn scan_response(
         });
     }
     let stall = Stall::for_call(&integration.config, started);
-    let (bytes, body, complete) = match read_up_to(body, cap, u64::MAX, stall).await {
+    let limit = integration.config.max_response_body_bytes;
+    let (bytes, body, complete) = match read_up_to(body, cap, limit, stall).await {
         Ok(read) => read,
+        // What is read for scanning is passed on as the answer's start: the answer's limit
+        // holds for it as for the rest.
+        Err(ReadError::TooLarge) => {
+            return Err((
+                CallError::bad_gateway(
+                    "response_too_large",
+                    format!("the vendor's response exceeds max_response_body_bytes ({limit})"),
+                ),
+                summary,
+            ))
+        }
         Err(ReadError::Stalled(overdue)) => {
             let message = match overdue {
                 Overdue::Idle(_) => format!(

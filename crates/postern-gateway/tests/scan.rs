@@ -250,3 +250,77 @@ async fn a_response_larger_than_the_scan_cap_streams_and_is_marked_unscanned() {
     );
     gw.stop().await;
 }
+
+/// Several `Content-Encoding` lines are one list (RFC 9110 §5.3), as a vendor may read them: a
+/// gzip body announced on a second line is decoded and scanned like one announced on the first.
+#[tokio::test]
+async fn a_coding_on_a_second_content_encoding_line_is_decoded_for_scanning() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(&body(&vendor, "block", ""), vendor.ca_pem.as_deref()).await;
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gzip, WITH_CARD.as_bytes()).unwrap();
+    let compressed = gzip.finish().unwrap();
+    let response = client()
+        .post(format!("{}/crm/contacts", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-type", "application/json")
+        .header("content-encoding", "identity")
+        .header("content-encoding", "gzip")
+        .body(compressed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "data_class_not_approved");
+    assert!(vendor.seen().is_empty());
+    gw.stop().await;
+}
+
+/// What is read of an answer for scanning is its start, and `max_response_body_bytes` holds for
+/// it: an answer with no declared length that passes the limit within the scan cap is refused,
+/// not passed on whole.
+#[tokio::test]
+async fn a_scanned_answer_is_held_to_the_response_limit() {
+    let mut answer =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
+    for _ in 0..3 {
+        answer.extend_from_slice(b"3e8\r\n");
+        answer.extend_from_slice(&[b'z'; 1000]);
+        answer.extend_from_slice(b"\r\n");
+    }
+    answer.extend_from_slice(b"0\r\n\r\n");
+    let (port, _vendor, _closed) = one_answer_vendor(Box::leak(answer.into_boxed_slice())).await;
+    let config = format!(
+        r#"
+[[integrations]]
+name = "crm"
+vendor = "CRM"
+owner = "sales@example.com"
+upstream = "http://127.0.0.1:{port}"
+allow_plaintext = true
+allow_private_networks = ["127.0.0.1/32"]
+data_classes = ["pii.email"]
+on_unapproved = "report"
+max_response_body_bytes = 2000
+operations = [ {{ id = "export", method = "GET", path = "/export" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "crm"
+operations = ["*"]
+"#
+    );
+    let gw = TestGateway::start(&config, None).await;
+    let response = client()
+        .get(format!("{}/crm/export", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "response_too_large");
+    gw.stop().await;
+}
