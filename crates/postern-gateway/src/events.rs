@@ -821,7 +821,15 @@ struct RotatingWriter {
     options: EventFileOptions,
     file: File,
     size: u64,
+    /// After a rotation failed: not tried again before this (lines go on into the current file).
+    retry_rotation_at: Option<std::time::Instant>,
+    /// Opens of a new file a test makes fail (say, for want of file descriptors).
+    #[cfg(test)]
+    failing_opens: u32,
 }
+
+/// How long after a failed rotation the next one is tried.
+const ROTATION_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl RotatingWriter {
     fn open(options: EventFileOptions) -> std::io::Result<Self> {
@@ -834,6 +842,9 @@ impl RotatingWriter {
             options,
             file,
             size,
+            retry_rotation_at: None,
+            #[cfg(test)]
+            failing_opens: 0,
         })
     }
 
@@ -849,21 +860,21 @@ impl RotatingWriter {
         for &end in &ends {
             let line_len = (end as usize + 1 - line_start) as u64;
             let pending = (line_start - chunk_start) as u64;
-            if self.size + pending > 0 && self.size + pending + line_len > max {
+            let full = self.size + pending > 0 && self.size + pending + line_len > max;
+            if full && self.rotation_due() {
                 self.write_chunk(&bytes[chunk_start..line_start], chunk_lines, stats);
                 chunk_start = line_start;
                 chunk_lines = 0;
                 match self.rotate() {
                     Ok(()) => {
+                        self.retry_rotation_at = None;
                         stats.rotations.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(error) => {
-                        // As before: this line is not written; the next one retries rotating.
-                        stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(%error, "could not rotate the event file");
-                        line_start = end as usize + 1;
-                        chunk_start = line_start;
-                        continue;
+                        // The lines go on into the file open now, past its size for a while:
+                        // none is dropped, and rotating is tried again after ROTATION_RETRY.
+                        self.retry_rotation_at = Some(std::time::Instant::now() + ROTATION_RETRY);
+                        tracing::error!(%error, "could not rotate the event file; appending to it until a rotation succeeds");
                     }
                 }
             }
@@ -894,9 +905,23 @@ impl RotatingWriter {
         }
     }
 
+    fn rotation_due(&self) -> bool {
+        self.retry_rotation_at
+            .is_none_or(|at| std::time::Instant::now() >= at)
+    }
+
     fn rotate(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
-        shift_rotated(&self.options.path, self.options.max_files)?;
+        // A rotation that failed after moving the file away only has its open left to do:
+        // shifting again would push the kept files out, one per retry.
+        if self.options.path.exists() {
+            shift_rotated(&self.options.path, self.options.max_files)?;
+        }
+        #[cfg(test)]
+        if self.failing_opens > 0 {
+            self.failing_opens -= 1;
+            return Err(std::io::Error::other("an open made to fail by a test"));
+        }
         self.file = open_append(&self.options.path)?;
         self.size = 0;
         Ok(())
@@ -1577,6 +1602,53 @@ mod tests {
         assert!(
             total > 0 && total < 20_000,
             "older rotations were dropped: {total}"
+        );
+    }
+
+    /// A rotation that fails loses no line and no kept file: the lines go on into the file open
+    /// now, and the retry, a second later, only opens the new file (it does not shift the kept
+    /// ones again, which would drop one per retry).
+    #[test]
+    fn a_failed_rotation_keeps_every_line_and_every_kept_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = options(dir.path(), 100);
+        let path = options.path.clone();
+        std::fs::write(rotated_name(&path, 2), "kept\n").unwrap();
+        let mut writer = RotatingWriter::open(options).unwrap();
+        writer.failing_opens = 1;
+        let stats = EventStats::default();
+        let line = |n: usize| format!("{{\"line\":{n:03},\"pad\":\"{}\"}}\n", "p".repeat(40));
+        let lines = |from: usize, count: usize| {
+            (from..from + count)
+                .map(line)
+                .collect::<String>()
+                .into_bytes()
+        };
+        let count = |index: u32| {
+            std::fs::read_to_string(rotated_name(&path, index)).map(|text| text.lines().count())
+        };
+        // The second line's rotation moves the file to `.1` and fails to open a new one: the
+        // second and third lines still land, in the moved file.
+        writer.write_batch(lines(0, 3), &stats);
+        assert_eq!(stats.written.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.write_errors.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.rotations.load(Ordering::Relaxed), 0);
+        assert_eq!(count(1).unwrap(), 3);
+        assert_eq!(
+            std::fs::read_to_string(rotated_name(&path, 3)).unwrap(),
+            "kept\n"
+        );
+        assert!(!path.exists());
+        // Past the retry: the new file is opened, and nothing shifts again.
+        writer.retry_rotation_at = Some(std::time::Instant::now());
+        writer.write_batch(lines(3, 1), &stats);
+        assert_eq!(stats.written.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.rotations.load(Ordering::Relaxed), 1);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        assert_eq!(count(1).unwrap(), 3);
+        assert_eq!(
+            std::fs::read_to_string(rotated_name(&path, 3)).unwrap(),
+            "kept\n"
         );
     }
 
