@@ -112,11 +112,8 @@ impl Audit {
         origin: Option<&str>,
         timeout: Duration,
     ) -> anyhow::Result<Arc<Audit>> {
-        let origin = match origin {
-            Some(origin) => origin.to_string(),
-            None => format!("postern/{}", hostname()),
-        };
         let dir = data_dir.join(AUDIT_DIR);
+        let origin = log_origin(&dir, origin, hostname)?;
         let (ledger, report) = Ledger::open(&dir, LedgerOptions::new(origin))
             .await
             .with_context(|| format!("opening the audit log in {}", dir.display()))?;
@@ -310,6 +307,22 @@ impl Entry {
     }
 }
 
+/// The origin the log at `dir` is opened with: `configured` when set; else the one the log was
+/// created with (its signing key's name), so a restart under another host name (a rescheduled
+/// container) opens it; else, for a new log, `postern/<host name>`.
+fn log_origin(
+    dir: &Path,
+    configured: Option<&str>,
+    hostname: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    if let Some(origin) = configured {
+        return Ok(origin.to_string());
+    }
+    let stored = postern_ledger::stored_origin(dir)
+        .with_context(|| format!("reading the audit log's origin in {}", dir.display()))?;
+    Ok(stored.unwrap_or_else(|| format!("postern/{}", hostname())))
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -374,6 +387,29 @@ mod tests {
         }
         .encode()
         .unwrap()
+    }
+
+    /// Without `audit_origin`, a log keeps the origin it was created with: opened again under
+    /// another host name, it still opens (its key is named for the first).
+    #[tokio::test]
+    async fn the_default_origin_is_the_one_the_log_was_created_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit_dir = dir.path().join(AUDIT_DIR);
+        let first = super::log_origin(&audit_dir, None, || "pod-a".to_string()).unwrap();
+        assert_eq!(first, "postern/pod-a");
+        let (ledger, _) = Ledger::open(&audit_dir, LedgerOptions::new(first))
+            .await
+            .unwrap();
+        ledger.close().await;
+        let again = super::log_origin(&audit_dir, None, || "pod-b".to_string()).unwrap();
+        assert_eq!(again, "postern/pod-a");
+        let (ledger, _) = Ledger::open(&audit_dir, LedgerOptions::new(again))
+            .await
+            .unwrap();
+        ledger.close().await;
+        let configured =
+            super::log_origin(&audit_dir, Some("audit.example/log"), || unreachable!()).unwrap();
+        assert_eq!(configured, "audit.example/log");
     }
 
     /// Several intents queued before the pipe task runs (so `recv_many` takes them together):

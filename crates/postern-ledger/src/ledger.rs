@@ -145,6 +145,10 @@ struct Shared {
     injected_write_failures: AtomicU32,
     injected_failures_after_segment_write: AtomicU32,
     injected_undo_failures: AtomicU32,
+    injected_history_failures: AtomicU32,
+    /// The checkpoint history's length before an append that failed and could not be cut off
+    /// yet: the next checkpoint cuts it first, and appends nothing until it could.
+    history_undo: Mutex<Option<u64>>,
     /// The open `<dir>/lock`, holding the exclusive lock until `close` (or drop).
     lock: Mutex<Option<File>>,
 }
@@ -437,10 +441,36 @@ impl Ledger {
             .append(true)
             .open(&history_path)
             .map_err(io_error(&history_path))?;
-        (&history)
-            .write_all(&framed)
-            .and_then(|()| history.sync_data())
-            .map_err(io_error(&history_path))?;
+        // What a failed append left (a part of its frame, on a full disk) is cut off before
+        // anything more is appended: a complete note after it would turn it into damage that
+        // refuses the next open.
+        let mut undo = shared.history_undo.lock().expect("history undo lock");
+        if let Some(length) = *undo {
+            cut_to(&history, length).map_err(io_error(&history_path))?;
+            *undo = None;
+        }
+        let before = history.metadata().map_err(io_error(&history_path))?.len();
+        let appended = if take_injected(&shared.injected_history_failures) {
+            // A short write, then the error a full disk gives.
+            (&history)
+                .write_all(&framed[..framed.len() / 2])
+                .and_then(|()| {
+                    Err(std::io::Error::other(
+                        "injected failure to append a checkpoint (test)",
+                    ))
+                })
+        } else {
+            (&history)
+                .write_all(&framed)
+                .and_then(|()| history.sync_data())
+        };
+        if let Err(error) = appended {
+            if cut_to(&history, before).is_err() {
+                *undo = Some(before);
+            }
+            return Err(io_error(&history_path)(error));
+        }
+        drop(undo);
         write_file_atomically(&shared.dir, CHECKPOINT_FILE, note.as_bytes())?;
         *latest = Some(LatestCheckpoint {
             checkpoint: checkpoint.clone(),
@@ -627,6 +657,15 @@ impl Ledger {
     pub fn inject_undo_failures(&self, count: u32) {
         self.shared
             .injected_undo_failures
+            .store(count, Ordering::SeqCst);
+    }
+
+    /// Makes the next `count` checkpoint appends to the history fail part-way (half the frame
+    /// written, then an error), as on a full disk.
+    #[doc(hidden)]
+    pub fn inject_history_failures(&self, count: u32) {
+        self.shared
+            .injected_history_failures
             .store(count, Ordering::SeqCst);
     }
 
@@ -845,6 +884,8 @@ fn open_blocking(
         injected_write_failures: AtomicU32::new(0),
         injected_failures_after_segment_write: AtomicU32::new(0),
         injected_undo_failures: AtomicU32::new(0),
+        injected_history_failures: AtomicU32::new(0),
+        history_undo: Mutex::new(None),
         lock: Mutex::new(Some(lock)),
         signer,
         verifier,
@@ -1240,6 +1281,12 @@ fn trim_to(file: &File, len: u64) -> std::io::Result<()> {
         file.sync_all()?;
     }
     Ok(())
+}
+
+/// Cuts `file` back to `length`, durably.
+fn cut_to(file: &File, length: u64) -> std::io::Result<()> {
+    file.set_len(length)?;
+    file.sync_data()
 }
 
 /// Whether a failure injected by a test (`Ledger::inject_*`) is due now: takes one if any.

@@ -458,6 +458,29 @@ async fn a_failed_first_batch_of_a_new_segment_is_cut_off_at_the_latest_on_close
     }
 }
 
+/// A checkpoint whose append to the history fails part-way (a full disk) leaves nothing behind:
+/// the next checkpoint is appended whole after the previous one, the log opens again and
+/// verifies, and its latest checkpoint is the newer one.
+#[tokio::test]
+async fn a_checkpoint_append_that_fails_part_way_is_cut_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..3).await;
+    ledger.checkpoint().unwrap();
+    append_n(&ledger, 3..6).await;
+    ledger.inject_history_failures(1);
+    assert!(ledger.checkpoint().is_err());
+    append_n(&ledger, 6..9).await;
+    let newer = ledger.checkpoint().unwrap().expect("a new checkpoint");
+    assert_eq!(newer.size, 9);
+    ledger.close().await;
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.entries, 9);
+    assert_eq!(ledger.latest_checkpoint().unwrap().size, 9);
+    ledger.close().await;
+    verify_dir(tmp.path(), None, |_, _| {}).unwrap();
+}
+
 /// A padded segment (a crash after direct writes) of 300 records of ~1 KiB: more than one direct
 /// write of records (256 KiB at most), so damage can be near the end or far from it.
 async fn padded_segment_of_300(dir: &Path) -> (PathBuf, Vec<u8>) {
