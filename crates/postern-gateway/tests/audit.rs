@@ -319,14 +319,7 @@ async fn receipts_proofs_and_tiles_verify_against_signed_checkpoints() {
 /// receipt in its place, a `best_effort` one (no durable intent) none.
 #[tokio::test]
 async fn a_receipt_forged_by_the_vendor_is_replaced_or_removed() {
-    let vendor = TestVendor::plain(std::sync::Arc::new(|_: &SeenRequest| {
-        let mut answer = Answer::json(200, serde_json::json!({"ok": true}));
-        answer
-            .headers
-            .push(("postern-audit-index", "999999".to_string()));
-        answer
-    }))
-    .await;
+    let vendor = TestVendor::plain(TestVendor::forged_receipt_handler()).await;
     let gw = start(&vendor).await;
     let ledger = gw.running().shared().audit.ledger.clone();
     let (status, index, _) = call(&gw, "/acme/things/1").await;

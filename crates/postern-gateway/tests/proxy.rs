@@ -696,14 +696,7 @@ async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their
 ) {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     // The host forges a receipt: the caller must get Postern's own (its intent's index).
-    let plain = TestVendor::plain(std::sync::Arc::new(|_: &SeenRequest| {
-        let mut answer = Answer::json(200, serde_json::json!({"ok": true}));
-        answer
-            .headers
-            .push(("postern-audit-index", "999999".to_string()));
-        answer
-    }))
-    .await;
+    let plain = TestVendor::plain(TestVendor::forged_receipt_handler()).await;
     let gw = intercepting_gateway(
         &vendor,
         "",

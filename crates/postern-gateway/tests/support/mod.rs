@@ -242,6 +242,18 @@ impl TestVendor {
         Arc::new(|_request: &SeenRequest| Answer::json(200, serde_json::json!({"ok": true})))
     }
 
+    /// [`TestVendor::ok_handler`]'s answer with a forged `Postern-Audit-Index: 999999`, which
+    /// must never reach the caller.
+    pub fn forged_receipt_handler() -> Handler {
+        Arc::new(|_request: &SeenRequest| {
+            let mut answer = Answer::json(200, serde_json::json!({"ok": true}));
+            answer
+                .headers
+                .push(("postern-audit-index", "999999".to_string()));
+            answer
+        })
+    }
+
     async fn start(
         acceptor: Option<tokio_rustls::TlsAcceptor>,
         handler: Handler,
