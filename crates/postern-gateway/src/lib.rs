@@ -794,9 +794,16 @@ pub fn token_sha256_hex(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Writes a file readable by its owner only.
+/// Creates a file readable by its owner only, whole or not at all: written and synced under a
+/// temporary name, then linked to `path` (which fails if `path` exists, as creating it would)
+/// and the directory synced. A crash part-way leaves at most the temporary file, which the next
+/// try replaces, never an empty or partial key at `path`.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -805,9 +812,39 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         options.mode(0o600);
     }
     let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    linked.with_context(|| format!("creating {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// A private file is whole at its place or not there: what a crash left under the
+    /// temporary name is replaced, an existing file is never overwritten, and the mode is 0600.
+    #[test]
+    fn a_private_file_is_created_whole_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        std::fs::write(dir.path().join("admin-token.tmp"), "half").unwrap();
+        super::write_private_file(&path, b"pat_whole\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"pat_whole\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!dir.path().join("admin-token.tmp").exists());
+        assert!(super::write_private_file(&path, b"another\n").is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"pat_whole\n");
+    }
 }

@@ -169,15 +169,22 @@ pub(crate) fn load_or_create_signer(dir: &Path, origin: &str) -> Result<NoteSign
             rand::rngs::OsRng.fill_bytes(&mut seed);
             let signer = NoteSigner::from_seed(origin, seed)
                 .map_err(|e| key_error(format!("cannot create a key for this origin: {e}")))?;
+            // Written whole under a temporary name, then linked into place (failing if a key
+            // appeared meanwhile): a crash never leaves an empty or partial key behind.
+            let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+            let _ = std::fs::remove_file(&tmp);
             let mut file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&path)
-                .map_err(io_error(&path))?;
+                .open(&tmp)
+                .map_err(io_error(&tmp))?;
             file.write_all(format!("{}\n", signer.signer_key()).as_bytes())
                 .and_then(|()| file.sync_all())
-                .map_err(io_error(&path))?;
+                .map_err(io_error(&tmp))?;
+            let linked = std::fs::hard_link(&tmp, &path);
+            let _ = std::fs::remove_file(&tmp);
+            linked.map_err(io_error(&path))?;
             sync_dir(dir)?;
             Ok(signer)
         }

@@ -458,6 +458,21 @@ async fn a_failed_first_batch_of_a_new_segment_is_cut_off_at_the_latest_on_close
     }
 }
 
+/// A crash while the signing key was first written leaves only its temporary file, which the
+/// next start replaces: never an empty key that refuses to open.
+#[tokio::test]
+async fn a_key_left_half_written_by_a_crash_does_not_stop_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path()).unwrap();
+    std::fs::write(tmp.path().join("signing-key.tmp"), "").unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..2).await;
+    ledger.close().await;
+    assert!(!tmp.path().join("signing-key.tmp").exists());
+    let ledger = open(tmp.path()).await;
+    ledger.close().await;
+}
+
 /// A checkpoint whose append to the history fails part-way (a full disk) leaves nothing behind:
 /// the next checkpoint is appended whole after the previous one, the log opens again and
 /// verifies, and its latest checkpoint is the newer one.
