@@ -826,6 +826,9 @@ struct RotatingWriter {
     /// Opens of a new file a test makes fail (say, for want of file descriptors).
     #[cfg(test)]
     failing_opens: u32,
+    /// Writes a test makes fail half-way (as on a full disk).
+    #[cfg(test)]
+    failing_writes: u32,
 }
 
 /// How long after a failed rotation the next one is tried.
@@ -845,6 +848,8 @@ impl RotatingWriter {
             retry_rotation_at: None,
             #[cfg(test)]
             failing_opens: 0,
+            #[cfg(test)]
+            failing_writes: 0,
         })
     }
 
@@ -889,15 +894,30 @@ impl RotatingWriter {
         if chunk.is_empty() {
             return;
         }
-        match self.file.write_all(chunk) {
+        #[cfg(test)]
+        let written = if self.failing_writes > 0 {
+            self.failing_writes -= 1;
+            self.file
+                .write_all(&chunk[..chunk.len() / 2])
+                .and_then(|()| Err(std::io::Error::other("a write made to fail by a test")))
+        } else {
+            self.file.write_all(chunk)
+        };
+        #[cfg(not(test))]
+        let written = self.file.write_all(chunk);
+        match written {
             Ok(()) => {
                 self.size += chunk.len() as u64;
                 stats.written.fetch_add(lines, Ordering::Relaxed);
             }
             Err(error) => {
-                // Part of the chunk may have landed; the size is re-read so rotation stays right.
-                if let Ok(metadata) = self.file.metadata() {
-                    self.size = metadata.len();
+                // Part of the chunk may have landed (a full disk): it is cut off, so the next
+                // line does not start in the middle of a broken one. Failing that, the size is
+                // re-read so rotation stays right.
+                if self.file.set_len(self.size).is_err() {
+                    if let Ok(metadata) = self.file.metadata() {
+                        self.size = metadata.len();
+                    }
                 }
                 stats.write_errors.fetch_add(lines, Ordering::Relaxed);
                 tracing::error!(%error, events = lines, "could not append to the event file");
@@ -1650,6 +1670,27 @@ mod tests {
             std::fs::read_to_string(rotated_name(&path, 3)).unwrap(),
             "kept\n"
         );
+    }
+
+    /// A write that fails part-way (a full disk) leaves no half line: what landed is cut off,
+    /// and the next batch starts on a line of its own.
+    #[test]
+    fn a_failed_write_leaves_no_half_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = options(dir.path(), u64::MAX);
+        let path = options.path.clone();
+        let mut writer = RotatingWriter::open(options).unwrap();
+        let stats = EventStats::default();
+        writer.write_batch(b"{\"n\":1}\n".to_vec(), &stats);
+        writer.failing_writes = 1;
+        writer.write_batch(b"{\"n\":2}\n{\"n\":3}\n".to_vec(), &stats);
+        assert_eq!(stats.write_errors.load(Ordering::Relaxed), 2);
+        writer.write_batch(b"{\"n\":4}\n".to_vec(), &stats);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"n\":1}\n{\"n\":4}\n"
+        );
+        assert_eq!(stats.written.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
