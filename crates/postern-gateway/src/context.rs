@@ -48,7 +48,12 @@ pub struct ConnectionInfo {
 }
 
 impl ConnectionInfo {
+    /// An IPv4 client of a dual-stack (`[::]`) listener arrives as `::ffff:a.b.c.d`: it is
+    /// taken as the IPv4 address it is, for events, audit entries and Cedar's `source_ip`
+    /// (whose `ip()` parser refuses the mapped form, so every decision of a custom policy would
+    /// fail).
     pub fn new(peer: SocketAddr, spiffe_id: Option<String>, tls: bool) -> Self {
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         ConnectionInfo {
             peer,
             peer_ip: peer.ip().to_string().into(),
@@ -376,5 +381,23 @@ impl std::fmt::Display for RequestId {
 impl std::fmt::Debug for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectionInfo;
+
+    #[test]
+    fn an_ipv4_client_of_a_dual_stack_listener_is_its_ipv4_address() {
+        let mapped: std::net::SocketAddr = "[::ffff:10.0.0.7]:4000".parse().unwrap();
+        let info = ConnectionInfo::new(mapped, None, false);
+        assert_eq!(&*info.peer_ip, "10.0.0.7");
+        assert_eq!(info.peer, "10.0.0.7:4000".parse().unwrap());
+        let v6: std::net::SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        assert_eq!(
+            &*ConnectionInfo::new(v6, None, false).peer_ip,
+            "2001:db8::1"
+        );
     }
 }

@@ -670,7 +670,10 @@ fn identify_caller(
         if let Some(caller) = runtime.caller_by_spiffe(spiffe_id) {
             context.caller = Some(caller);
             context.auth = Some(AuthMethod::Mtls);
-            return Ok(caller_token_from_headers(headers));
+            // A caller token sent as well is kept from the vendor; anything else in those
+            // headers (an SDK's placeholder key) is not a caller token to search for.
+            return Ok(caller_token_from_headers(headers)
+                .filter(|token| runtime.caller_by_token(token).is_some()));
         }
     }
     let Some(token) = caller_token_from_headers(headers) else {
@@ -690,11 +693,17 @@ fn identify_caller(
     }
 }
 
+/// The caller token a request carries, if any: `Postern-Caller-Token`, else `Authorization`.
+/// An empty one is none (it would match every text searched for it).
 fn caller_token_from_headers(headers: &HeaderMap) -> Option<Vec<u8>> {
-    if let Some(value) = headers.get(crate::CALLER_TOKEN) {
-        return Some(value.as_bytes().trim_ascii().to_vec());
-    }
-    token_from_authorization(headers.get(header::AUTHORIZATION)?.as_bytes())
+    let named = headers
+        .get(crate::CALLER_TOKEN)
+        .map(|value| value.as_bytes().trim_ascii().to_vec())
+        .filter(|token| !token.is_empty());
+    named.or_else(|| {
+        token_from_authorization(headers.get(header::AUTHORIZATION)?.as_bytes())
+            .filter(|token| !token.is_empty())
+    })
 }
 
 /// The caller token in an `Authorization` or `Proxy-Authorization` value: `Bearer <token>`, or

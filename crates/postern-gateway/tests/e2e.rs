@@ -1306,6 +1306,21 @@ operations = ["get_charge"]
         .await
         .unwrap();
     assert_eq!(refused.status(), 403, "billing is granted get_charge only");
+    // A placeholder key an SDK insists on sending, or an empty caller-token header, is not a
+    // caller token: nothing carrying its text is refused or stripped for it.
+    let response = mtls
+        .get(format!("{base}/stripe/v1/charges/ch_x?expand=x"))
+        .header("authorization", "Bearer x")
+        .header("postern-caller-token", "")
+        .header("x-kind", "application/x-www-form-urlencoded")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        vendor.last().header("x-kind").as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
 
     // The same identity over HTTP/1.1 (ALPN http/1.1: Postern's own HTTP/1.1 server; the
     // calls above negotiated h2, which hyper serves).
@@ -1338,15 +1353,15 @@ operations = ["get_charge"]
         .unwrap();
     assert_eq!(response.status(), 401);
 
-    let events = gw.wait_events(6).await;
+    let events = gw.wait_events(7).await;
     assert_eq!(events[1]["caller"], "billing");
     assert_eq!(events[1]["auth"], "mtls");
-    for event in &events[3..5] {
+    for event in &events[4..6] {
         assert_eq!(event["caller"], "billing");
         assert_eq!(event["auth"], "mtls");
         assert_eq!(event["protocol"], "HTTP/1.1");
     }
-    assert_eq!(vendor.seen().len(), 4);
+    assert_eq!(vendor.seen().len(), 5);
     gw.stop().await;
 }
 
