@@ -51,6 +51,7 @@ mod raw;
 mod validate;
 
 pub use diagnostic::{ConfigErrors, Diagnostic};
+pub use validate::is_identifier;
 
 /// Default for [`GatewayConfig::events_max_file_bytes`]: 64 MiB.
 pub const DEFAULT_EVENTS_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;

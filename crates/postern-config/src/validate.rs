@@ -1400,7 +1400,7 @@ fn is_integration_name(name: &str) -> bool {
 }
 
 /// `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`: caller names and operation ids.
-fn is_identifier(name: &str) -> bool {
+pub fn is_identifier(name: &str) -> bool {
     let mut characters = name.chars();
     matches!(characters.next(), Some(c) if c.is_ascii_alphanumeric())
         && name.len() <= 64

@@ -145,6 +145,11 @@ fn ensure_ca_files(data_dir: &Path) -> anyhow::Result<(String, String)> {
         ),
         (false, false) => {}
     }
+    // A data_dir made here (`postern ca export` before any `serve`) is private, as `serve`
+    // makes it.
+    if let Some(data_dir) = dir.parent().filter(|parent| !parent.exists()) {
+        crate::create_private_dir(data_dir)?;
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     #[cfg(unix)]
     {

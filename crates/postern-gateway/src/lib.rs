@@ -737,7 +737,7 @@ fn spawn_vault_poller(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
         .expect("spawning the vault poller thread")
 }
 
-fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(path)
         .with_context(|| format!("creating data_dir {}", path.display()))?;
     #[cfg(unix)]

@@ -142,12 +142,16 @@ fn read_value(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, ExitCode> 
     let mut value = Zeroizing::new(Vec::new());
     let result = match from_file {
         Some(path) => std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut value)),
-        None => {
-            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                eprintln!("Enter the value, then Ctrl-D:");
-            }
-            std::io::stdin().read_to_end(&mut value)
+        // At a terminal, one line, not shown as it is typed (as a password prompt); piped,
+        // everything on stdin (a PEM file, say).
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            rpassword::prompt_password("Enter the value (not shown), then Enter: ").map(|line| {
+                let line = Zeroizing::new(line);
+                value.extend_from_slice(line.as_bytes());
+                value.len()
+            })
         }
+        None => std::io::stdin().read_to_end(&mut value),
     };
     if let Err(error) = result {
         eprintln!("error: reading the value: {error}");
@@ -158,7 +162,7 @@ fn read_value(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, ExitCode> 
     }
     if value.is_empty() {
         eprintln!("error: the value is empty; pipe it on stdin or use --from-file");
-        return Err(ExitCode::Usage);
+        return Err(ExitCode::Failure);
     }
     Ok(value)
 }
@@ -347,7 +351,7 @@ fn callers_change(name: &str, location: &VaultLocation, json: bool, issue_new: b
             "error: no caller {name:?} in the config (known: {})",
             known.join(", ")
         );
-        return ExitCode::Usage;
+        return ExitCode::Failure;
     };
     let mut config_hashes = Vec::new();
     if let Some(hash) = &caller.token_sha256 {

@@ -191,8 +191,13 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
     println!("  curl -s -X DELETE {base}/acme/v1/charges/ch_1 -H \"Authorization: Bearer $TOKEN\"   # 403 not_granted");
     println!("  curl -s {base}/acme/v1/charges/ch_1                                      # 401 no caller");
     println!("As an HTTPS proxy (apps keep the vendor's own URL; trust Postern's CA):");
+    // Started by `cargo run` (which sets CARGO), the same way; else the installed binary.
+    let postern = match std::env::var_os("CARGO") {
+        Some(_) => "cargo run --release --",
+        None => "postern",
+    };
     println!(
-        "  cargo run --release -- ca export --data-dir {} > postern-ca.pem",
+        "  {postern} ca export --data-dir {} > postern-ca.pem",
         gateway.data_dir.display()
     );
     println!("  curl -s --proxy {base} --proxy-user checkout:$TOKEN --cacert postern-ca.pem -X POST https://api.acme.test/v1/charges -d amount=500");

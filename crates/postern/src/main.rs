@@ -233,22 +233,34 @@ fn run_async<F: std::future::Future<Output = ExitCode>>(future: F) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal (https://no-color.org): a file or a collector
+    // gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => {
+            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            builder.json().init()
+        }
     }
 }
 
+/// Set when logs are JSON lines: stderr then carries nothing else (`serve`'s banner goes).
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether stderr carries JSON log lines only (`--log-format json`).
+pub fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn callers_token(name: &str, json: bool) -> ExitCode {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-    {
-        eprintln!("error: caller name {name:?} must be letters, digits, '-', '_' or '.'");
+    if !postern_config::is_identifier(name) {
+        eprintln!("error: caller name {name:?} is not one the config accepts: use 1 to 64 letters, digits, '_', '-' or '.', starting with a letter or digit");
         return ExitCode::Usage;
     }
     let token = postern_gateway::new_token("pst_");

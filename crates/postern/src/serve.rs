@@ -38,12 +38,15 @@ pub async fn serve(path: PathBuf) -> ExitCode {
             }
         },
     };
-    eprintln!(
-        "postern: gateway on http://{}  admin on http://{}  data in {}",
-        gateway.listen_addr,
-        gateway.admin_addr,
-        gateway.data_dir.display()
-    );
+    // For a person reading text logs; JSON logs carry the same in their "postern is serving".
+    if !crate::json_logs() {
+        eprintln!(
+            "postern: gateway on http://{}  admin on http://{}  data in {}",
+            gateway.listen_addr,
+            gateway.admin_addr,
+            gateway.data_dir.display()
+        );
+    }
     run_until_stopped(&gateway, &path, triggers).await;
     tracing::info!("shutting down: waiting for in-flight calls");
     gateway.shutdown().await;

@@ -476,6 +476,67 @@ fn serve_reloads_on_file_change_and_sighup_keeps_old_config_on_error_and_stops_o
     assert!(!events.contains(TOKEN));
     let log = log.lock().unwrap().clone();
     assert!(!log.contains(TOKEN), "{log}");
+    // stderr is not a terminal here: no colour codes in what a file or collector receives.
+    assert!(!log.contains('\x1b'), "{log}");
+}
+
+/// With `--log-format json`, everything `serve` writes on stderr is a JSON line (no banner).
+#[test]
+fn json_logs_are_json_lines_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("postern.toml");
+    let (listen, admin) = (free_port(), free_port());
+    std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
+    let child = postern()
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    eventually("the gateway answers", || status(listen, "/acme/a").is_some());
+    let pid = server.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "postern did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut server.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("postern is serving"), "{stderr}");
+    for line in stderr.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
+}
+
+/// Names the config would refuse are refused by `callers token` too (exit 2, nothing printed),
+/// rather than printing a stanza the config then refuses.
+#[test]
+fn callers_token_refuses_names_the_config_would() {
+    for name in ["_x", "-x", &"a".repeat(65)] {
+        let (code, stdout, stderr) = run(&["callers", "token", "--", name]);
+        assert_eq!(code, 2, "{name}: {stdout}{stderr}");
+        assert!(stdout.is_empty());
+        assert!(stderr.contains("1 to 64"), "{stderr}");
+    }
+}
+
+/// `ca export` on a data_dir that does not exist yet makes it private, as `serve` does.
+#[test]
+fn ca_export_makes_a_private_data_dir() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("new-data");
+    let (code, stdout, stderr) = run(&["ca", "export", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("BEGIN CERTIFICATE"));
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
 }
 
 #[test]
