@@ -407,11 +407,18 @@ fn verify(
         None => log_dir(&load_config(config)?.gateway.data_dir),
     };
     if !dir.join("log").is_dir() {
-        return Err(Failure::new(format!(
+        let message = format!(
             "no audit log in {} (expected {}/log); pass the gateway's data_dir with --data-dir",
             dir.display(),
             dir.display()
-        )));
+        );
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"ok": false, "dir": dir.display().to_string(), "corrupt": false, "error": message})
+            );
+        }
+        return Err(Failure::new(message));
     }
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);

@@ -25,6 +25,7 @@ pub struct VaultLocation {
 pub enum CredsCommand {
     /// Store a new credential. The value is read from stdin (or --from-file), never from argv.
     Set {
+        /// The credential's name in the vault (what an integration's credential `secret` names).
         name: String,
         /// Read the value from this file instead of stdin.
         #[arg(long)]
@@ -37,6 +38,7 @@ pub enum CredsCommand {
     },
     /// List credentials: metadata only (kind, state, created, last rotated, last used, age).
     List {
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -44,7 +46,9 @@ pub enum CredsCommand {
     },
     /// Replace a credential's value; the previous one is kept for --rollback-window-seconds.
     Rotate {
+        /// The credential's name in the vault (what an integration's credential `secret` names).
         name: String,
+        /// Read the value from this file instead of stdin.
         #[arg(long)]
         from_file: Option<PathBuf>,
         /// How long `creds rollback` can restore the previous value (0 to 31536000, a year).
@@ -56,19 +60,23 @@ pub enum CredsCommand {
     },
     /// Restore the previous value (inside its rollback window).
     Rollback {
+        /// The credential's name in the vault (what an integration's credential `secret` names).
         name: String,
         #[command(flatten)]
         location: VaultLocation,
     },
     /// Revoke a credential: injection stops at once; calls answer 503 credential_revoked.
     Revoke {
+        /// The credential's name in the vault (what an integration's credential `secret` names).
         name: String,
         #[command(flatten)]
         location: VaultLocation,
     },
     /// Show a credential's history (set, rotate, rollback, revoke).
     History {
+        /// The credential's name in the vault (what an integration's credential `secret` names).
         name: String,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -82,7 +90,18 @@ struct Opened {
     config: Option<postern_config::Config>,
 }
 
+/// Opens the vault for a command that only reads or changes what is in it: where there is
+/// none, says so (exit 1) instead of making an empty one (a mistyped `--data-dir` would look
+/// like every credential gone).
+fn open_existing(location: &VaultLocation) -> Result<Opened, ExitCode> {
+    open_with(location, true)
+}
+
 fn open(location: &VaultLocation) -> Result<Opened, ExitCode> {
+    open_with(location, false)
+}
+
+fn open_with(location: &VaultLocation, must_exist: bool) -> Result<Opened, ExitCode> {
     let config = match postern_config::load(&location.config) {
         Ok(config) => Some(config),
         Err(errors) if location.data_dir.is_none() => {
@@ -97,6 +116,13 @@ fn open(location: &VaultLocation) -> Result<Opened, ExitCode> {
         (None, Some(config)) => config.gateway.data_dir.clone(),
         (None, None) => unreachable!("handled above"),
     };
+    if must_exist && !data_dir.join(postern_vault::VAULT_FILE).exists() {
+        eprintln!(
+            "error: there is no vault in {} (`postern creds set` or `postern serve` makes it); check --data-dir or the config's data_dir",
+            data_dir.display()
+        );
+        return Err(ExitCode::Failure);
+    }
     match Vault::open(&data_dir) {
         Ok(vault) => Ok(Opened {
             max_age_days: config
@@ -218,19 +244,19 @@ fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
             );
         }
         CredsCommand::Rollback { name, location } => {
-            let opened = open(&location)?;
+            let opened = open_existing(&location)?;
             let version = opened.vault.rollback(&name, now).map_err(fail)?;
             println!("credential {name} rolled back to version {version}");
         }
         CredsCommand::Revoke { name, location } => {
-            let opened = open(&location)?;
+            let opened = open_existing(&location)?;
             opened.vault.revoke(&name, now).map_err(fail)?;
             println!(
                 "credential {name} revoked; calls that need it now answer 503 credential_revoked"
             );
         }
         CredsCommand::List { json, location } => {
-            let opened = open(&location)?;
+            let opened = open_existing(&location)?;
             let list = opened.vault.list().map_err(fail)?;
             let used_by = |name: &str| -> Vec<String> {
                 opened
@@ -306,7 +332,7 @@ fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
             json,
             location,
         } => {
-            let opened = open(&location)?;
+            let opened = open_existing(&location)?;
             let history = opened.vault.history(&name).map_err(fail)?;
             if json {
                 println!("{}", serde_json::json!({"name": name, "history": history}));

@@ -145,7 +145,9 @@ enum CallersCommand {
     },
     /// Revoke every token of a caller and issue a new one (forced re-authentication).
     Rotate {
+        /// The caller's name, as in [[callers]] name.
         name: String,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -153,6 +155,7 @@ enum CallersCommand {
     },
     /// Move the config's caller token hashes into the vault (then use `token_store = true`).
     Import {
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -160,7 +163,9 @@ enum CallersCommand {
     },
     /// Revoke every token of a caller: its calls are refused (401) at once.
     Revoke {
+        /// The caller's name, as in [[callers]] name.
         name: String,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]

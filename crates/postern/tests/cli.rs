@@ -495,7 +495,9 @@ fn json_logs_are_json_lines_only() {
         .spawn()
         .unwrap();
     let mut server = Server(child);
-    eventually("the gateway answers", || status(listen, "/acme/a").is_some());
+    eventually("the gateway answers", || {
+        status(listen, "/acme/a").is_some()
+    });
     let pid = server.0.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -524,6 +526,29 @@ fn callers_token_refuses_names_the_config_would() {
         assert!(stdout.is_empty());
         assert!(stderr.contains("1 to 64"), "{stderr}");
     }
+}
+
+/// Commands that only read or change what is stored say so where nothing is (exit 1), and
+/// make nothing: a mistyped --data-dir must not look like every credential gone.
+#[test]
+fn read_only_commands_make_nothing_where_nothing_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo");
+    let data = missing.to_str().unwrap();
+    for args in [
+        vec!["creds", "list", "--data-dir", data],
+        vec!["creds", "history", "x", "--data-dir", data],
+        vec!["creds", "revoke", "x", "--data-dir", data],
+    ] {
+        let (code, _, stderr) = run(&args);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(stderr.contains("no vault"), "{stderr}");
+    }
+    assert!(!missing.exists(), "nothing is made");
+    let (code, stdout, _) = run(&["audit", "verify", "--data-dir", data, "--json"]);
+    assert_eq!(code, 1);
+    let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(answer["ok"], false);
 }
 
 /// `ca export` on a data_dir that does not exist yet makes it private, as `serve` does.
