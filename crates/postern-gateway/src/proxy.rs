@@ -607,6 +607,12 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
                 };
                 match high << 4 | low {
                     b'.' => return Some("it contains an encoded '.' (%2e)"),
+                    // No encoder makes these (RFC 3986 §2.3), and a vendor that decodes them
+                    // before routing would read `%73earch` as the literal `search` that a
+                    // placeholder matched here.
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => {
+                        return Some("it contains an encoded letter, digit, '-' or '_'")
+                    }
                     b'/' => return Some("it contains an encoded '/' (%2f)"),
                     b'\\' => return Some("it contains an encoded '\\' (%5c)"),
                     0..=0x1f | 0x7f => return Some("it contains an encoded control character"),
@@ -1536,7 +1542,19 @@ mod tests {
             ("/", None),
             ("/stripe/v1/charges/", None),
             ("/a/.b/c..", None),
-            ("/a/%41%7e", None),
+            ("/a/%7e%20%C3%A9", None),
+            (
+                "/a/%41",
+                Some("it contains an encoded letter, digit, '-' or '_'"),
+            ),
+            (
+                "/v1/charges/%73earch",
+                Some("it contains an encoded letter, digit, '-' or '_'"),
+            ),
+            (
+                "/a/%5f%2D%30",
+                Some("it contains an encoded letter, digit, '-' or '_'"),
+            ),
             ("stripe/v1", Some("it does not start with '/'")),
             ("", Some("it does not start with '/'")),
             ("/a/b\x01", Some("it contains a control character")),

@@ -26,31 +26,33 @@ pub type CallerLimiter = DefaultKeyedRateLimiter<Arc<str>>;
 /// (requests_per_second, burst) an integration's limiter was built with.
 type QuotaKey = (u32, u32);
 
-/// Rate-limit state survives reloads when an integration's quota is unchanged.
+/// Rate-limit state survives reloads when an integration's quota is unchanged. Kept by
+/// integration and quota, so a build that fails after making a limiter for a new quota does
+/// not take the place of the one the running config uses; [`LimiterCache::retain`] drops what
+/// a committed config no longer uses.
 #[derive(Default)]
 pub struct LimiterCache {
-    limiters: Mutex<HashMap<String, (QuotaKey, Arc<CallerLimiter>)>>,
+    limiters: Mutex<HashMap<(String, QuotaKey), Arc<CallerLimiter>>>,
 }
 
 impl LimiterCache {
-    /// Forgets the integrations a reload removed.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+    /// Keeps only the limiters `in_use` says the committed config uses (by integration name
+    /// and quota).
+    pub fn retain(&self, in_use: impl Fn(&str, QuotaKey) -> bool) {
         let mut limiters = self.limiters.lock().expect("limiter cache lock");
-        limiters.retain(|name, _| keep(name));
+        limiters.retain(|(name, quota), _| in_use(name, *quota));
     }
 
     fn get(&self, integration: &str, rps: u32, burst: u32) -> Arc<CallerLimiter> {
         let mut limiters = self.limiters.lock().expect("limiter cache lock");
-        if let Some((quota, limiter)) = limiters.get(integration) {
-            if *quota == (rps, burst) {
-                return limiter.clone();
-            }
-        }
-        let quota = Quota::per_second(NonZeroU32::new(rps.max(1)).expect("nonzero"))
-            .allow_burst(NonZeroU32::new(burst.max(1)).expect("nonzero"));
-        let limiter = Arc::new(RateLimiter::keyed(quota));
-        limiters.insert(integration.to_string(), ((rps, burst), limiter.clone()));
-        limiter
+        limiters
+            .entry((integration.to_string(), (rps, burst)))
+            .or_insert_with(|| {
+                let quota = Quota::per_second(NonZeroU32::new(rps.max(1)).expect("nonzero"))
+                    .allow_burst(NonZeroU32::new(burst.max(1)).expect("nonzero"));
+                Arc::new(RateLimiter::keyed(quota))
+            })
+            .clone()
     }
 }
 
@@ -841,5 +843,31 @@ fn load_injector(
                 encoded_value,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod limiter_tests {
+    use super::LimiterCache;
+    use std::sync::Arc;
+
+    /// A build that fails after making a limiter for a new quota does not take the place of
+    /// the one the running config uses: going back to that quota finds its state; `retain`
+    /// drops what the committed config does not use.
+    #[test]
+    fn a_limiter_survives_a_build_that_did_not_commit() {
+        let cache = LimiterCache::default();
+        let running = cache.get("stripe", 1, 1);
+        let caller: Arc<str> = Arc::from("checkout");
+        assert!(running.check_key(&caller).is_ok());
+        let failed_build = cache.get("stripe", 5, 5);
+        let again = cache.get("stripe", 1, 1);
+        assert!(Arc::ptr_eq(&running, &again));
+        assert!(
+            again.check_key(&caller).is_err(),
+            "its burst is still spent"
+        );
+        cache.retain(|name, quota| name == "stripe" && quota == (1, 1));
+        assert!(!Arc::ptr_eq(&cache.get("stripe", 5, 5), &failed_build));
     }
 }

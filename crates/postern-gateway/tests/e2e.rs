@@ -1622,6 +1622,8 @@ async fn bad_input_gets_4xx_and_never_reaches_the_vendor() {
         (format!("GET /stripe/v1//charges HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
         // `..;` climbs on servers that drop path parameters (Tomcat, Jetty): `{id}` would take it.
         (format!("GET /stripe/v1/charges/..;/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
+        // An encoded letter: a vendor decoding it first would route a literal the placeholder took.
+        (format!("GET /stripe/v1/charges/%63h_1 HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
         (format!("GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}x-evil: a\rb\r\nconnection: close\r\n\r\n"), "400"),
         (format!("GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}x-evil: a\nb\r\nconnection: close\r\n\r\n"), "400"),
         (format!("POST /stripe/v1/charges HTTP/1.1\r\nhost: x\r\n{auth}content-length: 4\r\ncontent-length: 5\r\nconnection: close\r\n\r\nabcd"), "400"),
