@@ -105,14 +105,59 @@ pub fn listener_config(
     Ok(Some(config))
 }
 
-/// The `spiffe://` URI SAN of a verified client certificate, if any.
+/// The `spiffe://` URI SAN of a verified client certificate, if it has exactly one: an X.509
+/// SVID carries one SPIFFE ID (SPIFFE X509-SVID §2), so a certificate naming two identifies no
+/// caller (a token may still).
 pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let san = parsed.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
-            Some(uri.to_string())
-        }
+    let mut ids = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
+                Some(uri.to_string())
+            }
+            _ => None,
+        });
+    match (ids.next(), ids.next()) {
+        (Some(id), None) => Some(id),
         _ => None,
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::pki_types::CertificateDer;
+
+    fn certificate(sans: Vec<rcgen::SanType>) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    fn uri(text: &str) -> rcgen::SanType {
+        rcgen::SanType::URI(text.try_into().unwrap())
+    }
+
+    #[test]
+    fn a_caller_certificate_names_one_spiffe_id_or_none() {
+        let one = certificate(vec![
+            rcgen::SanType::DnsName("billing.internal".try_into().unwrap()),
+            uri("spiffe://example.org/billing"),
+            uri("https://example.org/not-spiffe"),
+        ]);
+        assert_eq!(
+            super::spiffe_id(&one).as_deref(),
+            Some("spiffe://example.org/billing")
+        );
+        let two = certificate(vec![
+            uri("spiffe://example.org/billing"),
+            uri("spiffe://example.org/admin"),
+        ]);
+        assert_eq!(super::spiffe_id(&two), None);
+        assert_eq!(super::spiffe_id(&certificate(vec![])), None);
+    }
 }

@@ -289,8 +289,11 @@ fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
                     serde_json::json!({"credentials": items, "max_age_days": opened.max_age_days})
                 );
             } else {
+                // The name and kind columns as wide as their longest value.
+                let name_width = list.iter().map(|m| m.name.len()).max().unwrap_or(0).max(24);
+                let kind_width = list.iter().map(|m| m.kind.len()).max().unwrap_or(0).max(10);
                 println!(
-                    "{:<24} {:<10} {:<8} {:>3} {:<19} {:<19} {:<19} {:>5}  USED BY",
+                    "{:<name_width$} {:<kind_width$} {:<8} {:>3} {:<19} {:<19} {:<19} {:>5}  USED BY",
                     "NAME", "KIND", "STATE", "V", "CREATED", "LAST ROTATED", "LAST USED", "AGE"
                 );
                 for m in &list {
@@ -302,7 +305,7 @@ fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
                         format!("{age}d")
                     };
                     println!(
-                        "{:<24} {:<10} {:<8} {:>3} {:<19} {:<19} {:<19} {:>5}  {}",
+                        "{:<name_width$} {:<kind_width$} {:<8} {:>3} {:<19} {:<19} {:<19} {:>5}  {}",
                         m.name,
                         m.kind,
                         match m.state {
@@ -441,7 +444,15 @@ pub fn callers_import(location: &VaultLocation, json: bool) -> ExitCode {
             .vault
             .import_caller_token_hash(&caller.name, &bytes, now)
         {
-            Ok(added) => imported.push((caller.name.clone(), added)),
+            Ok(added) => {
+                // Already there may mean revoked there (`callers revoke`): that token no longer
+                // works, and moving to token_store would leave the caller with none.
+                let revoked = !added
+                    && opened.vault.caller_tokens().is_ok_and(|tokens| {
+                        tokens.iter().any(|t| t.token_sha256 == bytes && t.revoked)
+                    });
+                imported.push((caller.name.clone(), added, revoked));
+            }
             Err(error) => {
                 eprintln!("error: {error}");
                 return ExitCode::Failure;
@@ -451,23 +462,27 @@ pub fn callers_import(location: &VaultLocation, json: bool) -> ExitCode {
     if json {
         let items: Vec<_> = imported
             .iter()
-            .map(|(name, added)| serde_json::json!({"caller": name, "imported": added}))
+            .map(|(name, added, revoked)| {
+                serde_json::json!({"caller": name, "imported": added, "revoked": revoked})
+            })
             .collect();
         println!("{}", serde_json::json!({"callers": items}));
     } else {
-        for (name, added) in &imported {
+        for (name, added, revoked) in &imported {
+            let state = match (added, revoked) {
+                (true, _) => "token hash moved into the vault".to_string(),
+                (false, false) => "already in the vault".to_string(),
+                (false, true) => format!(
+                    "its token was revoked in the vault; issue a new one with `postern callers rotate {name}` before using token_store"
+                ),
+            };
+            println!("caller {name}: {state}");
+        }
+        if imported.iter().any(|(_, _, revoked)| !revoked) {
             println!(
-                "caller {name}: {}",
-                if *added {
-                    "token hash moved into the vault"
-                } else {
-                    "already in the vault"
-                }
+                "You can now replace `token_sha256 = ...` with `token_store = true` in the config (not for a caller whose token was revoked)."
             );
         }
-        println!(
-            "You can now replace `token_sha256 = ...` with `token_store = true` in the config."
-        );
     }
     ExitCode::Ok
 }

@@ -528,6 +528,26 @@ fn callers_token_refuses_names_the_config_would() {
     }
 }
 
+/// `callers import` of a token already revoked in the vault says so, and does not advise
+/// `token_store = true` (which would leave the caller with no working token).
+#[test]
+fn importing_a_revoked_token_says_it_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("postern.toml");
+    let (listen, admin) = (free_port(), free_port());
+    std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
+    let config = config.to_str().unwrap();
+    let (code, _, stderr) = run(&["callers", "import", "--config", config]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = run(&["callers", "revoke", "checkout", "--config", config]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = run(&["callers", "import", "--config", config]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("revoked"), "{stdout}");
+    assert!(stdout.contains("callers rotate checkout"), "{stdout}");
+    assert!(!stdout.contains("You can now replace"), "{stdout}");
+}
+
 /// Commands that only read or change what is stored say so where nothing is (exit 1), and
 /// make nothing: a mistyped --data-dir must not look like every credential gone.
 #[test]
@@ -582,6 +602,7 @@ fn caller_token_hashes_move_into_the_vault() {
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["callers"][0]["caller"], "checkout");
     assert_eq!(json["callers"][0]["imported"], true);
+    assert_eq!(json["callers"][0]["revoked"], false);
     // The config no longer holds the hash: the caller's tokens live in the vault.
     let hash_line = format!("token_sha256 = \"{}\"", sha256_hex(TOKEN));
     std::fs::write(&config, text.replace(&hash_line, "token_store = true")).unwrap();
