@@ -40,6 +40,13 @@ pub(crate) fn check_path_template(template: &str) -> Result<String, TemplateErro
                     "remove the query string or fragment; operations match the path only",
                 );
             }
+            ';' => {
+                return reject(
+                    format!("path `{template}` contains ';'"),
+                    "leave path parameters out: a request is matched on each segment up to its \
+                     first ';', as servers that read them route it",
+                );
+            }
             '}' => {
                 return reject(
                     format!("path `{template}` has a '}}' without a matching '{{'"),
@@ -155,6 +162,7 @@ mod tests {
             "error path `/v1/{a}/{a}` uses placeholder `{a}` twice",
         );
         check("/v1?x=1", "error path `/v1?x=1` contains '?'");
+        check("/v1/items;v=1", "error path `/v1/items;v=1` contains ';'");
         check("/v1#top", "error path `/v1#top` contains '#'");
         check(
             "/v1/a b",

@@ -784,9 +784,19 @@ fn authorize(
     vendor_path: &str,
     declared_length: Option<u64>,
 ) -> Result<(), CallError> {
+    // Servers that read path parameters (Tomcat, Jetty, Spring) route `search;x` as `search`:
+    // the operation is the one the path names without them, as such a vendor routes it (the
+    // path is forwarded as sent).
+    let without_parameters;
+    let routed_path = if memchr::memchr(b';', vendor_path.as_bytes()).is_some() {
+        without_parameters = strip_path_parameters(vendor_path);
+        &without_parameters
+    } else {
+        vendor_path
+    };
     let Some(operation) = integration
         .operations
-        .find(request.method().as_str(), vendor_path)
+        .find(request.method().as_str(), routed_path)
     else {
         return Err(CallError::forbidden(
             "operation_not_allowed",
@@ -1061,6 +1071,14 @@ pub(crate) fn audit_receipt(headers: &mut HeaderMap, intent_index: Option<u64>) 
             headers.remove(crate::AUDIT_INDEX);
         }
     }
+}
+
+/// `path` with each segment cut at its first `;` (its path parameters, RFC 3986 §3.3).
+fn strip_path_parameters(path: &str) -> String {
+    path.split('/')
+        .map(|segment| segment.split(';').next().unwrap_or(segment))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Whether a query pair's name, decoded as a form decodes it (`%XX`, `+` for a space), is
@@ -1487,6 +1505,7 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 mod tests {
     use super::{
         check_header_bytes, check_request, contains, leaves_origin, path_problem, query_name_is,
+        strip_path_parameters,
     };
     use crate::body::CallerBody;
     use http::{header, Request};
@@ -1508,6 +1527,17 @@ mod tests {
         ];
         for (location, leaves) in cases {
             assert_eq!(leaves_origin(&upstream, location), leaves, "{location}");
+        }
+    }
+
+    #[test]
+    fn path_parameters_are_left_out_of_the_routed_path() {
+        for (path, routed) in [
+            ("/v1/items/search;x", "/v1/items/search"),
+            ("/v1/items;v=1/it_1;a;b/", "/v1/items/it_1/"),
+            ("/v1/items/it_1", "/v1/items/it_1"),
+        ] {
+            assert_eq!(strip_path_parameters(path), routed, "{path}");
         }
     }
 

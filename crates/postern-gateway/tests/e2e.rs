@@ -1606,6 +1606,48 @@ async fn body_and_header_limits() {
     gw.stop().await;
 }
 
+/// A segment's path parameters (`;x`) are left out when the operation is found, as servers that
+/// read them route it: `search;x` is the ungranted `search`, not an `{id}` of the granted one;
+/// the path is forwarded as sent.
+#[tokio::test]
+async fn path_parameters_do_not_change_which_operation_a_path_is() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let acme = r#"
+[[integrations]]
+name = "acme"
+vendor = "Acme"
+owner = "o@example.com"
+upstream = "https://127.0.0.1:PORT"
+ca_file = "{ca}"
+allow_private_networks = ["127.0.0.1/32"]
+operations = [
+  { id = "get_item", method = "GET", path = "/v1/items/{id}" },
+  { id = "search_items", method = "GET", path = "/v1/items/search" },
+]
+
+[[grants]]
+caller = "checkout"
+integration = "acme"
+operations = ["get_item"]
+"#
+    .replace("PORT", &vendor.addr.port().to_string());
+    let gw = stripe_gateway_with(&vendor, "", &acme).await;
+    let get = |path: &str| {
+        client()
+            .get(format!("{}/acme{path}", gw.base))
+            .bearer_auth(&gw.token)
+            .send()
+    };
+    assert_eq!(get("/v1/items/it_1;v=2").await.unwrap().status(), 200);
+    assert_eq!(vendor.last().target, "/v1/items/it_1;v=2");
+    let refused = get("/v1/items/search;x").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_granted");
+    assert_eq!(vendor.seen().len(), 1);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn bad_input_gets_4xx_and_never_reaches_the_vendor() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
