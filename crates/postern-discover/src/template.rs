@@ -26,7 +26,11 @@ pub fn infer_template(path: &str) -> String {
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let mut template = String::with_capacity(path.len() + 1);
     let mut previous: Option<&str> = None;
-    for segment in path.split('/').filter(|segment| !segment.is_empty()) {
+    // A segment's path parameters (`;v=1`) are not its name, as operations are matched.
+    let segments = path
+        .split('/')
+        .map(|segment| segment.split(';').next().unwrap_or(segment));
+    for segment in segments.filter(|segment| !segment.is_empty()) {
         template.push('/');
         template_segment(segment, previous, &mut template);
         previous = Some(segment);
@@ -405,6 +409,7 @@ mod tests {
         check("/v1/charges#top", "/v1/charges");
         check("/a/{weird}/b", "/a/{id}/b");
         check("/a/%7Bx%7D", "/a/%7Bx%7D");
+        check("/v1/items;v=2/search;x", "/v1/items/search");
         check("relative/path", "/relative/path");
     }
 }
