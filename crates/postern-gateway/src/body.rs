@@ -528,11 +528,10 @@ impl Drop for ResponseBody {
     /// to `HEAD`, a 204 or 304) or is already at its end (`content-length: 0`) is a whole one:
     /// servers drop these without polling them.
     fn drop(&mut self) {
-        let whole = self.is_end_stream()
-            || self
-                .record
-                .as_ref()
-                .is_some_and(|record| bodiless(record.context.method.as_ref(), record.status));
+        let Some(record) = &self.record else {
+            return; // finished already, as most bodies are by their last frame
+        };
+        let whole = bodiless(record.context.method.as_ref(), record.status) || self.is_end_stream();
         self.finish(!whole, None);
     }
 }

@@ -201,7 +201,8 @@ struct TunnelGrant {
 
 impl TunnelGrant {
     /// Whether `runtime` still opens this tunnel: the same caller for the same credential, and
-    /// the grant or host policy that let it open. Time-of-day rules are decided at reloads only.
+    /// the grant or host policy that let it open. Time-of-day rules are decided as of when the
+    /// tunnel opened (its context's time).
     fn still_allowed(&self, runtime: &Runtime, context: &mut CallContext) -> Result<(), CallError> {
         enabled(runtime)?;
         let caller = match (&self.caller.auth, &self.spiffe_id, &self.caller.token) {
@@ -258,8 +259,12 @@ async fn revoked(
             return std::future::pending().await;
         }
         let runtime = shared.runtime.load_full();
-        if let Err(refusal) = grant.still_allowed(&runtime, context) {
-            return refusal;
+        // A tunnel still allowed keeps the policy it opened under in its record (its intent
+        // names it); a refused one names the policy that refused it.
+        let opened_under = context.policy_id.clone();
+        match grant.still_allowed(&runtime, context) {
+            Ok(()) => context.policy_id = opened_under,
+            Err(refusal) => return refusal,
         }
     }
 }

@@ -806,10 +806,6 @@ pub fn token_sha256_hex(token: &str) -> String {
 /// try replaces, never an empty or partial key at `path`.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -817,15 +813,38 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
+    // A name of this write's own: two processes starting on one data_dir never share it.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".{}-{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let tmp = std::path::PathBuf::from(tmp);
     let mut file = options
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    let linked = std::fs::hard_link(&tmp, path);
+    let written = file.write_all(contents).and_then(|()| file.sync_all());
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
     let _ = std::fs::remove_file(&tmp);
-    linked.with_context(|| format!("creating {}", path.display()))?;
+    match linked {
+        Ok(()) => {}
+        // A filesystem without hard links (SMB, some FUSE mounts): created in place instead.
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            let mut file = options
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            file.write_all(contents)
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Err(error) => return Err(error).with_context(|| format!("creating {}", path.display())),
+    }
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)
             .and_then(|dir| dir.sync_all())
@@ -838,18 +857,21 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
-    /// A private file is whole at its place or not there: what a crash left under the
-    /// temporary name is replaced, an existing file is never overwritten, and the mode is 0600.
+    /// A private file is whole at its place or not there: written under a temporary name of
+    /// its own, which is gone after; an existing file is never overwritten; the mode is 0600.
     #[test]
     fn a_private_file_is_created_whole_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin-token");
-        std::fs::write(dir.path().join("admin-token.tmp"), "half").unwrap();
         super::write_private_file(&path, b"pat_whole\n").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"pat_whole\n");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(!dir.path().join("admin-token.tmp").exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["admin-token"], "no temporary file is left");
         assert!(super::write_private_file(&path, b"another\n").is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"pat_whole\n");
     }

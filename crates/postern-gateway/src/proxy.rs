@@ -1055,10 +1055,6 @@ fn inject(
     Ok(upstream)
 }
 
-/// Whether `haystack` holds `needle` (a caller token, an injected secret). A haystack shorter
-/// than the needle is answered without a search: `memmem::find` first prepares the needle (a
-/// hash of all its bytes), and on every call the target and most header values are shorter
-/// than a token or a secret.
 /// Puts the durable intent's index on a vendor's answer as `Postern-Audit-Index`, and takes off
 /// any the vendor sent (with no durable intent, or one of its own making, it would point the
 /// caller at another call's entry).
@@ -1092,6 +1088,10 @@ fn query_name_is(pair: &str, name: &str) -> bool {
     percent_encoding::percent_decode_str(&raw.replace('+', " ")).eq(name.bytes())
 }
 
+/// Whether `haystack` holds `needle` (a caller token, an injected secret). A haystack shorter
+/// than the needle is answered without a search: `memmem::find` first prepares the needle (a
+/// hash of all its bytes), and on every call the target and most header values are shorter
+/// than a token or a secret.
 pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.len() >= needle.len() && memchr::memmem::find(haystack, needle).is_some()
 }
