@@ -101,9 +101,7 @@ async fn connect(
 
     if let Some(integration) = proxy.integration_for_host(&host).cloned() {
         context.integration = Some(integration.name.clone());
-        if port != integration.upstream_port() && !proxy.config.allowed_ports.contains(&port) {
-            return Err(port_refused(port));
-        }
+        registered_port(runtime, &integration, port)?;
         if integration.config.intercept {
             context.mode = Some("intercept");
             return intercept(
@@ -205,12 +203,9 @@ impl TunnelGrant {
     /// tunnel opened (its context's time).
     fn still_allowed(&self, runtime: &Runtime, context: &mut CallContext) -> Result<(), CallError> {
         enabled(runtime)?;
-        let caller = match (&self.caller.auth, &self.spiffe_id, &self.caller.token) {
-            (AuthMethod::Mtls, Some(spiffe_id), _) => runtime.caller_by_spiffe(spiffe_id),
-            (_, _, Some(token)) => runtime.caller_by_token(token),
-            _ => None,
-        };
-        if caller.as_deref() != Some(&*self.caller.name) {
+        let token = self.caller.token.as_deref().map(Vec::as_slice);
+        let spiffe_id = self.spiffe_id.as_deref();
+        if !runtime.still_names(&self.caller.name, self.caller.auth, spiffe_id, token) {
             return Err(CallError::new(
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                 "proxy_auth_required",
@@ -222,11 +217,7 @@ impl TunnelGrant {
             (Some(integration), Some(name))
                 if integration.name == *name && !integration.config.intercept =>
             {
-                if self.port != integration.upstream_port()
-                    && !proxy.config.allowed_ports.contains(&self.port)
-                {
-                    return Err(port_refused(self.port));
-                }
+                registered_port(runtime, integration, self.port)?;
                 authorize_tunnel(runtime, integration, context)
             }
             (None, None) => {
@@ -803,6 +794,18 @@ fn proxy_caller(
             "unknown caller token in Proxy-Authorization: use a token from `postern callers token NAME` whose sha256 is in the config",
         )),
     }
+}
+
+/// A registered host is reached on its integration's own port, or one `[proxy] allowed_ports`
+/// lists.
+fn registered_port(
+    runtime: &Runtime,
+    integration: &IntegrationRuntime,
+    port: u16,
+) -> Result<(), CallError> {
+    let allowed =
+        port == integration.upstream_port() || runtime.proxy.config.allowed_ports.contains(&port);
+    allowed.then_some(()).ok_or_else(|| port_refused(port))
 }
 
 fn port_refused(port: u16) -> CallError {

@@ -658,12 +658,9 @@ fn identify_caller(
         // Identified when the tunnel was opened (Proxy-Authorization or client certificate);
         // checked again on every request, so a revoked token or a caller removed from the
         // config stops working inside tunnels that are already open.
-        let current = match (tunnel.auth, &tunnel.token, &connection.spiffe_id) {
-            (AuthMethod::Mtls, _, Some(spiffe_id)) => runtime.caller_by_spiffe(spiffe_id),
-            (_, Some(token), _) => runtime.caller_by_token(token),
-            _ => None,
-        };
-        if current.as_deref() != Some(&*tunnel.caller) {
+        let token = tunnel.token.as_deref().map(Vec::as_slice);
+        let spiffe_id = connection.spiffe_id.as_deref();
+        if !runtime.still_names(&tunnel.caller, tunnel.auth, spiffe_id, token) {
             return Err(CallError::unauthenticated(
                 "the credentials this tunnel was opened with are no longer valid (revoked or reconfigured); reconnect with a current caller token",
             ));

@@ -432,6 +432,26 @@ impl Runtime {
         self.callers_by_spiffe.get(spiffe_id).cloned()
     }
 
+    /// Whether the credential a tunnel was opened with (a client certificate's SPIFFE ID for
+    /// `Mtls`, else the caller token) still names `caller`: asked of every request inside an
+    /// intercepted tunnel, and of an opaque tunnel at each new runtime.
+    pub fn still_names(
+        &self,
+        caller: &str,
+        auth: crate::context::AuthMethod,
+        spiffe_id: Option<&str>,
+        token: Option<&[u8]>,
+    ) -> bool {
+        let current = match (auth, spiffe_id, token) {
+            (crate::context::AuthMethod::Mtls, Some(spiffe_id), _) => {
+                self.caller_by_spiffe(spiffe_id)
+            }
+            (_, _, Some(token)) => self.caller_by_token(token),
+            _ => None,
+        };
+        current.as_deref() == Some(caller)
+    }
+
     pub fn is_admin_token(&self, token: &[u8]) -> bool {
         let digest: [u8; 32] = Sha256::digest(token).into();
         constant_time_eq(&digest, &self.admin_token_sha256)
