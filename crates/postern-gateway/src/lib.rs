@@ -800,57 +800,11 @@ pub fn token_sha256_hex(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Creates a file readable by its owner only, whole or not at all: written and synced under a
-/// temporary name, then linked to `path` (which fails if `path` exists, as creating it would)
-/// and the directory synced. A crash part-way leaves at most the temporary file, which the next
-/// try replaces, never an empty or partial key at `path`.
+/// Creates a key or token file readable by its owner only, whole or not at all
+/// ([`postern_ledger::create_private_file`]).
 pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    // A name of this write's own: two processes starting on one data_dir never share it.
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(
-        ".{}-{:016x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let tmp = std::path::PathBuf::from(tmp);
-    let mut file = options
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    let written = file.write_all(contents).and_then(|()| file.sync_all());
-    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {}
-        // A filesystem without hard links (SMB, some FUSE mounts): created in place instead.
-        Err(error)
-            if matches!(
-                error.kind(),
-                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
-            ) =>
-        {
-            let mut file = options
-                .open(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            file.write_all(contents)
-                .and_then(|()| file.sync_all())
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        Err(error) => return Err(error).with_context(|| format!("creating {}", path.display())),
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .with_context(|| format!("syncing {}", dir.display()))?;
-    }
-    Ok(())
+    postern_ledger::create_private_file(path, contents)
+        .with_context(|| format!("creating {}", path.display()))
 }
 
 #[cfg(test)]

@@ -169,26 +169,49 @@ pub(crate) fn load_or_create_signer(dir: &Path, origin: &str) -> Result<NoteSign
             rand::rngs::OsRng.fill_bytes(&mut seed);
             let signer = NoteSigner::from_seed(origin, seed)
                 .map_err(|e| key_error(format!("cannot create a key for this origin: {e}")))?;
-            // Written whole under a temporary name, then linked into place (failing if a key
-            // appeared meanwhile): a crash never leaves an empty or partial key behind.
-            let tmp = dir.join(format!("{KEY_FILE}.tmp"));
-            let _ = std::fs::remove_file(&tmp);
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_error(&tmp))?;
-            file.write_all(format!("{}\n", signer.signer_key()).as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(io_error(&tmp))?;
-            let linked = std::fs::hard_link(&tmp, &path);
-            let _ = std::fs::remove_file(&tmp);
-            linked.map_err(io_error(&path))?;
-            sync_dir(dir)?;
+            create_private_file(&path, format!("{}\n", signer.signer_key()).as_bytes())
+                .map_err(io_error(&path))?;
             Ok(signer)
         }
         Err(e) => Err(io_error(&path)(e)),
+    }
+}
+
+/// Creates `path` readable by its owner only (0600), whole or not at all: written and synced
+/// under a temporary name of this write's own, then linked to `path` (which fails if `path`
+/// exists, as creating it would) and the directory synced. A crash part-way leaves at most a
+/// stray temporary file, never an empty or partial key at `path`. Where the filesystem has no
+/// hard links (SMB, some FUSE mounts) the file is created in place instead. For key files (the
+/// gateway's too).
+pub fn create_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true).mode(0o600);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".{}-{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let tmp = PathBuf::from(tmp);
+    let mut file = options.open(&tmp)?;
+    let written = file.write_all(contents).and_then(|()| file.sync_all());
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            let mut file = options.open(path)?;
+            file.write_all(contents).and_then(|()| file.sync_all())?;
+        }
+        linked => linked?,
+    }
+    match path.parent() {
+        Some(dir) => File::open(dir).and_then(|dir| dir.sync_all()),
+        None => Ok(()),
     }
 }
 

@@ -458,17 +458,30 @@ async fn a_failed_first_batch_of_a_new_segment_is_cut_off_at_the_latest_on_close
     }
 }
 
-/// A crash while the signing key was first written leaves only its temporary file, which the
-/// next start replaces: never an empty key that refuses to open.
+/// The signing key is created whole (under a temporary name of its own, then linked into
+/// place): what a crash part-way could leave is a stray temporary file, which neither stops the
+/// next start nor is taken for the key; the start's own write leaves no temporary file.
 #[tokio::test]
 async fn a_key_left_half_written_by_a_crash_does_not_stop_the_next_start() {
+    use std::os::unix::fs::PermissionsExt as _;
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path()).unwrap();
-    std::fs::write(tmp.path().join("signing-key.tmp"), "").unwrap();
+    let stray = "signing-key.4242-00000000000000ff.tmp";
+    std::fs::write(tmp.path().join(stray), "").unwrap();
     let ledger = open(tmp.path()).await;
     append_n(&ledger, 0..2).await;
     ledger.close().await;
-    assert!(!tmp.path().join("signing-key.tmp").exists());
+    let key = tmp.path().join("signing-key");
+    assert!(std::fs::metadata(&key).unwrap().len() > 0);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let temporary: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert_eq!(temporary, [stray], "no temporary file of its own is left");
     let ledger = open(tmp.path()).await;
     ledger.close().await;
 }
