@@ -129,26 +129,34 @@ async fn call(gw: &TestGateway) -> u16 {
         .as_u16()
 }
 
+/// `count` calls to `/crm/contacts` at once, as `checkout`: their statuses.
+async fn concurrent_calls(gw: &TestGateway, count: usize) -> Vec<u16> {
+    let calls: Vec<_> = (0..count)
+        .map(|_| {
+            let (base, token) = (gw.base.clone(), gw.token.clone());
+            tokio::spawn(async move {
+                client()
+                    .get(format!("{base}/crm/contacts"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(count);
+    for call in calls {
+        statuses.push(call.await.unwrap());
+    }
+    statuses
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_calls_mint_exactly_one_token() {
     let s = setup(3600, "basic").await;
-    let mut calls = Vec::new();
-    for _ in 0..32 {
-        let (base, token) = (s.gw.base.clone(), s.gw.token.clone());
-        calls.push(tokio::spawn(async move {
-            client()
-                .get(format!("{base}/crm/contacts"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
-    }
-    for call in calls {
-        assert_eq!(call.await.unwrap(), 200);
-    }
+    assert_eq!(concurrent_calls(&s.gw, 32).await, [200; 32]);
     assert_eq!(s.tokens.requests.load(Ordering::SeqCst), 1, "single flight");
     assert!(s
         .vendor
@@ -317,24 +325,7 @@ async fn token_endpoint_down_serves_cached_token_then_fails_closed_after_expiry(
 async fn a_failing_token_endpoint_is_asked_once_for_all_waiting_calls() {
     let s = setup(3600, "basic").await;
     s.tokens.down.store(true, Ordering::SeqCst);
-    let calls: Vec<_> = (0..16)
-        .map(|_| {
-            let (base, token) = (s.gw.base.clone(), s.gw.token.clone());
-            tokio::spawn(async move {
-                client()
-                    .get(format!("{base}/crm/contacts"))
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
-        .collect();
-    for call in calls {
-        assert_eq!(call.await.unwrap(), 503);
-    }
+    assert_eq!(concurrent_calls(&s.gw, 16).await, [503; 16]);
     assert_eq!(
         s.tokens.refused.load(Ordering::SeqCst),
         1,

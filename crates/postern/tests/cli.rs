@@ -381,19 +381,42 @@ fn status(port: u16, path: &str) -> Option<u16> {
     answer.get(9..12)?.parse().ok()
 }
 
+/// `postern [global] serve --config CONFIG`, stdout dropped, stderr to `stderr`; killed when
+/// dropped.
+fn serve(global: &[&str], config: &Path, stderr: Stdio) -> Server {
+    let child = postern()
+        .args(global)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    Server(child)
+}
+
+/// Sends SIGTERM and waits (at most 15 s) for the exit: its code.
+fn terminate(server: &mut Server) -> Option<i32> {
+    let pid = server.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "postern did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn serve_reloads_on_file_change_and_sighup_keeps_old_config_on_error_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("postern.toml");
     let (listen, admin) = (free_port(), free_port());
     std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
-    let child = postern()
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut server = Server(child);
+    let mut server = serve(&[], &config, Stdio::piped());
     let stderr = server.0.stderr.take().unwrap();
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let log_writer = log.clone();
@@ -461,16 +484,7 @@ fn serve_reloads_on_file_change_and_sighup_keeps_old_config_on_error_and_stops_o
     assert_eq!(status(listen, "/acme/b"), Some(403));
 
     // 4. SIGTERM: graceful exit 0, events flushed.
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let code = loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            break status.code();
-        }
-        assert!(Instant::now() < deadline, "postern did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(code, Some(0));
+    assert_eq!(terminate(&mut server), Some(0));
     let events = std::fs::read_to_string(dir.path().join("data/events.jsonl")).unwrap();
     assert!(events.lines().count() >= 5, "{events}");
     assert!(!events.contains(TOKEN));
@@ -487,24 +501,11 @@ fn json_logs_are_json_lines_only() {
     let config = dir.path().join("postern.toml");
     let (listen, admin) = (free_port(), free_port());
     std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
-    let child = postern()
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut server = Server(child);
+    let mut server = serve(&["--log-format", "json"], &config, Stdio::piped());
     eventually("the gateway answers", || {
         status(listen, "/acme/a").is_some()
     });
-    let pid = server.0.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while server.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "postern did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    terminate(&mut server);
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut server.0.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("postern is serving"), "{stderr}");
@@ -571,6 +572,58 @@ fn read_only_commands_make_nothing_where_nothing_is() {
     assert_eq!(answer["ok"], false);
 }
 
+/// Not a bad command line but a failure (exit 1): an empty credential value, a caller the
+/// config does not have. And `creds list` keeps its columns under a kind longer than the
+/// header's.
+#[test]
+fn failures_exit_1_and_the_credential_list_keeps_its_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let empty = postern()
+        .args(["creds", "set", "stripe-live", "--data-dir", data])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(empty.status.code(), Some(1));
+    let long_kind = "oauth2_client_secret";
+    let set = postern()
+        .args([
+            "creds",
+            "set",
+            "crm",
+            "--kind",
+            long_kind,
+            "--data-dir",
+            data,
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(b"value\n")?;
+            child.wait()
+        })
+        .unwrap();
+    assert_eq!(set.code(), Some(0));
+    let (code, stdout, _) = run(&["creds", "list", "--data-dir", data]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let column = |line: &str, word: &str| line.find(word).unwrap();
+    assert_eq!(
+        column(lines[0], "STATE"),
+        column(lines[1], "active"),
+        "{stdout}"
+    );
+    let config = dir.path().join("postern.toml");
+    let (listen, admin) = (free_port(), free_port());
+    std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
+    let config = config.to_str().unwrap();
+    let (code, _, stderr) = run(&["callers", "rotate", "nobody", "--config", config]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no caller"), "{stderr}");
+}
+
 /// `ca export` on a data_dir that does not exist yet makes it private, as `serve` does.
 #[test]
 fn ca_export_makes_a_private_data_dir() {
@@ -608,13 +661,7 @@ fn caller_token_hashes_move_into_the_vault() {
     std::fs::write(&config, text.replace(&hash_line, "token_store = true")).unwrap();
     let (code, _, stderr) = run(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
-    let child = postern()
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _server = Server(child);
+    let _server = serve(&[], &config, Stdio::null());
     eventually("the gateway answers", || {
         status(listen, "/acme/a").is_some()
     });
