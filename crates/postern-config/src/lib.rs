@@ -155,8 +155,6 @@ fn integration_key(integration: &str, key: &str) -> String {
 /// finds.
 #[derive(Debug, Default)]
 pub struct Places {
-    /// The file, as given to [`load`] / [`parse`].
-    path: PathBuf,
     at: std::collections::HashMap<String, (usize, usize)>,
 }
 
@@ -177,10 +175,10 @@ impl Places {
         }
     }
 
-    /// `problem` as the file's one error, placed at its key.
-    pub fn errors(&self, problem: &KeyProblem) -> ConfigErrors {
+    /// `problem` as the one error of the config file at `path`, placed at its key.
+    pub fn errors(&self, path: &Path, problem: &KeyProblem) -> ConfigErrors {
         ConfigErrors {
-            path: self.path.clone(),
+            path: path.to_path_buf(),
             errors: vec![self.diagnostic(problem)],
         }
     }

@@ -59,10 +59,7 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
             grants,
             proxy,
             source_path: path.to_path_buf(),
-            places: Arc::new(Places {
-                path: path.to_path_buf(),
-                ..validator.places
-            }),
+            places: Arc::new(validator.places),
         })
     } else {
         let mut errors = validator.errors;

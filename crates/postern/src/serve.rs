@@ -26,7 +26,7 @@ pub async fn serve(path: PathBuf) -> ExitCode {
     let places = config.places();
     let gateway = match RunningGateway::start(config).await {
         Ok(gateway) => gateway,
-        Err(error) => match located(&places, &error) {
+        Err(error) => match located(&path, &places, &error) {
             Some(errors) => {
                 eprintln!("{errors}");
                 eprintln!("postern: the configuration is invalid; nothing was started");
@@ -105,7 +105,7 @@ fn reload(gateway: &RunningGateway, path: &Path, trigger: &str) {
                     tracing::warn!(note = %note, "after reload");
                 }
             }
-            (places, Err(error)) => match located(&places, &error) {
+            (places, Err(error)) => match located(path, &places, &error) {
                 Some(errors) => {
                     tracing::error!(trigger, errors = %errors, "configuration rejected; keeping the running one")
                 }
@@ -151,12 +151,13 @@ fn watch_file(
 /// `error`, when it is a problem with one of the config's values
 /// ([`postern_config::KeyProblem`]), as a diagnostic placed at that value's line and column.
 fn located(
+    path: &Path,
     places: &postern_config::Places,
     error: &anyhow::Error,
 ) -> Option<postern_config::ConfigErrors> {
     error
         .downcast_ref::<postern_config::KeyProblem>()
-        .map(|problem| places.errors(problem))
+        .map(|problem| places.errors(path, problem))
 }
 
 /// Prints `errors` as `check` does (JSON on stdout, else text on stderr).
@@ -238,7 +239,7 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
         }
         Err(error) => {
             // Placed at the key it is about when it says which; else at 0:0, no place.
-            let errors = located(&places, &error).unwrap_or_else(|| postern_config::ConfigErrors {
+            let errors = located(path, &places, &error).unwrap_or_else(|| postern_config::ConfigErrors {
                 path: path.to_path_buf(),
                 errors: vec![postern_config::Diagnostic {
                     line: 0,
