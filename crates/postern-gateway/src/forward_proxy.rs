@@ -19,7 +19,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::body::CallerBody;
 use http::header::{self, HeaderValue};
@@ -115,7 +115,7 @@ async fn connect(
                 request,
             );
         }
-        authorize_tunnel(runtime, &integration, context)?;
+        authorize_tunnel(runtime, &integration, context, context.wall_start)?;
         // Granted, as a path-mode call is before its vendor is dialled: what befalls the dial
         // (a refused address, the caller hanging up) is recorded as an allowed call's end.
         progress.authorized = true;
@@ -186,8 +186,8 @@ async fn connect(
 }
 
 /// What an opaque tunnel was opened for, to decide again whether it still may stay open when
-/// a new runtime is swapped in (a reload, a vault change): its requests are never seen, so this
-/// is the only check after it opens.
+/// a new runtime is swapped in (a reload, a vault change) and at each new hour: its requests are
+/// never seen, so this is the only check after it opens.
 struct TunnelGrant {
     caller: ProxyCaller,
     spiffe_id: Option<String>,
@@ -198,10 +198,15 @@ struct TunnelGrant {
 }
 
 impl TunnelGrant {
-    /// Whether `runtime` still opens this tunnel: the same caller for the same credential, and
-    /// the grant or host policy that let it open. Time-of-day rules are decided as of when the
-    /// tunnel opened (its context's time).
-    fn still_allowed(&self, runtime: &Runtime, context: &mut CallContext) -> Result<(), CallError> {
+    /// Whether `runtime` still opens this tunnel at time `at`: the same caller for the same
+    /// credential, and the grant or host policy that let it open (Cedar's hour and weekday as
+    /// of `at`).
+    fn still_allowed(
+        &self,
+        runtime: &Runtime,
+        context: &mut CallContext,
+        at: SystemTime,
+    ) -> Result<(), CallError> {
         enabled(runtime)?;
         let token = self.caller.token.as_deref().map(Vec::as_slice);
         let spiffe_id = self.spiffe_id.as_deref();
@@ -218,7 +223,7 @@ impl TunnelGrant {
                 if integration.name == *name && !integration.config.intercept =>
             {
                 registered_port(runtime, integration, self.port)?;
-                authorize_tunnel(runtime, integration, context)
+                authorize_tunnel(runtime, integration, context, at)
             }
             (None, None) => {
                 let decision = proxy
@@ -237,30 +242,35 @@ impl TunnelGrant {
     }
 }
 
-/// Returns the refusal once a runtime swapped in no longer allows `grant`'s tunnel; pending
-/// while every new one does.
+/// Returns the refusal once `grant`'s tunnel, decided again (a runtime swapped in, a new hour),
+/// is no longer allowed; pending while it is. `decisions` was subscribed to after the runtime
+/// that opened the tunnel was loaded, so it is first decided at once, as of now: a swap in
+/// between is looked at too.
 async fn revoked(
     shared: &Shared,
     grant: &TunnelGrant,
     context: &mut CallContext,
-    changes: &mut tokio::sync::watch::Receiver<u64>,
+    decisions: &mut tokio::sync::watch::Receiver<SystemTime>,
 ) -> CallError {
+    let mut at = SystemTime::now();
     loop {
-        if changes.changed().await.is_err() {
-            return std::future::pending().await;
-        }
         let runtime = shared.runtime.load_full();
         // A tunnel still allowed keeps the policy it opened under in its record (its intent
         // names it); a refused one names the policy that refused it.
         let opened_under = context.policy_id.clone();
-        match grant.still_allowed(&runtime, context) {
+        match grant.still_allowed(&runtime, context, at) {
             Ok(()) => context.policy_id = opened_under,
             Err(refusal) => return refusal,
         }
+        if decisions.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        at = *decisions.borrow_and_update();
     }
 }
 
-/// The reason an opaque tunnel's record gives when a configuration or vault change closed it.
+/// The reason an opaque tunnel's record gives when a configuration or vault change, or a new
+/// hour, closed it.
 const TUNNEL_REVOKED: &str = "tunnel_revoked";
 
 /// Answers 200 and splices the client and the upstream until either closes, the tunnel idles
@@ -282,9 +292,7 @@ fn open_tunnel(
     let idle = Duration::from_millis(runtime.proxy.config.idle_timeout_ms);
     let mut context = context.take();
     let mut shutdown = shared.shutdown_signal();
-    let mut changes = shared.runtime_changes();
-    // Subscribed after this runtime was loaded: a swap in between is looked at too.
-    changes.mark_changed();
+    let mut decisions = shared.tunnel_decisions();
     shared.tunnels.fetch_add(1, Ordering::Relaxed);
     // Holds the connection's slot on the listener while the tunnel is open (hyper's connection
     // task has ended once it handed the socket over).
@@ -300,8 +308,8 @@ fn open_tunnel(
                 tokio::select! {
                     _ = splice(client, upstream, counts.clone(), idle) => {}
                     _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {}
-                    refusal = revoked(&shared, &grant, &mut check, &mut changes) => {
-                        tracing::info!(caller = %grant.caller.name, host = %grant.host, refusal = refusal.code, "an open tunnel is no longer allowed after a configuration or vault change; closed");
+                    refusal = revoked(&shared, &grant, &mut check, &mut decisions) => {
+                        tracing::info!(caller = %grant.caller.name, host = %grant.host, refusal = refusal.code, "an open tunnel is no longer allowed after a configuration or vault change, or in this hour; closed");
                         reason = TUNNEL_REVOKED;
                     }
                 }
@@ -672,13 +680,14 @@ async fn absolute(
 
 /// An opaque tunnel carries any of the integration's operations, so Cedar must permit the caller
 /// at least one of them in this context (grants, custom `permit`s, and any applicable `forbid`
-/// — office hours, source ranges — all count, as in path mode).
+/// — office hours, source ranges — all count, as in path mode), with the hour and weekday of `at`.
 fn authorize_tunnel(
     runtime: &Runtime,
     integration: &IntegrationRuntime,
     context: &mut CallContext,
+    at: SystemTime,
 ) -> Result<(), CallError> {
-    let facts = crate::proxy::PolicyFacts::of(context);
+    let facts = crate::proxy::PolicyFacts::at(context, at);
     let (mut granted, mut refusal) = (None, None);
     // The tunnel's requests are not seen, so neither are their sizes: it carries any of the
     // operations, so it opens only if no size could change the answer for any of them.

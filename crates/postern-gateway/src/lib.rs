@@ -88,7 +88,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -145,9 +145,9 @@ pub struct Shared {
     /// caller connection and by each tunnel opened on one.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     shutdown_signal: watch::Receiver<bool>,
-    /// Counts the runtimes swapped in (reloads, vault changes): open opaque tunnels watch it
-    /// to re-check that they are still allowed.
-    runtime_changes: watch::Sender<u64>,
+    /// The time as of which open opaque tunnels are decided again: set at each runtime swap
+    /// (reload, vault change) and at each hour of UTC (Cedar rules read the hour and weekday).
+    tunnel_decisions: watch::Sender<SystemTime>,
 }
 
 impl Shared {
@@ -156,9 +156,16 @@ impl Shared {
         self.shutdown_signal.clone()
     }
 
-    /// Changes each time a new runtime is swapped in (a reload, a vault change).
-    pub fn runtime_changes(&self) -> watch::Receiver<u64> {
-        self.runtime_changes.subscribe()
+    /// Changes each time open opaque tunnels are to be decided again (a runtime swapped in, a
+    /// new hour), to the time as of which to decide them.
+    pub fn tunnel_decisions(&self) -> watch::Receiver<SystemTime> {
+        self.tunnel_decisions.subscribe()
+    }
+
+    /// Decides every open opaque tunnel again, as of `at`: the gateway does so at each runtime
+    /// swap and each hour; tests use it to move the hour a tunnel's rules read.
+    pub fn decide_tunnels_again(&self, at: SystemTime) {
+        self.tunnel_decisions.send_replace(at);
     }
 
     /// Records a forward-proxy destination no integration claims.
@@ -200,7 +207,7 @@ impl Shared {
         self.token_sources.retain(kept);
         // Carry last-used times over: they live on the runtime being replaced.
         let previous = self.runtime.swap(Arc::new(runtime));
-        self.runtime_changes.send_modify(|changes| *changes += 1);
+        self.tunnel_decisions.send_replace(SystemTime::now());
         for (name, integration) in &previous.integrations {
             let at = integration.last_used_ms.swap(0, Ordering::Relaxed);
             if at > 0 {
@@ -442,11 +449,15 @@ impl RunningGateway {
             tunnels: std::sync::atomic::AtomicUsize::new(0),
             connection_slots: listener::connection_slots(),
             shutdown_signal: shutdown_rx.clone(),
-            runtime_changes: watch::channel(0).0,
+            tunnel_decisions: watch::channel(SystemTime::now()).0,
         });
         shared.flush_usage();
         let vault_poller = Some(spawn_vault_poller(shared.clone()));
         let (checkpoint_stop, checkpoint_stop_rx) = watch::channel(false);
+        tokio::spawn(run_tunnel_clock(
+            Arc::downgrade(&shared),
+            shutdown_rx.clone(),
+        ));
         let checkpointer = Some(tokio::spawn(run_checkpointer(
             shared.audit.clone(),
             Duration::from_millis(config.gateway.audit_checkpoint_interval_ms),
@@ -690,6 +701,43 @@ impl RunningGateway {
     }
 }
 
+/// Has open opaque tunnels decided again at each new hour of UTC, the finest time a Cedar rule
+/// reads (`context.hour`, `context.weekday`), so a tunnel opened in a permitted hour closes
+/// once that hour is over. Looks at the clock at least once a minute, so a clock set forward
+/// or back is caught up with. Ends at shutdown.
+async fn run_tunnel_clock(shared: std::sync::Weak<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut hour = utc_hour(SystemTime::now());
+    loop {
+        let wait = until_next_hour(SystemTime::now()).min(Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let now = SystemTime::now();
+        if utc_hour(now) == hour {
+            continue;
+        }
+        hour = utc_hour(now);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.decide_tunnels_again(now);
+    }
+}
+
+/// Hours since the Unix epoch, UTC.
+fn utc_hour(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() / 3600)
+}
+
+/// How long from `at` until just past the next hour of UTC begins.
+fn until_next_hour(at: SystemTime) -> Duration {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let next = Duration::from_secs((since.as_secs() / 3600 + 1) * 3600);
+    next - since + Duration::from_millis(5)
+}
+
 /// Signs a checkpoint every `interval` when the log grew; stops on `stop`.
 async fn run_checkpointer(
     audit: Arc<audit::Audit>,
@@ -810,6 +858,23 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
+
+    /// The tunnel clock wakes just past each hour of UTC, whatever the time within the hour.
+    #[test]
+    fn the_tunnel_clock_wakes_just_past_the_next_hour() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let hour = UNIX_EPOCH + Duration::from_secs(493_000 * 3600);
+        for (at, wait_ms) in [
+            (hour, 3_600_005),
+            (hour + Duration::from_millis(1), 3_600_004),
+            (hour + Duration::from_secs(3599), 1_005),
+            (hour + Duration::from_millis(3_599_999), 6),
+        ] {
+            assert_eq!(super::until_next_hour(at), Duration::from_millis(wait_ms));
+            let woken = at + super::until_next_hour(at);
+            assert_eq!(super::utc_hour(woken), super::utc_hour(at) + 1);
+        }
+    }
 
     /// A private file is whole at its place or not there: written under a temporary name of
     /// its own, which is gone after; an existing file is never overwritten; the mode is 0600.

@@ -861,7 +861,12 @@ pub(crate) struct PolicyFacts {
 
 impl PolicyFacts {
     pub(crate) fn of(context: &CallContext) -> PolicyFacts {
-        let now = time::OffsetDateTime::from(context.wall_start);
+        Self::at(context, context.wall_start)
+    }
+
+    /// The facts of `context`'s call with the hour and weekday of `at`.
+    pub(crate) fn at(context: &CallContext, at: std::time::SystemTime) -> PolicyFacts {
+        let now = time::OffsetDateTime::from(at);
         PolicyFacts {
             caller: context.caller.clone().unwrap_or_else(|| Arc::from("")),
             hour: now.hour(),

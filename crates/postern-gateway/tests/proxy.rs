@@ -637,6 +637,46 @@ async fn open_opaque_tunnels_are_decided_again_at_each_reload() {
     gw.stop().await;
 }
 
+/// Cedar rules read the hour, so an open opaque tunnel is decided again at each new hour: one
+/// opened in a permitted hour stays open while the hour permits it and closes, recorded
+/// `tunnel_revoked`, in the first hour a rule forbids.
+#[tokio::test]
+async fn open_opaque_tunnels_are_decided_again_each_hour() {
+    use std::time::SystemTime;
+    let hour =
+        |at: SystemTime| at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() / 3600 % 24;
+    let now = SystemTime::now();
+    let closed_hour = (hour(now) + 2) % 24;
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("hours.cedar");
+    std::fs::write(
+        &policies,
+        format!("@id(\"closed-hour\")\nforbid(principal, action, resource) when {{ context.hour == {closed_hour} }};\n"),
+    )
+    .unwrap();
+    let body = opaque_integration("localhost", vendor.addr.port(), "");
+    let gateway_extra = format!("policies = \"{}\"", policies.display());
+    let gw = TestGateway::start_with_gateway(&body, None, &gateway_extra).await;
+    let url = format!("https://localhost:{}/v1/things/1", vendor.addr.port());
+    let client = tunnel_client(&gw, CHECKOUT_TOKEN, &vendor).await;
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    // The next hour is not forbidden: the tunnel stays open for the next call.
+    let shared = gw.running().shared().clone();
+    shared.decide_tunnels_again(now + Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(vendor.connections(), 1, "one tunnel carried both calls");
+    assert!(gw.events().await.is_empty(), "the tunnel is still open");
+    // The hour after is: the tunnel closes.
+    shared.decide_tunnels_again(now + Duration::from_secs(2 * 3600));
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "tunnel_revoked", "{events:#?}");
+    assert_eq!(events[0]["policy"], "closed-hour");
+    assert_eq!(events[0]["caller"], "checkout");
+    gw.stop().await;
+}
+
 /// An opaque tunnel's requests are not seen, sizes included: where a Cedar rule bounds
 /// `request_bytes` for the integration, the tunnel is refused (it could carry any size), and
 /// says to intercept; without such a rule the same tunnel opens.
