@@ -389,6 +389,10 @@ impl Baseline {
     }
 }
 
+/// An event this many minutes older than its key's open minute means the clock stepped back
+/// (events a little late, out of order, count in the open minute).
+const CLOCK_STEP_MINUTES: i64 = 2;
+
 /// The accumulators of the open minute.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Bucket {
@@ -456,13 +460,16 @@ struct NoveltySet {
 }
 
 impl NoveltySet {
-    /// Records `name`; true when it was not known. Past `cap` the stalest entry is forgotten.
-    fn insert(&mut self, name: &str, now_ms: i64, cap: usize) -> bool {
+    /// Records `name`: `None` when it was known, else whether the set was full (past `cap` its
+    /// stalest entry is forgotten to make room, so `name` may be one forgotten before, not a
+    /// new one).
+    fn record(&mut self, name: &str, now_ms: i64, cap: usize) -> Option<bool> {
         if let Some(last_seen) = self.entries.get_mut(name) {
             *last_seen = now_ms;
-            return false;
+            return None;
         }
-        if self.entries.len() >= cap.max(1) {
+        let full = self.entries.len() >= cap.max(1);
+        if full {
             if let Some(stalest) = self
                 .entries
                 .iter()
@@ -473,8 +480,30 @@ impl NoveltySet {
             }
         }
         self.entries.insert(name.to_owned(), now_ms);
-        true
+        Some(full)
     }
+}
+
+/// Whether a name new to a novelty set raises `kind`: always while the set has room (the name
+/// was never seen); once it is full (more distinct names than it keeps, each miss possibly one
+/// it forgot), at most once per `quiet_ms`, so a key with more sources than the cap does not
+/// alert on nearly every call.
+fn novelty_due(
+    last_alert_ms: &mut HashMap<AlertKind, i64>,
+    kind: AlertKind,
+    full: bool,
+    now_ms: i64,
+    quiet_ms: i64,
+) -> bool {
+    if full
+        && last_alert_ms
+            .get(&kind)
+            .is_some_and(|&last| now_ms - last < quiet_ms)
+    {
+        return false;
+    }
+    last_alert_ms.insert(kind, now_ms);
+    true
 }
 
 /// Everything the engine knows about one key.
@@ -777,13 +806,22 @@ impl Engine {
             observed,
             baseline: 0.0,
         };
+        let quiet_ms = config.alert_cooldown_seconds * 1_000;
         if let Some(integration_state) = self.keys.get_mut(integration_key) {
             let integration_warm = now_ms - integration_state.first_seen_ms >= warm_ms;
-            if integration_state
+            let new = integration_state
                 .callers
-                .insert(caller, now_ms, config.max_novelty_entries)
-                && integration_warm
-            {
+                .record(caller, now_ms, config.max_novelty_entries);
+            if new.is_some_and(|full| {
+                integration_warm
+                    && novelty_due(
+                        &mut integration_state.last_alert_ms,
+                        AlertKind::NewCaller,
+                        full,
+                        now_ms,
+                        quiet_ms,
+                    )
+            }) {
                 alerts.push(alert(
                     AlertKind::NewCaller,
                     0.8,
@@ -799,20 +837,36 @@ impl Engine {
             .or_insert_with(|| KeyState::new(now_ms, minute));
         let caller_warm = now_ms - state.first_seen_ms >= warm_ms;
         if let Some(operation) = &event.operation {
-            if state
+            let new = state
                 .operations
-                .insert(operation, now_ms, config.max_novelty_entries)
-                && caller_warm
-            {
+                .record(operation, now_ms, config.max_novelty_entries);
+            if new.is_some_and(|full| {
+                caller_warm
+                    && novelty_due(
+                        &mut state.last_alert_ms,
+                        AlertKind::NewOperation,
+                        full,
+                        now_ms,
+                        quiet_ms,
+                    )
+            }) {
                 alerts.push(alert(AlertKind::NewOperation, 0.5, 1.0, Some(operation)));
             }
         }
         if let Some(source) = &event.source_ip {
-            if state
+            let new = state
                 .sources
-                .insert(source, now_ms, config.max_novelty_entries)
-                && caller_warm
-            {
+                .record(source, now_ms, config.max_novelty_entries);
+            if new.is_some_and(|full| {
+                caller_warm
+                    && novelty_due(
+                        &mut state.last_alert_ms,
+                        AlertKind::NewSource,
+                        full,
+                        now_ms,
+                        quiet_ms,
+                    )
+            }) {
                 alerts.push(alert(
                     AlertKind::NewSource,
                     0.7,
@@ -874,6 +928,14 @@ impl Engine {
         state.last_seen_ms = state.last_seen_ms.max(now_ms);
         if minute > state.bucket.minute {
             close_buckets(state, key, minute, &self.config);
+        } else if minute < state.bucket.minute - CLOCK_STEP_MINUTES {
+            // Far older than the open minute: the clock was set back, not an event late. The
+            // open minute is started again at the new time, its counts dropped unlearned;
+            // else every event until the clock caught up would pile into one minute.
+            state.bucket = Bucket {
+                minute,
+                ..Bucket::default()
+            };
         }
         // Events older than the open minute (out of order) still count in it.
         let bucket = &mut state.bucket;

@@ -61,11 +61,11 @@ pub fn replay_with(
         events_per_second: 0.0,
         keys: 0,
     };
-    let (mut line, mut line_number, mut bytes_read) = (String::new(), 0usize, 0u64);
+    let (mut line, mut line_number, mut bytes_read) = (Vec::new(), 0usize, 0u64);
     loop {
         line.clear();
         let read = events
-            .read_line(&mut line)
+            .read_until(b'\n', &mut line)
             .map_err(|source| DetectError::Read {
                 path: "events input".into(),
                 source,
@@ -75,12 +75,21 @@ pub fn replay_with(
         }
         line_number += 1;
         bytes_read += read as u64;
-        let text = line.trim();
-        if text.is_empty() {
-            continue;
-        }
-        let event: DetectEvent = match serde_json::from_str(text) {
-            Ok(event) => event,
+        // A line that is not UTF-8 is an invalid line like any other, not the end of the input.
+        let parsed = std::str::from_utf8(&line)
+            .map_err(|error| error.to_string())
+            .and_then(|text| {
+                let text = text.trim();
+                match text.is_empty() {
+                    true => Ok(None),
+                    false => serde_json::from_str::<DetectEvent>(text)
+                        .map(Some)
+                        .map_err(|error| error.to_string()),
+                }
+            });
+        let event: DetectEvent = match parsed {
+            Ok(None) => continue,
+            Ok(Some(event)) => event,
             Err(error) => {
                 report.invalid_lines += 1;
                 if report.first_invalid_line.is_none() {
@@ -110,4 +119,25 @@ pub fn replay_with(
     report.events_per_second = report.events as f64 / report.seconds.max(1e-12);
     report.keys = engine.key_count();
     Ok((report, engine))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A line that is not UTF-8 is counted as invalid, and the lines after it are replayed.
+    #[test]
+    fn a_line_that_is_not_utf8_is_an_invalid_line() {
+        let good = r#"{"time":"2026-11-28T00:00:00.000Z","integration":"acme","caller":"svc","operation":"get","method":"GET","path":"/v1/x","status":200,"decision":"allow","reason":"granted","request_bytes":0,"response_bytes":10,"duration_ms":1.0,"source_ip":"10.0.0.1"}"#;
+        let mut input = Vec::new();
+        input.extend_from_slice(good.as_bytes());
+        input.extend_from_slice(b"\n{\"integration\":\"\xff\xfe\"}\n");
+        input.extend_from_slice(good.as_bytes());
+        input.push(b'\n');
+        let report = super::replay(&input[..], std::io::sink(), |_, _| {}).unwrap();
+        assert_eq!(report.invalid_lines, 1);
+        assert_eq!(report.events, 2);
+        assert!(report
+            .first_invalid_line
+            .as_deref()
+            .is_some_and(|line| line.starts_with("line 2:")));
+    }
 }

@@ -107,6 +107,56 @@ fn check_incident(incident: impl Fn(i64) -> Vec<DetectEvent>) -> Vec<Alert> {
     run(&mut engine, &events)
 }
 
+/// A clock set back an hour (an NTP step) is not a rate spike: steady traffic at the earlier
+/// time starts each key's minute again instead of piling an hour into one minute.
+#[test]
+fn a_clock_set_back_an_hour_raises_nothing() {
+    let mut noise = Noise(0xc10c);
+    let (mut engine, now) = warmed_engine(&mut noise);
+    let alerts = run(&mut engine, &steady(now, 30, 1.0, &mut noise));
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    let alerts = run(
+        &mut engine,
+        &steady(now + 30 * MINUTE_MS - 60 * MINUTE_MS, 90, 1.0, &mut noise),
+    );
+    assert!(alerts.is_empty(), "{alerts:#?}");
+}
+
+/// A caller whose calls come from more addresses than a key keeps (round-robin over a fleet):
+/// every call misses the full set, yet `new_source` is raised a few times, not on each call.
+#[test]
+fn more_sources_than_kept_do_not_alert_on_every_call() {
+    let mut noise = Noise(0xf1ee7);
+    let mut engine = Engine::new(EngineConfig {
+        max_novelty_entries: 4,
+        ..EngineConfig::default()
+    });
+    assert!(run(&mut engine, &steady(START_MS, 2 * 1_440, 1.0, &mut noise)).is_empty());
+    let now = START_MS + 2 * DAY_MS;
+    let mut events = Vec::new();
+    for call in 0..600 {
+        let source = format!("10.1.0.{}", call % 10);
+        let time = now + call * MINUTE_MS / 10;
+        events.push(event(
+            time,
+            Some("checkout"),
+            "get_charge",
+            200,
+            5_000,
+            &source,
+        ));
+    }
+    let alerts = run(&mut engine, &events);
+    let new_sources = alerts
+        .iter()
+        .filter(|alert| alert.kind == AlertKind::NewSource)
+        .count();
+    assert!(
+        (1..=12).contains(&new_sources),
+        "{new_sources} new_source alerts"
+    );
+}
+
 #[test]
 fn steady_traffic_is_quiet_for_a_week() {
     let mut noise = Noise(7);

@@ -271,7 +271,7 @@ fn add_dropped_calls(connection: &Connection, calls: u64) -> rusqlite::Result<()
     if calls > 0 {
         connection.execute(
             "INSERT INTO meta (key, value) VALUES ('dropped_calls', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+             ON CONFLICT (key) DO UPDATE SET value = CASE WHEN value > 9223372036854775807 - excluded.value THEN 9223372036854775807 ELSE value + excluded.value END",
             [to_sql(calls)],
         )?;
     }
@@ -290,13 +290,15 @@ fn merge_in(connection: &Connection, delta: &Inventory, limits: &Limits) -> rusq
             bytes_out, bytes_in, callers_truncated, endpoints_truncated, seen_by_proxy, seen_by_import)
          VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0, 0, 0, 0, 0)",
     )?;
+    // Totals saturate at SQLite's largest integer: past it SQLite would store a REAL, which
+    // `load` cannot read back as a count.
     let mut update_host = connection.prepare_cached(
         "UPDATE hosts SET
             first_seen_ms = min(first_seen_ms, ?3), last_seen_ms = max(last_seen_ms, ?4),
-            calls = calls + ?5, blocked_calls = blocked_calls + ?6,
-            bytes_out = bytes_out + ?7, bytes_in = bytes_in + ?8,
-            callers_truncated = callers_truncated + ?9,
-            endpoints_truncated = endpoints_truncated + ?10,
+            calls = CASE WHEN calls > 9223372036854775807 - ?5 THEN 9223372036854775807 ELSE calls + ?5 END, blocked_calls = CASE WHEN blocked_calls > 9223372036854775807 - ?6 THEN 9223372036854775807 ELSE blocked_calls + ?6 END,
+            bytes_out = CASE WHEN bytes_out > 9223372036854775807 - ?7 THEN 9223372036854775807 ELSE bytes_out + ?7 END, bytes_in = CASE WHEN bytes_in > 9223372036854775807 - ?8 THEN 9223372036854775807 ELSE bytes_in + ?8 END,
+            callers_truncated = CASE WHEN callers_truncated > 9223372036854775807 - ?9 THEN 9223372036854775807 ELSE callers_truncated + ?9 END,
+            endpoints_truncated = CASE WHEN endpoints_truncated > 9223372036854775807 - ?10 THEN 9223372036854775807 ELSE endpoints_truncated + ?10 END,
             seen_by_proxy = max(seen_by_proxy, ?11), seen_by_import = max(seen_by_import, ?12)
          WHERE host = ?1 AND port = ?2",
     )?;
@@ -552,6 +554,24 @@ mod tests {
         assert!(store.get("api.x.com", Some(80)).unwrap().is_empty());
         assert_eq!(store.get("api.y.com", Some(443)).unwrap()[0].calls, 2);
         assert_eq!(x.sources, BTreeSet::from([ObservationSource::Proxy]));
+    }
+
+    /// Totals past SQLite's largest integer stay at it: an import of an absurd size, merged
+    /// twice, leaves a store that still loads.
+    #[test]
+    fn totals_saturate_and_the_store_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for _ in 0..2 {
+            let mut delta = Inventory::new();
+            let mut huge = call("api.x.com", "a", "/v1/a", 1);
+            huge.bytes_out = u64::MAX;
+            delta.record(&huge);
+            store.merge_delta(&delta).unwrap();
+        }
+        let hosts = store.list().unwrap();
+        assert_eq!(hosts[0].bytes_out, i64::MAX as u64);
+        assert_eq!(hosts[0].calls, 2);
     }
 
     #[test]

@@ -20,6 +20,11 @@
 /// What an inferred placeholder is called. [`crate::promote`] renames the second and later
 /// ones of a template (`{id2}`, …) because the config wants distinct names.
 pub const PLACEHOLDER: &str = "{id}";
+/// Segments a template keeps; the rest of a longer path becomes one last [`PLACEHOLDER`], so
+/// what a caller sends cannot grow the inventory without bound.
+pub const MAX_SEGMENTS: usize = 32;
+/// A segment longer than this is a value: no API names a resource so long.
+const MAX_NAME_CHARS: usize = 64;
 
 /// The endpoint template of a raw request path (query and fragment are ignored).
 pub fn infer_template(path: &str) -> String {
@@ -27,11 +32,13 @@ pub fn infer_template(path: &str) -> String {
     let mut template = String::with_capacity(path.len() + 1);
     let mut previous: Option<&str> = None;
     // A segment's path parameters (`;v=1`) are not its name, as operations are matched.
-    let segments = path
-        .split('/')
-        .map(|segment| segment.split(';').next().unwrap_or(segment));
-    for segment in segments.filter(|segment| !segment.is_empty()) {
+    let segments = path.split('/').map(postern_config::segment_name);
+    for (index, segment) in segments.filter(|segment| !segment.is_empty()).enumerate() {
         template.push('/');
+        if index == MAX_SEGMENTS {
+            template.push_str(PLACEHOLDER);
+            return template;
+        }
         template_segment(segment, previous, &mut template);
         previous = Some(segment);
     }
@@ -116,6 +123,9 @@ fn is_value(segment: &str, previous: Option<&str>) -> bool {
     let digits = segment.chars().filter(char::is_ascii_digit).count();
     let letters = segment.chars().filter(char::is_ascii_alphabetic).count();
     let length = segment.chars().count();
+    if length > MAX_NAME_CHARS {
+        return true;
+    }
 
     let number = segment.strip_prefix('+').unwrap_or(segment);
     if !number.is_empty() && number.chars().all(|c| c.is_ascii_digit()) {
@@ -135,6 +145,16 @@ fn is_value(segment: &str, previous: Option<&str>) -> bool {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "_-+=~".contains(c));
     if token_characters && length >= 16 && digits > 0 && letters > 0 {
+        return true;
+    }
+    // A random token of letters alone (base64 without a digit, by chance): long, and about as
+    // many capitals as small letters, where a camel-case name has one capital a word.
+    let capitals = segment.chars().filter(char::is_ascii_uppercase).count();
+    if token_characters
+        && length >= 20
+        && capitals * 4 >= letters
+        && (letters - capitals) * 4 >= letters
+    {
         return true;
     }
     let upper_case_id = length >= 8
@@ -239,6 +259,34 @@ mod tests {
 
     fn check(path: &str, expect: &str) {
         assert_eq!(infer_template(path), expect, "path {path:?}");
+    }
+
+    /// What a caller sends cannot grow a template without bound: a long segment is a value,
+    /// and past [`super::MAX_SEGMENTS`] segments the rest is one placeholder. A token of
+    /// letters alone is a value; a camel-case name is not.
+    #[test]
+    fn long_paths_and_letter_tokens() {
+        check(&format!("/v1/{}", "a".repeat(65)), "/v1/{id}");
+        check(
+            &format!("/v1/{}", "a".repeat(64)),
+            &format!("/v1/{}", "a".repeat(64)),
+        );
+        let long = "/x".repeat(100);
+        let expect = format!("{}/{{id}}", "/x".repeat(super::MAX_SEGMENTS));
+        check(&long, &expect);
+        check(
+            "/callers/pst_qwErTyUiOpAsDfGhJkLzXcVbNmQwErTyUiOpAsDfGhJ",
+            "/callers/{id}",
+        );
+        check("/v1/keys/wJalrXUtnFEMIKbPxRfiCYEXAMPLEKEY", "/v1/keys/{id}");
+        check(
+            "/api/getUserProfileInformation",
+            "/api/getUserProfileInformation",
+        );
+        check(
+            "/api/listAllOrganizationMembersForAdmins",
+            "/api/listAllOrganizationMembersForAdmins",
+        );
     }
 
     #[test]

@@ -205,6 +205,11 @@ struct AlertWriter {
     out: BufWriter<File>,
     /// Bytes in the file, buffered ones included.
     size: u64,
+    /// After a rotation failed: not tried again before this (alerts go on into the file open).
+    retry_rotation_at: Option<Instant>,
+    /// Opens of a new file a test makes fail (say, for want of file descriptors).
+    #[cfg(test)]
+    failing_opens: u32,
 }
 
 impl AlertWriter {
@@ -215,15 +220,25 @@ impl AlertWriter {
             options,
             out: BufWriter::new(file),
             size,
+            retry_rotation_at: None,
+            #[cfg(test)]
+            failing_opens: 0,
         })
     }
 
     fn append(&mut self, line: &str) {
         let line_bytes = line.len() as u64 + 1;
-        if self.size > 0 && self.size + line_bytes > self.options.max_file_bytes {
-            if let Err(error) = self.rotate() {
-                // Keep appending to the current file rather than lose alerts.
-                tracing::error!(%error, path = %self.options.path.display(), "could not rotate the alert file");
+        let full = self.size > 0 && self.size + line_bytes > self.options.max_file_bytes;
+        let due = self.retry_rotation_at.is_none_or(|at| Instant::now() >= at);
+        if full && due {
+            match self.rotate() {
+                Ok(()) => self.retry_rotation_at = None,
+                Err(error) => {
+                    // Keep appending to the file open now rather than lose alerts; try again
+                    // after the events' retry interval.
+                    self.retry_rotation_at = Some(Instant::now() + crate::events::ROTATION_RETRY);
+                    tracing::error!(%error, path = %self.options.path.display(), "could not rotate the alert file; appending to it until a rotation succeeds");
+                }
             }
         }
         match writeln!(self.out, "{line}") {
@@ -240,7 +255,16 @@ impl AlertWriter {
 
     fn rotate(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        shift_rotated(&self.options.path, self.options.max_files)?;
+        // A rotation that failed after moving the file away only has its open left to do:
+        // shifting again would push the kept files out, one per retry.
+        if self.options.path.exists() {
+            shift_rotated(&self.options.path, self.options.max_files)?;
+        }
+        #[cfg(test)]
+        if self.failing_opens > 0 {
+            self.failing_opens -= 1;
+            return Err(std::io::Error::other("an open made to fail by a test"));
+        }
         self.out = BufWriter::new(open_append(&self.options.path)?);
         self.size = 0;
         Ok(())
@@ -276,6 +300,49 @@ mod tests {
         format!(
             r#"{{"time":"2026-11-28T00:00:00.000Z","integration":"acme","kind":"rate_spike","score":0.9,"observed":{index}.0,"baseline":1.0}}"#
         )
+    }
+
+    /// A rotation whose open fails keeps every alert (in the file moved to `.1`), pushes no
+    /// kept file out, and the retry a second later only opens the new file.
+    #[test]
+    fn a_failed_alert_rotation_loses_nothing_and_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ALERTS_FILE);
+        let line_bytes = alert_line(10).len() as u64 + 1;
+        let options = AlertFileOptions {
+            path: path.clone(),
+            max_file_bytes: 2 * line_bytes,
+            max_files: 3,
+        };
+        let mut writer = AlertWriter::open(options).unwrap();
+        for index in 10..14 {
+            writer.append(&alert_line(index));
+        }
+        // alerts.jsonl.1 holds 10, 11; alerts.jsonl 12, 13. The next rotation's open fails.
+        writer.failing_opens = 1;
+        for index in 14..18 {
+            writer.append(&alert_line(index));
+        }
+        writer.flush().unwrap();
+        assert!(!path.exists(), "moved away, its open failed");
+        assert_eq!(
+            lines(&rotated_name(&path, 1)),
+            (12..18).map(alert_line).collect::<Vec<_>>(),
+            "alerts went on into the open file"
+        );
+        assert_eq!(
+            lines(&rotated_name(&path, 2)),
+            (10..12).map(alert_line).collect::<Vec<_>>()
+        );
+        writer.retry_rotation_at = Some(Instant::now());
+        writer.append(&alert_line(18));
+        writer.flush().unwrap();
+        assert_eq!(lines(&path), vec![alert_line(18)]);
+        assert_eq!(
+            lines(&rotated_name(&path, 2)),
+            (10..12).map(alert_line).collect::<Vec<_>>(),
+            "the retry shifted nothing out"
+        );
     }
 
     #[test]

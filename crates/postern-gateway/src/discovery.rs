@@ -3,7 +3,8 @@
 //! seconds and at shutdown. `GET /v1/discovered` and `postern discover list` read the store.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use postern_discover::{DiscoveredHost, Inventory, Observation, Store};
 
@@ -11,6 +12,8 @@ use postern_discover::{DiscoveredHost, Inventory, Observation, Store};
 pub struct Discovery {
     pending: Mutex<Inventory>,
     store: Store,
+    /// A [`Discovery::flush_in_background`] is running.
+    flushing: AtomicBool,
 }
 
 impl Discovery {
@@ -19,6 +22,7 @@ impl Discovery {
         Ok(Discovery {
             pending: Mutex::new(Inventory::new()),
             store,
+            flushing: AtomicBool::new(false),
         })
     }
 
@@ -38,6 +42,27 @@ impl Discovery {
         if let Err(error) = self.store.merge_delta(&delta) {
             tracing::error!(%error, "could not write the discovery inventory; keeping it in memory");
             self.pending.lock().expect("discovery lock").merge(delta);
+        }
+    }
+
+    /// [`Discovery::flush`] on a thread of its own, unless one is still running: the store may
+    /// wait on another process's write (`postern discover import` merging a large log) for up
+    /// to its busy timeout, which must not hold up the caller (the vault poller, which applies
+    /// revocations every 250 ms).
+    pub fn flush_in_background(self: &Arc<Self>) {
+        if self.flushing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let discovery = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("postern-discovery-flush".to_string())
+            .spawn(move || {
+                discovery.flush();
+                discovery.flushing.store(false, Ordering::Release);
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "could not start the discovery flush; trying again later");
+            self.flushing.store(false, Ordering::Release);
         }
     }
 

@@ -832,7 +832,7 @@ struct RotatingWriter {
 }
 
 /// How long after a failed rotation the next one is tried.
-const ROTATION_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const ROTATION_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl RotatingWriter {
     fn open(options: EventFileOptions) -> std::io::Result<Self> {
