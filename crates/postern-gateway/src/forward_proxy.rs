@@ -385,7 +385,9 @@ fn intercept(
         host: Arc::from(host.as_str()),
         mode: "intercept",
     });
-    let info = Arc::new(connection.tunnelled(true, tunnel));
+    // The tunnel's connection counts its own calls, for its own deadline (below).
+    let calls = Arc::<std::sync::atomic::AtomicUsize>::default();
+    let info = Arc::new(connection.tunnelled(true, tunnel).counting(calls.clone()));
     let builder = crate::listener::connection_builder(runtime.config.gateway.max_header_bytes);
     // An intercepted tunnel closes after the proxy's idle timeout without a byte either way.
     let idle = Duration::from_millis(runtime.proxy.config.idle_timeout_ms);
@@ -398,11 +400,14 @@ fn intercept(
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                 let handshake = tokio::time::timeout(
                     Duration::from_secs(10),
-                    acceptor.accept(crate::deadline::Deadline::new(
-                        TokioIo::new(upgraded),
-                        crate::listener::FIRST_BYTE_TIMEOUT,
-                        idle,
-                    )),
+                    acceptor.accept(
+                        crate::deadline::Deadline::new(
+                            TokioIo::new(upgraded),
+                            crate::listener::FIRST_BYTE_TIMEOUT,
+                            idle,
+                        )
+                        .counting(calls),
+                    ),
                 )
                 .await;
                 match handshake {

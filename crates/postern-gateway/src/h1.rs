@@ -327,13 +327,16 @@ fn early_answer(conn: &mut Connection, method: &Method) -> Option<Head> {
     (clean || head.1 != Framing::Close).then_some(head)
 }
 
-/// Whether `error` says the vendor closed or reset the connection.
+/// Whether `error` says the vendor closed or reset the connection: over TLS, a close without
+/// `close_notify` (many servers end idle connections so) reads as an unexpected end.
 fn dropped(error: &Error) -> bool {
     match error {
         Error::Closed => true,
         Error::Read(error) => matches!(
             error.kind(),
-            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::UnexpectedEof
         ),
         _ => false,
     }
@@ -1438,6 +1441,18 @@ mod tests {
         assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"two".to_vec()));
         assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(vendor.requests.lock().unwrap().len(), 3);
+    }
+
+    /// A vendor's close reads as dropped however it shows: a plain end, a reset, or (TLS
+    /// without `close_notify`) an unexpected end; other read errors do not.
+    #[test]
+    fn what_counts_as_a_dropped_connection() {
+        let read = |kind: io::ErrorKind| Error::Read(io::Error::from(kind));
+        assert!(super::dropped(&Error::Closed));
+        assert!(super::dropped(&read(io::ErrorKind::ConnectionReset)));
+        assert!(super::dropped(&read(io::ErrorKind::UnexpectedEof)));
+        assert!(!super::dropped(&read(io::ErrorKind::TimedOut)));
+        assert!(!super::dropped(&read(io::ErrorKind::InvalidData)));
     }
 
     #[tokio::test]

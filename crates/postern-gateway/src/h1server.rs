@@ -22,7 +22,8 @@
 //! What it does like hyper: keep-alive by default, `Connection: close` honoured both ways, a
 //! `date` header added when the response has none, `content-length` from an exact body size or
 //! else chunked framing, no body for `HEAD`, 1xx, 204 and 304, pipelined requests answered in
-//! order, a head that does not complete within [`HEAD_TIMEOUT`] closes the connection, and
+//! order, a head that does not complete within [`HEAD_TIMEOUT`] of its first byte, or a body
+//! read here within as long of the head's end, closes the connection, and
 //! graceful shutdown: the request in flight is answered (with `connection: close`), a connection
 //! waiting for (or in the middle of sending) its next request is closed, and while a call runs
 //! or its answer pauses the connection is still read, so a caller that hangs up ends its call. What it does differently:
@@ -247,11 +248,20 @@ async fn next_request<S: AsyncRead + Unpin>(
         0 => CallerBody::empty(),
         len => {
             let len = len as usize;
+            // The body is read before the call starts, so before its caller is known: it must
+            // arrive within HEAD_TIMEOUT too (of the head's end), or a trickle of bytes would
+            // hold its buffer and a connection slot up to the idle limit at every byte.
+            let mut body_deadline = None;
             while buf.len() < len {
                 buf.reserve(len - buf.len());
+                let deadline = *body_deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
                 let read = tokio::select! {
                     biased;
-                    read = io.read_buf(buf) => read,
+                    read = tokio::time::timeout_at(deadline, io.read_buf(buf)) => match read {
+                        Ok(read) => read,
+                        Err(_) => return Next::Closed,
+                    },
                     _ = stopping(shutdown) => return Next::Closed,
                 };
                 match read {
@@ -312,20 +322,11 @@ fn parse_with<const N: usize>(
         Err(httparse::Error::TooManyHeaders) => return None,
         Err(_) => return Some(Parse::Handoff),
     };
-    if head_len > max_header_bytes || parsed.version != Some(1) {
-        return Some(Parse::Handoff);
-    }
-    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
-        return Some(Parse::Handoff);
-    };
-    if method == "CONNECT" || !path.starts_with('/') {
-        return Some(Parse::Handoff);
-    }
     let mut body_len = None;
     let mut close = false;
     // Read through the whole head (not left at the first header that sends it to hyper): a
     // request with both Content-Length and Transfer-Encoding is refused here whatever else it
-    // has (`conflicting_framing`).
+    // has (`conflicting_framing`), its length and version included.
     let (mut length, mut chunked, mut handoff) = (false, false, false);
     for found in parsed.headers.iter() {
         let name = found.name.as_bytes();
@@ -354,6 +355,17 @@ fn parse_with<const N: usize>(
     // it be?), and the connection closed after the answer, as its next byte cannot be found.
     if length && chunked {
         return Some(Parse::Conflicting);
+    }
+    // Checked only now: a head hyper would take (too long for here, HTTP/1.0, CONNECT, an
+    // absolute-form target) is refused above all the same if it has both framings.
+    if head_len > max_header_bytes || parsed.version != Some(1) {
+        return Some(Parse::Handoff);
+    }
+    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+        return Some(Parse::Handoff);
+    };
+    if method == "CONNECT" || !path.starts_with('/') {
+        return Some(Parse::Handoff);
     }
     if handoff || chunked || only_conflicting {
         return Some(Parse::Handoff);
@@ -691,6 +703,15 @@ mod tests {
             (b"GET /a HTTP/1.1\r\nconnection: close\r\n\r\n", "here"),
             (b"GET /a HTTP/1.1\r\nhost: x\r\n", "partial"),
             (b"GET /a HTTP/1.0\r\n\r\n", "hyper"),
+            // Both framings, on heads hyper would otherwise take: refused here too.
+            (
+                b"POST /a HTTP/1.0\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "refused here",
+            ),
+            (
+                b"POST http://api.example.com/a HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "refused here",
+            ),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "hyper"),
             (b"CONNECT api.example.com:443 HTTP/1.1\r\n\r\n", "hyper"),
             (b"GET http://api.example.com/a HTTP/1.1\r\n\r\n", "hyper"),
@@ -742,6 +763,16 @@ mod tests {
                 String::from_utf8_lossy(bytes)
             );
         }
+        // A head longer than the listener's limit (which hyper, with its 8 KiB floor, would
+        // take) with both framings: refused here.
+        let mut long = BytesMut::from(
+            format!(
+                "POST /a HTTP/1.1\r\nx-pad: {}\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n",
+                "a".repeat(2000)
+            )
+            .as_bytes(),
+        );
+        assert!(matches!(parse(&mut long, 1024), Parse::Conflicting));
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("x-{i}: v\r\n"))
             .collect();
@@ -1192,6 +1223,36 @@ mod tests {
             .unwrap();
         assert!(closed);
         assert!(dropped.load(Ordering::SeqCst), "the call was dropped");
+    }
+
+    /// A body read before its call starts must arrive within HEAD_TIMEOUT of its head: a
+    /// trickle is closed unanswered, and no handler runs.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_does_not_arrive_in_time_closes_the_connection() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let served = tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            serve(&mut server, &info(), &echo, &mut shutdown, 8192, None).await;
+            started.elapsed()
+        });
+        client
+            .write_all(b"POST /one HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc")
+            .await
+            .unwrap();
+        tokio::time::sleep(HEAD_TIMEOUT - Duration::from_secs(1)).await;
+        client.write_all(b"d").await.unwrap();
+        let took = tokio::time::timeout(HEAD_TIMEOUT * 2, served)
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+        assert!(
+            took >= HEAD_TIMEOUT && took < HEAD_TIMEOUT + Duration::from_secs(1),
+            "{took:?}"
+        );
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     }
 
     #[tokio::test]

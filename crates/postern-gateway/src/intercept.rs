@@ -3,8 +3,10 @@
 //!
 //! A client that trusts the CA (`postern ca export` prints it) sees a certificate for the host it
 //! asked for; one that does not refuses the handshake and nothing is forwarded. Leaves share one
-//! key pair generated at start (in memory only), are valid for 30 days, and are re-issued after
-//! 7 days; at most [`MAX_CACHED_LEAVES`] are cached (the older half is dropped when full).
+//! key pair generated at start (in memory only) and one TLS session cache, each has a random
+//! serial number (RFC 5280 §4.1.2.2: clients such as NSS refuse two certificates of one issuer
+//! with one serial), they are valid for 30 days and re-issued after 7 days; at most
+//! [`MAX_CACHED_LEAVES`] are cached (the older half is dropped when full).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -27,6 +29,8 @@ pub const CA_KEY_FILE: &str = "ca-key.pem";
 /// Leaves kept in memory; past this the older half is dropped.
 pub const MAX_CACHED_LEAVES: usize = 10_000;
 const LEAF_REISSUE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+/// TLS sessions kept for resumption, over all leaves together.
+const CACHED_SESSIONS: usize = 4096;
 
 /// Postern's interception CA and its leaf cache.
 pub struct InterceptCa {
@@ -34,6 +38,9 @@ pub struct InterceptCa {
     ca_der: CertificateDer<'static>,
     leaf_key: KeyPair,
     leaves: Mutex<HashMap<String, (Instant, Arc<rustls::ServerConfig>)>>,
+    /// One session cache for every leaf's config: a config of its own each would keep its own
+    /// 256 sessions, [`MAX_CACHED_LEAVES`] times over.
+    sessions: Arc<rustls::server::ServerSessionMemoryCache>,
 }
 
 impl InterceptCa {
@@ -56,11 +63,20 @@ impl InterceptCa {
             .into_iter()
             .next()
             .context("the interception CA file holds no certificate")?;
+        // Leaves signed by a key that is not the certificate's would verify for no client.
+        if memchr::memmem::find(&ca_der, issuer.key().public_key_raw()).is_none() {
+            anyhow::bail!(
+                "the interception CA key {} is not the key of its certificate {}; restore the pair from backup, or move the ca/ directory away to have a new CA generated (clients must then trust the new one)",
+                ca_dir(data_dir).join(CA_KEY_FILE).display(),
+                ca_dir(data_dir).join(CA_CERT_FILE).display()
+            );
+        }
         Ok(InterceptCa {
             issuer,
             ca_der,
             leaf_key: KeyPair::generate().context("generating the leaf key")?,
             leaves: Mutex::new(HashMap::new()),
+            sessions: rustls::server::ServerSessionMemoryCache::new(CACHED_SESSIONS),
         })
     }
 
@@ -89,6 +105,21 @@ impl InterceptCa {
     }
 
     fn issue(&self, host: &str) -> anyhow::Result<rustls::ServerConfig> {
+        let chain = vec![self.leaf(host)?, self.ca_der.clone()];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.serialize_der()));
+        let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|error| anyhow::anyhow!("TLS setup: {error}"))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|error| anyhow::anyhow!("interception certificate: {error}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.session_storage = self.sessions.clone();
+        Ok(config)
+    }
+
+    /// A new leaf certificate for `host`, signed by the CA.
+    fn leaf(&self, host: &str) -> anyhow::Result<CertificateDer<'static>> {
         let mut params = CertificateParams::new(vec![host.to_string()])
             .with_context(|| format!("{host} is not a name a certificate can carry"))?;
         params
@@ -100,19 +131,14 @@ impl InterceptCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
+        // Positive, as DER INTEGER serials must be: the top bit clear.
+        let mut serial: [u8; 16] = rand::random();
+        serial[0] &= 0x7f;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         let leaf = params
             .signed_by(&self.leaf_key, &self.issuer)
             .context("signing a leaf certificate")?;
-        let chain = vec![leaf.der().clone(), self.ca_der.clone()];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.serialize_der()));
-        let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|error| anyhow::anyhow!("TLS setup: {error}"))?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|error| anyhow::anyhow!("interception certificate: {error}"))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(config)
+        Ok(leaf.der().clone())
     }
 }
 
@@ -128,34 +154,77 @@ pub fn export_ca_pem(data_dir: &Path) -> anyhow::Result<String> {
 /// Reads (certificate PEM, key PEM), generating both on first use.
 fn ensure_ca_files(data_dir: &Path) -> anyhow::Result<(String, String)> {
     let dir = ca_dir(data_dir);
-    let cert_path = dir.join(CA_CERT_FILE);
-    let key_path = dir.join(CA_KEY_FILE);
-    match (cert_path.exists(), key_path.exists()) {
-        (true, true) => {
-            let cert = std::fs::read_to_string(&cert_path)
-                .with_context(|| format!("reading {}", cert_path.display()))?;
-            let key = std::fs::read_to_string(&key_path)
-                .with_context(|| format!("reading {}", key_path.display()))?;
-            return Ok((cert, key));
-        }
-        (true, false) | (false, true) => anyhow::bail!(
-            "the interception CA in {} is incomplete ({} is missing); restore it from backup, or move the ca/ directory away to have a new CA generated (clients must then trust the new one)",
-            dir.display(),
-            if cert_path.exists() { CA_KEY_FILE } else { CA_CERT_FILE }
-        ),
-        (false, false) => {}
+    if let Some(files) = read_ca_files(&dir)? {
+        return Ok(files);
     }
     // A data_dir made here (`postern ca export` before any `serve`) is private, as `serve`
     // makes it.
     if let Some(data_dir) = dir.parent().filter(|parent| !parent.exists()) {
         crate::create_private_dir(data_dir)?;
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (cert_pem, key_pem) = new_ca()?;
+    // Both files are written whole into a private directory of their own, which is then
+    // renamed into place: a crash leaves no half CA (at most a stray temporary directory), and
+    // of two first starts at once (`serve` and `postern ca export`) one CA wins and both use it.
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let tmp = parent.join(format!(
+        ".{CA_DIR}-{}-{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let written = crate::create_private_dir(&tmp)
+        .and_then(|()| crate::write_private_file(&tmp.join(CA_KEY_FILE), key_pem.as_bytes()))
+        .and_then(|()| crate::write_private_file(&tmp.join(CA_CERT_FILE), cert_pem.as_bytes()));
+    if let Err(error) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(error);
+    }
+    // Renaming over an empty `ca/` (left by an older version's crash) replaces it; over a
+    // complete one, another process won.
+    let renamed = std::fs::rename(&tmp, &dir);
+    let _ = std::fs::remove_dir_all(&tmp);
+    if let Err(error) = renamed {
+        return match read_ca_files(&dir)? {
+            Some(files) => Ok(files),
+            None => Err(error).with_context(|| format!("creating {}", dir.display())),
+        };
+    }
+    let _ = std::fs::File::open(parent).and_then(|parent| parent.sync_all());
+    tracing::info!(path = %dir.join(CA_CERT_FILE).display(), "generated the interception CA (trust it with `postern ca export`)");
+    Ok((cert_pem, key_pem))
+}
+
+/// The CA in `dir` as (certificate PEM, key PEM); `None` if there is none yet.
+fn read_ca_files(dir: &Path) -> anyhow::Result<Option<(String, String)>> {
+    let cert_path = dir.join(CA_CERT_FILE);
+    let key_path = dir.join(CA_KEY_FILE);
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => {}
+        (true, false) | (false, true) => anyhow::bail!(
+            "the interception CA in {} is incomplete ({} is missing); restore it from backup, or move the ca/ directory away to have a new CA generated (clients must then trust the new one)",
+            dir.display(),
+            if cert_path.exists() { CA_KEY_FILE } else { CA_CERT_FILE }
+        ),
+        (false, false) => return Ok(None),
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        if let Ok(metadata) = std::fs::metadata(&key_path) {
+            if metadata.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %key_path.display(), "the interception CA key can be read by other users; `chmod 600` it");
+            }
+        }
     }
+    let cert = std::fs::read_to_string(&cert_path)
+        .with_context(|| format!("reading {}", cert_path.display()))?;
+    let key = std::fs::read_to_string(&key_path)
+        .with_context(|| format!("reading {}", key_path.display()))?;
+    Ok(Some((cert, key)))
+}
+
+/// A new CA: (certificate PEM, key PEM).
+fn new_ca() -> anyhow::Result<(String, String)> {
     let key = KeyPair::generate().context("generating the CA key")?;
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
@@ -174,20 +243,7 @@ fn ensure_ca_files(data_dir: &Path) -> anyhow::Result<(String, String)> {
     let cert = params
         .self_signed(&key)
         .context("signing the CA certificate")?;
-    let key_pem = key.serialize_pem();
-    // Both files under temporary names, then renamed: a crash never leaves half a CA.
-    let key_tmp = dir.join(format!("{CA_KEY_FILE}.tmp"));
-    let cert_tmp = dir.join(format!("{CA_CERT_FILE}.tmp"));
-    let _ = std::fs::remove_file(&key_tmp);
-    crate::write_private_file(&key_tmp, key_pem.as_bytes())?;
-    std::fs::write(&cert_tmp, cert.pem())
-        .with_context(|| format!("writing {}", cert_tmp.display()))?;
-    std::fs::rename(&key_tmp, &key_path)
-        .with_context(|| format!("writing {}", key_path.display()))?;
-    std::fs::rename(&cert_tmp, &cert_path)
-        .with_context(|| format!("writing {}", cert_path.display()))?;
-    tracing::info!(path = %cert_path.display(), "generated the interception CA (trust it with `postern ca export`)");
-    Ok((cert.pem(), key_pem))
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 #[cfg(test)]
@@ -216,6 +272,75 @@ mod tests {
             &ca.server_config("API.example.test").unwrap()
         ));
         assert_eq!(config.alpn_protocols[0], b"h2");
+    }
+
+    /// Every leaf has a serial of its own: clients such as NSS refuse a second certificate with
+    /// the issuer and serial of one they have seen. They share one session cache.
+    #[test]
+    fn leaves_have_serials_of_their_own_and_share_one_session_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = InterceptCa::load_or_create(dir.path()).unwrap();
+        let serial = |host: &str| {
+            let der = ca.leaf(host).unwrap();
+            let (_, leaf) = x509_parser::parse_x509_certificate(&der).unwrap();
+            leaf.tbs_certificate.raw_serial().to_vec()
+        };
+        let a = serial("a.example.test");
+        assert_ne!(a, serial("b.example.test"));
+        assert_ne!(
+            a,
+            serial("a.example.test"),
+            "a re-issued leaf has a new serial"
+        );
+        assert_eq!(a.len(), 16);
+        let one = ca.server_config("a.example.test").unwrap();
+        let two = ca.server_config("b.example.test").unwrap();
+        let storage =
+            |config: &rustls::ServerConfig| Arc::as_ptr(&config.session_storage).cast::<u8>();
+        assert_eq!(storage(&one), storage(&two));
+    }
+
+    /// A key that is not its certificate's is refused at load, with what to do.
+    #[test]
+    fn a_ca_key_that_is_not_its_certificates_is_refused() {
+        let (one, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        export_ca_pem(one.path()).unwrap();
+        export_ca_pem(other.path()).unwrap();
+        std::fs::copy(
+            other.path().join(CA_DIR).join(CA_KEY_FILE),
+            one.path().join(CA_DIR).join(CA_KEY_FILE),
+        )
+        .unwrap();
+        let error = format!(
+            "{:#}",
+            InterceptCa::load_or_create(one.path()).err().unwrap()
+        );
+        assert!(
+            error.contains("is not the key of its certificate"),
+            "{error}"
+        );
+    }
+
+    /// Of two first creations at once, one CA wins and both get it; no temporary directory is
+    /// left behind.
+    #[test]
+    fn concurrent_first_creations_agree_on_one_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || export_ca_pem(&path).unwrap())
+            })
+            .collect();
+        let pems: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(pems.iter().all(|pem| *pem == pems[0]));
+        let names: Vec<_> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(CA_DIR)]);
+        assert!(InterceptCa::load_or_create(&path).is_ok());
     }
 
     #[test]

@@ -168,7 +168,9 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, CONNECTION_IDLE_TIMEOUT);
+        let calls = Arc::<std::sync::atomic::AtomicUsize>::default();
+        let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, CONNECTION_IDLE_TIMEOUT)
+            .counting(calls.clone());
         let tls = tls.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -186,7 +188,8 @@ where
         match tls {
             None => {
                 tokio::spawn(async move {
-                    let info = Arc::new(ConnectionInfo::new(peer, None, false).holding(slot));
+                    let info = ConnectionInfo::new(peer, None, false);
+                    let info = Arc::new(info.holding(slot).counting(calls));
                     connection.serve_h1_first(stream, info, handler).await;
                 });
             }
@@ -213,7 +216,8 @@ where
                         .and_then(|certs| certs.first())
                         .and_then(crate::tls::spiffe_id);
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let info = Arc::new(ConnectionInfo::new(peer, spiffe_id, true).holding(slot));
+                    let info = ConnectionInfo::new(peer, spiffe_id, true);
+                    let info = Arc::new(info.holding(slot).counting(calls));
                     match h2 {
                         true => {
                             let Connection {

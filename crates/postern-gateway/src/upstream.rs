@@ -54,15 +54,29 @@ pub enum ConnectError {
     ServerName { host: String },
 }
 
-/// Resolves `host`, refuses the answer if the guard refuses any address in it, and connects to
-/// the first address that answers within `connect_timeout`. The one way Postern dials out.
+/// Resolves `host` (within `connect_timeout`: a name server that never answers does not hold
+/// the call), refuses the answer if the guard refuses any address in it, and connects to the
+/// first address that answers within `connect_timeout`. The one way Postern dials out.
 pub async fn dial(
     guard: &Guard,
     host: &str,
     port: u16,
     connect_timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
-    let addrs = guard.resolve(host, port).await.map_err(|e| match e {
+    let resolved = tokio::time::timeout(connect_timeout, guard.resolve(host, port))
+        .await
+        .map_err(|_| ConnectError::Resolve {
+            // Escaped as the guard's own resolve errors are: a hostile name cannot forge log lines.
+            host: host.escape_debug().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer from the resolver within connect_timeout_ms ({} ms)",
+                    connect_timeout.as_millis()
+                ),
+            ),
+        })?;
+    let addrs = resolved.map_err(|e| match e {
         GuardError::Denied(denied) => ConnectError::Denied(denied),
         GuardError::Resolve { host, source } => ConnectError::Resolve { host, source },
     })?;

@@ -188,6 +188,27 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
     }
 }
 
+/// The IPv4 address an IPv4-embedding IPv6 address reaches: the last 32 bits of
+/// `::ffff:0:0/96`, `::/96` and the NAT64 well-known prefix `64:ff9b::/96`
+/// (RFC 6052), bits 16–48 of 6to4's `2002::/16` (RFC 3056). `None` for every
+/// other address (the NAT64 local-use prefix's layout depends on its length).
+fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else {
+        return None;
+    };
+    let bits = u128::from(v6);
+    match classify_v6(v6) {
+        AddressClass::Ipv4Mapped | AddressClass::Ipv4Compatible => {
+            Some(Ipv4Addr::from(bits as u32))
+        }
+        AddressClass::Nat64 if bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000 => {
+            Some(Ipv4Addr::from(bits as u32))
+        }
+        AddressClass::SixToFour => Some(Ipv4Addr::from((bits >> 80) as u32)),
+        _ => None,
+    }
+}
+
 /// An address the guard refused to let Postern dial.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("address {ip} is {} and not in allow_private_networks", class.as_str())]
@@ -260,10 +281,28 @@ impl Guard {
     /// `127.0.0.1` and `::ffff:127.0.0.1`. Without a matching entry it stays
     /// denied as `ipv4_mapped`, even when the embedded address is public.
     /// No other IPv4-embedding form gets this treatment.
+    ///
+    /// The other way round, an IPv6 entry over an IPv4-embedding prefix
+    /// (`::ffff:0:0/96`, `::/96`, the NAT64 `64:ff9b::/96` a DNS64 network
+    /// needs, `2002::/16`) allows only addresses whose embedded IPv4 address
+    /// is public or itself allowed: `64:ff9b::a9fe:a9fe` reaches
+    /// 169.254.169.254 through the translator, so the NAT64 entry alone does
+    /// not let it pass.
     pub fn check(&self, ip: IpAddr) -> Result<(), Denied> {
         let class = classify(ip);
-        if class == AddressClass::Public || self.is_allowed_private(ip) {
+        if class == AddressClass::Public {
             return Ok(());
+        }
+        if self.is_allowed_private(ip) {
+            let reaches = embedded_ipv4(ip).map(IpAddr::V4);
+            return match reaches {
+                Some(v4)
+                    if classify(v4) != AddressClass::Public && !self.is_allowed_private(v4) =>
+                {
+                    Err(Denied { ip, class })
+                }
+                _ => Ok(()),
+            };
         }
         if let IpAddr::V6(v6) = ip {
             if let Some(embedded) = v6.to_ipv4_mapped() {
@@ -587,6 +626,18 @@ mod tests {
             (&["10.0.0.0/8", "fd00::/8"], "fc00::1", false),
             (&["10.0.0.0/8", "fd00::/8"], "192.168.1.1", false),
             (&["::ffff:0:0/96"], "::ffff:8.8.8.8", true),
+            // An entry over an IPv4-embedding prefix passes only what the embedded IPv4
+            // address would pass: public, or allowed by an IPv4 entry.
+            (&["::ffff:0:0/96"], "::ffff:127.0.0.1", false),
+            (&["::ffff:0:0/96", "127.0.0.1/32"], "::ffff:127.0.0.1", true),
+            (&["64:ff9b::/96"], "64:ff9b::808:808", true),
+            (&["64:ff9b::/96"], "64:ff9b::a9fe:a9fe", false),
+            (&["64:ff9b::/96"], "64:ff9b::a00:5", false),
+            (&["64:ff9b::/96", "10.0.0.0/8"], "64:ff9b::a00:5", true),
+            (&["::/96"], "::10.0.0.5", false),
+            (&["2002::/16"], "2002:808:808::1", true),
+            (&["2002::/16"], "2002:a9fe:a9fe::1", false),
+            (&["64:ff9b:1::/48"], "64:ff9b:1::a00:5", true),
         ]);
     }
 
