@@ -51,12 +51,15 @@ mod raw;
 mod validate;
 
 pub use diagnostic::{ConfigErrors, Diagnostic};
+pub use path_template::segment_name;
 pub use validate::is_identifier;
 
 /// Default for [`GatewayConfig::events_max_file_bytes`]: 64 MiB.
 pub const DEFAULT_EVENTS_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Default for [`GatewayConfig::events_max_files`].
 pub const DEFAULT_EVENTS_MAX_FILES: u32 = 5;
+/// The most rotated event (and alert) files kept.
+pub const MAX_EVENTS_MAX_FILES: u32 = 1000;
 /// Default for [`GatewayConfig::max_header_bytes`].
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Default for [`GatewayConfig::credential_max_age_days`].

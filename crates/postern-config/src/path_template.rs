@@ -4,6 +4,13 @@
 //! This module only checks that a template is well formed; matching request
 //! paths against templates is the gateway's job.
 
+/// A request path segment's name, as operations are matched: the segment up to its first `;`.
+/// What follows is its path parameters (RFC 3986 §3.3), which servers that read them (Tomcat,
+/// Jetty, Spring) drop before routing, so `search;x` is `search`. Templates may not hold `;`.
+pub fn segment_name(segment: &str) -> &str {
+    segment.split(';').next().unwrap_or(segment)
+}
+
 /// Why a path template was rejected: what is wrong and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TemplateError {
@@ -26,6 +33,14 @@ pub(crate) fn check_path_template(template: &str) -> Result<String, TemplateErro
         return reject(
             format!("path `{template}` does not start with '/'"),
             format!("write it as `/{template}`"),
+        );
+    }
+    // A request path with an empty segment is refused (`400 invalid_path`), so such an
+    // operation could never match.
+    if template.contains("//") {
+        return reject(
+            format!("path `{template}` has an empty segment (`//`)"),
+            "remove the extra '/'",
         );
     }
     let mut shape = String::with_capacity(template.len());
@@ -129,6 +144,10 @@ mod tests {
             "error path `/a/{x}.{y}` has two placeholders in one segment",
         );
         check("/", "ok /");
+        check(
+            "/v1//charges",
+            "error path `/v1//charges` has an empty segment (`//`)",
+        );
         check(
             "v1/charges",
             "error path `v1/charges` does not start with '/'",

@@ -47,7 +47,7 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
     };
     let gateway = validator.gateway(raw.gateway.into_inner());
     validator.max_header_bytes = gateway.max_header_bytes;
-    let callers = validator.callers(raw.callers);
+    let callers = validator.callers(raw.callers, gateway.admin_token_sha256.as_deref());
     let integrations = validator.integrations(raw.integrations);
     let grants = validator.grants(raw.grants, &callers, &integrations);
     let proxy = validator.proxy(raw.proxy.map(Spanned::into_inner));
@@ -273,7 +273,24 @@ impl Validator<'_> {
             None => DEFAULT_EVENTS_MAX_FILE_BYTES,
         };
         let events_max_files = match &raw.events_max_files {
-            Some(value) => self.at_least(value, "events_max_files", 1),
+            Some(value) => {
+                let files = self.at_least(value, "events_max_files", 1);
+                // Each rotation renames the kept files one by one (and looks for each).
+                if files > MAX_EVENTS_MAX_FILES {
+                    self.error(
+                        value.span(),
+                        format!(
+                            "`events_max_files` = {files} is too large; the maximum is \
+                             {MAX_EVENTS_MAX_FILES}"
+                        ),
+                        format!(
+                            "set `events_max_files` to {MAX_EVENTS_MAX_FILES} or less (raise \
+                             `events_max_file_bytes` to keep more history)"
+                        ),
+                    );
+                }
+                files
+            }
             None => DEFAULT_EVENTS_MAX_FILES,
         };
         let max_header_bytes = match &raw.max_header_bytes {
@@ -331,7 +348,7 @@ impl Validator<'_> {
                 .map(|path| self.resolve_path(path, "scan_rules")),
             audit_origin: raw.audit_origin.as_ref().map(|origin| {
                 let text = origin.get_ref();
-                if text.is_empty() || text.contains(['\n', '\r']) || text.starts_with("http") {
+                if text.is_empty() || text.contains(['\n', '\r']) || text.contains("://") {
                     self.error(
                         origin.span(),
                         "`audit_origin` must be a non-empty single line without a URL scheme",
@@ -379,7 +396,12 @@ impl Validator<'_> {
         }
     }
 
-    fn callers(&mut self, raw_callers: Vec<Spanned<RawCaller>>) -> Vec<CallerConfig> {
+    /// `admin_token_sha256`: the admin token's hash, which no caller's may be.
+    fn callers(
+        &mut self,
+        raw_callers: Vec<Spanned<RawCaller>>,
+        admin_token_sha256: Option<&str>,
+    ) -> Vec<CallerConfig> {
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut tokens: HashMap<String, String> = HashMap::new();
         let mut spiffe_ids: HashMap<String, String> = HashMap::new();
@@ -422,6 +444,13 @@ impl Validator<'_> {
                         value.span(),
                         format!("caller `{name}` has the same token_sha256 as caller `{other}`"),
                         "give every caller its own token",
+                    );
+                } else if admin_token_sha256.is_some_and(|admin| admin.eq_ignore_ascii_case(&digest)) {
+                    self.error(
+                        value.span(),
+                        format!("caller `{name}` has the admin token's hash (`admin_token_sha256`)"),
+                        "give the admin API a token of its own (`postern callers token admin` makes one): \
+                         a caller's token must never open the admin API",
                     );
                 } else {
                     tokens.insert(digest.clone(), name.clone());
@@ -1041,6 +1070,19 @@ impl Validator<'_> {
         let (token_url_text, client_id) = (token_url?, client_id?);
         let span = raw.token_url.as_ref().map(|t| t.span()).unwrap_or_default();
         let token_url = match url::Url::parse(&token_url_text) {
+            Ok(url)
+                if !url.username().is_empty()
+                    || url.password().is_some()
+                    || url.fragment().is_some() =>
+            {
+                self.error(
+                    span,
+                    "`token_url` holds a user name, password or fragment, which are not sent",
+                    "write the endpoint alone; the client's id and secret go in `client_id` and \
+                     `client_secret`",
+                );
+                return None;
+            }
             Ok(url) if url.scheme() == "https" || (url.scheme() == "http" && allow_plaintext) => {
                 url
             }

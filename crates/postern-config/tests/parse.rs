@@ -261,9 +261,44 @@ fn gateway_values() {
     check(&format!("{GATEWAY}policies = \"missing.cedar\"\n"), "5:12: policies file /etc/postern/missing.cedar does not exist");
     check(&format!("{GATEWAY}events_max_file_bytes = 100\n"), "5:25: `events_max_file_bytes` = 100 is too small; the minimum is 4096");
     check(&format!("{GATEWAY}events_max_files = 0\n"), "5:20: `events_max_files` = 0 is too small; the minimum is 1");
+    check(&format!("{GATEWAY}events_max_files = 4000000000\n"), "5:20: `events_max_files` = 4000000000 is too large; the maximum is 1000");
+    // An origin is a name, not a URL: `httpd.` is a host name; `ftp://` a scheme.
+    check(&format!("{GATEWAY}audit_origin = \"httpd.example.com/audit\"\n"), "ok");
+    check(&format!("{GATEWAY}audit_origin = \"ftp://x.example.com\"\n"), "5:16: `audit_origin` must be a non-empty single line without a URL scheme");
     check(&format!("{GATEWAY}max_header_bytes = 512\n"), "5:20: `max_header_bytes` = 512 is out of range 1024..=1048576");
     check(&format!("{GATEWAY}workers = 1000\n"), "5:11: `workers` = 1000 is more than 256");
     check(&format!("{GATEWAY}data_dir = \"x\"\n"), "5:1: duplicate key `data_dir` in table `gateway`");
+}
+
+/// No caller may hold the admin token: its token would open the admin API.
+#[test]
+fn a_caller_with_the_admin_tokens_hash_is_refused() {
+    let body = format!(
+        "{GATEWAY}admin_token_sha256 = \"{}\"\n[[callers]]\nname = \"checkout\"\ntoken_sha256 = \"<64 hex>\"\n",
+        TOKEN.to_uppercase()
+    );
+    check(
+        &body,
+        "8:16: caller `checkout` has the admin token's hash (`admin_token_sha256`)",
+    );
+}
+
+/// A token endpoint with a user name, password or fragment is refused: they are not sent, and
+/// a secret would sit in the URL.
+#[test]
+fn a_token_url_with_credentials_is_refused() {
+    let body = integration(
+        "credential = { kind = \"oauth2\", token_url = \"https://id:secret@auth.example.com/token\", client_id = \"c\", client_secret = \"s\" }\n",
+    );
+    let rendered = render(&body);
+    assert!(
+        rendered.contains("`token_url` holds a user name, password or fragment"),
+        "{rendered}"
+    );
+    let body = integration(
+        "credential = { kind = \"oauth2\", token_url = \"https://auth.example.com/token?tenant=a\", client_id = \"c\", client_secret = \"s\" }\n",
+    );
+    assert_eq!(render(&body), "ok");
 }
 
 #[test]

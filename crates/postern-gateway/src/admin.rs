@@ -21,10 +21,18 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
         request.method() == Method::POST && path.starts_with("/v1/credentials/");
     if request.method() != Method::GET && request.method() != Method::HEAD && !is_credential_change
     {
-        return json_response(
+        let mut response = json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"error": {"code": "method_not_allowed", "message": "use GET (POST only under /v1/credentials/NAME)"}}),
         );
+        let allow = match path.starts_with("/v1/credentials/") {
+            true => "GET, HEAD, POST",
+            false => "GET, HEAD",
+        };
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        return response;
     }
     match path {
         "/healthz" => return text_response(StatusCode::OK, "ok\n", "text/plain"),
@@ -42,8 +50,9 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
         })
         .is_some_and(|token| runtime.is_admin_token(token.trim().as_bytes()));
     if !authorized {
@@ -135,13 +144,10 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
             }
         }
         "/v1/alerts" => {
-            let limit = request
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("limit=")))
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(100)
-                .min(1000);
+            let Some(limit) = limit(&request) else {
+                return invalid_limit("/v1/alerts");
+            };
+            let limit = limit.min(1000);
             let lines = shared
                 .recorder
                 .detector
@@ -152,20 +158,8 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
             text_response(StatusCode::OK, body, "application/json")
         }
         "/v1/events" => {
-            let limit = request
-                .uri()
-                .query()
-                .and_then(|q| {
-                    q.split('&')
-                        .find_map(|pair| pair.strip_prefix("limit="))
-                        .map(|v| v.parse::<usize>())
-                })
-                .unwrap_or(Ok(100));
-            let Ok(limit) = limit else {
-                return json_response(
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": {"code": "invalid_limit", "message": "limit must be a whole number, e.g. /v1/events?limit=50"}}),
-                );
+            let Some(limit) = limit(&request) else {
+                return invalid_limit("/v1/events");
             };
             let limit = limit.min(crate::events::RECENT_EVENTS_CAPACITY);
             shared.recorder.events.flush().await;
@@ -187,6 +181,25 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
             json!({"error": {"code": "not_found", "message": "unknown admin route; see docs/ADMIN.md"}}),
         ),
     }
+}
+
+/// The request's `limit=N` (100 without one); `None` when it is not a whole number.
+fn limit(request: &Request<CallerBody>) -> Option<usize> {
+    let value = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("limit=")));
+    match value {
+        Some(value) => value.parse().ok(),
+        None => Some(100),
+    }
+}
+
+fn invalid_limit(route: &str) -> Response<GatewayBody> {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        json!({"error": {"code": "invalid_limit", "message": format!("limit must be a whole number, e.g. {route}?limit=50")}}),
+    )
 }
 
 /// `/v1/credentials…`: list, history, and (POST) set, rotate, rollback, revoke.
@@ -328,10 +341,15 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
     match result {
         Ok(answer) => {
             // Apply at once for calls that start after this answer.
+            tracing::info!(credential = %name, action = %if action.is_empty() { "set" } else { action.as_str() }, "credential changed via the admin API");
             if let Err(e) = shared.refresh_from_vault() {
                 tracing::error!(error = %format!("{e:#}"), "applying a credential change failed");
+                // Stored, but not in use yet: the vault poller tries again every 250 ms.
+                return json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": {"code": "credential_change_not_applied", "message": "the change is stored in the vault, but applying it failed (see postern's log); calls go on with the previous credentials until it applies"}}),
+                );
             }
-            tracing::info!(credential = %name, action = %if action.is_empty() { "set" } else { action.as_str() }, "credential changed via the admin API");
             json_response(StatusCode::OK, answer)
         }
         Err(e) => vault_error(e),

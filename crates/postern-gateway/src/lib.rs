@@ -177,9 +177,19 @@ impl Shared {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Builds a runtime from `config` with the current vault contents and swaps it in.
-    fn rebuild(&self, config: Config, admin_token_sha256: [u8; 32]) -> anyhow::Result<Vec<String>> {
+    /// Builds a runtime with the current vault contents and swaps it in: from a reloaded
+    /// config, or (`None`) from the running one, read under the rebuild lock so a reload that
+    /// swapped in first is not undone.
+    fn rebuild(&self, reload: Option<(Config, [u8; 32])>) -> anyhow::Result<Vec<String>> {
         let _guard = self.rebuild.lock().expect("rebuild lock");
+        let running = self.runtime.load_full();
+        let (config, admin_token_sha256, reuse) = match reload {
+            Some((config, admin_token_sha256)) => (config, admin_token_sha256, None),
+            None => {
+                let admin = *self.admin_token_sha256.lock().expect("admin token lock");
+                ((*running.config).clone(), admin, Some(&*running))
+            }
+        };
         let runtime = Runtime::build(
             config,
             &BuildInputs {
@@ -188,6 +198,7 @@ impl Shared {
                 clients: &self.clients,
                 token_sources: &self.token_sources,
                 vault: Some(&self.vault),
+                reuse,
             },
         )?;
         *self.admin_token_sha256.lock().expect("admin token lock") = admin_token_sha256;
@@ -223,12 +234,10 @@ impl Shared {
     /// Called by the poller and right after an admin-API change.
     pub fn refresh_from_vault(&self) -> anyhow::Result<bool> {
         let generation = self.vault.generation()?;
-        let current = self.runtime.load_full();
-        if generation == current.vault_generation {
+        if generation == self.runtime.load().vault_generation {
             return Ok(false);
         }
-        let admin = *self.admin_token_sha256.lock().expect("admin token lock");
-        let notes = self.rebuild((*current.config).clone(), admin)?;
+        let notes = self.rebuild(None)?;
         for note in notes {
             tracing::warn!(problem = %note, "after vault change");
         }
@@ -293,7 +302,7 @@ impl Shared {
     /// Writes credential last-used times to the vault.
     fn flush_usage(&self) {
         self.flush_dataflow();
-        self.discovery.flush();
+        self.discovery.flush_in_background();
         let runtime = self.runtime.load();
         let used: Vec<(String, i64)> = runtime
             .integrations
@@ -351,6 +360,8 @@ pub struct RunningGateway {
     checkpointer: Option<JoinHandle<()>>,
     checkpoint_stop: watch::Sender<bool>,
     grace: Duration,
+    /// `[gateway]` as the gateway started: the keys that need a restart keep these values.
+    start_gateway: postern_config::GatewayConfig,
 }
 
 impl RunningGateway {
@@ -387,6 +398,7 @@ impl RunningGateway {
                 clients: &clients,
                 token_sources: &token_sources,
                 vault: Some(&vault),
+                reuse: None,
             },
         )?;
         for problem in &runtime.problems {
@@ -538,6 +550,7 @@ impl RunningGateway {
             checkpointer,
             checkpoint_stop,
             grace: Duration::from_millis(config.gateway.shutdown_grace_ms),
+            start_gateway: config.gateway.clone(),
         })
     }
 
@@ -545,50 +558,11 @@ impl RunningGateway {
     /// Listener addresses, TLS files and data_dir are fixed at start; changes to them are
     /// reported and need a restart.
     pub fn reload(&self, config: Config) -> anyhow::Result<Vec<String>> {
-        let current = self.shared.runtime.load();
+        let mut config = config;
         let mut notes = Vec::new();
-        let old = &current.config.gateway;
-        let new = &config.gateway;
-        let restart_only = [
-            ("listen", old.listen != new.listen),
-            ("admin_listen", old.admin_listen != new.admin_listen),
-            ("data_dir", old.data_dir != new.data_dir),
-            ("tls_cert", old.tls_cert != new.tls_cert),
-            ("tls_key", old.tls_key != new.tls_key),
-            ("client_ca", old.client_ca != new.client_ca),
-            (
-                "events_max_file_bytes",
-                old.events_max_file_bytes != new.events_max_file_bytes,
-            ),
-            (
-                "events_max_files",
-                old.events_max_files != new.events_max_files,
-            ),
-            (
-                "max_header_bytes",
-                old.max_header_bytes != new.max_header_bytes,
-            ),
-            (
-                "shutdown_grace_ms",
-                old.shutdown_grace_ms != new.shutdown_grace_ms,
-            ),
-            ("workers", old.workers != new.workers),
-            ("detect", old.detect != new.detect),
-            ("audit_origin", old.audit_origin != new.audit_origin),
-            (
-                "audit_timeout_ms",
-                old.audit_timeout_ms != new.audit_timeout_ms,
-            ),
-            (
-                "audit_checkpoint_interval_ms",
-                old.audit_checkpoint_interval_ms != new.audit_checkpoint_interval_ms,
-            ),
-        ];
-        let changed: Vec<&str> = restart_only
-            .iter()
-            .filter(|(_, changed)| *changed)
-            .map(|(key, _)| *key)
-            .collect();
+        // Compared with the values the gateway started with, not the last reload's, and put
+        // back to them: a key that needs a restart takes effect nowhere until one.
+        let changed = keep_start_values(&self.start_gateway, &mut config.gateway);
         if !changed.is_empty() {
             notes.push(format!(
                 "[gateway] {} changed: these take effect only after a restart",
@@ -596,32 +570,40 @@ impl RunningGateway {
             ));
         }
         let hash = match &config.gateway.admin_token_sha256 {
-            Some(_) => admin_token_hash(&config, &self.data_dir)?,
+            Some(_) => admin_token_hash(&config, &self.data_dir).inspect_err(|_| {
+                self.count_reload(false);
+            })?,
             None => *self
                 .shared
                 .admin_token_sha256
                 .lock()
                 .expect("admin token lock"),
         };
-        self.shared
-            .credential_max_age_days
-            .store(config.gateway.credential_max_age_days, Ordering::Relaxed);
-        let result = self.shared.rebuild(config, hash);
-        let label = if result.is_ok() {
-            "applied"
-        } else {
-            "rejected"
-        };
+        let max_age_days = config.gateway.credential_max_age_days;
+        let result = self.shared.rebuild(Some((config, hash)));
+        if result.is_ok() {
+            self.shared
+                .credential_max_age_days
+                .store(max_age_days, Ordering::Relaxed);
+        }
+        self.count_reload(result.is_ok());
+        notes.extend(result?);
+        Ok(notes)
+    }
+
+    /// Counts a reload in `postern_config_reloads_total`, `applied` or `rejected`: one
+    /// [`RunningGateway::reload`] counts itself; a file that does not parse or validate never
+    /// reaches it, and whoever read the file counts it.
+    pub fn count_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
         self.shared
             .recorder
             .metrics
             .config_reloads
             .get_or_create(&metrics::ResultLabel {
-                result: label.to_string(),
+                result: result.to_string(),
             })
             .inc();
-        notes.extend(result?);
-        Ok(notes)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -635,7 +617,14 @@ impl RunningGateway {
         if let Some(poller) = self.vault_poller {
             let _ = tokio::task::spawn_blocking(move || poller.join()).await;
         }
-        self.shared.flush_usage();
+        // Blocking (SQLite, the vault): off the async threads. The discovery inventory is
+        // written here and now, not in the background.
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            shared.flush_usage();
+            shared.discovery.flush();
+        })
+        .await;
         for task in self.accept_tasks {
             let _ = task.await;
         }
@@ -699,6 +688,41 @@ impl RunningGateway {
         // The writer ends when the last sink handle is gone; do not wait forever for stragglers.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.event_task).await;
     }
+}
+
+/// Sets the keys of `new` that take effect only at a restart back to their `start` values;
+/// returns the names of those that differed.
+fn keep_start_values(
+    start: &postern_config::GatewayConfig,
+    new: &mut postern_config::GatewayConfig,
+) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($($key:ident),* $(,)?) => {$(
+            if new.$key != start.$key {
+                changed.push(stringify!($key));
+                new.$key = start.$key.clone();
+            }
+        )*};
+    }
+    keep!(
+        listen,
+        admin_listen,
+        data_dir,
+        tls_cert,
+        tls_key,
+        client_ca,
+        events_max_file_bytes,
+        events_max_files,
+        max_header_bytes,
+        shutdown_grace_ms,
+        workers,
+        detect,
+        audit_origin,
+        audit_timeout_ms,
+        audit_checkpoint_interval_ms,
+    );
+    changed
 }
 
 /// Has open opaque tunnels decided again at each new hour of UTC, the finest time a Cedar rule

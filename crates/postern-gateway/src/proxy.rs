@@ -583,8 +583,8 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
     }
     // One pass over the bytes (this runs on every call): a problem with a character wins over
     // a problem with a segment, wherever each is. A segment's name is what comes before its
-    // first ';': servers that read RFC 3986's path parameters (Tomcat, Jetty, Spring) drop
-    // them, so `..;x` climbs as `..` does and `;x` alone is an empty segment.
+    // first ';' ([`postern_config::segment_name`], here found in the same pass), so `..;x`
+    // climbs as `..` does and `;x` alone is an empty segment.
     let (mut dot_segment, mut empty_segment) = (false, false);
     let (mut segment_start, mut name_end) = (1, None);
     let mut segment_ends = |start: usize, name_end: usize| {
@@ -1071,10 +1071,10 @@ pub(crate) fn audit_receipt(headers: &mut HeaderMap, intent_index: Option<u64>) 
     }
 }
 
-/// `path` with each segment cut at its first `;` (its path parameters, RFC 3986 §3.3).
+/// `path` with each segment cut to its name ([`postern_config::segment_name`]).
 fn strip_path_parameters(path: &str) -> String {
     path.split('/')
-        .map(|segment| segment.split(';').next().unwrap_or(segment))
+        .map(postern_config::segment_name)
         .collect::<Vec<_>>()
         .join("/")
 }

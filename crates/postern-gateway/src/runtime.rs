@@ -91,11 +91,21 @@ impl ClientCache {
         integration: &IntegrationConfig,
         client_auth: Option<ClientAuth>,
     ) -> anyhow::Result<UpstreamClient> {
+        // The CA file by its contents, not only its path: a reload after the file changed (a
+        // root removed, or a damaged file, which the rebuild then refuses) reads it again.
+        // (An unreadable file misses the cache, and building the client names the problem.)
+        let ca_file = integration.ca_file.as_ref().map(|path| {
+            let contents = std::fs::read(path).ok();
+            (
+                path,
+                contents.map(|bytes| hex::encode(Sha256::digest(bytes))),
+            )
+        });
         let key = format!(
             "{:?}|{}|{:?}|{}|{}|{:?}",
             integration.allow_private_networks,
             integration.allow_plaintext,
-            integration.ca_file,
+            ca_file,
             integration.connect_timeout_ms,
             integration.idle_timeout_ms,
             client_auth.as_ref().map(|auth| &auth.fingerprint)
@@ -173,6 +183,10 @@ pub struct BuildInputs<'a> {
     pub token_sources: &'a TokenSourceCache,
     /// The credential vault; `None` only where no vault is opened (`postern check`).
     pub vault: Option<&'a Vault>,
+    /// The running runtime, when only the vault changed (the config is its own): its compiled
+    /// policies and scan rules are kept, not read from their files again, which change only
+    /// at a reload. A vault change then applies whatever state those files are in.
+    pub reuse: Option<&'a Runtime>,
 }
 
 /// Why an integration's credential cannot be injected. Never holds the value.
@@ -250,7 +264,7 @@ pub struct Runtime {
     /// The vault generation this runtime was built from.
     pub vault_generation: i64,
     pub integrations: LookupMap<String, Arc<IntegrationRuntime>>,
-    pub policy: PolicyEngine,
+    pub policy: Arc<PolicyEngine>,
     pub admin_token_sha256: [u8; 32],
     /// The payload scanner (built-in rules, extended by `scan_rules`).
     pub scanner: Arc<postern_scan::Scanner>,
@@ -281,6 +295,77 @@ impl ProxyRuntime {
             .find(|(pattern, _)| pattern.matches(&host))
             .map(|(_, integration)| integration)
     }
+}
+
+/// The config's Cedar policies (grants and the `policies` file) and its scan rules, compiled.
+fn compile_rules(
+    config: &Config,
+) -> anyhow::Result<(Arc<PolicyEngine>, Arc<postern_scan::Scanner>)> {
+    let custom_policies = match &config.gateway.policies {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|error| {
+            KeyProblem::gateway(
+                "policies",
+                format!("reading policies file {}: {error}", path.display()),
+                "make the file readable by postern, or remove `policies`",
+            )
+        })?),
+        None => None,
+    };
+    let callers: Vec<String> = config.callers.iter().map(|c| c.name.clone()).collect();
+    let integration_ops: Vec<IntegrationOps> = config
+        .integrations
+        .iter()
+        .map(|i| IntegrationOps {
+            integration: i.name.clone(),
+            operations: i.operations.iter().map(|o| o.id.clone()).collect(),
+        })
+        .collect();
+    let grants: Vec<GrantSpec> = config
+        .grants
+        .iter()
+        .map(|g| GrantSpec {
+            caller: g.caller.clone(),
+            integration: g.integration.clone(),
+            operations: g.operations.clone(),
+        })
+        .collect();
+    let policy = PolicyEngine::compile(
+        &callers,
+        &integration_ops,
+        &grants,
+        custom_policies.as_deref(),
+    )
+    .map_err(|error| match config.gateway.policies {
+        Some(_) => anyhow::Error::new(KeyProblem::gateway(
+            "policies",
+            format!("policies: {error}"),
+            "correct the Cedar policy where the message says (`postern check --show-policies` prints what the grants compile to)",
+        )),
+        None => anyhow::anyhow!("policies: {error}"),
+    })?;
+
+    let scanner = match &config.gateway.scan_rules {
+        None => Arc::new(postern_scan::Scanner::default()),
+        Some(path) => {
+            let problem =
+                |message: String, fix: &str| KeyProblem::gateway("scan_rules", message, fix);
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                problem(
+                    format!("reading scan_rules {}: {error}", path.display()),
+                    "make the file readable by postern, or remove `scan_rules`",
+                )
+            })?;
+            Arc::new(
+                postern_scan::Scanner::with_rule_file(&text).map_err(|error| {
+                    problem(
+                        format!("scan_rules {}: {error}", path.display()),
+                        "correct the rule file (its format: docs/DATA.md)",
+                    )
+                })?,
+            )
+        }
+    };
+    Ok((Arc::new(policy), scanner))
 }
 
 impl Runtime {
@@ -334,69 +419,9 @@ impl Runtime {
             }
         }
 
-        let custom_policies = match &config.gateway.policies {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|error| {
-                KeyProblem::gateway(
-                    "policies",
-                    format!("reading policies file {}: {error}", path.display()),
-                    "make the file readable by postern, or remove `policies`",
-                )
-            })?),
-            None => None,
-        };
-        let callers: Vec<String> = config.callers.iter().map(|c| c.name.clone()).collect();
-        let integration_ops: Vec<IntegrationOps> = config
-            .integrations
-            .iter()
-            .map(|i| IntegrationOps {
-                integration: i.name.clone(),
-                operations: i.operations.iter().map(|o| o.id.clone()).collect(),
-            })
-            .collect();
-        let grants: Vec<GrantSpec> = config
-            .grants
-            .iter()
-            .map(|g| GrantSpec {
-                caller: g.caller.clone(),
-                integration: g.integration.clone(),
-                operations: g.operations.clone(),
-            })
-            .collect();
-        let policy = PolicyEngine::compile(
-            &callers,
-            &integration_ops,
-            &grants,
-            custom_policies.as_deref(),
-        )
-        .map_err(|error| match config.gateway.policies {
-            Some(_) => anyhow::Error::new(KeyProblem::gateway(
-                "policies",
-                format!("policies: {error}"),
-                "correct the Cedar policy where the message says (`postern check --show-policies` prints what the grants compile to)",
-            )),
-            None => anyhow::anyhow!("policies: {error}"),
-        })?;
-
-        let scanner = match &config.gateway.scan_rules {
-            None => Arc::new(postern_scan::Scanner::default()),
-            Some(path) => {
-                let problem =
-                    |message: String, fix: &str| KeyProblem::gateway("scan_rules", message, fix);
-                let text = std::fs::read_to_string(path).map_err(|error| {
-                    problem(
-                        format!("reading scan_rules {}: {error}", path.display()),
-                        "make the file readable by postern, or remove `scan_rules`",
-                    )
-                })?;
-                Arc::new(
-                    postern_scan::Scanner::with_rule_file(&text).map_err(|error| {
-                        problem(
-                            format!("scan_rules {}: {error}", path.display()),
-                            "correct the rule file (its format: docs/DATA.md)",
-                        )
-                    })?,
-                )
-            }
+        let (policy, scanner) = match inputs.reuse {
+            Some(running) => (running.policy.clone(), running.scanner.clone()),
+            None => compile_rules(&config)?,
         };
         let mut integrations = LookupMap::default();
         let mut problems = Vec::new();

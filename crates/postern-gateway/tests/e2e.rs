@@ -2251,6 +2251,46 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     gw.stop().await;
 }
 
+/// The admin API's edges: the `Bearer` scheme in any case, a `limit` that is not a number
+/// refused on every route that takes one, and a 405 that names the methods allowed.
+#[tokio::test]
+async fn admin_api_scheme_limits_and_methods() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let get = |path: &str, authorization: String| {
+        client()
+            .get(format!("{}{path}", gw.admin))
+            .header("authorization", authorization)
+            .send()
+    };
+    let upper = format!("BEARER {}", gw.admin_token);
+    assert_eq!(
+        get("/v1/events", upper.clone()).await.unwrap().status(),
+        200
+    );
+    for route in ["/v1/events", "/v1/alerts"] {
+        let answer = get(&format!("{route}?limit=abc"), upper.clone())
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "{route}");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_limit", "{route}");
+        let answer = get(&format!("{route}?limit=5"), upper.clone())
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{route}");
+    }
+    let delete = client()
+        .delete(format!("{}/v1/events", gw.admin))
+        .bearer_auth(&gw.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 405);
+    assert_eq!(delete.headers()["allow"], "GET, HEAD");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn admin_api_health_metrics_integrations_events() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
@@ -2418,6 +2458,42 @@ async fn slow_vendor() -> TestVendor {
     vendor.await.unwrap()
 }
 
+/// A reload reads `ca_file` again: a CA taken out of the file stops being trusted, and a file
+/// that no longer holds a certificate rejects the reload, as `postern check` would.
+#[tokio::test]
+async fn a_reload_reads_the_ca_file_again() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let other = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let charge = || {
+        client()
+            .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+            .bearer_auth(&gw.token)
+            .send()
+    };
+    assert_eq!(charge().await.unwrap().status(), 200);
+    let ca_path = gw.config_path.parent().unwrap().join("vendor-ca.pem");
+    let reload = || {
+        let config = postern_config::load(&gw.config_path).unwrap();
+        gw.running().reload(config)
+    };
+    std::fs::write(&ca_path, other.ca_pem.as_deref().unwrap()).unwrap();
+    reload().unwrap();
+    let answer = charge().await.unwrap();
+    assert_eq!(answer.status(), 502);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_tls_error", "{body}");
+    std::fs::write(&ca_path, "not a certificate").unwrap();
+    assert!(
+        reload().is_err(),
+        "a ca_file without a certificate rejects the reload"
+    );
+    std::fs::write(&ca_path, vendor.ca_pem.as_deref().unwrap()).unwrap();
+    reload().unwrap();
+    assert_eq!(charge().await.unwrap().status(), 200);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_swaps_config_atomically_and_in_flight_calls_finish() {
     let vendor = slow_vendor().await;
@@ -2477,6 +2553,14 @@ async fn reload_swaps_config_atomically_and_in_flight_calls_finish() {
         assert!(notes[0].contains(key), "{key} in {notes:?}");
     }
     assert_eq!(refund().await.unwrap().status(), 200);
+    // Compared with the values the gateway started with, not the last reload's: the same file
+    // again still needs a restart, and the running config keeps the start values.
+    let config = postern_config::load(&gw.config_path).unwrap();
+    let notes = gw.running().reload(config).unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let running = gw.running().shared().runtime.load_full();
+    assert_eq!(running.config.gateway.audit_timeout_ms, 2000);
+    assert_eq!(running.config.gateway.audit_origin, None);
 
     // A config that fails to compile (grant of an unknown operation caught by config; a broken
     // Cedar file caught at build) leaves the running one in place.
@@ -2490,7 +2574,7 @@ async fn reload_swaps_config_atomically_and_in_flight_calls_finish() {
     let broken = text.replace(
         "data_dir = \"data\"",
         &format!(
-            "data_dir = \"data\"\npolicies = \"{}\"",
+            "data_dir = \"data\"\ncredential_max_age_days = 1\npolicies = \"{}\"",
             bad_policy.display()
         ),
     );
@@ -2498,6 +2582,9 @@ async fn reload_swaps_config_atomically_and_in_flight_calls_finish() {
     let config = postern_config::load(&gw.config_path).unwrap();
     let error = gw.running().reload(config).unwrap_err();
     assert!(format!("{error:#}").contains("hourr"), "{error:#}");
+    // Nothing of a rejected reload applies, its credential age limit included.
+    let max_age = &gw.running().shared().credential_max_age_days;
+    assert_eq!(max_age.load(std::sync::atomic::Ordering::Relaxed), 90);
     assert_eq!(
         refund().await.unwrap().status(),
         200,

@@ -211,6 +211,46 @@ async fn vault_credential_set_rotate_under_load_rollback_revoke() {
 }
 
 /// Bounded wait for a condition checked by an async probe.
+/// A credential change applies the running config's compiled Cedar policies, not the policies
+/// file as it now is on disk: an edit left half-done there (which waits for a reload) neither
+/// blocks the change nor slips in with it.
+#[tokio::test]
+async fn a_credential_change_applies_with_the_compiled_policies() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("extra.cedar");
+    std::fs::write(
+        &policies,
+        "@id(\"no-refunds\")\nforbid(principal, action, resource) when { context.request_bytes > 1000000 };\n",
+    )
+    .unwrap();
+    let gateway_extra = format!("policies = \"{}\"", policies.display());
+    let gw = TestGateway::start_with_gateway(
+        &integration(&vendor),
+        vendor.ca_pem.as_deref(),
+        &gateway_extra,
+    )
+    .await;
+    let (status, answer) = admin_post(&gw, "/v1/credentials/stripe-live", "sk_live_one_A1").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(call(&gw, "one").await.0, 200);
+    // The file broken on disk, then a rotation: it answers 200 and applies at once.
+    std::fs::write(
+        &policies,
+        "forbid(principal, action, resource) when { context.hourr };",
+    )
+    .unwrap();
+    let (status, answer) =
+        admin_post(&gw, "/v1/credentials/stripe-live/rotate", "sk_live_two_B2").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(call(&gw, "two").await.0, 200);
+    assert_eq!(
+        vendor.last().header("authorization").unwrap(),
+        "Bearer sk_live_two_B2"
+    );
+    gw.stop().await;
+}
+
 async fn eventually<F, Fut>(what: &str, mut probe: F)
 where
     F: FnMut() -> Fut,

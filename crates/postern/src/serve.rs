@@ -115,37 +115,92 @@ fn reload(gateway: &RunningGateway, path: &Path, trigger: &str) {
             },
         },
         Err(errors) => {
+            gateway.count_reload(false);
             tracing::error!(trigger, errors = %errors, "configuration rejected; keeping the running one")
         }
     }
 }
 
-/// Watches the config file's directory (editors replace files) and signals changes to the file.
+/// Watches the config file's directory (editors replace files), and, when the file is a
+/// symbolic link, the directory of the file it leads to (a Kubernetes ConfigMap swaps a link
+/// beside it, `..data`); signals when what the path leads to changed: another file, another
+/// size or another modification time.
 fn watch_file(
     path: &Path,
     sender: mpsc::Sender<&'static str>,
 ) -> Option<notify::RecommendedWatcher> {
     let absolute = std::path::absolute(path).ok()?;
-    let directory = absolute.parent()?.to_path_buf();
-    let name = absolute.file_name()?.to_os_string();
+    let mut directories = vec![absolute.parent()?.to_path_buf()];
+    if let Some(target_directory) = std::fs::canonicalize(&absolute)
+        .ok()
+        .and_then(|target| target.parent().map(Path::to_path_buf))
+    {
+        if !directories.contains(&target_directory) {
+            directories.push(target_directory);
+        }
+    }
+    let names: Vec<std::ffi::OsString> = [
+        Some(absolute.clone()),
+        std::fs::canonicalize(&absolute).ok(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|path| path.file_name().map(ToOwned::to_owned))
+    .collect();
+    let seen = std::sync::Mutex::new(file_fingerprint(&absolute));
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            let relevant = matches!(
-                event.kind,
-                notify::EventKind::Create(_) | notify::EventKind::Modify(_)
-            ) && event.paths.iter().any(|p| p.file_name() == Some(&name));
-            if relevant {
-                let _ = sender.try_send("file change");
-            }
+        let Ok(event) = event else {
+            return;
+        };
+        if !matches!(
+            event.kind,
+            notify::EventKind::Create(_)
+                | notify::EventKind::Modify(_)
+                | notify::EventKind::Remove(_)
+        ) {
+            return;
+        }
+        // The file itself (by its name or its target's), or, through a link, whatever now
+        // leads to another file or one changed. A file being replaced is missing for a
+        // moment: the event of the new one signals.
+        let named = event.paths.iter().any(|path| {
+            path.file_name()
+                .is_some_and(|name| names.iter().any(|n| n == name))
+        });
+        let now = file_fingerprint(&absolute);
+        let mut seen = seen.lock().expect("watch lock");
+        let changed = now.is_some() && now != *seen;
+        if now.is_some() {
+            *seen = now;
+        }
+        if (named && !matches!(event.kind, notify::EventKind::Remove(_))) || changed {
+            let _ = sender.try_send("file change");
         }
     })
     .map_err(|error| tracing::warn!(%error, "cannot watch the config file; SIGHUP still reloads"))
     .ok()?;
-    if let Err(error) = watcher.watch(&directory, notify::RecursiveMode::NonRecursive) {
-        tracing::warn!(%error, "cannot watch the config directory; SIGHUP still reloads");
-        return None;
+    for directory in &directories {
+        if let Err(error) = watcher.watch(directory, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(%error, directory = %directory.display(), "cannot watch the config directory; SIGHUP still reloads");
+            return None;
+        }
     }
     Some(watcher)
+}
+
+/// What the config path leads to, symbolic links followed: (file, device and inode, size,
+/// modification time). `None` while there is no file there.
+fn file_fingerprint(path: &Path) -> Option<(PathBuf, u64, u64, u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let target = std::fs::canonicalize(path).ok()?;
+    let metadata = std::fs::metadata(&target).ok()?;
+    Some((
+        target,
+        metadata.dev(),
+        metadata.ino(),
+        metadata.len(),
+        metadata.modified().ok()?,
+    ))
 }
 
 /// `error`, when it is a problem with one of the config's values
@@ -201,6 +256,7 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
                 clients: &ClientCache::default(),
                 token_sources: &TokenSourceCache::default(),
                 vault: None,
+                reuse: None,
             },
         )
     });

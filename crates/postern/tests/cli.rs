@@ -381,6 +381,24 @@ fn status(port: u16, path: &str) -> Option<u16> {
     answer.get(9..12)?.parse().ok()
 }
 
+/// The admin listener's `/metrics`, with the admin token `serve` generated in `data_dir`.
+fn metrics(admin: u16, data_dir: &Path) -> String {
+    let token = std::fs::read_to_string(data_dir.join("admin-token")).unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
 /// `postern [global] serve --config CONFIG`, stdout dropped, stderr to `stderr`; killed when
 /// dropped.
 fn serve(global: &[&str], config: &Path, stderr: Stdio) -> Server {
@@ -452,6 +470,13 @@ fn serve_reloads_on_file_change_and_sighup_keeps_old_config_on_error_and_stops_o
         log.lock().unwrap().contains("configuration rejected")
     });
     assert_eq!(status(listen, "/acme/b"), Some(502));
+    // A file that does not parse is counted as a rejected reload.
+    let counted = metrics(admin, &dir.path().join("data"));
+    let rejected = counted
+        .lines()
+        .find_map(|line| line.strip_prefix("postern_config_reloads_total{result=\"rejected\"} "))
+        .and_then(|count| count.trim().parse::<u64>().ok());
+    assert!(rejected.is_some_and(|count| count >= 1), "{counted}");
 
     // 3. SIGHUP with a valid file that revokes b. (The write alone reloads too: the log must
     // show the reload SIGHUP caused.)
@@ -492,6 +517,36 @@ fn serve_reloads_on_file_change_and_sighup_keeps_old_config_on_error_and_stops_o
     assert!(!log.contains(TOKEN), "{log}");
     // stderr is not a terminal here: no colour codes in what a file or collector receives.
     assert!(!log.contains('\x1b'), "{log}");
+}
+
+/// A config mounted as a Kubernetes ConfigMap is a link to `..data/postern.toml`, and an
+/// update swaps the `..data` link to a new directory: no event names `postern.toml`, yet the
+/// change is seen and applied.
+#[test]
+fn serve_reloads_a_config_whose_link_is_swapped() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let version = |name: &str, granted: &str| {
+        std::fs::create_dir(dir.path().join(name)).unwrap();
+        let text = served_config(dir.path(), listen, admin, granted);
+        std::fs::write(dir.path().join(name).join("postern.toml"), text).unwrap();
+    };
+    version("v1", r#""a""#);
+    symlink("v1", dir.path().join("..data")).unwrap();
+    symlink("..data/postern.toml", dir.path().join("postern.toml")).unwrap();
+    let mut server = serve(&[], &dir.path().join("postern.toml"), Stdio::null());
+    eventually("the gateway answers", || {
+        status(listen, "/acme/a").is_some()
+    });
+    assert_eq!(status(listen, "/acme/b"), Some(403));
+    version("v2", r#""a", "b""#);
+    symlink("v2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    eventually("b is granted after the link swap", || {
+        status(listen, "/acme/b") == Some(502)
+    });
+    assert_eq!(terminate(&mut server), Some(0));
 }
 
 /// With `--log-format json`, everything `serve` writes on stderr is a JSON line (no banner).
