@@ -389,9 +389,9 @@ impl Baseline {
     }
 }
 
-/// An event this many minutes older than its key's open minute means the clock stepped back
-/// (events a little late, out of order, count in the open minute).
-const CLOCK_STEP_MINUTES: i64 = 2;
+/// An event more than this many minutes older than its key's open minute is left out of the
+/// per-minute rates (events a little late, out of order, count in the open minute).
+const STALE_EVENT_MINUTES: i64 = 2;
 
 /// The accumulators of the open minute.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -535,6 +535,11 @@ struct KeyState {
     /// `slow_volume_window_minutes`, oldest first, for the slow volume check.
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     volume_steps: VecDeque<VolumeStep>,
+    /// An event far older than the open minute came ([`STALE_EVENT_MINUTES`]): until a newer
+    /// minute opens, events of the open minute or before are left out of the rates (the
+    /// clock may have been set back and be catching up: counted, they would pile up there).
+    #[serde(default)]
+    behind: bool,
 }
 
 /// Calls and bytes of one 5-minute step.
@@ -670,6 +675,7 @@ impl KeyState {
             totals: Totals::default(),
             previous_latency_ms: 0.0,
             volume_steps: VecDeque::new(),
+            behind: false,
         }
     }
 }
@@ -928,14 +934,18 @@ impl Engine {
         state.last_seen_ms = state.last_seen_ms.max(now_ms);
         if minute > state.bucket.minute {
             close_buckets(state, key, minute, &self.config);
-        } else if minute < state.bucket.minute - CLOCK_STEP_MINUTES {
-            // Far older than the open minute: the clock was set back, not an event late. The
-            // open minute is started again at the new time, its counts dropped unlearned;
-            // else every event until the clock caught up would pile into one minute.
-            state.bucket = Bucket {
-                minute,
-                ..Bucket::default()
-            };
+            state.behind = false;
+        } else if minute < state.bucket.minute - STALE_EVENT_MINUTES {
+            // Far older than the open minute: a clock set back (every event until it catches
+            // up), or a long call recorded when it ended (a tunnel, a stream; its time is its
+            // start). Either way it does not belong to the open minute: counted in it, a clock
+            // step would pile an hour into one minute. Its novelty was looked at already; its
+            // rates are left out, and so are those of the events that follow until a newer
+            // minute opens (a clock catching up reaches the open minute from below).
+            state.behind = true;
+            return;
+        } else if state.behind {
+            return;
         }
         // Events older than the open minute (out of order) still count in it.
         let bucket = &mut state.bucket;

@@ -1,7 +1,6 @@
 //! The per-call context: everything the phases learn about one call, in one place.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -46,20 +45,6 @@ pub struct ConnectionInfo {
     /// facts ends: the connection's task, or a tunnel that outlives it (a CONNECT's socket is
     /// handed to a task of its own), so open tunnels count against the listener's limit.
     slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
-    /// Calls in flight on this connection (each [`CallContext`] made from it counts until it is
-    /// dropped, its answer streamed): while any is, the connection's idle limit
-    /// ([`crate::deadline::Deadline::counting`]) does not close it, so a vendor's slow answer
-    /// is bounded by the integration's own timeouts, not cut as a caller's hang-up.
-    calls: Arc<AtomicUsize>,
-}
-
-/// One call in flight on a connection, counted until dropped.
-pub struct InFlight(Arc<AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl ConnectionInfo {
@@ -76,19 +61,7 @@ impl ConnectionInfo {
             tls,
             tunnel: None,
             slot: None,
-            calls: Arc::default(),
         }
-    }
-
-    /// The same facts, counting its calls in `calls` (shared with the connection's
-    /// [`crate::deadline::Deadline`]).
-    pub fn counting(self, calls: Arc<AtomicUsize>) -> Self {
-        ConnectionInfo { calls, ..self }
-    }
-
-    fn call_started(&self) -> InFlight {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.calls.clone())
     }
 
     /// The same facts, holding the listener's connection `slot` until the last holder ends.
@@ -100,8 +73,6 @@ impl ConnectionInfo {
     }
 
     /// The same client, inside a tunnel (or an absolute-form request) that `tunnel` describes.
-    /// Its calls are counted apart (an intercepted tunnel's connection has a deadline of its
-    /// own: [`ConnectionInfo::counting`]).
     pub fn tunnelled(&self, tls: bool, tunnel: Arc<TunnelInfo>) -> Self {
         ConnectionInfo {
             peer: self.peer,
@@ -110,7 +81,6 @@ impl ConnectionInfo {
             tls,
             tunnel: Some(tunnel),
             slot: self.slot.clone(),
-            calls: Arc::default(),
         }
     }
 }
@@ -171,9 +141,6 @@ pub struct CallContext {
     pub target_hmac: Arc<str>,
     /// Forward-proxy destination host.
     pub host: Option<Arc<str>>,
-    /// Counts the call on its connection until the context is dropped (`None` in a context
-    /// [`CallContext::take`] left behind).
-    pub in_flight: Option<InFlight>,
 }
 
 impl CallContext {
@@ -208,7 +175,6 @@ impl CallContext {
             mode: connection.tunnel.as_ref().map(|t| t.mode),
             target_hmac,
             host: connection.tunnel.as_ref().map(|t| t.host.clone()),
-            in_flight: Some(connection.call_started()),
         }
     }
 
@@ -257,7 +223,6 @@ impl CallContext {
             mode: None,
             target_hmac: self.target_hmac.clone(),
             host: None,
-            in_flight: None,
         };
         std::mem::replace(self, placeholder)
     }

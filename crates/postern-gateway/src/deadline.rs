@@ -3,14 +3,10 @@
 //! own), and afterwards a connection with no byte in either direction for `idle` is closed —
 //! also when it is the peer that stops taking bytes (a write, flush or shutdown that stays
 //! blocked fails the same way), so a caller that stops reading cannot hold a connection.
-//! A connection with calls in flight ([`Deadline::counting`]) is not idle, whatever its bytes:
-//! a vendor that takes its time answering is bounded by the integration's own timeouts.
 
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,7 +25,6 @@ pin_project! {
         last_activity: Option<Instant>,
         first_byte: Duration,
         idle: Duration,
-        calls: Option<Arc<AtomicUsize>>,
     }
 }
 
@@ -43,16 +38,6 @@ impl<S> Deadline<S> {
             last_activity: None,
             first_byte,
             idle,
-            calls: None,
-        }
-    }
-
-    /// The same deadline, not enforced past the first byte while `calls` (the connection's
-    /// calls in flight, [`crate::context::ConnectionInfo::counting`]) is above zero.
-    pub fn counting(self, calls: Arc<AtomicUsize>) -> Self {
-        Deadline {
-            calls: Some(calls),
-            ..self
         }
     }
 
@@ -79,19 +64,14 @@ impl<S: AsyncRead> AsyncRead for Deadline<S> {
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
             Poll::Pending => {}
         }
-        self.expired(cx, true)
+        self.expired(cx)
     }
 }
 
 impl<S> Deadline<S> {
     /// Called when the stream is not ready: `TimedOut` once the connection has been silent
-    /// past its deadline, else `Pending` with the deadline's timer armed. `reading`: a read
-    /// waits (which a call in flight excuses; a write the peer does not take it never does).
-    fn expired<T>(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        reading: bool,
-    ) -> Poll<io::Result<T>> {
+    /// past its deadline, else `Pending` with the deadline's timer armed.
+    fn expired<T>(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         let this = self.project();
         let deadline = match *this.last_activity {
             None => *this.started + *this.first_byte,
@@ -111,20 +91,6 @@ impl<S> Deadline<S> {
                 Poll::Ready(()) if this.sleep.deadline() < deadline => {
                     // Fired for a deadline that activity has since moved: wait for the real one.
                     this.sleep.as_mut().reset(deadline);
-                }
-                Poll::Ready(())
-                    if reading
-                        && this.last_activity.is_some()
-                        && this
-                            .calls
-                            .as_ref()
-                            .is_some_and(|calls| calls.load(Ordering::Relaxed) > 0) =>
-                {
-                    // A call in flight: the connection is busy, not idle. Looked at again one
-                    // idle period on.
-                    let now = Instant::now();
-                    *this.last_activity = Some(now);
-                    this.sleep.as_mut().reset(now + *this.idle);
                 }
                 Poll::Ready(()) => {
                     return Poll::Ready(Err(io::Error::new(
@@ -158,7 +124,7 @@ impl<S: AsyncWrite> Deadline<S> {
                 Poll::Ready(Ok(written))
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => self.expired(cx, false),
+            Poll::Pending => self.expired(cx),
         }
     }
 }
@@ -174,14 +140,14 @@ impl<S: AsyncWrite> AsyncWrite for Deadline<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.as_mut().project().inner.poll_flush(cx) {
-            Poll::Pending => self.expired(cx, false),
+            Poll::Pending => self.expired(cx),
             ready => ready,
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.as_mut().project().inner.poll_shutdown(cx) {
-            Poll::Pending => self.expired(cx, false),
+            Poll::Pending => self.expired(cx),
             ready => ready,
         }
     }
@@ -223,47 +189,6 @@ mod tests {
         assert_eq!(server.read(&mut buf).await.unwrap(), 2);
         // Then silence past the idle limit.
         let error = server.read(&mut buf).await.unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-    }
-
-    /// While a call is in flight a waiting read is not idle: it times out one idle period
-    /// after the last call ends. A write the peer does not take still times out.
-    #[tokio::test(start_paused = true)]
-    async fn calls_in_flight_keep_a_waiting_read_open() {
-        let mut buf = [0u8; 8];
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (mut client, server) = tokio::io::duplex(64);
-        let mut server = Deadline::new(server, Duration::from_secs(10), Duration::from_secs(60))
-            .counting(calls.clone());
-        client.write_all(b"GET").await.unwrap();
-        assert_eq!(server.read(&mut buf).await.unwrap(), 3);
-        calls.fetch_add(1, Ordering::Relaxed);
-        let start = Instant::now();
-        let ended = {
-            let calls = calls.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(500)).await;
-                calls.fetch_sub(1, Ordering::Relaxed);
-            })
-        };
-        let error = server.read(&mut buf).await.unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-        let waited = start.elapsed();
-        assert!(
-            waited >= Duration::from_secs(500) && waited <= Duration::from_secs(561),
-            "{waited:?}"
-        );
-        ended.await.unwrap();
-
-        // A peer that takes no bytes: the write times out, call or not.
-        let (_client, server) = tokio::io::duplex(4);
-        let mut server = Deadline::new(server, Duration::from_secs(10), Duration::from_secs(60))
-            .counting(calls.clone());
-        calls.fetch_add(1, Ordering::Relaxed);
-        let mut peer = _client;
-        peer.write_all(b"x").await.unwrap();
-        assert_eq!(server.read(&mut buf).await.unwrap(), 1);
-        let error = server.write_all(&[0u8; 64]).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 

@@ -66,6 +66,17 @@ impl Discovery {
         }
     }
 
+    /// [`Discovery::flush`] once a background flush still running has ended (waiting at most
+    /// the store's busy timeout and a little more): at shutdown, so the process does not end
+    /// with a background flush's transaction open, and its data lost.
+    pub fn flush_last(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while self.flushing.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.flush();
+    }
+
     /// Flushes, then lists every discovered destination (most calls first).
     pub fn list(&self) -> anyhow::Result<Vec<DiscoveredHost>> {
         self.flush();

@@ -385,9 +385,7 @@ fn intercept(
         host: Arc::from(host.as_str()),
         mode: "intercept",
     });
-    // The tunnel's connection counts its own calls, for its own deadline (below).
-    let calls = Arc::<std::sync::atomic::AtomicUsize>::default();
-    let info = Arc::new(connection.tunnelled(true, tunnel).counting(calls.clone()));
+    let info = Arc::new(connection.tunnelled(true, tunnel));
     let builder = crate::listener::connection_builder(runtime.config.gateway.max_header_bytes);
     // An intercepted tunnel closes after the proxy's idle timeout without a byte either way.
     let idle = Duration::from_millis(runtime.proxy.config.idle_timeout_ms);
@@ -400,14 +398,11 @@ fn intercept(
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                 let handshake = tokio::time::timeout(
                     Duration::from_secs(10),
-                    acceptor.accept(
-                        crate::deadline::Deadline::new(
-                            TokioIo::new(upgraded),
-                            crate::listener::FIRST_BYTE_TIMEOUT,
-                            idle,
-                        )
-                        .counting(calls),
-                    ),
+                    acceptor.accept(crate::deadline::Deadline::new(
+                        TokioIo::new(upgraded),
+                        crate::listener::FIRST_BYTE_TIMEOUT,
+                        idle,
+                    )),
                 )
                 .await;
                 match handshake {

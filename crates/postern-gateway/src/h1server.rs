@@ -148,14 +148,18 @@ where
             None => slot.insert(Box::pin(future)).as_mut(),
         };
         // While the call runs and nothing else has arrived, the connection is still read (as
-        // hyper does): a caller that hangs up (EOF, reset, or the connection's idle deadline)
-        // ends the call. Once a pipelining caller's next bytes are in `buf`, reading stops
-        // until they are served, so an EOF behind them waits until their answers are written.
+        // hyper does): a caller that hangs up (EOF, reset) ends the call. Once a pipelining
+        // caller's next bytes are in `buf`, reading stops until they are served, so an EOF
+        // behind them waits until their answers are written. The connection's idle limit
+        // passing is not a hang-up (the whole request is read; the caller waits for its
+        // answer): reading stops, and the call's own timeouts bound the wait for the vendor.
+        let mut watching = true;
         let response = loop {
             tokio::select! {
                 biased;
                 response = &mut call => break response,
-                read = io.read_buf(&mut buf), if buf.is_empty() => match read {
+                read = io.read_buf(&mut buf), if buf.is_empty() && watching => match read {
+                    Err(error) if error.kind() == io::ErrorKind::TimedOut => watching = false,
                     Ok(0) | Err(_) => break 'connection,
                     Ok(_) => {}
                 },
@@ -498,12 +502,15 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 io.flush().await?;
                 // While the answer pauses (a stream waiting on the vendor), a caller that
-                // hangs up ends it, as during the call.
+                // hangs up ends it, as during the call (and, as there, the idle limit passing
+                // leaves the pause to `response_idle_timeout_ms`).
+                let mut watching = true;
                 loop {
                     tokio::select! {
                         biased;
                         frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => break frame,
-                        read = io.read_buf(buf), if buf.is_empty() => match read {
+                        read = io.read_buf(buf), if buf.is_empty() && watching => match read {
+                            Err(error) if error.kind() == io::ErrorKind::TimedOut => watching = false,
                             Ok(0) | Err(_) => return Ok(false),
                             Ok(_) => {}
                         },
@@ -1223,6 +1230,35 @@ mod tests {
             .unwrap();
         assert!(closed);
         assert!(dropped.load(Ordering::SeqCst), "the call was dropped");
+    }
+
+    /// The connection's idle limit passing while a call waits on its vendor is not a hang-up:
+    /// the answer, when it comes, is written.
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_limit_does_not_cut_a_call_in_flight() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut server = crate::deadline::Deadline::new(
+            server,
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        );
+        let (_stop, mut shutdown) = watch::channel(false);
+        let slow = |_: Arc<ConnectionInfo>, _: Request<CallerBody>| async {
+            tokio::time::sleep(Duration::from_secs(200)).await;
+            Response::new(GatewayBody::full("late"))
+        };
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let serving = tokio::spawn(async move {
+            serve(&mut server, &info(), &slow, &mut shutdown, 8192, None).await;
+        });
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        serving.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nlate"), "{answer}");
     }
 
     /// A body read before its call starts must arrive within HEAD_TIMEOUT of its head: a

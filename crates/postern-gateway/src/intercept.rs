@@ -132,8 +132,9 @@ impl InterceptCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         // Positive, as DER INTEGER serials must be: the top bit clear.
+        // Its top byte kept from 0 too, so every serial is 16 bytes long.
         let mut serial: [u8; 16] = rand::random();
-        serial[0] &= 0x7f;
+        serial[0] = serial[0] & 0x7f | 0x40;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let leaf = params
             .signed_by(&self.leaf_key, &self.issuer)
@@ -179,8 +180,16 @@ fn ensure_ca_files(data_dir: &Path) -> anyhow::Result<(String, String)> {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(error);
     }
-    // Renaming over an empty `ca/` (left by an older version's crash) replaces it; over a
-    // complete one, another process won.
+    // Renaming over an empty `ca/` replaces it; over a complete one, another process won. An
+    // older version wrote into `ca/` itself: what a crash of it left there (`*.tmp`, no CA) is
+    // cleared first, so the rename can replace it.
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     let renamed = std::fs::rename(&tmp, &dir);
     let _ = std::fs::remove_dir_all(&tmp);
     if let Err(error) = renamed {
@@ -341,6 +350,20 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(CA_DIR)]);
         assert!(InterceptCa::load_or_create(&path).is_ok());
+    }
+
+    /// What an older version's crash left in `ca/` (a temporary key, no CA) does not stop a new
+    /// CA from being made there.
+    #[test]
+    fn an_older_versions_leftovers_do_not_block_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(CA_DIR)).unwrap();
+        let leftover = dir.path().join(CA_DIR).join(format!("{CA_KEY_FILE}.tmp"));
+        std::fs::write(&leftover, "half a key").unwrap();
+        let pem = export_ca_pem(dir.path()).unwrap();
+        assert!(pem.contains("BEGIN CERTIFICATE"));
+        assert!(!leftover.exists());
+        assert!(InterceptCa::load_or_create(dir.path()).is_ok());
     }
 
     #[test]

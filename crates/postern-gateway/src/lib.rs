@@ -622,7 +622,7 @@ impl RunningGateway {
         let shared = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
             shared.flush_usage();
-            shared.discovery.flush();
+            shared.discovery.flush_last();
         })
         .await;
         for task in self.accept_tasks {

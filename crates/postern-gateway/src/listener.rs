@@ -168,9 +168,7 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let calls = Arc::<std::sync::atomic::AtomicUsize>::default();
-        let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, CONNECTION_IDLE_TIMEOUT)
-            .counting(calls.clone());
+        let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, CONNECTION_IDLE_TIMEOUT);
         let tls = tls.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -188,8 +186,7 @@ where
         match tls {
             None => {
                 tokio::spawn(async move {
-                    let info = ConnectionInfo::new(peer, None, false);
-                    let info = Arc::new(info.holding(slot).counting(calls));
+                    let info = Arc::new(ConnectionInfo::new(peer, None, false).holding(slot));
                     connection.serve_h1_first(stream, info, handler).await;
                 });
             }
@@ -216,8 +213,7 @@ where
                         .and_then(|certs| certs.first())
                         .and_then(crate::tls::spiffe_id);
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let info = ConnectionInfo::new(peer, spiffe_id, true);
-                    let info = Arc::new(info.holding(slot).counting(calls));
+                    let info = Arc::new(ConnectionInfo::new(peer, spiffe_id, true).holding(slot));
                     match h2 {
                         true => {
                             let Connection {

@@ -56,12 +56,16 @@ impl LimiterCache {
     }
 }
 
+/// An integration's cached client: (its network settings, a hash of its `ca_file`'s contents,
+/// the client).
+type CachedClient = (String, Option<String>, UpstreamClient);
+
 /// Upstream pools survive reloads (and vault refreshes) when an integration's network settings
 /// are unchanged, so a rotation does not drop warm connections. The cache also holds the
 /// resolver every vendor dial uses (the system's by default), fixed for the gateway's life.
 #[derive(Default)]
 pub struct ClientCache {
-    clients: Mutex<HashMap<String, (String, UpstreamClient)>>,
+    clients: Mutex<HashMap<String, CachedClient>>,
     resolver: Option<Arc<dyn postern_netguard::Resolve>>,
 }
 
@@ -86,36 +90,43 @@ impl ClientCache {
         clients.retain(|name, _| keep(name));
     }
 
+    /// The integration's client: the cached one while its settings are unchanged, else a new
+    /// one. `reread_ca`: a reload, which reads `ca_file` again and keeps the cached client only
+    /// if its contents are unchanged (a root removed, or a damaged file, which the rebuild then
+    /// refuses); a vault refresh does not (a file being rewritten must not hold up a revocation).
     fn get(
         &self,
         integration: &IntegrationConfig,
         client_auth: Option<ClientAuth>,
+        reread_ca: bool,
     ) -> anyhow::Result<UpstreamClient> {
-        // The CA file by its contents, not only its path: a reload after the file changed (a
-        // root removed, or a damaged file, which the rebuild then refuses) reads it again.
-        // (An unreadable file misses the cache, and building the client names the problem.)
-        let ca_file = integration.ca_file.as_ref().map(|path| {
-            let contents = std::fs::read(path).ok();
-            (
-                path,
-                contents.map(|bytes| hex::encode(Sha256::digest(bytes))),
-            )
-        });
         let key = format!(
             "{:?}|{}|{:?}|{}|{}|{:?}",
             integration.allow_private_networks,
             integration.allow_plaintext,
-            ca_file,
+            integration.ca_file,
             integration.connect_timeout_ms,
             integration.idle_timeout_ms,
             client_auth.as_ref().map(|auth| &auth.fingerprint)
         );
+        // (An unreadable file misses the cache, and building the client names the problem.)
+        let ca_contents = || {
+            let path = integration.ca_file.as_ref()?;
+            let contents = std::fs::read(path).ok()?;
+            Some(hex::encode(Sha256::digest(contents)))
+        };
+        let ca_hash = reread_ca.then(ca_contents).flatten();
         let mut clients = self.clients.lock().expect("client cache lock");
-        if let Some((cached_key, client)) = clients.get(&integration.name) {
-            if *cached_key == key {
+        if let Some((cached_key, cached_ca, client)) = clients.get(&integration.name) {
+            let same_ca = !reread_ca || integration.ca_file.is_none() || ca_hash == *cached_ca;
+            if *cached_key == key && same_ca {
                 return Ok(client.clone());
             }
         }
+        let ca_hash = match reread_ca {
+            true => ca_hash,
+            false => ca_contents(),
+        };
         let client = build_client(UpstreamOptions {
             guard: self.guard(integration.allow_private_networks.clone()),
             allow_plaintext: integration.allow_plaintext,
@@ -124,7 +135,7 @@ impl ClientCache {
             idle_timeout: Duration::from_millis(integration.idle_timeout_ms),
             client_auth: client_auth.map(|auth| (auth.chain, auth.key)),
         })?;
-        clients.insert(integration.name.clone(), (key, client.clone()));
+        clients.insert(integration.name.clone(), (key, ca_hash, client.clone()));
         Ok(client)
     }
 }
@@ -638,7 +649,7 @@ fn build_integration(
     };
     let client = inputs
         .clients
-        .get(integration, client_auth)
+        .get(integration, client_auth, inputs.reuse.is_none())
         .map_err(|error| match &integration.ca_file {
             _ if error.is::<KeyProblem>() => error,
             Some(ca_file) if error.is::<crate::upstream::CaFileError>() => {

@@ -211,9 +211,9 @@ async fn vault_credential_set_rotate_under_load_rollback_revoke() {
 }
 
 /// Bounded wait for a condition checked by an async probe.
-/// A credential change applies the running config's compiled Cedar policies, not the policies
-/// file as it now is on disk: an edit left half-done there (which waits for a reload) neither
-/// blocks the change nor slips in with it.
+/// A credential change applies the running config's compiled Cedar policies and vendor
+/// clients, not the files as they now are on disk: a policies file or `ca_file` left half-done
+/// there (which waits for a reload) neither blocks the change nor slips in with it.
 #[tokio::test]
 async fn a_credential_change_applies_with_the_compiled_policies() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
@@ -234,7 +234,9 @@ async fn a_credential_change_applies_with_the_compiled_policies() {
     let (status, answer) = admin_post(&gw, "/v1/credentials/stripe-live", "sk_live_one_A1").await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(call(&gw, "one").await.0, 200);
-    // The file broken on disk, then a rotation: it answers 200 and applies at once.
+    // Both files broken on disk, then a rotation: it answers 200 and applies at once.
+    let ca_file = gw.config_path.parent().unwrap().join("vendor-ca.pem");
+    std::fs::write(&ca_file, "being rewritten").unwrap();
     std::fs::write(
         &policies,
         "forbid(principal, action, resource) when { context.hourr };",
