@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use postern_detect::engine::{DetectEvent, Engine, EngineConfig};
 
-use crate::events::{open_append, shift_rotated};
+use crate::events::{open_append, rotate_file};
 use crate::metrics::Metrics;
 
 pub const ALERTS_FILE: &str = "alerts.jsonl";
@@ -255,17 +255,12 @@ impl AlertWriter {
 
     fn rotate(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        // A rotation that failed after moving the file away only has its open left to do:
-        // shifting again would push the kept files out, one per retry.
-        if self.options.path.exists() {
-            shift_rotated(&self.options.path, self.options.max_files)?;
-        }
-        #[cfg(test)]
-        if self.failing_opens > 0 {
-            self.failing_opens -= 1;
-            return Err(std::io::Error::other("an open made to fail by a test"));
-        }
-        self.out = BufWriter::new(open_append(&self.options.path)?);
+        self.out = BufWriter::new(rotate_file(
+            &self.options.path,
+            self.options.max_files,
+            #[cfg(test)]
+            &mut self.failing_opens,
+        )?);
         self.size = 0;
         Ok(())
     }

@@ -932,20 +932,35 @@ impl RotatingWriter {
 
     fn rotate(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
-        // A rotation that failed after moving the file away only has its open left to do:
-        // shifting again would push the kept files out, one per retry.
-        if self.options.path.exists() {
-            shift_rotated(&self.options.path, self.options.max_files)?;
-        }
-        #[cfg(test)]
-        if self.failing_opens > 0 {
-            self.failing_opens -= 1;
-            return Err(std::io::Error::other("an open made to fail by a test"));
-        }
-        self.file = open_append(&self.options.path)?;
+        self.file = rotate_file(
+            &self.options.path,
+            self.options.max_files,
+            #[cfg(test)]
+            &mut self.failing_opens,
+        )?;
         self.size = 0;
         Ok(())
     }
+}
+
+/// Moves `path` away as rotation does ([`shift_rotated`]) and opens a new file there: the
+/// rotation of `events.jsonl` and `alerts.jsonl`. A rotation that failed after moving the file
+/// away only has its open left to do: shifting again would push the kept files out, one per
+/// retry. `failing_opens`: opens a test makes fail (say, for want of file descriptors).
+pub(crate) fn rotate_file(
+    path: &Path,
+    max_files: u32,
+    #[cfg(test)] failing_opens: &mut u32,
+) -> std::io::Result<File> {
+    if path.exists() {
+        shift_rotated(path, max_files)?;
+    }
+    #[cfg(test)]
+    if *failing_opens > 0 {
+        *failing_opens -= 1;
+        return Err(std::io::Error::other("an open made to fail by a test"));
+    }
+    open_append(path)
 }
 
 /// Renames `path` to `path.1`, shifting `path.N` to `path.N+1` and dropping what would pass
