@@ -157,7 +157,10 @@ async fn connect(
         match dial(proxy.plain_client.guard(), &host, port, connect_timeout).await {
             Ok(dialled) => dialled,
             Err(error) => {
-                shared.discovered(sighting(context, &host, port, true));
+                // Refused by the guard, or a host that is down or unknown: only the first is
+                // the gateway's refusal.
+                let refused = matches!(error, crate::upstream::ConnectError::Denied(_));
+                shared.discovered(sighting(context, &host, port, refused));
                 return Err(crate::proxy::connect_error(&host, &error));
             }
         };
@@ -576,6 +579,10 @@ async fn absolute(
     if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
         let target = parts.uri.to_string();
         if crate::proxy::contains(target.as_bytes(), token) {
+            // Refused; its path holds the token, so it is not recorded.
+            let mut seen = sighting(context, &host, port, true);
+            seen.method = context.method.as_ref().map(ToString::to_string);
+            shared.discovered(seen);
             return Err(CallError::bad_request(
                 "caller_token_in_url",
                 "the request URL contains the caller token; send it only in Proxy-Authorization",
@@ -603,37 +610,49 @@ async fn absolute(
     let mut upstream_request = Request::from_parts(parts, body);
     *upstream_request.version_mut() = http::Version::HTTP_11;
     let timeout = Duration::from_millis(postern_config::DEFAULT_REQUEST_TIMEOUT_MS);
-    let response =
-        match tokio::time::timeout(timeout, proxy.plain_client.request(upstream_request)).await {
-            Err(_) => {
-                return Err(CallError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    format!("{host} did not answer within {} ms", timeout.as_millis()),
-                ))
-            }
-            Ok(Err(error)) => {
-                shared.discovered(sighting(context, &host, port, true));
-                let limit = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
-                return Err(crate::proxy::body_violation_error(context, limit)
-                    .or_else(|| match &error {
-                        crate::upstream::UpstreamError::Connect(connect) => {
-                            Some(crate::proxy::connect_error(&host, connect))
-                        }
-                        _ => None,
-                    })
-                    .unwrap_or_else(|| {
-                        CallError::bad_gateway(
-                            "upstream_error",
-                            format!("the request to {host} failed"),
-                        )
-                    }));
-            }
-            Ok(Ok((response, addr))) => {
-                context.upstream_addr = Some(addr);
-                response
-            }
-        };
+    let response = match tokio::time::timeout(timeout, proxy.plain_client.request(upstream_request))
+        .await
+    {
+        Err(_) => {
+            let mut seen = sighting(context, &host, port, false);
+            seen.method = context.method.as_ref().map(ToString::to_string);
+            seen.path = Some(uri.path().to_string());
+            shared.discovered(seen);
+            return Err(CallError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                format!("{host} did not answer within {} ms", timeout.as_millis()),
+            ));
+        }
+        Ok(Err(error)) => {
+            let refused = matches!(
+                error,
+                crate::upstream::UpstreamError::Connect(crate::upstream::ConnectError::Denied(_))
+            );
+            let mut seen = sighting(context, &host, port, refused);
+            seen.method = context.method.as_ref().map(ToString::to_string);
+            seen.path = Some(uri.path().to_string());
+            shared.discovered(seen);
+            let limit = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
+            return Err(crate::proxy::body_violation_error(context, limit)
+                .or_else(|| match &error {
+                    crate::upstream::UpstreamError::Connect(connect) => {
+                        Some(crate::proxy::connect_error(&host, connect))
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| {
+                    CallError::bad_gateway(
+                        "upstream_error",
+                        format!("the request to {host} failed"),
+                    )
+                }));
+        }
+        Ok(Ok((response, addr))) => {
+            context.upstream_addr = Some(addr);
+            response
+        }
+    };
     let (mut parts, body) = response.into_parts();
     strip_proxy_headers(&mut parts.headers, None);
     crate::proxy::audit_receipt(&mut parts.headers, progress.intent_index);

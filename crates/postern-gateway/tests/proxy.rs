@@ -357,6 +357,38 @@ async fn connect_refuses_internal_targets_and_closed_ports() {
     gw.stop().await;
 }
 
+/// Discovery tells the gateway's refusals from hosts that failed on their own: a tunnel the
+/// SSRF guard refused is `blocked`; one to a host that is down was let go, and is not.
+#[tokio::test]
+async fn discovery_counts_only_the_gateways_refusals_as_blocked() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let gw = intercepting_gateway(
+        &vendor,
+        "",
+        &format!("[proxy]\nmode = \"open\"\nallowed_ports = [443, {closed_port}]\nallow_private_networks = [\"127.0.0.1/32\"]"),
+    )
+    .await;
+    let down = connect_status(&gw, &format!("127.0.0.1:{closed_port}")).await;
+    assert!(down.starts_with("HTTP/1.1 502"), "{down}");
+    let refused = connect_status(&gw, "169.254.169.254:443").await;
+    assert!(refused.contains("upstream_address_denied"), "{refused}");
+    let discovered = discovered(&gw).await;
+    let host = |name: &str| {
+        discovered
+            .iter()
+            .find(|h| h["host"] == name)
+            .unwrap_or_else(|| panic!("{name} in {discovered:#?}"))
+            .clone()
+    };
+    assert_eq!(host("127.0.0.1")["calls"], 1);
+    assert_eq!(host("127.0.0.1")["blocked_calls"], 0);
+    assert_eq!(host("169.254.169.254")["blocked_calls"], 1);
+    gw.stop().await;
+}
+
 /// A TLS vendor reached through an opaque tunnel (not intercepted): the client verifies the
 /// vendor's own certificate, Postern sees bytes only.
 async fn tunnel_client(gw: &TestGateway, token: &str, vendor: &TestVendor) -> reqwest::Client {
