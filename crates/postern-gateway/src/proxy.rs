@@ -409,7 +409,7 @@ fn pipeline<'a>(
                     None,
                 )?;
                 let result = forward(&integration, upstream_request, context.started).await;
-                forwarded(&integration, context, result)?
+                forwarded(&integration, context, result, declared_length)?
             }
         };
         if integration.config.data_classes.is_some() {
@@ -1161,7 +1161,7 @@ async fn forward_replayable(
     };
     let first = build(token.clone());
     let result = forward(integration, first, context.started).await;
-    let response = forwarded(integration, context, result)?;
+    let response = forwarded(integration, context, result, None)?;
     if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(response);
     }
@@ -1170,7 +1170,7 @@ async fn forward_replayable(
     tracing::info!(integration = %integration.name, request_id = %context.request_id, "vendor refused the OAuth2 token; re-minting once");
     let fresh = oauth_token(integration, source).await?;
     let result = forward(integration, build(fresh), context.started).await;
-    forwarded(integration, context, result)
+    forwarded(integration, context, result, None)
 }
 
 /// The vendor request under `request_timeout_ms`, and within the call's `total_timeout_ms` of
@@ -1194,17 +1194,38 @@ fn forward(
 type Forwarded = Result<(Response<UpstreamBody>, std::net::SocketAddr), UpstreamError>;
 
 /// [`forward`]'s result as the call sees it: the response (its address noted), or the refusal.
+/// `declared_length`: the request body's `Content-Length`, to tell a caller whose upload had
+/// not arrived when time ran out (the request is sent whole before its answer is read) from a
+/// vendor slow to answer.
 fn forwarded(
     integration: &IntegrationRuntime,
     context: &mut CallContext,
     result: Result<Forwarded, tokio::time::error::Elapsed>,
+    declared_length: Option<u64>,
 ) -> Result<Response<UpstreamBody>, CallError> {
     let total = integration.config.total_timeout_ms;
     let past_end = || {
         crate::body::call_end(context.started, total)
             .is_some_and(|(end, _)| tokio::time::Instant::now() >= end)
     };
+    let received = || {
+        context
+            .request_body
+            .bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     match result {
+        Err(_) if declared_length.is_some_and(|length| received() < length) => {
+            Err(CallError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_body_timeout",
+                format!(
+                    "the request body did not arrive in time ({} of {} bytes when request_timeout_ms or total_timeout_ms ran out); send it faster, or raise the integration's limits",
+                    received(),
+                    declared_length.unwrap_or_default()
+                ),
+            ))
+        }
         Err(_) if past_end() => Err(CallError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_total_timeout",

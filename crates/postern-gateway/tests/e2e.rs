@@ -2145,6 +2145,31 @@ async fn a_vendor_silent_past_total_timeout_gets_504() {
     gw.stop().await;
 }
 
+/// A caller whose upload has not arrived when `request_timeout_ms` runs out is told so (`408
+/// request_body_timeout`): the vendor was not the one keeping the call waiting.
+#[tokio::test]
+async fn a_slow_upload_is_the_callers_timeout_not_the_vendors() {
+    let (port, hold, _accepts) = silent_vendor().await;
+    let body = slow_integration(port, 1000, "").replace("method = \"GET\"", "method = \"POST\"");
+    let gw = TestGateway::start(&body, None).await;
+    // 100 kB declared (streamed through hyper, past what Postern's server reads whole), 10 kB
+    // sent.
+    let mut request = format!(
+        "POST /slow/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 100000\r\n\r\n",
+        gw.token
+    )
+    .into_bytes();
+    request.extend(std::iter::repeat_n(b'a', 10_000));
+    let answer = raw_request(gw.running().listen_addr, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_body_timeout"), "{answer}");
+    assert!(answer.contains("10000 of 100000 bytes"), "{answer}");
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "request_body_timeout");
+    hold.abort();
+    gw.stop().await;
+}
+
 /// An integration removed by a reload takes its pooled vendor connections with it: the idle
 /// connection closes at the reload, not `idle_timeout_ms` (here 90 s) later.
 #[tokio::test]
