@@ -393,6 +393,10 @@ impl Baseline {
 /// per-minute rates (events a little late, out of order, count in the open minute).
 const STALE_EVENT_MINUTES: i64 = 2;
 
+/// How long (the engine's clock) a key's rates wait for a clock set back to catch up before
+/// its open minute starts again at the new time.
+const BEHIND_LIMIT_MS: i64 = 10 * MINUTE_MS;
+
 /// The accumulators of the open minute.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Bucket {
@@ -535,11 +539,13 @@ struct KeyState {
     /// `slow_volume_window_minutes`, oldest first, for the slow volume check.
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     volume_steps: VecDeque<VolumeStep>,
-    /// An event far older than the open minute came ([`STALE_EVENT_MINUTES`]): until a newer
-    /// minute opens, events of the open minute or before are left out of the rates (the
-    /// clock may have been set back and be catching up: counted, they would pile up there).
+    /// When (the engine's clock) an event that ended far before the open minute came
+    /// ([`STALE_EVENT_MINUTES`]): the clock was set back. Until a newer minute opens, events of
+    /// the open minute or before are left out of the rates (counted, a clock catching up would
+    /// pile them up there); after [`BEHIND_LIMIT_MS`] the open minute starts again at the new
+    /// time.
     #[serde(default)]
-    behind: bool,
+    behind_since_ms: Option<i64>,
 }
 
 /// Calls and bytes of one 5-minute step.
@@ -675,7 +681,7 @@ impl KeyState {
             totals: Totals::default(),
             previous_latency_ms: 0.0,
             volume_steps: VecDeque::new(),
-            behind: false,
+            behind_since_ms: None,
         }
     }
 }
@@ -932,20 +938,31 @@ impl Engine {
             .entry(key.clone())
             .or_insert_with(|| KeyState::new(now_ms, minute));
         state.last_seen_ms = state.last_seen_ms.max(now_ms);
+        // An event is stamped with its call's start and written at its end: a long call (a
+        // stream, a tunnel) ends now, however long ago it began.
+        let end_minute =
+            (event.time_unix_ms + event.duration_ms.max(0.0) as i64).div_euclid(MINUTE_MS);
         if minute > state.bucket.minute {
             close_buckets(state, key, minute, &self.config);
-            state.behind = false;
-        } else if minute < state.bucket.minute - STALE_EVENT_MINUTES {
-            // Far older than the open minute: a clock set back (every event until it catches
-            // up), or a long call recorded when it ended (a tunnel, a stream; its time is its
-            // start). Either way it does not belong to the open minute: counted in it, a clock
-            // step would pile an hour into one minute. Its novelty was looked at already; its
-            // rates are left out, and so are those of the events that follow until a newer
-            // minute opens (a clock catching up reaches the open minute from below).
-            state.behind = true;
-            return;
-        } else if state.behind {
-            return;
+            state.behind_since_ms = None;
+        } else if end_minute < state.bucket.minute - STALE_EVENT_MINUTES
+            || state.behind_since_ms.is_some()
+        {
+            // Ended far before the open minute: the clock was set back. Counted in the open
+            // minute, every event until the clock caught up would pile up there: they are left
+            // out of the rates (their novelty was looked at already) until a newer minute
+            // opens, or, past BEHIND_LIMIT_MS, the open minute starts again at the new time,
+            // unlearned (a clock set far back, or forward and then back, is not waited out).
+            let since = *state.behind_since_ms.get_or_insert(now_ms);
+            if now_ms - since < BEHIND_LIMIT_MS {
+                return;
+            }
+            state.bucket = Bucket {
+                minute,
+                ..Bucket::default()
+            };
+            state.behind_since_ms = None;
+            state.last_seen_ms = now_ms;
         }
         // Events older than the open minute (out of order) still count in it.
         let bucket = &mut state.bucket;

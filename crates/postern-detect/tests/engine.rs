@@ -199,6 +199,43 @@ fn rate_spike_of_twenty_times_alerts_within_the_minute() {
     );
 }
 
+/// A long call (a stream, a tunnel) is stamped with its start and written at its end: it counts
+/// where it ends, and a burst right after it is still seen at once.
+#[test]
+fn a_long_call_ending_does_not_hide_a_burst() {
+    let mut noise = Noise(0x10c4);
+    let (mut engine, now) = warmed_engine(&mut noise);
+    assert!(run(&mut engine, &steady(now, 3, 1.0, &mut noise)).is_empty());
+    let at = now + 3 * MINUTE_MS;
+    let mut long = event(
+        at - 10 * MINUTE_MS,
+        Some("checkout"),
+        "get_charge",
+        200,
+        5_000,
+        "10.0.0.1",
+    );
+    long.duration_ms = (10 * MINUTE_MS) as f64;
+    let mut events = vec![long];
+    events.extend((0..240).map(|i| {
+        event(
+            at + i * 250,
+            Some("checkout"),
+            "get_charge",
+            200,
+            5_000,
+            "10.0.0.1",
+        )
+    }));
+    let alerts = run(&mut engine, &events);
+    let spike = alerts
+        .iter()
+        .find(|alert| alert.kind == AlertKind::RateSpike)
+        .unwrap_or_else(|| panic!("rate_spike in {alerts:#?}"));
+    let raised = postern_detect::timestamp::parse_rfc3339_millis(&spike.time).unwrap();
+    assert!(raised - at < 30_000, "{spike:?}");
+}
+
 #[test]
 fn burst_of_vendor_401s_alerts_vendor_auth_failures() {
     let alerts = check_incident(|at| {

@@ -7,7 +7,7 @@
 //! (or is dropped early), so `response_bytes` and `duration_ms` are the real ones.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -35,9 +35,18 @@ pub enum RequestBodyViolation {
 pub struct RequestBodyState {
     pub bytes: AtomicU64,
     violation: AtomicU8,
+    /// The last time the vendor side asked for more of the body, the caller had not sent it
+    /// yet: the call is waiting on the caller's upload.
+    waiting_on_caller: AtomicBool,
 }
 
 impl RequestBodyState {
+    /// Whether the call, at this moment, waits on the caller's upload (asked for more of the
+    /// body, which has not arrived), not on the vendor.
+    pub fn waiting_on_caller(&self) -> bool {
+        self.waiting_on_caller.load(Ordering::Relaxed)
+    }
+
     pub fn violation(&self) -> RequestBodyViolation {
         match self.violation.load(Ordering::Acquire) {
             1 => RequestBodyViolation::TooLarge,
@@ -294,6 +303,9 @@ impl Body for ForwardBody {
                 return Poll::Ready(Self::drain_carry(this));
             };
             let polled = Pin::new(inner).poll_frame(cx);
+            this.state
+                .waiting_on_caller
+                .store(polled.is_pending(), Ordering::Relaxed);
             // A caller's trailers are never forwarded: they are not scanned for its token.
             if let Poll::Ready(Some(Ok(frame))) = &polled {
                 if frame.is_trailers() {

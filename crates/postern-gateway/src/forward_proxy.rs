@@ -579,10 +579,7 @@ async fn absolute(
     if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
         let target = parts.uri.to_string();
         if crate::proxy::contains(target.as_bytes(), token) {
-            // Refused; its path holds the token, so it is not recorded.
-            let mut seen = sighting(context, &host, port, true);
-            seen.method = context.method.as_ref().map(ToString::to_string);
-            shared.discovered(seen);
+            // Not recorded in discovery: its host or path holds the token.
             return Err(CallError::bad_request(
                 "caller_token_in_url",
                 "the request URL contains the caller token; send it only in Proxy-Authorization",
@@ -625,15 +622,16 @@ async fn absolute(
             ));
         }
         Ok(Err(error)) => {
+            let limit = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
+            // The gateway's refusals: the SSRF guard's, or a body it would not forward.
             let refused = matches!(
                 error,
                 crate::upstream::UpstreamError::Connect(crate::upstream::ConnectError::Denied(_))
-            );
+            ) || crate::proxy::body_violation_error(context, limit).is_some();
             let mut seen = sighting(context, &host, port, refused);
             seen.method = context.method.as_ref().map(ToString::to_string);
             seen.path = Some(uri.path().to_string());
             shared.discovered(seen);
-            let limit = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
             return Err(crate::proxy::body_violation_error(context, limit)
                 .or_else(|| match &error {
                     crate::upstream::UpstreamError::Connect(connect) => {

@@ -152,17 +152,21 @@ where
         // caller's next bytes are in `buf`, reading stops until they are served, so an EOF
         // behind them waits until their answers are written. The connection's idle limit
         // passing is not a hang-up (the whole request is read; the caller waits for its
-        // answer): reading stops, and the call's own timeouts bound the wait for the vendor.
-        let mut watching = true;
+        // answer): the call's own timeouts bound the wait for the vendor, and the caller is
+        // looked at again each WATCH_AGAIN (a read sees an EOF or reset before the limit).
+        let mut watch_again = None;
         let response = loop {
             tokio::select! {
                 biased;
                 response = &mut call => break response,
-                read = io.read_buf(&mut buf), if buf.is_empty() && watching => match read {
-                    Err(error) if error.kind() == io::ErrorKind::TimedOut => watching = false,
+                read = io.read_buf(&mut buf), if buf.is_empty() && watch_again.is_none() => match read {
+                    Err(error) if crate::deadline::is_idle_limit(&error) => {
+                        watch_again = Some(tokio::time::Instant::now() + WATCH_AGAIN);
+                    }
                     Ok(0) | Err(_) => break 'connection,
                     Ok(_) => {}
                 },
+                () = watch_later(watch_again) => watch_again = None,
             }
         };
         let close = close || *shutdown.borrow();
@@ -278,6 +282,19 @@ async fn next_request<S: AsyncRead + Unpin>(
     };
     let (parts, ()) = head.into_parts();
     Next::Request(Request::from_parts(parts, body), close)
+}
+
+/// Once the connection's idle limit has passed during a call, how often the caller is looked
+/// at again for a hang-up.
+const WATCH_AGAIN: Duration = Duration::from_secs(1);
+
+/// Resolves at `at`; never without one. An `async` block, so nothing is armed on a call's
+/// path until the idle limit has passed.
+async fn watch_later(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves once shutdown has begun (never, if the gateway's shutdown sender is gone).
@@ -504,16 +521,19 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
                 // While the answer pauses (a stream waiting on the vendor), a caller that
                 // hangs up ends it, as during the call (and, as there, the idle limit passing
                 // leaves the pause to `response_idle_timeout_ms`).
-                let mut watching = true;
+                let mut watch_again = None;
                 loop {
                     tokio::select! {
                         biased;
                         frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => break frame,
-                        read = io.read_buf(buf), if buf.is_empty() && watching => match read {
-                            Err(error) if error.kind() == io::ErrorKind::TimedOut => watching = false,
+                        read = io.read_buf(buf), if buf.is_empty() && watch_again.is_none() => match read {
+                            Err(error) if crate::deadline::is_idle_limit(&error) => {
+                                watch_again = Some(tokio::time::Instant::now() + WATCH_AGAIN);
+                            }
                             Ok(0) | Err(_) => return Ok(false),
                             Ok(_) => {}
                         },
+                        () = watch_later(watch_again) => watch_again = None,
                     }
                 }
             }
@@ -1259,6 +1279,51 @@ mod tests {
         serving.await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         assert!(answer.ends_with("\r\n\r\nlate"), "{answer}");
+    }
+
+    /// Past the idle limit a call in flight is not cut, but the caller is still looked at: one
+    /// that hangs up then ends the call within WATCH_AGAIN.
+    #[tokio::test(start_paused = true)]
+    async fn a_hang_up_past_the_idle_limit_still_ends_the_call() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut server = crate::deadline::Deadline::new(
+            server,
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        );
+        let (_stop, mut shutdown) = watch::channel(false);
+        let dropped = Arc::new(AtomicBool::new(false));
+        struct Flag(Arc<AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let flag = dropped.clone();
+        let never = move |_: Arc<ConnectionInfo>, _: Request<CallerBody>| {
+            let guard = Flag(flag.clone());
+            async move {
+                let _guard = guard;
+                std::future::pending::<Response<GatewayBody>>().await
+            }
+        };
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let serving = tokio::spawn(async move {
+            serve(&mut server, &info(), &never, &mut shutdown, 8192, None).await;
+        });
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert!(!dropped.load(Ordering::SeqCst), "not cut at the idle limit");
+        drop(client);
+        let hung_up = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .expect("the hang-up is seen")
+            .unwrap();
+        assert!(hung_up.elapsed() <= WATCH_AGAIN + Duration::from_millis(10));
+        assert!(dropped.load(Ordering::SeqCst), "the call was dropped");
     }
 
     /// A body read before its call starts must arrive within HEAD_TIMEOUT of its head: a

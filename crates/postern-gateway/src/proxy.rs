@@ -1195,8 +1195,8 @@ type Forwarded = Result<(Response<UpstreamBody>, std::net::SocketAddr), Upstream
 
 /// [`forward`]'s result as the call sees it: the response (its address noted), or the refusal.
 /// `declared_length`: the request body's `Content-Length`, to tell a caller whose upload had
-/// not arrived when time ran out (the request is sent whole before its answer is read) from a
-/// vendor slow to answer.
+/// not arrived when time ran out (the vendor side waiting for more of it) from a vendor slow to
+/// take it or to answer.
 fn forwarded(
     integration: &IntegrationRuntime,
     context: &mut CallContext,
@@ -1215,7 +1215,10 @@ fn forwarded(
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     match result {
-        Err(_) if declared_length.is_some_and(|length| received() < length) => {
+        Err(_)
+            if context.request_body.waiting_on_caller()
+                && declared_length.is_some_and(|length| received() < length) =>
+        {
             Err(CallError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "request_body_timeout",
