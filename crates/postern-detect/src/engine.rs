@@ -940,21 +940,29 @@ impl Engine {
         state.last_seen_ms = state.last_seen_ms.max(now_ms);
         // An event is stamped with its call's start and written at its end: a long call (a
         // stream, a tunnel) ends now, however long ago it began.
-        let end_minute =
-            (event.time_unix_ms + event.duration_ms.max(0.0) as i64).div_euclid(MINUTE_MS);
+        let duration_ms = event.duration_ms.clamp(0.0, 1e12) as i64;
+        let end_minute = event
+            .time_unix_ms
+            .saturating_add(duration_ms)
+            .div_euclid(MINUTE_MS);
+        let stale = end_minute < state.bucket.minute - STALE_EVENT_MINUTES;
         if minute > state.bucket.minute {
             close_buckets(state, key, minute, &self.config);
             state.behind_since_ms = None;
-        } else if end_minute < state.bucket.minute - STALE_EVENT_MINUTES
-            || state.behind_since_ms.is_some()
-        {
+        } else if stale || state.behind_since_ms.is_some() {
             // Ended far before the open minute: the clock was set back. Counted in the open
             // minute, every event until the clock caught up would pile up there: they are left
             // out of the rates (their novelty was looked at already) until a newer minute
             // opens, or, past BEHIND_LIMIT_MS, the open minute starts again at the new time,
             // unlearned (a clock set far back, or forward and then back, is not waited out).
-            let since = *state.behind_since_ms.get_or_insert(now_ms);
-            if now_ms - since < BEHIND_LIMIT_MS {
+            // Timed from the earliest such event: the clock runs on from there.
+            let since = state
+                .behind_since_ms
+                .map_or(now_ms, |since| since.min(now_ms));
+            state.behind_since_ms = Some(since);
+            // Only an event itself behind restarts the open minute; one inside it waits (at
+            // most the rest of the minute).
+            if !stale || now_ms - since < BEHIND_LIMIT_MS {
                 return;
             }
             state.bucket = Bucket {

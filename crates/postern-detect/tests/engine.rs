@@ -199,6 +199,38 @@ fn rate_spike_of_twenty_times_alerts_within_the_minute() {
     );
 }
 
+/// A clock set back a day is not waited out: after 10 minutes the keys count again at the new
+/// time, and a burst then is seen.
+#[test]
+fn a_clock_set_back_a_day_is_not_waited_out() {
+    let mut noise = Noise(0xda7);
+    let (mut engine, now) = warmed_engine(&mut noise);
+    assert!(run(&mut engine, &steady(now, 30, 1.0, &mut noise)).is_empty());
+    let back = now + 30 * MINUTE_MS - DAY_MS;
+    let alerts = run(&mut engine, &steady(back, 20, 1.0, &mut noise));
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    let at = back + 20 * MINUTE_MS;
+    let burst: Vec<DetectEvent> = (0..240)
+        .map(|i| {
+            event(
+                at + i * 250,
+                Some("checkout"),
+                "get_charge",
+                200,
+                5_000,
+                "10.0.0.1",
+            )
+        })
+        .collect();
+    let alerts = run(&mut engine, &burst);
+    assert!(
+        alerts
+            .iter()
+            .any(|alert| alert.kind == AlertKind::RateSpike),
+        "{alerts:#?}"
+    );
+}
+
 /// A long call (a stream, a tunnel) is stamped with its start and written at its end: it counts
 /// where it ends, and a burst right after it is still seen at once.
 #[test]

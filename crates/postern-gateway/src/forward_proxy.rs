@@ -544,6 +544,15 @@ async fn absolute(
         ));
     }
     let caller = proxy_caller(runtime, connection, context, request.headers())?;
+    // Refused before anything records the URL (discovery keeps hosts and paths).
+    if let Some(token) = caller.token.as_deref().filter(|t| !t.is_empty()) {
+        if crate::proxy::contains(uri.to_string().as_bytes(), token) {
+            return Err(CallError::bad_request(
+                "caller_token_in_url",
+                "the request URL contains the caller token; send it only in Proxy-Authorization",
+            ));
+        }
+    }
     let proxy = &runtime.proxy;
     if let Some(integration) = proxy.integration_for_host(&host) {
         // The same pipeline as path mode; the request is re-originated to the integration's
@@ -576,16 +585,6 @@ async fn absolute(
     // Forward as is (minus hop-by-hop and caller credentials), streaming both ways.
     let (mut parts, body) = request.into_parts();
     let token = caller.token.as_ref().map(|t| t.to_vec());
-    if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
-        let target = parts.uri.to_string();
-        if crate::proxy::contains(target.as_bytes(), token) {
-            // Not recorded in discovery: its host or path holds the token.
-            return Err(CallError::bad_request(
-                "caller_token_in_url",
-                "the request URL contains the caller token; send it only in Proxy-Authorization",
-            ));
-        }
-    }
     strip_proxy_headers(&mut parts.headers, token.as_deref());
     // The Host the destination sees is the one the policy checked, never the client's own:
     // otherwise an allowed host could front for another name on the same address.

@@ -1212,25 +1212,37 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_caller_that_hangs_up_ends_its_call() {
-        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
-        let (_stop, mut shutdown) = watch::channel(false);
-        let dropped = Arc::new(AtomicBool::new(false));
+    /// A call's answer, boxed (the test handlers' future type).
+    type Answer = Pin<Box<dyn Future<Output = Response<GatewayBody>> + Send>>;
+
+    /// A handler whose calls never answer, and a flag set once a call it started is dropped.
+    fn never_answers() -> (
+        impl Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> Answer + Send + 'static,
+        Arc<AtomicBool>,
+    ) {
         struct Flag(Arc<AtomicBool>);
         impl Drop for Flag {
             fn drop(&mut self) {
                 self.0.store(true, Ordering::SeqCst);
             }
         }
+        let dropped = Arc::new(AtomicBool::new(false));
         let flag = dropped.clone();
         let never = move |_: Arc<ConnectionInfo>, _: Request<CallerBody>| {
             let guard = Flag(flag.clone());
-            async move {
+            Box::pin(async move {
                 let _guard = guard;
                 std::future::pending::<Response<GatewayBody>>().await
-            }
+            }) as Answer
         };
+        (never, dropped)
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_hangs_up_ends_its_call() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let (never, dropped) = never_answers();
         client
             .write_all(b"GET /slow HTTP/1.1\r\n\r\n")
             .await
@@ -1292,21 +1304,7 @@ mod tests {
             Duration::from_secs(60),
         );
         let (_stop, mut shutdown) = watch::channel(false);
-        let dropped = Arc::new(AtomicBool::new(false));
-        struct Flag(Arc<AtomicBool>);
-        impl Drop for Flag {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::SeqCst);
-            }
-        }
-        let flag = dropped.clone();
-        let never = move |_: Arc<ConnectionInfo>, _: Request<CallerBody>| {
-            let guard = Flag(flag.clone());
-            async move {
-                let _guard = guard;
-                std::future::pending::<Response<GatewayBody>>().await
-            }
-        };
+        let (never, dropped) = never_answers();
         client
             .write_all(b"GET /slow HTTP/1.1\r\n\r\n")
             .await
