@@ -642,6 +642,56 @@ impl postern_netguard::Resolve for Rebinding {
     }
 }
 
+/// A name server that never answers.
+#[derive(Debug)]
+struct Silent;
+
+impl postern_netguard::Resolve for Silent {
+    fn lookup<'a>(&'a self, _host: &'a str, _port: u16) -> postern_netguard::Lookup<'a> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// A vendor name whose lookup never ends does not hold the call: the lookup is bounded by
+/// `connect_timeout_ms`, and the call gets `502 upstream_unresolvable`.
+#[tokio::test]
+async fn a_lookup_that_never_ends_is_bounded_by_the_connect_timeout() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let staging = tempfile::tempdir().unwrap();
+    let key_path = staging.path().join("stripe-key");
+    std::fs::write(&key_path, VENDOR_KEY).unwrap();
+    let body = stripe_like(&vendor, "connect_timeout_ms = 300")
+        .replace(
+            &format!("https://127.0.0.1:{}", vendor.addr.port()),
+            &format!("https://LocalHost:{}", vendor.addr.port()),
+        )
+        .replace("{dir}/stripe-key", &key_path.display().to_string());
+    let gw = TestGateway::start_with_resolver(
+        &body,
+        vendor.ca_pem.as_deref(),
+        "",
+        Some(Arc::new(Silent)),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client()
+            .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+            .bearer_auth(&gw.token)
+            .send(),
+    )
+    .await
+    .expect("answered, not held by the lookup")
+    .unwrap();
+    assert_eq!(answer.status(), 502);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_unresolvable", "{body}");
+    assert!(vendor.seen().is_empty());
+    gw.stop().await;
+}
+
 /// Postern resolves the vendor's host itself for each new connection, never from an earlier
 /// answer (issue 2's "resolution is done for each new connection"): a name that first answers
 /// with the vendor's address and then with an internal one (DNS rebinding) has its next
