@@ -77,6 +77,22 @@ fn steady(from_ms: i64, minutes: i64, scale: f64, noise: &mut Noise) -> Vec<Dete
     events
 }
 
+/// One minute from `at` of 20× checkout's usual rate: 240 calls, 4 a second.
+fn burst(at: i64) -> Vec<DetectEvent> {
+    (0..240)
+        .map(|i| {
+            event(
+                at + i * 250,
+                Some("checkout"),
+                "get_charge",
+                200,
+                5_000,
+                "10.0.0.1",
+            )
+        })
+        .collect()
+}
+
 fn run(engine: &mut Engine, events: &[DetectEvent]) -> Vec<Alert> {
     events
         .iter()
@@ -167,20 +183,7 @@ fn steady_traffic_is_quiet_for_a_week() {
 
 #[test]
 fn rate_spike_of_twenty_times_alerts_within_the_minute() {
-    let alerts = check_incident(|at| {
-        (0..240)
-            .map(|i| {
-                event(
-                    at + i * 250,
-                    Some("checkout"),
-                    "get_charge",
-                    200,
-                    5_000,
-                    "10.0.0.1",
-                )
-            })
-            .collect()
-    });
+    let alerts = check_incident(burst);
     let spike = alerts
         .iter()
         .find(|alert| alert.kind == AlertKind::RateSpike)
@@ -210,19 +213,7 @@ fn a_clock_set_back_a_day_is_not_waited_out() {
     let alerts = run(&mut engine, &steady(back, 20, 1.0, &mut noise));
     assert!(alerts.is_empty(), "{alerts:#?}");
     let at = back + 20 * MINUTE_MS;
-    let burst: Vec<DetectEvent> = (0..240)
-        .map(|i| {
-            event(
-                at + i * 250,
-                Some("checkout"),
-                "get_charge",
-                200,
-                5_000,
-                "10.0.0.1",
-            )
-        })
-        .collect();
-    let alerts = run(&mut engine, &burst);
+    let alerts = run(&mut engine, &burst(at));
     assert!(
         alerts
             .iter()
@@ -249,16 +240,7 @@ fn a_long_call_ending_does_not_hide_a_burst() {
     );
     long.duration_ms = (10 * MINUTE_MS) as f64;
     let mut events = vec![long];
-    events.extend((0..240).map(|i| {
-        event(
-            at + i * 250,
-            Some("checkout"),
-            "get_charge",
-            200,
-            5_000,
-            "10.0.0.1",
-        )
-    }));
+    events.extend(burst(at));
     let alerts = run(&mut engine, &events);
     let spike = alerts
         .iter()
@@ -459,18 +441,7 @@ fn snapshot_and_restore_keep_the_baseline() {
     let text = serde_json::to_string(&engine.snapshot()).unwrap();
     let mut restored = Engine::restore(serde_json::from_str(&text).unwrap());
     let mut original = engine;
-    let spike: Vec<DetectEvent> = (0..240)
-        .map(|i| {
-            event(
-                now + i * 250,
-                Some("checkout"),
-                "get_charge",
-                200,
-                5_000,
-                "10.0.0.1",
-            )
-        })
-        .collect();
+    let spike = burst(now);
     let from_original = run(&mut original, &spike);
     let from_restored = run(&mut restored, &spike);
     assert!(!from_original.is_empty());
@@ -756,18 +727,7 @@ fn a_snapshot_from_before_the_window_and_slow_volume_checks_restores() {
     let old = serde_json::to_string(&snapshot).unwrap();
     let mut restored = Engine::restore(serde_json::from_str(&old).unwrap());
     assert_eq!(restored.config(), &EngineConfig::default());
-    let spike: Vec<DetectEvent> = (0..240)
-        .map(|i| {
-            event(
-                now + i * 250,
-                Some("checkout"),
-                "get_charge",
-                200,
-                5_000,
-                "10.0.0.1",
-            )
-        })
-        .collect();
+    let spike = burst(now);
     let alerts = run(&mut restored, &spike);
     assert!(
         kinds(&alerts).contains(&AlertKind::RateSpike),

@@ -572,10 +572,7 @@ async fn absolute(
     }
     let decision = proxy.policy.decide(&caller.name, &host, port);
     if !decision.allowed {
-        let mut seen = sighting(context, &host, port, true);
-        seen.method = context.method.as_ref().map(ToString::to_string);
-        seen.path = Some(uri.path().to_string());
-        shared.discovered(seen);
+        shared.discovered(request_sighting(context, &host, port, uri.path(), true));
         return Err(host_refused(decision.reason, &host, port));
     }
     progress.authorized = true;
@@ -610,10 +607,7 @@ async fn absolute(
         .await
     {
         Err(_) => {
-            let mut seen = sighting(context, &host, port, false);
-            seen.method = context.method.as_ref().map(ToString::to_string);
-            seen.path = Some(uri.path().to_string());
-            shared.discovered(seen);
+            shared.discovered(request_sighting(context, &host, port, uri.path(), false));
             return Err(CallError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
@@ -627,10 +621,7 @@ async fn absolute(
                 error,
                 crate::upstream::UpstreamError::Connect(crate::upstream::ConnectError::Denied(_))
             ) || crate::proxy::body_violation_error(context, limit).is_some();
-            let mut seen = sighting(context, &host, port, refused);
-            seen.method = context.method.as_ref().map(ToString::to_string);
-            seen.path = Some(uri.path().to_string());
-            shared.discovered(seen);
+            shared.discovered(request_sighting(context, &host, port, uri.path(), refused));
             return Err(crate::proxy::body_violation_error(context, limit)
                 .or_else(|| match &error {
                     crate::upstream::UpstreamError::Connect(connect) => {
@@ -874,6 +865,20 @@ fn strip_proxy_headers(headers: &mut http::HeaderMap, token: Option<&[u8]>) {
             headers.remove(name);
         }
     }
+}
+
+/// [`sighting`] of a plain-HTTP request: its method and `path` too.
+fn request_sighting(
+    context: &CallContext,
+    host: &str,
+    port: u16,
+    path: &str,
+    blocked: bool,
+) -> Observation {
+    let mut seen = sighting(context, host, port, blocked);
+    seen.method = context.method.as_ref().map(ToString::to_string);
+    seen.path = Some(path.to_string());
+    seen
 }
 
 fn sighting(context: &CallContext, host: &str, port: u16, blocked: bool) -> Observation {

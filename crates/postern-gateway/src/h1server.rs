@@ -150,23 +150,14 @@ where
         // While the call runs and nothing else has arrived, the connection is still read (as
         // hyper does): a caller that hangs up (EOF, reset) ends the call. Once a pipelining
         // caller's next bytes are in `buf`, reading stops until they are served, so an EOF
-        // behind them waits until their answers are written. The connection's idle limit
-        // passing is not a hang-up (the whole request is read; the caller waits for its
-        // answer): the call's own timeouts bound the wait for the vendor, and the caller is
-        // looked at again each WATCH_AGAIN (a read sees an EOF or reset before the limit).
-        let mut watch_again = None;
+        // behind them waits until their answers are written ([`watch_caller`]).
         let response = loop {
             tokio::select! {
                 biased;
                 response = &mut call => break response,
-                read = io.read_buf(&mut buf), if buf.is_empty() && watch_again.is_none() => match read {
-                    Err(error) if crate::deadline::is_idle_limit(&error) => {
-                        watch_again = Some(tokio::time::Instant::now() + WATCH_AGAIN);
-                    }
-                    Ok(0) | Err(_) => break 'connection,
-                    Ok(_) => {}
+                more = watch_caller(io, &mut buf), if buf.is_empty() => if !more {
+                    break 'connection;
                 },
-                () = watch_later(watch_again) => watch_again = None,
             }
         };
         let close = close || *shutdown.borrow();
@@ -288,12 +279,21 @@ async fn next_request<S: AsyncRead + Unpin>(
 /// at again for a hang-up.
 const WATCH_AGAIN: Duration = Duration::from_secs(1);
 
-/// Resolves at `at`; never without one. An `async` block, so nothing is armed on a call's
-/// path until the idle limit has passed.
-async fn watch_later(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// Reads the caller while its call runs or its answer pauses: `true` once bytes arrive (a
+/// pipelined request, left in `buf`), `false` once the caller hung up (EOF, reset). The
+/// connection's idle limit passing is not a hang-up (the request is read whole; the caller
+/// waits for its answer, which the call's own timeouts bound): the caller is looked at again
+/// each [`WATCH_AGAIN`], and a read sees an EOF or reset before the limit.
+async fn watch_caller<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> bool {
+    loop {
+        match io.read_buf(buf).await {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(error) if crate::deadline::is_idle_limit(&error) => {
+                tokio::time::sleep(WATCH_AGAIN).await;
+            }
+            Err(_) => return false,
+        }
     }
 }
 
@@ -519,21 +519,15 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 io.flush().await?;
                 // While the answer pauses (a stream waiting on the vendor), a caller that
-                // hangs up ends it, as during the call (and, as there, the idle limit passing
-                // leaves the pause to `response_idle_timeout_ms`).
-                let mut watch_again = None;
+                // hangs up ends it, as during the call ([`watch_caller`]; the pause itself is
+                // `response_idle_timeout_ms`'s to bound).
                 loop {
                     tokio::select! {
                         biased;
                         frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => break frame,
-                        read = io.read_buf(buf), if buf.is_empty() && watch_again.is_none() => match read {
-                            Err(error) if crate::deadline::is_idle_limit(&error) => {
-                                watch_again = Some(tokio::time::Instant::now() + WATCH_AGAIN);
-                            }
-                            Ok(0) | Err(_) => return Ok(false),
-                            Ok(_) => {}
+                        more = watch_caller(io, buf), if buf.is_empty() => if !more {
+                            return Ok(false);
                         },
-                        () = watch_later(watch_again) => watch_again = None,
                     }
                 }
             }
@@ -1264,16 +1258,26 @@ mod tests {
         assert!(dropped.load(Ordering::SeqCst), "the call was dropped");
     }
 
-    /// The connection's idle limit passing while a call waits on its vendor is not a hang-up:
-    /// the answer, when it comes, is written.
-    #[tokio::test(start_paused = true)]
-    async fn the_idle_limit_does_not_cut_a_call_in_flight() {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let mut server = crate::deadline::Deadline::new(
+    /// A caller's end and the server's, the server's under a 60 s idle limit (as the listener
+    /// puts every connection).
+    fn with_idle_limit() -> (
+        tokio::io::DuplexStream,
+        crate::deadline::Deadline<tokio::io::DuplexStream>,
+    ) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let server = crate::deadline::Deadline::new(
             server,
             Duration::from_secs(10),
             Duration::from_secs(60),
         );
+        (client, server)
+    }
+
+    /// The connection's idle limit passing while a call waits on its vendor is not a hang-up:
+    /// the answer, when it comes, is written.
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_limit_does_not_cut_a_call_in_flight() {
+        let (mut client, mut server) = with_idle_limit();
         let (_stop, mut shutdown) = watch::channel(false);
         let slow = |_: Arc<ConnectionInfo>, _: Request<CallerBody>| async {
             tokio::time::sleep(Duration::from_secs(200)).await;
@@ -1297,12 +1301,7 @@ mod tests {
     /// that hangs up then ends the call within WATCH_AGAIN.
     #[tokio::test(start_paused = true)]
     async fn a_hang_up_past_the_idle_limit_still_ends_the_call() {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let mut server = crate::deadline::Deadline::new(
-            server,
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-        );
+        let (mut client, mut server) = with_idle_limit();
         let (_stop, mut shutdown) = watch::channel(false);
         let (never, dropped) = never_answers();
         client

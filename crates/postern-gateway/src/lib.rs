@@ -208,13 +208,7 @@ impl Shared {
         // the next restart. Calls in flight keep what they hold.
         let kept = |name: &str| runtime.integrations.contains_key(name);
         self.clients.retain(kept);
-        self.limiters.retain(|name, quota| {
-            let limit = runtime
-                .integrations
-                .get(name)
-                .and_then(|integration| integration.config.rate_limit);
-            limit.map(|r| (r.requests_per_second, r.burst)) == Some(quota)
-        });
+        self.limiters.retain_used(&runtime);
         self.token_sources.retain(kept);
         // Carry last-used times over: they live on the runtime being replaced.
         let previous = self.runtime.swap(Arc::new(runtime));

@@ -26,6 +26,10 @@ pub type CallerLimiter = DefaultKeyedRateLimiter<Arc<str>>;
 /// (requests_per_second, burst) an integration's limiter was built with.
 type QuotaKey = (u32, u32);
 
+fn quota_key(limit: &postern_config::RateLimitConfig) -> QuotaKey {
+    (limit.requests_per_second, limit.burst)
+}
+
 /// Rate-limit state survives reloads when an integration's quota is unchanged. Kept by
 /// integration and quota, so a build that fails after making a limiter for a new quota does
 /// not take the place of the one the running config uses; [`LimiterCache::retain`] drops what
@@ -36,14 +40,29 @@ pub struct LimiterCache {
 }
 
 impl LimiterCache {
-    /// Keeps only the limiters `in_use` says the committed config uses (by integration name
-    /// and quota).
-    pub fn retain(&self, in_use: impl Fn(&str, QuotaKey) -> bool) {
+    /// Keeps only the limiters `committed` (the runtime swapped in) uses, by integration name
+    /// and quota.
+    pub fn retain_used(&self, committed: &Runtime) {
+        self.retain(|name, quota| {
+            let limit = committed
+                .integrations
+                .get(name)
+                .and_then(|integration| integration.config.rate_limit);
+            limit.as_ref().map(quota_key) == Some(quota)
+        });
+    }
+
+    fn retain(&self, in_use: impl Fn(&str, QuotaKey) -> bool) {
         let mut limiters = self.limiters.lock().expect("limiter cache lock");
         limiters.retain(|(name, quota), _| in_use(name, *quota));
     }
 
-    fn get(&self, integration: &str, rps: u32, burst: u32) -> Arc<CallerLimiter> {
+    fn get(
+        &self,
+        integration: &str,
+        limit: &postern_config::RateLimitConfig,
+    ) -> Arc<CallerLimiter> {
+        let (rps, burst) = quota_key(limit);
         let mut limiters = self.limiters.lock().expect("limiter cache lock");
         limiters
             .entry((integration.to_string(), (rps, burst)))
@@ -109,24 +128,19 @@ impl ClientCache {
             integration.idle_timeout_ms,
             client_auth.as_ref().map(|auth| &auth.fingerprint)
         );
-        // (An unreadable file misses the cache, and building the client names the problem.)
-        let ca_contents = || {
-            let path = integration.ca_file.as_ref()?;
-            let contents = std::fs::read(path).ok()?;
-            Some(hex::encode(Sha256::digest(contents)))
-        };
-        let ca_hash = reread_ca.then(ca_contents).flatten();
+        // The file's contents as they are now (`None` without one, or unreadable: then a
+        // reload misses the cache, and building the client names the problem).
+        let ca_hash = integration
+            .ca_file
+            .as_ref()
+            .and_then(|path| std::fs::read(path).ok())
+            .map(|contents| hex::encode(Sha256::digest(contents)));
         let mut clients = self.clients.lock().expect("client cache lock");
         if let Some((cached_key, cached_ca, client)) = clients.get(&integration.name) {
-            let same_ca = !reread_ca || integration.ca_file.is_none() || ca_hash == *cached_ca;
-            if *cached_key == key && same_ca {
+            if *cached_key == key && (!reread_ca || ca_hash == *cached_ca) {
                 return Ok(client.clone());
             }
         }
-        let ca_hash = match reread_ca {
-            true => ca_hash,
-            false => ca_contents(),
-        };
         let client = build_client(UpstreamOptions {
             guard: self.guard(integration.allow_private_networks.clone()),
             allow_plaintext: integration.allow_plaintext,
@@ -693,11 +707,9 @@ fn build_integration(
         }) => Some(name.clone()),
         _ => None,
     };
-    let limiter = integration.rate_limit.map(|r| {
-        inputs
-            .limiters
-            .get(&integration.name, r.requests_per_second, r.burst)
-    });
+    let limiter = integration
+        .rate_limit
+        .map(|limit| inputs.limiters.get(&integration.name, &limit));
     let upstream = upstream_target(&integration.upstream)
         .map_err(|error| anyhow::anyhow!("integration {}: {error}", integration.name))?;
     let mut stripped_headers = vec![
@@ -905,7 +917,15 @@ fn load_injector(
 #[cfg(test)]
 mod limiter_tests {
     use super::LimiterCache;
+    use postern_config::RateLimitConfig;
     use std::sync::Arc;
+
+    fn quota(per_second: u32) -> RateLimitConfig {
+        RateLimitConfig {
+            requests_per_second: per_second,
+            burst: per_second,
+        }
+    }
 
     /// A build that fails after making a limiter for a new quota does not take the place of
     /// the one the running config uses: going back to that quota finds its state; `retain`
@@ -913,17 +933,17 @@ mod limiter_tests {
     #[test]
     fn a_limiter_survives_a_build_that_did_not_commit() {
         let cache = LimiterCache::default();
-        let running = cache.get("stripe", 1, 1);
+        let running = cache.get("stripe", &quota(1));
         let caller: Arc<str> = Arc::from("checkout");
         assert!(running.check_key(&caller).is_ok());
-        let failed_build = cache.get("stripe", 5, 5);
-        let again = cache.get("stripe", 1, 1);
+        let failed_build = cache.get("stripe", &quota(5));
+        let again = cache.get("stripe", &quota(1));
         assert!(Arc::ptr_eq(&running, &again));
         assert!(
             again.check_key(&caller).is_err(),
             "its burst is still spent"
         );
         cache.retain(|name, quota| name == "stripe" && quota == (1, 1));
-        assert!(!Arc::ptr_eq(&cache.get("stripe", 5, 5), &failed_build));
+        assert!(!Arc::ptr_eq(&cache.get("stripe", &quota(5)), &failed_build));
     }
 }

@@ -642,6 +642,34 @@ impl postern_netguard::Resolve for Rebinding {
     }
 }
 
+/// A Stripe-like gateway (`extra` in its integration, `gateway_extra` in `[gateway]`) whose
+/// vendor is reached by the name `LocalHost`, looked up by `resolver`; the staging directory of
+/// its key file is kept with it.
+async fn by_name_gateway(
+    vendor: &TestVendor,
+    extra: &str,
+    gateway_extra: &str,
+    resolver: Arc<dyn postern_netguard::Resolve>,
+) -> (TestGateway, tempfile::TempDir) {
+    let staging = tempfile::tempdir().unwrap();
+    let key_path = staging.path().join("stripe-key");
+    std::fs::write(&key_path, VENDOR_KEY).unwrap();
+    let body = stripe_like(vendor, extra)
+        .replace(
+            &format!("https://127.0.0.1:{}", vendor.addr.port()),
+            &format!("https://LocalHost:{}", vendor.addr.port()),
+        )
+        .replace("{dir}/stripe-key", &key_path.display().to_string());
+    let gw = TestGateway::start_with_resolver(
+        &body,
+        vendor.ca_pem.as_deref(),
+        gateway_extra,
+        Some(resolver),
+    )
+    .await;
+    (gw, staging)
+}
+
 /// A name server that never answers.
 #[derive(Debug)]
 struct Silent;
@@ -657,22 +685,8 @@ impl postern_netguard::Resolve for Silent {
 #[tokio::test]
 async fn a_lookup_that_never_ends_is_bounded_by_the_connect_timeout() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let staging = tempfile::tempdir().unwrap();
-    let key_path = staging.path().join("stripe-key");
-    std::fs::write(&key_path, VENDOR_KEY).unwrap();
-    let body = stripe_like(&vendor, "connect_timeout_ms = 300")
-        .replace(
-            &format!("https://127.0.0.1:{}", vendor.addr.port()),
-            &format!("https://LocalHost:{}", vendor.addr.port()),
-        )
-        .replace("{dir}/stripe-key", &key_path.display().to_string());
-    let gw = TestGateway::start_with_resolver(
-        &body,
-        vendor.ca_pem.as_deref(),
-        "",
-        Some(Arc::new(Silent)),
-    )
-    .await;
+    let (gw, _staging) =
+        by_name_gateway(&vendor, "connect_timeout_ms = 300", "", Arc::new(Silent)).await;
     let started = std::time::Instant::now();
     let answer = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -715,23 +729,8 @@ async fn the_vendor_host_is_resolved_again_for_each_new_connection() {
             .collect(),
         lookups: Default::default(),
     });
-    let staging = tempfile::tempdir().unwrap();
-    let key_path = staging.path().join("stripe-key");
-    std::fs::write(&key_path, VENDOR_KEY).unwrap();
-    let body = stripe_like(&vendor, "")
-        .replace(
-            &format!("https://127.0.0.1:{}", vendor.addr.port()),
-            &format!("https://LocalHost:{}", vendor.addr.port()),
-        )
-        .replace("{dir}/stripe-key", &key_path.display().to_string());
     // One worker: every call shares one pool, whichever connection it comes on.
-    let gw = TestGateway::start_with_resolver(
-        &body,
-        vendor.ca_pem.as_deref(),
-        "workers = 1",
-        Some(rebinding.clone()),
-    )
-    .await;
+    let (gw, _staging) = by_name_gateway(&vendor, "", "workers = 1", rebinding.clone()).await;
     let lookups = || rebinding.lookups.lock().unwrap().len();
     let caller = client();
     let get = |id: &str| {

@@ -192,12 +192,13 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
 /// `::ffff:0:0/96`, `::/96` and the NAT64 well-known prefix `64:ff9b::/96`
 /// (RFC 6052), bits 16–48 of 6to4's `2002::/16` (RFC 3056). `None` for every
 /// other address (the NAT64 local-use prefix's layout depends on its length).
-fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
+/// `class` is the address's own ([`classify`]).
+fn embedded_ipv4(ip: IpAddr, class: AddressClass) -> Option<Ipv4Addr> {
     let IpAddr::V6(v6) = ip else {
         return None;
     };
     let bits = u128::from(v6);
-    match classify_v6(v6) {
+    match class {
         AddressClass::Ipv4Mapped | AddressClass::Ipv4Compatible => {
             Some(Ipv4Addr::from(bits as u32))
         }
@@ -294,7 +295,7 @@ impl Guard {
             return Ok(());
         }
         if self.is_allowed_private(ip) {
-            let reaches = embedded_ipv4(ip).map(IpAddr::V4);
+            let reaches = embedded_ipv4(ip, class).map(IpAddr::V4);
             return match reaches {
                 Some(v4)
                     if classify(v4) != AddressClass::Public && !self.is_allowed_private(v4) =>
@@ -304,11 +305,10 @@ impl Guard {
                 _ => Ok(()),
             };
         }
-        if let IpAddr::V6(v6) = ip {
-            if let Some(embedded) = v6.to_ipv4_mapped() {
-                if self.is_allowed_private(IpAddr::V4(embedded)) {
-                    return Ok(());
-                }
+        if class == AddressClass::Ipv4Mapped {
+            let mapped = embedded_ipv4(ip, class).map(IpAddr::V4);
+            if mapped.is_some_and(|v4| self.is_allowed_private(v4)) {
+                return Ok(());
             }
         }
         Err(Denied { ip, class })
