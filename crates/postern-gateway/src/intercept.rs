@@ -168,11 +168,7 @@ fn ensure_ca_files(data_dir: &Path) -> anyhow::Result<(String, String)> {
     // renamed into place: a crash leaves no half CA (at most a stray temporary directory), and
     // of two first starts at once (`serve` and `postern ca export`) one CA wins and both use it.
     let parent = dir.parent().unwrap_or(Path::new("."));
-    let tmp = parent.join(format!(
-        ".{CA_DIR}-{}-{:016x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
+    let tmp = postern_ledger::temporary_sibling(&dir);
     let written = crate::create_private_dir(&tmp)
         .and_then(|()| crate::write_private_file(&tmp.join(CA_KEY_FILE), key_pem.as_bytes()))
         .and_then(|()| crate::write_private_file(&tmp.join(CA_CERT_FILE), cert_pem.as_bytes()));

@@ -177,6 +177,18 @@ pub(crate) fn load_or_create_signer(dir: &Path, origin: &str) -> Result<NoteSign
     }
 }
 
+/// A name beside `path` for writing it before it is moved into place:
+/// `<path>.<pid>-<random>.tmp`, unique to this process and attempt.
+pub fn temporary_sibling(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".{}-{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    PathBuf::from(tmp)
+}
+
 /// Creates `path` readable by its owner only (0600), whole or not at all: written and synced
 /// under a temporary name of this write's own, then linked to `path` (which fails if `path`
 /// exists, as creating it would) and the directory synced. A crash part-way leaves at most a
@@ -186,13 +198,7 @@ pub(crate) fn load_or_create_signer(dir: &Path, origin: &str) -> Result<NoteSign
 pub fn create_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true).mode(0o600);
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(
-        ".{}-{:016x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let tmp = PathBuf::from(tmp);
+    let tmp = temporary_sibling(path);
     let mut file = options.open(&tmp)?;
     let written = file.write_all(contents).and_then(|()| file.sync_all());
     let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
