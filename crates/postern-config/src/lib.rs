@@ -282,6 +282,8 @@ pub struct CallerConfig {
 
 /// Default for [`ProxyConfig::allowed_ports`].
 pub const DEFAULT_PROXY_PORTS: &[u16] = &[443];
+/// Default for [`ProxyConfig::max_tunnels_per_caller`].
+pub const DEFAULT_MAX_TUNNELS_PER_CALLER: u32 = 1024;
 
 /// `[proxy]`: the gateway listener also serves as an HTTP forward proxy (`HTTP_PROXY` /
 /// `HTTPS_PROXY`, CONNECT). Host patterns are lowercase names, optionally with one leading
@@ -307,6 +309,9 @@ pub struct ProxyConfig {
     pub idle_timeout_ms: u64,
     /// A plain-HTTP answer's body with no data for this long is cut; 0: never.
     pub response_idle_timeout_ms: u64,
+    /// CONNECT tunnels (opaque or intercepted) one caller may hold open at once; past it a new
+    /// CONNECT is refused (`429 too_many_tunnels`).
+    pub max_tunnels_per_caller: u32,
 }
 
 impl Default for ProxyConfig {
@@ -321,6 +326,7 @@ impl Default for ProxyConfig {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             response_idle_timeout_ms: DEFAULT_RESPONSE_IDLE_TIMEOUT_MS,
+            max_tunnels_per_caller: DEFAULT_MAX_TUNNELS_PER_CALLER,
         }
     }
 }

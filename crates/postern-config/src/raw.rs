@@ -45,6 +45,8 @@ pub(crate) struct RawProxy {
     pub idle_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     pub response_idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub max_tunnels_per_caller: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -766,6 +766,18 @@ impl Validator<'_> {
             response_idle_timeout_ms: raw
                 .response_idle_timeout_ms
                 .unwrap_or(DEFAULT_RESPONSE_IDLE_TIMEOUT_MS),
+            max_tunnels_per_caller: match &raw.max_tunnels_per_caller {
+                Some(value) if *value.get_ref() == 0 => {
+                    self.error(
+                        value.span(),
+                        "`max_tunnels_per_caller` is 0, so no caller could open a tunnel",
+                        format!("set it to 1 or more, or remove it for the default {DEFAULT_MAX_TUNNELS_PER_CALLER}; to turn the forward proxy off, set `enabled = false`"),
+                    );
+                    DEFAULT_MAX_TUNNELS_PER_CALLER
+                }
+                Some(value) => *value.get_ref(),
+                None => DEFAULT_MAX_TUNNELS_PER_CALLER,
+            },
         }
     }
 

@@ -611,7 +611,11 @@ fn forward_proxy_section_and_host_keys() {
     assert!(config.proxy.enabled);
     assert_eq!(config.proxy.mode, postern_config::ProxyMode::Enforce);
     assert_eq!(config.proxy.allowed_ports, [443]);
+    assert_eq!(config.proxy.max_tunnels_per_caller, 1024);
     assert!(config.integrations[0].hosts.is_empty());
+    let config = parse_ok(&format!("{}\n[proxy]\nmax_tunnels_per_caller = 8\n", integration("")));
+    assert_eq!(config.proxy.max_tunnels_per_caller, 8);
+    check(&format!("{}\n[proxy]\nmax_tunnels_per_caller = 0\n", integration("")), "9:26: `max_tunnels_per_caller` is 0, so no caller could open a tunnel");
 
     let config = parse_ok(&format!(
         "{}\n[proxy]\nmode = \"report\"\nallow_hosts = [\"*.Example.com\"]\ndeny_hosts = [\"pastebin.com\"]\nallowed_ports = [443, 8443]\nallow_private_networks = [\"10.1.0.0/16\"]\n",

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::body::RequestBodyState;
+use crate::deadline::InFlight;
 use crate::events::{
     rfc3339_millis, CallEvent, CallEventRef, Decision, EventText, EVENT_SCHEMA_VERSION,
 };
@@ -45,6 +46,8 @@ pub struct ConnectionInfo {
     /// facts ends: the connection's task, or a tunnel that outlives it (a CONNECT's socket is
     /// handed to a task of its own), so open tunnels count against the listener's limit.
     slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    /// The calls in flight on this connection (or tunnel), which its idle limit excuses.
+    in_flight: InFlight,
 }
 
 impl ConnectionInfo {
@@ -61,7 +64,19 @@ impl ConnectionInfo {
             tls,
             tunnel: None,
             slot: None,
+            in_flight: InFlight::default(),
         }
+    }
+
+    /// The same facts, counting its calls in `in_flight`: the one its stream's
+    /// [`crate::deadline::Deadline`] excuses.
+    pub fn counting(self, in_flight: InFlight) -> Self {
+        ConnectionInfo { in_flight, ..self }
+    }
+
+    /// The calls in flight on this connection.
+    pub fn in_flight(&self) -> &InFlight {
+        &self.in_flight
     }
 
     /// The same facts, holding the listener's connection `slot` until the last holder ends.
@@ -81,6 +96,7 @@ impl ConnectionInfo {
             tls,
             tunnel: Some(tunnel),
             slot: self.slot.clone(),
+            in_flight: self.in_flight.clone(),
         }
     }
 }

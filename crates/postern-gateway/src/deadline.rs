@@ -3,10 +3,14 @@
 //! own), and afterwards a connection with no byte in either direction for `idle` is closed —
 //! also when it is the peer that stops taking bytes (a write, flush or shutdown that stays
 //! blocked fails the same way), so a caller that stops reading cannot hold a connection.
+//! A connection whose calls are counted in an [`InFlight`] is not cut while a read waits and a
+//! call is in flight: the caller is waiting for its answer, which the call's own timeouts bound.
 
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +29,45 @@ pin_project! {
         last_activity: Option<Instant>,
         first_byte: Duration,
         idle: Duration,
+        in_flight: Option<InFlight>,
+        // Reads wait until at least this instant: set when a call in flight excused the limit.
+        reads_excused_until: Instant,
+    }
+}
+
+/// The calls in flight on one connection, counted by the service answering its requests and
+/// read by its [`Deadline`] only when the idle limit passes.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<Calls>);
+
+#[derive(Debug, Default)]
+struct Calls {
+    running: AtomicUsize,
+    /// A call ended since the [`Deadline`] last looked: its answer may still be on its way out
+    /// (handed to the protocol, not yet written), so the idle period starts again.
+    ended: AtomicBool,
+}
+
+/// One call's place in an [`InFlight`] count, given back when dropped.
+#[derive(Debug)]
+pub struct Call(Arc<Calls>);
+
+impl InFlight {
+    pub fn start(&self) -> Call {
+        self.0.running.fetch_add(1, Ordering::Relaxed);
+        Call(self.0.clone())
+    }
+
+    /// Whether a call runs, or one ended since the last time this was asked.
+    fn excuses(&self) -> bool {
+        self.0.running.load(Ordering::Relaxed) > 0 || self.0.ended.swap(false, Ordering::Relaxed)
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::Relaxed);
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -56,6 +99,17 @@ impl<S> Deadline<S> {
             last_activity: None,
             first_byte,
             idle,
+            in_flight: None,
+            reads_excused_until: started,
+        }
+    }
+
+    /// The same limits, except that a read waiting while one of `in_flight`'s calls runs is
+    /// not cut (a write the peer does not take still is).
+    pub fn excusing(self, in_flight: InFlight) -> Self {
+        Deadline {
+            in_flight: Some(in_flight),
+            ..self
         }
     }
 
@@ -82,19 +136,27 @@ impl<S: AsyncRead> AsyncRead for Deadline<S> {
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
             Poll::Pending => {}
         }
-        self.expired(cx)
+        self.expired(cx, true)
     }
 }
 
 impl<S> Deadline<S> {
     /// Called when the stream is not ready: `TimedOut` once the connection has been silent
-    /// past its deadline, else `Pending` with the deadline's timer armed.
-    fn expired<T>(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+    /// past its deadline, else `Pending` with the deadline's timer armed. `reading`: a read is
+    /// waiting, which a call in flight excuses.
+    fn expired<T>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        reading: bool,
+    ) -> Poll<io::Result<T>> {
         let this = self.project();
-        let deadline = match *this.last_activity {
+        let mut deadline = match *this.last_activity {
             None => *this.started + *this.first_byte,
             Some(last) => last + *this.idle,
         };
+        if reading {
+            deadline = deadline.max(*this.reads_excused_until);
+        }
         // The timer is only moved earlier here, never later: activity moves the deadline later
         // on nearly every call, and moving the timer each time was measured to come with tokio
         // unparking its own driver (an eventfd write every ~5 calls, docs/BENCHMARKS.md §1),
@@ -108,6 +170,16 @@ impl<S> Deadline<S> {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(()) if this.sleep.deadline() < deadline => {
                     // Fired for a deadline that activity has since moved: wait for the real one.
+                    this.sleep.as_mut().reset(deadline);
+                }
+                Poll::Ready(())
+                    if reading && this.in_flight.as_ref().is_some_and(InFlight::excuses) =>
+                {
+                    // The caller waits for an answer (or has just been given one): reads wait
+                    // another idle period. Writes keep the deadline activity set, so a write the
+                    // peer stops taking is still cut.
+                    deadline = Instant::now() + *this.idle;
+                    *this.reads_excused_until = deadline;
                     this.sleep.as_mut().reset(deadline);
                 }
                 Poll::Ready(()) => {
@@ -142,7 +214,7 @@ impl<S: AsyncWrite> Deadline<S> {
                 Poll::Ready(Ok(written))
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => self.expired(cx),
+            Poll::Pending => self.expired(cx, false),
         }
     }
 }
@@ -158,14 +230,14 @@ impl<S: AsyncWrite> AsyncWrite for Deadline<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.as_mut().project().inner.poll_flush(cx) {
-            Poll::Pending => self.expired(cx),
+            Poll::Pending => self.expired(cx, false),
             ready => ready,
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.as_mut().project().inner.poll_shutdown(cx) {
-            Poll::Pending => self.expired(cx),
+            Poll::Pending => self.expired(cx, false),
             ready => ready,
         }
     }
@@ -274,6 +346,43 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(server.read(&mut buf).await.unwrap(), 3);
         // The client never reads: the pipe fills, and the write waits until the idle limit.
+        let error = server.write_all(&[b'x'; 64]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        drop(client);
+    }
+
+    /// While a call is in flight a waiting read is not cut, however long; once the call ends
+    /// the idle limit applies again (after one more idle period, within two of the end: its
+    /// answer may still be on its way out); and a write the peer does not take is cut even with
+    /// a call in flight.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_in_flight_excuses_a_waiting_read_but_not_a_stalled_write() {
+        let secs = Duration::from_secs;
+        let (mut client, server) = tokio::io::duplex(16);
+        let in_flight = InFlight::default();
+        let mut server = Deadline::new(server, secs(10), secs(60)).excusing(in_flight.clone());
+        client.write_all(b"GET").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(server.read(&mut buf).await.unwrap(), 3);
+        let start = Instant::now();
+        let call = in_flight.start();
+        let waiting = server.read(&mut buf);
+        tokio::pin!(waiting);
+        // Five idle periods pass with the read waiting: not cut.
+        assert!(tokio::time::timeout(secs(300), waiting.as_mut())
+            .await
+            .is_err());
+        drop(call);
+        let error = waiting.await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(start.elapsed() > secs(300), "{:?}", start.elapsed());
+        assert!(start.elapsed() <= secs(420), "{:?}", start.elapsed());
+
+        let (mut client, server) = tokio::io::duplex(16);
+        let mut server = Deadline::new(server, secs(10), secs(60)).excusing(in_flight.clone());
+        client.write_all(b"GET").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 3);
+        let _call = in_flight.start();
         let error = server.write_all(&[b'x'; 64]).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         drop(client);

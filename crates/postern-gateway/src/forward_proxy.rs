@@ -17,8 +17,9 @@
 //! it checked (`upstream::dial`). Tunnels end when either side closes, after `idle_timeout_ms`
 //! without traffic, or at shutdown.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::body::CallerBody;
@@ -49,6 +50,56 @@ struct ProxyCaller {
     name: Arc<str>,
     auth: AuthMethod,
     token: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// The CONNECT tunnels each caller holds, open or being opened (`[proxy]
+/// max_tunnels_per_caller`): one caller cannot take every connection slot of the listener.
+#[derive(Default)]
+pub struct TunnelsByCaller(Arc<Mutex<HashMap<Arc<str>, u32>>>);
+
+/// One tunnel's place among its caller's, given back when dropped (the tunnel closed, or the
+/// CONNECT refused before it opened).
+pub struct TunnelPlace {
+    held: Arc<Mutex<HashMap<Arc<str>, u32>>>,
+    caller: Arc<str>,
+}
+
+impl TunnelsByCaller {
+    /// A place for one more of `caller`'s tunnels, unless it holds `limit` already.
+    fn take(&self, caller: &Arc<str>, limit: u32) -> Result<TunnelPlace, CallError> {
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = held.entry(caller.clone()).or_default();
+        if *count >= limit {
+            return Err(CallError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_tunnels",
+                format!("this caller has {limit} tunnels open, the most `[proxy] max_tunnels_per_caller` allows; close some (reuse connections), or raise the limit"),
+            ));
+        }
+        *count += 1;
+        Ok(TunnelPlace {
+            held: self.0.clone(),
+            caller: caller.clone(),
+        })
+    }
+}
+
+impl Drop for TunnelPlace {
+    fn drop(&mut self) {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = held.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.caller);
+            }
+        }
+    }
 }
 
 /// `CONNECT host:port`.
@@ -98,6 +149,9 @@ async fn connect(
     context.host = Some(Arc::from(host.as_str()));
     let caller = proxy_caller(runtime, connection, context, request.headers())?;
     let proxy = &runtime.proxy;
+    let place = shared
+        .tunnels_by_caller
+        .take(&caller.name, proxy.config.max_tunnels_per_caller)?;
 
     if let Some(integration) = proxy.integration_for_host(&host).cloned() {
         context.integration = Some(integration.name.clone());
@@ -113,6 +167,7 @@ async fn connect(
                 &integration,
                 host,
                 request,
+                place,
             );
         }
         authorize_tunnel(runtime, &integration, context, context.wall_start)?;
@@ -143,6 +198,7 @@ async fn connect(
             "tunnel",
             grant,
             progress.intent_index,
+            place,
         ));
     }
 
@@ -185,6 +241,7 @@ async fn connect(
         decision.reason,
         grant,
         progress.intent_index,
+        place,
     ))
 }
 
@@ -290,6 +347,7 @@ fn open_tunnel(
     reason: &'static str,
     grant: TunnelGrant,
     intent_index: Option<u64>,
+    place: TunnelPlace,
 ) -> Response<GatewayBody> {
     let shared = shared.clone();
     let idle = Duration::from_millis(runtime.proxy.config.idle_timeout_ms);
@@ -298,10 +356,12 @@ fn open_tunnel(
     let mut decisions = shared.tunnel_decisions();
     shared.tunnels.fetch_add(1, Ordering::Relaxed);
     // Holds the connection's slot on the listener while the tunnel is open (hyper's connection
-    // task has ended once it handed the socket over).
+    // task has ended once it handed the socket over), and stands as a call in flight on it, so
+    // the listener's idle limit leaves the tunnel to its own (`idle`).
     let connection = connection.clone();
+    let in_flight = connection.in_flight().start();
     tokio::spawn(async move {
-        let _connection = connection;
+        let _held = (connection, in_flight, place);
         let counts = Arc::new(TunnelCounts::default());
         let mut reason = reason;
         match hyper::upgrade::on(request).await {
@@ -366,6 +426,7 @@ fn intercept(
     integration: &IntegrationRuntime,
     host: String,
     request: Request<CallerBody>,
+    place: TunnelPlace,
 ) -> Result<Response<GatewayBody>, CallError> {
     let Some(ca) = shared.intercept_ca.clone() else {
         return Err(CallError::unavailable(
@@ -388,26 +449,35 @@ fn intercept(
         host: Arc::from(host.as_str()),
         mode: "intercept",
     });
-    let info = Arc::new(connection.tunnelled(true, tunnel));
+    // The tunnel's calls excuse its own idle limit while any runs (below); the tunnel stands as
+    // a call in flight on the connection it was opened on, whose idle limit leaves it alone.
+    let in_flight = crate::deadline::InFlight::default();
+    let info = Arc::new(
+        connection
+            .tunnelled(true, tunnel)
+            .counting(in_flight.clone()),
+    );
+    let outer_call = connection.in_flight().start();
     let builder = crate::listener::connection_builder(runtime.config.gateway.max_header_bytes);
-    // An intercepted tunnel closes after the proxy's idle timeout without a byte either way.
+    // An intercepted tunnel closes after the proxy's idle timeout without a byte either way
+    // (unless a call in it is waiting for its vendor).
     let idle = Duration::from_millis(runtime.proxy.config.idle_timeout_ms);
     let shared = shared.clone();
     let context = context.take();
     shared.tunnels.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
+        let _held = (outer_call, place);
         match hyper::upgrade::on(request).await {
             Ok(upgraded) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                let handshake = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    acceptor.accept(crate::deadline::Deadline::new(
-                        TokioIo::new(upgraded),
-                        crate::listener::FIRST_BYTE_TIMEOUT,
-                        idle,
-                    )),
+                let stream = crate::deadline::Deadline::new(
+                    TokioIo::new(upgraded),
+                    crate::listener::FIRST_BYTE_TIMEOUT,
+                    idle,
                 )
-                .await;
+                .excusing(in_flight);
+                let handshake =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
                 match handshake {
                     Ok(Ok(stream)) => {
                         let handler = {

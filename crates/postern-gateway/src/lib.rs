@@ -141,6 +141,8 @@ pub struct Shared {
     pub discovery: Arc<discovery::Discovery>,
     /// Open CONNECT tunnels.
     pub tunnels: std::sync::atomic::AtomicUsize,
+    /// Open (or opening) CONNECT tunnels by caller, for `[proxy] max_tunnels_per_caller`.
+    pub tunnels_by_caller: forward_proxy::TunnelsByCaller,
     /// The data-plane listener's connection slots ([`listener::MAX_CONNECTIONS`]), held by each
     /// caller connection and by each tunnel opened on one.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
@@ -453,6 +455,7 @@ impl RunningGateway {
             intercept_ca,
             discovery,
             tunnels: std::sync::atomic::AtomicUsize::new(0),
+            tunnels_by_caller: forward_proxy::TunnelsByCaller::default(),
             connection_slots: listener::connection_slots(),
             shutdown_signal: shutdown_rx.clone(),
             tunnel_decisions: watch::channel(SystemTime::now()).0,

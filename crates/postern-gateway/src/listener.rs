@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::{CallerBody, GatewayBody};
 use crate::context::ConnectionInfo;
-use crate::deadline::Deadline;
+use crate::deadline::{Call, Deadline, InFlight};
 use crate::h1server::{self, Prefixed, Served};
 
 /// A connection must send its first byte within this long (a bare TCP connection that never
@@ -168,7 +168,11 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, CONNECTION_IDLE_TIMEOUT);
+        // The calls hyper serves on the connection excuse its idle limit while any runs
+        // (Postern's own HTTP/1.1 server watches its calls itself).
+        let in_flight = InFlight::default();
+        let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, CONNECTION_IDLE_TIMEOUT)
+            .excusing(in_flight.clone());
         let tls = tls.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -186,7 +190,8 @@ where
         match tls {
             None => {
                 tokio::spawn(async move {
-                    let info = Arc::new(ConnectionInfo::new(peer, None, false).holding(slot));
+                    let info = ConnectionInfo::new(peer, None, false).holding(slot);
+                    let info = Arc::new(info.counting(in_flight));
                     connection.serve_h1_first(stream, info, handler).await;
                 });
             }
@@ -213,7 +218,8 @@ where
                         .and_then(|certs| certs.first())
                         .and_then(crate::tls::spiffe_id);
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let info = Arc::new(ConnectionInfo::new(peer, spiffe_id, true).holding(slot));
+                    let info = ConnectionInfo::new(peer, spiffe_id, true).holding(slot);
+                    let info = Arc::new(info.counting(in_flight));
                     match h2 {
                         true => {
                             let Connection {
@@ -282,13 +288,42 @@ impl Connection {
     }
 }
 
-/// A hyper service answering every request of one connection with `handler`.
+/// An answer's body holding its call's place among the connection's calls in flight until
+/// hyper drops it: sent whole, or cut (the connection closed, the stream reset).
+struct Answer {
+    body: GatewayBody,
+    _call: Call,
+}
+
+impl http_body::Body for Answer {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A hyper service answering every request of one connection with `handler`, each call counted
+/// among the connection's calls in flight ([`ConnectionInfo::in_flight`]) from its request
+/// until its answer's body is dropped.
 fn service<H, F>(
     info: Arc<ConnectionInfo>,
     handler: H,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<GatewayBody>,
+    Response = Response<Answer>,
     Error = Infallible,
     Future: Send + 'static,
 > + Clone
@@ -301,8 +336,12 @@ where
     hyper::service::service_fn(move |request: Request<Incoming>| {
         // Boxed: hyper keeps a slot the size of the service's future in every connection,
         // idle or not, and moves the future per call.
+        let call = info.in_flight().start();
         let response = Box::pin(handler(info.clone(), request.map(CallerBody::Hyper)));
-        async move { Ok::<_, Infallible>(response.await) }
+        async move {
+            let response = response.await;
+            Ok::<_, Infallible>(response.map(|body| Answer { body, _call: call }))
+        }
     })
 }
 

@@ -171,6 +171,68 @@ async fn http1_inside_the_tunnel_works_too() {
     gw.stop().await;
 }
 
+/// A call inside an intercepted tunnel that waits for its vendor longer than the tunnel's idle
+/// limit (`[proxy] idle_timeout_ms`) is not cut, over HTTP/2 and HTTP/1.1 inside the tunnel;
+/// once it is answered the limit applies again and closes the idle tunnel.
+#[tokio::test]
+async fn a_call_waiting_on_its_vendor_outlasts_the_tunnels_idle_limit() {
+    // Answers each request 1.2 s after reading it (the stream limit is not reached).
+    let vendor = TestVendor::tls_with_stream_limit(
+        TestVendor::ok_handler(),
+        100,
+        Duration::from_millis(1200),
+    )
+    .await;
+    let gw = intercepting_gateway(&vendor, "", "[proxy]\nidle_timeout_ms = 300").await;
+    for http1 in [false, true] {
+        let mut builder = reqwest::Client::builder()
+            .proxy(
+                reqwest::Proxy::all(&gw.base)
+                    .unwrap()
+                    .basic_auth("x", CHECKOUT_TOKEN),
+            )
+            .add_root_certificate(postern_ca(&gw))
+            .timeout(Duration::from_secs(10));
+        if http1 {
+            builder = builder.http1_only();
+        }
+        let client = builder.build().unwrap();
+        let response = client
+            .get(format!("https://{VENDOR_HOST}/v1/charges/ch_42"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "HTTP/1.1 inside the tunnel: {http1}"
+        );
+        assert_eq!(
+            response.json::<serde_json::Value>().await.unwrap(),
+            serde_json::json!({"ok": true})
+        );
+        let mut open = open_gauges(&gw).await.1;
+        for _ in 0..50 {
+            if open == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            open = open_gauges(&gw).await.1;
+        }
+        assert_eq!(open, 0, "the idle tunnel was not closed after its call");
+    }
+    let events = gw.wait_events(2).await;
+    let calls: Vec<_> = events
+        .iter()
+        .filter(|e| e["operation"] == "get_charge")
+        .collect();
+    assert_eq!(calls.len(), 2, "{events:?}");
+    assert!(calls
+        .iter()
+        .all(|e| e["status"] == 200 && e["reason"] == "granted"));
+    gw.stop().await;
+}
+
 /// A request head hyper's parser refuses inside an intercepted tunnel is answered `400` and
 /// recorded as a refused call of the tunnel's caller and integration (`mode` `intercept`), with
 /// no method; its audit outcome carries no target hash, as there was no target.
@@ -1126,6 +1188,72 @@ async fn send_proxy_head(gw: &TestGateway, request_line: &str, port: u16) -> tok
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream
+}
+
+/// The head of the answer to a request sent with [`send_proxy_head`] (read until its blank
+/// line, bounded: 5 s).
+async fn answer_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert_eq!(read, 1, "closed before the answer's head ended: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// One caller holds at most `[proxy] max_tunnels_per_caller` tunnels: the next CONNECT gets
+/// `429 too_many_tunnels` (and is recorded), and a tunnel that closes gives its place back.
+#[tokio::test]
+async fn a_caller_holds_at_most_max_tunnels_per_caller() {
+    let destination = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = destination.local_addr().unwrap().port();
+    // Each connection is held until its client's side ends, then closed.
+    let _accepting = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = destination.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut sink = Vec::new();
+                let _ = stream.read_to_end(&mut sink).await;
+            });
+        }
+    });
+    let gw = TestGateway::start(&open_proxy_to(port, "max_tunnels_per_caller = 2"), None).await;
+    let connect = format!("CONNECT 127.0.0.1:{port} HTTP/1.1");
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let mut tunnel = send_proxy_head(&gw, &connect, port).await;
+        let head = answer_head(&mut tunnel).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        tunnels.push(tunnel);
+    }
+    let mut third = send_proxy_head(&gw, &connect, port).await;
+    let head = answer_head(&mut third).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    drop(third);
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "too_many_tunnels", "{events:?}");
+    assert_eq!(events[0]["caller"], "checkout");
+
+    // One tunnel closes: its place is given back once Postern sees it end.
+    drop(tunnels.pop());
+    let mut opened = false;
+    for _ in 0..50 {
+        let mut again = send_proxy_head(&gw, &connect, port).await;
+        if answer_head(&mut again).await.starts_with("HTTP/1.1 200") {
+            opened = true;
+            tunnels.push(again);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(opened, "the closed tunnel's place was not given back");
+    gw.stop().await;
 }
 
 /// Waits for the one event of a call whose caller hung up (`499 caller_closed`, by caller
