@@ -12,7 +12,7 @@
 //! forwarding never wakes another thread (the audit sequencer and the event writer are woken
 //! in batches, elsewhere).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -56,7 +56,7 @@ pub enum ConnectError {
 
 /// Resolves `host` (within `connect_timeout`: a name server that never answers does not hold
 /// the call), refuses the answer if the guard refuses any address in it, and connects to the
-/// first address that answers within `connect_timeout`. The one way Postern dials out.
+/// address that answers first ([`connect_first`]). The one way Postern dials out.
 pub async fn dial(
     guard: &Guard,
     host: &str,
@@ -80,23 +80,104 @@ pub async fn dial(
         GuardError::Denied(denied) => ConnectError::Denied(denied),
         GuardError::Resolve { host, source } => ConnectError::Resolve { host, source },
     })?;
+    let (stream, addr) = connect_first(addrs, connect_timeout).await?;
+    let _ = stream.set_nodelay(true);
+    Ok((stream, addr))
+}
+
+/// How long a connection attempt runs alone before the next address is tried beside it: RFC
+/// 8305's "Connection Attempt Delay", at its recommended 250 ms.
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Happy Eyeballs (RFC 8305, without its DNS part: the guard has resolved every address
+/// already). The addresses are tried in the resolver's order with the two families taking
+/// turns, starting with the first address's; each attempt starts [`ATTEMPT_DELAY`] after the one
+/// before it, or at once when the one before fails, and may take `connect_timeout`; the first
+/// to connect is used and the others are dropped. So an address that swallows SYNs (an IPv6
+/// route that goes nowhere) costs a new connection 250 ms, not `connect_timeout`. When every
+/// attempt fails, the error is the last one's.
+async fn connect_first(
+    addrs: Vec<SocketAddr>,
+    connect_timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    type Attempt = std::pin::Pin<
+        Box<
+            dyn Future<Output = Result<std::io::Result<TcpStream>, tokio::time::error::Elapsed>>
+                + Send,
+        >,
+    >;
+    let mut waiting = families_in_turn(addrs).into_iter();
+    let mut running: Vec<(SocketAddr, Attempt)> = Vec::new();
+    let mut next = Box::pin(tokio::time::sleep(Duration::ZERO));
     let mut last_error = None;
-    for addr in addrs {
-        match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                return Ok((stream, addr));
-            }
-            Ok(Err(source)) => last_error = Some(ConnectError::Connect { addr, source }),
-            Err(_) => {
-                last_error = Some(ConnectError::Timeout {
-                    addr,
-                    timeout_ms: connect_timeout.as_millis() as u64,
-                })
+    std::future::poll_fn(|cx| loop {
+        let start_next = running.is_empty() || next.as_mut().poll(cx).is_ready();
+        if start_next {
+            if let Some(addr) = waiting.next() {
+                let attempt = tokio::time::timeout(connect_timeout, TcpStream::connect(addr));
+                running.push((addr, Box::pin(attempt)));
+                next.as_mut()
+                    .reset(tokio::time::Instant::now() + ATTEMPT_DELAY);
+                continue;
             }
         }
+        let mut failed = false;
+        let mut index = 0;
+        while index < running.len() {
+            let (addr, attempt) = &mut running[index];
+            let addr = *addr;
+            match attempt.as_mut().poll(cx) {
+                std::task::Poll::Pending => {
+                    index += 1;
+                    continue;
+                }
+                std::task::Poll::Ready(Ok(Ok(stream))) => {
+                    return std::task::Poll::Ready(Ok((stream, addr)))
+                }
+                std::task::Poll::Ready(Ok(Err(source))) => {
+                    last_error = Some(ConnectError::Connect { addr, source })
+                }
+                std::task::Poll::Ready(Err(_)) => {
+                    last_error = Some(ConnectError::Timeout {
+                        addr,
+                        timeout_ms: connect_timeout.as_millis() as u64,
+                    })
+                }
+            }
+            drop(running.swap_remove(index));
+            failed = true;
+        }
+        if failed {
+            // A failed attempt lets the next one start at once.
+            next.as_mut().reset(tokio::time::Instant::now());
+            continue;
+        }
+        if running.is_empty() {
+            return std::task::Poll::Ready(Err(last_error
+                .take()
+                .unwrap_or(ConnectError::NoAddress)));
+        }
+        return std::task::Poll::Pending;
+    })
+    .await
+}
+
+/// `addrs` with IPv6 and IPv4 taking turns, each family in the resolver's order, the first
+/// address's family first (RFC 8305 section 4, a "First Address Family Count" of 1).
+fn families_in_turn(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first_v6) = addrs.first().map(SocketAddr::is_ipv6) else {
+        return addrs;
+    };
+    let mut ordered = Vec::with_capacity(addrs.len());
+    let (mut leading, mut other): (VecDeque<_>, VecDeque<_>) = addrs
+        .into_iter()
+        .partition(|addr| addr.is_ipv6() == first_v6);
+    loop {
+        match (leading.pop_front(), other.pop_front()) {
+            (None, None) => return ordered,
+            (one, two) => ordered.extend(one.into_iter().chain(two)),
+        }
     }
-    Err(last_error.unwrap_or(ConnectError::NoAddress))
 }
 
 /// Why a call to the vendor failed. Never carries the request URI (its query may hold an injected
@@ -1078,6 +1159,84 @@ mod tests {
 
     use super::*;
     use crate::body::RequestBodyState;
+
+    #[test]
+    fn the_two_families_take_turns_starting_with_the_first_address_s() {
+        let addr = |text: &str| text.parse::<SocketAddr>().unwrap();
+        let (v6a, v6b, v4a, v4b) = (
+            addr("[2001:db8::1]:443"),
+            addr("[2001:db8::2]:443"),
+            addr("192.0.2.1:443"),
+            addr("192.0.2.2:443"),
+        );
+        assert_eq!(
+            families_in_turn(vec![v6a, v6b, v4a, v4b]),
+            [v6a, v4a, v6b, v4b]
+        );
+        assert_eq!(families_in_turn(vec![v4a, v6a, v6b]), [v4a, v6a, v6b]);
+        assert_eq!(families_in_turn(vec![v4a, v4b]), [v4a, v4b]);
+        assert!(families_in_turn(Vec::new()).is_empty());
+    }
+
+    /// A loopback address whose connects hang (its listener's accept queue is full, so the
+    /// kernel drops new SYNs), and what keeps it so.
+    async fn swallowing_syns() -> (SocketAddr, TcpListener, Vec<TcpStream>) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        while let Ok(connected) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            queued.push(connected.unwrap());
+            assert!(queued.len() < 16, "the accept queue never filled");
+        }
+        (addr, listener, queued)
+    }
+
+    /// Happy Eyeballs: an address that swallows SYNs holds a new connection for the attempt
+    /// delay (250 ms), not for `connect_timeout`; one that refuses lets the next start at once;
+    /// when every attempt fails, the error is the last one's (here a timeout).
+    #[tokio::test]
+    async fn the_first_address_to_connect_wins_and_a_silent_one_costs_the_attempt_delay() {
+        let (silent, _listener, _queued) = swallowing_syns().await;
+        let answering = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good = answering.local_addr().unwrap();
+        let refusing = {
+            let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            closed.local_addr().unwrap()
+        };
+        let ten_seconds = Duration::from_secs(10);
+
+        let started = Instant::now();
+        let (_stream, used) = connect_first(vec![silent, good], ten_seconds)
+            .await
+            .unwrap();
+        assert_eq!(used, good);
+        let took = started.elapsed();
+        assert!(took >= ATTEMPT_DELAY, "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+
+        let started = Instant::now();
+        let (_stream, used) = connect_first(vec![refusing, good], ten_seconds)
+            .await
+            .unwrap();
+        assert_eq!(used, good);
+        assert!(started.elapsed() < ATTEMPT_DELAY, "{:?}", started.elapsed());
+
+        let error = connect_first(vec![refusing, silent], Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ConnectError::Timeout { addr, timeout_ms: 300 } if addr == silent),
+            "{error:?}"
+        );
+        assert!(matches!(
+            connect_first(Vec::new(), ten_seconds).await.unwrap_err(),
+            ConnectError::NoAddress
+        ));
+    }
 
     #[test]
     fn origin_keys_are_one_origin_whatever_the_case() {
