@@ -68,6 +68,8 @@ pub const DEFAULT_CREDENTIAL_MAX_AGE_DAYS: u64 = 90;
 pub const MAX_WORKERS: usize = 256;
 /// Default for [`GatewayConfig::shutdown_grace_ms`].
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// Default for [`GatewayConfig::idle_timeout_ms`].
+pub const DEFAULT_CALLER_IDLE_TIMEOUT_MS: u64 = 300_000;
 /// Default for [`IntegrationConfig::connect_timeout_ms`].
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default for [`IntegrationConfig::request_timeout_ms`].
@@ -241,6 +243,9 @@ pub struct GatewayConfig {
     pub max_header_bytes: usize,
     /// How long in-flight calls may finish after a shutdown signal.
     pub shutdown_grace_ms: u64,
+    /// A caller connection (gateway or admin listener) with no byte either way for this long,
+    /// and no call in flight, is closed.
+    pub idle_timeout_ms: u64,
     /// Data-plane worker threads, each with its own event loop, listening socket
     /// (`SO_REUSEPORT`) and upstream connection pools. `0` (the default): one per CPU.
     pub workers: usize,

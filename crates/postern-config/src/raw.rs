@@ -74,6 +74,8 @@ pub(crate) struct RawGateway {
     #[serde(default)]
     pub shutdown_grace_ms: Option<u64>,
     #[serde(default)]
+    pub idle_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
     pub workers: Option<Spanned<usize>>,
     #[serde(default)]
     pub credential_max_age_days: Option<Spanned<u64>>,

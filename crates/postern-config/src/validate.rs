@@ -340,6 +340,11 @@ impl Validator<'_> {
             events_max_files,
             max_header_bytes,
             shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
+            idle_timeout_ms: self.timeout(
+                &raw.idle_timeout_ms,
+                "idle_timeout_ms",
+                DEFAULT_CALLER_IDLE_TIMEOUT_MS,
+            ),
             workers,
             detect: raw.detect.unwrap_or(true),
             scan_rules: raw

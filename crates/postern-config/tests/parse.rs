@@ -106,6 +106,7 @@ fn the_documented_example_parses() {
     assert_eq!(config.gateway.events_max_files, 5);
     assert_eq!(config.gateway.max_header_bytes, 16384);
     assert_eq!(config.gateway.shutdown_grace_ms, 10_000);
+    assert_eq!(config.gateway.idle_timeout_ms, 300_000);
     assert_eq!(config.gateway.workers, 0, "default: one worker per CPU");
     assert_eq!(config.source_path, PathBuf::from(CONFIG_PATH));
 
@@ -156,7 +157,7 @@ fn the_documented_example_parses() {
 #[test]
 #[rustfmt::skip]
 fn toml_syntax_type_and_unknown_key_errors() {
-    check("[gateway]\nlistenn = \"127.0.0.1:8080\"\n", "2:1: unknown field `listenn`, expected one of `listen`, `admin_listen`, `data_dir`, `tls_cert`, `tls_key`, `client_ca`, `admin_token_sha256`, `policies`, `events_max_file_bytes`, `events_max_files`, `max_header_bytes`, `shutdown_grace_ms`, `workers`, `credential_max_age_days`, `audit_origin`, `detect`, `scan_rules`, `audit_checkpoint_interval_ms`, `audit_timeout_ms`");
+    check("[gateway]\nlistenn = \"127.0.0.1:8080\"\n", "2:1: unknown field `listenn`, expected one of `listen`, `admin_listen`, `data_dir`, `tls_cert`, `tls_key`, `client_ca`, `admin_token_sha256`, `policies`, `events_max_file_bytes`, `events_max_files`, `max_header_bytes`, `shutdown_grace_ms`, `idle_timeout_ms`, `workers`, `credential_max_age_days`, `audit_origin`, `detect`, `scan_rules`, `audit_checkpoint_interval_ms`, `audit_timeout_ms`");
     check("[gatway]\n", "1:2: unknown field `gatway`, expected one of `gateway`, `callers`, `integrations`, `grants`, `proxy`");
     check(&integration("credential = { kind = \"bearer\", from_envv = \"K\" }\n"), "7:33: unknown field `from_envv`, expected one of `kind`, `from_env`, `from_file`, `secret`, `name`, `param`, `username`, `token_url`, `client_id`, `client_secret`, `scope`, `client_auth`, `params`");
     check("[[callers]]\nname = 1\n", "2:8: invalid type: integer `1`, expected a string");
@@ -261,6 +262,8 @@ fn gateway_values() {
     check(&format!("{GATEWAY}policies = \"missing.cedar\"\n"), "5:12: policies file /etc/postern/missing.cedar does not exist");
     check(&format!("{GATEWAY}events_max_file_bytes = 100\n"), "5:25: `events_max_file_bytes` = 100 is too small; the minimum is 4096");
     check(&format!("{GATEWAY}events_max_files = 0\n"), "5:20: `events_max_files` = 0 is too small; the minimum is 1");
+    check(&format!("{GATEWAY}idle_timeout_ms = 0\n"), "5:19: `idle_timeout_ms` is 0; a timeout must be greater than zero");
+    assert_eq!(parse_ok(&format!("{GATEWAY}idle_timeout_ms = 60000\n")).gateway.idle_timeout_ms, 60_000);
     check(&format!("{GATEWAY}events_max_files = 4000000000\n"), "5:20: `events_max_files` = 4000000000 is too large; the maximum is 1000");
     // An origin is a name, not a URL: `httpd.` is a host name; `ftp://` a scheme.
     check(&format!("{GATEWAY}audit_origin = \"httpd.example.com/audit\"\n"), "ok");

@@ -33,7 +33,7 @@
 //!   the call is recorded after the caller has its answer (a chunked answer's last chunk is
 //!   written once the body has ended);
 //! - an idle keep-alive connection lives until the connection's idle limit
-//!   ([`crate::listener::CONNECTION_IDLE_TIMEOUT`], 300 s, as docs/PROXY.md states); hyper's
+//!   (`[gateway] idle_timeout_ms`, 300 s by default, as docs/CONFIG.md states); hyper's
 //!   head timer also ran between requests and closed it after 30 s;
 //! - at shutdown, a connection whose first request has not arrived is closed at once.
 

@@ -495,6 +495,7 @@ impl RunningGateway {
             shutdown: shutdown_rx.clone(),
             slots: shared.connection_slots.clone(),
             max_header_bytes: config.gateway.max_header_bytes,
+            idle: Duration::from_millis(config.gateway.idle_timeout_ms),
             on_malformed: Some(proxy::on_malformed(&shared)),
         };
         let (workers, listen_addr) = workers::Workers::start(
@@ -524,6 +525,7 @@ impl RunningGateway {
                 shutdown: shutdown_rx,
                 slots: listener::connection_slots(),
                 max_header_bytes: config.gateway.max_header_bytes,
+                idle: Duration::from_millis(config.gateway.idle_timeout_ms),
                 on_malformed: None,
             },
             {
@@ -713,6 +715,7 @@ fn keep_start_values(
         events_max_files,
         max_header_bytes,
         shutdown_grace_ms,
+        idle_timeout_ms,
         workers,
         detect,
         audit_origin,

@@ -28,8 +28,6 @@ use crate::h1server::{self, Prefixed, Served};
 /// A connection must send its first byte within this long (a bare TCP connection that never
 /// speaks would otherwise hold a file descriptor forever).
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection with no byte either way for this long is closed.
-pub const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Connections served at once per listener (all workers together); beyond it new ones are
 /// closed at accept.
 pub const MAX_CONNECTIONS: usize = 16_384;
@@ -123,6 +121,9 @@ pub struct Accept {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// `[gateway] max_header_bytes`: heads larger than this are hyper's to refuse.
     pub max_header_bytes: usize,
+    /// `[gateway] idle_timeout_ms`: a connection with no byte either way for this long (and no
+    /// call in flight) is closed.
+    pub idle: Duration,
     /// Told of each request head hyper refuses (`None`: not recorded, as on the admin listener).
     pub on_malformed: Option<OnMalformed>,
 }
@@ -141,6 +142,7 @@ where
         mut shutdown,
         slots,
         max_header_bytes,
+        idle,
         on_malformed,
     } = accept;
     // This loop's connections watch a shutdown channel of its own (on a worker, one that only
@@ -171,8 +173,7 @@ where
         // The calls hyper serves on the connection excuse its idle limit while any runs
         // (Postern's own HTTP/1.1 server watches its calls itself).
         let in_flight = InFlight::default();
-        let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, CONNECTION_IDLE_TIMEOUT)
-            .excusing(in_flight.clone());
+        let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, idle).excusing(in_flight.clone());
         let tls = tls.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();

@@ -4,6 +4,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use support::*;
 
@@ -855,6 +856,55 @@ fn get_charge(
         .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
         .bearer_auth(&gw.token)
         .send()
+}
+
+/// `[gateway] idle_timeout_ms` closes an idle caller connection, but not one whose call waits
+/// for its vendor longer than that: over h2c (hyper's server) and over HTTP/1.1 with a chunked
+/// upload (handed to hyper) as on Postern's own HTTP/1.1 server, a call answered after three
+/// idle periods gets its answer. An idle connection is then closed.
+#[tokio::test]
+async fn the_caller_idle_limit_spares_a_call_waiting_on_its_vendor() {
+    use tokio::io::AsyncReadExt;
+    // Answers each request 900 ms after reading it (the stream limit is not reached).
+    let vendor = TestVendor::tls_with_stream_limit(
+        TestVendor::ok_handler(),
+        100,
+        Duration::from_millis(900),
+    )
+    .await;
+    let gw = start_with_key(
+        &stripe_like(&vendor, ""),
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        "idle_timeout_ms = 300",
+    )
+    .await;
+    let response = get_charge(&h2c_client(), &gw).await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let chunks = futures_stream(vec![b"amount=".to_vec(), b"100".to_vec()]);
+    let response = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(&gw.token)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut own_server = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    get_charge_kept_alive(&mut own_server, &gw.token).await;
+    // Idle now: closed after the limit (bounded: 5 s).
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), own_server.read(&mut byte))
+        .await
+        .expect("the idle connection was closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let events = gw.wait_events(3).await;
+    assert!(events.iter().all(|e| e["status"] == 200), "{events:#?}");
+    gw.stop().await;
 }
 
 #[tokio::test]
