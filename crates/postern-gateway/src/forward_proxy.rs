@@ -359,7 +359,7 @@ fn open_tunnel(
     // task has ended once it handed the socket over), and stands as a call in flight on it, so
     // the listener's idle limit leaves the tunnel to its own (`idle`).
     let connection = connection.clone();
-    let in_flight = connection.in_flight().start();
+    let in_flight = connection.in_flight().wait();
     tokio::spawn(async move {
         let _held = (connection, in_flight, place);
         let counts = Arc::new(TunnelCounts::default());
@@ -457,7 +457,7 @@ fn intercept(
             .tunnelled(true, tunnel)
             .counting(in_flight.clone()),
     );
-    let outer_call = connection.in_flight().start();
+    let outer_call = connection.in_flight().wait();
     let builder = crate::listener::connection_builder(runtime.config.gateway.max_header_bytes);
     // An intercepted tunnel closes after the proxy's idle timeout without a byte either way
     // (unless a call in it is waiting for its vendor).

@@ -496,6 +496,7 @@ impl RunningGateway {
             slots: shared.connection_slots.clone(),
             max_header_bytes: config.gateway.max_header_bytes,
             idle: Duration::from_millis(config.gateway.idle_timeout_ms),
+            excuse_waits: true,
             on_malformed: Some(proxy::on_malformed(&shared)),
         };
         let (workers, listen_addr) = workers::Workers::start(
@@ -526,6 +527,7 @@ impl RunningGateway {
                 slots: listener::connection_slots(),
                 max_header_bytes: config.gateway.max_header_bytes,
                 idle: Duration::from_millis(config.gateway.idle_timeout_ms),
+                excuse_waits: false,
                 on_malformed: None,
             },
             {

@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::{CallerBody, GatewayBody};
 use crate::context::ConnectionInfo;
-use crate::deadline::{Call, Deadline, InFlight};
+use crate::deadline::{Deadline, InFlight, Waiting};
 use crate::h1server::{self, Prefixed, Served};
 
 /// A connection must send its first byte within this long (a bare TCP connection that never
@@ -124,6 +124,9 @@ pub struct Accept {
     /// `[gateway] idle_timeout_ms`: a connection with no byte either way for this long (and no
     /// call in flight) is closed.
     pub idle: Duration,
+    /// Whether a call waiting on its vendor keeps the idle limit from cutting its connection:
+    /// the gateway's calls, not the admin API's (which waits on no vendor).
+    pub excuse_waits: bool,
     /// Told of each request head hyper refuses (`None`: not recorded, as on the admin listener).
     pub on_malformed: Option<OnMalformed>,
 }
@@ -143,6 +146,7 @@ where
         slots,
         max_header_bytes,
         idle,
+        excuse_waits,
         on_malformed,
     } = accept;
     // This loop's connections watch a shutdown channel of its own (on a worker, one that only
@@ -170,10 +174,14 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        // The calls hyper serves on the connection excuse its idle limit while any runs
-        // (Postern's own HTTP/1.1 server watches its calls itself).
+        // The calls hyper serves on the connection excuse its idle limit while any waits on its
+        // vendor (Postern's own HTTP/1.1 server watches its calls itself).
         let in_flight = InFlight::default();
-        let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, idle).excusing(in_flight.clone());
+        let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, idle);
+        let stream = match excuse_waits {
+            true => stream.excusing(in_flight.clone()),
+            false => stream,
+        };
         let tls = tls.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -289,11 +297,13 @@ impl Connection {
     }
 }
 
-/// An answer's body holding its call's place among the connection's calls in flight until
-/// hyper drops it: sent whole, or cut (the connection closed, the stream reset).
+/// An answer's body, counted among the connection's waits on vendors while it waits for the
+/// vendor's next piece (a poll that is pending), not while hyper does not poll it (an HTTP/2
+/// caller that grants no window waits on nobody but itself).
 struct Answer {
     body: GatewayBody,
-    _call: Call,
+    waiting: Option<Waiting>,
+    in_flight: InFlight,
 }
 
 impl http_body::Body for Answer {
@@ -304,7 +314,16 @@ impl http_body::Body for Answer {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        match polled {
+            std::task::Poll::Pending if this.waiting.is_none() => {
+                this.waiting = Some(this.in_flight.wait());
+            }
+            std::task::Poll::Pending => {}
+            std::task::Poll::Ready(_) => this.waiting = None,
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -317,8 +336,8 @@ impl http_body::Body for Answer {
 }
 
 /// A hyper service answering every request of one connection with `handler`, each call counted
-/// among the connection's calls in flight ([`ConnectionInfo::in_flight`]) from its request
-/// until its answer's body is dropped.
+/// among the connection's waits on vendors ([`ConnectionInfo::in_flight`]) until its answer's
+/// head is ready, then while its body waits ([`Answer`]).
 fn service<H, F>(
     info: Arc<ConnectionInfo>,
     handler: H,
@@ -337,11 +356,17 @@ where
     hyper::service::service_fn(move |request: Request<Incoming>| {
         // Boxed: hyper keeps a slot the size of the service's future in every connection,
         // idle or not, and moves the future per call.
-        let call = info.in_flight().start();
+        let in_flight = info.in_flight().clone();
+        let waiting = in_flight.wait();
         let response = Box::pin(handler(info.clone(), request.map(CallerBody::Hyper)));
         async move {
             let response = response.await;
-            Ok::<_, Infallible>(response.map(|body| Answer { body, _call: call }))
+            drop(waiting);
+            Ok::<_, Infallible>(response.map(|body| Answer {
+                body,
+                waiting: None,
+                in_flight,
+            }))
         }
     })
 }

@@ -907,6 +907,47 @@ async fn the_caller_idle_limit_spares_a_call_waiting_on_its_vendor() {
     gw.stop().await;
 }
 
+/// An HTTP/2 caller that stops taking its answer (it grants no more flow-control window) waits
+/// on nobody but itself: the idle limit still closes its connection, and the call is recorded
+/// as cut short.
+#[tokio::test]
+async fn an_http2_caller_that_stops_reading_is_still_closed_at_the_idle_limit() {
+    let vendor = TestVendor::tls(big_or_ok(4 * 1024 * 1024)).await;
+    let gw = start_with_key(
+        &stripe_like(&vendor, ""),
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        "idle_timeout_ms = 300",
+    )
+    .await;
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .http2_initial_stream_window_size(65_535)
+        .http2_initial_connection_window_size(65_535)
+        .build()
+        .unwrap();
+    let response = h2c
+        .get(format!("{}/stripe/v1/charges/ch_big", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The answer is left unread: the caller's window fills and Postern has nothing to send.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let body = tokio::time::timeout(Duration::from_secs(10), response.bytes())
+        .await
+        .expect("the body ended (bounded: 10 s)");
+    assert!(
+        body.is_err(),
+        "the whole body arrived: the connection was not closed"
+    );
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["incomplete"], true, "{events:#?}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn http2_on_both_sides() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
