@@ -72,8 +72,18 @@ impl InFlight {
         Waiting(self.0.clone())
     }
 
-    fn any_waiting(&self) -> bool {
-        self.0.waiting.load(Ordering::Acquire) > 0
+    /// Until when a read that found the limit passed may still wait: an idle period from now
+    /// while a call waits on its vendor, or from the last wait's end if that is later than now.
+    /// (`waiting` is read first: a wait that ended on another thread since has set
+    /// `last_ended`.)
+    fn excused_until(&self, idle: Duration) -> Option<Instant> {
+        let now = Instant::now();
+        if self.0.waiting.load(Ordering::Acquire) > 0 {
+            return Some(now + idle);
+        }
+        self.last_ended()
+            .map(|ended| ended + idle)
+            .filter(|until| *until > now)
     }
 
     fn last_ended(&self) -> Option<Instant> {
@@ -197,25 +207,32 @@ impl<S> Deadline<S> {
                     // Fired for a deadline that activity has since moved: wait for the real one.
                     this.sleep.as_mut().reset(deadline);
                 }
-                Poll::Ready(())
-                    if reading && this.in_flight.as_ref().is_some_and(InFlight::any_waiting) =>
-                {
-                    // The caller waits for an answer: reads wait another idle period. Writes
-                    // keep the deadline activity set, so a write the peer stops taking is still
-                    // cut.
-                    deadline = Instant::now() + *this.idle;
-                    *this.reads_excused_until = deadline;
-                    this.sleep.as_mut().reset(deadline);
-                }
                 Poll::Ready(()) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        IdleLimit(if this.last_activity.is_none() {
-                            "no request within the first-byte timeout"
-                        } else {
-                            "connection idle"
-                        }),
-                    )))
+                    let excused = match reading {
+                        true => this
+                            .in_flight
+                            .as_ref()
+                            .and_then(|in_flight| in_flight.excused_until(*this.idle)),
+                        false => None,
+                    };
+                    let Some(until) = excused else {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            IdleLimit(if this.last_activity.is_none() {
+                                "no request within the first-byte timeout"
+                            } else {
+                                "connection idle"
+                            }),
+                        )));
+                    };
+                    // The caller waits for an answer (or has just been given one): reads wait
+                    // on. Writes keep the deadline activity set, so a write the peer stops
+                    // taking is still cut: the timer is one for both, and a write polled in the
+                    // same wake-up (hyper's connections and `splice` poll both halves from one
+                    // task) moves it back to the earlier deadline.
+                    deadline = until;
+                    *this.reads_excused_until = until;
+                    this.sleep.as_mut().reset(until);
                 }
             }
         }
@@ -406,8 +423,36 @@ mod tests {
         client.write_all(b"GET").await.unwrap();
         assert_eq!(server.read(&mut buf).await.unwrap(), 3);
         let _call = in_flight.wait();
+        let start = Instant::now();
         let error = server.write_all(&[b'x'; 64]).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), secs(60));
+        drop(client);
+    }
+
+    /// A read and a write pending at once from one task, as hyper polls them, while a call
+    /// waits: the read, polled first at each wake-up, moves the shared timer later, and the
+    /// write still times out at its own deadline.
+    #[tokio::test(start_paused = true)]
+    async fn an_excused_read_does_not_delay_a_stalled_write_beside_it() {
+        let secs = Duration::from_secs;
+        let (mut client, server) = tokio::io::duplex(16);
+        let in_flight = InFlight::default();
+        let server = Deadline::new(server, secs(10), secs(60)).excusing(in_flight.clone());
+        let (mut reader, mut writer) = tokio::io::split(server);
+        client.write_all(b"GET").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(reader.read(&mut buf).await.unwrap(), 3);
+        let _call = in_flight.wait();
+        let start = Instant::now();
+        tokio::select! {
+            biased;
+            read = reader.read(&mut buf) => panic!("the read ended: {read:?}"),
+            written = writer.write_all(&[b'x'; 64]) => {
+                assert_eq!(written.unwrap_err().kind(), io::ErrorKind::TimedOut);
+            }
+        }
+        assert_eq!(start.elapsed(), secs(60));
         drop(client);
     }
 }

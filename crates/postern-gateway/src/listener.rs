@@ -121,8 +121,8 @@ pub struct Accept {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// `[gateway] max_header_bytes`: heads larger than this are hyper's to refuse.
     pub max_header_bytes: usize,
-    /// `[gateway] idle_timeout_ms`: a connection with no byte either way for this long (and no
-    /// call in flight) is closed.
+    /// `[gateway] idle_timeout_ms`: a connection with no byte either way for this long (and,
+    /// with `excuse_waits`, no call waiting on its vendor) is closed.
     pub idle: Duration,
     /// Whether a call waiting on its vendor keeps the idle limit from cutting its connection:
     /// the gateway's calls, not the admin API's (which waits on no vendor).
