@@ -858,6 +858,18 @@ fn get_charge(
         .send()
 }
 
+/// A Stripe-like gateway for `vendor` whose caller connections idle out after 300 ms.
+async fn short_idle_gateway(vendor: &TestVendor) -> TestGateway {
+    start_with_key(
+        &stripe_like(vendor, ""),
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        "idle_timeout_ms = 300",
+    )
+    .await
+}
+
 /// `[gateway] idle_timeout_ms` closes an idle caller connection, but not one whose call waits
 /// for its vendor longer than that: over h2c (hyper's server) and over HTTP/1.1 with a chunked
 /// upload (handed to hyper) as on Postern's own HTTP/1.1 server, a call answered after three
@@ -872,14 +884,7 @@ async fn the_caller_idle_limit_spares_a_call_waiting_on_its_vendor() {
         Duration::from_millis(900),
     )
     .await;
-    let gw = start_with_key(
-        &stripe_like(&vendor, ""),
-        vendor.ca_pem.as_deref(),
-        "stripe-key",
-        VENDOR_KEY,
-        "idle_timeout_ms = 300",
-    )
-    .await;
+    let gw = short_idle_gateway(&vendor).await;
     let response = get_charge(&h2c_client(), &gw).await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), 200);
@@ -913,14 +918,7 @@ async fn the_caller_idle_limit_spares_a_call_waiting_on_its_vendor() {
 #[tokio::test]
 async fn an_http2_caller_that_stops_reading_is_still_closed_at_the_idle_limit() {
     let vendor = TestVendor::tls(big_or_ok(4 * 1024 * 1024)).await;
-    let gw = start_with_key(
-        &stripe_like(&vendor, ""),
-        vendor.ca_pem.as_deref(),
-        "stripe-key",
-        VENDOR_KEY,
-        "idle_timeout_ms = 300",
-    )
-    .await;
+    let gw = short_idle_gateway(&vendor).await;
     let h2c = reqwest::Client::builder()
         .http2_prior_knowledge()
         .http2_initial_stream_window_size(65_535)
