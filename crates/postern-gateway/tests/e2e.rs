@@ -671,6 +671,41 @@ async fn by_name_gateway(
     (gw, staging)
 }
 
+/// Answers every lookup with the same addresses, ports included.
+#[derive(Debug)]
+struct Fixed(Vec<std::net::SocketAddr>);
+
+impl postern_netguard::Resolve for Fixed {
+    fn lookup<'a>(&'a self, _host: &'a str, _port: u16) -> postern_netguard::Lookup<'a> {
+        let addrs = self.0.clone();
+        Box::pin(async move { Ok(addrs) })
+    }
+}
+
+/// The vendor's name resolves to two addresses, the first dropping every connect (its accept
+/// queue full): Postern races them (Happy Eyeballs), so the call goes through the second after
+/// the 250 ms attempt delay, not after the first's `connect_timeout_ms` (10 s here).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_vendor_address_that_drops_connects_costs_the_attempt_delay_not_the_timeout() {
+    let (silent_port, _listener, _queued) = full_listener().await;
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let silent = std::net::SocketAddr::from(([127, 0, 0, 1], silent_port));
+    let resolver = Arc::new(Fixed(vec![silent, vendor.addr]));
+    let (gw, _staging) = by_name_gateway(&vendor, "connect_timeout_ms = 10000", "", resolver).await;
+    let started = std::time::Instant::now();
+    let response = get_charge(&client(), &gw).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["upstream_addr"], vendor.addr.to_string());
+    gw.stop().await;
+}
+
 /// A name server that never answers.
 #[derive(Debug)]
 struct Silent;

@@ -1360,28 +1360,6 @@ async fn a_proxied_call_cut_by_shutdown_is_recorded_as_gateway_shutdown() {
     hold.abort();
 }
 
-/// A loopback listener whose accept queue is full (the kernel drops new SYNs, so a connect to
-/// it hangs until its timeout), its port, and the connection that fills the queue. Linux: a
-/// backlog of 0 still queues one connection.
-#[cfg(target_os = "linux")]
-async fn full_listener() -> (u16, tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(0).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut queued = Vec::new();
-    while let Ok(connected) = tokio::time::timeout(
-        Duration::from_millis(200),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    {
-        queued.push(connected.unwrap());
-        assert!(queued.len() < 16, "the accept queue never filled");
-    }
-    (port, listener, queued)
-}
-
 /// Whether a socket on this host is connecting to 127.0.0.1:`port`, its SYN unanswered
 /// (`/proc/net/tcp` state 02, SYN_SENT; addresses in the host's byte order).
 #[cfg(target_os = "linux")]

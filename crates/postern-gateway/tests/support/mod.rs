@@ -818,3 +818,25 @@ impl futures_core::Stream for ChunkStream {
         std::task::Poll::Ready(self.0.next().map(Ok))
     }
 }
+
+/// A loopback listener whose accept queue is full (the kernel drops new SYNs, so a connect to
+/// it hangs until its timeout), its port, and the connection that fills the queue. Linux: a
+/// backlog of 0 still queues one connection.
+#[cfg(target_os = "linux")]
+pub async fn full_listener() -> (u16, tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut queued = Vec::new();
+    while let Ok(connected) = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    {
+        queued.push(connected.unwrap());
+        assert!(queued.len() < 16, "the accept queue never filled");
+    }
+    (port, listener, queued)
+}
