@@ -102,24 +102,6 @@ impl Drop for Waiting {
     }
 }
 
-/// The error a [`Deadline`] fails with (its `io::ErrorKind` is `TimedOut`): Postern's own
-/// limit, told apart from the kernel's `ETIMEDOUT` (a dead peer) by [`is_idle_limit`].
-#[derive(Debug)]
-pub struct IdleLimit(&'static str);
-
-impl std::fmt::Display for IdleLimit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::error::Error for IdleLimit {}
-
-/// Whether `error` is a [`Deadline`]'s limit passing.
-pub fn is_idle_limit(error: &io::Error) -> bool {
-    error.get_ref().is_some_and(|inner| inner.is::<IdleLimit>())
-}
-
 impl<S> Deadline<S> {
     pub fn new(inner: S, first_byte: Duration, idle: Duration) -> Self {
         let started = Instant::now();
@@ -218,11 +200,11 @@ impl<S> Deadline<S> {
                     let Some(until) = excused else {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
-                            IdleLimit(if this.last_activity.is_none() {
+                            if this.last_activity.is_none() {
                                 "no request within the first-byte timeout"
                             } else {
                                 "connection idle"
-                            }),
+                            },
                         )));
                     };
                     // The caller waits for an answer (or has just been given one): reads wait

@@ -133,7 +133,8 @@ where
                     .to_response(&crate::context::RequestId::new())
                     .map(GatewayBody::full),
                 };
-                let _ = respond(io, &mut out, &mut buf, answer, false, true).await;
+                let in_flight = info.in_flight();
+                let _ = respond(io, &mut out, &mut buf, answer, false, true, in_flight).await;
                 break 'connection;
             }
         };
@@ -150,7 +151,9 @@ where
         // While the call runs and nothing else has arrived, the connection is still read (as
         // hyper does): a caller that hangs up (EOF, reset) ends the call. Once a pipelining
         // caller's next bytes are in `buf`, reading stops until they are served, so an EOF
-        // behind them waits until their answers are written ([`watch_caller`]).
+        // behind them waits until their answers are written ([`watch_caller`]). The call
+        // waits on its vendor meanwhile, which the connection's idle limit excuses.
+        let waiting = info.in_flight().wait();
         let response = loop {
             tokio::select! {
                 biased;
@@ -160,9 +163,15 @@ where
                 },
             }
         };
+        drop(waiting);
         let close = close || *shutdown.borrow();
         // `Ok(true)`: neither side asked to close.
-        match respond(io, &mut out, &mut buf, response, head_only, close).await {
+        let in_flight = info.in_flight();
+        match respond(
+            io, &mut out, &mut buf, response, head_only, close, in_flight,
+        )
+        .await
+        {
             Ok(true) => {}
             _ => break 'connection,
         }
@@ -275,26 +284,12 @@ async fn next_request<S: AsyncRead + Unpin>(
     Next::Request(Request::from_parts(parts, body), close)
 }
 
-/// Once the connection's idle limit has passed during a call, how often the caller is looked
-/// at again for a hang-up.
-const WATCH_AGAIN: Duration = Duration::from_secs(1);
-
 /// Reads the caller while its call runs or its answer pauses: `true` once bytes arrive (a
-/// pipelined request, left in `buf`), `false` once the caller hung up (EOF, reset). The
-/// connection's idle limit passing is not a hang-up (the request is read whole; the caller
-/// waits for its answer, which the call's own timeouts bound): the caller is looked at again
-/// each [`WATCH_AGAIN`], and a read sees an EOF or reset before the limit.
+/// pipelined request, left in `buf`), `false` once the caller hung up (EOF, reset) or the
+/// connection's idle limit cut it (which a call waiting on its vendor excuses: see
+/// [`crate::deadline::InFlight`]).
 async fn watch_caller<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> bool {
-    loop {
-        match io.read_buf(buf).await {
-            Ok(0) => return false,
-            Ok(_) => return true,
-            Err(error) if crate::deadline::is_idle_limit(&error) => {
-                tokio::time::sleep(WATCH_AGAIN).await;
-            }
-            Err(_) => return false,
-        }
-    }
+    matches!(io.read_buf(buf).await, Ok(read) if read > 0)
 }
 
 /// Resolves once shutdown has begun (never, if the gateway's shutdown sender is gone).
@@ -444,6 +439,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     response: Response<GatewayBody>,
     head_only: bool,
     close: bool,
+    in_flight: &crate::deadline::InFlight,
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
@@ -520,7 +516,8 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
                 io.flush().await?;
                 // While the answer pauses (a stream waiting on the vendor), a caller that
                 // hangs up ends it, as during the call ([`watch_caller`]; the pause itself is
-                // `response_idle_timeout_ms`'s to bound).
+                // `response_idle_timeout_ms`'s to bound, not the connection's idle limit).
+                let _waiting = in_flight.wait();
                 loop {
                     tokio::select! {
                         biased;
@@ -1258,26 +1255,31 @@ mod tests {
         assert!(dropped.load(Ordering::SeqCst), "the call was dropped");
     }
 
-    /// A caller's end and the server's, the server's under a 60 s idle limit (as the listener
-    /// puts every connection).
+    /// A caller's end and the server's, the server's under a 60 s idle limit that calls
+    /// waiting on their vendor excuse (as the gateway's listener puts every connection), and the
+    /// connection's facts, counting those calls.
     fn with_idle_limit() -> (
         tokio::io::DuplexStream,
         crate::deadline::Deadline<tokio::io::DuplexStream>,
+        Arc<ConnectionInfo>,
     ) {
         let (client, server) = tokio::io::duplex(64 * 1024);
+        let in_flight = crate::deadline::InFlight::default();
         let server = crate::deadline::Deadline::new(
             server,
             Duration::from_secs(10),
             Duration::from_secs(60),
-        );
-        (client, server)
+        )
+        .excusing(in_flight.clone());
+        let info = ConnectionInfo::new(([127, 0, 0, 1], 1).into(), None, false);
+        (client, server, Arc::new(info.counting(in_flight)))
     }
 
     /// The connection's idle limit passing while a call waits on its vendor is not a hang-up:
     /// the answer, when it comes, is written.
     #[tokio::test(start_paused = true)]
     async fn the_idle_limit_does_not_cut_a_call_in_flight() {
-        let (mut client, mut server) = with_idle_limit();
+        let (mut client, mut server, info) = with_idle_limit();
         let (_stop, mut shutdown) = watch::channel(false);
         let slow = |_: Arc<ConnectionInfo>, _: Request<CallerBody>| async {
             tokio::time::sleep(Duration::from_secs(200)).await;
@@ -1288,7 +1290,7 @@ mod tests {
             .await
             .unwrap();
         let serving = tokio::spawn(async move {
-            serve(&mut server, &info(), &slow, &mut shutdown, 8192, None).await;
+            serve(&mut server, &info, &slow, &mut shutdown, 8192, None).await;
         });
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();
@@ -1297,11 +1299,11 @@ mod tests {
         assert!(answer.ends_with("\r\n\r\nlate"), "{answer}");
     }
 
-    /// Past the idle limit a call in flight is not cut, but the caller is still looked at: one
-    /// that hangs up then ends the call within WATCH_AGAIN.
+    /// Past the idle limit a call in flight is not cut, but the caller is still read: one that
+    /// hangs up then ends the call at once (bounded here by a second).
     #[tokio::test(start_paused = true)]
     async fn a_hang_up_past_the_idle_limit_still_ends_the_call() {
-        let (mut client, mut server) = with_idle_limit();
+        let (mut client, mut server, info) = with_idle_limit();
         let (_stop, mut shutdown) = watch::channel(false);
         let (never, dropped) = never_answers();
         client
@@ -1309,7 +1311,7 @@ mod tests {
             .await
             .unwrap();
         let serving = tokio::spawn(async move {
-            serve(&mut server, &info(), &never, &mut shutdown, 8192, None).await;
+            serve(&mut server, &info, &never, &mut shutdown, 8192, None).await;
         });
         tokio::time::sleep(Duration::from_secs(100)).await;
         assert!(!dropped.load(Ordering::SeqCst), "not cut at the idle limit");
@@ -1319,7 +1321,7 @@ mod tests {
             .await
             .expect("the hang-up is seen")
             .unwrap();
-        assert!(hung_up.elapsed() <= WATCH_AGAIN + Duration::from_millis(10));
+        assert!(hung_up.elapsed() <= Duration::from_secs(1) + Duration::from_millis(10));
         assert!(dropped.load(Ordering::SeqCst), "the call was dropped");
     }
 
