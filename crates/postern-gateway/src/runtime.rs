@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::oauth::TokenSource;
-use crate::upstream::{build_client, UpstreamClient, UpstreamOptions};
+use crate::upstream::{build_client, CaFileError, UpstreamClient, UpstreamOptions};
 
 pub type CallerLimiter = DefaultKeyedRateLimiter<Arc<str>>;
 
@@ -75,9 +75,9 @@ impl LimiterCache {
     }
 }
 
-/// An integration's cached client: (its network settings, a hash of its `ca_file`'s contents,
-/// the client).
-type CachedClient = (String, Option<String>, UpstreamClient);
+/// An integration's cached client: (its network settings, the SHA-256 of the `ca_file` contents
+/// it was built from, the client).
+type CachedClient = (String, Option<[u8; 32]>, UpstreamClient);
 
 /// Upstream pools survive reloads (and vault refreshes) when an integration's network settings
 /// are unchanged, so a rotation does not drop warm connections. The cache also holds the
@@ -128,23 +128,35 @@ impl ClientCache {
             integration.idle_timeout_ms,
             client_auth.as_ref().map(|auth| &auth.fingerprint)
         );
-        // The file's contents as they are now (`None` without one, or unreadable: then a
-        // reload misses the cache, and building the client names the problem).
-        let ca_hash = integration
-            .ca_file
-            .as_ref()
-            .and_then(|path| std::fs::read(path).ok())
-            .map(|contents| hex::encode(Sha256::digest(contents)));
         let mut clients = self.clients.lock().expect("client cache lock");
-        if let Some((cached_key, cached_ca, client)) = clients.get(&integration.name) {
-            if *cached_key == key && (!reread_ca || ca_hash == *cached_ca) {
+        let cached = clients
+            .get(&integration.name)
+            .filter(|(cached_key, _, _)| *cached_key == key);
+        if let (Some((_, _, client)), false) = (cached, reread_ca) {
+            return Ok(client.clone());
+        }
+        // The file is read once: its hash is of the bytes a new client would trust.
+        let ca_file = match &integration.ca_file {
+            Some(path) => Some((
+                path.as_path(),
+                crate::tls::read_file(path).map_err(CaFileError)?,
+            )),
+            None => None,
+        };
+        let ca_hash = ca_file
+            .as_ref()
+            .map(|(_, contents)| <[u8; 32]>::from(Sha256::digest(contents)));
+        if let Some((_, cached_ca, client)) = cached {
+            if ca_hash == *cached_ca {
                 return Ok(client.clone());
             }
         }
         let client = build_client(UpstreamOptions {
             guard: self.guard(integration.allow_private_networks.clone()),
             allow_plaintext: integration.allow_plaintext,
-            ca_file: integration.ca_file.as_deref(),
+            ca_file: ca_file
+                .as_ref()
+                .map(|(path, contents)| (*path, contents.as_slice())),
             connect_timeout: Duration::from_millis(integration.connect_timeout_ms),
             idle_timeout: Duration::from_millis(integration.idle_timeout_ms),
             client_auth: client_auth.map(|auth| (auth.chain, auth.key)),
@@ -210,7 +222,8 @@ pub struct BuildInputs<'a> {
     pub vault: Option<&'a Vault>,
     /// The running runtime, when only the vault changed (the config is its own): its compiled
     /// policies and scan rules are kept, not read from their files again, which change only
-    /// at a reload. A vault change then applies whatever state those files are in.
+    /// at a reload: a vault change neither picks up nor fails on a half-edited policies or
+    /// scan_rules file.
     pub reuse: Option<&'a Runtime>,
 }
 
@@ -666,7 +679,7 @@ fn build_integration(
         .get(integration, client_auth, inputs.reuse.is_none())
         .map_err(|error| match &integration.ca_file {
             _ if error.is::<KeyProblem>() => error,
-            Some(ca_file) if error.is::<crate::upstream::CaFileError>() => {
+            Some(ca_file) if error.is::<CaFileError>() => {
                 anyhow::Error::new(KeyProblem::integration(
                     &integration.name,
                     "ca_file",

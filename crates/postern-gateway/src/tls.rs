@@ -21,8 +21,17 @@ pub fn read_certificates_pem(pem: &[u8]) -> anyhow::Result<Vec<CertificateDer<'s
 }
 
 pub fn read_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+    certificates_in(path, &read_file(path)?)
+}
+
+/// A file's contents, the error naming it.
+pub fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The PEM certificates in `pem`, read from `path` (named in the errors); at least one.
+pub fn certificates_in(path: &Path, pem: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
         .collect::<Result<_, _>>()
         .with_context(|| format!("parsing PEM certificates in {}", path.display()))?;
     if certs.is_empty() {

@@ -100,12 +100,13 @@ async fn connect_first(
     addrs: Vec<SocketAddr>,
     connect_timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
-    type Attempt = std::pin::Pin<
-        Box<
-            dyn Future<Output = Result<std::io::Result<TcpStream>, tokio::time::error::Elapsed>>
-                + Send,
-        >,
-    >;
+    if let [addr] = addrs[..] {
+        // Nothing to race (the usual case): no attempt boxed, no timer for a next one.
+        return attempt(addr, connect_timeout)
+            .await
+            .map(|stream| (stream, addr));
+    }
+    type Attempt = std::pin::Pin<Box<dyn Future<Output = Result<TcpStream, ConnectError>> + Send>>;
     let mut waiting = families_in_turn(addrs).into_iter();
     let mut running: Vec<(SocketAddr, Attempt)> = Vec::new();
     let mut next = Box::pin(tokio::time::sleep(Duration::ZERO));
@@ -114,8 +115,7 @@ async fn connect_first(
         let start_next = running.is_empty() || next.as_mut().poll(cx).is_ready();
         if start_next {
             if let Some(addr) = waiting.next() {
-                let attempt = tokio::time::timeout(connect_timeout, TcpStream::connect(addr));
-                running.push((addr, Box::pin(attempt)));
+                running.push((addr, Box::pin(attempt(addr, connect_timeout))));
                 next.as_mut()
                     .reset(tokio::time::Instant::now() + ATTEMPT_DELAY);
                 continue;
@@ -131,18 +131,10 @@ async fn connect_first(
                     index += 1;
                     continue;
                 }
-                std::task::Poll::Ready(Ok(Ok(stream))) => {
+                std::task::Poll::Ready(Ok(stream)) => {
                     return std::task::Poll::Ready(Ok((stream, addr)))
                 }
-                std::task::Poll::Ready(Ok(Err(source))) => {
-                    last_error = Some(ConnectError::Connect { addr, source })
-                }
-                std::task::Poll::Ready(Err(_)) => {
-                    last_error = Some(ConnectError::Timeout {
-                        addr,
-                        timeout_ms: connect_timeout.as_millis() as u64,
-                    })
-                }
+                std::task::Poll::Ready(Err(error)) => last_error = Some(error),
             }
             drop(running.swap_remove(index));
             failed = true;
@@ -160,6 +152,18 @@ async fn connect_first(
         return std::task::Poll::Pending;
     })
     .await
+}
+
+/// One TCP connect to `addr`, within `connect_timeout`.
+async fn attempt(addr: SocketAddr, connect_timeout: Duration) -> Result<TcpStream, ConnectError> {
+    match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(ConnectError::Connect { addr, source }),
+        Err(_) => Err(ConnectError::Timeout {
+            addr,
+            timeout_ms: connect_timeout.as_millis() as u64,
+        }),
+    }
 }
 
 /// `addrs` with IPv6 and IPv4 taking turns, each family in the resolver's order, the first
@@ -1096,7 +1100,8 @@ pub struct UpstreamOptions<'a> {
     /// The SSRF guard every dial resolves and checks with.
     pub guard: Guard,
     pub allow_plaintext: bool,
-    pub ca_file: Option<&'a Path>,
+    /// `ca_file`'s path (for messages) and the contents read from it.
+    pub ca_file: Option<(&'a Path, &'a [u8])>,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     /// Client certificate chain and key presented to the vendor (mTLS).
@@ -1110,14 +1115,14 @@ pub struct UpstreamOptions<'a> {
 /// told apart from the pool's other set-up errors so the config check can point at the key.
 #[derive(Debug, thiserror::Error)]
 #[error("{0:#}")]
-pub struct CaFileError(anyhow::Error);
+pub struct CaFileError(pub anyhow::Error);
 
 /// Builds the pool for one integration.
 pub fn build_client(options: UpstreamOptions<'_>) -> anyhow::Result<UpstreamClient> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca_file) = options.ca_file {
-        let certificates = crate::tls::read_certificates(ca_file).map_err(CaFileError)?;
+    if let Some((ca_file, contents)) = options.ca_file {
+        let certificates = crate::tls::certificates_in(ca_file, contents).map_err(CaFileError)?;
         for cert in certificates {
             roots.add(cert).map_err(|error| {
                 CaFileError(anyhow::anyhow!("ca_file {}: {error}", ca_file.display()))
