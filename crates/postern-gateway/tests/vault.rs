@@ -210,10 +210,10 @@ async fn vault_credential_set_rotate_under_load_rollback_revoke() {
     gw.stop().await;
 }
 
-/// Bounded wait for a condition checked by an async probe.
 /// A credential change applies the running config's compiled Cedar policies and vendor
-/// clients, not the files as they now are on disk: a policies file or `ca_file` left half-done
-/// there (which waits for a reload) neither blocks the change nor slips in with it.
+/// clients, not the files as they now are on disk (which wait for a reload): a policies file or
+/// `ca_file` left half-done there does not block the change, and a valid policy written there
+/// does not slip in with it.
 #[tokio::test]
 async fn a_credential_change_applies_with_the_compiled_policies() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
@@ -221,7 +221,7 @@ async fn a_credential_change_applies_with_the_compiled_policies() {
     let policies = dir.path().join("extra.cedar");
     std::fs::write(
         &policies,
-        "@id(\"no-refunds\")\nforbid(principal, action, resource) when { context.request_bytes > 1000000 };\n",
+        "@id(\"no-large-bodies\")\nforbid(principal, action, resource) when { context.request_bytes > 1000000 };\n",
     )
     .unwrap();
     let gateway_extra = format!("policies = \"{}\"", policies.display());
@@ -250,9 +250,24 @@ async fn a_credential_change_applies_with_the_compiled_policies() {
         vendor.last().header("authorization").unwrap(),
         "Bearer sk_live_two_B2"
     );
+    // A valid policy forbidding every call, on disk only: the next change leaves it there.
+    std::fs::write(
+        &policies,
+        "@id(\"deny-all\")\nforbid(principal, action, resource);\n",
+    )
+    .unwrap();
+    let (status, answer) = admin_post(
+        &gw,
+        "/v1/credentials/stripe-live/rotate",
+        "sk_live_three_C3",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(call(&gw, "three").await.0, 200);
     gw.stop().await;
 }
 
+/// Bounded wait for a condition checked by an async probe.
 async fn eventually<F, Fut>(what: &str, mut probe: F)
 where
     F: FnMut() -> Fut,
