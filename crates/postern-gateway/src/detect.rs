@@ -22,11 +22,6 @@ use crate::events::{open_append, rotate_file};
 use crate::metrics::Metrics;
 
 pub const ALERTS_FILE: &str = "alerts.jsonl";
-/// `alerts.jsonl` is rotated when a line would take it past this size (the default of
-/// `events_max_file_bytes`, 64 MiB)…
-pub const ALERTS_MAX_FILE_BYTES: u64 = postern_config::DEFAULT_EVENTS_MAX_FILE_BYTES;
-/// …keeping this many rotated files (the default of `events_max_files`).
-pub const ALERTS_MAX_FILES: u32 = postern_config::DEFAULT_EVENTS_MAX_FILES;
 pub const SNAPSHOT_FILE: &str = "detector-snapshot.json";
 const QUEUE: usize = 65_536;
 /// How long the detector thread sleeps between batches (the added alert latency at most).
@@ -51,19 +46,9 @@ pub struct AlertFileOptions {
 }
 
 impl Detector {
-    /// Starts the detector thread, appending alerts to `<data_dir>/alerts.jsonl` rotated at
-    /// [`ALERTS_MAX_FILE_BYTES`], keeping [`ALERTS_MAX_FILES`] rotated files.
-    pub fn start(data_dir: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Detector>> {
-        let alerts = AlertFileOptions {
-            path: data_dir.join(ALERTS_FILE),
-            max_file_bytes: ALERTS_MAX_FILE_BYTES,
-            max_files: ALERTS_MAX_FILES,
-        };
-        Self::start_with(data_dir, alerts, metrics)
-    }
-
-    /// [`Detector::start`] with the alert file's place and rotation given.
-    pub fn start_with(
+    /// Starts the detector thread (its snapshot in `data_dir`), appending alerts to
+    /// `alert_file` (the gateway: `<data_dir>/alerts.jsonl`, rotated as `events.jsonl` is).
+    pub fn start(
         data_dir: &Path,
         alert_file: AlertFileOptions,
         metrics: Arc<Metrics>,
@@ -400,7 +385,7 @@ mod tests {
             max_file_bytes: 300,
             max_files: 3,
         };
-        let detector = Detector::start_with(dir.path(), options, Arc::new(Metrics::new())).unwrap();
+        let detector = Detector::start(dir.path(), options, Arc::new(Metrics::new())).unwrap();
         // A day of one call a minute from one caller, then callers never seen: each new
         // caller is one `new_caller` alert.
         let start_ms = 1_795_996_800_000i64;

@@ -412,7 +412,7 @@ impl RunningGateway {
         let metrics = Arc::new(Metrics::new());
         let detector = if config.gateway.detect {
             // Alerts rotate like events: the same size limit and number of files kept.
-            Some(detect::Detector::start_with(
+            Some(detect::Detector::start(
                 &data_dir,
                 detect::AlertFileOptions {
                     path: data_dir.join(detect::ALERTS_FILE),
