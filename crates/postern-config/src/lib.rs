@@ -75,8 +75,8 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default for [`IntegrationConfig::request_timeout_ms`].
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Default for [`IntegrationConfig::response_idle_timeout_ms`] and
-/// [`ProxyConfig::response_idle_timeout_ms`]: the caller connection's own idle limit.
-pub const DEFAULT_RESPONSE_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// [`ProxyConfig::response_idle_timeout_ms`]: the caller connection's own default idle limit.
+pub const DEFAULT_RESPONSE_IDLE_TIMEOUT_MS: u64 = DEFAULT_CALLER_IDLE_TIMEOUT_MS;
 /// Default for [`IntegrationConfig::total_timeout_ms`]: ten minutes.
 pub const DEFAULT_TOTAL_TIMEOUT_MS: u64 = 600_000;
 /// Default for [`IntegrationConfig::idle_timeout_ms`].
@@ -243,8 +243,8 @@ pub struct GatewayConfig {
     pub max_header_bytes: usize,
     /// How long in-flight calls may finish after a shutdown signal.
     pub shutdown_grace_ms: u64,
-    /// A caller connection (gateway or admin listener) with no byte either way for this long,
-    /// and no call in flight, is closed.
+    /// A caller connection (gateway or admin listener) with no byte either way for this long
+    /// is closed, unless (gateway listener only) one of its calls waits on its vendor.
     pub idle_timeout_ms: u64,
     /// Data-plane worker threads, each with its own event loop, listening socket
     /// (`SO_REUSEPORT`) and upstream connection pools. `0` (the default): one per CPU.

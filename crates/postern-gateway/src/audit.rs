@@ -546,7 +546,12 @@ mod tests {
             .await
             .unwrap();
         let key = std::fs::read(dir.path().join(AUDIT_HMAC_KEY_FILE)).unwrap();
-        let connection = ConnectionInfo::new("127.0.0.1:9".parse().unwrap(), None, false);
+        let connection = ConnectionInfo::new(
+            "127.0.0.1:9".parse().unwrap(),
+            None,
+            false,
+            crate::deadline::InFlight::default(),
+        );
         // No scan, no classes, a few classes, and many.
         for class_count in [None, Some(0), Some(3), Some(16), Some(40)] {
             let raw_target = "/things/42?secret=é\u{1}";

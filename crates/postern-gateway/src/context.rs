@@ -55,7 +55,14 @@ impl ConnectionInfo {
     /// taken as the IPv4 address it is, for events, audit entries and Cedar's `source_ip`
     /// (whose `ip()` parser refuses the mapped form, so every decision of a custom policy would
     /// fail).
-    pub fn new(peer: SocketAddr, spiffe_id: Option<String>, tls: bool) -> Self {
+    /// `in_flight`: the count of its calls waiting on vendors that its stream's
+    /// [`crate::deadline::Deadline`] excuses (`InFlight::default()` where none does).
+    pub fn new(
+        peer: SocketAddr,
+        spiffe_id: Option<String>,
+        tls: bool,
+        in_flight: InFlight,
+    ) -> Self {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         ConnectionInfo {
             peer,
@@ -64,7 +71,7 @@ impl ConnectionInfo {
             tls,
             tunnel: None,
             slot: None,
-            in_flight: InFlight::default(),
+            in_flight,
         }
     }
 
@@ -402,17 +409,17 @@ impl std::fmt::Debug for RequestId {
 
 #[cfg(test)]
 mod tests {
-    use super::ConnectionInfo;
+    use super::{ConnectionInfo, InFlight};
 
     #[test]
     fn an_ipv4_client_of_a_dual_stack_listener_is_its_ipv4_address() {
         let mapped: std::net::SocketAddr = "[::ffff:10.0.0.7]:4000".parse().unwrap();
-        let info = ConnectionInfo::new(mapped, None, false);
+        let info = ConnectionInfo::new(mapped, None, false, InFlight::default());
         assert_eq!(&*info.peer_ip, "10.0.0.7");
         assert_eq!(info.peer, "10.0.0.7:4000".parse().unwrap());
         let v6: std::net::SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
         assert_eq!(
-            &*ConnectionInfo::new(v6, None, false).peer_ip,
+            &*ConnectionInfo::new(v6, None, false, InFlight::default()).peer_ip,
             "2001:db8::1"
         );
     }

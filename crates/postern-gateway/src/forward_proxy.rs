@@ -615,15 +615,6 @@ async fn absolute(
         ));
     }
     let caller = proxy_caller(runtime, connection, context, request.headers())?;
-    // Refused before anything records the URL (discovery keeps hosts and paths).
-    if let Some(token) = caller.token.as_deref().filter(|t| !t.is_empty()) {
-        if crate::proxy::contains(uri.to_string().as_bytes(), token) {
-            return Err(CallError::bad_request(
-                "caller_token_in_url",
-                "the request URL contains the caller token; send it only in Proxy-Authorization",
-            ));
-        }
-    }
     let proxy = &runtime.proxy;
     if let Some(integration) = proxy.integration_for_host(&host) {
         // The same pipeline as path mode; the request is re-originated to the integration's
@@ -639,7 +630,18 @@ async fn absolute(
                 mode: "proxy",
             }),
         ));
+        // The path-mode pipeline refuses a caller token in the path or query itself.
         return Ok(Absolute::Registered(info, request));
+    }
+    // Refused before anything records the URL (discovery keeps hosts and paths).
+    let target = uri.to_string();
+    if let Some(token) = caller.token.as_deref().filter(|t| !t.is_empty()) {
+        if crate::proxy::contains(target.as_bytes(), token) {
+            return Err(CallError::bad_request(
+                "caller_token_in_url",
+                "the request URL contains the caller token; send it only in Proxy-Authorization",
+            ));
+        }
     }
     let decision = proxy.policy.decide(&caller.name, &host, port);
     if !decision.allowed {
@@ -647,7 +649,7 @@ async fn absolute(
         return Err(host_refused(decision.reason, &host, port));
     }
     progress.authorized = true;
-    context.target_hmac = shared.audit.target_hmac(&uri.to_string());
+    context.target_hmac = shared.audit.target_hmac(&target);
     progress.intent_index = crate::proxy::record_intent(shared, None, context).await?;
 
     // Forward as is (minus hop-by-hop and caller credentials), streaming both ways.

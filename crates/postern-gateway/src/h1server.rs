@@ -1078,7 +1078,13 @@ mod tests {
     }
 
     fn info() -> Arc<ConnectionInfo> {
-        Arc::new(ConnectionInfo::new(([127, 0, 0, 1], 1).into(), None, false))
+        let in_flight = crate::deadline::InFlight::default();
+        Arc::new(ConnectionInfo::new(
+            ([127, 0, 0, 1], 1).into(),
+            None,
+            false,
+            in_flight,
+        ))
     }
 
     /// Answers with the method, target and body it got.
@@ -1271,8 +1277,8 @@ mod tests {
             Duration::from_secs(60),
         )
         .excusing(in_flight.clone());
-        let info = ConnectionInfo::new(([127, 0, 0, 1], 1).into(), None, false);
-        (client, server, Arc::new(info.counting(in_flight)))
+        let info = ConnectionInfo::new(([127, 0, 0, 1], 1).into(), None, false, in_flight);
+        (client, server, Arc::new(info))
     }
 
     /// The connection's idle limit passing while a call waits on its vendor is not a hang-up:

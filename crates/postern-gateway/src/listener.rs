@@ -174,8 +174,8 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        // The calls hyper serves on the connection excuse its idle limit while any waits on its
-        // vendor (Postern's own HTTP/1.1 server watches its calls itself).
+        // The connection's calls (hyper's or Postern's own HTTP/1.1 server's, counted through
+        // `ConnectionInfo::in_flight`) excuse its idle limit while any waits on its vendor.
         let in_flight = InFlight::default();
         let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, idle);
         let stream = match excuse_waits {
@@ -199,8 +199,8 @@ where
         match tls {
             None => {
                 tokio::spawn(async move {
-                    let info = ConnectionInfo::new(peer, None, false).holding(slot);
-                    let info = Arc::new(info.counting(in_flight));
+                    let info = ConnectionInfo::new(peer, None, false, in_flight).holding(slot);
+                    let info = Arc::new(info);
                     connection.serve_h1_first(stream, info, handler).await;
                 });
             }
@@ -227,8 +227,8 @@ where
                         .and_then(|certs| certs.first())
                         .and_then(crate::tls::spiffe_id);
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let info = ConnectionInfo::new(peer, spiffe_id, true).holding(slot);
-                    let info = Arc::new(info.counting(in_flight));
+                    let info = ConnectionInfo::new(peer, spiffe_id, true, in_flight);
+                    let info = Arc::new(info.holding(slot));
                     match h2 {
                         true => {
                             let Connection {
