@@ -12,6 +12,9 @@ use postern_discover::{DiscoveredHost, Inventory, Observation, Store};
 pub struct Discovery {
     pending: Mutex<Inventory>,
     store: Store,
+    /// Held across a flush's drain and merge: flushes run one at a time, so a flush (a listing,
+    /// the last one at shutdown) ends after one already running, with its data stored.
+    merging: Mutex<()>,
     /// A [`Discovery::flush_in_background`] is running.
     flushing: AtomicBool,
 }
@@ -22,6 +25,7 @@ impl Discovery {
         Ok(Discovery {
             pending: Mutex::new(Inventory::new()),
             store,
+            merging: Mutex::new(()),
             flushing: AtomicBool::new(false),
         })
     }
@@ -33,8 +37,10 @@ impl Discovery {
             .record(&observation);
     }
 
-    /// Merges what was seen since the last flush into the store (blocking).
+    /// Merges what was seen since the last flush into the store (blocking, after any flush
+    /// already running).
     pub fn flush(&self) {
+        let _merging = self.merging.lock().expect("discovery merge lock");
         let delta = self.pending.lock().expect("discovery lock").drain();
         if delta.is_empty() {
             return;
@@ -64,17 +70,6 @@ impl Discovery {
             tracing::warn!(%error, "could not start the discovery flush; trying again later");
             self.flushing.store(false, Ordering::Release);
         }
-    }
-
-    /// [`Discovery::flush`] once a background flush still running has ended (waiting at most
-    /// the store's busy timeout and a little more): at shutdown, so the process does not end
-    /// with a background flush's transaction open, and its data lost.
-    pub fn flush_last(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while self.flushing.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        self.flush();
     }
 
     /// Flushes, then lists every discovered destination (most calls first).

@@ -618,14 +618,10 @@ impl RunningGateway {
         if let Some(poller) = self.vault_poller {
             let _ = tokio::task::spawn_blocking(move || poller.join()).await;
         }
-        // Blocking (SQLite, the vault): off the async threads. The discovery inventory is
-        // written here and now, not in the background.
+        // Blocking (SQLite, the vault): off the async threads. The discovery inventory's last
+        // flush, below, waits for the one this may start.
         let shared = self.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            shared.flush_usage();
-            shared.discovery.flush_last();
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || shared.flush_usage()).await;
         for task in self.accept_tasks {
             let _ = task.await;
         }
