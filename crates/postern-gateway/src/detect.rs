@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use postern_detect::engine::{DetectEvent, Engine, EngineConfig};
 
-use crate::events::{open_append, rotate_file};
+use crate::events::{open_append, Rotation};
 use crate::metrics::Metrics;
 
 pub const ALERTS_FILE: &str = "alerts.jsonl";
@@ -186,15 +186,11 @@ fn run(
 /// `max_files`), renames the file to `alerts.jsonl.1` and starts a new one — the convention
 /// of `events.jsonl` (events.rs). Buffered; an IO error is logged and writing goes on.
 struct AlertWriter {
-    options: AlertFileOptions,
+    max_file_bytes: u64,
+    rotation: Rotation,
     out: BufWriter<File>,
     /// Bytes in the file, buffered ones included.
     size: u64,
-    /// After a rotation failed: not tried again before this (alerts go on into the file open).
-    retry_rotation_at: Option<Instant>,
-    /// Opens of a new file a test makes fail (say, for want of file descriptors).
-    #[cfg(test)]
-    failing_opens: u32,
 }
 
 impl AlertWriter {
@@ -202,34 +198,27 @@ impl AlertWriter {
         let file = open_append(&options.path)?;
         let size = file.metadata()?.len();
         Ok(AlertWriter {
-            options,
+            max_file_bytes: options.max_file_bytes,
+            rotation: Rotation::new(options.path, options.max_files),
             out: BufWriter::new(file),
             size,
-            retry_rotation_at: None,
-            #[cfg(test)]
-            failing_opens: 0,
         })
     }
 
     fn append(&mut self, line: &str) {
         let line_bytes = line.len() as u64 + 1;
-        let full = self.size > 0 && self.size + line_bytes > self.options.max_file_bytes;
-        let due = self.retry_rotation_at.is_none_or(|at| Instant::now() >= at);
-        if full && due {
-            match self.rotate() {
-                Ok(()) => self.retry_rotation_at = None,
-                Err(error) => {
-                    // Keep appending to the file open now rather than lose alerts; try again
-                    // after the events' retry interval.
-                    self.retry_rotation_at = Some(Instant::now() + crate::events::ROTATION_RETRY);
-                    tracing::error!(%error, path = %self.options.path.display(), "could not rotate the alert file; appending to it until a rotation succeeds");
-                }
+        let full = self.size > 0 && self.size + line_bytes > self.max_file_bytes;
+        if full && self.rotation.due() {
+            if let Err(error) = self.rotate() {
+                // Keep appending to the file open now rather than lose alerts; rotating is
+                // tried again after the retry interval.
+                tracing::error!(%error, path = %self.rotation.path().display(), "could not rotate the alert file; appending to it until a rotation succeeds");
             }
         }
         match writeln!(self.out, "{line}") {
             Ok(()) => self.size += line_bytes,
             Err(error) => {
-                tracing::error!(%error, path = %self.options.path.display(), "could not append to the alert file")
+                tracing::error!(%error, path = %self.rotation.path().display(), "could not append to the alert file")
             }
         }
     }
@@ -240,12 +229,7 @@ impl AlertWriter {
 
     fn rotate(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        self.out = BufWriter::new(rotate_file(
-            &self.options.path,
-            self.options.max_files,
-            #[cfg(test)]
-            &mut self.failing_opens,
-        )?);
+        self.out = BufWriter::new(self.rotation.rotate()?);
         self.size = 0;
         Ok(())
     }
@@ -299,7 +283,7 @@ mod tests {
             writer.append(&alert_line(index));
         }
         // alerts.jsonl.1 holds 10, 11; alerts.jsonl 12, 13. The next rotation's open fails.
-        writer.failing_opens = 1;
+        writer.rotation.failing_opens = 1;
         for index in 14..18 {
             writer.append(&alert_line(index));
         }
@@ -314,7 +298,7 @@ mod tests {
             lines(&rotated_name(&path, 2)),
             (10..12).map(alert_line).collect::<Vec<_>>()
         );
-        writer.retry_rotation_at = Some(Instant::now());
+        writer.rotation.retry_now();
         writer.append(&alert_line(18));
         writer.flush().unwrap();
         assert_eq!(lines(&path), vec![alert_line(18)]);

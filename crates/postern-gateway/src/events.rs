@@ -818,21 +818,73 @@ fn writer_loop(mut writer: RotatingWriter, shared: Arc<Shared>) {
 /// Appends to `events.jsonl`; past `max_file_bytes` it shifts `events.jsonl.N` up by one
 /// (dropping the oldest beyond `max_files`) and starts a new file.
 struct RotatingWriter {
-    options: EventFileOptions,
+    max_file_bytes: u64,
+    rotation: Rotation,
     file: File,
     size: u64,
-    /// After a rotation failed: not tried again before this (lines go on into the current file).
-    retry_rotation_at: Option<std::time::Instant>,
-    /// Opens of a new file a test makes fail (say, for want of file descriptors).
-    #[cfg(test)]
-    failing_opens: u32,
     /// Writes a test makes fail half-way (as on a full disk).
     #[cfg(test)]
     failing_writes: u32,
 }
 
 /// How long after a failed rotation the next one is tried.
-pub(crate) const ROTATION_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const ROTATION_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The rotation of an append-only log (`events.jsonl`, `alerts.jsonl`): the file moves to
+/// `.1` (the kept ones shifting up, see [`rotate_file`]) and a new one is opened. After a failed
+/// rotation the writer appends to the file it has, and the next is not tried for
+/// [`ROTATION_RETRY`].
+pub(crate) struct Rotation {
+    path: PathBuf,
+    max_files: u32,
+    retry_at: Option<std::time::Instant>,
+    /// Opens of a new file a test makes fail (say, for want of file descriptors).
+    #[cfg(test)]
+    pub(crate) failing_opens: u32,
+}
+
+impl Rotation {
+    pub(crate) fn new(path: PathBuf, max_files: u32) -> Self {
+        Rotation {
+            path,
+            max_files,
+            retry_at: None,
+            #[cfg(test)]
+            failing_opens: 0,
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether a rotation may be tried now (none failed within [`ROTATION_RETRY`]).
+    pub(crate) fn due(&self) -> bool {
+        self.retry_at
+            .is_none_or(|at| std::time::Instant::now() >= at)
+    }
+
+    /// Rotates, and returns the new file.
+    pub(crate) fn rotate(&mut self) -> std::io::Result<File> {
+        let rotated = rotate_file(
+            &self.path,
+            self.max_files,
+            #[cfg(test)]
+            &mut self.failing_opens,
+        );
+        self.retry_at = match rotated {
+            Ok(_) => None,
+            Err(_) => Some(std::time::Instant::now() + ROTATION_RETRY),
+        };
+        rotated
+    }
+
+    /// Makes the next rotation due at once (a test's way past the retry interval).
+    #[cfg(test)]
+    pub(crate) fn retry_now(&mut self) {
+        self.retry_at = Some(std::time::Instant::now());
+    }
+}
 
 impl RotatingWriter {
     fn open(options: EventFileOptions) -> std::io::Result<Self> {
@@ -842,12 +894,10 @@ impl RotatingWriter {
         let file = open_append(&options.path)?;
         let size = file.metadata()?.len();
         Ok(RotatingWriter {
-            options,
+            max_file_bytes: options.max_file_bytes,
+            rotation: Rotation::new(options.path, options.max_files),
             file,
             size,
-            retry_rotation_at: None,
-            #[cfg(test)]
-            failing_opens: 0,
             #[cfg(test)]
             failing_writes: 0,
         })
@@ -858,7 +908,7 @@ impl RotatingWriter {
     fn write_batch(&mut self, bytes: Vec<u8>, stats: &EventStats) -> Batch {
         let mut ends = Vec::with_capacity(bytes.len() / 400 + 1);
         ends.extend(memchr::memchr_iter(b'\n', &bytes).map(|end| end as u32));
-        let max = self.options.max_file_bytes;
+        let max = self.max_file_bytes;
         let mut chunk_start = 0usize;
         let mut chunk_lines = 0u64;
         let mut line_start = 0usize;
@@ -866,19 +916,17 @@ impl RotatingWriter {
             let line_len = (end as usize + 1 - line_start) as u64;
             let pending = (line_start - chunk_start) as u64;
             let full = self.size + pending > 0 && self.size + pending + line_len > max;
-            if full && self.rotation_due() {
+            if full && self.rotation.due() {
                 self.write_chunk(&bytes[chunk_start..line_start], chunk_lines, stats);
                 chunk_start = line_start;
                 chunk_lines = 0;
                 match self.rotate() {
                     Ok(()) => {
-                        self.retry_rotation_at = None;
                         stats.rotations.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(error) => {
                         // The lines go on into the file open now, past its size for a while:
                         // none is dropped, and rotating is tried again after ROTATION_RETRY.
-                        self.retry_rotation_at = Some(std::time::Instant::now() + ROTATION_RETRY);
                         tracing::error!(%error, "could not rotate the event file; appending to it until a rotation succeeds");
                     }
                 }
@@ -925,19 +973,9 @@ impl RotatingWriter {
         }
     }
 
-    fn rotation_due(&self) -> bool {
-        self.retry_rotation_at
-            .is_none_or(|at| std::time::Instant::now() >= at)
-    }
-
     fn rotate(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
-        self.file = rotate_file(
-            &self.options.path,
-            self.options.max_files,
-            #[cfg(test)]
-            &mut self.failing_opens,
-        )?;
+        self.file = self.rotation.rotate()?;
         self.size = 0;
         Ok(())
     }
@@ -947,7 +985,7 @@ impl RotatingWriter {
 /// rotation of `events.jsonl` and `alerts.jsonl`. A rotation that failed after moving the file
 /// away only has its open left to do: shifting again would push the kept files out, one per
 /// retry. `failing_opens`: opens a test makes fail (say, for want of file descriptors).
-pub(crate) fn rotate_file(
+fn rotate_file(
     path: &Path,
     max_files: u32,
     #[cfg(test)] failing_opens: &mut u32,
@@ -1650,7 +1688,7 @@ mod tests {
         let path = options.path.clone();
         std::fs::write(rotated_name(&path, 2), "kept\n").unwrap();
         let mut writer = RotatingWriter::open(options).unwrap();
-        writer.failing_opens = 1;
+        writer.rotation.failing_opens = 1;
         let stats = EventStats::default();
         let line = |n: usize| format!("{{\"line\":{n:03},\"pad\":\"{}\"}}\n", "p".repeat(40));
         let lines = |from: usize, count: usize| {
@@ -1675,7 +1713,7 @@ mod tests {
         );
         assert!(!path.exists());
         // Past the retry: the new file is opened, and nothing shifts again.
-        writer.retry_rotation_at = Some(std::time::Instant::now());
+        writer.rotation.retry_now();
         writer.write_batch(lines(3, 1), &stats);
         assert_eq!(stats.written.load(Ordering::Relaxed), 4);
         assert_eq!(stats.rotations.load(Ordering::Relaxed), 1);
