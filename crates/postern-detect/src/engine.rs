@@ -544,7 +544,7 @@ struct KeyState {
     /// the open minute or before are left out of the rates (counted, a clock catching up would
     /// pile them up there); after [`BEHIND_LIMIT_MS`] the open minute starts again at the new
     /// time.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     behind_since_ms: Option<i64>,
 }
 
@@ -819,21 +819,27 @@ impl Engine {
             baseline: 0.0,
         };
         let quiet_ms = config.alert_cooldown_seconds * 1_000;
+        // Records `name` in `set`: whether that is news worth an alert of `kind` (first seen,
+        // its key warm, and past a full set not within the cooldown of the last such alert).
+        let news = |set: &mut NoveltySet,
+                    last_alert_ms: &mut HashMap<AlertKind, i64>,
+                    name: &str,
+                    kind: AlertKind,
+                    warm: bool| {
+            set.record(name, now_ms, config.max_novelty_entries)
+                .is_some_and(|full| {
+                    warm && novelty_due(last_alert_ms, kind, full, now_ms, quiet_ms)
+                })
+        };
         if let Some(integration_state) = self.keys.get_mut(integration_key) {
             let integration_warm = now_ms - integration_state.first_seen_ms >= warm_ms;
-            let new = integration_state
-                .callers
-                .record(caller, now_ms, config.max_novelty_entries);
-            if new.is_some_and(|full| {
-                integration_warm
-                    && novelty_due(
-                        &mut integration_state.last_alert_ms,
-                        AlertKind::NewCaller,
-                        full,
-                        now_ms,
-                        quiet_ms,
-                    )
-            }) {
+            if news(
+                &mut integration_state.callers,
+                &mut integration_state.last_alert_ms,
+                caller,
+                AlertKind::NewCaller,
+                integration_warm,
+            ) {
                 alerts.push(alert(
                     AlertKind::NewCaller,
                     0.8,
@@ -849,36 +855,24 @@ impl Engine {
             .or_insert_with(|| KeyState::new(now_ms, minute));
         let caller_warm = now_ms - state.first_seen_ms >= warm_ms;
         if let Some(operation) = &event.operation {
-            let new = state
-                .operations
-                .record(operation, now_ms, config.max_novelty_entries);
-            if new.is_some_and(|full| {
-                caller_warm
-                    && novelty_due(
-                        &mut state.last_alert_ms,
-                        AlertKind::NewOperation,
-                        full,
-                        now_ms,
-                        quiet_ms,
-                    )
-            }) {
+            if news(
+                &mut state.operations,
+                &mut state.last_alert_ms,
+                operation,
+                AlertKind::NewOperation,
+                caller_warm,
+            ) {
                 alerts.push(alert(AlertKind::NewOperation, 0.5, 1.0, Some(operation)));
             }
         }
         if let Some(source) = &event.source_ip {
-            let new = state
-                .sources
-                .record(source, now_ms, config.max_novelty_entries);
-            if new.is_some_and(|full| {
-                caller_warm
-                    && novelty_due(
-                        &mut state.last_alert_ms,
-                        AlertKind::NewSource,
-                        full,
-                        now_ms,
-                        quiet_ms,
-                    )
-            }) {
+            if news(
+                &mut state.sources,
+                &mut state.last_alert_ms,
+                source,
+                AlertKind::NewSource,
+                caller_warm,
+            ) {
                 alerts.push(alert(
                     AlertKind::NewSource,
                     0.7,
