@@ -21,7 +21,9 @@
 /// ones of a template (`{id2}`, …) because the config wants distinct names.
 pub const PLACEHOLDER: &str = "{id}";
 /// Segments a template keeps; the rest of a longer path becomes one last [`PLACEHOLDER`], so
-/// what a caller sends cannot grow the inventory without bound.
+/// what a caller sends cannot grow the inventory without bound. (That last placeholder stands
+/// for one segment when the template is matched: the shortened template names its endpoint,
+/// it does not match the paths it came from.)
 pub const MAX_SEGMENTS: usize = 32;
 /// A segment longer than this is a value: no API names a resource so long.
 const MAX_NAME_CHARS: usize = 64;
@@ -120,12 +122,12 @@ fn is_value(segment: &str, previous: Option<&str>) -> bool {
     if segment.is_empty() || is_date(segment) || is_version(segment) {
         return false;
     }
-    let digits = segment.chars().filter(char::is_ascii_digit).count();
-    let letters = segment.chars().filter(char::is_ascii_alphabetic).count();
     let length = segment.chars().count();
     if length > MAX_NAME_CHARS {
         return true;
     }
+    let digits = segment.chars().filter(char::is_ascii_digit).count();
+    let letters = segment.chars().filter(char::is_ascii_alphabetic).count();
 
     let number = segment.strip_prefix('+').unwrap_or(segment);
     if !number.is_empty() && number.chars().all(|c| c.is_ascii_digit()) {

@@ -64,7 +64,10 @@ impl InterceptCa {
             .next()
             .context("the interception CA file holds no certificate")?;
         // Leaves signed by a key that is not the certificate's would verify for no client.
-        if memchr::memmem::find(&ca_der, issuer.key().public_key_raw()).is_none() {
+        let certified_key = x509_parser::parse_x509_certificate(&ca_der)
+            .map(|(_, certificate)| certificate.public_key().subject_public_key.data.to_vec())
+            .context("parsing the interception CA certificate")?;
+        if certified_key != issuer.key().public_key_raw() {
             anyhow::bail!(
                 "the interception CA key {} is not the key of its certificate {}; restore the pair from backup, or move the ca/ directory away to have a new CA generated (clients must then trust the new one)",
                 ca_dir(data_dir).join(CA_KEY_FILE).display(),
@@ -186,9 +189,8 @@ fn ensure_ca_files(data_dir: &Path) -> anyhow::Result<(String, String)> {
             }
         }
     }
-    let renamed = std::fs::rename(&tmp, &dir);
-    let _ = std::fs::remove_dir_all(&tmp);
-    if let Err(error) = renamed {
+    if let Err(error) = std::fs::rename(&tmp, &dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
         return match read_ca_files(&dir)? {
             Some(files) => Ok(files),
             None => Err(error).with_context(|| format!("creating {}", dir.display())),
