@@ -267,11 +267,23 @@ fn evict_refused_only(connection: &Connection) -> rusqlite::Result<bool> {
     Ok(true)
 }
 
+/// SQL setting `column` to `column + addend`, saturating at SQLite's largest integer: past it
+/// SQLite would store a REAL, which `load` cannot read back as a count.
+fn saturating_add(column: &str, addend: &str) -> String {
+    format!(
+        "{column} = CASE WHEN {column} > 9223372036854775807 - {addend} \
+         THEN 9223372036854775807 ELSE {column} + {addend} END"
+    )
+}
+
 fn add_dropped_calls(connection: &Connection, calls: u64) -> rusqlite::Result<()> {
     if calls > 0 {
+        let add = saturating_add("value", "excluded.value");
         connection.execute(
-            "INSERT INTO meta (key, value) VALUES ('dropped_calls', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = CASE WHEN value > 9223372036854775807 - excluded.value THEN 9223372036854775807 ELSE value + excluded.value END",
+            &format!(
+                "INSERT INTO meta (key, value) VALUES ('dropped_calls', ?1)
+                 ON CONFLICT (key) DO UPDATE SET {add}"
+            ),
             [to_sql(calls)],
         )?;
     }
@@ -290,18 +302,23 @@ fn merge_in(connection: &Connection, delta: &Inventory, limits: &Limits) -> rusq
             bytes_out, bytes_in, callers_truncated, endpoints_truncated, seen_by_proxy, seen_by_import)
          VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0, 0, 0, 0, 0)",
     )?;
-    // Totals saturate at SQLite's largest integer: past it SQLite would store a REAL, which
-    // `load` cannot read back as a count.
-    let mut update_host = connection.prepare_cached(
+    // Totals saturate ([`saturating_add`]).
+    let totals = [
+        ("calls", "?5"),
+        ("blocked_calls", "?6"),
+        ("bytes_out", "?7"),
+        ("bytes_in", "?8"),
+        ("callers_truncated", "?9"),
+        ("endpoints_truncated", "?10"),
+    ]
+    .map(|(column, addend)| saturating_add(column, addend))
+    .join(", ");
+    let mut update_host = connection.prepare_cached(&format!(
         "UPDATE hosts SET
-            first_seen_ms = min(first_seen_ms, ?3), last_seen_ms = max(last_seen_ms, ?4),
-            calls = CASE WHEN calls > 9223372036854775807 - ?5 THEN 9223372036854775807 ELSE calls + ?5 END, blocked_calls = CASE WHEN blocked_calls > 9223372036854775807 - ?6 THEN 9223372036854775807 ELSE blocked_calls + ?6 END,
-            bytes_out = CASE WHEN bytes_out > 9223372036854775807 - ?7 THEN 9223372036854775807 ELSE bytes_out + ?7 END, bytes_in = CASE WHEN bytes_in > 9223372036854775807 - ?8 THEN 9223372036854775807 ELSE bytes_in + ?8 END,
-            callers_truncated = CASE WHEN callers_truncated > 9223372036854775807 - ?9 THEN 9223372036854775807 ELSE callers_truncated + ?9 END,
-            endpoints_truncated = CASE WHEN endpoints_truncated > 9223372036854775807 - ?10 THEN 9223372036854775807 ELSE endpoints_truncated + ?10 END,
+            first_seen_ms = min(first_seen_ms, ?3), last_seen_ms = max(last_seen_ms, ?4), {totals},
             seen_by_proxy = max(seen_by_proxy, ?11), seen_by_import = max(seen_by_import, ?12)
-         WHERE host = ?1 AND port = ?2",
-    )?;
+         WHERE host = ?1 AND port = ?2"
+    ))?;
     let mut count_callers =
         connection.prepare_cached("SELECT count(*) FROM callers WHERE host = ?1 AND port = ?2")?;
     let mut insert_caller = connection
