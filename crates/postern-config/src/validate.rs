@@ -1408,7 +1408,9 @@ impl Validator<'_> {
 }
 
 /// A host name (letters, digits, '-' labels, dots) or `*.` followed by one.
-fn check_host_pattern(pattern: &str) -> Result<(), &'static str> {
+/// Whether `pattern` may stand in a `hosts`, `allow_hosts` or `deny_hosts` list (a lowercase DNS
+/// name, optionally `*.` + a name): `Err` says why not.
+pub fn check_host_pattern(pattern: &str) -> Result<(), &'static str> {
     let name = pattern.strip_prefix("*.").unwrap_or(pattern);
     if name.is_empty() || name.len() > 253 {
         return Err("the name is empty or too long");

@@ -109,18 +109,27 @@ fn write_draft(out: &mut String, host: &DiscoveredHost, name: &str) -> std::fmt:
             toml_string(&format!("https://{upstream_host}:{port}"))
         )?,
     }
-    if host.host.contains(':') {
-        // An IPv6 address is no `hosts` entry (the config takes names and IPv4 addresses): the
-        // integration is reached by path only, until the vendor's name is put here.
-        writeln!(
-            out,
-            "# hosts = [{}]   # TODO: IPv6 addresses cannot be `hosts` entries; put the vendor's host name here to reach it through the proxy",
-            toml_string(&host.host)
-        )?;
-        writeln!(out, "# intercept = true")?;
-    } else {
-        writeln!(out, "hosts = [{}]", toml_string(&host.host))?;
-        writeln!(out, "intercept = true")?;
+    // What the config takes as a `hosts` entry (names and IPv4 addresses); anything else (an
+    // IPv6 address, an imported name the config refuses) is commented out: the integration is
+    // reached by path only, until the vendor's name is put there.
+    match postern_config::check_host_pattern(&host.host) {
+        Ok(()) => {
+            writeln!(out, "hosts = [{}]", toml_string(&host.host))?;
+            writeln!(out, "intercept = true")?;
+        }
+        Err(why) => {
+            let why = if host.host.contains(':') {
+                "IPv6 addresses cannot be `hosts` entries"
+            } else {
+                why
+            };
+            writeln!(
+                out,
+                "# hosts = [{}]   # TODO: {why}; put the vendor's host name here to reach it through the proxy",
+                toml_string(&host.host)
+            )?;
+            writeln!(out, "# intercept = true")?;
+        }
     }
     writeln!(
         out,
@@ -401,13 +410,15 @@ mod tests {
         );
     }
 
-    /// A draft is a config `postern check` takes, for a host name and an IPv6 address alike
-    /// (which no `hosts` entry can hold, so it is left as a comment).
+    /// A draft is a config `postern check` takes, for a host name, an IPv6 address and an
+    /// imported name the config refuses as a `hosts` entry alike (those two are left as a
+    /// comment).
     #[test]
     fn drafts_pass_the_config_check() {
         for (host, hosts_line) in [
             ("api.stripe.com", "hosts = [\"api.stripe.com\"]"),
             ("2001:db8::1", "# hosts = [\"2001:db8::1\"]"),
+            ("api-.example.com", "# hosts = [\"api-.example.com\"]"),
         ] {
             let mut inventory = crate::Inventory::new();
             inventory.record(&crate::Observation {
