@@ -559,7 +559,13 @@ impl RunningGateway {
     /// Listener addresses, TLS files and data_dir are fixed at start; changes to them are
     /// reported and need a restart.
     pub fn reload(&self, config: Config) -> anyhow::Result<Vec<String>> {
-        let mut config = config;
+        let result = self.apply_reload(config);
+        self.count_reload(result.is_ok());
+        result
+    }
+
+    /// [`RunningGateway::reload`], before it is counted.
+    fn apply_reload(&self, mut config: Config) -> anyhow::Result<Vec<String>> {
         let mut notes = Vec::new();
         // Compared with the values the gateway started with, not the last reload's, and put
         // back to them: a key that needs a restart takes effect nowhere until one.
@@ -571,9 +577,7 @@ impl RunningGateway {
             ));
         }
         let hash = match &config.gateway.admin_token_sha256 {
-            Some(_) => admin_token_hash(&config, &self.data_dir).inspect_err(|_| {
-                self.count_reload(false);
-            })?,
+            Some(_) => admin_token_hash(&config, &self.data_dir)?,
             None => *self
                 .shared
                 .admin_token_sha256
@@ -581,14 +585,10 @@ impl RunningGateway {
                 .expect("admin token lock"),
         };
         let max_age_days = config.gateway.credential_max_age_days;
-        let result = self.shared.rebuild(Some((config, hash)));
-        if result.is_ok() {
-            self.shared
-                .credential_max_age_days
-                .store(max_age_days, Ordering::Relaxed);
-        }
-        self.count_reload(result.is_ok());
-        notes.extend(result?);
+        notes.extend(self.shared.rebuild(Some((config, hash)))?);
+        self.shared
+            .credential_max_age_days
+            .store(max_age_days, Ordering::Relaxed);
         Ok(notes)
     }
 
