@@ -726,10 +726,7 @@ async fn a_lookup_that_never_ends_is_bounded_by_the_connect_timeout() {
     let started = std::time::Instant::now();
     let answer = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        client()
-            .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
-            .bearer_auth(&gw.token)
-            .send(),
+        get_charge(&client(), &gw),
     )
     .await
     .expect("answered, not held by the lookup")
@@ -2669,14 +2666,9 @@ async fn a_reload_reads_the_ca_file_again() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let other = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = stripe_gateway(&vendor, "").await;
-    let charge = || {
-        client()
-            .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
-            .bearer_auth(&gw.token)
-            .send()
-    };
+    let charge = || get_charge(&client(), &gw);
     assert_eq!(charge().await.unwrap().status(), 200);
-    let ca_path = gw.config_path.parent().unwrap().join("vendor-ca.pem");
+    let ca_path = gw.vendor_ca_path();
     let reload = || {
         let config = postern_config::load(&gw.config_path).unwrap();
         gw.running().reload(config)

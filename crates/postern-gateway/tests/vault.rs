@@ -235,7 +235,7 @@ async fn a_credential_change_applies_with_the_compiled_policies() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(call(&gw, "one").await.0, 200);
     // Both files broken on disk, then a rotation: it answers 200 and applies at once.
-    let ca_file = gw.config_path.parent().unwrap().join("vendor-ca.pem");
+    let ca_file = gw.vendor_ca_path();
     std::fs::write(&ca_file, "being rewritten").unwrap();
     std::fs::write(
         &policies,

@@ -604,6 +604,9 @@ fn read_events(data_dir: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The file, beside the config, holding the vendor CA a test gateway starts with (`{ca}`).
+const VENDOR_CA_FILE: &str = "vendor-ca.pem";
+
 /// A running gateway with one caller `checkout` whose token is `token`.
 pub struct TestGateway {
     pub gateway: Option<RunningGateway>,
@@ -662,7 +665,7 @@ impl TestGateway {
         resolver: Option<std::sync::Arc<dyn postern_netguard::Resolve>>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ca_path = dir.path().join("vendor-ca.pem");
+        let ca_path = dir.path().join(VENDOR_CA_FILE);
         if let Some(pem) = ca_pem {
             std::fs::write(&ca_path, pem).unwrap();
         }
@@ -713,6 +716,11 @@ token_sha256 = "{reporting}"
 
     pub fn running(&self) -> &RunningGateway {
         self.gateway.as_ref().unwrap()
+    }
+
+    /// The vendor CA file the config's `{ca}` names (written when the gateway started with one).
+    pub fn vendor_ca_path(&self) -> PathBuf {
+        self.config_path.parent().unwrap().join(VENDOR_CA_FILE)
     }
 
     /// Events written so far (flushes first).
