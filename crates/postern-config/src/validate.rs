@@ -450,7 +450,7 @@ impl Validator<'_> {
                         format!("caller `{name}` has the same token_sha256 as caller `{other}`"),
                         "give every caller its own token",
                     );
-                } else if admin_token_sha256.is_some_and(|admin| admin.eq_ignore_ascii_case(&digest)) {
+                } else if admin_token_sha256.is_some_and(|admin| admin == digest) {
                     self.error(
                         value.span(),
                         format!("caller `{name}` has the admin token's hash (`admin_token_sha256`)"),

@@ -131,22 +131,20 @@ fn watch_file(
 ) -> Option<notify::RecommendedWatcher> {
     let absolute = std::path::absolute(path).ok()?;
     let mut directories = vec![absolute.parent()?.to_path_buf()];
-    if let Some(target_directory) = std::fs::canonicalize(&absolute)
-        .ok()
+    let target = std::fs::canonicalize(&absolute).ok();
+    if let Some(target_directory) = target
+        .as_deref()
         .and_then(|target| target.parent().map(Path::to_path_buf))
     {
         if !directories.contains(&target_directory) {
             directories.push(target_directory);
         }
     }
-    let names: Vec<std::ffi::OsString> = [
-        Some(absolute.clone()),
-        std::fs::canonicalize(&absolute).ok(),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|path| path.file_name().map(ToOwned::to_owned))
-    .collect();
+    let names: Vec<std::ffi::OsString> = [Some(absolute.clone()), target]
+        .into_iter()
+        .flatten()
+        .filter_map(|path| path.file_name().map(ToOwned::to_owned))
+        .collect();
     let seen = std::sync::Mutex::new(file_fingerprint(&absolute));
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else {
