@@ -62,6 +62,18 @@ async fn start_with_key(
     key: &str,
     gateway_extra: &str,
 ) -> TestGateway {
+    start_with_key_and_resolver(body, ca, key_file, key, gateway_extra, None).await
+}
+
+/// [`start_with_key`], vendor hosts looked up by `resolver`.
+async fn start_with_key_and_resolver(
+    body: &str,
+    ca: Option<&str>,
+    key_file: &str,
+    key: &str,
+    gateway_extra: &str,
+    resolver: Option<Arc<dyn postern_netguard::Resolve>>,
+) -> TestGateway {
     let staging = tempfile::tempdir().unwrap();
     let key_path = staging.path().join(key_file);
     std::fs::write(&key_path, key).unwrap();
@@ -69,7 +81,7 @@ async fn start_with_key(
         &format!("{{dir}}/{key_file}"),
         &key_path.display().to_string(),
     );
-    let gateway = TestGateway::start_with_gateway(&body, ca, gateway_extra).await;
+    let gateway = TestGateway::start_with_resolver(&body, ca, gateway_extra, resolver).await;
     // Keep the staging dir alive for the test's duration.
     std::mem::forget(staging);
     gateway
@@ -644,31 +656,26 @@ impl postern_netguard::Resolve for Rebinding {
 }
 
 /// A Stripe-like gateway (`extra` in its integration, `gateway_extra` in `[gateway]`) whose
-/// vendor is reached by the name `LocalHost`, looked up by `resolver`; the staging directory of
-/// its key file is kept with it.
+/// vendor is reached by the name `LocalHost`, looked up by `resolver`.
 async fn by_name_gateway(
     vendor: &TestVendor,
     extra: &str,
     gateway_extra: &str,
     resolver: Arc<dyn postern_netguard::Resolve>,
-) -> (TestGateway, tempfile::TempDir) {
-    let staging = tempfile::tempdir().unwrap();
-    let key_path = staging.path().join("stripe-key");
-    std::fs::write(&key_path, VENDOR_KEY).unwrap();
-    let body = stripe_like(vendor, extra)
-        .replace(
-            &format!("https://127.0.0.1:{}", vendor.addr.port()),
-            &format!("https://LocalHost:{}", vendor.addr.port()),
-        )
-        .replace("{dir}/stripe-key", &key_path.display().to_string());
-    let gw = TestGateway::start_with_resolver(
+) -> TestGateway {
+    let body = stripe_like(vendor, extra).replace(
+        &format!("https://127.0.0.1:{}", vendor.addr.port()),
+        &format!("https://LocalHost:{}", vendor.addr.port()),
+    );
+    start_with_key_and_resolver(
         &body,
         vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
         gateway_extra,
         Some(resolver),
     )
-    .await;
-    (gw, staging)
+    .await
 }
 
 /// Answers every lookup with the same addresses, ports included.
@@ -692,7 +699,7 @@ async fn a_vendor_address_that_drops_connects_costs_the_attempt_delay_not_the_ti
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let silent = std::net::SocketAddr::from(([127, 0, 0, 1], silent_port));
     let resolver = Arc::new(Fixed(vec![silent, vendor.addr]));
-    let (gw, _staging) = by_name_gateway(&vendor, "connect_timeout_ms = 10000", "", resolver).await;
+    let gw = by_name_gateway(&vendor, "connect_timeout_ms = 10000", "", resolver).await;
     let started = std::time::Instant::now();
     let response = get_charge(&client(), &gw).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -721,8 +728,7 @@ impl postern_netguard::Resolve for Silent {
 #[tokio::test]
 async fn a_lookup_that_never_ends_is_bounded_by_the_connect_timeout() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let (gw, _staging) =
-        by_name_gateway(&vendor, "connect_timeout_ms = 300", "", Arc::new(Silent)).await;
+    let gw = by_name_gateway(&vendor, "connect_timeout_ms = 300", "", Arc::new(Silent)).await;
     let started = std::time::Instant::now();
     let answer = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -768,7 +774,7 @@ async fn the_vendor_host_is_resolved_again_for_each_new_connection() {
         lookups: Default::default(),
     });
     // One worker: every call shares one pool, whichever connection it comes on.
-    let (gw, _staging) = by_name_gateway(&vendor, "", "workers = 1", rebinding.clone()).await;
+    let gw = by_name_gateway(&vendor, "", "workers = 1", rebinding.clone()).await;
     let lookups = || rebinding.lookups.lock().unwrap().len();
     let caller = client();
     let get = |id: &str| {
