@@ -695,30 +695,38 @@ fn keep_start_values(
 ) -> Vec<&'static str> {
     let mut changed = Vec::new();
     macro_rules! keep {
-        ($($key:ident),* $(,)?) => {$(
-            if new.$key != start.$key {
-                changed.push(stringify!($key));
-                new.$key = start.$key.clone();
-            }
-        )*};
+        (restart_only: [$($key:ident),* $(,)?], reloadable: [$($live:ident),* $(,)?]) => {
+            // Every field is named in one list or the other, with no `..`: a new field does
+            // not compile until it is sorted into one.
+            let postern_config::GatewayConfig { $($key: _,)* $($live: _,)* } = start;
+            $(
+                if new.$key != start.$key {
+                    changed.push(stringify!($key));
+                    new.$key = start.$key.clone();
+                }
+            )*
+        };
     }
     keep!(
-        listen,
-        admin_listen,
-        data_dir,
-        tls_cert,
-        tls_key,
-        client_ca,
-        events_max_file_bytes,
-        events_max_files,
-        max_header_bytes,
-        shutdown_grace_ms,
-        idle_timeout_ms,
-        workers,
-        detect,
-        audit_origin,
-        audit_timeout_ms,
-        audit_checkpoint_interval_ms,
+        restart_only: [
+            listen,
+            admin_listen,
+            data_dir,
+            tls_cert,
+            tls_key,
+            client_ca,
+            events_max_file_bytes,
+            events_max_files,
+            max_header_bytes,
+            shutdown_grace_ms,
+            idle_timeout_ms,
+            workers,
+            detect,
+            audit_origin,
+            audit_timeout_ms,
+            audit_checkpoint_interval_ms,
+        ],
+        reloadable: [admin_token_sha256, policies, credential_max_age_days, scan_rules]
     );
     changed
 }
