@@ -326,3 +326,76 @@ async fn changes_made_by_another_process_take_effect_without_restart() {
     .await;
     gw.stop().await;
 }
+
+/// A credential change and a config reload that run at once both take effect: the runtime left
+/// in place has the reload's config and the vault's latest value, whichever built first (a
+/// refresh that rebuilt from the config it found before the reload swapped, or a reload that
+/// read the vault before the change, would leave one of them out). Each round runs the two at
+/// once on two threads, then looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_changes_racing_reloads_leave_both_applied() {
+    const ROUNDS: usize = 40;
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(&integration(&vendor), vendor.ca_pem.as_deref()).await;
+    // Two configs: as started (one grant), and with a second grant, for `reporting`.
+    let started = std::fs::read_to_string(&gw.config_path).unwrap();
+    let granted = gw.config_path.with_file_name("granted.toml");
+    std::fs::write(
+        &granted,
+        format!("{started}\n[[grants]]\ncaller = \"reporting\"\nintegration = \"stripe\"\noperations = [\"get_charge\"]\n"),
+    )
+    .unwrap();
+    let configs = [gw.config_path.clone(), granted];
+    // A second handle on the vault, as `postern creds` or the admin API would change it.
+    let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
+    let running = gw.running();
+    let shared = running.shared();
+    tokio::task::block_in_place(|| {
+        for round in 0..ROUNDS {
+            let config = postern_config::load(&configs[round % 2]).unwrap();
+            let start = std::sync::Barrier::new(2);
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    start.wait();
+                    running.reload(config).unwrap();
+                });
+                scope.spawn(|| {
+                    let value = format!("sk_live_race_{round}");
+                    let now = round as i64 + 1;
+                    start.wait();
+                    match round {
+                        0 => vault.set("stripe-live", "static", value.as_bytes(), now),
+                        _ => vault.rotate("stripe-live", value.as_bytes(), 0, now),
+                    }
+                    .unwrap();
+                    shared.refresh_from_vault().unwrap();
+                });
+            });
+            let runtime = shared.runtime.load();
+            assert_eq!(
+                runtime.config.grants.len(),
+                1 + round % 2,
+                "round {round}: the reload was undone"
+            );
+            assert_eq!(
+                runtime.vault_generation,
+                vault.generation().unwrap(),
+                "round {round}: the credential change was undone"
+            );
+        }
+    });
+    // The last round's config (with the grant) and value are the ones in use.
+    assert_eq!(call(&gw, "after").await.0, 200);
+    assert_eq!(
+        vendor.last().header("authorization").unwrap(),
+        format!("Bearer sk_live_race_{}", ROUNDS - 1)
+    );
+    let reporting = client()
+        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .bearer_auth(REPORTING_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reporting.status(), 200, "the last reload's grant applies");
+    gw.stop().await;
+}

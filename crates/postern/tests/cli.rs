@@ -369,34 +369,28 @@ const TOKEN: &str = "pst_cli_test_token_abcdefghijklmnopqrstuvwxyz";
 
 /// Status code of `GET path` on the gateway, or None if it does not answer.
 fn status(port: u16, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    answer.get(9..12)?.parse().ok()
+    get(port, path, TOKEN)?.get(9..12)?.parse().ok()
 }
 
 /// The admin listener's `/metrics`, with the admin token `serve` generated in `data_dir`.
 fn metrics(admin: u16, data_dir: &Path) -> String {
     let token = std::fs::read_to_string(data_dir.join("admin-token")).unwrap();
-    let mut stream = TcpStream::connect(("127.0.0.1", admin)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    get(admin, "/metrics", token.trim()).expect("the admin listener answers /metrics")
+}
+
+/// The whole answer to `GET path` on `127.0.0.1:port` with `token` as the bearer token, over
+/// one HTTP/1.1 connection the server closes; `None` if it cannot be connected to or read.
+fn get(port: u16, path: &str, token: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
-        "GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n",
-        token.trim()
+        "GET {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
     )
-    .unwrap();
+    .ok()?;
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
 }
 
 /// `postern [global] serve --config CONFIG`, stdout dropped, stderr to `stderr`; killed when
