@@ -267,6 +267,46 @@ async fn a_credential_change_applies_with_the_compiled_policies() {
     gw.stop().await;
 }
 
+/// A change the vault stored but the gateway could not apply (here the vault's caller tokens
+/// cannot be read while the runtime is rebuilt) answers 500 `credential_change_not_applied`,
+/// and calls go on with the previous value; once the vault reads again, the poller applies the
+/// stored change with no further request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_change_that_cannot_be_applied_says_so_and_applies_later() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(&integration(&vendor), vendor.ca_pem.as_deref()).await;
+    let (status, answer) = admin_post(&gw, "/v1/credentials/stripe-live", "sk_live_first_A1").await;
+    assert_eq!(status, 200, "{answer}");
+    // Another connection to the vault file hides the table a rebuild reads caller tokens from.
+    let vault_file = gw.running().data_dir.join(postern_vault::VAULT_FILE);
+    let db = rusqlite::Connection::open(vault_file).unwrap();
+    db.execute_batch("ALTER TABLE caller_tokens RENAME TO caller_tokens_hidden")
+        .unwrap();
+    let (status, answer) = admin_post(
+        &gw,
+        "/v1/credentials/stripe-live/rotate",
+        "sk_live_second_B2",
+    )
+    .await;
+    assert_eq!(status, 500, "{answer}");
+    assert_eq!(answer["error"]["code"], "credential_change_not_applied");
+    assert!(!answer.to_string().contains("sk_live_second_B2"));
+    assert_eq!(call(&gw, "meanwhile").await.0, 200);
+    assert_eq!(
+        vendor.last().header("authorization").unwrap(),
+        "Bearer sk_live_first_A1",
+        "calls go on with the value in use"
+    );
+    db.execute_batch("ALTER TABLE caller_tokens_hidden RENAME TO caller_tokens")
+        .unwrap();
+    eventually("the poller applies the stored change", || async {
+        call(&gw, "after").await.0 == 200
+            && vendor.last().header("authorization").as_deref() == Some("Bearer sk_live_second_B2")
+    })
+    .await;
+    gw.stop().await;
+}
+
 /// Bounded wait for a condition checked by an async probe.
 async fn eventually<F, Fut>(what: &str, mut probe: F)
 where
