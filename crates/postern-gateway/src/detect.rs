@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use postern_detect::engine::{DetectEvent, Engine, EngineConfig};
 
-use crate::events::{open_append, Rotation};
+use crate::events::{open_log, Rotation};
 use crate::metrics::Metrics;
 
 pub const ALERTS_FILE: &str = "alerts.jsonl";
@@ -195,8 +195,7 @@ struct AlertWriter {
 
 impl AlertWriter {
     fn open(options: AlertFileOptions) -> std::io::Result<Self> {
-        let file = open_append(&options.path)?;
-        let size = file.metadata()?.len();
+        let (file, size) = open_log(&options.path)?;
         Ok(AlertWriter {
             max_file_bytes: options.max_file_bytes,
             rotation: Rotation::new(options.path, options.max_files),

@@ -509,6 +509,8 @@ impl EventSink {
     pub fn start(
         options: EventFileOptions,
     ) -> std::io::Result<(EventSink, tokio::task::JoinHandle<()>)> {
+        // Before the writer opens the file, which may end a torn last line.
+        let recent = RecentRing::refilled(&options.path);
         let writer = RotatingWriter::open(options)?;
         let stats = Arc::new(EventStats::default());
         let shared = Arc::new(Shared {
@@ -518,7 +520,7 @@ impl EventSink {
             }),
             wake_writer: Condvar::new(),
             space: Condvar::new(),
-            recent: Mutex::new(RecentRing::default()),
+            recent: Mutex::new(recent),
             stats: stats.clone(),
         });
         let task = tokio::task::spawn_blocking({
@@ -709,6 +711,20 @@ impl Batch {
 }
 
 impl RecentRing {
+    /// The ring as the last run left it: the last [`RECENT_EVENTS_CAPACITY`] events of `path`
+    /// and, before them, of its last rotation (`path.1`), read back at start so the admin API
+    /// still shows the calls made before a restart. Only whole lines that are JSON objects
+    /// come back (a line torn by a crash does not).
+    fn refilled(path: &Path) -> RecentRing {
+        let mut ring = RecentRing::default();
+        for file in [rotated_name(path, 1), path.to_path_buf()] {
+            if let Some(batch) = last_lines(&file) {
+                ring.push(batch);
+            }
+        }
+        ring
+    }
+
     fn push(&mut self, batch: Batch) {
         self.lines += batch.ends.len();
         self.batches.push_back(batch);
@@ -739,6 +755,44 @@ impl RecentRing {
         out.reverse();
         out
     }
+}
+
+/// Bytes read back from the end of an event file at start: room for
+/// [`RECENT_EVENTS_CAPACITY`] events of a typical size (about 400 bytes) twice over.
+const REFILL_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The whole lines in the last [`REFILL_BYTES`] of `file` that are JSON objects, as a batch;
+/// `None` when there are none or the file cannot be read (then the ring starts without them).
+fn last_lines(file: &Path) -> Option<Batch> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut reader = File::open(file).ok()?;
+    let len = reader.metadata().ok()?.len();
+    let start = len.saturating_sub(REFILL_BYTES);
+    reader.seek(SeekFrom::Start(start)).ok()?;
+    let mut tail = Vec::with_capacity((len - start) as usize);
+    reader.read_to_end(&mut tail).ok()?;
+    // Read from inside a line: it begins after the first newline.
+    let mut from = match start {
+        0 => 0,
+        _ => memchr::memchr(b'\n', &tail)? + 1,
+    };
+    let mut batch = Batch {
+        bytes: Vec::with_capacity(tail.len() - from),
+        ends: Vec::new(),
+    };
+    let first = from;
+    for end in memchr::memchr_iter(b'\n', &tail[first..]).map(|at| first + at) {
+        let line = &tail[from..end];
+        from = end + 1;
+        let object = line.first() == Some(&b'{')
+            && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok();
+        if object {
+            batch.bytes.extend_from_slice(line);
+            batch.ends.push(batch.bytes.len() as u32);
+            batch.bytes.push(b'\n');
+        }
+    }
+    (!batch.ends.is_empty()).then_some(batch)
 }
 
 /// Marks the writer gone however it ends (a panic included), so producers and `flush()` never
@@ -891,8 +945,7 @@ impl RotatingWriter {
         if let Some(parent) = options.path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let file = open_append(&options.path)?;
-        let size = file.metadata()?.len();
+        let (file, size) = open_log(&options.path)?;
         Ok(RotatingWriter {
             max_file_bytes: options.max_file_bytes,
             rotation: Rotation::new(options.path, options.max_files),
@@ -1022,8 +1075,30 @@ pub(crate) fn rotated_name(path: &Path, index: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Opens a JSON-lines log (`events.jsonl`, `alerts.jsonl`) for appending, and its size. A last
+/// line a crash tore is ended first, so the next line written is one of its own.
+pub(crate) fn open_log(path: &Path) -> std::io::Result<(File, u64)> {
+    let mut file = open_append(path)?;
+    let mut size = file.metadata()?.len();
+    if size > 0 && !ends_with_newline(path, size)? {
+        file.write_all(b"\n")?;
+        size += 1;
+    }
+    Ok((file, size))
+}
+
+/// Whether the last of the `size` bytes of `path` is a newline.
+fn ends_with_newline(path: &Path, size: u64) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(size - 1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
 /// Opens a log file for appending (created with mode 0640).
-pub(crate) fn open_append(path: &Path) -> std::io::Result<File> {
+fn open_append(path: &Path) -> std::io::Result<File> {
     let mut options = OpenOptions::new();
     options.create(true).append(true);
     #[cfg(unix)]
@@ -1762,5 +1837,70 @@ mod tests {
         task.await.unwrap();
         let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
         assert_eq!(text.lines().count(), 11);
+    }
+
+    /// A restart keeps what the admin API shows: the events of the last run come back from the
+    /// file and its last rotation, oldest first, then the new run's. A line a crash tore (no
+    /// newline) and a line that is not a JSON object are left out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recent_events_are_read_back_from_the_files_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(rotated_name(&path, 1), "{\"n\":1}\n{\"n\":2}\n").unwrap();
+        std::fs::write(rotated_name(&path, 2), "{\"n\":0}\n").unwrap();
+        std::fs::write(&path, "{\"n\":3}\nnot json\n{\"n\":4}\n{\"n\":5,\"torn").unwrap();
+        let (sink, task) = EventSink::start(options(dir.path(), u64::MAX)).unwrap();
+        let n =
+            |line: &Arc<str>| serde_json::from_str::<serde_json::Value>(line).unwrap()["n"].clone();
+        let recent = sink.recent(10);
+        assert_eq!(recent.iter().map(n).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(sink.recent(2).iter().map(n).collect::<Vec<_>>(), [3, 4]);
+        sink.record_now(sample());
+        sink.flush().await;
+        let recent = sink.recent(10);
+        assert_eq!(recent.len(), 5);
+        assert_eq!(n(&recent[3]), 4);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&recent[4]).unwrap()["reason"],
+            "not_granted"
+        );
+        drop(sink);
+        task.await.unwrap();
+        // The torn line was ended before the new event, which is a whole line of its own.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[3], "{\"n\":5,\"torn");
+        serde_json::from_str::<serde_json::Value>(lines[4]).unwrap();
+    }
+
+    /// From a file longer than the ring, the last [`RECENT_EVENTS_CAPACITY`] events come back,
+    /// read from its end only (the line cut by where the read starts is skipped).
+    #[test]
+    fn a_long_event_file_gives_back_its_last_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let padding = "x".repeat(1000);
+        let mut text = String::new();
+        let total = REFILL_BYTES as usize / 1000 + 100;
+        for index in 0..total {
+            text.push_str(&format!("{{\"n\":{index},\"pad\":\"{padding}\"}}\n"));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let ring = RecentRing::refilled(&path);
+        let lines = ring.last(usize::MAX);
+        // Every whole line within the bytes read: all but the one the read began inside.
+        let longest = text.lines().map(|line| line.len() + 1).max().unwrap() as u64;
+        assert!(lines.len() < total);
+        assert!(
+            lines.len() as u64 >= REFILL_BYTES / longest - 1,
+            "{}",
+            lines.len()
+        );
+        // Consecutive, up to the file's last event.
+        let first = total - lines.len();
+        for (offset, line) in lines.iter().enumerate() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(value["n"], first + offset);
+        }
     }
 }
