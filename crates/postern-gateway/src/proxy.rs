@@ -1262,8 +1262,10 @@ fn classify_upstream_error(
         return refusal;
     }
     if let UpstreamError::Connect(connect) = error {
-        tracing::warn!(integration = %integration.name, request_id = %context.request_id, error = %connect, "upstream connection refused or failed");
-        return connect_error(&format!("the vendor of {}", integration.name), connect);
+        let refusal = connect_error(&format!("the vendor of {}", integration.name), connect);
+        // The log says which failure it was, with the code the call's event carries.
+        tracing::warn!(integration = %integration.name, request_id = %context.request_id, code = refusal.code, error = %connect, "could not connect to the vendor");
+        return refusal;
     }
     if matches!(error, UpstreamError::Tls { .. }) || has_tls_error(error) {
         tracing::warn!(integration = %integration.name, request_id = %context.request_id, error = %error_chain(error), "TLS to the vendor failed");

@@ -794,7 +794,7 @@ fn read_secret(
         SecretSource::Env(name) => Zeroizing::new(std::env::var(name).map_err(|_| {
             unavailable(format!(
                 "credential unavailable: environment variable {name} is not set \
-                 (fix: export {name} before starting postern, or use from_file)"
+                 (fix: export {name} before starting postern, or use from_file or a vault `secret`)"
             ))
         })?),
         SecretSource::File(path) => Zeroizing::new(
