@@ -765,6 +765,10 @@ const REFILL_BYTES: u64 = 8 * 1024 * 1024;
 /// `None` when there are none or the file cannot be read (then the ring starts without them).
 fn last_lines(file: &Path) -> Option<Batch> {
     use std::io::{Read, Seek, SeekFrom};
+    // Only a regular file: opening a FIFO or a terminal to read would wait on its writer.
+    if !std::fs::metadata(file).is_ok_and(|metadata| metadata.is_file()) {
+        return None;
+    }
     let mut reader = File::open(file).ok()?;
     let len = reader.metadata().ok()?.len();
     let start = len.saturating_sub(REFILL_BYTES);
@@ -784,8 +788,10 @@ fn last_lines(file: &Path) -> Option<Batch> {
     for end in memchr::memchr_iter(b'\n', &tail[first..]).map(|at| first + at) {
         let line = &tail[from..end];
         from = end + 1;
+        // UTF-8 checked first (the admin API serves the lines as they are), then the JSON.
         let object = line.first() == Some(&b'{')
-            && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok();
+            && std::str::from_utf8(line)
+                .is_ok_and(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok());
         if object {
             batch.bytes.extend_from_slice(line);
             batch.ends.push(batch.bytes.len() as u32);
@@ -1079,22 +1085,25 @@ pub(crate) fn rotated_name(path: &Path, index: u32) -> PathBuf {
 /// line a crash tore is ended first, so the next line written is one of its own.
 pub(crate) fn open_log(path: &Path) -> std::io::Result<(File, u64)> {
     let mut file = open_append(path)?;
-    let mut size = file.metadata()?.len();
-    if size > 0 && !ends_with_newline(path, size)? {
+    let metadata = file.metadata()?;
+    let mut size = metadata.len();
+    // Best effort: a file that can be appended to but not read (or that is no regular file)
+    // is appended to as before.
+    if metadata.is_file() && size > 0 && last_byte(path, size).is_some_and(|last| last != b'\n') {
         file.write_all(b"\n")?;
         size += 1;
     }
     Ok((file, size))
 }
 
-/// Whether the last of the `size` bytes of `path` is a newline.
-fn ends_with_newline(path: &Path, size: u64) -> std::io::Result<bool> {
+/// The last of the `size` bytes of `path`, if it can be read.
+fn last_byte(path: &Path, size: u64) -> Option<u8> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(size - 1))?;
+    let mut file = File::open(path).ok()?;
+    file.seek(SeekFrom::Start(size - 1)).ok()?;
     let mut last = [0u8; 1];
-    file.read_exact(&mut last)?;
-    Ok(last[0] == b'\n')
+    file.read_exact(&mut last).ok()?;
+    Some(last[0])
 }
 
 /// Opens a log file for appending (created with mode 0640).
@@ -1873,34 +1882,54 @@ mod tests {
         serde_json::from_str::<serde_json::Value>(lines[4]).unwrap();
     }
 
-    /// From a file longer than the ring, the last [`RECENT_EVENTS_CAPACITY`] events come back,
-    /// read from its end only (the line cut by where the read starts is skipped).
+    /// From a file holding more events than the ring, the last [`RECENT_EVENTS_CAPACITY`]
+    /// come back; from one of longer lines, every whole line in the bytes read back. Oldest
+    /// first, up to the file's last event.
     #[test]
     fn a_long_event_file_gives_back_its_last_events() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
-        let padding = "x".repeat(1000);
-        let mut text = String::new();
-        let total = REFILL_BYTES as usize / 1000 + 100;
-        for index in 0..total {
-            text.push_str(&format!("{{\"n\":{index},\"pad\":\"{padding}\"}}\n"));
+        for pad in [300, 1000] {
+            let padding = "x".repeat(pad);
+            let mut text = String::new();
+            let total = REFILL_BYTES as usize / pad + 100;
+            for index in 0..total {
+                text.push_str(&format!("{{\"n\":{index},\"pad\":\"{padding}\"}}\n"));
+            }
+            std::fs::write(&path, &text).unwrap();
+            let lines = RecentRing::refilled(&path).last(usize::MAX);
+            // Whole lines in the bytes read, at least (all lines are about the longest's length).
+            let longest = text.lines().map(|line| line.len() + 1).max().unwrap() as u64;
+            let fit = (REFILL_BYTES / longest) as usize - 1;
+            if fit >= RECENT_EVENTS_CAPACITY {
+                assert_eq!(lines.len(), RECENT_EVENTS_CAPACITY, "{pad}-byte padding");
+            } else {
+                assert!(
+                    lines.len() >= fit && lines.len() < total,
+                    "{pad}-byte padding: {} back",
+                    lines.len()
+                );
+            }
+            let first = total - lines.len();
+            for (offset, line) in lines.iter().enumerate() {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(value["n"], first + offset);
+            }
         }
-        std::fs::write(&path, &text).unwrap();
-        let ring = RecentRing::refilled(&path);
-        let lines = ring.last(usize::MAX);
-        // Every whole line within the bytes read: all but the one the read began inside.
-        let longest = text.lines().map(|line| line.len() + 1).max().unwrap() as u64;
-        assert!(lines.len() < total);
-        assert!(
-            lines.len() as u64 >= REFILL_BYTES / longest - 1,
-            "{}",
-            lines.len()
-        );
-        // Consecutive, up to the file's last event.
-        let first = total - lines.len();
-        for (offset, line) in lines.iter().enumerate() {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!(value["n"], first + offset);
-        }
+    }
+
+    /// A log that is not a regular file (a FIFO no one writes to) is neither read back nor
+    /// waited on.
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_as_the_event_file_is_not_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert_eq!(RecentRing::refilled(&path).lines, 0);
     }
 }
