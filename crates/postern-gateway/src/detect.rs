@@ -64,10 +64,14 @@ impl Detector {
             },
             Err(_) => Engine::new(EngineConfig::default()),
         };
+        // The last run's alerts, read before the writer opens the file (which may end a torn
+        // last line), so `/v1/alerts` still lists them after a restart.
+        let mut earlier = VecDeque::with_capacity(RECENT);
+        earlier.extend(crate::events::read_back(&alert_file.path, RECENT));
         let alerts = AlertWriter::open(alert_file)?;
         let (sender, receiver) = sync_channel(QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
-        let recent = Arc::new(Mutex::new(VecDeque::with_capacity(RECENT)));
+        let recent = Arc::new(Mutex::new(earlier));
         let thread = std::thread::Builder::new()
             .name("postern-detector".to_string())
             .spawn({
@@ -368,7 +372,8 @@ mod tests {
             max_file_bytes: 300,
             max_files: 3,
         };
-        let detector = Detector::start(dir.path(), options, Arc::new(Metrics::new())).unwrap();
+        let detector =
+            Detector::start(dir.path(), options.clone(), Arc::new(Metrics::new())).unwrap();
         // A day of one call a minute from one caller, then callers never seen: each new
         // caller is one `new_caller` alert.
         let start_ms = 1_795_996_800_000i64;
@@ -414,5 +419,12 @@ mod tests {
                 .map(|index| format!("intruder-{index}"))
                 .collect::<Vec<_>>()
         );
+        // After a restart, the list is what the last two files hold.
+        let mut kept = lines(&rotated_name(&path, 1));
+        kept.extend(lines(&path));
+        let again = Detector::start(dir.path(), options, Arc::new(Metrics::new())).unwrap();
+        assert!(!kept.is_empty());
+        assert_eq!(again.recent(usize::MAX), kept);
+        again.stop();
     }
 }

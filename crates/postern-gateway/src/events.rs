@@ -757,6 +757,22 @@ impl RecentRing {
     }
 }
 
+/// The last `keep` lines of a JSON-lines log as [`RecentRing::refilled`] reads them back
+/// (`path.1`, then `path`; whole lines that are JSON objects), oldest first: for the alerts'
+/// list.
+pub(crate) fn read_back(path: &Path, keep: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    for file in [rotated_name(path, 1), path.to_path_buf()] {
+        if let Some(batch) = last_lines(&file) {
+            lines.extend(
+                (0..batch.ends.len())
+                    .map(|index| String::from_utf8_lossy(batch.line(index)).into_owned()),
+            );
+        }
+    }
+    lines.split_off(lines.len().saturating_sub(keep))
+}
+
 /// Bytes read back from the end of an event file at start: room for
 /// [`RECENT_EVENTS_CAPACITY`] events of a typical size (about 400 bytes) twice over.
 const REFILL_BYTES: u64 = 8 * 1024 * 1024;
