@@ -375,18 +375,28 @@ mod tests {
         drop(client);
     }
 
+    /// A connection whose reads `in_flight` excuses (first byte within 10 s, then idle for at
+    /// most 60 s), once its peer's first bytes are read: (the peer, the connection).
+    async fn spoken_to(
+        in_flight: &InFlight,
+    ) -> (tokio::io::DuplexStream, Deadline<tokio::io::DuplexStream>) {
+        let secs = Duration::from_secs;
+        let (mut client, server) = tokio::io::duplex(16);
+        let mut server = Deadline::new(server, secs(10), secs(60)).excusing(in_flight.clone());
+        client.write_all(b"GET").await.unwrap();
+        assert_eq!(server.read(&mut [0u8; 8]).await.unwrap(), 3);
+        (client, server)
+    }
+
     /// While a call waits on its vendor a waiting read is not cut, however long; once the wait
     /// ends the idle limit applies again, an idle period after the end (its answer may still be
     /// on its way out); and a write the peer does not take is cut even while a call waits.
     #[tokio::test(start_paused = true)]
     async fn a_call_in_flight_excuses_a_waiting_read_but_not_a_stalled_write() {
         let secs = Duration::from_secs;
-        let (mut client, server) = tokio::io::duplex(16);
         let in_flight = InFlight::default();
-        let mut server = Deadline::new(server, secs(10), secs(60)).excusing(in_flight.clone());
-        client.write_all(b"GET").await.unwrap();
+        let (client, mut server) = spoken_to(&in_flight).await;
         let mut buf = [0u8; 8];
-        assert_eq!(server.read(&mut buf).await.unwrap(), 3);
         let start = Instant::now();
         let call = in_flight.wait();
         let waiting = server.read(&mut buf);
@@ -399,11 +409,9 @@ mod tests {
         let error = waiting.await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), secs(390));
+        drop(client);
 
-        let (mut client, server) = tokio::io::duplex(16);
-        let mut server = Deadline::new(server, secs(10), secs(60)).excusing(in_flight.clone());
-        client.write_all(b"GET").await.unwrap();
-        assert_eq!(server.read(&mut buf).await.unwrap(), 3);
+        let (client, mut server) = spoken_to(&in_flight).await;
         let _call = in_flight.wait();
         let start = Instant::now();
         let error = server.write_all(&[b'x'; 64]).await.unwrap_err();
@@ -418,13 +426,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_excused_read_does_not_delay_a_stalled_write_beside_it() {
         let secs = Duration::from_secs;
-        let (mut client, server) = tokio::io::duplex(16);
         let in_flight = InFlight::default();
-        let server = Deadline::new(server, secs(10), secs(60)).excusing(in_flight.clone());
+        let (client, server) = spoken_to(&in_flight).await;
         let (mut reader, mut writer) = tokio::io::split(server);
-        client.write_all(b"GET").await.unwrap();
         let mut buf = [0u8; 8];
-        assert_eq!(reader.read(&mut buf).await.unwrap(), 3);
         let _call = in_flight.wait();
         let start = Instant::now();
         tokio::select! {

@@ -920,13 +920,7 @@ async fn short_idle_gateway(vendor: &TestVendor) -> TestGateway {
 #[tokio::test]
 async fn the_caller_idle_limit_spares_a_call_waiting_on_its_vendor() {
     use tokio::io::AsyncReadExt;
-    // Answers each request 900 ms after reading it (the stream limit is not reached).
-    let vendor = TestVendor::tls_with_stream_limit(
-        TestVendor::ok_handler(),
-        100,
-        Duration::from_millis(900),
-    )
-    .await;
+    let vendor = TestVendor::answering_after(Duration::from_millis(900)).await;
     let gw = short_idle_gateway(&vendor).await;
     let response = get_charge(&h2c_client(), &gw).await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);

@@ -174,6 +174,13 @@ impl TestVendor {
         .await
     }
 
+    /// A TLS vendor ([`TestVendor::ok_handler`]) that answers each request `answer_after` it
+    /// has read it, over HTTP/1.1 or h2 (a stream limit no test reaches): a call that waits on
+    /// its vendor.
+    pub async fn answering_after(answer_after: std::time::Duration) -> Self {
+        Self::tls_with_stream_limit(Self::ok_handler(), 100, answer_after).await
+    }
+
     /// TLS vendor offering `alpn`; `limit`: the h2 stream limit and each answer's delay
     /// (`tls_with_stream_limit`).
     async fn tls_with(
