@@ -75,7 +75,8 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default for [`IntegrationConfig::request_timeout_ms`].
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Default for [`IntegrationConfig::response_idle_timeout_ms`] and
-/// [`ProxyConfig::response_idle_timeout_ms`]: the caller connection's own default idle limit.
+/// [`ProxyConfig::response_idle_timeout_ms`]: the same as the default of
+/// [`GatewayConfig::idle_timeout_ms`] (a fixed value: setting that key does not change it).
 pub const DEFAULT_RESPONSE_IDLE_TIMEOUT_MS: u64 = DEFAULT_CALLER_IDLE_TIMEOUT_MS;
 /// Default for [`IntegrationConfig::total_timeout_ms`]: ten minutes.
 pub const DEFAULT_TOTAL_TIMEOUT_MS: u64 = 600_000;

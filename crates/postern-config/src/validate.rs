@@ -1407,7 +1407,6 @@ impl Validator<'_> {
     }
 }
 
-/// A host name (letters, digits, '-' labels, dots) or `*.` followed by one.
 /// Whether `pattern` may stand in a `hosts`, `allow_hosts` or `deny_hosts` list (a lowercase DNS
 /// name, optionally `*.` + a name): `Err` says why not.
 pub fn check_host_pattern(pattern: &str) -> Result<(), &'static str> {

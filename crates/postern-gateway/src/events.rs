@@ -717,10 +717,18 @@ impl RecentRing {
     /// come back (a line torn by a crash does not).
     fn refilled(path: &Path) -> RecentRing {
         let mut ring = RecentRing::default();
-        for file in [rotated_name(path, 1), path.to_path_buf()] {
-            if let Some(batch) = last_lines(&file) {
+        let current = last_lines(path);
+        // The rotated file only when the current one holds too few.
+        if current
+            .as_ref()
+            .is_none_or(|batch| batch.ends.len() < RECENT_EVENTS_CAPACITY)
+        {
+            if let Some(batch) = last_lines(&rotated_name(path, 1)) {
                 ring.push(batch);
             }
+        }
+        if let Some(batch) = current {
+            ring.push(batch);
         }
         ring
     }
@@ -757,20 +765,14 @@ impl RecentRing {
     }
 }
 
-/// The last `keep` lines of a JSON-lines log as [`RecentRing::refilled`] reads them back
-/// (`path.1`, then `path`; whole lines that are JSON objects), oldest first: for the alerts'
-/// list.
+/// The last `keep` lines (at most [`RECENT_EVENTS_CAPACITY`]) of a JSON-lines log, read back
+/// as [`RecentRing::refilled`] reads them, oldest first: for the alerts' list.
 pub(crate) fn read_back(path: &Path, keep: usize) -> Vec<String> {
-    let mut lines = Vec::new();
-    for file in [rotated_name(path, 1), path.to_path_buf()] {
-        if let Some(batch) = last_lines(&file) {
-            lines.extend(
-                (0..batch.ends.len())
-                    .map(|index| String::from_utf8_lossy(batch.line(index)).into_owned()),
-            );
-        }
-    }
-    lines.split_off(lines.len().saturating_sub(keep))
+    RecentRing::refilled(path)
+        .last(keep)
+        .iter()
+        .map(|line| line.to_string())
+        .collect()
 }
 
 /// Bytes read back from the end of an event file at start: room for
@@ -1106,8 +1108,13 @@ pub(crate) fn open_log(path: &Path) -> std::io::Result<(File, u64)> {
     // Best effort: a file that can be appended to but not read (or that is no regular file)
     // is appended to as before.
     if metadata.is_file() && size > 0 && last_byte(path, size).is_some_and(|last| last != b'\n') {
-        file.write_all(b"\n")?;
-        size += 1;
+        match file.write_all(b"\n") {
+            Ok(()) => size += 1,
+            // As a failed write later would be: logged, and the file appended to as it is.
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "could not end the log's torn last line")
+            }
+        }
     }
     Ok((file, size))
 }

@@ -31,9 +31,8 @@ pub fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// The PEM certificates in `pem`, read from `path` (named in the errors); at least one.
 pub fn certificates_in(path: &Path, pem: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing PEM certificates in {}", path.display()))?;
+    let certs = read_certificates_pem(pem)
+        .with_context(|| format!("the certificates in {}", path.display()))?;
     if certs.is_empty() {
         anyhow::bail!(
             "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
@@ -44,7 +43,7 @@ pub fn certificates_in(path: &Path, pem: &[u8]) -> anyhow::Result<Vec<Certificat
 }
 
 pub fn read_private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let pem = read_file(path)?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .with_context(|| format!("parsing the PEM private key in {}", path.display()))?
         .with_context(|| {
