@@ -703,10 +703,11 @@ async fn a_vendor_address_that_drops_connects_costs_the_attempt_delay_not_the_ti
     let started = std::time::Instant::now();
     let response = get_charge(&client(), &gw).await.unwrap();
     assert_eq!(response.status(), 200);
+    // The first address was tried first, and waited for its attempt delay.
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "{took:?}"
     );
     let events = gw.wait_events(1).await;
     assert_eq!(events[0]["upstream_addr"], vendor.addr.to_string());

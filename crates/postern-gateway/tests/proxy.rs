@@ -247,13 +247,8 @@ async fn a_malformed_request_inside_a_tunnel_is_recorded_for_the_tunnels_caller(
     )
     .await
     .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "{head:?}");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let head = answer_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
     let pem = postern_gateway::intercept::export_ca_pem(&gw.running().data_dir).unwrap();
     let mut tls = tls_http1_client(tcp, &pem, VENDOR_HOST).await;
     tls.write_all(b"GET /v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\nx-evil: a\rb\r\n\r\n")

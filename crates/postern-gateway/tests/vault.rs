@@ -264,6 +264,10 @@ async fn a_credential_change_applies_with_the_compiled_policies() {
     .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(call(&gw, "three").await.0, 200);
+    assert_eq!(
+        vendor.last().header("authorization").unwrap(),
+        "Bearer sk_live_three_C3"
+    );
     gw.stop().await;
 }
 
