@@ -615,8 +615,22 @@ async fn absolute(
         ));
     }
     let caller = proxy_caller(runtime, connection, context, request.headers())?;
+    let token = caller.token.as_deref().filter(|t| !t.is_empty());
+    let token_in =
+        |text: &str| token.is_some_and(|token| crate::proxy::contains(text.as_bytes(), token));
+    let token_in_url = || {
+        CallError::bad_request(
+            "caller_token_in_url",
+            "the request URL contains the caller token; send it only in Proxy-Authorization",
+        )
+    };
     let proxy = &runtime.proxy;
     if let Some(integration) = proxy.integration_for_host(&host) {
+        // The path-mode pipeline refuses a caller token in the path or query; its authority
+        // (`http://user:TOKEN@host/`) is looked at here.
+        if token_in(uri.authority().map_or("", |authority| authority.as_str())) {
+            return Err(token_in_url());
+        }
         // The same pipeline as path mode; the request is re-originated to the integration's
         // upstream over TLS.
         let info = Arc::new(connection.tunnelled(
@@ -630,18 +644,12 @@ async fn absolute(
                 mode: "proxy",
             }),
         ));
-        // The path-mode pipeline refuses a caller token in the path or query itself.
         return Ok(Absolute::Registered(info, request));
     }
     // Refused before anything records the URL (discovery keeps hosts and paths).
     let target = uri.to_string();
-    if let Some(token) = caller.token.as_deref().filter(|t| !t.is_empty()) {
-        if crate::proxy::contains(target.as_bytes(), token) {
-            return Err(CallError::bad_request(
-                "caller_token_in_url",
-                "the request URL contains the caller token; send it only in Proxy-Authorization",
-            ));
-        }
+    if token_in(&target) {
+        return Err(token_in_url());
     }
     let decision = proxy.policy.decide(&caller.name, &host, port);
     if !decision.allowed {

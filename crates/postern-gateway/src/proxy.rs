@@ -956,7 +956,7 @@ fn inject(
         if contains(target.as_bytes(), token) {
             return Err(CallError::bad_request(
                 "caller_token_in_url",
-                "the request URL contains the caller token; send it only in the Authorization header",
+                "the request URL contains the caller token; send it only in a header (Authorization, or Proxy-Authorization through the forward proxy)",
             ));
         }
     }

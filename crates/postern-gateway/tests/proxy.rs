@@ -935,6 +935,17 @@ async fn plain_http_to_a_registered_host_runs_the_pipeline_and_is_re_originated_
     let events = gw.wait_events(1).await;
     assert_eq!(events[0]["mode"], "proxy");
     assert_eq!(events[0]["operation"], "get_charge");
+    // The caller token in the URL's user info is refused as in its path or query: nothing
+    // more reaches the vendor.
+    let mut stream = send_proxy_head(
+        &gw,
+        &format!("GET http://user:{CHECKOUT_TOKEN}@{VENDOR_HOST}/v1/charges/ch_9 HTTP/1.1"),
+        80,
+    )
+    .await;
+    let head = answer_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(vendor.seen().len(), 1);
     gw.stop().await;
 }
 
