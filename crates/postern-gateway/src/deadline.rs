@@ -168,11 +168,9 @@ impl<S> Deadline<S> {
             None => *this.started + *this.first_byte,
             Some(last) => last + *this.idle,
         };
+        // A wait that ended since is found when the timer fires (`excused_until`).
         if reading {
             deadline = deadline.max(*this.reads_excused_until);
-            if let Some(ended) = this.in_flight.as_ref().and_then(InFlight::last_ended) {
-                deadline = deadline.max(ended + *this.idle);
-            }
         }
         // The timer is only moved earlier here, never later: activity moves the deadline later
         // on nearly every call, and moving the timer each time was measured to come with tokio
