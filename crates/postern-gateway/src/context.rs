@@ -75,12 +75,6 @@ impl ConnectionInfo {
         }
     }
 
-    /// The same facts, counting its calls in `in_flight`: the one its stream's
-    /// [`crate::deadline::Deadline`] excuses.
-    pub fn counting(self, in_flight: InFlight) -> Self {
-        ConnectionInfo { in_flight, ..self }
-    }
-
     /// The calls in flight on this connection.
     pub fn in_flight(&self) -> &InFlight {
         &self.in_flight
@@ -94,8 +88,10 @@ impl ConnectionInfo {
         }
     }
 
-    /// The same client, inside a tunnel (or an absolute-form request) that `tunnel` describes.
-    pub fn tunnelled(&self, tls: bool, tunnel: Arc<TunnelInfo>) -> Self {
+    /// The same client, inside a tunnel (or an absolute-form request) that `tunnel` describes,
+    /// its calls counted in `in_flight`: the one its stream's [`crate::deadline::Deadline`]
+    /// excuses (an intercepted tunnel's own, or this connection's for an absolute-form request).
+    pub fn tunnelled(&self, tls: bool, tunnel: Arc<TunnelInfo>, in_flight: InFlight) -> Self {
         ConnectionInfo {
             peer: self.peer,
             peer_ip: self.peer_ip.clone(),
@@ -103,7 +99,7 @@ impl ConnectionInfo {
             tls,
             tunnel: Some(tunnel),
             slot: self.slot.clone(),
-            in_flight: self.in_flight.clone(),
+            in_flight,
         }
     }
 }

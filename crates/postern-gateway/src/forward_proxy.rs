@@ -453,11 +453,7 @@ fn intercept(
     // The tunnel's calls excuse its own idle limit while any runs (below); the tunnel stands as
     // a call in flight on the connection it was opened on, whose idle limit leaves it alone.
     let in_flight = crate::deadline::InFlight::default();
-    let info = Arc::new(
-        connection
-            .tunnelled(true, tunnel)
-            .counting(in_flight.clone()),
-    );
+    let info = Arc::new(connection.tunnelled(true, tunnel, in_flight.clone()));
     let outer_call = connection.in_flight().wait();
     let builder = crate::listener::connection_builder(runtime.config.gateway.max_header_bytes);
     // An intercepted tunnel closes after the proxy's idle timeout without a byte either way
@@ -643,6 +639,7 @@ async fn absolute(
                 host: Arc::from(host.as_str()),
                 mode: "proxy",
             }),
+            connection.in_flight().clone(),
         ));
         return Ok(Absolute::Registered(info, request));
     }
