@@ -206,15 +206,10 @@ async fn a_call_waiting_on_its_vendor_outlasts_the_tunnels_idle_limit() {
             response.json::<serde_json::Value>().await.unwrap(),
             serde_json::json!({"ok": true})
         );
-        let mut open = open_gauges(&gw).await.1;
-        for _ in 0..50 {
-            if open == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            open = open_gauges(&gw).await.1;
-        }
-        assert_eq!(open, 0, "the idle tunnel was not closed after its call");
+        eventually("the idle tunnel to close after its call", || async {
+            open_gauges(&gw).await.1 == 0
+        })
+        .await;
     }
     let events = gw.wait_events(2).await;
     let calls: Vec<_> = events
@@ -414,9 +409,11 @@ async fn connect_refuses_internal_targets_and_closed_ports() {
 #[tokio::test]
 async fn discovery_counts_only_the_gateways_refusals_as_blocked() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Bound but not listening: connects are refused, and no other test can take the port
+    // meanwhile (a listener dropped at once gave its port back to be reused).
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let closed_port = closed.local_addr().unwrap().port();
-    drop(closed);
     let gw = intercepting_gateway(
         &vendor,
         "",
@@ -545,15 +542,10 @@ async fn report_mode_passes_unlisted_hosts_through_a_tunnel_and_reports_them() {
     drop(client);
     let events = gw.wait_events(1).await;
     // The tunnel's task ends just after its event: both gauges fall back (bounded wait).
-    let mut gauges = open_gauges(&gw).await;
-    for _ in 0..100 {
-        if gauges == (0, 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        gauges = open_gauges(&gw).await;
-    }
-    assert_eq!(gauges, (0, 0));
+    eventually("both gauges to fall back to 0", || async {
+        open_gauges(&gw).await == (0, 0)
+    })
+    .await;
     let tunnel = &events[0];
     assert_eq!(tunnel["mode"], "tunnel");
     assert_eq!(tunnel["reason"], "host_not_allowed_reported");

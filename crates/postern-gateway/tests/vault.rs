@@ -311,21 +311,6 @@ async fn a_stored_change_that_cannot_be_applied_says_so_and_applies_later() {
     gw.stop().await;
 }
 
-/// Bounded wait for a condition checked by an async probe.
-async fn eventually<F, Fut>(what: &str, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if probe().await {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_by_another_process_take_effect_without_restart() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;

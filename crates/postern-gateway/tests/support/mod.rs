@@ -648,6 +648,21 @@ pub async fn audit_outcome(gw: &TestGateway, request_id: &str) -> postern_tlog::
     panic!("no audit outcome for request {request_id}");
 }
 
+/// Waits until `probe` answers true, looking every 50 ms; panics naming `what` after 5 s.
+pub async fn eventually<F, Fut>(what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if probe().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
 pub fn sha256_hex(text: &str) -> String {
     postern_gateway::token_sha256_hex(text)
 }
