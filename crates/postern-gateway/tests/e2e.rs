@@ -420,12 +420,7 @@ when { context.request_bytes > 100 };
     );
     assert_eq!(ungranted.await.unwrap().status(), 403);
     // A bodiless request needs no length.
-    let get = client()
-        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
-        .bearer_auth(&gw.token)
-        .send()
-        .await
-        .unwrap();
+    let get = get_charge(&client(), &gw).await.unwrap();
     assert_eq!(get.status(), 200);
     assert_eq!(vendor.seen().len(), 3);
     gw.stop().await;
@@ -833,12 +828,7 @@ async fn untrusted_vendor_certificate_is_refused() {
     // No ca_file: the throwaway CA is not in the webpki roots.
     let body = stripe_like(&vendor, "").replace("ca_file = \"{ca}\"\n", "");
     let gw = start_with_key(&body, None, "stripe-key", VENDOR_KEY, "").await;
-    let response = client()
-        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
-        .bearer_auth(&gw.token)
-        .send()
-        .await
-        .unwrap();
+    let response = get_charge(&client(), &gw).await.unwrap();
     assert_eq!(response.status(), 502);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "upstream_tls_error");
@@ -896,8 +886,17 @@ fn get_charge(
     client: &reqwest::Client,
     gw: &TestGateway,
 ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+    get_charge_id(client, gw, "ch_1")
+}
+
+/// `GET /stripe/v1/charges/<id>` as `checkout`, on `client`.
+fn get_charge_id(
+    client: &reqwest::Client,
+    gw: &TestGateway,
+    id: &str,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
     client
-        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .get(format!("{}/stripe/v1/charges/{id}", gw.base))
         .bearer_auth(&gw.token)
         .send()
 }
@@ -963,12 +962,7 @@ async fn an_http2_caller_that_stops_reading_is_still_closed_at_the_idle_limit() 
         .http2_initial_connection_window_size(65_535)
         .build()
         .unwrap();
-    let response = h2c
-        .get(format!("{}/stripe/v1/charges/ch_big", gw.base))
-        .bearer_auth(&gw.token)
-        .send()
-        .await
-        .unwrap();
+    let response = get_charge_id(&h2c, &gw, "ch_big").await.unwrap();
     assert_eq!(response.status(), 200);
     // The answer is left unread: the caller's window fills and Postern has nothing to send.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -1095,12 +1089,7 @@ async fn an_http1_vendor_over_tls_gets_whole_requests_on_one_connection() {
     assert_eq!(sized.header("content-length").as_deref(), Some("23"));
     assert_eq!(&sized.body[..], b"amount=500&currency=eur");
 
-    let response = caller
-        .get(format!("{}/stripe/v1/charges/ch_big", gw.base))
-        .bearer_auth(&gw.token)
-        .send()
-        .await
-        .unwrap();
+    let response = get_charge_id(&caller, &gw, "ch_big").await.unwrap();
     assert_eq!(response.status(), 200);
     let body = response.bytes().await.unwrap();
     assert_eq!(body.len(), 300_000);
@@ -1733,12 +1722,7 @@ async fn body_and_header_limits() {
     );
 
     // Response declared larger than the cap.
-    let response = client()
-        .get(format!("{}/stripe/v1/charges/ch_big", gw.base))
-        .bearer_auth(&gw.token)
-        .send()
-        .await
-        .unwrap();
+    let response = get_charge_id(&client(), &gw, "ch_big").await.unwrap();
     assert_eq!(response.status(), 502);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "response_too_large");
@@ -2498,12 +2482,7 @@ async fn admin_api_health_metrics_integrations_events() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = stripe_gateway(&vendor, "").await;
     for _ in 0..3 {
-        client()
-            .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
-            .bearer_auth(&gw.token)
-            .send()
-            .await
-            .unwrap();
+        get_charge(&client(), &gw).await.unwrap();
     }
     client()
         .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
@@ -2609,12 +2588,7 @@ async fn missing_credential_answers_503_and_readyz_says_why() {
         "from_env = \"POSTERN_TEST_UNSET_VARIABLE_FOR_STRIPE\"",
     );
     let gw = TestGateway::start(&body, vendor.ca_pem.as_deref()).await;
-    let response = client()
-        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
-        .bearer_auth(&gw.token)
-        .send()
-        .await
-        .unwrap();
+    let response = get_charge(&client(), &gw).await.unwrap();
     assert_eq!(response.status(), 503);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "credential_unavailable");
