@@ -88,6 +88,32 @@ impl TunnelsByCaller {
     }
 }
 
+/// An open tunnel, from its `200` until its task ends (a panic included): counted in
+/// [`Shared::tunnels`], holding its caller's [`TunnelPlace`], and standing as a call in flight
+/// on the connection it was opened on, so that connection's idle limit leaves it to its own.
+struct OpenTunnel {
+    shared: Arc<Shared>,
+    _place: TunnelPlace,
+    _outer: crate::deadline::Waiting,
+}
+
+impl OpenTunnel {
+    fn new(shared: &Arc<Shared>, place: TunnelPlace, connection: &ConnectionInfo) -> Self {
+        shared.tunnels.fetch_add(1, Ordering::Relaxed);
+        OpenTunnel {
+            shared: shared.clone(),
+            _place: place,
+            _outer: connection.in_flight().wait(),
+        }
+    }
+}
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.shared.tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for TunnelPlace {
     fn drop(&mut self) {
         let mut held = self
@@ -355,14 +381,12 @@ fn open_tunnel(
     let mut context = context.take();
     let mut shutdown = shared.shutdown_signal();
     let mut decisions = shared.tunnel_decisions();
-    shared.tunnels.fetch_add(1, Ordering::Relaxed);
     // Holds the connection's slot on the listener while the tunnel is open (hyper's connection
-    // task has ended once it handed the socket over), and stands as a call in flight on it, so
-    // the listener's idle limit leaves the tunnel to its own (`idle`).
+    // task has ended once it handed the socket over).
+    let open = OpenTunnel::new(&shared, place, connection);
     let connection = connection.clone();
-    let in_flight = connection.in_flight().wait();
     tokio::spawn(async move {
-        let _held = (connection, in_flight, place);
+        let _held = (connection, open);
         let counts = Arc::new(TunnelCounts::default());
         let mut reason = reason;
         match hyper::upgrade::on(request).await {
@@ -410,7 +434,6 @@ fn open_tunnel(
             seen.bytes_in = received;
             shared.discovered(seen);
         }
-        shared.tunnels.fetch_sub(1, Ordering::Relaxed);
     });
     Response::new(GatewayBody::full(bytes::Bytes::new()))
 }
@@ -450,20 +473,18 @@ fn intercept(
         host: Arc::from(host.as_str()),
         mode: "intercept",
     });
-    // The tunnel's calls excuse its own idle limit while any runs (below); the tunnel stands as
-    // a call in flight on the connection it was opened on, whose idle limit leaves it alone.
+    // The tunnel's calls excuse its own idle limit while any runs (below).
     let in_flight = crate::deadline::InFlight::default();
     let info = Arc::new(connection.tunnelled(true, tunnel, in_flight.clone()));
-    let outer_call = connection.in_flight().wait();
+    let open = OpenTunnel::new(shared, place, connection);
     let builder = crate::listener::connection_builder(runtime.config.gateway.max_header_bytes);
     // An intercepted tunnel closes after the proxy's idle timeout without a byte either way
     // (unless a call in it is waiting for its vendor).
     let idle = Duration::from_millis(runtime.proxy.config.idle_timeout_ms);
     let shared = shared.clone();
     let context = context.take();
-    shared.tunnels.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
-        let _held = (outer_call, place);
+        let _open = open;
         match hyper::upgrade::on(request).await {
             Ok(upgraded) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -526,7 +547,6 @@ fn intercept(
                 );
             }
         }
-        shared.tunnels.fetch_sub(1, Ordering::Relaxed);
     });
     Ok(Response::new(GatewayBody::full(bytes::Bytes::new())))
 }
