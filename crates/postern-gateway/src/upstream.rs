@@ -111,8 +111,12 @@ async fn connect_first(
     let mut running: Vec<(SocketAddr, Attempt)> = Vec::new();
     let mut next = Box::pin(tokio::time::sleep(Duration::ZERO));
     let mut last_error = None;
+    // A failed attempt lets the next one start at once (not at the timer's next tick).
+    let mut start_now = false;
     std::future::poll_fn(|cx| loop {
-        let start_next = running.is_empty() || next.as_mut().poll(cx).is_ready();
+        let start_next = std::mem::take(&mut start_now)
+            || running.is_empty()
+            || next.as_mut().poll(cx).is_ready();
         if start_next {
             if let Some(addr) = waiting.next() {
                 running.push((addr, Box::pin(attempt(addr, connect_timeout))));
@@ -140,8 +144,7 @@ async fn connect_first(
             failed = true;
         }
         if failed {
-            // A failed attempt lets the next one start at once.
-            next.as_mut().reset(tokio::time::Instant::now());
+            start_now = true;
             continue;
         }
         if running.is_empty() {
