@@ -362,42 +362,27 @@ impl Validator<'_> {
                 }
                 text.clone()
             }),
-            audit_checkpoint_interval_ms: match &raw.audit_checkpoint_interval_ms {
-                Some(ms) if *ms.get_ref() < 10 => {
-                    self.error(
-                        ms.span(),
-                        "`audit_checkpoint_interval_ms` must be at least 10",
-                        "use e.g. 1000 (one signed checkpoint per second when the log grew)",
-                    );
-                    1000
-                }
-                Some(ms) => *ms.get_ref(),
-                None => 1000,
-            },
-            audit_timeout_ms: match &raw.audit_timeout_ms {
-                Some(ms) if *ms.get_ref() == 0 => {
-                    self.error(
-                        ms.span(),
-                        "`audit_timeout_ms` must be at least 1",
-                        "use e.g. 2000: how long a call waits for its audit entry to be durable",
-                    );
-                    2000
-                }
-                Some(ms) => *ms.get_ref(),
-                None => 2000,
-            },
-            credential_max_age_days: match &raw.credential_max_age_days {
-                Some(days) if *days.get_ref() == 0 => {
-                    self.error(
-                        days.span(),
-                        "`credential_max_age_days` must be at least 1",
-                        "give the age in days after which a credential is flagged, e.g. 90",
-                    );
-                    DEFAULT_CREDENTIAL_MAX_AGE_DAYS
-                }
-                Some(days) => *days.get_ref(),
-                None => DEFAULT_CREDENTIAL_MAX_AGE_DAYS,
-            },
+            audit_checkpoint_interval_ms: self.at_least_or(
+                &raw.audit_checkpoint_interval_ms,
+                10,
+                1000,
+                "`audit_checkpoint_interval_ms` must be at least 10",
+                "use e.g. 1000 (one signed checkpoint per second when the log grew)",
+            ),
+            audit_timeout_ms: self.at_least_or(
+                &raw.audit_timeout_ms,
+                1,
+                2000,
+                "`audit_timeout_ms` must be at least 1",
+                "use e.g. 2000: how long a call waits for its audit entry to be durable",
+            ),
+            credential_max_age_days: self.at_least_or(
+                &raw.credential_max_age_days,
+                1,
+                DEFAULT_CREDENTIAL_MAX_AGE_DAYS,
+                "`credential_max_age_days` must be at least 1",
+                "give the age in days after which a credential is flagged, e.g. 90",
+            ),
         }
     }
 
@@ -771,18 +756,13 @@ impl Validator<'_> {
             response_idle_timeout_ms: raw
                 .response_idle_timeout_ms
                 .unwrap_or(DEFAULT_RESPONSE_IDLE_TIMEOUT_MS),
-            max_tunnels_per_caller: match &raw.max_tunnels_per_caller {
-                Some(value) if *value.get_ref() == 0 => {
-                    self.error(
-                        value.span(),
-                        "`max_tunnels_per_caller` is 0, so no caller could open a tunnel",
-                        format!("set it to 1 or more, or remove it for the default {DEFAULT_MAX_TUNNELS_PER_CALLER}; to turn the forward proxy off, set `enabled = false`"),
-                    );
-                    DEFAULT_MAX_TUNNELS_PER_CALLER
-                }
-                Some(value) => *value.get_ref(),
-                None => DEFAULT_MAX_TUNNELS_PER_CALLER,
-            },
+            max_tunnels_per_caller: self.at_least_or(
+                &raw.max_tunnels_per_caller,
+                1,
+                DEFAULT_MAX_TUNNELS_PER_CALLER,
+                "`max_tunnels_per_caller` is 0, so no caller could open a tunnel",
+                format!("set it to 1 or more, or remove it for the default {DEFAULT_MAX_TUNNELS_PER_CALLER}; to turn the forward proxy off, set `enabled = false`"),
+            ),
         }
     }
 
@@ -824,13 +804,30 @@ impl Validator<'_> {
     }
 
     fn timeout(&mut self, value: &Option<Spanned<u64>>, key: &str, default: u64) -> u64 {
+        self.at_least_or(
+            value,
+            1,
+            default,
+            format!("`{key}` is 0; a timeout must be greater than zero"),
+            format!(
+                "set `{key}` to a number of milliseconds, or remove it for the default {default}"
+            ),
+        )
+    }
+
+    /// The value set, or `default` when unset. Below `min` it is an error at the value (the
+    /// `default` then stands in, so the rest of the file is still checked).
+    fn at_least_or<T: PartialOrd + Copy>(
+        &mut self,
+        value: &Option<Spanned<T>>,
+        min: T,
+        default: T,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> T {
         match value {
-            Some(value) if *value.get_ref() == 0 => {
-                self.error(
-                    value.span(),
-                    format!("`{key}` is 0; a timeout must be greater than zero"),
-                    format!("set `{key}` to a number of milliseconds, or remove it for the default {default}"),
-                );
+            Some(value) if *value.get_ref() < min => {
+                self.error(value.span(), message, fix);
                 default
             }
             Some(value) => *value.get_ref(),

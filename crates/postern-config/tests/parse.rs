@@ -264,6 +264,12 @@ fn gateway_values() {
     check(&format!("{GATEWAY}events_max_files = 0\n"), "5:20: `events_max_files` = 0 is too small; the minimum is 1");
     check(&format!("{GATEWAY}idle_timeout_ms = 0\n"), "5:19: `idle_timeout_ms` is 0; a timeout must be greater than zero");
     assert_eq!(parse_ok(&format!("{GATEWAY}idle_timeout_ms = 60000\n")).gateway.idle_timeout_ms, 60_000);
+    // Lower bounds: the value below is an error at its own column; the bound itself is accepted.
+    check(&format!("{GATEWAY}audit_checkpoint_interval_ms = 9\n"), "5:32: `audit_checkpoint_interval_ms` must be at least 10");
+    assert_eq!(parse_ok(&format!("{GATEWAY}audit_checkpoint_interval_ms = 10\n")).gateway.audit_checkpoint_interval_ms, 10);
+    check(&format!("{GATEWAY}audit_timeout_ms = 0\n"), "5:20: `audit_timeout_ms` must be at least 1");
+    check(&format!("{GATEWAY}credential_max_age_days = 0\n"), "5:27: `credential_max_age_days` must be at least 1");
+    assert_eq!(parse_ok(&format!("{GATEWAY}credential_max_age_days = 1\n")).gateway.credential_max_age_days, 1);
     check(&format!("{GATEWAY}events_max_files = 4000000000\n"), "5:20: `events_max_files` = 4000000000 is too large; the maximum is 1000");
     // An origin is a name, not a URL: `httpd.` is a host name; `ftp://` a scheme.
     check(&format!("{GATEWAY}audit_origin = \"httpd.example.com/audit\"\n"), "ok");
