@@ -95,7 +95,7 @@ use arc_swap::ArcSwap;
 use hyper_util::server::graceful::GracefulShutdown;
 use postern_config::Config;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -372,6 +372,18 @@ impl RunningGateway {
         config: Config,
         resolver: Option<Arc<dyn postern_netguard::Resolve>>,
     ) -> anyhow::Result<RunningGateway> {
+        // Both addresses are taken before anything is written: a start that fails on an
+        // address in use leaves no data directory, key or log behind.
+        let gateway_sockets = workers::bind(
+            config.gateway.listen,
+            workers::count(config.gateway.workers),
+        )?;
+        let admin_socket = bind_admin(config.gateway.admin_listen).with_context(|| {
+            format!(
+                "binding admin_listen address {}",
+                config.gateway.admin_listen
+            )
+        })?;
         let data_dir = config.gateway.data_dir.clone();
         create_private_dir(&data_dir)?;
         // The vault first: a wrong or missing master key refuses start before anything is written.
@@ -475,14 +487,9 @@ impl RunningGateway {
 
         let tls = tls::listener_config(&config.gateway)?
             .map(|config| tokio_rustls::TlsAcceptor::from(Arc::new(config)));
-        let admin_listener = TcpListener::bind(config.gateway.admin_listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "binding admin_listen address {}",
-                    config.gateway.admin_listen
-                )
-            })?;
+        let admin_listener = admin_socket
+            .listen(ADMIN_BACKLOG)
+            .with_context(|| format!("listening on {}", config.gateway.admin_listen))?;
         let admin_addr = admin_listener.local_addr()?;
 
         let gateway_graceful = Arc::new(GracefulShutdown::new());
@@ -499,23 +506,17 @@ impl RunningGateway {
             excuse_waits: true,
             on_malformed: Some(proxy::on_malformed(&shared)),
         };
-        let (workers, listen_addr) = workers::Workers::start(
-            config.gateway.listen,
-            workers::count(config.gateway.workers),
-            {
+        let (workers, listen_addr) = workers::Workers::start(gateway_sockets, {
+            let shared = shared.clone();
+            move |listener| {
                 let shared = shared.clone();
-                move |listener| {
-                    let shared = shared.clone();
-                    listener::accept_loop(
-                        listener,
-                        gateway_accept.clone(),
-                        move |connection, request| {
-                            proxy::handle(shared.clone(), connection, request)
-                        },
-                    )
-                }
-            },
-        )
+                listener::accept_loop(
+                    listener,
+                    gateway_accept.clone(),
+                    move |connection, request| proxy::handle(shared.clone(), connection, request),
+                )
+            }
+        })
         .await?;
         let admin_task = tokio::spawn(listener::accept_loop(
             admin_listener,
@@ -819,6 +820,22 @@ fn spawn_vault_poller(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
             }
         })
         .expect("spawning the vault poller thread")
+}
+
+/// Connections the admin socket queues before the kernel refuses more.
+const ADMIN_BACKLOG: u32 = 1024;
+
+/// The admin socket, bound (the address is then taken) but not listening yet; as
+/// `TcpListener::bind` would, with `SO_REUSEADDR` so a restart need not wait out TIME_WAIT.
+fn bind_admin(addr: std::net::SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {

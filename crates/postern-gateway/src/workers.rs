@@ -84,21 +84,43 @@ pub struct Workers {
     finished: watch::Sender<bool>,
 }
 
+/// The workers' sockets, bound to the gateway address (which is then taken) but not listening
+/// yet: start-up binds them before it writes anything, so an address in use fails it cleanly.
+pub struct Bound {
+    sockets: Vec<TcpSocket>,
+    addr: SocketAddr,
+}
+
+impl Bound {
+    /// The address bound (its port chosen by the system if `0` was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Binds `count` sockets (at least one) to `addr`, one per worker.
+pub fn bind(addr: SocketAddr, count: usize) -> anyhow::Result<Bound> {
+    let (sockets, bound) = bind_sockets(addr, count.max(1))
+        .with_context(|| format!("binding listen address {addr}"))?;
+    Ok(Bound {
+        sockets,
+        addr: bound,
+    })
+}
+
 impl Workers {
-    /// Binds `count` sockets to `addr` and starts one worker on each. `serve` runs on the
-    /// worker's runtime with its listener and returns when the worker should stop accepting;
-    /// the worker's connections keep being served until [`Workers::finish`].
-    pub async fn start<S, F>(
-        addr: SocketAddr,
-        count: usize,
-        serve: S,
-    ) -> anyhow::Result<(Workers, SocketAddr)>
+    /// Starts one worker on each socket of `bound`. `serve` runs on the worker's runtime with
+    /// its listener and returns when the worker should stop accepting; the worker's
+    /// connections keep being served until [`Workers::finish`].
+    pub async fn start<S, F>(bound: Bound, serve: S) -> anyhow::Result<(Workers, SocketAddr)>
     where
         S: Fn(TcpListener) -> F + Clone + Send + 'static,
         F: Future<Output = ()> + 'static,
     {
-        let (sockets, bound) =
-            bind(addr, count.max(1)).with_context(|| format!("binding listen address {addr}"))?;
+        let Bound {
+            sockets,
+            addr: bound,
+        } = bound;
         let (finished, _) = watch::channel(false);
         let (accepting_done, stopped_accepting) = mpsc::channel::<()>(1);
         let mut threads = Vec::with_capacity(sockets.len());
@@ -185,7 +207,7 @@ impl Workers {
 /// A plain bind first: if anything already holds the address (another Postern included, whose
 /// sockets would otherwise share it and split the traffic silently), start fails with "address
 /// in use" as it would without `SO_REUSEPORT`; and a plain bind by anyone later fails too.
-fn bind(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<TcpSocket>, SocketAddr)> {
+fn bind_sockets(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<TcpSocket>, SocketAddr)> {
     let new_socket = || {
         if addr.is_ipv4() {
             TcpSocket::new_v4()
@@ -219,25 +241,26 @@ mod tests {
     async fn every_worker_serves_on_its_own_thread_and_shares_one_port() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (stop, stopped) = watch::channel(false);
-        let (mut workers, addr) = Workers::start("127.0.0.1:0".parse().unwrap(), 3, {
-            move |listener: TcpListener| {
-                let (tx, mut stopped) = (tx.clone(), stopped.clone());
-                async move {
-                    loop {
-                        tokio::select! {
-                            accepted = listener.accept() => {
-                                if accepted.is_ok() {
-                                    let _ = tx.send(current());
+        let (mut workers, addr) =
+            Workers::start(bind("127.0.0.1:0".parse().unwrap(), 3).unwrap(), {
+                move |listener: TcpListener| {
+                    let (tx, mut stopped) = (tx.clone(), stopped.clone());
+                    async move {
+                        loop {
+                            tokio::select! {
+                                accepted = listener.accept() => {
+                                    if accepted.is_ok() {
+                                        let _ = tx.send(current());
+                                    }
                                 }
+                                _ = stopped.wait_for(|stop| *stop) => return,
                             }
-                            _ = stopped.wait_for(|stop| *stop) => return,
                         }
                     }
                 }
-            }
-        })
-        .await
-        .unwrap();
+            })
+            .await
+            .unwrap();
         // The kernel spreads connections to the one address over the workers (SO_REUSEPORT):
         // 48 all landing on one of three would be a 3^-47 chance.
         let mut seen = std::collections::BTreeSet::new();
@@ -266,13 +289,10 @@ mod tests {
         let serve = |listener: TcpListener| async move {
             let _ = listener.accept().await;
         };
-        let (first, addr) = Workers::start("127.0.0.1:0".parse().unwrap(), 2, serve)
+        let (first, addr) = Workers::start(bind("127.0.0.1:0".parse().unwrap(), 2).unwrap(), serve)
             .await
             .unwrap();
-        let error = Workers::start(addr, 2, serve)
-            .await
-            .err()
-            .expect("the address is taken");
+        let error = bind(addr, 2).err().expect("the address is taken");
         assert!(format!("{error:#}").contains("in use"), "{error:#}");
         let plain = std::net::TcpListener::bind(addr);
         assert!(plain.is_err(), "a plain bind must not join the group");
@@ -285,7 +305,7 @@ mod tests {
         assert_eq!(*values.get_or_init(current), None, "the shared value");
         assert!(values.on_worker(current).is_none(), "not a worker thread");
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let (mut workers, _) = Workers::start("127.0.0.1:0".parse().unwrap(), 2, {
+        let (mut workers, _) = Workers::start(bind("127.0.0.1:0".parse().unwrap(), 2).unwrap(), {
             let values = values.clone();
             move |_listener: TcpListener| {
                 let (tx, values) = (tx.clone(), values.clone());
@@ -314,7 +334,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_worker_whose_accept_loop_panics_still_counts_as_stopped() {
-        let (mut workers, _) = Workers::start("127.0.0.1:0".parse().unwrap(), 2, {
+        let (mut workers, _) = Workers::start(bind("127.0.0.1:0".parse().unwrap(), 2).unwrap(), {
             |_listener: TcpListener| async move {
                 if current() == Some(0) {
                     panic!("worker 0's accept loop fails (test)");

@@ -17,6 +17,16 @@ mod serve;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Whether the allocator gives back what it frees: `false` when eager arena commit is on, as
+/// in a build that missed `.cargo/config.toml`'s define (a `CFLAGS` of one's own, a build from
+/// outside the repository) or under `MIMALLOC_ARENA_EAGER_COMMIT=1`. `serve` warns then.
+fn allocator_returns_memory() -> bool {
+    /// `mi_option_arena_eager_commit` in mimalloc.h's `mi_option_e` (4 in v2 and v3 alike).
+    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+    // SAFETY: reads one option by its index; mimalloc initialises options on first use.
+    unsafe { libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT) == 0 }
+}
+
 use std::path::PathBuf;
 use std::process::ExitCode as ProcessExitCode;
 

@@ -21,6 +21,11 @@ pub async fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::InvalidConfig;
         }
     };
+    if !crate::allocator_returns_memory() {
+        tracing::warn!(
+            "this build's allocator keeps the memory it frees (mimalloc arena eager commit is on): memory stays at its peak; set MIMALLOC_ARENA_EAGER_COMMIT=0 for this process, or build with -DMI_DEFAULT_ARENA_EAGER_COMMIT=0 in CFLAGS (.cargo/config.toml)"
+        );
+    }
     let triggers = Triggers::arm(&path);
     // Kept to place a problem that starting finds in the config (a `ca_file` that is not PEM).
     let places = config.places();

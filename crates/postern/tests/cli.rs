@@ -110,6 +110,12 @@ fn serve_exits_1_when_it_cannot_bind() {
             || stderr.contains(&format!("binding admin_listen address 127.0.0.1:{admin}")),
         "{stderr}"
     );
+    // Both addresses are bound before anything is written: no data directory (with a vault
+    // key, an admin token, logs) is left behind by a start that failed.
+    assert!(
+        !dir.path().join("data").exists(),
+        "a failed start created the data directory"
+    );
     drop(held);
 }
 
@@ -562,6 +568,44 @@ fn json_logs_are_json_lines_only() {
         assert!(
             serde_json::from_str::<serde_json::Value>(line).is_ok(),
             "not JSON: {line}"
+        );
+    }
+}
+
+/// `serve` warns when its allocator would keep what it frees: not for this repository's build
+/// (`.cargo/config.toml` turns mimalloc's eager arena commit off), and so when a variable
+/// turns it on again, as a build without the define has it.
+#[test]
+fn serve_warns_when_the_allocator_keeps_freed_memory() {
+    const WARNING: &str = "allocator keeps the memory it frees";
+    for (eager, expected) in [(None, false), (Some("1"), true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("postern.toml");
+        let (listen, admin) = (free_port(), free_port());
+        std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
+        let mut command = postern();
+        command.env_remove("MIMALLOC_ARENA_EAGER_COMMIT");
+        if let Some(value) = eager {
+            command.env("MIMALLOC_ARENA_EAGER_COMMIT", value);
+        }
+        let child = command
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut server = Server(child);
+        eventually("the gateway answers", || {
+            status(listen, "/acme/a").is_some()
+        });
+        terminate(&mut server);
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut server.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(
+            stderr.contains(WARNING),
+            expected,
+            "MIMALLOC_ARENA_EAGER_COMMIT={eager:?} (unset: the build's own default; a CFLAGS \
+             of your own without -DMI_DEFAULT_ARENA_EAGER_COMMIT=0 drops it):\n{stderr}"
         );
     }
 }
