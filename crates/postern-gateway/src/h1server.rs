@@ -107,11 +107,18 @@ where
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut served = false;
-    // The call's future (several KiB) lives in a box made on the connection's first request and
-    // reused for every later one: a connection that has not spoken holds none of it, and no
-    // call after the first pays an allocation for it.
+    // The call's future (several KiB) lives in a box, made for a request and reused for the
+    // next one when that is already here (pipelined, or sent at once). A connection that waits
+    // for its caller holds none of it (see `arrived`).
     let mut slot: Option<Pin<Box<F>>> = None;
     'connection: loop {
+        if slot.is_some() && buf.is_empty() {
+            match arrived(io, &mut buf).await {
+                Some(true) => {}
+                Some(false) => slot = None,
+                None => break 'connection,
+            }
+        }
         let (request, close) = match next_request(io, &mut buf, shutdown, max_header_bytes).await {
             Next::Request(request, close) => (request, close),
             Next::Closed => break 'connection,
@@ -175,7 +182,7 @@ where
             Ok(true) => {}
             _ => break 'connection,
         }
-        // An idle connection keeps small buffers, whatever its last call needed.
+        // A connection keeps small buffers, whatever its last call needed.
         out.clear();
         out.shrink_to(4096);
         if buf.is_empty() && buf.capacity() > 2 * READ_SPACE {
@@ -282,6 +289,22 @@ async fn next_request<S: AsyncRead + Unpin>(
     };
     let (parts, ()) = head.into_parts();
     Next::Request(Request::from_parts(parts, body), close)
+}
+
+/// Reads what the caller has sent already, without waiting: `Some(true)` when bytes came,
+/// `Some(false)` when there are none yet (the connection will wait for its caller), `None`
+/// when the caller closed it. No system call when nothing came: the socket's readiness was
+/// cleared by the last read, which did not fill the buffer.
+async fn arrived<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> Option<bool> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_SPACE);
+    }
+    let mut read = std::pin::pin!(io.read_buf(buf));
+    match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+        Poll::Ready(Ok(0) | Err(_)) => None,
+        Poll::Ready(Ok(_)) => Some(true),
+        Poll::Pending => Some(false),
+    }
 }
 
 /// Reads the caller while its call runs or its answer pauses: `true` once bytes arrive (a
@@ -1233,6 +1256,85 @@ mod tests {
             }) as Answer
         };
         (never, dropped)
+    }
+
+    /// A connection waiting for its caller's next request holds no call future (several KiB
+    /// each in the gateway), while one whose next request is already there reuses the box.
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_caller_holds_no_call() {
+        /// A call's future that answers at once and keeps its guard until it is dropped (an
+        /// `async` block would drop its locals on finishing).
+        struct Answered(#[allow(dead_code)] Live);
+        struct Live(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Live {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        impl Future for Answered {
+            type Output = Response<GatewayBody>;
+            fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+                Poll::Ready(Response::new(GatewayBody::full("ok")))
+            }
+        }
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let handler = {
+            let live = live.clone();
+            move |_: Arc<ConnectionInfo>, _: Request<CallerBody>| {
+                live.fetch_add(1, Ordering::SeqCst);
+                Answered(Live(live.clone()))
+            }
+        };
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let serving = tokio::spawn(async move {
+            serve(&mut server, &info(), &handler, &mut shutdown, 8192, None).await;
+        });
+        let mut answers = Vec::new();
+        let mut read_answers = async |client: &mut tokio::io::DuplexStream, count: usize| {
+            let mut chunk = [0u8; 1024];
+            while answers.windows(2).filter(|w| w == b"ok").count() < count {
+                let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut chunk))
+                    .await
+                    .expect("answered")
+                    .unwrap();
+                assert!(read > 0, "the connection closed");
+                answers.extend_from_slice(&chunk[..read]);
+            }
+        };
+        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        read_answers(&mut client, 1).await;
+        // Answered, and the connection waits for its caller: the call's box is gone.
+        for _ in 0..500 {
+            if live.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            live.load(Ordering::SeqCst),
+            0,
+            "an idle connection kept its last call"
+        );
+        assert!(!serving.is_finished(), "the connection is still open");
+        // Two requests sent at once: the second finds the first's box and reuses it.
+        client
+            .write_all(b"GET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        read_answers(&mut client, 3).await;
+        for _ in 0..500 {
+            if live.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .expect("the connection ends when the caller hangs up")
+            .unwrap();
     }
 
     #[tokio::test]

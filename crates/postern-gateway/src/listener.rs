@@ -292,7 +292,9 @@ impl Connection {
                 builder
             };
             let io = TokioIo::new(Prefixed::new(read, stream));
-            serve(io, info, builder, watcher, on_malformed, handler).await;
+            // Boxed, made only when a request is left to hyper: hyper's connection state is
+            // kilobytes, and inline it would be part of every connection's task, idle or not.
+            Box::pin(serve(io, info, builder, watcher, on_malformed, handler)).await;
         }
     }
 }
