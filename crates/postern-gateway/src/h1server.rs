@@ -293,8 +293,10 @@ async fn next_request<S: AsyncRead + Unpin>(
 
 /// Reads what the caller has sent already, without waiting: `Some(true)` when bytes came,
 /// `Some(false)` when there are none yet (the connection will wait for its caller), `None`
-/// when the caller closed it. No system call when nothing came: the socket's readiness was
-/// cleared by the last read, which did not fill the buffer.
+/// when the caller closed it. Usually no system call when nothing came: tokio cleared the
+/// socket's readiness after the last read, which did not fill the buffer (one that filled it,
+/// or a call answered before the connection was read again, costs one `recvfrom` here). A
+/// `Pending` from tokio's cooperative budget with bytes waiting only costs the box.
 async fn arrived<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> Option<bool> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_SPACE);
@@ -1274,7 +1276,10 @@ mod tests {
         impl Future for Answered {
             type Output = Response<GatewayBody>;
             fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
-                Poll::Ready(Response::new(GatewayBody::full("ok")))
+                // Where the call's future lives: the box, for a pipelined request the one its
+                // predecessor had.
+                let at = &*self as *const Self as usize;
+                Poll::Ready(Response::new(GatewayBody::full(format!("{at:x};ok"))))
             }
         }
         let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1323,6 +1328,16 @@ mod tests {
             .await
             .unwrap();
         read_answers(&mut client, 3).await;
+        let text = String::from_utf8_lossy(&answers).into_owned();
+        let places: Vec<&str> = text
+            .split("\r\n\r\n")
+            .filter_map(|part| part.split_once(";ok").map(|(at, _)| at))
+            .collect();
+        assert_eq!(places.len(), 3, "{text}");
+        assert_eq!(
+            places[1], places[2],
+            "the pipelined request reused its predecessor's box"
+        );
         for _ in 0..500 {
             if live.load(Ordering::SeqCst) == 0 {
                 break;
@@ -1335,6 +1350,21 @@ mod tests {
             .await
             .expect("the connection ends when the caller hangs up")
             .unwrap();
+    }
+
+    /// `arrived` reads what is there without waiting: nothing yet, bytes (kept in the buffer), or
+    /// the caller's end.
+    #[tokio::test]
+    async fn arrived_tells_nothing_yet_from_bytes_from_a_close() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let mut buf = BytesMut::new();
+        assert_eq!(arrived(&mut server, &mut buf).await, Some(false));
+        assert!(buf.is_empty());
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(arrived(&mut server, &mut buf).await, Some(true));
+        assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
+        drop(client);
+        assert_eq!(arrived(&mut server, &mut BytesMut::new()).await, None);
     }
 
     #[tokio::test]

@@ -95,7 +95,7 @@ use arc_swap::ArcSwap;
 use hyper_util::server::graceful::GracefulShutdown;
 use postern_config::Config;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpSocket;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -372,18 +372,23 @@ impl RunningGateway {
         config: Config,
         resolver: Option<Arc<dyn postern_netguard::Resolve>>,
     ) -> anyhow::Result<RunningGateway> {
-        // Both addresses are taken before anything is written: a start that fails on an
-        // address in use leaves no data directory, key or log behind.
+        // The listener's TLS files first (read only), then both addresses are taken (bound and
+        // listening; connections wait in the backlog until the workers run) before anything is
+        // written: a start that fails on an address in use leaves no data directory, key or log
+        // behind.
+        let tls = tls::listener_config(&config.gateway)?
+            .map(|config| tokio_rustls::TlsAcceptor::from(Arc::new(config)));
         let gateway_sockets = workers::bind(
             config.gateway.listen,
             workers::count(config.gateway.workers),
         )?;
-        let admin_socket = bind_admin(config.gateway.admin_listen).with_context(|| {
-            format!(
-                "binding admin_listen address {}",
-                config.gateway.admin_listen
-            )
-        })?;
+        let admin_socket = workers::listen_on(config.gateway.admin_listen, ADMIN_BACKLOG)
+            .with_context(|| {
+                format!(
+                    "binding admin_listen address {}",
+                    config.gateway.admin_listen
+                )
+            })?;
         let data_dir = config.gateway.data_dir.clone();
         create_private_dir(&data_dir)?;
         // The vault first: a wrong or missing master key refuses start before anything is written.
@@ -485,10 +490,7 @@ impl RunningGateway {
             checkpoint_stop_rx,
         )));
 
-        let tls = tls::listener_config(&config.gateway)?
-            .map(|config| tokio_rustls::TlsAcceptor::from(Arc::new(config)));
-        let admin_listener = admin_socket
-            .listen(ADMIN_BACKLOG)
+        let admin_listener = TcpListener::from_std(admin_socket)
             .with_context(|| format!("listening on {}", config.gateway.admin_listen))?;
         let admin_addr = admin_listener.local_addr()?;
 
@@ -824,19 +826,6 @@ fn spawn_vault_poller(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
 
 /// Connections the admin socket queues before the kernel refuses more.
 const ADMIN_BACKLOG: u32 = 1024;
-
-/// The admin socket, bound (the address is then taken) but not listening yet; as
-/// `TcpListener::bind` would, with `SO_REUSEADDR` so a restart need not wait out TIME_WAIT.
-fn bind_admin(addr: std::net::SocketAddr) -> std::io::Result<TcpSocket> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    Ok(socket)
-}
 
 pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(path)

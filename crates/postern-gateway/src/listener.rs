@@ -235,8 +235,17 @@ where
                                 builder, watcher, ..
                             } = connection;
                             // hyper's h2 server resets a malformed stream itself (no
-                            // connection error): nothing to record here.
-                            serve(TokioIo::new(stream), info, builder, watcher, None, handler).await
+                            // connection error): nothing to record here. Boxed, as at the
+                            // HTTP/1.1 hand-over: a TLS connection's task has no room for it.
+                            Box::pin(serve(
+                                TokioIo::new(stream),
+                                info,
+                                builder,
+                                watcher,
+                                None,
+                                handler,
+                            ))
+                            .await
                         }
                         false => connection.serve_h1_first(stream, info, handler).await,
                     }

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::thread::JoinHandle;
 
 use anyhow::Context as _;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Pending connections each worker's socket queues before the kernel refuses more.
@@ -84,10 +84,12 @@ pub struct Workers {
     finished: watch::Sender<bool>,
 }
 
-/// The workers' sockets, bound to the gateway address (which is then taken) but not listening
-/// yet: start-up binds them before it writes anything, so an address in use fails it cleanly.
+/// The workers' sockets, bound to the gateway address and listening (so the address is taken:
+/// on Linux only a listening socket keeps others from binding it), each to be served by a worker
+/// of its own. Start-up makes them before it writes anything, so an address in use fails it
+/// cleanly; connections that arrive meanwhile wait in the backlog.
 pub struct Bound {
-    sockets: Vec<TcpSocket>,
+    listeners: Vec<std::net::TcpListener>,
     addr: SocketAddr,
 }
 
@@ -100,10 +102,10 @@ impl Bound {
 
 /// Binds `count` sockets (at least one) to `addr`, one per worker.
 pub fn bind(addr: SocketAddr, count: usize) -> anyhow::Result<Bound> {
-    let (sockets, bound) = bind_sockets(addr, count.max(1))
+    let (listeners, bound) = bind_sockets(addr, count.max(1))
         .with_context(|| format!("binding listen address {addr}"))?;
     Ok(Bound {
-        sockets,
+        listeners,
         addr: bound,
     })
 }
@@ -118,14 +120,14 @@ impl Workers {
         F: Future<Output = ()> + 'static,
     {
         let Bound {
-            sockets,
+            listeners,
             addr: bound,
         } = bound;
         let (finished, _) = watch::channel(false);
         let (accepting_done, stopped_accepting) = mpsc::channel::<()>(1);
-        let mut threads = Vec::with_capacity(sockets.len());
-        let mut ready = Vec::with_capacity(sockets.len());
-        for (index, socket) in sockets.into_iter().enumerate() {
+        let mut threads = Vec::with_capacity(listeners.len());
+        let mut ready = Vec::with_capacity(listeners.len());
+        for (index, listener) in listeners.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -140,7 +142,8 @@ impl Workers {
                 .spawn(move || {
                     WORKER.with(|worker| worker.set(Some(index)));
                     runtime.block_on(async move {
-                        let listener = match socket.listen(LISTEN_BACKLOG) {
+                        // Registered with this worker's own runtime.
+                        let listener = match TcpListener::from_std(listener) {
                             Ok(listener) => listener,
                             Err(error) => {
                                 let _ = listening.send(Err(error));
@@ -201,36 +204,59 @@ impl Workers {
     }
 }
 
-/// `count` sockets bound to one address with `SO_REUSEPORT`; a port of 0 is chosen by the first
-/// bind and shared by the rest. Returns them (not yet listening) and the bound address.
+/// `count` sockets bound to one address with `SO_REUSEPORT` and listening; a port of 0 is chosen
+/// by the first bind and shared by the rest. Returns them and the bound address.
 ///
 /// A plain bind first: if anything already holds the address (another Postern included, whose
 /// sockets would otherwise share it and split the traffic silently), start fails with "address
-/// in use" as it would without `SO_REUSEPORT`; and a plain bind by anyone later fails too.
-fn bind_sockets(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<TcpSocket>, SocketAddr)> {
-    let new_socket = || {
-        if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-    };
+/// in use" as it would without `SO_REUSEPORT`; and, as each socket listens at once, a plain bind
+/// by anyone later fails too (with `SO_REUSEADDR` on both sides, Linux lets a second socket bind
+/// an address whose holder is not listening).
+fn bind_sockets(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
     if addr.port() != 0 {
-        let probe = new_socket()?;
-        probe.set_reuseaddr(true)?;
-        probe.bind(addr)?;
+        let probe = new_socket(addr)?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
     }
-    let mut sockets = Vec::with_capacity(count);
+    let mut listeners = Vec::with_capacity(count);
     let mut bound = addr;
     for _ in 0..count {
-        let socket = new_socket()?;
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
-        socket.bind(bound)?;
-        bound = socket.local_addr()?;
-        sockets.push(socket);
+        let socket = new_socket(addr)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&bound.into())?;
+        socket.listen(LISTEN_BACKLOG as i32)?;
+        bound = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("the bound address is not an IP address"))?;
+        listeners.push(socket.into());
     }
-    Ok((sockets, bound))
+    Ok((listeners, bound))
+}
+
+/// A non-blocking TCP socket for `addr`'s family (close-on-exec, as socket2 makes them).
+fn new_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// A listening socket on `addr` with `SO_REUSEADDR` (as `TcpListener::bind` makes it, so a
+/// restart need not wait out TIME_WAIT), made before a runtime is needed: the admin listener's.
+pub fn listen_on(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    let socket = new_socket(addr)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog as i32)?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]
@@ -293,6 +319,13 @@ mod tests {
             .await
             .unwrap();
         let error = bind(addr, 2).err().expect("the address is taken");
+        assert!(format!("{error:#}").contains("in use"), "{error:#}");
+        // Bound and not started yet: the address is taken all the same (start-up binds before
+        // it does anything else, and may take a while before its workers run).
+        let waiting = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let error = bind(waiting.addr(), 2)
+            .err()
+            .expect("the address is taken before the workers start");
         assert!(format!("{error:#}").contains("in use"), "{error:#}");
         let plain = std::net::TcpListener::bind(addr);
         assert!(plain.is_err(), "a plain bind must not join the group");

@@ -21,10 +21,28 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// in a build that missed `.cargo/config.toml`'s define (a `CFLAGS` of one's own, a build from
 /// outside the repository) or under `MIMALLOC_ARENA_EAGER_COMMIT=1`. `serve` warns then.
 fn allocator_returns_memory() -> bool {
-    /// `mi_option_arena_eager_commit` in mimalloc.h's `mi_option_e` (4 in v2 and v3 alike).
+    // Indexes in mimalloc.h's `mi_option_e`, the same in v2 and v3.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-    // SAFETY: reads one option by its index; mimalloc initialises options on first use.
-    unsafe { libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT) == 0 }
+    const ALLOW_LARGE_OS_PAGES: libmimalloc_sys::mi_option_t = 6;
+    // SAFETY: each reads one option by its index; mimalloc initialises options on first use.
+    let (eager, large_pages) = unsafe {
+        (
+            libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT),
+            libmimalloc_sys::mi_option_is_enabled(ALLOW_LARGE_OS_PAGES),
+        )
+    };
+    // mimalloc's own rule (arena.c): 1 commits eagerly; 2, its default, does on a system that
+    // overcommits memory (Linux's `vm.overcommit_memory` 0 or 1, and where it cannot be read)
+    // or with large OS pages allowed; any other value does not.
+    match eager {
+        1 => false,
+        2 => {
+            let overcommits = std::fs::read("/proc/sys/vm/overcommit_memory")
+                .map_or(true, |value| matches!(value.first(), Some(b'0' | b'1')));
+            !(overcommits || large_pages)
+        }
+        _ => true,
+    }
 }
 
 use std::path::PathBuf;
