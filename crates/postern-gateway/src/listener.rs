@@ -149,6 +149,9 @@ where
         excuse_waits,
         on_malformed,
     } = accept;
+    // Shared by the loop's connections: hyper's settings (a few hundred bytes) are needed only
+    // by a connection hyper serves, and copied for it then.
+    let builder = Arc::new(builder);
     // This loop's connections watch a shutdown channel of its own (on a worker, one that only
     // that worker's thread touches): an idle keep-alive connection registers with the channel's
     // waiters before each request and leaves them when the request comes, and the gateway's
@@ -240,7 +243,7 @@ where
                             Box::pin(serve(
                                 TokioIo::new(stream),
                                 info,
-                                builder,
+                                (*builder).clone(),
                                 watcher,
                                 None,
                                 handler,
@@ -261,7 +264,7 @@ where
 
 /// What a connection task needs besides its stream and handler.
 struct Connection {
-    builder: auto::Builder<TokioExecutor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     /// Held for the connection's life, so graceful shutdown waits for it.
     watcher: Watcher,
     shutdown: watch::Receiver<bool>,
@@ -295,6 +298,7 @@ impl Connection {
         .await;
         if let Served::Handoff { read, served } = served {
             // After an HTTP/1.1 exchange, the connection stays HTTP/1.1 (no h2 preface).
+            let builder = (*builder).clone();
             let builder = if served {
                 builder.http1_only()
             } else {
