@@ -106,7 +106,7 @@ count() {
   esac
   pid=$!
   PIDS+=("$pid")
-  wait_port "$POSTERN_PORT" "$pid" "valgrind.$target.$calls" 1200
+  wait_http "$POSTERN_PORT" "$pid" "valgrind.$target.$calls" 1200
   "$LOAD_BIN" path --target "127.0.0.1:$POSTERN_PORT" --token "$TOKEN" --connections 8 --threads 1 \
     --requests "$calls" --timeout 60 --strict >"$WORK/load.$target.$calls.log" 2>&1 \
     || die "calls through $target failed (see $WORK/load.$target.$calls.log)"

@@ -145,6 +145,21 @@ wait_port() { # PORT PID NAME [TRIES of 0.1 s, default 100]
   done
   die "$3 did not listen on 127.0.0.1:$1 within $(( ${4:-100} / 10 )) s"
 }
+# wait_http PORT PID NAME [TRIES of 0.1 s, default 100]: until a plain-HTTP request there gets a
+# status line (any status). Postern listens from the start of its start-up and answers once it
+# is done: a connection that succeeds does not mean it serves yet.
+wait_http() {
+  local i line
+  for i in $(seq 1 "${4:-100}"); do
+    line="$( (exec 3<>"/dev/tcp/127.0.0.1/$1" \
+      && printf 'GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n' >&3 \
+      && timeout 2 head -c 8 <&3) 2>/dev/null || true)"
+    if [[ "$line" == HTTP/1.* ]]; then return 0; fi
+    kill -0 "$2" 2>/dev/null || die "$3 exited at start-up (see $WORK/$3.log)"
+    sleep 0.1
+  done
+  die "$3 did not answer HTTP on 127.0.0.1:$1 within $(( ${4:-100} / 10 )) s"
+}
 status_kb() { # PID FIELD -> kB
   awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
 }
@@ -243,13 +258,13 @@ EOF
 }
 
 # start_postern -> POSTERN_PID: `postern serve` on the config above (log level POSTERN_LOG, default
-# info; stderr appended to WORK/postern.log), listening.
+# info; stderr appended to WORK/postern.log), serving.
 start_postern() {
   POSTERN_LOG="${POSTERN_LOG:-info}" \
     "$POSTERN_BIN" serve --config "$WORK/postern/postern.toml" >>"$WORK/postern.log" 2>&1 &
   POSTERN_PID=$!
   PIDS+=("$POSTERN_PID")
-  wait_port "$POSTERN_PORT" "$POSTERN_PID" postern
+  wait_http "$POSTERN_PORT" "$POSTERN_PID" postern
 }
 
 # ---------------------------------------------------------------- meta.env, report

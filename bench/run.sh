@@ -228,7 +228,7 @@ start_pgo() {
   POSTERN_LOG="${POSTERN_LOG:-info}" "$PGO_BIN" serve --config "$WORK/pgo/postern.toml" >>"$WORK/pgo.log" 2>&1 &
   PGO_PID=$!
   PIDS+=("$PGO_PID")
-  wait_port "$PGO_PORT" "$PGO_PID" pgo
+  wait_http "$PGO_PORT" "$PGO_PID" pgo
 }
 
 # ---------------------------------------------------------------- nginx config

@@ -382,13 +382,19 @@ impl RunningGateway {
             config.gateway.listen,
             workers::count(config.gateway.workers),
         )?;
-        let admin_socket = workers::listen_on(config.gateway.admin_listen, ADMIN_BACKLOG)
+        let admin_listener = workers::listen_on(config.gateway.admin_listen, ADMIN_BACKLOG)
             .with_context(|| {
                 format!(
                     "binding admin_listen address {}",
                     config.gateway.admin_listen
                 )
             })?;
+        let admin_listener = TcpListener::from_std(admin_listener).with_context(|| {
+            format!(
+                "registering the admin listener on {}",
+                config.gateway.admin_listen
+            )
+        })?;
         let data_dir = config.gateway.data_dir.clone();
         create_private_dir(&data_dir)?;
         // The vault first: a wrong or missing master key refuses start before anything is written.
@@ -490,8 +496,6 @@ impl RunningGateway {
             checkpoint_stop_rx,
         )));
 
-        let admin_listener = TcpListener::from_std(admin_socket)
-            .with_context(|| format!("listening on {}", config.gateway.admin_listen))?;
         let admin_addr = admin_listener.local_addr()?;
 
         let gateway_graceful = Arc::new(GracefulShutdown::new());

@@ -85,9 +85,10 @@ pub struct Workers {
 }
 
 /// The workers' sockets, bound to the gateway address and listening (so the address is taken:
-/// on Linux only a listening socket keeps others from binding it), each to be served by a worker
-/// of its own. Start-up makes them before it writes anything, so an address in use fails it
-/// cleanly; connections that arrive meanwhile wait in the backlog.
+/// on Linux a socket that is only bound does not keep off another one with `SO_REUSEADDR`), each
+/// to be served by a worker of its own. Start-up makes them before it writes anything, so an
+/// address in use fails it cleanly; connections that arrive meanwhile wait in the backlog until
+/// the workers run (readiness is the admin API's `/readyz`, not a connection that succeeds).
 pub struct Bound {
     listeners: Vec<std::net::TcpListener>,
     addr: SocketAddr,
@@ -100,7 +101,7 @@ impl Bound {
     }
 }
 
-/// Binds `count` sockets (at least one) to `addr`, one per worker.
+/// Binds `count` sockets (at least one) to `addr`, one per worker, and makes them listen.
 pub fn bind(addr: SocketAddr, count: usize) -> anyhow::Result<Bound> {
     let (listeners, bound) = bind_sockets(addr, count.max(1))
         .with_context(|| format!("binding listen address {addr}"))?;
@@ -170,7 +171,8 @@ impl Workers {
             match listened.await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
-                    return Err(error).with_context(|| format!("listening on {bound}"));
+                    return Err(error)
+                        .with_context(|| format!("registering a worker's listener on {bound}"));
                 }
                 Err(_) => anyhow::bail!("a worker thread ended before it was listening"),
             }

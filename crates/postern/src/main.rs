@@ -17,9 +17,11 @@ mod serve;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Whether the allocator gives back what it frees: `false` when eager arena commit is on, as
+/// Whether the allocator can give back what it frees: `false` when eager arena commit is on, as
 /// in a build that missed `.cargo/config.toml`'s define (a `CFLAGS` of one's own, a build from
-/// outside the repository) or under `MIMALLOC_ARENA_EAGER_COMMIT=1`. `serve` warns then.
+/// outside the repository) or under `MIMALLOC_ARENA_EAGER_COMMIT=1`. `serve` warns then. (Arenas
+/// on large or huge OS pages, which mimalloc never purges, are not looked at: both are off unless
+/// set by `MIMALLOC_*` variables.)
 fn allocator_returns_memory() -> bool {
     // Indexes in mimalloc.h's `mi_option_e`, the same in v2 and v3.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
@@ -38,7 +40,9 @@ fn allocator_returns_memory() -> bool {
         1 => false,
         2 => {
             let overcommits = std::fs::read("/proc/sys/vm/overcommit_memory")
-                .map_or(true, |value| matches!(value.first(), Some(b'0' | b'1')));
+                .map_or(true, |value| {
+                    matches!(value.first(), None | Some(b'0' | b'1'))
+                });
             !(overcommits || large_pages)
         }
         _ => true,

@@ -1375,8 +1375,19 @@ operations = ["*"]
             .spawn()
             .unwrap(),
     );
-    eventually("the gateway listens", || {
-        TcpStream::connect(("127.0.0.1", listen)).is_ok()
+    // Answering, not only listening: the gateway's socket listens from the start of start-up,
+    // and the split below must reach a gateway that serves.
+    eventually("the gateway answers", || {
+        let Ok(mut probe) = TcpStream::connect(("127.0.0.1", listen)) else {
+            return false;
+        };
+        let _ = probe.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut status = [0u8; 8];
+        probe
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .is_ok()
+            && probe.read_exact(&mut status).is_ok()
+            && status.starts_with(b"HTTP/1.")
     });
     let cut = CALLER_TOKEN.len() - 1;
     let first = format!("note={}", &CALLER_TOKEN[..cut]);
