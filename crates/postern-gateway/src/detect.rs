@@ -77,6 +77,7 @@ impl Detector {
             .spawn({
                 let (stop, recent, metrics) = (stop.clone(), recent.clone(), metrics.clone());
                 move || {
+                    let _background = crate::workers::background_thread();
                     run(
                         engine,
                         receiver,

@@ -525,7 +525,10 @@ impl EventSink {
         });
         let task = tokio::task::spawn_blocking({
             let shared = shared.clone();
-            move || writer_loop(writer, shared)
+            move || {
+                let _background = crate::workers::background_thread();
+                writer_loop(writer, shared)
+            }
         });
         Ok((
             EventSink {

@@ -67,6 +67,46 @@ impl<T> Default for PerWorker<T> {
     }
 }
 
+/// Marks the calling thread, until the guard is dropped, as background work that no call waits
+/// on (the event writer, the detector): Linux's `SCHED_BATCH`, whose wake-ups do not preempt a
+/// running thread, so they wait for a data-plane worker's time slice instead of cutting it
+/// (docs/BENCHMARKS.md §1). A no-op elsewhere, or if the system refuses it.
+#[must_use = "the thread is background work only while the guard lives"]
+pub fn background_thread() -> Background {
+    set_policy(BATCH);
+    Background(())
+}
+
+/// See [`background_thread`]: dropped, the thread is scheduled as usual again (a blocking-pool
+/// thread goes back to the pool).
+pub struct Background(());
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        set_policy(OTHER);
+    }
+}
+
+#[cfg(target_os = "linux")]
+const BATCH: i32 = libc::SCHED_BATCH;
+#[cfg(target_os = "linux")]
+const OTHER: i32 = libc::SCHED_OTHER;
+#[cfg(not(target_os = "linux"))]
+const BATCH: i32 = 0;
+#[cfg(not(target_os = "linux"))]
+const OTHER: i32 = 0;
+
+fn set_policy(policy: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+        let _ = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = policy;
+}
+
 /// `[gateway] workers` resolved: `0` means one per CPU.
 pub fn count(configured: usize) -> usize {
     match configured {
@@ -385,6 +425,24 @@ mod tests {
         .await
         .expect("stopped_accepting returns although worker 0 panicked");
         workers.finish().await;
+    }
+
+    /// The background guard makes its thread `SCHED_BATCH` (allowed without privileges) and
+    /// gives it back the usual policy when dropped.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_background_thread_is_batch_scheduled_while_its_guard_lives() {
+        std::thread::spawn(|| {
+            // SAFETY: reads the calling thread's policy.
+            let policy = || unsafe { libc::sched_getscheduler(0) };
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            let background = background_thread();
+            assert_eq!(policy(), libc::SCHED_BATCH);
+            drop(background);
+            assert_eq!(policy(), libc::SCHED_OTHER);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
