@@ -67,44 +67,51 @@ impl<T> Default for PerWorker<T> {
     }
 }
 
-/// Marks the calling thread, until the guard is dropped, as background work that no call waits
-/// on (the event writer, the detector): Linux's `SCHED_BATCH`, whose wake-ups do not preempt a
-/// running thread, so they wait for a data-plane worker's time slice instead of cutting it
-/// (docs/BENCHMARKS.md §1). A no-op elsewhere, or if the system refuses it.
+/// Marks the calling thread, until the guard is dropped, as background work the request path
+/// does not wait on except under back-pressure (the event writer, the detector): Linux's
+/// `SCHED_BATCH`, which does not preempt a running thread on wake-up, so on busy CPUs it waits
+/// for a data-plane worker's time slice to end instead of cutting it (docs/BENCHMARKS.md §1).
+/// Only a thread on the usual policy is changed: one the operator put elsewhere (`chrt`,
+/// systemd's `CPUSchedulingPolicy`) is left as it is. A no-op off Linux, or if the system
+/// refuses it. A thread spawned from it would inherit the policy for good: these spawn none.
 #[must_use = "the thread is background work only while the guard lives"]
 pub fn background_thread() -> Background {
-    set_policy(BATCH);
-    Background(())
+    #[cfg(target_os = "linux")]
+    let changed = {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+        unsafe {
+            libc::sched_getscheduler(0) == libc::SCHED_OTHER
+                && libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0
+        }
+    };
+    #[cfg(not(target_os = "linux"))]
+    let changed = false;
+    Background {
+        changed,
+        _this_thread: std::marker::PhantomData,
+    }
 }
 
-/// See [`background_thread`]: dropped, the thread is scheduled as usual again (a blocking-pool
-/// thread goes back to the pool).
-pub struct Background(());
+/// See [`background_thread`]: dropped, the thread is back on the usual policy if the guard
+/// moved it (a blocking-pool thread goes back to the pool). Not `Send`: it restores the thread
+/// it was made on.
+pub struct Background {
+    changed: bool,
+    _this_thread: std::marker::PhantomData<*const ()>,
+}
 
 impl Drop for Background {
     fn drop(&mut self) {
-        set_policy(OTHER);
+        #[cfg(target_os = "linux")]
+        if self.changed {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: pid 0 is the calling thread, the one the guard was made on (not `Send`).
+            let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = self.changed;
     }
-}
-
-#[cfg(target_os = "linux")]
-const BATCH: i32 = libc::SCHED_BATCH;
-#[cfg(target_os = "linux")]
-const OTHER: i32 = libc::SCHED_OTHER;
-#[cfg(not(target_os = "linux"))]
-const BATCH: i32 = 0;
-#[cfg(not(target_os = "linux"))]
-const OTHER: i32 = 0;
-
-fn set_policy(policy: i32) {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: pid 0 is the calling thread; `param` outlives the call.
-        let _ = unsafe { libc::sched_setscheduler(0, policy, &param) };
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = policy;
 }
 
 /// `[gateway] workers` resolved: `0` means one per CPU.
@@ -435,11 +442,16 @@ mod tests {
         std::thread::spawn(|| {
             // SAFETY: reads the calling thread's policy.
             let policy = || unsafe { libc::sched_getscheduler(0) };
-            assert_eq!(policy(), libc::SCHED_OTHER);
+            let before = policy();
             let background = background_thread();
-            assert_eq!(policy(), libc::SCHED_BATCH);
+            if before == libc::SCHED_OTHER {
+                assert_eq!(policy(), libc::SCHED_BATCH);
+            } else {
+                // Run under a policy of the operator's (`chrt`): left as it is.
+                assert_eq!(policy(), before);
+            }
             drop(background);
-            assert_eq!(policy(), libc::SCHED_OTHER);
+            assert_eq!(policy(), before);
         })
         .join()
         .unwrap();
