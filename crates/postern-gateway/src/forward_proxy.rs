@@ -640,13 +640,13 @@ async fn absolute(
             "the request URL contains the caller token; send it only in Proxy-Authorization",
         )
     };
+    // The authority (`http://user:TOKEN@host/`) is looked at here for every host; the path and
+    // query by the path-mode pipeline for a registered host, below for the others.
+    if token_in(uri.authority().map_or("", |authority| authority.as_str())) {
+        return Err(token_in_url());
+    }
     let proxy = &runtime.proxy;
     if let Some(integration) = proxy.integration_for_host(&host) {
-        // The path-mode pipeline refuses a caller token in the path or query; its authority
-        // (`http://user:TOKEN@host/`) is looked at here.
-        if token_in(uri.authority().map_or("", |authority| authority.as_str())) {
-            return Err(token_in_url());
-        }
         // The same pipeline as path mode; the request is re-originated to the integration's
         // upstream over TLS.
         let info = Arc::new(connection.tunnelled(
@@ -665,7 +665,7 @@ async fn absolute(
     }
     // Refused before anything records the URL (discovery keeps hosts and paths).
     let target = uri.to_string();
-    if token_in(&target) {
+    if token_in(uri.path_and_query().map_or("", |target| target.as_str())) {
         return Err(token_in_url());
     }
     let decision = proxy.policy.decide(&caller.name, &host, port);

@@ -382,19 +382,15 @@ impl RunningGateway {
             config.gateway.listen,
             workers::count(config.gateway.workers),
         )?;
-        let admin_listener = workers::listen_on(config.gateway.admin_listen, ADMIN_BACKLOG)
+        // On this (the main) runtime: bound and listening, with `SO_REUSEADDR`.
+        let admin_listener = TcpListener::bind(config.gateway.admin_listen)
+            .await
             .with_context(|| {
                 format!(
                     "binding admin_listen address {}",
                     config.gateway.admin_listen
                 )
             })?;
-        let admin_listener = TcpListener::from_std(admin_listener).with_context(|| {
-            format!(
-                "registering the admin listener on {}",
-                config.gateway.admin_listen
-            )
-        })?;
         let data_dir = config.gateway.data_dir.clone();
         create_private_dir(&data_dir)?;
         // The vault first: a wrong or missing master key refuses start before anything is written.
@@ -827,9 +823,6 @@ fn spawn_vault_poller(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
         })
         .expect("spawning the vault poller thread")
 }
-
-/// Connections the admin socket queues before the kernel refuses more.
-const ADMIN_BACKLOG: u32 = 1024;
 
 pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(path)

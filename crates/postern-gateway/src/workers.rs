@@ -150,12 +150,7 @@ impl Bound {
 
 /// Binds `count` sockets (at least one) to `addr`, one per worker, and makes them listen.
 pub fn bind(addr: SocketAddr, count: usize) -> anyhow::Result<Bound> {
-    let (listeners, bound) = bind_sockets(addr, count.max(1))
-        .with_context(|| format!("binding listen address {addr}"))?;
-    Ok(Bound {
-        listeners,
-        addr: bound,
-    })
+    bind_sockets(addr, count.max(1)).with_context(|| format!("binding listen address {addr}"))
 }
 
 impl Workers {
@@ -254,17 +249,14 @@ impl Workers {
 }
 
 /// `count` sockets bound to one address with `SO_REUSEPORT` and listening; a port of 0 is chosen
-/// by the first bind and shared by the rest. Returns them and the bound address.
+/// by the first bind and shared by the rest.
 ///
 /// A plain bind first: if anything already holds the address (another Postern included, whose
 /// sockets would otherwise share it and split the traffic silently), start fails with "address
 /// in use" as it would without `SO_REUSEPORT`; and, as each socket listens at once, a plain bind
 /// by anyone later fails too (with `SO_REUSEADDR` on both sides, Linux lets a second socket bind
 /// an address whose holder is not listening).
-fn bind_sockets(
-    addr: SocketAddr,
-    count: usize,
-) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+fn bind_sockets(addr: SocketAddr, count: usize) -> std::io::Result<Bound> {
     if addr.port() != 0 {
         let probe = new_socket(addr)?;
         probe.set_reuse_address(true)?;
@@ -284,7 +276,10 @@ fn bind_sockets(
             .ok_or_else(|| std::io::Error::other("the bound address is not an IP address"))?;
         listeners.push(socket.into());
     }
-    Ok((listeners, bound))
+    Ok(Bound {
+        listeners,
+        addr: bound,
+    })
 }
 
 /// A non-blocking TCP socket for `addr`'s family (close-on-exec, as socket2 makes them).
@@ -296,16 +291,6 @@ fn new_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     )?;
     socket.set_nonblocking(true)?;
     Ok(socket)
-}
-
-/// A listening socket on `addr` with `SO_REUSEADDR` (as `TcpListener::bind` makes it, so a
-/// restart need not wait out TIME_WAIT), made before a runtime is needed: the admin listener's.
-pub fn listen_on(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
-    let socket = new_socket(addr)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog as i32)?;
-    Ok(socket.into())
 }
 
 #[cfg(test)]

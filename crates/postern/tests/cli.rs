@@ -400,7 +400,12 @@ fn get(port: u16, path: &str, token: &str) -> Option<String> {
 /// `postern [global] serve --config CONFIG`, stdout dropped, stderr to `stderr`; killed when
 /// dropped.
 fn serve(global: &[&str], config: &Path, stderr: Stdio) -> Server {
-    let child = postern()
+    serve_with(postern(), global, config, stderr)
+}
+
+/// [`serve`] with `command` (a `postern()` with its environment set).
+fn serve_with(mut command: Command, global: &[&str], config: &Path, stderr: Stdio) -> Server {
+    let child = command
         .args(global)
         .arg("serve")
         .arg("--config")
@@ -410,6 +415,18 @@ fn serve(global: &[&str], config: &Path, stderr: Stdio) -> Server {
         .spawn()
         .unwrap();
     Server(child)
+}
+
+/// Everything `server` (started with its stderr piped) wrote on stderr, once its gateway on
+/// `listen` answered and it was stopped with SIGTERM.
+fn stderr_once_serving(mut server: Server, listen: u16) -> String {
+    eventually("the gateway answers", || {
+        status(listen, "/acme/a").is_some()
+    });
+    terminate(&mut server);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut server.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    stderr
 }
 
 /// Sends SIGTERM and waits (at most 15 s) for the exit: its code.
@@ -554,13 +571,8 @@ fn json_logs_are_json_lines_only() {
     let config = dir.path().join("postern.toml");
     let (listen, admin) = (free_port(), free_port());
     std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
-    let mut server = serve(&["--log-format", "json"], &config, Stdio::piped());
-    eventually("the gateway answers", || {
-        status(listen, "/acme/a").is_some()
-    });
-    terminate(&mut server);
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut server.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    let server = serve(&["--log-format", "json"], &config, Stdio::piped());
+    let stderr = stderr_once_serving(server, listen);
     assert!(stderr.contains("postern is serving"), "{stderr}");
     for line in stderr.lines() {
         assert!(
@@ -588,19 +600,8 @@ fn serve_warns_when_the_allocator_keeps_freed_memory() {
         if let Some(value) = eager {
             command.env("MIMALLOC_ARENA_EAGER_COMMIT", value);
         }
-        let child = command
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut server = Server(child);
-        eventually("the gateway answers", || {
-            status(listen, "/acme/a").is_some()
-        });
-        terminate(&mut server);
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut server.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        let server = serve_with(command, &[], &config, Stdio::piped());
+        let stderr = stderr_once_serving(server, listen);
         assert_eq!(
             stderr.contains(WARNING),
             expected,
