@@ -1065,6 +1065,16 @@ async fn the_caller_token_in_a_url_to_an_unregistered_host_is_refused() {
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "caller_token_in_url");
+    // In the URL's user info too (written by hand: a client would move it to a header).
+    let port = plain.addr.port();
+    let mut stream = send_proxy_head(
+        &gw,
+        &format!("GET http://user:{CHECKOUT_TOKEN}@127.0.0.1:{port}/callback HTTP/1.1"),
+        port,
+    )
+    .await;
+    let head = answer_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     assert!(plain.seen().is_empty());
     gw.stop().await;
 }
