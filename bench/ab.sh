@@ -52,6 +52,7 @@ Options:
   --upstream-tls    the upstream speaks HTTPS (HTTP/1.1), Postern verifies it with its CA as
                     ca_file, as bench/run.sh --upstream-tls
   --upstream-h2     the same, the upstream offering HTTP/2 first (bench/run.sh --upstream-h2)
+  --proxy-threads N Postern's [gateway] workers (default nproc = $PROXY_THREADS)
   --keep            keep the temp dir (config, logs, wrk output)
   -h, --help        this help
 EOF
@@ -68,14 +69,15 @@ while [[ $# -gt 0 ]]; do
     --syscalls) SYSCALLS=1; shift ;;
     --upstream-tls) UPSTREAM_TLS=1; shift ;;
     --upstream-h2) UPSTREAM_TLS=1; UPSTREAM_H2=1; shift ;;
+    --proxy-threads) PROXY_THREADS="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "ab.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) BINS+=("$1"); shift ;;
   esac
 done
 [[ ${#BINS[@]} -eq 2 ]] || { echo "ab.sh: give two postern binaries, OLD and NEW (see --help)" >&2; exit 2; }
-require_numbers ab.sh "$PAIRS" "$DURATION" "$WARMUP"
-[[ "$PAIRS" -ge 1 && "$DURATION" -ge 1 ]] || { echo "ab.sh: need --pairs >= 1 and --duration >= 1" >&2; exit 2; }
+require_numbers ab.sh "$PAIRS" "$DURATION" "$WARMUP" "$PROXY_THREADS"
+[[ "$PAIRS" -ge 1 && "$DURATION" -ge 1 && "$PROXY_THREADS" -ge 1 ]] || { echo "ab.sh: need --pairs >= 1, --duration >= 1 and --proxy-threads >= 1" >&2; exit 2; }
 [[ "$AUDIT_MODE" == required || "$AUDIT_MODE" == best_effort ]] || { echo "ab.sh: --audit is required or best_effort" >&2; exit 2; }
 for bin in "${BINS[@]}"; do [[ -x "$bin" ]] || { echo "ab.sh: $bin is not an executable" >&2; exit 2; }; done
 command -v wrk >/dev/null || apt_install wrk
