@@ -154,6 +154,17 @@ impl<S: AsyncRead> AsyncRead for Deadline<S> {
     }
 }
 
+/// Readiness waits as reads do: past the deadline, `TimedOut`.
+impl<S: crate::h1server::ReadReady> crate::h1server::ReadReady for Deadline<S> {
+    const TELLS: bool = S::TELLS;
+    fn poll_read_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.as_mut().project().inner.poll_read_ready(cx) {
+            Poll::Pending => self.expired(cx, true),
+            ready => ready,
+        }
+    }
+}
+
 impl<S> Deadline<S> {
     /// Called when the stream is not ready: `TimedOut` once the connection has been silent
     /// past its deadline, else `Pending` with the deadline's timer armed. `reading`: a read is
@@ -358,6 +369,36 @@ mod tests {
             times_out_after(secs(10), secs(2), &[secs(0), ms(1500)]).await,
             ms(3500)
         );
+    }
+
+    /// A readiness wait (a connection waiting for its caller with no read buffer) is bounded
+    /// as a read is: ready once bytes come, `TimedOut` at the first-byte limit when none do.
+    #[tokio::test(start_paused = true)]
+    async fn a_readiness_wait_times_out_as_a_read_does() {
+        use crate::h1server::ReadReady;
+        async fn ready(stream: &mut Deadline<tokio::net::TcpStream>) -> io::Result<()> {
+            std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_read_ready(cx)).await
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let secs = Duration::from_secs;
+
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut server = Deadline::new(server, secs(10), secs(60));
+        client.write_all(b"GET").await.unwrap();
+        ready(&mut server).await.unwrap();
+
+        let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut server = Deadline::new(server, secs(10), secs(60));
+        let start = Instant::now();
+        // tokio takes a new socket as readable until a read finds nothing.
+        let nothing = tokio::time::timeout(Duration::ZERO, server.read(&mut [0u8; 8])).await;
+        assert!(nothing.is_err(), "{nothing:?}");
+        let error = ready(&mut server).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), secs(10));
     }
 
     #[tokio::test(start_paused = true)]

@@ -32,6 +32,8 @@
 //! - an answer of known length is written in full before its body is polled for its end, so
 //!   the call is recorded after the caller has its answer (a chunked answer's last chunk is
 //!   written once the body has ended);
+//! - a connection over plain TCP waits for its caller's next request holding no read or answer
+//!   buffer (the socket's readiness is awaited, [`ReadReady`]); over TLS it waits reading;
 //! - an idle keep-alive connection lives until the connection's idle limit
 //!   (`[gateway] idle_timeout_ms`, 300 s by default, as docs/CONFIG.md states); hyper's
 //!   head timer also ran between requests and closed it after 30 s;
@@ -67,8 +69,9 @@ const MAX_HEADERS: usize = 64;
 /// it answers 431 past them): a head with more than [`MAX_HEADERS`] is parsed again with room
 /// for these, only to find both framings.
 pub(crate) const HYPER_MAX_HEADERS: usize = 100;
-/// Room for one read, as the buffer grows: a typical API call's head fits in one, and an idle
-/// keep-alive connection keeps this much (a body is read into room made for its length).
+/// Room for one read, as the buffer grows: a typical API call's head fits in one (a body is read
+/// into room made for its length). An idle keep-alive connection over TLS keeps this much; over
+/// plain TCP none ([`idle_read`]).
 const READ_SPACE: usize = 2 * 1024;
 /// How long closing a connection may wait to send its last bytes (TLS `close_notify`).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -85,6 +88,32 @@ pub enum Served {
     Handoff { read: BytesMut, served: bool },
 }
 
+/// A stream that can tell when a read may find bytes without being lent a buffer to read into,
+/// so a connection waiting for its caller's next request holds no read buffer (plain TCP: 2 KiB
+/// less per idle keep-alive connection). A stream that cannot tell says so and is read into a
+/// buffer as it waits: TLS, whose decrypted bytes may already wait inside it, and test pipes.
+pub trait ReadReady {
+    /// Whether this stream tells readiness (else [`ReadReady::poll_read_ready`] is not asked).
+    const TELLS: bool;
+    /// `Ready` once a read may find bytes, the end of the stream or an error (or early: a read
+    /// may still find nothing).
+    fn poll_read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    const TELLS: bool = true;
+    fn poll_read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(&self, cx)
+    }
+}
+
+impl<S> ReadReady for tokio_rustls::server::TlsStream<S> {
+    const TELLS: bool = false;
+    fn poll_read_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// Serves requests on `io` until the connection closes or a request needs hyper. A head this
 /// server refuses itself (both framings) is answered by `on_refused` (which the gateway records
 /// as a call), or without it with a bare JSON error.
@@ -97,14 +126,13 @@ pub async fn serve<S, H, F>(
     on_refused: Option<&OnMalformed>,
 ) -> Served
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + ReadReady + Unpin,
     H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F,
     F: Future<Output = Response<GatewayBody>>,
 {
-    // Made small by the first read (`read_buf` reserves 64 bytes in an empty buffer) and grown
-    // as the head needs: a connection that has not spoken holds 64 bytes, at the price of a
-    // second read for a first head longer than that.
+    // Empty until the caller speaks (see `idle_read`), then grown as the head needs.
     let mut buf = BytesMut::new();
+    // Given back (to this thread's spares) while the connection waits for its caller.
     let mut out = Vec::new();
     let mut served = false;
     // The call's future (several KiB) lives in a box, made for a request and reused for the
@@ -112,14 +140,21 @@ where
     // for its caller holds none of it (see `arrived`).
     let mut slot: Option<Pin<Box<F>>> = None;
     'connection: loop {
+        // Whether the caller has been found silent since its last answer.
+        let mut silent = false;
         if slot.is_some() && buf.is_empty() {
             match arrived(io, &mut buf).await {
                 Some(true) => {}
-                Some(false) => slot = None,
+                Some(false) => {
+                    silent = true;
+                    slot = None;
+                    Spares::give_answer(std::mem::take(&mut out));
+                }
                 None => break 'connection,
             }
         }
-        let (request, close) = match next_request(io, &mut buf, shutdown, max_header_bytes).await {
+        let next = next_request(io, &mut buf, shutdown, max_header_bytes, silent).await;
+        let (request, close) = match next {
             Next::Request(request, close) => (request, close),
             Next::Closed => break 'connection,
             Next::Handoff => return Served::Handoff { read: buf, served },
@@ -172,6 +207,9 @@ where
         };
         drop(waiting);
         let close = close || *shutdown.borrow();
+        if out.capacity() == 0 {
+            out = Spares::take_answer();
+        }
         // `Ok(true)`: neither side asked to close.
         let in_flight = info.in_flight();
         match respond(
@@ -211,38 +249,43 @@ enum Next {
     Conflicting,
 }
 
-/// Reads the next request: its head, and its body when it has one.
-async fn next_request<S: AsyncRead + Unpin>(
+/// Reads the next request: its head, and its body when it has one. `silent`: the caller was
+/// just found to have sent nothing yet.
+async fn next_request<S: AsyncRead + ReadReady + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     shutdown: &mut watch::Receiver<bool>,
     max_header_bytes: usize,
+    mut silent: bool,
 ) -> Next {
     let mut head_deadline = None;
-    let (head, body_len, close) = loop {
+    let (head, head_len, body_len, close) = loop {
         if !buf.is_empty() {
+            let read = buf.len();
             match parse(buf, max_header_bytes) {
                 Parse::Partial => {}
                 Parse::Handoff => return Next::Handoff,
                 Parse::Conflicting => return Next::Conflicting,
-                Parse::Request(head, body_len, close) => break (head, body_len, close),
+                Parse::Request(head, body_len, close) => {
+                    break (head, read - buf.len(), body_len, close);
+                }
             }
             if buf.len() >= max_header_bytes {
                 return Next::Handoff;
             }
-        }
-        if buf.capacity() - buf.len() < 1024 && buf.capacity() > 0 {
-            buf.reserve(READ_SPACE);
         }
         let read = if buf.is_empty() {
             // Idle between requests: the connection's own idle deadline applies; shutdown
             // closes it.
             tokio::select! {
                 biased;
-                read = io.read_buf(buf) => read,
+                read = idle_read(io, buf, std::mem::take(&mut silent)) => read,
                 _ = stopping(shutdown) => return Next::Closed,
             }
         } else {
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(READ_SPACE);
+            }
             let deadline =
                 *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
             tokio::select! {
@@ -287,8 +330,142 @@ async fn next_request<S: AsyncRead + Unpin>(
             CallerBody::Read(Some(buf.split_to(len).freeze()))
         }
     };
+    // Room made for a large head or body stays with the request (freed with it): the connection
+    // goes on with a buffer of its usual size, holding what followed, if anything (a buffer's
+    // capacity does not show what it shares, so it would keep the room, and so would its spares).
+    if head_len + body_len as usize > READ_SPACE {
+        let rest = std::mem::take(buf);
+        buf.extend_from_slice(&rest);
+    }
     let (parts, ()) = head.into_parts();
     Next::Request(Request::from_parts(parts, body), close)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Waits for a caller made with the read buffer given back, on this thread.
+    static IDLE_WAITS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Reads the next bytes into the empty `buf` of a connection between requests. On a stream
+/// that tells readiness ([`ReadReady`]), a caller that has sent nothing yet is waited for with
+/// the buffer given back, and the read gets room for a whole typical head at once; readiness
+/// may be told early (tokio takes a new socket as readable until a read finds nothing), so a
+/// read that finds nothing gives the buffer back and waits again. A stream that cannot tell is
+/// read into `buf` as it waits (a connection that has not spoken keeps 64 bytes, `read_buf`'s
+/// first room, at the price of a second read for a first head longer than that). `silent`: a
+/// read has just found nothing (readiness is not asked again before waiting).
+async fn idle_read<S: AsyncRead + ReadReady + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    mut silent: bool,
+) -> io::Result<usize> {
+    if !S::TELLS {
+        if buf.capacity() - buf.len() < 1024 && buf.capacity() > 0 {
+            buf.reserve(READ_SPACE);
+        }
+        return io.read_buf(buf).await;
+    }
+    loop {
+        let mut readable = std::future::poll_fn(|cx| Pin::new(&mut *io).poll_read_ready(cx));
+        let polled = match std::mem::take(&mut silent) {
+            true => Poll::Pending,
+            false => now(&mut readable).await,
+        };
+        match polled {
+            Poll::Ready(ready) => ready?,
+            Poll::Pending => {
+                Spares::give_read(std::mem::take(buf));
+                #[cfg(test)]
+                IDLE_WAITS.with(|waits| waits.set(waits.get() + 1));
+                readable.await?;
+            }
+        }
+        if buf.capacity() == 0 {
+            *buf = Spares::take_read();
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_SPACE);
+        }
+        if let Poll::Ready(read) = now(io.read_buf(buf)).await {
+            return read;
+        }
+    }
+}
+
+/// Buffers given back by this thread's connections while they wait for their callers, for the
+/// next connection with a request to read or an answer to write: on a busy worker they go round
+/// instead of being freed and allocated again per call (which cost ~7 % of the throughput here,
+/// a cost gone with mimalloc's purging of freed pages turned off, docs/BENCHMARKS.md §1). At
+/// most [`SPARES`] of each kind are kept, and none larger than a connection keeps after a call.
+struct Spares {
+    reads: Vec<BytesMut>,
+    answers: Vec<Vec<u8>>,
+}
+
+/// The most spare buffers of each kind a thread keeps (2 KiB read buffers, answer buffers of at
+/// most 4 KiB).
+const SPARES: usize = 64;
+
+thread_local! {
+    static SPARE: RefCell<Spares> = const {
+        RefCell::new(Spares {
+            reads: Vec::new(),
+            answers: Vec::new(),
+        })
+    };
+}
+
+impl Spares {
+    fn give_read(mut buf: BytesMut) {
+        if buf.capacity() == 0 || buf.capacity() > 2 * READ_SPACE {
+            return;
+        }
+        buf.clear();
+        Self::with(|spares| {
+            if spares.reads.len() < SPARES {
+                spares.reads.push(buf);
+            }
+        });
+    }
+
+    fn take_read() -> BytesMut {
+        Self::with(|spares| spares.reads.pop())
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn give_answer(mut out: Vec<u8>) {
+        if out.capacity() == 0 || out.capacity() > 4096 {
+            return;
+        }
+        out.clear();
+        Self::with(|spares| {
+            if spares.answers.len() < SPARES {
+                spares.answers.push(out);
+            }
+        });
+    }
+
+    fn take_answer() -> Vec<u8> {
+        Self::with(|spares| spares.answers.pop())
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// `None` while the thread's locals are torn down (or re-entered): nothing is kept then.
+    fn with<R>(f: impl FnOnce(&mut Spares) -> R) -> Option<R> {
+        SPARE
+            .try_with(|cell| cell.try_borrow_mut().ok().map(|mut spares| f(&mut spares)))
+            .ok()
+            .flatten()
+    }
+}
+
+/// Polls `future` once: its output, or `Pending` (its waker registered).
+async fn now<F: Future>(future: F) -> Poll<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
 
 /// Reads what the caller has sent already, without waiting: `Some(true)` when bytes came,
@@ -301,8 +478,7 @@ async fn arrived<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> Option
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_SPACE);
     }
-    let mut read = std::pin::pin!(io.read_buf(buf));
-    match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+    match now(io.read_buf(buf)).await {
         Poll::Ready(Ok(0) | Err(_)) => None,
         Poll::Ready(Ok(_)) => Some(true),
         Poll::Pending => Some(false),
@@ -709,6 +885,14 @@ mod tests {
     use crate::fuzz::Fuzz;
     use http_body_util::BodyExt as _;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A pipe cannot tell readiness: it is read into a buffer as it waits.
+    impl ReadReady for tokio::io::DuplexStream {
+        const TELLS: bool = false;
+        fn poll_read_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
 
     fn parsed(bytes: &[u8]) -> &'static str {
         let mut buf = BytesMut::from(bytes);
@@ -1260,6 +1444,76 @@ mod tests {
         (never, dropped)
     }
 
+    /// Over TCP, which tells readiness, a connection waits for its caller's next request with
+    /// its read buffer given back, and serves the request when it comes; over a pipe, which
+    /// cannot tell, it waits reading into its buffer.
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_caller_over_tcp_holds_no_read_buffer() {
+        let waits = || IDLE_WAITS.with(std::cell::Cell::get);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (_stop, mut shutdown) = watch::channel(false);
+        // On this test's thread (a current-thread runtime): its count is this test's.
+        let serving = tokio::spawn(async move {
+            serve(&mut server, &info(), &echo, &mut shutdown, 8192, None).await;
+        });
+        let mut answers = Vec::new();
+        for path in ["/one", "/two", "/three"] {
+            let sent = waits();
+            let request = format!("POST {path} HTTP/1.1\r\ncontent-length: 4\r\n\r\nbody");
+            client.write_all(request.as_bytes()).await.unwrap();
+            let expected = format!("POST {path} body");
+            let mut chunk = [0u8; 1024];
+            while !String::from_utf8_lossy(&answers).contains(&expected) {
+                let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut chunk))
+                    .await
+                    .expect("answered")
+                    .unwrap();
+                assert!(read > 0, "the connection closed");
+                answers.extend_from_slice(&chunk[..read]);
+            }
+            // Answered; the caller is silent now, and the connection waits for it without its
+            // buffer (looked for a while: the answer is written before the connection waits).
+            for _ in 0..500 {
+                if waits() > sent {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(waits() > sent, "after {path}: no wait without the buffer");
+        }
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .expect("the connection ended with its caller")
+            .unwrap();
+
+        // A pipe: the same exchange, never a wait without the buffer.
+        let before = waits();
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let serving = tokio::spawn(async move {
+            serve(&mut server, &info(), &echo, &mut shutdown, 8192, None).await;
+        });
+        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut chunk = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut chunk))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&chunk[..read]).contains("GET /a"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .expect("the connection ended with its caller")
+            .unwrap();
+        assert_eq!(waits(), before);
+    }
+
     /// A connection waiting for its caller's next request holds no call future (several KiB
     /// each in the gateway), while one whose next request is already there reuses the box.
     #[tokio::test]
@@ -1352,6 +1606,42 @@ mod tests {
             .await
             .expect("the connection ends when the caller hangs up")
             .unwrap();
+    }
+
+    /// A request with a large head leaves the connection a buffer of its own for what follows,
+    /// not a slice of the room made for the head (which would keep that room, unseen, for the
+    /// connection's life or in the thread's spares).
+    #[tokio::test]
+    async fn a_large_head_leaves_no_room_behind() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let pad = "p".repeat(5000);
+        let request = format!(
+            "POST /big HTTP/1.1\r\nx-pad: {pad}\r\ncontent-length: 4\r\n\r\nbodyGET /next HTTP/1.1\r\n\r\n"
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = BytesMut::new();
+        let next = next_request(&mut server, &mut buf, &mut shutdown, 8192, false).await;
+        let Next::Request(request, _) = next else {
+            panic!("no request");
+        };
+        assert_eq!(
+            request.into_body().collect().await.unwrap().to_bytes(),
+            "body"
+        );
+        // Made for what was left (the next request's bytes read with the head), not the rest of
+        // the head's room (over 3 KiB here).
+        assert!(
+            buf.capacity() < READ_SPACE,
+            "the buffer left ({} bytes) has {} of room: the head's",
+            buf.len(),
+            buf.capacity()
+        );
+        let next = next_request(&mut server, &mut buf, &mut shutdown, 8192, false).await;
+        let Next::Request(request, _) = next else {
+            panic!("no second request");
+        };
+        assert_eq!(request.uri(), "/next");
     }
 
     /// `arrived` reads what is there without waiting: nothing yet, bytes (kept in the buffer), or

@@ -276,7 +276,7 @@ impl Connection {
     /// Postern's own HTTP/1.1 server first; hyper from the first request it leaves.
     async fn serve_h1_first<S, H, F>(self, mut stream: S, info: Arc<ConnectionInfo>, handler: H)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + h1server::ReadReady + Unpin + Send + 'static,
         H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<GatewayBody>> + Send + 'static,
     {
