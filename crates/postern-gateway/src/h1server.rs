@@ -32,8 +32,9 @@
 //! - an answer of known length is written in full before its body is polled for its end, so
 //!   the call is recorded after the caller has its answer (a chunked answer's last chunk is
 //!   written once the body has ended);
-//! - a connection over plain TCP waits for its caller's next request holding no read or answer
-//!   buffer (the socket's readiness is awaited, [`ReadReady`]); over TLS it waits reading;
+//! - a connection waits for its caller's next request holding no answer buffer, and over plain
+//!   TCP no read buffer either (the socket's readiness is awaited, [`ReadReady`]); over TLS it
+//!   waits reading;
 //! - an idle keep-alive connection lives until the connection's idle limit
 //!   (`[gateway] idle_timeout_ms`, 300 s by default, as docs/CONFIG.md states); hyper's
 //!   head timer also ran between requests and closed it after 30 s;
@@ -350,8 +351,8 @@ thread_local! {
 /// Reads the next bytes into the empty `buf` of a connection between requests. On a stream
 /// that tells readiness ([`ReadReady`]), a caller that has sent nothing yet is waited for with
 /// the buffer given back, and the read gets room for a whole typical head at once; readiness
-/// may be told early (tokio takes a new socket as readable until a read finds nothing), so a
-/// read that finds nothing gives the buffer back and waits again. A stream that cannot tell is
+/// may be told when a read then finds nothing (a freshly accepted socket was, here; or a read
+/// that filled its room left it set), so such a read gives the buffer back and waits again. A stream that cannot tell is
 /// read into `buf` as it waits (a connection that has not spoken keeps 64 bytes, `read_buf`'s
 /// first room, at the price of a second read for a first head longer than that). `silent`: a
 /// read has just found nothing (readiness is not asked again before waiting).
@@ -403,8 +404,8 @@ struct Spares {
     answers: Vec<Vec<u8>>,
 }
 
-/// The most spare buffers of each kind a thread keeps (2 KiB read buffers, answer buffers of at
-/// most 4 KiB).
+/// The most spare buffers of each kind a thread keeps (read buffers and answer buffers of at
+/// most 4 KiB each).
 const SPARES: usize = 64;
 
 thread_local! {
@@ -475,6 +476,9 @@ async fn now<F: Future>(future: F) -> Poll<F::Output> {
 /// or a call answered before the connection was read again, costs one `recvfrom` here). A
 /// `Pending` from tokio's cooperative budget with bytes waiting only costs the box.
 async fn arrived<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> Option<bool> {
+    if buf.capacity() == 0 {
+        *buf = Spares::take_read();
+    }
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_SPACE);
     }
@@ -1620,6 +1624,8 @@ mod tests {
             "POST /big HTTP/1.1\r\nx-pad: {pad}\r\ncontent-length: 4\r\n\r\nbodyGET /next HTTP/1.1\r\n\r\n"
         );
         client.write_all(request.as_bytes()).await.unwrap();
+        // Bytes lost would end the connection (`Closed`), not wait for more.
+        drop(client);
         let mut buf = BytesMut::new();
         let next = next_request(&mut server, &mut buf, &mut shutdown, 8192, false).await;
         let Next::Request(request, _) = next else {
