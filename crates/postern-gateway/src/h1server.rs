@@ -1448,6 +1448,23 @@ mod tests {
         (never, dropped)
     }
 
+    /// Reads `client` into `answers` until `done` holds (each read bounded: 5 s).
+    async fn read_until<R: AsyncRead + Unpin>(
+        client: &mut R,
+        answers: &mut Vec<u8>,
+        done: impl Fn(&[u8]) -> bool,
+    ) {
+        let mut chunk = [0u8; 1024];
+        while !done(answers) {
+            let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut chunk))
+                .await
+                .expect("answered")
+                .unwrap();
+            assert!(read > 0, "the connection closed");
+            answers.extend_from_slice(&chunk[..read]);
+        }
+    }
+
     /// Over TCP, which tells readiness, a connection waits for its caller's next request with
     /// its read buffer given back, and serves the request when it comes; over a pipe, which
     /// cannot tell, it waits reading into its buffer.
@@ -1470,15 +1487,10 @@ mod tests {
             let request = format!("POST {path} HTTP/1.1\r\ncontent-length: 4\r\n\r\nbody");
             client.write_all(request.as_bytes()).await.unwrap();
             let expected = format!("POST {path} body");
-            let mut chunk = [0u8; 1024];
-            while !String::from_utf8_lossy(&answers).contains(&expected) {
-                let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut chunk))
-                    .await
-                    .expect("answered")
-                    .unwrap();
-                assert!(read > 0, "the connection closed");
-                answers.extend_from_slice(&chunk[..read]);
-            }
+            read_until(&mut client, &mut answers, |answers| {
+                String::from_utf8_lossy(answers).contains(&expected)
+            })
+            .await;
             // Answered; the caller is silent now, and the connection waits for it without its
             // buffer (looked for a while: the answer is written before the connection waits).
             for _ in 0..500 {
@@ -1559,15 +1571,10 @@ mod tests {
         });
         let mut answers = Vec::new();
         let mut read_answers = async |client: &mut tokio::io::DuplexStream, count: usize| {
-            let mut chunk = [0u8; 1024];
-            while answers.windows(2).filter(|w| w == b"ok").count() < count {
-                let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut chunk))
-                    .await
-                    .expect("answered")
-                    .unwrap();
-                assert!(read > 0, "the connection closed");
-                answers.extend_from_slice(&chunk[..read]);
-            }
+            read_until(client, &mut answers, |answers| {
+                answers.windows(2).filter(|w| w == b"ok").count() >= count
+            })
+            .await;
         };
         client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
         read_answers(&mut client, 1).await;
