@@ -201,7 +201,7 @@ rows = [
     (2, "futures under a tokio timeout, mostly the vendor exchange", "<tokio::time::timeout::Timeout<T> as core::future::future::Future>::poll"),
     (2, "audit entries encoded", "postern_gateway::audit::Audit::record"),
     (2, "the answer prepared", "postern_gateway::proxy::prepare_response"),
-    (1, "answering the caller", "postern_gateway::h1server::respond::{{closure}}"),
+    (1, "answering the caller (its head written before, in `h1server::respond`)", "postern_gateway::h1server::write_answer::{{closure}}"),
     (2, "the call recorded when its body ends", "postern_gateway::body::ResponseBody::finish"),
     (3, "its event", "postern_gateway::events::EventSink::record_ref"),
     (3, "its metrics", "postern_gateway::metrics::Metrics::observe_call"),
