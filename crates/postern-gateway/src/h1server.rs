@@ -1541,7 +1541,7 @@ mod tests {
 
     /// Every connection's task holds this future for its whole life, idle or not: what it keeps
     /// across its waits (the request, the answer's head, a head waiting for its body) is kept
-    /// out of it, so it stays under 1 KiB (1448 bytes before that).
+    /// out of it. 704 bytes, in this test's build as in the release build (1448 before that).
     #[test]
     fn a_connection_future_stays_small() {
         let (_client, mut server) = tokio::io::duplex(64);
@@ -1549,7 +1549,7 @@ mod tests {
         let info = info();
         let serving = serve(&mut server, &info, &echo, &mut shutdown, 8192, None);
         let size = std::mem::size_of_val(&serving);
-        assert!(size <= 1024, "h1server::serve's future is {size} bytes");
+        assert!(size <= 768, "h1server::serve's future is {size} bytes");
     }
 
     /// Over TCP, which tells readiness, a connection waits for its caller's next request with
