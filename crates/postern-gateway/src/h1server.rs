@@ -281,32 +281,24 @@ async fn next_request<S: AsyncRead + ReadReady + Unpin>(
                     return Next::Handoff;
                 }
             }
-            let read = if buf.is_empty() {
+            if buf.is_empty() {
                 // Idle between requests: the connection's own idle deadline applies; shutdown
                 // closes it.
-                tokio::select! {
+                let read = tokio::select! {
                     biased;
                     read = idle_read(io, buf, std::mem::take(&mut silent)) => read,
                     _ = stopping(shutdown) => return Next::Closed,
+                };
+                if !matches!(read, Ok(read) if read > 0) {
+                    return Next::Closed;
                 }
             } else {
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(READ_SPACE);
                 }
-                let deadline = *head_deadline
-                    .get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
-                tokio::select! {
-                    biased;
-                    read = tokio::time::timeout_at(deadline, io.read_buf(buf)) => match read {
-                        Ok(read) => read,
-                        Err(_) => return Next::Closed,
-                    },
-                    _ = stopping(shutdown) => return Next::Closed,
+                if !read_within(io, buf, &mut head_deadline, shutdown).await {
+                    return Next::Closed;
                 }
-            };
-            match read {
-                Ok(0) | Err(_) => return Next::Closed,
-                Ok(_) => {}
             }
         };
         if buf.len() as u64 >= body_len {
@@ -325,23 +317,31 @@ async fn next_request<S: AsyncRead + ReadReady + Unpin>(
     let mut body_deadline = None;
     while buf.len() < len {
         buf.reserve(len - buf.len());
-        let deadline =
-            *body_deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
-        let read = tokio::select! {
-            biased;
-            read = tokio::time::timeout_at(deadline, io.read_buf(buf)) => match read {
-                Ok(read) => read,
-                Err(_) => return Next::Closed,
-            },
-            _ = stopping(shutdown) => return Next::Closed,
-        };
-        match read {
-            Ok(0) | Err(_) => return Next::Closed,
-            Ok(_) => {}
+        if !read_within(io, buf, &mut body_deadline, shutdown).await {
+            return Next::Closed;
         }
     }
     let body = CallerBody::Read(Some(buf.split_to(len).freeze()));
     request(buf, *head, head_len + len, body, close)
+}
+
+/// Reads more of a request into `buf`, within [`HEAD_TIMEOUT`] of the first such read
+/// (`deadline`, set then) and until shutdown. `false`: the connection is to close (time ran
+/// out, shutdown, the caller's end, an error).
+async fn read_within<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    deadline: &mut Option<tokio::time::Instant>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+    tokio::select! {
+        biased;
+        read = tokio::time::timeout_at(deadline, io.read_buf(buf)) => {
+            matches!(read, Ok(Ok(read)) if read > 0)
+        }
+        _ = stopping(shutdown) => false,
+    }
 }
 
 /// The request of `head` and `body`, `read` bytes in all taken from `buf`.
