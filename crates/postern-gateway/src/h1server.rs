@@ -149,7 +149,7 @@ where
                 Some(false) => {
                     silent = true;
                     slot = None;
-                    Spares::give_answer(std::mem::take(&mut out));
+                    Spares::give(std::mem::take(&mut out));
                 }
                 None => break 'connection,
             }
@@ -189,10 +189,10 @@ where
             let _ = respond(io, &mut out, &mut buf, answer, false, true, in_flight).await;
             break 'connection;
         };
-        let Some(call) = slot.as_mut() else {
-            unreachable!("the call's box was just filled");
-        };
-        let mut call = call.as_mut();
+        let mut call = slot
+            .as_mut()
+            .expect("the call's box was just filled")
+            .as_mut();
         // While the call runs and nothing else has arrived, the connection is still read (as
         // hyper does): a caller that hangs up (EOF, reset) ends the call. Once a pipelining
         // caller's next bytes are in `buf`, reading stops until they are served, so an EOF
@@ -211,7 +211,7 @@ where
         drop(waiting);
         let close = close || *shutdown.borrow();
         if out.capacity() == 0 {
-            out = Spares::take_answer();
+            out = Spares::take();
         }
         // `Ok(true)`: neither side asked to close.
         let in_flight = info.in_flight();
@@ -293,9 +293,7 @@ async fn next_request<S: AsyncRead + ReadReady + Unpin>(
                     return Next::Closed;
                 }
             } else {
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(READ_SPACE);
-                }
+                make_room(buf);
                 if !read_within(io, buf, &mut head_deadline, shutdown).await {
                     return Next::Closed;
                 }
@@ -365,16 +363,24 @@ fn request(
 
 #[cfg(test)]
 thread_local! {
-    /// Waits for a caller made with the read buffer given back, on this thread.
-    static IDLE_WAITS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// For each wait for a caller made without a buffer on this thread, the read buffer's room
+    /// the connection held while it waited.
+    static IDLE_WAITS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Room for one more read of a head: [`READ_SPACE`] more when less than 1 KiB is left.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_SPACE);
+    }
 }
 
 /// Reads the next bytes into the empty `buf` of a connection between requests. On a stream
 /// that tells readiness ([`ReadReady`]), a caller that has sent nothing yet is waited for with
 /// the buffer given back, and the read gets room for a whole typical head at once; readiness
 /// may be told when a read then finds nothing (a freshly accepted socket was, here; or a read
-/// that filled its room left it set), so such a read gives the buffer back and waits again. A stream that cannot tell is
-/// read into `buf` as it waits (a connection that has not spoken keeps 64 bytes, `read_buf`'s
+/// that filled its room left it set), so such a read gives the buffer back and waits again. A
+/// stream that cannot tell is read into `buf` as it waits (a connection that has not spoken keeps 64 bytes, `read_buf`'s
 /// first room, at the price of a second read for a first head longer than that). `silent`: a
 /// read has just found nothing (readiness is not asked again before waiting).
 async fn idle_read<S: AsyncRead + ReadReady + Unpin>(
@@ -383,8 +389,9 @@ async fn idle_read<S: AsyncRead + ReadReady + Unpin>(
     mut silent: bool,
 ) -> io::Result<usize> {
     if !S::TELLS {
-        if buf.capacity() - buf.len() < 1024 && buf.capacity() > 0 {
-            buf.reserve(READ_SPACE);
+        // An empty buffer gets `read_buf`'s first room, 64 bytes, as it waits.
+        if buf.capacity() > 0 {
+            make_room(buf);
         }
         return io.read_buf(buf).await;
     }
@@ -397,18 +404,16 @@ async fn idle_read<S: AsyncRead + ReadReady + Unpin>(
         match polled {
             Poll::Ready(ready) => ready?,
             Poll::Pending => {
-                Spares::give_read(std::mem::take(buf));
+                Spares::give(std::mem::take(buf));
                 #[cfg(test)]
-                IDLE_WAITS.with(|waits| waits.set(waits.get() + 1));
+                IDLE_WAITS.with(|waits| waits.borrow_mut().push(buf.capacity()));
                 readable.await?;
             }
         }
         if buf.capacity() == 0 {
-            *buf = Spares::take_read();
+            *buf = Spares::take();
         }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(READ_SPACE);
-        }
+        make_room(buf);
         if let Poll::Ready(read) = now(io.read_buf(buf)).await {
             return read;
         }
@@ -425,8 +430,7 @@ struct Spares {
     answers: Vec<Vec<u8>>,
 }
 
-/// The most spare buffers of each kind a thread keeps (read buffers and answer buffers of at
-/// most 4 KiB each).
+/// The most spare buffers of each kind a thread keeps.
 const SPARES: usize = 64;
 
 thread_local! {
@@ -438,39 +442,58 @@ thread_local! {
     };
 }
 
+/// A buffer kind [`Spares`] keeps: where, and how large at most.
+trait Spare: Default {
+    /// The largest capacity kept; a larger buffer is freed.
+    const MAX: usize;
+    fn capacity(&self) -> usize;
+    fn clear(&mut self);
+    fn list(spares: &mut Spares) -> &mut Vec<Self>;
+}
+
+impl Spare for BytesMut {
+    const MAX: usize = 2 * READ_SPACE;
+    fn capacity(&self) -> usize {
+        BytesMut::capacity(self)
+    }
+    fn clear(&mut self) {
+        BytesMut::clear(self);
+    }
+    fn list(spares: &mut Spares) -> &mut Vec<Self> {
+        &mut spares.reads
+    }
+}
+
+impl Spare for Vec<u8> {
+    const MAX: usize = 4096;
+    fn capacity(&self) -> usize {
+        Vec::capacity(self)
+    }
+    fn clear(&mut self) {
+        Vec::clear(self);
+    }
+    fn list(spares: &mut Spares) -> &mut Vec<Self> {
+        &mut spares.answers
+    }
+}
+
 impl Spares {
-    fn give_read(mut buf: BytesMut) {
-        if buf.capacity() == 0 || buf.capacity() > 2 * READ_SPACE {
+    fn give<T: Spare>(mut buffer: T) {
+        if buffer.capacity() == 0 || buffer.capacity() > T::MAX {
             return;
         }
-        buf.clear();
+        buffer.clear();
         Self::with(|spares| {
-            if spares.reads.len() < SPARES {
-                spares.reads.push(buf);
+            let list = T::list(spares);
+            if list.len() < SPARES {
+                list.push(buffer);
             }
         });
     }
 
-    fn take_read() -> BytesMut {
-        Self::with(|spares| spares.reads.pop())
-            .flatten()
-            .unwrap_or_default()
-    }
-
-    fn give_answer(mut out: Vec<u8>) {
-        if out.capacity() == 0 || out.capacity() > 4096 {
-            return;
-        }
-        out.clear();
-        Self::with(|spares| {
-            if spares.answers.len() < SPARES {
-                spares.answers.push(out);
-            }
-        });
-    }
-
-    fn take_answer() -> Vec<u8> {
-        Self::with(|spares| spares.answers.pop())
+    /// A spare buffer, or a new empty one.
+    fn take<T: Spare>() -> T {
+        Self::with(|spares| T::list(spares).pop())
             .flatten()
             .unwrap_or_default()
     }
@@ -498,11 +521,9 @@ async fn now<F: Future>(future: F) -> Poll<F::Output> {
 /// `Pending` from tokio's cooperative budget with bytes waiting only costs the box.
 async fn arrived<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> Option<bool> {
     if buf.capacity() == 0 {
-        *buf = Spares::take_read();
+        *buf = Spares::take();
     }
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_SPACE);
-    }
+    make_room(buf);
     match now(io.read_buf(buf)).await {
         Poll::Ready(Ok(0) | Err(_)) => None,
         Poll::Ready(Ok(_)) => Some(true),
@@ -1557,7 +1578,17 @@ mod tests {
     /// cannot tell, it waits reading into its buffer.
     #[tokio::test]
     async fn a_connection_waiting_for_its_caller_over_tcp_holds_no_read_buffer() {
-        let waits = || IDLE_WAITS.with(std::cell::Cell::get);
+        // How many waits without a buffer, after checking that none held one.
+        let waits = || {
+            IDLE_WAITS.with(|waits| {
+                let waits = waits.borrow();
+                assert!(
+                    waits.iter().all(|&held| held == 0),
+                    "held while waiting: {waits:?}"
+                );
+                waits.len()
+            })
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
