@@ -47,7 +47,11 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
     };
     let gateway = validator.gateway(raw.gateway.into_inner());
     validator.max_header_bytes = gateway.max_header_bytes;
-    let callers = validator.callers(raw.callers, gateway.admin_token_sha256.as_deref());
+    let callers = validator.callers(
+        raw.callers,
+        gateway.admin_token_sha256.as_deref(),
+        gateway.client_ca.is_some(),
+    );
     let integrations = validator.integrations(raw.integrations);
     let grants = validator.grants(raw.grants, &callers, &integrations);
     let proxy = validator.proxy(raw.proxy.map(Spanned::into_inner));
@@ -386,11 +390,13 @@ impl Validator<'_> {
         }
     }
 
-    /// `admin_token_sha256`: the admin token's hash, which no caller's may be.
+    /// `admin_token_sha256`: the admin token's hash, which no caller's may be; `client_ca`:
+    /// whether the listener verifies client certificates, without which no `spiffe_id` matches.
     fn callers(
         &mut self,
         raw_callers: Vec<Spanned<RawCaller>>,
         admin_token_sha256: Option<&str>,
+        client_ca: bool,
     ) -> Vec<CallerConfig> {
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut tokens: HashMap<String, String> = HashMap::new();
@@ -451,6 +457,16 @@ impl Validator<'_> {
                 let id = value.get_ref().clone();
                 if let Err((message, fix)) = check_spiffe_id(&id) {
                     self.error(value.span(), message, fix);
+                } else if !client_ca {
+                    self.error(
+                        value.span(),
+                        format!(
+                            "caller `{name}` has a spiffe_id, but `[gateway] client_ca` is not set: \
+                             no client certificate is verified, so it can never match"
+                        ),
+                        "set `client_ca` (with `tls_cert` and `tls_key`) in [gateway], or identify the \
+                         caller with `token_sha256` or `token_store = true` instead",
+                    );
                 }
                 if let Some(other) = spiffe_ids.get(&id) {
                     self.error(
@@ -1315,6 +1331,19 @@ impl Validator<'_> {
     fn ip_network(&mut self, value: &Spanned<String>) -> Option<ipnet::IpNet> {
         let text = value.get_ref().trim();
         if let Ok(network) = text.parse::<ipnet::IpNet>() {
+            // `10.0.0.1/8` parses, and would allow all of 10/8: whoever wrote it meant either
+            // that network or the one address, and a guard must not guess wider.
+            if network.addr() != network.network() {
+                let (whole, one) = (network.trunc(), ipnet::IpNet::from(network.addr()));
+                self.error(
+                    value.span(),
+                    format!("\"{text}\" has host bits set: it names {whole}, not one address"),
+                    format!(
+                        "write \"{whole}\" for the whole network or \"{one}\" for the one address"
+                    ),
+                );
+                return None;
+            }
             return Some(network);
         }
         if let Ok(address) = text.parse::<std::net::IpAddr>() {
@@ -1378,11 +1407,14 @@ impl Validator<'_> {
                     let exists = id == ALL_OPERATIONS
                         || integration.operations.iter().any(|known| &known.id == id);
                     if !exists {
-                        let known: Vec<&str> = integration
-                            .operations
-                            .iter()
-                            .map(|o| o.id.as_str())
-                            .collect();
+                        // Each id once, though the integration may define one twice (an error
+                        // of its own).
+                        let mut known: Vec<&str> = Vec::new();
+                        for known_id in integration.operations.iter().map(|o| o.id.as_str()) {
+                            if !known.contains(&known_id) {
+                                known.push(known_id);
+                            }
+                        }
                         self.error(
                             operation.span(),
                             format!("integration `{}` has no operation `{id}`", integration.name),

@@ -368,10 +368,13 @@ fn load_reports_an_unreadable_file_at_line_zero() {
         .starts_with("/nonexistent/postern.toml:0:0: error: cannot read config file"));
 }
 
+/// [`GATEWAY`] verifying client certificates, which a caller's `spiffe_id` needs.
+const MTLS: &str = "[gateway]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"./postern-data\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nclient_ca = \"ca.pem\"\n";
+
 #[test]
 #[rustfmt::skip]
 fn callers() {
-    check("[[callers]]\nname = \"a\"\ntoken_sha256 = \"<64 hex>\"\n[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe://example.org/a\"\n", "5:8: caller `a` is defined twice (first on line 2)");
+    check(&format!("[[callers]]\nname = \"a\"\ntoken_sha256 = \"<64 hex>\"\n[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe://example.org/a\"\n{MTLS}"), "5:8: caller `a` is defined twice (first on line 2)");
     check("[[callers]]\nname = \"a\"\n", "2:8: caller `a` has no way to authenticate");
     check("[[callers]]\nname = \"a b\"\ntoken_sha256 = \"<64 hex>\"\n", "2:8: caller name `a b` is not a valid name");
     check("[[callers]]\nname = \"a\"\ntoken_sha256 = \"abc\"\n", "3:16: `token_sha256` must be a SHA-256 digest: 64 hex characters (got 3 characters)");
@@ -380,10 +383,13 @@ fn callers() {
     check("[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe:///a\"\n", "3:13: spiffe_id `spiffe:///a` has no trust domain");
     check("[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe://Example.org\"\n", "3:13: spiffe_id `spiffe://Example.org` has an invalid trust domain `Example.org`");
     check("[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe://example.org/a/\"\n", "3:13: spiffe_id `spiffe://example.org/a/` has an invalid path");
-    check("[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe://example.org/a\"\n[[callers]]\nname = \"b\"\nspiffe_id = \"spiffe://example.org/a\"\n", "6:13: caller `b` has the same spiffe_id as caller `a`");
+    check(&format!("[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe://example.org/a\"\n[[callers]]\nname = \"b\"\nspiffe_id = \"spiffe://example.org/a\"\n{MTLS}"), "6:13: caller `b` has the same spiffe_id as caller `a`");
+    // Without client certificates a spiffe_id can never match: said, not left to fail quietly.
+    check("[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe://example.org/a\"\n", "3:13: caller `a` has a spiffe_id, but `[gateway] client_ca` is not set: no client certificate is verified, so it can never match");
+    check(&format!("[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe://example.org/a\"\n{MTLS}"), "ok");
 
     let config = parse_ok(&format!(
-        "[[callers]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nspiffe_id = \"spiffe://example.org\"\n",
+        "[[callers]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nspiffe_id = \"spiffe://example.org\"\n{MTLS}",
         TOKEN.to_uppercase()
     ));
     assert_eq!(config.callers[0].token_sha256.as_deref(), Some(TOKEN));
@@ -553,6 +559,12 @@ fn allow_private_networks() {
         .collect();
     assert_eq!(networks, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
     check(&integration("allow_private_networks = [\"10.0.0.0/33\", \"localhost\"]\n"), "7:27: \"10.0.0.0/33\" is not an IP network or address\n7:42: \"localhost\" is not an IP network or address");
+    // Host bits set: refused, not widened to the whole network.
+    check(&integration("allow_private_networks = [\"10.0.0.1/8\", \"fd00::1/8\"]\n"), "7:27: \"10.0.0.1/8\" has host bits set: it names 10.0.0.0/8, not one address\n7:41: \"fd00::1/8\" has host bits set: it names fd00::/8, not one address");
+    assert_eq!(
+        fix_of_first_error(&integration("allow_private_networks = [\"10.0.0.1/8\"]\n")),
+        "write \"10.0.0.0/8\" for the whole network or \"10.0.0.1/32\" for the one address"
+    );
     let ca = parse_ok(&integration("ca_file = \"ca/internal.pem\"\n")).integrations[0]
         .ca_file
         .clone();
@@ -582,6 +594,14 @@ fn grants() {
         fix,
         "use one of its operations: get_charge, or \"*\" for all"
     );
+    // An id defined twice (an error of its own) is offered once.
+    let twice = format!(
+        "{callers}{}[[grants]]\ncaller = \"checkout\"\nintegration = \"stripe\"\noperations = [\"refund\"]\n",
+        integration("").replace("}]", "}, { id = \"get_charge\", method = \"POST\", path = \"/v1/charges\" }]")
+    );
+    let errors = parse_body(&twice).expect_err("expected errors").errors;
+    let refund = errors.iter().find(|e| e.message.contains("`refund`")).expect("the grant's error");
+    assert_eq!(refund.fix, "use one of its operations: get_charge, or \"*\" for all");
     let fix = fix_of_first_error("[[grants]]\ncaller = \"a\"\nintegration = \"b\"\noperations = [\"*\"]\n");
     assert_eq!(
         fix,

@@ -803,7 +803,7 @@ fn read_secret(
                     unavailable(format!(
                         "credential unavailable: cannot read {}: {} (fix: check the path and its permissions)",
                         path.display(),
-                        error.kind()
+                        error
                     ))
                 })?
                 .trim_end_matches(['\r', '\n'])

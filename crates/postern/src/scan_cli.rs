@@ -29,6 +29,7 @@ pub struct DataflowArgs {
     /// Only the last N days, e.g. `30d` (default: everything).
     #[arg(long)]
     since: Option<String>,
+    /// Print the rows as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
