@@ -258,3 +258,54 @@ fn ipv4_octets_follow_the_address_parser() {
     check("from 010.1.2.3 today", Text, &[]);
     check("from 10.1.2.256 today", Text, &[]);
 }
+
+#[test]
+fn form_values_are_scanned_decoded() {
+    // A form encodes a space as `+` or `%20`: the values below are found where they stand,
+    // encoded (so a redaction covers the encoded bytes).
+    check(
+        "amount=100&card=4111+1111+1111+1111&cvc=123",
+        Form,
+        &[("payment.card", "4111+1111+1111+1111")],
+    );
+    check(
+        "card=4111%201111%201111%201111",
+        Form,
+        &[("payment.card", "4111%201111%201111%201111")],
+    );
+    check(
+        "phone=%2B1+415+555+2671",
+        Form,
+        &[("pii.phone", "%2B1+415+555+2671")],
+    );
+    check(
+        "iban=GB82+WEST+1234+5698+7654+32&currency=gbp",
+        Form,
+        &[("payment.iban", "GB82+WEST+1234+5698+7654+32")],
+    );
+    // A value holding an encoded `card=…`.
+    check("note=a%26card%3D4111+1111+1111+1111", Form, &[("payment.card", "4111+1111+1111+1111")]);
+    // An AWS secret access key's `/` and `+`, encoded, next to its key id.
+    check(
+        "id=AKIAIOSFODNN7EXAMPLE&aws_secret_access_key=wJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY",
+        Form,
+        &[
+            ("secret.aws_access_key", "AKIAIOSFODNN7EXAMPLE"),
+            ("secret.generic", "wJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY"),
+        ],
+    );
+    // Outside a form `+` is a plus.
+    check("card=4111+1111+1111+1111", Text, &[]);
+}
+
+#[test]
+fn a_form_value_is_redacted_over_its_encoding() {
+    let input = b"amount=100&card=4111%201111+1111+1111&cvc=123";
+    let result = Scanner::default().scan(input, Form);
+    let redacted = postern_scan::redact(input, &result.findings);
+    let masked = "*".repeat("4111%201111+1111+1111".len());
+    assert_eq!(
+        String::from_utf8(redacted).unwrap(),
+        format!("amount=100&card={masked}&cvc=123")
+    );
+}
