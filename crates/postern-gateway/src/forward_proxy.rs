@@ -516,7 +516,9 @@ fn intercept(
                     }
                     failed => {
                         let (code, message) = match failed {
-                            Ok(Err(error)) => {
+                            // A client silent after its `200` meets the tunnel's first-byte limit
+                            // (as long as the handshake's): out of time, not refused.
+                            Ok(Err(error)) if error.kind() != std::io::ErrorKind::TimedOut => {
                                 tracing::warn!(host = %context.host.as_deref().unwrap_or(""), caller = %context.caller.as_deref().unwrap_or(""), %error, "the TLS handshake inside the tunnel failed (the client refused Postern's interception certificate, or did not speak TLS); nothing was forwarded (trust the CA from `postern ca export`, or set intercept = false)");
                                 (
                                     "interception_refused",

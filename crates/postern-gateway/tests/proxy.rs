@@ -348,6 +348,42 @@ async fn a_client_that_refuses_the_interception_certificate_gets_a_clear_error_a
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn a_client_silent_inside_an_intercepted_tunnel_is_recorded_as_a_handshake_timeout() {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(&vendor, "", "").await;
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
+    let mut client = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    client
+        .write_all(format!("CONNECT {VENDOR_HOST}:443 HTTP/1.1\r\nHost: {VENDOR_HOST}:443\r\nProxy-Authorization: Basic {credentials}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = [0u8; 64];
+    let read = client.read(&mut answer).await.unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer[..read]));
+    // Then nothing: no ClientHello. The tunnel gives up after its 10 s.
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events = gw.events().await;
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(events.len(), 1, "the silent tunnel is recorded within 20 s");
+    assert_eq!(events[0]["reason"], "interception_handshake_timeout", "{:?}", events[0]);
+    assert_eq!(events[0]["status"], 495);
+    assert_eq!(events[0]["host"], VENDOR_HOST);
+    assert!(vendor.seen().is_empty());
+    drop(client);
+    gw.stop().await;
+}
+
 /// Raw CONNECT with the checkout token; returns the status line.
 async fn connect_status(gw: &TestGateway, target: &str) -> String {
     use base64::Engine as _;
