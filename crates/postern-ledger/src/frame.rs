@@ -25,9 +25,11 @@ pub fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
 /// What stopped a scan before the end of the data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameStop {
-    /// The data ends in a torn record (short, all zeros, or a bad final record): everything
-    /// from `offset` on can be discarded.
-    TornTail { offset: u64 },
+    /// The data ends in what looks like a torn record (short, all zeros, or a bad final record):
+    /// everything from `offset` on can be discarded, unless a signed checkpoint covers the entry
+    /// there (it was durable before the checkpoint, so a crash cannot have torn it: the caller
+    /// then reports `reason` as corruption).
+    TornTail { offset: u64, reason: String },
     /// A damaged record with valid data after it: refuse.
     Corrupt { offset: u64, reason: String },
     /// The active segment's data ends in zeros after the final record: the padding of a direct
@@ -107,7 +109,10 @@ pub fn scan_frames<E>(
         let torn_or_corrupt = |reason: String, looks_torn: bool| {
             let only_zeros = remaining.iter().all(|&b| b == 0);
             if tail_allowed && (looks_torn || only_zeros) {
-                FrameStop::TornTail { offset: pos as u64 }
+                FrameStop::TornTail {
+                    offset: pos as u64,
+                    reason,
+                }
             } else {
                 FrameStop::Corrupt {
                     offset: pos as u64,
@@ -162,6 +167,22 @@ pub fn scan_frames<E>(
     Ok(None)
 }
 
+/// Whether a [`FrameStop::TornTail`] at entry `entry_index` is corruption after all: when the
+/// largest signed checkpoint (`checkpoint_size`) covers that entry, its record was durable before
+/// the checkpoint was signed, so no crash can have torn it, wherever it is in the file. Then the
+/// reason to report (the scan's `reason`, and why it is not a tear). Open and verify both apply
+/// it, so they name the same damage the same way.
+pub fn covered_damage(
+    checkpoint_size: Option<u64>,
+    entry_index: u64,
+    reason: &str,
+) -> Option<String> {
+    let covered = checkpoint_size.filter(|&size| size > entry_index)?;
+    Some(format!(
+        "{reason}; the last signed checkpoint covers {covered} entries, so this record was durable before it was signed and cannot have been torn by a crash"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,9 +220,8 @@ mod tests {
         // A lost sector zeroes a length: in the block the last write rewrote, a tear.
         let (mut data, at) = aligned_records();
         data[at..at + 4].fill(0);
-        assert_eq!(
-            stop(&data, Tail::Active),
-            Some(FrameStop::TornTail { offset: at as u64 })
+        assert!(
+            matches!(stop(&data, Tail::Active), Some(FrameStop::TornTail { offset, ref reason }) if offset == at as u64 && reason.contains("is invalid"))
         );
         // A crash cannot set a length's high bytes (a real one's are zero, and a torn block
         // holds new bytes or zeros): a length above the limit is damage, even when it would
@@ -219,11 +239,8 @@ mod tests {
         let (mut data, _) = aligned_records();
         let last = data.len() - (2 * PAD_BLOCK_BYTES - 29 * (FRAME_HEADER_BYTES + 265));
         data[last] = 0x01;
-        assert_eq!(
-            stop(&data, Tail::Appended),
-            Some(FrameStop::TornTail {
-                offset: last as u64
-            })
+        assert!(
+            matches!(stop(&data, Tail::Appended), Some(FrameStop::TornTail { offset, ref reason }) if offset == last as u64 && reason.contains("is invalid"))
         );
     }
 
@@ -236,7 +253,7 @@ mod tests {
         let (data, damaged) = aligned_with_damage_in_the_last_block();
         // The active segment: direct I/O rewrites its last block, so a crash can tear it there.
         assert!(
-            matches!(stop(&data, Tail::Active), Some(FrameStop::TornTail { offset }) if offset == damaged)
+            matches!(stop(&data, Tail::Active), Some(FrameStop::TornTail { offset, ref reason }) if offset == damaged && reason.contains("CRC-32C mismatch"))
         );
         // The checkpoint history is only appended: damage with a valid record after it is
         // corruption, whatever the file's length.
@@ -272,7 +289,7 @@ mod tests {
         );
         // Elsewhere, zero blocks are a torn tail (appended) or corruption (sealed), as before.
         assert!(
-            matches!(stop(&data, Tail::Appended), Some(FrameStop::TornTail { offset }) if offset == records)
+            matches!(stop(&data, Tail::Appended), Some(FrameStop::TornTail { offset, .. }) if offset == records)
         );
         assert!(matches!(
             stop(&data, Tail::Sealed),
@@ -326,7 +343,7 @@ mod tests {
         );
         // An appended file ending in zeros was torn by a crash (it is never padded).
         assert!(
-            matches!(stop(&data, Tail::Appended), Some(FrameStop::TornTail { offset }) if offset == records)
+            matches!(stop(&data, Tail::Appended), Some(FrameStop::TornTail { offset, .. }) if offset == records)
         );
         assert!(matches!(
             stop(&data, Tail::Sealed),

@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::direct::DirectSegment;
 use crate::error::{io_error, LedgerError};
 use crate::frame::{
-    push_frame, scan_frames, FrameStop, Tail, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, PAD_BLOCK_BYTES,
+    covered_damage, push_frame, scan_frames, FrameStop, Tail, FRAME_HEADER_BYTES, MAX_RECORD_BYTES,
+    PAD_BLOCK_BYTES,
 };
 use crate::store::{
     list_segments, load_or_create_signer, lock_dir, open_rw, read_file, read_rebuild_marker,
@@ -792,18 +793,17 @@ fn open_blocking(
                 valid_len = offset;
                 file.set_len(offset).map_err(io_error(&path))?;
             }
-            Some(FrameStop::TornTail { offset }) => {
+            Some(FrameStop::TornTail { offset, reason }) => {
                 // Entries a signed checkpoint covers were durable before it was signed: a crash
                 // cannot tear them. Damage there is refused before anything is truncated, so
-                // the bytes stay for `postern audit verify` and for whoever investigates.
-                if let Some(covered) = checkpoint_size.filter(|&size| size > builder.size()) {
+                // the bytes stay for `postern audit verify` (which applies the same rule,
+                // `covered_damage`) and for whoever investigates.
+                if let Some(reason) = covered_damage(checkpoint_size, builder.size(), &reason) {
                     return Err(LedgerError::Corrupt {
                         segment: path,
                         offset,
                         entry_index: builder.size(),
-                        reason: format!(
-                            "the record here is damaged, and the last signed checkpoint covers {covered} entries, so it was durable before that checkpoint and not torn by a crash; the ledger refuses to open and leaves the file as it is"
-                        ),
+                        reason: format!("{reason}; the file is left as it is"),
                     });
                 }
                 valid_len = offset;
@@ -1061,7 +1061,7 @@ fn load_latest_checkpoint(
                 })
             }
             // The history is appended through the page cache: never padded (`Tail::Appended`).
-            Some(FrameStop::TornTail { offset } | FrameStop::Padding { offset }) => {
+            Some(FrameStop::TornTail { offset, .. } | FrameStop::Padding { offset }) => {
                 let file = open_rw(&history_path)?;
                 file.set_len(offset)
                     .and_then(|()| file.sync_all())

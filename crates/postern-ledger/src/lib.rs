@@ -41,9 +41,10 @@
 //!   same offset.
 //! * On open every record is read and its CRC checked; a torn final record is truncated and
 //!   reported (zero padding after the last record is cut off silently) unless the last signed
-//!   checkpoint covers it; any other damage refuses to open, naming the segment and byte
-//!   offset, and changes no segment nor a stored hash the checkpoint covers. The tree
-//!   is recomputed from the entries and must match the last signed checkpoint.
+//!   checkpoint covers it; any other damage refuses to open, naming the segment, byte offset,
+//!   entry and reason ([`verify_dir`] draws the same line, `frame::covered_damage`), and
+//!   changes no segment nor a stored hash the checkpoint covers. The tree is recomputed from
+//!   the entries and must match the last signed checkpoint.
 //! * A checkpoint is signed only if it is consistent with the previous one; the history is
 //!   written before the current checkpoint is replaced.
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use postern_tlog::{leaf_hash, Checkpoint, Hash, NoteSigner, NoteVerifier, TreeBuilder, HASH_SIZE};
 
-use crate::frame::{scan_frames, FrameStop, Tail};
+use crate::frame::{covered_damage, scan_frames, FrameStop, Tail};
 use crate::store::{
     list_segments, read_file, read_rebuild_marker, CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE,
     HASHES_FILE, KEY_FILE, LOG_DIR,
@@ -279,7 +279,22 @@ pub fn verify_dir(
         })?;
         match stop {
             None => {}
-            Some(FrameStop::TornTail { offset }) => torn_tail = Some((path.clone(), offset)),
+            Some(FrameStop::TornTail { offset, reason }) => {
+                // As open decides: damage to an entry a signed checkpoint covers is a bad record
+                // (named here, with the scan's reason), not a torn write; only what no
+                // checkpoint covers can be a crash's tear.
+                let entry_index = builder.size();
+                let covered_by = latest_checkpoint.as_ref().map(|c| c.size);
+                if let Some(reason) = covered_damage(covered_by, entry_index, &reason) {
+                    return Err(VerifyError::BadRecord {
+                        segment: path.clone(),
+                        offset,
+                        entry_index,
+                        reason,
+                    });
+                }
+                torn_tail = Some((path.clone(), offset));
+            }
             Some(FrameStop::Padding { .. }) => {}
             Some(FrameStop::Corrupt { offset, reason }) => {
                 return Err(VerifyError::BadRecord {

@@ -615,14 +615,106 @@ async fn damage_a_signed_checkpoint_covers_is_refused_and_left_in_place() {
         hashes,
         "so are the stored hashes"
     );
-    assert!(matches!(
-        verify_dir(tmp.path(), None, |_, _| {}).unwrap_err(),
-        VerifyError::CheckpointBeyondLog {
-            size: 300,
-            entries: 299,
-            ..
+    // Verify names the same damage the same way: a bad record at entry 299, not entries missing.
+    let err = verify_dir(tmp.path(), None, |_, _| {}).unwrap_err();
+    match &err {
+        VerifyError::BadRecord {
+            segment: s,
+            offset,
+            entry_index,
+            reason,
+        } => {
+            assert_eq!(
+                (s, *offset, *entry_index),
+                (&segment, last as u64, 299),
+                "{err}"
+            );
+            assert!(reason.contains("CRC-32C mismatch"), "{err}");
         }
-    ));
+        other => panic!("expected BadRecord, got {other}"),
+    }
+}
+
+/// A small log as a copy of a running gateway's directory has it: `entries` entries, a signed
+/// checkpoint covering the first `covered`, and the active segment still padded with the zeros
+/// it grew by (block-aligned, so the whole log lies within the last direct write's reach). Its
+/// path, bytes and the byte offset of each entry's record.
+async fn small_padded_log(dir: &Path, covered: u64, entries: u64) -> (PathBuf, Vec<u8>, Vec<u64>) {
+    closed_ledger(dir, covered, entries).await;
+    let segment = only_segment(dir);
+    let offsets = (0..entries as usize)
+        .map(|i| record_offset(&segment, i))
+        .collect();
+    let mut data = std::fs::read(&segment).unwrap();
+    assert!(data.len() < 4096);
+    data.resize(1 << 20, 0);
+    std::fs::write(&segment, &data).unwrap();
+    (segment, data, offsets)
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_small_signed_log_is_a_bad_record_not_missing_entries() {
+    // The reviewer's case: byte 9 of the segment (in entry 0's payload) flipped, in a log far
+    // smaller than one direct write, all of it covered by a signed checkpoint. That record was
+    // durable before the checkpoint was signed: no crash tore it.
+    let tmp = tempfile::tempdir().unwrap();
+    let (segment, mut data, _) = small_padded_log(tmp.path(), 2, 2).await;
+    data[9] ^= 0x01;
+    std::fs::write(&segment, &data).unwrap();
+
+    let err = verify_dir(tmp.path(), None, |_, _| {}).unwrap_err();
+    let text = err.to_string();
+    match &err {
+        VerifyError::BadRecord {
+            segment: s,
+            offset: 0,
+            entry_index: 0,
+            reason,
+        } if s == &segment => assert!(reason.contains("CRC-32C mismatch"), "{text}"),
+        other => panic!("expected a bad record at entry 0, got {other}"),
+    }
+    assert!(text.contains("(entry 0): CRC-32C mismatch"), "{text}");
+    assert!(!text.contains("entries are missing"), "{text}");
+
+    // Opening agrees, names the same record and reason, and changes nothing.
+    let hashes = std::fs::read(tmp.path().join("tree-hashes.bin")).unwrap();
+    match Ledger::open(tmp.path(), options()).await.unwrap_err() {
+        LedgerError::Corrupt {
+            segment: s,
+            offset: 0,
+            entry_index: 0,
+            reason,
+        } if s == segment => assert!(reason.contains("CRC-32C mismatch"), "{reason}"),
+        other => panic!("expected a corrupt record at entry 0, got {other}"),
+    }
+    assert_eq!(std::fs::read(&segment).unwrap(), data);
+    assert_eq!(
+        std::fs::read(tmp.path().join("tree-hashes.bin")).unwrap(),
+        hashes
+    );
+}
+
+#[tokio::test]
+async fn a_torn_final_write_past_the_checkpoint_of_a_small_padded_log_is_still_recovered() {
+    // The checkpoint covers entries 0..3; entry 4, the last write, lost a sector to a crash
+    // (zeros in its payload). That is a torn tail to verify (a note) and to open (cut off).
+    let tmp = tempfile::tempdir().unwrap();
+    let (segment, mut data, offsets) = small_padded_log(tmp.path(), 3, 5).await;
+    let entry_4 = offsets[4];
+    data[entry_4 as usize + 9..entry_4 as usize + 12].fill(0);
+    std::fs::write(&segment, &data).unwrap();
+
+    let verified = verify_dir(tmp.path(), None, |_, _| {}).unwrap();
+    assert_eq!(verified.torn_tail, Some((segment.clone(), entry_4)));
+    assert_eq!(verified.entries, 4);
+
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.entries, 4);
+    assert_eq!(report.torn_tail.unwrap().offset, entry_4);
+    assert_eq!(ledger.append(entry(4)).await.unwrap(), 4);
+    ledger.close().await;
+    let verified = verify_dir(tmp.path(), None, |_, _| {}).unwrap();
+    assert_eq!((verified.entries, verified.torn_tail), (5, None));
 }
 
 #[tokio::test]
