@@ -512,10 +512,12 @@ impl ResponseBody {
             if let Some(pending) = self.audit.take() {
                 let outcome = crate::audit::Outcome {
                     decision: postern_tlog::Decision::Allow,
+                    // A whole answer's reason is the event's: `granted` for an integration's
+                    // call, the host policy's for a plain-HTTP proxy call.
                     reason: match (reason, incomplete) {
                         (Some(reason), _) => reason,
                         (None, true) => "incomplete",
-                        (None, false) => "granted",
+                        (None, false) => record.reason,
                     },
                     status: record.status,
                     response_bytes: self.seen,

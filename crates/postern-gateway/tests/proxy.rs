@@ -365,7 +365,11 @@ async fn a_client_silent_inside_an_intercepted_tunnel_is_recorded_as_a_handshake
         .unwrap();
     let mut answer = [0u8; 64];
     let read = client.read(&mut answer).await.unwrap();
-    assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer[..read]));
+    assert!(
+        answer[..read].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..read])
+    );
     // Then nothing: no ClientHello. The tunnel gives up after its 10 s.
     let mut events = Vec::new();
     for _ in 0..200 {
@@ -376,7 +380,11 @@ async fn a_client_silent_inside_an_intercepted_tunnel_is_recorded_as_a_handshake
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(events.len(), 1, "the silent tunnel is recorded within 20 s");
-    assert_eq!(events[0]["reason"], "interception_handshake_timeout", "{:?}", events[0]);
+    assert_eq!(
+        events[0]["reason"], "interception_handshake_timeout",
+        "{:?}",
+        events[0]
+    );
     assert_eq!(events[0]["status"], 495);
     assert_eq!(events[0]["host"], VENDOR_HOST);
     assert!(vendor.seen().is_empty());
@@ -932,6 +940,12 @@ async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their
     assert!(events
         .iter()
         .all(|e| e["mode"] == "proxy" && e["reason"] == "open_mode"));
+    // The signed log says why the host was let through, as the event does.
+    for event in &events {
+        let outcome = audit_outcome(&gw, event["request_id"].as_str().unwrap()).await;
+        assert_eq!(outcome.reason.as_deref(), Some("open_mode"));
+        assert_eq!(outcome.method, "GET");
+    }
     let discovered = discovered(&gw).await;
     let host = discovered
         .iter()

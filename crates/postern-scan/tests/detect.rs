@@ -284,7 +284,11 @@ fn form_values_are_scanned_decoded() {
         &[("payment.iban", "GB82+WEST+1234+5698+7654+32")],
     );
     // A value holding an encoded `card=…`.
-    check("note=a%26card%3D4111+1111+1111+1111", Form, &[("payment.card", "4111+1111+1111+1111")]);
+    check(
+        "note=a%26card%3D4111+1111+1111+1111",
+        Form,
+        &[("payment.card", "4111+1111+1111+1111")],
+    );
     // An AWS secret access key's `/` and `+`, encoded, next to its key id.
     check(
         "id=AKIAIOSFODNN7EXAMPLE&aws_secret_access_key=wJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY",
