@@ -38,8 +38,8 @@
 //!
 //! JSON is not parsed into a tree: a key is recognised where it stands (`"…"` followed by `:`),
 //! which in valid JSON only a key can be. Form bodies and text get `key=value` / `key: value`;
-//! a form holding `+` or `%` is scanned percent-decoded (a copy), its findings' offsets mapped
-//! back onto the encoded bytes.
+//! a form holding `+` or `%` is scanned as sent and percent-decoded (a copy), the decoded scan's
+//! findings mapped back onto the encoded bytes and added where they are new.
 //!
 //! Throughput (one core, `examples/scan_bench.rs`; figures in `docs/BENCHMARKS.md`): about
 //! 1.1 GB/s on PII-light API JSON and 0.3 GB/s on the dense labelled corpus.
@@ -362,19 +362,36 @@ impl Scanner {
         result.findings.clear();
         result.class_counts.clear();
         let syntax = content_type_hint.resolve(input);
+        self.scan_syntax(input, syntax, result);
         if syntax == Syntax::Form && memchr::memchr2(b'%', b'+', input).is_some() {
             // A form's values are percent-encoded and `+` is a space: `4111+1111+1111+1111` is a
-            // card, `GB82+WEST+…` an IBAN, `%2F` a secret's `/`. Scanned decoded, reported (and
-            // so redacted) over the encoded bytes that hold each value.
+            // card, `GB82+WEST+…` an IBAN. So a form is scanned decoded too, and what that finds
+            // is reported (and so redacted) over the encoded bytes that hold it. Not decoded
+            // only: a key's value as sent (`password=Xk9%26mQ2+vL7`) is what the key rules judge,
+            // and decoding would cut it at its `&` or space.
             let (decoded, origin) = form_decode(input);
-            self.scan_syntax(&decoded, syntax, result);
-            for finding in &mut result.findings {
+            let mut more = ScanResult::default();
+            self.scan_syntax(&decoded, syntax, &mut more);
+            for mut finding in more.findings {
                 finding.start = origin[finding.start];
                 finding.end = origin[finding.end];
+                let known = result.findings.iter().any(|seen| {
+                    seen.class == finding.class
+                        && seen.start < finding.end
+                        && finding.start < seen.end
+                });
+                if !known {
+                    *result
+                        .class_counts
+                        .entry(finding.class.clone())
+                        .or_insert(0) += 1;
+                    result.findings.push(finding);
+                }
             }
-            return;
+            result
+                .findings
+                .sort_by_key(|finding| (finding.start, finding.end));
         }
-        self.scan_syntax(input, syntax, result);
     }
 
     fn scan_syntax(&self, input: &[u8], syntax: Syntax, result: &mut ScanResult) {

@@ -298,6 +298,19 @@ fn form_values_are_scanned_decoded() {
             ("secret.generic", "wJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY"),
         ],
     );
+    // A secret under a secret's key is judged as sent: its `+`, `%20` or `%26` is part of it.
+    for secret in [
+        "Xk9+mQ2vL7pZq",
+        "Xk9%26mQ2vL7pZ",
+        "Xk9%20mQ2vL7pZq",
+        "p%C3%A4ssW0rd%21xyz",
+    ] {
+        check(
+            &format!("user=ada&client_secret={secret}&x=1"),
+            Form,
+            &[("secret.generic", secret)],
+        );
+    }
     // Outside a form `+` is a plus.
     check("card=4111+1111+1111+1111", Text, &[]);
 }
