@@ -111,6 +111,45 @@ async fn unapproved_values_are_redacted_with_lengths_intact() {
 }
 
 #[tokio::test]
+async fn form_encoded_values_are_found_and_redacted_over_their_encoding() {
+    // A form writes the card's spaces as `+` and `%20`, the phone's `+` as `%2B`, and the key's
+    // `&` as `%26`: each is found, and masked where it stands, the form still a form.
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(&body(&vendor, "redact", ""), vendor.ca_pem.as_deref()).await;
+    let form = "email=ada%40example.com&card=4111+1111%201111+1111&phone=%2B1+415+555+2671&client_secret=Xk9%26mQ2vL7pZ";
+    let response = client()
+        .post(format!("{}/crm/contacts", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let forwarded = String::from_utf8(vendor.last().body.to_vec()).unwrap();
+    let mask = |value: &str| "*".repeat(value.len());
+    assert_eq!(
+        forwarded,
+        format!(
+            "email=ada%40example.com&card={}&phone={}&client_secret={}",
+            mask("4111+1111%201111+1111"),
+            mask("%2B1+415+555+2671"),
+            mask("Xk9%26mQ2vL7pZ")
+        )
+    );
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["redacted"], true);
+    for class in ["payment.card", "pii.phone", "secret.generic", "pii.email"] {
+        assert_eq!(
+            events[0]["data_classes"][class], 1,
+            "{class}: {}",
+            events[0]
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn report_mode_forwards_and_records_and_large_bodies_are_marked_unscanned() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = TestGateway::start(
