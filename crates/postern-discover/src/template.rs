@@ -51,15 +51,11 @@ pub fn infer_template(path: &str) -> String {
 }
 
 fn template_segment(raw: &str, previous: Option<&str>, out: &mut String) {
-    if raw
+    let unwritable = raw
         .chars()
-        .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control())
-    {
-        out.push_str(PLACEHOLDER);
-        return;
-    }
+        .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control());
     let decoded = percent_decode(raw);
-    if is_value(&decoded, previous) {
+    if unwritable || is_value(&decoded, previous) {
         out.push_str(PLACEHOLDER);
         return;
     }
@@ -137,7 +133,7 @@ fn is_value(segment: &str, previous: Option<&str>) -> bool {
             && previous.is_some_and(|p| p.eq_ignore_ascii_case("api"));
         return !is_api_version;
     }
-    if is_uuid(segment) || is_email(segment) || is_prefixed_id(segment) {
+    if is_uuid(segment) || is_email(segment) || is_prefixed_id(segment) || is_credential(segment) {
         return true;
     }
     if length >= 8 && digits > 0 && segment.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -229,6 +225,45 @@ fn is_prefixed_id(segment: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && tail.chars().any(|c| c.is_ascii_digit())
+}
+
+/// The prefixes of well-known API keys and tokens (Stripe, GitHub, GitLab, Slack, OpenAI,
+/// Anthropic, AWS, Google, SendGrid): a segment starting with one and going on for 8
+/// or more characters is a credential, digits or not, and never kept.
+const CREDENTIAL_PREFIXES: &[&str] = &[
+    "sk_live_",
+    "sk_test_",
+    "rk_live_",
+    "rk_test_",
+    "pk_live_",
+    "pk_test_",
+    "whsec_",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "xoxs-",
+    "xapp-",
+    "sk-",
+    "AKIA",
+    "ASIA",
+    "AIza",
+    "ya29.",
+    "SG.",
+];
+
+fn is_credential(segment: &str) -> bool {
+    CREDENTIAL_PREFIXES.iter().any(|prefix| {
+        segment
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.len() >= 8)
+    })
 }
 
 /// `%XX` → byte; anything malformed is kept as is. Only used to classify a segment.
@@ -447,6 +482,11 @@ mod tests {
             "/files/cus_Nffrfe2r9a.backup.json",
             "/files/{id}.backup.json",
         );
+        // A well-known key's prefix makes a credential, digits or not.
+        check("/v1/key/sk_live_abcdefabcdefabcd", "/v1/key/{id}");
+        check("/v1/tok/ghp_abcdefghijklmnopqrstuvwxyzABCD", "/v1/tok/{id}");
+        check("/hooks/xoxb-abcdefghijkl/post", "/hooks/{id}/post");
+        check("/v1/sk-learn", "/v1/sk-learn");
     }
 
     #[test]
