@@ -237,6 +237,10 @@ fn parse_incident_kinds(text: &str) -> Result<IncidentKinds, String> {
             kinds.push(kind);
         }
     }
+    if kinds.is_empty() {
+        // `--incidents ""` (an unset variable, say) is no choice: `none` says it.
+        return Err("no incident kind given; use all, none, or a comma-separated list".into());
+    }
     Ok(IncidentKinds(kinds))
 }
 

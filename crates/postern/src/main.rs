@@ -209,6 +209,15 @@ enum CallersCommand {
 fn main() -> ProcessExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if !matches!(cli.command, Command::Serve { .. } | Command::Demo(_)) {
+        // A command whose output is piped into `head` ends quietly when the reader leaves, as
+        // Unix tools do (Rust ignores SIGPIPE, and `println!` then panics on the closed pipe).
+        // Not the servers: a peer that hangs up must not stop them.
+        // SAFETY: restores the default disposition of one signal, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let code = match cli.command {
         Command::Serve { config } => run_async(serve::serve(config)),
         Command::Check {

@@ -326,3 +326,22 @@ fn ca_export_creates_the_interception_ca_once_and_prints_only_the_certificate() 
     let (code, _, _) = run(&["ca", "--help"]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn a_reader_that_leaves_early_ends_the_listing_quietly() {
+    // `postern discover list | head -1`: the pipe closes before postern writes. It ends as Unix
+    // tools do (SIGPIPE), not with a panic and exit 101.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = postern()
+        .args(["discover", "list", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(output.status.code(), Some(101), "{stderr}");
+}

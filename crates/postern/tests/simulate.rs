@@ -153,6 +153,9 @@ fn unknown_incident_kinds_and_unwritable_files_are_refused() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("unknown incident kind `typo`"), "{stderr}");
     assert!(stderr.contains("off_hours_use"), "{stderr}");
+    let (code, _, stderr) = postern(&["simulate", "--incidents", ""]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no incident kind given"), "{stderr}");
     let (code, _, stderr) = postern(&["simulate", "--days", "0"]);
     assert_eq!(code, 2, "{stderr}");
     let (code, _, stderr) = postern(&[
