@@ -103,11 +103,16 @@ fn write_draft(out: &mut String, host: &DiscoveredHost, name: &str) -> std::fmt:
             )?;
             writeln!(out, "allow_plaintext = true   # TODO: seen on port 80; use https if the vendor offers it")?;
         }
-        port => writeln!(
-            out,
-            "upstream = {}",
-            toml_string(&format!("https://{upstream_host}:{port}"))
-        )?,
+        port => {
+            writeln!(
+                out,
+                "upstream = {}",
+                toml_string(&format!("https://{upstream_host}:{port}"))
+            )?;
+            // The inventory does not keep the scheme: a host a plain-HTTP proxy call reached
+            // on this port answered plain HTTP.
+            writeln!(out, "# TODO: https assumed on port {port}; if the host speaks plain HTTP there (its calls came through the forward proxy as http://), use \"http://{upstream_host}:{port}\" and allow_plaintext = true")?;
+        }
     }
     // What the config takes as a `hosts` entry (names and IPv4 addresses); anything else (an
     // IPv6 address, an imported name the config refuses) is commented out: the integration is
@@ -450,5 +455,32 @@ mod tests {
     fn strings_and_comments_are_escaped() {
         assert_eq!(toml_string(r#"/a"b\c"#), r#""/a\"b\\c""#);
         assert_eq!(comment_text("a\nb"), "a?b");
+    }
+
+    #[test]
+    fn a_port_other_than_443_or_80_says_https_is_assumed() {
+        let mut inventory = crate::Inventory::new();
+        inventory.record(&crate::Observation {
+            host: "localhost".into(),
+            port: 18102,
+            caller: Some("app".into()),
+            method: Some("GET".into()),
+            path: Some("/items/123".into()),
+            status: Some(200),
+            bytes_out: 10,
+            bytes_in: 20,
+            time_ms: 0,
+            blocked: false,
+            source: crate::ObservationSource::Proxy,
+        });
+        let draft = draft_integration(inventory.get("localhost", 18102).unwrap());
+        assert!(
+            draft.contains("upstream = \"https://localhost:18102\""),
+            "{draft}"
+        );
+        assert!(
+            draft.contains("# TODO: https assumed on port 18102"),
+            "{draft}"
+        );
     }
 }
