@@ -89,30 +89,22 @@ fn write_draft(out: &mut String, host: &DiscoveredHost, name: &str) -> std::fmt:
     } else {
         host.host.clone()
     };
-    match host.port {
-        443 => writeln!(
-            out,
-            "upstream = {}",
-            toml_string(&format!("https://{upstream_host}"))
-        )?,
-        80 => {
-            writeln!(
-                out,
-                "upstream = {}",
-                toml_string(&format!("http://{upstream_host}"))
-            )?;
-            writeln!(out, "allow_plaintext = true   # TODO: seen on port 80; use https if the vendor offers it")?;
-        }
-        port => {
-            writeln!(
-                out,
-                "upstream = {}",
-                toml_string(&format!("https://{upstream_host}:{port}"))
-            )?;
-            // The inventory does not keep the scheme: a host a plain-HTTP proxy call reached
-            // on this port answered plain HTTP.
-            writeln!(out, "# TODO: https assumed on port {port}; if the host speaks plain HTTP there (its calls came through the forward proxy as http://), use \"http://{upstream_host}:{port}\" and allow_plaintext = true")?;
-        }
+    // The inventory keeps no scheme: port 80 is taken for plain HTTP, any other for https, and
+    // the draft says what it assumed.
+    let (upstream, assumed) = match host.port {
+        443 => (format!("https://{upstream_host}"), None),
+        80 => (
+            format!("http://{upstream_host}"),
+            Some("allow_plaintext = true   # TODO: seen on port 80; use https if the vendor offers it".to_string()),
+        ),
+        port => (
+            format!("https://{upstream_host}:{port}"),
+            Some(format!("# TODO: https assumed on port {port}; if the host speaks plain HTTP there (its calls came through the forward proxy as http://), use \"http://{upstream_host}:{port}\" and allow_plaintext = true")),
+        ),
+    };
+    writeln!(out, "upstream = {}", toml_string(&upstream))?;
+    if let Some(assumed) = assumed {
+        writeln!(out, "{assumed}")?;
     }
     // What the config takes as a `hosts` entry (names and IPv4 addresses); anything else (an
     // IPv6 address, an imported name the config refuses) is commented out: the integration is

@@ -368,8 +368,12 @@ thread_local! {
     static IDLE_WAITS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Room for one more read of a head: [`READ_SPACE`] more when less than 1 KiB is left.
+/// Room for one more read of a head: [`READ_SPACE`] more when less than 1 KiB is left; a
+/// connection without a buffer (given back while it waited) takes a spare first.
 fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        *buf = Spares::take();
+    }
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_SPACE);
     }
@@ -409,9 +413,6 @@ async fn idle_read<S: AsyncRead + ReadReady + Unpin>(
                 IDLE_WAITS.with(|waits| waits.borrow_mut().push(buf.capacity()));
                 readable.await?;
             }
-        }
-        if buf.capacity() == 0 {
-            *buf = Spares::take();
         }
         make_room(buf);
         if let Poll::Ready(read) = now(io.read_buf(buf)).await {
@@ -520,9 +521,6 @@ async fn now<F: Future>(future: F) -> Poll<F::Output> {
 /// or a call answered before the connection was read again, costs one `recvfrom` here). A
 /// `Pending` from tokio's cooperative budget with bytes waiting only costs the box.
 async fn arrived<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> Option<bool> {
-    if buf.capacity() == 0 {
-        *buf = Spares::take();
-    }
     make_room(buf);
     match now(io.read_buf(buf)).await {
         Poll::Ready(Ok(0) | Err(_)) => None,
