@@ -3,7 +3,10 @@
 //! 1. the labelled corpus families (customers, charges, messages, chat completions, CRM
 //!    contacts, NDJSON logs) — dense on purpose: about 4.4 findings per KB;
 //! 2. PII-light "typical" API JSON: GitHub-style issue list pages (ids, URLs, timestamps,
-//!    labels, markdown), about 2 findings per 30 KB page.
+//!    labels, markdown), about 2 findings per 30 KB page;
+//! 3. form-encoded request bodies, scanned as forms: Stripe-style charge creations (bracketed,
+//!    percent-encoded `metadata[…]` keys beside plain `amount=…` pairs) and the labelled
+//!    corpus's Twilio-style messages (phone numbers as `%2B1…`, `+` for spaces).
 //!
 //! `cargo run --release -p postern-scan --example scan_bench -- [megabytes] [--breakdown]`
 //! (default 100 MB per corpus). Each body is scanned separately, as the gateway would.
@@ -72,6 +75,14 @@ fn main() {
         &typical,
     );
 
+    let forms = form_bodies(&rng, target / 10);
+    report_as(
+        "form bodies (Stripe- and Twilio-style)",
+        &scanner,
+        &forms,
+        ContentTypeHint::FormUrlEncoded,
+    );
+
     if std::env::args().any(|arg| arg == "--breakdown") {
         let builtin = Rules::builtin();
         let native: Vec<&str> = builtin
@@ -112,8 +123,12 @@ fn scanner_without(rule_ids: &[&str]) -> Scanner {
 }
 
 fn report(name: &str, scanner: &Scanner, bodies: &[Vec<u8>]) {
+    report_as(name, scanner, bodies, ContentTypeHint::Json);
+}
+
+fn report_as(name: &str, scanner: &Scanner, bodies: &[Vec<u8>], hint: ContentTypeHint) {
     let total: usize = bodies.iter().map(Vec::len).sum();
-    let (findings, wall_seconds, cpu_seconds) = measure(scanner, bodies);
+    let (findings, wall_seconds, cpu_seconds) = measure(scanner, bodies, hint);
     println!(
         "{name}: {:.1} MB in {} bodies (mean {} B, {:.2} findings/KB): {:.0} MB/s per core (CPU time), {:.0} MB/s wall",
         total as f64 / 1e6,
@@ -126,17 +141,17 @@ fn report(name: &str, scanner: &Scanner, bodies: &[Vec<u8>]) {
 }
 
 /// Findings count and the best wall and CPU seconds of five passes (after a warm-up pass).
-fn measure(scanner: &Scanner, bodies: &[Vec<u8>]) -> (usize, f64, f64) {
+fn measure(scanner: &Scanner, bodies: &[Vec<u8>], hint: ContentTypeHint) -> (usize, f64, f64) {
     let findings: usize = bodies
         .iter()
-        .map(|body| scanner.scan(body, ContentTypeHint::Json).findings.len())
+        .map(|body| scanner.scan(body, hint).findings.len())
         .sum();
     let (mut best_wall, mut best_cpu) = (f64::MAX, f64::MAX);
     for _ in 0..5 {
         let (wall, cpu) = (Instant::now(), thread_cpu_seconds());
         let count: usize = bodies
             .iter()
-            .map(|body| scanner.scan(body, ContentTypeHint::Json).findings.len())
+            .map(|body| scanner.scan(body, hint).findings.len())
             .sum();
         best_cpu = best_cpu.min(thread_cpu_seconds() - cpu);
         best_wall = best_wall.min(wall.elapsed().as_secs_f64());
@@ -166,6 +181,36 @@ fn thread_cpu_seconds() -> f64 {
     let status = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut time) };
     assert_eq!(status, 0, "clock_gettime");
     time.seconds as f64 + time.nanoseconds as f64 / 1e9
+}
+
+/// Form bodies, about `target` bytes in all: two Stripe-style charge creations (most pairs
+/// plain, a few `metadata[…]` and `expand[]` keys percent-encoded, a description with `+`) for
+/// each Twilio-style message from the labelled corpus.
+fn form_bodies(rng: &corpus::Rng, target: usize) -> Vec<Vec<u8>> {
+    let mut bodies = Vec::new();
+    let mut total = 0;
+    while total < target {
+        let body = if bodies.len() % 3 == 2 {
+            corpus::sample(rng, "messages_form").body
+        } else {
+            format!(
+                "amount={}&currency={}&customer=cus_{}&description=Order+{}+for+{}&source=tok_{}\
+                 &capture=true&statement_descriptor=ACME+STORE&metadata%5Border_id%5D={}\
+                 &metadata%5Bcart%5D={}&metadata%5Bchannel%5D=web&expand%5B%5D=balance_transaction",
+                rng.range(100, 500_000),
+                rng.pick(&["usd", "eur", "gbp"]),
+                rng.alnum(14),
+                rng.digits(6),
+                rng.pick(&["web", "app", "kiosk"]),
+                rng.alnum(24),
+                rng.digits(8),
+                rng.alnum(12),
+            )
+        };
+        total += body.len();
+        bodies.push(body.into_bytes());
+    }
+    bodies
 }
 
 /// Pages of 10-30 GitHub-style issues, about `target` bytes in all. Roughly one issue in ten

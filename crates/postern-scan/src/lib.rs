@@ -363,13 +363,16 @@ impl Scanner {
         result.class_counts.clear();
         let syntax = content_type_hint.resolve(input);
         self.scan_syntax(input, syntax, result);
-        if syntax == Syntax::Form && memchr::memchr2(b'%', b'+', input).is_some() {
-            // A form's values are percent-encoded and `+` is a space: `4111+1111+1111+1111` is a
-            // card, `GB82+WEST+…` an IBAN. So a form is scanned decoded too, and what that finds
-            // is reported (and so redacted) over the encoded bytes that hold it. Not decoded
-            // only: a key's value as sent (`password=Xk9%26mQ2+vL7`) is what the key rules judge,
-            // and decoding would cut it at its `&` or space.
-            let (decoded, origin) = form_decode(input);
+        // A form's values are percent-encoded and `+` is a space: `4111+1111+1111+1111` is a
+        // card, `GB82+WEST+…` an IBAN. So the pairs holding either are scanned decoded too, and
+        // what that finds is reported (and so redacted) over the encoded bytes that hold it. Not
+        // decoded only: a key's value as sent (`password=Xk9%26mQ2+vL7`) is what the key rules
+        // judge, and decoding would cut it at its `&` or space.
+        let decoded = match syntax {
+            Syntax::Form => form_decode(input),
+            _ => None,
+        };
+        if let Some((decoded, origin)) = decoded {
             let mut more = ScanResult::default();
             self.scan_syntax(&decoded, syntax, &mut more);
             for mut finding in more.findings {
@@ -751,22 +754,56 @@ fn is_token_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'%' | b'+' | b'-')
 }
 
-/// `input`, a form body, with `+` and each `%XX` decoded, and for each decoded byte the offset
-/// in `input` where its encoding starts, then `input.len()`: a range `a..b` of the decoded bytes
-/// is `origin[a]..origin[b]` of `input`. A decoded `&` or `=` (`%26`, `%3D`) inside a value is
-/// read as the text it is, as `key=value` inside a JSON string is: a value may hold one.
-fn form_decode(input: &[u8]) -> (Vec<u8>, Vec<usize>) {
+/// The pairs of `input`, a form body, that hold a `+` or a `%`, decoded (`+` and each `%XX`),
+/// joined by `&`; and for each decoded byte the offset in `input` where its encoding starts,
+/// then the end of the last pair taken: a range `a..b` of the decoded bytes is
+/// `origin[a]..origin[b]` of `input`. A `&` joining two pairs stands at the end of the pair
+/// before it, so a finding that ends there ends with that pair. Pairs without either are left
+/// out: the scan as sent saw them as they are, and nothing a rule finds spans pairs (a key's
+/// value ends at its `&`). A decoded `&` or `=` (`%26`, `%3D`) inside a value is read as the
+/// text it is, as `key=value` inside a JSON string is: a value may hold one. `None`: no pair
+/// holds either.
+fn form_decode(input: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
     let mut decoded = Vec::with_capacity(input.len());
     let mut origin = Vec::with_capacity(input.len() + 1);
-    let mut at = 0;
-    while at < input.len() {
+    let mut taken_end = None;
+    let mut start = 0;
+    for pair in input.split(|&byte| byte == b'&') {
+        let end = start + pair.len();
+        if memchr::memchr2(b'%', b'+', pair).is_some() {
+            if let Some(previous_end) = taken_end {
+                origin.push(previous_end);
+                decoded.push(b'&');
+            }
+            decode_into(input, start, end, &mut decoded, &mut origin);
+            taken_end = Some(end);
+        }
+        start = end + 1;
+    }
+    origin.push(taken_end?);
+    Some((decoded, origin))
+}
+
+/// `input[start..end]` with `+` and each `%XX` decoded, onto `decoded`, and where each decoded
+/// byte's encoding starts onto `origin`.
+fn decode_into(
+    input: &[u8],
+    start: usize,
+    end: usize,
+    decoded: &mut Vec<u8>,
+    origin: &mut Vec<usize>,
+) {
+    let mut at = start;
+    while at < end {
         origin.push(at);
         let byte = input[at];
         let escaped = match (byte, input.get(at + 1..at + 3)) {
-            (b'%', Some(&[high, low])) => match (hex_value(high), hex_value(low)) {
-                (Some(high), Some(low)) => Some(high << 4 | low),
-                _ => None,
-            },
+            (b'%', Some(&[high, low])) if at + 3 <= end => {
+                match (hex_value(high), hex_value(low)) {
+                    (Some(high), Some(low)) => Some(high << 4 | low),
+                    _ => None,
+                }
+            }
             _ => None,
         };
         match escaped {
@@ -780,8 +817,6 @@ fn form_decode(input: &[u8]) -> (Vec<u8>, Vec<usize>) {
             }
         }
     }
-    origin.push(input.len());
-    (decoded, origin)
 }
 
 fn hex_value(digit: u8) -> Option<u8> {
@@ -790,5 +825,24 @@ fn hex_value(digit: u8) -> Option<u8> {
         b'a'..=b'f' => Some(digit - b'a' + 10),
         b'A'..=b'F' => Some(digit - b'A' + 10),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::form_decode;
+
+    #[test]
+    fn a_form_is_decoded_pair_by_pair() {
+        assert_eq!(form_decode(b"amount=100&currency=usd"), None);
+        let input = b"a=1&b=x+y&c=2&d=%41%4&e=3";
+        let (decoded, origin) = form_decode(input).unwrap();
+        // Only `b` and `d`; a `%` without two hex digits after it in its pair stays as it is.
+        assert_eq!(decoded, b"b=x y&d=A%4");
+        // Each decoded byte where its encoding starts; the joining `&` at the end of `b`'s
+        // pair; the end of `d`'s pair last.
+        assert_eq!(origin, [4, 5, 6, 7, 8, 9, 14, 15, 16, 19, 20, 21]);
+        assert_eq!(&input[origin[0]..origin[5]], b"b=x+y");
+        assert_eq!(&input[origin[6]..origin[11]], b"d=%41%4");
     }
 }

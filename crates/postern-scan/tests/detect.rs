@@ -311,6 +311,16 @@ fn form_values_are_scanned_decoded() {
             &[("secret.generic", secret)],
         );
     }
+    // Only the pairs holding `+` or `%` are decoded: what they hold is found where it stands,
+    // whatever plain pairs lie between them.
+    check(
+        "phone=%2B1+415+555+2671&amount=100&currency=usd&metadata%5Bcard%5D=4111+1111+1111+1111&capture=true",
+        Form,
+        &[
+            ("pii.phone", "%2B1+415+555+2671"),
+            ("payment.card", "4111+1111+1111+1111"),
+        ],
+    );
     // Outside a form `+` is a plus.
     check("card=4111+1111+1111+1111", Text, &[]);
 }
@@ -324,5 +334,17 @@ fn a_form_value_is_redacted_over_its_encoding() {
     assert_eq!(
         String::from_utf8(redacted).unwrap(),
         format!("amount=100&card={masked}&cvc=123")
+    );
+    // Plain pairs between two decoded ones, and a finding that ends its pair: each mask covers
+    // its own value's encoding and nothing of the pairs after it.
+    let input = b"to=%2B1+415+555+2671&amount=100&cvc=123&card=4111%201111+1111+1111";
+    let result = Scanner::default().scan(input, Form);
+    let redacted = postern_scan::redact(input, &result.findings);
+    assert_eq!(
+        String::from_utf8(redacted).unwrap(),
+        format!(
+            "to={}&amount=100&cvc=123&card={masked}",
+            "*".repeat("%2B1+415+555+2671".len())
+        )
     );
 }
