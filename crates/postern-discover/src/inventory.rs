@@ -42,6 +42,27 @@ pub enum ObservationSource {
     Import,
 }
 
+/// How a destination was spoken to: seen, not assumed from its port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    /// Plain HTTP: an absolute-form `http://` request through the forward proxy, or a log line
+    /// or HAR entry whose URL or `scheme` says so.
+    Http,
+    /// TLS: a `CONNECT` tunnel whose first bytes from the caller were a TLS handshake, or a log
+    /// line or HAR entry whose URL, `scheme` or SNI says so.
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// One call to a destination that matched no registered integration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
@@ -50,6 +71,9 @@ pub struct Observation {
     pub host: String,
     /// The destination port.
     pub port: u16,
+    /// How the call spoke to the destination, when that was seen (`None`: an opaque tunnel
+    /// that carried no bytes or no TLS, a log line that does not say).
+    pub scheme: Option<Scheme>,
     /// Who made the call: a caller name, a user, or a client address.
     pub caller: Option<String>,
     /// The HTTP method, when visible (not for an opaque `CONNECT` tunnel).
@@ -114,6 +138,10 @@ pub struct DiscoveredHost {
     pub endpoints_truncated: u64,
     /// Where the calls were seen: `proxy`, `import`.
     pub sources: BTreeSet<ObservationSource>,
+    /// How the host was spoken to, where that was seen: `http`, `https` (empty: never seen;
+    /// `postern discover promote` then assumes from the port and says so).
+    #[serde(default)]
+    pub schemes: BTreeSet<Scheme>,
 }
 
 impl DiscoveredHost {
@@ -133,6 +161,7 @@ impl DiscoveredHost {
             endpoints: Vec::new(),
             endpoints_truncated: 0,
             sources: BTreeSet::new(),
+            schemes: BTreeSet::new(),
         }
     }
 
@@ -161,6 +190,7 @@ impl DiscoveredHost {
         self.first_seen_ms = self.first_seen_ms.min(observation.time_ms);
         self.last_seen_ms = self.last_seen_ms.max(observation.time_ms);
         self.sources.insert(observation.source);
+        self.schemes.extend(observation.scheme);
         if let Some(caller) = observation.caller.as_deref().filter(|c| !c.is_empty()) {
             self.add_caller(caller, 1, limits);
         }
@@ -189,6 +219,7 @@ impl DiscoveredHost {
         self.callers_truncated += other.callers_truncated;
         self.endpoints_truncated += other.endpoints_truncated;
         self.sources.extend(other.sources);
+        self.schemes.extend(other.schemes);
         for caller in other.callers {
             self.add_caller(&caller, 1, limits);
         }
@@ -369,6 +400,7 @@ mod tests {
         Observation {
             host: host.into(),
             port: 443,
+            scheme: None,
             caller: Some(caller.into()),
             method: Some(method.into()),
             path: Some(path.into()),
@@ -489,6 +521,7 @@ mod tests {
         inventory.record(&Observation {
             host: "[2001:db8::1]".into(),
             port: 8443,
+            scheme: None,
             caller: None,
             method: Some("CONNECT".into()),
             path: None,
@@ -508,7 +541,9 @@ mod tests {
     #[test]
     fn json_shape_is_stable() {
         let mut inventory = Inventory::new();
-        inventory.record(&call("api.x.com", "a", "GET", "/v1/a/123", 10));
+        let mut seen = call("api.x.com", "a", "GET", "/v1/a/123", 10);
+        seen.scheme = Some(Scheme::Https);
+        inventory.record(&seen);
         let json = serde_json::to_value(inventory.into_hosts()).unwrap();
         assert_eq!(
             json,
@@ -522,7 +557,8 @@ mod tests {
                     "first_seen_ms": 10, "last_seen_ms": 10, "last_status": 200
                 }],
                 "endpoints_truncated": 0,
-                "sources": ["proxy"]
+                "sources": ["proxy"],
+                "schemes": ["https"]
             }])
         );
     }

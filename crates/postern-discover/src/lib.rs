@@ -21,12 +21,13 @@
 //!
 //! # The API the gateway uses
 //! ```no_run
-//! use postern_discover::{Inventory, Observation, ObservationSource, Store};
+//! use postern_discover::{Inventory, Observation, ObservationSource, Scheme, Store};
 //! # fn main() -> Result<(), postern_discover::StoreError> {
 //! let store = Store::open(std::path::Path::new("/var/lib/postern"))?; // once, at start
 //! let mut inventory = Inventory::new(); // behind a Mutex, shared by the connections
 //! inventory.record(&Observation {       // per call to an unregistered destination
-//!     host: "api.example.com".into(), port: 443, caller: Some("checkout".into()),
+//!     host: "api.example.com".into(), port: 443, scheme: Some(Scheme::Https),
+//!     caller: Some("checkout".into()),
 //!     method: Some("GET".into()), path: Some("/v1/things/42?x=1".into()), status: Some(200),
 //!     bytes_out: 120, bytes_in: 900, time_ms: 1_709_633_472_000, blocked: false,
 //!     source: ObservationSource::Proxy,
@@ -53,7 +54,7 @@ mod store;
 mod template;
 
 pub use inventory::{
-    DiscoveredHost, EndpointStats, Inventory, Limits, Observation, ObservationSource,
+    DiscoveredHost, EndpointStats, Inventory, Limits, Observation, ObservationSource, Scheme,
 };
 pub use promote::draft_integration;
 pub use store::{Store, StoreError, DISCOVERY_FILE, SCHEMA_VERSION};

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use crate::template::PLACEHOLDER;
-use crate::DiscoveredHost;
+use crate::{DiscoveredHost, Scheme};
 
 /// Umbrella domains where the registrable name says little (`sqs.us-east-1.amazonaws.com`):
 /// the name is then `<first label>-<umbrella>`.
@@ -89,19 +89,42 @@ fn write_draft(out: &mut String, host: &DiscoveredHost, name: &str) -> std::fmt:
     } else {
         host.host.clone()
     };
-    // The inventory keeps no scheme: port 80 is taken for plain HTTP, any other for https, and
-    // the draft says what it assumed.
-    let (upstream, assumed) = match host.port {
-        443 => (format!("https://{upstream_host}"), None),
-        80 => (
-            format!("http://{upstream_host}"),
-            Some("allow_plaintext = true   # TODO: seen on port 80; use https if the vendor offers it".to_string()),
+    // The scheme the calls were seen to use (TLS wins: the vendor offers it); where none was
+    // seen, port 80 is taken for plain HTTP and any other for https, and the draft says so.
+    let seen_https = host.schemes.contains(&Scheme::Https);
+    let seen_http = host.schemes.contains(&Scheme::Http);
+    let plaintext = |why: &str| {
+        Some(format!(
+            "allow_plaintext = true   # TODO: {why}; use https if the vendor offers it"
+        ))
+    };
+    let (scheme, assumed) = match (seen_https, seen_http, host.port) {
+        (true, _, _) => (Scheme::Https, None),
+        (false, true, _) => (Scheme::Http, plaintext("its calls were plain HTTP")),
+        (false, false, 80) => (
+            Scheme::Http,
+            plaintext("plain HTTP assumed on port 80 (no call showed its scheme)"),
         ),
-        port => (
-            format!("https://{upstream_host}:{port}"),
-            Some(format!("# TODO: https assumed on port {port}; if the host speaks plain HTTP there (its calls came through the forward proxy as http://), use \"http://{upstream_host}:{port}\" and allow_plaintext = true")),
+        (false, false, 443) => (Scheme::Https, None),
+        (false, false, port) => (
+            Scheme::Https,
+            Some(format!("# TODO: https assumed on port {port} (no call showed its scheme); if the host speaks plain HTTP there, use \"http://{upstream_host}:{port}\" and allow_plaintext = true")),
         ),
     };
+    let default_port = match scheme {
+        Scheme::Http => 80,
+        Scheme::Https => 443,
+    };
+    let upstream = match host.port == default_port {
+        true => format!("{}://{upstream_host}", scheme.as_str()),
+        false => format!("{}://{upstream_host}:{}", scheme.as_str(), host.port),
+    };
+    if seen_https && seen_http {
+        writeln!(
+            out,
+            "# Some calls to this host were plain HTTP: once they go through this integration, they use https."
+        )?;
+    }
     writeln!(out, "upstream = {}", toml_string(&upstream))?;
     if let Some(assumed) = assumed {
         writeln!(out, "{assumed}")?;
@@ -421,6 +444,7 @@ mod tests {
             inventory.record(&crate::Observation {
                 host: host.into(),
                 port: 443,
+                scheme: None,
                 caller: Some("checkout".into()),
                 method: Some("GET".into()),
                 path: Some("/v1/charges/ch_3MmlLrLkdIwHu7ix0snN0B15".into()),
@@ -449,30 +473,90 @@ mod tests {
         assert_eq!(comment_text("a\nb"), "a?b");
     }
 
+    /// The scheme the calls were seen to use sets the upstream's; where none was seen, the
+    /// port decides and the draft says what it assumed.
     #[test]
-    fn a_port_other_than_443_or_80_says_https_is_assumed() {
-        let mut inventory = crate::Inventory::new();
-        inventory.record(&crate::Observation {
-            host: "localhost".into(),
-            port: 18102,
-            caller: Some("app".into()),
-            method: Some("GET".into()),
-            path: Some("/items/123".into()),
-            status: Some(200),
-            bytes_out: 10,
-            bytes_in: 20,
-            time_ms: 0,
-            blocked: false,
-            source: crate::ObservationSource::Proxy,
-        });
-        let draft = draft_integration(inventory.get("localhost", 18102).unwrap());
-        assert!(
-            draft.contains("upstream = \"https://localhost:18102\""),
-            "{draft}"
-        );
-        assert!(
-            draft.contains("# TODO: https assumed on port 18102"),
-            "{draft}"
-        );
+    fn the_upstream_scheme_is_the_one_seen_else_assumed_from_the_port() {
+        let draft = |port: u16, schemes: &[Option<crate::Scheme>]| {
+            let mut inventory = crate::Inventory::new();
+            for scheme in schemes {
+                inventory.record(&crate::Observation {
+                    host: "localhost".into(),
+                    port,
+                    scheme: *scheme,
+                    caller: Some("app".into()),
+                    method: Some("GET".into()),
+                    path: Some("/items/123".into()),
+                    status: Some(200),
+                    bytes_out: 10,
+                    bytes_in: 20,
+                    time_ms: 0,
+                    blocked: false,
+                    source: crate::ObservationSource::Proxy,
+                });
+            }
+            draft_integration(inventory.get("localhost", port).unwrap())
+        };
+        use crate::Scheme::{Http, Https};
+        for (port, schemes, upstream, note) in [
+            (
+                18102,
+                vec![None],
+                "https://localhost:18102",
+                Some("# TODO: https assumed on port 18102"),
+            ),
+            (
+                80,
+                vec![None],
+                "http://localhost",
+                Some("plain HTTP assumed on port 80"),
+            ),
+            (443, vec![None], "https://localhost", None),
+            (
+                18102,
+                vec![None, Some(Http)],
+                "http://localhost:18102",
+                Some("allow_plaintext = true   # TODO: its calls were plain HTTP"),
+            ),
+            (
+                80,
+                vec![Some(Http)],
+                "http://localhost",
+                Some("its calls were plain HTTP"),
+            ),
+            (
+                443,
+                vec![Some(Http)],
+                "http://localhost:443",
+                Some("its calls were plain HTTP"),
+            ),
+            (8443, vec![Some(Https)], "https://localhost:8443", None),
+            (
+                80,
+                vec![Some(Https), Some(Http)],
+                "https://localhost:80",
+                Some("Some calls to this host were plain HTTP"),
+            ),
+        ] {
+            let draft = draft(port, &schemes);
+            assert!(
+                draft.contains(&format!("upstream = \"{upstream}\"\n")),
+                "{port} {schemes:?}: {draft}"
+            );
+            match note {
+                Some(note) => assert!(draft.contains(note), "{port} {schemes:?}: {draft}"),
+                None => assert!(
+                    !draft.contains("TODO: https assumed") && !draft.contains("allow_plaintext"),
+                    "{draft}"
+                ),
+            }
+            let text = format!(
+                "[gateway]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"d\"\n\n{draft}"
+            );
+            if let Err(errors) = postern_config::parse(&text, std::path::Path::new("postern.toml"))
+            {
+                panic!("{errors}\n---\n{text}");
+            }
+        }
     }
 }

@@ -13,13 +13,14 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::inventory::{merge_endpoint, normalize_host, sort_by_calls};
-use crate::{DiscoveredHost, EndpointStats, Inventory, Limits, ObservationSource};
+use crate::{DiscoveredHost, EndpointStats, Inventory, Limits, ObservationSource, Scheme};
 
 /// The file name inside `data_dir`.
 pub const DISCOVERY_FILE: &str = "discovery.db";
 
-/// The schema this code writes. A file with a newer version is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema this code writes. A file with a newer version is refused; an older one is
+/// brought up to this one when opened ([`MIGRATIONS`]).
+pub const SCHEMA_VERSION: i64 = 2;
 /// How long a write waits for another writer (SQLite's busy timeout), and how long opening
 /// keeps trying while another process sets the same new file up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +68,8 @@ CREATE TABLE IF NOT EXISTS hosts (
     endpoints_truncated INTEGER NOT NULL,
     seen_by_proxy INTEGER NOT NULL,
     seen_by_import INTEGER NOT NULL,
+    seen_http INTEGER NOT NULL DEFAULT 0,
+    seen_https INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (host, port)
 );
 CREATE TABLE IF NOT EXISTS callers (
@@ -88,6 +91,14 @@ CREATE TABLE IF NOT EXISTS endpoints (
     PRIMARY KEY (host, port, method, template)
 );
 ";
+
+/// What takes a file from version N to N + 1: `MIGRATIONS[N - 1]`. Each runs in one
+/// transaction with the version's update, so a crash leaves the file at N or N + 1.
+const MIGRATIONS: [&str; 1] = [
+    // 1 → 2: how each host was spoken to (`DiscoveredHost::schemes`); unknown for the past.
+    "ALTER TABLE hosts ADD COLUMN seen_http INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE hosts ADD COLUMN seen_https INTEGER NOT NULL DEFAULT 0;",
+];
 
 fn to_sql(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -149,21 +160,9 @@ impl Store {
         connection
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(sqlite)?;
-        connection.execute_batch(SCHEMA).map_err(sqlite)?;
-        // Two processes may create the file at once: only the first insert wins.
-        connection
-            .execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
-                [SCHEMA_VERSION],
-            )
-            .map_err(sqlite)?;
-        let found: i64 = connection
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'schema_version'",
-                [],
-                |row| row.get(0),
-            )
-            .map_err(sqlite)?;
+        let mut connection = connection;
+        set_up(&mut connection).map_err(sqlite)?;
+        let found = schema_version(&connection).map_err(sqlite)?;
         if found > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema { path, found });
         }
@@ -237,6 +236,44 @@ impl Store {
     }
 }
 
+/// Creates the tables of a new file (at [`SCHEMA_VERSION`]) or brings an older file's up to it,
+/// in one immediate transaction: two processes opening the same file take turns, and the
+/// second finds the work done.
+fn set_up(connection: &mut Connection) -> rusqlite::Result<()> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let new_file: bool = transaction.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'meta')",
+        [],
+        |row| row.get(0),
+    )?;
+    if new_file {
+        transaction.execute_batch(SCHEMA)?;
+        transaction.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+            [SCHEMA_VERSION],
+        )?;
+    } else {
+        let mut version = schema_version(&transaction)?;
+        while (1..SCHEMA_VERSION).contains(&version) {
+            transaction.execute_batch(MIGRATIONS[(version - 1) as usize])?;
+            version += 1;
+            transaction.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+                [version],
+            )?;
+        }
+    }
+    transaction.commit()
+}
+
+fn schema_version(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.query_row(
+        "SELECT value FROM meta WHERE key = 'schema_version'",
+        [],
+        |row| row.get(0),
+    )
+}
+
 /// Removes the least recently seen host whose every call was refused; its calls are counted as
 /// dropped. False when there is none.
 fn evict_refused_only(connection: &Connection) -> rusqlite::Result<bool> {
@@ -299,8 +336,9 @@ fn merge_in(connection: &Connection, delta: &Inventory, limits: &Limits) -> rusq
         connection.prepare_cached("SELECT 1 FROM hosts WHERE host = ?1 AND port = ?2")?;
     let mut insert_host = connection.prepare_cached(
         "INSERT INTO hosts (host, port, first_seen_ms, last_seen_ms, calls, blocked_calls,
-            bytes_out, bytes_in, callers_truncated, endpoints_truncated, seen_by_proxy, seen_by_import)
-         VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0, 0, 0, 0, 0)",
+            bytes_out, bytes_in, callers_truncated, endpoints_truncated, seen_by_proxy, seen_by_import,
+            seen_http, seen_https)
+         VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
     )?;
     // Totals saturate ([`saturating_add`]).
     let totals = [
@@ -316,7 +354,8 @@ fn merge_in(connection: &Connection, delta: &Inventory, limits: &Limits) -> rusq
     let mut update_host = connection.prepare_cached(&format!(
         "UPDATE hosts SET
             first_seen_ms = min(first_seen_ms, ?3), last_seen_ms = max(last_seen_ms, ?4), {totals},
-            seen_by_proxy = max(seen_by_proxy, ?11), seen_by_import = max(seen_by_import, ?12)
+            seen_by_proxy = max(seen_by_proxy, ?11), seen_by_import = max(seen_by_import, ?12),
+            seen_http = max(seen_http, ?13), seen_https = max(seen_https, ?14)
          WHERE host = ?1 AND port = ?2"
     ))?;
     let mut count_callers =
@@ -432,6 +471,8 @@ fn merge_in(connection: &Connection, delta: &Inventory, limits: &Limits) -> rusq
             to_sql(endpoints_truncated),
             host.sources.contains(&ObservationSource::Proxy),
             host.sources.contains(&ObservationSource::Import),
+            host.schemes.contains(&Scheme::Http),
+            host.schemes.contains(&Scheme::Https),
         ])?;
     }
     Ok(())
@@ -451,7 +492,8 @@ fn load(connection: &Connection, only_host: Option<&str>) -> rusqlite::Result<Ve
     let mut hosts = Vec::new();
     let mut statement = connection.prepare(&format!(
         "SELECT host, port, first_seen_ms, last_seen_ms, calls, blocked_calls, bytes_out,
-            bytes_in, callers_truncated, endpoints_truncated, seen_by_proxy, seen_by_import
+            bytes_in, callers_truncated, endpoints_truncated, seen_by_proxy, seen_by_import,
+            seen_http, seen_https
          FROM hosts {filter}"
     ))?;
     let mut rows = statement.query(host_filter.as_slice())?;
@@ -462,6 +504,13 @@ fn load(connection: &Connection, only_host: Option<&str>) -> rusqlite::Result<Ve
         }
         if row.get::<_, bool>(11)? {
             sources.insert(ObservationSource::Import);
+        }
+        let mut schemes = BTreeSet::new();
+        if row.get::<_, bool>(12)? {
+            schemes.insert(Scheme::Http);
+        }
+        if row.get::<_, bool>(13)? {
+            schemes.insert(Scheme::Https);
         }
         let host = DiscoveredHost {
             host: row.get(0)?,
@@ -477,6 +526,7 @@ fn load(connection: &Connection, only_host: Option<&str>) -> rusqlite::Result<Ve
             endpoints: Vec::new(),
             endpoints_truncated: from_sql(row.get(9)?),
             sources,
+            schemes,
         };
         index.insert((host.host.clone(), host.port), hosts.len());
         hosts.push(host);
@@ -521,6 +571,7 @@ mod tests {
         Observation {
             host: host.into(),
             port: 443,
+            scheme: None,
             caller: Some(caller.into()),
             method: Some("GET".into()),
             path: Some(path.into()),
@@ -548,7 +599,9 @@ mod tests {
             status_less.status = None;
             status_less.blocked = true;
             inventory.record(&status_less);
-            inventory.record(&call("api.x.com", "b", "/v1/new", 300));
+            let mut plain = call("api.x.com", "b", "/v1/new", 300);
+            plain.scheme = Some(Scheme::Http);
+            inventory.record(&plain);
             store.merge_delta(&inventory.drain()).unwrap();
         }
         let store = Store::open(&data_dir).unwrap();
@@ -571,6 +624,54 @@ mod tests {
         assert!(store.get("api.x.com", Some(80)).unwrap().is_empty());
         assert_eq!(store.get("api.y.com", Some(443)).unwrap()[0].calls, 2);
         assert_eq!(x.sources, BTreeSet::from([ObservationSource::Proxy]));
+        assert_eq!(x.schemes, BTreeSet::from([Scheme::Http]));
+        assert!(store.get("api.y.com", None).unwrap()[0].schemes.is_empty());
+    }
+
+    /// A file written by the first schema (no schemes) is brought up to date when opened: its
+    /// hosts stay, with no scheme known, and schemes seen from then on are kept.
+    #[test]
+    fn a_version_1_file_is_brought_up_to_date_and_keeps_its_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join(DISCOVERY_FILE)).unwrap();
+            old.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT INTO meta VALUES ('schema_version', 1);
+                 CREATE TABLE hosts (host TEXT NOT NULL, port INTEGER NOT NULL,
+                    first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+                    calls INTEGER NOT NULL, blocked_calls INTEGER NOT NULL,
+                    bytes_out INTEGER NOT NULL, bytes_in INTEGER NOT NULL,
+                    callers_truncated INTEGER NOT NULL, endpoints_truncated INTEGER NOT NULL,
+                    seen_by_proxy INTEGER NOT NULL, seen_by_import INTEGER NOT NULL,
+                    PRIMARY KEY (host, port));
+                 CREATE TABLE callers (host TEXT NOT NULL, port INTEGER NOT NULL,
+                    caller TEXT NOT NULL, PRIMARY KEY (host, port, caller));
+                 CREATE TABLE endpoints (host TEXT NOT NULL, port INTEGER NOT NULL,
+                    method TEXT NOT NULL, template TEXT NOT NULL, calls INTEGER NOT NULL,
+                    blocked_calls INTEGER NOT NULL, first_seen_ms INTEGER NOT NULL,
+                    last_seen_ms INTEGER NOT NULL, last_status INTEGER,
+                    PRIMARY KEY (host, port, method, template));
+                 INSERT INTO hosts VALUES ('api.old.com', 443, 1, 2, 7, 0, 10, 20, 0, 0, 1, 0);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let version = schema_version(&store.connection()).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let old = &store.get("api.old.com", None).unwrap()[0];
+        assert_eq!((old.calls, old.bytes_in), (7, 20));
+        assert!(old.schemes.is_empty());
+        let mut inventory = Inventory::new();
+        let mut seen = call("api.old.com", "a", "/v1/x", 3);
+        seen.scheme = Some(Scheme::Https);
+        inventory.record(&seen);
+        store.merge_delta(&inventory).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let old = &store.get("api.old.com", None).unwrap()[0];
+        assert_eq!(old.calls, 8);
+        assert_eq!(old.schemes, BTreeSet::from([Scheme::Https]));
     }
 
     /// Totals past SQLite's largest integer stay at it: an import of an absurd size, merged

@@ -18,7 +18,7 @@
 //! without traffic, or at shutdown.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -40,7 +40,7 @@ use crate::record::PendingRecord;
 use crate::runtime::{IntegrationRuntime, Runtime};
 use crate::upstream::dial;
 use crate::Shared;
-use postern_discover::{Observation, ObservationSource};
+use postern_discover::{Observation, ObservationSource, Scheme};
 use postern_tlog::RecordKind;
 
 /// Status recorded when the TLS handshake inside an intercepted tunnel fails (nginx's 495).
@@ -232,7 +232,7 @@ async fn connect(
     // Unregistered: host policy, then the guard; recorded in discovery either way.
     let decision = proxy.policy.decide(&caller.name, &host, port);
     if !decision.allowed {
-        shared.discovered(sighting(context, &host, port, true));
+        shared.discovered(sighting(context, &host, port, None, true));
         return Err(host_refused(decision.reason, &host, port));
     }
     let connect_timeout = Duration::from_millis(proxy.config.connect_timeout_ms);
@@ -243,7 +243,7 @@ async fn connect(
                 // Refused by the guard, or a host that is down or unknown: only the first is
                 // the gateway's refusal.
                 let refused = matches!(error, crate::upstream::ConnectError::Denied(_));
-                shared.discovered(sighting(context, &host, port, refused));
+                shared.discovered(sighting(context, &host, port, None, refused));
                 return Err(crate::proxy::connect_error(&host, &error));
             }
         };
@@ -429,7 +429,7 @@ fn open_tunnel(
         );
         shared.audit.append_later(record, &context.request_id);
         if let Some((host, port)) = discovered {
-            let mut seen = sighting(&context, &host, port, false);
+            let mut seen = sighting(&context, &host, port, counts.scheme(), false);
             seen.bytes_out = sent;
             seen.bytes_in = received;
             shared.discovered(seen);
@@ -757,7 +757,7 @@ async fn absolute(
         reason: decision.reason,
         after: Some(Box::new(
             move |context: &CallContext, response_bytes: u64| {
-                let mut seen = sighting(context, &host, port, false);
+                let mut seen = sighting(context, &host, port, Some(Scheme::Http), false);
                 seen.method = method;
                 seen.path = Some(path);
                 seen.status = Some(status);
@@ -975,16 +975,23 @@ fn request_sighting(
     path: &str,
     blocked: bool,
 ) -> Observation {
-    let mut seen = sighting(context, host, port, blocked);
+    let mut seen = sighting(context, host, port, Some(Scheme::Http), blocked);
     seen.method = context.method.as_ref().map(ToString::to_string);
     seen.path = Some(path.to_string());
     seen
 }
 
-fn sighting(context: &CallContext, host: &str, port: u16, blocked: bool) -> Observation {
+fn sighting(
+    context: &CallContext,
+    host: &str,
+    port: u16,
+    scheme: Option<Scheme>,
+    blocked: bool,
+) -> Observation {
     Observation {
         host: host.to_string(),
         port,
+        scheme,
         caller: context.caller.as_deref().map(str::to_string),
         method: None,
         path: None,
@@ -1007,6 +1014,16 @@ struct TunnelCounts {
     upstream_to_client: AtomicU64,
     /// Milliseconds since `started` of the last byte either way.
     last_activity_ms: AtomicU64,
+    /// The caller's first byte plus one (0: none yet), for discovery to tell a TLS tunnel.
+    client_first_byte: AtomicU16,
+}
+
+impl TunnelCounts {
+    /// `https` when the caller's first byte opened a TLS handshake record (content type 22);
+    /// otherwise unknown (nothing sent, or some other protocol: not taken for plain HTTP).
+    fn scheme(&self) -> Option<Scheme> {
+        (self.client_first_byte.load(Ordering::Relaxed) == 0x16 + 1).then_some(Scheme::Https)
+    }
 }
 
 /// Copies both ways until both directions end, or nothing moved for `idle`.
@@ -1021,14 +1038,14 @@ where
         &mut client_read,
         &mut upstream_write,
         &counts,
-        &counts.client_to_upstream,
+        Direction::FromClient,
         started,
     );
     let down = pump(
         &mut upstream_read,
         &mut client_write,
         &counts,
-        &counts.upstream_to_client,
+        Direction::ToClient,
         started,
     );
     let idle_watch = async {
@@ -1049,22 +1066,37 @@ where
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    FromClient,
+    ToClient,
+}
+
 async fn pump<R, W>(
     reader: &mut R,
     writer: &mut W,
     counts: &TunnelCounts,
-    counter: &AtomicU64,
+    direction: Direction,
     started: Instant,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let counter = match direction {
+        Direction::FromClient => &counts.client_to_upstream,
+        Direction::ToClient => &counts.upstream_to_client,
+    };
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
         let read = match reader.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
             Ok(read) => read,
         };
+        if direction == Direction::FromClient && counter.load(Ordering::Relaxed) == 0 {
+            counts
+                .client_first_byte
+                .store(u16::from(buffer[0]) + 1, Ordering::Relaxed);
+        }
         if writer.write_all(&buffer[..read]).await.is_err() {
             break;
         }

@@ -218,6 +218,15 @@ fn show(location: &DataLocation, host: &str, json: bool) -> Result<ExitCode, Exi
         })
         .collect();
     println!("  seen by      {}", sources.join(", "));
+    let schemes: Vec<&str> = entry.schemes.iter().map(|scheme| scheme.as_str()).collect();
+    println!(
+        "  schemes      {}",
+        if schemes.is_empty() {
+            "(none seen)".to_owned()
+        } else {
+            schemes.join(", ")
+        }
+    );
     let callers: Vec<&str> = entry.callers.iter().map(String::as_str).collect();
     println!(
         "  callers      {}{}",

@@ -128,6 +128,14 @@ fn import_every_format_then_list_show_and_promote() {
     );
     let stripe = &list[0];
     assert_eq!(stripe["sources"], serde_json::json!(["import"]));
+    // The nginx log's absolute-form https:// lines showed https (the Envoy lines, with an
+    // authority and neither SNI nor scheme, showed none). The nginx-json line for slack.com
+    // names a host and no scheme: none seen.
+    assert_eq!(stripe["schemes"], serde_json::json!(["https"]));
+    let slack = list.iter().find(|h| h["host"] == "slack.com").unwrap();
+    assert_eq!(slack["schemes"], serde_json::json!([]));
+    let show = discover(&data, &["show", "slack.com"], 0);
+    assert!(show.contains("schemes      (none seen)"), "{show}");
     assert!(stripe["endpoints"]
         .as_array()
         .unwrap()

@@ -75,7 +75,7 @@ fn entry_observation(raw: &RawValue) -> Result<Observation, String> {
     })?;
     let request = entry.request.ok_or("no request")?;
     let url = request.url.ok_or("no request.url")?;
-    let (destination, path) = split_absolute_url(&url).ok_or_else(|| {
+    let (destination, path, scheme) = split_absolute_url(&url).ok_or_else(|| {
         let scheme = url.split(':').next().unwrap_or_default();
         format!("request.url is not an http(s) URL ({scheme}:…)")
     })?;
@@ -87,6 +87,7 @@ fn entry_observation(raw: &RawValue) -> Result<Observation, String> {
     let time = parse_rfc3339(&started)
         .ok_or_else(|| format!("startedDateTime `{started}` is not ISO 8601"))?;
     let mut observation = observation(destination, time);
+    observation.scheme = Some(scheme);
     observation.method = Some(method);
     observation.path = Some(path);
     observation.bytes_out =

@@ -8,7 +8,7 @@ use super::{
     address_without_port, observation, parse_epoch_seconds, parse_nginx_local_time, parse_rfc3339,
     split_absolute_url, split_host_port, ImportOptions,
 };
-use crate::Observation;
+use crate::{Observation, Scheme};
 
 type Object = Map<String, Value>;
 
@@ -38,6 +38,18 @@ fn host_field(object: &Object, keys: &[&str]) -> Option<(String, Option<u16>)> {
     let value = text(object, keys)?;
     let (host, port) = split_host_port(&value)?;
     super::is_host(&host).then_some((host, port))
+}
+
+/// A `scheme` field: `http` or `https` (`ws`, `wss` alike); anything else is not one.
+fn scheme_field(object: &Object) -> Option<Scheme> {
+    match text(object, &["scheme", ":scheme"])?
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "http" | "ws" => Some(Scheme::Http),
+        "https" | "wss" => Some(Scheme::Https),
+        _ => None,
+    }
 }
 
 /// The port of an `IP:port` field such as `$upstream_addr` or Envoy's `upstream_host`
@@ -71,22 +83,22 @@ pub(super) fn parse_nginx_json(line: &str, options: &ImportOptions) -> Result<Ob
     let absolute = request
         .as_ref()
         .and_then(|(_, target)| split_absolute_url(target));
-    let scheme_port = match text(&object, &["scheme"]).as_deref() {
-        Some("http") => Some(80),
-        Some("https") => Some(443),
-        _ => None,
-    };
+    let scheme = scheme_field(&object).or_else(|| absolute.as_ref().map(|(_, _, scheme)| *scheme));
+    let scheme_port = scheme_field(&object).map(|scheme| match scheme {
+        Scheme::Http => 80,
+        Scheme::Https => 443,
+    });
     let destination = match host_field(&object, &["host", "http_host", "proxy_host"]) {
         Some((host, port)) => {
             let port = port
-                .or_else(|| absolute.as_ref().map(|(d, _)| d.1))
+                .or_else(|| absolute.as_ref().map(|(d, _, _)| d.1))
                 .or_else(|| address_port(&object, &["upstream_addr"]))
                 .or(scheme_port)
                 .unwrap_or(443);
             (host, port)
         }
         None => match &absolute {
-            Some((destination, _)) => destination.clone(),
+            Some((destination, _, _)) => destination.clone(),
             None => options.default_host.clone().ok_or(
                 "no destination: the line has no host, http_host or absolute-form request; \
                  add $host to the log_format or pass --host",
@@ -94,11 +106,12 @@ pub(super) fn parse_nginx_json(line: &str, options: &ImportOptions) -> Result<Ob
         },
     };
     let mut observation = observation(destination, time);
+    observation.scheme = scheme;
     observation.method = text(&object, &["request_method", "method"])
         .or_else(|| request.as_ref().map(|(method, _)| method.clone()));
     observation.path =
         text(&object, &["request_uri", "uri"]).or_else(|| match (&absolute, &request) {
-            (Some((_, path)), _) => Some(path.clone()),
+            (Some((_, path, _)), _) => Some(path.clone()),
             (None, Some((_, target))) if target.starts_with('/') => Some(target.clone()),
             _ => None,
         });
@@ -136,8 +149,12 @@ pub(super) fn parse_envoy(line: &str, options: &ImportOptions) -> Result<Observa
     });
     let upstream_host = host_field(&object, &["upstream_host"]);
     let upstream_port = upstream_host.as_ref().and_then(|(_, port)| *port);
+    let sni = host_field(&object, &["requested_server_name"]);
+    // A `scheme` logged (`%REQ(:SCHEME)%`) says how the upstream was spoken to; else an SNI
+    // says TLS.
+    let scheme = scheme_field(&object).or(sni.as_ref().map(|_| Scheme::Https));
     let named = host_field(&object, &["authority", ":authority"])
-        .or_else(|| host_field(&object, &["requested_server_name"]))
+        .or(sni)
         .or_else(|| cluster.clone());
     let destination = match named {
         Some((host, port)) => {
@@ -156,6 +173,7 @@ pub(super) fn parse_envoy(line: &str, options: &ImportOptions) -> Result<Observa
         },
     };
     let mut observation = observation(destination, time);
+    observation.scheme = scheme;
     observation.method = text(&object, &["method", ":method"]);
     observation.path = text(
         &object,
@@ -235,6 +253,46 @@ mod tests {
             o.path.as_deref(),
             Some("/repos/octocat/Hello-World/issues/1347")
         );
+    }
+
+    /// A scheme comes from what the line says (a `scheme` key, an absolute-form request, an
+    /// SNI), never from a port.
+    #[test]
+    fn schemes_are_what_the_line_says() {
+        let t = r#""time_iso8601":"2024-03-05T10:11:12+00:00""#;
+        let scheme = |line: String| nginx(&line).scheme;
+        assert_eq!(
+            scheme(format!(r#"{{{t},"host":"a.com","scheme":"http"}}"#)),
+            Some(Scheme::Http)
+        );
+        assert_eq!(
+            scheme(format!(r#"{{{t},"host":"a.com:8443","scheme":"HTTPS"}}"#)),
+            Some(Scheme::Https)
+        );
+        assert_eq!(
+            scheme(format!(
+                r#"{{{t},"request":"GET http://a.com:8080/x HTTP/1.1"}}"#
+            )),
+            Some(Scheme::Http)
+        );
+        assert_eq!(scheme(format!(r#"{{{t},"host":"a.com:443"}}"#)), None);
+        assert_eq!(
+            scheme(format!(r#"{{{t},"host":"a.com","scheme":"ftp"}}"#)),
+            None
+        );
+        let t = r#""start_time":"2024-03-05T10:11:12Z""#;
+        let scheme = |line: String| envoy(&line).scheme;
+        assert_eq!(
+            scheme(format!(r#"{{{t},"requested_server_name":"a.com"}}"#)),
+            Some(Scheme::Https)
+        );
+        assert_eq!(
+            scheme(format!(
+                r#"{{{t},"authority":"a.com","requested_server_name":"a.com",":scheme":"http"}}"#
+            )),
+            Some(Scheme::Http)
+        );
+        assert_eq!(scheme(format!(r#"{{{t},"authority":"a.com"}}"#)), None);
     }
 
     #[test]

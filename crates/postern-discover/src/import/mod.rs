@@ -22,7 +22,7 @@ use std::io::{BufRead, Read};
 
 use serde::Serialize;
 
-use crate::{Observation, ObservationSource};
+use crate::{Observation, ObservationSource, Scheme};
 
 /// How many malformed lines are kept (with their reason) in the report.
 pub const MALFORMED_EXAMPLES: usize = 10;
@@ -227,6 +227,7 @@ fn observation(host: (String, u16), time_ms: i64) -> Observation {
     Observation {
         host: host.0,
         port: host.1,
+        scheme: None,
         caller: None,
         method: None,
         path: None,
@@ -269,12 +270,13 @@ fn is_host(host: &str) -> bool {
             || host.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
-/// A destination from `scheme://[userinfo@]authority/path…`: (host, port, path).
-fn split_absolute_url(url: &str) -> Option<((String, u16), String)> {
+/// A destination from `scheme://[userinfo@]authority/path…`: ((host, port), path), and the
+/// scheme (`ws` counts as `http`, `wss` as `https`).
+fn split_absolute_url(url: &str) -> Option<((String, u16), String, Scheme)> {
     let (scheme, rest) = url.split_once("://")?;
-    let default_port = match scheme.to_ascii_lowercase().as_str() {
-        "http" | "ws" => 80,
-        "https" | "wss" => 443,
+    let (default_port, scheme) = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => (80, Scheme::Http),
+        "https" | "wss" => (443, Scheme::Https),
         _ => return None,
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -289,7 +291,7 @@ fn split_absolute_url(url: &str) -> Option<((String, u16), String)> {
     } else {
         format!("/{path}")
     };
-    Some(((host, port.unwrap_or(default_port)), path))
+    Some(((host, port.unwrap_or(default_port)), path, scheme))
 }
 
 /// The address part of `10.0.0.5:51234` or `[2001:db8::5]:51234` (a caller's address).
@@ -349,11 +351,15 @@ mod tests {
     fn absolute_urls() {
         assert_eq!(
             split_absolute_url("https://user:pw@API.x.com/v1/a?b=1"),
-            Some((("API.x.com".into(), 443), "/v1/a?b=1".into()))
+            Some((("API.x.com".into(), 443), "/v1/a?b=1".into(), Scheme::Https))
         );
         assert_eq!(
             split_absolute_url("http://10.0.0.1:8080"),
-            Some((("10.0.0.1".into(), 8080), "/".into()))
+            Some((("10.0.0.1".into(), 8080), "/".into(), Scheme::Http))
+        );
+        assert_eq!(
+            split_absolute_url("wss://x/y").map(|(_, _, scheme)| scheme),
+            Some(Scheme::Https)
         );
         assert_eq!(split_absolute_url("ftp://x/y"), None);
     }

@@ -52,9 +52,13 @@ pub(super) fn parse_line(line: &str, options: &ImportOptions) -> Result<Observat
     if !method.chars().all(|c| c.is_ascii_uppercase()) {
         return Err(format!("request `{request}` does not start with a method"));
     }
-    let (destination, path) = if method == "CONNECT" {
+    // Only an absolute-form target says how the host was spoken to (a CONNECT tunnel's
+    // bytes are not in the log).
+    let (destination, path, scheme) = if method == "CONNECT" {
         match split_host_port(target) {
-            Some((host, port)) if super::is_host(&host) => ((host, port.unwrap_or(443)), None),
+            Some((host, port)) if super::is_host(&host) => {
+                ((host, port.unwrap_or(443)), None, None)
+            }
             _ => return Err(format!("CONNECT target `{target}` is not host:port")),
         }
     } else if target.starts_with('/') || target == "*" {
@@ -66,14 +70,15 @@ pub(super) fn parse_line(line: &str, options: &ImportOptions) -> Result<Observat
                      pass --host, or log absolute-form requests or $host"
                 )
             })?;
-        (destination, Some(target.to_owned()))
+        (destination, Some(target.to_owned()), None)
     } else {
-        let (destination, path) = split_absolute_url(target)
+        let (destination, path, scheme) = split_absolute_url(target)
             .ok_or_else(|| format!("request target `{target}` is not a path or an http(s) URL"))?;
-        (destination, Some(path))
+        (destination, Some(path), Some(scheme))
     };
 
     let mut observation = observation(destination, time);
+    observation.scheme = scheme;
     let caller = if remote_user != "-" {
         remote_user
     } else {
@@ -190,6 +195,9 @@ mod tests {
         assert_eq!(o.bytes_in, 1532);
         assert_eq!(o.caller.as_deref(), Some("10.1.2.3"));
         assert_eq!(o.time_ms, 1_709_633_472_000);
+        assert_eq!(o.scheme, Some(crate::Scheme::Https));
+        let o = parse(r#"10.1.2.3 - - [05/Mar/2024:10:11:12 +0000] "GET http://api.x.com:8080/v1 HTTP/1.1" 200 2 "-" "-""#).unwrap();
+        assert_eq!((o.port, o.scheme), (8080, Some(crate::Scheme::Http)));
     }
 
     #[test]
@@ -198,6 +206,8 @@ mod tests {
         assert_eq!((o.host.as_str(), o.port), ("api.openai.com", 443));
         assert_eq!(o.path, None);
         assert_eq!(o.caller.as_deref(), Some("svc-billing"));
+        // What the tunnel carried is not in the log.
+        assert_eq!(o.scheme, None);
     }
 
     #[test]
@@ -205,6 +215,7 @@ mod tests {
         // `... "$http_user_agent" "$host" $upstream_addr $request_time`
         let o = parse(r#"10.1.2.3 - - [05/Mar/2024:10:11:12 +0000] "GET /2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json HTTP/1.1" 200 90 "-" "twilio-python/8.0" "api.twilio.com" 54.172.60.1:8443 0.120"#).unwrap();
         assert_eq!((o.host.as_str(), o.port), ("api.twilio.com", 8443));
+        assert_eq!(o.scheme, None);
         // `$http_host` with a port, and a float that is not an address.
         let o = parse(r#"10.1.2.3 - - [05/Mar/2024:10:11:12 +0000] "GET /v1/x HTTP/1.1" 200 90 "-" "curl/8" 0.003 api.example.com:8080"#).unwrap();
         assert_eq!((o.host.as_str(), o.port), ("api.example.com", 8080));
