@@ -480,7 +480,7 @@ impl Validator<'_> {
                 id
             });
             let proxy_mode = raw.proxy_mode.as_ref().map(|mode| self.proxy_mode(mode));
-            let allow_hosts = self.host_patterns(&raw.allow_hosts, "allow_hosts");
+            let allow_hosts = self.proxy_host_patterns(&raw.allow_hosts, "allow_hosts");
             callers.push(CallerConfig {
                 name,
                 token_sha256,
@@ -751,8 +751,8 @@ impl Validator<'_> {
                 .mode
                 .as_ref()
                 .map_or(ProxyMode::Enforce, |mode| self.proxy_mode(mode)),
-            allow_hosts: self.host_patterns(&raw.allow_hosts, "allow_hosts"),
-            deny_hosts: self.host_patterns(&raw.deny_hosts, "deny_hosts"),
+            allow_hosts: self.proxy_host_patterns(&raw.allow_hosts, "allow_hosts"),
+            deny_hosts: self.proxy_host_patterns(&raw.deny_hosts, "deny_hosts"),
             allowed_ports,
             allow_private_networks: raw
                 .allow_private_networks
@@ -796,6 +796,25 @@ impl Validator<'_> {
                 ProxyMode::Enforce
             }
         }
+    }
+
+    /// [`Self::host_patterns`], or an IPv6 address (brackets optional), which the forward
+    /// proxy's lists may hold: kept in the one form the proxy matches, compressed, and an
+    /// IPv4-mapped address (`::ffff:127.0.0.1`) as the IPv4 address it dials.
+    fn proxy_host_patterns(&mut self, values: &[Spanned<String>], key: &str) -> Vec<String> {
+        let mut patterns = Vec::new();
+        let mut names = Vec::new();
+        for value in values {
+            match ipv6_literal(value.get_ref()) {
+                Some(address) => patterns.push(match address.to_ipv4_mapped() {
+                    Some(v4) => v4.to_string(),
+                    None => address.to_string(),
+                }),
+                None => names.push(value.clone()),
+            }
+        }
+        patterns.extend(self.host_patterns(&names, key));
+        patterns
     }
 
     /// Lowercased host patterns: a DNS name, optionally `*.` + a name (one-level wildcard).
@@ -1434,6 +1453,16 @@ impl Validator<'_> {
         }
         grants
     }
+}
+
+/// `text` as an IPv6 address, with or without brackets.
+fn ipv6_literal(text: &str) -> Option<std::net::Ipv6Addr> {
+    let text = text.trim();
+    let text = text
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(text);
+    text.parse().ok()
 }
 
 /// Whether `pattern` may stand in a `hosts`, `allow_hosts` or `deny_hosts` list (a lowercase DNS

@@ -655,6 +655,14 @@ fn forward_proxy_section_and_host_keys() {
     assert_eq!(config.proxy.allowed_ports, [443, 8443]);
     assert_eq!(config.integrations[0].hosts, ["api.stripe.com"]);
     assert!(!config.integrations[0].intercept);
+    // The proxy's lists take IPv6 addresses, kept in the form the proxy matches; an
+    // integration's `hosts` does not.
+    let config = parse_ok(&format!(
+        "{}\n[proxy]\ndeny_hosts = [\"[::1]\", \"0:0:0:0:0:0:0:1\", \"::FFFF:127.0.0.1\", \"x.example\"]\n",
+        integration("")
+    ));
+    assert_eq!(config.proxy.deny_hosts, ["::1", "::1", "127.0.0.1", "x.example"]);
+    assert!(render(&integration("hosts = [\"::1\"]\n")).contains("is not a host pattern"));
     // intercept defaults to true when hosts are listed.
     assert!(parse_ok(&integration("hosts = [\"api.stripe.com\"]\n")).integrations[0].intercept);
 

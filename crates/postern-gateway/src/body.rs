@@ -28,6 +28,8 @@ pub enum RequestBodyViolation {
     None = 0,
     TooLarge = 1,
     CallerToken = 2,
+    /// The caller's body broke off: malformed chunked framing, or the caller stopped sending.
+    Broken = 3,
 }
 
 /// Shared between the request body (written while streaming) and the handler (read after).
@@ -51,6 +53,7 @@ impl RequestBodyState {
         match self.violation.load(Ordering::Acquire) {
             1 => RequestBodyViolation::TooLarge,
             2 => RequestBodyViolation::CallerToken,
+            3 => RequestBodyViolation::Broken,
             _ => RequestBodyViolation::None,
         }
     }
@@ -243,6 +246,8 @@ impl ForwardBody {
                 Poll::Ready(Self::drain_carry(this))
             }
             Poll::Ready(Some(Err(error))) => {
+                // The caller's side failed, not the vendor's: the call is answered as such.
+                this.state.set(RequestBodyViolation::Broken);
                 this.inner = None;
                 Poll::Ready(Some(Err(error.into())))
             }

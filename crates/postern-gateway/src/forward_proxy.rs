@@ -634,8 +634,9 @@ async fn absolute(
     }
     let caller = proxy_caller(runtime, connection, context, request.headers())?;
     let token = caller.token.as_deref().filter(|t| !t.is_empty());
-    let token_in =
-        |text: &str| token.is_some_and(|token| crate::proxy::contains(text.as_bytes(), token));
+    let token_in = |text: &str| {
+        token.is_some_and(|token| crate::proxy::contains_even_encoded(text.as_bytes(), token))
+    };
     let token_in_url = || {
         CallError::bad_request(
             "caller_token_in_url",
@@ -716,11 +717,16 @@ async fn absolute(
         }
         Ok(Err(error)) => {
             let limit = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
-            // The gateway's refusals: the SSRF guard's, or a body it would not forward.
+            // The gateway's refusals: the SSRF guard's, or a body it would not forward (one that
+            // broke off on the caller's side was not refused).
             let refused = matches!(
                 error,
                 crate::upstream::UpstreamError::Connect(crate::upstream::ConnectError::Denied(_))
-            ) || crate::proxy::body_violation_error(context, limit).is_some();
+            ) || matches!(
+                context.request_body.violation(),
+                crate::body::RequestBodyViolation::TooLarge
+                    | crate::body::RequestBodyViolation::CallerToken
+            );
             shared.discovered(request_sighting(context, &host, port, uri.path(), refused));
             return Err(crate::proxy::body_violation_error(context, limit)
                 .or_else(|| match &error {

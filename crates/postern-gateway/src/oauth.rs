@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request};
@@ -48,6 +48,8 @@ pub enum TokenError {
 
 struct CachedToken {
     header: HeaderValue,
+    /// The access token as a vendor could echo it back (raw, percent-encoded).
+    needles: Vec<Zeroizing<Vec<u8>>>,
     refresh_at: Instant,
     expires_at: Instant,
 }
@@ -65,6 +67,9 @@ pub struct TokenSource {
     client: UpstreamClient,
     timeout: Duration,
     current: ArcSwapOption<CachedToken>,
+    /// What a response header must not carry: the current token's and the one before it's
+    /// needles (a call injected with the old token may be answered after a refresh).
+    echoes: ArcSwap<Vec<Zeroizing<Vec<u8>>>>,
     fetch_lock: tokio::sync::Mutex<()>,
     /// Fetches made for want of a valid token that have ended, whatever their result: a call
     /// that waited for the lock while one ended takes that one's answer.
@@ -90,6 +95,7 @@ impl TokenSource {
             client,
             timeout,
             current: ArcSwapOption::empty(),
+            echoes: ArcSwap::from_pointee(Vec::new()),
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
             failed: ArcSwapOption::empty(),
@@ -121,7 +127,7 @@ impl TokenSource {
         match fetched {
             Ok(token) => {
                 let header = token.header.clone();
-                self.current.store(Some(Arc::new(token)));
+                self.install(token);
                 self.failed.store(None);
                 Ok(header)
             }
@@ -158,7 +164,7 @@ impl TokenSource {
         {
             let _single_flight = self.fetch_lock.lock().await;
             match self.fetch().await {
-                Ok(token) => self.current.store(Some(Arc::new(token))),
+                Ok(token) => self.install(token),
                 Err(error) => tracing::warn!(
                     integration = %self.integration,
                     %error,
@@ -167,6 +173,23 @@ impl TokenSource {
             }
         }
         self.refreshing.store(false, Ordering::Release);
+    }
+
+    /// `token` becomes the one injected; its needles and its predecessor's are what response
+    /// headers are checked for.
+    fn install(&self, token: CachedToken) {
+        let mut echoes = token.needles.clone();
+        if let Some(previous) = self.current.load_full() {
+            echoes.extend(previous.needles.iter().cloned());
+        }
+        self.echoes.store(Arc::new(echoes));
+        self.current.store(Some(Arc::new(token)));
+    }
+
+    /// The tokens (current and previous) as a vendor could echo them: a response header
+    /// holding one is dropped before it reaches the caller.
+    pub fn echoes(&self) -> Arc<Vec<Zeroizing<Vec<u8>>>> {
+        self.echoes.load_full()
     }
 
     /// Drops the token that a vendor refused (401), unless a newer one already replaced it.
@@ -253,6 +276,7 @@ impl TokenSource {
         let now = Instant::now();
         Ok(CachedToken {
             header,
+            needles: crate::runtime::echo_needles(access_token),
             refresh_at: now + lifetime.mul_f64(0.8),
             expires_at: now + lifetime,
         })

@@ -38,6 +38,7 @@ use crate::upstream::{ConnectError, UpstreamBody, UpstreamError};
 use crate::Shared;
 use postern_config::AuditMode;
 use postern_tlog::RecordKind;
+use zeroize::Zeroizing;
 
 /// Characters escaped in an injected query value.
 pub const QUERY_VALUE: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -523,6 +524,15 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
             format!("the request path is refused: {problem}; send a normalized path such as /<integration>/v1/resource"),
         ));
     }
+    if let Some(how) = method_override(request) {
+        return Err(CallError::bad_request(
+            "method_override_refused",
+            format!(
+                "the request's {how} names another method than its own ({}): a vendor that honours it would run an operation that was not authorized; send the request with the method it means",
+                request.method()
+            ),
+        ));
+    }
     let headers = request.headers();
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(length) = lengths.next() else {
@@ -541,6 +551,38 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
         ));
     }
     Ok(crate::h1::parse_length(length.as_bytes()))
+}
+
+/// Headers and query parameters with which a request asks its server to treat it as another
+/// method (Google and Azure APIs, Salesforce and Rails honour some of them): the operation is
+/// authorized by the request's own method, so one naming another is refused.
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+const METHOD_OVERRIDE_PARAMS: [&str; 2] = ["_method", "_HttpMethod"];
+
+/// The header or query parameter (named, never its value) of `request` that names a method other
+/// than the request's own.
+fn method_override(request: &Request<CallerBody>) -> Option<String> {
+    let method = request.method().as_str().as_bytes();
+    let other = |value: &[u8]| !value.trim_ascii().eq_ignore_ascii_case(method);
+    for (name, value) in request.headers() {
+        let name = name.as_str();
+        if name.len() >= 13 && METHOD_OVERRIDE_HEADERS.contains(&name) && other(value.as_bytes()) {
+            return Some(format!("header {name}"));
+        }
+    }
+    let query = request.uri().query()?;
+    if memchr::memmem::find(query.as_bytes(), b"ethod").is_none() {
+        return None;
+    }
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (METHOD_OVERRIDE_PARAMS.contains(&name) && other(value.as_bytes()))
+            .then(|| format!("query parameter {name}"))
+    })
 }
 
 /// Refuses a request whose header section is larger than its integration allows
@@ -952,8 +994,10 @@ fn inject(
     }
     let (parts, body) = request.into_parts();
     if let Some(token) = caller_token {
+        // Percent-encoded too (`?k=%70st_…`): no encoder writes a token's characters so, but a
+        // vendor decodes them.
         let target = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
-        if contains(target.as_bytes(), token) {
+        if contains_even_encoded(target.as_bytes(), token) {
             return Err(CallError::bad_request(
                 "caller_token_in_url",
                 "the request URL contains the caller token; send it only in a header (Authorization, or Proxy-Authorization through the forward proxy)",
@@ -1094,6 +1138,28 @@ fn query_name_is(pair: &str, name: &str) -> bool {
 /// than the needle is answered without a search: `memmem::find` first prepares the needle (a
 /// hash of all its bytes), and on every call the target and most header values are shorter
 /// than a token or a secret.
+/// Whether a response header's `value` holds one of `needles` as it stands or, when it holds a
+/// `%`, percent-decoded (a vendor's encoder may escape more than Postern's, `_` as `%5F`).
+pub(crate) fn echoes_secret(value: &[u8], needles: &[Zeroizing<Vec<u8>>]) -> bool {
+    needles
+        .iter()
+        .any(|needle| contains_even_encoded(value, needle))
+}
+
+/// Whether `haystack` holds `needle` as it stands or, when it holds a `%`, percent-decoded (the
+/// decoded copy is zeroized: it may hold a secret).
+pub(crate) fn contains_even_encoded(haystack: &[u8], needle: &[u8]) -> bool {
+    if contains(haystack, needle) {
+        return true;
+    }
+    if memchr::memchr(b'%', haystack).is_none() {
+        return false;
+    }
+    let decoded: Zeroizing<Vec<u8>> =
+        Zeroizing::new(percent_encoding::percent_decode(haystack).collect());
+    contains(&decoded, needle)
+}
+
 pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.len() >= needle.len() && memchr::memmem::find(haystack, needle).is_some()
 }
@@ -1142,10 +1208,12 @@ async fn forward_replayable(
                     "caller_token_in_body",
                     "the request body contains the caller token; it is never forwarded to a vendor",
                 ),
-                RequestBodyViolation::None => CallError::bad_request(
-                    "request_body_error",
-                    "the request body could not be read completely",
-                ),
+                RequestBodyViolation::Broken | RequestBodyViolation::None => {
+                    CallError::bad_request(
+                        "request_body_error",
+                        "the request body could not be read completely",
+                    )
+                }
             }),
         };
     let body_state = context.request_body.clone();
@@ -1302,6 +1370,10 @@ pub(crate) fn body_violation_error(context: &CallContext, limit: u64) -> Option<
             "caller_token_in_body",
             "the request body contains the caller token; it is never forwarded",
         )),
+        RequestBodyViolation::Broken => Some(CallError::bad_request(
+            "request_body_error",
+            "the request body could not be read completely (malformed chunked framing, or the caller stopped sending it); nothing more of it was forwarded",
+        )),
         RequestBodyViolation::None => None,
     }
 }
@@ -1399,11 +1471,15 @@ fn prepare_response(
     }
     // A vendor may echo the injected credential (a redirect or pagination link carrying an
     // api_key parameter, say): such headers never reach the caller.
+    let oauth_tokens = match &integration.credential {
+        Ok(Some(Injector::OAuth2(source))) => Some(source.echoes()),
+        _ => None,
+    };
     let leaks = |value: &HeaderValue| {
-        integration
-            .secret_needles
-            .iter()
-            .any(|needle| contains(value.as_bytes(), needle))
+        echoes_secret(value.as_bytes(), &integration.secret_needles)
+            || oauth_tokens
+                .as_ref()
+                .is_some_and(|tokens| echoes_secret(value.as_bytes(), tokens))
     };
     // Most answers carry none of the headers removed below, and one pass over them costs less
     // than the removals (each hashes its name): `Connection`, which names more, is hop-by-hop.
@@ -1724,6 +1800,42 @@ mod tests {
             both.message.contains("Transfer-Encoding"),
             "{}",
             both.message
+        );
+    }
+
+    /// A request asking its vendor to treat it as another method is refused, by header or by
+    /// query parameter; one naming its own method, or none, is not.
+    #[test]
+    fn a_method_override_naming_another_method_is_refused() {
+        let request = |uri: &str, headers: &[(&str, &str)]| {
+            let mut builder = http::Request::builder().method("GET").uri(uri);
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            builder.body(CallerBody::empty()).unwrap()
+        };
+        let refused = |uri: &str, headers: &[(&str, &str)]| {
+            check_request(&request(uri, headers))
+                .err()
+                .map(|error| (error.code, error.message))
+        };
+        for header in [
+            "X-HTTP-Method-Override",
+            "x-http-method",
+            "X-Method-Override",
+        ] {
+            let (code, message) = refused("/acme/v1/x", &[(header, "DELETE")]).unwrap();
+            assert_eq!(code, "method_override_refused");
+            assert!(message.contains(&header.to_ascii_lowercase()), "{message}");
+            assert!(!message.contains("DELETE"), "{message}");
+            assert_eq!(refused("/acme/v1/x", &[(header, "get")]), None);
+        }
+        assert!(refused("/acme/v1/x?a=1&_method=delete", &[]).is_some());
+        assert!(refused("/acme/v1/x?_HttpMethod=PATCH", &[]).is_some());
+        assert_eq!(refused("/acme/v1/x?_method=GET&method=delete", &[]), None);
+        assert_eq!(
+            refused("/acme/v1/x?x-http-method-override=DELETE", &[]),
+            None
         );
     }
 

@@ -282,8 +282,9 @@ pub struct IntegrationRuntime {
     pub operations: OperationTable,
     /// `Err` holds why the credential cannot be injected (never the value).
     pub credential: Result<Option<Injector>, CredentialProblem>,
-    /// The injected secret as it could appear in a vendor's echo (raw and percent-encoded):
-    /// response headers containing it are dropped before they reach the caller.
+    /// The injected secret as it could appear in a vendor's echo (raw and percent-encoded, and
+    /// a Basic pair's base64 as sent): response headers containing it are dropped before they
+    /// reach the caller. An OAuth2 token's are its source's ([`TokenSource::echoes`]).
     pub secret_needles: Vec<Zeroizing<Vec<u8>>>,
     /// The vault credential this integration injects, if any, and when it was last used.
     pub vault_secret: Option<String>,
@@ -709,7 +710,14 @@ fn build_integration(
             }
             _ => read_secret(credential, inputs.vault).and_then(|secret| {
                 secret_needles = echo_needles(&secret);
-                load_injector(credential, secret).map(Some)
+                let injector = load_injector(credential, secret)?;
+                // A Basic pair is sent base64-encoded: echoed as sent, it is the secret too.
+                if let Injector::Header { value, .. } = &injector {
+                    if let Some(sent) = value.as_bytes().strip_prefix(b"Basic ") {
+                        secret_needles.push(Zeroizing::new(sent.to_vec()));
+                    }
+                }
+                Ok(Some(injector))
             }),
         },
     };
@@ -848,8 +856,9 @@ fn read_secret(
     Ok(secret)
 }
 
-/// The forms in which a vendor could echo the secret back (raw and percent-encoded).
-fn echo_needles(secret: &str) -> Vec<Zeroizing<Vec<u8>>> {
+/// The forms in which a vendor could echo the secret back (raw and percent-encoded; a header
+/// value is also matched percent-decoded, [`crate::proxy::echoes_secret`]).
+pub(crate) fn echo_needles(secret: &str) -> Vec<Zeroizing<Vec<u8>>> {
     let raw = secret.as_bytes().to_vec();
     let encoded = percent_encoding::utf8_percent_encode(secret, crate::proxy::QUERY_VALUE)
         .to_string()

@@ -427,7 +427,14 @@ when { context.request_bytes > 100 };
 }
 
 async fn injected(kind: &str) -> (TestVendor, SeenRequest) {
-    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let (vendor, seen, _) = injected_with(kind, TestVendor::ok_handler()).await;
+    (vendor, seen)
+}
+
+/// A call through an integration with credential `kind`, to a vendor answering with `handler`:
+/// what the vendor saw, and the headers the caller got.
+async fn injected_with(kind: &str, handler: Handler) -> (TestVendor, SeenRequest, http::HeaderMap) {
+    let vendor = TestVendor::tls(handler).await;
     let body = format!(
         r#"
 [[integrations]]
@@ -459,9 +466,55 @@ operations = ["*"]
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
     gw.stop().await;
     let seen = vendor.last();
-    (vendor, seen)
+    (vendor, seen, headers)
+}
+
+/// A vendor that echoes the credential it received in its answer's headers: as sent, and with
+/// every byte of it percent-encoded (as no encoder of Postern's writes it).
+fn echoing_vendor() -> Handler {
+    Arc::new(|request: &SeenRequest| {
+        let sent = request
+            .header("authorization")
+            .or_else(|| request.header("x-api-key"))
+            .unwrap_or_default()
+            .to_string();
+        let credential = sent.rsplit(' ').next().unwrap_or_default();
+        let encoded: String = credential.bytes().map(|b| format!("%{b:02X}")).collect();
+        let mut answer = Answer::json(200, serde_json::json!({"ok": true}));
+        answer.headers.push(("x-echo-as-sent", sent.clone()));
+        answer
+            .headers
+            .push(("x-echo-encoded", format!("next?k={encoded}")));
+        answer.headers.push(("x-kept", "fine".to_string()));
+        answer
+    })
+}
+
+#[tokio::test]
+async fn a_vendor_echoing_the_injected_credential_in_a_header_never_shows_it_to_the_caller() {
+    for kind in [
+        r#"kind = "bearer""#,
+        r#"kind = "basic", username = "AC42""#,
+        r#"kind = "header", name = "x-api-key""#,
+    ] {
+        let (_, seen, headers) = injected_with(kind, echoing_vendor()).await;
+        assert!(
+            seen.header("authorization")
+                .or(seen.header("x-api-key"))
+                .is_some(),
+            "{kind}"
+        );
+        assert_eq!(headers.get("x-kept").unwrap(), "fine", "{kind}");
+        for name in ["x-echo-as-sent", "x-echo-encoded"] {
+            assert!(
+                headers.get(name).is_none(),
+                "{kind}: {name} reached the caller"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -2893,4 +2946,27 @@ async fn shutdown_lets_in_flight_calls_finish() {
             .is_err(),
         "nothing accepts after shutdown"
     );
+}
+
+/// A chunked body that breaks off with malformed framing is the caller's fault: `400
+/// request_body_error`, not a vendor error (which would count against the vendor in the events
+/// and the anomaly detector).
+#[tokio::test]
+async fn a_malformed_chunked_body_is_the_callers_fault_not_the_vendors() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let answer = raw_request(
+        gw.running().listen_addr,
+        format!(
+            "POST /stripe/v1/charges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\nZZ\r\nxx\r\n0\r\n\r\n",
+            gw.token
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("request_body_error"), "{answer}");
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "request_body_error", "{}", events[0]);
+    gw.stop().await;
 }

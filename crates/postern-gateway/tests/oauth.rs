@@ -47,7 +47,16 @@ fn vendor_handler(refused: Arc<Mutex<Vec<String>>>) -> Handler {
         if !token.starts_with("tok-") || refused.lock().unwrap().iter().any(|t| t == token) {
             return Answer::json(401, serde_json::json!({"error": "invalid_token"}));
         }
-        Answer::json(200, serde_json::json!({"ok": true, "token": token}))
+        // An echo of the access token, as sent and with every byte percent-encoded: neither
+        // may reach the caller.
+        let encoded: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
+        let mut answer = Answer::json(200, serde_json::json!({"ok": true}));
+        answer.headers.push(("x-echo-as-sent", auth.to_string()));
+        answer
+            .headers
+            .push(("x-echo-encoded", format!("next?t={encoded}")));
+        answer.headers.push(("x-kept", "fine".to_string()));
+        answer
     })
 }
 
@@ -151,6 +160,25 @@ async fn concurrent_calls(gw: &TestGateway, count: usize) -> Vec<u16> {
         statuses.push(call.await.unwrap());
     }
     statuses
+}
+
+#[tokio::test]
+async fn a_vendor_echoing_the_access_token_in_a_header_never_shows_it_to_the_caller() {
+    let s = setup(3600, "basic").await;
+    for _ in 0..2 {
+        let response = client()
+            .get(format!("{}/crm/contacts", s.gw.base))
+            .bearer_auth(&s.gw.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let headers = response.headers();
+        assert_eq!(headers.get("x-kept").unwrap(), "fine");
+        assert!(headers.get("x-echo-as-sent").is_none(), "{headers:?}");
+        assert!(headers.get("x-echo-encoded").is_none(), "{headers:?}");
+    }
+    assert_eq!(s.vendor.seen().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -482,6 +482,33 @@ async fn discovery_counts_only_the_gateways_refusals_as_blocked() {
     gw.stop().await;
 }
 
+/// A denied address stays denied however the caller spells it: as an IPv4-mapped IPv6 address
+/// (which the guard lets through when `allow_private_networks` opens its IPv4 range), or, for
+/// an IPv6 entry, uncompressed.
+#[tokio::test]
+async fn a_denied_address_is_denied_in_every_spelling() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let port = vendor.addr.port();
+    let gw = intercepting_gateway(
+        &vendor,
+        "",
+        &format!("[proxy]\nmode = \"open\"\nallowed_ports = [{port}]\nallow_private_networks = [\"127.0.0.1/32\", \"::1/128\"]\ndeny_hosts = [\"127.0.0.1\", \"[::1]\"]"),
+    )
+    .await;
+    for target in [
+        format!("127.0.0.1:{port}"),
+        format!("[::ffff:127.0.0.1]:{port}"),
+        format!("[::ffff:7f00:1]:{port}"),
+        format!("[0:0:0:0:0:0:0:1]:{port}"),
+    ] {
+        let answer = connect_status(&gw, &target).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{target}: {answer}");
+        assert!(answer.contains("host_denied"), "{target}: {answer}");
+    }
+    assert!(vendor.seen().is_empty());
+    gw.stop().await;
+}
+
 /// A TLS vendor reached through an opaque tunnel (not intercepted): the client verifies the
 /// vendor's own certificate, Postern sees bytes only.
 async fn tunnel_client(gw: &TestGateway, token: &str, vendor: &TestVendor) -> reqwest::Client {
@@ -546,6 +573,8 @@ async fn enforce_mode_refuses_unlisted_hosts_and_records_them_in_discovery() {
         .expect("localhost discovered");
     assert_eq!(host["blocked_calls"], 1);
     assert_eq!(host["port"], other.addr.port());
+    // Refused before the tunnel opened: nothing showed how the host is spoken to.
+    assert_eq!(host["schemes"], serde_json::json!([]));
     assert!(host["callers"]
         .as_array()
         .unwrap()
@@ -606,6 +635,8 @@ async fn report_mode_passes_unlisted_hosts_through_a_tunnel_and_reports_them() {
     assert_eq!(host["calls"], 1);
     assert_eq!(host["blocked_calls"], 0);
     assert!(host["bytes_out"].as_u64().unwrap() > 100);
+    // The caller's first bytes in the tunnel were a TLS handshake.
+    assert_eq!(host["schemes"], serde_json::json!(["https"]));
     gw.stop().await;
 }
 
@@ -952,6 +983,7 @@ async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their
         .find(|h| h["host"] == "127.0.0.1")
         .unwrap();
     assert_eq!(host["calls"], 4);
+    assert_eq!(host["schemes"], serde_json::json!(["http"]));
     let endpoints = host["endpoints"].as_array().unwrap();
     assert_eq!(endpoints.len(), 1, "{endpoints:?}");
     assert_eq!(endpoints[0]["template"], "/v2/orders/{id}");
@@ -1115,6 +1147,21 @@ async fn the_caller_token_in_a_url_to_an_unregistered_host_is_refused() {
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "caller_token_in_url");
+    // Percent-encoded too.
+    let encoded: String = CHECKOUT_TOKEN
+        .bytes()
+        .map(|b| format!("%{b:02x}"))
+        .collect();
+    let response = client
+        .get(format!(
+            "http://127.0.0.1:{}/callback?key={encoded}",
+            plain.addr.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(plain.seen().is_empty());
     // In the URL's user info too (written by hand: a client would move it to a header).
     let port = plain.addr.port();
     let mut stream = send_proxy_head(

@@ -57,8 +57,16 @@ impl HostPattern {
     }
 }
 
-/// Lowercase, without one trailing dot: the form patterns are matched against.
+/// Lowercase, without one trailing dot: the form patterns are matched against. An IPv6 address
+/// (without brackets) is written compressed, and an IPv4-mapped one (`::ffff:7f00:1`) as the
+/// IPv4 address it reaches (`127.0.0.1`), so a deny entry for either form covers both.
 pub fn normalize_host(host: &str) -> String {
+    if let Ok(address) = host.parse::<std::net::Ipv6Addr>() {
+        return match address.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => address.to_string(),
+        };
+    }
     let host = host.strip_suffix('.').unwrap_or(host);
     host.to_ascii_lowercase()
 }
@@ -226,6 +234,33 @@ mod tests {
                 "host_denied"
             );
         }
+    }
+
+    /// An address is denied in every spelling of it: IPv6 compressed or not, and an IPv4-mapped
+    /// IPv6 address as the IPv4 address it reaches.
+    #[test]
+    fn addresses_are_denied_in_every_spelling() {
+        let policy = HostPolicy::new(
+            HostMode::Open,
+            &[],
+            &["127.0.0.1".into(), "::1".into()],
+            &[443],
+        );
+        for host in [
+            "127.0.0.1",
+            "::ffff:127.0.0.1",
+            "::FFFF:7f00:1",
+            "0:0:0:0:0:0:0:1",
+            "::1",
+        ] {
+            assert_eq!(
+                policy.decide("x", host, 443).reason,
+                "host_denied",
+                "{host}"
+            );
+        }
+        assert_eq!(normalize_host("2001:DB8:0::1"), "2001:db8::1");
+        assert!(policy.decide("x", "::2", 443).allowed);
     }
 
     #[test]

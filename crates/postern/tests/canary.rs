@@ -828,6 +828,21 @@ fn no_secret_appears_in_anything_postern_writes() {
             400,
             "caller_token_in_url",
         ),
+        (
+            call(
+                "token-in-url-encoded",
+                "GET",
+                &format!(
+                    "/acme/v1/charges?leak=%{:02X}{}",
+                    CALLER_TOKEN.as_bytes()[0],
+                    &CALLER_TOKEN[1..]
+                ),
+                CALLER_TOKEN,
+                b"",
+            ),
+            400,
+            "caller_token_in_url",
+        ),
     ];
     for (answer, status, code) in &denied {
         assert_eq!(answer.status, *status, "{}", answer.text);
