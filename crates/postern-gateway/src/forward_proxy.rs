@@ -964,7 +964,7 @@ fn strip_proxy_headers(headers: &mut http::HeaderMap, token: Option<&[u8]>) {
     if let Some(token) = token.filter(|t| !t.is_empty()) {
         let carrying: Vec<http::HeaderName> = headers
             .iter()
-            .filter(|(_, value)| crate::proxy::contains(value.as_bytes(), token))
+            .filter(|(name, value)| crate::proxy::carries_token(name, value, token))
             .map(|(name, _)| name.clone())
             .collect();
         for name in carrying {

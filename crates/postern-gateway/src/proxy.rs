@@ -1038,10 +1038,8 @@ fn inject(
         {
             continue;
         }
-        if let Some(token) = caller_token {
-            if contains(value.as_bytes(), token) {
-                continue;
-            }
+        if caller_token.is_some_and(|token| carries_token(&name, &value, token)) {
+            continue;
         }
         headers.append(name, value);
     }
@@ -1138,6 +1136,18 @@ fn query_name_is(pair: &str, name: &str) -> bool {
 /// than the needle is answered without a search: `memmem::find` first prepares the needle (a
 /// hash of all its bytes), and on every call the target and most header values are shorter
 /// than a token or a secret.
+/// Whether a request header carries the caller `token`: in its value, or in its name (which
+/// HTTP/1.1 parsing lowercased: matched regardless of case).
+pub(crate) fn carries_token(name: &HeaderName, value: &HeaderValue, token: &[u8]) -> bool {
+    let name = name.as_str().as_bytes();
+    contains(value.as_bytes(), token)
+        || (!token.is_empty()
+            && name.len() >= token.len()
+            && name
+                .windows(token.len())
+                .any(|window| window.eq_ignore_ascii_case(token)))
+}
+
 /// Whether a response header's `value` holds one of `needles` as it stands or, when it holds a
 /// `%`, percent-decoded (a vendor's encoder may escape more than Postern's, `_` as `%5F`).
 pub(crate) fn echoes_secret(value: &[u8], needles: &[Zeroizing<Vec<u8>>]) -> bool {
@@ -1608,10 +1618,11 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 #[cfg(test)]
 mod tests {
     use super::{
-        check_header_bytes, check_request, contains, leaves_origin, path_problem, query_name_is,
-        strip_path_parameters,
+        carries_token, check_header_bytes, check_request, contains, leaves_origin, path_problem,
+        query_name_is, strip_path_parameters,
     };
     use crate::body::CallerBody;
+    use http::header::{HeaderName, HeaderValue};
     use http::{header, Request};
 
     #[test]
@@ -1847,5 +1858,28 @@ mod tests {
         assert!(!contains(b"/v1/charges", b"tok_abc"));
         // An empty needle is in everything, as memmem says.
         assert!(contains(b"", b""));
+    }
+
+    #[test]
+    fn a_header_carries_the_token_in_its_value_or_its_lowercased_name() {
+        let token = b"pst_AbC123xyz";
+        let carries = |name: &str, value: &str| {
+            carries_token(
+                &HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                &HeaderValue::from_str(value).unwrap(),
+                token,
+            )
+        };
+        assert!(carries("x-note", "see pst_AbC123xyz"));
+        assert!(carries("pst_AbC123xyz", "1"));
+        assert!(carries("x-pst_abc123xyz-y", "1"));
+        assert!(!carries("x-note", "pst_abc123xyz"));
+        assert!(!carries("x-note", "1"));
+        // An empty token (never a caller's) is looked for without a panic.
+        carries_token(
+            &HeaderName::from_static("x-a"),
+            &HeaderValue::from_static("b"),
+            b"",
+        );
     }
 }
