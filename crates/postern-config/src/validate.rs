@@ -1465,8 +1465,9 @@ fn ipv6_literal(text: &str) -> Option<std::net::Ipv6Addr> {
     text.parse().ok()
 }
 
-/// Whether `pattern` may stand in a `hosts`, `allow_hosts` or `deny_hosts` list (a lowercase DNS
-/// name, optionally `*.` + a name): `Err` says why not.
+/// Whether `pattern` may stand in a `hosts`, `allow_hosts` or `deny_hosts` list as a name (a
+/// lowercase DNS name, optionally `*.` + a name): `Err` says why not. The forward proxy's two
+/// lists also take IPv6 addresses, checked before this (`proxy_host_patterns`).
 pub fn check_host_pattern(pattern: &str) -> Result<(), &'static str> {
     let name = pattern.strip_prefix("*.").unwrap_or(pattern);
     if name.is_empty() || name.len() > 253 {

@@ -18,9 +18,10 @@ use crate::{DiscoveredHost, EndpointStats, Inventory, Limits, ObservationSource,
 /// The file name inside `data_dir`.
 pub const DISCOVERY_FILE: &str = "discovery.db";
 
-/// The schema this code writes. A file with a newer version is refused; an older one is
-/// brought up to this one when opened ([`MIGRATIONS`]).
-pub const SCHEMA_VERSION: i64 = 2;
+/// The schema this code writes. A file with a newer version is refused. The version counts only
+/// changes an older reader cannot live with: columns added with a default ([`ADDED_COLUMNS`])
+/// leave it as it is, so an older postern still opens the file (a rolled-back gateway starts).
+pub const SCHEMA_VERSION: i64 = 1;
 /// How long a write waits for another writer (SQLite's busy timeout), and how long opening
 /// keeps trying while another process sets the same new file up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,12 +93,13 @@ CREATE TABLE IF NOT EXISTS endpoints (
 );
 ";
 
-/// What takes a file from version N to N + 1: `MIGRATIONS[N - 1]`. Each runs in one
-/// transaction with the version's update, so a crash leaves the file at N or N + 1.
-const MIGRATIONS: [&str; 1] = [
-    // 1 → 2: how each host was spoken to (`DiscoveredHost::schemes`); unknown for the past.
-    "ALTER TABLE hosts ADD COLUMN seen_http INTEGER NOT NULL DEFAULT 0;
-     ALTER TABLE hosts ADD COLUMN seen_https INTEGER NOT NULL DEFAULT 0;",
+/// Columns added since a table was first written, each with a default: a file without one gets
+/// it when opened (what it recorded before is then unknown: the default). Older readers name
+/// their columns and never see these; their inserts take the default.
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    // How each host was spoken to (`DiscoveredHost::schemes`).
+    ("hosts", "seen_http", "INTEGER NOT NULL DEFAULT 0"),
+    ("hosts", "seen_https", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn to_sql(value: u64) -> i64 {
@@ -236,31 +238,27 @@ impl Store {
     }
 }
 
-/// Creates the tables of a new file (at [`SCHEMA_VERSION`]) or brings an older file's up to it,
-/// in one immediate transaction: two processes opening the same file take turns, and the
-/// second finds the work done.
+/// Creates the tables of a new file, or of one a crash left half set up, and adds to an older
+/// file the columns it lacks ([`ADDED_COLUMNS`]), in one immediate transaction: two processes
+/// opening the same file take turns, and the second finds the work done. Only the first
+/// version written stays (`INSERT OR IGNORE`).
 fn set_up(connection: &mut Connection) -> rusqlite::Result<()> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let new_file: bool = transaction.query_row(
-        "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'meta')",
-        [],
-        |row| row.get(0),
+    transaction.execute_batch(SCHEMA)?;
+    transaction.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
+        [SCHEMA_VERSION],
     )?;
-    if new_file {
-        transaction.execute_batch(SCHEMA)?;
-        transaction.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
-            [SCHEMA_VERSION],
+    for (table, column, definition) in ADDED_COLUMNS {
+        let present: bool = transaction.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, column],
+            |row| row.get(0),
         )?;
-    } else {
-        let mut version = schema_version(&transaction)?;
-        while (1..SCHEMA_VERSION).contains(&version) {
-            transaction.execute_batch(MIGRATIONS[(version - 1) as usize])?;
-            version += 1;
-            transaction.execute(
-                "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
-                [version],
-            )?;
+        if !present {
+            transaction.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
         }
     }
     transaction.commit()
@@ -628,10 +626,11 @@ mod tests {
         assert!(store.get("api.y.com", None).unwrap()[0].schemes.is_empty());
     }
 
-    /// A file written by the first schema (no schemes) is brought up to date when opened: its
-    /// hosts stay, with no scheme known, and schemes seen from then on are kept.
+    /// A file written before schemes were kept gets their columns when opened: its hosts stay,
+    /// with no scheme known, schemes seen from then on are kept, and the version stays 1 (an
+    /// older postern still opens it). Opening it again changes nothing.
     #[test]
-    fn a_version_1_file_is_brought_up_to_date_and_keeps_its_hosts() {
+    fn a_file_from_before_schemes_gets_their_columns_and_keeps_its_hosts() {
         let dir = tempfile::tempdir().unwrap();
         {
             let old = Connection::open(dir.path().join(DISCOVERY_FILE)).unwrap();
@@ -658,7 +657,7 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         let version = schema_version(&store.connection()).unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(version, 1);
         let old = &store.get("api.old.com", None).unwrap()[0];
         assert_eq!((old.calls, old.bytes_in), (7, 20));
         assert!(old.schemes.is_empty());
@@ -672,6 +671,54 @@ mod tests {
         let old = &store.get("api.old.com", None).unwrap()[0];
         assert_eq!(old.calls, 8);
         assert_eq!(old.schemes, BTreeSet::from([Scheme::Https]));
+        drop(store);
+        // What an older postern writes (its columns only) still goes in.
+        Connection::open(dir.path().join(DISCOVERY_FILE))
+            .unwrap()
+            .execute(
+                "INSERT INTO hosts (host, port, first_seen_ms, last_seen_ms, calls, blocked_calls,
+                    bytes_out, bytes_in, callers_truncated, endpoints_truncated, seen_by_proxy,
+                    seen_by_import)
+                 VALUES ('api.older.com', 443, 1, 1, 1, 0, 0, 0, 0, 0, 1, 0)",
+                [],
+            )
+            .unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.get("api.older.com", None).unwrap()[0]
+            .schemes
+            .is_empty());
+    }
+
+    /// A file a crash left with its `meta` table and nothing else is set up when next opened.
+    #[test]
+    fn a_half_set_up_file_is_finished_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        Connection::open(dir.path().join(DISCOVERY_FILE))
+            .unwrap()
+            .execute_batch("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);")
+            .unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(schema_version(&store.connection()).unwrap(), SCHEMA_VERSION);
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_newer_file_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        Connection::open(dir.path().join(DISCOVERY_FILE))
+            .unwrap()
+            .execute(
+                "UPDATE meta SET value = 99 WHERE key = 'schema_version'",
+                [],
+            )
+            .unwrap();
+        let error = Store::open(dir.path()).err().unwrap();
+        assert!(
+            matches!(error, StoreError::NewerSchema { found: 99, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("upgrade postern"), "{error}");
     }
 
     /// Totals past SQLite's largest integer stay at it: an import of an absurd size, merged

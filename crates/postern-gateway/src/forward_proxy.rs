@@ -625,6 +625,8 @@ async fn absolute(
     })?;
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    // Discovery records the scheme the caller asked for: an `https://` target is sent over TLS.
+    let scheme = if https { Scheme::Https } else { Scheme::Http };
     context.host = Some(Arc::from(host.as_str()));
     if let Some(problem) = crate::proxy::path_problem(uri.path()) {
         return Err(CallError::bad_request(
@@ -673,7 +675,14 @@ async fn absolute(
     }
     let decision = proxy.policy.decide(&caller.name, &host, port);
     if !decision.allowed {
-        shared.discovered(request_sighting(context, &host, port, uri.path(), true));
+        shared.discovered(request_sighting(
+            context,
+            &host,
+            port,
+            scheme,
+            uri.path(),
+            true,
+        ));
         return Err(host_refused(decision.reason, &host, port));
     }
     progress.authorized = true;
@@ -708,7 +717,14 @@ async fn absolute(
         .await
     {
         Err(_) => {
-            shared.discovered(request_sighting(context, &host, port, uri.path(), false));
+            shared.discovered(request_sighting(
+                context,
+                &host,
+                port,
+                scheme,
+                uri.path(),
+                false,
+            ));
             return Err(CallError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
@@ -727,7 +743,14 @@ async fn absolute(
                 crate::body::RequestBodyViolation::TooLarge
                     | crate::body::RequestBodyViolation::CallerToken
             );
-            shared.discovered(request_sighting(context, &host, port, uri.path(), refused));
+            shared.discovered(request_sighting(
+                context,
+                &host,
+                port,
+                scheme,
+                uri.path(),
+                refused,
+            ));
             return Err(crate::proxy::body_violation_error(context, limit)
                 .or_else(|| match &error {
                     crate::upstream::UpstreamError::Connect(connect) => {
@@ -763,7 +786,7 @@ async fn absolute(
         reason: decision.reason,
         after: Some(Box::new(
             move |context: &CallContext, response_bytes: u64| {
-                let mut seen = sighting(context, &host, port, Some(Scheme::Http), false);
+                let mut seen = sighting(context, &host, port, Some(scheme), false);
                 seen.method = method;
                 seen.path = Some(path);
                 seen.status = Some(status);
@@ -973,15 +996,16 @@ fn strip_proxy_headers(headers: &mut http::HeaderMap, token: Option<&[u8]>) {
     }
 }
 
-/// [`sighting`] of a plain-HTTP request: its method and `path` too.
+/// [`sighting`] of an absolute-form request: its method and `path` too.
 fn request_sighting(
     context: &CallContext,
     host: &str,
     port: u16,
+    scheme: Scheme,
     path: &str,
     blocked: bool,
 ) -> Observation {
-    let mut seen = sighting(context, host, port, Some(Scheme::Http), blocked);
+    let mut seen = sighting(context, host, port, Some(scheme), blocked);
     seen.method = context.method.as_ref().map(ToString::to_string);
     seen.path = Some(path.to_string());
     seen

@@ -67,9 +67,11 @@ pub struct TokenSource {
     client: UpstreamClient,
     timeout: Duration,
     current: ArcSwapOption<CachedToken>,
-    /// What a response header must not carry: the current token's and the one before it's
-    /// needles (a call injected with the old token may be answered after a refresh).
+    /// What a response header must not carry: the needles of the last two tokens installed (a
+    /// call injected with the older may be answered after a refresh, or after a 401 purged it).
     echoes: ArcSwap<Vec<Zeroizing<Vec<u8>>>>,
+    /// The needles of the last token installed (kept when [`TokenSource::purge`] drops it).
+    latest: ArcSwap<Vec<Zeroizing<Vec<u8>>>>,
     fetch_lock: tokio::sync::Mutex<()>,
     /// Fetches made for want of a valid token that have ended, whatever their result: a call
     /// that waited for the lock while one ended takes that one's answer.
@@ -96,6 +98,7 @@ impl TokenSource {
             timeout,
             current: ArcSwapOption::empty(),
             echoes: ArcSwap::from_pointee(Vec::new()),
+            latest: ArcSwap::from_pointee(Vec::new()),
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
             failed: ArcSwapOption::empty(),
@@ -175,21 +178,20 @@ impl TokenSource {
         self.refreshing.store(false, Ordering::Release);
     }
 
-    /// `token` becomes the one injected; its needles and its predecessor's are what response
-    /// headers are checked for.
+    /// `token` becomes the one injected; its needles and those of the token installed before
+    /// it (purged or not) are what response headers are checked for.
     fn install(&self, token: CachedToken) {
+        let previous = self.latest.swap(Arc::new(token.needles.clone()));
         let mut echoes = token.needles.clone();
-        if let Some(previous) = self.current.load_full() {
-            echoes.extend(previous.needles.iter().cloned());
-        }
+        echoes.extend(previous.iter().cloned());
         self.echoes.store(Arc::new(echoes));
         self.current.store(Some(Arc::new(token)));
     }
 
-    /// The tokens (current and previous) as a vendor could echo them: a response header
-    /// holding one is dropped before it reaches the caller.
-    pub fn echoes(&self) -> Arc<Vec<Zeroizing<Vec<u8>>>> {
-        self.echoes.load_full()
+    /// The last two tokens installed, as a vendor could echo them: a response header holding
+    /// one is dropped before it reaches the caller.
+    pub fn echoes(&self) -> arc_swap::Guard<Arc<Vec<Zeroizing<Vec<u8>>>>> {
+        self.echoes.load()
     }
 
     /// Drops the token that a vendor refused (401), unless a newer one already replaced it.

@@ -554,14 +554,16 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
 }
 
 /// Headers and query parameters with which a request asks its server to treat it as another
-/// method (Google and Azure APIs, Salesforce and Rails honour some of them): the operation is
-/// authorized by the request's own method, so one naming another is refused.
+/// method (Google and Azure APIs honour the headers, Salesforce `_HttpMethod`, Rails and Laravel
+/// `_method`): the operation is authorized by the request's own method, so one naming another
+/// is refused. Query parameter names are matched percent-decoded and regardless of case. A
+/// `_method` in a form *body* (how Rails and Laravel usually take it) is not looked at.
 const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
 ];
-const METHOD_OVERRIDE_PARAMS: [&str; 2] = ["_method", "_HttpMethod"];
+const METHOD_OVERRIDE_PARAMS: [&str; 2] = ["_method", "_httpmethod"];
 
 /// The header or query parameter (named, never its value) of `request` that names a method other
 /// than the request's own.
@@ -574,14 +576,24 @@ fn method_override(request: &Request<CallerBody>) -> Option<String> {
             return Some(format!("header {name}"));
         }
     }
-    let query = request.uri().query()?;
-    // Both names end in `ethod`: a query without it needs no split.
-    memchr::memmem::find(query.as_bytes(), b"ethod")?;
-    query.split('&').find_map(|pair| {
+    request.uri().query()?.split('&').find_map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (METHOD_OVERRIDE_PARAMS.contains(&name) && other(value.as_bytes()))
-            .then(|| format!("query parameter {name}"))
+        let name = form_decoded(name);
+        let overrides = METHOD_OVERRIDE_PARAMS
+            .iter()
+            .any(|known| name.eq_ignore_ascii_case(known.as_bytes()));
+        (overrides && other(&form_decoded(value)))
+            .then(|| format!("query parameter {}", String::from_utf8_lossy(&name)))
     })
+}
+
+/// A query name or value as a server reads it: `+` a space, `%XX` decoded (borrowed when it
+/// holds neither).
+fn form_decoded(text: &str) -> std::borrow::Cow<'_, [u8]> {
+    if !text.bytes().any(|byte| byte == b'%' || byte == b'+') {
+        return std::borrow::Cow::Borrowed(text.as_bytes());
+    }
+    std::borrow::Cow::Owned(percent_encoding::percent_decode_str(&text.replace('+', " ")).collect())
 }
 
 /// Refuses a request whose header section is larger than its integration allows
@@ -1131,44 +1143,57 @@ fn query_name_is(pair: &str, name: &str) -> bool {
     percent_encoding::percent_decode_str(&raw.replace('+', " ")).eq(name.bytes())
 }
 
-/// Whether `haystack` holds `needle` (a caller token, an injected secret). A haystack shorter
-/// than the needle is answered without a search: `memmem::find` first prepares the needle (a
-/// hash of all its bytes), and on every call the target and most header values are shorter
-/// than a token or a secret.
-/// Whether a request header carries the caller `token`: in its value, or in its name (which
-/// HTTP/1.1 parsing lowercased: matched regardless of case).
+/// Whether a request header carries the caller `token`: in its value, as it stands or
+/// percent-decoded, or in its name (which HTTP/1.1 parsing lowercased: matched regardless of
+/// case; percent-decoded too).
 pub(crate) fn carries_token(name: &HeaderName, value: &HeaderValue, token: &[u8]) -> bool {
     let name = name.as_str().as_bytes();
-    contains(value.as_bytes(), token)
-        || (!token.is_empty()
+    let in_name = |name: &[u8]| {
+        !token.is_empty()
             && name.len() >= token.len()
             && name
                 .windows(token.len())
-                .any(|window| window.eq_ignore_ascii_case(token)))
+                .any(|window| window.eq_ignore_ascii_case(token))
+    };
+    contains_even_encoded(value.as_bytes(), token)
+        || in_name(name)
+        || (memchr::memchr(b'%', name).is_some()
+            && in_name(&Zeroizing::new(
+                percent_encoding::percent_decode(name).collect::<Vec<u8>>(),
+            )))
 }
 
 /// Whether a response header's `value` holds one of `needles` as it stands or, when it holds a
 /// `%`, percent-decoded (a vendor's encoder may escape more than Postern's, `_` as `%5F`).
 pub(crate) fn echoes_secret(value: &[u8], needles: &[Zeroizing<Vec<u8>>]) -> bool {
-    needles
-        .iter()
-        .any(|needle| contains_even_encoded(value, needle))
+    any_even_encoded(value, needles.iter().map(|needle| needle.as_slice()))
 }
 
-/// Whether `haystack` holds `needle` as it stands or, when it holds a `%`, percent-decoded (the
-/// decoded copy is zeroized: it may hold a secret).
+/// Whether `haystack` holds `needle` as it stands or, when it holds a `%`, percent-decoded.
 pub(crate) fn contains_even_encoded(haystack: &[u8], needle: &[u8]) -> bool {
-    if contains(haystack, needle) {
+    any_even_encoded(haystack, std::iter::once(needle))
+}
+
+/// Whether `haystack` holds one of `needles` as it stands or, when it holds a `%`,
+/// percent-decoded: decoded once, for all of them, and only when it is long enough for the
+/// shortest (the decoded copy is zeroized: it may hold a secret).
+fn any_even_encoded<'a>(haystack: &[u8], needles: impl Iterator<Item = &'a [u8]> + Clone) -> bool {
+    if needles.clone().any(|needle| contains(haystack, needle)) {
         return true;
     }
-    if memchr::memchr(b'%', haystack).is_none() {
+    let shortest = needles.clone().map(<[u8]>::len).min().unwrap_or(usize::MAX);
+    if haystack.len() < shortest || memchr::memchr(b'%', haystack).is_none() {
         return false;
     }
     let decoded: Zeroizing<Vec<u8>> =
         Zeroizing::new(percent_encoding::percent_decode(haystack).collect());
-    contains(&decoded, needle)
+    needles.into_iter().any(|needle| contains(&decoded, needle))
 }
 
+/// Whether `haystack` holds `needle` (a caller token, an injected secret). A haystack shorter
+/// than the needle is answered without a search: `memmem::find` first prepares the needle (a
+/// hash of all its bytes), and on every call the target and most header values are shorter
+/// than a token or a secret.
 pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.len() >= needle.len() && memchr::memmem::find(haystack, needle).is_some()
 }
@@ -1842,6 +1867,19 @@ mod tests {
         }
         assert!(refused("/acme/v1/x?a=1&_method=delete", &[]).is_some());
         assert!(refused("/acme/v1/x?_HttpMethod=PATCH", &[]).is_some());
+        // Names as a server reads them: percent-decoded, any case; values too.
+        for query in [
+            "%5Fmethod=DELETE",
+            "_m%65thod=DELETE",
+            "_METHOD=delete",
+            "_method=%44ELETE",
+        ] {
+            assert!(
+                refused(&format!("/acme/v1/x?{query}"), &[]).is_some(),
+                "{query}"
+            );
+        }
+        assert_eq!(refused("/acme/v1/x?_method=%47ET", &[]), None);
         assert_eq!(refused("/acme/v1/x?_method=GET&method=delete", &[]), None);
         assert_eq!(
             refused("/acme/v1/x?x-http-method-override=DELETE", &[]),

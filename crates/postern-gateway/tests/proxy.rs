@@ -509,6 +509,36 @@ async fn a_denied_address_is_denied_in_every_spelling() {
     gw.stop().await;
 }
 
+/// An absolute-form `https://` request to an unregistered host is sent over TLS, so discovery
+/// records `https` for it (here the host's certificate is not one Postern trusts: 502).
+#[tokio::test]
+async fn an_absolute_form_https_request_is_discovered_as_https() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let other = TestVendor::tls(TestVendor::ok_handler()).await;
+    let port = other.addr.port();
+    let gw = intercepting_gateway(
+        &vendor,
+        "",
+        &format!("[proxy]\nmode = \"open\"\nallowed_ports = [{port}]\nallow_private_networks = [\"127.0.0.1/32\"]"),
+    )
+    .await;
+    let mut stream = send_proxy_head(
+        &gw,
+        &format!("GET https://127.0.0.1:{port}/v1/items/42 HTTP/1.1"),
+        port,
+    )
+    .await;
+    let head = answer_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let discovered = discovered(&gw).await;
+    let host = discovered
+        .iter()
+        .find(|h| h["host"] == "127.0.0.1" && h["port"] == port)
+        .unwrap_or_else(|| panic!("{discovered:#?}"));
+    assert_eq!(host["schemes"], serde_json::json!(["https"]));
+    gw.stop().await;
+}
+
 /// A TLS vendor reached through an opaque tunnel (not intercepted): the client verifies the
 /// vendor's own certificate, Postern sees bytes only.
 async fn tunnel_client(gw: &TestGateway, token: &str, vendor: &TestVendor) -> reqwest::Client {

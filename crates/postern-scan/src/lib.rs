@@ -764,6 +764,7 @@ fn is_token_byte(byte: u8) -> bool {
 /// text it is, as `key=value` inside a JSON string is: a value may hold one. `None`: no pair
 /// holds either.
 fn form_decode(input: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
+    memchr::memchr2(b'%', b'+', input)?;
     let mut decoded = Vec::with_capacity(input.len());
     let mut origin = Vec::with_capacity(input.len() + 1);
     let mut taken_end = None;
