@@ -627,6 +627,9 @@ async fn absolute(
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     // Discovery records the scheme the caller asked for: an `https://` target is sent over TLS.
     let scheme = if https { Scheme::Https } else { Scheme::Http };
+    let seen = |context: &CallContext, blocked: bool| {
+        request_sighting(context, &host, port, scheme, uri.path(), blocked)
+    };
     context.host = Some(Arc::from(host.as_str()));
     if let Some(problem) = crate::proxy::path_problem(uri.path()) {
         return Err(CallError::bad_request(
@@ -675,14 +678,7 @@ async fn absolute(
     }
     let decision = proxy.policy.decide(&caller.name, &host, port);
     if !decision.allowed {
-        shared.discovered(request_sighting(
-            context,
-            &host,
-            port,
-            scheme,
-            uri.path(),
-            true,
-        ));
+        shared.discovered(seen(context, true));
         return Err(host_refused(decision.reason, &host, port));
     }
     progress.authorized = true;
@@ -717,14 +713,7 @@ async fn absolute(
         .await
     {
         Err(_) => {
-            shared.discovered(request_sighting(
-                context,
-                &host,
-                port,
-                scheme,
-                uri.path(),
-                false,
-            ));
+            shared.discovered(seen(context, false));
             return Err(CallError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
@@ -743,14 +732,7 @@ async fn absolute(
                 crate::body::RequestBodyViolation::TooLarge
                     | crate::body::RequestBodyViolation::CallerToken
             );
-            shared.discovered(request_sighting(
-                context,
-                &host,
-                port,
-                scheme,
-                uri.path(),
-                refused,
-            ));
+            shared.discovered(seen(context, refused));
             return Err(crate::proxy::body_violation_error(context, limit)
                 .or_else(|| match &error {
                     crate::upstream::UpstreamError::Connect(connect) => {

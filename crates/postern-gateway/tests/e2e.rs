@@ -481,15 +481,7 @@ fn echoing_vendor() -> Handler {
             .or_else(|| request.header("x-api-key"))
             .unwrap_or_default()
             .to_string();
-        let credential = sent.rsplit(' ').next().unwrap_or_default();
-        let encoded: String = credential.bytes().map(|b| format!("%{b:02X}")).collect();
-        let mut answer = Answer::json(200, serde_json::json!({"ok": true}));
-        answer.headers.push(("x-echo-as-sent", sent.clone()));
-        answer
-            .headers
-            .push(("x-echo-encoded", format!("next?k={encoded}")));
-        answer.headers.push(("x-kept", "fine".to_string()));
-        answer
+        TestVendor::echoing_answer(&sent, sent.rsplit(' ').next().unwrap_or_default())
     })
 }
 

@@ -245,6 +245,20 @@ impl TestVendor {
     }
 
     /// Answers every request with 200 and a small JSON body.
+    /// [`TestVendor::ok_handler`]'s answer, echoing `sent` (a credential header as received) and
+    /// `credential` with every byte percent-encoded, as no encoder of Postern's writes it; and a
+    /// harmless `x-kept` header beside them. Neither echo may reach the caller.
+    pub fn echoing_answer(sent: &str, credential: &str) -> Answer {
+        let encoded: String = credential.bytes().map(|b| format!("%{b:02X}")).collect();
+        let mut answer = Answer::json(200, serde_json::json!({"ok": true}));
+        answer.headers.push(("x-echo-as-sent", sent.to_string()));
+        answer
+            .headers
+            .push(("x-echo-encoded", format!("next?k={encoded}")));
+        answer.headers.push(("x-kept", "fine".to_string()));
+        answer
+    }
+
     pub fn ok_handler() -> Handler {
         Arc::new(|_request: &SeenRequest| Answer::json(200, serde_json::json!({"ok": true})))
     }
