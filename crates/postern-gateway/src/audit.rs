@@ -117,6 +117,12 @@ impl Audit {
         let (ledger, report) = Ledger::open(&dir, LedgerOptions::new(origin))
             .await
             .with_context(|| format!("opening the audit log in {}", dir.display()))?;
+        if report.entries > 0 && report.latest_checkpoint.is_none() {
+            tracing::warn!(
+                entries = report.entries,
+                "the audit log holds entries and no signed checkpoint (its checkpoint files are missing, or the gateway stopped before its first); the next checkpoint signs the entries as they are now: `postern audit verify --key <verifier key>` against a copy taken before this start tells whether they were altered"
+            );
+        }
         if let Some(torn) = &report.torn_tail {
             tracing::warn!(
                 ?torn,
@@ -193,7 +199,7 @@ impl Audit {
             caller: context.caller.as_deref().unwrap_or(""),
             integration: context.integration.as_deref().unwrap_or(""),
             operation: context.operation_id.as_deref().unwrap_or(""),
-            method: context.method.as_ref().map_or("", http::Method::as_str),
+            method: logged_method(context.method.as_ref()),
             path_template: context.path_template.as_deref().unwrap_or(""),
             decision: outcome.map_or(Decision::Allow, |o| o.decision),
             reason: Some(outcome.map_or("granted", |o| o.reason)),
@@ -307,6 +313,20 @@ impl Entry {
     }
 }
 
+/// The method as the log records it: one of HTTP's registered methods (RFC 9110 and PATCH), or
+/// `OTHER`. A method is the caller's free text, and the log is public and never forgets: a
+/// made-up one (`SSN-123-45-6789`, 16 KiB of anything) must not be written into it.
+fn logged_method(method: Option<&http::Method>) -> &'static str {
+    let Some(method) = method else { return "" };
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method.as_str())
+        .unwrap_or("OTHER")
+}
+
 /// The origin the log at `dir` is opened with: `configured` when set; else the one the log was
 /// created with (its signing key's name), so a restart under another host name (a rescheduled
 /// container) opens it; else, for a new log, `postern/<host name>`.
@@ -364,10 +384,7 @@ mod tests {
             caller: context.caller.as_deref().unwrap_or("").to_string(),
             integration: context.integration.as_deref().unwrap_or("").to_string(),
             operation: context.operation_id.as_deref().unwrap_or("").to_string(),
-            method: context
-                .method
-                .as_ref()
-                .map_or(String::new(), http::Method::to_string),
+            method: logged_method(context.method.as_ref()).to_string(),
             path_template: context.path_template.as_deref().unwrap_or("").to_string(),
             decision: outcome.map_or(Decision::Allow, |o| o.decision),
             reason: Some(outcome.map_or("granted", |o| o.reason).to_string()),
@@ -537,6 +554,17 @@ mod tests {
         drop(pipe);
         task.await.unwrap();
         ledger.close().await;
+    }
+
+    #[test]
+    fn only_registered_methods_are_logged_as_they_are() {
+        let method = |text: &str| http::Method::from_bytes(text.as_bytes()).unwrap();
+        assert_eq!(logged_method(Some(&http::Method::PATCH)), "PATCH");
+        assert_eq!(logged_method(Some(&method("DELETE"))), "DELETE");
+        for made_up in ["SSN-123-45-6789", "get", "PROPFIND"] {
+            assert_eq!(logged_method(Some(&method(made_up))), "OTHER", "{made_up}");
+        }
+        assert_eq!(logged_method(None), "");
     }
 
     #[tokio::test]

@@ -553,6 +553,21 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
     Ok(crate::h1::parse_length(length.as_bytes()))
 }
 
+/// The `Cookie` fields of `headers` as one, joined by "; ".
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Each part was a valid field value, and so is "; " between them.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Headers and query parameters with which a request asks its server to treat it as another
 /// method (Google and Azure APIs honour the headers, Salesforce `_HttpMethod`, Rails and Laravel
 /// `_method`): the operation is authorized by the request's own method, so one naming another
@@ -1031,6 +1046,7 @@ fn inject(
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
     let connection_named = connection_named(&parts.headers);
     let mut last_name: Option<HeaderName> = None;
+    let mut cookies = 0usize;
     for (name, value) in parts.headers.into_iter() {
         let name = match name {
             Some(name) => {
@@ -1052,7 +1068,13 @@ fn inject(
         if caller_token.is_some_and(|token| carries_token(&name, &value, token)) {
             continue;
         }
+        cookies += usize::from(name == header::COOKIE);
         headers.append(name, value);
+    }
+    // HTTP/2 sends each cookie as a field of its own; HTTP/1.1 wants them in one, joined by
+    // "; " (RFC 9113 §8.2.3). Fields of other kinds are sent as they came.
+    if cookies > 1 {
+        join_cookies(&mut headers);
     }
     // Made once per integration (the client would otherwise build it from the authority).
     headers.insert(header::HOST, integration.upstream.host_header.clone());
@@ -1895,6 +1917,18 @@ mod tests {
         assert!(!contains(b"/v1/charges", b"tok_abc"));
         // An empty needle is in everything, as memmem says.
         assert!(contains(b"", b""));
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        headers.append(header::ACCEPT, HeaderValue::from_static("*/*"));
+        super::join_cookies(&mut headers);
+        let cookies: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
+        assert_eq!(headers.get(header::ACCEPT).unwrap(), "*/*");
     }
 
     #[test]

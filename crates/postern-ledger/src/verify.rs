@@ -40,6 +40,8 @@ pub enum VerifyError {
     },
     #[error("{0}")]
     Unreadable(String),
+    #[error("the log holds {entries} entries and no checkpoint signed by the given key: its checkpoint files are missing, so nothing shows the entries were not rewritten; restore checkpoint and checkpoints.log from a backup or a witness")]
+    Unsigned { entries: u64 },
     #[error("no verifier key: pass one, or keep {0} in the directory")]
     NoKey(PathBuf),
     #[error("verifier key is invalid: {0}")]
@@ -125,6 +127,7 @@ pub fn verify_dir(
                 .verifier()
         }
     };
+    let pinned = verifier_key.is_some();
     let verifier_key = verifier.verifier_key();
     let origin = verifier.name().to_string();
 
@@ -312,6 +315,14 @@ pub fn verify_dir(
         return Err(VerifyError::CheckpointBeyondLog {
             which: c.which.clone(),
             size: c.checkpoint.size,
+            entries: builder.size(),
+        });
+    }
+    // A key given by the verifier (not read from the directory) pins what must have signed the
+    // log: entries with no checkpoint at all are not verified (deleting the checkpoint files
+    // would otherwise pass a rewritten log, and the next checkpoint would sign it).
+    if pinned && checkpoints.is_empty() && builder.size() > 0 {
+        return Err(VerifyError::Unsigned {
             entries: builder.size(),
         });
     }

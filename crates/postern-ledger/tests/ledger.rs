@@ -166,6 +166,22 @@ async fn appends_are_readable_provable_and_survive_reopen() {
         "two in history plus the current file"
     );
     assert!(calls >= 1);
+    // The checkpoint files deleted: with the key pinned, the entries are not verified (they
+    // could have been rewritten); read from the directory, they pass with no signature.
+    for file in ["checkpoint", "checkpoints.log"] {
+        std::fs::remove_file(tmp.path().join(file)).unwrap();
+    }
+    let unsigned = verify_dir(tmp.path(), Some(&verifier.verifier_key()), |_, _| {}).unwrap_err();
+    assert!(
+        matches!(unsigned, VerifyError::Unsigned { entries: 701 }),
+        "{unsigned}"
+    );
+    assert_eq!(
+        verify_dir(tmp.path(), None, |_, _| {})
+            .unwrap()
+            .checkpoints_verified,
+        0
+    );
 }
 
 #[tokio::test]

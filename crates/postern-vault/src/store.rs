@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -29,6 +29,11 @@ pub enum VaultError {
          ({MASTER_KEY_ENV} or {MASTER_KEY_FILE}); nothing was changed"
     )]
     WrongKey { vault: PathBuf, origin: String },
+    #[error(
+        "{vault} exists but is empty (0 bytes): it is not a vault; restore it from a backup, or \
+         delete it to start a new, empty vault — nothing was changed"
+    )]
+    EmptyFile { vault: PathBuf },
     #[error("{MASTER_KEY_ENV} is set but is not a 32-byte key: give 64 hex digits or base64 of 32 bytes (e.g. `openssl rand -base64 32`)")]
     MalformedEnvKey,
     #[error("{path} is not a valid master key file (expected base64 of 32 bytes on one line); fix or restore it — nothing was changed")]
@@ -185,6 +190,16 @@ impl Vault {
         let path = data_dir.join(VAULT_FILE);
         let key_file = data_dir.join(MASTER_KEY_FILE);
         let vault_exists = path.exists();
+        // An empty file is not an absent vault: taking it for one would seal a new vault under
+        // whatever key was given, and the key the lost vault had would no longer open the file.
+        if vault_exists
+            && std::fs::metadata(&path)
+                .map_err(io(format!("reading {}", path.display())))?
+                .len()
+                == 0
+        {
+            return Err(VaultError::EmptyFile { vault: path });
+        }
         let (master, origin) = match env_key {
             Some(text) => (
                 MasterKey::parse(text).ok_or(VaultError::MalformedEnvKey)?,
@@ -383,7 +398,7 @@ impl Vault {
             return Err(VaultError::EmptyValue);
         }
         let mut conn = self.conn.lock().expect("vault lock");
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let existing: Option<(String, u32)> = tx
             .query_row(
                 "SELECT state, current_version FROM secrets WHERE name = ?1",
@@ -429,7 +444,7 @@ impl Vault {
             return Err(VaultError::EmptyValue);
         }
         let mut conn = self.conn.lock().expect("vault lock");
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let current: u32 = active_version(&tx, name)?;
         // Older previous versions are retired now: their material is erased.
         tx.execute(
@@ -472,7 +487,7 @@ impl Vault {
     /// Makes the previous version current again, if still inside its rollback window.
     pub fn rollback(&self, name: &str, now_ms: i64) -> Result<u32, VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let current: u32 = active_version(&tx, name)?;
         let previous: u32 = tx
             .query_row(
@@ -516,7 +531,7 @@ impl Vault {
     /// Ends the credential: every version's material is erased; injection stops.
     pub fn revoke(&self, name: &str, now_ms: i64) -> Result<(), VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let changed = tx.execute(
             "UPDATE secrets SET state = 'revoked' WHERE name = ?1 AND state = 'active'",
             params![name],
@@ -624,7 +639,7 @@ impl Vault {
     /// Records that credentials were used (batched by the gateway; not a mutation: no bump).
     pub fn touch(&self, names: &[(String, i64)]) -> Result<(), VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for (name, at) in names {
             tx.execute(
                 "INSERT INTO usage (name, last_used_ms) VALUES (?1, ?2)
@@ -639,7 +654,7 @@ impl Vault {
     /// Adds counts to the data-flow ledger (not a mutation of credentials: no generation bump).
     pub fn add_dataflow(&self, rows: &[DataflowRow]) -> Result<(), VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for row in rows {
             tx.execute(
                 "INSERT INTO dataflow (integration, caller, class, direction, day, count)
@@ -685,7 +700,7 @@ impl Vault {
         now_ms: i64,
     ) -> Result<(), VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         Self::issue_in(&tx, caller, token, now_ms)?;
         Self::bump(&tx)?;
         tx.commit()?;
@@ -722,7 +737,7 @@ impl Vault {
         now_ms: i64,
     ) -> Result<bool, VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let added = tx.execute(
             "INSERT INTO caller_tokens (token_sha256, caller, created_ms, revoked_ms) VALUES (?1, ?2, ?3, NULL)
              ON CONFLICT(token_sha256) DO NOTHING",
@@ -751,7 +766,7 @@ impl Vault {
         now_ms: i64,
     ) -> Result<usize, VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let count = Self::revoke_in(&tx, caller, config_hashes, now_ms)?;
         Self::bump(&tx)?;
         tx.commit()?;
@@ -768,7 +783,7 @@ impl Vault {
         now_ms: i64,
     ) -> Result<usize, VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let count = Self::revoke_in(&tx, caller, config_hashes, now_ms)?;
         Self::issue_in(&tx, caller, token, now_ms)?;
         Self::bump(&tx)?;

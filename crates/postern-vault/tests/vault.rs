@@ -154,6 +154,53 @@ fn master_key_file_is_private_and_wrong_or_missing_key_refuses_without_changes()
     assert_eq!(vault.current("a").unwrap().unwrap().expose(), b"value-a");
 }
 
+/// An empty vault.db is not an absent vault: opening it, with any key, changes nothing and says
+/// what to do.
+#[test]
+fn an_empty_vault_file_is_refused_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("vault.db"), b"").unwrap();
+    for key in [None, Some("0".repeat(64))] {
+        let error = Vault::open_with(dir.path(), key.as_deref()).unwrap_err();
+        assert!(matches!(error, VaultError::EmptyFile { .. }), "{error}");
+        assert!(error.to_string().contains("restore it"), "{error}");
+    }
+    assert_eq!(std::fs::read(dir.path().join("vault.db")).unwrap(), b"");
+    assert!(!dir.path().join("master.key").exists());
+}
+
+/// Writers in several threads, each with its own connection as separate processes have, wait
+/// for each other instead of failing with "database is locked".
+#[test]
+fn concurrent_writers_wait_for_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Vault::open_with(dir.path(), None).unwrap());
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let vault = Vault::open_with(&dir, None).unwrap();
+                for round in 0..5 {
+                    let name = format!("w{writer}");
+                    let version = match round {
+                        0 => vault.set(&name, "static", b"first", now()),
+                        _ => vault.rotate(&name, b"next", 60_000, now()),
+                    };
+                    assert_eq!(version.unwrap(), round + 1);
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let vault = Vault::open_with(dir.path(), None).unwrap();
+    for writer in 0..8 {
+        let name = format!("w{writer}");
+        assert_eq!(vault.current(&name).unwrap().unwrap().version, 5);
+    }
+}
+
 #[test]
 fn tampered_ciphertext_is_detected() {
     let dir = tempfile::tempdir().unwrap();

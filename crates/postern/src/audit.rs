@@ -473,6 +473,11 @@ fn verify(
                         c.size
                     ))
                 );
+                if latest.is_none() && report.entries > 0 {
+                    println!(
+                        "warning: no signed checkpoint covers these entries (a new log's first is written within seconds); pass --key to require one"
+                    );
+                }
                 if let Some(c) = latest {
                     if c.size < report.entries {
                         println!(
@@ -530,7 +535,8 @@ fn is_tampering(error: &VerifyError) -> bool {
         | VerifyError::CheckpointSignature { .. }
         | VerifyError::CheckpointRootMismatch { .. }
         | VerifyError::CheckpointBeyondLog { .. }
-        | VerifyError::CheckpointRollback { .. } => true,
+        | VerifyError::CheckpointRollback { .. }
+        | VerifyError::Unsigned { .. } => true,
     }
 }
 

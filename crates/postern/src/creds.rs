@@ -164,10 +164,19 @@ pub fn open_vault(location: &VaultLocation) -> Result<Vault, ExitCode> {
     open(location).map(|opened| opened.vault)
 }
 
+/// The largest value taken (as the admin API's): a file or pipe that goes on (`/dev/zero`, the
+/// wrong file) is refused after this much, not read into memory to its end.
+const MAX_VALUE_BYTES: u64 = 64 * 1024;
+
 fn read_value(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, ExitCode> {
-    let mut value = Zeroizing::new(Vec::new());
+    // Room for the largest value and one byte more, at once: a growing buffer would leave
+    // copies of the secret behind in memory it gave back, which the zeroizing never reaches.
+    let mut value = Zeroizing::new(Vec::with_capacity(MAX_VALUE_BYTES as usize + 1));
+    let limit = MAX_VALUE_BYTES + 1;
     let result = match from_file {
-        Some(path) => std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut value)),
+        Some(path) => {
+            std::fs::File::open(path).and_then(|file| file.take(limit).read_to_end(&mut value))
+        }
         // At a terminal, one line, not shown as it is typed (as a password prompt); piped,
         // everything on stdin (a PEM file, say).
         None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
@@ -177,10 +186,16 @@ fn read_value(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, ExitCode> 
                 value.len()
             })
         }
-        None => std::io::stdin().read_to_end(&mut value),
+        None => std::io::stdin().take(limit).read_to_end(&mut value),
     };
     if let Err(error) = result {
         eprintln!("error: reading the value: {error}");
+        return Err(ExitCode::Failure);
+    }
+    if value.len() as u64 > MAX_VALUE_BYTES {
+        eprintln!(
+            "error: the value is over 64 KiB (the admin API's limit too); no credential is that large: check what was piped or named with --from-file"
+        );
         return Err(ExitCode::Failure);
     }
     while value.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {

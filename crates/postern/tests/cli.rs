@@ -680,6 +680,25 @@ fn failures_exit_1_and_the_credential_list_keeps_its_columns() {
         .output()
         .unwrap();
     assert_eq!(empty.status.code(), Some(1));
+    // A file that goes on (`/dev/zero`) is refused after 64 KiB, not read to its end.
+    let endless = postern()
+        .args([
+            "creds",
+            "set",
+            "zeros",
+            "--from-file",
+            "/dev/zero",
+            "--data-dir",
+            data,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(endless.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&endless.stderr).contains("over 64 KiB"),
+        "{}",
+        String::from_utf8_lossy(&endless.stderr)
+    );
     let long_kind = "oauth2_client_secret";
     let set = postern()
         .args([
