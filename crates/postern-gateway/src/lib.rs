@@ -396,6 +396,7 @@ impl RunningGateway {
         // The vault first: a wrong or missing master key refuses start before anything is written.
         let vault = Arc::new(Vault::open(&data_dir)?);
         let admin_token_sha256 = admin_token_hash(&config, &data_dir)?;
+        refuse_admin_token_for_callers(&config, &admin_token_sha256)?;
         let audit = audit::Audit::open(
             &data_dir,
             config.gateway.audit_origin.as_deref(),
@@ -587,6 +588,7 @@ impl RunningGateway {
                 .lock()
                 .expect("admin token lock"),
         };
+        refuse_admin_token_for_callers(&config, &hash)?;
         let max_age_days = config.gateway.credential_max_age_days;
         notes.extend(self.shared.rebuild(Some((config, hash)))?);
         self.shared
@@ -866,6 +868,26 @@ pub fn admin_token_hash(config: &Config, data_dir: &Path) -> anyhow::Result<[u8;
     Ok(Sha256::digest(token.as_bytes()).into())
 }
 
+/// Refuses a config whose caller has the admin token's hash. `postern check` refuses one equal
+/// to a configured `admin_token_sha256`; this covers the token generated into
+/// `<data_dir>/admin-token`, which only the gateway reads.
+fn refuse_admin_token_for_callers(config: &Config, admin: &[u8; 32]) -> anyhow::Result<()> {
+    let admin = hex::encode(admin);
+    match config
+        .callers
+        .iter()
+        .find(|caller| caller.token_sha256.as_deref() == Some(admin.as_str()))
+    {
+        Some(caller) => anyhow::bail!(
+            "caller `{}` has the admin token's hash (the token in {}/{ADMIN_TOKEN_FILE}): give the caller a token of its own (`postern callers token {}`); a caller's token must never open the admin API",
+            caller.name,
+            config.gateway.data_dir.display(),
+            caller.name
+        ),
+        None => Ok(()),
+    }
+}
+
 /// A new random token: prefix + 32 random bytes, base64url.
 pub fn new_token(prefix: &str) -> String {
     use base64::Engine as _;
@@ -891,6 +913,32 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
+
+    /// A caller whose hash is the generated admin token's is refused (at start and at reload),
+    /// naming the caller and the fix.
+    #[test]
+    fn a_caller_with_the_admin_tokens_hash_is_refused() {
+        use sha2::Digest as _;
+        let admin: [u8; 32] = sha2::Sha256::digest(b"pat_the_admin_token").into();
+        let config = |hash: &str| {
+            postern_config::parse(
+                &format!(
+                    "[gateway]\nlisten = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:2\"\ndata_dir = \"d\"\n\n[[callers]]\nname = \"checkout\"\ntoken_sha256 = \"{hash}\"\n"
+                ),
+                std::path::Path::new("postern.toml"),
+            )
+            .unwrap()
+        };
+        let error = super::refuse_admin_token_for_callers(&config(&hex::encode(admin)), &admin)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("caller `checkout` has the admin token's hash"),
+            "{error}"
+        );
+        assert!(error.contains("postern callers token checkout"), "{error}");
+        super::refuse_admin_token_for_callers(&config(&"ab".repeat(32)), &admin).unwrap();
+    }
 
     /// The tunnel clock wakes just past each hour of UTC, whatever the time within the hour.
     #[test]
