@@ -14,9 +14,39 @@ use crate::body::GatewayBody;
 use crate::runtime::Injector;
 use crate::Shared;
 
+/// How long a credential change's body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Response<GatewayBody> {
     let path = request.uri().path().to_string();
     let path = path.as_str();
+    // Authentication first for everything not public: without the token, no route's methods
+    // (a 405's `Allow`) are told apart from a route that does not exist.
+    let public = matches!(path, "/healthz" | "/readyz") || path.starts_with("/log/");
+    let runtime = shared.runtime.load();
+    if !public {
+        let authorized = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                // The scheme is case-insensitive (RFC 9110 §11.1).
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
+            })
+            .is_some_and(|token| runtime.is_admin_token(token.trim().as_bytes()));
+        if !authorized {
+            let mut response = json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": {"code": "admin_unauthenticated", "message": "send Authorization: Bearer <admin token> (the token is in <data_dir>/admin-token unless admin_token_sha256 is configured)"}}),
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"postern-admin\""),
+            );
+            return response;
+        }
+    }
     let is_credential_change =
         request.method() == Method::POST && path.starts_with("/v1/credentials/");
     if request.method() != Method::GET && request.method() != Method::HEAD && !is_credential_change
@@ -43,28 +73,6 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
     // carry only names from the config and keyed hashes), and anyone may verify it.
     if let Some(resource) = path.strip_prefix("/log/") {
         return log_resource(&shared, resource).await;
-    }
-    let runtime = shared.runtime.load();
-    let authorized = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            // The scheme is case-insensitive (RFC 9110 §11.1).
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(token)
-        })
-        .is_some_and(|token| runtime.is_admin_token(token.trim().as_bytes()));
-    if !authorized {
-        let mut response = json_response(
-            StatusCode::UNAUTHORIZED,
-            json!({"error": {"code": "admin_unauthenticated", "message": "send Authorization: Bearer <admin token> (the token is in <data_dir>/admin-token unless admin_token_sha256 is configured)"}}),
-        );
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"postern-admin\""),
-        );
-        return response;
     }
     if path == "/v1/credentials" || path.starts_with("/v1/credentials/") {
         return credentials(&shared, request).await;
@@ -272,12 +280,26 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
         };
     }
     // POST: set (no action), rotate, rollback, revoke.
-    let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024)
-        .collect()
-        .await
-    {
-        Ok(body) => zeroize::Zeroizing::new(body.to_bytes().to_vec()),
+    // A body that does not come is not waited for longer than this (a request is not left
+    // holding the admin listener's connection open by sending its head and nothing else).
+    let read = tokio::time::timeout(
+        BODY_TIMEOUT,
+        http_body_util::Limited::new(request.into_body(), 64 * 1024).collect(),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(body)) => zeroize::Zeroizing::new(body.to_bytes().to_vec()),
         Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s; send it with the request",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        }
+        Ok(Err(_)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
