@@ -372,10 +372,45 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
                     json!({"error": {"code": "credential_change_not_applied", "message": "the change is stored in the vault, but applying it failed (see postern's log); calls go on with the previous credentials until it applies"}}),
                 );
             }
+            // A value an integration cannot inject (a CR or LF in a header credential, say)
+            // would take it down: a rotation is rolled back at once, and the answer says why.
+            if let Some((integration, why)) = unusable_by(&shared, &name) {
+                let undone = match action.as_str() {
+                    "rotate" => {
+                        vault.rollback(&name, now).is_ok() && shared.refresh_from_vault().is_ok()
+                    }
+                    _ => false,
+                };
+                let what = match undone {
+                    true => "the rotation was rolled back: the previous value is in use",
+                    false => "the value is stored; give a usable one with rotate",
+                };
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "credential_unusable",
+                    format!("integration {integration} cannot use the new value of {name}: {why}; {what}"),
+                );
+            }
             json_response(StatusCode::OK, answer)
         }
         Err(e) => vault_error(e),
     }
+}
+
+/// An integration injecting the vault credential `name` that cannot use its current value, and
+/// why (never the value).
+fn unusable_by(shared: &Shared, name: &str) -> Option<(String, String)> {
+    let runtime = shared.runtime.load();
+    runtime
+        .integrations
+        .values()
+        .filter(|integration| integration.vault_secret.as_deref() == Some(name))
+        .find_map(|integration| match &integration.credential {
+            Err(problem) if problem.code == "credential_unavailable" => {
+                Some((integration.name.to_string(), problem.why.clone()))
+            }
+            _ => None,
+        })
 }
 
 /// `/log/checkpoint`, `/log/tile/<L>/<N>[.p/<W>]`, `/log/tile/entries/<N>[.p/<W>]` (C2SP

@@ -160,6 +160,26 @@ async fn vault_credential_set_rotate_under_load_rollback_revoke() {
         "Bearer sk_live_first_value_A1"
     );
 
+    // A value the integration cannot inject (a line break inside a header value) is refused
+    // and the rotation undone: calls go on with the value before it.
+    let (status, body) = admin_post(
+        &gw,
+        "/v1/credentials/stripe-live/rotate?rollback_window_seconds=600",
+        "sk_live_bad\r\nX-Evil: 1\n",
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "credential_unusable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("rolled back"), "{message}");
+    assert!(!message.contains("X-Evil"), "{message}");
+    let (status, _) = call(&gw, "after-unusable").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        vendor.last().header("authorization").unwrap(),
+        "Bearer sk_live_first_value_A1"
+    );
+
     // Revocation: injection stops at once.
     let before = vendor.seen().len();
     let (status, _) = admin_post(&gw, "/v1/credentials/stripe-live/revoke", "").await;
@@ -196,7 +216,11 @@ async fn vault_credential_set_rotate_under_load_rollback_revoke() {
         .iter()
         .map(|h| h["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["set", "rotate", "rollback", "revoke"]);
+    // The unusable rotation and its undoing are in the history too.
+    assert_eq!(
+        actions,
+        ["set", "rotate", "rollback", "rotate", "rollback", "revoke"]
+    );
     let text = format!("{list}{history}");
     assert!(!text.contains("sk_live_"));
     // The credential endpoints need the admin token.
