@@ -374,7 +374,7 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
             }
             // A value an integration cannot inject (a CR or LF in a header credential, say)
             // would take it down: a rotation is rolled back at once, and the answer says why.
-            if let Some((integration, why)) = unusable_by(&shared, &name) {
+            if let Some((integration, why)) = unusable_by(shared, &name) {
                 let undone = match action.as_str() {
                     "rotate" => {
                         vault.rollback(&name, now).is_ok() && shared.refresh_from_vault().is_ok()
