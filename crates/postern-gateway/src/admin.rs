@@ -244,7 +244,8 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
         };
         error(status, "vault", e.to_string())
     };
-    if method == Method::GET {
+    // HEAD reads as GET does (its body is dropped on the way out); only POST changes anything.
+    if method == Method::GET || method == Method::HEAD {
         return match (name.as_str(), action.as_str()) {
             ("", "") => match vault.list() {
                 Ok(list) => {
@@ -278,6 +279,13 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
                 "use /v1/credentials or /v1/credentials/NAME/history".to_string(),
             ),
         };
+    }
+    if method != Method::POST {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "credentials change with POST only".to_string(),
+        );
     }
     // POST: set (no action), rotate, rollback, revoke.
     // A body that does not come is not waited for longer than this (a request is not left
@@ -314,6 +322,9 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
             .find_map(|pair| pair.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
             .map(str::to_string)
     };
+    // Which integrations injecting this credential can use it now: only one this change makes
+    // unusable is the change's doing.
+    let usable_before = usable_by(shared, &name);
     let result = match action.as_str() {
         "" => vault
             .set(
@@ -374,13 +385,21 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
             }
             // A value an integration cannot inject (a CR or LF in a header credential, say)
             // would take it down: a rotation is rolled back at once, and the answer says why.
-            if let Some((integration, why)) = unusable_by(shared, &name) {
-                let undone = match action.as_str() {
-                    "rotate" => {
-                        vault.rollback(&name, now).is_ok() && shared.refresh_from_vault().is_ok()
-                    }
-                    _ => false,
+            if let Some((integration, why)) = made_unusable(shared, &usable_before) {
+                // Undone only while the version this rotation made is still the current one
+                // (a CLI rotation in between is not rolled back).
+                let created = answer["version"].as_u64();
+                let still_ours = || {
+                    vault
+                        .current(&name)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|current| Some(u64::from(current.version)) == created)
                 };
+                let undone = action == "rotate"
+                    && still_ours()
+                    && vault.rollback(&name, now).is_ok()
+                    && shared.refresh_from_vault().is_ok();
                 let what = match undone {
                     true => "the rotation was rolled back: the previous value is in use",
                     false => "the value is stored; give a usable one with rotate",
@@ -397,20 +416,31 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
     }
 }
 
-/// An integration injecting the vault credential `name` that cannot use its current value, and
-/// why (never the value).
-fn unusable_by(shared: &Shared, name: &str) -> Option<(String, String)> {
+/// The integrations injecting the vault credential `name` whose credential is usable now.
+fn usable_by(shared: &Shared, name: &str) -> Vec<String> {
     let runtime = shared.runtime.load();
     runtime
         .integrations
         .values()
         .filter(|integration| integration.vault_secret.as_deref() == Some(name))
-        .find_map(|integration| match &integration.credential {
+        .filter(|integration| integration.credential.is_ok())
+        .map(|integration| integration.name.to_string())
+        .collect()
+}
+
+/// An integration of `usable_before` that cannot use its vault credential now, and why
+/// (never the value): one this change made unusable. An integration unusable before (a missing
+/// client certificate, say) is not the change's doing.
+fn made_unusable(shared: &Shared, usable_before: &[String]) -> Option<(String, String)> {
+    let runtime = shared.runtime.load();
+    usable_before.iter().find_map(|integration| {
+        match &runtime.integrations.get(integration)?.credential {
             Err(problem) if problem.code == "credential_unavailable" => {
-                Some((integration.name.to_string(), problem.why.clone()))
+                Some((integration.clone(), problem.why.clone()))
             }
             _ => None,
-        })
+        }
+    })
 }
 
 /// `/log/checkpoint`, `/log/tile/<L>/<N>[.p/<W>]`, `/log/tile/entries/<N>[.p/<W>]` (C2SP

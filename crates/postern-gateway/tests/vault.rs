@@ -160,6 +160,17 @@ async fn vault_credential_set_rotate_under_load_rollback_revoke() {
         "Bearer sk_live_first_value_A1"
     );
 
+    // HEAD reads, never changes: a HEAD to an action is not the action.
+    let head = client()
+        .head(format!("{}/v1/credentials/stripe-live/revoke", gw.admin))
+        .bearer_auth(&gw.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 404);
+    let (status, _) = call(&gw, "after-head").await;
+    assert_eq!(status, 200, "a HEAD revoked the credential");
+
     // A value the integration cannot inject (a line break inside a header value) is refused
     // and the rotation undone: calls go on with the value before it.
     let (status, body) = admin_post(

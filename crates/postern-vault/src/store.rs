@@ -192,13 +192,22 @@ impl Vault {
         let vault_exists = path.exists();
         // An empty file is not an absent vault: taking it for one would seal a new vault under
         // whatever key was given, and the key the lost vault had would no longer open the file.
-        if vault_exists
-            && std::fs::metadata(&path)
-                .map_err(io(format!("reading {}", path.display())))?
-                .len()
-                == 0
-        {
-            return Err(VaultError::EmptyFile { vault: path });
+        // (Another process opening a new vault at this moment leaves it empty for a few
+        // milliseconds, until its first write: given a second to grow first.)
+        if vault_exists {
+            let size = || {
+                std::fs::metadata(&path)
+                    .map(|metadata| metadata.len())
+                    .map_err(io(format!("reading {}", path.display())))
+            };
+            let mut waited = 0;
+            while size()? == 0 {
+                if waited == 20 {
+                    return Err(VaultError::EmptyFile { vault: path });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                waited += 1;
+            }
         }
         let (master, origin) = match env_key {
             Some(text) => (
