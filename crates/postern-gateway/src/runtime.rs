@@ -453,6 +453,15 @@ impl Runtime {
 
         // Tokens issued at run time (`postern callers rotate`) for callers the config declares.
         for token in store_tokens.iter().filter(|t| !t.revoked) {
+            // A caller's token never opens the admin API (the config's are checked at start and
+            // reload; these come from the vault, at any time).
+            if token.token_sha256 == inputs.admin_token_sha256 {
+                anyhow::bail!(
+                    "a caller token in the vault, for caller `{}`, has the admin token's hash: issue the caller another (`postern callers rotate {}`, which revokes it)",
+                    token.caller,
+                    token.caller
+                );
+            }
             if let Some(caller) = config.callers.iter().find(|c| c.name == token.caller) {
                 callers_by_token.insert(token.token_sha256, Arc::from(caller.name.as_str()));
             }

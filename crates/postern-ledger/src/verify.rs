@@ -40,7 +40,7 @@ pub enum VerifyError {
     },
     #[error("{0}")]
     Unreadable(String),
-    #[error("the log holds {entries} entries and no checkpoint signed by the given key: its checkpoint files are missing, so nothing shows the entries were not rewritten; restore checkpoint and checkpoints.log from a backup or a witness")]
+    #[error("the log holds {entries} entries and no checkpoint signed by the given key: its checkpoint files are missing (or the gateway stopped before writing its first), so nothing shows the entries were not rewritten; restore checkpoint and checkpoints.log from a backup or a witness")]
     Unsigned { entries: u64 },
     #[error("no verifier key: pass one, or keep {0} in the directory")]
     NoKey(PathBuf),
