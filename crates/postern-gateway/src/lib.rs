@@ -806,6 +806,8 @@ fn spawn_vault_poller(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
         .name("postern-vault-poller".to_string())
         .spawn(move || {
             let mut ticks: u32 = 0;
+            // A refresh that fails fails again at every tick until the vault changes: said once.
+            let mut last_error: Option<String> = None;
             loop {
                 std::thread::sleep(Duration::from_millis(250));
                 let Some(shared) = shared.upgrade() else {
@@ -814,8 +816,15 @@ fn spawn_vault_poller(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
                 if shared.is_draining() {
                     return;
                 }
-                if let Err(error) = shared.refresh_from_vault() {
-                    tracing::error!(error = %format!("{error:#}"), "vault refresh failed; keeping the current credentials");
+                match shared.refresh_from_vault() {
+                    Ok(_) => last_error = None,
+                    Err(error) => {
+                        let error = format!("{error:#}");
+                        if last_error.as_ref() != Some(&error) {
+                            tracing::error!(%error, "vault refresh failed; keeping the current credentials");
+                            last_error = Some(error);
+                        }
+                    }
                 }
                 ticks += 1;
                 if ticks.is_multiple_of(20) {
