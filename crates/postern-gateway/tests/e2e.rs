@@ -3011,3 +3011,25 @@ async fn a_malformed_chunked_body_is_the_callers_fault_not_the_vendors() {
     assert_eq!(events[0]["reason"], "request_body_error", "{}", events[0]);
     gw.stop().await;
 }
+
+/// An HTTP/2 caller sends each cookie as a field of its own; the HTTP/1.1 vendor gets them as
+/// one `Cookie` field, joined by "; " (RFC 9113 §8.2.3).
+#[tokio::test]
+async fn cookies_from_an_http2_caller_reach_an_http1_vendor_as_one_field() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let response = h2c_client()
+        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .bearer_auth(&gw.token)
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let seen = vendor.last();
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+    gw.stop().await;
+}
