@@ -322,9 +322,22 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
             .find_map(|pair| pair.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
             .map(str::to_string)
     };
-    // Which integrations injecting this credential can use it now: only one this change makes
-    // unusable is the change's doing.
-    let usable_before = usable_by(shared, &name);
+    // A value an integration injecting this credential could not use (a CR or LF in a header
+    // credential, say) would take it down: refused before anything is stored.
+    if action.is_empty() || action == "rotate" {
+        let runtime = shared.runtime.load();
+        let refused = runtime.integrations.values().find_map(|integration| {
+            crate::runtime::unusable_value(integration, &name, value)
+                .map(|why| (integration.name.clone(), why))
+        });
+        if let Some((integration, why)) = refused {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "credential_unusable",
+                format!("integration {integration} could not use this value of {name}: {why}; nothing was stored"),
+            );
+        }
+    }
     let result = match action.as_str() {
         "" => vault
             .set(
@@ -383,64 +396,10 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
                     json!({"error": {"code": "credential_change_not_applied", "message": "the change is stored in the vault, but applying it failed (see postern's log); calls go on with the previous credentials until it applies"}}),
                 );
             }
-            // A value an integration cannot inject (a CR or LF in a header credential, say)
-            // would take it down: a rotation is rolled back at once, and the answer says why.
-            if let Some((integration, why)) = made_unusable(shared, &usable_before) {
-                // Undone only while the version this rotation made is still the current one
-                // (a CLI rotation in between is not rolled back).
-                let created = answer["version"].as_u64();
-                let still_ours = || {
-                    vault
-                        .current(&name)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|current| Some(u64::from(current.version)) == created)
-                };
-                let undone = action == "rotate"
-                    && still_ours()
-                    && vault.rollback(&name, now).is_ok()
-                    && shared.refresh_from_vault().is_ok();
-                let what = match undone {
-                    true => "the rotation was rolled back: the previous value is in use",
-                    false => "the value is stored; give a usable one with rotate",
-                };
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "credential_unusable",
-                    format!("integration {integration} cannot use the new value of {name}: {why}; {what}"),
-                );
-            }
             json_response(StatusCode::OK, answer)
         }
         Err(e) => vault_error(e),
     }
-}
-
-/// The integrations injecting the vault credential `name` whose credential is usable now.
-fn usable_by(shared: &Shared, name: &str) -> Vec<String> {
-    let runtime = shared.runtime.load();
-    runtime
-        .integrations
-        .values()
-        .filter(|integration| integration.vault_secret.as_deref() == Some(name))
-        .filter(|integration| integration.credential.is_ok())
-        .map(|integration| integration.name.to_string())
-        .collect()
-}
-
-/// An integration of `usable_before` that cannot use its vault credential now, and why
-/// (never the value): one this change made unusable. An integration unusable before (a missing
-/// client certificate, say) is not the change's doing.
-fn made_unusable(shared: &Shared, usable_before: &[String]) -> Option<(String, String)> {
-    let runtime = shared.runtime.load();
-    usable_before.iter().find_map(|integration| {
-        match &runtime.integrations.get(integration)?.credential {
-            Err(problem) if problem.code == "credential_unavailable" => {
-                Some((integration.clone(), problem.why.clone()))
-            }
-            _ => None,
-        }
-    })
 }
 
 /// `/log/checkpoint`, `/log/tile/<L>/<N>[.p/<W>]`, `/log/tile/entries/<N>[.p/<W>]` (C2SP

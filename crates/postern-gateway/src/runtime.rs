@@ -865,6 +865,30 @@ fn read_secret(
     Ok(secret)
 }
 
+/// Why `integration` could not inject `value` as its vault credential `name` (never the value),
+/// or `None` when it could or does not inject `name`: the checks loading it would make, run on a
+/// candidate before it is stored. An OAuth2 client secret is sent form-encoded: any text does.
+pub(crate) fn unusable_value(
+    integration: &IntegrationRuntime,
+    name: &str,
+    value: &[u8],
+) -> Option<String> {
+    let credential = integration.config.credential.as_ref()?;
+    if !matches!(&credential.source, SecretSource::Vault(vault_name) if vault_name == name) {
+        return None;
+    }
+    let Ok(text) = String::from_utf8(value.to_vec()) else {
+        return Some("the value is not UTF-8 text".to_string());
+    };
+    let text = Zeroizing::new(text);
+    if credential.kind == CredentialKind::OAuth2 || text.is_empty() {
+        return None;
+    }
+    load_injector(credential, text)
+        .err()
+        .map(|problem| problem.why)
+}
+
 /// The forms in which a vendor could echo the secret back (raw and percent-encoded; a header
 /// value is also matched percent-decoded, [`crate::proxy::echoes_secret`]).
 pub(crate) fn echo_needles(secret: &str) -> Vec<Zeroizing<Vec<u8>>> {
