@@ -30,6 +30,8 @@ pub enum RequestBodyViolation {
     CallerToken = 2,
     /// The caller's body broke off: malformed chunked framing, or the caller stopped sending.
     Broken = 3,
+    /// A form body's `_method` field names another method than the request's.
+    MethodOverride = 4,
 }
 
 /// Shared between the request body (written while streaming) and the handler (read after).
@@ -54,6 +56,7 @@ impl RequestBodyState {
             1 => RequestBodyViolation::TooLarge,
             2 => RequestBodyViolation::CallerToken,
             3 => RequestBodyViolation::Broken,
+            4 => RequestBodyViolation::MethodOverride,
             _ => RequestBodyViolation::None,
         }
     }
@@ -69,6 +72,8 @@ pub enum BodyError {
     RequestTooLarge(u64),
     #[error("request body contains the caller's Postern token; refusing to forward it")]
     CallerTokenInBody,
+    #[error("the form body's _method field names another method than the request's")]
+    MethodOverride,
     #[error("response body exceeds max_response_body_bytes ({0} bytes)")]
     ResponseTooLarge(u64),
     #[error("the vendor sent no body data for {0:?} (response_idle_timeout_ms)")]
@@ -142,6 +147,93 @@ pub struct ForwardBody {
     token: Option<Box<memmem::Finder<'static>>>,
     /// The tail of the previous chunk, so a token split across chunks is still found.
     carry: Vec<u8>,
+    /// For a form body: its `_method` fields, read as they stream ([`OverrideScan`]).
+    overrides: Option<Box<OverrideScan>>,
+    /// The last byte released so far, held while `overrides` has not seen the body's end: a
+    /// vendor acts on a body only once it has all of it, so the refusal of a `_method` in the
+    /// last field still comes before the vendor could.
+    held: Option<u8>,
+    /// A method override was found: the next frame is the refusal.
+    refused: bool,
+}
+
+/// Reads a form body's fields as it streams, for a `_method` (Rails', Laravel's method override,
+/// name percent-decoded) naming another method than the request's: the operation was granted
+/// for the request's own method. Keeps only the current field's name and value, each capped.
+#[derive(Debug)]
+pub struct OverrideScan {
+    method: http::Method,
+    name: Vec<u8>,
+    value: Vec<u8>,
+    in_value: bool,
+}
+
+impl OverrideScan {
+    /// Longest raw name or value kept: `_method` percent-encoded whole is 21 bytes, and no
+    /// method a server honours is longer than a few letters.
+    const CAP: usize = 32;
+
+    pub fn new(method: http::Method) -> Self {
+        OverrideScan {
+            method,
+            name: Vec::new(),
+            value: Vec::new(),
+            in_value: false,
+        }
+    }
+
+    /// Takes the next bytes; `true` if a field they end overrides the method.
+    pub fn feed(&mut self, data: &[u8]) -> bool {
+        for &byte in data {
+            match byte {
+                b'&' => {
+                    if self.field_overrides() {
+                        return true;
+                    }
+                }
+                b'=' if !self.in_value => self.in_value = true,
+                _ => {
+                    let part = if self.in_value {
+                        &mut self.value
+                    } else {
+                        &mut self.name
+                    };
+                    // One byte past the cap marks the part as too long to matter.
+                    if part.len() <= Self::CAP {
+                        part.push(byte);
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// At the body's end: `true` if its last field overrides the method.
+    pub fn finish(&mut self) -> bool {
+        self.field_overrides()
+    }
+
+    fn field_overrides(&mut self) -> bool {
+        let decoded = |raw: &[u8]| -> Vec<u8> {
+            let spaced: Vec<u8> = raw
+                .iter()
+                .map(|&b| if b == b'+' { b' ' } else { b })
+                .collect();
+            percent_encoding::percent_decode(&spaced).collect()
+        };
+        let overrides = self.name.len() <= Self::CAP
+            && self.value.len() <= Self::CAP
+            && decoded(&self.name) == b"_method"
+            && {
+                let value = decoded(&self.value);
+                let value = value.trim_ascii();
+                !value.is_empty() && !value.eq_ignore_ascii_case(self.method.as_str().as_bytes())
+            };
+        self.name.clear();
+        self.value.clear();
+        self.in_value = false;
+        overrides
+    }
 }
 
 impl ForwardBody {
@@ -169,7 +261,51 @@ impl ForwardBody {
             state,
             token,
             carry: Vec::new(),
+            overrides: None,
+            held: None,
+            refused: false,
         }
+    }
+
+    /// Reads this form body's `_method` fields as it streams, refusing one that names another
+    /// method than `method` ([`OverrideScan`]).
+    pub fn refusing_method_overrides(mut self, method: http::Method) -> Self {
+        if self.inner.is_none() && self.buffered.is_none() && self.carry.is_empty() {
+            return self;
+        }
+        let mut scan = Box::new(OverrideScan::new(method));
+        // What was read ahead (`with_prefix`) is the body's start: read now, and its last byte
+        // held like any chunk's.
+        let ahead = self.buffered.take().unwrap_or_default();
+        if scan.feed(&ahead) || scan.feed(&self.carry) {
+            self.refuse_override();
+            return self;
+        }
+        self.overrides = Some(scan);
+        self.buffered = Some(self.hold_last(ahead)).filter(|b| !b.is_empty());
+        self
+    }
+
+    /// Stops the body for a method override: its next frame is the error.
+    fn refuse_override(&mut self) {
+        self.state.set(RequestBodyViolation::MethodOverride);
+        self.inner = None;
+        self.carry.clear();
+        self.held = None;
+        self.overrides = None;
+        self.refused = true;
+    }
+
+    /// With `overrides`, `send` less its last byte, after the byte held before (see `held`).
+    fn hold_last(&mut self, send: Bytes) -> Bytes {
+        if self.overrides.is_none() || (send.is_empty() && self.held.is_none()) {
+            return send;
+        }
+        let mut out = Vec::with_capacity(send.len() + 1);
+        out.extend(self.held.take());
+        out.extend_from_slice(&send);
+        self.held = out.pop();
+        Bytes::from(out)
     }
 
     pub fn empty(state: Arc<RequestBodyState>) -> Self {
@@ -210,6 +346,9 @@ impl ForwardBody {
             state,
             token: None,
             carry: Vec::new(),
+            overrides: None,
+            held: None,
+            refused: false,
         }
     }
 
@@ -249,6 +388,8 @@ impl ForwardBody {
                 // The caller's side failed, not the vendor's: the call is answered as such.
                 this.state.set(RequestBodyViolation::Broken);
                 this.inner = None;
+                this.overrides = None;
+                this.held = None;
                 Poll::Ready(Some(Err(error.into())))
             }
             Poll::Ready(Some(Ok(frame))) => {
@@ -261,15 +402,24 @@ impl ForwardBody {
                     if total > this.limit {
                         this.state.set(RequestBodyViolation::TooLarge);
                         this.inner = None;
+                        this.overrides = None;
+                        this.held = None;
                         return Poll::Ready(Some(Err(BodyError::RequestTooLarge(this.limit))));
                     }
                     let data = data.clone();
+                    if this.overrides.as_mut().is_some_and(|scan| scan.feed(&data)) {
+                        this.refuse_override();
+                        this.refused = false;
+                        return Poll::Ready(Some(Err(BodyError::MethodOverride)));
+                    }
                     return match this.release(&data) {
-                        Ok(send) => Poll::Ready(Some(Ok(Frame::data(send)))),
+                        Ok(send) => Poll::Ready(Some(Ok(Frame::data(this.hold_last(send))))),
                         Err(()) => {
                             this.state.set(RequestBodyViolation::CallerToken);
                             this.inner = None;
                             this.carry.clear();
+                            this.overrides = None;
+                            this.held = None;
                             Poll::Ready(Some(Err(BodyError::CallerTokenInBody)))
                         }
                     };
@@ -279,15 +429,23 @@ impl ForwardBody {
         }
     }
 
-    /// At the end of the body, what was held back is safe to send.
+    /// At the end of the body, what was held back is safe to send, unless the last form field
+    /// overrides the method.
     fn drain_carry(this: &mut Self) -> Option<Result<Frame<Bytes>, BodyError>> {
-        if this.carry.is_empty() {
-            None
-        } else {
-            Some(Ok(Frame::data(Bytes::from(std::mem::take(
-                &mut this.carry,
-            )))))
+        if std::mem::take(&mut this.refused) {
+            return Some(Err(BodyError::MethodOverride));
         }
+        if let Some(mut scan) = this.overrides.take() {
+            // Every byte was read as it came (the carry's too): only the last field is left.
+            if scan.finish() {
+                this.refuse_override();
+                this.refused = false;
+                return Some(Err(BodyError::MethodOverride));
+            }
+        }
+        let mut rest: Vec<u8> = this.held.take().into_iter().collect();
+        rest.append(&mut this.carry);
+        (!rest.is_empty()).then(|| Ok(Frame::data(Bytes::from(rest))))
     }
 }
 
@@ -326,6 +484,9 @@ impl Body for ForwardBody {
         // when the inner one has ended and nothing is held back.
         self.buffered.is_none()
             && self.carry.is_empty()
+            && self.held.is_none()
+            && self.overrides.is_none()
+            && !self.refused
             && self
                 .inner
                 .as_ref()
@@ -676,5 +837,123 @@ impl Body for GatewayBody {
             }
             GatewayBody::Stream(body) => body.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    fn overrides(fields: &[&[u8]]) -> bool {
+        let mut scan = OverrideScan::new(http::Method::POST);
+        fields.iter().any(|part| scan.feed(part)) || scan.finish()
+    }
+
+    /// `_method` is found as a server reads it: name percent-decoded (not case-folded, as Rack
+    /// and Laravel read it), value decoded and compared regardless of case, across any split.
+    #[test]
+    fn a_method_override_field_is_found_however_it_is_written_or_split() {
+        for body in [
+            &b"amount=1&_method=DELETE"[..],
+            b"_method=delete&amount=1",
+            b"a=1&%5Fmethod=PATCH",
+            b"a=1&_m%65thod=PUT&b=2",
+            b"_method=%44ELETE",
+            b"_method=+DELETE+",
+        ] {
+            assert!(overrides(&[body]), "{}", String::from_utf8_lossy(body));
+            for at in 1..body.len() {
+                assert!(overrides(&[&body[..at], &body[at..]]), "split at {at}");
+            }
+        }
+        for body in [
+            &b"amount=1&payment_method=pm_card_visa"[..],
+            b"_method=POST",
+            b"_method=post&x=1",
+            b"_method=",
+            b"_METHOD=DELETE",
+            b"method=DELETE",
+            b"note=_method%3DDELETE",
+        ] {
+            assert!(!overrides(&[body]), "{}", String::from_utf8_lossy(body));
+        }
+        // A name or value too long to be one is not one.
+        let long = format!("_method={}", "D".repeat(40));
+        assert!(!overrides(&[long.as_bytes()]));
+    }
+
+    async fn forwarded(body: ForwardBody) -> (Result<Vec<u8>, BodyError>, Vec<u8>) {
+        let mut sent = Vec::new();
+        let mut body = body;
+        loop {
+            match body.frame().await {
+                None => return (Ok(sent.clone()), sent),
+                Some(Ok(frame)) => sent.extend_from_slice(frame.data_ref().unwrap()),
+                Some(Err(error)) => return (Err(error), sent),
+            }
+        }
+    }
+
+    /// The body streams as it came, but its last byte waits for the end of the body: a field
+    /// that overrides the method is refused before the vendor has the whole body.
+    #[tokio::test]
+    async fn a_form_body_is_held_one_byte_short_until_its_end_clears_it() {
+        let state = || Arc::new(RequestBodyState::default());
+        let body = |text: &'static str| CallerBody::Read(Some(Bytes::from_static(text.as_bytes())));
+        let clean = ForwardBody::new(body("amount=1&_method=post"), 1 << 20, state(), None)
+            .refusing_method_overrides(http::Method::POST);
+        let (result, sent) = forwarded(clean).await;
+        assert_eq!(result.unwrap(), b"amount=1&_method=post");
+        assert_eq!(sent, b"amount=1&_method=post");
+
+        let shared = state();
+        let refused = ForwardBody::new(
+            body("amount=1&_method=DELETE"),
+            1 << 20,
+            shared.clone(),
+            None,
+        )
+        .refusing_method_overrides(http::Method::POST);
+        let (result, sent) = forwarded(refused).await;
+        assert!(matches!(result, Err(BodyError::MethodOverride)));
+        assert_eq!(sent, b"amount=1&_method=DELET", "the last byte never left");
+        assert_eq!(shared.violation(), RequestBodyViolation::MethodOverride);
+
+        // Read ahead (`with_prefix`), the field split between the prefix and the stream, with
+        // a caller token held back as well.
+        let prefixed = ForwardBody::with_prefix(
+            Bytes::from_static(b"amount=1&_me"),
+            body("thod=PATCH"),
+            1 << 20,
+            state(),
+            Some(b"pst_token"),
+        )
+        .refusing_method_overrides(http::Method::POST);
+        let (result, sent) = forwarded(prefixed).await;
+        assert!(matches!(result, Err(BodyError::MethodOverride)));
+        assert!(!sent.ends_with(b"PATCH"));
+        let prefixed = ForwardBody::with_prefix(
+            Bytes::from_static(b"amount=1&_me"),
+            body("thod=POST&b=2"),
+            1 << 20,
+            state(),
+            Some(b"pst_token"),
+        )
+        .refusing_method_overrides(http::Method::POST);
+        let (result, _) = forwarded(prefixed).await;
+        assert_eq!(result.unwrap(), b"amount=1&_method=POST&b=2");
+        // Wholly read ahead and overriding: refused at the first frame.
+        let ahead = ForwardBody::with_prefix(
+            Bytes::from_static(b"_method=DELETE&x=1"),
+            CallerBody::empty(),
+            1 << 20,
+            state(),
+            None,
+        )
+        .refusing_method_overrides(http::Method::POST);
+        let (result, sent) = forwarded(ahead).await;
+        assert!(matches!(result, Err(BodyError::MethodOverride)));
+        assert!(sent.is_empty());
     }
 }

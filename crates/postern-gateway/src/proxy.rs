@@ -344,12 +344,15 @@ fn pipeline<'a>(
         let body = std::mem::replace(request.body_mut(), CallerBody::empty());
         let (body, scan) = match &integration.config.data_classes {
             None => {
-                let body = ForwardBody::new(
+                let mut body = ForwardBody::new(
                     body,
                     integration.config.max_request_body_bytes,
                     context.request_body.clone(),
                     caller_token.as_deref(),
                 );
+                if form_post(request.method(), request.headers()) {
+                    body = body.refusing_method_overrides(request.method().clone());
+                }
                 (body, None)
             }
             Some(approved) => {
@@ -553,6 +556,29 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
     Ok(crate::h1::parse_length(length.as_bytes()))
 }
 
+/// The refusal of a form body whose `_method` field names another method than the request's.
+pub(crate) fn body_method_override() -> CallError {
+    CallError::bad_request(
+        "method_override_refused",
+        "the request's form body has a _method field naming another method than its own: a vendor that honours it (Rails, Laravel) would run an operation that was not authorized; send the request with the method it means",
+    )
+}
+
+/// Whether a request's form body is read for `_method` fields: a POST (the method those
+/// frameworks let a form override) whose `Content-Type` is a form.
+pub(crate) fn form_post(request_method: &http::Method, headers: &HeaderMap) -> bool {
+    request_method == http::Method::POST
+        && headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|essence| {
+                essence
+                    .trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+}
+
 /// The `Cookie` fields of `headers` as one, joined by "; ".
 fn join_cookies(headers: &mut HeaderMap) {
     let mut joined = Vec::new();
@@ -572,7 +598,8 @@ fn join_cookies(headers: &mut HeaderMap) {
 /// method (Google and Azure APIs honour the headers, Salesforce `_HttpMethod`, Rails and Laravel
 /// `_method`): the operation is authorized by the request's own method, so one naming another
 /// is refused. Query parameter names are matched percent-decoded and regardless of case. A
-/// `_method` in a form *body* (how Rails and Laravel usually take it) is not looked at.
+/// `_method` in a form POST's *body* (how Rails and Laravel usually take it) is looked for as the
+/// body streams ([`crate::body::OverrideScan`]).
 const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-http-method-override",
     "x-http-method",
@@ -1264,6 +1291,7 @@ async fn forward_replayable(
                     "caller_token_in_body",
                     "the request body contains the caller token; it is never forwarded to a vendor",
                 ),
+                RequestBodyViolation::MethodOverride => body_method_override(),
                 RequestBodyViolation::Broken | RequestBodyViolation::None => {
                     CallError::bad_request(
                         "request_body_error",
@@ -1426,6 +1454,7 @@ pub(crate) fn body_violation_error(context: &CallContext, limit: u64) -> Option<
             "caller_token_in_body",
             "the request body contains the caller token; it is never forwarded",
         )),
+        RequestBodyViolation::MethodOverride => Some(body_method_override()),
         RequestBodyViolation::Broken => Some(CallError::bad_request(
             "request_body_error",
             "the request body could not be read completely (malformed chunked framing, or the caller stopped sending it); nothing more of it was forwarded",

@@ -87,11 +87,25 @@ pub async fn scan_request(
             ));
         }
     }
+    // A form POST's `_method` field (read as it streams past what was read here).
+    let form_post = context
+        .method
+        .as_ref()
+        .filter(|method| crate::proxy::form_post(method, headers));
     let mut summary = ScanSummary::default();
     if !complete {
         summary.unscanned = Some("body larger than scan_max_body_bytes");
-        let forward = ForwardBody::with_prefix(bytes, body, limit, state, caller_token);
+        let mut forward = ForwardBody::with_prefix(bytes, body, limit, state, caller_token);
+        if let Some(method) = form_post {
+            forward = forward.refusing_method_overrides(method.clone());
+        }
         return Ok((forward, Some(summary)));
+    }
+    if let Some(method) = form_post {
+        let mut fields = crate::body::OverrideScan::new(method.clone());
+        if fields.feed(&bytes) || fields.finish() {
+            return Err((crate::proxy::body_method_override(), ScanSummary::default()));
+        }
     }
     state
         .bytes

@@ -3033,3 +3033,44 @@ async fn cookies_from_an_http2_caller_reach_an_http1_vendor_as_one_field() {
     assert_eq!(cookies, ["a=1; b=2"]);
     gw.stop().await;
 }
+
+/// A form POST whose body has a `_method` field naming another method (Rails and Laravel run
+/// it as that method) is refused before the vendor has the whole body; one with ordinary
+/// fields (`payment_method`, `_method=POST`) goes through untouched.
+#[tokio::test]
+async fn a_form_body_overriding_the_method_is_refused() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let post = |body: &'static str| {
+        client()
+            .post(format!("{}/stripe/v1/charges", gw.base))
+            .bearer_auth(&gw.token)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let fine = post("amount=100&payment_method=pm_card_visa&_method=POST")
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), 200);
+    assert_eq!(
+        vendor.last().body,
+        "amount=100&payment_method=pm_card_visa&_method=POST".as_bytes()
+    );
+    let seen = vendor.seen().len();
+    let refused = post("amount=100&_method=DELETE").await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_override_refused");
+    assert!(
+        vendor
+            .seen()
+            .iter()
+            .skip(seen)
+            .all(|request| !request.body.ends_with(b"_method=DELETE")),
+        "the vendor got the whole body"
+    );
+    let events = gw.wait_events(2).await;
+    assert_eq!(events[1]["reason"], "method_override_refused");
+    gw.stop().await;
+}

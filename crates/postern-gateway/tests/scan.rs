@@ -146,6 +146,20 @@ async fn form_encoded_values_are_found_and_redacted_over_their_encoding() {
             events[0]
         );
     }
+    // A scanned form body is read for a method override as well: refused whole.
+    let seen = vendor.seen().len();
+    let response = client()
+        .post(format!("{}/crm/contacts", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("name=ada&_method=DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_override_refused");
+    assert_eq!(vendor.seen().len(), seen);
     gw.stop().await;
 }
 
