@@ -221,9 +221,20 @@ impl OverrideScan {
                 .collect();
             percent_encoding::percent_decode(&spaced).collect()
         };
+        // The name as the frameworks read it: PHP drops leading spaces and reads `.` and a
+        // space as `_`; Rack 2 drops a leading `[` and a trailing `]`.
+        let name = || {
+            let name = decoded(&self.name);
+            let name = name.trim_ascii_start();
+            let name = name.strip_prefix(b"[").unwrap_or(name);
+            let name = name.strip_suffix(b"]").unwrap_or(name);
+            name.iter()
+                .map(|&b| if b == b'.' || b == b' ' { b'_' } else { b })
+                .collect::<Vec<u8>>()
+        };
         let overrides = self.name.len() <= Self::CAP
             && self.value.len() <= Self::CAP
-            && decoded(&self.name) == b"_method"
+            && name() == b"_method"
             && {
                 let value = decoded(&self.value);
                 let value = value.trim_ascii();
@@ -496,7 +507,9 @@ impl Body for ForwardBody {
 
     fn size_hint(&self) -> SizeHint {
         // What is in memory (a prefix already read, the tail held back), then the stream.
-        let held = self.carry.len() as u64 + self.buffered.as_ref().map_or(0, |b| b.len() as u64);
+        let held = self.carry.len() as u64
+            + self.buffered.as_ref().map_or(0, |b| b.len() as u64)
+            + u64::from(self.held.is_some());
         match &self.inner {
             Some(inner) => {
                 let inner = inner.size_hint();
@@ -861,6 +874,10 @@ mod tests {
             b"a=1&_m%65thod=PUT&b=2",
             b"_method=%44ELETE",
             b"_method=+DELETE+",
+            b"a=1&+_method=DELETE",
+            b".method=DELETE",
+            b"%2Emethod=DELETE",
+            b"[_method]=DELETE",
         ] {
             assert!(overrides(&[body]), "{}", String::from_utf8_lossy(body));
             for at in 1..body.len() {
@@ -883,13 +900,26 @@ mod tests {
         assert!(!overrides(&[long.as_bytes()]));
     }
 
+    /// The body's frames, checking at each step that its exact size hint is what is left to
+    /// send (the length an HTTP/1.1 vendor is told).
     async fn forwarded(body: ForwardBody) -> (Result<Vec<u8>, BodyError>, Vec<u8>) {
         let mut sent = Vec::new();
         let mut body = body;
+        let announced = body.size_hint().exact();
         loop {
             match body.frame().await {
-                None => return (Ok(sent.clone()), sent),
-                Some(Ok(frame)) => sent.extend_from_slice(frame.data_ref().unwrap()),
+                None => {
+                    if let Some(announced) = announced {
+                        assert_eq!(announced, sent.len() as u64, "size hint");
+                    }
+                    return (Ok(sent.clone()), sent);
+                }
+                Some(Ok(frame)) => {
+                    sent.extend_from_slice(frame.data_ref().unwrap());
+                    if let (Some(announced), Some(left)) = (announced, body.size_hint().exact()) {
+                        assert_eq!(announced, sent.len() as u64 + left, "size hint");
+                    }
+                }
                 Some(Err(error)) => return (Err(error), sent),
             }
         }

@@ -564,19 +564,23 @@ pub(crate) fn body_method_override() -> CallError {
     )
 }
 
-/// Whether a request's form body is read for `_method` fields: a POST (the method those
-/// frameworks let a form override) whose `Content-Type` is a form.
+/// Whether a request's body is read for `_method` fields: a POST (the method those frameworks
+/// let a form override) whose `Content-Type` is a form, or missing or empty (Rack parses such a
+/// body as a form too).
 pub(crate) fn form_post(request_method: &http::Method, headers: &HeaderMap) -> bool {
-    request_method == http::Method::POST
-        && headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(';').next())
-            .is_some_and(|essence| {
-                essence
-                    .trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
+    if request_method != http::Method::POST {
+        return false;
+    }
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return true;
+    };
+    let essence = value
+        .as_bytes()
+        .split(|&byte| byte == b';' || byte == b',')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    essence.is_empty() || essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
 }
 
 /// The `Cookie` fields of `headers` as one, joined by "; ".
