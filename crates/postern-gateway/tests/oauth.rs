@@ -47,8 +47,14 @@ fn vendor_handler(refused: Arc<Mutex<Vec<String>>>) -> Handler {
         if !token.starts_with("tok-") || refused.lock().unwrap().iter().any(|t| t == token) {
             return Answer::json(401, serde_json::json!({"error": "invalid_token"}));
         }
-        // Echoes of the access token, which may not reach the caller.
-        TestVendor::echoing_answer(&auth, token)
+        // Echoes of the access token, which may not reach the caller; and of the tokens it
+        // refused before (a purged token may come back in an answer to a call made with it).
+        let mut answer = TestVendor::echoing_answer(&auth, token);
+        let refused = refused.lock().unwrap().join(",");
+        if !refused.is_empty() {
+            answer.headers.push(("x-echo-refused", refused));
+        }
+        answer
     })
 }
 
@@ -293,6 +299,12 @@ async fn vendor_401_purges_and_re_mints_once() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    // The purged token stays among those filtered from the answers' headers.
+    assert!(
+        response.headers().get("x-echo-refused").is_none(),
+        "{:?}",
+        response.headers()
+    );
     assert_eq!(s.tokens.requests.load(Ordering::SeqCst), 2);
     let seen = s.vendor.seen();
     let posts: Vec<_> = seen.iter().filter(|r| r.method == "POST").collect();
