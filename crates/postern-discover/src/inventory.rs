@@ -55,6 +55,23 @@ pub enum Scheme {
 }
 
 impl Scheme {
+    /// A URL scheme or a log's `scheme` field, in any case: `http` and `ws`, `https` and `wss`.
+    pub fn parse(name: &str) -> Option<Scheme> {
+        match name.to_ascii_lowercase().as_str() {
+            "http" | "ws" => Some(Scheme::Http),
+            "https" | "wss" => Some(Scheme::Https),
+            _ => None,
+        }
+    }
+
+    /// 80 or 443.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Http => "http",

@@ -111,11 +111,7 @@ fn write_draft(out: &mut String, host: &DiscoveredHost, name: &str) -> std::fmt:
             Some(format!("# TODO: https assumed on port {port} (no call showed its scheme); if the host speaks plain HTTP there, use \"http://{upstream_host}:{port}\" and allow_plaintext = true")),
         ),
     };
-    let default_port = match scheme {
-        Scheme::Http => 80,
-        Scheme::Https => 443,
-    };
-    let upstream = match host.port == default_port {
+    let upstream = match host.port == scheme.default_port() {
         true => format!("{}://{upstream_host}", scheme.as_str()),
         false => format!("{}://{upstream_host}:{}", scheme.as_str(), host.port),
     };

@@ -317,14 +317,22 @@ impl Entry {
 /// `OTHER`. A method is the caller's free text, and the log is public and never forgets: a
 /// made-up one (`SSN-123-45-6789`, 16 KiB of anything) must not be written into it.
 fn logged_method(method: Option<&http::Method>) -> &'static str {
-    let Some(method) = method else { return "" };
-    const KNOWN: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    KNOWN
-        .into_iter()
-        .find(|known| *known == method.as_str())
-        .unwrap_or("OTHER")
+    use http::Method;
+    match method {
+        None => "",
+        Some(method) => match *method {
+            Method::GET => "GET",
+            Method::HEAD => "HEAD",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::DELETE => "DELETE",
+            Method::CONNECT => "CONNECT",
+            Method::OPTIONS => "OPTIONS",
+            Method::TRACE => "TRACE",
+            Method::PATCH => "PATCH",
+            _ => "OTHER",
+        },
+    }
 }
 
 /// The origin the log at `dir` is opened with: `configured` when set; else the one the log was

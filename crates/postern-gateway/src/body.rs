@@ -214,17 +214,10 @@ impl OverrideScan {
     }
 
     fn field_overrides(&mut self) -> bool {
-        let decoded = |raw: &[u8]| -> Vec<u8> {
-            let spaced: Vec<u8> = raw
-                .iter()
-                .map(|&b| if b == b'+' { b' ' } else { b })
-                .collect();
-            percent_encoding::percent_decode(&spaced).collect()
-        };
         // The name as the frameworks read it: PHP drops leading spaces and reads `.` and a
         // space as `_`; Rack 2 drops a leading `[` and a trailing `]`.
         let name = || {
-            let name = decoded(&self.name);
+            let name = form_decoded(&self.name);
             let name = name.trim_ascii_start();
             let name = name.strip_prefix(b"[").unwrap_or(name);
             let name = name.strip_suffix(b"]").unwrap_or(name);
@@ -236,7 +229,7 @@ impl OverrideScan {
             && self.value.len() <= Self::CAP
             && name() == b"_method"
             && {
-                let value = decoded(&self.value);
+                let value = form_decoded(&self.value);
                 let value = value.trim_ascii();
                 !value.is_empty() && !value.eq_ignore_ascii_case(self.method.as_str().as_bytes())
             };
@@ -245,6 +238,19 @@ impl OverrideScan {
         self.in_value = false;
         overrides
     }
+}
+
+/// A form (or query) name or value as a server reads it: `+` a space, `%XX` decoded; borrowed
+/// when it holds neither.
+pub(crate) fn form_decoded(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !raw.iter().any(|&byte| byte == b'%' || byte == b'+') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let spaced: Vec<u8> = raw
+        .iter()
+        .map(|&byte| if byte == b'+' { b' ' } else { byte })
+        .collect();
+    std::borrow::Cow::Owned(percent_encoding::percent_decode(&spaced).collect())
 }
 
 impl ForwardBody {
@@ -289,7 +295,8 @@ impl ForwardBody {
         // held like any chunk's.
         let ahead = self.buffered.take().unwrap_or_default();
         if scan.feed(&ahead) || scan.feed(&self.carry) {
-            self.refuse_override();
+            self.stop(RequestBodyViolation::MethodOverride);
+            self.refused = true;
             return self;
         }
         self.overrides = Some(scan);
@@ -297,14 +304,20 @@ impl ForwardBody {
         self
     }
 
-    /// Stops the body for a method override: its next frame is the error.
-    fn refuse_override(&mut self) {
-        self.state.set(RequestBodyViolation::MethodOverride);
+    /// Whether what was read ahead already overrides the method: the body's first frame is the
+    /// refusal, so nothing of it is sent.
+    pub fn is_refused(&self) -> bool {
+        self.refused
+    }
+
+    /// Stops the body for `violation` (or a broken caller side): nothing more is read, held or
+    /// sent.
+    fn stop(&mut self, violation: RequestBodyViolation) {
+        self.state.set(violation);
         self.inner = None;
         self.carry.clear();
         self.held = None;
         self.overrides = None;
-        self.refused = true;
     }
 
     /// With `overrides`, `send` less its last byte, after the byte held before (see `held`).
@@ -397,10 +410,7 @@ impl ForwardBody {
             }
             Poll::Ready(Some(Err(error))) => {
                 // The caller's side failed, not the vendor's: the call is answered as such.
-                this.state.set(RequestBodyViolation::Broken);
-                this.inner = None;
-                this.overrides = None;
-                this.held = None;
+                this.stop(RequestBodyViolation::Broken);
                 Poll::Ready(Some(Err(error.into())))
             }
             Poll::Ready(Some(Ok(frame))) => {
@@ -411,26 +421,18 @@ impl ForwardBody {
                         .fetch_add(data.len() as u64, Ordering::Relaxed)
                         + data.len() as u64;
                     if total > this.limit {
-                        this.state.set(RequestBodyViolation::TooLarge);
-                        this.inner = None;
-                        this.overrides = None;
-                        this.held = None;
+                        this.stop(RequestBodyViolation::TooLarge);
                         return Poll::Ready(Some(Err(BodyError::RequestTooLarge(this.limit))));
                     }
                     let data = data.clone();
                     if this.overrides.as_mut().is_some_and(|scan| scan.feed(&data)) {
-                        this.refuse_override();
-                        this.refused = false;
+                        this.stop(RequestBodyViolation::MethodOverride);
                         return Poll::Ready(Some(Err(BodyError::MethodOverride)));
                     }
                     return match this.release(&data) {
                         Ok(send) => Poll::Ready(Some(Ok(Frame::data(this.hold_last(send))))),
                         Err(()) => {
-                            this.state.set(RequestBodyViolation::CallerToken);
-                            this.inner = None;
-                            this.carry.clear();
-                            this.overrides = None;
-                            this.held = None;
+                            this.stop(RequestBodyViolation::CallerToken);
                             Poll::Ready(Some(Err(BodyError::CallerTokenInBody)))
                         }
                     };
@@ -449,8 +451,7 @@ impl ForwardBody {
         if let Some(mut scan) = this.overrides.take() {
             // Every byte was read as it came (the carry's too): only the last field is left.
             if scan.finish() {
-                this.refuse_override();
-                this.refused = false;
+                this.stop(RequestBodyViolation::MethodOverride);
                 return Some(Err(BodyError::MethodOverride));
             }
         }
@@ -952,36 +953,28 @@ mod tests {
 
         // Read ahead (`with_prefix`), the field split between the prefix and the stream, with
         // a caller token held back as well.
-        let prefixed = ForwardBody::with_prefix(
-            Bytes::from_static(b"amount=1&_me"),
+        let prefixed = |ahead: &'static [u8], rest: CallerBody, token: Option<&[u8]>| {
+            ForwardBody::with_prefix(Bytes::from_static(ahead), rest, 1 << 20, state(), token)
+                .refusing_method_overrides(http::Method::POST)
+        };
+        let (result, sent) = forwarded(prefixed(
+            b"amount=1&_me",
             body("thod=PATCH"),
-            1 << 20,
-            state(),
             Some(b"pst_token"),
-        )
-        .refusing_method_overrides(http::Method::POST);
-        let (result, sent) = forwarded(prefixed).await;
+        ))
+        .await;
         assert!(matches!(result, Err(BodyError::MethodOverride)));
         assert!(!sent.ends_with(b"PATCH"));
-        let prefixed = ForwardBody::with_prefix(
-            Bytes::from_static(b"amount=1&_me"),
+        let (result, _) = forwarded(prefixed(
+            b"amount=1&_me",
             body("thod=POST&b=2"),
-            1 << 20,
-            state(),
             Some(b"pst_token"),
-        )
-        .refusing_method_overrides(http::Method::POST);
-        let (result, _) = forwarded(prefixed).await;
+        ))
+        .await;
         assert_eq!(result.unwrap(), b"amount=1&_method=POST&b=2");
         // Wholly read ahead and overriding: refused at the first frame.
-        let ahead = ForwardBody::with_prefix(
-            Bytes::from_static(b"_method=DELETE&x=1"),
-            CallerBody::empty(),
-            1 << 20,
-            state(),
-            None,
-        )
-        .refusing_method_overrides(http::Method::POST);
+        let ahead = prefixed(b"_method=DELETE&x=1", CallerBody::empty(), None);
+        assert!(ahead.is_refused());
         let (result, sent) = forwarded(ahead).await;
         assert!(matches!(result, Err(BodyError::MethodOverride)));
         assert!(sent.is_empty());

@@ -396,7 +396,6 @@ impl RunningGateway {
         // The vault first: a wrong or missing master key refuses start before anything is written.
         let vault = Arc::new(Vault::open(&data_dir)?);
         let admin_token_sha256 = admin_token_hash(&config, &data_dir)?;
-        refuse_admin_token_for_callers(&config, &admin_token_sha256)?;
         let audit = audit::Audit::open(
             &data_dir,
             config.gateway.audit_origin.as_deref(),
@@ -588,7 +587,6 @@ impl RunningGateway {
                 .lock()
                 .expect("admin token lock"),
         };
-        refuse_admin_token_for_callers(&config, &hash)?;
         let max_age_days = config.gateway.credential_max_age_days;
         notes.extend(self.shared.rebuild(Some((config, hash)))?);
         self.shared
@@ -877,10 +875,14 @@ pub fn admin_token_hash(config: &Config, data_dir: &Path) -> anyhow::Result<[u8;
     Ok(Sha256::digest(token.as_bytes()).into())
 }
 
-/// Refuses a config whose caller has the admin token's hash. `postern check` refuses one equal
-/// to a configured `admin_token_sha256`; this covers the token generated into
-/// `<data_dir>/admin-token`, which only the gateway reads.
-fn refuse_admin_token_for_callers(config: &Config, admin: &[u8; 32]) -> anyhow::Result<()> {
+/// Refuses a config whose caller has the admin token's hash ([`runtime::Runtime::build`], so at
+/// start, reload and every vault refresh). `postern check` refuses one equal to a configured
+/// `admin_token_sha256`; this covers the token generated into `<data_dir>/admin-token`, which
+/// only the gateway reads.
+pub(crate) fn refuse_admin_token_for_callers(
+    config: &Config,
+    admin: &[u8; 32],
+) -> anyhow::Result<()> {
     let admin = hex::encode(admin);
     match config
         .callers

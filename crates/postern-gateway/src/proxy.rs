@@ -25,7 +25,7 @@ use postern_policy::{AuthzRequest, Reason};
 
 use crate::audit::Outcome;
 use crate::body::{
-    ForwardBody, GatewayBody, PendingAudit, RequestBodyViolation, ResponseBody, Stall,
+    form_decoded, ForwardBody, GatewayBody, PendingAudit, RequestBodyViolation, ResponseBody, Stall,
 };
 use crate::context::{AuthMethod, CallContext, ConnectionInfo};
 use crate::error::CallError;
@@ -624,22 +624,13 @@ fn method_override(request: &Request<CallerBody>) -> Option<String> {
     }
     request.uri().query()?.split('&').find_map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = form_decoded(name);
+        let name = form_decoded(name.as_bytes());
         let overrides = METHOD_OVERRIDE_PARAMS
             .iter()
             .any(|known| name.eq_ignore_ascii_case(known.as_bytes()));
-        (overrides && other(&form_decoded(value)))
+        (overrides && other(&form_decoded(value.as_bytes())))
             .then(|| format!("query parameter {}", String::from_utf8_lossy(&name)))
     })
-}
-
-/// A query name or value as a server reads it: `+` a space, `%XX` decoded (borrowed when it
-/// holds neither).
-fn form_decoded(text: &str) -> std::borrow::Cow<'_, [u8]> {
-    if !text.bytes().any(|byte| byte == b'%' || byte == b'+') {
-        return std::borrow::Cow::Borrowed(text.as_bytes());
-    }
-    std::borrow::Cow::Owned(percent_encoding::percent_decode_str(&text.replace('+', " ")).collect())
 }
 
 /// Refuses a request whose header section is larger than its integration allows
@@ -1190,10 +1181,7 @@ fn strip_path_parameters(path: &str) -> String {
 /// value would take over the injected one.
 fn query_name_is(pair: &str, name: &str) -> bool {
     let raw = pair.split('=').next().unwrap_or(pair);
-    if !raw.bytes().any(|byte| byte == b'%' || byte == b'+') {
-        return raw == name;
-    }
-    percent_encoding::percent_decode_str(&raw.replace('+', " ")).eq(name.bytes())
+    *form_decoded(raw.as_bytes()) == *name.as_bytes()
 }
 
 /// Whether a request header carries the caller `token`: in its value, as it stands or
@@ -1279,31 +1267,20 @@ async fn forward_replayable(
 ) -> Result<Response<UpstreamBody>, CallError> {
     use http_body_util::BodyExt as _;
     let (parts, body) = request.into_parts();
-    let bytes =
-        match body.collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => return Err(match context.request_body.violation() {
-                RequestBodyViolation::TooLarge => CallError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request_too_large",
-                    format!(
-                        "the request body exceeds max_request_body_bytes ({}); send a smaller body",
-                        integration.config.max_request_body_bytes
-                    ),
-                ),
-                RequestBodyViolation::CallerToken => CallError::bad_request(
-                    "caller_token_in_body",
-                    "the request body contains the caller token; it is never forwarded to a vendor",
-                ),
-                RequestBodyViolation::MethodOverride => body_method_override(),
-                RequestBodyViolation::Broken | RequestBodyViolation::None => {
-                    CallError::bad_request(
-                        "request_body_error",
-                        "the request body could not be read completely",
-                    )
-                }
-            }),
-        };
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return Err(
+                body_violation_error(context, integration.config.max_request_body_bytes)
+                    .unwrap_or_else(|| {
+                        CallError::bad_request(
+                            "request_body_error",
+                            "the request body could not be read completely",
+                        )
+                    }),
+            )
+        }
+    };
     let body_state = context.request_body.clone();
     let build = |authorization: HeaderValue| {
         let mut request = Request::new(ForwardBody::full(bytes.clone(), body_state.clone()));

@@ -422,6 +422,9 @@ impl Runtime {
             Some(vault) => vault.generation().unwrap_or(-1),
             None => 0,
         };
+        // A caller's token never opens the admin API: the config's callers, here; the vault's
+        // tokens, below.
+        crate::refuse_admin_token_for_callers(&config, &inputs.admin_token_sha256)?;
         let store_tokens = match inputs.vault {
             Some(vault) => vault.caller_tokens().map_err(|error| {
                 anyhow::anyhow!("reading caller tokens from the vault: {error}")
@@ -453,8 +456,6 @@ impl Runtime {
 
         // Tokens issued at run time (`postern callers rotate`) for callers the config declares.
         for token in store_tokens.iter().filter(|t| !t.revoked) {
-            // A caller's token never opens the admin API (the config's are checked at start and
-            // reload; these come from the vault, at any time).
             if token.token_sha256 == inputs.admin_token_sha256 {
                 anyhow::bail!(
                     "a caller token in the vault, for caller `{}`, has the admin token's hash: issue the caller another (`postern callers rotate {}`, which revokes it)",

@@ -95,15 +95,13 @@ pub async fn scan_request(
     let mut summary = ScanSummary::default();
     if !complete {
         summary.unscanned = Some("body larger than scan_max_body_bytes");
-        if let Some(method) = form_post {
-            // Refused now if what was read already overrides: nothing is sent.
-            if crate::body::OverrideScan::new(method.clone()).feed(&bytes) {
-                return Err((crate::proxy::body_method_override(), ScanSummary::default()));
-            }
-        }
         let mut forward = ForwardBody::with_prefix(bytes, body, limit, state, caller_token);
         if let Some(method) = form_post {
             forward = forward.refusing_method_overrides(method.clone());
+            // Refused now if what was read already overrides: nothing is sent.
+            if forward.is_refused() {
+                return Err((crate::proxy::body_method_override(), ScanSummary::default()));
+            }
         }
         return Ok((forward, Some(summary)));
     }

@@ -42,14 +42,7 @@ fn host_field(object: &Object, keys: &[&str]) -> Option<(String, Option<u16>)> {
 
 /// A `scheme` field: `http` or `https` (`ws`, `wss` alike); anything else is not one.
 fn scheme_field(object: &Object) -> Option<Scheme> {
-    match text(object, &["scheme", ":scheme"])?
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "http" | "ws" => Some(Scheme::Http),
-        "https" | "wss" => Some(Scheme::Https),
-        _ => None,
-    }
+    Scheme::parse(&text(object, &["scheme", ":scheme"])?)
 }
 
 /// The port of an `IP:port` field such as `$upstream_addr` or Envoy's `upstream_host`
@@ -83,11 +76,9 @@ pub(super) fn parse_nginx_json(line: &str, options: &ImportOptions) -> Result<Ob
     let absolute = request
         .as_ref()
         .and_then(|(_, target)| split_absolute_url(target));
-    let scheme = scheme_field(&object).or_else(|| absolute.as_ref().map(|(_, _, scheme)| *scheme));
-    let scheme_port = scheme_field(&object).map(|scheme| match scheme {
-        Scheme::Http => 80,
-        Scheme::Https => 443,
-    });
+    let logged_scheme = scheme_field(&object);
+    let scheme = logged_scheme.or_else(|| absolute.as_ref().map(|(_, _, scheme)| *scheme));
+    let scheme_port = logged_scheme.map(Scheme::default_port);
     let destination = match host_field(&object, &["host", "http_host", "proxy_host"]) {
         Some((host, port)) => {
             let port = port

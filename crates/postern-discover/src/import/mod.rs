@@ -274,11 +274,8 @@ fn is_host(host: &str) -> bool {
 /// scheme (`ws` counts as `http`, `wss` as `https`).
 fn split_absolute_url(url: &str) -> Option<((String, u16), String, Scheme)> {
     let (scheme, rest) = url.split_once("://")?;
-    let (default_port, scheme) = match scheme.to_ascii_lowercase().as_str() {
-        "http" | "ws" => (80, Scheme::Http),
-        "https" | "wss" => (443, Scheme::Https),
-        _ => return None,
-    };
+    let scheme = Scheme::parse(scheme)?;
+    let default_port = scheme.default_port();
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
