@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use memchr::memmem;
 
+use crate::overrides::OverrideScan;
 use crate::record::PendingRecord;
 use crate::upstream::UpstreamBody;
 
@@ -30,7 +31,7 @@ pub enum RequestBodyViolation {
     CallerToken = 2,
     /// The caller's body broke off: malformed chunked framing, or the caller stopped sending.
     Broken = 3,
-    /// A form body's `_method` field names another method than the request's.
+    /// A body's `_method` field (form, multipart or JSON) names another method than the request's.
     MethodOverride = 4,
 }
 
@@ -72,7 +73,7 @@ pub enum BodyError {
     RequestTooLarge(u64),
     #[error("request body contains the caller's Postern token; refusing to forward it")]
     CallerTokenInBody,
-    #[error("the form body's _method field names another method than the request's")]
+    #[error("the body's _method field names another method than the request's")]
     MethodOverride,
     #[error("response body exceeds max_response_body_bytes ({0} bytes)")]
     ResponseTooLarge(u64),
@@ -147,7 +148,8 @@ pub struct ForwardBody {
     token: Option<Box<memmem::Finder<'static>>>,
     /// The tail of the previous chunk, so a token split across chunks is still found.
     carry: Vec<u8>,
-    /// For a form body: its `_method` fields, read as they stream ([`OverrideScan`]).
+    /// For a POST body its server may read a `_method` from: read as it streams
+    /// ([`OverrideScan`]).
     overrides: Option<Box<OverrideScan>>,
     /// The last byte released so far, held while `overrides` has not seen the body's end: a
     /// vendor acts on a body only once it has all of it, so the refusal of a `_method` in the
@@ -155,102 +157,6 @@ pub struct ForwardBody {
     held: Option<u8>,
     /// A method override was found: the next frame is the refusal.
     refused: bool,
-}
-
-/// Reads a form body's fields as it streams, for a `_method` (Rails', Laravel's method override,
-/// name percent-decoded) naming another method than the request's: the operation was granted
-/// for the request's own method. Keeps only the current field's name and value, each capped.
-#[derive(Debug)]
-pub struct OverrideScan {
-    method: http::Method,
-    name: Vec<u8>,
-    value: Vec<u8>,
-    in_value: bool,
-}
-
-impl OverrideScan {
-    /// Longest raw name or value kept: `_method` percent-encoded whole is 21 bytes, and no
-    /// method a server honours is longer than a few letters.
-    const CAP: usize = 32;
-
-    pub fn new(method: http::Method) -> Self {
-        OverrideScan {
-            method,
-            name: Vec::new(),
-            value: Vec::new(),
-            in_value: false,
-        }
-    }
-
-    /// Takes the next bytes; `true` if a field they end overrides the method.
-    pub fn feed(&mut self, data: &[u8]) -> bool {
-        for &byte in data {
-            match byte {
-                b'&' => {
-                    if self.field_overrides() {
-                        return true;
-                    }
-                }
-                b'=' if !self.in_value => self.in_value = true,
-                _ => {
-                    let part = if self.in_value {
-                        &mut self.value
-                    } else {
-                        &mut self.name
-                    };
-                    // One byte past the cap marks the part as too long to matter.
-                    if part.len() <= Self::CAP {
-                        part.push(byte);
-                    }
-                }
-            }
-        }
-        false
-    }
-
-    /// At the body's end: `true` if its last field overrides the method.
-    pub fn finish(&mut self) -> bool {
-        self.field_overrides()
-    }
-
-    fn field_overrides(&mut self) -> bool {
-        // The name as the frameworks read it: PHP drops leading spaces and reads `.` and a
-        // space as `_`; Rack 2 drops a leading `[` and a trailing `]`.
-        let name = || {
-            let name = form_decoded(&self.name);
-            let name = name.trim_ascii_start();
-            let name = name.strip_prefix(b"[").unwrap_or(name);
-            let name = name.strip_suffix(b"]").unwrap_or(name);
-            name.iter()
-                .map(|&b| if b == b'.' || b == b' ' { b'_' } else { b })
-                .collect::<Vec<u8>>()
-        };
-        let overrides = self.name.len() <= Self::CAP
-            && self.value.len() <= Self::CAP
-            && name() == b"_method"
-            && {
-                let value = form_decoded(&self.value);
-                let value = value.trim_ascii();
-                !value.is_empty() && !value.eq_ignore_ascii_case(self.method.as_str().as_bytes())
-            };
-        self.name.clear();
-        self.value.clear();
-        self.in_value = false;
-        overrides
-    }
-}
-
-/// A form (or query) name or value as a server reads it: `+` a space, `%XX` decoded; borrowed
-/// when it holds neither.
-pub(crate) fn form_decoded(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if !raw.iter().any(|&byte| byte == b'%' || byte == b'+') {
-        return std::borrow::Cow::Borrowed(raw);
-    }
-    let spaced: Vec<u8> = raw
-        .iter()
-        .map(|&byte| if byte == b'+' { b' ' } else { byte })
-        .collect();
-    std::borrow::Cow::Owned(percent_encoding::percent_decode(&spaced).collect())
 }
 
 impl ForwardBody {
@@ -284,13 +190,13 @@ impl ForwardBody {
         }
     }
 
-    /// Reads this form body's `_method` fields as it streams, refusing one that names another
-    /// method than `method` ([`OverrideScan`]).
-    pub fn refusing_method_overrides(mut self, method: http::Method) -> Self {
+    /// Reads this body with `scan` as it streams, refusing it when a `_method` field names
+    /// another method than the request's ([`OverrideScan`]).
+    pub fn refusing_method_overrides(mut self, scan: OverrideScan) -> Self {
         if self.inner.is_none() && self.buffered.is_none() && self.carry.is_empty() {
             return self;
         }
-        let mut scan = Box::new(OverrideScan::new(method));
+        let mut scan = Box::new(scan);
         // What was read ahead (`with_prefix`) is the body's start: read now, and its last byte
         // held like any chunk's.
         let ahead = self.buffered.take().unwrap_or_default();
@@ -859,48 +765,6 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt as _;
 
-    fn overrides(fields: &[&[u8]]) -> bool {
-        let mut scan = OverrideScan::new(http::Method::POST);
-        fields.iter().any(|part| scan.feed(part)) || scan.finish()
-    }
-
-    /// `_method` is found as a server reads it: name percent-decoded (not case-folded, as Rack
-    /// and Laravel read it), value decoded and compared regardless of case, across any split.
-    #[test]
-    fn a_method_override_field_is_found_however_it_is_written_or_split() {
-        for body in [
-            &b"amount=1&_method=DELETE"[..],
-            b"_method=delete&amount=1",
-            b"a=1&%5Fmethod=PATCH",
-            b"a=1&_m%65thod=PUT&b=2",
-            b"_method=%44ELETE",
-            b"_method=+DELETE+",
-            b"a=1&+_method=DELETE",
-            b".method=DELETE",
-            b"%2Emethod=DELETE",
-            b"[_method]=DELETE",
-        ] {
-            assert!(overrides(&[body]), "{}", String::from_utf8_lossy(body));
-            for at in 1..body.len() {
-                assert!(overrides(&[&body[..at], &body[at..]]), "split at {at}");
-            }
-        }
-        for body in [
-            &b"amount=1&payment_method=pm_card_visa"[..],
-            b"_method=POST",
-            b"_method=post&x=1",
-            b"_method=",
-            b"_METHOD=DELETE",
-            b"method=DELETE",
-            b"note=_method%3DDELETE",
-        ] {
-            assert!(!overrides(&[body]), "{}", String::from_utf8_lossy(body));
-        }
-        // A name or value too long to be one is not one.
-        let long = format!("_method={}", "D".repeat(40));
-        assert!(!overrides(&[long.as_bytes()]));
-    }
-
     /// The body's frames, checking at each step that its exact size hint is what is left to
     /// send (the length an HTTP/1.1 vendor is told).
     async fn forwarded(body: ForwardBody) -> (Result<Vec<u8>, BodyError>, Vec<u8>) {
@@ -933,7 +797,7 @@ mod tests {
         let state = || Arc::new(RequestBodyState::default());
         let body = |text: &'static str| CallerBody::Read(Some(Bytes::from_static(text.as_bytes())));
         let clean = ForwardBody::new(body("amount=1&_method=post"), 1 << 20, state(), None)
-            .refusing_method_overrides(http::Method::POST);
+            .refusing_method_overrides(OverrideScan::form(http::Method::POST));
         let (result, sent) = forwarded(clean).await;
         assert_eq!(result.unwrap(), b"amount=1&_method=post");
         assert_eq!(sent, b"amount=1&_method=post");
@@ -945,7 +809,7 @@ mod tests {
             shared.clone(),
             None,
         )
-        .refusing_method_overrides(http::Method::POST);
+        .refusing_method_overrides(OverrideScan::form(http::Method::POST));
         let (result, sent) = forwarded(refused).await;
         assert!(matches!(result, Err(BodyError::MethodOverride)));
         assert_eq!(sent, b"amount=1&_method=DELET", "the last byte never left");
@@ -955,7 +819,7 @@ mod tests {
         // a caller token held back as well.
         let prefixed = |ahead: &'static [u8], rest: CallerBody, token: Option<&[u8]>| {
             ForwardBody::with_prefix(Bytes::from_static(ahead), rest, 1 << 20, state(), token)
-                .refusing_method_overrides(http::Method::POST)
+                .refusing_method_overrides(OverrideScan::form(http::Method::POST))
         };
         let (result, sent) = forwarded(prefixed(
             b"amount=1&_me",

@@ -75,6 +75,7 @@ pub mod intercept;
 pub mod listener;
 pub mod metrics;
 pub mod oauth;
+pub mod overrides;
 pub mod proxy;
 pub mod record;
 pub mod runtime;

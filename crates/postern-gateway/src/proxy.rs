@@ -25,13 +25,14 @@ use postern_policy::{AuthzRequest, Reason};
 
 use crate::audit::Outcome;
 use crate::body::{
-    form_decoded, ForwardBody, GatewayBody, PendingAudit, RequestBodyViolation, ResponseBody, Stall,
+    ForwardBody, GatewayBody, PendingAudit, RequestBodyViolation, ResponseBody, Stall,
 };
 use crate::context::{AuthMethod, CallContext, ConnectionInfo};
 use crate::error::CallError;
 use crate::events::Decision;
 use crate::listener::{Malformed, OnMalformed};
 use crate::oauth::TokenSource;
+use crate::overrides::{form_decoded, method_override, OverrideScan};
 use crate::record::PendingRecord;
 use crate::runtime::{Injector, IntegrationRuntime, Runtime};
 use crate::upstream::{ConnectError, UpstreamBody, UpstreamError};
@@ -350,8 +351,8 @@ fn pipeline<'a>(
                     context.request_body.clone(),
                     caller_token.as_deref(),
                 );
-                if form_post(request.method(), request.headers()) {
-                    body = body.refusing_method_overrides(request.method().clone());
+                if let Some(scan) = OverrideScan::for_request(request.method(), request.headers()) {
+                    body = body.refusing_method_overrides(scan);
                 }
                 (body, None)
             }
@@ -556,33 +557,6 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
     Ok(crate::h1::parse_length(length.as_bytes()))
 }
 
-/// The refusal of a form body whose `_method` field names another method than the request's.
-pub(crate) fn body_method_override() -> CallError {
-    CallError::bad_request(
-        "method_override_refused",
-        "the request's form body has a _method field naming another method than its own: a vendor that honours it (Rails, Laravel) would run an operation that was not authorized; send the request with the method it means",
-    )
-}
-
-/// Whether a request's body is read for `_method` fields: a POST (the method those frameworks
-/// let a form override) whose `Content-Type` is a form, or missing or empty (Rack parses such a
-/// body as a form too).
-pub(crate) fn form_post(request_method: &http::Method, headers: &HeaderMap) -> bool {
-    if request_method != http::Method::POST {
-        return false;
-    }
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return true;
-    };
-    let essence = value
-        .as_bytes()
-        .split(|&byte| byte == b';' || byte == b',')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    essence.is_empty() || essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
-}
-
 /// The `Cookie` fields of `headers` as one, joined by "; ".
 fn join_cookies(headers: &mut HeaderMap) {
     let mut joined = Vec::new();
@@ -596,41 +570,6 @@ fn join_cookies(headers: &mut HeaderMap) {
     if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, value);
     }
-}
-
-/// Headers and query parameters with which a request asks its server to treat it as another
-/// method (Google and Azure APIs honour the headers, Salesforce `_HttpMethod`, Rails and Laravel
-/// `_method`): the operation is authorized by the request's own method, so one naming another
-/// is refused. Query parameter names are matched percent-decoded and regardless of case. A
-/// `_method` in a form POST's *body* (how Rails and Laravel usually take it) is looked for as the
-/// body streams ([`crate::body::OverrideScan`]).
-const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-const METHOD_OVERRIDE_PARAMS: [&str; 2] = ["_method", "_httpmethod"];
-
-/// The header or query parameter (named, never its value) of `request` that names a method other
-/// than the request's own.
-fn method_override(request: &Request<CallerBody>) -> Option<String> {
-    let method = request.method().as_str().as_bytes();
-    let other = |value: &[u8]| !value.trim_ascii().eq_ignore_ascii_case(method);
-    for (name, value) in request.headers() {
-        let name = name.as_str();
-        if name.len() >= 13 && METHOD_OVERRIDE_HEADERS.contains(&name) && other(value.as_bytes()) {
-            return Some(format!("header {name}"));
-        }
-    }
-    request.uri().query()?.split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = form_decoded(name.as_bytes());
-        let overrides = METHOD_OVERRIDE_PARAMS
-            .iter()
-            .any(|known| name.eq_ignore_ascii_case(known.as_bytes()));
-        (overrides && other(&form_decoded(value.as_bytes())))
-            .then(|| format!("query parameter {}", String::from_utf8_lossy(&name)))
-    })
 }
 
 /// Refuses a request whose header section is larger than its integration allows
@@ -1435,7 +1374,7 @@ pub(crate) fn body_violation_error(context: &CallContext, limit: u64) -> Option<
             "caller_token_in_body",
             "the request body contains the caller token; it is never forwarded",
         )),
-        RequestBodyViolation::MethodOverride => Some(body_method_override()),
+        RequestBodyViolation::MethodOverride => Some(crate::overrides::body_method_override()),
         RequestBodyViolation::Broken => Some(CallError::bad_request(
             "request_body_error",
             "the request body could not be read completely (malformed chunked framing, or the caller stopped sending it); nothing more of it was forwarded",

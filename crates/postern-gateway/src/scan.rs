@@ -22,6 +22,7 @@ use std::task::Poll;
 use crate::body::{ForwardBody, Overdue, Stall};
 use crate::context::CallContext;
 use crate::error::CallError;
+use crate::overrides::{body_method_override, OverrideScan};
 use crate::runtime::IntegrationRuntime;
 
 /// What the scan found in one direction.
@@ -87,28 +88,27 @@ pub async fn scan_request(
             ));
         }
     }
-    // A form POST's `_method` field (read as it streams past what was read here).
-    let form_post = context
+    // A POST body's `_method` field (read as it streams past what was read here).
+    let overrides = context
         .method
         .as_ref()
-        .filter(|method| crate::proxy::form_post(method, headers));
+        .and_then(|method| OverrideScan::for_request(method, headers));
     let mut summary = ScanSummary::default();
     if !complete {
         summary.unscanned = Some("body larger than scan_max_body_bytes");
         let mut forward = ForwardBody::with_prefix(bytes, body, limit, state, caller_token);
-        if let Some(method) = form_post {
-            forward = forward.refusing_method_overrides(method.clone());
+        if let Some(scan) = overrides {
+            forward = forward.refusing_method_overrides(scan);
             // Refused now if what was read already overrides: nothing is sent.
             if forward.is_refused() {
-                return Err((crate::proxy::body_method_override(), ScanSummary::default()));
+                return Err((body_method_override(), ScanSummary::default()));
             }
         }
         return Ok((forward, Some(summary)));
     }
-    if let Some(method) = form_post {
-        let mut fields = crate::body::OverrideScan::new(method.clone());
-        if fields.feed(&bytes) || fields.finish() {
-            return Err((crate::proxy::body_method_override(), ScanSummary::default()));
+    if let Some(mut scan) = overrides {
+        if scan.feed(&bytes) || scan.finish() {
+            return Err((body_method_override(), ScanSummary::default()));
         }
     }
     state

@@ -3034,9 +3034,10 @@ async fn cookies_from_an_http2_caller_reach_an_http1_vendor_as_one_field() {
     gw.stop().await;
 }
 
-/// A form POST whose body has a `_method` field naming another method (Rails and Laravel run
-/// it as that method) is refused before the vendor has the whole body; one with ordinary
-/// fields (`payment_method`, `_method=POST`) goes through untouched.
+/// A POST whose body has a `_method` field naming another method (Rails and Laravel run it as
+/// that method) is refused before the vendor has the whole body, in a form, a multipart part or
+/// a JSON body's top level; one with ordinary fields (`payment_method`, `_method=POST`, the
+/// words inside a value or a nested object) goes through untouched.
 #[tokio::test]
 async fn a_form_body_overriding_the_method_is_refused() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
@@ -3072,5 +3073,49 @@ async fn a_form_body_overriding_the_method_is_refused() {
     );
     let events = gw.wait_events(2).await;
     assert_eq!(events[1]["reason"], "method_override_refused");
+
+    // The same field in a multipart part and as a JSON body's top-level key (Laravel reads a
+    // JSON body as its input); the same words anywhere else pass.
+    let post_as = |content_type: &'static str, body: &'static str| {
+        client()
+            .post(format!("{}/stripe/v1/charges", gw.base))
+            .bearer_auth(&gw.token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let multipart = "multipart/form-data; boundary=b0und";
+    for (content_type, body) in [
+        (
+            multipart,
+            "--b0und\r\nContent-Disposition: form-data; name=\"amount\"\r\n\r\n100\r\n--b0und\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b0und--\r\n",
+        ),
+        ("application/json", r#"{"amount":100,"_method":"DELETE"}"#),
+    ] {
+        let seen = vendor.seen().len();
+        let refused = post_as(content_type, body).await.unwrap();
+        assert_eq!(refused.status(), 400, "{content_type}");
+        let answer: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "method_override_refused");
+        assert!(
+            vendor
+                .seen()
+                .iter()
+                .skip(seen)
+                .all(|request| request.body.len() < body.len()),
+            "the vendor got the whole {content_type} body"
+        );
+    }
+    for (content_type, body) in [
+        (
+            multipart,
+            "--b0und\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n_method=DELETE\r\n--b0und--\r\n",
+        ),
+        ("application/json", r#"{"metadata":{"_method":"DELETE"}}"#),
+    ] {
+        let fine = post_as(content_type, body).await.unwrap();
+        assert_eq!(fine.status(), 200, "{content_type}");
+        assert_eq!(vendor.last().body, body.as_bytes());
+    }
     gw.stop().await;
 }

@@ -1,0 +1,785 @@
+//! Method overrides: the ways a request asks its server to treat it as another method.
+//!
+//! An operation is authorized by the request's own method, so a request naming another one is
+//! refused (`400 method_override_refused`) before a vendor that honours it could run an
+//! operation that was not granted:
+//! - headers (`X-HTTP-Method-Override` and its kin: Google's and Azure's APIs honour them) and
+//!   query parameters (`_method`, Salesforce's `_HttpMethod`), checked with the request's head
+//!   ([`method_override`]);
+//! - a POST body's `_method` field, read as the body streams ([`OverrideScan`]): in a form body
+//!   (Rails, Laravel, Symfony), a `multipart/form-data` part (the same frameworks, through the
+//!   same parameter bag) or a JSON body's top-level key (Laravel reads a JSON body as its input).
+//!
+//! The body is read as those servers read it: names decoded (percent-encoding in a form, the
+//! part's `name` parameter in multipart, escapes in JSON), values compared regardless of case and
+//! surrounding spaces. Only the current field is kept, each part of it capped.
+
+use std::borrow::Cow;
+
+use http::header::{self, HeaderMap};
+use http::Request;
+use memchr::memchr;
+
+use crate::body::CallerBody;
+use crate::error::CallError;
+
+/// Headers with which a request names another method.
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+/// Query parameters with which a request names another method (matched percent-decoded and
+/// regardless of case).
+const METHOD_OVERRIDE_PARAMS: [&str; 2] = ["_method", "_httpmethod"];
+
+/// The header or query parameter (named, never its value) of `request` that names a method other
+/// than the request's own.
+pub(crate) fn method_override(request: &Request<CallerBody>) -> Option<String> {
+    let method = request.method().as_str().as_bytes();
+    let other = |value: &[u8]| !value.trim_ascii().eq_ignore_ascii_case(method);
+    for (name, value) in request.headers() {
+        let name = name.as_str();
+        if name.len() >= 13 && METHOD_OVERRIDE_HEADERS.contains(&name) && other(value.as_bytes()) {
+            return Some(format!("header {name}"));
+        }
+    }
+    request.uri().query()?.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = form_decoded(name.as_bytes());
+        let overrides = METHOD_OVERRIDE_PARAMS
+            .iter()
+            .any(|known| name.eq_ignore_ascii_case(known.as_bytes()));
+        (overrides && other(&form_decoded(value.as_bytes())))
+            .then(|| format!("query parameter {}", String::from_utf8_lossy(&name)))
+    })
+}
+
+/// The refusal of a body whose `_method` field names another method than the request's.
+pub(crate) fn body_method_override() -> CallError {
+    CallError::bad_request(
+        "method_override_refused",
+        "the request's body has a _method field (form, multipart or JSON) naming another method than its own: a vendor that honours it (Rails, Laravel, Symfony) would run an operation that was not authorized; send the request with the method it means",
+    )
+}
+
+/// A form (or query) name or value as a server reads it: `+` a space, `%XX` decoded; borrowed
+/// when it holds neither.
+pub(crate) fn form_decoded(raw: &[u8]) -> Cow<'_, [u8]> {
+    if !raw.iter().any(|&byte| byte == b'%' || byte == b'+') {
+        return Cow::Borrowed(raw);
+    }
+    let spaced: Vec<u8> = raw
+        .iter()
+        .map(|&byte| if byte == b'+' { b' ' } else { byte })
+        .collect();
+    Cow::Owned(percent_encoding::percent_decode(&spaced).collect())
+}
+
+/// Longest name or value kept: `_method` percent-encoded whole is 21 bytes, and no method a
+/// server honours is longer than a few letters. One byte past it marks the part too long.
+const CAP: usize = 32;
+
+/// Longest header section of a multipart part that is read for its name. A longer one is
+/// refused: whether it names `_method` cannot be told.
+const MAX_PART_HEADERS: usize = 8 * 1024;
+
+/// Reads a POST body as it streams for a `_method` field naming another method than the
+/// request's ([`OverrideScan::feed`], then [`OverrideScan::finish`] at the body's end).
+#[derive(Debug)]
+pub struct OverrideScan {
+    method: http::Method,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Form(FormFields),
+    Multipart(Box<MultipartParts>),
+    Json(JsonKeys),
+}
+
+impl OverrideScan {
+    /// The scan for a request's body, if the request is one whose body those frameworks read
+    /// for `_method`: a POST (the method they let a body override) whose `Content-Type` is a
+    /// form (or missing or empty: Rack parses such a body as a form), `multipart/form-data` with
+    /// a boundary, or JSON (`…/json` or `…+json`, as Laravel tells it).
+    pub fn for_request(method: &http::Method, headers: &HeaderMap) -> Option<Self> {
+        if method != http::Method::POST {
+            return None;
+        }
+        let kind = match headers.get(header::CONTENT_TYPE) {
+            None => Kind::Form(FormFields::default()),
+            Some(value) => Kind::for_content_type(value.as_bytes())?,
+        };
+        Some(OverrideScan {
+            method: method.clone(),
+            kind,
+        })
+    }
+
+    /// A form body's scan (tests, and callers that know the body is a form).
+    pub fn form(method: http::Method) -> Self {
+        OverrideScan {
+            method,
+            kind: Kind::Form(FormFields::default()),
+        }
+    }
+
+    /// Takes the next bytes of the body; `true` if a field they end overrides the method.
+    pub fn feed(&mut self, data: &[u8]) -> bool {
+        let method = self.method.as_str().as_bytes();
+        match &mut self.kind {
+            Kind::Form(form) => form.feed(data, method),
+            Kind::Multipart(parts) => parts.feed(data, method),
+            Kind::Json(keys) => keys.feed(data, method),
+        }
+    }
+
+    /// At the body's end: `true` if what is left (a form's last field, a multipart part with
+    /// no closing delimiter) overrides the method.
+    pub fn finish(&mut self) -> bool {
+        let method = self.method.as_str().as_bytes();
+        match &mut self.kind {
+            Kind::Form(form) => form.field_overrides(method),
+            Kind::Multipart(parts) => parts.finish(method),
+            Kind::Json(_) => false,
+        }
+    }
+}
+
+impl Kind {
+    fn for_content_type(value: &[u8]) -> Option<Kind> {
+        let mut params = value.split(|&byte| byte == b';');
+        let essence = params
+            .next()
+            .unwrap_or_default()
+            .split(|&byte| byte == b',')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        if essence.is_empty() || essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+        {
+            return Some(Kind::Form(FormFields::default()));
+        }
+        if essence.eq_ignore_ascii_case(b"multipart/form-data") {
+            let boundary = params.find_map(|param| {
+                let (name, value) = split_param(param)?;
+                name.eq_ignore_ascii_case(b"boundary").then_some(value)
+            })?;
+            return MultipartParts::new(&boundary).map(|parts| Kind::Multipart(Box::new(parts)));
+        }
+        let lower = essence.to_ascii_lowercase();
+        let json = memchr::memmem::find(&lower, b"/json").is_some()
+            || memchr::memmem::find(&lower, b"+json").is_some();
+        json.then(|| Kind::Json(JsonKeys::default()))
+    }
+}
+
+/// A value that names another method than `method`: not empty once trimmed, short enough to be
+/// one, and not `method` in any case.
+fn names_other(value: &[u8], method: &[u8]) -> bool {
+    let value = value.trim_ascii();
+    !value.is_empty() && value.len() <= CAP && !value.eq_ignore_ascii_case(method)
+}
+
+/// A field name as PHP and Rack read it: leading spaces dropped, a surrounding `[`…`]` dropped
+/// (Rack 2), `.` and a space read as `_` (PHP).
+fn is_method_name(name: &[u8]) -> bool {
+    let name = name.trim_ascii_start();
+    let name = name.strip_prefix(b"[").unwrap_or(name);
+    let name = name.strip_suffix(b"]").unwrap_or(name);
+    name.len() == b"_method".len()
+        && name
+            .iter()
+            .map(|&b| if b == b'.' || b == b' ' { b'_' } else { b })
+            .eq(b"_method".iter().copied())
+}
+
+/// Pushes `byte` onto `part` while it is at most `CAP` long (one byte more marks it too long).
+fn push_capped(part: &mut Vec<u8>, byte: u8) {
+    if part.len() <= CAP {
+        part.push(byte);
+    }
+}
+
+/// `application/x-www-form-urlencoded`: `name=value` pairs split by `&`.
+#[derive(Debug, Default)]
+struct FormFields {
+    name: Vec<u8>,
+    value: Vec<u8>,
+    in_value: bool,
+}
+
+impl FormFields {
+    fn feed(&mut self, data: &[u8], method: &[u8]) -> bool {
+        for &byte in data {
+            match byte {
+                b'&' => {
+                    if self.field_overrides(method) {
+                        return true;
+                    }
+                }
+                b'=' if !self.in_value => self.in_value = true,
+                _ if self.in_value => push_capped(&mut self.value, byte),
+                _ => push_capped(&mut self.name, byte),
+            }
+        }
+        false
+    }
+
+    fn field_overrides(&mut self, method: &[u8]) -> bool {
+        let overrides = self.name.len() <= CAP
+            && self.value.len() <= CAP
+            && is_method_name(&form_decoded(&self.name))
+            && names_other(&form_decoded(&self.value), method);
+        self.name.clear();
+        self.value.clear();
+        self.in_value = false;
+        overrides
+    }
+}
+
+/// `name=value` of a header parameter, the value unquoted (`\` escapes a character inside
+/// quotes, as RFC 9110 writes it).
+fn split_param(param: &[u8]) -> Option<(&[u8], Vec<u8>)> {
+    let at = memchr(b'=', param)?;
+    let name = param[..at].trim_ascii();
+    let value = param[at + 1..].trim_ascii();
+    let value = match value.strip_prefix(b"\"") {
+        Some(quoted) => {
+            let mut out = Vec::with_capacity(quoted.len());
+            let mut bytes = quoted.iter();
+            while let Some(&byte) = bytes.next() {
+                match byte {
+                    b'"' => break,
+                    b'\\' => out.extend(bytes.next()),
+                    _ => out.push(byte),
+                }
+            }
+            out
+        }
+        None => value.to_vec(),
+    };
+    Some((name, value))
+}
+
+/// `multipart/form-data` (RFC 7578): parts between `--boundary` lines, each a header section
+/// (whose `Content-Disposition` names the field) and the field's value. A delimiter is taken
+/// after a bare LF as well as after CRLF, and at the very start of the body, so a part is found
+/// wherever a lenient parser would find it.
+#[derive(Debug)]
+struct MultipartParts {
+    /// `\n--` and the boundary: what starts every delimiter line.
+    delimiter: Vec<u8>,
+    /// How much of `delimiter` the bytes just read match.
+    matched: usize,
+    state: PartState,
+    /// The current part's header section (in `Headers`), or value (in a `_method` part's data).
+    kept: Vec<u8>,
+    /// The kept value ran past what a method can be.
+    too_long: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartState {
+    /// Before a delimiter, or in the data of a part that is not a `_method` field.
+    Data,
+    /// In the data of a `_method` part: its value is kept.
+    MethodValue,
+    /// Just after a delimiter: `--` there closes the parts; anything else up to the end of the
+    /// line is padding.
+    AfterDelimiter { dashes: u8 },
+    /// A part's header section, up to its empty line; `line` counts the current line's bytes.
+    Headers { line: usize },
+}
+
+impl MultipartParts {
+    fn new(boundary: &[u8]) -> Option<Self> {
+        // RFC 2046: 1 to 70 characters, none of them a line break. A body with another could
+        // not be parsed by its server either.
+        if boundary.is_empty() || boundary.len() > 70 || boundary.contains(&b'\n') {
+            return None;
+        }
+        let mut delimiter = b"\n--".to_vec();
+        delimiter.extend_from_slice(boundary);
+        Some(MultipartParts {
+            delimiter,
+            // The body's first line may be a delimiter: read as if a line break came before.
+            matched: 1,
+            state: PartState::Data,
+            kept: Vec::new(),
+            too_long: false,
+        })
+    }
+
+    fn feed(&mut self, data: &[u8], method: &[u8]) -> bool {
+        let mut at = 0;
+        while at < data.len() {
+            match self.state {
+                PartState::Data if self.matched == 0 => {
+                    // Nothing can start a delimiter before the next line break.
+                    match memchr(b'\n', &data[at..]) {
+                        Some(offset) => {
+                            at += offset + 1;
+                            self.matched = 1;
+                        }
+                        None => return false,
+                    }
+                    continue;
+                }
+                PartState::Data | PartState::MethodValue => {
+                    let byte = data[at];
+                    at += 1;
+                    if self.state == PartState::MethodValue {
+                        if self.kept.len() <= CAP + self.delimiter.len() {
+                            self.kept.push(byte);
+                        } else {
+                            self.too_long = true;
+                        }
+                    }
+                    if self.advance_delimiter(byte) && self.delimiter_ended(method) {
+                        return true;
+                    }
+                }
+                PartState::AfterDelimiter { dashes } => {
+                    let byte = data[at];
+                    at += 1;
+                    self.state = match (byte, dashes) {
+                        (b'-', 0) => PartState::AfterDelimiter { dashes: 1 },
+                        // The closing delimiter; what follows is read on as data, since a
+                        // lenient server may not take it as the end.
+                        (b'-', _) => PartState::Data,
+                        (b'\n', _) => PartState::Headers { line: 0 },
+                        _ => PartState::AfterDelimiter { dashes: 2 },
+                    };
+                }
+                PartState::Headers { line } => {
+                    let byte = data[at];
+                    at += 1;
+                    if self.kept.len() < MAX_PART_HEADERS {
+                        self.kept.push(byte);
+                    } else {
+                        // Too long to tell: refused rather than passed unread.
+                        return true;
+                    }
+                    self.state = match byte {
+                        b'\n' if line == 0 => self.part_starts(),
+                        b'\n' => PartState::Headers { line: 0 },
+                        b'\r' => PartState::Headers { line },
+                        _ => PartState::Headers { line: line + 1 },
+                    };
+                }
+            }
+        }
+        false
+    }
+
+    /// Matches `byte` against the delimiter; `true` when it completes one.
+    fn advance_delimiter(&mut self, byte: u8) -> bool {
+        if byte == self.delimiter[self.matched] {
+            self.matched += 1;
+            if self.matched == self.delimiter.len() {
+                self.matched = 0;
+                return true;
+            }
+        } else {
+            // The delimiter's first byte (`\n`) occurs nowhere else in it, so a mismatch can
+            // only restart the match at a line break.
+            self.matched = usize::from(byte == b'\n');
+        }
+        false
+    }
+
+    /// A delimiter was read: the part before it ends (its value checked if it was `_method`).
+    fn delimiter_ended(&mut self, method: &[u8]) -> bool {
+        let overrides = self.state == PartState::MethodValue && self.value_overrides(true, method);
+        self.kept.clear();
+        self.too_long = false;
+        self.state = PartState::AfterDelimiter { dashes: 0 };
+        overrides
+    }
+
+    /// The kept value of a `_method` part names another method (`closed`: the delimiter that
+    /// ends it is the kept value's tail, with the line break before it).
+    fn value_overrides(&self, closed: bool, method: &[u8]) -> bool {
+        if self.too_long {
+            return false;
+        }
+        let mut value = &self.kept[..];
+        if closed {
+            value = &value[..value.len() - self.delimiter.len()];
+            value = value.strip_suffix(b"\r").unwrap_or(value);
+        }
+        names_other(value, method)
+    }
+
+    /// The empty line after a part's header section: the part is a `_method` field or not.
+    fn part_starts(&mut self) -> PartState {
+        let is_method = field_name(&self.kept).is_some_and(|name| is_method_name(&name));
+        self.kept.clear();
+        // The line break that ended the header section may start the next delimiter.
+        self.matched = 1;
+        if is_method {
+            PartState::MethodValue
+        } else {
+            PartState::Data
+        }
+    }
+
+    fn finish(&mut self, method: &[u8]) -> bool {
+        self.state == PartState::MethodValue && self.value_overrides(false, method)
+    }
+}
+
+/// The `name` parameter of a part's `Content-Disposition: form-data` header.
+fn field_name(headers: &[u8]) -> Option<Vec<u8>> {
+    headers.split(|&byte| byte == b'\n').find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = memchr(b':', line)?;
+        if !line[..colon]
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"content-disposition")
+        {
+            return None;
+        }
+        line[colon + 1..]
+            .split(|&byte| byte == b';')
+            .skip(1)
+            .filter_map(split_param)
+            .find_map(|(name, value)| name.eq_ignore_ascii_case(b"name").then_some(value))
+    })
+}
+
+/// A JSON body's top-level keys: a string value under the key `_method` (escapes decoded) that
+/// names another method overrides. Nesting is followed only to know which keys are top-level.
+#[derive(Debug, Default)]
+struct JsonKeys {
+    /// Nesting depth: 1 is inside the top-level object (or array).
+    depth: u32,
+    /// The top level is an object (its keys are read).
+    object: bool,
+    /// At depth 1, the next string is a key.
+    expect_key: bool,
+    /// At depth 1, after a `:`: the next token is the value of `key_is_method`'s key.
+    in_value: bool,
+    key_is_method: bool,
+    string: Option<JsonString>,
+}
+
+#[derive(Debug, Default)]
+struct JsonString {
+    /// A top-level key (`Some(false)`), a top-level value (`Some(true)`), or any other string.
+    role: Option<bool>,
+    decoded: Vec<u8>,
+    escape: Escape,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum Escape {
+    #[default]
+    None,
+    /// After a `\`.
+    Started,
+    /// Reading the hex digits of `\u`: how many so far, and their value.
+    Unicode(u8, u32),
+}
+
+impl JsonKeys {
+    fn feed(&mut self, data: &[u8], method: &[u8]) -> bool {
+        for &byte in data {
+            if self.string.is_some() {
+                if self.string_byte(byte, method) {
+                    return true;
+                }
+                continue;
+            }
+            match byte {
+                b'"' => {
+                    let top = self.depth == 1 && self.object;
+                    let role = match (top, self.expect_key, self.in_value) {
+                        (true, true, _) => Some(false),
+                        (true, false, true) => Some(true),
+                        _ => None,
+                    };
+                    self.string = Some(JsonString {
+                        role,
+                        ..JsonString::default()
+                    });
+                }
+                b'{' | b'[' => {
+                    if self.depth == 0 {
+                        self.object = byte == b'{';
+                        self.expect_key = self.object;
+                    }
+                    self.in_value = false;
+                    self.depth = self.depth.saturating_add(1);
+                }
+                b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+                b',' if self.depth == 1 => {
+                    self.expect_key = self.object;
+                    self.in_value = false;
+                    self.key_is_method = false;
+                }
+                b':' if self.depth == 1 => self.in_value = true,
+                _ if self.depth == 1 && !byte.is_ascii_whitespace() => {
+                    // A number, `true`, `false` or `null`: not a string value.
+                    self.in_value = false;
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// One byte inside a string; `true` if it closes a `_method` value naming another method.
+    fn string_byte(&mut self, byte: u8, method: &[u8]) -> bool {
+        let Some(string) = self.string.as_mut() else {
+            return false;
+        };
+        let keep = string.role.is_some();
+        match (string.escape, byte) {
+            (Escape::None, b'"') => {
+                let string = self.string.take().unwrap_or_default();
+                match string.role {
+                    Some(false) => {
+                        self.key_is_method = string.decoded == b"_method";
+                        self.expect_key = false;
+                    }
+                    Some(true) => {
+                        self.in_value = false;
+                        return self.key_is_method && names_other(&string.decoded, method);
+                    }
+                    None => {}
+                }
+            }
+            (Escape::None, b'\\') => string.escape = Escape::Started,
+            (Escape::None, _) => {
+                if keep {
+                    push_capped(&mut string.decoded, byte);
+                }
+            }
+            (Escape::Started, b'u') => string.escape = Escape::Unicode(0, 0),
+            (Escape::Started, _) => {
+                let decoded = match byte {
+                    b'b' => 0x08,
+                    b'f' => 0x0c,
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    other => other,
+                };
+                if keep {
+                    push_capped(&mut string.decoded, decoded);
+                }
+                string.escape = Escape::None;
+            }
+            (Escape::Unicode(count, value), _) => {
+                let digit = (byte as char).to_digit(16).unwrap_or(0);
+                let value = value << 4 | digit;
+                if count == 3 {
+                    if keep {
+                        // Only ASCII can spell a method or `_method`; anything else is kept as
+                        // a byte that matches neither.
+                        let decoded = u8::try_from(value).ok().filter(u8::is_ascii);
+                        push_capped(&mut string.decoded, decoded.unwrap_or(0xff));
+                    }
+                    string.escape = Escape::None;
+                } else {
+                    string.escape = Escape::Unicode(count + 1, value);
+                }
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(content_type: Option<&str>) -> OverrideScan {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = content_type {
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+        }
+        OverrideScan::for_request(&http::Method::POST, &headers).expect("a scanned body")
+    }
+
+    /// Whether `body` overrides, fed whole and then split at every byte into two pieces (the
+    /// answer must not depend on how the body was cut into frames).
+    fn overrides_however_split(content_type: Option<&str>, body: &[u8]) -> bool {
+        let whole = {
+            let mut scan = scan(content_type);
+            scan.feed(body) || scan.finish()
+        };
+        for at in 1..body.len() {
+            let mut scan = scan(content_type);
+            let split = scan.feed(&body[..at]) || scan.feed(&body[at..]) || scan.finish();
+            assert_eq!(
+                split,
+                whole,
+                "split at {at}: {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let mut bytewise = scan(content_type);
+        let one_by_one = body.iter().any(|byte| bytewise.feed(&[*byte])) || bytewise.finish();
+        assert_eq!(one_by_one, whole, "byte by byte");
+        whole
+    }
+
+    /// `_method` is found as a server reads it: name percent-decoded (not case-folded, as Rack
+    /// and Laravel read it), value decoded and compared regardless of case, across any split.
+    #[test]
+    fn a_form_field_is_found_however_it_is_written_or_split() {
+        for body in [
+            &b"amount=1&_method=DELETE"[..],
+            b"_method=delete&amount=1",
+            b"a=1&%5Fmethod=PATCH",
+            b"a=1&_m%65thod=PUT&b=2",
+            b"_method=%44ELETE",
+            b"_method=+DELETE+",
+            b"a=1&+_method=DELETE",
+            b".method=DELETE",
+            b"%2Emethod=DELETE",
+            b"[_method]=DELETE",
+        ] {
+            assert!(overrides_however_split(None, body));
+            assert!(overrides_however_split(
+                Some("application/x-www-form-urlencoded; charset=utf-8"),
+                body
+            ));
+        }
+        for body in [
+            &b"amount=1&payment_method=pm_card_visa"[..],
+            b"_method=POST",
+            b"_method=post&x=1",
+            b"_method=",
+            b"_METHOD=DELETE",
+            b"method=DELETE",
+            b"note=_method%3DDELETE",
+        ] {
+            assert!(!overrides_however_split(None, body));
+        }
+        // A name or value too long to be one is not one.
+        let long = format!("_method={}", "D".repeat(40));
+        assert!(!overrides_however_split(None, long.as_bytes()));
+    }
+
+    const MULTIPART: &str = "multipart/form-data; boundary=XyZ";
+
+    #[test]
+    fn a_multipart_part_named_method_is_found_however_it_is_written_or_split() {
+        for body in [
+            // The usual shape: CRLF lines, the override after a file part.
+            &b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nhello\r\n--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n"[..],
+            // First part, lower-case header, unquoted name, bare LF lines.
+            b"--XyZ\ncontent-disposition: form-data; name=_method\n\nput\n--XyZ--\n",
+            // A preamble, padding after the delimiter, spaces around the value, PHP's `.`.
+            b"preamble\r\n--XyZ  \r\nContent-Disposition: form-data; name=\".method\"\r\n\r\n PATCH \r\n--XyZ--",
+            // The last part with no closing delimiter: read at the body's end.
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE",
+            // A part after the closing delimiter: a lenient server may read on, so Postern does.
+            b"--XyZ--\r\n--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n",
+            // A quoted name with extra parameters.
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"[_method]\"; x=1\r\n\r\nDELETE\r\n--XyZ--\r\n",
+        ] {
+            assert!(overrides_however_split(Some(MULTIPART), body), "{}", String::from_utf8_lossy(body));
+        }
+        for body in [
+            &b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nPOST\r\n--XyZ--\r\n"[..],
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"payment_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            // `filename` is not `name`, and a value holding the words is a value.
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            // Another boundary's delimiter is data.
+            b"--Other\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--Other--\r\n",
+        ] {
+            assert!(!overrides_however_split(Some(MULTIPART), body), "{}", String::from_utf8_lossy(body));
+        }
+        // A value too long to be a method is not one.
+        let long = format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\n{}\r\n--XyZ--\r\n",
+            "D".repeat(100)
+        );
+        assert!(!overrides_however_split(Some(MULTIPART), long.as_bytes()));
+        // A quoted boundary is unquoted.
+        assert!(overrides_however_split(
+            Some("multipart/form-data; boundary=\"a b\""),
+            b"--a b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--a b--"
+        ));
+        // A header section too long to read is refused rather than passed unread.
+        let huge = format!(
+            "--XyZ\r\nX-Pad: {}\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--",
+            "p".repeat(MAX_PART_HEADERS)
+        );
+        let mut refused = scan(Some(MULTIPART));
+        assert!(refused.feed(huge.as_bytes()));
+        // A multipart body without a usable boundary is not read (its server cannot read it
+        // either).
+        let headers = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            headers
+        };
+        assert!(
+            OverrideScan::for_request(&http::Method::POST, &headers("multipart/form-data"))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_json_top_level_method_key_is_found_however_it_is_written_or_split() {
+        for body in [
+            &br#"{"amount":1,"_method":"DELETE"}"#[..],
+            br#"{ "_method" : "put" , "a": {"b": [1, 2]} }"#,
+            br#"{"\u005fmethod":"PATCH"}"#,
+            br#"{"_method":"\u0044ELETE"}"#,
+            br#"{"nested":{"_method":"POST"},"_method":"DELETE"}"#,
+            br#"{"a":"x\"y","_method":"DELETE"}"#,
+        ] {
+            assert!(
+                overrides_however_split(Some("application/json"), body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(overrides_however_split(
+            Some("application/vnd.api+json; charset=utf-8"),
+            br#"{"_method":"DELETE"}"#
+        ));
+        for body in [
+            &br#"{"_method":"POST"}"#[..],
+            br#"{"nested":{"_method":"DELETE"}}"#,
+            br#"[{"_method":"DELETE"}]"#,
+            br#"{"note":"_method","x":"DELETE"}"#,
+            br#"{"_method":["DELETE"]}"#,
+            br#"{"_method":null,"x":"DELETE"}"#,
+            br#"{"a":"\"_method\":\"DELETE\""}"#,
+            br#"{"_METHOD":"DELETE"}"#,
+        ] {
+            assert!(
+                !overrides_however_split(Some("application/json"), body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn only_post_bodies_of_the_read_types_are_scanned() {
+        let headers = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            headers
+        };
+        assert!(OverrideScan::for_request(&http::Method::PUT, &HeaderMap::new()).is_none());
+        for kept in ["", "application/x-www-form-urlencoded", "application/json"] {
+            assert!(OverrideScan::for_request(&http::Method::POST, &headers(kept)).is_some());
+        }
+        for skipped in ["text/plain", "application/octet-stream", "application/xml"] {
+            assert!(OverrideScan::for_request(&http::Method::POST, &headers(skipped)).is_none());
+        }
+    }
+}
