@@ -761,6 +761,25 @@ pub(crate) fn token_from_authorization(value: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// The decoded credential of a `Basic <base64>` value (padding optional), zeroized when dropped.
+fn basic_credential(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    use base64::Engine as _;
+    let value = value.trim_ascii();
+    let scheme = value.get(..6)?;
+    if !scheme.eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
+    let encoded = value[6..].trim_ascii();
+    let encoded = encoded
+        .strip_suffix(b"==")
+        .or_else(|| encoded.strip_suffix(b"="))
+        .unwrap_or(encoded);
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(encoded)
+        .ok()
+        .map(Zeroizing::new)
+}
+
 /// `/<integration>/<vendor path>` → the integration and the vendor path.
 fn route<'a>(
     runtime: &Runtime,
@@ -1123,10 +1142,14 @@ fn query_name_is(pair: &str, name: &str) -> bool {
     *form_decoded(raw.as_bytes()) == *name.as_bytes()
 }
 
-/// Whether a request header carries the caller `token`: in its value, as it stands or
-/// percent-decoded, or in its name (which HTTP/1.1 parsing lowercased: matched regardless of
-/// case; percent-decoded too).
+/// Whether a request header carries the caller `token`: in its value, as it stands,
+/// percent-decoded, or inside a `Basic` credential (base64 of `user:password`, as a client set
+/// up with the token as its password sends it to every host), or in its name (which HTTP/1.1
+/// parsing lowercased: matched regardless of case; percent-decoded too).
 pub(crate) fn carries_token(name: &HeaderName, value: &HeaderValue, token: &[u8]) -> bool {
+    if basic_credential(value.as_bytes()).is_some_and(|decoded| contains(&decoded, token)) {
+        return true;
+    }
     let name = name.as_str().as_bytes();
     let in_name = |name: &[u8]| {
         !token.is_empty()
@@ -1894,6 +1917,20 @@ mod tests {
         assert!(carries("pst_AbC123xyz", "1"));
         assert!(carries("x-pst_abc123xyz-y", "1"));
         assert!(!carries("x-note", "pst_abc123xyz"));
+        // Inside a Basic credential, as password or user name, padded or not, any case.
+        for credential in ["x:pst_AbC123xyz", "pst_AbC123xyz:", "me:pst_AbC123xyz!"] {
+            use base64::Engine as _;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(credential);
+            assert!(
+                carries("authorization", &format!("Basic {encoded}")),
+                "{credential}"
+            );
+            assert!(carries(
+                "x-upstream-auth",
+                &format!("basic  {}", encoded.trim_end_matches('='))
+            ));
+        }
+        assert!(!carries("authorization", "Basic eDp5"));
         assert!(!carries("x-note", "1"));
         // An empty token (never a caller's) is looked for without a panic.
         carries_token(

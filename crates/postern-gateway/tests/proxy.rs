@@ -955,7 +955,7 @@ async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their
     let answer = raw_request(
         gw.running().listen_addr,
         format!(
-            "GET http://127.0.0.1:{port}/v2/orders/1004 HTTP/1.1\r\nHost: internal.admin.example\r\nProxy-Authorization: Basic {credentials}\r\nConnection: close\r\n\r\n",
+            "GET http://127.0.0.1:{port}/v2/orders/1004 HTTP/1.1\r\nHost: internal.admin.example\r\nProxy-Authorization: Basic {credentials}\r\nAuthorization: Basic {credentials}\r\nConnection: close\r\n\r\n",
             port = plain.addr.port()
         )
         .as_bytes(),
@@ -967,6 +967,10 @@ async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their
         format!("127.0.0.1:{}", plain.addr.port())
     );
     assert!(!plain.last().everything().contains("internal.admin.example"));
+    // A client that sends its Basic credential (the token as password) to every host, as
+    // `curl -u` does, does not hand the token to this one.
+    assert!(plain.last().header("authorization").is_none());
+    assert!(!plain.last().everything().contains(&credentials));
     // Its audit entries (intent and outcome) carry the keyed hash of the absolute target.
     let key = std::fs::read(gw.running().data_dir.join("audit-hmac.key")).unwrap();
     let target = format!("http://127.0.0.1:{}/v2/orders/1004", plain.addr.port());
