@@ -32,10 +32,50 @@ pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// closed at accept.
 pub const MAX_CONNECTIONS: usize = 16_384;
 
+/// Raises this process's soft open-file limit (`RLIMIT_NOFILE`) to its hard limit, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do: the common default soft limit (1024, systemd's
+/// too) is far below [`MAX_CONNECTIONS`], and a process out of descriptors can accept no one,
+/// the admin listener included. Returns a warning when even the hard limit is below what the
+/// gateway listener's connections and their vendor connections may need.
+pub fn raise_open_file_limit() -> Option<String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Some(format!(
+            "cannot read the open-file limit: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let needed = 2 * MAX_CONNECTIONS as u64 + 1024;
+    (limit.rlim_cur < needed).then(|| {
+        format!(
+            "the open-file limit is {} (the hard limit {}), below the {needed} that {MAX_CONNECTIONS} caller connections and their vendor connections may need: when it runs out, no caller and no admin request can connect; raise it (`ulimit -n {needed}`, or LimitNOFILE={needed} in a systemd unit)",
+            limit.rlim_cur, limit.rlim_max
+        )
+    })
+}
+
 /// The connection slots of one listener, shared by the workers accepting on it.
 pub fn connection_slots() -> Arc<tokio::sync::Semaphore> {
     Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS))
 }
+
+/// Streams an HTTP/2 caller connection may have open at once (nginx's default): each may hold a
+/// vendor connection, so one connection cannot take a thousand descriptors.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 
 /// Protocol settings shared by the gateway and admin listeners.
 pub fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
@@ -50,7 +90,7 @@ pub fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecuto
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(max_header_bytes as u32)
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     // No keep-alive PINGs: a PING and its answer are bytes, so they would keep an idle HTTP/2
     // connection (or an intercepted tunnel) from ever reaching its idle limit; a silent peer
     // is closed by that limit (`deadline.rs`) as an HTTP/1.1 one is.

@@ -98,6 +98,8 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
             return Ok(ExitCode::InvalidConfig);
         }
     };
+    // A try-out's few connections need no warning about the limit.
+    let _ = postern_gateway::listener::raise_open_file_limit();
     let gateway = RunningGateway::start(config).await?;
     let base = format!("http://{}", gateway.listen_addr);
 

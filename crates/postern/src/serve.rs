@@ -26,6 +26,9 @@ pub async fn serve(path: PathBuf) -> ExitCode {
             "this build's allocator keeps the memory it frees (mimalloc arena eager commit is on): memory stays at its peak; set MIMALLOC_ARENA_EAGER_COMMIT=0 for this process, or build with -DMI_DEFAULT_ARENA_EAGER_COMMIT=0 in CFLAGS (.cargo/config.toml)"
         );
     }
+    if let Some(warning) = postern_gateway::listener::raise_open_file_limit() {
+        tracing::warn!("{warning}");
+    }
     let triggers = Triggers::arm(&path);
     // Kept to place a problem that starting finds in the config (a `ca_file` that is not PEM).
     let places = config.places();

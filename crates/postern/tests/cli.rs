@@ -611,6 +611,63 @@ fn serve_warns_when_the_allocator_keeps_freed_memory() {
     }
 }
 
+/// `serve` raises its soft open-file limit to the hard one (a soft 1024 is far below its
+/// connection cap, and a process out of descriptors can accept no one), and warns when the hard
+/// limit itself is too low.
+#[test]
+fn serve_raises_the_open_file_limit_and_warns_when_it_cannot_be_enough() {
+    use std::os::unix::process::CommandExt as _;
+    const WARNING: &str = "below the";
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct passed to it.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) },
+        0
+    );
+    for (soft, hard) in [(256, current.rlim_max), (4096, 4096.min(current.rlim_max))] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("postern.toml");
+        let (listen, admin) = (free_port(), free_port());
+        std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
+        let mut command = postern();
+        // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let server = serve_with(command, &[], &config, Stdio::piped());
+        let pid = server.0.id();
+        eventually("the gateway answers", || {
+            status(listen, "/acme/a").is_some()
+        });
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|line| line.starts_with("Max open files"))
+            .unwrap();
+        let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+        assert_eq!(numbers, [hard.to_string(), hard.to_string()], "{line}");
+        let stderr = stderr_once_serving(server, listen);
+        assert_eq!(
+            stderr.contains(WARNING),
+            hard < 2 * 16_384 + 1024,
+            "soft {soft}, hard {hard}:\n{stderr}"
+        );
+    }
+}
+
 /// Names the config would refuse are refused by `callers token` too (exit 2, nothing printed),
 /// rather than printing a stanza the config then refuses.
 #[test]
