@@ -117,9 +117,7 @@ pub async fn scan_request(
     if bytes.is_empty() {
         return Ok((ForwardBody::full(bytes, state), Some(summary)));
     }
-    let Some(classified) = classify(scanner, approved, &bytes, headers, cap, &mut summary) else {
-        return Ok((ForwardBody::full(bytes, state), Some(summary)));
-    };
+    let classified = classify(scanner, approved, &bytes, headers, cap, &mut summary);
     if summary.unapproved.is_empty() {
         return Ok((ForwardBody::full(bytes, state), Some(summary)));
     }
@@ -186,8 +184,8 @@ fn all_values<'a>(
     ))
 }
 
-/// Decodes (gzip/br), scans and fills `summary` (classes, unapproved). `None` when the body
-/// could not be decoded (then `summary.unscanned` says so).
+/// Decodes (gzip/br), scans and fills `summary` (classes, unapproved). A body that could not be
+/// decoded is scanned as sent, and `summary.unscanned` says it was not decoded.
 fn classify(
     scanner: &Scanner,
     approved: &[String],
@@ -195,14 +193,17 @@ fn classify(
     headers: &http::HeaderMap,
     cap: u64,
     summary: &mut ScanSummary,
-) -> Option<Classified> {
+) -> Classified {
     let encoding = all_values(headers, &header::CONTENT_ENCODING);
     let decoded = match postern_scan::decode_for_scan(bytes, encoding.as_deref(), cap as usize) {
         Ok(decoded) => decoded,
         Err(unscanned) => {
-            tracing::debug!(reason = ?unscanned, "body not scanned");
+            // Not decoded, and said so; but scanned as sent: a server that ignores the coding
+            // (many do, on requests) reads these very bytes, and what is found in them can be
+            // masked in place.
+            tracing::debug!(reason = ?unscanned, "body not decoded; scanned as sent");
             summary.unscanned = Some("body could not be decoded for scanning");
-            return None;
+            std::borrow::Cow::Borrowed(bytes)
         }
     };
     let encoded = !matches!(&decoded, std::borrow::Cow::Borrowed(_));
@@ -231,10 +232,10 @@ fn classify(
         .filter(|f| summary.unapproved.iter().any(|c| c.as_str() == &*f.class))
         .cloned()
         .collect();
-    Some(Classified {
+    Classified {
         encoded,
         unapproved_findings,
-    })
+    }
 }
 
 /// A vendor response after scanning: the bytes read so far (possibly masked), the rest of the
@@ -325,9 +326,7 @@ pub async fn scan_response(
     if bytes.is_empty() {
         return Ok(scanned(bytes, summary));
     }
-    let Some(classified) = classify(scanner, approved, &bytes, headers, cap, &mut summary) else {
-        return Ok(scanned(bytes, summary));
-    };
+    let classified = classify(scanner, approved, &bytes, headers, cap, &mut summary);
     if summary.unapproved.is_empty() {
         return Ok(scanned(bytes, summary));
     }

@@ -330,6 +330,47 @@ async fn a_coding_on_a_second_content_encoding_line_is_decoded_for_scanning() {
     gw.stop().await;
 }
 
+/// A body Postern cannot decode (a coding it does not know, or `gzip` on plain bytes) is scanned
+/// as sent: a vendor that ignores a request's `Content-Encoding`, as many do, reads it so. And a
+/// form sent with no `Content-Type`, which Rack reads as a form, is scanned decoded as one.
+#[tokio::test]
+async fn undecodable_and_untyped_bodies_are_scanned_as_sent() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(&body(&vendor, "block", ""), vendor.ca_pem.as_deref()).await;
+    for coding in ["x-identity", "zstd", "gzip"] {
+        let response = client()
+            .post(format!("{}/crm/contacts", gw.base))
+            .bearer_auth(&gw.token)
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .body(WITH_CARD)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{coding}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "data_class_not_approved");
+    }
+    for form in ["c=4111+1111+1111+1111", "c=%34111111111111111"] {
+        let response = client()
+            .post(format!("{}/crm/contacts", gw.base))
+            .bearer_auth(&gw.token)
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{form}");
+    }
+    assert!(vendor.seen().is_empty());
+    // The events still say the first bodies were not decoded.
+    let events = gw.wait_events(5).await;
+    assert_eq!(
+        events[0]["unscanned"],
+        "body could not be decoded for scanning"
+    );
+    gw.stop().await;
+}
+
 /// What is read of an answer for scanning is its start, and `max_response_body_bytes` holds for
 /// it: an answer with no declared length that passes the limit within the scan cap is refused,
 /// not passed on whole.

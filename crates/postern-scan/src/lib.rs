@@ -368,9 +368,13 @@ impl Scanner {
         // what that finds is reported (and so redacted) over the encoded bytes that hold it. Not
         // decoded only: a key's value as sent (`password=Xk9%26mQ2+vL7`) is what the key rules
         // judge, and decoding would cut it at its `&` or space.
+        // A body sent with no form type may still be read as one (Rack reads a body with no
+        // `Content-Type` as a form; many servers read one whatever its type says): text holding
+        // `=` pairs is scanned decoded too.
         let decoded = match syntax {
             Syntax::Form => form_decode(input),
-            _ => None,
+            Syntax::Text if memchr::memchr(b'=', input).is_some() => form_decode(input),
+            Syntax::Text | Syntax::Json => None,
         };
         if let Some((decoded, origin)) = decoded {
             let mut more = ScanResult::default();

@@ -259,6 +259,33 @@ fn ipv4_octets_follow_the_address_parser() {
     check("from 10.1.2.256 today", Text, &[]);
 }
 
+/// A form sent with no `Content-Type` (which Rack reads as a form) or another one is sniffed as
+/// text: its pairs are scanned decoded as a form's are.
+#[test]
+fn form_pairs_in_text_are_scanned_decoded() {
+    check(
+        "amount=100&card=4111+1111+1111+1111&cvc=123",
+        Text,
+        &[("payment.card", "4111+1111+1111+1111")],
+    );
+    check(
+        "c=%34111111111111111",
+        Text,
+        &[("payment.card", "%34111111111111111")],
+    );
+    check(
+        "card=4111%201111%201111%201111",
+        ContentTypeHint::Unknown,
+        &[("payment.card", "4111%201111%201111%201111")],
+    );
+    // Text with no pairs is not decoded: `+` and `%` stay what they are.
+    check(
+        "call +1 415 555 2671 now",
+        Text,
+        &[("pii.phone", "+1 415 555 2671")],
+    );
+}
+
 #[test]
 fn form_values_are_scanned_decoded() {
     // A form encodes a space as `+` or `%20`: the values below are found where they stand,
@@ -321,8 +348,14 @@ fn form_values_are_scanned_decoded() {
             ("payment.card", "4111+1111+1111+1111"),
         ],
     );
-    // Outside a form `+` is a plus.
-    check("card=4111+1111+1111+1111", Text, &[]);
+    // Outside a form too, text holding pairs is read as a form may be read (see
+    // form_pairs_in_text_are_scanned_decoded); JSON is not.
+    check(
+        "card=4111+1111+1111+1111",
+        Text,
+        &[("payment.card", "4111+1111+1111+1111")],
+    );
+    check(r#"{"card":"4111+1111+1111+1111"}"#, Json, &[]);
 }
 
 #[test]
