@@ -55,6 +55,9 @@ fn template_segment(raw: &str, previous: Option<&str>, out: &mut String) {
         .chars()
         .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control());
     let decoded = percent_decode(raw);
+    // Decoded, a space or a control character is no part of a name: `Bearer%20…`,
+    // `4111%201111%201111%201111`.
+    let unwritable = unwritable || decoded.chars().any(|c| c.is_whitespace() || c.is_control());
     if unwritable || is_value(&decoded, previous) {
         out.push_str(PLACEHOLDER);
         return;
@@ -67,10 +70,11 @@ fn template_segment(raw: &str, previous: Option<&str>, out: &mut String) {
             return;
         }
     }
-    // Values joined by `:` or `.` (a Telegram bot token `bot123456:AAH…`, a JWT `eyJ….eyJ….…`,
-    // a custom method `doc_8f3a9c2e:batchUpdate`): one value among words is replaced where it
-    // stands, a segment with more than one becomes a placeholder whole.
-    let is_separator = |c: char| c == ':' || c == '.';
+    // Values joined by `:`, `.` or `@` (a Telegram bot token `bot123456:AAH…`, a JWT
+    // `eyJ….eyJ….…`, a custom method `doc_8f3a9c2e:batchUpdate`, `user:secret@host`): one value
+    // among words is replaced where it stands, a segment with more than one becomes a
+    // placeholder whole.
+    let is_separator = |c: char| c == ':' || c == '.' || c == '@';
     // A short number between dots is part of a version (`gpt-4.1`, `2.0`), not a value.
     let piece_is_value = |piece: &str| {
         let version_part = piece.len() <= 3 && piece.bytes().all(|b| b.is_ascii_digit());
@@ -139,6 +143,18 @@ fn is_value(segment: &str, previous: Option<&str>) -> bool {
     if length >= 8 && digits > 0 && segment.chars().all(|c| c.is_ascii_hexdigit()) {
         return true;
     }
+    // Base64 of `{"`: a JWT's header or claims.
+    if length >= 10 && segment.starts_with("eyJ") {
+        return true;
+    }
+    // A character no name is written with (`!`, `(`, non-ASCII) among digits: a value, a
+    // password.
+    let odd = segment
+        .chars()
+        .any(|c| !(c.is_ascii_alphanumeric() || "-_.~:@+=,;$".contains(c)));
+    if odd && length >= 8 && digits > 0 {
+        return true;
+    }
     let token_characters = segment
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "_-+=~".contains(c));
@@ -153,6 +169,12 @@ fn is_value(segment: &str, previous: Option<&str>) -> bool {
         && capitals * 4 >= letters
         && (letters - capitals) * 4 >= letters
     {
+        return true;
+    }
+    // Mixed case and digits, shorter than a token: a random key (`Xk9mQ2vL7pZr4Tq`), where a
+    // name has a digit or a capital or two.
+    let smalls = letters - capitals;
+    if token_characters && length >= 12 && digits >= 2 && capitals >= 2 && smalls >= 2 {
         return true;
     }
     let upper_case_id = length >= 8
@@ -487,6 +509,22 @@ mod tests {
         check("/v1/tok/ghp_abcdefghijklmnopqrstuvwxyzABCD", "/v1/tok/{id}");
         check("/hooks/xoxb-abcdefghijkl/post", "/hooks/{id}/post");
         check("/v1/sk-learn", "/v1/sk-learn");
+        // What a caller may put in a path by mistake stays out of the inventory: a card with
+        // encoded spaces, a credential after its scheme, one between `user:` and `@host`, a
+        // short random key, a password with a symbol, a JWT cut short.
+        check("/v3/e/4111%201111%201111%201111", "/v3/e/{id}");
+        check("/v2/f/Bearer%20Xk9mQ2vL7pZr4TqHunter2", "/v2/f/{id}");
+        check(
+            "/v3/d/user:Xk9mQ2vL7pZr4TqHunter2@host",
+            "/v3/d/user:{id}@host",
+        );
+        check("/v3/a/Xk9mQ2vL7pZr4Tq", "/v3/a/{id}");
+        check("/v3/b/Xk9mQ2vL7pZr4Tq!Hunter", "/v3/b/{id}");
+        check(
+            "/v1/t/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc",
+            "/v1/t/{id}",
+        );
+        check("/v1/customers/cus_1/sources", "/v1/customers/cus_1/sources");
     }
 
     #[test]
