@@ -120,6 +120,17 @@ pub const EVENTS_FILE: &str = "events.jsonl";
 /// (integration, caller, class, direction, UTC day) of the data-flow ledger.
 type DataflowKey = (String, String, String, &'static str, String);
 
+/// Refusals of calls with no caller (no or an unknown token, a malformed request) written to
+/// the audit log per second, across all sources, after a burst of [`ANONYMOUS_AUDIT_BURST`]:
+/// anyone who can reach the listener can send those, and the log keeps everything it is given,
+/// so without a rate one flood of them would grow it by tens of MB a second until the disk is
+/// full, and with `audit = "required"` no call could leave. Past it they are still answered,
+/// evented and counted (`postern_audit_anonymous_unrecorded_total`); calls with a caller are
+/// never held to it.
+pub const ANONYMOUS_AUDIT_PER_SECOND: u32 = 100;
+/// The burst of [`ANONYMOUS_AUDIT_PER_SECOND`].
+pub const ANONYMOUS_AUDIT_BURST: u32 = 1000;
+
 /// State shared by every connection.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
@@ -147,6 +158,8 @@ pub struct Shared {
     /// The data-plane listener's connection slots ([`listener::MAX_CONNECTIONS`]), held by each
     /// caller connection and by each tunnel opened on one.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// The audit log's rate for refusals of calls with no caller ([`ANONYMOUS_AUDIT_PER_SECOND`]).
+    pub anonymous_audit: governor::DefaultDirectRateLimiter,
     shutdown_signal: watch::Receiver<bool>,
     /// The time as of which open opaque tunnels are decided again: set at each runtime swap
     /// (reload, vault change) and at each hour of UTC (Cedar rules read the hour and weekday).
@@ -477,6 +490,12 @@ impl RunningGateway {
             tunnels: std::sync::atomic::AtomicUsize::new(0),
             tunnels_by_caller: forward_proxy::TunnelsByCaller::default(),
             connection_slots: listener::connection_slots(),
+            anonymous_audit: governor::RateLimiter::direct(
+                governor::Quota::per_second(
+                    std::num::NonZeroU32::new(ANONYMOUS_AUDIT_PER_SECOND).expect("not zero"),
+                )
+                .allow_burst(std::num::NonZeroU32::new(ANONYMOUS_AUDIT_BURST).expect("not zero")),
+            ),
             shutdown_signal: shutdown_rx.clone(),
             tunnel_decisions: watch::channel(SystemTime::now()).0,
         });

@@ -82,6 +82,9 @@ pub struct Metrics {
     id: u64,
     alerts: Family<KindLabel, Counter>,
     pub detector_dropped: Counter,
+    /// Refusals of calls with no caller whose audit entry was not written (over
+    /// [`crate::ANONYMOUS_AUDIT_PER_SECOND`]).
+    pub audit_anonymous_unrecorded: Counter,
     registry: Registry,
     calls: Family<CallLabels, Counter>,
     denials: Family<ReasonLabel, Counter>,
@@ -131,6 +134,12 @@ impl Metrics {
             "Calls not scored by the anomaly detector because its queue was full",
             detector_dropped.clone(),
         );
+        let audit_anonymous_unrecorded = Counter::default();
+        registry.register(
+            "audit_anonymous_unrecorded",
+            "Refusals of calls with no caller (unauthenticated, malformed) recorded by event only: over the audit log's rate for them",
+            audit_anonymous_unrecorded.clone(),
+        );
         let credential_age_days = Family::<CredentialLabel, Gauge>::default();
         registry.register(
             "credential_age_days",
@@ -177,6 +186,7 @@ impl Metrics {
             config_reloads,
             alerts,
             detector_dropped,
+            audit_anonymous_unrecorded,
             credential_age_days,
             credential_over_max_age,
             events_written,

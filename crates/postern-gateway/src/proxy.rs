@@ -268,6 +268,10 @@ pub(crate) fn record_refusal(
     shared
         .recorder
         .record(context, error.status.as_u16(), decision, error.code);
+    if context.caller.is_none() && shared.anonymous_audit.check().is_err() {
+        shared.recorder.metrics.audit_anonymous_unrecorded.inc();
+        return;
+    }
     let record = shared.audit.record(
         RecordKind::Outcome,
         context,

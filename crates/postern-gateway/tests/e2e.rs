@@ -3119,3 +3119,70 @@ async fn a_form_body_overriding_the_method_is_refused() {
     }
     gw.stop().await;
 }
+
+/// Refusals of calls with no caller are audited at a bounded rate (anyone who can reach the
+/// listener can send them, and the log keeps all it is given): a flood of unauthenticated
+/// requests is answered and evented call by call, but past the burst its audit entries are
+/// counted instead of written.
+#[tokio::test]
+async fn a_flood_of_unauthenticated_requests_is_audited_at_a_bounded_rate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let burst = postern_gateway::ANONYMOUS_AUDIT_BURST as usize;
+    let calls = burst * 3;
+    let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    let request = b"GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut flood = request.repeat(calls);
+    flood.extend_from_slice(
+        b"GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    stream.write_all(&flood).await.unwrap();
+    let mut answers = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answers))
+        .await
+        .expect("the flood is answered within 60 s")
+        .unwrap();
+    let answered = memchr::memmem::find_iter(&answers, b"HTTP/1.1 401").count();
+    assert_eq!(answered, calls + 1, "every request is answered 401");
+    let metric = |text: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("postern_audit_anonymous_unrecorded_total "))
+            .map(|value| value.trim().parse::<f64>().unwrap() as usize)
+            .unwrap()
+    };
+    let metrics = client()
+        .get(format!("{}/metrics", gw.admin))
+        .bearer_auth(&gw.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let unrecorded = metric(&metrics);
+    assert!(unrecorded > 0, "none over the rate:\n{metrics}");
+    assert!(unrecorded < calls + 1 - burst, "{unrecorded}");
+    // Every call has its event; the audit log has exactly the others' entries.
+    assert_eq!(gw.wait_events(calls + 1).await.len(), calls + 1);
+    let written = calls + 1 - unrecorded;
+    let entry = |index: usize| {
+        client()
+            .get(format!("{}/v1/audit/entries/{index}", gw.admin))
+            .bearer_auth(&gw.admin_token)
+            .send()
+    };
+    let mut found = false;
+    for _ in 0..100 {
+        if entry(written - 1).await.unwrap().status() == 200 {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(found, "entry {} was not written", written - 1);
+    assert_eq!(entry(written).await.unwrap().status(), 404);
+    gw.stop().await;
+}
