@@ -617,13 +617,22 @@ async fn absolute(
 ) -> Result<Absolute, CallError> {
     enabled(runtime)?;
     let uri = request.uri().clone();
+    let https = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return Err(CallError::bad_request(
+                "invalid_proxy_target",
+                "the absolute-form request's scheme is neither http nor https; the proxy speaks only those",
+            ))
+        }
+    };
     let host = uri.host().and_then(canonical_host).ok_or_else(|| {
         CallError::bad_request(
             "invalid_proxy_target",
             "the absolute-form request has no valid host; send GET http://host/path",
         )
     })?;
-    let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     // Discovery records the scheme the caller asked for: an `https://` target is sent over TLS.
     let scheme = if https { Scheme::Https } else { Scheme::Http };

@@ -1206,6 +1206,17 @@ async fn the_caller_token_in_a_url_to_an_unregistered_host_is_refused() {
     .await;
     let head = answer_head(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    // A scheme the proxy does not speak is refused, not sent on as http.
+    for scheme in ["ftp", "gopher", "file"] {
+        let mut stream = send_proxy_head(
+            &gw,
+            &format!("GET {scheme}://127.0.0.1:{port}/callback HTTP/1.1"),
+            port,
+        )
+        .await;
+        let head = answer_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{scheme}: {head}");
+    }
     assert!(plain.seen().is_empty());
     gw.stop().await;
 }
