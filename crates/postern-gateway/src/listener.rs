@@ -49,9 +49,14 @@ pub fn raise_open_file_limit() -> Option<String> {
             std::io::Error::last_os_error()
         ));
     }
-    if limit.rlim_cur < limit.rlim_max {
+    // The hard limit, or where that is refused (an unlimited hard limit, on some systems), a
+    // million: more than the connection cap needs.
+    for target in [limit.rlim_max, limit.rlim_max.min(1 << 20)] {
+        if limit.rlim_cur >= target {
+            break;
+        }
         let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
+            rlim_cur: target,
             rlim_max: limit.rlim_max,
         };
         // SAFETY: as above.

@@ -97,6 +97,8 @@ enum Kind {
     Form(FormFields),
     Multipart(Box<MultipartParts>),
     Json(JsonKeys),
+    /// A body its servers would read in ways no one reading covers: refused whatever it holds.
+    Refused,
 }
 
 impl OverrideScan {
@@ -133,47 +135,74 @@ impl OverrideScan {
             Kind::Form(form) => form.feed(data, method),
             Kind::Multipart(parts) => parts.feed(data, method),
             Kind::Json(keys) => keys.feed(data, method),
+            Kind::Refused => true,
         }
     }
 
     /// At the body's end: `true` if what is left (a form's last field, a multipart part with
-    /// no closing delimiter) overrides the method.
+    /// no closing delimiter) overrides the method, or the body is refused whatever it holds.
     pub fn finish(&mut self) -> bool {
         let method = self.method.as_str().as_bytes();
         match &mut self.kind {
             Kind::Form(form) => form.field_overrides(method),
             Kind::Multipart(parts) => parts.finish(method),
             Kind::Json(_) => false,
+            Kind::Refused => true,
         }
     }
 }
 
 impl Kind {
+    /// Read as broadly as the servers that honour `_method` read it: the type is cut at `;`, `,`
+    /// or a space (PHP); any `multipart/*` is multipart (Rack), read as a form when it names no
+    /// boundary (Rack parses such a body as a form); JSON wherever `/json` or `+json` appears in
+    /// the header (Laravel). A header naming `boundary` twice is refused outright: servers
+    /// take different ones (PHP the first, Rack the last), so no one reading tells them all.
     fn for_content_type(value: &[u8]) -> Option<Kind> {
-        let mut params = value.split(|&byte| byte == b';');
-        let essence = params
-            .next()
-            .unwrap_or_default()
-            .split(|&byte| byte == b',')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii();
-        if essence.is_empty() || essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
-        {
+        let lower = value.to_ascii_lowercase();
+        let essence = lower
+            .split(|&byte| matches!(byte, b';' | b',' | b' ' | b'\t'))
+            .find(|part| !part.is_empty())
+            .unwrap_or_default();
+        if essence.is_empty() || essence == b"application/x-www-form-urlencoded" {
             return Some(Kind::Form(FormFields::default()));
         }
-        if essence.eq_ignore_ascii_case(b"multipart/form-data") {
-            let boundary = params.find_map(|param| {
-                let (name, value) = split_param(param)?;
-                name.eq_ignore_ascii_case(b"boundary").then_some(value)
-            })?;
-            return MultipartParts::new(&boundary).map(|parts| Kind::Multipart(Box::new(parts)));
+        if essence.starts_with(b"multipart/") {
+            let mut mentions = memchr::memmem::find_iter(&lower, b"boundary");
+            return Some(match (mentions.next(), mentions.next()) {
+                (_, Some(_)) => Kind::Refused,
+                (None, None) => Kind::Form(FormFields::default()),
+                (Some(at), None) => match boundary_after(&value[at + b"boundary".len()..]) {
+                    None => Kind::Form(FormFields::default()),
+                    Some(boundary) => match MultipartParts::new(&boundary) {
+                        Some(parts) => Kind::Multipart(Box::new(parts)),
+                        None => Kind::Refused,
+                    },
+                },
+            });
         }
-        let lower = essence.to_ascii_lowercase();
         let json = memchr::memmem::find(&lower, b"/json").is_some()
             || memchr::memmem::find(&lower, b"+json").is_some();
         json.then(|| Kind::Json(JsonKeys::default()))
     }
+}
+
+/// The boundary after a header's `boundary`: `=` and the value, quoted or up to `;`, `,` or
+/// white space (`None` without an `=`, or with an empty value).
+fn boundary_after(rest: &[u8]) -> Option<Vec<u8>> {
+    let rest = rest
+        .trim_ascii_start()
+        .strip_prefix(b"=")?
+        .trim_ascii_start();
+    let value = match rest.strip_prefix(b"\"") {
+        Some(quoted) => quoted[..memchr(b'"', quoted).unwrap_or(quoted.len())].to_vec(),
+        None => rest
+            .split(|&byte| matches!(byte, b';' | b',') || byte.is_ascii_whitespace())
+            .next()
+            .unwrap_or_default()
+            .to_vec(),
+    };
+    (!value.is_empty()).then_some(value)
 }
 
 /// A value that names another method than `method`: not empty once trimmed, short enough to be
@@ -183,12 +212,16 @@ fn names_other(value: &[u8], method: &[u8]) -> bool {
     !value.is_empty() && value.len() <= CAP && !value.eq_ignore_ascii_case(method)
 }
 
-/// A field name as PHP and Rack read it: leading spaces dropped, a surrounding `[`…`]` dropped
-/// (Rack 2), `.` and a space read as `_` (PHP).
+/// A field name as PHP and Rack read it: leading spaces dropped, any leading `[` and `]` and
+/// trailing `]` dropped (Rack 2), `.` and a space read as `_` (PHP).
 fn is_method_name(name: &[u8]) -> bool {
-    let name = name.trim_ascii_start();
-    let name = name.strip_prefix(b"[").unwrap_or(name);
-    let name = name.strip_suffix(b"]").unwrap_or(name);
+    let mut name = name.trim_ascii_start();
+    while let [b'[' | b']', rest @ ..] = name {
+        name = rest;
+    }
+    while let [rest @ .., b']'] = name {
+        name = rest;
+    }
     name.len() == b"_method".len()
         && name
             .iter()
@@ -238,30 +271,6 @@ impl FormFields {
         self.in_value = false;
         overrides
     }
-}
-
-/// `name=value` of a header parameter, the value unquoted (`\` escapes a character inside
-/// quotes, as RFC 9110 writes it).
-fn split_param(param: &[u8]) -> Option<(&[u8], Vec<u8>)> {
-    let at = memchr(b'=', param)?;
-    let name = param[..at].trim_ascii();
-    let value = param[at + 1..].trim_ascii();
-    let value = match value.strip_prefix(b"\"") {
-        Some(quoted) => {
-            let mut out = Vec::with_capacity(quoted.len());
-            let mut bytes = quoted.iter();
-            while let Some(&byte) = bytes.next() {
-                match byte {
-                    b'"' => break,
-                    b'\\' => out.extend(bytes.next()),
-                    _ => out.push(byte),
-                }
-            }
-            out
-        }
-        None => value.to_vec(),
-    };
-    Some((name, value))
 }
 
 /// `multipart/form-data` (RFC 7578): parts between `--boundary` lines, each a header section
@@ -375,8 +384,12 @@ impl MultipartParts {
         false
     }
 
-    /// Matches `byte` against the delimiter; `true` when it completes one.
+    /// Matches `byte` against the delimiter; `true` when it completes one. White space between
+    /// the line break and `--` is passed over, as Rack 2.2 does.
     fn advance_delimiter(&mut self, byte: u8) -> bool {
+        if self.matched == 1 && matches!(byte, b' ' | b'\t' | 0x0b | 0x0c | b'\r' | 0) {
+            return false;
+        }
         if byte == self.delimiter[self.matched] {
             self.matched += 1;
             if self.matched == self.delimiter.len() {
@@ -401,14 +414,17 @@ impl MultipartParts {
     }
 
     /// The kept value of a `_method` part names another method (`closed`: the delimiter that
-    /// ends it is the kept value's tail, with the line break before it).
+    /// ends it is the kept value's tail, with the line break before it unless that ended the
+    /// header section). A value too long to keep is refused: no client sends one, and a server
+    /// that ends a part where Postern does not (Rack 2.2 at `--boundary` mid-line) may read a
+    /// method from its start.
     fn value_overrides(&self, closed: bool, method: &[u8]) -> bool {
         if self.too_long {
-            return false;
+            return true;
         }
         let mut value = &self.kept[..];
         if closed {
-            value = &value[..value.len() - self.delimiter.len()];
+            value = &value[..value.len().saturating_sub(self.delimiter.len())];
             value = value.strip_suffix(b"\r").unwrap_or(value);
         }
         names_other(value, method)
@@ -416,7 +432,7 @@ impl MultipartParts {
 
     /// The empty line after a part's header section: the part is a `_method` field or not.
     fn part_starts(&mut self) -> PartState {
-        let is_method = field_name(&self.kept).is_some_and(|name| is_method_name(&name));
+        let is_method = names_method_field(&self.kept);
         self.kept.clear();
         // The line break that ended the header section may start the next delimiter.
         self.matched = 1;
@@ -432,22 +448,38 @@ impl MultipartParts {
     }
 }
 
-/// The `name` parameter of a part's `Content-Disposition: form-data` header.
-fn field_name(headers: &[u8]) -> Option<Vec<u8>> {
-    headers.split(|&byte| byte == b'\n').find_map(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = memchr(b':', line)?;
-        if !line[..colon]
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"content-disposition")
-        {
-            return None;
-        }
-        line[colon + 1..]
-            .split(|&byte| byte == b';')
-            .skip(1)
-            .filter_map(split_param)
-            .find_map(|(name, value)| name.eq_ignore_ascii_case(b"name").then_some(value))
+/// Whether a part's header section names the field `_method` anywhere: every `name=` in it not
+/// preceded by a letter or digit (so not `filename=`), its value quoted or up to `;`, `,` or
+/// white space, on any line (folded lines, the parameter first or repeated, another header's
+/// value: servers differ in which they read, and any of them may be the one read).
+fn names_method_field(headers: &[u8]) -> bool {
+    let lower = headers.to_ascii_lowercase();
+    memchr::memmem::find_iter(&lower, b"name").any(|at| {
+        let preceded = at > 0 && lower[at - 1].is_ascii_alphanumeric();
+        let rest = headers[at + b"name".len()..].trim_ascii_start();
+        let Some(rest) = rest.strip_prefix(b"=").map(<[u8]>::trim_ascii_start) else {
+            return false;
+        };
+        let value = match rest.strip_prefix(b"\"") {
+            Some(quoted) => {
+                let mut value = Vec::new();
+                let mut bytes = quoted.iter();
+                while let Some(&byte) = bytes.next() {
+                    match byte {
+                        b'"' => break,
+                        b'\\' => value.extend(bytes.next()),
+                        _ => value.push(byte),
+                    }
+                }
+                value
+            }
+            None => rest
+                .split(|&byte| matches!(byte, b';' | b',') || byte.is_ascii_whitespace())
+                .next()
+                .unwrap_or_default()
+                .to_vec(),
+        };
+        !preceded && is_method_name(&value)
     })
 }
 
@@ -698,12 +730,30 @@ mod tests {
         ] {
             assert!(!overrides_however_split(Some(MULTIPART), body), "{}", String::from_utf8_lossy(body));
         }
-        // A value too long to be a method is not one.
+        // A `_method` value too long to keep is refused: Rack 2.2 ends a part at `--boundary`
+        // mid-line, and would read `DELETE` here.
         let long = format!(
-            "--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\n{}\r\n--XyZ--\r\n",
-            "D".repeat(100)
+            "--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE--XyZ\r\n{}\r\n--XyZ--\r\n",
+            "x".repeat(100)
         );
-        assert!(!overrides_however_split(Some(MULTIPART), long.as_bytes()));
+        assert!(overrides_however_split(Some(MULTIPART), long.as_bytes()));
+        // An empty value is no method (and no panic, though the delimiter's line break is the
+        // one that ended the header section).
+        assert!(!overrides_however_split(
+            Some(MULTIPART),
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\n--XyZ--"
+        ));
+        // However a server may read the part's name: the last of several, a folded line, the
+        // parameter first, Rack 2's brackets; and white space before a delimiter (Rack 2.2).
+        for body in [
+            &b"--XyZ\r\nContent-Disposition: form-data; name=\"note\"; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--"[..],
+            b"--XyZ\r\nContent-Disposition: form-data;\r\n name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--",
+            b"--XyZ\r\nContent-Disposition: name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"[[_method]]\"\r\n\r\nDELETE\r\n--XyZ--",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n \t--XyZ\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--XyZ--",
+        ] {
+            assert!(overrides_however_split(Some(MULTIPART), body), "{}", String::from_utf8_lossy(body));
+        }
         // A quoted boundary is unquoted.
         assert!(overrides_however_split(
             Some("multipart/form-data; boundary=\"a b\""),
@@ -716,17 +766,18 @@ mod tests {
         );
         let mut refused = scan(Some(MULTIPART));
         assert!(refused.feed(huge.as_bytes()));
-        // A multipart body without a usable boundary is not read (its server cannot read it
-        // either).
-        let headers = |value: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
-            headers
-        };
-        assert!(
-            OverrideScan::for_request(&http::Method::POST, &headers("multipart/form-data"))
-                .is_none()
-        );
+        // A multipart type naming no boundary is read as a form (as Rack reads it); any
+        // `multipart/*` is multipart; two boundaries are refused whatever the body holds.
+        assert!(overrides_however_split(
+            Some("multipart/form-data"),
+            b"_method=DELETE"
+        ));
+        assert!(overrides_however_split(
+            Some("multipart/mixed; boundary=XyZ"),
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--"
+        ));
+        let mut twice = scan(Some("multipart/form-data; boundary=A; xboundary=B"));
+        assert!(twice.finish());
     }
 
     #[test]
@@ -778,6 +829,17 @@ mod tests {
         for kept in ["", "application/x-www-form-urlencoded", "application/json"] {
             assert!(OverrideScan::for_request(&http::Method::POST, &headers(kept)).is_some());
         }
+        // The type cut at a space (PHP), and JSON wherever the header says so (Laravel).
+        let mut form = OverrideScan::for_request(
+            &http::Method::POST,
+            &headers("application/x-www-form-urlencoded x"),
+        )
+        .unwrap();
+        assert!(form.feed(b"_method=DELETE&"));
+        let mut json =
+            OverrideScan::for_request(&http::Method::POST, &headers("text/plain; x=/json"))
+                .unwrap();
+        assert!(json.feed(br#"{"_method":"DELETE"}"#));
         for skipped in ["text/plain", "application/octet-stream", "application/xml"] {
             assert!(OverrideScan::for_request(&http::Method::POST, &headers(skipped)).is_none());
         }

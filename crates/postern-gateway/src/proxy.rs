@@ -765,21 +765,25 @@ pub(crate) fn token_from_authorization(value: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// The decoded credential of a `Basic <base64>` value (padding optional), zeroized when dropped.
+/// The decoded credential of a `Basic <base64>` value, zeroized when dropped. Decoded as
+/// leniently as a lenient server would: padding optional, stray low bits in the last
+/// character allowed.
 fn basic_credential(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     use base64::Engine as _;
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
     let value = value.trim_ascii();
     let scheme = value.get(..6)?;
     if !scheme.eq_ignore_ascii_case(b"basic ") {
         return None;
     }
-    let encoded = value[6..].trim_ascii();
-    let encoded = encoded
-        .strip_suffix(b"==")
-        .or_else(|| encoded.strip_suffix(b"="))
-        .unwrap_or(encoded);
-    base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(encoded)
+    LENIENT
+        .decode(value[6..].trim_ascii())
         .ok()
         .map(Zeroizing::new)
 }
@@ -1935,6 +1939,22 @@ mod tests {
             ));
         }
         assert!(!carries("authorization", "Basic eDp5"));
+        // Stray low bits in the last character, which a lenient server decodes anyway.
+        {
+            use base64::Engine as _;
+            let mut encoded = base64::engine::general_purpose::STANDARD_NO_PAD
+                .encode("x:pst_AbC123xyz!")
+                .into_bytes();
+            // 16 bytes: the last of 22 characters carries 2 bits and 4 that should be zero.
+            let last = encoded.last_mut().unwrap();
+            assert_eq!(*last, b'Q');
+            *last = b'R';
+            let encoded = String::from_utf8(encoded).unwrap();
+            assert!(
+                carries("authorization", &format!("Basic {encoded}")),
+                "{encoded}"
+            );
+        }
         assert!(!carries("x-note", "1"));
         // An empty token (never a caller's) is looked for without a panic.
         carries_token(
