@@ -3153,15 +3153,7 @@ async fn a_flood_of_unauthenticated_requests_is_audited_at_a_bounded_rate() {
             .map(|value| value.trim().parse::<f64>().unwrap() as usize)
             .unwrap()
     };
-    let metrics = client()
-        .get(format!("{}/metrics", gw.admin))
-        .bearer_auth(&gw.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     let unrecorded = metric(&metrics);
     assert!(unrecorded > 0, "none over the rate:\n{metrics}");
     assert!(unrecorded < calls + 1 - burst, "{unrecorded}");

@@ -549,15 +549,7 @@ async fn tunnel_client(gw: &TestGateway, token: &str, vendor: &TestVendor) -> re
 
 /// `postern_connections_open` and `postern_tunnels_open` from `/metrics`.
 async fn open_gauges(gw: &TestGateway) -> (i64, i64) {
-    let text = support::client()
-        .get(format!("{}/metrics", gw.admin))
-        .bearer_auth(&gw.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     let gauge = |name: &str| {
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))

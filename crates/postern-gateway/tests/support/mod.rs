@@ -774,6 +774,19 @@ token_sha256 = "{reporting}"
         read_events(&data_dir)
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(format!("{}/metrics", self.admin))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Waits (bounded) until at least `count` events are written, then returns them.
     pub async fn wait_events(&self, count: usize) -> Vec<serde_json::Value> {
         for _ in 0..200 {
