@@ -168,7 +168,13 @@ impl Kind {
             return Some(Kind::Form(FormFields::default()));
         }
         if essence.starts_with(b"multipart/") {
-            let mut mentions = memchr::memmem::find_iter(&lower, b"boundary");
+            // `boundary` followed by `=`: the word inside a boundary (a browser's
+            // `----WebKitFormBoundary…`) is no parameter.
+            let mut mentions = memchr::memmem::find_iter(&lower, b"boundary").filter(|&at| {
+                lower[at + b"boundary".len()..]
+                    .trim_ascii_start()
+                    .starts_with(b"=")
+            });
             return Some(match (mentions.next(), mentions.next()) {
                 (_, Some(_)) => Kind::Refused,
                 (None, None) => Kind::Form(FormFields::default()),
@@ -778,6 +784,30 @@ mod tests {
         ));
         let mut twice = scan(Some("multipart/form-data; boundary=A; xboundary=B"));
         assert!(twice.finish());
+        // What browsers and curl send is read, not refused: the word inside a boundary is not
+        // a second one.
+        for (content_type, boundary) in [
+            (
+                "multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW",
+                "----WebKitFormBoundary7MA4YWxkTrZu0gW",
+            ),
+            (
+                "multipart/form-data; boundary=------------------------d74496d66958873e",
+                "------------------------d74496d66958873e",
+            ),
+        ] {
+            let body = format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n\x00\x01--\r\n--{boundary}--\r\n"
+            );
+            assert!(!overrides_however_split(
+                Some(content_type),
+                body.as_bytes()
+            ));
+            let body = format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--{boundary}--\r\n"
+            );
+            assert!(overrides_however_split(Some(content_type), body.as_bytes()));
+        }
     }
 
     #[test]
