@@ -59,7 +59,7 @@ pub(crate) fn method_override(request: &Request<CallerBody>) -> Option<String> {
 pub(crate) fn body_method_override() -> CallError {
     CallError::bad_request(
         "method_override_refused",
-        "the request's body has a _method field (form, multipart or JSON) naming another method than its own: a vendor that honours it (Rails, Laravel, Symfony) would run an operation that was not authorized; send the request with the method it means",
+        "the request's body has a _method field (form, multipart or JSON) naming another method than its own, or is multipart written so that servers read its parts differently (see method_override_refused in docs/EVENTS.md): a vendor that honours it (Rails, Laravel, Symfony) would run an operation that was not authorized; send the request with the method it means, as well-formed multipart",
     )
 }
 
@@ -156,8 +156,7 @@ impl Kind {
     /// Read as broadly as the servers that honour `_method` read it: the type is cut at `;`, `,`
     /// or a space (PHP); any `multipart/*` is multipart (Rack), read as a form when it names no
     /// boundary (Rack parses such a body as a form); JSON wherever `/json` or `+json` appears in
-    /// the header (Laravel). A header naming `boundary` twice is refused outright: servers
-    /// take different ones (PHP the first, Rack the last), so no one reading tells them all.
+    /// the header (Laravel).
     fn for_content_type(value: &[u8]) -> Option<Kind> {
         let lower = value.to_ascii_lowercase();
         let essence = lower
@@ -168,47 +167,74 @@ impl Kind {
             return Some(Kind::Form(FormFields::default()));
         }
         if essence.starts_with(b"multipart/") {
-            // `boundary` followed by `=`: the word inside a boundary (a browser's
-            // `----WebKitFormBoundary…`) is no parameter.
-            let mut mentions = memchr::memmem::find_iter(&lower, b"boundary").filter(|&at| {
-                lower[at + b"boundary".len()..]
-                    .trim_ascii_start()
-                    .starts_with(b"=")
-            });
-            return Some(match (mentions.next(), mentions.next()) {
-                (_, Some(_)) => Kind::Refused,
-                (None, None) => Kind::Form(FormFields::default()),
-                (Some(at), None) => match boundary_after(&value[at + b"boundary".len()..]) {
-                    None => Kind::Form(FormFields::default()),
-                    Some(boundary) => match MultipartParts::new(&boundary) {
-                        Some(parts) => Kind::Multipart(Box::new(parts)),
-                        None => Kind::Refused,
-                    },
-                },
-            });
+            return Some(Kind::for_boundaries(
+                rack_boundary(value, &lower),
+                php_boundaries(value, &lower),
+            ));
         }
         let json = memchr::memmem::find(&lower, b"/json").is_some()
             || memchr::memmem::find(&lower, b"+json").is_some();
         json.then(|| Kind::Json(JsonKeys::default()))
     }
+
+    /// A multipart body read with the boundary that starts every server's: each delimiter a
+    /// server takes then starts with one Postern takes (what follows it on the line is read as
+    /// padding). None in common is refused; so is a body Rack would read as a form (it finds no
+    /// `boundary=`) while PHP reads it as multipart (`boundary =x`): no one reading tells both.
+    fn for_boundaries(rack: Option<&[u8]>, php: Option<Vec<&[u8]>>) -> Kind {
+        match (rack, php) {
+            (None, None) => Kind::Form(FormFields::default()),
+            (None, Some(_)) => Kind::Refused,
+            (Some(rack), php) => {
+                let common = php.into_iter().flatten().fold(rack, |common, other| {
+                    let same = common.iter().zip(other).take_while(|(a, b)| a == b).count();
+                    &common[..same]
+                });
+                match MultipartParts::new(common) {
+                    Some(parts) => Kind::Multipart(Box::new(parts)),
+                    None => Kind::Refused,
+                }
+            }
+        }
+    }
 }
 
-/// The boundary after a header's `boundary`: `=` and the value, quoted or up to `;`, `,` or
-/// white space (`None` without an `=`, or with an empty value).
-fn boundary_after(rest: &[u8]) -> Option<Vec<u8>> {
-    let rest = rest
-        .trim_ascii_start()
-        .strip_prefix(b"=")?
-        .trim_ascii_start();
-    let value = match rest.strip_prefix(b"\"") {
-        Some(quoted) => quoted[..memchr(b'"', quoted).unwrap_or(quoted.len())].to_vec(),
-        None => rest
-            .split(|&byte| matches!(byte, b';' | b',') || byte.is_ascii_whitespace())
-            .next()
-            .unwrap_or_default()
-            .to_vec(),
+/// The boundary Rack (2 and 3) reads from a `Content-Type` (`lower`: the same, in lower case):
+/// `/multipart\/.*boundary="?([^";,]+)"?/i`, so the last `boundary=` that has a value, taken up
+/// to `"`, `;` or `,` (white space kept).
+fn rack_boundary<'a>(value: &'a [u8], lower: &[u8]) -> Option<&'a [u8]> {
+    let starts: Vec<usize> = memchr::memmem::find_iter(lower, b"boundary=").collect();
+    starts.into_iter().rev().find_map(|at| {
+        let rest = &value[at + b"boundary=".len()..];
+        let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
+        let end = rest
+            .iter()
+            .position(|&byte| matches!(byte, b'"' | b';' | b','))
+            .unwrap_or(rest.len());
+        (end > 0).then(|| &rest[..end])
+    })
+}
+
+/// The boundaries PHP reads (`main/rfc1867.c`): the first `boundary` (in its case, else in any),
+/// then the value after the next `=` wherever it is, quoted (no closing quote: PHP reads no
+/// parts) or up to `,` and `;` (up to `,` alone in older releases, so both). `None` when PHP
+/// finds no boundary and parses no part.
+fn php_boundaries<'a>(value: &'a [u8], lower: &[u8]) -> Option<Vec<&'a [u8]>> {
+    let at = memchr::memmem::find(value, b"boundary")
+        .or_else(|| memchr::memmem::find(lower, b"boundary"))?;
+    let rest = &value[at..];
+    let rest = &rest[memchr(b'=', rest)? + 1..];
+    if let Some(quoted) = rest.strip_prefix(b"\"") {
+        return Some(vec![&quoted[..memchr(b'"', quoted)?]]);
+    }
+    let up_to = |stops: &[u8]| {
+        let end = rest
+            .iter()
+            .position(|byte| stops.contains(byte))
+            .unwrap_or(rest.len());
+        &rest[..end]
     };
-    (!value.is_empty()).then_some(value)
+    Some(vec![up_to(b",;"), up_to(b",")])
 }
 
 /// A value that names another method than `method`: not empty once trimmed, short enough to be
@@ -279,14 +305,20 @@ impl FormFields {
     }
 }
 
-/// `multipart/form-data` (RFC 7578): parts between `--boundary` lines, each a header section
-/// (whose `Content-Disposition` names the field) and the field's value. A delimiter is taken
-/// after a bare LF as well as after CRLF, and at the very start of the body, so a part is found
-/// wherever a lenient parser would find it.
+/// `multipart/*` (RFC 7578): parts between delimiters, each a header section (whose
+/// `Content-Disposition` names the field) and the field's value. A delimiter is `--boundary`
+/// wherever it appears, mid-line too (Rack 2.2 ends a part there), the rest of its line padding;
+/// so every delimiter a server takes is one here, and a part is found wherever a lenient parser
+/// would find it. A header section must end with an empty CRLF line (Rack reads on to one where
+/// PHP stops at a bare LF): a body whose section ends otherwise is refused.
 #[derive(Debug)]
 struct MultipartParts {
-    /// `\n--` and the boundary: what starts every delimiter line.
+    /// `--` and the boundary.
     delimiter: Vec<u8>,
+    /// For each length of a partial match, the longest shorter one it still holds (the
+    /// Knuth–Morris–Pratt table): boundaries are full of dashes, so a mismatch need not leave
+    /// nothing matched.
+    fallback: Vec<usize>,
     /// How much of `delimiter` the bytes just read match.
     matched: usize,
     state: PartState,
@@ -302,8 +334,8 @@ enum PartState {
     Data,
     /// In the data of a `_method` part: its value is kept.
     MethodValue,
-    /// Just after a delimiter: `--` there closes the parts; anything else up to the end of the
-    /// line is padding.
+    /// Just after a delimiter: `--` there closes the parts (what follows is read on, as a
+    /// lenient server may); anything else up to the end of the line is padding.
     AfterDelimiter { dashes: u8 },
     /// A part's header section, up to its empty line; `line` counts the current line's bytes.
     Headers { line: usize },
@@ -311,17 +343,27 @@ enum PartState {
 
 impl MultipartParts {
     fn new(boundary: &[u8]) -> Option<Self> {
-        // RFC 2046: 1 to 70 characters, none of them a line break. A body with another could
-        // not be parsed by its server either.
+        // RFC 2046: 1 to 70 characters, none of them a line break.
         if boundary.is_empty() || boundary.len() > 70 || boundary.contains(&b'\n') {
             return None;
         }
-        let mut delimiter = b"\n--".to_vec();
+        let mut delimiter = b"--".to_vec();
         delimiter.extend_from_slice(boundary);
+        let mut fallback = vec![0; delimiter.len() + 1];
+        let mut shorter = 0;
+        for length in 2..=delimiter.len() {
+            while shorter > 0 && delimiter[length - 1] != delimiter[shorter] {
+                shorter = fallback[shorter];
+            }
+            if delimiter[length - 1] == delimiter[shorter] {
+                shorter += 1;
+            }
+            fallback[length] = shorter;
+        }
         Some(MultipartParts {
             delimiter,
-            // The body's first line may be a delimiter: read as if a line break came before.
-            matched: 1,
+            fallback,
+            matched: 0,
             state: PartState::Data,
             kept: Vec::new(),
             too_long: false,
@@ -333,41 +375,39 @@ impl MultipartParts {
         while at < data.len() {
             match self.state {
                 PartState::Data if self.matched == 0 => {
-                    // Nothing can start a delimiter before the next line break.
-                    match memchr(b'\n', &data[at..]) {
-                        Some(offset) => {
-                            at += offset + 1;
-                            self.matched = 1;
-                        }
+                    // Nothing can start a delimiter before the next `-`.
+                    match memchr(b'-', &data[at..]) {
+                        Some(offset) => at += offset,
                         None => return false,
                     }
-                    continue;
-                }
-                PartState::Data | PartState::MethodValue => {
                     let byte = data[at];
                     at += 1;
-                    if self.state == PartState::MethodValue {
-                        if self.kept.len() <= CAP + self.delimiter.len() {
-                            self.kept.push(byte);
-                        } else {
-                            self.too_long = true;
-                        }
-                    }
                     if self.advance_delimiter(byte) && self.delimiter_ended(method) {
                         return true;
                     }
                 }
-                PartState::AfterDelimiter { dashes } => {
+                PartState::Data | PartState::MethodValue | PartState::AfterDelimiter { .. } => {
                     let byte = data[at];
                     at += 1;
-                    self.state = match (byte, dashes) {
-                        (b'-', 0) => PartState::AfterDelimiter { dashes: 1 },
-                        // The closing delimiter; what follows is read on as data, since a
-                        // lenient server may not take it as the end.
-                        (b'-', _) => PartState::Data,
-                        (b'\n', _) => PartState::Headers { line: 0 },
-                        _ => PartState::AfterDelimiter { dashes: 2 },
-                    };
+                    match self.state {
+                        PartState::MethodValue if self.kept.len() <= CAP + self.delimiter.len() => {
+                            self.kept.push(byte);
+                        }
+                        PartState::MethodValue => self.too_long = true,
+                        PartState::AfterDelimiter { dashes } => {
+                            self.state = match (byte, dashes) {
+                                (b'-', 0) => PartState::AfterDelimiter { dashes: 1 },
+                                (b'-', 1) => PartState::Data,
+                                (b'\n', _) => PartState::Headers { line: 0 },
+                                _ => PartState::AfterDelimiter { dashes: 2 },
+                            };
+                        }
+                        _ => {}
+                    }
+                    // A delimiter in the padding starts the line anew.
+                    if self.advance_delimiter(byte) && self.delimiter_ended(method) {
+                        return true;
+                    }
                 }
                 PartState::Headers { line } => {
                     let byte = data[at];
@@ -379,7 +419,10 @@ impl MultipartParts {
                         return true;
                     }
                     self.state = match byte {
-                        b'\n' if line == 0 => self.part_starts(),
+                        b'\n' if line == 0 => match self.part_starts() {
+                            Some(state) => state,
+                            None => return true,
+                        },
                         b'\n' => PartState::Headers { line: 0 },
                         b'\r' => PartState::Headers { line },
                         _ => PartState::Headers { line: line + 1 },
@@ -390,22 +433,17 @@ impl MultipartParts {
         false
     }
 
-    /// Matches `byte` against the delimiter; `true` when it completes one. White space between
-    /// the line break and `--` is passed over, as Rack 2.2 does.
+    /// Matches `byte` against the delimiter; `true` when it completes one.
     fn advance_delimiter(&mut self, byte: u8) -> bool {
-        if self.matched == 1 && matches!(byte, b' ' | b'\t' | 0x0b | 0x0c | b'\r' | 0) {
-            return false;
+        while self.matched > 0 && byte != self.delimiter[self.matched] {
+            self.matched = self.fallback[self.matched];
         }
         if byte == self.delimiter[self.matched] {
             self.matched += 1;
-            if self.matched == self.delimiter.len() {
-                self.matched = 0;
-                return true;
-            }
-        } else {
-            // The delimiter's first byte (`\n`) occurs nowhere else in it, so a mismatch can
-            // only restart the match at a line break.
-            self.matched = usize::from(byte == b'\n');
+        }
+        if self.matched == self.delimiter.len() {
+            self.matched = 0;
+            return true;
         }
         false
     }
@@ -420,10 +458,8 @@ impl MultipartParts {
     }
 
     /// The kept value of a `_method` part names another method (`closed`: the delimiter that
-    /// ends it is the kept value's tail, with the line break before it unless that ended the
-    /// header section). A value too long to keep is refused: no client sends one, and a server
-    /// that ends a part where Postern does not (Rack 2.2 at `--boundary` mid-line) may read a
-    /// method from its start.
+    /// ends it is the kept value's tail). A value too long to keep is refused: no client sends
+    /// one.
     fn value_overrides(&self, closed: bool, method: &[u8]) -> bool {
         if self.too_long {
             return true;
@@ -431,22 +467,24 @@ impl MultipartParts {
         let mut value = &self.kept[..];
         if closed {
             value = &value[..value.len().saturating_sub(self.delimiter.len())];
-            value = value.strip_suffix(b"\r").unwrap_or(value);
         }
         names_other(value, method)
     }
 
-    /// The empty line after a part's header section: the part is a `_method` field or not.
-    fn part_starts(&mut self) -> PartState {
+    /// The empty line after a part's header section: the part is a `_method` field or not;
+    /// `None` (refused) when the section does not end with an empty CRLF line.
+    fn part_starts(&mut self) -> Option<PartState> {
+        if !self.kept.ends_with(b"\r\n\r\n") {
+            return None;
+        }
         let is_method = names_method_field(&self.kept);
         self.kept.clear();
-        // The line break that ended the header section may start the next delimiter.
-        self.matched = 1;
-        if is_method {
+        self.matched = 0;
+        Some(if is_method {
             PartState::MethodValue
         } else {
             PartState::Data
-        }
+        })
     }
 
     fn finish(&mut self, method: &[u8]) -> bool {
@@ -457,7 +495,8 @@ impl MultipartParts {
 /// Whether a part's header section names the field `_method` anywhere: every `name=` in it not
 /// preceded by a letter or digit (so not `filename=`), its value quoted or up to `;`, `,` or
 /// white space, on any line (folded lines, the parameter first or repeated, another header's
-/// value: servers differ in which they read, and any of them may be the one read).
+/// value: servers differ in which they read, and any of them may be the one read), and every
+/// `Content-ID` (Rack's name for a part with none).
 fn names_method_field(headers: &[u8]) -> bool {
     let lower = headers.to_ascii_lowercase();
     memchr::memmem::find_iter(&lower, b"name").any(|at| {
@@ -486,6 +525,11 @@ fn names_method_field(headers: &[u8]) -> bool {
                 .to_vec(),
         };
         !preceded && is_method_name(&value)
+    }) || memchr::memmem::find_iter(&lower, b"content-id:").any(|at| {
+        // Rack names a part without a `name` by its `Content-ID` (`Content-ID:\s*([^\r\n]*)`).
+        let rest = headers[at + b"content-id:".len()..].trim_ascii_start();
+        let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+        is_method_name(rest[..end].trim_ascii_end())
     })
 }
 
@@ -808,6 +852,118 @@ mod tests {
             );
             assert!(overrides_however_split(Some(content_type), body.as_bytes()));
         }
+    }
+
+    /// How a `Content-Type` is read: `Some(boundary)` for multipart, `None` for a form; panics
+    /// for a refused or JSON one.
+    fn read_as(content_type: &str) -> Result<Option<String>, &'static str> {
+        match Kind::for_content_type(content_type.as_bytes()) {
+            Some(Kind::Multipart(parts)) => Ok(Some(
+                String::from_utf8_lossy(&parts.delimiter[2..]).into_owned(),
+            )),
+            Some(Kind::Form(_)) => Ok(None),
+            Some(Kind::Refused) => Err("refused"),
+            other => panic!("{content_type}: {other:?}"),
+        }
+    }
+
+    /// The boundary read is one that starts every server's (PHP's and Rack's), so each
+    /// delimiter a server takes is one Postern takes; where they share none, or Rack reads a
+    /// form where PHP reads parts, the body is refused.
+    #[test]
+    fn the_boundary_read_starts_every_servers() {
+        for (content_type, read) in [
+            ("multipart/form-data; boundary=XyZ", Ok(Some("XyZ"))),
+            ("multipart/form-data; boundary=\"a b\"", Ok(Some("a b"))),
+            (
+                "multipart/form-data; boundary=abc; charset=utf-8",
+                Ok(Some("abc")),
+            ),
+            ("multipart/form-data; Boundary=A; boundary=A", Ok(Some("A"))),
+            // Rack reads `a`, PHP `a;b`.
+            ("multipart/form-data; boundary=\"a;b\"", Ok(Some("a"))),
+            // Both keep the space.
+            ("multipart/form-data; boundary= a", Ok(Some(" a"))),
+            // PHP's first `boundary` is a value, its `=` another parameter's: PHP reads `B`,
+            // Rack `A`.
+            (
+                "multipart/form-data; a=boundary; b=B; boundary=A",
+                Err("refused"),
+            ),
+            (
+                "multipart/form-data; boundary=A; xboundary=B",
+                Err("refused"),
+            ),
+            // Rack finds no `boundary=` and reads a form; PHP reads parts split by `a`.
+            ("multipart/form-data; boundary =a", Err("refused")),
+            ("multipart/form-data; boundary=", Err("refused")),
+            // Neither finds a boundary: a form to both.
+            ("multipart/form-data", Ok(None)),
+            ("multipart/form-data; x=WebKitFormBoundary", Ok(None)),
+        ] {
+            assert_eq!(
+                read_as(content_type),
+                read.map(|read| read.map(str::to_owned)),
+                "{content_type}"
+            );
+        }
+        let long = format!("multipart/form-data; boundary={}", "b".repeat(71));
+        assert_eq!(read_as(&long), Err("refused"));
+        // A body split by PHP's boundary (`a;b`) is read by the common one.
+        let body =
+            b"--a;b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--a;b--";
+        assert!(overrides_however_split(
+            Some("multipart/form-data; boundary=\"a;b\""),
+            body
+        ));
+        assert!(overrides_however_split(
+            Some("multipart/form-data; boundary= a"),
+            b"-- a\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n-- a--"
+        ));
+    }
+
+    /// Where a server would end a part or read a part's name that a strict reading would not.
+    #[test]
+    fn a_method_part_is_found_where_any_server_would_find_it() {
+        for body in [
+            // Rack 2.2 ends a part at `--boundary` mid-line.
+            &b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nabc--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--"[..],
+            // A delimiter in the padding of another's line.
+            b"--XyZ x--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--",
+            // Rack names a part with no `name` by its `Content-ID`.
+            b"--XyZ\r\nContent-Disposition: form-data\r\nContent-ID: _method\r\n\r\nDELETE\r\n--XyZ--",
+            b"--XyZ\r\ncontent-id:\r\n [_method] \r\n\r\nDELETE\r\n--XyZ--",
+            // A header section ended by a bare LF is refused whatever it names: Rack reads on
+            // to an empty CRLF line, and may find `_method` there.
+            b"--XyZ\r\nX-A: a\n\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\n\nx\r\n--XyZ--",
+            b"--XyZ\r\n\r\nX-A: a\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\r\nx\r\n--XyZ--",
+        ] {
+            assert!(
+                overrides_however_split(Some(MULTIPART), body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Dashes before a dash-filled boundary still let it match (the partial match falls
+        // back, not to nothing).
+        let boundary = "----WebKitFormBoundary7MA4YWxkTrZu0gW";
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        let body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nx-----{boundary}\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--{boundary}--"
+        );
+        assert!(overrides_however_split(
+            Some(&content_type),
+            body.as_bytes()
+        ));
+        let body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\n-------------\r\n--{boundary}--"
+        );
+        assert!(!overrides_however_split(
+            Some(&content_type),
+            body.as_bytes()
+        ));
     }
 
     #[test]
