@@ -306,6 +306,9 @@ pub struct ProxyConfig {
     pub allow_hosts: Vec<String>,
     /// Hosts nobody may reach, whatever the mode (checked first).
     pub deny_hosts: Vec<String>,
+    /// The addresses (`/32`, `/128`) and networks (`"203.0.113.0/24"`) among `deny_hosts`: a
+    /// destination that resolves into one is refused as a listed host is.
+    pub deny_networks: Vec<ipnet::IpNet>,
     /// Destination ports allowed for unregistered hosts. Default `[443]`.
     pub allowed_ports: Vec<u16>,
     /// Private networks a proxied destination may resolve to (the SSRF guard refuses the rest).
@@ -327,6 +330,7 @@ impl Default for ProxyConfig {
             mode: ProxyMode::Enforce,
             allow_hosts: Vec::new(),
             deny_hosts: Vec::new(),
+            deny_networks: Vec::new(),
             allowed_ports: DEFAULT_PROXY_PORTS.to_vec(),
             allow_private_networks: Vec::new(),
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,

@@ -745,6 +745,24 @@ impl Validator<'_> {
                 })
                 .collect(),
         };
+        // `deny_hosts` may name networks too; they, and its addresses, are refused wherever a
+        // destination resolves.
+        let (networks, names): (Vec<_>, Vec<_>) = raw
+            .deny_hosts
+            .iter()
+            .cloned()
+            .partition(|value| value.get_ref().contains('/'));
+        let deny_hosts = self.proxy_host_patterns(&names, "deny_hosts");
+        let mut deny_networks: Vec<ipnet::IpNet> = networks
+            .iter()
+            .filter_map(|value| self.ip_network(value))
+            .collect();
+        deny_networks.extend(
+            deny_hosts
+                .iter()
+                .filter_map(|host| host.parse::<std::net::IpAddr>().ok())
+                .map(ipnet::IpNet::from),
+        );
         ProxyConfig {
             enabled: raw.enabled.unwrap_or(true),
             mode: raw
@@ -752,7 +770,8 @@ impl Validator<'_> {
                 .as_ref()
                 .map_or(ProxyMode::Enforce, |mode| self.proxy_mode(mode)),
             allow_hosts: self.proxy_host_patterns(&raw.allow_hosts, "allow_hosts"),
-            deny_hosts: self.proxy_host_patterns(&raw.deny_hosts, "deny_hosts"),
+            deny_hosts,
+            deny_networks,
             allowed_ports,
             allow_private_networks: raw
                 .allow_private_networks

@@ -662,6 +662,23 @@ fn forward_proxy_section_and_host_keys() {
         integration("")
     ));
     assert_eq!(config.proxy.deny_hosts, ["::1", "::1", "127.0.0.1", "x.example"]);
+    // Its addresses, and the networks it may hold, are also refused where a name resolves.
+    let networks = |config: &postern_config::Config| -> Vec<String> {
+        config.proxy.deny_networks.iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(networks(&config), ["::1/128", "::1/128", "127.0.0.1/32"]);
+    let config = parse_ok(&format!(
+        "{}\n[proxy]\ndeny_hosts = [\"203.0.113.0/24\", \"2001:db8::/32\", \"pastebin.com\"]\n",
+        integration("")
+    ));
+    assert_eq!(config.proxy.deny_hosts, ["pastebin.com"]);
+    assert_eq!(networks(&config), ["203.0.113.0/24", "2001:db8::/32"]);
+    check(
+        &format!("{}\n[proxy]\ndeny_hosts = [\"203.0.113.7/24\", \"x/y\"]\n", integration("")),
+        "9:15: \"203.0.113.7/24\" has host bits set: it names 203.0.113.0/24, not one address\n9:33: \"x/y\" is not an IP network or address",
+    );
+    // Only `deny_hosts` takes networks.
+    assert!(render(&format!("{}\n[proxy]\nallow_hosts = [\"203.0.113.0/24\"]\n", integration(""))).contains("is not a host pattern"));
     assert!(render(&integration("hosts = [\"::1\"]\n")).contains("is not a host pattern"));
     // intercept defaults to true when hosts are listed.
     assert!(parse_ok(&integration("hosts = [\"api.stripe.com\"]\n")).integrations[0].intercept);

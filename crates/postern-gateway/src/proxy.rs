@@ -1418,6 +1418,10 @@ pub(crate) fn body_violation_error(context: &CallContext, limit: u64) -> Option<
 /// timeout, or connection failure.
 pub(crate) fn connect_error(what: &str, error: &ConnectError) -> CallError {
     match error {
+        ConnectError::Denied(denied) if denied.listed => CallError::forbidden(
+            "host_denied",
+            format!("{what} resolves to an address on the proxy's deny list ([proxy] deny_hosts)"),
+        ),
         ConnectError::Denied(denied) => CallError::bad_gateway(
             "upstream_address_denied",
             format!(

@@ -570,7 +570,9 @@ fn build_proxy(
     // `*.stripe.com` on another, whatever their order in the file.
     hosts.sort_by_key(|(pattern, _)| matches!(pattern, HostPattern::OneLevel(_)));
     let plain_client = crate::upstream::build_client(crate::upstream::UpstreamOptions {
-        guard: clients.guard(proxy.allow_private_networks.clone()),
+        guard: clients
+            .guard(proxy.allow_private_networks.clone())
+            .with_denied_networks(proxy.deny_networks.clone()),
         allow_plaintext: true,
         ca_file: None,
         connect_timeout: std::time::Duration::from_millis(proxy.connect_timeout_ms),

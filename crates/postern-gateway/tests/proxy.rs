@@ -709,6 +709,49 @@ async fn allow_lists_wildcards_and_the_deny_list() {
     gw.stop().await;
 }
 
+/// A `deny_hosts` address or network refuses the names that resolve into it (`localhost` is
+/// 127.0.0.1 here), on CONNECT and on absolute-form requests alike, not only its literal; the
+/// same gateway without the entry lets the name through.
+#[tokio::test]
+async fn a_denied_address_or_network_refuses_names_that_resolve_into_it() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let other = TestVendor::tls(TestVendor::ok_handler()).await;
+    let port = other.addr.port();
+    let target = format!("localhost:{port}");
+    let gw = intercepting_gateway(&vendor, "", &host_policy_proxy(&other, "open", "")).await;
+    let answer = connect_status(&gw, &target).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    gw.stop().await;
+    for deny in [
+        r#"deny_hosts = ["127.0.0.1", "::1"]"#,
+        r#"deny_hosts = ["127.0.0.0/8", "::1/128"]"#,
+    ] {
+        let gw = intercepting_gateway(&vendor, "", &host_policy_proxy(&other, "open", deny)).await;
+        let answer = connect_status(&gw, &target).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 403") && answer.contains("host_denied"),
+            "{deny}: {answer}"
+        );
+        assert!(answer.contains("deny_hosts"), "{answer}");
+        let mut stream = send_proxy_head(
+            &gw,
+            &format!("GET http://localhost:{port}/v1/items/42 HTTP/1.1"),
+            port,
+        )
+        .await;
+        let head = answer_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{deny}: {head}");
+        let events = gw.events().await;
+        assert!(
+            events.iter().all(|e| e["reason"] == "host_denied"),
+            "{events:?}"
+        );
+        assert_eq!(events.len(), 2);
+        gw.stop().await;
+    }
+    assert!(other.seen().is_empty());
+}
+
 /// An integration `opaque` at `https://{host}:{port}`, reached through the proxy by that host
 /// and not intercepted (an opaque tunnel), loopback allowed, every operation granted to
 /// `checkout`; `extra` adds keys to the integration.

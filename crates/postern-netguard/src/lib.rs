@@ -211,12 +211,31 @@ fn embedded_ipv4(ip: IpAddr, class: AddressClass) -> Option<Ipv4Addr> {
 }
 
 /// An address the guard refused to let Postern dial.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("address {ip} is {} and not in allow_private_networks", class.as_str())]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {
     pub ip: IpAddr,
     pub class: AddressClass,
+    /// Refused because a denied network holds it ([`Guard::with_denied_networks`]), whatever
+    /// its class; otherwise for its class.
+    pub listed: bool,
 }
+
+impl fmt::Display for Denied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.listed {
+            write!(f, "address {} is in a denied network", self.ip)
+        } else {
+            write!(
+                f,
+                "address {} is {} and not in allow_private_networks",
+                self.ip,
+                self.class.as_str()
+            )
+        }
+    }
+}
+
+impl std::error::Error for Denied {}
 
 /// Why [`Guard::resolve`] produced no addresses to dial.
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +272,8 @@ pub trait Resolve: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
     allow_private_networks: Vec<IpNet>,
+    /// Networks refused whatever their class (the forward proxy's `deny_hosts` addresses).
+    denied_networks: Vec<IpNet>,
     /// `None`: the system resolver.
     resolver: Option<Arc<dyn Resolve>>,
 }
@@ -261,8 +282,17 @@ impl Guard {
     pub fn new(allow_private_networks: Vec<IpNet>) -> Self {
         Guard {
             allow_private_networks,
+            denied_networks: Vec::new(),
             resolver: None,
         }
+    }
+
+    /// The same guard, refusing every address inside `networks` as well, public ones too, and
+    /// an IPv6 address whose embedded IPv4 address one of them holds (`::ffff:a.b.c.d`, NAT64,
+    /// 6to4): a host name that resolves there is refused as its address would be.
+    pub fn with_denied_networks(mut self, networks: Vec<IpNet>) -> Self {
+        self.denied_networks = networks;
+        self
     }
 
     /// The same guard, looking names up with `resolver` (`None`: the system resolver).
@@ -291,6 +321,18 @@ impl Guard {
     /// not let it pass.
     pub fn check(&self, ip: IpAddr) -> Result<(), Denied> {
         let class = classify(ip);
+        if !self.denied_networks.is_empty() {
+            let embedded = embedded_ipv4(ip, class).map(IpAddr::V4);
+            let listed =
+                |address: IpAddr| self.denied_networks.iter().any(|n| n.contains(&address));
+            if listed(ip) || embedded.is_some_and(listed) {
+                return Err(Denied {
+                    ip,
+                    class,
+                    listed: true,
+                });
+            }
+        }
         if class == AddressClass::Public {
             return Ok(());
         }
@@ -300,7 +342,11 @@ impl Guard {
                 Some(v4)
                     if classify(v4) != AddressClass::Public && !self.is_allowed_private(v4) =>
                 {
-                    Err(Denied { ip, class })
+                    Err(Denied {
+                        ip,
+                        class,
+                        listed: false,
+                    })
                 }
                 _ => Ok(()),
             };
@@ -311,7 +357,11 @@ impl Guard {
                 return Ok(());
             }
         }
-        Err(Denied { ip, class })
+        Err(Denied {
+            ip,
+            class,
+            listed: false,
+        })
     }
 
     /// Resolves `host` and returns the addresses Postern may dial, in
@@ -362,9 +412,19 @@ impl Guard {
         Ok(answer)
     }
 
-    /// Refuses the whole answer if any address in it is denied.
+    /// Refuses the whole answer if any address in it is denied (naming a listed one first:
+    /// the deny list is the operator's own word on that host).
     fn check_all(&self, answer: &[SocketAddr]) -> Result<(), Denied> {
-        answer.iter().try_for_each(|addr| self.check(addr.ip()))
+        let mut first = None;
+        for addr in answer {
+            if let Err(denied) = self.check(addr.ip()) {
+                if denied.listed {
+                    return Err(denied);
+                }
+                first.get_or_insert(denied);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     fn is_allowed_private(&self, ip: IpAddr) -> bool {
@@ -702,9 +762,46 @@ mod tests {
             guard.check_all(&[public, private]),
             Err(Denied {
                 ip: private.ip(),
-                class: Private
+                class: Private,
+                listed: false,
             })
         );
+    }
+
+    /// A denied network refuses its addresses whatever their class, in every IPv6 form that
+    /// reaches them, and is named before any other refusal in the same answer.
+    #[tokio::test]
+    async fn a_denied_network_refuses_public_and_allowed_addresses_and_names_resolving_there() {
+        let guard = Guard::new(vec!["10.1.0.0/16".parse().unwrap()]).with_denied_networks(vec![
+            "93.184.216.34/32".parse().unwrap(),
+            "10.1.2.0/24".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ]);
+        for ip in [
+            "93.184.216.34",
+            "10.1.2.3",
+            "2001:db8::1",
+            "::ffff:93.184.216.34",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let denied = guard.check(ip).unwrap_err();
+            assert!(denied.listed, "{ip}");
+            assert!(denied.to_string().contains("denied network"), "{denied}");
+        }
+        assert_eq!(guard.check("93.184.216.35".parse().unwrap()), Ok(()));
+        assert_eq!(guard.check("10.1.3.1".parse().unwrap()), Ok(()));
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 443));
+        let listed = SocketAddr::from(([93, 184, 216, 34], 443));
+        assert!(guard.check_all(&[loopback, listed]).unwrap_err().listed);
+        let resolver = Rebinding {
+            answers: vec![vec!["8.8.8.8".parse().unwrap(), listed.ip()]],
+            lookups: std::sync::Mutex::new(Vec::new()),
+        };
+        let guard = guard.with_resolver(Some(Arc::new(resolver)));
+        let denied = resolve_denied(&guard, "any.example.com").await;
+        assert_eq!((denied.ip, denied.listed), (listed.ip(), true));
     }
 
     async fn resolve_denied(guard: &Guard, host: &str) -> Denied {
@@ -797,6 +894,7 @@ mod tests {
             let expected = Denied {
                 ip: ip.parse().unwrap(),
                 class,
+                listed: false,
             };
             assert_eq!(resolve_denied(&guard, host).await, expected, "{host}");
         }
