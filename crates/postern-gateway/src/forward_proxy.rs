@@ -508,7 +508,7 @@ fn intercept(
                             TokioIo::new(stream),
                             info,
                             builder,
-                            shared.shutdown_signal(),
+                            (shared.shutdown_signal(), idle),
                             Some(crate::proxy::on_malformed(&shared)),
                             handler,
                         )

@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::{CallerBody, GatewayBody};
 use crate::context::ConnectionInfo;
-use crate::deadline::{Deadline, InFlight, Waiting};
+use crate::deadline::{Deadline, InFlight, Open, Waiting};
 use crate::h1server::{self, Prefixed, Served};
 
 /// A connection must send its first byte within this long (a bare TCP connection that never
@@ -196,7 +196,7 @@ where
     } = accept;
     // Shared by the loop's connections: hyper's settings (a few hundred bytes) are needed only
     // by a connection hyper serves, and copied for it then.
-    let builder = Arc::new(builder);
+    let builder = Arc::new(Hyper { builder, idle });
     // This loop's connections watch a shutdown channel of its own (on a worker, one that only
     // that worker's thread touches): an idle keep-alive connection registers with the channel's
     // waiters before each request and leaves them when the request comes, and the gateway's
@@ -288,8 +288,8 @@ where
                             Box::pin(serve(
                                 TokioIo::new(stream),
                                 info,
-                                (*builder).clone(),
-                                watcher,
+                                builder.builder.clone(),
+                                (watcher, builder.idle),
                                 None,
                                 handler,
                             ))
@@ -307,9 +307,16 @@ where
     }
 }
 
+/// What a connection needs once hyper serves it: hyper's settings, and the idle limit its
+/// requests must keep to ([`serve`]). Shared by a listener's connections.
+struct Hyper {
+    builder: auto::Builder<TokioExecutor>,
+    idle: Duration,
+}
+
 /// What a connection task needs besides its stream and handler.
 struct Connection {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Hyper>,
     /// Held for the connection's life, so graceful shutdown waits for it.
     watcher: Watcher,
     shutdown: watch::Receiver<bool>,
@@ -343,7 +350,8 @@ impl Connection {
         .await;
         if let Served::Handoff { read, served } = served {
             // After an HTTP/1.1 exchange, the connection stays HTTP/1.1 (no h2 preface).
-            let builder = (*builder).clone();
+            let idle = builder.idle;
+            let builder = builder.builder.clone();
             let builder = if served {
                 builder.http1_only()
             } else {
@@ -352,7 +360,8 @@ impl Connection {
             let io = TokioIo::new(Prefixed::new(read, stream));
             // Boxed, made only when a request is left to hyper: hyper's connection state is
             // kilobytes, and inline it would be part of every connection's task, idle or not.
-            Box::pin(serve(io, info, builder, watcher, on_malformed, handler)).await;
+            let watch = (watcher, idle);
+            Box::pin(serve(io, info, builder, watch, on_malformed, handler)).await;
         }
     }
 }
@@ -364,6 +373,8 @@ struct Answer {
     body: GatewayBody,
     waiting: Option<Waiting>,
     in_flight: InFlight,
+    /// The request stays open until its answer is done ([`InFlight::request_idle`]).
+    _open: Open,
 }
 
 impl http_body::Body for Answer {
@@ -417,6 +428,7 @@ where
         // Boxed: hyper keeps a slot the size of the service's future in every connection,
         // idle or not, and moves the future per call.
         let in_flight = info.in_flight().clone();
+        let open = in_flight.begin();
         let waiting = in_flight.wait();
         let response = Box::pin(handler(info.clone(), request.map(CallerBody::Hyper)));
         async move {
@@ -426,16 +438,20 @@ where
                 body,
                 waiting: None,
                 in_flight,
+                _open: open,
             }))
         }
     })
 }
 
+/// Serves a connection with hyper until it ends, or until it has begun no request for the idle
+/// limit ([`InFlight::request_idle`]: bytes that carry no request, an HTTP/2 head trickled in
+/// CONTINUATION frames or PINGs, do not hold it open).
 async fn serve<I, H, F>(
     io: I,
     info: Arc<ConnectionInfo>,
     builder: auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    (watcher, idle): (Watcher, Duration),
     on_malformed: Option<OnMalformed>,
     handler: H,
 ) where
@@ -448,7 +464,14 @@ async fn serve<I, H, F>(
     let connection = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
-    if let Err(error) = watcher.watch(connection).await {
+    let ended = tokio::select! {
+        ended = watcher.watch(connection) => ended,
+        () = info.in_flight().request_idle(idle) => {
+            tracing::debug!(peer = %info.peer, "closing a connection that began no request within the idle limit");
+            return;
+        }
+    };
+    if let Err(error) = ended {
         ended_with(&info, &*error, on_malformed.as_ref());
     }
 }
@@ -472,7 +495,7 @@ pub async fn serve_tunnel<I, H, F>(
     io: I,
     info: Arc<ConnectionInfo>,
     builder: auto::Builder<TokioExecutor>,
-    mut shutdown: watch::Receiver<bool>,
+    (mut shutdown, idle): (watch::Receiver<bool>, Duration),
     on_malformed: Option<OnMalformed>,
     handler: H,
 ) where
@@ -488,6 +511,10 @@ pub async fn serve_tunnel<I, H, F>(
         _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        () = info.in_flight().request_idle(idle) => {
+            tracing::debug!(peer = %info.peer, "closing a tunnel that began no request within the idle limit");
+            return;
         }
     };
     if let Err(error) = result {

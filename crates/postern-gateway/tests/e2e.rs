@@ -994,6 +994,74 @@ async fn the_caller_idle_limit_spares_a_call_waiting_on_its_vendor() {
     gw.stop().await;
 }
 
+/// An HTTP/2 caller that sends bytes but begins no request — a request head trickled in
+/// CONTINUATION frames, one every 100 ms, or PINGs alone — does not hold its connection past
+/// the idle limit (300 ms here): it is closed within two idle periods, where before it stayed
+/// open as long as bytes came. Bounded: 5 s of trickling.
+#[tokio::test]
+async fn an_http2_connection_that_begins_no_request_is_closed_at_the_idle_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = short_idle_gateway(&vendor).await;
+    /// An HTTP/2 frame: length, type, flags, stream id, payload.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        frame.extend([kind, flags]);
+        frame.extend(stream.to_be_bytes());
+        frame.extend(payload);
+        frame
+    }
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const CONTINUATION: u8 = 9;
+    for (what, first, next) in [
+        // `:method GET` (HPACK index 2), then `:path /` again and again, never END_HEADERS.
+        (
+            "a trickled head",
+            frame(HEADERS, 0, 1, &[0x82]),
+            frame(CONTINUATION, 0, 1, &[0x84]),
+        ),
+        (
+            "PINGs",
+            frame(PING, 0, 0, &[7; 8]),
+            frame(PING, 0, 0, &[7; 8]),
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
+            .await
+            .unwrap();
+        let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        opening.extend(frame(SETTINGS, 0, 0, &[]));
+        opening.extend(first);
+        stream.write_all(&opening).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 4096];
+        let closed_after = loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{what}: the connection was still open after 5 s"
+            );
+            match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => break started.elapsed(),
+                // SETTINGS, their acknowledgement, PING answers.
+                Ok(Ok(_)) => continue,
+                Err(_) => {
+                    if stream.write_all(&next).await.is_err() {
+                        break started.elapsed();
+                    }
+                }
+            }
+        };
+        assert!(
+            closed_after < Duration::from_millis(2000),
+            "{what}: closed after {closed_after:?}"
+        );
+    }
+    assert!(vendor.seen().is_empty());
+    gw.stop().await;
+}
+
 /// An HTTP/2 caller that stops taking its answer (it grants no more flow-control window) waits
 /// on nobody but itself: the idle limit still closes its connection, and the call is recorded
 /// as cut short.
