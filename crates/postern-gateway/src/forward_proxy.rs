@@ -966,7 +966,8 @@ fn host_refused(reason: &'static str, host: &str, port: u16) -> CallError {
 }
 
 /// Removes hop-by-hop headers (the same set as path mode, proxy credentials included), the
-/// caller-token header, and any header carrying the caller token.
+/// caller-token header, and any header carrying the caller token or any other caller token
+/// `postern` made.
 fn strip_proxy_headers(headers: &mut http::HeaderMap, token: Option<&[u8]>) {
     for name in crate::proxy::connection_named(headers)
         .iter()
@@ -975,15 +976,17 @@ fn strip_proxy_headers(headers: &mut http::HeaderMap, token: Option<&[u8]>) {
         headers.remove(name);
     }
     headers.remove(crate::CALLER_TOKEN);
-    if let Some(token) = token.filter(|t| !t.is_empty()) {
-        let carrying: Vec<http::HeaderName> = headers
-            .iter()
-            .filter(|(name, value)| crate::proxy::carries_token(name, value, token))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in carrying {
-            headers.remove(name);
-        }
+    let token = token.filter(|t| !t.is_empty());
+    let carrying: Vec<http::HeaderName> = headers
+        .iter()
+        .filter(|(name, value)| {
+            token.is_some_and(|token| crate::proxy::carries_token(name, value, token))
+                || crate::proxy::holds_caller_token_shape(value.as_bytes())
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in carrying {
+        headers.remove(name);
     }
 }
 

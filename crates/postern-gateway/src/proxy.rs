@@ -1053,7 +1053,9 @@ fn inject(
         {
             continue;
         }
-        if caller_token.is_some_and(|token| carries_token(&name, &value, token)) {
+        if caller_token.is_some_and(|token| carries_token(&name, &value, token))
+            || holds_caller_token_shape(value.as_bytes())
+        {
             continue;
         }
         cookies += usize::from(name == header::COOKIE);
@@ -1172,6 +1174,36 @@ pub(crate) fn carries_token(name: &HeaderName, value: &HeaderValue, token: &[u8]
             && in_name(&Zeroizing::new(
                 percent_encoding::percent_decode(name).collect::<Vec<u8>>(),
             )))
+}
+
+/// The prefix of the caller tokens `postern callers token` makes (then 43 base64url characters).
+const CALLER_TOKEN_PREFIX: &[u8] = b"pst_";
+
+/// Whether a request header's value holds what looks like a caller token `postern` made — any
+/// caller's, not only this call's (a service holding another's token, or an old one, would
+/// otherwise hand it to the vendor): `pst_` and 43 base64url characters, as it stands,
+/// percent-decoded, or inside a `Basic` credential. (A token an operator made in another shape
+/// is looked for only as the call's own.)
+pub(crate) fn holds_caller_token_shape(value: &[u8]) -> bool {
+    fn shaped(bytes: &[u8]) -> bool {
+        memchr::memmem::find_iter(bytes, CALLER_TOKEN_PREFIX).any(|at| {
+            bytes[at + CALLER_TOKEN_PREFIX.len()..]
+                .iter()
+                .take(43)
+                .filter(|&&byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+                .count()
+                == 43
+        })
+    }
+    if value.len() < CALLER_TOKEN_PREFIX.len() + 43 {
+        return false;
+    }
+    shaped(value)
+        || (memchr::memchr(b'%', value).is_some()
+            && shaped(&Zeroizing::new(
+                percent_encoding::percent_decode(value).collect::<Vec<u8>>(),
+            )))
+        || basic_credential(value).is_some_and(|decoded| shaped(&decoded))
 }
 
 /// Whether a response header's `value` holds one of `needles` as it stands or, when it holds a
@@ -1913,6 +1945,37 @@ mod tests {
         let cookies: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
         assert_eq!(cookies, ["a=1; b=2"]);
         assert_eq!(headers.get(header::ACCEPT).unwrap(), "*/*");
+    }
+
+    /// Any caller token `postern` made is found in a header's value, whoever's it is: as it
+    /// stands, percent-encoded, in a Basic credential; a shorter `pst_` run is not one.
+    #[test]
+    fn a_header_holding_any_postern_caller_token_is_found() {
+        use base64::Engine as _;
+        let token = crate::new_token("pst_");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("x:{token}"));
+        for value in [
+            token.clone(),
+            format!("Bearer {token}"),
+            format!("a={token}; b=1"),
+            token.replace('_', "%5F"),
+            format!("Basic {encoded}"),
+        ] {
+            assert!(super::holds_caller_token_shape(value.as_bytes()), "{value}");
+        }
+        for value in [
+            &token[..token.len() - 1],
+            "pst_short",
+            "Bearer sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+        ] {
+            assert!(
+                !super::holds_caller_token_shape(value.as_bytes()),
+                "{value}"
+            );
+        }
+        assert!(!super::holds_caller_token_shape(
+            format!("{} pst_", "x".repeat(60)).as_bytes()
+        ));
     }
 
     #[test]

@@ -2511,6 +2511,28 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert!(vendor.last().header("x-debug").is_none());
+    // Another caller's token (any `postern callers token` makes) is dropped with its header
+    // too, as it stands and in a Basic credential; other headers go.
+    let other = postern_gateway::new_token("pst_");
+    let basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("svc:{other}"))
+    };
+    let response = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(&gw.token)
+        .header("x-forwarded-token", other.as_str())
+        .header("x-upstream-auth", format!("Basic {basic}"))
+        .header("x-kept", "pst_notatoken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = vendor.last();
+    assert!(seen.header("x-forwarded-token").is_none());
+    assert!(seen.header("x-upstream-auth").is_none());
+    assert_eq!(seen.header("x-kept").as_deref(), Some("pst_notatoken"));
+    assert!(!seen.everything().contains(&other));
     // In the query: refused.
     let response = client()
         .get(format!("{}/stripe/v1/charges/ch_1?t={}", gw.base, gw.token))
