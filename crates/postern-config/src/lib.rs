@@ -377,6 +377,12 @@ pub struct IntegrationConfig {
     pub upstream: url::Url,
     pub credential: Option<CredentialConfig>,
     pub rate_limit: Option<RateLimitConfig>,
+    /// Calls to this integration open at once, all callers together (Envoy's circuit breaker
+    /// `max_requests`): past it, `503 concurrency_limited`. `None`: no limit.
+    pub max_concurrent_calls: Option<u32>,
+    /// Calls to this integration one caller may have open at once: past it, `429
+    /// too_many_concurrent_calls`. `None`: no limit.
+    pub max_concurrent_calls_per_caller: Option<u32>,
     /// At least one; ids unique; (method, path shape) pairs unique.
     pub operations: Vec<OperationConfig>,
     /// Host patterns whose forward-proxy traffic belongs to this integration. Unique across

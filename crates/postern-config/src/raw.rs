@@ -126,6 +126,10 @@ pub(crate) struct RawIntegration {
     pub credential: Option<Spanned<RawCredential>>,
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    pub max_concurrent_calls: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub max_concurrent_calls_per_caller: Option<Spanned<u32>>,
     pub operations: Spanned<Vec<RawOperation>>,
     /// Host names that route forward-proxy traffic (CONNECT / absolute-form) to this integration.
     #[serde(default)]

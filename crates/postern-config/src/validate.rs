@@ -625,6 +625,14 @@ impl Validator<'_> {
             }
         };
         let rate_limit = raw.rate_limit.as_ref().map(|limit| self.rate_limit(limit));
+        let max_concurrent_calls = raw
+            .max_concurrent_calls
+            .as_ref()
+            .map(|limit| self.at_least(limit, "max_concurrent_calls", 1));
+        let max_concurrent_calls_per_caller = raw
+            .max_concurrent_calls_per_caller
+            .as_ref()
+            .map(|limit| self.at_least(limit, "max_concurrent_calls_per_caller", 1));
         let operations = self.operations(&name, &raw.operations);
         let hosts = self.host_patterns(&raw.hosts, "hosts");
         if let Some(intercept) = &raw.intercept {
@@ -669,6 +677,8 @@ impl Validator<'_> {
             upstream,
             credential,
             rate_limit,
+            max_concurrent_calls,
+            max_concurrent_calls_per_caller,
             operations,
             hosts,
             intercept: raw.intercept.as_ref().is_none_or(|i| *i.get_ref()),

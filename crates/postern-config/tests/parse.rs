@@ -410,6 +410,10 @@ fn integration_names_and_fields() {
     check(&integration("docs_url = \"not a url\"\n"), "7:12: `docs_url` = \"not a url\" is not an http(s) URL");
     check(&integration("connect_timeout_ms = 0\nrequest_timeout_ms = 0\nidle_timeout_ms = 0\n"), "7:22: `connect_timeout_ms` is 0; a timeout must be greater than zero\n8:22: `request_timeout_ms` is 0; a timeout must be greater than zero\n9:19: `idle_timeout_ms` is 0; a timeout must be greater than zero");
     check(&integration("rate_limit = { requests_per_second = 0, burst = 0 }\n"), "7:38: `requests_per_second` = 0 is too small; the minimum is 1\n7:49: `burst` = 0 is too small; the minimum is 1");
+    check(&integration("max_concurrent_calls = 0\nmax_concurrent_calls_per_caller = 0\n"), "7:24: `max_concurrent_calls` = 0 is too small; the minimum is 1\n8:35: `max_concurrent_calls_per_caller` = 0 is too small; the minimum is 1");
+    let limited = parse_ok(&integration("max_concurrent_calls = 64\nmax_concurrent_calls_per_caller = 8\n"));
+    assert_eq!(limited.integrations[0].max_concurrent_calls, Some(64));
+    assert_eq!(limited.integrations[0].max_concurrent_calls_per_caller, Some(8));
     check(&integration("max_header_bytes = 512\n"), "7:20: `max_header_bytes` = 512 is too small; the minimum is 1024");
     check(&integration("max_header_bytes = 16385\n"), "7:20: `max_header_bytes` = 16385 is more than the gateway's (16384), which every request meets first");
     check(&format!("{}{GATEWAY}max_header_bytes = 32768\n", integration("max_header_bytes = 16385\n")), "ok");

@@ -89,6 +89,7 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
                     crate::listener::MAX_CONNECTIONS - shared.connection_slots.available_permits(),
                     shared.tunnels.load(std::sync::atomic::Ordering::Relaxed),
                 );
+                metrics.set_calls_open(shared.open_calls.snapshot());
                 metrics.encode(&shared.recorder.events.stats)
             },
             "application/openmetrics-text; version=1.0.0; charset=utf-8",

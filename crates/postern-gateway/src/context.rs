@@ -160,6 +160,9 @@ pub struct CallContext {
     pub target_hmac: Arc<str>,
     /// Forward-proxy destination host.
     pub host: Option<Arc<str>>,
+    /// The call's places under its integration's concurrency limits, given back when the
+    /// context is dropped: once the call is recorded.
+    pub places: Option<crate::concurrency::CallPlaces>,
 }
 
 impl CallContext {
@@ -194,6 +197,7 @@ impl CallContext {
             mode: connection.tunnel.as_ref().map(|t| t.mode),
             target_hmac,
             host: connection.tunnel.as_ref().map(|t| t.host.clone()),
+            places: None,
         }
     }
 
@@ -242,6 +246,7 @@ impl CallContext {
             mode: None,
             target_hmac: self.target_hmac.clone(),
             host: None,
+            places: None,
         };
         std::mem::replace(self, placeholder)
     }

@@ -59,6 +59,7 @@ macro_rules! forward_async_write {
 pub mod admin;
 pub mod audit;
 pub mod body;
+pub mod concurrency;
 pub mod context;
 pub mod deadline;
 pub mod detect;
@@ -155,6 +156,8 @@ pub struct Shared {
     pub tunnels: std::sync::atomic::AtomicUsize,
     /// Open (or opening) CONNECT tunnels by caller, for `[proxy] max_tunnels_per_caller`.
     pub tunnels_by_caller: forward_proxy::TunnelsByCaller,
+    /// Open calls of integrations with concurrency limits, kept across reloads.
+    pub open_calls: concurrency::OpenCalls,
     /// The data-plane listener's connection slots ([`listener::MAX_CONNECTIONS`]), held by each
     /// caller connection and by each tunnel opened on one.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
@@ -489,6 +492,7 @@ impl RunningGateway {
             discovery,
             tunnels: std::sync::atomic::AtomicUsize::new(0),
             tunnels_by_caller: forward_proxy::TunnelsByCaller::default(),
+            open_calls: concurrency::OpenCalls::default(),
             connection_slots: listener::connection_slots(),
             anonymous_audit: governor::RateLimiter::direct(
                 governor::Quota::per_second(

@@ -32,6 +32,12 @@ pub struct IntegrationLabel {
     pub integration: Arc<str>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IntegrationCallerLabel {
+    pub integration: Arc<str>,
+    pub caller: Arc<str>,
+}
+
 /// The label value for "none" (no integration, unauthenticated caller).
 fn dash() -> Arc<str> {
     static DASH: OnceLock<Arc<str>> = OnceLock::new();
@@ -96,6 +102,8 @@ pub struct Metrics {
     events_errors: Counter,
     connections_open: Gauge,
     tunnels_open: Gauge,
+    calls_open: Family<IntegrationLabel, Gauge>,
+    caller_calls_open: Family<IntegrationCallerLabel, Gauge>,
 }
 
 impl Metrics {
@@ -176,6 +184,18 @@ impl Metrics {
             "CONNECT tunnels open (opaque and intercepted)",
             tunnels_open.clone(),
         );
+        let calls_open = Family::<IntegrationLabel, Gauge>::default();
+        registry.register(
+            "calls_open",
+            "Calls open on an integration with max_concurrent_calls, all callers together",
+            calls_open.clone(),
+        );
+        let caller_calls_open = Family::<IntegrationCallerLabel, Gauge>::default();
+        registry.register(
+            "caller_calls_open",
+            "Calls a caller has open on an integration with max_concurrent_calls_per_caller",
+            caller_calls_open.clone(),
+        );
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Metrics {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -193,6 +213,30 @@ impl Metrics {
             events_errors,
             connections_open,
             tunnels_open,
+            calls_open,
+            caller_calls_open,
+        }
+    }
+
+    /// Sets the open calls of integrations with concurrency limits (by integration, caller or
+    /// `None` for all callers), read when the metrics are asked for.
+    pub fn set_calls_open(&self, open: Vec<(Arc<str>, Option<Arc<str>>, u32)>) {
+        self.calls_open.clear();
+        self.caller_calls_open.clear();
+        for (integration, caller, count) in open {
+            let count = i64::from(count);
+            match caller {
+                None => self
+                    .calls_open
+                    .get_or_create(&IntegrationLabel { integration }),
+                Some(caller) => self
+                    .caller_calls_open
+                    .get_or_create(&IntegrationCallerLabel {
+                        integration,
+                        caller,
+                    }),
+            }
+            .set(count);
         }
     }
 

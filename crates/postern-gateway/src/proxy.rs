@@ -346,6 +346,10 @@ fn pipeline<'a>(
         )?;
         progress.authorized = true;
         rate_limit(&integration, context)?;
+        if let Some(caller) = &context.caller {
+            let places = shared.open_calls.admit(&integration, caller)?;
+            context.places = places;
+        }
         let body = std::mem::replace(request.body_mut(), CallerBody::empty());
         let (body, scan) = match &integration.config.data_classes {
             None => {

@@ -609,6 +609,99 @@ operations = ["get_charge"]
     gw.stop().await;
 }
 
+/// Concurrency limits: with `max_concurrent_calls_per_caller = 2`, `max_concurrent_calls = 3`
+/// and a vendor answering 2 s after each request, `checkout`'s third call at once is refused
+/// `429 too_many_concurrent_calls` while its two run; `reporting`'s first takes the third
+/// place and its second is refused `503 concurrency_limited`; both with `Retry-After: 1`. The
+/// open calls show in `/metrics`, and once the calls are answered their places are free again.
+#[tokio::test]
+async fn calls_past_a_callers_share_or_the_integrations_concurrency_limit_are_refused() {
+    let vendor = TestVendor::answering_after(Duration::from_millis(2000)).await;
+    let more = r#"
+[[grants]]
+caller = "reporting"
+integration = "stripe"
+operations = ["get_charge"]
+"#;
+    let gw = stripe_gateway_with(
+        &vendor,
+        "max_concurrent_calls = 3\nmax_concurrent_calls_per_caller = 2",
+        more,
+    )
+    .await;
+    let call = |token: &str| {
+        let request = client()
+            .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+            .bearer_auth(token);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|value| value.to_str().unwrap().to_owned());
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            (status, retry_after, body["error"]["code"].clone())
+        }
+    };
+    // Waits (bounded: 1.5 s, well inside the vendor's delay) until `/metrics` shows `wanted`.
+    let until_metrics_show = |wanted: &'static str| {
+        let gw = &gw;
+        async move {
+            for _ in 0..30 {
+                if gw.metrics().await.contains(wanted) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("/metrics never showed {wanted}:\n{}", gw.metrics().await);
+        }
+    };
+    let checkout = [tokio::spawn(call(&gw.token)), tokio::spawn(call(&gw.token))];
+    until_metrics_show(r#"postern_caller_calls_open{integration="stripe",caller="checkout"} 2"#)
+        .await;
+    let refused = call(&gw.token).await;
+    assert_eq!(
+        refused,
+        (429, Some("1".into()), "too_many_concurrent_calls".into())
+    );
+    let reporting = tokio::spawn(call(REPORTING_TOKEN));
+    until_metrics_show(r#"postern_calls_open{integration="stripe"} 3"#).await;
+    let refused = call(REPORTING_TOKEN).await;
+    assert_eq!(
+        refused,
+        (503, Some("1".into()), "concurrency_limited".into())
+    );
+    for running in checkout.into_iter().chain([reporting]) {
+        assert_eq!(running.await.unwrap().0, 200);
+    }
+    // Every place is back.
+    let (again, other) = tokio::join!(call(&gw.token), call(REPORTING_TOKEN));
+    assert_eq!((again.0, other.0), (200, 200));
+    until_metrics_show(r#"postern_calls_open{integration="stripe"} 0"#).await;
+    let events = gw.wait_events(7).await;
+    let reasons: Vec<_> = events
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| **r == "too_many_concurrent_calls")
+            .count(),
+        1
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| **r == "concurrency_limited")
+            .count(),
+        1
+    );
+    assert_eq!(vendor.seen().len(), 5);
+    gw.stop().await;
+}
+
 /// Every address class the SSRF guard must refuse, as the upstream host.
 #[tokio::test]
 async fn ssrf_guard_refuses_every_internal_address_class() {
