@@ -82,6 +82,19 @@ fn numeric_token(input: &[u8], start: usize) -> NumericToken {
         if token.group_count == MAX_GROUPS || token.digit_count > 24 {
             break;
         }
+        // `/` or `_` between groups (`4111/1111/…`, `4111_1111_…`, card numbers pasted from
+        // file names and form widgets): a separator only when it is the token's every separator,
+        // so a phone number or date followed by `/` keeps its end.
+        if let Some(&odd) = input.get(run_end).filter(|&&byte| is_odd_separator(byte)) {
+            if first_separator.is_some_and(|previous| previous != odd)
+                || !input.get(run_end + 1).is_some_and(u8::is_ascii_digit)
+            {
+                break;
+            }
+            first_separator = Some(odd);
+            at = run_end + 1;
+            continue;
+        }
         // Separator: 1 or 2 bytes of ` -.()`, then a digit.
         let mut sep_len = 0;
         while sep_len < 2
@@ -94,6 +107,9 @@ fn numeric_token(input: &[u8], start: usize) -> NumericToken {
             || run_end + sep_len >= input.len()
             || !input[run_end + sep_len].is_ascii_digit()
         {
+            break;
+        }
+        if first_separator.is_some_and(is_odd_separator) {
             break;
         }
         let separator = &input[run_end..run_end + sep_len];
@@ -116,6 +132,13 @@ fn numeric_token(input: &[u8], start: usize) -> NumericToken {
     token
 }
 
+/// `/` and `_`: separators only of a token that has no other (see [`numeric_token`]); of the
+/// classes, only a card is read from such a token.
+#[inline]
+fn is_odd_separator(byte: u8) -> bool {
+    matches!(byte, b'/' | b'_')
+}
+
 impl NumericToken {
     fn groups(&self) -> &[u8] {
         &self.groups[..self.group_count]
@@ -136,15 +159,18 @@ fn digits_of(input: &[u8], start: usize, end: usize, buffer: &mut [u8; 32]) -> u
 /// Whether the digit run `input[at..run_end]` (`at` not after a digit) is a lone number that
 /// cannot be a card (`"id":1234567890`, `/issues/42`): nothing that could join it to a phone
 /// number, SSN, IBAN or address is around it, and it has not 13-19 digits. Such a number is
-/// skipped whole.
+/// skipped whole. Four digits before `/` or `_` may be a card's first group (`4111/1111/…`);
+/// digits after a letter only reach here as an IBAN's check digits.
 #[inline(always)]
 pub(crate) fn is_lone_short_number(input: &[u8], at: usize, run_end: usize) -> bool {
     let prev = if at > 0 { input[at - 1] } else { b' ' };
     let after = input.get(run_end).copied().unwrap_or(b' ');
-    !matches!(after, b' ' | b'-' | b'.' | b'(' | b')')
-        && !matches!(prev, b'+' | b'(' | b'B' | b'b' | b'%')
-        && !prev.is_ascii_uppercase()
-        && !(13..=19).contains(&(run_end - at))
+    let len = run_end - at;
+    let may_join = matches!(after, b' ' | b'-' | b'.' | b'(' | b')')
+        || (len == 4 && is_odd_separator(after))
+        || matches!(prev, b'+' | b'(' | b'B' | b'b' | b'%')
+        || prev.is_ascii_alphabetic();
+    !may_join && !(13..=19).contains(&len)
 }
 
 /// What the digit pass carries from one candidate to the next.
@@ -233,8 +259,10 @@ fn examine_at(
         && input[at - 2] == b'2';
     let glued_before = is_word(prev)
         || (matches!(prev, b'-' | b'.' | b'/' | b'#') && at >= 2 && is_word(input[at - 2]));
-    let glued_after =
-        run_end < n && (input[run_end].is_ascii_alphabetic() || input[run_end] == b'_');
+    // `_` then a digit is a separator the token may take (`4111_1111_1111_1111`).
+    let glued_after = run_end < n
+        && (input[run_end].is_ascii_alphabetic()
+            || (input[run_end] == b'_' && !input.get(run_end + 1).is_some_and(u8::is_ascii_digit)));
     if (glued_before && !percent_plus) || glued_after {
         return run_end;
     }
@@ -273,7 +301,7 @@ fn classify(
     if let Some(rule) = detectors.card {
         if !plus && !open_paren && !token.has_paren && (13..=19).contains(&token.digit_count) {
             let shape_ok = groups.len() == 1
-                || (matches!(sep, b' ' | b'-')
+                || (matches!(sep, b' ' | b'-' | b'.' | b'/' | b'_')
                     && matches!(
                         groups,
                         [4, 4, 4, 4]
@@ -331,8 +359,8 @@ fn classify(
         }
     }
 
-    // Phone numbers.
-    if let Some(rule) = detectors.phone {
+    // Phone numbers; never from a token joined by `/` or `_` (`12/31/1990`, `2024_01_15`).
+    if let Some(rule) = detectors.phone.filter(|_| !is_odd_separator(sep)) {
         let first_digit = input[token.start];
         if plus {
             // E.164, possibly with grouping: +1 415 555 2671, +44 20 7946 0958, +14155552671.

@@ -381,3 +381,51 @@ fn a_form_value_is_redacted_over_its_encoding() {
         )
     );
 }
+
+/// Card groups joined by `.`, `/` or `_` as well as spaces and dashes; the issuer prefix and
+/// Luhn still decide, and only a card is read from a token joined by `/` or `_`.
+#[test]
+fn card_groups_joined_by_dots_slashes_and_underscores() {
+    for card in [
+        "4111.1111.1111.1111",
+        "4111/1111/1111/1111",
+        "4111_1111_1111_1111",
+        "3782_822463_10005",
+        "5555.5555.5555.4444",
+    ] {
+        check(&format!("card {card} ok"), Text, &[("payment.card", card)]);
+        check(
+            &format!(r#"{{"card":"{card}"}}"#),
+            Json,
+            &[("payment.card", card)],
+        );
+    }
+    // Luhn still gates; mixed joiners are not a card's groups.
+    check("card 4111.1111.1111.1112 ok", Text, &[]);
+    check("card 4111_1111_1111_1112 ok", Text, &[]);
+    check("card 4111/1111-1111/1111 ok", Text, &[]);
+    check("card 4111_1111 1111_1111 ok", Text, &[]);
+    // Glued to a word before it, as any number is (`order_4242…`, a path segment).
+    check(
+        "see cards/4111/1111/1111/1111 and id_4111_1111_1111_1111",
+        Text,
+        &[],
+    );
+    // Dates, file-name stamps and versions joined the same way are not phones or cards.
+    check(
+        "on 12/31/1990 and 2024_01_15_123456 build 4111.1111.1111",
+        Text,
+        &[],
+    );
+    // A phone number followed by `/` keeps its end.
+    check(
+        "call +1 415 555 2671/2672 now",
+        Text,
+        &[("pii.phone", "+1 415 555 2671")],
+    );
+    check(
+        "call 415-555-2671/2 now",
+        Text,
+        &[("pii.phone", "415-555-2671")],
+    );
+}
