@@ -259,6 +259,16 @@ fn examine_at(
         && input[at - 2] == b'2';
     let glued_before = is_word(prev)
         || (matches!(prev, b'-' | b'.' | b'/' | b'#') && at >= 2 && is_word(input[at - 2]));
+    if let Some(rule) = detectors.card.filter(|_| !glued_before) {
+        if let Some(end) = json_float_card(input, at, run_end) {
+            out.push(RawFinding {
+                rule,
+                start: at,
+                end,
+            });
+            return end;
+        }
+    }
     // `_` then a digit is a separator the token may take (`4111_1111_1111_1111`).
     let glued_after = run_end < n
         && (input[run_end].is_ascii_alphabetic()
@@ -282,6 +292,90 @@ fn examine_at(
     let plus_len = if percent_plus { 3 } else { usize::from(plus) };
     classify(input, &token, plus_len, open_paren, detectors, out);
     token.end.max(at + 1)
+}
+
+/// A card number written as a JSON number in floating-point form, as serialisers that hold it
+/// in a double write it: `4111111111111111.0` (Python), `4.111111111111111E15` (Java,
+/// Jackson). The JSON number starting at `at` (its integer part ends at `run_end`), standing as
+/// a JSON value (after `:`, `,` or `[`; before `,`, `}`, `]`, a blank or the end), whose value
+/// is an integer of 13–19 digits with a known issuer prefix that passes Luhn: returns the
+/// number's end. The integer form is an ordinary digit run and is read as one.
+fn json_float_card(input: &[u8], at: usize, run_end: usize) -> Option<usize> {
+    if !matches!(input.get(run_end), Some(b'.' | b'e' | b'E')) {
+        return None;
+    }
+    let before = input[..at]
+        .iter()
+        .rev()
+        .find(|byte| !byte.is_ascii_whitespace());
+    if !matches!(before, Some(b':' | b',' | b'[')) {
+        return None;
+    }
+    let mut end = run_end;
+    let fraction = if input.get(end) == Some(&b'.') {
+        let fraction_end = digit_run_end(input, end + 1);
+        let fraction = (end + 1, fraction_end);
+        end = fraction_end;
+        fraction
+    } else {
+        (end, end)
+    };
+    if fraction.0 == fraction.1 && input.get(end) == Some(&b'.') {
+        return None;
+    }
+    let mut exponent: i64 = 0;
+    if matches!(input.get(end), Some(b'e' | b'E')) {
+        end += 1;
+        let negative = input.get(end) == Some(&b'-');
+        if matches!(input.get(end), Some(b'-' | b'+')) {
+            end += 1;
+        }
+        let exponent_end = digit_run_end(input, end);
+        if exponent_end == end || exponent_end - end > 3 {
+            return None;
+        }
+        let magnitude = input[end..exponent_end]
+            .iter()
+            .fold(0i64, |value, &digit| value * 10 + i64::from(digit - b'0'));
+        exponent = if negative { -magnitude } else { magnitude };
+        end = exponent_end;
+    }
+    if !input
+        .get(end)
+        .is_none_or(|&byte| matches!(byte, b',' | b'}' | b']') || byte.is_ascii_whitespace())
+    {
+        return None;
+    }
+    // The integer: the mantissa's digits, shifted by the exponent less the fraction's length;
+    // a negative shift drops digits that must be zeros (`….0`).
+    let mut digits = [0u8; 32];
+    let mut count = 0;
+    for &digit in input[at..run_end]
+        .iter()
+        .chain(&input[fraction.0..fraction.1])
+    {
+        if count == 0 && digit == b'0' {
+            continue;
+        }
+        *digits.get_mut(count)? = digit;
+        count += 1;
+    }
+    let shift = exponent - (fraction.1 - fraction.0) as i64;
+    if shift >= 0 {
+        for _ in 0..shift {
+            *digits.get_mut(count)? = b'0';
+            count += 1;
+        }
+    } else {
+        let dropped = usize::try_from(-shift).ok()?;
+        let kept = count.checked_sub(dropped)?;
+        if digits[kept..count].iter().any(|&digit| digit != b'0') {
+            return None;
+        }
+        count = kept;
+    }
+    let digits = &digits[..count];
+    ((13..=19).contains(&count) && card_issuer_known(digits) && luhn_valid(digits)).then_some(end)
 }
 
 fn classify(

@@ -429,3 +429,49 @@ fn card_groups_joined_by_dots_slashes_and_underscores() {
         &[("pii.phone", "415-555-2671")],
     );
 }
+
+/// A card number sent as a JSON number: an integer, or the floating-point forms serialisers
+/// that hold it in a double write (Python `….0`, Java `4.111111111111111E15`). Only a number
+/// standing as a JSON value whose value is an integer of 13–19 digits counts.
+#[test]
+fn card_numbers_as_json_numbers() {
+    for number in [
+        "4111111111111111",
+        "4111111111111111.0",
+        "4111111111111111.000",
+        "4.111111111111111e15",
+        "4.111111111111111E+15",
+        "4.111111111111111E15",
+        "5.555555555554444e15",
+        "0.4111111111111111e16",
+        "41111111111111110e-1",
+    ] {
+        for body in [
+            format!(r#"{{"card":{number}}}"#),
+            format!(r#"{{"card": {number} , "n":1}}"#),
+            format!(r#"[1,{number}]"#),
+        ] {
+            check(&body, Json, &[("payment.card", number)]);
+        }
+    }
+    // Not an integer, not a card's length, Luhn-invalid, not a JSON value, or signed.
+    for body in [
+        r#"{"x":4111111111111111.5}"#,
+        r#"{"x":4.111111111111111e14}"#,
+        r#"{"x":4.111111111111111e20}"#,
+        r#"{"x":4.111111111111112e15}"#,
+        r#"{"x":"v4.111111111111111e15"}"#,
+        r#"{"x":"4.111111111111111e15x"}"#,
+        r#"{"x":-4.111111111111111e15}"#,
+        r#"{"amount":19.99,"rate":1.5e3,"big":1.0e300}"#,
+    ] {
+        check(body, Json, &[]);
+    }
+    // Masked as a number, so the document still parses.
+    let input = br#"{"card":4.111111111111111E15}"#;
+    let result = Scanner::default().scan(input, Json);
+    assert_eq!(
+        postern_scan::redact(input, &result.findings),
+        br#"{"card":9.999999999999999E99}"#
+    );
+}
