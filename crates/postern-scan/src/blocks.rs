@@ -5,7 +5,9 @@
 //! baseline — otherwise, scalar elsewhere) give one 64-bit mask per class: digit, word byte,
 //! capital letter, hex digit, `:`, `=`, `"`. Bit arithmetic on the masks then selects:
 //! - *digit candidates*: a digit not glued to a preceding word byte (so ids, hashes, base64 and
-//!   UUIDs cost nothing), a digit after two capitals (IBAN check digits) or `%2B`, and a hex
+//!   UUIDs cost nothing), a digit after two capitals or two lowercase letters and before a
+//!   digit (IBAN check digits; the letters not glued to a word byte before them) or `%2B`, and
+//!   a hex
 //!   digit next to a `:` that has a hex digit or `:` on both sides (IPv6) — handed to
 //!   [`digits::examine`], except a lone short number, which the digit mask alone rules out;
 //! - *quoted-key colons*: a `:` right after a `"` (`"key":`), the common JSON key;
@@ -179,7 +181,20 @@ fn digit_candidates(masks: BlockMasks, previous: u8, next: u8) -> u64 {
         & ((masks.upper << 1) | previous_upper)
         & (((masks.upper | masks.digit) << 2) | 0b11)
         & !(masks.word << 3);
-    (masks.digit & !word_before) | after_capital | ipv6_adjacent(masks, previous, next)
+    // After two lowercase letters (or `_`), not glued to a word byte before them, and followed
+    // by a digit: the check digits of an IBAN written in lower case (`de89 3704 …`).
+    let lower = masks.word & !masks.digit & !masks.upper;
+    let previous_lower = u64::from(previous.is_ascii_lowercase());
+    let next_digit = u64::from(next.is_ascii_digit()) << 63;
+    let after_lower = masks.digit
+        & ((lower << 1) | previous_lower)
+        & ((lower << 2) | 0b11)
+        & !(masks.word << 3)
+        & ((masks.digit >> 1) | next_digit);
+    (masks.digit & !word_before)
+        | after_capital
+        | after_lower
+        | ipv6_adjacent(masks, previous, next)
 }
 
 /// Hex digits next to a `:` that has a hex digit or `:` on each side — every IPv6 address has

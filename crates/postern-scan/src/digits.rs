@@ -224,11 +224,11 @@ fn examine_at(
         return run_end;
     }
 
-    // IBAN: two capital letters right before the check digits.
+    // IBAN: two letters of one case right before the check digits.
     if let Some(rule) = detectors.iban {
         if at >= 2
-            && input[at - 1].is_ascii_uppercase()
-            && input[at - 2].is_ascii_uppercase()
+            && ((input[at - 1].is_ascii_uppercase() && input[at - 2].is_ascii_uppercase())
+                || (input[at - 1].is_ascii_lowercase() && input[at - 2].is_ascii_lowercase()))
             && (at < 3 || !is_word(input[at - 3]))
         {
             if let Some(end) = iban_at(input, at - 2) {
@@ -519,13 +519,26 @@ fn classify(
 }
 
 /// An IBAN starting at `start` (country code), compact or in groups of four: returns its end.
+/// Written in capitals, or all in lower case (`de89 3704 0044 0532 0130 00`, as some forms and
+/// databases keep it): the BBAN's letters are in the country code's case, so a mixed-case
+/// token (base64, an id) is not read as one.
 fn iban_at(input: &[u8], start: usize) -> Option<usize> {
-    let expected = iban_expected_length(&input[start..start + 2])?;
+    let country = [
+        input[start].to_ascii_uppercase(),
+        input[start + 1].to_ascii_uppercase(),
+    ];
+    let expected = iban_expected_length(&country)?;
+    let lower_case = input[start].is_ascii_lowercase();
     let mut at = start;
     let mut count = 0;
     while count < expected && at < input.len() {
         let byte = input[at];
-        if byte.is_ascii_digit() || byte.is_ascii_uppercase() {
+        let letter = if lower_case {
+            byte.is_ascii_lowercase()
+        } else {
+            byte.is_ascii_uppercase()
+        };
+        if byte.is_ascii_digit() || letter {
             count += 1;
             at += 1;
         } else if byte == b' '

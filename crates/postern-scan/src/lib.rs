@@ -18,8 +18,9 @@
 //!    - *digit candidates* for the native detectors of digit-shaped classes (card + issuer
 //!      prefix + Luhn, IBAN + mod-97, SSN ranges, phone shapes, IPv4/IPv6; `digits.rs`): a
 //!      digit not glued to a preceding word byte (so ids, hashes, base64 and UUIDs cost
-//!      nothing), digits after two capitals (IBAN) or `%2B`, a hex digit next to a `:` that
-//!      could be inside an IPv6 address; a lone short number is skipped from the masks alone;
+//!      nothing), digits after two capitals or two lowercase letters (IBAN) or `%2B`, a hex
+//!      digit next to a `:` that could be inside an IPv6 address; a lone short number is
+//!      skipped from the masks alone;
 //!    - *key terminators* (`keys.rs`): every `:` and `=` (only `=` in a form). The key before
 //!      it is read backwards — `"apiKey":` from the 32 bytes before the quote, `\"token\":` in
 //!      an embedded document, `password=` in a form or log line, `key: value` in text — split

@@ -475,3 +475,39 @@ fn card_numbers_as_json_numbers() {
         br#"{"card":9.999999999999999E99}"#
     );
 }
+
+/// An IBAN written all in lower case is an IBAN; mod-97 still gates, and a mixed-case token is
+/// not read as one.
+#[test]
+fn lower_case_ibans() {
+    for iban in [
+        "de89370400440532013000",
+        "de89 3704 0044 0532 0130 00",
+        "gb82west12345698765432",
+        "gb82 west 1234 5698 7654 32",
+        "fr1420041010050500013m02606",
+    ] {
+        check(&format!("iban {iban}."), Text, &[("payment.iban", iban)]);
+        check(
+            &format!(r#"{{"iban":"{iban}"}}"#),
+            Json,
+            &[("payment.iban", iban)],
+        );
+    }
+    check(
+        "iban=gb82+west+1234+5698+7654+32&x=1",
+        Form,
+        &[("payment.iban", "gb82+west+1234+5698+7654+32")],
+    );
+    for negative in [
+        "de89370400440532013001",
+        "gb82west12345698765433",
+        "gb82WEST12345698765432",
+        "De89370400440532013000",
+        "xde89370400440532013000",
+        "de89370400440532013000x",
+        "sha256 ab12cdef34 utf8 v12",
+    ] {
+        check(&format!("iban {negative}."), Text, &[]);
+    }
+}
