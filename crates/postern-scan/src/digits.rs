@@ -470,6 +470,14 @@ fn classify(
             }
             return;
         }
+        if let Some(start) = double_zero_international(input, token) {
+            out.push(RawFinding {
+                rule,
+                start,
+                end: token.end,
+            });
+            return;
+        }
         // US national: (415) 555-2671, 415-555-2671, 415.555.2671, 415 555 2671.
         let mut exchange = token.start + 3;
         while exchange < token.end && !input[exchange].is_ascii_digit() {
@@ -515,6 +523,56 @@ fn classify(
                 end: token.end,
             });
         }
+    }
+}
+
+/// An international number dialled with `00` for `+` (`0044 20 7946 0958`,
+/// `00 44 20 7946 0958`, `001-415-555-2671`): grouped (at least three groups, one joiner of
+/// ` `, `-` or `.`), the `00` and an assigned country code making up the first group (or `00`
+/// alone, then the code), and 8–15 digits after the `00`, as after a `+`. Without the grouping
+/// and the code the shape is any zero-padded number (`0012345678`), so neither is optional.
+/// Returns the number's start.
+fn double_zero_international(input: &[u8], token: &NumericToken) -> Option<usize> {
+    let groups = token.groups();
+    if input.get(token.start..token.start + 2) != Some(b"00")
+        || token.has_paren
+        || !matches!(token.uniform_separator, b' ' | b'-' | b'.')
+        || groups.len() < 3
+        || !(10..=17).contains(&token.digit_count)
+    {
+        return None;
+    }
+    let code = match groups[0] {
+        2 => {
+            let second = token.start + 3;
+            input.get(second..second + usize::from(groups[1]))?
+        }
+        3..=5 => &input[token.start + 2..token.start + usize::from(groups[0])],
+        _ => return None,
+    };
+    country_code_assigned(code).then_some(token.start)
+}
+
+/// Whether `code` is an assigned E.164 country calling code. Codes are prefix-free: a
+/// three-digit code starts with two digits that are neither a two-digit code nor `1…`/`7…`;
+/// zones of spare codes (`28x`, `83x`, `89x`) are left out.
+fn country_code_assigned(code: &[u8]) -> bool {
+    let value = code
+        .iter()
+        .fold(0u32, |value, &digit| value * 10 + u32::from(digit - b'0'));
+    match code.len() {
+        1 => matches!(value, 1 | 7),
+        2 => matches!(
+            value,
+            20 | 27 | 30..=34 | 36 | 39 | 40 | 41 | 43..=49 | 51..=58 | 60..=66 | 81 | 82 | 84
+                | 86 | 90..=95 | 98
+        ),
+        3 => matches!(
+            value / 10,
+            21..=26 | 29 | 35 | 37 | 38 | 42 | 50 | 59 | 67..=69 | 80 | 85 | 87 | 88 | 96 | 97
+                | 99
+        ),
+        _ => false,
     }
 }
 

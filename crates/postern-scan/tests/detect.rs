@@ -511,3 +511,38 @@ fn lower_case_ibans() {
         check(&format!("iban {negative}."), Text, &[]);
     }
 }
+
+/// An international number dialled with `00` for `+`: grouped, with an assigned country code
+/// as (or right after) the `00` group.
+#[test]
+fn international_numbers_with_00_for_plus() {
+    for phone in [
+        "0044 20 7946 0958",
+        "00 44 20 7946 0958",
+        "001 415 555 2671",
+        "001-415-555-2671",
+        "0049 30 12345678",
+        "0033 1 23 45 67 89",
+        "00353 1 234 5678",
+        "0044.20.7946.0958",
+    ] {
+        check(&format!("call {phone} now"), Text, &[("pii.phone", phone)]);
+        check(
+            &format!(r#"{{"contact":"{phone}"}}"#),
+            Json,
+            &[("pii.phone", phone)],
+        );
+    }
+    // Ungrouped (a zero-padded id), an unassigned code, too few or too many digits, a `000`.
+    for negative in [
+        "00442079460958",
+        "0012 3456 7890",
+        "0028 123 456 789",
+        "0044 20 79",
+        "0044 20 7946 0958 1234 5678",
+        "000 44 20 7946 0958",
+        "0012 3456 7890 1234",
+    ] {
+        check(&format!("ref {negative} ok"), Text, &[]);
+    }
+}
