@@ -15,6 +15,8 @@ use crate::Syntax;
 pub(crate) const KEY_MAX_BYTES: usize = 128;
 /// Longest value handed to a key rule, in bytes.
 pub(crate) const KEY_VALUE_MAX_BYTES: usize = 16 * 1024;
+/// Elements of an array under a key handed to the key rules, at most.
+pub(crate) const MAX_ARRAY_ELEMENTS: usize = 64;
 /// Words per key considered (the rest of a longer key is ignored).
 pub(crate) const MAX_KEY_SEGMENTS: usize = 16;
 
@@ -171,6 +173,52 @@ fn quoted_key_value(input: &[u8], colon: usize, escaped: bool) -> Option<(usize,
         }
         Some((start, end))
     }
+}
+
+/// After `"key":` (JSON, not escaped), an array: the index just after its `[`.
+pub(crate) fn array_after(input: &[u8], colon: usize, form: KeyForm) -> Option<usize> {
+    if form != (KeyForm::Quoted { escaped: false }) {
+        return None;
+    }
+    let open = colon + 1 + skip_json_space(input, colon + 1);
+    (input.get(open) == Some(&b'[')).then_some(open + 1)
+}
+
+fn skip_json_space(input: &[u8], from: usize) -> usize {
+    input.get(from..).map_or(0, |rest| {
+        rest.iter().take_while(|&&byte| is_json_space(byte)).count()
+    })
+}
+
+/// The element of a JSON array that starts at `at` (after its `[` or a `,`, blanks allowed):
+/// a string's content or a bare scalar, and where the next element starts. `None` at the end
+/// of the array, at a nested array or object (whose keys, if any, are keys of their own), at
+/// an empty string, or where the input is not JSON.
+pub(crate) fn next_array_element(input: &[u8], at: usize) -> Option<((usize, usize), usize)> {
+    let start = at + skip_json_space(input, at);
+    let (span, after) = match *input.get(start)? {
+        b']' | b'[' | b'{' | b',' => return None,
+        b'"' => {
+            let end = json_string_end(input, start + 1)?;
+            ((start + 1, end), end + 1)
+        }
+        _ => {
+            let limit = input.len().min(start + KEY_VALUE_MAX_BYTES);
+            let end = start
+                + input[start..limit]
+                    .iter()
+                    .take_while(|&&byte| {
+                        !matches!(byte, b',' | b']' | b'}') && !is_json_space(byte)
+                    })
+                    .count();
+            ((start, end), end)
+        }
+    };
+    let comma = after + skip_json_space(input, after);
+    if span.0 == span.1 || !matches!(input.get(comma), Some(b',' | b']')) {
+        return None;
+    }
+    Some((span, comma + 1))
 }
 
 /// End (index of the closing quote) of the JSON string whose content starts at `start`.

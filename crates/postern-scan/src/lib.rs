@@ -556,9 +556,15 @@ impl Scanner {
         syntax: Syntax,
         out: &mut Vec<RawFinding>,
     ) {
-        let Some((value_start, value_end)) = keys::value_after(input, at, key.form, syntax) else {
-            return;
+        let value = keys::value_after(input, at, key.form, syntax);
+        // `{"password": ["…"]}`: each element of an array of scalars is the key's value.
+        let array = match value {
+            Some(_) => None,
+            None => keys::array_after(input, at, key.form),
         };
+        if value.is_none() && array.is_none() {
+            return;
+        }
         let key = &input[key.start..key.end];
         let mut segments = [(0usize, 0usize); MAX_KEY_SEGMENTS];
         let segment_count = keys::key_segment_ranges(key, &mut segments);
@@ -572,12 +578,44 @@ impl Scanner {
                 .find(&key[start..end])
                 .unwrap_or(usize::MAX);
         }
+        let segments = KeySegments {
+            key,
+            segments,
+            anchors: &anchors[..segments.len()],
+        };
+        if let Some(span) = value {
+            self.key_rules_on_span(input, &segments, span, out);
+        }
+        let mut next = array;
+        let mut elements = 0;
+        while let Some(at) = next.filter(|_| elements < keys::MAX_ARRAY_ELEMENTS) {
+            let Some((span, after)) = keys::next_array_element(input, at) else {
+                break;
+            };
+            self.key_rules_on_span(input, &segments, span, out);
+            next = Some(after);
+            elements += 1;
+        }
+    }
+
+    /// The key rules whose `key_context` the key's words contain, run on one value.
+    fn key_rules_on_span(
+        &self,
+        input: &[u8],
+        key: &KeySegments<'_>,
+        (value_start, value_end): (usize, usize),
+        out: &mut Vec<RawFinding>,
+    ) {
+        let KeySegments {
+            key,
+            segments,
+            anchors,
+        } = *key;
         let value = &input[value_start..value_end];
         for &rule in &self.key_rules {
             let compiled = &self.rules[usize::from(rule)];
             if !compiled.key_context.iter().any(|(words, anchor)| {
-                anchors[..segments.len()].contains(anchor)
-                    && keys::key_contains_words(key, segments, words)
+                anchors.contains(anchor) && keys::key_contains_words(key, segments, words)
             }) {
                 continue;
             }
@@ -660,6 +698,13 @@ impl Scanner {
             });
         }
     }
+}
+
+/// A key, its words, and per word the anchor word it is (`usize::MAX`: none).
+struct KeySegments<'a> {
+    key: &'a [u8],
+    segments: &'a [(usize, usize)],
+    anchors: &'a [usize],
 }
 
 /// What a thread keeps from one scan to the next: the key verdict memo and the buffer of

@@ -546,3 +546,46 @@ fn international_numbers_with_00_for_plus() {
         check(&format!("ref {negative} ok"), Text, &[]);
     }
 }
+
+/// A value under a secret's (or a phone's, an SSN's…) key may be an array: each string or
+/// number in it is the key's value.
+#[test]
+fn arrays_under_a_key_are_its_values() {
+    let secret = "Zx81!kq0PwLm2#rT";
+    check(
+        &format!(r#"{{"password": ["{secret}"]}}"#),
+        Json,
+        &[("secret.generic", secret)],
+    );
+    check(
+        &format!(r#"{{"tokens":1,"api_key":[ "{secret}" , "q8Z!x2Lp#v9TmWc4" ],"n":2}}"#),
+        Json,
+        &[
+            ("secret.generic", secret),
+            ("secret.generic", "q8Z!x2Lp#v9TmWc4"),
+        ],
+    );
+    check(
+        r#"{"phone":["4155552671", 4155552672],"ssn":["123456789"]}"#,
+        Json,
+        &[
+            ("pii.phone", "4155552671"),
+            ("pii.phone", "4155552672"),
+            ("pii.us_ssn", "123456789"),
+        ],
+    );
+    // The entropy floor still holds; an array of objects is read by the keys inside it.
+    check(r#"{"password":["password","hunter2",""]}"#, Json, &[]);
+    check(
+        &format!(r#"{{"secrets":[{{"name":"db","value":"{secret}"}}],"secret":[[1]]}}"#),
+        Json,
+        &[],
+    );
+    // Masked element by element, the array kept.
+    let input = format!(r#"{{"password":["{secret}"]}}"#);
+    let result = Scanner::default().scan(input.as_bytes(), Json);
+    assert_eq!(
+        String::from_utf8(postern_scan::redact(input.as_bytes(), &result.findings)).unwrap(),
+        format!(r#"{{"password":["{}"]}}"#, "*".repeat(secret.len()))
+    );
+}
