@@ -54,6 +54,7 @@ mod anchors;
 mod blocks;
 mod decode;
 mod digits;
+mod fold;
 mod keys;
 mod redact;
 mod rules;
@@ -378,28 +379,44 @@ impl Scanner {
             Syntax::Text | Syntax::Json => None,
         };
         if let Some((decoded, origin)) = decoded {
-            let mut more = ScanResult::default();
-            self.scan_syntax(&decoded, syntax, &mut more);
-            for mut finding in more.findings {
-                finding.start = origin[finding.start];
-                finding.end = origin[finding.end];
-                let known = result.findings.iter().any(|seen| {
-                    seen.class == finding.class
-                        && seen.start < finding.end
-                        && finding.start < seen.end
-                });
-                if !known {
-                    *result
-                        .class_counts
-                        .entry(finding.class.clone())
-                        .or_insert(0) += 1;
-                    result.findings.push(finding);
-                }
+            self.scan_copy(&decoded, &origin, syntax, result);
+            // Full-width digits or character references in a decoded pair
+            // (`%EF%BC%94…`): folded too, mapped back through both copies.
+            if let Some((folded, folded_origin)) = fold::fold(&decoded) {
+                let origin: Vec<usize> = folded_origin.iter().map(|&at| origin[at]).collect();
+                self.scan_copy(&folded, &origin, syntax, result);
             }
-            result
-                .findings
-                .sort_by_key(|finding| (finding.start, finding.end));
         }
+        // Full-width forms and HTML numeric references spelling a digit or `@`: scanned
+        // folded to ASCII too (`fold.rs`).
+        if let Some((folded, origin)) = fold::fold(input) {
+            self.scan_copy(&folded, &origin, syntax, result);
+        }
+    }
+
+    /// Scans `copy`, a decoded or folded copy of the input whose byte `i` is spelled from
+    /// `origin[i]` on in the input (`origin[copy.len()]` the end), and adds to `result` what it
+    /// finds that `result` does not hold yet, over the input's bytes.
+    fn scan_copy(&self, copy: &[u8], origin: &[usize], syntax: Syntax, result: &mut ScanResult) {
+        let mut more = ScanResult::default();
+        self.scan_syntax(copy, syntax, &mut more);
+        for mut finding in more.findings {
+            finding.start = origin[finding.start];
+            finding.end = origin[finding.end];
+            let known = result.findings.iter().any(|seen| {
+                seen.class == finding.class && seen.start < finding.end && finding.start < seen.end
+            });
+            if !known {
+                *result
+                    .class_counts
+                    .entry(finding.class.clone())
+                    .or_insert(0) += 1;
+                result.findings.push(finding);
+            }
+        }
+        result
+            .findings
+            .sort_by_key(|finding| (finding.start, finding.end));
     }
 
     fn scan_syntax(&self, input: &[u8], syntax: Syntax, result: &mut ScanResult) {

@@ -589,3 +589,73 @@ fn arrays_under_a_key_are_its_values() {
         format!(r#"{{"password":["{}"]}}"#, "*".repeat(secret.len()))
     );
 }
+
+/// Full-width forms (NFKC-folded) and HTML numeric character references spelling digits or
+/// `@`: found, over the bytes as sent.
+#[test]
+fn full_width_digits_and_character_references() {
+    check(
+        "card ４１１１ １１１１ １１１１ １１１１ ok",
+        Text,
+        &[("payment.card", "４１１１ １１１１ １１１１ １１１１")],
+    );
+    check(
+        r#"{"card":"４１１１－１１１１－１１１１－１１１１","tel":"＋４４　２０　７９４６　０９５８"}"#,
+        Json,
+        &[
+            ("payment.card", "４１１１－１１１１－１１１１－１１１１"),
+            ("pii.phone", "＋４４　２０　７９４６　０９５８"),
+        ],
+    );
+    check(
+        "電話０３－１２３４－５６７８まで",
+        Text,
+        &[("pii.phone", "０３－１２３４－５６７８")],
+    );
+    check(
+        "iban ＤＥ８９３７０４００４４０５３２０１３０００ ok",
+        Text,
+        &[(
+            "payment.iban",
+            "ＤＥ８９３７０４００４４０５３２０１３０００",
+        )],
+    );
+    check(
+        "mail ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ now",
+        Text,
+        &[("pii.email", "ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ")],
+    );
+    let entities = "&#52;&#49;&#49;&#49;&#32;&#x31;&#x31;&#x31;&#x31;&#32;1111&#32;1111";
+    check(
+        &format!(r#"{{"note":"card {entities}"}}"#),
+        Json,
+        &[("payment.card", entities)],
+    );
+    check(
+        "to jane&#64;example.com",
+        Text,
+        &[("pii.email", "jane&#64;example.com")],
+    );
+    // A finding as sent is reported once; Luhn still gates; full-width punctuation and
+    // references of other characters alone are not a reason to look again.
+    check(
+        "４１１１ 4111 1111 1111 1111 and ４１１１ １１１１ １１１１ １１１２",
+        Text,
+        &[("payment.card", "4111 1111 1111 1111")],
+    );
+    check("価格，数量：なし &#39;x&#39; &#0052;", Text, &[]);
+    // In a form, after percent-decoding.
+    check(
+        "card=%EF%BC%94111+1111+1111+1111&x=1",
+        Form,
+        &[("payment.card", "%EF%BC%94111+1111+1111+1111")],
+    );
+    // Masked over the whole spelling, the output still valid UTF-8.
+    let input = "c ４１１１１１１１１１１１１１１１ d";
+    let result = Scanner::default().scan(input.as_bytes(), Text);
+    let redacted = postern_scan::redact(input.as_bytes(), &result.findings);
+    assert_eq!(
+        String::from_utf8(redacted).unwrap(),
+        format!("c {} d", "*".repeat(48))
+    );
+}
