@@ -817,8 +817,10 @@ fn preceding_backslashes(input: &[u8], at: usize) -> usize {
         .count()
 }
 
+/// A byte a keyword's token may hold: ASCII word bytes, `.%+-`, and any byte of a character
+/// outside ASCII (an e-mail address's local part may be `jörg` or `用户`).
 fn is_token_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'%' | b'+' | b'-')
+    byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'%' | b'+' | b'-') || byte >= 0x80
 }
 
 /// The pairs of `input`, a form body, that hold a `+` or a `%`, decoded (`+` and each `%XX`),

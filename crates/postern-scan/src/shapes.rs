@@ -6,8 +6,13 @@
 //! below; any other regex — a rule file that replaces a built-in, say — runs on `regex` as
 //! before. The tests at the bottom check each matcher against `regex` on generated inputs.
 
-/// `email`: `local@domain.tld`.
-pub(crate) const EMAIL: &str = r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){0,8}\.[A-Za-z]{2,24}(?-u:\b)";
+/// `email`: `local@domain.tld`, its letters and digits of any script (`jörg@bücher.de`,
+/// `用户@例子.广告`: Unicode `Alphabetic` and `N`, what `char::is_alphanumeric` tells). The
+/// address is group 1; the character after it, if there is one, must be no letter, digit or
+/// `_` — a word boundary that also holds after a letter outside ASCII — and is part of the
+/// whole match. Domain labels have no length bound (the ASCII pattern's `{1,63}` on these
+/// classes compiles past the regex size limit).
+pub(crate) const EMAIL: &str = r"([\p{Alphabetic}\p{N}._%+\-]{1,64}@[\p{Alphabetic}\p{N}\-]+(?:\.[\p{Alphabetic}\p{N}\-]+){0,8}\.\p{Alphabetic}{2,24})(?:[^\p{Alphabetic}\p{N}_]|\z)";
 /// `email-percent-encoded`: `local%40domain.tld`.
 pub(crate) const EMAIL_PERCENT_ENCODED: &str = r"[A-Za-z0-9._+\-]{1,64}%40[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){0,8}\.[A-Za-z]{2,24}(?-u:\b)";
 /// `jwt`: `eyJ….eyJ….signature`.
@@ -96,9 +101,12 @@ impl Shape {
         last_start: usize,
     ) -> Option<(usize, usize, usize, usize)> {
         let (start, end) = match self {
-            Shape::Email { percent_encoded } => {
-                email_find_at(haystack, at, last_start, percent_encoded)?
-            }
+            Shape::Email {
+                percent_encoded: false,
+            } => return email_find_at(haystack, at, last_start),
+            Shape::Email {
+                percent_encoded: true,
+            } => percent_encoded_email_find_at(haystack, at, last_start)?,
             Shape::Jwt => jwt_find_at(haystack, at, last_start)?,
             Shape::AwsAccessKey => leftmost(haystack, at, last_start, b"A", aws_access_key_at)?,
             Shape::GithubToken => leftmost(haystack, at, last_start, b"g", github_token_at)?,
@@ -138,7 +146,7 @@ impl Shape {
             | Shape::SlackToken
             | Shape::OpenaiApiKey
             | Shape::PrivateKey => {
-                let (start, end, _, _) = self.find_at(value, 0, value.len())?;
+                let (_, _, start, end) = self.find_at(value, 0, value.len())?;
                 Some((start, end))
             }
         }
@@ -161,22 +169,150 @@ fn is_email_domain_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || byte == b'-'
 }
 
-/// [`EMAIL`] / [`EMAIL_PERCENT_ENCODED`]. A match holds exactly one separator (no class
-/// holds `@` or `%`), so separators are visited in order: for each, the domain after it either
-/// matches or not, whatever the start, and the leftmost start is the earliest position of the
-/// run of local-part bytes before it, at most 64 bytes back and not before `at`.
+/// The character encoded at `at` and its length in bytes; `None` at the end or at bytes that
+/// are not UTF-8 (which no class of [`EMAIL`] matches).
+#[inline]
+fn char_at(bytes: &[u8], at: usize) -> Option<(char, usize)> {
+    let first = *bytes.get(at)?;
+    if first.is_ascii() {
+        return Some((char::from(first), 1));
+    }
+    let len = match first {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => return None,
+    };
+    let text = std::str::from_utf8(bytes.get(at..at + len)?).ok()?;
+    text.chars().next().map(|found| (found, len))
+}
+
+/// The character that ends at `end` and starts at or after `floor`, and its length.
+#[inline]
+fn char_before(bytes: &[u8], end: usize, floor: usize) -> Option<(char, usize)> {
+    if end <= floor {
+        return None;
+    }
+    let last = bytes[end - 1];
+    if last.is_ascii() {
+        return Some((char::from(last), 1));
+    }
+    let mut start = end - 1;
+    while start > floor && end - start < 4 && bytes[start] & 0xC0 == 0x80 {
+        start -= 1;
+    }
+    let (found, len) = char_at(bytes, start)?;
+    (start + len == end).then_some((found, len))
+}
+
+/// The run of `class` characters at `from`: its length in bytes and in characters.
+#[inline]
+fn char_run(bytes: &[u8], from: usize, class: impl Fn(char) -> bool) -> (usize, usize) {
+    let (mut at, mut chars) = (from, 0);
+    while let Some((found, len)) = char_at(bytes, at).filter(|&(found, _)| class(found)) {
+        debug_assert!(class(found));
+        at += len;
+        chars += 1;
+    }
+    (at - from, chars)
+}
+
+fn is_email_local_char(found: char) -> bool {
+    found.is_alphanumeric() || matches!(found, '.' | '_' | '%' | '+' | '-')
+}
+
+fn is_email_label_char(found: char) -> bool {
+    found.is_alphanumeric() || found == '-'
+}
+
+/// [`EMAIL`], as (match start, match end, address start, address end). A match holds exactly
+/// one `@` (no class holds it), so `@`s are visited in order: for each, the domain after it
+/// either matches or not, whatever the start, and the leftmost start is the earliest
+/// character of the run of local-part characters before it, at most 64 back and not before
+/// `at`.
 fn email_find_at(
     haystack: &[u8],
     at: usize,
     last_start: usize,
-    percent_encoded: bool,
+) -> Option<(usize, usize, usize, usize)> {
+    let mut from = at;
+    loop {
+        let position = from + memchr::memchr(b'@', haystack.get(from..)?)?;
+        let mut start = position;
+        let mut chars = 0;
+        while chars < 64 {
+            match char_before(haystack, start, at) {
+                Some((found, len)) if is_email_local_char(found) => {
+                    start -= len;
+                    chars += 1;
+                }
+                _ => break,
+            }
+        }
+        if start > last_start {
+            // Every later `@` has its start later still.
+            return None;
+        }
+        if start < position {
+            if let Some((end, whole_end)) = unicode_email_domain_end(haystack, position + 1) {
+                return Some((start, whole_end, start, end));
+            }
+        }
+        from = position + 1;
+    }
+}
+
+/// The end of the domain of [`EMAIL`] matched at `from`, as leftmost-first matching ends it,
+/// and the end of the character after it (the whole match's end). As in
+/// [`email_domain_end`], labels are whole runs (no label class holds `.`); the top-level
+/// domain's length is counted in characters.
+fn unicode_email_domain_end(haystack: &[u8], from: usize) -> Option<(usize, usize)> {
+    let (first_bytes, first_chars) = char_run(haystack, from, is_email_label_char);
+    if first_chars == 0 {
+        return None;
+    }
+    let mut dots = [0usize; 9];
+    dots[0] = from + first_bytes;
+    if haystack.get(dots[0]) != Some(&b'.') {
+        return None;
+    }
+    let mut labels = 0;
+    while labels < 8 {
+        let (bytes, chars) = char_run(haystack, dots[labels] + 1, is_email_label_char);
+        let next = dots[labels] + 1 + bytes;
+        if chars == 0 || haystack.get(next) != Some(&b'.') {
+            break;
+        }
+        labels += 1;
+        dots[labels] = next;
+    }
+    (0..=labels).rev().find_map(|taken| {
+        let tld_start = dots[taken] + 1;
+        let (bytes, chars) = char_run(haystack, tld_start, char::is_alphabetic);
+        let end = tld_start + bytes;
+        if !(2..=24).contains(&chars) {
+            return None;
+        }
+        if end == haystack.len() {
+            return Some((end, end));
+        }
+        // Not UTF-8 after the address: `[^…]` matches no such byte.
+        let (after, len) = char_at(haystack, end)?;
+        (!(after.is_alphanumeric() || after == '_')).then_some((end, end + len))
+    })
+}
+
+/// [`EMAIL_PERCENT_ENCODED`]. As [`email_find_at`], in ASCII and bytes: the leftmost start is
+/// the earliest position of the run of local-part bytes before the `%40`, at most 64 bytes back
+/// and not before `at`.
+fn percent_encoded_email_find_at(
+    haystack: &[u8],
+    at: usize,
+    last_start: usize,
 ) -> Option<(usize, usize)> {
-    let separator: &[u8] = if percent_encoded { b"%40" } else { b"@" };
-    let is_local = |byte: u8| {
-        byte.is_ascii_alphanumeric()
-            || matches!(byte, b'.' | b'_' | b'+' | b'-')
-            || (!percent_encoded && byte == b'%')
-    };
+    let separator: &[u8] = b"%40";
+    let is_local =
+        |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'+' | b'-');
     let mut from = at;
     loop {
         let position = from + memchr::memmem::find(haystack.get(from..)?, separator)?;
@@ -198,6 +334,7 @@ fn email_find_at(
 }
 
 /// The end of `[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){0,8}\.[A-Za-z]{2,24}(?-u:\b)`
+/// ([`EMAIL_PERCENT_ENCODED`]'s domain)
 /// matched at `from`, as leftmost-first (greedy) matching ends it. No label class holds `.`, so
 /// every label is a whole run; the repetition takes as many labels as it can, giving one back
 /// at a time until the top-level domain and the word boundary fit.
@@ -647,7 +784,11 @@ mod tests {
     /// skipped), so that most look almost like a match.
     fn check_find(pattern: &str, template: &[&[&[u8]]], cases: usize) {
         let shape = Shape::for_pattern(pattern).expect("a native shape");
-        let regex = regex::bytes::Regex::new(pattern).unwrap();
+        // The size limit the scanner compiles rules with.
+        let regex = regex::bytes::RegexBuilder::new(pattern)
+            .size_limit(32 << 20)
+            .build()
+            .unwrap();
         let mut generator = Pieces {
             state: 0x9e37_79b9_7f4a_7c15,
         };
@@ -671,9 +812,13 @@ mod tests {
             };
             let last_start = at + generator.below(haystack.len() + 1);
             let expected = regex
-                .find_at(&haystack, at)
-                .filter(|found| found.start() <= last_start)
-                .map(|found| (found.start(), found.end(), found.start(), found.end()));
+                .captures_at(&haystack, at)
+                .filter(|found| found.get(0).unwrap().start() <= last_start)
+                .map(|found| {
+                    let whole = found.get(0).unwrap();
+                    let group = found.get(1).unwrap_or(whole);
+                    (whole.start(), whole.end(), group.start(), group.end())
+                });
             matched += usize::from(expected.is_some());
             assert_eq!(
                 shape.find_at(&haystack, at, last_start),
@@ -717,12 +862,80 @@ mod tests {
 
     #[test]
     fn email_matches_like_the_regex() {
-        let noise: &[&[u8]] = &[b" ", b"\"", b"\\n", b"x", b"@", b"%40", b"..", b"-", b"_"];
-        let local: &[&[u8]] = &[b"jane", b".", b"_", b"%", b"+", b"-", b"Z", b"7", b"doe.x"];
-        let label: &[&[u8]] = &[b"example", b"mail", b"x1", b"-", b"a", b"9", b"c"];
-        let dot: &[&[u8]] = &[b".", b".", b".", b"..", b"_"];
-        let tld: &[&[u8]] = &[b"com", b"co", b"uk", b"c", b"io1", b"de", b"travel", b"_x"];
-        let tail: &[&[u8]] = &[b"", b" ", b"\"", b"1", b"-uk", b".", b"a", b"_", b"@b.cd"];
+        let noise: &[&[u8]] = &[
+            b" ",
+            b"\"",
+            b"\\n",
+            b"x",
+            b"@",
+            b"%40",
+            b"..",
+            b"-",
+            b"_",
+            "请".as_bytes(),
+            "。".as_bytes(),
+            b"\xc3",
+        ];
+        let local: &[&[u8]] = &[
+            b"jane",
+            b".",
+            b"_",
+            b"%",
+            b"+",
+            b"-",
+            b"Z",
+            b"7",
+            b"doe.x",
+            "jörg".as_bytes(),
+            "用户".as_bytes(),
+            "٣".as_bytes(),
+            "\u{301}".as_bytes(),
+            b"\xb6",
+        ];
+        let label: &[&[u8]] = &[
+            b"example",
+            b"mail",
+            b"x1",
+            b"-",
+            b"a",
+            b"9",
+            b"c",
+            "bücher".as_bytes(),
+            "例子".as_bytes(),
+            "é".as_bytes(),
+        ];
+        let dot: &[&[u8]] = &[b".", b".", b".", b"..", b"_", "。".as_bytes()];
+        let tld: &[&[u8]] = &[
+            b"com",
+            b"co",
+            b"uk",
+            b"c",
+            b"io1",
+            b"de",
+            b"travel",
+            b"_x",
+            "广告".as_bytes(),
+            "ö".as_bytes(),
+            "भारत".as_bytes(),
+            "ﾃ".as_bytes(),
+        ];
+        let tail: &[&[u8]] = &[
+            b"",
+            b" ",
+            b"\"",
+            b"1",
+            b"-uk",
+            b".",
+            b"a",
+            b"_",
+            b"@b.cd",
+            "ü".as_bytes(),
+            "。".as_bytes(),
+            "٣".as_bytes(),
+            b"\xff",
+            b"\xe4\xb8",
+            "\u{301}".as_bytes(),
+        ];
         for (pattern, separator) in [
             (EMAIL, &[&b"@"[..], b"@", b"@", b"%40", b"@@"][..]),
             (

@@ -659,3 +659,39 @@ fn full_width_digits_and_character_references() {
         format!("c {} d", "*".repeat(48))
     );
 }
+
+/// Addresses with letters and digits of any script (internationalised local parts and
+/// domains).
+#[test]
+fn internationalised_email_addresses() {
+    for email in [
+        "jörg@bücher.de",
+        "用户@例子.广告",
+        "josé.garcía@correo.es",
+        "владимир@пример.рф",
+        "अजय@डाटा.भारत",
+        "jane@xn--bcher-kva.de",
+        "ada@example.com",
+    ] {
+        check(&format!("mail {email} now"), Text, &[("pii.email", email)]);
+        check(
+            &format!(r#"{{"to":"{email}","n":1}}"#),
+            Json,
+            &[("pii.email", email)],
+        );
+        check(&format!("（{email}）。"), Text, &[("pii.email", email)]);
+    }
+    // Glued to letters of a script without spaces, the local part runs back to the last
+    // non-letter (at most 64 characters): what is masked covers the address and more.
+    check(
+        "请联系用户@例子.广告。",
+        Text,
+        &[("pii.email", "请联系用户@例子.广告")],
+    );
+    // Still no address: a top-level domain of one letter or with a digit, an `@` mention.
+    check(
+        "a jörg@bücher.d b jörg@bücher.de1 @用户 用户@例子",
+        Text,
+        &[],
+    );
+}
