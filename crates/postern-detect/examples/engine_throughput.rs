@@ -43,6 +43,7 @@ fn main() {
                 ),
                 decision: Some("allow".into()),
                 reason: Some("granted".into()),
+                host: None,
             }
         })
         .collect();

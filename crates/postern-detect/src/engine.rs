@@ -72,6 +72,9 @@ pub struct DetectEvent {
     pub decision: Option<Cow<'static, str>>,
     #[serde(default)]
     pub reason: Option<Cow<'static, str>>,
+    /// The forward proxy's destination host (`host` in the event).
+    #[serde(default)]
+    pub host: Option<Arc<str>>,
 }
 
 fn deserialize_rfc3339_millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
@@ -208,6 +211,10 @@ pub struct EngineConfig {
     pub alert_cooldown_seconds: i64,
     /// Most keys kept; past it the least recently seen are evicted.
     pub max_keys: usize,
+    /// Most hosts no integration registers that are keyed on their own (`host:<name>`, from
+    /// forward-proxy calls let through to them); the calls to further hosts count under
+    /// `(none)`, so a caller spraying names cannot evict the other keys' baselines.
+    pub max_host_keys: usize,
     /// Keys idle for longer are evicted.
     pub idle_eviction_seconds: i64,
     /// Most callers, operations or source addresses remembered per key.
@@ -238,6 +245,7 @@ impl Default for EngineConfig {
             off_hours_warmup_seconds: 7 * 86_400,
             alert_cooldown_seconds: 600,
             max_keys: 50_000,
+            max_host_keys: 1_000,
             idle_eviction_seconds: 7 * 86_400,
             max_novelty_entries: 1_024,
         }
@@ -696,6 +704,15 @@ pub struct MetricKey {
     pub operation: Option<Arc<str>>,
 }
 
+impl MetricKey {
+    /// The integration-level key of a host no integration registers (`host:<name>`).
+    fn is_host_level(&self) -> bool {
+        self.caller.is_none()
+            && self.operation.is_none()
+            && self.integration.starts_with(HOST_KEY_PREFIX)
+    }
+}
+
 /// The engine's whole state, for persisting across restarts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineSnapshot {
@@ -717,7 +734,12 @@ pub struct Engine {
     /// foldhash: three lookups per event, and the names come from the gateway's config.
     keys: HashMap<MetricKey, KeyState, foldhash::fast::RandomState>,
     last_sweep_ms: i64,
+    /// Integration-level keys of unregistered hosts (`host:<name>`) held now.
+    host_keys: usize,
 }
+
+/// The prefix of the key of a host no integration registers: `host:api.github.com`.
+pub const HOST_KEY_PREFIX: &str = "host:";
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Self {
@@ -725,6 +747,7 @@ impl Engine {
             config,
             keys: HashMap::default(),
             last_sweep_ms: i64::MIN,
+            host_keys: 0,
         }
     }
 
@@ -735,6 +758,19 @@ impl Engine {
     /// Keys currently tracked.
     pub fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    /// The names integration-level keys are tracked under (integrations, `host:<name>`,
+    /// `(none)`), sorted.
+    pub fn integration_names(&self) -> Vec<Arc<str>> {
+        let mut names: Vec<Arc<str>> = self
+            .keys
+            .keys()
+            .filter(|key| key.caller.is_none() && key.operation.is_none())
+            .map(|key| key.integration.clone())
+            .collect();
+        names.sort();
+        names
     }
 
     /// Everything needed to continue where this engine stands.
@@ -754,10 +790,14 @@ impl Engine {
 
     /// An engine continuing from `snapshot`, with its configuration.
     pub fn restore(snapshot: EngineSnapshot) -> Self {
+        let keys: HashMap<MetricKey, KeyState, foldhash::fast::RandomState> =
+            snapshot.keys.into_iter().collect();
+        let host_keys = keys.keys().filter(|key| key.is_host_level()).count();
         Self {
             config: snapshot.config,
-            keys: snapshot.keys.into_iter().collect(),
+            keys,
             last_sweep_ms: i64::MIN,
+            host_keys,
         }
     }
 
@@ -766,10 +806,7 @@ impl Engine {
     pub fn observe(&mut self, event: &DetectEvent, now_ms: i64) -> Vec<Alert> {
         let mut alerts = Vec::new();
         self.sweep(now_ms);
-        let integration = event
-            .integration
-            .clone()
-            .unwrap_or_else(|| Arc::from(NO_INTEGRATION));
+        let integration = self.integration_of(event);
         let minute = event.time_unix_ms.div_euclid(MINUTE_MS);
 
         let integration_key = MetricKey {
@@ -795,6 +832,32 @@ impl Engine {
             }
         }
         alerts
+    }
+
+    /// The name an event is keyed under: its integration; for a forward-proxy call let
+    /// through to a host no integration registers, `host:<name>` (while fewer than
+    /// `max_host_keys` such keys are held, or its key is held already); else `(none)`.
+    fn integration_of(&mut self, event: &DetectEvent) -> Arc<str> {
+        if let Some(integration) = &event.integration {
+            return integration.clone();
+        }
+        let allowed = event.decision.as_deref() == Some("allow");
+        if let (Some(host), true) = (&event.host, allowed) {
+            let key = MetricKey {
+                integration: Arc::from(format!("{HOST_KEY_PREFIX}{host}")),
+                caller: None,
+                operation: None,
+            };
+            if self.keys.contains_key(&key) {
+                return key.integration;
+            }
+            if self.host_keys < self.config.max_host_keys {
+                // Counted now: `observe_key` adds the key for this event.
+                self.host_keys += 1;
+                return key.integration;
+            }
+        }
+        Arc::from(NO_INTEGRATION)
     }
 
     fn observe_novelty(
@@ -1077,8 +1140,14 @@ impl Engine {
         }
         self.last_sweep_ms = now_ms;
         let idle_ms = self.config.idle_eviction_seconds.saturating_mul(1_000);
-        self.keys
-            .retain(|_, state| now_ms.saturating_sub(state.last_seen_ms) <= idle_ms);
+        let host_keys = &mut self.host_keys;
+        self.keys.retain(|key, state| {
+            let kept = now_ms.saturating_sub(state.last_seen_ms) <= idle_ms;
+            if !kept && key.is_host_level() {
+                *host_keys -= 1;
+            }
+            kept
+        });
         if self.keys.len() + 3 > cap {
             // Evict down to 90 % of the cap at once, so eviction is amortized O(1) per event.
             let keep = cap - cap.div_ceil(10).max(1);
@@ -1087,9 +1156,13 @@ impl Engine {
             let drop = last_seen.len() - keep;
             let (_, &mut cutoff, _) = last_seen.select_nth_unstable(drop.saturating_sub(1));
             let mut to_drop = drop;
-            self.keys.retain(|_, state| {
+            let host_keys = &mut self.host_keys;
+            self.keys.retain(|key, state| {
                 if to_drop > 0 && state.last_seen_ms <= cutoff {
                     to_drop -= 1;
+                    if key.is_host_level() {
+                        *host_keys -= 1;
+                    }
                     false
                 } else {
                     true

@@ -49,6 +49,7 @@ fn event(
             }
             .into(),
         ),
+        host: None,
     }
 }
 
@@ -432,6 +433,57 @@ fn idle_keys_are_evicted() {
     };
     engine.observe(&later, later.time_unix_ms);
     assert_eq!(engine.key_count(), 1);
+}
+
+/// A forward-proxy call let through to a host no integration registers is keyed by its host
+/// (`host:<name>`), up to `max_host_keys` hosts: calls to further hosts, and refused ones,
+/// count under `(none)`; an evicted host key frees its place, and a restored engine counts
+/// the host keys it holds.
+#[test]
+fn unregistered_hosts_are_keyed_by_host_up_to_a_cap() {
+    let config = EngineConfig {
+        max_host_keys: 2,
+        idle_eviction_seconds: 3_600,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config);
+    let proxied = |time_ms: i64, host: &str, decision: &'static str| DetectEvent {
+        integration: None,
+        operation: None,
+        host: Some(host.into()),
+        decision: Some(decision.into()),
+        ..event(time_ms, Some("ci"), "x", 200, 100, "10.0.0.1")
+    };
+    for (minute, host, decision) in [
+        (0, "api.github.com", "allow"),
+        (1, "pypi.org", "allow"),
+        (2, "pastebin.com", "deny"),
+        (3, "evil.example", "allow"),
+        (4, "api.github.com", "allow"),
+    ] {
+        let event = proxied(START_MS + minute * MINUTE_MS, host, decision);
+        engine.observe(&event, event.time_unix_ms);
+    }
+    let names = |engine: &Engine| -> Vec<String> {
+        engine
+            .integration_names()
+            .iter()
+            .map(|name| name.to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&engine),
+        ["(none)", "host:api.github.com", "host:pypi.org"]
+    );
+    // A restored engine holds two host keys already: a third host waits for one to go.
+    let mut restored = Engine::restore(engine.snapshot());
+    let third = proxied(START_MS + 5 * MINUTE_MS, "files.example", "allow");
+    restored.observe(&third, third.time_unix_ms);
+    assert!(!names(&restored).contains(&"host:files.example".to_string()));
+    // Two hours on, the idle keys are evicted and their places are free.
+    let later = proxied(START_MS + 120 * MINUTE_MS, "files.example", "allow");
+    restored.observe(&later, later.time_unix_ms);
+    assert_eq!(names(&restored), ["host:files.example"]);
 }
 
 #[test]

@@ -393,6 +393,7 @@ mod tests {
             source_ip: Some("10.0.0.1".into()),
             decision: Some("allow".into()),
             reason: Some("granted".into()),
+            host: None,
         };
         for minute in 0..1_441 {
             detector.observe(event(minute, "checkout"));

@@ -81,6 +81,11 @@ impl Recorder {
                     Decision::Deny => "deny",
                 })),
                 reason: Some(Cow::Borrowed(reason)),
+                // Only a call no integration claims is keyed by its host.
+                host: match &context.integration {
+                    None => context.host.clone(),
+                    Some(_) => None,
+                },
             });
         }
     }
