@@ -159,7 +159,8 @@ fn digits_of(input: &[u8], start: usize, end: usize, buffer: &mut [u8; 32]) -> u
 /// Whether the digit run `input[at..run_end]` (`at` not after a digit) is a lone number that
 /// cannot be a card (`"id":1234567890`, `/issues/42`): nothing that could join it to a phone
 /// number, SSN, IBAN or address is around it, and it has not 13-19 digits. Such a number is
-/// skipped whole. Four digits before `/` or `_` may be a card's first group (`4111/1111/…`);
+/// skipped whole. Four digits before `/` or `_` and a digit may be a card's first group
+/// (`4111/1111/…`; `/issues/4111/labels` is lone, as [`numeric_token`] would not take the `/`);
 /// digits after a letter only reach here as an IBAN's check digits.
 #[inline(always)]
 pub(crate) fn is_lone_short_number(input: &[u8], at: usize, run_end: usize) -> bool {
@@ -167,7 +168,9 @@ pub(crate) fn is_lone_short_number(input: &[u8], at: usize, run_end: usize) -> b
     let after = input.get(run_end).copied().unwrap_or(b' ');
     let len = run_end - at;
     let may_join = matches!(after, b' ' | b'-' | b'.' | b'(' | b')')
-        || (len == 4 && is_odd_separator(after))
+        || (len == 4
+            && is_odd_separator(after)
+            && input.get(run_end + 1).is_some_and(u8::is_ascii_digit))
         || matches!(prev, b'+' | b'(' | b'B' | b'b' | b'%')
         || prev.is_ascii_alphabetic();
     !may_join && !(13..=19).contains(&len)

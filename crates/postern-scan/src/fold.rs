@@ -19,8 +19,9 @@
 /// `input.len()`: a range `a..b` of the copy is `origin[a]..origin[b]` of `input`. `None` when
 /// `input` spells no digit or `@` so.
 pub(crate) fn fold(input: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
-    memchr::memchr2_iter(0xEF, b'&', input)
-        .find(|&at| matches!(folded_at(input, at), Some((b'0'..=b'9' | b'@', _))))?;
+    if !spells_digit_or_at(input) {
+        return None;
+    }
     // Every spelling folded starts with one of these (the ideographic space with 0xE3).
     let first = memchr::memchr3(0xEF, 0xE3, b'&', input).unwrap_or(input.len());
     let mut folded = Vec::with_capacity(input.len());
@@ -43,6 +44,20 @@ pub(crate) fn fold(input: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
     }
     origin.push(input.len());
     Some((folded, origin))
+}
+
+/// Whether `input` spells a digit or `@` as a full-width form or a numeric reference. One
+/// `memchr2` for the lead byte of U+FF01–U+FF5E and the `#` of `&#`: not `&`, which stands in
+/// every pair of a form and would stop the search at each.
+fn spells_digit_or_at(input: &[u8]) -> bool {
+    memchr::memchr2_iter(0xEF, b'#', input).any(|at| {
+        let start = match input[at] {
+            b'#' if at > 0 && input[at - 1] == b'&' => at - 1,
+            b'#' => return false,
+            _ => at,
+        };
+        matches!(folded_at(input, start), Some((b'0'..=b'9' | b'@', _)))
+    })
 }
 
 /// The ASCII byte spelled at `at`, and the spelling's length: a full-width form, the
