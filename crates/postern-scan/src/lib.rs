@@ -373,18 +373,27 @@ impl Scanner {
         // A body sent with no form type may still be read as one (Rack reads a body with no
         // `Content-Type` as a form; many servers read one whatever its type says): text holding
         // `=` pairs is scanned decoded too.
-        let decoded = match syntax {
-            Syntax::Form => form_decode(input),
-            Syntax::Text if memchr::memchr(b'=', input).is_some() => form_decode(input),
-            Syntax::Text | Syntax::Json => None,
+        let decode = match syntax {
+            Syntax::Form => true,
+            Syntax::Text => memchr::memchr(b'=', input).is_some(),
+            Syntax::Json => false,
         };
-        if let Some((decoded, origin)) = decoded {
-            self.scan_copy(&decoded, &origin, syntax, result);
-            // Full-width digits or character references in a decoded pair
-            // (`%EF%BC%94…`): folded too, mapped back through both copies.
-            if let Some((folded, folded_origin)) = fold::fold(&decoded) {
-                let origin: Vec<usize> = folded_origin.iter().map(|&at| origin[at]).collect();
-                self.scan_copy(&folded, &origin, syntax, result);
+        if decode {
+            // The copy's buffers are this thread's, kept from one scan to the next.
+            let (mut decoded, mut origin) = DECODE_BUFFERS.take();
+            if form_decode_into(input, &mut decoded, &mut origin) {
+                self.scan_copy(&decoded, &origin, syntax, result);
+                // Full-width digits or character references in a decoded pair
+                // (`%EF%BC%94…`): folded too, mapped back through both copies.
+                if let Some((folded, folded_origin)) = fold::fold(&decoded) {
+                    let origin: Vec<usize> = folded_origin.iter().map(|&at| origin[at]).collect();
+                    self.scan_copy(&folded, &origin, syntax, result);
+                }
+            }
+            if decoded.capacity() <= DECODE_BUFFERS_KEEP {
+                decoded.clear();
+                origin.clear();
+                DECODE_BUFFERS.set((decoded, origin));
             }
         }
         // Full-width forms and HTML numeric references spelling a digit or `@`: scanned
@@ -823,6 +832,21 @@ fn is_token_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'%' | b'+' | b'-') || byte >= 0x80
 }
 
+/// Form bodies up to this size have their decoded copy's buffers kept for the next scan on the
+/// thread.
+const DECODE_BUFFERS_KEEP: usize = 64 * 1024;
+
+thread_local! {
+    static DECODE_BUFFERS: std::cell::Cell<(Vec<u8>, Vec<usize>)> =
+        const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+}
+
+#[cfg(test)]
+fn form_decode(input: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
+    let (mut decoded, mut origin) = (Vec::new(), Vec::new());
+    form_decode_into(input, &mut decoded, &mut origin).then_some((decoded, origin))
+}
+
 /// The pairs of `input`, a form body, that hold a `+` or a `%`, decoded (`+` and each `%XX`),
 /// joined by `&`; and for each decoded byte the offset in `input` where its encoding starts,
 /// then the end of the last pair taken: a range `a..b` of the decoded bytes is
@@ -831,11 +855,13 @@ fn is_token_byte(byte: u8) -> bool {
 /// out: the scan as sent saw them as they are, and nothing a rule finds spans pairs (a key's
 /// value ends at its `&`). A decoded `&` or `=` (`%26`, `%3D`) inside a value is read as the
 /// text it is, as `key=value` inside a JSON string is: a value may hold one. `None`: no pair
-/// holds either.
-fn form_decode(input: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
-    memchr::memchr2(b'%', b'+', input)?;
-    let mut decoded = Vec::with_capacity(input.len());
-    let mut origin = Vec::with_capacity(input.len() + 1);
+/// holds either. Written into `decoded` and `origin` (empty), `false` for `None`.
+fn form_decode_into(input: &[u8], decoded: &mut Vec<u8>, origin: &mut Vec<usize>) -> bool {
+    if memchr::memchr2(b'%', b'+', input).is_none() {
+        return false;
+    }
+    decoded.reserve(input.len());
+    origin.reserve(input.len() + 1);
     let mut taken_end = None;
     let mut start = 0;
     for pair in input.split(|&byte| byte == b'&') {
@@ -845,13 +871,18 @@ fn form_decode(input: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
                 origin.push(previous_end);
                 decoded.push(b'&');
             }
-            decode_into(input, start, end, &mut decoded, &mut origin);
+            decode_into(input, start, end, decoded, origin);
             taken_end = Some(end);
         }
         start = end + 1;
     }
-    origin.push(taken_end?);
-    Some((decoded, origin))
+    match taken_end {
+        Some(end) => {
+            origin.push(end);
+            true
+        }
+        None => false,
+    }
 }
 
 /// `input[start..end]` with `+` and each `%XX` decoded, onto `decoded`, and where each decoded
@@ -865,6 +896,14 @@ fn decode_into(
 ) {
     let mut at = start;
     while at < end {
+        // The bytes up to the next `%` or `+` stand as they are.
+        let next = memchr::memchr2(b'%', b'+', &input[at..end]).map_or(end, |offset| at + offset);
+        decoded.extend_from_slice(&input[at..next]);
+        origin.extend(at..next);
+        if next == end {
+            break;
+        }
+        at = next;
         origin.push(at);
         let byte = input[at];
         let escaped = match (byte, input.get(at + 1..at + 3)) {
