@@ -16,6 +16,7 @@
 //! Everything else is looked at only by the mask computation.
 
 use crate::digits::{self, DigitDetectors};
+use crate::fold;
 use crate::RawFinding;
 
 /// Which bytes end a key.
@@ -47,6 +48,9 @@ struct BlockMasks {
     colon: u64,
     equals: u64,
     quote: u64,
+    /// `0xEF` (lead byte of the full-width forms) and `#` (of `&#`): where the fold may be
+    /// needed (`fold.rs`).
+    fold: u64,
 }
 
 /// Defines `unsafe fn $name(&[u8; 64]) -> BlockMasks` from one SIMD width's intrinsics: the
@@ -87,6 +91,7 @@ macro_rules! simd_block_masks {
                 let colon = $cmpeq(x, $set1(b':' as i8));
                 let equals = $cmpeq(x, $set1(b'=' as i8));
                 let quote = $cmpeq(x, $set1(b'"' as i8));
+                let fold = $or($cmpeq(x, $set1(0xEFu8 as i8)), $cmpeq(x, $set1(b'#' as i8)));
                 let shift = lane * $width;
                 masks.digit |= u64::from($movemask(digit) as $mask) << shift;
                 masks.upper |= u64::from($movemask(upper) as $mask) << shift;
@@ -95,6 +100,7 @@ macro_rules! simd_block_masks {
                 masks.colon |= u64::from($movemask(colon) as $mask) << shift;
                 masks.equals |= u64::from($movemask(equals) as $mask) << shift;
                 masks.quote |= u64::from($movemask(quote) as $mask) << shift;
+                masks.fold |= u64::from($movemask(fold) as $mask) << shift;
             }
             masks
         }
@@ -164,6 +170,9 @@ fn block_masks_scalar(block: &[u8; 64]) -> BlockMasks {
         if byte == b'"' {
             masks.quote |= bit;
         }
+        if byte == 0xEF || byte == b'#' {
+            masks.fold |= bit;
+        }
     }
     masks
 }
@@ -212,21 +221,22 @@ fn ipv6_adjacent(masks: BlockMasks, previous: u8, next: u8) -> u64 {
 }
 
 /// Walks `input` once: digit candidates go to the digit detectors, keys and key terminators
-/// to `keys` (findings into `out`). Uses AVX2 when the CPU has it.
+/// to `keys` (findings into `out`). Uses AVX2 when the CPU has it. Returns whether `input`
+/// spells a digit or `@` that the fold reads (`fold::spells_digit_or_at`).
 pub(crate) fn scan_blocks(
     input: &[u8],
     detectors: DigitDetectors,
     terminators: Terminators,
     keys: &mut impl KeyVisitor,
     out: &mut Vec<RawFinding>,
-) {
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked above).
-            unsafe { scan_blocks_avx2(input, detectors, terminators, keys, out) };
+            unsafe { scan_blocks_avx2(input, detectors, terminators, keys, out) }
         } else {
-            scan_blocks_with(input, detectors, terminators, keys, out, block_masks_sse2);
+            scan_blocks_with(input, detectors, terminators, keys, out, block_masks_sse2)
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -250,11 +260,11 @@ unsafe fn scan_blocks_avx2(
     terminators: Terminators,
     keys: &mut impl KeyVisitor,
     out: &mut Vec<RawFinding>,
-) {
+) -> bool {
     // SAFETY: this function only runs on a CPU with AVX2.
     scan_blocks_with(input, detectors, terminators, keys, out, |block| unsafe {
         block_masks_avx2(block)
-    });
+    })
 }
 
 #[inline(always)]
@@ -265,8 +275,9 @@ fn scan_blocks_with(
     keys: &mut impl KeyVisitor,
     out: &mut Vec<RawFinding>,
     block_masks: impl Fn(&[u8; 64]) -> BlockMasks,
-) {
+) -> bool {
     let with_digits = detectors.any();
+    let mut fold = false;
     let mut digit_state = digits::DigitState::default();
     let mut padded = [0u8; 64];
     let mut block_start = 0;
@@ -281,6 +292,9 @@ fn scan_blocks_with(
             }
         };
         let masks = block_masks(block);
+        if masks.fold != 0 && !fold {
+            fold = fold::spells_digit_or_at_any(input, block_start, masks.fold);
+        }
         let previous = if block_start > 0 {
             input[block_start - 1]
         } else {
@@ -334,11 +348,55 @@ fn scan_blocks_with(
         }
         block_start += 64;
     }
+    fold
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct NoKeys;
+
+    impl KeyVisitor for NoKeys {
+        fn quoted_key(&mut self, _: usize, _: &mut Vec<RawFinding>) {}
+        fn terminator(&mut self, _: usize, _: &mut Vec<RawFinding>) {}
+    }
+
+    #[test]
+    fn the_block_pass_sees_what_the_fold_reads_wherever_it_stands() {
+        let detectors = DigitDetectors {
+            card: Some(0),
+            ..DigitDetectors::default()
+        };
+        // A full-width digit or `@`, a reference to one; a full-width comma, a tab, `#` and
+        // `&#` alone, an escaped `&`: none.
+        let spellings: [(&[u8], bool); 8] = [
+            ("\u{FF14}".as_bytes(), true),
+            ("\u{FF20}".as_bytes(), true),
+            (b"&#52;", true),
+            (b"&#x40;", true),
+            ("\u{FF0C}".as_bytes(), false),
+            (b"&#9;", false),
+            (b"# &#", false),
+            (b"&amp;#52;", false),
+        ];
+        for (spelling, spelled) in spellings {
+            for offset in 0..140 {
+                let mut input = vec![b'a'; offset];
+                input.extend_from_slice(spelling);
+                input.extend_from_slice(&vec![b' '; offset % 7]);
+                let seen = scan_blocks(
+                    &input,
+                    detectors,
+                    Terminators::ColonAndEquals,
+                    &mut NoKeys,
+                    &mut Vec::new(),
+                );
+                assert_eq!(seen, fold::spells_digit_or_at(&input), "{input:?}");
+                assert_eq!(seen, spelled);
+            }
+        }
+    }
 
     #[test]
     fn simd_masks_match_the_scalar_definition() {

@@ -18,10 +18,16 @@
 /// folded, and for each byte of the copy the offset in `input` where its spelling starts, then
 /// `input.len()`: a range `a..b` of the copy is `origin[a]..origin[b]` of `input`. `None` when
 /// `input` spells no digit or `@` so.
+#[cfg(test)]
 pub(crate) fn fold(input: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
     if !spells_digit_or_at(input) {
         return None;
     }
+    Some(fold_spelled(input))
+}
+
+/// [`fold`] of an input known to spell a digit or `@` so.
+pub(crate) fn fold_spelled(input: &[u8]) -> (Vec<u8>, Vec<usize>) {
     // Every spelling folded starts with one of these (the ideographic space with 0xE3).
     let first = memchr::memchr3(0xEF, 0xE3, b'&', input).unwrap_or(input.len());
     let mut folded = Vec::with_capacity(input.len());
@@ -43,21 +49,40 @@ pub(crate) fn fold(input: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
         }
     }
     origin.push(input.len());
-    Some((folded, origin))
+    (folded, origin)
 }
 
 /// Whether `input` spells a digit or `@` as a full-width form or a numeric reference. One
 /// `memchr2` for the lead byte of U+FF01–U+FF5E and the `#` of `&#`: not `&`, which stands in
 /// every pair of a form and would stop the search at each.
-fn spells_digit_or_at(input: &[u8]) -> bool {
-    memchr::memchr2_iter(0xEF, b'#', input).any(|at| {
-        let start = match input[at] {
-            b'#' if at > 0 && input[at - 1] == b'&' => at - 1,
-            b'#' => return false,
-            _ => at,
-        };
-        matches!(folded_at(input, start), Some((b'0'..=b'9' | b'@', _)))
-    })
+pub(crate) fn spells_digit_or_at(input: &[u8]) -> bool {
+    memchr::memchr2_iter(0xEF, b'#', input).any(|at| spells_digit_or_at_from(input, at))
+}
+
+/// [`spells_digit_or_at`] at the `0xEF` and `#` bytes of one 64-byte block of the block pass
+/// (`blocks.rs`), which starts at `block_start` and has them at the bits of `mask`.
+#[cold]
+pub(crate) fn spells_digit_or_at_any(input: &[u8], block_start: usize, mut mask: u64) -> bool {
+    while mask != 0 {
+        let at = block_start + mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        if at < input.len() && spells_digit_or_at_from(input, at) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether the `0xEF` or `#` at `at` starts (or, `#`, is the second byte of) a spelling of a
+/// digit or `@`.
+#[inline]
+fn spells_digit_or_at_from(input: &[u8], at: usize) -> bool {
+    let start = match input[at] {
+        b'#' if at > 0 && input[at - 1] == b'&' => at - 1,
+        b'#' => return false,
+        _ => at,
+    };
+    matches!(folded_at(input, start), Some((b'0'..=b'9' | b'@', _)))
 }
 
 /// The ASCII byte spelled at `at`, and the spelling's length: a full-width form, the

@@ -364,7 +364,7 @@ impl Scanner {
         result.findings.clear();
         result.class_counts.clear();
         let syntax = content_type_hint.resolve(input);
-        self.scan_syntax(input, syntax, result);
+        let spells_folded = self.scan_syntax(input, syntax, result);
         // A form's values are percent-encoded and `+` is a space: `4111+1111+1111+1111` is a
         // card, `GB82+WEST+…` an IBAN. So the pairs holding either are scanned decoded too, and
         // what that finds is reported (and so redacted) over the encoded bytes that hold it. Not
@@ -382,10 +382,10 @@ impl Scanner {
             // The copy's buffers are this thread's, kept from one scan to the next.
             let (mut decoded, mut origin) = DECODE_BUFFERS.take();
             if form_decode_into(input, &mut decoded, &mut origin) {
-                self.scan_copy(&decoded, &origin, syntax, result);
                 // Full-width digits or character references in a decoded pair
                 // (`%EF%BC%94…`): folded too, mapped back through both copies.
-                if let Some((folded, folded_origin)) = fold::fold(&decoded) {
+                if self.scan_copy(&decoded, &origin, syntax, result) {
+                    let (folded, folded_origin) = fold::fold_spelled(&decoded);
                     let origin: Vec<usize> = folded_origin.iter().map(|&at| origin[at]).collect();
                     self.scan_copy(&folded, &origin, syntax, result);
                 }
@@ -397,18 +397,26 @@ impl Scanner {
             }
         }
         // Full-width forms and HTML numeric references spelling a digit or `@`: scanned
-        // folded to ASCII too (`fold.rs`).
-        if let Some((folded, origin)) = fold::fold(input) {
+        // folded to ASCII too (`fold.rs`); the block pass tells whether there are any.
+        if spells_folded {
+            let (folded, origin) = fold::fold_spelled(input);
             self.scan_copy(&folded, &origin, syntax, result);
         }
     }
 
     /// Scans `copy`, a decoded or folded copy of the input whose byte `i` is spelled from
     /// `origin[i]` on in the input (`origin[copy.len()]` the end), and adds to `result` what it
-    /// finds that `result` does not hold yet, over the input's bytes.
-    fn scan_copy(&self, copy: &[u8], origin: &[usize], syntax: Syntax, result: &mut ScanResult) {
+    /// finds that `result` does not hold yet, over the input's bytes. Returns whether `copy`
+    /// spells a digit or `@` that the fold reads.
+    fn scan_copy(
+        &self,
+        copy: &[u8],
+        origin: &[usize],
+        syntax: Syntax,
+        result: &mut ScanResult,
+    ) -> bool {
         let mut more = ScanResult::default();
-        self.scan_syntax(copy, syntax, &mut more);
+        let spells_folded = self.scan_syntax(copy, syntax, &mut more);
         for mut finding in more.findings {
             finding.start = origin[finding.start];
             finding.end = origin[finding.end];
@@ -426,9 +434,13 @@ impl Scanner {
         result
             .findings
             .sort_by_key(|finding| (finding.start, finding.end));
+        spells_folded
     }
 
-    fn scan_syntax(&self, input: &[u8], syntax: Syntax, result: &mut ScanResult) {
+    /// Scans `input` as `syntax` into `result`. Returns whether `input` spells a digit or `@`
+    /// as a full-width form or a numeric reference (`fold.rs`), which the block pass sees on
+    /// its way.
+    fn scan_syntax(&self, input: &[u8], syntax: Syntax, result: &mut ScanResult) -> bool {
         with_scratch(self.id, |scratch| {
             let ScanScratch { verdicts, raw } = scratch;
             if let Some(anchors) = &self.anchors {
@@ -441,15 +453,17 @@ impl Scanner {
             } else {
                 Terminators::ColonAndEquals
             };
-            if self.digit_detectors.any() || terminators != Terminators::None {
+            let spells_folded = if self.digit_detectors.any() || terminators != Terminators::None {
                 let mut keys = KeyScan {
                     scanner: self,
                     input,
                     syntax,
                     verdicts,
                 };
-                blocks::scan_blocks(input, self.digit_detectors, terminators, &mut keys, raw);
-            }
+                blocks::scan_blocks(input, self.digit_detectors, terminators, &mut keys, raw)
+            } else {
+                fold::spells_digit_or_at(input)
+            };
             for &rule in &self.full_scan_rules {
                 let compiled = &self.rules[usize::from(rule)];
                 let Some(regex) = &compiled.regex else {
@@ -466,7 +480,8 @@ impl Scanner {
                 }
             }
             self.resolve(raw, result);
-        });
+            spells_folded
+        })
     }
 
     /// Every keyword hit runs its rules' regexes around it (once per stretch a rule already
