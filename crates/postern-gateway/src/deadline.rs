@@ -45,11 +45,10 @@ pub struct InFlight(Arc<Waits>);
 #[derive(Debug)]
 struct Waits {
     waiting: AtomicUsize,
-    /// Requests begun whose answers are not done ([`InFlight::begin`]).
-    open: AtomicUsize,
-    /// Requests begun and answers done so far: [`InFlight::request_idle`] tells by it whether
-    /// any came or went in an idle period.
-    changes: AtomicU64,
+    /// Requests begun and pieces of answers handed to the protocol so far
+    /// ([`InFlight::progressed`]): [`InFlight::request_idle`] tells by it whether the
+    /// connection's calls moved in an idle period.
+    progress: AtomicU64,
     /// When the last wait ended, in milliseconds since `base`, plus one (0: none yet): the answer
     /// it waited for may still be on its way out (handed to the protocol, not yet written), so
     /// reads get a whole idle period from then.
@@ -61,8 +60,7 @@ impl Default for InFlight {
     fn default() -> Self {
         InFlight(Arc::new(Waits {
             waiting: AtomicUsize::new(0),
-            open: AtomicUsize::new(0),
-            changes: AtomicU64::new(0),
+            progress: AtomicU64::new(0),
             last_ended: AtomicU64::new(0),
             base: Instant::now(),
         }))
@@ -73,39 +71,27 @@ impl Default for InFlight {
 #[derive(Debug)]
 pub struct Waiting(Arc<Waits>);
 
-/// One request of a connection served by hyper, from its head until its answer is done (sent
-/// whole, or its stream reset), counted in its [`InFlight`] until dropped.
-#[derive(Debug)]
-pub struct Open(Arc<Waits>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.changes.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 impl InFlight {
-    /// A request begins: open until the guard is dropped with its answer.
-    pub fn begin(&self) -> Open {
-        self.0.open.fetch_add(1, Ordering::Relaxed);
-        self.0.changes.fetch_add(1, Ordering::Relaxed);
-        Open(self.0.clone())
+    /// The connection's calls moved: a request began, or a piece of an answer was handed to
+    /// the protocol.
+    pub fn progressed(&self) {
+        self.0.progress.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Ends once a whole `idle` period has passed in which no request began or ended, and
-    /// none is open nor waits on a vendor (checked every `idle`, so it ends between one and two
-    /// periods after the last request). The connection it watches begins no request however
-    /// many bytes it exchanges: keep-alive PINGs, or a request head trickled in HTTP/2
-    /// CONTINUATION frames, which would otherwise hold it open for good.
+    /// Ends once a whole `idle` period has passed in which no request began, no piece of an
+    /// answer was handed to the protocol and no call waited on its vendor (checked every
+    /// `idle`, so it ends between one and two periods after the last move). Bytes that move no
+    /// call do not count, however many the connection exchanges: keep-alive PINGs, a request
+    /// head trickled in frames, or PINGs beside answers the caller grants no window for (they
+    /// would otherwise hold the connection, and the calls' places under concurrency limits,
+    /// for good).
     pub async fn request_idle(&self, idle: Duration) {
-        let mut seen = self.0.changes.load(Ordering::Relaxed);
+        let mut seen = self.0.progress.load(Ordering::Relaxed);
         loop {
             tokio::time::sleep(idle).await;
-            let now = self.0.changes.load(Ordering::Relaxed);
-            let busy = self.0.open.load(Ordering::Relaxed) > 0
-                || self.0.waiting.load(Ordering::Relaxed) > 0;
-            if now == seen && !busy {
+            let now = self.0.progress.load(Ordering::Relaxed);
+            let waiting = self.0.waiting.load(Ordering::Relaxed) > 0;
+            if now == seen && !waiting {
                 return;
             }
             seen = now;

@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::{CallerBody, GatewayBody};
 use crate::context::ConnectionInfo;
-use crate::deadline::{Deadline, InFlight, Open, Waiting};
+use crate::deadline::{Deadline, InFlight, Waiting};
 use crate::h1server::{self, Prefixed, Served};
 
 /// A connection must send its first byte within this long (a bare TCP connection that never
@@ -373,8 +373,6 @@ struct Answer {
     body: GatewayBody,
     waiting: Option<Waiting>,
     in_flight: InFlight,
-    /// The request stays open until its answer is done ([`InFlight::request_idle`]).
-    _open: Open,
 }
 
 impl http_body::Body for Answer {
@@ -392,7 +390,11 @@ impl http_body::Body for Answer {
                 this.waiting = Some(this.in_flight.wait());
             }
             std::task::Poll::Pending => {}
-            std::task::Poll::Ready(_) => this.waiting = None,
+            std::task::Poll::Ready(_) => {
+                this.waiting = None;
+                // A piece handed on: the call moves ([`InFlight::request_idle`]).
+                this.in_flight.progressed();
+            }
         }
         polled
     }
@@ -428,7 +430,7 @@ where
         // Boxed: hyper keeps a slot the size of the service's future in every connection,
         // idle or not, and moves the future per call.
         let in_flight = info.in_flight().clone();
-        let open = in_flight.begin();
+        in_flight.progressed();
         let waiting = in_flight.wait();
         let response = Box::pin(handler(info.clone(), request.map(CallerBody::Hyper)));
         async move {
@@ -438,15 +440,14 @@ where
                 body,
                 waiting: None,
                 in_flight,
-                _open: open,
             }))
         }
     })
 }
 
-/// Serves a connection with hyper until it ends, or until it has begun no request for the idle
-/// limit ([`InFlight::request_idle`]: bytes that carry no request, an HTTP/2 head trickled in
-/// CONTINUATION frames or PINGs, do not hold it open).
+/// Serves a connection with hyper until it ends, or until its calls have not moved for the idle
+/// limit ([`InFlight::request_idle`]: bytes that move no call — PINGs, a head trickled in
+/// frames, PINGs beside an answer the caller grants no window for — do not hold it open).
 async fn serve<I, H, F>(
     io: I,
     info: Arc<ConnectionInfo>,
