@@ -90,6 +90,9 @@ const MAX_PART_HEADERS: usize = 8 * 1024;
 pub struct OverrideScan {
     method: http::Method,
     kind: Kind,
+    /// A form or multipart body whose type also says JSON (`…; x=/json`): Laravel reads it as
+    /// JSON, so it is read as both.
+    also_json: Option<JsonKeys>,
 }
 
 #[derive(Debug)]
@@ -110,13 +113,19 @@ impl OverrideScan {
         if method != http::Method::POST {
             return None;
         }
-        let kind = match headers.get(header::CONTENT_TYPE) {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .map(|value| value.as_bytes());
+        let kind = match content_type {
             None => Kind::Form(FormFields::default()),
-            Some(value) => Kind::for_content_type(value.as_bytes())?,
+            Some(value) => Kind::for_content_type(value)?,
         };
+        let also_json = (!matches!(kind, Kind::Json(_)) && content_type.is_some_and(says_json))
+            .then(JsonKeys::default);
         Some(OverrideScan {
             method: method.clone(),
             kind,
+            also_json,
         })
     }
 
@@ -125,12 +134,18 @@ impl OverrideScan {
         OverrideScan {
             method,
             kind: Kind::Form(FormFields::default()),
+            also_json: None,
         }
     }
 
     /// Takes the next bytes of the body; `true` if a field they end overrides the method.
     pub fn feed(&mut self, data: &[u8]) -> bool {
         let method = self.method.as_str().as_bytes();
+        if let Some(json) = &mut self.also_json {
+            if json.feed(data, method) {
+                return true;
+            }
+        }
         match &mut self.kind {
             Kind::Form(form) => form.feed(data, method),
             Kind::Multipart(parts) => parts.feed(data, method),
@@ -172,9 +187,7 @@ impl Kind {
                 php_boundaries(value, &lower),
             ));
         }
-        let json = memchr::memmem::find(&lower, b"/json").is_some()
-            || memchr::memmem::find(&lower, b"+json").is_some();
-        json.then(|| Kind::Json(JsonKeys::default()))
+        says_json(value).then(|| Kind::Json(JsonKeys::default()))
     }
 
     /// A multipart body read with the boundary that starts every server's: each delimiter a
@@ -197,6 +210,13 @@ impl Kind {
             }
         }
     }
+}
+
+/// Whether a `Content-Type` says JSON as Laravel tells it: `/json` or `+json` anywhere.
+fn says_json(value: &[u8]) -> bool {
+    let lower = value.to_ascii_lowercase();
+    memchr::memmem::find(&lower, b"/json").is_some()
+        || memchr::memmem::find(&lower, b"+json").is_some()
 }
 
 /// The boundary Rack (2 and 3) reads from a `Content-Type` (`lower`: the same, in lower case):
@@ -326,7 +346,15 @@ struct MultipartParts {
     kept: Vec<u8>,
     /// The kept value ran past what a method can be.
     too_long: bool,
+    /// A delimiter has been read: Rack 2.2 takes the first one as opening the parts even when
+    /// it is a closing one (`--boundary--`).
+    opened: bool,
 }
+
+/// Longest line of a part's header section that is read: PHP reads header lines in pieces of
+/// 5,120 bytes and takes what follows a full piece as a line of its own, so a longer one may
+/// end the section there for it.
+const MAX_PART_HEADER_LINE: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PartState {
@@ -335,8 +363,9 @@ enum PartState {
     /// In the data of a `_method` part: its value is kept.
     MethodValue,
     /// Just after a delimiter: `--` there closes the parts (what follows is read on, as a
-    /// lenient server may); anything else up to the end of the line is padding.
-    AfterDelimiter { dashes: u8 },
+    /// lenient server may), unless it is the body's first delimiter (Rack 2.2 reads a part
+    /// after it); anything else up to the end of the line is padding.
+    AfterDelimiter { dashes: u8, first: bool },
     /// A part's header section, up to its empty line; `line` counts the current line's bytes.
     Headers { line: usize },
 }
@@ -367,6 +396,7 @@ impl MultipartParts {
             state: PartState::Data,
             kept: Vec::new(),
             too_long: false,
+            opened: false,
         })
     }
 
@@ -394,12 +424,12 @@ impl MultipartParts {
                             self.kept.push(byte);
                         }
                         PartState::MethodValue => self.too_long = true,
-                        PartState::AfterDelimiter { dashes } => {
+                        PartState::AfterDelimiter { dashes, first } => {
                             self.state = match (byte, dashes) {
-                                (b'-', 0) => PartState::AfterDelimiter { dashes: 1 },
-                                (b'-', 1) => PartState::Data,
+                                (b'-', 0) => PartState::AfterDelimiter { dashes: 1, first },
+                                (b'-', 1) if !first => PartState::Data,
                                 (b'\n', _) => PartState::Headers { line: 0 },
-                                _ => PartState::AfterDelimiter { dashes: 2 },
+                                _ => PartState::AfterDelimiter { dashes: 2, first },
                             };
                         }
                         _ => {}
@@ -412,12 +442,19 @@ impl MultipartParts {
                 PartState::Headers { line } => {
                     let byte = data[at];
                     at += 1;
-                    if self.kept.len() < MAX_PART_HEADERS {
-                        self.kept.push(byte);
-                    } else {
-                        // Too long to tell: refused rather than passed unread.
+                    // Too long to tell, a control byte (PHP ends the section at a line that
+                    // starts with NUL) or a delimiter (servers differ on whether it ends the
+                    // section): refused rather than passed unread.
+                    let control = byte < 0x20 && !matches!(byte, b'\t' | b'\r' | b'\n');
+                    if self.kept.len() >= MAX_PART_HEADERS
+                        || line >= MAX_PART_HEADER_LINE
+                        || control
+                        || byte == 0x7f
+                        || self.advance_delimiter(byte)
+                    {
                         return true;
                     }
+                    self.kept.push(byte);
                     self.state = match byte {
                         b'\n' if line == 0 => match self.part_starts() {
                             Some(state) => state,
@@ -453,7 +490,11 @@ impl MultipartParts {
         let overrides = self.state == PartState::MethodValue && self.value_overrides(true, method);
         self.kept.clear();
         self.too_long = false;
-        self.state = PartState::AfterDelimiter { dashes: 0 };
+        self.state = PartState::AfterDelimiter {
+            dashes: 0,
+            first: !self.opened,
+        };
+        self.opened = true;
         overrides
     }
 
@@ -487,49 +528,45 @@ impl MultipartParts {
         })
     }
 
+    /// At the body's end: a `_method` part's value, or a header section cut short that names
+    /// `_method` (a server may read the value from what Postern took for headers).
     fn finish(&mut self, method: &[u8]) -> bool {
-        self.state == PartState::MethodValue && self.value_overrides(false, method)
+        match self.state {
+            PartState::MethodValue => self.value_overrides(false, method),
+            PartState::Headers { .. } => names_method_field(&self.kept),
+            _ => false,
+        }
     }
 }
 
-/// Whether a part's header section names the field `_method` anywhere: every `name=` in it not
-/// preceded by a letter or digit (so not `filename=`), its value quoted or up to `;`, `,` or
-/// white space, on any line (folded lines, the parameter first or repeated, another header's
-/// value: servers differ in which they read, and any of them may be the one read), and every
-/// `Content-ID` (Rack's name for a part with none).
+/// Whether a part's header section may name the field `_method` for some server: wherever
+/// `_method`, `.method` or ` method` (PHP reads `.` and a space as `_`) stands as a name of its
+/// own — the bytes around it neither letters, digits, `_`, `-` nor `.` — once line breaks,
+/// NULs and backslashes are taken out (PHP joins a line with no `:` to the one before, C
+/// strings end at NUL, a quoted pair is its byte), and again percent-decoded. Looser than any
+/// one server's reading, so whatever quoting (`"`, `'`, none, unclosed), parameter (`name`,
+/// repeated, folded, `Content-ID` as Rack names a part without one), white space (a vertical
+/// tab too) or terminator (`(`, `[`) a server honours is covered, at the cost of refusing a
+/// file uploaded as `_method`.
 fn names_method_field(headers: &[u8]) -> bool {
-    let lower = headers.to_ascii_lowercase();
-    memchr::memmem::find_iter(&lower, b"name").any(|at| {
-        let preceded = at > 0 && lower[at - 1].is_ascii_alphanumeric();
-        let rest = headers[at + b"name".len()..].trim_ascii_start();
-        let Some(rest) = rest.strip_prefix(b"=").map(<[u8]>::trim_ascii_start) else {
-            return false;
-        };
-        let value = match rest.strip_prefix(b"\"") {
-            Some(quoted) => {
-                let mut value = Vec::new();
-                let mut bytes = quoted.iter();
-                while let Some(&byte) = bytes.next() {
-                    match byte {
-                        b'"' => break,
-                        b'\\' => value.extend(bytes.next()),
-                        _ => value.push(byte),
-                    }
-                }
-                value
-            }
-            None => rest
-                .split(|&byte| matches!(byte, b';' | b',') || byte.is_ascii_whitespace())
-                .next()
-                .unwrap_or_default()
-                .to_vec(),
-        };
-        !preceded && is_method_name(&value)
-    }) || memchr::memmem::find_iter(&lower, b"content-id:").any(|at| {
-        // Rack names a part without a `name` by its `Content-ID` (`Content-ID:\s*([^\r\n]*)`).
-        let rest = headers[at + b"content-id:".len()..].trim_ascii_start();
-        let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
-        is_method_name(rest[..end].trim_ascii_end())
+    let joined: Vec<u8> = headers
+        .iter()
+        .copied()
+        .filter(|byte| !matches!(byte, b'\r' | b'\n' | 0 | b'\\'))
+        .collect();
+    stands_as_method(&joined) || stands_as_method(&form_decoded(&joined))
+}
+
+/// Whether `_method`, `.method` or ` method` stands in `bytes` as a name of its own.
+fn stands_as_method(bytes: &[u8]) -> bool {
+    let in_name = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.');
+    memchr::memmem::find_iter(bytes, b"method").any(|at| {
+        at >= 1
+            && matches!(bytes[at - 1], b'_' | b'.' | b' ')
+            && (at < 2 || !in_name(bytes[at - 2]))
+            && bytes
+                .get(at + b"method".len())
+                .is_none_or(|&byte| !in_name(byte))
     })
 }
 
@@ -772,8 +809,7 @@ mod tests {
         for body in [
             &b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nPOST\r\n--XyZ--\r\n"[..],
             b"--XyZ\r\nContent-Disposition: form-data; name=\"payment_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
-            // `filename` is not `name`, and a value holding the words is a value.
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            // A value holding the words is a value.
             b"--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
             // Another boundary's delimiter is data.
             b"--Other\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--Other--\r\n",
@@ -944,6 +980,64 @@ mod tests {
                 overrides_however_split(Some(MULTIPART), body),
                 "{}",
                 String::from_utf8_lossy(body)
+            );
+        }
+        // However a server may spell or end the part's name: single quotes, no closing quote,
+        // NUL (C strings), a vertical tab (C's isspace), Rack 2.2's token ending at `(` or
+        // `[`, a line PHP joins to the one before; a header section PHP ends at a line
+        // starting with NUL or after 5,120 bytes of one; a closing delimiter first (Rack 2.2
+        // opens the parts with it); and a file uploaded as `_method` (refused: the reading
+        // is looser than any server's).
+        let long_line = format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\nX-Pad: {}\r\nDELETE\r\n--XyZ--\r\n",
+            "p".repeat(5113)
+        );
+        for body in [
+            &b"--XyZ\r\nContent-Disposition: form-data; name='_method'\r\n\r\nDELETE\r\n--XyZ--\r\n"[..],
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\0\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=_method\x0b\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\x0b_method\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=_method(x\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=_method[0]\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=_met\r\nhod\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name*=UTF-8''%5Fmethod\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\0\r\nDELETE\r\n--XyZ--\r\n",
+            long_line.as_bytes(),
+            b"--XyZ--\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"_method\"\r\n\r\nx\r\n--XyZ--\r\n",
+            // A delimiter inside a header section, and a body cut short in one naming `_method`.
+            b"--XyZ\r\nX-A: --XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--XyZ--",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\nX-B: 1",
+        ] {
+            assert!(
+                overrides_however_split(Some(MULTIPART), body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Names that merely hold the word, and an empty multipart body, are read as they are.
+        for body in [
+            &b"--XyZ\r\nContent-Disposition: form-data; name=\"payment_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n"[..],
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"x.method.y\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"_methods\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            b"--XyZ--\r\n",
+        ] {
+            assert!(
+                !overrides_however_split(Some(MULTIPART), body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // A form or multipart type that also says JSON is read as JSON too (Laravel).
+        for content_type in [
+            "application/x-www-form-urlencoded; x=/json",
+            "application/x-www-form-urlencoded, application/json",
+            "multipart/form-data; boundary=XyZ; x=+json",
+        ] {
+            assert!(
+                overrides_however_split(Some(content_type), br#"{"_method":"DELETE"}"#),
+                "{content_type}"
             );
         }
         // Dashes before a dash-filled boundary still let it match (the partial match falls
