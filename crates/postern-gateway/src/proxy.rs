@@ -1189,14 +1189,17 @@ const CALLER_TOKEN_PREFIX: &[u8] = b"pst_";
 /// percent-decoded, or inside a `Basic` credential. (A token an operator made in another shape
 /// is looked for only as the call's own.)
 pub(crate) fn holds_caller_token_shape(value: &[u8]) -> bool {
+    // A token stands on its own: no base64url character just before `pst_` or after its 43
+    // (a longer base64url run, a random cookie, holds the pattern by chance once in a while).
     fn shaped(bytes: &[u8]) -> bool {
+        let base64url = |byte: &u8| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_');
         memchr::memmem::find_iter(bytes, CALLER_TOKEN_PREFIX).any(|at| {
-            bytes[at + CALLER_TOKEN_PREFIX.len()..]
-                .iter()
-                .take(43)
-                .filter(|&&byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
-                .count()
-                == 43
+            let body = &bytes[at + CALLER_TOKEN_PREFIX.len()..];
+            at.checked_sub(1)
+                .is_none_or(|before| !base64url(&bytes[before]))
+                && body.len() >= 43
+                && body[..43].iter().all(base64url)
+                && body.get(43).is_none_or(|after| !base64url(after))
         })
     }
     if value.len() < CALLER_TOKEN_PREFIX.len() + 43 {
@@ -1967,10 +1970,14 @@ mod tests {
         ] {
             assert!(super::holds_caller_token_shape(value.as_bytes()), "{value}");
         }
+        let inside_a_longer_run = format!("x{token}");
+        let followed_by_more = format!("{token}A");
         for value in [
             &token[..token.len() - 1],
             "pst_short",
             "Bearer sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+            &inside_a_longer_run,
+            &followed_by_more,
         ] {
             assert!(
                 !super::holds_caller_token_shape(value.as_bytes()),
