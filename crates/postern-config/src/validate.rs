@@ -766,6 +766,7 @@ impl Validator<'_> {
         let mut deny_networks: Vec<ipnet::IpNet> = networks
             .iter()
             .filter_map(|value| self.ip_network(value))
+            .map(ipv4_mapped_as_ipv4)
             .collect();
         deny_networks.extend(
             deny_hosts
@@ -1492,6 +1493,20 @@ fn ipv6_literal(text: &str) -> Option<std::net::Ipv6Addr> {
         .and_then(|rest| rest.strip_suffix(']'))
         .unwrap_or(text);
     text.parse().ok()
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:203.0.113.0/120`) as the IPv4 network it maps
+/// (`203.0.113.0/24`), so it covers the addresses a name resolves to in either family.
+fn ipv4_mapped_as_ipv4(network: ipnet::IpNet) -> ipnet::IpNet {
+    match network {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(ipnet::IpNet::V4)
+                .unwrap_or(network),
+            None => network,
+        },
+        other => other,
+    }
 }
 
 /// Whether `pattern` may stand in a `hosts`, `allow_hosts` or `deny_hosts` list as a name (a

@@ -672,11 +672,14 @@ fn forward_proxy_section_and_host_keys() {
     };
     assert_eq!(networks(&config), ["::1/128", "::1/128", "127.0.0.1/32"]);
     let config = parse_ok(&format!(
-        "{}\n[proxy]\ndeny_hosts = [\"203.0.113.0/24\", \"2001:db8::/32\", \"pastebin.com\"]\n",
+        "{}\n[proxy]\ndeny_hosts = [\"203.0.113.0/24\", \"2001:db8::/32\", \"pastebin.com\", \"::ffff:198.51.100.0/120\"]\n",
         integration("")
     ));
     assert_eq!(config.proxy.deny_hosts, ["pastebin.com"]);
-    assert_eq!(networks(&config), ["203.0.113.0/24", "2001:db8::/32"]);
+    assert_eq!(
+        networks(&config),
+        ["203.0.113.0/24", "2001:db8::/32", "198.51.100.0/24"]
+    );
     check(
         &format!("{}\n[proxy]\ndeny_hosts = [\"203.0.113.7/24\", \"x/y\"]\n", integration("")),
         "9:15: \"203.0.113.7/24\" has host bits set: it names 203.0.113.0/24, not one address\n9:33: \"x/y\" is not an IP network or address",

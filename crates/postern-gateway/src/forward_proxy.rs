@@ -316,9 +316,20 @@ impl TunnelGrant {
                 let decision = proxy
                     .policy
                     .decide(&self.caller.name, &self.host, self.port);
-                match decision.allowed {
-                    true => Ok(()),
-                    false => Err(host_refused(decision.reason, &self.host, self.port)),
+                if !decision.allowed {
+                    return Err(host_refused(decision.reason, &self.host, self.port));
+                }
+                // The address the tunnel dialled, against the guard as it stands now (a
+                // network added to `deny_hosts` closes the tunnels into it).
+                match context
+                    .upstream_addr
+                    .map(|addr| proxy.plain_client.guard().check(addr.ip()))
+                {
+                    Some(Err(denied)) => Err(crate::proxy::connect_error(
+                        &self.host,
+                        &crate::upstream::ConnectError::Denied(denied),
+                    )),
+                    _ => Ok(()),
                 }
             }
             _ => Err(CallError::forbidden(
