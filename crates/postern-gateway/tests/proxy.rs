@@ -834,23 +834,26 @@ async fn open_opaque_tunnels_are_decided_again_at_each_reload() {
     assert_eq!(vendor.seen().len(), 2);
     gw.stop().await;
 
-    // An unregistered destination: a reload that puts its host on the deny list closes it.
+    // An unregistered destination: a reload that puts its host on the deny list closes it, as
+    // does one that denies the network it resolved into.
     let other = TestVendor::tls(TestVendor::ok_handler()).await;
-    let gw = intercepting_gateway(&vendor, "", &host_policy_proxy(&other, "report", "")).await;
-    let client = tunnel_client(&gw, CHECKOUT_TOKEN, &other).await;
-    let url = format!("https://localhost:{}/v1/things/1", other.addr.port());
-    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
-    let text = std::fs::read_to_string(&gw.config_path).unwrap();
-    let denied = text.replace(
-        "mode = \"report\"",
-        "mode = \"report\"\ndeny_hosts = [\"localhost\"]",
-    );
-    assert_ne!(denied, text);
-    let config = postern_config::parse(&denied, &gw.config_path).unwrap();
-    gw.running().reload(config).unwrap();
-    let events = gw.wait_events(1).await;
-    assert_eq!(events[0]["reason"], "tunnel_revoked", "{events:#?}");
-    gw.stop().await;
+    for deny in [r#"["localhost"]"#, r#"["127.0.0.0/8", "::1"]"#] {
+        let gw = intercepting_gateway(&vendor, "", &host_policy_proxy(&other, "report", "")).await;
+        let client = tunnel_client(&gw, CHECKOUT_TOKEN, &other).await;
+        let url = format!("https://localhost:{}/v1/things/1", other.addr.port());
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+        let text = std::fs::read_to_string(&gw.config_path).unwrap();
+        let denied = text.replace(
+            "mode = \"report\"",
+            &format!("mode = \"report\"\ndeny_hosts = {deny}"),
+        );
+        assert_ne!(denied, text);
+        let config = postern_config::parse(&denied, &gw.config_path).unwrap();
+        gw.running().reload(config).unwrap();
+        let events = gw.wait_events(1).await;
+        assert_eq!(events[0]["reason"], "tunnel_revoked", "{deny}: {events:#?}");
+        gw.stop().await;
+    }
 }
 
 /// Cedar rules read the hour, so an open opaque tunnel is decided again at each new hour: one
