@@ -54,36 +54,19 @@ impl OpenCalls {
         {
             return Ok(None);
         }
+        // The caller's share first, then the integration's.
+        let limits = [
+            config
+                .max_concurrent_calls_per_caller
+                .map(|limit| (Some(caller), limit)),
+            config.max_concurrent_calls.map(|limit| (None, limit)),
+        ];
         let mut places = CallPlaces::default();
-        if let Some(limit) = config.max_concurrent_calls_per_caller {
-            let count = self.count(&integration.name, Some(caller));
+        for (who, limit) in limits.into_iter().flatten() {
+            let count = self.count(&integration.name, who);
             if !take(&count, limit) {
-                let mut error = CallError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_concurrent_calls",
-                    format!(
-                        "this caller already has {limit} calls open on {} (max_concurrent_calls_per_caller); retry when one has ended",
-                        integration.name
-                    ),
-                );
-                error.retry_after_seconds = Some(1);
-                return Err(error);
-            }
-            places.held.push(count);
-        }
-        if let Some(limit) = config.max_concurrent_calls {
-            let count = self.count(&integration.name, None);
-            if !take(&count, limit) {
-                // `places` gives the caller's place back as it drops.
-                let mut error = CallError::unavailable(
-                    "concurrency_limited",
-                    format!(
-                        "{} already has {limit} calls open, all callers together (max_concurrent_calls); retry shortly",
-                        integration.name
-                    ),
-                );
-                error.retry_after_seconds = Some(1);
-                return Err(error);
+                // `places` gives back what it took as it drops.
+                return Err(refusal(&integration.name, who.is_some(), limit));
             }
             places.held.push(count);
         }
@@ -113,6 +96,24 @@ impl OpenCalls {
             })
             .collect()
     }
+}
+
+/// The refusal of a call past `limit`: the caller's share (`per_caller`) or the integration's.
+fn refusal(integration: &str, per_caller: bool, limit: u32) -> CallError {
+    let mut error = if per_caller {
+        CallError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_concurrent_calls",
+            format!("this caller already has {limit} calls open on {integration} (max_concurrent_calls_per_caller); retry when one has ended"),
+        )
+    } else {
+        CallError::unavailable(
+            "concurrency_limited",
+            format!("{integration} already has {limit} calls open, all callers together (max_concurrent_calls); retry shortly"),
+        )
+    };
+    error.retry_after_seconds = Some(1);
+    error
 }
 
 /// Takes one place in `count` if fewer than `limit` are taken.
