@@ -772,7 +772,8 @@ impl Validator<'_> {
             deny_hosts
                 .iter()
                 .filter_map(|host| host.parse::<std::net::IpAddr>().ok())
-                .map(ipnet::IpNet::from),
+                .map(ipnet::IpNet::from)
+                .map(ipv4_mapped_as_ipv4),
         );
         ProxyConfig {
             enabled: raw.enabled.unwrap_or(true),

@@ -839,6 +839,11 @@ impl Engine {
     /// `max_host_keys` such keys are held, or its key is held already); else `(none)`.
     fn integration_of(&mut self, event: &DetectEvent) -> Arc<str> {
         if let Some(integration) = &event.integration {
+            // No integration is named `host:…` (names take no `:`); a replayed event that says
+            // so is not counted as a host key.
+            if integration.starts_with(HOST_KEY_PREFIX) {
+                return Arc::from(NO_INTEGRATION);
+            }
             return integration.clone();
         }
         let allowed = event.decision.as_deref() == Some("allow");
@@ -1144,7 +1149,7 @@ impl Engine {
         self.keys.retain(|key, state| {
             let kept = now_ms.saturating_sub(state.last_seen_ms) <= idle_ms;
             if !kept && key.is_host_level() {
-                *host_keys -= 1;
+                *host_keys = host_keys.saturating_sub(1);
             }
             kept
         });
@@ -1161,7 +1166,7 @@ impl Engine {
                 if to_drop > 0 && state.last_seen_ms <= cutoff {
                     to_drop -= 1;
                     if key.is_host_level() {
-                        *host_keys -= 1;
+                        *host_keys = host_keys.saturating_sub(1);
                     }
                     false
                 } else {

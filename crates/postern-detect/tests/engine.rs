@@ -480,6 +480,14 @@ fn unregistered_hosts_are_keyed_by_host_up_to_a_cap() {
     let third = proxied(START_MS + 5 * MINUTE_MS, "files.example", "allow");
     restored.observe(&third, third.time_unix_ms);
     assert!(!names(&restored).contains(&"host:files.example".to_string()));
+    // A replayed event naming an integration `host:…` (no configured name can) is not a
+    // host key, and its eviction does not unbalance the count.
+    let forged = DetectEvent {
+        integration: Some("host:forged".into()),
+        ..event(START_MS + 6 * MINUTE_MS, Some("ci"), "x", 200, 100, "10.0.0.1")
+    };
+    restored.observe(&forged, forged.time_unix_ms);
+    assert!(!names(&restored).contains(&"host:forged".to_string()));
     // Two hours on, the idle keys are evicted and their places are free.
     let later = proxied(START_MS + 120 * MINUTE_MS, "files.example", "allow");
     restored.observe(&later, later.time_unix_ms);

@@ -435,6 +435,8 @@ where
         let response = Box::pin(handler(info.clone(), request.map(CallerBody::Hyper)));
         async move {
             let response = response.await;
+            // The answer's head is ready: the call moved, even if its body is empty.
+            in_flight.progressed();
             drop(waiting);
             Ok::<_, Infallible>(response.map(|body| Answer {
                 body,

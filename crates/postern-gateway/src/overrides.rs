@@ -47,9 +47,12 @@ pub(crate) fn method_override(request: &Request<CallerBody>) -> Option<String> {
     request.uri().query()?.split('&').find_map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = form_decoded(name.as_bytes());
-        let overrides = METHOD_OVERRIDE_PARAMS
-            .iter()
-            .any(|known| name.eq_ignore_ascii_case(known.as_bytes()));
+        // Also as PHP and Rack read a name (`+_method`, `.method`, `_method%00`): Symfony and
+        // Laravel take `_method` from the query too.
+        let overrides = is_method_name(&name)
+            || METHOD_OVERRIDE_PARAMS
+                .iter()
+                .any(|known| name.eq_ignore_ascii_case(known.as_bytes()));
         (overrides && other(&form_decoded(value.as_bytes())))
             .then(|| format!("query parameter {}", String::from_utf8_lossy(&name)))
     })
@@ -79,6 +82,10 @@ pub(crate) fn form_decoded(raw: &[u8]) -> Cow<'_, [u8]> {
 /// Longest name or value kept: `_method` percent-encoded whole is 21 bytes, and no method a
 /// server honours is longer than a few letters. One byte past it marks the part too long.
 const CAP: usize = 32;
+
+/// Longest form field name read (as sent, before decoding): a longer one is refused, since
+/// padding before or around `_method` (`+`, `%20`, `[`, `]`) is dropped by the servers.
+const MAX_FORM_NAME: usize = 4096;
 
 /// Longest header section of a multipart part that is read for its name. A longer one is
 /// refused: whether it names `_method` cannot be told.
@@ -264,9 +271,11 @@ fn names_other(value: &[u8], method: &[u8]) -> bool {
     !value.is_empty() && value.len() <= CAP && !value.eq_ignore_ascii_case(method)
 }
 
-/// A field name as PHP and Rack read it: leading spaces dropped, any leading `[` and `]` and
+/// A field name as PHP and Rack read it: up to a NUL (PHP), leading spaces dropped, any leading `[` and `]` and
 /// trailing `]` dropped (Rack 2), `.` and a space read as `_` (PHP).
 fn is_method_name(name: &[u8]) -> bool {
+    // PHP reads a name as a C string: up to its first NUL.
+    let name = name.split(|&byte| byte == 0).next().unwrap_or_default();
     let mut name = name.trim_ascii_start();
     while let [b'[' | b']', rest @ ..] = name {
         name = rest;
@@ -307,15 +316,17 @@ impl FormFields {
                 }
                 b'=' if !self.in_value => self.in_value = true,
                 _ if self.in_value => push_capped(&mut self.value, byte),
-                _ => push_capped(&mut self.name, byte),
+                // Padding (`+`, `%20`, `[`) before a name is dropped by PHP and Rack: a name
+                // is read whole up to MAX_FORM_NAME, and a longer one refused.
+                _ if self.name.len() >= MAX_FORM_NAME => return true,
+                _ => self.name.push(byte),
             }
         }
         false
     }
 
     fn field_overrides(&mut self, method: &[u8]) -> bool {
-        let overrides = self.name.len() <= CAP
-            && self.value.len() <= CAP
+        let overrides = self.value.len() <= CAP
             && is_method_name(&form_decoded(&self.name))
             && names_other(&form_decoded(&self.value), method);
         self.name.clear();
@@ -346,9 +357,6 @@ struct MultipartParts {
     kept: Vec<u8>,
     /// The kept value ran past what a method can be.
     too_long: bool,
-    /// A delimiter has been read: Rack 2.2 takes the first one as opening the parts even when
-    /// it is a closing one (`--boundary--`).
-    opened: bool,
 }
 
 /// Longest line of a part's header section that is read: PHP reads header lines in pieces of
@@ -362,12 +370,15 @@ enum PartState {
     Data,
     /// In the data of a `_method` part: its value is kept.
     MethodValue,
-    /// Just after a delimiter: `--` there closes the parts (what follows is read on, as a
-    /// lenient server may), unless it is the body's first delimiter (Rack 2.2 reads a part
-    /// after it); anything else up to the end of the line is padding.
-    AfterDelimiter { dashes: u8, first: bool },
-    /// A part's header section, up to its empty line; `line` counts the current line's bytes.
-    Headers { line: usize },
+    /// Just after a delimiter, to the end of its line: `dashes` counts the `--` that close the
+    /// parts (0, 1; 3 once closed; 2 for other padding). A header section is read after a
+    /// closing delimiter too: Rack 2.2 opens the parts with one that comes first on a line
+    /// of its own, which may not be the first Postern saw.
+    AfterDelimiter { dashes: u8 },
+    /// A part's header section, up to its empty line; `line` counts the current line's bytes;
+    /// `closing`: after a closing delimiter (an empty line right away is the epilogue's, or a
+    /// section Rack reads on past).
+    Headers { line: usize, closing: bool },
 }
 
 impl MultipartParts {
@@ -396,7 +407,6 @@ impl MultipartParts {
             state: PartState::Data,
             kept: Vec::new(),
             too_long: false,
-            opened: false,
         })
     }
 
@@ -424,12 +434,17 @@ impl MultipartParts {
                             self.kept.push(byte);
                         }
                         PartState::MethodValue => self.too_long = true,
-                        PartState::AfterDelimiter { dashes, first } => {
+                        PartState::AfterDelimiter { dashes } => {
                             self.state = match (byte, dashes) {
-                                (b'-', 0) => PartState::AfterDelimiter { dashes: 1, first },
-                                (b'-', 1) if !first => PartState::Data,
-                                (b'\n', _) => PartState::Headers { line: 0 },
-                                _ => PartState::AfterDelimiter { dashes: 2, first },
+                                (b'-', 0) => PartState::AfterDelimiter { dashes: 1 },
+                                (b'-', 1) | (_, 3) if byte != b'\n' => {
+                                    PartState::AfterDelimiter { dashes: 3 }
+                                }
+                                (b'\n', _) => PartState::Headers {
+                                    line: 0,
+                                    closing: dashes == 3,
+                                },
+                                _ => PartState::AfterDelimiter { dashes: 2 },
                             };
                         }
                         _ => {}
@@ -439,7 +454,7 @@ impl MultipartParts {
                         return true;
                     }
                 }
-                PartState::Headers { line } => {
+                PartState::Headers { line, closing } => {
                     let byte = data[at];
                     at += 1;
                     // Too long to tell, a control byte (PHP ends the section at a line that
@@ -456,13 +471,24 @@ impl MultipartParts {
                     }
                     self.kept.push(byte);
                     self.state = match byte {
+                        // Right after a closing delimiter's line: the epilogue, or a section
+                        // Rack reads on past to its next empty line.
+                        b'\n' if line == 0 && closing && self.kept.trim_ascii().is_empty() => {
+                            PartState::Headers {
+                                line: 0,
+                                closing: false,
+                            }
+                        }
                         b'\n' if line == 0 => match self.part_starts() {
                             Some(state) => state,
                             None => return true,
                         },
-                        b'\n' => PartState::Headers { line: 0 },
-                        b'\r' => PartState::Headers { line },
-                        _ => PartState::Headers { line: line + 1 },
+                        b'\n' => PartState::Headers { line: 0, closing },
+                        b'\r' => PartState::Headers { line, closing },
+                        _ => PartState::Headers {
+                            line: line + 1,
+                            closing,
+                        },
                     };
                 }
             }
@@ -490,11 +516,7 @@ impl MultipartParts {
         let overrides = self.state == PartState::MethodValue && self.value_overrides(true, method);
         self.kept.clear();
         self.too_long = false;
-        self.state = PartState::AfterDelimiter {
-            dashes: 0,
-            first: !self.opened,
-        };
-        self.opened = true;
+        self.state = PartState::AfterDelimiter { dashes: 0 };
         overrides
     }
 
@@ -557,16 +579,28 @@ fn names_method_field(headers: &[u8]) -> bool {
     stands_as_method(&joined) || stands_as_method(&form_decoded(&joined))
 }
 
-/// Whether `_method`, `.method` or ` method` stands in `bytes` as a name of its own.
+/// Whether `_method` stands in `bytes` as a name of its own, or `.method` / ` method` (which
+/// PHP reads as `_method`) at the start of a value (after `=`, a quote or `[`, spaces aside):
+/// elsewhere those are words in a file name (`R&D / method.txt`).
 fn stands_as_method(bytes: &[u8]) -> bool {
     let in_name = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.');
     memchr::memmem::find_iter(bytes, b"method").any(|at| {
-        at >= 1
-            && matches!(bytes[at - 1], b'_' | b'.' | b' ')
-            && (at < 2 || !in_name(bytes[at - 2]))
-            && bytes
+        if at == 0
+            || bytes
                 .get(at + b"method".len())
-                .is_none_or(|&byte| !in_name(byte))
+                .is_some_and(|&byte| in_name(byte))
+        {
+            return false;
+        }
+        let before = &bytes[..at - 1];
+        match bytes[at - 1] {
+            b'_' => before.last().is_none_or(|&byte| !in_name(byte)),
+            b'.' | b' ' => before
+                .trim_ascii_end()
+                .last()
+                .is_none_or(|byte| matches!(byte, b'=' | b'"' | b'\'' | b'[')),
+            _ => false,
+        }
     })
 }
 
@@ -769,6 +803,24 @@ mod tests {
                 Some("application/x-www-form-urlencoded; charset=utf-8"),
                 body
             ));
+        }
+        // Padding a server drops before the name, however long, and a NUL PHP ends it at; a
+        // name too long to read is refused.
+        let padded = format!("{}_method=DELETE", "+".repeat(26));
+        let bracketed = format!("{}_method]=DELETE", "[".repeat(26));
+        let too_long = format!("{}=x", "a".repeat(MAX_FORM_NAME + 1));
+        for body in [
+            padded.as_bytes(),
+            bracketed.as_bytes(),
+            b"_method%00x=DELETE",
+            b"a=1&_method%00=DELETE",
+            too_long.as_bytes(),
+        ] {
+            assert!(
+                overrides_however_split(None, body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
         for body in [
             &b"amount=1&payment_method=pm_card_visa"[..],
@@ -1016,8 +1068,25 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
-        // Names that merely hold the word, and an empty multipart body, are read as they are.
+        // Rack 2.2 opens the parts with the first closing delimiter standing on a line of its
+        // own, though Postern saw `--XyZ` mid-line before it; and the section after a closing
+        // delimiter is read on past an empty line, as Rack reads it.
         for body in [
+            &b"x--XyZ\r\nA: b\r\n\r\n--XyZ--\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n"[..],
+            b"--XyZ--\r\n\r\nX: y\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE",
+        ] {
+            assert!(
+                overrides_however_split(Some(MULTIPART), body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Names that merely hold the word, file names with it as a word, an empty multipart
+        // body and an epilogue are read as they are.
+        for body in [
+            &b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"R&D / method notes.txt\"\r\n\r\nx\r\n--XyZ--\r\n"[..],
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"step 2: method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--XyZ--\r\nepilogue\r\n",
             &b"--XyZ\r\nContent-Disposition: form-data; name=\"payment_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n"[..],
             b"--XyZ\r\nContent-Disposition: form-data; name=\"x.method.y\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
             b"--XyZ\r\nContent-Disposition: form-data; name=\"_methods\"\r\n\r\nDELETE\r\n--XyZ--\r\n",

@@ -1918,6 +1918,11 @@ mod tests {
             "_m%65thod=DELETE",
             "_METHOD=delete",
             "_method=%44ELETE",
+            // As PHP reads a name (Symfony and Laravel take `_method` from the query too).
+            "+_method=DELETE",
+            ".method=DELETE",
+            "_method%00=DELETE",
+            "[_method]=DELETE",
         ] {
             assert!(
                 refused(&format!("/acme/v1/x?{query}"), &[]).is_some(),
