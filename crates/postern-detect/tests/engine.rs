@@ -484,7 +484,14 @@ fn unregistered_hosts_are_keyed_by_host_up_to_a_cap() {
     // host key, and its eviction does not unbalance the count.
     let forged = DetectEvent {
         integration: Some("host:forged".into()),
-        ..event(START_MS + 6 * MINUTE_MS, Some("ci"), "x", 200, 100, "10.0.0.1")
+        ..event(
+            START_MS + 6 * MINUTE_MS,
+            Some("ci"),
+            "x",
+            200,
+            100,
+            "10.0.0.1",
+        )
     };
     restored.observe(&forged, forged.time_unix_ms);
     assert!(!names(&restored).contains(&"host:forged".to_string()));
