@@ -987,13 +987,9 @@ fn strip_proxy_headers(headers: &mut http::HeaderMap, token: Option<&[u8]>) {
         headers.remove(name);
     }
     headers.remove(crate::CALLER_TOKEN);
-    let token = token.filter(|t| !t.is_empty());
     let carrying: Vec<http::HeaderName> = headers
         .iter()
-        .filter(|(name, value)| {
-            token.is_some_and(|token| crate::proxy::carries_token(name, value, token))
-                || crate::proxy::holds_caller_token_shape(value.as_bytes())
-        })
+        .filter(|(name, value)| crate::proxy::holds_a_caller_token(name, value, token))
         .map(|(name, _)| name.clone())
         .collect();
     for name in carrying {

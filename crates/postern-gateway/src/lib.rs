@@ -923,10 +923,17 @@ pub(crate) fn refuse_admin_token_for_callers(
     }
 }
 
-/// A new random token: prefix + 32 random bytes, base64url.
+/// The prefix of the caller tokens `postern callers token` makes.
+pub const CALLER_TOKEN_PREFIX: &str = "pst_";
+/// Random bytes in a token [`new_token`] makes.
+const TOKEN_RANDOM_BYTES: usize = 32;
+/// Characters of a token's random part: its bytes in base64url without padding.
+pub const TOKEN_RANDOM_CHARS: usize = (TOKEN_RANDOM_BYTES * 4).div_ceil(3);
+
+/// A new random token: prefix + `TOKEN_RANDOM_BYTES` random bytes, base64url.
 pub fn new_token(prefix: &str) -> String {
     use base64::Engine as _;
-    let bytes: [u8; 32] = rand::random();
+    let bytes: [u8; TOKEN_RANDOM_BYTES] = rand::random();
     format!(
         "{prefix}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)

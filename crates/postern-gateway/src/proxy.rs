@@ -1057,9 +1057,7 @@ fn inject(
         {
             continue;
         }
-        if caller_token.is_some_and(|token| carries_token(&name, &value, token))
-            || holds_caller_token_shape(value.as_bytes())
-        {
+        if holds_a_caller_token(&name, &value, caller_token) {
             continue;
         }
         cookies += usize::from(name == header::COOKIE);
@@ -1156,61 +1154,70 @@ fn query_name_is(pair: &str, name: &str) -> bool {
     *form_decoded(raw.as_bytes()) == *name.as_bytes()
 }
 
-/// Whether a request header carries the caller `token`: in its value, as it stands,
-/// percent-decoded, or inside a `Basic` credential (base64 of `user:password`, as a client set
-/// up with the token as its password sends it to every host), or in its name (which HTTP/1.1
-/// parsing lowercased: matched regardless of case; percent-decoded too).
-pub(crate) fn carries_token(name: &HeaderName, value: &HeaderValue, token: &[u8]) -> bool {
-    if basic_credential(value.as_bytes()).is_some_and(|decoded| contains(&decoded, token)) {
+/// Whether a request header must not be forwarded because it holds a caller token: the call's
+/// own `token` in its value — as it stands, percent-decoded, or inside a `Basic` credential
+/// (base64 of `user:password`, as a client set up with the token as its password sends it to
+/// every host) — or in its name (which HTTP/1.1 parsing lowercased: matched regardless of
+/// case; percent-decoded too); or, in its value in the same forms, what looks like any caller
+/// token `postern` made (a service holding another's token, or an old one of its own, would
+/// otherwise hand it to the vendor). Each decoded form of the value is made once, for both.
+pub(crate) fn holds_a_caller_token(
+    name: &HeaderName,
+    value: &HeaderValue,
+    token: Option<&[u8]>,
+) -> bool {
+    let token = token.filter(|token| !token.is_empty());
+    let found = |bytes: &[u8]| {
+        token.is_some_and(|token| contains(bytes, token)) || caller_token_shaped(bytes)
+    };
+    let value = value.as_bytes();
+    let shortest = token.map_or(CALLER_TOKEN_LEN, |token| token.len().min(CALLER_TOKEN_LEN));
+    // A `Basic` credential's base64 is longer than what it holds.
+    if value.len() >= shortest
+        && (found(value)
+            || basic_credential(value).is_some_and(|decoded| found(&decoded))
+            || (memchr::memchr(b'%', value).is_some()
+                && found(&Zeroizing::new(
+                    percent_encoding::percent_decode(value).collect::<Vec<u8>>(),
+                ))))
+    {
         return true;
     }
-    let name = name.as_str().as_bytes();
+    let Some(token) = token else {
+        return false;
+    };
     let in_name = |name: &[u8]| {
-        !token.is_empty()
-            && name.len() >= token.len()
+        name.len() >= token.len()
             && name
                 .windows(token.len())
                 .any(|window| window.eq_ignore_ascii_case(token))
     };
-    contains_even_encoded(value.as_bytes(), token)
-        || in_name(name)
+    let name = name.as_str().as_bytes();
+    in_name(name)
         || (memchr::memchr(b'%', name).is_some()
             && in_name(&Zeroizing::new(
                 percent_encoding::percent_decode(name).collect::<Vec<u8>>(),
             )))
 }
 
-/// The prefix of the caller tokens `postern callers token` makes (then 43 base64url characters).
-const CALLER_TOKEN_PREFIX: &[u8] = b"pst_";
+/// The length of a caller token `postern callers token` makes.
+const CALLER_TOKEN_LEN: usize = crate::CALLER_TOKEN_PREFIX.len() + crate::TOKEN_RANDOM_CHARS;
 
-/// Whether a request header's value holds what looks like a caller token `postern` made — any
-/// caller's, not only this call's (a service holding another's token, or an old one, would
-/// otherwise hand it to the vendor): `pst_` and 43 base64url characters, as it stands,
-/// percent-decoded, or inside a `Basic` credential. (A token an operator made in another shape
-/// is looked for only as the call's own.)
-pub(crate) fn holds_caller_token_shape(value: &[u8]) -> bool {
-    // A token stands on its own: no base64url character just before `pst_` or after its 43
-    // (a longer base64url run, a random cookie, holds the pattern by chance once in a while).
-    fn shaped(bytes: &[u8]) -> bool {
-        let base64url = |byte: &u8| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_');
-        memchr::memmem::find_iter(bytes, CALLER_TOKEN_PREFIX).any(|at| {
-            let body = &bytes[at + CALLER_TOKEN_PREFIX.len()..];
-            at.checked_sub(1)
-                .is_none_or(|before| !base64url(&bytes[before]))
-                && body.len() >= 43
-                && body[..43].iter().all(base64url)
-                && body.get(43).is_none_or(|after| !base64url(after))
-        })
-    }
-    if value.len() < CALLER_TOKEN_PREFIX.len() + 43 {
-        return false;
-    }
-    shaped(value)
-        || (memchr::memchr(b'%', value).is_some()
-            && shaped(&Zeroizing::new(
-                percent_encoding::percent_decode(value).collect::<Vec<u8>>(),
-            )))
-        || basic_credential(value).is_some_and(|decoded| shaped(&decoded))
+/// Whether `bytes` hold what looks like a caller token `postern` made, standing on its own:
+/// no base64url character just before its prefix or after its random part (a longer
+/// base64url run, a random cookie, holds the pattern by chance once in a while).
+fn caller_token_shaped(bytes: &[u8]) -> bool {
+    let base64url = |byte: &u8| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_');
+    let prefix = crate::CALLER_TOKEN_PREFIX.as_bytes();
+    let random = crate::TOKEN_RANDOM_CHARS;
+    memchr::memmem::find_iter(bytes, prefix).any(|at| {
+        let body = &bytes[at + prefix.len()..];
+        at.checked_sub(1)
+            .is_none_or(|before| !base64url(&bytes[before]))
+            && body.len() >= random
+            && body[..random].iter().all(base64url)
+            && body.get(random).is_none_or(|after| !base64url(after))
+    })
 }
 
 /// Whether a response header's `value` holds one of `needles` as it stands or, when it holds a
@@ -1687,8 +1694,8 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 #[cfg(test)]
 mod tests {
     use super::{
-        carries_token, check_header_bytes, check_request, contains, leaves_origin, path_problem,
-        query_name_is, strip_path_parameters,
+        check_header_bytes, check_request, contains, holds_a_caller_token, leaves_origin,
+        path_problem, query_name_is, strip_path_parameters,
     };
     use crate::body::CallerBody;
     use http::header::{HeaderName, HeaderValue};
@@ -1964,7 +1971,15 @@ mod tests {
     #[test]
     fn a_header_holding_any_postern_caller_token_is_found() {
         use base64::Engine as _;
-        let token = crate::new_token("pst_");
+        // Any caller's: the call's own token is not given.
+        let shaped = |value: &str| {
+            holds_a_caller_token(
+                &HeaderName::from_static("x-any"),
+                &HeaderValue::from_str(value).unwrap(),
+                None,
+            )
+        };
+        let token = crate::new_token(crate::CALLER_TOKEN_PREFIX);
         let encoded = base64::engine::general_purpose::STANDARD.encode(format!("x:{token}"));
         for value in [
             token.clone(),
@@ -1973,7 +1988,7 @@ mod tests {
             token.replace('_', "%5F"),
             format!("Basic {encoded}"),
         ] {
-            assert!(super::holds_caller_token_shape(value.as_bytes()), "{value}");
+            assert!(shaped(&value), "{value}");
         }
         let inside_a_longer_run = format!("x{token}");
         let followed_by_more = format!("{token}A");
@@ -1984,24 +1999,19 @@ mod tests {
             &inside_a_longer_run,
             &followed_by_more,
         ] {
-            assert!(
-                !super::holds_caller_token_shape(value.as_bytes()),
-                "{value}"
-            );
+            assert!(!shaped(value), "{value}");
         }
-        assert!(!super::holds_caller_token_shape(
-            format!("{} pst_", "x".repeat(60)).as_bytes()
-        ));
+        assert!(!shaped(&format!("{} pst_", "x".repeat(60))));
     }
 
     #[test]
     fn a_header_carries_the_token_in_its_value_or_its_lowercased_name() {
         let token = b"pst_AbC123xyz";
         let carries = |name: &str, value: &str| {
-            carries_token(
+            holds_a_caller_token(
                 &HeaderName::from_bytes(name.as_bytes()).unwrap(),
                 &HeaderValue::from_str(value).unwrap(),
-                token,
+                Some(token),
             )
         };
         assert!(carries("x-note", "see pst_AbC123xyz"));
@@ -2040,10 +2050,10 @@ mod tests {
         }
         assert!(!carries("x-note", "1"));
         // An empty token (never a caller's) is looked for without a panic.
-        carries_token(
+        holds_a_caller_token(
             &HeaderName::from_static("x-a"),
             &HeaderValue::from_static("b"),
-            b"",
+            Some(b""),
         );
     }
 }

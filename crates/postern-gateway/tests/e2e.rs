@@ -2611,7 +2611,7 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     assert!(vendor.last().header("x-debug").is_none());
     // Another caller's token (any `postern callers token` makes) is dropped with its header
     // too, as it stands and in a Basic credential; other headers go.
-    let other = postern_gateway::new_token("pst_");
+    let other = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
     let basic = {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(format!("svc:{other}"))

@@ -407,7 +407,7 @@ fn callers_change(name: &str, location: &VaultLocation, json: bool, issue_new: b
     let now = postern_gateway::now_ms();
     // A rotation is one transaction: a running gateway sees the old tokens and the new one
     // change together, never the caller with no valid token.
-    let token = issue_new.then(|| postern_gateway::new_token("pst_"));
+    let token = issue_new.then(|| postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX));
     let changed = match &token {
         Some(token) => opened.vault.rotate_caller(name, &config_hashes, token, now),
         None => opened.vault.revoke_caller(name, &config_hashes, now),

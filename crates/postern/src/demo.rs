@@ -51,7 +51,7 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<ExitCode> {
     postern_gateway::write_private_file(&key_path, vendor_key.as_bytes())?;
 
     let vendor_addr = start_vendor(vendor_key.clone()).await?;
-    let token = postern_gateway::new_token("pst_");
+    let token = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
     let config_text = format!(
         r#"# Written by `postern demo`. Edit it while the demo runs: Postern reloads on save.
 [gateway]

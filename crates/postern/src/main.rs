@@ -310,7 +310,7 @@ fn callers_token(name: &str, json: bool) -> ExitCode {
         eprintln!("error: caller name {name:?} is not one the config accepts: use 1 to 64 letters, digits, '_', '-' or '.', starting with a letter or digit");
         return ExitCode::Usage;
     }
-    let token = postern_gateway::new_token("pst_");
+    let token = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
     let hash = postern_gateway::token_sha256_hex(&token);
     if json {
         println!(
