@@ -771,9 +771,9 @@ impl Validator<'_> {
         deny_networks.extend(
             deny_hosts
                 .iter()
+                // (An IPv4-mapped address is already written as its IPv4 address here.)
                 .filter_map(|host| host.parse::<std::net::IpAddr>().ok())
-                .map(ipnet::IpNet::from)
-                .map(ipv4_mapped_as_ipv4),
+                .map(ipnet::IpNet::from),
         );
         ProxyConfig {
             enabled: raw.enabled.unwrap_or(true),

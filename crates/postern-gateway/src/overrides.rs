@@ -120,15 +120,10 @@ impl OverrideScan {
         if method != http::Method::POST {
             return None;
         }
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .map(|value| value.as_bytes());
-        let kind = match content_type {
-            None => Kind::Form(FormFields::default()),
-            Some(value) => Kind::for_content_type(value)?,
+        let (kind, also_json) = match headers.get(header::CONTENT_TYPE) {
+            None => (Kind::Form(FormFields::default()), None),
+            Some(value) => Kind::for_content_type(value.as_bytes())?,
         };
-        let also_json = (!matches!(kind, Kind::Json(_)) && content_type.is_some_and(says_json))
-            .then(JsonKeys::default);
         Some(OverrideScan {
             method: method.clone(),
             kind,
@@ -178,23 +173,26 @@ impl Kind {
     /// Read as broadly as the servers that honour `_method` read it: the type is cut at `;`, `,`
     /// or a space (PHP); any `multipart/*` is multipart (Rack), read as a form when it names no
     /// boundary (Rack parses such a body as a form); JSON wherever `/json` or `+json` appears in
-    /// the header (Laravel).
-    fn for_content_type(value: &[u8]) -> Option<Kind> {
+    /// the header (Laravel), and then also for a form or multipart type (the second value: the
+    /// JSON reading beside the first).
+    fn for_content_type(value: &[u8]) -> Option<(Kind, Option<JsonKeys>)> {
         let lower = value.to_ascii_lowercase();
+        let json = memchr::memmem::find(&lower, b"/json").is_some()
+            || memchr::memmem::find(&lower, b"+json").is_some();
+        let also_json = json.then(JsonKeys::default);
         let essence = lower
             .split(|&byte| matches!(byte, b';' | b',' | b' ' | b'\t'))
             .find(|part| !part.is_empty())
             .unwrap_or_default();
         if essence.is_empty() || essence == b"application/x-www-form-urlencoded" {
-            return Some(Kind::Form(FormFields::default()));
+            return Some((Kind::Form(FormFields::default()), also_json));
         }
         if essence.starts_with(b"multipart/") {
-            return Some(Kind::for_boundaries(
-                rack_boundary(value, &lower),
-                php_boundaries(value, &lower),
-            ));
+            let kind =
+                Kind::for_boundaries(rack_boundary(value, &lower), php_boundaries(value, &lower));
+            return Some((kind, also_json));
         }
-        says_json(value).then(|| Kind::Json(JsonKeys::default()))
+        json.then(|| (Kind::Json(JsonKeys::default()), None))
     }
 
     /// A multipart body read with the boundary that starts every server's: each delimiter a
@@ -219,19 +217,11 @@ impl Kind {
     }
 }
 
-/// Whether a `Content-Type` says JSON as Laravel tells it: `/json` or `+json` anywhere.
-fn says_json(value: &[u8]) -> bool {
-    let lower = value.to_ascii_lowercase();
-    memchr::memmem::find(&lower, b"/json").is_some()
-        || memchr::memmem::find(&lower, b"+json").is_some()
-}
-
 /// The boundary Rack (2 and 3) reads from a `Content-Type` (`lower`: the same, in lower case):
 /// `/multipart\/.*boundary="?([^";,]+)"?/i`, so the last `boundary=` that has a value, taken up
 /// to `"`, `;` or `,` (white space kept).
 fn rack_boundary<'a>(value: &'a [u8], lower: &[u8]) -> Option<&'a [u8]> {
-    let starts: Vec<usize> = memchr::memmem::find_iter(lower, b"boundary=").collect();
-    starts.into_iter().rev().find_map(|at| {
+    memchr::memmem::rfind_iter(lower, b"boundary=").find_map(|at| {
         let rest = &value[at + b"boundary=".len()..];
         let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
         let end = rest
@@ -975,7 +965,7 @@ mod tests {
     /// How a `Content-Type` is read: `Some(boundary)` for multipart, `None` for a form; panics
     /// for a refused or JSON one.
     fn read_as(content_type: &str) -> Result<Option<String>, &'static str> {
-        match Kind::for_content_type(content_type.as_bytes()) {
+        match Kind::for_content_type(content_type.as_bytes()).map(|(kind, _)| kind) {
             Some(Kind::Multipart(parts)) => Ok(Some(
                 String::from_utf8_lossy(&parts.delimiter[2..]).into_owned(),
             )),

@@ -81,11 +81,7 @@ impl Recorder {
                     Decision::Deny => "deny",
                 })),
                 reason: Some(Cow::Borrowed(reason)),
-                // Only a call no integration claims is keyed by its host.
-                host: match &context.integration {
-                    None => context.host.clone(),
-                    Some(_) => None,
-                },
+                host: context.host.clone(),
             });
         }
     }
