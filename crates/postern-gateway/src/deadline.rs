@@ -38,7 +38,8 @@ pin_project! {
 }
 
 /// The waits on vendors of one connection's calls, counted by the service answering its
-/// requests and read by its [`Deadline`] when a read waits.
+/// requests and read by its [`Deadline`] when a read waits; and how those calls move
+/// ([`InFlight::progressed`]), read by [`InFlight::request_idle`].
 #[derive(Debug, Clone)]
 pub struct InFlight(Arc<Waits>);
 
