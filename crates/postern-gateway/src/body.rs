@@ -81,6 +81,10 @@ pub enum BodyError {
     UpstreamIdle(std::time::Duration),
     #[error("the vendor's answer did not end within {0:?} of the call's start (total_timeout_ms)")]
     UpstreamTotal(std::time::Duration),
+    #[error(
+        "the caller took none of its answer for the idle limit (idle_timeout_ms); the call was cut"
+    )]
+    CallerStalled,
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
     #[error(transparent)]
@@ -726,6 +730,20 @@ impl GatewayBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
         GatewayBody::Full(if bytes.is_empty() { None } else { Some(bytes) })
+    }
+
+    /// Whether it streams a vendor's answer (and holds the call: its vendor connection, its
+    /// places under concurrency limits), rather than bytes in memory.
+    pub fn is_stream(&self) -> bool {
+        matches!(self, GatewayBody::Stream(_))
+    }
+
+    /// Ends the call now, before its answer was taken whole: recorded `incomplete` with
+    /// `reason`, its vendor connection closed and its places given back.
+    pub fn abandon(self, reason: &'static str) {
+        if let GatewayBody::Stream(mut body) = self {
+            body.finish(true, Some(reason));
+        }
     }
 }
 

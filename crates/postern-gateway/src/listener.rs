@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -370,9 +371,105 @@ impl Connection {
 /// vendor's next piece (a poll that is pending), not while hyper does not poll it (an HTTP/2
 /// caller that grants no window waits on nobody but itself).
 struct Answer {
-    body: GatewayBody,
+    body: AnswerBody,
     waiting: Option<Waiting>,
     in_flight: InFlight,
+}
+
+enum AnswerBody {
+    /// Bytes in memory (an error, a refusal): nothing of a vendor's is held.
+    Full(GatewayBody),
+    /// A vendor's answer, which the connection's [`Answers`] cut if the caller stops taking it.
+    Watched(Arc<Watched>),
+}
+
+/// A vendor's answer on its way to the caller, as its connection's [`Answers`] see it.
+struct Watched {
+    /// `None` once cut ([`Answers::cut_stalled`]).
+    body: std::sync::Mutex<Option<GatewayBody>>,
+    /// Pieces handed to the protocol so far.
+    moves: AtomicU64,
+    /// Whether its last poll waits on the vendor (the vendor's own limits cover that wait).
+    waiting: AtomicBool,
+}
+
+impl Watched {
+    fn body(&self) -> std::sync::MutexGuard<'_, Option<GatewayBody>> {
+        // A poll that panicked leaves the body as it was: still the call's.
+        self.body
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The vendors' answers a connection served by hyper is streaming. On HTTP/2 a caller can stop
+/// taking one answer (it grants its stream no window) while its other streams move: the
+/// connection then never goes idle ([`InFlight::request_idle`]), and the stalled call would hold
+/// its vendor connection and its places under concurrency limits for as long as the caller
+/// stays. Checked every idle period, an answer that neither moved nor waited on its vendor
+/// for a whole period is cut: the call is recorded `incomplete` (`caller_stalled`) and let go,
+/// and its stream is reset when the caller next asks for it.
+#[derive(Clone, Default)]
+struct Answers(Arc<std::sync::Mutex<Vec<Seen>>>);
+
+/// An answer, and its moves at the last check (`u64::MAX`: not checked yet).
+type Seen = (std::sync::Weak<Watched>, u64);
+
+impl Answers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Seen>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `body` to answer with: watched if it streams a vendor's answer.
+    fn watch(&self, body: GatewayBody) -> AnswerBody {
+        if !body.is_stream() {
+            return AnswerBody::Full(body);
+        }
+        let watched = Arc::new(Watched {
+            body: std::sync::Mutex::new(Some(body)),
+            moves: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+        });
+        // Not yet seen by a check: the first one only notes its moves.
+        self.lock().push((Arc::downgrade(&watched), u64::MAX));
+        AnswerBody::Watched(watched)
+    }
+
+    /// Cuts the answers that have not moved, nor waited on their vendor, since the last check;
+    /// forgets the ones that ended.
+    fn cut_stalled(&self) {
+        let mut stalled = Vec::new();
+        self.lock().retain_mut(|(answer, seen)| {
+            let Some(answer) = answer.upgrade() else {
+                return false;
+            };
+            let moves = answer.moves.load(Ordering::Relaxed);
+            if moves == *seen && !answer.waiting.load(Ordering::Relaxed) {
+                stalled.push(answer);
+                return false;
+            }
+            *seen = moves;
+            true
+        });
+        for answer in stalled {
+            // Taken out under the lock, ended outside it (ending records the call).
+            let body = answer.body().take();
+            if let Some(body) = body {
+                tracing::debug!("cutting an answer its caller took none of for the idle limit");
+                body.abandon("caller_stalled");
+            }
+        }
+    }
+
+    /// Cuts stalled answers every `idle` ([`Answers::cut_stalled`]); never ends.
+    async fn cut_stalled_every(&self, idle: Duration) -> Infallible {
+        loop {
+            tokio::time::sleep(idle).await;
+            self.cut_stalled();
+        }
+    }
 }
 
 impl http_body::Body for Answer {
@@ -383,14 +480,32 @@ impl http_body::Body for Answer {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::Poll;
         let this = self.get_mut();
-        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        let polled = match &mut this.body {
+            AnswerBody::Full(body) => std::pin::Pin::new(body).poll_frame(cx),
+            AnswerBody::Watched(watched) => {
+                let mut body = watched.body();
+                let Some(body) = body.as_mut() else {
+                    // Cut while the caller took none of it: its stream is reset.
+                    return Poll::Ready(Some(Err(crate::body::BodyError::CallerStalled)));
+                };
+                let polled = std::pin::Pin::new(body).poll_frame(cx);
+                watched
+                    .waiting
+                    .store(polled.is_pending(), Ordering::Relaxed);
+                if polled.is_ready() {
+                    watched.moves.fetch_add(1, Ordering::Relaxed);
+                }
+                polled
+            }
+        };
         match polled {
-            std::task::Poll::Pending if this.waiting.is_none() => {
+            Poll::Pending if this.waiting.is_none() => {
                 this.waiting = Some(this.in_flight.wait());
             }
-            std::task::Poll::Pending => {}
-            std::task::Poll::Ready(_) => {
+            Poll::Pending => {}
+            Poll::Ready(_) => {
                 this.waiting = None;
                 // A piece handed on: the call moves ([`InFlight::request_idle`]).
                 this.in_flight.progressed();
@@ -400,11 +515,23 @@ impl http_body::Body for Answer {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.body {
+            AnswerBody::Full(body) => body.is_end_stream(),
+            AnswerBody::Watched(watched) => watched
+                .body()
+                .as_ref()
+                .is_some_and(|body| body.is_end_stream()),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        match &self.body {
+            AnswerBody::Full(body) => body.size_hint(),
+            AnswerBody::Watched(watched) => watched
+                .body()
+                .as_ref()
+                .map_or_else(http_body::SizeHint::default, |body| body.size_hint()),
+        }
     }
 }
 
@@ -413,6 +540,7 @@ impl http_body::Body for Answer {
 /// head is ready, then while its body waits ([`Answer`]).
 fn service<H, F>(
     info: Arc<ConnectionInfo>,
+    answers: Answers,
     handler: H,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
@@ -433,13 +561,14 @@ where
         in_flight.progressed();
         let waiting = in_flight.wait();
         let response = Box::pin(handler(info.clone(), request.map(CallerBody::Hyper)));
+        let answers = answers.clone();
         async move {
             let response = response.await;
             // The answer's head is ready: the call moved, even if its body is empty.
             in_flight.progressed();
             drop(waiting);
             Ok::<_, Infallible>(response.map(|body| Answer {
-                body,
+                body: answers.watch(body),
                 waiting: None,
                 in_flight,
             }))
@@ -462,13 +591,15 @@ async fn serve<I, H, F>(
     H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
-    let service = service(info.clone(), handler);
+    let answers = Answers::default();
+    let service = service(info.clone(), answers.clone(), handler);
     // With upgrades: a CONNECT request hands the connection over to the forward proxy.
     let connection = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
     let ended = tokio::select! {
         ended = watcher.watch(connection) => ended,
+        never = answers.cut_stalled_every(idle) => match never {},
         () = info.in_flight().request_idle(idle) => {
             tracing::debug!(peer = %info.peer, "closing a connection that began no request within the idle limit");
             return;
@@ -506,7 +637,8 @@ pub async fn serve_tunnel<I, H, F>(
     H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
-    let service = service(info.clone(), handler);
+    let answers = Answers::default();
+    let service = service(info.clone(), answers.clone(), handler);
     let connection = builder.serve_connection(io, service).into_owned();
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -515,6 +647,7 @@ pub async fn serve_tunnel<I, H, F>(
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        never = answers.cut_stalled_every(idle) => match never {},
         () = info.in_flight().request_idle(idle) => {
             tracing::debug!(peer = %info.peer, "closing a tunnel that began no request within the idle limit");
             return;

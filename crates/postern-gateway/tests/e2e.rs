@@ -1189,6 +1189,69 @@ async fn an_http2_caller_that_stops_reading_is_still_closed_at_the_idle_limit() 
     gw.stop().await;
 }
 
+/// An HTTP/2 caller that stops taking one answer while its other streams keep moving (so its
+/// connection never goes idle) does not hold that call: within two idle periods (300 ms here)
+/// the stalled answer is cut, recorded `incomplete` with reason `caller_stalled`, and its place
+/// under `max_concurrent_calls_per_caller = 1` given back, so the next call on the same
+/// connection is served; the stalled stream is reset. Bounded: 5 s of calls.
+#[tokio::test]
+async fn an_http2_answer_its_caller_stops_taking_is_cut_while_other_streams_move() {
+    let vendor = TestVendor::tls(big_or_ok(4 * 1024 * 1024)).await;
+    let gw = start_with_key(
+        &stripe_like(&vendor, "max_concurrent_calls_per_caller = 1"),
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        "idle_timeout_ms = 300",
+    )
+    .await;
+    // The stream's window is small, the connection's large: the stalled answer fills its own
+    // window only, and the other streams still get theirs.
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .http2_initial_stream_window_size(65_535)
+        .http2_initial_connection_window_size(16 * 1024 * 1024)
+        .build()
+        .unwrap();
+    let stalled = get_charge_id(&h2c, &gw, "ch_big").await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    // The place is held: the next call is refused until the stalled one is cut.
+    let mut statuses = Vec::new();
+    let started = std::time::Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never served after 5 s: {statuses:?}"
+        );
+        let status = get_charge(&h2c, &gw).await.unwrap().status().as_u16();
+        statuses.push(status);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429, "{statuses:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(statuses[0], 429, "the stalled call held its place at first");
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    let body = tokio::time::timeout(Duration::from_secs(5), stalled.bytes())
+        .await
+        .expect("the stalled body ended (bounded: 5 s)");
+    assert!(body.is_err(), "the stalled stream was reset");
+    let events = gw.wait_events(statuses.len() + 1).await;
+    let cut: Vec<_> = events
+        .iter()
+        .filter(|e| e["reason"] == "caller_stalled")
+        .collect();
+    assert_eq!(cut.len(), 1, "{events:#?}");
+    assert_eq!(cut[0]["incomplete"], true);
+    assert_eq!(cut[0]["status"], 200);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn http2_on_both_sides() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
