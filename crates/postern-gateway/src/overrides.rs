@@ -790,6 +790,18 @@ mod tests {
         whole
     }
 
+    /// Asserts [`overrides_however_split`] is `expected` for each of `bodies`.
+    fn assert_each_overrides(content_type: Option<&str>, bodies: &[&[u8]], expected: bool) {
+        for body in bodies {
+            assert_eq!(
+                overrides_however_split(content_type, body),
+                expected,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
     /// `_method` is found as a server reads it: name percent-decoded (not case-folded, as Rack
     /// and Laravel read it), value decoded and compared regardless of case, across any split.
     #[test]
@@ -830,18 +842,16 @@ mod tests {
         assert!(in_pieces(far_padded.as_bytes()));
         let padded = format!("{}_method=DELETE", "+".repeat(26));
         let bracketed = format!("{}_method]=DELETE", "[".repeat(26));
-        for body in [
-            padded.as_bytes(),
-            bracketed.as_bytes(),
-            b"_method%00x=DELETE",
-            b"a=1&_method%00=DELETE",
-        ] {
-            assert!(
-                overrides_however_split(None, body),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
+        assert_each_overrides(
+            None,
+            &[
+                padded.as_bytes(),
+                bracketed.as_bytes(),
+                b"_method%00x=DELETE",
+                b"a=1&_method%00=DELETE",
+            ],
+            true,
+        );
         for body in [
             &b"amount=1&payment_method=pm_card_visa"[..],
             b"_method=POST",
@@ -1033,27 +1043,25 @@ mod tests {
     /// Where a server would end a part or read a part's name that a strict reading would not.
     #[test]
     fn a_method_part_is_found_where_any_server_would_find_it() {
-        for body in [
-            // Rack 2.2 ends a part at `--boundary` mid-line.
-            &b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nabc--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--"[..],
-            // A delimiter in the padding of another's line.
-            b"--XyZ x--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--",
-            // Rack names a part with no `name` by its `Content-ID`.
-            b"--XyZ\r\nContent-Disposition: form-data\r\nContent-ID: _method\r\n\r\nDELETE\r\n--XyZ--",
-            b"--XyZ\r\ncontent-id:\r\n [_method] \r\n\r\nDELETE\r\n--XyZ--",
-            // A header section ended by a bare LF is refused whatever it names: Rack reads on
-            // to an empty CRLF line, and may find `_method` there.
-            b"--XyZ\r\nX-A: a\n\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--",
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\n\nx\r\n--XyZ--",
-            b"--XyZ\r\n\r\nX-A: a\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--",
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\r\nx\r\n--XyZ--",
-        ] {
-            assert!(
-                overrides_however_split(Some(MULTIPART), body),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
+        assert_each_overrides(
+            Some(MULTIPART),
+            &[
+                // Rack 2.2 ends a part at `--boundary` mid-line.
+                &b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nabc--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--"[..],
+                // A delimiter in the padding of another's line.
+                b"--XyZ x--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--",
+                // Rack names a part with no `name` by its `Content-ID`.
+                b"--XyZ\r\nContent-Disposition: form-data\r\nContent-ID: _method\r\n\r\nDELETE\r\n--XyZ--",
+                b"--XyZ\r\ncontent-id:\r\n [_method] \r\n\r\nDELETE\r\n--XyZ--",
+                // A header section ended by a bare LF is refused whatever it names: Rack reads on
+                // to an empty CRLF line, and may find `_method` there.
+                b"--XyZ\r\nX-A: a\n\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--",
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\n\nx\r\n--XyZ--",
+                b"--XyZ\r\n\r\nX-A: a\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--",
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\r\nx\r\n--XyZ--",
+            ],
+            true,
+        );
         // However a server may spell or end the part's name: single quotes, no closing quote,
         // NUL (C strings), a vertical tab (C's isspace), Rack 2.2's token ending at `(` or
         // `[`, a line PHP joins to the one before; a header section PHP ends at a line
@@ -1064,60 +1072,54 @@ mod tests {
             "--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\nX-Pad: {}\r\nDELETE\r\n--XyZ--\r\n",
             "p".repeat(5113)
         );
-        for body in [
-            &b"--XyZ\r\nContent-Disposition: form-data; name='_method'\r\n\r\nDELETE\r\n--XyZ--\r\n"[..],
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\r\n\r\nDELETE\r\n--XyZ--\r\n",
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\0\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
-            b"--XyZ\r\nContent-Disposition: form-data; name=_method\x0b\r\n\r\nDELETE\r\n--XyZ--\r\n",
-            b"--XyZ\r\nContent-Disposition: form-data; name=\x0b_method\r\n\r\nDELETE\r\n--XyZ--\r\n",
-            b"--XyZ\r\nContent-Disposition: form-data; name=_method(x\r\n\r\nDELETE\r\n--XyZ--\r\n",
-            b"--XyZ\r\nContent-Disposition: form-data; name=_method[0]\r\n\r\nDELETE\r\n--XyZ--\r\n",
-            b"--XyZ\r\nContent-Disposition: form-data; name=_met\r\nhod\r\n\r\nDELETE\r\n--XyZ--\r\n",
-            b"--XyZ\r\nContent-Disposition: form-data; name*=UTF-8''%5Fmethod\r\n\r\nDELETE\r\n--XyZ--\r\n",
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\0\r\nDELETE\r\n--XyZ--\r\n",
-            long_line.as_bytes(),
-            b"--XyZ--\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"_method\"\r\n\r\nx\r\n--XyZ--\r\n",
-            // A delimiter inside a header section, and a body cut short in one naming `_method`.
-            b"--XyZ\r\nX-A: --XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--XyZ--",
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\nX-B: 1",
-        ] {
-            assert!(
-                overrides_however_split(Some(MULTIPART), body),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
+        assert_each_overrides(
+            Some(MULTIPART),
+            &[
+                &b"--XyZ\r\nContent-Disposition: form-data; name='_method'\r\n\r\nDELETE\r\n--XyZ--\r\n"[..],
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\r\n\r\nDELETE\r\n--XyZ--\r\n",
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\0\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+                b"--XyZ\r\nContent-Disposition: form-data; name=_method\x0b\r\n\r\nDELETE\r\n--XyZ--\r\n",
+                b"--XyZ\r\nContent-Disposition: form-data; name=\x0b_method\r\n\r\nDELETE\r\n--XyZ--\r\n",
+                b"--XyZ\r\nContent-Disposition: form-data; name=_method(x\r\n\r\nDELETE\r\n--XyZ--\r\n",
+                b"--XyZ\r\nContent-Disposition: form-data; name=_method[0]\r\n\r\nDELETE\r\n--XyZ--\r\n",
+                b"--XyZ\r\nContent-Disposition: form-data; name=_met\r\nhod\r\n\r\nDELETE\r\n--XyZ--\r\n",
+                b"--XyZ\r\nContent-Disposition: form-data; name*=UTF-8''%5Fmethod\r\n\r\nDELETE\r\n--XyZ--\r\n",
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\0\r\nDELETE\r\n--XyZ--\r\n",
+                long_line.as_bytes(),
+                b"--XyZ--\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"_method\"\r\n\r\nx\r\n--XyZ--\r\n",
+                // A delimiter inside a header section, and a body cut short in one naming `_method`.
+                b"--XyZ\r\nX-A: --XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--XyZ--",
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\nX-B: 1",
+            ],
+            true,
+        );
         // Rack 2.2 opens the parts with the first closing delimiter standing on a line of its
         // own, though Postern saw `--XyZ` mid-line before it; and the section after a closing
         // delimiter is read on past an empty line, as Rack reads it.
-        for body in [
-            &b"x--XyZ\r\nA: b\r\n\r\n--XyZ--\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n"[..],
-            b"--XyZ--\r\n\r\nX: y\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE",
-        ] {
-            assert!(
-                overrides_however_split(Some(MULTIPART), body),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
+        assert_each_overrides(
+            Some(MULTIPART),
+            &[
+                &b"x--XyZ\r\nA: b\r\n\r\n--XyZ--\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n"[..],
+                b"--XyZ--\r\n\r\nX: y\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE",
+            ],
+            true,
+        );
         // Names that merely hold the word, file names with it as a word, an empty multipart
         // body and an epilogue are read as they are.
-        for body in [
-            &b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"R&D / method notes.txt\"\r\n\r\nx\r\n--XyZ--\r\n"[..],
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"step 2: method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--XyZ--\r\nepilogue\r\n",
-            &b"--XyZ\r\nContent-Disposition: form-data; name=\"payment_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n"[..],
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"x.method.y\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"_methods\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
-            b"--XyZ--\r\n",
-        ] {
-            assert!(
-                !overrides_however_split(Some(MULTIPART), body),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
+        assert_each_overrides(
+            Some(MULTIPART),
+            &[
+                &b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"R&D / method notes.txt\"\r\n\r\nx\r\n--XyZ--\r\n"[..],
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"step 2: method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--XyZ--\r\nepilogue\r\n",
+                &b"--XyZ\r\nContent-Disposition: form-data; name=\"payment_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n"[..],
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"x.method.y\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"_methods\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+                b"--XyZ--\r\n",
+            ],
+            false,
+        );
         // A form or multipart type that also says JSON is read as JSON too (Laravel).
         for content_type in [
             "application/x-www-form-urlencoded; x=/json",
@@ -1151,40 +1153,36 @@ mod tests {
 
     #[test]
     fn a_json_top_level_method_key_is_found_however_it_is_written_or_split() {
-        for body in [
-            &br#"{"amount":1,"_method":"DELETE"}"#[..],
-            br#"{ "_method" : "put" , "a": {"b": [1, 2]} }"#,
-            br#"{"\u005fmethod":"PATCH"}"#,
-            br#"{"_method":"\u0044ELETE"}"#,
-            br#"{"nested":{"_method":"POST"},"_method":"DELETE"}"#,
-            br#"{"a":"x\"y","_method":"DELETE"}"#,
-        ] {
-            assert!(
-                overrides_however_split(Some("application/json"), body),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
+        assert_each_overrides(
+            Some("application/json"),
+            &[
+                &br#"{"amount":1,"_method":"DELETE"}"#[..],
+                br#"{ "_method" : "put" , "a": {"b": [1, 2]} }"#,
+                br#"{"\u005fmethod":"PATCH"}"#,
+                br#"{"_method":"\u0044ELETE"}"#,
+                br#"{"nested":{"_method":"POST"},"_method":"DELETE"}"#,
+                br#"{"a":"x\"y","_method":"DELETE"}"#,
+            ],
+            true,
+        );
         assert!(overrides_however_split(
             Some("application/vnd.api+json; charset=utf-8"),
             br#"{"_method":"DELETE"}"#
         ));
-        for body in [
-            &br#"{"_method":"POST"}"#[..],
-            br#"{"nested":{"_method":"DELETE"}}"#,
-            br#"[{"_method":"DELETE"}]"#,
-            br#"{"note":"_method","x":"DELETE"}"#,
-            br#"{"_method":["DELETE"]}"#,
-            br#"{"_method":null,"x":"DELETE"}"#,
-            br#"{"a":"\"_method\":\"DELETE\""}"#,
-            br#"{"_METHOD":"DELETE"}"#,
-        ] {
-            assert!(
-                !overrides_however_split(Some("application/json"), body),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
+        assert_each_overrides(
+            Some("application/json"),
+            &[
+                &br#"{"_method":"POST"}"#[..],
+                br#"{"nested":{"_method":"DELETE"}}"#,
+                br#"[{"_method":"DELETE"}]"#,
+                br#"{"note":"_method","x":"DELETE"}"#,
+                br#"{"_method":["DELETE"]}"#,
+                br#"{"_method":null,"x":"DELETE"}"#,
+                br#"{"a":"\"_method\":\"DELETE\""}"#,
+                br#"{"_METHOD":"DELETE"}"#,
+            ],
+            false,
+        );
     }
 
     #[test]
