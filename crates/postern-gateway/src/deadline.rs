@@ -11,7 +11,7 @@
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -55,6 +55,8 @@ struct Waits {
     /// reads get a whole idle period from then.
     last_ended: AtomicU64,
     base: Instant,
+    /// Whether the connection was closed at its idle limit ([`InFlight::idled_out`]).
+    idled_out: AtomicBool,
 }
 
 impl Default for InFlight {
@@ -64,6 +66,7 @@ impl Default for InFlight {
             progress: AtomicU64::new(0),
             last_ended: AtomicU64::new(0),
             base: Instant::now(),
+            idled_out: AtomicBool::new(false),
         }))
     }
 }
@@ -93,10 +96,23 @@ impl InFlight {
             let now = self.0.progress.load(Ordering::Relaxed);
             let waiting = self.0.waiting.load(Ordering::Relaxed) > 0;
             if now == seen && !waiting {
+                self.idle_out();
                 return;
             }
             seen = now;
         }
+    }
+
+    /// The connection is being closed at its idle limit: no call moved or waited on its
+    /// vendor for a whole period, so an answer still streaming is one its caller stopped taking.
+    pub fn idle_out(&self) {
+        self.0.idled_out.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`InFlight::idle_out`] was called: by [`InFlight::request_idle`] when it ended,
+    /// or by the connection's [`Deadline`] when it cut a read or write at the idle limit.
+    pub fn idled_out(&self) -> bool {
+        self.0.idled_out.load(Ordering::Relaxed)
     }
 
     pub fn wait(&self) -> Waiting {
@@ -239,6 +255,11 @@ impl<S> Deadline<S> {
                         false => None,
                     };
                     let Some(until) = excused else {
+                        if let (Some(in_flight), true) =
+                            (this.in_flight.as_ref(), this.last_activity.is_some())
+                        {
+                            in_flight.idle_out();
+                        }
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             if this.last_activity.is_none() {

@@ -785,7 +785,7 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     out: &mut Vec<u8>,
     buf: &mut BytesMut,
-    mut body: GatewayBody,
+    body: GatewayBody,
     framing: Framing,
     in_flight: &crate::deadline::InFlight,
 ) -> io::Result<bool> {
@@ -800,11 +800,13 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
         io.flush().await?;
         return Ok(!close);
     }
+    let mut body = Outgoing { body, in_flight };
+    let body = &mut body.body;
     // `out` holds what is still to be written; it is written when the body has nothing ready
     // (so a streamed answer reaches the caller as it comes) and at the end.
     let mut remaining = length;
     loop {
-        let frame = match poll_once(&mut body).await {
+        let frame = match poll_once(body).await {
             Some(frame) => frame,
             None => {
                 if !out.is_empty() {
@@ -819,7 +821,7 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
                 loop {
                     tokio::select! {
                         biased;
-                        frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => break frame,
+                        frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)) => break frame,
                         more = watch_caller(io, buf), if buf.is_empty() => if !more {
                             return Ok(false);
                         },
@@ -879,6 +881,22 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
         io.flush().await?;
     }
     Ok(!close)
+}
+
+/// An answer's body while it is written. Dropped unfinished because a write was cut at the
+/// connection's idle limit ([`InFlight::idled_out`](crate::deadline::InFlight::idled_out)) —
+/// its caller stopped taking it — the call is recorded `caller_stalled`.
+struct Outgoing<'a> {
+    body: GatewayBody,
+    in_flight: &'a crate::deadline::InFlight,
+}
+
+impl Drop for Outgoing<'_> {
+    fn drop(&mut self) {
+        if self.in_flight.idled_out() {
+            std::mem::replace(&mut self.body, GatewayBody::Full(None)).abandon("caller_stalled");
+        }
+    }
 }
 
 /// One poll of the body's next frame: `None` when it is not ready yet.

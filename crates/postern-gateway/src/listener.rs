@@ -432,8 +432,15 @@ impl Answers {
             moves: AtomicU64::new(0),
             waiting: AtomicBool::new(false),
         });
+        let mut answers = self.lock();
+        if answers.len() == answers.capacity() {
+            // Forget the answers that ended before growing: a busy connection would otherwise
+            // keep every answer of a whole idle period until the next check.
+            answers.retain(|(answer, _)| answer.strong_count() > 0);
+        }
         // Not yet seen by a check: the first one only notes its moves.
-        self.lock().push((Arc::downgrade(&watched), u64::MAX));
+        answers.push((Arc::downgrade(&watched), u64::MAX));
+        drop(answers);
         AnswerBody::Watched(watched)
     }
 
@@ -441,21 +448,35 @@ impl Answers {
     /// forgets the ones that ended.
     fn cut_stalled(&self) {
         let mut stalled = Vec::new();
-        self.lock().retain_mut(|(answer, seen)| {
+        let mut answers = self.lock();
+        answers.retain_mut(|(answer, seen)| {
             let Some(answer) = answer.upgrade() else {
                 return false;
             };
             let moves = answer.moves.load(Ordering::Relaxed);
             if moves == *seen && !answer.waiting.load(Ordering::Relaxed) {
-                stalled.push(answer);
+                stalled.push((answer, moves));
                 return false;
             }
             *seen = moves;
             true
         });
-        for answer in stalled {
-            // Taken out under the lock, ended outside it (ending records the call).
-            let body = answer.body().take();
+        if answers.capacity() > 4 * answers.len().max(4) {
+            answers.shrink_to_fit();
+        }
+        drop(answers);
+        for (answer, seen) in stalled {
+            // Checked again under the body's own lock, which every poll holds: a poll since the
+            // check above either moved it or left hyper waiting on the vendor's waker, and
+            // neither may be cut.
+            let mut body = answer.body();
+            if answer.moves.load(Ordering::Relaxed) != seen
+                || answer.waiting.load(Ordering::Relaxed)
+            {
+                continue;
+            }
+            let body = body.take();
+            // Ended outside the lock (ending records the call).
             if let Some(body) = body {
                 tracing::debug!("cutting an answer its caller took none of for the idle limit");
                 body.abandon("caller_stalled");
@@ -531,6 +552,22 @@ impl http_body::Body for Answer {
                 .body()
                 .as_ref()
                 .map_or_else(http_body::SizeHint::default, |body| body.size_hint()),
+        }
+    }
+}
+
+/// An answer dropped with its connection, closed at the idle limit
+/// ([`InFlight::idled_out`]), is one its caller stopped taking: recorded `caller_stalled`, as
+/// one cut on its own is.
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let AnswerBody::Watched(watched) = &self.body {
+            if self.in_flight.idled_out() {
+                let body = watched.body().take();
+                if let Some(body) = body {
+                    body.abandon("caller_stalled");
+                }
+            }
         }
     }
 }
@@ -645,7 +682,11 @@ pub async fn serve_tunnel<I, H, F>(
         result = connection.as_mut() => result,
         _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
             connection.as_mut().graceful_shutdown();
-            connection.await
+            // Draining is bounded by the shutdown grace; a stalled answer is still cut.
+            tokio::select! {
+                result = connection => result,
+                never = answers.cut_stalled_every(idle) => match never {},
+            }
         }
         never = answers.cut_stalled_every(idle) => match never {},
         () = info.in_flight().request_idle(idle) => {

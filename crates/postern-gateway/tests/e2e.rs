@@ -1162,7 +1162,7 @@ async fn an_http2_connection_whose_bytes_move_no_call_is_closed_at_the_idle_limi
 
 /// An HTTP/2 caller that stops taking its answer (it grants no more flow-control window) waits
 /// on nobody but itself: the idle limit still closes its connection, and the call is recorded
-/// as cut short.
+/// as cut short by its caller (`caller_stalled`).
 #[tokio::test]
 async fn an_http2_caller_that_stops_reading_is_still_closed_at_the_idle_limit() {
     let vendor = TestVendor::tls(big_or_ok(4 * 1024 * 1024)).await;
@@ -1186,6 +1186,57 @@ async fn an_http2_caller_that_stops_reading_is_still_closed_at_the_idle_limit() 
     );
     let events = gw.wait_events(1).await;
     assert_eq!(events[0]["incomplete"], true, "{events:#?}");
+    // Whichever check finds it first — the answer's own or the connection's — names the caller.
+    assert_eq!(events[0]["reason"], "caller_stalled", "{events:#?}");
+    gw.stop().await;
+}
+
+/// An HTTP/1.1 caller that stops reading a large answer is cut at the idle limit, on
+/// Postern's own server (a plain GET) and on hyper's (a GET with a chunked empty body, which
+/// Postern's server hands over), and the call is recorded `incomplete` with reason
+/// `caller_stalled`. Bounded: 5 s per connection.
+#[tokio::test]
+async fn an_http1_caller_that_stops_reading_is_cut_and_recorded_as_stalled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::tls(big_or_ok(8 * 1024 * 1024)).await;
+    let gw = short_idle_gateway(&vendor).await;
+    let token = &gw.token;
+    for (done, (server, extra)) in [
+        ("Postern's", ""),
+        ("hyper's", "transfer-encoding: chunked\r\n"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
+            .await
+            .unwrap();
+        let body = if extra.is_empty() { "" } else { "0\r\n\r\n" };
+        let request = format!(
+            "GET /stripe/v1/charges/ch_big HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n{extra}\r\n{body}"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // The head comes; then nothing more is read until the connection has been cut.
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200", "{server}");
+        let events = gw.wait_events(done + 1).await;
+        let event = &events[done];
+        assert_eq!(event["reason"], "caller_stalled", "{server}: {events:#?}");
+        assert_eq!(event["incomplete"], true, "{server}");
+        assert_eq!(event["status"], 200, "{server}");
+        // And the connection was closed.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest));
+        assert!(
+            matches!(read.await, Ok(Ok(_) | Err(_))),
+            "{server}: still open"
+        );
+        assert!(
+            rest.len() < 8 * 1024 * 1024,
+            "{server}: the whole body came"
+        );
+    }
     gw.stop().await;
 }
 
