@@ -62,7 +62,7 @@ pub(crate) fn method_override(request: &Request<CallerBody>) -> Option<String> {
 pub(crate) fn body_method_override() -> CallError {
     CallError::bad_request(
         "method_override_refused",
-        "the request's body has a _method field (form, multipart or JSON) naming another method than its own, or is multipart written so that servers read its parts differently (see method_override_refused in docs/EVENTS.md): a vendor that honours it (Rails, Laravel, Symfony) would run an operation that was not authorized; send the request with the method it means, as well-formed multipart",
+        "the request's body has a _method field (form, multipart or JSON) naming another method than its own, or is multipart written so that servers read its parts differently, or is compressed so that it cannot be read (a coding other than gzip, deflate and br, data not valid for its coding, or more than max_request_body_bytes decoded; see method_override_refused in docs/EVENTS.md): a vendor that honours it (Rails, Laravel, Symfony) would run an operation that was not authorized; send the request with the method it means, as well-formed multipart, uncompressed or gzip",
     )
 }
 
@@ -100,6 +100,21 @@ pub struct OverrideScan {
     /// A form or multipart body whose type also says JSON (`…; x=/json`): Laravel reads it as
     /// JSON, so it is read as both.
     also_json: Option<JsonKeys>,
+    /// A body with a `Content-Encoding`: read decoded as well, as a server that undoes the
+    /// coding reads it (one that ignores it reads the bytes as sent, which are read too).
+    decoded: Option<Box<Decoded>>,
+}
+
+/// A compressed body's decoder, and the reading of what it decodes.
+struct Decoded {
+    decoder: postern_scan::StreamDecoder,
+    scan: OverrideScan,
+}
+
+impl std::fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoded").field("scan", &self.scan).finish()
+    }
 }
 
 #[derive(Debug)]
@@ -116,7 +131,37 @@ impl OverrideScan {
     /// for `_method`: a POST (the method they let a body override) whose `Content-Type` is a
     /// form (or missing or empty: Rack parses such a body as a form), `multipart/form-data` with
     /// a boundary, or JSON (`…/json` or `…+json`, as Laravel tells it).
-    pub fn for_request(method: &http::Method, headers: &HeaderMap) -> Option<Self> {
+    ///
+    /// A body with a `Content-Encoding` is read as sent and decoded (gzip, deflate, br, undone
+    /// last first) as it streams; one whose coding Postern cannot undo, that is not valid for
+    /// its coding, or that decodes past `max_decoded_bytes` is refused, since what a server
+    /// that undoes the coding would read cannot be told.
+    pub fn for_request(
+        method: &http::Method,
+        headers: &HeaderMap,
+        max_decoded_bytes: u64,
+    ) -> Option<Self> {
+        let mut scan = Self::as_sent(method, headers)?;
+        let Some(encoding) = crate::scan::all_values(headers, &header::CONTENT_ENCODING) else {
+            return Some(scan);
+        };
+        let max = usize::try_from(max_decoded_bytes).unwrap_or(usize::MAX);
+        match postern_scan::StreamDecoder::new(&encoding, max) {
+            Ok(None) => {}
+            Ok(Some(decoder)) => {
+                let decoded = Self::as_sent(method, headers)?;
+                scan.decoded = Some(Box::new(Decoded {
+                    decoder,
+                    scan: decoded,
+                }));
+            }
+            Err(_) => scan.kind = Kind::Refused,
+        }
+        Some(scan)
+    }
+
+    /// The scan of the body's bytes as sent ([`OverrideScan::for_request`]).
+    fn as_sent(method: &http::Method, headers: &HeaderMap) -> Option<Self> {
         if method != http::Method::POST {
             return None;
         }
@@ -128,6 +173,7 @@ impl OverrideScan {
             method: method.clone(),
             kind,
             also_json,
+            decoded: None,
         })
     }
 
@@ -137,11 +183,26 @@ impl OverrideScan {
             method,
             kind: Kind::Form(FormFields::default()),
             also_json: None,
+            decoded: None,
         }
     }
 
-    /// Takes the next bytes of the body; `true` if a field they end overrides the method.
+    /// Takes the next bytes of the body; `true` if a field they end overrides the method (as
+    /// sent, or decoded), or a compressed body cannot be read.
     pub fn feed(&mut self, data: &[u8]) -> bool {
+        if self.feed_as_sent(data) {
+            return true;
+        }
+        let Some(decoded) = self.decoded.as_deref_mut() else {
+            return false;
+        };
+        let Decoded { decoder, scan } = decoded;
+        let mut overrides = false;
+        let read = decoder.feed(data, &mut |piece| overrides = overrides || scan.feed(piece));
+        overrides || read.is_err()
+    }
+
+    fn feed_as_sent(&mut self, data: &[u8]) -> bool {
         let method = self.method.as_str().as_bytes();
         if let Some(json) = &mut self.also_json {
             if json.feed(data, method) {
@@ -159,6 +220,19 @@ impl OverrideScan {
     /// At the body's end: `true` if what is left (a form's last field, a multipart part with
     /// no closing delimiter) overrides the method, or the body is refused whatever it holds.
     pub fn finish(&mut self) -> bool {
+        if self.finish_as_sent() {
+            return true;
+        }
+        let Some(decoded) = self.decoded.as_deref_mut() else {
+            return false;
+        };
+        let Decoded { decoder, scan } = decoded;
+        let mut overrides = false;
+        let read = decoder.finish(&mut |piece| overrides = overrides || scan.feed(piece));
+        overrides || read.is_err() || scan.finish()
+    }
+
+    fn finish_as_sent(&mut self) -> bool {
         let method = self.method.as_str().as_bytes();
         match &mut self.kind {
             Kind::Form(form) => form.field_overrides(method),
@@ -758,13 +832,17 @@ impl JsonKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write as _;
+
+    /// The decoded size a compressed body may reach in these tests.
+    const LIMIT: u64 = 1024 * 1024;
 
     fn scan(content_type: Option<&str>) -> OverrideScan {
         let mut headers = HeaderMap::new();
         if let Some(value) = content_type {
             headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
         }
-        OverrideScan::for_request(&http::Method::POST, &headers).expect("a scanned body")
+        OverrideScan::for_request(&http::Method::POST, &headers, LIMIT).expect("a scanned body")
     }
 
     /// Whether `body` overrides, fed whole and then split at every byte into two pieces (the
@@ -1192,23 +1270,184 @@ mod tests {
             headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
             headers
         };
-        assert!(OverrideScan::for_request(&http::Method::PUT, &HeaderMap::new()).is_none());
+        assert!(OverrideScan::for_request(&http::Method::PUT, &HeaderMap::new(), LIMIT).is_none());
         for kept in ["", "application/x-www-form-urlencoded", "application/json"] {
-            assert!(OverrideScan::for_request(&http::Method::POST, &headers(kept)).is_some());
+            assert!(
+                OverrideScan::for_request(&http::Method::POST, &headers(kept), LIMIT).is_some()
+            );
         }
         // The type cut at a space (PHP), and JSON wherever the header says so (Laravel).
         let mut form = OverrideScan::for_request(
             &http::Method::POST,
             &headers("application/x-www-form-urlencoded x"),
+            LIMIT,
         )
         .unwrap();
         assert!(form.feed(b"_method=DELETE&"));
         let mut json =
-            OverrideScan::for_request(&http::Method::POST, &headers("text/plain; x=/json"))
+            OverrideScan::for_request(&http::Method::POST, &headers("text/plain; x=/json"), LIMIT)
                 .unwrap();
         assert!(json.feed(br#"{"_method":"DELETE"}"#));
         for skipped in ["text/plain", "application/octet-stream", "application/xml"] {
-            assert!(OverrideScan::for_request(&http::Method::POST, &headers(skipped)).is_none());
+            assert!(
+                OverrideScan::for_request(&http::Method::POST, &headers(skipped), LIMIT).is_none()
+            );
         }
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// A compressed body's scan, for `encoding` and `content_type`.
+    fn compressed(encoding: &str, content_type: &str, limit: u64) -> OverrideScan {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        headers.append(header::CONTENT_ENCODING, encoding.parse().unwrap());
+        OverrideScan::for_request(&http::Method::POST, &headers, limit).expect("a scanned body")
+    }
+
+    /// Whether `body` overrides, fed whole and then split at every byte into two pieces.
+    fn compressed_overrides(encoding: &str, content_type: &str, body: &[u8]) -> bool {
+        let whole = {
+            let mut scan = compressed(encoding, content_type, LIMIT);
+            scan.feed(body) || scan.finish()
+        };
+        for at in 1..body.len() {
+            let mut scan = compressed(encoding, content_type, LIMIT);
+            let split = scan.feed(&body[..at]) || scan.feed(&body[at..]) || scan.finish();
+            assert_eq!(split, whole, "{encoding}, split at {at}");
+        }
+        whole
+    }
+
+    /// `_method` is read in a compressed body as a server that undoes the coding reads it —
+    /// gzip, zlib-wrapped or raw deflate, brotli, codings stacked — however the pieces fall;
+    /// a compressed body without one passes.
+    #[test]
+    fn a_method_field_in_a_compressed_body_is_found() {
+        const FORM: &str = "application/x-www-form-urlencoded";
+        let form = b"amount=100&currency=usd&_method=DELETE";
+        let plain = b"amount=100&currency=usd&description=gzip";
+        let deflate = |data: &[u8], zlib: bool| {
+            let mut out = Vec::new();
+            if zlib {
+                let mut encoder =
+                    flate2::write::ZlibEncoder::new(&mut out, flate2::Compression::fast());
+                encoder.write_all(data).unwrap();
+                encoder.finish().unwrap();
+            } else {
+                let mut encoder =
+                    flate2::write::DeflateEncoder::new(&mut out, flate2::Compression::fast());
+                encoder.write_all(data).unwrap();
+                encoder.finish().unwrap();
+            }
+            out
+        };
+        let brotli = |data: &[u8]| {
+            let mut out = Vec::new();
+            let mut encoder = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+            encoder.write_all(data).unwrap();
+            drop(encoder);
+            out
+        };
+        for (encoding, overriding, harmless) in [
+            ("gzip", gzip(form), gzip(plain)),
+            ("x-gzip", gzip(form), gzip(plain)),
+            ("deflate", deflate(form, true), deflate(plain, true)),
+            ("deflate", deflate(form, false), deflate(plain, false)),
+            ("br", brotli(form), brotli(plain)),
+            ("gzip, br", brotli(&gzip(form)), brotli(&gzip(plain))),
+            ("identity, gzip", gzip(form), gzip(plain)),
+        ] {
+            assert!(
+                compressed_overrides(encoding, FORM, &overriding),
+                "{encoding}"
+            );
+            assert!(
+                !compressed_overrides(encoding, FORM, &harmless),
+                "{encoding}"
+            );
+        }
+        // JSON and multipart are read decoded too.
+        let json = gzip(br#"{"amount":1,"_method":"DELETE"}"#);
+        assert!(compressed_overrides("gzip", "application/json", &json));
+        let multipart = gzip(
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+        );
+        assert!(compressed_overrides(
+            "gzip",
+            "multipart/form-data; boundary=XyZ",
+            &multipart
+        ));
+        let harmless_json = gzip(br#"{"amount":1,"description":"_method DELETE"}"#);
+        assert!(!compressed_overrides(
+            "gzip",
+            "application/json",
+            &harmless_json
+        ));
+        // (Compressed: stored in the clear, as gzip stores what it cannot shrink, its bytes as
+        // sent would be read as multipart too, and refused for the binary after its end.)
+        let part = "--XyZ\r\nContent-Disposition: form-data; name=\"amount\"\r\n\r\n100\r\n";
+        let harmless_multipart = gzip(format!("{}--XyZ--\r\n", part.repeat(8)).as_bytes());
+        assert!(!compressed_overrides(
+            "gzip",
+            "multipart/form-data; boundary=XyZ",
+            &harmless_multipart
+        ));
+        // Two `Content-Encoding` lines are one list: gzip applied twice.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, FORM.parse().unwrap());
+        headers.append(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        headers.append(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        let mut scan = OverrideScan::for_request(&http::Method::POST, &headers, LIMIT).unwrap();
+        let twice = gzip(&gzip(form));
+        assert!(scan.feed(&twice) || scan.finish());
+    }
+
+    /// A compressed body whose `_method` cannot be told is refused: a coding Postern cannot
+    /// undo, data not valid for its coding, a stream cut short, or more decoded than the limit
+    /// (a compression bomb is refused once it passes the limit, not read to its end).
+    #[test]
+    fn a_compressed_body_that_cannot_be_read_is_refused() {
+        const FORM: &str = "application/x-www-form-urlencoded";
+        let plain = gzip(b"amount=100&currency=usd");
+        for unknown in ["zstd", "compress", "gzip, zstd"] {
+            let mut scan = compressed(unknown, FORM, LIMIT);
+            assert!(scan.feed(&plain) || scan.finish(), "{unknown}");
+            // Even an empty body: what it stands for cannot be told.
+            assert!(
+                compressed(unknown, FORM, LIMIT).finish(),
+                "{unknown}, empty"
+            );
+        }
+        assert!(compressed_overrides(
+            "gzip",
+            FORM,
+            b"amount=100 is not gzip"
+        ));
+        assert!(compressed_overrides(
+            "br",
+            FORM,
+            b"amount=100 is not brotli"
+        ));
+        assert!(compressed_overrides(
+            "gzip",
+            FORM,
+            &plain[..plain.len() - 6]
+        ));
+        let bomb = gzip(&vec![b'a'; 4 * 1024 * 1024]);
+        let mut scan = compressed("gzip", FORM, LIMIT);
+        assert!(
+            bomb.chunks(1024).any(|piece| scan.feed(piece)),
+            "refused while it streams"
+        );
+        let mut under = compressed("gzip", FORM, 8 * 1024 * 1024);
+        assert!(
+            !(under.feed(&bomb) || under.finish()),
+            "within a larger limit"
+        );
     }
 }

@@ -359,7 +359,11 @@ fn pipeline<'a>(
                     context.request_body.clone(),
                     caller_token.as_deref(),
                 );
-                if let Some(scan) = OverrideScan::for_request(request.method(), request.headers()) {
+                if let Some(scan) = OverrideScan::for_request(
+                    request.method(),
+                    request.headers(),
+                    integration.config.max_request_body_bytes,
+                ) {
                     body = body.refusing_method_overrides(scan);
                 }
                 (body, None)

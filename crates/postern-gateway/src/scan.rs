@@ -92,7 +92,7 @@ pub async fn scan_request(
     let overrides = context
         .method
         .as_ref()
-        .and_then(|method| OverrideScan::for_request(method, headers));
+        .and_then(|method| OverrideScan::for_request(method, headers, limit));
     let mut summary = ScanSummary::default();
     if !complete {
         summary.unscanned = Some("body larger than scan_max_body_bytes");
@@ -165,7 +165,7 @@ struct Classified {
 /// list, and a server may read them so): a second `Content-Encoding: gzip` line is a coding to
 /// decode. A value that is not text reads as a coding no one knows, so the body is left
 /// unscanned (and says so) rather than scanned as it stands.
-fn all_values<'a>(
+pub(crate) fn all_values<'a>(
     headers: &'a http::HeaderMap,
     name: &header::HeaderName,
 ) -> Option<std::borrow::Cow<'a, str>> {
