@@ -161,6 +161,16 @@ pub struct ForwardBody {
     held: Option<u8>,
     /// A method override was found: the next frame is the refusal.
     refused: bool,
+    /// A compressed body's decoding, read for the caller token as a vendor that undoes the
+    /// coding reads the body ([`ForwardBody::checking_decoded`]).
+    decoded: Option<Box<DecodedToken>>,
+}
+
+/// A compressed body's decoder, and the tail of what it decoded so far (a token split across
+/// decoded pieces is still found).
+struct DecodedToken {
+    decoder: postern_scan::StreamDecoder,
+    carry: Vec<u8>,
 }
 
 impl ForwardBody {
@@ -191,6 +201,7 @@ impl ForwardBody {
             overrides: None,
             held: None,
             refused: false,
+            decoded: None,
         }
     }
 
@@ -214,6 +225,82 @@ impl ForwardBody {
         self
     }
 
+    /// Reads this body decoded as well (`content_encoding` undone as it streams, to at most
+    /// `max_decoded` bytes) for the caller token: a vendor that undoes the coding would read
+    /// the token there. A frame whose decoding completes the token is refused before it is
+    /// sent. Data not valid for its coding is left to the vendor (which cannot decode it past
+    /// where Postern stopped); decoding past `max_decoded` refuses the body as too large.
+    /// `Err` if what was read ahead already holds the token or decodes past the limit.
+    pub fn checking_decoded(
+        &mut self,
+        content_encoding: &str,
+        max_decoded: u64,
+    ) -> Result<(), RequestBodyViolation> {
+        if self.token.is_none() || (self.inner.is_none() && self.buffered.is_none()) {
+            return Ok(());
+        }
+        let max = usize::try_from(max_decoded).unwrap_or(usize::MAX);
+        let Ok(Some(decoder)) = postern_scan::StreamDecoder::new(content_encoding, max) else {
+            // Nothing to undo, or a coding refused before the body is read (`415`).
+            return Ok(());
+        };
+        self.decoded = Some(Box::new(DecodedToken {
+            decoder,
+            carry: Vec::new(),
+        }));
+        // What was read ahead (`with_prefix`) is the body's start.
+        let ahead = self.buffered.clone().unwrap_or_default();
+        let carry = self.carry.clone();
+        let checked = self
+            .decoded_check(&ahead, false)
+            .and_then(|()| self.decoded_check(&carry, false));
+        if let Err(violation) = checked {
+            self.stop(violation);
+        }
+        checked
+    }
+
+    /// Feeds `data` (or, at `end`, nothing) to the decoding and looks for the caller token in
+    /// what it decodes.
+    fn decoded_check(&mut self, data: &[u8], end: bool) -> Result<(), RequestBodyViolation> {
+        let (Some(decoded), Some(finder)) = (self.decoded.as_deref_mut(), self.token.as_deref())
+        else {
+            return Ok(());
+        };
+        let keep = finder.needle().len() - 1;
+        let DecodedToken { decoder, carry } = decoded;
+        let mut found = false;
+        let mut look = |piece: &[u8]| {
+            if found {
+                return;
+            }
+            carry.extend_from_slice(piece);
+            found = finder.find(carry).is_some();
+            let cut = carry.len().saturating_sub(keep);
+            carry.drain(..cut);
+        };
+        let read = match end {
+            false => decoder.feed(data, &mut look),
+            true => decoder.finish(&mut look),
+        };
+        if found {
+            return Err(RequestBodyViolation::CallerToken);
+        }
+        match read {
+            Ok(()) => Ok(()),
+            Err(unscanned) => match unscanned.reason {
+                postern_scan::UnscannedReason::TooLarge { .. } => {
+                    Err(RequestBodyViolation::TooLarge)
+                }
+                // Not valid for its coding: a vendor that undoes it stops where Postern did.
+                _ => {
+                    self.decoded = None;
+                    Ok(())
+                }
+            },
+        }
+    }
+
     /// Whether what was read ahead already overrides the method: the body's first frame is the
     /// refusal, so nothing of it is sent.
     pub fn is_refused(&self) -> bool {
@@ -228,6 +315,7 @@ impl ForwardBody {
         self.carry.clear();
         self.held = None;
         self.overrides = None;
+        self.decoded = None;
     }
 
     /// With `overrides`, `send` less its last byte, after the byte held before (see `held`).
@@ -283,6 +371,7 @@ impl ForwardBody {
             overrides: None,
             held: None,
             refused: false,
+            decoded: None,
         }
     }
 
@@ -339,6 +428,9 @@ impl ForwardBody {
                         this.stop(RequestBodyViolation::MethodOverride);
                         return Poll::Ready(Some(Err(BodyError::MethodOverride)));
                     }
+                    if let Err(violation) = this.decoded_check(&data, false) {
+                        return Poll::Ready(Some(Err(Self::refuse(this, violation))));
+                    }
                     return match this.release(&data) {
                         Ok(send) => Poll::Ready(Some(Ok(Frame::data(this.hold_last(send))))),
                         Err(()) => {
@@ -349,6 +441,15 @@ impl ForwardBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
+        }
+    }
+
+    /// Stops the body for a violation its decoding found, and the error that ends it.
+    fn refuse(this: &mut Self, violation: RequestBodyViolation) -> BodyError {
+        this.stop(violation);
+        match violation {
+            RequestBodyViolation::TooLarge => BodyError::RequestTooLarge(this.limit),
+            _ => BodyError::CallerTokenInBody,
         }
     }
 
@@ -365,6 +466,10 @@ impl ForwardBody {
                 return Some(Err(BodyError::MethodOverride));
             }
         }
+        if let Err(violation) = this.decoded_check(&[], true) {
+            return Some(Err(Self::refuse(this, violation)));
+        }
+        this.decoded = None;
         let mut rest: Vec<u8> = this.held.take().into_iter().collect();
         rest.append(&mut this.carry);
         (!rest.is_empty()).then(|| Ok(Frame::data(Bytes::from(rest))))
@@ -806,6 +911,79 @@ mod tests {
                 Some(Err(error)) => return (Err(error), sent),
             }
         }
+    }
+
+    /// A compressed body is read decoded for the caller token: found however the compressed
+    /// bytes fall between what was read ahead and the stream, and refused at the frame that
+    /// completes it (the vendor never has the whole body); a body without it passes as sent;
+    /// one that decodes past the limit is refused as too large.
+    #[tokio::test]
+    async fn a_compressed_body_is_read_decoded_for_the_caller_token() {
+        use std::io::Write as _;
+        let state = || Arc::new(RequestBodyState::default());
+        let gzip = |data: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        };
+        let token: &[u8] = b"pst_0123456789abcdefghij";
+        let mut text = b"a=".to_vec();
+        text.extend((0..3000u32).flat_map(|n| n.to_string().into_bytes()));
+        let harmless = gzip(&text);
+        text.extend_from_slice(token);
+        text.extend_from_slice(b"&b=1");
+        let compressed = gzip(&text);
+        let mut found_ahead = 0;
+        for split in [1, compressed.len() / 2, compressed.len() - 1] {
+            let ahead = Bytes::copy_from_slice(&compressed[..split]);
+            let rest = CallerBody::Read(Some(Bytes::copy_from_slice(&compressed[split..])));
+            let shared = state();
+            let mut body =
+                ForwardBody::with_prefix(ahead, rest, 1 << 20, shared.clone(), Some(token));
+            if let Err(violation) = body.checking_decoded("gzip", 1 << 20) {
+                assert_eq!(
+                    violation,
+                    RequestBodyViolation::CallerToken,
+                    "split at {split}"
+                );
+                found_ahead += 1;
+                continue;
+            }
+            let (result, sent) = forwarded(body).await;
+            assert!(
+                matches!(result, Err(BodyError::CallerTokenInBody)),
+                "split at {split}: {result:?}"
+            );
+            assert!(sent.len() < compressed.len(), "the whole body was sent");
+            assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
+        }
+        assert_eq!(
+            found_ahead, 1,
+            "only the split past the token finds it ahead"
+        );
+        let mut clean = ForwardBody::new(
+            CallerBody::Read(Some(Bytes::from(harmless.clone()))),
+            1 << 20,
+            state(),
+            Some(token),
+        );
+        clean.checking_decoded("gzip", 1 << 20).unwrap();
+        let (result, _) = forwarded(clean).await;
+        assert_eq!(result.unwrap(), harmless);
+        let shared = state();
+        let mut bomb = ForwardBody::new(
+            CallerBody::Read(Some(Bytes::from(gzip(&vec![b'a'; 200_000])))),
+            1 << 20,
+            shared.clone(),
+            Some(token),
+        );
+        bomb.checking_decoded("gzip", 100_000).unwrap();
+        let (result, _) = forwarded(bomb).await;
+        assert!(
+            matches!(result, Err(BodyError::RequestTooLarge(_))),
+            "{result:?}"
+        );
+        assert_eq!(shared.violation(), RequestBodyViolation::TooLarge);
     }
 
     /// The body streams as it came, but its last byte waits for the end of the body: a field

@@ -351,6 +351,10 @@ fn pipeline<'a>(
             context.places = places;
         }
         let body = std::mem::replace(request.body_mut(), CallerBody::empty());
+        let encoding = match body.is_end_stream() {
+            true => None,
+            false => body_encoding(request.headers())?,
+        };
         let (body, scan) = match &integration.config.data_classes {
             None => {
                 let mut body = ForwardBody::new(
@@ -359,6 +363,11 @@ fn pipeline<'a>(
                     context.request_body.clone(),
                     caller_token.as_deref(),
                 );
+                if let Some(encoding) = &encoding {
+                    let max = integration.config.max_request_body_bytes;
+                    // Nothing is read ahead here: the check starts with the first frame.
+                    let _ = body.checking_decoded(encoding, max);
+                }
                 if let Some(scan) = OverrideScan::for_request(
                     request.method(),
                     request.headers(),
@@ -567,6 +576,39 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
         ));
     }
     Ok(crate::h1::parse_length(length.as_bytes()))
+}
+
+/// A request body's `Content-Encoding` (all its lines as one list), when it names a coding to
+/// undo. Postern reads every body it forwards — for the caller's token, a `_method` field, data
+/// classes — as a vendor that undoes the coding would, so a coding it cannot undo is refused
+/// before anything is sent: `415` (RFC 9110 §15.5.16).
+fn body_encoding(headers: &HeaderMap) -> Result<Option<String>, CallError> {
+    let Some(encoding) = crate::scan::all_values(headers, &header::CONTENT_ENCODING) else {
+        return Ok(None);
+    };
+    if let Err(unscanned) = postern_scan::StreamDecoder::check(&encoding) {
+        // Named when it is a plausible coding name; the caller's own text otherwise stays out.
+        let coding = match unscanned.reason {
+            postern_scan::UnscannedReason::UnsupportedEncoding { encoding }
+                if encoding.len() <= 24
+                    && encoding
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) =>
+            {
+                encoding
+            }
+            _ => "(not a coding name)".to_owned(),
+        };
+        return Err(CallError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_encoding",
+            format!(
+                "the request body's Content-Encoding `{}` cannot be read by Postern, which checks every body it forwards (for the caller token, a _method field, data classes); send the body uncompressed, or as gzip, deflate or br",
+                coding
+            ),
+        ));
+    }
+    Ok(Some(encoding.into_owned()))
 }
 
 /// The `Cookie` fields of `headers` as one, joined by "; ".

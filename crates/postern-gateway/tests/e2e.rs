@@ -2764,6 +2764,76 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "caller_token_in_body");
+    // In a compressed body (a vendor that undoes the coding would read it): refused, whether
+    // sent whole or streamed in pieces that split the compressed bytes anywhere; the vendor never
+    // has the whole body. A coding Postern cannot undo is refused before anything is sent.
+    let compressed = |encoding: &str, data: &[u8]| -> Vec<u8> {
+        use std::io::Write as _;
+        match encoding {
+            "gzip" => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            _ => {
+                let mut e =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+        }
+    };
+    let padding = "amount=100&description=".to_string() + &"lorem ipsum ".repeat(2000);
+    for encoding in ["gzip", "deflate"] {
+        let body = compressed(encoding, format!("{padding}{}&x=1", gw.token).as_bytes());
+        for pieces in [body.len(), 7] {
+            let seen = vendor.seen().len();
+            let chunks: Vec<Vec<u8>> = body.chunks(pieces).map(<[u8]>::to_vec).collect();
+            let response = client()
+                .post(format!("{}/stripe/v1/charges", gw.base))
+                .bearer_auth(&gw.token)
+                .header("content-encoding", encoding)
+                .body(reqwest::Body::wrap_stream(futures_stream(chunks)))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 400, "{encoding} in pieces of {pieces}");
+            let answer: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(answer["error"]["code"], "caller_token_in_body");
+            assert!(
+                vendor
+                    .seen()
+                    .iter()
+                    .skip(seen)
+                    .all(|request| request.body.len() < body.len()),
+                "the vendor got the whole {encoding} body"
+            );
+        }
+    }
+    let harmless = compressed("gzip", padding.as_bytes());
+    let response = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-encoding", "gzip")
+        .body(harmless.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(vendor.last().body, harmless, "forwarded as sent");
+    let seen = vendor.seen().len();
+    let response = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-encoding", "zstd")
+        .body("anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "unsupported_content_encoding");
+    assert_eq!(vendor.seen().len(), seen, "nothing reached the vendor");
     // In a trailer of a chunked upload: the body goes (to an h2 vendor), the trailers never.
     let raw = raw_request(
         gw.running().listen_addr,
@@ -3442,15 +3512,25 @@ async fn a_form_body_overriding_the_method_is_refused() {
     let fine = post_encoded("gzip", harmless.clone()).await.unwrap();
     assert_eq!(fine.status(), 200);
     assert_eq!(vendor.last().body, harmless, "forwarded as sent");
-    for (encoding, body) in [
-        ("gzip", gzip(b"amount=100&_method=DELETE")),
-        ("zstd", harmless.clone()),
+    for (encoding, body, status, code) in [
+        (
+            "gzip",
+            gzip(b"amount=100&_method=DELETE"),
+            400,
+            "method_override_refused",
+        ),
+        (
+            "zstd",
+            harmless.clone(),
+            415,
+            "unsupported_content_encoding",
+        ),
     ] {
         let seen = vendor.seen().len();
         let refused = post_encoded(encoding, body.clone()).await.unwrap();
-        assert_eq!(refused.status(), 400, "{encoding}");
+        assert_eq!(refused.status(), status, "{encoding}");
         let answer: serde_json::Value = refused.json().await.unwrap();
-        assert_eq!(answer["error"]["code"], "method_override_refused");
+        assert_eq!(answer["error"]["code"], code);
         assert!(
             vendor
                 .seen()

@@ -145,6 +145,7 @@ impl StreamDecoder {
     /// `Ok(None)` when there is nothing to undo (no coding, or `identity`),
     /// `Err(UnsupportedEncoding)` for a coding other than gzip, x-gzip, deflate and br.
     pub fn new(content_encoding: &str, max_bytes: usize) -> Result<Option<Self>, Unscanned> {
+        Self::check(content_encoding)?;
         let mut stages = Vec::new();
         for coding in content_encoding.split(',').rev() {
             let coding = coding.trim().to_ascii_lowercase();
@@ -166,6 +167,23 @@ impl StreamDecoder {
             });
         }
         Ok((!stages.is_empty()).then_some(StreamDecoder { stages, max_bytes }))
+    }
+
+    /// Whether every coding `content_encoding` names can be undone (gzip, x-gzip, deflate, br;
+    /// `identity` and empty items are nothing to undo), without building a decoder.
+    pub fn check(content_encoding: &str) -> Result<(), Unscanned> {
+        for coding in content_encoding.split(',') {
+            let coding = coding.trim();
+            let known = ["", "identity", "gzip", "x-gzip", "deflate", "br"];
+            if !known.iter().any(|known| coding.eq_ignore_ascii_case(known)) {
+                return Err(Unscanned {
+                    reason: UnscannedReason::UnsupportedEncoding {
+                        encoding: coding.to_ascii_lowercase(),
+                    },
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Decodes the next piece of the body, handing what it decodes to `decoded` (perhaps in
