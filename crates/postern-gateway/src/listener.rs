@@ -469,13 +469,15 @@ impl Answers {
             // Checked again under the body's own lock, which every poll holds: a poll since the
             // check above either moved it or left hyper waiting on the vendor's waker, and
             // neither may be cut.
-            let mut body = answer.body();
-            if answer.moves.load(Ordering::Relaxed) != seen
-                || answer.waiting.load(Ordering::Relaxed)
-            {
-                continue;
-            }
-            let body = body.take();
+            let body = {
+                let mut body = answer.body();
+                if answer.moves.load(Ordering::Relaxed) != seen
+                    || answer.waiting.load(Ordering::Relaxed)
+                {
+                    continue;
+                }
+                body.take()
+            };
             // Ended outside the lock (ending records the call).
             if let Some(body) = body {
                 tracing::debug!("cutting an answer its caller took none of for the idle limit");
@@ -562,7 +564,9 @@ impl http_body::Body for Answer {
 impl Drop for Answer {
     fn drop(&mut self) {
         if let AnswerBody::Watched(watched) = &self.body {
-            if self.in_flight.idled_out() {
+            // Not one waiting on its vendor (its connection may have died of another stream's
+            // stalled write): that wait is the vendor's, not the caller's.
+            if self.in_flight.idled_out() && self.waiting.is_none() {
                 let body = watched.body().take();
                 if let Some(body) = body {
                     body.abandon("caller_stalled");

@@ -580,8 +580,9 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
 
 /// A request body's `Content-Encoding` (all its lines as one list), when it names a coding to
 /// undo. Postern reads every body it forwards — for the caller's token, a `_method` field, data
-/// classes — as a vendor that undoes the coding would, so a coding it cannot undo is refused
-/// before anything is sent: `415` (RFC 9110 §15.5.16).
+/// classes — as a vendor that undoes the coding would, so a coding it cannot undo (anything but
+/// one `gzip` or `deflate`: `br`, codings stacked, unknown ones) is refused before anything is
+/// sent: `415` (RFC 9110 §15.5.16).
 fn body_encoding(headers: &HeaderMap) -> Result<Option<String>, CallError> {
     let Some(encoding) = crate::scan::all_values(headers, &header::CONTENT_ENCODING) else {
         return Ok(None);
@@ -590,10 +591,10 @@ fn body_encoding(headers: &HeaderMap) -> Result<Option<String>, CallError> {
         // Named when it is a plausible coding name; the caller's own text otherwise stays out.
         let coding = match unscanned.reason {
             postern_scan::UnscannedReason::UnsupportedEncoding { encoding }
-                if encoding.len() <= 24
+                if encoding.len() <= 40
                     && encoding
                         .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) =>
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._, ".contains(&b)) =>
             {
                 encoding
             }
@@ -603,7 +604,7 @@ fn body_encoding(headers: &HeaderMap) -> Result<Option<String>, CallError> {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_content_encoding",
             format!(
-                "the request body's Content-Encoding `{}` cannot be read by Postern, which checks every body it forwards (for the caller token, a _method field, data classes); send the body uncompressed, or as gzip, deflate or br",
+                "the request body's Content-Encoding `{}` cannot be read by Postern, which checks every body it forwards (for the caller token, a _method field, data classes) as a vendor that undoes the coding would; send the body uncompressed, or in one coding, gzip or deflate",
                 coding
             ),
         ));

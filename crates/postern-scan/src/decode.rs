@@ -97,32 +97,55 @@ fn decode_one(body: &[u8], coding: &str, max_bytes: usize) -> Result<Vec<u8>, Un
     Ok(output)
 }
 
-/// Undoes a body's `Content-Encoding` as its pieces come (codings undone last first, as
-/// [`decode_for_scan`] does), for readers that look at a body while it streams and hold none of
-/// it. Its decoded bytes are handed on piece by piece; decoding past `max_bytes` in all, data
-/// that is not valid for its coding, or a body that ends mid-stream is an [`Unscanned`].
+/// Undoes a request body's `Content-Encoding` as its pieces come, for readers that look at a
+/// body while it streams and hold none of it. One coding only — `gzip` (`x-gzip`) or `deflate`
+/// (zlib-wrapped as RFC 9110 names it, or raw as some clients send it); `identity` items are
+/// nothing to undo. Codings stacked are refused, since a server may undo some of them and not
+/// the others (each layer in between would have to be read as well); `br` is refused, since
+/// its decoder's window is up to 16 MiB per body whatever the body's size.
+///
+/// Its decoded bytes are handed on piece by piece, at most some 160 KiB at a time (the
+/// input is fed in small steps, so a compression bomb never fills memory at once). Decoding past
+/// `max_bytes` in all, data not valid for its coding, a body that ends mid-stream, or a
+/// `deflate` body that is valid both as zlib and as raw DEFLATE is an [`Unscanned`].
 pub struct StreamDecoder {
-    /// The codings to undo, in the order they are undone (the last applied first).
-    stages: Vec<Stage>,
-    max_bytes: usize,
+    stage: Stage,
+    /// Whether any byte was fed: a body with none is nothing to decode.
+    fed: bool,
 }
+
+/// The most decoded bytes one step hands on: what [`INPUT_STEP`] bytes of input can become
+/// (DEFLATE's most is 258 bytes per bit) plus the decoder's own buffer.
+#[cfg(test)]
+const MAX_STEP_OUTPUT: usize = INPUT_STEP * 258 * 8 + 32 * 1024;
+
+/// The input fed to the decoder at a time.
+const INPUT_STEP: usize = 64;
 
 enum Stage {
     Gzip(flate2::write::MultiGzDecoder<Capped>),
     Zlib(flate2::write::ZlibDecoder<Capped>),
     Deflate(flate2::write::DeflateDecoder<Capped>),
-    Brotli(Box<brotli::DecompressorWriter<Capped>>),
-    /// `deflate`, before its first two bytes tell a zlib stream (as RFC 9110 names it) from raw
-    /// DEFLATE (as some clients send it): they are held until then.
-    Sniffing(Vec<u8>),
+    /// `deflate`, until its first five bytes tell a zlib stream from raw DEFLATE: held until
+    /// then.
+    Sniffing(Vec<u8>, usize),
 }
 
-/// A stage's decoded output, taken after each write; refuses to grow past the cap, so one
-/// small piece of a compression bomb cannot fill memory before the cap is checked.
+/// A decoder's output since it was last taken; refuses to grow past the cap.
 struct Capped {
     out: Vec<u8>,
     total: usize,
     max_bytes: usize,
+}
+
+impl Capped {
+    fn new(max_bytes: usize) -> Self {
+        Capped {
+            out: Vec::new(),
+            total: 0,
+            max_bytes,
+        }
+    }
 }
 
 impl std::io::Write for Capped {
@@ -143,107 +166,126 @@ impl std::io::Write for Capped {
 impl StreamDecoder {
     /// The decoder for `content_encoding` (one header's list, or several lines joined with `,`):
     /// `Ok(None)` when there is nothing to undo (no coding, or `identity`),
-    /// `Err(UnsupportedEncoding)` for a coding other than gzip, x-gzip, deflate and br.
+    /// `Err(UnsupportedEncoding)` for anything [`StreamDecoder::check`] refuses.
     pub fn new(content_encoding: &str, max_bytes: usize) -> Result<Option<Self>, Unscanned> {
-        Self::check(content_encoding)?;
-        let mut stages = Vec::new();
-        for coding in content_encoding.split(',').rev() {
-            let coding = coding.trim().to_ascii_lowercase();
-            let capped = Capped {
-                out: Vec::new(),
-                total: 0,
-                max_bytes,
-            };
-            stages.push(match coding.as_str() {
-                "" | "identity" => continue,
-                "gzip" | "x-gzip" => Stage::Gzip(flate2::write::MultiGzDecoder::new(capped)),
-                "deflate" => Stage::Sniffing(Vec::new()),
-                "br" => Stage::Brotli(Box::new(brotli::DecompressorWriter::new(capped, 4096))),
-                _ => {
-                    return Err(Unscanned {
-                        reason: UnscannedReason::UnsupportedEncoding { encoding: coding },
-                    })
-                }
-            });
-        }
-        Ok((!stages.is_empty()).then_some(StreamDecoder { stages, max_bytes }))
+        let Some(coding) = Self::check(content_encoding)? else {
+            return Ok(None);
+        };
+        let stage = match coding {
+            Coding::Gzip => Stage::Gzip(flate2::write::MultiGzDecoder::new(Capped::new(max_bytes))),
+            Coding::Deflate => Stage::Sniffing(Vec::new(), max_bytes),
+        };
+        Ok(Some(StreamDecoder { stage, fed: false }))
     }
 
-    /// Whether every coding `content_encoding` names can be undone (gzip, x-gzip, deflate, br;
-    /// `identity` and empty items are nothing to undo), without building a decoder.
-    pub fn check(content_encoding: &str) -> Result<(), Unscanned> {
+    /// The one coding `content_encoding` names to undo (`None`: nothing to undo), without
+    /// building a decoder; `UnsupportedEncoding` (naming the header's text) for a coding other
+    /// than gzip, x-gzip and deflate, or for more than one.
+    pub fn check(content_encoding: &str) -> Result<Option<Coding>, Unscanned> {
+        let refused = |encoding: &str| Unscanned {
+            reason: UnscannedReason::UnsupportedEncoding {
+                encoding: encoding.trim().to_ascii_lowercase(),
+            },
+        };
+        let mut found = None;
         for coding in content_encoding.split(',') {
             let coding = coding.trim();
-            let known = ["", "identity", "gzip", "x-gzip", "deflate", "br"];
-            if !known.iter().any(|known| coding.eq_ignore_ascii_case(known)) {
-                return Err(Unscanned {
-                    reason: UnscannedReason::UnsupportedEncoding {
-                        encoding: coding.to_ascii_lowercase(),
-                    },
-                });
+            let this = if coding.is_empty() || coding.eq_ignore_ascii_case("identity") {
+                continue;
+            } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                Coding::Gzip
+            } else if coding.eq_ignore_ascii_case("deflate") {
+                Coding::Deflate
+            } else {
+                return Err(refused(coding));
+            };
+            if found.replace(this).is_some() {
+                return Err(refused(content_encoding));
             }
         }
-        Ok(())
+        Ok(found)
     }
 
     /// Decodes the next piece of the body, handing what it decodes to `decoded` (perhaps in
     /// several pieces, perhaps none yet).
     pub fn feed(&mut self, data: &[u8], decoded: &mut dyn FnMut(&[u8])) -> Result<(), Unscanned> {
-        self.pass(0, data, false, decoded)
-    }
-
-    /// The body ended: what the decoders still hold is handed on; a stream cut short is
-    /// `Corrupt`.
-    pub fn finish(&mut self, decoded: &mut dyn FnMut(&[u8])) -> Result<(), Unscanned> {
-        self.pass(0, &[], true, decoded)
-    }
-
-    /// `data` into stage `at` (and its output on through the stages after it), then, at the
-    /// end, each stage finished in turn.
-    fn pass(
-        &mut self,
-        at: usize,
-        data: &[u8],
-        end: bool,
-        decoded: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), Unscanned> {
-        let max_bytes = self.max_bytes;
-        let Some(stage) = self.stages.get_mut(at) else {
-            if !data.is_empty() {
-                decoded(data);
+        self.fed |= !data.is_empty();
+        for step in data.chunks(INPUT_STEP) {
+            let out = self.stage.write(step, false)?;
+            if !out.is_empty() {
+                decoded(&out);
             }
-            return Ok(());
-        };
-        let out = stage.write(data, end, max_bytes)?;
-        self.pass(at + 1, &out, end, decoded)
+        }
+        Ok(())
     }
+
+    /// The body ended: what the decoder still holds is handed on; a stream cut short is
+    /// `Corrupt`. A body with no bytes at all is nothing to decode.
+    pub fn finish(&mut self, decoded: &mut dyn FnMut(&[u8])) -> Result<(), Unscanned> {
+        if !self.fed {
+            return Ok(());
+        }
+        let out = self.stage.write(&[], true)?;
+        if !out.is_empty() {
+            decoded(&out);
+        }
+        Ok(())
+    }
+}
+
+/// A coding [`StreamDecoder`] undoes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    Gzip,
+    Deflate,
+}
+
+/// Whether `head` (a `deflate` body's first bytes, at least 5) is also a raw DEFLATE stored
+/// block: its header's padding, then a length and its complement. A zlib header whose method is
+/// 8 always reads as a stored block's first byte, so such a body could be read both ways.
+fn also_stored_block(head: &[u8]) -> bool {
+    head.len() >= 5
+        && head[0] & 0b110 == 0
+        && u16::from_le_bytes([head[1], head[2]]) == !u16::from_le_bytes([head[3], head[4]])
 }
 
 impl Stage {
     /// Writes `data` (and finishes the stream at `end`), returning what it decoded.
-    fn write(&mut self, data: &[u8], end: bool, max_bytes: usize) -> Result<Vec<u8>, Unscanned> {
-        if let Stage::Sniffing(held) = self {
+    fn write(&mut self, data: &[u8], end: bool) -> Result<Vec<u8>, Unscanned> {
+        if let Stage::Sniffing(held, max_bytes) = self {
             held.extend_from_slice(data);
-            if held.len() < 2 && !end {
+            if held.len() < 5 && !end {
                 return Ok(Vec::new());
             }
             let held = std::mem::take(held);
-            let capped = Capped {
-                out: Vec::new(),
-                total: 0,
-                max_bytes,
-            };
+            let capped = Capped::new(*max_bytes);
             // A zlib header: compression method 8, window ≤ 32 KiB, check bits (RFC 1950).
             let zlib = held.len() >= 2
                 && held[0] & 0x0f == 8
                 && held[0] >> 4 <= 7
                 && u16::from_be_bytes([held[0], held[1]]) % 31 == 0;
+            if zlib && also_stored_block(&held) {
+                // Valid both ways, and different text each way: what a server reads cannot be
+                // told.
+                return Err(Unscanned {
+                    reason: UnscannedReason::Corrupt {
+                        encoding: "deflate".to_owned(),
+                    },
+                });
+            }
             *self = if zlib {
                 Stage::Zlib(flate2::write::ZlibDecoder::new(capped))
             } else {
                 Stage::Deflate(flate2::write::DeflateDecoder::new(capped))
             };
-            return self.write(&held, end, max_bytes);
+            let mut out = Vec::new();
+            for step in held.chunks(INPUT_STEP) {
+                out.extend(self.write(step, false)?);
+            }
+            if end {
+                out.extend(self.write(&[], true)?);
+            }
+            return Ok(out);
         }
         let (encoding, result, capped) = match self {
             Stage::Gzip(decoder) => (
@@ -261,16 +303,13 @@ impl Stage {
                 write_then(decoder, data, end, |d| d.try_finish()),
                 decoder.get_mut(),
             ),
-            Stage::Brotli(decoder) => (
-                "br",
-                write_then(&mut **decoder, data, end, |d| d.close()),
-                decoder.get_mut(),
-            ),
             Stage::Sniffing(..) => unreachable!("replaced above"),
         };
         if result.is_err() {
             let reason = if capped.total > capped.max_bytes {
-                UnscannedReason::TooLarge { max_bytes }
+                UnscannedReason::TooLarge {
+                    max_bytes: capped.max_bytes,
+                }
             } else {
                 UnscannedReason::Corrupt {
                     encoding: encoding.to_owned(),
@@ -311,25 +350,34 @@ mod tests {
     ) -> Result<Vec<u8>, Unscanned> {
         let mut decoder = StreamDecoder::new(encoding, max)?.expect("a coding to undo");
         let mut out = Vec::new();
+        let mut hand = |decoded: &[u8]| {
+            assert!(
+                decoded.len() <= MAX_STEP_OUTPUT,
+                "{} bytes at once",
+                decoded.len()
+            );
+            out.extend_from_slice(decoded);
+        };
         for piece in body.chunks(pieces.max(1)) {
-            decoder.feed(piece, &mut |decoded| out.extend_from_slice(decoded))?;
+            decoder.feed(piece, &mut hand)?;
         }
-        decoder.finish(&mut |decoded| out.extend_from_slice(decoded))?;
+        decoder.finish(&mut hand)?;
         Ok(out)
     }
 
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
     /// Streamed, in pieces of any size, a body decodes to what [`decode_for_scan`] makes of it
-    /// whole, for every coding and for codings stacked.
+    /// whole; a bomb is refused at the cap, handed on in bounded steps until then.
     #[test]
     fn a_stream_decodes_as_the_whole_body_does() {
         let text: Vec<u8> = (0..20_000u32)
             .flat_map(|n| format!("{n},").into_bytes())
             .collect();
-        let gzip = |data: &[u8]| {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(data).unwrap();
-            e.finish().unwrap()
-        };
         let zlib = {
             let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
             e.write_all(&text).unwrap();
@@ -340,19 +388,18 @@ mod tests {
             e.write_all(&text).unwrap();
             e.finish().unwrap()
         };
-        let brotli = |data: &[u8]| {
-            let mut out = Vec::new();
-            let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
-            e.write_all(data).unwrap();
-            drop(e);
-            out
+        let stored = {
+            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::none());
+            e.write_all(&text).unwrap();
+            e.finish().unwrap()
         };
         for (encoding, body) in [
             ("gzip", gzip(&text)),
+            ("x-gzip", gzip(&text)),
             ("deflate", zlib),
             ("Deflate", raw),
-            ("br", brotli(&text)),
-            ("gzip, br", brotli(&gzip(&text))),
+            ("deflate", stored),
+            ("identity, gzip", gzip(&text)),
         ] {
             let whole = decode_for_scan(&body, Some(encoding), 1 << 24).unwrap();
             assert_eq!(&*whole, &text[..], "{encoding}");
@@ -360,7 +407,6 @@ mod tests {
                 let out = streamed(encoding, &body, pieces, 1 << 24).unwrap();
                 assert!(out == text, "{encoding} in pieces of {pieces}");
             }
-            // Decoded past the cap: refused, whatever the pieces.
             for pieces in [1, 1000] {
                 let error = streamed(encoding, &body, pieces, text.len() - 1).unwrap_err();
                 assert!(
@@ -369,15 +415,68 @@ mod tests {
                 );
             }
         }
+        let bomb = gzip(&vec![0; 64 << 20]);
+        let error = streamed("gzip", &bomb, bomb.len(), 8 << 20).unwrap_err();
+        assert!(matches!(error.reason, UnscannedReason::TooLarge { .. }));
+        assert_eq!(
+            streamed("gzip", &bomb, 4096, 64 << 20).unwrap().len(),
+            64 << 20
+        );
+    }
+
+    /// What a server may read in ways Postern cannot follow is refused: codings stacked (a
+    /// server may undo some and not others), `br`, unknown codings, data not valid for its
+    /// coding or cut short, and a `deflate` body valid both as zlib and as raw DEFLATE. A body
+    /// with no bytes is nothing to decode.
+    #[test]
+    fn what_cannot_be_read_one_way_is_refused() {
         assert!(StreamDecoder::new("identity", 10).unwrap().is_none());
         assert!(StreamDecoder::new("", 10).unwrap().is_none());
-        let unknown = StreamDecoder::new("gzip, zstd", 10).err().unwrap();
-        assert!(matches!(
-            unknown.reason,
-            UnscannedReason::UnsupportedEncoding { .. }
-        ));
+        for refused in [
+            "gzip, gzip",
+            "gzip, deflate",
+            "br",
+            "zstd",
+            "gzip, zstd",
+            "compress",
+        ] {
+            let error = StreamDecoder::new(refused, 10).err().expect(refused);
+            assert!(
+                matches!(error.reason, UnscannedReason::UnsupportedEncoding { .. }),
+                "{refused}"
+            );
+        }
+        let text = b"amount=100&currency=usd".repeat(100);
         let cut = gzip(&text);
         let error = streamed("gzip", &cut[..cut.len() / 2], 100, 1 << 24).unwrap_err();
         assert!(matches!(error.reason, UnscannedReason::Corrupt { .. }));
+        let error = streamed("gzip", b"not gzip at all", 100, 1 << 24).unwrap_err();
+        assert!(matches!(error.reason, UnscannedReason::Corrupt { .. }));
+        // A zlib header (0x78 0x01) that is also a stored block of 0x??01 bytes: the next two
+        // bytes are its length's complement.
+        // Refused at its fifth byte, before any decoding (a zlib decoder alone would wait for
+        // more), however it arrives.
+        let ambiguous = [0x78, 0x01, 0x00, 0xfe, 0xff];
+        for pieces in [1, 5] {
+            let mut decoder = StreamDecoder::new("deflate", 1 << 24).unwrap().unwrap();
+            let fed = ambiguous
+                .chunks(pieces)
+                .try_for_each(|piece| decoder.feed(piece, &mut |_| {}));
+            assert!(
+                matches!(
+                    fed,
+                    Err(Unscanned {
+                        reason: UnscannedReason::Corrupt { .. }
+                    })
+                ),
+                "{fed:?}"
+            );
+        }
+        let mut zlib_only = StreamDecoder::new("deflate", 1 << 24).unwrap().unwrap();
+        zlib_only
+            .feed(&[0x78, 0x01, 0x00, 0xfe, 0xfe], &mut |_| {})
+            .unwrap();
+        let mut empty = StreamDecoder::new("gzip", 10).unwrap().unwrap();
+        empty.finish(&mut |_| panic!("nothing decoded")).unwrap();
     }
 }
