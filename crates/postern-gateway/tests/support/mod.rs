@@ -897,3 +897,21 @@ pub async fn full_listener() -> (u16, tokio::net::TcpListener, Vec<tokio::net::T
     }
     (port, listener, queued)
 }
+
+/// `data` gzip-compressed.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// Whether none of the requests `vendor` received after its first `seen` carried a body of
+/// `len` bytes or more: the vendor never had the whole of a refused body.
+pub fn never_whole(vendor: &TestVendor, seen: usize, len: usize) -> bool {
+    vendor
+        .seen()
+        .iter()
+        .skip(seen)
+        .all(|request| request.body.len() < len)
+}
