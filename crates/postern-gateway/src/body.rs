@@ -33,6 +33,9 @@ pub enum RequestBodyViolation {
     Broken = 3,
     /// A body's `_method` field (form, multipart or JSON) names another method than the request's.
     MethodOverride = 4,
+    /// A compressed body is not valid for its coding (or, `deflate`, reads two ways): where the
+    /// caller's token stands in what a vendor decodes cannot be told.
+    Undecodable = 5,
 }
 
 /// Shared between the request body (written while streaming) and the handler (read after).
@@ -58,6 +61,7 @@ impl RequestBodyState {
             2 => RequestBodyViolation::CallerToken,
             3 => RequestBodyViolation::Broken,
             4 => RequestBodyViolation::MethodOverride,
+            5 => RequestBodyViolation::Undecodable,
             _ => RequestBodyViolation::None,
         }
     }
@@ -75,6 +79,8 @@ pub enum BodyError {
     CallerTokenInBody,
     #[error("the body's _method field names another method than the request's")]
     MethodOverride,
+    #[error("the compressed request body is not valid for its coding")]
+    RequestUndecodable,
     #[error("response body exceeds max_response_body_bytes ({0} bytes)")]
     ResponseTooLarge(u64),
     #[error("the vendor sent no body data for {0:?} (response_idle_timeout_ms)")]
@@ -167,10 +173,78 @@ pub struct ForwardBody {
 }
 
 /// A compressed body's decoder, and the tail of what it decoded so far (a token split across
-/// decoded pieces is still found).
+/// decoded pieces is still found), read for the caller's token.
 struct DecodedToken {
     decoder: postern_scan::StreamDecoder,
     carry: Vec<u8>,
+    token: memmem::Finder<'static>,
+}
+
+impl DecodedToken {
+    /// The reading of a body in `content_encoding` for `token`, decoding at most `max_decoded`
+    /// bytes; `None` when there is nothing to undo (or no token to look for).
+    fn new(content_encoding: &str, max_decoded: u64, token: &[u8]) -> Option<Self> {
+        if token.is_empty() {
+            return None;
+        }
+        let max = usize::try_from(max_decoded).unwrap_or(usize::MAX);
+        // A coding it cannot undo was refused before the body was read (`415`).
+        let decoder = postern_scan::StreamDecoder::new(content_encoding, max).ok()??;
+        Some(DecodedToken {
+            decoder,
+            carry: Vec::new(),
+            token: memmem::Finder::new(token).into_owned(),
+        })
+    }
+
+    /// Feeds `data` (or, at `end`, finishes the stream) and looks for the token in what it
+    /// decodes. Decoding past the limit is `TooLarge`; data not valid for its coding, or a
+    /// `deflate` body that reads two ways, `Undecodable` (vendors' decoders differ in what they
+    /// forgive, so one may read on past where Postern stopped).
+    fn check(&mut self, data: &[u8], end: bool) -> Result<(), RequestBodyViolation> {
+        let DecodedToken {
+            decoder,
+            carry,
+            token,
+        } = self;
+        let keep = token.needle().len() - 1;
+        let mut found = false;
+        let mut look = |piece: &[u8]| {
+            if found {
+                return;
+            }
+            carry.extend_from_slice(piece);
+            found = token.find(carry).is_some();
+            let cut = carry.len().saturating_sub(keep);
+            carry.drain(..cut);
+        };
+        let read = match end {
+            false => decoder.feed(data, &mut look),
+            true => decoder.finish(&mut look),
+        };
+        if found {
+            return Err(RequestBodyViolation::CallerToken);
+        }
+        read.map_err(|unscanned| match unscanned.reason {
+            postern_scan::UnscannedReason::TooLarge { .. } => RequestBodyViolation::TooLarge,
+            _ => RequestBodyViolation::Undecodable,
+        })
+    }
+}
+
+/// Whether `body`, read whole, holds `token` once `content_encoding` is undone (at most
+/// `max_decoded` bytes of it), as [`ForwardBody::checking_decoded`] reads a stream.
+pub fn check_decoded_whole(
+    body: &[u8],
+    content_encoding: &str,
+    max_decoded: u64,
+    token: &[u8],
+) -> Result<(), RequestBodyViolation> {
+    let Some(mut reading) = DecodedToken::new(content_encoding, max_decoded, token) else {
+        return Ok(());
+    };
+    reading.check(body, false)?;
+    reading.check(&[], true)
 }
 
 impl ForwardBody {
@@ -226,78 +300,45 @@ impl ForwardBody {
     }
 
     /// Reads this body decoded as well (`content_encoding` undone as it streams, to at most
-    /// `max_decoded` bytes) for the caller token: a vendor that undoes the coding would read
-    /// the token there. A frame whose decoding completes the token is refused before it is
-    /// sent. Data not valid for its coding is left to the vendor (which cannot decode it past
-    /// where Postern stopped); decoding past `max_decoded` refuses the body as too large.
-    /// `Err` if what was read ahead already holds the token or decodes past the limit.
+    /// `max_decoded` bytes) for `token`: a vendor that undoes the coding would read the token
+    /// there. A frame whose decoding completes the token is refused before it is sent; data not
+    /// valid for its coding, or decoding past `max_decoded`, refuses the body. `Err` if what was
+    /// read ahead (all of the body, when its stream has ended) already does.
     pub fn checking_decoded(
         &mut self,
         content_encoding: &str,
         max_decoded: u64,
+        token: &[u8],
     ) -> Result<(), RequestBodyViolation> {
-        if self.token.is_none() || (self.inner.is_none() && self.buffered.is_none()) {
+        if self.inner.is_none() && self.buffered.is_none() && self.carry.is_empty() {
             return Ok(());
         }
-        let max = usize::try_from(max_decoded).unwrap_or(usize::MAX);
-        let Ok(Some(decoder)) = postern_scan::StreamDecoder::new(content_encoding, max) else {
-            // Nothing to undo, or a coding refused before the body is read (`415`).
+        let Some(reading) = DecodedToken::new(content_encoding, max_decoded, token) else {
             return Ok(());
         };
-        self.decoded = Some(Box::new(DecodedToken {
-            decoder,
-            carry: Vec::new(),
-        }));
-        // What was read ahead (`with_prefix`) is the body's start.
+        self.decoded = Some(Box::new(reading));
+        // What was read ahead (`with_prefix`) is the body's start; with no stream after it, the
+        // whole body, read to its end now (nothing polls the body past its last frame).
         let ahead = self.buffered.clone().unwrap_or_default();
         let carry = self.carry.clone();
-        let checked = self
+        let mut checked = self
             .decoded_check(&ahead, false)
             .and_then(|()| self.decoded_check(&carry, false));
+        if checked.is_ok() && self.inner.is_none() {
+            checked = self.decoded_check(&[], true);
+            self.decoded = None;
+        }
         if let Err(violation) = checked {
             self.stop(violation);
         }
         checked
     }
 
-    /// Feeds `data` (or, at `end`, nothing) to the decoding and looks for the caller token in
-    /// what it decodes.
+    /// Feeds `data` (or, at `end`, nothing) to the decoded reading, if any.
     fn decoded_check(&mut self, data: &[u8], end: bool) -> Result<(), RequestBodyViolation> {
-        let (Some(decoded), Some(finder)) = (self.decoded.as_deref_mut(), self.token.as_deref())
-        else {
-            return Ok(());
-        };
-        let keep = finder.needle().len() - 1;
-        let DecodedToken { decoder, carry } = decoded;
-        let mut found = false;
-        let mut look = |piece: &[u8]| {
-            if found {
-                return;
-            }
-            carry.extend_from_slice(piece);
-            found = finder.find(carry).is_some();
-            let cut = carry.len().saturating_sub(keep);
-            carry.drain(..cut);
-        };
-        let read = match end {
-            false => decoder.feed(data, &mut look),
-            true => decoder.finish(&mut look),
-        };
-        if found {
-            return Err(RequestBodyViolation::CallerToken);
-        }
-        match read {
-            Ok(()) => Ok(()),
-            Err(unscanned) => match unscanned.reason {
-                postern_scan::UnscannedReason::TooLarge { .. } => {
-                    Err(RequestBodyViolation::TooLarge)
-                }
-                // Not valid for its coding: a vendor that undoes it stops where Postern did.
-                _ => {
-                    self.decoded = None;
-                    Ok(())
-                }
-            },
+        match self.decoded.as_deref_mut() {
+            Some(reading) => reading.check(data, end),
+            None => Ok(()),
         }
     }
 
@@ -449,6 +490,7 @@ impl ForwardBody {
         this.stop(violation);
         match violation {
             RequestBodyViolation::TooLarge => BodyError::RequestTooLarge(this.limit),
+            RequestBodyViolation::Undecodable => BodyError::RequestUndecodable,
             _ => BodyError::CallerTokenInBody,
         }
     }
@@ -940,7 +982,7 @@ mod tests {
             let shared = state();
             let mut body =
                 ForwardBody::with_prefix(ahead, rest, 1 << 20, shared.clone(), Some(token));
-            if let Err(violation) = body.checking_decoded("gzip", 1 << 20) {
+            if let Err(violation) = body.checking_decoded("gzip", 1 << 20, token) {
                 assert_eq!(
                     violation,
                     RequestBodyViolation::CallerToken,
@@ -967,7 +1009,7 @@ mod tests {
             state(),
             Some(token),
         );
-        clean.checking_decoded("gzip", 1 << 20).unwrap();
+        clean.checking_decoded("gzip", 1 << 20, token).unwrap();
         let (result, _) = forwarded(clean).await;
         assert_eq!(result.unwrap(), harmless);
         let shared = state();
@@ -977,7 +1019,7 @@ mod tests {
             shared.clone(),
             Some(token),
         );
-        bomb.checking_decoded("gzip", 100_000).unwrap();
+        bomb.checking_decoded("gzip", 100_000, token).unwrap();
         let (result, _) = forwarded(bomb).await;
         assert!(
             matches!(result, Err(BodyError::RequestTooLarge(_))),

@@ -720,12 +720,23 @@ async fn absolute(
     if let Ok(value) = HeaderValue::from_str(&checked_host) {
         parts.headers.insert(header::HOST, value);
     }
-    let body = ForwardBody::new(
+    // Read decoded as well, as the destination may undo the coding (a coding Postern cannot
+    // undo is refused, `415`).
+    let encoding = match http_body::Body::is_end_stream(&body) {
+        true => None,
+        false => crate::proxy::body_encoding(&parts.headers)?,
+    };
+    let mut body = ForwardBody::new(
         body,
         postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES,
         context.request_body.clone(),
         token.as_deref(),
     );
+    if let (Some(encoding), Some(token)) = (&encoding, token.as_deref()) {
+        let max = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
+        // Nothing is read ahead here: the check starts with the first frame.
+        let _ = body.checking_decoded(encoding, max, token);
+    }
     let mut upstream_request = Request::from_parts(parts, body);
     *upstream_request.version_mut() = http::Version::HTTP_11;
     let timeout = Duration::from_millis(postern_config::DEFAULT_REQUEST_TIMEOUT_MS);
@@ -751,6 +762,7 @@ async fn absolute(
                 context.request_body.violation(),
                 crate::body::RequestBodyViolation::TooLarge
                     | crate::body::RequestBodyViolation::CallerToken
+                    | crate::body::RequestBodyViolation::Undecodable
             );
             shared.discovered(seen(context, refused));
             return Err(crate::proxy::body_violation_error(context, limit)

@@ -124,6 +124,9 @@ enum Kind {
     Json(JsonKeys),
     /// A body its servers would read in ways no one reading covers: refused whatever it holds.
     Refused,
+    /// A body in a coding Postern cannot undo: refused if it has any byte (an empty one holds
+    /// nothing, whatever its coding).
+    Unreadable,
 }
 
 impl OverrideScan {
@@ -155,7 +158,7 @@ impl OverrideScan {
                     scan: decoded,
                 }));
             }
-            Err(_) => scan.kind = Kind::Refused,
+            Err(_) => scan.kind = Kind::Unreadable,
         }
         Some(scan)
     }
@@ -214,6 +217,7 @@ impl OverrideScan {
             Kind::Multipart(parts) => parts.feed(data, method),
             Kind::Json(keys) => keys.feed(data, method),
             Kind::Refused => true,
+            Kind::Unreadable => !data.is_empty(),
         }
     }
 
@@ -239,6 +243,8 @@ impl OverrideScan {
             Kind::Multipart(parts) => parts.finish(method),
             Kind::Json(_) => false,
             Kind::Refused => true,
+            // Any byte was refused as it came.
+            Kind::Unreadable => false,
         }
     }
 }
@@ -1412,11 +1418,9 @@ mod tests {
         for unknown in ["zstd", "compress", "gzip, zstd", "br", "gzip, br"] {
             let mut scan = compressed(unknown, FORM, LIMIT);
             assert!(scan.feed(&plain) || scan.finish(), "{unknown}");
-            // Even an empty body: what it stands for cannot be told.
-            assert!(
-                compressed(unknown, FORM, LIMIT).finish(),
-                "{unknown}, empty"
-            );
+            // An empty body holds nothing, whatever its coding.
+            let mut empty = compressed(unknown, FORM, LIMIT);
+            assert!(!(empty.feed(b"") || empty.finish()), "{unknown}, empty");
         }
         assert!(compressed_overrides(
             "gzip",

@@ -363,10 +363,10 @@ fn pipeline<'a>(
                     context.request_body.clone(),
                     caller_token.as_deref(),
                 );
-                if let Some(encoding) = &encoding {
+                if let (Some(encoding), Some(token)) = (&encoding, caller_token.as_deref()) {
                     let max = integration.config.max_request_body_bytes;
                     // Nothing is read ahead here: the check starts with the first frame.
-                    let _ = body.checking_decoded(encoding, max);
+                    let _ = body.checking_decoded(encoding, max, token);
                 }
                 if let Some(scan) = OverrideScan::for_request(
                     request.method(),
@@ -583,7 +583,7 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
 /// classes — as a vendor that undoes the coding would, so a coding it cannot undo (anything but
 /// one `gzip` or `deflate`: `br`, codings stacked, unknown ones) is refused before anything is
 /// sent: `415` (RFC 9110 §15.5.16).
-fn body_encoding(headers: &HeaderMap) -> Result<Option<String>, CallError> {
+pub(crate) fn body_encoding(headers: &HeaderMap) -> Result<Option<String>, CallError> {
     let Some(encoding) = crate::scan::all_values(headers, &header::CONTENT_ENCODING) else {
         return Ok(None);
     };
@@ -1486,7 +1486,13 @@ fn classify_upstream_error(
 /// The refusal for a request body stopped while streaming (too large, or carrying the caller
 /// token), if it was.
 pub(crate) fn body_violation_error(context: &CallContext, limit: u64) -> Option<CallError> {
-    match context.request_body.violation() {
+    violation_error(context.request_body.violation(), limit)
+}
+
+/// The refusal of a request body stopped for `violation` (`limit`: its integration's
+/// `max_request_body_bytes`).
+pub(crate) fn violation_error(violation: RequestBodyViolation, limit: u64) -> Option<CallError> {
+    match violation {
         RequestBodyViolation::TooLarge => Some(CallError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
@@ -1499,6 +1505,10 @@ pub(crate) fn body_violation_error(context: &CallContext, limit: u64) -> Option<
             "the request body contains the caller token; it is never forwarded",
         )),
         RequestBodyViolation::MethodOverride => Some(crate::overrides::body_method_override()),
+        RequestBodyViolation::Undecodable => Some(CallError::bad_request(
+            "request_body_undecodable",
+            "the compressed request body is not valid for its Content-Encoding (or, deflate, reads both as zlib and as raw DEFLATE), so what a vendor would decode from it cannot be checked for the caller token; nothing more of it was forwarded; send it uncompressed or validly compressed",
+        )),
         RequestBodyViolation::Broken => Some(CallError::bad_request(
             "request_body_error",
             "the request body could not be read completely (malformed chunked framing, or the caller stopped sending it); nothing more of it was forwarded",

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::task::Poll;
 
+use crate::body::RequestBodyViolation;
 use crate::body::{ForwardBody, Overdue, Stall};
 use crate::context::CallContext;
 use crate::error::CallError;
@@ -77,44 +78,21 @@ pub async fn scan_request(
             ))
         }
     };
-    let token_in_body = || {
-        (
-            CallError::bad_request(
-                "caller_token_in_body",
-                "the request body contains the caller token; it is never forwarded to a vendor",
-            ),
-            ScanSummary::default(),
-        )
-    };
-    let too_large = || {
-        (
-            CallError::new(
-                http::StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                format!("the request body exceeds max_request_body_bytes ({limit}) once decoded; send a smaller body"),
-            ),
-            ScanSummary::default(),
-        )
+    let refused = |violation| {
+        let error =
+            crate::proxy::violation_error(violation, limit).expect("a violation has its refusal");
+        (error, ScanSummary::default())
     };
     let encoding = all_values(headers, &header::CONTENT_ENCODING);
-    if let Some(token) = caller_token.filter(|token| !token.is_empty()) {
+    let token = caller_token.filter(|token| !token.is_empty());
+    if let Some(token) = token {
         if memchr::memmem::find(&bytes, token).is_some() {
-            return Err(token_in_body());
+            return Err(refused(RequestBodyViolation::CallerToken));
         }
         // Decoded too, as a vendor that undoes the coding reads it (the whole body when it was
         // read whole; else what was read, then the rest as it streams, below).
         if let (Some(encoding), true) = (encoding.as_deref(), complete) {
-            let max = usize::try_from(limit).unwrap_or(usize::MAX);
-            match postern_scan::decode_for_scan(&bytes, Some(encoding), max) {
-                Ok(decoded) if memchr::memmem::find(&decoded, token).is_some() => {
-                    return Err(token_in_body())
-                }
-                Err(postern_scan::Unscanned {
-                    reason: postern_scan::UnscannedReason::TooLarge { .. },
-                }) => return Err(too_large()),
-                // Not valid for its coding: a vendor that undoes it fails as Postern did.
-                _ => {}
-            }
+            crate::body::check_decoded_whole(&bytes, encoding, limit, token).map_err(refused)?;
         }
     }
     // A POST body's `_method` field (read as it streams past what was read here).
@@ -126,12 +104,10 @@ pub async fn scan_request(
     if !complete {
         summary.unscanned = Some("body larger than scan_max_body_bytes");
         let mut forward = ForwardBody::with_prefix(bytes, body, limit, state, caller_token);
-        if let Some(encoding) = encoding.as_deref() {
-            match forward.checking_decoded(encoding, limit) {
-                Ok(()) => {}
-                Err(crate::body::RequestBodyViolation::TooLarge) => return Err(too_large()),
-                Err(_) => return Err(token_in_body()),
-            }
+        if let (Some(encoding), Some(token)) = (encoding.as_deref(), token) {
+            forward
+                .checking_decoded(encoding, limit, token)
+                .map_err(refused)?;
         }
         if let Some(scan) = overrides {
             forward = forward.refusing_method_overrides(scan);

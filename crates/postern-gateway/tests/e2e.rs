@@ -2799,6 +2799,34 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
             );
         }
     }
+    // Whatever a lenient decoder forgives — bytes after the stream's end, a trailer cut off —
+    // the token before it is found; a `deflate` body that reads two ways (zlib and raw DEFLATE)
+    // is refused whole, since where the token stands in it cannot be told.
+    let token_body = compressed("gzip", format!("{padding}{}&x=1", gw.token).as_bytes());
+    let mut trailing = token_body.clone();
+    trailing.push(0);
+    let cut = token_body[..token_body.len() - 8].to_vec();
+    let two_ways = [0x78, 0x01, 0x00, 0xfe, 0xff, b'a', b'b', b'c'].to_vec();
+    for (encoding, body, code) in [
+        ("gzip", trailing, "caller_token_in_body"),
+        ("gzip", cut, "caller_token_in_body"),
+        ("deflate", two_ways, "request_body_undecodable"),
+    ] {
+        let seen = vendor.seen().len();
+        let response = client()
+            .post(format!("{}/stripe/v1/charges", gw.base))
+            .bearer_auth(&gw.token)
+            .header("content-type", "text/plain")
+            .header("content-encoding", encoding)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{code}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], code);
+        assert!(never_whole(&vendor, seen, body.len()), "{code}");
+    }
     let harmless = compressed("gzip", padding.as_bytes());
     let response = client()
         .post(format!("{}/stripe/v1/charges", gw.base))

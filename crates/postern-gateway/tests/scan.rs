@@ -191,6 +191,70 @@ async fn form_encoded_values_are_found_and_redacted_over_their_encoding() {
     gw.stop().await;
 }
 
+/// A compressed body larger than the scan cap, read ahead whole or in part, is still read
+/// decoded for the caller's token: refused, and the vendor never has it whole.
+#[tokio::test]
+async fn a_large_compressed_body_is_read_decoded_for_the_token() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(
+        &body(&vendor, "report", "scan_max_body_bytes = 1024"),
+        vendor.ca_pem.as_deref(),
+    )
+    .await;
+    let text = |token: &str| -> Vec<u8> {
+        let mut text: Vec<u8> = (0..4000u32)
+            .flat_map(|n| format!("{n},").into_bytes())
+            .collect();
+        text.extend_from_slice(token.as_bytes());
+        text.extend((4000..8000u32).flat_map(|n| format!("{n},").into_bytes()));
+        text
+    };
+    let with_token = gzip(&text(&gw.token));
+    assert!(with_token.len() > 1024, "past the scan cap");
+    assert!(
+        !with_token
+            .windows(gw.token.len())
+            .any(|w| w == gw.token.as_bytes()),
+        "the token is not in the compressed bytes as sent"
+    );
+    // Whole with its length (read ahead to its end), and streamed in pieces.
+    for pieces in [None, Some(300)] {
+        let body = match pieces {
+            None => reqwest::Body::from(with_token.clone()),
+            Some(pieces) => reqwest::Body::wrap_stream(futures_stream(
+                with_token.chunks(pieces).map(<[u8]>::to_vec).collect(),
+            )),
+        };
+        let seen = vendor.seen().len();
+        let response = client()
+            .post(format!("{}/crm/contacts", gw.base))
+            .bearer_auth(&gw.token)
+            .header("content-type", "text/plain")
+            .header("content-encoding", "gzip")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "in pieces of {pieces:?}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "caller_token_in_body");
+        assert!(never_whole(&vendor, seen, with_token.len()));
+    }
+    let harmless = gzip(&text("no token here"));
+    let response = client()
+        .post(format!("{}/crm/contacts", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-type", "text/plain")
+        .header("content-encoding", "gzip")
+        .body(harmless.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(vendor.last().body, harmless);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn report_mode_forwards_and_records_and_large_bodies_are_marked_unscanned() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
@@ -358,18 +422,19 @@ async fn a_coding_on_a_second_content_encoding_line_is_decoded_for_scanning() {
     gw.stop().await;
 }
 
-/// A body Postern cannot decode (`gzip` on plain bytes) is scanned as sent: a vendor that
-/// ignores a request's `Content-Encoding`, as many do, reads it so; one in a coding Postern does
-/// not know is refused before it is read (`415`). And a form sent with no `Content-Type`, which
-/// Rack reads as a form, is scanned decoded as one.
+/// A request body Postern cannot decode is refused: one in a coding it does not know before it
+/// is read (`415`), one not valid for its coding (`gzip` on plain bytes) once read (`400`: where
+/// the caller's token stands in what a vendor decodes cannot be told). And a form sent with no
+/// `Content-Type`, which Rack reads as a form, is scanned decoded as one.
 #[tokio::test]
-async fn undecodable_and_untyped_bodies_are_scanned_as_sent() {
+async fn undecodable_bodies_are_refused_and_untyped_ones_scanned_as_forms() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = TestGateway::start(&body(&vendor, "block", ""), vendor.ca_pem.as_deref()).await;
     for (coding, status, code) in [
         ("x-identity", 415, "unsupported_content_encoding"),
         ("zstd", 415, "unsupported_content_encoding"),
-        ("gzip", 403, "data_class_not_approved"),
+        // Not gzip: where the caller's token stands in what a vendor decodes cannot be told.
+        ("gzip", 400, "request_body_undecodable"),
     ] {
         let response = client()
             .post(format!("{}/crm/contacts", gw.base))
@@ -397,12 +462,8 @@ async fn undecodable_and_untyped_bodies_are_scanned_as_sent() {
         assert_eq!(response.status(), 403, "{form}");
     }
     assert!(vendor.seen().is_empty());
-    // The event still says the gzip body was not decoded.
     let events = gw.wait_events(5).await;
-    assert_eq!(
-        events[2]["unscanned"],
-        "body could not be decoded for scanning"
-    );
+    assert_eq!(events[2]["reason"], "request_body_undecodable");
     gw.stop().await;
 }
 

@@ -20,6 +20,10 @@ pub enum UnscannedReason {
     UnsupportedEncoding { encoding: String },
     #[error("body is not valid `{encoding}` data")]
     Corrupt { encoding: String },
+    #[error(
+        "`deflate` body is valid both as zlib and as raw DEFLATE, and reads differently each way"
+    )]
+    Ambiguous,
 }
 
 /// Returns the bytes to scan: `body` itself when there is no content coding, or the decoded
@@ -104,7 +108,7 @@ fn decode_one(body: &[u8], coding: &str, max_bytes: usize) -> Result<Vec<u8>, Un
 /// the others (each layer in between would have to be read as well); `br` is refused, since
 /// its decoder's window is up to 16 MiB per body whatever the body's size.
 ///
-/// Its decoded bytes are handed on piece by piece, at most some 160 KiB at a time (the
+/// Its decoded bytes are handed on piece by piece, at most about 1 MiB at a time (the
 /// input is fed in small steps, so a compression bomb never fills memory at once). Decoding past
 /// `max_bytes` in all, data not valid for its coding, a body that ends mid-stream, or a
 /// `deflate` body that is valid both as zlib and as raw DEFLATE is an [`Unscanned`].
@@ -119,8 +123,10 @@ pub struct StreamDecoder {
 #[cfg(test)]
 const MAX_STEP_OUTPUT: usize = INPUT_STEP * 258 * 8 + 32 * 1024;
 
-/// The input fed to the decoder at a time.
-const INPUT_STEP: usize = 64;
+/// The input fed to the decoder at a time: small enough that a bomb's step stays near 1 MiB,
+/// large enough that stepping costs little (the decoder is flushed once per piece, not per
+/// step).
+const INPUT_STEP: usize = 512;
 
 enum Stage {
     Gzip(flate2::write::MultiGzDecoder<Capped>),
@@ -211,10 +217,16 @@ impl StreamDecoder {
     pub fn feed(&mut self, data: &[u8], decoded: &mut dyn FnMut(&[u8])) -> Result<(), Unscanned> {
         self.fed |= !data.is_empty();
         for step in data.chunks(INPUT_STEP) {
-            let out = self.stage.write(step, false)?;
+            let out = self.stage.write(step, Step::More)?;
             if !out.is_empty() {
                 decoded(&out);
             }
+        }
+        // What the decoder holds back of the last step is handed on now, not with the next
+        // piece.
+        let out = self.stage.write(&[], Step::Flush)?;
+        if !out.is_empty() {
+            decoded(&out);
         }
         Ok(())
     }
@@ -225,12 +237,23 @@ impl StreamDecoder {
         if !self.fed {
             return Ok(());
         }
-        let out = self.stage.write(&[], true)?;
+        let out = self.stage.write(&[], Step::End)?;
         if !out.is_empty() {
             decoded(&out);
         }
         Ok(())
     }
+}
+
+/// What a write to a [`Stage`] does after taking its input.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Nothing more: more input follows.
+    More,
+    /// Hands on all it decoded so far.
+    Flush,
+    /// Ends the stream (a stream cut short is an error).
+    End,
 }
 
 /// A coding [`StreamDecoder`] undoes.
@@ -251,10 +274,10 @@ fn also_stored_block(head: &[u8]) -> bool {
 
 impl Stage {
     /// Writes `data` (and finishes the stream at `end`), returning what it decoded.
-    fn write(&mut self, data: &[u8], end: bool) -> Result<Vec<u8>, Unscanned> {
+    fn write(&mut self, data: &[u8], step: Step) -> Result<Vec<u8>, Unscanned> {
         if let Stage::Sniffing(held, max_bytes) = self {
             held.extend_from_slice(data);
-            if held.len() < 5 && !end {
+            if held.len() < 5 && step != Step::End {
                 return Ok(Vec::new());
             }
             let held = std::mem::take(held);
@@ -268,9 +291,7 @@ impl Stage {
                 // Valid both ways, and different text each way: what a server reads cannot be
                 // told.
                 return Err(Unscanned {
-                    reason: UnscannedReason::Corrupt {
-                        encoding: "deflate".to_owned(),
-                    },
+                    reason: UnscannedReason::Ambiguous,
                 });
             }
             *self = if zlib {
@@ -279,28 +300,26 @@ impl Stage {
                 Stage::Deflate(flate2::write::DeflateDecoder::new(capped))
             };
             let mut out = Vec::new();
-            for step in held.chunks(INPUT_STEP) {
-                out.extend(self.write(step, false)?);
+            for piece in held.chunks(INPUT_STEP) {
+                out.extend(self.write(piece, Step::More)?);
             }
-            if end {
-                out.extend(self.write(&[], true)?);
-            }
+            out.extend(self.write(&[], step)?);
             return Ok(out);
         }
         let (encoding, result, capped) = match self {
             Stage::Gzip(decoder) => (
                 "gzip",
-                write_then(decoder, data, end, |d| d.try_finish()),
+                write_then(decoder, data, step, |d| d.try_finish()),
                 decoder.get_mut(),
             ),
             Stage::Zlib(decoder) => (
                 "deflate",
-                write_then(decoder, data, end, |d| d.try_finish()),
+                write_then(decoder, data, step, |d| d.try_finish()),
                 decoder.get_mut(),
             ),
             Stage::Deflate(decoder) => (
                 "deflate",
-                write_then(decoder, data, end, |d| d.try_finish()),
+                write_then(decoder, data, step, |d| d.try_finish()),
                 decoder.get_mut(),
             ),
             Stage::Sniffing(..) => unreachable!("replaced above"),
@@ -321,20 +340,20 @@ impl Stage {
     }
 }
 
-/// Writes `data` into `decoder` and flushes it (so what it decoded is handed on now, not with
-/// the next piece); at `end`, finishes the stream with `finish`.
+/// Writes `data` into `decoder`, then flushes it or finishes the stream with `finish`, as
+/// `step` says.
 fn write_then<D: std::io::Write>(
     decoder: &mut D,
     data: &[u8],
-    end: bool,
+    step: Step,
     finish: impl FnOnce(&mut D) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     decoder.write_all(data)?;
-    decoder.flush()?;
-    if end {
-        finish(decoder)?;
+    match step {
+        Step::More => Ok(()),
+        Step::Flush => decoder.flush(),
+        Step::End => finish(decoder),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -466,7 +485,7 @@ mod tests {
                 matches!(
                     fed,
                     Err(Unscanned {
-                        reason: UnscannedReason::Corrupt { .. }
+                        reason: UnscannedReason::Ambiguous
                     })
                 ),
                 "{fed:?}"
