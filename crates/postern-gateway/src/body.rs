@@ -182,19 +182,25 @@ struct DecodedToken {
 
 impl DecodedToken {
     /// The reading of a body in `content_encoding` for `token`, decoding at most `max_decoded`
-    /// bytes; `None` when there is nothing to undo (or no token to look for).
-    fn new(content_encoding: &str, max_decoded: u64, token: &[u8]) -> Option<Self> {
+    /// bytes; `None` when there is nothing to undo (or no token to look for). A coding it cannot
+    /// undo is refused before the body is read (`415`); met here all the same, it is
+    /// `Undecodable`, never a body let through unread.
+    fn new(
+        content_encoding: &str,
+        max_decoded: u64,
+        token: &[u8],
+    ) -> Result<Option<Self>, RequestBodyViolation> {
         if token.is_empty() {
-            return None;
+            return Ok(None);
         }
         let max = usize::try_from(max_decoded).unwrap_or(usize::MAX);
-        // A coding it cannot undo was refused before the body was read (`415`).
-        let decoder = postern_scan::StreamDecoder::new(content_encoding, max).ok()??;
-        Some(DecodedToken {
+        let decoder = postern_scan::StreamDecoder::new(content_encoding, max)
+            .map_err(|_| RequestBodyViolation::Undecodable)?;
+        Ok(decoder.map(|decoder| DecodedToken {
             decoder,
             carry: Vec::new(),
             token: memmem::Finder::new(token).into_owned(),
-        })
+        }))
     }
 
     /// Feeds `data` (or, at `end`, finishes the stream) and looks for the token in what it
@@ -240,7 +246,7 @@ pub fn check_decoded_whole(
     max_decoded: u64,
     token: &[u8],
 ) -> Result<(), RequestBodyViolation> {
-    let Some(mut reading) = DecodedToken::new(content_encoding, max_decoded, token) else {
+    let Some(mut reading) = DecodedToken::new(content_encoding, max_decoded, token)? else {
         return Ok(());
     };
     reading.check(body, false)?;
@@ -313,8 +319,13 @@ impl ForwardBody {
         if self.inner.is_none() && self.buffered.is_none() && self.carry.is_empty() {
             return Ok(());
         }
-        let Some(reading) = DecodedToken::new(content_encoding, max_decoded, token) else {
-            return Ok(());
+        let reading = match DecodedToken::new(content_encoding, max_decoded, token) {
+            Ok(Some(reading)) => reading,
+            Ok(None) => return Ok(()),
+            Err(violation) => {
+                self.stop(violation);
+                return Err(violation);
+            }
         };
         self.decoded = Some(Box::new(reading));
         // What was read ahead (`with_prefix`) is the body's start; with no stream after it, the

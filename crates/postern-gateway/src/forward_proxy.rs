@@ -720,9 +720,10 @@ async fn absolute(
     if let Ok(value) = HeaderValue::from_str(&checked_host) {
         parts.headers.insert(header::HOST, value);
     }
-    // Read decoded as well, as the destination may undo the coding (a coding Postern cannot
-    // undo is refused, `415`).
-    let encoding = match http_body::Body::is_end_stream(&body) {
+    // A caller's token is looked for in the body decoded as well, as the destination may undo
+    // the coding (a coding Postern cannot undo is refused, `415`); a caller with no token's body
+    // is not read.
+    let encoding = match token.is_none() || http_body::Body::is_end_stream(&body) {
         true => None,
         false => crate::proxy::body_encoding(&parts.headers)?,
     };
@@ -735,7 +736,11 @@ async fn absolute(
     if let (Some(encoding), Some(token)) = (&encoding, token.as_deref()) {
         let max = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
         // Nothing is read ahead here: the check starts with the first frame.
-        let _ = body.checking_decoded(encoding, max, token);
+        if let Err(violation) = body.checking_decoded(encoding, max, token) {
+            return Err(
+                crate::proxy::violation_error(violation, max).expect("a violation has its refusal")
+            );
+        }
     }
     let mut upstream_request = Request::from_parts(parts, body);
     *upstream_request.version_mut() = http::Version::HTTP_11;

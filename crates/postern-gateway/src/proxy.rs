@@ -366,7 +366,11 @@ fn pipeline<'a>(
                 if let (Some(encoding), Some(token)) = (&encoding, caller_token.as_deref()) {
                     let max = integration.config.max_request_body_bytes;
                     // Nothing is read ahead here: the check starts with the first frame.
-                    let _ = body.checking_decoded(encoding, max, token);
+                    if let Err(violation) = body.checking_decoded(encoding, max, token) {
+                        return Err(
+                            violation_error(violation, max).expect("a violation has its refusal")
+                        );
+                    }
                 }
                 if let Some(scan) = OverrideScan::for_request(
                     request.method(),

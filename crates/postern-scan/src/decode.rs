@@ -21,7 +21,7 @@ pub enum UnscannedReason {
     #[error("body is not valid `{encoding}` data")]
     Corrupt { encoding: String },
     #[error(
-        "`deflate` body is valid both as zlib and as raw DEFLATE, and reads differently each way"
+        "`deflate` body starts both as a zlib stream and as a raw DEFLATE stored block, so it may read differently each way"
     )]
     Ambiguous,
 }
@@ -288,8 +288,9 @@ impl Stage {
                 && held[0] >> 4 <= 7
                 && u16::from_be_bytes([held[0], held[1]]) % 31 == 0;
             if zlib && also_stored_block(&held) {
-                // Valid both ways, and different text each way: what a server reads cannot be
-                // told.
+                // It may be valid both ways, and read differently each way: what a server reads
+                // cannot be told. (About 1 zlib stream in 65,536 starts so; the raw reading is
+                // not tried.)
                 return Err(Unscanned {
                     reason: UnscannedReason::Ambiguous,
                 });
