@@ -395,9 +395,7 @@ when { context.request_bytes > 100 };
         let refused = unsized_call(&caller, reqwest::Method::POST, "/v1/charges", &gw.token)
             .await
             .unwrap();
-        assert_eq!(refused.status(), 411);
-        let body: serde_json::Value = refused.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "length_required", "{body}");
+        assert_refused(refused, 411, "length_required").await;
     }
     let events = gw.wait_events(4).await;
     assert!(events[2..].iter().all(|e| e["reason"] == "length_required"
@@ -967,9 +965,7 @@ async fn untrusted_vendor_certificate_is_refused() {
     let body = stripe_like(&vendor, "").replace("ca_file = \"{ca}\"\n", "");
     let gw = start_with_key(&body, None, "stripe-key", VENDOR_KEY, "").await;
     let response = get_charge(&client(), &gw).await.unwrap();
-    assert_eq!(response.status(), 502);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "upstream_tls_error");
+    assert_refused(response, 502, "upstream_tls_error").await;
     assert!(vendor.seen().is_empty());
     gw.stop().await;
 }
@@ -1982,9 +1978,7 @@ async fn an_integrations_header_limit_refuses_larger_requests_on_both_protocols(
         };
         assert_eq!(call(100).await.unwrap().status(), 200);
         let refused = call(1100).await.unwrap();
-        assert_eq!(refused.status(), 431);
-        let answer: serde_json::Value = refused.json().await.unwrap();
-        assert_eq!(answer["error"]["code"], "request_headers_too_large");
+        assert_refused(refused, 431, "request_headers_too_large").await;
     }
     assert_eq!(
         vendor.seen().len(),
@@ -2126,9 +2120,7 @@ operations = ["get_item"]
     assert_eq!(get("/v1/items/it_1;v=2").await.unwrap().status(), 200);
     assert_eq!(vendor.last().target, "/v1/items/it_1;v=2");
     let refused = get("/v1/items/search;x").await.unwrap();
-    assert_eq!(refused.status(), 403);
-    let body: serde_json::Value = refused.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "not_granted");
+    assert_refused(refused, 403, "not_granted").await;
     assert_eq!(vendor.seen().len(), 1);
     gw.stop().await;
 }
@@ -2790,9 +2782,7 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(response.status(), 400, "{encoding} in pieces of {pieces}");
-            let answer: serde_json::Value = response.json().await.unwrap();
-            assert_eq!(answer["error"]["code"], "caller_token_in_body");
+            assert_refused(response, 400, "caller_token_in_body").await;
             assert!(
                 never_whole(&vendor, seen, body.len()),
                 "the vendor got the whole {encoding} body"
@@ -2822,9 +2812,7 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 400, "{code}");
-        let answer: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(answer["error"]["code"], code);
+        assert_refused(response, 400, code).await;
         assert!(never_whole(&vendor, seen, body.len()), "{code}");
     }
     let harmless = compressed("gzip", padding.as_bytes());
@@ -2847,9 +2835,7 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 415);
-    let answer: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(answer["error"]["code"], "unsupported_content_encoding");
+    assert_refused(response, 415, "unsupported_content_encoding").await;
     assert_eq!(vendor.seen().len(), seen, "nothing reached the vendor");
     // In a trailer of a chunked upload: the body goes (to an h2 vendor), the trailers never.
     let raw = raw_request(
@@ -3072,9 +3058,7 @@ async fn missing_credential_answers_503_and_readyz_says_why() {
     );
     let gw = TestGateway::start(&body, vendor.ca_pem.as_deref()).await;
     let response = get_charge(&client(), &gw).await.unwrap();
-    assert_eq!(response.status(), 503);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "credential_unavailable");
+    assert_refused(response, 503, "credential_unavailable").await;
     let ready = client()
         .get(format!("{}/readyz", gw.admin))
         .send()
@@ -3134,9 +3118,7 @@ async fn a_reload_reads_the_ca_file_again() {
     std::fs::write(&ca_path, other.ca_pem.as_deref().unwrap()).unwrap();
     reload().unwrap();
     let answer = charge().await.unwrap();
-    assert_eq!(answer.status(), 502);
-    let body: serde_json::Value = answer.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "upstream_tls_error", "{body}");
+    assert_refused(answer, 502, "upstream_tls_error").await;
     std::fs::write(&ca_path, "not a certificate").unwrap();
     assert!(
         reload().is_err(),
@@ -3324,9 +3306,7 @@ operations = ["*"]
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 504);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "upstream_connect_timeout");
+    assert_refused(response, 504, "upstream_connect_timeout").await;
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     drop(listener);
     gw.stop().await;
@@ -3483,9 +3463,7 @@ async fn a_form_body_overriding_the_method_is_refused() {
     ] {
         let seen = vendor.seen().len();
         let refused = post_as(content_type, body).await.unwrap();
-        assert_eq!(refused.status(), 400, "{content_type}");
-        let answer: serde_json::Value = refused.json().await.unwrap();
-        assert_eq!(answer["error"]["code"], "method_override_refused");
+        assert_refused(refused, 400, "method_override_refused").await;
         assert!(
             never_whole(&vendor, seen, body.len()),
             "the vendor got the whole {content_type} body"
@@ -3535,9 +3513,7 @@ async fn a_form_body_overriding_the_method_is_refused() {
     ] {
         let seen = vendor.seen().len();
         let refused = post_encoded(encoding, body.clone()).await.unwrap();
-        assert_eq!(refused.status(), status, "{encoding}");
-        let answer: serde_json::Value = refused.json().await.unwrap();
-        assert_eq!(answer["error"]["code"], code);
+        assert_refused(refused, status, code).await;
         assert!(
             never_whole(&vendor, seen, body.len()),
             "the vendor got the whole {encoding} body"

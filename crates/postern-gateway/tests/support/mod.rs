@@ -915,3 +915,10 @@ pub fn never_whole(vendor: &TestVendor, seen: usize, len: usize) -> bool {
         .skip(seen)
         .all(|request| request.body.len() < len)
 }
+
+/// Asserts `response` is a refusal: `status`, and the JSON error `code`.
+pub async fn assert_refused(response: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(response.status(), status, "{code}");
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], code, "{answer}");
+}
