@@ -733,15 +733,10 @@ async fn absolute(
         context.request_body.clone(),
         token.as_deref(),
     );
-    if let (Some(encoding), Some(token)) = (&encoding, token.as_deref()) {
-        let max = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
-        // Nothing is read ahead here: the check starts with the first frame.
-        if let Err(violation) = body.checking_decoded(encoding, max, token) {
-            return Err(
-                crate::proxy::violation_error(violation, max).expect("a violation has its refusal")
-            );
-        }
-    }
+    let max = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
+    // Nothing is read ahead here: the check starts with the first frame.
+    body.checking_decoded(encoding.as_deref(), max, token.as_deref())
+        .map_err(|violation| crate::proxy::body_refusal(violation, max))?;
     let mut upstream_request = Request::from_parts(parts, body);
     *upstream_request.version_mut() = http::Version::HTTP_11;
     let timeout = Duration::from_millis(postern_config::DEFAULT_REQUEST_TIMEOUT_MS);

@@ -363,33 +363,29 @@ fn pipeline<'a>(
                     context.request_body.clone(),
                     caller_token.as_deref(),
                 );
-                if let (Some(encoding), Some(token)) = (&encoding, caller_token.as_deref()) {
-                    let max = integration.config.max_request_body_bytes;
-                    // Nothing is read ahead here: the check starts with the first frame.
-                    if let Err(violation) = body.checking_decoded(encoding, max, token) {
-                        return Err(
-                            violation_error(violation, max).expect("a violation has its refusal")
-                        );
-                    }
-                }
+                let max = integration.config.max_request_body_bytes;
+                // Nothing is read ahead here: the check starts with the first frame.
+                body.checking_decoded(encoding.as_deref(), max, caller_token.as_deref())
+                    .map_err(|violation| body_refusal(violation, max))?;
                 if let Some(scan) = OverrideScan::for_request(
                     request.method(),
                     request.headers(),
-                    integration.config.max_request_body_bytes,
+                    encoding.as_deref(),
+                    max,
                 ) {
                     body = body.refusing_method_overrides(scan);
                 }
                 (body, None)
             }
-            Some(approved) => {
+            Some(_) => {
                 let scanned = Box::pin(crate::scan::scan_request(
                     &integration,
                     &runtime.scanner,
                     context,
                     request.headers(),
+                    encoding.as_deref(),
                     body,
                     caller_token.as_deref(),
-                    approved,
                 ))
                 .await;
                 match scanned {
@@ -1491,6 +1487,11 @@ fn classify_upstream_error(
 /// token), if it was.
 pub(crate) fn body_violation_error(context: &CallContext, limit: u64) -> Option<CallError> {
     violation_error(context.request_body.violation(), limit)
+}
+
+/// The refusal of a request body found to be one (`limit`: its `max_request_body_bytes`).
+pub(crate) fn body_refusal(violation: RequestBodyViolation, limit: u64) -> CallError {
+    violation_error(violation, limit).expect("a violation has its refusal")
 }
 
 /// The refusal of a request body stopped for `violation` (`limit`: its integration's

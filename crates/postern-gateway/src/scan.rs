@@ -40,17 +40,19 @@ pub struct ScanSummary {
 }
 
 /// Reads, scans and (per policy) blocks or redacts the request body; returns the body to forward.
-/// Only for an integration with `data_classes`: `approved` is that list (the pipeline forwards
-/// other integrations' bodies unscanned without calling this).
+/// Only for an integration with `data_classes` (the pipeline forwards other integrations' bodies
+/// unscanned without calling this). `content_encoding`: the body's, all its lines as one list
+/// ([`crate::proxy::body_encoding`]).
 pub async fn scan_request(
     integration: &IntegrationRuntime,
     scanner: &Scanner,
     context: &CallContext,
     headers: &http::HeaderMap,
+    content_encoding: Option<&str>,
     body: CallerBody,
     caller_token: Option<&[u8]>,
-    approved: &[String],
 ) -> Result<(ForwardBody, Option<ScanSummary>), (CallError, ScanSummary)> {
+    let approved = integration.config.data_classes.as_deref().unwrap_or(&[]);
     let limit = integration.config.max_request_body_bytes;
     let state = context.request_body.clone();
     let cap = integration.config.scan_max_body_bytes;
@@ -79,11 +81,11 @@ pub async fn scan_request(
         }
     };
     let refused = |violation| {
-        let error =
-            crate::proxy::violation_error(violation, limit).expect("a violation has its refusal");
-        (error, ScanSummary::default())
+        (
+            crate::proxy::body_refusal(violation, limit),
+            ScanSummary::default(),
+        )
     };
-    let encoding = all_values(headers, &header::CONTENT_ENCODING);
     let token = caller_token.filter(|token| !token.is_empty());
     if let Some(token) = token {
         if memchr::memmem::find(&bytes, token).is_some() {
@@ -91,7 +93,7 @@ pub async fn scan_request(
         }
         // Decoded too, as a vendor that undoes the coding reads it (the whole body when it was
         // read whole; else what was read, then the rest as it streams, below).
-        if let (Some(encoding), true) = (encoding.as_deref(), complete) {
+        if let (Some(encoding), true) = (content_encoding, complete) {
             crate::body::check_decoded_whole(&bytes, encoding, limit, token).map_err(refused)?;
         }
     }
@@ -99,16 +101,14 @@ pub async fn scan_request(
     let overrides = context
         .method
         .as_ref()
-        .and_then(|method| OverrideScan::for_request(method, headers, limit));
+        .and_then(|method| OverrideScan::for_request(method, headers, content_encoding, limit));
     let mut summary = ScanSummary::default();
     if !complete {
         summary.unscanned = Some("body larger than scan_max_body_bytes");
         let mut forward = ForwardBody::with_prefix(bytes, body, limit, state, caller_token);
-        if let (Some(encoding), Some(token)) = (encoding.as_deref(), token) {
-            forward
-                .checking_decoded(encoding, limit, token)
-                .map_err(refused)?;
-        }
+        forward
+            .checking_decoded(content_encoding, limit, token)
+            .map_err(refused)?;
         if let Some(scan) = overrides {
             forward = forward.refusing_method_overrides(scan);
             // Refused now if what was read already overrides: nothing is sent.

@@ -111,7 +111,8 @@ fn decode_one(body: &[u8], coding: &str, max_bytes: usize) -> Result<Vec<u8>, Un
 /// Its decoded bytes are handed on piece by piece, at most about 1 MiB at a time (the
 /// input is fed in small steps, so a compression bomb never fills memory at once). Decoding past
 /// `max_bytes` in all, data not valid for its coding, a body that ends mid-stream, or a
-/// `deflate` body that is valid both as zlib and as raw DEFLATE is an [`Unscanned`].
+/// `deflate` body that starts both as a zlib stream and as a raw DEFLATE stored block
+/// ([`UnscannedReason::Ambiguous`]) is an [`Unscanned`].
 pub struct StreamDecoder {
     stage: Stage,
     /// Whether any byte was fed: a body with none is nothing to decode.
