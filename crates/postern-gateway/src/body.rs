@@ -165,92 +165,94 @@ pub struct ForwardBody {
     /// vendor acts on a body only once it has all of it, so the refusal of a `_method` in the
     /// last field still comes before the vendor could.
     held: Option<u8>,
-    /// A method override was found: the next frame is the refusal.
-    refused: bool,
-    /// A compressed body's decoding, read for the caller token as a vendor that undoes the
-    /// coding reads the body ([`ForwardBody::checking_decoded`]).
-    decoded: Option<Box<DecodedToken>>,
+    /// A compressed body's one decoding, read for the caller token and a `_method` field as a
+    /// vendor that undoes the coding reads the body ([`ForwardBody::reading`]).
+    decoded: Option<Box<Decoding>>,
 }
 
-/// A compressed body's decoder, and the tail of what it decoded so far (a token split across
-/// decoded pieces is still found), read for the caller's token.
-struct DecodedToken {
+/// A compressed body's one decoding (its `Content-Encoding` undone as it streams), and what
+/// reads the decoded bytes as a vendor that undoes the coding reads them: the caller's token,
+/// and a POST body's `_method` field.
+pub(crate) struct Decoding {
     decoder: postern_scan::StreamDecoder,
-    carry: Vec<u8>,
-    token: memmem::Finder<'static>,
+    /// The caller's token, and the tail of what was decoded so far (a token split across
+    /// decoded pieces is still found).
+    token: Option<(memmem::Finder<'static>, Vec<u8>)>,
+    overrides: Option<OverrideScan>,
 }
 
-impl DecodedToken {
-    /// The reading of a body in `content_encoding` for `token`, decoding at most `max_decoded`
-    /// bytes; `None` when there is nothing to undo (or no token to look for). A coding it cannot
-    /// undo is refused before the body is read (`415`); met here all the same, it is
-    /// `Undecodable`, never a body let through unread.
-    fn new(
+impl Decoding {
+    /// The decoding of a body in `content_encoding`, to at most `max_decoded` bytes, for `token`
+    /// (ignored when empty) and `overrides` (a scan that has read nothing yet); `None` when there
+    /// is nothing to undo, or nothing to read for. A coding it cannot undo is refused before the
+    /// body is read (`415`); met here all the same, it is `Undecodable`, never a body let
+    /// through unread.
+    pub(crate) fn new(
         content_encoding: &str,
         max_decoded: u64,
-        token: &[u8],
+        token: Option<&[u8]>,
+        overrides: Option<OverrideScan>,
     ) -> Result<Option<Self>, RequestBodyViolation> {
-        if token.is_empty() {
+        let token = token.filter(|token| !token.is_empty());
+        if token.is_none() && overrides.is_none() {
             return Ok(None);
         }
         let max = usize::try_from(max_decoded).unwrap_or(usize::MAX);
         let decoder = postern_scan::StreamDecoder::new(content_encoding, max)
             .map_err(|_| RequestBodyViolation::Undecodable)?;
-        Ok(decoder.map(|decoder| DecodedToken {
+        Ok(decoder.map(|decoder| Decoding {
             decoder,
-            carry: Vec::new(),
-            token: memmem::Finder::new(token).into_owned(),
+            token: token.map(|token| (memmem::Finder::new(token).into_owned(), Vec::new())),
+            overrides,
         }))
     }
 
-    /// Feeds `data` (or, at `end`, finishes the stream) and looks for the token in what it
-    /// decodes. Decoding past the limit is `TooLarge`; data not valid for its coding, or a
-    /// `deflate` body that reads two ways, `Undecodable` (vendors' decoders differ in what they
-    /// forgive, so one may read on past where Postern stopped).
-    fn check(&mut self, data: &[u8], end: bool) -> Result<(), RequestBodyViolation> {
-        let DecodedToken {
+    /// Feeds `data` (or, at `end`, finishes the stream) and reads what it decodes. The caller's
+    /// token is `CallerToken`, a `_method` field `MethodOverride`; decoding past the limit is
+    /// `TooLarge`; data not valid for its coding, or a `deflate` body that reads two ways,
+    /// `Undecodable` (vendors' decoders differ in what they forgive, so one may read on past
+    /// where Postern stopped).
+    pub(crate) fn check(&mut self, data: &[u8], end: bool) -> Result<(), RequestBodyViolation> {
+        let Decoding {
             decoder,
-            carry,
             token,
+            overrides,
         } = self;
-        let keep = token.needle().len() - 1;
-        let mut found = false;
-        let mut look = |piece: &[u8]| {
-            if found {
+        let mut found = RequestBodyViolation::None;
+        let mut read = |piece: &[u8]| {
+            if found != RequestBodyViolation::None {
                 return;
             }
-            carry.extend_from_slice(piece);
-            found = token.find(carry).is_some();
-            let cut = carry.len().saturating_sub(keep);
-            carry.drain(..cut);
+            if let Some((finder, carry)) = token {
+                let keep = finder.needle().len() - 1;
+                carry.extend_from_slice(piece);
+                if finder.find(carry).is_some() {
+                    found = RequestBodyViolation::CallerToken;
+                    return;
+                }
+                let cut = carry.len().saturating_sub(keep);
+                carry.drain(..cut);
+            }
+            if overrides.as_mut().is_some_and(|scan| scan.feed(piece)) {
+                found = RequestBodyViolation::MethodOverride;
+            }
         };
-        let read = match end {
-            false => decoder.feed(data, &mut look),
-            true => decoder.finish(&mut look),
+        let decoded = match end {
+            false => decoder.feed(data, &mut read),
+            true => decoder.finish(&mut read),
         };
-        if found {
-            return Err(RequestBodyViolation::CallerToken);
+        if found != RequestBodyViolation::None {
+            return Err(found);
         }
-        read.map_err(|unscanned| match unscanned.reason {
+        decoded.map_err(|unscanned| match unscanned.reason {
             postern_scan::UnscannedReason::TooLarge { .. } => RequestBodyViolation::TooLarge,
             _ => RequestBodyViolation::Undecodable,
-        })
+        })?;
+        if end && overrides.as_mut().is_some_and(OverrideScan::finish) {
+            return Err(RequestBodyViolation::MethodOverride);
+        }
+        Ok(())
     }
-}
-
-/// Whether `body`, read whole, holds `token` once `content_encoding` is undone (at most
-/// `max_decoded` bytes of it), as [`ForwardBody::checking_decoded`] reads a stream.
-pub fn check_decoded_whole(
-    body: &[u8],
-    content_encoding: &str,
-    max_decoded: u64,
-    token: &[u8],
-) -> Result<(), RequestBodyViolation> {
-    let Some(mut reading) = DecodedToken::new(content_encoding, max_decoded, token)? else {
-        return Ok(());
-    };
-    reading.check(body, false)?;
-    reading.check(&[], true)
 }
 
 impl ForwardBody {
@@ -280,74 +282,66 @@ impl ForwardBody {
             carry: Vec::new(),
             overrides: None,
             held: None,
-            refused: false,
             decoded: None,
         }
     }
 
-    /// Reads this body with `scan` as it streams, refusing it when a `_method` field names
-    /// another method than the request's ([`OverrideScan`]).
-    pub fn refusing_method_overrides(mut self, scan: OverrideScan) -> Self {
-        if self.inner.is_none() && self.buffered.is_none() && self.carry.is_empty() {
-            return self;
-        }
-        let mut scan = Box::new(scan);
-        // What was read ahead (`with_prefix`) is the body's start: read now, and its last byte
-        // held like any chunk's.
-        let ahead = self.buffered.take().unwrap_or_default();
-        if scan.feed(&ahead) || scan.feed(&self.carry) {
-            self.stop(RequestBodyViolation::MethodOverride);
-            self.refused = true;
-            return self;
-        }
-        self.overrides = Some(scan);
-        self.buffered = Some(self.hold_last(ahead)).filter(|b| !b.is_empty());
-        self
-    }
-
-    /// Reads this body decoded as well (`content_encoding` undone as it streams, to at most
-    /// `max_decoded` bytes) for `token`: a vendor that undoes the coding would read the token
-    /// there. A frame whose decoding completes the token is refused before it is sent; data not
-    /// valid for its coding, or decoding past `max_decoded`, refuses the body. `Err` if what was
-    /// read ahead (all of the body, when its stream has ended) already does.
+    /// Reads this body as it streams, as its vendor would: with `overrides`, for a POST body's
+    /// `_method` field ([`OverrideScan`]), and, when it has a `Content-Encoding`, decoded as
+    /// well (once, for all its readers, to at most the body's limit): for `token` (the caller's
+    /// token: [`ForwardBody::new`] already looks for it as sent) and the `_method` field. A
+    /// frame whose reading finds either is refused before it is sent; data not valid for its
+    /// coding, or decoding past the limit, refuses the body. `Err` if what was read ahead (all
+    /// of the body, when its stream has ended) already does: nothing of it is sent.
     ///
-    /// Nothing to do without a coding or a token (a caller identified by certificate has none).
-    pub fn checking_decoded(
-        &mut self,
+    /// A body without a coding, or with nothing to read for (a caller identified by
+    /// certificate has no token; only a POST has a `_method` field), is not decoded.
+    pub fn reading(
+        mut self,
         content_encoding: Option<&str>,
-        max_decoded: u64,
         token: Option<&[u8]>,
-    ) -> Result<(), RequestBodyViolation> {
-        let (Some(content_encoding), Some(token)) = (content_encoding, token) else {
-            return Ok(());
-        };
+        overrides: Option<OverrideScan>,
+    ) -> Result<Self, RequestBodyViolation> {
         if self.inner.is_none() && self.buffered.is_none() && self.carry.is_empty() {
-            return Ok(());
+            return Ok(self);
         }
-        let reading = match DecodedToken::new(content_encoding, max_decoded, token) {
-            Ok(Some(reading)) => reading,
-            Ok(None) => return Ok(()),
-            Err(violation) => {
-                self.stop(violation);
-                return Err(violation);
+        if let Some(content_encoding) = content_encoding {
+            match Decoding::new(content_encoding, self.limit, token, overrides.clone()) {
+                Ok(decoding) => self.decoded = decoding.map(Box::new),
+                Err(violation) => return Err(self.refused_for(violation)),
             }
-        };
-        self.decoded = Some(Box::new(reading));
-        // What was read ahead (`with_prefix`) is the body's start; with no stream after it, the
-        // whole body, read to its end now (nothing polls the body past its last frame).
-        let ahead = self.buffered.clone().unwrap_or_default();
-        let carry = self.carry.clone();
-        let mut checked = self
-            .decoded_check(&ahead, false)
+        }
+        // What was read ahead (`with_prefix`) is the body's start: read now, as sent and
+        // decoded; with no stream after it, the whole body, read to its end now (nothing polls
+        // the body past its last frame).
+        let ahead = self.buffered.take().unwrap_or_default();
+        let carry = std::mem::take(&mut self.carry);
+        let mut checked = Ok(());
+        if let Some(mut scan) = overrides.map(Box::new) {
+            if scan.feed(&ahead) || scan.feed(&carry) {
+                checked = Err(RequestBodyViolation::MethodOverride);
+            }
+            self.overrides = Some(scan);
+        }
+        checked = checked
+            .and_then(|()| self.decoded_check(&ahead, false))
             .and_then(|()| self.decoded_check(&carry, false));
         if checked.is_ok() && self.inner.is_none() {
             checked = self.decoded_check(&[], true);
             self.decoded = None;
         }
         if let Err(violation) = checked {
-            self.stop(violation);
+            return Err(self.refused_for(violation));
         }
-        checked
+        self.carry = carry;
+        self.buffered = Some(self.hold_last(ahead)).filter(|b| !b.is_empty());
+        Ok(self)
+    }
+
+    /// Stops this body for `violation` found before anything of it was sent.
+    fn refused_for(mut self, violation: RequestBodyViolation) -> RequestBodyViolation {
+        self.stop(violation);
+        violation
     }
 
     /// Feeds `data` (or, at `end`, nothing) to the decoded reading, if any.
@@ -356,12 +350,6 @@ impl ForwardBody {
             Some(reading) => reading.check(data, end),
             None => Ok(()),
         }
-    }
-
-    /// Whether what was read ahead already overrides the method: the body's first frame is the
-    /// refusal, so nothing of it is sent.
-    pub fn is_refused(&self) -> bool {
-        self.refused
     }
 
     /// Stops the body for `violation` (or a broken caller side): nothing more is read, held or
@@ -427,7 +415,6 @@ impl ForwardBody {
             carry: Vec::new(),
             overrides: None,
             held: None,
-            refused: false,
             decoded: None,
         }
     }
@@ -507,6 +494,7 @@ impl ForwardBody {
         match violation {
             RequestBodyViolation::TooLarge => BodyError::RequestTooLarge(this.limit),
             RequestBodyViolation::Undecodable => BodyError::RequestUndecodable,
+            RequestBodyViolation::MethodOverride => BodyError::MethodOverride,
             _ => BodyError::CallerTokenInBody,
         }
     }
@@ -514,9 +502,6 @@ impl ForwardBody {
     /// At the end of the body, what was held back is safe to send, unless the last form field
     /// overrides the method.
     fn drain_carry(this: &mut Self) -> Option<Result<Frame<Bytes>, BodyError>> {
-        if std::mem::take(&mut this.refused) {
-            return Some(Err(BodyError::MethodOverride));
-        }
         if let Some(mut scan) = this.overrides.take() {
             // Every byte was read as it came (the carry's too): only the last field is left.
             if scan.finish() {
@@ -571,7 +556,6 @@ impl Body for ForwardBody {
             && self.carry.is_empty()
             && self.held.is_none()
             && self.overrides.is_none()
-            && !self.refused
             && self
                 .inner
                 .as_ref()
@@ -996,17 +980,21 @@ mod tests {
             let ahead = Bytes::copy_from_slice(&compressed[..split]);
             let rest = CallerBody::Read(Some(Bytes::copy_from_slice(&compressed[split..])));
             let shared = state();
-            let mut body =
-                ForwardBody::with_prefix(ahead, rest, 1 << 20, shared.clone(), Some(token));
-            if let Err(violation) = body.checking_decoded(Some("gzip"), 1 << 20, Some(token)) {
-                assert_eq!(
-                    violation,
-                    RequestBodyViolation::CallerToken,
-                    "split at {split}"
-                );
-                found_ahead += 1;
-                continue;
-            }
+            let body = ForwardBody::with_prefix(ahead, rest, 1 << 20, shared.clone(), Some(token))
+                .reading(Some("gzip"), Some(token), None);
+            let body = match body {
+                Ok(body) => body,
+                Err(violation) => {
+                    assert_eq!(
+                        violation,
+                        RequestBodyViolation::CallerToken,
+                        "split at {split}"
+                    );
+                    assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
+                    found_ahead += 1;
+                    continue;
+                }
+            };
             let (result, sent) = forwarded(body).await;
             assert!(
                 matches!(result, Err(BodyError::CallerTokenInBody)),
@@ -1019,26 +1007,25 @@ mod tests {
             found_ahead, 1,
             "only the split past the token finds it ahead"
         );
-        let mut clean = ForwardBody::new(
+        let clean = ForwardBody::new(
             CallerBody::Read(Some(Bytes::from(harmless.clone()))),
             1 << 20,
             state(),
             Some(token),
-        );
-        clean
-            .checking_decoded(Some("gzip"), 1 << 20, Some(token))
-            .unwrap();
+        )
+        .reading(Some("gzip"), Some(token), None)
+        .unwrap();
         let (result, _) = forwarded(clean).await;
         assert_eq!(result.unwrap(), harmless);
         let shared = state();
-        let mut bomb = ForwardBody::new(
+        let bomb = ForwardBody::new(
             CallerBody::Read(Some(Bytes::from(gzip(&vec![b'a'; 200_000])))),
-            1 << 20,
+            100_000,
             shared.clone(),
             Some(token),
-        );
-        bomb.checking_decoded(Some("gzip"), 100_000, Some(token))
-            .unwrap();
+        )
+        .reading(Some("gzip"), Some(token), None)
+        .unwrap();
         let (result, _) = forwarded(bomb).await;
         assert!(
             matches!(result, Err(BodyError::RequestTooLarge(_))),
@@ -1054,7 +1041,8 @@ mod tests {
         let state = || Arc::new(RequestBodyState::default());
         let body = |text: &'static str| CallerBody::Read(Some(Bytes::from_static(text.as_bytes())));
         let clean = ForwardBody::new(body("amount=1&_method=post"), 1 << 20, state(), None)
-            .refusing_method_overrides(OverrideScan::form(http::Method::POST));
+            .reading(None, None, Some(OverrideScan::form(http::Method::POST)))
+            .unwrap();
         let (result, sent) = forwarded(clean).await;
         assert_eq!(result.unwrap(), b"amount=1&_method=post");
         assert_eq!(sent, b"amount=1&_method=post");
@@ -1066,7 +1054,8 @@ mod tests {
             shared.clone(),
             None,
         )
-        .refusing_method_overrides(OverrideScan::form(http::Method::POST));
+        .reading(None, None, Some(OverrideScan::form(http::Method::POST)))
+        .unwrap();
         let (result, sent) = forwarded(refused).await;
         assert!(matches!(result, Err(BodyError::MethodOverride)));
         assert_eq!(sent, b"amount=1&_method=DELET", "the last byte never left");
@@ -1076,28 +1065,116 @@ mod tests {
         // a caller token held back as well.
         let prefixed = |ahead: &'static [u8], rest: CallerBody, token: Option<&[u8]>| {
             ForwardBody::with_prefix(Bytes::from_static(ahead), rest, 1 << 20, state(), token)
-                .refusing_method_overrides(OverrideScan::form(http::Method::POST))
+                .reading(None, None, Some(OverrideScan::form(http::Method::POST)))
         };
-        let (result, sent) = forwarded(prefixed(
-            b"amount=1&_me",
-            body("thod=PATCH"),
-            Some(b"pst_token"),
-        ))
-        .await;
+        let (result, sent) =
+            forwarded(prefixed(b"amount=1&_me", body("thod=PATCH"), Some(b"pst_token")).unwrap())
+                .await;
         assert!(matches!(result, Err(BodyError::MethodOverride)));
         assert!(!sent.ends_with(b"PATCH"));
-        let (result, _) = forwarded(prefixed(
-            b"amount=1&_me",
-            body("thod=POST&b=2"),
-            Some(b"pst_token"),
-        ))
+        let (result, _) = forwarded(
+            prefixed(b"amount=1&_me", body("thod=POST&b=2"), Some(b"pst_token")).unwrap(),
+        )
         .await;
         assert_eq!(result.unwrap(), b"amount=1&_method=POST&b=2");
-        // Wholly read ahead and overriding: refused at the first frame.
-        let ahead = prefixed(b"_method=DELETE&x=1", CallerBody::empty(), None);
-        assert!(ahead.is_refused());
-        let (result, sent) = forwarded(ahead).await;
-        assert!(matches!(result, Err(BodyError::MethodOverride)));
+        // Wholly read ahead and overriding: refused before anything is sent.
+        let shared = state();
+        let ahead = ForwardBody::with_prefix(
+            Bytes::from_static(b"_method=DELETE&x=1"),
+            CallerBody::empty(),
+            1 << 20,
+            shared.clone(),
+            None,
+        )
+        .reading(None, None, Some(OverrideScan::form(http::Method::POST)));
+        assert_eq!(ahead.err(), Some(RequestBodyViolation::MethodOverride));
+        assert_eq!(shared.violation(), RequestBodyViolation::MethodOverride);
+    }
+
+    /// A compressed body is decoded once for all its readers: a `_method` field is found in
+    /// it as in the caller's token, however the pieces fall, the last byte held until the end
+    /// clears it; the caller's token still comes first; a body that is not valid for its coding
+    /// is refused as undecodable, whoever reads it.
+    #[tokio::test]
+    async fn a_compressed_body_is_decoded_once_for_the_token_and_the_method_field() {
+        use std::io::Write as _;
+        let state = || Arc::new(RequestBodyState::default());
+        let gzip = |data: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        };
+        let token: &[u8] = b"pst_0123456789abcdefghij";
+        let post = || Some(OverrideScan::form(http::Method::POST));
+        // The compressed body split at `at` between what was read ahead and the stream.
+        let split = |gz: &[u8], at: usize, shared: &Arc<RequestBodyState>, token| {
+            ForwardBody::with_prefix(
+                Bytes::copy_from_slice(&gz[..at]),
+                CallerBody::Read(Some(Bytes::copy_from_slice(&gz[at..]))),
+                1 << 20,
+                shared.clone(),
+                token,
+            )
+        };
+        let mut overriding = b"amount=1&description=".to_vec();
+        overriding.extend((0..2000u32).flat_map(|n| n.to_string().into_bytes()));
+        let mut harmless = overriding.clone();
+        overriding.extend_from_slice(b"&_method=DELETE");
+        harmless.extend_from_slice(b"&_method=post");
+        let (overriding, harmless) = (gzip(&overriding), gzip(&harmless));
+        for at in [1, overriding.len() / 2, overriding.len() - 1] {
+            let shared = state();
+            let body = split(&overriding, at, &shared, Some(token))
+                .reading(Some("gzip"), Some(token), post())
+                .unwrap();
+            let (result, sent) = forwarded(body).await;
+            assert!(matches!(result, Err(BodyError::MethodOverride)), "{at}");
+            assert!(sent.len() < overriding.len(), "{at}: the vendor had it all");
+            assert_eq!(shared.violation(), RequestBodyViolation::MethodOverride);
+
+            let body = split(&harmless, at.min(harmless.len() - 1), &state(), Some(token))
+                .reading(Some("gzip"), Some(token), post())
+                .unwrap();
+            assert_eq!(forwarded(body).await.0.unwrap(), harmless, "{at}");
+        }
+        // Both in one body: the caller's token comes first.
+        let mut both = b"a=".to_vec();
+        both.extend_from_slice(token);
+        both.extend_from_slice(b"&_method=DELETE");
+        let both = gzip(&both);
+        let body = split(&both, 1, &state(), None)
+            .reading(Some("gzip"), Some(token), post())
+            .unwrap();
+        assert!(matches!(
+            forwarded(body).await.0,
+            Err(BodyError::CallerTokenInBody)
+        ));
+        // Read for a `_method` field only (no token), a corrupt body is undecodable.
+        let shared = state();
+        let corrupt = ForwardBody::new(
+            CallerBody::Read(Some(Bytes::from_static(b"amount=1 is not gzip"))),
+            1 << 20,
+            shared.clone(),
+            None,
+        )
+        .reading(Some("gzip"), None, post())
+        .unwrap();
+        let (result, sent) = forwarded(corrupt).await;
+        assert!(
+            matches!(result, Err(BodyError::RequestUndecodable)),
+            "{result:?}"
+        );
         assert!(sent.is_empty());
+        assert_eq!(shared.violation(), RequestBodyViolation::Undecodable);
+        // Nothing to read for: not decoded (a certificate caller's PUT).
+        let plain = ForwardBody::new(
+            CallerBody::Read(Some(Bytes::from_static(b"not gzip"))),
+            1 << 20,
+            state(),
+            None,
+        )
+        .reading(Some("gzip"), None, None)
+        .unwrap();
+        assert_eq!(forwarded(plain).await.0.unwrap(), b"not gzip");
     }
 }

@@ -62,7 +62,7 @@ pub(crate) fn method_override(request: &Request<CallerBody>) -> Option<String> {
 pub(crate) fn body_method_override() -> CallError {
     CallError::bad_request(
         "method_override_refused",
-        "the request's body has a _method field (form, multipart or JSON) naming another method than its own, or is multipart written so that servers read its parts differently, or is compressed so that it cannot be read (a coding other than one gzip or deflate, data not valid for its coding, or more than max_request_body_bytes decoded; see method_override_refused in docs/EVENTS.md): a vendor that honours it (Rails, Laravel, Symfony) would run an operation that was not authorized; send the request with the method it means, as well-formed multipart, uncompressed or gzip",
+        "the request's body has a _method field (form, multipart or JSON; read as sent and, when compressed, decoded) naming another method than its own, or is multipart written so that servers read its parts differently: a vendor that honours it (Rails, Laravel, Symfony) would run an operation that was not authorized; send the request with the method it means, as well-formed multipart, uncompressed or gzip",
     )
 }
 
@@ -93,40 +93,28 @@ const MAX_PART_HEADERS: usize = 8 * 1024;
 
 /// Reads a POST body as it streams for a `_method` field naming another method than the
 /// request's ([`OverrideScan::feed`], then [`OverrideScan::finish`] at the body's end).
-#[derive(Debug)]
+///
+/// It reads the bytes it is given. A body with a `Content-Encoding` is read as sent and decoded
+/// (a server that ignores the coding reads the bytes as sent, one that undoes it what they
+/// decode to): its one decoding is `ForwardBody`'s ([`crate::body::ForwardBody::reading`]), or,
+/// for a body read whole, the scan phase's, each feeding a clone of this scan made before it
+/// read anything.
+#[derive(Debug, Clone)]
 pub struct OverrideScan {
     method: http::Method,
     kind: Kind,
     /// A form or multipart body whose type also says JSON (`…; x=/json`): Laravel reads it as
     /// JSON, so it is read as both.
     also_json: Option<JsonKeys>,
-    /// A body with a `Content-Encoding`: read decoded as well, as a server that undoes the
-    /// coding reads it (one that ignores it reads the bytes as sent, which are read too).
-    decoded: Option<Box<Decoded>>,
 }
 
-/// A compressed body's decoder, and the reading of what it decodes.
-struct Decoded {
-    decoder: postern_scan::StreamDecoder,
-    scan: OverrideScan,
-}
-
-impl std::fmt::Debug for Decoded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decoded").field("scan", &self.scan).finish()
-    }
-}
-
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Kind {
     Form(FormFields),
     Multipart(Box<MultipartParts>),
     Json(JsonKeys),
     /// A body its servers would read in ways no one reading covers: refused whatever it holds.
     Refused,
-    /// A body in a coding Postern cannot undo: refused if it has any byte (an empty one holds
-    /// nothing, whatever its coding).
-    Unreadable,
 }
 
 impl OverrideScan {
@@ -134,41 +122,7 @@ impl OverrideScan {
     /// for `_method`: a POST (the method they let a body override) whose `Content-Type` is a
     /// form (or missing or empty: Rack parses such a body as a form), `multipart/form-data` with
     /// a boundary, or JSON (`…/json` or `…+json`, as Laravel tells it).
-    ///
-    /// A body with a `Content-Encoding` is read as sent and decoded (one coding: gzip or
-    /// deflate) as it streams; one whose coding Postern cannot undo (br, codings stacked…),
-    /// that is not valid for its coding, or that decodes past `max_decoded_bytes` is refused,
-    /// since what a server that undoes the coding would read cannot be told.
-    ///
-    /// `content_encoding`: the body's `Content-Encoding`, all its lines as one list
-    /// ([`crate::proxy::body_encoding`]).
-    pub fn for_request(
-        method: &http::Method,
-        headers: &HeaderMap,
-        content_encoding: Option<&str>,
-        max_decoded_bytes: u64,
-    ) -> Option<Self> {
-        let mut scan = Self::as_sent(method, headers)?;
-        let Some(encoding) = content_encoding else {
-            return Some(scan);
-        };
-        let max = usize::try_from(max_decoded_bytes).unwrap_or(usize::MAX);
-        match postern_scan::StreamDecoder::new(encoding, max) {
-            Ok(None) => {}
-            Ok(Some(decoder)) => {
-                let decoded = Self::as_sent(method, headers)?;
-                scan.decoded = Some(Box::new(Decoded {
-                    decoder,
-                    scan: decoded,
-                }));
-            }
-            Err(_) => scan.kind = Kind::Unreadable,
-        }
-        Some(scan)
-    }
-
-    /// The scan of the body's bytes as sent ([`OverrideScan::for_request`]).
-    fn as_sent(method: &http::Method, headers: &HeaderMap) -> Option<Self> {
+    pub fn for_request(method: &http::Method, headers: &HeaderMap) -> Option<Self> {
         if method != http::Method::POST {
             return None;
         }
@@ -180,7 +134,6 @@ impl OverrideScan {
             method: method.clone(),
             kind,
             also_json,
-            decoded: None,
         })
     }
 
@@ -190,26 +143,11 @@ impl OverrideScan {
             method,
             kind: Kind::Form(FormFields::default()),
             also_json: None,
-            decoded: None,
         }
     }
 
-    /// Takes the next bytes of the body; `true` if a field they end overrides the method (as
-    /// sent, or decoded), or a compressed body cannot be read.
+    /// Takes the next bytes of the body; `true` if a field they end overrides the method.
     pub fn feed(&mut self, data: &[u8]) -> bool {
-        if self.feed_as_sent(data) {
-            return true;
-        }
-        let Some(decoded) = self.decoded.as_deref_mut() else {
-            return false;
-        };
-        let Decoded { decoder, scan } = decoded;
-        let mut overrides = false;
-        let read = decoder.feed(data, &mut |piece| overrides = overrides || scan.feed(piece));
-        overrides || read.is_err()
-    }
-
-    fn feed_as_sent(&mut self, data: &[u8]) -> bool {
         let method = self.method.as_str().as_bytes();
         if let Some(json) = &mut self.also_json {
             if json.feed(data, method) {
@@ -221,34 +159,18 @@ impl OverrideScan {
             Kind::Multipart(parts) => parts.feed(data, method),
             Kind::Json(keys) => keys.feed(data, method),
             Kind::Refused => true,
-            Kind::Unreadable => !data.is_empty(),
         }
     }
 
     /// At the body's end: `true` if what is left (a form's last field, a multipart part with
     /// no closing delimiter) overrides the method, or the body is refused whatever it holds.
     pub fn finish(&mut self) -> bool {
-        if self.finish_as_sent() {
-            return true;
-        }
-        let Some(decoded) = self.decoded.as_deref_mut() else {
-            return false;
-        };
-        let Decoded { decoder, scan } = decoded;
-        let mut overrides = false;
-        let read = decoder.finish(&mut |piece| overrides = overrides || scan.feed(piece));
-        overrides || read.is_err() || scan.finish()
-    }
-
-    fn finish_as_sent(&mut self) -> bool {
         let method = self.method.as_str().as_bytes();
         match &mut self.kind {
             Kind::Form(form) => form.field_overrides(method),
             Kind::Multipart(parts) => parts.finish(method),
             Kind::Json(_) => false,
             Kind::Refused => true,
-            // Any byte was refused as it came.
-            Kind::Unreadable => false,
         }
     }
 }
@@ -372,7 +294,7 @@ fn push_capped(part: &mut Vec<u8>, byte: u8) {
 }
 
 /// `application/x-www-form-urlencoded`: `name=value` pairs split by `&`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct FormFields {
     name: Vec<u8>,
     value: Vec<u8>,
@@ -434,7 +356,7 @@ impl FormFields {
 /// so every delimiter a server takes is one here, and a part is found wherever a lenient parser
 /// would find it. A header section must end with an empty CRLF line (Rack reads on to one where
 /// PHP stops at a bare LF): a body whose section ends otherwise is refused.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct MultipartParts {
     /// `--` and the boundary.
     delimiter: Vec<u8>,
@@ -698,7 +620,7 @@ fn stands_as_method(bytes: &[u8]) -> bool {
 
 /// A JSON body's top-level keys: a string value under the key `_method` (escapes decoded) that
 /// names another method overrides. Nesting is followed only to know which keys are top-level.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct JsonKeys {
     /// Nesting depth: 1 is inside the top-level object (or array).
     depth: u32,
@@ -712,7 +634,7 @@ struct JsonKeys {
     string: Option<JsonString>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct JsonString {
     /// A top-level key (`Some(false)`), a top-level value (`Some(true)`), or any other string.
     role: Option<bool>,
@@ -852,8 +774,7 @@ mod tests {
         if let Some(value) = content_type {
             headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
         }
-        OverrideScan::for_request(&http::Method::POST, &headers, None, LIMIT)
-            .expect("a scanned body")
+        OverrideScan::for_request(&http::Method::POST, &headers).expect("a scanned body")
     }
 
     /// Whether `body` overrides, fed whole and then split at every byte into two pieces (the
@@ -1281,37 +1202,23 @@ mod tests {
             headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
             headers
         };
-        assert!(
-            OverrideScan::for_request(&http::Method::PUT, &HeaderMap::new(), None, LIMIT).is_none()
-        );
+        assert!(OverrideScan::for_request(&http::Method::PUT, &HeaderMap::new()).is_none());
         for kept in ["", "application/x-www-form-urlencoded", "application/json"] {
-            assert!(
-                OverrideScan::for_request(&http::Method::POST, &headers(kept), None, LIMIT)
-                    .is_some()
-            );
+            assert!(OverrideScan::for_request(&http::Method::POST, &headers(kept)).is_some());
         }
         // The type cut at a space (PHP), and JSON wherever the header says so (Laravel).
         let mut form = OverrideScan::for_request(
             &http::Method::POST,
             &headers("application/x-www-form-urlencoded x"),
-            None,
-            LIMIT,
         )
         .unwrap();
         assert!(form.feed(b"_method=DELETE&"));
-        let mut json = OverrideScan::for_request(
-            &http::Method::POST,
-            &headers("text/plain; x=/json"),
-            None,
-            LIMIT,
-        )
-        .unwrap();
+        let mut json =
+            OverrideScan::for_request(&http::Method::POST, &headers("text/plain; x=/json"))
+                .unwrap();
         assert!(json.feed(br#"{"_method":"DELETE"}"#));
         for skipped in ["text/plain", "application/octet-stream", "application/xml"] {
-            assert!(
-                OverrideScan::for_request(&http::Method::POST, &headers(skipped), None, LIMIT)
-                    .is_none()
-            );
+            assert!(OverrideScan::for_request(&http::Method::POST, &headers(skipped)).is_none());
         }
     }
 
@@ -1321,13 +1228,50 @@ mod tests {
         encoder.finish().unwrap()
     }
 
-    /// A compressed body's scan, for `encoding` and `content_type`.
-    fn compressed(encoding: &str, content_type: &str, limit: u64) -> OverrideScan {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
-        headers.append(header::CONTENT_ENCODING, encoding.parse().unwrap());
-        OverrideScan::for_request(&http::Method::POST, &headers, Some(encoding), limit)
-            .expect("a scanned body")
+    /// A compressed body's reading for `_method`, as `ForwardBody` reads it: as sent, and
+    /// through its one decoding ([`crate::body::Decoding`]).
+    struct Compressed {
+        as_sent: OverrideScan,
+        /// `None`: refused before any byte (a coding that cannot be undone).
+        decoding: Option<crate::body::Decoding>,
+    }
+
+    impl Compressed {
+        fn new(encoding: &str, content_type: &str, limit: u64) -> Self {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+            let as_sent =
+                OverrideScan::for_request(&http::Method::POST, &headers).expect("a scanned body");
+            let decoding = crate::body::Decoding::new(encoding, limit, None, Some(as_sent.clone()))
+                .map(|decoding| decoding.expect("a coding to undo"))
+                .ok();
+            Compressed { as_sent, decoding }
+        }
+
+        /// Whether the body is refused by `data` (or, at `end`, by its end).
+        fn refuses(&mut self, data: &[u8], end: bool) -> bool {
+            let Some(decoding) = &mut self.decoding else {
+                return true;
+            };
+            let as_sent = match end {
+                false => self.as_sent.feed(data),
+                true => self.as_sent.finish(),
+            };
+            as_sent || decoding.check(data, end).is_err()
+        }
+
+        fn feed(&mut self, data: &[u8]) -> bool {
+            self.refuses(data, false)
+        }
+
+        fn finish(&mut self) -> bool {
+            self.refuses(&[], true)
+        }
+    }
+
+    /// A compressed body's reading, for `encoding` and `content_type`.
+    fn compressed(encoding: &str, content_type: &str, limit: u64) -> Compressed {
+        Compressed::new(encoding, content_type, limit)
     }
 
     /// Whether `body` overrides, fed whole and then split at every byte into two pieces.
@@ -1429,9 +1373,6 @@ mod tests {
         for unknown in ["zstd", "compress", "gzip, zstd", "br", "gzip, br"] {
             let mut scan = compressed(unknown, FORM, LIMIT);
             assert!(scan.feed(&plain) || scan.finish(), "{unknown}");
-            // An empty body holds nothing, whatever its coding.
-            let mut empty = compressed(unknown, FORM, LIMIT);
-            assert!(!(empty.feed(b"") || empty.finish()), "{unknown}, empty");
         }
         assert!(compressed_overrides(
             "gzip",

@@ -357,24 +357,16 @@ fn pipeline<'a>(
         };
         let (body, scan) = match &integration.config.data_classes {
             None => {
-                let mut body = ForwardBody::new(
-                    body,
-                    integration.config.max_request_body_bytes,
-                    context.request_body.clone(),
-                    caller_token.as_deref(),
-                );
                 let max = integration.config.max_request_body_bytes;
-                // Nothing is read ahead here: the check starts with the first frame.
-                body.checking_decoded(encoding.as_deref(), max, caller_token.as_deref())
+                let token = caller_token.as_deref();
+                // Nothing is read ahead here: the reading starts with the first frame.
+                let body = ForwardBody::new(body, max, context.request_body.clone(), token)
+                    .reading(
+                        encoding.as_deref(),
+                        token,
+                        OverrideScan::for_request(request.method(), request.headers()),
+                    )
                     .map_err(|violation| body_refusal(violation, max))?;
-                if let Some(scan) = OverrideScan::for_request(
-                    request.method(),
-                    request.headers(),
-                    encoding.as_deref(),
-                    max,
-                ) {
-                    body = body.refusing_method_overrides(scan);
-                }
                 (body, None)
             }
             Some(_) => {
@@ -1512,7 +1504,7 @@ pub(crate) fn violation_error(violation: RequestBodyViolation, limit: u64) -> Op
         RequestBodyViolation::MethodOverride => Some(crate::overrides::body_method_override()),
         RequestBodyViolation::Undecodable => Some(CallError::bad_request(
             "request_body_undecodable",
-            "the compressed request body is not valid for its Content-Encoding (or, deflate, reads both as zlib and as raw DEFLATE), so what a vendor would decode from it cannot be checked for the caller token; nothing more of it was forwarded; send it uncompressed or validly compressed",
+            "the compressed request body is not valid for its Content-Encoding (or, deflate, reads both as zlib and as raw DEFLATE), so what a vendor would decode from it cannot be checked (for the caller token, a _method field, data classes); nothing more of it was forwarded; send it uncompressed or validly compressed",
         )),
         RequestBodyViolation::Broken => Some(CallError::bad_request(
             "request_body_error",

@@ -3,7 +3,9 @@
 //! response before it reaches the caller.
 //!
 //! Only integrations that declare `data_classes` are scanned. A body up to `scan_max_body_bytes`
-//! is read into memory (decoded first if gzip or br), scanned, and then blocked (403
+//! is read into memory (decoded first: a request's one gzip or deflate coding as the vendor's
+//! strictest reading goes, once for all its readers; a response's gzip, deflate or br as its
+//! caller's client undoes them), scanned, and then blocked (403
 //! `data_class_not_approved`), redacted (values masked, same length) or reported, per
 //! `on_unapproved`. A larger body is forwarded as a stream and its event says `unscanned` —
 //! never silently. Findings are classes and counts only; no value is kept or logged.
@@ -15,6 +17,7 @@ use http::header;
 use crate::upstream::UpstreamBody;
 use postern_config::OnUnapproved;
 use postern_scan::{ContentTypeHint, Scanner};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::task::Poll;
@@ -87,39 +90,55 @@ pub async fn scan_request(
         )
     };
     let token = caller_token.filter(|token| !token.is_empty());
-    if let Some(token) = token {
-        if memchr::memmem::find(&bytes, token).is_some() {
-            return Err(refused(RequestBodyViolation::CallerToken));
-        }
-        // Decoded too, as a vendor that undoes the coding reads it (the whole body when it was
-        // read whole; else what was read, then the rest as it streams, below).
-        if let (Some(encoding), true) = (content_encoding, complete) {
-            crate::body::check_decoded_whole(&bytes, encoding, limit, token).map_err(refused)?;
-        }
+    if token.is_some_and(|token| memchr::memmem::find(&bytes, token).is_some()) {
+        return Err(refused(RequestBodyViolation::CallerToken));
     }
-    // A POST body's `_method` field (read as it streams past what was read here).
+    // A POST body's `_method` field, read as sent and decoded.
     let overrides = context
         .method
         .as_ref()
-        .and_then(|method| OverrideScan::for_request(method, headers, content_encoding, limit));
+        .and_then(|method| OverrideScan::for_request(method, headers));
     let mut summary = ScanSummary::default();
     if !complete {
         summary.unscanned = Some("body larger than scan_max_body_bytes");
-        let mut forward = ForwardBody::with_prefix(bytes, body, limit, state, caller_token);
-        forward
-            .checking_decoded(content_encoding, limit, token)
+        // What was read, then the rest as it streams (decoded too, as a vendor that undoes the
+        // coding reads it).
+        let forward = ForwardBody::with_prefix(bytes, body, limit, state, caller_token)
+            .reading(content_encoding, token, overrides)
             .map_err(refused)?;
-        if let Some(scan) = overrides {
-            forward = forward.refusing_method_overrides(scan);
-            // Refused now if what was read already overrides: nothing is sent.
-            if forward.is_refused() {
-                return Err((body_method_override(), ScanSummary::default()));
-            }
-        }
         return Ok((forward, Some(summary)));
     }
+    // Read whole: decoded once (as a vendor that undoes the coding reads it) for the caller
+    // token, the `_method` field and the data classes. Not valid for its coding, it is refused
+    // whoever the caller is: what a vendor would read in it cannot be scanned.
+    let decoded = match content_encoding {
+        None => Cow::Borrowed(&bytes[..]),
+        Some(encoding) => {
+            let max = usize::try_from(limit).unwrap_or(usize::MAX);
+            postern_scan::StreamDecoder::decode_whole(&bytes, encoding, max).map_err(
+                |unscanned| {
+                    refused(match unscanned.reason {
+                        postern_scan::UnscannedReason::TooLarge { .. } => {
+                            RequestBodyViolation::TooLarge
+                        }
+                        _ => RequestBodyViolation::Undecodable,
+                    })
+                },
+            )?
+        }
+    };
+    let encoded = matches!(decoded, Cow::Owned(_));
+    if encoded && token.is_some_and(|token| memchr::memmem::find(&decoded, token).is_some()) {
+        return Err(refused(RequestBodyViolation::CallerToken));
+    }
     if let Some(mut scan) = overrides {
-        if scan.feed(&bytes) || scan.finish() {
+        let mut decoded_scan = encoded.then(|| scan.clone());
+        if scan.feed(&bytes)
+            || scan.finish()
+            || decoded_scan
+                .as_mut()
+                .is_some_and(|scan| scan.feed(&decoded) || scan.finish())
+        {
             return Err((body_method_override(), ScanSummary::default()));
         }
     }
@@ -129,7 +148,16 @@ pub async fn scan_request(
     if bytes.is_empty() {
         return Ok((ForwardBody::full(bytes, state), Some(summary)));
     }
-    let classified = classify(scanner, approved, &bytes, headers, cap, &mut summary);
+    let decoded = match decoded.len() as u64 > cap {
+        // Decoded past the scan's cap: not scanned, and said so; scanned as sent all the same.
+        true => Err(postern_scan::Unscanned {
+            reason: postern_scan::UnscannedReason::TooLarge {
+                max_bytes: usize::try_from(cap).unwrap_or(usize::MAX),
+            },
+        }),
+        false => Ok(decoded),
+    };
+    let classified = classify(scanner, approved, &bytes, decoded, headers, &mut summary);
     if summary.unapproved.is_empty() {
         return Ok((ForwardBody::full(bytes, state), Some(summary)));
     }
@@ -196,29 +224,28 @@ pub(crate) fn all_values<'a>(
     ))
 }
 
-/// Decodes (gzip/br), scans and fills `summary` (classes, unapproved). A body that could not be
-/// decoded is scanned as sent, and `summary.unscanned` says it was not decoded.
+/// Scans `decoded` (`bytes` with its coding undone) and fills `summary` (classes, unapproved).
+/// A body that could not be decoded is scanned as sent, and `summary.unscanned` says it was not
+/// decoded.
 fn classify(
     scanner: &Scanner,
     approved: &[String],
     bytes: &[u8],
+    decoded: Result<Cow<'_, [u8]>, postern_scan::Unscanned>,
     headers: &http::HeaderMap,
-    cap: u64,
     summary: &mut ScanSummary,
 ) -> Classified {
-    let encoding = all_values(headers, &header::CONTENT_ENCODING);
-    let decoded = match postern_scan::decode_for_scan(bytes, encoding.as_deref(), cap as usize) {
+    let decoded = match decoded {
         Ok(decoded) => decoded,
         Err(unscanned) => {
             // Not decoded, and said so; but scanned as sent: a server that ignores the coding
-            // (many do, on requests) reads these very bytes, and what is found in them can be
-            // masked in place.
+            // reads these very bytes, and what is found in them can be masked in place.
             tracing::debug!(reason = ?unscanned, "body not decoded; scanned as sent");
             summary.unscanned = Some("body could not be decoded for scanning");
-            std::borrow::Cow::Borrowed(bytes)
+            Cow::Borrowed(bytes)
         }
     };
-    let encoded = !matches!(&decoded, std::borrow::Cow::Borrowed(_));
+    let encoded = matches!(&decoded, Cow::Owned(_));
     // Two `Content-Type` lines say nothing certain: scanned as text of no known kind.
     let mut types = headers.get_all(header::CONTENT_TYPE).iter();
     let content_type = match (types.next(), types.next()) {
@@ -338,7 +365,10 @@ pub async fn scan_response(
     if bytes.is_empty() {
         return Ok(scanned(bytes, summary));
     }
-    let classified = classify(scanner, approved, &bytes, headers, cap, &mut summary);
+    // The caller's client undoes the coding: gzip, deflate either way, br, stacked.
+    let encoding = all_values(headers, &header::CONTENT_ENCODING);
+    let decoded = postern_scan::decode_for_scan(&bytes, encoding.as_deref(), cap as usize);
+    let classified = classify(scanner, approved, &bytes, decoded, headers, &mut summary);
     if summary.unapproved.is_empty() {
         return Ok(scanned(bytes, summary));
     }
