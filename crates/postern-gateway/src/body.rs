@@ -715,6 +715,8 @@ pub struct ResponseBody {
     seen: u64,
     /// A vendor that stalls mid-body ends the call rather than holding it.
     stall: Stall,
+    /// The last poll of `inner` was pending: the answer waits on its vendor, not its caller.
+    waiting: bool,
     record: Option<PendingRecord>,
     audit: Option<PendingAudit>,
 }
@@ -733,6 +735,7 @@ impl ResponseBody {
             limit,
             seen: 0,
             stall,
+            waiting: false,
             record: Some(record),
             audit,
         }
@@ -777,13 +780,23 @@ impl ResponseBody {
 impl Drop for ResponseBody {
     /// A body dropped before its end is a call cut short; one that has no content (the answer
     /// to `HEAD`, a 204 or 304) or is already at its end (`content-length: 0`) is a whole one:
-    /// servers drop these without polling them.
+    /// servers drop these without polling them. Cut short with its connection, closed at its
+    /// idle limit ([`crate::deadline::InFlight::idled_out`]) while the answer was not waiting on
+    /// its vendor, it is one its caller stopped taking: `caller_stalled`, as one the listener
+    /// cuts on its own is (whichever server wrote it: Postern's HTTP/1.1 one, or hyper's).
     fn drop(&mut self) {
         let Some(record) = &self.record else {
             return; // finished already, as most bodies are by their last frame
         };
         let whole = bodiless(record.context.method.as_ref(), record.status) || self.is_end_stream();
-        self.finish(!whole, None);
+        let stalled = !whole
+            && !self.waiting
+            && record
+                .context
+                .in_flight
+                .as_ref()
+                .is_some_and(crate::deadline::InFlight::idled_out);
+        self.finish(!whole, stalled.then_some("caller_stalled"));
     }
 }
 
@@ -809,7 +822,9 @@ impl Body for ResponseBody {
             }
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.waiting = polled.is_pending();
+        match polled {
             Poll::Pending => match this.stall.poll_stalled(cx) {
                 Some(overdue) => {
                     this.finish(true, Some(overdue.reason()));

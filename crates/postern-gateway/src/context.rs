@@ -163,6 +163,11 @@ pub struct CallContext {
     /// The call's places under its integration's concurrency limits, given back when the
     /// context is dropped: once the call is recorded.
     pub places: Option<crate::concurrency::CallPlaces>,
+    /// The calls of the connection it came on ([`ConnectionInfo::in_flight`]): an answer
+    /// dropped unfinished with its connection, closed at its idle limit
+    /// ([`InFlight::idled_out`]), is one its caller stopped taking (`caller_stalled`).
+    /// `None` in the placeholder [`CallContext::take`] leaves.
+    pub in_flight: Option<InFlight>,
 }
 
 impl CallContext {
@@ -198,6 +203,7 @@ impl CallContext {
             target_hmac,
             host: connection.tunnel.as_ref().map(|t| t.host.clone()),
             places: None,
+            in_flight: Some(connection.in_flight.clone()),
         }
     }
 
@@ -247,6 +253,7 @@ impl CallContext {
             target_hmac: self.target_hmac.clone(),
             host: None,
             places: None,
+            in_flight: None,
         };
         std::mem::replace(self, placeholder)
     }

@@ -800,8 +800,8 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
         io.flush().await?;
         return Ok(!close);
     }
-    let mut body = Outgoing { body, in_flight };
-    let body = &mut body.body;
+    let mut body = body;
+    let body = &mut body;
     // `out` holds what is still to be written; it is written when the body has nothing ready
     // (so a streamed answer reaches the caller as it comes) and at the end.
     let mut remaining = length;
@@ -881,22 +881,6 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
         io.flush().await?;
     }
     Ok(!close)
-}
-
-/// An answer's body while it is written. Dropped unfinished because a write was cut at the
-/// connection's idle limit ([`InFlight::idled_out`](crate::deadline::InFlight::idled_out)) —
-/// its caller stopped taking it — the call is recorded `caller_stalled`.
-struct Outgoing<'a> {
-    body: GatewayBody,
-    in_flight: &'a crate::deadline::InFlight,
-}
-
-impl Drop for Outgoing<'_> {
-    fn drop(&mut self) {
-        if self.in_flight.idled_out() {
-            std::mem::replace(&mut self.body, GatewayBody::Full(None)).abandon("caller_stalled");
-        }
-    }
 }
 
 /// One poll of the body's next frame: `None` when it is not ready yet.

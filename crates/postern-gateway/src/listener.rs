@@ -558,24 +558,6 @@ impl http_body::Body for Answer {
     }
 }
 
-/// An answer dropped with its connection, closed at the idle limit
-/// ([`InFlight::idled_out`]), is one its caller stopped taking: recorded `caller_stalled`, as
-/// one cut on its own is.
-impl Drop for Answer {
-    fn drop(&mut self) {
-        if let AnswerBody::Watched(watched) = &self.body {
-            // Not one waiting on its vendor (its connection may have died of another stream's
-            // stalled write): that wait is the vendor's, not the caller's.
-            if self.in_flight.idled_out() && self.waiting.is_none() {
-                let body = watched.body().take();
-                if let Some(body) = body {
-                    body.abandon("caller_stalled");
-                }
-            }
-        }
-    }
-}
-
 /// A hyper service answering every request of one connection with `handler`, each call counted
 /// among the connection's waits on vendors ([`ConnectionInfo::in_flight`]) until its answer's
 /// head is ready, then while its body waits ([`Answer`]).
