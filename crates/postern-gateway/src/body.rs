@@ -179,6 +179,27 @@ pub(crate) struct Decoding {
     /// decoded pieces is still found).
     token: Option<(memmem::Finder<'static>, Vec<u8>)>,
     overrides: Option<OverrideScan>,
+    /// For a body read whole to be scanned: its decoded bytes, up to a cap
+    /// ([`Decoding::keeping`]).
+    kept: Option<Kept>,
+}
+
+/// Decoded bytes kept, up to `cap`; past it, none (`over`).
+struct Kept {
+    bytes: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl Kept {
+    fn take(&mut self, piece: &[u8]) {
+        if self.over || self.bytes.len() + piece.len() > self.cap {
+            self.over = true;
+            self.bytes = Vec::new();
+        } else {
+            self.bytes.extend_from_slice(piece);
+        }
+    }
 }
 
 impl Decoding {
@@ -197,14 +218,39 @@ impl Decoding {
         if token.is_none() && overrides.is_none() {
             return Ok(None);
         }
+        Self::keeping(content_encoding, max_decoded, token, overrides, None)
+    }
+
+    /// [`Decoding::new`], reading the body even with nothing to read for, and keeping its
+    /// decoded bytes up to `keep` ([`Decoding::kept`]): for a body read whole to be scanned.
+    pub(crate) fn keeping(
+        content_encoding: &str,
+        max_decoded: u64,
+        token: Option<&[u8]>,
+        overrides: Option<OverrideScan>,
+        keep: Option<usize>,
+    ) -> Result<Option<Self>, RequestBodyViolation> {
         let max = usize::try_from(max_decoded).unwrap_or(usize::MAX);
         let decoder = postern_scan::StreamDecoder::new(content_encoding, max)
             .map_err(|_| RequestBodyViolation::Undecodable)?;
         Ok(decoder.map(|decoder| Decoding {
             decoder,
-            token: token.map(|token| (memmem::Finder::new(token).into_owned(), Vec::new())),
+            token: token
+                .filter(|token| !token.is_empty())
+                .map(|token| (memmem::Finder::new(token).into_owned(), Vec::new())),
             overrides,
+            kept: keep.map(|cap| Kept {
+                bytes: Vec::new(),
+                cap,
+                over: false,
+            }),
         }))
+    }
+
+    /// The decoded bytes kept ([`Decoding::keeping`]): `None` when they passed the cap (or
+    /// none were asked for).
+    pub(crate) fn kept(self) -> Option<Vec<u8>> {
+        self.kept.filter(|kept| !kept.over).map(|kept| kept.bytes)
     }
 
     /// Feeds `data` (or, at `end`, finishes the stream) and reads what it decodes. The caller's
@@ -217,11 +263,15 @@ impl Decoding {
             decoder,
             token,
             overrides,
+            kept,
         } = self;
         let mut found = RequestBodyViolation::None;
         let mut read = |piece: &[u8]| {
             if found != RequestBodyViolation::None {
                 return;
+            }
+            if let Some(kept) = kept {
+                kept.take(piece);
             }
             if let Some((finder, carry)) = token {
                 let keep = finder.needle().len() - 1;
@@ -1152,10 +1202,10 @@ mod tests {
                 .unwrap();
             assert_eq!(forwarded(body).await.0.unwrap(), harmless, "{at}");
         }
-        // Both in one body: the caller's token comes first.
-        let mut both = b"a=".to_vec();
+        // Both in one decoded piece, the `_method` field first: the caller's token is the
+        // refusal.
+        let mut both = b"_method=DELETE&a=".to_vec();
         both.extend_from_slice(token);
-        both.extend_from_slice(b"&_method=DELETE");
         let both = gzip(&both);
         let body = split(&both, 1, &state(), None)
             .reading(Some("gzip"), Some(token), post())
@@ -1164,6 +1214,20 @@ mod tests {
             forwarded(body).await.0,
             Err(BodyError::CallerTokenInBody)
         ));
+        // Read ahead whole, its `_method` the last field (found only at the decoding's end):
+        // refused before anything is sent.
+        let shared = state();
+        let whole = gzip(b"amount=1&_method=DELETE");
+        let ahead = ForwardBody::with_prefix(
+            Bytes::from(whole),
+            CallerBody::empty(),
+            1 << 20,
+            shared.clone(),
+            Some(token),
+        )
+        .reading(Some("gzip"), Some(token), post());
+        assert_eq!(ahead.err(), Some(RequestBodyViolation::MethodOverride));
+        assert_eq!(shared.violation(), RequestBodyViolation::MethodOverride);
         // Read for a `_method` field only (no token), a corrupt body is undecodable.
         let shared = state();
         let corrupt = ForwardBody::new(
@@ -1191,5 +1255,34 @@ mod tests {
         .reading(Some("gzip"), None, None)
         .unwrap();
         assert_eq!(forwarded(plain).await.0.unwrap(), b"not gzip");
+    }
+
+    /// Kept for a scan, the decoded bytes come back whole up to the cap, and not at all past
+    /// it; the body is read for the token all the same.
+    #[test]
+    fn a_decoding_keeps_what_it_decodes_up_to_its_cap() {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(b"amount=100&currency=usd").unwrap();
+        let gz = e.finish().unwrap();
+        let read = |cap: usize, token: Option<&[u8]>| {
+            let mut decoding = Decoding::keeping("gzip", 1 << 20, token, None, Some(cap))
+                .unwrap()
+                .unwrap();
+            for piece in gz.chunks(3) {
+                decoding.check(piece, false)?;
+            }
+            decoding.check(&[], true)?;
+            Ok::<_, RequestBodyViolation>(decoding.kept())
+        };
+        assert_eq!(read(23, None).unwrap().unwrap(), b"amount=100&currency=usd");
+        assert_eq!(read(22, None).unwrap(), None);
+        assert_eq!(
+            read(22, Some(b"currency")).err(),
+            Some(RequestBodyViolation::CallerToken)
+        );
+        assert!(Decoding::keeping("identity", 1, None, None, Some(1))
+            .unwrap()
+            .is_none());
     }
 }

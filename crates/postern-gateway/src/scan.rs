@@ -23,10 +23,10 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use crate::body::RequestBodyViolation;
-use crate::body::{ForwardBody, Overdue, Stall};
+use crate::body::{Decoding, ForwardBody, Overdue, Stall};
 use crate::context::CallContext;
 use crate::error::CallError;
-use crate::overrides::{body_method_override, OverrideScan};
+use crate::overrides::OverrideScan;
 use crate::runtime::IntegrationRuntime;
 
 /// What the scan found in one direction.
@@ -108,55 +108,47 @@ pub async fn scan_request(
             .map_err(refused)?;
         return Ok((forward, Some(summary)));
     }
-    // Read whole: decoded once (as a vendor that undoes the coding reads it) for the caller
-    // token, the `_method` field and the data classes. Not valid for its coding, it is refused
-    // whoever the caller is: what a vendor would read in it cannot be scanned.
+    // Read whole: as sent for a `_method` field (the token was looked for above), then decoded
+    // once (as a vendor that undoes the coding reads it) for the caller token, the `_method`
+    // field and the data classes, keeping no more of what it decodes than the scan's cap. Not
+    // valid for its coding, it is refused whoever the caller is: what a vendor would read in
+    // it could not be scanned.
+    if let Some(mut scan) = overrides.clone() {
+        if scan.feed(&bytes) || scan.finish() {
+            return Err(refused(RequestBodyViolation::MethodOverride));
+        }
+    }
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
     let decoded = match content_encoding {
-        None => Cow::Borrowed(&bytes[..]),
+        None => Ok(Cow::Borrowed(&bytes[..])),
         Some(encoding) => {
-            let max = usize::try_from(limit).unwrap_or(usize::MAX);
-            postern_scan::StreamDecoder::decode_whole(&bytes, encoding, max).map_err(
-                |unscanned| {
-                    refused(match unscanned.reason {
-                        postern_scan::UnscannedReason::TooLarge { .. } => {
-                            RequestBodyViolation::TooLarge
-                        }
-                        _ => RequestBodyViolation::Undecodable,
-                    })
-                },
-            )?
+            match Decoding::keeping(encoding, limit, token, overrides, Some(cap))
+                .map_err(refused)?
+            {
+                None => Ok(Cow::Borrowed(&bytes[..])),
+                Some(mut decoding) => {
+                    decoding
+                        .check(&bytes, false)
+                        .and_then(|()| decoding.check(&[], true))
+                        .map_err(refused)?;
+                    // Decoded past the scan's cap: not scanned, and said so; scanned as sent
+                    // all the same.
+                    decoding
+                        .kept()
+                        .map(Cow::Owned)
+                        .ok_or(postern_scan::Unscanned {
+                            reason: postern_scan::UnscannedReason::TooLarge { max_bytes: cap },
+                        })
+                }
+            }
         }
     };
-    let encoded = matches!(decoded, Cow::Owned(_));
-    if encoded && token.is_some_and(|token| memchr::memmem::find(&decoded, token).is_some()) {
-        return Err(refused(RequestBodyViolation::CallerToken));
-    }
-    if let Some(mut scan) = overrides {
-        let mut decoded_scan = encoded.then(|| scan.clone());
-        if scan.feed(&bytes)
-            || scan.finish()
-            || decoded_scan
-                .as_mut()
-                .is_some_and(|scan| scan.feed(&decoded) || scan.finish())
-        {
-            return Err((body_method_override(), ScanSummary::default()));
-        }
-    }
     state
         .bytes
         .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
     if bytes.is_empty() {
         return Ok((ForwardBody::full(bytes, state), Some(summary)));
     }
-    let decoded = match decoded.len() as u64 > cap {
-        // Decoded past the scan's cap: not scanned, and said so; scanned as sent all the same.
-        true => Err(postern_scan::Unscanned {
-            reason: postern_scan::UnscannedReason::TooLarge {
-                max_bytes: usize::try_from(cap).unwrap_or(usize::MAX),
-            },
-        }),
-        false => Ok(decoded),
-    };
     let classified = classify(scanner, approved, &bytes, decoded, headers, &mut summary);
     if summary.unapproved.is_empty() {
         return Ok((ForwardBody::full(bytes, state), Some(summary)));

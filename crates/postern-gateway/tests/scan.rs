@@ -571,7 +571,21 @@ async fn a_certificate_callers_compressed_body_is_decoded_strictly_for_scanning(
     // strict one refuses the body; scanned as sent, nothing would be found.
     let mut trailing = gzip(WITH_CARD.as_bytes());
     trailing.push(0);
-    let two_ways = [0x78, 0x01, 0x00, 0xfe, 0xff, b'a', b'b', b'c'].to_vec();
+    // A valid zlib stream (one stored block of 65,278 bytes, whose length makes the first five
+    // bytes a raw DEFLATE stored block too): harmless read as zlib, refused as reading two ways.
+    let data = vec![b'a'; 0xfefe];
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in &data {
+        a = (a + u32::from(byte)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    let mut two_ways = vec![0x78, 0x01, 0x01, 0xfe, 0xfe, 0x01, 0x01];
+    two_ways.extend_from_slice(&data);
+    two_ways.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let mut zlib = flate2::read::ZlibDecoder::new(&two_ways[..]);
+    let mut read = Vec::new();
+    std::io::Read::read_to_end(&mut zlib, &mut read).expect("valid zlib");
+    assert_eq!(read, data);
     for (encoding, body) in [
         ("gzip", WITH_CARD.as_bytes().to_vec()),
         ("gzip", trailing),

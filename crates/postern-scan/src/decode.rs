@@ -232,23 +232,6 @@ impl StreamDecoder {
         Ok(())
     }
 
-    /// A body read whole, decoded as the stream decoder reads it (the same refusals): borrowed
-    /// when `content_encoding` names nothing to undo. For readers that hold the whole body and
-    /// look at it more than once, so it is decoded once.
-    pub fn decode_whole<'a>(
-        body: &'a [u8],
-        content_encoding: &str,
-        max_bytes: usize,
-    ) -> Result<Cow<'a, [u8]>, Unscanned> {
-        let Some(mut decoder) = Self::new(content_encoding, max_bytes)? else {
-            return Ok(Cow::Borrowed(body));
-        };
-        let mut out = Vec::new();
-        decoder.feed(body, &mut |piece| out.extend_from_slice(piece))?;
-        decoder.finish(&mut |piece| out.extend_from_slice(piece))?;
-        Ok(Cow::Owned(out))
-    }
-
     /// The body ended: what the decoder still holds is handed on; a stream cut short is
     /// `Corrupt`. A body with no bytes at all is nothing to decode.
     pub fn finish(&mut self, decoded: &mut dyn FnMut(&[u8])) -> Result<(), Unscanned> {
@@ -441,10 +424,6 @@ mod tests {
         ] {
             let whole = decode_for_scan(&body, Some(encoding), 1 << 24).unwrap();
             assert_eq!(&*whole, &text[..], "{encoding}");
-            let once = StreamDecoder::decode_whole(&body, encoding, 1 << 24).unwrap();
-            assert_eq!(&*once, &text[..], "{encoding}, whole");
-            let error = StreamDecoder::decode_whole(&body, encoding, text.len() - 1).unwrap_err();
-            assert!(matches!(error.reason, UnscannedReason::TooLarge { .. }));
             for pieces in [1, 2, 7, 1000, body.len()] {
                 let out = streamed(encoding, &body, pieces, 1 << 24).unwrap();
                 assert!(out == text, "{encoding} in pieces of {pieces}");
@@ -520,22 +499,5 @@ mod tests {
             .unwrap();
         let mut empty = StreamDecoder::new("gzip", 10).unwrap().unwrap();
         empty.finish(&mut |_| panic!("nothing decoded")).unwrap();
-        // Read whole, the same refusals; nothing to undo is the body itself.
-        for (encoding, body) in [
-            ("deflate", &ambiguous[..]),
-            ("gzip", &cut[..cut.len() / 2]),
-            ("gzip", b"not gzip at all"),
-            ("br", &cut[..]),
-        ] {
-            assert!(
-                StreamDecoder::decode_whole(body, encoding, 1 << 24).is_err(),
-                "{encoding}"
-            );
-        }
-        let as_is = StreamDecoder::decode_whole(b"plain", "identity", 1).unwrap();
-        assert!(matches!(as_is, Cow::Borrowed(b"plain")));
-        assert!(StreamDecoder::decode_whole(b"", "gzip", 1)
-            .unwrap()
-            .is_empty());
     }
 }

@@ -47,7 +47,8 @@
 //!
 //! ## What it is not
 //! Not a DLP policy engine (the gateway decides what a class means for an integration), not a
-//! streaming scanner (give it the whole body, decoded with [`decode_for_scan`] within a cap),
+//! streaming scanner (give it the whole body, decoded within a cap: a response with
+//! [`decode_for_scan`], a request as its vendor's strictest reading goes, with [`StreamDecoder`]),
 //! and not a named-entity recogniser: names and addresses are out of scope.
 
 mod anchors;
