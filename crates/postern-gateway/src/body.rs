@@ -247,6 +247,15 @@ impl Decoding {
         }))
     }
 
+    /// Whether what was decoded so far ends with the start of the caller's token (one that
+    /// more of the body could complete).
+    fn token_in_progress(&self) -> bool {
+        self.token.as_ref().is_some_and(|(finder, carry)| {
+            let needle = finder.needle();
+            (1..=carry.len().min(needle.len() - 1)).any(|len| carry.ends_with(&needle[..len]))
+        })
+    }
+
     /// The decoded bytes kept ([`Decoding::keeping`]): `None` when they passed the cap (or
     /// none were asked for).
     pub(crate) fn kept(self) -> Option<Vec<u8>> {
@@ -383,6 +392,11 @@ impl ForwardBody {
         if let Err(violation) = checked {
             return Err(self.refused_for(violation));
         }
+        if self.decoded_token_in_progress() {
+            // What was read ahead is held back whole, as a frame is.
+            self.carry = [&ahead[..], &carry[..]].concat();
+            return Ok(self);
+        }
         self.carry = carry;
         self.buffered = Some(self.hold_last(ahead)).filter(|b| !b.is_empty());
         Ok(self)
@@ -469,23 +483,39 @@ impl ForwardBody {
         }
     }
 
+    /// Whether what the body decodes to so far ends with the start of the caller's token
+    /// ([`Decoding::token_in_progress`]): which compressed bytes hold that start cannot be told,
+    /// so every frame since it may have begun is held back.
+    fn decoded_token_in_progress(&self) -> bool {
+        self.decoded
+            .as_ref()
+            .is_some_and(|decoding| decoding.token_in_progress())
+    }
+
     /// Scans `data` (after what was held back) for the caller token. Returns the bytes that
     /// may be sent now; the last `token length - 1` bytes are held back until more data or the
     /// end of the body shows they cannot start the token, so not even a prefix of the token is
-    /// sent ahead of the refusal.
+    /// sent ahead of the refusal. A body read decoded holds back every frame since what it
+    /// decodes to began to end with the token's start ([`ForwardBody::decoded_token_in_progress`]):
+    /// the vendor never has even a compressed prefix of the token (a body that keeps ending
+    /// frames with a token's start is held up to its `max_request_body_bytes`).
     fn release(&mut self, data: &Bytes) -> Result<Bytes, ()> {
         let Some(finder) = &self.token else {
             return Ok(data.clone());
         };
         let keep = finder.needle().len() - 1;
-        let mut window = std::mem::take(&mut self.carry);
-        window.extend_from_slice(data);
-        if finder.find(&window).is_some() {
+        // What is held back was searched already: only a token ending in `data` is new.
+        let from = self.carry.len().saturating_sub(keep);
+        self.carry.extend_from_slice(data);
+        if finder.find(&self.carry[from..]).is_some() {
             return Err(());
         }
-        let split = window.len().saturating_sub(keep);
-        self.carry = window.split_off(split);
-        Ok(Bytes::from(window))
+        if self.decoded_token_in_progress() {
+            return Ok(Bytes::new());
+        }
+        let split = self.carry.len().saturating_sub(keep);
+        let tail = self.carry.split_off(split);
+        Ok(Bytes::from(std::mem::replace(&mut self.carry, tail)))
     }
 }
 
@@ -765,7 +795,8 @@ pub struct ResponseBody {
     seen: u64,
     /// A vendor that stalls mid-body ends the call rather than holding it.
     stall: Stall,
-    /// The last poll of `inner` was pending: the answer waits on its vendor, not its caller.
+    /// The last poll of `inner` was pending: the answer waited on its vendor then (over HTTP/2,
+    /// not its caller's fault if the connection is closed meanwhile).
     waiting: bool,
     record: Option<PendingRecord>,
     audit: Option<PendingAudit>,
@@ -831,16 +862,20 @@ impl Drop for ResponseBody {
     /// A body dropped before its end is a call cut short; one that has no content (the answer
     /// to `HEAD`, a 204 or 304) or is already at its end (`content-length: 0`) is a whole one:
     /// servers drop these without polling them. Cut short with its connection, closed at its
-    /// idle limit ([`crate::deadline::InFlight::idled_out`]) while the answer was not waiting on
-    /// its vendor, it is one its caller stopped taking: `caller_stalled`, as one the listener
-    /// cuts on its own is (whichever server wrote it: Postern's HTTP/1.1 one, or hyper's).
+    /// idle limit ([`crate::deadline::InFlight::idled_out`]), it is one its caller stopped
+    /// taking: `caller_stalled`, as one the listener cuts on its own is (whichever server wrote
+    /// it: Postern's HTTP/1.1 one, or hyper's) — unless, over HTTP/2, it was waiting on its
+    /// vendor: that connection may have been closed for another stream's stalled write. (Over
+    /// HTTP/1.1 the one answer's wait on its vendor excuses the idle limit, so a write its
+    /// caller stopped taking, made in a pause of the answer, is the caller's.)
     fn drop(&mut self) {
         let Some(record) = &self.record else {
             return; // finished already, as most bodies are by their last frame
         };
         let whole = bodiless(record.context.method.as_ref(), record.status) || self.is_end_stream();
+        let vendors_wait = self.waiting && record.context.protocol == "HTTP/2";
         let stalled = !whole
-            && !self.waiting
+            && !vendors_wait
             && record
                 .context
                 .in_flight
@@ -1284,5 +1319,64 @@ mod tests {
         assert!(Decoding::keeping("identity", 1, None, None, Some(1))
             .unwrap()
             .is_none());
+    }
+
+    /// A token the decoding completes in a later frame: the earlier frames, whose compressed
+    /// bytes decode to the token's start, are held back whole, so the vendor never has even a
+    /// compressed prefix of it; a clean body still goes whole, in order.
+    #[tokio::test]
+    async fn a_token_split_across_compressed_frames_sends_no_part_of_it() {
+        use std::io::Write as _;
+        let token: &[u8] = b"pst_0123456789abcdefghijklmnop";
+        let mut text = b"a=".to_vec();
+        text.extend((0..3000u32).flat_map(|n| n.to_string().into_bytes()));
+        text.extend_from_slice(token);
+        text.extend_from_slice(b"&b=1");
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&text).unwrap();
+        let gz = e.finish().unwrap();
+        // What a lenient decoder makes of the first `at` compressed bytes.
+        let lenient = |at: usize| {
+            let mut d = flate2::write::GzDecoder::new(Vec::new());
+            let _ = d.write_all(&gz[..at]).and_then(|()| d.flush());
+            d.get_ref().clone()
+        };
+        let half = &token[..token.len() / 2];
+        let has = |hay: &[u8], needle: &[u8]| memmem::find(hay, needle).is_some();
+        let at = (1..gz.len())
+            .find(|&at| has(&lenient(at), half))
+            .expect("a split that decodes to the token's first half");
+        assert!(!has(&lenient(at), token));
+        let shared = Arc::new(RequestBodyState::default());
+        let body = ForwardBody::with_prefix(
+            Bytes::copy_from_slice(&gz[..at]),
+            CallerBody::Read(Some(Bytes::copy_from_slice(&gz[at..]))),
+            1 << 20,
+            shared.clone(),
+            Some(token),
+        )
+        .reading(Some("gzip"), Some(token), None)
+        .unwrap();
+        let (result, sent) = forwarded(body).await;
+        assert!(
+            matches!(result, Err(BodyError::CallerTokenInBody)),
+            "{result:?}"
+        );
+        assert!(sent.is_empty(), "{} compressed bytes sent", sent.len());
+        assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
+
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&text[..text.len() - token.len() - 4]).unwrap();
+        let clean = e.finish().unwrap();
+        let body = ForwardBody::with_prefix(
+            Bytes::copy_from_slice(&clean[..100]),
+            CallerBody::Read(Some(Bytes::copy_from_slice(&clean[100..]))),
+            1 << 20,
+            Arc::new(RequestBodyState::default()),
+            Some(token),
+        )
+        .reading(Some("gzip"), Some(token), None)
+        .unwrap();
+        assert_eq!(forwarded(body).await.0.unwrap(), clean);
     }
 }

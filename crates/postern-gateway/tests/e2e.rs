@@ -1236,6 +1236,54 @@ async fn an_http1_caller_that_stops_reading_is_cut_and_recorded_as_stalled() {
     gw.stop().await;
 }
 
+/// A streamed answer that pauses between its pieces (an event stream, a model's tokens), to
+/// an HTTP/1.1 caller that stops reading: the write that blocks comes after a pause, while the
+/// answer last waited on its vendor, and the call is still recorded `caller_stalled` (the
+/// caller's fault, not the vendor's). Bounded: the vendor trickles for at most 10 s.
+#[tokio::test]
+async fn an_http1_caller_that_stops_reading_a_paused_stream_is_recorded_as_stalled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let vendor = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 4096];
+        let _ = stream.read(&mut request).await.unwrap();
+        let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        stream.write_all(head).await.unwrap();
+        let piece = format!("2000\r\n{}\r\n", "z".repeat(0x2000));
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < until {
+            if stream.write_all(piece.as_bytes()).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let gw = TestGateway::start_with_gateway(
+        &slow_integration(port, 20_000, ""),
+        None,
+        "idle_timeout_ms = 300",
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(gw.running().listen_addr).await.unwrap();
+    let request = format!(
+        "GET /slow/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
+        gw.token
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let event = gw.wait_events(1).await.remove(0);
+    assert_eq!(event["reason"], "caller_stalled", "{event:#}");
+    assert_eq!(event["incomplete"], true);
+    vendor.abort();
+    gw.stop().await;
+}
+
 /// An HTTP/2 caller that stops taking one answer while its other streams keep moving (so its
 /// connection never goes idle) does not hold that call: within two idle periods (300 ms here)
 /// the stalled answer is cut, recorded `incomplete` with reason `caller_stalled`, and its place
