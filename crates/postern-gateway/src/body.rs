@@ -1030,6 +1030,22 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt as _;
 
+    fn state() -> Arc<RequestBodyState> {
+        Arc::new(RequestBodyState::default())
+    }
+
+    /// `data` in gzip, at `level`.
+    fn gzip_at(data: &[u8], level: flate2::Compression) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), level);
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        gzip_at(data, flate2::Compression::fast())
+    }
+
     /// The body's frames, checking at each step that its exact size hint is what is left to
     /// send (the length an HTTP/1.1 vendor is told).
     async fn forwarded(body: ForwardBody) -> (Result<Vec<u8>, BodyError>, Vec<u8>) {
@@ -1061,13 +1077,6 @@ mod tests {
     /// one that decodes past the limit is refused as too large.
     #[tokio::test]
     async fn a_compressed_body_is_read_decoded_for_the_caller_token() {
-        use std::io::Write as _;
-        let state = || Arc::new(RequestBodyState::default());
-        let gzip = |data: &[u8]| {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(data).unwrap();
-            e.finish().unwrap()
-        };
         let token: &[u8] = b"pst_0123456789abcdefghij";
         let mut text = b"a=".to_vec();
         text.extend((0..3000u32).flat_map(|n| n.to_string().into_bytes()));
@@ -1138,7 +1147,6 @@ mod tests {
     /// that overrides the method is refused before the vendor has the whole body.
     #[tokio::test]
     async fn a_form_body_is_held_one_byte_short_until_its_end_clears_it() {
-        let state = || Arc::new(RequestBodyState::default());
         let body = |text: &'static str| CallerBody::Read(Some(Bytes::from_static(text.as_bytes())));
         let clean = ForwardBody::new(body("amount=1&_method=post"), 1 << 20, state(), None)
             .reading(None, None, Some(OverrideScan::form(http::Method::POST)))
@@ -1197,13 +1205,6 @@ mod tests {
     /// is refused as undecodable, whoever reads it.
     #[tokio::test]
     async fn a_compressed_body_is_decoded_once_for_the_token_and_the_method_field() {
-        use std::io::Write as _;
-        let state = || Arc::new(RequestBodyState::default());
-        let gzip = |data: &[u8]| {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(data).unwrap();
-            e.finish().unwrap()
-        };
         let token: &[u8] = b"pst_0123456789abcdefghij";
         let post = || Some(OverrideScan::form(http::Method::POST));
         // The compressed body split at `at` between what was read ahead and the stream.
@@ -1296,10 +1297,7 @@ mod tests {
     /// it; the body is read for the token all the same.
     #[test]
     fn a_decoding_keeps_what_it_decodes_up_to_its_cap() {
-        use std::io::Write as _;
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(b"amount=100&currency=usd").unwrap();
-        let gz = e.finish().unwrap();
+        let gz = gzip(b"amount=100&currency=usd");
         let read = |cap: usize, token: Option<&[u8]>| {
             let mut decoding = Decoding::keeping("gzip", 1 << 20, token, None, Some(cap))
                 .unwrap()
@@ -1332,9 +1330,7 @@ mod tests {
         text.extend((0..3000u32).flat_map(|n| n.to_string().into_bytes()));
         text.extend_from_slice(token);
         text.extend_from_slice(b"&b=1");
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        e.write_all(&text).unwrap();
-        let gz = e.finish().unwrap();
+        let gz = gzip_at(&text, flate2::Compression::best());
         // What a lenient decoder makes of the first `at` compressed bytes.
         let lenient = |at: usize| {
             let mut d = flate2::write::GzDecoder::new(Vec::new());
@@ -1347,7 +1343,7 @@ mod tests {
             .find(|&at| has(&lenient(at), half))
             .expect("a split that decodes to the token's first half");
         assert!(!has(&lenient(at), token));
-        let shared = Arc::new(RequestBodyState::default());
+        let shared = state();
         let body = ForwardBody::with_prefix(
             Bytes::copy_from_slice(&gz[..at]),
             CallerBody::Read(Some(Bytes::copy_from_slice(&gz[at..]))),
@@ -1365,14 +1361,15 @@ mod tests {
         assert!(sent.is_empty(), "{} compressed bytes sent", sent.len());
         assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
 
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        e.write_all(&text[..text.len() - token.len() - 4]).unwrap();
-        let clean = e.finish().unwrap();
+        let clean = gzip_at(
+            &text[..text.len() - token.len() - 4],
+            flate2::Compression::best(),
+        );
         let body = ForwardBody::with_prefix(
             Bytes::copy_from_slice(&clean[..100]),
             CallerBody::Read(Some(Bytes::copy_from_slice(&clean[100..]))),
             1 << 20,
-            Arc::new(RequestBodyState::default()),
+            state(),
             Some(token),
         )
         .reading(Some("gzip"), Some(token), None)

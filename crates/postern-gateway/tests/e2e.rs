@@ -1239,27 +1239,11 @@ async fn an_http1_caller_that_stops_reading_is_cut_and_recorded_as_stalled() {
 /// A streamed answer that pauses between its pieces (an event stream, a model's tokens), to
 /// an HTTP/1.1 caller that stops reading: the write that blocks comes after a pause, while the
 /// answer last waited on its vendor, and the call is still recorded `caller_stalled` (the
-/// caller's fault, not the vendor's). Bounded: the vendor trickles for at most 10 s.
+/// caller's fault, not the vendor's). Bounded: the vendor trickles 10,000 chunks at most.
 #[tokio::test]
 async fn an_http1_caller_that_stops_reading_a_paused_stream_is_recorded_as_stalled() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let vendor = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut request = vec![0u8; 4096];
-        let _ = stream.read(&mut request).await.unwrap();
-        let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-        stream.write_all(head).await.unwrap();
-        let piece = format!("2000\r\n{}\r\n", "z".repeat(0x2000));
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < until {
-            if stream.write_all(piece.as_bytes()).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    });
+    let (port, vendor) = trickling(10_000, 4096, Duration::from_millis(1), false).await;
     let gw = TestGateway::start_with_gateway(
         &slow_integration(port, 20_000, ""),
         None,
@@ -1771,14 +1755,6 @@ async fn tls_listener_with_mtls_spiffe_identity() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let pki = TestPki::new();
     let staging = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let path = staging.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
-    let cert = write("listener.pem", &pki.server_cert_pem);
-    let key = write("listener-key.pem", &pki.server_key_pem);
-    let ca = write("client-ca.pem", &pki.ca_pem);
     let spiffe_caller = r#"
 [[callers]]
 name = "billing"
@@ -1795,7 +1771,7 @@ operations = ["get_charge"]
         vendor.ca_pem.as_deref(),
         "stripe-key",
         VENDOR_KEY,
-        &format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\nclient_ca = \"{ca}\""),
+        &pki.mtls_listener(staging.path()),
     )
     .await;
     let base = format!("https://localhost:{}", gw.running().listen_addr.port());
@@ -2568,6 +2544,16 @@ async fn a_vendor_that_stalls_while_its_answer_is_scanned_gets_504() {
 /// bytes (`0;`, `1;`, … `9;`, then again) 200 ms apart, then (`end`) the last chunk; it stops
 /// early if the connection goes.
 async fn trickling_vendor(chunks: usize, end: bool) -> (u16, tokio::task::JoinHandle<()>) {
+    trickling(chunks, 1, Duration::from_millis(200), end).await
+}
+
+/// [`trickling_vendor`], each chunk its two bytes `repeat` times, `gap` apart.
+async fn trickling(
+    chunks: usize,
+    repeat: usize,
+    gap: Duration,
+    end: bool,
+) -> (u16, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -2579,8 +2565,12 @@ async fn trickling_vendor(chunks: usize, end: bool) -> (u16, tokio::task::JoinHa
             b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
         stream.write_all(head).await.unwrap();
         for i in 0..chunks {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            let chunk = format!("2\r\n{};\r\n", i % 10);
+            tokio::time::sleep(gap).await;
+            let chunk = format!(
+                "{:x}\r\n{}\r\n",
+                2 * repeat,
+                format!("{};", i % 10).repeat(repeat)
+            );
             if stream.write_all(chunk.as_bytes()).await.is_err() {
                 return;
             }

@@ -515,16 +515,6 @@ async fn a_certificate_callers_compressed_body_is_decoded_strictly_for_scanning(
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let pki = TestPki::new();
     let staging = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let path = staging.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
-    let (cert, key, ca) = (
-        write("listener.pem", &pki.server_cert_pem),
-        write("listener-key.pem", &pki.server_key_pem),
-        write("client-ca.pem", &pki.ca_pem),
-    );
     let config = format!(
         "{}\n[[callers]]\nname = \"billing\"\nspiffe_id = \"spiffe://example.org/billing\"\n\n[[grants]]\ncaller = \"billing\"\nintegration = \"crm\"\noperations = [\"*\"]\n",
         body(&vendor, "block", "")
@@ -532,18 +522,10 @@ async fn a_certificate_callers_compressed_body_is_decoded_strictly_for_scanning(
     let gw = TestGateway::start_with_gateway(
         &config,
         vendor.ca_pem.as_deref(),
-        &format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\nclient_ca = \"{ca}\""),
+        &pki.mtls_listener(staging.path()),
     )
     .await;
-    let (client_cert, client_key) = pki.client_cert("spiffe://example.org/billing");
-    let mtls = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
-        .identity(
-            reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes()).unwrap(),
-        )
-        .resolve("localhost", gw.running().listen_addr)
-        .build()
-        .unwrap();
+    let mtls = pki.mtls_client("spiffe://example.org/billing", gw.running().listen_addr);
     let url = format!(
         "https://localhost:{}/crm/contacts",
         gw.running().listen_addr.port()

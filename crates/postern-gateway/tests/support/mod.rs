@@ -129,6 +129,34 @@ impl TestPki {
         let cert = params.signed_by(&key, &issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
+
+    /// The `[gateway]` lines of a TLS listener with this PKI's server certificate that asks
+    /// callers for certificates this CA signed (mTLS); its files are written into `dir`.
+    pub fn mtls_listener(&self, dir: &std::path::Path) -> String {
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"",
+            write("listener.pem", &self.server_cert_pem),
+            write("listener-key.pem", &self.server_key_pem),
+            write("client-ca.pem", &self.ca_pem),
+        )
+    }
+
+    /// A client for an [`TestPki::mtls_listener`] at `addr` (as `localhost`) presenting a
+    /// certificate for `spiffe_id`.
+    pub fn mtls_client(&self, spiffe_id: &str, addr: std::net::SocketAddr) -> reqwest::Client {
+        let (cert, key) = self.client_cert(spiffe_id);
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
+            .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
+            .resolve("localhost", addr)
+            .build()
+            .unwrap()
+    }
 }
 
 /// A vendor on loopback that records every request.
