@@ -328,7 +328,7 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
     if action.is_empty() || action == "rotate" {
         let runtime = shared.runtime.load();
         let refused = runtime.integrations.values().find_map(|integration| {
-            crate::runtime::unusable_value(integration, &name, value)
+            crate::runtime::unusable_value(&integration.config, &name, value)
                 .map(|why| (integration.name.clone(), why))
         });
         if let Some((integration, why)) = refused {

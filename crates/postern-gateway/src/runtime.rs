@@ -870,13 +870,10 @@ fn read_secret(
 
 /// Why `integration` could not inject `value` as its vault credential `name` (never the value),
 /// or `None` when it could or does not inject `name`: the checks loading it would make, run on a
-/// candidate before it is stored. An OAuth2 client secret is sent form-encoded: any text does.
-pub(crate) fn unusable_value(
-    integration: &IntegrationRuntime,
-    name: &str,
-    value: &[u8],
-) -> Option<String> {
-    let credential = integration.config.credential.as_ref()?;
+/// candidate before it is stored (by the admin API, and by `postern creds set` / `rotate`
+/// against the config). An OAuth2 client secret is sent form-encoded: any text does.
+pub fn unusable_value(integration: &IntegrationConfig, name: &str, value: &[u8]) -> Option<String> {
+    let credential = integration.credential.as_ref()?;
     if !matches!(&credential.source, SecretSource::Vault(vault_name) if vault_name == name) {
         return None;
     }

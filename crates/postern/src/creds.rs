@@ -208,6 +208,27 @@ fn read_value(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, ExitCode> 
     Ok(value)
 }
 
+/// Refuses a value that an integration of the config injecting the credential `name` could not
+/// use (not UTF-8, a line break in a header credential…), naming the integration and why, never
+/// the value: stored, it would leave those calls answering `503 credential_unavailable`, as the
+/// admin API's `422 credential_unusable` prevents. Without a config that loads, nothing is
+/// known to check against (`--data-dir` alone).
+fn refuse_unusable(opened: &Opened, name: &str, value: &[u8]) -> Result<(), ExitCode> {
+    let Some(config) = &opened.config else {
+        return Ok(());
+    };
+    for integration in &config.integrations {
+        if let Some(why) = postern_gateway::runtime::unusable_value(integration, name, value) {
+            eprintln!(
+                "error: integration {} could not use this value of {name}: {why}; nothing was stored",
+                integration.name
+            );
+            return Err(ExitCode::Failure);
+        }
+    }
+    Ok(())
+}
+
 fn format_time(ms: Option<i64>) -> String {
     match ms {
         None => "-".to_string(),
@@ -239,6 +260,7 @@ fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
         } => {
             let opened = open(&location)?;
             let value = read_value(from_file.as_deref())?;
+            refuse_unusable(&opened, &name, &value)?;
             let version = opened.vault.set(&name, &kind, &value, now).map_err(fail)?;
             println!("credential {name} stored (version {version})");
         }
@@ -250,6 +272,7 @@ fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
         } => {
             let opened = open(&location)?;
             let value = read_value(from_file.as_deref())?;
+            refuse_unusable(&opened, &name, &value)?;
             let version = opened
                 .vault
                 .rotate(&name, &value, rollback_window_seconds * 1000, now)

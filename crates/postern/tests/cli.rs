@@ -794,6 +794,65 @@ fn failures_exit_1_and_the_credential_list_keeps_its_columns() {
     assert!(stderr.contains("no caller"), "{stderr}");
 }
 
+/// `creds set` and `creds rotate` with a config refuse a value that an integration injecting
+/// that credential could not use (a line break in a header credential), naming the integration
+/// and never the value, and store nothing (exit 1), as the admin API's `422
+/// credential_unusable` does; a usable value is stored.
+#[test]
+fn creds_refuses_a_value_an_integration_could_not_inject() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("postern.toml");
+    let (listen, admin) = (free_port(), free_port());
+    let text = served_config(dir.path(), listen, admin, r#""a""#).replace(
+        "allow_plaintext = true\n",
+        "allow_plaintext = true\ncredential = { kind = \"header\", name = \"x-api-key\", secret = \"acme-key\" }\n",
+    );
+    assert!(text.contains("acme-key"));
+    std::fs::write(&config, text).unwrap();
+    let config = config.to_str().unwrap();
+    let creds = |args: &[&str], value: &[u8]| {
+        let mut child = postern()
+            .args(["creds"])
+            .args(args)
+            .args(["--config", config])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(value).unwrap();
+        }
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let unusable = b"sk_live_first\r\nx-injected: yes";
+    for command in ["set", "rotate"] {
+        let (code, stderr) = creds(&[command, "acme-key"], unusable);
+        assert_eq!(code, Some(1), "{command}: {stderr}");
+        assert!(
+            stderr.contains("integration acme could not use"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("sk_live_first"),
+            "the value is never shown: {stderr}"
+        );
+    }
+    let (code, stdout, _) = run(&["creds", "list", "--config", config, "--json"]);
+    assert!(code == 0 || code == 1, "{stdout}");
+    assert!(!stdout.contains("acme-key"), "nothing was stored: {stdout}");
+    let (code, stderr) = creds(&["set", "acme-key"], b"sk_live_usable\n");
+    assert_eq!(code, Some(0), "{stderr}");
+    // Another credential's name is not checked against acme's injection.
+    let (code, stderr) = creds(&["set", "other"], unusable);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 /// `ca export` on a data_dir that does not exist yet makes it private, as `serve` does.
 #[test]
 fn ca_export_makes_a_private_data_dir() {
