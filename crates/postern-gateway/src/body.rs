@@ -33,7 +33,8 @@ pub enum RequestBodyViolation {
     Broken = 3,
     /// A body's `_method` field (form, multipart or JSON) names another method than the request's.
     MethodOverride = 4,
-    /// A compressed body is not valid for its coding (or, `deflate`, reads two ways): where the
+    /// A compressed body is not valid for its coding (in no reading, for a `deflate` body that
+    /// may read two ways): where the
     /// caller's token stands in what a vendor decodes cannot be told.
     Undecodable = 5,
 }
@@ -172,9 +173,15 @@ pub struct ForwardBody {
 
 /// A compressed body's one decoding (its `Content-Encoding` undone as it streams), and what
 /// reads the decoded bytes as a vendor that undoes the coding reads them: the caller's token,
-/// and a POST body's `_method` field.
+/// and a POST body's `_method` field. A `deflate` body that may read two ways is decoded both
+/// ways ([`postern_scan::READINGS`]), each reading read on its own.
 pub(crate) struct Decoding {
     decoder: postern_scan::StreamDecoder,
+    readers: [Readers; postern_scan::READINGS],
+}
+
+/// What reads one reading of a decoded body.
+struct Readers {
     /// The caller's token, and the tail of what was decoded so far (a token split across
     /// decoded pieces is still found).
     token: Option<(memmem::Finder<'static>, Vec<u8>)>,
@@ -182,6 +189,40 @@ pub(crate) struct Decoding {
     /// For a body read whole to be scanned: its decoded bytes, up to a cap
     /// ([`Decoding::keeping`]).
     kept: Option<Kept>,
+    /// The reading handed on any bytes (the second one exists only for a body that reads two
+    /// ways).
+    fed: bool,
+}
+
+impl Readers {
+    /// Reads `piece`: the caller's token is `CallerToken`, a `_method` field `MethodOverride`.
+    fn read(&mut self, piece: &[u8]) -> RequestBodyViolation {
+        self.fed = true;
+        if let Some(kept) = &mut self.kept {
+            kept.take(piece);
+        }
+        if let Some((finder, carry)) = &mut self.token {
+            let keep = finder.needle().len() - 1;
+            carry.extend_from_slice(piece);
+            if finder.find(carry).is_some() {
+                return RequestBodyViolation::CallerToken;
+            }
+            let cut = carry.len().saturating_sub(keep);
+            carry.drain(..cut);
+        }
+        if self.overrides.as_mut().is_some_and(|scan| scan.feed(piece)) {
+            return RequestBodyViolation::MethodOverride;
+        }
+        RequestBodyViolation::None
+    }
+
+    /// Whether what was decoded so far ends with the start of the caller's token.
+    fn token_in_progress(&self) -> bool {
+        self.token.as_ref().is_some_and(|(finder, carry)| {
+            let needle = finder.needle();
+            (1..=carry.len().min(needle.len() - 1)).any(|len| carry.ends_with(&needle[..len]))
+        })
+    }
 }
 
 /// Decoded bytes kept, up to `cap`; past it, none (`over`).
@@ -222,7 +263,8 @@ impl Decoding {
     }
 
     /// [`Decoding::new`], reading the body even with nothing to read for, and keeping its
-    /// decoded bytes up to `keep` ([`Decoding::kept`]): for a body read whole to be scanned.
+    /// decoded bytes up to `keep` in each reading ([`Decoding::kept`]): for a body read whole
+    /// to be scanned.
     pub(crate) fn keeping(
         content_encoding: &str,
         max_decoded: u64,
@@ -233,67 +275,58 @@ impl Decoding {
         let max = usize::try_from(max_decoded).unwrap_or(usize::MAX);
         let decoder = postern_scan::StreamDecoder::new(content_encoding, max)
             .map_err(|_| RequestBodyViolation::Undecodable)?;
-        Ok(decoder.map(|decoder| Decoding {
-            decoder,
-            token: token
-                .filter(|token| !token.is_empty())
-                .map(|token| (memmem::Finder::new(token).into_owned(), Vec::new())),
-            overrides,
+        let token = token.filter(|token| !token.is_empty());
+        let readers = || Readers {
+            token: token.map(|token| (memmem::Finder::new(token).into_owned(), Vec::new())),
+            overrides: overrides.clone(),
             kept: keep.map(|cap| Kept {
                 bytes: Vec::new(),
                 cap,
                 over: false,
             }),
+            fed: false,
+        };
+        Ok(decoder.map(|decoder| Decoding {
+            decoder,
+            readers: [readers(), readers()],
         }))
     }
 
-    /// Whether what was decoded so far ends with the start of the caller's token (one that
-    /// more of the body could complete).
+    /// Whether what was decoded so far (in any reading) ends with the start of the caller's
+    /// token (one that more of the body could complete).
     fn token_in_progress(&self) -> bool {
-        self.token.as_ref().is_some_and(|(finder, carry)| {
-            let needle = finder.needle();
-            (1..=carry.len().min(needle.len() - 1)).any(|len| carry.ends_with(&needle[..len]))
-        })
+        self.readers.iter().any(Readers::token_in_progress)
     }
 
-    /// The decoded bytes kept ([`Decoding::keeping`]): `None` when they passed the cap (or
+    /// The decoded bytes kept ([`Decoding::keeping`]), every reading's (a second one after a
+    /// line break, as a body of its own to a scanner): `None` when they passed the cap (or
     /// none were asked for).
     pub(crate) fn kept(self) -> Option<Vec<u8>> {
-        self.kept.filter(|kept| !kept.over).map(|kept| kept.bytes)
+        let [first, second] = self.readers.map(|readers| readers.kept);
+        let (first, second) = (first?, second?);
+        if first.over || second.over {
+            return None;
+        }
+        let mut bytes = first.bytes;
+        if !second.bytes.is_empty() {
+            bytes.push(b'\n');
+            bytes.extend_from_slice(&second.bytes);
+        }
+        Some(bytes)
     }
 
-    /// Feeds `data` (or, at `end`, finishes the stream) and reads what it decodes. The caller's
-    /// token is `CallerToken`, a `_method` field `MethodOverride`; decoding past the limit is
-    /// `TooLarge`; data not valid for its coding, or a `deflate` body that reads two ways,
-    /// `Undecodable` (vendors' decoders differ in what they forgive, so one may read on past
-    /// where Postern stopped).
+    /// Feeds `data` (or, at `end`, finishes the stream) and reads what it decodes, in every
+    /// reading. The caller's token is `CallerToken`, a `_method` field `MethodOverride`;
+    /// decoding past the limit is `TooLarge`; data that no reading decodes (not valid for its
+    /// coding, cut short) `Undecodable` (vendors' decoders differ in what they forgive, so one
+    /// may read on past where Postern stopped). A reading that fails while another goes on has
+    /// been read up to where it failed, as a lenient vendor would.
     pub(crate) fn check(&mut self, data: &[u8], end: bool) -> Result<(), RequestBodyViolation> {
-        let Decoding {
-            decoder,
-            token,
-            overrides,
-            kept,
-        } = self;
+        let Decoding { decoder, readers } = self;
         let mut found = RequestBodyViolation::None;
-        let mut read = |piece: &[u8]| {
-            if found != RequestBodyViolation::None {
-                return;
-            }
-            if let Some(kept) = kept {
-                kept.take(piece);
-            }
-            if let Some((finder, carry)) = token {
-                let keep = finder.needle().len() - 1;
-                carry.extend_from_slice(piece);
-                if finder.find(carry).is_some() {
-                    found = RequestBodyViolation::CallerToken;
-                    return;
-                }
-                let cut = carry.len().saturating_sub(keep);
-                carry.drain(..cut);
-            }
-            if overrides.as_mut().is_some_and(|scan| scan.feed(piece)) {
-                found = RequestBodyViolation::MethodOverride;
+        let mut read = |reading: usize, piece: &[u8]| {
+            if found == RequestBodyViolation::None {
+                found = readers[reading].read(piece);
             }
         };
         let decoded = match end {
@@ -307,7 +340,15 @@ impl Decoding {
             postern_scan::UnscannedReason::TooLarge { .. } => RequestBodyViolation::TooLarge,
             _ => RequestBodyViolation::Undecodable,
         })?;
-        if end && overrides.as_mut().is_some_and(OverrideScan::finish) {
+        // The first reading's last field is read even with nothing decoded (an empty body), as
+        // before; a second one's only where there is a second reading.
+        if end
+            && readers
+                .iter_mut()
+                .enumerate()
+                .filter(|(reading, readers)| *reading == 0 || readers.fed)
+                .any(|(_, readers)| readers.overrides.as_mut().is_some_and(OverrideScan::finish))
+        {
             return Err(RequestBodyViolation::MethodOverride);
         }
         Ok(())
@@ -1375,5 +1416,79 @@ mod tests {
         .reading(Some("gzip"), Some(token), None)
         .unwrap();
         assert_eq!(forwarded(body).await.0.unwrap(), clean);
+    }
+
+    /// A `deflate` body that reads two ways (a valid zlib stream that starts as a raw DEFLATE
+    /// stored block too) is read both ways: a `_method` field or the caller's token in its raw
+    /// reading only is found there, streamed or read whole; harmless both ways, it goes whole,
+    /// and both readings are kept for a scan.
+    #[tokio::test]
+    async fn a_deflate_body_that_reads_two_ways_is_read_both_ways() {
+        let token: &[u8] = b"pst_0123456789abcdefghij";
+        let post = || Some(OverrideScan::form(http::Method::POST));
+        let mut with_token = b"&t=".to_vec();
+        with_token.extend_from_slice(token);
+        with_token.push(b'&');
+        for (hidden, violation) in [
+            (
+                &b"&_method=DELETE&"[..],
+                RequestBodyViolation::MethodOverride,
+            ),
+            (&with_token[..], RequestBodyViolation::CallerToken),
+        ] {
+            let body = postern_scan::testing::two_way_deflate(hidden);
+            let mut zlib = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::ZlibDecoder::new(&body[..]), &mut zlib)
+                .unwrap();
+            assert!(
+                memmem::find(&zlib, hidden).is_none(),
+                "only the raw reading has it"
+            );
+            let whole = ForwardBody::with_prefix(
+                Bytes::from(body.clone()),
+                CallerBody::empty(),
+                1 << 20,
+                state(),
+                Some(token),
+            )
+            .reading(Some("deflate"), Some(token), post());
+            assert_eq!(whole.err(), Some(violation));
+            let shared = state();
+            let streamed = ForwardBody::with_prefix(
+                Bytes::copy_from_slice(&body[..100]),
+                CallerBody::Read(Some(Bytes::copy_from_slice(&body[100..]))),
+                1 << 20,
+                shared.clone(),
+                Some(token),
+            )
+            .reading(Some("deflate"), Some(token), post())
+            .unwrap();
+            let (result, sent) = forwarded(streamed).await;
+            assert!(result.is_err(), "{result:?}");
+            assert!(sent.len() < body.len(), "the vendor had it all");
+            assert_eq!(shared.violation(), violation);
+        }
+        let harmless = postern_scan::testing::two_way_deflate(b"&note=fine&");
+        let body = ForwardBody::with_prefix(
+            Bytes::copy_from_slice(&harmless[..100]),
+            CallerBody::Read(Some(Bytes::copy_from_slice(&harmless[100..]))),
+            1 << 20,
+            state(),
+            Some(token),
+        )
+        .reading(Some("deflate"), Some(token), post())
+        .unwrap();
+        assert_eq!(forwarded(body).await.0.unwrap(), harmless);
+        let mut decoding = Decoding::keeping("deflate", 1 << 20, None, None, Some(1 << 20))
+            .unwrap()
+            .unwrap();
+        decoding.check(&harmless, false).unwrap();
+        decoding.check(&[], true).unwrap();
+        let kept = decoding.kept().unwrap();
+        assert!(
+            memmem::find(&kept, b"&note=fine&").is_some(),
+            "the raw reading is kept"
+        );
+        assert!(kept.len() > 0xfefe, "and the zlib one");
     }
 }

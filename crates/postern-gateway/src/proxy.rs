@@ -1504,7 +1504,7 @@ pub(crate) fn violation_error(violation: RequestBodyViolation, limit: u64) -> Op
         RequestBodyViolation::MethodOverride => Some(crate::overrides::body_method_override()),
         RequestBodyViolation::Undecodable => Some(CallError::bad_request(
             "request_body_undecodable",
-            "the compressed request body is not valid for its Content-Encoding (or, deflate, reads both as zlib and as raw DEFLATE), so what a vendor would decode from it cannot be checked (for the caller token, a _method field, data classes); nothing more of it was forwarded; send it uncompressed or validly compressed",
+            "the compressed request body is not valid for its Content-Encoding (corrupt, cut short, or bytes after its end), so what a vendor would decode from it cannot be checked (for the caller token, a _method field, data classes); nothing more of it was forwarded; send it uncompressed or validly compressed",
         )),
         RequestBodyViolation::Broken => Some(CallError::bad_request(
             "request_body_error",

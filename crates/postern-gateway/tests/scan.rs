@@ -507,9 +507,10 @@ operations = ["*"]
 
 /// A compressed body on a scanned integration is decoded once, strictly, whoever the caller is:
 /// a caller identified by certificate (no token to look for, and a body no `_method` reading
-/// covers) has its gzip body scanned decoded, and one that is not valid for its coding, or a
-/// `deflate` body that reads two ways, is refused (`400`), not scanned as sent and forwarded: a
-/// vendor whose decoder forgives more would read in it what was never scanned.
+/// covers) has its gzip body scanned decoded, and one that is not valid for its coding is
+/// refused (`400`), not scanned as sent and forwarded: a vendor whose decoder forgives more
+/// would read in it what was never scanned. A `deflate` body that reads two ways (zlib and raw
+/// DEFLATE) is scanned both ways.
 #[tokio::test]
 async fn a_certificate_callers_compressed_body_is_decoded_strictly_for_scanning() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
@@ -553,25 +554,29 @@ async fn a_certificate_callers_compressed_body_is_decoded_strictly_for_scanning(
     // strict one refuses the body; scanned as sent, nothing would be found.
     let mut trailing = gzip(WITH_CARD.as_bytes());
     trailing.push(0);
-    // A valid zlib stream (one stored block of 65,278 bytes, whose length makes the first five
-    // bytes a raw DEFLATE stored block too): harmless read as zlib, refused as reading two ways.
-    let data = vec![b'a'; 0xfefe];
-    let (mut a, mut b) = (1u32, 0u32);
-    for &byte in &data {
-        a = (a + u32::from(byte)) % 65_521;
-        b = (b + a) % 65_521;
-    }
-    let mut two_ways = vec![0x78, 0x01, 0x01, 0xfe, 0xfe, 0x01, 0x01];
-    two_ways.extend_from_slice(&data);
-    two_ways.extend_from_slice(&((b << 16) | a).to_be_bytes());
-    let mut zlib = flate2::read::ZlibDecoder::new(&two_ways[..]);
-    let mut read = Vec::new();
-    std::io::Read::read_to_end(&mut zlib, &mut read).expect("valid zlib");
-    assert_eq!(read, data);
+    // A `deflate` body valid as zlib that starts as a raw DEFLATE stored block too is read
+    // both ways: harmless both ways, it goes; a card in its raw reading only is found there.
+    let two_ways = postern_scan::testing::two_way_deflate(b"&note=fine&");
+    let response = post("deflate", two_ways.clone()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(vendor.last().body, two_ways, "forwarded as sent");
+    let card = format!("&card={}&", "4242424242424242");
+    assert_refused(
+        post(
+            "deflate",
+            postern_scan::testing::two_way_deflate(card.as_bytes()),
+        )
+        .await
+        .unwrap(),
+        403,
+        "data_class_not_approved",
+    )
+    .await;
+    let neither = [0x78, 0x01, 0x00, 0xfe, 0xff, b'a', b'b', b'c'].to_vec();
     for (encoding, body) in [
         ("gzip", WITH_CARD.as_bytes().to_vec()),
         ("gzip", trailing),
-        ("deflate", two_ways),
+        ("deflate", neither),
     ] {
         assert_refused(
             post(encoding, body).await.unwrap(),
@@ -580,6 +585,6 @@ async fn a_certificate_callers_compressed_body_is_decoded_strictly_for_scanning(
         )
         .await;
     }
-    assert_eq!(vendor.seen().len(), 2, "only the two approved bodies");
+    assert_eq!(vendor.seen().len(), 3, "only the three approved bodies");
     gw.stop().await;
 }

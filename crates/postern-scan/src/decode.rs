@@ -20,10 +20,6 @@ pub enum UnscannedReason {
     UnsupportedEncoding { encoding: String },
     #[error("body is not valid `{encoding}` data")]
     Corrupt { encoding: String },
-    #[error(
-        "`deflate` body starts both as a zlib stream and as a raw DEFLATE stored block, so it may read differently each way"
-    )]
-    Ambiguous,
 }
 
 /// Returns the bytes to scan: `body` itself when there is no content coding, or the decoded
@@ -109,14 +105,31 @@ fn decode_one(body: &[u8], coding: &str, max_bytes: usize) -> Result<Vec<u8>, Un
 /// its decoder's window is up to 16 MiB per body whatever the body's size.
 ///
 /// Its decoded bytes are handed on piece by piece, at most about 1 MiB at a time (the
-/// input is fed in small steps, so a compression bomb never fills memory at once). Decoding past
-/// `max_bytes` in all, data not valid for its coding, a body that ends mid-stream, or a
-/// `deflate` body that starts both as a zlib stream and as a raw DEFLATE stored block
-/// ([`UnscannedReason::Ambiguous`]) is an [`Unscanned`].
+/// input is fed in small steps, so a compression bomb never fills memory at once), each with
+/// the reading it belongs to: `0`, or — for a `deflate` body that starts both as a zlib stream
+/// and as a raw DEFLATE stored block (about 1 zlib stream in 65,536 does) — `0` for its zlib
+/// reading and `1` for its raw one, decoded side by side, since a server may take either:
+/// each is a body of its own to its readers ([`READINGS`]). A reading that turns out not valid
+/// for its coding ends there (what it decoded until then is what a lenient server would read);
+/// decoding past `max_bytes` in any reading, or data that no reading can decode (not valid for
+/// its coding, a body that ends mid-stream), is an [`Unscanned`].
 pub struct StreamDecoder {
-    stage: Stage,
+    lanes: Lanes,
     /// Whether any byte was fed: a body with none is nothing to decode.
     fed: bool,
+}
+
+/// The most readings a [`StreamDecoder`] hands on: a `deflate` body read both as zlib (`0`)
+/// and as raw DEFLATE (`1`).
+pub const READINGS: usize = 2;
+
+enum Lanes {
+    /// `deflate`, until its first five bytes tell a zlib stream from raw DEFLATE (or show it
+    /// may be both): held until then, with the cap.
+    Sniffing(Vec<u8>, usize),
+    /// The readings still decoding (boxed: a decoder's state is large); a reading that failed
+    /// is `None`.
+    Reading([Option<Box<Stage>>; READINGS]),
 }
 
 /// The most decoded bytes one step hands on: what [`INPUT_STEP`] bytes of input can become
@@ -133,9 +146,6 @@ enum Stage {
     Gzip(flate2::write::MultiGzDecoder<Capped>),
     Zlib(flate2::write::ZlibDecoder<Capped>),
     Deflate(flate2::write::DeflateDecoder<Capped>),
-    /// `deflate`, until its first five bytes tell a zlib stream from raw DEFLATE: held until
-    /// then.
-    Sniffing(Vec<u8>, usize),
 }
 
 /// A decoder's output since it was last taken; refuses to grow past the cap.
@@ -178,11 +188,16 @@ impl StreamDecoder {
         let Some(coding) = Self::check(content_encoding)? else {
             return Ok(None);
         };
-        let stage = match coding {
-            Coding::Gzip => Stage::Gzip(flate2::write::MultiGzDecoder::new(Capped::new(max_bytes))),
-            Coding::Deflate => Stage::Sniffing(Vec::new(), max_bytes),
+        let lanes = match coding {
+            Coding::Gzip => Lanes::Reading([
+                Some(Box::new(Stage::Gzip(flate2::write::MultiGzDecoder::new(
+                    Capped::new(max_bytes),
+                )))),
+                None,
+            ]),
+            Coding::Deflate => Lanes::Sniffing(Vec::new(), max_bytes),
         };
-        Ok(Some(StreamDecoder { stage, fed: false }))
+        Ok(Some(StreamDecoder { lanes, fed: false }))
     }
 
     /// The one coding `content_encoding` names to undo (`None`: nothing to undo), without
@@ -213,36 +228,94 @@ impl StreamDecoder {
         Ok(found)
     }
 
-    /// Decodes the next piece of the body, handing what it decodes to `decoded` (perhaps in
-    /// several pieces, perhaps none yet).
-    pub fn feed(&mut self, data: &[u8], decoded: &mut dyn FnMut(&[u8])) -> Result<(), Unscanned> {
+    /// Decodes the next piece of the body, handing what it decodes to `decoded` with its
+    /// reading (perhaps in several pieces, perhaps none yet).
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        decoded: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<(), Unscanned> {
         self.fed |= !data.is_empty();
         for step in data.chunks(INPUT_STEP) {
-            let out = self.stage.write(step, Step::More)?;
-            if !out.is_empty() {
-                decoded(&out);
-            }
+            self.write(step, Step::More, decoded)?;
         }
         // What the decoder holds back of the last step is handed on now, not with the next
         // piece.
-        let out = self.stage.write(&[], Step::Flush)?;
-        if !out.is_empty() {
-            decoded(&out);
-        }
-        Ok(())
+        self.write(&[], Step::Flush, decoded)
     }
 
-    /// The body ended: what the decoder still holds is handed on; a stream cut short is
-    /// `Corrupt`. A body with no bytes at all is nothing to decode.
-    pub fn finish(&mut self, decoded: &mut dyn FnMut(&[u8])) -> Result<(), Unscanned> {
+    /// The body ended: what the decoder still holds is handed on; a stream cut short (in every
+    /// reading) is `Corrupt`. A body with no bytes at all is nothing to decode.
+    pub fn finish(&mut self, decoded: &mut dyn FnMut(usize, &[u8])) -> Result<(), Unscanned> {
         if !self.fed {
             return Ok(());
         }
-        let out = self.stage.write(&[], Step::End)?;
-        if !out.is_empty() {
-            decoded(&out);
+        self.write(&[], Step::End, decoded)
+    }
+
+    /// Writes `data` to every reading (and ends them at `Step::End`), handing on what each
+    /// decodes.
+    fn write(
+        &mut self,
+        data: &[u8],
+        step: Step,
+        decoded: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<(), Unscanned> {
+        if let Lanes::Sniffing(held, max_bytes) = &mut self.lanes {
+            held.extend_from_slice(data);
+            if held.len() < 5 && step != Step::End {
+                return Ok(());
+            }
+            let held = std::mem::take(held);
+            let max_bytes = *max_bytes;
+            // A zlib header: compression method 8, window ≤ 32 KiB, check bits (RFC 1950).
+            let zlib = held.len() >= 2
+                && held[0] & 0x0f == 8
+                && held[0] >> 4 <= 7
+                && u16::from_be_bytes([held[0], held[1]]) % 31 == 0;
+            let capped = || Capped::new(max_bytes);
+            let zlib_stage = || Box::new(Stage::Zlib(flate2::write::ZlibDecoder::new(capped())));
+            let raw_stage =
+                || Box::new(Stage::Deflate(flate2::write::DeflateDecoder::new(capped())));
+            self.lanes = Lanes::Reading(match (zlib, zlib && also_stored_block(&held)) {
+                // Valid both ways perhaps, and read differently each way: both are read.
+                (_, true) => [Some(zlib_stage()), Some(raw_stage())],
+                (true, false) => [Some(zlib_stage()), None],
+                (false, _) => [Some(raw_stage()), None],
+            });
+            for piece in held.chunks(INPUT_STEP) {
+                self.write(piece, Step::More, decoded)?;
+            }
+            return self.write(&[], step, decoded);
         }
-        Ok(())
+        let Lanes::Reading(lanes) = &mut self.lanes else {
+            unreachable!("sniffed above");
+        };
+        let mut failed = None;
+        for (reading, lane) in lanes.iter_mut().enumerate() {
+            let Some(stage) = lane else {
+                continue;
+            };
+            let (out, written) = stage.write(data, step);
+            if !out.is_empty() {
+                decoded(reading, &out);
+            }
+            match written {
+                Ok(()) => {}
+                // Past the cap in any reading: a bomb whichever a server takes.
+                Err(error) if matches!(error.reason, UnscannedReason::TooLarge { .. }) => {
+                    return Err(error)
+                }
+                Err(error) => {
+                    *lane = None;
+                    failed = Some(error);
+                }
+            }
+        }
+        match failed {
+            Some(error) if lanes.iter().all(Option::is_none) => Err(error),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -274,40 +347,9 @@ fn also_stored_block(head: &[u8]) -> bool {
 }
 
 impl Stage {
-    /// Writes `data` (and finishes the stream at `end`), returning what it decoded.
-    fn write(&mut self, data: &[u8], step: Step) -> Result<Vec<u8>, Unscanned> {
-        if let Stage::Sniffing(held, max_bytes) = self {
-            held.extend_from_slice(data);
-            if held.len() < 5 && step != Step::End {
-                return Ok(Vec::new());
-            }
-            let held = std::mem::take(held);
-            let capped = Capped::new(*max_bytes);
-            // A zlib header: compression method 8, window ≤ 32 KiB, check bits (RFC 1950).
-            let zlib = held.len() >= 2
-                && held[0] & 0x0f == 8
-                && held[0] >> 4 <= 7
-                && u16::from_be_bytes([held[0], held[1]]) % 31 == 0;
-            if zlib && also_stored_block(&held) {
-                // It may be valid both ways, and read differently each way: what a server reads
-                // cannot be told. (About 1 zlib stream in 65,536 starts so; the raw reading is
-                // not tried.)
-                return Err(Unscanned {
-                    reason: UnscannedReason::Ambiguous,
-                });
-            }
-            *self = if zlib {
-                Stage::Zlib(flate2::write::ZlibDecoder::new(capped))
-            } else {
-                Stage::Deflate(flate2::write::DeflateDecoder::new(capped))
-            };
-            let mut out = Vec::new();
-            for piece in held.chunks(INPUT_STEP) {
-                out.extend(self.write(piece, Step::More)?);
-            }
-            out.extend(self.write(&[], step)?);
-            return Ok(out);
-        }
+    /// Writes `data` (and finishes the stream at `end`), returning what it decoded — on an
+    /// error too, up to where it stopped (what a lenient decoder hands on before it gives up).
+    fn write(&mut self, data: &[u8], step: Step) -> (Vec<u8>, Result<(), Unscanned>) {
         let (encoding, result, capped) = match self {
             Stage::Gzip(decoder) => (
                 "gzip",
@@ -324,8 +366,8 @@ impl Stage {
                 write_then(decoder, data, step, |d| d.try_finish()),
                 decoder.get_mut(),
             ),
-            Stage::Sniffing(..) => unreachable!("replaced above"),
         };
+        let out = std::mem::take(&mut capped.out);
         if result.is_err() {
             let reason = if capped.total > capped.max_bytes {
                 UnscannedReason::TooLarge {
@@ -336,9 +378,9 @@ impl Stage {
                     encoding: encoding.to_owned(),
                 }
             };
-            return Err(Unscanned { reason });
+            return (out, Err(Unscanned { reason }));
         }
-        Ok(std::mem::take(&mut capped.out))
+        (out, Ok(()))
     }
 }
 
@@ -350,11 +392,44 @@ fn write_then<D: std::io::Write>(
     step: Step,
     finish: impl FnOnce(&mut D) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    decoder.write_all(data)?;
+    if let Err(error) = decoder.write_all(data) {
+        // What was decoded before the error is handed on.
+        let _ = decoder.flush();
+        return Err(error);
+    }
     match step {
         Step::More => Ok(()),
         Step::Flush => decoder.flush(),
         Step::End => finish(decoder),
+    }
+}
+
+/// Bodies for tests, here and in the gateway's.
+#[doc(hidden)]
+pub mod testing {
+    use std::io::Write as _;
+
+    /// A `deflate` body that is a valid zlib stream — one stored block of 65,278 bytes, whose
+    /// length makes its first five bytes a raw DEFLATE stored block too — whose raw reading is
+    /// a stored block of 257 of its first bytes and then `hidden`, compressed, which its zlib
+    /// reading never shows (it reads those compressed bytes as they stand).
+    pub fn two_way_deflate(hidden: &[u8]) -> Vec<u8> {
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        raw.write_all(hidden).unwrap();
+        let raw = raw.finish().unwrap();
+        let mut data = b"a=".to_vec();
+        data.resize(255, b'x');
+        data.extend_from_slice(&raw);
+        data.resize(0xfefe, b'x');
+        let (mut a, mut b) = (1u32, 0u32);
+        for &byte in &data {
+            a = (a + u32::from(byte)) % 65_521;
+            b = (b + a) % 65_521;
+        }
+        let mut body = vec![0x78, 0x01, 0x01, 0xfe, 0xfe, 0x01, 0x01];
+        body.extend_from_slice(&data);
+        body.extend_from_slice(&((b << 16) | a).to_be_bytes());
+        body
     }
 }
 
@@ -363,26 +438,39 @@ mod tests {
     use super::*;
     use std::io::Write as _;
 
+    /// `body` decoded in `pieces`-byte pieces: each reading's bytes.
+    fn readings(
+        encoding: &str,
+        body: &[u8],
+        pieces: usize,
+        max: usize,
+    ) -> Result<[Vec<u8>; READINGS], Unscanned> {
+        let mut decoder = StreamDecoder::new(encoding, max)?.expect("a coding to undo");
+        let mut out = [Vec::new(), Vec::new()];
+        let mut hand = |reading: usize, decoded: &[u8]| {
+            assert!(
+                decoded.len() <= MAX_STEP_OUTPUT,
+                "{} bytes at once",
+                decoded.len()
+            );
+            out[reading].extend_from_slice(decoded);
+        };
+        for piece in body.chunks(pieces.max(1)) {
+            decoder.feed(piece, &mut hand)?;
+        }
+        decoder.finish(&mut hand)?;
+        Ok(out)
+    }
+
+    /// `body` decoded in `pieces`-byte pieces, one reading.
     fn streamed(
         encoding: &str,
         body: &[u8],
         pieces: usize,
         max: usize,
     ) -> Result<Vec<u8>, Unscanned> {
-        let mut decoder = StreamDecoder::new(encoding, max)?.expect("a coding to undo");
-        let mut out = Vec::new();
-        let mut hand = |decoded: &[u8]| {
-            assert!(
-                decoded.len() <= MAX_STEP_OUTPUT,
-                "{} bytes at once",
-                decoded.len()
-            );
-            out.extend_from_slice(decoded);
-        };
-        for piece in body.chunks(pieces.max(1)) {
-            decoder.feed(piece, &mut hand)?;
-        }
-        decoder.finish(&mut hand)?;
+        let [out, other] = readings(encoding, body, pieces, max)?;
+        assert!(other.is_empty(), "{encoding}: one reading");
         Ok(out)
     }
 
@@ -473,31 +561,38 @@ mod tests {
         assert!(matches!(error.reason, UnscannedReason::Corrupt { .. }));
         let error = streamed("gzip", b"not gzip at all", 100, 1 << 24).unwrap_err();
         assert!(matches!(error.reason, UnscannedReason::Corrupt { .. }));
-        // A zlib header (0x78 0x01) that is also a stored block of 0x??01 bytes: the next two
-        // bytes are its length's complement.
-        // Refused at its fifth byte, before any decoding (a zlib decoder alone would wait for
-        // more), however it arrives.
-        let ambiguous = [0x78, 0x01, 0x00, 0xfe, 0xff];
-        for pieces in [1, 5] {
-            let mut decoder = StreamDecoder::new("deflate", 1 << 24).unwrap().unwrap();
-            let fed = ambiguous
-                .chunks(pieces)
-                .try_for_each(|piece| decoder.feed(piece, &mut |_| {}));
-            assert!(
-                matches!(
-                    fed,
-                    Err(Unscanned {
-                        reason: UnscannedReason::Ambiguous
-                    })
-                ),
-                "{fed:?}"
-            );
+        // A zlib header (0x78 0x01) that is also a stored block of 0x??01 bytes (the next two
+        // bytes are its length's complement), valid neither way: refused, however it arrives.
+        let neither = [0x78, 0x01, 0x00, 0xfe, 0xff, b'a', b'b', b'c'];
+        for pieces in [1, 5, 8] {
+            let error = readings("deflate", &neither, pieces, 1 << 24).unwrap_err();
+            assert!(matches!(error.reason, UnscannedReason::Corrupt { .. }));
         }
-        let mut zlib_only = StreamDecoder::new("deflate", 1 << 24).unwrap().unwrap();
-        zlib_only
-            .feed(&[0x78, 0x01, 0x00, 0xfe, 0xfe], &mut |_| {})
-            .unwrap();
         let mut empty = StreamDecoder::new("gzip", 10).unwrap().unwrap();
-        empty.finish(&mut |_| panic!("nothing decoded")).unwrap();
+        empty.finish(&mut |_, _| panic!("nothing decoded")).unwrap();
+    }
+
+    /// A `deflate` body valid as zlib that also starts as a raw DEFLATE stored block is read
+    /// both ways, side by side, however it arrives: its zlib reading whole, its raw one — here a
+    /// stored block of the zlib stream's first bytes, then a block of its own that decodes to
+    /// what the zlib reading never shows — until it fails (bytes after its end). Past the cap
+    /// in either reading it is refused.
+    #[test]
+    fn a_deflate_body_that_reads_two_ways_is_read_both_ways() {
+        let hidden = b"&_method=DELETE&";
+        let body = crate::testing::two_way_deflate(hidden);
+        let mut zlib = Vec::new();
+        flate2::read::ZlibDecoder::new(&body[..])
+            .read_to_end(&mut zlib)
+            .unwrap();
+        assert!(memchr::memmem::find(&zlib, hidden).is_none());
+        for pieces in [1, 7, 4096, body.len()] {
+            let [first, second] = readings("deflate", &body, pieces, 1 << 24).unwrap();
+            assert_eq!(first, zlib, "in pieces of {pieces}");
+            assert!(second.starts_with(&[1, 1]), "in pieces of {pieces}");
+            assert!(second.ends_with(hidden), "in pieces of {pieces}");
+        }
+        let error = readings("deflate", &body, 4096, 1000).unwrap_err();
+        assert!(matches!(error.reason, UnscannedReason::TooLarge { .. }));
     }
 }
