@@ -106,6 +106,9 @@ pub enum CallerBody {
     Hyper(Incoming),
     /// Read whole; `None` once its one frame has been taken.
     Read(Option<Bytes>),
+    /// Frames as a caller's stream would bring them (tests).
+    #[cfg(test)]
+    Frames(std::collections::VecDeque<Bytes>),
 }
 
 impl CallerBody {
@@ -127,6 +130,10 @@ impl Body for CallerBody {
             CallerBody::Read(bytes) => {
                 Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes))))
             }
+            #[cfg(test)]
+            CallerBody::Frames(frames) => {
+                Poll::Ready(frames.pop_front().map(|bytes| Ok(Frame::data(bytes))))
+            }
         }
     }
 
@@ -134,6 +141,8 @@ impl Body for CallerBody {
         match self {
             CallerBody::Hyper(incoming) => incoming.is_end_stream(),
             CallerBody::Read(bytes) => bytes.is_none(),
+            #[cfg(test)]
+            CallerBody::Frames(frames) => frames.is_empty(),
         }
     }
 
@@ -142,6 +151,10 @@ impl Body for CallerBody {
             CallerBody::Hyper(incoming) => incoming.size_hint(),
             CallerBody::Read(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            #[cfg(test)]
+            CallerBody::Frames(frames) => {
+                SizeHint::with_exact(frames.iter().map(|b| b.len() as u64).sum())
             }
         }
     }
@@ -292,27 +305,31 @@ impl Decoding {
         }))
     }
 
-    /// Whether what was decoded so far (in any reading) ends with the start of the caller's
-    /// token (one that more of the body could complete).
+    /// Whether what was decoded so far, in a reading still decoding, ends with the start of the
+    /// caller's token (one that more of the body could complete).
     fn token_in_progress(&self) -> bool {
-        self.readers.iter().any(Readers::token_in_progress)
+        let alive = self.decoder.readings();
+        self.readers
+            .iter()
+            .zip(alive)
+            .any(|(readers, alive)| alive && readers.token_in_progress())
     }
 
-    /// The decoded bytes kept ([`Decoding::keeping`]), every reading's (a second one after a
-    /// line break, as a body of its own to a scanner): `None` when they passed the cap (or
-    /// none were asked for).
-    pub(crate) fn kept(self) -> Option<Vec<u8>> {
-        let [first, second] = self.readers.map(|readers| readers.kept);
-        let (first, second) = (first?, second?);
-        if first.over || second.over {
-            return None;
+    /// The decoded bytes kept ([`Decoding::keeping`]), each reading's (the second only for a
+    /// body that reads two ways), to be scanned as bodies of their own: `None` when they passed
+    /// the cap (or none were asked for).
+    pub(crate) fn kept(self) -> Option<Vec<Vec<u8>>> {
+        let mut readings = Vec::new();
+        for (reading, readers) in self.readers.into_iter().enumerate() {
+            let kept = readers.kept?;
+            if kept.over {
+                return None;
+            }
+            if reading == 0 || readers.fed {
+                readings.push(kept.bytes);
+            }
         }
-        let mut bytes = first.bytes;
-        if !second.bytes.is_empty() {
-            bytes.push(b'\n');
-            bytes.extend_from_slice(&second.bytes);
-        }
-        Some(bytes)
+        Some(readings)
     }
 
     /// Feeds `data` (or, at `end`, finishes the stream) and reads what it decodes, in every
@@ -1349,7 +1366,10 @@ mod tests {
             decoding.check(&[], true)?;
             Ok::<_, RequestBodyViolation>(decoding.kept())
         };
-        assert_eq!(read(23, None).unwrap().unwrap(), b"amount=100&currency=usd");
+        assert_eq!(
+            read(23, None).unwrap().unwrap(),
+            [b"amount=100&currency=usd"]
+        );
         assert_eq!(read(22, None).unwrap(), None);
         assert_eq!(
             read(22, Some(b"currency")).err(),
@@ -1372,18 +1392,73 @@ mod tests {
         text.extend_from_slice(token);
         text.extend_from_slice(b"&b=1");
         let gz = gzip_at(&text, flate2::Compression::best());
-        // What a lenient decoder makes of the first `at` compressed bytes.
-        let lenient = |at: usize| {
+        // What a lenient decoder makes of compressed bytes (of the first `at`).
+        let lenient_of = |bytes: &[u8]| {
             let mut d = flate2::write::GzDecoder::new(Vec::new());
-            let _ = d.write_all(&gz[..at]).and_then(|()| d.flush());
+            let _ = d.write_all(bytes).and_then(|()| d.flush());
             d.get_ref().clone()
         };
+        let lenient = |at: usize| lenient_of(&gz[..at]);
         let half = &token[..token.len() / 2];
         let has = |hay: &[u8], needle: &[u8]| memmem::find(hay, needle).is_some();
         let at = (1..gz.len())
             .find(|&at| has(&lenient(at), half))
             .expect("a split that decodes to the token's first half");
         assert!(!has(&lenient(at), token));
+        // Streamed in three frames, a block boundary inside the token (a sync flush, then a new
+        // block whose header is longer than the token): the first frame decodes to the token's
+        // first half, the second to more of it; neither goes before the third completes it,
+        // though the second is long enough that holding back the token's length of compressed
+        // bytes would have let the first go.
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&text[..text.len() - token.len() / 2 - 4])
+            .unwrap();
+        e.flush().unwrap();
+        let one = e.get_ref().len();
+        e.write_all(&text[text.len() - token.len() / 2 - 4..])
+            .unwrap();
+        // Varied text after it, so the new block is one with its own code tables, ahead of it.
+        let varied: Vec<u8> = (0..20_000u32)
+            .map(|n| {
+                b"etaoinshrdlucmfwypvbgkqjxz"[(n.wrapping_mul(2_654_435_761) >> 27) as usize % 26]
+            })
+            .collect();
+        e.write_all(&varied).unwrap();
+        let flushed = e.finish().unwrap();
+        let lenient = |at: usize| lenient_of(&flushed[..at]);
+        assert!(has(&lenient(one), &token[..token.len() / 2]));
+        let two = (one..flushed.len())
+            .find(|&at| has(&lenient(at), &token[..token.len() * 3 / 4]))
+            .unwrap();
+        assert!(!has(&lenient(two), token));
+        assert!(
+            two - one > token.len(),
+            "the second frame is {} bytes",
+            two - one
+        );
+        let frames = [&flushed[..one], &flushed[one..two], &flushed[two..]]
+            .map(Bytes::copy_from_slice)
+            .into_iter()
+            .collect();
+        let shared = state();
+        let body = ForwardBody::new(
+            CallerBody::Frames(frames),
+            1 << 20,
+            shared.clone(),
+            Some(token),
+        )
+        .reading(Some("gzip"), Some(token), None)
+        .unwrap();
+        let (result, sent) = forwarded(body).await;
+        assert!(
+            matches!(result, Err(BodyError::CallerTokenInBody)),
+            "{result:?}"
+        );
+        assert!(
+            !has(&lenient_of(&sent), &token[..3]),
+            "the token's start was sent: {} bytes",
+            sent.len()
+        );
         let shared = state();
         let body = ForwardBody::with_prefix(
             Bytes::copy_from_slice(&gz[..at]),
@@ -1485,10 +1560,8 @@ mod tests {
         decoding.check(&harmless, false).unwrap();
         decoding.check(&[], true).unwrap();
         let kept = decoding.kept().unwrap();
-        assert!(
-            memmem::find(&kept, b"&note=fine&").is_some(),
-            "the raw reading is kept"
-        );
-        assert!(kept.len() > 0xfefe, "and the zlib one");
+        assert_eq!(kept.len(), 2, "two readings");
+        assert_eq!(kept[0].len(), 0xfefe, "the zlib one");
+        assert!(kept[1].ends_with(b"&note=fine&"), "the raw one");
     }
 }

@@ -120,12 +120,12 @@ pub async fn scan_request(
     }
     let cap = usize::try_from(cap).unwrap_or(usize::MAX);
     let decoded = match content_encoding {
-        None => Ok(Cow::Borrowed(&bytes[..])),
+        None => Ok(vec![Cow::Borrowed(&bytes[..])]),
         Some(encoding) => {
             match Decoding::keeping(encoding, limit, token, overrides, Some(cap))
                 .map_err(refused)?
             {
-                None => Ok(Cow::Borrowed(&bytes[..])),
+                None => Ok(vec![Cow::Borrowed(&bytes[..])]),
                 Some(mut decoding) => {
                     decoding
                         .check(&bytes, false)
@@ -135,7 +135,7 @@ pub async fn scan_request(
                     // all the same.
                     decoding
                         .kept()
-                        .map(Cow::Owned)
+                        .map(|readings| readings.into_iter().map(Cow::Owned).collect())
                         .ok_or(postern_scan::Unscanned {
                             reason: postern_scan::UnscannedReason::TooLarge { max_bytes: cap },
                         })
@@ -216,28 +216,31 @@ pub(crate) fn all_values<'a>(
     ))
 }
 
-/// Scans `decoded` (`bytes` with its coding undone) and fills `summary` (classes, unapproved).
-/// A body that could not be decoded is scanned as sent, and `summary.unscanned` says it was not
-/// decoded.
+/// Scans `decoded` (`bytes` with its coding undone: one reading, or two for a `deflate` body
+/// that reads two ways, each scanned as a body of its own) and fills `summary` (classes,
+/// unapproved). A body that could not be decoded is scanned as sent, and `summary.unscanned`
+/// says it was not decoded.
 fn classify(
     scanner: &Scanner,
     approved: &[String],
     bytes: &[u8],
-    decoded: Result<Cow<'_, [u8]>, postern_scan::Unscanned>,
+    decoded: Result<Vec<Cow<'_, [u8]>>, postern_scan::Unscanned>,
     headers: &http::HeaderMap,
     summary: &mut ScanSummary,
 ) -> Classified {
-    let decoded = match decoded {
-        Ok(decoded) => decoded,
+    let readings = match decoded {
+        Ok(readings) => readings,
         Err(unscanned) => {
             // Not decoded, and said so; but scanned as sent: a server that ignores the coding
             // reads these very bytes, and what is found in them can be masked in place.
             tracing::debug!(reason = ?unscanned, "body not decoded; scanned as sent");
             summary.unscanned = Some("body could not be decoded for scanning");
-            Cow::Borrowed(bytes)
+            vec![Cow::Borrowed(bytes)]
         }
     };
-    let encoded = matches!(&decoded, Cow::Owned(_));
+    let encoded = readings
+        .iter()
+        .any(|reading| matches!(reading, Cow::Owned(_)));
     // Two `Content-Type` lines say nothing certain: scanned as text of no known kind.
     let mut types = headers.get_all(header::CONTENT_TYPE).iter();
     let content_type = match (types.next(), types.next()) {
@@ -245,23 +248,25 @@ fn classify(
         _ => None,
     };
     let hint = ContentTypeHint::from_content_type(content_type);
-    let result = scanner.scan(&decoded, hint);
-    summary.classes = result
-        .class_counts
-        .iter()
-        .map(|(class, count)| (class.to_string(), *count))
-        .collect();
+    let mut findings = Vec::new();
+    summary.classes.clear();
+    for reading in &readings {
+        let result = scanner.scan(reading, hint);
+        for (class, count) in &result.class_counts {
+            *summary.classes.entry(class.to_string()).or_default() += count;
+        }
+        // Masking applies to a body as sent (an encoded one is refused instead).
+        findings.extend(result.findings);
+    }
     summary.unapproved = summary
         .classes
         .keys()
         .filter(|class| !approved.contains(class))
         .cloned()
         .collect();
-    let unapproved_findings = result
-        .findings
-        .iter()
+    let unapproved_findings = findings
+        .into_iter()
         .filter(|f| summary.unapproved.iter().any(|c| c.as_str() == &*f.class))
-        .cloned()
         .collect();
     Classified {
         encoded,
@@ -359,7 +364,8 @@ pub async fn scan_response(
     }
     // The caller's client undoes the coding: gzip, deflate either way, br, stacked.
     let encoding = all_values(headers, &header::CONTENT_ENCODING);
-    let decoded = postern_scan::decode_for_scan(&bytes, encoding.as_deref(), cap as usize);
+    let decoded = postern_scan::decode_for_scan(&bytes, encoding.as_deref(), cap as usize)
+        .map(|decoded| vec![decoded]);
     let classified = classify(scanner, approved, &bytes, decoded, headers, &mut summary);
     if summary.unapproved.is_empty() {
         return Ok(scanned(bytes, summary));

@@ -2828,8 +2828,9 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
         }
     }
     // Whatever a lenient decoder forgives — bytes after the stream's end, a trailer cut off —
-    // the token before it is found; a `deflate` body that reads two ways (zlib and raw DEFLATE)
-    // is refused whole, since where the token stands in it cannot be told.
+    // the token before it is found; a `deflate` body that starts both as zlib and as raw
+    // DEFLATE but is valid neither way is refused whole, since where the token stands in it
+    // cannot be told.
     let token_body = compressed("gzip", format!("{padding}{}&x=1", gw.token).as_bytes());
     let mut trailing = token_body.clone();
     trailing.push(0);

@@ -109,14 +109,18 @@ fn decode_one(body: &[u8], coding: &str, max_bytes: usize) -> Result<Vec<u8>, Un
 /// the reading it belongs to: `0`, or — for a `deflate` body that starts both as a zlib stream
 /// and as a raw DEFLATE stored block (about 1 zlib stream in 65,536 does) — `0` for its zlib
 /// reading and `1` for its raw one, decoded side by side, since a server may take either:
-/// each is a body of its own to its readers ([`READINGS`]). A reading that turns out not valid
-/// for its coding ends there (what it decoded until then is what a lenient server would read);
-/// decoding past `max_bytes` in any reading, or data that no reading can decode (not valid for
-/// its coding, a body that ends mid-stream), is an [`Unscanned`].
+/// each is a body of its own to its readers ([`READINGS`]). A reading whose stream ends before
+/// the body does ends there (the bytes after it are the other reading's); decoding past
+/// `max_bytes` in any reading, data not valid for its coding in any reading (decoders differ in
+/// what they forgive, so one may read on where Postern would stop), a body that ends mid-stream,
+/// or bytes after the end of every reading, is an [`Unscanned`], and so is anything fed after
+/// one.
 pub struct StreamDecoder {
     lanes: Lanes,
     /// Whether any byte was fed: a body with none is nothing to decode.
     fed: bool,
+    /// The body was refused: every later piece is too.
+    failed: Option<Unscanned>,
 }
 
 /// The most readings a [`StreamDecoder`] hands on: a `deflate` body read both as zlib (`0`)
@@ -197,7 +201,11 @@ impl StreamDecoder {
             ]),
             Coding::Deflate => Lanes::Sniffing(Vec::new(), max_bytes),
         };
-        Ok(Some(StreamDecoder { lanes, fed: false }))
+        Ok(Some(StreamDecoder {
+            lanes,
+            fed: false,
+            failed: None,
+        }))
     }
 
     /// The one coding `content_encoding` names to undo (`None`: nothing to undo), without
@@ -236,12 +244,29 @@ impl StreamDecoder {
         decoded: &mut dyn FnMut(usize, &[u8]),
     ) -> Result<(), Unscanned> {
         self.fed |= !data.is_empty();
-        for step in data.chunks(INPUT_STEP) {
-            self.write(step, Step::More, decoded)?;
+        let written = data
+            .chunks(INPUT_STEP)
+            .try_for_each(|step| self.write(step, Step::More, decoded))
+            // What the decoder holds back of the last step is handed on now, not with the next
+            // piece.
+            .and_then(|()| self.write(&[], Step::Flush, decoded));
+        self.remember(written)
+    }
+
+    /// Which readings are still decoding (the second only for a body that reads two ways).
+    pub fn readings(&self) -> [bool; READINGS] {
+        match &self.lanes {
+            Lanes::Sniffing(..) => [true, false],
+            Lanes::Reading(lanes) => [lanes[0].is_some(), lanes[1].is_some()],
         }
-        // What the decoder holds back of the last step is handed on now, not with the next
-        // piece.
-        self.write(&[], Step::Flush, decoded)
+    }
+
+    /// A refusal is for good: kept, and given again for anything fed after it.
+    fn remember(&mut self, written: Result<(), Unscanned>) -> Result<(), Unscanned> {
+        if let Err(error) = &written {
+            self.failed = Some(error.clone());
+        }
+        written
     }
 
     /// The body ended: what the decoder still holds is handed on; a stream cut short (in every
@@ -250,7 +275,8 @@ impl StreamDecoder {
         if !self.fed {
             return Ok(());
         }
-        self.write(&[], Step::End, decoded)
+        let written = self.write(&[], Step::End, decoded);
+        self.remember(written)
     }
 
     /// Writes `data` to every reading (and ends them at `Step::End`), handing on what each
@@ -261,6 +287,9 @@ impl StreamDecoder {
         step: Step,
         decoded: &mut dyn FnMut(usize, &[u8]),
     ) -> Result<(), Unscanned> {
+        if let Some(failed) = &self.failed {
+            return Err(failed.clone());
+        }
         if let Lanes::Sniffing(held, max_bytes) = &mut self.lanes {
             held.extend_from_slice(data);
             if held.len() < 5 && step != Step::End {
@@ -291,7 +320,8 @@ impl StreamDecoder {
         let Lanes::Reading(lanes) = &mut self.lanes else {
             unreachable!("sniffed above");
         };
-        let mut failed = None;
+        let two = lanes.iter().all(Option::is_some);
+        let mut ended = None;
         for (reading, lane) in lanes.iter_mut().enumerate() {
             let Some(stage) = lane else {
                 continue;
@@ -301,18 +331,19 @@ impl StreamDecoder {
                 decoded(reading, &out);
             }
             match written {
-                Ok(()) => {}
-                // Past the cap in any reading: a bomb whichever a server takes.
-                Err(error) if matches!(error.reason, UnscannedReason::TooLarge { .. }) => {
-                    return Err(error)
-                }
-                Err(error) => {
+                Written::Ok => {}
+                // Of two readings, one whose stream ended before the body does ends there: the
+                // bytes after it are the other's.
+                Written::AfterEnd(error) if two => {
                     *lane = None;
-                    failed = Some(error);
+                    ended = Some(error);
                 }
+                // Past the cap (a bomb whichever a server takes), not valid for its coding, cut
+                // short, or bytes after the end of the only reading.
+                Written::AfterEnd(error) | Written::Failed(error) => return Err(error),
             }
         }
-        match failed {
+        match ended {
             Some(error) if lanes.iter().all(Option::is_none) => Err(error),
             _ => Ok(()),
         }
@@ -349,7 +380,7 @@ fn also_stored_block(head: &[u8]) -> bool {
 impl Stage {
     /// Writes `data` (and finishes the stream at `end`), returning what it decoded — on an
     /// error too, up to where it stopped (what a lenient decoder hands on before it gives up).
-    fn write(&mut self, data: &[u8], step: Step) -> (Vec<u8>, Result<(), Unscanned>) {
+    fn write(&mut self, data: &[u8], step: Step) -> (Vec<u8>, Written) {
         let (encoding, result, capped) = match self {
             Stage::Gzip(decoder) => (
                 "gzip",
@@ -368,20 +399,35 @@ impl Stage {
             ),
         };
         let out = std::mem::take(&mut capped.out);
-        if result.is_err() {
-            let reason = if capped.total > capped.max_bytes {
-                UnscannedReason::TooLarge {
-                    max_bytes: capped.max_bytes,
-                }
-            } else {
-                UnscannedReason::Corrupt {
-                    encoding: encoding.to_owned(),
-                }
+        let Err(error) = result else {
+            return (out, Written::Ok);
+        };
+        if capped.total > capped.max_bytes {
+            let reason = UnscannedReason::TooLarge {
+                max_bytes: capped.max_bytes,
             };
-            return (out, Err(Unscanned { reason }));
+            return (out, Written::Failed(Unscanned { reason }));
         }
-        (out, Ok(()))
+        let corrupt = Unscanned {
+            reason: UnscannedReason::Corrupt {
+                encoding: encoding.to_owned(),
+            },
+        };
+        // A decoder whose stream has ended takes no more: the rest could not be written.
+        match error.kind() {
+            std::io::ErrorKind::WriteZero => (out, Written::AfterEnd(corrupt)),
+            _ => (out, Written::Failed(corrupt)),
+        }
     }
+}
+
+/// What a write to one reading came to.
+enum Written {
+    Ok,
+    /// Its stream ended before the bytes written did.
+    AfterEnd(Unscanned),
+    /// Past the cap, or not valid for its coding.
+    Failed(Unscanned),
 }
 
 /// Writes `data` into `decoder`, then flushes it or finishes the stream with `finish`, as
@@ -416,10 +462,15 @@ pub mod testing {
     pub fn two_way_deflate(hidden: &[u8]) -> Vec<u8> {
         let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
         raw.write_all(hidden).unwrap();
-        let raw = raw.finish().unwrap();
+        two_way_zlib(&raw.finish().unwrap())
+    }
+
+    /// The valid zlib stream of [`two_way_deflate`], with `raw` as the bytes its raw reading
+    /// takes after its first stored block (as they stand, to its zlib reading).
+    pub fn two_way_zlib(raw: &[u8]) -> Vec<u8> {
         let mut data = b"a=".to_vec();
         data.resize(255, b'x');
-        data.extend_from_slice(&raw);
+        data.extend_from_slice(raw);
         data.resize(0xfefe, b'x');
         let (mut a, mut b) = (1u32, 0u32);
         for &byte in &data {
@@ -535,8 +586,8 @@ mod tests {
 
     /// What a server may read in ways Postern cannot follow is refused: codings stacked (a
     /// server may undo some and not others), `br`, unknown codings, data not valid for its
-    /// coding or cut short, and a `deflate` body valid both as zlib and as raw DEFLATE. A body
-    /// with no bytes is nothing to decode.
+    /// coding (in any reading) or cut short, and anything fed after a refusal. A body with no
+    /// bytes is nothing to decode.
     #[test]
     fn what_cannot_be_read_one_way_is_refused() {
         assert!(StreamDecoder::new("identity", 10).unwrap().is_none());
@@ -594,5 +645,22 @@ mod tests {
         }
         let error = readings("deflate", &body, 4096, 1000).unwrap_err();
         assert!(matches!(error.reason, UnscannedReason::TooLarge { .. }));
+        // Past the cap in the raw reading only (the zlib one decodes to 65,278 bytes).
+        let bomb = crate::testing::two_way_deflate(&vec![b'a'; 200_000]);
+        assert!(readings("deflate", &bomb, 4096, 100_000)
+            .is_err_and(|error| matches!(error.reason, UnscannedReason::TooLarge { .. })));
+        // A reading not valid for its coding mid-stream refuses the body: a lenient decoder may
+        // read on where Postern's stopped. (The raw reading of this zlib stream: its stored
+        // block, then its next bytes as a block header of the reserved type 3.)
+        let broken = crate::testing::two_way_zlib(&[0b111]);
+        let error = readings("deflate", &broken, 4096, 1 << 24).unwrap_err();
+        assert!(matches!(error.reason, UnscannedReason::Corrupt { .. }));
+        let mut decoder = StreamDecoder::new("deflate", 1 << 24).unwrap().unwrap();
+        assert!(decoder.feed(&broken, &mut |_, _| {}).is_err());
+        assert!(
+            decoder.feed(b"more", &mut |_, _| {}).is_err(),
+            "refused for good"
+        );
+        assert!(decoder.finish(&mut |_, _| {}).is_err(), "refused for good");
     }
 }
