@@ -1440,42 +1440,40 @@ mod tests {
             .map(Bytes::copy_from_slice)
             .into_iter()
             .collect();
+        // What goes before a body read for `token`, which must be refused for it, is sent.
+        let sent_before_the_token = |body: ForwardBody, shared: Arc<RequestBodyState>| async move {
+            let body = body.reading(Some("gzip"), Some(token), None).unwrap();
+            let (result, sent) = forwarded(body).await;
+            assert!(
+                matches!(result, Err(BodyError::CallerTokenInBody)),
+                "{result:?}"
+            );
+            assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
+            sent
+        };
         let shared = state();
-        let body = ForwardBody::new(
+        let streamed = ForwardBody::new(
             CallerBody::Frames(frames),
             1 << 20,
             shared.clone(),
             Some(token),
-        )
-        .reading(Some("gzip"), Some(token), None)
-        .unwrap();
-        let (result, sent) = forwarded(body).await;
-        assert!(
-            matches!(result, Err(BodyError::CallerTokenInBody)),
-            "{result:?}"
         );
+        let sent = sent_before_the_token(streamed, shared).await;
         assert!(
             !has(&lenient_of(&sent), &token[..3]),
             "the token's start was sent: {} bytes",
             sent.len()
         );
         let shared = state();
-        let body = ForwardBody::with_prefix(
+        let ahead = ForwardBody::with_prefix(
             Bytes::copy_from_slice(&gz[..at]),
             CallerBody::Read(Some(Bytes::copy_from_slice(&gz[at..]))),
             1 << 20,
             shared.clone(),
             Some(token),
-        )
-        .reading(Some("gzip"), Some(token), None)
-        .unwrap();
-        let (result, sent) = forwarded(body).await;
-        assert!(
-            matches!(result, Err(BodyError::CallerTokenInBody)),
-            "{result:?}"
         );
+        let sent = sent_before_the_token(ahead, shared).await;
         assert!(sent.is_empty(), "{} compressed bytes sent", sent.len());
-        assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
 
         let clean = gzip_at(
             &text[..text.len() - token.len() - 4],
