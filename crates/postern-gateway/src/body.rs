@@ -289,9 +289,9 @@ impl Decoding {
         let decoder = postern_scan::StreamDecoder::new(content_encoding, max)
             .map_err(|_| RequestBodyViolation::Undecodable)?;
         let token = token.filter(|token| !token.is_empty());
-        let readers = || Readers {
+        let readers = |overrides| Readers {
             token: token.map(|token| (memmem::Finder::new(token).into_owned(), Vec::new())),
-            overrides: overrides.clone(),
+            overrides,
             kept: keep.map(|cap| Kept {
                 bytes: Vec::new(),
                 cap,
@@ -301,7 +301,7 @@ impl Decoding {
         };
         Ok(decoder.map(|decoder| Decoding {
             decoder,
-            readers: [readers(), readers()],
+            readers: [readers(overrides.clone()), readers(overrides)],
         }))
     }
 
@@ -601,24 +601,22 @@ impl ForwardBody {
                         .bytes
                         .fetch_add(data.len() as u64, Ordering::Relaxed)
                         + data.len() as u64;
+                    let refused = |this: &mut Self, violation| {
+                        Poll::Ready(Some(Err(Self::refuse(this, violation))))
+                    };
                     if total > this.limit {
-                        this.stop(RequestBodyViolation::TooLarge);
-                        return Poll::Ready(Some(Err(BodyError::RequestTooLarge(this.limit))));
+                        return refused(this, RequestBodyViolation::TooLarge);
                     }
                     let data = data.clone();
                     if this.overrides.as_mut().is_some_and(|scan| scan.feed(&data)) {
-                        this.stop(RequestBodyViolation::MethodOverride);
-                        return Poll::Ready(Some(Err(BodyError::MethodOverride)));
+                        return refused(this, RequestBodyViolation::MethodOverride);
                     }
                     if let Err(violation) = this.decoded_check(&data, false) {
-                        return Poll::Ready(Some(Err(Self::refuse(this, violation))));
+                        return refused(this, violation);
                     }
                     return match this.release(&data) {
                         Ok(send) => Poll::Ready(Some(Ok(Frame::data(this.hold_last(send))))),
-                        Err(()) => {
-                            this.stop(RequestBodyViolation::CallerToken);
-                            Poll::Ready(Some(Err(BodyError::CallerTokenInBody)))
-                        }
+                        Err(()) => refused(this, RequestBodyViolation::CallerToken),
                     };
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -626,14 +624,19 @@ impl ForwardBody {
         }
     }
 
-    /// Stops the body for a violation its decoding found, and the error that ends it.
+    /// Stops the body for `violation`, and the error that ends it.
     fn refuse(this: &mut Self, violation: RequestBodyViolation) -> BodyError {
         this.stop(violation);
         match violation {
             RequestBodyViolation::TooLarge => BodyError::RequestTooLarge(this.limit),
             RequestBodyViolation::Undecodable => BodyError::RequestUndecodable,
             RequestBodyViolation::MethodOverride => BodyError::MethodOverride,
-            _ => BodyError::CallerTokenInBody,
+            RequestBodyViolation::CallerToken => BodyError::CallerTokenInBody,
+            // Not refusals (the caller's side broke, or nothing did): never given here; ended
+            // all the same, as the strictest of them.
+            RequestBodyViolation::Broken | RequestBodyViolation::None => {
+                BodyError::CallerTokenInBody
+            }
         }
     }
 
@@ -643,8 +646,10 @@ impl ForwardBody {
         if let Some(mut scan) = this.overrides.take() {
             // Every byte was read as it came (the carry's too): only the last field is left.
             if scan.finish() {
-                this.stop(RequestBodyViolation::MethodOverride);
-                return Some(Err(BodyError::MethodOverride));
+                return Some(Err(Self::refuse(
+                    this,
+                    RequestBodyViolation::MethodOverride,
+                )));
             }
         }
         if let Err(violation) = this.decoded_check(&[], true) {

@@ -747,7 +747,6 @@ async fn absolute(
             ));
         }
         Ok(Err(error)) => {
-            let limit = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
             // The gateway's refusals: the SSRF guard's, or a body it would not forward (one that
             // broke off on the caller's side was not refused).
             let refused = matches!(
@@ -760,7 +759,7 @@ async fn absolute(
                     | crate::body::RequestBodyViolation::Undecodable
             );
             shared.discovered(seen(context, refused));
-            return Err(crate::proxy::body_violation_error(context, limit)
+            return Err(crate::proxy::body_violation_error(context, max)
                 .or_else(|| match &error {
                     crate::upstream::UpstreamError::Connect(connect) => {
                         Some(crate::proxy::connect_error(&host, connect))

@@ -785,7 +785,7 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     out: &mut Vec<u8>,
     buf: &mut BytesMut,
-    body: GatewayBody,
+    mut body: GatewayBody,
     framing: Framing,
     in_flight: &crate::deadline::InFlight,
 ) -> io::Result<bool> {
@@ -800,7 +800,6 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
         io.flush().await?;
         return Ok(!close);
     }
-    let mut body = body;
     let body = &mut body;
     // `out` holds what is still to be written; it is written when the body has nothing ready
     // (so a streamed answer reaches the caller as it comes) and at the end.

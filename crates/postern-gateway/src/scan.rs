@@ -60,34 +60,19 @@ pub async fn scan_request(
     let state = context.request_body.clone();
     let cap = integration.config.scan_max_body_bytes;
     // The caller's side: its connection's own deadlines bound a caller that stalls.
-    let (bytes, body, complete) = match read_up_to(body, cap, limit, Stall::new(0)).await {
-        Ok(read) => read,
-        // Not given an idle limit, so never stalled.
-        Err(ReadError::Broken | ReadError::Stalled(_)) => {
-            return Err((
-                CallError::bad_request(
-                    "request_body_error",
-                    "the request body could not be read completely",
-                ),
-                ScanSummary::default(),
-            ))
-        }
-        Err(ReadError::TooLarge) => {
-            return Err((
-                CallError::new(
-                    http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "request_too_large",
-                    format!("the request body exceeds max_request_body_bytes ({limit}); send a smaller body"),
-                ),
-                ScanSummary::default(),
-            ))
-        }
-    };
     let refused = |violation| {
         (
             crate::proxy::body_refusal(violation, limit),
             ScanSummary::default(),
         )
+    };
+    let (bytes, body, complete) = match read_up_to(body, cap, limit, Stall::new(0)).await {
+        Ok(read) => read,
+        // Not given an idle limit, so never stalled.
+        Err(ReadError::Broken | ReadError::Stalled(_)) => {
+            return Err(refused(RequestBodyViolation::Broken))
+        }
+        Err(ReadError::TooLarge) => return Err(refused(RequestBodyViolation::TooLarge)),
     };
     let token = caller_token.filter(|token| !token.is_empty());
     if token.is_some_and(|token| memchr::memmem::find(&bytes, token).is_some()) {
@@ -113,7 +98,9 @@ pub async fn scan_request(
     // field and the data classes, keeping no more of what it decodes than the scan's cap. Not
     // valid for its coding, it is refused whoever the caller is: what a vendor would read in
     // it could not be scanned.
-    if let Some(mut scan) = overrides.clone() {
+    // (A fresh scan for the decoded readings: cloned before this one reads anything.)
+    let decoded_overrides = content_encoding.and(overrides.clone());
+    if let Some(mut scan) = overrides {
         if scan.feed(&bytes) || scan.finish() {
             return Err(refused(RequestBodyViolation::MethodOverride));
         }
@@ -122,7 +109,7 @@ pub async fn scan_request(
     let decoded = match content_encoding {
         None => Ok(vec![Cow::Borrowed(&bytes[..])]),
         Some(encoding) => {
-            match Decoding::keeping(encoding, limit, token, overrides, Some(cap))
+            match Decoding::keeping(encoding, limit, token, decoded_overrides, Some(cap))
                 .map_err(refused)?
             {
                 None => Ok(vec![Cow::Borrowed(&bytes[..])]),

@@ -2812,14 +2812,8 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
         for pieces in [body.len(), 7] {
             let seen = vendor.seen().len();
             let chunks: Vec<Vec<u8>> = body.chunks(pieces).map(<[u8]>::to_vec).collect();
-            let response = client()
-                .post(format!("{}/stripe/v1/charges", gw.base))
-                .bearer_auth(&gw.token)
-                .header("content-encoding", encoding)
-                .body(reqwest::Body::wrap_stream(futures_stream(chunks)))
-                .send()
-                .await
-                .unwrap();
+            let stream = reqwest::Body::wrap_stream(futures_stream(chunks));
+            let response = post_coded(&gw, "/stripe/v1/charges", None, encoding, stream).await;
             assert_refused(response, 400, "caller_token_in_body").await;
             assert!(
                 never_whole(&vendor, seen, body.len()),
@@ -2842,38 +2836,23 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
         ("deflate", two_ways, "request_body_undecodable"),
     ] {
         let seen = vendor.seen().len();
-        let response = client()
-            .post(format!("{}/stripe/v1/charges", gw.base))
-            .bearer_auth(&gw.token)
-            .header("content-type", "text/plain")
-            .header("content-encoding", encoding)
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
+        let response = post_coded(
+            &gw,
+            "/stripe/v1/charges",
+            Some("text/plain"),
+            encoding,
+            body.clone(),
+        )
+        .await;
         assert_refused(response, 400, code).await;
         assert!(never_whole(&vendor, seen, body.len()), "{code}");
     }
     let harmless = compressed("gzip", padding.as_bytes());
-    let response = client()
-        .post(format!("{}/stripe/v1/charges", gw.base))
-        .bearer_auth(&gw.token)
-        .header("content-encoding", "gzip")
-        .body(harmless.clone())
-        .send()
-        .await
-        .unwrap();
+    let response = post_coded(&gw, "/stripe/v1/charges", None, "gzip", harmless.clone()).await;
     assert_eq!(response.status(), 200);
     assert_eq!(vendor.last().body, harmless, "forwarded as sent");
     let seen = vendor.seen().len();
-    let response = client()
-        .post(format!("{}/stripe/v1/charges", gw.base))
-        .bearer_auth(&gw.token)
-        .header("content-encoding", "zstd")
-        .body("anything")
-        .send()
-        .await
-        .unwrap();
+    let response = post_coded(&gw, "/stripe/v1/charges", None, "zstd", "anything").await;
     assert_refused(response, 415, "unsupported_content_encoding").await;
     assert_eq!(vendor.seen().len(), seen, "nothing reached the vendor");
     // In a trailer of a chunked upload: the body goes (to an h2 vendor), the trailers never.
@@ -3524,16 +3503,16 @@ async fn a_form_body_overriding_the_method_is_refused() {
     // `_method`), and is forwarded as sent when it holds none; one in a coding Postern cannot
     // undo is refused.
     let post_encoded = |encoding: &'static str, body: Vec<u8>| {
-        client()
-            .post(format!("{}/stripe/v1/charges", gw.base))
-            .bearer_auth(&gw.token)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("content-encoding", encoding)
-            .body(body)
-            .send()
+        post_coded(
+            &gw,
+            "/stripe/v1/charges",
+            Some("application/x-www-form-urlencoded"),
+            encoding,
+            body,
+        )
     };
     let harmless = gzip(b"amount=100&currency=usd");
-    let fine = post_encoded("gzip", harmless.clone()).await.unwrap();
+    let fine = post_encoded("gzip", harmless.clone()).await;
     assert_eq!(fine.status(), 200);
     assert_eq!(vendor.last().body, harmless, "forwarded as sent");
     for (encoding, body, status, code) in [
@@ -3551,7 +3530,7 @@ async fn a_form_body_overriding_the_method_is_refused() {
         ),
     ] {
         let seen = vendor.seen().len();
-        let refused = post_encoded(encoding, body.clone()).await.unwrap();
+        let refused = post_encoded(encoding, body.clone()).await;
         assert_refused(refused, status, code).await;
         assert!(
             never_whole(&vendor, seen, body.len()),

@@ -174,15 +174,8 @@ async fn form_encoded_values_are_found_and_redacted_over_their_encoding() {
             "caller_token_in_body",
         ),
     ] {
-        let response = client()
-            .post(format!("{}/crm/contacts", gw.base))
-            .bearer_auth(&gw.token)
-            .header("content-type", content_type)
-            .header("content-encoding", "gzip")
-            .body(gzip(body.as_bytes()))
-            .send()
-            .await
-            .unwrap();
+        let body = gzip(body.as_bytes());
+        let response = post_coded(&gw, "/crm/contacts", Some(content_type), "gzip", body).await;
         assert_refused(response, 400, code).await;
         assert_eq!(vendor.seen().len(), seen);
     }
@@ -224,28 +217,19 @@ async fn a_large_compressed_body_is_read_decoded_for_the_token() {
             )),
         };
         let seen = vendor.seen().len();
-        let response = client()
-            .post(format!("{}/crm/contacts", gw.base))
-            .bearer_auth(&gw.token)
-            .header("content-type", "text/plain")
-            .header("content-encoding", "gzip")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = post_coded(&gw, "/crm/contacts", Some("text/plain"), "gzip", body).await;
         assert_refused(response, 400, "caller_token_in_body").await;
         assert!(never_whole(&vendor, seen, with_token.len()));
     }
     let harmless = gzip(&text("no token here"));
-    let response = client()
-        .post(format!("{}/crm/contacts", gw.base))
-        .bearer_auth(&gw.token)
-        .header("content-type", "text/plain")
-        .header("content-encoding", "gzip")
-        .body(harmless.clone())
-        .send()
-        .await
-        .unwrap();
+    let response = post_coded(
+        &gw,
+        "/crm/contacts",
+        Some("text/plain"),
+        "gzip",
+        harmless.clone(),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(vendor.last().body, harmless);
     gw.stop().await;

@@ -944,6 +944,24 @@ pub fn never_whole(vendor: &TestVendor, seen: usize, len: usize) -> bool {
         .all(|request| request.body.len() < len)
 }
 
+/// `POST path` through `gw` with its caller token, `body` in `encoding` (and `content_type`).
+pub async fn post_coded(
+    gw: &TestGateway,
+    path: &str,
+    content_type: Option<&str>,
+    encoding: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let mut request = client()
+        .post(format!("{}{path}", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-encoding", encoding);
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    request.body(body).send().await.unwrap()
+}
+
 /// Asserts `response` is a refusal: `status`, and the JSON error `code`.
 pub async fn assert_refused(response: reqwest::Response, status: u16, code: &str) {
     assert_eq!(response.status(), status, "{code}");
