@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use memchr::memmem;
+use postern_scan::Coding;
 
 use crate::overrides::OverrideScan;
 use crate::record::PendingRecord;
@@ -195,8 +196,8 @@ pub(crate) struct Decoding {
 
 /// What reads one reading of a decoded body.
 struct Readers {
-    /// The caller's token, and the tail of what was decoded so far (a token split across
-    /// decoded pieces is still found).
+    /// The caller's token, and the last `token length - 1` bytes decoded so far (a token split
+    /// across decoded pieces is still found).
     token: Option<(memmem::Finder<'static>, Vec<u8>)>,
     overrides: Option<OverrideScan>,
     /// For a body read whole to be scanned: its decoded bytes, up to a cap
@@ -214,14 +215,12 @@ impl Readers {
         if let Some(kept) = &mut self.kept {
             kept.take(piece);
         }
-        if let Some((finder, carry)) = &mut self.token {
-            let keep = finder.needle().len() - 1;
-            carry.extend_from_slice(piece);
-            if finder.find(carry).is_some() {
+        if let Some((finder, tail)) = &mut self.token {
+            if appended_finds(finder, tail, piece) {
                 return RequestBodyViolation::CallerToken;
             }
-            let cut = carry.len().saturating_sub(keep);
-            carry.drain(..cut);
+            let cut = tail.len().saturating_sub(finder.needle().len() - 1);
+            tail.drain(..cut);
         }
         if self.overrides.as_mut().is_some_and(|scan| scan.feed(piece)) {
             return RequestBodyViolation::MethodOverride;
@@ -236,6 +235,14 @@ impl Readers {
             (1..=carry.len().min(needle.len() - 1)).any(|len| carry.ends_with(&needle[..len]))
         })
     }
+}
+
+/// Appends `piece` to `seen`, whose bytes were searched already, and whether `finder`'s
+/// needle is now in it: only where it could end in `piece` is searched.
+fn appended_finds(finder: &memmem::Finder<'_>, seen: &mut Vec<u8>, piece: &[u8]) -> bool {
+    let from = seen.len().saturating_sub(finder.needle().len() - 1);
+    seen.extend_from_slice(piece);
+    finder.find(&seen[from..]).is_some()
 }
 
 /// Decoded bytes kept, up to `cap`; past it, none (`over`).
@@ -257,37 +264,34 @@ impl Kept {
 }
 
 impl Decoding {
-    /// The decoding of a body in `content_encoding`, to at most `max_decoded` bytes, for `token`
-    /// (ignored when empty) and `overrides` (a scan that has read nothing yet); `None` when there
-    /// is nothing to undo, or nothing to read for. A coding it cannot undo is refused before the
-    /// body is read (`415`); met here all the same, it is `Undecodable`, never a body let
-    /// through unread.
+    /// The decoding of a body in `coding`, to at most `max_decoded` bytes, for `token`
+    /// (ignored when empty) and `overrides` (a scan that has read nothing yet); `None` when
+    /// there is nothing to read for.
     pub(crate) fn new(
-        content_encoding: &str,
+        coding: Coding,
         max_decoded: u64,
         token: Option<&[u8]>,
         overrides: Option<OverrideScan>,
-    ) -> Result<Option<Self>, RequestBodyViolation> {
+    ) -> Option<Self> {
         let token = token.filter(|token| !token.is_empty());
         if token.is_none() && overrides.is_none() {
-            return Ok(None);
+            return None;
         }
-        Self::keeping(content_encoding, max_decoded, token, overrides, None)
+        Some(Self::keeping(coding, max_decoded, token, overrides, None))
     }
 
     /// [`Decoding::new`], reading the body even with nothing to read for, and keeping its
     /// decoded bytes up to `keep` in each reading ([`Decoding::kept`]): for a body read whole
     /// to be scanned.
     pub(crate) fn keeping(
-        content_encoding: &str,
+        coding: Coding,
         max_decoded: u64,
         token: Option<&[u8]>,
         overrides: Option<OverrideScan>,
         keep: Option<usize>,
-    ) -> Result<Option<Self>, RequestBodyViolation> {
+    ) -> Self {
         let max = usize::try_from(max_decoded).unwrap_or(usize::MAX);
-        let decoder = postern_scan::StreamDecoder::new(content_encoding, max)
-            .map_err(|_| RequestBodyViolation::Undecodable)?;
+        let decoder = postern_scan::StreamDecoder::new(coding, max);
         let token = token.filter(|token| !token.is_empty());
         let readers = |overrides| Readers {
             token: token.map(|token| (memmem::Finder::new(token).into_owned(), Vec::new())),
@@ -299,10 +303,10 @@ impl Decoding {
             }),
             fed: false,
         };
-        Ok(decoder.map(|decoder| Decoding {
+        Decoding {
             decoder,
             readers: [readers(overrides.clone()), readers(overrides)],
-        }))
+        }
     }
 
     /// Whether what was decoded so far, in a reading still decoding, ends with the start of the
@@ -373,29 +377,19 @@ impl Decoding {
 }
 
 impl ForwardBody {
-    pub fn new(
-        inner: CallerBody,
-        limit: u64,
-        state: Arc<RequestBodyState>,
-        caller_token: Option<&[u8]>,
-    ) -> Self {
+    /// The caller's body, to be forwarded once [`ForwardBody::reading`] says how it is read.
+    pub fn new(inner: CallerBody, limit: u64, state: Arc<RequestBodyState>) -> Self {
         let inner = if inner.is_end_stream() {
             None
         } else {
             Some(inner)
-        };
-        let token = match (&inner, caller_token) {
-            (Some(_), Some(token)) if !token.is_empty() => {
-                Some(Box::new(memmem::Finder::new(token).into_owned()))
-            }
-            _ => None,
         };
         ForwardBody {
             inner,
             buffered: None,
             limit,
             state,
-            token,
+            token: None,
             carry: Vec::new(),
             overrides: None,
             held: None,
@@ -403,46 +397,46 @@ impl ForwardBody {
         }
     }
 
-    /// Reads this body as it streams, as its vendor would: with `overrides`, for a POST body's
-    /// `_method` field ([`OverrideScan`]), and, when it has a `Content-Encoding`, decoded as
-    /// well (once, for all its readers, to at most the body's limit): for `token` (the caller's
-    /// token: [`ForwardBody::new`] already looks for it as sent) and the `_method` field. A
-    /// frame whose reading finds either is refused before it is sent; data not valid for its
-    /// coding, or decoding past the limit, refuses the body. `Err` if what was read ahead (all
-    /// of the body, when its stream has ended) already does: nothing of it is sent.
+    /// Reads this body as it streams, as its vendor would: for `token` (the caller's; ignored
+    /// when empty) as sent, with `overrides` for a POST body's `_method` field
+    /// ([`OverrideScan`]), and, with a `coding` (its `Content-Encoding`,
+    /// [`crate::proxy::body_encoding`]), decoded as well (once, for all its readers, to at most
+    /// the body's limit) for the token and the `_method` field. A frame whose reading finds
+    /// either is refused before it is sent; data not valid for its coding, or decoding past
+    /// the limit, refuses the body. `Err` if what was read ahead ([`ForwardBody::with_prefix`];
+    /// all of the body, when its stream has ended) already does: nothing of it is sent.
     ///
     /// A body without a coding, or with nothing to read for (a caller identified by
     /// certificate has no token; only a POST has a `_method` field), is not decoded.
     pub fn reading(
         mut self,
-        content_encoding: Option<&str>,
+        coding: Option<Coding>,
         token: Option<&[u8]>,
         overrides: Option<OverrideScan>,
     ) -> Result<Self, RequestBodyViolation> {
-        if self.inner.is_none() && self.buffered.is_none() && self.carry.is_empty() {
+        if self.inner.is_none() && self.buffered.is_none() {
             return Ok(self);
         }
-        if let Some(content_encoding) = content_encoding {
-            match Decoding::new(content_encoding, self.limit, token, overrides.clone()) {
-                Ok(decoding) => self.decoded = decoding.map(Box::new),
-                Err(violation) => return Err(self.refused_for(violation)),
-            }
+        let token = token.filter(|token| !token.is_empty());
+        if let Some(coding) = coding {
+            self.decoded =
+                Decoding::new(coding, self.limit, token, overrides.clone()).map(Box::new);
         }
-        // What was read ahead (`with_prefix`) is the body's start: read now, as sent and
-        // decoded; with no stream after it, the whole body, read to its end now (nothing polls
-        // the body past its last frame).
+        // What was read ahead is the body's start: read now, as sent and decoded; with no
+        // stream after it, the whole body, read to its end now (nothing polls the body past its
+        // last frame).
         let ahead = self.buffered.take().unwrap_or_default();
-        let carry = std::mem::take(&mut self.carry);
-        let mut checked = Ok(());
+        let mut checked = match token.is_some_and(|token| memmem::find(&ahead, token).is_some()) {
+            true => Err(RequestBodyViolation::CallerToken),
+            false => Ok(()),
+        };
         if let Some(mut scan) = overrides.map(Box::new) {
-            if scan.feed(&ahead) || scan.feed(&carry) {
+            if checked.is_ok() && scan.feed(&ahead) {
                 checked = Err(RequestBodyViolation::MethodOverride);
             }
             self.overrides = Some(scan);
         }
-        checked = checked
-            .and_then(|()| self.decoded_check(&ahead, false))
-            .and_then(|()| self.decoded_check(&carry, false));
+        checked = checked.and_then(|()| self.decoded_check(&ahead, false));
         if checked.is_ok() && self.inner.is_none() {
             checked = self.decoded_check(&[], true);
             self.decoded = None;
@@ -450,13 +444,21 @@ impl ForwardBody {
         if let Err(violation) = checked {
             return Err(self.refused_for(violation));
         }
+        // Only a body still streaming is searched as it comes (what was read ahead, just now).
+        let Some(token) = token.filter(|_| self.inner.is_some()) else {
+            self.buffered = Some(self.hold_last(ahead)).filter(|b| !b.is_empty());
+            return Ok(self);
+        };
+        self.token = Some(Box::new(memmem::Finder::new(token).into_owned()));
         if self.decoded_token_in_progress() {
             // What was read ahead is held back whole, as a frame is.
-            self.carry = [&ahead[..], &carry[..]].concat();
+            self.carry = ahead.to_vec();
             return Ok(self);
         }
-        self.carry = carry;
-        self.buffered = Some(self.hold_last(ahead)).filter(|b| !b.is_empty());
+        // Its tail may start the token: held back, as any frame's tail is.
+        let split = ahead.len().saturating_sub(token.len() - 1);
+        self.carry = ahead[split..].to_vec();
+        self.buffered = Some(self.hold_last(ahead.slice(..split))).filter(|b| !b.is_empty());
         Ok(self)
     }
 
@@ -501,28 +503,19 @@ impl ForwardBody {
         Self::full(Bytes::new(), state)
     }
 
-    /// A prefix already read (and checked for the caller token), then the rest of the stream.
+    /// A prefix already read, then the rest of the stream; the prefix is read (for the token
+    /// and the rest) by [`ForwardBody::reading`] as the body's first bytes.
     pub fn with_prefix(
         prefix: Bytes,
         rest: CallerBody,
         limit: u64,
         state: Arc<RequestBodyState>,
-        caller_token: Option<&[u8]>,
     ) -> Self {
-        let mut body = Self::new(rest, limit, state, caller_token);
+        let mut body = Self::new(rest, limit, state);
         body.state
             .bytes
             .fetch_add(prefix.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        // The prefix's tail may start the token: hold it back like any chunk's tail.
-        match &body.token {
-            Some(finder) => {
-                let keep = (finder.needle().len() - 1).min(prefix.len());
-                let split = prefix.len() - keep;
-                body.carry = prefix[split..].to_vec();
-                body.buffered = Some(prefix.slice(..split)).filter(|b| !b.is_empty());
-            }
-            None => body.buffered = Some(prefix).filter(|b| !b.is_empty()),
-        }
+        body.buffered = Some(prefix).filter(|b| !b.is_empty());
         body
     }
 
@@ -562,10 +555,7 @@ impl ForwardBody {
             return Ok(data.clone());
         };
         let keep = finder.needle().len() - 1;
-        // What is held back was searched already: only a token ending in `data` is new.
-        let from = self.carry.len().saturating_sub(keep);
-        self.carry.extend_from_slice(data);
-        if finder.find(&self.carry[from..]).is_some() {
+        if appended_finds(finder, &mut self.carry, data) {
             return Err(());
         }
         if self.decoded_token_in_progress() {
@@ -1152,8 +1142,11 @@ mod tests {
             let ahead = Bytes::copy_from_slice(&compressed[..split]);
             let rest = CallerBody::Read(Some(Bytes::copy_from_slice(&compressed[split..])));
             let shared = state();
-            let body = ForwardBody::with_prefix(ahead, rest, 1 << 20, shared.clone(), Some(token))
-                .reading(Some("gzip"), Some(token), None);
+            let body = ForwardBody::with_prefix(ahead, rest, 1 << 20, shared.clone()).reading(
+                Some(Coding::Gzip),
+                Some(token),
+                None,
+            );
             let body = match body {
                 Ok(body) => body,
                 Err(violation) => {
@@ -1183,9 +1176,8 @@ mod tests {
             CallerBody::Read(Some(Bytes::from(harmless.clone()))),
             1 << 20,
             state(),
-            Some(token),
         )
-        .reading(Some("gzip"), Some(token), None)
+        .reading(Some(Coding::Gzip), Some(token), None)
         .unwrap();
         let (result, _) = forwarded(clean).await;
         assert_eq!(result.unwrap(), harmless);
@@ -1194,9 +1186,8 @@ mod tests {
             CallerBody::Read(Some(Bytes::from(gzip(&vec![b'a'; 200_000])))),
             100_000,
             shared.clone(),
-            Some(token),
         )
-        .reading(Some("gzip"), Some(token), None)
+        .reading(Some(Coding::Gzip), Some(token), None)
         .unwrap();
         let (result, _) = forwarded(bomb).await;
         assert!(
@@ -1206,12 +1197,56 @@ mod tests {
         assert_eq!(shared.violation(), RequestBodyViolation::TooLarge);
     }
 
+    /// What was read ahead is searched for the caller's token as sent: in it, the body is
+    /// refused before anything is sent; split between it and the stream, no byte of the token
+    /// is sent; a body without it goes whole, in order.
+    #[tokio::test]
+    async fn a_token_in_what_was_read_ahead_is_found() {
+        let token: &[u8] = b"pst_0123456789abcdefghij";
+        let text = [&b"amount=1&key="[..], token, b"&currency=usd"].concat();
+        let ahead = |at: usize, shared: &Arc<RequestBodyState>| {
+            ForwardBody::with_prefix(
+                Bytes::copy_from_slice(&text[..at]),
+                CallerBody::Read(Some(Bytes::copy_from_slice(&text[at..]))),
+                1 << 20,
+                shared.clone(),
+            )
+            .reading(None, Some(token), None)
+        };
+        for at in [text.len() - 5, text.len()] {
+            let shared = state();
+            assert_eq!(
+                ahead(at, &shared).err(),
+                Some(RequestBodyViolation::CallerToken)
+            );
+            assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
+        }
+        for at in [14, 20, 13 + token.len() - 1] {
+            let shared = state();
+            let (result, sent) = forwarded(ahead(at, &shared).unwrap()).await;
+            assert!(matches!(result, Err(BodyError::CallerTokenInBody)), "{at}");
+            // "amount=1&key=" is 13 bytes: nothing after it left.
+            assert!(sent.len() <= 13, "{at}: {} bytes sent", sent.len());
+            assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
+        }
+        let clean = b"amount=1&key=pst_0123&currency=usd";
+        let body = ForwardBody::with_prefix(
+            Bytes::from_static(&clean[..20]),
+            CallerBody::Read(Some(Bytes::from_static(&clean[20..]))),
+            1 << 20,
+            state(),
+        )
+        .reading(None, Some(token), None)
+        .unwrap();
+        assert_eq!(forwarded(body).await.0.unwrap(), clean);
+    }
+
     /// The body streams as it came, but its last byte waits for the end of the body: a field
     /// that overrides the method is refused before the vendor has the whole body.
     #[tokio::test]
     async fn a_form_body_is_held_one_byte_short_until_its_end_clears_it() {
         let body = |text: &'static str| CallerBody::Read(Some(Bytes::from_static(text.as_bytes())));
-        let clean = ForwardBody::new(body("amount=1&_method=post"), 1 << 20, state(), None)
+        let clean = ForwardBody::new(body("amount=1&_method=post"), 1 << 20, state())
             .reading(None, None, Some(OverrideScan::form(http::Method::POST)))
             .unwrap();
         let (result, sent) = forwarded(clean).await;
@@ -1219,14 +1254,9 @@ mod tests {
         assert_eq!(sent, b"amount=1&_method=post");
 
         let shared = state();
-        let refused = ForwardBody::new(
-            body("amount=1&_method=DELETE"),
-            1 << 20,
-            shared.clone(),
-            None,
-        )
-        .reading(None, None, Some(OverrideScan::form(http::Method::POST)))
-        .unwrap();
+        let refused = ForwardBody::new(body("amount=1&_method=DELETE"), 1 << 20, shared.clone())
+            .reading(None, None, Some(OverrideScan::form(http::Method::POST)))
+            .unwrap();
         let (result, sent) = forwarded(refused).await;
         assert!(matches!(result, Err(BodyError::MethodOverride)));
         assert_eq!(sent, b"amount=1&_method=DELET", "the last byte never left");
@@ -1235,8 +1265,11 @@ mod tests {
         // Read ahead (`with_prefix`), the field split between the prefix and the stream, with
         // a caller token held back as well.
         let prefixed = |ahead: &'static [u8], rest: CallerBody, token: Option<&[u8]>| {
-            ForwardBody::with_prefix(Bytes::from_static(ahead), rest, 1 << 20, state(), token)
-                .reading(None, None, Some(OverrideScan::form(http::Method::POST)))
+            ForwardBody::with_prefix(Bytes::from_static(ahead), rest, 1 << 20, state()).reading(
+                None,
+                token,
+                Some(OverrideScan::form(http::Method::POST)),
+            )
         };
         let (result, sent) =
             forwarded(prefixed(b"amount=1&_me", body("thod=PATCH"), Some(b"pst_token")).unwrap())
@@ -1255,7 +1288,6 @@ mod tests {
             CallerBody::empty(),
             1 << 20,
             shared.clone(),
-            None,
         )
         .reading(None, None, Some(OverrideScan::form(http::Method::POST)));
         assert_eq!(ahead.err(), Some(RequestBodyViolation::MethodOverride));
@@ -1271,13 +1303,12 @@ mod tests {
         let token: &[u8] = b"pst_0123456789abcdefghij";
         let post = || Some(OverrideScan::form(http::Method::POST));
         // The compressed body split at `at` between what was read ahead and the stream.
-        let split = |gz: &[u8], at: usize, shared: &Arc<RequestBodyState>, token| {
+        let split = |gz: &[u8], at: usize, shared: &Arc<RequestBodyState>| {
             ForwardBody::with_prefix(
                 Bytes::copy_from_slice(&gz[..at]),
                 CallerBody::Read(Some(Bytes::copy_from_slice(&gz[at..]))),
                 1 << 20,
                 shared.clone(),
-                token,
             )
         };
         let mut overriding = b"amount=1&description=".to_vec();
@@ -1288,16 +1319,16 @@ mod tests {
         let (overriding, harmless) = (gzip(&overriding), gzip(&harmless));
         for at in [1, overriding.len() / 2, overriding.len() - 1] {
             let shared = state();
-            let body = split(&overriding, at, &shared, Some(token))
-                .reading(Some("gzip"), Some(token), post())
+            let body = split(&overriding, at, &shared)
+                .reading(Some(Coding::Gzip), Some(token), post())
                 .unwrap();
             let (result, sent) = forwarded(body).await;
             assert!(matches!(result, Err(BodyError::MethodOverride)), "{at}");
             assert!(sent.len() < overriding.len(), "{at}: the vendor had it all");
             assert_eq!(shared.violation(), RequestBodyViolation::MethodOverride);
 
-            let body = split(&harmless, at.min(harmless.len() - 1), &state(), Some(token))
-                .reading(Some("gzip"), Some(token), post())
+            let body = split(&harmless, at.min(harmless.len() - 1), &state())
+                .reading(Some(Coding::Gzip), Some(token), post())
                 .unwrap();
             assert_eq!(forwarded(body).await.0.unwrap(), harmless, "{at}");
         }
@@ -1306,8 +1337,8 @@ mod tests {
         let mut both = b"_method=DELETE&a=".to_vec();
         both.extend_from_slice(token);
         let both = gzip(&both);
-        let body = split(&both, 1, &state(), None)
-            .reading(Some("gzip"), Some(token), post())
+        let body = split(&both, 1, &state())
+            .reading(Some(Coding::Gzip), Some(token), post())
             .unwrap();
         assert!(matches!(
             forwarded(body).await.0,
@@ -1322,9 +1353,8 @@ mod tests {
             CallerBody::empty(),
             1 << 20,
             shared.clone(),
-            Some(token),
         )
-        .reading(Some("gzip"), Some(token), post());
+        .reading(Some(Coding::Gzip), Some(token), post());
         assert_eq!(ahead.err(), Some(RequestBodyViolation::MethodOverride));
         assert_eq!(shared.violation(), RequestBodyViolation::MethodOverride);
         // Read for a `_method` field only (no token), a corrupt body is undecodable.
@@ -1333,9 +1363,8 @@ mod tests {
             CallerBody::Read(Some(Bytes::from_static(b"amount=1 is not gzip"))),
             1 << 20,
             shared.clone(),
-            None,
         )
-        .reading(Some("gzip"), None, post())
+        .reading(Some(Coding::Gzip), None, post())
         .unwrap();
         let (result, sent) = forwarded(corrupt).await;
         assert!(
@@ -1349,9 +1378,8 @@ mod tests {
             CallerBody::Read(Some(Bytes::from_static(b"not gzip"))),
             1 << 20,
             state(),
-            None,
         )
-        .reading(Some("gzip"), None, None)
+        .reading(Some(Coding::Gzip), None, None)
         .unwrap();
         assert_eq!(forwarded(plain).await.0.unwrap(), b"not gzip");
     }
@@ -1362,9 +1390,7 @@ mod tests {
     fn a_decoding_keeps_what_it_decodes_up_to_its_cap() {
         let gz = gzip(b"amount=100&currency=usd");
         let read = |cap: usize, token: Option<&[u8]>| {
-            let mut decoding = Decoding::keeping("gzip", 1 << 20, token, None, Some(cap))
-                .unwrap()
-                .unwrap();
+            let mut decoding = Decoding::keeping(Coding::Gzip, 1 << 20, token, None, Some(cap));
             for piece in gz.chunks(3) {
                 decoding.check(piece, false)?;
             }
@@ -1380,9 +1406,6 @@ mod tests {
             read(22, Some(b"currency")).err(),
             Some(RequestBodyViolation::CallerToken)
         );
-        assert!(Decoding::keeping("identity", 1, None, None, Some(1))
-            .unwrap()
-            .is_none());
     }
 
     /// A token the decoding completes in a later frame: the earlier frames, whose compressed
@@ -1447,7 +1470,7 @@ mod tests {
             .collect();
         // What goes before a body read for `token`, which must be refused for it, is sent.
         let sent_before_the_token = |body: ForwardBody, shared: Arc<RequestBodyState>| async move {
-            let body = body.reading(Some("gzip"), Some(token), None).unwrap();
+            let body = body.reading(Some(Coding::Gzip), Some(token), None).unwrap();
             let (result, sent) = forwarded(body).await;
             assert!(
                 matches!(result, Err(BodyError::CallerTokenInBody)),
@@ -1457,12 +1480,7 @@ mod tests {
             sent
         };
         let shared = state();
-        let streamed = ForwardBody::new(
-            CallerBody::Frames(frames),
-            1 << 20,
-            shared.clone(),
-            Some(token),
-        );
+        let streamed = ForwardBody::new(CallerBody::Frames(frames), 1 << 20, shared.clone());
         let sent = sent_before_the_token(streamed, shared).await;
         assert!(
             !has(&lenient_of(&sent), &token[..3]),
@@ -1475,7 +1493,6 @@ mod tests {
             CallerBody::Read(Some(Bytes::copy_from_slice(&gz[at..]))),
             1 << 20,
             shared.clone(),
-            Some(token),
         );
         let sent = sent_before_the_token(ahead, shared).await;
         assert!(sent.is_empty(), "{} compressed bytes sent", sent.len());
@@ -1489,9 +1506,8 @@ mod tests {
             CallerBody::Read(Some(Bytes::copy_from_slice(&clean[100..]))),
             1 << 20,
             state(),
-            Some(token),
         )
-        .reading(Some("gzip"), Some(token), None)
+        .reading(Some(Coding::Gzip), Some(token), None)
         .unwrap();
         assert_eq!(forwarded(body).await.0.unwrap(), clean);
     }
@@ -1527,9 +1543,8 @@ mod tests {
                 CallerBody::empty(),
                 1 << 20,
                 state(),
-                Some(token),
             )
-            .reading(Some("deflate"), Some(token), post());
+            .reading(Some(Coding::Deflate), Some(token), post());
             assert_eq!(whole.err(), Some(violation));
             let shared = state();
             let streamed = ForwardBody::with_prefix(
@@ -1537,9 +1552,8 @@ mod tests {
                 CallerBody::Read(Some(Bytes::copy_from_slice(&body[100..]))),
                 1 << 20,
                 shared.clone(),
-                Some(token),
             )
-            .reading(Some("deflate"), Some(token), post())
+            .reading(Some(Coding::Deflate), Some(token), post())
             .unwrap();
             let (result, sent) = forwarded(streamed).await;
             assert!(result.is_err(), "{result:?}");
@@ -1552,14 +1566,11 @@ mod tests {
             CallerBody::Read(Some(Bytes::copy_from_slice(&harmless[100..]))),
             1 << 20,
             state(),
-            Some(token),
         )
-        .reading(Some("deflate"), Some(token), post())
+        .reading(Some(Coding::Deflate), Some(token), post())
         .unwrap();
         assert_eq!(forwarded(body).await.0.unwrap(), harmless);
-        let mut decoding = Decoding::keeping("deflate", 1 << 20, None, None, Some(1 << 20))
-            .unwrap()
-            .unwrap();
+        let mut decoding = Decoding::keeping(Coding::Deflate, 1 << 20, None, None, Some(1 << 20));
         decoding.check(&harmless, false).unwrap();
         decoding.check(&[], true).unwrap();
         let kept = decoding.kept().unwrap();

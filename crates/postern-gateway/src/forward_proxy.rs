@@ -729,8 +729,8 @@ async fn absolute(
     };
     let max = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
     // Nothing is read ahead here: the reading starts with the first frame.
-    let body = ForwardBody::new(body, max, context.request_body.clone(), token.as_deref())
-        .reading(encoding.as_deref(), token.as_deref(), None)
+    let body = ForwardBody::new(body, max, context.request_body.clone())
+        .reading(encoding, token.as_deref(), None)
         .map_err(|violation| crate::proxy::body_refusal(violation, max))?;
     let mut upstream_request = Request::from_parts(parts, body);
     *upstream_request.version_mut() = http::Version::HTTP_11;

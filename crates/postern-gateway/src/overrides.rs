@@ -1228,61 +1228,55 @@ mod tests {
         encoder.finish().unwrap()
     }
 
-    /// A compressed body's reading for `_method`, as `ForwardBody` reads it: as sent, and
-    /// through its one decoding ([`crate::body::Decoding`]).
-    struct Compressed {
-        as_sent: OverrideScan,
-        /// `None`: refused before any byte (a coding that cannot be undone).
-        decoding: Option<crate::body::Decoding>,
-    }
-
-    impl Compressed {
-        fn new(encoding: &str, content_type: &str, limit: u64) -> Self {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
-            let as_sent =
-                OverrideScan::for_request(&http::Method::POST, &headers).expect("a scanned body");
-            let decoding = crate::body::Decoding::new(encoding, limit, None, Some(as_sent.clone()))
-                .map(|decoding| decoding.expect("a coding to undo"))
-                .ok();
-            Compressed { as_sent, decoding }
+    /// How a POST body in `encoding` and `content_type`, arriving in `pieces`, fares in the
+    /// pipeline's own reading (`proxy::body_encoding`, then `ForwardBody::reading` with a
+    /// decoded size of at most `limit`): whether it is refused, and how many of its bytes were
+    /// sent before that.
+    fn compressed(
+        encoding: &str,
+        content_type: &str,
+        limit: u64,
+        pieces: &[&[u8]],
+    ) -> (bool, usize) {
+        use crate::body::{CallerBody, ForwardBody, RequestBodyState};
+        use http_body::Body as _;
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        headers.insert(header::CONTENT_ENCODING, encoding.parse().unwrap());
+        let Ok(coding) = crate::proxy::body_encoding(&headers) else {
+            return (true, 0);
+        };
+        let frames = pieces
+            .iter()
+            .map(|piece| bytes::Bytes::copy_from_slice(piece));
+        let state = std::sync::Arc::new(RequestBodyState::default());
+        let body = ForwardBody::new(CallerBody::Frames(frames.collect()), limit, state).reading(
+            coding,
+            None,
+            OverrideScan::for_request(&http::Method::POST, &headers),
+        );
+        let Ok(mut body) = body else {
+            return (true, 0);
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut sent = 0;
+        loop {
+            match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+                std::task::Poll::Ready(None) => return (false, sent),
+                std::task::Poll::Ready(Some(Ok(frame))) => {
+                    sent += frame.data_ref().map_or(0, |data| data.len())
+                }
+                std::task::Poll::Ready(Some(Err(_))) => return (true, sent),
+                std::task::Poll::Pending => panic!("a caller's frames are always ready here"),
+            }
         }
-
-        /// Whether the body is refused by `data` (or, at `end`, by its end).
-        fn refuses(&mut self, data: &[u8], end: bool) -> bool {
-            let Some(decoding) = &mut self.decoding else {
-                return true;
-            };
-            let as_sent = match end {
-                false => self.as_sent.feed(data),
-                true => self.as_sent.finish(),
-            };
-            as_sent || decoding.check(data, end).is_err()
-        }
-
-        fn feed(&mut self, data: &[u8]) -> bool {
-            self.refuses(data, false)
-        }
-
-        fn finish(&mut self) -> bool {
-            self.refuses(&[], true)
-        }
-    }
-
-    /// A compressed body's reading, for `encoding` and `content_type`.
-    fn compressed(encoding: &str, content_type: &str, limit: u64) -> Compressed {
-        Compressed::new(encoding, content_type, limit)
     }
 
     /// Whether `body` overrides, fed whole and then split at every byte into two pieces.
     fn compressed_overrides(encoding: &str, content_type: &str, body: &[u8]) -> bool {
-        let whole = {
-            let mut scan = compressed(encoding, content_type, LIMIT);
-            scan.feed(body) || scan.finish()
-        };
+        let (whole, _) = compressed(encoding, content_type, LIMIT, &[body]);
         for at in 1..body.len() {
-            let mut scan = compressed(encoding, content_type, LIMIT);
-            let split = scan.feed(&body[..at]) || scan.feed(&body[at..]) || scan.finish();
+            let (split, _) = compressed(encoding, content_type, LIMIT, &[&body[..at], &body[at..]]);
             assert_eq!(split, whole, "{encoding}, split at {at}");
         }
         whole
@@ -1355,11 +1349,10 @@ mod tests {
         ));
         // Gzip applied twice (two `Content-Encoding` lines are one list) is refused: a server
         // may undo one layer and not the other, harmless or not.
-        let mut scan = compressed("gzip, gzip", FORM, LIMIT);
         let twice = gzip(&gzip(plain));
-        assert!(scan.feed(&twice) || scan.finish());
+        assert_eq!(compressed("gzip, gzip", FORM, LIMIT, &[&twice]), (true, 0));
         // A POST with no body in a coding is nothing to read.
-        assert!(!compressed("gzip", FORM, LIMIT).finish());
+        assert_eq!(compressed("gzip", FORM, LIMIT, &[]), (false, 0));
     }
 
     /// A compressed body whose `_method` cannot be told is refused: a coding Postern cannot
@@ -1371,8 +1364,11 @@ mod tests {
         const FORM: &str = "application/x-www-form-urlencoded";
         let plain = gzip(b"amount=100&currency=usd");
         for unknown in ["zstd", "compress", "gzip, zstd", "br", "gzip, br"] {
-            let mut scan = compressed(unknown, FORM, LIMIT);
-            assert!(scan.feed(&plain) || scan.finish(), "{unknown}");
+            assert_eq!(
+                compressed(unknown, FORM, LIMIT, &[&plain]),
+                (true, 0),
+                "{unknown}"
+            );
         }
         assert!(compressed_overrides(
             "gzip",
@@ -1390,14 +1386,12 @@ mod tests {
             &plain[..plain.len() - 6]
         ));
         let bomb = gzip(&vec![b'a'; 4 * 1024 * 1024]);
-        let mut scan = compressed("gzip", FORM, LIMIT);
-        assert!(
-            bomb.chunks(1024).any(|piece| scan.feed(piece)),
-            "refused while it streams"
-        );
-        let mut under = compressed("gzip", FORM, 8 * 1024 * 1024);
-        assert!(
-            !(under.feed(&bomb) || under.finish()),
+        let pieces: Vec<&[u8]> = bomb.chunks(1024).collect();
+        let (refused, sent) = compressed("gzip", FORM, LIMIT, &pieces);
+        assert!(refused && sent < bomb.len() / 2, "refused while it streams");
+        assert_eq!(
+            compressed("gzip", FORM, 8 * 1024 * 1024, &pieces),
+            (false, bomb.len()),
             "within a larger limit"
         );
     }

@@ -360,9 +360,9 @@ fn pipeline<'a>(
                 let max = integration.config.max_request_body_bytes;
                 let token = caller_token.as_deref();
                 // Nothing is read ahead here: the reading starts with the first frame.
-                let body = ForwardBody::new(body, max, context.request_body.clone(), token)
+                let body = ForwardBody::new(body, max, context.request_body.clone())
                     .reading(
-                        encoding.as_deref(),
+                        encoding,
                         token,
                         OverrideScan::for_request(request.method(), request.headers()),
                     )
@@ -375,7 +375,7 @@ fn pipeline<'a>(
                     &runtime.scanner,
                     context,
                     request.headers(),
-                    encoding.as_deref(),
+                    encoding,
                     body,
                     caller_token.as_deref(),
                 ))
@@ -570,16 +570,18 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
     Ok(crate::h1::parse_length(length.as_bytes()))
 }
 
-/// A request body's `Content-Encoding` (all its lines as one list), when it names a coding to
+/// The coding a request body's `Content-Encoding` (all its lines as one list) names to
 /// undo. Postern reads every body it forwards — for the caller's token, a `_method` field, data
 /// classes — as a vendor that undoes the coding would, so a coding it cannot undo (anything but
 /// one `gzip` or `deflate`: `br`, codings stacked, unknown ones) is refused before anything is
 /// sent: `415` (RFC 9110 §15.5.16).
-pub(crate) fn body_encoding(headers: &HeaderMap) -> Result<Option<String>, CallError> {
+pub(crate) fn body_encoding(
+    headers: &HeaderMap,
+) -> Result<Option<postern_scan::Coding>, CallError> {
     let Some(encoding) = crate::scan::all_values(headers, &header::CONTENT_ENCODING) else {
         return Ok(None);
     };
-    if let Err(unscanned) = postern_scan::StreamDecoder::check(&encoding) {
+    postern_scan::StreamDecoder::check(&encoding).map_err(|unscanned| {
         // Named when it is a plausible coding name; the caller's own text otherwise stays out.
         let coding = match unscanned.reason {
             postern_scan::UnscannedReason::UnsupportedEncoding { encoding }
@@ -592,16 +594,15 @@ pub(crate) fn body_encoding(headers: &HeaderMap) -> Result<Option<String>, CallE
             }
             _ => "(not a coding name)".to_owned(),
         };
-        return Err(CallError::new(
+        CallError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_content_encoding",
             format!(
                 "the request body's Content-Encoding `{}` cannot be read by Postern, which checks every body it forwards (for the caller token, a _method field, data classes) as a vendor that undoes the coding would; send the body uncompressed, or in one coding, gzip or deflate",
                 coding
             ),
-        ));
-    }
-    Ok(Some(encoding.into_owned()))
+        )
+    })
 }
 
 /// The `Cookie` fields of `headers` as one, joined by "; ".

@@ -44,14 +44,13 @@ pub struct ScanSummary {
 
 /// Reads, scans and (per policy) blocks or redacts the request body; returns the body to forward.
 /// Only for an integration with `data_classes` (the pipeline forwards other integrations' bodies
-/// unscanned without calling this). `content_encoding`: the body's, all its lines as one list
-/// ([`crate::proxy::body_encoding`]).
+/// unscanned without calling this). `coding`: the body's ([`crate::proxy::body_encoding`]).
 pub async fn scan_request(
     integration: &IntegrationRuntime,
     scanner: &Scanner,
     context: &CallContext,
     headers: &http::HeaderMap,
-    content_encoding: Option<&str>,
+    coding: Option<postern_scan::Coding>,
     body: CallerBody,
     caller_token: Option<&[u8]>,
 ) -> Result<(ForwardBody, Option<ScanSummary>), (CallError, ScanSummary)> {
@@ -75,9 +74,6 @@ pub async fn scan_request(
         Err(ReadError::TooLarge) => return Err(refused(RequestBodyViolation::TooLarge)),
     };
     let token = caller_token.filter(|token| !token.is_empty());
-    if token.is_some_and(|token| memchr::memmem::find(&bytes, token).is_some()) {
-        return Err(refused(RequestBodyViolation::CallerToken));
-    }
     // A POST body's `_method` field, read as sent and decoded.
     let overrides = context
         .method
@@ -86,12 +82,15 @@ pub async fn scan_request(
     let mut summary = ScanSummary::default();
     if !complete {
         summary.unscanned = Some("body larger than scan_max_body_bytes");
-        // What was read, then the rest as it streams (decoded too, as a vendor that undoes the
-        // coding reads it).
-        let forward = ForwardBody::with_prefix(bytes, body, limit, state, caller_token)
-            .reading(content_encoding, token, overrides)
+        // What was read, then the rest as it streams, read as sent and decoded (as a vendor
+        // that undoes the coding reads it) for the token and the `_method` field.
+        let forward = ForwardBody::with_prefix(bytes, body, limit, state)
+            .reading(coding, token, overrides)
             .map_err(refused)?;
         return Ok((forward, Some(summary)));
+    }
+    if token.is_some_and(|token| memchr::memmem::find(&bytes, token).is_some()) {
+        return Err(refused(RequestBodyViolation::CallerToken));
     }
     // Read whole: as sent for a `_method` field (the token was looked for above), then decoded
     // once (as a vendor that undoes the coding reads it) for the caller token, the `_method`
@@ -99,35 +98,30 @@ pub async fn scan_request(
     // valid for its coding, it is refused whoever the caller is: what a vendor would read in
     // it could not be scanned.
     // (A fresh scan for the decoded readings: cloned before this one reads anything.)
-    let decoded_overrides = content_encoding.and(overrides.clone());
+    let decoded_overrides = coding.and(overrides.clone());
     if let Some(mut scan) = overrides {
         if scan.feed(&bytes) || scan.finish() {
             return Err(refused(RequestBodyViolation::MethodOverride));
         }
     }
     let cap = usize::try_from(cap).unwrap_or(usize::MAX);
-    let decoded = match content_encoding {
+    let decoded = match coding {
         None => Ok(vec![Cow::Borrowed(&bytes[..])]),
-        Some(encoding) => {
-            match Decoding::keeping(encoding, limit, token, decoded_overrides, Some(cap))
-                .map_err(refused)?
-            {
-                None => Ok(vec![Cow::Borrowed(&bytes[..])]),
-                Some(mut decoding) => {
-                    decoding
-                        .check(&bytes, false)
-                        .and_then(|()| decoding.check(&[], true))
-                        .map_err(refused)?;
-                    // Decoded past the scan's cap: not scanned, and said so; scanned as sent
-                    // all the same.
-                    decoding
-                        .kept()
-                        .map(|readings| readings.into_iter().map(Cow::Owned).collect())
-                        .ok_or(postern_scan::Unscanned {
-                            reason: postern_scan::UnscannedReason::TooLarge { max_bytes: cap },
-                        })
-                }
-            }
+        Some(coding) => {
+            let mut decoding =
+                Decoding::keeping(coding, limit, token, decoded_overrides, Some(cap));
+            decoding
+                .check(&bytes, false)
+                .and_then(|()| decoding.check(&[], true))
+                .map_err(refused)?;
+            // Decoded past the scan's cap: not scanned, and said so; scanned as sent all the
+            // same.
+            decoding
+                .kept()
+                .map(|readings| readings.into_iter().map(Cow::Owned).collect())
+                .ok_or(postern_scan::Unscanned {
+                    reason: postern_scan::UnscannedReason::TooLarge { max_bytes: cap },
+                })
         }
     };
     state

@@ -185,13 +185,9 @@ impl std::io::Write for Capped {
 }
 
 impl StreamDecoder {
-    /// The decoder for `content_encoding` (one header's list, or several lines joined with `,`):
-    /// `Ok(None)` when there is nothing to undo (no coding, or `identity`),
-    /// `Err(UnsupportedEncoding)` for anything [`StreamDecoder::check`] refuses.
-    pub fn new(content_encoding: &str, max_bytes: usize) -> Result<Option<Self>, Unscanned> {
-        let Some(coding) = Self::check(content_encoding)? else {
-            return Ok(None);
-        };
+    /// The decoder for `coding` (what [`StreamDecoder::check`] found to undo), each reading
+    /// capped at `max_bytes` decoded.
+    pub fn new(coding: Coding, max_bytes: usize) -> Self {
         let lanes = match coding {
             Coding::Gzip => Lanes::Reading([
                 Some(Box::new(Stage::Gzip(flate2::write::MultiGzDecoder::new(
@@ -201,11 +197,11 @@ impl StreamDecoder {
             ]),
             Coding::Deflate => Lanes::Sniffing(Vec::new(), max_bytes),
         };
-        Ok(Some(StreamDecoder {
+        StreamDecoder {
             lanes,
             fed: false,
             failed: None,
-        }))
+        }
     }
 
     /// The one coding `content_encoding` names to undo (`None`: nothing to undo), without
@@ -496,7 +492,8 @@ mod tests {
         pieces: usize,
         max: usize,
     ) -> Result<[Vec<u8>; READINGS], Unscanned> {
-        let mut decoder = StreamDecoder::new(encoding, max)?.expect("a coding to undo");
+        let coding = StreamDecoder::check(encoding)?.expect("a coding to undo");
+        let mut decoder = StreamDecoder::new(coding, max);
         let mut out = [Vec::new(), Vec::new()];
         let mut hand = |reading: usize, decoded: &[u8]| {
             assert!(
@@ -590,8 +587,9 @@ mod tests {
     /// bytes is nothing to decode.
     #[test]
     fn what_cannot_be_read_one_way_is_refused() {
-        assert!(StreamDecoder::new("identity", 10).unwrap().is_none());
-        assert!(StreamDecoder::new("", 10).unwrap().is_none());
+        assert_eq!(StreamDecoder::check("identity"), Ok(None));
+        assert_eq!(StreamDecoder::check(""), Ok(None));
+        assert_eq!(StreamDecoder::check(" X-Gzip"), Ok(Some(Coding::Gzip)));
         for refused in [
             "gzip, gzip",
             "gzip, deflate",
@@ -600,7 +598,7 @@ mod tests {
             "gzip, zstd",
             "compress",
         ] {
-            let error = StreamDecoder::new(refused, 10).err().expect(refused);
+            let error = StreamDecoder::check(refused).expect_err(refused);
             assert!(
                 matches!(error.reason, UnscannedReason::UnsupportedEncoding { .. }),
                 "{refused}"
@@ -619,7 +617,7 @@ mod tests {
             let error = readings("deflate", &neither, pieces, 1 << 24).unwrap_err();
             assert!(matches!(error.reason, UnscannedReason::Corrupt { .. }));
         }
-        let mut empty = StreamDecoder::new("gzip", 10).unwrap().unwrap();
+        let mut empty = StreamDecoder::new(Coding::Gzip, 10);
         empty.finish(&mut |_, _| panic!("nothing decoded")).unwrap();
     }
 
@@ -655,7 +653,7 @@ mod tests {
         let broken = crate::testing::two_way_zlib(&[0b111]);
         let error = readings("deflate", &broken, 4096, 1 << 24).unwrap_err();
         assert!(matches!(error.reason, UnscannedReason::Corrupt { .. }));
-        let mut decoder = StreamDecoder::new("deflate", 1 << 24).unwrap().unwrap();
+        let mut decoder = StreamDecoder::new(Coding::Deflate, 1 << 24);
         assert!(decoder.feed(&broken, &mut |_, _| {}).is_err());
         assert!(
             decoder.feed(b"more", &mut |_, _| {}).is_err(),

@@ -66,7 +66,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub use decode::{decode_for_scan, testing, StreamDecoder, Unscanned, UnscannedReason, READINGS};
+pub use decode::{
+    decode_for_scan, testing, Coding, StreamDecoder, Unscanned, UnscannedReason, READINGS,
+};
 pub use redact::redact;
 pub use rules::{NativeDetector, RuleError, RuleSpec, Rules, Validator, BUILTIN_RULES_TOML};
 

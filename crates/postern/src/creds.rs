@@ -101,7 +101,13 @@ fn open(location: &VaultLocation) -> Result<Opened, ExitCode> {
     open_with(location, false)
 }
 
-fn open_with(location: &VaultLocation, must_exist: bool) -> Result<Opened, ExitCode> {
+/// Where the vault is, and the config that says so (when it loads), before anything is opened.
+struct Located {
+    data_dir: PathBuf,
+    config: Option<postern_config::Config>,
+}
+
+fn locate(location: &VaultLocation) -> Result<Located, ExitCode> {
     let config = match postern_config::load(&location.config) {
         Ok(config) => Some(config),
         Err(errors) if location.data_dir.is_none() => {
@@ -116,13 +122,22 @@ fn open_with(location: &VaultLocation, must_exist: bool) -> Result<Opened, ExitC
         (None, Some(config)) => config.gateway.data_dir.clone(),
         (None, None) => unreachable!("handled above"),
     };
-    if must_exist && !data_dir.join(postern_vault::VAULT_FILE).exists() {
+    Ok(Located { data_dir, config })
+}
+
+fn open_with(location: &VaultLocation, must_exist: bool) -> Result<Opened, ExitCode> {
+    let located = locate(location)?;
+    if must_exist && !located.data_dir.join(postern_vault::VAULT_FILE).exists() {
         eprintln!(
             "error: there is no vault in {} (`postern creds set` or `postern serve` makes it); check --data-dir or the config's data_dir",
-            data_dir.display()
+            located.data_dir.display()
         );
         return Err(ExitCode::Failure);
     }
+    open_located(located)
+}
+
+fn open_located(Located { data_dir, config }: Located) -> Result<Opened, ExitCode> {
     match Vault::open(&data_dir) {
         Ok(vault) => Ok(Opened {
             max_age_days: config
@@ -138,6 +153,19 @@ fn open_with(location: &VaultLocation, must_exist: bool) -> Result<Opened, ExitC
             Err(ExitCode::Failure)
         }
     }
+}
+
+/// Reads a value to store and checks it against the config before the vault is opened, so a
+/// refused value leaves no new vault behind (and a mistyped `--data-dir` no empty one).
+fn located_value(
+    location: &VaultLocation,
+    from_file: Option<&Path>,
+    name: &str,
+) -> Result<(Opened, Zeroizing<Vec<u8>>), ExitCode> {
+    let located = locate(location)?;
+    let value = read_value(from_file)?;
+    refuse_unusable(located.config.as_ref(), name, &value)?;
+    Ok((open_located(located)?, value))
 }
 
 impl VaultLocation {
@@ -213,8 +241,12 @@ fn read_value(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, ExitCode> 
 /// the value: stored, it would leave those calls answering `503 credential_unavailable`, as the
 /// admin API's `422 credential_unusable` prevents. Without a config that loads, nothing is
 /// known to check against (`--data-dir` alone).
-fn refuse_unusable(opened: &Opened, name: &str, value: &[u8]) -> Result<(), ExitCode> {
-    let Some(config) = &opened.config else {
+fn refuse_unusable(
+    config: Option<&postern_config::Config>,
+    name: &str,
+    value: &[u8],
+) -> Result<(), ExitCode> {
+    let Some(config) = config else {
         return Ok(());
     };
     for integration in &config.integrations {
@@ -258,9 +290,7 @@ fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
             kind,
             location,
         } => {
-            let opened = open(&location)?;
-            let value = read_value(from_file.as_deref())?;
-            refuse_unusable(&opened, &name, &value)?;
+            let (opened, value) = located_value(&location, from_file.as_deref(), &name)?;
             let version = opened.vault.set(&name, &kind, &value, now).map_err(fail)?;
             println!("credential {name} stored (version {version})");
         }
@@ -270,9 +300,7 @@ fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
             rollback_window_seconds,
             location,
         } => {
-            let opened = open(&location)?;
-            let value = read_value(from_file.as_deref())?;
-            refuse_unusable(&opened, &name, &value)?;
+            let (opened, value) = located_value(&location, from_file.as_deref(), &name)?;
             let version = opened
                 .vault
                 .rotate(&name, &value, rollback_window_seconds * 1000, now)

@@ -843,10 +843,10 @@ fn creds_refuses_a_value_an_integration_could_not_inject() {
             "the value is never shown: {stderr}"
         );
     }
-    // Nothing was stored (the vault the first command opened holds no credential).
-    let (code, stdout, stderr) = run(&["creds", "list", "--config", config, "--json"]);
-    assert_eq!(code, 0, "{stderr}");
-    assert!(!stdout.contains("acme-key"), "nothing was stored: {stdout}");
+    // Nothing was stored: the value is checked before the vault is opened, so none was made.
+    let (code, _, stderr) = run(&["creds", "list", "--config", config, "--json"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("there is no vault"), "{stderr}");
     let (code, stderr) = creds(&["set", "acme-key"], b"sk_live_usable\n");
     assert_eq!(code, Some(0), "{stderr}");
     // Another credential's name is not checked against acme's injection.
