@@ -230,9 +230,9 @@ impl Readers {
 
     /// Whether what was decoded so far ends with the start of the caller's token.
     fn token_in_progress(&self) -> bool {
-        self.token.as_ref().is_some_and(|(finder, carry)| {
+        self.token.as_ref().is_some_and(|(finder, tail)| {
             let needle = finder.needle();
-            (1..=carry.len().min(needle.len() - 1)).any(|len| carry.ends_with(&needle[..len]))
+            (1..=tail.len().min(needle.len() - 1)).any(|len| tail.ends_with(&needle[..len]))
         })
     }
 }
@@ -377,7 +377,8 @@ impl Decoding {
 }
 
 impl ForwardBody {
-    /// The caller's body, to be forwarded once [`ForwardBody::reading`] says how it is read.
+    /// The caller's body, to be forwarded once [`ForwardBody::reading`] says how it is read:
+    /// without that call, nothing in it is looked for, not even the caller's token.
     pub fn new(inner: CallerBody, limit: u64, state: Arc<RequestBodyState>) -> Self {
         let inner = if inner.is_end_stream() {
             None
@@ -504,7 +505,8 @@ impl ForwardBody {
     }
 
     /// A prefix already read, then the rest of the stream; the prefix is read (for the token
-    /// and the rest) by [`ForwardBody::reading`] as the body's first bytes.
+    /// and the rest) by [`ForwardBody::reading`] as the body's first bytes (which, as for
+    /// [`ForwardBody::new`], must be called).
     pub fn with_prefix(
         prefix: Bytes,
         rest: CallerBody,
@@ -1221,6 +1223,17 @@ mod tests {
             );
             assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
         }
+        // Read ahead whole, no stream after it.
+        let shared = state();
+        let whole = ForwardBody::with_prefix(
+            Bytes::copy_from_slice(&text),
+            CallerBody::empty(),
+            1 << 20,
+            shared.clone(),
+        )
+        .reading(None, Some(token), None);
+        assert_eq!(whole.err(), Some(RequestBodyViolation::CallerToken));
+        assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
         for at in [14, 20, 13 + token.len() - 1] {
             let shared = state();
             let (result, sent) = forwarded(ahead(at, &shared).unwrap()).await;

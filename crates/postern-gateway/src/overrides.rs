@@ -1351,8 +1351,9 @@ mod tests {
         // may undo one layer and not the other, harmless or not.
         let twice = gzip(&gzip(plain));
         assert_eq!(compressed("gzip, gzip", FORM, LIMIT, &[&twice]), (true, 0));
-        // A POST with no body in a coding is nothing to read.
+        // A POST with no body in a coding is nothing to read (no bytes, or only an empty frame).
         assert_eq!(compressed("gzip", FORM, LIMIT, &[]), (false, 0));
+        assert_eq!(compressed("gzip", FORM, LIMIT, &[&[]]), (false, 0));
     }
 
     /// A compressed body whose `_method` cannot be told is refused: a coding Postern cannot

@@ -89,6 +89,10 @@ pub async fn scan_request(
             .map_err(refused)?;
         return Ok((forward, Some(summary)));
     }
+    // Received whole (counted as the streaming paths count it: as it is read, refused or not).
+    state
+        .bytes
+        .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
     if token.is_some_and(|token| memchr::memmem::find(&bytes, token).is_some()) {
         return Err(refused(RequestBodyViolation::CallerToken));
     }
@@ -124,9 +128,6 @@ pub async fn scan_request(
                 })
         }
     };
-    state
-        .bytes
-        .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
     if bytes.is_empty() {
         return Ok((ForwardBody::full(bytes, state), Some(summary)));
     }

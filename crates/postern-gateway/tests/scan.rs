@@ -182,6 +182,36 @@ async fn form_encoded_values_are_found_and_redacted_over_their_encoding() {
     gw.stop().await;
 }
 
+/// The caller's token as sent in a scanned body is refused whether the body is read whole
+/// (within the scan cap) or only its start (past it, the token in what was read ahead):
+/// nothing reaches the vendor, and the event counts the bytes Postern read.
+#[tokio::test]
+async fn the_callers_token_in_a_scanned_body_is_refused_within_and_past_the_cap() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(
+        &body(&vendor, "report", "scan_max_body_bytes = 1024"),
+        vendor.ca_pem.as_deref(),
+    )
+    .await;
+    let small = format!(r#"{{"note":"{}"}}"#, gw.token);
+    let large = format!(r#"{{"note":"{}","blob":"{}"}}"#, gw.token, "x".repeat(8000));
+    for payload in [&small, &large] {
+        let response = post(&gw, payload).await;
+        assert_eq!(response.status(), 400);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "caller_token_in_body");
+    }
+    assert!(vendor.seen().is_empty(), "nothing reached the vendor");
+    let events = gw.wait_events(2).await;
+    assert_eq!(events[0]["request_bytes"], small.len());
+    let read = events[1]["request_bytes"].as_u64().unwrap();
+    assert!(
+        (1024..=large.len() as u64).contains(&read),
+        "what was read ahead: {read}"
+    );
+    gw.stop().await;
+}
+
 /// A compressed body larger than the scan cap, read ahead whole or in part, is still read
 /// decoded for the caller's token: refused, and the vendor never has it whole.
 #[tokio::test]

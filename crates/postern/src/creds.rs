@@ -156,7 +156,7 @@ fn open_located(Located { data_dir, config }: Located) -> Result<Opened, ExitCod
 }
 
 /// Reads a value to store and checks it against the config before the vault is opened, so a
-/// refused value leaves no new vault behind (and a mistyped `--data-dir` no empty one).
+/// refused value leaves no new, empty vault behind.
 fn located_value(
     location: &VaultLocation,
     from_file: Option<&Path>,
