@@ -65,13 +65,24 @@ pub async fn scan_request(
             ScanSummary::default(),
         )
     };
+    // What was read is counted as the streaming paths count it, refused or not.
+    let counted = |read: u64| {
+        state
+            .bytes
+            .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+    };
     let (bytes, body, complete) = match read_up_to(body, cap, limit, Stall::new(0)).await {
         Ok(read) => read,
         // Not given an idle limit, so never stalled.
-        Err(ReadError::Broken | ReadError::Stalled(_)) => {
-            return Err(refused(RequestBodyViolation::Broken))
+        Err(ReadError::Broken { read }) => {
+            counted(read);
+            return Err(refused(RequestBodyViolation::Broken));
         }
-        Err(ReadError::TooLarge) => return Err(refused(RequestBodyViolation::TooLarge)),
+        Err(ReadError::Stalled(_)) => return Err(refused(RequestBodyViolation::Broken)),
+        Err(ReadError::TooLarge { read }) => {
+            counted(read);
+            return Err(refused(RequestBodyViolation::TooLarge));
+        }
     };
     let token = caller_token.filter(|token| !token.is_empty());
     // A POST body's `_method` field, read as sent and decoded.
@@ -89,10 +100,7 @@ pub async fn scan_request(
             .map_err(refused)?;
         return Ok((forward, Some(summary)));
     }
-    // Received whole (counted as the streaming paths count it: as it is read, refused or not).
-    state
-        .bytes
-        .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    counted(bytes.len() as u64);
     if token.is_some_and(|token| memchr::memmem::find(&bytes, token).is_some()) {
         return Err(refused(RequestBodyViolation::CallerToken));
     }
@@ -293,7 +301,7 @@ pub async fn scan_response(
         Ok(read) => read,
         // What is read for scanning is passed on as the answer's start: the answer's limit
         // holds for it as for the rest.
-        Err(ReadError::TooLarge) => {
+        Err(ReadError::TooLarge { .. }) => {
             return Err((
                 CallError::bad_gateway(
                     "response_too_large",
@@ -378,8 +386,10 @@ pub async fn scan_response(
 }
 
 enum ReadError {
-    Broken,
-    TooLarge,
+    /// The stream failed after `read` bytes.
+    Broken { read: u64 },
+    /// Past the limit, at `read` bytes.
+    TooLarge { read: u64 },
     /// No frame for the idle limit given, or past the call's end.
     Stalled(Overdue),
 }
@@ -408,13 +418,19 @@ async fn read_up_to<B: http_body::Body<Data = Bytes> + Unpin>(
         .await?;
         match frame {
             None => return Ok((buffer.freeze(), body, true)),
-            Some(Err(_)) => return Err(ReadError::Broken),
+            Some(Err(_)) => {
+                return Err(ReadError::Broken {
+                    read: buffer.len() as u64,
+                })
+            }
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     buffer.extend_from_slice(data);
                 }
                 if buffer.len() as u64 > limit {
-                    return Err(ReadError::TooLarge);
+                    return Err(ReadError::TooLarge {
+                        read: buffer.len() as u64,
+                    });
                 }
             }
         }

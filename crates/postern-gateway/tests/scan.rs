@@ -183,8 +183,9 @@ async fn form_encoded_values_are_found_and_redacted_over_their_encoding() {
 }
 
 /// The caller's token as sent in a scanned body is refused whether the body is read whole
-/// (within the scan cap) or only its start (past it, the token in what was read ahead):
-/// nothing reaches the vendor, and the event counts the bytes Postern read.
+/// (within the scan cap) or only its start (past it, the token in what was read ahead), and a
+/// body past its limit while it is read ahead is refused too: nothing reaches the vendor, and
+/// each event counts the bytes Postern read.
 #[tokio::test]
 async fn the_callers_token_in_a_scanned_body_is_refused_within_and_past_the_cap() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
@@ -209,6 +210,32 @@ async fn the_callers_token_in_a_scanned_body_is_refused_within_and_past_the_cap(
         (1024..=large.len() as u64).contains(&read),
         "what was read ahead: {read}"
     );
+    gw.stop().await;
+    // A streamed body past max_request_body_bytes while it is read ahead for the scan: 413,
+    // and the event counts what was read.
+    let gw = TestGateway::start(
+        &body(
+            &vendor,
+            "report",
+            "scan_max_body_bytes = 4096\nmax_request_body_bytes = 1000",
+        ),
+        vendor.ca_pem.as_deref(),
+    )
+    .await;
+    let streamed = reqwest::Body::wrap_stream(futures_stream(vec![vec![b'a'; 600]; 5]));
+    let response = post_coded(
+        &gw,
+        "/crm/contacts",
+        Some("text/plain"),
+        "identity",
+        streamed,
+    )
+    .await;
+    assert_refused(response, 413, "request_too_large").await;
+    assert!(vendor.seen().is_empty(), "nothing reached the vendor");
+    let events = gw.wait_events(1).await;
+    let read = events[0]["request_bytes"].as_u64().unwrap();
+    assert!((1001..=3000).contains(&read), "what was read: {read}");
     gw.stop().await;
 }
 
