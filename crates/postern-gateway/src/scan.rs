@@ -3,7 +3,7 @@
 //! response before it reaches the caller.
 //!
 //! Only integrations that declare `data_classes` are scanned. A body up to `scan_max_body_bytes`
-//! is read into memory (decoded first: a request's one gzip or deflate coding as the vendor's
+//! is read into memory (decoded first: a request's one gzip, deflate or br coding as the vendor's
 //! strictest reading goes, once for all its readers; a response's gzip, deflate or br as its
 //! caller's client undoes them), scanned, and then blocked (403
 //! `data_class_not_approved`), redacted (values masked, same length) or reported, per

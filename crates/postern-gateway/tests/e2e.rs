@@ -2799,15 +2799,19 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     // has the whole body. A coding Postern cannot undo is refused before anything is sent.
     let compressed = |encoding: &str, data: &[u8]| -> Vec<u8> {
         use std::io::Write as _;
-        if encoding == "gzip" {
-            return gzip(data);
+        match encoding {
+            "gzip" => gzip(data),
+            "br" => brotli(data, 22),
+            _ => {
+                let mut e =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
         }
-        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
     };
     let padding = "amount=100&description=".to_string() + &"lorem ipsum ".repeat(2000);
-    for encoding in ["gzip", "deflate"] {
+    for encoding in ["gzip", "deflate", "br"] {
         let body = compressed(encoding, format!("{padding}{}&x=1", gw.token).as_bytes());
         for pieces in [body.len(), 7] {
             let seen = vendor.seen().len();
@@ -2830,10 +2834,14 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     trailing.push(0);
     let cut = token_body[..token_body.len() - 8].to_vec();
     let two_ways = [0x78, 0x01, 0x00, 0xfe, 0xff, b'a', b'b', b'c'].to_vec();
+    // A `br` body whose window (16 MiB) is past what Postern decodes (4 MiB) is refused as
+    // undecodable, before anything of it is decoded or sent.
+    let wide = brotli(padding.as_bytes(), 24);
     for (encoding, body, code) in [
         ("gzip", trailing, "caller_token_in_body"),
         ("gzip", cut, "caller_token_in_body"),
         ("deflate", two_ways, "request_body_undecodable"),
+        ("br", wide, "request_body_undecodable"),
     ] {
         let seen = vendor.seen().len();
         let response = post_coded(
@@ -2847,10 +2855,13 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
         assert_refused(response, 400, code).await;
         assert!(never_whole(&vendor, seen, body.len()), "{code}");
     }
-    let harmless = compressed("gzip", padding.as_bytes());
-    let response = post_coded(&gw, "/stripe/v1/charges", None, "gzip", harmless.clone()).await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(vendor.last().body, harmless, "forwarded as sent");
+    for encoding in ["gzip", "br"] {
+        let harmless = compressed(encoding, padding.as_bytes());
+        let response =
+            post_coded(&gw, "/stripe/v1/charges", None, encoding, harmless.clone()).await;
+        assert_eq!(response.status(), 200, "{encoding}");
+        assert_eq!(vendor.last().body, harmless, "{encoding} forwarded as sent");
+    }
     let seen = vendor.seen().len();
     let response = post_coded(&gw, "/stripe/v1/charges", None, "zstd", "anything").await;
     assert_refused(response, 415, "unsupported_content_encoding").await;

@@ -585,12 +585,21 @@ async fn a_certificate_callers_compressed_body_is_decoded_strictly_for_scanning(
     assert_eq!(vendor.last().body, harmless, "forwarded as sent");
     let response = post("gzip", gzip(WITH_EMAIL.as_bytes())).await.unwrap();
     assert_eq!(response.status(), 200, "pii.email is approved");
-    assert_refused(
-        post("gzip", gzip(WITH_CARD.as_bytes())).await.unwrap(),
-        403,
-        "data_class_not_approved",
-    )
-    .await;
+    for (encoding, body) in [
+        ("gzip", gzip(WITH_CARD.as_bytes())),
+        ("br", brotli(WITH_CARD.as_bytes(), 22)),
+    ] {
+        assert_refused(
+            post(encoding, body).await.unwrap(),
+            403,
+            "data_class_not_approved",
+        )
+        .await;
+    }
+    let harmless = brotli(WITH_EMAIL.as_bytes(), 22);
+    let response = post("br", harmless.clone()).await.unwrap();
+    assert_eq!(response.status(), 200, "pii.email is approved, in br too");
+    assert_eq!(vendor.last().body, harmless, "forwarded as sent");
     // A card in gzip with a byte after the stream's end: a lenient decoder reads the card, a
     // strict one refuses the body; scanned as sent, nothing would be found.
     let mut trailing = gzip(WITH_CARD.as_bytes());
@@ -626,6 +635,6 @@ async fn a_certificate_callers_compressed_body_is_decoded_strictly_for_scanning(
         )
         .await;
     }
-    assert_eq!(vendor.seen().len(), 3, "only the three approved bodies");
+    assert_eq!(vendor.seen().len(), 4, "only the four approved bodies");
     gw.stop().await;
 }

@@ -20,7 +20,15 @@ pub enum UnscannedReason {
     UnsupportedEncoding { encoding: String },
     #[error("body is not valid `{encoding}` data")]
     Corrupt { encoding: String },
+    #[error("the `br` body's window ({window_bits} bits) is larger than Postern decodes ({MAX_BROTLI_WINDOW_BITS} bits: 4 MiB, the encoders' default)")]
+    WindowTooLarge { window_bits: u32 },
 }
+
+/// The largest `br` window a [`StreamDecoder`] takes: 2^22 bytes (4 MiB), the default of the
+/// reference encoder and of the libraries built on it. The window is the decoder's memory for
+/// the body, allocated whole (up to 16 MiB, at 24 bits) once a body's stream is longer than it,
+/// whatever the body's size.
+pub const MAX_BROTLI_WINDOW_BITS: u32 = 22;
 
 /// Returns the bytes to scan: `body` itself when there is no content coding, or the decoded
 /// body for `gzip`, `deflate` and `br` (codings listed in one header are undone last first).
@@ -98,14 +106,15 @@ fn decode_one(body: &[u8], coding: &str, max_bytes: usize) -> Result<Vec<u8>, Un
 }
 
 /// Undoes a request body's `Content-Encoding` as its pieces come, for readers that look at a
-/// body while it streams and hold none of it. One coding only — `gzip` (`x-gzip`) or `deflate`
-/// (zlib-wrapped as RFC 9110 names it, or raw as some clients send it); `identity` items are
-/// nothing to undo. Codings stacked are refused, since a server may undo some of them and not
-/// the others (each layer in between would have to be read as well); `br` is refused, since
-/// its decoder's window is up to 16 MiB per body whatever the body's size.
+/// body while it streams and hold none of it. One coding only — `gzip` (`x-gzip`), `deflate`
+/// (zlib-wrapped as RFC 9110 names it, or raw as some clients send it) or `br` (with a window
+/// of at most [`MAX_BROTLI_WINDOW_BITS`]; a larger one is [`UnscannedReason::WindowTooLarge`]);
+/// `identity` items are nothing to undo. Codings stacked are refused, since a server may undo
+/// some of them and not the others (each layer in between would have to be read as well).
 ///
-/// Its decoded bytes are handed on piece by piece, at most about 1 MiB at a time (the
-/// input is fed in small steps, so a compression bomb never fills memory at once), each with
+/// Its decoded bytes are handed on piece by piece, at most about 1 MiB at a time for gzip and
+/// deflate (the input is fed in small steps, so a compression bomb never fills memory at once;
+/// a `br` step, whose few bytes may stand for megabytes, stops at `max_bytes`), each with
 /// the reading it belongs to: `0`, or — for a `deflate` body that starts both as a zlib stream
 /// and as a raw DEFLATE stored block (about 1 zlib stream in 65,536 does) — `0` for its zlib
 /// reading and `1` for its raw one, decoded side by side, since a server may take either:
@@ -129,8 +138,9 @@ pub const READINGS: usize = 2;
 
 enum Lanes {
     /// `deflate`, until its first five bytes tell a zlib stream from raw DEFLATE (or show it
-    /// may be both): held until then, with the cap.
-    Sniffing(Vec<u8>, usize),
+    /// may be both), or `br`, until its first byte tells its window: held until then, with
+    /// the cap.
+    Sniffing(Coding, Vec<u8>, usize),
     /// The readings still decoding (boxed: a decoder's state is large); a reading that failed
     /// is `None`.
     Reading([Option<Box<Stage>>; READINGS]),
@@ -150,6 +160,8 @@ enum Stage {
     Gzip(flate2::write::MultiGzDecoder<Capped>),
     Zlib(flate2::write::ZlibDecoder<Capped>),
     Deflate(flate2::write::DeflateDecoder<Capped>),
+    /// Boxed: its state is several times the others'.
+    Brotli(Box<brotli::DecompressorWriter<Capped>>),
 }
 
 /// A decoder's output since it was last taken; refuses to grow past the cap.
@@ -195,7 +207,7 @@ impl StreamDecoder {
                 )))),
                 None,
             ]),
-            Coding::Deflate => Lanes::Sniffing(Vec::new(), max_bytes),
+            Coding::Deflate | Coding::Brotli => Lanes::Sniffing(coding, Vec::new(), max_bytes),
         };
         StreamDecoder {
             lanes,
@@ -206,7 +218,7 @@ impl StreamDecoder {
 
     /// The one coding `content_encoding` names to undo (`None`: nothing to undo), without
     /// building a decoder; `UnsupportedEncoding` (naming the header's text) for a coding other
-    /// than gzip, x-gzip and deflate, or for more than one.
+    /// than gzip, x-gzip, deflate and br, or for more than one.
     pub fn check(content_encoding: &str) -> Result<Option<Coding>, Unscanned> {
         let refused = |encoding: &str| Unscanned {
             reason: UnscannedReason::UnsupportedEncoding {
@@ -222,6 +234,8 @@ impl StreamDecoder {
                 Coding::Gzip
             } else if coding.eq_ignore_ascii_case("deflate") {
                 Coding::Deflate
+            } else if coding.eq_ignore_ascii_case("br") {
+                Coding::Brotli
             } else {
                 return Err(refused(coding));
             };
@@ -286,27 +300,47 @@ impl StreamDecoder {
         if let Some(failed) = &self.failed {
             return Err(failed.clone());
         }
-        if let Lanes::Sniffing(held, max_bytes) = &mut self.lanes {
+        if let Lanes::Sniffing(coding, held, max_bytes) = &mut self.lanes {
             held.extend_from_slice(data);
-            if held.len() < 5 && step != Step::End {
+            let needed = match coding {
+                Coding::Brotli => 1,
+                _ => 5,
+            };
+            if held.len() < needed && step != Step::End {
                 return Ok(());
             }
-            let held = std::mem::take(held);
-            let max_bytes = *max_bytes;
-            // A zlib header: compression method 8, window ≤ 32 KiB, check bits (RFC 1950).
-            let zlib = held.len() >= 2
-                && held[0] & 0x0f == 8
-                && held[0] >> 4 <= 7
-                && u16::from_be_bytes([held[0], held[1]]) % 31 == 0;
+            let (coding, held, max_bytes) = (*coding, std::mem::take(held), *max_bytes);
             let capped = || Capped::new(max_bytes);
-            let zlib_stage = || Box::new(Stage::Zlib(flate2::write::ZlibDecoder::new(capped())));
-            let raw_stage =
-                || Box::new(Stage::Deflate(flate2::write::DeflateDecoder::new(capped())));
-            self.lanes = Lanes::Reading(match (zlib, zlib && also_stored_block(&held)) {
-                // Valid both ways perhaps, and read differently each way: both are read.
-                (_, true) => [Some(zlib_stage()), Some(raw_stage())],
-                (true, false) => [Some(zlib_stage()), None],
-                (false, _) => [Some(raw_stage()), None],
+            self.lanes = Lanes::Reading(match coding {
+                Coding::Brotli => {
+                    // A window too large for Postern, or one only "large window" brotli (not
+                    // RFC 7932) has, is refused; bits a decoder rejects are its to refuse.
+                    let window_bits = held.first().map_or(16, |first| brotli_window_bits(*first));
+                    if window_bits > MAX_BROTLI_WINDOW_BITS {
+                        let reason = UnscannedReason::WindowTooLarge { window_bits };
+                        return Err(Unscanned { reason });
+                    }
+                    let stage = brotli::DecompressorWriter::new(capped(), 4096);
+                    [Some(Box::new(Stage::Brotli(Box::new(stage)))), None]
+                }
+                _ => {
+                    // A zlib header: compression method 8, window ≤ 32 KiB, check bits (RFC
+                    // 1950).
+                    let zlib = held.len() >= 2
+                        && held[0] & 0x0f == 8
+                        && held[0] >> 4 <= 7
+                        && u16::from_be_bytes([held[0], held[1]]) % 31 == 0;
+                    let zlib_stage =
+                        || Box::new(Stage::Zlib(flate2::write::ZlibDecoder::new(capped())));
+                    let raw_stage =
+                        || Box::new(Stage::Deflate(flate2::write::DeflateDecoder::new(capped())));
+                    match (zlib, zlib && also_stored_block(&held)) {
+                        // Valid both ways perhaps, and read differently each way: both are read.
+                        (_, true) => [Some(zlib_stage()), Some(raw_stage())],
+                        (true, false) => [Some(zlib_stage()), None],
+                        (false, _) => [Some(raw_stage()), None],
+                    }
+                }
             });
             for piece in held.chunks(INPUT_STEP) {
                 self.write(piece, Step::More, decoded)?;
@@ -362,6 +396,24 @@ enum Step {
 pub enum Coding {
     Gzip,
     Deflate,
+    Brotli,
+}
+
+/// The window a `br` stream declares in its first byte (RFC 7932 §9.1: WBITS, read from the
+/// low bits up), in bits; for the "large window" mark of brotli's extension (not RFC 7932),
+/// its largest, 30.
+fn brotli_window_bits(first: u8) -> u32 {
+    if first & 1 == 0 {
+        return 16;
+    }
+    match (first >> 1) & 0b111 {
+        0 => match (first >> 4) & 0b111 {
+            0 => 17,
+            1 => 30,
+            n => 8 + u32::from(n),
+        },
+        n => 17 + u32::from(n),
+    }
 }
 
 /// Whether `head` (a `deflate` body's first bytes, at least 5) is also a raw DEFLATE stored
@@ -391,6 +443,11 @@ impl Stage {
             Stage::Deflate(decoder) => (
                 "deflate",
                 write_then(decoder, data, step, |d| d.try_finish()),
+                decoder.get_mut(),
+            ),
+            Stage::Brotli(decoder) => (
+                "br",
+                write_then(decoder, data, step, |d| d.close()),
                 decoder.get_mut(),
             ),
         };
@@ -582,7 +639,7 @@ mod tests {
     }
 
     /// What a server may read in ways Postern cannot follow is refused: codings stacked (a
-    /// server may undo some and not others), `br`, unknown codings, data not valid for its
+    /// server may undo some and not others), unknown codings, data not valid for its
     /// coding (in any reading) or cut short, and anything fed after a refusal. A body with no
     /// bytes is nothing to decode.
     #[test]
@@ -590,10 +647,11 @@ mod tests {
         assert_eq!(StreamDecoder::check("identity"), Ok(None));
         assert_eq!(StreamDecoder::check(""), Ok(None));
         assert_eq!(StreamDecoder::check(" X-Gzip"), Ok(Some(Coding::Gzip)));
+        assert_eq!(StreamDecoder::check("BR"), Ok(Some(Coding::Brotli)));
         for refused in [
             "gzip, gzip",
             "gzip, deflate",
-            "br",
+            "gzip, br",
             "zstd",
             "gzip, zstd",
             "compress",
@@ -619,6 +677,57 @@ mod tests {
         }
         let mut empty = StreamDecoder::new(Coding::Gzip, 10);
         empty.finish(&mut |_, _| panic!("nothing decoded")).unwrap();
+    }
+
+    /// `data` in `br`, with a window of `lgwin` bits.
+    fn brotli(data: &[u8], lgwin: u32) -> Vec<u8> {
+        let mut encoder = brotli::CompressorWriter::new(Vec::new(), 4096, 5, lgwin);
+        encoder.write_all(data).unwrap();
+        encoder.into_inner()
+    }
+
+    /// A `br` body is decoded however it arrives, in one reading, with any window the
+    /// reference encoder writes up to 4 MiB (the window its first byte declares is read as the
+    /// decoder reads it); a larger window is refused before anything is decoded, and so is a
+    /// stream not valid, cut short, followed by more bytes, or decoding past the cap.
+    #[test]
+    fn a_brotli_body_is_decoded_with_a_window_of_at_most_4_mib() {
+        let text: Vec<u8> = (0..20_000u32)
+            .flat_map(|n| format!("amount={n}&").into_bytes())
+            .collect();
+        for lgwin in 10..=24 {
+            let body = brotli(&text, lgwin);
+            assert_eq!(
+                brotli_window_bits(body[0]),
+                lgwin,
+                "the first byte of lgwin {lgwin}"
+            );
+            for pieces in [1, 7, 4096, body.len()] {
+                match streamed("br", &body, pieces, 1 << 24) {
+                    Ok(decoded) if lgwin <= MAX_BROTLI_WINDOW_BITS => {
+                        assert_eq!(decoded, text, "lgwin {lgwin}, in pieces of {pieces}")
+                    }
+                    Err(error) if lgwin > MAX_BROTLI_WINDOW_BITS => assert_eq!(
+                        error.reason,
+                        UnscannedReason::WindowTooLarge { window_bits: lgwin }
+                    ),
+                    other => panic!("lgwin {lgwin}, in pieces of {pieces}: {other:?}"),
+                }
+            }
+        }
+        // Large-window brotli (its mark: WBITS bits 0b0010001) is not RFC 7932's.
+        assert_eq!(brotli_window_bits(0b0010001), 30);
+        let body = brotli(&text, 22);
+        let cut = streamed("br", &body[..body.len() - 3], 100, 1 << 24).unwrap_err();
+        assert!(matches!(cut.reason, UnscannedReason::Corrupt { .. }));
+        let after = [&body[..], b"more"].concat();
+        let error = streamed("br", &after, 100, 1 << 24).unwrap_err();
+        assert!(matches!(error.reason, UnscannedReason::Corrupt { .. }));
+        let error = streamed("br", b"\x1b not brotli at all", 100, 1 << 24).unwrap_err();
+        assert!(matches!(error.reason, UnscannedReason::Corrupt { .. }));
+        let bomb = brotli(&vec![b'a'; 200_000], 22);
+        let error = streamed("br", &bomb, 4096, 100_000).unwrap_err();
+        assert!(matches!(error.reason, UnscannedReason::TooLarge { .. }));
     }
 
     /// A `deflate` body valid as zlib that also starts as a raw DEFLATE stored block is read
