@@ -1,4 +1,4 @@
-//! Real vendor SDKs from PyPI — `openai`, `stripe`, `twilio`, pinned in
+//! Real vendor SDKs from PyPI — `openai`, `stripe`, `twilio`, `sentry-sdk`, pinned in
 //! `tests/python-requirements.txt` — call their vendors through Postern, changed only in the
 //! way an app would change them: the base URL points at Postern and the API key is the caller
 //! token. The vendor is a real TLS server on loopback that records what it receives.
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use support::{Answer, Handler, SeenRequest, TestGateway, TestVendor, CHECKOUT_TOKEN};
+use support::{Answer, Handler, SeenRequest, TestGateway, TestPki, TestVendor, CHECKOUT_TOKEN};
 
 /// Upper bound for one script, interpreter start-up and SDK import included.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,6 +28,8 @@ const OPENAI_VENDOR_KEY: &str = "sk-test-openai-vendor-key-4f9c2a";
 const STRIPE_VENDOR_KEY: &str = "sk_test_51StripeVendorKeyForPosternTests";
 const TWILIO_ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
 const TWILIO_VENDOR_AUTH_TOKEN: &str = "twilio-vendor-auth-token-7d1e";
+const SENTRY_VENDOR_AUTH: &str =
+    "Sentry sentry_version=7, sentry_key=0a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
 /// The interpreter with the SDKs installed; `None` means skip this test.
 fn sdk_python() -> Option<PathBuf> {
@@ -177,14 +179,24 @@ fn assert_vendor_authorization(seen: &[SeenRequest], expected: &str) {
     }
 }
 
-/// `(operation, decision, status, reason)` of each event, in order, for one-line comparisons.
+/// `(operation, decision, status, reason)` of each event, in order, for one-line comparisons;
+/// every one of them a call of `checkout`.
 async fn event_summary(gateway: &TestGateway, count: usize) -> Vec<(String, String, u64, String)> {
+    callers_event_summary(gateway, "checkout", count).await
+}
+
+/// [`event_summary`] for the calls of `caller`.
+async fn callers_event_summary(
+    gateway: &TestGateway,
+    caller: &str,
+    count: usize,
+) -> Vec<(String, String, u64, String)> {
     gateway
         .wait_events(count)
         .await
         .iter()
         .map(|event| {
-            assert_eq!(event["caller"], "checkout", "event caller: {event}");
+            assert_eq!(event["caller"], caller, "event caller: {event}");
             (
                 event["operation"].as_str().unwrap_or_default().to_string(),
                 event["decision"].as_str().unwrap_or_default().to_string(),
@@ -538,6 +550,124 @@ operations = ["create_customer"]
     assert_eq!(
         event_summary(&gateway, 1).await,
         [summary("create_customer", "allow", 200, "granted")]
+    );
+    gateway.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sentry
+
+/// Answers like Sentry's ingestion for an envelope.
+fn sentry_vendor() -> Handler {
+    Arc::new(|request: &SeenRequest| {
+        if request.method == "POST" && request.target == "/api/42/envelope/" {
+            Answer::json(200, json!({"id": "fc6d8c0c43fc4630ad850ee518f1b9d0"}))
+        } else {
+            Answer::json(404, json!({"detail": "not found"}))
+        }
+    })
+}
+
+/// The `sentry-sdk`, with `brotli` installed, sends its envelopes in `br`: Postern decodes them
+/// to scan them (an event carrying a card number is refused, one carrying an approved email
+/// goes), knows the caller by its client certificate, and injects the project's real
+/// `X-Sentry-Auth` in place of the DSN's placeholder key; the vendor gets the envelope as the
+/// SDK compressed it.
+#[tokio::test]
+async fn sentry_sdk_sends_brotli_envelopes_through_postern_over_mtls() {
+    let Some(python) = sdk_python() else { return };
+    let secrets = tempfile::tempdir().unwrap();
+    let auth_path = secret_file(&secrets, "sentry-auth", SENTRY_VENDOR_AUTH);
+    let vendor = TestVendor::tls(sentry_vendor()).await;
+    let pki = TestPki::new();
+    let config = format!(
+        r#"
+[[callers]]
+name = "worker"
+spiffe_id = "spiffe://example.org/worker"
+
+[[integrations]]
+name = "sentry"
+vendor = "Sentry"
+owner = "sre@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+credential = {{ kind = "header", name = "x-sentry-auth", from_file = "{auth_path}" }}
+data_classes = ["pii.email"]
+on_unapproved = "block"
+operations = [
+  {{ id = "send_envelope", method = "POST", path = "/api/{{project}}/envelope/" }},
+]
+
+[[grants]]
+caller = "worker"
+integration = "sentry"
+operations = ["send_envelope"]
+"#,
+        port = vendor.addr.port(),
+    );
+    let gateway = TestGateway::start_with_gateway(
+        &config,
+        vendor.ca_pem.as_deref(),
+        &pki.mtls_listener(secrets.path()),
+    )
+    .await;
+    let (cert, key) = pki.client_cert("spiffe://example.org/worker");
+    let file = |name: &str, text: &str| {
+        let path = secrets.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let dsn = format!(
+        "https://placeholder@localhost:{}/sentry/42",
+        gateway.running().listen_addr.port()
+    );
+    let env = [
+        ("POSTERN_SENTRY_DSN", dsn),
+        ("POSTERN_CA_FILE", file("ca.pem", &pki.ca_pem)),
+        ("POSTERN_CLIENT_CERT", file("client.pem", &cert)),
+        ("POSTERN_CLIENT_KEY", file("client-key.pem", &key)),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let result = run_sdk_script(
+        &python,
+        &gateway,
+        "sentry_calls.py",
+        "capture_messages",
+        &env,
+    )
+    .await;
+
+    assert_eq!(result, json!({"compression": "br"}));
+    assert_eq!(
+        callers_event_summary(&gateway, "worker", 2).await,
+        [
+            summary("send_envelope", "allow", 200, "granted"),
+            summary("send_envelope", "allow", 403, "data_class_not_approved"),
+        ]
+    );
+    let seen = vendor.seen();
+    assert_eq!(
+        targets(&seen),
+        ["POST /api/42/envelope/"],
+        "only the approved event"
+    );
+    assert_eq!(seen[0].header("content-encoding").as_deref(), Some("br"));
+    let auth: Vec<_> = seen[0].headers.get_all("x-sentry-auth").iter().collect();
+    assert_eq!(auth, [SENTRY_VENDOR_AUTH], "the project's key, injected");
+    assert!(!seen[0].everything().contains("placeholder"));
+    let mut envelope = Vec::new();
+    std::io::Read::read_to_end(
+        &mut brotli::Decompressor::new(&seen[0].body[..], 4096),
+        &mut envelope,
+    )
+    .unwrap();
+    let envelope = String::from_utf8(envelope).unwrap();
+    assert!(
+        envelope.contains("checkout finished for ada@example.com"),
+        "{envelope}"
     );
     gateway.stop().await;
 }
