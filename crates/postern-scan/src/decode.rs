@@ -20,14 +20,15 @@ pub enum UnscannedReason {
     UnsupportedEncoding { encoding: String },
     #[error("body is not valid `{encoding}` data")]
     Corrupt { encoding: String },
-    #[error("the `br` body's window ({window_bits} bits) is larger than Postern decodes ({MAX_BROTLI_WINDOW_BITS} bits: 4 MiB, the encoders' default)")]
+    #[error("the `br` body's window ({window_bits} bits) is larger than Postern decodes (a request's {MAX_BROTLI_WINDOW_BITS} bits at most, 4 MiB, the encoders' default; a response's 24, RFC 7932's largest)")]
     WindowTooLarge { window_bits: u32 },
 }
 
 /// The largest `br` window a [`StreamDecoder`] takes: 2^22 bytes (4 MiB), the default of the
-/// reference encoder and of the libraries built on it. The window is the decoder's memory for
-/// the body, allocated whole (up to 16 MiB, at 24 bits) once a body's stream is longer than it,
-/// whatever the body's size.
+/// reference encoder and of the libraries built on it. The window is most of the decoder's
+/// memory for a body (beside its Huffman tables, a few MiB at most), allocated
+/// whole (up to 16 MiB, at 24 bits) once a body's stream is longer than it, whatever the
+/// body's size.
 pub const MAX_BROTLI_WINDOW_BITS: u32 = 22;
 
 /// Returns the bytes to scan: `body` itself when there is no content coding, or the decoded
@@ -85,9 +86,18 @@ fn decode_one(body: &[u8], coding: &str, max_bytes: usize) -> Result<Vec<u8>, Un
                 zlib
             }
         }
-        "br" => brotli::Decompressor::new(body, 4096)
-            .take(limit)
-            .read_to_end(&mut output),
+        // RFC 7932's windows only (up to 16 MiB): the reader would take "large window" brotli,
+        // whose windows reach 1 GiB.
+        "br" => match body.first().map(|first| brotli_window_bits(*first)) {
+            Some(window_bits) if window_bits > 24 => {
+                return Err(Unscanned {
+                    reason: UnscannedReason::WindowTooLarge { window_bits },
+                })
+            }
+            _ => brotli::Decompressor::new(body, 4096)
+                .take(limit)
+                .read_to_end(&mut output),
+        },
         other => {
             return Err(Unscanned {
                 reason: UnscannedReason::UnsupportedEncoding {
@@ -113,8 +123,9 @@ fn decode_one(body: &[u8], coding: &str, max_bytes: usize) -> Result<Vec<u8>, Un
 /// some of them and not the others (each layer in between would have to be read as well).
 ///
 /// Its decoded bytes are handed on piece by piece, at most about 1 MiB at a time for gzip and
-/// deflate (the input is fed in small steps, so a compression bomb never fills memory at once;
-/// a `br` step, whose few bytes may stand for megabytes, stops at `max_bytes`), each with
+/// deflate (the input is fed in small steps, so a compression bomb never fills memory at once)
+/// and 64 KiB for br (whose few bytes may stand for megabytes: its decoder is driven with an
+/// output buffer of that size), each with
 /// the reading it belongs to: `0`, or — for a `deflate` body that starts both as a zlib stream
 /// and as a raw DEFLATE stored block (about 1 zlib stream in 65,536 does) — `0` for its zlib
 /// reading and `1` for its raw one, decoded side by side, since a server may take either:
@@ -161,7 +172,7 @@ enum Stage {
     Zlib(flate2::write::ZlibDecoder<Capped>),
     Deflate(flate2::write::DeflateDecoder<Capped>),
     /// Boxed: its state is several times the others'.
-    Brotli(Box<brotli::DecompressorWriter<Capped>>),
+    Brotli(Box<BrotliStage>),
 }
 
 /// A decoder's output since it was last taken; refuses to grow past the cap.
@@ -320,7 +331,7 @@ impl StreamDecoder {
                         let reason = UnscannedReason::WindowTooLarge { window_bits };
                         return Err(Unscanned { reason });
                     }
-                    let stage = brotli::DecompressorWriter::new(capped(), 4096);
+                    let stage = BrotliStage::new(max_bytes);
                     [Some(Box::new(Stage::Brotli(Box::new(stage)))), None]
                 }
                 _ => {
@@ -356,10 +367,7 @@ impl StreamDecoder {
             let Some(stage) = lane else {
                 continue;
             };
-            let (out, written) = stage.write(data, step);
-            if !out.is_empty() {
-                decoded(reading, &out);
-            }
+            let written = stage.write(data, step, &mut |piece| decoded(reading, piece));
             match written {
                 Written::Ok => {}
                 // Of two readings, one whose stream ended before the body does ends there: the
@@ -426,9 +434,9 @@ fn also_stored_block(head: &[u8]) -> bool {
 }
 
 impl Stage {
-    /// Writes `data` (and finishes the stream at `end`), returning what it decoded — on an
+    /// Writes `data` (and finishes the stream at `end`), handing on what it decodes — on an
     /// error too, up to where it stopped (what a lenient decoder hands on before it gives up).
-    fn write(&mut self, data: &[u8], step: Step) -> (Vec<u8>, Written) {
+    fn write(&mut self, data: &[u8], step: Step, decoded: &mut dyn FnMut(&[u8])) -> Written {
         let (encoding, result, capped) = match self {
             Stage::Gzip(decoder) => (
                 "gzip",
@@ -445,31 +453,117 @@ impl Stage {
                 write_then(decoder, data, step, |d| d.try_finish()),
                 decoder.get_mut(),
             ),
-            Stage::Brotli(decoder) => (
-                "br",
-                write_then(decoder, data, step, |d| d.close()),
-                decoder.get_mut(),
-            ),
+            Stage::Brotli(stage) => return stage.write(data, step, decoded),
         };
         let out = std::mem::take(&mut capped.out);
+        if !out.is_empty() {
+            decoded(&out);
+        }
         let Err(error) = result else {
-            return (out, Written::Ok);
+            return Written::Ok;
         };
         if capped.total > capped.max_bytes {
             let reason = UnscannedReason::TooLarge {
                 max_bytes: capped.max_bytes,
             };
-            return (out, Written::Failed(Unscanned { reason }));
+            return Written::Failed(Unscanned { reason });
         }
-        let corrupt = Unscanned {
-            reason: UnscannedReason::Corrupt {
-                encoding: encoding.to_owned(),
-            },
-        };
+        let corrupt = corrupt(encoding);
         // A decoder whose stream has ended takes no more: the rest could not be written.
         match error.kind() {
-            std::io::ErrorKind::WriteZero => (out, Written::AfterEnd(corrupt)),
-            _ => (out, Written::Failed(corrupt)),
+            std::io::ErrorKind::WriteZero => Written::AfterEnd(corrupt),
+            _ => Written::Failed(corrupt),
+        }
+    }
+}
+
+fn corrupt(encoding: &str) -> Unscanned {
+    Unscanned {
+        reason: UnscannedReason::Corrupt {
+            encoding: encoding.to_owned(),
+        },
+    }
+}
+
+/// The output a `br` step hands on at a time: a few bytes of brotli may stand for megabytes,
+/// so its decoder writes into this much and hands it on before it goes on.
+const BROTLI_OUTPUT: usize = 64 * 1024;
+
+/// A `br` decoder driven directly (RFC 7932 only: no large-window streams), its output handed
+/// on [`BROTLI_OUTPUT`] bytes at a time, up to `max_bytes` in all.
+struct BrotliStage {
+    state: brotli::BrotliState<
+        brotli::enc::StandardAlloc,
+        brotli::enc::StandardAlloc,
+        brotli::enc::StandardAlloc,
+    >,
+    output: Box<[u8]>,
+    total: usize,
+    max_bytes: usize,
+    /// The stream's end was decoded: any byte after it is not the stream's.
+    ended: bool,
+}
+
+impl BrotliStage {
+    fn new(max_bytes: usize) -> Self {
+        let alloc = brotli::enc::StandardAlloc::default;
+        BrotliStage {
+            state: brotli::BrotliState::new_strict(alloc(), alloc(), alloc()),
+            output: vec![0; BROTLI_OUTPUT].into_boxed_slice(),
+            total: 0,
+            max_bytes,
+            ended: false,
+        }
+    }
+
+    fn write(&mut self, data: &[u8], step: Step, decoded: &mut dyn FnMut(&[u8])) -> Written {
+        if self.ended {
+            return match data.is_empty() {
+                true => Written::Ok,
+                false => Written::AfterEnd(corrupt("br")),
+            };
+        }
+        let (mut available_in, mut input_offset) = (data.len(), 0);
+        loop {
+            let (mut available_out, mut output_offset, mut total_out) = (self.output.len(), 0, 0);
+            let result = brotli::BrotliDecompressStream(
+                &mut available_in,
+                &mut input_offset,
+                data,
+                &mut available_out,
+                &mut output_offset,
+                &mut self.output,
+                &mut total_out,
+                &mut self.state,
+            );
+            self.total = self.total.saturating_add(output_offset);
+            if self.total > self.max_bytes {
+                let reason = UnscannedReason::TooLarge {
+                    max_bytes: self.max_bytes,
+                };
+                return Written::Failed(Unscanned { reason });
+            }
+            if output_offset > 0 {
+                decoded(&self.output[..output_offset]);
+            }
+            match result {
+                brotli::BrotliResult::NeedsMoreOutput => continue,
+                brotli::BrotliResult::ResultSuccess => {
+                    self.ended = true;
+                    return match available_in {
+                        0 => Written::Ok,
+                        _ => Written::AfterEnd(corrupt("br")),
+                    };
+                }
+                // All of `data` was taken; a stream that ends here is cut short.
+                brotli::BrotliResult::NeedsMoreInput => {
+                    return match step {
+                        Step::End => Written::Failed(corrupt("br")),
+                        Step::More | Step::Flush => Written::Ok,
+                    };
+                }
+                brotli::BrotliResult::ResultFailure => return Written::Failed(corrupt("br")),
+            }
         }
     }
 }
@@ -728,6 +822,38 @@ mod tests {
         let bomb = brotli(&vec![b'a'; 200_000], 22);
         let error = streamed("br", &bomb, 4096, 100_000).unwrap_err();
         assert!(matches!(error.reason, UnscannedReason::TooLarge { .. }));
+        // A few hundred bytes that stand for 20 MB are handed on in pieces of at most
+        // BROTLI_OUTPUT, fed whole or not (not gathered up to the cap first).
+        let bomb = brotli(&vec![b'a'; 20_000_000], 22);
+        assert!(bomb.len() < 20_000, "{} bytes", bomb.len());
+        for pieces in [bomb.len(), 100] {
+            let mut decoder = StreamDecoder::new(Coding::Brotli, 1 << 25);
+            let (mut total, mut largest) = (0, 0);
+            let mut hand = |_: usize, piece: &[u8]| {
+                total += piece.len();
+                largest = largest.max(piece.len());
+            };
+            for piece in bomb.chunks(pieces) {
+                decoder.feed(piece, &mut hand).unwrap();
+            }
+            decoder.finish(&mut hand).unwrap();
+            assert_eq!((total, largest), (20_000_000, BROTLI_OUTPUT));
+        }
+        // Large-window brotli (first byte 0x11 or 0x91) is refused before it is decoded, as a
+        // stream and, for a response, whole.
+        for first in [0x11, 0x91] {
+            let body = [first, 0x80, 0x00, 0x00];
+            let error = streamed("br", &body, 4, 1 << 24).unwrap_err();
+            assert_eq!(
+                error.reason,
+                UnscannedReason::WindowTooLarge { window_bits: 30 }
+            );
+            let error = decode_for_scan(&body, Some("br"), 1 << 24).unwrap_err();
+            assert_eq!(
+                error.reason,
+                UnscannedReason::WindowTooLarge { window_bits: 30 }
+            );
+        }
     }
 
     /// A `deflate` body valid as zlib that also starts as a raw DEFLATE stored block is read
