@@ -89,21 +89,16 @@ fn main() {
 /// The corpus's JSON bodies joined until `size` bytes.
 fn json_body(size: usize) -> Vec<u8> {
     let rng = corpus::Rng::new(2024);
-    let families = [
-        "customers",
-        "charges",
-        "messages",
-        "chat_completions",
-        "crm_contacts",
-        "logs_ndjson",
-    ];
     let mut body = Vec::with_capacity(size + 4096);
     let mut index = 0;
     while body.len() < size {
         body.extend_from_slice(
-            corpus::sample(&rng, families[index % families.len()])
-                .body
-                .as_bytes(),
+            corpus::sample(
+                &rng,
+                corpus::JSON_FAMILIES[index % corpus::JSON_FAMILIES.len()],
+            )
+            .body
+            .as_bytes(),
         );
         body.push(b'\n');
         index += 1;

@@ -47,17 +47,12 @@ fn main() {
 
     if std::env::var_os("SCAN_BENCH_TYPICAL_ONLY").is_none() {
         let mut bodies: Vec<Vec<u8>> = Vec::new();
-        let json_families = [
-            "customers",
-            "charges",
-            "messages",
-            "chat_completions",
-            "crm_contacts",
-            "logs_ndjson",
-        ];
         let mut total = 0;
         while total < target {
-            let sample = corpus::sample(&rng, json_families[bodies.len() % json_families.len()]);
+            let sample = corpus::sample(
+                &rng,
+                corpus::JSON_FAMILIES[bodies.len() % corpus::JSON_FAMILIES.len()],
+            );
             total += sample.body.len();
             bodies.push(sample.body.into_bytes());
         }

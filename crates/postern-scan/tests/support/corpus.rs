@@ -55,6 +55,16 @@ pub const FAMILIES: [&str; 8] = [
     "logs_ndjson",
 ];
 
+/// The families whose bodies are JSON.
+pub const JSON_FAMILIES: [&str; 6] = [
+    "customers",
+    "charges",
+    "messages",
+    "chat_completions",
+    "crm_contacts",
+    "logs_ndjson",
+];
+
 /// `count` samples cycling through the families, from `seed`.
 pub fn generate(seed: u64, count: usize) -> Vec<Sample> {
     let rng = Rng::new(seed);
