@@ -303,9 +303,19 @@ impl Decoding {
             }),
             fed: false,
         };
+        // Only a `deflate` body may read two ways: another has nothing to read its second.
+        let second = match coding {
+            Coding::Deflate => readers(overrides.clone()),
+            Coding::Gzip | Coding::Brotli => Readers {
+                token: None,
+                overrides: None,
+                kept: None,
+                fed: false,
+            },
+        };
         Decoding {
             decoder,
-            readers: [readers(overrides.clone()), readers(overrides)],
+            readers: [readers(overrides), second],
         }
     }
 
@@ -325,13 +335,14 @@ impl Decoding {
     pub(crate) fn kept(self) -> Option<Vec<Vec<u8>>> {
         let mut readings = Vec::new();
         for (reading, readers) in self.readers.into_iter().enumerate() {
+            if reading > 0 && !readers.fed {
+                continue;
+            }
             let kept = readers.kept?;
             if kept.over {
                 return None;
             }
-            if reading == 0 || readers.fed {
-                readings.push(kept.bytes);
-            }
+            readings.push(kept.bytes);
         }
         Some(readings)
     }
