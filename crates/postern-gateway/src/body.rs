@@ -194,7 +194,8 @@ pub(crate) struct Decoding {
     readers: [Readers; postern_scan::READINGS],
 }
 
-/// What reads one reading of a decoded body.
+/// What reads one reading of a decoded body (`Default`: nothing, for a reading there is not).
+#[derive(Default)]
 struct Readers {
     /// The caller's token, and the last `token length - 1` bytes decoded so far (a token split
     /// across decoded pieces is still found).
@@ -306,12 +307,7 @@ impl Decoding {
         // Only a `deflate` body may read two ways: another has nothing to read its second.
         let second = match coding {
             Coding::Deflate => readers(overrides.clone()),
-            Coding::Gzip | Coding::Brotli => Readers {
-                token: None,
-                overrides: None,
-                kept: None,
-                fed: false,
-            },
+            Coding::Gzip | Coding::Brotli => Readers::default(),
         };
         Decoding {
             decoder,

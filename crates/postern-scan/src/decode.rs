@@ -149,9 +149,8 @@ pub const READINGS: usize = 2;
 
 enum Lanes {
     /// `deflate`, until its first five bytes tell a zlib stream from raw DEFLATE (or show it
-    /// may be both), or `br`, until its first byte tells its window: held until then, with
-    /// the cap.
-    Sniffing(Coding, Vec<u8>, usize),
+    /// may be both): held until then, with the cap.
+    Sniffing(Vec<u8>, usize),
     /// The readings still decoding (boxed: a decoder's state is large); a reading that failed
     /// is `None`.
     Reading([Option<Box<Stage>>; READINGS]),
@@ -218,7 +217,13 @@ impl StreamDecoder {
                 )))),
                 None,
             ]),
-            Coding::Deflate | Coding::Brotli => Lanes::Sniffing(coding, Vec::new(), max_bytes),
+            Coding::Brotli => Lanes::Reading([
+                Some(Box::new(Stage::Brotli(Box::new(BrotliStage::new(
+                    max_bytes,
+                ))))),
+                None,
+            ]),
+            Coding::Deflate => Lanes::Sniffing(Vec::new(), max_bytes),
         };
         StreamDecoder {
             lanes,
@@ -311,47 +316,26 @@ impl StreamDecoder {
         if let Some(failed) = &self.failed {
             return Err(failed.clone());
         }
-        if let Lanes::Sniffing(coding, held, max_bytes) = &mut self.lanes {
+        if let Lanes::Sniffing(held, max_bytes) = &mut self.lanes {
             held.extend_from_slice(data);
-            let needed = match coding {
-                Coding::Brotli => 1,
-                _ => 5,
-            };
-            if held.len() < needed && step != Step::End {
+            if held.len() < 5 && step != Step::End {
                 return Ok(());
             }
-            let (coding, held, max_bytes) = (*coding, std::mem::take(held), *max_bytes);
-            let capped = || Capped::new(max_bytes);
-            self.lanes = Lanes::Reading(match coding {
-                Coding::Brotli => {
-                    // A window too large for Postern, or one only "large window" brotli (not
-                    // RFC 7932) has, is refused; bits a decoder rejects are its to refuse.
-                    let window_bits = held.first().map_or(16, |first| brotli_window_bits(*first));
-                    if window_bits > MAX_BROTLI_WINDOW_BITS {
-                        let reason = UnscannedReason::WindowTooLarge { window_bits };
-                        return Err(Unscanned { reason });
-                    }
-                    let stage = BrotliStage::new(max_bytes);
-                    [Some(Box::new(Stage::Brotli(Box::new(stage)))), None]
-                }
-                _ => {
-                    // A zlib header: compression method 8, window ≤ 32 KiB, check bits (RFC
-                    // 1950).
-                    let zlib = held.len() >= 2
-                        && held[0] & 0x0f == 8
-                        && held[0] >> 4 <= 7
-                        && u16::from_be_bytes([held[0], held[1]]) % 31 == 0;
-                    let zlib_stage =
-                        || Box::new(Stage::Zlib(flate2::write::ZlibDecoder::new(capped())));
-                    let raw_stage =
-                        || Box::new(Stage::Deflate(flate2::write::DeflateDecoder::new(capped())));
-                    match (zlib, zlib && also_stored_block(&held)) {
-                        // Valid both ways perhaps, and read differently each way: both are read.
-                        (_, true) => [Some(zlib_stage()), Some(raw_stage())],
-                        (true, false) => [Some(zlib_stage()), None],
-                        (false, _) => [Some(raw_stage()), None],
-                    }
-                }
+            let held = std::mem::take(held);
+            let capped = || Capped::new(*max_bytes);
+            // A zlib header: compression method 8, window ≤ 32 KiB, check bits (RFC 1950).
+            let zlib = held.len() >= 2
+                && held[0] & 0x0f == 8
+                && held[0] >> 4 <= 7
+                && u16::from_be_bytes([held[0], held[1]]) % 31 == 0;
+            let zlib_stage = || Box::new(Stage::Zlib(flate2::write::ZlibDecoder::new(capped())));
+            let raw_stage =
+                || Box::new(Stage::Deflate(flate2::write::DeflateDecoder::new(capped())));
+            self.lanes = Lanes::Reading(match (zlib, zlib && also_stored_block(&held)) {
+                // Valid both ways perhaps, and read differently each way: both are read.
+                (_, true) => [Some(zlib_stage()), Some(raw_stage())],
+                (true, false) => [Some(zlib_stage()), None],
+                (false, _) => [Some(raw_stage()), None],
             });
             for piece in held.chunks(INPUT_STEP) {
                 self.write(piece, Step::More, decoded)?;
@@ -500,6 +484,8 @@ struct BrotliStage {
     output: Box<[u8]>,
     total: usize,
     max_bytes: usize,
+    /// The stream's first byte, which declares its window, was read.
+    started: bool,
     /// The stream's end was decoded: any byte after it is not the stream's.
     ended: bool,
 }
@@ -512,11 +498,22 @@ impl BrotliStage {
             output: vec![0; BROTLI_OUTPUT].into_boxed_slice(),
             total: 0,
             max_bytes,
+            started: false,
             ended: false,
         }
     }
 
     fn write(&mut self, data: &[u8], step: Step, decoded: &mut dyn FnMut(&[u8])) -> Written {
+        if let (false, Some(first)) = (self.started, data.first()) {
+            self.started = true;
+            // A window too large for Postern, or one only "large window" brotli (not RFC 7932)
+            // has, is refused before anything is decoded.
+            let window_bits = brotli_window_bits(*first);
+            if window_bits > MAX_BROTLI_WINDOW_BITS {
+                let reason = UnscannedReason::WindowTooLarge { window_bits };
+                return Written::Failed(Unscanned { reason });
+            }
+        }
         if self.ended {
             return match data.is_empty() {
                 true => Written::Ok,
