@@ -614,20 +614,24 @@ operations = ["send_envelope"]
     )
     .await;
     let (cert, key) = pki.client_cert("spiffe://example.org/worker");
-    let file = |name: &str, text: &str| {
-        let path = secrets.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
     let dsn = format!(
         "https://placeholder@localhost:{}/sentry/42",
         gateway.running().listen_addr.port()
     );
     let env = [
         ("POSTERN_SENTRY_DSN", dsn),
-        ("POSTERN_CA_FILE", file("ca.pem", &pki.ca_pem)),
-        ("POSTERN_CLIENT_CERT", file("client.pem", &cert)),
-        ("POSTERN_CLIENT_KEY", file("client-key.pem", &key)),
+        (
+            "POSTERN_CA_FILE",
+            secret_file(&secrets, "ca.pem", &pki.ca_pem),
+        ),
+        (
+            "POSTERN_CLIENT_CERT",
+            secret_file(&secrets, "client.pem", &cert),
+        ),
+        (
+            "POSTERN_CLIENT_KEY",
+            secret_file(&secrets, "client-key.pem", &key),
+        ),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
@@ -666,13 +670,8 @@ operations = ["send_envelope"]
             .all(|(_, value)| !String::from_utf8_lossy(value.as_bytes()).contains("placeholder")),
         "the DSN's placeholder key reached the vendor in a header"
     );
-    let mut envelope = Vec::new();
-    std::io::Read::read_to_end(
-        &mut brotli::Decompressor::new(&seen[0].body[..], 4096),
-        &mut envelope,
-    )
-    .unwrap();
-    let envelope = String::from_utf8(envelope).unwrap();
+    let envelope = postern_scan::decode_for_scan(&seen[0].body, Some("br"), 1 << 20).unwrap();
+    let envelope = String::from_utf8_lossy(&envelope);
     assert!(
         envelope.contains("checkout finished for ada@example.com"),
         "{envelope}"

@@ -599,6 +599,13 @@ fn write_then<D: std::io::Write>(
 pub mod testing {
     use std::io::Write as _;
 
+    /// `data` in `br` (quality 5), with a window of `lgwin` bits.
+    pub fn brotli(data: &[u8], lgwin: u32) -> Vec<u8> {
+        let mut encoder = brotli::CompressorWriter::new(Vec::new(), 4096, 5, lgwin);
+        encoder.write_all(data).unwrap();
+        encoder.into_inner()
+    }
+
     /// A `deflate` body that is a valid zlib stream — one stored block of 65,278 bytes, whose
     /// length makes its first five bytes a raw DEFLATE stored block too — whose raw reading is
     /// a stored block of 257 of its first bytes and then `hidden`, compressed, which its zlib
@@ -630,6 +637,7 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::brotli;
     use super::*;
     use std::io::Write as _;
 
@@ -768,13 +776,6 @@ mod tests {
         }
         let mut empty = StreamDecoder::new(Coding::Gzip, 10);
         empty.finish(&mut |_, _| panic!("nothing decoded")).unwrap();
-    }
-
-    /// `data` in `br`, with a window of `lgwin` bits.
-    fn brotli(data: &[u8], lgwin: u32) -> Vec<u8> {
-        let mut encoder = brotli::CompressorWriter::new(Vec::new(), 4096, 5, lgwin);
-        encoder.write_all(data).unwrap();
-        encoder.into_inner()
     }
 
     /// A `br` body is decoded however it arrives, in one reading, with any window the

@@ -849,6 +849,19 @@ fn creds_refuses_a_value_an_integration_could_not_inject() {
     assert!(stderr.contains("there is no vault"), "{stderr}");
     let (code, stderr) = creds(&["set", "acme-key"], b"sk_live_usable\n");
     assert_eq!(code, Some(0), "{stderr}");
+    // Rotating a stored credential to an unusable value is refused too, and leaves it as it was.
+    let (code, stderr) = creds(&["rotate", "acme-key"], unusable);
+    assert_eq!(code, Some(1), "{stderr}");
+    let (code, stdout, stderr) = run(&["creds", "list", "--config", config, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let list: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let acme = list["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["name"] == "acme-key")
+        .expect("acme-key listed");
+    assert_eq!(acme["version"], 1, "{stdout}");
     // Another credential's name is not checked against acme's injection.
     let (code, stderr) = creds(&["set", "other"], unusable);
     assert_eq!(code, Some(0), "{stderr}");

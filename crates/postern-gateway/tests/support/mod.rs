@@ -934,14 +934,6 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
-/// `data` in `br` (quality 5), with a window of `lgwin` bits.
-pub fn brotli(data: &[u8], lgwin: u32) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut encoder = brotli::CompressorWriter::new(Vec::new(), 4096, 5, lgwin);
-    encoder.write_all(data).unwrap();
-    encoder.into_inner()
-}
-
 /// Whether none of the requests `vendor` received after its first `seen` carried a body of
 /// `len` bytes or more: the vendor never had the whole of a refused body.
 pub fn never_whole(vendor: &TestVendor, seen: usize, len: usize) -> bool {
