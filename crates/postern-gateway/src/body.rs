@@ -307,7 +307,7 @@ impl Decoding {
         // Only a `deflate` body may read two ways: another has nothing to read its second.
         let second = match coding {
             Coding::Deflate => readers(overrides.clone()),
-            Coding::Gzip | Coding::Brotli => Readers::default(),
+            Coding::Gzip | Coding::Brotli | Coding::Zstd => Readers::default(),
         };
         Decoding {
             decoder,

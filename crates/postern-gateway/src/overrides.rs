@@ -1297,6 +1297,7 @@ mod tests {
         let plain = format!("{padding}&note=gzip").into_bytes();
         let (form, plain) = (&form[..], &plain[..]);
         let brotli = |data: &[u8]| postern_scan::testing::brotli(data, 22);
+        let zstd = |data: &[u8]| postern_scan::testing::zstd(data, 20);
         let deflate = |data: &[u8], zlib: bool| {
             let mut out = Vec::new();
             if zlib {
@@ -1319,6 +1320,7 @@ mod tests {
             ("deflate", deflate(form, false), deflate(plain, false)),
             ("identity, gzip", gzip(form), gzip(plain)),
             ("br", brotli(form), brotli(plain)),
+            ("zstd", zstd(form), zstd(plain)),
         ] {
             assert!(
                 memchr::memmem::find(&overriding, b"_method").is_none(),
@@ -1376,7 +1378,7 @@ mod tests {
     fn a_compressed_body_that_cannot_be_read_is_refused() {
         const FORM: &str = "application/x-www-form-urlencoded";
         let plain = gzip(b"amount=100&currency=usd");
-        for unknown in ["zstd", "compress", "gzip, zstd", "gzip, br"] {
+        for unknown in ["compress", "dcz", "gzip, zstd", "gzip, br"] {
             assert_eq!(
                 compressed(unknown, FORM, LIMIT, &[&plain]),
                 (true, 0),

@@ -573,7 +573,7 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
 /// The coding a request body's `Content-Encoding` (all its lines as one list) names to
 /// undo. Postern reads every body it forwards — for the caller's token, a `_method` field, data
 /// classes — as a vendor that undoes the coding would, so a coding it cannot undo (anything but
-/// one `gzip`, `deflate` or `br`: codings stacked, unknown ones) is refused before anything is
+/// one `gzip`, `deflate`, `br` or `zstd`: codings stacked, unknown ones) is refused before anything is
 /// sent: `415` (RFC 9110 §15.5.16).
 pub(crate) fn body_encoding(
     headers: &HeaderMap,
@@ -598,7 +598,7 @@ pub(crate) fn body_encoding(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_content_encoding",
             format!(
-                "the request body's Content-Encoding `{}` cannot be read by Postern, which checks every body it forwards (for the caller token, a _method field, data classes) as a vendor that undoes the coding would; send the body uncompressed, or in one coding, gzip, deflate or br",
+                "the request body's Content-Encoding `{}` cannot be read by Postern, which checks every body it forwards (for the caller token, a _method field, data classes) as a vendor that undoes the coding would; send the body uncompressed, or in one coding, gzip, deflate, br or zstd",
                 coding
             ),
         )
@@ -1505,7 +1505,7 @@ pub(crate) fn violation_error(violation: RequestBodyViolation, limit: u64) -> Op
         RequestBodyViolation::MethodOverride => Some(crate::overrides::body_method_override()),
         RequestBodyViolation::Undecodable => Some(CallError::bad_request(
             "request_body_undecodable",
-            "the compressed request body is not valid for its Content-Encoding (corrupt, cut short, or bytes after its end), or is br with a window over 4 MiB (22 bits, the encoders' default), so what a vendor would decode from it cannot be checked (for the caller token, a _method field, data classes); nothing more of it was forwarded; send it uncompressed or validly compressed (br with a window of at most 22 bits)",
+            "the compressed request body is not valid for its Content-Encoding (corrupt, cut short, or bytes after its end), or is br with a window over 4 MiB (22 bits, the encoders' default) or zstd with a window over 8 MiB (RFC 9659's most), so what a vendor would decode from it cannot be checked (for the caller token, a _method field, data classes); nothing more of it was forwarded; send it uncompressed or validly compressed (br with a window of at most 22 bits, zstd of at most 23)",
         )),
         RequestBodyViolation::Broken => Some(CallError::bad_request(
             "request_body_error",

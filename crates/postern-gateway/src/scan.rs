@@ -3,8 +3,8 @@
 //! response before it reaches the caller.
 //!
 //! Only integrations that declare `data_classes` are scanned. A body up to `scan_max_body_bytes`
-//! is read into memory (decoded first: a request's one gzip, deflate or br coding as the vendor's
-//! strictest reading goes, once for all its readers; a response's gzip, deflate or br as its
+//! is read into memory (decoded first: a request's one gzip, deflate, br or zstd coding as the vendor's
+//! strictest reading goes, once for all its readers; a response's gzip, deflate, br or zstd as its
 //! caller's client undoes them), scanned, and then blocked (403
 //! `data_class_not_approved`), redacted (values masked, same length) or reported, per
 //! `on_unapproved`. A larger body is forwarded as a stream and its event says `unscanned` —

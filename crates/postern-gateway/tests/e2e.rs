@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern_scan::testing::brotli;
+use postern_scan::testing::{brotli, zstd};
 use support::*;
 
 /// A Stripe-like integration against `vendor`, granted to `checkout` for create/get charge.
@@ -2803,6 +2803,7 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
         match encoding {
             "gzip" => gzip(data),
             "br" => brotli(data, 22),
+            "zstd" => zstd(data, 20),
             _ => {
                 let mut e =
                     flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
@@ -2812,7 +2813,7 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
         }
     };
     let padding = "amount=100&description=".to_string() + &"lorem ipsum ".repeat(2000);
-    for encoding in ["gzip", "deflate", "br"] {
+    for encoding in ["gzip", "deflate", "br", "zstd"] {
         let body = compressed(encoding, format!("{padding}{}&x=1", gw.token).as_bytes());
         for pieces in [body.len(), 7] {
             let seen = vendor.seen().len();
@@ -2835,14 +2836,17 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     trailing.push(0);
     let cut = token_body[..token_body.len() - 8].to_vec();
     let neither = [0x78, 0x01, 0x00, 0xfe, 0xff, b'a', b'b', b'c'].to_vec();
-    // A `br` body whose window (16 MiB) is past what Postern decodes (4 MiB) is refused as
-    // undecodable, before anything of it is decoded or sent.
+    // A `br` body whose window (16 MiB) is past what Postern decodes (4 MiB), or a `zstd` one
+    // past RFC 9659's 8 MiB, is refused as undecodable, before anything of it is decoded or
+    // sent.
     let wide = brotli(padding.as_bytes(), 24);
+    let wide_zstd = zstd(padding.as_bytes(), 24);
     for (encoding, body, code) in [
         ("gzip", trailing, "caller_token_in_body"),
         ("gzip", cut, "caller_token_in_body"),
         ("deflate", neither, "request_body_undecodable"),
         ("br", wide, "request_body_undecodable"),
+        ("zstd", wide_zstd, "request_body_undecodable"),
     ] {
         let seen = vendor.seen().len();
         let response = post_coded(
@@ -2856,7 +2860,7 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
         assert_refused(response, 400, code).await;
         assert!(never_whole(&vendor, seen, body.len()), "{code}");
     }
-    for encoding in ["gzip", "br"] {
+    for encoding in ["gzip", "br", "zstd"] {
         let harmless = compressed(encoding, padding.as_bytes());
         let response =
             post_coded(&gw, "/stripe/v1/charges", None, encoding, harmless.clone()).await;
@@ -2864,7 +2868,7 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
         assert_eq!(vendor.last().body, harmless, "{encoding} forwarded as sent");
     }
     let seen = vendor.seen().len();
-    let response = post_coded(&gw, "/stripe/v1/charges", None, "zstd", "anything").await;
+    let response = post_coded(&gw, "/stripe/v1/charges", None, "gzip, zstd", "anything").await;
     assert_refused(response, 415, "unsupported_content_encoding").await;
     assert_eq!(vendor.seen().len(), seen, "nothing reached the vendor");
     // In a trailer of a chunked upload: the body goes (to an h2 vendor), the trailers never.
@@ -3535,7 +3539,7 @@ async fn a_form_body_overriding_the_method_is_refused() {
             "method_override_refused",
         ),
         (
-            "zstd",
+            "compress",
             harmless.clone(),
             415,
             "unsupported_content_encoding",

@@ -2,7 +2,7 @@
 
 mod support;
 
-use postern_scan::testing::brotli;
+use postern_scan::testing::{brotli, zstd};
 use support::*;
 
 fn body(vendor: &TestVendor, mode: &str, extra: &str) -> String {
@@ -431,6 +431,51 @@ async fn a_response_larger_than_the_scan_cap_streams_and_is_marked_unscanned() {
     gw.stop().await;
 }
 
+/// A vendor's answer in `zstd` (as a CDN sends to a client that accepts it) is decoded for
+/// scanning like one in gzip: a card in it is found and the answer withheld; one whose frame's
+/// window is over RFC 9659's 8 MiB is not decoded, scanned as sent and marked unscanned.
+#[tokio::test]
+async fn a_zstd_response_is_decoded_for_scanning() {
+    let vendor = TestVendor::tls(std::sync::Arc::new(|request: &SeenRequest| {
+        let window_log = match request.target.ends_with("?window=wide") {
+            true => 24,
+            false => 20,
+        };
+        Answer {
+            status: 200,
+            headers: vec![
+                ("content-type", "application/json".to_string()),
+                ("content-encoding", "zstd".to_string()),
+            ],
+            body: zstd(WITH_CARD.as_bytes(), window_log).into(),
+        }
+    }))
+    .await;
+    let gw = TestGateway::start(&body(&vendor, "block", ""), vendor.ca_pem.as_deref()).await;
+    let ask = |path: &'static str| {
+        client()
+            .post(format!("{}/crm/contacts{path}", gw.base))
+            .bearer_auth(&gw.token)
+            .header("content-type", "application/json")
+            .header("accept-encoding", "zstd")
+            .body(WITH_EMAIL)
+            .send()
+    };
+    let response = ask("").await.unwrap();
+    assert_eq!(response.status(), 502);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("response_data_class_not_approved"), "{text}");
+    let response = ask("?window=wide").await.unwrap();
+    assert_eq!(response.status(), 200, "scanned as sent: nothing found");
+    let events = gw.wait_events(2).await;
+    assert_eq!(events[0]["response_data_classes"]["payment.card"], 1);
+    assert_eq!(
+        events[1]["response_unscanned"],
+        "body could not be decoded for scanning"
+    );
+    gw.stop().await;
+}
+
 /// Several `Content-Encoding` lines are one list (RFC 9110 §5.3), as a vendor may read them: a
 /// gzip body announced on a second line is decoded and scanned like one announced on the first.
 #[tokio::test]
@@ -465,7 +510,7 @@ async fn undecodable_bodies_are_refused_and_untyped_ones_scanned_as_forms() {
     let gw = TestGateway::start(&body(&vendor, "block", ""), vendor.ca_pem.as_deref()).await;
     for (coding, status, code) in [
         ("x-identity", 415, "unsupported_content_encoding"),
-        ("zstd", 415, "unsupported_content_encoding"),
+        ("compress", 415, "unsupported_content_encoding"),
         // Not gzip: where the caller's token stands in what a vendor decodes cannot be told.
         ("gzip", 400, "request_body_undecodable"),
     ] {
@@ -586,6 +631,7 @@ async fn a_certificate_callers_compressed_body_is_decoded_strictly_for_scanning(
     for (encoding, body) in [
         ("gzip", gzip(WITH_CARD.as_bytes())),
         ("br", brotli(WITH_CARD.as_bytes(), 22)),
+        ("zstd", zstd(WITH_CARD.as_bytes(), 20)),
     ] {
         assert_refused(
             post(encoding, body).await.unwrap(),
@@ -597,6 +643,10 @@ async fn a_certificate_callers_compressed_body_is_decoded_strictly_for_scanning(
     let harmless = brotli(WITH_EMAIL.as_bytes(), 22);
     let response = post("br", harmless.clone()).await.unwrap();
     assert_eq!(response.status(), 200, "pii.email is approved, in br too");
+    assert_eq!(vendor.last().body, harmless, "forwarded as sent");
+    let harmless = zstd(WITH_EMAIL.as_bytes(), 20);
+    let response = post("zstd", harmless.clone()).await.unwrap();
+    assert_eq!(response.status(), 200, "pii.email is approved, in zstd too");
     assert_eq!(vendor.last().body, harmless, "forwarded as sent");
     // A card in gzip with a byte after the stream's end: a lenient decoder reads the card, a
     // strict one refuses the body; scanned as sent, nothing would be found.

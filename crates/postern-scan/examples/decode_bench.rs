@@ -1,8 +1,9 @@
 //! What reading a compressed request body as it streams costs: [`StreamDecoder`] against the
-//! codings' own decoders (the floor: flate2's and brotli's readers, decoding the whole body at
-//! once into memory), on the labelled corpus's JSON bodies joined into bodies of
+//! codings' own decoders (the floor: flate2's, brotli's and zstd's readers, decoding the whole
+//! body at once into memory), on the labelled corpus's JSON bodies joined into bodies of
 //! `--body-kib` KiB (default 256), compressed as clients send them: gzip (level 6), deflate
-//! (zlib, level 6) and br (quality 4, window 22 bits: what `sentry-sdk` sends). The stream is
+//! (zlib, level 6), br (quality 4, window 22 bits: what `sentry-sdk` sends) and zstd (level 3,
+//! the library's default). The stream is
 //! fed in 16 KiB pieces, as frames come, with a callback that only counts what it is handed.
 //!
 //! `cargo run --release -p postern-scan --example decode_bench -- [megabytes] [--body-kib N]`
@@ -47,6 +48,7 @@ fn main() {
         ("gzip", Coding::Gzip),
         ("deflate", Coding::Deflate),
         ("br", Coding::Brotli),
+        ("zstd", Coding::Zstd),
     ] {
         let compressed = compress(coding, &body);
         let floor = || {
@@ -124,6 +126,7 @@ fn compress(coding: Coding, body: &[u8]) -> Vec<u8> {
             e.write_all(body).unwrap();
             e.into_inner()
         }
+        Coding::Zstd => zstd::bulk::compress(body, 3).unwrap(),
     }
 }
 
@@ -134,6 +137,8 @@ fn floor_decode(coding: Coding, compressed: &[u8]) -> Vec<u8> {
         Coding::Gzip => flate2::read::MultiGzDecoder::new(compressed).read_to_end(&mut out),
         Coding::Deflate => flate2::read::ZlibDecoder::new(compressed).read_to_end(&mut out),
         Coding::Brotli => brotli::Decompressor::new(compressed, 4096).read_to_end(&mut out),
+        Coding::Zstd => zstd::stream::read::Decoder::new(compressed)
+            .and_then(|mut decoder| decoder.read_to_end(&mut out)),
     }
     .unwrap();
     out

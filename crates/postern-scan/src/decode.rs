@@ -16,12 +16,14 @@ pub struct Unscanned {
 pub enum UnscannedReason {
     #[error("body exceeds scan_max_body_bytes ({max_bytes}) after decoding")]
     TooLarge { max_bytes: usize },
-    #[error("content-encoding `{encoding}` is not supported for scanning (supported: identity, gzip, x-gzip, deflate, br)")]
+    #[error("content-encoding `{encoding}` is not supported for scanning (supported: identity, gzip, x-gzip, deflate, br, zstd)")]
     UnsupportedEncoding { encoding: String },
     #[error("body is not valid `{encoding}` data")]
     Corrupt { encoding: String },
     #[error("the `br` body's window ({window_bits} bits) is larger than Postern decodes (a request's {MAX_BROTLI_WINDOW_BITS} bits at most, 4 MiB, the encoders' default; a response's 24, RFC 7932's largest)")]
     WindowTooLarge { window_bits: u32 },
+    #[error("the `zstd` body's window is larger than 8 MiB, the most RFC 9659 lets the zstd content coding use")]
+    ZstdWindowTooLarge,
 }
 
 /// The largest `br` window a [`StreamDecoder`] takes: 2^22 bytes (4 MiB), the default of the
@@ -31,8 +33,15 @@ pub enum UnscannedReason {
 /// body's size.
 pub const MAX_BROTLI_WINDOW_BITS: u32 = 22;
 
+/// The largest `zstd` window (log 2) a body may use, requests and responses alike: 8 MiB, the
+/// most RFC 9659 (§3) lets the `zstd` content coding use, and the least a decoder must take.
+/// libzstd refuses a frame whose window is larger (a frame in one segment declares its size as
+/// its window) before it allocates it.
+pub const MAX_ZSTD_WINDOW_LOG: u32 = 23;
+
 /// Returns the bytes to scan: `body` itself when there is no content coding, or the decoded
-/// body for `gzip`, `deflate` and `br` (codings listed in one header are undone last first).
+/// body for `gzip`, `deflate`, `br` and `zstd` (codings listed in one header are undone last
+/// first).
 /// Decoding stops at `max_bytes`: a longer body is `Unscanned { TooLarge }`.
 pub fn decode_for_scan<'a>(
     body: &'a [u8],
@@ -98,6 +107,15 @@ fn decode_one(body: &[u8], coding: &str, max_bytes: usize) -> Result<Vec<u8>, Un
                 .take(limit)
                 .read_to_end(&mut output),
         },
+        "zstd" => {
+            let mut stage = ZstdStage::new(max_bytes);
+            return match stage.write(body, Step::End, &mut |piece| {
+                output.extend_from_slice(piece)
+            }) {
+                Written::Ok => Ok(output),
+                Written::AfterEnd(refusal) | Written::Failed(refusal) => Err(refusal),
+            };
+        }
         other => {
             return Err(Unscanned {
                 reason: UnscannedReason::UnsupportedEncoding {
@@ -117,15 +135,17 @@ fn decode_one(body: &[u8], coding: &str, max_bytes: usize) -> Result<Vec<u8>, Un
 
 /// Undoes a request body's `Content-Encoding` as its pieces come, for readers that look at a
 /// body while it streams and hold none of it. One coding only — `gzip` (`x-gzip`), `deflate`
-/// (zlib-wrapped as RFC 9110 names it, or raw as some clients send it) or `br` (with a window
-/// of at most [`MAX_BROTLI_WINDOW_BITS`]; a larger one is [`UnscannedReason::WindowTooLarge`]);
+/// (zlib-wrapped as RFC 9110 names it, or raw as some clients send it), `br` (with a window
+/// of at most [`MAX_BROTLI_WINDOW_BITS`]; a larger one is [`UnscannedReason::WindowTooLarge`])
+/// or `zstd` (RFC 8878 frames, one after another, with windows of at most
+/// [`MAX_ZSTD_WINDOW_LOG`]; a larger one is [`UnscannedReason::ZstdWindowTooLarge`]);
 /// `identity` items are nothing to undo. Codings stacked are refused, since a server may undo
 /// some of them and not the others (each layer in between would have to be read as well).
 ///
 /// Its decoded bytes are handed on piece by piece, at most about 1 MiB at a time for gzip and
 /// deflate (the input is fed in small steps, so a compression bomb never fills memory at once)
-/// and 64 KiB for br (whose few bytes may stand for megabytes: its decoder is driven with an
-/// output buffer of that size), each with
+/// and 64 KiB for br and zstd (whose few bytes may stand for megabytes: their decoders are
+/// driven with an output buffer of that size), each with
 /// the reading it belongs to: `0`, or — for a `deflate` body that starts both as a zlib stream
 /// and as a raw DEFLATE stored block (about 1 zlib stream in 65,536 does) — `0` for its zlib
 /// reading and `1` for its raw one, decoded side by side, since a server may take either:
@@ -172,6 +192,7 @@ enum Stage {
     Deflate(flate2::write::DeflateDecoder<Capped>),
     /// Boxed: its state is several times the others'.
     Brotli(Box<BrotliStage>),
+    Zstd(ZstdStage),
 }
 
 /// A decoder's output since it was last taken; refuses to grow past the cap.
@@ -223,6 +244,10 @@ impl StreamDecoder {
                 ))))),
                 None,
             ]),
+            Coding::Zstd => Lanes::Reading([
+                Some(Box::new(Stage::Zstd(ZstdStage::new(max_bytes)))),
+                None,
+            ]),
             Coding::Deflate => Lanes::Sniffing(Vec::new(), max_bytes),
         };
         StreamDecoder {
@@ -234,7 +259,7 @@ impl StreamDecoder {
 
     /// The one coding `content_encoding` names to undo (`None`: nothing to undo), without
     /// building a decoder; `UnsupportedEncoding` (naming the header's text) for a coding other
-    /// than gzip, x-gzip, deflate and br, or for more than one.
+    /// than gzip, x-gzip, deflate, br and zstd, or for more than one.
     pub fn check(content_encoding: &str) -> Result<Option<Coding>, Unscanned> {
         let refused = |encoding: &str| Unscanned {
             reason: UnscannedReason::UnsupportedEncoding {
@@ -252,6 +277,8 @@ impl StreamDecoder {
                 Coding::Deflate
             } else if coding.eq_ignore_ascii_case("br") {
                 Coding::Brotli
+            } else if coding.eq_ignore_ascii_case("zstd") {
+                Coding::Zstd
             } else {
                 return Err(refused(coding));
             };
@@ -389,6 +416,7 @@ pub enum Coding {
     Gzip,
     Deflate,
     Brotli,
+    Zstd,
 }
 
 /// The window a `br` stream declares in its first byte (RFC 7932 §9.1: WBITS, read from the
@@ -438,6 +466,7 @@ impl Stage {
                 decoder.get_mut(),
             ),
             Stage::Brotli(stage) => return stage.write(data, step, decoded),
+            Stage::Zstd(stage) => return stage.write(data, step, decoded),
         };
         let out = std::mem::take(&mut capped.out);
         if !out.is_empty() {
@@ -469,12 +498,12 @@ fn corrupt(encoding: &str) -> Unscanned {
     }
 }
 
-/// The output a `br` step hands on at a time: a few bytes of brotli may stand for megabytes,
-/// so its decoder writes into this much and hands it on before it goes on.
-const BROTLI_OUTPUT: usize = 64 * 1024;
+/// The output a `br` or `zstd` step hands on at a time: a few bytes of either may stand for
+/// megabytes, so its decoder writes into this much and hands it on before it goes on.
+const DECODER_OUTPUT: usize = 64 * 1024;
 
 /// A `br` decoder driven directly (RFC 7932 only: no large-window streams), its output handed
-/// on [`BROTLI_OUTPUT`] bytes at a time, up to `max_bytes` in all.
+/// on [`DECODER_OUTPUT`] bytes at a time, up to `max_bytes` in all.
 struct BrotliStage {
     state: brotli::BrotliState<
         brotli::enc::StandardAlloc,
@@ -495,7 +524,7 @@ impl BrotliStage {
         let alloc = brotli::enc::StandardAlloc::default;
         BrotliStage {
             state: brotli::BrotliState::new_strict(alloc(), alloc(), alloc()),
-            output: vec![0; BROTLI_OUTPUT].into_boxed_slice(),
+            output: vec![0; DECODER_OUTPUT].into_boxed_slice(),
             total: 0,
             max_bytes,
             started: false,
@@ -565,6 +594,90 @@ impl BrotliStage {
     }
 }
 
+/// The error libzstd gives for a frame whose window is over [`MAX_ZSTD_WINDOW_LOG`] (its
+/// error codes are returned negated).
+const ZSTD_WINDOW_TOO_LARGE: usize = 0usize.wrapping_sub(
+    zstd::zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_frameParameter_windowTooLarge as usize,
+);
+
+/// A `zstd` decoder (libzstd, RFC 8878 frames only: no legacy formats, no dictionaries), its
+/// output handed on [`DECODER_OUTPUT`] bytes at a time, up to `max_bytes` in all. A body is any
+/// number of frames, one after another (skippable frames among them), as RFC 8878 §3.1 has it;
+/// it must end where a frame does.
+struct ZstdStage {
+    context: zstd::zstd_safe::DCtx<'static>,
+    output: Box<[u8]>,
+    total: usize,
+    max_bytes: usize,
+    /// Part of a frame was taken and its end not yet decoded: a body that ends here is cut
+    /// short.
+    mid_frame: bool,
+}
+
+impl ZstdStage {
+    fn new(max_bytes: usize) -> Self {
+        let mut context = zstd::zstd_safe::DCtx::create();
+        context
+            .set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+                MAX_ZSTD_WINDOW_LOG,
+            ))
+            .expect("a window limit within libzstd's range is always taken");
+        ZstdStage {
+            context,
+            output: vec![0; DECODER_OUTPUT].into_boxed_slice(),
+            total: 0,
+            max_bytes,
+            mid_frame: false,
+        }
+    }
+
+    fn write(&mut self, data: &[u8], step: Step, decoded: &mut dyn FnMut(&[u8])) -> Written {
+        let mut input = zstd::zstd_safe::InBuffer::around(data);
+        loop {
+            let taken_before = input.pos();
+            let mut output = zstd::zstd_safe::OutBuffer::around(&mut self.output[..]);
+            let result = self.context.decompress_stream(&mut output, &mut input);
+            let produced = output.pos();
+            self.total = self.total.saturating_add(produced);
+            if self.total > self.max_bytes {
+                let reason = UnscannedReason::TooLarge {
+                    max_bytes: self.max_bytes,
+                };
+                return Written::Failed(Unscanned { reason });
+            }
+            if produced > 0 {
+                decoded(&self.output[..produced]);
+            }
+            match result {
+                // The frame that was being decoded ended, all of it handed on.
+                Ok(0) => self.mid_frame = false,
+                Ok(_) if input.pos() > taken_before => self.mid_frame = true,
+                Ok(_) => {}
+                Err(ZSTD_WINDOW_TOO_LARGE) => {
+                    let reason = UnscannedReason::ZstdWindowTooLarge;
+                    return Written::Failed(Unscanned { reason });
+                }
+                // Not a zstd frame (bytes after the last frame among them), corrupt, or a frame
+                // that needs a dictionary.
+                Err(_) => return Written::Failed(corrupt("zstd")),
+            }
+            // A full output buffer may leave more decoded output behind it.
+            if input.pos() == data.len() && produced < self.output.len() {
+                break;
+            }
+            // libzstd takes input or gives output on every call; should it not, the body is
+            // refused rather than the loop spun.
+            if input.pos() == taken_before && produced == 0 {
+                return Written::Failed(corrupt("zstd"));
+            }
+        }
+        match (step, self.mid_frame) {
+            (Step::End, true) => Written::Failed(corrupt("zstd")),
+            _ => Written::Ok,
+        }
+    }
+}
+
 /// What a write to one reading came to.
 enum Written {
     Ok,
@@ -598,6 +711,18 @@ fn write_then<D: std::io::Write>(
 #[doc(hidden)]
 pub mod testing {
     use std::io::Write as _;
+
+    /// `data` in `zstd` (level 3), its frame declaring a window of `2^window_log` bytes (no
+    /// content size, so the window is not shrunk to the data's).
+    pub fn zstd(data: &[u8], window_log: u32) -> Vec<u8> {
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.include_contentsize(false).unwrap();
+        encoder
+            .set_parameter(zstd::zstd_safe::CParameter::WindowLog(window_log))
+            .unwrap();
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
 
     /// `data` in `br` (quality 5), with a window of `lgwin` bits.
     pub fn brotli(data: &[u8], lgwin: u32) -> Vec<u8> {
@@ -747,13 +872,15 @@ mod tests {
         assert_eq!(StreamDecoder::check(""), Ok(None));
         assert_eq!(StreamDecoder::check(" X-Gzip"), Ok(Some(Coding::Gzip)));
         assert_eq!(StreamDecoder::check("BR"), Ok(Some(Coding::Brotli)));
+        assert_eq!(StreamDecoder::check("zstd"), Ok(Some(Coding::Zstd)));
         for refused in [
             "gzip, gzip",
             "gzip, deflate",
             "gzip, br",
-            "zstd",
+            "zstd, zstd",
             "gzip, zstd",
             "compress",
+            "dcz",
         ] {
             let error = StreamDecoder::check(refused).expect_err(refused);
             assert!(
@@ -821,7 +948,7 @@ mod tests {
         let error = streamed("br", &bomb, 4096, 100_000).unwrap_err();
         assert!(matches!(error.reason, UnscannedReason::TooLarge { .. }));
         // A few hundred bytes that stand for 20 MB are handed on in pieces of at most
-        // BROTLI_OUTPUT, fed whole or not (not gathered up to the cap first).
+        // DECODER_OUTPUT, fed whole or not (not gathered up to the cap first).
         let bomb = brotli(&vec![b'a'; 20_000_000], 22);
         assert!(bomb.len() < 20_000, "{} bytes", bomb.len());
         for pieces in [bomb.len(), 100] {
@@ -835,7 +962,7 @@ mod tests {
                 decoder.feed(piece, &mut hand).unwrap();
             }
             decoder.finish(&mut hand).unwrap();
-            assert_eq!((total, largest), (20_000_000, BROTLI_OUTPUT));
+            assert_eq!((total, largest), (20_000_000, DECODER_OUTPUT));
         }
         // Large-window brotli (first byte 0x11 or 0x91) is refused before it is decoded, as a
         // stream and, for a response, whole.
@@ -851,6 +978,100 @@ mod tests {
                 error.reason,
                 UnscannedReason::WindowTooLarge { window_bits: 30 }
             );
+        }
+    }
+
+    /// A `zstd` body is decoded however it arrives, in one reading, whole frames one after
+    /// another (skippable ones skipped), with any window up to 8 MiB (RFC 9659's most); a
+    /// frame with a larger window is refused before anything is decoded, as a stream and, for a
+    /// response, whole; so is a body not valid, cut short, followed by bytes that are no frame,
+    /// or decoding past the cap. A bomb is handed on in bounded pieces.
+    #[test]
+    fn a_zstd_body_is_decoded_with_a_window_of_at_most_8_mib() {
+        use crate::testing::zstd;
+        let text: Vec<u8> = (0..20_000u32)
+            .flat_map(|n| format!("amount={n}&").into_bytes())
+            .collect();
+        for window_log in [10, 17, 20, MAX_ZSTD_WINDOW_LOG, 24, 27] {
+            let body = zstd(&text, window_log);
+            for pieces in [1, 7, 4096, body.len()] {
+                match streamed("zstd", &body, pieces, 1 << 24) {
+                    Ok(decoded) if window_log <= MAX_ZSTD_WINDOW_LOG => {
+                        assert_eq!(decoded, text, "window 2^{window_log}, pieces of {pieces}")
+                    }
+                    Err(error) if window_log > MAX_ZSTD_WINDOW_LOG => {
+                        assert_eq!(error.reason, UnscannedReason::ZstdWindowTooLarge)
+                    }
+                    other => panic!("window 2^{window_log}, pieces of {pieces}: {other:?}"),
+                }
+            }
+            let whole = decode_for_scan(&body, Some("zstd"), 1 << 24);
+            match window_log <= MAX_ZSTD_WINDOW_LOG {
+                true => assert_eq!(whole.unwrap().as_ref(), &text[..]),
+                false => assert_eq!(whole.unwrap_err().reason, UnscannedReason::ZstdWindowTooLarge),
+            }
+        }
+        // Frames one after another, a skippable frame (RFC 8878 §3.1.2) between them.
+        let skippable = [&0x184D_2A50u32.to_le_bytes()[..], &4u32.to_le_bytes(), b"skip"].concat();
+        let frames = [zstd(b"first=1&", 17), skippable, zstd(b"second=2", 17)].concat();
+        for pieces in [1, 3, frames.len()] {
+            assert_eq!(
+                streamed("zstd", &frames, pieces, 1 << 24).unwrap(),
+                b"first=1&second=2"
+            );
+        }
+        let body = zstd(&text, 20);
+        for broken in [
+            &body[..body.len() - 3],
+            &body[..4],
+            &[&body[..], b"more"].concat()[..],
+            b"not zstd at all",
+        ] {
+            let error = streamed("zstd", broken, 100, 1 << 24).unwrap_err();
+            assert!(matches!(error.reason, UnscannedReason::Corrupt { .. }));
+            let error = decode_for_scan(broken, Some("zstd"), 1 << 24).unwrap_err();
+            assert!(matches!(error.reason, UnscannedReason::Corrupt { .. }));
+        }
+        let error = streamed("zstd", &body, 4096, text.len() - 1).unwrap_err();
+        assert!(matches!(error.reason, UnscannedReason::TooLarge { .. }));
+        let bomb = zstd(&vec![b'a'; 20_000_000], 20);
+        assert!(bomb.len() < 20_000, "{} bytes", bomb.len());
+        for pieces in [bomb.len(), 100] {
+            let mut decoder = StreamDecoder::new(Coding::Zstd, 1 << 25);
+            let (mut total, mut largest) = (0, 0);
+            let mut hand = |_: usize, piece: &[u8]| {
+                total += piece.len();
+                largest = largest.max(piece.len());
+            };
+            for piece in bomb.chunks(pieces) {
+                decoder.feed(piece, &mut hand).unwrap();
+            }
+            decoder.finish(&mut hand).unwrap();
+            assert_eq!((total, largest), (20_000_000, DECODER_OUTPUT));
+        }
+        let error = streamed("zstd", &bomb, 4096, 1_000_000).unwrap_err();
+        assert!(matches!(error.reason, UnscannedReason::TooLarge { .. }));
+        // Damaged anywhere, a body is refused or decodes to no more than the cap; never a
+        // panic or a loop that does not end (xorshift, fixed seed).
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as usize
+        };
+        let small = &text[..20_000];
+        let body = zstd(small, 17);
+        for _ in 0..2000 {
+            let mut damaged = body.clone();
+            for _ in 0..1 + next() % 3 {
+                let at = next() % damaged.len();
+                damaged[at] ^= 1 << (next() % 8);
+            }
+            let pieces = 1 + next() % 600;
+            if let Ok(decoded) = streamed("zstd", &damaged, pieces, small.len() + 100) {
+                assert!(decoded.len() <= small.len() + 100);
+            }
         }
     }
 
