@@ -1110,6 +1110,10 @@ fn inject(
     }
     // Made once per integration (the client would otherwise build it from the authority).
     headers.insert(header::HOST, integration.upstream.host_header.clone());
+    // An answer that is scanned comes in a coding Postern can undo.
+    if integration.config.data_classes.is_some() {
+        crate::scan::narrow_accept_encoding(&mut headers);
+    }
 
     // URL: upstream prefix + vendor path + query (with the credential's query param replaced).
     let mut target =

@@ -206,6 +206,49 @@ pub(crate) fn all_values<'a>(
     ))
 }
 
+/// A caller's `Accept-Encoding`, for an integration whose answers are scanned, narrowed to the
+/// codings Postern decodes for scanning (gzip, x-gzip, deflate, br, zstd, identity): an answer
+/// in another (`compress`, `dcb`, `dcz`, or whatever `*` leaves the vendor to pick) could only
+/// be scanned as sent. A refusal (`q=0`) is kept as it is; a list left with no coding becomes
+/// `identity`. A list of known codings only, or no field, is left untouched.
+pub(crate) fn narrow_accept_encoding(headers: &mut http::HeaderMap) {
+    let Some(list) = all_values(headers, &header::ACCEPT_ENCODING) else {
+        return;
+    };
+    let elements: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|element| !element.is_empty())
+        .collect();
+    let kept: Vec<&str> = elements
+        .iter()
+        .copied()
+        .filter(|element| {
+            let mut parts = element.split(';');
+            let coding = parts.next().unwrap_or_default().trim();
+            let refused = parts.any(|parameter| {
+                parameter.split_once('=').is_some_and(|(name, value)| {
+                    name.trim().eq_ignore_ascii_case("q")
+                        && value.trim().parse::<f32>().is_ok_and(|q| q == 0.0)
+                })
+            });
+            refused || postern_scan::StreamDecoder::check(coding).is_ok()
+        })
+        .collect();
+    if kept.len() == elements.len() {
+        return;
+    }
+    let narrowed = match kept.is_empty() {
+        true => http::HeaderValue::from_static("identity"),
+        // Every byte of it came from a header value (or is ", "), so it is one too.
+        false => match http::HeaderValue::from_bytes(kept.join(", ").as_bytes()) {
+            Ok(value) => value,
+            Err(_) => http::HeaderValue::from_static("identity"),
+        },
+    };
+    headers.insert(header::ACCEPT_ENCODING, narrowed);
+}
+
 /// Scans `decoded` (`bytes` with its coding undone: one reading, or two for a `deflate` body
 /// that reads two ways, each scanned as a body of its own) and fills `summary` (classes,
 /// unapproved). A body that could not be decoded is scanned as sent, and `summary.unscanned`

@@ -476,6 +476,76 @@ async fn a_zstd_response_is_decoded_for_scanning() {
     gw.stop().await;
 }
 
+/// For an integration whose answers are scanned, the codings the caller accepts are narrowed to
+/// those Postern decodes, so the vendor cannot answer in one that could only be scanned as
+/// sent; refusals stay, a list left empty asks for `identity`, a list of known codings goes as
+/// it came. An integration that does not scan forwards the field untouched.
+#[tokio::test]
+async fn accept_encoding_is_narrowed_to_the_codings_postern_decodes() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let scanned = body(&vendor, "block", "");
+    let plain = scanned.replace(
+        "data_classes = [\"pii.email\"]\non_unapproved = \"block\"\n",
+        "",
+    );
+    assert_ne!(plain, scanned);
+    for (config, scans) in [(scanned, true), (plain, false)] {
+        let gw = TestGateway::start(&config, vendor.ca_pem.as_deref()).await;
+        for (sent, narrowed) in [
+            ("gzip, deflate, br, zstd", "gzip, deflate, br, zstd"),
+            (
+                "gzip, deflate, br, zstd, dcb, dcz",
+                "gzip, deflate, br, zstd",
+            ),
+            ("compress;q=0.5, ZSTD;q=1, *;q=0.1", "ZSTD;q=1"),
+            ("dcz, *;q=0, x-gzip", "*;q=0, x-gzip"),
+            ("compress", "identity"),
+            ("*", "identity"),
+        ] {
+            let response = client()
+                .post(format!("{}/crm/contacts", gw.base))
+                .bearer_auth(&gw.token)
+                .header("content-type", "application/json")
+                .header("accept-encoding", sent)
+                .body(WITH_EMAIL)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{sent}");
+            let seen = vendor.last().header("accept-encoding");
+            let expected = if scans { narrowed } else { sent };
+            assert_eq!(seen.as_deref(), Some(expected), "{sent}, scanned: {scans}");
+        }
+        // Two lines are one list: narrowed to one line when a coding goes.
+        let response = client()
+            .post(format!("{}/crm/contacts", gw.base))
+            .bearer_auth(&gw.token)
+            .header("content-type", "application/json")
+            .header("accept-encoding", "gzip")
+            .header("accept-encoding", "dcz")
+            .body(WITH_EMAIL)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let lines: Vec<String> = vendor
+            .last()
+            .headers
+            .get_all("accept-encoding")
+            .iter()
+            .map(|value| value.to_str().unwrap().to_string())
+            .collect();
+        match scans {
+            true => assert_eq!(lines, ["gzip"]),
+            false => assert_eq!(lines, ["gzip", "dcz"]),
+        }
+        // No field: none is added.
+        post(&gw, WITH_EMAIL).await.bytes().await.unwrap();
+        assert_eq!(vendor.last().header("accept-encoding"), None);
+        gw.stop().await;
+    }
+}
+
 /// Several `Content-Encoding` lines are one list (RFC 9110 §5.3), as a vendor may read them: a
 /// gzip body announced on a second line is decoded and scanned like one announced on the first.
 #[tokio::test]
@@ -683,6 +753,6 @@ async fn a_certificate_callers_compressed_body_is_decoded_strictly_for_scanning(
         )
         .await;
     }
-    assert_eq!(vendor.seen().len(), 4, "only the four approved bodies");
+    assert_eq!(vendor.seen().len(), 5, "only the five approved bodies");
     gw.stop().await;
 }

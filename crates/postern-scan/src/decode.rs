@@ -244,10 +244,9 @@ impl StreamDecoder {
                 ))))),
                 None,
             ]),
-            Coding::Zstd => Lanes::Reading([
-                Some(Box::new(Stage::Zstd(ZstdStage::new(max_bytes)))),
-                None,
-            ]),
+            Coding::Zstd => {
+                Lanes::Reading([Some(Box::new(Stage::Zstd(ZstdStage::new(max_bytes)))), None])
+            }
             Coding::Deflate => Lanes::Sniffing(Vec::new(), max_bytes),
         };
         StreamDecoder {
@@ -1008,11 +1007,19 @@ mod tests {
             let whole = decode_for_scan(&body, Some("zstd"), 1 << 24);
             match window_log <= MAX_ZSTD_WINDOW_LOG {
                 true => assert_eq!(whole.unwrap().as_ref(), &text[..]),
-                false => assert_eq!(whole.unwrap_err().reason, UnscannedReason::ZstdWindowTooLarge),
+                false => assert_eq!(
+                    whole.unwrap_err().reason,
+                    UnscannedReason::ZstdWindowTooLarge
+                ),
             }
         }
         // Frames one after another, a skippable frame (RFC 8878 §3.1.2) between them.
-        let skippable = [&0x184D_2A50u32.to_le_bytes()[..], &4u32.to_le_bytes(), b"skip"].concat();
+        let skippable = [
+            &0x184D_2A50u32.to_le_bytes()[..],
+            &4u32.to_le_bytes(),
+            b"skip",
+        ]
+        .concat();
         let frames = [zstd(b"first=1&", 17), skippable, zstd(b"second=2", 17)].concat();
         for pieces in [1, 3, frames.len()] {
             assert_eq!(
