@@ -206,47 +206,72 @@ pub(crate) fn all_values<'a>(
     ))
 }
 
-/// A caller's `Accept-Encoding`, for an integration whose answers are scanned, narrowed to the
-/// codings Postern decodes for scanning (gzip, x-gzip, deflate, br, zstd, identity): an answer
-/// in another (`compress`, `dcb`, `dcz`, or whatever `*` leaves the vendor to pick) could only
-/// be scanned as sent. A refusal (`q=0`) is kept as it is; a list left with no coding becomes
-/// `identity`. A list of known codings only, or no field, is left untouched.
+/// A caller's `Accept-Encoding`, for an integration whose answers are scanned, rebuilt from the
+/// codings Postern decodes for scanning (gzip, x-gzip, deflate, br, zstd, identity), so the
+/// vendor cannot answer in another (`compress`, `dcb`, `dcz`, whatever `*` leaves it to pick)
+/// that could only be scanned as sent. Each kept element is written in one form every server
+/// reads alike: the coding in lower case, and its weight if it had one RFC 9110 (§12.4.2)
+/// allows; an element with any other parameter, a second weight or a weight of another shape
+/// (`q=1e-46`, read as 0 by some servers and not by others) goes. Codings a list does not name
+/// are not acceptable (§12.5.3), so dropping one, or `*`, refuses it. A list left empty, or no
+/// field (which lets a server use any coding), becomes `identity`. A list already in that form,
+/// on one line, is left as it came.
 pub(crate) fn narrow_accept_encoding(headers: &mut http::HeaderMap) {
-    let Some(list) = all_values(headers, &header::ACCEPT_ENCODING) else {
-        return;
+    let narrowed = match all_values(headers, &header::ACCEPT_ENCODING) {
+        Some(list) => {
+            let kept: Vec<String> = list.split(',').filter_map(readable_coding).collect();
+            let narrowed = kept.join(", ");
+            if narrowed == list && headers.get_all(header::ACCEPT_ENCODING).iter().count() == 1 {
+                return;
+            }
+            narrowed
+        }
+        None => String::new(),
     };
-    let elements: Vec<&str> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|element| !element.is_empty())
-        .collect();
-    let kept: Vec<&str> = elements
-        .iter()
-        .copied()
-        .filter(|element| {
-            let mut parts = element.split(';');
-            let coding = parts.next().unwrap_or_default().trim();
-            let refused = parts.any(|parameter| {
-                parameter.split_once('=').is_some_and(|(name, value)| {
-                    name.trim().eq_ignore_ascii_case("q")
-                        && value.trim().parse::<f32>().is_ok_and(|q| q == 0.0)
-                })
-            });
-            refused || postern_scan::StreamDecoder::check(coding).is_ok()
-        })
-        .collect();
-    if kept.len() == elements.len() {
-        return;
+    // Canonical codings and weights are visible ASCII: always a valid value.
+    let value = match narrowed.is_empty() {
+        true => None,
+        false => http::HeaderValue::from_str(&narrowed).ok(),
+    };
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        value.unwrap_or(http::HeaderValue::from_static("identity")),
+    );
+}
+
+/// One element of an `Accept-Encoding` list (`coding [ OWS ";" OWS "q=" qvalue ]`) in its
+/// canonical form, if Postern decodes its coding and its weight is well formed.
+fn readable_coding(element: &str) -> Option<String> {
+    let mut parts = element.split(';');
+    let coding = parts.next()?.trim().to_ascii_lowercase();
+    if coding.is_empty() || postern_scan::StreamDecoder::check(&coding).is_err() {
+        return None;
     }
-    let narrowed = match kept.is_empty() {
-        true => http::HeaderValue::from_static("identity"),
-        // Every byte of it came from a header value (or is ", "), so it is one too.
-        false => match http::HeaderValue::from_bytes(kept.join(", ").as_bytes()) {
-            Ok(value) => value,
-            Err(_) => http::HeaderValue::from_static("identity"),
-        },
+    match (parts.next(), parts.next()) {
+        (None, _) => Some(coding),
+        (Some(weight), None) => {
+            let weight = weight.trim_start_matches([' ', '\t']);
+            let value = weight
+                .strip_prefix("q=")
+                .or_else(|| weight.strip_prefix("Q="))?;
+            is_qvalue(value).then(|| format!("{coding};q={value}"))
+        }
+        _ => None,
+    }
+}
+
+/// `qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )` (RFC 9110 §12.4.2).
+fn is_qvalue(value: &str) -> bool {
+    let (whole, fraction) = match value.split_once('.') {
+        Some((whole, fraction)) => (whole, fraction),
+        None => (value, ""),
     };
-    headers.insert(header::ACCEPT_ENCODING, narrowed);
+    fraction.len() <= 3
+        && match whole {
+            "0" => fraction.bytes().all(|digit| digit.is_ascii_digit()),
+            "1" => fraction.bytes().all(|digit| digit == b'0'),
+            _ => false,
+        }
 }
 
 /// Scans `decoded` (`bytes` with its coding undone: one reading, or two for a `deflate` body

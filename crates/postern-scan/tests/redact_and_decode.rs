@@ -139,7 +139,9 @@ fn beyond_the_cap_the_body_is_unscanned_never_silently_skipped() {
         10_000
     );
     assert!(matches!(
-        decode_for_scan(b"x", Some("zstd"), 10).unwrap_err().reason,
+        decode_for_scan(b"x", Some("compress"), 10)
+            .unwrap_err()
+            .reason,
         UnscannedReason::UnsupportedEncoding { .. }
     ));
     assert!(matches!(
