@@ -113,12 +113,17 @@ fn decode_one(body: &[u8], coding: &str, max_bytes: usize) -> Result<Vec<u8>, Un
         },
         // Whole, in one pass: the output is the frames' history, so no window is allocated and
         // a frame decodes within the cap whatever window it declares, as the decoders of
-        // clients that accept zstd (2^27 bytes by default) read it. The output grows by
-        // doubling, each try decoding afresh, up to one byte past the cap.
+        // clients that accept zstd (2^27 bytes by default) read it. The room starts at the
+        // first frame's content size where it declares one (one-shot encoders do), and grows
+        // by doubling, each try decoding afresh, up to one byte past the cap.
         "zstd" => {
             let mut context = zstd::zstd_safe::DCtx::create();
             let limit = max_bytes.saturating_add(1);
-            let mut room = body.len().saturating_mul(4).max(1 << 16).min(limit);
+            let declared = match zstd::zstd_safe::get_frame_content_size(body) {
+                Ok(Some(size)) => usize::try_from(size).unwrap_or(usize::MAX),
+                _ => body.len().saturating_mul(8),
+            };
+            let mut room = declared.max(1 << 16).min(limit);
             return loop {
                 let mut output = Vec::with_capacity(room);
                 match context.decompress(&mut output, body) {
@@ -1070,6 +1075,12 @@ mod tests {
             decode_for_scan(&checksummed, Some("zstd"), 1 << 24).unwrap(),
             &text[..]
         );
+        // One-shot encoders declare the content size; the cap holds all the same.
+        let declared = zstd::bulk::compress(&text, 3).unwrap();
+        let whole = decode_for_scan(&declared, Some("zstd"), text.len()).unwrap();
+        assert_eq!(whole, &text[..]);
+        let error = decode_for_scan(&declared, Some("zstd"), text.len() - 1).unwrap_err();
+        assert!(matches!(error.reason, UnscannedReason::TooLarge { .. }));
         let middle = checksummed.len() / 2;
         checksummed[middle] ^= 0x10;
         // The same frame asking for dictionary 7 (Dictionary_ID_flag 1, one byte after the
