@@ -982,19 +982,7 @@ mod tests {
         // DECODER_OUTPUT, fed whole or not (not gathered up to the cap first).
         let bomb = brotli(&vec![b'a'; 20_000_000], 22);
         assert!(bomb.len() < 20_000, "{} bytes", bomb.len());
-        for pieces in [bomb.len(), 100] {
-            let mut decoder = StreamDecoder::new(Coding::Brotli, 1 << 25);
-            let (mut total, mut largest) = (0, 0);
-            let mut hand = |_: usize, piece: &[u8]| {
-                total += piece.len();
-                largest = largest.max(piece.len());
-            };
-            for piece in bomb.chunks(pieces) {
-                decoder.feed(piece, &mut hand).unwrap();
-            }
-            decoder.finish(&mut hand).unwrap();
-            assert_eq!((total, largest), (20_000_000, DECODER_OUTPUT));
-        }
+        bomb_is_handed_on_in_pieces(Coding::Brotli, &bomb);
         // Large-window brotli (first byte 0x11 or 0x91) is refused before it is decoded, as a
         // stream and, for a response, whole.
         for first in [0x11, 0x91] {
@@ -1009,6 +997,24 @@ mod tests {
                 error.reason,
                 UnscannedReason::WindowTooLarge { window_bits: 30 }
             );
+        }
+    }
+
+    /// `bomb` (20 MB of `a` in a few KiB), fed whole or in pieces of 100 bytes, is handed on
+    /// in pieces of at most [`DECODER_OUTPUT`], not gathered up to the cap first.
+    fn bomb_is_handed_on_in_pieces(coding: Coding, bomb: &[u8]) {
+        for pieces in [bomb.len(), 100] {
+            let mut decoder = StreamDecoder::new(coding, 1 << 25);
+            let (mut total, mut largest) = (0, 0);
+            let mut hand = |_: usize, piece: &[u8]| {
+                total += piece.len();
+                largest = largest.max(piece.len());
+            };
+            for piece in bomb.chunks(pieces) {
+                decoder.feed(piece, &mut hand).unwrap();
+            }
+            decoder.finish(&mut hand).unwrap();
+            assert_eq!((total, largest), (20_000_000, DECODER_OUTPUT));
         }
     }
 
@@ -1115,19 +1121,7 @@ mod tests {
         assert!(matches!(error.reason, UnscannedReason::TooLarge { .. }));
         let bomb = zstd(&vec![b'a'; 20_000_000], 20);
         assert!(bomb.len() < 20_000, "{} bytes", bomb.len());
-        for pieces in [bomb.len(), 100] {
-            let mut decoder = StreamDecoder::new(Coding::Zstd, 1 << 25);
-            let (mut total, mut largest) = (0, 0);
-            let mut hand = |_: usize, piece: &[u8]| {
-                total += piece.len();
-                largest = largest.max(piece.len());
-            };
-            for piece in bomb.chunks(pieces) {
-                decoder.feed(piece, &mut hand).unwrap();
-            }
-            decoder.finish(&mut hand).unwrap();
-            assert_eq!((total, largest), (20_000_000, DECODER_OUTPUT));
-        }
+        bomb_is_handed_on_in_pieces(Coding::Zstd, &bomb);
         let error = streamed("zstd", &bomb, 4096, 1_000_000).unwrap_err();
         assert!(matches!(error.reason, UnscannedReason::TooLarge { .. }));
         // Damaged anywhere, a body is refused or decodes to no more than the cap; never a
