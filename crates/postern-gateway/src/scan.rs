@@ -250,7 +250,7 @@ fn readable_coding(element: &str) -> Option<String> {
     match (parts.next(), parts.next()) {
         (None, _) => Some(coding),
         (Some(weight), None) => {
-            let weight = weight.trim_start_matches([' ', '\t']);
+            let weight = weight.trim_matches([' ', '\t']);
             let value = weight
                 .strip_prefix("q=")
                 .or_else(|| weight.strip_prefix("Q="))?;

@@ -539,6 +539,10 @@ async fn accept_encoding_is_narrowed_to_the_codings_postern_decodes() {
                 "gzip;q=1e-46, br;q=0.000, zstd;q=0;q=1, deflate;level=9, identity ; q=0.5",
                 "br;q=0.000, identity;q=0.5",
             ),
+            (
+                "gzip;q=0.5 , br\t;\tq=1\t, zstd",
+                "gzip;q=0.5, br;q=1, zstd",
+            ),
             ("gzip;q=0.5000, br;q=1.5, zstd;q=, deflate;q= 1", "identity"),
             ("compress", "identity"),
             ("*", "identity"),

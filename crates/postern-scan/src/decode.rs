@@ -38,8 +38,9 @@ pub const MAX_BROTLI_WINDOW_BITS: u32 = 22;
 /// frame whose window is larger (a frame in one segment declares its size as its window)
 /// before it allocates it; the window is most of a request decoder's memory (about 8.4 MiB in
 /// all at this limit). One exception is libzstd's: a frame that declares its content size, at
-/// most 64 KiB (the decoder's output buffer), and arrives whole in one piece is decoded in one
-/// pass into that buffer, with no window to hold, whatever window it declares.
+/// most 64 KiB (the decoder's output buffer), and lies whole within one input step (512
+/// bytes, `INPUT_STEP`) is decoded in one pass into that buffer, with no window to hold,
+/// whatever window it declares.
 /// [`decode_for_scan`] (a response, whole) decodes in one pass too, so takes any window.
 pub const MAX_ZSTD_WINDOW_LOG: u32 = 23;
 
@@ -112,10 +113,13 @@ fn decode_one(body: &[u8], coding: &str, max_bytes: usize) -> Result<Vec<u8>, Un
                 .read_to_end(&mut output),
         },
         // Whole, in one pass: the output is the frames' history, so no window is allocated and
-        // a frame decodes within the cap whatever window it declares, as the decoders of
-        // clients that accept zstd (2^27 bytes by default) read it. The room starts at the
-        // first frame's content size where it declares one (one-shot encoders do), and grows
-        // by doubling, each try decoding afresh, up to one byte past the cap.
+        // a frame decodes within the cap whatever window it declares (libzstd and curl take
+        // up to 2^27 bytes by default, browsers 2^23: whatever a client decodes is scanned).
+        // The room starts at the first frame's content size where it declares one (one-shot
+        // encoders do), and grows by doubling, each try decoding afresh, up to one byte past
+        // the cap: at most log2(cap / 64 KiB) + 1 tries, about twice the cap decoded in all.
+        // (Some corrupt blocks — one decoding past the 128 KiB block maximum — fail every try
+        // for room, so end as TooLarge rather than Corrupt: unscanned all the same.)
         "zstd" => {
             let mut context = zstd::zstd_safe::DCtx::create();
             let limit = max_bytes.saturating_add(1);
@@ -1124,6 +1128,16 @@ mod tests {
         bomb_is_handed_on_in_pieces(Coding::Zstd, &bomb);
         let error = streamed("zstd", &bomb, 4096, 1_000_000).unwrap_err();
         assert!(matches!(error.reason, UnscannedReason::TooLarge { .. }));
+        // Whole, with no content size declared: the room doubles up to the cap, and past it.
+        let whole = decode_for_scan(&bomb, Some("zstd"), 1 << 25).unwrap();
+        assert_eq!(whole.len(), 20_000_000);
+        let error = decode_for_scan(&bomb, Some("zstd"), 1_000_000).unwrap_err();
+        assert_eq!(
+            error.reason,
+            UnscannedReason::TooLarge {
+                max_bytes: 1_000_000
+            }
+        );
         // Damaged anywhere, a body is refused or decodes to no more than the cap; never a
         // panic or a loop that does not end (xorshift, fixed seed).
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -1141,7 +1155,8 @@ mod tests {
                 let at = next() % damaged.len();
                 damaged[at] ^= 1 << (next() % 8);
             }
-            // Streamed or whole, a damaged body reads the same, or is refused both ways.
+            // Streamed or whole, a damaged body reads the same, or is refused both ways (with a
+            // cap under the 128 KiB block maximum: a block past it fails differently).
             let pieces = 1 + next() % 600;
             let as_streamed = streamed("zstd", &damaged, pieces, small.len() + 100).ok();
             let whole = decode_for_scan(&damaged, Some("zstd"), small.len() + 100).ok();
