@@ -1112,7 +1112,7 @@ fn inject(
     headers.insert(header::HOST, integration.upstream.host_header.clone());
     // An answer that is scanned comes in a coding Postern can undo.
     if integration.config.data_classes.is_some() {
-        crate::scan::narrow_accept_encoding(&mut headers);
+        crate::scan::narrow_accept_encoding(&mut headers, integration.config.on_unapproved);
     }
 
     // URL: upstream prefix + vendor path + query (with the credential's query param replaced).

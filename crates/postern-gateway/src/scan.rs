@@ -215,8 +215,16 @@ pub(crate) fn all_values<'a>(
 /// (`q=1e-46`, read as 0 by some servers and not by others) goes. Codings a list does not name
 /// are not acceptable (§12.5.3), so dropping one, or `*`, refuses it. A list left empty, or no
 /// field (which lets a server use any coding), becomes `identity`. A list already in that form,
-/// on one line, is left as it came.
-pub(crate) fn narrow_accept_encoding(headers: &mut http::HeaderMap) {
+/// on one line, is left as it came. With `redact`, only `identity` is asked for: a compressed
+/// answer cannot be masked in place (it would be withheld like `block`), a plain one can.
+pub(crate) fn narrow_accept_encoding(headers: &mut http::HeaderMap, on_unapproved: OnUnapproved) {
+    if on_unapproved == OnUnapproved::Redact {
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+        return;
+    }
     let narrowed = match all_values(headers, &header::ACCEPT_ENCODING) {
         Some(list) => {
             let kept: Vec<String> = list.split(',').filter_map(readable_coding).collect();

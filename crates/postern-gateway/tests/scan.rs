@@ -485,6 +485,53 @@ async fn a_zstd_response_is_decoded_for_scanning() {
     gw.stop().await;
 }
 
+/// With `redact`, the vendor is asked for `identity` only: a vendor that compresses whenever the
+/// caller accepts it answers plain, and the card in its answer is masked, where a compressed
+/// answer would be withheld (`block` asks for gzip, gets it, and withholds the answer).
+#[tokio::test]
+async fn a_redacting_integration_is_answered_in_a_body_it_can_mask() {
+    let vendor = TestVendor::tls(std::sync::Arc::new(|request: &SeenRequest| {
+        let json = WITH_CARD.as_bytes();
+        let compress = request
+            .header("accept-encoding")
+            .is_some_and(|accepted| accepted.contains("gzip"));
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        let body = match compress {
+            true => {
+                headers.push(("content-encoding", "gzip".to_string()));
+                gzip(json)
+            }
+            false => json.to_vec(),
+        };
+        Answer {
+            status: 200,
+            headers,
+            body: body.into(),
+        }
+    }))
+    .await;
+    for (mode, status) in [("redact", 200), ("block", 502)] {
+        let gw = TestGateway::start(&body(&vendor, mode, ""), vendor.ca_pem.as_deref()).await;
+        let response = client()
+            .post(format!("{}/crm/contacts", gw.base))
+            .bearer_auth(&gw.token)
+            .header("content-type", "application/json")
+            .header("accept-encoding", "gzip, deflate, br, zstd")
+            .body(WITH_EMAIL)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{mode}");
+        let text = response.text().await.unwrap();
+        assert!(!text.contains("4242424242424242"), "{mode}: {text}");
+        if mode == "redact" {
+            assert!(text.contains("\"card\":\"****************\""), "{text}");
+            assert!(text.contains("ada@example.com"), "{text}");
+        }
+        gw.stop().await;
+    }
+}
+
 /// For an integration whose answers are scanned, the codings the caller accepts are narrowed to
 /// those Postern decodes, each written as every server reads it, so the vendor cannot answer in
 /// one that could only be scanned as sent; a list left empty, or no field, asks for
@@ -499,7 +546,9 @@ async fn accept_encoding_is_narrowed_to_the_codings_postern_decodes() {
         "",
     );
     assert_ne!(plain, scanned);
-    for (config, scans) in [(scanned, true), (plain, false)] {
+    let redacting = body(&vendor, "redact", "");
+    for (config, scans) in [(scanned, true), (plain, false), (redacting, true)] {
+        let redacts = config.contains("\"redact\"");
         let gw = TestGateway::start(&config, vendor.ca_pem.as_deref()).await;
         // A call with these `Accept-Encoding` lines; the lines the vendor got.
         let ask = |lines: &[&str]| {
@@ -547,14 +596,20 @@ async fn accept_encoding_is_narrowed_to_the_codings_postern_decodes() {
             ("compress", "identity"),
             ("*", "identity"),
         ] {
-            let expected = if scans { narrowed } else { sent };
+            // Redacting, only `identity`: a compressed answer cannot be masked in place.
+            let expected = match (scans, redacts) {
+                (true, true) => "identity",
+                (true, false) => narrowed,
+                (false, _) => sent,
+            };
             assert_eq!(ask(&[sent]).await, [expected], "{sent}, scanned: {scans}");
         }
         // Two lines are one list: narrowed to one line when a coding goes.
         let lines = ask(&["gzip", "dcz"]).await;
-        match scans {
-            true => assert_eq!(lines, ["gzip"]),
-            false => assert_eq!(lines, ["gzip", "dcz"]),
+        match (scans, redacts) {
+            (true, true) => assert_eq!(lines, ["identity"]),
+            (true, false) => assert_eq!(lines, ["gzip"]),
+            (false, _) => assert_eq!(lines, ["gzip", "dcz"]),
         }
         // No field (a server may then use any coding): `identity` is asked for.
         let expected: &[&str] = if scans { &["identity"] } else { &[] };
