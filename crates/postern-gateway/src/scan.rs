@@ -160,8 +160,25 @@ pub async fn scan_request(
     match integration.config.on_unapproved {
         OnUnapproved::Block => Err(refuse(summary)),
         OnUnapproved::Redact if classified.encoded => {
-            // A compressed body cannot be masked in place; fail closed.
-            Err(refuse(summary))
+            // Masked decoded and encoded again in its coding (one reading only: a `deflate`
+            // body, whose form a vendor may read either way, is refused, failing closed).
+            let encoded = match (coding, &classified.readings[..]) {
+                (Some(coding), [Cow::Owned(decoded)]) => {
+                    let masked = postern_scan::redact(decoded, &classified.unapproved_findings);
+                    postern_scan::encode(coding, &masked)
+                }
+                _ => None,
+            };
+            match encoded {
+                Some(encoded) => {
+                    summary.redacted = true;
+                    Ok((
+                        ForwardBody::full(Bytes::from(encoded), state),
+                        Some(summary),
+                    ))
+                }
+                None => Err(refuse(summary)),
+            }
         }
         OnUnapproved::Redact => {
             let redacted = postern_scan::redact(&bytes, &classified.unapproved_findings);
@@ -176,9 +193,11 @@ pub async fn scan_request(
 }
 
 /// The scan of one complete body: what is needed to redact it.
-struct Classified {
+struct Classified<'a> {
     /// The body was compressed (scanned decoded; cannot be masked in place).
     encoded: bool,
+    /// What was scanned: the body as sent, or what it decodes to (one reading, or two).
+    readings: Vec<Cow<'a, [u8]>>,
     /// Findings of classes the integration does not approve.
     unapproved_findings: Vec<postern_scan::Finding>,
 }
@@ -286,14 +305,14 @@ fn is_qvalue(value: &str) -> bool {
 /// that reads two ways, each scanned as a body of its own) and fills `summary` (classes,
 /// unapproved). A body that could not be decoded is scanned as sent, and `summary.unscanned`
 /// says it was not decoded.
-fn classify(
+fn classify<'a>(
     scanner: &Scanner,
     approved: &[String],
-    bytes: &[u8],
-    decoded: Result<Vec<Cow<'_, [u8]>>, postern_scan::Unscanned>,
+    bytes: &'a [u8],
+    decoded: Result<Vec<Cow<'a, [u8]>>, postern_scan::Unscanned>,
     headers: &http::HeaderMap,
     summary: &mut ScanSummary,
-) -> Classified {
+) -> Classified<'a> {
     let readings = match decoded {
         Ok(readings) => readings,
         Err(unscanned) => {
@@ -307,6 +326,7 @@ fn classify(
     let encoded = readings
         .iter()
         .any(|reading| matches!(reading, Cow::Owned(_)));
+
     // Two `Content-Type` lines say nothing certain: scanned as text of no known kind.
     let mut types = headers.get_all(header::CONTENT_TYPE).iter();
     let content_type = match (types.next(), types.next()) {
@@ -336,6 +356,7 @@ fn classify(
         .collect();
     Classified {
         encoded,
+        readings,
         unapproved_findings,
     }
 }

@@ -111,6 +111,72 @@ async fn unapproved_values_are_redacted_with_lengths_intact() {
     gw.stop().await;
 }
 
+/// A compressed body is masked decoded and encoded again in its own coding (gzip, x-gzip, br,
+/// zstd), with a `Content-Length` for the new bytes; a `deflate` body, which a vendor may read
+/// zlib-wrapped or raw, is refused instead (failing closed), as is nothing else.
+#[tokio::test]
+async fn a_compressed_body_is_redacted_and_encoded_again() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(&body(&vendor, "redact", ""), vendor.ca_pem.as_deref()).await;
+    let zlib = |data: &[u8]| {
+        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, data).unwrap();
+        encoder.finish().unwrap()
+    };
+    let post = |encoding: &'static str, body: Vec<u8>| {
+        client()
+            .post(format!("{}/crm/contacts", gw.base))
+            .bearer_auth(&gw.token)
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(body)
+            .send()
+    };
+    for encoding in ["gzip", "x-gzip", "br", "zstd"] {
+        let sent = match encoding {
+            "br" => brotli(WITH_CARD.as_bytes(), 22),
+            "zstd" => zstd(WITH_CARD.as_bytes(), 20),
+            _ => gzip(WITH_CARD.as_bytes()),
+        };
+        let response = post(encoding, sent.clone()).await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 200, "{encoding}: {text}");
+        let seen = vendor.last();
+        assert_eq!(seen.header("content-encoding").as_deref(), Some(encoding));
+        assert_ne!(seen.body, sent, "{encoding}: encoded again");
+        assert_eq!(
+            seen.header("content-length"),
+            Some(seen.body.len().to_string()),
+            "{encoding}"
+        );
+        let decoded = postern_scan::decode_for_scan(&seen.body, Some(encoding), 1 << 20).unwrap();
+        let forwarded = String::from_utf8(decoded.to_vec()).unwrap();
+        assert_eq!(forwarded.len(), WITH_CARD.len(), "{encoding}");
+        assert!(!forwarded.contains("4242424242424242"), "{forwarded}");
+        assert!(
+            forwarded.contains("\"card\":\"****************\""),
+            "{forwarded}"
+        );
+        assert!(forwarded.contains("ada@example.com"), "{forwarded}");
+    }
+    let seen = vendor.seen().len();
+    assert_refused(
+        post("deflate", zlib(WITH_CARD.as_bytes())).await.unwrap(),
+        403,
+        "data_class_not_approved",
+    )
+    .await;
+    assert_eq!(vendor.seen().len(), seen, "nothing reached the vendor");
+    let events = gw.wait_events(5).await;
+    for event in &events[..4] {
+        assert_eq!(event["redacted"], true);
+        assert_eq!(event["data_classes"]["payment.card"], 1);
+    }
+    assert_eq!(events[4]["reason"], "data_class_not_approved");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn form_encoded_values_are_found_and_redacted_over_their_encoding() {
     // A form writes the card's spaces as `+` and `%20`, the phone's `+` as `%2B`, and the key's

@@ -713,6 +713,33 @@ impl ZstdStage {
     }
 }
 
+/// `data` encoded again in `coding`, for a body masked after it was decoded: gzip (level 6),
+/// br (quality 5, a 4 MiB window, what [`StreamDecoder`] reads) or zstd (level 3, one frame
+/// declaring its size). `None` for `deflate`: which of its two forms (zlib-wrapped or raw) the
+/// vendor reads cannot be told from the coding's name, so a masked body is not sent in either.
+pub fn encode(coding: Coding, data: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write as _;
+    match coding {
+        Coding::Gzip => {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(data).ok()?;
+            encoder.finish().ok()
+        }
+        Coding::Brotli => {
+            let mut out = Vec::new();
+            {
+                let mut encoder =
+                    brotli::CompressorWriter::new(&mut out, 4096, 5, MAX_BROTLI_WINDOW_BITS);
+                encoder.write_all(data).ok()?;
+            }
+            Some(out)
+        }
+        Coding::Zstd => zstd::bulk::compress(data, 3).ok(),
+        Coding::Deflate => None,
+    }
+}
+
 /// What a write to one reading came to.
 enum Written {
     Ok,
