@@ -397,8 +397,11 @@ fn pipeline<'a>(
         if let Some(scan) = &scan {
             shared.note_dataflow(context, scan, "request");
         }
+        let mut request = request.map(|_| body);
+        if scan.as_ref().is_some_and(|scan| scan.redacted) {
+            crate::scan::drop_digests(request.headers_mut());
+        }
         context.request_scan = scan;
-        let request = request.map(|_| body);
         if let Some(intent) = queue_intent(shared, Some(&integration), context) {
             progress.intent_index = durable_intent(shared, context, intent).await?;
         }
@@ -1673,7 +1676,7 @@ async fn inspect_scanned(
     response: Response<UpstreamBody>,
     intent_index: Option<u64>,
 ) -> Result<Response<GatewayBody>, CallError> {
-    let (parts, body) = prepare_response(integration, context, response, intent_index)?;
+    let (mut parts, body) = prepare_response(integration, context, response, intent_index)?;
     let scanned = crate::scan::scan_response(
         integration,
         &runtime.scanner,
@@ -1683,6 +1686,9 @@ async fn inspect_scanned(
     );
     match scanned.await {
         Ok(scanned) => {
+            if scanned.summary.redacted {
+                crate::scan::drop_digests(&mut parts.headers);
+            }
             shared.note_dataflow(context, &scanned.summary, "response");
             context.response_scan = Some(scanned.summary);
             Ok(answer(

@@ -161,24 +161,44 @@ pub async fn scan_request(
         OnUnapproved::Block => Err(refuse(summary)),
         OnUnapproved::Redact if classified.encoded => {
             // Masked decoded and encoded again in its coding (one reading only: a `deflate`
-            // body, whose form a vendor may read either way, is refused, failing closed).
-            let encoded = match (coding, &classified.readings[..]) {
-                (Some(coding), [Cow::Owned(decoded)]) => {
-                    let masked = postern_scan::redact(decoded, &classified.unapproved_findings);
-                    postern_scan::encode(coding, &masked)
-                }
+            // body, whose form a vendor may read either way, is refused, failing closed). The
+            // encoding runs off the worker (up to `scan_max_body_bytes` of input).
+            let masked = match (coding, &classified.readings[..]) {
+                (Some(coding), [Cow::Owned(decoded)]) => Some((
+                    coding,
+                    postern_scan::redact(decoded, &classified.unapproved_findings),
+                )),
                 _ => None,
             };
-            match encoded {
-                Some(encoded) => {
-                    summary.redacted = true;
-                    Ok((
-                        ForwardBody::full(Bytes::from(encoded), state),
-                        Some(summary),
-                    ))
-                }
-                None => Err(refuse(summary)),
+            let Some((coding, masked)) = masked else {
+                return Err(refuse(summary));
+            };
+            let encoded =
+                tokio::task::spawn_blocking(move || postern_scan::encode(coding, &masked))
+                    .await
+                    .ok()
+                    .flatten();
+            let Some(encoded) = encoded else {
+                return Err(refuse(summary));
+            };
+            // The new bytes as sent, read as a server that ignores the coding reads them: an
+            // encoder's literals may join pieces of the body into the caller's token or a
+            // `_method` field that the decoded body does not hold.
+            let smuggled = token
+                .is_some_and(|token| memchr::memmem::find(&encoded, token).is_some())
+                || context
+                    .method
+                    .as_ref()
+                    .and_then(|method| OverrideScan::for_request(method, headers))
+                    .is_some_and(|mut scan| scan.feed(&encoded) || scan.finish());
+            if smuggled {
+                return Err(refuse(summary));
             }
+            summary.redacted = true;
+            Ok((
+                ForwardBody::full(Bytes::from(encoded), state),
+                Some(summary),
+            ))
         }
         OnUnapproved::Redact => {
             let redacted = postern_scan::redact(&bytes, &classified.unapproved_findings);
@@ -194,7 +214,7 @@ pub async fn scan_request(
 
 /// The scan of one complete body: what is needed to redact it.
 struct Classified<'a> {
-    /// The body was compressed (scanned decoded; cannot be masked in place).
+    /// The body was compressed (scanned decoded; cannot be masked in place as sent).
     encoded: bool,
     /// What was scanned: the body as sent, or what it decodes to (one reading, or two).
     readings: Vec<Cow<'a, [u8]>>,
@@ -223,6 +243,22 @@ pub(crate) fn all_values<'a>(
             .collect::<Vec<_>>()
             .join(", "),
     ))
+}
+
+/// Fields that describe a body as it was before it was masked: a digest of it (`Content-Digest`,
+/// `Repr-Digest`, `Digest`, `Content-MD5`) or a tag that may be one (`ETag`). They are dropped
+/// from a redacted request or answer: kept, they would not match, and a short masked value (an
+/// SSN, a card of a known issuer) could be found by trying each until the digest matched.
+pub(crate) fn drop_digests(headers: &mut http::HeaderMap) {
+    for name in [
+        "content-digest",
+        "repr-digest",
+        "digest",
+        "content-md5",
+        "etag",
+    ] {
+        headers.remove(name);
+    }
 }
 
 /// A caller's `Accept-Encoding`, for an integration whose answers are scanned, rebuilt from the
@@ -341,7 +377,8 @@ fn classify<'a>(
         for (class, count) in &result.class_counts {
             *summary.classes.entry(class.to_string()).or_default() += count;
         }
-        // Masking applies to a body as sent (an encoded one is refused instead).
+        // Masking applies to what was scanned: the body as sent, or its one decoded reading
+        // (encoded again after; two readings are refused instead).
         findings.extend(result.findings);
     }
     summary.unapproved = summary

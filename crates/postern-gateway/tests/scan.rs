@@ -129,6 +129,12 @@ async fn a_compressed_body_is_redacted_and_encoded_again() {
             .bearer_auth(&gw.token)
             .header("content-type", "application/json")
             .header("content-encoding", encoding)
+            // A digest of the body as sent: dropped once it is masked.
+            .header(
+                "content-digest",
+                "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:",
+            )
+            .header("content-md5", "Q2hlY2sgSW50ZWdyaXR5IQ==")
             .body(body)
             .send()
     };
@@ -144,6 +150,8 @@ async fn a_compressed_body_is_redacted_and_encoded_again() {
         assert_eq!(status, 200, "{encoding}: {text}");
         let seen = vendor.last();
         assert_eq!(seen.header("content-encoding").as_deref(), Some(encoding));
+        assert_eq!(seen.header("content-digest"), None, "{encoding}");
+        assert_eq!(seen.header("content-md5"), None, "{encoding}");
         assert_ne!(seen.body, sent, "{encoding}: encoded again");
         assert_eq!(
             seen.header("content-length"),
@@ -167,8 +175,44 @@ async fn a_compressed_body_is_redacted_and_encoded_again() {
         "data_class_not_approved",
     )
     .await;
+    // A form whose zstd encoding, made again, would hold `&_method=DELETE&` as sent: `&_met`
+    // and `hod=DELETE&` stand apart in it with a run of bytes between them that appeared
+    // before. Sent in frames with a 1 KiB window, too short to reach back to the run's first
+    // appearance, the run is a literal both times and the body as sent holds no such field;
+    // encoded again (a window as large as the body), the second run is a match, and raw
+    // literals on either side of it join. Refused, not forwarded.
+    let mut seed = 0x9E37_79B9u32;
+    let run: Vec<u8> = std::iter::repeat_with(|| {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (seed >> 24) as u8
+    })
+    .filter(|byte| !b"&=%+;_".contains(byte))
+    .take(1500)
+    .collect();
+    let form = [
+        &b"a="[..],
+        &run,
+        b"&b=1&_met",
+        &run,
+        b"hod=DELETE&card=4242424242424242",
+    ]
+    .concat();
+    let sent = zstd(&form, 10);
+    assert!(memchr::memmem::find(&sent, b"_method").is_none());
+    let again = postern_scan::encode(postern_scan::Coding::Zstd, &form).unwrap();
+    assert!(memchr::memmem::find(&again, b"&_method=DELETE&").is_some());
+    let response = client()
+        .post(format!("{}/crm/contacts", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("content-encoding", "zstd")
+        .body(sent)
+        .send()
+        .await
+        .unwrap();
+    assert_refused(response, 403, "data_class_not_approved").await;
     assert_eq!(vendor.seen().len(), seen, "nothing reached the vendor");
-    let events = gw.wait_events(5).await;
+    let events = gw.wait_events(6).await;
     for event in &events[..4] {
         assert_eq!(event["redacted"], true);
         assert_eq!(event["data_classes"]["payment.card"], 1);
@@ -588,6 +632,13 @@ async fn a_redacting_integration_is_answered_in_a_body_it_can_mask() {
             .await
             .unwrap();
         assert_eq!(response.status(), status, "{mode}");
+        let offered = vendor.last().header("accept-encoding");
+        let expected = if mode == "redact" {
+            "identity"
+        } else {
+            "gzip, deflate, br, zstd"
+        };
+        assert_eq!(offered.as_deref(), Some(expected), "{mode}");
         let text = response.text().await.unwrap();
         assert!(!text.contains("4242424242424242"), "{mode}: {text}");
         if mode == "redact" {

@@ -727,13 +727,11 @@ pub fn encode(coding: Coding, data: &[u8]) -> Option<Vec<u8>> {
             encoder.finish().ok()
         }
         Coding::Brotli => {
-            let mut out = Vec::new();
-            {
-                let mut encoder =
-                    brotli::CompressorWriter::new(&mut out, 4096, 5, MAX_BROTLI_WINDOW_BITS);
-                encoder.write_all(data).ok()?;
-            }
-            Some(out)
+            // Writing to memory cannot fail; `into_inner` ends the stream.
+            let mut encoder =
+                brotli::CompressorWriter::new(Vec::new(), 4096, 5, MAX_BROTLI_WINDOW_BITS);
+            encoder.write_all(data).ok()?;
+            Some(encoder.into_inner())
         }
         Coding::Zstd => zstd::bulk::compress(data, 3).ok(),
         Coding::Deflate => None,
