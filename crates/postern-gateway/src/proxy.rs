@@ -1113,13 +1113,6 @@ fn inject(
     }
     // Made once per integration (the client would otherwise build it from the authority).
     headers.insert(header::HOST, integration.upstream.host_header.clone());
-    // A body masked and encoded again is not as long as the caller declared: the vendor is
-    // told the length it gets (HTTP/1.1 frames from the body anyway; h2 sends the field).
-    if let (Some(declared), Some(exact)) = (declared_length, body.size_hint().exact()) {
-        if declared != exact {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(exact));
-        }
-    }
     // An answer that is scanned comes in a coding Postern can undo.
     if integration.config.data_classes.is_some() {
         crate::scan::narrow_accept_encoding(&mut headers, integration.config.on_unapproved);

@@ -85,11 +85,16 @@ pub async fn scan_request(
         }
     };
     let token = caller_token.filter(|token| !token.is_empty());
-    // A POST body's `_method` field, read as sent and decoded.
-    let overrides = context
-        .method
-        .as_ref()
-        .and_then(|method| OverrideScan::for_request(method, headers));
+    let carries_token =
+        |data: &[u8]| token.is_some_and(|token| memchr::memmem::find(data, token).is_some());
+    // A POST body's `_method` field, read as sent and decoded (a fresh scan for each reading).
+    let override_scan = || {
+        context
+            .method
+            .as_ref()
+            .and_then(|method| OverrideScan::for_request(method, headers))
+    };
+    let overrides = override_scan();
     let mut summary = ScanSummary::default();
     if !complete {
         summary.unscanned = Some("body larger than scan_max_body_bytes");
@@ -101,7 +106,7 @@ pub async fn scan_request(
         return Ok((forward, Some(summary)));
     }
     counted(bytes.len() as u64);
-    if token.is_some_and(|token| memchr::memmem::find(&bytes, token).is_some()) {
+    if carries_token(&bytes) {
         return Err(refused(RequestBodyViolation::CallerToken));
     }
     // Read whole: as sent for a `_method` field (the token was looked for above), then decoded
@@ -159,7 +164,7 @@ pub async fn scan_request(
     };
     match integration.config.on_unapproved {
         OnUnapproved::Block => Err(refuse(summary)),
-        OnUnapproved::Redact if classified.encoded => {
+        OnUnapproved::Redact if classified.encoded() => {
             // Masked decoded and encoded again in its coding (one reading only: a `deflate`
             // body, whose form a vendor may read either way, is refused, failing closed). The
             // encoding runs off the worker (up to `scan_max_body_bytes` of input).
@@ -184,13 +189,8 @@ pub async fn scan_request(
             // The new bytes as sent, read as a server that ignores the coding reads them: an
             // encoder's literals may join pieces of the body into the caller's token or a
             // `_method` field that the decoded body does not hold.
-            let smuggled = token
-                .is_some_and(|token| memchr::memmem::find(&encoded, token).is_some())
-                || context
-                    .method
-                    .as_ref()
-                    .and_then(|method| OverrideScan::for_request(method, headers))
-                    .is_some_and(|mut scan| scan.feed(&encoded) || scan.finish());
+            let smuggled = carries_token(&encoded)
+                || override_scan().is_some_and(|mut scan| scan.feed(&encoded) || scan.finish());
             if smuggled {
                 return Err(refuse(summary));
             }
@@ -214,12 +214,19 @@ pub async fn scan_request(
 
 /// The scan of one complete body: what is needed to redact it.
 struct Classified<'a> {
-    /// The body was compressed (scanned decoded; cannot be masked in place as sent).
-    encoded: bool,
     /// What was scanned: the body as sent, or what it decodes to (one reading, or two).
     readings: Vec<Cow<'a, [u8]>>,
     /// Findings of classes the integration does not approve.
     unapproved_findings: Vec<postern_scan::Finding>,
+}
+
+impl Classified<'_> {
+    /// The body was compressed: scanned decoded, so it cannot be masked in place as sent.
+    fn encoded(&self) -> bool {
+        self.readings
+            .iter()
+            .any(|reading| matches!(reading, Cow::Owned(_)))
+    }
 }
 
 /// Every line of `name` as one comma-separated list (RFC 9110 §5.3: several lines are one
@@ -292,14 +299,12 @@ pub(crate) fn narrow_accept_encoding(headers: &mut http::HeaderMap, on_unapprove
         None => String::new(),
     };
     // Canonical codings and weights are visible ASCII: always a valid value.
+    let identity = http::HeaderValue::from_static("identity");
     let value = match narrowed.is_empty() {
-        true => None,
-        false => http::HeaderValue::from_str(&narrowed).ok(),
+        true => identity,
+        false => http::HeaderValue::from_str(&narrowed).unwrap_or(identity),
     };
-    headers.insert(
-        header::ACCEPT_ENCODING,
-        value.unwrap_or(http::HeaderValue::from_static("identity")),
-    );
+    headers.insert(header::ACCEPT_ENCODING, value);
 }
 
 /// One element of an `Accept-Encoding` list (`coding [ OWS ";" OWS "q=" qvalue ]`) in its
@@ -359,10 +364,6 @@ fn classify<'a>(
             vec![Cow::Borrowed(bytes)]
         }
     };
-    let encoded = readings
-        .iter()
-        .any(|reading| matches!(reading, Cow::Owned(_)));
-
     // Two `Content-Type` lines say nothing certain: scanned as text of no known kind.
     let mut types = headers.get_all(header::CONTENT_TYPE).iter();
     let content_type = match (types.next(), types.next()) {
@@ -392,7 +393,6 @@ fn classify<'a>(
         .filter(|f| summary.unapproved.iter().any(|c| c.as_str() == &*f.class))
         .collect();
     Classified {
-        encoded,
         readings,
         unapproved_findings,
     }
@@ -509,7 +509,7 @@ pub async fn scan_response(
     };
     match integration.config.on_unapproved {
         OnUnapproved::Block => Err(refuse(summary)),
-        OnUnapproved::Redact if classified.encoded => Err(refuse(summary)),
+        OnUnapproved::Redact if classified.encoded() => Err(refuse(summary)),
         OnUnapproved::Redact => {
             let redacted = postern_scan::redact(&bytes, &classified.unapproved_findings);
             summary.redacted = true;

@@ -668,6 +668,7 @@ impl UpstreamClient {
                     }
                     Leased::H2(mut tx, slot) => {
                         to_absolute_form(&mut request, &key)?;
+                        length_from_body(&mut request);
                         tx.try_send_request(request)
                             .await
                             .map(|response| response.map(|body| UpstreamBody::H2(body, slot)))
@@ -1074,6 +1075,22 @@ fn to_origin_form(
         *request.uri_mut() = Uri::from(path);
     }
     Ok(())
+}
+
+/// The `content-length` an h2 request goes with: the body's own length where it is known, as
+/// HTTP/1.1's head is framed from the body (`h1::write_head`). h2 sends the field as it stands,
+/// and a body that is not what the caller declared (masked and encoded again) would be reset
+/// by the vendor for it.
+fn length_from_body(request: &mut http::Request<ForwardBody>) {
+    use http_body::Body as _;
+    let Some(exact) = request.body().size_hint().exact() else {
+        return;
+    };
+    if crate::h1::content_length(request.headers()).is_some_and(|declared| declared != exact) {
+        request
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(exact));
+    }
 }
 
 /// h2 sends the scheme and authority as pseudo-headers: the URI must be absolute, and `Host`
