@@ -1541,6 +1541,21 @@ pub fn check_host_pattern(pattern: &str) -> Result<(), &'static str> {
     if pattern.starts_with("*.") && !name.contains('.') {
         return Err("a wildcard must cover a name with at least two labels, such as *.example.com");
     }
+    // Every label a number: an IPv4 address, which a request names (and Postern compares) as
+    // the dotted quad a resolver reads it as (`2130706433` and `0x7f.1` are 127.0.0.1,
+    // `010.0.0.1` is 8.0.0.1): in any other form the entry would never match.
+    let numeric = |label: &str| match label.strip_prefix("0x") {
+        Some(hex) => hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => label.bytes().all(|b| b.is_ascii_digit()),
+    };
+    if name.split('.').all(numeric)
+        && (pattern.starts_with("*.")
+            || name.parse::<std::net::Ipv4Addr>().map(|a| a.to_string()).as_deref() != Ok(name))
+    {
+        return Err(
+            "it is an IPv4 address in a shorthand form (a request for it is matched as a dotted quad such as 127.0.0.1, without leading zeros), or a wildcard over numbers",
+        );
+    }
     Ok(())
 }
 

@@ -684,6 +684,15 @@ fn forward_proxy_section_and_host_keys() {
         &format!("{}\n[proxy]\ndeny_hosts = [\"203.0.113.7/24\", \"x/y\"]\n", integration("")),
         "9:15: \"203.0.113.7/24\" has host bits set: it names 203.0.113.0/24, not one address\n9:33: \"x/y\" is not an IP network or address",
     );
+    // An IPv4 address in a shorthand form would never match: a request for it is compared as
+    // the dotted quad it dials as.
+    for shorthand in ["2130706433", "010.0.0.1", "0x7f.1", "127.1", "*.0.1"] {
+        let text = render(&format!("{}\n[proxy]\ndeny_hosts = [\"{shorthand}\"]\n", integration("")));
+        assert!(text.contains("is an IPv4 address in a shorthand form"), "{shorthand}: {text}");
+    }
+    assert!(render(&integration("hosts = [\"2130706433\"]\n")).contains("shorthand form"));
+    let quad = parse_ok(&format!("{}\n[proxy]\ndeny_hosts = [\"127.0.0.1\"]\n", integration("")));
+    assert_eq!(quad.proxy.deny_hosts, ["127.0.0.1"]);
     // Only `deny_hosts` takes networks.
     assert!(render(&format!("{}\n[proxy]\nallow_hosts = [\"203.0.113.0/24\"]\n", integration(""))).contains("is not a host pattern"));
     assert!(render(&integration("hosts = [\"::1\"]\n")).contains("is not a host pattern"));

@@ -220,8 +220,13 @@ pub(crate) fn send(
     } else {
         Outgoing::Chunked
     };
+    // A body where the method has none by usage (a GET with a search body, say) is sent, and
+    // the connection closed after it: a vendor that ignored the body (`Content-Length` on a GET
+    // is not read by every server) would take it for a next request, the caller's, unchecked,
+    // on the connection Postern's other calls share.
+    let last = !matches!(outgoing, Outgoing::None) && usually_bodiless(&parts.method);
     let mut head = Vec::with_capacity(512);
-    write_head(&mut head, &parts, outgoing);
+    write_head(&mut head, &parts, outgoing, last);
     async move {
         // The write waits for the worker's other ready calls (and the I/O events it has not yet
         // read), as it did when a connection task wrote it: under load the vendor then gets the
@@ -291,7 +296,7 @@ pub(crate) fn send(
         let mut body = ResponseBody {
             conn: Some(conn),
             framing,
-            keep_alive,
+            keep_alive: keep_alive && !last,
             checkin: Some(checkin),
         };
         body.end_if_done();
@@ -342,8 +347,18 @@ fn dropped(error: &Error) -> bool {
     }
 }
 
-/// The request line and headers, with the framing header Postern chose in place of the caller's.
-fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts, outgoing: Outgoing) {
+/// Methods whose requests have no body by usage (RFC 9110 gives GET, HEAD, DELETE and OPTIONS
+/// content no meaning; TRACE may not have any).
+fn usually_bodiless(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The request line and headers, with the framing header Postern chose in place of the caller's;
+/// `last`: the connection closes after this request (`Connection: close`).
+fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts, outgoing: Outgoing, last: bool) {
     use std::io::Write as _;
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -367,14 +382,14 @@ fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts, outgoing: Outgoin
         // An empty body is announced where the method usually has one, or the caller did.
         Outgoing::None
             if parts.headers.contains_key(header::CONTENT_LENGTH)
-                || !matches!(
-                    parts.method,
-                    Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
-                ) =>
+                || !usually_bodiless(&parts.method) =>
         {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         Outgoing::None => {}
+    }
+    if last {
+        out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -1734,5 +1749,37 @@ mod tests {
             "PUT /v1/x?q=1 HTTP/1.1\r\nhost: api.example\r\ncontent-length: 3\r\n\r\nabc"
         );
         assert_eq!(vendor.accepted.load(Ordering::SeqCst), 1);
+    }
+    /// A body on a GET (a search body, say) goes out with `Connection: close` and its connection
+    /// is not pooled: a vendor that ignored it would read the bytes as a next request, which
+    /// must not be one Postern never checked on a connection its next calls share.
+    #[tokio::test]
+    async fn a_body_on_a_get_closes_its_connection() {
+        let vendor = vendor(
+            (0..3)
+                .map(|_| Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false))
+                .collect(),
+        )
+        .await;
+        let client = client();
+        let smuggled = b"GET /v1/admin HTTP/1.1\r\nhost: vendor\r\n\r\n";
+        call(&client, request(Method::GET, vendor.addr, smuggled))
+            .await
+            .unwrap();
+        call(&client, request(Method::GET, vendor.addr, b""))
+            .await
+            .unwrap();
+        call(&client, request(Method::GET, vendor.addr, b""))
+            .await
+            .unwrap();
+        let seen = vendor.requests.lock().unwrap().clone();
+        let first = String::from_utf8_lossy(&seen[0]).into_owned();
+        assert!(
+            first.contains("content-length: 40\r\nconnection: close\r\n\r\n"),
+            "{first}"
+        );
+        assert!(!String::from_utf8_lossy(&seen[1]).contains("connection"));
+        // The GET with a body had a connection of its own; the two bodiless ones shared one.
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
     }
 }

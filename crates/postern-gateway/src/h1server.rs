@@ -70,6 +70,10 @@ const MAX_HEADERS: usize = 64;
 /// it answers 431 past them): a head with more than [`MAX_HEADERS`] is parsed again with room
 /// for these, only to find both framings.
 pub(crate) const HYPER_MAX_HEADERS: usize = 100;
+/// The smallest read buffer hyper's HTTP/1 server takes (`max_buf_size` panics below it): with
+/// a smaller `[gateway] max_header_bytes` hyper still reads heads up to this size, so a head is
+/// handed over unseen only past it ([`next_request`]).
+pub(crate) const HYPER_MIN_BUF_BYTES: usize = 8192;
 /// Room for one read, as the buffer grows: a typical API call's head fits in one (a body is read
 /// into room made for its length). An idle keep-alive connection over TLS keeps this much; over
 /// plain TCP none ([`idle_read`]).
@@ -277,7 +281,10 @@ async fn next_request<S: AsyncRead + ReadReady + Unpin>(
                         break (head, read - buf.len(), body_len, close);
                     }
                 }
-                if buf.len() >= max_header_bytes {
+                // Still incomplete: past what hyper would read, hyper refuses it (431). Any
+                // head hyper could take is first seen whole here, so both framings in it are
+                // refused here whatever `max_header_bytes` is.
+                if buf.len() >= max_header_bytes.max(HYPER_MIN_BUF_BYTES) {
                     return Next::Handoff;
                 }
             }
@@ -1514,6 +1521,34 @@ mod tests {
             }
             Served::Closed => panic!("expected a hand-off"),
         }
+    }
+
+    /// With `max_header_bytes` under hyper's 8 KiB floor, a head longer than the limit that
+    /// arrives in pieces (the first read takes 2 KiB) is still read whole here before anything
+    /// goes to hyper, which would read it all the same: both framings in it are refused, not
+    /// left to hyper to forward framed by Transfer-Encoding.
+    #[tokio::test]
+    async fn both_framings_in_a_head_past_a_small_limit_are_refused_here() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let sent = format!(
+            "POST /a HTTP/1.1\r\nhost: a\r\nx-pad: {}\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            "a".repeat(3000)
+        );
+        client.write_all(sent.as_bytes()).await.unwrap();
+        let served = serve(&mut server, &info(), &echo, &mut shutdown, 1024, None).await;
+        assert!(matches!(served, Served::Closed), "handed to hyper");
+        drop(server);
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.contains("conflicting_framing"), "{answer}");
+        // A head hyper would refuse for its size (past its 8 KiB floor) is still its to refuse.
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let long = format!("GET /a HTTP/1.1\r\nx-pad: {}\r\n", "a".repeat(9000));
+        client.write_all(long.as_bytes()).await.unwrap();
+        let served = serve(&mut server, &info(), &echo, &mut shutdown, 1024, None).await;
+        assert!(matches!(served, Served::Handoff { served: false, .. }));
     }
 
     /// A call's answer, boxed (the test handlers' future type).

@@ -91,7 +91,7 @@ pub fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecuto
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .max_headers(crate::h1server::HYPER_MAX_HEADERS)
-        .max_buf_size(max_header_bytes.max(8192));
+        .max_buf_size(max_header_bytes.max(crate::h1server::HYPER_MIN_BUF_BYTES));
     builder
         .http2()
         .timer(TokioTimer::new())

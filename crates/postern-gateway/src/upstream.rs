@@ -294,6 +294,22 @@ static ORIGIN_HASHER: std::sync::LazyLock<foldhash::quality::RandomState> =
     std::sync::LazyLock::new(Default::default);
 
 impl OriginKey {
+    /// The origin of an absolute `uri`, without the authority's user information
+    /// (`user:password@`), which is never sent (RFC 9110 §4.2.4) and names no other origin.
+    fn of(uri: &Uri) -> Result<Self, UpstreamError> {
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(UpstreamError::NotAbsolute),
+        };
+        let authority = uri.authority().ok_or(UpstreamError::NotAbsolute)?;
+        let authority = match authority.as_str().rsplit_once('@') {
+            None => authority.clone(),
+            Some((_, host)) => host.parse().map_err(|_| UpstreamError::NotAbsolute)?,
+        };
+        Ok(OriginKey::new(https, authority))
+    }
+
     fn new(https: bool, authority: Authority) -> Self {
         use std::hash::{BuildHasher, Hasher};
         // Case-insensitive, as `Authority`'s equality is: lower-cased eight bytes at a time
@@ -576,17 +592,7 @@ impl UpstreamClient {
            + Send
            + '_ {
         async move {
-            let https = match request.uri().scheme_str() {
-                Some("https") => true,
-                Some("http") => false,
-                _ => return Err(UpstreamError::NotAbsolute),
-            };
-            let authority = request
-                .uri()
-                .authority()
-                .cloned()
-                .ok_or(UpstreamError::NotAbsolute)?;
-            let key = OriginKey::new(https, authority);
+            let key = OriginKey::of(request.uri())?;
             let pool = self.pool();
             // Set once an attempt this call waited for failed: it then dials itself, at once, like
             // every other call that waited (a down vendor must not make them fail one by one).
@@ -1094,7 +1100,8 @@ fn length_from_body(request: &mut http::Request<ForwardBody>) {
 }
 
 /// h2 sends the scheme and authority as pseudo-headers: the URI must be absolute, and `Host`
-/// goes (`:authority` carries it; RFC 9113 §8.3.1 forbids a different one).
+/// goes (`:authority` carries it; RFC 9113 §8.3.1 forbids a different one, and user
+/// information in it: the key's authority has none).
 fn to_absolute_form(
     request: &mut http::Request<ForwardBody>,
     OriginKey {
@@ -1102,7 +1109,9 @@ fn to_absolute_form(
     }: &OriginKey,
 ) -> Result<(), UpstreamError> {
     request.headers_mut().remove(http::header::HOST);
-    if request.uri().scheme().is_none() {
+    let uri = request.uri();
+    if uri.scheme().is_none() || uri.authority().map(Authority::as_str) != Some(authority.as_str())
+    {
         let mut parts = request.uri().clone().into_parts();
         parts.scheme = Some(if *https {
             http::uri::Scheme::HTTPS
@@ -1460,10 +1469,7 @@ mod tests {
     fn host_is_host_and_port_without_user_information() {
         let host = |uri: &str| {
             let mut request = request(uri);
-            let key = OriginKey::new(
-                request.uri().scheme_str() == Some("https"),
-                request.uri().authority().unwrap().clone(),
-            );
+            let key = OriginKey::of(request.uri()).unwrap();
             to_origin_form(&mut request, &key).unwrap();
             assert_eq!(request.uri().to_string(), "/token?a=1");
             request.headers()[http::header::HOST]
@@ -1481,6 +1487,33 @@ mod tests {
         );
         assert_eq!(host("http://127.0.0.1:80/token?a=1"), "127.0.0.1");
         assert_eq!(host("http://[::1]:8080/token?a=1"), "[::1]:8080");
+    }
+
+    /// Over h2 the URI's authority is sent as `:authority`: never with user information, and
+    /// the pool keyed by the origin alone.
+    #[test]
+    fn h2_authority_is_the_origin_without_user_information() {
+        let absolute = |uri: &str| {
+            let mut request = request(uri);
+            let key = OriginKey::of(request.uri()).unwrap();
+            to_absolute_form(&mut request, &key).unwrap();
+            request.uri().to_string()
+        };
+        assert_eq!(
+            absolute("https://evil.example@api.example.com/v1/x?a=1"),
+            "https://api.example.com/v1/x?a=1"
+        );
+        assert_eq!(
+            absolute("https://id:secret@api.example.com:8443/v1/x"),
+            "https://api.example.com:8443/v1/x"
+        );
+        assert_eq!(
+            absolute("https://api.example.com/v1/x"),
+            "https://api.example.com/v1/x"
+        );
+        let key = |uri: &str| OriginKey::of(&uri.parse().unwrap()).unwrap();
+        assert!(key("https://a@api.example.com/") == key("https://api.example.com/"));
+        assert!(key("http://api.example.com/") != key("https://api.example.com/"));
     }
 
     #[tokio::test]

@@ -392,7 +392,7 @@ impl Guard {
             self.check(ip)?;
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        let answer = match &self.resolver {
+        let mut answer = match &self.resolver {
             Some(resolver) => resolver.lookup(&normalized, port).await,
             None => tokio::net::lookup_host((normalized.as_str(), port))
                 .await
@@ -409,6 +409,11 @@ impl Guard {
             ));
         }
         self.check_all(&answer)?;
+        // The port asked for, whatever a resolver answered: the port is the caller's policy's
+        // to decide (`allowed_ports`, an integration's own), never the resolver's.
+        for addr in &mut answer {
+            addr.set_port(port);
+        }
         Ok(answer)
     }
 
@@ -862,6 +867,23 @@ mod tests {
         assert_eq!(
             *rebinding.lookups.lock().unwrap(),
             ["api.vendor.example"; 3]
+        );
+    }
+
+    /// A resolver's answer gives the addresses, never the port: the one asked for is dialled.
+    #[tokio::test]
+    async fn the_port_asked_for_is_kept_whatever_the_resolver_answers() {
+        #[derive(Debug)]
+        struct OtherPort;
+        impl Resolve for OtherPort {
+            fn lookup<'a>(&'a self, _: &'a str, _: u16) -> Lookup<'a> {
+                Box::pin(async { Ok(vec![SocketAddr::from(([93, 184, 216, 34], 1))]) })
+            }
+        }
+        let guard = Guard::default().with_resolver(Some(Arc::new(OtherPort)));
+        assert_eq!(
+            guard.resolve("api.vendor.example", 443).await.unwrap(),
+            [SocketAddr::from(([93, 184, 216, 34], 443))]
         );
     }
 
