@@ -810,7 +810,8 @@ async fn by_name_gateway(
     .await
 }
 
-/// Answers every lookup with the same addresses, ports included.
+/// Answers every lookup with the same addresses (the port asked for is dialled, whatever
+/// port an answer holds).
 #[derive(Debug)]
 struct Fixed(Vec<std::net::SocketAddr>);
 
@@ -822,16 +823,31 @@ impl postern_netguard::Resolve for Fixed {
 }
 
 /// The vendor's name resolves to two addresses, the first dropping every connect (its accept
-/// queue full): Postern races them (Happy Eyeballs), so the call goes through the second after
-/// the 250 ms attempt delay, not after the first's `connect_timeout_ms` (10 s here).
+/// queue full; 127.0.0.2, on the vendor's port): Postern races them (Happy Eyeballs), so the
+/// call goes through the second after the 250 ms attempt delay, not after the first's
+/// `connect_timeout_ms` (10 s here).
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_vendor_address_that_drops_connects_costs_the_attempt_delay_not_the_timeout() {
-    let (silent_port, _listener, _queued) = full_listener().await;
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let silent = std::net::SocketAddr::from(([127, 0, 0, 1], silent_port));
+    let silent = std::net::SocketAddr::from(([127, 0, 0, 2], vendor.addr.port()));
+    let (_, _listener, _queued) = full_listener_at(silent).await;
     let resolver = Arc::new(Fixed(vec![silent, vendor.addr]));
-    let gw = by_name_gateway(&vendor, "connect_timeout_ms = 10000", "", resolver).await;
+    let body = stripe_like(&vendor, "connect_timeout_ms = 10000")
+        .replace(
+            &format!("https://127.0.0.1:{}", vendor.addr.port()),
+            &format!("https://LocalHost:{}", vendor.addr.port()),
+        )
+        .replace("[\"127.0.0.1/32\"]", "[\"127.0.0.0/30\"]");
+    let gw = start_with_key_and_resolver(
+        &body,
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        "",
+        Some(resolver),
+    )
+    .await;
     let started = std::time::Instant::now();
     let response = get_charge(&client(), &gw).await.unwrap();
     assert_eq!(response.status(), 200);

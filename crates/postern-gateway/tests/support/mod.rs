@@ -909,14 +909,21 @@ impl futures_core::Stream for ChunkStream {
 /// backlog of 0 still queues one connection.
 #[cfg(target_os = "linux")]
 pub async fn full_listener() -> (u16, tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    full_listener_at("127.0.0.1:0".parse().unwrap()).await
+}
+
+/// [`full_listener`] bound to `addr` (a port of 0: one the system picks).
+pub async fn full_listener_at(
+    addr: std::net::SocketAddr,
+) -> (u16, tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.bind(addr).unwrap();
     let listener = socket.listen(0).unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut queued = Vec::new();
     while let Ok(connected) = tokio::time::timeout(
         std::time::Duration::from_millis(200),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        tokio::net::TcpStream::connect((addr.ip(), port)),
     )
     .await
     {
