@@ -1550,7 +1550,11 @@ pub fn check_host_pattern(pattern: &str) -> Result<(), &'static str> {
     };
     if name.split('.').all(numeric)
         && (pattern.starts_with("*.")
-            || name.parse::<std::net::Ipv4Addr>().map(|a| a.to_string()).as_deref() != Ok(name))
+            || name
+                .parse::<std::net::Ipv4Addr>()
+                .map(|a| a.to_string())
+                .as_deref()
+                != Ok(name))
     {
         return Err(
             "it is an IPv4 address in a shorthand form (a request for it is matched as a dotted quad such as 127.0.0.1, without leading zeros), or a wildcard over numbers",
