@@ -1548,13 +1548,9 @@ pub fn check_host_pattern(pattern: &str) -> Result<(), &'static str> {
         Some(hex) => hex.bytes().all(|b| b.is_ascii_hexdigit()),
         None => label.bytes().all(|b| b.is_ascii_digit()),
     };
+    // (`Ipv4Addr`'s parser takes only the dotted quad, without leading zeros.)
     if name.split('.').all(numeric)
-        && (pattern.starts_with("*.")
-            || name
-                .parse::<std::net::Ipv4Addr>()
-                .map(|a| a.to_string())
-                .as_deref()
-                != Ok(name))
+        && (pattern.starts_with("*.") || name.parse::<std::net::Ipv4Addr>().is_err())
     {
         return Err(
             "it is an IPv4 address in a shorthand form (a request for it is matched as a dotted quad such as 127.0.0.1, without leading zeros), or a wildcard over numbers",

@@ -1047,15 +1047,12 @@ impl http_body::Body for UpstreamBody {
     }
 }
 
-/// The `Host` header for `authority`: host, and port when not the scheme's default; never the
-/// authority's user information.
+/// The `Host` header for `authority` (one without user information: [`OriginKey::of`] and the
+/// runtime's upstream targets make none): host, and port when not the scheme's default.
 pub(crate) fn host_header(https: bool, authority: &Authority) -> Option<http::HeaderValue> {
     let default_port = if https { 443 } else { 80 };
     match authority.port_u16() {
-        Some(port) if port != default_port => match authority.as_str().contains('@') {
-            false => http::HeaderValue::from_str(authority.as_str()),
-            true => http::HeaderValue::from_str(&format!("{}:{port}", authority.host())),
-        },
+        Some(port) if port != default_port => http::HeaderValue::from_str(authority.as_str()),
         _ => http::HeaderValue::from_str(authority.host()),
     }
     .ok()
@@ -1112,7 +1109,7 @@ fn to_absolute_form(
     let uri = request.uri();
     if uri.scheme().is_none() || uri.authority().map(Authority::as_str) != Some(authority.as_str())
     {
-        let mut parts = request.uri().clone().into_parts();
+        let mut parts = uri.clone().into_parts();
         parts.scheme = Some(if *https {
             http::uri::Scheme::HTTPS
         } else {
