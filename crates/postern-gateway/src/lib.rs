@@ -534,10 +534,10 @@ impl RunningGateway {
         };
         let (workers, listen_addr) = workers::Workers::start(gateway_sockets, {
             let shared = shared.clone();
-            move |listener| {
+            move |arrivals| {
                 let shared = shared.clone();
                 listener::accept_loop(
-                    listener,
+                    arrivals,
                     gateway_accept.clone(),
                     move |connection, request| proxy::handle(shared.clone(), connection, request),
                 )
@@ -545,7 +545,7 @@ impl RunningGateway {
         })
         .await?;
         let admin_task = tokio::spawn(listener::accept_loop(
-            admin_listener,
+            workers::Arrivals::single(admin_listener),
             listener::Accept {
                 tls: None,
                 builder,

@@ -17,7 +17,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -25,6 +24,7 @@ use crate::body::{CallerBody, GatewayBody};
 use crate::context::ConnectionInfo;
 use crate::deadline::{Deadline, InFlight, Waiting};
 use crate::h1server::{self, Prefixed, Served};
+use crate::workers::Arrivals;
 
 /// A connection must send its first byte within this long (a bare TCP connection that never
 /// speaks would otherwise hold a file descriptor forever).
@@ -179,7 +179,7 @@ pub struct Accept {
 
 /// Accepts until `shutdown` turns true. Each connection runs in its own task, registered with
 /// `watcher` so shutdown can wait for in-flight calls.
-pub async fn accept_loop<H, F>(listener: TcpListener, accept: Accept, handler: H)
+pub async fn accept_loop<H, F>(mut arrivals: Arrivals, accept: Accept, handler: H)
 where
     H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
@@ -206,10 +206,11 @@ where
     let (local_stop, local_shutdown) = watch::channel(*shutdown.borrow());
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = arrivals.accept() => accepted,
             _ = shutdown.changed() => break,
         };
-        let (stream, peer) = match accepted {
+        // Counted as this worker's connection until its task ends.
+        let (stream, peer, live) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -248,6 +249,7 @@ where
         match tls {
             None => {
                 tokio::spawn(async move {
+                    let _live = live;
                     let info = ConnectionInfo::new(peer, None, false, in_flight).holding(slot);
                     let info = Arc::new(info);
                     connection.serve_h1_first(stream, info, handler).await;
@@ -255,6 +257,7 @@ where
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
+                    let _live = live;
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                             .await;

@@ -4,6 +4,12 @@
 //! pools (`upstream.rs`). A connection and every call on it are served start to finish on one
 //! thread, as nginx's worker processes do: no work stealing, no cross-thread wake-up per call.
 //!
+//! The kernel picks a socket by a hash of the connection, so a few long-lived connections split
+//! like coin tosses (64 callers as 37 and 27), and the busier worker's calls wait longer. So a
+//! worker that accepts a connection while it serves at least two more than another hands it to
+//! the worker serving the fewest ([`Arrivals`]): one cross-thread hand-off per connection that
+//! needs one, none per call.
+//!
 //! What is shared stays shared (`Shared`: the config snapshot, rate limiters, the audit log, the
 //! event writer); it is reached through atomics and channels, never by moving a call between
 //! threads. The admin listener, the audit sequencer and the background jobs run on the main
@@ -12,10 +18,12 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Pending connections each worker's socket queues before the kernel refuses more.
@@ -114,6 +122,138 @@ impl Drop for Background {
     }
 }
 
+/// Where a listener's connections come from: its own socket and, on a data-plane worker, the
+/// connections other workers hand over so that each serves about as many as the rest.
+pub struct Arrivals {
+    listener: TcpListener,
+    balance: Option<Balance>,
+}
+
+/// A worker's part in spreading connections evenly.
+struct Balance {
+    worker: usize,
+    counts: Arc<Counts>,
+    /// Every worker's inbox, this one's included (never sent to).
+    inboxes: Arc<[mpsc::UnboundedSender<Handed>]>,
+    inbox: mpsc::UnboundedReceiver<Handed>,
+}
+
+/// A connection on its way to another worker's runtime (deregistered from this one's).
+type Handed = (std::net::TcpStream, SocketAddr, Live);
+
+/// The connections each worker serves.
+struct Counts(Box<[AtomicUsize]>);
+
+/// A connection counted as served by one worker, until dropped.
+pub struct Live {
+    counts: Arc<Counts>,
+    worker: usize,
+}
+
+impl Live {
+    fn new(counts: &Arc<Counts>, worker: usize) -> Live {
+        counts.0[worker].fetch_add(1, Ordering::Relaxed);
+        Live {
+            counts: counts.clone(),
+            worker,
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.counts.0[self.worker].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Arrivals {
+    /// A listener's own connections only (the admin API's, a test's).
+    pub fn single(listener: TcpListener) -> Arrivals {
+        Arrivals {
+            listener,
+            balance: None,
+        }
+    }
+
+    /// The next connection this worker is to serve: one it accepted, or one handed to it.
+    /// Counted as this worker's for as long as the [`Live`] is kept (`None` off the data plane).
+    pub async fn accept(&mut self) -> std::io::Result<(TcpStream, SocketAddr, Option<Live>)> {
+        let Some(balance) = &mut self.balance else {
+            let (stream, peer) = self.listener.accept().await?;
+            return Ok((stream, peer, None));
+        };
+        loop {
+            let (stream, peer) = tokio::select! {
+                biased;
+                Some((stream, peer, live)) = balance.inbox.recv() => {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => return Ok((stream, peer, Some(live))),
+                        Err(error) => {
+                            tracing::warn!(%peer, %error, "cannot take a connection another worker handed over");
+                            continue;
+                        }
+                    }
+                }
+                accepted = self.listener.accept() => accepted?,
+            };
+            let to = balance.fewest();
+            if to != balance.worker {
+                let live = Live::new(&balance.counts, to);
+                match stream.into_std() {
+                    Ok(stream) => match balance.inboxes[to].send((stream, peer, live)) {
+                        Ok(()) => continue,
+                        // That worker stopped accepting: served here.
+                        Err(mpsc::error::SendError((stream, _, _))) => {
+                            match TcpStream::from_std(stream) {
+                                Ok(stream) => {
+                                    return Ok((
+                                        stream,
+                                        peer,
+                                        Some(Live::new(&balance.counts, balance.worker)),
+                                    ));
+                                }
+                                Err(error) => {
+                                    tracing::warn!(%peer, %error, "cannot take back a connection");
+                                    continue;
+                                }
+                            }
+                        }
+                    },
+                    Err(error) => {
+                        tracing::warn!(%peer, %error, "cannot hand a connection to another worker");
+                        continue;
+                    }
+                }
+            }
+            return Ok((
+                stream,
+                peer,
+                Some(Live::new(&balance.counts, balance.worker)),
+            ));
+        }
+    }
+}
+
+impl Balance {
+    /// This worker, unless another still accepting serves at least two fewer connections: then
+    /// the one serving the fewest. (Within one, a hand-off would only move the imbalance.)
+    fn fewest(&self) -> usize {
+        let count = |worker: usize| self.counts.0[worker].load(Ordering::Relaxed);
+        let mine = count(self.worker);
+        let (mut best, mut fewest) = (self.worker, mine);
+        for (worker, inbox) in self.inboxes.iter().enumerate() {
+            let theirs = count(worker);
+            if theirs < fewest && !inbox.is_closed() {
+                (best, fewest) = (worker, theirs);
+            }
+        }
+        match fewest + 2 <= mine {
+            true => best,
+            false => self.worker,
+        }
+    }
+}
+
 /// `[gateway] workers` resolved: `0` means one per CPU.
 pub fn count(configured: usize) -> usize {
     match configured {
@@ -155,11 +295,12 @@ pub fn bind(addr: SocketAddr, count: usize) -> anyhow::Result<Bound> {
 
 impl Workers {
     /// Starts one worker on each socket of `bound`. `serve` runs on the worker's runtime with
-    /// its listener and returns when the worker should stop accepting; the worker's
-    /// connections keep being served until [`Workers::finish`].
+    /// its arrivals (its socket, and connections handed over by other workers) and returns when
+    /// the worker should stop accepting; the worker's connections keep being served until
+    /// [`Workers::finish`].
     pub async fn start<S, F>(bound: Bound, serve: S) -> anyhow::Result<(Workers, SocketAddr)>
     where
-        S: Fn(TcpListener) -> F + Clone + Send + 'static,
+        S: Fn(Arrivals) -> F + Clone + Send + 'static,
         F: Future<Output = ()> + 'static,
     {
         let Bound {
@@ -170,7 +311,21 @@ impl Workers {
         let (accepting_done, stopped_accepting) = mpsc::channel::<()>(1);
         let mut threads = Vec::with_capacity(listeners.len());
         let mut ready = Vec::with_capacity(listeners.len());
+        let counts = Arc::new(Counts(
+            listeners.iter().map(|_| AtomicUsize::new(0)).collect(),
+        ));
+        let (inboxes, mut inbox_ends): (Vec<_>, Vec<_>) = listeners
+            .iter()
+            .map(|_| mpsc::unbounded_channel::<Handed>())
+            .unzip();
+        let inboxes: Arc<[_]> = inboxes.into();
         for (index, listener) in listeners.into_iter().enumerate() {
+            let balance = Balance {
+                worker: index,
+                counts: counts.clone(),
+                inboxes: inboxes.clone(),
+                inbox: inbox_ends.remove(0),
+            };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -194,7 +349,10 @@ impl Workers {
                             }
                         };
                         let _ = listening.send(Ok(()));
-                        let accepting = serve(listener);
+                        let accepting = serve(Arrivals {
+                            listener,
+                            balance: Some(balance),
+                        });
                         // Nothing `serve` captured may outlive accepting: the gateway's graceful
                         // shutdown waits for the last handle on its connection watcher.
                         drop(serve);
@@ -303,12 +461,12 @@ mod tests {
         let (stop, stopped) = watch::channel(false);
         let (mut workers, addr) =
             Workers::start(bind("127.0.0.1:0".parse().unwrap(), 3).unwrap(), {
-                move |listener: TcpListener| {
+                move |mut arrivals: Arrivals| {
                     let (tx, mut stopped) = (tx.clone(), stopped.clone());
                     async move {
                         loop {
                             tokio::select! {
-                                accepted = listener.accept() => {
+                                accepted = arrivals.accept() => {
                                     if accepted.is_ok() {
                                         let _ = tx.send(current());
                                     }
@@ -344,10 +502,71 @@ mod tests {
         workers.finish().await;
     }
 
+    /// Connections are spread by how many each worker serves, not by the kernel's hash: after a
+    /// worker's connections all close, the next ones go to it (without the hand-over, six in a
+    /// row landing on one of three workers would be a 3^-6 chance).
+    #[tokio::test]
+    async fn a_worker_serving_fewer_connections_is_handed_new_ones() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (stop, stopped) = watch::channel(false);
+        let (mut workers, addr) =
+            Workers::start(bind("127.0.0.1:0".parse().unwrap(), 3).unwrap(), {
+                move |mut arrivals: Arrivals| {
+                    let (tx, mut stopped) = (tx.clone(), stopped.clone());
+                    async move {
+                        loop {
+                            tokio::select! {
+                                accepted = arrivals.accept() => {
+                                    if let Ok((stream, _, live)) = accepted {
+                                        let _ = tx.send((current().unwrap(), stream, live.unwrap()));
+                                    }
+                                }
+                                _ = stopped.wait_for(|stop| *stop) => return,
+                            }
+                        }
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        let mut clients = Vec::new();
+        let mut served = Vec::new();
+        let mut connect = async |clients: &mut Vec<_>| {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+            rx.recv().await.unwrap()
+        };
+        for _ in 0..30 {
+            served.push(connect(&mut clients).await);
+        }
+        let per_worker = |served: &[(usize, TcpStream, Live)]| {
+            let mut counts = [0; 3];
+            for (worker, _, _) in served {
+                counts[*worker] += 1;
+            }
+            counts
+        };
+        let counts = per_worker(&served);
+        assert!(
+            counts.iter().all(|&n| (8..=12).contains(&n)),
+            "30 connections spread within two of each other: {counts:?}"
+        );
+        // Worker 1's connections close (server side: they stop counting). The others serve at
+        // least 8 each, so worker 1 stays two below them for the next 6.
+        served.retain(|(worker, _, _)| *worker != 1);
+        for _ in 0..6 {
+            let (worker, stream, live) = connect(&mut clients).await;
+            assert_eq!(worker, 1, "handed to the worker serving the fewest");
+            served.push((worker, stream, live));
+        }
+        let _ = stop.send(true);
+        workers.stopped_accepting().await;
+        workers.finish().await;
+    }
+
     #[tokio::test]
     async fn an_address_in_use_is_refused_even_by_a_second_worker_group() {
-        let serve = |listener: TcpListener| async move {
-            let _ = listener.accept().await;
+        let serve = |mut arrivals: Arrivals| async move {
+            let _ = arrivals.accept().await;
         };
         let (first, addr) = Workers::start(bind("127.0.0.1:0".parse().unwrap(), 2).unwrap(), serve)
             .await
@@ -374,7 +593,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (mut workers, _) = Workers::start(bind("127.0.0.1:0".parse().unwrap(), 2).unwrap(), {
             let values = values.clone();
-            move |_listener: TcpListener| {
+            move |_arrivals: Arrivals| {
                 let (tx, values) = (tx.clone(), values.clone());
                 async move {
                     let made = values.on_worker(current).copied();
@@ -402,7 +621,7 @@ mod tests {
     #[tokio::test]
     async fn a_worker_whose_accept_loop_panics_still_counts_as_stopped() {
         let (mut workers, _) = Workers::start(bind("127.0.0.1:0".parse().unwrap(), 2).unwrap(), {
-            |_listener: TcpListener| async move {
+            |_arrivals: Arrivals| async move {
                 if current() == Some(0) {
                     panic!("worker 0's accept loop fails (test)");
                 }
