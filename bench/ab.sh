@@ -20,6 +20,7 @@ UPSTREAM_THREADS=1
 SKIP_BUILD=1
 KEEP=0
 SYSCALLS=0
+CLOSE=0
 SYSCALL_EVENTS="syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,syscalls:sys_enter_write,syscalls:sys_enter_pwrite64,context-switches"
 
 usage() {
@@ -53,6 +54,8 @@ Options:
                     ca_file, as bench/run.sh --upstream-tls
   --upstream-h2     the same, the upstream offering HTTP/2 first (bench/run.sh --upstream-h2)
   --proxy-threads N Postern's [gateway] workers (default nproc = $PROXY_THREADS)
+  --close           every request on a new connection (\`Connection: close\`): what a
+                    connection costs (accept, hand-over between workers, close), not a call
   --keep            keep the temp dir (config, logs, wrk output)
   -h, --help        this help
 EOF
@@ -66,6 +69,7 @@ while [[ $# -gt 0 ]]; do
     --warmup) WARMUP="$2"; shift 2 ;;
     --audit) AUDIT_MODE="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --close) CLOSE=1; shift ;;
     --syscalls) SYSCALLS=1; shift ;;
     --upstream-tls) UPSTREAM_TLS=1; shift ;;
     --upstream-h2) UPSTREAM_TLS=1; UPSTREAM_H2=1; shift ;;
@@ -96,6 +100,7 @@ POSTERN_BIN="${BINS[1]}"
 write_postern_config bench/ab.sh 'credential = { kind = "bearer", from_file = "vendor-key" }'
 cat >"$WORK/bench.lua" <<EOF
 wrk.headers["Authorization"] = "Bearer $TOKEN"
+$([[ $CLOSE == 1 ]] && echo 'wrk.headers["Connection"] = "close"')
 done = function(summary, latency, requests)
   io.write(string.format("AB requests=%d p99_us=%d errors=%d\n", summary.requests,
     latency:percentile(99), summary.errors.status + summary.errors.connect + summary.errors.read
