@@ -90,6 +90,7 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
                     shared.tunnels.load(std::sync::atomic::Ordering::Relaxed),
                 );
                 metrics.set_calls_open(shared.open_calls.snapshot());
+                metrics.set_workers(&shared.worker_load);
                 metrics.encode(&shared.recorder.events.stats)
             },
             "application/openmetrics-text; version=1.0.0; charset=utf-8",

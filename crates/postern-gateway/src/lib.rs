@@ -161,6 +161,8 @@ pub struct Shared {
     /// The data-plane listener's connection slots ([`listener::MAX_CONNECTIONS`]), held by each
     /// caller connection and by each tunnel opened on one.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// The connections each data-plane worker serves (`/metrics`).
+    pub worker_load: workers::Load,
     /// The audit log's rate for refusals of calls with no caller ([`ANONYMOUS_AUDIT_PER_SECOND`]).
     pub anonymous_audit: governor::DefaultDirectRateLimiter,
     shutdown_signal: watch::Receiver<bool>,
@@ -494,6 +496,7 @@ impl RunningGateway {
             tunnels_by_caller: forward_proxy::TunnelsByCaller::default(),
             open_calls: concurrency::OpenCalls::default(),
             connection_slots: listener::connection_slots(),
+            worker_load: gateway_sockets.load(),
             anonymous_audit: governor::RateLimiter::direct(
                 governor::Quota::per_second(
                     std::num::NonZeroU32::new(ANONYMOUS_AUDIT_PER_SECOND).expect("not zero"),

@@ -60,6 +60,11 @@ pub struct CredentialLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
 }
@@ -101,6 +106,8 @@ pub struct Metrics {
     events_written: Counter,
     events_errors: Counter,
     connections_open: Gauge,
+    worker_connections: Family<WorkerLabel, Gauge>,
+    connections_handed_over: Counter,
     tunnels_open: Gauge,
     calls_open: Family<IntegrationLabel, Gauge>,
     caller_calls_open: Family<IntegrationCallerLabel, Gauge>,
@@ -178,6 +185,18 @@ impl Metrics {
             "Connections open on the data-plane listener, CONNECT tunnels opened on them included",
             connections_open.clone(),
         );
+        let worker_connections = Family::<WorkerLabel, Gauge>::default();
+        registry.register(
+            "worker_connections",
+            "Connections each data-plane worker serves",
+            worker_connections.clone(),
+        );
+        let connections_handed_over = Counter::default();
+        registry.register(
+            "connections_handed_over",
+            "Connections a worker accepted and handed to a worker serving fewer",
+            connections_handed_over.clone(),
+        );
         let tunnels_open = Gauge::default();
         registry.register(
             "tunnels_open",
@@ -212,6 +231,8 @@ impl Metrics {
             events_written,
             events_errors,
             connections_open,
+            worker_connections,
+            connections_handed_over,
             tunnels_open,
             calls_open,
             caller_calls_open,
@@ -246,6 +267,21 @@ impl Metrics {
             .set(i64::try_from(connections).unwrap_or(i64::MAX));
         self.tunnels_open
             .set(i64::try_from(tunnels).unwrap_or(i64::MAX));
+    }
+
+    /// Sets each worker's connections and the hand-overs since start, read when the metrics are
+    /// asked for.
+    pub fn set_workers(&self, load: &crate::workers::Load) {
+        for (worker, serving) in load.per_worker().enumerate() {
+            self.worker_connections
+                .get_or_create(&WorkerLabel { worker })
+                .set(i64::try_from(serving).unwrap_or(i64::MAX));
+        }
+        let handed = load.handed_over();
+        let counted = self.connections_handed_over.get();
+        if handed > counted {
+            self.connections_handed_over.inc_by(handed - counted);
+        }
     }
 
     /// Counts one finished call and observes its duration.

@@ -18,7 +18,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -141,8 +141,30 @@ struct Balance {
 /// A connection on its way to another worker's runtime (deregistered from this one's).
 type Handed = (std::net::TcpStream, SocketAddr, Live);
 
-/// The connections each worker serves.
-struct Counts(Box<[AtomicUsize]>);
+/// The connections each worker serves, and how many were handed from one worker to another.
+struct Counts {
+    serving: Box<[AtomicUsize]>,
+    handed_over: AtomicU64,
+}
+
+/// The workers' connections as the admin API's `/metrics` reads them.
+#[derive(Clone)]
+pub struct Load(Arc<Counts>);
+
+impl Load {
+    /// The connections each worker serves now (its index is the worker's).
+    pub fn per_worker(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0
+            .serving
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+    }
+
+    /// Connections a worker accepted and handed to another, since start.
+    pub fn handed_over(&self) -> u64 {
+        self.0.handed_over.load(Ordering::Relaxed)
+    }
+}
 
 /// A connection counted as served by one worker, until dropped.
 pub struct Live {
@@ -152,7 +174,7 @@ pub struct Live {
 
 impl Live {
     fn new(counts: &Arc<Counts>, worker: usize) -> Live {
-        counts.0[worker].fetch_add(1, Ordering::Relaxed);
+        counts.serving[worker].fetch_add(1, Ordering::Relaxed);
         Live {
             counts: counts.clone(),
             worker,
@@ -162,7 +184,7 @@ impl Live {
 
 impl Drop for Live {
     fn drop(&mut self) {
-        self.counts.0[self.worker].fetch_sub(1, Ordering::Relaxed);
+        self.counts.serving[self.worker].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -201,7 +223,10 @@ impl Arrivals {
                 let live = Live::new(&balance.counts, to);
                 match stream.into_std() {
                     Ok(stream) => match balance.inboxes[to].send((stream, peer, live)) {
-                        Ok(()) => continue,
+                        Ok(()) => {
+                            balance.counts.handed_over.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
                         // That worker stopped accepting: served here.
                         Err(mpsc::error::SendError((stream, _, _))) => {
                             match TcpStream::from_std(stream) {
@@ -238,7 +263,7 @@ impl Balance {
     /// This worker, unless another still accepting serves at least two fewer connections: then
     /// the one serving the fewest. (Within one, a hand-off would only move the imbalance.)
     fn fewest(&self) -> usize {
-        let count = |worker: usize| self.counts.0[worker].load(Ordering::Relaxed);
+        let count = |worker: usize| self.counts.serving[worker].load(Ordering::Relaxed);
         let mine = count(self.worker);
         let (mut best, mut fewest) = (self.worker, mine);
         for (worker, inbox) in self.inboxes.iter().enumerate() {
@@ -279,12 +304,18 @@ pub struct Workers {
 pub struct Bound {
     listeners: Vec<std::net::TcpListener>,
     addr: SocketAddr,
+    counts: Arc<Counts>,
 }
 
 impl Bound {
     /// The address bound (its port chosen by the system if `0` was asked for).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The connections the workers started on these sockets will serve.
+    pub fn load(&self) -> Load {
+        Load(self.counts.clone())
     }
 }
 
@@ -306,14 +337,12 @@ impl Workers {
         let Bound {
             listeners,
             addr: bound,
+            counts,
         } = bound;
         let (finished, _) = watch::channel(false);
         let (accepting_done, stopped_accepting) = mpsc::channel::<()>(1);
         let mut threads = Vec::with_capacity(listeners.len());
         let mut ready = Vec::with_capacity(listeners.len());
-        let counts = Arc::new(Counts(
-            listeners.iter().map(|_| AtomicUsize::new(0)).collect(),
-        ));
         let (inboxes, mut inbox_ends): (Vec<_>, Vec<_>) = listeners
             .iter()
             .map(|_| mpsc::unbounded_channel::<Handed>())
@@ -435,6 +464,10 @@ fn bind_sockets(addr: SocketAddr, count: usize) -> std::io::Result<Bound> {
         listeners.push(socket.into());
     }
     Ok(Bound {
+        counts: Arc::new(Counts {
+            serving: listeners.iter().map(|_| AtomicUsize::new(0)).collect(),
+            handed_over: AtomicU64::new(0),
+        }),
         listeners,
         addr: bound,
     })
@@ -509,26 +542,27 @@ mod tests {
     async fn a_worker_serving_fewer_connections_is_handed_new_ones() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (stop, stopped) = watch::channel(false);
-        let (mut workers, addr) =
-            Workers::start(bind("127.0.0.1:0".parse().unwrap(), 3).unwrap(), {
-                move |mut arrivals: Arrivals| {
-                    let (tx, mut stopped) = (tx.clone(), stopped.clone());
-                    async move {
-                        loop {
-                            tokio::select! {
-                                accepted = arrivals.accept() => {
-                                    if let Ok((stream, _, live)) = accepted {
-                                        let _ = tx.send((current().unwrap(), stream, live.unwrap()));
-                                    }
+        let bound = bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let load = bound.load();
+        let (mut workers, addr) = Workers::start(bound, {
+            move |mut arrivals: Arrivals| {
+                let (tx, mut stopped) = (tx.clone(), stopped.clone());
+                async move {
+                    loop {
+                        tokio::select! {
+                            accepted = arrivals.accept() => {
+                                if let Ok((stream, _, live)) = accepted {
+                                    let _ = tx.send((current().unwrap(), stream, live.unwrap()));
                                 }
-                                _ = stopped.wait_for(|stop| *stop) => return,
                             }
+                            _ = stopped.wait_for(|stop| *stop) => return,
                         }
                     }
                 }
-            })
-            .await
-            .unwrap();
+            }
+        })
+        .await
+        .unwrap();
         let mut clients = Vec::new();
         let mut served = Vec::new();
         let mut connect = async |clients: &mut Vec<_>| {
@@ -550,6 +584,12 @@ mod tests {
             counts.iter().all(|&n| (8..=12).contains(&n)),
             "30 connections spread within two of each other: {counts:?}"
         );
+        assert_eq!(
+            load.per_worker().collect::<Vec<_>>(),
+            counts,
+            "as /metrics reads them"
+        );
+        let handed = load.handed_over();
         // Worker 1's connections close (server side: they stop counting). The others serve at
         // least 8 each, so worker 1 stays two below them for the next 6.
         served.retain(|(worker, _, _)| *worker != 1);
@@ -558,6 +598,13 @@ mod tests {
             assert_eq!(worker, 1, "handed to the worker serving the fewest");
             served.push((worker, stream, live));
         }
+        assert_eq!(
+            load.per_worker().collect::<Vec<_>>(),
+            per_worker(&served),
+            "as /metrics reads them"
+        );
+        // Of the six, those the kernel gave to another worker's socket were handed over.
+        assert!(load.handed_over() <= handed + 6);
         let _ = stop.send(true);
         workers.stopped_accepting().await;
         workers.finish().await;

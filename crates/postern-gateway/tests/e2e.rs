@@ -2996,6 +2996,55 @@ async fn admin_api_scheme_limits_and_methods() {
     gw.stop().await;
 }
 
+/// `postern_worker_connections` from `/metrics`, by worker.
+async fn worker_connections(gw: &TestGateway) -> Vec<i64> {
+    let text = gw.metrics().await;
+    text.lines()
+        .filter_map(|line| line.strip_prefix("postern_worker_connections{worker=\""))
+        .map(|rest| rest.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+        .collect()
+}
+
+/// Callers' connections are spread over the workers by how many each serves, and `/metrics`
+/// shows each worker's share.
+#[tokio::test]
+async fn each_workers_connections_are_in_the_metrics_and_kept_even() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let body = stripe_like(&vendor, "");
+    let gw = start_with_key(
+        &body,
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        "workers = 3",
+    )
+    .await;
+    let addr = gw.base.trim_start_matches("http://").to_string();
+    let mut connections = Vec::new();
+    for _ in 0..9 {
+        connections.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    eventually("nine connections counted", || async {
+        worker_connections(&gw).await.iter().sum::<i64>() == 9
+    })
+    .await;
+    let counts = worker_connections(&gw).await;
+    assert_eq!(counts.len(), 3, "one series per worker: {counts:?}");
+    let (least, most) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    assert!(most - least <= 2, "within two of each other: {counts:?}");
+    drop(connections);
+    eventually("closed connections no longer counted", || async {
+        worker_connections(&gw).await.iter().sum::<i64>() == 0
+    })
+    .await;
+    let text = gw.metrics().await;
+    assert!(
+        text.contains("postern_connections_handed_over_total "),
+        "{text}"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn admin_api_health_metrics_integrations_events() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
