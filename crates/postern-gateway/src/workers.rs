@@ -488,26 +488,35 @@ fn new_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
 mod tests {
     use super::*;
 
+    /// A worker's accept loop for these tests: each connection to `each` until `stopped`.
+    async fn accept_until_stopped(
+        mut arrivals: Arrivals,
+        mut stopped: watch::Receiver<bool>,
+        mut each: impl FnMut(TcpStream, Option<Live>),
+    ) {
+        loop {
+            tokio::select! {
+                accepted = arrivals.accept() => {
+                    if let Ok((stream, _, live)) = accepted {
+                        each(stream, live);
+                    }
+                }
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
     #[tokio::test]
     async fn every_worker_serves_on_its_own_thread_and_shares_one_port() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (stop, stopped) = watch::channel(false);
         let (mut workers, addr) =
             Workers::start(bind("127.0.0.1:0".parse().unwrap(), 3).unwrap(), {
-                move |mut arrivals: Arrivals| {
-                    let (tx, mut stopped) = (tx.clone(), stopped.clone());
-                    async move {
-                        loop {
-                            tokio::select! {
-                                accepted = arrivals.accept() => {
-                                    if accepted.is_ok() {
-                                        let _ = tx.send(current());
-                                    }
-                                }
-                                _ = stopped.wait_for(|stop| *stop) => return,
-                            }
-                        }
-                    }
+                move |arrivals: Arrivals| {
+                    let tx = tx.clone();
+                    accept_until_stopped(arrivals, stopped.clone(), move |_, _| {
+                        let _ = tx.send(current());
+                    })
                 }
             })
             .await
@@ -545,20 +554,11 @@ mod tests {
         let bound = bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
         let load = bound.load();
         let (mut workers, addr) = Workers::start(bound, {
-            move |mut arrivals: Arrivals| {
-                let (tx, mut stopped) = (tx.clone(), stopped.clone());
-                async move {
-                    loop {
-                        tokio::select! {
-                            accepted = arrivals.accept() => {
-                                if let Ok((stream, _, live)) = accepted {
-                                    let _ = tx.send((current().unwrap(), stream, live.unwrap()));
-                                }
-                            }
-                            _ = stopped.wait_for(|stop| *stop) => return,
-                        }
-                    }
-                }
+            move |arrivals: Arrivals| {
+                let tx = tx.clone();
+                accept_until_stopped(arrivals, stopped.clone(), move |stream, live| {
+                    let _ = tx.send((current().unwrap(), stream, live.unwrap()));
+                })
             }
         })
         .await
