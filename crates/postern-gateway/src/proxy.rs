@@ -1745,14 +1745,14 @@ pub fn leaves_origin(upstream: &url::Url, location: &str) -> bool {
     }
 }
 
-/// Header names listed in `Connection` (hop-by-hop for this message, RFC 9110 §7.6.1).
+/// Header names listed in `Connection` (hop-by-hop for this message, RFC 9110 §7.6.1). Read
+/// as bytes: a value with a byte that is not UTF-8 (obs-text) still names the headers beside it.
 pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|&byte| byte == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect()
 }
 
@@ -1784,6 +1784,22 @@ mod tests {
         for (location, leaves) in cases {
             assert_eq!(leaves_origin(&upstream, location), leaves, "{location}");
         }
+    }
+
+    #[test]
+    fn connection_names_beside_a_byte_that_is_not_utf8_are_still_read() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-one, \xff\xfe ,X-Two").unwrap(),
+        );
+        headers.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        let named = super::connection_named(&headers);
+        assert_eq!(
+            named,
+            ["x-one", "x-two", "keep-alive"].map(HeaderName::from_static),
+            "the byte that names no header is skipped"
+        );
     }
 
     #[test]
