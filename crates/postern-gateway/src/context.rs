@@ -42,10 +42,16 @@ pub struct ConnectionInfo {
     /// Set on connections inside an intercepted CONNECT tunnel (and for absolute-form requests
     /// to a registered host): who opened it and which integration the host belongs to.
     pub tunnel: Option<Arc<TunnelInfo>>,
-    /// The listener's connection slot, given back when the last holder of this connection's
-    /// facts ends: the connection's task, or a tunnel that outlives it (a CONNECT's socket is
-    /// handed to a task of its own), so open tunnels count against the listener's limit.
-    slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    /// The listener's connection slot and the worker's count of its connections, given back
+    /// when the last holder of this connection's facts ends: the connection's task, or a tunnel
+    /// that outlives it (a CONNECT's socket is handed to a task of its own), so open tunnels
+    /// count against the listener's limit and as their worker's connections.
+    slot: Option<
+        Arc<(
+            tokio::sync::OwnedSemaphorePermit,
+            Option<crate::workers::Live>,
+        )>,
+    >,
     /// The calls in flight on this connection (or tunnel), which its idle limit excuses.
     in_flight: InFlight,
 }
@@ -80,10 +86,15 @@ impl ConnectionInfo {
         &self.in_flight
     }
 
-    /// The same facts, holding the listener's connection `slot` until the last holder ends.
-    pub fn holding(self, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+    /// The same facts, holding the listener's connection `slot` and the worker's count of it
+    /// (`live`, on a data-plane worker) until the last holder ends.
+    pub fn holding(
+        self,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        live: Option<crate::workers::Live>,
+    ) -> Self {
         ConnectionInfo {
-            slot: Some(Arc::new(slot)),
+            slot: Some(Arc::new((slot, live))),
             ..self
         }
     }

@@ -204,12 +204,26 @@ where
     // channel is shared by every worker thread. The loop passes the gateway's shutdown on when
     // it stops (and nothing if the gateway's sender was dropped, as `stopping` expects).
     let (local_stop, local_shutdown) = watch::channel(*shutdown.borrow());
+    let mut stopping = false;
     loop {
-        let accepted = tokio::select! {
-            accepted = arrivals.accept() => accepted,
-            _ = shutdown.changed() => break,
+        let accepted = match stopping {
+            // Connections another worker handed over before this one stopped accepting were
+            // accepted before the shutdown: served as the rest (they see it at once).
+            true => match arrivals.handed() {
+                Some(handed) => Ok(handed),
+                None => break,
+            },
+            false => tokio::select! {
+                accepted = arrivals.accept() => accepted,
+                _ = shutdown.changed() => {
+                    arrivals.close();
+                    stopping = true;
+                    continue;
+                }
+            },
         };
-        // Counted as this worker's connection until its task ends.
+        // Counted as this worker's connection (`live`) while its facts are held: by its task,
+        // and by a CONNECT tunnel opened on it.
         let (stream, peer, live) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
@@ -249,15 +263,14 @@ where
         match tls {
             None => {
                 tokio::spawn(async move {
-                    let _live = live;
-                    let info = ConnectionInfo::new(peer, None, false, in_flight).holding(slot);
+                    let info =
+                        ConnectionInfo::new(peer, None, false, in_flight).holding(slot, live);
                     let info = Arc::new(info);
                     connection.serve_h1_first(stream, info, handler).await;
                 });
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
-                    let _live = live;
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                             .await;
@@ -280,7 +293,7 @@ where
                         .and_then(crate::tls::spiffe_id);
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let info = ConnectionInfo::new(peer, spiffe_id, true, in_flight);
-                    let info = Arc::new(info.holding(slot));
+                    let info = Arc::new(info.holding(slot, live));
                     match h2 {
                         true => {
                             let Connection {

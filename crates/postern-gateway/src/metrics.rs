@@ -91,6 +91,9 @@ thread_local! {
 pub struct Metrics {
     /// Tells this instance's series apart in the threads' caches.
     id: u64,
+    /// Held while a counter kept elsewhere is copied in (read, then add the difference), so two
+    /// scrapes at once (the admin API runs on several threads) do not both add it.
+    mirroring: std::sync::Mutex<()>,
     alerts: Family<KindLabel, Counter>,
     pub detector_dropped: Counter,
     /// Refusals of calls with no caller whose audit entry was not written (over
@@ -218,6 +221,7 @@ impl Metrics {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Metrics {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            mirroring: std::sync::Mutex::new(()),
             registry,
             calls,
             denials,
@@ -277,6 +281,7 @@ impl Metrics {
                 .get_or_create(&WorkerLabel { worker })
                 .set(i64::try_from(serving).unwrap_or(i64::MAX));
         }
+        let _mirroring = self.mirror_lock();
         let handed = load.handed_over();
         let counted = self.connections_handed_over.get();
         if handed > counted {
@@ -370,9 +375,16 @@ impl Metrics {
             .set(i64::from(over_max_age));
     }
 
+    fn mirror_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.mirroring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Text exposition format.
     pub fn encode(&self, event_stats: &EventStats) -> String {
         // Mirror the writer's counters into the registry before encoding.
+        let mirroring = self.mirror_lock();
         let written = event_stats.written.load(Ordering::Relaxed);
         let current = self.events_written.get();
         if written > current {
@@ -383,6 +395,7 @@ impl Metrics {
         if errors > current {
             self.events_errors.inc_by(errors - current);
         }
+        drop(mirroring);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -142,6 +142,7 @@ struct Balance {
 type Handed = (std::net::TcpStream, SocketAddr, Live);
 
 /// The connections each worker serves, and how many were handed from one worker to another.
+#[derive(Debug)]
 struct Counts {
     serving: Box<[AtomicUsize]>,
     handed_over: AtomicU64,
@@ -167,6 +168,7 @@ impl Load {
 }
 
 /// A connection counted as served by one worker, until dropped.
+#[derive(Debug)]
 pub struct Live {
     counts: Arc<Counts>,
     worker: usize,
@@ -207,15 +209,10 @@ impl Arrivals {
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
-                Some((stream, peer, live)) = balance.inbox.recv() => {
-                    match TcpStream::from_std(stream) {
-                        Ok(stream) => return Ok((stream, peer, Some(live))),
-                        Err(error) => {
-                            tracing::warn!(%peer, %error, "cannot take a connection another worker handed over");
-                            continue;
-                        }
-                    }
-                }
+                Some(handed) = balance.inbox.recv() => match take(handed) {
+                    Some(taken) => return Ok(taken),
+                    None => continue,
+                },
                 accepted = self.listener.accept() => accepted?,
             };
             let to = balance.fewest();
@@ -255,6 +252,38 @@ impl Arrivals {
                 peer,
                 Some(Live::new(&balance.counts, balance.worker)),
             ));
+        }
+    }
+}
+
+impl Arrivals {
+    /// Takes no more hand-overs: other workers serve what they accept from now on.
+    pub fn close(&mut self) {
+        if let Some(balance) = &mut self.balance {
+            balance.inbox.close();
+        }
+    }
+
+    /// A connection handed over and not yet taken, without waiting (after [`Arrivals::close`],
+    /// until it answers `None`).
+    pub fn handed(&mut self) -> Option<(TcpStream, SocketAddr, Option<Live>)> {
+        let balance = self.balance.as_mut()?;
+        while let Ok(handed) = balance.inbox.try_recv() {
+            if let Some(taken) = take(handed) {
+                return Some(taken);
+            }
+        }
+        None
+    }
+}
+
+/// A connection handed over, registered with this worker's runtime.
+fn take((stream, peer, live): Handed) -> Option<(TcpStream, SocketAddr, Option<Live>)> {
+    match TcpStream::from_std(stream) {
+        Ok(stream) => Some((stream, peer, Some(live))),
+        Err(error) => {
+            tracing::warn!(%peer, %error, "cannot take a connection another worker handed over");
+            None
         }
     }
 }

@@ -632,13 +632,15 @@ async fn report_mode_passes_unlisted_hosts_through_a_tunnel_and_reports_them() {
     // The open tunnel holds its connection's slot on the listener, though hyper's task for
     // that connection ended when it handed the socket over.
     assert_eq!(open_gauges(&gw).await, (1, 1));
+    // And it counts as its worker's connection (workers hand new ones to the least busy).
+    assert_eq!(gw.worker_connections().await.iter().sum::<i64>(), 1);
     // Closing the client's connection closes the tunnel, which writes its event.
     drop(response);
     drop(client);
     let events = gw.wait_events(1).await;
     // The tunnel's task ends just after its event: both gauges fall back (bounded wait).
     eventually("both gauges to fall back to 0", || async {
-        open_gauges(&gw).await == (0, 0)
+        open_gauges(&gw).await == (0, 0) && gw.worker_connections().await.iter().sum::<i64>() == 0
     })
     .await;
     let tunnel = &events[0];

@@ -803,6 +803,15 @@ token_sha256 = "{reporting}"
     }
 
     /// The admin listener's `/metrics` text.
+    /// `postern_worker_connections` from `/metrics`, by worker.
+    pub async fn worker_connections(&self) -> Vec<i64> {
+        let text = self.metrics().await;
+        text.lines()
+            .filter_map(|line| line.strip_prefix("postern_worker_connections{worker=\""))
+            .map(|rest| rest.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+            .collect()
+    }
+
     pub async fn metrics(&self) -> String {
         client()
             .get(format!("{}/metrics", self.admin))
