@@ -639,6 +639,81 @@ mod tests {
         workers.finish().await;
     }
 
+    /// A worker that stops accepting closes its inbox and still gets what was handed to it;
+    /// from then on the others serve what they accept themselves.
+    #[tokio::test]
+    async fn a_stopping_worker_takes_what_was_handed_to_it_and_no_more() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (go, going) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
+        let bound = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let load = bound.load();
+        let (mut workers, addr) = Workers::start(bound, {
+            move |mut arrivals: Arrivals| {
+                let (tx, mut going, stopped) = (tx.clone(), going.clone(), stopped.clone());
+                async move {
+                    if current() == Some(1) {
+                        return accept_until_stopped(arrivals, stopped, move |stream, live| {
+                            let _ = tx.send((1, vec![(stream, live)]));
+                        })
+                        .await;
+                    }
+                    // Worker 0 never accepts from its own socket, and stops at `go`.
+                    let _ = going.wait_for(|go| *go).await;
+                    arrivals.close();
+                    let mut taken = Vec::new();
+                    while let Some((stream, _, live)) = arrivals.handed() {
+                        taken.push((stream, live));
+                    }
+                    let _ = tx.send((0, taken));
+                }
+            }
+        })
+        .await
+        .unwrap();
+        // Of 40 connections, worker 1's socket gets 3 or more but with a chance under 10^-9:
+        // from its third it serves two more than worker 0 (none) and hands some over.
+        let mut clients = Vec::new();
+        for _ in 0..40 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while load.handed_over() == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("worker 1 hands connections to worker 0");
+        let _ = go.send(true);
+        let mut served = Vec::new();
+        let taken = loop {
+            match rx.recv().await.unwrap() {
+                (0, taken) => break taken,
+                (_, connections) => served.extend(connections),
+            }
+        };
+        // Every hand-over before the close is taken; any after it failed and is not counted.
+        let handed = load.handed_over();
+        assert!(!taken.is_empty());
+        assert_eq!(taken.len() as u64, handed, "what was handed over is taken");
+        // Closed: worker 1 keeps what it accepts now, however many more it serves.
+        for _ in 0..10 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(
+            load.handed_over(),
+            handed,
+            "nothing handed to a stopped worker"
+        );
+        assert_eq!(load.per_worker().next(), Some(taken.len()));
+        drop(taken);
+        assert_eq!(load.per_worker().next(), Some(0));
+        let _ = stop.send(true);
+        workers.stopped_accepting().await;
+        workers.finish().await;
+    }
+
     #[tokio::test]
     async fn an_address_in_use_is_refused_even_by_a_second_worker_group() {
         let serve = |mut arrivals: Arrivals| async move {
