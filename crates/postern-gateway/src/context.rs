@@ -46,12 +46,7 @@ pub struct ConnectionInfo {
     /// when the last holder of this connection's facts ends: the connection's task, or a tunnel
     /// that outlives it (a CONNECT's socket is handed to a task of its own), so open tunnels
     /// count against the listener's limit and as their worker's connections.
-    slot: Option<
-        Arc<(
-            tokio::sync::OwnedSemaphorePermit,
-            Option<crate::workers::Live>,
-        )>,
-    >,
+    held: Option<Arc<Held>>,
     /// The calls in flight on this connection (or tunnel), which its idle limit excuses.
     in_flight: InFlight,
 }
@@ -76,7 +71,7 @@ impl ConnectionInfo {
             spiffe_id,
             tls,
             tunnel: None,
-            slot: None,
+            held: None,
             in_flight,
         }
     }
@@ -94,7 +89,10 @@ impl ConnectionInfo {
         live: Option<crate::workers::Live>,
     ) -> Self {
         ConnectionInfo {
-            slot: Some(Arc::new((slot, live))),
+            held: Some(Arc::new(Held {
+                _slot: slot,
+                _live: live,
+            })),
             ..self
         }
     }
@@ -109,10 +107,17 @@ impl ConnectionInfo {
             spiffe_id: self.spiffe_id.clone(),
             tls,
             tunnel: Some(tunnel),
-            slot: self.slot.clone(),
+            held: self.held.clone(),
             in_flight,
         }
     }
+}
+
+/// What a connection holds until its last holder ends ([`ConnectionInfo::holding`]).
+#[derive(Debug)]
+struct Held {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _live: Option<crate::workers::Live>,
 }
 
 /// The forward-proxy facts a tunnel's requests inherit.

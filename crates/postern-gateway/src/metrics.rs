@@ -91,8 +91,8 @@ thread_local! {
 pub struct Metrics {
     /// Tells this instance's series apart in the threads' caches.
     id: u64,
-    /// Held while a counter kept elsewhere is copied in (read, then add the difference), so two
-    /// scrapes at once (the admin API runs on several threads) do not both add it.
+    /// Held while counters kept elsewhere are copied in ([`Metrics::mirror`]): the admin API
+    /// runs on several threads.
     mirroring: std::sync::Mutex<()>,
     alerts: Family<KindLabel, Counter>,
     pub detector_dropped: Counter,
@@ -281,12 +281,7 @@ impl Metrics {
                 .get_or_create(&WorkerLabel { worker })
                 .set(i64::try_from(serving).unwrap_or(i64::MAX));
         }
-        let _mirroring = self.mirror_lock();
-        let handed = load.handed_over();
-        let counted = self.connections_handed_over.get();
-        if handed > counted {
-            self.connections_handed_over.inc_by(handed - counted);
-        }
+        self.mirror(&[(&self.connections_handed_over, load.handed_over())]);
     }
 
     /// Counts one finished call and observes its duration.
@@ -375,27 +370,34 @@ impl Metrics {
             .set(i64::from(over_max_age));
     }
 
-    fn mirror_lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.mirroring
+    /// Brings each counter up to a count kept elsewhere (read, then add the difference), under
+    /// one lock so two scrapes at once do not both add it.
+    fn mirror(&self, counts: &[(&Counter, u64)]) {
+        let _mirroring = self
+            .mirroring
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for &(counter, count) in counts {
+            let counted = counter.get();
+            if count > counted {
+                counter.inc_by(count - counted);
+            }
+        }
     }
 
     /// Text exposition format.
     pub fn encode(&self, event_stats: &EventStats) -> String {
         // Mirror the writer's counters into the registry before encoding.
-        let mirroring = self.mirror_lock();
-        let written = event_stats.written.load(Ordering::Relaxed);
-        let current = self.events_written.get();
-        if written > current {
-            self.events_written.inc_by(written - current);
-        }
-        let errors = event_stats.write_errors.load(Ordering::Relaxed);
-        let current = self.events_errors.get();
-        if errors > current {
-            self.events_errors.inc_by(errors - current);
-        }
-        drop(mirroring);
+        self.mirror(&[
+            (
+                &self.events_written,
+                event_stats.written.load(Ordering::Relaxed),
+            ),
+            (
+                &self.events_errors,
+                event_stats.write_errors.load(Ordering::Relaxed),
+            ),
+        ]);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -141,8 +141,11 @@ struct Balance {
 /// A connection on its way to another worker's runtime (deregistered from this one's).
 type Handed = (std::net::TcpStream, SocketAddr, Live);
 
+/// A connection for this worker to serve, and its place in the worker's count (`None` off the
+/// data plane).
+pub type Arrival = (TcpStream, SocketAddr, Option<Live>);
+
 /// The connections each worker serves, and how many were handed from one worker to another.
-#[derive(Debug)]
 struct Counts {
     serving: Box<[AtomicUsize]>,
     handed_over: AtomicU64,
@@ -168,10 +171,17 @@ impl Load {
 }
 
 /// A connection counted as served by one worker, until dropped.
-#[derive(Debug)]
 pub struct Live {
     counts: Arc<Counts>,
     worker: usize,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("worker", &self.worker)
+            .finish()
+    }
 }
 
 impl Live {
@@ -201,7 +211,7 @@ impl Arrivals {
 
     /// The next connection this worker is to serve: one it accepted, or one handed to it.
     /// Counted as this worker's for as long as the [`Live`] is kept (`None` off the data plane).
-    pub async fn accept(&mut self) -> std::io::Result<(TcpStream, SocketAddr, Option<Live>)> {
+    pub async fn accept(&mut self) -> std::io::Result<Arrival> {
         let Some(balance) = &mut self.balance else {
             let (stream, peer) = self.listener.accept().await?;
             return Ok((stream, peer, None));
@@ -216,47 +226,15 @@ impl Arrivals {
                 accepted = self.listener.accept() => accepted?,
             };
             let to = balance.fewest();
-            if to != balance.worker {
-                let live = Live::new(&balance.counts, to);
-                match stream.into_std() {
-                    Ok(stream) => match balance.inboxes[to].send((stream, peer, live)) {
-                        Ok(()) => {
-                            balance.counts.handed_over.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        // That worker stopped accepting: served here.
-                        Err(mpsc::error::SendError((stream, _, _))) => {
-                            match TcpStream::from_std(stream) {
-                                Ok(stream) => {
-                                    return Ok((
-                                        stream,
-                                        peer,
-                                        Some(Live::new(&balance.counts, balance.worker)),
-                                    ));
-                                }
-                                Err(error) => {
-                                    tracing::warn!(%peer, %error, "cannot take back a connection");
-                                    continue;
-                                }
-                            }
-                        }
-                    },
-                    Err(error) => {
-                        tracing::warn!(%peer, %error, "cannot hand a connection to another worker");
-                        continue;
-                    }
-                }
+            if to == balance.worker {
+                return Ok((stream, peer, Some(Live::new(&balance.counts, to))));
             }
-            return Ok((
-                stream,
-                peer,
-                Some(Live::new(&balance.counts, balance.worker)),
-            ));
+            if let Some(kept) = balance.hand_over(to, stream, peer) {
+                return Ok(kept);
+            }
         }
     }
-}
 
-impl Arrivals {
     /// Takes no more hand-overs: other workers serve what they accept from now on.
     pub fn close(&mut self) {
         if let Some(balance) = &mut self.balance {
@@ -266,7 +244,7 @@ impl Arrivals {
 
     /// A connection handed over and not yet taken, without waiting (after [`Arrivals::close`],
     /// until it answers `None`).
-    pub fn handed(&mut self) -> Option<(TcpStream, SocketAddr, Option<Live>)> {
+    pub fn handed(&mut self) -> Option<Arrival> {
         let balance = self.balance.as_mut()?;
         while let Ok(handed) = balance.inbox.try_recv() {
             if let Some(taken) = take(handed) {
@@ -278,7 +256,7 @@ impl Arrivals {
 }
 
 /// A connection handed over, registered with this worker's runtime.
-fn take((stream, peer, live): Handed) -> Option<(TcpStream, SocketAddr, Option<Live>)> {
+fn take((stream, peer, live): Handed) -> Option<Arrival> {
     match TcpStream::from_std(stream) {
         Ok(stream) => Some((stream, peer, Some(live))),
         Err(error) => {
@@ -289,6 +267,28 @@ fn take((stream, peer, live): Handed) -> Option<(TcpStream, SocketAddr, Option<L
 }
 
 impl Balance {
+    /// Sends a connection this worker accepted to worker `to`'s inbox, counted as `to`'s. If
+    /// that worker has stopped accepting since it was chosen, the connection is this worker's
+    /// to serve after all (returned); `None` when it was handed over (or lost, logged).
+    fn hand_over(&self, to: usize, stream: TcpStream, peer: SocketAddr) -> Option<Arrival> {
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "cannot hand a connection to another worker");
+                return None;
+            }
+        };
+        match self.inboxes[to].send((stream, peer, Live::new(&self.counts, to))) {
+            Ok(()) => {
+                self.counts.handed_over.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(mpsc::error::SendError((stream, peer, _theirs))) => {
+                take((stream, peer, Live::new(&self.counts, self.worker)))
+            }
+        }
+    }
+
     /// This worker, unless another still accepting serves at least two fewer connections: then
     /// the one serving the fewest. (Within one, a hand-off would only move the imbalance.)
     fn fewest(&self) -> usize {
@@ -372,17 +372,17 @@ impl Workers {
         let (accepting_done, stopped_accepting) = mpsc::channel::<()>(1);
         let mut threads = Vec::with_capacity(listeners.len());
         let mut ready = Vec::with_capacity(listeners.len());
-        let (inboxes, mut inbox_ends): (Vec<_>, Vec<_>) = listeners
+        let (inboxes, inbox_ends): (Vec<_>, Vec<_>) = listeners
             .iter()
             .map(|_| mpsc::unbounded_channel::<Handed>())
             .unzip();
         let inboxes: Arc<[_]> = inboxes.into();
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for (index, (listener, inbox)) in listeners.into_iter().zip(inbox_ends).enumerate() {
             let balance = Balance {
                 worker: index,
                 counts: counts.clone(),
                 inboxes: inboxes.clone(),
-                inbox: inbox_ends.remove(0),
+                inbox,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -632,7 +632,8 @@ mod tests {
             per_worker(&served),
             "as /metrics reads them"
         );
-        // Of the six, those the kernel gave to another worker's socket were handed over.
+        // Of the six, those the kernel gave to another worker's socket were handed over: at
+        // most six more hand-overs (none counted twice, none that failed).
         assert!(load.handed_over() <= handed + 6);
         let _ = stop.send(true);
         workers.stopped_accepting().await;
