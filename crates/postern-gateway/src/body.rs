@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use memchr::memmem;
 use postern_scan::Coding;
 
+use crate::escapes::EscapedToken;
 use crate::overrides::OverrideScan;
 use crate::record::PendingRecord;
 use crate::upstream::UpstreamBody;
@@ -173,6 +174,9 @@ pub struct ForwardBody {
     token: Option<Box<memmem::Finder<'static>>>,
     /// The tail of the previous chunk, so a token split across chunks is still found.
     carry: Vec<u8>,
+    /// The body read for the caller token with its percent-encoding and JSON escapes undone
+    /// ([`EscapedToken`]), beside `token`'s search as sent.
+    escaped: Option<Box<EscapedToken>>,
     /// For a POST body its server may read a `_method` from: read as it streams
     /// ([`OverrideScan`]).
     overrides: Option<Box<OverrideScan>>,
@@ -200,6 +204,8 @@ struct Readers {
     /// The caller's token, and the last `token length - 1` bytes decoded so far (a token split
     /// across decoded pieces is still found).
     token: Option<(memmem::Finder<'static>, Vec<u8>)>,
+    /// The same, with the decoded bytes' escapes undone.
+    escaped: Option<EscapedToken>,
     overrides: Option<OverrideScan>,
     /// For a body read whole to be scanned: its decoded bytes, up to a cap
     /// ([`Decoding::keeping`]).
@@ -223,6 +229,13 @@ impl Readers {
             let cut = tail.len().saturating_sub(finder.needle().len() - 1);
             tail.drain(..cut);
         }
+        if self
+            .escaped
+            .as_mut()
+            .is_some_and(|escaped| escaped.read(piece))
+        {
+            return RequestBodyViolation::CallerToken;
+        }
         if self.overrides.as_mut().is_some_and(|scan| scan.feed(piece)) {
             return RequestBodyViolation::MethodOverride;
         }
@@ -234,13 +247,17 @@ impl Readers {
         self.token.as_ref().is_some_and(|(finder, tail)| {
             let needle = finder.needle();
             (1..=tail.len().min(needle.len() - 1)).any(|len| tail.ends_with(&needle[..len]))
-        })
+        }) || self.escaped.as_ref().is_some_and(EscapedToken::in_progress)
     }
 }
 
 /// Appends `piece` to `seen`, whose bytes were searched already, and whether `finder`'s
 /// needle is now in it: only where it could end in `piece` is searched.
-fn appended_finds(finder: &memmem::Finder<'_>, seen: &mut Vec<u8>, piece: &[u8]) -> bool {
+pub(crate) fn appended_finds(
+    finder: &memmem::Finder<'_>,
+    seen: &mut Vec<u8>,
+    piece: &[u8],
+) -> bool {
     let from = seen.len().saturating_sub(finder.needle().len() - 1);
     seen.extend_from_slice(piece);
     finder.find(&seen[from..]).is_some()
@@ -296,6 +313,7 @@ impl Decoding {
         let token = token.filter(|token| !token.is_empty());
         let readers = |overrides| Readers {
             token: token.map(|token| (memmem::Finder::new(token).into_owned(), Vec::new())),
+            escaped: token.map(EscapedToken::new),
             overrides,
             kept: keep.map(|cap| Kept {
                 bytes: Vec::new(),
@@ -399,6 +417,7 @@ impl ForwardBody {
             state,
             token: None,
             carry: Vec::new(),
+            escaped: None,
             overrides: None,
             held: None,
             decoded: None,
@@ -434,7 +453,10 @@ impl ForwardBody {
         // stream after it, the whole body, read to its end now (nothing polls the body past its
         // last frame).
         let ahead = self.buffered.take().unwrap_or_default();
-        let mut checked = match token.is_some_and(|token| memmem::find(&ahead, token).is_some()) {
+        let mut escaped = token.map(|token| Box::new(EscapedToken::new(token)));
+        let mut checked = match token.is_some_and(|token| memmem::find(&ahead, token).is_some())
+            || escaped.as_mut().is_some_and(|escaped| escaped.read(&ahead))
+        {
             true => Err(RequestBodyViolation::CallerToken),
             false => Ok(()),
         };
@@ -458,7 +480,8 @@ impl ForwardBody {
             return Ok(self);
         };
         self.token = Some(Box::new(memmem::Finder::new(token).into_owned()));
-        if self.decoded_token_in_progress() {
+        self.escaped = escaped;
+        if self.token_in_progress() {
             // What was read ahead is held back whole, as a frame is.
             self.carry = ahead.to_vec();
             return Ok(self);
@@ -490,6 +513,7 @@ impl ForwardBody {
         self.state.set(violation);
         self.inner = None;
         self.carry.clear();
+        self.escaped = None;
         self.held = None;
         self.overrides = None;
         self.decoded = None;
@@ -537,6 +561,7 @@ impl ForwardBody {
             state,
             token: None,
             carry: Vec::new(),
+            escaped: None,
             overrides: None,
             held: None,
             decoded: None,
@@ -544,19 +569,25 @@ impl ForwardBody {
     }
 
     /// Whether what the body decodes to so far ends with the start of the caller's token
-    /// ([`Decoding::token_in_progress`]): which compressed bytes hold that start cannot be told,
+    /// ([`Decoding::token_in_progress`]), or what it reads as with its escapes undone does
+    /// ([`EscapedToken::in_progress`]): which bytes as sent hold that start cannot be told (a
+    /// compressed body) or it may be written in many more bytes than its own length (escapes),
     /// so every frame since it may have begun is held back.
-    fn decoded_token_in_progress(&self) -> bool {
+    fn token_in_progress(&self) -> bool {
         self.decoded
             .as_ref()
             .is_some_and(|decoding| decoding.token_in_progress())
+            || self
+                .escaped
+                .as_deref()
+                .is_some_and(EscapedToken::in_progress)
     }
 
     /// Scans `data` (after what was held back) for the caller token. Returns the bytes that
     /// may be sent now; the last `token length - 1` bytes are held back until more data or the
     /// end of the body shows they cannot start the token, so not even a prefix of the token is
     /// sent ahead of the refusal. A body read decoded holds back every frame since what it
-    /// decodes to began to end with the token's start ([`ForwardBody::decoded_token_in_progress`]):
+    /// decodes to began to end with the token's start ([`ForwardBody::token_in_progress`]):
     /// the vendor never has even a compressed prefix of the token (a body that keeps ending
     /// frames with a token's start is held up to its `max_request_body_bytes`).
     fn release(&mut self, data: &Bytes) -> Result<Bytes, ()> {
@@ -564,10 +595,15 @@ impl ForwardBody {
             return Ok(data.clone());
         };
         let keep = finder.needle().len() - 1;
-        if appended_finds(finder, &mut self.carry, data) {
+        if appended_finds(finder, &mut self.carry, data)
+            || self
+                .escaped
+                .as_mut()
+                .is_some_and(|escaped| escaped.read(data))
+        {
             return Err(());
         }
-        if self.decoded_token_in_progress() {
+        if self.token_in_progress() {
             return Ok(Bytes::new());
         }
         let split = self.carry.len().saturating_sub(keep);
@@ -1130,6 +1166,73 @@ mod tests {
                 }
                 Some(Err(error)) => return (Err(error), sent),
             }
+        }
+    }
+
+    /// The caller's token percent-encoded (as in a form) or written with JSON's `\u` escapes,
+    /// in one frame or split between two anywhere: refused, with nothing sent from where its
+    /// escaped form begins; and, read ahead whole, refused before anything is sent. A body
+    /// whose escapes spell no token goes whole, in order.
+    #[tokio::test]
+    async fn an_escaped_token_is_found_and_none_of_it_is_sent() {
+        let token: &[u8] = b"pst_0123456789abcdefghij";
+        let percent: Vec<u8> = token
+            .iter()
+            .flat_map(|byte| format!("%{byte:02X}").into_bytes())
+            .collect();
+        let json: Vec<u8> = token
+            .iter()
+            .flat_map(|byte| format!("\\u{byte:04x}").into_bytes())
+            .collect();
+        let cases = [
+            (&b"amount=1&key="[..], percent, &b"&x=1"[..]),
+            (&b"{\"key\": \""[..], json, &b"\"}"[..]),
+        ];
+        for (start, escaped, end) in cases {
+            let text = [start, &escaped, end].concat();
+            for at in 0..=text.len() {
+                let shared = state();
+                let frames = std::collections::VecDeque::from([
+                    Bytes::copy_from_slice(&text[..at]),
+                    Bytes::copy_from_slice(&text[at..]),
+                ]);
+                let body = ForwardBody::new(CallerBody::Frames(frames), 1 << 20, shared.clone())
+                    .reading(None, Some(token), None)
+                    .unwrap();
+                let (result, sent) = forwarded(body).await;
+                assert!(
+                    matches!(result, Err(BodyError::CallerTokenInBody)),
+                    "split at {at}: {result:?}"
+                );
+                assert!(
+                    sent.len() <= start.len(),
+                    "split at {at}: sent {}",
+                    String::from_utf8_lossy(&sent)
+                );
+                assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
+            }
+            let shared = state();
+            let whole = ForwardBody::with_prefix(
+                Bytes::from(text),
+                CallerBody::empty(),
+                1 << 20,
+                shared.clone(),
+            )
+            .reading(None, Some(token), None);
+            assert_eq!(whole.err(), Some(RequestBodyViolation::CallerToken));
+        }
+        let clean = br#"{"name": "caf\u00e9 %41", "key": "pst_0123", "path": "a\/b"}"#;
+        for at in 0..=clean.len() {
+            let frames = std::collections::VecDeque::from([
+                Bytes::from_static(&clean[..at]),
+                Bytes::from_static(&clean[at..]),
+            ]);
+            let body = ForwardBody::new(CallerBody::Frames(frames), 1 << 20, state())
+                .reading(None, Some(token), None)
+                .unwrap();
+            let (result, sent) = forwarded(body).await;
+            assert_eq!(result.unwrap(), clean, "split at {at}");
+            assert_eq!(sent, clean);
         }
     }
 

@@ -65,6 +65,7 @@ pub mod deadline;
 pub mod detect;
 pub mod discovery;
 pub mod error;
+pub(crate) mod escapes;
 pub mod events;
 pub mod forward_proxy;
 #[cfg(test)]
