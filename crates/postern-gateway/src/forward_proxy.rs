@@ -660,12 +660,12 @@ async fn absolute(
     let caller = proxy_caller(runtime, connection, context, request.headers())?;
     let token = caller.token.as_deref().filter(|t| !t.is_empty());
     let token_in = |text: &str| {
-        token.is_some_and(|token| crate::proxy::contains_even_encoded(text.as_bytes(), token))
+        crate::proxy::url_holds_a_caller_token(text.as_bytes(), token.map(|token| &token[..]))
     };
     let token_in_url = || {
         CallError::bad_request(
             "caller_token_in_url",
-            "the request URL contains the caller token; send it only in Proxy-Authorization",
+            "the request URL contains a Postern caller token; send the caller's own only in Proxy-Authorization, and no other anywhere",
         )
     };
     // The authority (`http://user:TOKEN@host/`) is looked at here for every host; the path and
@@ -982,8 +982,8 @@ fn host_refused(reason: &'static str, host: &str, port: u16) -> CallError {
     }
 }
 
-/// Removes hop-by-hop headers (the same set as path mode, proxy credentials included), the
-/// caller-token header, and any header carrying the caller token or any other caller token
+/// Removes hop-by-hop headers (the same set as path mode, proxy credentials included),
+/// `Expect`, the caller-token header, and any header carrying the caller token or any other caller token
 /// `postern` made.
 fn strip_proxy_headers(headers: &mut http::HeaderMap, token: Option<&[u8]>) {
     for name in crate::proxy::connection_named(headers)
@@ -993,6 +993,8 @@ fn strip_proxy_headers(headers: &mut http::HeaderMap, token: Option<&[u8]>) {
         headers.remove(name);
     }
     headers.remove(crate::CALLER_TOKEN);
+    // Answered on the caller's side, as in path mode (`proxy::inject`).
+    headers.remove(http::header::EXPECT);
     let carrying: Vec<http::HeaderName> = headers
         .iter()
         .filter(|(name, value)| crate::proxy::holds_a_caller_token(name, value, token))

@@ -1054,16 +1054,12 @@ fn inject(
             .store(crate::now_ms(), std::sync::atomic::Ordering::Relaxed);
     }
     let (parts, body) = request.into_parts();
-    if let Some(token) = caller_token {
-        // Percent-encoded too (`?k=%70st_…`): no encoder writes a token's characters so, but a
-        // vendor decodes them.
-        let target = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
-        if contains_even_encoded(target.as_bytes(), token) {
-            return Err(CallError::bad_request(
-                "caller_token_in_url",
-                "the request URL contains the caller token; send it only in a header (Authorization, or Proxy-Authorization through the forward proxy)",
-            ));
-        }
+    let target = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
+    if url_holds_a_caller_token(target.as_bytes(), caller_token) {
+        return Err(CallError::bad_request(
+            "caller_token_in_url",
+            "the request URL contains a Postern caller token; send the caller's own only in a header (Authorization, or Proxy-Authorization through the forward proxy), and no other anywhere",
+        ));
     }
     let limit = integration.config.max_request_body_bytes;
     if declared_length.is_some_and(|length| length > limit) {
@@ -1093,10 +1089,17 @@ fn inject(
                 None => continue,
             },
         };
+        // `Expect: 100-continue` was answered on the caller's side (hyper's server sends the
+        // `100`), and Postern sends the vendor the whole body at once without waiting for one:
+        // a vendor that answered early (401, 413, 417) and then read the body as the
+        // connection's next request would leave the pooled connection out of step, so the
+        // header is not passed on (as Envoy does by default).
         if name == header::HOST
+            || name == header::EXPECT
             || HOP_BY_HOP.contains(&name)
             || connection_named.contains(&name)
             || integration.stripped_headers.contains(&name)
+            || cgi_alias_of(&name, &integration.stripped_headers)
         {
             continue;
         }
@@ -1245,6 +1248,40 @@ pub(crate) fn holds_a_caller_token(
             && in_name(&Zeroizing::new(
                 percent_encoding::percent_decode(name).collect::<Vec<u8>>(),
             )))
+}
+
+/// Whether `name` holds a `_` and reads as one of `stripped` where `_` and `-` are the same: the
+/// CGI convention PHP, Rack and WSGI servers read headers by (`X_Api_Key` and `X-Api-Key` are
+/// both `HTTP_X_API_KEY`), so a caller's `Authorization` or vendor key sent under such a name
+/// could stand in for the one Postern strips and injects. Headers without a `_` (nearly all)
+/// cost one byte search.
+fn cgi_alias_of(name: &HeaderName, stripped: &[HeaderName]) -> bool {
+    let name = name.as_str().as_bytes();
+    memchr::memchr(b'_', name).is_some()
+        && stripped.iter().any(|stripped| {
+            let stripped = stripped.as_str().as_bytes();
+            stripped.len() == name.len()
+                && stripped.iter().zip(name).all(|(&a, &b)| {
+                    a == b || (matches!(a, b'-' | b'_') && matches!(b, b'-' | b'_'))
+                })
+        })
+}
+
+/// Whether part of a request URL holds the call's own caller `token` or what looks like any
+/// caller token `postern` made (a caller identified by its certificate has no token of its own
+/// to look for, yet its SDK may hold one as a query key), as it stands or percent-encoded
+/// (`?k=%70st_…`: no encoder writes a token's characters so, but a vendor decodes them).
+pub(crate) fn url_holds_a_caller_token(text: &[u8], token: Option<&[u8]>) -> bool {
+    if token.is_some_and(|token| !token.is_empty() && contains_even_encoded(text, token))
+        || caller_token_shaped(text)
+    {
+        return true;
+    }
+    text.len() >= CALLER_TOKEN_LEN
+        && memchr::memchr(b'%', text).is_some()
+        && caller_token_shaped(&Zeroizing::new(
+            percent_encoding::percent_decode(text).collect::<Vec<u8>>(),
+        ))
 }
 
 /// The length of a caller token `postern callers token` makes.
@@ -1614,7 +1651,21 @@ fn prepare_response(
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
         {
-            context.redirect_off_origin = leaves_origin(&integration.config.upstream, location);
+            let upstream = &integration.config.upstream;
+            context.redirect_off_origin = leaves_origin(upstream, location);
+            let through = match context.mode {
+                None => through_postern(
+                    upstream,
+                    &integration.upstream.path_prefix,
+                    &integration.name,
+                    location,
+                ),
+                // Through the forward proxy the caller already names the vendor's own URLs.
+                Some(_) => None,
+            };
+            if let Some(value) = through.and_then(|through| HeaderValue::from_str(&through).ok()) {
+                parts.headers.insert(header::LOCATION, value);
+            }
         }
     }
     // A vendor may echo the injected credential (a redirect or pagination link carrying an
@@ -1631,10 +1682,37 @@ fn prepare_response(
     };
     // Most answers carry none of the headers removed below, and one pass over them costs less
     // than the removals (each hashes its name): `Connection`, which names more, is hop-by-hop.
-    let strip = parts
-        .headers
-        .iter()
-        .any(|(name, value)| HOP_BY_HOP.contains(name) || leaks(value));
+    let mut cookies = false;
+    let strip = parts.headers.iter().fold(false, |strip, (name, value)| {
+        cookies |= name == header::SET_COOKIE;
+        strip || HOP_BY_HOP.contains(name) || leaks(value)
+    });
+    // Every integration shares Postern's origin in path mode: a vendor's cookie is kept to its
+    // integration's paths, or a caller's cookie jar would hand it to every other vendor.
+    if cookies && context.mode.is_none() {
+        let mut changed = false;
+        let values: Vec<HeaderValue> = parts
+            .headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|value| {
+                let prefix = &integration.upstream.path_prefix;
+                match cookie_kept_to(value.as_bytes(), prefix, &integration.name) {
+                    Some(kept) => {
+                        changed = true;
+                        kept
+                    }
+                    None => value.clone(),
+                }
+            })
+            .collect();
+        if changed {
+            parts.headers.remove(header::SET_COOKIE);
+            for value in values {
+                parts.headers.append(header::SET_COOKIE, value);
+            }
+        }
+    }
     if strip {
         let connection_named = connection_named(&parts.headers);
         for name in HOP_BY_HOP.iter().chain(connection_named.iter()) {
@@ -1745,6 +1823,82 @@ pub fn leaves_origin(upstream: &url::Url, location: &str) -> bool {
     }
 }
 
+/// A vendor's redirect to a place of its own, as the caller reaches it through Postern (path
+/// mode): `https://api.vendor.example/v2/x?y` or `/v2/x?y`, for an upstream
+/// `https://api.vendor.example/v2`, is `/<integration>/x?y`. A caller that follows it then stays
+/// on its grants, its token and the vendor's key where they belong; the vendor's own URL would
+/// take it past Postern (its client carrying whatever headers it sends Postern), and a path
+/// from the vendor's root would land on Postern's. `None` (left as the vendor wrote it) for a
+/// redirect to another origin (flagged in the event, [`leaves_origin`]), outside the
+/// upstream's path prefix, or relative to the request's own path (`other`, `?page=2`), which
+/// the caller resolves against the URL it called, through Postern already.
+fn through_postern(
+    upstream: &url::Url,
+    path_prefix: &str,
+    integration: &str,
+    location: &str,
+) -> Option<String> {
+    if !location.starts_with('/') && url::Url::parse(location).is_err() {
+        return None;
+    }
+    if leaves_origin(upstream, location) {
+        return None;
+    }
+    let target = upstream.join(location).ok()?;
+    let rest = target.path().strip_prefix(path_prefix)?;
+    if !rest.is_empty() && !rest.starts_with('/') {
+        return None;
+    }
+    let mut through = format!("/{integration}{rest}");
+    if rest.is_empty() {
+        through.push('/');
+    }
+    for (mark, part) in [('?', target.query()), ('#', target.fragment())] {
+        if let Some(part) = part {
+            through.push(mark);
+            through.push_str(part);
+        }
+    }
+    Some(through)
+}
+
+/// A vendor's `Set-Cookie` kept to its integration's paths on Postern's origin (path mode): a
+/// `Path` attribute is mapped as a request path is (`Path=/v2/a`, for an upstream path prefix
+/// `/v2`, is `Path=/<integration>/a`; a path outside the prefix, `/` included, is
+/// `/<integration>`), and a `Domain` attribute, which names the vendor's host and would make
+/// a client refuse the cookie on Postern's (or widen it to Postern's neighbours), is dropped. A
+/// cookie without a `Path` already defaults to the directory of the path the caller called
+/// (RFC 6265 §5.1.4), under `/<integration>`; a `Path` that does not start with `/` is dropped
+/// for that default too. `None` when nothing changes.
+fn cookie_kept_to(value: &[u8], path_prefix: &str, integration: &str) -> Option<HeaderValue> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut parts = text.split(';');
+    let mut kept = parts.next().unwrap_or("").to_string();
+    let mut changed = false;
+    for attribute in parts {
+        let (name, attribute_value) = attribute.split_once('=').unwrap_or((attribute, ""));
+        let name = name.trim();
+        let attribute_value = attribute_value.trim();
+        if name.eq_ignore_ascii_case("domain") {
+            changed = true;
+        } else if name.eq_ignore_ascii_case("path") {
+            changed = true;
+            if attribute_value.starts_with('/') {
+                let rest = attribute_value
+                    .strip_prefix(path_prefix)
+                    .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+                    .unwrap_or("");
+                let rest = if rest == "/" { "" } else { rest };
+                kept.push_str(&format!("; Path=/{integration}{rest}"));
+            }
+        } else {
+            kept.push(';');
+            kept.push_str(attribute);
+        }
+    }
+    changed.then(|| HeaderValue::from_str(&kept).ok()).flatten()
+}
+
 /// Header names listed in `Connection` (hop-by-hop for this message, RFC 9110 §7.6.1). Read
 /// as bytes: a value with a byte that is not UTF-8 (obs-text) still names the headers beside it.
 pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
@@ -1759,12 +1913,106 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 #[cfg(test)]
 mod tests {
     use super::{
-        check_header_bytes, check_request, contains, holds_a_caller_token, leaves_origin,
-        path_problem, query_name_is, strip_path_parameters,
+        cgi_alias_of, check_header_bytes, check_request, contains, cookie_kept_to,
+        holds_a_caller_token, leaves_origin, path_problem, query_name_is, strip_path_parameters,
+        through_postern,
     };
     use crate::body::CallerBody;
     use http::header::{HeaderName, HeaderValue};
     use http::{header, Request};
+
+    #[test]
+    fn a_header_read_as_a_stripped_one_by_cgi_servers_is_stripped_too() {
+        let stripped = [header::AUTHORIZATION, HeaderName::from_static("x-api-key")];
+        for (name, alias) in [
+            ("x_api_key", true),
+            ("x_api-key", true),
+            ("x-api_key", true),
+            ("x-api-key", false), // stripped by name already
+            ("x_api_keys", false),
+            ("x_other_key", false),
+            ("x-other-key", false),
+        ] {
+            let name = HeaderName::from_static(name);
+            assert_eq!(cgi_alias_of(&name, &stripped), alias, "{name}");
+        }
+        // `Authorization` has no `-`: only itself.
+        assert!(!cgi_alias_of(
+            &HeaderName::from_static("authori_ation"),
+            &stripped
+        ));
+    }
+
+    #[test]
+    fn a_vendors_cookie_is_kept_to_its_integrations_paths() {
+        let cases = [
+            (
+                "sid=1; Path=/; Domain=vendor.example; HttpOnly",
+                Some("sid=1; Path=/pay; HttpOnly"),
+            ),
+            (
+                "sid=1; path=/v2/cart; Secure",
+                Some("sid=1; Path=/pay/cart; Secure"),
+            ),
+            ("sid=1; Path=/v1/other", Some("sid=1; Path=/pay")),
+            ("sid=1; Path=/v2x", Some("sid=1; Path=/pay")),
+            ("sid=1; Path=/v2/", Some("sid=1; Path=/pay")),
+            ("sid=1;Path=relative;Max-Age=60", Some("sid=1;Max-Age=60")),
+            ("sid=1; DOMAIN=.vendor.example", Some("sid=1")),
+            ("sid=1; HttpOnly; SameSite=Lax", None),
+            ("sid=a=b", None),
+        ];
+        for (cookie, kept) in cases {
+            let got = cookie_kept_to(cookie.as_bytes(), "/v2", "pay");
+            assert_eq!(
+                got.as_ref().map(|value| value.to_str().unwrap()),
+                kept,
+                "{cookie}"
+            );
+        }
+        assert_eq!(
+            cookie_kept_to(b"a=1; Path=/v1/x", "", "pay").unwrap(),
+            "a=1; Path=/pay/v1/x"
+        );
+    }
+
+    #[test]
+    fn a_redirect_to_the_vendors_own_place_goes_through_postern() {
+        let upstream = url::Url::parse("https://api.vendor.example/v2").unwrap();
+        let cases = [
+            (
+                "/v2/charges/ch_1?expand=x",
+                Some("/pay/charges/ch_1?expand=x"),
+            ),
+            (
+                "https://API.vendor.example:443/v2/a#top",
+                Some("/pay/a#top"),
+            ),
+            ("/v2", Some("/pay/")),
+            ("/v2/../v2/b", Some("/pay/b")),
+            // Outside the prefix, elsewhere, or relative to the request's own URL: as written.
+            ("/v1/charges", None),
+            ("/v2x/charges", None),
+            ("https://evil.example.net/v2/steal", None),
+            ("//evil.example.net/v2/steal", None),
+            ("http://api.vendor.example/v2/a", None),
+            ("https://api.vendor.example:8443/v2/a", None),
+            ("charges/ch_2", None),
+            ("?page=2", None),
+        ];
+        for (location, through) in cases {
+            assert_eq!(
+                through_postern(&upstream, "/v2", "pay", location).as_deref(),
+                through,
+                "{location}"
+            );
+        }
+        let root = url::Url::parse("https://api.vendor.example").unwrap();
+        assert_eq!(
+            through_postern(&root, "", "pay", "/v1/x").as_deref(),
+            Some("/pay/v1/x")
+        );
+    }
 
     #[test]
     fn a_redirect_leaves_the_origin_when_scheme_host_or_port_differ() {

@@ -987,23 +987,41 @@ async fn untrusted_vendor_certificate_is_refused() {
     gw.stop().await;
 }
 
+/// A redirect is passed back, not followed; one to another origin is flagged in the event and
+/// left as written, one to the vendor's own origin (a path from its root, or its own absolute
+/// URL) is rewritten to go through Postern, and a relative one is left to resolve against the
+/// URL the caller called.
 #[tokio::test]
 async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
-    let handler: Handler = Arc::new(|request: &SeenRequest| {
-        let location = if request.target.ends_with("ch_away") {
-            "https://evil.example.net/steal"
-        } else {
-            "/v1/charges/ch_other"
+    // The vendor's own port, known once it listens (h2 carries no `Host` to read it from).
+    let port = Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let own = port.clone();
+    let handler: Handler = Arc::new(move |request: &SeenRequest| {
+        let location = match request.target.rsplit('/').next().unwrap_or("") {
+            "ch_away" => "https://evil.example.net/steal".to_string(),
+            "ch_home" => "/v1/charges/ch_other".to_string(),
+            "ch_own" => format!(
+                "https://127.0.0.1:{}/v1/charges/ch_x?expand=a",
+                own.load(std::sync::atomic::Ordering::Relaxed)
+            ),
+            _ => "ch_next".to_string(),
         };
         Answer {
             status: 308,
-            headers: vec![("location", location.to_string())],
+            headers: vec![("location", location)],
             body: bytes::Bytes::new(),
         }
     });
     let vendor = TestVendor::tls(handler).await;
+    port.store(vendor.addr.port(), std::sync::atomic::Ordering::Relaxed);
     let gw = stripe_gateway(&vendor, "").await;
-    for id in ["ch_away", "ch_home"] {
+    let cases = [
+        ("ch_away", "https://evil.example.net/steal"),
+        ("ch_home", "/stripe/v1/charges/ch_other"),
+        ("ch_own", "/stripe/v1/charges/ch_x?expand=a"),
+        ("ch_rel", "ch_next"),
+    ];
+    for (id, location) in cases {
         let response = client()
             .get(format!("{}/stripe/v1/charges/{id}", gw.base))
             .bearer_auth(&gw.token)
@@ -1015,11 +1033,57 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
             308,
             "the redirect is passed back, not followed"
         );
+        assert_eq!(response.headers()["location"], location, "{id}");
     }
-    assert_eq!(vendor.seen().len(), 2);
-    let events = gw.wait_events(2).await;
+    assert_eq!(vendor.seen().len(), cases.len());
+    let events = gw.wait_events(cases.len()).await;
     assert_eq!(events[0]["redirect_off_origin"], true);
-    assert!(events[1].get("redirect_off_origin").is_none());
+    for event in &events[1..] {
+        assert!(event.get("redirect_off_origin").is_none(), "{event}");
+    }
+    gw.stop().await;
+}
+
+/// Every integration shares Postern's origin: a vendor's cookie comes back kept to its
+/// integration's paths (`Path` mapped, `Domain` dropped), so a caller's cookie jar never hands
+/// it to another vendor; a cookie without a `Path` is passed as it is.
+#[tokio::test]
+async fn vendor_cookies_are_kept_to_their_integrations_paths() {
+    let handler: Handler = Arc::new(|_: &SeenRequest| Answer {
+        status: 200,
+        headers: vec![
+            (
+                "set-cookie",
+                "sid=s3cr3t; Path=/; Domain=127.0.0.1; HttpOnly".to_string(),
+            ),
+            ("set-cookie", "cart=2; Path=/v1/charges".to_string()),
+            ("set-cookie", "pref=1".to_string()),
+        ],
+        body: bytes::Bytes::from_static(b"{}"),
+    });
+    let vendor = TestVendor::tls(handler).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let response = client()
+        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let cookies: Vec<&str> = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        cookies,
+        [
+            "sid=s3cr3t; Path=/stripe; HttpOnly",
+            "cart=2; Path=/stripe/v1/charges",
+            "pref=1"
+        ]
+    );
     gw.stop().await;
 }
 
@@ -2345,6 +2409,8 @@ async fn ordinary_and_unusual_requests_share_one_connection() {
     let answer = raw_request(addr, expect.as_bytes()).await;
     assert!(answer.contains("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert_eq!(&vendor.last().body[..], b"fourth");
+    // Answered here; the vendor gets the whole body at once and no `Expect` to wait on.
+    assert!(vendor.last().header("expect").is_none());
     gw.stop().await;
 }
 
@@ -2800,6 +2866,19 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    // So is another caller's token there (a caller identified by its certificate has no token
+    // of its own to look for), as it stands or percent-encoded; nothing reaches the vendor.
+    let seen = vendor.seen().len();
+    for key in [other.clone(), other.replace('_', "%5F")] {
+        let response = client()
+            .get(format!("{}/stripe/v1/charges/ch_1?key={key}", gw.base))
+            .bearer_auth(&gw.token)
+            .send()
+            .await
+            .unwrap();
+        assert_refused(response, 400, "caller_token_in_url").await;
+    }
+    assert_eq!(vendor.seen().len(), seen);
     // In the body: refused.
     let response = client()
         .post(format!("{}/stripe/v1/charges", gw.base))
@@ -2811,6 +2890,40 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "caller_token_in_body");
+    // Written with escapes a vendor undoes — percent-encoded in a form, `\u` escapes in JSON,
+    // and either inside a gzip body — refused, whole or streamed in 7-byte pieces; the vendor
+    // never has the body, nor any piece of the token.
+    let percent: String = gw.token.bytes().map(|b| format!("%{b:02X}")).collect();
+    let json: String = gw.token.bytes().map(|b| format!("\\u{b:04x}")).collect();
+    let escaped = [
+        ("identity", format!("amount=100&key={percent}&currency=usd")),
+        (
+            "identity",
+            format!("{{\"amount\": 100, \"key\": \"{json}\"}}"),
+        ),
+        ("gzip", format!("amount=100&key={percent}&currency=usd")),
+    ];
+    for (encoding, text) in escaped {
+        let body = match encoding {
+            "gzip" => gzip(text.as_bytes()),
+            _ => text.clone().into_bytes(),
+        };
+        for pieces in [body.len(), 7] {
+            let seen = vendor.seen().len();
+            let chunks: Vec<Vec<u8>> = body.chunks(pieces).map(<[u8]>::to_vec).collect();
+            let stream = reqwest::Body::wrap_stream(futures_stream(chunks));
+            let response = post_coded(&gw, "/stripe/v1/charges", None, encoding, stream).await;
+            assert_refused(response, 400, "caller_token_in_body").await;
+            assert!(
+                never_whole(&vendor, seen, body.len()),
+                "the vendor got the whole {encoding} body: {text}"
+            );
+            assert!(vendor.seen()[seen..]
+                .iter()
+                .all(|request| !request.everything().contains(&percent[..9])
+                    && !request.everything().contains(&json[..18])));
+        }
+    }
     // In a compressed body (a vendor that undoes the coding would read it): refused, whether
     // sent whole or streamed in pieces that split the compressed bytes anywhere; the vendor never
     // has the whole body. A coding Postern cannot undo is refused before anything is sent.
