@@ -310,7 +310,10 @@ impl TunnelGrant {
                 if integration.name == *name && !integration.config.intercept =>
             {
                 registered_port(runtime, integration, self.port)?;
-                authorize_tunnel(runtime, integration, context, at)
+                authorize_tunnel(runtime, integration, context, at)?;
+                // The address the tunnel dialled, against the integration's guard as it stands
+                // now (a network taken out of `allow_private_networks` closes the tunnels into it).
+                checked_again(&self.host, context, integration.client.guard())
             }
             (None, None) => {
                 let decision = proxy
@@ -321,22 +324,29 @@ impl TunnelGrant {
                 }
                 // The address the tunnel dialled, against the guard as it stands now (a
                 // network added to `deny_hosts` closes the tunnels into it).
-                match context
-                    .upstream_addr
-                    .map(|addr| proxy.plain_client.guard().check(addr.ip()))
-                {
-                    Some(Err(denied)) => Err(crate::proxy::connect_error(
-                        &self.host,
-                        &crate::upstream::ConnectError::Denied(denied),
-                    )),
-                    _ => Ok(()),
-                }
+                checked_again(&self.host, context, proxy.plain_client.guard())
             }
             _ => Err(CallError::forbidden(
                 "host_changed",
                 "the integration that owns this host changed; open a new tunnel",
             )),
         }
+    }
+}
+
+/// The address an open tunnel to `host` dialled (`context.upstream_addr`), checked against
+/// `guard` as a new runtime has it.
+fn checked_again(
+    host: &str,
+    context: &CallContext,
+    guard: &postern_netguard::Guard,
+) -> Result<(), CallError> {
+    match context.upstream_addr.map(|addr| guard.check(addr.ip())) {
+        Some(Err(denied)) => Err(crate::proxy::connect_error(
+            host,
+            &crate::upstream::ConnectError::Denied(denied),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -1141,8 +1141,8 @@ fn inject(
             encoded_value,
         }) => {
             query.retain(|pair| !query_name_is(pair, param));
-            injected_query = format!("{param}={encoded_value}");
-            query.push(&injected_query);
+            injected_query = Zeroizing::new(format!("{param}={}", encoded_value.as_str()));
+            query.push(injected_query.as_str());
         }
         Some(Injector::OAuth2(_)) => {
             if let Some(token) = oauth_token {
@@ -1272,16 +1272,18 @@ fn cgi_alias_of(name: &HeaderName, stripped: &[HeaderName]) -> bool {
 /// to look for, yet its SDK may hold one as a query key), as it stands or percent-encoded
 /// (`?k=%70st_…`: no encoder writes a token's characters so, but a vendor decodes them).
 pub(crate) fn url_holds_a_caller_token(text: &[u8], token: Option<&[u8]>) -> bool {
-    if token.is_some_and(|token| !token.is_empty() && contains_even_encoded(text, token))
-        || caller_token_shaped(text)
-    {
+    if token.is_some_and(|token| !token.is_empty() && contains_even_encoded(text, token)) {
         return true;
     }
-    text.len() >= CALLER_TOKEN_LEN
-        && memchr::memchr(b'%', text).is_some()
-        && caller_token_shaped(&Zeroizing::new(
-            percent_encoding::percent_decode(text).collect::<Vec<u8>>(),
-        ))
+    // (Most targets are shorter than a token: no search.)
+    if text.len() < CALLER_TOKEN_LEN {
+        return false;
+    }
+    caller_token_shaped(text)
+        || (memchr::memchr(b'%', text).is_some()
+            && caller_token_shaped(&Zeroizing::new(
+                percent_encoding::percent_decode(text).collect::<Vec<u8>>(),
+            )))
 }
 
 /// The length of a caller token `postern callers token` makes.

@@ -244,7 +244,7 @@ pub enum Injector {
     },
     Query {
         param: String,
-        encoded_value: String,
+        encoded_value: Zeroizing<String>,
     },
     /// `Authorization: Bearer <token>` from an OAuth2 token source.
     OAuth2(Arc<TokenSource>),
@@ -817,18 +817,19 @@ fn read_secret(
                  (fix: export {name} before starting postern, or use from_file or a vault `secret`)"
             ))
         })?),
-        SecretSource::File(path) => Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|error| {
-                    unavailable(format!(
-                        "credential unavailable: cannot read {}: {} (fix: check the path and its permissions)",
-                        path.display(),
-                        error
-                    ))
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_string(),
-        ),
+        SecretSource::File(path) => {
+            // Trimmed in place: the text as read is the one zeroized.
+            let mut secret = Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
+                unavailable(format!(
+                    "credential unavailable: cannot read {}: {} (fix: check the path and its permissions)",
+                    path.display(),
+                    error
+                ))
+            })?);
+            let kept = secret.trim_end_matches(['\r', '\n']).len();
+            secret.truncate(kept);
+            secret
+        }
         SecretSource::Vault(name) => {
             let Some(vault) = vault else {
                 return Err(unavailable(format!(
@@ -836,13 +837,14 @@ fn read_secret(
                 )));
             };
             match vault.current(name) {
-                Ok(Some(value)) => Zeroizing::new(
-                    String::from_utf8(value.expose().to_vec()).map_err(|_| {
-                        unavailable(format!(
+                Ok(Some(value)) => match std::str::from_utf8(value.expose()) {
+                    Ok(text) => Zeroizing::new(text.to_string()),
+                    Err(_) => {
+                        return Err(unavailable(format!(
                             "credential unusable: vault credential {name} is not UTF-8 text"
-                        ))
-                    })?,
-                ),
+                        )))
+                    }
+                },
                 Ok(None) => {
                     return Err(CredentialProblem {
                         code: "credential_revoked",
@@ -877,10 +879,10 @@ pub fn unusable_value(integration: &IntegrationConfig, name: &str, value: &[u8])
     if !matches!(&credential.source, SecretSource::Vault(vault_name) if vault_name == name) {
         return None;
     }
-    let Ok(text) = String::from_utf8(value.to_vec()) else {
+    let Ok(text) = std::str::from_utf8(value) else {
         return Some("the value is not UTF-8 text".to_string());
     };
-    let text = Zeroizing::new(text);
+    let text = Zeroizing::new(text.to_string());
     if credential.kind == CredentialKind::OAuth2 || text.is_empty() {
         return None;
     }
@@ -958,9 +960,10 @@ fn load_injector(
                 .query_param
                 .clone()
                 .ok_or_else(|| unavailable("credential kind query needs `param`".to_string()))?;
-            let encoded_value =
+            let encoded_value = Zeroizing::new(
                 percent_encoding::utf8_percent_encode(secret.as_str(), crate::proxy::QUERY_VALUE)
-                    .to_string();
+                    .to_string(),
+            );
             Ok(Injector::Query {
                 param,
                 encoded_value,

@@ -856,6 +856,28 @@ async fn open_opaque_tunnels_are_decided_again_at_each_reload() {
         assert_eq!(events[0]["reason"], "tunnel_revoked", "{deny}: {events:#?}");
         gw.stop().await;
     }
+
+    // A registered destination: a reload that takes the network it dialled out of the
+    // integration's `allow_private_networks` closes it (the call stays granted).
+    let gw = TestGateway::start(
+        &opaque_integration("localhost", vendor.addr.port(), ""),
+        None,
+    )
+    .await;
+    let client = tunnel_client(&gw, CHECKOUT_TOKEN, &vendor).await;
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let narrowed = text.replace(
+        r#"allow_private_networks = ["127.0.0.1/32", "::1/128"]"#,
+        r#"allow_private_networks = ["::1/128"]"#,
+    );
+    assert_ne!(narrowed, text);
+    let config = postern_config::parse(&narrowed, &gw.config_path).unwrap();
+    gw.running().reload(config).unwrap();
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "tunnel_revoked", "{events:#?}");
+    assert_eq!(events[0]["mode"], "tunnel");
+    gw.stop().await;
 }
 
 /// Cedar rules read the hour, so an open opaque tunnel is decided again at each new hour: one
