@@ -223,11 +223,9 @@ impl Readers {
             kept.take(piece);
         }
         if let Some((finder, tail)) = &mut self.token {
-            if appended_finds(finder, tail, piece) {
+            if tail_finds(Some(finder), finder.needle().len() - 1, tail, piece) {
                 return RequestBodyViolation::CallerToken;
             }
-            let cut = tail.len().saturating_sub(finder.needle().len() - 1);
-            tail.drain(..cut);
         }
         if self
             .escaped
@@ -244,20 +242,48 @@ impl Readers {
 
     /// Whether what was decoded so far ends with the start of the caller's token.
     fn token_in_progress(&self) -> bool {
-        self.token.as_ref().is_some_and(|(finder, tail)| {
-            let needle = finder.needle();
-            (1..=tail.len().min(needle.len() - 1)).any(|len| tail.ends_with(&needle[..len]))
-        }) || self.escaped.as_ref().is_some_and(EscapedToken::in_progress)
+        self.token
+            .as_ref()
+            .is_some_and(|(finder, tail)| ends_with_start_of(tail, finder.needle()))
+            || self.escaped.as_ref().is_some_and(EscapedToken::in_progress)
     }
+}
+
+/// Whether `tail` ends with the start of `needle`: a proper prefix of it, a byte at least.
+pub(crate) fn ends_with_start_of(tail: &[u8], needle: &[u8]) -> bool {
+    (1..=tail.len().min(needle.len().saturating_sub(1))).any(|len| tail.ends_with(&needle[..len]))
+}
+
+/// Reads `piece` after `tail`, the last `keep` bytes read before it (searched already):
+/// whether `finder`'s needle (`keep + 1` bytes long) now ends in `piece`, found across the seam
+/// or in `piece` itself (only the seam is copied); `tail` is then the last `keep` bytes of both.
+/// Without a finder, only `tail` is kept.
+pub(crate) fn tail_finds(
+    finder: Option<&memmem::Finder<'_>>,
+    keep: usize,
+    tail: &mut Vec<u8>,
+    piece: &[u8],
+) -> bool {
+    let found = finder.is_some_and(|finder| {
+        let before = tail.len();
+        tail.extend_from_slice(&piece[..piece.len().min(keep)]);
+        let across = finder.find(tail).is_some();
+        tail.truncate(before);
+        across || finder.find(piece).is_some()
+    });
+    if piece.len() >= keep {
+        tail.clear();
+        tail.extend_from_slice(&piece[piece.len() - keep..]);
+    } else {
+        tail.extend_from_slice(piece);
+        tail.drain(..tail.len().saturating_sub(keep));
+    }
+    found
 }
 
 /// Appends `piece` to `seen`, whose bytes were searched already, and whether `finder`'s
 /// needle is now in it: only where it could end in `piece` is searched.
-pub(crate) fn appended_finds(
-    finder: &memmem::Finder<'_>,
-    seen: &mut Vec<u8>,
-    piece: &[u8],
-) -> bool {
+fn appended_finds(finder: &memmem::Finder<'_>, seen: &mut Vec<u8>, piece: &[u8]) -> bool {
     let from = seen.len().saturating_sub(finder.needle().len() - 1);
     seen.extend_from_slice(piece);
     finder.find(&seen[from..]).is_some()
@@ -453,7 +479,11 @@ impl ForwardBody {
         // stream after it, the whole body, read to its end now (nothing polls the body past its
         // last frame).
         let ahead = self.buffered.take().unwrap_or_default();
-        let mut escaped = token.map(|token| Box::new(EscapedToken::new(token)));
+        // Read with its escapes undone as sent only when it has no coding: one that has is
+        // read so in its decoding (`Decoding`), which is what a vendor undoing escapes reads.
+        let mut escaped = token
+            .filter(|_| coding.is_none())
+            .map(|token| Box::new(EscapedToken::new(token)));
         let mut checked = match token.is_some_and(|token| memmem::find(&ahead, token).is_some())
             || escaped.as_mut().is_some_and(|escaped| escaped.read(&ahead))
         {

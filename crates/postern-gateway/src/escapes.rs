@@ -2,16 +2,48 @@
 //!
 //! A vendor reads a form body percent-decoded (`key=%70st_…`) and a JSON body with its string
 //! escapes undone (`"key": "\u0070st_…"`), so a token written either way reaches it as surely as
-//! one written plainly. [`EscapedToken`] reads a body as it streams with both kinds of escape
-//! undone — whatever the body's type, since a type can be misstated and the token is a random
-//! string no body holds by chance — and finds the token in what that gives. Until the body
-//! holds an escape character (`%` or `\`), what it gives is the body as sent, which
-//! [`crate::body::ForwardBody`] searches already: a body without one costs one `memchr2` pass
-//! per frame.
+//! one written plainly. [`EscapedToken`] reads a body as it streams in both readings — each
+//! kind of escape undone on its own, as a vendor reads one kind or the other (undone together,
+//! `\t%30…` would read as a tab and `0…`, where a form reads `\t0…`) — whatever the body's type,
+//! since a type can be misstated and the token is a random string no body holds by chance, and
+//! finds the token in either. Until a reading's escape character (`%`, `\`) appears, that
+//! reading is the body as sent, which [`crate::body::ForwardBody`] searches already: a body
+//! without either costs two `memchr` passes per frame, and what lies between escapes is copied
+//! in bulk.
+//!
+//! Not read: escapes of one kind inside the other (a JSON document percent-encoded in a form
+//! field), nor other encodings a vendor could be told to undo (base64, HTML entities).
 
 use memchr::memmem;
 
-use crate::body::appended_finds;
+use crate::body::{ends_with_start_of, tail_finds};
+
+/// The two readings of a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `%HH`, as a form (or a URL in a body) is read.
+    Percent,
+    /// JSON's string escapes: `\uHHHH`, `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`.
+    Json,
+}
+
+impl Kind {
+    /// The byte that starts an escape.
+    fn mark(self) -> u8 {
+        match self {
+            Kind::Percent => b'%',
+            Kind::Json => b'\\',
+        }
+    }
+
+    /// What an escape is once its mark is read.
+    fn begun(self) -> Pending {
+        match self {
+            Kind::Percent => Pending::Percent(None),
+            Kind::Json => Pending::Backslash,
+        }
+    }
+}
 
 /// An escape begun at the end of what was read so far, with the bytes of it read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,17 +60,56 @@ enum Pending {
     },
 }
 
-/// Reads a body for the caller's token with its percent-encoding and JSON string escapes
-/// undone ([module docs](self)).
+/// One reading of the body: its escapes undone as they come.
+struct Reading {
+    kind: Kind,
+    pending: Pending,
+    /// The last `token length - 1` bytes of the body as this reading gives it: a token split
+    /// across frames is still found.
+    tail: Vec<u8>,
+    /// Whether the body held this reading's escape character yet.
+    escaped: bool,
+}
+
+impl Reading {
+    fn new(kind: Kind) -> Self {
+        Reading {
+            kind,
+            pending: Pending::None,
+            tail: Vec::new(),
+            escaped: false,
+        }
+    }
+
+    /// Reads `piece` (`out` is scratch space): whether the token now stands in this reading.
+    fn read(&mut self, finder: &memmem::Finder<'_>, piece: &[u8], out: &mut Vec<u8>) -> bool {
+        if !self.escaped {
+            if memchr::memchr(self.kind.mark(), piece).is_none() {
+                // The body as sent so far: only its tail is kept (no search).
+                tail_finds(None, finder.needle().len() - 1, &mut self.tail, piece);
+                return false;
+            }
+            self.escaped = true;
+        }
+        out.clear();
+        self.pending = unescape(self.kind, self.pending, piece, out);
+        tail_finds(Some(finder), finder.needle().len() - 1, &mut self.tail, out)
+    }
+
+    /// Whether more of the body could complete the token in this reading in a way the body
+    /// as sent does not show: an escape was read, and the reading ends with the token's start
+    /// or within an escape.
+    fn in_progress(&self, needle: &[u8]) -> bool {
+        self.escaped && (self.pending != Pending::None || ends_with_start_of(&self.tail, needle))
+    }
+}
+
+/// Reads a body for the caller's token with its percent-encoding, and apart from that its
+/// JSON string escapes, undone ([module docs](self)).
 pub(crate) struct EscapedToken {
     finder: memmem::Finder<'static>,
-    /// The last `token length - 1` bytes of the body as unescaped so far: a token split across
-    /// frames is still found.
-    tail: Vec<u8>,
-    pending: Pending,
-    /// Whether the body held an escape character yet.
-    escaped: bool,
-    /// The unescaped bytes of the frame being read (kept for its allocation).
+    readings: [Reading; 2],
+    /// A reading's bytes of the frame being read (kept for its allocation).
     out: Vec<u8>,
 }
 
@@ -48,120 +119,126 @@ impl EscapedToken {
         debug_assert!(!token.is_empty());
         EscapedToken {
             finder: memmem::Finder::new(token).into_owned(),
-            tail: Vec::new(),
-            pending: Pending::None,
-            escaped: false,
+            readings: [Reading::new(Kind::Percent), Reading::new(Kind::Json)],
             out: Vec::new(),
         }
     }
 
-    /// Reads the body's next `piece`: whether the token, its escapes undone, now stands in
-    /// what was read.
+    /// Reads the body's next `piece`: whether the token, one kind of escape undone, now stands
+    /// in what was read.
     pub(crate) fn read(&mut self, piece: &[u8]) -> bool {
-        let keep = self.finder.needle().len() - 1;
-        if !self.escaped {
-            if memchr::memchr2(b'%', b'\\', piece).is_none() {
-                // Unescaped, the body is as sent so far: only its tail is kept.
-                self.tail
-                    .extend_from_slice(&piece[piece.len().saturating_sub(keep)..]);
-                self.tail.drain(..self.tail.len().saturating_sub(keep));
-                return false;
-            }
-            self.escaped = true;
-        }
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        self.pending = unescape(self.pending, piece, &mut out);
-        let found = appended_finds(&self.finder, &mut self.tail, &out);
-        self.tail.drain(..self.tail.len().saturating_sub(keep));
-        self.out = out;
-        found
+        let EscapedToken {
+            finder,
+            readings,
+            out,
+        } = self;
+        readings
+            .iter_mut()
+            .any(|reading| reading.read(finder, piece, out))
     }
 
     /// Whether more of the body could complete the token from what was read so far in a way
-    /// the body as sent does not show: an escape was read, and the body read unescaped ends
-    /// with the token's start, or within an escape. Frames read since are held back by
+    /// the body as sent does not show, in either reading. Frames read since are held back by
     /// [`crate::body::ForwardBody`] (as sent, the token's start may be written in many more
     /// bytes than its own length).
     pub(crate) fn in_progress(&self) -> bool {
-        if !self.escaped {
-            return false;
-        }
-        if self.pending != Pending::None {
-            return true;
-        }
         let needle = self.finder.needle();
-        (1..=self.tail.len().min(needle.len() - 1)).any(|len| self.tail.ends_with(&needle[..len]))
+        self.readings
+            .iter()
+            .any(|reading| reading.in_progress(needle))
     }
 }
 
-/// Appends `piece` to `out` with its escapes undone, after an escape `pending` from the piece
-/// before; returns the escape left pending at its end. `%HH` is the byte `HH`; `\uHHHH` the
-/// code point's UTF-8 (a lone surrogate: U+FFFD); `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`,
-/// `\t` their characters. Anything else is kept as it stands — an escape that breaks off
-/// included, with the byte that broke it read afresh.
-fn unescape(mut pending: Pending, piece: &[u8], out: &mut Vec<u8>) -> Pending {
-    for &byte in piece {
-        pending = match (pending, byte) {
-            (Pending::None, b'%') => Pending::Percent(None),
-            (Pending::None, b'\\') => Pending::Backslash,
-            (Pending::None, _) => {
+/// Appends `piece` to `out` with escapes of `kind` undone, after an escape `pending` from the
+/// piece before; returns the escape left pending at its end. `%HH` is the byte `HH`;
+/// `\uHHHH` the code point's UTF-8 (a lone surrogate: U+FFFD); `\"`, `\\`, `\/`, `\b`, `\f`,
+/// `\n`, `\r`, `\t` their characters. Anything else is kept as it stands — an escape that
+/// breaks off included, with the byte that broke it read afresh. What lies between escapes is
+/// copied whole.
+fn unescape(kind: Kind, mut pending: Pending, mut piece: &[u8], out: &mut Vec<u8>) -> Pending {
+    let mark = kind.mark();
+    loop {
+        if pending == Pending::None {
+            let Some(at) = memchr::memchr(mark, piece) else {
+                out.extend_from_slice(piece);
+                return Pending::None;
+            };
+            out.extend_from_slice(&piece[..at]);
+            piece = &piece[at + 1..];
+            pending = kind.begun();
+        }
+        let Some((&byte, rest)) = piece.split_first() else {
+            return pending;
+        };
+        piece = rest;
+        pending = match step(pending, byte, out) {
+            Some(pending) => pending,
+            // Broken off (its bytes written as they stand): the byte read afresh.
+            None if byte == mark => kind.begun(),
+            None => {
                 out.push(byte);
                 Pending::None
             }
-            (Pending::Percent(None), _) if hex(byte).is_some() => Pending::Percent(Some(byte)),
-            (Pending::Percent(Some(first)), _) if hex(byte).is_some() => {
-                out.push(hex_value(&[first, byte]) as u8);
-                Pending::None
-            }
-            (Pending::Backslash, b'u') => Pending::Unicode {
-                read: [0; 3],
-                digits: 0,
-            },
-            (Pending::Backslash, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                out.push(match byte {
-                    b'b' => 0x08,
-                    b'f' => 0x0c,
-                    b'n' => b'\n',
-                    b'r' => b'\r',
-                    b't' => b'\t',
-                    _ => byte,
-                });
-                Pending::None
-            }
-            (Pending::Unicode { read, digits: 3 }, _) if hex(byte).is_some() => {
-                let code = hex_value(&[read[0], read[1], read[2], byte]);
-                let character = char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER);
-                out.extend_from_slice(character.encode_utf8(&mut [0; 4]).as_bytes());
-                Pending::None
-            }
-            (Pending::Unicode { mut read, digits }, _) if hex(byte).is_some() => {
-                read[usize::from(digits)] = byte;
-                Pending::Unicode {
-                    read,
-                    digits: digits + 1,
-                }
-            }
-            // An escape broken off: as written, and the byte that broke it read afresh.
-            (broken, _) => {
-                match broken {
-                    Pending::Percent(first) => {
-                        out.push(b'%');
-                        out.extend(first);
-                    }
-                    Pending::Backslash => out.push(b'\\'),
-                    Pending::Unicode { read, digits } => {
-                        out.extend_from_slice(b"\\u");
-                        out.extend_from_slice(&read[..usize::from(digits)]);
-                    }
-                    // (Matched above: a byte after no escape is never one that breaks it.)
-                    Pending::None => {}
-                }
-                unescape(Pending::None, &[byte], out)
-            }
         };
     }
-    pending
+}
+
+/// One byte of an escape begun: the escape as it stands after it (`Pending::None` once it is
+/// complete and written to `out`), or `None` when the byte breaks it off (its bytes so far
+/// written to `out` as they stand, the byte itself not).
+fn step(pending: Pending, byte: u8, out: &mut Vec<u8>) -> Option<Pending> {
+    let digit = hex(byte).is_some();
+    let next = match (pending, byte) {
+        (Pending::Percent(None), _) if digit => Pending::Percent(Some(byte)),
+        (Pending::Percent(Some(first)), _) if digit => {
+            out.push(hex_value(&[first, byte]) as u8);
+            Pending::None
+        }
+        (Pending::Backslash, b'u') => Pending::Unicode {
+            read: [0; 3],
+            digits: 0,
+        },
+        (Pending::Backslash, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+            out.push(match byte {
+                b'b' => 0x08,
+                b'f' => 0x0c,
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                _ => byte,
+            });
+            Pending::None
+        }
+        (Pending::Unicode { read, digits: 3 }, _) if digit => {
+            let code = hex_value(&[read[0], read[1], read[2], byte]);
+            let character = char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER);
+            out.extend_from_slice(character.encode_utf8(&mut [0; 4]).as_bytes());
+            Pending::None
+        }
+        (Pending::Unicode { mut read, digits }, _) if digit => {
+            read[usize::from(digits)] = byte;
+            Pending::Unicode {
+                read,
+                digits: digits + 1,
+            }
+        }
+        (broken, _) => {
+            match broken {
+                Pending::Percent(first) => {
+                    out.push(b'%');
+                    out.extend(first);
+                }
+                Pending::Backslash => out.push(b'\\'),
+                Pending::Unicode { read, digits } => {
+                    out.extend_from_slice(b"\\u");
+                    out.extend_from_slice(&read[..usize::from(digits)]);
+                }
+                Pending::None => {}
+            }
+            return None;
+        }
+    };
+    Some(next)
 }
 
 fn hex(byte: u8) -> Option<u32> {
@@ -181,40 +258,55 @@ mod tests {
 
     const TOKEN: &[u8] = b"pst_0123456789abcdefghij";
 
-    fn unescaped(text: &[u8]) -> Vec<u8> {
+    fn unescaped(kind: Kind, text: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        assert_eq!(unescape(Pending::None, text, &mut out), Pending::None);
+        assert_eq!(unescape(kind, Pending::None, text, &mut out), Pending::None);
         out
     }
 
-    /// Every byte of `text` percent-encoded, or JSON-escaped, in upper or lower case.
+    /// Every byte of `text` percent-encoded (upper and lower case), or JSON-escaped; and its
+    /// first character escaped each way, the rest as it stands.
     fn encodings(text: &[u8]) -> Vec<Vec<u8>> {
-        let percent = |upper: bool| {
+        let each = |format: fn(u8) -> String| -> Vec<u8> {
             text.iter()
-                .flat_map(|byte| match upper {
-                    true => format!("%{byte:02X}").into_bytes(),
-                    false => format!("%{byte:02x}").into_bytes(),
-                })
+                .flat_map(|&byte| format(byte).into_bytes())
                 .collect()
         };
-        let json = text
-            .iter()
-            .flat_map(|byte| format!("\\u{:04x}", byte).into_bytes())
-            .collect();
-        // One character escaped in each way, the rest as they stand.
-        let mixed = [&b"%70"[..], b"\\u0073", b"t_", &text[4..]].concat();
-        vec![percent(true), percent(false), json, mixed]
+        vec![
+            each(|byte| format!("%{byte:02X}")),
+            each(|byte| format!("%{byte:02x}")),
+            each(|byte| format!("\\u{byte:04x}")),
+            [format!("%{:02x}", text[0]).as_bytes(), &text[1..]].concat(),
+            [format!("\\u{:04X}", text[0]).as_bytes(), &text[1..]].concat(),
+        ]
     }
 
     #[test]
     fn escapes_are_undone_as_vendors_undo_them() {
-        assert_eq!(unescaped(b"a%41%2fb"), b"aA/b");
-        assert_eq!(unescaped(br#"\u0041\/\"\\\n\t"#), b"A/\"\\\n\t");
-        assert_eq!(unescaped(br"\u00e9\u20ac"), "é€".as_bytes());
-        assert_eq!(unescaped(br"\ud83d"), "\u{fffd}".as_bytes());
+        assert_eq!(unescaped(Kind::Percent, b"a%41%2fb\\n"), b"aA/b\\n");
+        assert_eq!(
+            unescaped(Kind::Json, br#"\u0041\/\"\\\n\t%41"#),
+            b"A/\"\\\n\t%41"
+        );
+        assert_eq!(unescaped(Kind::Json, br"\u00e9\u20ac"), "é€".as_bytes());
+        assert_eq!(unescaped(Kind::Json, br"\ud83d"), "\u{fffd}".as_bytes());
         // Escapes that break off stand as written, and what broke them is read afresh.
-        assert_eq!(unescaped(b"%%41%4g"), b"%A%4g");
-        assert_eq!(unescaped(br"\u00%41\q\\u0041"), br"\u00A\q\u0041");
+        assert_eq!(
+            unescaped(Kind::Percent, b"%%41%4g%"[..7].as_ref()),
+            b"%A%4g"
+        );
+        assert_eq!(
+            unescaped(Kind::Json, br"\u00\u0041\q\\u0041"),
+            br"\u00A\q\u0041"
+        );
+        // A piece may end inside an escape: it is completed by the next.
+        let mut out = Vec::new();
+        let pending = unescape(Kind::Json, Pending::None, br"ab\u00", &mut out);
+        assert_eq!(
+            unescape(Kind::Json, pending, b"41c", &mut out),
+            Pending::None
+        );
+        assert_eq!(out, b"abAc");
     }
 
     #[test]
@@ -231,15 +323,43 @@ mod tests {
             // read so far are to be held back.
             for split in start.len() + 1..start.len() + escaped.len() {
                 assert!(
-                    reading_after(&body[..split]).in_progress(),
+                    reading_after(TOKEN, &body[..split]).in_progress(),
                     "split at {split}"
                 );
             }
         }
     }
 
-    fn reading_after(text: &[u8]) -> EscapedToken {
-        let mut reading = EscapedToken::new(TOKEN);
+    /// Each kind is undone on its own, as a vendor reads a body one way: a token whose
+    /// characters are hex digits or JSON escape letters is found where the other kind's mark
+    /// stands before it.
+    #[test]
+    fn each_reading_undoes_one_kind_of_escape() {
+        let cases: [(&[u8], &[u8]); 3] = [
+            // A form reads `\t0ken…`: a tab only to a JSON reading.
+            (b"t0kenABCDEFGHIJKLMNOP", br"a=\t%30kenABCDEFGHIJKLMNOP&b=1"),
+            // JSON reads `%deadbeef…`: a byte 0xde only to a percent reading.
+            (
+                b"deadbeef0123456789",
+                br#"{"k": "%de\u0061dbeef0123456789"}"#,
+            ),
+            // Both as sent around the other kind's escape.
+            (
+                b"pst_0123456789abcdef",
+                br#"{"k": "%pst_0123456789abcdef\n"}"#,
+            ),
+        ];
+        for (token, body) in cases {
+            assert!(
+                EscapedToken::new(token).read(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    fn reading_after(token: &[u8], text: &[u8]) -> EscapedToken {
+        let mut reading = EscapedToken::new(token);
         assert!(!reading.read(text));
         reading
     }
@@ -253,14 +373,18 @@ mod tests {
         let mut short = encodings(&TOKEN[..TOKEN.len() - 1]).remove(0);
         short.extend_from_slice(b"&x=1");
         assert!(!EscapedToken::new(TOKEN).read(&short));
+        // Escaped in both kinds at once, which no vendor reads so.
+        let mixed = [&b"%70\\u0073"[..], &TOKEN[2..]].concat();
+        assert!(!EscapedToken::new(TOKEN).read(&mixed));
         // A body without escapes is left to the search as sent; ending with the token's
         // start, it is not "in progress" here (the search as sent holds its tail back).
-        let mut plain = reading_after(b"amount=1&key=pst_01");
+        let mut plain = reading_after(TOKEN, b"amount=1&key=pst_01");
         assert!(!plain.in_progress());
         assert!(!plain.read(b"x"));
-        // Once an escape is read, an unescaped tail that starts the token is.
-        assert!(reading_after(b"a=%41&key=pst_01").in_progress());
-        assert!(reading_after(b"a=%41&key=%7").in_progress());
-        assert!(!reading_after(b"a=%41&key=x").in_progress());
+        // Once an escape is read, a reading whose tail starts the token is.
+        assert!(reading_after(TOKEN, b"a=%41&key=pst_01").in_progress());
+        assert!(reading_after(TOKEN, b"a=%41&key=%7").in_progress());
+        assert!(reading_after(TOKEN, br"a=\n&key=\u007").in_progress());
+        assert!(!reading_after(TOKEN, b"a=%41&key=x").in_progress());
     }
 }

@@ -1217,19 +1217,11 @@ pub(crate) fn holds_a_caller_token(
     token: Option<&[u8]>,
 ) -> bool {
     let token = token.filter(|token| !token.is_empty());
-    let found = |bytes: &[u8]| {
-        token.is_some_and(|token| contains(bytes, token)) || caller_token_shaped(bytes)
-    };
     let value = value.as_bytes();
-    let shortest = token.map_or(CALLER_TOKEN_LEN, |token| token.len().min(CALLER_TOKEN_LEN));
     // A `Basic` credential's base64 is longer than what it holds.
-    if value.len() >= shortest
-        && (found(value)
-            || basic_credential(value).is_some_and(|decoded| found(&decoded))
-            || (memchr::memchr(b'%', value).is_some()
-                && found(&Zeroizing::new(
-                    percent_encoding::percent_decode(value).collect::<Vec<u8>>(),
-                ))))
+    if holds_a_token_even_encoded(value, token)
+        || (value.len() >= shortest_token(token)
+            && basic_credential(value).is_some_and(|decoded| holds_a_token(&decoded, token)))
     {
         return true;
     }
@@ -1250,21 +1242,23 @@ pub(crate) fn holds_a_caller_token(
             )))
 }
 
-/// Whether `name` holds a `_` and reads as one of `stripped` where `_` and `-` are the same: the
-/// CGI convention PHP, Rack and WSGI servers read headers by (`X_Api_Key` and `X-Api-Key` are
-/// both `HTTP_X_API_KEY`), so a caller's `Authorization` or vendor key sent under such a name
-/// could stand in for the one Postern strips and injects. Headers without a `_` (nearly all)
-/// cost one byte search.
+/// Whether `name` is not one of `stripped` but reads as one where `_` and `-` are the same:
+/// the CGI convention PHP, Rack and WSGI servers read headers by (`X_Api_Key` and `X-Api-Key`
+/// are both `HTTP_X_API_KEY`), so a caller's `Authorization` or vendor key sent under such a
+/// name could stand in for the one Postern strips and injects, whichever of the two the
+/// injected header's name uses. Names of other lengths are told apart by their length.
 fn cgi_alias_of(name: &HeaderName, stripped: &[HeaderName]) -> bool {
     let name = name.as_str().as_bytes();
-    memchr::memchr(b'_', name).is_some()
-        && stripped.iter().any(|stripped| {
-            let stripped = stripped.as_str().as_bytes();
-            stripped.len() == name.len()
-                && stripped.iter().zip(name).all(|(&a, &b)| {
-                    a == b || (matches!(a, b'-' | b'_') && matches!(b, b'-' | b'_'))
-                })
-        })
+    let joiner = |byte: &u8| matches!(byte, b'-' | b'_');
+    stripped.iter().any(|stripped| {
+        let stripped = stripped.as_str().as_bytes();
+        stripped.len() == name.len()
+            && stripped != name
+            && stripped
+                .iter()
+                .zip(name)
+                .all(|(a, b)| a == b || (joiner(a) && joiner(b)))
+    })
 }
 
 /// Whether part of a request URL holds the call's own caller `token` or what looks like any
@@ -1272,18 +1266,30 @@ fn cgi_alias_of(name: &HeaderName, stripped: &[HeaderName]) -> bool {
 /// to look for, yet its SDK may hold one as a query key), as it stands or percent-encoded
 /// (`?k=%70st_…`: no encoder writes a token's characters so, but a vendor decodes them).
 pub(crate) fn url_holds_a_caller_token(text: &[u8], token: Option<&[u8]>) -> bool {
-    if token.is_some_and(|token| !token.is_empty() && contains_even_encoded(text, token)) {
-        return true;
-    }
-    // (Most targets are shorter than a token: no search.)
-    if text.len() < CALLER_TOKEN_LEN {
-        return false;
-    }
-    caller_token_shaped(text)
-        || (memchr::memchr(b'%', text).is_some()
-            && caller_token_shaped(&Zeroizing::new(
-                percent_encoding::percent_decode(text).collect::<Vec<u8>>(),
-            )))
+    holds_a_token_even_encoded(text, token.filter(|token| !token.is_empty()))
+}
+
+/// The fewest bytes that can hold `token` or a token `postern` made: most URLs and header
+/// values are shorter, and are answered without a search.
+fn shortest_token(token: Option<&[u8]>) -> usize {
+    token.map_or(CALLER_TOKEN_LEN, |token| token.len().min(CALLER_TOKEN_LEN))
+}
+
+/// Whether `bytes` hold `token` (a non-empty one) or what looks like a token `postern` made.
+fn holds_a_token(bytes: &[u8], token: Option<&[u8]>) -> bool {
+    token.is_some_and(|token| contains(bytes, token)) || caller_token_shaped(bytes)
+}
+
+/// [`holds_a_token`] on `bytes` as they stand or, when they hold a `%`, percent-decoded
+/// (decoded once, into a zeroized copy), for `bytes` long enough to hold one.
+fn holds_a_token_even_encoded(bytes: &[u8], token: Option<&[u8]>) -> bool {
+    bytes.len() >= shortest_token(token)
+        && (holds_a_token(bytes, token)
+            || (memchr::memchr(b'%', bytes).is_some()
+                && holds_a_token(
+                    &Zeroizing::new(percent_encoding::percent_decode(bytes).collect::<Vec<u8>>()),
+                    token,
+                )))
 }
 
 /// The length of a caller token `postern callers token` makes.
@@ -1310,11 +1316,6 @@ fn caller_token_shaped(bytes: &[u8]) -> bool {
 /// `%`, percent-decoded (a vendor's encoder may escape more than Postern's, `_` as `%5F`).
 pub(crate) fn echoes_secret(value: &[u8], needles: &[Zeroizing<Vec<u8>>]) -> bool {
     any_even_encoded(value, needles.iter().map(|needle| needle.as_slice()))
-}
-
-/// Whether `haystack` holds `needle` as it stands or, when it holds a `%`, percent-decoded.
-pub(crate) fn contains_even_encoded(haystack: &[u8], needle: &[u8]) -> bool {
-    any_even_encoded(haystack, std::iter::once(needle))
 }
 
 /// Whether `haystack` holds one of `needles` as it stands or, when it holds a `%`,
@@ -1692,27 +1693,17 @@ fn prepare_response(
     // Every integration shares Postern's origin in path mode: a vendor's cookie is kept to its
     // integration's paths, or a caller's cookie jar would hand it to every other vendor.
     if cookies && context.mode.is_none() {
-        let mut changed = false;
-        let values: Vec<HeaderValue> = parts
+        // (One that could not be kept so, were there one, is dropped.)
+        let prefix = &integration.upstream.path_prefix;
+        let kept: Vec<HeaderValue> = parts
             .headers
             .get_all(header::SET_COOKIE)
             .iter()
-            .map(|value| {
-                let prefix = &integration.upstream.path_prefix;
-                match cookie_kept_to(value.as_bytes(), prefix, &integration.name) {
-                    Some(kept) => {
-                        changed = true;
-                        kept
-                    }
-                    None => value.clone(),
-                }
-            })
+            .filter_map(|value| cookie_kept_to(value.as_bytes(), prefix, &integration.name))
             .collect();
-        if changed {
-            parts.headers.remove(header::SET_COOKIE);
-            for value in values {
-                parts.headers.append(header::SET_COOKIE, value);
-            }
+        parts.headers.remove(header::SET_COOKIE);
+        for value in kept {
+            parts.headers.append(header::SET_COOKIE, value);
         }
     }
     if strip {
@@ -1855,50 +1846,51 @@ fn through_postern(
     if rest.is_empty() {
         through.push('/');
     }
-    for (mark, part) in [('?', target.query()), ('#', target.fragment())] {
-        if let Some(part) = part {
-            through.push(mark);
-            through.push_str(part);
-        }
+    // The query and fragment as the vendor wrote them (a signed URL's bytes matter; the `url`
+    // crate would write some anew, `'` as `%27`).
+    if let Some(at) = location.find(['?', '#']) {
+        through.push_str(&location[at..]);
     }
     Some(through)
 }
 
-/// A vendor's `Set-Cookie` kept to its integration's paths on Postern's origin (path mode): a
-/// `Path` attribute is mapped as a request path is (`Path=/v2/a`, for an upstream path prefix
-/// `/v2`, is `Path=/<integration>/a`; a path outside the prefix, `/` included, is
-/// `/<integration>`), and a `Domain` attribute, which names the vendor's host and would make
-/// a client refuse the cookie on Postern's (or widen it to Postern's neighbours), is dropped. A
-/// cookie without a `Path` already defaults to the directory of the path the caller called
-/// (RFC 6265 §5.1.4), under `/<integration>`; a `Path` that does not start with `/` is dropped
-/// for that default too. `None` when nothing changes.
+/// A vendor's `Set-Cookie` kept to its integration's paths on Postern's origin (path mode): its
+/// `Path` mapped as a request path is (`Path=/v2/a`, for an upstream path prefix `/v2`, is
+/// `Path=/<integration>/a`; a path outside the prefix, `/` included, is `/<integration>`), and
+/// a cookie without one (or whose last `Path` does not start with `/`) given `/<integration>`,
+/// since its default path is the called path's directory, which for `/<integration>` itself
+/// is `/` (RFC 6265 §5.1.4); the `Path` goes last. A `Domain` attribute, which names the
+/// vendor's host and would make a client refuse the cookie on Postern's (or widen it to
+/// Postern's neighbours), is dropped. Read as bytes (a value that is not UTF-8 is kept to its
+/// paths as well); `None` only where the result would not be a header value.
 fn cookie_kept_to(value: &[u8], path_prefix: &str, integration: &str) -> Option<HeaderValue> {
-    let text = std::str::from_utf8(value).ok()?;
-    let mut parts = text.split(';');
-    let mut kept = parts.next().unwrap_or("").to_string();
-    let mut changed = false;
+    let mut parts = value.split(|&byte| byte == b';');
+    let mut kept = parts.next().unwrap_or_default().to_vec();
+    let mut path: &[u8] = b"";
     for attribute in parts {
-        let (name, attribute_value) = attribute.split_once('=').unwrap_or((attribute, ""));
-        let name = name.trim();
-        let attribute_value = attribute_value.trim();
-        if name.eq_ignore_ascii_case("domain") {
-            changed = true;
-        } else if name.eq_ignore_ascii_case("path") {
-            changed = true;
-            if attribute_value.starts_with('/') {
-                let rest = attribute_value
-                    .strip_prefix(path_prefix)
-                    .filter(|rest| rest.is_empty() || rest.starts_with('/'))
-                    .unwrap_or("");
-                let rest = if rest == "/" { "" } else { rest };
-                kept.push_str(&format!("; Path=/{integration}{rest}"));
-            }
-        } else {
-            kept.push(';');
-            kept.push_str(attribute);
+        let (name, attribute_value) = match attribute.iter().position(|&byte| byte == b'=') {
+            Some(at) => (&attribute[..at], &attribute[at + 1..]),
+            None => (attribute, &b""[..]),
+        };
+        let (name, attribute_value) = (name.trim_ascii(), attribute_value.trim_ascii());
+        if name.eq_ignore_ascii_case(b"path") {
+            // The last one counts; one not starting with `/` stands for the default.
+            path = match attribute_value.starts_with(b"/") {
+                true => attribute_value
+                    .strip_prefix(path_prefix.as_bytes())
+                    .filter(|rest| rest.is_empty() || rest.starts_with(b"/"))
+                    .unwrap_or(b""),
+                false => b"",
+            };
+        } else if !name.eq_ignore_ascii_case(b"domain") {
+            kept.push(b';');
+            kept.extend_from_slice(attribute);
         }
     }
-    changed.then(|| HeaderValue::from_str(&kept).ok()).flatten()
+    kept.extend_from_slice(b"; Path=/");
+    kept.extend_from_slice(integration.as_bytes());
+    kept.extend_from_slice(if path == b"/" { b"" } else { path });
+    HeaderValue::from_bytes(&kept).ok()
 }
 
 /// Header names listed in `Connection` (hop-by-hop for this message, RFC 9110 §7.6.1). Read
@@ -1938,6 +1930,12 @@ mod tests {
             let name = HeaderName::from_static(name);
             assert_eq!(cgi_alias_of(&name, &stripped), alias, "{name}");
         }
+        // An injected header named with `_`: its `-` spelling is stripped too.
+        let underscored = [HeaderName::from_static("x_api_key")];
+        assert!(cgi_alias_of(
+            &HeaderName::from_static("x-api-key"),
+            &underscored
+        ));
         // `Authorization` has no `-`: only itself.
         assert!(!cgi_alias_of(
             &HeaderName::from_static("authori_ation"),
@@ -1947,35 +1945,45 @@ mod tests {
 
     #[test]
     fn a_vendors_cookie_is_kept_to_its_integrations_paths() {
-        let cases = [
+        let cases: [(&[u8], &str); 10] = [
             (
-                "sid=1; Path=/; Domain=vendor.example; HttpOnly",
-                Some("sid=1; Path=/pay; HttpOnly"),
+                b"sid=1; Path=/; Domain=vendor.example; HttpOnly",
+                "sid=1; HttpOnly; Path=/pay",
             ),
             (
-                "sid=1; path=/v2/cart; Secure",
-                Some("sid=1; Path=/pay/cart; Secure"),
+                b"sid=1; path=/v2/cart; Secure",
+                "sid=1; Secure; Path=/pay/cart",
             ),
-            ("sid=1; Path=/v1/other", Some("sid=1; Path=/pay")),
-            ("sid=1; Path=/v2x", Some("sid=1; Path=/pay")),
-            ("sid=1; Path=/v2/", Some("sid=1; Path=/pay")),
-            ("sid=1;Path=relative;Max-Age=60", Some("sid=1;Max-Age=60")),
-            ("sid=1; DOMAIN=.vendor.example", Some("sid=1")),
-            ("sid=1; HttpOnly; SameSite=Lax", None),
-            ("sid=a=b", None),
+            (
+                b"sid=1; Path = /v2/cart ;Secure",
+                "sid=1;Secure; Path=/pay/cart",
+            ),
+            (b"sid=1; Path=/v1/other", "sid=1; Path=/pay"),
+            (b"sid=1; Path=/v2x", "sid=1; Path=/pay"),
+            (b"sid=1; Path=/v2/", "sid=1; Path=/pay"),
+            (
+                b"sid=1;Path=relative;Max-Age=60",
+                "sid=1;Max-Age=60; Path=/pay",
+            ),
+            (b"sid=1; Path=/v2/a; Path=/v2/b", "sid=1; Path=/pay/b"),
+            (
+                b"sid=1; Expires=Wed, 21 Oct 2015 07:28:00 GMT; DOMAIN=.vendor.example",
+                "sid=1; Expires=Wed, 21 Oct 2015 07:28:00 GMT; Path=/pay",
+            ),
+            // No `Path`: its default, for a call to `/pay` itself, would be `/`.
+            (b"sid=a=b; HttpOnly", "sid=a=b; HttpOnly; Path=/pay"),
         ];
         for (cookie, kept) in cases {
-            let got = cookie_kept_to(cookie.as_bytes(), "/v2", "pay");
-            assert_eq!(
-                got.as_ref().map(|value| value.to_str().unwrap()),
-                kept,
-                "{cookie}"
-            );
+            let got = cookie_kept_to(cookie, "/v2", "pay").unwrap();
+            assert_eq!(got, kept, "{}", String::from_utf8_lossy(cookie));
         }
         assert_eq!(
             cookie_kept_to(b"a=1; Path=/v1/x", "", "pay").unwrap(),
             "a=1; Path=/pay/v1/x"
         );
+        // A byte that is not UTF-8 in the value: kept to its paths all the same.
+        let odd = cookie_kept_to(b"a=\xff; Path=/", "", "pay").unwrap();
+        assert_eq!(odd.as_bytes(), b"a=\xff; Path=/pay");
     }
 
     #[test]
@@ -1992,6 +2000,7 @@ mod tests {
             ),
             ("/v2", Some("/pay/")),
             ("/v2/../v2/b", Some("/pay/b")),
+            ("/v2/s?sig=a'b%2F#x y", Some("/pay/s?sig=a'b%2F#x y")),
             // Outside the prefix, elsewhere, or relative to the request's own URL: as written.
             ("/v1/charges", None),
             ("/v2x/charges", None),

@@ -1045,8 +1045,8 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
 }
 
 /// Every integration shares Postern's origin: a vendor's cookie comes back kept to its
-/// integration's paths (`Path` mapped, `Domain` dropped), so a caller's cookie jar never hands
-/// it to another vendor; a cookie without a `Path` is passed as it is.
+/// integration's paths (`Path` mapped, `Domain` dropped, a cookie without a `Path` given the
+/// integration's), so a caller's cookie jar never hands it to another vendor.
 #[tokio::test]
 async fn vendor_cookies_are_kept_to_their_integrations_paths() {
     let handler: Handler = Arc::new(|_: &SeenRequest| Answer {
@@ -1079,9 +1079,9 @@ async fn vendor_cookies_are_kept_to_their_integrations_paths() {
     assert_eq!(
         cookies,
         [
-            "sid=s3cr3t; Path=/stripe; HttpOnly",
+            "sid=s3cr3t; HttpOnly; Path=/stripe",
             "cart=2; Path=/stripe/v1/charges",
-            "pref=1"
+            "pref=1; Path=/stripe"
         ]
     );
     gw.stop().await;

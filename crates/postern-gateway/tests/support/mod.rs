@@ -351,13 +351,17 @@ impl TestVendor {
                                     tokio::time::sleep(delay).await;
                                 }
                                 let (parts, body) = request.into_parts();
-                                let (body, trailers) = match body.collect().await {
-                                    Ok(collected) => {
-                                        let trailers = collected.trailers().cloned();
-                                        (collected.to_bytes(), trailers)
+                                // What arrived before the body broke off is kept: a test
+                                // can tell a body cut short from one never sent.
+                                let (mut body, mut received, mut trailers) =
+                                    (body, Vec::new(), None);
+                                while let Some(Ok(frame)) = body.frame().await {
+                                    match frame.into_data() {
+                                        Ok(data) => received.extend_from_slice(&data),
+                                        Err(frame) => trailers = frame.into_trailers().ok(),
                                     }
-                                    Err(_) => (Bytes::new(), None),
-                                };
+                                }
+                                let body = Bytes::from(received);
                                 let seen = SeenRequest {
                                     method: parts.method.to_string(),
                                     target: parts
