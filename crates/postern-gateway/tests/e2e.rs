@@ -2822,6 +2822,27 @@ async fn a_call_cut_by_shutdown_is_recorded_as_gateway_shutdown() {
     hold.abort();
 }
 
+/// POSTs `body` in `encoding` through `gw`, whole and then streamed in 7-byte pieces: each
+/// refused `caller_token_in_body`, the vendor never having the whole body.
+async fn refused_whole_and_in_pieces(
+    gw: &TestGateway,
+    vendor: &TestVendor,
+    encoding: &str,
+    body: &[u8],
+) {
+    for pieces in [body.len(), 7] {
+        let seen = vendor.seen().len();
+        let chunks: Vec<Vec<u8>> = body.chunks(pieces).map(<[u8]>::to_vec).collect();
+        let stream = reqwest::Body::wrap_stream(futures_stream(chunks));
+        let response = post_coded(gw, "/stripe/v1/charges", None, encoding, stream).await;
+        assert_refused(response, 400, "caller_token_in_body").await;
+        assert!(
+            never_whole(vendor, seen, body.len()),
+            "the vendor got the whole {encoding} body in pieces of {pieces}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
@@ -2908,21 +2929,12 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
             "gzip" => gzip(text.as_bytes()),
             _ => text.clone().into_bytes(),
         };
-        for pieces in [body.len(), 7] {
-            let seen = vendor.seen().len();
-            let chunks: Vec<Vec<u8>> = body.chunks(pieces).map(<[u8]>::to_vec).collect();
-            let stream = reqwest::Body::wrap_stream(futures_stream(chunks));
-            let response = post_coded(&gw, "/stripe/v1/charges", None, encoding, stream).await;
-            assert_refused(response, 400, "caller_token_in_body").await;
-            assert!(
-                never_whole(&vendor, seen, body.len()),
-                "the vendor got the whole {encoding} body: {text}"
-            );
-            assert!(vendor.seen()[seen..]
-                .iter()
-                .all(|request| !request.everything().contains(&percent[..9])
-                    && !request.everything().contains(&json[..18])));
-        }
+        let seen = vendor.seen().len();
+        refused_whole_and_in_pieces(&gw, &vendor, encoding, &body).await;
+        assert!(vendor.seen()[seen..]
+            .iter()
+            .all(|request| !request.everything().contains(&percent[..9])
+                && !request.everything().contains(&json[..18])));
     }
     // In a compressed body (a vendor that undoes the coding would read it): refused, whether
     // sent whole or streamed in pieces that split the compressed bytes anywhere; the vendor never
@@ -2944,17 +2956,7 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     let padding = "amount=100&description=".to_string() + &"lorem ipsum ".repeat(2000);
     for encoding in ["gzip", "deflate", "br", "zstd"] {
         let body = compressed(encoding, format!("{padding}{}&x=1", gw.token).as_bytes());
-        for pieces in [body.len(), 7] {
-            let seen = vendor.seen().len();
-            let chunks: Vec<Vec<u8>> = body.chunks(pieces).map(<[u8]>::to_vec).collect();
-            let stream = reqwest::Body::wrap_stream(futures_stream(chunks));
-            let response = post_coded(&gw, "/stripe/v1/charges", None, encoding, stream).await;
-            assert_refused(response, 400, "caller_token_in_body").await;
-            assert!(
-                never_whole(&vendor, seen, body.len()),
-                "the vendor got the whole {encoding} body"
-            );
-        }
+        refused_whole_and_in_pieces(&gw, &vendor, encoding, &body).await;
     }
     // Whatever a lenient decoder forgives — bytes after the stream's end, a trailer cut off —
     // the token before it is found; a `deflate` body that starts both as zlib and as raw
