@@ -431,6 +431,19 @@ impl ForwardBody {
     /// The caller's body, to be forwarded once [`ForwardBody::reading`] says how it is read:
     /// without that call, nothing in it is looked for, not even the caller's token.
     pub fn new(inner: CallerBody, limit: u64, state: Arc<RequestBodyState>) -> Self {
+        // A body read whole (within the limit) is read ahead: [`ForwardBody::reading`] checks
+        // all of it before anything is sent, so its refusal opens no request to the vendor (nor
+        // an h2 stream to reset, which a vendor counts against the connection all calls share).
+        if let CallerBody::Read(Some(bytes)) = &inner {
+            if bytes.len() as u64 <= limit {
+                return Self::with_prefix(bytes.clone(), CallerBody::empty(), limit, state);
+            }
+        }
+        Self::streaming(inner, limit, state)
+    }
+
+    /// [`ForwardBody::new`], `inner` read as it streams whatever it is.
+    fn streaming(inner: CallerBody, limit: u64, state: Arc<RequestBodyState>) -> Self {
         let inner = if inner.is_end_stream() {
             None
         } else {
@@ -574,7 +587,7 @@ impl ForwardBody {
         limit: u64,
         state: Arc<RequestBodyState>,
     ) -> Self {
-        let mut body = Self::new(rest, limit, state);
+        let mut body = Self::streaming(rest, limit, state);
         body.state
             .bytes
             .fetch_add(prefix.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -1250,6 +1263,17 @@ mod tests {
             )
             .reading(None, Some(token), None);
             assert_eq!(whole.err(), Some(RequestBodyViolation::CallerToken));
+            // A body the server read whole is read ahead the same way: refused before anything
+            // is sent, no request opened to the vendor.
+            let shared = state();
+            let read = ForwardBody::new(
+                CallerBody::Read(Some(Bytes::from([start, &escaped, end].concat()))),
+                1 << 20,
+                shared.clone(),
+            )
+            .reading(None, Some(token), None);
+            assert_eq!(read.err(), Some(RequestBodyViolation::CallerToken));
+            assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
         }
         let clean = br#"{"name": "caf\u00e9 %41", "key": "pst_0123", "path": "a\/b"}"#;
         for at in 0..=clean.len() {
@@ -1324,13 +1348,21 @@ mod tests {
         let (result, _) = forwarded(clean).await;
         assert_eq!(result.unwrap(), harmless);
         let shared = state();
+        // Read whole, it is refused before anything is sent; streamed, at the frame that
+        // decodes past the limit.
         let bomb = ForwardBody::new(
             CallerBody::Read(Some(Bytes::from(gzip(&vec![b'a'; 200_000])))),
             100_000,
             shared.clone(),
         )
-        .reading(Some(Coding::Gzip), Some(token), None)
-        .unwrap();
+        .reading(Some(Coding::Gzip), Some(token), None);
+        assert_eq!(bomb.err(), Some(RequestBodyViolation::TooLarge));
+        assert_eq!(shared.violation(), RequestBodyViolation::TooLarge);
+        let shared = state();
+        let frames = std::collections::VecDeque::from([Bytes::from(gzip(&vec![b'a'; 200_000]))]);
+        let bomb = ForwardBody::new(CallerBody::Frames(frames), 100_000, shared.clone())
+            .reading(Some(Coding::Gzip), Some(token), None)
+            .unwrap();
         let (result, _) = forwarded(bomb).await;
         assert!(
             matches!(result, Err(BodyError::RequestTooLarge(_))),
@@ -1512,19 +1544,14 @@ mod tests {
         assert_eq!(shared.violation(), RequestBodyViolation::MethodOverride);
         // Read for a `_method` field only (no token), a corrupt body is undecodable.
         let shared = state();
+        // (Read whole, before anything is sent.)
         let corrupt = ForwardBody::new(
             CallerBody::Read(Some(Bytes::from_static(b"amount=1 is not gzip"))),
             1 << 20,
             shared.clone(),
         )
-        .reading(Some(Coding::Gzip), None, post())
-        .unwrap();
-        let (result, sent) = forwarded(corrupt).await;
-        assert!(
-            matches!(result, Err(BodyError::RequestUndecodable)),
-            "{result:?}"
-        );
-        assert!(sent.is_empty());
+        .reading(Some(Coding::Gzip), None, post());
+        assert_eq!(corrupt.err(), Some(RequestBodyViolation::Undecodable));
         assert_eq!(shared.violation(), RequestBodyViolation::Undecodable);
         // Nothing to read for: not decoded (a certificate caller's PUT).
         let plain = ForwardBody::new(

@@ -984,7 +984,9 @@ pub async fn post_coded(
 
 /// Asserts `response` is a refusal: `status`, and the JSON error `code`.
 pub async fn assert_refused(response: reqwest::Response, status: u16, code: &str) {
-    assert_eq!(response.status(), status, "{code}");
-    let answer: serde_json::Value = response.json().await.unwrap();
+    let got = response.status();
+    let text = response.text().await.unwrap_or_default();
+    assert_eq!(got, status, "{code}: {text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(answer["error"]["code"], code, "{answer}");
 }
