@@ -34,7 +34,16 @@ pub(crate) struct H2Streams {
     /// Has a permit once the vendor's first SETTINGS frame has been read, or the connection
     /// has ended without one.
     settled: tokio::sync::Notify,
+    /// Streams of it that failed while it stayed open ([`StreamSlot::failed`]).
+    failed: AtomicUsize,
 }
+
+/// Streams a connection may see fail (reset by Postern, a caller's body refused as it
+/// streamed, or by the vendor) before the pool stops giving it new calls: a vendor that
+/// defends itself against rapid reset (CVE-2023-44487) closes a connection whose client resets
+/// too many streams (hyper's server after 20 pending ones), and every call on it would fail
+/// with it. Retired, the connection ends once its calls have; the next call dials afresh.
+pub(crate) const FAILED_STREAMS_BUDGET: usize = 10;
 
 /// The origin of [`H2Streams::idle_since`].
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -48,6 +57,7 @@ impl H2Streams {
             limit: AtomicUsize::new(limit),
             idle_since: AtomicU64::new(0),
             settled: tokio::sync::Notify::new(),
+            failed: AtomicUsize::new(0),
         })
     }
 
@@ -56,6 +66,11 @@ impl H2Streams {
     /// which waits in it, rather than every call dialling a connection of its own.
     pub(crate) fn has_room(&self) -> bool {
         self.active() < self.limit().max(1)
+    }
+
+    /// Whether [`FAILED_STREAMS_BUDGET`] streams of it have failed: it takes no new call.
+    pub(crate) fn worn(&self) -> bool {
+        self.failed.load(Ordering::Relaxed) >= FAILED_STREAMS_BUDGET
     }
 
     /// The calls on the connection now.
@@ -98,6 +113,13 @@ impl H2Streams {
 /// A call's place on an h2 connection: counted in [`H2Streams`] until dropped.
 #[derive(Debug)]
 pub struct StreamSlot(Arc<H2Streams>);
+
+impl StreamSlot {
+    /// The call's stream failed while its connection stayed open ([`H2Streams::worn`]).
+    pub(crate) fn failed(&self) {
+        self.0.failed.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
@@ -324,6 +346,20 @@ mod tests {
         assert!(streams
             .idle_since()
             .is_some_and(|since| since.elapsed() < Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_connection_whose_streams_keep_failing_is_worn() {
+        let streams = H2Streams::new(usize::MAX);
+        for _ in 1..FAILED_STREAMS_BUDGET {
+            streams.reserve().failed();
+        }
+        assert!(!streams.worn());
+        // Calls that end well do not count.
+        drop(streams.reserve());
+        assert!(!streams.worn());
+        streams.reserve().failed();
+        assert!(streams.worn());
     }
 
     #[test]

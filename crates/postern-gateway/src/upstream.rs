@@ -464,6 +464,10 @@ impl Pooled {
         if !self.sender.is_open() {
             return State::Spent;
         }
+        // Retired: it ends once the calls on it have (they hold senders of their own).
+        if matches!(&self.sender, Sender::H2(conn) if conn.streams.worn()) {
+            return State::Spent;
+        }
         let idle_since = match &self.sender {
             Sender::H1(_) => Some(self.since),
             Sender::H2(conn) if conn.streams.active() > 0 => None,
@@ -537,7 +541,7 @@ impl Pool {
             && matches!(sender, Sender::H2(_))
             && conns.iter().any(|pooled| {
                 matches!(&pooled.sender, Sender::H2(conn)
-                    if !conn.tx.is_closed() && conn.streams.has_room())
+                    if !conn.tx.is_closed() && conn.streams.has_room() && !conn.streams.worn())
             });
         if conns.len() < MAX_IDLE_PER_ORIGIN && !shared_h2 {
             conns.push(Pooled {
@@ -675,9 +679,13 @@ impl UpstreamClient {
                     Leased::H2(mut tx, slot) => {
                         to_absolute_form(&mut request, &key)?;
                         length_from_body(&mut request);
-                        tx.try_send_request(request)
-                            .await
-                            .map(|response| response.map(|body| UpstreamBody::H2(body, slot)))
+                        let sent = tx.try_send_request(request).await;
+                        // A stream of a connection still open failed: reset by Postern (the
+                        // caller's body refused as it streamed) or by the vendor.
+                        if sent.is_err() && !tx.is_closed() {
+                            slot.failed();
+                        }
+                        sent.map(|response| response.map(|body| UpstreamBody::H2(body, slot)))
                     }
                 };
                 match sent {

@@ -2855,6 +2855,38 @@ async fn a_caller_token_written_with_escapes_in_a_body_is_refused() {
     gw.stop().await;
 }
 
+/// Each streamed body refused mid-way resets its stream on the worker's h2 connection to the
+/// vendor, and a vendor defending itself against rapid reset closes a connection with too many:
+/// after `FAILED_STREAMS_BUDGET` (10) failed streams the connection is retired, the next call
+/// dials afresh, and every refusal stays a 400 (none a 502 from a connection the vendor closed).
+#[tokio::test]
+async fn an_h2_connection_whose_streams_keep_failing_is_retired() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let body = format!("{}\n", stripe_like(&vendor, ""));
+    let gw = start_with_key(
+        &body,
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        "workers = 1",
+    )
+    .await;
+    let text = format!("amount=100&description=lorem&key={}&x=1", gw.token);
+    for _ in 0..12 {
+        let chunks: Vec<Vec<u8>> = text.as_bytes().chunks(7).map(<[u8]>::to_vec).collect();
+        let stream = reqwest::Body::wrap_stream(futures_stream(chunks));
+        let response = post_coded(&gw, "/stripe/v1/charges", None, "identity", stream).await;
+        assert_refused(response, 400, "caller_token_in_body").await;
+    }
+    assert_eq!(get_charge(&client(), &gw).await.unwrap().status(), 200);
+    assert_eq!(
+        vendor.connections(),
+        2,
+        "the first connection retired after 10 failed streams, the next dialled"
+    );
+    gw.stop().await;
+}
+
 /// POSTs `body` in `encoding` through `gw`, whole and then streamed in 7-byte pieces: each
 /// refused `caller_token_in_body`, the vendor never having the whole body.
 async fn refused_whole_and_in_pieces(
