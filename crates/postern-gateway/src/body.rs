@@ -201,11 +201,7 @@ pub(crate) struct Decoding {
 /// What reads one reading of a decoded body (`Default`: nothing, for a reading there is not).
 #[derive(Default)]
 struct Readers {
-    /// The caller's token, and the last `token length - 1` bytes decoded so far (a token split
-    /// across decoded pieces is still found).
-    token: Option<(memmem::Finder<'static>, Vec<u8>)>,
-    /// The same, with the decoded bytes' escapes undone.
-    escaped: Option<EscapedToken>,
+    token: Option<TokenReading>,
     overrides: Option<OverrideScan>,
     /// For a body read whole to be scanned: its decoded bytes, up to a cap
     /// ([`Decoding::keeping`]).
@@ -215,6 +211,16 @@ struct Readers {
     fed: bool,
 }
 
+/// The caller's token looked for in one reading of a decoded body: as decoded, and with the
+/// decoded bytes' escapes undone.
+struct TokenReading {
+    finder: memmem::Finder<'static>,
+    /// The last `token length - 1` bytes decoded so far (a token split across decoded pieces is
+    /// still found).
+    tail: Vec<u8>,
+    escaped: EscapedToken,
+}
+
 impl Readers {
     /// Reads `piece`: the caller's token is `CallerToken`, a `_method` field `MethodOverride`.
     fn read(&mut self, piece: &[u8]) -> RequestBodyViolation {
@@ -222,17 +228,17 @@ impl Readers {
         if let Some(kept) = &mut self.kept {
             kept.take(piece);
         }
-        if let Some((finder, tail)) = &mut self.token {
-            if tail_finds(Some(finder), finder.needle().len() - 1, tail, piece) {
+        if let Some(TokenReading {
+            finder,
+            tail,
+            escaped,
+        }) = &mut self.token
+        {
+            if tail_finds(Some(finder), finder.needle().len() - 1, tail, piece)
+                || escaped.read(finder, piece)
+            {
                 return RequestBodyViolation::CallerToken;
             }
-        }
-        if self
-            .escaped
-            .as_mut()
-            .is_some_and(|escaped| escaped.read(piece))
-        {
-            return RequestBodyViolation::CallerToken;
         }
         if self.overrides.as_mut().is_some_and(|scan| scan.feed(piece)) {
             return RequestBodyViolation::MethodOverride;
@@ -242,10 +248,10 @@ impl Readers {
 
     /// Whether what was decoded so far ends with the start of the caller's token.
     fn token_in_progress(&self) -> bool {
-        self.token
-            .as_ref()
-            .is_some_and(|(finder, tail)| ends_with_start_of(tail, finder.needle()))
-            || self.escaped.as_ref().is_some_and(EscapedToken::in_progress)
+        self.token.as_ref().is_some_and(|token| {
+            let needle = token.finder.needle();
+            ends_with_start_of(&token.tail, needle) || token.escaped.in_progress(needle)
+        })
     }
 }
 
@@ -336,10 +342,16 @@ impl Decoding {
     ) -> Self {
         let max = usize::try_from(max_decoded).unwrap_or(usize::MAX);
         let decoder = postern_scan::StreamDecoder::new(coding, max);
-        let token = token.filter(|token| !token.is_empty());
+        // One finder, for every reading.
+        let finder = token
+            .filter(|token| !token.is_empty())
+            .map(|token| memmem::Finder::new(token).into_owned());
         let readers = |overrides| Readers {
-            token: token.map(|token| (memmem::Finder::new(token).into_owned(), Vec::new())),
-            escaped: token.map(EscapedToken::new),
+            token: finder.clone().map(|finder| TokenReading {
+                finder,
+                tail: Vec::new(),
+                escaped: EscapedToken::new(),
+            }),
             overrides,
             kept: keep.map(|cap| Kept {
                 bytes: Vec::new(),
@@ -488,18 +500,25 @@ impl ForwardBody {
             self.decoded =
                 Decoding::new(coding, self.limit, token, overrides.clone()).map(Box::new);
         }
+        // Made once: for what was read ahead and, while the body streams, every frame.
+        let finder = token.map(|token| Box::new(memmem::Finder::new(token).into_owned()));
         // What was read ahead is the body's start: read now, as sent and decoded; with no
         // stream after it, the whole body, read to its end now (nothing polls the body past its
         // last frame).
         let ahead = self.buffered.take().unwrap_or_default();
         // Read with its escapes undone as sent only when it has no coding: one that has is
         // read so in its decoding (`Decoding`), which is what a vendor undoing escapes reads.
-        let mut escaped = token
+        let mut escaped = finder
+            .as_ref()
             .filter(|_| coding.is_none())
-            .map(|token| Box::new(EscapedToken::new(token)));
-        let mut checked = match token.is_some_and(|token| memmem::find(&ahead, token).is_some())
-            || escaped.as_mut().is_some_and(|escaped| escaped.read(&ahead))
-        {
+            .map(|_| Box::new(EscapedToken::new()));
+        let found = finder.as_deref().is_some_and(|finder| {
+            finder.find(&ahead).is_some()
+                || escaped
+                    .as_mut()
+                    .is_some_and(|escaped| escaped.read(finder, &ahead))
+        });
+        let mut checked = match found {
             true => Err(RequestBodyViolation::CallerToken),
             false => Ok(()),
         };
@@ -518,11 +537,12 @@ impl ForwardBody {
             return Err(self.refused_for(violation));
         }
         // Only a body still streaming is searched as it comes (what was read ahead, just now).
-        let Some(token) = token.filter(|_| self.inner.is_some()) else {
+        let Some(finder) = finder.filter(|_| self.inner.is_some()) else {
             self.buffered = Some(self.hold_last(ahead)).filter(|b| !b.is_empty());
             return Ok(self);
         };
-        self.token = Some(Box::new(memmem::Finder::new(token).into_owned()));
+        let keep = finder.needle().len() - 1;
+        self.token = Some(finder);
         self.escaped = escaped;
         if self.token_in_progress() {
             // What was read ahead is held back whole, as a frame is.
@@ -530,7 +550,7 @@ impl ForwardBody {
             return Ok(self);
         }
         // Its tail may start the token: held back, as any frame's tail is.
-        let split = ahead.len().saturating_sub(token.len() - 1);
+        let split = ahead.len().saturating_sub(keep);
         self.carry = ahead[split..].to_vec();
         self.buffered = Some(self.hold_last(ahead.slice(..split))).filter(|b| !b.is_empty());
         Ok(self)
@@ -620,10 +640,11 @@ impl ForwardBody {
         self.decoded
             .as_ref()
             .is_some_and(|decoding| decoding.token_in_progress())
-            || self
-                .escaped
-                .as_deref()
-                .is_some_and(EscapedToken::in_progress)
+            || self.escaped.as_deref().is_some_and(|escaped| {
+                self.token
+                    .as_ref()
+                    .is_some_and(|finder| escaped.in_progress(finder.needle()))
+            })
     }
 
     /// Scans `data` (after what was held back) for the caller token. Returns the bytes that
@@ -642,7 +663,7 @@ impl ForwardBody {
             || self
                 .escaped
                 .as_mut()
-                .is_some_and(|escaped| escaped.read(data))
+                .is_some_and(|escaped| escaped.read(finder, data))
         {
             return Err(());
         }

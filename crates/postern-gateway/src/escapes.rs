@@ -105,44 +105,36 @@ impl Reading {
 }
 
 /// Reads a body for the caller's token with its percent-encoding, and apart from that its
-/// JSON string escapes, undone ([module docs](self)).
+/// JSON string escapes, undone ([module docs](self)). The token's finder is the caller's,
+/// the one the body as sent is searched with.
 pub(crate) struct EscapedToken {
-    finder: memmem::Finder<'static>,
     readings: [Reading; 2],
     /// A reading's bytes of the frame being read (kept for its allocation).
     out: Vec<u8>,
 }
 
 impl EscapedToken {
-    /// For a non-empty `token`.
-    pub(crate) fn new(token: &[u8]) -> Self {
-        debug_assert!(!token.is_empty());
+    pub(crate) fn new() -> Self {
         EscapedToken {
-            finder: memmem::Finder::new(token).into_owned(),
             readings: [Reading::new(Kind::Percent), Reading::new(Kind::Json)],
             out: Vec::new(),
         }
     }
 
-    /// Reads the body's next `piece`: whether the token, one kind of escape undone, now stands
-    /// in what was read.
-    pub(crate) fn read(&mut self, piece: &[u8]) -> bool {
-        let EscapedToken {
-            finder,
-            readings,
-            out,
-        } = self;
+    /// Reads the body's next `piece`: whether the token `finder` looks for (a non-empty one),
+    /// one kind of escape undone, now stands in what was read.
+    pub(crate) fn read(&mut self, finder: &memmem::Finder<'_>, piece: &[u8]) -> bool {
+        let EscapedToken { readings, out } = self;
         readings
             .iter_mut()
             .any(|reading| reading.read(finder, piece, out))
     }
 
-    /// Whether more of the body could complete the token from what was read so far in a way
-    /// the body as sent does not show, in either reading. Frames read since are held back by
-    /// [`crate::body::ForwardBody`] (as sent, the token's start may be written in many more
-    /// bytes than its own length).
-    pub(crate) fn in_progress(&self) -> bool {
-        let needle = self.finder.needle();
+    /// Whether more of the body could complete the token (`needle`) from what was read so far
+    /// in a way the body as sent does not show, in either reading. Frames read since are held
+    /// back by [`crate::body::ForwardBody`] (as sent, the token's start may be written in many
+    /// more bytes than its own length).
+    pub(crate) fn in_progress(&self, needle: &[u8]) -> bool {
         self.readings
             .iter()
             .any(|reading| reading.in_progress(needle))
@@ -258,6 +250,29 @@ mod tests {
 
     const TOKEN: &[u8] = b"pst_0123456789abcdefghij";
 
+    /// An [`EscapedToken`] with the finder it reads for.
+    struct Search {
+        finder: memmem::Finder<'static>,
+        escaped: EscapedToken,
+    }
+
+    impl Search {
+        fn new(token: &[u8]) -> Self {
+            Search {
+                finder: memmem::Finder::new(token).into_owned(),
+                escaped: EscapedToken::new(),
+            }
+        }
+
+        fn read(&mut self, piece: &[u8]) -> bool {
+            self.escaped.read(&self.finder, piece)
+        }
+
+        fn in_progress(&self) -> bool {
+            self.escaped.in_progress(self.finder.needle())
+        }
+    }
+
     fn unescaped(kind: Kind, text: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         assert_eq!(unescape(kind, Pending::None, text, &mut out), Pending::None);
@@ -315,7 +330,7 @@ mod tests {
         for escaped in encodings(TOKEN) {
             let body = [&start[..], &escaped, b"\"}"].concat();
             for split in 0..=body.len() {
-                let mut reading = EscapedToken::new(TOKEN);
+                let mut reading = Search::new(TOKEN);
                 let found = reading.read(&body[..split]) || reading.read(&body[split..]);
                 assert!(found, "{} split at {split}", String::from_utf8_lossy(&body));
             }
@@ -351,15 +366,15 @@ mod tests {
         ];
         for (token, body) in cases {
             assert!(
-                EscapedToken::new(token).read(body),
+                Search::new(token).read(body),
                 "{}",
                 String::from_utf8_lossy(body)
             );
         }
     }
 
-    fn reading_after(token: &[u8], text: &[u8]) -> EscapedToken {
-        let mut reading = EscapedToken::new(token);
+    fn reading_after(token: &[u8], text: &[u8]) -> Search {
+        let mut reading = Search::new(token);
         assert!(!reading.read(text));
         reading
     }
@@ -368,14 +383,14 @@ mod tests {
     fn what_a_vendor_would_not_read_as_the_token_is_not_it() {
         // An escaped backslash before `u0070`: JSON reads `\u0070st_…` as text.
         let body = [&br#"{"k": "\\u0070"#[..], &TOKEN[1..], b"\"}"].concat();
-        assert!(!EscapedToken::new(TOKEN).read(&body));
+        assert!(!Search::new(TOKEN).read(&body));
         // The token with one character missing, escaped.
         let mut short = encodings(&TOKEN[..TOKEN.len() - 1]).remove(0);
         short.extend_from_slice(b"&x=1");
-        assert!(!EscapedToken::new(TOKEN).read(&short));
+        assert!(!Search::new(TOKEN).read(&short));
         // Escaped in both kinds at once, which no vendor reads so.
         let mixed = [&b"%70\\u0073"[..], &TOKEN[2..]].concat();
-        assert!(!EscapedToken::new(TOKEN).read(&mixed));
+        assert!(!Search::new(TOKEN).read(&mixed));
         // A body without escapes is left to the search as sent; ending with the token's
         // start, it is not "in progress" here (the search as sent holds its tail back).
         let mut plain = reading_after(TOKEN, b"amount=1&key=pst_01");

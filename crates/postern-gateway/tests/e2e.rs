@@ -43,6 +43,23 @@ async fn stripe_gateway(vendor: &TestVendor, extra: &str) -> TestGateway {
     stripe_gateway_with(vendor, extra, "").await
 }
 
+/// A Stripe-like gateway for `vendor`, `extra` in its integration and `gateway_extra` in its
+/// `[gateway]` table.
+async fn stripe_gateway_tuned(
+    vendor: &TestVendor,
+    extra: &str,
+    gateway_extra: &str,
+) -> TestGateway {
+    start_with_key(
+        &stripe_like(vendor, extra),
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        gateway_extra,
+    )
+    .await
+}
+
 async fn stripe_gateway_with(vendor: &TestVendor, extra: &str, more: &str) -> TestGateway {
     // The key file must exist before start: write it into a dir we then hand to the gateway.
     let body = format!("{}\n{more}", stripe_like(vendor, extra));
@@ -346,11 +363,9 @@ when { context.request_bytes > 100 };
 "#,
     )
     .unwrap();
-    let gw = start_with_key(
-        &stripe_like(&vendor, ""),
-        vendor.ca_pem.as_deref(),
-        "stripe-key",
-        VENDOR_KEY,
+    let gw = stripe_gateway_tuned(
+        &vendor,
+        "",
         &format!("policies = \"{}\"", policies.display()),
     )
     .await;
@@ -1118,14 +1133,7 @@ fn get_charge_id(
 
 /// A Stripe-like gateway for `vendor` whose caller connections idle out after 300 ms.
 async fn short_idle_gateway(vendor: &TestVendor) -> TestGateway {
-    start_with_key(
-        &stripe_like(vendor, ""),
-        vendor.ca_pem.as_deref(),
-        "stripe-key",
-        VENDOR_KEY,
-        "idle_timeout_ms = 300",
-    )
-    .await
+    stripe_gateway_tuned(vendor, "", "idle_timeout_ms = 300").await
 }
 
 /// `[gateway] idle_timeout_ms` closes an idle caller connection, but not one whose call waits
@@ -1357,11 +1365,9 @@ async fn an_http1_caller_that_stops_reading_a_paused_stream_is_recorded_as_stall
 #[tokio::test]
 async fn an_http2_answer_its_caller_stops_taking_is_cut_while_other_streams_move() {
     let vendor = TestVendor::tls(big_or_ok(4 * 1024 * 1024)).await;
-    let gw = start_with_key(
-        &stripe_like(&vendor, "max_concurrent_calls_per_caller = 1"),
-        vendor.ca_pem.as_deref(),
-        "stripe-key",
-        VENDOR_KEY,
+    let gw = stripe_gateway_tuned(
+        &vendor,
+        "max_concurrent_calls_per_caller = 1",
         "idle_timeout_ms = 300",
     )
     .await;
@@ -2019,11 +2025,9 @@ async fn postern_closes_a_tls_caller_connection_with_close_notify() {
     let key = staging.path().join("listener-key.pem");
     std::fs::write(&cert, &pki.server_cert_pem).unwrap();
     std::fs::write(&key, &pki.server_key_pem).unwrap();
-    let mut gw = start_with_key(
-        &stripe_like(&vendor, ""),
-        vendor.ca_pem.as_deref(),
-        "stripe-key",
-        VENDOR_KEY,
+    let mut gw = stripe_gateway_tuned(
+        &vendor,
+        "",
         &format!(
             "tls_cert = \"{}\"\ntls_key = \"{}\"",
             cert.display(),
@@ -2862,15 +2866,7 @@ async fn a_caller_token_written_with_escapes_in_a_body_is_refused() {
 #[tokio::test]
 async fn an_h2_connection_whose_streams_keep_failing_is_retired() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let body = format!("{}\n", stripe_like(&vendor, ""));
-    let gw = start_with_key(
-        &body,
-        vendor.ca_pem.as_deref(),
-        "stripe-key",
-        VENDOR_KEY,
-        "workers = 1",
-    )
-    .await;
+    let gw = stripe_gateway_tuned(&vendor, "", "workers = 1").await;
     let text = format!("amount=100&description=lorem&key={}&x=1", gw.token);
     for _ in 0..12 {
         let chunks: Vec<Vec<u8>> = text.as_bytes().chunks(7).map(<[u8]>::to_vec).collect();
@@ -3156,15 +3152,7 @@ async fn admin_api_scheme_limits_and_methods() {
 #[tokio::test]
 async fn each_workers_connections_are_in_the_metrics_and_kept_even() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let body = stripe_like(&vendor, "");
-    let gw = start_with_key(
-        &body,
-        vendor.ca_pem.as_deref(),
-        "stripe-key",
-        VENDOR_KEY,
-        "workers = 3",
-    )
-    .await;
+    let gw = stripe_gateway_tuned(&vendor, "", "workers = 3").await;
     let addr = gw.base.trim_start_matches("http://").to_string();
     // One at a time, each counted before the next. A hand-over happens when a connection
     // arrives at a worker already two ahead; with the socket picked at random for each, none
@@ -3485,12 +3473,9 @@ async fn reload_swaps_config_atomically_and_in_flight_calls_finish() {
 #[tokio::test]
 async fn events_file_rotates_by_size() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let body = stripe_like(&vendor, "");
-    let gw = start_with_key(
-        &body,
-        vendor.ca_pem.as_deref(),
-        "stripe-key",
-        VENDOR_KEY,
+    let gw = stripe_gateway_tuned(
+        &vendor,
+        "",
         "events_max_file_bytes = 4096\nevents_max_files = 2",
     )
     .await;
