@@ -24,28 +24,26 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
     // (a 405's `Allow`) are told apart from a route that does not exist.
     let public = matches!(path, "/healthz" | "/readyz") || path.starts_with("/log/");
     let runtime = shared.runtime.load();
-    if !public {
-        let authorized = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                // The scheme is case-insensitive (RFC 9110 §11.1).
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(token)
-            })
-            .is_some_and(|token| runtime.is_admin_token(token.trim().as_bytes()));
-        if !authorized {
-            let mut response = json_response(
-                StatusCode::UNAUTHORIZED,
-                json!({"error": {"code": "admin_unauthenticated", "message": "send Authorization: Bearer <admin token> (the token is in <data_dir>/admin-token unless admin_token_sha256 is configured)"}}),
-            );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"postern-admin\""),
-            );
-            return response;
-        }
+    let authorized = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
+        .is_some_and(|token| runtime.is_admin_token(token.trim().as_bytes()));
+    if !public && !authorized {
+        let mut response = json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"code": "admin_unauthenticated", "message": "send Authorization: Bearer <admin token> (the token is in <data_dir>/admin-token unless admin_token_sha256 is configured)"}}),
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"postern-admin\""),
+        );
+        return response;
     }
     let is_credential_change =
         request.method() == Method::POST && path.starts_with("/v1/credentials/");
@@ -66,7 +64,7 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
     }
     match path {
         "/healthz" => return text_response(StatusCode::OK, "ok\n", "text/plain"),
-        "/readyz" => return readiness(&shared),
+        "/readyz" => return readiness(&shared, authorized),
         _ => {}
     }
     // The transparency log is public, like any tlog-tiles log: it holds no secret (entries
@@ -620,7 +618,9 @@ async fn audit_api(shared: &Arc<Shared>, rest: &str, query: &str) -> Response<Ga
     }
 }
 
-fn readiness(shared: &Shared) -> Response<GatewayBody> {
+/// Ready or not, for anyone (a load balancer's probe has no token); what is wrong only with
+/// the admin token: the problems name integrations, files and variables of the config.
+fn readiness(shared: &Shared, authorized: bool) -> Response<GatewayBody> {
     let runtime = shared.runtime.load();
     let mut problems: Vec<String> = runtime.problems.clone();
     if let Some(problem) = shared.audit.health_problem() {
@@ -634,10 +634,15 @@ fn readiness(shared: &Shared) -> Response<GatewayBody> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json_response(
-        status,
-        json!({"ready": problems.is_empty(), "problems": problems}),
-    )
+    let body = match authorized {
+        true => json!({"ready": problems.is_empty(), "problems": problems}),
+        false => json!({
+            "ready": problems.is_empty(),
+            "problem_count": problems.len(),
+            "detail": "send Authorization: Bearer <admin token> to see the problems",
+        }),
+    };
+    json_response(status, body)
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<GatewayBody> {

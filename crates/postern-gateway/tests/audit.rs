@@ -111,7 +111,7 @@ async fn checkpoint_covering(gw: &TestGateway, key: &str, size: u64) -> (Checkpo
 }
 
 async fn readyz(gw: &TestGateway) -> (u16, serde_json::Value) {
-    let response = admin(gw, "/readyz", false).await;
+    let response = admin(gw, "/readyz", true).await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }
@@ -555,8 +555,11 @@ token_sha256 = "{hash}"
             .any(|s| s.target == format!("/things/{n}")),
         "a call without a durable audit entry reached the vendor"
     );
+    let admin_token =
+        std::fs::read_to_string(mount.path().join("data").join("admin-token")).unwrap();
     let ready = client()
         .get(format!("{admin}/readyz"))
+        .bearer_auth(admin_token.trim())
         .send()
         .await
         .unwrap();

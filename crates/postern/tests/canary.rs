@@ -1131,7 +1131,7 @@ fn no_secret_appears_in_anything_postern_writes() {
         admin,
         "GET",
         "/readyz",
-        &[],
+        &[admin_auth()],
         b"",
     );
     assert_eq!(readyz.status, 503, "{}", readyz.text);
