@@ -1,8 +1,9 @@
 //! Streaming bodies in both directions.
 //!
 //! [`ForwardBody`] carries the caller's request to the vendor: it counts bytes, enforces
-//! `max_request_body_bytes`, and refuses to pass on the caller's own token (so the token can
-//! never reach a vendor in a body). [`ResponseBody`] carries the vendor's answer back: it counts
+//! `max_request_body_bytes`, and refuses to pass on the caller's own token or what looks like
+//! any caller token `postern` made ([`crate::tokens`]; so a token can never reach a vendor in
+//! a body). [`ResponseBody`] carries the vendor's answer back: it counts
 //! bytes, enforces `max_response_body_bytes`, and records the call event when the body ends
 //! (or is dropped early), so `response_bytes` and `duration_ms` are the real ones.
 
@@ -14,12 +15,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use memchr::memmem;
 use postern_scan::Coding;
 
 use crate::escapes::EscapedToken;
 use crate::overrides::OverrideScan;
 use crate::record::PendingRecord;
+use crate::tokens::{Needles, Seen};
 use crate::upstream::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -169,14 +170,14 @@ pub struct ForwardBody {
     buffered: Option<Bytes>,
     limit: u64,
     state: Arc<RequestBodyState>,
-    /// Boxed: a `Finder` is ~300 bytes, and most requests (no body, or no caller token) have
-    /// none; every move of the request would otherwise copy them.
-    token: Option<Box<memmem::Finder<'static>>>,
-    /// The tail of the previous chunk, so a token split across chunks is still found.
+    /// What the body is searched for as it streams, and the search as sent. Boxed: a `Finder`
+    /// is ~300 bytes, and most requests (no body) have none; every move of the request would
+    /// otherwise copy them.
+    token: Option<Box<TokenReading>>,
+    /// What was read and not sent yet: the last [`Needles::keep`] bytes, so not even the start
+    /// of a token is sent before the bytes after it show it is none (and every frame while a
+    /// reading that is not as sent may be completing one).
     carry: Vec<u8>,
-    /// The body read for the caller token with its percent-encoding and JSON escapes undone
-    /// ([`EscapedToken`]), beside `token`'s search as sent.
-    escaped: Option<Box<EscapedToken>>,
     /// For a POST body its server may read a `_method` from: read as it streams
     /// ([`OverrideScan`]).
     overrides: Option<Box<OverrideScan>>,
@@ -211,14 +212,70 @@ struct Readers {
     fed: bool,
 }
 
-/// The caller's token looked for in one reading of a decoded body: as decoded, and with the
-/// decoded bytes' escapes undone.
+/// A caller token looked for in one reading of a body (as sent, or a decoding of it): as it
+/// reads, and with its escapes undone.
 struct TokenReading {
-    finder: memmem::Finder<'static>,
-    /// The last `token length - 1` bytes decoded so far (a token split across decoded pieces is
-    /// still found).
-    tail: Vec<u8>,
-    escaped: EscapedToken,
+    needles: Needles,
+    /// The search as the reading reads (its last bytes: a token split across pieces is still
+    /// found).
+    seen: Seen,
+    /// The reading read with its percent-encoding and JSON escapes undone ([`EscapedToken`]);
+    /// not for a body as sent that has a coding (what a vendor undoing escapes reads is its
+    /// decoding, read so in [`Decoding`]).
+    escaped: Option<EscapedToken>,
+}
+
+impl TokenReading {
+    fn new(needles: Needles, escaped: bool) -> Self {
+        TokenReading {
+            needles,
+            seen: Seen::default(),
+            escaped: escaped.then(EscapedToken::new),
+        }
+    }
+
+    /// Reads the next `piece`: whether a token now stands in what was read.
+    fn read(&mut self, piece: &[u8]) -> bool {
+        let TokenReading {
+            needles,
+            seen,
+            escaped,
+        } = self;
+        seen.read(needles, piece)
+            || escaped
+                .as_mut()
+                .is_some_and(|escaped| escaped.read(needles, piece))
+    }
+
+    /// Whether more could complete a token in what was read with its escapes undone.
+    fn escaped_in_progress(&self) -> bool {
+        self.escaped
+            .as_ref()
+            .is_some_and(|escaped| escaped.in_progress(&self.needles))
+    }
+
+    /// Whether more could complete a token in what was read, as it reads or with its escapes
+    /// undone.
+    fn in_progress(&self) -> bool {
+        self.seen.in_progress(&self.needles) || self.escaped_in_progress()
+    }
+
+    /// Whether the reading, ending here, ends with a token.
+    fn ends_in_token(&self) -> bool {
+        self.seen.ends_in_token(&self.needles)
+            || self
+                .escaped
+                .as_ref()
+                .is_some_and(|escaped| escaped.ends_in_token(&self.needles))
+    }
+}
+
+/// Whether `bytes`, a whole body as sent, hold a token `needles` looks for, as they stand or,
+/// with `escapes`, with their percent-encoding or JSON escapes undone (for a body without a
+/// coding: one with a coding is read so in its decoding, [`Decoding`]).
+pub(crate) fn whole_holds_a_token(needles: &Needles, bytes: &[u8], escapes: bool) -> bool {
+    let mut token = TokenReading::new(needles.clone(), escapes);
+    token.read(bytes) || token.ends_in_token()
 }
 
 impl Readers {
@@ -228,17 +285,8 @@ impl Readers {
         if let Some(kept) = &mut self.kept {
             kept.take(piece);
         }
-        if let Some(TokenReading {
-            finder,
-            tail,
-            escaped,
-        }) = &mut self.token
-        {
-            if tail_finds(Some(finder), finder.needle().len() - 1, tail, piece)
-                || escaped.read(finder, piece)
-            {
-                return RequestBodyViolation::CallerToken;
-            }
+        if self.token.as_mut().is_some_and(|token| token.read(piece)) {
+            return RequestBodyViolation::CallerToken;
         }
         if self.overrides.as_mut().is_some_and(|scan| scan.feed(piece)) {
             return RequestBodyViolation::MethodOverride;
@@ -246,53 +294,10 @@ impl Readers {
         RequestBodyViolation::None
     }
 
-    /// Whether what was decoded so far ends with the start of the caller's token.
+    /// Whether what was decoded so far ends with the start of a token.
     fn token_in_progress(&self) -> bool {
-        self.token.as_ref().is_some_and(|token| {
-            let needle = token.finder.needle();
-            ends_with_start_of(&token.tail, needle) || token.escaped.in_progress(needle)
-        })
+        self.token.as_ref().is_some_and(TokenReading::in_progress)
     }
-}
-
-/// Whether `tail` ends with the start of `needle`: a proper prefix of it, a byte at least.
-pub(crate) fn ends_with_start_of(tail: &[u8], needle: &[u8]) -> bool {
-    (1..=tail.len().min(needle.len().saturating_sub(1))).any(|len| tail.ends_with(&needle[..len]))
-}
-
-/// Reads `piece` after `tail`, the last `keep` bytes read before it (searched already):
-/// whether `finder`'s needle (`keep + 1` bytes long) now ends in `piece`, found across the seam
-/// or in `piece` itself (only the seam is copied); `tail` is then the last `keep` bytes of both.
-/// Without a finder, only `tail` is kept.
-pub(crate) fn tail_finds(
-    finder: Option<&memmem::Finder<'_>>,
-    keep: usize,
-    tail: &mut Vec<u8>,
-    piece: &[u8],
-) -> bool {
-    let found = finder.is_some_and(|finder| {
-        let before = tail.len();
-        tail.extend_from_slice(&piece[..piece.len().min(keep)]);
-        let across = finder.find(tail).is_some();
-        tail.truncate(before);
-        across || finder.find(piece).is_some()
-    });
-    if piece.len() >= keep {
-        tail.clear();
-        tail.extend_from_slice(&piece[piece.len() - keep..]);
-    } else {
-        tail.extend_from_slice(piece);
-        tail.drain(..tail.len().saturating_sub(keep));
-    }
-    found
-}
-
-/// Appends `piece` to `seen`, whose bytes were searched already, and whether `finder`'s
-/// needle is now in it: only where it could end in `piece` is searched.
-fn appended_finds(finder: &memmem::Finder<'_>, seen: &mut Vec<u8>, piece: &[u8]) -> bool {
-    let from = seen.len().saturating_sub(finder.needle().len() - 1);
-    seen.extend_from_slice(piece);
-    finder.find(&seen[from..]).is_some()
 }
 
 /// Decoded bytes kept, up to `cap`; past it, none (`over`).
@@ -314,44 +319,30 @@ impl Kept {
 }
 
 impl Decoding {
-    /// The decoding of a body in `coding`, to at most `max_decoded` bytes, for `token`
-    /// (ignored when empty) and `overrides` (a scan that has read nothing yet); `None` when
-    /// there is nothing to read for.
+    /// The decoding of a body in `coding`, to at most `max_decoded` bytes, for what `needles`
+    /// looks for and `overrides` (a scan that has read nothing yet).
     pub(crate) fn new(
         coding: Coding,
         max_decoded: u64,
-        token: Option<&[u8]>,
+        needles: &Needles,
         overrides: Option<OverrideScan>,
-    ) -> Option<Self> {
-        let token = token.filter(|token| !token.is_empty());
-        if token.is_none() && overrides.is_none() {
-            return None;
-        }
-        Some(Self::keeping(coding, max_decoded, token, overrides, None))
+    ) -> Self {
+        Self::keeping(coding, max_decoded, needles, overrides, None)
     }
 
-    /// [`Decoding::new`], reading the body even with nothing to read for, and keeping its
-    /// decoded bytes up to `keep` in each reading ([`Decoding::kept`]): for a body read whole
-    /// to be scanned.
+    /// [`Decoding::new`], keeping its decoded bytes up to `keep` in each reading
+    /// ([`Decoding::kept`]): for a body read whole to be scanned.
     pub(crate) fn keeping(
         coding: Coding,
         max_decoded: u64,
-        token: Option<&[u8]>,
+        needles: &Needles,
         overrides: Option<OverrideScan>,
         keep: Option<usize>,
     ) -> Self {
         let max = usize::try_from(max_decoded).unwrap_or(usize::MAX);
         let decoder = postern_scan::StreamDecoder::new(coding, max);
-        // One finder, for every reading.
-        let finder = token
-            .filter(|token| !token.is_empty())
-            .map(|token| memmem::Finder::new(token).into_owned());
         let readers = |overrides| Readers {
-            token: finder.clone().map(|finder| TokenReading {
-                finder,
-                tail: Vec::new(),
-                escaped: EscapedToken::new(),
-            }),
+            token: Some(TokenReading::new(needles.clone(), true)),
             overrides,
             kept: keep.map(|cap| Kept {
                 bytes: Vec::new(),
@@ -371,8 +362,8 @@ impl Decoding {
         }
     }
 
-    /// Whether what was decoded so far, in a reading still decoding, ends with the start of the
-    /// caller's token (one that more of the body could complete).
+    /// Whether what was decoded so far, in a reading still decoding, ends with the start of a
+    /// token (one that more of the body could complete).
     fn token_in_progress(&self) -> bool {
         let alive = self.decoder.readings();
         self.readers
@@ -424,6 +415,18 @@ impl Decoding {
             postern_scan::UnscannedReason::TooLarge { .. } => RequestBodyViolation::TooLarge,
             _ => RequestBodyViolation::Undecodable,
         })?;
+        // A token-shaped run is decided by the byte after it, or the end.
+        if end
+            && readers.iter().any(|readers| {
+                readers.fed
+                    && readers
+                        .token
+                        .as_ref()
+                        .is_some_and(TokenReading::ends_in_token)
+            })
+        {
+            return Err(RequestBodyViolation::CallerToken);
+        }
         // The first reading's last field is read even with nothing decoded (an empty body), as
         // before; a second one's only where there is a second reading.
         if end
@@ -468,7 +471,6 @@ impl ForwardBody {
             state,
             token: None,
             carry: Vec::new(),
-            escaped: None,
             overrides: None,
             held: None,
             decoded: None,
@@ -476,16 +478,14 @@ impl ForwardBody {
     }
 
     /// Reads this body as it streams, as its vendor would: for `token` (the caller's; ignored
-    /// when empty) as sent, with `overrides` for a POST body's `_method` field
+    /// when empty) and what looks like any caller token `postern` made ([`crate::tokens`]) as
+    /// sent and with its escapes undone, with `overrides` for a POST body's `_method` field
     /// ([`OverrideScan`]), and, with a `coding` (its `Content-Encoding`,
     /// [`crate::proxy::body_encoding`]), decoded as well (once, for all its readers, to at most
-    /// the body's limit) for the token and the `_method` field. A frame whose reading finds
+    /// the body's limit) for the tokens and the `_method` field. A frame whose reading finds
     /// either is refused before it is sent; data not valid for its coding, or decoding past
     /// the limit, refuses the body. `Err` if what was read ahead ([`ForwardBody::with_prefix`];
     /// all of the body, when its stream has ended) already does: nothing of it is sent.
-    ///
-    /// A body without a coding, or with nothing to read for (a caller identified by
-    /// certificate has no token; only a POST has a `_method` field), is not decoded.
     pub fn reading(
         mut self,
         coding: Option<Coding>,
@@ -495,29 +495,24 @@ impl ForwardBody {
         if self.inner.is_none() && self.buffered.is_none() {
             return Ok(self);
         }
-        let token = token.filter(|token| !token.is_empty());
-        if let Some(coding) = coding {
-            self.decoded =
-                Decoding::new(coding, self.limit, token, overrides.clone()).map(Box::new);
-        }
         // Made once: for what was read ahead and, while the body streams, every frame.
-        let finder = token.map(|token| Box::new(memmem::Finder::new(token).into_owned()));
+        let needles = Needles::new(token);
+        if let Some(coding) = coding {
+            self.decoded = Some(Box::new(Decoding::new(
+                coding,
+                self.limit,
+                &needles,
+                overrides.clone(),
+            )));
+        }
         // What was read ahead is the body's start: read now, as sent and decoded; with no
         // stream after it, the whole body, read to its end now (nothing polls the body past its
-        // last frame).
+        // last frame). Read with its escapes undone as sent only when it has no coding: one
+        // that has is read so in its decoding (`Decoding`), which is what a vendor undoing
+        // escapes reads.
         let ahead = self.buffered.take().unwrap_or_default();
-        // Read with its escapes undone as sent only when it has no coding: one that has is
-        // read so in its decoding (`Decoding`), which is what a vendor undoing escapes reads.
-        let mut escaped = finder
-            .as_ref()
-            .filter(|_| coding.is_none())
-            .map(|_| Box::new(EscapedToken::new()));
-        let found = finder.as_deref().is_some_and(|finder| {
-            finder.find(&ahead).is_some()
-                || escaped
-                    .as_mut()
-                    .is_some_and(|escaped| escaped.read(finder, &ahead))
-        });
+        let mut token = Box::new(TokenReading::new(needles, coding.is_none()));
+        let found = token.read(&ahead) || (self.inner.is_none() && token.ends_in_token());
         let mut checked = match found {
             true => Err(RequestBodyViolation::CallerToken),
             false => Ok(()),
@@ -537,19 +532,18 @@ impl ForwardBody {
             return Err(self.refused_for(violation));
         }
         // Only a body still streaming is searched as it comes (what was read ahead, just now).
-        let Some(finder) = finder.filter(|_| self.inner.is_some()) else {
+        if self.inner.is_none() {
             self.buffered = Some(self.hold_last(ahead)).filter(|b| !b.is_empty());
             return Ok(self);
-        };
-        let keep = finder.needle().len() - 1;
-        self.token = Some(finder);
-        self.escaped = escaped;
+        }
+        let keep = token.needles.keep();
+        self.token = Some(token);
         if self.token_in_progress() {
             // What was read ahead is held back whole, as a frame is.
             self.carry = ahead.to_vec();
             return Ok(self);
         }
-        // Its tail may start the token: held back, as any frame's tail is.
+        // Its tail may start a token: held back, as any frame's tail is.
         let split = ahead.len().saturating_sub(keep);
         self.carry = ahead[split..].to_vec();
         self.buffered = Some(self.hold_last(ahead.slice(..split))).filter(|b| !b.is_empty());
@@ -576,7 +570,7 @@ impl ForwardBody {
         self.state.set(violation);
         self.inner = None;
         self.carry.clear();
-        self.escaped = None;
+        self.token = None;
         self.held = None;
         self.overrides = None;
         self.decoded = None;
@@ -624,14 +618,13 @@ impl ForwardBody {
             state,
             token: None,
             carry: Vec::new(),
-            escaped: None,
             overrides: None,
             held: None,
             decoded: None,
         }
     }
 
-    /// Whether what the body decodes to so far ends with the start of the caller's token
+    /// Whether what the body decodes to so far ends with the start of a token
     /// ([`Decoding::token_in_progress`]), or what it reads as with its escapes undone does
     /// ([`EscapedToken::in_progress`]): which bytes as sent hold that start cannot be told (a
     /// compressed body) or it may be written in many more bytes than its own length (escapes),
@@ -640,33 +633,28 @@ impl ForwardBody {
         self.decoded
             .as_ref()
             .is_some_and(|decoding| decoding.token_in_progress())
-            || self.escaped.as_deref().is_some_and(|escaped| {
-                self.token
-                    .as_ref()
-                    .is_some_and(|finder| escaped.in_progress(finder.needle()))
-            })
+            || self
+                .token
+                .as_deref()
+                .is_some_and(TokenReading::escaped_in_progress)
     }
 
-    /// Scans `data` (after what was held back) for the caller token. Returns the bytes that
-    /// may be sent now; the last `token length - 1` bytes are held back until more data or the
-    /// end of the body shows they cannot start the token, so not even a prefix of the token is
-    /// sent ahead of the refusal. A body read decoded holds back every frame since what it
-    /// decodes to began to end with the token's start ([`ForwardBody::token_in_progress`]):
-    /// the vendor never has even a compressed prefix of the token (a body that keeps ending
-    /// frames with a token's start is held up to its `max_request_body_bytes`).
+    /// Scans `data` (after what was held back) for a token. Returns the bytes that may be sent
+    /// now; the last [`Needles::keep`] bytes are held back until more data or the end of the
+    /// body shows they cannot start a token, so not even a prefix of one is sent ahead of the
+    /// refusal. A body read decoded holds back every frame since what it decodes to began to
+    /// end with a token's start ([`ForwardBody::token_in_progress`]): the vendor never has
+    /// even a compressed prefix of a token (a body that keeps ending frames with a token's
+    /// start is held up to its `max_request_body_bytes`).
     fn release(&mut self, data: &Bytes) -> Result<Bytes, ()> {
-        let Some(finder) = &self.token else {
+        let Some(token) = self.token.as_deref_mut() else {
             return Ok(data.clone());
         };
-        let keep = finder.needle().len() - 1;
-        if appended_finds(finder, &mut self.carry, data)
-            || self
-                .escaped
-                .as_mut()
-                .is_some_and(|escaped| escaped.read(finder, data))
-        {
+        if token.read(data) {
             return Err(());
         }
+        let keep = token.needles.keep();
+        self.carry.extend_from_slice(data);
         if self.token_in_progress() {
             return Ok(Bytes::new());
         }
@@ -755,6 +743,10 @@ impl ForwardBody {
             return Some(Err(Self::refuse(this, violation)));
         }
         this.decoded = None;
+        // A token-shaped run held back is decided by the end (once: the search ends here).
+        if this.token.take().is_some_and(|token| token.ends_in_token()) {
+            return Some(Err(Self::refuse(this, RequestBodyViolation::CallerToken)));
+        }
         let mut rest: Vec<u8> = this.held.take().into_iter().collect();
         rest.append(&mut this.carry);
         (!rest.is_empty()).then(|| Ok(Frame::data(Bytes::from(rest))))
@@ -1191,6 +1183,7 @@ impl Body for GatewayBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt as _;
+    use memchr::memmem;
 
     fn state() -> Arc<RequestBodyState> {
         Arc::new(RequestBodyState::default())
@@ -1229,6 +1222,81 @@ mod tests {
                     }
                 }
                 Some(Err(error)) => return (Err(error), sent),
+            }
+        }
+    }
+
+    /// A caller without a token of its own (identified by its certificate) still cannot hand
+    /// the vendor a token `postern` made: plain, percent-encoded or JSON-escaped, split between
+    /// three frames anywhere, or at the body's very end, it is refused with none of it sent. A
+    /// run one character longer or shorter is no token: the body goes whole, in order.
+    #[tokio::test]
+    async fn a_token_shaped_run_is_refused_for_a_caller_without_a_token() {
+        let token = [
+            b"pst_".as_slice(),
+            b"AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abcde",
+        ]
+        .concat();
+        let escape = |format: fn(u8) -> String| -> Vec<u8> {
+            token
+                .iter()
+                .flat_map(|&byte| format(byte).into_bytes())
+                .collect()
+        };
+        let cases = [
+            (&b"amount=1&key="[..], token.clone(), &b"&x=1"[..]),
+            (&b"amount=1&key="[..], token.clone(), &b""[..]),
+            (
+                &b"amount=1&key="[..],
+                escape(|b| format!("%{b:02x}")),
+                &b""[..],
+            ),
+            (
+                &b"{\"key\": \""[..],
+                escape(|b| format!("\\u{b:04X}")),
+                &b"\"}"[..],
+            ),
+        ];
+        let sent_through = |text: &[u8], first: usize, second: usize| {
+            let frames = std::collections::VecDeque::from([
+                Bytes::copy_from_slice(&text[..first]),
+                Bytes::copy_from_slice(&text[first..second]),
+                Bytes::copy_from_slice(&text[second..]),
+            ]);
+            let shared = state();
+            let body = ForwardBody::new(CallerBody::Frames(frames), 1 << 20, shared.clone())
+                .reading(None, None, None)
+                .unwrap();
+            (body, shared)
+        };
+        for (start, written, end) in cases {
+            let text = [start, &written, end].concat();
+            for first in 0..=text.len() {
+                for second in (first..=text.len()).step_by(5) {
+                    let (body, shared) = sent_through(&text, first, second);
+                    let (result, sent) = forwarded(body).await;
+                    assert!(
+                        matches!(result, Err(BodyError::CallerTokenInBody)),
+                        "{} split at {first}, {second}: {result:?}",
+                        String::from_utf8_lossy(&text)
+                    );
+                    assert!(sent.len() <= start.len(), "split at {first}, {second}");
+                    assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
+                }
+            }
+            let read =
+                ForwardBody::new(CallerBody::Read(Some(Bytes::from(text))), 1 << 20, state())
+                    .reading(None, None, None);
+            assert_eq!(read.err(), Some(RequestBodyViolation::CallerToken));
+        }
+        for near in [
+            [b"k=", &token[..], b"Z&x=1"].concat(),
+            [b"k=", &token[..token.len() - 1]].concat(),
+            [b"k=Z", &token[..]].concat(),
+        ] {
+            for first in 0..=near.len() {
+                let (body, _) = sent_through(&near, first, near.len());
+                assert_eq!(forwarded(body).await.0.unwrap(), near, "split at {first}");
             }
         }
     }
@@ -1574,15 +1642,23 @@ mod tests {
         .reading(Some(Coding::Gzip), None, post());
         assert_eq!(corrupt.err(), Some(RequestBodyViolation::Undecodable));
         assert_eq!(shared.violation(), RequestBodyViolation::Undecodable);
-        // Nothing to read for: not decoded (a certificate caller's PUT).
-        let plain = ForwardBody::new(
+        // A caller without a token (a certificate caller's PUT) has its body decoded all the
+        // same, for what looks like any caller token: corrupt, it is undecodable too.
+        let not_gzip = ForwardBody::new(
             CallerBody::Read(Some(Bytes::from_static(b"not gzip"))),
             1 << 20,
             state(),
         )
-        .reading(Some(Coding::Gzip), None, None)
-        .unwrap();
-        assert_eq!(forwarded(plain).await.0.unwrap(), b"not gzip");
+        .reading(Some(Coding::Gzip), None, None);
+        assert_eq!(not_gzip.err(), Some(RequestBodyViolation::Undecodable));
+        let shaped = [b"k=".as_slice(), b"pst_", &[b'x'; 43]].concat();
+        let body = split(&gzip(&shaped), 2, &state())
+            .reading(Some(Coding::Gzip), None, None)
+            .unwrap();
+        assert!(matches!(
+            forwarded(body).await.0,
+            Err(BodyError::CallerTokenInBody)
+        ));
     }
 
     /// Kept for a scan, the decoded bytes come back whole up to the cap, and not at all past
@@ -1591,7 +1667,8 @@ mod tests {
     fn a_decoding_keeps_what_it_decodes_up_to_its_cap() {
         let gz = gzip(b"amount=100&currency=usd");
         let read = |cap: usize, token: Option<&[u8]>| {
-            let mut decoding = Decoding::keeping(Coding::Gzip, 1 << 20, token, None, Some(cap));
+            let mut decoding =
+                Decoding::keeping(Coding::Gzip, 1 << 20, &Needles::new(token), None, Some(cap));
             for piece in gz.chunks(3) {
                 decoding.check(piece, false)?;
             }
@@ -1771,7 +1848,13 @@ mod tests {
         .reading(Some(Coding::Deflate), Some(token), post())
         .unwrap();
         assert_eq!(forwarded(body).await.0.unwrap(), harmless);
-        let mut decoding = Decoding::keeping(Coding::Deflate, 1 << 20, None, None, Some(1 << 20));
+        let mut decoding = Decoding::keeping(
+            Coding::Deflate,
+            1 << 20,
+            &Needles::new(None),
+            None,
+            Some(1 << 20),
+        );
         decoding.check(&harmless, false).unwrap();
         decoding.check(&[], true).unwrap();
         let kept = decoding.kept().unwrap();

@@ -1,4 +1,4 @@
-//! The caller's token written with escapes in a request body.
+//! A caller token written with escapes in a request body.
 //!
 //! A vendor reads a form body percent-decoded (`key=%70st_…`) and a JSON body with its string
 //! escapes undone (`"key": "\u0070st_…"`), so a token written either way reaches it as surely as
@@ -6,7 +6,8 @@
 //! kind of escape undone on its own, as a vendor reads one kind or the other (undone together,
 //! `\t%30…` would read as a tab and `0…`, where a form reads `\t0…`) — whatever the body's type,
 //! since a type can be misstated and the token is a random string no body holds by chance, and
-//! finds the token in either. Until a reading's escape character (`%`, `\`) appears, that
+//! finds in either what the body as sent is searched for ([`Needles`]: the caller's own token,
+//! and what looks like any caller token `postern` made). Until a reading's escape character (`%`, `\`) appears, that
 //! reading is the body as sent, which [`crate::body::ForwardBody`] searches already: a body
 //! without either costs two `memchr` passes per frame, and what lies between escapes is copied
 //! in bulk.
@@ -14,9 +15,7 @@
 //! Not read: escapes of one kind inside the other (a JSON document percent-encoded in a form
 //! field), nor other encodings a vendor could be told to undo (base64, HTML entities).
 
-use memchr::memmem;
-
-use crate::body::{ends_with_start_of, tail_finds};
+use crate::tokens::{Needles, Seen};
 
 /// The two readings of a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +63,9 @@ enum Pending {
 struct Reading {
     kind: Kind,
     pending: Pending,
-    /// The last `token length - 1` bytes of the body as this reading gives it: a token split
-    /// across frames is still found.
-    tail: Vec<u8>,
+    /// The search of the body as this reading gives it (its last bytes: a token split across
+    /// frames is still found).
+    seen: Seen,
     /// Whether the body held this reading's escape character yet.
     escaped: bool,
 }
@@ -76,37 +75,43 @@ impl Reading {
         Reading {
             kind,
             pending: Pending::None,
-            tail: Vec::new(),
+            seen: Seen::default(),
             escaped: false,
         }
     }
 
-    /// Reads `piece` (`out` is scratch space): whether the token now stands in this reading.
-    fn read(&mut self, finder: &memmem::Finder<'_>, piece: &[u8], out: &mut Vec<u8>) -> bool {
+    /// Reads `piece` (`out` is scratch space): whether a token now stands in this reading.
+    fn read(&mut self, needles: &Needles, piece: &[u8], out: &mut Vec<u8>) -> bool {
         if !self.escaped {
             if memchr::memchr(self.kind.mark(), piece).is_none() {
                 // The body as sent so far: only its tail is kept (no search).
-                tail_finds(None, finder.needle().len() - 1, &mut self.tail, piece);
+                self.seen.skip(needles, piece);
                 return false;
             }
             self.escaped = true;
         }
         out.clear();
         self.pending = unescape(self.kind, self.pending, piece, out);
-        tail_finds(Some(finder), finder.needle().len() - 1, &mut self.tail, out)
+        self.seen.read(needles, out)
     }
 
-    /// Whether more of the body could complete the token in this reading in a way the body
-    /// as sent does not show: an escape was read, and the reading ends with the token's start
-    /// or within an escape.
-    fn in_progress(&self, needle: &[u8]) -> bool {
-        self.escaped && (self.pending != Pending::None || ends_with_start_of(&self.tail, needle))
+    /// Whether more of the body could complete a token in this reading in a way the body as
+    /// sent does not show: an escape was read, and the reading ends with a token's start or
+    /// within an escape.
+    fn in_progress(&self, needles: &Needles) -> bool {
+        self.escaped && (self.pending != Pending::None || self.seen.in_progress(needles))
+    }
+
+    /// Whether the body, ending here, ends with a token-shaped run in this reading (an escape
+    /// left unfinished stands as written: it ends the run).
+    fn ends_in_token(&self, needles: &Needles) -> bool {
+        self.escaped && self.seen.ends_in_token(needles)
     }
 }
 
-/// Reads a body for the caller's token with its percent-encoding, and apart from that its
-/// JSON string escapes, undone ([module docs](self)). The token's finder is the caller's,
-/// the one the body as sent is searched with.
+/// Reads a body for a caller token with its percent-encoding, and apart from that its JSON
+/// string escapes, undone ([module docs](self)), with the [`Needles`] the body as sent is
+/// searched with.
 pub(crate) struct EscapedToken {
     readings: [Reading; 2],
     /// A reading's bytes of the frame being read (kept for its allocation).
@@ -121,23 +126,31 @@ impl EscapedToken {
         }
     }
 
-    /// Reads the body's next `piece`: whether the token `finder` looks for (a non-empty one),
-    /// one kind of escape undone, now stands in what was read.
-    pub(crate) fn read(&mut self, finder: &memmem::Finder<'_>, piece: &[u8]) -> bool {
+    /// Reads the body's next `piece`: whether a token `needles` looks for, one kind of escape
+    /// undone, now stands in what was read.
+    pub(crate) fn read(&mut self, needles: &Needles, piece: &[u8]) -> bool {
         let EscapedToken { readings, out } = self;
         readings
             .iter_mut()
-            .any(|reading| reading.read(finder, piece, out))
+            .any(|reading| reading.read(needles, piece, out))
     }
 
-    /// Whether more of the body could complete the token (`needle`) from what was read so far
-    /// in a way the body as sent does not show, in either reading. Frames read since are held
-    /// back by [`crate::body::ForwardBody`] (as sent, the token's start may be written in many
-    /// more bytes than its own length).
-    pub(crate) fn in_progress(&self, needle: &[u8]) -> bool {
+    /// Whether more of the body could complete a token from what was read so far in a way the
+    /// body as sent does not show, in either reading. Frames read since are held back by
+    /// [`crate::body::ForwardBody`] (as sent, a token's start may be written in many more bytes
+    /// than its own length).
+    pub(crate) fn in_progress(&self, needles: &Needles) -> bool {
         self.readings
             .iter()
-            .any(|reading| reading.in_progress(needle))
+            .any(|reading| reading.in_progress(needles))
+    }
+
+    /// Whether the body, ending after what was read, ends with a token-shaped run in either
+    /// reading.
+    pub(crate) fn ends_in_token(&self, needles: &Needles) -> bool {
+        self.readings
+            .iter()
+            .any(|reading| reading.ends_in_token(needles))
     }
 }
 
@@ -250,26 +263,26 @@ mod tests {
 
     const TOKEN: &[u8] = b"pst_0123456789abcdefghij";
 
-    /// An [`EscapedToken`] with the finder it reads for.
+    /// An [`EscapedToken`] with the needles it reads for.
     struct Search {
-        finder: memmem::Finder<'static>,
+        needles: Needles,
         escaped: EscapedToken,
     }
 
     impl Search {
         fn new(token: &[u8]) -> Self {
             Search {
-                finder: memmem::Finder::new(token).into_owned(),
+                needles: Needles::new(Some(token)),
                 escaped: EscapedToken::new(),
             }
         }
 
         fn read(&mut self, piece: &[u8]) -> bool {
-            self.escaped.read(&self.finder, piece)
+            self.escaped.read(&self.needles, piece)
         }
 
         fn in_progress(&self) -> bool {
-            self.escaped.in_progress(self.finder.needle())
+            self.escaped.in_progress(&self.needles)
         }
     }
 
@@ -377,6 +390,29 @@ mod tests {
         let mut reading = Search::new(token);
         assert!(!reading.read(text));
         reading
+    }
+
+    /// Without a token of its own to look for (a caller identified by its certificate), what
+    /// looks like any caller token `postern` made is found escaped, wherever the frames split
+    /// it, and at the body's end (decided by the end: one more character would make it none).
+    #[test]
+    fn a_token_shaped_run_is_found_escaped_without_a_token_to_look_for() {
+        let shaped = [&b"pst_"[..], &[b'Q'; 43]].concat();
+        for escaped in encodings(&shaped) {
+            let body = [&b"a=1&key="[..], &escaped].concat();
+            for split in 0..=body.len() {
+                let mut search = Search {
+                    needles: Needles::new(None),
+                    escaped: EscapedToken::new(),
+                };
+                let found = search.read(&body[..split])
+                    || search.read(&body[split..])
+                    || search.escaped.ends_in_token(&search.needles);
+                assert!(found, "{} split at {split}", String::from_utf8_lossy(&body));
+                // One more character makes the run too long for a token.
+                assert!(!search.read(b"Q") && !search.escaped.ends_in_token(&search.needles));
+            }
+        }
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub mod record;
 pub mod runtime;
 pub mod scan;
 pub mod tls;
+pub(crate) mod tokens;
 pub mod upstream;
 pub mod workers;
 

@@ -1272,12 +1272,14 @@ pub(crate) fn url_holds_a_caller_token(text: &[u8], token: Option<&[u8]>) -> boo
 /// The fewest bytes that can hold `token` or a token `postern` made: most URLs and header
 /// values are shorter, and are answered without a search.
 fn shortest_token(token: Option<&[u8]>) -> usize {
-    token.map_or(CALLER_TOKEN_LEN, |token| token.len().min(CALLER_TOKEN_LEN))
+    token.map_or(crate::tokens::TOKEN_LEN, |token| {
+        token.len().min(crate::tokens::TOKEN_LEN)
+    })
 }
 
 /// Whether `bytes` hold `token` (a non-empty one) or what looks like a token `postern` made.
 fn holds_a_token(bytes: &[u8], token: Option<&[u8]>) -> bool {
-    token.is_some_and(|token| contains(bytes, token)) || caller_token_shaped(bytes)
+    token.is_some_and(|token| contains(bytes, token)) || crate::tokens::token_shaped(bytes)
 }
 
 /// [`holds_a_token`] on `bytes` as they stand or, when they hold a `%`, percent-decoded
@@ -1290,26 +1292,6 @@ fn holds_a_token_even_encoded(bytes: &[u8], token: Option<&[u8]>) -> bool {
                     &Zeroizing::new(percent_encoding::percent_decode(bytes).collect::<Vec<u8>>()),
                     token,
                 )))
-}
-
-/// The length of a caller token `postern callers token` makes.
-const CALLER_TOKEN_LEN: usize = crate::CALLER_TOKEN_PREFIX.len() + crate::TOKEN_RANDOM_CHARS;
-
-/// Whether `bytes` hold what looks like a caller token `postern` made, standing on its own:
-/// no base64url character just before its prefix or after its random part (a longer
-/// base64url run, a random cookie, holds the pattern by chance once in a while).
-fn caller_token_shaped(bytes: &[u8]) -> bool {
-    let base64url = |byte: &u8| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_');
-    let prefix = crate::CALLER_TOKEN_PREFIX.as_bytes();
-    let random = crate::TOKEN_RANDOM_CHARS;
-    memchr::memmem::find_iter(bytes, prefix).any(|at| {
-        let body = &bytes[at + prefix.len()..];
-        at.checked_sub(1)
-            .is_none_or(|before| !base64url(&bytes[before]))
-            && body.len() >= random
-            && body[..random].iter().all(base64url)
-            && body.get(random).is_none_or(|after| !base64url(after))
-    })
 }
 
 /// Whether a response header's `value` holds one of `needles` as it stands or, when it holds a

@@ -23,11 +23,12 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use crate::body::RequestBodyViolation;
-use crate::body::{Decoding, ForwardBody, Overdue, Stall};
+use crate::body::{whole_holds_a_token, Decoding, ForwardBody, Overdue, Stall};
 use crate::context::CallContext;
 use crate::error::CallError;
 use crate::overrides::OverrideScan;
 use crate::runtime::IntegrationRuntime;
+use crate::tokens::Needles;
 
 /// What the scan found in one direction.
 #[derive(Debug, Clone, Default)]
@@ -85,8 +86,8 @@ pub async fn scan_request(
         }
     };
     let token = caller_token.filter(|token| !token.is_empty());
-    let carries_token =
-        |data: &[u8]| token.is_some_and(|token| memchr::memmem::find(data, token).is_some());
+    // The caller's token and what looks like any caller token `postern` made.
+    let needles = Needles::new(token);
     // A POST body's `_method` field, read as sent and decoded (a fresh scan for each reading).
     let override_scan = || {
         context
@@ -106,7 +107,7 @@ pub async fn scan_request(
         return Ok((forward, Some(summary)));
     }
     counted(bytes.len() as u64);
-    if carries_token(&bytes) {
+    if whole_holds_a_token(&needles, &bytes, coding.is_none()) {
         return Err(refused(RequestBodyViolation::CallerToken));
     }
     // Read whole: as sent for a `_method` field (the token was looked for above), then decoded
@@ -126,7 +127,7 @@ pub async fn scan_request(
         None => Ok(vec![Cow::Borrowed(&bytes[..])]),
         Some(coding) => {
             let mut decoding =
-                Decoding::keeping(coding, limit, token, decoded_overrides, Some(cap));
+                Decoding::keeping(coding, limit, &needles, decoded_overrides, Some(cap));
             decoding
                 .check(&bytes, false)
                 .and_then(|()| decoding.check(&[], true))
@@ -189,7 +190,7 @@ pub async fn scan_request(
             // The new bytes as sent, read as a server that ignores the coding reads them: an
             // encoder's literals may join pieces of the body into the caller's token or a
             // `_method` field that the decoded body does not hold.
-            let smuggled = carries_token(&encoded)
+            let smuggled = whole_holds_a_token(&needles, &encoded, false)
                 || override_scan().is_some_and(|mut scan| scan.feed(&encoded) || scan.finish());
             if smuggled {
                 return Err(refuse(summary));

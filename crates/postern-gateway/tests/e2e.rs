@@ -1950,6 +1950,30 @@ operations = ["get_charge"]
         .unwrap();
     assert_eq!(response.status(), 401);
 
+    // A caller without a token of its own still cannot hand the vendor one: its body is read
+    // for what looks like any caller token `postern` made (another service's, here), plain or
+    // escaped, and refused with none of the token forwarded (over h2 the body streams: the
+    // vendor may have seen the request begin).
+    let forwarded = vendor.seen().len();
+    let other = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
+    let percent: String = other.bytes().map(|b| format!("%{b:02x}")).collect();
+    for body in [
+        format!("{{\"note\": \"{other}\"}}"),
+        format!("note={percent}"),
+    ] {
+        let response = mtls
+            .get(format!("{base}/stripe/v1/charges/ch_1"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_refused(response, 400, "caller_token_in_body").await;
+    }
+    assert!(vendor.seen()[forwarded..].iter().all(|request| {
+        let everything = request.everything();
+        !everything.contains(&other[..8]) && !everything.contains(&percent[..24])
+    }));
+
     let events = gw.wait_events(7).await;
     assert_eq!(events[1]["caller"], "billing");
     assert_eq!(events[1]["auth"], "mtls");
@@ -1958,7 +1982,7 @@ operations = ["get_charge"]
         assert_eq!(event["auth"], "mtls");
         assert_eq!(event["protocol"], "HTTP/1.1");
     }
-    assert_eq!(vendor.seen().len(), 5);
+    assert_eq!(forwarded, 5);
     gw.stop().await;
 }
 
@@ -3300,8 +3324,21 @@ async fn missing_credential_answers_503_and_readyz_says_why() {
     let gw = TestGateway::start(&body, vendor.ca_pem.as_deref()).await;
     let response = get_charge(&client(), &gw).await.unwrap();
     assert_refused(response, 503, "credential_unavailable").await;
+    // Without the admin token, a probe learns only that Postern is not ready.
+    let probe = client()
+        .get(format!("{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 503);
+    let probe = probe.text().await.unwrap();
+    assert!(!probe.contains("POSTERN_TEST_UNSET"), "{probe}");
+    let probe: serde_json::Value = serde_json::from_str(&probe).unwrap();
+    assert_eq!(probe["ready"], false);
+    assert_eq!(probe["problem_count"], 1);
     let ready = client()
         .get(format!("{}/readyz", gw.admin))
+        .bearer_auth(&gw.admin_token)
         .send()
         .await
         .unwrap();

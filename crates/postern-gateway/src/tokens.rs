@@ -1,0 +1,316 @@
+//! What a request must not carry to a vendor: the caller's own token, and what looks like any
+//! caller token `postern` made.
+//!
+//! A caller identified by its certificate has no token of its own to look for, yet the service
+//! may hold one (an old one of its own, or another service's) in what it sends; a caller with a
+//! token may hold another's. Either would hand the vendor a key to Postern. A token `postern
+//! callers token` makes is `pst_` and 43 base64url characters; it is recognised standing on its
+//! own: a run of base64url characters exactly that long that starts with the prefix (a longer
+//! run, a random cookie or hash, holds the pattern by chance once in a while, and is not one).
+//!
+//! [`Needles`] is what a body is searched for (shared by every reading of one body), [`Seen`]
+//! one reading's search as it streams: whether a token is decided in each piece, whether what
+//! was read so far ends with what more of the body could complete into one, and whether the
+//! body's end completes one.
+
+use std::sync::LazyLock;
+
+use memchr::memmem;
+
+use crate::{CALLER_TOKEN_PREFIX, TOKEN_RANDOM_CHARS};
+
+const PREFIX: &[u8] = CALLER_TOKEN_PREFIX.as_bytes();
+/// The length of a caller token `postern callers token` makes.
+pub(crate) const TOKEN_LEN: usize = PREFIX.len() + TOKEN_RANDOM_CHARS;
+/// A token-shaped run and the byte before it: what a search must keep of what it read to decide
+/// a run that ends in the next piece.
+const SHAPE_SPAN: usize = TOKEN_LEN + 1;
+
+static PREFIX_FINDER: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(PREFIX));
+
+fn base64url(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_')
+}
+
+/// How the bytes from a prefix at `at` stand.
+#[derive(Debug, PartialEq, Eq)]
+enum Run {
+    /// Not a token: too short or too long a run.
+    Not,
+    /// A token: the prefix, its random part, and a byte that ends the run.
+    Token,
+    /// Every byte to the end of `bytes` may be part of a token (`n` random characters of it):
+    /// what follows decides.
+    Open(usize),
+}
+
+/// How the run from the prefix at `at` in `bytes` stands (the byte before it is not looked at).
+fn run_at(bytes: &[u8], at: usize) -> Run {
+    let random = &bytes[at + PREFIX.len()..];
+    let run = random
+        .iter()
+        .take(TOKEN_RANDOM_CHARS + 1)
+        .take_while(|&&byte| base64url(byte))
+        .count();
+    if run == random.len() && run <= TOKEN_RANDOM_CHARS {
+        Run::Open(run)
+    } else if run == TOKEN_RANDOM_CHARS {
+        Run::Token
+    } else {
+        Run::Not
+    }
+}
+
+/// Whether the prefix at `at` in `bytes` starts a run: the byte before it is not base64url,
+/// or it is the stream's first (`at == 0` and `stream_start`).
+fn starts_run(bytes: &[u8], at: usize, stream_start: bool) -> bool {
+    match at.checked_sub(1) {
+        None => stream_start,
+        Some(before) => !base64url(bytes[before]),
+    }
+}
+
+/// Whether `bytes`, a whole text (its start and end bound a run), hold what looks like a caller
+/// token `postern` made.
+pub(crate) fn token_shaped(bytes: &[u8]) -> bool {
+    PREFIX_FINDER.find_iter(bytes).any(|at| {
+        starts_run(bytes, at, true)
+            && matches!(
+                run_at(bytes, at),
+                Run::Token | Run::Open(TOKEN_RANDOM_CHARS)
+            )
+    })
+}
+
+/// What one request's body is searched for: its caller's own token (if it has one), and what
+/// looks like any caller token `postern` made ([module docs](self)).
+#[derive(Clone)]
+pub(crate) struct Needles {
+    own: Option<memmem::Finder<'static>>,
+}
+
+impl Needles {
+    /// `own`: the caller's token (ignored when empty).
+    pub(crate) fn new(own: Option<&[u8]>) -> Self {
+        Needles {
+            own: own
+                .filter(|own| !own.is_empty())
+                .map(|own| memmem::Finder::new(own).into_owned()),
+        }
+    }
+
+    /// How many of the last bytes read a search keeps, to find a token across pieces: fewer
+    /// than any needle, and enough to hold a token-shaped run and the byte before it.
+    pub(crate) fn keep(&self) -> usize {
+        self.own
+            .as_ref()
+            .map_or(0, |own| own.needle().len() - 1)
+            .max(SHAPE_SPAN)
+    }
+}
+
+/// One reading of a body searched as it streams: the last [`Needles::keep`] bytes read.
+#[derive(Default)]
+pub(crate) struct Seen {
+    tail: Vec<u8>,
+}
+
+impl Seen {
+    /// Whether the tail is all that was read (the stream's first byte is in it).
+    fn holds_the_start(&self, needles: &Needles) -> bool {
+        self.tail.len() < needles.keep()
+    }
+
+    /// Reads `piece` after what was read before: whether the caller's token now ends in it, or
+    /// a token-shaped run is now decided (the byte after it read).
+    pub(crate) fn read(&mut self, needles: &Needles, piece: &[u8]) -> bool {
+        let keep = needles.keep();
+        let before = self.tail.len();
+        let stream_start = self.holds_the_start(needles);
+        // Across the seam: the tail and enough of `piece` to end any needle or run begun in the
+        // tail (only the seam is copied).
+        self.tail
+            .extend_from_slice(&piece[..piece.len().min(keep + 1)]);
+        let seam = &self.tail[..];
+        let across = needles
+            .own
+            .as_ref()
+            .is_some_and(|own| own.find(seam).is_some())
+            || PREFIX_FINDER.find_iter(seam).any(|at| {
+                // Runs begun in the tail or at the piece's first byte, whose end (the byte
+                // after them) was not read before: those ended in the tail were decided then.
+                at <= before
+                    && at + TOKEN_LEN >= before
+                    && starts_run(seam, at, stream_start)
+                    && run_at(seam, at) == Run::Token
+            });
+        self.tail.truncate(before);
+        let found = across
+            || needles
+                .own
+                .as_ref()
+                .is_some_and(|own| own.find(piece).is_some())
+            || PREFIX_FINDER.find_iter(piece).any(|at| {
+                at > 0 && starts_run(piece, at, false) && run_at(piece, at) == Run::Token
+            });
+        self.skip(needles, piece);
+        found
+    }
+
+    /// Reads `piece` without searching it (it is searched elsewhere): only the tail is kept.
+    pub(crate) fn skip(&mut self, needles: &Needles, piece: &[u8]) {
+        let keep = needles.keep();
+        if piece.len() >= keep {
+            self.tail.clear();
+            self.tail.extend_from_slice(&piece[piece.len() - keep..]);
+        } else {
+            self.tail.extend_from_slice(piece);
+            self.tail.drain(..self.tail.len().saturating_sub(keep));
+        }
+    }
+
+    /// Whether what was read so far ends with what more of the body could complete into the
+    /// caller's token or a token-shaped run (a whole one too, until the byte after it).
+    pub(crate) fn in_progress(&self, needles: &Needles) -> bool {
+        let tail = &self.tail[..];
+        let stream_start = self.holds_the_start(needles);
+        let own = needles.own.as_ref().is_some_and(|own| {
+            let needle = own.needle();
+            (1..=tail.len().min(needle.len() - 1)).any(|len| tail.ends_with(&needle[..len]))
+        });
+        own || (1..PREFIX.len()).any(|len| {
+            tail.ends_with(&PREFIX[..len]) && starts_run(tail, tail.len() - len, stream_start)
+        }) || self.open_run(stream_start).is_some()
+    }
+
+    /// Whether the body's end, after what was read, completes a token-shaped run.
+    pub(crate) fn ends_in_token(&self, needles: &Needles) -> bool {
+        self.open_run(self.holds_the_start(needles)) == Some(TOKEN_RANDOM_CHARS)
+    }
+
+    /// The random characters read of a token-shaped run the tail ends in, if it does.
+    fn open_run(&self, stream_start: bool) -> Option<usize> {
+        let tail = &self.tail[..];
+        PREFIX_FINDER
+            .find_iter(tail)
+            .filter(|&at| starts_run(tail, at, stream_start))
+            .find_map(|at| match run_at(tail, at) {
+                Run::Open(read) => Some(read),
+                Run::Not | Run::Token => None,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token() -> Vec<u8> {
+        [PREFIX, &[b'A'; TOKEN_RANDOM_CHARS][..]].concat()
+    }
+
+    /// Reads `pieces` in turn: whether a token was found in one of them or at the end.
+    fn found_in(needles: &Needles, pieces: &[&[u8]]) -> bool {
+        let mut seen = Seen::default();
+        pieces.iter().any(|piece| seen.read(needles, piece)) || seen.ends_in_token(needles)
+    }
+
+    #[test]
+    fn a_token_shaped_run_is_found_wherever_the_pieces_split_it() {
+        let token = token();
+        let needles = Needles::new(None);
+        for (before, after) in [
+            (&b"{\"key\": \""[..], &b"\"}"[..]),
+            (b"", b""),
+            (b"a=1&k=", b""),
+            (b"", b"&a=1"),
+            (&[b'x'; 200][..], b" tail"),
+        ] {
+            let mut body = before.to_vec();
+            if !before.is_empty() && before[before.len() - 1].is_ascii_alphanumeric() {
+                body.push(b' ');
+            }
+            body.extend_from_slice(&token);
+            body.extend_from_slice(after);
+            assert!(token_shaped(&body) && found_in(&needles, &[&body]));
+            for first in 0..=body.len() {
+                for second in first..=body.len().min(first + 60) {
+                    let pieces = [&body[..first], &body[first..second], &body[second..]];
+                    assert!(
+                        found_in(&needles, &pieces),
+                        "{} split at {first}, {second}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn longer_or_shorter_runs_are_not_tokens_wherever_the_pieces_split_them() {
+        let token = token();
+        let needles = Needles::new(None);
+        let bodies = [
+            // One character more, before or after.
+            [b"x", &token[..], b" "].concat(),
+            [b" ", &token[..], b"A"].concat(),
+            [&token[..], b"-"].concat(),
+            // One character less.
+            [b" ", &token[..TOKEN_LEN - 1], b"\""].concat(),
+            // The prefix in the middle of a long run.
+            [&[b'q'; 100][..], &token[..], &[b'q'; 100][..]].concat(),
+        ];
+        for body in bodies {
+            assert!(!token_shaped(&body), "{}", String::from_utf8_lossy(&body));
+            for first in 0..=body.len() {
+                for second in (first..=body.len()).step_by(7) {
+                    let pieces = [&body[..first], &body[first..second], &body[second..]];
+                    assert!(
+                        !found_in(&needles, &pieces),
+                        "{} split at {first}, {second}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_callers_own_token_is_found_whatever_its_shape() {
+        let needles = Needles::new(Some(b"sk-not-a-postern-shape-0123456789"));
+        let body = b"{\"a\": \"xsk-not-a-postern-shape-0123456789x\"}";
+        assert!(found_in(&needles, &[body]));
+        for split in 0..=body.len() {
+            assert!(found_in(&needles, &[&body[..split], &body[split..]]));
+        }
+        assert!(!found_in(&Needles::new(Some(b"")), &[body]));
+    }
+
+    #[test]
+    fn a_tail_that_more_could_complete_is_in_progress() {
+        let token = token();
+        let needles = Needles::new(Some(b"own-token-0123"));
+        let after = |text: &[u8]| {
+            let mut seen = Seen::default();
+            assert!(!seen.read(&needles, text));
+            seen
+        };
+        for end in 1..=TOKEN_LEN {
+            let seen = after(&[b"k=", &token[..end]].concat());
+            assert!(seen.in_progress(&needles), "{end}");
+            assert_eq!(seen.ends_in_token(&needles), end == TOKEN_LEN, "{end}");
+        }
+        assert!(after(b"k=own-to").in_progress(&needles));
+        // A run that cannot become a token, or nothing that starts one.
+        assert!(!after(b"k=xpst_AAAA").in_progress(&needles));
+        assert!(!after(b"k=p").read(&needles, b"x"));
+        assert!(!after(&[b"k=", &token[..], b"A"].concat()).in_progress(&needles));
+        assert!(!after(b"k=1&q=").in_progress(&needles));
+        // Past the first `keep` bytes, a prefix at the tail's start is decided by what came
+        // before it, not taken for the stream's start.
+        let mut seen = after(&[b'x'; 300]);
+        assert!(!seen.read(&needles, &token));
+        assert!(!seen.in_progress(&needles));
+    }
+}
