@@ -411,6 +411,20 @@ impl Decoding {
         if found != RequestBodyViolation::None {
             return Err(found);
         }
+        // A reading whose stream ended before the body does (one of a `deflate` body's two,
+        // in this feed or an earlier one: what it read no longer changes) is read to its end:
+        // a token its end decides is refused before the frames held for it are released.
+        let alive = decoder.readings();
+        if readers.iter().zip(alive).any(|(readers, alive)| {
+            !alive
+                && readers.fed
+                && readers
+                    .token
+                    .as_ref()
+                    .is_some_and(TokenReading::ends_in_token)
+        }) {
+            return Err(RequestBodyViolation::CallerToken);
+        }
         decoded.map_err(|unscanned| match unscanned.reason {
             postern_scan::UnscannedReason::TooLarge { .. } => RequestBodyViolation::TooLarge,
             _ => RequestBodyViolation::Undecodable,
@@ -1659,6 +1673,59 @@ mod tests {
             forwarded(body).await.0,
             Err(BodyError::CallerTokenInBody)
         ));
+    }
+
+    /// A `deflate` body read two ways whose raw reading ends early, in a token-shaped run its
+    /// end decides (the zlib reading, and the body as sent, read the run as part of a longer
+    /// one): refused as that reading ends, with nothing sent from the token's start on (until
+    /// the review that found it, the frames held for that reading were released as it ended,
+    /// and the refusal came only at the body's end).
+    #[tokio::test]
+    async fn a_reading_that_ends_in_a_token_before_the_body_ends_is_refused_then() {
+        let token = [&b"pst_"[..], &[b'A'; 43][..]].concat();
+        // The zlib reading: one stored block of `stored` (65,534 bytes). Read as raw DEFLATE,
+        // the same bytes are a stored block of 10 spaces, then a final stored block holding the
+        // token, after which the raw reading ends; the rest pads the zlib block with `A`s.
+        let mut stored = Vec::new();
+        stored.extend_from_slice(&10u16.to_le_bytes());
+        stored.extend_from_slice(&(!10u16).to_le_bytes());
+        stored.extend_from_slice(&[b' '; 10]);
+        stored.push(0x01);
+        let length = token.len() as u16;
+        stored.extend_from_slice(&length.to_le_bytes());
+        stored.extend_from_slice(&(!length).to_le_bytes());
+        let token_at = 7 + stored.len();
+        stored.extend_from_slice(&token);
+        stored.resize(0xFFFE, b'A');
+        let mut body = vec![0x78, 0x01, 0x00, 0xFE, 0xFF, 0x01, 0x00];
+        body.extend_from_slice(&stored);
+        body.extend_from_slice(&[0x01, 0x00, 0x00, 0xFF, 0xFF]);
+        let (mut a, mut b) = (1u32, 0u32);
+        for &byte in &stored {
+            a = (a + u32::from(byte)) % 65521;
+            b = (b + a) % 65521;
+        }
+        body.extend_from_slice(&((b << 16) | a).to_be_bytes());
+        let mut zlib = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::ZlibDecoder::new(&body[..]), &mut zlib)
+            .unwrap();
+        assert_eq!(zlib, stored, "the zlib reading holds no token");
+        let frames = body.chunks(1000).map(Bytes::copy_from_slice).collect();
+        let shared = state();
+        let forward = ForwardBody::new(CallerBody::Frames(frames), 1 << 20, shared.clone())
+            .reading(Some(Coding::Deflate), None, None)
+            .unwrap();
+        let (result, sent) = forwarded(forward).await;
+        assert!(
+            matches!(result, Err(BodyError::CallerTokenInBody)),
+            "{result:?}"
+        );
+        assert!(
+            sent.len() <= token_at,
+            "{} bytes sent, the token starts at {token_at}",
+            sent.len()
+        );
+        assert_eq!(shared.violation(), RequestBodyViolation::CallerToken);
     }
 
     /// Kept for a scan, the decoded bytes come back whole up to the cap, and not at all past

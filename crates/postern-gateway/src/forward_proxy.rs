@@ -730,11 +730,10 @@ async fn absolute(
     if let Ok(value) = HeaderValue::from_str(&checked_host) {
         parts.headers.insert(header::HOST, value);
     }
-    // A caller's token is looked for in the body decoded as well, as the destination may undo
-    // the coding (a coding Postern cannot undo is refused, `415`); a caller with no token's body
-    // is read only as sent and with its escapes undone, for what looks like any caller token
-    // `postern` made (not decoded: its codings are not refused for it).
-    let encoding = match token.is_none() || http_body::Body::is_end_stream(&body) {
+    // Caller tokens (the caller's, and what looks like any `postern` made) are looked for in
+    // the body decoded as well, as the destination may undo the coding (a coding Postern cannot
+    // undo is refused, `415`), whoever the caller.
+    let encoding = match http_body::Body::is_end_stream(&body) {
         true => None,
         false => crate::proxy::body_encoding(&parts.headers)?,
     };

@@ -179,6 +179,11 @@ pub async fn scan_request(
             let Some((coding, masked)) = masked else {
                 return Err(refuse(summary));
             };
+            // A mask (`*`, not base64url) can cut a longer run down to a token's length: what
+            // the vendor would read is searched again.
+            if whole_holds_a_token(&needles, &masked, true) {
+                return Err(refused(RequestBodyViolation::CallerToken));
+            }
             let encoded =
                 tokio::task::spawn_blocking(move || postern_scan::encode(coding, &masked))
                     .await
@@ -203,6 +208,9 @@ pub async fn scan_request(
         }
         OnUnapproved::Redact => {
             let redacted = postern_scan::redact(&bytes, &classified.unapproved_findings);
+            if whole_holds_a_token(&needles, &redacted, true) {
+                return Err(refused(RequestBodyViolation::CallerToken));
+            }
             summary.redacted = true;
             Ok((
                 ForwardBody::full(Bytes::from(redacted), state),

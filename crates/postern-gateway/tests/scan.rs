@@ -111,6 +111,36 @@ async fn unapproved_values_are_redacted_with_lengths_intact() {
     gw.stop().await;
 }
 
+/// A mask (`*`, not a base64url character) can cut a longer run down to what looks like a
+/// caller token `postern` made: `pst_`, 43 characters, then an unapproved email address whose
+/// local part (64 characters, the most an address is read with) is masked. The masked body,
+/// as the vendor would read it, is searched again and refused; plain and compressed.
+#[tokio::test]
+async fn a_redaction_that_would_leave_a_token_shaped_run_is_refused() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let config = body(&vendor, "redact", "").replace(
+        r#"data_classes = ["pii.email"]"#,
+        r#"data_classes = ["payment.card"]"#,
+    );
+    let gw = TestGateway::start(&config, vendor.ca_pem.as_deref()).await;
+    let note = |random: usize| {
+        format!(
+            r#"{{"note":"pst_{}{}@example.com"}}"#,
+            "Q".repeat(random),
+            "e".repeat(64)
+        )
+    };
+    assert_refused(post(&gw, &note(43)).await, 400, "caller_token_in_body").await;
+    let gz = gzip(note(43).as_bytes());
+    let response = post_coded(&gw, "/crm/contacts", Some("application/json"), "gzip", gz).await;
+    assert_refused(response, 400, "caller_token_in_body").await;
+    assert!(vendor.seen().is_empty(), "nothing reached the vendor");
+    // One character fewer before the address: the masked run is one short of a token.
+    assert_eq!(post(&gw, &note(42)).await.status(), 200);
+    assert!(!String::from_utf8_lossy(&vendor.last().body).contains("@example.com"));
+    gw.stop().await;
+}
+
 /// A compressed body is masked decoded and encoded again in its own coding (gzip, x-gzip, br,
 /// zstd), with a `Content-Length` for the new bytes; a `deflate` body, which a vendor may read
 /// zlib-wrapped or raw, is refused instead (failing closed), as is nothing else.
