@@ -12,8 +12,11 @@
 //! without either costs two `memchr` passes per frame, and what lies between escapes is copied
 //! in bulk.
 //!
-//! Not read: escapes of one kind inside the other (a JSON document percent-encoded in a form
-//! field), nor other encodings a vendor could be told to undo (base64, HTML entities).
+//! Each kind is also undone in what the other reads, once that one has read an escape: a JSON
+//! document percent-encoded in a form field (`data=%7B%22k%22%3A%22%5Cu0070st_…`), which a vendor
+//! percent-decodes and then parses, and `%HH` written with JSON escapes (`"\u002570st_…"`), a
+//! URL in a JSON string that the vendor decodes again. Not read: deeper nesting, nor other
+//! encodings a vendor could be told to undo (base64, HTML entities).
 
 use crate::tokens::{Needles, Seen};
 
@@ -60,6 +63,7 @@ enum Pending {
 }
 
 /// One reading of the body: its escapes undone as they come.
+#[derive(Clone)]
 struct Reading {
     kind: Kind,
     pending: Pending,
@@ -80,10 +84,25 @@ impl Reading {
         }
     }
 
-    /// Reads `piece` (`out` is scratch space): whether a token now stands in this reading.
-    fn read(&mut self, needles: &Needles, piece: &[u8], out: &mut Vec<u8>) -> bool {
+    /// Whether `piece` holds this reading's first escape (`false` once it has read one).
+    fn first_escape_in(&self, piece: &[u8]) -> bool {
+        !self.escaped && memchr::memchr(self.kind.mark(), piece).is_some()
+    }
+
+    /// Reads `piece` (`out`, scratch space, holds what this reading reads it as, once it has
+    /// read an escape): whether a token now stands in this reading. `marked`: whether `piece`
+    /// holds this reading's escape character, when known.
+    fn read(
+        &mut self,
+        needles: &Needles,
+        piece: &[u8],
+        out: &mut Vec<u8>,
+        marked: Option<bool>,
+    ) -> bool {
         if !self.escaped {
-            if memchr::memchr(self.kind.mark(), piece).is_none() {
+            let marked =
+                marked.unwrap_or_else(|| memchr::memchr(self.kind.mark(), piece).is_some());
+            if !marked {
                 // The body as sent so far: only its tail is kept (no search).
                 self.seen.skip(needles, piece);
                 return false;
@@ -110,29 +129,58 @@ impl Reading {
 }
 
 /// Reads a body for a caller token with its percent-encoding, and apart from that its JSON
-/// string escapes, undone ([module docs](self)), with the [`Needles`] the body as sent is
-/// searched with.
+/// string escapes, undone, and each kind undone in what the other reads ([module
+/// docs](self)), with the [`Needles`] the body as sent is searched with.
 pub(crate) struct EscapedToken {
+    /// Percent, then JSON, each on the body as sent.
     readings: [Reading; 2],
-    /// A reading's bytes of the frame being read (kept for its allocation).
+    /// `nested[i]`: the other kind undone in what `readings[i]` reads (a JSON document
+    /// percent-encoded in a form field; `%HH` written with JSON escapes), from the frame of
+    /// `readings[i]`'s first escape on (until then the two read the same bytes: it starts as
+    /// the other reading stood before that frame).
+    nested: [Option<Box<Reading>>; 2],
+    /// A reading's bytes of the frame being read (kept for their allocations).
     out: Vec<u8>,
+    nested_out: Vec<u8>,
 }
 
 impl EscapedToken {
     pub(crate) fn new() -> Self {
         EscapedToken {
             readings: [Reading::new(Kind::Percent), Reading::new(Kind::Json)],
+            nested: [None, None],
             out: Vec::new(),
+            nested_out: Vec::new(),
         }
     }
 
     /// Reads the body's next `piece`: whether a token `needles` looks for, one kind of escape
     /// undone, now stands in what was read.
     pub(crate) fn read(&mut self, needles: &Needles, piece: &[u8]) -> bool {
-        let EscapedToken { readings, out } = self;
-        readings
-            .iter_mut()
-            .any(|reading| reading.read(needles, piece, out))
+        let EscapedToken {
+            readings,
+            nested,
+            out,
+            nested_out,
+        } = self;
+        let marked = [0, 1].map(|i| readings[i].first_escape_in(piece));
+        for i in 0..2 {
+            if marked[i] {
+                nested[i] = Some(Box::new(readings[1 - i].clone()));
+            }
+        }
+        for (i, reading) in readings.iter_mut().enumerate() {
+            let known = (!reading.escaped).then_some(marked[i]);
+            if reading.read(needles, piece, out, known) {
+                return true;
+            }
+            if let Some(nested) = nested[i].as_deref_mut() {
+                if nested.read(needles, out, nested_out, None) {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Whether more of the body could complete a token from what was read so far in a way the
@@ -140,17 +188,20 @@ impl EscapedToken {
     /// [`crate::body::ForwardBody`] (as sent, a token's start may be written in many more bytes
     /// than its own length).
     pub(crate) fn in_progress(&self, needles: &Needles) -> bool {
-        self.readings
-            .iter()
-            .any(|reading| reading.in_progress(needles))
+        self.all().any(|reading| reading.in_progress(needles))
     }
 
     /// Whether the body, ending after what was read, ends with a token-shaped run in either
     /// reading.
     pub(crate) fn ends_in_token(&self, needles: &Needles) -> bool {
+        self.all().any(|reading| reading.ends_in_token(needles))
+    }
+
+    /// Every reading: the two on the body as sent, and the nested ones begun.
+    fn all(&self) -> impl Iterator<Item = &Reading> {
         self.readings
             .iter()
-            .any(|reading| reading.ends_in_token(needles))
+            .chain(self.nested.iter().flatten().map(|nested| &**nested))
     }
 }
 
@@ -392,6 +443,39 @@ mod tests {
         reading
     }
 
+    /// One kind inside the other: a JSON document percent-encoded in a form field (its `\u`
+    /// escapes percent-encoded too), and `%HH` written with JSON's `\u0025`; found wherever the
+    /// frames split them, the first escape of either kind in any frame.
+    #[test]
+    fn a_token_escaped_one_kind_inside_the_other_is_found() {
+        let json: Vec<u8> = TOKEN
+            .iter()
+            .flat_map(|byte| format!("\\u{byte:04x}").into_bytes())
+            .collect();
+        let document = [&br#"{"k": ""#[..], &json, b"\"}"].concat();
+        let form: Vec<u8> = document
+            .iter()
+            .flat_map(|&byte| match byte.is_ascii_alphanumeric() {
+                true => vec![byte],
+                false => format!("%{byte:02X}").into_bytes(),
+            })
+            .collect();
+        let percent_in_json: Vec<u8> = TOKEN
+            .iter()
+            .flat_map(|byte| format!("\\u0025{byte:02x}").into_bytes())
+            .collect();
+        for body in [
+            [&b"a=1&data="[..], &form, b"&b=2"].concat(),
+            [&br#"{"n": "\n", "url": ""#[..], &percent_in_json, b"\"}"].concat(),
+        ] {
+            for split in 0..=body.len() {
+                let mut reading = Search::new(TOKEN);
+                let found = reading.read(&body[..split]) || reading.read(&body[split..]);
+                assert!(found, "{} split at {split}", String::from_utf8_lossy(&body));
+            }
+        }
+    }
+
     /// Without a token of its own to look for (a caller identified by its certificate), what
     /// looks like any caller token `postern` made is found escaped, wherever the frames split
     /// it, and at the body's end (decided by the end: one more character would make it none).
@@ -424,9 +508,10 @@ mod tests {
         let mut short = encodings(&TOKEN[..TOKEN.len() - 1]).remove(0);
         short.extend_from_slice(b"&x=1");
         assert!(!Search::new(TOKEN).read(&short));
-        // Escaped in both kinds at once, which no vendor reads so.
+        // Escaped in both kinds at once is read, as a form field holding JSON is (percent,
+        // then JSON); see `a_token_escaped_one_kind_inside_the_other_is_found`.
         let mixed = [&b"%70\\u0073"[..], &TOKEN[2..]].concat();
-        assert!(!Search::new(TOKEN).read(&mixed));
+        assert!(Search::new(TOKEN).read(&mixed));
         // A body without escapes is left to the search as sent; ending with the token's
         // start, it is not "in progress" here (the search as sent holds its tail back).
         let mut plain = reading_after(TOKEN, b"amount=1&key=pst_01");

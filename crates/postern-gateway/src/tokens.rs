@@ -111,7 +111,7 @@ impl Needles {
 }
 
 /// One reading of a body searched as it streams: the last [`Needles::keep`] bytes read.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct Seen {
     tail: Vec<u8>,
 }

@@ -1137,11 +1137,17 @@ async fn https_proxy_listener_with_a_client_certificate_identity() {
         return;
     }
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let plain = TestVendor::plain(TestVendor::ok_handler()).await;
     let pki = TestPki::new();
     let staging = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| {
         let path = staging.path().join(name);
         std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let write_bytes = |bytes: &[u8]| {
+        let path = staging.path().join("body.gz");
+        std::fs::write(&path, bytes).unwrap();
         path.display().to_string()
     };
     let listener_cert = write("listener.pem", &pki.server_cert_pem);
@@ -1172,8 +1178,14 @@ operations = [ {{ id = "get_charge", method = "GET", path = "/v1/charges/{{id}}"
 caller = "billing"
 integration = "vendor"
 operations = ["get_charge"]
+
+[proxy]
+mode = "open"
+allowed_ports = [443, {plain_port}]
+allow_private_networks = ["127.0.0.1/32"]
 "#,
-        port = vendor.addr.port()
+        port = vendor.addr.port(),
+        plain_port = plain.addr.port()
     );
     let gw = TestGateway::start_with_gateway(
         &body,
@@ -1186,18 +1198,26 @@ operations = ["get_charge"]
         &postern_gateway::intercept::export_ca_pem(&gw.running().data_dir).unwrap(),
     );
     let proxy = format!("https://localhost:{}", gw.running().listen_addr.port());
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("curl")
-            .env_clear()
-            .args(["-sS", "--max-time", "20", "--proxy", &proxy])
-            .args(["--proxy-cacert", &listener_ca])
-            .args(["--proxy-cert", &client_cert, "--proxy-key", &client_key])
-            .args(["--cacert", &postern_ca])
-            .args(["-w", "\n%{http_code}"])
-            .arg(format!("https://{VENDOR_HOST}/v1/charges/ch_7"))
-            .output()
-            .unwrap()
-    })
+    let curl = move |args: Vec<String>| {
+        let (proxy, listener_ca) = (proxy.clone(), listener_ca.clone());
+        let (client_cert, client_key) = (client_cert.clone(), client_key.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .env_clear()
+                .args(["-sS", "--max-time", "20", "--proxy", &proxy])
+                .args(["--proxy-cacert", &listener_ca])
+                .args(["--proxy-cert", &client_cert, "--proxy-key", &client_key])
+                .args(["-w", "\n%{http_code}"])
+                .args(args)
+                .output()
+                .unwrap()
+        })
+    };
+    let output = curl(vec![
+        "--cacert".into(),
+        postern_ca,
+        format!("https://{VENDOR_HOST}/v1/charges/ch_7"),
+    ])
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
@@ -1215,6 +1235,27 @@ operations = ["get_charge"]
     assert_eq!(events[0]["caller"], "billing");
     assert_eq!(events[0]["auth"], "mtls");
     assert_eq!(events[0]["mode"], "intercept");
+    // The caller has no token of its own, yet its compressed body to an unregistered host is
+    // read decoded for what looks like any caller token `postern` made: refused, none of it
+    // sent.
+    let other = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
+    // (Padded so that gzip codes the token rather than storing it as it stands.)
+    let gz = gzip(format!("note={other}&pad={}", "a".repeat(2000)).as_bytes());
+    assert!(!String::from_utf8_lossy(&gz).contains("pst_"));
+    let compressed = write_bytes(&gz);
+    let output = curl(vec![
+        "-H".into(),
+        "content-encoding: gzip".into(),
+        "--data-binary".into(),
+        format!("@{compressed}"),
+        format!("http://127.0.0.1:{}/callback", plain.addr.port()),
+    ])
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(stdout.ends_with("\n400"), "{stdout}");
+    assert!(stdout.contains("caller_token_in_body"), "{stdout}");
+    assert!(plain.seen().iter().all(|seen| seen.body.len() < 20));
     gw.stop().await;
 }
 
@@ -1264,7 +1305,9 @@ async fn the_caller_token_in_a_url_to_an_unregistered_host_is_refused() {
     let response = client
         .post(format!("http://127.0.0.1:{}/callback", plain.addr.port()))
         .header("content-encoding", "gzip")
-        .body(gzip(format!("note={other}").as_bytes()))
+        .body(gzip(
+            format!("note={other}&pad={}", "a".repeat(2000)).as_bytes(),
+        ))
         .send()
         .await
         .unwrap();
