@@ -793,7 +793,18 @@ impl Body for ForwardBody {
                     continue;
                 }
             }
-            return Self::forward_frame(this, polled);
+            match Self::forward_frame(this, polled) {
+                // Nothing to send yet (all of it held back, or an empty frame): the next frame
+                // is read instead. An empty DATA frame is no part of the body, and a vendor
+                // defending itself against a flood of them (CVE-2019-9518) closes an h2
+                // connection that carries many, with every call on it.
+                Poll::Ready(Some(Ok(frame)))
+                    if frame.data_ref().is_some_and(|data| data.is_empty()) =>
+                {
+                    continue
+                }
+                forwarded => return forwarded,
+            }
         }
     }
 
@@ -1216,7 +1227,8 @@ mod tests {
     }
 
     /// The body's frames, checking at each step that its exact size hint is what is left to
-    /// send (the length an HTTP/1.1 vendor is told).
+    /// send (the length an HTTP/1.1 vendor is told), and that no frame is empty (an h2 vendor
+    /// closes a connection that carries many, with every call on it).
     async fn forwarded(body: ForwardBody) -> (Result<Vec<u8>, BodyError>, Vec<u8>) {
         let mut sent = Vec::new();
         let mut body = body;
@@ -1230,7 +1242,9 @@ mod tests {
                     return (Ok(sent.clone()), sent);
                 }
                 Some(Ok(frame)) => {
-                    sent.extend_from_slice(frame.data_ref().unwrap());
+                    let data = frame.data_ref().unwrap();
+                    assert!(!data.is_empty(), "an empty frame");
+                    sent.extend_from_slice(data);
                     if let (Some(announced), Some(left)) = (announced, body.size_hint().exact()) {
                         assert_eq!(announced, sent.len() as u64 + left, "size hint");
                     }

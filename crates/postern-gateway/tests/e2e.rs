@@ -2860,8 +2860,14 @@ async fn a_caller_token_written_with_escapes_in_a_body_is_refused() {
     let gw = stripe_gateway(&vendor, "").await;
     let percent: String = gw.token.bytes().map(|b| format!("%{b:02X}")).collect();
     let json: String = gw.token.bytes().map(|b| format!("\\u{b:04x}")).collect();
+    // A JSON document percent-encoded in a form field, the token in it JSON-escaped.
+    let document: String = format!("{{\"key\": \"{json}\"}}")
+        .bytes()
+        .map(|b| format!("%{b:02X}"))
+        .collect();
     let escaped = [
         ("identity", format!("amount=100&key={percent}&currency=usd")),
+        ("identity", format!("amount=100&metadata={document}")),
         (
             "identity",
             format!("{{\"amount\": 100, \"key\": \"{json}\"}}"),
