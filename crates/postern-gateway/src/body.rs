@@ -541,6 +541,11 @@ impl ForwardBody {
         if checked.is_ok() && self.inner.is_none() {
             checked = self.decoded_check(&[], true);
             self.decoded = None;
+            // All of it read: its last field too, so no byte is held back for it (the body
+            // goes as one frame, not a last byte after the rest in a packet of its own).
+            if checked.is_ok() && self.overrides.take().is_some_and(|mut scan| scan.finish()) {
+                checked = Err(RequestBodyViolation::MethodOverride);
+            }
         }
         if let Err(violation) = checked {
             return Err(self.refused_for(violation));
@@ -1543,25 +1548,58 @@ mod tests {
         assert_eq!(forwarded(body).await.0.unwrap(), clean);
     }
 
-    /// The body streams as it came, but its last byte waits for the end of the body: a field
-    /// that overrides the method is refused before the vendor has the whole body.
+    /// A streamed body goes as it comes, but its last byte waits for the end of the body: a
+    /// field that overrides the method is refused before the vendor has the whole body. A body
+    /// read whole is read to its end at once: clean, it goes in one frame (not its last byte in
+    /// a packet of its own); overriding, nothing of it is sent.
     #[tokio::test]
     async fn a_form_body_is_held_one_byte_short_until_its_end_clears_it() {
         let body = |text: &'static str| CallerBody::Read(Some(Bytes::from_static(text.as_bytes())));
-        let clean = ForwardBody::new(body("amount=1&_method=post"), 1 << 20, state())
+        let streamed = |text: &'static str| {
+            let (head, last) = text.as_bytes().split_at(text.len() - 3);
+            CallerBody::Frames(
+                [Bytes::from_static(head), Bytes::from_static(last)]
+                    .into_iter()
+                    .collect(),
+            )
+        };
+        let mut clean = ForwardBody::new(body("amount=1&_method=post"), 1 << 20, state())
             .reading(None, None, Some(OverrideScan::form(http::Method::POST)))
             .unwrap();
-        let (result, sent) = forwarded(clean).await;
-        assert_eq!(result.unwrap(), b"amount=1&_method=post");
-        assert_eq!(sent, b"amount=1&_method=post");
+        let frame = clean.frame().await.unwrap().unwrap();
+        assert_eq!(
+            frame.data_ref().unwrap(),
+            "amount=1&_method=post",
+            "one frame"
+        );
+        assert!(clean.frame().await.is_none());
 
+        // (Longer than the tail every body holds back for tokens, so that some of it goes.)
+        const OVERRIDING: &str =
+            "description=a-description-longer-than-the-tail-held-for-tokens&amount=1&_method=DELETE";
         let shared = state();
-        let refused = ForwardBody::new(body("amount=1&_method=DELETE"), 1 << 20, shared.clone())
+        let refused = ForwardBody::new(streamed(OVERRIDING), 1 << 20, shared.clone())
             .reading(None, None, Some(OverrideScan::form(http::Method::POST)))
             .unwrap();
         let (result, sent) = forwarded(refused).await;
         assert!(matches!(result, Err(BodyError::MethodOverride)));
-        assert_eq!(sent, b"amount=1&_method=DELET", "the last byte never left");
+        assert!(!sent.is_empty() && OVERRIDING.as_bytes().starts_with(&sent));
+        assert!(sent.len() < OVERRIDING.len(), "the last byte never left");
+        assert_eq!(shared.violation(), RequestBodyViolation::MethodOverride);
+        let harmless = OVERRIDING.replace("DELETE", "post");
+        let harmless: &'static str = Box::leak(harmless.into_boxed_str());
+        let (result, _) = forwarded(
+            ForwardBody::new(streamed(harmless), 1 << 20, state())
+                .reading(None, None, Some(OverrideScan::form(http::Method::POST)))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(result.unwrap(), harmless.as_bytes());
+
+        let shared = state();
+        let whole = ForwardBody::new(body("amount=1&_method=DELETE"), 1 << 20, shared.clone())
+            .reading(None, None, Some(OverrideScan::form(http::Method::POST)));
+        assert_eq!(whole.err(), Some(RequestBodyViolation::MethodOverride));
         assert_eq!(shared.violation(), RequestBodyViolation::MethodOverride);
 
         // Read ahead (`with_prefix`), the field split between the prefix and the stream, with
