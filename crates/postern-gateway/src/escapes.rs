@@ -12,11 +12,13 @@
 //! without either costs two `memchr` passes per frame, and what lies between escapes is copied
 //! in bulk.
 //!
-//! Each kind is also undone in what the other reads, once that one has read an escape: a JSON
-//! document percent-encoded in a form field (`data=%7B%22k%22%3A%22%5Cu0070st_…`), which a vendor
-//! percent-decodes and then parses, and `%HH` written with JSON escapes (`"\u002570st_…"`), a
-//! URL in a JSON string that the vendor decodes again. Not read: deeper nesting, nor other
-//! encodings a vendor could be told to undo (base64, HTML entities).
+//! Each kind is also undone, once more, in what each reading reads once it has read an escape:
+//! a JSON document percent-encoded in a form field (`data=%7B%22k%22%3A%22%5Cu0070st_…`), which
+//! a vendor percent-decodes and then parses; `%HH` written with JSON escapes (`"\u002570st_…"`),
+//! a URL in a JSON string that the vendor decodes again; JSON in a JSON string (`"{\"k\":
+//! \"\\u0070st_…\"}"`), a payload a vendor parses twice; and `%2570st_…`, percent-encoded twice.
+//! Not read: three layers or more, nor other encodings a vendor could be told to undo (base64,
+//! HTML entities).
 
 use crate::tokens::{Needles, Seen};
 
@@ -134,11 +136,12 @@ impl Reading {
 pub(crate) struct EscapedToken {
     /// Percent, then JSON, each on the body as sent.
     readings: [Reading; 2],
-    /// `nested[i]`: the other kind undone in what `readings[i]` reads (a JSON document
-    /// percent-encoded in a form field; `%HH` written with JSON escapes), from the frame of
-    /// `readings[i]`'s first escape on (until then the two read the same bytes: it starts as
-    /// the other reading stood before that frame).
-    nested: [Option<Box<Reading>>; 2],
+    /// `nested[i][k]`: kind `k` undone in what `readings[i]` reads (a JSON document
+    /// percent-encoded in a form field; `%HH` written with JSON escapes; JSON in a JSON string;
+    /// `%2570`, percent-encoded twice), from the frame of `readings[i]`'s first escape on (until
+    /// then `readings[i]` reads the body as sent: it starts as `readings[k]` stood before that
+    /// frame).
+    nested: [[Option<Box<Reading>>; 2]; 2],
     /// A reading's bytes of the frame being read (kept for their allocations).
     out: Vec<u8>,
     nested_out: Vec<u8>,
@@ -148,7 +151,7 @@ impl EscapedToken {
     pub(crate) fn new() -> Self {
         EscapedToken {
             readings: [Reading::new(Kind::Percent), Reading::new(Kind::Json)],
-            nested: [None, None],
+            nested: Default::default(),
             out: Vec::new(),
             nested_out: Vec::new(),
         }
@@ -166,7 +169,7 @@ impl EscapedToken {
         let marked = [0, 1].map(|i| readings[i].first_escape_in(piece));
         for i in 0..2 {
             if marked[i] {
-                nested[i] = Some(Box::new(readings[1 - i].clone()));
+                nested[i] = [0, 1].map(|k| Some(Box::new(readings[k].clone())));
             }
         }
         for (i, reading) in readings.iter_mut().enumerate() {
@@ -174,7 +177,7 @@ impl EscapedToken {
             if reading.read(needles, piece, out, known) {
                 return true;
             }
-            if let Some(nested) = nested[i].as_deref_mut() {
+            for nested in nested[i].iter_mut().flatten() {
                 if nested.read(needles, out, nested_out, None) {
                     return true;
                 }
@@ -199,9 +202,13 @@ impl EscapedToken {
 
     /// Every reading: the two on the body as sent, and the nested ones begun.
     fn all(&self) -> impl Iterator<Item = &Reading> {
-        self.readings
-            .iter()
-            .chain(self.nested.iter().flatten().map(|nested| &**nested))
+        self.readings.iter().chain(
+            self.nested
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|nested| &**nested),
+        )
     }
 }
 
@@ -444,10 +451,11 @@ mod tests {
     }
 
     /// One kind inside the other: a JSON document percent-encoded in a form field (its `\u`
-    /// escapes percent-encoded too), and `%HH` written with JSON's `\u0025`; found wherever the
-    /// frames split them, the first escape of either kind in any frame.
+    /// escapes percent-encoded too), and `%HH` written with JSON's `\u0025`; and each inside
+    /// itself: JSON in a JSON string, percent-encoded twice. Found wherever the frames split
+    /// them, the first escape of either kind in any frame.
     #[test]
-    fn a_token_escaped_one_kind_inside_the_other_is_found() {
+    fn a_token_escaped_one_kind_inside_another_is_found() {
         let json: Vec<u8> = TOKEN
             .iter()
             .flat_map(|byte| format!("\\u{byte:04x}").into_bytes())
@@ -464,9 +472,23 @@ mod tests {
             .iter()
             .flat_map(|byte| format!("\\u0025{byte:02x}").into_bytes())
             .collect();
+        // JSON in a JSON string, and percent-encoded twice: the same kind inside itself.
+        let json_in_json: Vec<u8> = document
+            .iter()
+            .flat_map(|&byte| match byte {
+                b'"' | b'\\' => vec![b'\\', byte],
+                _ => vec![byte],
+            })
+            .collect();
+        let twice: Vec<u8> = TOKEN
+            .iter()
+            .flat_map(|byte| format!("%25{byte:02X}").into_bytes())
+            .collect();
         for body in [
             [&b"a=1&data="[..], &form, b"&b=2"].concat(),
             [&br#"{"n": "\n", "url": ""#[..], &percent_in_json, b"\"}"].concat(),
+            [&br#"{"payload": ""#[..], &json_in_json, b"\"}"].concat(),
+            [&b"next="[..], &twice, b"&b=2"].concat(),
         ] {
             for split in 0..=body.len() {
                 let mut reading = Search::new(TOKEN);
@@ -501,15 +523,19 @@ mod tests {
 
     #[test]
     fn what_a_vendor_would_not_read_as_the_token_is_not_it() {
-        // An escaped backslash before `u0070`: JSON reads `\u0070st_…` as text.
+        // An escaped backslash before `u0070`: JSON reads `\u0070st_…` as text, and read once
+        // more (JSON in a JSON string) as the token; with two escaped backslashes, twice
+        // unescaped it is still text (three layers are not read).
         let body = [&br#"{"k": "\\u0070"#[..], &TOKEN[1..], b"\"}"].concat();
+        assert!(Search::new(TOKEN).read(&body));
+        let body = [&br#"{"k": "\\\\u0070"#[..], &TOKEN[1..], b"\"}"].concat();
         assert!(!Search::new(TOKEN).read(&body));
         // The token with one character missing, escaped.
         let mut short = encodings(&TOKEN[..TOKEN.len() - 1]).remove(0);
         short.extend_from_slice(b"&x=1");
         assert!(!Search::new(TOKEN).read(&short));
         // Escaped in both kinds at once is read, as a form field holding JSON is (percent,
-        // then JSON); see `a_token_escaped_one_kind_inside_the_other_is_found`.
+        // then JSON); see `a_token_escaped_one_kind_inside_another_is_found`.
         let mixed = [&b"%70\\u0073"[..], &TOKEN[2..]].concat();
         assert!(Search::new(TOKEN).read(&mixed));
         // A body without escapes is left to the search as sent; ending with the token's

@@ -2865,9 +2865,12 @@ async fn a_caller_token_written_with_escapes_in_a_body_is_refused() {
         .bytes()
         .map(|b| format!("%{b:02X}"))
         .collect();
+    // JSON in a JSON string (a payload the vendor parses again).
+    let payload = format!("{{\\\"key\\\": \\\"{}\\\"}}", json.replace('\\', "\\\\"));
     let escaped = [
         ("identity", format!("amount=100&key={percent}&currency=usd")),
         ("identity", format!("amount=100&metadata={document}")),
+        ("identity", format!("{{\"payload\": \"{payload}\"}}")),
         (
             "identity",
             format!("{{\"amount\": 100, \"key\": \"{json}\"}}"),

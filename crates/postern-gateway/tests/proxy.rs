@@ -1311,9 +1311,7 @@ async fn the_caller_token_in_a_url_to_an_unregistered_host_is_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 400);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "caller_token_in_body");
+    assert_refused(response, 400, "caller_token_in_body").await;
     assert!(plain.seen().iter().all(|seen| seen.body.len() < 20));
     let seen = plain.seen().len();
     // In the URL's user info too (written by hand: a client would move it to a header).
