@@ -87,7 +87,36 @@ pub(crate) fn token_shaped(bytes: &[u8]) -> bool {
 /// looks like any caller token `postern` made ([module docs](self)).
 #[derive(Clone)]
 pub(crate) struct Needles {
-    own: Option<memmem::Finder<'static>>,
+    own: Option<Own>,
+}
+
+/// The caller's own token, as it is looked for.
+#[derive(Clone)]
+enum Own {
+    /// One that starts with the prefix, as every token `postern` makes does: found where the
+    /// prefix is (which the search for token-shaped runs finds anyway), without a finder of
+    /// its own to make for every body.
+    Prefixed(zeroize::Zeroizing<Vec<u8>>),
+    /// Another (a token set by its hash alone). Boxed: a finder is ~300 bytes.
+    Other(Box<memmem::Finder<'static>>),
+}
+
+impl Own {
+    fn needle(&self) -> &[u8] {
+        match self {
+            Own::Prefixed(token) => token,
+            Own::Other(finder) => finder.needle(),
+        }
+    }
+
+    fn in_(&self, bytes: &[u8]) -> bool {
+        match self {
+            Own::Prefixed(token) => PREFIX_FINDER
+                .find_iter(bytes)
+                .any(|at| bytes[at..].starts_with(token)),
+            Own::Other(finder) => finder.find(bytes).is_some(),
+        }
+    }
 }
 
 impl Needles {
@@ -96,7 +125,10 @@ impl Needles {
         Needles {
             own: own
                 .filter(|own| !own.is_empty())
-                .map(|own| memmem::Finder::new(own).into_owned()),
+                .map(|own| match own.starts_with(PREFIX) {
+                    true => Own::Prefixed(zeroize::Zeroizing::new(own.to_vec())),
+                    false => Own::Other(Box::new(memmem::Finder::new(own).into_owned())),
+                }),
         }
     }
 
@@ -133,10 +165,7 @@ impl Seen {
         self.tail
             .extend_from_slice(&piece[..piece.len().min(keep + 1)]);
         let seam = &self.tail[..];
-        let across = needles
-            .own
-            .as_ref()
-            .is_some_and(|own| own.find(seam).is_some())
+        let across = needles.own.as_ref().is_some_and(|own| own.in_(seam))
             || PREFIX_FINDER.find_iter(seam).any(|at| {
                 // Runs begun in the tail or at the piece's first byte, whose end (the byte
                 // after them) was not read before: those ended in the tail were decided then.
@@ -147,10 +176,7 @@ impl Seen {
             });
         self.tail.truncate(before);
         let found = across
-            || needles
-                .own
-                .as_ref()
-                .is_some_and(|own| own.find(piece).is_some())
+            || needles.own.as_ref().is_some_and(|own| own.in_(piece))
             || PREFIX_FINDER.find_iter(piece).any(|at| {
                 at > 0 && starts_run(piece, at, false) && run_at(piece, at) == Run::Token
             });
@@ -283,6 +309,18 @@ mod tests {
         assert!(found_in(&needles, &[body]));
         for split in 0..=body.len() {
             assert!(found_in(&needles, &[&body[..split], &body[split..]]));
+        }
+        // One with the prefix, found where it stands inside a longer run too (which no
+        // token-shaped run is), however split.
+        let needles = Needles::new(Some(b"pst_own-0123"));
+        let body = b"a=xpst_own-0123456&b=pst_own-012";
+        for split in 0..=body.len() {
+            assert!(found_in(&needles, &[&body[..split], &body[split..]]));
+            let no = &body[15..];
+            assert!(!found_in(
+                &needles,
+                &[&no[..split.min(no.len())], &no[split.min(no.len())..]]
+            ));
         }
         assert!(!found_in(&Needles::new(Some(b"")), &[body]));
     }
