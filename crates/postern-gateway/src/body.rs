@@ -170,9 +170,9 @@ pub struct ForwardBody {
     buffered: Option<Bytes>,
     limit: u64,
     state: Arc<RequestBodyState>,
-    /// What the body is searched for as it streams, and the search as sent. Boxed: a `Finder`
-    /// is ~300 bytes, and most requests (no body) have none; every move of the request would
-    /// otherwise copy them.
+    /// What the body is searched for as it streams, and the search as sent. Boxed: with its
+    /// escaped readings it is a few hundred bytes, and most requests (no body) have none; every
+    /// move of the request would otherwise copy them.
     token: Option<Box<TokenReading>>,
     /// What was read and not sent yet: the last [`Needles::keep`] bytes, so not even the start
     /// of a token is sent before the bytes after it show it is none (and every frame while a
@@ -411,12 +411,13 @@ impl Decoding {
         if found != RequestBodyViolation::None {
             return Err(found);
         }
-        // A reading whose stream ended before the body does (one of a `deflate` body's two,
-        // in this feed or an earlier one: what it read no longer changes) is read to its end:
-        // a token its end decides is refused before the frames held for it are released.
+        // A token-shaped run is decided by the byte after it, or by the end: of the body, or of
+        // a reading whose stream ended before the body does (one of a `deflate` body's two, in
+        // this feed or an earlier one: what it read no longer changes), so that a token its
+        // end decides is refused before the frames held for it are released.
         let alive = decoder.readings();
         if readers.iter().zip(alive).any(|(readers, alive)| {
-            !alive
+            (end || !alive)
                 && readers.fed
                 && readers
                     .token
@@ -429,18 +430,6 @@ impl Decoding {
             postern_scan::UnscannedReason::TooLarge { .. } => RequestBodyViolation::TooLarge,
             _ => RequestBodyViolation::Undecodable,
         })?;
-        // A token-shaped run is decided by the byte after it, or the end.
-        if end
-            && readers.iter().any(|readers| {
-                readers.fed
-                    && readers
-                        .token
-                        .as_ref()
-                        .is_some_and(TokenReading::ends_in_token)
-            })
-        {
-            return Err(RequestBodyViolation::CallerToken);
-        }
         // The first reading's last field is read even with nothing decoded (an empty body), as
         // before; a second one's only where there is a second reading.
         if end

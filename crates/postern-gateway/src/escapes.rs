@@ -173,8 +173,7 @@ impl EscapedToken {
             }
         }
         for (i, reading) in readings.iter_mut().enumerate() {
-            let known = (!reading.escaped).then_some(marked[i]);
-            if reading.read(needles, piece, out, known) {
+            if reading.read(needles, piece, out, Some(marked[i])) {
                 return true;
             }
             for nested in nested[i].iter_mut().flatten() {

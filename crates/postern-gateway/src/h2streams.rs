@@ -40,9 +40,12 @@ pub(crate) struct H2Streams {
 
 /// Streams a connection may see fail (reset by Postern, a caller's body refused as it
 /// streamed, or by the vendor) before the pool stops giving it new calls: a vendor that
-/// defends itself against rapid reset (CVE-2023-44487) closes a connection whose client resets
-/// too many streams (hyper's server after 20 pending ones), and every call on it would fail
-/// with it. Retired, the connection ends once its calls have; the next call dials afresh.
+/// defends itself against rapid reset (CVE-2023-44487) by counting a client's resets may close
+/// the connection, and every call on it would fail with it. Retired, the connection ends once
+/// its calls have; the next call dials afresh. (A defence, not a fix: hyper's server, the
+/// tests' vendor, counts only streams reset before it accepted them, which a refused body's
+/// are not; 60 refused bodies on one connection all stayed 400 with no budget. The 502s once
+/// put down to resets were empty DATA frames, which `ForwardBody` no longer sends.)
 pub(crate) const FAILED_STREAMS_BUDGET: usize = 10;
 
 /// The origin of [`H2Streams::idle_since`].

@@ -2893,9 +2893,10 @@ async fn a_caller_token_written_with_escapes_in_a_body_is_refused() {
 }
 
 /// Each streamed body refused mid-way resets its stream on the worker's h2 connection to the
-/// vendor, and a vendor defending itself against rapid reset closes a connection with too many:
-/// after `FAILED_STREAMS_BUDGET` (10) failed streams the connection is retired, the next call
-/// dials afresh, and every refusal stays a 400 (none a 502 from a connection the vendor closed).
+/// vendor, and a vendor defending itself against rapid reset by counting resets may close a
+/// connection with too many (the test vendor does not: this shows the retirement): after
+/// `FAILED_STREAMS_BUDGET` (10) failed streams the connection is retired, the next call dials
+/// afresh, and every refusal stays a 400.
 #[tokio::test]
 async fn an_h2_connection_whose_streams_keep_failing_is_retired() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
