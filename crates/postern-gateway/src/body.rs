@@ -174,9 +174,10 @@ pub struct ForwardBody {
     /// escaped readings it is a few hundred bytes, and most requests (no body) have none; every
     /// move of the request would otherwise copy them.
     token: Option<Box<TokenReading>>,
-    /// What was read and not sent yet: the last [`Needles::keep`] bytes, so not even the start
-    /// of a token is sent before the bytes after it show it is none (and every frame while a
-    /// reading that is not as sent may be completing one).
+    /// What was read and not sent yet: the last bytes that could start a token
+    /// ([`ForwardBody::held_back`]), so not even the start of a token is sent before the bytes
+    /// after it show it is none (and every frame while a reading that is not as sent may be
+    /// completing one).
     carry: Vec<u8>,
     /// For a POST body its server may read a `_method` from: read as it streams
     /// ([`OverrideScan`]).
@@ -544,7 +545,6 @@ impl ForwardBody {
             self.buffered = Some(self.hold_last(ahead)).filter(|b| !b.is_empty());
             return Ok(self);
         }
-        let keep = token.needles.keep();
         self.token = Some(token);
         if self.token_in_progress() {
             // What was read ahead is held back whole, as a frame is.
@@ -552,7 +552,7 @@ impl ForwardBody {
             return Ok(self);
         }
         // Its tail may start a token: held back, as any frame's tail is.
-        let split = ahead.len().saturating_sub(keep);
+        let split = ahead.len().saturating_sub(self.held_back());
         self.carry = ahead[split..].to_vec();
         self.buffered = Some(self.hold_last(ahead.slice(..split))).filter(|b| !b.is_empty());
         Ok(self)
@@ -647,10 +647,22 @@ impl ForwardBody {
                 .is_some_and(TokenReading::escaped_in_progress)
     }
 
+    /// How many of the last bytes read, as sent, wait for more of the body: those that could
+    /// start a token ([`Seen::pending`]: none when the body read so far ends elsewhere), or, for
+    /// a body read decoded as well, the last [`Needles::keep`] (which compressed bytes stand for
+    /// what the decoding has not yet given cannot be told).
+    fn held_back(&self) -> usize {
+        match (&self.token, &self.decoded) {
+            (Some(token), None) => token.seen.pending(&token.needles),
+            (Some(token), Some(_)) => token.needles.keep(),
+            (None, _) => 0,
+        }
+    }
+
     /// Scans `data` (after what was held back) for a token. Returns the bytes that may be sent
-    /// now; the last [`Needles::keep`] bytes are held back until more data or the end of the
-    /// body shows they cannot start a token, so not even a prefix of one is sent ahead of the
-    /// refusal. A body read decoded holds back every frame since what it decodes to began to
+    /// now; those at the end that could start a token ([`ForwardBody::held_back`]) are held back
+    /// until more data or the end of the body shows they do not, so not even a prefix of one
+    /// is sent ahead of the refusal. A body read decoded holds back every frame since what it decodes to began to
     /// end with a token's start ([`ForwardBody::token_in_progress`]): the vendor never has
     /// even a compressed prefix of a token (a body that keeps ending frames with a token's
     /// start is held up to its `max_request_body_bytes`).
@@ -661,12 +673,11 @@ impl ForwardBody {
         if token.read(data) {
             return Err(());
         }
-        let keep = token.needles.keep();
         self.carry.extend_from_slice(data);
         if self.token_in_progress() {
             return Ok(Bytes::new());
         }
-        let split = self.carry.len().saturating_sub(keep);
+        let split = self.carry.len().saturating_sub(self.held_back());
         let tail = self.carry.split_off(split);
         Ok(Bytes::from(std::mem::replace(&mut self.carry, tail)))
     }
@@ -1245,6 +1256,68 @@ mod tests {
                 }
                 Some(Err(error)) => return (Err(error), sent),
             }
+        }
+    }
+
+    /// A streamed body goes frame by frame as it comes: only bytes at a frame's end that could
+    /// start a token wait for the next frame (a `p` standing on its own, `ps`, `pst`, `pst_`
+    /// and base64url characters, a whole run until the byte after it; the start of the
+    /// caller's own token), so a caller that waits for the vendor's answer to each small
+    /// message before it sends the next is not stalled.
+    #[tokio::test]
+    async fn a_streamed_body_waits_only_where_a_token_could_start() {
+        let run = format!("pst_{}", "A".repeat(43));
+        let without_token: (Option<&[u8]>, Vec<String>, Vec<String>) = (
+            None,
+            [
+                "{\"n\": 1}\n",
+                "{\"n\": 2, \"k\": \"p",
+                "s\"}\n",
+                "tail pst_AAAA",
+                "Z!\n",
+                "xpst_AB",
+                " k=",
+                &run,
+                "A\n",
+            ]
+            .map(String::from)
+            .to_vec(),
+            [
+                "{\"n\": 1}\n",
+                "{\"n\": 2, \"k\": \"",
+                "ps\"}\n",
+                "tail ",
+                "pst_AAAAZ!\n",
+                "xpst_AB",
+                " k=",
+                &format!("{run}A\n"),
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let own: (Option<&[u8]>, Vec<String>, Vec<String>) = (
+            Some(b"vendor-style-secret-0123456789"),
+            ["a=1&t=vendor-sty", "le-secrex&b=2", "&c=3"]
+                .map(String::from)
+                .to_vec(),
+            ["a=1&t=", "vendor-style-secrex&b=2", "&c=3"]
+                .map(String::from)
+                .to_vec(),
+        );
+        for (token, frames, expected) in [without_token, own] {
+            let frames = frames.into_iter().map(Bytes::from).collect();
+            let mut body = ForwardBody::new(CallerBody::Frames(frames), 1 << 20, state())
+                .reading(None, token, None)
+                .unwrap();
+            for expected in expected {
+                let frame = body.frame().await.unwrap().unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(frame.data_ref().unwrap()),
+                    expected,
+                    "{token:?}"
+                );
+            }
+            assert!(body.frame().await.is_none());
         }
     }
 

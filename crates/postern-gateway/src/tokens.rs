@@ -199,15 +199,40 @@ impl Seen {
     /// Whether what was read so far ends with what more of the body could complete into the
     /// caller's token or a token-shaped run (a whole one too, until the byte after it).
     pub(crate) fn in_progress(&self, needles: &Needles) -> bool {
+        self.pending(needles) > 0
+    }
+
+    /// How many of the last bytes read could be the start of the caller's token or of a
+    /// token-shaped run that more of the body completes (or, for a whole run, that the byte
+    /// after it decides): what must not reach the vendor yet. `0` when no byte read could be,
+    /// so a body whose pieces end elsewhere is sent as it comes (a caller streaming small
+    /// messages, each answered before the next, is not stalled).
+    ///
+    /// A byte that could not start either when it was read never can later: what decides it
+    /// (the bytes from it to the end, and the one before it) is already read.
+    pub(crate) fn pending(&self, needles: &Needles) -> usize {
         let tail = &self.tail[..];
         let stream_start = self.holds_the_start(needles);
-        let own = needles.own.as_ref().is_some_and(|own| {
+        let own = needles.own.as_ref().map_or(0, |own| {
             let needle = own.needle();
-            (1..=tail.len().min(needle.len() - 1)).any(|len| tail.ends_with(&needle[..len]))
+            (1..=tail.len().min(needle.len() - 1))
+                .rev()
+                .find(|&len| tail.ends_with(&needle[..len]))
+                .unwrap_or(0)
         });
-        own || (1..PREFIX.len()).any(|len| {
-            tail.ends_with(&PREFIX[..len]) && starts_run(tail, tail.len() - len, stream_start)
-        }) || self.open_run(stream_start).is_some()
+        let prefix = (1..PREFIX.len())
+            .rev()
+            .find(|&len| {
+                tail.ends_with(&PREFIX[..len]) && starts_run(tail, tail.len() - len, stream_start)
+            })
+            .unwrap_or(0);
+        let run = PREFIX_FINDER
+            .find_iter(tail)
+            .find(|&at| {
+                starts_run(tail, at, stream_start) && matches!(run_at(tail, at), Run::Open(_))
+            })
+            .map_or(0, |at| tail.len() - at);
+        own.max(prefix).max(run)
     }
 
     /// Whether the body's end, after what was read, completes a token-shaped run.

@@ -11,6 +11,11 @@ use support::*;
 
 /// A Stripe-like integration against `vendor`, granted to `checkout` for create/get charge.
 fn stripe_like(vendor: &TestVendor, extra: &str) -> String {
+    stripe_like_at(vendor.addr.port(), extra)
+}
+
+/// [`stripe_like`], against a vendor on `port` of 127.0.0.1.
+fn stripe_like_at(port: u16, extra: &str) -> String {
     format!(
         r#"
 [[integrations]]
@@ -32,8 +37,7 @@ operations = [
 caller = "checkout"
 integration = "stripe"
 operations = ["create_charge", "get_charge"]
-"#,
-        port = vendor.addr.port()
+"#
     )
 }
 
@@ -3863,5 +3867,107 @@ async fn a_flood_of_unauthenticated_requests_is_audited_at_a_bounded_rate() {
     }
     assert!(found, "entry {} was not written", written - 1);
     assert_eq!(entry(written).await.unwrap().status(), 404);
+    gw.stop().await;
+}
+
+/// An h2 vendor over TLS (a throwaway CA: its port and CA) that streams each request's body
+/// back as it arrives: its answer's head goes at once, and each frame it reads is echoed.
+async fn echoing_h2_vendor() -> (u16, String) {
+    let pki = TestPki::new();
+    let certs = rustls_pemfile::certs(&mut pki.server_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut pki.server_key_pem.as_bytes())
+        .unwrap()
+        .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let echo = hyper::service::service_fn(
+                    |request: http::Request<hyper::body::Incoming>| async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(request.into_body()))
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), echo)
+                        .await;
+            });
+        }
+    });
+    (port, pki.ca_pem)
+}
+
+/// A full-duplex exchange inside one call: an h2 caller streams small messages and waits for
+/// the vendor's answer to each before it sends the next, and the vendor answers each as it
+/// reads it. Nothing at a message's end could start a token, so nothing of it is held back
+/// (a body used to keep its last 48 bytes until more came, and such an exchange stalled).
+#[tokio::test]
+async fn a_full_duplex_exchange_is_not_stalled() {
+    let (port, ca_pem) = echoing_h2_vendor().await;
+    let gw = start_with_key(
+        &stripe_like_at(port, ""),
+        Some(&ca_pem),
+        "stripe-key",
+        VENDOR_KEY,
+        "",
+    )
+    .await;
+    let (messages, body) = channel_stream();
+    messages.send(b"{\"n\": 1}\n".to_vec()).await.unwrap();
+    let mut response = tokio::time::timeout(
+        Duration::from_secs(10),
+        h2c_client()
+            .post(format!("{}/stripe/v1/charges", gw.base))
+            .bearer_auth(&gw.token)
+            .header("content-type", "application/x-ndjson")
+            .body(reqwest::Body::wrap_stream(body))
+            .send(),
+    )
+    .await
+    .expect("the vendor's answer head came while the request streamed")
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    for n in 1..=4 {
+        let message = format!("{{\"n\": {n}}}\n");
+        if n > 1 {
+            messages.send(message.clone().into_bytes()).await.unwrap();
+        }
+        let mut echoed = Vec::new();
+        while echoed.len() < message.len() {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("message {n} was not answered: it was held back"))
+                .unwrap()
+                .expect("the answer went on");
+            echoed.extend_from_slice(&chunk);
+        }
+        assert_eq!(String::from_utf8_lossy(&echoed), message);
+    }
+    drop(messages);
+    let rest = tokio::time::timeout(Duration::from_secs(5), response.bytes())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["status"], 200, "{events:#?}");
+    assert_eq!(events[0]["decision"], "allow");
     gw.stop().await;
 }

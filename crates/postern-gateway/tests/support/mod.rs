@@ -917,6 +917,25 @@ impl futures_core::Stream for ChunkStream {
     }
 }
 
+/// A body stream of the chunks sent on the returned sender, as they are sent (no
+/// Content-Length); it ends when the sender is dropped.
+pub fn channel_stream() -> (tokio::sync::mpsc::Sender<Vec<u8>>, ChannelStream) {
+    let (send, receive) = tokio::sync::mpsc::channel(4);
+    (send, ChannelStream(receive))
+}
+
+pub struct ChannelStream(tokio::sync::mpsc::Receiver<Vec<u8>>);
+
+impl futures_core::Stream for ChannelStream {
+    type Item = Result<Vec<u8>, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(Ok))
+    }
+}
+
 /// A loopback listener whose accept queue is full (the kernel drops new SYNs, so a connect to
 /// it hangs until its timeout), its port, and the connection that fills the queue. Linux: a
 /// backlog of 0 still queues one connection.
