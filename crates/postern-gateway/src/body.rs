@@ -1321,6 +1321,80 @@ mod tests {
         }
     }
 
+    /// Random bodies split into random frames (`crate::fuzz`): one holding a token-shaped run,
+    /// written plainly or with escapes (each character of it escaped or not, by one kind, or
+    /// `%` written twice), is refused with nothing of the token sent; the same body with the
+    /// run one character short goes whole, in order. Text around the token is drawn from the
+    /// bytes that start tokens and escapes.
+    #[tokio::test]
+    async fn random_bodies_and_splits_send_nothing_of_a_token() {
+        let seed = 0x5eed_f00d_u64;
+        let mut fuzz = crate::fuzz::Fuzz(seed);
+        let alphabet = b"pst_A9%\\u07\" =&{}:\n";
+        for case in 0..3_000 {
+            let text = |fuzz: &mut crate::fuzz::Fuzz| -> Vec<u8> {
+                (0..fuzz.below(60))
+                    .map(|_| alphabet[fuzz.below(alphabet.len())])
+                    .collect()
+            };
+            let random: Vec<u8> = (0..43).map(|_| b"AbZ09-_q"[fuzz.below(8)]).collect();
+            let write = |fuzz: &mut crate::fuzz::Fuzz, run: &[u8]| -> Vec<u8> {
+                let form = fuzz.below(4);
+                run.iter()
+                    .flat_map(|&byte| match (form, fuzz.below(3)) {
+                        (1, 0) => format!("%{byte:02x}").into_bytes(),
+                        (2, 0) => format!("\\u{byte:04x}").into_bytes(),
+                        (3, 0) => format!("%25{byte:02X}").into_bytes(),
+                        _ => vec![byte],
+                    })
+                    .collect()
+            };
+            let before = [text(&mut fuzz), b" ".to_vec()].concat();
+            let after = [b" ".to_vec(), text(&mut fuzz)].concat();
+            let token = [&b"pst_"[..], &random].concat();
+            let written = write(&mut fuzz, &token);
+            let short = write(&mut fuzz, &token[..token.len() - 1]);
+            for (body, is_token) in [
+                ([&before[..], &written, &after].concat(), true),
+                ([&before[..], &short, &after].concat(), false),
+            ] {
+                let mut cuts: Vec<usize> = (0..fuzz.below(6))
+                    .map(|_| fuzz.below(body.len() + 1))
+                    .collect();
+                cuts.extend([0, body.len()]);
+                cuts.sort_unstable();
+                let frames = cuts
+                    .windows(2)
+                    .map(|cut| Bytes::copy_from_slice(&body[cut[0]..cut[1]]))
+                    .collect();
+                let shown = crate::fuzz::shown(seed, case, &body);
+                let (result, sent) = forwarded(
+                    ForwardBody::new(CallerBody::Frames(frames), 1 << 20, state())
+                        .reading(None, None, None)
+                        .unwrap(),
+                )
+                .await;
+                assert!(body.starts_with(&sent), "{shown}");
+                if is_token {
+                    assert!(
+                        matches!(result, Err(BodyError::CallerTokenInBody)),
+                        "{shown} at {cuts:?}"
+                    );
+                    assert!(sent.len() <= before.len(), "{shown} at {cuts:?}");
+                } else if let Err(error) = result {
+                    // The text around it may hold a token of its own making: then nothing of
+                    // the run is needed to refuse it.
+                    assert!(
+                        matches!(error, BodyError::CallerTokenInBody),
+                        "{shown} at {cuts:?}"
+                    );
+                } else {
+                    assert_eq!(sent, body, "{shown} at {cuts:?}");
+                }
+            }
+        }
+    }
+
     /// A caller without a token of its own (identified by its certificate) still cannot hand
     /// the vendor a token `postern` made: plain, percent-encoded or JSON-escaped, split between
     /// three frames anywhere, or at the body's very end, it is refused with none of it sent. A
