@@ -275,8 +275,12 @@ impl TokenReading {
 /// with `escapes`, with their percent-encoding or JSON escapes undone (for a body without a
 /// coding: one with a coding is read so in its decoding, [`Decoding`]).
 pub(crate) fn whole_holds_a_token(needles: &Needles, bytes: &[u8], escapes: bool) -> bool {
-    let mut token = TokenReading::new(needles.clone(), escapes);
-    token.read(bytes) || token.ends_in_token()
+    let mut seen = Seen::default();
+    if seen.read(needles, bytes) || seen.ends_in_token(needles) {
+        return true;
+    }
+    let mut escaped = EscapedToken::new();
+    escapes && (escaped.read(needles, bytes) || escaped.ends_in_token(needles))
 }
 
 impl Readers {
