@@ -745,9 +745,12 @@ async fn absolute(
     let mut upstream_request = Request::from_parts(parts, body);
     *upstream_request.version_mut() = http::Version::HTTP_11;
     let timeout = Duration::from_millis(postern_config::DEFAULT_REQUEST_TIMEOUT_MS);
-    let response = match tokio::time::timeout(timeout, proxy.plain_client.request(upstream_request))
-        .await
-    {
+    // On this caller's own connections: what it sends is its own, credentials included, and a
+    // host may tie them to the connection (NTLM, Negotiate).
+    let sent = proxy
+        .plain_client
+        .request_for(upstream_request, caller.name.clone());
+    let response = match tokio::time::timeout(timeout, sent).await {
         Err(_) => {
             shared.discovered(seen(context, false));
             return Err(CallError::new(

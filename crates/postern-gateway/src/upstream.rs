@@ -285,6 +285,9 @@ const MAX_KNOWN_H2_ORIGINS: usize = 1024;
 struct OriginKey {
     https: bool,
     authority: Authority,
+    /// Whose connections these are, when a call's connections are not everyone's
+    /// ([`UpstreamClient::request_for`]).
+    partition: Option<Arc<str>>,
     hash: u64,
 }
 
@@ -328,14 +331,31 @@ impl OriginKey {
         OriginKey {
             https,
             authority,
+            partition: None,
             hash,
+        }
+    }
+
+    /// This origin's connections kept to `partition`.
+    fn in_partition(self, partition: Arc<str>) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = ORIGIN_HASHER.build_hasher();
+        hasher.write_u64(self.hash);
+        hasher.write(partition.as_bytes());
+        OriginKey {
+            hash: hasher.finish(),
+            partition: Some(partition),
+            ..self
         }
     }
 }
 
 impl PartialEq for OriginKey {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.https == other.https && self.authority == other.authority
+        self.hash == other.hash
+            && self.https == other.https
+            && self.authority == other.authority
+            && self.partition == other.partition
     }
 }
 
@@ -585,18 +605,45 @@ impl UpstreamClient {
 
     /// Sends `request` (absolute URI) on this thread's pool; answers the response and the
     /// address it came from (returned beside it, not in its extensions: that would allocate).
-    ///
+    pub fn request(
+        &self,
+        request: http::Request<ForwardBody>,
+    ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError>>
+           + Send
+           + '_ {
+        self.send(request, None)
+    }
+
+    /// [`UpstreamClient::request`] on connections kept to `partition` (a caller's name): none is
+    /// shared with a call of another partition. For requests whose credentials are the
+    /// caller's own, not an integration's: a host may tie state to a connection (NTLM or
+    /// Negotiate authentication does), which would let the next caller on it act as the first.
+    pub fn request_for(
+        &self,
+        request: http::Request<ForwardBody>,
+        partition: Arc<str>,
+    ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError>>
+           + Send
+           + '_ {
+        self.send(request, Some(partition))
+    }
+
     /// Not an `async fn` but an `async move` block, which keeps the request once in its future
     /// (an `async fn` keeps each argument twice).
     #[allow(clippy::manual_async_fn)]
-    pub fn request(
+    fn send(
         &self,
         mut request: http::Request<ForwardBody>,
+        partition: Option<Arc<str>>,
     ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError>>
            + Send
            + '_ {
         async move {
             let key = OriginKey::of(request.uri())?;
+            let key = match partition {
+                None => key,
+                Some(partition) => key.in_partition(partition),
+            };
             let pool = self.pool();
             // Set once an attempt this call waited for failed: it then dials itself, at once, like
             // every other call that waited (a down vendor must not make them fail one by one).

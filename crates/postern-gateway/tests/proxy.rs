@@ -43,6 +43,16 @@ async fn intercepting_gateway(
     integration_extra: &str,
     proxy: &str,
 ) -> TestGateway {
+    intercepting_gateway_tuned(vendor, integration_extra, proxy, "").await
+}
+
+/// [`intercepting_gateway`], with `gateway_extra` in its `[gateway]` table.
+async fn intercepting_gateway_tuned(
+    vendor: &TestVendor,
+    integration_extra: &str,
+    proxy: &str,
+    gateway_extra: &str,
+) -> TestGateway {
     let staging = tempfile::tempdir().unwrap();
     let key_path = staging.path().join("vendor-key");
     std::fs::write(&key_path, VENDOR_KEY).unwrap();
@@ -74,7 +84,7 @@ operations = ["create_charge", "get_charge"]
         port = vendor.addr.port(),
         key = key_path.display(),
     );
-    let gw = TestGateway::start(&body, vendor.ca_pem.as_deref()).await;
+    let gw = TestGateway::start_with_gateway(&body, vendor.ca_pem.as_deref(), gateway_extra).await;
     std::mem::forget(staging);
     gw
 }
@@ -1084,6 +1094,47 @@ async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their
     assert_eq!(endpoints.len(), 1, "{endpoints:?}");
     assert_eq!(endpoints[0]["template"], "/v2/orders/{id}");
     assert_eq!(endpoints[0]["method"], "GET");
+    gw.stop().await;
+}
+
+/// The plain-HTTP path keeps each caller's connections to a host apart: what a caller sends
+/// there is its own, credentials included, and a host may tie them to the connection (NTLM or
+/// Negotiate authentication), which would let the next caller on it act as the first. One
+/// caller's calls share its connections; another caller's get their own.
+#[tokio::test]
+async fn plain_http_proxy_connections_are_kept_to_their_caller() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let plain = TestVendor::plain(TestVendor::ok_handler()).await;
+    // One worker: every call meets the same pool.
+    let gw = intercepting_gateway_tuned(
+        &vendor,
+        "",
+        &format!(
+            "[proxy]\nmode = \"open\"\nallowed_ports = [{}]\nallow_private_networks = [\"127.0.0.1/32\"]",
+            plain.addr.port()
+        ),
+        "workers = 1",
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{}/v2/orders/1", plain.addr.port());
+    for (token, connections) in [
+        (CHECKOUT_TOKEN, 1),
+        (CHECKOUT_TOKEN, 1),
+        (REPORTING_TOKEN, 2),
+        (CHECKOUT_TOKEN, 2),
+        (REPORTING_TOKEN, 2),
+    ] {
+        // A new client each time: a new connection to Postern, whose pool outlives it.
+        let response = proxied(&gw, Some(token), &[])
+            .get(&url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+        assert_eq!(plain.connections(), connections);
+    }
+    assert_eq!(plain.seen().len(), 5);
     gw.stop().await;
 }
 
