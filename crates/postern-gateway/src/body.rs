@@ -1326,10 +1326,12 @@ mod tests {
     }
 
     /// Random bodies split into random frames (`crate::fuzz`): one holding a token-shaped run,
-    /// written plainly or with escapes (each character of it escaped or not, by one kind, or
-    /// `%` written twice), is refused with nothing of the token sent; the same body with the
-    /// run one character short goes whole, in order. Text around the token is drawn from the
-    /// bytes that start tokens and escapes.
+    /// or the caller's own token (one that starts with `pst_` but is no run, or another), written
+    /// plainly or with escapes (each character of it escaped or not, by one kind, or `%`
+    /// written twice), is refused with nothing of the token sent; the same body with the token
+    /// one character short goes whole, in order. Text around the token is drawn from the bytes
+    /// that start tokens and escapes; half the bodies come with their first frame read ahead
+    /// (`ForwardBody::with_prefix`).
     #[tokio::test]
     async fn random_bodies_and_splits_send_nothing_of_a_token() {
         let seed = 0x5eed_f00d_u64;
@@ -1355,7 +1357,17 @@ mod tests {
             };
             let before = [text(&mut fuzz), b" ".to_vec()].concat();
             let after = [b" ".to_vec(), text(&mut fuzz)].concat();
-            let token = [&b"pst_"[..], &random].concat();
+            let (token, own) = match case % 3 {
+                0 => ([&b"pst_"[..], &random].concat(), None),
+                1 => {
+                    let own = [&b"pst_"[..], &random[..30]].concat();
+                    (own.clone(), Some(own))
+                }
+                _ => {
+                    let own = [&b"sk_caller_"[..], &random[..25]].concat();
+                    (own.clone(), Some(own))
+                }
+            };
             let written = write(&mut fuzz, &token);
             let short = write(&mut fuzz, &token[..token.len() - 1]);
             for (body, is_token) in [
@@ -1367,17 +1379,26 @@ mod tests {
                     .collect();
                 cuts.extend([0, body.len()]);
                 cuts.sort_unstable();
-                let frames = cuts
+                let mut frames: std::collections::VecDeque<Bytes> = cuts
                     .windows(2)
                     .map(|cut| Bytes::copy_from_slice(&body[cut[0]..cut[1]]))
                     .collect();
                 let shown = crate::fuzz::shown(seed, case, &body);
-                let (result, sent) = forwarded(
-                    ForwardBody::new(CallerBody::Frames(frames), 1 << 20, state())
-                        .reading(None, None, None)
-                        .unwrap(),
-                )
-                .await;
+                let forward = match fuzz.below(2) {
+                    0 => ForwardBody::new(CallerBody::Frames(frames), 1 << 20, state()),
+                    _ => {
+                        let first = frames.pop_front().unwrap_or_default();
+                        let rest = CallerBody::Frames(frames);
+                        ForwardBody::with_prefix(first, rest, 1 << 20, state())
+                    }
+                };
+                let (result, sent) = match forward.reading(None, own.as_deref(), None) {
+                    Ok(forward) => forwarded(forward).await,
+                    Err(violation) => {
+                        assert_eq!(violation, RequestBodyViolation::CallerToken, "{shown}");
+                        (Err(BodyError::CallerTokenInBody), Vec::new())
+                    }
+                };
                 assert!(body.starts_with(&sent), "{shown}");
                 if is_token {
                     assert!(
