@@ -666,10 +666,10 @@ impl ForwardBody {
     /// Scans `data` (after what was held back) for a token. Returns the bytes that may be sent
     /// now; those at the end that could start a token ([`ForwardBody::held_back`]) are held back
     /// until more data or the end of the body shows they do not, so not even a prefix of one
-    /// is sent ahead of the refusal. A body read decoded holds back every frame since what it decodes to began to
-    /// end with a token's start ([`ForwardBody::token_in_progress`]): the vendor never has
-    /// even a compressed prefix of a token (a body that keeps ending frames with a token's
-    /// start is held up to its `max_request_body_bytes`).
+    /// is sent ahead of the refusal. A body read decoded holds back every frame since what it
+    /// decodes to began to end with a token's start ([`ForwardBody::token_in_progress`]): the
+    /// vendor never has even a compressed prefix of a token (a body that keeps ending frames
+    /// with a token's start is held up to its `max_request_body_bytes`).
     fn release(&mut self, data: &Bytes) -> Result<Bytes, ()> {
         let Some(token) = self.token.as_deref_mut() else {
             return Ok(data.clone());
