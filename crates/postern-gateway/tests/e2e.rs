@@ -3914,10 +3914,11 @@ async fn echoing_h2_vendor() -> (u16, String) {
     (port, pki.ca_pem)
 }
 
-/// A full-duplex exchange inside one call: an h2 caller streams small messages and waits for
-/// the vendor's answer to each before it sends the next, and the vendor answers each as it
-/// reads it. Nothing at a message's end could start a token, so nothing of it is held back
-/// (a body used to keep its last 48 bytes until more came, and such an exchange stalled).
+/// A full-duplex exchange inside one call: a caller streams small messages and waits for the
+/// vendor's answer to each before it sends the next, and the vendor (over h2) answers each as
+/// it reads it; over h2c and over HTTP/1.1 (a chunked upload) to Postern. Nothing at a
+/// message's end could start a token, so nothing of it is held back (a body used to keep its
+/// last 48 bytes until more came, and such an exchange stalled).
 #[tokio::test]
 async fn a_full_duplex_exchange_is_not_stalled() {
     let (port, ca_pem) = echoing_h2_vendor().await;
@@ -3929,45 +3930,55 @@ async fn a_full_duplex_exchange_is_not_stalled() {
         "",
     )
     .await;
-    let (messages, body) = channel_stream();
-    messages.send(b"{\"n\": 1}\n".to_vec()).await.unwrap();
-    let mut response = tokio::time::timeout(
-        Duration::from_secs(10),
-        h2c_client()
-            .post(format!("{}/stripe/v1/charges", gw.base))
-            .bearer_auth(&gw.token)
-            .header("content-type", "application/x-ndjson")
-            .body(reqwest::Body::wrap_stream(body))
-            .send(),
-    )
-    .await
-    .expect("the vendor's answer head came while the request streamed")
-    .unwrap();
-    assert_eq!(response.status(), 200);
-    for n in 1..=4 {
-        let message = format!("{{\"n\": {n}}}\n");
-        if n > 1 {
-            messages.send(message.clone().into_bytes()).await.unwrap();
-        }
-        let mut echoed = Vec::new();
-        while echoed.len() < message.len() {
-            let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
-                .await
-                .unwrap_or_else(|_| panic!("message {n} was not answered: it was held back"))
-                .unwrap()
-                .expect("the answer went on");
-            echoed.extend_from_slice(&chunk);
-        }
-        assert_eq!(String::from_utf8_lossy(&echoed), message);
-    }
-    drop(messages);
-    let rest = tokio::time::timeout(Duration::from_secs(5), response.bytes())
+    for (caller, version) in [
+        (h2c_client(), reqwest::Version::HTTP_2),
+        (client(), reqwest::Version::HTTP_11),
+    ] {
+        let (messages, body) = channel_stream();
+        messages.send(b"{\"n\": 1}\n".to_vec()).await.unwrap();
+        let mut response = tokio::time::timeout(
+            Duration::from_secs(10),
+            caller
+                .post(format!("{}/stripe/v1/charges", gw.base))
+                .bearer_auth(&gw.token)
+                .header("content-type", "application/x-ndjson")
+                .body(reqwest::Body::wrap_stream(body))
+                .send(),
+        )
         .await
-        .unwrap()
+        .expect("the vendor's answer head came while the request streamed")
         .unwrap();
-    assert!(rest.is_empty(), "{rest:?}");
-    let events = gw.wait_events(1).await;
-    assert_eq!(events[0]["status"], 200, "{events:#?}");
-    assert_eq!(events[0]["decision"], "allow");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), version);
+        for n in 1..=4 {
+            let message = format!("{{\"n\": {n}}}\n");
+            if n > 1 {
+                messages.send(message.clone().into_bytes()).await.unwrap();
+            }
+            let mut echoed = Vec::new();
+            while echoed.len() < message.len() {
+                let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("{version:?}: message {n} was not answered: it was held back")
+                    })
+                    .unwrap()
+                    .expect("the answer went on");
+                echoed.extend_from_slice(&chunk);
+            }
+            assert_eq!(String::from_utf8_lossy(&echoed), message);
+        }
+        drop(messages);
+        let rest = tokio::time::timeout(Duration::from_secs(5), response.bytes())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    let events = gw.wait_events(2).await;
+    for event in &events {
+        assert_eq!(event["status"], 200, "{events:#?}");
+        assert_eq!(event["decision"], "allow");
+    }
     gw.stop().await;
 }
