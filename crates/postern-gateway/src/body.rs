@@ -184,7 +184,8 @@ pub struct ForwardBody {
     overrides: Option<Box<OverrideScan>>,
     /// The last byte released so far, held while `overrides` has not seen the body's end: a
     /// vendor acts on a body only once it has all of it, so the refusal of a `_method` in the
-    /// last field still comes before the vendor could.
+    /// last field still comes before the vendor could. Not for a JSON body, whose `_method` is
+    /// decided inside it (at its value's closing quote).
     held: Option<u8>,
     /// A compressed body's one decoding, read for the caller token and a `_method` field as a
     /// vendor that undoes the coding reads the body ([`ForwardBody::reading`]).
@@ -588,9 +589,15 @@ impl ForwardBody {
         self.decoded = None;
     }
 
-    /// With `overrides`, `send` less its last byte, after the byte held before (see `held`).
+    /// With `overrides` whose field the body's end may decide (a form's or a multipart body's
+    /// last field: [`OverrideScan::decided_at_the_end`]), `send` less its last byte, after the
+    /// byte held before (see `held`).
     fn hold_last(&mut self, send: Bytes) -> Bytes {
-        if self.overrides.is_none() || (send.is_empty() && self.held.is_none()) {
+        let at_the_end = self
+            .overrides
+            .as_ref()
+            .is_some_and(|scan| scan.decided_at_the_end());
+        if !at_the_end || (send.is_empty() && self.held.is_none()) {
             return send;
         }
         let mut out = Vec::with_capacity(send.len() + 1);

@@ -162,6 +162,15 @@ impl OverrideScan {
         }
     }
 
+    /// Whether the body's end can decide a field: a form's or a multipart body's last field
+    /// (`_method=DELET` is `DELETE` with one byte more), so a body streamed to its vendor keeps
+    /// its last byte until the end ([`crate::body::ForwardBody`]). A JSON body's `_method` is
+    /// decided at its string value's closing quote, inside the body ([`OverrideScan::finish`]
+    /// finds nothing more at its end).
+    pub fn decided_at_the_end(&self) -> bool {
+        !matches!(self.kind, Kind::Json(_))
+    }
+
     /// At the body's end: `true` if what is left (a form's last field, a multipart part with
     /// no closing delimiter) overrides the method, or the body is refused whatever it holds.
     pub fn finish(&mut self) -> bool {

@@ -3916,9 +3916,10 @@ async fn echoing_h2_vendor() -> (u16, String) {
 
 /// A full-duplex exchange inside one call: a caller streams small messages and waits for the
 /// vendor's answer to each before it sends the next, and the vendor (over h2) answers each as
-/// it reads it; over h2c and over HTTP/1.1 (a chunked upload) to Postern. Nothing at a
-/// message's end could start a token, so nothing of it is held back (a body used to keep its
-/// last 48 bytes until more came, and such an exchange stalled).
+/// it reads it; over h2c and over HTTP/1.1 (a chunked upload) to Postern, and typed as JSON
+/// (read for a `_method` key too). Nothing at a message's end could start a token, and a JSON
+/// body's `_method` is decided inside it, so nothing of it is held back (a body used to keep its
+/// last 48 bytes until more came, and a JSON one its last byte: such an exchange stalled).
 #[tokio::test]
 async fn a_full_duplex_exchange_is_not_stalled() {
     let (port, ca_pem) = echoing_h2_vendor().await;
@@ -3930,9 +3931,15 @@ async fn a_full_duplex_exchange_is_not_stalled() {
         "",
     )
     .await;
-    for (caller, version) in [
-        (h2c_client(), reqwest::Version::HTTP_2),
-        (client(), reqwest::Version::HTTP_11),
+    // A POST typed as JSON is read for a `_method` key as well, decided inside the body.
+    for (caller, version, content_type) in [
+        (
+            h2c_client(),
+            reqwest::Version::HTTP_2,
+            "application/x-ndjson",
+        ),
+        (client(), reqwest::Version::HTTP_11, "application/x-ndjson"),
+        (h2c_client(), reqwest::Version::HTTP_2, "application/json"),
     ] {
         let (messages, body) = channel_stream();
         messages.send(b"{\"n\": 1}\n".to_vec()).await.unwrap();
@@ -3941,7 +3948,7 @@ async fn a_full_duplex_exchange_is_not_stalled() {
             caller
                 .post(format!("{}/stripe/v1/charges", gw.base))
                 .bearer_auth(&gw.token)
-                .header("content-type", "application/x-ndjson")
+                .header("content-type", content_type)
                 .body(reqwest::Body::wrap_stream(body))
                 .send(),
         )
@@ -3960,7 +3967,7 @@ async fn a_full_duplex_exchange_is_not_stalled() {
                 let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
                     .await
                     .unwrap_or_else(|_| {
-                        panic!("{version:?}: message {n} was not answered: it was held back")
+                        panic!("{version:?}, {content_type}: message {n} was not answered: it was held back")
                     })
                     .unwrap()
                     .expect("the answer went on");
@@ -3975,7 +3982,7 @@ async fn a_full_duplex_exchange_is_not_stalled() {
             .unwrap();
         assert!(rest.is_empty(), "{rest:?}");
     }
-    let events = gw.wait_events(2).await;
+    let events = gw.wait_events(3).await;
     for event in &events {
         assert_eq!(event["status"], 200, "{events:#?}");
         assert_eq!(event["decision"], "allow");
