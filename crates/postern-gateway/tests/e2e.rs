@@ -3874,22 +3874,7 @@ async fn a_flood_of_unauthenticated_requests_is_audited_at_a_bounded_rate() {
 /// back as it arrives: its answer's head goes at once, and each frame it reads is echoed.
 async fn echoing_h2_vendor() -> (u16, String) {
     let pki = TestPki::new();
-    let certs = rustls_pemfile::certs(&mut pki.server_cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls_pemfile::private_key(&mut pki.server_key_pem.as_bytes())
-        .unwrap()
-        .unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = pki.acceptor(&[b"h2"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {

@@ -116,6 +116,37 @@ impl TestPki {
         }
     }
 
+    /// The server certificate chain and its key, parsed.
+    fn server_identity(
+        &self,
+    ) -> (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        let certs = rustls_pemfile::certs(&mut self.server_cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pemfile::private_key(&mut self.server_key_pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        (certs, key)
+    }
+
+    /// A TLS acceptor with the server certificate, offering `alpn`.
+    pub fn acceptor(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+        let (certs, key) = self.server_identity();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
     /// A client certificate with a SPIFFE URI SAN, signed by this CA: (cert PEM, key PEM).
     pub fn client_cert(&self, spiffe_id: &str) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -217,34 +248,14 @@ impl TestVendor {
         limit: Option<(u32, std::time::Duration)>,
     ) -> Self {
         let pki = TestPki::new();
-        let certs = rustls_pemfile::certs(&mut pki.server_cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls_pemfile::private_key(&mut pki.server_key_pem.as_bytes())
-            .unwrap()
-            .unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = pki.acceptor(alpn);
         Self::start(Some(acceptor), handler, Some(pki.ca_pem), limit).await
     }
 
     /// TLS vendor that requires a client certificate signed by `client_ca_pem` (mTLS).
     pub async fn mtls(handler: Handler, client_ca_pem: &str) -> Self {
         let pki = TestPki::new();
-        let certs = rustls_pemfile::certs(&mut pki.server_cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls_pemfile::private_key(&mut pki.server_key_pem.as_bytes())
-            .unwrap()
-            .unwrap();
+        let (certs, key) = pki.server_identity();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut client_ca_pem.as_bytes()) {
