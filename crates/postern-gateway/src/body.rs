@@ -207,7 +207,7 @@ struct Readers {
     token: Option<TokenReading>,
     overrides: Option<OverrideScan>,
     /// For a body read whole to be scanned: its decoded bytes, up to a cap
-    /// ([`Decoding::keeping`]).
+    /// ([`Decoding::new`]).
     kept: Option<Kept>,
     /// The reading handed on any bytes (the second one exists only for a body that reads two
     /// ways).
@@ -326,19 +326,10 @@ impl Kept {
 
 impl Decoding {
     /// The decoding of a body in `coding`, to at most `max_decoded` bytes, for what `needles`
-    /// looks for and `overrides` (a scan that has read nothing yet).
+    /// looks for and `overrides` (a scan that has read nothing yet); with `keep`, keeping its
+    /// decoded bytes up to that many in each reading ([`Decoding::kept`]): for a body read
+    /// whole to be scanned.
     pub(crate) fn new(
-        coding: Coding,
-        max_decoded: u64,
-        needles: &Needles,
-        overrides: Option<OverrideScan>,
-    ) -> Self {
-        Self::keeping(coding, max_decoded, needles, overrides, None)
-    }
-
-    /// [`Decoding::new`], keeping its decoded bytes up to `keep` in each reading
-    /// ([`Decoding::kept`]): for a body read whole to be scanned.
-    pub(crate) fn keeping(
         coding: Coding,
         max_decoded: u64,
         needles: &Needles,
@@ -378,7 +369,7 @@ impl Decoding {
             .any(|(readers, alive)| alive && readers.token_in_progress())
     }
 
-    /// The decoded bytes kept ([`Decoding::keeping`]), each reading's (the second only for a
+    /// The decoded bytes kept ([`Decoding::new`]), each reading's (the second only for a
     /// body that reads two ways), to be scanned as bodies of their own: `None` when they passed
     /// the cap (or none were asked for).
     pub(crate) fn kept(self) -> Option<Vec<Vec<u8>>> {
@@ -512,6 +503,7 @@ impl ForwardBody {
                 self.limit,
                 &needles,
                 overrides.clone(),
+                None,
             )));
         }
         // What was read ahead is the body's start: read now, as sent and decoded; with no
@@ -1955,7 +1947,7 @@ mod tests {
         let gz = gzip(b"amount=100&currency=usd");
         let read = |cap: usize, token: Option<&[u8]>| {
             let mut decoding =
-                Decoding::keeping(Coding::Gzip, 1 << 20, &Needles::new(token), None, Some(cap));
+                Decoding::new(Coding::Gzip, 1 << 20, &Needles::new(token), None, Some(cap));
             for piece in gz.chunks(3) {
                 decoding.check(piece, false)?;
             }
@@ -2135,7 +2127,7 @@ mod tests {
         .reading(Some(Coding::Deflate), Some(token), post())
         .unwrap();
         assert_eq!(forwarded(body).await.0.unwrap(), harmless);
-        let mut decoding = Decoding::keeping(
+        let mut decoding = Decoding::new(
             Coding::Deflate,
             1 << 20,
             &Needles::new(None),

@@ -126,8 +126,7 @@ pub async fn scan_request(
     let decoded = match coding {
         None => Ok(vec![Cow::Borrowed(&bytes[..])]),
         Some(coding) => {
-            let mut decoding =
-                Decoding::keeping(coding, limit, &needles, decoded_overrides, Some(cap));
+            let mut decoding = Decoding::new(coding, limit, &needles, decoded_overrides, Some(cap));
             decoding
                 .check(&bytes, false)
                 .and_then(|()| decoding.check(&[], true))
