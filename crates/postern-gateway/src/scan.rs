@@ -86,8 +86,6 @@ pub async fn scan_request(
         }
     };
     let token = caller_token.filter(|token| !token.is_empty());
-    // The caller's token and what looks like any caller token `postern` made.
-    let needles = Needles::new(token);
     // A POST body's `_method` field, read as sent and decoded (a fresh scan for each reading).
     let override_scan = || {
         context
@@ -107,6 +105,9 @@ pub async fn scan_request(
         return Ok((forward, Some(summary)));
     }
     counted(bytes.len() as u64);
+    // The caller's token and what looks like any caller token `postern` made (made here: a
+    // body too large to scan is read as it streams, which makes its own).
+    let needles = Needles::new(token);
     if whole_holds_a_token(&needles, &bytes, coding.is_none()) {
         return Err(refused(RequestBodyViolation::CallerToken));
     }

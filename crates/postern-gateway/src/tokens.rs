@@ -132,8 +132,15 @@ impl Needles {
         }
     }
 
-    /// How many of the last bytes read a search keeps, to find a token across pieces: fewer
-    /// than any needle, and enough to hold a token-shaped run and the byte before it.
+    /// Whether `bytes`, a whole text (its start and end bound a run), hold the caller's token
+    /// or a token-shaped run.
+    pub(crate) fn in_whole(&self, bytes: &[u8]) -> bool {
+        self.own.as_ref().is_some_and(|own| own.in_(bytes)) || token_shaped(bytes)
+    }
+
+    /// How many of the last bytes read a search keeps, to find a token across pieces: all but
+    /// the last byte of the caller's own token, and at least a token-shaped run and the byte
+    /// before it.
     pub(crate) fn keep(&self) -> usize {
         self.own
             .as_ref()
@@ -367,11 +374,12 @@ mod tests {
         assert!(after(b"k=own-to").in_progress(&needles));
         // A run that cannot become a token, or nothing that starts one.
         assert!(!after(b"k=xpst_AAAA").in_progress(&needles));
-        assert!(!after(b"k=p").read(&needles, b"x"));
+        let mut seen = after(b"k=p");
+        assert!(!seen.read(&needles, b"x"));
+        assert!(!seen.in_progress(&needles));
         assert!(!after(&[b"k=", &token[..], b"A"].concat()).in_progress(&needles));
         assert!(!after(b"k=1&q=").in_progress(&needles));
-        // Past the first `keep` bytes, a prefix at the tail's start is decided by what came
-        // before it, not taken for the stream's start.
+        // Past the first `keep` bytes, a run is decided by the byte before it.
         let mut seen = after(&[b'x'; 300]);
         assert!(!seen.read(&needles, &token));
         assert!(!seen.in_progress(&needles));

@@ -1306,7 +1306,7 @@ allow_private_networks = ["127.0.0.1/32"]
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(stdout.ends_with("\n400"), "{stdout}");
     assert!(stdout.contains("caller_token_in_body"), "{stdout}");
-    assert!(plain.seen().iter().all(|seen| seen.body.len() < 20));
+    assert!(plain.seen().is_empty(), "nothing reached the host");
     gw.stop().await;
 }
 
@@ -1363,7 +1363,7 @@ async fn the_caller_token_in_a_url_to_an_unregistered_host_is_refused() {
         .await
         .unwrap();
     assert_refused(response, 400, "caller_token_in_body").await;
-    assert!(plain.seen().iter().all(|seen| seen.body.len() < 20));
+    assert!(plain.seen().is_empty(), "nothing reached the host");
     let seen = plain.seen().len();
     // In the URL's user info too (written by hand: a client would move it to a header).
     let port = plain.addr.port();
