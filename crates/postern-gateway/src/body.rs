@@ -494,7 +494,8 @@ impl ForwardBody {
         if self.inner.is_none() && self.buffered.is_none() {
             return Ok(self);
         }
-        // Made once: for what was read ahead and, while the body streams, every frame.
+        // Made once for the body: what was read ahead and, while it streams, every frame (each
+        // decoded reading keeps a copy of its own).
         let needles = Needles::new(token);
         if let Some(coding) = coding {
             self.decoded = Some(Box::new(Decoding::new(
