@@ -74,13 +74,18 @@ fn starts_run(bytes: &[u8], at: usize, stream_start: bool) -> bool {
 /// Whether `bytes`, a whole text (its start and end bound a run), hold what looks like a caller
 /// token `postern` made.
 pub(crate) fn token_shaped(bytes: &[u8]) -> bool {
-    PREFIX_FINDER.find_iter(bytes).any(|at| {
-        starts_run(bytes, at, true)
-            && matches!(
-                run_at(bytes, at),
-                Run::Token | Run::Open(TOKEN_RANDOM_CHARS)
-            )
-    })
+    PREFIX_FINDER
+        .find_iter(bytes)
+        .any(|at| shaped_in_whole(bytes, at))
+}
+
+/// Whether the prefix at `at` in `bytes`, a whole text, starts a token-shaped run.
+fn shaped_in_whole(bytes: &[u8], at: usize) -> bool {
+    starts_run(bytes, at, true)
+        && matches!(
+            run_at(bytes, at),
+            Run::Token | Run::Open(TOKEN_RANDOM_CHARS)
+        )
 }
 
 /// What one request's body is searched for: its caller's own token (if it has one), and what
@@ -108,15 +113,6 @@ impl Own {
             Own::Other(finder) => finder.needle(),
         }
     }
-
-    fn in_(&self, bytes: &[u8]) -> bool {
-        match self {
-            Own::Prefixed(token) => PREFIX_FINDER
-                .find_iter(bytes)
-                .any(|at| bytes[at..].starts_with(token)),
-            Own::Other(finder) => finder.find(bytes).is_some(),
-        }
-    }
 }
 
 impl Needles {
@@ -135,7 +131,20 @@ impl Needles {
     /// Whether `bytes`, a whole text (its start and end bound a run), hold the caller's token
     /// or a token-shaped run.
     pub(crate) fn in_whole(&self, bytes: &[u8]) -> bool {
-        self.own.as_ref().is_some_and(|own| own.in_(bytes)) || token_shaped(bytes)
+        self.found(bytes, |at| shaped_in_whole(bytes, at))
+    }
+
+    /// Whether `bytes` hold the caller's own token anywhere, or the prefix at an offset
+    /// `shaped` accepts. One pass over the prefix's places serves both when the own token
+    /// starts with the prefix, as every token `postern` makes does.
+    fn found(&self, bytes: &[u8], shaped: impl Fn(usize) -> bool) -> bool {
+        match &self.own {
+            Some(Own::Other(finder)) if finder.find(bytes).is_some() => true,
+            Some(Own::Prefixed(token)) => PREFIX_FINDER
+                .find_iter(bytes)
+                .any(|at| bytes[at..].starts_with(token) || shaped(at)),
+            _ => PREFIX_FINDER.find_iter(bytes).any(shaped),
+        }
     }
 
     /// How many of the last bytes read a search keeps, to find a token across pieces: all but
@@ -172,19 +181,17 @@ impl Seen {
         self.tail
             .extend_from_slice(&piece[..piece.len().min(keep + 1)]);
         let seam = &self.tail[..];
-        let across = needles.own.as_ref().is_some_and(|own| own.in_(seam))
-            || PREFIX_FINDER.find_iter(seam).any(|at| {
-                // Runs begun in the tail or at the piece's first byte, whose end (the byte
-                // after them) was not read before: those ended in the tail were decided then.
-                at <= before
-                    && at + TOKEN_LEN >= before
-                    && starts_run(seam, at, stream_start)
-                    && run_at(seam, at) == Run::Token
-            });
+        let across = needles.found(seam, |at| {
+            // Runs begun in the tail or at the piece's first byte, whose end (the byte after
+            // them) was not read before: those ended in the tail were decided then.
+            at <= before
+                && at + TOKEN_LEN >= before
+                && starts_run(seam, at, stream_start)
+                && run_at(seam, at) == Run::Token
+        });
         self.tail.truncate(before);
         let found = across
-            || needles.own.as_ref().is_some_and(|own| own.in_(piece))
-            || PREFIX_FINDER.find_iter(piece).any(|at| {
+            || needles.found(piece, |at| {
                 at > 0 && starts_run(piece, at, false) && run_at(piece, at) == Run::Token
             });
         self.skip(needles, piece);
