@@ -52,7 +52,7 @@ mod validate;
 
 pub use diagnostic::{ConfigErrors, Diagnostic};
 pub use path_template::segment_name;
-pub use validate::{check_host_pattern, is_identifier};
+pub use validate::{check_host_pattern, is_identifier, within_name};
 
 /// Default for [`GatewayConfig::events_max_file_bytes`]: 64 MiB.
 pub const DEFAULT_EVENTS_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -321,6 +321,10 @@ pub struct ProxyConfig {
     /// CONNECT tunnels (opaque or intercepted) one caller may hold open at once; past it a new
     /// CONNECT is refused (`429 too_many_tunnels`).
     pub max_tunnels_per_caller: u32,
+    /// The DNS names (each with every name below it) the interception CA may vouch for: a CA
+    /// made while this is set carries them as critical name constraints, and one already made
+    /// must carry exactly these. Empty: a CA without constraints (the default).
+    pub intercept_ca_names: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -337,6 +341,7 @@ impl Default for ProxyConfig {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             response_idle_timeout_ms: DEFAULT_RESPONSE_IDLE_TIMEOUT_MS,
             max_tunnels_per_caller: DEFAULT_MAX_TUNNELS_PER_CALLER,
+            intercept_ca_names: Vec::new(),
         }
     }
 }

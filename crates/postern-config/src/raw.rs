@@ -47,6 +47,9 @@ pub(crate) struct RawProxy {
     pub response_idle_timeout_ms: Option<u64>,
     #[serde(default)]
     pub max_tunnels_per_caller: Option<Spanned<u32>>,
+    /// DNS names a new interception CA is constrained to (RFC 5280 name constraints).
+    #[serde(default)]
+    pub intercept_ca_names: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

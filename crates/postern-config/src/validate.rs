@@ -44,6 +44,7 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
         errors: Vec::new(),
         max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         places: Places::default(),
+        intercepted_hosts: Vec::new(),
     };
     let gateway = validator.gateway(raw.gateway.into_inner());
     validator.max_header_bytes = gateway.max_header_bytes;
@@ -102,6 +103,9 @@ struct Validator<'t> {
     max_header_bytes: usize,
     /// Kept for [`Config::places`].
     places: Places,
+    /// Each intercepted integration's host patterns (pattern, where, integration), for the
+    /// check against `[proxy] intercept_ca_names`.
+    intercepted_hosts: Vec<(String, Range<usize>, String)>,
 }
 
 impl Validator<'_> {
@@ -635,6 +639,16 @@ impl Validator<'_> {
             .map(|limit| self.at_least(limit, "max_concurrent_calls_per_caller", 1));
         let operations = self.operations(&name, &raw.operations);
         let hosts = self.host_patterns(&raw.hosts, "hosts");
+        let intercept = raw.intercept.as_ref().is_none_or(|i| *i.get_ref());
+        if intercept {
+            for host in &raw.hosts {
+                let pattern = host.get_ref().trim().to_ascii_lowercase();
+                if check_host_pattern(&pattern).is_ok() {
+                    self.intercepted_hosts
+                        .push((pattern, host.span(), name.clone()));
+                }
+            }
+        }
         if let Some(intercept) = &raw.intercept {
             if raw.hosts.is_empty() {
                 self.error(
@@ -681,7 +695,7 @@ impl Validator<'_> {
             max_concurrent_calls_per_caller,
             operations,
             hosts,
-            intercept: raw.intercept.as_ref().is_none_or(|i| *i.get_ref()),
+            intercept,
             allow_private_networks,
             allow_plaintext,
             ca_file,
@@ -810,7 +824,62 @@ impl Validator<'_> {
                 "`max_tunnels_per_caller` is 0, so no caller could open a tunnel",
                 format!("set it to 1 or more, or remove it for the default {DEFAULT_MAX_TUNNELS_PER_CALLER}; to turn the forward proxy off, set `enabled = false`"),
             ),
+            intercept_ca_names: self.intercept_ca_names(&raw.intercept_ca_names),
         }
+    }
+
+    /// `[proxy] intercept_ca_names`: DNS names (each covering every name below it, as RFC
+    /// 5280's name constraints do), and every intercepted integration's hosts inside them.
+    fn intercept_ca_names(&mut self, values: &[Spanned<String>]) -> Vec<String> {
+        let mut names: Vec<String> = Vec::with_capacity(values.len());
+        for value in values {
+            let name = value.get_ref().trim().to_ascii_lowercase();
+            let problem = if let Err(problem) = check_host_pattern(&name) {
+                Some(problem)
+            } else if name.starts_with("*.") {
+                Some("a name already covers every name below it, so it takes no wildcard")
+            } else if name.parse::<std::net::Ipv4Addr>().is_ok() {
+                Some("it is an address; the CA is constrained to names and vouches for no address")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                self.error(
+                    value.span(),
+                    format!("`intercept_ca_names` entry \"{name}\" is not a DNS name: {problem}"),
+                    "write a name such as \"stripe.com\" (it covers api.stripe.com and every other name below it)",
+                );
+            } else if names.contains(&name) {
+                self.error(
+                    value.span(),
+                    format!("`intercept_ca_names` lists \"{name}\" twice"),
+                    "list each name once",
+                );
+            } else {
+                names.push(name);
+            }
+        }
+        if names.is_empty() {
+            return names;
+        }
+        for (pattern, span, integration) in std::mem::take(&mut self.intercepted_hosts) {
+            let base = pattern.strip_prefix("*.").unwrap_or(&pattern);
+            if base.parse::<std::net::Ipv4Addr>().is_ok() {
+                self.error(
+                    span,
+                    format!("integration `{integration}` intercepts the address {pattern}, and a CA constrained by `[proxy] intercept_ca_names` vouches for names only"),
+                    "reach the vendor by name, or set `intercept = false` on the integration",
+                );
+            } else if !names.iter().any(|name| within_name(base, name)) {
+                self.error(
+                    span,
+                    format!("integration `{integration}` intercepts {pattern}, which is outside `[proxy] intercept_ca_names` ({}): clients would refuse its certificate", names.join(", ")),
+                    "add the vendor's domain to `intercept_ca_names` (an existing CA must then be replaced: move <data_dir>/ca away and have clients trust the new one), or set `intercept = false` on the integration",
+                );
+            }
+        }
+        names.sort();
+        names
     }
 
     fn proxy_mode(&mut self, value: &Spanned<String>) -> ProxyMode {
@@ -1508,6 +1577,15 @@ fn ipv4_mapped_as_ipv4(network: ipnet::IpNet) -> ipnet::IpNet {
         },
         other => other,
     }
+}
+
+/// Whether the DNS name `host` is `name` or below it (RFC 5280 §4.2.1.10: labels added on the
+/// left).
+pub fn within_name(host: &str, name: &str) -> bool {
+    host == name
+        || host
+            .strip_suffix(name)
+            .is_some_and(|prefix| prefix.ends_with('.'))
 }
 
 /// Whether `pattern` may stand in a `hosts`, `allow_hosts` or `deny_hosts` list as a name (a

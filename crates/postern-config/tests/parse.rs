@@ -712,3 +712,39 @@ fn forward_proxy_section_and_host_keys() {
     assert_eq!(ci.proxy_mode, Some(postern_config::ProxyMode::Open));
     assert_eq!(ci.allow_hosts, ["api.github.com"]);
 }
+
+#[test]
+#[rustfmt::skip]
+fn intercept_ca_names_constrain_the_intercepted_hosts() {
+    // Unset: no constraint, any intercepted host.
+    let config = parse_ok(&integration("hosts = [\"api.stripe.com\"]\n"));
+    assert!(config.proxy.intercept_ca_names.is_empty());
+    // A name covers itself and every name below it; names are kept lowercased and sorted.
+    let config = parse_ok(&format!(
+        "{}\n[proxy]\nintercept_ca_names = [\"Stripe.com\", \"example.org\"]\n",
+        integration("hosts = [\"api.stripe.com\", \"*.files.stripe.com\", \"stripe.com\"]\n")
+    ));
+    assert_eq!(config.proxy.intercept_ca_names, ["example.org", "stripe.com"]);
+    // A host outside the names, a suffix that is not a label boundary, an address: refused
+    // where the host is written. Not intercepted: not the CA's business.
+    check(
+        &format!("{}\n[proxy]\nintercept_ca_names = [\"stripe.com\"]\n",
+            integration("hosts = [\"api.openai.com\", \"notstripe.com\", \"203.0.113.7\"]\n")),
+        "7:10: integration `stripe` intercepts api.openai.com, which is outside `[proxy] intercept_ca_names` (stripe.com): clients would refuse its certificate\n\
+         7:28: integration `stripe` intercepts notstripe.com, which is outside `[proxy] intercept_ca_names` (stripe.com): clients would refuse its certificate\n\
+         7:45: integration `stripe` intercepts the address 203.0.113.7, and a CA constrained by `[proxy] intercept_ca_names` vouches for names only",
+    );
+    check(
+        &format!("{}\n[proxy]\nintercept_ca_names = [\"stripe.com\"]\n",
+            integration("hosts = [\"api.openai.com\"]\nintercept = false\n")),
+        "ok",
+    );
+    // The names themselves: DNS names, once each.
+    check(
+        &format!("{}\n[proxy]\nintercept_ca_names = [\"*.stripe.com\", \"203.0.113.7\", \"https://x.com\", \"a.com\", \"A.com\"]\n", integration("")),
+        "9:23: `intercept_ca_names` entry \"*.stripe.com\" is not a DNS name: a name already covers every name below it, so it takes no wildcard\n\
+         9:39: `intercept_ca_names` entry \"203.0.113.7\" is not a DNS name: it is an address; the CA is constrained to names and vouches for no address\n\
+         9:54: `intercept_ca_names` entry \"https://x.com\" is not a DNS name: it contains a scheme, port or path\n\
+         9:80: `intercept_ca_names` lists \"a.com\" twice",
+    );
+}

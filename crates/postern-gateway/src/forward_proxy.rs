@@ -479,6 +479,15 @@ fn intercept(
             "TLS interception is not available (the CA could not be loaded; see postern logs); set intercept = false on the integration or fix data_dir/ca",
         ));
     };
+    if !ca.vouches_for(&host) {
+        return Err(CallError::unavailable(
+            "interception_name_not_permitted",
+            format!(
+                "the interception CA is constrained to {} ([proxy] intercept_ca_names when it was made), so clients would refuse a certificate for this host; set intercept = false on the integration, or replace the CA with one whose names cover the host",
+                ca.names().join(", ")
+            ),
+        ));
+    }
     let tls = ca.server_config(&host).map_err(|error| {
         tracing::warn!(%host, error = %format!("{error:#}"), "no interception certificate");
         CallError::bad_request(

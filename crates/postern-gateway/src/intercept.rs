@@ -7,6 +7,12 @@
 //! serial number (RFC 5280 §4.1.2.2: clients such as NSS refuse two certificates of one issuer
 //! with one serial), they are valid for 30 days and re-issued after 7 days; at most
 //! [`MAX_CACHED_LEAVES`] are cached (the older half is dropped when full).
+//!
+//! With `[proxy] intercept_ca_names` set, a new CA carries them as critical name constraints
+//! (RFC 5280 §4.2.1.10: those DNS names and every name below them permitted, every IPv4 and IPv6
+//! address excluded), so a stolen CA key can vouch for no other site to a client that trusts the
+//! CA; an existing CA must carry exactly the configured names. Postern issues no leaf outside the
+//! CA's names.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -36,6 +43,8 @@ const CACHED_SESSIONS: usize = 4096;
 pub struct InterceptCa {
     issuer: Issuer<'static, KeyPair>,
     ca_der: CertificateDer<'static>,
+    /// The DNS names the CA's name constraints permit, sorted; empty for a CA without them.
+    names: Vec<String>,
     leaf_key: KeyPair,
     leaves: Mutex<HashMap<String, (Instant, Arc<rustls::ServerConfig>)>>,
     /// One session cache for every leaf's config: a config of its own each would keep its own
@@ -44,9 +53,11 @@ pub struct InterceptCa {
 }
 
 impl InterceptCa {
-    /// Loads the CA from `<data_dir>/ca/`, creating it on first run.
-    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<InterceptCa> {
-        let (cert_pem, key_pem) = ensure_ca_files(data_dir)?;
+    /// Loads the CA from `<data_dir>/ca/`, creating it on first run, constrained to `names`
+    /// (`[proxy] intercept_ca_names`) when there are any; an existing CA must carry exactly
+    /// those.
+    pub fn load_or_create(data_dir: &Path, names: &[String]) -> anyhow::Result<InterceptCa> {
+        let (cert_pem, key_pem) = ensure_ca_files(data_dir, names)?;
         let key = KeyPair::from_pem(&key_pem).with_context(|| {
             format!(
                 "reading the interception CA key {}; if it is damaged, move the ca/ directory away to have a new CA generated (clients must then trust the new one)",
@@ -74,18 +85,51 @@ impl InterceptCa {
                 ca_dir(data_dir).join(CA_CERT_FILE).display()
             );
         }
+        let ca_names = permitted_names(&ca_der)?;
+        check_names(data_dir, &ca_names, names)?;
         Ok(InterceptCa {
             issuer,
             ca_der,
+            names: ca_names,
             leaf_key: KeyPair::generate().context("generating the leaf key")?,
             leaves: Mutex::new(HashMap::new()),
             sessions: rustls::server::ServerSessionMemoryCache::new(CACHED_SESSIONS),
         })
     }
 
-    /// A TLS server config presenting a leaf for `host` (ALPN h2 and http/1.1).
+    /// The DNS names the CA's name constraints permit (sorted); empty: no constraints.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether a client that trusts the CA would take its leaf for `host`: always for a CA
+    /// without constraints; for a constrained one, a name inside its names (no address).
+    pub fn vouches_for(&self, host: &str) -> bool {
+        self.names.is_empty() || {
+            let host = host.to_ascii_lowercase();
+            host.parse::<std::net::IpAddr>().is_err()
+                && self
+                    .names
+                    .iter()
+                    .any(|name| postern_config::within_name(&host, name))
+        }
+    }
+
+    /// A reloaded config's `[proxy] intercept_ca_names` against the running CA's.
+    pub fn check_names(&self, data_dir: &Path, configured: &[String]) -> anyhow::Result<()> {
+        check_names(data_dir, &self.names, configured)
+    }
+
+    /// A TLS server config presenting a leaf for `host` (ALPN h2 and http/1.1); refused for a
+    /// host the CA does not vouch for ([`InterceptCa::vouches_for`]).
     pub fn server_config(&self, host: &str) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let host = host.to_ascii_lowercase();
+        if !self.vouches_for(&host) {
+            anyhow::bail!(
+                "the interception CA is constrained to {} and cannot vouch for {host}",
+                self.names.join(", ")
+            );
+        }
         {
             let leaves = self.leaves.lock().expect("leaf cache lock");
             if let Some((issued, config)) = leaves.get(&host) {
@@ -150,13 +194,62 @@ fn ca_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(CA_DIR)
 }
 
-/// The CA certificate PEM (for trust stores), creating the CA if it does not exist yet.
-pub fn export_ca_pem(data_dir: &Path) -> anyhow::Result<String> {
-    Ok(ensure_ca_files(data_dir)?.0)
+/// The CA certificate PEM (for trust stores), creating the CA if it does not exist yet
+/// (constrained to `names` if there are any; an existing CA must carry exactly those).
+pub fn export_ca_pem(data_dir: &Path, names: &[String]) -> anyhow::Result<String> {
+    let (cert_pem, _) = ensure_ca_files(data_dir, names)?;
+    let der = crate::tls::read_certificates_pem(cert_pem.as_bytes())?
+        .into_iter()
+        .next()
+        .context("the interception CA file holds no certificate")?;
+    check_names(data_dir, &permitted_names(&der)?, names)?;
+    Ok(cert_pem)
 }
 
-/// Reads (certificate PEM, key PEM), generating both on first use.
-fn ensure_ca_files(data_dir: &Path) -> anyhow::Result<(String, String)> {
+/// The DNS names a CA certificate's name constraints permit, sorted (empty without them).
+fn permitted_names(der: &[u8]) -> anyhow::Result<Vec<String>> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der)
+        .context("parsing the interception CA certificate")?;
+    let constraints = certificate
+        .name_constraints()
+        .context("reading the interception CA's name constraints")?;
+    let mut names: Vec<String> = constraints
+        .and_then(|extension| extension.value.permitted_subtrees.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|subtree| match subtree.base {
+            x509_parser::extensions::GeneralName::DNSName(name) => Some(name.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// A CA's names against the configured ones: with none configured any CA is taken (a
+/// constrained one still vouches only for its names); with some, the CA must carry exactly
+/// those, or clients would refuse the leaves of some hosts, or trust a wider CA than asked.
+fn check_names(data_dir: &Path, ca: &[String], configured: &[String]) -> anyhow::Result<()> {
+    let mut configured = configured.to_vec();
+    configured.sort();
+    if configured.is_empty() || ca == configured.as_slice() {
+        return Ok(());
+    }
+    let has = if ca.is_empty() {
+        "no name constraints".to_string()
+    } else {
+        format!("the names {}", ca.join(", "))
+    };
+    anyhow::bail!(
+        "the interception CA in {} has {has}, and [proxy] intercept_ca_names is {}; a CA's names cannot change: move the ca/ directory away to have a new CA made with the configured names (clients must then trust the new one: `postern ca export --config FILE`), or set intercept_ca_names to the CA's",
+        ca_dir(data_dir).display(),
+        configured.join(", ")
+    )
+}
+
+/// Reads (certificate PEM, key PEM), generating both on first use (constrained to `names` if
+/// there are any).
+fn ensure_ca_files(data_dir: &Path, names: &[String]) -> anyhow::Result<(String, String)> {
     let dir = ca_dir(data_dir);
     if let Some(files) = read_ca_files(&dir)? {
         return Ok(files);
@@ -166,7 +259,7 @@ fn ensure_ca_files(data_dir: &Path) -> anyhow::Result<(String, String)> {
     if let Some(data_dir) = dir.parent().filter(|parent| !parent.exists()) {
         crate::create_private_dir(data_dir)?;
     }
-    let (cert_pem, key_pem) = new_ca()?;
+    let (cert_pem, key_pem) = new_ca(names)?;
     // Both files are written whole into a private directory of their own, which is then
     // renamed into place: a crash leaves no half CA (at most a stray temporary directory), and
     // of two first starts at once (`serve` and `postern ca export`) one CA wins and both use it.
@@ -230,8 +323,8 @@ fn read_ca_files(dir: &Path) -> anyhow::Result<Option<(String, String)>> {
     Ok(Some((cert, key)))
 }
 
-/// A new CA: (certificate PEM, key PEM).
-fn new_ca() -> anyhow::Result<(String, String)> {
+/// A new CA: (certificate PEM, key PEM), constrained to `names` if there are any.
+fn new_ca(names: &[String]) -> anyhow::Result<(String, String)> {
     let key = KeyPair::generate().context("generating the CA key")?;
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
@@ -244,6 +337,20 @@ fn new_ca() -> anyhow::Result<(String, String)> {
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    if !names.is_empty() {
+        // Without an address subtree a constraint on names leaves addresses unconstrained
+        // (RFC 5280 §4.2.1.10 applies each to its own name form): all of them are excluded.
+        params.name_constraints = Some(NameConstraints {
+            permitted_subtrees: names
+                .iter()
+                .map(|name| GeneralSubtree::DnsName(name.clone()))
+                .collect(),
+            excluded_subtrees: vec![
+                GeneralSubtree::IpAddress(CidrSubnet::V4([0; 4], [0; 4])),
+                GeneralSubtree::IpAddress(CidrSubnet::V6([0; 16], [0; 16])),
+            ],
+        });
+    }
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(3650);
@@ -260,8 +367,8 @@ mod tests {
     #[test]
     fn ca_is_created_once_with_a_private_key_and_issues_leaves() {
         let dir = tempfile::tempdir().unwrap();
-        let first = export_ca_pem(dir.path()).unwrap();
-        let again = export_ca_pem(dir.path()).unwrap();
+        let first = export_ca_pem(dir.path(), &[]).unwrap();
+        let again = export_ca_pem(dir.path(), &[]).unwrap();
         assert_eq!(first, again, "the CA is generated once");
         #[cfg(unix)]
         {
@@ -272,7 +379,7 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let ca = InterceptCa::load_or_create(dir.path()).unwrap();
+        let ca = InterceptCa::load_or_create(dir.path(), &[]).unwrap();
         let config = ca.server_config("api.example.test").unwrap();
         assert!(Arc::ptr_eq(
             &config,
@@ -286,7 +393,7 @@ mod tests {
     #[test]
     fn leaves_have_serials_of_their_own_and_share_one_session_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = InterceptCa::load_or_create(dir.path()).unwrap();
+        let ca = InterceptCa::load_or_create(dir.path(), &[]).unwrap();
         let serial = |host: &str| {
             let der = ca.leaf(host).unwrap();
             let (_, leaf) = x509_parser::parse_x509_certificate(&der).unwrap();
@@ -311,8 +418,8 @@ mod tests {
     #[test]
     fn a_ca_key_that_is_not_its_certificates_is_refused() {
         let (one, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        export_ca_pem(one.path()).unwrap();
-        export_ca_pem(other.path()).unwrap();
+        export_ca_pem(one.path(), &[]).unwrap();
+        export_ca_pem(other.path(), &[]).unwrap();
         std::fs::copy(
             other.path().join(CA_DIR).join(CA_KEY_FILE),
             one.path().join(CA_DIR).join(CA_KEY_FILE),
@@ -320,7 +427,7 @@ mod tests {
         .unwrap();
         let error = format!(
             "{:#}",
-            InterceptCa::load_or_create(one.path()).err().unwrap()
+            InterceptCa::load_or_create(one.path(), &[]).err().unwrap()
         );
         assert!(
             error.contains("is not the key of its certificate"),
@@ -337,7 +444,7 @@ mod tests {
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let path = path.clone();
-                std::thread::spawn(move || export_ca_pem(&path).unwrap())
+                std::thread::spawn(move || export_ca_pem(&path, &[]).unwrap())
             })
             .collect();
         let pems: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
@@ -347,7 +454,7 @@ mod tests {
             .map(|entry| entry.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(CA_DIR)]);
-        assert!(InterceptCa::load_or_create(&path).is_ok());
+        assert!(InterceptCa::load_or_create(&path, &[]).is_ok());
     }
 
     /// What an older version's crash left in `ca/` (a temporary key, no CA) does not stop a new
@@ -358,18 +465,119 @@ mod tests {
         std::fs::create_dir(dir.path().join(CA_DIR)).unwrap();
         let leftover = dir.path().join(CA_DIR).join(format!("{CA_KEY_FILE}.tmp"));
         std::fs::write(&leftover, "half a key").unwrap();
-        let pem = export_ca_pem(dir.path()).unwrap();
+        let pem = export_ca_pem(dir.path(), &[]).unwrap();
         assert!(pem.contains("BEGIN CERTIFICATE"));
         assert!(!leftover.exists());
-        assert!(InterceptCa::load_or_create(dir.path()).is_ok());
+        assert!(InterceptCa::load_or_create(dir.path(), &[]).is_ok());
+    }
+
+    /// Whether rustls's verifier (webpki), trusting only the CA, takes `leaf` for `host`.
+    fn verifies(
+        ca: &InterceptCa,
+        leaf: &CertificateDer<'static>,
+        host: &str,
+    ) -> Result<(), String> {
+        use rustls::client::danger::ServerCertVerifier as _;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.ca_der.clone()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            crate::tls::crypto_provider(),
+        )
+        .build()
+        .unwrap();
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+        verifier
+            .verify_server_cert(leaf, &[], &name, &[], rustls::pki_types::UnixTime::now())
+            .map(drop)
+            .map_err(|error| error.to_string())
+    }
+
+    /// A CA made with names carries them as critical constraints that a real verifier
+    /// enforces: a leaf its key signs for another name, or an address, is refused (what a
+    /// stolen key could mint), and Postern itself issues none. Without names the same leaves
+    /// verify, so the refusals are the constraints' doing.
+    #[test]
+    fn a_ca_made_with_names_vouches_for_those_names_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["example.test".to_string(), "vendor.test".to_string()];
+        let ca = InterceptCa::load_or_create(dir.path(), &names).unwrap();
+        assert_eq!(ca.names(), names);
+        for host in ["example.test", "api.example.test", "a.b.vendor.test"] {
+            assert!(ca.vouches_for(host), "{host}");
+            verifies(&ca, &ca.leaf(host).unwrap(), host).unwrap();
+            ca.server_config(host).unwrap();
+        }
+        for host in [
+            "evil.test",
+            "notexample.test",
+            "example.test.evil",
+            "127.0.0.1",
+        ] {
+            assert!(!ca.vouches_for(host), "{host}");
+            let error = verifies(&ca, &ca.leaf(host).unwrap(), host).unwrap_err();
+            assert!(
+                error.contains("NameConstraint") || error.contains("name constraint"),
+                "{host}: {error}"
+            );
+            assert!(ca.server_config(host).is_err(), "{host}");
+        }
+
+        let open = tempfile::tempdir().unwrap();
+        let unconstrained = InterceptCa::load_or_create(open.path(), &[]).unwrap();
+        assert!(unconstrained.names().is_empty());
+        for host in ["evil.test", "127.0.0.1"] {
+            assert!(unconstrained.vouches_for(host));
+            verifies(&unconstrained, &unconstrained.leaf(host).unwrap(), host).unwrap();
+        }
+    }
+
+    /// A CA's names are fixed when it is made: asking for others (more, fewer, or none on a CA
+    /// made without) is refused with what to do; the same names in any order, or none asked
+    /// for, take the CA as it is.
+    #[test]
+    fn a_cas_names_cannot_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["b.test".to_string(), "a.test".to_string()];
+        export_ca_pem(dir.path(), &names).unwrap();
+        let reordered = ["a.test".to_string(), "b.test".to_string()];
+        assert_eq!(
+            InterceptCa::load_or_create(dir.path(), &reordered)
+                .unwrap()
+                .names(),
+            reordered
+        );
+        assert_eq!(
+            InterceptCa::load_or_create(dir.path(), &[])
+                .unwrap()
+                .names(),
+            reordered
+        );
+        for other in [
+            &["a.test".to_string()][..],
+            &["a.test".to_string(), "c.test".to_string()],
+        ] {
+            let error = format!(
+                "{:#}",
+                InterceptCa::load_or_create(dir.path(), other)
+                    .err()
+                    .unwrap()
+            );
+            assert!(error.contains("has the names a.test, b.test"), "{error}");
+            assert!(error.contains("move the ca/ directory away"), "{error}");
+        }
+        let open = tempfile::tempdir().unwrap();
+        export_ca_pem(open.path(), &[]).unwrap();
+        let error = format!("{:#}", export_ca_pem(open.path(), &names).unwrap_err());
+        assert!(error.contains("has no name constraints"), "{error}");
     }
 
     #[test]
     fn half_a_ca_is_refused_with_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
-        export_ca_pem(dir.path()).unwrap();
+        export_ca_pem(dir.path(), &[]).unwrap();
         std::fs::remove_file(dir.path().join(CA_DIR).join(CA_KEY_FILE)).unwrap();
-        let error = format!("{:#}", export_ca_pem(dir.path()).unwrap_err());
+        let error = format!("{:#}", export_ca_pem(dir.path(), &[]).unwrap_err());
         assert!(
             error.contains("incomplete") && error.contains(CA_KEY_FILE),
             "{error}"

@@ -464,7 +464,10 @@ impl RunningGateway {
         } else {
             None
         };
-        let intercept_ca = match intercept::InterceptCa::load_or_create(&data_dir) {
+        let intercept_ca = match intercept::InterceptCa::load_or_create(
+            &data_dir,
+            &config.proxy.intercept_ca_names,
+        ) {
             Ok(ca) => Some(Arc::new(ca)),
             Err(error) => {
                 tracing::error!(error = %format!("{error:#}"), "TLS interception disabled: the CA could not be loaded");
@@ -616,6 +619,11 @@ impl RunningGateway {
                 .lock()
                 .expect("admin token lock"),
         };
+        // The CA's names are fixed when it is made: a config that asks for others is refused
+        // (the running one stays) rather than leaving clients to refuse the leaves.
+        if let Some(ca) = &self.shared.intercept_ca {
+            ca.check_names(&self.data_dir, &config.proxy.intercept_ca_names)?;
+        }
         let max_age_days = config.gateway.credential_max_age_days;
         notes.extend(self.shared.rebuild(Some((config, hash)))?);
         self.shared

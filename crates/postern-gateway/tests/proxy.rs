@@ -13,7 +13,7 @@ const VENDOR_KEY: &str = "sk_live_vendor_secret_PROXY_4242";
 const VENDOR_HOST: &str = "api.vendor.postern.test";
 
 fn postern_ca(gw: &TestGateway) -> reqwest::Certificate {
-    let pem = postern_gateway::intercept::export_ca_pem(&gw.running().data_dir).unwrap();
+    let pem = postern_gateway::intercept::export_ca_pem(&gw.running().data_dir, &[]).unwrap();
     reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()
 }
 
@@ -254,7 +254,7 @@ async fn a_malformed_request_inside_a_tunnel_is_recorded_for_the_tunnels_caller(
     .unwrap();
     let head = answer_head(&mut tcp).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
-    let pem = postern_gateway::intercept::export_ca_pem(&gw.running().data_dir).unwrap();
+    let pem = postern_gateway::intercept::export_ca_pem(&gw.running().data_dir, &[]).unwrap();
     let mut tls = tls_http1_client(tcp, &pem, VENDOR_HOST).await;
     tls.write_all(b"GET /v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\nx-evil: a\rb\r\n\r\n")
         .await
@@ -1246,7 +1246,7 @@ allow_private_networks = ["127.0.0.1/32"]
     .await;
     let postern_ca = write(
         "postern-ca.pem",
-        &postern_gateway::intercept::export_ca_pem(&gw.running().data_dir).unwrap(),
+        &postern_gateway::intercept::export_ca_pem(&gw.running().data_dir, &[]).unwrap(),
     );
     let proxy = format!("https://localhost:{}", gw.running().listen_addr.port());
     let curl = move |args: Vec<String>| {
@@ -1739,4 +1739,106 @@ async fn a_granted_tunnel_whose_caller_hangs_up_while_the_vendor_is_dialled_is_a
     let events = gw.shut_down_for_events().await;
     assert_eq!(events[0]["integration"], "opaque");
     assert_eq!(events.len(), 1, "the call was recorded twice: {events:?}");
+}
+
+/// `[proxy] intercept_ca_names`: the CA Postern makes carries them as name constraints, a real
+/// client that trusts it takes the leaf of a host inside them, and a reload that asks for other
+/// names is refused (the running config stays) — a CA's names cannot change.
+#[tokio::test]
+async fn a_name_constrained_ca_intercepts_its_hosts_and_keeps_its_names() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(
+        &vendor,
+        "",
+        "[proxy]\nintercept_ca_names = [\"postern.test\"]",
+    )
+    .await;
+    let names = ["postern.test".to_string()];
+    let pem = postern_gateway::intercept::export_ca_pem(&gw.running().data_dir, &names).unwrap();
+    let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let (_, ca) = x509_parser::parse_x509_certificate(&der.contents).unwrap();
+    let constraints = ca.name_constraints().unwrap().expect("name constraints");
+    assert!(constraints.critical);
+    let client = proxied(
+        &gw,
+        Some(CHECKOUT_TOKEN),
+        &[reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()],
+    );
+    let response = client
+        .get(format!("https://{VENDOR_HOST}/v1/charges/ch_7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(vendor.last().target, "/v1/charges/ch_7");
+
+    // Exporting with other names does not hand out a CA that does not carry them.
+    let error = postern_gateway::intercept::export_ca_pem(
+        &gw.running().data_dir,
+        &["example.org".to_string()],
+    )
+    .unwrap_err();
+    assert!(format!("{error:#}").contains("cannot change"), "{error:#}");
+
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let wider = text.replace(
+        "intercept_ca_names = [\"postern.test\"]",
+        "intercept_ca_names = [\"postern.test\", \"example.org\"]",
+    );
+    assert_ne!(wider, text);
+    std::fs::write(&gw.config_path, &wider).unwrap();
+    let error = gw
+        .running()
+        .reload(postern_config::load(&gw.config_path).unwrap())
+        .unwrap_err();
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("has the names postern.test")
+            && error.contains("move the ca/ directory away"),
+        "{error}"
+    );
+    // Without the key the CA is taken as it is; it still vouches only for its names.
+    std::fs::write(
+        &gw.config_path,
+        text.replace("intercept_ca_names = [\"postern.test\"]", ""),
+    )
+    .unwrap();
+    gw.running()
+        .reload(postern_config::load(&gw.config_path).unwrap())
+        .unwrap();
+    let response = client
+        .get(format!("https://{VENDOR_HOST}/v1/charges/ch_8"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // A host outside the CA's names gets no leaf: the CONNECT is refused, nothing is dialled.
+    std::fs::write(
+        &gw.config_path,
+        text.replace("intercept_ca_names = [\"postern.test\"]", "")
+            .replace(
+                &format!("hosts = [\"{VENDOR_HOST}\"]"),
+                "hosts = [\"api.vendor.example\"]",
+            ),
+    )
+    .unwrap();
+    gw.running()
+        .reload(postern_config::load(&gw.config_path).unwrap())
+        .unwrap();
+    use base64::Engine as _;
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
+    let answer = raw_request(
+        gw.running().listen_addr,
+        format!("CONNECT api.vendor.example:443 HTTP/1.1\r\nHost: api.vendor.example:443\r\nProxy-Authorization: Basic {credentials}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("interception_name_not_permitted"),
+        "{answer}"
+    );
+    assert_eq!(vendor.seen().len(), 2);
+    gw.stop().await;
 }

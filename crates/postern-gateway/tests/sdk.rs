@@ -826,7 +826,7 @@ fn proxy_env(gateway: &TestGateway) -> (String, String) {
         .base
         .replace("http://", &format!("http://app:{CHECKOUT_TOKEN}@"));
     let ca = gateway.dir.path().join("postern-ca.pem");
-    let pem = postern_gateway::intercept::export_ca_pem(&gateway.running().data_dir).unwrap();
+    let pem = postern_gateway::intercept::export_ca_pem(&gateway.running().data_dir, &[]).unwrap();
     std::fs::write(&ca, pem).unwrap();
     (proxy, ca.display().to_string())
 }

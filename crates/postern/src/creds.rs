@@ -171,11 +171,20 @@ fn located_value(
 impl VaultLocation {
     /// `--data-dir`, else the config's `data_dir`; `what` names the store for the error.
     pub fn data_dir(&self, what: &str) -> Result<PathBuf, ExitCode> {
+        self.data_dir_and_config(what).map(|(dir, _)| dir)
+    }
+
+    /// The data directory, and the config it was read from (`None` with `--data-dir`, which
+    /// reads no config).
+    pub fn data_dir_and_config(
+        &self,
+        what: &str,
+    ) -> Result<(PathBuf, Option<postern_config::Config>), ExitCode> {
         if let Some(dir) = &self.data_dir {
-            return Ok(dir.clone());
+            return Ok((dir.clone(), None));
         }
         match postern_config::load(&self.config) {
-            Ok(config) => Ok(config.gateway.data_dir),
+            Ok(config) => Ok((config.gateway.data_dir.clone(), Some(config))),
             Err(errors) => {
                 eprintln!("{errors}");
                 eprintln!(
