@@ -82,7 +82,14 @@ pub(crate) fn diagnostic_at(
 /// fix hint. toml's own message is kept; the hint is derived from its shape.
 pub(crate) fn from_toml_error(text: &str, error: &toml::de::Error) -> Diagnostic {
     let message = error.message().trim().to_string();
-    let fix = toml_error_fix(&message);
+    let written = error.span().and_then(|span| text.get(span)).unwrap_or("");
+    let (message, fix) = match type_error(&message, written) {
+        Some(plain) => plain,
+        None => {
+            let fix = toml_error_fix(&message);
+            (message, fix)
+        }
+    };
     match error.span() {
         Some(span) => diagnostic_at(text, span, message, fix),
         None => Diagnostic {
@@ -120,16 +127,112 @@ fn toml_error_fix(message: &str) -> String {
         let accepted = quoted.get(1..).unwrap_or(&[]);
         return format!("use one of: {}", accepted.join(", "));
     }
-    if message.starts_with("invalid type") {
-        return "change the value to the type named after `expected`".to_string();
-    }
-    if message.starts_with("invalid value") {
-        return "change the value to one in the range named after `expected`".to_string();
-    }
     if message.contains("duplicate key") {
         return "remove one of the two definitions of this key".to_string();
     }
     "fix the TOML syntax at this position (see https://toml.io/en/v1.0.0)".to_string()
+}
+
+/// serde's type and range errors (`invalid type: map, expected struct RawGateway`) in the
+/// config's own words, with a fix for the case: (message, fix). `written` is the text the error
+/// points at. `None` for any other error.
+fn type_error(message: &str, written: &str) -> Option<(String, String)> {
+    let (kind, rest) = if let Some(rest) = message.strip_prefix("invalid type: ") {
+        ("type", rest)
+    } else if let Some(rest) = message.strip_prefix("invalid value: ") {
+        ("value", rest)
+    } else {
+        return None;
+    };
+    let (found, expected) = rest.rsplit_once(", expected ")?;
+    let found = plain_found(found);
+    let expected_plain = plain_expected(expected);
+    // A table header: `[name]` or `[[name]]`, where the error points.
+    let header = written.trim_start();
+    let array_header = header
+        .strip_prefix("[[")
+        .and_then(|rest| rest.split_once("]]"))
+        .map(|(name, _)| name.trim());
+    let table_header = header
+        .strip_prefix('[')
+        .filter(|_| array_header.is_none())
+        .and_then(|rest| rest.split_once(']'))
+        .map(|(name, _)| name.trim());
+    if let Some(name) = array_header {
+        return Some((
+            format!("`{name}` is one table, and `[[{name}]]` makes a list of tables"),
+            format!("write the header as `[{name}]`, once"),
+        ));
+    }
+    if let (Some(name), "an array") = (table_header, expected_plain.as_str()) {
+        return Some((
+            format!("`{name}` is a list of tables, and `[{name}]` makes a single table"),
+            format!("write `[[{name}]]` before each entry"),
+        ));
+    }
+    let message = if kind == "value" {
+        format!("{found} is out of range: expected {expected_plain}")
+    } else {
+        format!("expected {expected_plain}, found {found}")
+    };
+    let fix = match expected_plain.as_str() {
+        "a table" => "write a table here: `key = { name = value, ... }` inline, or a `[section]` of its own (see docs/CONFIG.md for this key)".to_string(),
+        "an array" => "write a list here: `key = [ ... ]`".to_string(),
+        "a string" => "write the value in double quotes".to_string(),
+        "a boolean" => "write `true` or `false`, without quotes".to_string(),
+        number if number.starts_with("a whole number") && found.starts_with("a string") => {
+            "write the number without quotes".to_string()
+        }
+        number if number.starts_with("a whole number") => {
+            format!("write {number}")
+        }
+        other => format!("write {other} here"),
+    };
+    Some((message, fix))
+}
+
+/// serde's name for what was written, in the config's words.
+fn plain_found(found: &str) -> String {
+    let found = found.trim();
+    if let Some(value) = found.strip_prefix("string ") {
+        return format!("a string ({value})");
+    }
+    for (serde, plain) in [
+        ("integer", "the number"),
+        ("floating point", "the number"),
+        ("boolean", "the boolean"),
+    ] {
+        if let Some(value) = found.strip_prefix(serde) {
+            return format!("{plain} {}", value.trim().trim_matches('`'));
+        }
+    }
+    match found {
+        "map" => "a table".to_string(),
+        "sequence" => "an array".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// serde's name for what the config expects (`struct RawGateway`, `u32`, `a sequence`), in the
+/// config's words.
+fn plain_expected(expected: &str) -> String {
+    let expected = expected.trim();
+    if expected.starts_with("struct ") || expected == "a map" || expected.starts_with("map") {
+        return "a table".to_string();
+    }
+    let range = |most: &str| format!("a whole number from 0 to {most}");
+    match expected {
+        "a sequence" => "an array".to_string(),
+        "a string" | "a borrowed string" | "string" => "a string".to_string(),
+        "a boolean" | "bool" => "a boolean".to_string(),
+        "u8" => range("255"),
+        "u16" => range("65535"),
+        "u32" => range("4294967295"),
+        "u64" | "usize" => "a whole number, 0 or more".to_string(),
+        "i64" | "an integer" | "i32" => "a whole number".to_string(),
+        "f64" | "f32" => "a number".to_string(),
+        other => other.to_string(),
+    }
 }
 
 fn backticked(message: &str) -> Vec<&str> {

@@ -160,12 +160,12 @@ fn toml_syntax_type_and_unknown_key_errors() {
     check("[gateway]\nlistenn = \"127.0.0.1:8080\"\n", "2:1: unknown field `listenn`, expected one of `listen`, `admin_listen`, `data_dir`, `tls_cert`, `tls_key`, `client_ca`, `admin_token_sha256`, `policies`, `events_max_file_bytes`, `events_max_files`, `max_header_bytes`, `shutdown_grace_ms`, `idle_timeout_ms`, `workers`, `credential_max_age_days`, `audit_origin`, `detect`, `scan_rules`, `audit_checkpoint_interval_ms`, `audit_timeout_ms`");
     check("[gatway]\n", "1:2: unknown field `gatway`, expected one of `gateway`, `callers`, `integrations`, `grants`, `proxy`");
     check(&integration("credential = { kind = \"bearer\", from_envv = \"K\" }\n"), "7:33: unknown field `from_envv`, expected one of `kind`, `from_env`, `from_file`, `secret`, `name`, `param`, `username`, `token_url`, `client_id`, `client_secret`, `scope`, `client_auth`, `params`");
-    check("[[callers]]\nname = 1\n", "2:8: invalid type: integer `1`, expected a string");
+    check("[[callers]]\nname = 1\n", "2:8: expected a string, found the number 1");
     check("[[callers]]\nname = \"a\n", "2:10: invalid basic string");
     check("[[callers]]\nname = \"a\"\ntoken_sha256 = \"<64 hex>\"\n[gateway]\n", "4:1: missing field `listen`");
     check(&integration("").replace("owner = \"payments@example.com\"\n", ""), "1:1: missing field `owner`");
     check("# no [gateway] table\n", "1:1: missing field `gateway`");
-    check(&integration("connect_timeout_ms = -1\n"), "7:22: invalid value: integer `-1`, expected u64");
+    check(&integration("connect_timeout_ms = -1\n"), "7:22: the number -1 is out of range: expected a whole number, 0 or more");
 }
 
 /// Every table refuses a key it does not know, at the key, with a fix: not only the top level,
@@ -747,4 +747,46 @@ fn intercept_ca_names_constrain_the_intercepted_hosts() {
          9:54: `intercept_ca_names` entry \"https://x.com\" is not a DNS name: it contains a scheme, port or path\n\
          9:80: `intercept_ca_names` lists \"a.com\" twice",
     );
+}
+
+/// serde's type errors are said in the config's words (a table, an array, a whole number),
+/// never a Rust type's name, each with a fix for its case.
+#[test]
+#[rustfmt::skip]
+fn type_errors_name_what_was_expected_and_how_to_write_it() {
+    let fixes = |text: &str| {
+        let errors = parse(text, Path::new("postern.toml")).unwrap_err();
+        errors.errors.iter().map(|d| format!("{}:{}: {} | {}", d.line, d.column, d.message, d.fix)).collect::<Vec<_>>().join("\n")
+    };
+    assert_eq!(
+        fixes(&GATEWAY.replace("[gateway]", "[[gateway]]")),
+        "1:1: `gateway` is one table, and `[[gateway]]` makes a list of tables | write the header as `[gateway]`, once"
+    );
+    assert_eq!(
+        fixes(&format!("{GATEWAY}\n[callers]\nname = \"x\"\n")),
+        "6:1: `callers` is a list of tables, and `[callers]` makes a single table | write `[[callers]]` before each entry"
+    );
+    assert_eq!(
+        fixes(&format!("{}credential = \"KEY\"\n\n{GATEWAY}", integration(""))),
+        "7:14: expected a table, found a string (\"KEY\") | write a table here: `key = { name = value, ... }` inline, or a `[section]` of its own (see docs/CONFIG.md for this key)"
+    );
+    assert_eq!(
+        fixes(&format!("{}rate_limit = {{ requests_per_second = 5, burst = \"100\" }}\n\n{GATEWAY}", integration(""))),
+        "7:49: expected a whole number from 0 to 4294967295, found a string (\"100\") | write the number without quotes"
+    );
+    assert_eq!(
+        fixes(&format!("{GATEWAY}events_max_files = -1\n")),
+        "5:20: the number -1 is out of range: expected a whole number from 0 to 4294967295 | write a whole number from 0 to 4294967295"
+    );
+    assert_eq!(
+        fixes(&format!("{GATEWAY}\n[proxy]\nenabled = \"yes\"\n")),
+        "7:11: expected a boolean, found a string (\"yes\") | write `true` or `false`, without quotes"
+    );
+    for text in [
+        fixes(&GATEWAY.replace("[gateway]", "[[gateway]]")),
+        fixes("gateway = \"x\"\n"),
+        fixes(&format!("{GATEWAY}\n[callers]\nname = \"x\"\n")),
+    ] {
+        assert!(!text.contains("Raw") && !text.contains("map") && !text.contains("sequence"), "{text}");
+    }
 }

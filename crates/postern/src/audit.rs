@@ -552,9 +552,14 @@ fn log_dir(dir: &Path) -> PathBuf {
 }
 
 fn load_config(path: &Path) -> Result<postern_config::Config, Failure> {
-    postern_config::load(path).map_err(|errors| Failure {
-        code: ExitCode::InvalidConfig as u8,
-        message: format!("{errors}"),
+    // The errors carry their own `file:line:column: error:` prefixes: printed as they are, as
+    // every other command prints them.
+    postern_config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        Failure {
+            code: ExitCode::InvalidConfig as u8,
+            message: String::new(),
+        }
     })
 }
 
