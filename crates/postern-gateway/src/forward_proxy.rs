@@ -129,6 +129,14 @@ impl Drop for TunnelPlace {
     }
 }
 
+/// A CONNECT or absolute-form target that holds a caller token.
+fn token_in_target() -> CallError {
+    CallError::bad_request(
+        "caller_token_in_url",
+        "the request URL contains a Postern caller token; send the caller's own only in Proxy-Authorization, and no other anywhere",
+    )
+}
+
 /// `CONNECT host:port`.
 pub async fn handle_connect(
     shared: Arc<Shared>,
@@ -173,8 +181,27 @@ async fn connect(
 ) -> Result<Response<GatewayBody>, CallError> {
     enabled(runtime)?;
     let (host, port) = connect_target(request.uri())?;
+    // A target holding a caller token is refused before its host is recorded (event,
+    // discovery) or looked up in DNS: any caller's first, then, once the caller is known, its
+    // own (which need not look like one Postern made). Checked as sent: the host is lowercased.
+    let sent = request
+        .uri()
+        .authority()
+        .map_or("", |authority| authority.as_str());
+    if crate::proxy::url_holds_a_caller_token(sent.as_bytes(), None) {
+        return Err(token_in_target());
+    }
     context.host = Some(Arc::from(host.as_str()));
     let caller = proxy_caller(runtime, connection, context, request.headers())?;
+    let own = caller
+        .token
+        .as_deref()
+        .map(Vec::as_slice)
+        .filter(|token| !token.is_empty());
+    if own.is_some() && crate::proxy::url_holds_a_caller_token(sent.as_bytes(), own) {
+        context.host = None;
+        return Err(token_in_target());
+    }
     let proxy = &runtime.proxy;
     let place = shared
         .tunnels_by_caller
@@ -646,7 +673,14 @@ async fn absolute(
     request: Request<CallerBody>,
 ) -> Result<Absolute, CallError> {
     enabled(runtime)?;
+    crate::proxy::refuse_a_token_in_the_method(context, request.method(), None)?;
     let uri = request.uri().clone();
+    // The authority (`http://user:TOKEN@host/`, `http://TOKEN.example.com/`) holding any
+    // caller's token is refused before its host is recorded; the caller's own, below.
+    let authority = uri.authority().map_or("", |authority| authority.as_str());
+    if crate::proxy::url_holds_a_caller_token(authority.as_bytes(), None) {
+        return Err(token_in_target());
+    }
     let https = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
         Some("http") => false,
         Some("https") => true,
@@ -678,19 +712,19 @@ async fn absolute(
     }
     let caller = proxy_caller(runtime, connection, context, request.headers())?;
     let token = caller.token.as_deref().filter(|t| !t.is_empty());
+    crate::proxy::refuse_a_token_in_the_method(
+        context,
+        request.method(),
+        token.map(|token| &token[..]),
+    )?;
     let token_in = |text: &str| {
         crate::proxy::url_holds_a_caller_token(text.as_bytes(), token.map(|token| &token[..]))
     };
-    let token_in_url = || {
-        CallError::bad_request(
-            "caller_token_in_url",
-            "the request URL contains a Postern caller token; send the caller's own only in Proxy-Authorization, and no other anywhere",
-        )
-    };
-    // The authority (`http://user:TOKEN@host/`) is looked at here for every host; the path and
-    // query by the path-mode pipeline for a registered host, below for the others.
-    if token_in(uri.authority().map_or("", |authority| authority.as_str())) {
-        return Err(token_in_url());
+    // The authority is looked at here for every host; the path and query by the path-mode
+    // pipeline for a registered host, below for the others.
+    if token_in(authority) {
+        context.host = None;
+        return Err(token_in_target());
     }
     let proxy = &runtime.proxy;
     if let Some(integration) = proxy.integration_for_host(&host) {
@@ -713,7 +747,7 @@ async fn absolute(
     // Refused before anything records the URL (discovery keeps hosts and paths).
     let target = uri.to_string();
     if token_in(uri.path_and_query().map_or("", |target| target.as_str())) {
-        return Err(token_in_url());
+        return Err(token_in_target());
     }
     let decision = proxy.policy.decide(&caller.name, &host, port);
     if !decision.allowed {

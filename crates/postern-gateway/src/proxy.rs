@@ -328,7 +328,11 @@ fn pipeline<'a>(
 ) -> impl Future<Output = Result<Response<GatewayBody>, CallError>> + 'a {
     async move {
         let declared_length = check_request(&request)?;
+        // Before the caller is known, a method shaped like any caller token; after, the caller's
+        // own: a method is recorded (event, metrics) and echoed in refusals.
+        refuse_a_token_in_the_method(context, request.method(), None)?;
         let caller_token = identify_caller(runtime, connection, context, request.headers())?;
+        refuse_a_token_in_the_method(context, request.method(), caller_token.as_deref())?;
         let (integration, vendor_path) = match &connection.tunnel {
             Some(tunnel) => route_tunnel(runtime, context, tunnel, target.path())?,
             None => route(runtime, context, target.path())?,
@@ -1259,6 +1263,38 @@ fn cgi_alias_of(name: &HeaderName, stripped: &[HeaderName]) -> bool {
                 .zip(name)
                 .all(|(a, b)| a == b || (joiner(a) && joiner(b)))
     })
+}
+
+/// Refuses a request whose method (an extension method: the standard ones hold no token) holds
+/// the caller's own `token` or what looks like any caller token `postern` made, as it stands or
+/// percent-encoded, as a URL would be refused (`400 caller_token_in_method`). Nothing of such a
+/// method is recorded: the call's context forgets it, so its event and audit entries carry none.
+pub(crate) fn refuse_a_token_in_the_method(
+    context: &mut CallContext,
+    method: &http::Method,
+    token: Option<&[u8]>,
+) -> Result<(), CallError> {
+    use http::Method;
+    let standard = matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::DELETE
+            | Method::CONNECT
+            | Method::OPTIONS
+            | Method::TRACE
+            | Method::PATCH
+    );
+    if standard || !url_holds_a_caller_token(method.as_str().as_bytes(), token) {
+        return Ok(());
+    }
+    context.method = None;
+    Err(CallError::bad_request(
+        "caller_token_in_method",
+        "the request method holds a Postern caller token; send the caller's own only in a header (Authorization, or Proxy-Authorization through the forward proxy), and no other anywhere",
+    ))
 }
 
 /// Whether part of a request URL holds the call's own caller `token` or what looks like any

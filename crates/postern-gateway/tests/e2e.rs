@@ -2942,6 +2942,65 @@ async fn refused_whole_and_in_pieces(
     }
 }
 
+/// A request method holding the caller's own token or any `postern`-made one (an extension
+/// method, which a vendor would see in its request line) is refused before the operation match,
+/// whose refusal echoes the method, and the event records no method.
+#[tokio::test]
+async fn a_caller_token_in_the_method_is_refused_and_not_recorded() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let other = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
+    let addr = gw.running().listen_addr;
+    let methods = [
+        format!("X-{}", gw.token),
+        other.clone(),
+        other.replace('_', "%5F"),
+    ];
+    for method in &methods {
+        let answer = raw_request(
+            addr,
+            format!(
+                "{method} /stripe/v1/charges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+                gw.token
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{method}: {answer}");
+        assert!(answer.contains("caller_token_in_method"), "{answer}");
+        assert!(
+            !answer.contains(&gw.token) && !answer.contains(&other),
+            "{answer}"
+        );
+    }
+    assert!(vendor.seen().is_empty(), "nothing reached the vendor");
+    let events = gw.wait_events(methods.len()).await;
+    for event in &events {
+        assert_eq!(event["reason"], "caller_token_in_method", "{event}");
+        assert_eq!(event["method"], "", "{event}");
+    }
+    assert_eq!(events[0]["caller"], "checkout");
+    // An extension method without a token is no business of this check: the operation match
+    // refuses it, naming it.
+    let answer = raw_request(
+        addr,
+        format!(
+            "PROPFIND /stripe/v1/charges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            gw.token
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("operation_not_allowed"), "{answer}");
+    let everything = std::fs::read_to_string(gw.running().data_dir.join("events.jsonl")).unwrap();
+    assert!(
+        !everything.contains(&gw.token) && !everything.contains(&other),
+        "{everything}"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;

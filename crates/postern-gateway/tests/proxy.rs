@@ -1842,3 +1842,78 @@ async fn a_name_constrained_ca_intercepts_its_hosts_and_keeps_its_names() {
     assert_eq!(vendor.seen().len(), 2);
     gw.stop().await;
 }
+
+/// A caller token in a forward-proxy request's method or target host — the caller's own, or
+/// any `postern` made — is refused before anything is dialled, looked up or recorded: the
+/// event carries neither the method nor the host, and discovery has no such host.
+#[tokio::test]
+async fn a_caller_token_in_a_proxy_method_or_target_host_is_refused_and_not_recorded() {
+    use base64::Engine as _;
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let plain = TestVendor::plain(TestVendor::ok_handler()).await;
+    let port = plain.addr.port();
+    let gw = intercepting_gateway(
+        &vendor,
+        "",
+        &format!(
+            "[proxy]\nmode = \"open\"\nallowed_ports = [443, {port}]\nallow_private_networks = [\"127.0.0.1/32\"]"
+        ),
+    )
+    .await;
+    let addr = gw.running().listen_addr;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
+    let other = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
+    let lowered = other.to_ascii_lowercase();
+    let cases = [
+        (format!("X-{CHECKOUT_TOKEN} http://127.0.0.1:{port}/echo HTTP/1.1\r\nHost: 127.0.0.1:{port}"), "caller_token_in_method"),
+        (format!("{other} http://127.0.0.1:{port}/echo HTTP/1.1\r\nHost: 127.0.0.1:{port}"), "caller_token_in_method"),
+        (format!("CONNECT {other}.example.com:443 HTTP/1.1\r\nHost: {other}.example.com:443"), "caller_token_in_url"),
+        (format!("CONNECT {CHECKOUT_TOKEN}.example.com:443 HTTP/1.1\r\nHost: x"), "caller_token_in_url"),
+        (format!("GET http://{other}.example.com/x HTTP/1.1\r\nHost: {other}.example.com"), "caller_token_in_url"),
+        (format!("GET http://{CHECKOUT_TOKEN}.example.com/x HTTP/1.1\r\nHost: x"), "caller_token_in_url"),
+    ];
+    for (head, code) in &cases {
+        let answer = raw_request(
+            addr,
+            format!("{head}\r\nProxy-Authorization: Basic {auth}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{head}: {answer}");
+        assert!(answer.contains(code), "{head}: {answer}");
+        assert!(
+            !answer.contains(CHECKOUT_TOKEN) && !answer.contains(&other),
+            "{answer}"
+        );
+    }
+    assert!(plain.seen().is_empty(), "nothing reached the host");
+    let events = gw.wait_events(cases.len()).await;
+    for (event, (head, code)) in events.iter().zip(&cases) {
+        assert_eq!(event["reason"], *code, "{event}");
+        assert_eq!(event["decision"], "deny", "{event}");
+        // Any caller's token is refused before the caller is identified; its own, after.
+        let own = head.contains(CHECKOUT_TOKEN);
+        assert_eq!(event["caller"] == "checkout", own, "{event}");
+        if *code == "caller_token_in_url" {
+            assert!(event["host"].is_null(), "{event}");
+        }
+    }
+    let everything = std::fs::read_to_string(gw.running().data_dir.join("events.jsonl")).unwrap();
+    for token in [
+        CHECKOUT_TOKEN,
+        &other,
+        &lowered,
+        &CHECKOUT_TOKEN.to_ascii_lowercase(),
+    ] {
+        assert!(
+            !everything.contains(token),
+            "a token in the events: {everything}"
+        );
+    }
+    let discovered = serde_json::to_string(&discovered(&gw).await).unwrap();
+    assert!(
+        !discovered.contains(&lowered) && !discovered.contains("pst_"),
+        "{discovered}"
+    );
+    gw.stop().await;
+}

@@ -517,7 +517,10 @@ fn audit_help_everywhere_and_config_errors_exit_3() {
         let (code, _, stderr) = run(&args);
         assert_eq!(code, 3, "{args:?}: {stderr}");
         // As every command prints config errors: `file:line:column: error: …`, once.
-        assert!(stderr.starts_with(bad.to_str().unwrap()), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with(bad.to_str().unwrap()),
+            "{args:?}: {stderr}"
+        );
         assert_eq!(stderr.matches("error:").count(), 1, "{args:?}: {stderr}");
     }
     // No gateway running: a clear failure pointing at --offline, which then works.
