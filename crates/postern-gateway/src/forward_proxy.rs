@@ -167,7 +167,16 @@ pub async fn handle_connect(
     call.answered();
     match result {
         Ok(response) => response,
-        Err(error) => crate::proxy::refuse(&shared, &call.context, &call.progress, &error),
+        Err(error) => {
+            // What a client sent after its CONNECT, before the answer (an optimistic TLS
+            // hello, a request meant for the tunnel), is not a request to Postern: the
+            // connection closes after the refusal, as Squid's does.
+            let mut response = crate::proxy::refuse(&shared, &call.context, &call.progress, &error);
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
     }
 }
 

@@ -1532,6 +1532,17 @@ fn classify_upstream_error(
         );
     }
     tracing::warn!(integration = %integration.name, request_id = %context.request_id, error = %error_chain(error), "upstream request failed");
+    // What was wrong with an answer Postern refuses to read is the vendor's, and holds nothing
+    // of the request: the caller is told, as the log is.
+    if let UpstreamError::H1(crate::h1::Error::Malformed(problem)) = error {
+        return CallError::bad_gateway(
+            "upstream_error",
+            format!(
+                "the vendor of {} sent an answer Postern does not pass on: {problem}",
+                integration.name
+            ),
+        );
+    }
     CallError::bad_gateway(
         "upstream_error",
         format!(

@@ -4033,3 +4033,26 @@ async fn a_full_duplex_exchange_is_not_stalled() {
     }
     gw.stop().await;
 }
+
+/// A vendor answer Postern refuses to read (here both `Content-Length` and `Transfer-Encoding`,
+/// a response-splitting shape) is answered `502 upstream_error` naming what was wrong with it,
+/// and nothing of it reaches the caller.
+#[tokio::test]
+async fn a_malformed_vendor_answer_is_refused_naming_the_problem() {
+    let (port, _vendor, _closed) = one_answer_vendor(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nsmug!\r\n0\r\n\r\n",
+    )
+    .await;
+    let gw = slow_gateway(port, "").await;
+    let response = get_slow_x(&gw).await;
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_error");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Transfer-Encoding") && message.contains("Content-Length"),
+        "{message}"
+    );
+    assert!(!message.contains("smug"), "{message}");
+    gw.stop().await;
+}

@@ -1917,3 +1917,35 @@ async fn a_caller_token_in_a_proxy_method_or_target_host_is_refused_and_not_reco
     );
     gw.stop().await;
 }
+
+/// A refused CONNECT closes the connection: what the client sent after it for the tunnel (here
+/// a request it meant for the vendor) is not read as a request to Postern.
+#[tokio::test]
+async fn a_refused_connect_closes_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = intercepting_gateway(&vendor, "", "").await;
+    let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            format!(
+                "CONNECT {VENDOR_HOST}:443 HTTP/1.1\r\nHost: {VENDOR_HOST}:443\r\n\r\n\
+                 GET /vendor/v1/charges/ch_1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CHECKOUT_TOKEN}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("Postern closed the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert!(vendor.seen().is_empty());
+    gw.stop().await;
+}
