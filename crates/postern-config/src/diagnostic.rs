@@ -34,15 +34,19 @@ impl fmt::Display for ConfigErrors {
             if index > 0 {
                 writeln!(f)?;
             }
-            write!(
-                f,
-                "{}:{}:{}: error: {}\n  fix: {}",
-                self.path.display(),
-                diagnostic.line,
-                diagnostic.column,
-                diagnostic.message,
-                diagnostic.fix
-            )?;
+            // Line 0: about the file as a whole (it cannot be read), at no place in it.
+            if diagnostic.line == 0 {
+                write!(f, "{}: error: ", self.path.display())?;
+            } else {
+                write!(
+                    f,
+                    "{}:{}:{}: error: ",
+                    self.path.display(),
+                    diagnostic.line,
+                    diagnostic.column
+                )?;
+            }
+            write!(f, "{}\n  fix: {}", diagnostic.message, diagnostic.fix)?;
         }
         Ok(())
     }
@@ -106,14 +110,11 @@ fn toml_error_fix(message: &str) -> String {
     if message.starts_with("unknown field") {
         let unknown = quoted.first().copied().unwrap_or("");
         let accepted = quoted.get(1..).unwrap_or(&[]);
-        let mut fix = "remove or rename the key".to_string();
-        if let Some(suggestion) = closest(unknown, accepted) {
-            fix.push_str(&format!(" (did you mean `{suggestion}`?)"));
-        }
-        if !accepted.is_empty() {
-            fix.push_str(&format!("; accepted keys here: {}", accepted.join(", ")));
-        }
-        return fix;
+        // The keys accepted here are in the message already.
+        return match closest(unknown, accepted) {
+            Some(suggestion) => format!("rename the key to `{suggestion}`, or remove it"),
+            None => "remove the key, or rename it to one of those accepted here".to_string(),
+        };
     }
     if message.starts_with("missing field") {
         let field = quoted.first().copied().unwrap_or("the field");

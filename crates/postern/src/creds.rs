@@ -65,7 +65,8 @@ pub enum CredsCommand {
         #[command(flatten)]
         location: VaultLocation,
     },
-    /// Revoke a credential: injection stops at once; calls answer 503 credential_revoked.
+    /// Revoke a credential: a running gateway stops injecting it within a second (it checks
+    /// the vault every 250 ms); calls answer 503 credential_revoked.
     Revoke {
         /// The credential's name in the vault (what an integration's credential `secret` names).
         name: String,
@@ -188,7 +189,7 @@ impl VaultLocation {
             Err(errors) => {
                 eprintln!("{errors}");
                 eprintln!(
-                    "postern: the config names the data_dir holding {what}; fix it or pass --data-dir"
+                    "postern: {what} is in the config's data_dir, and the config above could not be read; pass --config FILE, or --data-dir DIR"
                 );
                 Err(ExitCode::InvalidConfig)
             }

@@ -43,6 +43,17 @@ pub async fn run(args: DemoArgs) -> ExitCode {
 }
 
 async fn run_inner(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    // Both ports are tried before anything is written, as `serve` binds before it writes.
+    for (address, flag) in [
+        (args.listen, "--listen"),
+        (args.admin_listen, "--admin-listen"),
+    ] {
+        if let Err(error) = std::net::TcpListener::bind(address) {
+            anyhow::bail!(
+                "cannot listen on {address} ({error}); pass {flag} with a free address, such as {flag} 127.0.0.1:18080"
+            );
+        }
+    }
     std::fs::create_dir_all(&args.dir)?;
     let dir = std::path::absolute(&args.dir)?;
     let vendor_key = format!("sk_demo_{}", &postern_gateway::new_token("")[..24]);
@@ -198,11 +209,13 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
         Some(_) => "cargo run --release --",
         None => "postern",
     };
+    let ca_pem = dir.join("postern-ca.pem");
     println!(
-        "  {postern} ca export --data-dir {} > postern-ca.pem",
-        gateway.data_dir.display()
+        "  {postern} ca export --data-dir {} > {}",
+        gateway.data_dir.display(),
+        ca_pem.display()
     );
-    println!("  curl -s --proxy {base} --proxy-user checkout:$TOKEN --cacert postern-ca.pem -X POST https://api.acme.test/v1/charges -d amount=500");
+    println!("  curl -s --proxy {base} --proxy-user checkout:$TOKEN --cacert {} -X POST https://api.acme.test/v1/charges -d amount=500", ca_pem.display());
     println!(
         "  curl -s 'http://{}/v1/events?limit=5' -H \"Authorization: Bearer $(cat {})\"",
         gateway.admin_addr,

@@ -186,7 +186,7 @@ enum CallersCommand {
         #[command(flatten)]
         location: creds::VaultLocation,
     },
-    /// Move the config's caller token hashes into the vault (then use `token_store = true`).
+    /// Copy the config's caller token hashes into the vault (then use `token_store = true`).
     Import {
         /// Print the result as JSON.
         #[arg(long)]
@@ -194,7 +194,8 @@ enum CallersCommand {
         #[command(flatten)]
         location: creds::VaultLocation,
     },
-    /// Revoke every token of a caller: its calls are refused (401) at once.
+    /// Revoke every token of a caller: a running gateway refuses its calls (401) within a
+    /// second (it checks the vault every 250 ms; calls in flight finish).
     Revoke {
         /// The caller's name, as in [[callers]] name.
         name: String,

@@ -283,12 +283,16 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
                     })
                 );
             } else {
+                let count = |n: usize, one: &str| match n {
+                    1 => format!("1 {one}"),
+                    n => format!("{n} {one}s"),
+                };
                 println!(
-                    "{}: ok ({} callers, {} integrations, {} grants)",
+                    "{}: ok ({}, {}, {})",
                     path.display(),
-                    config.callers.len(),
-                    config.integrations.len(),
-                    config.grants.len()
+                    count(config.callers.len(), "caller"),
+                    count(config.integrations.len(), "integration"),
+                    count(config.grants.len(), "grant")
                 );
                 for warning in compiled.warnings() {
                     println!("warning: {warning}");

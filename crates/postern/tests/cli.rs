@@ -123,7 +123,7 @@ fn the_documented_example_config_is_valid() {
     let (code, stdout, stderr) = run(&["check", "--config", example.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
-        stdout.contains("ok (1 callers, 1 integrations, 1 grants)"),
+        stdout.contains("ok (1 caller, 1 integration, 1 grant)"),
         "{stdout}"
     );
     let (code, stdout, _) = run(&[
