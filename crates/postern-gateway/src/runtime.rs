@@ -250,6 +250,26 @@ pub enum Injector {
     OAuth2(Arc<TokenSource>),
 }
 
+/// A note when an integration's upstream is an address (not a name) that the SSRF guard
+/// refuses as it is configured: every call would be answered `502 upstream_address_denied`.
+fn refused_upstream_address(
+    integration: &postern_config::IntegrationConfig,
+    runtime: &IntegrationRuntime,
+) -> Option<String> {
+    let ip: std::net::IpAddr = match integration.upstream.host()? {
+        url::Host::Ipv4(ip) => ip.into(),
+        url::Host::Ipv6(ip) => ip.into(),
+        url::Host::Domain(_) => return None,
+    };
+    let denied = runtime.client.guard().check(ip).err()?;
+    Some(format!(
+        "integration {}: its upstream {ip} is a {} address, which the SSRF guard refuses: every call would be answered 502 upstream_address_denied; if the vendor is meant to be there, list it in the integration's allow_private_networks (\"{ip}/{}\")",
+        integration.name,
+        denied.class.as_str(),
+        if ip.is_ipv4() { 32 } else { 128 }
+    ))
+}
+
 /// The upstream's fixed parts.
 #[derive(Debug, Clone)]
 pub struct UpstreamTarget {
@@ -309,6 +329,9 @@ pub struct Runtime {
     pub scanner: Arc<postern_scan::Scanner>,
     /// Readiness problems, e.g. a credential that could not be loaded.
     pub problems: Vec<String>,
+    /// What `check` and a reload warn about without making the gateway unready, e.g. an
+    /// upstream address the SSRF guard will refuse.
+    pub notes: Vec<String>,
     /// Forward-proxy mode: host policy, registered hosts, the guard for unregistered targets.
     pub proxy: ProxyRuntime,
 }
@@ -412,6 +435,7 @@ impl Runtime {
     /// then the custom policies' notes.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = self.problems.clone();
+        warnings.extend(self.notes.iter().cloned());
         warnings.extend(self.policy.notes());
         warnings
     }
@@ -474,11 +498,13 @@ impl Runtime {
         };
         let mut integrations = LookupMap::default();
         let mut problems = Vec::new();
+        let mut notes = Vec::new();
         for integration in &config.integrations {
             let runtime = build_integration(integration, inputs)?;
             if let Err(problem) = &runtime.credential {
                 problems.push(format!("integration {}: {}", integration.name, problem.why));
             }
+            notes.extend(refused_upstream_address(integration, &runtime));
             integrations.insert(integration.name.clone(), Arc::new(runtime));
         }
         let proxy = build_proxy(&config, &integrations, inputs.clients)?;
@@ -492,6 +518,7 @@ impl Runtime {
             admin_token_sha256: inputs.admin_token_sha256,
             scanner,
             problems,
+            notes,
             proxy,
         })
     }

@@ -914,3 +914,37 @@ fn caller_token_hashes_move_into_the_vault() {
         "authenticated by the stored hash"
     );
 }
+
+/// An integration whose upstream is an address the SSRF guard refuses (the cloud metadata
+/// address here) passes `check` — the config is valid — with a warning saying every call would
+/// be refused and what to list if the vendor is meant to be there; listed, no warning.
+#[test]
+fn check_warns_of_an_upstream_address_the_guard_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("postern.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"./data\"\n\n\
+                 [[integrations]]\nname = \"meta\"\nvendor = \"V\"\nowner = \"a@example.com\"\n\
+                 upstream = \"https://169.254.169.254\"\noperations = [{{ id = \"get\", method = \"GET\", path = \"/x\" }}]\n{extra}"
+            ),
+        )
+        .unwrap();
+    };
+    write("");
+    let (code, stdout, stderr) = run(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(
+            "warning: integration meta: its upstream 169.254.169.254 is a link_local address"
+        ) && stdout.contains("502 upstream_address_denied")
+            && stdout.contains("\"169.254.169.254/32\""),
+        "{stdout}"
+    );
+    write("allow_private_networks = [\"169.254.169.254/32\"]\n");
+    let (code, stdout, stderr) = run(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stdout.contains("warning"), "{stdout}");
+}
