@@ -1318,16 +1318,39 @@ fn holds_a_token(bytes: &[u8], token: Option<&[u8]>) -> bool {
     token.is_some_and(|token| contains(bytes, token)) || crate::tokens::token_shaped(bytes)
 }
 
-/// [`holds_a_token`] on `bytes` as they stand or, when they hold a `%`, percent-decoded
-/// (decoded once, into a zeroized copy), for `bytes` long enough to hold one.
+/// How many layers of percent-encoding a URL or header value is read through: a vendor decodes
+/// one, and an application behind it may decode a parameter once more (a nested URL, a
+/// `redirect_uri`); bodies are read through two as well. One more than that, for good measure.
+const PERCENT_LAYERS: usize = 3;
+
+/// [`holds_a_token`] on `bytes` as they stand or, while they hold a `%`, percent-decoded again
+/// (up to [`PERCENT_LAYERS`] times, each into a zeroized copy), for `bytes` long enough to hold
+/// one.
 fn holds_a_token_even_encoded(bytes: &[u8], token: Option<&[u8]>) -> bool {
-    bytes.len() >= shortest_token(token)
-        && (holds_a_token(bytes, token)
-            || (memchr::memchr(b'%', bytes).is_some()
-                && holds_a_token(
-                    &Zeroizing::new(percent_encoding::percent_decode(bytes).collect::<Vec<u8>>()),
-                    token,
-                )))
+    if bytes.len() < shortest_token(token) {
+        return false;
+    }
+    if holds_a_token(bytes, token) {
+        return true;
+    }
+    let mut layer: Option<Zeroizing<Vec<u8>>> = None;
+    for _ in 0..PERCENT_LAYERS {
+        let current = layer.as_deref().map_or(bytes, Vec::as_slice);
+        if memchr::memchr(b'%', current).is_none() {
+            return false;
+        }
+        let decoded =
+            Zeroizing::new(percent_encoding::percent_decode(current).collect::<Vec<u8>>());
+        // `%` not followed by two hex digits stays as it is: nothing more to undo.
+        if decoded.len() == current.len() {
+            return false;
+        }
+        if holds_a_token(&decoded, token) {
+            return true;
+        }
+        layer = Some(decoded);
+    }
+    false
 }
 
 /// Whether a response header's `value` holds one of `needles` as it stands or, when it holds a
@@ -1938,7 +1961,7 @@ mod tests {
     use super::{
         cgi_alias_of, check_header_bytes, check_request, contains, cookie_kept_to,
         holds_a_caller_token, leaves_origin, path_problem, query_name_is, strip_path_parameters,
-        through_postern,
+        through_postern, url_holds_a_caller_token, PERCENT_LAYERS,
     };
     use crate::body::CallerBody;
     use http::header::{HeaderName, HeaderValue};
@@ -2418,6 +2441,25 @@ mod tests {
             );
         }
         assert!(!carries("x-note", "1"));
+        // Percent-encoded once, twice, three times; no further, and a stray `%` ends it.
+        let encode = |text: &[u8]| -> String { text.iter().map(|b| format!("%{b:02X}")).collect() };
+        let mut layered = String::from_utf8(token.to_vec()).unwrap();
+        for layers in 1..=4 {
+            layered = encode(layered.as_bytes());
+            assert_eq!(
+                carries("x-note", &layered),
+                layers <= PERCENT_LAYERS,
+                "{layers} layers"
+            );
+            assert_eq!(
+                url_holds_a_caller_token(layered.as_bytes(), Some(token)),
+                layers <= PERCENT_LAYERS
+            );
+        }
+        assert!(!url_holds_a_caller_token(
+            b"%zz%25%25%25%25%25%25%25pst_",
+            Some(token)
+        ));
         // An empty token (never a caller's) is looked for without a panic.
         holds_a_caller_token(
             &HeaderName::from_static("x-a"),
