@@ -86,7 +86,13 @@ pub(crate) fn diagnostic_at(
 /// fix hint. toml's own message is kept; the hint is derived from its shape.
 pub(crate) fn from_toml_error(text: &str, error: &toml::de::Error) -> Diagnostic {
     let message = error.message().trim().to_string();
-    let written = error.span().and_then(|span| text.get(span)).unwrap_or("");
+    // What the error points at, when it starts a line: a table header, `[x]` or `[[x]]` (an
+    // inline value such as `x = [[1]]` is no header).
+    let written = error
+        .span()
+        .filter(|span| span.start == 0 || text.as_bytes().get(span.start - 1) == Some(&b'\n'))
+        .and_then(|span| text.get(span))
+        .unwrap_or("");
     let (message, fix) = match type_error(&message, written) {
         Some(plain) => plain,
         None => {
@@ -136,7 +142,7 @@ fn toml_error_fix(message: &str) -> String {
 
 /// serde's type and range errors (`invalid type: map, expected struct RawGateway`) in the
 /// config's own words, with a fix for the case: (message, fix). `written` is the text the error
-/// points at. `None` for any other error.
+/// points at when it starts a line (else empty). `None` for any other error.
 fn type_error(message: &str, written: &str) -> Option<(String, String)> {
     let (kind, rest) = if let Some(rest) = message.strip_prefix("invalid type: ") {
         ("type", rest)

@@ -1580,7 +1580,8 @@ fn ipv4_mapped_as_ipv4(network: ipnet::IpNet) -> ipnet::IpNet {
 }
 
 /// Whether the DNS name `host` is `name` or below it (RFC 5280 §4.2.1.10: labels added on the
-/// left).
+/// left). Both lowercase, without a leading or trailing dot, as validated names and canonical
+/// hosts are.
 pub fn within_name(host: &str, name: &str) -> bool {
     host == name
         || host

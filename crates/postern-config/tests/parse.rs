@@ -788,6 +788,11 @@ fn type_errors_name_what_was_expected_and_how_to_write_it() {
         fixes(&format!("{GATEWAY}\n[proxy]\nenabled = \"yes\"\n")),
         "7:11: expected a boolean, found a string (\"yes\") | write `true` or `false`, without quotes"
     );
+    // An inline value that is an array of arrays is no table header.
+    assert_eq!(
+        fixes(&format!("{GATEWAY}\n[proxy]\nallowed_ports = [[443]]\n")),
+        "7:18: expected a whole number, found an array | write a whole number"
+    );
     for text in [
         fixes(&GATEWAY.replace("[gateway]", "[[gateway]]")),
         fixes("gateway = \"x\"\n"),

@@ -129,12 +129,15 @@ impl Drop for TunnelPlace {
     }
 }
 
-/// A CONNECT or absolute-form target that holds a caller token.
-fn token_in_target() -> CallError {
-    CallError::bad_request(
-        "caller_token_in_url",
-        "the request URL contains a Postern caller token; send the caller's own only in Proxy-Authorization, and no other anywhere",
-    )
+/// Whether a CONNECT or absolute-form target's authority holds the caller's own token, in any
+/// case: a host name is case-insensitive, and clients lowercase it.
+fn own_token_in_authority(authority: &str, own: Option<&[u8]>) -> bool {
+    own.filter(|own| !own.is_empty()).is_some_and(|own| {
+        crate::proxy::url_holds_a_caller_token(
+            &Zeroizing::new(authority.to_ascii_lowercase().into_bytes()),
+            Some(&Zeroizing::new(own.to_ascii_lowercase())),
+        )
+    })
 }
 
 /// `CONNECT host:port`.
@@ -192,24 +195,20 @@ async fn connect(
     let (host, port) = connect_target(request.uri())?;
     // A target holding a caller token is refused before its host is recorded (event,
     // discovery) or looked up in DNS: any caller's first, then, once the caller is known, its
-    // own (which need not look like one Postern made). Checked as sent: the host is lowercased.
+    // own (which need not look like one Postern made), in any case. Checked as sent: the host
+    // is lowercased.
     let sent = request
         .uri()
         .authority()
         .map_or("", |authority| authority.as_str());
     if crate::proxy::url_holds_a_caller_token(sent.as_bytes(), None) {
-        return Err(token_in_target());
+        return Err(crate::proxy::token_in_url());
     }
     context.host = Some(Arc::from(host.as_str()));
     let caller = proxy_caller(runtime, connection, context, request.headers())?;
-    let own = caller
-        .token
-        .as_deref()
-        .map(Vec::as_slice)
-        .filter(|token| !token.is_empty());
-    if own.is_some() && crate::proxy::url_holds_a_caller_token(sent.as_bytes(), own) {
+    if own_token_in_authority(sent, caller.token.as_deref().map(Vec::as_slice)) {
         context.host = None;
-        return Err(token_in_target());
+        return Err(crate::proxy::token_in_url());
     }
     let proxy = &runtime.proxy;
     let place = shared
@@ -681,14 +680,14 @@ async fn absolute(
     progress: &mut Progress,
     request: Request<CallerBody>,
 ) -> Result<Absolute, CallError> {
-    enabled(runtime)?;
     crate::proxy::refuse_a_token_in_the_method(context, request.method(), None)?;
+    enabled(runtime)?;
     let uri = request.uri().clone();
     // The authority (`http://user:TOKEN@host/`, `http://TOKEN.example.com/`) holding any
     // caller's token is refused before its host is recorded; the caller's own, below.
     let authority = uri.authority().map_or("", |authority| authority.as_str());
     if crate::proxy::url_holds_a_caller_token(authority.as_bytes(), None) {
-        return Err(token_in_target());
+        return Err(crate::proxy::token_in_url());
     }
     let https = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
         Some("http") => false,
@@ -713,12 +712,6 @@ async fn absolute(
         request_sighting(context, &host, port, scheme, uri.path(), blocked)
     };
     context.host = Some(Arc::from(host.as_str()));
-    if let Some(problem) = crate::proxy::path_problem(uri.path()) {
-        return Err(CallError::bad_request(
-            "invalid_path",
-            format!("the request path is refused: {problem}"),
-        ));
-    }
     let caller = proxy_caller(runtime, connection, context, request.headers())?;
     let token = caller.token.as_deref().filter(|t| !t.is_empty());
     crate::proxy::refuse_a_token_in_the_method(
@@ -729,11 +722,18 @@ async fn absolute(
     let token_in = |text: &str| {
         crate::proxy::url_holds_a_caller_token(text.as_bytes(), token.map(|token| &token[..]))
     };
-    // The authority is looked at here for every host; the path and query by the path-mode
-    // pipeline for a registered host, below for the others.
-    if token_in(authority) {
+    // The authority is looked at here for every host, in any case; the path and query by the
+    // path-mode pipeline for a registered host, below for the others. Both before the path is
+    // judged, whose refusal records the host.
+    if own_token_in_authority(authority, token.map(|token| &token[..])) {
         context.host = None;
-        return Err(token_in_target());
+        return Err(crate::proxy::token_in_url());
+    }
+    if let Some(problem) = crate::proxy::path_problem(uri.path()) {
+        return Err(CallError::bad_request(
+            "invalid_path",
+            format!("the request path is refused: {problem}"),
+        ));
     }
     let proxy = &runtime.proxy;
     if let Some(integration) = proxy.integration_for_host(&host) {
@@ -756,7 +756,7 @@ async fn absolute(
     // Refused before anything records the URL (discovery keeps hosts and paths).
     let target = uri.to_string();
     if token_in(uri.path_and_query().map_or("", |target| target.as_str())) {
-        return Err(token_in_target());
+        return Err(crate::proxy::token_in_url());
     }
     let decision = proxy.policy.decide(&caller.name, &host, port);
     if !decision.allowed {

@@ -120,16 +120,11 @@ impl InterceptCa {
         check_names(data_dir, &self.names, configured)
     }
 
-    /// A TLS server config presenting a leaf for `host` (ALPN h2 and http/1.1); refused for a
-    /// host the CA does not vouch for ([`InterceptCa::vouches_for`]).
+    /// A TLS server config presenting a leaf for `host` (ALPN h2 and http/1.1). The caller asks
+    /// [`InterceptCa::vouches_for`] first: a constrained CA's leaf for another host would be
+    /// refused by every client.
     pub fn server_config(&self, host: &str) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let host = host.to_ascii_lowercase();
-        if !self.vouches_for(&host) {
-            anyhow::bail!(
-                "the interception CA is constrained to {} and cannot vouch for {host}",
-                self.names.join(", ")
-            );
-        }
         {
             let leaves = self.leaves.lock().expect("leaf cache lock");
             if let Some((issued, config)) = leaves.get(&host) {
@@ -213,15 +208,35 @@ fn permitted_names(der: &[u8]) -> anyhow::Result<Vec<String>> {
     let constraints = certificate
         .name_constraints()
         .context("reading the interception CA's name constraints")?;
-    let mut names: Vec<String> = constraints
-        .and_then(|extension| extension.value.permitted_subtrees.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|subtree| match subtree.base {
-            x509_parser::extensions::GeneralName::DNSName(name) => Some(name.to_ascii_lowercase()),
-            _ => None,
-        })
-        .collect();
+    let Some(constraints) = constraints else {
+        return Ok(Vec::new());
+    };
+    use x509_parser::extensions::GeneralName;
+    // Only the shape Postern makes is understood: permitted DNS names (no leading dot), every
+    // address excluded. Any other (a CA put in ca/ by hand) could make Postern issue leaves
+    // that clients refuse, or refuse ones they would take.
+    let foreign = || {
+        anyhow::anyhow!(
+            "the interception CA certificate carries name constraints of a shape Postern does not make (only permitted DNS names, with every IP address excluded); move the ca/ directory away to have a new CA generated (clients must then trust the new one)"
+        )
+    };
+    let mut names = Vec::new();
+    for subtree in constraints.value.permitted_subtrees.iter().flatten() {
+        match subtree.base {
+            GeneralName::DNSName(name) if !name.is_empty() && !name.starts_with('.') => {
+                names.push(name.to_ascii_lowercase())
+            }
+            _ => return Err(foreign()),
+        }
+    }
+    for subtree in constraints.value.excluded_subtrees.iter().flatten() {
+        if !matches!(subtree.base, GeneralName::IPAddress(_)) {
+            return Err(foreign());
+        }
+    }
+    if names.is_empty() {
+        return Err(foreign());
+    }
     names.sort();
     Ok(names)
 }
@@ -520,7 +535,6 @@ mod tests {
                 error.contains("NameConstraint") || error.contains("name constraint"),
                 "{host}: {error}"
             );
-            assert!(ca.server_config(host).is_err(), "{host}");
         }
 
         let open = tempfile::tempdir().unwrap();
@@ -570,6 +584,60 @@ mod tests {
         export_ca_pem(open.path(), &[]).unwrap();
         let error = format!("{:#}", export_ca_pem(open.path(), &names).unwrap_err());
         assert!(error.contains("has no name constraints"), "{error}");
+    }
+
+    /// A CA put in ca/ by hand whose name constraints are of another shape than Postern's (a
+    /// leading-dot name, an excluded name, a permitted address) is refused at load, not read as
+    /// unconstrained or as other names.
+    #[test]
+    fn a_ca_with_constraints_postern_did_not_make_is_refused() {
+        let shapes = [
+            (
+                vec![GeneralSubtree::DnsName(".example.test".into())],
+                vec![],
+            ),
+            (
+                vec![GeneralSubtree::DnsName("example.test".into())],
+                vec![GeneralSubtree::DnsName("evil.example.test".into())],
+            ),
+            (
+                vec![GeneralSubtree::IpAddress(CidrSubnet::V4(
+                    [10, 0, 0, 0],
+                    [255, 0, 0, 0],
+                ))],
+                vec![],
+            ),
+        ];
+        for (permitted, excluded) in shapes {
+            let dir = tempfile::tempdir().unwrap();
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::default();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "hand-made CA");
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+            params.name_constraints = Some(NameConstraints {
+                permitted_subtrees: permitted,
+                excluded_subtrees: excluded,
+            });
+            let cert = params.self_signed(&key).unwrap();
+            std::fs::create_dir(dir.path().join(CA_DIR)).unwrap();
+            std::fs::write(dir.path().join(CA_DIR).join(CA_CERT_FILE), cert.pem()).unwrap();
+            crate::write_private_file(
+                &dir.path().join(CA_DIR).join(CA_KEY_FILE),
+                key.serialize_pem().as_bytes(),
+            )
+            .unwrap();
+            let error = format!(
+                "{:#}",
+                InterceptCa::load_or_create(dir.path(), &[]).err().unwrap()
+            );
+            assert!(
+                error.contains("of a shape Postern does not make"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

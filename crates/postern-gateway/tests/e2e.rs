@@ -2980,6 +2980,30 @@ async fn a_caller_token_in_the_method_is_refused_and_not_recorded() {
         assert_eq!(event["method"], "", "{event}");
     }
     assert_eq!(events[0]["caller"], "checkout");
+    // With a malformed path too: a Postern-made token is refused for the method first; any
+    // extension method refused with a malformed request is not recorded (it may hold a token of
+    // another shape, not known before the caller is).
+    for (method, code) in [
+        (other.as_str(), "caller_token_in_method"),
+        (&*format!("X-{}", gw.token), "invalid_path"),
+    ] {
+        let answer = raw_request(
+            addr,
+            format!(
+                "{method} /stripe/v1/../charges HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains(code),
+            "{method}: {answer}"
+        );
+    }
+    let events = gw.wait_events(methods.len() + 2).await;
+    for event in &events[methods.len()..] {
+        assert_eq!(event["method"], "", "{event}");
+    }
     // An extension method without a token is no business of this check: the operation match
     // refuses it, naming it.
     let answer = raw_request(

@@ -1871,6 +1871,9 @@ async fn a_caller_token_in_a_proxy_method_or_target_host_is_refused_and_not_reco
         (format!("CONNECT {CHECKOUT_TOKEN}.example.com:443 HTTP/1.1\r\nHost: x"), "caller_token_in_url"),
         (format!("GET http://{other}.example.com/x HTTP/1.1\r\nHost: {other}.example.com"), "caller_token_in_url"),
         (format!("GET http://{CHECKOUT_TOKEN}.example.com/x HTTP/1.1\r\nHost: x"), "caller_token_in_url"),
+        // The own token in any case (a host name is case-insensitive), and before a bad path.
+        (format!("CONNECT {}.example.com:443 HTTP/1.1\r\nHost: x", CHECKOUT_TOKEN.to_ascii_uppercase()), "caller_token_in_url"),
+        (format!("GET http://{CHECKOUT_TOKEN}.example.com/a/../b HTTP/1.1\r\nHost: x"), "caller_token_in_url"),
     ];
     for (head, code) in &cases {
         let answer = raw_request(
@@ -1892,7 +1895,7 @@ async fn a_caller_token_in_a_proxy_method_or_target_host_is_refused_and_not_reco
         assert_eq!(event["reason"], *code, "{event}");
         assert_eq!(event["decision"], "deny", "{event}");
         // Any caller's token is refused before the caller is identified; its own, after.
-        let own = head.contains(CHECKOUT_TOKEN);
+        let own = head.to_ascii_lowercase().contains(CHECKOUT_TOKEN);
         assert_eq!(event["caller"] == "checkout", own, "{event}");
         if *code == "caller_token_in_url" {
             assert!(event["host"].is_null(), "{event}");
