@@ -845,6 +845,43 @@ fn basic_credential(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         .map(Zeroizing::new)
 }
 
+/// A header value that is base64 as a whole (standard or URL-safe alphabet, padded or not),
+/// after an optional scheme word (`Token …`): decoded into a zeroized copy, when it is long
+/// enough to hold `shortest` bytes. An SDK may encode a key so before sending it (a custom auth
+/// header, a signed blob); a vendor decodes it.
+fn base64_value(value: &[u8], shortest: usize) -> Option<Zeroizing<Vec<u8>>> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine as _;
+    const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT);
+    let value = value.trim_ascii();
+    let blob = match memchr::memrchr(b' ', value) {
+        Some(space) => &value[space + 1..],
+        None => value,
+    };
+    if blob.len() < (shortest * 4).div_ceil(3) {
+        return None;
+    }
+    let (mut standard, mut url_safe) = (false, false);
+    for &byte in blob {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'=' => {}
+            b'+' | b'/' => standard = true,
+            b'-' | b'_' => url_safe = true,
+            _ => return None,
+        }
+    }
+    let engine = match (standard, url_safe) {
+        (true, true) => return None,
+        (false, true) => &URL_SAFE,
+        _ => &STANDARD,
+    };
+    engine.decode(blob).ok().map(Zeroizing::new)
+}
+
 /// `/<integration>/<vendor path>` → the integration and the vendor path.
 fn route<'a>(
     runtime: &Runtime,
@@ -1225,10 +1262,12 @@ pub(crate) fn holds_a_caller_token(
 ) -> bool {
     let token = token.filter(|token| !token.is_empty());
     let value = value.as_bytes();
-    // A `Basic` credential's base64 is longer than what it holds.
+    // A `Basic` credential's base64 is longer than what it holds; so is any other base64.
     if holds_a_token_even_encoded(value, token)
         || (value.len() >= shortest_token(token)
-            && basic_credential(value).is_some_and(|decoded| holds_a_token(&decoded, token)))
+            && (basic_credential(value).is_some_and(|decoded| holds_a_token(&decoded, token))
+                || base64_value(value, shortest_token(token))
+                    .is_some_and(|decoded| holds_a_token(&decoded, token))))
     {
         return true;
     }
@@ -2457,6 +2496,26 @@ mod tests {
             );
         }
         assert!(!carries("x-note", "1"));
+        // A value that is base64 as a whole, standard or URL-safe, padded or not, after a
+        // scheme word or not, at any offset of the encoded bytes; not text of other characters.
+        {
+            use base64::Engine as _;
+            for held in [
+                "pst_AbC123xyz",
+                "{\"key\":\"pst_AbC123xyz\"}",
+                "abc pst_AbC123xyz?",
+            ] {
+                let standard = base64::engine::general_purpose::STANDARD.encode(held);
+                let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(held);
+                assert!(carries("x-api-key", &standard), "{held}: {standard}");
+                assert!(carries("x-api-key", &url_safe), "{held}: {url_safe}");
+                assert!(carries("x-auth", &format!("Token {standard}")), "{held}");
+            }
+            let unrelated =
+                base64::engine::general_purpose::STANDARD.encode("pst_AbC123xyQ and more");
+            assert!(!carries("x-api-key", &unrelated));
+            assert!(!carries("x-api-key", &format!("{unrelated}!")));
+        }
         // Percent-encoded once, twice, three times; no further, and a stray `%` ends it.
         let encode = |text: &[u8]| -> String { text.iter().map(|b| format!("%{b:02X}")).collect() };
         let mut layered = String::from_utf8(token.to_vec()).unwrap();

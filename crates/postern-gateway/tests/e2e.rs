@@ -3051,6 +3051,11 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
         .bearer_auth(&gw.token)
         .header("x-forwarded-token", other.as_str())
         .header("x-upstream-auth", format!("Basic {basic}"))
+        .header("x-encoded-key", {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!("{{\"key\":\"{}\"}}", gw.token))
+        })
         .header("x-kept", "pst_notatoken")
         .send()
         .await
@@ -3059,6 +3064,7 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     let seen = vendor.last();
     assert!(seen.header("x-forwarded-token").is_none());
     assert!(seen.header("x-upstream-auth").is_none());
+    assert!(seen.header("x-encoded-key").is_none());
     assert_eq!(seen.header("x-kept").as_deref(), Some("pst_notatoken"));
     assert!(!seen.everything().contains(&other));
     // In the query: refused.
