@@ -812,6 +812,7 @@ async fn absolute(
             ));
         }
         Ok(Err(error)) => {
+            context.upstream_addr = error.addr().or(context.upstream_addr);
             // The gateway's refusals: the SSRF guard's, or a body it would not forward (one that
             // broke off on the caller's side was not refused).
             let refused = matches!(

@@ -1699,7 +1699,16 @@ mod tests {
             .request(request(Method::GET, vendor.addr, b""))
             .await
             .unwrap_err();
-        assert!(matches!(error, UpstreamError::H1(Error::Closed)), "{error}");
+        assert!(
+            matches!(
+                error,
+                UpstreamError::H1 {
+                    error: Error::Closed,
+                    addr,
+                } if addr == vendor.addr
+            ),
+            "{error}"
+        );
     }
 
     #[tokio::test]

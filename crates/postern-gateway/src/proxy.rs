@@ -1576,7 +1576,11 @@ fn forwarded(
                 integration.config.request_timeout_ms
             ),
         )),
-        Ok(Err(error)) => Err(classify_upstream_error(integration, context, &error)),
+        Ok(Err(error)) => {
+            // A connection was made: the event names the vendor address, as for an answer.
+            context.upstream_addr = error.addr().or(context.upstream_addr);
+            Err(classify_upstream_error(integration, context, &error))
+        }
         Ok(Ok((response, addr))) => {
             context.upstream_addr = Some(addr);
             Ok(response)
@@ -1612,7 +1616,11 @@ fn classify_upstream_error(
     tracing::warn!(integration = %integration.name, request_id = %context.request_id, error = %error_chain(error), "upstream request failed");
     // What was wrong with an answer Postern refuses to read is the vendor's, and holds nothing
     // of the request: the caller is told, as the log is.
-    if let UpstreamError::H1(crate::h1::Error::Malformed(problem)) = error {
+    if let UpstreamError::H1 {
+        error: crate::h1::Error::Malformed(problem),
+        ..
+    } = error
+    {
         return CallError::bad_gateway(
             "upstream_error",
             format!(

@@ -213,8 +213,31 @@ pub enum UpstreamError {
     NotAbsolute,
     #[error(transparent)]
     Http(#[from] hyper::Error),
-    #[error(transparent)]
-    H1(#[from] crate::h1::Error),
+    /// An HTTP/1.1 exchange with the vendor at `addr` failed.
+    #[error("the exchange with the vendor at {addr} failed")]
+    H1 {
+        #[source]
+        error: crate::h1::Error,
+        addr: SocketAddr,
+    },
+    /// An HTTP/2 stream to the vendor at `addr` failed.
+    #[error("the HTTP/2 stream to the vendor at {addr} failed")]
+    H2 {
+        #[source]
+        error: hyper::Error,
+        addr: SocketAddr,
+    },
+}
+
+impl UpstreamError {
+    /// The vendor address the failed exchange was with, once a connection was made (the call's
+    /// event records it as `upstream_addr`).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            UpstreamError::H1 { addr, .. } | UpstreamError::H2 { addr, .. } => Some(*addr),
+            _ => None,
+        }
+    }
 }
 
 /// One integration's upstream connections (or the forward proxy's, per destination): a pool per
@@ -719,7 +742,7 @@ impl UpstreamClient {
                                 continue;
                             }
                             Err(crate::h1::SendError::Failed(error)) => {
-                                return Err(UpstreamError::H1(error))
+                                return Err(UpstreamError::H1 { error, addr })
                             }
                         }
                     }
@@ -741,7 +764,12 @@ impl UpstreamClient {
                     // on the next one (a new connection's refusal is final).
                     Err(mut refused) => match refused.take_message() {
                         Some(unsent) if !fresh => request = unsent,
-                        _ => return Err(UpstreamError::Http(refused.into_error())),
+                        _ => {
+                            return Err(UpstreamError::H2 {
+                                error: refused.into_error(),
+                                addr,
+                            })
+                        }
                     },
                 }
             }

@@ -4084,5 +4084,14 @@ async fn a_malformed_vendor_answer_is_refused_naming_the_problem() {
         "{message}"
     );
     assert!(!message.contains("smug"), "{message}");
+    // The event names the vendor the answer came from, as for any answer.
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "upstream_error", "{}", events[0]);
+    assert_eq!(
+        events[0]["upstream_addr"],
+        format!("127.0.0.1:{port}"),
+        "{}",
+        events[0]
+    );
     gw.stop().await;
 }
