@@ -201,6 +201,23 @@ pub fn export_ca_pem(data_dir: &Path, names: &[String]) -> anyhow::Result<String
     Ok(cert_pem)
 }
 
+/// What `postern check` says of the CA already in `data_dir` (it makes none): why interception
+/// would be off at start with `names` (`[proxy] intercept_ca_names`), if it would be.
+pub fn existing_ca_problem(data_dir: &Path, names: &[String]) -> Option<String> {
+    let pem = std::fs::read(ca_dir(data_dir).join(CA_CERT_FILE)).ok()?;
+    let checked = crate::tls::read_certificates_pem(&pem)
+        .and_then(|certificates| {
+            certificates
+                .into_iter()
+                .next()
+                .context("the interception CA file holds no certificate")
+        })
+        .and_then(|der| check_names(data_dir, &permitted_names(&der)?, names));
+    checked.err().map(|error| {
+        format!("{error:#}; until then `serve` starts with interception off (503 interception_unavailable)")
+    })
+}
+
 /// The DNS names a CA certificate's name constraints permit, sorted (empty without them).
 fn permitted_names(der: &[u8]) -> anyhow::Result<Vec<String>> {
     let (_, certificate) = x509_parser::parse_x509_certificate(der)

@@ -269,6 +269,13 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
     match compiled {
         Ok(compiled) => {
             let config = &compiled.config;
+            let mut warnings = compiled.warnings();
+            // The interception CA already in data_dir (read, never made here) against the
+            // config's names: a mismatch turns interception off at start.
+            warnings.extend(postern_gateway::intercept::existing_ca_problem(
+                &config.gateway.data_dir,
+                &config.proxy.intercept_ca_names,
+            ));
             if json {
                 println!(
                     "{}",
@@ -278,7 +285,7 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
                         "callers": config.callers.len(),
                         "integrations": config.integrations.len(),
                         "grants": config.grants.len(),
-                        "warnings": compiled.warnings(),
+                        "warnings": warnings,
                         "cedar": if show_policies { Some(compiled.policy.cedar_text()) } else { None },
                     })
                 );
@@ -294,7 +301,7 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
                     count(config.integrations.len(), "integration"),
                     count(config.grants.len(), "grant")
                 );
-                for warning in compiled.warnings() {
+                for warning in &warnings {
                     println!("warning: {warning}");
                 }
                 if show_policies {

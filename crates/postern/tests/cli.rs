@@ -948,3 +948,43 @@ fn check_warns_of_an_upstream_address_the_guard_refuses() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(!stdout.contains("warning"), "{stdout}");
 }
+
+/// `check` reads the interception CA already in data_dir (it makes none) and warns when its
+/// names are not the config's `[proxy] intercept_ca_names`: `serve` would start with
+/// interception off. `ca export --config` makes a CA with the config's names.
+#[test]
+fn check_warns_when_the_existing_ca_has_other_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("postern.toml");
+    let write = |names: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"./data\"\n\n\
+                 [proxy]\nintercept_ca_names = [{names}]\n"
+            ),
+        )
+        .unwrap();
+    };
+    let check = || run(&["check", "--config", config.to_str().unwrap()]);
+    write("\"stripe.com\"");
+    let (code, stdout, stderr) = check();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stdout.contains("warning"), "no CA yet: {stdout}");
+    assert!(!dir.path().join("data").exists(), "check made nothing");
+    let (code, pem, stderr) = run(&["ca", "export", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(pem.contains("BEGIN CERTIFICATE"));
+    let (code, stdout, _) = check();
+    assert_eq!(code, 0);
+    assert!(!stdout.contains("warning"), "{stdout}");
+    write("\"stripe.com\", \"openai.com\"");
+    let (code, stdout, stderr) = check();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("warning: the interception CA in")
+            && stdout.contains("has the names stripe.com")
+            && stdout.contains("interception off"),
+        "{stdout}"
+    );
+}
