@@ -832,6 +832,7 @@ impl Validator<'_> {
     /// 5280's name constraints do), and every intercepted integration's hosts inside them.
     fn intercept_ca_names(&mut self, values: &[Spanned<String>]) -> Vec<String> {
         let mut names: Vec<String> = Vec::with_capacity(values.len());
+        let mut refused = false;
         for value in values {
             let name = value.get_ref().trim().to_ascii_lowercase();
             let problem = if let Err(problem) = check_host_pattern(&name) {
@@ -843,6 +844,7 @@ impl Validator<'_> {
             } else {
                 None
             };
+            refused |= problem.is_some();
             if let Some(problem) = problem {
                 self.error(
                     value.span(),
@@ -859,7 +861,9 @@ impl Validator<'_> {
                 names.push(name);
             }
         }
-        if names.is_empty() {
+        // Hosts are judged against the whole list only: against part of it they would draw
+        // errors that fixing the list's own does away with.
+        if names.is_empty() || refused {
             return names;
         }
         for (pattern, span, integration) in std::mem::take(&mut self.intercepted_hosts) {

@@ -745,6 +745,12 @@ fn intercept_ca_names_constrain_the_intercepted_hosts() {
             integration("hosts = [\"api.openai.com\"]\nintercept = false\n")),
         "ok",
     );
+    // A list with a refused entry is not held against the hosts: only its own error shows.
+    check(
+        &format!("{}\n[proxy]\nintercept_ca_names = [\"openai.com\", \"*.stripe.com\"]\n",
+            integration("hosts = [\"api.stripe.com\"]\n")),
+        "10:37: `intercept_ca_names` entry \"*.stripe.com\" is not a DNS name: a name already covers every name below it, so it takes no wildcard",
+    );
     // The names themselves: DNS names, once each.
     check(
         &format!("{}\n[proxy]\nintercept_ca_names = [\"*.stripe.com\", \"203.0.113.7\", \"https://x.com\", \"a.com\", \"A.com\"]\n", integration("")),

@@ -822,33 +822,12 @@ pub(crate) fn token_from_authorization(value: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// The decoded credential of a `Basic <base64>` value, zeroized when dropped. Decoded as
-/// leniently as a lenient server would: padding optional, stray low bits in the last
-/// character allowed.
-fn basic_credential(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    use base64::Engine as _;
-    const LENIENT: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new()
-            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-            .with_decode_allow_trailing_bits(true),
-    );
-    let value = value.trim_ascii();
-    let scheme = value.get(..6)?;
-    if !scheme.eq_ignore_ascii_case(b"basic ") {
-        return None;
-    }
-    LENIENT
-        .decode(value[6..].trim_ascii())
-        .ok()
-        .map(Zeroizing::new)
-}
-
-/// A header value that is base64 as a whole (standard or URL-safe alphabet, padded or not),
-/// after an optional scheme word (`Token …`): decoded into a zeroized copy, when it is long
-/// enough to hold `shortest` bytes. An SDK may encode a key so before sending it (a custom auth
-/// header, a signed blob); a vendor decodes it.
+/// A header value that is base64 as a whole (standard or URL-safe alphabet), after an optional
+/// scheme word (`Basic …`, `Token …`): decoded into a zeroized copy, when it is long enough to
+/// hold `shortest` bytes. Decoded as leniently as a lenient server would: padding optional,
+/// stray low bits in the last character allowed. A `Basic` credential is one (a client given
+/// the token as its password sends it to every host); an SDK may encode a key so in a header of
+/// its own too (a custom auth header, a signed blob), and a vendor decodes it.
 fn base64_value(value: &[u8], shortest: usize) -> Option<Zeroizing<Vec<u8>>> {
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     use base64::Engine as _;
@@ -1249,9 +1228,9 @@ fn query_name_is(pair: &str, name: &str) -> bool {
 }
 
 /// Whether a request header must not be forwarded because it holds a caller token: the call's
-/// own `token` in its value — as it stands, percent-decoded, or inside a `Basic` credential
-/// (base64 of `user:password`, as a client set up with the token as its password sends it to
-/// every host) — or in its name (which HTTP/1.1 parsing lowercased: matched regardless of
+/// own `token` in its value — as it stands, percent-decoded, or inside base64 ([`base64_value`]:
+/// a `Basic` credential, as a client set up with the token as its password sends it to every
+/// host, or any value that is base64 as a whole) — or in its name (which HTTP/1.1 parsing lowercased: matched regardless of
 /// case; percent-decoded too); or, in its value in the same forms, what looks like any caller
 /// token `postern` made (a service holding another's token, or an old one of its own, would
 /// otherwise hand it to the vendor). Each decoded form of the value is made once, for both.
@@ -1262,12 +1241,9 @@ pub(crate) fn holds_a_caller_token(
 ) -> bool {
     let token = token.filter(|token| !token.is_empty());
     let value = value.as_bytes();
-    // A `Basic` credential's base64 is longer than what it holds; so is any other base64.
     if holds_a_token_even_encoded(value, token)
-        || (value.len() >= shortest_token(token)
-            && (basic_credential(value).is_some_and(|decoded| holds_a_token(&decoded, token))
-                || base64_value(value, shortest_token(token))
-                    .is_some_and(|decoded| holds_a_token(&decoded, token))))
+        || base64_value(value, shortest_token(token))
+            .is_some_and(|decoded| holds_a_token(&decoded, token))
     {
         return true;
     }
