@@ -29,15 +29,20 @@
 //! it is safe (`GET`, `HEAD`, `OPTIONS`, `TRACE`), bodiless, and the pooled connection closed
 //! before a byte of an answer (RFC 9112 §9.3.1.1).
 //!
-//! A vendor that answers (413, 401…) and closes before it has read the whole request body: the
-//! write fails, and the answer it had already sent is the call's answer.
+//! A request body goes out while what the vendor sends meanwhile is read ([`upload`]). A vendor
+//! may answer before the body has ended, on the head alone (a `401`, a `413`):
+//! - an error (`4xx`, `5xx`) or an answer that closes the connection says the vendor wants no
+//!   more of the body (RFC 9112 §9.5): nothing more is sent, the answer is the call's at once,
+//!   and the connection ends with it — whether the vendor then reads on, stops reading, or
+//!   closes (a write that fails then is not the call's failure);
+//! - any other final answer (a `2xx` from a vendor that answers as it reads) is kept, the rest
+//!   of the body sent, and the answer relayed once the body has gone: an exchange that needs
+//!   each part of the answer before the caller sends more (full duplex) works over h2 vendors
+//!   only.
 //!
-//! Limits, known: the request is written in full before the answer is read, so a vendor that
-//! answers early but keeps the connection open without reading is heard once the body is
-//! written (or `request_timeout_ms` ends). A connection the pool's sweep closes for idling is
-//! shut down in order (TLS `close_notify`, then FIN: [`Connection::close`]); one that ends
-//! otherwise (found idle too long when taken, beyond what the pool keeps, dropped with its
-//! pool, closed by the vendor, failed) is dropped.
+//! A connection the pool's sweep closes for idling is shut down in order (TLS `close_notify`,
+//! then FIN: [`Connection::close`]); one that ends otherwise (found idle too long when taken,
+//! beyond what the pool keeps, dropped with its pool, closed by the vendor, failed) is dropped.
 
 use std::future::Future;
 use std::io;
@@ -48,7 +53,6 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -239,7 +243,7 @@ pub(crate) fn send(
                 parts, body,
             ))));
         }
-        let written = match outgoing {
+        let uploaded = match outgoing {
             Outgoing::None => match write_all(&mut conn.io, &head).await {
                 Err((0, _)) if reused => {
                     return Err(SendError::Unsent(Box::new(http::Request::from_parts(
@@ -247,52 +251,66 @@ pub(crate) fn send(
                     ))))
                 }
                 Err((_, error)) => Err(Error::Write(error)),
-                Ok(()) => Ok(()),
+                Ok(()) => conn
+                    .io
+                    .flush()
+                    .await
+                    .map(|()| Uploaded::Whole(None))
+                    .map_err(Error::Write),
             },
+            // Boxed: the calls without a body, most of them, do not carry its room.
             Outgoing::Length(length) => {
-                write_body(&mut conn.io, head, &mut body, Some(length)).await
+                Box::pin(upload(
+                    &mut conn,
+                    head,
+                    &mut body,
+                    &parts.method,
+                    Some(length),
+                ))
+                .await
             }
-            Outgoing::Chunked => write_body(&mut conn.io, head, &mut body, None).await,
+            Outgoing::Chunked => {
+                Box::pin(upload(&mut conn, head, &mut body, &parts.method, None)).await
+            }
         };
-        let written = match written {
-            Ok(()) => conn.io.flush().await.map_err(Error::Write),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = written {
+        let early = match uploaded {
+            Ok(Uploaded::Whole(early)) => early,
+            // The vendor refused the rest of the body: its answer is the call's, and the
+            // connection, with the request unfinished on it, is not reused.
+            Ok(Uploaded::Refused((head, framing, _))) => {
+                return Ok(refused(conn, head, framing));
+            }
             // A vendor may answer (413, 401…) and close before it has read the whole body: the
             // answer it sent first is the call's (on a connection not reused).
-            return match (&error, early_answer(&mut conn, &parts.method)) {
-                (Error::Write(_), Some((head, framing, _))) => {
-                    let body = ResponseBody {
-                        conn: Some(conn),
-                        framing,
-                        keep_alive: false,
-                        checkin: None,
-                    };
-                    Ok(http::Response::from_parts(head, body))
-                }
-                _ => Err(SendError::Failed(error)),
-            };
-        }
+            Err(error) => {
+                return match (&error, early_answer(&mut conn, &parts.method)) {
+                    (Error::Write(_), Some((head, framing, _))) => Ok(refused(conn, head, framing)),
+                    _ => Err(SendError::Failed(error)),
+                };
+            }
+        };
         let mut heard = false;
-        let (head, framing, keep_alive) =
-            match read_head(&mut conn, &parts.method, &mut heard).await {
-                Ok(head) => head,
-                // A pooled connection the vendor closed as the request went out, before a byte of an
-                // answer: a safe request without a body may go once more (RFC 9112 §9.3.1.1).
-                Err(error)
-                    if reused
-                        && !heard
-                        && matches!(outgoing, Outgoing::None)
-                        && parts.method.is_safe()
-                        && dropped(&error) =>
-                {
-                    return Err(SendError::Dropped(Box::new(http::Request::from_parts(
-                        parts, body,
-                    ))))
-                }
-                Err(error) => return Err(SendError::Failed(error)),
-            };
+        let read = match early {
+            Some(head) => Ok(head),
+            None => read_head(&mut conn, &parts.method, &mut heard).await,
+        };
+        let (head, framing, keep_alive) = match read {
+            Ok(head) => head,
+            // A pooled connection the vendor closed as the request went out, before a byte of an
+            // answer: a safe request without a body may go once more (RFC 9112 §9.3.1.1).
+            Err(error)
+                if reused
+                    && !heard
+                    && matches!(outgoing, Outgoing::None)
+                    && parts.method.is_safe()
+                    && dropped(&error) =>
+            {
+                return Err(SendError::Dropped(Box::new(http::Request::from_parts(
+                    parts, body,
+                ))))
+            }
+            Err(error) => return Err(SendError::Failed(error)),
+        };
         let mut body = ResponseBody {
             conn: Some(conn),
             framing,
@@ -302,6 +320,22 @@ pub(crate) fn send(
         body.end_if_done();
         Ok(http::Response::from_parts(head, body))
     }
+}
+
+/// The answer to a request whose body the vendor did not take whole: its connection ends with
+/// the answer.
+fn refused(
+    conn: Connection,
+    head: http::response::Parts,
+    framing: Framing,
+) -> http::Response<ResponseBody> {
+    let body = ResponseBody {
+        conn: Some(conn),
+        framing,
+        keep_alive: false,
+        checkin: None,
+    };
+    http::Response::from_parts(head, body)
 }
 
 /// A complete answer head among what the vendor has already sent (read without waiting), after
@@ -394,75 +428,199 @@ fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts, outgoing: Outgoin
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes the head and the body, framed by `length` (checked) or chunked. A small first frame
-/// shares the head's write.
-async fn write_body(
-    io: &mut Io,
-    head: Vec<u8>,
-    body: &mut ForwardBody,
-    length: Option<u64>,
-) -> Result<(), Error> {
-    use std::io::Write as _;
-    let mut sent: u64 = 0;
-    let mut head_out = Some(head);
-    loop {
-        let frame = match body.frame().await {
-            None => None,
-            Some(Ok(frame)) => Some(frame),
-            Some(Err(error)) => return Err(Error::RequestBody(Box::new(error))),
-        };
-        let data = match frame {
-            None => None,
-            Some(frame) => match frame.into_data() {
-                Ok(data) if data.is_empty() => continue,
-                Ok(data) => Some(data),
-                // Trailers (`ForwardBody` drops the caller's already) are not forwarded.
-                Err(_) => continue,
-            },
-        };
-        let mut out = head_out.take().unwrap_or_default();
-        match &data {
-            Some(data) => {
-                sent += data.len() as u64;
-                if length.is_some_and(|length| sent > length) {
-                    return Err(Error::RequestLength);
-                }
-                if length.is_none() {
-                    let _ = write!(out, "{:x}\r\n", data.len());
-                }
-                if data.len() <= COALESCE_BYTES {
-                    out.extend_from_slice(data);
-                } else {
-                    write_out(io, &out).await?;
-                    out.clear();
-                    write_out(io, data).await?;
-                }
-                if length.is_none() {
-                    out.extend_from_slice(b"\r\n");
-                }
-            }
-            None => {
-                if length.is_some_and(|length| sent != length) {
-                    return Err(Error::RequestLength);
-                }
-                if length.is_none() {
-                    out.extend_from_slice(b"0\r\n\r\n");
-                }
-            }
-        }
-        if !out.is_empty() {
-            write_out(io, &out).await?;
-        }
-        if data.is_none() {
-            return Ok(());
-        }
-    }
+/// How an upload ended: written whole, or cut short by the vendor's answer.
+enum Uploaded {
+    /// The whole body went out; the answer's head, if the vendor sent it while the body was
+    /// going out and did not refuse the rest (a `2xx` before the end, from a vendor that
+    /// answers as it reads).
+    Whole(Option<Head>),
+    /// The vendor answered with an error (`4xx`, `5xx`) or `Connection: close` before the body
+    /// ended: it does not want the rest (RFC 9112 §9.5), and the rest is not sent.
+    Refused(Head),
 }
 
-async fn write_out(io: &mut Io, bytes: &[u8]) -> Result<(), Error> {
-    write_all(io, bytes)
-        .await
-        .map_err(|(_, error)| Error::Write(error))
+/// Writes the head and the body, framed by `length` (checked) or chunked, while it reads what
+/// the vendor sends meanwhile: a vendor may answer before the body has ended (a `413`, a `401`
+/// decided on the head) and keep the connection open without reading further, and an upload
+/// that waited for its own end would wait for nothing (or for `request_timeout_ms`). A small
+/// first frame shares the head's write; what stays in the TLS layer is flushed before the next
+/// frame is awaited.
+async fn upload(
+    conn: &mut Connection,
+    head: Vec<u8>,
+    body: &mut ForwardBody,
+    method: &Method,
+    length: Option<u64>,
+) -> Result<Uploaded, Error> {
+    let mut upload = Upload {
+        queue: std::collections::VecDeque::from([Bytes::from(head)]),
+        length,
+        sent: 0,
+        started: false,
+        ended: false,
+        watching: true,
+        answered: None,
+    };
+    std::future::poll_fn(|cx| upload.poll(cx, conn, body, method)).await
+}
+
+/// An upload in progress ([`upload`]).
+struct Upload {
+    /// What is to be written, in order (the head, chunk framing, the frames' data).
+    queue: std::collections::VecDeque<Bytes>,
+    length: Option<u64>,
+    sent: u64,
+    /// The body's first frame, or its end, was read: the head may go.
+    started: bool,
+    /// The body's end was read (its last bytes are queued).
+    ended: bool,
+    /// Whether the vendor is still read from (not once it closed its side, failed, or sent a
+    /// final head).
+    watching: bool,
+    /// A final head that does not stop the upload.
+    answered: Option<Head>,
+}
+
+impl Upload {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Connection,
+        body: &mut ForwardBody,
+        method: &Method,
+    ) -> Poll<Result<Uploaded, Error>> {
+        use std::io::Write as _;
+        loop {
+            // The head waits for the body's first frame (or its end): a body refused at once
+            // leaves the vendor with nothing, not with a head.
+            while let Some(bytes) = self.queue.front_mut().filter(|_| self.started) {
+                match Pin::new(&mut conn.io).poll_write(cx, bytes) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Error::Write(io::ErrorKind::WriteZero.into())))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        bytes.advance(n);
+                        if bytes.is_empty() {
+                            self.queue.pop_front();
+                        }
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(Error::Write(error))),
+                    Poll::Pending => return self.watch(cx, conn, method),
+                }
+            }
+            if self.ended {
+                return match Pin::new(&mut conn.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(Uploaded::Whole(self.answered.take()))),
+                    Poll::Ready(Err(error)) => Poll::Ready(Err(Error::Write(error))),
+                    Poll::Pending => self.watch(cx, conn, method),
+                };
+            }
+            let frame = match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                // Nothing sent yet: nothing to hear.
+                Poll::Pending if !self.started => return Poll::Pending,
+                Poll::Pending => {
+                    // The caller is slow: what the TLS layer holds goes out meanwhile.
+                    if let Poll::Ready(Err(error)) = Pin::new(&mut conn.io).poll_flush(cx) {
+                        return Poll::Ready(Err(Error::Write(error)));
+                    }
+                    return self.watch(cx, conn, method);
+                }
+            };
+            let data = match frame {
+                None => None,
+                Some(Err(error)) => return Poll::Ready(Err(Error::RequestBody(Box::new(error)))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => continue,
+                    Ok(data) => Some(data),
+                    // Trailers (`ForwardBody` drops the caller's already) are not forwarded.
+                    Err(_) => continue,
+                },
+            };
+            self.started = true;
+            let mut framing = Vec::new();
+            match data {
+                Some(data) => {
+                    self.sent += data.len() as u64;
+                    if self.length.is_some_and(|length| self.sent > length) {
+                        return Poll::Ready(Err(Error::RequestLength));
+                    }
+                    if self.length.is_none() {
+                        let _ = write!(framing, "{:x}\r\n", data.len());
+                    }
+                    // A small frame goes out in one write with what is queued before it.
+                    match self.queue.back_mut() {
+                        Some(last) if data.len() <= COALESCE_BYTES => {
+                            let mut joined =
+                                Vec::with_capacity(last.len() + framing.len() + data.len() + 2);
+                            joined.extend_from_slice(last);
+                            joined.extend_from_slice(&framing);
+                            joined.extend_from_slice(&data);
+                            *last = Bytes::from(joined);
+                        }
+                        _ => {
+                            if !framing.is_empty() {
+                                self.queue.push_back(Bytes::from(framing));
+                            }
+                            self.queue.push_back(data);
+                        }
+                    }
+                    if self.length.is_none() {
+                        self.queue.push_back(Bytes::from_static(b"\r\n"));
+                    }
+                }
+                None => {
+                    if self.length.is_some_and(|length| self.sent != length) {
+                        return Poll::Ready(Err(Error::RequestLength));
+                    }
+                    if self.length.is_none() {
+                        self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                    }
+                    self.ended = true;
+                }
+            }
+        }
+    }
+
+    /// While the upload waits (for the socket or for the caller): reads what the vendor sent
+    /// meanwhile. `Ready` with the vendor's refusal; otherwise `Pending` (the task is woken by
+    /// whichever comes first).
+    fn watch(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Connection,
+        method: &Method,
+    ) -> Poll<Result<Uploaded, Error>> {
+        while self.watching {
+            if conn.buf.len() >= MAX_HEAD_BYTES {
+                return Poll::Ready(Err(Error::Malformed(
+                    "the response head is larger than 64 KiB",
+                )));
+            }
+            match conn.poll_read_more(cx) {
+                Poll::Pending => break,
+                // The vendor closed its side, or the socket failed: what it sent (if anything)
+                // is read once the upload ends or its write fails.
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.watching = false,
+                Poll::Ready(Ok(_)) => match parse_head(conn, method) {
+                    Ok(None) => {}
+                    Ok(Some(head)) => {
+                        self.watching = false;
+                        let (parts, _, keep_alive) = &head;
+                        if !keep_alive
+                            || parts.status.is_client_error()
+                            || parts.status.is_server_error()
+                        {
+                            return Poll::Ready(Ok(Uploaded::Refused(head)));
+                        }
+                        self.answered = Some(head);
+                    }
+                    Err(error) => return Poll::Ready(Err(error)),
+                },
+            }
+        }
+        Poll::Pending
+    }
 }
 
 /// Writes all of `bytes`; on failure, how many were written before it.
@@ -950,6 +1108,7 @@ mod tests {
     use crate::body::RequestBodyState;
     use crate::fuzz::Fuzz;
     use crate::upstream::{build_client, UpstreamClient, UpstreamError, UpstreamOptions};
+    use http_body_util::BodyExt as _;
 
     /// One scripted answer: its bytes, and whether the vendor closes the connection after it.
     /// Empty bytes and `true`: the vendor reads the request and closes without a word.
@@ -1564,6 +1723,141 @@ mod tests {
         assert_eq!(
             call(&client(), upload).await.unwrap(),
             (413, b"too big!".to_vec())
+        );
+    }
+
+    /// A vendor that reads one request's head, writes `answer` and then neither reads nor
+    /// closes (until the test ends): its address.
+    async fn answering_vendor_that_stops_reading(answer: &'static [u8]) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            stream.write_all(answer).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        addr
+    }
+
+    fn upload_to(addr: SocketAddr, bytes: usize) -> http::Request<ForwardBody> {
+        let body = ForwardBody::full(
+            Bytes::from(vec![b'u'; bytes]),
+            Arc::new(RequestBodyState::default()),
+        );
+        let mut upload = http::Request::new(body);
+        *upload.method_mut() = Method::POST;
+        *upload.uri_mut() = format!("http://{addr}/v1/files").parse().unwrap();
+        upload
+    }
+
+    #[tokio::test]
+    async fn a_refusal_sent_while_the_vendor_stops_reading_ends_the_upload() {
+        // 32 MiB fill the sockets' buffers many times over: the upload's writes wait, and only
+        // the answer read meanwhile ends the call.
+        for answer in [
+            &b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!"[..],
+            // A success that says the connection closes: the vendor takes no more either.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nenough!!",
+            // After an interim answer.
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 401 Unauthorized\r\ncontent-length: 8\r\n\r\nwho are?",
+        ] {
+            let addr = answering_vendor_that_stops_reading(answer).await;
+            let called = tokio::time::timeout(
+                Duration::from_secs(10),
+                call(&client(), upload_to(addr, 32 * 1024 * 1024)),
+            )
+            .await
+            .expect("the answer ended the upload");
+            let (status, body) = called.unwrap();
+            let expected = String::from_utf8_lossy(answer);
+            assert!(expected.ends_with(std::str::from_utf8(&body).unwrap()), "{expected}");
+            assert!(
+                expected.contains(&format!("HTTP/1.1 {status} ")) && status != 100,
+                "{status} for {expected}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_success_sent_before_the_body_ended_leaves_the_upload_going() {
+        // The vendor answers a head at once, reads the whole body, then sends the body of its
+        // answer (the length it read), and takes a second request on the same connection.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let end = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut chunk = [0u8; 8192];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let length = 4 * 1024 * 1024;
+                    while buf.len() < end + length {
+                        let mut chunk = [0u8; 65536];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let read = buf.len() - end;
+                    stream
+                        .write_all(format!("{read:08}").as_bytes())
+                        .await
+                        .unwrap();
+                    buf.drain(..end + length);
+                    let Some(_) = read_request(&mut stream, &mut buf).await else {
+                        return;
+                    };
+                    stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                });
+            }
+        });
+        let client = client();
+        let called = tokio::time::timeout(
+            Duration::from_secs(20),
+            call(&client, upload_to(addr, 4 * 1024 * 1024)),
+        )
+        .await
+        .expect("the call ended");
+        assert_eq!(called.unwrap(), (200, b"04194304".to_vec()));
+        let next = tokio::time::timeout(
+            Duration::from_secs(10),
+            call(&client, request(Method::GET, addr, b"")),
+        )
+        .await
+        .expect("the second call ended");
+        assert_eq!(next.unwrap(), (200, b"ok".to_vec()));
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the connection was reused"
         );
     }
 

@@ -2801,6 +2801,49 @@ async fn a_slow_upload_is_the_callers_timeout_not_the_vendors() {
     gw.stop().await;
 }
 
+/// A vendor that refuses a call on its head (`401`) while the caller is still uploading, and
+/// then reads no more: the caller has the refusal at once, not when its upload ends (or
+/// `request_timeout_ms`, here 20 s, runs out), and the event records the vendor's answer.
+#[tokio::test]
+async fn a_vendors_refusal_before_the_upload_ends_reaches_the_caller_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let vendor = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+        }
+        stream
+            .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 6\r\n\r\nno key")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    });
+    let body = slow_integration(port, 20_000, "").replace("method = \"GET\"", "method = \"POST\"");
+    let gw = TestGateway::start(&body, None).await;
+    // 100 kB declared (streamed, past what Postern's server reads whole), 10 kB sent.
+    let mut request = format!(
+        "POST /slow/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 100000\r\n\r\n",
+        gw.token
+    )
+    .into_bytes();
+    request.extend(std::iter::repeat_n(b'a', 10_000));
+    let answer = raw_request(gw.running().listen_addr, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("no key"), "{answer}");
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["status"], 401, "{}", events[0]);
+    assert_eq!(events[0]["decision"], "allow", "{}", events[0]);
+    vendor.abort();
+    gw.stop().await;
+}
+
 /// An integration removed by a reload takes its pooled vendor connections with it: the idle
 /// connection closes at the reload, not `idle_timeout_ms` (here 90 s) later.
 #[tokio::test]
