@@ -21,6 +21,7 @@ SKIP_BUILD=1
 KEEP=0
 SYSCALLS=0
 CLOSE=0
+METHOD=GET
 SYSCALL_EVENTS="syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,syscalls:sys_enter_write,syscalls:sys_enter_pwrite64,context-switches"
 
 usage() {
@@ -32,7 +33,7 @@ into its own CARGO_TARGET_DIR, and the build after it) one at a time against the
 upstream, with the same config and load as bench/run.sh's Postern target, alternating
 old, new, old, new, ... for --pairs pairs. Each run starts Postern on an empty data_dir, warms
 up for --warmup seconds, then measures \`wrk -t$WRK_THREADS -c$CONNECTIONS -d<duration>s --latency\`
-(GET /bench/v1/charges/ch_123 with the caller token). Prints one line per run and the medians:
+(GET /bench/v1/charges/ch_123 with the caller token, or --method POST). Prints one line per run and the medians:
 req/s, p99, and Postern's CPU per call (utime+stime from /proc over the measured run, divided
 by the requests), with its user-space share, and the same split by thread kind (the
 data-plane workers summed, the audit sequencer, the detector, ...), and with --syscalls the
@@ -54,6 +55,8 @@ Options:
                     ca_file, as bench/run.sh --upstream-tls
   --upstream-h2     the same, the upstream offering HTTP/2 first (bench/run.sh --upstream-h2)
   --proxy-threads N Postern's [gateway] workers (default nproc = $PROXY_THREADS)
+  --method GET|POST GET /v1/charges/ch_123, or POST /v1/charges with bench/run.sh's small form
+                    body (read whole by Postern's server, forwarded as an upload; default $METHOD)
   --close           every request on a new connection (\`Connection: close\`): what a
                     connection costs (accept, hand-over between workers, close), not a call
   --keep            keep the temp dir (config, logs, wrk output)
@@ -70,6 +73,7 @@ while [[ $# -gt 0 ]]; do
     --audit) AUDIT_MODE="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --close) CLOSE=1; shift ;;
+    --method) METHOD="$2"; shift 2 ;;
     --syscalls) SYSCALLS=1; shift ;;
     --upstream-tls) UPSTREAM_TLS=1; shift ;;
     --upstream-h2) UPSTREAM_TLS=1; UPSTREAM_H2=1; shift ;;
@@ -83,6 +87,7 @@ done
 require_numbers ab.sh "$PAIRS" "$DURATION" "$WARMUP" "$PROXY_THREADS"
 [[ "$PAIRS" -ge 1 && "$DURATION" -ge 1 && "$PROXY_THREADS" -ge 1 ]] || { echo "ab.sh: need --pairs >= 1, --duration >= 1 and --proxy-threads >= 1" >&2; exit 2; }
 [[ "$AUDIT_MODE" == required || "$AUDIT_MODE" == best_effort ]] || { echo "ab.sh: --audit is required or best_effort" >&2; exit 2; }
+[[ "$METHOD" == GET || "$METHOD" == POST ]] || { echo "ab.sh: --method is GET or POST" >&2; exit 2; }
 for bin in "${BINS[@]}"; do [[ -x "$bin" ]] || { echo "ab.sh: $bin is not an executable" >&2; exit 2; }; done
 command -v wrk >/dev/null || apt_install wrk
 if [[ $SYSCALLS == 1 ]]; then
@@ -100,6 +105,7 @@ POSTERN_BIN="${BINS[1]}"
 write_postern_config bench/ab.sh 'credential = { kind = "bearer", from_file = "vendor-key" }'
 cat >"$WORK/bench.lua" <<EOF
 wrk.headers["Authorization"] = "Bearer $TOKEN"
+$([[ $METHOD == POST ]] && printf '%s\n' 'wrk.method = "POST"' 'wrk.body = "amount=500&currency=usd"' 'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"')
 $([[ $CLOSE == 1 ]] && echo 'wrk.headers["Connection"] = "close"')
 done = function(summary, latency, requests)
   io.write(string.format("AB requests=%d p99_us=%d errors=%d\n", summary.requests,
@@ -107,7 +113,8 @@ done = function(summary, latency, requests)
     + summary.errors.write + summary.errors.timeout))
 end
 EOF
-URL="http://127.0.0.1:$POSTERN_PORT/bench/v1/charges/ch_123"
+URL="http://127.0.0.1:$POSTERN_PORT/bench/v1/charges"
+[[ $METHOD == POST ]] || URL="$URL/ch_123"
 TICK="$(getconf CLK_TCK)"
 cpu_fields() { local stat; stat="$(cat "/proc/$1/stat")"; stat="${stat##*) }"; read -r -a f <<<"$stat"; echo "${f[11]} ${f[12]}"; }
 # thread_cpu PID -> one line per thread: "name utime stime" (clock ticks), name as in
