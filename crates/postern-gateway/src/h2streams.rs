@@ -38,12 +38,11 @@ pub(crate) struct H2Streams {
     failed: AtomicUsize,
 }
 
-/// Streams a connection may see fail before their answer's head (reset by Postern, a caller's
-/// body refused as it streamed, or by the vendor; one that fails later, its head received, is
-/// not counted) before the pool stops giving it new calls: a vendor that
-/// defends itself against rapid reset (CVE-2023-44487) by counting a client's resets may close
-/// the connection, and every call on it would fail with it. Retired, the connection ends once
-/// its calls have; the next call dials afresh. (A defence, not a fix: hyper's server, the
+/// Streams a connection may see fail (reset by Postern — a caller's body refused as it
+/// streamed, an answer's body dropped before its end, `UpstreamBody`'s `Drop` — or by the
+/// vendor) before the pool stops giving it new calls: a vendor that defends itself against
+/// rapid reset (CVE-2023-44487) by counting a client's resets may close the connection, and
+/// every call on it would fail with it. Retired, the connection ends once its calls have; the next call dials afresh. (A defence, not a fix: hyper's server, the
 /// tests' vendor, counts only streams reset before it accepted them, which a refused body's
 /// are not; 60 refused bodies on one connection all stayed 400 with no budget. The 502s once
 /// put down to resets were empty DATA frames, which `ForwardBody` no longer sends.)

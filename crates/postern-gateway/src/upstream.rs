@@ -1084,8 +1084,21 @@ impl Checkin {
 /// A vendor's response body: read by Postern's HTTP/1.1 client, or hyper's h2 stream.
 pub enum UpstreamBody {
     H1(crate::h1::ResponseBody),
-    /// The stream's slot is counted on its connection until the body is dropped.
+    /// The stream's slot is counted on its connection until the body is dropped; a stream that
+    /// fails, or is dropped before its end (hyper then resets it: the caller left, the answer
+    /// passed its limit), counts as failed ([`StreamSlot::failed`]), as one that fails before
+    /// its head does.
     H2(Incoming, StreamSlot),
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let UpstreamBody::H2(body, slot) = self {
+            if !http_body::Body::is_end_stream(body) {
+                slot.failed();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for UpstreamBody {

@@ -2964,6 +2964,49 @@ async fn an_h2_connection_whose_streams_keep_failing_is_retired() {
     gw.stop().await;
 }
 
+/// A stream Postern resets after the answer's head counts against the budget too: here the
+/// caller takes each answer's head and hangs up (reqwest drops the connection with the body
+/// unread), so Postern drops the vendor's stream, 4 MiB still to come, and hyper resets it.
+/// After `FAILED_STREAMS_BUDGET` (10) such calls the next call dials afresh.
+#[tokio::test]
+async fn streams_reset_after_their_head_wear_an_h2_connection_too() {
+    let big: Handler = Arc::new(|_request: &SeenRequest| Answer {
+        status: 200,
+        headers: vec![("content-type", "application/octet-stream".to_string())],
+        body: bytes::Bytes::from(vec![b'x'; 4 << 20]),
+    });
+    let vendor = TestVendor::tls(big).await;
+    let gw = stripe_gateway_tuned(&vendor, "", "workers = 1").await;
+    // Answers read to their end do not count, however many.
+    for _ in 0..12 {
+        let response = get_charge(&client(), &gw).await.unwrap();
+        assert_eq!(response.bytes().await.unwrap().len(), 4 << 20);
+    }
+    assert_eq!(vendor.connections(), 1);
+    for _ in 0..10 {
+        let response = get_charge(&client(), &gw).await.unwrap();
+        assert_eq!(response.status(), 200);
+        drop(response);
+    }
+    // Each hang-up reaches the worker's connection to the vendor in its own time.
+    let mut dialled = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let response = get_charge(&client(), &gw).await.unwrap();
+        assert_eq!(response.status(), 200);
+        drop(response);
+        if vendor.connections() >= 2 {
+            dialled = true;
+            break;
+        }
+    }
+    assert!(
+        dialled,
+        "the first connection retired after 10 streams reset mid-body"
+    );
+    gw.stop().await;
+}
+
 /// POSTs `body` in `encoding` through `gw`, whole and then streamed in 7-byte pieces: each
 /// refused `caller_token_in_body`, the vendor never having the whole body.
 async fn refused_whole_and_in_pieces(
