@@ -170,10 +170,10 @@ pub struct ForwardBody {
     buffered: Option<Bytes>,
     limit: u64,
     state: Arc<RequestBodyState>,
-    /// What the body is searched for as it streams, and the search as sent. Boxed: with its
-    /// escaped readings it is a few hundred bytes, and most requests (no body) have none; every
-    /// move of the request would otherwise copy them.
-    token: Option<Box<TokenReading>>,
+    /// What the body is searched for as it streams, and its searches: as sent, and decoded.
+    /// Boxed: with its escaped readings it is a few hundred bytes, and most requests (no body)
+    /// have none; every move of the request would otherwise copy them.
+    search: Option<Box<BodySearch>>,
     /// What was read and not sent yet: the last bytes that could start a token
     /// ([`ForwardBody::held_back`]), so not even the start of a token is sent before the bytes
     /// after it show it is none (and every frame while a reading that is not as sent may be
@@ -187,9 +187,45 @@ pub struct ForwardBody {
     /// last field still comes before the vendor could. Not for a JSON body, whose `_method` is
     /// decided inside it (at its value's closing quote).
     held: Option<u8>,
+}
+
+/// A streaming body's searches for what [`Needles`] looks for, made once for the body and
+/// shared by every reading: as sent, and, for a body with a coding, in its decoding.
+struct BodySearch {
+    needles: Needles,
+    /// The search as sent.
+    as_sent: TokenReading,
     /// A compressed body's one decoding, read for the caller token and a `_method` field as a
-    /// vendor that undoes the coding reads the body ([`ForwardBody::reading`]).
+    /// vendor that undoes the coding reads the body ([`ForwardBody::reading`]). Boxed: most
+    /// bodies have no coding.
     decoded: Option<Box<Decoding>>,
+}
+
+impl BodySearch {
+    /// Feeds `data` (or, at `end`, nothing) to the decoded reading, if any
+    /// ([`Decoding::check`]).
+    fn check_decoded(&mut self, data: &[u8], end: bool) -> Result<(), RequestBodyViolation> {
+        match self.decoded.as_deref_mut() {
+            Some(decoding) => decoding.check(&self.needles, data, end),
+            None => Ok(()),
+        }
+    }
+
+    /// [`ForwardBody::token_in_progress`].
+    fn token_in_progress(&self) -> bool {
+        self.decoded
+            .as_ref()
+            .is_some_and(|decoding| decoding.token_in_progress(&self.needles))
+            || self.as_sent.escaped_in_progress(&self.needles)
+    }
+
+    /// [`ForwardBody::held_back`].
+    fn held_back(&self) -> usize {
+        match self.decoded {
+            None => self.as_sent.seen.pending(&self.needles),
+            Some(_) => self.needles.keep(),
+        }
+    }
 }
 
 /// A compressed body's one decoding (its `Content-Encoding` undone as it streams), and what
@@ -215,9 +251,8 @@ struct Readers {
 }
 
 /// A caller token looked for in one reading of a body (as sent, or a decoding of it): as it
-/// reads, and with its escapes undone.
+/// reads, and with its escapes undone, for what the body's [`Needles`] look for.
 struct TokenReading {
-    needles: Needles,
     /// The search as the reading reads (its last bytes: a token split across pieces is still
     /// found).
     seen: Seen,
@@ -228,47 +263,42 @@ struct TokenReading {
 }
 
 impl TokenReading {
-    fn new(needles: Needles, escaped: bool) -> Self {
+    fn new(escaped: bool) -> Self {
         TokenReading {
-            needles,
             seen: Seen::default(),
             escaped: escaped.then(EscapedToken::new),
         }
     }
 
     /// Reads the next `piece`: whether a token now stands in what was read.
-    fn read(&mut self, piece: &[u8]) -> bool {
-        let TokenReading {
-            needles,
-            seen,
-            escaped,
-        } = self;
-        seen.read(needles, piece)
-            || escaped
+    fn read(&mut self, needles: &Needles, piece: &[u8]) -> bool {
+        self.seen.read(needles, piece)
+            || self
+                .escaped
                 .as_mut()
                 .is_some_and(|escaped| escaped.read(needles, piece))
     }
 
     /// Whether more could complete a token in what was read with its escapes undone.
-    fn escaped_in_progress(&self) -> bool {
+    fn escaped_in_progress(&self, needles: &Needles) -> bool {
         self.escaped
             .as_ref()
-            .is_some_and(|escaped| escaped.in_progress(&self.needles))
+            .is_some_and(|escaped| escaped.in_progress(needles))
     }
 
     /// Whether more could complete a token in what was read, as it reads or with its escapes
     /// undone.
-    fn in_progress(&self) -> bool {
-        self.seen.in_progress(&self.needles) || self.escaped_in_progress()
+    fn in_progress(&self, needles: &Needles) -> bool {
+        self.seen.in_progress(needles) || self.escaped_in_progress(needles)
     }
 
     /// Whether the reading, ending here, ends with a token.
-    fn ends_in_token(&self) -> bool {
-        self.seen.ends_in_token(&self.needles)
+    fn ends_in_token(&self, needles: &Needles) -> bool {
+        self.seen.ends_in_token(needles)
             || self
                 .escaped
                 .as_ref()
-                .is_some_and(|escaped| escaped.ends_in_token(&self.needles))
+                .is_some_and(|escaped| escaped.ends_in_token(needles))
     }
 }
 
@@ -285,12 +315,16 @@ pub(crate) fn whole_holds_a_token(needles: &Needles, bytes: &[u8], escapes: bool
 
 impl Readers {
     /// Reads `piece`: the caller's token is `CallerToken`, a `_method` field `MethodOverride`.
-    fn read(&mut self, piece: &[u8]) -> RequestBodyViolation {
+    fn read(&mut self, needles: &Needles, piece: &[u8]) -> RequestBodyViolation {
         self.fed = true;
         if let Some(kept) = &mut self.kept {
             kept.take(piece);
         }
-        if self.token.as_mut().is_some_and(|token| token.read(piece)) {
+        if self
+            .token
+            .as_mut()
+            .is_some_and(|token| token.read(needles, piece))
+        {
             return RequestBodyViolation::CallerToken;
         }
         if self.overrides.as_mut().is_some_and(|scan| scan.feed(piece)) {
@@ -300,8 +334,10 @@ impl Readers {
     }
 
     /// Whether what was decoded so far ends with the start of a token.
-    fn token_in_progress(&self) -> bool {
-        self.token.as_ref().is_some_and(TokenReading::in_progress)
+    fn token_in_progress(&self, needles: &Needles) -> bool {
+        self.token
+            .as_ref()
+            .is_some_and(|token| token.in_progress(needles))
     }
 }
 
@@ -324,21 +360,20 @@ impl Kept {
 }
 
 impl Decoding {
-    /// The decoding of a body in `coding`, to at most `max_decoded` bytes, for what `needles`
-    /// looks for and `overrides` (a scan that has read nothing yet); with `keep`, keeping its
-    /// decoded bytes up to that many in each reading ([`Decoding::kept`]): for a body read
-    /// whole to be scanned.
+    /// The decoding of a body in `coding`, to at most `max_decoded` bytes, for the caller token
+    /// (what the body's [`Needles`], given to [`Decoding::check`], look for) and `overrides` (a
+    /// scan that has read nothing yet); with `keep`, keeping its decoded bytes up to that many
+    /// in each reading ([`Decoding::kept`]): for a body read whole to be scanned.
     pub(crate) fn new(
         coding: Coding,
         max_decoded: u64,
-        needles: &Needles,
         overrides: Option<OverrideScan>,
         keep: Option<usize>,
     ) -> Self {
         let max = usize::try_from(max_decoded).unwrap_or(usize::MAX);
         let decoder = postern_scan::StreamDecoder::new(coding, max);
         let readers = |overrides| Readers {
-            token: Some(TokenReading::new(needles.clone(), true)),
+            token: Some(TokenReading::new(true)),
             overrides,
             kept: keep.map(|cap| Kept {
                 bytes: Vec::new(),
@@ -360,12 +395,12 @@ impl Decoding {
 
     /// Whether what was decoded so far, in a reading still decoding, ends with the start of a
     /// token (one that more of the body could complete).
-    fn token_in_progress(&self) -> bool {
+    fn token_in_progress(&self, needles: &Needles) -> bool {
         let alive = self.decoder.readings();
         self.readers
             .iter()
             .zip(alive)
-            .any(|(readers, alive)| alive && readers.token_in_progress())
+            .any(|(readers, alive)| alive && readers.token_in_progress(needles))
     }
 
     /// The decoded bytes kept ([`Decoding::new`]), each reading's (the second only for a
@@ -387,17 +422,23 @@ impl Decoding {
     }
 
     /// Feeds `data` (or, at `end`, finishes the stream) and reads what it decodes, in every
-    /// reading. The caller's token is `CallerToken`, a `_method` field `MethodOverride`;
-    /// decoding past the limit is `TooLarge`; data that no reading decodes (not valid for its
-    /// coding, cut short) `Undecodable` (vendors' decoders differ in what they forgive, so one
-    /// may read on past where Postern stopped). A reading that fails while another goes on has
-    /// been read up to where it failed, as a lenient vendor would.
-    pub(crate) fn check(&mut self, data: &[u8], end: bool) -> Result<(), RequestBodyViolation> {
+    /// reading, for what `needles` (the body's) look for. The caller's token is `CallerToken`,
+    /// a `_method` field `MethodOverride`; decoding past the limit is `TooLarge`; data that no
+    /// reading decodes (not valid for its coding, cut short) `Undecodable` (vendors' decoders
+    /// differ in what they forgive, so one may read on past where Postern stopped). A reading
+    /// that fails while another goes on has been read up to where it failed, as a lenient
+    /// vendor would.
+    pub(crate) fn check(
+        &mut self,
+        needles: &Needles,
+        data: &[u8],
+        end: bool,
+    ) -> Result<(), RequestBodyViolation> {
         let Decoding { decoder, readers } = self;
         let mut found = RequestBodyViolation::None;
         let mut read = |reading: usize, piece: &[u8]| {
             if found == RequestBodyViolation::None {
-                found = readers[reading].read(piece);
+                found = readers[reading].read(needles, piece);
             }
         };
         let decoded = match end {
@@ -418,7 +459,7 @@ impl Decoding {
                 && readers
                     .token
                     .as_ref()
-                    .is_some_and(TokenReading::ends_in_token)
+                    .is_some_and(|token| token.ends_in_token(needles))
         }) {
             return Err(RequestBodyViolation::CallerToken);
         }
@@ -468,11 +509,10 @@ impl ForwardBody {
             buffered: None,
             limit,
             state,
-            token: None,
+            search: None,
             carry: Vec::new(),
             overrides: None,
             held: None,
-            decoded: None,
         }
     }
 
@@ -494,26 +534,26 @@ impl ForwardBody {
         if self.inner.is_none() && self.buffered.is_none() {
             return Ok(self);
         }
-        // Made once for the body: what was read ahead and, while it streams, every frame (each
-        // decoded reading keeps a copy of its own).
-        let needles = Needles::new(token);
-        if let Some(coding) = coding {
-            self.decoded = Some(Box::new(Decoding::new(
-                coding,
-                self.limit,
-                &needles,
-                overrides.clone(),
-                None,
-            )));
-        }
+        // Made once for the body: what was read ahead and, while it streams, every frame, as
+        // sent and in each reading of its decoding, is searched with these needles. Read with
+        // its escapes undone as sent only when it has no coding: one that has is read so in its
+        // decoding (`Decoding`), which is what a vendor undoing escapes reads.
+        let decoded = coding
+            .map(|coding| Box::new(Decoding::new(coding, self.limit, overrides.clone(), None)));
+        let search = self.search.insert(Box::new(BodySearch {
+            needles: Needles::new(token),
+            as_sent: TokenReading::new(coding.is_none()),
+            decoded,
+        }));
         // What was read ahead is the body's start: read now, as sent and decoded; with no
         // stream after it, the whole body, read to its end now (nothing polls the body past its
-        // last frame). Read with its escapes undone as sent only when it has no coding: one
-        // that has is read so in its decoding (`Decoding`), which is what a vendor undoing
-        // escapes reads.
+        // last frame).
         let ahead = self.buffered.take().unwrap_or_default();
-        let mut token = Box::new(TokenReading::new(needles, coding.is_none()));
-        let found = token.read(&ahead) || (self.inner.is_none() && token.ends_in_token());
+        let BodySearch {
+            needles, as_sent, ..
+        } = &mut **search;
+        let found = as_sent.read(needles, &ahead)
+            || (self.inner.is_none() && as_sent.ends_in_token(needles));
         let mut checked = match found {
             true => Err(RequestBodyViolation::CallerToken),
             false => Ok(()),
@@ -527,7 +567,7 @@ impl ForwardBody {
         checked = checked.and_then(|()| self.decoded_check(&ahead, false));
         if checked.is_ok() && self.inner.is_none() {
             checked = self.decoded_check(&[], true);
-            self.decoded = None;
+            self.search = None;
             // All of it read: its last field too, so no byte is held back for it (the body
             // goes as one frame, not a last byte after the rest in a packet of its own).
             if checked.is_ok() && self.overrides.take().is_some_and(|mut scan| scan.finish()) {
@@ -537,12 +577,12 @@ impl ForwardBody {
         if let Err(violation) = checked {
             return Err(self.refused_for(violation));
         }
-        // Only a body still streaming is searched as it comes (what was read ahead, just now).
+        // Only a body still streaming is searched as it comes (what was read ahead, just now;
+        // the search of a body that does not stream was ended above).
         if self.inner.is_none() {
             self.buffered = Some(self.hold_last(ahead)).filter(|b| !b.is_empty());
             return Ok(self);
         }
-        self.token = Some(token);
         if self.token_in_progress() {
             // What was read ahead is held back whole, as a frame is.
             self.carry = ahead.to_vec();
@@ -563,8 +603,8 @@ impl ForwardBody {
 
     /// Feeds `data` (or, at `end`, nothing) to the decoded reading, if any.
     fn decoded_check(&mut self, data: &[u8], end: bool) -> Result<(), RequestBodyViolation> {
-        match self.decoded.as_deref_mut() {
-            Some(reading) => reading.check(data, end),
+        match self.search.as_deref_mut() {
+            Some(search) => search.check_decoded(data, end),
             None => Ok(()),
         }
     }
@@ -575,10 +615,9 @@ impl ForwardBody {
         self.state.set(violation);
         self.inner = None;
         self.carry.clear();
-        self.token = None;
+        self.search = None;
         self.held = None;
         self.overrides = None;
-        self.decoded = None;
     }
 
     /// With `overrides` whose field the body's end may decide (a form's or a multipart body's
@@ -627,11 +666,10 @@ impl ForwardBody {
             buffered: if bytes.is_empty() { None } else { Some(bytes) },
             limit: u64::MAX,
             state,
-            token: None,
+            search: None,
             carry: Vec::new(),
             overrides: None,
             held: None,
-            decoded: None,
         }
     }
 
@@ -641,13 +679,9 @@ impl ForwardBody {
     /// compressed body) or it may be written in many more bytes than its own length (escapes),
     /// so every frame since it may have begun is held back.
     fn token_in_progress(&self) -> bool {
-        self.decoded
-            .as_ref()
-            .is_some_and(|decoding| decoding.token_in_progress())
-            || self
-                .token
-                .as_deref()
-                .is_some_and(TokenReading::escaped_in_progress)
+        self.search
+            .as_deref()
+            .is_some_and(BodySearch::token_in_progress)
     }
 
     /// How many of the last bytes read, as sent, wait for more of the body: those that could
@@ -655,11 +689,7 @@ impl ForwardBody {
     /// a body read decoded as well, the last [`Needles::keep`] (which compressed bytes stand for
     /// what the decoding has not yet given cannot be told).
     fn held_back(&self) -> usize {
-        match (&self.token, &self.decoded) {
-            (Some(token), None) => token.seen.pending(&token.needles),
-            (Some(token), Some(_)) => token.needles.keep(),
-            (None, _) => 0,
-        }
+        self.search.as_deref().map_or(0, BodySearch::held_back)
     }
 
     /// Scans `data` (after what was held back) for a token. Returns the bytes that may be sent
@@ -670,10 +700,10 @@ impl ForwardBody {
     /// vendor never has even a compressed prefix of a token (a body that keeps ending frames
     /// with a token's start is held up to its `max_request_body_bytes`).
     fn release(&mut self, data: &Bytes) -> Result<Bytes, ()> {
-        let Some(token) = self.token.as_deref_mut() else {
+        let Some(search) = self.search.as_deref_mut() else {
             return Ok(data.clone());
         };
-        if token.read(data) {
+        if search.as_sent.read(&search.needles, data) {
             return Err(());
         }
         self.carry.extend_from_slice(data);
@@ -764,9 +794,12 @@ impl ForwardBody {
         if let Err(violation) = this.decoded_check(&[], true) {
             return Some(Err(Self::refuse(this, violation)));
         }
-        this.decoded = None;
         // A token-shaped run held back is decided by the end (once: the search ends here).
-        if this.token.take().is_some_and(|token| token.ends_in_token()) {
+        if this
+            .search
+            .take()
+            .is_some_and(|search| search.as_sent.ends_in_token(&search.needles))
+        {
             return Some(Err(Self::refuse(this, RequestBodyViolation::CallerToken)));
         }
         let mut rest: Vec<u8> = this.held.take().into_iter().collect();
@@ -827,7 +860,7 @@ impl Body for ForwardBody {
                 .inner
                 .as_ref()
                 .is_none_or(|inner| inner.is_end_stream())
-            && self.token.as_ref().is_none_or(|_| self.inner.is_none())
+            && self.search.as_ref().is_none_or(|_| self.inner.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -1944,12 +1977,12 @@ mod tests {
     fn a_decoding_keeps_what_it_decodes_up_to_its_cap() {
         let gz = gzip(b"amount=100&currency=usd");
         let read = |cap: usize, token: Option<&[u8]>| {
-            let mut decoding =
-                Decoding::new(Coding::Gzip, 1 << 20, &Needles::new(token), None, Some(cap));
+            let needles = Needles::new(token);
+            let mut decoding = Decoding::new(Coding::Gzip, 1 << 20, None, Some(cap));
             for piece in gz.chunks(3) {
-                decoding.check(piece, false)?;
+                decoding.check(&needles, piece, false)?;
             }
-            decoding.check(&[], true)?;
+            decoding.check(&needles, &[], true)?;
             Ok::<_, RequestBodyViolation>(decoding.kept())
         };
         assert_eq!(
@@ -2125,15 +2158,10 @@ mod tests {
         .reading(Some(Coding::Deflate), Some(token), post())
         .unwrap();
         assert_eq!(forwarded(body).await.0.unwrap(), harmless);
-        let mut decoding = Decoding::new(
-            Coding::Deflate,
-            1 << 20,
-            &Needles::new(None),
-            None,
-            Some(1 << 20),
-        );
-        decoding.check(&harmless, false).unwrap();
-        decoding.check(&[], true).unwrap();
+        let needles = Needles::new(None);
+        let mut decoding = Decoding::new(Coding::Deflate, 1 << 20, None, Some(1 << 20));
+        decoding.check(&needles, &harmless, false).unwrap();
+        decoding.check(&needles, &[], true).unwrap();
         let kept = decoding.kept().unwrap();
         assert_eq!(kept.len(), 2, "two readings");
         assert_eq!(kept[0].len(), 0xfefe, "the zlib one");

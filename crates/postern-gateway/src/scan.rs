@@ -127,10 +127,10 @@ pub async fn scan_request(
     let decoded = match coding {
         None => Ok(vec![Cow::Borrowed(&bytes[..])]),
         Some(coding) => {
-            let mut decoding = Decoding::new(coding, limit, &needles, decoded_overrides, Some(cap));
+            let mut decoding = Decoding::new(coding, limit, decoded_overrides, Some(cap));
             decoding
-                .check(&bytes, false)
-                .and_then(|()| decoding.check(&[], true))
+                .check(&needles, &bytes, false)
+                .and_then(|()| decoding.check(&needles, &[], true))
                 .map_err(refused)?;
             // Decoded past the scan's cap: not scanned, and said so; scanned as sent all the
             // same.
