@@ -136,12 +136,12 @@ impl Reading {
 pub(crate) struct EscapedToken {
     /// Percent, then JSON, each on the body as sent.
     readings: [Reading; 2],
-    /// `nested[i][k]`: kind `k` undone in what `readings[i]` reads (a JSON document
-    /// percent-encoded in a form field; `%HH` written with JSON escapes; JSON in a JSON string;
-    /// `%2570`, percent-encoded twice), from the frame of `readings[i]`'s first escape on (until
-    /// then `readings[i]` reads the body as sent: it starts as `readings[k]` stood before that
-    /// frame).
-    nested: [[Option<Box<Reading>>; 2]; 2],
+    /// `nested[i]`: each kind undone once more in what `readings[i]` reads (`nested[i][k]`:
+    /// kind `k`; a JSON document percent-encoded in a form field; `%HH` written with JSON
+    /// escapes; JSON in a JSON string; `%2570`, percent-encoded twice), from the frame of
+    /// `readings[i]`'s first escape on (until then `readings[i]` reads the body as sent: the pair
+    /// starts as `readings` stood before that frame). One box for the pair: both begin at once.
+    nested: [Option<Box<[Reading; 2]>>; 2],
     /// A reading's bytes of the frame being read (kept for their allocations).
     out: Vec<u8>,
     nested_out: Vec<u8>,
@@ -169,14 +169,14 @@ impl EscapedToken {
         let marked = [0, 1].map(|i| readings[i].first_escape_in(piece));
         for i in 0..2 {
             if marked[i] {
-                nested[i] = [0, 1].map(|k| Some(Box::new(readings[k].clone())));
+                nested[i] = Some(Box::new(readings.clone()));
             }
         }
         for (i, reading) in readings.iter_mut().enumerate() {
             if reading.read(needles, piece, out, Some(marked[i])) {
                 return true;
             }
-            for nested in nested[i].iter_mut().flatten() {
+            for nested in nested[i].iter_mut().flat_map(|nested| nested.iter_mut()) {
                 if nested.read(needles, out, nested_out, None) {
                     return true;
                 }
@@ -205,8 +205,7 @@ impl EscapedToken {
             self.nested
                 .iter()
                 .flatten()
-                .flatten()
-                .map(|nested| &**nested),
+                .flat_map(|nested| nested.iter()),
         )
     }
 }
