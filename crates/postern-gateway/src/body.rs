@@ -1248,6 +1248,7 @@ impl Body for GatewayBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::escapes::every_byte::{self, json_escaped, percent_encoded};
     use http_body_util::BodyExt as _;
     use memchr::memmem;
 
@@ -1462,23 +1463,17 @@ mod tests {
             b"AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abcde",
         ]
         .concat();
-        let escape = |format: fn(u8) -> String| -> Vec<u8> {
-            token
-                .iter()
-                .flat_map(|&byte| format(byte).into_bytes())
-                .collect()
-        };
         let cases = [
             (&b"amount=1&key="[..], token.clone(), &b"&x=1"[..]),
             (&b"amount=1&key="[..], token.clone(), &b""[..]),
             (
                 &b"amount=1&key="[..],
-                escape(|b| format!("%{b:02x}")),
+                percent_encoded(&token).to_ascii_lowercase(),
                 &b""[..],
             ),
             (
                 &b"{\"key\": \""[..],
-                escape(|b| format!("\\u{b:04X}")),
+                every_byte::escaped(&token, |b| format!("\\u{b:04X}")),
                 &b"\"}"[..],
             ),
         ];
@@ -1533,17 +1528,9 @@ mod tests {
     #[tokio::test]
     async fn an_escaped_token_is_found_and_none_of_it_is_sent() {
         let token: &[u8] = b"pst_0123456789abcdefghij";
-        let percent: Vec<u8> = token
-            .iter()
-            .flat_map(|byte| format!("%{byte:02X}").into_bytes())
-            .collect();
-        let json: Vec<u8> = token
-            .iter()
-            .flat_map(|byte| format!("\\u{byte:04x}").into_bytes())
-            .collect();
         let cases = [
-            (&b"amount=1&key="[..], percent, &b"&x=1"[..]),
-            (&b"{\"key\": \""[..], json, &b"\"}"[..]),
+            (&b"amount=1&key="[..], percent_encoded(token), &b"&x=1"[..]),
+            (&b"{\"key\": \""[..], json_escaped(token), &b"\"}"[..]),
         ];
         for (start, escaped, end) in cases {
             let text = [start, &escaped, end].concat();

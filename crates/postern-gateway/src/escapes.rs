@@ -313,8 +313,32 @@ fn hex_value(digits: &[u8]) -> u32 {
         .fold(0, |value, &digit| value << 4 | hex(digit).unwrap_or(0))
 }
 
+/// For tests: a text with every byte escaped, as a token is written to slip past a search of
+/// the body as sent.
+#[cfg(test)]
+pub(crate) mod every_byte {
+    /// `text` with every byte written as `escape` writes it.
+    pub(crate) fn escaped(text: &[u8], escape: impl Fn(u8) -> String) -> Vec<u8> {
+        text.iter()
+            .flat_map(|&byte| escape(byte).into_bytes())
+            .collect()
+    }
+
+    /// `text` with every byte percent-encoded, `%HH` in upper-case hex (`.to_ascii_lowercase()`
+    /// of it for lower case).
+    pub(crate) fn percent_encoded(text: &[u8]) -> Vec<u8> {
+        escaped(text, |byte| format!("%{byte:02X}"))
+    }
+
+    /// `text` with every byte written as JSON's `\u00hh`, in lower-case hex.
+    pub(crate) fn json_escaped(text: &[u8]) -> Vec<u8> {
+        escaped(text, |byte| format!("\\u{byte:04x}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::every_byte::{self, json_escaped, percent_encoded};
     use super::*;
 
     const TOKEN: &[u8] = b"pst_0123456789abcdefghij";
@@ -351,15 +375,10 @@ mod tests {
     /// Every byte of `text` percent-encoded (upper and lower case), or JSON-escaped; and its
     /// first character escaped each way, the rest as it stands.
     fn encodings(text: &[u8]) -> Vec<Vec<u8>> {
-        let each = |format: fn(u8) -> String| -> Vec<u8> {
-            text.iter()
-                .flat_map(|&byte| format(byte).into_bytes())
-                .collect()
-        };
         vec![
-            each(|byte| format!("%{byte:02X}")),
-            each(|byte| format!("%{byte:02x}")),
-            each(|byte| format!("\\u{byte:04x}")),
+            percent_encoded(text),
+            percent_encoded(text).to_ascii_lowercase(),
+            json_escaped(text),
             [format!("%{:02x}", text[0]).as_bytes(), &text[1..]].concat(),
             [format!("\\u{:04X}", text[0]).as_bytes(), &text[1..]].concat(),
         ]
@@ -454,10 +473,7 @@ mod tests {
     /// them, the first escape of either kind in any frame.
     #[test]
     fn a_token_escaped_one_kind_inside_another_is_found() {
-        let json: Vec<u8> = TOKEN
-            .iter()
-            .flat_map(|byte| format!("\\u{byte:04x}").into_bytes())
-            .collect();
+        let json = json_escaped(TOKEN);
         let document = [&br#"{"k": ""#[..], &json, b"\"}"].concat();
         let form: Vec<u8> = document
             .iter()
@@ -466,10 +482,7 @@ mod tests {
                 false => format!("%{byte:02X}").into_bytes(),
             })
             .collect();
-        let percent_in_json: Vec<u8> = TOKEN
-            .iter()
-            .flat_map(|byte| format!("\\u0025{byte:02x}").into_bytes())
-            .collect();
+        let percent_in_json = every_byte::escaped(TOKEN, |byte| format!("\\u0025{byte:02x}"));
         // JSON in a JSON string, and percent-encoded twice: the same kind inside itself.
         let json_in_json: Vec<u8> = document
             .iter()
@@ -478,10 +491,7 @@ mod tests {
                 _ => vec![byte],
             })
             .collect();
-        let twice: Vec<u8> = TOKEN
-            .iter()
-            .flat_map(|byte| format!("%25{byte:02X}").into_bytes())
-            .collect();
+        let twice = every_byte::escaped(TOKEN, |byte| format!("%25{byte:02X}"));
         for body in [
             [&b"a=1&data="[..], &form, b"&b=2"].concat(),
             [&br#"{"n": "\n", "url": ""#[..], &percent_in_json, b"\"}"].concat(),

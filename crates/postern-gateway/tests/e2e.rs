@@ -1960,7 +1960,7 @@ operations = ["get_charge"]
     // vendor may have seen the request begin).
     let forwarded = vendor.seen().len();
     let other = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
-    let percent: String = other.bytes().map(|b| format!("%{b:02x}")).collect();
+    let percent = percent_encoded(&other).to_ascii_lowercase();
     for body in [
         format!("{{\"note\": \"{other}\"}}"),
         format!("note={percent}"),
@@ -2905,13 +2905,10 @@ async fn a_call_cut_by_shutdown_is_recorded_as_gateway_shutdown() {
 async fn a_caller_token_written_with_escapes_in_a_body_is_refused() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = stripe_gateway(&vendor, "").await;
-    let percent: String = gw.token.bytes().map(|b| format!("%{b:02X}")).collect();
-    let json: String = gw.token.bytes().map(|b| format!("\\u{b:04x}")).collect();
+    let percent = percent_encoded(&gw.token);
+    let json = json_escaped(&gw.token);
     // A JSON document percent-encoded in a form field, the token in it JSON-escaped.
-    let document: String = format!("{{\"key\": \"{json}\"}}")
-        .bytes()
-        .map(|b| format!("%{b:02X}"))
-        .collect();
+    let document = percent_encoded(&format!("{{\"key\": \"{json}\"}}"));
     // JSON in a JSON string (a payload the vendor parses again).
     let payload = format!("{{\\\"key\\\": \\\"{}\\\"}}", json.replace('\\', "\\\\"));
     let escaped = [

@@ -1289,9 +1289,7 @@ allow_private_networks = ["127.0.0.1/32"]
     // The caller has no token of its own, yet its compressed body to an unregistered host is
     // read decoded for what looks like any caller token `postern` made: refused, none of it
     // sent.
-    let other = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
-    // (Padded so that gzip codes the token rather than storing it as it stands.)
-    let gz = gzip(format!("note={other}&pad={}", "a".repeat(2000)).as_bytes());
+    let gz = gzip_form_with_another_callers_token();
     assert!(!String::from_utf8_lossy(&gz).contains("pst_"));
     let compressed = write_bytes(&gz);
     let output = curl(vec![
@@ -1308,6 +1306,13 @@ allow_private_networks = ["127.0.0.1/32"]
     assert!(stdout.contains("caller_token_in_body"), "{stdout}");
     assert!(plain.seen().is_empty(), "nothing reached the host");
     gw.stop().await;
+}
+
+/// A gzip-compressed form holding another caller's token (a new one `postern` could have made),
+/// padded so that gzip codes the token rather than storing it as it stands.
+fn gzip_form_with_another_callers_token() -> Vec<u8> {
+    let other = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
+    gzip(format!("note={other}&pad={}", "a".repeat(2000)).as_bytes())
 }
 
 #[tokio::test]
@@ -1336,10 +1341,7 @@ async fn the_caller_token_in_a_url_to_an_unregistered_host_is_refused() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "caller_token_in_url");
     // Percent-encoded too.
-    let encoded: String = CHECKOUT_TOKEN
-        .bytes()
-        .map(|b| format!("%{b:02x}"))
-        .collect();
+    let encoded = percent_encoded(CHECKOUT_TOKEN).to_ascii_lowercase();
     let response = client
         .get(format!(
             "http://127.0.0.1:{}/callback?key={encoded}",
@@ -1352,13 +1354,10 @@ async fn the_caller_token_in_a_url_to_an_unregistered_host_is_refused() {
     assert!(plain.seen().is_empty());
     // What looks like any other caller token `postern` made, in a compressed body: read
     // decoded, refused, none of it sent.
-    let other = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
     let response = client
         .post(format!("http://127.0.0.1:{}/callback", plain.addr.port()))
         .header("content-encoding", "gzip")
-        .body(gzip(
-            format!("note={other}&pad={}", "a".repeat(2000)).as_bytes(),
-        ))
+        .body(gzip_form_with_another_callers_token())
         .send()
         .await
         .unwrap();

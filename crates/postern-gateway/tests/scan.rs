@@ -342,7 +342,7 @@ async fn the_callers_token_in_a_scanned_body_is_refused_within_and_past_the_cap(
     }
     // Read whole for the scan, the body is read with its escapes undone too, and for what
     // looks like any caller token `postern` made.
-    let json: String = gw.token.bytes().map(|b| format!("\\u{b:04x}")).collect();
+    let json = json_escaped(&gw.token);
     let other = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
     for payload in [
         format!(r#"{{"note":"{json}"}}"#),

@@ -288,7 +288,7 @@ impl TestVendor {
     /// `credential` with every byte percent-encoded, as no encoder of Postern's writes it; and a
     /// harmless `x-kept` header beside them. Neither echo may reach the caller.
     pub fn echoing_answer(sent: &str, credential: &str) -> Answer {
-        let encoded: String = credential.bytes().map(|b| format!("%{b:02X}")).collect();
+        let encoded = percent_encoded(credential);
         let mut answer = Answer::json(200, serde_json::json!({"ok": true}));
         answer.headers.push(("x-echo-as-sent", sent.to_string()));
         answer
@@ -974,6 +974,17 @@ pub async fn full_listener_at(
         assert!(queued.len() < 16, "the accept queue never filled");
     }
     (port, listener, queued)
+}
+
+/// `text` with every byte percent-encoded, `%HH` in upper-case hex (`.to_ascii_lowercase()` of
+/// it for lower case): as no encoder writes it, to hide a token from a search as sent.
+pub fn percent_encoded(text: &str) -> String {
+    text.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// `text` with every byte written as JSON's `\u00hh`, in lower-case hex.
+pub fn json_escaped(text: &str) -> String {
+    text.bytes().map(|b| format!("\\u{b:04x}")).collect()
 }
 
 /// `data` gzip-compressed.
