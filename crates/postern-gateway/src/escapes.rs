@@ -10,7 +10,8 @@
 //! and what looks like any caller token `postern` made). Until a reading's escape character (`%`, `\`) appears, that
 //! reading is the body as sent, which [`crate::body::ForwardBody`] searches already: a body
 //! without either costs two `memchr` passes per frame, and what lies between escapes is copied
-//! in bulk.
+//! in bulk. After it, a frame without one (and with no escape left open before it) reads as
+//! sent as well: it is searched only where it meets what the reading read before.
 //!
 //! Each kind is also undone, once more, in what each reading reads once it has read an escape:
 //! a JSON document percent-encoded in a form field (`data=%7B%22k%22%3A%22%5Cu0070st_…`), which
@@ -86,14 +87,15 @@ impl Reading {
         }
     }
 
-    /// Whether `piece` holds this reading's first escape (`false` once it has read one).
-    fn first_escape_in(&self, piece: &[u8]) -> bool {
-        !self.escaped && memchr::memchr(self.kind.mark(), piece).is_some()
+    /// Whether `piece` holds this reading's escape character.
+    fn marked(&self, piece: &[u8]) -> bool {
+        memchr::memchr(self.kind.mark(), piece).is_some()
     }
 
-    /// Reads `piece` (`out`, scratch space, holds what this reading reads it as, once it has
-    /// read an escape): whether a token now stands in this reading. `marked`: whether `piece`
-    /// holds this reading's escape character, when known.
+    /// Reads `piece`, searched as it stands already with nothing found ([`EscapedToken::read`])
+    /// (`out`, scratch space, holds what this reading reads it as, once it has read an escape):
+    /// whether a token now stands in this reading. `marked`: whether `piece` holds this
+    /// reading's escape character, when known.
     fn read(
         &mut self,
         needles: &Needles,
@@ -101,16 +103,20 @@ impl Reading {
         out: &mut Vec<u8>,
         marked: Option<bool>,
     ) -> bool {
-        if !self.escaped {
-            let marked =
-                marked.unwrap_or_else(|| memchr::memchr(self.kind.mark(), piece).is_some());
-            if !marked {
+        let marked = marked.unwrap_or_else(|| self.marked(piece));
+        if !marked && self.pending == Pending::None {
+            if !self.escaped {
                 // The body as sent so far: only its tail is kept (no search).
                 self.seen.skip(needles, piece);
                 return false;
             }
-            self.escaped = true;
+            // Read as it stands, as it was searched already: only where it meets what this
+            // reading read before is left to search.
+            out.clear();
+            out.extend_from_slice(piece);
+            return self.seen.read_searched(needles, piece);
         }
+        self.escaped = true;
         out.clear();
         self.pending = unescape(self.kind, self.pending, piece, out);
         self.seen.read(needles, out)
@@ -158,7 +164,11 @@ impl EscapedToken {
     }
 
     /// Reads the body's next `piece`: whether a token `needles` looks for, one kind of escape
-    /// undone, now stands in what was read.
+    /// undone, now stands in what was read. `piece` must have been searched as it stands with
+    /// the same `needles`, with nothing found (by the body's search as sent, [`Seen::read`], or
+    /// for a whole text [`Needles::in_whole`]): where a reading reads it unchanged, only its
+    /// seam with what that reading read before is searched here. (So is each nested reading's
+    /// input, by the reading that hands it over.)
     pub(crate) fn read(&mut self, needles: &Needles, piece: &[u8]) -> bool {
         let EscapedToken {
             readings,
@@ -166,9 +176,10 @@ impl EscapedToken {
             out,
             nested_out,
         } = self;
-        let marked = [0, 1].map(|i| readings[i].first_escape_in(piece));
+        let marked = [0, 1].map(|i| readings[i].marked(piece));
         for i in 0..2 {
-            if marked[i] {
+            // This reading's first escape.
+            if marked[i] && !readings[i].escaped {
                 nested[i] = Some(Box::new(readings.clone()));
             }
         }
@@ -343,7 +354,9 @@ mod tests {
 
     const TOKEN: &[u8] = b"pst_0123456789abcdefghij";
 
-    /// An [`EscapedToken`] with the needles it reads for.
+    /// An [`EscapedToken`] with the needles it reads for. (What it reads is not searched as
+    /// sent first, as [`EscapedToken::read`] expects: no case here looks to it for a token
+    /// standing whole in a piece without escapes, which that search finds.)
     struct Search {
         needles: Needles,
         escaped: EscapedToken,

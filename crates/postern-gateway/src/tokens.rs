@@ -147,6 +147,15 @@ impl Needles {
         }
     }
 
+    /// Whether `piece`, read after other bytes, holds the caller's own token, or a token-shaped
+    /// run that begins after its first byte and is decided inside it (the byte after it read):
+    /// what [`Seen::read`] finds in a piece whatever was read before it.
+    fn inside(&self, piece: &[u8]) -> bool {
+        self.found(piece, |at| {
+            at > 0 && starts_run(piece, at, false) && run_at(piece, at) == Run::Token
+        })
+    }
+
     /// How many of the last bytes read a search keeps, to find a token across pieces: all but
     /// the last byte of the caller's own token, and at least a token-shaped run and the byte
     /// before it.
@@ -173,6 +182,28 @@ impl Seen {
     /// Reads `piece` after what was read before: whether the caller's token now ends in it, or
     /// a token-shaped run is now decided (the byte after it read).
     pub(crate) fn read(&mut self, needles: &Needles, piece: &[u8]) -> bool {
+        let found = self.across(needles, piece) || needles.inside(piece);
+        self.skip(needles, piece);
+        found
+    }
+
+    /// [`Seen::read`] of a piece whose inside was searched already, with nothing found
+    /// ([`Needles::inside`]: the same bytes read by another search, as an escaped reading of a
+    /// body reads a frame that holds no escape): only what it decides with the bytes read before
+    /// it is searched.
+    pub(crate) fn read_searched(&mut self, needles: &Needles, piece: &[u8]) -> bool {
+        debug_assert!(
+            !needles.inside(piece),
+            "a piece searched already holds a token"
+        );
+        let found = self.across(needles, piece);
+        self.skip(needles, piece);
+        found
+    }
+
+    /// Whether the caller's token or a token-shaped run begun in what was read before `piece`,
+    /// or at its first byte, now stands decided (the rest of `piece` is [`Needles::inside`]'s).
+    fn across(&mut self, needles: &Needles, piece: &[u8]) -> bool {
         let keep = needles.keep();
         let before = self.tail.len();
         let stream_start = self.holds_the_start(needles);
@@ -190,12 +221,7 @@ impl Seen {
                 && run_at(seam, at) == Run::Token
         });
         self.tail.truncate(before);
-        let found = across
-            || needles.found(piece, |at| {
-                at > 0 && starts_run(piece, at, false) && run_at(piece, at) == Run::Token
-            });
-        self.skip(needles, piece);
-        found
+        across
     }
 
     /// Reads `piece` without searching it (it is searched elsewhere): only the tail is kept.
