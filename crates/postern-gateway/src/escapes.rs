@@ -221,6 +221,18 @@ impl EscapedToken {
     }
 }
 
+/// `text`, a whole text (a header value, a URL), with its JSON string escapes undone as a body's
+/// JSON reading undoes them (an escape broken off, at the end too, stands as written); `None`
+/// when it has no `\`.
+pub(crate) fn json_unescaped(text: &[u8]) -> Option<Vec<u8>> {
+    memchr::memchr(b'\\', text)?;
+    let mut out = Vec::with_capacity(text.len());
+    let pending = unescape(Kind::Json, Pending::None, text, &mut out);
+    // A byte that continues no escape: what is pending is written as it stands.
+    let _ = step(pending, 0, &mut out);
+    Some(out)
+}
+
 /// Appends `piece` to `out` with escapes of `kind` undone, after an escape `pending` from the
 /// piece before; returns the escape left pending at its end. `%HH` is the byte `HH`;
 /// `\uHHHH` the code point's UTF-8 (a lone surrogate: U+FFFD); `\"`, `\\`, `\/`, `\b`, `\f`,

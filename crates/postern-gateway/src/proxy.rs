@@ -1349,39 +1349,42 @@ fn holds_a_token(bytes: &[u8], token: Option<&[u8]>) -> bool {
     token.is_some_and(|token| contains(bytes, token)) || crate::tokens::token_shaped(bytes)
 }
 
-/// How many layers of percent-encoding a URL or header value is read through: a vendor decodes
-/// one, and an application behind it may decode a parameter once more (a nested URL, a
-/// `redirect_uri`); bodies are read through two as well. One more than that, for good measure.
-const PERCENT_LAYERS: usize = 3;
+/// How many layers of escapes a URL or header value is read through: a vendor decodes one
+/// (percent-encoding, or JSON's string escapes in a value that carries a JSON document, as
+/// Dropbox's `Dropbox-API-Arg` does), and an application behind it may decode a parameter once
+/// more (a nested URL, a `redirect_uri`, JSON in a JSON string); bodies are read through two as
+/// well. One more than that, for good measure.
+const ESCAPE_LAYERS: usize = 3;
 
-/// [`holds_a_token`] on `bytes` as they stand or, while they hold a `%`, percent-decoded again
-/// (up to [`PERCENT_LAYERS`] times, each into a zeroized copy), for `bytes` long enough to hold
-/// one.
+/// [`holds_a_token`] on `bytes` as they stand or with escapes undone, for `bytes` long enough
+/// to hold one: percent-encoding and JSON string escapes, either on what the other gave, up to
+/// [`ESCAPE_LAYERS`] layers in all (each into a zeroized copy). A kind is undone only where
+/// its mark (`%`, `\`) stands, so a value without either is searched once.
 fn holds_a_token_even_encoded(bytes: &[u8], token: Option<&[u8]>) -> bool {
-    if bytes.len() < shortest_token(token) {
-        return false;
-    }
+    bytes.len() >= shortest_token(token) && holds_a_token_undone(bytes, token, ESCAPE_LAYERS)
+}
+
+/// [`holds_a_token_even_encoded`] with `layers` left to undo.
+fn holds_a_token_undone(bytes: &[u8], token: Option<&[u8]>, layers: usize) -> bool {
     if holds_a_token(bytes, token) {
         return true;
     }
-    let mut layer: Option<Zeroizing<Vec<u8>>> = None;
-    for _ in 0..PERCENT_LAYERS {
-        let current = layer.as_deref().map_or(bytes, Vec::as_slice);
-        if memchr::memchr(b'%', current).is_none() {
-            return false;
-        }
-        let decoded =
-            Zeroizing::new(percent_encoding::percent_decode(current).collect::<Vec<u8>>());
-        // `%` not followed by two hex digits stays as it is: nothing more to undo.
-        if decoded.len() == current.len() {
-            return false;
-        }
-        if holds_a_token(&decoded, token) {
-            return true;
-        }
-        layer = Some(decoded);
+    if layers == 0 {
+        return false;
     }
-    false
+    let percent = || {
+        memchr::memchr(b'%', bytes)?;
+        let decoded = percent_encoding::percent_decode(bytes).collect::<Vec<u8>>();
+        // `%` not followed by two hex digits stays as it is: nothing undone.
+        (decoded.len() != bytes.len()).then(|| Zeroizing::new(decoded))
+    };
+    let json = || {
+        crate::escapes::json_unescaped(bytes)
+            .filter(|unescaped| unescaped.len() != bytes.len())
+            .map(Zeroizing::new)
+    };
+    percent().is_some_and(|decoded| holds_a_token_undone(&decoded, token, layers - 1))
+        || json().is_some_and(|unescaped| holds_a_token_undone(&unescaped, token, layers - 1))
 }
 
 /// Whether a response header's `value` holds one of `needles` as it stands or, when it holds a
@@ -2000,10 +2003,10 @@ mod tests {
     use super::{
         cgi_alias_of, check_header_bytes, check_request, contains, cookie_kept_to,
         holds_a_caller_token, leaves_origin, path_problem, query_name_is, strip_path_parameters,
-        through_postern, url_holds_a_caller_token, PERCENT_LAYERS,
+        through_postern, url_holds_a_caller_token, ESCAPE_LAYERS,
     };
     use crate::body::CallerBody;
-    use crate::escapes::every_byte::percent_encoded;
+    use crate::escapes::every_byte::{json_escaped, percent_encoded};
     use http::header::{HeaderName, HeaderValue};
     use http::{header, Request};
 
@@ -2419,6 +2422,10 @@ mod tests {
             format!("a={token}; b=1"),
             token.replace('_', "%5F"),
             format!("Basic {encoded}"),
+            format!(
+                "{{\"arg\":\"{}\"}}",
+                String::from_utf8(json_escaped(token.as_bytes())).unwrap()
+            ),
         ] {
             assert!(shaped(&value), "{value}");
         }
@@ -2507,14 +2514,48 @@ mod tests {
             layered = percent_encoded(&layered);
             assert_eq!(
                 carries("x-note", std::str::from_utf8(&layered).unwrap()),
-                layers <= PERCENT_LAYERS,
+                layers <= ESCAPE_LAYERS,
                 "{layers} layers"
             );
             assert_eq!(
                 url_holds_a_caller_token(&layered, Some(token)),
-                layers <= PERCENT_LAYERS
+                layers <= ESCAPE_LAYERS
             );
         }
+        // JSON string escapes (a header carrying a JSON document, as Dropbox-API-Arg does), alone
+        // or with percent-encoding, either on the other, up to three layers in all.
+        let json = json_escaped(token);
+        let json_in_json: Vec<u8> = json
+            .iter()
+            .flat_map(|&byte| match byte {
+                b'\\' => vec![b'\\', b'\\'],
+                byte => vec![byte],
+            })
+            .collect();
+        for (value, layers) in [
+            (json.clone(), 1),
+            (json_in_json.clone(), 2),
+            (percent_encoded(&json), 2),
+            (json_escaped(&percent_encoded(token)), 2),
+            (percent_encoded(&json_in_json), 3),
+            (percent_encoded(&percent_encoded(&json_in_json)), 4),
+        ] {
+            let value = String::from_utf8(value).unwrap();
+            let document = format!("{{\"path\":\"/a\",\"key\":\"{value}\"}}");
+            let read = layers <= ESCAPE_LAYERS;
+            assert_eq!(carries("dropbox-api-arg", &document), read, "{document}");
+            assert_eq!(
+                url_holds_a_caller_token(value.as_bytes(), Some(token)),
+                read,
+                "{value}"
+            );
+        }
+        // Escapes that undo to no token, and broken ones (left as written), are no token.
+        assert!(!carries(
+            "dropbox-api-arg",
+            "{\"path\":\"/pst_AbC\\u0031\",\"x\":\"\\q\\u12\"}"
+        ));
+        assert!(carries("x-note", "pst_AbC123xy\\u007a\\u12"));
         // A stray `%` (not followed by two hex digits) does not stop the decoding of the rest.
         let hidden = [&b"%zz"[..], &percent_encoded(&percent_encoded(token))].concat();
         assert!(url_holds_a_caller_token(&hidden, Some(token)));

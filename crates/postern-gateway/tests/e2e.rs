@@ -3140,6 +3140,12 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
                 .encode(format!("{{\"key\":\"{}\"}}", gw.token))
         })
         .header("x-kept", "pst_notatoken")
+        // A JSON document in a header (as Dropbox-API-Arg carries one), its string escaped.
+        .header("dropbox-api-arg", {
+            let escaped = json_escaped(&gw.token);
+            format!("{{\"path\":\"/a\",\"key\":\"{escaped}\"}}")
+        })
+        .header("x-json-arg", "{\"path\":\"/\\u0070st_\"}")
         .send()
         .await
         .unwrap();
@@ -3148,6 +3154,11 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     assert!(seen.header("x-forwarded-token").is_none());
     assert!(seen.header("x-upstream-auth").is_none());
     assert!(seen.header("x-encoded-key").is_none());
+    assert!(seen.header("dropbox-api-arg").is_none());
+    assert_eq!(
+        seen.header("x-json-arg").as_deref(),
+        Some("{\"path\":\"/\\u0070st_\"}")
+    );
     assert_eq!(seen.header("x-kept").as_deref(), Some("pst_notatoken"));
     assert!(!seen.everything().contains(&other));
     // In the query: refused.
@@ -3161,7 +3172,8 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     // So is another caller's token there (a caller identified by its certificate has no token
     // of its own to look for), as it stands or percent-encoded; nothing reaches the vendor.
     let seen = vendor.seen().len();
-    for key in [other.clone(), other.replace('_', "%5F")] {
+    let json_in_query = percent_encoded(&json_escaped(&other));
+    for key in [other.clone(), other.replace('_', "%5F"), json_in_query] {
         let response = client()
             .get(format!("{}/stripe/v1/charges/ch_1?key={key}", gw.base))
             .bearer_auth(&gw.token)
