@@ -36,9 +36,16 @@
 //!   and the connection ends with it — whether the vendor then reads on, stops reading, or
 //!   closes (a write that fails then is not the call's failure);
 //! - any other final answer (a `2xx` from a vendor that answers as it reads) is kept, the rest
-//!   of the body sent, and the answer relayed once the body has gone: an exchange that needs
-//!   each part of the answer before the caller sends more (full duplex) works over h2 vendors
-//!   only.
+//!   of the body sent, and the answer relayed once the body has gone, its connection not
+//!   reused (what the vendor made of the rest is not known; Envoy does the same with a
+//!   response complete before its request): an exchange that needs each part of the answer
+//!   before the caller sends more (full duplex) works over h2 vendors only;
+//! - a write that fails once the vendor has answered (it closed) leaves that answer the call's.
+//!
+//! An answer is heard early while the upload waits (for the socket, the TLS layer or the
+//! caller) and once more, without waiting, when the body has gone: a body the socket's buffers
+//! take whole may be answered after its last write, and is then taken as answered in time
+//! (a race Envoy has too).
 //!
 //! A connection the pool's sweep closes for idling is shut down in order (TLS `close_notify`,
 //! then FIN: [`Connection::close`]); one that ends otherwise (found idle too long when taken,
@@ -255,7 +262,10 @@ pub(crate) fn send(
                     .io
                     .flush()
                     .await
-                    .map(|()| Uploaded::Whole(None))
+                    .map(|()| Uploaded::Whole {
+                        head: None,
+                        early: false,
+                    })
                     .map_err(Error::Write),
             },
             // Boxed: the calls without a body, most of them, do not carry its room.
@@ -273,8 +283,8 @@ pub(crate) fn send(
                 Box::pin(upload(&mut conn, head, &mut body, &parts.method, None)).await
             }
         };
-        let early = match uploaded {
-            Ok(Uploaded::Whole(early)) => early,
+        let (early, answered_early) = match uploaded {
+            Ok(Uploaded::Whole { head, early }) => (head, early),
             // The vendor refused the rest of the body: its answer is the call's, and the
             // connection, with the request unfinished on it, is not reused.
             Ok(Uploaded::Refused((head, framing, _))) => {
@@ -314,7 +324,7 @@ pub(crate) fn send(
         let mut body = ResponseBody {
             conn: Some(conn),
             framing,
-            keep_alive: keep_alive && !last,
+            keep_alive: keep_alive && !last && !answered_early,
             checkin: Some(checkin),
         };
         body.end_if_done();
@@ -432,8 +442,9 @@ fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts, outgoing: Outgoin
 enum Uploaded {
     /// The whole body went out; the answer's head, if the vendor sent it while the body was
     /// going out and did not refuse the rest (a `2xx` before the end, from a vendor that
-    /// answers as it reads).
-    Whole(Option<Head>),
+    /// answers as it reads: `early`, and its connection is not reused, since what the vendor
+    /// made of the rest of the body is not known).
+    Whole { head: Option<Head>, early: bool },
     /// The vendor answered with an error (`4xx`, `5xx`) or `Connection: close` before the body
     /// ended: it does not want the rest (RFC 9112 §9.5), and the rest is not sent.
     Refused(Head),
@@ -460,6 +471,8 @@ async fn upload(
         ended: false,
         watching: true,
         answered: None,
+        early: false,
+        gone: false,
     };
     std::future::poll_fn(|cx| upload.poll(cx, conn, body, method)).await
 }
@@ -479,6 +492,10 @@ struct Upload {
     watching: bool,
     /// A final head that does not stop the upload.
     answered: Option<Head>,
+    /// [`Upload::answered`] came before the whole body had gone out.
+    early: bool,
+    /// The whole body has gone out (flushed).
+    gone: bool,
 }
 
 impl Upload {
@@ -496,7 +513,7 @@ impl Upload {
             while let Some(bytes) = self.queue.front_mut().filter(|_| self.started) {
                 match Pin::new(&mut conn.io).poll_write(cx, bytes) {
                     Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(Error::Write(io::ErrorKind::WriteZero.into())))
+                        return self.write_failed(io::ErrorKind::WriteZero.into())
                     }
                     Poll::Ready(Ok(n)) => {
                         bytes.advance(n);
@@ -504,14 +521,26 @@ impl Upload {
                             self.queue.pop_front();
                         }
                     }
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(Error::Write(error))),
+                    Poll::Ready(Err(error)) => return self.write_failed(error),
                     Poll::Pending => return self.watch(cx, conn, method),
                 }
             }
             if self.ended {
                 return match Pin::new(&mut conn.io).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(Uploaded::Whole(self.answered.take()))),
-                    Poll::Ready(Err(error)) => Poll::Ready(Err(Error::Write(error))),
+                    // What the vendor sent while the body went out (a body the socket's
+                    // buffers took whole never waited), read without waiting: a refusal ends
+                    // the connection with the call, as one heard while the upload waited does.
+                    Poll::Ready(Ok(())) => {
+                        self.gone = true;
+                        match self.watch(cx, conn, method) {
+                            Poll::Ready(refused) => Poll::Ready(refused),
+                            Poll::Pending => Poll::Ready(Ok(Uploaded::Whole {
+                                head: self.answered.take(),
+                                early: self.early,
+                            })),
+                        }
+                    }
+                    Poll::Ready(Err(error)) => self.write_failed(error),
                     Poll::Pending => self.watch(cx, conn, method),
                 };
             }
@@ -522,7 +551,7 @@ impl Upload {
                 Poll::Pending => {
                     // The caller is slow: what the TLS layer holds goes out meanwhile.
                     if let Poll::Ready(Err(error)) = Pin::new(&mut conn.io).poll_flush(cx) {
-                        return Poll::Ready(Err(Error::Write(error)));
+                        return self.write_failed(error);
                     }
                     return self.watch(cx, conn, method);
                 }
@@ -538,48 +567,64 @@ impl Upload {
                 },
             };
             self.started = true;
-            let mut framing = Vec::new();
+            let chunked = self.length.is_none();
             match data {
                 Some(data) => {
                     self.sent += data.len() as u64;
                     if self.length.is_some_and(|length| self.sent > length) {
                         return Poll::Ready(Err(Error::RequestLength));
                     }
-                    if self.length.is_none() {
-                        let _ = write!(framing, "{:x}\r\n", data.len());
+                    let mut size = Vec::new();
+                    if chunked {
+                        let _ = write!(size, "{:x}\r\n", data.len());
                     }
-                    // A small frame goes out in one write with what is queued before it.
-                    match self.queue.back_mut() {
-                        Some(last) if data.len() <= COALESCE_BYTES => {
-                            let mut joined =
-                                Vec::with_capacity(last.len() + framing.len() + data.len() + 2);
-                            joined.extend_from_slice(last);
-                            joined.extend_from_slice(&framing);
-                            joined.extend_from_slice(&data);
-                            *last = Bytes::from(joined);
+                    let end: &[u8] = if chunked { b"\r\n" } else { b"" };
+                    if data.len() <= COALESCE_BYTES {
+                        self.queue_small(&[&size, &data, end]);
+                    } else {
+                        if chunked {
+                            self.queue_small(&[&size]);
                         }
-                        _ => {
-                            if !framing.is_empty() {
-                                self.queue.push_back(Bytes::from(framing));
-                            }
-                            self.queue.push_back(data);
+                        self.queue.push_back(data);
+                        if chunked {
+                            self.queue.push_back(Bytes::from_static(b"\r\n"));
                         }
-                    }
-                    if self.length.is_none() {
-                        self.queue.push_back(Bytes::from_static(b"\r\n"));
                     }
                 }
                 None => {
                     if self.length.is_some_and(|length| self.sent != length) {
                         return Poll::Ready(Err(Error::RequestLength));
                     }
-                    if self.length.is_none() {
-                        self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                    if chunked {
+                        self.queue_small(&[b"0\r\n\r\n"]);
                     }
                     self.ended = true;
                 }
             }
         }
+    }
+
+    /// Queues `parts`, small, joined to what is queued last (the head, before the first
+    /// frame): they go out in one write.
+    fn queue_small(&mut self, parts: &[&[u8]]) {
+        let before = self.queue.pop_back();
+        let before = before.as_deref().unwrap_or_default();
+        let mut joined =
+            Vec::with_capacity(before.len() + parts.iter().map(|part| part.len()).sum::<usize>());
+        joined.extend_from_slice(before);
+        for part in parts {
+            joined.extend_from_slice(part);
+        }
+        self.queue.push_back(Bytes::from(joined));
+    }
+
+    /// A write to the vendor failed: the call's failure, unless the vendor had answered
+    /// already (its answer is the call's, as when it refused the rest).
+    fn write_failed(&mut self, error: io::Error) -> Poll<Result<Uploaded, Error>> {
+        Poll::Ready(match self.answered.take() {
+            Some(head) => Ok(Uploaded::Refused(head)),
+            None => Err(Error::Write(error)),
+        })
     }
 
     /// While the upload waits (for the socket or for the caller): reads what the vendor sent
@@ -614,6 +659,7 @@ impl Upload {
                             return Poll::Ready(Ok(Uploaded::Refused(head)));
                         }
                         self.answered = Some(head);
+                        self.early = !self.gone;
                     }
                     Err(error) => return Poll::Ready(Err(error)),
                 },
@@ -1788,61 +1834,64 @@ mod tests {
 
     #[tokio::test]
     async fn a_success_sent_before_the_body_ended_leaves_the_upload_going() {
-        // The vendor answers a head at once, reads the whole body, then sends the body of its
-        // answer (the length it read), and takes a second request on the same connection.
+        // The vendor answers an upload's head at once, reads the whole body, then sends the body
+        // of its answer (the length it read); it answers other requests `ok`.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
+        let length = 4 * 1024 * 1024;
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    let end = loop {
-                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break end + 4;
+                    loop {
+                        let end = loop {
+                            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break end + 4;
+                            }
+                            let mut chunk = [0u8; 8192];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        if !head.contains(&format!("content-length: {length}")) {
+                            buf.drain(..end);
+                            stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await
+                                .unwrap();
+                            continue;
                         }
-                        let mut chunk = [0u8; 8192];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n")
+                            .await
+                            .unwrap();
+                        while buf.len() < end + length {
+                            let mut chunk = [0u8; 65536];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
                         }
-                    };
-                    stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n")
-                        .await
-                        .unwrap();
-                    let length = 4 * 1024 * 1024;
-                    while buf.len() < end + length {
-                        let mut chunk = [0u8; 65536];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+                        let read = buf.len() - end;
+                        stream
+                            .write_all(format!("{read:08}").as_bytes())
+                            .await
+                            .unwrap();
+                        buf.drain(..end + length);
                     }
-                    let read = buf.len() - end;
-                    stream
-                        .write_all(format!("{read:08}").as_bytes())
-                        .await
-                        .unwrap();
-                    buf.drain(..end + length);
-                    let Some(_) = read_request(&mut stream, &mut buf).await else {
-                        return;
-                    };
-                    stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await
-                        .unwrap();
-                    tokio::time::sleep(Duration::from_secs(60)).await;
                 });
             }
         });
         let client = client();
         let called = tokio::time::timeout(
             Duration::from_secs(20),
-            call(&client, upload_to(addr, 4 * 1024 * 1024)),
+            call(&client, upload_to(addr, length)),
         )
         .await
         .expect("the call ended");
@@ -1854,11 +1903,38 @@ mod tests {
         .await
         .expect("the second call ended");
         assert_eq!(next.unwrap(), (200, b"ok".to_vec()));
-        assert_eq!(
-            accepted.load(Ordering::SeqCst),
-            1,
-            "the connection was reused"
-        );
+        // What a vendor answering early made of the rest is not known: its connection is not
+        // reused (as Envoy does with a response complete before its request).
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_success_sent_before_the_vendor_closed_mid_upload_is_the_calls_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\naccepted")
+                .await;
+            // Closed with the upload unread: the client's writes fail (a reset).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        });
+        let called = tokio::time::timeout(
+            Duration::from_secs(10),
+            call(&client(), upload_to(addr, 32 * 1024 * 1024)),
+        )
+        .await
+        .expect("the call ended");
+        assert_eq!(called.unwrap(), (200, b"accepted".to_vec()));
     }
 
     #[tokio::test]

@@ -42,9 +42,9 @@ pub(crate) struct H2Streams {
 /// streamed, an answer's body dropped before its end, `UpstreamBody`'s `Drop` — or by the
 /// vendor) before the pool stops giving it new calls: a vendor that defends itself against
 /// rapid reset (CVE-2023-44487) by counting a client's resets may close the connection, and
-/// every call on it would fail with it. Retired, the connection ends once its calls have; the next call dials afresh. (A defence, not a fix: hyper's server, the
-/// tests' vendor, counts only streams reset before it accepted them, which a refused body's
-/// are not; 60 refused bodies on one connection all stayed 400 with no budget. The 502s once
+/// every call on it would fail with it. Retired, the connection ends once its calls have; the
+/// next call dials afresh. (A defence, not a fix: hyper's server, the tests' vendor, counts
+/// only streams reset before it accepted them, which a refused body's are not; 60 refused bodies on one connection all stayed 400 with no budget. The 502s once
 /// put down to resets were empty DATA frames, which `ForwardBody` no longer sends.)
 pub(crate) const FAILED_STREAMS_BUDGET: usize = 10;
 

@@ -1094,7 +1094,11 @@ pub enum UpstreamBody {
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         if let UpstreamBody::H2(body, slot) = self {
-            if !http_body::Body::is_end_stream(body) {
+            // Read to its declared length, an answer has ended whatever frame brings the
+            // stream's end (hyper's HTTP/1.1 server drops a body at its last byte): not a reset.
+            if !http_body::Body::is_end_stream(body)
+                && http_body::Body::size_hint(body).exact() != Some(0)
+            {
                 slot.failed();
             }
         }
