@@ -1740,9 +1740,9 @@ mod tests {
         assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
     }
 
-    #[tokio::test]
-    async fn an_answer_sent_before_the_upload_ended_is_the_calls_answer() {
-        // The vendor reads the head, answers 413 and closes with the body unread (a reset).
+    /// A vendor that reads one request's head and writes `answer`; then, with `hold`, neither
+    /// reads nor closes (until the test ends), else closes at once, the rest unread (a reset).
+    async fn answering_vendor(answer: &'static [u8], hold: bool) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -1755,40 +1755,10 @@ mod tests {
                     Ok(n) => head.extend_from_slice(&chunk[..n]),
                 }
             }
-            let _ = stream
-                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!")
-                .await;
-        });
-        let body = ForwardBody::full(
-            Bytes::from(vec![b'u'; 32 * 1024 * 1024]),
-            Arc::new(RequestBodyState::default()),
-        );
-        let mut upload = http::Request::new(body);
-        *upload.method_mut() = Method::POST;
-        *upload.uri_mut() = format!("http://{addr}/v1/files").parse().unwrap();
-        assert_eq!(
-            call(&client(), upload).await.unwrap(),
-            (413, b"too big!".to_vec())
-        );
-    }
-
-    /// A vendor that reads one request's head, writes `answer` and then neither reads nor
-    /// closes (until the test ends): its address.
-    async fn answering_vendor_that_stops_reading(answer: &'static [u8]) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let mut chunk = [0u8; 1024];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&chunk[..n]),
-                }
+            let _ = stream.write_all(answer).await;
+            if hold {
+                tokio::time::sleep(Duration::from_secs(60)).await;
             }
-            stream.write_all(answer).await.unwrap();
-            tokio::time::sleep(Duration::from_secs(60)).await;
         });
         addr
     }
@@ -1805,6 +1775,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_answer_sent_before_the_upload_ended_is_the_calls_answer() {
+        // The vendor reads the head, answers 413 and closes with the body unread (a reset).
+        let addr = answering_vendor(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!",
+            false,
+        )
+        .await;
+        assert_eq!(
+            call(&client(), upload_to(addr, 32 * 1024 * 1024))
+                .await
+                .unwrap(),
+            (413, b"too big!".to_vec())
+        );
+    }
+
+    #[tokio::test]
     async fn a_refusal_sent_while_the_vendor_stops_reading_ends_the_upload() {
         // 32 MiB fill the sockets' buffers many times over: the upload's writes wait, and only
         // the answer read meanwhile ends the call.
@@ -1815,7 +1801,7 @@ mod tests {
             // After an interim answer.
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 401 Unauthorized\r\ncontent-length: 8\r\n\r\nwho are?",
         ] {
-            let addr = answering_vendor_that_stops_reading(answer).await;
+            let addr = answering_vendor(answer, true).await;
             let called = tokio::time::timeout(
                 Duration::from_secs(10),
                 call(&client(), upload_to(addr, 32 * 1024 * 1024)),
@@ -1910,24 +1896,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_success_sent_before_the_vendor_closed_mid_upload_is_the_calls_answer() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let mut chunk = [0u8; 1024];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\naccepted")
-                .await;
-            // Closed with the upload unread: the client's writes fail (a reset).
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        });
+        let addr = answering_vendor(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\naccepted",
+            false,
+        )
+        .await;
         let called = tokio::time::timeout(
             Duration::from_secs(10),
             call(&client(), upload_to(addr, 32 * 1024 * 1024)),
