@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use postern_scan::Coding;
 
+use crate::echo::{EchoFilter, Filtered};
 use crate::escapes::EscapedToken;
 use crate::overrides::OverrideScan;
 use crate::record::PendingRecord;
@@ -87,6 +88,10 @@ pub enum BodyError {
     RequestUndecodable,
     #[error("response body exceeds max_response_body_bytes ({0} bytes)")]
     ResponseTooLarge(u64),
+    #[error("the vendor's compressed answer carried the injected credential; it was cut")]
+    SecretEchoed,
+    #[error("the vendor's compressed answer is not valid for its coding; it was cut")]
+    ResponseUndecodable,
     #[error("the vendor sent no body data for {0:?} (response_idle_timeout_ms)")]
     UpstreamIdle(std::time::Duration),
     #[error("the vendor's answer did not end within {0:?} of the call's start (total_timeout_ms)")]
@@ -1020,6 +1025,13 @@ pub struct ResponseBody {
     waiting: bool,
     record: Option<PendingRecord>,
     audit: Option<PendingAudit>,
+    /// Reads the body for the injected credential ([`crate::echo`]).
+    echo: Option<Box<EchoFilter>>,
+    /// A frame to send next: trailers that came while the echo filter held bytes back, sent
+    /// after them.
+    next: Option<Frame<Bytes>>,
+    /// The answer has ended (its last bytes, held back by the echo filter, sent on their own).
+    ended: bool,
 }
 
 impl ResponseBody {
@@ -1039,6 +1051,52 @@ impl ResponseBody {
             waiting: false,
             record: Some(record),
             audit,
+            echo: None,
+            next: None,
+            ended: false,
+        }
+    }
+
+    /// Reads the body for the injected credential with `echo`, if any.
+    pub fn with_echo(mut self, echo: Option<Box<EchoFilter>>) -> Self {
+        self.echo = echo;
+        self
+    }
+
+    /// Passes `data` (`last`: the answer's last bytes) through the echo filter: what to send,
+    /// `None` to read on (all of it held back), or the error that ends the answer.
+    fn unechoed(&mut self, data: Bytes, last: bool) -> Option<Result<Frame<Bytes>, BodyError>> {
+        let Some(echo) = &mut self.echo else {
+            return Some(Ok(Frame::data(data)));
+        };
+        match echo.filter(data, last) {
+            Filtered::Pass(data, redacted) => {
+                if redacted {
+                    self.echoed();
+                }
+                Some(Ok(Frame::data(data)))
+            }
+            Filtered::Held => None,
+            Filtered::Cut(reason) => {
+                if reason == "secret_echoed" {
+                    self.echoed();
+                }
+                self.finish(true, Some(reason));
+                Some(Err(match reason {
+                    "secret_echoed" => BodyError::SecretEchoed,
+                    "response_too_large" => BodyError::ResponseTooLarge(self.limit),
+                    _ => BodyError::ResponseUndecodable,
+                }))
+            }
+        }
+    }
+
+    fn echoed(&mut self) {
+        if let Some(record) = &mut self.record {
+            if !record.context.secret_echoed {
+                tracing::warn!(integration = record.context.integration.as_deref().unwrap_or(""), request_id = %record.context.request_id, "vendor response body carried the injected credential");
+            }
+            record.context.secret_echoed = true;
         }
     }
 
@@ -1120,63 +1178,103 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(frame) = this.next.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
         if let Some(prefix) = this.prefix.take() {
             this.seen += prefix.len() as u64;
-            if this.inner.is_end_stream() {
+            let last = this.inner.is_end_stream();
+            let sent = this.unechoed(prefix, last);
+            if last {
                 this.finish(false, None);
+                this.ended = true;
             }
-            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+            match sent {
+                Some(sent) => return Poll::Ready(Some(sent)),
+                None if last => return Poll::Ready(None),
+                None => {}
+            }
         }
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        this.waiting = polled.is_pending();
-        match polled {
-            Poll::Pending => match this.stall.poll_stalled(cx) {
-                Some(overdue) => {
-                    this.finish(true, Some(overdue.reason()));
-                    Poll::Ready(Some(Err(overdue.error())))
-                }
-                None => Poll::Pending,
-            },
-            Poll::Ready(None) => {
-                this.finish(false, None);
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(error))) => {
-                this.finish(true, Some("upstream_body_error"));
-                Poll::Ready(Some(Err(error)))
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                this.stall.progressed();
-                let last = this.inner.is_end_stream();
-                if !last {
-                    // A body that never has to wait (a fast vendor, a slow caller) still ends:
-                    // this frame is not passed on (nor counted).
-                    if let Some(overdue) = this.stall.past_total() {
+        loop {
+            let polled = Pin::new(&mut this.inner).poll_frame(cx);
+            this.waiting = polled.is_pending();
+            return match polled {
+                Poll::Pending => match this.stall.poll_stalled(cx) {
+                    Some(overdue) => {
                         this.finish(true, Some(overdue.reason()));
-                        return Poll::Ready(Some(Err(overdue.error())));
+                        Poll::Ready(Some(Err(overdue.error())))
                     }
-                }
-                if let Some(data) = frame.data_ref() {
-                    this.seen += data.len() as u64;
-                    if this.seen > this.limit {
-                        this.finish(true, Some("response_too_large"));
-                        return Poll::Ready(Some(Err(BodyError::ResponseTooLarge(this.limit))));
-                    }
-                }
-                if last {
+                    None => Poll::Pending,
+                },
+                Poll::Ready(None) => {
                     this.finish(false, None);
+                    this.ended = true;
+                    // What the echo filter held back goes now: nothing more can complete a
+                    // secret.
+                    Poll::Ready(this.held_back().map(Ok))
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
+                Poll::Ready(Some(Err(error))) => {
+                    this.finish(true, Some("upstream_body_error"));
+                    Poll::Ready(Some(Err(error)))
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.stall.progressed();
+                    let last = this.inner.is_end_stream();
+                    if !last {
+                        // A body that never has to wait (a fast vendor, a slow caller) still
+                        // ends: this frame is not passed on (nor counted).
+                        if let Some(overdue) = this.stall.past_total() {
+                            this.finish(true, Some(overdue.reason()));
+                            return Poll::Ready(Some(Err(overdue.error())));
+                        }
+                    }
+                    if let Some(data) = frame.data_ref() {
+                        this.seen += data.len() as u64;
+                        if this.seen > this.limit {
+                            this.finish(true, Some("response_too_large"));
+                            return Poll::Ready(Some(Err(BodyError::ResponseTooLarge(this.limit))));
+                        }
+                    }
+                    let sent = match frame.into_data() {
+                        Ok(data) => this.unechoed(data, last),
+                        // Trailers: after what the echo filter held back, if anything.
+                        Err(frame) => Some(Ok(match this.held_back() {
+                            Some(held) => {
+                                this.next = Some(frame);
+                                held
+                            }
+                            None => frame,
+                        })),
+                    };
+                    // (After the filter: a cut is recorded as such, a redaction noted.)
+                    if last {
+                        this.finish(false, None);
+                        this.ended = true;
+                    }
+                    match sent {
+                        Some(sent) => Poll::Ready(Some(sent)),
+                        None if last => Poll::Ready(None),
+                        None => continue,
+                    }
+                }
+            };
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.inner.is_end_stream()
+        self.next.is_none()
+            && (self.ended
+                || self.prefix.is_none() && self.held() == 0 && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        if self.is_end_stream() {
+            return SizeHint::with_exact(0);
+        }
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64) + self.held() as u64;
         let inner = self.inner.size_hint();
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower() + prefix);
@@ -1184,6 +1282,18 @@ impl Body for ResponseBody {
             hint.set_upper(upper + prefix);
         }
         hint
+    }
+}
+
+impl ResponseBody {
+    /// Bytes the echo filter holds back.
+    fn held(&self) -> usize {
+        self.echo.as_ref().map_or(0, |echo| echo.held())
+    }
+
+    /// What the echo filter held back, as a frame, at the answer's end.
+    fn held_back(&mut self) -> Option<Frame<Bytes>> {
+        self.echo.as_mut()?.end().map(Frame::data)
     }
 }
 

@@ -161,6 +161,9 @@ pub struct CallContext {
     pub upstream_addr: Option<SocketAddr>,
     pub request_body: Arc<RequestBodyState>,
     pub redirect_off_origin: bool,
+    /// The vendor's answer carried the injected credential: in a header (dropped) or its body
+    /// (redacted, or the answer cut: [`crate::echo`]).
+    pub secret_echoed: bool,
     /// The Cedar policy that decided: `grant-N` or a custom policy id.
     pub policy_id: Option<Arc<str>>,
     /// What the payload scan found in the request (scanned integrations only).
@@ -212,6 +215,7 @@ impl CallContext {
             upstream_addr: None,
             request_body: Arc::new(RequestBodyState::default()),
             redirect_off_origin: false,
+            secret_echoed: false,
             policy_id: None,
             request_scan: None,
             response_scan: None,
@@ -262,6 +266,7 @@ impl CallContext {
             upstream_addr: None,
             request_body: self.request_body.clone(),
             redirect_off_origin: false,
+            secret_echoed: false,
             policy_id: None,
             request_scan: None,
             response_scan: None,
@@ -309,6 +314,7 @@ impl CallContext {
             protocol: self.protocol,
             policy: self.policy_id.as_deref(),
             redirect_off_origin: self.redirect_off_origin,
+            secret_echoed: self.secret_echoed,
             incomplete,
             data_classes: self.request_scan.as_ref().map(|s| &s.classes),
             unscanned: self.request_scan.as_ref().and_then(|s| s.unscanned),
@@ -358,6 +364,7 @@ impl CallContext {
             protocol: self.protocol,
             policy: self.policy_id.as_deref().map(str::to_string),
             redirect_off_origin: self.redirect_off_origin,
+            secret_echoed: self.secret_echoed,
             incomplete,
             data_classes: self.request_scan.as_ref().map(|s| s.classes.clone()),
             unscanned: self.request_scan.as_ref().and_then(|s| s.unscanned),

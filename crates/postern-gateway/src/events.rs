@@ -79,6 +79,9 @@ pub struct CallEvent {
     pub policy: Option<String>,
     /// Set when the vendor answered with a redirect whose Location leaves the upstream origin.
     pub redirect_off_origin: bool,
+    /// Set when the vendor's answer carried the injected credential: a header that held it was
+    /// dropped, a body redacted in place or cut (`reason` `secret_echoed`).
+    pub secret_echoed: bool,
     /// Set when the response body stopped early (client went away, limit hit, upstream reset).
     pub incomplete: bool,
     /// Data classes found in the request body (class → count), for scanned integrations.
@@ -125,6 +128,7 @@ impl CallEvent {
             protocol: self.protocol,
             policy: self.policy.as_deref(),
             redirect_off_origin: self.redirect_off_origin,
+            secret_echoed: self.secret_echoed,
             incomplete: self.incomplete,
             data_classes: self.data_classes.as_ref(),
             unscanned: self.unscanned,
@@ -171,6 +175,8 @@ pub struct CallEventRef<'a> {
     pub policy: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub redirect_off_origin: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secret_echoed: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
     /// Classes and counts found in the request body (scanned integrations only). Never values.
@@ -241,6 +247,9 @@ impl CallEventRef<'_> {
         push_opt_str(out, self.policy);
         if self.redirect_off_origin {
             out.extend_from_slice(b",\"redirect_off_origin\":true");
+        }
+        if self.secret_echoed {
+            out.extend_from_slice(b",\"secret_echoed\":true");
         }
         if self.incomplete {
             out.extend_from_slice(b",\"incomplete\":true");
@@ -1250,6 +1259,7 @@ mod tests {
             protocol: "HTTP/1.1",
             policy: None,
             redirect_off_origin: false,
+            secret_echoed: false,
             incomplete: true,
             data_classes: None,
             unscanned: None,
@@ -1561,6 +1571,7 @@ mod tests {
                 protocol: rng.pick(STATIC_TEXTS),
                 policy: opt_text(&mut rng),
                 redirect_off_origin: rng.coin(),
+                secret_echoed: rng.coin(),
                 incomplete: rng.coin(),
                 data_classes: opt_map(&mut rng),
                 unscanned: opt_static(&mut rng),
@@ -1664,6 +1675,7 @@ mod tests {
             see("upstream null", event.upstream_addr.is_none());
             let skipped = [
                 event.redirect_off_origin,
+                event.secret_echoed,
                 event.incomplete,
                 event.data_classes.is_some(),
                 event.unscanned.is_some(),

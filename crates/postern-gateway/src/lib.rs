@@ -64,6 +64,7 @@ pub mod context;
 pub mod deadline;
 pub mod detect;
 pub mod discovery;
+pub mod echo;
 pub mod error;
 pub(crate) mod escapes;
 pub mod events;

@@ -455,14 +455,13 @@ fn pipeline<'a>(
             ))
             .await
         } else {
-            let (parts, body) =
+            let prepared =
                 prepare_response(&integration, context, response, progress.intent_index)?;
             Ok(answer(
                 shared,
                 &integration,
                 context,
-                parts,
-                body,
+                prepared,
                 Bytes::new(),
                 progress.intent_index,
             ))
@@ -1729,7 +1728,7 @@ fn prepare_response(
     context: &mut CallContext,
     response: Response<UpstreamBody>,
     intent_index: Option<u64>,
-) -> Result<(http::response::Parts, UpstreamBody), CallError> {
+) -> Result<Prepared, CallError> {
     let (mut parts, body) = response.into_parts();
     let limit = integration.config.max_response_body_bytes;
     // An answer with no content (to `HEAD`, a 304) has nothing to limit: its `Content-Length`
@@ -1814,15 +1813,48 @@ fn prepare_response(
         for name in leaking {
             tracing::warn!(integration = %integration.name, header = %name, request_id = %context.request_id, "vendor response header carried the injected credential; removed");
             parts.headers.remove(&name);
+            context.secret_echoed = true;
         }
     }
+    // The body is read for it too, as it streams (an answer with no content has none).
+    let echo = match crate::body::bodiless(context.method.as_ref(), parts.status.as_u16()) {
+        true => None,
+        false => crate::echo::EchoFilter::for_answer(
+            &parts.headers,
+            &integration.secret_needles,
+            oauth_tokens.as_deref().cloned(),
+            limit,
+        )
+        .map_err(|coding| {
+            let named = coding
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._, ".contains(&b));
+            CallError::bad_gateway(
+                "response_undecodable",
+                format!(
+                    "the vendor answered in Content-Encoding `{}`, which Postern cannot undo to read the answer for the injected credential before the caller gets it; the caller should ask for one coding Postern reads (Accept-Encoding: gzip, deflate, br or zstd) or none",
+                    if named { coding.as_str() } else { "(not a coding name)" }
+                ),
+            )
+        })?
+        .map(Box::new),
+    };
     if let Ok(value) = HeaderValue::from_str(&context.request_id) {
         parts.headers.insert(crate::REQUEST_ID, value);
     }
     audit_receipt(&mut parts.headers, intent_index);
     parts.version = http::Version::default();
     parts.extensions = http::Extensions::new();
-    Ok((parts, body))
+    Ok(Prepared { parts, body, echo })
+}
+
+/// The vendor's answer as [`prepare_response`] leaves it for the caller.
+struct Prepared {
+    parts: http::response::Parts,
+    body: UpstreamBody,
+    /// What reads the body for the injected credential ([`crate::echo`]); `None` when there is
+    /// none to look for, or no body.
+    echo: Option<Box<crate::echo::EchoFilter>>,
 }
 
 /// [`prepare_response`], then the response body's scan (integrations with `data_classes`).
@@ -1834,7 +1866,11 @@ async fn inspect_scanned(
     response: Response<UpstreamBody>,
     intent_index: Option<u64>,
 ) -> Result<Response<GatewayBody>, CallError> {
-    let (mut parts, body) = prepare_response(integration, context, response, intent_index)?;
+    let Prepared {
+        mut parts,
+        body,
+        echo,
+    } = prepare_response(integration, context, response, intent_index)?;
     let scanned = crate::scan::scan_response(
         integration,
         &runtime.scanner,
@@ -1853,8 +1889,11 @@ async fn inspect_scanned(
                 shared,
                 integration,
                 context,
-                parts,
-                scanned.rest,
+                Prepared {
+                    parts,
+                    body: scanned.rest,
+                    echo,
+                },
                 scanned.prefix,
                 intent_index,
             ))
@@ -1873,8 +1912,7 @@ fn answer(
     shared: &Arc<Shared>,
     integration: &IntegrationRuntime,
     context: &mut CallContext,
-    parts: http::response::Parts,
-    body: UpstreamBody,
+    Prepared { parts, body, echo }: Prepared,
     prefix: Bytes,
     intent_index: Option<u64>,
 ) -> Response<GatewayBody> {
@@ -1893,7 +1931,9 @@ fn answer(
     };
     let limit = integration.config.max_response_body_bytes;
     let stall = Stall::for_call(&integration.config, started);
-    let body = ResponseBody::new(body, limit, stall, pending, Some(audit)).with_prefix(prefix);
+    let body = ResponseBody::new(body, limit, stall, pending, Some(audit))
+        .with_prefix(prefix)
+        .with_echo(echo);
     Response::from_parts(parts, GatewayBody::Stream(Box::new(body)))
 }
 

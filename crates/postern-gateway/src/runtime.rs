@@ -304,8 +304,9 @@ pub struct IntegrationRuntime {
     pub credential: Result<Option<Injector>, CredentialProblem>,
     /// The injected secret as it could appear in a vendor's echo (raw and percent-encoded, and
     /// a Basic pair's base64 as sent): response headers containing it are dropped before they
-    /// reach the caller. An OAuth2 token's are its source's ([`TokenSource::echoes`]).
-    pub secret_needles: Vec<Zeroizing<Vec<u8>>>,
+    /// reach the caller, and bodies redacted or cut ([`crate::echo`]). An OAuth2 token's are
+    /// its source's ([`TokenSource::echoes`]).
+    pub secret_needles: Arc<Vec<Zeroizing<Vec<u8>>>>,
     /// The vault credential this integration injects, if any, and when it was last used.
     pub vault_secret: Option<String>,
     pub last_used_ms: AtomicI64,
@@ -787,7 +788,7 @@ fn build_integration(
         config: integration.clone(),
         operations,
         credential,
-        secret_needles,
+        secret_needles: Arc::new(secret_needles),
         vault_secret,
         last_used_ms: AtomicI64::new(0),
         limiter,

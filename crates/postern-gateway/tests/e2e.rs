@@ -527,6 +527,121 @@ async fn a_vendor_echoing_the_injected_credential_in_a_header_never_shows_it_to_
     }
 }
 
+/// A vendor that quotes the key it was sent in its answer's body, as an error message or an
+/// echo endpoint does: plain, gzip'd, gzip'd without the key, and in a coding Postern cannot
+/// undo.
+fn body_echoing_vendor() -> Handler {
+    Arc::new(|request: &SeenRequest| {
+        let key = request
+            .header("authorization")
+            .and_then(|sent| sent.strip_prefix("Bearer ").map(str::to_string))
+            .unwrap_or_default();
+        let quoted = format!(
+            r#"{{"error":{{"message":"Invalid API key provided: {key}","type":"invalid_request_error"}},"headers":{{"authorization":"Bearer {key}"}}}}"#
+        );
+        let mut answer = Answer::json(200, serde_json::json!({}));
+        answer.body = match request.target.as_str() {
+            "/plain" => quoted.into(),
+            "/gzip" => gzip(format!("{}{quoted}", " ".repeat(20_000)).as_bytes()).into(),
+            "/gzip-clean" => {
+                gzip(br#"{"id":"ch_1","note":"sk_live_ is a prefix, not a key"}"#).into()
+            }
+            _ => quoted.into(),
+        };
+        match request.target.as_str() {
+            "/gzip" | "/gzip-clean" => answer.headers.push(("content-encoding", "gzip".into())),
+            "/compress" => answer.headers.push(("content-encoding", "compress".into())),
+            _ => {}
+        }
+        answer
+    })
+}
+
+#[tokio::test]
+async fn a_vendor_echoing_the_injected_credential_in_its_body_never_shows_it_to_the_caller() {
+    let vendor = TestVendor::tls(body_echoing_vendor()).await;
+    let body = format!(
+        r#"
+[[integrations]]
+name = "v"
+vendor = "Vendor"
+owner = "o@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+credential = {{ kind = "bearer", from_file = "{{dir}}/key" }}
+operations = [
+  {{ id = "plain", method = "GET", path = "/plain" }},
+  {{ id = "gzip", method = "GET", path = "/gzip" }},
+  {{ id = "gzip_clean", method = "GET", path = "/gzip-clean" }},
+  {{ id = "compress", method = "GET", path = "/compress" }},
+]
+
+[[grants]]
+caller = "checkout"
+integration = "v"
+operations = ["*"]
+"#,
+        port = vendor.addr.port()
+    );
+    let gw = start_with_key(&body, vendor.ca_pem.as_deref(), "key", VENDOR_KEY, "").await;
+    let get = |path: &str| {
+        client()
+            .get(format!("{}/v{path}", gw.base))
+            .bearer_auth(&gw.token)
+            .send()
+    };
+
+    // Plain: every occurrence overwritten in place; the length and the JSON stay whole.
+    let plain = get("/plain").await.unwrap();
+    assert_eq!(plain.status(), 200);
+    let length = plain.content_length();
+    let text = plain.text().await.unwrap();
+    assert!(!text.contains(VENDOR_KEY), "{text}");
+    assert_eq!(length, Some(text.len() as u64));
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let masked = "*".repeat(VENDOR_KEY.len());
+    assert_eq!(
+        answer["error"]["message"],
+        format!("Invalid API key provided: {masked}")
+    );
+    assert_eq!(
+        answer["headers"]["authorization"],
+        format!("Bearer {masked}")
+    );
+
+    // Gzip'd: it cannot be rewritten, so it is cut before the bytes that would hold the key.
+    let coded = get("/gzip").await.unwrap();
+    assert_eq!(coded.status(), 200);
+    let received = coded.bytes().await;
+    assert!(received.is_err(), "a cut answer ended as if whole");
+    // A clean gzip'd answer passes as the vendor sent it.
+    let clean = get("/gzip-clean").await.unwrap();
+    assert_eq!(clean.status(), 200);
+    let expected = gzip(br#"{"id":"ch_1","note":"sk_live_ is a prefix, not a key"}"#);
+    assert_eq!(clean.bytes().await.unwrap(), expected);
+    // A coding Postern cannot read is not handed over unread.
+    assert_refused(get("/compress").await.unwrap(), 502, "response_undecodable").await;
+
+    let events = gw.wait_events(4).await;
+    let by_op = |op: &str| {
+        events
+            .iter()
+            .find(|e| e["operation"] == op)
+            .unwrap_or_else(|| panic!("no {op} event in {events:#?}"))
+    };
+    assert_eq!(by_op("plain")["secret_echoed"], true);
+    assert_eq!(by_op("plain")["reason"], "granted");
+    assert_eq!(by_op("gzip")["secret_echoed"], true);
+    assert_eq!(by_op("gzip")["reason"], "secret_echoed");
+    assert_eq!(by_op("gzip")["incomplete"], true);
+    assert!(by_op("gzip_clean").get("secret_echoed").is_none());
+    assert_eq!(by_op("compress")["reason"], "response_undecodable");
+    // The key is in no event.
+    assert!(!serde_json::to_string(&events).unwrap().contains(VENDOR_KEY));
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn credentials_are_injected_in_each_form_and_caller_supplied_ones_stripped() {
     use base64::Engine as _;

@@ -50,6 +50,9 @@ fn vendor_handler(refused: Arc<Mutex<Vec<String>>>) -> Handler {
         // Echoes of the access token, which may not reach the caller; and of the tokens it
         // refused before (a purged token may come back in an answer to a call made with it).
         let mut answer = TestVendor::echoing_answer(&auth, token);
+        answer.body = serde_json::json!({"ok": true, "you_sent": auth})
+            .to_string()
+            .into();
         let refused = refused.lock().unwrap().join(",");
         if !refused.is_empty() {
             answer.headers.push(("x-echo-refused", refused));
@@ -164,7 +167,7 @@ async fn concurrent_calls(gw: &TestGateway, count: usize) -> Vec<u16> {
 }
 
 #[tokio::test]
-async fn a_vendor_echoing_the_access_token_in_a_header_never_shows_it_to_the_caller() {
+async fn a_vendor_echoing_the_access_token_in_a_header_or_its_body_never_shows_it_to_the_caller() {
     let s = setup(3600, "basic").await;
     for _ in 0..2 {
         let response = get_contacts(&s.gw).await;
@@ -173,8 +176,24 @@ async fn a_vendor_echoing_the_access_token_in_a_header_never_shows_it_to_the_cal
         assert_eq!(headers.get("x-kept").unwrap(), "fine");
         assert!(headers.get("x-echo-as-sent").is_none(), "{headers:?}");
         assert!(headers.get("x-echo-encoded").is_none(), "{headers:?}");
+        // And in the body: overwritten where it stood.
+        let answer: serde_json::Value = response.json().await.unwrap();
+        let sent = answer["you_sent"].as_str().unwrap();
+        assert!(
+            sent.starts_with("Bearer ***")
+                && sent
+                    .trim_start_matches("Bearer ")
+                    .bytes()
+                    .all(|b| b == b'*'),
+            "{answer}"
+        );
     }
     assert_eq!(s.vendor.seen().len(), 2);
+    let events = s.gw.wait_events(2).await;
+    assert!(
+        events.iter().all(|e| e["secret_echoed"] == true),
+        "{events:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,0 +1,459 @@
+//! The vendor's answer read for the credential Postern injected, as it streams to the caller.
+//!
+//! Apps never see a vendor credential: that is what injecting it is for. A vendor may still
+//! echo it back: an echo or debug endpoint that returns the request it got, an error message
+//! that quotes the key it refused, a webhook or "test request" resource that stores the
+//! headers it was sent. A response header that carries it is dropped
+//! ([`crate::proxy::echoes_secret`]); this module reads the body.
+//!
+//! - An answer without a coding is **redacted in place**: every occurrence of the secret, in
+//!   each form Postern knows it by ([`crate::runtime::IntegrationRuntime::secret_needles`], an
+//!   OAuth2 client's access tokens), is overwritten with as many `*`, so the length the vendor
+//!   declared stays true and a JSON document stays valid. A frame is passed on at once unless
+//!   it ends with what could be the start of a secret: only those last bytes wait for the next
+//!   frame, or the body's end (a streamed answer, Server-Sent Events say, is not held back).
+//! - An answer with a `Content-Encoding` (gzip, deflate, br, zstd) cannot be rewritten without
+//!   coding it again, so it is read decoded, as the caller will read it, and **cut** before the
+//!   frame whose decoding completes a secret: frames since its decoding began to end with what
+//!   could start one wait until more shows that it does not. A coding Postern cannot undo is
+//!   refused before the answer's head ([`EchoFilter::for_answer`]), and an answer that decodes
+//!   past `max_response_body_bytes`, or is not valid for its coding, is cut too: it could not
+//!   be read.
+//!
+//! Either way the call's event says `secret_echoed` (docs/EVENTS.md).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use zeroize::Zeroizing;
+
+/// A secret in every form it is looked for.
+pub type Needles = Arc<Vec<Zeroizing<Vec<u8>>>>;
+
+/// What an answer's frame became.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Filtered {
+    /// Bytes to pass on (never empty), and whether a secret was overwritten in them.
+    Pass(Bytes, bool),
+    /// Nothing yet: the frame waits for more (it may end with a secret's start).
+    Held,
+    /// The answer must end here, unsent: `secret_echoed` (a coded answer whose decoding holds
+    /// a secret) or `response_undecodable` / `response_too_large` (its decoding failed).
+    Cut(&'static str),
+}
+
+/// The injected secrets one answer is read for, and how far it was read.
+pub struct EchoFilter {
+    /// The integration's secret forms, and an OAuth2 client's current access tokens.
+    needles: [Option<Needles>; 2],
+    /// One less than the longest needle: what a frame may hold back at most.
+    keep: usize,
+    reading: Reading,
+}
+
+enum Reading {
+    /// No coding: the bytes at the last frame's end that could start a secret.
+    Plain(Zeroizing<Vec<u8>>),
+    /// A coding: the decoder, the last bytes of each of its readings (two for a `deflate`
+    /// answer that may read either way), and the frames held back, as sent.
+    Coded {
+        decoder: Box<postern_scan::StreamDecoder>,
+        tails: [Zeroizing<Vec<u8>>; postern_scan::READINGS],
+        held: Vec<Bytes>,
+    },
+}
+
+impl EchoFilter {
+    /// The filter for an answer whose headers are `headers`, read for `fixed` (the
+    /// integration's secret forms) and `minted` (an OAuth2 client's tokens): `Ok(None)` when
+    /// there is nothing to look for; `Err` with the coding's name when the answer has a
+    /// `Content-Encoding` Postern cannot undo (stacked codings, unknown ones), which the
+    /// caller must not be handed unread.
+    pub fn for_answer(
+        headers: &http::HeaderMap,
+        fixed: &Needles,
+        minted: Option<Needles>,
+        max_decoded: u64,
+    ) -> Result<Option<Self>, String> {
+        let needles = [
+            Some(fixed.clone()).filter(|n| !n.is_empty()),
+            minted.filter(|n| !n.is_empty()),
+        ];
+        let keep = forms(&needles)
+            .map(<[u8]>::len)
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(1);
+        if needles.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let coding = match crate::scan::all_values(headers, &http::header::CONTENT_ENCODING) {
+            None => None,
+            Some(encoding) => postern_scan::StreamDecoder::check(&encoding)
+                .map_err(|_| encoding.chars().take(40).collect::<String>())?,
+        };
+        let reading = match coding {
+            None => Reading::Plain(Zeroizing::new(Vec::new())),
+            Some(coding) => Reading::Coded {
+                decoder: Box::new(postern_scan::StreamDecoder::new(
+                    coding,
+                    usize::try_from(max_decoded).unwrap_or(usize::MAX),
+                )),
+                tails: Default::default(),
+                held: Vec::new(),
+            },
+        };
+        Ok(Some(EchoFilter {
+            needles,
+            keep,
+            reading,
+        }))
+    }
+
+    /// Reads the answer's next `data`; `last`: nothing comes after it.
+    pub fn filter(&mut self, data: Bytes, last: bool) -> Filtered {
+        match &mut self.reading {
+            Reading::Plain(_) => self.plain(data, last),
+            Reading::Coded { .. } => self.coded(data, last),
+        }
+    }
+
+    /// What is held back when the answer ends: passed on, as nothing more can complete a
+    /// secret (`None`: nothing held).
+    pub fn end(&mut self) -> Option<Bytes> {
+        let rest = match &mut self.reading {
+            Reading::Plain(held) => Bytes::from(std::mem::take(&mut **held)),
+            Reading::Coded { held, .. } => concat(std::mem::take(held)),
+        };
+        (!rest.is_empty()).then_some(rest)
+    }
+
+    /// Bytes held back, not yet passed on.
+    pub fn held(&self) -> usize {
+        match &self.reading {
+            Reading::Plain(held) => held.len(),
+            Reading::Coded { held, .. } => held.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    fn plain(&mut self, data: Bytes, last: bool) -> Filtered {
+        let Reading::Plain(held) = &mut self.reading else {
+            unreachable!("a plain reading")
+        };
+        let needles = forms(&self.needles);
+        // Most frames hold no secret and end with nothing that could start one: passed on as
+        // they came, uncopied.
+        if held.is_empty()
+            && !needles
+                .clone()
+                .any(|needle| crate::proxy::contains(&data, needle))
+            && (last || starts_a_needle(&data, needles.clone(), self.keep) == 0)
+        {
+            return match data.is_empty() {
+                true => Filtered::Held,
+                false => Filtered::Pass(data, false),
+            };
+        }
+        let mut bytes = std::mem::take(&mut **held);
+        bytes.extend_from_slice(&data);
+        let redacted = overwrite(&mut bytes, needles.clone());
+        let hold = match last {
+            true => 0,
+            false => starts_a_needle(&bytes, needles, self.keep),
+        };
+        **held = bytes.split_off(bytes.len() - hold);
+        match bytes.is_empty() {
+            true => Filtered::Held,
+            false => Filtered::Pass(Bytes::from(bytes), redacted),
+        }
+    }
+
+    fn coded(&mut self, data: Bytes, last: bool) -> Filtered {
+        let needles: Vec<&[u8]> = forms(&self.needles).collect();
+        let keep = self.keep;
+        let Reading::Coded {
+            decoder,
+            tails,
+            held,
+        } = &mut self.reading
+        else {
+            unreachable!("a coded reading")
+        };
+        let mut found = false;
+        let fed = decoder.feed(&data, &mut |reading, piece| {
+            found |= read_decoded(&mut tails[reading], piece, &needles, keep);
+        });
+        if let Err(unscanned) = fed {
+            return Filtered::Cut(match unscanned.reason {
+                postern_scan::UnscannedReason::TooLarge { .. } => "response_too_large",
+                _ => "response_undecodable",
+            });
+        }
+        if found {
+            held.clear();
+            return Filtered::Cut("secret_echoed");
+        }
+        held.push(data);
+        let alive = decoder.readings();
+        let waiting = !last
+            && tails.iter().zip(alive).any(|(tail, alive)| {
+                alive && starts_a_needle(tail, needles.iter().copied(), keep) > 0
+            });
+        if waiting {
+            return Filtered::Held;
+        }
+        let out = concat(std::mem::take(held));
+        match out.is_empty() {
+            true => Filtered::Held,
+            false => Filtered::Pass(out, false),
+        }
+    }
+}
+
+/// Every form of every secret looked for.
+fn forms(needles: &[Option<Needles>; 2]) -> impl Iterator<Item = &[u8]> + Clone {
+    needles
+        .iter()
+        .flatten()
+        .flat_map(|n| n.iter())
+        .map(|needle| needle.as_slice())
+        .filter(|needle| !needle.is_empty())
+}
+
+/// Reads a decoded `piece` after `tail` (the reading's last bytes): whether a secret ends in
+/// it. The tail keeps the reading's last `keep` bytes.
+fn read_decoded(tail: &mut Vec<u8>, piece: &[u8], needles: &[&[u8]], keep: usize) -> bool {
+    // Across the seam: the tail and as much of the piece as could end a needle begun in it.
+    let seam_from = tail.len();
+    tail.extend_from_slice(&piece[..piece.len().min(keep)]);
+    let across = needles
+        .iter()
+        .any(|needle| memchr::memmem::find_iter(tail, needle).any(|at| at < seam_from));
+    let inside = needles
+        .iter()
+        .any(|needle| crate::proxy::contains(piece, needle));
+    if piece.len() >= keep {
+        tail.clear();
+        tail.extend_from_slice(&piece[piece.len() - keep..]);
+    } else {
+        let excess = tail.len().saturating_sub(keep);
+        tail.drain(..excess);
+    }
+    across || inside
+}
+
+/// How many of `bytes`' last bytes (fewer than `keep + 1`) are the start of a needle: the
+/// longest such run, or 0.
+fn starts_a_needle<'a>(
+    bytes: &[u8],
+    needles: impl Iterator<Item = &'a [u8]> + Clone,
+    keep: usize,
+) -> usize {
+    let from = bytes.len().saturating_sub(keep);
+    let tail = &bytes[from..];
+    // Scanned from the longest run down: the first that starts a needle is the answer.
+    (0..tail.len())
+        .find(|&at| {
+            let run = &tail[at..];
+            needles
+                .clone()
+                .any(|needle| needle.len() > run.len() && needle.starts_with(run))
+        })
+        .map_or(0, |at| tail.len() - at)
+}
+
+/// Overwrites every occurrence of a needle in `bytes` with `*`: whether there was one.
+fn overwrite<'a>(bytes: &mut [u8], needles: impl Iterator<Item = &'a [u8]>) -> bool {
+    let mut spans = Vec::new();
+    for needle in needles {
+        spans.extend(memchr::memmem::find_iter(bytes, needle).map(|at| at..at + needle.len()));
+    }
+    for span in &spans {
+        bytes[span.clone()].fill(b'*');
+    }
+    !spans.is_empty()
+}
+
+fn concat(frames: Vec<Bytes>) -> Bytes {
+    match frames.len() {
+        0 => Bytes::new(),
+        1 => frames.into_iter().next().unwrap_or_default(),
+        _ => Bytes::from(frames.concat()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"sk_live_0123456789abcdefghij";
+
+    fn needles(forms: &[&[u8]]) -> Needles {
+        Arc::new(forms.iter().map(|f| Zeroizing::new(f.to_vec())).collect())
+    }
+
+    fn filter(headers: &[(&str, &str)]) -> EchoFilter {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        EchoFilter::for_answer(&map, &needles(&[KEY]), None, 1 << 20)
+            .unwrap()
+            .expect("a filter")
+    }
+
+    /// Everything the filter passes on for `frames`, in order, and whether it redacted or cut.
+    fn run(filter: &mut EchoFilter, frames: &[&[u8]]) -> (Vec<u8>, bool, Option<&'static str>) {
+        let mut out = Vec::new();
+        let mut redacted = false;
+        for (i, frame) in frames.iter().enumerate() {
+            match filter.filter(Bytes::copy_from_slice(frame), i + 1 == frames.len()) {
+                Filtered::Pass(bytes, r) => {
+                    assert!(!bytes.is_empty());
+                    out.extend_from_slice(&bytes);
+                    redacted |= r;
+                }
+                Filtered::Held => {}
+                Filtered::Cut(reason) => return (out, redacted, Some(reason)),
+            }
+        }
+        out.extend_from_slice(&filter.end().unwrap_or_default());
+        (out, redacted, None)
+    }
+
+    fn splits(body: &[u8]) -> impl Iterator<Item = Vec<&[u8]>> {
+        (0..=body.len()).flat_map(move |a| {
+            (a..=body.len()).map(move |b| vec![&body[..a], &body[a..b], &body[b..]])
+        })
+    }
+
+    #[test]
+    fn an_echoed_key_is_overwritten_in_place_however_the_answer_is_split() {
+        let body = b"{\"error\":\"invalid key sk_live_0123456789abcdefghij\",\"k\":\"sk_live_0123456789abcdefghij\"}";
+        let expected = b"{\"error\":\"invalid key ****************************\",\"k\":\"****************************\"}";
+        for frames in splits(body) {
+            let (out, redacted, cut) = run(&mut filter(&[]), &frames);
+            assert_eq!(
+                out,
+                expected,
+                "split {:?}",
+                frames.iter().map(|f| f.len()).collect::<Vec<_>>()
+            );
+            assert!(redacted);
+            assert_eq!(cut, None);
+        }
+    }
+
+    #[test]
+    fn an_answer_without_the_key_passes_unchanged_and_only_a_possible_start_waits() {
+        let mut f = filter(&[]);
+        let frame = Bytes::from_static(b"data: {\"id\":1}\n\n");
+        // Passed as it came: the same allocation, nothing held.
+        match f.filter(frame.clone(), false) {
+            Filtered::Pass(out, false) => assert_eq!(out.as_ptr(), frame.as_ptr()),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.held(), 0);
+        // A frame ending in `sk_li` keeps those five bytes until the next shows they are not
+        // the key's start.
+        assert_eq!(
+            f.filter(Bytes::from_static(b"token sk_li"), false),
+            Filtered::Pass(Bytes::from_static(b"token "), false)
+        );
+        assert_eq!(f.held(), 5);
+        assert_eq!(
+            f.filter(Bytes::from_static(b"ne\n"), false),
+            Filtered::Pass(Bytes::from_static(b"sk_line\n"), false)
+        );
+        // At the body's end nothing waits.
+        assert_eq!(
+            f.filter(Bytes::from_static(b"sk_"), true),
+            Filtered::Pass(Bytes::from_static(b"sk_"), false)
+        );
+    }
+
+    #[test]
+    fn every_form_of_the_secret_is_overwritten() {
+        let encoded = b"sk%2Blive";
+        let mut f = EchoFilter::for_answer(
+            &http::HeaderMap::new(),
+            &needles(&[b"sk+live", encoded]),
+            Some(needles(&[b"oauth-token-1"])),
+            1 << 20,
+        )
+        .unwrap()
+        .unwrap();
+        let (out, redacted, _) = run(&mut f, &[b"a sk+live b sk%2Blive c oauth-token-1 d"]);
+        assert_eq!(out, b"a ******* b ********* c ************* d");
+        assert!(redacted);
+    }
+
+    #[test]
+    fn nothing_to_look_for_is_no_filter() {
+        let none = EchoFilter::for_answer(&http::HeaderMap::new(), &needles(&[]), None, 1 << 20);
+        assert!(matches!(none, Ok(None)));
+    }
+
+    #[test]
+    fn a_coding_postern_cannot_undo_is_refused() {
+        let mut map = http::HeaderMap::new();
+        map.insert(http::header::CONTENT_ENCODING, "gzip, br".parse().unwrap());
+        let refused = EchoFilter::for_answer(&map, &needles(&[KEY]), None, 1 << 20);
+        assert_eq!(refused.err().as_deref(), Some("gzip, br"));
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn a_coded_answer_holding_the_key_is_cut_before_the_frame_that_completes_it() {
+        let mut body = vec![b'x'; 5000];
+        body.extend_from_slice(KEY);
+        body.extend_from_slice(&[b'y'; 5000]);
+        let gz = gzip(&body);
+        for size in [1, 7, 64, 1000, gz.len()] {
+            let frames: Vec<&[u8]> = gz.chunks(size).collect();
+            let (out, _, cut) = run(&mut filter(&[("content-encoding", "gzip")]), &frames);
+            assert_eq!(cut, Some("secret_echoed"), "frames of {size}");
+            // What was passed on decodes to the x's at most: not even the key's first byte
+            // went out.
+            let mut decoded = Vec::new();
+            let _ = std::io::Read::read_to_end(
+                &mut flate2::read::GzDecoder::new(&out[..]),
+                &mut decoded,
+            );
+            assert!(
+                decoded.iter().all(|&b| b == b'x'),
+                "frames of {size} sent more than the x's"
+            );
+        }
+    }
+
+    #[test]
+    fn a_coded_answer_without_the_key_passes_whole() {
+        let body = b"{\"id\":\"ch_1\",\"note\":\"sk_li is not a key\"}".repeat(200);
+        let gz = gzip(&body);
+        for size in [1, 13, 512, gz.len()] {
+            let frames: Vec<&[u8]> = gz.chunks(size).collect();
+            let (out, redacted, cut) = run(&mut filter(&[("content-encoding", "gzip")]), &frames);
+            assert_eq!((cut, redacted), (None, false));
+            assert_eq!(out, gz, "frames of {size}");
+        }
+    }
+
+    #[test]
+    fn a_coded_answer_not_valid_for_its_coding_is_cut() {
+        let (_, _, cut) = run(
+            &mut filter(&[("content-encoding", "gzip")]),
+            &[b"this is not gzip at all"],
+        );
+        assert_eq!(cut, Some("response_undecodable"));
+    }
+}
