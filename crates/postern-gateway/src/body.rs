@@ -1082,6 +1082,8 @@ impl ResponseBody {
                     self.echoed();
                 }
                 self.finish(true, Some(reason));
+                // Nothing after a cut is read or passed on, should the body be polled again.
+                self.ended = true;
                 Some(Err(match reason {
                     "secret_echoed" => BodyError::SecretEchoed,
                     "response_too_large" => BodyError::ResponseTooLarge(self.limit),
@@ -1240,14 +1242,18 @@ impl Body for ResponseBody {
                     }
                     let sent = match frame.into_data() {
                         Ok(data) => this.unechoed(data, last),
-                        // Trailers: after what the echo filter held back, if anything.
-                        Err(frame) => Some(Ok(match this.held_back() {
-                            Some(held) => {
-                                this.next = Some(frame);
-                                held
-                            }
-                            None => frame,
-                        })),
+                        // Trailers: read for the secret as header fields are, and sent after
+                        // what the echo filter held back, if anything.
+                        Err(frame) => {
+                            let frame = this.trailers_unechoed(frame);
+                            Some(Ok(match this.held_back() {
+                                Some(held) => {
+                                    this.next = Some(frame);
+                                    held
+                                }
+                                None => frame,
+                            }))
+                        }
                     };
                     // (After the filter: a cut is recorded as such, a redaction noted.)
                     if last {
@@ -1289,6 +1295,23 @@ impl ResponseBody {
     /// Bytes the echo filter holds back.
     fn held(&self) -> usize {
         self.echo.as_ref().map_or(0, |echo| echo.held())
+    }
+
+    /// Trailers without the fields that hold the injected credential (a vendor's debug or
+    /// `grpc-message` trailer quoting it).
+    fn trailers_unechoed(&mut self, frame: Frame<Bytes>) -> Frame<Bytes> {
+        let Some(echo) = &self.echo else {
+            return frame;
+        };
+        match frame.into_trailers() {
+            Ok(mut trailers) => {
+                if echo.trailers(&mut trailers) {
+                    self.echoed();
+                }
+                Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        }
     }
 
     /// What the echo filter held back, as a frame, at the answer's end.

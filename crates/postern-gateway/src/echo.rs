@@ -128,6 +128,25 @@ impl EchoFilter {
         (!rest.is_empty()).then_some(rest)
     }
 
+    /// Removes the trailer fields that hold a secret (as the answer's header fields are read:
+    /// [`crate::proxy::echoes_secret`]): whether there was one.
+    pub fn trailers(&self, trailers: &mut http::HeaderMap) -> bool {
+        let leaking: Vec<http::HeaderName> = trailers
+            .iter()
+            .filter(|(_, value)| {
+                self.needles
+                    .iter()
+                    .flatten()
+                    .any(|needles| crate::proxy::echoes_secret(value.as_bytes(), needles))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &leaking {
+            trailers.remove(name);
+        }
+        !leaking.is_empty()
+    }
+
     /// Bytes held back, not yet passed on.
     pub fn held(&self) -> usize {
         match &self.reading {
@@ -169,40 +188,52 @@ impl EchoFilter {
     }
 
     fn coded(&mut self, data: Bytes, last: bool) -> Filtered {
-        let needles: Vec<&[u8]> = forms(&self.needles).collect();
-        let keep = self.keep;
-        let Reading::Coded {
-            decoder,
-            tails,
-            held,
-        } = &mut self.reading
+        let EchoFilter {
+            needles,
+            keep,
+            reading:
+                Reading::Coded {
+                    decoder,
+                    tails,
+                    held,
+                },
+        } = self
         else {
             unreachable!("a coded reading")
         };
+        let (needles, keep) = (forms(needles), *keep);
         let mut found = false;
         let fed = decoder.feed(&data, &mut |reading, piece| {
-            found |= read_decoded(&mut tails[reading], piece, &needles, keep);
+            found |= read_decoded(&mut tails[reading], piece, needles.clone(), keep);
         });
+        // A secret decoded before the decoding failed is what the answer is cut for.
+        if found {
+            held.clear();
+            return Filtered::Cut("secret_echoed");
+        }
         if let Err(unscanned) = fed {
             return Filtered::Cut(match unscanned.reason {
                 postern_scan::UnscannedReason::TooLarge { .. } => "response_too_large",
                 _ => "response_undecodable",
             });
         }
-        if found {
-            held.clear();
-            return Filtered::Cut("secret_echoed");
-        }
-        held.push(data);
         let alive = decoder.readings();
         let waiting = !last
-            && tails.iter().zip(alive).any(|(tail, alive)| {
-                alive && starts_a_needle(tail, needles.iter().copied(), keep) > 0
-            });
+            && tails
+                .iter()
+                .zip(alive)
+                .any(|(tail, alive)| alive && starts_a_needle(tail, needles.clone(), keep) > 0);
         if waiting {
+            held.push(data);
             return Filtered::Held;
         }
-        let out = concat(std::mem::take(held));
+        let out = match held.is_empty() {
+            true => data,
+            false => {
+                held.push(data);
+                concat(std::mem::take(held))
+            }
+        };
         match out.is_empty() {
             true => Filtered::Held,
             false => Filtered::Pass(out, false),
@@ -222,16 +253,19 @@ fn forms(needles: &[Option<Needles>; 2]) -> impl Iterator<Item = &[u8]> + Clone 
 
 /// Reads a decoded `piece` after `tail` (the reading's last bytes): whether a secret ends in
 /// it. The tail keeps the reading's last `keep` bytes.
-fn read_decoded(tail: &mut Vec<u8>, piece: &[u8], needles: &[&[u8]], keep: usize) -> bool {
+fn read_decoded<'a>(
+    tail: &mut Vec<u8>,
+    piece: &[u8],
+    needles: impl Iterator<Item = &'a [u8]> + Clone,
+    keep: usize,
+) -> bool {
     // Across the seam: the tail and as much of the piece as could end a needle begun in it.
     let seam_from = tail.len();
     tail.extend_from_slice(&piece[..piece.len().min(keep)]);
     let across = needles
-        .iter()
+        .clone()
         .any(|needle| memchr::memmem::find_iter(tail, needle).any(|at| at < seam_from));
-    let inside = needles
-        .iter()
-        .any(|needle| crate::proxy::contains(piece, needle));
+    let inside = needles.clone().any(|needle| crate::proxy::contains(piece, needle));
     if piece.len() >= keep {
         tail.clear();
         tail.extend_from_slice(&piece[piece.len() - keep..]);
@@ -446,6 +480,34 @@ mod tests {
             assert_eq!((cut, redacted), (None, false));
             assert_eq!(out, gz, "frames of {size}");
         }
+    }
+
+    #[test]
+    fn a_key_decoded_before_the_decoding_fails_is_what_the_answer_is_cut_for() {
+        let mut frame = gzip(KEY);
+        frame.extend_from_slice(b"then not gzip at all");
+        let (_, _, cut) = run(&mut filter(&[("content-encoding", "gzip")]), &[&frame]);
+        assert_eq!(cut, Some("secret_echoed"));
+    }
+
+    #[test]
+    fn trailer_fields_holding_the_key_are_removed() {
+        let f = filter(&[]);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "16".parse().unwrap());
+        trailers.insert(
+            "grpc-message",
+            "invalid key sk_live_0123456789abcdefghij".parse().unwrap(),
+        );
+        // Percent-decoded too, as header fields are.
+        trailers.insert(
+            "x-debug",
+            "k=sk%5Flive_0123456789abcdefghij".parse().unwrap(),
+        );
+        assert!(f.trailers(&mut trailers));
+        assert_eq!(trailers.len(), 1);
+        assert_eq!(trailers["grpc-status"], "16");
+        assert!(!f.trailers(&mut trailers));
     }
 
     #[test]

@@ -4198,6 +4198,84 @@ async fn echoing_h2_vendor() -> (u16, String) {
     (port, pki.ca_pem)
 }
 
+/// An h2 vendor over TLS (its port and CA) whose every answer ends with trailers: one quoting
+/// the `authorization` it was sent, one not.
+async fn trailing_h2_vendor() -> (u16, String) {
+    let pki = TestPki::new();
+    let acceptor = pki.acceptor(&[b"h2"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let answer = hyper::service::service_fn(
+                    |request: http::Request<hyper::body::Incoming>| async move {
+                        let sent = request.headers()["authorization"].clone();
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("x-debug-auth", sent);
+                        trailers.insert("x-kept-trailer", "fine".parse().unwrap());
+                        use http_body_util::BodyExt as _;
+                        let body =
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"{\"ok\":true}"))
+                                .with_trailers(async move { Some(Ok(trailers)) });
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), answer)
+                        .await;
+            });
+        }
+    });
+    (port, pki.ca_pem)
+}
+
+/// A vendor's trailer that quotes the injected credential never reaches the caller; its other
+/// trailers do.
+#[tokio::test]
+async fn a_vendor_echoing_the_injected_credential_in_a_trailer_never_shows_it_to_the_caller() {
+    use http_body_util::BodyExt as _;
+    let (port, ca_pem) = trailing_h2_vendor().await;
+    let gw = start_with_key(
+        &stripe_like_at(port, ""),
+        Some(&ca_pem),
+        "stripe-key",
+        VENDOR_KEY,
+        "",
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .header("authorization", format!("Bearer {}", gw.token))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("the trailers came");
+    assert_eq!(trailers.get("x-kept-trailer").unwrap(), "fine");
+    assert!(trailers.get("x-debug-auth").is_none(), "{trailers:?}");
+    assert_eq!(&collected.to_bytes()[..], b"{\"ok\":true}");
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["secret_echoed"], true, "{events:#?}");
+    gw.stop().await;
+}
+
 /// A full-duplex exchange inside one call: a caller streams small messages and waits for the
 /// vendor's answer to each before it sends the next, and the vendor (over h2) answers each as
 /// it reads it; over h2c and over HTTP/1.1 (a chunked upload) to Postern, and typed as JSON
