@@ -1410,10 +1410,20 @@ fn any_even_encoded<'a>(haystack: &[u8], needles: impl Iterator<Item = &'a [u8]>
 
 /// Whether `haystack` holds `needle` (a caller token, an injected secret). A haystack shorter
 /// than the needle is answered without a search: `memmem::find` first prepares the needle (a
-/// hash of all its bytes), and on every call the target and most header values are shorter
-/// than a token or a secret.
+/// hash of all its bytes, a factorisation), and on every call the target and most header
+/// values are shorter than a token or a secret. A short one (a small JSON answer, a long
+/// header value) is searched where the needle's first byte is, which costs less than that
+/// preparation; a long one with `memmem`.
 pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.len() >= needle.len() && memchr::memmem::find(haystack, needle).is_some()
+    /// Below this many bytes a haystack is searched by its needle's first byte.
+    const SHORT: usize = 512;
+    match (needle.split_first(), haystack.len()) {
+        (_, len) if len < needle.len() => false,
+        (Some((&first, rest)), len) if len < SHORT => memchr::memchr_iter(first, haystack)
+            .take_while(|&at| at + needle.len() <= len)
+            .any(|at| haystack[at + 1..].starts_with(rest)),
+        _ => memchr::memmem::find(haystack, needle).is_some(),
+    }
 }
 
 /// The OAuth2 access token for this call (cached, or minted now — once for all waiting calls).
@@ -2427,6 +2437,28 @@ mod tests {
         assert!(!contains(b"/v1/charges", b"tok_abc"));
         // An empty needle is in everything, as memmem says.
         assert!(contains(b"", b""));
+        assert!(contains(b"abc", b""));
+        // Short and long haystacks, the needle anywhere, its first byte often: as memmem.
+        let needle = b"aab";
+        for len in [0usize, 1, 2, 3, 4, 7, 100, 511, 512, 513, 2000] {
+            for at in [
+                None,
+                Some(0),
+                Some(len / 2),
+                len.checked_sub(3),
+                len.checked_sub(2),
+            ] {
+                let mut haystack = vec![b'a'; len];
+                if let Some(at) = at.filter(|&at| at + needle.len() <= len) {
+                    haystack[at..at + needle.len()].copy_from_slice(needle);
+                }
+                assert_eq!(
+                    contains(&haystack, needle),
+                    memchr::memmem::find(&haystack, needle).is_some(),
+                    "{len} {at:?}"
+                );
+            }
+        }
     }
 
     #[test]
