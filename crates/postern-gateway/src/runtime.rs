@@ -919,18 +919,52 @@ pub fn unusable_value(integration: &IntegrationConfig, name: &str, value: &[u8])
         .map(|problem| problem.why)
 }
 
-/// The forms in which a vendor could echo the secret back (raw and percent-encoded; a header
-/// value is also matched percent-decoded, [`crate::proxy::echoes_secret`]).
+/// The forms in which a vendor could echo the secret back: raw, percent-encoded, and as a JSON
+/// string holds it (`"` and `\\` escaped, control characters as `\u00XX`; and with `/` as `\/`
+/// too, as PHP's `json_encode` writes it: an AWS secret key holds slashes). A header value is
+/// also matched percent-decoded ([`crate::proxy::echoes_secret`]).
 pub(crate) fn echo_needles(secret: &str) -> Vec<Zeroizing<Vec<u8>>> {
     let raw = secret.as_bytes().to_vec();
     let encoded = percent_encoding::utf8_percent_encode(secret, crate::proxy::QUERY_VALUE)
         .to_string()
         .into_bytes();
-    let mut needles = vec![Zeroizing::new(raw.clone())];
-    if encoded != raw {
-        needles.push(Zeroizing::new(encoded));
+    let mut needles = vec![Zeroizing::new(raw)];
+    for form in [
+        Zeroizing::new(encoded),
+        json_escaped(secret, false),
+        json_escaped(secret, true),
+    ] {
+        if !needles.contains(&form) {
+            needles.push(form);
+        }
     }
     needles
+}
+
+/// `text` as a JSON string holds it (without the quotes); `slash`: `/` written `\/`.
+fn json_escaped(text: &str, slash: bool) -> Zeroizing<Vec<u8>> {
+    // Room for the longest escape of every byte: never reallocated, so no copy is left
+    // behind unzeroized.
+    let mut out = Zeroizing::new(Vec::with_capacity(text.len() * 6));
+    for &byte in text.as_bytes() {
+        match byte {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', byte]),
+            b'/' if slash => out.extend_from_slice(b"\\/"),
+            // The short forms serde_json and most encoders write.
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0..=0x1f => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
+            }
+            _ => out.push(byte),
+        }
+    }
+    out
 }
 
 /// Prepares a secret's header or query form. Errors never contain the value.
@@ -1031,5 +1065,36 @@ mod limiter_tests {
         );
         cache.retain(|name, quota| name == "stripe" && quota == (1, 1));
         assert!(!Arc::ptr_eq(&cache.get("stripe", &quota(5)), &failed_build));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_echoed_raw_percent_encoded_and_as_json_writes_it() {
+        let forms = |secret: &str| -> Vec<String> {
+            echo_needles(secret)
+                .iter()
+                .map(|form| String::from_utf8(form.to_vec()).unwrap())
+                .collect()
+        };
+        // Nothing to escape: one form.
+        assert_eq!(forms("sk_live_abc123"), ["sk_live_abc123"]);
+        // An AWS-style key: percent-encoded, and with PHP's `\/`.
+        assert_eq!(
+            forms("wJalr/K7+MDENG"),
+            ["wJalr/K7+MDENG", "wJalr%2FK7%2BMDENG", "wJalr\\/K7+MDENG"]
+        );
+        // Each JSON form is what serde_json writes (without the quotes).
+        for secret in ["a\"b\\c", "tab\there\nline\u{1}\u{8}\u{c}"] {
+            let json = serde_json::to_string(secret).unwrap();
+            let forms = forms(secret);
+            assert!(
+                forms.iter().any(|form| *form == json[1..json.len() - 1]),
+                "{forms:?} lacks {json}"
+            );
+        }
     }
 }
