@@ -265,7 +265,9 @@ fn read_decoded<'a>(
     let across = needles
         .clone()
         .any(|needle| memchr::memmem::find_iter(tail, needle).any(|at| at < seam_from));
-    let inside = needles.clone().any(|needle| crate::proxy::contains(piece, needle));
+    let inside = needles
+        .clone()
+        .any(|needle| crate::proxy::contains(piece, needle));
     if piece.len() >= keep {
         tail.clear();
         tail.extend_from_slice(&piece[piece.len() - keep..]);

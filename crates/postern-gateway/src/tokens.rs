@@ -88,11 +88,63 @@ fn shaped_in_whole(bytes: &[u8], at: usize) -> bool {
         )
 }
 
-/// What one request's body is searched for: its caller's own token (if it has one), and what
-/// looks like any caller token `postern` made ([module docs](self)).
+/// What one request's body is searched for: its caller's own token (if it has one), also as
+/// base64 carries it, and what looks like any caller token `postern` made ([module docs](self)).
 #[derive(Clone)]
 pub(crate) struct Needles {
     own: Option<Own>,
+    /// The caller's own token inside base64 text ([`base64_forms`]).
+    encoded: Vec<zeroize::Zeroizing<Vec<u8>>>,
+}
+
+/// A token shorter than this many bytes is not looked for as base64: its forms would be too
+/// short to tell from chance in base64 text.
+const BASE64_MIN_TOKEN: usize = 12;
+
+/// What base64 text (standard or URL-safe alphabet, padded or not) holds wherever it encodes
+/// `token`, whatever bytes surround it: the token starts at one of three places in a 3-byte
+/// group, and for each the characters made of its bits alone are fixed (the first and last
+/// may mix in a neighbour's bits and are left out). A `Basic` credential in a JSON body, a
+/// token base64'd as a whole or inside a larger document, are found so.
+pub(crate) fn base64_forms(token: &[u8]) -> Vec<zeroize::Zeroizing<Vec<u8>>> {
+    use base64::Engine as _;
+    let mut forms: Vec<zeroize::Zeroizing<Vec<u8>>> = Vec::new();
+    if token.len() < BASE64_MIN_TOKEN {
+        return forms;
+    }
+    for offset in 0..3usize {
+        // `offset` bytes before the token and two after, so that every character its bits
+        // end in is written in full.
+        let mut group = zeroize::Zeroizing::new(vec![0u8; offset + token.len() + 2]);
+        group[offset..offset + token.len()].copy_from_slice(token);
+        let mut text = zeroize::Zeroizing::new(vec![0u8; group.len().div_ceil(3) * 4]);
+        let Ok(written) = base64::engine::general_purpose::STANDARD_NO_PAD
+            .encode_slice(&group[..], &mut text[..])
+        else {
+            continue;
+        };
+        // Characters whose six bits lie within the token's bits.
+        let bits = (8 * offset, 8 * (offset + token.len()));
+        let first = bits.0.div_ceil(6);
+        let end = (bits.1 / 6).min(written);
+        let standard = zeroize::Zeroizing::new(text[first..end].to_vec());
+        let url_safe = zeroize::Zeroizing::new(
+            standard
+                .iter()
+                .map(|&c| match c {
+                    b'+' => b'-',
+                    b'/' => b'_',
+                    c => c,
+                })
+                .collect::<Vec<u8>>(),
+        );
+        for form in [standard, url_safe] {
+            if !forms.contains(&form) {
+                forms.push(form);
+            }
+        }
+    }
+    forms
 }
 
 /// The caller's own token, as it is looked for.
@@ -118,13 +170,13 @@ impl Own {
 impl Needles {
     /// `own`: the caller's token (ignored when empty).
     pub(crate) fn new(own: Option<&[u8]>) -> Self {
+        let own = own.filter(|own| !own.is_empty());
         Needles {
-            own: own
-                .filter(|own| !own.is_empty())
-                .map(|own| match own.starts_with(PREFIX) {
-                    true => Own::Prefixed(zeroize::Zeroizing::new(own.to_vec())),
-                    false => Own::Other(Box::new(memmem::Finder::new(own).into_owned())),
-                }),
+            own: own.map(|own| match own.starts_with(PREFIX) {
+                true => Own::Prefixed(zeroize::Zeroizing::new(own.to_vec())),
+                false => Own::Other(Box::new(memmem::Finder::new(own).into_owned())),
+            }),
+            encoded: own.map(base64_forms).unwrap_or_default(),
         }
     }
 
@@ -138,6 +190,13 @@ impl Needles {
     /// `shaped` accepts. One pass over the prefix's places serves both when the own token
     /// starts with the prefix, as every token `postern` makes does.
     fn found(&self, bytes: &[u8], shaped: impl Fn(usize) -> bool) -> bool {
+        if self
+            .encoded
+            .iter()
+            .any(|form| crate::proxy::contains(bytes, form))
+        {
+            return true;
+        }
         match &self.own {
             Some(Own::Other(finder)) if finder.find(bytes).is_some() => true,
             Some(Own::Prefixed(token)) => PREFIX_FINDER
@@ -157,13 +216,27 @@ impl Needles {
     }
 
     /// How many of the last bytes read a search keeps, to find a token across pieces: all but
-    /// the last byte of the caller's own token, and at least a token-shaped run and the byte
-    /// before it.
+    /// the last byte of the caller's own token or of its longest base64 form, and at least a
+    /// token-shaped run and the byte before it.
     pub(crate) fn keep(&self) -> usize {
         self.own
             .as_ref()
-            .map_or(0, |own| own.needle().len() - 1)
+            .map(Own::needle)
+            .into_iter()
+            .chain(self.encoded.iter().map(|form| &form[..]))
+            .map(|needle| needle.len() - 1)
+            .max()
+            .unwrap_or(0)
             .max(SHAPE_SPAN)
+    }
+
+    /// The caller's own token and its base64 forms: what a tail may hold the start of.
+    fn own_forms(&self) -> impl Iterator<Item = &[u8]> {
+        self.own
+            .as_ref()
+            .map(Own::needle)
+            .into_iter()
+            .chain(self.encoded.iter().map(|form| &form[..]))
     }
 }
 
@@ -253,13 +326,16 @@ impl Seen {
     pub(crate) fn pending(&self, needles: &Needles) -> usize {
         let tail = &self.tail[..];
         let stream_start = self.holds_the_start(needles);
-        let own = needles.own.as_ref().map_or(0, |own| {
-            let needle = own.needle();
-            (1..=tail.len().min(needle.len() - 1))
-                .rev()
-                .find(|&len| tail.ends_with(&needle[..len]))
-                .unwrap_or(0)
-        });
+        let own = needles
+            .own_forms()
+            .map(|needle| {
+                (1..=tail.len().min(needle.len() - 1))
+                    .rev()
+                    .find(|&len| tail.ends_with(&needle[..len]))
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
         let prefix = (1..PREFIX.len())
             .rev()
             .find(|&len| {
@@ -388,6 +464,43 @@ mod tests {
             ));
         }
         assert!(!found_in(&Needles::new(Some(b"")), &[body]));
+    }
+
+    #[test]
+    fn the_callers_own_token_is_found_in_base64_wherever_it_stood_however_split() {
+        use base64::Engine as _;
+        let own = b"pst_hy5M0xh23REAwMjp7vLcwaZBjNWbDYhLaGGT6zHhr0Q";
+        let needles = Needles::new(Some(own));
+        let engines = [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
+        for engine in engines {
+            // The token at each of the three places in a 3-byte group, and at the end.
+            for before in [&b""[..], b"u", b"AC42:", b"{\"k\":\""] {
+                for after in [&b""[..], b"\"}", b"!"] {
+                    let plain = [before, &own[..], after].concat();
+                    let body = [
+                        b"{\"auth\": \"Basic ",
+                        engine.encode(&plain).as_bytes(),
+                        b"\"}",
+                    ]
+                    .concat();
+                    for split in 0..=body.len() {
+                        assert!(
+                            found_in(&needles, &[&body[..split], &body[split..]]),
+                            "{} split at {split}",
+                            String::from_utf8_lossy(&body)
+                        );
+                    }
+                }
+            }
+        }
+        // Another token's base64, or a short token's, is not the caller's.
+        let other = base64::engine::general_purpose::STANDARD
+            .encode(b"AC42:pst_hy5M0xh23REAwMjp7vLcwaZBjNWbDYhLaGGT6zHhs0Q");
+        assert!(!found_in(&needles, &[other.as_bytes()]));
+        assert!(base64_forms(b"short-tok").is_empty());
     }
 
     #[test]

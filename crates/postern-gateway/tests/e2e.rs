@@ -3051,6 +3051,47 @@ async fn a_caller_token_written_with_escapes_in_a_body_is_refused() {
     gw.stop().await;
 }
 
+/// The caller's token inside base64 text in a body — a `Basic` credential in a JSON document,
+/// a document base64'd whole (URL-safe), inside a gzip body — is refused, whole or streamed in
+/// 7-byte pieces; the vendor never has the body.
+#[tokio::test]
+async fn a_caller_token_base64d_in_a_body_is_refused() {
+    use base64::Engine as _;
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let standard = base64::engine::general_purpose::STANDARD;
+    let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let basic = standard.encode(format!("AC42:{}", gw.token));
+    let document = url_safe.encode(format!("{{\"api_key\": \"{}\"}}", gw.token));
+    let bodies = [
+        (
+            "identity",
+            format!("{{\"webhook\": {{\"headers\": {{\"authorization\": \"Basic {basic}\"}}}}}}"),
+        ),
+        ("identity", format!("amount=100&state={document}&x=1")),
+        ("gzip", format!("amount=100&state={document}&x=1")),
+    ];
+    for (encoding, text) in bodies {
+        let body = match encoding {
+            "gzip" => gzip(text.as_bytes()),
+            _ => text.into_bytes(),
+        };
+        refused_whole_and_in_pieces(&gw, &vendor, encoding, &body).await;
+    }
+    // Base64 text that holds no token goes through.
+    let clean = format!("amount=100&state={}", url_safe.encode("{\"n\": 1}"));
+    let response = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(clean)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    gw.stop().await;
+}
+
 /// Each streamed body refused mid-way resets its stream on the worker's h2 connection to the
 /// vendor, and a vendor defending itself against rapid reset by counting resets may close a
 /// connection with too many (the test vendor does not: this shows the retirement): after
