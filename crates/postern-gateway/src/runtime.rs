@@ -751,10 +751,16 @@ fn build_integration(
             _ => read_secret(credential, inputs.vault).and_then(|secret| {
                 secret_needles = echo_needles(&secret);
                 let injector = load_injector(credential, secret)?;
-                // A Basic pair is sent base64-encoded: echoed as sent, it is the secret too.
+                // A Basic pair is sent base64-encoded: echoed as sent, it is the secret too (and
+                // in JSON with its `/` written `\/`, as PHP writes it).
                 if let Injector::Header { value, .. } = &injector {
                     if let Some(sent) = value.as_bytes().strip_prefix(b"Basic ") {
-                        secret_needles.push(Zeroizing::new(sent.to_vec()));
+                        let sent = Zeroizing::new(sent.to_vec());
+                        if sent.contains(&b'/') {
+                            let text = String::from_utf8_lossy(&sent);
+                            secret_needles.push(json_escaped(&text, true));
+                        }
+                        secret_needles.push(sent);
                     }
                 }
                 Ok(Some(injector))

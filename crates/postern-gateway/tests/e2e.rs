@@ -642,6 +642,54 @@ operations = ["*"]
     gw.stop().await;
 }
 
+/// A Basic pair's base64 holding a `/`, echoed in a JSON body as PHP writes it (`\/`), is
+/// overwritten too.
+#[tokio::test]
+async fn a_basic_pair_echoed_with_escaped_slashes_never_shows_it_to_the_caller() {
+    let vendor = TestVendor::tls(Arc::new(|request: &SeenRequest| {
+        let sent = request.header("authorization").unwrap_or_default();
+        let php = sent.replace('/', "\\/");
+        let mut answer = Answer::json(200, serde_json::json!({}));
+        answer.body = format!(r#"{{"you_sent":"{php}"}}"#).into();
+        answer
+    }))
+    .await;
+    // `AC?` as base64 is `QUM/`.
+    let body = format!(
+        r#"
+[[integrations]]
+name = "v"
+vendor = "Vendor"
+owner = "o@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+credential = {{ kind = "basic", username = "AC?", from_file = "{{dir}}/key" }}
+operations = [ {{ id = "list", method = "GET", path = "/items" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "v"
+operations = ["*"]
+"#,
+        port = vendor.addr.port()
+    );
+    let gw = start_with_key(&body, vendor.ca_pem.as_deref(), "key", VENDOR_KEY, "").await;
+    let response = client()
+        .get(format!("{}/v/items", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let sent = answer["you_sent"].as_str().unwrap();
+    assert!(sent.starts_with("Basic ***"), "{sent}");
+    assert!(sent["Basic ".len()..].bytes().all(|b| b == b'*'), "{sent}");
+    assert!(vendor.last().header("authorization").unwrap().contains('/'));
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn credentials_are_injected_in_each_form_and_caller_supplied_ones_stripped() {
     use base64::Engine as _;
