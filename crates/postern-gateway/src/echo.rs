@@ -285,17 +285,11 @@ fn starts_a_needle<'a>(
     needles: impl Iterator<Item = &'a [u8]> + Clone,
     keep: usize,
 ) -> usize {
-    let from = bytes.len().saturating_sub(keep);
-    let tail = &bytes[from..];
-    // Scanned from the longest run down: the first that starts a needle is the answer.
-    (0..tail.len())
-        .find(|&at| {
-            let run = &tail[at..];
-            needles
-                .clone()
-                .any(|needle| needle.len() > run.len() && needle.starts_with(run))
-        })
-        .map_or(0, |at| tail.len() - at)
+    let tail = &bytes[bytes.len().saturating_sub(keep)..];
+    needles
+        .map(|needle| crate::tokens::started(tail, needle))
+        .max()
+        .unwrap_or(0)
 }
 
 /// Overwrites every occurrence of a needle in `bytes` with `*`: whether there was one.

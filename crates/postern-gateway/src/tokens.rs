@@ -88,6 +88,20 @@ fn shaped_in_whole(bytes: &[u8], at: usize) -> bool {
         )
 }
 
+/// How many of `bytes`' last bytes are the start of `needle` (fewer than all of it): the
+/// longest such run, or 0. Only the places that hold the needle's first byte are tried.
+pub(crate) fn started(bytes: &[u8], needle: &[u8]) -> usize {
+    let Some(&first) = needle.first() else {
+        return 0;
+    };
+    let from = bytes.len().saturating_sub(needle.len() - 1);
+    // From the earliest place: the first that starts the needle is the longest run.
+    memchr::memchr_iter(first, &bytes[from..])
+        .map(|at| from + at)
+        .find(|&at| needle.starts_with(&bytes[at..]))
+        .map_or(0, |at| bytes.len() - at)
+}
+
 /// What one request's body is searched for: its caller's own token (if it has one), also as
 /// base64 carries it, and what looks like any caller token `postern` made ([module docs](self)).
 #[derive(Clone)]
@@ -112,36 +126,36 @@ pub(crate) fn base64_forms(token: &[u8]) -> Vec<zeroize::Zeroizing<Vec<u8>>> {
     if token.len() < BASE64_MIN_TOKEN {
         return forms;
     }
+    // One buffer for the three groups and one for their text, zeroized when dropped: `offset`
+    // bytes before the token and two after, so that every character its bits end in is
+    // written in full.
+    let mut group = zeroize::Zeroizing::new(vec![0u8; token.len() + 4]);
+    let mut text = zeroize::Zeroizing::new(vec![0u8; group.len().div_ceil(3) * 4]);
     for offset in 0..3usize {
-        // `offset` bytes before the token and two after, so that every character its bits
-        // end in is written in full.
-        let mut group = zeroize::Zeroizing::new(vec![0u8; offset + token.len() + 2]);
+        let group = &mut group[2 - offset..];
         group[offset..offset + token.len()].copy_from_slice(token);
-        let mut text = zeroize::Zeroizing::new(vec![0u8; group.len().div_ceil(3) * 4]);
         let Ok(written) = base64::engine::general_purpose::STANDARD_NO_PAD
             .encode_slice(&group[..], &mut text[..])
         else {
             continue;
         };
         // Characters whose six bits lie within the token's bits.
-        let bits = (8 * offset, 8 * (offset + token.len()));
-        let first = bits.0.div_ceil(6);
-        let end = (bits.1 / 6).min(written);
-        let standard = zeroize::Zeroizing::new(text[first..end].to_vec());
-        let url_safe = zeroize::Zeroizing::new(
-            standard
+        let first = (8 * offset).div_ceil(6);
+        let end = (8 * (offset + token.len()) / 6).min(written);
+        let standard = &text[first..end];
+        if !forms.iter().any(|form| form[..] == *standard) {
+            forms.push(zeroize::Zeroizing::new(standard.to_vec()));
+        }
+        if standard.iter().any(|&c| c == b'+' || c == b'/') {
+            let url_safe: Vec<u8> = standard
                 .iter()
                 .map(|&c| match c {
                     b'+' => b'-',
                     b'/' => b'_',
                     c => c,
                 })
-                .collect::<Vec<u8>>(),
-        );
-        for form in [standard, url_safe] {
-            if !forms.contains(&form) {
-                forms.push(form);
-            }
+                .collect();
+            forms.push(zeroize::Zeroizing::new(url_safe));
         }
     }
     forms
@@ -328,12 +342,7 @@ impl Seen {
         let stream_start = self.holds_the_start(needles);
         let own = needles
             .own_forms()
-            .map(|needle| {
-                (1..=tail.len().min(needle.len() - 1))
-                    .rev()
-                    .find(|&len| tail.ends_with(&needle[..len]))
-                    .unwrap_or(0)
-            })
+            .map(|needle| started(tail, needle))
             .max()
             .unwrap_or(0);
         let prefix = (1..PREFIX.len())
@@ -496,11 +505,64 @@ mod tests {
                 }
             }
         }
+        // Any token (random bytes, so `+` and `/` appear), anywhere in what is encoded, by
+        // either alphabet, padded or not.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let bytes = |n: u64, next: &mut dyn FnMut() -> u64| -> Vec<u8> {
+            (0..n).map(|_| next() as u8).collect()
+        };
+        for _ in 0..3000 {
+            let token = bytes(BASE64_MIN_TOKEN as u64 + next() % 50, &mut next);
+            let before = bytes(next() % 7, &mut next);
+            let after = bytes(next() % 4, &mut next);
+            let plain = [&before[..], &token[..], &after[..]].concat();
+            let forms = base64_forms(&token);
+            for engine in [
+                base64::engine::general_purpose::STANDARD,
+                base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            ] {
+                let text = engine.encode(&plain);
+                assert!(
+                    forms
+                        .iter()
+                        .any(|form| crate::proxy::contains(text.as_bytes(), form)),
+                    "{token:?} in {text}"
+                );
+            }
+        }
         // Another token's base64, or a short token's, is not the caller's.
         let other = base64::engine::general_purpose::STANDARD
             .encode(b"AC42:pst_hy5M0xh23REAwMjp7vLcwaZBjNWbDYhLaGGT6zHhs0Q");
         assert!(!found_in(&needles, &[other.as_bytes()]));
         assert!(base64_forms(b"short-tok").is_empty());
+    }
+
+    #[test]
+    fn started_is_the_longest_run_of_last_bytes_that_starts_the_needle() {
+        let slow = |bytes: &[u8], needle: &[u8]| {
+            (1..=bytes.len().min(needle.len().saturating_sub(1)))
+                .rev()
+                .find(|&len| bytes.ends_with(&needle[..len]))
+                .unwrap_or(0)
+        };
+        let texts: [&[u8]; 9] = [
+            b"", b"a", b"ab", b"aab", b"abab", b"xxaba", b"abaab", b"ba", b"aaaa",
+        ];
+        for bytes in texts {
+            for needle in texts {
+                assert_eq!(
+                    started(bytes, needle),
+                    slow(bytes, needle),
+                    "{bytes:?} {needle:?}"
+                );
+            }
+        }
     }
 
     #[test]
