@@ -19,8 +19,9 @@
 //! a URL in a JSON string that the vendor decodes again; JSON in a JSON string (`"{\"k\":
 //! \"\\u0070st_…\"}"`), a payload a vendor parses twice; and `%2570st_…`, percent-encoded twice.
 //! Not read: three layers or more, nor other encodings a vendor could be told to undo (HTML
-//! entities, UTF-16). Base64 is not undone either; the caller's own token is found inside
-//! base64 text by its fixed forms ([`crate::tokens::base64_forms`], in every reading).
+//! entities). Base64 and UTF-16 are not undone either; the caller's own token is found in them
+//! by its fixed forms ([`crate::tokens::base64_forms`], [`crate::tokens::utf16_forms`], in
+//! every reading).
 
 use crate::tokens::{Needles, Seen};
 

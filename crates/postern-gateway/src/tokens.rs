@@ -107,7 +107,8 @@ pub(crate) fn started(bytes: &[u8], needle: &[u8]) -> usize {
 #[derive(Clone)]
 pub(crate) struct Needles {
     own: Option<Own>,
-    /// The caller's own token inside base64 text ([`base64_forms`]).
+    /// The caller's own token inside base64 text ([`base64_forms`]) and in UTF-16
+    /// ([`utf16_forms`]).
     encoded: Vec<zeroize::Zeroizing<Vec<u8>>>,
 }
 
@@ -120,6 +121,26 @@ const BASE64_MIN_TOKEN: usize = 12;
 /// group, and for each the characters made of its bits alone are fixed (the first and last
 /// may mix in a neighbour's bits and are left out). A `Basic` credential in a JSON body, a
 /// token base64'd as a whole or inside a larger document, are found so.
+/// `token` (ASCII, as a caller token is) in UTF-16, little- and big-endian: a JSON body a
+/// vendor's parser reads as UTF-16 when it sees one (RFC 4627's detection, as Jackson does).
+/// Nothing for a token that is not ASCII.
+pub(crate) fn utf16_forms(token: &[u8]) -> [zeroize::Zeroizing<Vec<u8>>; 2] {
+    if !token.is_ascii() {
+        return Default::default();
+    }
+    let spread = |little: bool| {
+        let mut form = zeroize::Zeroizing::new(Vec::with_capacity(token.len() * 2));
+        for &byte in token {
+            form.extend_from_slice(&match little {
+                true => [byte, 0],
+                false => [0, byte],
+            });
+        }
+        form
+    };
+    [spread(true), spread(false)]
+}
+
 pub(crate) fn base64_forms(token: &[u8]) -> Vec<zeroize::Zeroizing<Vec<u8>>> {
     use base64::Engine as _;
     let mut forms: Vec<zeroize::Zeroizing<Vec<u8>>> = Vec::new();
@@ -190,7 +211,13 @@ impl Needles {
                 true => Own::Prefixed(zeroize::Zeroizing::new(own.to_vec())),
                 false => Own::Other(Box::new(memmem::Finder::new(own).into_owned())),
             }),
-            encoded: own.map(base64_forms).unwrap_or_default(),
+            encoded: own
+                .map(|own| {
+                    let mut forms = base64_forms(own);
+                    forms.extend(utf16_forms(own).into_iter().filter(|form| !form.is_empty()));
+                    forms
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -541,6 +568,32 @@ mod tests {
             .encode(b"AC42:pst_hy5M0xh23REAwMjp7vLcwaZBjNWbDYhLaGGT6zHhs0Q");
         assert!(!found_in(&needles, &[other.as_bytes()]));
         assert!(base64_forms(b"short-tok").is_empty());
+    }
+
+    #[test]
+    fn the_callers_own_token_is_found_in_utf16_however_split() {
+        let own = b"pst_hy5M0xh23REAwMjp7vLcwaZBjNWbDYhLaGGT6zHhr0Q";
+        let needles = Needles::new(Some(own));
+        let text = format!("{{\"api_key\": \"{}\"}}", String::from_utf8_lossy(own));
+        let little: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let big: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        for body in [little, big] {
+            for split in 0..=body.len() {
+                assert!(
+                    found_in(&needles, &[&body[..split], &body[split..]]),
+                    "{split}"
+                );
+            }
+            // One character short is not the token.
+            let short = [&body[..30], &body[32..]].concat();
+            assert!(!found_in(&needles, &[&short]));
+        }
+        // A token that is not ASCII has no UTF-16 form here (nor an empty one).
+        assert!(utf16_forms("pst_é-not-ascii-token".as_bytes())
+            .iter()
+            .all(|f| f.is_empty()));
+        let needles = Needles::new(Some("tøken-not-ascii-1234".as_bytes()));
+        assert!(!found_in(&needles, &[b"nothing here"]));
     }
 
     #[test]

@@ -3100,10 +3100,10 @@ async fn a_caller_token_written_with_escapes_in_a_body_is_refused() {
 }
 
 /// The caller's token inside base64 text in a body — a `Basic` credential in a JSON document,
-/// a document base64'd whole (URL-safe), inside a gzip body — is refused, whole or streamed in
-/// 7-byte pieces; the vendor never has the body.
+/// a document base64'd whole (URL-safe), inside a gzip body — or in a UTF-16 body is refused,
+/// whole or streamed in 7-byte pieces; the vendor never has the body.
 #[tokio::test]
-async fn a_caller_token_base64d_in_a_body_is_refused() {
+async fn a_caller_token_base64d_or_in_utf16_in_a_body_is_refused() {
     use base64::Engine as _;
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = stripe_gateway(&vendor, "").await;
@@ -3126,6 +3126,12 @@ async fn a_caller_token_base64d_in_a_body_is_refused() {
         };
         refused_whole_and_in_pieces(&gw, &vendor, encoding, &body).await;
     }
+    // A JSON body in UTF-16, as a parser that detects it (Jackson) reads it.
+    let utf16: Vec<u8> = format!("{{\"api_key\": \"{}\"}}", gw.token)
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    refused_whole_and_in_pieces(&gw, &vendor, "identity", &utf16).await;
     // Base64 text that holds no token goes through.
     let clean = format!("amount=100&state={}", url_safe.encode("{\"n\": 1}"));
     let response = client()
