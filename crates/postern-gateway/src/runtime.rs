@@ -925,7 +925,8 @@ pub fn unusable_value(integration: &IntegrationConfig, name: &str, value: &[u8])
         .map(|problem| problem.why)
 }
 
-/// The forms in which a vendor could echo the secret back: raw, percent-encoded, and as a JSON
+/// The forms in which a vendor could echo the secret back: raw, percent-encoded, inside base64
+/// text ([`crate::tokens::base64_forms`], for a secret of 12 bytes or more), and as a JSON
 /// string holds it (`"` and `\\` escaped, control characters as `\u00XX`; and with `/` as `\/`
 /// too, as PHP's `json_encode` writes it: an AWS secret key holds slashes). A header value is
 /// also matched percent-decoded ([`crate::proxy::echoes_secret`]).
@@ -944,6 +945,9 @@ pub(crate) fn echo_needles(secret: &str) -> Vec<Zeroizing<Vec<u8>>> {
             needles.push(form);
         }
     }
+    // Inside base64 text too (a vendor echoing the request it got, base64'd, as an event
+    // envelope carries a body): overwritten there, it no longer decodes to the secret.
+    needles.extend(crate::tokens::base64_forms(secret.as_bytes()));
     needles
 }
 
@@ -1086,12 +1090,26 @@ mod tests {
                 .map(|form| String::from_utf8(form.to_vec()).unwrap())
                 .collect()
         };
-        // Nothing to escape: one form.
-        assert_eq!(forms("sk_live_abc123"), ["sk_live_abc123"]);
+        // Nothing to escape: as it is, and inside base64 wherever it stood.
+        assert_eq!(
+            forms("sk_live_abc1"),
+            [
+                "sk_live_abc1",
+                "c2tfbGl2ZV9hYmMx",
+                "NrX2xpdmVfYWJjM",
+                "za19saXZlX2FiYz"
+            ]
+        );
+        // Too short to be told from chance in base64: as it is only.
+        assert_eq!(forms("sk_live_abc"), ["sk_live_abc"]);
         // An AWS-style key: percent-encoded, and with PHP's `\/`.
         assert_eq!(
-            forms("wJalr/K7+MDENG"),
-            ["wJalr/K7+MDENG", "wJalr%2FK7%2BMDENG", "wJalr\\/K7+MDENG"]
+            forms("wJalr/K7+MDENGabc")[..3],
+            [
+                "wJalr/K7+MDENGabc",
+                "wJalr%2FK7%2BMDENGabc",
+                "wJalr\\/K7+MDENGabc"
+            ]
         );
         // Each JSON form is what serde_json writes (without the quotes).
         for secret in ["a\"b\\c", "tab\there\nline\u{1}\u{8}\u{c}"] {

@@ -546,6 +546,13 @@ fn body_echoing_vendor() -> Handler {
             "/gzip-clean" => {
                 gzip(br#"{"id":"ch_1","note":"sk_live_ is a prefix, not a key"}"#).into()
             }
+            // The request's head, base64'd, as an event envelope carries it.
+            "/base64" => {
+                use base64::Engine as _;
+                let head = format!("GET /base64 HTTP/1.1\r\nauthorization: Bearer {key}\r\n");
+                let encoded = base64::engine::general_purpose::STANDARD.encode(head);
+                format!(r#"{{"isBase64Encoded":true,"head":"{encoded}"}}"#).into()
+            }
             _ => quoted.into(),
         };
         match request.target.as_str() {
@@ -575,6 +582,7 @@ operations = [
   {{ id = "gzip", method = "GET", path = "/gzip" }},
   {{ id = "gzip_clean", method = "GET", path = "/gzip-clean" }},
   {{ id = "compress", method = "GET", path = "/compress" }},
+  {{ id = "base64", method = "GET", path = "/base64" }},
 ]
 
 [[grants]]
@@ -610,6 +618,24 @@ operations = ["*"]
         format!("Bearer {masked}")
     );
 
+    // Base64'd: overwritten there too, so that it no longer decodes to the key.
+    let encoded = get("/base64").await.unwrap();
+    assert_eq!(encoded.status(), 200);
+    let answer: serde_json::Value = encoded.json().await.unwrap();
+    let head = answer["head"].as_str().unwrap();
+    assert!(head.contains("****************"), "{head}");
+    {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(head);
+        assert!(decoded.is_err(), "the overwritten base64 still decodes");
+        // Whatever decodes around the stars holds no part of the key past a few bytes.
+        let before = head.split('*').next().unwrap();
+        let readable = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(&before[..before.len() / 4 * 4])
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&readable).contains(&VENDOR_KEY[..8]));
+    }
+
     // Gzip'd: it cannot be rewritten, so it is cut before the bytes that would hold the key.
     let coded = get("/gzip").await.unwrap();
     assert_eq!(coded.status(), 200);
@@ -623,7 +649,7 @@ operations = ["*"]
     // A coding Postern cannot read is not handed over unread.
     assert_refused(get("/compress").await.unwrap(), 502, "response_undecodable").await;
 
-    let events = gw.wait_events(4).await;
+    let events = gw.wait_events(5).await;
     let by_op = |op: &str| {
         events
             .iter()
@@ -632,6 +658,7 @@ operations = ["*"]
     };
     assert_eq!(by_op("plain")["secret_echoed"], true);
     assert_eq!(by_op("plain")["reason"], "granted");
+    assert_eq!(by_op("base64")["secret_echoed"], true);
     assert_eq!(by_op("gzip")["secret_echoed"], true);
     assert_eq!(by_op("gzip")["reason"], "secret_echoed");
     assert_eq!(by_op("gzip")["incomplete"], true);
