@@ -17,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use postern_scan::Coding;
 
-use crate::echo::{EchoFilter, Filtered};
+use crate::echo::{Cut, EchoFilter, Filtered};
 use crate::escapes::EscapedToken;
 use crate::overrides::OverrideScan;
 use crate::record::PendingRecord;
@@ -1077,17 +1077,17 @@ impl ResponseBody {
                 Some(Ok(Frame::data(data)))
             }
             Filtered::Held => None,
-            Filtered::Cut(reason) => {
-                if reason == "secret_echoed" {
+            Filtered::Cut(cut) => {
+                if cut == Cut::SecretEchoed {
                     self.echoed();
                 }
-                self.finish(true, Some(reason));
+                self.finish(true, Some(cut.reason()));
                 // Nothing after a cut is read or passed on, should the body be polled again.
                 self.ended = true;
-                Some(Err(match reason {
-                    "secret_echoed" => BodyError::SecretEchoed,
-                    "response_too_large" => BodyError::ResponseTooLarge(self.limit),
-                    _ => BodyError::ResponseUndecodable,
+                Some(Err(match cut {
+                    Cut::SecretEchoed => BodyError::SecretEchoed,
+                    Cut::TooLarge => BodyError::ResponseTooLarge(self.limit),
+                    Cut::Undecodable => BodyError::ResponseUndecodable,
                 }))
             }
         }
@@ -1397,9 +1397,7 @@ mod tests {
         e.finish().unwrap()
     }
 
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        gzip_at(data, flate2::Compression::fast())
-    }
+    use postern_scan::testing::gzip;
 
     /// The body's frames, checking at each step that its exact size hint is what is left to
     /// send (the length an HTTP/1.1 vendor is told), and that no frame is empty (an h2 vendor

@@ -37,9 +37,30 @@ pub enum Filtered {
     Pass(Bytes, bool),
     /// Nothing yet: the frame waits for more (it may end with a secret's start).
     Held,
-    /// The answer must end here, unsent: `secret_echoed` (a coded answer whose decoding holds
-    /// a secret) or `response_undecodable` / `response_too_large` (its decoding failed).
-    Cut(&'static str),
+    /// The answer must end here, unsent.
+    Cut(Cut),
+}
+
+/// Why a coded answer was cut.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Cut {
+    /// Its decoding holds a secret.
+    SecretEchoed,
+    /// It is not valid for its coding, or its window is larger than Postern decodes.
+    Undecodable,
+    /// It decodes past `max_response_body_bytes`.
+    TooLarge,
+}
+
+impl Cut {
+    /// The event's reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Cut::SecretEchoed => "secret_echoed",
+            Cut::Undecodable => "response_undecodable",
+            Cut::TooLarge => "response_too_large",
+        }
+    }
 }
 
 /// The injected secrets one answer is read for, and how far it was read.
@@ -131,20 +152,13 @@ impl EchoFilter {
     /// Removes the trailer fields that hold a secret (as the answer's header fields are read:
     /// [`crate::proxy::echoes_secret`]): whether there was one.
     pub fn trailers(&self, trailers: &mut http::HeaderMap) -> bool {
-        let leaking: Vec<http::HeaderName> = trailers
-            .iter()
-            .filter(|(_, value)| {
-                self.needles
-                    .iter()
-                    .flatten()
-                    .any(|needles| crate::proxy::echoes_secret(value.as_bytes(), needles))
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in &leaking {
-            trailers.remove(name);
-        }
-        !leaking.is_empty()
+        let leaks = |value: &http::HeaderValue| {
+            self.needles
+                .iter()
+                .flatten()
+                .any(|needles| crate::proxy::echoes_secret(value.as_bytes(), needles))
+        };
+        !crate::proxy::remove_fields(trailers, leaks).is_empty()
     }
 
     /// Bytes held back, not yet passed on.
@@ -209,12 +223,12 @@ impl EchoFilter {
         // A secret decoded before the decoding failed is what the answer is cut for.
         if found {
             held.clear();
-            return Filtered::Cut("secret_echoed");
+            return Filtered::Cut(Cut::SecretEchoed);
         }
         if let Err(unscanned) = fed {
             return Filtered::Cut(match unscanned.reason {
-                postern_scan::UnscannedReason::TooLarge { .. } => "response_too_large",
-                _ => "response_undecodable",
+                postern_scan::UnscannedReason::TooLarge { .. } => Cut::TooLarge,
+                _ => Cut::Undecodable,
             });
         }
         let alive = decoder.readings();
@@ -315,6 +329,7 @@ fn concat(frames: Vec<Bytes>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postern_scan::testing::gzip;
 
     const KEY: &[u8] = b"sk_live_0123456789abcdefghij";
 
@@ -336,7 +351,7 @@ mod tests {
     }
 
     /// Everything the filter passes on for `frames`, in order, and whether it redacted or cut.
-    fn run(filter: &mut EchoFilter, frames: &[&[u8]]) -> (Vec<u8>, bool, Option<&'static str>) {
+    fn run(filter: &mut EchoFilter, frames: &[&[u8]]) -> (Vec<u8>, bool, Option<Cut>) {
         let mut out = Vec::new();
         let mut redacted = false;
         for (i, frame) in frames.iter().enumerate() {
@@ -435,13 +450,6 @@ mod tests {
         assert_eq!(refused.err().as_deref(), Some("gzip, br"));
     }
 
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
-    }
-
     #[test]
     fn a_coded_answer_holding_the_key_is_cut_before_the_frame_that_completes_it() {
         let mut body = vec![b'x'; 5000];
@@ -451,7 +459,7 @@ mod tests {
         for size in [1, 7, 64, 1000, gz.len()] {
             let frames: Vec<&[u8]> = gz.chunks(size).collect();
             let (out, _, cut) = run(&mut filter(&[("content-encoding", "gzip")]), &frames);
-            assert_eq!(cut, Some("secret_echoed"), "frames of {size}");
+            assert_eq!(cut, Some(Cut::SecretEchoed), "frames of {size}");
             // What was passed on decodes to the x's at most: not even the key's first byte
             // went out.
             let mut decoded = Vec::new();
@@ -483,7 +491,7 @@ mod tests {
         let mut frame = gzip(KEY);
         frame.extend_from_slice(b"then not gzip at all");
         let (_, _, cut) = run(&mut filter(&[("content-encoding", "gzip")]), &[&frame]);
-        assert_eq!(cut, Some("secret_echoed"));
+        assert_eq!(cut, Some(Cut::SecretEchoed));
     }
 
     #[test]
@@ -512,6 +520,6 @@ mod tests {
             &mut filter(&[("content-encoding", "gzip")]),
             &[b"this is not gzip at all"],
         );
-        assert_eq!(cut, Some("response_undecodable"));
+        assert_eq!(cut, Some(Cut::Undecodable));
     }
 }

@@ -1231,11 +1231,7 @@ mod tests {
         }
     }
 
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(data).unwrap();
-        encoder.finish().unwrap()
-    }
+    use postern_scan::testing::gzip;
 
     /// How a POST body in `encoding` and `content_type`, arriving in `pieces`, fares in the
     /// pipeline's own reading (`proxy::body_encoding`, then `ForwardBody::reading` with a

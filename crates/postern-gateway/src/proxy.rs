@@ -1386,6 +1386,23 @@ fn holds_a_token_undone(bytes: &[u8], token: Option<&[u8]>, layers: usize) -> bo
         || json().is_some_and(|unescaped| holds_a_token_undone(&unescaped, token, layers - 1))
 }
 
+/// Removes the fields of `fields` (an answer's header or trailer fields) whose value `leaks`:
+/// their names.
+pub(crate) fn remove_fields(
+    fields: &mut http::HeaderMap,
+    leaks: impl Fn(&HeaderValue) -> bool,
+) -> Vec<HeaderName> {
+    let leaking: Vec<HeaderName> = fields
+        .iter()
+        .filter(|(_, value)| leaks(value))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in &leaking {
+        fields.remove(name);
+    }
+    leaking
+}
+
 /// Whether a response header's `value` holds one of `needles` as it stands or, when it holds a
 /// `%`, percent-decoded (a vendor's encoder may escape more than Postern's, `_` as `%5F`).
 pub(crate) fn echoes_secret(value: &[u8], needles: &[Zeroizing<Vec<u8>>]) -> bool {
@@ -1814,15 +1831,8 @@ fn prepare_response(
         for name in HOP_BY_HOP.iter().chain(connection_named.iter()) {
             parts.headers.remove(name);
         }
-        let leaking: Vec<HeaderName> = parts
-            .headers
-            .iter()
-            .filter(|(_, value)| leaks(value))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in leaking {
+        for name in remove_fields(&mut parts.headers, leaks) {
             tracing::warn!(integration = %integration.name, header = %name, request_id = %context.request_id, "vendor response header carried the injected credential; removed");
-            parts.headers.remove(&name);
             context.secret_echoed = true;
         }
     }

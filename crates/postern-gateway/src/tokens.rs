@@ -534,20 +534,12 @@ mod tests {
         }
         // Any token (random bytes, so `+` and `/` appear), anywhere in what is encoded, by
         // either alphabet, padded or not.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let bytes = |n: u64, next: &mut dyn FnMut() -> u64| -> Vec<u8> {
-            (0..n).map(|_| next() as u8).collect()
-        };
-        for _ in 0..3000 {
-            let token = bytes(BASE64_MIN_TOKEN as u64 + next() % 50, &mut next);
-            let before = bytes(next() % 7, &mut next);
-            let after = bytes(next() % 4, &mut next);
+        let mut fuzz = crate::fuzz::Fuzz(0x2545_f491_4f6c_dd1d);
+        let mut bytes = |n: usize| -> Vec<u8> { (0..n).map(|_| fuzz.next() as u8).collect() };
+        for case in 0..3000 {
+            let token = bytes(BASE64_MIN_TOKEN + case % 50);
+            let before = bytes(case % 7);
+            let after = bytes(case / 7 % 4);
             let plain = [&before[..], &token[..], &after[..]].concat();
             let forms = base64_forms(&token);
             for engine in [

@@ -449,10 +449,17 @@ async fn injected(kind: &str) -> (TestVendor, SeenRequest) {
     (vendor, seen)
 }
 
-/// A call through an integration with credential `kind`, to a vendor answering with `handler`:
-/// what the vendor saw, and the headers the caller got.
-async fn injected_with(kind: &str, handler: Handler) -> (TestVendor, SeenRequest, http::HeaderMap) {
-    let vendor = TestVendor::tls(handler).await;
+/// A gateway with one integration `v` at `vendor`, its credential of `kind` (the inline
+/// table's other keys) read from a file holding [`VENDOR_KEY`], and a GET operation for each
+/// of `paths`, named after it (`/gzip-clean` is `gzip_clean`), all granted to `checkout`.
+async fn v_gateway(vendor: &TestVendor, kind: &str, paths: &[&str]) -> TestGateway {
+    let operations: Vec<String> = paths
+        .iter()
+        .map(|path| {
+            let id = path.trim_start_matches('/').replace('-', "_");
+            format!(r#"{{ id = "{id}", method = "GET", path = "{path}" }}"#)
+        })
+        .collect();
     let body = format!(
         r#"
 [[integrations]]
@@ -463,16 +470,24 @@ upstream = "https://127.0.0.1:{port}"
 ca_file = "{{ca}}"
 allow_private_networks = ["127.0.0.1/32"]
 credential = {{ {kind}, from_file = "{{dir}}/key" }}
-operations = [ {{ id = "list", method = "GET", path = "/items" }} ]
+operations = [ {operations} ]
 
 [[grants]]
 caller = "checkout"
 integration = "v"
 operations = ["*"]
 "#,
-        port = vendor.addr.port()
+        port = vendor.addr.port(),
+        operations = operations.join(", "),
     );
-    let gw = start_with_key(&body, vendor.ca_pem.as_deref(), "key", VENDOR_KEY, "").await;
+    start_with_key(&body, vendor.ca_pem.as_deref(), "key", VENDOR_KEY, "").await
+}
+
+/// A call through an integration with credential `kind`, to a vendor answering with `handler`:
+/// what the vendor saw, and the headers the caller got.
+async fn injected_with(kind: &str, handler: Handler) -> (TestVendor, SeenRequest, http::HeaderMap) {
+    let vendor = TestVendor::tls(handler).await;
+    let gw = v_gateway(&vendor, kind, &["/items"]).await;
     let response = client()
         .get(format!(
             "{}/v/items?page=2&api_key=caller-supplied&x-api-key=1&api%5Fkey=encoded&%61pi_key=too",
@@ -567,32 +582,8 @@ fn body_echoing_vendor() -> Handler {
 #[tokio::test]
 async fn a_vendor_echoing_the_injected_credential_in_its_body_never_shows_it_to_the_caller() {
     let vendor = TestVendor::tls(body_echoing_vendor()).await;
-    let body = format!(
-        r#"
-[[integrations]]
-name = "v"
-vendor = "Vendor"
-owner = "o@example.com"
-upstream = "https://127.0.0.1:{port}"
-ca_file = "{{ca}}"
-allow_private_networks = ["127.0.0.1/32"]
-credential = {{ kind = "bearer", from_file = "{{dir}}/key" }}
-operations = [
-  {{ id = "plain", method = "GET", path = "/plain" }},
-  {{ id = "gzip", method = "GET", path = "/gzip" }},
-  {{ id = "gzip_clean", method = "GET", path = "/gzip-clean" }},
-  {{ id = "compress", method = "GET", path = "/compress" }},
-  {{ id = "base64", method = "GET", path = "/base64" }},
-]
-
-[[grants]]
-caller = "checkout"
-integration = "v"
-operations = ["*"]
-"#,
-        port = vendor.addr.port()
-    );
-    let gw = start_with_key(&body, vendor.ca_pem.as_deref(), "key", VENDOR_KEY, "").await;
+    let paths = ["/plain", "/gzip", "/gzip-clean", "/compress", "/base64"];
+    let gw = v_gateway(&vendor, r#"kind = "bearer""#, &paths).await;
     let get = |path: &str| {
         client()
             .get(format!("{}/v{path}", gw.base))
@@ -682,26 +673,7 @@ async fn a_basic_pair_echoed_with_escaped_slashes_never_shows_it_to_the_caller()
     }))
     .await;
     // `AC?` as base64 is `QUM/`.
-    let body = format!(
-        r#"
-[[integrations]]
-name = "v"
-vendor = "Vendor"
-owner = "o@example.com"
-upstream = "https://127.0.0.1:{port}"
-ca_file = "{{ca}}"
-allow_private_networks = ["127.0.0.1/32"]
-credential = {{ kind = "basic", username = "AC?", from_file = "{{dir}}/key" }}
-operations = [ {{ id = "list", method = "GET", path = "/items" }} ]
-
-[[grants]]
-caller = "checkout"
-integration = "v"
-operations = ["*"]
-"#,
-        port = vendor.addr.port()
-    );
-    let gw = start_with_key(&body, vendor.ca_pem.as_deref(), "key", VENDOR_KEY, "").await;
+    let gw = v_gateway(&vendor, r#"kind = "basic", username = "AC?""#, &["/items"]).await;
     let response = client()
         .get(format!("{}/v/items", gw.base))
         .bearer_auth(&gw.token)
@@ -4291,28 +4263,35 @@ async fn a_flood_of_unauthenticated_requests_is_audited_at_a_bounded_rate() {
     gw.stop().await;
 }
 
-/// An h2 vendor over TLS (a throwaway CA: its port and CA) that streams each request's body
-/// back as it arrives: its answer's head goes at once, and each frame it reads is echoed.
-async fn echoing_h2_vendor() -> (u16, String) {
+/// An h2 vendor over TLS (a throwaway CA: its port and CA) answering with `service`.
+async fn h2_vendor<S, B>(service: S) -> (u16, String)
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let pki = TestPki::new();
     let acceptor = pki.acceptor(&[b"h2"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
+            let (acceptor, service) = (acceptor.clone(), service.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let echo = hyper::service::service_fn(
-                    |request: http::Request<hyper::body::Incoming>| async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(request.into_body()))
-                    },
-                );
                 let _ =
                     hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), echo)
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                         .await;
             });
         }
@@ -4320,41 +4299,32 @@ async fn echoing_h2_vendor() -> (u16, String) {
     (port, pki.ca_pem)
 }
 
-/// An h2 vendor over TLS (its port and CA) whose every answer ends with trailers: one quoting
-/// the `authorization` it was sent, one not.
+/// An h2 vendor that streams each request's body back as it arrives: its answer's head goes at
+/// once, and each frame it reads is echoed.
+async fn echoing_h2_vendor() -> (u16, String) {
+    h2_vendor(hyper::service::service_fn(
+        |request: http::Request<hyper::body::Incoming>| async move {
+            Ok::<_, std::convert::Infallible>(http::Response::new(request.into_body()))
+        },
+    ))
+    .await
+}
+
+/// An h2 vendor whose every answer ends with trailers: one quoting the `authorization` it was
+/// sent, one not.
 async fn trailing_h2_vendor() -> (u16, String) {
-    let pki = TestPki::new();
-    let acceptor = pki.acceptor(&[b"h2"]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let answer = hyper::service::service_fn(
-                    |request: http::Request<hyper::body::Incoming>| async move {
-                        let sent = request.headers()["authorization"].clone();
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("x-debug-auth", sent);
-                        trailers.insert("x-kept-trailer", "fine".parse().unwrap());
-                        use http_body_util::BodyExt as _;
-                        let body =
-                            http_body_util::Full::new(bytes::Bytes::from_static(b"{\"ok\":true}"))
-                                .with_trailers(async move { Some(Ok(trailers)) });
-                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
-                    },
-                );
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), answer)
-                        .await;
-            });
-        }
-    });
-    (port, pki.ca_pem)
+    use http_body_util::BodyExt as _;
+    h2_vendor(hyper::service::service_fn(
+        |request: http::Request<hyper::body::Incoming>| async move {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-debug-auth", request.headers()["authorization"].clone());
+            trailers.insert("x-kept-trailer", "fine".parse().unwrap());
+            let body = http_body_util::Full::new(bytes::Bytes::from_static(b"{\"ok\":true}"))
+                .with_trailers(async move { Some(Ok(trailers)) });
+            Ok::<_, std::convert::Infallible>(http::Response::new(body))
+        },
+    ))
+    .await
 }
 
 /// A vendor's trailer that quotes the injected credential never reaches the caller; its other

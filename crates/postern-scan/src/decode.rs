@@ -772,6 +772,13 @@ fn write_then<D: std::io::Write>(
 pub mod testing {
     use std::io::Write as _;
 
+    /// `data` in gzip (the fastest level).
+    pub fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
     /// `data` in `zstd` (level 3), its frame declaring a window of `2^window_log` bytes (no
     /// content size, so the window is not shrunk to the data's).
     pub fn zstd(data: &[u8], window_log: u32) -> Vec<u8> {
