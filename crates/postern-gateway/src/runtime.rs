@@ -751,16 +751,17 @@ fn build_integration(
             _ => read_secret(credential, inputs.vault).and_then(|secret| {
                 secret_needles = echo_needles(&secret);
                 let injector = load_injector(credential, secret)?;
-                // A Basic pair is sent base64-encoded: echoed as sent, it is the secret too (and
-                // in JSON with its `/` written `\/`, as PHP writes it).
+                // A Basic pair is sent base64-encoded: echoed as sent, it is the secret too, and
+                // so is each JSON encoder's form of it (`\/`, `\u002B`, `\u003d`).
                 if let Injector::Header { value, .. } = &injector {
                     if let Some(sent) = value.as_bytes().strip_prefix(b"Basic ") {
-                        let sent = Zeroizing::new(sent.to_vec());
-                        if sent.contains(&b'/') {
-                            let text = String::from_utf8_lossy(&sent);
-                            secret_needles.push(json_escaped(&text, true));
+                        // Base64 text is ASCII.
+                        let sent = Zeroizing::new(String::from_utf8_lossy(sent).into_owned());
+                        for form in json_forms(&sent) {
+                            if !secret_needles.contains(&form) {
+                                secret_needles.push(form);
+                            }
                         }
-                        secret_needles.push(sent);
                     }
                 }
                 Ok(Some(injector))
@@ -925,22 +926,25 @@ pub fn unusable_value(integration: &IntegrationConfig, name: &str, value: &[u8])
         .map(|problem| problem.why)
 }
 
-/// The forms in which a vendor could echo the secret back: raw, percent-encoded, inside base64
-/// text ([`crate::tokens::base64_forms`], for a secret of 12 bytes or more), and as a JSON
-/// string holds it (`"` and `\\` escaped, control characters as `\u00XX`; and with `/` as `\/`
-/// too, as PHP's `json_encode` writes it: an AWS secret key holds slashes). A header value is
-/// also matched percent-decoded ([`crate::proxy::echoes_secret`]).
+/// The forms in which a vendor could echo the secret back: raw, percent-encoded (hex in either
+/// case), inside base64 text ([`crate::tokens::base64_forms`], for a secret of 12 bytes or
+/// more), and as the common JSON encoders write it in a string ([`json_forms`]). A header value
+/// is also matched percent-decoded ([`crate::proxy::echoes_secret`]). A form that equals
+/// another is made once, so a secret of letters, digits, `-` and `_` (most API keys) has its
+/// raw and base64 forms only.
 pub(crate) fn echo_needles(secret: &str) -> Vec<Zeroizing<Vec<u8>>> {
-    let raw = secret.as_bytes().to_vec();
-    let encoded = percent_encoding::utf8_percent_encode(secret, crate::proxy::QUERY_VALUE)
-        .to_string()
-        .into_bytes();
-    let mut needles = vec![Zeroizing::new(raw)];
-    for form in [
-        Zeroizing::new(encoded),
-        json_escaped(secret, false),
-        json_escaped(secret, true),
-    ] {
+    let encoded = Zeroizing::new(
+        percent_encoding::utf8_percent_encode(secret, crate::proxy::QUERY_VALUE)
+            .to_string()
+            .into_bytes(),
+    );
+    // Some encoders write the hex in lower case (`%2b`).
+    let lower = lower_hex_escapes(&encoded, b'%');
+    let mut needles = Vec::new();
+    for form in [Zeroizing::new(secret.as_bytes().to_vec()), encoded, lower]
+        .into_iter()
+        .chain(json_forms(secret))
+    {
         if !needles.contains(&form) {
             needles.push(form);
         }
@@ -951,28 +955,112 @@ pub(crate) fn echo_needles(secret: &str) -> Vec<Zeroizing<Vec<u8>>> {
     needles
 }
 
-/// `text` as a JSON string holds it (without the quotes); `slash`: `/` written `\/`.
-fn json_escaped(text: &str, slash: bool) -> Zeroizing<Vec<u8>> {
+/// How one family of JSON encoders writes a string: which printable characters it writes as
+/// `\u00XX`, with its hex in which case, and whether `/` is `\/`. All of them write `"` and
+/// `\` escaped (`\"` unless `"` is in `unicode`) and control characters as the short escapes
+/// or `\u00XX`.
+struct JsonStyle {
+    unicode: &'static [u8],
+    upper: bool,
+    slash: bool,
+}
+
+/// The JSON encoders whose strings differ for an ASCII secret (non-ASCII is not in a secret a
+/// header can carry).
+const JSON_STYLES: [JsonStyle; 6] = [
+    // serde_json, Jackson, Python's json, Newtonsoft.Json, JavaScript's JSON.stringify.
+    JsonStyle {
+        unicode: b"",
+        upper: false,
+        slash: false,
+    },
+    // PHP's json_encode: `/` as `\/` (an AWS secret key holds slashes).
+    JsonStyle {
+        unicode: b"",
+        upper: false,
+        slash: true,
+    },
+    // .NET's System.Text.Json with its default encoder: `\u002B` for `+` (a base64 key holds
+    // some); lower-case hex in its first releases.
+    JsonStyle {
+        unicode: b"\"&'+<>`",
+        upper: true,
+        slash: false,
+    },
+    JsonStyle {
+        unicode: b"\"&'+<>`",
+        upper: false,
+        slash: false,
+    },
+    // Gson, HTML-safe by default: `\u003d` for `=` (base64 padding).
+    JsonStyle {
+        unicode: b"<>&='",
+        upper: false,
+        slash: false,
+    },
+    // Go's encoding/json and Rails' to_json.
+    JsonStyle {
+        unicode: b"<>&",
+        upper: false,
+        slash: false,
+    },
+];
+
+/// `text` as each of [`JSON_STYLES`] writes it inside a JSON string (without the quotes),
+/// the forms that equal an earlier one left out.
+pub(crate) fn json_forms(text: &str) -> Vec<Zeroizing<Vec<u8>>> {
+    let mut forms: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+    for style in &JSON_STYLES {
+        let form = json_escaped(text, style);
+        if !forms.contains(&form) {
+            forms.push(form);
+        }
+    }
+    forms
+}
+
+/// `text` as a JSON string of `style` holds it (without the quotes).
+fn json_escaped(text: &str, style: &JsonStyle) -> Zeroizing<Vec<u8>> {
+    const LOWER: &[u8; 16] = b"0123456789abcdef";
+    const UPPER: &[u8; 16] = b"0123456789ABCDEF";
+    let hex = match style.upper {
+        true => UPPER,
+        false => LOWER,
+    };
     // Room for the longest escape of every byte: never reallocated, so no copy is left
     // behind unzeroized.
     let mut out = Zeroizing::new(Vec::with_capacity(text.len() * 6));
     for &byte in text.as_bytes() {
         match byte {
+            _ if style.unicode.contains(&byte)
+                || (byte < 0x20 && !b"\n\r\t\x08\x0c".contains(&byte)) =>
+            {
+                out.extend_from_slice(b"\\u00");
+                out.extend_from_slice(&[hex[usize::from(byte >> 4)], hex[usize::from(byte & 15)]]);
+            }
             b'"' | b'\\' => out.extend_from_slice(&[b'\\', byte]),
-            b'/' if slash => out.extend_from_slice(b"\\/"),
-            // The short forms serde_json and most encoders write.
+            b'/' if style.slash => out.extend_from_slice(b"\\/"),
+            // The short forms every encoder writes.
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.extend_from_slice(b"\\t"),
             0x08 => out.extend_from_slice(b"\\b"),
             0x0c => out.extend_from_slice(b"\\f"),
-            0..=0x1f => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
-            }
             _ => out.push(byte),
         }
+    }
+    out
+}
+
+/// `text` with the two hex digits after each `escape` byte in lower case.
+fn lower_hex_escapes(text: &[u8], escape: u8) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(text.to_vec());
+    let mut at = 0;
+    while let Some(found) = memchr::memchr(escape, &out[at..]) {
+        let start = at + found + 1;
+        let end = (start + 2).min(out.len());
+        out[start..end].make_ascii_lowercase();
+        at = end;
     }
     out
 }
@@ -1102,15 +1190,25 @@ mod tests {
         );
         // Too short to be told from chance in base64: as it is only.
         assert_eq!(forms("sk_live_abc"), ["sk_live_abc"]);
-        // An AWS-style key: percent-encoded, and with PHP's `\/`.
+        // An AWS-style key: percent-encoded (either case of hex), and as JSON encoders write
+        // it: PHP with `\/`, .NET with `\u002B` (upper-case hex, lower in its first releases).
         assert_eq!(
-            forms("wJalr/K7+MDENGabc")[..3],
+            forms("wJalr/K7+MDENGabc")[..6],
             [
                 "wJalr/K7+MDENGabc",
                 "wJalr%2FK7%2BMDENGabc",
-                "wJalr\\/K7+MDENGabc"
+                "wJalr%2fK7%2bMDENGabc",
+                "wJalr\\/K7+MDENGabc",
+                "wJalr/K7\\u002BMDENGabc",
+                "wJalr/K7\\u002bMDENGabc",
             ]
         );
+        // Base64 padding as Gson writes it; `<>&` as Go and Rails do.
+        let padded = forms("a2V5OmtleQ==");
+        assert!(padded.iter().any(|form| form == "a2V5OmtleQ\\u003d\\u003d"));
+        let html = forms("k<e>y&1");
+        assert!(html.iter().any(|form| form == "k\\u003ce\\u003ey\\u00261"));
+        assert!(html.iter().any(|form| form == "k\\u003Ce\\u003Ey\\u00261"));
         // Each JSON form is what serde_json writes (without the quotes).
         for secret in ["a\"b\\c", "tab\there\nline\u{1}\u{8}\u{c}"] {
             let json = serde_json::to_string(secret).unwrap();

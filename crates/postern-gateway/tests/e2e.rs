@@ -660,20 +660,27 @@ async fn a_vendor_echoing_the_injected_credential_in_its_body_never_shows_it_to_
     gw.stop().await;
 }
 
-/// A Basic pair's base64 holding a `/`, echoed in a JSON body as PHP writes it (`\/`), is
-/// overwritten too.
+/// A Basic pair's base64 holding `+`, `/` and `=`, echoed in a JSON body as PHP (`\/`), .NET's
+/// System.Text.Json (`\u002B`) and Gson (`\u003d`) write it, is overwritten in each.
 #[tokio::test]
-async fn a_basic_pair_echoed_with_escaped_slashes_never_shows_it_to_the_caller() {
+async fn a_basic_pair_echoed_as_json_encoders_escape_it_never_shows_it_to_the_caller() {
     let vendor = TestVendor::tls(Arc::new(|request: &SeenRequest| {
         let sent = request.header("authorization").unwrap_or_default();
         let php = sent.replace('/', "\\/");
+        let dotnet = sent.replace('+', "\\u002B");
+        let gson = sent.replace('=', "\\u003d");
         let mut answer = Answer::json(200, serde_json::json!({}));
-        answer.body = format!(r#"{{"you_sent":"{php}"}}"#).into();
+        answer.body = format!(r#"{{"php":"{php}","dotnet":"{dotnet}","gson":"{gson}"}}"#).into();
         answer
     }))
     .await;
-    // `AC?` as base64 is `QUM/`.
-    let gw = v_gateway(&vendor, r#"kind = "basic", username = "AC?""#, &["/items"]).await;
+    // As base64, `AB>CD?x:` + the key is `QUI+Q0Q/eDpz…Mg==`.
+    let gw = v_gateway(
+        &vendor,
+        r#"kind = "basic", username = "AB>CD?x""#,
+        &["/items"],
+    )
+    .await;
     let response = client()
         .get(format!("{}/v/items", gw.base))
         .bearer_auth(&gw.token)
@@ -682,10 +689,16 @@ async fn a_basic_pair_echoed_with_escaped_slashes_never_shows_it_to_the_caller()
         .unwrap();
     assert_eq!(response.status(), 200);
     let answer: serde_json::Value = response.json().await.unwrap();
-    let sent = answer["you_sent"].as_str().unwrap();
-    assert!(sent.starts_with("Basic ***"), "{sent}");
-    assert!(sent["Basic ".len()..].bytes().all(|b| b == b'*'), "{sent}");
-    assert!(vendor.last().header("authorization").unwrap().contains('/'));
+    for encoder in ["php", "dotnet", "gson"] {
+        let sent = answer[encoder].as_str().unwrap();
+        assert!(sent.starts_with("Basic ***"), "{encoder}: {sent}");
+        assert!(
+            sent["Basic ".len()..].bytes().all(|b| b == b'*'),
+            "{encoder}: {sent}"
+        );
+    }
+    let sent = vendor.last().header("authorization").unwrap();
+    assert!(sent.contains('/') && sent.contains('+') && sent.ends_with('='));
     gw.stop().await;
 }
 
