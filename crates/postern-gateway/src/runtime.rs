@@ -950,8 +950,19 @@ pub(crate) fn echo_needles(secret: &str) -> Vec<Zeroizing<Vec<u8>>> {
         }
     }
     // Inside base64 text too (a vendor echoing the request it got, base64'd, as an event
-    // envelope carries a body): overwritten there, it no longer decodes to the secret.
-    needles.extend(crate::tokens::base64_forms(secret.as_bytes()));
+    // envelope carries a body): overwritten there, it no longer decodes to the secret. A form
+    // holding `/` or `+` also as the JSON encoders write it (`\/`, `\u002B`).
+    let base64 = crate::tokens::base64_forms(secret.as_bytes());
+    let escaped: Vec<Zeroizing<Vec<u8>>> = base64
+        .iter()
+        .filter(|form| form.iter().any(|&c| c == b'/' || c == b'+'))
+        .flat_map(|form| json_forms(&String::from_utf8_lossy(form)))
+        .collect();
+    for form in base64.into_iter().chain(escaped) {
+        if !needles.contains(&form) {
+            needles.push(form);
+        }
+    }
     needles
 }
 
@@ -1203,6 +1214,18 @@ mod tests {
                 "wJalr/K7\\u002bMDENGabc",
             ]
         );
+        // Inside base64 text, with its `/` and `+` as JSON encoders write them.
+        let base64 = crate::tokens::base64_forms(b"k3y>>>abc???defg");
+        let slashed = base64.iter().find(|form| form.contains(&b'/')).unwrap();
+        let php = String::from_utf8(slashed.to_vec())
+            .unwrap()
+            .replace('/', "\\/");
+        assert!(forms("k3y>>>abc???defg").contains(&php), "{php}");
+        let plussed = base64.iter().find(|form| form.contains(&b'+')).unwrap();
+        let dotnet = String::from_utf8(plussed.to_vec())
+            .unwrap()
+            .replace('+', "\\u002B");
+        assert!(forms("k3y>>>abc???defg").contains(&dotnet), "{dotnet}");
         // Base64 padding as Gson writes it; `<>&` as Go and Rails do.
         let padded = forms("a2V5OmtleQ==");
         assert!(padded.iter().any(|form| form == "a2V5OmtleQ\\u003d\\u003d"));
