@@ -757,7 +757,8 @@ fn build_integration(
                     if let Some(sent) = value.as_bytes().strip_prefix(b"Basic ") {
                         // Base64 text is ASCII.
                         let sent = Zeroizing::new(String::from_utf8_lossy(sent).into_owned());
-                        for form in json_forms(&sent) {
+                        let raw = Zeroizing::new(sent.as_bytes().to_vec());
+                        for form in std::iter::once(raw).chain(json_forms(&sent)) {
                             if !secret_needles.contains(&form) {
                                 secret_needles.push(form);
                             }
@@ -933,11 +934,7 @@ pub fn unusable_value(integration: &IntegrationConfig, name: &str, value: &[u8])
 /// another is made once, so a secret of letters, digits, `-` and `_` (most API keys) has its
 /// raw and base64 forms only.
 pub(crate) fn echo_needles(secret: &str) -> Vec<Zeroizing<Vec<u8>>> {
-    let encoded = Zeroizing::new(
-        percent_encoding::utf8_percent_encode(secret, crate::proxy::QUERY_VALUE)
-            .to_string()
-            .into_bytes(),
-    );
+    let encoded = Zeroizing::new(percent_encoded(secret).as_bytes().to_vec());
     // Some encoders write the hex in lower case (`%2b`).
     let lower = lower_hex_escapes(&encoded, b'%');
     let mut needles = Vec::new();
@@ -976,12 +973,18 @@ struct JsonStyle {
     slash: bool,
 }
 
-/// The JSON encoders whose strings differ for an ASCII secret (non-ASCII is not in a secret a
-/// header can carry).
-const JSON_STYLES: [JsonStyle; 6] = [
-    // serde_json, Jackson, Python's json, Newtonsoft.Json, JavaScript's JSON.stringify.
+/// The JSON encoders whose strings differ for a secret of printable ASCII, as API keys are (a
+/// character outside it, which .NET and Python write as `\uXXXX`, is not given forms).
+const JSON_STYLES: [JsonStyle; 7] = [
+    // serde_json, Jackson, Newtonsoft.Json, JavaScript's JSON.stringify.
     JsonStyle {
         unicode: b"",
+        upper: false,
+        slash: false,
+    },
+    // Python's json: DEL as `\u007f` too.
+    JsonStyle {
+        unicode: b"\x7f",
         upper: false,
         slash: false,
     },
@@ -992,14 +995,15 @@ const JSON_STYLES: [JsonStyle; 6] = [
         slash: true,
     },
     // .NET's System.Text.Json with its default encoder: `\u002B` for `+` (a base64 key holds
-    // some); lower-case hex in its first releases.
+    // some), upper-case hex.
     JsonStyle {
-        unicode: b"\"&'+<>`",
+        unicode: b"\"&'+<>`\x7f",
         upper: true,
         slash: false,
     },
+    // The previews of .NET Core 3.0 wrote lower-case hex, and `/` as `\u002f` too.
     JsonStyle {
-        unicode: b"\"&'+<>`",
+        unicode: b"\"&'+/<>`\x7f",
         upper: false,
         slash: false,
     },
@@ -1016,7 +1020,6 @@ const JSON_STYLES: [JsonStyle; 6] = [
         slash: false,
     },
 ];
-
 /// `text` as each of [`JSON_STYLES`] writes it inside a JSON string (without the quotes),
 /// the forms that equal an earlier one left out.
 pub(crate) fn json_forms(text: &str) -> Vec<Zeroizing<Vec<u8>>> {
@@ -1076,6 +1079,27 @@ fn lower_hex_escapes(text: &[u8], escape: u8) -> Zeroizing<Vec<u8>> {
     out
 }
 
+/// `parts` joined in one allocation of their exact length: a `format!` grows its `String` as it
+/// writes, and each buffer it outgrows would be freed holding the secret, unzeroized.
+fn joined(parts: &[&str]) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(parts.iter().map(|p| p.len()).sum()));
+    for part in parts {
+        out.push_str(part);
+    }
+    out
+}
+
+/// `secret` percent-encoded as an injected query value is, in a buffer sized for its longest
+/// encoding: never reallocated, so no copy is left behind unzeroized.
+fn percent_encoded(secret: &str) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(secret.len() * 3));
+    out.extend(percent_encoding::utf8_percent_encode(
+        secret,
+        crate::proxy::QUERY_VALUE,
+    ));
+    out
+}
+
 /// Prepares a secret's header or query form. Errors never contain the value.
 fn load_injector(
     credential: &CredentialConfig,
@@ -1094,18 +1118,18 @@ fn load_injector(
     match credential.kind {
         CredentialKind::Bearer => Ok(Injector::Header {
             name: http::header::AUTHORIZATION,
-            value: sensitive(Zeroizing::new(format!("Bearer {}", secret.as_str())))?,
+            value: sensitive(joined(&["Bearer ", &secret]))?,
         }),
         CredentialKind::Basic => {
-            let pair = Zeroizing::new(match &credential.username {
-                Some(user) => format!("{user}:{}", secret.as_str()),
-                None => secret.to_string(),
-            });
+            let pair = match &credential.username {
+                Some(user) => joined(&[user, ":", &secret]),
+                None => secret,
+            };
             let encoded =
                 Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
             Ok(Injector::Header {
                 name: http::header::AUTHORIZATION,
-                value: sensitive(Zeroizing::new(format!("Basic {}", encoded.as_str())))?,
+                value: sensitive(joined(&["Basic ", &encoded]))?,
             })
         }
         CredentialKind::Header => {
@@ -1131,10 +1155,7 @@ fn load_injector(
                 .query_param
                 .clone()
                 .ok_or_else(|| unavailable("credential kind query needs `param`".to_string()))?;
-            let encoded_value = Zeroizing::new(
-                percent_encoding::utf8_percent_encode(secret.as_str(), crate::proxy::QUERY_VALUE)
-                    .to_string(),
-            );
+            let encoded_value = percent_encoded(&secret);
             Ok(Injector::Query {
                 param,
                 encoded_value,
@@ -1202,7 +1223,8 @@ mod tests {
         // Too short to be told from chance in base64: as it is only.
         assert_eq!(forms("sk_live_abc"), ["sk_live_abc"]);
         // An AWS-style key: percent-encoded (either case of hex), and as JSON encoders write
-        // it: PHP with `\/`, .NET with `\u002B` (upper-case hex, lower in its first releases).
+        // it: PHP with `\/`, .NET with `\u002B` (upper-case hex; lower-case, and `/` escaped
+        // too, in the previews of .NET Core 3.0).
         assert_eq!(
             forms("wJalr/K7+MDENGabc")[..6],
             [
@@ -1211,9 +1233,13 @@ mod tests {
                 "wJalr%2fK7%2bMDENGabc",
                 "wJalr\\/K7+MDENGabc",
                 "wJalr/K7\\u002BMDENGabc",
-                "wJalr/K7\\u002bMDENGabc",
+                "wJalr\\u002fK7\\u002bMDENGabc",
             ]
         );
+        // DEL as Python and .NET write it.
+        let del = forms("sk\x7f1");
+        assert!(del.iter().any(|form| form == "sk\\u007f1"), "{del:?}");
+        assert!(del.iter().any(|form| form == "sk\\u007F1"), "{del:?}");
         // Inside base64 text, with its `/` and `+` as JSON encoders write them.
         let base64 = crate::tokens::base64_forms(b"k3y>>>abc???defg");
         let slashed = base64.iter().find(|form| form.contains(&b'/')).unwrap();
