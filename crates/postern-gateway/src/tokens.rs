@@ -13,7 +13,8 @@
 //! was read so far ends with what more of the body could complete into one, and whether the
 //! body's end completes one.
 
-use std::sync::LazyLock;
+use std::cell::RefCell;
+use std::sync::{Arc, LazyLock};
 
 use memchr::memmem;
 
@@ -106,10 +107,60 @@ pub(crate) fn started(bytes: &[u8], needle: &[u8]) -> usize {
 /// base64 carries it, and what looks like any caller token `postern` made ([module docs](self)).
 #[derive(Clone)]
 pub(crate) struct Needles {
-    own: Option<Own>,
-    /// The caller's own token inside base64 text ([`base64_forms`]) and in UTF-16
-    /// ([`utf16_forms`]).
+    mine: Option<Arc<Mine>>,
+}
+
+/// The caller's own token as a body is searched for it. Made once for each token a thread meets
+/// in turn ([`Mine::of`]), not for every body: the same caller's next body, on its keep-alive
+/// connection, usually follows.
+struct Mine {
+    own: Own,
+    /// The token inside base64 text ([`base64_forms`]) and in UTF-16 ([`utf16_forms`]).
     encoded: Vec<zeroize::Zeroizing<Vec<u8>>>,
+}
+
+thread_local! {
+    /// The last caller token this thread searched a body for, with its forms (zeroized when the
+    /// next token replaces it, or with the thread).
+    static LAST_MINE: RefCell<Option<Arc<Mine>>> = const { RefCell::new(None) };
+}
+
+impl Mine {
+    fn new(own: &[u8]) -> Self {
+        let mut encoded = base64_forms(own);
+        encoded.extend(utf16_forms(own).into_iter().filter(|form| !form.is_empty()));
+        Mine {
+            own: match own.starts_with(PREFIX) {
+                true => Own::Prefixed(zeroize::Zeroizing::new(own.to_vec())),
+                false => Own::Other(Box::new(memmem::Finder::new(own).into_owned())),
+            },
+            encoded,
+        }
+    }
+
+    /// `own`'s, this thread's last ones when they are `own`'s (compared in constant time: which
+    /// token a thread last met is not to be learnt from how long a body takes).
+    fn of(own: &[u8]) -> Arc<Mine> {
+        let made = || Arc::new(Mine::new(own));
+        LAST_MINE
+            .try_with(|cell| {
+                let Ok(mut last) = cell.try_borrow_mut() else {
+                    return made();
+                };
+                if let Some(mine) = last.as_ref().filter(|mine| same(mine.own.needle(), own)) {
+                    return mine.clone();
+                }
+                let mine = made();
+                *last = Some(mine.clone());
+                mine
+            })
+            .unwrap_or_else(|_| made())
+    }
+}
+
+/// Whether `a` and `b` are the same bytes, in a time that depends on their lengths only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A token shorter than this many bytes is not looked for as base64: its forms would be too
@@ -205,20 +256,19 @@ impl Own {
 impl Needles {
     /// `own`: the caller's token (ignored when empty).
     pub(crate) fn new(own: Option<&[u8]>) -> Self {
-        let own = own.filter(|own| !own.is_empty());
         Needles {
-            own: own.map(|own| match own.starts_with(PREFIX) {
-                true => Own::Prefixed(zeroize::Zeroizing::new(own.to_vec())),
-                false => Own::Other(Box::new(memmem::Finder::new(own).into_owned())),
-            }),
-            encoded: own
-                .map(|own| {
-                    let mut forms = base64_forms(own);
-                    forms.extend(utf16_forms(own).into_iter().filter(|form| !form.is_empty()));
-                    forms
-                })
-                .unwrap_or_default(),
+            mine: own.filter(|own| !own.is_empty()).map(Mine::of),
         }
+    }
+
+    fn own(&self) -> Option<&Own> {
+        self.mine.as_deref().map(|mine| &mine.own)
+    }
+
+    fn encoded(&self) -> impl Iterator<Item = &[u8]> {
+        self.mine
+            .iter()
+            .flat_map(|mine| mine.encoded.iter().map(|form| &form[..]))
     }
 
     /// Whether `bytes`, a whole text (its start and end bound a run), hold the caller's token
@@ -232,13 +282,12 @@ impl Needles {
     /// starts with the prefix, as every token `postern` makes does.
     fn found(&self, bytes: &[u8], shaped: impl Fn(usize) -> bool) -> bool {
         if self
-            .encoded
-            .iter()
+            .encoded()
             .any(|form| crate::proxy::contains(bytes, form))
         {
             return true;
         }
-        match &self.own {
+        match self.own() {
             Some(Own::Other(finder)) if finder.find(bytes).is_some() => true,
             Some(Own::Prefixed(token)) => PREFIX_FINDER
                 .find_iter(bytes)
@@ -260,11 +309,10 @@ impl Needles {
     /// the last byte of the caller's own token or of its longest base64 form, and at least a
     /// token-shaped run and the byte before it.
     pub(crate) fn keep(&self) -> usize {
-        self.own
-            .as_ref()
+        self.own()
             .map(Own::needle)
             .into_iter()
-            .chain(self.encoded.iter().map(|form| &form[..]))
+            .chain(self.encoded())
             .map(|needle| needle.len() - 1)
             .max()
             .unwrap_or(0)
@@ -273,11 +321,10 @@ impl Needles {
 
     /// The caller's own token and its base64 forms: what a tail may hold the start of.
     fn own_forms(&self) -> impl Iterator<Item = &[u8]> {
-        self.own
-            .as_ref()
+        self.own()
             .map(Own::needle)
             .into_iter()
-            .chain(self.encoded.iter().map(|form| &form[..]))
+            .chain(self.encoded())
     }
 }
 
@@ -586,6 +633,34 @@ mod tests {
             .all(|f| f.is_empty()));
         let needles = Needles::new(Some("tøken-not-ascii-1234".as_bytes()));
         assert!(!found_in(&needles, &[b"nothing here"]));
+    }
+
+    #[test]
+    fn a_threads_last_token_is_made_once_and_another_replaces_it() {
+        let first = [PREFIX, &[b'A'; TOKEN_RANDOM_CHARS][..]].concat();
+        let second = [PREFIX, &[b'B'; TOKEN_RANDOM_CHARS][..]].concat();
+        let mine = |needles: &Needles| needles.mine.clone().unwrap();
+        let a = Needles::new(Some(&first));
+        assert!(Arc::ptr_eq(&mine(&a), &mine(&Needles::new(Some(&first)))));
+        // Another token (here one of the same length, differing in its last byte) is its own.
+        let mut near = first.clone();
+        *near.last_mut().unwrap() = b'C';
+        let b = Needles::new(Some(&second));
+        assert!(!Arc::ptr_eq(&mine(&a), &mine(&b)));
+        assert!(!Arc::ptr_eq(&mine(&a), &mine(&Needles::new(Some(&near)))));
+        // Each finds its own token, whole or base64'd, and not the other's.
+        use base64::Engine as _;
+        let b64 = |token: &[u8]| base64::engine::general_purpose::STANDARD.encode(token);
+        let a = Needles::new(Some(&first));
+        let other = Needles::new(Some(b"sk-not-a-postern-shape-0123456789"));
+        assert!(found_in(&a, &[b64(&first).as_bytes()]));
+        assert!(!found_in(&a, &[b64(&second).as_bytes()]));
+        assert!(found_in(&b, &[b64(&second).as_bytes()]));
+        assert!(found_in(
+            &other,
+            &[b"x sk-not-a-postern-shape-0123456789 y"]
+        ));
+        assert!(!found_in(&other, &[b64(&first).as_bytes()]));
     }
 
     #[test]
