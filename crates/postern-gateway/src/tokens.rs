@@ -120,8 +120,9 @@ struct Mine {
 }
 
 thread_local! {
-    /// The last caller token this thread searched a body for, with its forms (zeroized when the
-    /// next token replaces it, or with the thread).
+    /// The last caller token this thread searched a body for, with its forms: zeroized when
+    /// another token replaces it or the thread ends, with no time limit (an idle worker keeps
+    /// it until then, docs/CREDENTIALS.md).
     static LAST_MINE: RefCell<Option<Arc<Mine>>> = const { RefCell::new(None) };
 }
 
@@ -132,14 +133,15 @@ impl Mine {
         Mine {
             own: match own.starts_with(PREFIX) {
                 true => Own::Prefixed(zeroize::Zeroizing::new(own.to_vec())),
-                false => Own::Other(Box::new(memmem::Finder::new(own).into_owned())),
+                false => Own::Other(zeroize::Zeroizing::new(own.to_vec())),
             },
             encoded,
         }
     }
 
-    /// `own`'s, this thread's last ones when they are `own`'s (compared in constant time: which
-    /// token a thread last met is not to be learnt from how long a body takes).
+    /// `own`'s, this thread's last ones when they are `own`'s. Compared in constant time, so
+    /// how much of a token matches the kept one does not show in how long a body takes (a
+    /// whole match shows, as work not done: that the same token came before on this thread).
     fn of(own: &[u8]) -> Arc<Mine> {
         let made = || Arc::new(Mine::new(own));
         LAST_MINE
@@ -160,7 +162,12 @@ impl Mine {
 
 /// Whether `a` and `b` are the same bytes, in a time that depends on their lengths only.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    // `black_box` keeps the compiler from ending the loop at the first difference.
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .fold(0u8, |acc, (x, y)| std::hint::black_box(acc | (x ^ y)))
+            == 0
 }
 
 /// A token shorter than this many bytes is not looked for as base64: its forms would be too
@@ -240,15 +247,16 @@ enum Own {
     /// prefix is (which the search for token-shaped runs finds anyway), without a finder of
     /// its own to make for every body.
     Prefixed(zeroize::Zeroizing<Vec<u8>>),
-    /// Another (a token set by its hash alone). Boxed: a finder is ~300 bytes.
-    Other(Box<memmem::Finder<'static>>),
+    /// Another (a token set by its hash alone), searched for as it is (a prepared finder
+    /// would keep a copy of it that is not zeroized).
+    Other(zeroize::Zeroizing<Vec<u8>>),
 }
 
 impl Own {
     fn needle(&self) -> &[u8] {
         match self {
             Own::Prefixed(token) => token,
-            Own::Other(finder) => finder.needle(),
+            Own::Other(token) => token,
         }
     }
 }
@@ -288,7 +296,7 @@ impl Needles {
             return true;
         }
         match self.own() {
-            Some(Own::Other(finder)) if finder.find(bytes).is_some() => true,
+            Some(Own::Other(token)) if crate::proxy::contains(bytes, token) => true,
             Some(Own::Prefixed(token)) => PREFIX_FINDER
                 .find_iter(bytes)
                 .any(|at| bytes[at..].starts_with(token) || shaped(at)),
@@ -642,12 +650,14 @@ mod tests {
         let mine = |needles: &Needles| needles.mine.clone().unwrap();
         let a = Needles::new(Some(&first));
         assert!(Arc::ptr_eq(&mine(&a), &mine(&Needles::new(Some(&first)))));
-        // Another token (here one of the same length, differing in its last byte) is its own.
+        // Another token is its own, one of the same length that differs in its last byte too
+        // (each compared with the token kept just before it).
         let mut near = first.clone();
         *near.last_mut().unwrap() = b'C';
+        assert!(!Arc::ptr_eq(&mine(&a), &mine(&Needles::new(Some(&near)))));
+        let a = Needles::new(Some(&first));
         let b = Needles::new(Some(&second));
         assert!(!Arc::ptr_eq(&mine(&a), &mine(&b)));
-        assert!(!Arc::ptr_eq(&mine(&a), &mine(&Needles::new(Some(&near)))));
         // Each finds its own token, whole or base64'd, and not the other's.
         use base64::Engine as _;
         let b64 = |token: &[u8]| base64::engine::general_purpose::STANDARD.encode(token);
