@@ -556,7 +556,7 @@ impl Runtime {
 
     pub fn is_admin_token(&self, token: &[u8]) -> bool {
         let digest: [u8; 32] = Sha256::digest(token).into();
-        constant_time_eq(&digest, &self.admin_token_sha256)
+        crate::tokens::same(&digest, &self.admin_token_sha256)
     }
 }
 
@@ -613,10 +613,6 @@ fn build_proxy(
         hosts,
         plain_client,
     })
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The vault's client certificate for `integration` cannot be used.
@@ -751,18 +747,13 @@ fn build_integration(
             _ => read_secret(credential, inputs.vault).and_then(|secret| {
                 secret_needles = echo_needles(&secret);
                 let injector = load_injector(credential, secret)?;
-                // A Basic pair is sent base64-encoded: echoed as sent, it is the secret too, and
-                // so is each JSON encoder's form of it (`\/`, `\u002B`, `\u003d`).
+                // A Basic pair is sent base64-encoded: echoed as sent, it is the secret too, in
+                // each form a text is echoed in (`\/`, `\u002B`, `%2B`…).
                 if let Injector::Header { value, .. } = &injector {
                     if let Some(sent) = value.as_bytes().strip_prefix(b"Basic ") {
                         // Base64 text is ASCII.
                         let sent = Zeroizing::new(String::from_utf8_lossy(sent).into_owned());
-                        let raw = Zeroizing::new(sent.as_bytes().to_vec());
-                        for form in std::iter::once(raw).chain(json_forms(&sent)) {
-                            if !secret_needles.contains(&form) {
-                                secret_needles.push(form);
-                            }
-                        }
+                        add_new(&mut secret_needles, text_forms(&sent));
                     }
                 }
                 Ok(Some(injector))
@@ -927,40 +918,51 @@ pub fn unusable_value(integration: &IntegrationConfig, name: &str, value: &[u8])
         .map(|problem| problem.why)
 }
 
-/// The forms in which a vendor could echo the secret back: raw, percent-encoded (hex in either
-/// case), inside base64 text ([`crate::tokens::base64_forms`], for a secret of 12 bytes or
-/// more), and as the common JSON encoders write it in a string ([`json_forms`]). A header value
-/// is also matched percent-decoded ([`crate::proxy::echoes_secret`]). A form that equals
-/// another is made once, so a secret of letters, digits, `-` and `_` (most API keys) has its
-/// raw and base64 forms only.
+/// The forms in which a vendor could echo the secret back: those of any text ([`text_forms`]),
+/// and inside base64 text ([`crate::tokens::base64_forms`], for a secret of 12 bytes or more),
+/// a base64 form holding `/` or `+` also as the JSON encoders write it (`\/`, `\u002B`). A
+/// header value is also matched percent-decoded ([`crate::proxy::echoes_secret`]). A form that
+/// equals another is made once, so a secret of letters, digits, `-` and `_` (most API keys) has
+/// its raw and base64 forms only.
 pub(crate) fn echo_needles(secret: &str) -> Vec<Zeroizing<Vec<u8>>> {
-    let encoded = Zeroizing::new(percent_encoded(secret).as_bytes().to_vec());
-    // Some encoders write the hex in lower case (`%2b`).
-    let lower = lower_hex_escapes(&encoded, b'%');
     let mut needles = Vec::new();
-    for form in [Zeroizing::new(secret.as_bytes().to_vec()), encoded, lower]
-        .into_iter()
-        .chain(json_forms(secret))
-    {
-        if !needles.contains(&form) {
-            needles.push(form);
-        }
-    }
+    add_new(&mut needles, text_forms(secret));
     // Inside base64 text too (a vendor echoing the request it got, base64'd, as an event
-    // envelope carries a body): overwritten there, it no longer decodes to the secret. A form
-    // holding `/` or `+` also as the JSON encoders write it (`\/`, `\u002B`).
+    // envelope carries a body): overwritten there, it no longer decodes to the secret.
     let base64 = crate::tokens::base64_forms(secret.as_bytes());
     let escaped: Vec<Zeroizing<Vec<u8>>> = base64
         .iter()
         .filter(|form| form.iter().any(|&c| c == b'/' || c == b'+'))
         .flat_map(|form| json_forms(&String::from_utf8_lossy(form)))
         .collect();
-    for form in base64.into_iter().chain(escaped) {
+    add_new(&mut needles, base64.into_iter().chain(escaped));
+    needles
+}
+
+/// The forms a vendor echoes a text in: as it is, percent-encoded (hex in either case: some
+/// encoders write `%2b`), and as the common JSON encoders write it in a string
+/// ([`json_forms`]).
+fn text_forms(text: &str) -> Vec<Zeroizing<Vec<u8>>> {
+    let encoded = Zeroizing::new(percent_encoded(text).as_bytes().to_vec());
+    let lower = lower_hex_escapes(&encoded, b'%');
+    let mut forms = vec![Zeroizing::new(text.as_bytes().to_vec())];
+    add_new(
+        &mut forms,
+        [encoded, lower].into_iter().chain(json_forms(text)),
+    );
+    forms
+}
+
+/// Appends each of `forms` that `needles` does not hold yet.
+fn add_new(
+    needles: &mut Vec<Zeroizing<Vec<u8>>>,
+    forms: impl IntoIterator<Item = Zeroizing<Vec<u8>>>,
+) {
+    for form in forms {
         if !needles.contains(&form) {
             needles.push(form);
         }
     }
-    needles
 }
 
 /// How one family of JSON encoders writes a string: which printable characters it writes as
@@ -1022,14 +1024,12 @@ const JSON_STYLES: [JsonStyle; 7] = [
 ];
 /// `text` as each of [`JSON_STYLES`] writes it inside a JSON string (without the quotes),
 /// the forms that equal an earlier one left out.
-pub(crate) fn json_forms(text: &str) -> Vec<Zeroizing<Vec<u8>>> {
-    let mut forms: Vec<Zeroizing<Vec<u8>>> = Vec::new();
-    for style in &JSON_STYLES {
-        let form = json_escaped(text, style);
-        if !forms.contains(&form) {
-            forms.push(form);
-        }
-    }
+fn json_forms(text: &str) -> Vec<Zeroizing<Vec<u8>>> {
+    let mut forms = Vec::new();
+    add_new(
+        &mut forms,
+        JSON_STYLES.iter().map(|style| json_escaped(text, style)),
+    );
     forms
 }
 

@@ -114,7 +114,11 @@ pub(crate) struct Needles {
 /// in turn ([`Mine::of`]), not for every body: the same caller's next body, on its keep-alive
 /// connection, usually follows.
 struct Mine {
-    own: Own,
+    /// The token itself. One that starts with the prefix, as every token `postern` makes does,
+    /// is found where the prefix is (which the search for token-shaped runs finds anyway);
+    /// another (a token set by its hash alone) is searched for as it is (a prepared finder
+    /// would keep a copy of it that is not zeroized).
+    own: zeroize::Zeroizing<Vec<u8>>,
     /// The token inside base64 text ([`base64_forms`]) and in UTF-16 ([`utf16_forms`]).
     encoded: Vec<zeroize::Zeroizing<Vec<u8>>>,
 }
@@ -131,10 +135,7 @@ impl Mine {
         let mut encoded = base64_forms(own);
         encoded.extend(utf16_forms(own).into_iter().filter(|form| !form.is_empty()));
         Mine {
-            own: match own.starts_with(PREFIX) {
-                true => Own::Prefixed(zeroize::Zeroizing::new(own.to_vec())),
-                false => Own::Other(zeroize::Zeroizing::new(own.to_vec())),
-            },
+            own: zeroize::Zeroizing::new(own.to_vec()),
             encoded,
         }
     }
@@ -149,7 +150,7 @@ impl Mine {
                 let Ok(mut last) = cell.try_borrow_mut() else {
                     return made();
                 };
-                if let Some(mine) = last.as_ref().filter(|mine| same(mine.own.needle(), own)) {
+                if let Some(mine) = last.as_ref().filter(|mine| same(&mine.own, own)) {
                     return mine.clone();
                 }
                 let mine = made();
@@ -161,7 +162,7 @@ impl Mine {
 }
 
 /// Whether `a` and `b` are the same bytes, in a time that depends on their lengths only.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     // `black_box` keeps the compiler from ending the loop at the first difference.
     a.len() == b.len()
         && a.iter()
@@ -240,27 +241,6 @@ pub(crate) fn base64_forms(token: &[u8]) -> Vec<zeroize::Zeroizing<Vec<u8>>> {
     forms
 }
 
-/// The caller's own token, as it is looked for.
-#[derive(Clone)]
-enum Own {
-    /// One that starts with the prefix, as every token `postern` makes does: found where the
-    /// prefix is (which the search for token-shaped runs finds anyway), without a finder of
-    /// its own to make for every body.
-    Prefixed(zeroize::Zeroizing<Vec<u8>>),
-    /// Another (a token set by its hash alone), searched for as it is (a prepared finder
-    /// would keep a copy of it that is not zeroized).
-    Other(zeroize::Zeroizing<Vec<u8>>),
-}
-
-impl Own {
-    fn needle(&self) -> &[u8] {
-        match self {
-            Own::Prefixed(token) => token,
-            Own::Other(token) => token,
-        }
-    }
-}
-
 impl Needles {
     /// `own`: the caller's token (ignored when empty).
     pub(crate) fn new(own: Option<&[u8]>) -> Self {
@@ -269,8 +249,8 @@ impl Needles {
         }
     }
 
-    fn own(&self) -> Option<&Own> {
-        self.mine.as_deref().map(|mine| &mine.own)
+    fn own(&self) -> Option<&[u8]> {
+        self.mine.as_deref().map(|mine| &mine.own[..])
     }
 
     fn encoded(&self) -> impl Iterator<Item = &[u8]> {
@@ -296,10 +276,10 @@ impl Needles {
             return true;
         }
         match self.own() {
-            Some(Own::Other(token)) if crate::proxy::contains(bytes, token) => true,
-            Some(Own::Prefixed(token)) => PREFIX_FINDER
+            Some(token) if token.starts_with(PREFIX) => PREFIX_FINDER
                 .find_iter(bytes)
                 .any(|at| bytes[at..].starts_with(token) || shaped(at)),
+            Some(token) if crate::proxy::contains(bytes, token) => true,
             _ => PREFIX_FINDER.find_iter(bytes).any(shaped),
         }
     }
@@ -318,7 +298,6 @@ impl Needles {
     /// token-shaped run and the byte before it.
     pub(crate) fn keep(&self) -> usize {
         self.own()
-            .map(Own::needle)
             .into_iter()
             .chain(self.encoded())
             .map(|needle| needle.len() - 1)
@@ -329,10 +308,7 @@ impl Needles {
 
     /// The caller's own token and its base64 forms: what a tail may hold the start of.
     fn own_forms(&self) -> impl Iterator<Item = &[u8]> {
-        self.own()
-            .map(Own::needle)
-            .into_iter()
-            .chain(self.encoded())
+        self.own().into_iter().chain(self.encoded())
     }
 }
 
