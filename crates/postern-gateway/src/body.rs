@@ -21,7 +21,7 @@ use crate::echo::{Cut, EchoFilter, Filtered};
 use crate::escapes::EscapedToken;
 use crate::overrides::OverrideScan;
 use crate::record::PendingRecord;
-use crate::tokens::{Needles, Seen};
+use crate::tokens::{Needles, Seen, Unwrapped};
 use crate::upstream::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -261,34 +261,34 @@ struct TokenReading {
     /// The search as the reading reads (its last bytes: a token split across pieces is still
     /// found).
     seen: Seen,
-    /// The reading read with its percent-encoding and JSON escapes undone ([`EscapedToken`]);
-    /// not for a body as sent that has a coding (what a vendor undoing escapes reads is its
-    /// decoding, read so in [`Decoding`]).
-    escaped: Option<EscapedToken>,
+    /// The reading read with its percent-encoding and JSON escapes undone ([`EscapedToken`]),
+    /// and with its line breaks left out ([`Unwrapped`]); not for a body as sent that has a
+    /// coding (what a vendor undoing escapes reads is its decoding, read so in [`Decoding`]).
+    escaped: Option<(EscapedToken, Unwrapped)>,
 }
 
 impl TokenReading {
     fn new(escaped: bool) -> Self {
         TokenReading {
             seen: Seen::default(),
-            escaped: escaped.then(EscapedToken::new),
+            escaped: escaped.then(|| (EscapedToken::new(), Unwrapped::default())),
         }
     }
 
     /// Reads the next `piece`: whether a token now stands in what was read.
     fn read(&mut self, needles: &Needles, piece: &[u8]) -> bool {
         self.seen.read(needles, piece)
-            || self
-                .escaped
-                .as_mut()
-                .is_some_and(|escaped| escaped.read(needles, piece))
+            || self.escaped.as_mut().is_some_and(|(escaped, unwrapped)| {
+                escaped.read(needles, piece) || unwrapped.read(needles, piece)
+            })
     }
 
-    /// Whether more could complete a token in what was read with its escapes undone.
+    /// Whether more could complete a token in what was read with its escapes undone or its
+    /// line breaks left out.
     fn escaped_in_progress(&self, needles: &Needles) -> bool {
-        self.escaped
-            .as_ref()
-            .is_some_and(|escaped| escaped.in_progress(needles))
+        self.escaped.as_ref().is_some_and(|(escaped, unwrapped)| {
+            escaped.in_progress(needles) || unwrapped.in_progress(needles)
+        })
     }
 
     /// Whether more could complete a token in what was read, as it reads or with its escapes
@@ -303,18 +303,21 @@ impl TokenReading {
             || self
                 .escaped
                 .as_ref()
-                .is_some_and(|escaped| escaped.ends_in_token(needles))
+                .is_some_and(|(escaped, _)| escaped.ends_in_token(needles))
     }
 }
 
 /// Whether `bytes`, a whole body as sent, hold a token `needles` looks for, as they stand or,
-/// with `escapes`, with their percent-encoding or JSON escapes undone (for a body without a
-/// coding: one with a coding is read so in its decoding, [`Decoding`]).
+/// with `escapes`, with their percent-encoding or JSON escapes undone or their line breaks left
+/// out (for a body without a coding: one with a coding is read so in its decoding,
+/// [`Decoding`]).
 pub(crate) fn whole_holds_a_token(needles: &Needles, bytes: &[u8], escapes: bool) -> bool {
     needles.in_whole(bytes)
         || escapes && {
             let mut escaped = EscapedToken::new();
-            escaped.read(needles, bytes) || escaped.ends_in_token(needles)
+            escaped.read(needles, bytes)
+                || escaped.ends_in_token(needles)
+                || Unwrapped::default().read(needles, bytes)
         }
 }
 

@@ -119,8 +119,10 @@ struct Mine {
     /// another (a token set by its hash alone) is searched for as it is (a prepared finder
     /// would keep a copy of it that is not zeroized).
     own: zeroize::Zeroizing<Vec<u8>>,
-    /// The token inside base64 text ([`base64_forms`]) and in UTF-16 ([`utf16_forms`]).
+    /// The token inside base64 text ([`base64_forms`]), then in UTF-16 ([`utf16_forms`]).
     encoded: Vec<zeroize::Zeroizing<Vec<u8>>>,
+    /// How many of `encoded` are base64 forms (those [`Unwrapped`] looks for).
+    base64: usize,
 }
 
 thread_local! {
@@ -133,10 +135,12 @@ thread_local! {
 impl Mine {
     fn new(own: &[u8]) -> Self {
         let mut encoded = base64_forms(own);
+        let base64 = encoded.len();
         encoded.extend(utf16_forms(own).into_iter().filter(|form| !form.is_empty()));
         Mine {
             own: zeroize::Zeroizing::new(own.to_vec()),
             encoded,
+            base64,
         }
     }
 
@@ -257,6 +261,13 @@ impl Needles {
         self.mine
             .iter()
             .flat_map(|mine| mine.encoded.iter().map(|form| &form[..]))
+    }
+
+    /// The caller's token's base64 forms ([`base64_forms`]).
+    fn base64(&self) -> &[zeroize::Zeroizing<Vec<u8>>] {
+        self.mine
+            .as_deref()
+            .map_or(&[], |mine| &mine.encoded[..mine.base64])
     }
 
     /// Whether `bytes`, a whole text (its start and end bound a run), hold the caller's token
@@ -436,6 +447,142 @@ impl Seen {
     }
 }
 
+/// One reading of a body searched as it streams with its line breaks left out, for the
+/// caller's token's base64 forms: base64 wrapped into lines, as MIME (76 characters and CRLF),
+/// PEM (64 and LF) and the `base64` tool write it and a vendor's decoder reads it (RFC 2045
+/// §6.8: line breaks are ignored). The breaks are CR and LF as sent, their JSON escapes `\r`
+/// and `\n`, and their percent-encodings `%0D` and `%0A` (either case). A form that no break
+/// splits is the reading as sent's ([`Seen`]): here only what a break splits is new.
+#[derive(Default, Clone)]
+pub(crate) struct Unwrapped {
+    /// The last bytes read with the breaks left out: all but the last byte of the longest
+    /// base64 form.
+    tail: Vec<u8>,
+    /// How many bytes were read with the breaks left out.
+    read: u64,
+    /// Where the last break left out stood: how many bytes were read before it.
+    last_break: Option<u64>,
+    /// The end of the last piece, when it may begin a break's escape (`\`, `%` or `%0`): read
+    /// with the next piece.
+    partial: Vec<u8>,
+    /// A piece read with its breaks left out (kept for its allocation).
+    out: Vec<u8>,
+}
+
+impl Unwrapped {
+    /// Reads `piece`, searched as it stands already with nothing found ([`Seen::read`] or
+    /// [`Needles::in_whole`]): whether a base64 form of the caller's token that a line break
+    /// splits now stands in what was read.
+    pub(crate) fn read(&mut self, needles: &Needles, piece: &[u8]) -> bool {
+        let forms = needles.base64();
+        let Some(keep) = forms.iter().map(|form| form.len() - 1).max() else {
+            return false;
+        };
+        let candidates = !self.partial.is_empty()
+            || memchr::memchr3(b'\r', b'\n', b'\\', piece).is_some()
+            || memmem::find(piece, b"%0").is_some()
+            || piece.last() == Some(&b'%');
+        let in_tail = |tail: &[u8]| forms.iter().any(|form| crate::proxy::contains(tail, form));
+        if candidates && self.unwrap(piece) {
+            // A break was left out: all of the piece is searched, after the tail.
+            self.tail.extend_from_slice(&self.out);
+            self.read += self.out.len() as u64;
+            let found = in_tail(&self.tail);
+            let excess = self.tail.len().saturating_sub(keep);
+            self.tail.drain(..excess);
+            return found;
+        }
+        let unchanged: &[u8] = if candidates { &self.out } else { piece };
+        // Only the seam, once a break was left out before: the piece's inside was searched
+        // as it stands, and before any break the reading is the body as sent.
+        let before = self.tail.len();
+        self.tail
+            .extend_from_slice(&unchanged[..unchanged.len().min(keep)]);
+        let found = self.last_break.is_some() && in_tail(&self.tail);
+        self.tail.truncate(before);
+        self.read += unchanged.len() as u64;
+        if unchanged.len() >= keep {
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(&unchanged[unchanged.len() - keep..]);
+        } else {
+            self.tail.extend_from_slice(unchanged);
+            let excess = self.tail.len().saturating_sub(keep);
+            self.tail.drain(..excess);
+        }
+        found
+    }
+
+    /// Writes `piece` (after what `partial` kept) to `out` with its line breaks left out, and
+    /// keeps in `partial` an end that may begin one: whether a break was left out. (What
+    /// `partial` holds is no base64 character, so `out` holds no form that the reading as sent
+    /// did not search, unless a break was left out.)
+    fn unwrap(&mut self, piece: &[u8]) -> bool {
+        let joined;
+        let input: &[u8] = if self.partial.is_empty() {
+            piece
+        } else {
+            joined = [&self.partial[..], piece].concat();
+            self.partial.clear();
+            &joined
+        };
+        self.out.clear();
+        let mut broke = false;
+        let mut at = 0;
+        // The next places that may begin a break, each found again once passed.
+        let mut percent = memmem::find(input, b"%0");
+        let mut other = memchr::memchr3(b'\r', b'\n', b'\\', input);
+        loop {
+            if percent.is_some_and(|p| p < at) {
+                percent = memmem::find(&input[at..], b"%0").map(|p| p + at);
+            }
+            if other.is_some_and(|p| p < at) {
+                other = memchr::memchr3(b'\r', b'\n', b'\\', &input[at..]).map(|p| p + at);
+            }
+            let Some(next) = percent.into_iter().chain(other).min() else {
+                self.out.extend_from_slice(&input[at..]);
+                break;
+            };
+            self.out.extend_from_slice(&input[at..next]);
+            let rest = &input[next..];
+            let len = match rest {
+                [b'\r' | b'\n', ..] => 1,
+                [b'\\', b'r' | b'n', ..] => 2,
+                [b'%', b'0', b'a' | b'A' | b'd' | b'D', ..] => 3,
+                [b'\\'] | [b'%', b'0'] => {
+                    self.partial.extend_from_slice(rest);
+                    break;
+                }
+                _ => {
+                    self.out.push(rest[0]);
+                    at = next + 1;
+                    continue;
+                }
+            };
+            broke = true;
+            self.last_break = Some(self.read + self.out.len() as u64);
+            at = next + len;
+        }
+        if self.partial.is_empty() && input.last() == Some(&b'%') {
+            self.out.pop();
+            self.partial.push(b'%');
+        }
+        broke
+    }
+
+    /// Whether what was read with the breaks left out ends with the start of a base64 form of
+    /// the caller's token that a break splits, or that an escape begun may split: more of the
+    /// body could complete it, and nothing as sent shows where it began.
+    pub(crate) fn in_progress(&self, needles: &Needles) -> bool {
+        needles.base64().iter().any(|form| {
+            let started = started(&self.tail, form) as u64;
+            started > 0
+                && (!self.partial.is_empty()
+                    || self.last_break.is_some_and(|at| at + started > self.read))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -591,6 +738,108 @@ mod tests {
             .encode(b"AC42:pst_hy5M0xh23REAwMjp7vLcwaZBjNWbDYhLaGGT6zHhs0Q");
         assert!(!found_in(&needles, &[other.as_bytes()]));
         assert!(base64_forms(b"short-tok").is_empty());
+    }
+
+    /// Reads `pieces` in turn as they stand and with their line breaks left out: whether a
+    /// token was found in one of them, and whether the last leaves one in progress.
+    fn found_unwrapped(needles: &Needles, pieces: &[&[u8]]) -> (bool, bool) {
+        let (mut seen, mut unwrapped) = (Seen::default(), Unwrapped::default());
+        let found = pieces
+            .iter()
+            .any(|piece| seen.read(needles, piece) || unwrapped.read(needles, piece));
+        (found, unwrapped.in_progress(needles))
+    }
+
+    #[test]
+    fn the_callers_own_token_is_found_in_base64_wrapped_into_lines_however_split() {
+        use base64::Engine as _;
+        let own = b"pst_hy5M0xh23REAwMjp7vLcwaZBjNWbDYhLaGGT6zHhr0Q";
+        let other = b"pst_hy5M0xh23REAwMjp7vLcwaZBjNWbDYhLaGGT6zHhs0Q";
+        let needles = Needles::new(Some(own));
+        let wrap = |text: &str, width: usize, brk: &str| {
+            let lines: Vec<&str> = text
+                .as_bytes()
+                .chunks(width)
+                .map(|line| std::str::from_utf8(line).unwrap())
+                .collect();
+            lines.join(brk)
+        };
+        // MIME's CRLF, PEM's LF, a JSON string's escapes, a form field's percent-encoding.
+        let styles: [(&str, &str, &str); 5] = [
+            ("", "\r\n", ""),
+            ("", "\n", ""),
+            ("{\"file\": \"", "\\n", "\"}"),
+            ("{\"file\": \"", "\\r\\n", "\"}"),
+            ("to=a&attachment=", "%0D%0a", "&x=1"),
+        ];
+        for before in [&b""[..], b"u", b"AC42:"] {
+            let document = [before, b"{\"api_key\": \"", &own[..], b"\"}"].concat();
+            let text = base64::engine::general_purpose::STANDARD.encode(&document);
+            for (start, brk, end) in styles {
+                for width in [4, 13, 64, 76] {
+                    let body = format!("{start}{}{end}", wrap(&text, width, brk));
+                    let body = body.as_bytes();
+                    for split in 0..=body.len() {
+                        let (found, _) =
+                            found_unwrapped(&needles, &[&body[..split], &body[split..]]);
+                        assert!(found, "{brk:?} width {width} split at {split}");
+                    }
+                    for first in (0..=body.len()).step_by(5) {
+                        let pieces = [
+                            &body[..first],
+                            &body[first..(first + 3).min(body.len())],
+                            &body[(first + 3).min(body.len())..],
+                        ];
+                        assert!(found_unwrapped(&needles, &pieces).0);
+                    }
+                    // Another token's, however wrapped, is not the caller's.
+                    let others = [before, b"{\"api_key\": \"", &other[..], b"\"}"].concat();
+                    let others = base64::engine::general_purpose::STANDARD.encode(&others);
+                    let body = format!("{start}{}{end}", wrap(&others, width, brk));
+                    assert!(!found_unwrapped(&needles, &[body.as_bytes()]).0);
+                }
+            }
+        }
+        // The whole of a form cut by a break is held back until the piece that decides it; a
+        // form's start that no break cuts is left to the reading as sent ([`Seen::pending`]).
+        let text = base64::engine::general_purpose::STANDARD.encode(own);
+        let form = base64_forms(own)[0].to_vec();
+        let at = memmem::find(text.as_bytes(), &form).unwrap();
+        let cut = &text[..at + 10];
+        for brk in ["\n", "\\n", "%0A"] {
+            let body = format!("{}{brk}{}", &cut[..at + 5], &cut[at + 5..]);
+            assert_eq!(
+                found_unwrapped(&needles, &[body.as_bytes()]),
+                (false, true),
+                "{brk}"
+            );
+            let ends_in_a_break = format!("{}{brk}", &cut[..at + 5]);
+            assert_eq!(
+                found_unwrapped(&needles, &[ends_in_a_break.as_bytes()]),
+                (false, true)
+            );
+        }
+        assert_eq!(
+            found_unwrapped(&needles, &[b"x\n", cut.as_bytes()]),
+            (false, false)
+        );
+        // An escape that may begin a break holds a form's start back until it is decided.
+        assert_eq!(
+            found_unwrapped(&needles, &[format!("{}%0", &cut[..at + 5]).as_bytes()]),
+            (false, true)
+        );
+        assert_eq!(
+            found_unwrapped(
+                &needles,
+                &[format!("{}%0", &cut[..at + 5]).as_bytes(), b"9 "]
+            ),
+            (false, false)
+        );
+        // A caller without a token of its own has no form to look for.
+        assert_eq!(
+            found_unwrapped(&Needles::new(None), &[b"a\nb"]),
+            (false, false)
+        );
     }
 
     #[test]

@@ -3158,6 +3158,68 @@ async fn a_caller_token_base64d_or_in_utf16_in_a_body_is_refused() {
     gw.stop().await;
 }
 
+/// The caller's token in base64 wrapped into lines — a raw MIME message whose part is base64 in
+/// 76-character CRLF lines, the same lines in a JSON string (`\r\n` escapes) and in a form
+/// field (`%0D%0A`) — is refused, whole or streamed in 7-byte pieces: a vendor's decoder skips
+/// the breaks (RFC 2045 §6.8). The token's characters here straddle a break.
+#[tokio::test]
+async fn a_caller_token_in_base64_wrapped_into_lines_is_refused() {
+    use base64::Engine as _;
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let standard = base64::engine::general_purpose::STANDARD;
+    // 45 bytes before the token put its characters at columns 60 to 122: the first break cuts
+    // them.
+    let notes = format!(
+        "notes for all the billing jobs\nPOSTERN_TOKEN={}\n",
+        gw.token
+    );
+    assert_eq!(notes.find("pst_"), Some(45));
+    let wrap = |notes: &str, brk: &str| {
+        let text = standard.encode(notes);
+        let lines: Vec<&str> = text
+            .as_bytes()
+            .chunks(76)
+            .map(|line| std::str::from_utf8(line).unwrap())
+            .collect();
+        lines.join(brk)
+    };
+    let text = standard.encode(&notes);
+    assert!(
+        !wrap(&notes, "\r\n").contains(&text[70..90]),
+        "a break cuts the token"
+    );
+    let bodies = [
+        format!(
+            "From: a@example.com\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+            wrap(&notes, "\r\n")
+        ),
+        format!(
+            "{{\"attachments\": [{{\"content\": \"{}\", \"filename\": \"notes.txt\"}}]}}",
+            wrap(&notes, "\\r\\n")
+        ),
+        format!(
+            "to=a@example.com&attachment={}&x=1",
+            wrap(&notes, "%0D%0A")
+        ),
+    ];
+    for body in bodies {
+        refused_whole_and_in_pieces(&gw, &vendor, "identity", body.as_bytes()).await;
+    }
+    // Wrapped base64 that holds no token goes through.
+    let clean = notes.replace(&gw.token, "(ask the vault)");
+    let response = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("attachment={}", wrap(&clean, "%0D%0A")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    gw.stop().await;
+}
+
 /// Each streamed body refused mid-way resets its stream on the worker's h2 connection to the
 /// vendor, and a vendor defending itself against rapid reset by counting resets may close a
 /// connection with too many (the test vendor does not: this shows the retirement): after
