@@ -291,8 +291,8 @@ impl TokenReading {
         })
     }
 
-    /// Whether more could complete a token in what was read, as it reads or with its escapes
-    /// undone.
+    /// Whether more could complete a token in what was read, as it reads, with its escapes
+    /// undone or with its line breaks left out.
     fn in_progress(&self, needles: &Needles) -> bool {
         self.seen.in_progress(needles) || self.escaped_in_progress(needles)
     }
@@ -683,9 +683,10 @@ impl ForwardBody {
 
     /// Whether what the body decodes to so far ends with the start of a token
     /// ([`Decoding::token_in_progress`]), or what it reads as with its escapes undone does
-    /// ([`EscapedToken::in_progress`]): which bytes as sent hold that start cannot be told (a
-    /// compressed body) or it may be written in many more bytes than its own length (escapes),
-    /// so every frame since it may have begun is held back.
+    /// ([`EscapedToken::in_progress`]), or with its line breaks left out
+    /// ([`Unwrapped::in_progress`]): which bytes as sent hold that start cannot be told (a
+    /// compressed body) or it may be written in many more bytes than its own length (escapes,
+    /// breaks), so every frame since it may have begun is held back.
     fn token_in_progress(&self) -> bool {
         self.search
             .as_deref()

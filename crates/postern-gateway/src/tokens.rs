@@ -123,7 +123,15 @@ struct Mine {
     encoded: Vec<zeroize::Zeroizing<Vec<u8>>>,
     /// How many of `encoded` are base64 forms (those [`Unwrapped`] looks for).
     base64: usize,
+    /// For each base64 form, how many of its first characters encode the prefix alone (none
+    /// for a token without it): public, so [`Unwrapped`] need not hold them back.
+    public: Vec<usize>,
 }
+
+/// The prefix inside base64 text, at each of the three places in a 3-byte group: the
+/// characters made of its bits alone, with which the token's base64 form from that place
+/// begins ([`base64_forms`]).
+const PREFIX_IN_BASE64: [&[u8]; 3] = [b"cHN0X", b"BzdF", b"wc3Rf"];
 
 thread_local! {
     /// The last caller token this thread searched a body for, with its forms: zeroized when
@@ -136,11 +144,22 @@ impl Mine {
     fn new(own: &[u8]) -> Self {
         let mut encoded = base64_forms(own);
         let base64 = encoded.len();
+        let public = encoded
+            .iter()
+            .map(|form| match own.starts_with(PREFIX) {
+                true => PREFIX_IN_BASE64
+                    .iter()
+                    .find(|prefix| form.starts_with(prefix))
+                    .map_or(0, |prefix| prefix.len()),
+                false => 0,
+            })
+            .collect();
         encoded.extend(utf16_forms(own).into_iter().filter(|form| !form.is_empty()));
         Mine {
             own: zeroize::Zeroizing::new(own.to_vec()),
             encoded,
             base64,
+            public,
         }
     }
 
@@ -268,6 +287,11 @@ impl Needles {
         self.mine
             .as_deref()
             .map_or(&[], |mine| &mine.encoded[..mine.base64])
+    }
+
+    /// For each of [`Needles::base64`], how many of its first characters are public.
+    fn public(&self) -> &[usize] {
+        self.mine.as_deref().map_or(&[], |mine| &mine.public)
     }
 
     /// Whether `bytes`, a whole text (its start and end bound a run), hold the caller's token
@@ -571,14 +595,19 @@ impl Unwrapped {
     }
 
     /// Whether what was read with the breaks left out ends with the start of a base64 form of
-    /// the caller's token that a break splits, or that an escape begun may split: more of the
-    /// body could complete it, and nothing as sent shows where it began.
+    /// the caller's token that a break splits, or that an escape begun may split, and that
+    /// holds more than the characters that encode the prefix alone: more of the body could
+    /// complete it, and nothing as sent shows where it began. (A start no longer than those is
+    /// public, and a message that ends in a line break after a `c`, `B` or `w` is not held.)
     pub(crate) fn in_progress(&self, needles: &Needles) -> bool {
-        needles.base64().iter().any(|form| {
-            let started = started(&self.tail, form) as u64;
-            started > 0
+        let forms = needles.base64().iter().zip(needles.public());
+        forms.into_iter().any(|(form, &public)| {
+            let started = started(&self.tail, form);
+            started > public
                 && (!self.partial.is_empty()
-                    || self.last_break.is_some_and(|at| at + started > self.read))
+                    || self
+                        .last_break
+                        .is_some_and(|at| at + started as u64 > self.read))
         })
     }
 }
@@ -800,20 +829,27 @@ mod tests {
                 }
             }
         }
-        // The whole of a form cut by a break is held back until the piece that decides it; a
-        // form's start that no break cuts is left to the reading as sent ([`Seen::pending`]).
+        // A message that ends in a break after what encodes the prefix alone is not held: the
+        // vendor learns nothing of the token from it.
+        for public in PREFIX_IN_BASE64 {
+            let text = [b"x ", public, b"\r\n"].concat();
+            assert_eq!(found_unwrapped(&needles, &[&text]), (false, false));
+        }
+        // The whole of a form cut by a break past its public start (here 7 characters in) is
+        // held back until the piece that decides it; a form's start that no break cuts is left
+        // to the reading as sent ([`Seen::pending`]).
         let text = base64::engine::general_purpose::STANDARD.encode(own);
         let form = base64_forms(own)[0].to_vec();
         let at = memmem::find(text.as_bytes(), &form).unwrap();
         let cut = &text[..at + 10];
         for brk in ["\n", "\\n", "%0A"] {
-            let body = format!("{}{brk}{}", &cut[..at + 5], &cut[at + 5..]);
+            let body = format!("{}{brk}{}", &cut[..at + 7], &cut[at + 7..]);
             assert_eq!(
                 found_unwrapped(&needles, &[body.as_bytes()]),
                 (false, true),
                 "{brk}"
             );
-            let ends_in_a_break = format!("{}{brk}", &cut[..at + 5]);
+            let ends_in_a_break = format!("{}{brk}", &cut[..at + 7]);
             assert_eq!(
                 found_unwrapped(&needles, &[ends_in_a_break.as_bytes()]),
                 (false, true)
@@ -825,21 +861,46 @@ mod tests {
         );
         // An escape that may begin a break holds a form's start back until it is decided.
         assert_eq!(
-            found_unwrapped(&needles, &[format!("{}%0", &cut[..at + 5]).as_bytes()]),
+            found_unwrapped(&needles, &[format!("{}%0", &cut[..at + 7]).as_bytes()]),
             (false, true)
         );
         assert_eq!(
             found_unwrapped(
                 &needles,
-                &[format!("{}%0", &cut[..at + 5]).as_bytes(), b"9 "]
+                &[format!("{}%0", &cut[..at + 7]).as_bytes(), b"9 "]
             ),
             (false, false)
+        );
+        // A token without the prefix has no public start: one character is held.
+        let other = Needles::new(Some(b"sk-not-a-postern-shape-0123456789"));
+        let first = base64_forms(b"sk-not-a-postern-shape-0123456789")[0][0];
+        assert_eq!(
+            found_unwrapped(&other, &[&[b' ', first, b'\n']]),
+            (false, true)
         );
         // A caller without a token of its own has no form to look for.
         assert_eq!(
             found_unwrapped(&Needles::new(None), &[b"a\nb"]),
             (false, false)
         );
+    }
+
+    #[test]
+    fn the_prefix_in_base64_is_what_every_form_of_a_postern_token_begins_with() {
+        use base64::Engine as _;
+        assert_eq!(PREFIX, b"pst_", "PREFIX_IN_BASE64 is made for this prefix");
+        let token = token();
+        let forms = base64_forms(&token);
+        for (place, prefix) in PREFIX_IN_BASE64.iter().enumerate() {
+            assert!(forms.iter().any(|form| form.starts_with(prefix)), "{place}");
+            // Whatever bytes stand around it, the prefix at this place is so written.
+            for around in [0u8, 0x55, 0xaa, 0xff] {
+                let plain = [&vec![around; place][..], PREFIX, &[around; 2]].concat();
+                let text = base64::engine::general_purpose::STANDARD.encode(&plain);
+                let first = (8 * place).div_ceil(6);
+                assert_eq!(&text.as_bytes()[first..first + prefix.len()], *prefix);
+            }
+        }
     }
 
     #[test]
