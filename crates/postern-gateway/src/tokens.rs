@@ -493,6 +493,14 @@ pub(crate) struct Unwrapped {
     out: Vec<u8>,
 }
 
+/// Where the first `%0` at or after `from` in `bytes` is, if any (where a percent-encoded
+/// break may begin; `%` is found by memchr, with no searcher built for a short needle).
+fn percent_zero(bytes: &[u8], from: usize) -> Option<usize> {
+    memchr::memchr_iter(b'%', &bytes[from..])
+        .map(|at| from + at)
+        .find(|&at| bytes.get(at + 1) == Some(&b'0'))
+}
+
 impl Unwrapped {
     /// Reads `piece`, searched as it stands already with nothing found ([`Seen::read`] or
     /// [`Needles::in_whole`]): whether a base64 form of the caller's token that a line break
@@ -504,7 +512,7 @@ impl Unwrapped {
         };
         let candidates = !self.partial.is_empty()
             || memchr::memchr3(b'\r', b'\n', b'\\', piece).is_some()
-            || memmem::find(piece, b"%0").is_some()
+            || percent_zero(piece, 0).is_some()
             || piece.last() == Some(&b'%');
         let in_tail = |tail: &[u8]| forms.iter().any(|form| crate::proxy::contains(tail, form));
         if candidates && self.unwrap(piece) {
@@ -554,11 +562,11 @@ impl Unwrapped {
         let mut broke = false;
         let mut at = 0;
         // The next places that may begin a break, each found again once passed.
-        let mut percent = memmem::find(input, b"%0");
+        let mut percent = percent_zero(input, 0);
         let mut other = memchr::memchr3(b'\r', b'\n', b'\\', input);
         loop {
             if percent.is_some_and(|p| p < at) {
-                percent = memmem::find(&input[at..], b"%0").map(|p| p + at);
+                percent = percent_zero(input, at);
             }
             if other.is_some_and(|p| p < at) {
                 other = memchr::memchr3(b'\r', b'\n', b'\\', &input[at..]).map(|p| p + at);
