@@ -317,7 +317,7 @@ pub(crate) fn whole_holds_a_token(needles: &Needles, bytes: &[u8], escapes: bool
             let mut escaped = EscapedToken::new();
             escaped.read(needles, bytes)
                 || escaped.ends_in_token(needles)
-                || Unwrapped::default().read(needles, bytes)
+                || Unwrapped::in_whole(needles, bytes)
         }
 }
 

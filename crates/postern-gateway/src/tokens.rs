@@ -501,7 +501,21 @@ fn percent_zero(bytes: &[u8], from: usize) -> Option<usize> {
         .find(|&at| bytes.get(at + 1) == Some(&b'0'))
 }
 
+/// Whether `bytes` hold what may begin a line break as [`Unwrapped`] reads them.
+fn may_break(bytes: &[u8]) -> bool {
+    memchr::memchr3(b'\r', b'\n', b'\\', bytes).is_some()
+        || percent_zero(bytes, 0).is_some()
+        || bytes.last() == Some(&b'%')
+}
+
 impl Unwrapped {
+    /// Whether `bytes`, a whole text searched as it stands already with nothing found
+    /// ([`Needles::in_whole`]), hold a base64 form of the caller's token that a line break
+    /// splits. A text with no break is not read again (nor copied).
+    pub(crate) fn in_whole(needles: &Needles, bytes: &[u8]) -> bool {
+        may_break(bytes) && Unwrapped::default().read(needles, bytes)
+    }
+
     /// Reads `piece`, searched as it stands already with nothing found ([`Seen::read`] or
     /// [`Needles::in_whole`]): whether a base64 form of the caller's token that a line break
     /// splits now stands in what was read.
@@ -510,10 +524,7 @@ impl Unwrapped {
         let Some(keep) = forms.iter().map(|form| form.len() - 1).max() else {
             return false;
         };
-        let candidates = !self.partial.is_empty()
-            || memchr::memchr3(b'\r', b'\n', b'\\', piece).is_some()
-            || percent_zero(piece, 0).is_some()
-            || piece.last() == Some(&b'%');
+        let candidates = !self.partial.is_empty() || may_break(piece);
         let in_tail = |tail: &[u8]| forms.iter().any(|form| crate::proxy::contains(tail, form));
         if candidates && self.unwrap(piece) {
             // A break was left out: all of the piece is searched, after the tail.
