@@ -21,7 +21,7 @@ use crate::echo::{Cut, EchoFilter, Filtered};
 use crate::escapes::EscapedToken;
 use crate::overrides::OverrideScan;
 use crate::record::PendingRecord;
-use crate::tokens::{Needles, Seen, Unwrapped};
+use crate::tokens::{Base64Shaped, Needles, Seen, Unwrapped};
 use crate::upstream::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -264,31 +264,47 @@ struct TokenReading {
     /// The reading read with its percent-encoding and JSON escapes undone ([`EscapedToken`]),
     /// and with its line breaks left out ([`Unwrapped`]); not for a body as sent that has a
     /// coding (what a vendor undoing escapes reads is its decoding, read so in [`Decoding`]).
-    escaped: Option<(EscapedToken, Unwrapped)>,
+    /// And decoded where a `postern`-made token's prefix stands base64'd ([`Base64Shaped`]).
+    escaped: Option<(EscapedToken, Unwrapped, Base64Shaped)>,
 }
 
 impl TokenReading {
     fn new(escaped: bool) -> Self {
         TokenReading {
             seen: Seen::default(),
-            escaped: escaped.then(|| (EscapedToken::new(), Unwrapped::default())),
+            escaped: escaped.then(|| {
+                (
+                    EscapedToken::new(),
+                    Unwrapped::default(),
+                    Base64Shaped::default(),
+                )
+            }),
         }
     }
 
     /// Reads the next `piece`: whether a token now stands in what was read.
     fn read(&mut self, needles: &Needles, piece: &[u8]) -> bool {
         self.seen.read(needles, piece)
-            || self.escaped.as_mut().is_some_and(|(escaped, unwrapped)| {
-                escaped.read(needles, piece) || unwrapped.read(needles, piece)
-            })
+            || self
+                .escaped
+                .as_mut()
+                .is_some_and(|(escaped, unwrapped, shaped)| {
+                    escaped.read(needles, piece)
+                        || unwrapped.read(needles, piece)
+                        || shaped.read(piece)
+                })
     }
 
-    /// Whether more could complete a token in what was read with its escapes undone or its
-    /// line breaks left out.
+    /// Whether more could complete a token in what was read with its escapes undone, its
+    /// line breaks left out, or base64 decoded.
     fn escaped_in_progress(&self, needles: &Needles) -> bool {
-        self.escaped.as_ref().is_some_and(|(escaped, unwrapped)| {
-            escaped.in_progress(needles) || unwrapped.in_progress(needles)
-        })
+        self.escaped
+            .as_ref()
+            .is_some_and(|(escaped, unwrapped, shaped)| {
+                escaped.in_progress(needles)
+                    || unwrapped.in_progress(needles)
+                    || shaped.in_progress()
+            })
     }
 
     /// Whether more could complete a token in what was read, as it reads, with its escapes
@@ -300,10 +316,9 @@ impl TokenReading {
     /// Whether the reading, ending here, ends with a token.
     fn ends_in_token(&self, needles: &Needles) -> bool {
         self.seen.ends_in_token(needles)
-            || self
-                .escaped
-                .as_ref()
-                .is_some_and(|(escaped, _)| escaped.ends_in_token(needles))
+            || self.escaped.as_ref().is_some_and(|(escaped, _, shaped)| {
+                escaped.ends_in_token(needles) || shaped.ends_in_token()
+            })
     }
 }
 
@@ -318,6 +333,7 @@ pub(crate) fn whole_holds_a_token(needles: &Needles, bytes: &[u8], escapes: bool
             escaped.read(needles, bytes)
                 || escaped.ends_in_token(needles)
                 || Unwrapped::in_whole(needles, bytes)
+                || Base64Shaped::in_whole(bytes)
         }
 }
 

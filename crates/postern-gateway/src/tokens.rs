@@ -631,6 +631,179 @@ impl Unwrapped {
     }
 }
 
+/// What a search for a `postern`-made token base64'd keeps of what it read: a window's
+/// widest span ([`base64_shaped_at`]: the group before, and the groups from the prefix's to
+/// the one holding the byte after the token).
+const BASE64_SPAN: usize = 4 + window_chars(2);
+
+/// How many characters from the group where the prefix stands at `place` to the end of the
+/// group that holds the byte after the token.
+const fn window_chars(place: usize) -> usize {
+    ((place + TOKEN_LEN) / 3 + 1) * 4
+}
+
+static PREFIX_IN_BASE64_FINDERS: LazyLock<[memmem::Finder<'static>; 3]> =
+    LazyLock::new(|| PREFIX_IN_BASE64.map(memmem::Finder::new));
+
+/// The 6 bits a base64 character stands for, in either alphabet (standard or URL-safe).
+fn sextet(c: u8) -> Option<u8> {
+    Some(match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' | b'-' => 62,
+        b'/' | b'_' => 63,
+        _ => return None,
+    })
+}
+
+/// How a `postern`-made token base64'd stands where `bytes` hold the prefix's form for `place`
+/// ([`PREFIX_IN_BASE64`]) at `at`: decoded from the group before the prefix's (when the base64
+/// text has one) to the group holding the byte after the token, it must read as a token-shaped
+/// run does ([`run_at`]). `start`: `bytes` begin where the text may (a body's first byte);
+/// `ended`: they end where the text does (a body's last). `Open` while what is read so far
+/// cannot tell; `Not` as well where the text's groups cannot be told from here (a seam's
+/// search, which has the bytes before, tells).
+fn base64_shaped_at(bytes: &[u8], at: usize, place: usize, start: bool, ended: bool) -> Run {
+    // The prefix's group: `place` bytes of it before the prefix, written in as many
+    // characters before the form.
+    let before = [0, 2, 3][place];
+    let Some(group) = at.checked_sub(before) else {
+        return Run::Not;
+    };
+    if bytes[group..at].iter().any(|&c| sextet(c).is_none()) {
+        return Run::Not;
+    }
+    let run_before = bytes[..group]
+        .iter()
+        .rev()
+        .take(4)
+        .take_while(|&&c| sextet(c).is_some())
+        .count();
+    // The text begins at the prefix's group (so a token at its first byte stands on its own),
+    // or a whole group before it is read too (for the byte before the token).
+    let from = match run_before {
+        4 => group - 4,
+        0 if group > 0 || start => group,
+        _ => return Run::Not,
+    };
+    let lead = (group - from) / 4 * 3;
+    // The groups up to the one holding the byte after the token.
+    let wanted = group + window_chars(place);
+    let mut decoded = [0u8; BASE64_SPAN / 4 * 3];
+    let (mut len, mut bits, mut held) = (0, 0u32, 0);
+    let mut at_end = false;
+    for (i, &c) in bytes[from..].iter().enumerate() {
+        if from + i == wanted {
+            break;
+        }
+        let Some(value) = sextet(c) else {
+            at_end = true;
+            break;
+        };
+        bits = bits << 6 | u32::from(value);
+        held += 6;
+        if held >= 8 {
+            held -= 8;
+            decoded[len] = (bits >> held) as u8;
+            len += 1;
+        }
+    }
+    // The text ended before the window did (a character that is none of base64's, padding, or
+    // the end of what was read when that is the body's end).
+    let closed = at_end || (bytes.len() < wanted && ended);
+    let decoded = &decoded[..len];
+    let token_at = lead + place;
+    if decoded.len() < token_at + PREFIX.len() {
+        return if closed { Run::Not } else { Run::Open(0) };
+    }
+    if !decoded[token_at..].starts_with(PREFIX) || !starts_run(decoded, token_at, true) {
+        return Run::Not;
+    }
+    match run_at(decoded, token_at) {
+        Run::Open(n) if n == TOKEN_RANDOM_CHARS && closed => Run::Token,
+        Run::Open(_) if closed => Run::Not,
+        run => run,
+    }
+}
+
+/// One reading of a body searched as it streams for a token `postern` made that is base64'd:
+/// another caller's `Basic` credential, a document holding one encoded whole. Where the
+/// prefix's form stands ([`PREFIX_IN_BASE64`]: fixed, whatever surrounds it) the text around
+/// it is decoded and read as a token-shaped run is ([`base64_shaped_at`]). The caller's own
+/// token is found so by its own forms ([`Needles`]); this finds any.
+#[derive(Default, Clone)]
+pub(crate) struct Base64Shaped {
+    /// The last [`BASE64_SPAN`] bytes read.
+    tail: Vec<u8>,
+    /// Whether `tail` holds all that was read (the body's first byte is in it).
+    from_start: bool,
+    /// Whether a byte was read.
+    begun: bool,
+}
+
+impl Base64Shaped {
+    /// Whether `bytes`, a whole text, hold a token `postern` made, base64'd.
+    pub(crate) fn in_whole(bytes: &[u8]) -> bool {
+        Self::decided(bytes, true, true).0
+    }
+
+    /// Searches `bytes` at each place the prefix's form stands: whether a token stands
+    /// decided, and whether one is still open.
+    fn decided(bytes: &[u8], start: bool, ended: bool) -> (bool, bool) {
+        let mut open = false;
+        for (place, finder) in PREFIX_IN_BASE64_FINDERS.iter().enumerate() {
+            for at in finder.find_iter(bytes) {
+                match base64_shaped_at(bytes, at, place, start, ended) {
+                    Run::Token => return (true, false),
+                    Run::Open(_) => open = true,
+                    Run::Not => {}
+                }
+            }
+        }
+        (false, open)
+    }
+
+    /// Reads `piece` after what was read before: whether a token base64'd now stands decided.
+    pub(crate) fn read(&mut self, piece: &[u8]) -> bool {
+        if !self.begun {
+            self.begun = true;
+            self.from_start = true;
+        }
+        // Across the seam: the tail and enough of the piece to end any window begun in it.
+        let before = self.tail.len();
+        self.tail
+            .extend_from_slice(&piece[..piece.len().min(BASE64_SPAN)]);
+        let (across, _) = Self::decided(&self.tail, self.from_start, false);
+        self.tail.truncate(before);
+        // Inside the piece: windows whose groups it shows (those at its start, the seam's).
+        let inside = !across && Self::decided(piece, false, false).0;
+        if piece.len() >= BASE64_SPAN {
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(&piece[piece.len() - BASE64_SPAN..]);
+            self.from_start = false;
+        } else {
+            self.tail.extend_from_slice(piece);
+            let excess = self.tail.len().saturating_sub(BASE64_SPAN);
+            self.tail.drain(..excess);
+            self.from_start &= excess == 0;
+        }
+        across || inside
+    }
+
+    /// Whether what was read ends inside a window that more of the body decides: from the
+    /// prefix's form on, what follows it is the token's own characters, held back.
+    pub(crate) fn in_progress(&self) -> bool {
+        Self::decided(&self.tail, self.from_start, false).1
+    }
+
+    /// Whether the body, ending after what was read, ends with a token base64'd.
+    pub(crate) fn ends_in_token(&self) -> bool {
+        Self::decided(&self.tail, self.from_start, true).0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -920,6 +1093,96 @@ mod tests {
                 assert_eq!(&text.as_bytes()[first..first + prefix.len()], *prefix);
             }
         }
+    }
+
+    /// Reads `pieces` in turn for a token `postern` made, base64'd: whether one was found in a
+    /// piece or at the end, and whether the last piece left one open.
+    fn base64_shaped_in(pieces: &[&[u8]]) -> (bool, bool) {
+        let mut shaped = Base64Shaped::default();
+        let found = pieces.iter().any(|piece| shaped.read(piece));
+        let open = !found && shaped.in_progress();
+        (found || shaped.ends_in_token(), open)
+    }
+
+    #[test]
+    fn any_postern_token_base64d_is_found_however_split_and_nothing_like_one() {
+        use base64::Engine as _;
+        let engines = [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
+        let mut fuzz = crate::fuzz::Fuzz(0x9e37_79b9_7f4a_7c15);
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for case in 0..400 {
+            let token: Vec<u8> = PREFIX
+                .iter()
+                .copied()
+                .chain((0..TOKEN_RANDOM_CHARS).map(|_| alphabet[fuzz.next() as usize % 64]))
+                .collect();
+            // What stands around it: nothing, or bytes that end a run.
+            let before: &[u8] = [&b""[..], b"AC42:", b"{\"k\":\"", b" "][case % 4];
+            let after: &[u8] = [&b""[..], b"\"}", b":x", b"\n"][case / 4 % 4];
+            let plain = [before, &token[..], after].concat();
+            let engine = &engines[case % 2];
+            let body = format!("{{\"auth\": \"Basic {}\"}}", engine.encode(&plain));
+            let body = body.as_bytes();
+            assert!(
+                Base64Shaped::in_whole(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            for split in (0..=body.len()).step_by(1 + case % 5) {
+                assert!(
+                    base64_shaped_in(&[&body[..split], &body[split..]]).0,
+                    "{} split at {split}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+            let pieces: Vec<&[u8]> = body.chunks(1 + case % 9).collect();
+            assert!(base64_shaped_in(&pieces).0);
+            // The text alone, ending where the token does.
+            let alone = engine.encode([before, &token[..]].concat());
+            assert!(Base64Shaped::in_whole(alone.as_bytes()), "{alone}");
+            // One character more, or a base64url byte before it: not a token.
+            for near in [
+                [before, &token[..], b"A"].concat(),
+                [b"x", &token[..], after].concat(),
+                [before, &token[..TOKEN_LEN - 1], after].concat(),
+            ] {
+                let text = engine.encode(&near);
+                assert!(!Base64Shaped::in_whole(text.as_bytes()), "{near:?}");
+                let pieces: Vec<&[u8]> = text.as_bytes().chunks(1 + case % 7).collect();
+                assert!(!base64_shaped_in(&pieces).0, "{near:?}");
+            }
+        }
+        // Random bytes base64'd hold none (the prefix's forms turn up by chance here and there).
+        let random: Vec<u8> = (0..200_000).map(|_| fuzz.next() as u8).collect();
+        let text = base64::engine::general_purpose::STANDARD.encode(&random);
+        assert!(!Base64Shaped::in_whole(text.as_bytes()));
+    }
+
+    #[test]
+    fn a_base64d_token_is_open_from_its_prefix_until_decided() {
+        use base64::Engine as _;
+        let token = token();
+        let text =
+            base64::engine::general_purpose::STANDARD.encode([b" ", &token[..], b" "].concat());
+        let at = PREFIX_IN_BASE64_FINDERS
+            .iter()
+            .find_map(|finder| finder.find(text.as_bytes()))
+            .unwrap();
+        let body = text.as_bytes();
+        // Before the prefix's form is whole nothing of the token is read: nothing is held.
+        assert_eq!(base64_shaped_in(&[&body[..at + 2]]), (false, false));
+        // From it on, until the byte after the token.
+        for end in at + 6..body.len() - 4 {
+            assert_eq!(base64_shaped_in(&[&body[..end]]), (false, true), "{end}");
+        }
+        assert_eq!(base64_shaped_in(&[body]), (true, false));
+        // A run that goes on past the token is decided once it does.
+        let longer =
+            base64::engine::general_purpose::STANDARD.encode([&token[..], b"AAAA"].concat());
+        assert_eq!(base64_shaped_in(&[longer.as_bytes()]), (false, false));
     }
 
     #[test]

@@ -3112,7 +3112,8 @@ async fn a_caller_token_written_with_escapes_in_a_body_is_refused() {
 }
 
 /// The caller's token inside base64 text in a body — a `Basic` credential in a JSON document,
-/// a document base64'd whole (URL-safe), inside a gzip body — or in a UTF-16 body is refused,
+/// a document base64'd whole (URL-safe), inside a gzip body — or in a UTF-16 body, and another
+/// caller's `postern`-made token base64'd (in a `Basic` credential, or alone), are refused,
 /// whole or streamed in 7-byte pieces; the vendor never has the body.
 #[tokio::test]
 async fn a_caller_token_base64d_or_in_utf16_in_a_body_is_refused() {
@@ -3123,7 +3124,15 @@ async fn a_caller_token_base64d_or_in_utf16_in_a_body_is_refused() {
     let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let basic = standard.encode(format!("AC42:{}", gw.token));
     let document = url_safe.encode(format!("{{\"api_key\": \"{}\"}}", gw.token));
+    // Another caller's token, which no form of this caller's finds.
+    let other = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
+    let others = standard.encode(format!("AC42:{other}"));
     let bodies = [
+        (
+            "identity",
+            format!("{{\"webhook\": {{\"authorization\": \"Basic {others}\"}}}}"),
+        ),
+        ("gzip", format!("key={}", url_safe.encode(&other))),
         (
             "identity",
             format!("{{\"webhook\": {{\"headers\": {{\"authorization\": \"Basic {basic}\"}}}}}}"),
