@@ -658,13 +658,14 @@ fn sextet(c: u8) -> Option<u8> {
 }
 
 /// How a `postern`-made token base64'd stands where `bytes` hold the prefix's form for `place`
-/// ([`PREFIX_IN_BASE64`]) at `at`: decoded from the group before the prefix's (when the base64
-/// text has one) to the group holding the byte after the token, it must read as a token-shaped
-/// run does ([`run_at`]). `start`: `bytes` begin where the text may (a body's first byte);
-/// `ended`: they end where the text does (a body's last). `Open` while what is read so far
-/// cannot tell; `Not` as well where the text's groups cannot be told from here (a seam's
-/// search, which has the bytes before, tells).
-fn base64_shaped_at(bytes: &[u8], at: usize, place: usize, start: bool, ended: bool) -> Run {
+/// ([`PREFIX_IN_BASE64`]) at `at`: decoded from the prefix's group to the group holding the
+/// byte after the token, it must read as a token-shaped run does ([`run_at`]). Where the text
+/// may hold a group before the prefix's (four base64 characters stand there), it is read both
+/// with that group (whose last byte, before a token first in its group, must end a run) and as
+/// beginning at the prefix's group (a text after a `/`, say, of which those characters are
+/// not): a token either way is one. `ended`: `bytes` end where the text does (a body's last).
+/// `Open` while what is read so far cannot tell.
+fn base64_shaped_at(bytes: &[u8], at: usize, place: usize, ended: bool) -> Run {
     // The prefix's group: `place` bytes of it before the prefix, written in as many
     // characters before the form.
     let before = [0, 2, 3][place];
@@ -674,19 +675,21 @@ fn base64_shaped_at(bytes: &[u8], at: usize, place: usize, start: bool, ended: b
     if bytes[group..at].iter().any(|&c| sextet(c).is_none()) {
         return Run::Not;
     }
-    let run_before = bytes[..group]
-        .iter()
-        .rev()
-        .take(4)
-        .take_while(|&&c| sextet(c).is_some())
-        .count();
-    // The text begins at the prefix's group (so a token at its first byte stands on its own),
-    // or a whole group before it is read too (for the byte before the token).
-    let from = match run_before {
-        4 => group - 4,
-        0 if group > 0 || start => group,
-        _ => return Run::Not,
-    };
+    let with_group_before =
+        bytes[..group].len() >= 4 && bytes[group - 4..group].iter().all(|&c| sextet(c).is_some());
+    let alone = decoded_run(bytes, group, group, place, ended);
+    if alone == Run::Token || !with_group_before {
+        return alone;
+    }
+    match decoded_run(bytes, group - 4, group, place, ended) {
+        Run::Not => alone,
+        run => run,
+    }
+}
+
+/// [`base64_shaped_at`]'s reading of the text decoded from `from` (the prefix's `group`, or the
+/// group before it).
+fn decoded_run(bytes: &[u8], from: usize, group: usize, place: usize, ended: bool) -> Run {
     let lead = (group - from) / 4 * 3;
     // The groups up to the one holding the byte after the token.
     let wanted = group + window_chars(place);
@@ -736,25 +739,21 @@ fn base64_shaped_at(bytes: &[u8], at: usize, place: usize, start: bool, ended: b
 pub(crate) struct Base64Shaped {
     /// The last [`BASE64_SPAN`] bytes read.
     tail: Vec<u8>,
-    /// Whether `tail` holds all that was read (the body's first byte is in it).
-    from_start: bool,
-    /// Whether a byte was read.
-    begun: bool,
 }
 
 impl Base64Shaped {
     /// Whether `bytes`, a whole text, hold a token `postern` made, base64'd.
     pub(crate) fn in_whole(bytes: &[u8]) -> bool {
-        Self::decided(bytes, true, true).0
+        Self::decided(bytes, true).0
     }
 
     /// Searches `bytes` at each place the prefix's form stands: whether a token stands
     /// decided, and whether one is still open.
-    fn decided(bytes: &[u8], start: bool, ended: bool) -> (bool, bool) {
+    fn decided(bytes: &[u8], ended: bool) -> (bool, bool) {
         let mut open = false;
         for (place, finder) in PREFIX_IN_BASE64_FINDERS.iter().enumerate() {
             for at in finder.find_iter(bytes) {
-                match base64_shaped_at(bytes, at, place, start, ended) {
+                match base64_shaped_at(bytes, at, place, ended) {
                     Run::Token => return (true, false),
                     Run::Open(_) => open = true,
                     Run::Not => {}
@@ -766,28 +765,22 @@ impl Base64Shaped {
 
     /// Reads `piece` after what was read before: whether a token base64'd now stands decided.
     pub(crate) fn read(&mut self, piece: &[u8]) -> bool {
-        if !self.begun {
-            self.begun = true;
-            self.from_start = true;
-        }
         // Across the seam: the tail and enough of the piece to end any window begun in it.
         let before = self.tail.len();
         self.tail
             .extend_from_slice(&piece[..piece.len().min(BASE64_SPAN)]);
-        let (across, _) = Self::decided(&self.tail, self.from_start, false);
+        let (across, _) = Self::decided(&self.tail, false);
         self.tail.truncate(before);
         // Inside the piece: windows whose groups it shows (those at its start, the seam's).
-        let inside = !across && Self::decided(piece, false, false).0;
+        let inside = !across && Self::decided(piece, false).0;
         if piece.len() >= BASE64_SPAN {
             self.tail.clear();
             self.tail
                 .extend_from_slice(&piece[piece.len() - BASE64_SPAN..]);
-            self.from_start = false;
         } else {
             self.tail.extend_from_slice(piece);
             let excess = self.tail.len().saturating_sub(BASE64_SPAN);
             self.tail.drain(..excess);
-            self.from_start &= excess == 0;
         }
         across || inside
     }
@@ -795,12 +788,12 @@ impl Base64Shaped {
     /// Whether what was read ends inside a window that more of the body decides: from the
     /// prefix's form on, what follows it is the token's own characters, held back.
     pub(crate) fn in_progress(&self) -> bool {
-        Self::decided(&self.tail, self.from_start, false).1
+        Self::decided(&self.tail, false).1
     }
 
     /// Whether the body, ending after what was read, ends with a token base64'd.
     pub(crate) fn ends_in_token(&self) -> bool {
-        Self::decided(&self.tail, self.from_start, true).0
+        Self::decided(&self.tail, true).0
     }
 }
 
@@ -1153,6 +1146,17 @@ mod tests {
                 assert!(!Base64Shaped::in_whole(text.as_bytes()), "{near:?}");
                 let pieces: Vec<&[u8]> = text.as_bytes().chunks(1 + case % 7).collect();
                 assert!(!base64_shaped_in(&pieces).0, "{near:?}");
+            }
+        }
+        // A text after a `/` (a path segment), or after one to four base64 characters that are
+        // not its own, whose first group holds the token.
+        let token = [PREFIX, &[b'Q'; TOKEN_RANDOM_CHARS][..]].concat();
+        for engine in &engines {
+            let text = engine.encode(&token);
+            for lead in ["/", "+", "-", "_", "ab", "abc", "x/", "mest", "/v1/keys/"] {
+                let body = format!("{{\"u\": \"https://h/hook{lead}{text}\"}}");
+                assert!(Base64Shaped::in_whole(body.as_bytes()), "{body}");
+                assert!(base64_shaped_in(&body.as_bytes().chunks(5).collect::<Vec<_>>()).0);
             }
         }
         // Random bytes base64'd hold none (the prefix's forms turn up by chance here and there).
