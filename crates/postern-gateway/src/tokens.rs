@@ -347,6 +347,18 @@ impl Needles {
     }
 }
 
+/// Keeps in `tail`, after `piece` is read, the last `keep` bytes read (only what is kept of
+/// `piece` is copied).
+fn keep_last(tail: &mut Vec<u8>, piece: &[u8], keep: usize) {
+    if piece.len() >= keep {
+        tail.clear();
+        tail.extend_from_slice(&piece[piece.len() - keep..]);
+    } else {
+        tail.extend_from_slice(piece);
+        tail.drain(..tail.len().saturating_sub(keep));
+    }
+}
+
 /// One reading of a body searched as it streams: the last [`Needles::keep`] bytes read.
 #[derive(Default, Clone)]
 pub(crate) struct Seen {
@@ -406,14 +418,7 @@ impl Seen {
 
     /// Reads `piece` without searching it (it is searched elsewhere): only the tail is kept.
     pub(crate) fn skip(&mut self, needles: &Needles, piece: &[u8]) {
-        let keep = needles.keep();
-        if piece.len() >= keep {
-            self.tail.clear();
-            self.tail.extend_from_slice(&piece[piece.len() - keep..]);
-        } else {
-            self.tail.extend_from_slice(piece);
-            self.tail.drain(..self.tail.len().saturating_sub(keep));
-        }
+        keep_last(&mut self.tail, piece, needles.keep());
     }
 
     /// Whether what was read so far ends with what more of the body could complete into the
@@ -544,15 +549,7 @@ impl Unwrapped {
         let found = self.last_break.is_some() && in_tail(&self.tail);
         self.tail.truncate(before);
         self.read += unchanged.len() as u64;
-        if unchanged.len() >= keep {
-            self.tail.clear();
-            self.tail
-                .extend_from_slice(&unchanged[unchanged.len() - keep..]);
-        } else {
-            self.tail.extend_from_slice(unchanged);
-            let excess = self.tail.len().saturating_sub(keep);
-            self.tail.drain(..excess);
-        }
+        keep_last(&mut self.tail, unchanged, keep);
         found
     }
 
@@ -773,15 +770,7 @@ impl Base64Shaped {
         self.tail.truncate(before);
         // Inside the piece: windows whose groups it shows (those at its start, the seam's).
         let inside = !across && Self::decided(piece, false).0;
-        if piece.len() >= BASE64_SPAN {
-            self.tail.clear();
-            self.tail
-                .extend_from_slice(&piece[piece.len() - BASE64_SPAN..]);
-        } else {
-            self.tail.extend_from_slice(piece);
-            let excess = self.tail.len().saturating_sub(BASE64_SPAN);
-            self.tail.drain(..excess);
-        }
+        keep_last(&mut self.tail, piece, BASE64_SPAN);
         across || inside
     }
 
