@@ -21,7 +21,7 @@ use crate::echo::{Cut, EchoFilter, Filtered};
 use crate::escapes::EscapedToken;
 use crate::overrides::OverrideScan;
 use crate::record::PendingRecord;
-use crate::tokens::{Base64Shaped, Needles, Seen, Unwrapped};
+use crate::tokens::{Base64Shaped, Needles, Seen, Unwrapped, Utf16Shaped};
 use crate::upstream::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -264,8 +264,9 @@ struct TokenReading {
     /// The reading read with its percent-encoding and JSON escapes undone ([`EscapedToken`]),
     /// and with its line breaks left out ([`Unwrapped`]); not for a body as sent that has a
     /// coding (what a vendor undoing escapes reads is its decoding, read so in [`Decoding`]).
-    /// And decoded where a `postern`-made token's prefix stands base64'd ([`Base64Shaped`]).
-    escaped: Option<(EscapedToken, Unwrapped, Base64Shaped)>,
+    /// And decoded where a `postern`-made token's prefix stands base64'd ([`Base64Shaped`]) or
+    /// in UTF-16 ([`Utf16Shaped`]).
+    escaped: Option<(EscapedToken, Unwrapped, Base64Shaped, Utf16Shaped)>,
 }
 
 impl TokenReading {
@@ -277,6 +278,7 @@ impl TokenReading {
                     EscapedToken::new(),
                     Unwrapped::default(),
                     Base64Shaped::default(),
+                    Utf16Shaped::default(),
                 )
             }),
         }
@@ -288,22 +290,24 @@ impl TokenReading {
             || self
                 .escaped
                 .as_mut()
-                .is_some_and(|(escaped, unwrapped, shaped)| {
+                .is_some_and(|(escaped, unwrapped, shaped, utf16)| {
                     escaped.read(needles, piece)
                         || unwrapped.read(needles, piece)
                         || shaped.read(piece)
+                        || utf16.read(piece)
                 })
     }
 
     /// Whether more could complete a token in what was read with its escapes undone, its
-    /// line breaks left out, or base64 decoded.
+    /// line breaks left out, base64 decoded, or read as UTF-16.
     fn escaped_in_progress(&self, needles: &Needles) -> bool {
         self.escaped
             .as_ref()
-            .is_some_and(|(escaped, unwrapped, shaped)| {
+            .is_some_and(|(escaped, unwrapped, shaped, utf16)| {
                 escaped.in_progress(needles)
                     || unwrapped.in_progress(needles)
                     || shaped.in_progress()
+                    || utf16.in_progress()
             })
     }
 
@@ -316,9 +320,14 @@ impl TokenReading {
     /// Whether the reading, ending here, ends with a token.
     fn ends_in_token(&self, needles: &Needles) -> bool {
         self.seen.ends_in_token(needles)
-            || self.escaped.as_ref().is_some_and(|(escaped, _, shaped)| {
-                escaped.ends_in_token(needles) || shaped.ends_in_token()
-            })
+            || self
+                .escaped
+                .as_ref()
+                .is_some_and(|(escaped, _, shaped, utf16)| {
+                    escaped.ends_in_token(needles)
+                        || shaped.ends_in_token()
+                        || utf16.ends_in_token()
+                })
     }
 }
 
@@ -334,6 +343,7 @@ pub(crate) fn whole_holds_a_token(needles: &Needles, bytes: &[u8], escapes: bool
                 || escaped.ends_in_token(needles)
                 || Unwrapped::in_whole(needles, bytes)
                 || Base64Shaped::in_whole(bytes)
+                || Utf16Shaped::in_whole(bytes)
         }
 }
 

@@ -786,6 +786,149 @@ impl Base64Shaped {
     }
 }
 
+/// The prefix in UTF-16 as both byte orders hold it: little-endian's `p\0s\0t\0_\0` and
+/// big-endian's `\0p\0s\0t\0_` share these bytes.
+const PREFIX_IN_UTF16: [u8; 7] = *b"p\0s\0t\0_";
+
+static PREFIX_IN_UTF16_FINDER: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(&PREFIX_IN_UTF16));
+
+/// What a search for a `postern`-made token in UTF-16 keeps of what it read: the code unit
+/// before a token, the token's, and the one after it.
+const UTF16_SPAN: usize = 2 * (TOKEN_LEN + 2);
+
+/// How a `postern`-made token in UTF-16 stands where its code units begin at `start` in
+/// `bytes` (`little`: little-endian): read back into ASCII, with the unit before it, as a
+/// token-shaped run is ([`run_at`]); a unit that is not an ASCII character ends the run.
+/// `ended`: `bytes` end where the text does. `bounded`: `bytes` begin where the text does (so
+/// a token at their start has nothing before it). `None` where the unit before it is not in
+/// `bytes` and they do not begin the text: a reading that holds that unit decides.
+fn utf16_shaped_at(
+    bytes: &[u8],
+    start: usize,
+    little: bool,
+    ended: bool,
+    bounded: bool,
+) -> Option<Run> {
+    let unit = |at: usize| -> u8 {
+        let (char, high) = match little {
+            true => (bytes[at], bytes[at + 1]),
+            false => (bytes[at + 1], bytes[at]),
+        };
+        match high {
+            0 => char,
+            // Not ASCII: nothing a run holds.
+            _ => 0xff,
+        }
+    };
+    // The unit before, then the token's units and the one after it.
+    let mut decoded = [0u8; TOKEN_LEN + 2];
+    decoded[0] = match start {
+        2.. => unit(start - 2),
+        // A text that begins with half a unit: its byte is what stands before (the other
+        // byte order's reading of the same text, one byte on, sees that byte so).
+        1 if bounded => bytes[0],
+        0 if bounded => b' ',
+        _ => return None,
+    };
+    let mut units = ((bytes.len() - start) / 2).min(TOKEN_LEN + 1);
+    for (i, slot) in decoded[1..=units].iter_mut().enumerate() {
+        *slot = unit(start + 2 * i);
+    }
+    // The text ended before the unit after the token was read.
+    let closed = ended && units < TOKEN_LEN + 1;
+    // A last byte alone, read little-endian, is a character: the same bytes read big-endian
+    // one byte before (the other reading of this prefix) end with it as a whole unit, and the
+    // two readings must agree. Read big-endian it is a unit's high byte, and adds nothing.
+    if closed && little && (bytes.len() - start) % 2 == 1 {
+        decoded[1 + units] = bytes[bytes.len() - 1];
+        units += 1;
+    }
+    let decoded = &decoded[..=units];
+    if units < PREFIX.len() {
+        return Some(if closed { Run::Not } else { Run::Open(0) });
+    }
+    if !decoded[1..].starts_with(PREFIX) || !starts_run(decoded, 1, false) {
+        return Some(Run::Not);
+    }
+    Some(match run_at(decoded, 1) {
+        Run::Open(n) if closed && n == TOKEN_RANDOM_CHARS => Run::Token,
+        Run::Open(_) if closed => Run::Not,
+        run => run,
+    })
+}
+
+/// One reading of a body searched as it streams for a token `postern` made, in UTF-16 (either
+/// byte order): another caller's token in a JSON body a vendor's parser reads as UTF-16 when
+/// it sees one (RFC 4627's detection, as Jackson does). The caller's own token is found so by
+/// its own forms ([`Needles`]); this finds any. Where the prefix's units stand
+/// ([`PREFIX_IN_UTF16`]) the units around them are read back into ASCII
+/// ([`utf16_shaped_at`]).
+#[derive(Default, Clone)]
+pub(crate) struct Utf16Shaped {
+    /// The last [`UTF16_SPAN`] bytes read.
+    tail: Vec<u8>,
+    /// How many bytes were read in all (up to past [`UTF16_SPAN`]).
+    read: usize,
+}
+
+impl Utf16Shaped {
+    /// Whether `bytes`, a whole text, hold a token `postern` made, in UTF-16.
+    pub(crate) fn in_whole(bytes: &[u8]) -> bool {
+        Self::decided(bytes, true, true).0
+    }
+
+    /// Searches `bytes` at each place the prefix's units stand, in both byte orders: whether a
+    /// token stands decided, and whether one is still open.
+    fn decided(bytes: &[u8], ended: bool, bounded: bool) -> (bool, bool) {
+        let mut open = false;
+        for at in PREFIX_IN_UTF16_FINDER.find_iter(bytes) {
+            let big = at.checked_sub(1).filter(|&start| bytes[start] == 0);
+            for (start, little) in [(Some(at), true), (big, false)] {
+                let Some(start) = start else { continue };
+                match utf16_shaped_at(bytes, start, little, ended, bounded) {
+                    Some(Run::Token) => return (true, false),
+                    Some(Run::Open(_)) => open = true,
+                    Some(Run::Not) | None => {}
+                }
+            }
+        }
+        (false, open)
+    }
+
+    /// Whether the tail holds every byte read (the stream's first among them).
+    fn holds_the_start(&self) -> bool {
+        self.read <= UTF16_SPAN
+    }
+
+    /// Reads `piece` after what was read before: whether a token in UTF-16 now stands decided.
+    pub(crate) fn read(&mut self, piece: &[u8]) -> bool {
+        // Across the seam: the tail and enough of the piece to end any token begun in it, or
+        // at its first two bytes (whose unit before the piece does not hold).
+        let before = self.tail.len();
+        let bounded = self.holds_the_start();
+        self.tail
+            .extend_from_slice(&piece[..piece.len().min(UTF16_SPAN)]);
+        let (across, _) = Self::decided(&self.tail, false, bounded);
+        self.tail.truncate(before);
+        let inside = !across && Self::decided(piece, false, false).0;
+        keep_last(&mut self.tail, piece, UTF16_SPAN);
+        self.read = self.read.saturating_add(piece.len());
+        across || inside
+    }
+
+    /// Whether what was read ends inside a token in UTF-16 that more of the body decides: from
+    /// the prefix's units on, what follows them is the token's own characters, held back.
+    pub(crate) fn in_progress(&self) -> bool {
+        Self::decided(&self.tail, false, self.holds_the_start()).1
+    }
+
+    /// Whether the body, ending after what was read, ends with a token in UTF-16.
+    pub(crate) fn ends_in_token(&self) -> bool {
+        Self::decided(&self.tail, true, self.holds_the_start()).0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1176,6 +1319,103 @@ mod tests {
         let longer =
             base64::engine::general_purpose::STANDARD.encode([&token[..], b"AAAA"].concat());
         assert_eq!(base64_shaped_in(&[longer.as_bytes()]), (false, false));
+    }
+
+    /// Reads `pieces` in turn for a token `postern` made, in UTF-16: whether one was found in a
+    /// piece or at the end, and whether the last piece left one open.
+    fn utf16_shaped_in(pieces: &[&[u8]]) -> (bool, bool) {
+        let mut shaped = Utf16Shaped::default();
+        let found = pieces.iter().any(|piece| shaped.read(piece));
+        let open = !found && shaped.in_progress();
+        (found || shaped.ends_in_token(), open)
+    }
+
+    fn utf16(text: &[u8], little: bool) -> Vec<u8> {
+        String::from_utf8_lossy(text)
+            .encode_utf16()
+            .flat_map(|unit| match little {
+                true => unit.to_le_bytes(),
+                false => unit.to_be_bytes(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn any_postern_token_in_utf16_is_found_however_split_and_nothing_like_one() {
+        assert_eq!(PREFIX_IN_UTF16[..], utf16(PREFIX, true)[..7]);
+        assert_eq!(PREFIX_IN_UTF16[..], utf16(PREFIX, false)[1..]);
+        let mut fuzz = crate::fuzz::Fuzz(0x2545_f491_4f6c_dd1d);
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for case in 0..400 {
+            let token: Vec<u8> = PREFIX
+                .iter()
+                .copied()
+                .chain((0..TOKEN_RANDOM_CHARS).map(|_| alphabet[fuzz.next() as usize % 64]))
+                .collect();
+            let before: &[u8] = [&b""[..], b"{\"api_key\": \"", b" ", "é:".as_bytes()][case % 4];
+            let after: &[u8] = [&b""[..], b"\"}", b"\n", "€".as_bytes()][case / 4 % 4];
+            let little = case % 2 == 0;
+            let body = utf16(&[before, &token[..], after].concat(), little);
+            assert!(Utf16Shaped::in_whole(&body), "{case}");
+            for split in (0..=body.len()).step_by(1 + case % 5) {
+                assert!(
+                    utf16_shaped_in(&[&body[..split], &body[split..]]).0,
+                    "{case} split at {split}"
+                );
+            }
+            let pieces: Vec<&[u8]> = body.chunks(1 + case % 9).collect();
+            assert!(utf16_shaped_in(&pieces).0, "{case}");
+            // One character more, a base64url character before it, one less: not a token.
+            for near in [
+                [before, &token[..], b"A"].concat(),
+                [b"x", &token[..], after].concat(),
+                [before, &token[..TOKEN_LEN - 1], after].concat(),
+            ] {
+                let body = utf16(&near, little);
+                assert!(!Utf16Shaped::in_whole(&body), "{case} {near:?}");
+                for size in [1, 2, 3, 7, 64] {
+                    let pieces: Vec<&[u8]> = body.chunks(size).collect();
+                    assert!(!utf16_shaped_in(&pieces).0, "{case} {near:?} in {size}");
+                }
+            }
+            // The token as plain ASCII is not this search's (Seen finds it).
+            assert!(!Utf16Shaped::in_whole(
+                &[before, &token[..], after].concat()
+            ));
+        }
+        // Random bytes hold none.
+        let random: Vec<u8> = (0..200_000).map(|_| fuzz.next() as u8).collect();
+        assert!(!Utf16Shaped::in_whole(&random));
+    }
+
+    #[test]
+    fn a_token_in_utf16_is_open_from_its_prefix_until_decided() {
+        let token = token();
+        for little in [true, false] {
+            let body = utf16(&[b" ", &token[..], b" "].concat(), little);
+            // The prefix's units are whole 9 bytes in (a space's unit, then 7 bytes), or 10
+            // in big-endian (whose units end with the character).
+            let whole = if little { 9 } else { 10 };
+            for end in 0..whole {
+                assert_eq!(utf16_shaped_in(&[&body[..end]]), (false, false), "{end}");
+            }
+            // From them on, until the unit after the token; a body that ended there would end
+            // with the token once its last character is read (little-endian, its unit's first
+            // byte: the same bytes read big-endian one on end with that character's unit).
+            let complete = body.len() - 2 - usize::from(little);
+            for end in whole..body.len() - 1 {
+                let (found, open) = utf16_shaped_in(&[&body[..end]]);
+                assert!(open, "{end}");
+                assert_eq!(found, end >= complete, "{end}");
+            }
+            assert_eq!(utf16_shaped_in(&[&body]), (true, false));
+            // Ending with the token, it is open (held) until the body's end decides it.
+            let ends = &body[..body.len() - 2];
+            assert_eq!(utf16_shaped_in(&[ends]), (true, true));
+            // A run that goes on past the token is decided once it does.
+            let longer = utf16(&[&token[..], b"AAAA"].concat(), little);
+            assert_eq!(utf16_shaped_in(&[&longer]), (false, false));
+        }
     }
 
     #[test]

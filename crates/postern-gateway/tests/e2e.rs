@@ -3113,8 +3113,9 @@ async fn a_caller_token_written_with_escapes_in_a_body_is_refused() {
 
 /// The caller's token inside base64 text in a body — a `Basic` credential in a JSON document,
 /// a document base64'd whole (URL-safe), inside a gzip body — or in a UTF-16 body, and another
-/// caller's `postern`-made token base64'd (in a `Basic` credential, or alone), are refused,
-/// whole or streamed in 7-byte pieces; the vendor never has the body.
+/// caller's `postern`-made token base64'd (in a `Basic` credential, or alone) or in UTF-16
+/// (either byte order, gzip'd too), are refused, whole or streamed in 7-byte pieces; the vendor
+/// never has the body.
 #[tokio::test]
 async fn a_caller_token_base64d_or_in_utf16_in_a_body_is_refused() {
     use base64::Engine as _;
@@ -3153,6 +3154,13 @@ async fn a_caller_token_base64d_or_in_utf16_in_a_body_is_refused() {
         .flat_map(u16::to_le_bytes)
         .collect();
     refused_whole_and_in_pieces(&gw, &vendor, "identity", &utf16).await;
+    // Another caller's token in UTF-16, either byte order, as sent and gzip'd.
+    let text = format!("{{\"webhook\": {{\"token\": \"{other}\"}}}}");
+    let big: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    let little: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    refused_whole_and_in_pieces(&gw, &vendor, "identity", &big).await;
+    refused_whole_and_in_pieces(&gw, &vendor, "identity", &little).await;
+    refused_whole_and_in_pieces(&gw, &vendor, "gzip", &gzip(&big)).await;
     // Base64 text that holds no token goes through.
     let clean = format!("amount=100&state={}", url_safe.encode("{\"n\": 1}"));
     let response = client()
