@@ -145,13 +145,11 @@ impl Validator<'_> {
         match value.get_ref().parse::<SocketAddr>() {
             Ok(address) => address,
             Err(_) => {
+                let (problem, fix) = socket_addr_problem(value.get_ref());
                 self.error(
                     value.span(),
-                    format!(
-                        "`{key}` = \"{}\" is not an IP address and port",
-                        value.get_ref()
-                    ),
-                    "write it as \"127.0.0.1:8080\" or \"[::1]:8080\"; host names are not accepted",
+                    format!("`{key}` = \"{}\" {problem}", value.get_ref()),
+                    fix,
                 );
                 SocketAddr::from(([0, 0, 0, 0], 0))
             }
@@ -1646,8 +1644,47 @@ fn known_names_fix(plural: &str, table: &str, known: &[&str]) -> String {
     if known.is_empty() {
         format!("no {plural} are defined; add a {table} table with this name")
     } else {
-        format!("use one of the defined {plural}: {}", known.join(", "))
+        // Each name once, in the order first defined (a name defined twice is an error of its
+        // own).
+        let mut names: Vec<&str> = Vec::with_capacity(known.len());
+        for name in known {
+            if !names.contains(name) {
+                names.push(name);
+            }
+        }
+        format!("use one of the defined {plural}: {}", names.join(", "))
     }
+}
+
+/// What is wrong with a listen address that is not `IP:port`, and the fix: a port out of range
+/// or missing, or a host name.
+fn socket_addr_problem(text: &str) -> (&'static str, &'static str) {
+    const EXAMPLE: &str =
+        "write it as \"127.0.0.1:8080\" or \"[::1]:8080\"; host names are not accepted";
+    if text.parse::<std::net::IpAddr>().is_ok()
+        || text
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+    {
+        return (
+            "has no port",
+            "add the port after the address: \"127.0.0.1:8080\", or \"[::1]:8080\" for IPv6",
+        );
+    }
+    if let Some((ip, port)) = text.rsplit_once(':') {
+        let ip = ip
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+            .unwrap_or(ip);
+        if ip.parse::<std::net::IpAddr>().is_ok() && port.parse::<u16>().is_err() {
+            return (
+                "has a port that is not a number from 0 to 65535",
+                "use a port from 1 to 65535 (0: any free port)",
+            );
+        }
+    }
+    ("is not an IP address and port", EXAMPLE)
 }
 
 /// `[a-z0-9][a-z0-9_-]{0,62}`

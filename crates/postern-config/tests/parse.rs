@@ -258,6 +258,11 @@ fn toml_errors_carry_a_fix() {
 #[rustfmt::skip]
 fn gateway_values() {
     check("[gateway]\nlisten = \"localhost:80\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"d\"\n", "2:10: `listen` = \"localhost:80\" is not an IP address and port");
+    check("[gateway]\nlisten = \"127.0.0.1:99999\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"d\"\n", "2:10: `listen` = \"127.0.0.1:99999\" has a port that is not a number from 0 to 65535");
+    check("[gateway]\nlisten = \"127.0.0.1\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"d\"\n", "2:10: `listen` = \"127.0.0.1\" has no port");
+    check("[gateway]\nlisten = \"[::1]\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"d\"\n", "2:10: `listen` = \"[::1]\" has no port");
+    check("[gateway]\nlisten = \"[::1]:http\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"d\"\n", "2:10: `listen` = \"[::1]:http\" has a port that is not a number from 0 to 65535");
+    assert_eq!(fix_of_first_error("[gateway]\nlisten = \"127.0.0.1\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"d\"\n"), "add the port after the address: \"127.0.0.1:8080\", or \"[::1]:8080\" for IPv6");
     check("[gateway]\nlisten = \"127.0.0.1:80\"\nadmin_listen = \"127.0.0.1:80\"\ndata_dir = \"d\"\n", "3:16: `admin_listen` is the same address as `listen` (127.0.0.1:80)");
     check(&format!("{GATEWAY}tls_cert = \"c.pem\"\n"), "5:12: `tls_cert` is set but `tls_key` is not");
     check(&format!("{GATEWAY}tls_key = \"k.pem\"\n"), "5:11: `tls_key` is set but `tls_cert` is not");
@@ -597,6 +602,12 @@ fn grants() {
         "caller = \"billing\"\nintegration = \"stripe\"\noperations = [\"*\"]\n",
     ));
     assert_eq!(fix, "use one of the defined callers: checkout");
+    // A caller defined twice (an error of its own) is named once in the fix.
+    let twice = with_grant("caller = \"billing\"\nintegration = \"stripe\"\noperations = [\"*\"]\n")
+        .replacen(callers, &format!("{callers}{callers}"), 1);
+    let errors = parse_body(&twice).expect_err("expected errors").errors;
+    let grant = errors.iter().find(|error| error.message.contains("billing")).expect("the grant's error");
+    assert_eq!(grant.fix, "use one of the defined callers: checkout");
     let fix = fix_of_first_error(&with_grant(
         "caller = \"checkout\"\nintegration = \"stripe\"\noperations = [\"refund\"]\n",
     ));
