@@ -225,7 +225,9 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
             .display()
     );
     crate::serve::run_until_stopped(&gateway, &config_path, triggers).await;
+    tracing::info!("shutting down: waiting for in-flight calls");
     gateway.shutdown().await;
+    tracing::info!(dir = %dir.display(), "stopped; the demo's config, key and events stay in its directory");
     Ok(ExitCode::Ok)
 }
 

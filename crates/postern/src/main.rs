@@ -319,14 +319,22 @@ fn callers_token(name: &str, json: bool) -> ExitCode {
             serde_json::json!({"caller": name, "token": token, "token_sha256": hash})
         );
     } else {
+        use std::io::IsTerminal as _;
+        // Redirected (`>> postern.toml`), stdout gets only TOML: the token goes to stderr,
+        // so it never lands in the config file and the file still parses.
+        let terminal = std::io::stdout().is_terminal();
         println!("# The token is shown once. Give it to the `{name}` service as its API key;");
         println!("# Postern keeps only its SHA-256. Add this to the config:");
         println!();
         println!("[[callers]]");
         println!("name = \"{name}\"");
         println!("token_sha256 = \"{hash}\"");
-        println!();
-        println!("token: {token}");
+        if terminal {
+            println!();
+            println!("token: {token}");
+        } else {
+            eprintln!("token: {token}");
+        }
     }
     ExitCode::Ok
 }

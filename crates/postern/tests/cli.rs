@@ -297,8 +297,33 @@ fn callers_token_prints_a_token_once_with_its_hash() {
         json["token_sha256"],
         hex::encode(sha2::Sha256::digest(token.as_bytes()))
     );
-    let (_, text, _) = run(&["callers", "token", "checkout"]);
+    // Redirected, as here, stdout is TOML only (it may be appended to the config), and the
+    // token is on stderr.
+    let (_, text, shown) = run(&["callers", "token", "checkout"]);
     assert!(text.contains("[[callers]]") && text.contains("token_sha256 = \""));
+    assert!(!text.contains("pst_"), "{text}");
+    // Appended to the documented example, the config still checks, with one more caller.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("postern.toml");
+    let example = std::fs::read_to_string(repo_root().join("examples/postern.toml")).unwrap();
+    std::fs::write(
+        &config,
+        format!("{example}\n{}", text.replace("checkout", "app3")),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("ok (2 callers"), "{stdout}");
+    let token = shown
+        .trim()
+        .strip_prefix("token: ")
+        .expect("the token on stderr");
+    assert!(
+        token.starts_with("pst_")
+            && text.contains(&hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                token.as_bytes()
+            )))
+    );
     let (_, again, _) = run(&["callers", "token", "checkout", "--json"]);
     assert_ne!(again, stdout, "every token is new");
 }
