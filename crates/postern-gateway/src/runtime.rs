@@ -441,6 +441,32 @@ impl Runtime {
         warnings
     }
 
+    /// [`Runtime::warnings`], each with the key it is about (an integration's `credential` or
+    /// `upstream`, `[gateway] policies`), which `Config::places` can place at a line and column:
+    /// what `postern check` prints.
+    pub fn placed_warnings(&self) -> Vec<(String, KeyProblem)> {
+        let mut placed = Vec::new();
+        for integration in &self.config.integrations {
+            let Some(runtime) = self.integrations.get(integration.name.as_str()) else {
+                continue;
+            };
+            if let Err(problem) = &runtime.credential {
+                let message = format!("integration {}: {}", integration.name, problem.why);
+                let key = KeyProblem::integration(&integration.name, "credential", &message, "");
+                placed.push((message, key));
+            }
+            if let Some(message) = refused_upstream_address(integration, runtime) {
+                let key = KeyProblem::integration(&integration.name, "upstream", &message, "");
+                placed.push((message, key));
+            }
+        }
+        for message in self.policy.notes() {
+            let key = KeyProblem::gateway("policies", &message, "");
+            placed.push((message, key));
+        }
+        placed
+    }
+
     pub fn build(config: Config, inputs: &BuildInputs<'_>) -> anyhow::Result<Runtime> {
         // Read the vault's generation first: a change made while building triggers another build.
         let vault_generation = match inputs.vault {

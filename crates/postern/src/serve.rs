@@ -269,13 +269,21 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
     match compiled {
         Ok(compiled) => {
             let config = &compiled.config;
-            let mut warnings = compiled.warnings();
+            // Each at its key's line and column where it is about one.
+            let mut warnings: Vec<(String, Option<(usize, usize)>)> = compiled
+                .placed_warnings()
+                .into_iter()
+                .map(|(message, key)| (message, places.locate(&key)))
+                .collect();
             // The interception CA already in data_dir (read, never made here) against the
             // config's names: a mismatch turns interception off at start.
-            warnings.extend(postern_gateway::intercept::existing_ca_problem(
-                &config.gateway.data_dir,
-                &config.proxy.intercept_ca_names,
-            ));
+            warnings.extend(
+                postern_gateway::intercept::existing_ca_problem(
+                    &config.gateway.data_dir,
+                    &config.proxy.intercept_ca_names,
+                )
+                .map(|message| (message, None)),
+            );
             if json {
                 println!(
                     "{}",
@@ -285,7 +293,11 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
                         "callers": config.callers.len(),
                         "integrations": config.integrations.len(),
                         "grants": config.grants.len(),
-                        "warnings": warnings,
+                        "warnings": warnings.iter().map(|(message, at)| serde_json::json!({
+                            "message": message,
+                            "line": at.map(|(line, _)| line),
+                            "column": at.map(|(_, column)| column),
+                        })).collect::<Vec<_>>(),
                         "cedar": if show_policies { Some(compiled.policy.cedar_text()) } else { None },
                     })
                 );
@@ -301,8 +313,13 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
                     count(config.integrations.len(), "integration"),
                     count(config.grants.len(), "grant")
                 );
-                for warning in &warnings {
-                    println!("warning: {warning}");
+                for (warning, at) in &warnings {
+                    match at {
+                        Some((line, column)) => {
+                            println!("{}:{line}:{column}: warning: {warning}", path.display())
+                        }
+                        None => println!("warning: {warning}"),
+                    }
                 }
                 if show_policies {
                     println!("\n{}", compiled.policy.cedar_text());

@@ -172,6 +172,32 @@ fn invalid_config_exits_3_naming_line_column_and_fix() {
 }
 
 /// A custom policy that reads the request's size in a way that cannot be probed is valid, and
+/// A credential `check` cannot load is a warning (the gateway starts, and answers its calls
+/// 503), placed at the integration's `credential`.
+#[test]
+fn check_places_a_warning_at_its_key() {
+    let example = repo_root().join("examples/postern.toml");
+    let output = postern()
+        .env_remove("STRIPE_KEY")
+        .args(["check", "--config", example.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let line = std::fs::read_to_string(&example)
+        .unwrap()
+        .lines()
+        .position(|line| line.starts_with("credential = "))
+        .unwrap()
+        + 1;
+    assert!(
+        stdout.contains(&format!(
+            "postern.toml:{line}:14: warning: integration stripe: "
+        )) && stdout.contains("STRIPE_KEY"),
+        "{stdout}"
+    );
+}
+
 /// `check` says what it means for requests of unknown size (a warning; exit 0).
 #[test]
 fn check_warns_of_a_size_read_that_cannot_be_probed() {
@@ -190,8 +216,9 @@ fn check_warns_of_a_size_read_that_cannot_be_probed() {
     .unwrap();
     let (code, stdout, stderr) = run(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}{stderr}");
+    // At the line and column of `policies` (the example's line 8 before `data_dir`).
     assert!(
-        stdout.contains("warning: policy scaled reads context.request_bytes")
+        stdout.contains(":8:12: warning: policy scaled reads context.request_bytes")
             && stdout.contains("411 length_required"),
         "{stdout}"
     );
@@ -200,9 +227,12 @@ fn check_warns_of_a_size_read_that_cannot_be_probed() {
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let warnings = json["warnings"].as_array().unwrap();
     assert!(
-        warnings
-            .iter()
-            .any(|w| w.as_str().unwrap().starts_with("policy scaled reads")),
+        warnings.iter().any(|w| w["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("policy scaled reads")
+            && w["line"] == 8
+            && w["column"] == 12),
         "{json}"
     );
 }
