@@ -1,37 +1,44 @@
 //! A caller token written with escapes in a request body.
 //!
-//! A vendor reads a form body percent-decoded (`key=%70st_…`) and a JSON body with its string
-//! escapes undone (`"key": "\u0070st_…"`), so a token written either way reaches it as surely as
-//! one written plainly. [`EscapedToken`] reads a body as it streams in both readings — each
-//! kind of escape undone on its own, as a vendor reads one kind or the other (undone together,
+//! A vendor reads a form body percent-decoded (`key=%70st_…`), a JSON body with its string
+//! escapes undone (`"key": "\u0070st_…"`), and an XML body (a SOAP API's) with its character
+//! references undone (`<key>&#112;st_…`), so a token written any of these ways reaches it as
+//! surely as one written plainly. [`EscapedToken`] reads a body as it streams in the three
+//! readings — each kind of escape undone on its own, as a vendor reads one kind (undone together,
 //! `\t%30…` would read as a tab and `0…`, where a form reads `\t0…`) — whatever the body's type,
 //! since a type can be misstated and the token is a random string no body holds by chance, and
-//! finds in either what the body as sent is searched for ([`Needles`]: the caller's own token,
-//! and what looks like any caller token `postern` made). Until a reading's escape character (`%`, `\`) appears, that
-//! reading is the body as sent, which [`crate::body::ForwardBody`] searches already: a body
-//! without either costs two `memchr` passes per frame, and what lies between escapes is copied
-//! in bulk. After it, a frame without one (and with no escape left open before it) reads as
+//! finds in each what the body as sent is searched for ([`Needles`]: the caller's own token,
+//! and what looks like any caller token `postern` made). Until a reading's escape character (`%`, `\`,
+//! or for XML `&#`) appears, that reading is the body as sent, which
+//! [`crate::body::ForwardBody`] searches already: a body without any costs a `memchr` pass per
+//! reading per frame, and what lies between escapes is copied in bulk. After it, a frame without one (and with no escape left open before it) reads as
 //! sent as well: it is searched only where it meets what the reading read before.
 //!
 //! Each kind is also undone, once more, in what each reading reads once it has read an escape:
 //! a JSON document percent-encoded in a form field (`data=%7B%22k%22%3A%22%5Cu0070st_…`), which
 //! a vendor percent-decodes and then parses; `%HH` written with JSON escapes (`"\u002570st_…"`),
 //! a URL in a JSON string that the vendor decodes again; JSON in a JSON string (`"{\"k\":
-//! \"\\u0070st_…\"}"`), a payload a vendor parses twice; and `%2570st_…`, percent-encoded twice.
-//! Not read: three layers or more, nor other encodings a vendor could be told to undo (HTML
-//! entities). Base64 and UTF-16 are not undone either; the caller's own token is found in them
+//! \"\\u0070st_…\"}"`), a payload a vendor parses twice; `%2570st_…`, percent-encoded twice;
+//! and an XML document in a JSON string (`\u0026#112;`) or a form field (`%26%23112%3B`).
+//! Not read: three layers or more, nor other encodings a vendor could be told to undo (HTML's
+//! named references beyond XML's five, such as `&lowbar;` for `_`, which an XML parser does not
+//! know). Base64 and UTF-16 are not undone either; the caller's own token is found in them
 //! by its fixed forms ([`crate::tokens::base64_forms`], [`crate::tokens::utf16_forms`], in
 //! every reading).
 
 use crate::tokens::{Needles, Seen};
 
-/// The two readings of a body.
+/// The three readings of a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     /// `%HH`, as a form (or a URL in a body) is read.
     Percent,
     /// JSON's string escapes: `\uHHHH`, `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`.
     Json,
+    /// XML's (and HTML's) numeric character references, `&#112;` and `&#x70;`, as an XML API
+    /// (SOAP) reads a document. The named ones (`&amp;`…) stand for characters no token holds,
+    /// and are left as written: `&` ends a run as they do.
+    Xml,
 }
 
 impl Kind {
@@ -40,6 +47,7 @@ impl Kind {
         match self {
             Kind::Percent => b'%',
             Kind::Json => b'\\',
+            Kind::Xml => b'&',
         }
     }
 
@@ -48,6 +56,7 @@ impl Kind {
         match self {
             Kind::Percent => Pending::Percent(None),
             Kind::Json => Pending::Backslash,
+            Kind::Xml => Pending::Ampersand,
         }
     }
 }
@@ -65,7 +74,33 @@ enum Pending {
         read: [u8; 3],
         digits: u8,
     },
+    /// `&`.
+    Ampersand,
+    /// `&#`, its `x` or `X` if hex (`radix`, else 0), the leading zeros after it (any number,
+    /// as XML parsers take them), then up to [`MAX_REFERENCE_DIGITS`] digits.
+    Reference {
+        radix: u8,
+        zeros: u32,
+        read: [u8; MAX_REFERENCE_DIGITS],
+        digits: u8,
+    },
 }
+
+impl Pending {
+    /// Whether the escape begun tells something of the character it stands for, so what was
+    /// read up to it is held back until it ends. A `&` or `&#` alone (with its leading zeros)
+    /// does not: the frames of a form, which often end in `&`, go as they come.
+    fn tells(self) -> bool {
+        match self {
+            Pending::None | Pending::Ampersand => false,
+            Pending::Reference { digits, .. } => digits > 0,
+            Pending::Percent(_) | Pending::Backslash | Pending::Unicode { .. } => true,
+        }
+    }
+}
+
+/// The most significant digits a character reference may have: U+10FFFF is 1114111.
+const MAX_REFERENCE_DIGITS: usize = 7;
 
 /// One reading of the body: its escapes undone as they come.
 #[derive(Clone)]
@@ -89,9 +124,15 @@ impl Reading {
         }
     }
 
-    /// Whether `piece` holds this reading's escape character.
+    /// Whether `piece` holds this reading's escape character. For XML, only where it may begin
+    /// a character reference (`&#`, or `&` ending the piece): `&` alone is common in forms.
     fn marked(&self, piece: &[u8]) -> bool {
-        memchr::memchr(self.kind.mark(), piece).is_some()
+        match self.kind {
+            Kind::Xml => {
+                piece.last() == Some(&b'&') || memchr::memmem::find(piece, b"&#").is_some()
+            }
+            kind => memchr::memchr(kind.mark(), piece).is_some(),
+        }
     }
 
     /// Reads `piece`, searched as it stands already with nothing found ([`EscapedToken::read`])
@@ -128,7 +169,7 @@ impl Reading {
     /// sent does not show: an escape was read, and the reading ends with a token's start or
     /// within an escape.
     fn in_progress(&self, needles: &Needles) -> bool {
-        self.escaped && (self.pending != Pending::None || self.seen.in_progress(needles))
+        self.escaped && (self.pending.tells() || self.seen.in_progress(needles))
     }
 
     /// Whether the body, ending here, ends with a token-shaped run in this reading (an escape
@@ -142,14 +183,14 @@ impl Reading {
 /// string escapes, undone, and each kind undone in what the other reads ([module
 /// docs](self)), with the [`Needles`] the body as sent is searched with.
 pub(crate) struct EscapedToken {
-    /// Percent, then JSON, each on the body as sent.
-    readings: [Reading; 2],
+    /// Percent, JSON, then XML, each on the body as sent.
+    readings: [Reading; 3],
     /// `nested[i]`: each kind undone once more in what `readings[i]` reads (`nested[i][k]`:
     /// kind `k`; a JSON document percent-encoded in a form field; `%HH` written with JSON
     /// escapes; JSON in a JSON string; `%2570`, percent-encoded twice), from the frame of
     /// `readings[i]`'s first escape on (until then `readings[i]` reads the body as sent: the pair
     /// starts as `readings` stood before that frame). One box for the pair: both begin at once.
-    nested: [Option<Box<[Reading; 2]>>; 2],
+    nested: [Option<Box<[Reading; 3]>>; 3],
     /// A reading's bytes of the frame being read (kept for their allocations).
     out: Vec<u8>,
     nested_out: Vec<u8>,
@@ -158,7 +199,11 @@ pub(crate) struct EscapedToken {
 impl EscapedToken {
     pub(crate) fn new() -> Self {
         EscapedToken {
-            readings: [Reading::new(Kind::Percent), Reading::new(Kind::Json)],
+            readings: [
+                Reading::new(Kind::Percent),
+                Reading::new(Kind::Json),
+                Reading::new(Kind::Xml),
+            ],
             nested: Default::default(),
             out: Vec::new(),
             nested_out: Vec::new(),
@@ -178,8 +223,8 @@ impl EscapedToken {
             out,
             nested_out,
         } = self;
-        let marked = [0, 1].map(|i| readings[i].marked(piece));
-        for i in 0..2 {
+        let marked = [0, 1, 2].map(|i| readings[i].marked(piece));
+        for i in 0..3 {
             // This reading's first escape.
             if marked[i] && !readings[i].escaped {
                 nested[i] = Some(Box::new(readings.clone()));
@@ -308,23 +353,125 @@ fn step(pending: Pending, byte: u8, out: &mut Vec<u8>) -> Option<Pending> {
                 digits: digits + 1,
             }
         }
-        (broken, _) => {
-            match broken {
-                Pending::Percent(first) => {
-                    out.push(b'%');
-                    out.extend(first);
+        (Pending::Ampersand, b'#') => Pending::Reference {
+            radix: 0,
+            zeros: 0,
+            read: [0; MAX_REFERENCE_DIGITS],
+            digits: 0,
+        },
+        (
+            Pending::Reference {
+                radix: 0,
+                zeros: 0,
+                read,
+                digits: 0,
+            },
+            b'x' | b'X',
+        ) => Pending::Reference {
+            radix: byte,
+            zeros: 0,
+            read,
+            digits: 0,
+        },
+        (
+            Pending::Reference {
+                radix,
+                zeros,
+                mut read,
+                digits,
+            },
+            _,
+        ) if (if radix == 0 {
+            byte.is_ascii_digit()
+        } else {
+            digit
+        }) =>
+        {
+            if byte == b'0' && digits == 0 {
+                Pending::Reference {
+                    radix,
+                    zeros: zeros.saturating_add(1),
+                    read,
+                    digits,
                 }
-                Pending::Backslash => out.push(b'\\'),
-                Pending::Unicode { read, digits } => {
-                    out.extend_from_slice(b"\\u");
-                    out.extend_from_slice(&read[..usize::from(digits)]);
+            } else if usize::from(digits) < MAX_REFERENCE_DIGITS {
+                read[usize::from(digits)] = byte;
+                Pending::Reference {
+                    radix,
+                    zeros,
+                    read,
+                    digits: digits + 1,
                 }
-                Pending::None => {}
+            } else {
+                write_broken(pending, out);
+                return None;
             }
+        }
+        (
+            Pending::Reference {
+                radix,
+                zeros,
+                read,
+                digits,
+            },
+            b';',
+        ) if zeros > 0 || digits > 0 => {
+            let read = &read[..usize::from(digits)];
+            let code = match radix {
+                0 => read
+                    .iter()
+                    .fold(0u32, |value, &d| value * 10 + u32::from(d - b'0')),
+                _ => hex_value(read),
+            };
+            match char::from_u32(code).filter(|&c| c != '\0') {
+                Some(character) => {
+                    out.extend_from_slice(character.encode_utf8(&mut [0; 4]).as_bytes());
+                    Pending::None
+                }
+                // Not a character: the reference stands as written (`;` included).
+                None => {
+                    write_broken(pending, out);
+                    out.push(b';');
+                    Pending::None
+                }
+            }
+        }
+        (broken, _) => {
+            write_broken(broken, out);
             return None;
         }
     };
     Some(next)
+}
+
+/// Writes the bytes of an escape that broke off, as they stand.
+fn write_broken(broken: Pending, out: &mut Vec<u8>) {
+    match broken {
+        Pending::Percent(first) => {
+            out.push(b'%');
+            out.extend(first);
+        }
+        Pending::Backslash => out.push(b'\\'),
+        Pending::Unicode { read, digits } => {
+            out.extend_from_slice(b"\\u");
+            out.extend_from_slice(&read[..usize::from(digits)]);
+        }
+        Pending::Ampersand => out.push(b'&'),
+        Pending::Reference {
+            radix,
+            zeros,
+            read,
+            digits,
+        } => {
+            out.extend_from_slice(b"&#");
+            if radix != 0 {
+                out.push(radix);
+            }
+            out.resize(out.len() + zeros as usize, b'0');
+            out.extend_from_slice(&read[..usize::from(digits)]);
+        }
+        Pending::None => {}
+    }
 }
 
 fn hex(byte: u8) -> Option<u32> {
@@ -359,11 +506,16 @@ pub(crate) mod every_byte {
     pub(crate) fn json_escaped(text: &[u8]) -> Vec<u8> {
         escaped(text, |byte| format!("\\u{byte:04x}"))
     }
+
+    /// `text` with every byte written as an XML character reference, `&#NNN;`.
+    pub(crate) fn xml_escaped(text: &[u8]) -> Vec<u8> {
+        escaped(text, |byte| format!("&#{byte};"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::every_byte::{self, json_escaped, percent_encoded};
+    use super::every_byte::{self, json_escaped, percent_encoded, xml_escaped};
     use super::*;
 
     const TOKEN: &[u8] = b"pst_0123456789abcdefghij";
@@ -408,6 +560,11 @@ mod tests {
             json_escaped(text),
             [format!("%{:02x}", text[0]).as_bytes(), &text[1..]].concat(),
             [format!("\\u{:04X}", text[0]).as_bytes(), &text[1..]].concat(),
+            xml_escaped(text),
+            every_byte::escaped(text, |byte| format!("&#x{byte:x};")),
+            every_byte::escaped(text, |byte| format!("&#X{byte:02X};")),
+            every_byte::escaped(text, |byte| format!("&#{:0>9};", byte)),
+            [format!("&#x{:04x};", text[0]).as_bytes(), &text[1..]].concat(),
         ]
     }
 
@@ -419,6 +576,22 @@ mod tests {
             b"A/\"\\\n\t%41"
         );
         assert_eq!(unescaped(Kind::Json, br"\u00e9\u20ac"), "é€".as_bytes());
+        assert_eq!(
+            unescaped(Kind::Xml, b"a&#65;&#x42;&#X43;&#0000068;&#xe9;&amp;b"),
+            "aABCDé&amp;b".as_bytes()
+        );
+        // What is no character reference, or none of a character, stands as written.
+        for text in [
+            &b"&#;&#x;&#y;&#x1g;&# 65;&#65 "[..],
+            b"&#1114112;&#0;&#xD800;",
+            b"&#12345678;&#x12345678;",
+            b"a=1&b=2&&#",
+        ] {
+            let mut out = Vec::new();
+            let pending = unescape(Kind::Xml, Pending::None, text, &mut out);
+            write_broken(pending, &mut out);
+            assert_eq!(out, text, "{}", String::from_utf8_lossy(text));
+        }
         assert_eq!(unescaped(Kind::Json, br"\ud83d"), "\u{fffd}".as_bytes());
         // Escapes that break off stand as written, and what broke them is read afresh.
         assert_eq!(
@@ -450,8 +623,22 @@ mod tests {
                 assert!(found, "{} split at {split}", String::from_utf8_lossy(&body));
             }
             // Part-way through the escaped token, more of the body may complete it: the frames
-            // read so far are to be held back.
+            // read so far are to be held back (from the first byte that tells something of a
+            // character: not a lone `&`, `&#`, `&#x` or leading zeros).
+            let untold = |read: &[u8]| {
+                let reference = read.rsplit(|&b| b == b'&').next().unwrap_or_default();
+                read.contains(&b'&')
+                    && (reference.is_empty()
+                        || reference[0] == b'#'
+                            && reference[1..]
+                                .iter()
+                                .enumerate()
+                                .all(|(i, &b)| b == b'0' || (i == 0 && (b == b'x' || b == b'X'))))
+            };
             for split in start.len() + 1..start.len() + escaped.len() {
+                if untold(&body[start.len()..split]) {
+                    continue;
+                }
                 assert!(
                     reading_after(TOKEN, &body[..split]).in_progress(),
                     "split at {split}"
@@ -519,7 +706,17 @@ mod tests {
             })
             .collect();
         let twice = every_byte::escaped(TOKEN, |byte| format!("%25{byte:02X}"));
+        // An XML document in a JSON string (`&` as `\u0026`), and in a form field.
+        let xml_in_json = every_byte::escaped(TOKEN, |byte| format!("\\u0026#{byte};"));
+        let xml_in_form = every_byte::escaped(TOKEN, |byte| format!("%26%23{byte}%3B"));
         for body in [
+            [&br#"{"soap": "<k>"#[..], &xml_in_json, b"</k>\"}"].concat(),
+            [
+                &b"a=1&envelope=%3Ck%3E"[..],
+                &xml_in_form,
+                b"%3C%2Fk%3E&b=2",
+            ]
+            .concat(),
             [&b"a=1&data="[..], &form, b"&b=2"].concat(),
             [&br#"{"n": "\n", "url": ""#[..], &percent_in_json, b"\"}"].concat(),
             [&br#"{"payload": ""#[..], &json_in_json, b"\"}"].concat(),

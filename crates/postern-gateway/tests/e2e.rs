@@ -3073,7 +3073,8 @@ async fn a_call_cut_by_shutdown_is_recorded_as_gateway_shutdown() {
 }
 
 /// The caller's token written with escapes a vendor undoes — percent-encoded in a form, `\u`
-/// escapes in JSON, either inside a gzip body — is refused, whole or streamed in 7-byte pieces;
+/// escapes in JSON, XML character references in a SOAP envelope, inside a gzip body too — is
+/// refused, whole or streamed in 7-byte pieces;
 /// the vendor never has the body, nor any piece of the token. (A gateway of its own: each
 /// refusal resets an h2 stream, and a vendor counts the resets of a connection.)
 #[tokio::test]
@@ -3086,7 +3087,22 @@ async fn a_caller_token_written_with_escapes_in_a_body_is_refused() {
     let document = percent_encoded(&format!("{{\"key\": \"{json}\"}}"));
     // JSON in a JSON string (a payload the vendor parses again).
     let payload = format!("{{\\\"key\\\": \\\"{}\\\"}}", json.replace('\\', "\\\\"));
+    // Each character as an XML character reference, decimal and hex by turns.
+    let xml: String = gw
+        .token
+        .bytes()
+        .enumerate()
+        .map(|(i, byte)| match i % 2 {
+            0 => format!("&#{byte};"),
+            _ => format!("&#x{byte:x};"),
+        })
+        .collect();
+    let envelope = format!(
+        "<?xml version=\"1.0\"?><soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body><Charge><Amount>100</Amount><ApiKey>{xml}</ApiKey></Charge></soap:Body></soap:Envelope>"
+    );
     let escaped = [
+        ("identity", envelope.clone()),
+        ("gzip", envelope),
         ("identity", format!("amount=100&key={percent}&currency=usd")),
         ("identity", format!("amount=100&metadata={document}")),
         ("identity", format!("{{\"payload\": \"{payload}\"}}")),
@@ -3103,10 +3119,11 @@ async fn a_caller_token_written_with_escapes_in_a_body_is_refused() {
         };
         let seen = vendor.seen().len();
         refused_whole_and_in_pieces(&gw, &vendor, encoding, &body).await;
-        assert!(vendor.seen()[seen..]
-            .iter()
-            .all(|request| !request.everything().contains(&percent[..9])
-                && !request.everything().contains(&json[..18])));
+        assert!(vendor.seen()[seen..].iter().all(|request| !request
+            .everything()
+            .contains(&percent[..9])
+            && !request.everything().contains(&json[..18])
+            && !request.everything().contains(&xml[..20])));
     }
     gw.stop().await;
 }
