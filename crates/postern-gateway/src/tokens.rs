@@ -831,19 +831,17 @@ fn utf16_shaped_at(
         0 if bounded => b' ',
         _ => return None,
     };
-    let mut units = ((bytes.len() - start) / 2).min(TOKEN_LEN + 1);
+    let units = ((bytes.len() - start) / 2).min(TOKEN_LEN + 1);
     for (i, slot) in decoded[1..=units].iter_mut().enumerate() {
         *slot = unit(start + 2 * i);
     }
-    // The text ended before the unit after the token was read.
+    // The text ended before the unit after the token was read. A last byte alone is no
+    // character (a vendor's decoder drops it, or reads U+FFFD). Where the bytes are read in
+    // units one byte off their own (both byte orders are read at every offset: a UTF-16 part
+    // need not begin at an even one), a run may so be taken for a token one character longer
+    // than it is, or run on past a unit that is not ASCII: such a near token is refused,
+    // never a token missed.
     let closed = ended && units < TOKEN_LEN + 1;
-    // A last byte alone, read little-endian, is a character: the same bytes read big-endian
-    // one byte before (the other reading of this prefix) end with it as a whole unit, and the
-    // two readings must agree. Read big-endian it is a unit's high byte, and adds nothing.
-    if closed && little && (bytes.len() - start) % 2 == 1 {
-        decoded[1 + units] = bytes[bytes.len() - 1];
-        units += 1;
-    }
     let decoded = &decoded[..=units];
     if units < PREFIX.len() {
         return Some(if closed { Run::Not } else { Run::Open(0) });
@@ -1366,8 +1364,10 @@ mod tests {
             let pieces: Vec<&[u8]> = body.chunks(1 + case % 9).collect();
             assert!(utf16_shaped_in(&pieces).0, "{case}");
             // One character more, a base64url character before it, one less: not a token.
+            // (Not "one more" at the body's very end: read one byte off, big-endian text's
+            // last unit is a lone byte, and the run reads as a token; see `utf16_shaped_at`.)
             for near in [
-                [before, &token[..], b"A"].concat(),
+                [before, &token[..], b"A "].concat(),
                 [b"x", &token[..], after].concat(),
                 [before, &token[..TOKEN_LEN - 1], after].concat(),
             ] {
@@ -1382,6 +1382,22 @@ mod tests {
             assert!(!Utf16Shaped::in_whole(
                 &[before, &token[..], after].concat()
             ));
+        }
+        // A lone byte after a token at the body's end is no character (a vendor's decoder drops
+        // it or reads U+FFFD): the token stands on its own.
+        for little in [true, false] {
+            let body = [
+                utf16(&[b"{\"k\":1} ", &token()[..]].concat(), little),
+                vec![b'A'],
+            ]
+            .concat();
+            assert!(Utf16Shaped::in_whole(&body));
+            for size in 1..=9 {
+                assert!(
+                    utf16_shaped_in(&body.chunks(size).collect::<Vec<_>>()).0,
+                    "{size}"
+                );
+            }
         }
         // Random bytes hold none.
         let random: Vec<u8> = (0..200_000).map(|_| fuzz.next() as u8).collect();
@@ -1400,8 +1416,9 @@ mod tests {
                 assert_eq!(utf16_shaped_in(&[&body[..end]]), (false, false), "{end}");
             }
             // From them on, until the unit after the token; a body that ended there would end
-            // with the token once its last character is read (little-endian, its unit's first
-            // byte: the same bytes read big-endian one on end with that character's unit).
+            // with the token once its last character's unit is read (big-endian; little-endian,
+            // also its first byte: the same bytes read big-endian one byte on end with the
+            // character's unit).
             let complete = body.len() - 2 - usize::from(little);
             for end in whole..body.len() - 1 {
                 let (found, open) = utf16_shaped_in(&[&body[..end]]);
