@@ -291,7 +291,7 @@ impl TokenReading {
                 .escaped
                 .as_mut()
                 .is_some_and(|(escaped, unwrapped, shaped, utf16)| {
-                    escaped.read(needles, piece)
+                    escaped.read(needles, piece, shaped)
                         || unwrapped.read(needles, piece)
                         || shaped.read(piece)
                         || utf16.read(piece)
@@ -339,7 +339,7 @@ pub(crate) fn whole_holds_a_token(needles: &Needles, bytes: &[u8], escapes: bool
     needles.in_whole(bytes)
         || escapes && {
             let mut escaped = EscapedToken::new();
-            escaped.read(needles, bytes)
+            escaped.read(needles, bytes, &Base64Shaped::default())
                 || escaped.ends_in_token(needles)
                 || Unwrapped::in_whole(needles, bytes)
                 || Base64Shaped::in_whole(bytes)

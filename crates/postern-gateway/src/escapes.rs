@@ -26,7 +26,7 @@
 //! by its fixed forms ([`crate::tokens::base64_forms`], [`crate::tokens::utf16_forms`], in
 //! every reading).
 
-use crate::tokens::{Needles, Seen};
+use crate::tokens::{Base64Shaped, Needles, Seen};
 
 /// The three readings of a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +110,11 @@ struct Reading {
     /// The search of the body as this reading gives it (its last bytes: a token split across
     /// frames is still found).
     seen: Seen,
+    /// The search for a `postern`-made token base64'd in what this reading gives (base64 in a
+    /// form field, its `+`, `/` and `=` percent-encoded; in JSON with `\/`), from its first
+    /// escape on: until then the body as sent, searched so already ([`Base64Shaped`]), whose
+    /// state it starts from.
+    shaped: Option<Base64Shaped>,
     /// Whether the body held this reading's escape character yet.
     escaped: bool,
 }
@@ -120,6 +125,7 @@ impl Reading {
             kind,
             pending: Pending::None,
             seen: Seen::default(),
+            shaped: None,
             escaped: false,
         }
     }
@@ -138,13 +144,16 @@ impl Reading {
     /// Reads `piece`, searched as it stands already with nothing found ([`EscapedToken::read`])
     /// (`out`, scratch space, holds what this reading reads it as, once it has read an escape):
     /// whether a token now stands in this reading. `marked`: whether `piece` holds this
-    /// reading's escape character, when known.
+    /// reading's escape character, when known. `before`: the base64 search of what this reading
+    /// read before `piece` while it had no escape (the body as sent, or what the reading it is
+    /// nested in gave), for its own to start from at its first escape.
     fn read(
         &mut self,
         needles: &Needles,
         piece: &[u8],
         out: &mut Vec<u8>,
         marked: Option<bool>,
+        before: Option<&Base64Shaped>,
     ) -> bool {
         let marked = marked.unwrap_or_else(|| self.marked(piece));
         if !marked && self.pending == Pending::None {
@@ -157,25 +166,37 @@ impl Reading {
             // reading read before is left to search.
             out.clear();
             out.extend_from_slice(piece);
-            return self.seen.read_searched(needles, piece);
+            return self.seen.read_searched(needles, piece)
+                || self.shaped.get_or_insert_default().read(piece);
+        }
+        if !self.escaped {
+            self.shaped = Some(before.cloned().unwrap_or_default());
         }
         self.escaped = true;
         out.clear();
         self.pending = unescape(self.kind, self.pending, piece, out);
-        self.seen.read(needles, out)
+        self.seen.read(needles, out) || self.shaped.get_or_insert_default().read(out)
     }
 
     /// Whether more of the body could complete a token in this reading in a way the body as
     /// sent does not show: an escape was read, and the reading ends with a token's start or
     /// within an escape.
     fn in_progress(&self, needles: &Needles) -> bool {
-        self.escaped && (self.pending.tells() || self.seen.in_progress(needles))
+        self.escaped
+            && (self.pending.tells()
+                || self.seen.in_progress(needles)
+                || self.shaped.as_ref().is_some_and(Base64Shaped::in_progress))
     }
 
     /// Whether the body, ending here, ends with a token-shaped run in this reading (an escape
     /// left unfinished stands as written: it ends the run).
     fn ends_in_token(&self, needles: &Needles) -> bool {
-        self.escaped && self.seen.ends_in_token(needles)
+        self.escaped
+            && (self.seen.ends_in_token(needles)
+                || self
+                    .shaped
+                    .as_ref()
+                    .is_some_and(Base64Shaped::ends_in_token))
     }
 }
 
@@ -215,8 +236,10 @@ impl EscapedToken {
     /// the same `needles`, with nothing found (by the body's search as sent, [`Seen::read`], or
     /// for a whole text [`Needles::in_whole`]): where a reading reads it unchanged, only its
     /// seam with what that reading read before is searched here. (So is each nested reading's
-    /// input, by the reading that hands it over.)
-    pub(crate) fn read(&mut self, needles: &Needles, piece: &[u8]) -> bool {
+    /// input, by the reading that hands it over.) `as_sent`: the search for a `postern`-made
+    /// token base64'd in the body as sent, as it stood before `piece` ([`Base64Shaped`]), which
+    /// each reading's own starts from at its first escape.
+    pub(crate) fn read(&mut self, needles: &Needles, piece: &[u8], as_sent: &Base64Shaped) -> bool {
         let EscapedToken {
             readings,
             nested,
@@ -231,11 +254,17 @@ impl EscapedToken {
             }
         }
         for (i, reading) in readings.iter_mut().enumerate() {
-            if reading.read(needles, piece, out, Some(marked[i])) {
+            // What this reading gave before `piece`, for a reading nested in it that has had no
+            // escape yet (one may come in what it gives of `piece`).
+            let before = nested[i]
+                .as_ref()
+                .is_some_and(|nested| nested.iter().any(|reading| !reading.escaped))
+                .then(|| reading.shaped.clone().unwrap_or_else(|| as_sent.clone()));
+            if reading.read(needles, piece, out, Some(marked[i]), Some(as_sent)) {
                 return true;
             }
             for nested in nested[i].iter_mut().flat_map(|nested| nested.iter_mut()) {
-                if nested.read(needles, out, nested_out, None) {
+                if nested.read(needles, out, nested_out, None, before.as_ref()) {
                     return true;
                 }
             }
@@ -526,18 +555,27 @@ mod tests {
     struct Search {
         needles: Needles,
         escaped: EscapedToken,
+        /// The base64 search of the body as sent, which the body's reading keeps.
+        as_sent: Base64Shaped,
     }
 
     impl Search {
         fn new(token: &[u8]) -> Self {
+            Search::with(Needles::new(Some(token)))
+        }
+
+        fn with(needles: Needles) -> Self {
             Search {
-                needles: Needles::new(Some(token)),
+                needles,
                 escaped: EscapedToken::new(),
+                as_sent: Base64Shaped::default(),
             }
         }
 
         fn read(&mut self, piece: &[u8]) -> bool {
-            self.escaped.read(&self.needles, piece)
+            let found = self.escaped.read(&self.needles, piece, &self.as_sent);
+            self.as_sent.read(piece);
+            found
         }
 
         fn in_progress(&self) -> bool {
@@ -739,10 +777,7 @@ mod tests {
         for escaped in encodings(&shaped) {
             let body = [&b"a=1&key="[..], &escaped].concat();
             for split in 0..=body.len() {
-                let mut search = Search {
-                    needles: Needles::new(None),
-                    escaped: EscapedToken::new(),
-                };
+                let mut search = Search::with(Needles::new(None));
                 let found = search.read(&body[..split])
                     || search.read(&body[split..])
                     || search.escaped.ends_in_token(&search.needles);
@@ -750,6 +785,59 @@ mod tests {
                 // One more character makes the run too long for a token.
                 assert!(!search.read(b"Q") && !search.escaped.ends_in_token(&search.needles));
             }
+        }
+    }
+
+    /// Another caller's token base64'd (a `Basic` credential) with escapes over the base64
+    /// text — some or all of its characters percent-encoded, JSON-escaped or written as XML
+    /// references — is found, wherever the frames split it, by a caller without a token of its
+    /// own to look for (so no form of its own finds it). (A token's base64 holds no `+` or `/`:
+    /// its characters' low six bits never make 62 or 63.)
+    #[test]
+    fn another_callers_token_base64d_with_escapes_is_found() {
+        use base64::Engine as _;
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut fuzz = crate::fuzz::Fuzz(0x0bad_5eed_1234_5678);
+        for case in 0..60usize {
+            let token: Vec<u8> = b"pst_"
+                .iter()
+                .copied()
+                .chain((0..43).map(|_| alphabet[fuzz.next() as usize % 64]))
+                .collect();
+            let engine = &base64::engine::general_purpose::STANDARD;
+            let text = engine.encode([&b"AC42:"[..], &token].concat());
+            assert!(!text.contains('+') && !text.contains('/'));
+            let escape = |text: &str, fuzz: &mut crate::fuzz::Fuzz| -> String {
+                let kind = case % 3;
+                let all = case % 2 == 0;
+                text.bytes()
+                    .map(|byte| match (kind, all || fuzz.next().is_multiple_of(2)) {
+                        (0, true) => format!("%{byte:02X}"),
+                        (1, true) => format!("\\u{byte:04x}"),
+                        (2, true) => format!("&#{byte};"),
+                        _ => char::from(byte).to_string(),
+                    })
+                    .collect()
+            };
+            let escaped = escape(&text, &mut fuzz);
+            let body = format!("a=1&auth=Basic%20{escaped}&b=2");
+            let body = body.as_bytes();
+            assert!(!Base64Shaped::in_whole(body), "the search as sent finds it");
+            for split in (0..=body.len()).step_by(1 + case % 7) {
+                let mut search = Search::with(Needles::new(None));
+                let found = search.read(&body[..split])
+                    || search.read(&body[split..])
+                    || search.escaped.ends_in_token(&search.needles);
+                assert!(found, "{} split at {split}", String::from_utf8_lossy(body));
+            }
+            // One character fewer, and a space after it: no token.
+            let short = engine.encode([&b"AC42:"[..], &token[..46], b" "].concat());
+            let body = format!("a=1&auth={}&b=2", escape(&short, &mut fuzz));
+            let mut search = Search::with(Needles::new(None));
+            assert!(
+                !search.read(body.as_bytes()) && !search.escaped.ends_in_token(&search.needles),
+                "{body}"
+            );
         }
     }
 

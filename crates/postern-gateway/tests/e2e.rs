@@ -3130,7 +3130,8 @@ async fn a_caller_token_written_with_escapes_in_a_body_is_refused() {
 
 /// The caller's token inside base64 text in a body — a `Basic` credential in a JSON document,
 /// a document base64'd whole (URL-safe), inside a gzip body — or in a UTF-16 body, and another
-/// caller's `postern`-made token base64'd (in a `Basic` credential, or alone) or in UTF-16
+/// caller's `postern`-made token base64'd (in a `Basic` credential, or alone, the base64 text
+/// percent-encoded too) or in UTF-16
 /// (either byte order, gzip'd too), are refused, whole or streamed in 7-byte pieces; the vendor
 /// never has the body.
 #[tokio::test]
@@ -3145,7 +3146,13 @@ async fn a_caller_token_base64d_or_in_utf16_in_a_body_is_refused() {
     // Another caller's token, which no form of this caller's finds.
     let other = postern_gateway::new_token(postern_gateway::CALLER_TOKEN_PREFIX);
     let others = standard.encode(format!("AC42:{other}"));
+    // The same with every character of the base64 text percent-encoded, in a form field.
+    let others_escaped: String = others.bytes().map(|b| format!("%{b:02X}")).collect();
     let bodies = [
+        (
+            "identity",
+            format!("amount=100&auth=Basic%20{others_escaped}"),
+        ),
         (
             "identity",
             format!("{{\"webhook\": {{\"authorization\": \"Basic {others}\"}}}}"),
