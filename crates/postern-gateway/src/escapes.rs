@@ -35,9 +35,10 @@ enum Kind {
     Percent,
     /// JSON's string escapes: `\uHHHH`, `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`.
     Json,
-    /// XML's (and HTML's) numeric character references, `&#112;` and `&#x70;`, as an XML API
-    /// (SOAP) reads a document. The named ones (`&amp;`…) stand for characters no token holds,
-    /// and are left as written: `&` ends a run as they do.
+    /// XML's numeric character references, `&#112;` and `&#x70;` (`;` required, as XML has
+    /// it; HTML's `&#112` without it is not read), as an XML API (SOAP) reads a document. The
+    /// named ones (`&amp;`…) are left as written: so XML written inside XML text (`&amp;#112;`)
+    /// is not read.
     Xml,
 }
 
@@ -98,6 +99,9 @@ impl Pending {
         }
     }
 }
+
+/// The most leading zeros of a broken character reference written back.
+const MAX_WRITTEN_ZEROS: u32 = 16;
 
 /// The most significant digits a character reference may have: U+10FFFF is 1114111.
 const MAX_REFERENCE_DIGITS: usize = 7;
@@ -496,7 +500,10 @@ fn write_broken(broken: Pending, out: &mut Vec<u8>) {
             if radix != 0 {
                 out.push(radix);
             }
-            out.resize(out.len() + zeros as usize, b'0');
+            // At most a few of its leading zeros: any number of them reads as one run of
+            // zeros before what follows, and writing each back would let a small compressed
+            // body grow the reading's buffers with its decoded size.
+            out.resize(out.len() + zeros.min(MAX_WRITTEN_ZEROS) as usize, b'0');
             out.extend_from_slice(&read[..usize::from(digits)]);
         }
         Pending::None => {}
@@ -617,6 +624,14 @@ mod tests {
         assert_eq!(
             unescaped(Kind::Xml, b"a&#65;&#x42;&#X43;&#0000068;&#xe9;&amp;b"),
             "aABCDé&amp;b".as_bytes()
+        );
+        // A broken reference's many leading zeros are written back as a few.
+        let mut zeros = b"&#".to_vec();
+        zeros.resize(100_000, b'0');
+        zeros.push(b'x');
+        assert_eq!(
+            unescaped(Kind::Xml, &zeros),
+            [&b"&#"[..], &[b'0'; 16], b"x"].concat()
         );
         // What is no character reference, or none of a character, stands as written.
         for text in [
