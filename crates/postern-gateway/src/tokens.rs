@@ -928,11 +928,21 @@ impl Utf16Shaped {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn token() -> Vec<u8> {
         [PREFIX, &[b'A'; TOKEN_RANDOM_CHARS][..]].concat()
+    }
+
+    /// A token as `postern callers token` makes one, its random part drawn from `fuzz`.
+    pub(crate) fn random_token(fuzz: &mut crate::fuzz::Fuzz) -> Vec<u8> {
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        PREFIX
+            .iter()
+            .copied()
+            .chain((0..TOKEN_RANDOM_CHARS).map(|_| alphabet[fuzz.next() as usize % 64]))
+            .collect()
     }
 
     /// Reads `pieces` in turn: whether a token was found in one of them or at the end.
@@ -1235,13 +1245,8 @@ mod tests {
             base64::engine::general_purpose::URL_SAFE_NO_PAD,
         ];
         let mut fuzz = crate::fuzz::Fuzz(0x9e37_79b9_7f4a_7c15);
-        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         for case in 0..400 {
-            let token: Vec<u8> = PREFIX
-                .iter()
-                .copied()
-                .chain((0..TOKEN_RANDOM_CHARS).map(|_| alphabet[fuzz.next() as usize % 64]))
-                .collect();
+            let token = random_token(&mut fuzz);
             // What stands around it: nothing, or bytes that end a run.
             let before: &[u8] = [&b""[..], b"AC42:", b"{\"k\":\"", b" "][case % 4];
             let after: &[u8] = [&b""[..], b"\"}", b":x", b"\n"][case / 4 % 4];
@@ -1343,13 +1348,8 @@ mod tests {
         assert_eq!(PREFIX_IN_UTF16[..], utf16(PREFIX, true)[..7]);
         assert_eq!(PREFIX_IN_UTF16[..], utf16(PREFIX, false)[1..]);
         let mut fuzz = crate::fuzz::Fuzz(0x2545_f491_4f6c_dd1d);
-        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         for case in 0..400 {
-            let token: Vec<u8> = PREFIX
-                .iter()
-                .copied()
-                .chain((0..TOKEN_RANDOM_CHARS).map(|_| alphabet[fuzz.next() as usize % 64]))
-                .collect();
+            let token = random_token(&mut fuzz);
             let before: &[u8] = [&b""[..], b"{\"api_key\": \"", b" ", "é:".as_bytes()][case % 4];
             let after: &[u8] = [&b""[..], b"\"}", b"\n", "€".as_bytes()][case / 4 % 4];
             let little = case % 2 == 0;
