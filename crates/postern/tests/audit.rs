@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{eventually, free_port};
+use common::{eventually, two_free_ports};
 
 const TOKEN: &str = "pst_audit_cli_test_token_abcdefghijklmnopqrstu";
 const ORIGIN: &str = "cli.test.postern.example/audit";
@@ -228,7 +228,7 @@ impl Setup {
                 Ok(server) => return server,
                 Err(why) if attempt < 3 && why.contains("Address already in use") => {
                     eprintln!("postern serve did not start ({why}); new ports");
-                    (self.listen, self.admin) = (free_port(), free_port());
+                    (self.listen, self.admin) = two_free_ports();
                     let text = config_text(self.dir.path(), self.listen, self.admin, self.vendor);
                     std::fs::write(&self.config, text).unwrap();
                 }
@@ -242,7 +242,7 @@ impl Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let vendor = start_vendor();
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = two_free_ports();
     let config = dir.path().join("postern.toml");
     std::fs::write(&config, config_text(dir.path(), listen, admin, vendor)).unwrap();
     Setup {

@@ -502,7 +502,7 @@ fn terminate(server: &mut Server) -> Option<i32> {
 fn serve_reloads_on_file_change_and_sighup_keeps_old_config_on_error_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("postern.toml");
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = two_free_ports();
     std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
     let mut server = serve(&[], &config, Stdio::piped());
     let stderr = server.0.stderr.take().unwrap();
@@ -596,7 +596,7 @@ fn serve_reloads_on_file_change_and_sighup_keeps_old_config_on_error_and_stops_o
 fn serve_reloads_a_config_whose_link_is_swapped() {
     use std::os::unix::fs::symlink;
     let dir = tempfile::tempdir().unwrap();
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = two_free_ports();
     let version = |name: &str, granted: &str| {
         std::fs::create_dir(dir.path().join(name)).unwrap();
         let text = served_config(dir.path(), listen, admin, granted);
@@ -624,7 +624,7 @@ fn serve_reloads_a_config_whose_link_is_swapped() {
 fn json_logs_are_json_lines_only() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("postern.toml");
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = two_free_ports();
     std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
     let server = serve(&["--log-format", "json"], &config, Stdio::piped());
     let stderr = stderr_once_serving(server, listen);
@@ -646,7 +646,7 @@ fn serve_warns_when_the_allocator_keeps_freed_memory() {
     for (eager, expected) in [(None, false), (Some("1"), true)] {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("postern.toml");
-        let (listen, admin) = (free_port(), free_port());
+        let (listen, admin) = two_free_ports();
         std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
         let mut command = postern();
         // The variable, and the older name mimalloc still reads for it.
@@ -685,7 +685,7 @@ fn serve_raises_the_open_file_limit_and_warns_when_it_cannot_be_enough() {
     for (soft, hard) in [(256, current.rlim_max), (4096, 4096.min(current.rlim_max))] {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("postern.toml");
-        let (listen, admin) = (free_port(), free_port());
+        let (listen, admin) = two_free_ports();
         std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
         let mut command = postern();
         // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
@@ -741,7 +741,7 @@ fn callers_token_refuses_names_the_config_would() {
 fn importing_a_revoked_token_says_it_is_revoked() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("postern.toml");
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = two_free_ports();
     std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
     let config = config.to_str().unwrap();
     let (code, _, stderr) = run(&["callers", "import", "--config", config]);
@@ -841,7 +841,7 @@ fn failures_exit_1_and_the_credential_list_keeps_its_columns() {
         "{stdout}"
     );
     let config = dir.path().join("postern.toml");
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = two_free_ports();
     std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
     let config = config.to_str().unwrap();
     let (code, _, stderr) = run(&["callers", "rotate", "nobody", "--config", config]);
@@ -857,7 +857,7 @@ fn failures_exit_1_and_the_credential_list_keeps_its_columns() {
 fn creds_refuses_a_value_an_integration_could_not_inject() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("postern.toml");
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = two_free_ports();
     let text = served_config(dir.path(), listen, admin, r#""a""#).replace(
         "allow_plaintext = true\n",
         "allow_plaintext = true\ncredential = { kind = \"header\", name = \"x-api-key\", secret = \"acme-key\" }\n",
@@ -939,7 +939,7 @@ fn ca_export_makes_a_private_data_dir() {
 fn caller_token_hashes_move_into_the_vault() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("postern.toml");
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = two_free_ports();
     let text = served_config(dir.path(), listen, admin, r#""a""#);
     std::fs::write(&config, &text).unwrap();
     let (code, stdout, stderr) = run(&[

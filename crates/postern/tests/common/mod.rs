@@ -14,6 +14,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Two distinct free ports (both held while chosen: [`free_port`] twice may give one twice).
+pub fn two_free_ports() -> (u16, u16) {
+    let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        first.local_addr().unwrap().port(),
+        second.local_addr().unwrap().port(),
+    )
+}
+
 /// Polls (every 20 ms, at most 30 s) until `check` holds.
 pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
