@@ -114,10 +114,9 @@ struct Reading {
     /// The search of the body as this reading gives it (its last bytes: a token split across
     /// frames is still found).
     seen: Seen,
-    /// The search for a `postern`-made token base64'd in what this reading gives (base64 in a
-    /// form field, its `+`, `/` and `=` percent-encoded; in JSON with `\/`), from its first
-    /// escape on: until then the body as sent, searched so already ([`Base64Shaped`]), whose
-    /// state it starts from.
+    /// The search for a `postern`-made token base64'd in what this reading gives (base64 text
+    /// whose characters are escaped), from its first escape on: until then the body as sent,
+    /// searched so already ([`Base64Shaped`]), whose state it starts from.
     shaped: Option<Base64Shaped>,
     /// Whether the body held this reading's escape character yet.
     escaped: bool,
@@ -219,6 +218,9 @@ pub(crate) struct EscapedToken {
     /// A reading's bytes of the frame being read (kept for their allocations).
     out: Vec<u8>,
     nested_out: Vec<u8>,
+    /// What a reading's base64 search stood at before the frame, for the readings nested in it
+    /// (kept for its allocation).
+    before: Base64Shaped,
 }
 
 impl EscapedToken {
@@ -232,6 +234,7 @@ impl EscapedToken {
             nested: Default::default(),
             out: Vec::new(),
             nested_out: Vec::new(),
+            before: Base64Shaped::default(),
         }
     }
 
@@ -249,6 +252,7 @@ impl EscapedToken {
             nested,
             out,
             nested_out,
+            before,
         } = self;
         let marked = [0, 1, 2].map(|i| readings[i].marked(piece));
         for i in 0..3 {
@@ -260,15 +264,18 @@ impl EscapedToken {
         for (i, reading) in readings.iter_mut().enumerate() {
             // What this reading gave before `piece`, for a reading nested in it that has had no
             // escape yet (one may come in what it gives of `piece`).
-            let before = nested[i]
+            // Copied into a kept buffer: it is asked for every frame while such a reading waits.
+            let waiting = nested[i]
                 .as_ref()
-                .is_some_and(|nested| nested.iter().any(|reading| !reading.escaped))
-                .then(|| reading.shaped.clone().unwrap_or_else(|| as_sent.clone()));
+                .is_some_and(|nested| nested.iter().any(|reading| !reading.escaped));
+            if waiting {
+                before.copy_from(reading.shaped.as_ref().unwrap_or(as_sent));
+            }
             if reading.read(needles, piece, out, Some(marked[i]), Some(as_sent)) {
                 return true;
             }
             for nested in nested[i].iter_mut().flat_map(|nested| nested.iter_mut()) {
-                if nested.read(needles, out, nested_out, None, before.as_ref()) {
+                if nested.read(needles, out, nested_out, None, Some(&*before)) {
                     return true;
                 }
             }

@@ -330,9 +330,6 @@ pub struct Runtime {
     pub scanner: Arc<postern_scan::Scanner>,
     /// Readiness problems, e.g. a credential that could not be loaded.
     pub problems: Vec<String>,
-    /// What `check` and a reload warn about without making the gateway unready, e.g. an
-    /// upstream address the SSRF guard will refuse.
-    pub notes: Vec<String>,
     /// Forward-proxy mode: host policy, registered hosts, the guard for unregistered targets.
     pub proxy: ProxyRuntime,
 }
@@ -432,13 +429,13 @@ fn compile_rules(
 }
 
 impl Runtime {
-    /// What an operator should be told of this runtime: the integrations' readiness problems,
-    /// then the custom policies' notes.
+    /// What an operator should be told of this runtime: each integration's readiness problem
+    /// and refused upstream address, then the custom policies' notes.
     pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = self.problems.clone();
-        warnings.extend(self.notes.iter().cloned());
-        warnings.extend(self.policy.notes());
-        warnings
+        self.placed_warnings()
+            .into_iter()
+            .map(|(message, _)| message)
+            .collect()
     }
 
     /// [`Runtime::warnings`], each with the key it is about (an integration's `credential` or
@@ -525,13 +522,11 @@ impl Runtime {
         };
         let mut integrations = LookupMap::default();
         let mut problems = Vec::new();
-        let mut notes = Vec::new();
         for integration in &config.integrations {
             let runtime = build_integration(integration, inputs)?;
             if let Err(problem) = &runtime.credential {
                 problems.push(format!("integration {}: {}", integration.name, problem.why));
             }
-            notes.extend(refused_upstream_address(integration, &runtime));
             integrations.insert(integration.name.clone(), Arc::new(runtime));
         }
         let proxy = build_proxy(&config, &integrations, inputs.clients)?;
@@ -545,7 +540,6 @@ impl Runtime {
             admin_token_sha256: inputs.admin_token_sha256,
             scanner,
             problems,
-            notes,
             proxy,
         })
     }

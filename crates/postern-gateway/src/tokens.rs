@@ -784,6 +784,12 @@ impl Base64Shaped {
     pub(crate) fn ends_in_token(&self) -> bool {
         Self::decided(&self.tail, true).0
     }
+
+    /// Becomes what `other` is, keeping its own buffer (no allocation once it has one).
+    pub(crate) fn copy_from(&mut self, other: &Base64Shaped) {
+        self.tail.clear();
+        self.tail.extend_from_slice(&other.tail);
+    }
 }
 
 /// The prefix in UTF-16 as both byte orders hold it: little-endian's `p\0s\0t\0_\0` and
