@@ -543,6 +543,9 @@ pub struct OperationConfig {
     pub method: String,
     /// A path template such as `/v1/charges/{id}`.
     pub path: String,
+    /// TOML key `websocket`: a WebSocket handshake (RFC 6455) to this operation opens a
+    /// session relayed both ways; only for `GET`. Without it, a handshake is refused.
+    pub websocket: bool,
 }
 
 /// `[[grants]]`: a caller may call these operations of an integration.

@@ -237,6 +237,8 @@ pub(crate) struct RawOperation {
     pub id: Spanned<String>,
     pub method: Spanned<String>,
     pub path: Spanned<String>,
+    #[serde(default)]
+    pub websocket: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1444,7 +1444,25 @@ impl Validator<'_> {
                     }
                 }
             }
-            operations.push(OperationConfig { id, method, path });
+            let websocket = operation.websocket.as_ref().is_some_and(|w| *w.get_ref());
+            if let Some(flag) = operation.websocket.as_ref().filter(|_| websocket) {
+                if method_is_valid && method != "GET" {
+                    self.error(
+                        flag.span(),
+                        format!(
+                            "operation `{id}` is {method} with websocket = true, but a WebSocket \
+                             handshake is a GET"
+                        ),
+                        "set method = \"GET\" on this operation, or remove websocket = true",
+                    );
+                }
+            }
+            operations.push(OperationConfig {
+                id,
+                method,
+                path,
+                websocket,
+            });
         }
         operations
     }

@@ -547,6 +547,9 @@ fn operations_and_path_templates() {
     check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1#x\" }]"), "6:50: path `/v1#x` contains '#'");
     check(&with_operations("[{ id = \"a\", method = \"FETCH\", path = \"/v1\" }]"), "6:36: method `FETCH` is not supported");
     check(&with_operations("[{ id = \"*\", method = \"GET\", path = \"/v1\" }]"), "6:22: operation id `*` is not valid");
+    check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1\", websocket = true }]"), "ok");
+    check(&with_operations("[{ id = \"a\", method = \"POST\", path = \"/v1\", websocket = true }]"), "6:70: operation `a` is POST with websocket = true, but a WebSocket handshake is a GET");
+    check(&with_operations("[{ id = \"a\", method = \"POST\", path = \"/v1\", websocket = false }]"), "ok");
     check(&with_operations("[\n  { id = \"a\", method = \"GET\", path = \"/v1\" },\n  { id = \"a\", method = \"POST\", path = \"/v1\" },\n]"), "8:10: operation id `a` is used twice in integration `stripe` (first on line 7)");
     check(&with_operations("[\n  { id = \"a\", method = \"GET\", path = \"/v1/{x}\" },\n  { id = \"b\", method = \"get\", path = \"/v1/{y}\" },\n]"), "8:38: operation `b` (GET /v1/{y}) matches the same requests as operation `a` on line 7");
     check(&with_operations("[\n  { id = \"a\", method = \"GET\", path = \"/v1\" },\n  { id = \"b\", method = \"POST\", path = \"/v1\" },\n]"), "ok");

@@ -129,7 +129,7 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
                             "injected_as": injection,
                         },
                         "rate_limit": integration.rate_limit.map(|r| json!({"requests_per_second": r.requests_per_second, "burst": r.burst})),
-                        "operations": integration.operations.iter().map(|o| json!({"id": o.id, "method": o.method, "path": o.path})).collect::<Vec<_>>(),
+                        "operations": integration.operations.iter().map(|o| json!({"id": o.id, "method": o.method, "path": o.path, "websocket": o.websocket})).collect::<Vec<_>>(),
                         "allow_private_networks": integration.allow_private_networks.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                         "allow_plaintext": integration.allow_plaintext,
                         "hosts": integration.hosts,

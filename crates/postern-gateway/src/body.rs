@@ -257,7 +257,7 @@ struct Readers {
 
 /// A caller token looked for in one reading of a body (as sent, or a decoding of it): as it
 /// reads, and with its escapes undone, for what the body's [`Needles`] look for.
-struct TokenReading {
+pub(crate) struct TokenReading {
     /// The search as the reading reads (its last bytes: a token split across pieces is still
     /// found).
     seen: Seen,
@@ -270,7 +270,7 @@ struct TokenReading {
 }
 
 impl TokenReading {
-    fn new(escaped: bool) -> Self {
+    pub(crate) fn new(escaped: bool) -> Self {
         TokenReading {
             seen: Seen::default(),
             escaped: escaped.then(|| {
@@ -285,7 +285,7 @@ impl TokenReading {
     }
 
     /// Reads the next `piece`: whether a token now stands in what was read.
-    fn read(&mut self, needles: &Needles, piece: &[u8]) -> bool {
+    pub(crate) fn read(&mut self, needles: &Needles, piece: &[u8]) -> bool {
         self.seen.read(needles, piece)
             || self
                 .escaped
@@ -313,12 +313,12 @@ impl TokenReading {
 
     /// Whether more could complete a token in what was read, as it reads, with its escapes
     /// undone or with its line breaks left out.
-    fn in_progress(&self, needles: &Needles) -> bool {
+    pub(crate) fn in_progress(&self, needles: &Needles) -> bool {
         self.seen.in_progress(needles) || self.escaped_in_progress(needles)
     }
 
     /// Whether the reading, ending here, ends with a token.
-    fn ends_in_token(&self, needles: &Needles) -> bool {
+    pub(crate) fn ends_in_token(&self, needles: &Needles) -> bool {
         self.seen.ends_in_token(needles)
             || self
                 .escaped

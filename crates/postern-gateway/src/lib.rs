@@ -86,6 +86,7 @@ pub mod scan;
 pub mod tls;
 pub(crate) mod tokens;
 pub mod upstream;
+pub(crate) mod websocket;
 pub mod workers;
 
 use std::collections::HashMap;

@@ -354,6 +354,17 @@ fn pipeline<'a>(
             vendor_path,
             declared_length,
         )?;
+        // A WebSocket handshake goes on only to an operation that takes one; the caller's
+        // connection is handed over once the vendor's `101` has been answered.
+        let mut upgrade = None;
+        if crate::websocket::requested(&request) {
+            upgrade = Some(crate::websocket::admit(
+                &integration,
+                connection,
+                context,
+                &mut request,
+            )?);
+        }
         progress.authorized = true;
         rate_limit(&integration, context)?;
         if let Some(caller) = &context.caller {
@@ -427,6 +438,7 @@ fn pipeline<'a>(
                     declared_length,
                     caller_token.as_deref(),
                     source,
+                    upgrade.is_some(),
                 ))
                 .await?
             }
@@ -439,10 +451,39 @@ fn pipeline<'a>(
                     caller_token.as_deref(),
                     None,
                 )?;
-                let result = forward(&integration, upstream_request, context.started).await;
+                let result = match upgrade {
+                    None => forward(&integration, upstream_request, context.started).await,
+                    // Boxed: only a handshake pays for its state.
+                    Some(_) => {
+                        Box::pin(crate::websocket::handshake(
+                            &integration,
+                            upstream_request,
+                            context.started,
+                        ))
+                        .await
+                    }
+                };
                 forwarded(&integration, context, result, declared_length)?
             }
         };
+        if let Some(caller) = upgrade {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let mut response = response;
+                let vendor = hyper::upgrade::on(&mut response);
+                let prepared =
+                    prepare_response(&integration, context, response, progress.intent_index)?;
+                return crate::websocket::open(
+                    shared,
+                    &integration,
+                    connection,
+                    context,
+                    progress.intent_index,
+                    prepared.parts,
+                    (caller, vendor),
+                    caller_token.as_deref(),
+                );
+            }
+        }
         if integration.config.data_classes.is_some() {
             // Boxed like the request's scan: only scanning integrations pay for its state.
             Box::pin(inspect_scanned(
@@ -470,7 +511,8 @@ fn pipeline<'a>(
 }
 
 /// An OAuth2 integration's vendor call: a token (cached, or minted), the request with it, and
-/// once more with a fresh token if the vendor refuses the first.
+/// once more with a fresh token if the vendor refuses the first (a WebSocket handshake, once).
+#[allow(clippy::too_many_arguments)]
 async fn oauth_call(
     integration: &IntegrationRuntime,
     context: &mut CallContext,
@@ -479,6 +521,7 @@ async fn oauth_call(
     declared_length: Option<u64>,
     caller_token: Option<&[u8]>,
     source: Arc<TokenSource>,
+    websocket: bool,
 ) -> Result<Response<UpstreamBody>, CallError> {
     let token = oauth_token(integration, &source).await?;
     let upstream_request = inject(
@@ -489,6 +532,12 @@ async fn oauth_call(
         caller_token,
         Some(token.clone()),
     )?;
+    if websocket {
+        // A handshake is not sent twice: its answer may be the session.
+        let result =
+            crate::websocket::handshake(integration, upstream_request, context.started).await;
+        return forwarded(integration, context, result, declared_length);
+    }
     forward_replayable(integration, context, upstream_request, &source, token).await
 }
 

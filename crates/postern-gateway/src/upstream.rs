@@ -227,6 +227,13 @@ pub enum UpstreamError {
         error: hyper::Error,
         addr: SocketAddr,
     },
+    /// A WebSocket handshake with the vendor at `addr` failed ([`UpstreamClient::handshake`]).
+    #[error("the WebSocket handshake with the vendor at {addr} failed")]
+    WebSocket {
+        #[source]
+        error: hyper::Error,
+        addr: SocketAddr,
+    },
 }
 
 impl UpstreamError {
@@ -234,7 +241,9 @@ impl UpstreamError {
     /// event records it as `upstream_addr`).
     pub fn addr(&self) -> Option<SocketAddr> {
         match self {
-            UpstreamError::H1 { addr, .. } | UpstreamError::H2 { addr, .. } => Some(*addr),
+            UpstreamError::H1 { addr, .. }
+            | UpstreamError::H2 { addr, .. }
+            | UpstreamError::WebSocket { addr, .. } => Some(*addr),
             _ => None,
         }
     }
@@ -285,6 +294,9 @@ pub struct UpstreamClient {
 struct ClientInner {
     guard: Guard,
     tls: tokio_rustls::TlsConnector,
+    /// The same TLS set-up offering only http/1.1: for a WebSocket handshake (RFC 6455 is an
+    /// HTTP/1.1 upgrade), on a connection of its own.
+    tls_h1: tokio_rustls::TlsConnector,
     allow_plaintext: bool,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -649,6 +661,77 @@ impl UpstreamClient {
            + Send
            + '_ {
         self.send(request, Some(partition))
+    }
+
+    /// Sends a WebSocket handshake (`request`: absolute URI, its upgrade headers set) on a
+    /// connection of its own, never pooled: dialled through the SSRF guard like any other, TLS
+    /// offering only http/1.1. Answers the vendor's response, which on `101` carries the
+    /// connection ([`hyper::upgrade::on`]), and the address it came from.
+    pub async fn handshake(
+        &self,
+        request: http::Request<http_body_util::Empty<bytes::Bytes>>,
+    ) -> Result<(http::Response<Incoming>, SocketAddr), UpstreamError> {
+        let OriginKey {
+            https, authority, ..
+        } = OriginKey::of(request.uri())?;
+        if !https && !self.inner.allow_plaintext {
+            return Err(UpstreamError::Plaintext(authority.host().to_string()));
+        }
+        let host = authority.host();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let name = match https {
+            true => Some(
+                rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
+                    .map_err(|_| ConnectError::ServerName {
+                        host: host.to_string(),
+                    })?
+                    .to_owned(),
+            ),
+            false => None,
+        };
+        let (stream, addr) =
+            dial(&self.inner.guard, host, port, self.inner.connect_timeout).await?;
+        let io = match name {
+            Some(name) => {
+                let tls = self
+                    .inner
+                    .tls_h1
+                    .connect(name, stream)
+                    .await
+                    .map_err(|source| {
+                        let host = host.to_string();
+                        if source
+                            .get_ref()
+                            .is_some_and(|inner| inner.is::<rustls::Error>())
+                        {
+                            UpstreamError::Tls { host, source }
+                        } else {
+                            UpstreamError::Handshake { host, source }
+                        }
+                    })?;
+                crate::h1::Io::Tls(Box::new(tls))
+            }
+            None => crate::h1::Io::Plain(stream),
+        };
+        let failed = |error| UpstreamError::WebSocket { error, addr };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(failed)?;
+        // Driven until the vendor's answer ends, or its connection is handed over on `101`.
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        // Origin-form on the wire: the connection is the vendor's own.
+        let (mut parts, body) = request.into_parts();
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |target| Uri::from(target.clone()));
+        let response = sender
+            .send_request(http::Request::from_parts(parts, body))
+            .await
+            .map_err(failed)?;
+        Ok((response, addr))
     }
 
     /// Not an `async fn` but an `async move` block, which keeps the request once in its future
@@ -1089,6 +1172,9 @@ pub enum UpstreamBody {
     /// passed its limit), counts as failed ([`StreamSlot::failed`]), as one that fails before
     /// its head does.
     H2(Incoming, StreamSlot),
+    /// The answer to a WebSocket handshake other than `101`, on the handshake's own connection
+    /// ([`UpstreamClient::handshake`]).
+    Handshake(Incoming),
 }
 
 impl Drop for UpstreamBody {
@@ -1110,6 +1196,7 @@ impl std::fmt::Debug for UpstreamBody {
         f.write_str(match self {
             UpstreamBody::H1(_) => "UpstreamBody::H1",
             UpstreamBody::H2(..) => "UpstreamBody::H2",
+            UpstreamBody::Handshake(_) => "UpstreamBody::Handshake",
         })
     }
 }
@@ -1126,7 +1213,7 @@ impl http_body::Body for UpstreamBody {
             UpstreamBody::H1(body) => std::pin::Pin::new(body)
                 .poll_frame(cx)
                 .map_err(BodyError::Vendor),
-            UpstreamBody::H2(body, _) => std::pin::Pin::new(body)
+            UpstreamBody::H2(body, _) | UpstreamBody::Handshake(body) => std::pin::Pin::new(body)
                 .poll_frame(cx)
                 .map_err(BodyError::Hyper),
         }
@@ -1135,14 +1222,14 @@ impl http_body::Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::H1(body) => body.is_end_stream(),
-            UpstreamBody::H2(body, _) => body.is_end_stream(),
+            UpstreamBody::H2(body, _) | UpstreamBody::Handshake(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             UpstreamBody::H1(body) => body.size_hint(),
-            UpstreamBody::H2(body, _) => body.size_hint(),
+            UpstreamBody::H2(body, _) | UpstreamBody::Handshake(body) => body.size_hint(),
         }
     }
 }
@@ -1266,11 +1353,14 @@ pub fn build_client(options: UpstreamOptions<'_>) -> anyhow::Result<UpstreamClie
         None => builder.with_no_client_auth(),
     };
     let mut tls = tls;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls_h1 = tokio_rustls::TlsConnector::from(Arc::new(tls.clone()));
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(UpstreamClient {
         inner: Arc::new(ClientInner {
             guard: options.guard,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            tls_h1,
             allow_plaintext: options.allow_plaintext,
             connect_timeout: options.connect_timeout,
             idle_timeout: options.idle_timeout,

@@ -1,0 +1,710 @@
+//! WebSocket sessions (RFC 6455) in path mode, for operations with `websocket = true`.
+//!
+//! A caller's handshake (`GET` over HTTP/1.1 with `Upgrade: websocket`) runs the whole pipeline
+//! as any call does: caller, operation, Cedar grant, rate limit, intent entry, credential
+//! injection. Then it is sent to the vendor on a connection of its own
+//! ([`UpstreamClient::handshake`](crate::upstream::UpstreamClient::handshake): dialled through
+//! the SSRF guard, TLS offering only http/1.1, never pooled), with `Sec-WebSocket-Extensions`
+//! taken off, so no extension (`permessage-deflate`) is negotiated and every frame can be read
+//! as sent. A vendor answer other than `101` reaches the caller as any answer does; a `101`
+//! is passed on (the vendor's `Sec-WebSocket-Accept` answers the caller's key, which went
+//! through unchanged) and both connections are handed over to a session task that relays
+//! bytes both ways until either side closes, the session idles out
+//! (`response_idle_timeout_ms`, no byte either way) or reaches `total_timeout_ms`, or Postern
+//! shuts down. The call's event and audit outcome are recorded then: status 101, the bytes each
+//! way, the session's length, and why it ended.
+//!
+//! The caller's frames are read as they pass ([`CallerFrames`]): each message's payload
+//! (unmasked, across its fragments) is searched for the caller's token and any `postern`-made
+//! token in every form a request body is ([`crate::body`]'s reading), and each control frame's
+//! payload on its own. Where a token stands, the session ends at once: both connections are
+//! closed and the frame that completes it is not passed on (`caller_token_in_body`). Bytes
+//! that could begin a token are held back (at most [`HOLD`]) only where more is sure to
+//! follow: within a frame, or after a fragment of an unfinished message; so a whole message is
+//! never held. A frame that breaks RFC 6455 (unmasked, reserved bits or opcodes, a control
+//! frame fragmented or over 125 bytes) ends the session (`websocket_protocol_error`), as does
+//! a message over the integration's `max_request_body_bytes` (`request_too_large`).
+//!
+//! Not read: the vendor's frames (relayed as sent). A token split across two fragments of a
+//! message, where the first fragment ended where no token could begin yet, is still found when
+//! its last part comes, but what went before it has gone on.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::body::{CallerBody, ForwardBody, GatewayBody, TokenReading};
+use crate::context::{CallContext, ConnectionInfo};
+use crate::error::CallError;
+use crate::events::Decision;
+use crate::runtime::IntegrationRuntime;
+use crate::tokens::Needles;
+use crate::upstream::{UpstreamBody, UpstreamError};
+use crate::Shared;
+
+/// The most bytes of the caller's that are held back while more could complete a token: far
+/// more than the longest form of a token that is read (escaped twice over, in UTF-16).
+pub(crate) const HOLD: usize = 4096;
+
+/// `Sec-WebSocket-Extensions` (RFC 6455 §11.3.2): never passed on, so frames carry no
+/// compressed payload.
+const EXTENSIONS: header::HeaderName = header::HeaderName::from_static("sec-websocket-extensions");
+
+/// Whether `request` is a WebSocket handshake: `GET` over HTTP/1.1 asking to upgrade to
+/// `websocket` (RFC 6455 §4.1).
+pub(crate) fn requested(request: &Request<CallerBody>) -> bool {
+    request.method() == http::Method::GET
+        && request.version() == http::Version::HTTP_11
+        && lists(request.headers(), &header::UPGRADE, "websocket")
+        && lists(request.headers(), &header::CONNECTION, "upgrade")
+}
+
+/// Whether the comma-separated lists of `name`'s fields hold `token`, in any case.
+fn lists(headers: &http::HeaderMap, name: &header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// Whether `operation` of `integration` takes WebSocket handshakes.
+fn allowed(integration: &IntegrationRuntime, operation: Option<&str>) -> bool {
+    operation.is_some_and(|id| {
+        integration
+            .config
+            .operations
+            .iter()
+            .any(|known| known.websocket && known.id == id)
+    })
+}
+
+/// A handshake ([`requested`]) to the operation `context` names, authorized: refused unless
+/// the operation takes one (`websocket = true`), in path mode, without a body. Answers the
+/// caller's side of the upgrade, taken off the request.
+pub(crate) fn admit(
+    integration: &IntegrationRuntime,
+    connection: &ConnectionInfo,
+    context: &CallContext,
+    request: &mut Request<CallerBody>,
+) -> Result<OnUpgrade, CallError> {
+    let operation = context.operation_id.as_deref().unwrap_or("");
+    if !allowed(integration, Some(operation)) {
+        return Err(CallError::forbidden(
+            "websocket_not_allowed",
+            format!(
+                "operation {operation} of integration {} does not take WebSocket handshakes; set websocket = true on the operation if it should",
+                integration.name
+            ),
+        ));
+    }
+    if connection.tunnel.is_some() {
+        return Err(CallError::forbidden(
+            "websocket_not_allowed",
+            "WebSocket sessions are relayed in path mode only, not inside a forward-proxy tunnel; point the client at http(s)://<postern>/<integration>/...",
+        ));
+    }
+    if !http_body::Body::is_end_stream(request.body()) {
+        return Err(CallError::bad_request(
+            "websocket_handshake_body",
+            "a WebSocket handshake carries no body; send it without Content-Length or Transfer-Encoding",
+        ));
+    }
+    Ok(hyper::upgrade::on(request))
+}
+
+/// What sending the handshake gave, as [`crate::proxy`] reads a vendor's answer.
+pub(crate) type Sent = Result<
+    Result<(Response<UpstreamBody>, std::net::SocketAddr), UpstreamError>,
+    tokio::time::error::Elapsed,
+>;
+
+/// Sends the handshake (`request`, injected) to the vendor within the integration's
+/// `request_timeout_ms` (and what is left of `total_timeout_ms`), on a connection of its own.
+pub(crate) async fn handshake(
+    integration: &IntegrationRuntime,
+    request: Request<ForwardBody>,
+    started: Instant,
+) -> Sent {
+    let (mut parts, _) = request.into_parts();
+    parts.headers.remove(EXTENSIONS);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let request = Request::from_parts(parts, http_body_util::Empty::<Bytes>::new());
+    let config = &integration.config;
+    let head = tokio::time::Instant::now() + Duration::from_millis(config.request_timeout_ms);
+    let deadline = match crate::body::call_end(started, config.total_timeout_ms) {
+        Some((end, _)) => head.min(end),
+        None => head,
+    };
+    tokio::time::timeout_at(deadline, async {
+        let (response, addr) = integration.client.handshake(request).await?;
+        Ok((response.map(UpstreamBody::Handshake), addr))
+    })
+    .await
+}
+
+/// The vendor accepted the handshake (`101`): checks its answer, puts the upgrade back on the
+/// answer prepared for the caller (`parts`), and starts the session's task, which records the
+/// call when the session ends.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn open(
+    shared: &Arc<Shared>,
+    integration: &IntegrationRuntime,
+    connection: &ConnectionInfo,
+    context: &mut CallContext,
+    intent_index: Option<u64>,
+    mut parts: http::response::Parts,
+    (caller, vendor): (OnUpgrade, OnUpgrade),
+    caller_token: Option<&[u8]>,
+) -> Result<Response<GatewayBody>, CallError> {
+    if parts.headers.contains_key(EXTENSIONS) {
+        return Err(CallError::bad_gateway(
+            "websocket_extension_refused",
+            format!(
+                "the vendor of {} accepted the WebSocket handshake with an extension that was not offered (Sec-WebSocket-Extensions); Postern passes on only sessions whose frames it can read",
+                integration.name
+            ),
+        ));
+    }
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let config = &integration.config;
+    let limits = Limits {
+        idle: (config.response_idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(config.response_idle_timeout_ms)),
+        end: crate::body::call_end(context.started, config.total_timeout_ms),
+    };
+    let frames = CallerFrames::new(Needles::new(caller_token), config.max_request_body_bytes);
+    let shared = shared.clone();
+    let context = context.take();
+    // The session stands as a call in flight on the caller's connection, as a tunnel does.
+    let waiting = connection.in_flight().wait();
+    tokio::spawn(async move {
+        let _waiting = waiting;
+        let ended = match tokio::try_join!(caller, vendor) {
+            Ok((caller, vendor)) => {
+                let shutdown = shared.shutdown_signal();
+                relay(caller, vendor, frames, limits, shutdown).await
+            }
+            Err(error) => {
+                tracing::debug!(%error, "WebSocket upgrade failed");
+                Ended {
+                    reason: "caller_closed",
+                    up: 0,
+                    down: 0,
+                }
+            }
+        };
+        if ended.reason == "caller_token_in_body" {
+            tracing::warn!(integration = context.integration.as_deref().unwrap_or(""), request_id = %context.request_id, "a caller token in a WebSocket message; the session was closed");
+        }
+        context
+            .request_body
+            .bytes
+            .store(ended.up, std::sync::atomic::Ordering::Relaxed);
+        let status = StatusCode::SWITCHING_PROTOCOLS.as_u16();
+        let incomplete = ended.reason != "granted";
+        shared.recorder.record_call(
+            &context,
+            status,
+            Decision::Allow,
+            ended.reason,
+            ended.down,
+            incomplete,
+        );
+        let record = shared.audit.record(
+            postern_tlog::RecordKind::Outcome,
+            &context,
+            Some(&crate::audit::Outcome {
+                decision: postern_tlog::Decision::Allow,
+                reason: ended.reason,
+                status,
+                response_bytes: ended.down,
+                intent_index,
+            }),
+        );
+        shared.audit.append_later(record, &context.request_id);
+    });
+    Ok(Response::from_parts(parts, GatewayBody::full(Bytes::new())))
+}
+
+/// How long a session may last: idle (no byte either way), and until when.
+struct Limits {
+    idle: Option<Duration>,
+    end: Option<(tokio::time::Instant, Duration)>,
+}
+
+/// How a session ended: the event's reason, and the bytes each way.
+struct Ended {
+    reason: &'static str,
+    up: u64,
+    down: u64,
+}
+
+/// Relays the session until it ends ([module docs](self)).
+async fn relay(
+    caller: Upgraded,
+    vendor: Upgraded,
+    mut frames: CallerFrames,
+    limits: Limits,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Ended {
+    let (mut caller_read, mut caller_write) = tokio::io::split(TokioIo::new(caller));
+    let (mut vendor_read, mut vendor_write) = tokio::io::split(TokioIo::new(vendor));
+    // Milliseconds from `started` to the last byte either way.
+    let started = Instant::now();
+    let last = AtomicU64::new(0);
+    let moved = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let from_caller = async {
+        let mut buffer = vec![0u8; 16 * 1024];
+        let mut held: Vec<u8> = Vec::new();
+        loop {
+            let read = match caller_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => read,
+            };
+            moved();
+            let hold = frames.read(&buffer[..read])?;
+            held.extend_from_slice(&buffer[..read]);
+            let release = held.len() - if hold { HOLD.min(held.len()) } else { 0 };
+            if release > 0 {
+                if vendor_write.write_all(&held[..release]).await.is_err() {
+                    break;
+                }
+                held.drain(..release);
+                up.fetch_add(release as u64, Ordering::Relaxed);
+            }
+        }
+        // Held bytes at the caller's end belong to a frame that never ended: not passed on.
+        let _ = vendor_write.shutdown().await;
+        Ok::<(), &'static str>(())
+    };
+    let from_vendor = async {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let read = match vendor_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => read,
+            };
+            moved();
+            if caller_write.write_all(&buffer[..read]).await.is_err() {
+                break;
+            }
+            down.fetch_add(read as u64, Ordering::Relaxed);
+        }
+        let _ = caller_write.shutdown().await;
+    };
+    let idle = async {
+        let Some(idle) = limits.idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            let due = started + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+        }
+    };
+    let total = async {
+        match limits.end {
+            Some((end, _)) => tokio::time::sleep_until(end).await,
+            None => std::future::pending().await,
+        }
+    };
+    // Either side's close ends the session (RFC 6455 §7.1.1: the vendor, as the server, closes
+    // its connection first once the closing handshake is done; the caller cannot be told
+    // anything once it has closed its own).
+    let reason = tokio::select! {
+        ended = from_caller => match ended {
+            Ok(()) => "granted",
+            Err(reason) => reason,
+        },
+        () = from_vendor => "granted",
+        () = idle => "upstream_idle_timeout",
+        () = total => "upstream_total_timeout",
+        _ = shutdown.wait_for(|stop| *stop) => "gateway_shutdown",
+    };
+    Ended {
+        reason,
+        up: up.into_inner(),
+        down: down.into_inner(),
+    }
+}
+
+/// The caller's side of a session read as frames (RFC 6455 §5.2), each message's payload
+/// searched for tokens as it passes. Sans-IO: [`CallerFrames::read`] takes the bytes as they
+/// come.
+pub(crate) struct CallerFrames {
+    needles: Needles,
+    /// The largest message (its payloads' sum) that may pass.
+    max_message: u64,
+    /// The frame head read so far (2 to 14 bytes).
+    head: [u8; 14],
+    head_len: usize,
+    /// Within a frame's payload: what is left of it, its masking key and where in it the next
+    /// byte falls, and whether it is a control frame and the last of its message.
+    payload: Option<Payload>,
+    /// The data message being read (its first frame came, its last has not ended).
+    message: Option<Message>,
+    /// A control frame's payload, read whole (at most 125 bytes).
+    control: Vec<u8>,
+    /// The unmasked bytes of the piece being read.
+    scratch: Vec<u8>,
+}
+
+struct Payload {
+    left: u64,
+    key: [u8; 4],
+    at: usize,
+    control: bool,
+    fin: bool,
+}
+
+struct Message {
+    reading: TokenReading,
+    bytes: u64,
+}
+
+impl CallerFrames {
+    pub(crate) fn new(needles: Needles, max_message: u64) -> Self {
+        CallerFrames {
+            needles,
+            max_message,
+            head: [0; 14],
+            head_len: 0,
+            payload: None,
+            message: None,
+            control: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Reads the caller's next bytes. `Ok(hold)`: they may go on, all of them, or (`hold`)
+    /// all but the last [`HOLD`] of what is held, as more that is sure to come could complete a
+    /// token; `Err(reason)`: the session must end, nothing of these bytes passed on.
+    pub(crate) fn read(&mut self, mut bytes: &[u8]) -> Result<bool, &'static str> {
+        while !bytes.is_empty() {
+            match &mut self.payload {
+                None => {
+                    let need = self.head_needs();
+                    let take = (need - self.head_len).min(bytes.len());
+                    self.head[self.head_len..self.head_len + take].copy_from_slice(&bytes[..take]);
+                    self.head_len += take;
+                    bytes = &bytes[take..];
+                    if self.head_len == self.head_needs() {
+                        self.start_frame()?;
+                    }
+                }
+                Some(payload) => {
+                    let take = usize::try_from(payload.left)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len());
+                    self.scratch.clear();
+                    self.scratch.extend(
+                        bytes[..take]
+                            .iter()
+                            .enumerate()
+                            .map(|(i, byte)| byte ^ payload.key[(payload.at + i) % 4]),
+                    );
+                    payload.at = (payload.at + take) % 4;
+                    payload.left -= take as u64;
+                    bytes = &bytes[take..];
+                    let (control, fin, done) = (payload.control, payload.fin, payload.left == 0);
+                    if control {
+                        self.control.extend_from_slice(&self.scratch);
+                    } else if let Some(message) = &mut self.message {
+                        if message.reading.read(&self.needles, &self.scratch) {
+                            return Err("caller_token_in_body");
+                        }
+                    }
+                    if done {
+                        self.payload = None;
+                        self.end_frame(control, fin)?;
+                    }
+                }
+            }
+        }
+        Ok(self.holding())
+    }
+
+    /// How many bytes the frame head being read has.
+    fn head_needs(&self) -> usize {
+        if self.head_len < 2 {
+            return 2;
+        }
+        let length = match self.head[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        2 + length + if self.head[1] & 0x80 != 0 { 4 } else { 0 }
+    }
+
+    /// A frame's head is read whole: checks it and starts its payload.
+    fn start_frame(&mut self) -> Result<(), &'static str> {
+        const PROTOCOL: &str = "websocket_protocol_error";
+        let (first, second) = (self.head[0], self.head[1]);
+        self.head_len = 0;
+        let fin = first & 0x80 != 0;
+        let opcode = first & 0x0f;
+        // No extension was negotiated: no reserved bit may be set; clients mask every frame.
+        if first & 0x70 != 0 || second & 0x80 == 0 {
+            return Err(PROTOCOL);
+        }
+        let (left, key_at) = match second & 0x7f {
+            126 => (
+                u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+                4,
+            ),
+            127 => {
+                let mut length = [0; 8];
+                length.copy_from_slice(&self.head[2..10]);
+                let length = u64::from_be_bytes(length);
+                if length >> 63 != 0 {
+                    return Err(PROTOCOL);
+                }
+                (length, 10)
+            }
+            length => (u64::from(length), 2),
+        };
+        let mut key = [0; 4];
+        key.copy_from_slice(&self.head[key_at..key_at + 4]);
+        let control = match opcode {
+            0x8..=0xa => {
+                if !fin || left > 125 {
+                    return Err(PROTOCOL);
+                }
+                self.control.clear();
+                true
+            }
+            0x0..=0x2 => {
+                // A continuation continues a message; a text or binary frame begins one.
+                if (opcode == 0x0) != self.message.is_some() {
+                    return Err(PROTOCOL);
+                }
+                let message = self.message.get_or_insert_with(|| Message {
+                    reading: TokenReading::new(true),
+                    bytes: 0,
+                });
+                message.bytes = message.bytes.saturating_add(left);
+                if message.bytes > self.max_message {
+                    return Err("request_too_large");
+                }
+                false
+            }
+            _ => return Err(PROTOCOL),
+        };
+        self.payload = Some(Payload {
+            left,
+            key,
+            at: 0,
+            control,
+            fin,
+        });
+        if left == 0 {
+            self.payload = None;
+            self.end_frame(control, fin)?;
+        }
+        Ok(())
+    }
+
+    /// A frame's payload has been read whole.
+    fn end_frame(&mut self, control: bool, fin: bool) -> Result<(), &'static str> {
+        if control {
+            if crate::body::whole_holds_a_token(&self.needles, &self.control, true) {
+                return Err("caller_token_in_body");
+            }
+            return Ok(());
+        }
+        if fin {
+            if let Some(message) = self.message.take() {
+                if message.reading.ends_in_token(&self.needles) {
+                    return Err("caller_token_in_body");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether bytes are held back: within a control frame (read whole before it goes), or
+    /// within a message whose bytes so far end where a token could begin.
+    fn holding(&self) -> bool {
+        match &self.payload {
+            Some(payload) if payload.control => true,
+            _ => self
+                .message
+                .as_ref()
+                .is_some_and(|message| message.reading.in_progress(&self.needles)),
+        }
+    }
+}
+
+/// Writes `frame` (opcode, payload) as a caller would send it, masked with `key`: for tests.
+#[cfg(test)]
+pub(crate) fn masked_frame(fin: bool, opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut frame = vec![u8::from(fin) << 7 | opcode];
+    match payload.len() {
+        length @ 0..=125 => frame.push(0x80 | length as u8),
+        length @ 126..=0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(length as u16).to_be_bytes());
+        }
+        length => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(length as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+    fn reader() -> CallerFrames {
+        CallerFrames::new(
+            Needles::new(Some(b"pst_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")),
+            1 << 20,
+        )
+    }
+
+    /// Feeds `bytes` in pieces of `step`; the first refusal, else whether the last read holds.
+    fn feed(frames: &mut CallerFrames, bytes: &[u8], step: usize) -> Result<bool, &'static str> {
+        let mut hold = false;
+        for piece in bytes.chunks(step.max(1)) {
+            hold = frames.read(piece)?;
+        }
+        Ok(hold)
+    }
+
+    #[test]
+    fn messages_without_a_token_pass_whole_however_split() {
+        let mut stream = masked_frame(true, 1, br#"{"type":"session.update","session":{}}"#, KEY);
+        stream.extend(masked_frame(true, 9, b"ping", KEY));
+        stream.extend(masked_frame(false, 2, &[0u8; 300], KEY));
+        stream.extend(masked_frame(true, 0, &[1u8; 70_000], KEY));
+        stream.extend(masked_frame(true, 8, &[0x03, 0xe8], KEY));
+        for step in [1, 2, 3, 7, 64, 1000, stream.len()] {
+            let mut frames = reader();
+            assert_eq!(feed(&mut frames, &stream, step), Ok(false), "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_token_in_a_message_is_found_however_split_and_however_written() {
+        let token = "pst_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+        let other = "pst_ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkj";
+        let escaped: String = token
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        let bodies = [
+            format!(r#"{{"type":"x","key":"{token}"}}"#),
+            format!(r#"{{"type":"x","key":"{other}"}}"#),
+            format!(r#"{{"type":"x","key":"{escaped}"}}"#),
+        ];
+        for body in &bodies {
+            for step in [1, 5, 13, body.len() + 8] {
+                let mut frames = reader();
+                let stream = masked_frame(true, 1, body.as_bytes(), KEY);
+                assert_eq!(
+                    feed(&mut frames, &stream, step),
+                    Err("caller_token_in_body"),
+                    "{body} in pieces of {step}"
+                );
+            }
+            // Fragmented: the token's halves in two frames of one message.
+            let (first, second) = body.split_at(body.len() / 2);
+            let mut stream = masked_frame(false, 1, first.as_bytes(), KEY);
+            stream.extend(masked_frame(true, 9, b"", KEY));
+            stream.extend(masked_frame(true, 0, second.as_bytes(), KEY));
+            assert_eq!(feed(&mut reader(), &stream, 4), Err("caller_token_in_body"));
+        }
+        // In a control frame's payload (a close frame's reason).
+        let mut close = vec![0x03, 0xe8];
+        close.extend_from_slice(token.as_bytes());
+        let stream = masked_frame(true, 8, &close, KEY);
+        assert_eq!(feed(&mut reader(), &stream, 3), Err("caller_token_in_body"));
+    }
+
+    #[test]
+    fn what_could_begin_a_token_is_held_only_while_more_must_come() {
+        // A frame cut in its middle right after the prefix: held until the rest is read.
+        let stream = masked_frame(true, 1, b"abc pst_abc and more", KEY);
+        let mut frames = reader();
+        assert_eq!(frames.read(&stream[..6 + 8]), Ok(true));
+        assert_eq!(frames.read(&stream[6 + 8..]), Ok(false));
+        // A whole message that ends in the prefix is not held: nothing more is sure to come.
+        let mut frames = reader();
+        assert_eq!(
+            frames.read(&masked_frame(true, 1, b"ends in pst_", KEY)),
+            Ok(false)
+        );
+        // A fragment that does is, until its message's next frame.
+        let mut frames = reader();
+        assert_eq!(
+            frames.read(&masked_frame(false, 1, b"ends in pst_", KEY)),
+            Ok(true)
+        );
+        assert_eq!(
+            frames.read(&masked_frame(true, 0, b" nothing", KEY)),
+            Ok(false)
+        );
+    }
+
+    #[test]
+    fn frames_that_break_the_protocol_end_the_session() {
+        let unmasked = [0x81, 0x02, b'h', b'i'];
+        let mut reserved = masked_frame(true, 1, b"hi", KEY);
+        reserved[0] |= 0x40;
+        let long_ping = masked_frame(true, 9, &[0; 126], KEY);
+        let fragmented_ping = masked_frame(false, 9, b"x", KEY);
+        let stray_continuation = masked_frame(true, 0, b"x", KEY);
+        let mut two_starts = masked_frame(false, 1, b"x", KEY);
+        two_starts.extend(masked_frame(true, 1, b"y", KEY));
+        let reserved_opcode = masked_frame(true, 3, b"x", KEY);
+        for (what, stream) in [
+            ("unmasked", unmasked.to_vec()),
+            ("reserved bit", reserved),
+            ("long ping", long_ping),
+            ("fragmented ping", fragmented_ping),
+            ("stray continuation", stray_continuation),
+            ("two starts", two_starts),
+            ("reserved opcode", reserved_opcode),
+        ] {
+            assert_eq!(
+                feed(&mut reader(), &stream, 1),
+                Err("websocket_protocol_error"),
+                "{what}"
+            );
+        }
+        let mut small = CallerFrames::new(Needles::new(None), 100);
+        let mut stream = masked_frame(false, 2, &[0; 60], KEY);
+        stream.extend(masked_frame(true, 0, &[0; 60], KEY));
+        assert_eq!(feed(&mut small, &stream, 7), Err("request_too_large"));
+    }
+}

@@ -1,0 +1,353 @@
+//! End-to-end: WebSocket sessions through Postern (operations with `websocket = true`), with a
+//! real WebSocket client and vendor (tokio-tungstenite) over real sockets, the vendor over TLS.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+
+const ANOTHER_TOKEN: &str = "pst_3sFlZhVVxOOZHyr3ed8HsqImRuXcQmBiQ4sHlGyNZcw";
+const VENDOR_KEY: &str = "sk_live_realtime_vendor_key_DO_NOT_LEAK_77";
+
+/// A WebSocket vendor over TLS (http/1.1 by ALPN): records each handshake's target and
+/// headers and each message it is sent, answers a text message with `echo: <text>`, and
+/// refuses (401) a handshake whose query holds `deny`.
+struct WsVendor {
+    port: u16,
+    ca_pem: String,
+    handshakes: Arc<Mutex<Vec<(String, http::HeaderMap)>>>,
+    messages: Arc<Mutex<Vec<Message>>>,
+}
+
+async fn ws_vendor() -> WsVendor {
+    let pki = TestPki::new();
+    let acceptor = pki.acceptor(&[b"http/1.1"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handshakes = Arc::new(Mutex::new(Vec::new()));
+    let messages = Arc::new(Mutex::new(Vec::new()));
+    let (seen, heard) = (handshakes.clone(), messages.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, seen, heard) = (acceptor.clone(), seen.clone(), heard.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                // The refusal's type is tungstenite's.
+                #[allow(clippy::result_large_err)]
+                let callback = |request: &Request, response: Response| {
+                    seen.lock()
+                        .unwrap()
+                        .push((request.uri().to_string(), request.headers().clone()));
+                    if request.uri().query().is_some_and(|q| q.contains("deny")) {
+                        let mut refusal = ErrorResponse::new(Some("no such key".to_string()));
+                        *refusal.status_mut() = http::StatusCode::UNAUTHORIZED;
+                        return Err(refusal);
+                    }
+                    Ok(response)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tls, callback).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    heard.lock().unwrap().push(message.clone());
+                    let answer = match message {
+                        Message::Text(text) => Message::text(format!("echo: {text}")),
+                        Message::Binary(data) => Message::binary(data),
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    if ws.send(answer).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = ws.close(None).await;
+            });
+        }
+    });
+    WsVendor {
+        port,
+        ca_pem: pki.ca_pem,
+        handshakes,
+        messages,
+    }
+}
+
+/// A gateway with an OpenAI-like integration: `realtime` takes WebSocket handshakes, `models`
+/// does not; both granted to `checkout`. `extra` goes in the integration.
+async fn ws_gateway(vendor: &WsVendor, extra: &str) -> (TestGateway, tempfile::TempDir) {
+    let keys = tempfile::tempdir().unwrap();
+    let key_path = keys.path().join("openai-key");
+    std::fs::write(&key_path, VENDOR_KEY).unwrap();
+    let body = format!(
+        r#"
+[[integrations]]
+name = "openai"
+vendor = "OpenAI"
+owner = "ml@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+credential = {{ kind = "bearer", from_file = "{key}" }}
+operations = [
+  {{ id = "realtime", method = "GET", path = "/v1/realtime", websocket = true }},
+  {{ id = "models",   method = "GET", path = "/v1/models" }},
+]
+{extra}
+
+[[grants]]
+caller = "checkout"
+integration = "openai"
+operations = ["realtime", "models"]
+"#,
+        port = vendor.port,
+        key = key_path.display(),
+    );
+    (TestGateway::start(&body, Some(&vendor.ca_pem)).await, keys)
+}
+
+/// A handshake request to `path` on the gateway, with the caller token `token` (if any).
+fn handshake(gw: &TestGateway, path: &str, token: Option<&str>) -> Request {
+    let url = format!("{}{path}", gw.base.replace("http://", "ws://"));
+    let mut request = url.into_client_request().unwrap();
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    // Postern never lets an extension be negotiated: it reads every frame as sent.
+    request.headers_mut().insert(
+        "sec-websocket-extensions",
+        "permessage-deflate; client_max_window_bits"
+            .parse()
+            .unwrap(),
+    );
+    request
+}
+
+async fn connect(
+    gw: &TestGateway,
+    request: Request,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
+    let tcp = TcpStream::connect(gw.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tokio_tungstenite::client_async(request, tcp)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// The status and JSON body of a handshake Postern (or the vendor) refused.
+fn refused(error: tokio_tungstenite::tungstenite::Error) -> (u16, String) {
+    match error {
+        tokio_tungstenite::tungstenite::Error::Http(response) => (
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_session_is_relayed_with_the_vendor_key_and_recorded() {
+    let vendor = ws_vendor().await;
+    let (gw, _keys) = ws_gateway(&vendor, "").await;
+    let mut ws = connect(
+        &gw,
+        handshake(&gw, "/openai/v1/realtime?model=gpt", Some(CHECKOUT_TOKEN)),
+    )
+    .await
+    .expect("the handshake is accepted");
+    ws.send(Message::text(r#"{"type":"session.update"}"#))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, Message::text(r#"echo: {"type":"session.update"}"#));
+    // A large binary message, in many reads.
+    let audio = vec![7u8; 200_000];
+    ws.send(Message::binary(audio.clone())).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.into_data().len(), audio.len());
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+
+    let (target, headers) = vendor.handshakes.lock().unwrap()[0].clone();
+    assert_eq!(target, "/v1/realtime?model=gpt");
+    assert_eq!(
+        headers.get("authorization").unwrap(),
+        &format!("Bearer {VENDOR_KEY}")
+    );
+    assert!(
+        headers.get("sec-websocket-extensions").is_none(),
+        "no extension is offered to the vendor"
+    );
+    for (name, value) in &headers {
+        assert!(
+            !value
+                .as_bytes()
+                .windows(CHECKOUT_TOKEN.len())
+                .any(|w| w == CHECKOUT_TOKEN.as_bytes()),
+            "the caller token reached the vendor in {name}"
+        );
+    }
+    let events = gw.wait_events(1).await;
+    let event = &events[0];
+    assert_eq!(event["status"], 101, "{event}");
+    assert_eq!(event["decision"], "allow");
+    assert_eq!(event["reason"], "granted");
+    assert_eq!(event["operation"], "realtime");
+    assert_eq!(event["caller"], "checkout");
+    assert!(
+        event["request_bytes"].as_u64().unwrap() > 200_000,
+        "{event}"
+    );
+    assert!(
+        event["response_bytes"].as_u64().unwrap() > 200_000,
+        "{event}"
+    );
+    let outcome = audit_outcome(&gw, event["request_id"].as_str().unwrap()).await;
+    assert_eq!(outcome.status, Some(101));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_handshake_is_refused_unless_granted_to_an_operation_that_takes_one() {
+    let vendor = ws_vendor().await;
+    let (gw, _keys) = ws_gateway(&vendor, "").await;
+    let cases = [
+        (
+            "/openai/v1/models",
+            Some(CHECKOUT_TOKEN),
+            403,
+            "websocket_not_allowed",
+        ),
+        (
+            "/openai/v1/realtime",
+            Some(REPORTING_TOKEN),
+            403,
+            "not_granted",
+        ),
+        ("/openai/v1/realtime", None, 401, "unauthenticated"),
+        (
+            "/openai/v1/other",
+            Some(CHECKOUT_TOKEN),
+            403,
+            "operation_not_allowed",
+        ),
+    ];
+    for (path, token, status, code) in cases {
+        let Err(error) = connect(&gw, handshake(&gw, path, token)).await else {
+            panic!("{path} was accepted");
+        };
+        let (got, body) = refused(error);
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body.contains(code), "{path}: {body}");
+    }
+    assert!(vendor.handshakes.lock().unwrap().is_empty());
+    // The vendor's own refusal reaches the caller as any answer does.
+    let denied = handshake(&gw, "/openai/v1/realtime?deny=1", Some(CHECKOUT_TOKEN));
+    let Err(error) = connect(&gw, denied).await else {
+        panic!("the vendor's refusal was accepted");
+    };
+    let (status, body) = refused(error);
+    assert_eq!(status, 401);
+    // (The client reads the body as it came: chunked.)
+    assert!(body.contains("no such key"), "{body}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_caller_token_in_a_message_ends_the_session_before_it_reaches_the_vendor() {
+    let vendor = ws_vendor().await;
+    let (gw, _keys) = ws_gateway(&vendor, "").await;
+    let escaped: String = CHECKOUT_TOKEN
+        .chars()
+        .map(|c| format!("\\u{:04x}", c as u32))
+        .collect();
+    let messages = [
+        format!(r#"{{"api_key":"{CHECKOUT_TOKEN}"}}"#),
+        // Any token `postern` makes (`pst_` and 43 base64url characters), another caller's too.
+        format!(r#"{{"api_key":"{ANOTHER_TOKEN}"}}"#),
+        format!(r#"{{"api_key":"{escaped}"}}"#),
+    ];
+    for (n, message) in messages.iter().enumerate() {
+        let mut ws = connect(
+            &gw,
+            handshake(&gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
+        )
+        .await
+        .unwrap();
+        ws.send(Message::text("hello")).await.unwrap();
+        let answer = ws.next().await.unwrap().unwrap();
+        assert_eq!(answer, Message::text("echo: hello"));
+        let _ = ws.send(Message::text(message.clone())).await;
+        // The session ends: the caller reads the connection's end, and no echo of it.
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => panic!("the vendor answered {text}"),
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return,
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "the session was not ended");
+        let events = gw.wait_events(n + 1).await;
+        let event = &events[n];
+        assert_eq!(event["status"], 101, "{event}");
+        assert_eq!(event["reason"], "caller_token_in_body", "{event}");
+    }
+    let heard = vendor.messages.lock().unwrap().clone();
+    assert_eq!(heard.len(), messages.len(), "{heard:?}");
+    assert!(
+        heard.iter().all(|m| *m == Message::text("hello")),
+        "{heard:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed_at_the_integrations_idle_limit() {
+    let vendor = ws_vendor().await;
+    let (gw, _keys) = ws_gateway(&vendor, "response_idle_timeout_ms = 300").await;
+    let mut ws = connect(
+        &gw,
+        handshake(&gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the idle session was not closed");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let events = gw.wait_events(1).await;
+    assert_eq!(
+        events[0]["reason"], "upstream_idle_timeout",
+        "{}",
+        events[0]
+    );
+    gw.stop().await;
+}
