@@ -678,7 +678,10 @@ pub async fn serve_tunnel<I, H, F>(
 {
     let answers = Answers::default();
     let service = service(info.clone(), answers.clone(), handler);
-    let connection = builder.serve_connection(io, service).into_owned();
+    // With upgrades: a WebSocket session inside the tunnel takes the connection over.
+    let connection = builder
+        .serve_connection_with_upgrades(io, service)
+        .into_owned();
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

@@ -360,7 +360,6 @@ fn pipeline<'a>(
         if crate::websocket::requested(&request) {
             upgrade = Some(crate::websocket::admit(
                 &integration,
-                connection,
                 context,
                 &mut request,
             )?);

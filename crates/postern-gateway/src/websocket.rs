@@ -1,4 +1,5 @@
-//! WebSocket sessions (RFC 6455) in path mode, for operations with `websocket = true`.
+//! WebSocket sessions (RFC 6455), for operations with `websocket = true`: in path mode, and
+//! inside intercepted forward-proxy tunnels (`wss://` through `HTTPS_PROXY`).
 //!
 //! A caller's handshake (`GET` over HTTP/1.1 with `Upgrade: websocket`) runs the whole pipeline
 //! as any call does: caller, operation, Cedar grant, rate limit, intent entry, credential
@@ -88,11 +89,10 @@ fn allowed(integration: &IntegrationRuntime, operation: Option<&str>) -> bool {
 }
 
 /// A handshake ([`requested`]) to the operation `context` names, authorized: refused unless
-/// the operation takes one (`websocket = true`), in path mode, without a body. Answers the
+/// the operation takes one (`websocket = true`), without a body. Answers the
 /// caller's side of the upgrade, taken off the request.
 pub(crate) fn admit(
     integration: &IntegrationRuntime,
-    connection: &ConnectionInfo,
     context: &CallContext,
     request: &mut Request<CallerBody>,
 ) -> Result<OnUpgrade, CallError> {
@@ -104,12 +104,6 @@ pub(crate) fn admit(
                 "operation {operation} of integration {} does not take WebSocket handshakes; set websocket = true on the operation if it should",
                 integration.name
             ),
-        ));
-    }
-    if connection.tunnel.is_some() {
-        return Err(CallError::forbidden(
-            "websocket_not_allowed",
-            "WebSocket sessions are relayed in path mode only, not inside a forward-proxy tunnel; point the client at http(s)://<postern>/<integration>/...",
         ));
     }
     if !http_body::Body::is_end_stream(request.body()) {

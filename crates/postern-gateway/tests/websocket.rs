@@ -14,6 +14,8 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::Message;
 
 const ANOTHER_TOKEN: &str = "pst_3sFlZhVVxOOZHyr3ed8HsqImRuXcQmBiQ4sHlGyNZcw";
+/// The vendor's name through the forward proxy: never resolved, Postern intercepts it.
+const VENDOR_HOST: &str = "realtime.vendor.postern.test";
 const VENDOR_KEY: &str = "sk_live_realtime_vendor_key_DO_NOT_LEAK_77";
 
 /// A WebSocket vendor over TLS (http/1.1 by ALPN): records each handshake's target and
@@ -99,6 +101,7 @@ owner = "ml@example.com"
 upstream = "https://127.0.0.1:{port}"
 ca_file = "{{ca}}"
 allow_private_networks = ["127.0.0.1/32"]
+hosts = ["{VENDOR_HOST}"]
 credential = {{ kind = "bearer", from_file = "{key}" }}
 operations = [
   {{ id = "realtime", method = "GET", path = "/v1/realtime", websocket = true }},
@@ -349,5 +352,76 @@ async fn an_idle_session_is_closed_at_the_integrations_idle_limit() {
         "{}",
         events[0]
     );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_websocket_session_through_the_forward_proxy_is_intercepted_and_relayed() {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let vendor = ws_vendor().await;
+    let (gw, _keys) = ws_gateway(&vendor, "").await;
+    // What a client with HTTPS_PROXY=http://x:<caller token>@postern does for wss://.
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
+    let mut tcp = TcpStream::connect(gw.running().listen_addr).await.unwrap();
+    tcp.write_all(
+        format!("CONNECT {VENDOR_HOST}:443 HTTP/1.1\r\nHost: {VENDOR_HOST}:443\r\nProxy-Authorization: Basic {credentials}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    let pem = postern_gateway::intercept::export_ca_pem(&gw.running().data_dir, &[]).unwrap();
+    let tls = tls_http1_client(tcp, &pem, VENDOR_HOST).await;
+    let request = format!("wss://{VENDOR_HOST}/v1/realtime?model=gpt")
+        .into_client_request()
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tls)
+        .await
+        .expect("the handshake is accepted inside the tunnel");
+    ws.send(Message::text("hello")).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, Message::text("echo: hello"));
+    ws.send(Message::text(format!("key {ANOTHER_TOKEN}")))
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(message)) = ws.next().await {
+            assert!(!message.is_text(), "the vendor answered {message}");
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the session was not ended");
+    let (target, headers) = vendor.handshakes.lock().unwrap()[0].clone();
+    assert_eq!(target, "/v1/realtime?model=gpt");
+    assert_eq!(
+        headers.get("authorization").unwrap(),
+        &format!("Bearer {VENDOR_KEY}")
+    );
+    assert_eq!(
+        vendor.messages.lock().unwrap().clone(),
+        vec![Message::text("hello")]
+    );
+    let events = gw.wait_events(1).await;
+    let event = events
+        .iter()
+        .find(|event| event["status"] == 101)
+        .unwrap_or_else(|| panic!("no session event in {events:?}"));
+    assert_eq!(event["operation"], "realtime", "{event}");
+    assert_eq!(event["reason"], "caller_token_in_body", "{event}");
     gw.stop().await;
 }
