@@ -1,4 +1,5 @@
-//! Real vendor SDKs from PyPI — `openai`, `stripe`, `twilio`, `sentry-sdk`, pinned in
+//! Real vendor SDKs from PyPI — `openai` (its Realtime client too, over `websockets`), `stripe`,
+//! `twilio`, `sentry-sdk`, pinned in
 //! `tests/python-requirements.txt` — call their vendors through Postern, changed only in the
 //! way an app would change them: the base URL points at Postern and the API key is the caller
 //! token. The vendor is a real TLS server on loopback that records what it receives.
@@ -409,6 +410,87 @@ async fn openai_sdk_chat_and_models_through_postern() {
             summary("chat", "allow", 200, "granted"),
             summary("models", "allow", 200, "granted"),
         ]
+    );
+    gateway.stop().await;
+}
+
+/// The Realtime vendor's answer to a client event: `<type>d` (`session.update` →
+/// `session.updated`) with the event's session.
+fn realtime_answer(text: &str) -> Option<String> {
+    let event: Value = serde_json::from_str(text).ok()?;
+    Some(
+        json!({
+            "type": format!("{}d", event["type"].as_str()?),
+            "event_id": "event_B2",
+            "session": event["session"],
+        })
+        .to_string(),
+    )
+}
+
+#[tokio::test]
+async fn openai_sdk_realtime_session_through_postern() {
+    let Some(python) = sdk_python() else { return };
+    let secrets = tempfile::tempdir().unwrap();
+    let key_path = secret_file(&secrets, "openai-key", OPENAI_VENDOR_KEY);
+    let created = json!({
+        "type": "session.created",
+        "event_id": "event_B1",
+        "session": {"type": "realtime", "object": "realtime.session", "model": "gpt-realtime"},
+    });
+    let vendor = support::WsVendor::start(Some(created.to_string()), realtime_answer).await;
+    let config = format!(
+        r#"
+[[integrations]]
+name = "openai"
+vendor = "OpenAI"
+owner = "ml-platform@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+credential = {{ kind = "bearer", from_file = "{key_path}" }}
+operations = [
+  {{ id = "realtime", method = "GET", path = "/v1/realtime", websocket = true }},
+]
+
+[[grants]]
+caller = "checkout"
+integration = "openai"
+operations = ["realtime"]
+"#,
+        port = vendor.port,
+    );
+    let gateway = TestGateway::start(&config, Some(&vendor.ca_pem)).await;
+
+    let result = run_sdk_script(&python, &gateway, "openai_calls.py", "realtime", &[]).await;
+
+    assert_eq!(
+        result,
+        json!({
+            "created": "session.created",
+            "model": "gpt-realtime",
+            "updated": "session.updated",
+            "instructions": "Answer through Postern.",
+        })
+    );
+    let (target, headers) = vendor.handshakes.lock().unwrap()[0].clone();
+    assert_eq!(target, "/v1/realtime?model=gpt-realtime");
+    assert_eq!(
+        headers.get("authorization").unwrap(),
+        &format!("Bearer {OPENAI_VENDOR_KEY}")
+    );
+    for (name, value) in &headers {
+        assert!(
+            !String::from_utf8_lossy(value.as_bytes()).contains(CHECKOUT_TOKEN),
+            "the caller token reached the vendor in {name}"
+        );
+    }
+    let heard = vendor.messages.lock().unwrap().clone();
+    let update: Value = serde_json::from_str(heard[0].to_text().unwrap()).unwrap();
+    assert_eq!(update["type"], "session.update");
+    assert_eq!(
+        event_summary(&gateway, 1).await,
+        [summary("realtime", "allow", 101, "granted")]
     );
     gateway.stop().await;
 }

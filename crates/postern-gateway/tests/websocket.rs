@@ -3,88 +3,24 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use support::*;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::Message;
+
+/// The vendor's answer to a text message: `echo: <text>`.
+fn echo(text: &str) -> Option<String> {
+    Some(format!("echo: {text}"))
+}
 
 const ANOTHER_TOKEN: &str = "pst_3sFlZhVVxOOZHyr3ed8HsqImRuXcQmBiQ4sHlGyNZcw";
 /// The vendor's name through the forward proxy: never resolved, Postern intercepts it.
 const VENDOR_HOST: &str = "realtime.vendor.postern.test";
 const VENDOR_KEY: &str = "sk_live_realtime_vendor_key_DO_NOT_LEAK_77";
-
-/// A WebSocket vendor over TLS (http/1.1 by ALPN): records each handshake's target and
-/// headers and each message it is sent, answers a text message with `echo: <text>`, and
-/// refuses (401) a handshake whose query holds `deny`.
-struct WsVendor {
-    port: u16,
-    ca_pem: String,
-    handshakes: Arc<Mutex<Vec<(String, http::HeaderMap)>>>,
-    messages: Arc<Mutex<Vec<Message>>>,
-}
-
-async fn ws_vendor() -> WsVendor {
-    let pki = TestPki::new();
-    let acceptor = pki.acceptor(&[b"http/1.1"]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let handshakes = Arc::new(Mutex::new(Vec::new()));
-    let messages = Arc::new(Mutex::new(Vec::new()));
-    let (seen, heard) = (handshakes.clone(), messages.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let (acceptor, seen, heard) = (acceptor.clone(), seen.clone(), heard.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                // The refusal's type is tungstenite's.
-                #[allow(clippy::result_large_err)]
-                let callback = |request: &Request, response: Response| {
-                    seen.lock()
-                        .unwrap()
-                        .push((request.uri().to_string(), request.headers().clone()));
-                    if request.uri().query().is_some_and(|q| q.contains("deny")) {
-                        let mut refusal = ErrorResponse::new(Some("no such key".to_string()));
-                        *refusal.status_mut() = http::StatusCode::UNAUTHORIZED;
-                        return Err(refusal);
-                    }
-                    Ok(response)
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tls, callback).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    heard.lock().unwrap().push(message.clone());
-                    let answer = match message {
-                        Message::Text(text) => Message::text(format!("echo: {text}")),
-                        Message::Binary(data) => Message::binary(data),
-                        Message::Close(_) => break,
-                        _ => continue,
-                    };
-                    if ws.send(answer).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = ws.close(None).await;
-            });
-        }
-    });
-    WsVendor {
-        port,
-        ca_pem: pki.ca_pem,
-        handshakes,
-        messages,
-    }
-}
 
 /// A gateway with an OpenAI-like integration: `realtime` takes WebSocket handshakes, `models`
 /// does not; both granted to `checkout`. `extra` goes in the integration.
@@ -164,7 +100,7 @@ fn refused(error: tokio_tungstenite::tungstenite::Error) -> (u16, String) {
 
 #[tokio::test]
 async fn a_websocket_session_is_relayed_with_the_vendor_key_and_recorded() {
-    let vendor = ws_vendor().await;
+    let vendor = WsVendor::start(None, echo).await;
     let (gw, _keys) = ws_gateway(&vendor, "").await;
     let mut ws = connect(
         &gw,
@@ -234,7 +170,7 @@ async fn a_websocket_session_is_relayed_with_the_vendor_key_and_recorded() {
 
 #[tokio::test]
 async fn a_handshake_is_refused_unless_granted_to_an_operation_that_takes_one() {
-    let vendor = ws_vendor().await;
+    let vendor = WsVendor::start(None, echo).await;
     let (gw, _keys) = ws_gateway(&vendor, "").await;
     let cases = [
         (
@@ -280,7 +216,7 @@ async fn a_handshake_is_refused_unless_granted_to_an_operation_that_takes_one() 
 
 #[tokio::test]
 async fn a_caller_token_in_a_message_ends_the_session_before_it_reaches_the_vendor() {
-    let vendor = ws_vendor().await;
+    let vendor = WsVendor::start(None, echo).await;
     let (gw, _keys) = ws_gateway(&vendor, "").await;
     let escaped: String = CHECKOUT_TOKEN
         .chars()
@@ -331,7 +267,7 @@ async fn a_caller_token_in_a_message_ends_the_session_before_it_reaches_the_vend
 
 #[tokio::test]
 async fn an_idle_session_is_closed_at_the_integrations_idle_limit() {
-    let vendor = ws_vendor().await;
+    let vendor = WsVendor::start(None, echo).await;
     let (gw, _keys) = ws_gateway(&vendor, "response_idle_timeout_ms = 300").await;
     let mut ws = connect(
         &gw,
@@ -359,7 +295,7 @@ async fn an_idle_session_is_closed_at_the_integrations_idle_limit() {
 async fn a_websocket_session_through_the_forward_proxy_is_intercepted_and_relayed() {
     use base64::Engine as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let vendor = ws_vendor().await;
+    let vendor = WsVendor::start(None, echo).await;
     let (gw, _keys) = ws_gateway(&vendor, "").await;
     // What a client with HTTPS_PROXY=http://x:<caller token>@postern does for wss://.
     let credentials =

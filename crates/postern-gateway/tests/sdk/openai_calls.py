@@ -84,7 +84,25 @@ def via_https_proxy() -> dict:
     }
 
 
+def realtime() -> dict:
+    """The Realtime API over WebSocket (the SDK's `websockets` client, `openai[realtime]`):
+    the session Postern relays, with the caller token as the SDK's API key."""
+    with client().realtime.connect(model="gpt-realtime") as connection:
+        created = connection.recv()
+        connection.session.update(
+            session={"type": "realtime", "instructions": "Answer through Postern."}
+        )
+        updated = connection.recv()
+    return {
+        "created": created.type,
+        "model": created.session.model,
+        "updated": updated.type,
+        "instructions": updated.session.instructions,
+    }
+
+
 SCENARIOS = {
+    "realtime": realtime,
     "via_https_proxy": via_https_proxy,
     "chat_and_models": chat_and_models,
     "ungranted_embeddings": ungranted_embeddings,

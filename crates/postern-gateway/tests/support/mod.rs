@@ -1031,3 +1031,87 @@ pub async fn assert_refused(response: reqwest::Response, status: u16, code: &str
     let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(answer["error"]["code"], code, "{answer}");
 }
+
+/// A WebSocket vendor over TLS (http/1.1 by ALPN, tokio-tungstenite): records each handshake's
+/// target and headers and each message it is sent; sends `greeting` first (if any), answers a
+/// text message with what `answer` makes of it (if anything) and a binary one with itself, and
+/// refuses (401) a handshake whose query holds `deny`.
+pub struct WsVendor {
+    pub port: u16,
+    pub ca_pem: String,
+    pub handshakes: Arc<Mutex<Vec<(String, HeaderMap)>>>,
+    pub messages: Arc<Mutex<Vec<tokio_tungstenite::tungstenite::Message>>>,
+}
+
+impl WsVendor {
+    pub async fn start(greeting: Option<String>, answer: fn(&str) -> Option<String>) -> Self {
+        use futures_util::{SinkExt as _, StreamExt as _};
+        use tokio_tungstenite::tungstenite::handshake::server::{self, ErrorResponse};
+        use tokio_tungstenite::tungstenite::Message;
+        let pki = TestPki::new();
+        let acceptor = pki.acceptor(&[b"http/1.1"]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let (seen, heard) = (handshakes.clone(), messages.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, seen, heard) = (acceptor.clone(), seen.clone(), heard.clone());
+                let greeting = greeting.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    // The refusal's type is tungstenite's.
+                    #[allow(clippy::result_large_err)]
+                    let callback = |request: &server::Request, response: server::Response| {
+                        seen.lock()
+                            .unwrap()
+                            .push((request.uri().to_string(), request.headers().clone()));
+                        if request.uri().query().is_some_and(|q| q.contains("deny")) {
+                            let mut refusal = ErrorResponse::new(Some("no such key".to_string()));
+                            *refusal.status_mut() = StatusCode::UNAUTHORIZED;
+                            return Err(refusal);
+                        }
+                        Ok(response)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tls, callback).await
+                    else {
+                        return;
+                    };
+                    if let Some(greeting) = greeting {
+                        if ws.send(Message::text(greeting)).await.is_err() {
+                            return;
+                        }
+                    }
+                    while let Some(Ok(message)) = ws.next().await {
+                        heard.lock().unwrap().push(message.clone());
+                        let reply = match message {
+                            Message::Text(text) => match answer(&text) {
+                                Some(reply) => Message::text(reply),
+                                None => continue,
+                            },
+                            Message::Binary(data) => Message::binary(data),
+                            Message::Close(_) => break,
+                            _ => continue,
+                        };
+                        if ws.send(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = ws.close(None).await;
+                });
+            }
+        });
+        WsVendor {
+            port,
+            ca_pem: pki.ca_pem,
+            handshakes,
+            messages,
+        }
+    }
+}
