@@ -11,8 +11,9 @@
 //! is passed on (the vendor's `Sec-WebSocket-Accept` answers the caller's key, which went
 //! through unchanged) and both connections are handed over to a session task that relays
 //! bytes both ways until either side closes, the session idles out
-//! (`response_idle_timeout_ms`, no byte either way) or reaches `total_timeout_ms`, or Postern
-//! shuts down. The call's event and audit outcome are recorded then: status 101, the bytes each
+//! (`response_idle_timeout_ms`, no byte either way) or reaches `total_timeout_ms`, a reload or
+//! vault change (or a new hour, under a Cedar rule on it) no longer allows it
+//! ([`SessionGrant`]), or Postern shuts down. The call's event and audit outcome are recorded then: status 101, the bytes each
 //! way, the session's length, and why it ended.
 //!
 //! The caller's frames are read as they pass ([`CallerFrames`]): each message's payload
@@ -40,6 +41,7 @@ use http::{Request, Response, StatusCode};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zeroize::Zeroizing;
 
 use crate::body::{CallerBody, ForwardBody, GatewayBody, TokenReading};
 use crate::context::{CallContext, ConnectionInfo};
@@ -187,6 +189,13 @@ pub(crate) fn open(
         end: crate::body::call_end(context.started, config.total_timeout_ms),
     };
     let frames = CallerFrames::new(Needles::new(caller_token), config.max_request_body_bytes);
+    let grant = SessionGrant {
+        auth: context.auth,
+        spiffe_id: connection.spiffe_id.clone(),
+        token: caller_token.map(|token| Zeroizing::new(token.to_vec())),
+        integration: integration.name.clone(),
+        operation: context.operation_id.clone(),
+    };
     let shared = shared.clone();
     let context = context.take();
     // The session stands as a call in flight on the caller's connection, as a tunnel does.
@@ -195,8 +204,12 @@ pub(crate) fn open(
         let _waiting = waiting;
         let ended = match tokio::try_join!(caller, vendor) {
             Ok((caller, vendor)) => {
-                let shutdown = shared.shutdown_signal();
-                relay(caller, vendor, frames, limits, shutdown).await
+                let ends = Ends {
+                    limits,
+                    shutdown: shared.shutdown_signal(),
+                    revoked: Box::pin(grant.revoked(&shared, &context)),
+                };
+                relay(caller, vendor, frames, ends).await
             }
             Err(error) => {
                 tracing::debug!(%error, "WebSocket upgrade failed");
@@ -246,6 +259,68 @@ struct Limits {
     end: Option<(tokio::time::Instant, Duration)>,
 }
 
+/// What ends a session besides its two sides: its limits, Postern's shutdown, and its grant
+/// withdrawn ([`SessionGrant::revoked`]).
+struct Ends<'a> {
+    limits: Limits,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    revoked: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
+}
+
+/// What let a session open, decided again at each runtime swap (a reload, a vault change) and
+/// each new hour of UTC, as an opaque tunnel is: the same credential still names its caller,
+/// the operation still takes WebSocket handshakes, and Cedar still allows the call.
+struct SessionGrant {
+    auth: Option<crate::context::AuthMethod>,
+    spiffe_id: Option<String>,
+    token: Option<Zeroizing<Vec<u8>>>,
+    integration: Arc<str>,
+    operation: Option<Arc<str>>,
+}
+
+impl SessionGrant {
+    fn still_allowed(
+        &self,
+        runtime: &crate::runtime::Runtime,
+        context: &CallContext,
+        at: std::time::SystemTime,
+    ) -> bool {
+        let (Some(caller), Some(auth), Some(operation)) =
+            (&context.caller, self.auth, &self.operation)
+        else {
+            return false;
+        };
+        let token = self.token.as_deref().map(Vec::as_slice);
+        if !runtime.still_names(caller, auth, self.spiffe_id.as_deref(), token) {
+            return false;
+        }
+        let Some(integration) = runtime.integrations.get(&*self.integration) else {
+            return false;
+        };
+        if !allowed(integration, Some(operation)) {
+            return false;
+        }
+        let facts = crate::proxy::PolicyFacts::at(context, at);
+        runtime
+            .policy
+            .authorize(&facts.request(&self.integration, operation, "GET", 0))
+            .allowed
+    }
+
+    /// Ends when the session is no longer allowed.
+    async fn revoked(self, shared: &Shared, context: &CallContext) {
+        let mut decisions = shared.tunnel_decisions();
+        let mut at = std::time::SystemTime::now();
+        while self.still_allowed(&shared.runtime.load_full(), context, at) {
+            if decisions.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            at = *decisions.borrow_and_update();
+        }
+        tracing::info!(caller = context.caller.as_deref().unwrap_or(""), integration = %self.integration, request_id = %context.request_id, "an open WebSocket session is no longer allowed after a configuration or vault change, or in this hour; closed");
+    }
+}
+
 /// How a session ended: the event's reason, and the bytes each way.
 struct Ended {
     reason: &'static str,
@@ -258,8 +333,11 @@ async fn relay(
     caller: Upgraded,
     vendor: Upgraded,
     mut frames: CallerFrames,
-    limits: Limits,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    Ends {
+        limits,
+        mut shutdown,
+        revoked,
+    }: Ends<'_>,
 ) -> Ended {
     let (mut caller_read, mut caller_write) = tokio::io::split(TokioIo::new(caller));
     let (mut vendor_read, mut vendor_write) = tokio::io::split(TokioIo::new(vendor));
@@ -337,6 +415,7 @@ async fn relay(
         () = idle => "upstream_idle_timeout",
         () = total => "upstream_total_timeout",
         _ = shutdown.wait_for(|stop| *stop) => "gateway_shutdown",
+        () = revoked => "websocket_revoked",
     };
     Ended {
         reason,

@@ -361,3 +361,45 @@ async fn a_websocket_session_through_the_forward_proxy_is_intercepted_and_relaye
     assert_eq!(event["reason"], "caller_token_in_body", "{event}");
     gw.stop().await;
 }
+
+/// An open session is decided again at each reload, as an opaque tunnel is: one that still
+/// allows it leaves it open; one that withdraws the grant closes it (`websocket_revoked`).
+#[tokio::test]
+async fn an_open_session_is_decided_again_at_each_reload() {
+    let vendor = WsVendor::start(None, echo).await;
+    let (gw, _keys) = ws_gateway(&vendor, "").await;
+    let mut ws = connect(
+        &gw,
+        handshake(&gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
+    )
+    .await
+    .unwrap();
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let config = postern_config::parse(&text, &gw.config_path).unwrap();
+    gw.running().reload(config).unwrap();
+    ws.send(Message::text("still here")).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, Message::text("echo: still here"));
+    assert!(gw.events().await.is_empty(), "the session is still open");
+    // The grant of the realtime operation withdrawn: the open session is closed.
+    let narrowed = text.replace(
+        r#"operations = ["realtime", "models"]"#,
+        r#"operations = ["models"]"#,
+    );
+    assert_ne!(narrowed, text);
+    let config = postern_config::parse(&narrowed, &gw.config_path).unwrap();
+    gw.running().reload(config).unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the session was not closed");
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "websocket_revoked", "{events:#?}");
+    assert_eq!(events[0]["status"], 101);
+    gw.stop().await;
+}
