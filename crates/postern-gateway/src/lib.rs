@@ -158,6 +158,8 @@ pub struct Shared {
     pub discovery: Arc<discovery::Discovery>,
     /// Open CONNECT tunnels.
     pub tunnels: std::sync::atomic::AtomicUsize,
+    /// Open WebSocket sessions (`websocket.rs`): waited for at shutdown, as tunnels are.
+    pub websocket_sessions: std::sync::atomic::AtomicUsize,
     /// Open (or opening) CONNECT tunnels by caller, for `[proxy] max_tunnels_per_caller`.
     pub tunnels_by_caller: forward_proxy::TunnelsByCaller,
     /// Open calls of integrations with concurrency limits, kept across reloads.
@@ -500,6 +502,7 @@ impl RunningGateway {
             intercept_ca,
             discovery,
             tunnels: std::sync::atomic::AtomicUsize::new(0),
+            websocket_sessions: std::sync::atomic::AtomicUsize::new(0),
             tunnels_by_caller: forward_proxy::TunnelsByCaller::default(),
             open_calls: concurrency::OpenCalls::default(),
             connection_slots: listener::connection_slots(),
@@ -693,14 +696,17 @@ impl RunningGateway {
             }
         })
         .await;
-        // Tunnels saw the shutdown signal: intercepted ones finish their in-flight requests.
+        // Tunnels saw the shutdown signal: intercepted ones finish their in-flight requests;
+        // WebSocket sessions close, and are recorded.
         let deadline = tokio::time::Instant::now() + self.grace;
-        while self.shared.tunnels.load(Ordering::Relaxed) > 0
-            && tokio::time::Instant::now() < deadline
-        {
+        let open = || {
+            self.shared.tunnels.load(Ordering::Relaxed)
+                + self.shared.websocket_sessions.load(Ordering::Relaxed)
+        };
+        while open() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if drained.is_err() || self.shared.tunnels.load(Ordering::Relaxed) > 0 {
+        if drained.is_err() || open() > 0 {
             tracing::warn!(
                 grace_ms = self.grace.as_millis() as u64,
                 "calls still in flight after the shutdown grace period; closing them"

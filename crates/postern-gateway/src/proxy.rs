@@ -320,7 +320,7 @@ pub(crate) struct Progress {
 fn pipeline<'a>(
     shared: &'a Arc<Shared>,
     runtime: &'a Arc<Runtime>,
-    connection: &'a ConnectionInfo,
+    connection: &'a Arc<ConnectionInfo>,
     context: &'a mut CallContext,
     progress: &'a mut Progress,
     target: &'a http::uri::PathAndQuery,

@@ -21,9 +21,10 @@
 //! token in every form a request body is ([`crate::body`]'s reading), and each control frame's
 //! payload on its own. Where a token stands, the session ends at once: both connections are
 //! closed and the frame that completes it is not passed on (`caller_token_in_body`). Bytes
-//! that could begin a token are held back (at most [`HOLD`]) only where more is sure to
-//! follow: within a frame, or after a fragment of an unfinished message; so a whole message is
-//! never held. A frame that breaks RFC 6455 (unmasked, reserved bits or opcodes, a control
+//! that could begin a token are held back, from the start of their message, only where more
+//! is sure to follow: within a frame, or after a fragment of an unfinished message; so a whole
+//! message is never held. A session whose held bytes pass [`MAX_HELD`] (frames put between a
+//! message's parts) is ended (`websocket_held_too_long`). A frame that breaks RFC 6455 (unmasked, reserved bits or opcodes, a control
 //! frame fragmented or over 125 bytes) ends the session (`websocket_protocol_error`), as does
 //! a message over the integration's `max_request_body_bytes` (`request_too_large`).
 //!
@@ -53,8 +54,10 @@ use crate::upstream::{UpstreamBody, UpstreamError};
 use crate::Shared;
 
 /// The most bytes of the caller's that are held back while more could complete a token: far
-/// more than the longest form of a token that is read (escaped twice over, in UTF-16).
-pub(crate) const HOLD: usize = 4096;
+/// more than the longest form of a token that is read (escaped twice over, in UTF-16), so a
+/// session that needs more is one whose caller put frames (pings, empty continuations)
+/// between the parts of a message to push a token's start out: it is ended instead.
+pub(crate) const MAX_HELD: u64 = 64 * 1024;
 
 /// `Sec-WebSocket-Extensions` (RFC 6455 §11.3.2): never passed on, so frames carry no
 /// compressed payload.
@@ -159,7 +162,7 @@ pub(crate) async fn handshake(
 pub(crate) fn open(
     shared: &Arc<Shared>,
     integration: &IntegrationRuntime,
-    connection: &ConnectionInfo,
+    connection: &Arc<ConnectionInfo>,
     context: &mut CallContext,
     intent_index: Option<u64>,
     mut parts: http::response::Parts,
@@ -198,12 +201,13 @@ pub(crate) fn open(
     };
     let shared = shared.clone();
     let context = context.take();
-    // The session stands as a call in flight on the caller's connection, as a tunnel does.
-    let waiting = connection.in_flight().wait();
+    // The session holds its caller's connection (its place under the listener's limit) and
+    // stands as a call in flight on it, as a tunnel does; Postern's shutdown waits for it.
+    let open = OpenSession::new(&shared, connection);
     tokio::spawn(async move {
-        let _waiting = waiting;
-        let ended = match tokio::try_join!(caller, vendor) {
-            Ok((caller, vendor)) => {
+        let _open = open;
+        let ended = match (caller.await, vendor.await) {
+            (Ok(caller), Ok(vendor)) => {
                 let ends = Ends {
                     limits,
                     shutdown: shared.shutdown_signal(),
@@ -211,10 +215,18 @@ pub(crate) fn open(
                 };
                 relay(caller, vendor, frames, ends).await
             }
-            Err(error) => {
-                tracing::debug!(%error, "WebSocket upgrade failed");
+            (caller, vendor) => {
+                // The caller left before its `101` went out, or the vendor's connection broke
+                // as it was handed over.
+                let reason = match caller {
+                    Err(_) => "caller_closed",
+                    Ok(_) => "upstream_error",
+                };
+                if let Err(error) = vendor {
+                    tracing::debug!(%error, "the vendor's WebSocket upgrade failed");
+                }
                 Ended {
-                    reason: "caller_closed",
+                    reason,
                     up: 0,
                     down: 0,
                 }
@@ -251,6 +263,34 @@ pub(crate) fn open(
         shared.audit.append_later(record, &context.request_id);
     });
     Ok(Response::from_parts(parts, GatewayBody::full(Bytes::new())))
+}
+
+/// An open session, from its `101` until its task ends (a panic included): counted in
+/// [`Shared::websocket_sessions`], holding its caller's connection, and standing as a call in
+/// flight on it.
+struct OpenSession {
+    shared: Arc<Shared>,
+    _connection: Arc<ConnectionInfo>,
+    _waiting: crate::deadline::Waiting,
+}
+
+impl OpenSession {
+    fn new(shared: &Arc<Shared>, connection: &Arc<ConnectionInfo>) -> Self {
+        shared.websocket_sessions.fetch_add(1, Ordering::Relaxed);
+        OpenSession {
+            shared: shared.clone(),
+            _connection: connection.clone(),
+            _waiting: connection.in_flight().wait(),
+        }
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.shared
+            .websocket_sessions
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How long a session may last: idle (no byte either way), and until when.
@@ -349,6 +389,7 @@ async fn relay(
     let from_caller = async {
         let mut buffer = vec![0u8; 16 * 1024];
         let mut held: Vec<u8> = Vec::new();
+        let mut released = 0u64;
         loop {
             let read = match caller_read.read(&mut buffer).await {
                 Ok(0) | Err(_) => break,
@@ -357,12 +398,14 @@ async fn relay(
             moved();
             let hold = frames.read(&buffer[..read])?;
             held.extend_from_slice(&buffer[..read]);
-            let release = held.len() - if hold { HOLD.min(held.len()) } else { 0 };
+            let upto = release_upto(hold, released, released + held.len() as u64)?;
+            let release = (upto - released) as usize;
             if release > 0 {
                 if vendor_write.write_all(&held[..release]).await.is_err() {
                     break;
                 }
                 held.drain(..release);
+                released = upto;
                 up.fetch_add(release as u64, Ordering::Relaxed);
             }
         }
@@ -424,6 +467,17 @@ async fn relay(
     }
 }
 
+/// Up to where the caller's stream may go on (counted from its first byte), from what
+/// [`CallerFrames::read`] answered (`hold`), with the bytes from `released` to `end` read but
+/// not passed on yet; or why the session must end.
+fn release_upto(hold: Option<u64>, released: u64, end: u64) -> Result<u64, &'static str> {
+    let upto = hold.map_or(end, |from| from.clamp(released, end));
+    if end - upto > MAX_HELD {
+        return Err("websocket_held_too_long");
+    }
+    Ok(upto)
+}
+
 /// The caller's side of a session read as frames (RFC 6455 §5.2), each message's payload
 /// searched for tokens as it passes. Sans-IO: [`CallerFrames::read`] takes the bytes as they
 /// come.
@@ -443,19 +497,25 @@ pub(crate) struct CallerFrames {
     control: Vec<u8>,
     /// The unmasked bytes of the piece being read.
     scratch: Vec<u8>,
+    /// The bytes read so far, and where in them the frame being read began.
+    fed: u64,
+    frame_start: u64,
 }
 
 struct Payload {
     left: u64,
     key: [u8; 4],
     at: usize,
-    control: bool,
+    /// A control frame's opcode (8, 9 or 10); `None` for a data frame.
+    control: Option<u8>,
     fin: bool,
 }
 
 struct Message {
     reading: TokenReading,
     bytes: u64,
+    /// Where in the stream its first frame began.
+    start: u64,
 }
 
 impl CallerFrames {
@@ -469,21 +529,29 @@ impl CallerFrames {
             message: None,
             control: Vec::new(),
             scratch: Vec::new(),
+            fed: 0,
+            frame_start: 0,
         }
     }
 
-    /// Reads the caller's next bytes. `Ok(hold)`: they may go on, all of them, or (`hold`)
-    /// all but the last [`HOLD`] of what is held, as more that is sure to come could complete a
-    /// token; `Err(reason)`: the session must end, nothing of these bytes passed on.
-    pub(crate) fn read(&mut self, mut bytes: &[u8]) -> Result<bool, &'static str> {
+    /// Reads the caller's next bytes. `Ok(None)`: every byte read so far may go on;
+    /// `Ok(Some(from))`: those from `from` on (counted from the stream's first byte) stay until
+    /// more, which is sure to come, shows they hold no token: the current message's, from its
+    /// first frame, or a control frame's until it is read whole. `Err(reason)`: the session
+    /// must end, nothing of these bytes passed on.
+    pub(crate) fn read(&mut self, mut bytes: &[u8]) -> Result<Option<u64>, &'static str> {
         while !bytes.is_empty() {
             match &mut self.payload {
                 None => {
+                    if self.head_len == 0 {
+                        self.frame_start = self.fed;
+                    }
                     let need = self.head_needs();
                     let take = (need - self.head_len).min(bytes.len());
                     self.head[self.head_len..self.head_len + take].copy_from_slice(&bytes[..take]);
                     self.head_len += take;
                     bytes = &bytes[take..];
+                    self.fed += take as u64;
                     if self.head_len == self.head_needs() {
                         self.start_frame()?;
                     }
@@ -502,8 +570,9 @@ impl CallerFrames {
                     payload.at = (payload.at + take) % 4;
                     payload.left -= take as u64;
                     bytes = &bytes[take..];
+                    self.fed += take as u64;
                     let (control, fin, done) = (payload.control, payload.fin, payload.left == 0);
-                    if control {
+                    if control.is_some() {
                         self.control.extend_from_slice(&self.scratch);
                     } else if let Some(message) = &mut self.message {
                         if message.reading.read(&self.needles, &self.scratch) {
@@ -568,22 +637,24 @@ impl CallerFrames {
                     return Err(PROTOCOL);
                 }
                 self.control.clear();
-                true
+                Some(opcode)
             }
             0x0..=0x2 => {
                 // A continuation continues a message; a text or binary frame begins one.
                 if (opcode == 0x0) != self.message.is_some() {
                     return Err(PROTOCOL);
                 }
+                let start = self.frame_start;
                 let message = self.message.get_or_insert_with(|| Message {
                     reading: TokenReading::new(true),
                     bytes: 0,
+                    start,
                 });
                 message.bytes = message.bytes.saturating_add(left);
                 if message.bytes > self.max_message {
                     return Err("request_too_large");
                 }
-                false
+                None
             }
             _ => return Err(PROTOCOL),
         };
@@ -602,9 +673,17 @@ impl CallerFrames {
     }
 
     /// A frame's payload has been read whole.
-    fn end_frame(&mut self, control: bool, fin: bool) -> Result<(), &'static str> {
-        if control {
-            if crate::body::whole_holds_a_token(&self.needles, &self.control, true) {
+    fn end_frame(&mut self, control: Option<u8>, fin: bool) -> Result<(), &'static str> {
+        if let Some(opcode) = control {
+            // A close frame's reason is read on its own too: its status code's two bytes
+            // before it could read as part of a token-shaped run (4161 is `\x10A`).
+            let reason = match (opcode, self.control.get(2..)) {
+                (0x8, Some(reason)) => reason,
+                _ => &[],
+            };
+            if crate::body::whole_holds_a_token(&self.needles, &self.control, true)
+                || crate::body::whole_holds_a_token(&self.needles, reason, true)
+            {
                 return Err("caller_token_in_body");
             }
             return Ok(());
@@ -619,16 +698,20 @@ impl CallerFrames {
         Ok(())
     }
 
-    /// Whether bytes are held back: within a control frame (read whole before it goes), or
-    /// within a message whose bytes so far end where a token could begin.
-    fn holding(&self) -> bool {
-        match &self.payload {
-            Some(payload) if payload.control => true,
-            _ => self
-                .message
-                .as_ref()
-                .is_some_and(|message| message.reading.in_progress(&self.needles)),
-        }
+    /// From where bytes are held back ([`CallerFrames::read`]): a message whose bytes so far
+    /// end where a token could begin, from its first frame; a control frame read in part, from
+    /// its head.
+    fn holding(&self) -> Option<u64> {
+        let message = self
+            .message
+            .as_ref()
+            .filter(|message| message.reading.in_progress(&self.needles))
+            .map(|message| message.start);
+        let control = match &self.payload {
+            Some(payload) if payload.control.is_some() => Some(self.frame_start),
+            _ => None,
+        };
+        message.into_iter().chain(control).min()
     }
 }
 
@@ -667,11 +750,72 @@ mod tests {
 
     /// Feeds `bytes` in pieces of `step`; the first refusal, else whether the last read holds.
     fn feed(frames: &mut CallerFrames, bytes: &[u8], step: usize) -> Result<bool, &'static str> {
-        let mut hold = false;
+        let mut hold = None;
         for piece in bytes.chunks(step.max(1)) {
             hold = frames.read(piece)?;
         }
-        Ok(hold)
+        Ok(hold.is_some())
+    }
+
+    /// What the relay passes on of `stream` read in `pieces` (their lengths, cycled), as
+    /// [`relay`] does; and why it ended the session, if it did.
+    fn relayed(
+        frames: &mut CallerFrames,
+        stream: &[u8],
+        pieces: &[usize],
+    ) -> (Vec<u8>, Option<&'static str>) {
+        let (mut released, mut read) = (0u64, 0usize);
+        for &piece in pieces.iter().cycle() {
+            if read == stream.len() {
+                break;
+            }
+            let piece = piece.max(1).min(stream.len() - read);
+            let hold = match frames.read(&stream[read..read + piece]) {
+                Ok(hold) => hold,
+                Err(reason) => return (stream[..released as usize].to_vec(), Some(reason)),
+            };
+            read += piece;
+            match release_upto(hold, released, read as u64) {
+                Ok(upto) => released = upto,
+                Err(reason) => return (stream[..released as usize].to_vec(), Some(reason)),
+            }
+        }
+        (stream[..released as usize].to_vec(), None)
+    }
+
+    /// The data frames' payloads in `stream` (unmasked, the last one as far as it goes),
+    /// joined: what a vendor reads of the messages.
+    fn unmasked(stream: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 2 <= stream.len() {
+            let (mut length, mut head) = (u64::from(stream[at + 1] & 0x7f), 2);
+            if length == 126 && at + 4 <= stream.len() {
+                length = u64::from(u16::from_be_bytes([stream[at + 2], stream[at + 3]]));
+                head = 4;
+            } else if length == 127 && at + 10 <= stream.len() {
+                length = u64::from_be_bytes(stream[at + 2..at + 10].try_into().unwrap());
+                head = 10;
+            }
+            let start = at + head + 4;
+            if start > stream.len() {
+                break;
+            }
+            let key = &stream[at + head..start];
+            let end = (start + length as usize).min(stream.len());
+            if stream[at] & 0x08 != 0 {
+                at = end;
+                continue;
+            }
+            out.extend(
+                stream[start..end]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ key[i % 4]),
+            );
+            at = end;
+        }
+        out
     }
 
     #[test]
@@ -726,26 +870,30 @@ mod tests {
 
     #[test]
     fn what_could_begin_a_token_is_held_only_while_more_must_come() {
-        // A frame cut in its middle right after the prefix: held until the rest is read.
-        let stream = masked_frame(true, 1, b"abc pst_abc and more", KEY);
+        // A frame cut in its middle right after the prefix: held, from the message's first
+        // byte, until the rest is read.
+        let mut stream = masked_frame(true, 2, b"whole", KEY);
+        let first = stream.len() as u64;
+        stream.extend(masked_frame(true, 1, b"abc pst_abc and more", KEY));
         let mut frames = reader();
-        assert_eq!(frames.read(&stream[..6 + 8]), Ok(true));
-        assert_eq!(frames.read(&stream[6 + 8..]), Ok(false));
+        let cut = first as usize + 6 + 8;
+        assert_eq!(frames.read(&stream[..cut]), Ok(Some(first)));
+        assert_eq!(frames.read(&stream[cut..]), Ok(None));
         // A whole message that ends in the prefix is not held: nothing more is sure to come.
         let mut frames = reader();
         assert_eq!(
             frames.read(&masked_frame(true, 1, b"ends in pst_", KEY)),
-            Ok(false)
+            Ok(None)
         );
         // A fragment that does is, until its message's next frame.
         let mut frames = reader();
         assert_eq!(
             frames.read(&masked_frame(false, 1, b"ends in pst_", KEY)),
-            Ok(true)
+            Ok(Some(0))
         );
         assert_eq!(
             frames.read(&masked_frame(true, 0, b" nothing", KEY)),
-            Ok(false)
+            Ok(None)
         );
     }
 
@@ -779,5 +927,103 @@ mod tests {
         let mut stream = masked_frame(false, 2, &[0; 60], KEY);
         stream.extend(masked_frame(true, 0, &[0; 60], KEY));
         assert_eq!(feed(&mut small, &stream, 7), Err("request_too_large"));
+    }
+
+    #[test]
+    fn a_token_is_never_passed_on_whole_however_framed_split_or_padded() {
+        let own = b"pst_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG".to_vec();
+        let seed = 0x005e_ed0f_3e55_a9e5;
+        let mut fuzz = crate::fuzz::Fuzz(seed);
+        for case in 0..1500 {
+            let token = match fuzz.below(2) {
+                0 => own.clone(),
+                _ => crate::tokens::tests::random_token(&mut fuzz),
+            };
+            let mut text = br#"{"type":"input","text":""#.to_vec();
+            text.extend((0..fuzz.below(40)).map(|_| b"ab p_\\"[fuzz.below(6)]));
+            // Standing on its own (a base64url character before would make it no token).
+            text.extend_from_slice(b", ");
+            text.extend_from_slice(&token);
+            if fuzz.below(2) == 0 {
+                text.extend_from_slice(br#"","more":1}"#);
+            }
+            // The message in fragments, with pings or empty continuations between them.
+            let mut stream = masked_frame(true, 1, b"before", KEY);
+            let mut at = 0;
+            let mut opcode = 1;
+            while at < text.len() {
+                let take = 1 + fuzz.below(text.len() - at);
+                let last = at + take == text.len();
+                stream.extend(masked_frame(last, opcode, &text[at..at + take], KEY));
+                opcode = 0;
+                at += take;
+                for _ in 0..(if last {
+                    0
+                } else {
+                    [0, 1, 3, 40, 700][fuzz.below(5)]
+                }) {
+                    stream.extend(match fuzz.below(2) {
+                        0 => masked_frame(true, 9, &[b'x'; 125], KEY),
+                        _ => masked_frame(false, 0, b"", KEY),
+                    });
+                }
+            }
+            let pieces: Vec<usize> = (0..8).map(|_| 1 + fuzz.below(300)).collect();
+            let mut frames = CallerFrames::new(Needles::new(Some(&own)), 1 << 20);
+            let (passed, ended) = relayed(&mut frames, &stream, &pieces);
+            let seen = unmasked(&passed);
+            let shown = || crate::fuzz::shown(seed, case, &text);
+            assert!(
+                !seen.windows(token.len()).any(|w| w == &token[..]),
+                "a whole token went on: {}",
+                shown()
+            );
+            assert!(
+                matches!(
+                    ended,
+                    Some("caller_token_in_body" | "websocket_held_too_long")
+                ),
+                "{ended:?}: {}",
+                shown()
+            );
+        }
+    }
+
+    #[test]
+    fn frames_between_a_messages_parts_cannot_push_a_token_out() {
+        let other = b"pst_ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkj";
+        let mut stream = masked_frame(false, 1, b"{\"k\":\"", KEY);
+        stream.extend(masked_frame(false, 0, other, KEY));
+        for _ in 0..600 {
+            stream.extend(masked_frame(true, 9, &[b'x'; 125], KEY));
+        }
+        stream.extend(masked_frame(true, 0, b"\"}", KEY));
+        let (passed, ended) = relayed(&mut reader(), &stream, &[4096]);
+        assert_eq!(ended, Some("websocket_held_too_long"));
+        assert!(unmasked(&passed).is_empty(), "{:?}", unmasked(&passed));
+        // Fewer of them: held until the message's end shows the token.
+        let mut stream = masked_frame(false, 1, other, KEY);
+        for _ in 0..30 {
+            stream.extend(masked_frame(true, 9, &[b'x'; 125], KEY));
+        }
+        stream.extend(masked_frame(true, 0, b"", KEY));
+        let (passed, ended) = relayed(&mut reader(), &stream, &[100]);
+        assert_eq!(ended, Some("caller_token_in_body"));
+        assert!(unmasked(&passed).is_empty());
+    }
+
+    #[test]
+    fn a_token_in_a_close_frames_reason_is_found_whatever_its_code() {
+        let other = b"pst_ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkj";
+        for code in [1000u16, 4161, 0x4141, 0x302d] {
+            let mut close = code.to_be_bytes().to_vec();
+            close.extend_from_slice(other);
+            let stream = masked_frame(true, 8, &close, KEY);
+            assert_eq!(
+                feed(&mut reader(), &stream, 5),
+                Err("caller_token_in_body"),
+                "code {code}"
+            );
+        }
     }
 }
