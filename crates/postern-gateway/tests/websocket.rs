@@ -403,3 +403,30 @@ async fn an_open_session_is_decided_again_at_each_reload() {
     assert_eq!(events[0]["status"], 101);
     gw.stop().await;
 }
+
+/// Shutdown closes an open session and waits for its record.
+#[tokio::test]
+async fn shutdown_closes_an_open_session_and_records_it() {
+    let vendor = WsVendor::start(None, echo).await;
+    let (mut gw, _keys) = ws_gateway(&vendor, "").await;
+    let mut ws = connect(
+        &gw,
+        handshake(&gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    let answer = ws.next().await.unwrap().unwrap();
+    assert_eq!(answer, Message::text("echo: hello"));
+    let events = tokio::time::timeout(Duration::from_secs(10), gw.shut_down_for_events())
+        .await
+        .expect("shutdown does not wait for the session's own end");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["reason"], "gateway_shutdown", "{events:#?}");
+    assert!(events[0]["request_bytes"].as_u64().unwrap() > 0);
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the caller's connection was not closed");
+}
