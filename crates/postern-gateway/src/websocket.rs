@@ -309,7 +309,8 @@ struct Ends<'a> {
 
 /// What let a session open, decided again at each runtime swap (a reload, a vault change) and
 /// each new hour of UTC, as an opaque tunnel is: the same credential still names its caller,
-/// the operation still takes WebSocket handshakes, and Cedar still allows the call.
+/// the operation still takes WebSocket handshakes, Cedar still allows the call, the vendor
+/// credential can still be injected and the vendor's address still passes the guard.
 struct SessionGrant {
     auth: Option<crate::context::AuthMethod>,
     spiffe_id: Option<String>,
@@ -338,6 +339,16 @@ impl SessionGrant {
             return false;
         };
         if !allowed(integration, Some(operation)) {
+            return false;
+        }
+        // The vendor credential it was opened with, revoked or no longer to be had (`postern
+        // creds revoke`, a key file gone), and the vendor's address, against the guard as it
+        // stands now (a network taken out of `allow_private_networks`).
+        if integration.credential.is_err()
+            || context
+                .upstream_addr
+                .is_some_and(|addr| integration.client.guard().check(addr.ip()).is_err())
+        {
             return false;
         }
         let facts = crate::proxy::PolicyFacts::at(context, at);

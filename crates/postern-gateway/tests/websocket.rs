@@ -430,3 +430,40 @@ async fn shutdown_closes_an_open_session_and_records_it() {
     .await;
     assert!(end.is_ok(), "the caller's connection was not closed");
 }
+
+/// A session is closed when the vendor credential it injects goes, or its vendor's address is
+/// no longer allowed: what a new handshake would be refused for.
+#[tokio::test]
+async fn an_open_session_closes_when_its_credential_or_its_vendors_address_goes() {
+    let vendor = WsVendor::start(None, echo).await;
+    for change in ["credential", "guard"] {
+        let (gw, keys) = ws_gateway(&vendor, "").await;
+        let mut ws = connect(
+            &gw,
+            handshake(&gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
+        )
+        .await
+        .unwrap();
+        let text = std::fs::read_to_string(&gw.config_path).unwrap();
+        let changed = match change {
+            "credential" => {
+                std::fs::remove_file(keys.path().join("openai-key")).unwrap();
+                text.clone()
+            }
+            _ => text.replace(r#"allow_private_networks = ["127.0.0.1/32"]"#, ""),
+        };
+        let config = postern_config::parse(&changed, &gw.config_path).unwrap();
+        let _ = gw.running().reload(config);
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+        assert!(end.is_ok(), "{change}: the session was not closed");
+        let events = gw.wait_events(1).await;
+        assert_eq!(
+            events[0]["reason"], "websocket_revoked",
+            "{change}: {events:#?}"
+        );
+        gw.stop().await;
+    }
+}
