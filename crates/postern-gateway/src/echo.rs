@@ -256,7 +256,7 @@ impl EchoFilter {
 }
 
 /// Every form of every secret looked for.
-fn forms(needles: &[Option<Needles>; 2]) -> impl Iterator<Item = &[u8]> + Clone {
+pub(crate) fn forms(needles: &[Option<Needles>; 2]) -> impl Iterator<Item = &[u8]> + Clone {
     needles
         .iter()
         .flatten()
@@ -267,7 +267,7 @@ fn forms(needles: &[Option<Needles>; 2]) -> impl Iterator<Item = &[u8]> + Clone 
 
 /// Reads a decoded `piece` after `tail` (the reading's last bytes): whether a secret ends in
 /// it. The tail keeps the reading's last `keep` bytes.
-fn read_decoded<'a>(
+pub(crate) fn read_decoded<'a>(
     tail: &mut Vec<u8>,
     piece: &[u8],
     needles: impl Iterator<Item = &'a [u8]> + Clone,
@@ -294,7 +294,7 @@ fn read_decoded<'a>(
 
 /// How many of `bytes`' last bytes (fewer than `keep + 1`) are the start of a needle: the
 /// longest such run, or 0.
-fn starts_a_needle<'a>(
+pub(crate) fn starts_a_needle<'a>(
     bytes: &[u8],
     needles: impl Iterator<Item = &'a [u8]> + Clone,
     keep: usize,

@@ -16,7 +16,7 @@
 //! ([`SessionGrant`]), or Postern shuts down. The call's event and audit outcome are recorded then: status 101, the bytes each
 //! way, the session's length, and why it ended.
 //!
-//! The caller's frames are read as they pass ([`CallerFrames`]): each message's payload
+//! The caller's frames are read as they pass ([`Frames`], [`CallerTokens`]): each message's payload
 //! (unmasked, across its fragments) is searched for the caller's token and any `postern`-made
 //! token in every form a request body is ([`crate::body`]'s reading), and each control frame's
 //! payload on its own. Where a token stands, the session ends at once: both connections are
@@ -28,9 +28,17 @@
 //! frame fragmented or over 125 bytes) ends the session (`websocket_protocol_error`), as does
 //! a message over the integration's `max_request_body_bytes` (`request_too_large`).
 //!
-//! Not read: the vendor's frames (relayed as sent). A token split across two fragments of a
-//! message, where the first fragment ended where no token could begin yet, is still found when
-//! its last part comes, but what went before it has gone on.
+//! The vendor's frames are read the same way ([`EchoedSecrets`]) for the credential Postern
+//! injected, in each form an answer's body is read for it: where one stands, the session ends
+//! before the frame that completes it reaches the caller (`secret_echoed`; a frame cannot be
+//! redacted in place once its head has gone). A frame of the vendor's that breaks RFC 6455
+//! (masked, reserved bits or opcodes) ends it too (`upstream_websocket_error`), as does a
+//! message over `max_response_body_bytes` (`response_too_large`). The holding back is the
+//! same, from where the reading can tell the credential could begin.
+//!
+//! Not found: a token split across two fragments of a message, where the first fragment ended
+//! where no token could begin yet, is found when its last part comes, but what went before it
+//! has gone on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -191,7 +199,18 @@ pub(crate) fn open(
             .then(|| Duration::from_millis(config.response_idle_timeout_ms)),
         end: crate::body::call_end(context.started, config.total_timeout_ms),
     };
-    let frames = CallerFrames::new(Needles::new(caller_token), config.max_request_body_bytes);
+    let from_caller = Frames::new(
+        CallerTokens(Needles::new(caller_token)),
+        config.max_request_body_bytes,
+    );
+    let minted = match &integration.credential {
+        Ok(Some(crate::runtime::Injector::OAuth2(source))) => Some((*source.echoes()).clone()),
+        _ => None,
+    };
+    let from_vendor = Frames::new(
+        EchoedSecrets::new(&integration.secret_needles, minted),
+        config.max_response_body_bytes,
+    );
     let grant = SessionGrant {
         auth: context.auth,
         spiffe_id: connection.spiffe_id.clone(),
@@ -213,7 +232,7 @@ pub(crate) fn open(
                     shutdown: shared.shutdown_signal(),
                     revoked: Box::pin(grant.revoked(&shared, &context)),
                 };
-                relay(caller, vendor, frames, ends).await
+                relay(caller, vendor, (from_caller, from_vendor), ends).await
             }
             (caller, vendor) => {
                 // The caller left before its `101` went out, or the vendor's connection broke
@@ -383,7 +402,7 @@ struct Ended {
 async fn relay(
     caller: Upgraded,
     vendor: Upgraded,
-    mut frames: CallerFrames,
+    (mut from_caller, mut from_vendor): (Frames<CallerTokens>, Frames<EchoedSecrets>),
     Ends {
         limits,
         mut shutdown,
@@ -397,48 +416,20 @@ async fn relay(
     let last = AtomicU64::new(0);
     let moved = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let from_caller = async {
-        let mut buffer = vec![0u8; 16 * 1024];
-        let mut held: Vec<u8> = Vec::new();
-        let mut released = 0u64;
-        loop {
-            let read = match caller_read.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(read) => read,
-            };
-            moved();
-            let hold = frames.read(&buffer[..read])?;
-            held.extend_from_slice(&buffer[..read]);
-            let upto = release_upto(hold, released, released + held.len() as u64)?;
-            let release = (upto - released) as usize;
-            if release > 0 {
-                if vendor_write.write_all(&held[..release]).await.is_err() {
-                    break;
-                }
-                held.drain(..release);
-                released = upto;
-                up.fetch_add(release as u64, Ordering::Relaxed);
-            }
-        }
-        // Held bytes at the caller's end belong to a frame that never ended: not passed on.
-        let _ = vendor_write.shutdown().await;
-        Ok::<(), &'static str>(())
-    };
-    let from_vendor = async {
-        let mut buffer = vec![0u8; 16 * 1024];
-        loop {
-            let read = match vendor_read.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(read) => read,
-            };
-            moved();
-            if caller_write.write_all(&buffer[..read]).await.is_err() {
-                break;
-            }
-            down.fetch_add(read as u64, Ordering::Relaxed);
-        }
-        let _ = caller_write.shutdown().await;
-    };
+    let upward = pass(
+        &mut caller_read,
+        &mut vendor_write,
+        &mut from_caller,
+        &moved,
+        &up,
+    );
+    let downward = pass(
+        &mut vendor_read,
+        &mut caller_write,
+        &mut from_vendor,
+        &moved,
+        &down,
+    );
     let idle = async {
         let Some(idle) = limits.idle else {
             return std::future::pending().await;
@@ -461,11 +452,8 @@ async fn relay(
     // its connection first once the closing handshake is done; the caller cannot be told
     // anything once it has closed its own).
     let reason = tokio::select! {
-        ended = from_caller => match ended {
-            Ok(()) => "granted",
-            Err(reason) => reason,
-        },
-        () = from_vendor => "granted",
+        ended = upward => ended.err().unwrap_or("granted"),
+        ended = downward => ended.err().unwrap_or("granted"),
         () = idle => "upstream_idle_timeout",
         () = total => "upstream_total_timeout",
         _ = shutdown.wait_for(|stop| *stop) => "gateway_shutdown",
@@ -478,8 +466,49 @@ async fn relay(
     }
 }
 
-/// Up to where the caller's stream may go on (counted from its first byte), from what
-/// [`CallerFrames::read`] answered (`hold`), with the bytes from `released` to `end` read but
+/// Passes one side's bytes on to the other as its frames allow ([`Frames::read`],
+/// [`release_upto`]), counting them in `count`, until the side closes (`Ok`) or its frames end
+/// the session (`Err` with the reason); bytes still held then are not passed on.
+async fn pass<R, W, S>(
+    from: &mut R,
+    to: &mut W,
+    frames: &mut Frames<S>,
+    moved: &(impl Fn() + Sync),
+    count: &AtomicU64,
+) -> Result<(), &'static str>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+    S: Reader,
+{
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut held: Vec<u8> = Vec::new();
+    let mut released = 0u64;
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        moved();
+        let hold = frames.read(&buffer[..read])?;
+        held.extend_from_slice(&buffer[..read]);
+        let upto = release_upto(hold, released, released + held.len() as u64)?;
+        let release = (upto - released) as usize;
+        if release > 0 {
+            if to.write_all(&held[..release]).await.is_err() {
+                break;
+            }
+            held.drain(..release);
+            released = upto;
+            count.fetch_add(release as u64, Ordering::Relaxed);
+        }
+    }
+    let _ = to.shutdown().await;
+    Ok(())
+}
+
+/// Up to where a side's stream may go on (counted from its first byte), from what
+/// [`Frames::read`] answered (`hold`), with the bytes from `released` to `end` read but
 /// not passed on yet; or why the session must end.
 fn release_upto(hold: Option<u64>, released: u64, end: u64) -> Result<u64, &'static str> {
     let upto = hold.map_or(end, |from| from.clamp(released, end));
@@ -489,11 +518,122 @@ fn release_upto(hold: Option<u64>, released: u64, end: u64) -> Result<u64, &'sta
     Ok(upto)
 }
 
-/// The caller's side of a session read as frames (RFC 6455 §5.2), each message's payload
-/// searched for tokens as it passes. Sans-IO: [`CallerFrames::read`] takes the bytes as they
-/// come.
-pub(crate) struct CallerFrames {
-    needles: Needles,
+/// What one side's messages are read for: the caller's for caller tokens
+/// ([`CallerTokens`]), the vendor's for the credential Postern injected ([`EchoedSecrets`]).
+pub(crate) trait Reader {
+    /// The reading of one message, as its payload passes.
+    type Reading;
+    /// Whether this side masks its frames (RFC 6455 §5.3: a client must, a server must not).
+    const MASKED: bool;
+    /// The session's end when a message holds what is looked for, when a frame breaks the
+    /// protocol, and when a message is larger than allowed.
+    const FOUND: &'static str;
+    const PROTOCOL: &'static str;
+    const TOO_LARGE: &'static str;
+    fn start(&self) -> Self::Reading;
+    /// Reads the next piece of a message: whether what is looked for now stands in it.
+    fn read(&self, reading: &mut Self::Reading, piece: &[u8]) -> bool;
+    /// How many of the last bytes read could begin it (more could complete it): 0 for none,
+    /// `usize::MAX` where the reading cannot tell how many (then the whole message so far).
+    fn pending(&self, reading: &Self::Reading) -> usize;
+    /// Whether the message, ending here, holds it (what only its end decides).
+    fn ends_in(&self, reading: &Self::Reading) -> bool;
+    /// Whether a whole payload (a control frame's) holds it.
+    fn in_whole(&self, bytes: &[u8]) -> bool;
+}
+
+/// The caller's messages, read for its own token and any `postern`-made one as a request body
+/// is ([`TokenReading`]).
+pub(crate) struct CallerTokens(pub(crate) Needles);
+
+impl Reader for CallerTokens {
+    type Reading = TokenReading;
+    const MASKED: bool = true;
+    const FOUND: &'static str = "caller_token_in_body";
+    const PROTOCOL: &'static str = "websocket_protocol_error";
+    const TOO_LARGE: &'static str = "request_too_large";
+
+    fn start(&self) -> TokenReading {
+        TokenReading::new(true)
+    }
+
+    fn read(&self, reading: &mut TokenReading, piece: &[u8]) -> bool {
+        reading.read(&self.0, piece)
+    }
+
+    fn pending(&self, reading: &TokenReading) -> usize {
+        match reading.in_progress(&self.0) {
+            true => usize::MAX,
+            false => 0,
+        }
+    }
+
+    fn ends_in(&self, reading: &TokenReading) -> bool {
+        reading.ends_in_token(&self.0)
+    }
+
+    fn in_whole(&self, bytes: &[u8]) -> bool {
+        crate::body::whole_holds_a_token(&self.0, bytes, true)
+    }
+}
+
+/// The vendor's messages, read for the credential Postern injected, in each form an answer's
+/// body is read for it ([`crate::echo`]); the session is cut where one stands
+/// (`secret_echoed`): a frame's length cannot change once its head has gone.
+pub(crate) struct EchoedSecrets {
+    needles: [Option<crate::echo::Needles>; 2],
+    /// One less than the longest form: what a reading keeps of its last bytes.
+    keep: usize,
+}
+
+impl EchoedSecrets {
+    pub(crate) fn new(fixed: &crate::echo::Needles, minted: Option<crate::echo::Needles>) -> Self {
+        let needles = [
+            Some(fixed.clone()).filter(|n| !n.is_empty()),
+            minted.filter(|n| !n.is_empty()),
+        ];
+        let keep = crate::echo::forms(&needles)
+            .map(<[u8]>::len)
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(1);
+        EchoedSecrets { needles, keep }
+    }
+}
+
+impl Reader for EchoedSecrets {
+    type Reading = Zeroizing<Vec<u8>>;
+    const MASKED: bool = false;
+    const FOUND: &'static str = "secret_echoed";
+    const PROTOCOL: &'static str = "upstream_websocket_error";
+    const TOO_LARGE: &'static str = "response_too_large";
+
+    fn start(&self) -> Self::Reading {
+        Zeroizing::new(Vec::new())
+    }
+
+    fn read(&self, tail: &mut Self::Reading, piece: &[u8]) -> bool {
+        let forms = crate::echo::forms(&self.needles);
+        crate::echo::read_decoded(tail, piece, forms, self.keep)
+    }
+
+    fn pending(&self, tail: &Self::Reading) -> usize {
+        crate::echo::starts_a_needle(tail, crate::echo::forms(&self.needles), self.keep)
+    }
+
+    fn ends_in(&self, _: &Self::Reading) -> bool {
+        false
+    }
+
+    fn in_whole(&self, bytes: &[u8]) -> bool {
+        crate::echo::forms(&self.needles).any(|needle| crate::proxy::contains(bytes, needle))
+    }
+}
+
+/// One side of a session read as frames (RFC 6455 §5.2), each message's payload read as it
+/// passes ([`Reader`]). Sans-IO: [`Frames::read`] takes the bytes as they come.
+pub(crate) struct Frames<R: Reader> {
+    reader: R,
     /// The largest message (its payloads' sum) that may pass.
     max_message: u64,
     /// The frame head read so far (2 to 14 bytes).
@@ -503,7 +643,7 @@ pub(crate) struct CallerFrames {
     /// byte falls, and whether it is a control frame and the last of its message.
     payload: Option<Payload>,
     /// The data message being read (its first frame came, its last has not ended).
-    message: Option<Message>,
+    message: Option<Message<R::Reading>>,
     /// A control frame's payload, read whole (at most 125 bytes).
     control: Vec<u8>,
     /// The unmasked bytes of the piece being read.
@@ -522,17 +662,21 @@ struct Payload {
     fin: bool,
 }
 
-struct Message {
-    reading: TokenReading,
+struct Message<Reading> {
+    reading: Reading,
     bytes: u64,
     /// Where in the stream its first frame began.
     start: u64,
+    /// Where in the stream its last payload byte read so far stands (one past it), and how
+    /// many of its payload bytes its last data frame has given so far.
+    payload_end: u64,
+    in_frame: u64,
 }
 
-impl CallerFrames {
-    pub(crate) fn new(needles: Needles, max_message: u64) -> Self {
-        CallerFrames {
-            needles,
+impl<R: Reader> Frames<R> {
+    pub(crate) fn new(reader: R, max_message: u64) -> Self {
+        Frames {
+            reader,
             max_message,
             head: [0; 14],
             head_len: 0,
@@ -586,9 +730,11 @@ impl CallerFrames {
                     if control.is_some() {
                         self.control.extend_from_slice(&self.scratch);
                     } else if let Some(message) = &mut self.message {
-                        if message.reading.read(&self.needles, &self.scratch) {
-                            return Err("caller_token_in_body");
+                        if self.reader.read(&mut message.reading, &self.scratch) {
+                            return Err(R::FOUND);
                         }
+                        message.payload_end = self.fed;
+                        message.in_frame += take as u64;
                     }
                     if done {
                         self.payload = None;
@@ -615,14 +761,14 @@ impl CallerFrames {
 
     /// A frame's head is read whole: checks it and starts its payload.
     fn start_frame(&mut self) -> Result<(), &'static str> {
-        const PROTOCOL: &str = "websocket_protocol_error";
         let (first, second) = (self.head[0], self.head[1]);
         self.head_len = 0;
         let fin = first & 0x80 != 0;
         let opcode = first & 0x0f;
-        // No extension was negotiated: no reserved bit may be set; clients mask every frame.
-        if first & 0x70 != 0 || second & 0x80 == 0 {
-            return Err(PROTOCOL);
+        // No extension was negotiated: no reserved bit may be set; clients mask every frame,
+        // servers none.
+        if first & 0x70 != 0 || (second & 0x80 != 0) != R::MASKED {
+            return Err(R::PROTOCOL);
         }
         let (left, key_at) = match second & 0x7f {
             126 => (
@@ -634,18 +780,20 @@ impl CallerFrames {
                 length.copy_from_slice(&self.head[2..10]);
                 let length = u64::from_be_bytes(length);
                 if length >> 63 != 0 {
-                    return Err(PROTOCOL);
+                    return Err(R::PROTOCOL);
                 }
                 (length, 10)
             }
             length => (u64::from(length), 2),
         };
         let mut key = [0; 4];
-        key.copy_from_slice(&self.head[key_at..key_at + 4]);
+        if R::MASKED {
+            key.copy_from_slice(&self.head[key_at..key_at + 4]);
+        }
         let control = match opcode {
             0x8..=0xa => {
                 if !fin || left > 125 {
-                    return Err(PROTOCOL);
+                    return Err(R::PROTOCOL);
                 }
                 self.control.clear();
                 Some(opcode)
@@ -653,21 +801,25 @@ impl CallerFrames {
             0x0..=0x2 => {
                 // A continuation continues a message; a text or binary frame begins one.
                 if (opcode == 0x0) != self.message.is_some() {
-                    return Err(PROTOCOL);
+                    return Err(R::PROTOCOL);
                 }
                 let start = self.frame_start;
+                let reader = &self.reader;
                 let message = self.message.get_or_insert_with(|| Message {
-                    reading: TokenReading::new(true),
+                    reading: reader.start(),
                     bytes: 0,
                     start,
+                    payload_end: start,
+                    in_frame: 0,
                 });
+                message.in_frame = 0;
                 message.bytes = message.bytes.saturating_add(left);
                 if message.bytes > self.max_message {
-                    return Err("request_too_large");
+                    return Err(R::TOO_LARGE);
                 }
                 None
             }
-            _ => return Err(PROTOCOL),
+            _ => return Err(R::PROTOCOL),
         };
         self.payload = Some(Payload {
             left,
@@ -692,32 +844,33 @@ impl CallerFrames {
                 (0x8, Some(reason)) => reason,
                 _ => &[],
             };
-            if crate::body::whole_holds_a_token(&self.needles, &self.control, true)
-                || crate::body::whole_holds_a_token(&self.needles, reason, true)
-            {
-                return Err("caller_token_in_body");
+            if self.reader.in_whole(&self.control) || self.reader.in_whole(reason) {
+                return Err(R::FOUND);
             }
             return Ok(());
         }
         if fin {
             if let Some(message) = self.message.take() {
-                if message.reading.ends_in_token(&self.needles) {
-                    return Err("caller_token_in_body");
+                if self.reader.ends_in(&message.reading) {
+                    return Err(R::FOUND);
                 }
             }
         }
         Ok(())
     }
 
-    /// From where bytes are held back ([`CallerFrames::read`]): a message whose bytes so far
-    /// end where a token could begin, from its first frame; a control frame read in part, from
-    /// its head.
+    /// From where bytes are held back ([`Frames::read`]): a message whose bytes so far end
+    /// where what is looked for could begin, from that beginning where the reading tells it
+    /// and its last data frame holds it, else from the message's first frame; a control frame
+    /// read in part, from its head.
     fn holding(&self) -> Option<u64> {
-        let message = self
-            .message
-            .as_ref()
-            .filter(|message| message.reading.in_progress(&self.needles))
-            .map(|message| message.start);
+        let message = self.message.as_ref().and_then(|message| {
+            match self.reader.pending(&message.reading) as u64 {
+                0 => None,
+                pending if pending <= message.in_frame => Some(message.payload_end - pending),
+                _ => Some(message.start),
+            }
+        });
         let control = match &self.payload {
             Some(payload) if payload.control.is_some() => Some(self.frame_start),
             _ => None,
@@ -729,19 +882,29 @@ impl CallerFrames {
 /// Writes `frame` (opcode, payload) as a caller would send it, masked with `key`: for tests.
 #[cfg(test)]
 pub(crate) fn masked_frame(fin: bool, opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    frame(fin, opcode, payload, Some(key))
+}
+
+/// Writes a frame as a vendor would send it (unmasked, `key: None`) or a caller: for tests.
+#[cfg(test)]
+pub(crate) fn frame(fin: bool, opcode: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
+    let mask = if key.is_some() { 0x80 } else { 0 };
     let mut frame = vec![u8::from(fin) << 7 | opcode];
     match payload.len() {
-        length @ 0..=125 => frame.push(0x80 | length as u8),
+        length @ 0..=125 => frame.push(mask | length as u8),
         length @ 126..=0xffff => {
-            frame.push(0x80 | 126);
+            frame.push(mask | 126);
             frame.extend_from_slice(&(length as u16).to_be_bytes());
         }
         length => {
-            frame.push(0x80 | 127);
+            frame.push(mask | 127);
             frame.extend_from_slice(&(length as u64).to_be_bytes());
         }
     }
-    frame.extend_from_slice(&key);
+    let key = key.unwrap_or_default();
+    if mask != 0 {
+        frame.extend_from_slice(&key);
+    }
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
     frame
 }
@@ -752,15 +915,21 @@ mod tests {
 
     const KEY: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
 
-    fn reader() -> CallerFrames {
-        CallerFrames::new(
-            Needles::new(Some(b"pst_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")),
+    fn reader() -> Frames<CallerTokens> {
+        Frames::new(
+            CallerTokens(Needles::new(Some(
+                b"pst_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+            ))),
             1 << 20,
         )
     }
 
     /// Feeds `bytes` in pieces of `step`; the first refusal, else whether the last read holds.
-    fn feed(frames: &mut CallerFrames, bytes: &[u8], step: usize) -> Result<bool, &'static str> {
+    fn feed<R: Reader>(
+        frames: &mut Frames<R>,
+        bytes: &[u8],
+        step: usize,
+    ) -> Result<bool, &'static str> {
         let mut hold = None;
         for piece in bytes.chunks(step.max(1)) {
             hold = frames.read(piece)?;
@@ -769,9 +938,9 @@ mod tests {
     }
 
     /// What the relay passes on of `stream` read in `pieces` (their lengths, cycled), as
-    /// [`relay`] does; and why it ended the session, if it did.
-    fn relayed(
-        frames: &mut CallerFrames,
+    /// [`pass`] does; and why it ended the session, if it did.
+    fn relayed<R: Reader>(
+        frames: &mut Frames<R>,
         stream: &[u8],
         pieces: &[usize],
     ) -> (Vec<u8>, Option<&'static str>) {
@@ -808,11 +977,15 @@ mod tests {
                 length = u64::from_be_bytes(stream[at + 2..at + 10].try_into().unwrap());
                 head = 10;
             }
-            let start = at + head + 4;
+            let masked = stream[at + 1] & 0x80 != 0;
+            let start = at + head + if masked { 4 } else { 0 };
             if start > stream.len() {
                 break;
             }
-            let key = &stream[at + head..start];
+            let key = match masked {
+                true => stream[at + head..start].to_vec(),
+                false => vec![0; 4],
+            };
             let end = (start + length as usize).min(stream.len());
             if stream[at] & 0x08 != 0 {
                 at = end;
@@ -934,7 +1107,7 @@ mod tests {
                 "{what}"
             );
         }
-        let mut small = CallerFrames::new(Needles::new(None), 100);
+        let mut small = Frames::new(CallerTokens(Needles::new(None)), 100);
         let mut stream = masked_frame(false, 2, &[0; 60], KEY);
         stream.extend(masked_frame(true, 0, &[0; 60], KEY));
         assert_eq!(feed(&mut small, &stream, 7), Err("request_too_large"));
@@ -980,7 +1153,7 @@ mod tests {
                 }
             }
             let pieces: Vec<usize> = (0..8).map(|_| 1 + fuzz.below(300)).collect();
-            let mut frames = CallerFrames::new(Needles::new(Some(&own)), 1 << 20);
+            let mut frames = Frames::new(CallerTokens(Needles::new(Some(&own))), 1 << 20);
             let (passed, ended) = relayed(&mut frames, &stream, &pieces);
             let seen = unmasked(&passed);
             let shown = || crate::fuzz::shown(seed, case, &text);
@@ -1036,5 +1209,46 @@ mod tests {
                 "code {code}"
             );
         }
+    }
+
+    /// The vendor's side, read for an injected credential `sk_live_key_4242` (raw, and as a
+    /// JSON encoder escapes nothing of it).
+    fn vendor_reader() -> Frames<EchoedSecrets> {
+        let needles: crate::echo::Needles =
+            Arc::new(vec![Zeroizing::new(b"sk_live_key_4242".to_vec())]);
+        Frames::new(EchoedSecrets::new(&needles, None), 1 << 20)
+    }
+
+    #[test]
+    fn an_echoed_credential_in_a_vendor_message_ends_the_session_before_it_reaches_the_caller() {
+        let text = br#"{"type":"error","message":"bad key sk_live_key_4242 given"}"#;
+        for cut in 1..text.len() {
+            // One frame read in two pieces, and two fragments with a ping between.
+            let whole = frame(true, 1, text, None);
+            let mut fragments = frame(false, 1, &text[..cut], None);
+            fragments.extend(frame(true, 10, b"", None));
+            fragments.extend(frame(true, 0, &text[cut..], None));
+            for (stream, pieces) in [(whole, vec![cut + 2, 1000]), (fragments, vec![3, 7])] {
+                let (passed, ended) = relayed(&mut vendor_reader(), &stream, &pieces);
+                assert_eq!(ended, Some("secret_echoed"), "cut {cut}");
+                let seen = unmasked(&passed);
+                assert!(
+                    !seen.windows(16).any(|w| w == b"sk_live_key_4242"),
+                    "cut {cut}: {:?}",
+                    String::from_utf8_lossy(&seen)
+                );
+            }
+        }
+        // Nothing like it: every message passes whole, none held after its end.
+        let mut stream = frame(true, 1, b"sk_live_ and sk_", None);
+        stream.extend(frame(true, 2, &[0x73; 70_000], None));
+        let (passed, ended) = relayed(&mut vendor_reader(), &stream, &[5, 4096]);
+        assert_eq!((passed.len(), ended), (stream.len(), None));
+        // A vendor's frame must not be masked.
+        let masked = masked_frame(true, 1, b"hello", KEY);
+        assert_eq!(
+            feed(&mut vendor_reader(), &masked, 3).map(|_| ()),
+            Err("upstream_websocket_error")
+        );
     }
 }

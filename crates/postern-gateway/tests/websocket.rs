@@ -12,9 +12,13 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::Message;
 
-/// The vendor's answer to a text message: `echo: <text>`.
+/// The vendor's answer to a text message: `echo: <text>`; to `what key?`, its own key (as a
+/// vendor's error message may quote the key it was sent).
 fn echo(text: &str) -> Option<String> {
-    Some(format!("echo: {text}"))
+    match text {
+        "what key?" => Some(format!(r#"{{"error":"invalid key {VENDOR_KEY}"}}"#)),
+        _ => Some(format!("echo: {text}")),
+    }
 }
 
 const ANOTHER_TOKEN: &str = "pst_3sFlZhVVxOOZHyr3ed8HsqImRuXcQmBiQ4sHlGyNZcw";
@@ -466,4 +470,38 @@ async fn an_open_session_closes_when_its_credential_or_its_vendors_address_goes(
         );
         gw.stop().await;
     }
+}
+
+/// A vendor message that quotes the injected credential never reaches the caller: the session
+/// ends before it (`secret_echoed`).
+#[tokio::test]
+async fn a_vendor_message_echoing_the_injected_credential_ends_the_session_before_the_caller_sees_it(
+) {
+    let vendor = WsVendor::start(None, echo).await;
+    let (gw, _keys) = ws_gateway(&vendor, "").await;
+    let mut ws = connect(
+        &gw,
+        handshake(&gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("echo: hello")
+    );
+    ws.send(Message::text("what key?")).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(message)) = ws.next().await {
+            assert!(
+                !message.to_string().contains(VENDOR_KEY),
+                "the caller saw the vendor key: {message}"
+            );
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the session was not ended");
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "secret_echoed", "{events:#?}");
+    gw.stop().await;
 }
