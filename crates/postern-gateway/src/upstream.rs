@@ -85,6 +85,43 @@ pub async fn dial(
     Ok((stream, addr))
 }
 
+/// The TLS server name for `host` when `https`: checked before dialling, so a name TLS cannot
+/// verify never opens a connection.
+fn server_name(
+    https: bool,
+    host: &str,
+) -> Result<Option<rustls::pki_types::ServerName<'static>>, ConnectError> {
+    if !https {
+        return Ok(None);
+    }
+    rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
+        .map(|name| Some(name.to_owned()))
+        .map_err(|_| ConnectError::ServerName {
+            host: host.to_string(),
+        })
+}
+
+/// TLS by `connector` over `stream` to `name` (`host`), its failure told apart: TLS itself
+/// (a certificate not trusted, a handshake refused) or the connection under it.
+async fn tls_to(
+    connector: &tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+    stream: TcpStream,
+    host: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+    connector.connect(name, stream).await.map_err(|source| {
+        let host = host.to_string();
+        if source
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            UpstreamError::Tls { host, source }
+        } else {
+            UpstreamError::Handshake { host, source }
+        }
+    })
+}
+
 /// How long a connection attempt runs alone before the next address is tried beside it: RFC
 /// 8305's "Connection Attempt Delay", at its recommended 250 ms.
 const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
@@ -679,36 +716,12 @@ impl UpstreamClient {
         }
         let host = authority.host();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let name = match https {
-            true => Some(
-                rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
-                    .map_err(|_| ConnectError::ServerName {
-                        host: host.to_string(),
-                    })?
-                    .to_owned(),
-            ),
-            false => None,
-        };
+        let name = server_name(https, host)?;
         let (stream, addr) =
             dial(&self.inner.guard, host, port, self.inner.connect_timeout).await?;
         let io = match name {
             Some(name) => {
-                let tls = self
-                    .inner
-                    .tls_h1
-                    .connect(name, stream)
-                    .await
-                    .map_err(|source| {
-                        let host = host.to_string();
-                        if source
-                            .get_ref()
-                            .is_some_and(|inner| inner.is::<rustls::Error>())
-                        {
-                            UpstreamError::Tls { host, source }
-                        } else {
-                            UpstreamError::Handshake { host, source }
-                        }
-                    })?;
+                let tls = tls_to(&self.inner.tls_h1, name, stream, host).await?;
                 crate::h1::Io::Tls(Box::new(tls))
             }
             None => crate::h1::Io::Plain(stream),
@@ -916,36 +929,11 @@ impl UpstreamClient {
         let port = authority
             .port_u16()
             .unwrap_or(if *https { 443 } else { 80 });
-        // Checked before dialling: a name TLS cannot verify never opens a connection.
-        let name = match https {
-            true => Some(
-                rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']))
-                    .map_err(|_| ConnectError::ServerName {
-                        host: host.to_string(),
-                    })?
-                    .to_owned(),
-            ),
-            false => None,
-        };
+        let name = server_name(*https, host)?;
         let (stream, addr) =
             dial(&self.inner.guard, host, port, self.inner.connect_timeout).await?;
         let sender = if let Some(name) = name {
-            let tls = self
-                .inner
-                .tls
-                .connect(name, stream)
-                .await
-                .map_err(|source| {
-                    let host = host.to_string();
-                    if source
-                        .get_ref()
-                        .is_some_and(|inner| inner.is::<rustls::Error>())
-                    {
-                        UpstreamError::Tls { host, source }
-                    } else {
-                        UpstreamError::Handshake { host, source }
-                    }
-                })?;
+            let tls = tls_to(&self.inner.tls, name, stream, host).await?;
             match tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                 // Used once the vendor's SETTINGS are read: a stream past its limit sent before
                 // that would be refused (REFUSED_STREAM), and hyper does not send it again.

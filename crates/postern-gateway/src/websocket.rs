@@ -128,6 +128,13 @@ pub(crate) fn admit(
     Ok(hyper::upgrade::on(request))
 }
 
+/// Puts the upgrade to `websocket` on a handshake's (or its answer's) headers: hop-by-hop
+/// fields, which Postern takes off whatever it passes on.
+fn upgrading(headers: &mut http::HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
 /// What sending the handshake gave, as [`crate::proxy`] reads a vendor's answer.
 pub(crate) type Sent = Result<
     Result<(Response<UpstreamBody>, std::net::SocketAddr), UpstreamError>,
@@ -143,12 +150,7 @@ pub(crate) async fn handshake(
 ) -> Sent {
     let (mut parts, _) = request.into_parts();
     parts.headers.remove(EXTENSIONS);
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    parts
-        .headers
-        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    upgrading(&mut parts.headers);
     let request = Request::from_parts(parts, http_body_util::Empty::<Bytes>::new());
     let config = &integration.config;
     let head = tokio::time::Instant::now() + Duration::from_millis(config.request_timeout_ms);
@@ -186,12 +188,7 @@ pub(crate) fn open(
             ),
         ));
     }
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    parts
-        .headers
-        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    upgrading(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
     let config = &integration.config;
     let limits = Limits {

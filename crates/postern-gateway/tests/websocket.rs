@@ -91,6 +91,37 @@ async fn connect(
         .map(|(ws, _)| ws)
 }
 
+/// Reads `ws` until its session ends (within 5 s, else panics naming `what`): the messages
+/// that came meanwhile.
+async fn until_closed<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, what: &str) -> Vec<Message>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut messages = Vec::new();
+    let read = async {
+        while let Some(Ok(message)) = ws.next().await {
+            messages.push(message);
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .is_err()
+    {
+        panic!("{what} was not closed");
+    }
+    messages
+}
+
+/// A session of `checkout`'s on the realtime operation.
+async fn open_session(gw: &TestGateway) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    connect(
+        gw,
+        handshake(gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
+    )
+    .await
+    .expect("the handshake is accepted")
+}
+
 /// The status and JSON body of a handshake Postern (or the vendor) refused.
 fn refused(error: tokio_tungstenite::tungstenite::Error) -> (u16, String) {
     match error {
@@ -233,28 +264,17 @@ async fn a_caller_token_in_a_message_ends_the_session_before_it_reaches_the_vend
         format!(r#"{{"api_key":"{escaped}"}}"#),
     ];
     for (n, message) in messages.iter().enumerate() {
-        let mut ws = connect(
-            &gw,
-            handshake(&gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
-        )
-        .await
-        .unwrap();
+        let mut ws = open_session(&gw).await;
         ws.send(Message::text("hello")).await.unwrap();
         let answer = ws.next().await.unwrap().unwrap();
         assert_eq!(answer, Message::text("echo: hello"));
         let _ = ws.send(Message::text(message.clone())).await;
         // The session ends: the caller reads the connection's end, and no echo of it.
-        let end = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(text))) => panic!("the vendor answered {text}"),
-                    Some(Ok(_)) => continue,
-                    Some(Err(_)) | None => return,
-                }
-            }
-        })
-        .await;
-        assert!(end.is_ok(), "the session was not ended");
+        let after = until_closed(&mut ws, "the session").await;
+        assert!(
+            !after.iter().any(Message::is_text),
+            "the vendor answered: {after:?}"
+        );
         let events = gw.wait_events(n + 1).await;
         let event = &events[n];
         assert_eq!(event["status"], 101, "{event}");
@@ -273,18 +293,9 @@ async fn a_caller_token_in_a_message_ends_the_session_before_it_reaches_the_vend
 async fn an_idle_session_is_closed_at_the_integrations_idle_limit() {
     let vendor = WsVendor::start(None, echo).await;
     let (gw, _keys) = ws_gateway(&vendor, "response_idle_timeout_ms = 300").await;
-    let mut ws = connect(
-        &gw,
-        handshake(&gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
-    )
-    .await
-    .unwrap();
+    let mut ws = open_session(&gw).await;
     let started = std::time::Instant::now();
-    let end = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
-    assert!(end.is_ok(), "the idle session was not closed");
+    until_closed(&mut ws, "the idle session").await;
     assert!(started.elapsed() >= Duration::from_millis(250));
     let events = gw.wait_events(1).await;
     assert_eq!(
@@ -339,13 +350,11 @@ async fn a_websocket_session_through_the_forward_proxy_is_intercepted_and_relaye
     ws.send(Message::text(format!("key {ANOTHER_TOKEN}")))
         .await
         .unwrap();
-    let end = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(message)) = ws.next().await {
-            assert!(!message.is_text(), "the vendor answered {message}");
-        }
-    })
-    .await;
-    assert!(end.is_ok(), "the session was not ended");
+    let after = until_closed(&mut ws, "the session").await;
+    assert!(
+        !after.iter().any(Message::is_text),
+        "the vendor answered: {after:?}"
+    );
     let (target, headers) = vendor.handshakes.lock().unwrap()[0].clone();
     assert_eq!(target, "/v1/realtime?model=gpt");
     assert_eq!(
@@ -372,12 +381,7 @@ async fn a_websocket_session_through_the_forward_proxy_is_intercepted_and_relaye
 async fn an_open_session_is_decided_again_at_each_reload() {
     let vendor = WsVendor::start(None, echo).await;
     let (gw, _keys) = ws_gateway(&vendor, "").await;
-    let mut ws = connect(
-        &gw,
-        handshake(&gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
-    )
-    .await
-    .unwrap();
+    let mut ws = open_session(&gw).await;
     let text = std::fs::read_to_string(&gw.config_path).unwrap();
     let config = postern_config::parse(&text, &gw.config_path).unwrap();
     gw.running().reload(config).unwrap();
@@ -397,11 +401,7 @@ async fn an_open_session_is_decided_again_at_each_reload() {
     assert_ne!(narrowed, text);
     let config = postern_config::parse(&narrowed, &gw.config_path).unwrap();
     gw.running().reload(config).unwrap();
-    let end = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
-    assert!(end.is_ok(), "the session was not closed");
+    until_closed(&mut ws, "the session").await;
     let events = gw.wait_events(1).await;
     assert_eq!(events[0]["reason"], "websocket_revoked", "{events:#?}");
     assert_eq!(events[0]["status"], 101);
@@ -413,12 +413,7 @@ async fn an_open_session_is_decided_again_at_each_reload() {
 async fn shutdown_closes_an_open_session_and_records_it() {
     let vendor = WsVendor::start(None, echo).await;
     let (mut gw, _keys) = ws_gateway(&vendor, "").await;
-    let mut ws = connect(
-        &gw,
-        handshake(&gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
-    )
-    .await
-    .unwrap();
+    let mut ws = open_session(&gw).await;
     ws.send(Message::text("hello")).await.unwrap();
     let answer = ws.next().await.unwrap().unwrap();
     assert_eq!(answer, Message::text("echo: hello"));
@@ -428,11 +423,7 @@ async fn shutdown_closes_an_open_session_and_records_it() {
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0]["reason"], "gateway_shutdown", "{events:#?}");
     assert!(events[0]["request_bytes"].as_u64().unwrap() > 0);
-    let end = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
-    assert!(end.is_ok(), "the caller's connection was not closed");
+    until_closed(&mut ws, "the caller's connection").await;
 }
 
 /// A session is closed when the vendor credential it injects goes, or its vendor's address is
@@ -442,12 +433,7 @@ async fn an_open_session_closes_when_its_credential_or_its_vendors_address_goes(
     let vendor = WsVendor::start(None, echo).await;
     for change in ["credential", "guard"] {
         let (gw, keys) = ws_gateway(&vendor, "").await;
-        let mut ws = connect(
-            &gw,
-            handshake(&gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
-        )
-        .await
-        .unwrap();
+        let mut ws = open_session(&gw).await;
         let text = std::fs::read_to_string(&gw.config_path).unwrap();
         let changed = match change {
             "credential" => {
@@ -458,11 +444,7 @@ async fn an_open_session_closes_when_its_credential_or_its_vendors_address_goes(
         };
         let config = postern_config::parse(&changed, &gw.config_path).unwrap();
         let _ = gw.running().reload(config);
-        let end = tokio::time::timeout(Duration::from_secs(5), async {
-            while let Some(Ok(_)) = ws.next().await {}
-        })
-        .await;
-        assert!(end.is_ok(), "{change}: the session was not closed");
+        until_closed(&mut ws, &format!("{change}: the session")).await;
         let events = gw.wait_events(1).await;
         assert_eq!(
             events[0]["reason"], "websocket_revoked",
@@ -479,28 +461,18 @@ async fn a_vendor_message_echoing_the_injected_credential_ends_the_session_befor
 ) {
     let vendor = WsVendor::start(None, echo).await;
     let (gw, _keys) = ws_gateway(&vendor, "").await;
-    let mut ws = connect(
-        &gw,
-        handshake(&gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
-    )
-    .await
-    .unwrap();
+    let mut ws = open_session(&gw).await;
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
         Message::text("echo: hello")
     );
     ws.send(Message::text("what key?")).await.unwrap();
-    let end = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(message)) = ws.next().await {
-            assert!(
-                !message.to_string().contains(VENDOR_KEY),
-                "the caller saw the vendor key: {message}"
-            );
-        }
-    })
-    .await;
-    assert!(end.is_ok(), "the session was not ended");
+    let after = until_closed(&mut ws, "the session").await;
+    assert!(
+        !after.iter().any(|m| m.to_string().contains(VENDOR_KEY)),
+        "the caller saw the vendor key: {after:?}"
+    );
     let events = gw.wait_events(1).await;
     assert_eq!(events[0]["reason"], "secret_echoed", "{events:#?}");
     gw.stop().await;
