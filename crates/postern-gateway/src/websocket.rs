@@ -488,17 +488,23 @@ where
         };
         moved();
         let hold = frames.read(&buffer[..read])?;
-        held.extend_from_slice(&buffer[..read]);
-        let upto = release_upto(hold, released, released + held.len() as u64)?;
+        let end = released + (held.len() + read) as u64;
+        let upto = release_upto(hold, released, end)?;
         let release = (upto - released) as usize;
-        if release > 0 {
-            if to.write_all(&held[..release]).await.is_err() {
-                break;
-            }
+        // Most reads hold nothing back and follow none held: written as read, uncopied.
+        let written = if held.is_empty() && upto == end {
+            to.write_all(&buffer[..read]).await
+        } else {
+            held.extend_from_slice(&buffer[..read]);
+            let written = to.write_all(&held[..release]).await;
             held.drain(..release);
-            released = upto;
-            count.fetch_add(release as u64, Ordering::Relaxed);
+            written
+        };
+        if written.is_err() {
+            break;
         }
+        released = upto;
+        count.fetch_add(release as u64, Ordering::Relaxed);
     }
     let _ = to.shutdown().await;
     Ok(())
@@ -712,22 +718,30 @@ impl<R: Reader> Frames<R> {
                     let take = usize::try_from(payload.left)
                         .unwrap_or(usize::MAX)
                         .min(bytes.len());
-                    self.scratch.clear();
-                    self.scratch.extend(
-                        bytes[..take]
-                            .iter()
-                            .enumerate()
-                            .map(|(i, byte)| byte ^ payload.key[(payload.at + i) % 4]),
-                    );
+                    // A caller's payload is unmasked into `scratch`; a vendor's is read as sent.
+                    let (piece, rest) = bytes.split_at(take);
+                    let piece = match R::MASKED {
+                        true => {
+                            self.scratch.clear();
+                            self.scratch.extend(
+                                piece
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, byte)| byte ^ payload.key[(payload.at + i) % 4]),
+                            );
+                            &self.scratch[..]
+                        }
+                        false => piece,
+                    };
                     payload.at = (payload.at + take) % 4;
                     payload.left -= take as u64;
-                    bytes = &bytes[take..];
+                    bytes = rest;
                     self.fed += take as u64;
                     let (control, fin, done) = (payload.control, payload.fin, payload.left == 0);
                     if control.is_some() {
-                        self.control.extend_from_slice(&self.scratch);
+                        self.control.extend_from_slice(piece);
                     } else if let Some(message) = &mut self.message {
-                        if self.reader.read(&mut message.reading, &self.scratch) {
+                        if self.reader.read(&mut message.reading, piece) {
                             return Err(R::FOUND);
                         }
                         message.payload_end = self.fed;
