@@ -13,28 +13,30 @@
 //! bytes both ways until either side closes, the session idles out
 //! (`response_idle_timeout_ms`, no byte either way) or reaches `total_timeout_ms`, a reload or
 //! vault change (or a new hour, under a Cedar rule on it) no longer allows it
-//! ([`SessionGrant`]), or Postern shuts down. The call's event and audit outcome are recorded then: status 101, the bytes each
-//! way, the session's length, and why it ended.
+//! ([`SessionGrant`]), or Postern shuts down. The call's event and audit outcome are recorded
+//! then: status 101, the bytes each way, the session's length, and why it ended.
 //!
-//! The caller's frames are read as they pass ([`Frames`], [`CallerTokens`]): each message's payload
-//! (unmasked, across its fragments) is searched for the caller's token and any `postern`-made
-//! token in every form a request body is ([`crate::body`]'s reading), and each control frame's
-//! payload on its own. Where a token stands, the session ends at once: both connections are
-//! closed and the frame that completes it is not passed on (`caller_token_in_body`). Bytes
-//! that could begin a token are held back, from the start of their message, only where more
-//! is sure to follow: within a frame, or after a fragment of an unfinished message; so a whole
-//! message is never held. A session whose held bytes pass [`MAX_HELD`] (frames put between a
-//! message's parts) is ended (`websocket_held_too_long`). A frame that breaks RFC 6455 (unmasked, reserved bits or opcodes, a control
-//! frame fragmented or over 125 bytes) ends the session (`websocket_protocol_error`), as does
-//! a message over the integration's `max_request_body_bytes` (`request_too_large`).
+//! The caller's frames are read as they pass ([`Frames`], [`CallerTokens`]): each message's
+//! payload (unmasked, across its fragments) is searched for the caller's token and any
+//! `postern`-made token in every form a request body is ([`crate::body`]'s reading), and each
+//! control frame's payload on its own. Where a token stands, the session ends at once: both
+//! connections are closed and the frame that completes it is not passed on
+//! (`caller_token_in_body`). A message whose bytes so far could begin a token is held back,
+//! from its first frame, only where more is sure to follow: within a frame, or after a
+//! fragment of an unfinished message; so a whole message is never held. A session whose held
+//! bytes pass [`MAX_HELD`] (frames put between a message's parts) is ended
+//! (`websocket_held_too_long`). A frame that breaks RFC 6455 (unmasked, reserved bits or
+//! opcodes, a control frame fragmented or over 125 bytes) ends the session
+//! (`websocket_protocol_error`), as does a message over the integration's
+//! `max_request_body_bytes` (`request_too_large`).
 //!
 //! The vendor's frames are read the same way ([`EchoedSecrets`]) for the credential Postern
 //! injected, in each form an answer's body is read for it: where one stands, the session ends
 //! before the frame that completes it reaches the caller (`secret_echoed`; a frame cannot be
 //! redacted in place once its head has gone). A frame of the vendor's that breaks RFC 6455
 //! (masked, reserved bits or opcodes) ends it too (`upstream_websocket_error`), as does a
-//! message over `max_response_body_bytes` (`response_too_large`). The holding back is the
-//! same, from where the reading can tell the credential could begin.
+//! message over `max_response_body_bytes` (`response_too_large`). It is held back only from
+//! where the key could begin.
 //!
 //! Not found: a token split across two fragments of a message, where the first fragment ended
 //! where no token could begin yet, is found when its last part comes, but what went before it
