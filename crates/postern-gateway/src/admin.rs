@@ -89,6 +89,9 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
                 metrics.set_open(
                     crate::listener::MAX_CONNECTIONS - shared.connection_slots.available_permits(),
                     shared.tunnels.load(std::sync::atomic::Ordering::Relaxed),
+                    shared
+                        .websocket_sessions
+                        .load(std::sync::atomic::Ordering::Relaxed),
                 );
                 metrics.set_calls_open(shared.open_calls.snapshot());
                 metrics.set_workers(&shared.worker_load);

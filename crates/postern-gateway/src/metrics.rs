@@ -112,6 +112,7 @@ pub struct Metrics {
     worker_connections: Family<WorkerLabel, Gauge>,
     connections_handed_over: Counter,
     tunnels_open: Gauge,
+    websocket_sessions_open: Gauge,
     calls_open: Family<IntegrationLabel, Gauge>,
     caller_calls_open: Family<IntegrationCallerLabel, Gauge>,
 }
@@ -206,6 +207,12 @@ impl Metrics {
             "CONNECT tunnels open (opaque and intercepted)",
             tunnels_open.clone(),
         );
+        let websocket_sessions_open = Gauge::default();
+        registry.register(
+            "websocket_sessions_open",
+            "WebSocket sessions open (operations with websocket = true)",
+            websocket_sessions_open.clone(),
+        );
         let calls_open = Family::<IntegrationLabel, Gauge>::default();
         registry.register(
             "calls_open",
@@ -238,6 +245,7 @@ impl Metrics {
             worker_connections,
             connections_handed_over,
             tunnels_open,
+            websocket_sessions_open,
             calls_open,
             caller_calls_open,
         }
@@ -265,12 +273,15 @@ impl Metrics {
         }
     }
 
-    /// Sets the open connections and tunnels, read when the metrics are asked for.
-    pub fn set_open(&self, connections: usize, tunnels: usize) {
+    /// Sets the open connections, tunnels and WebSocket sessions, read when the metrics are
+    /// asked for.
+    pub fn set_open(&self, connections: usize, tunnels: usize, websocket_sessions: usize) {
         self.connections_open
             .set(i64::try_from(connections).unwrap_or(i64::MAX));
         self.tunnels_open
             .set(i64::try_from(tunnels).unwrap_or(i64::MAX));
+        self.websocket_sessions_open
+            .set(i64::try_from(websocket_sessions).unwrap_or(i64::MAX));
     }
 
     /// Sets each worker's connections and the hand-overs since start, read when the metrics are

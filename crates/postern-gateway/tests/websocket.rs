@@ -382,6 +382,13 @@ async fn an_open_session_is_decided_again_at_each_reload() {
     let vendor = WsVendor::start(None, echo).await;
     let (gw, _keys) = ws_gateway(&vendor, "").await;
     let mut ws = open_session(&gw).await;
+    let open = |metrics: String| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("postern_websocket_sessions_open "))
+            .map(str::to_owned)
+    };
+    assert_eq!(open(gw.metrics().await).as_deref(), Some("1"));
     let text = std::fs::read_to_string(&gw.config_path).unwrap();
     let config = postern_config::parse(&text, &gw.config_path).unwrap();
     gw.running().reload(config).unwrap();
@@ -405,6 +412,10 @@ async fn an_open_session_is_decided_again_at_each_reload() {
     let events = gw.wait_events(1).await;
     assert_eq!(events[0]["reason"], "websocket_revoked", "{events:#?}");
     assert_eq!(events[0]["status"], 101);
+    eventually("postern_websocket_sessions_open back to 0", || async {
+        open(gw.metrics().await).as_deref() == Some("0")
+    })
+    .await;
     gw.stop().await;
 }
 
