@@ -96,15 +96,7 @@ impl EchoFilter {
         minted: Option<Needles>,
         max_decoded: u64,
     ) -> Result<Option<Self>, String> {
-        let needles = [
-            Some(fixed.clone()).filter(|n| !n.is_empty()),
-            minted.filter(|n| !n.is_empty()),
-        ];
-        let keep = forms(&needles)
-            .map(<[u8]>::len)
-            .max()
-            .unwrap_or(0)
-            .saturating_sub(1);
+        let (needles, keep) = secrets(fixed, minted);
         if needles.iter().all(Option::is_none) {
             return Ok(None);
         }
@@ -253,6 +245,22 @@ impl EchoFilter {
             false => Filtered::Pass(out, false),
         }
     }
+}
+
+/// The secrets an answer is read for (`fixed`, the integration's forms; `minted`, an OAuth2
+/// client's tokens; either left out when it has none), and one less than the longest form:
+/// what a reading keeps of its last bytes.
+pub(crate) fn secrets(fixed: &Needles, minted: Option<Needles>) -> ([Option<Needles>; 2], usize) {
+    let needles = [
+        Some(fixed.clone()).filter(|n| !n.is_empty()),
+        minted.filter(|n| !n.is_empty()),
+    ];
+    let keep = forms(&needles)
+        .map(<[u8]>::len)
+        .max()
+        .unwrap_or(0)
+        .saturating_sub(1);
+    (needles, keep)
 }
 
 /// Every form of every secret looked for.

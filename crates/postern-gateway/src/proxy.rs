@@ -1566,13 +1566,24 @@ fn forward(
     request: Request<ForwardBody>,
     started: std::time::Instant,
 ) -> tokio::time::Timeout<impl Future<Output = Forwarded> + Send + '_> {
+    tokio::time::timeout_at(
+        answer_deadline(integration, started),
+        integration.client.request(request),
+    )
+}
+
+/// When the vendor's answer head must have come, for a call that `started` then: within
+/// `request_timeout_ms` from now, and before `total_timeout_ms` from its start.
+pub(crate) fn answer_deadline(
+    integration: &IntegrationRuntime,
+    started: std::time::Instant,
+) -> tokio::time::Instant {
     let config = &integration.config;
     let head = tokio::time::Instant::now() + Duration::from_millis(config.request_timeout_ms);
-    let deadline = match crate::body::call_end(started, config.total_timeout_ms) {
+    match crate::body::call_end(started, config.total_timeout_ms) {
         Some((end, _)) => head.min(end),
         None => head,
-    };
-    tokio::time::timeout_at(deadline, integration.client.request(request))
+    }
 }
 
 /// What the vendor request gave: its response, or why there is none.
@@ -1841,10 +1852,7 @@ fn prepare_response(
     }
     // A vendor may echo the injected credential (a redirect or pagination link carrying an
     // api_key parameter, say): such headers never reach the caller.
-    let oauth_tokens = match &integration.credential {
-        Ok(Some(Injector::OAuth2(source))) => Some(source.echoes()),
-        _ => None,
-    };
+    let oauth_tokens = integration.oauth_echoes();
     let leaks = |value: &HeaderValue| {
         echoes_secret(value.as_bytes(), &integration.secret_needles)
             || oauth_tokens

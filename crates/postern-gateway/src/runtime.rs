@@ -284,6 +284,15 @@ pub struct UpstreamTarget {
 }
 
 impl IntegrationRuntime {
+    /// An OAuth2 client's current access tokens, in the forms a vendor may echo them; `None`
+    /// for another kind of credential.
+    pub fn oauth_echoes(&self) -> Option<arc_swap::Guard<crate::echo::Needles>> {
+        match &self.credential {
+            Ok(Some(Injector::OAuth2(source))) => Some(source.echoes()),
+            _ => None,
+        }
+    }
+
     /// The upstream's port (explicit, or the scheme's default).
     pub fn upstream_port(&self) -> u16 {
         self.upstream.authority.port_u16().unwrap_or(

@@ -85,6 +85,11 @@ pub async fn dial(
     Ok((stream, addr))
 }
 
+/// The port `authority` names, or its scheme's.
+fn port_of(https: bool, authority: &Authority) -> u16 {
+    authority.port_u16().unwrap_or(if https { 443 } else { 80 })
+}
+
 /// The TLS server name for `host` when `https`: checked before dialling, so a name TLS cannot
 /// verify never opens a connection.
 fn server_name(
@@ -714,8 +719,7 @@ impl UpstreamClient {
         if !https && !self.inner.allow_plaintext {
             return Err(UpstreamError::Plaintext(authority.host().to_string()));
         }
-        let host = authority.host();
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let (host, port) = (authority.host(), port_of(https, &authority));
         let name = server_name(https, host)?;
         let (stream, addr) =
             dial(&self.inner.guard, host, port, self.inner.connect_timeout).await?;
@@ -926,9 +930,7 @@ impl UpstreamClient {
             })
         };
         let host = authority.host();
-        let port = authority
-            .port_u16()
-            .unwrap_or(if *https { 443 } else { 80 });
+        let port = port_of(*https, authority);
         let name = server_name(*https, host)?;
         let (stream, addr) =
             dial(&self.inner.guard, host, port, self.inner.connect_timeout).await?;

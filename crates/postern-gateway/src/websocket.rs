@@ -154,12 +154,7 @@ pub(crate) async fn handshake(
     parts.headers.remove(EXTENSIONS);
     upgrading(&mut parts.headers);
     let request = Request::from_parts(parts, http_body_util::Empty::<Bytes>::new());
-    let config = &integration.config;
-    let head = tokio::time::Instant::now() + Duration::from_millis(config.request_timeout_ms);
-    let deadline = match crate::body::call_end(started, config.total_timeout_ms) {
-        Some((end, _)) => head.min(end),
-        None => head,
-    };
+    let deadline = crate::proxy::answer_deadline(integration, started);
     tokio::time::timeout_at(deadline, async {
         let (response, addr) = integration.client.handshake(request).await?;
         Ok((response.map(UpstreamBody::Handshake), addr))
@@ -193,29 +188,21 @@ pub(crate) fn open(
     upgrading(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
     let config = &integration.config;
-    let limits = Limits {
-        idle: (config.response_idle_timeout_ms > 0)
-            .then(|| Duration::from_millis(config.response_idle_timeout_ms)),
-        end: crate::body::call_end(context.started, config.total_timeout_ms),
-    };
+    let idle = (config.response_idle_timeout_ms > 0)
+        .then(|| Duration::from_millis(config.response_idle_timeout_ms));
+    let end = crate::body::call_end(context.started, config.total_timeout_ms).map(|(end, _)| end);
     let from_caller = Frames::new(
         CallerTokens(Needles::new(caller_token)),
         config.max_request_body_bytes,
     );
-    let minted = match &integration.credential {
-        Ok(Some(crate::runtime::Injector::OAuth2(source))) => Some((*source.echoes()).clone()),
-        _ => None,
-    };
+    let minted = integration.oauth_echoes().as_deref().cloned();
     let from_vendor = Frames::new(
         EchoedSecrets::new(&integration.secret_needles, minted),
         config.max_response_body_bytes,
     );
     let grant = SessionGrant {
-        auth: context.auth,
         spiffe_id: connection.spiffe_id.clone(),
         token: caller_token.map(|token| Zeroizing::new(token.to_vec())),
-        integration: integration.name.clone(),
-        operation: context.operation_id.clone(),
     };
     let shared = shared.clone();
     let context = context.take();
@@ -227,7 +214,8 @@ pub(crate) fn open(
         let ended = match (caller.await, vendor.await) {
             (Ok(caller), Ok(vendor)) => {
                 let ends = Ends {
-                    limits,
+                    idle,
+                    end,
                     shutdown: shared.shutdown_signal(),
                     revoked: Box::pin(grant.revoked(&shared, &context)),
                 };
@@ -311,16 +299,12 @@ impl Drop for OpenSession {
     }
 }
 
-/// How long a session may last: idle (no byte either way), and until when.
-struct Limits {
-    idle: Option<Duration>,
-    end: Option<(tokio::time::Instant, Duration)>,
-}
-
-/// What ends a session besides its two sides: its limits, Postern's shutdown, and its grant
-/// withdrawn ([`SessionGrant::revoked`]).
+/// What ends a session besides its two sides: how long it may idle (no byte either way) and
+/// until when it may last, Postern's shutdown, and its grant withdrawn
+/// ([`SessionGrant::revoked`]).
 struct Ends<'a> {
-    limits: Limits,
+    idle: Option<Duration>,
+    end: Option<tokio::time::Instant>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     revoked: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
 }
@@ -328,13 +312,12 @@ struct Ends<'a> {
 /// What let a session open, decided again at each runtime swap (a reload, a vault change) and
 /// each new hour of UTC, as an opaque tunnel is: the same credential still names its caller,
 /// the operation still takes WebSocket handshakes, Cedar still allows the call, the vendor
-/// credential can still be injected and the vendor's address still passes the guard.
+/// credential can still be injected and the vendor's address still passes the guard. The
+/// caller, its way of authenticating, the integration and the operation are the call's
+/// (its context); the credential it was named by is kept here.
 struct SessionGrant {
-    auth: Option<crate::context::AuthMethod>,
     spiffe_id: Option<String>,
     token: Option<Zeroizing<Vec<u8>>>,
-    integration: Arc<str>,
-    operation: Option<Arc<str>>,
 }
 
 impl SessionGrant {
@@ -344,16 +327,19 @@ impl SessionGrant {
         context: &CallContext,
         at: std::time::SystemTime,
     ) -> bool {
-        let (Some(caller), Some(auth), Some(operation)) =
-            (&context.caller, self.auth, &self.operation)
-        else {
+        let (Some(caller), Some(auth), Some(name), Some(operation)) = (
+            &context.caller,
+            context.auth,
+            &context.integration,
+            &context.operation_id,
+        ) else {
             return false;
         };
         let token = self.token.as_deref().map(Vec::as_slice);
         if !runtime.still_names(caller, auth, self.spiffe_id.as_deref(), token) {
             return false;
         }
-        let Some(integration) = runtime.integrations.get(&*self.integration) else {
+        let Some(integration) = runtime.integrations.get(&**name) else {
             return false;
         };
         if !allowed(integration, Some(operation)) {
@@ -372,7 +358,7 @@ impl SessionGrant {
         let facts = crate::proxy::PolicyFacts::at(context, at);
         runtime
             .policy
-            .authorize(&facts.request(&self.integration, operation, "GET", 0))
+            .authorize(&facts.request(name, operation, "GET", 0))
             .allowed
     }
 
@@ -386,7 +372,7 @@ impl SessionGrant {
             }
             at = *decisions.borrow_and_update();
         }
-        tracing::info!(caller = context.caller.as_deref().unwrap_or(""), integration = %self.integration, request_id = %context.request_id, "an open WebSocket session is no longer allowed after a configuration or vault change, or in this hour; closed");
+        tracing::info!(caller = context.caller.as_deref().unwrap_or(""), integration = context.integration.as_deref().unwrap_or(""), request_id = %context.request_id, "an open WebSocket session is no longer allowed after a configuration or vault change, or in this hour; closed");
     }
 }
 
@@ -403,7 +389,8 @@ async fn relay(
     vendor: Upgraded,
     (mut from_caller, mut from_vendor): (Frames<CallerTokens>, Frames<EchoedSecrets>),
     Ends {
-        limits,
+        idle,
+        end,
         mut shutdown,
         revoked,
     }: Ends<'_>,
@@ -430,7 +417,7 @@ async fn relay(
         &down,
     );
     let idle = async {
-        let Some(idle) = limits.idle else {
+        let Some(idle) = idle else {
             return std::future::pending().await;
         };
         loop {
@@ -442,8 +429,8 @@ async fn relay(
         }
     };
     let total = async {
-        match limits.end {
-            Some((end, _)) => tokio::time::sleep_until(end).await,
+        match end {
+            Some(end) => tokio::time::sleep_until(end).await,
             None => std::future::pending().await,
         }
     };
@@ -593,15 +580,7 @@ pub(crate) struct EchoedSecrets {
 
 impl EchoedSecrets {
     pub(crate) fn new(fixed: &crate::echo::Needles, minted: Option<crate::echo::Needles>) -> Self {
-        let needles = [
-            Some(fixed.clone()).filter(|n| !n.is_empty()),
-            minted.filter(|n| !n.is_empty()),
-        ];
-        let keep = crate::echo::forms(&needles)
-            .map(<[u8]>::len)
-            .max()
-            .unwrap_or(0)
-            .saturating_sub(1);
+        let (needles, keep) = crate::echo::secrets(fixed, minted);
         EchoedSecrets { needles, keep }
     }
 }

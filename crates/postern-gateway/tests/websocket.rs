@@ -419,7 +419,9 @@ async fn an_open_session_is_decided_again_at_each_reload() {
     gw.stop().await;
 }
 
-/// Shutdown closes an open session and waits for its record.
+/// Shutdown closes an open session, and the session's record is written (`gateway_shutdown`).
+/// (That shutdown waits for it, `Shared::websocket_sessions`, this test does not tell: here the
+/// session's record is written before shutdown's own end either way.)
 #[tokio::test]
 async fn shutdown_closes_an_open_session_and_records_it() {
     let vendor = WsVendor::start(None, echo).await;
