@@ -2,8 +2,10 @@
 //!
 //! Operations are indexed by method, then segment count; within a bucket they
 //! are ordered by specificity (literal length, descending; declaration order
-//! breaks ties), so the first template that matches is the answer. A lookup
-//! therefore only looks at templates that could possibly match.
+//! breaks ties), so the first template that matches is the answer — unless a more
+//! specific one matches the path loosely (ASCII case aside, or with a format suffix), as
+//! a vendor's router might: then none does. A lookup therefore only looks at templates
+//! that could possibly match.
 
 use std::sync::Arc;
 
@@ -98,14 +100,24 @@ impl OperationTable {
         segment_count: usize,
         path: &str,
     ) -> Option<MatchedOperation<'_>> {
-        self.buckets
-            .get(method)?
-            .get(&segment_count)?
+        let bucket = self.buckets.get(method)?.get(&segment_count)?;
+        let at = bucket
             .iter()
-            .find(|entry| entry.template.matches(path))
-            .map(|entry| MatchedOperation {
-                id: &entry.id,
-                template: &entry.template_text,
-            })
+            .position(|entry| entry.template.matches(path))?;
+        // A more literal operation the path does not match, but that a vendor routing
+        // regardless of case or format suffix would take it for (`/v1/charges/Search` or
+        // `search.json` under `/v1/charges/{id}`, beside `/v1/charges/search`): no operation,
+        // or a grant of the placeholder's would reach the literal one's handler.
+        if bucket[..at]
+            .iter()
+            .any(|entry| entry.template.loosely_matches(path))
+        {
+            return None;
+        }
+        let entry = &bucket[at];
+        Some(MatchedOperation {
+            id: &entry.id,
+            template: &entry.template_text,
+        })
     }
 }

@@ -36,6 +36,28 @@ impl TemplateSegment {
     }
 }
 
+impl TemplateSegment {
+    /// Whether a server that routes regardless of ASCII case, or that strips a format suffix
+    /// (`.json`, Rails and older Spring MVC) or `;` parameters, could take `segment` for this
+    /// one.
+    fn loosely_matches(&self, segment: &[u8]) -> bool {
+        match self {
+            TemplateSegment::Literal(text) => {
+                let text = text.as_bytes();
+                segment.len() >= text.len()
+                    && segment[..text.len()].eq_ignore_ascii_case(text)
+                    && matches!(segment.get(text.len()), None | Some(b'.' | b';'))
+            }
+            TemplateSegment::Placeholder { prefix, suffix } => {
+                segment.len() > prefix.len() + suffix.len()
+                    && segment[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+                    && segment[segment.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes())
+            }
+        }
+    }
+}
+
 impl PathTemplate {
     /// Parses a template. It must start with `/`, contain no query (`?`) or
     /// fragment (`#`), no empty segment except a trailing slash, and at most
@@ -81,6 +103,23 @@ impl PathTemplate {
     /// Whether the raw request path (without query) matches this template.
     /// Segment counts must agree, so a trailing slash is significant.
     pub fn matches(&self, path: &str) -> bool {
+        self.matches_by(path, TemplateSegment::matches)
+    }
+
+    /// Whether a vendor's router could take the raw request path for this template: segment by
+    /// segment regardless of ASCII case, a literal segment with a `.` or `;` suffix too
+    /// ([`TemplateSegment::loosely_matches`]). Every path [`PathTemplate::matches`] matches.
+    pub fn loosely_matches(&self, path: &str) -> bool {
+        self.matches_by(path, TemplateSegment::loosely_matches)
+    }
+
+    /// Whether each of the path's segments matches this template's, by `segment_matches`, and
+    /// the counts agree.
+    fn matches_by(
+        &self,
+        path: &str,
+        segment_matches: impl Fn(&TemplateSegment, &[u8]) -> bool,
+    ) -> bool {
         let Some(rest) = path.strip_prefix('/') else {
             return false;
         };
@@ -89,7 +128,7 @@ impl PathTemplate {
         let mut path_segments = rest.as_bytes().split(|&byte| byte == b'/');
         for template_segment in &self.segments {
             match path_segments.next() {
-                Some(segment) if template_segment.matches(segment) => {}
+                Some(segment) if segment_matches(template_segment, segment) => {}
                 _ => return false,
             }
         }

@@ -98,6 +98,33 @@ fn most_literal_characters_win() {
     check("GET", "/v1/charges/searcher", "get_charge");
 }
 
+/// A path a vendor's router could take for a more literal operation, regardless of case (Express,
+/// ASP.NET) or with a format suffix or `;` parameters stripped (Rails, Spring MVC before 5.3), is
+/// no operation: a grant of `get_charge` must not reach `search_charges`' handler.
+#[test]
+fn a_loose_match_of_a_more_literal_operation_is_none() {
+    for path in [
+        "/v1/charges/Search",
+        "/v1/charges/SEARCH",
+        "/v1/charges/search.json",
+        "/v1/charges/Search.xml",
+        "/v1/charges/search;v=1",
+    ] {
+        check("GET", path, "-");
+    }
+    // Alike only in part: the placeholder's.
+    check("GET", "/v1/charges/searches", "get_charge");
+    check("GET", "/v1/charges/search-2", "get_charge");
+    check("GET", "/v1/charges/ch_search", "get_charge");
+    // Suffixes of the Twilio style: `media.json` under `{Sid}.json` beside a literal
+    // `Messages.json` one level up is another segment count, so no sibling.
+    check(
+        "GET",
+        "/2010-04-01/Accounts/AC1/Messages/MESSAGES.json",
+        "get_message",
+    );
+}
+
 #[test]
 fn head_falls_back_to_get() {
     check("HEAD", "/v1/charges/ch_1", "get_charge");
