@@ -40,7 +40,7 @@ pub(crate) fn method_override(request: &Request<CallerBody>) -> Option<String> {
     let other = |value: &[u8]| !value.trim_ascii().eq_ignore_ascii_case(method);
     for (name, value) in request.headers() {
         let name = name.as_str();
-        if name.len() >= 13 && METHOD_OVERRIDE_HEADERS.contains(&name) && other(value.as_bytes()) {
+        if name.len() >= 13 && is_override_header(name) && other(value.as_bytes()) {
             return Some(format!("header {name}"));
         }
     }
@@ -55,6 +55,19 @@ pub(crate) fn method_override(request: &Request<CallerBody>) -> Option<String> {
                 .any(|known| name.eq_ignore_ascii_case(known.as_bytes()));
         (overrides && other(&form_decoded(value.as_bytes())))
             .then(|| format!("query parameter {}", String::from_utf8_lossy(&name)))
+    })
+}
+
+/// Whether `name` (lower case) is one of [`METHOD_OVERRIDE_HEADERS`], with `_` read as `-`:
+/// CGI, FastCGI and Rack servers read `X_HTTP_Method_Override` and `X-HTTP-Method-Override`
+/// as the same `HTTP_X_HTTP_METHOD_OVERRIDE`, which `Rack::MethodOverride` and Symfony honour.
+fn is_override_header(name: &str) -> bool {
+    METHOD_OVERRIDE_HEADERS.iter().any(|known| {
+        known.len() == name.len()
+            && known
+                .bytes()
+                .zip(name.bytes())
+                .all(|(k, n)| k == n || (k == b'-' && n == b'_'))
     })
 }
 
