@@ -317,6 +317,18 @@ impl TokenReading {
         self.seen.in_progress(needles) || self.escaped_in_progress(needles)
     }
 
+    /// How many of the last bytes read could begin a token that more completes: as the
+    /// reading reads, exactly ([`Seen::pending`]); `usize::MAX` while a reading with escapes
+    /// undone, line breaks left out, base64 decoded or UTF-16 read back may be completing one
+    /// (it cannot tell from where, as sent: a token's start may be written in many more bytes
+    /// than its own length).
+    pub(crate) fn pending(&self, needles: &Needles) -> usize {
+        match self.escaped_in_progress(needles) {
+            true => usize::MAX,
+            false => self.seen.pending(needles),
+        }
+    }
+
     /// Whether the reading, ending here, ends with a token.
     pub(crate) fn ends_in_token(&self, needles: &Needles) -> bool {
         self.seen.ends_in_token(needles)
@@ -1047,7 +1059,11 @@ pub struct ResponseBody {
     /// Bytes already read from `inner` (a scanned response), sent before the rest of `inner`.
     prefix: Option<Bytes>,
     limit: u64,
+    /// Bytes read from the vendor, against `limit`.
     seen: u64,
+    /// Bytes passed on to the caller (what the event's `response_bytes` says): less than `seen`
+    /// where the echo filter holds some back or cuts the answer, or a frame goes over `limit`.
+    passed: u64,
     /// A vendor that stalls mid-body ends the call rather than holding it.
     stall: Stall,
     /// The last poll of `inner` was pending: the answer waited on its vendor then (over HTTP/2,
@@ -1077,6 +1093,7 @@ impl ResponseBody {
             prefix: None,
             limit,
             seen: 0,
+            passed: 0,
             stall,
             waiting: false,
             record: Some(record),
@@ -1151,7 +1168,7 @@ impl ResponseBody {
                         (None, false) => record.reason,
                     },
                     status: record.status,
-                    response_bytes: self.seen,
+                    response_bytes: self.passed,
                     intent_index: pending.intent_index,
                 };
                 let entry = pending.audit.record(
@@ -1163,7 +1180,7 @@ impl ResponseBody {
                     .audit
                     .append_later(entry, &record.context.request_id);
             }
-            record.finish(self.seen, incomplete, reason);
+            record.finish(self.passed, incomplete, reason);
         }
     }
 }
@@ -1220,6 +1237,7 @@ impl Body for ResponseBody {
             this.seen += prefix.len() as u64;
             let last = this.inner.is_end_stream();
             let sent = this.unechoed(prefix, last);
+            this.count(&sent);
             if last {
                 this.finish(false, None);
                 this.ended = true;
@@ -1242,11 +1260,13 @@ impl Body for ResponseBody {
                     None => Poll::Pending,
                 },
                 Poll::Ready(None) => {
-                    this.finish(false, None);
-                    this.ended = true;
                     // What the echo filter held back goes now: nothing more can complete a
                     // secret.
-                    Poll::Ready(this.held_back().map(Ok))
+                    let held = this.held_back().map(Ok);
+                    this.count(&held);
+                    this.finish(false, None);
+                    this.ended = true;
+                    Poll::Ready(held)
                 }
                 Poll::Ready(Some(Err(error))) => {
                     this.finish(true, Some("upstream_body_error"));
@@ -1285,6 +1305,7 @@ impl Body for ResponseBody {
                             }))
                         }
                     };
+                    this.count(&sent);
                     // (After the filter: a cut is recorded as such, a redaction noted.)
                     if last {
                         this.finish(false, None);
@@ -1322,6 +1343,13 @@ impl Body for ResponseBody {
 }
 
 impl ResponseBody {
+    /// Counts the data of a frame about to be passed on.
+    fn count(&mut self, sent: &Option<Result<Frame<Bytes>, BodyError>>) {
+        if let Some(Ok(frame)) = sent {
+            self.passed += frame.data_ref().map_or(0, |data| data.len() as u64);
+        }
+    }
+
     /// Bytes the echo filter holds back.
     fn held(&self) -> usize {
         self.echo.as_ref().map_or(0, |echo| echo.held())

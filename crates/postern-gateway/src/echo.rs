@@ -141,14 +141,14 @@ impl EchoFilter {
         (!rest.is_empty()).then_some(rest)
     }
 
-    /// Removes the trailer fields that hold a secret (as the answer's header fields are read:
-    /// [`crate::proxy::echoes_secret`]): whether there was one.
+    /// Removes the trailer fields that hold a secret in their name or value (as the answer's
+    /// header fields are read: [`crate::proxy::echoes_secret`]): whether there was one.
     pub fn trailers(&self, trailers: &mut http::HeaderMap) -> bool {
-        let leaks = |value: &http::HeaderValue| {
+        let leaks = |name: &http::HeaderName, value: &http::HeaderValue| {
             self.needles
                 .iter()
                 .flatten()
-                .any(|needles| crate::proxy::echoes_secret(value.as_bytes(), needles))
+                .any(|needles| crate::proxy::echoes_secret(name, value.as_bytes(), needles))
         };
         !crate::proxy::remove_fields(trailers, leaks).is_empty()
     }

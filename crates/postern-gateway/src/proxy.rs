@@ -451,7 +451,10 @@ fn pipeline<'a>(
                     None,
                 )?;
                 let result = match upgrade {
-                    None => forward(&integration, upstream_request, context.started).await,
+                    None => {
+                        let caller = context.caller.clone();
+                        forward(&integration, upstream_request, context.started, caller).await
+                    }
                     // Boxed: only a handshake pays for its state.
                     Some(_) => {
                         Box::pin(crate::websocket::handshake(
@@ -1434,15 +1437,15 @@ fn holds_a_token_undone(bytes: &[u8], token: Option<&[u8]>, layers: usize) -> bo
         || json().is_some_and(|unescaped| holds_a_token_undone(&unescaped, token, layers - 1))
 }
 
-/// Removes the fields of `fields` (an answer's header or trailer fields) whose value `leaks`:
-/// their names.
+/// Removes the fields of `fields` (an answer's header or trailer fields) whose name or value
+/// `leaks`: their names.
 pub(crate) fn remove_fields(
     fields: &mut http::HeaderMap,
-    leaks: impl Fn(&HeaderValue) -> bool,
+    leaks: impl Fn(&HeaderName, &HeaderValue) -> bool,
 ) -> Vec<HeaderName> {
     let leaking: Vec<HeaderName> = fields
         .iter()
-        .filter(|(_, value)| leaks(value))
+        .filter(|(name, value)| leaks(name, value))
         .map(|(name, _)| name.clone())
         .collect();
     for name in &leaking {
@@ -1451,10 +1454,48 @@ pub(crate) fn remove_fields(
     leaking
 }
 
-/// Whether a response header's `value` holds one of `needles` as it stands or, when it holds a
-/// `%`, percent-decoded (a vendor's encoder may escape more than Postern's, `_` as `%5F`).
-pub(crate) fn echoes_secret(value: &[u8], needles: &[Zeroizing<Vec<u8>>]) -> bool {
-    any_even_encoded(value, needles.iter().map(|needle| needle.as_slice()))
+/// Whether a response header field holds one of `needles`: its value as it stands or, when it
+/// holds a `%`, percent-decoded (a vendor's encoder may escape more than Postern's, `_` as
+/// `%5F`), with its tabs left out too; or its name, read so too and in any case (a name reaches the caller in lower case,
+/// so a secret there keeps all but its case).
+pub(crate) fn echoes_secret(
+    name: &HeaderName,
+    value: &[u8],
+    needles: &[Zeroizing<Vec<u8>>],
+) -> bool {
+    let forms = || needles.iter().map(|needle| needle.as_slice());
+    any_even_encoded(value, forms())
+        || name_echoes_secret(name.as_str().as_bytes(), needles)
+        // Tabs (the only control character a field value may hold) are dropped by the URL
+        // parsers of browsers and `url`: a `Location` split by them is read whole again.
+        || memchr::memchr(b'\t', value).is_some() && {
+            let untabbed: Zeroizing<Vec<u8>> =
+                Zeroizing::new(value.iter().copied().filter(|&b| b != b'\t').collect());
+            any_even_encoded(&untabbed, forms())
+        }
+}
+
+/// Whether a header field's `name` holds one of `needles` in any case, as it stands or
+/// percent-decoded. Most names are shorter than any secret and are not read.
+pub(crate) fn name_echoes_secret(name: &[u8], needles: &[Zeroizing<Vec<u8>>]) -> bool {
+    let holds = |name: &[u8]| {
+        needles.iter().any(|needle| {
+            !needle.is_empty()
+                && name
+                    .windows(needle.len())
+                    .any(|window| window.eq_ignore_ascii_case(needle))
+        })
+    };
+    let shortest = needles.iter().map(|needle| needle.len()).min();
+    if shortest.is_none_or(|shortest| name.len() < shortest) {
+        return false;
+    }
+    holds(name)
+        || memchr::memchr(b'%', name).is_some() && {
+            let decoded: Zeroizing<Vec<u8>> =
+                Zeroizing::new(percent_encoding::percent_decode(name).collect());
+            holds(&decoded)
+        }
 }
 
 /// Whether `haystack` holds one of `needles` as it stands or, when it holds a `%`,
@@ -1545,7 +1586,7 @@ async fn forward_replayable(
         request
     };
     let first = build(token.clone());
-    let result = forward(integration, first, context.started).await;
+    let result = forward(integration, first, context.started, context.caller.clone()).await;
     let response = forwarded(integration, context, result, None)?;
     if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(response);
@@ -1554,21 +1595,29 @@ async fn forward_replayable(
     source.purge(&token);
     tracing::info!(integration = %integration.name, request_id = %context.request_id, "vendor refused the OAuth2 token; re-minting once");
     let fresh = oauth_token(integration, source).await?;
-    let result = forward(integration, build(fresh), context.started).await;
+    let caller = context.caller.clone();
+    let result = forward(integration, build(fresh), context.started, caller).await;
     forwarded(integration, context, result, None)
 }
 
 /// The vendor request under `request_timeout_ms`, and within the call's `total_timeout_ms` of
 /// `started`; [`forwarded`] reads its result. Not an `async fn` (no level of its own in the
 /// call's future: see [`handle`]).
+///
+/// Sent on connections kept to the `caller` ([`UpstreamClient::request_for`]): a vendor that
+/// sends an answer nobody asked for (a second response after one, late) puts an HTTP/1.1
+/// connection one answer behind its requests, which no client can tell; on a connection shared
+/// by callers, each would get the one before's answer. Kept apart, a caller can only ever get
+/// its own. (An h2 vendor's answers name their stream; its connections are kept apart too.)
 fn forward(
     integration: &IntegrationRuntime,
     request: Request<ForwardBody>,
     started: std::time::Instant,
+    caller: Option<Arc<str>>,
 ) -> tokio::time::Timeout<impl Future<Output = Forwarded> + Send + '_> {
     tokio::time::timeout_at(
         answer_deadline(integration, started),
-        integration.client.request(request),
+        integration.client.send(request, caller),
     )
 }
 
@@ -1828,11 +1877,13 @@ fn prepare_response(
         ));
     }
     if parts.status.is_redirection() {
-        if let Some(location) = parts
-            .headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-        {
+        let location = parts.headers.get(header::LOCATION);
+        // One a client could read otherwise than Postern (a byte that is not visible ASCII) is
+        // taken as leaving the origin, and left as written.
+        if location.is_some_and(|value| value.to_str().is_err()) {
+            context.redirect_off_origin = true;
+        }
+        if let Some(location) = location.and_then(|v| v.to_str().ok()) {
             let upstream = &integration.config.upstream;
             context.redirect_off_origin = leaves_origin(upstream, location);
             let through = match context.mode {
@@ -1853,18 +1904,18 @@ fn prepare_response(
     // A vendor may echo the injected credential (a redirect or pagination link carrying an
     // api_key parameter, say): such headers never reach the caller.
     let oauth_tokens = integration.oauth_echoes();
-    let leaks = |value: &HeaderValue| {
-        echoes_secret(value.as_bytes(), &integration.secret_needles)
+    let leaks = |name: &HeaderName, value: &HeaderValue| {
+        echoes_secret(name, value.as_bytes(), &integration.secret_needles)
             || oauth_tokens
                 .as_ref()
-                .is_some_and(|tokens| echoes_secret(value.as_bytes(), tokens))
+                .is_some_and(|tokens| echoes_secret(name, value.as_bytes(), tokens))
     };
     // Most answers carry none of the headers removed below, and one pass over them costs less
     // than the removals (each hashes its name): `Connection`, which names more, is hop-by-hop.
     let mut cookies = false;
     let strip = parts.headers.iter().fold(false, |strip, (name, value)| {
         cookies |= name == header::SET_COOKIE;
-        strip || HOP_BY_HOP.contains(name) || leaks(value)
+        strip || HOP_BY_HOP.contains(name) || leaks(name, value)
     });
     // Every integration shares Postern's origin in path mode: a vendor's cookie is kept to its
     // integration's paths, or a caller's cookie jar would hand it to every other vendor.
@@ -1888,7 +1939,14 @@ fn prepare_response(
             parts.headers.remove(name);
         }
         for name in remove_fields(&mut parts.headers, leaks) {
-            tracing::warn!(integration = %integration.name, header = %name, request_id = %context.request_id, "vendor response header carried the injected credential; removed");
+            // A name that holds the credential is not written out either.
+            let named = !leaks(&name, &HeaderValue::from_static(""));
+            let shown = if named {
+                name.as_str()
+            } else {
+                "(its name held it)"
+            };
+            tracing::warn!(integration = %integration.name, header = %shown, request_id = %context.request_id, "vendor response header carried the injected credential; removed");
             context.secret_echoed = true;
         }
     }
@@ -2015,6 +2073,12 @@ fn answer(
 
 /// Whether a redirect's Location points outside the upstream's scheme, host and port.
 pub fn leaves_origin(upstream: &url::Url, location: &str) -> bool {
+    // A `\` or a tab, which URL parsers read differently (WHATWG's takes `\` for `/` and
+    // drops tabs; curl's and Python's do not): `http://vendor\@evil.example/` is the vendor
+    // to one client and `evil.example` to another. Taken as leaving.
+    if location.contains(['\\', '\t']) {
+        return true;
+    }
     match upstream.join(location) {
         Ok(target) => {
             target.scheme() != upstream.scheme()
@@ -2117,7 +2181,7 @@ pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 #[cfg(test)]
 mod tests {
     use super::{
-        cgi_alias_of, check_header_bytes, check_request, contains, cookie_kept_to,
+        cgi_alias_of, check_header_bytes, check_request, contains, cookie_kept_to, echoes_secret,
         holds_a_caller_token, leaves_origin, path_problem, query_name_is, strip_path_parameters,
         through_postern, url_holds_a_caller_token, ESCAPE_LAYERS,
     };
@@ -2250,10 +2314,38 @@ mod tests {
             ("//evil.example/v1", true),
             ("https://api.vendor.example.evil.example/", true),
             ("https://[::1", true),
+            // Read as the vendor by `url` (WHATWG: `\` is `/`), as `evil.example` by curl and
+            // Python's urllib (user information before the `@`).
+            ("https://api.vendor.example\\@evil.example/x", true),
+            ("/v1/\\evil.example", true),
+            ("https://api.vendor.example/v1/x\ty", true),
         ];
         for (location, leaves) in cases {
             assert_eq!(leaves_origin(&upstream, location), leaves, "{location}");
         }
+    }
+
+    #[test]
+    fn a_header_echoes_the_secret_in_its_name_in_any_case_or_split_by_tabs() {
+        let needles = [zeroize::Zeroizing::new(b"sk_live_Key_0123456789".to_vec())];
+        let echoes = |name: &str, value: &[u8]| {
+            echoes_secret(
+                &HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value,
+                &needles,
+            )
+        };
+        assert!(echoes("x-sk_live_key_0123456789", b"1"));
+        assert!(echoes("sk_live_key_0123456789", b""));
+        assert!(echoes("x-sk_live%5Fkey_0123456789", b"1"));
+        assert!(echoes("x-kept", b"next?k=sk_live_Key\t_0123456789"));
+        assert!(echoes("x-kept", b"sk_live_Key_0123456789"));
+        assert!(!echoes("x-sk_live_key_012345678", b"1"));
+        assert!(
+            !echoes("x-kept", b"sk_live_key_0123456789"),
+            "a value keeps its case"
+        );
+        assert!(!echoes("x-kept", b"fine"));
     }
 
     #[test]
@@ -2461,6 +2553,11 @@ mod tests {
             "X-HTTP-Method-Override",
             "x-http-method",
             "X-Method-Override",
+            // As CGI, FastCGI and Rack servers read a name, `_` for `-`.
+            "X_HTTP_Method_Override",
+            "X-HTTP_Method-Override",
+            "X_HTTP_METHOD",
+            "x_method_override",
         ] {
             let (code, message) = refused("/acme/v1/x", &[(header, "DELETE")]).unwrap();
             assert_eq!(code, "method_override_refused");

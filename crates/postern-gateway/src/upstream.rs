@@ -751,10 +751,11 @@ impl UpstreamClient {
         Ok((response, addr))
     }
 
+    /// [`UpstreamClient::request`] (`partition` `None`) or [`UpstreamClient::request_for`].
     /// Not an `async fn` but an `async move` block, which keeps the request once in its future
     /// (an `async fn` keeps each argument twice).
     #[allow(clippy::manual_async_fn)]
-    fn send(
+    pub(crate) fn send(
         &self,
         mut request: http::Request<ForwardBody>,
         partition: Option<Arc<str>>,

@@ -21,9 +21,11 @@
 //! `postern`-made token in every form a request body is ([`crate::body`]'s reading), and each
 //! control frame's payload on its own. Where a token stands, the session ends at once: both
 //! connections are closed and the frame that completes it is not passed on
-//! (`caller_token_in_body`). A message whose bytes so far could begin a token is held back,
-//! from its first frame, only where more is sure to follow: within a frame, or after a
-//! fragment of an unfinished message; so a whole message is never held. A session whose held
+//! (`caller_token_in_body`). A message whose bytes so far could begin a token is held back
+//! only where more is sure to follow: within a frame, or after a fragment of an unfinished
+//! message; so a whole message is never held. It is held from where the token could begin,
+//! as sent, when that lies in its last frame ([`TokenReading::pending`]); from its first frame
+//! while an escaped, unwrapped, base64 or UTF-16 reading may be completing one. A session whose held
 //! bytes pass [`MAX_HELD`] (frames put between a message's parts) is ended
 //! (`websocket_held_too_long`). A frame that breaks RFC 6455 (unmasked, reserved bits or
 //! opcodes, a control frame fragmented or over 125 bytes) ends the session
@@ -554,10 +556,7 @@ impl Reader for CallerTokens {
     }
 
     fn pending(&self, reading: &TokenReading) -> usize {
-        match reading.in_progress(&self.0) {
-            true => usize::MAX,
-            false => 0,
-        }
+        reading.pending(&self.0)
     }
 
     fn ends_in(&self, reading: &TokenReading) -> bool {
@@ -1046,14 +1045,14 @@ mod tests {
 
     #[test]
     fn what_could_begin_a_token_is_held_only_while_more_must_come() {
-        // A frame cut in its middle right after the prefix: held, from the message's first
-        // byte, until the rest is read.
+        // A frame cut in its middle right after the prefix: held, from where the prefix
+        // begins (after the frame's 6-byte head and `abc `), until the rest is read.
         let mut stream = masked_frame(true, 2, b"whole", KEY);
         let first = stream.len() as u64;
         stream.extend(masked_frame(true, 1, b"abc pst_abc and more", KEY));
         let mut frames = reader();
         let cut = first as usize + 6 + 8;
-        assert_eq!(frames.read(&stream[..cut]), Ok(Some(first)));
+        assert_eq!(frames.read(&stream[..cut]), Ok(Some(first + 6 + 4)));
         assert_eq!(frames.read(&stream[cut..]), Ok(None));
         // A whole message that ends in the prefix is not held: nothing more is sure to come.
         let mut frames = reader();
@@ -1061,11 +1060,12 @@ mod tests {
             frames.read(&masked_frame(true, 1, b"ends in pst_", KEY)),
             Ok(None)
         );
-        // A fragment that does is, until its message's next frame.
+        // A fragment that does is, from the prefix (after its 6-byte head and `ends in `),
+        // until its message's next frame.
         let mut frames = reader();
         assert_eq!(
             frames.read(&masked_frame(false, 1, b"ends in pst_", KEY)),
-            Ok(Some(0))
+            Ok(Some(6 + 8))
         );
         assert_eq!(
             frames.read(&masked_frame(true, 0, b" nothing", KEY)),
@@ -1172,6 +1172,44 @@ mod tests {
     }
 
     #[test]
+    fn a_long_message_whose_reads_each_end_where_a_token_could_begin_flows() {
+        // 200 KiB of `p` in 4 KiB fragments, read in pieces that each end with a `p` (it
+        // could begin `pst_`): only what could begin a token is held, never the message.
+        let text = vec![b'p'; 200 * 1024];
+        let mut stream = Vec::new();
+        let parts: Vec<&[u8]> = text.chunks(4096).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let opcode = u8::from(i == 0);
+            stream.extend(masked_frame(i + 1 == parts.len(), opcode, part, KEY));
+        }
+        let (passed, ended) = relayed(&mut reader(), &stream, &[1000, 3001, 77]);
+        assert_eq!(ended, None);
+        assert_eq!(passed.len(), stream.len(), "the whole message went on");
+        assert_eq!(unmasked(&passed), text);
+        // Mid-message, at most the `p` a read ends with is held.
+        let mut frames = reader();
+        let (passed, ended) = relayed(&mut frames, &stream[..150_000], &[999]);
+        assert_eq!(ended, None);
+        assert!(
+            passed.len() >= 150_000 - 1,
+            "{} held",
+            150_000 - passed.len()
+        );
+        // A message of the caller's own token's first 46 characters, again and again: each
+        // read holds its last start of the token, and the token itself never goes on.
+        let own = b"pst_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+        let mut text = own[..46].repeat(3000);
+        text.extend_from_slice(b"G");
+        let mut stream = masked_frame(false, 1, &text[..70_000], KEY);
+        stream.extend(masked_frame(true, 0, &text[70_000..], KEY));
+        let (passed, ended) = relayed(&mut reader(), &stream, &[4096]);
+        assert_eq!(ended, Some("caller_token_in_body"));
+        let seen = unmasked(&passed);
+        assert!(!seen.windows(own.len()).any(|w| w == own));
+        assert!(seen.len() > 100_000, "only {} bytes went on", seen.len());
+    }
+
+    #[test]
     fn frames_between_a_messages_parts_cannot_push_a_token_out() {
         let other = b"pst_ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkj";
         let mut stream = masked_frame(false, 1, b"{\"k\":\"", KEY);
@@ -1182,7 +1220,8 @@ mod tests {
         stream.extend(masked_frame(true, 0, b"\"}", KEY));
         let (passed, ended) = relayed(&mut reader(), &stream, &[4096]);
         assert_eq!(ended, Some("websocket_held_too_long"));
-        assert!(unmasked(&passed).is_empty(), "{:?}", unmasked(&passed));
+        // Only the first fragment, which could begin no token, went on.
+        assert_eq!(unmasked(&passed), b"{\"k\":\"", "{:?}", unmasked(&passed));
         // Fewer of them: held until the message's end shows the token.
         let mut stream = masked_frame(false, 1, other, KEY);
         for _ in 0..30 {

@@ -514,7 +514,16 @@ fn echoing_vendor() -> Handler {
             .or_else(|| request.header("x-api-key"))
             .unwrap_or_default()
             .to_string();
-        TestVendor::echoing_answer(&sent, sent.rsplit(' ').next().unwrap_or_default())
+        let credential = sent.rsplit(' ').next().unwrap_or_default();
+        let mut answer = TestVendor::echoing_answer(&sent, credential);
+        // And in a header's name (a name reaches the caller in lower case).
+        let name = format!("x-echo-{}", credential.to_ascii_lowercase());
+        if http::HeaderName::from_bytes(name.as_bytes()).is_ok() {
+            answer
+                .headers
+                .push((Box::leak(name.into_boxed_str()), "1".into()));
+        }
+        answer
     })
 }
 
@@ -539,6 +548,11 @@ async fn a_vendor_echoing_the_injected_credential_in_a_header_never_shows_it_to_
                 "{kind}: {name} reached the caller"
             );
         }
+        let named = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("x-echo-"))
+            .collect::<Vec<_>>();
+        assert!(named.is_empty(), "{kind}: {named:?} reached the caller");
     }
 }
 
@@ -628,10 +642,17 @@ async fn a_vendor_echoing_the_injected_credential_in_its_body_never_shows_it_to_
     }
 
     // Gzip'd: it cannot be rewritten, so it is cut before the bytes that would hold the key.
-    let coded = get("/gzip").await.unwrap();
+    let mut coded = get("/gzip").await.unwrap();
     assert_eq!(coded.status(), 200);
-    let received = coded.bytes().await;
-    assert!(received.is_err(), "a cut answer ended as if whole");
+    let mut received = 0;
+    let cut = loop {
+        match coded.chunk().await {
+            Ok(Some(chunk)) => received += chunk.len(),
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(cut, "a cut answer ended as if whole");
     // A clean gzip'd answer passes as the vendor sent it.
     let clean = get("/gzip-clean").await.unwrap();
     assert_eq!(clean.status(), 200);
@@ -653,6 +674,8 @@ async fn a_vendor_echoing_the_injected_credential_in_its_body_never_shows_it_to_
     assert_eq!(by_op("gzip")["secret_echoed"], true);
     assert_eq!(by_op("gzip")["reason"], "secret_echoed");
     assert_eq!(by_op("gzip")["incomplete"], true);
+    // What the caller got of it, not what the vendor sent.
+    assert_eq!(by_op("gzip")["response_bytes"], received, "{events:#?}");
     assert!(by_op("gzip_clean").get("secret_echoed").is_none());
     assert_eq!(by_op("compress")["reason"], "response_undecodable");
     // The key is in no event.
@@ -3015,6 +3038,72 @@ async fn a_vendors_refusal_before_the_upload_ends_reaches_the_caller_at_once() {
     let events = gw.wait_events(1).await;
     assert_eq!(events[0]["status"], 401, "{}", events[0]);
     assert_eq!(events[0]["decision"], "allow", "{}", events[0]);
+    vendor.abort();
+    gw.stop().await;
+}
+
+/// A vendor that sends an answer nobody asked for (here a second one, 150 ms after the first on
+/// each connection) puts an HTTP/1.1 connection one answer behind its requests. Another
+/// caller's call never goes on that connection, so it never gets that answer: each caller has
+/// its own vendor connections. (Both calls come over one caller connection, so one worker and
+/// its one pool serve them.)
+#[tokio::test]
+async fn a_stray_vendor_answer_never_reaches_another_caller() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let vendor = tokio::spawn(async move {
+        for conn in 1..=4 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                for call in 1..=4 {
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    head.clear();
+                    let body = format!("conn{conn}-call{call}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if call == 1 {
+                        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                        let stray = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray";
+                        if stream.write_all(stray).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let body = format!(
+        "{}\n[[grants]]\ncaller = \"reporting\"\nintegration = \"slow\"\noperations = [\"*\"]\n",
+        slow_integration(port, 20_000, "")
+    );
+    let gw = TestGateway::start(&body, None).await;
+    let http = client();
+    let call = |token: &'static str| {
+        http.get(format!("{}/slow/x", gw.base))
+            .bearer_auth(token)
+            .send()
+    };
+    let first = call(CHECKOUT_TOKEN).await.unwrap();
+    assert_eq!(first.text().await.unwrap(), "conn1-call1");
+    // At once, before the stray answer: on a shared connection it would be this call's.
+    let other = call(REPORTING_TOKEN).await.unwrap();
+    assert_eq!(other.status(), 200);
+    assert_eq!(other.text().await.unwrap(), "conn2-call1");
     vendor.abort();
     gw.stop().await;
 }

@@ -336,6 +336,21 @@ fn openai_chat_stream() -> Answer {
 
 /// Postern config for the OpenAI integration; `chat` and `models` granted, `embeddings` not.
 fn openai_config(vendor: &TestVendor, key_path: &str) -> String {
+    openai_integration(
+        vendor.addr.port(),
+        key_path,
+        r#"
+  { id = "chat", method = "POST", path = "/v1/chat/completions" },
+  { id = "models", method = "GET", path = "/v1/models" },
+  { id = "embeddings", method = "POST", path = "/v1/embeddings" },
+"#,
+        r#""chat", "models""#,
+    )
+}
+
+/// Postern config for an OpenAI integration on the TLS vendor at `port`, with `operations`
+/// (TOML inline tables) and `granted` (their ids, quoted) granted to `checkout`.
+fn openai_integration(port: u16, key_path: &str, operations: &str, granted: &str) -> String {
     format!(
         r#"
 [[integrations]]
@@ -346,18 +361,13 @@ upstream = "https://127.0.0.1:{port}"
 ca_file = "{{ca}}"
 allow_private_networks = ["127.0.0.1/32"]
 credential = {{ kind = "bearer", from_file = "{key_path}" }}
-operations = [
-  {{ id = "chat", method = "POST", path = "/v1/chat/completions" }},
-  {{ id = "models", method = "GET", path = "/v1/models" }},
-  {{ id = "embeddings", method = "POST", path = "/v1/embeddings" }},
-]
+operations = [{operations}]
 
 [[grants]]
 caller = "checkout"
 integration = "openai"
-operations = ["chat", "models"]
-"#,
-        port = vendor.addr.port(),
+operations = [{granted}]
+"#
     )
 }
 
@@ -439,26 +449,11 @@ async fn openai_sdk_realtime_session_through_postern() {
         "session": {"type": "realtime", "object": "realtime.session", "model": "gpt-realtime"},
     });
     let vendor = support::WsVendor::start(Some(created.to_string()), realtime_answer).await;
-    let config = format!(
-        r#"
-[[integrations]]
-name = "openai"
-vendor = "OpenAI"
-owner = "ml-platform@example.com"
-upstream = "https://127.0.0.1:{port}"
-ca_file = "{{ca}}"
-allow_private_networks = ["127.0.0.1/32"]
-credential = {{ kind = "bearer", from_file = "{key_path}" }}
-operations = [
-  {{ id = "realtime", method = "GET", path = "/v1/realtime", websocket = true }},
-]
-
-[[grants]]
-caller = "checkout"
-integration = "openai"
-operations = ["realtime"]
-"#,
-        port = vendor.port,
+    let config = openai_integration(
+        vendor.port,
+        &key_path,
+        r#"{ id = "realtime", method = "GET", path = "/v1/realtime", websocket = true }"#,
+        r#""realtime""#,
     );
     let gateway = TestGateway::start(&config, Some(&vendor.ca_pem)).await;
 
