@@ -1381,9 +1381,25 @@ pub(crate) fn token_in_url() -> CallError {
 /// Whether part of a request URL holds the call's own caller `token` or what looks like any
 /// caller token `postern` made (a caller identified by its certificate has no token of its own
 /// to look for, yet its SDK may hold one as a query key), as it stands or percent-encoded
-/// (`?k=%70st_…`: no encoder writes a token's characters so, but a vendor decodes them).
+/// (`?k=%70st_…`: no encoder writes a token's characters so, but a vendor decodes them); and
+/// the call's own token inside base64 text or in UTF-16, as a body is read for it
+/// ([`crate::tokens::Needles`]), as it stands or percent-decoded once (`+` and `/` as `%2B`,
+/// `%2F`).
 pub(crate) fn url_holds_a_caller_token(text: &[u8], token: Option<&[u8]>) -> bool {
-    holds_a_token_even_encoded(text, token.filter(|token| !token.is_empty()))
+    let token = token.filter(|token| !token.is_empty());
+    holds_a_token_even_encoded(text, token)
+        || token.is_some_and(|token| {
+            // The shortest base64 form of a token is about 4/3 of it: most URLs are shorter.
+            text.len() >= token.len() * 4 / 3 - 2 && {
+                let needles = crate::tokens::Needles::new(Some(token));
+                needles.encoded_in(text)
+                    || memchr::memchr(b'%', text).is_some() && {
+                        let decoded: Zeroizing<Vec<u8>> =
+                            Zeroizing::new(percent_encoding::percent_decode(text).collect());
+                        needles.encoded_in(&decoded)
+                    }
+            }
+        })
 }
 
 /// The fewest bytes that can hold `token` or a token `postern` made: most URLs and header
@@ -1604,11 +1620,11 @@ async fn forward_replayable(
 /// `started`; [`forwarded`] reads its result. Not an `async fn` (no level of its own in the
 /// call's future: see [`handle`]).
 ///
-/// Sent on connections kept to the `caller` ([`UpstreamClient::request_for`]): a vendor that
-/// sends an answer nobody asked for (a second response after one, late) puts an HTTP/1.1
+/// Sent on HTTP/1.1 connections kept to the `caller` ([`UpstreamClient::send`]): a vendor
+/// that sends an answer nobody asked for (a second response after one, late) puts an HTTP/1.1
 /// connection one answer behind its requests, which no client can tell; on a connection shared
 /// by callers, each would get the one before's answer. Kept apart, a caller can only ever get
-/// its own. (An h2 vendor's answers name their stream; its connections are kept apart too.)
+/// its own. (An h2 vendor's answers name their stream: its connections are shared.)
 fn forward(
     integration: &IntegrationRuntime,
     request: Request<ForwardBody>,
@@ -1617,7 +1633,7 @@ fn forward(
 ) -> tokio::time::Timeout<impl Future<Output = Forwarded> + Send + '_> {
     tokio::time::timeout_at(
         answer_deadline(integration, started),
-        integration.client.send(request, caller),
+        integration.client.send(request, caller, true),
     )
 }
 
@@ -2794,6 +2810,34 @@ mod tests {
         // A stray `%` (not followed by two hex digits) does not stop the decoding of the rest.
         let hidden = [&b"%zz"[..], &percent_encoded(&percent_encoded(token))].concat();
         assert!(url_holds_a_caller_token(&hidden, Some(token)));
+        // The call's own token base64'd (standard, URL-safe, percent-encoded), at any offset,
+        // or in UTF-16, as a body is read for it.
+        {
+            use base64::Engine as _;
+            for (at, padding) in [(0, ""), (1, "x"), (2, "xy")] {
+                let framed = [padding.as_bytes(), token, b"!"].concat();
+                let standard = base64::engine::general_purpose::STANDARD.encode(&framed);
+                let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&framed);
+                for encoded in [&standard, &url_safe] {
+                    let query = format!("/v1/x?t={encoded}");
+                    assert!(
+                        url_holds_a_caller_token(query.as_bytes(), Some(token)),
+                        "{at}"
+                    );
+                    let escaped = String::from_utf8(percent_encoded(encoded.as_bytes())).unwrap();
+                    let query = format!("/v1/x?t={escaped}");
+                    assert!(
+                        url_holds_a_caller_token(query.as_bytes(), Some(token)),
+                        "{at}"
+                    );
+                }
+            }
+            let other = base64::engine::general_purpose::STANDARD.encode(b"pst_not the caller's");
+            assert!(!url_holds_a_caller_token(
+                format!("/v1/x?t={other}{other}").as_bytes(),
+                Some(token)
+            ));
+        }
         // An empty token (never a caller's) is looked for without a panic.
         holds_a_caller_token(
             &HeaderName::from_static("x-a"),

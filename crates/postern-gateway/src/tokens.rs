@@ -282,6 +282,13 @@ impl Needles {
             .flat_map(|mine| mine.encoded.iter().map(|form| &form[..]))
     }
 
+    /// Whether `bytes` hold the caller's token inside base64 text or in UTF-16 (its encoded
+    /// forms; not as it stands).
+    pub(crate) fn encoded_in(&self, bytes: &[u8]) -> bool {
+        self.encoded()
+            .any(|form| crate::proxy::contains(bytes, form))
+    }
+
     /// The caller's token's base64 forms ([`base64_forms`]).
     fn base64(&self) -> &[zeroize::Zeroizing<Vec<u8>>] {
         self.mine

@@ -303,7 +303,9 @@ impl UpstreamError {
 /// keyed, shared pool and a task per connection: docs/BENCHMARKS.md has what each step saved.)
 ///
 /// - HTTP/1.1 connections carry one call at a time; a connection goes back on the stack when its
-///   response body has ended cleanly (`h1::ResponseBody`), and is closed otherwise.
+///   response body has ended cleanly (`h1::ResponseBody`), and is closed otherwise. An
+///   integration's calls keep them to their caller ([`UpstreamClient::send`]): per origin,
+///   caller and worker.
 /// - An idle HTTP/1.1 connection is probed when it is taken and again just before the write
 ///   (`h1::Connection::is_usable`: closed, reset, or sent something while idle, it is dropped).
 ///   A request a pooled connection could not take moves on to the next pooled connection, and
@@ -314,7 +316,8 @@ impl UpstreamError {
 ///   least 1 s). An HTTP/1.1 connection's idle time starts when its response body ends, so a
 ///   long body never counts as idle. An h2 connection is idle only while no call runs on it,
 ///   from the later of its last call's end and the last take.
-/// - An h2 connection (ALPN) is shared by every call of the worker to its origin, up to the
+/// - An h2 connection (ALPN) is shared by every call of the worker to its origin (every
+///   caller's), up to the
 ///   vendor's stream limit (`SETTINGS_MAX_CONCURRENT_STREAMS`, read off the connection:
 ///   `h2streams.rs`). A call that finds every connection to the origin full opens another, as
 ///   Envoy's pool does, rather than wait in one behind long streams; a connection opened so is
@@ -345,8 +348,8 @@ struct ClientInner {
     pools: crate::workers::PerWorker<Arc<Mutex<Pool>>>,
 }
 
-/// At most this many connections are pooled per origin and worker, idle or finishing a response
-/// body (more are closed).
+/// At most this many connections are pooled per origin (and partition: a caller's HTTP/1.1
+/// ones) and worker, idle or finishing a response body (more are closed).
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
 /// At most this many h2 connections are opened per origin and worker because the others were at
 /// the vendor's stream limit; past it, calls wait for a stream in the least loaded one.
@@ -688,7 +691,7 @@ impl UpstreamClient {
     ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError>>
            + Send
            + '_ {
-        self.send(request, None)
+        self.send(request, None, true)
     }
 
     /// [`UpstreamClient::request`] on connections kept to `partition` (a caller's name): none is
@@ -702,7 +705,7 @@ impl UpstreamClient {
     ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError>>
            + Send
            + '_ {
-        self.send(request, Some(partition))
+        self.send(request, Some(partition), false)
     }
 
     /// Sends a WebSocket handshake (`request`: absolute URI, its upgrade headers set) on a
@@ -751,7 +754,11 @@ impl UpstreamClient {
         Ok((response, addr))
     }
 
-    /// [`UpstreamClient::request`] (`partition` `None`) or [`UpstreamClient::request_for`].
+    /// [`UpstreamClient::request`] (`partition` `None`) or [`UpstreamClient::request_for`];
+    /// with `h2_shared`, only HTTP/1.1 connections are kept to `partition`: an origin known to
+    /// speak h2 is sent to on the connections every partition shares (an h2 answer names its
+    /// stream, so no answer can go astray between partitions on one), and an h2 connection
+    /// dialled for a partition is pooled as everyone's.
     /// Not an `async fn` but an `async move` block, which keeps the request once in its future
     /// (an `async fn` keeps each argument twice).
     #[allow(clippy::manual_async_fn)]
@@ -759,16 +766,22 @@ impl UpstreamClient {
         &self,
         mut request: http::Request<ForwardBody>,
         partition: Option<Arc<str>>,
+        h2_shared: bool,
     ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError>>
            + Send
            + '_ {
         async move {
             let key = OriginKey::of(request.uri())?;
-            let key = match partition {
-                None => key,
-                Some(partition) => key.in_partition(partition),
-            };
             let pool = self.pool();
+            // `h1_partition`: the partition of a call sent on everyone's connections to an
+            // origin known as h2, for an HTTP/1.1 connection it gets there after all.
+            let (key, h1_partition) = match partition {
+                Some(partition) if h2_shared && lock(pool).h2_origins.contains_key(&key) => {
+                    (key, Some(partition))
+                }
+                Some(partition) => (key.in_partition(partition), None),
+                None => (key, None),
+            };
             // Set once an attempt this call waited for failed: it then dials itself, at once, like
             // every other call that waited (a down vendor must not make them fail one by one).
             let mut dial_now = false;
@@ -819,14 +832,20 @@ impl UpstreamClient {
                     Some(pooled) => pooled,
                     // Boxed: the TLS and h2 handshakes would otherwise make every call's future
                     // (and each move of it) kilobytes larger.
-                    None => Box::pin(self.connect(&key, pool)).await?,
+                    None => Box::pin(self.connect(&key, pool, h2_shared)).await?,
                 };
                 let sent = match sender {
                     Leased::H1(conn) => {
                         to_origin_form(&mut request, &key)?;
+                        // An origin known as h2 that answered over HTTP/1.1 this time: the
+                        // connection goes back to the call's partition, never to everyone's.
+                        let checkin_key = match &h1_partition {
+                            Some(partition) => key.clone().in_partition(partition.clone()),
+                            None => key.clone(),
+                        };
                         let checkin = Checkin {
                             pool: pool.clone(),
-                            key: key.clone(),
+                            key: checkin_key,
                             addr,
                         };
                         match crate::h1::send(conn, request, checkin, !fresh).await {
@@ -883,10 +902,13 @@ impl UpstreamClient {
 
     /// Dials `key` through the SSRF guard, negotiates TLS (ALPN h2 or http/1.1) and starts the
     /// connection's task on this thread's runtime.
+    /// With `h2_shared`, an h2 connection dialled for a partition's `key` is known and pooled
+    /// as everyone's ([`UpstreamClient::send`]).
     async fn connect(
         &self,
         key: &OriginKey,
         pool: &Arc<Mutex<Pool>>,
+        h2_shared: bool,
     ) -> Result<(Leased, SocketAddr), UpstreamError> {
         let OriginKey {
             https, authority, ..
@@ -958,6 +980,14 @@ impl UpstreamClient {
         }
         match &sender {
             Sender::H2(conn) => {
+                let shared;
+                let key = match (h2_shared, &key.partition) {
+                    (true, Some(_)) => {
+                        shared = OriginKey::new(key.https, key.authority.clone());
+                        &shared
+                    }
+                    _ => key,
+                };
                 if !locked.h2_origins.contains_key(key) {
                     if locked.h2_origins.len() >= MAX_KNOWN_H2_ORIGINS {
                         // Forget the origins with no connection and no call opening one.

@@ -1794,6 +1794,34 @@ operations = ["*"]
     gw.stop().await;
 }
 
+/// An h2 vendor's connection is shared by every caller (an h2 answer names its stream, so none
+/// can go astray between callers), unlike an HTTP/1.1 one
+/// (`a_stray_vendor_answer_never_reaches_another_caller`): two callers over one client
+/// connection, so one worker, make one vendor connection, whichever calls first.
+#[tokio::test]
+async fn callers_share_an_h2_vendor_connection() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let reporting = "[[grants]]\ncaller = \"reporting\"\nintegration = \"stripe\"\noperations = [\"get_charge\"]\n";
+    let gw = stripe_gateway_with(&vendor, "", reporting).await;
+    let h2c = h2c_client();
+    let call = |token: &'static str| {
+        h2c.get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+            .bearer_auth(token)
+            .send()
+    };
+    for token in [
+        REPORTING_TOKEN,
+        CHECKOUT_TOKEN,
+        REPORTING_TOKEN,
+        CHECKOUT_TOKEN,
+    ] {
+        assert_eq!(call(token).await.unwrap().status(), 200);
+    }
+    assert_eq!(vendor.last().version, http::Version::HTTP_2);
+    assert_eq!(vendor.connections(), 1);
+    gw.stop().await;
+}
+
 /// A gateway whose worker serving `h2c` (one client connection, so one worker) knows `vendor`
 /// speaks h2 but holds no connection to it: one call made the connection, and the pool's sweep
 /// (every second with `idle_timeout_ms = 1000`) closed it, ~2 s in.

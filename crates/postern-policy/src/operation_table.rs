@@ -26,6 +26,14 @@ pub struct MatchedOperation<'a> {
     pub template: &'a Arc<str>,
 }
 
+/// What one method's operations make of a path.
+enum Found<'a> {
+    Operation(MatchedOperation<'a>),
+    /// Only loosely, as a vendor's router might ([`PathTemplate::loosely_matches`]).
+    Loosely,
+    Nothing,
+}
+
 #[derive(Debug, Clone)]
 struct OperationEntry {
     id: Arc<str>,
@@ -87,37 +95,47 @@ impl OperationTable {
     /// back to the `GET` operations.
     pub fn find(&self, method: &str, path: &str) -> Option<MatchedOperation<'_>> {
         let segment_count = path.bytes().filter(|&b| b == b'/').count();
-        let found = self.find_exact(method, segment_count, path);
-        if found.is_none() && method == "HEAD" {
-            return self.find_exact("GET", segment_count, path);
+        match self.find_exact(method, segment_count, path) {
+            Found::Operation(matched) => Some(matched),
+            // Not by way of `GET` either: the `HEAD` a vendor might route elsewhere is refused.
+            Found::Loosely => None,
+            Found::Nothing if method == "HEAD" => match self.find_exact("GET", segment_count, path)
+            {
+                Found::Operation(matched) => Some(matched),
+                Found::Loosely | Found::Nothing => None,
+            },
+            Found::Nothing => None,
         }
-        found
     }
 
-    fn find_exact(
-        &self,
-        method: &str,
-        segment_count: usize,
-        path: &str,
-    ) -> Option<MatchedOperation<'_>> {
-        let bucket = self.buckets.get(method)?.get(&segment_count)?;
-        let at = bucket
-            .iter()
-            .position(|entry| entry.template.matches(path))?;
+    fn find_exact(&self, method: &str, segment_count: usize, path: &str) -> Found<'_> {
+        let Some(bucket) = self
+            .buckets
+            .get(method)
+            .and_then(|bucket| bucket.get(&segment_count))
+        else {
+            return Found::Nothing;
+        };
         // A more literal operation the path does not match, but that a vendor routing
         // regardless of case or format suffix would take it for (`/v1/charges/Search` or
         // `search.json` under `/v1/charges/{id}`, beside `/v1/charges/search`): no operation,
         // or a grant of the placeholder's would reach the literal one's handler.
-        if bucket[..at]
-            .iter()
-            .any(|entry| entry.template.loosely_matches(path))
-        {
-            return None;
+        let mut loosely = false;
+        for entry in bucket {
+            if entry.template.matches(path) {
+                return match loosely {
+                    true => Found::Loosely,
+                    false => Found::Operation(MatchedOperation {
+                        id: &entry.id,
+                        template: &entry.template_text,
+                    }),
+                };
+            }
+            loosely = loosely || entry.template.loosely_matches(path);
         }
-        let entry = &bucket[at];
-        Some(MatchedOperation {
-            id: &entry.id,
-            template: &entry.template_text,
-        })
+        match loosely {
+            true => Found::Loosely,
+            false => Found::Nothing,
+        }
     }
 }

@@ -116,6 +116,15 @@ fn a_loose_match_of_a_more_literal_operation_is_none() {
     check("GET", "/v1/charges/searches", "get_charge");
     check("GET", "/v1/charges/search-2", "get_charge");
     check("GET", "/v1/charges/ch_search", "get_charge");
+    // A `HEAD` that a `HEAD` operation matches loosely does not fall back to `GET`.
+    let table = OperationTable::new([
+        ("search_head", "HEAD", "/v1/charges/search"),
+        ("get_charge", "GET", "/v1/charges/{id}"),
+    ])
+    .unwrap();
+    assert!(table.find("HEAD", "/v1/charges/Search").is_none());
+    let found = table.find("HEAD", "/v1/charges/ch_1").unwrap();
+    assert_eq!(&**found.id, "get_charge");
     // Suffixes of the Twilio style: `media.json` under `{Sid}.json` beside a literal
     // `Messages.json` one level up is another segment count, so no sibling.
     check(
