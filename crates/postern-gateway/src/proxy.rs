@@ -452,7 +452,7 @@ fn pipeline<'a>(
                 )?;
                 let result = match upgrade {
                     None => {
-                        let caller = context.caller.clone();
+                        let caller = context.caller.as_deref();
                         forward(&integration, upstream_request, context.started, caller).await
                     }
                     // Boxed: only a handshake pays for its state.
@@ -1602,7 +1602,13 @@ async fn forward_replayable(
         request
     };
     let first = build(token.clone());
-    let result = forward(integration, first, context.started, context.caller.clone()).await;
+    let result = forward(
+        integration,
+        first,
+        context.started,
+        context.caller.as_deref(),
+    )
+    .await;
     let response = forwarded(integration, context, result, None)?;
     if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(response);
@@ -1611,7 +1617,7 @@ async fn forward_replayable(
     source.purge(&token);
     tracing::info!(integration = %integration.name, request_id = %context.request_id, "vendor refused the OAuth2 token; re-minting once");
     let fresh = oauth_token(integration, source).await?;
-    let caller = context.caller.clone();
+    let caller = context.caller.as_deref();
     let result = forward(integration, build(fresh), context.started, caller).await;
     forwarded(integration, context, result, None)
 }
@@ -1625,12 +1631,12 @@ async fn forward_replayable(
 /// connection one answer behind its requests, which no client can tell; on a connection shared
 /// by callers, each would get the one before's answer. Kept apart, a caller can only ever get
 /// its own. (An h2 vendor's answers name their stream: its connections are shared.)
-fn forward(
-    integration: &IntegrationRuntime,
+fn forward<'a>(
+    integration: &'a IntegrationRuntime,
     request: Request<ForwardBody>,
     started: std::time::Instant,
-    caller: Option<Arc<str>>,
-) -> tokio::time::Timeout<impl Future<Output = Forwarded> + Send + '_> {
+    caller: Option<&'a str>,
+) -> tokio::time::Timeout<impl Future<Output = Forwarded> + Send + 'a> {
     tokio::time::timeout_at(
         answer_deadline(integration, started),
         integration.client.send(request, caller, true),

@@ -367,7 +367,9 @@ struct OriginKey {
     authority: Authority,
     /// Whose connections these are, when a call's connections are not everyone's
     /// ([`UpstreamClient::request_for`]).
-    partition: Option<Arc<str>>,
+    /// Its pool's number for the partition's name ([`Pool::partition`]): a number, not the
+    /// name, so keys are copied with no shared count to change.
+    partition: Option<u32>,
     hash: u64,
 }
 
@@ -417,11 +419,11 @@ impl OriginKey {
     }
 
     /// This origin's connections kept to `partition`.
-    fn in_partition(self, partition: Arc<str>) -> Self {
+    fn in_partition(self, partition: u32) -> Self {
         use std::hash::{BuildHasher, Hasher};
         let mut hasher = ORIGIN_HASHER.build_hasher();
         hasher.write_u64(self.hash);
-        hasher.write(partition.as_bytes());
+        hasher.write_u32(partition);
         OriginKey {
             hash: hasher.finish(),
             partition: Some(partition),
@@ -477,6 +479,8 @@ struct Pool {
     /// `MAX_KNOWN_H2_ORIGINS` the ones with no connection are forgotten).
     h2_origins: OriginMap<H2Origin>,
     sweeping: bool,
+    /// The partitions' names (callers') and their numbers, never reused.
+    partitions: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
 }
 
 /// What the pool remembers of an origin that speaks h2.
@@ -588,6 +592,16 @@ impl Pooled {
 }
 
 impl Pool {
+    /// The number of the partition named `name`.
+    fn partition(&mut self, name: &str) -> u32 {
+        if let Some(&number) = self.partitions.get(name) {
+            return number;
+        }
+        let number = u32::try_from(self.partitions.len()).unwrap_or(u32::MAX);
+        self.partitions.insert(name.into(), number);
+        number
+    }
+
     /// A ready connection to `key`: an HTTP/1.1 one leaves the stack, an h2 one with room is
     /// shared (a stream of it counted for the call). Closed connections and ones idle longer
     /// than `idle_timeout` are dropped on the way.
@@ -698,14 +712,12 @@ impl UpstreamClient {
     /// shared with a call of another partition. For requests whose credentials are the
     /// caller's own, not an integration's: a host may tie state to a connection (NTLM or
     /// Negotiate authentication does), which would let the next caller on it act as the first.
-    pub fn request_for(
+    pub async fn request_for(
         &self,
         request: http::Request<ForwardBody>,
         partition: Arc<str>,
-    ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError>>
-           + Send
-           + '_ {
-        self.send(request, Some(partition), false)
+    ) -> Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError> {
+        self.send(request, Some(&partition), false).await
     }
 
     /// Sends a WebSocket handshake (`request`: absolute URI, its upgrade headers set) on a
@@ -762,25 +774,29 @@ impl UpstreamClient {
     /// Not an `async fn` but an `async move` block, which keeps the request once in its future
     /// (an `async fn` keeps each argument twice).
     #[allow(clippy::manual_async_fn)]
-    pub(crate) fn send(
-        &self,
+    pub(crate) fn send<'a>(
+        &'a self,
         mut request: http::Request<ForwardBody>,
-        partition: Option<Arc<str>>,
+        partition: Option<&'a str>,
         h2_shared: bool,
     ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError>>
            + Send
-           + '_ {
+           + 'a {
         async move {
             let key = OriginKey::of(request.uri())?;
             let pool = self.pool();
             // `h1_partition`: the partition of a call sent on everyone's connections to an
             // origin known as h2, for an HTTP/1.1 connection it gets there after all.
             let (key, h1_partition) = match partition {
-                Some(partition) if h2_shared && lock(pool).h2_origins.contains_key(&key) => {
-                    (key, Some(partition))
-                }
-                Some(partition) => (key.in_partition(partition), None),
                 None => (key, None),
+                Some(name) => {
+                    let mut locked = lock(pool);
+                    let partition = locked.partition(name);
+                    match h2_shared && locked.h2_origins.contains_key(&key) {
+                        true => (key, Some(partition)),
+                        false => (key.in_partition(partition), None),
+                    }
+                }
             };
             // Set once an attempt this call waited for failed: it then dials itself, at once, like
             // every other call that waited (a down vendor must not make them fail one by one).
@@ -840,7 +856,7 @@ impl UpstreamClient {
                         // An origin known as h2 that answered over HTTP/1.1 this time: the
                         // connection goes back to the call's partition, never to everyone's.
                         let checkin_key = match &h1_partition {
-                            Some(partition) => key.clone().in_partition(partition.clone()),
+                            Some(partition) => key.clone().in_partition(*partition),
                             None => key.clone(),
                         };
                         let checkin = Checkin {
