@@ -1390,7 +1390,7 @@ pub(crate) fn url_holds_a_caller_token(text: &[u8], token: Option<&[u8]>) -> boo
     holds_a_token_even_encoded(text, token)
         || token.is_some_and(|token| {
             // The shortest base64 form of a token is about 4/3 of it: most URLs are shorter.
-            text.len() >= token.len() * 4 / 3 - 2 && {
+            text.len() >= (token.len() * 4 / 3).saturating_sub(2) && {
                 let needles = crate::tokens::Needles::new(Some(token));
                 needles.encoded_in(text)
                     || memchr::memchr(b'%', text).is_some() && {
@@ -1472,8 +1472,8 @@ pub(crate) fn remove_fields(
 
 /// Whether a response header field holds one of `needles`: its value as it stands or, when it
 /// holds a `%`, percent-decoded (a vendor's encoder may escape more than Postern's, `_` as
-/// `%5F`), with its tabs left out too; or its name, read so too and in any case (a name reaches the caller in lower case,
-/// so a secret there keeps all but its case).
+/// `%5F`), with its tabs left out too; or its name, read so too and in any case (a name
+/// reaches the caller in lower case, so a secret there keeps all but its case).
 pub(crate) fn echoes_secret(
     name: &HeaderName,
     value: &[u8],
@@ -1481,7 +1481,7 @@ pub(crate) fn echoes_secret(
 ) -> bool {
     let forms = || needles.iter().map(|needle| needle.as_slice());
     any_even_encoded(value, forms())
-        || name_echoes_secret(name.as_str().as_bytes(), needles)
+        || any_even_encoded_by(name.as_str().as_bytes(), forms(), contains_in_any_case)
         // Tabs (the only control character a field value may hold) are dropped by the URL
         // parsers of browsers and `url`: a `Location` split by them is read whole again.
         || memchr::memchr(b'\t', value).is_some() && {
@@ -1491,34 +1491,20 @@ pub(crate) fn echoes_secret(
         }
 }
 
-/// Whether a header field's `name` holds one of `needles` in any case, as it stands or
-/// percent-decoded. Most names are shorter than any secret and are not read.
-pub(crate) fn name_echoes_secret(name: &[u8], needles: &[Zeroizing<Vec<u8>>]) -> bool {
-    let holds = |name: &[u8]| {
-        needles.iter().any(|needle| {
-            !needle.is_empty()
-                && name
-                    .windows(needle.len())
-                    .any(|window| window.eq_ignore_ascii_case(needle))
-        })
-    };
-    let shortest = needles.iter().map(|needle| needle.len()).min();
-    if shortest.is_none_or(|shortest| name.len() < shortest) {
-        return false;
-    }
-    holds(name)
-        || memchr::memchr(b'%', name).is_some() && {
-            let decoded: Zeroizing<Vec<u8>> =
-                Zeroizing::new(percent_encoding::percent_decode(name).collect());
-            holds(&decoded)
-        }
-}
-
 /// Whether `haystack` holds one of `needles` as it stands or, when it holds a `%`,
 /// percent-decoded: decoded once, for all of them, and only when it is long enough for the
 /// shortest (the decoded copy is zeroized: it may hold a secret).
 fn any_even_encoded<'a>(haystack: &[u8], needles: impl Iterator<Item = &'a [u8]> + Clone) -> bool {
-    if needles.clone().any(|needle| contains(haystack, needle)) {
+    any_even_encoded_by(haystack, needles, contains)
+}
+
+/// [`any_even_encoded`], with `holds` telling whether a text holds a needle.
+fn any_even_encoded_by<'a>(
+    haystack: &[u8],
+    needles: impl Iterator<Item = &'a [u8]> + Clone,
+    holds: impl Fn(&[u8], &[u8]) -> bool,
+) -> bool {
+    if needles.clone().any(|needle| holds(haystack, needle)) {
         return true;
     }
     let shortest = needles.clone().map(<[u8]>::len).min().unwrap_or(usize::MAX);
@@ -1527,7 +1513,17 @@ fn any_even_encoded<'a>(haystack: &[u8], needles: impl Iterator<Item = &'a [u8]>
     }
     let decoded: Zeroizing<Vec<u8>> =
         Zeroizing::new(percent_encoding::percent_decode(haystack).collect());
-    needles.into_iter().any(|needle| contains(&decoded, needle))
+    needles.into_iter().any(|needle| holds(&decoded, needle))
+}
+
+/// Whether `haystack` holds `needle` regardless of ASCII case (a header name: most are shorter
+/// than any secret, and are not read).
+fn contains_in_any_case(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && haystack.len() >= needle.len()
+        && haystack
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle))
 }
 
 /// Whether `haystack` holds `needle` (a caller token, an injected secret). A haystack shorter
@@ -2093,7 +2089,8 @@ fn answer(
     Response::from_parts(parts, GatewayBody::Stream(Box::new(body)))
 }
 
-/// Whether a redirect's Location points outside the upstream's scheme, host and port.
+/// Whether a redirect's Location points outside the upstream's scheme, host and port, or may
+/// to some client (a `\` or a tab in it).
 pub fn leaves_origin(upstream: &url::Url, location: &str) -> bool {
     // A `\` or a tab, which URL parsers read differently (WHATWG's takes `\` for `/` and
     // drops tabs; curl's and Python's do not): `http://vendor\@evil.example/` is the vendor
@@ -2844,6 +2841,9 @@ mod tests {
                 Some(token)
             ));
         }
+        // A token too short to have base64 forms (a caller's mistyped one) is looked for
+        // without a panic.
+        assert!(!url_holds_a_caller_token(b"/v1/x", Some(b"q")));
         // An empty token (never a caller's) is looked for without a panic.
         holds_a_caller_token(
             &HeaderName::from_static("x-a"),

@@ -311,10 +311,7 @@ impl Needles {
     /// `shaped` accepts. One pass over the prefix's places serves both when the own token
     /// starts with the prefix, as every token `postern` makes does.
     fn found(&self, bytes: &[u8], shaped: impl Fn(usize) -> bool) -> bool {
-        if self
-            .encoded()
-            .any(|form| crate::proxy::contains(bytes, form))
-        {
+        if self.encoded_in(bytes) {
             return true;
         }
         match self.own() {

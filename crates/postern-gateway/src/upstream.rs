@@ -369,7 +369,7 @@ struct OriginKey {
     /// ([`UpstreamClient::request_for`]).
     /// Its pool's number for the partition's name ([`Pool::partition`]): a number, not the
     /// name, so keys are copied with no shared count to change.
-    partition: Option<u32>,
+    partition: Option<usize>,
     hash: u64,
 }
 
@@ -419,11 +419,11 @@ impl OriginKey {
     }
 
     /// This origin's connections kept to `partition`.
-    fn in_partition(self, partition: u32) -> Self {
+    fn in_partition(self, partition: usize) -> Self {
         use std::hash::{BuildHasher, Hasher};
         let mut hasher = ORIGIN_HASHER.build_hasher();
         hasher.write_u64(self.hash);
-        hasher.write_u32(partition);
+        hasher.write_usize(partition);
         OriginKey {
             hash: hasher.finish(),
             partition: Some(partition),
@@ -480,7 +480,7 @@ struct Pool {
     h2_origins: OriginMap<H2Origin>,
     sweeping: bool,
     /// The partitions' names (callers') and their numbers, never reused.
-    partitions: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+    partitions: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
 }
 
 /// What the pool remembers of an origin that speaks h2.
@@ -593,11 +593,11 @@ impl Pooled {
 
 impl Pool {
     /// The number of the partition named `name`.
-    fn partition(&mut self, name: &str) -> u32 {
+    fn partition(&mut self, name: &str) -> usize {
         if let Some(&number) = self.partitions.get(name) {
             return number;
         }
-        let number = u32::try_from(self.partitions.len()).unwrap_or(u32::MAX);
+        let number = self.partitions.len();
         self.partitions.insert(name.into(), number);
         number
     }

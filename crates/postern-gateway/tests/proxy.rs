@@ -56,34 +56,20 @@ async fn intercepting_gateway_tuned(
     let staging = tempfile::tempdir().unwrap();
     let key_path = staging.path().join("vendor-key");
     std::fs::write(&key_path, VENDOR_KEY).unwrap();
-    let body = format!(
+    let integration = intercepted_integration(
+        "vendor",
+        vendor.addr.port(),
+        VENDOR_HOST,
+        &key_path,
         r#"
-[[integrations]]
-name = "vendor"
-vendor = "Vendor"
-owner = "team@example.com"
-upstream = "https://127.0.0.1:{port}"
-ca_file = "{{ca}}"
-allow_private_networks = ["127.0.0.1/32"]
-hosts = ["{VENDOR_HOST}"]
-credential = {{ kind = "bearer", from_file = "{key}" }}
-operations = [
-  {{ id = "create_charge", method = "POST", path = "/v1/charges" }},
-  {{ id = "get_charge",    method = "GET",  path = "/v1/charges/{{id}}" }},
-  {{ id = "refund_charge", method = "POST", path = "/v1/charges/{{id}}/refund" }},
-]
-{integration_extra}
-
-[[grants]]
-caller = "checkout"
-integration = "vendor"
-operations = ["create_charge", "get_charge"]
-
-{proxy}
+  { id = "create_charge", method = "POST", path = "/v1/charges" },
+  { id = "get_charge",    method = "GET",  path = "/v1/charges/{id}" },
+  { id = "refund_charge", method = "POST", path = "/v1/charges/{id}/refund" },
 "#,
-        port = vendor.addr.port(),
-        key = key_path.display(),
+        integration_extra,
+        r#""create_charge", "get_charge""#,
     );
+    let body = format!("{integration}\n{proxy}\n");
     let gw = TestGateway::start_with_gateway(&body, vendor.ca_pem.as_deref(), gateway_extra).await;
     std::mem::forget(staging);
     gw

@@ -32,30 +32,17 @@ async fn ws_gateway(vendor: &WsVendor, extra: &str) -> (TestGateway, tempfile::T
     let keys = tempfile::tempdir().unwrap();
     let key_path = keys.path().join("openai-key");
     std::fs::write(&key_path, VENDOR_KEY).unwrap();
-    let body = format!(
+    let body = intercepted_integration(
+        "openai",
+        vendor.port,
+        VENDOR_HOST,
+        &key_path,
         r#"
-[[integrations]]
-name = "openai"
-vendor = "OpenAI"
-owner = "ml@example.com"
-upstream = "https://127.0.0.1:{port}"
-ca_file = "{{ca}}"
-allow_private_networks = ["127.0.0.1/32"]
-hosts = ["{VENDOR_HOST}"]
-credential = {{ kind = "bearer", from_file = "{key}" }}
-operations = [
-  {{ id = "realtime", method = "GET", path = "/v1/realtime", websocket = true }},
-  {{ id = "models",   method = "GET", path = "/v1/models" }},
-]
-{extra}
-
-[[grants]]
-caller = "checkout"
-integration = "openai"
-operations = ["realtime", "models"]
+  { id = "realtime", method = "GET", path = "/v1/realtime", websocket = true },
+  { id = "models",   method = "GET", path = "/v1/models" },
 "#,
-        port = vendor.port,
-        key = key_path.display(),
+        extra,
+        r#""realtime", "models""#,
     );
     (TestGateway::start(&body, Some(&vendor.ca_pem)).await, keys)
 }

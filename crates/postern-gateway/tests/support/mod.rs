@@ -530,6 +530,41 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EofWatch<S> {
     }
 }
 
+/// An integration `name` on the TLS vendor at `port` (its CA the gateway's `{ca}`), also
+/// intercepted for `host`, with a bearer key read from `key_path`, `operations` (TOML inline
+/// tables), `extra` lines in it, and `granted` (operation ids, quoted) granted to `checkout`.
+pub fn intercepted_integration(
+    name: &str,
+    port: u16,
+    host: &str,
+    key_path: &std::path::Path,
+    operations: &str,
+    extra: &str,
+    granted: &str,
+) -> String {
+    let key = key_path.display();
+    format!(
+        r#"
+[[integrations]]
+name = "{name}"
+vendor = "Vendor"
+owner = "team@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+hosts = ["{host}"]
+credential = {{ kind = "bearer", from_file = "{key}" }}
+operations = [{operations}]
+{extra}
+
+[[grants]]
+caller = "checkout"
+integration = "{name}"
+operations = [{granted}]
+"#
+    )
+}
+
 /// An integration `slow` on a plain-HTTP vendor at `port` (e.g. a [`silent_vendor`]) with
 /// `request_timeout_ms`, one operation `GET /x` granted to `checkout`, and `extra` TOML lines.
 /// A gateway with [`slow_integration`] at `port`, its `request_timeout_ms` 20 s (longer than
