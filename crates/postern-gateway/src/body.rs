@@ -1440,6 +1440,7 @@ impl Body for GatewayBody {
 mod tests {
     use super::*;
     use crate::escapes::every_byte::{self, json_escaped, percent_encoded, xml_escaped};
+    use crate::tokens::GLUE;
     use http_body_util::BodyExt as _;
     use memchr::memmem;
 
@@ -1493,6 +1494,10 @@ mod tests {
     #[tokio::test]
     async fn a_streamed_body_waits_only_where_a_token_could_start() {
         let run = format!("pst_{}", "A".repeat(43));
+        // A prefix with more glued before it than a token may have, and a run with more glued
+        // after it: neither can be a token.
+        let glued_short = format!("{}pst_AB", "x".repeat(GLUE + 1));
+        let too_long = format!("{}\n", "A".repeat(GLUE + 1));
         let without_token: (Option<&[u8]>, Vec<String>, Vec<String>) = (
             None,
             [
@@ -1501,10 +1506,10 @@ mod tests {
                 "s\"}\n",
                 "tail pst_AAAA",
                 "Z!\n",
-                "xpst_AB",
+                &glued_short,
                 " k=",
                 &run,
-                "A\n",
+                &too_long,
             ]
             .map(String::from)
             .to_vec(),
@@ -1514,9 +1519,9 @@ mod tests {
                 "ps\"}\n",
                 "tail ",
                 "pst_AAAAZ!\n",
-                "xpst_AB",
+                &glued_short,
                 " k=",
-                &format!("{run}A\n"),
+                &format!("{run}{too_long}"),
             ]
             .map(String::from)
             .to_vec(),
@@ -1708,9 +1713,9 @@ mod tests {
             assert_eq!(read.err(), Some(RequestBodyViolation::CallerToken));
         }
         for near in [
-            [b"k=", &token[..], b"Z&x=1"].concat(),
+            [&b"k="[..], &token[..], &[b'Z'; GLUE + 1], b"&x=1"].concat(),
             [b"k=", &token[..token.len() - 1]].concat(),
-            [b"k=Z", &token[..]].concat(),
+            [&b"k="[..], &[b'Z'; GLUE + 1], &token[..]].concat(),
         ] {
             for first in 0..=near.len() {
                 let (body, _) = sent_through(&near, first, near.len());
@@ -2099,7 +2104,7 @@ mod tests {
         )
         .reading(Some(Coding::Gzip), None, None);
         assert_eq!(not_gzip.err(), Some(RequestBodyViolation::Undecodable));
-        let shaped = [b"k=".as_slice(), b"pst_", &[b'x'; 43]].concat();
+        let shaped = [b"k=".as_slice(), b"pst_", &[b'X'; 43]].concat();
         let body = split(&gzip(&shaped), 2, &state())
             .reading(Some(Coding::Gzip), None, None)
             .unwrap();

@@ -2674,6 +2674,8 @@ mod tests {
             token.clone(),
             format!("Bearer {token}"),
             format!("a={token}; b=1"),
+            format!("session-{token}"),
+            format!("x{token}_2"),
             token.replace('_', "%5F"),
             format!("Basic {encoded}"),
             format!(
@@ -2683,8 +2685,9 @@ mod tests {
         ] {
             assert!(shaped(&value), "{value}");
         }
-        let inside_a_longer_run = format!("x{token}");
-        let followed_by_more = format!("{token}A");
+        let glue = "x".repeat(crate::tokens::GLUE + 1);
+        let inside_a_longer_run = format!("{glue}{token}");
+        let followed_by_more = format!("{token}{glue}");
         for value in [
             &token[..token.len() - 1],
             "pst_short",

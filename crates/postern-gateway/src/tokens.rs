@@ -4,9 +4,12 @@
 //! A caller identified by its certificate has no token of its own to look for, yet the service
 //! may hold one (an old one of its own, or another service's) in what it sends; a caller with a
 //! token may hold another's. Either would hand the vendor a key to Postern. A token `postern
-//! callers token` makes is `pst_` and 43 base64url characters; it is recognised standing on its
-//! own: a run of base64url characters exactly that long that starts with the prefix (a longer
-//! run, a random cookie or hash, holds the pattern by chance once in a while, and is not one).
+//! callers token` makes is `pst_` and 43 base64url characters. It is recognised in a run of
+//! base64url characters that holds it with at most [`GLUE`] more on either side (`session-pst_…`,
+//! `pst_…_2`: a name glued to it), whose 43 characters after the prefix hold a digit or a capital
+//! letter, as random ones do (all but once in 10¹⁵). A longer run, a random cookie or hash, holds
+//! the pattern by chance once in a while and is not one; nor is a `snake_case` name such as
+//! `convert_to_pst_timezone_…`, whose characters are never random.
 //!
 //! [`Needles`] is what a body is searched for (shared by every reading of one body), [`Seen`]
 //! one reading's search as it streams: whether a token is decided in each piece, whether what
@@ -23,9 +26,14 @@ use crate::{CALLER_TOKEN_PREFIX, TOKEN_RANDOM_CHARS};
 const PREFIX: &[u8] = CALLER_TOKEN_PREFIX.as_bytes();
 /// The length of a caller token `postern callers token` makes.
 pub(crate) const TOKEN_LEN: usize = PREFIX.len() + TOKEN_RANDOM_CHARS;
-/// A token-shaped run and the byte before it: what a search must keep of what it read to decide
-/// a run that ends in the next piece.
-const SHAPE_SPAN: usize = TOKEN_LEN + 1;
+/// How many base64url characters may stand glued to either side of a token in a run taken for
+/// one: a name or a counter a program glued to it (`session-`, `x`, `_2`). A random run that short
+/// holds the prefix once in about 10⁶ (17 places, each one in 64⁴), and its 43 characters after
+/// it must look random too.
+pub(crate) const GLUE: usize = 16;
+/// A token-shaped run with its glue, and the byte before it: what a search must keep of what it
+/// read to decide a run that ends in the next piece.
+const SHAPE_SPAN: usize = TOKEN_LEN + 2 * GLUE + 1;
 
 static PREFIX_FINDER: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(PREFIX));
@@ -37,38 +45,65 @@ fn base64url(byte: u8) -> bool {
 /// How the bytes from a prefix at `at` stand.
 #[derive(Debug, PartialEq, Eq)]
 enum Run {
-    /// Not a token: too short or too long a run.
+    /// Not a token: too short or too long a run, or one whose characters are not random.
     Not,
-    /// A token: the prefix, its random part, and a byte that ends the run.
-    Token,
-    /// Every byte to the end of `bytes` may be part of a token (`n` random characters of it):
-    /// what follows decides.
+    /// A token: the prefix, its random part and what is glued after it (`n` characters in all),
+    /// and a byte that ends the run.
+    Token(usize),
+    /// Every byte to the end of `bytes` may be part of a token (`n` characters of it after the
+    /// prefix): what follows decides.
     Open(usize),
 }
 
-/// How the run from the prefix at `at` in `bytes` stands (the byte before it is not looked at).
-fn run_at(bytes: &[u8], at: usize) -> Run {
+/// Whether `n` characters after a prefix, ended there, make a token with at most `glue`
+/// characters glued after it.
+fn token_long(n: usize, glue: usize) -> bool {
+    (TOKEN_RANDOM_CHARS..=TOKEN_RANDOM_CHARS + glue).contains(&n)
+}
+
+/// How the run from the prefix at `at` in `bytes` stands, with at most `glue` characters after
+/// the token (what stands before the prefix is [`starts_run`]'s).
+fn run_at(bytes: &[u8], at: usize, glue: usize) -> Run {
     let random = &bytes[at + PREFIX.len()..];
+    let most = TOKEN_RANDOM_CHARS + glue;
     let run = random
         .iter()
-        .take(TOKEN_RANDOM_CHARS + 1)
+        .take(most + 1)
         .take_while(|&&byte| base64url(byte))
         .count();
-    if run == random.len() && run <= TOKEN_RANDOM_CHARS {
+    // The token's own characters, once all read, are random: a digit or a capital among them.
+    if run >= TOKEN_RANDOM_CHARS
+        && !random[..TOKEN_RANDOM_CHARS]
+            .iter()
+            .any(|byte| byte.is_ascii_digit() || byte.is_ascii_uppercase())
+    {
+        return Run::Not;
+    }
+    if run == random.len() && run <= most {
         Run::Open(run)
-    } else if run == TOKEN_RANDOM_CHARS {
-        Run::Token
+    } else if token_long(run, glue) {
+        Run::Token(run)
     } else {
         Run::Not
     }
 }
 
-/// Whether the prefix at `at` in `bytes` starts a run: the byte before it is not base64url,
-/// or it is the stream's first (`at == 0` and `stream_start`).
-fn starts_run(bytes: &[u8], at: usize, stream_start: bool) -> bool {
-    match at.checked_sub(1) {
-        None => stream_start,
-        Some(before) => !base64url(bytes[before]),
+/// Whether the prefix at `at` in `bytes` starts a run with at most `glue` base64url characters
+/// glued before it: a byte that is not base64url stands within `glue + 1` bytes before it, or
+/// the stream's first byte does (`stream_start`: `bytes` begin where the stream does). Where
+/// `bytes` begin within those bytes and not at the stream's start, what stood before is not in
+/// them: not a start here (a reading that holds it decides).
+fn starts_run(bytes: &[u8], at: usize, stream_start: bool, glue: usize) -> bool {
+    let glued = bytes[..at]
+        .iter()
+        .rev()
+        .take(glue + 1)
+        .take_while(|&&byte| base64url(byte))
+        .count();
+    match glued {
+        _ if glued > glue => false,
+        _ if glued < at => true,
+        _ => stream_start,
     }
 }
 
@@ -82,11 +117,12 @@ pub(crate) fn token_shaped(bytes: &[u8]) -> bool {
 
 /// Whether the prefix at `at` in `bytes`, a whole text, starts a token-shaped run.
 fn shaped_in_whole(bytes: &[u8], at: usize) -> bool {
-    starts_run(bytes, at, true)
-        && matches!(
-            run_at(bytes, at),
-            Run::Token | Run::Open(TOKEN_RANDOM_CHARS)
-        )
+    starts_run(bytes, at, true, GLUE)
+        && match run_at(bytes, at, GLUE) {
+            Run::Token(_) => true,
+            Run::Open(n) => token_long(n, GLUE),
+            Run::Not => false,
+        }
 }
 
 /// How many of `bytes`' last bytes are the start of `needle` (fewer than all of it): the
@@ -324,11 +360,11 @@ impl Needles {
     }
 
     /// Whether `piece`, read after other bytes, holds the caller's own token, or a token-shaped
-    /// run that begins after its first byte and is decided inside it (the byte after it read):
-    /// what [`Seen::read`] finds in a piece whatever was read before it.
+    /// run decided inside it (the bytes before and after it read there): what [`Seen::read`]
+    /// finds in a piece whatever was read before it.
     fn inside(&self, piece: &[u8]) -> bool {
         self.found(piece, |at| {
-            at > 0 && starts_run(piece, at, false) && run_at(piece, at) == Run::Token
+            starts_run(piece, at, false, GLUE) && matches!(run_at(piece, at, GLUE), Run::Token(_))
         })
     }
 
@@ -409,12 +445,12 @@ impl Seen {
             .extend_from_slice(&piece[..piece.len().min(keep + 1)]);
         let seam = &self.tail[..];
         let across = needles.found(seam, |at| {
-            // Runs begun in the tail or at the piece's first byte, whose end (the byte after
-            // them) was not read before: those ended in the tail were decided then.
-            at <= before
-                && at + TOKEN_LEN >= before
-                && starts_run(seam, at, stream_start)
-                && run_at(seam, at) == Run::Token
+            // Runs whose start (the bytes before the prefix, up to its glue) is not all in the
+            // piece, and whose end (the byte after them) was not read before: those ended in the
+            // tail were decided then.
+            at <= before + GLUE
+                && starts_run(seam, at, stream_start, GLUE)
+                && matches!(run_at(seam, at, GLUE), Run::Token(n) if at + PREFIX.len() + n >= before)
         });
         self.tail.truncate(before);
         across
@@ -450,13 +486,15 @@ impl Seen {
         let prefix = (1..PREFIX.len())
             .rev()
             .find(|&len| {
-                tail.ends_with(&PREFIX[..len]) && starts_run(tail, tail.len() - len, stream_start)
+                tail.ends_with(&PREFIX[..len])
+                    && starts_run(tail, tail.len() - len, stream_start, GLUE)
             })
             .unwrap_or(0);
         let run = PREFIX_FINDER
             .find_iter(tail)
             .find(|&at| {
-                starts_run(tail, at, stream_start) && matches!(run_at(tail, at), Run::Open(_))
+                starts_run(tail, at, stream_start, GLUE)
+                    && matches!(run_at(tail, at, GLUE), Run::Open(_))
             })
             .map_or(0, |at| tail.len() - at);
         own.max(prefix).max(run)
@@ -464,19 +502,12 @@ impl Seen {
 
     /// Whether the body's end, after what was read, completes a token-shaped run.
     pub(crate) fn ends_in_token(&self, needles: &Needles) -> bool {
-        self.open_run(self.holds_the_start(needles)) == Some(TOKEN_RANDOM_CHARS)
-    }
-
-    /// The random characters read of a token-shaped run the tail ends in, if it does.
-    fn open_run(&self, stream_start: bool) -> Option<usize> {
         let tail = &self.tail[..];
-        PREFIX_FINDER
-            .find_iter(tail)
-            .filter(|&at| starts_run(tail, at, stream_start))
-            .find_map(|at| match run_at(tail, at) {
-                Run::Open(read) => Some(read),
-                Run::Not | Run::Token => None,
-            })
+        let stream_start = self.holds_the_start(needles);
+        PREFIX_FINDER.find_iter(tail).any(|at| {
+            starts_run(tail, at, stream_start, GLUE)
+                && matches!(run_at(tail, at, GLUE), Run::Open(n) if token_long(n, GLUE))
+        })
     }
 }
 
@@ -679,7 +710,7 @@ fn base64_shaped_at(bytes: &[u8], at: usize, place: usize, ended: bool) -> Run {
     let with_group_before =
         bytes[..group].len() >= 4 && bytes[group - 4..group].iter().all(|&c| sextet(c).is_some());
     let alone = decoded_run(bytes, group, group, place, ended);
-    if alone == Run::Token || !with_group_before {
+    if matches!(alone, Run::Token(_)) || !with_group_before {
         return alone;
     }
     match decoded_run(bytes, group - 4, group, place, ended) {
@@ -721,11 +752,11 @@ fn decoded_run(bytes: &[u8], from: usize, group: usize, place: usize, ended: boo
     if decoded.len() < token_at + PREFIX.len() {
         return if closed { Run::Not } else { Run::Open(0) };
     }
-    if !decoded[token_at..].starts_with(PREFIX) || !starts_run(decoded, token_at, true) {
+    if !decoded[token_at..].starts_with(PREFIX) || !starts_run(decoded, token_at, true, 0) {
         return Run::Not;
     }
-    match run_at(decoded, token_at) {
-        Run::Open(n) if n == TOKEN_RANDOM_CHARS && closed => Run::Token,
+    match run_at(decoded, token_at, 0) {
+        Run::Open(n) if n == TOKEN_RANDOM_CHARS && closed => Run::Token(n),
         Run::Open(_) if closed => Run::Not,
         run => run,
     }
@@ -755,7 +786,7 @@ impl Base64Shaped {
         for (place, finder) in PREFIX_IN_BASE64_FINDERS.iter().enumerate() {
             for at in finder.find_iter(bytes) {
                 match base64_shaped_at(bytes, at, place, ended) {
-                    Run::Token => return (true, false),
+                    Run::Token(_) => return (true, false),
                     Run::Open(_) => open = true,
                     Run::Not => {}
                 }
@@ -856,11 +887,11 @@ fn utf16_shaped_at(
     if units < PREFIX.len() {
         return Some(if closed { Run::Not } else { Run::Open(0) });
     }
-    if !decoded[1..].starts_with(PREFIX) || !starts_run(decoded, 1, false) {
+    if !decoded[1..].starts_with(PREFIX) || !starts_run(decoded, 1, false, 0) {
         return Some(Run::Not);
     }
-    Some(match run_at(decoded, 1) {
-        Run::Open(n) if closed && n == TOKEN_RANDOM_CHARS => Run::Token,
+    Some(match run_at(decoded, 1, 0) {
+        Run::Open(n) if closed && n == TOKEN_RANDOM_CHARS => Run::Token(n),
         Run::Open(_) if closed => Run::Not,
         run => run,
     })
@@ -895,7 +926,7 @@ impl Utf16Shaped {
             for (start, little) in [(Some(at), true), (big, false)] {
                 let Some(start) = start else { continue };
                 match utf16_shaped_at(bytes, start, little, ended, bounded) {
-                    Some(Run::Token) => return (true, false),
+                    Some(Run::Token(_)) => return (true, false),
                     Some(Run::Open(_)) => open = true,
                     Some(Run::Not) | None => {}
                 }
@@ -993,18 +1024,50 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_token_with_a_name_glued_to_it_is_found_wherever_the_pieces_split_it() {
+        let token = token();
+        let needles = Needles::new(None);
+        let glue = [b'g'; GLUE];
+        for (before, after) in [
+            (&b"session-"[..], &b""[..]),
+            (b"{\"k\": \"x", b"\"}"),
+            (b"a=", b"_2&b=1"),
+            (&glue[..], &glue[..]),
+            (&[b"k=", &glue[..]].concat()[..], b"-v2"),
+        ] {
+            let body = [before, &token[..], after].concat();
+            assert!(token_shaped(&body), "{}", String::from_utf8_lossy(&body));
+            for first in 0..=body.len() {
+                for second in (first..=body.len()).step_by(3) {
+                    let pieces = [&body[..first], &body[first..second], &body[second..]];
+                    assert!(
+                        found_in(&needles, &pieces),
+                        "{} split at {first}, {second}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn longer_or_shorter_runs_are_not_tokens_wherever_the_pieces_split_them() {
         let token = token();
         let needles = Needles::new(None);
+        let too_much = [b'x'; GLUE + 1];
+        let not_random = [&b"pst_"[..], &[b'a'; TOKEN_RANDOM_CHARS - 1], b"_"].concat();
         let bodies = [
-            // One character more, before or after.
-            [b"x", &token[..], b" "].concat(),
-            [b" ", &token[..], b"A"].concat(),
-            [&token[..], b"-"].concat(),
+            // One character more glued than a token may have, before or after.
+            [&too_much[..], &token[..], b" "].concat(),
+            [b" ", &token[..], &too_much[..]].concat(),
+            [&token[..], &[b'-'; GLUE + 1]].concat(),
             // One character less.
             [b" ", &token[..TOKEN_LEN - 1], b"\""].concat(),
             // The prefix in the middle of a long run.
             [&[b'q'; 100][..], &token[..], &[b'q'; 100][..]].concat(),
+            // Names, not random characters: lower-case letters and `_` after the prefix.
+            [b"{\"", &not_random[..], b"\": 1}"].concat(),
+            [b"convert_to_", &not_random[..], b"_v2"].concat(),
         ];
         for body in bodies {
             assert!(!token_shaped(&body), "{}", String::from_utf8_lossy(&body));
@@ -1539,11 +1602,14 @@ pub(crate) mod tests {
         }
         assert!(after(b"k=own-to").in_progress(&needles));
         // A run that cannot become a token, or nothing that starts one.
-        assert!(!after(b"k=xpst_AAAA").in_progress(&needles));
+        let glued = [b'x'; GLUE];
+        assert!(after(&[b"k=", &glued[..], b"pst_AAAA"].concat()).in_progress(&needles));
+        assert!(!after(&[b"k=x", &glued[..], b"pst_AAAA"].concat()).in_progress(&needles));
         let mut seen = after(b"k=p");
         assert!(!seen.read(&needles, b"x"));
         assert!(!seen.in_progress(&needles));
-        assert!(!after(&[b"k=", &token[..], b"A"].concat()).in_progress(&needles));
+        assert!(after(&[b"k=", &token[..], &glued[..]].concat()).in_progress(&needles));
+        assert!(!after(&[b"k=", &token[..], &glued[..], b"x"].concat()).in_progress(&needles));
         assert!(!after(b"k=1&q=").in_progress(&needles));
         // Past the first `keep` bytes, a run is decided by the byte before it.
         let mut seen = after(&[b'x'; 300]);

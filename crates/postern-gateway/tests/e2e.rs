@@ -2190,6 +2190,7 @@ operations = ["get_charge"]
     for body in [
         format!("{{\"note\": \"{other}\"}}"),
         format!("note={percent}"),
+        format!("{{\"session\": \"session-{other}\"}}"),
     ] {
         let response = mtls
             .get(format!("{base}/stripe/v1/charges/ch_1"))
@@ -3480,6 +3481,7 @@ async fn a_caller_token_in_the_method_is_refused_and_not_recorded() {
         format!("X-{}", gw.token),
         other.clone(),
         other.replace('_', "%5F"),
+        format!("X-{other}"),
     ];
     for method in &methods {
         let answer = raw_request(
@@ -3575,6 +3577,8 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
         .post(format!("{}/stripe/v1/charges", gw.base))
         .bearer_auth(&gw.token)
         .header("x-forwarded-token", other.as_str())
+        // With a name glued to it, as a program keys a session by it.
+        .header("x-session", format!("session-{other}"))
         .header("x-upstream-auth", format!("Basic {basic}"))
         .header("x-encoded-key", {
             use base64::Engine as _;
@@ -3594,6 +3598,7 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     assert_eq!(response.status(), 200);
     let seen = vendor.last();
     assert!(seen.header("x-forwarded-token").is_none());
+    assert!(seen.header("x-session").is_none());
     assert!(seen.header("x-upstream-auth").is_none());
     assert!(seen.header("x-encoded-key").is_none());
     assert!(seen.header("dropbox-api-arg").is_none());
@@ -3615,7 +3620,12 @@ async fn caller_token_is_never_forwarded_in_url_headers_or_body() {
     // of its own to look for), as it stands or percent-encoded; nothing reaches the vendor.
     let seen = vendor.seen().len();
     let json_in_query = percent_encoded(&json_escaped(&other));
-    for key in [other.clone(), other.replace('_', "%5F"), json_in_query] {
+    for key in [
+        other.clone(),
+        other.replace('_', "%5F"),
+        json_in_query,
+        format!("x{other}_2"),
+    ] {
         let response = client()
             .get(format!("{}/stripe/v1/charges/ch_1?key={key}", gw.base))
             .bearer_auth(&gw.token)
