@@ -1487,10 +1487,10 @@ mod tests {
     }
 
     /// A streamed body goes frame by frame as it comes: only bytes at a frame's end that could
-    /// start a token wait for the next frame (a `p` standing on its own, `ps`, `pst`, `pst_`
-    /// and base64url characters, a whole run until the byte after it; the start of the
-    /// caller's own token), so a caller that waits for the vendor's answer to each small
-    /// message before it sends the next is not stalled.
+    /// start a token wait for the next frame (a `p`, `ps` or `pst` with at most 16 base64url
+    /// characters before it, `pst_` and base64url characters, a whole run until the byte after
+    /// it; the start of the caller's own token), so a caller that waits for the vendor's answer
+    /// to each small message before it sends the next is not stalled.
     #[tokio::test]
     async fn a_streamed_body_waits_only_where_a_token_could_start() {
         let run = format!("pst_{}", "A".repeat(43));

@@ -6,10 +6,11 @@
 //! token may hold another's. Either would hand the vendor a key to Postern. A token `postern
 //! callers token` makes is `pst_` and 43 base64url characters. It is recognised in a run of
 //! base64url characters that holds it with at most [`GLUE`] more on either side (`session-pst_…`,
-//! `pst_…_2`: a name glued to it), whose 43 characters after the prefix hold a digit or a capital
-//! letter, as random ones do (all but once in 10¹⁵). A longer run, a random cookie or hash, holds
-//! the pattern by chance once in a while and is not one; nor is a `snake_case` name such as
-//! `convert_to_pst_timezone_…`, whose characters are never random.
+//! `pst_…_2`: a name glued to it), whose 43 characters after the prefix hold a capital letter, as
+//! random ones do (all but once in 5·10⁹). A longer run, a random cookie or hash, holds the
+//! pattern by chance once in a while and is not one; nor is a `snake_case` name such as
+//! `convert_to_pst_timezone_2024_…` or a file name such as `mailbox_pst_<uuid>_export`, whose
+//! letters are all lower-case.
 //!
 //! [`Needles`] is what a body is searched for (shared by every reading of one body), [`Seen`]
 //! one reading's search as it streams: whether a token is decided in each piece, whether what
@@ -71,11 +72,11 @@ fn run_at(bytes: &[u8], at: usize, glue: usize) -> Run {
         .take(most + 1)
         .take_while(|&&byte| base64url(byte))
         .count();
-    // The token's own characters, once all read, are random: a digit or a capital among them.
+    // The token's own characters, once all read, are random: a capital among them.
     if run >= TOKEN_RANDOM_CHARS
         && !random[..TOKEN_RANDOM_CHARS]
             .iter()
-            .any(|byte| byte.is_ascii_digit() || byte.is_ascii_uppercase())
+            .any(u8::is_ascii_uppercase)
     {
         return Run::Not;
     }
@@ -1068,6 +1069,11 @@ pub(crate) mod tests {
             // Names, not random characters: lower-case letters and `_` after the prefix.
             [b"{\"", &not_random[..], b"\": 1}"].concat(),
             [b"convert_to_", &not_random[..], b"_v2"].concat(),
+            // Names with digits: dates, counters, a UUID, all in lower case.
+            b"{\"key\": \"exports/pst_export_2024-06-01_jdoe_mailbox_archive_part1.zip\"}".to_vec(),
+            b"{\"Key\": \"mailbox_pst_3f2c9a1e-7b4d-4c1a-9e2f-8a6b5c4d3e2f_export.zip\"}".to_vec(),
+            b"def test_convert_to_pst_handles_2024_dst_transition_correctly_in_march(self):"
+                .to_vec(),
         ];
         for body in bodies {
             assert!(!token_shaped(&body), "{}", String::from_utf8_lossy(&body));
