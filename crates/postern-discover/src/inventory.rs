@@ -213,7 +213,7 @@ impl DiscoveredHost {
         }
         if let (Some(method), Some(path)) = (&observation.method, &observation.path) {
             let endpoint = EndpointStats {
-                method: method.to_ascii_uppercase(),
+                method: recorded_method(method),
                 template: infer_template(path),
                 calls: 1,
                 blocked_calls: u64::from(observation.blocked),
@@ -246,11 +246,12 @@ impl DiscoveredHost {
     }
 
     fn add_caller(&mut self, caller: &str, calls: u64, limits: &Limits) {
-        if self.callers.contains(caller) {
+        let caller = recorded_caller(caller);
+        if self.callers.contains(&*caller) {
             return;
         }
         if self.callers.len() < limits.max_callers_per_host {
-            self.callers.insert(caller.to_owned());
+            self.callers.insert(caller.into_owned());
         } else {
             self.callers_truncated += calls;
         }
@@ -269,6 +270,40 @@ impl DiscoveredHost {
             Err(index) => self.endpoints.insert(index, endpoint),
         }
     }
+}
+
+/// The longest method recorded as it is (registered ones are at most 17 bytes).
+const MAX_METHOD_BYTES: usize = 32;
+/// The longest caller name recorded whole, in characters.
+const MAX_CALLER_CHARS: usize = 128;
+
+/// A method as the inventory records it: upper case, or `OTHER` when it is longer than
+/// [`MAX_METHOD_BYTES`] or not an HTTP token (an access log or HAR file is anyone's text: a
+/// method with a line break in it would print a made-up endpoint row in `discover show`).
+pub(crate) fn recorded_method(method: &str) -> String {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if (1..=MAX_METHOD_BYTES).contains(&method.len()) && method.bytes().all(token) {
+        method.to_ascii_uppercase()
+    } else {
+        "OTHER".to_owned()
+    }
+}
+
+/// A caller name as the inventory records it: control characters (a terminal escape, a line
+/// break) as `?`, and at most [`MAX_CALLER_CHARS`] characters, `…` ending a longer one.
+pub(crate) fn recorded_caller(caller: &str) -> std::borrow::Cow<'_, str> {
+    if caller.len() <= MAX_CALLER_CHARS && !caller.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(caller);
+    }
+    let mut recorded: String = caller
+        .chars()
+        .take(MAX_CALLER_CHARS)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if caller.chars().nth(MAX_CALLER_CHARS).is_some() {
+        recorded.push('…');
+    }
+    std::borrow::Cow::Owned(recorded)
 }
 
 /// Adds `other` into `into`: counts summed, earliest first seen, latest last seen, and the
@@ -412,6 +447,35 @@ pub(crate) fn sort_by_calls(hosts: &mut [DiscoveredHost]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What an access log or HAR file says is anyone's text: a method that is not an HTTP token
+    /// or is longer than any real one is `OTHER`, and a caller's control characters are `?`
+    /// and its length bounded, so `discover show` prints no escape and no made-up row.
+    #[test]
+    fn methods_and_callers_from_anyones_text_are_recorded_harmless() {
+        let mut inventory = Inventory::new();
+        let forged = "GET\n  POST     /v1/fake-admin-endpoint   999\n  GET";
+        for (caller, method) in [
+            ("ci\u{1b}[2Jbot\n[[grants]]", forged),
+            (&*"c".repeat(300), &*"M".repeat(33)),
+            ("ok", "propfind"),
+        ] {
+            inventory.record(&call("api.example.com", caller, method, "/v1/x", 1));
+        }
+        let host = inventory.hosts().next().unwrap();
+        let methods: Vec<&str> = host.endpoints.iter().map(|e| e.method.as_str()).collect();
+        assert_eq!(methods, ["OTHER", "PROPFIND"]);
+        let callers: Vec<&String> = host.callers.iter().collect();
+        assert!(
+            callers.contains(&&"ci?[2Jbot?[[grants]]".to_string()),
+            "{callers:?}"
+        );
+        assert!(
+            callers.contains(&&format!("{}…", "c".repeat(128))),
+            "{callers:?}"
+        );
+        assert!(callers.contains(&&"ok".to_string()), "{callers:?}");
+    }
 
     fn call(host: &str, caller: &str, method: &str, path: &str, time_ms: i64) -> Observation {
         Observation {

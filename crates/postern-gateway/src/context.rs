@@ -7,7 +7,8 @@ use std::time::{Instant, SystemTime};
 use crate::body::RequestBodyState;
 use crate::deadline::InFlight;
 use crate::events::{
-    rfc3339_millis, CallEvent, CallEventRef, Decision, EventText, EVENT_SCHEMA_VERSION,
+    event_method, rfc3339_millis, CallEvent, CallEventRef, Decision, EventText,
+    EVENT_SCHEMA_VERSION,
 };
 
 /// How a caller proved who it is.
@@ -297,7 +298,7 @@ impl CallContext {
             integration: self.integration.as_deref(),
             caller: self.caller.as_deref(),
             operation: self.operation_id.as_deref(),
-            method: self.method.as_ref().map_or("", http::Method::as_str),
+            method: self.method.as_ref().map_or("", event_method),
             path: self.path_template.as_deref(),
             status,
             decision,
@@ -347,7 +348,7 @@ impl CallContext {
             method: self
                 .method
                 .as_ref()
-                .map_or(String::new(), http::Method::to_string),
+                .map_or(String::new(), |method| event_method(method).to_string()),
             path: self.path_template.as_deref().map(str::to_string),
             status,
             decision,

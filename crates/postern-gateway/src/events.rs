@@ -36,6 +36,22 @@ use tokio::sync::oneshot;
 /// Version of the event schema; bumped only for incompatible changes.
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
 
+/// The longest method an event records as it is (registered methods are at most 17 bytes):
+/// a longer one, a caller's free text up to the header limit, is recorded as `OTHER`, so no
+/// call, refused or not, makes its event (and the recent events the admin API holds) kilobytes
+/// long.
+pub const EVENT_METHOD_MAX: usize = 32;
+
+/// The method as an event records it ([`EVENT_METHOD_MAX`]).
+pub fn event_method(method: &http::Method) -> &str {
+    let text = method.as_str();
+    if text.len() <= EVENT_METHOD_MAX {
+        text
+    } else {
+        "OTHER"
+    }
+}
+
 /// How many recent events the admin API can return.
 pub const RECENT_EVENTS_CAPACITY: usize = 10_000;
 

@@ -189,7 +189,7 @@ mod tests {
                "request": {"method": "GET", "url": "http://localhost:8080/health", "headersSize": -1, "bodySize": 0},
                "response": {"status": 0, "headersSize": -1, "bodySize": -1, "content": {"size": -1}}},
               {"startedDateTime": "2024-03-05T10:11:14Z", "request": {"method": "GET", "url": "data:image/png;base64,AAAA"}},
-              {"startedDateTime": "yesterday", "request": {"method": "GET", "url": "https://a.example.com/"}},
+              {"startedDateTime": "yester\u001b[2J\nday", "request": {"method": "GET", "url": "https://a.example.com/"}},
               {"request": "not an object"}
             ]}}"#,
         );
@@ -209,6 +209,9 @@ mod tests {
             reasons[1].starts_with("entry 4: startedDateTime"),
             "{reasons:?}"
         );
+        // The file's text quoted in a reason keeps no control character (printed, an escape
+        // would move the terminal).
+        assert!(!reasons[1].contains(char::is_control), "{reasons:?}");
         assert!(
             reasons[2].starts_with("entry 5: not a HAR entry"),
             "{reasons:?}"

@@ -146,13 +146,17 @@ impl ImportReport {
         }
     }
 
+    /// Counts a malformed record, and keeps its reason among the first few: control characters
+    /// (a reason may quote the file, anyone's text) as `?`, so printing it moves no terminal.
     fn malformed(&mut self, location: RecordLocation, reason: impl Into<String>) {
         self.malformed += 1;
         if self.malformed_examples.len() < MALFORMED_EXAMPLES {
-            self.malformed_examples.push(Malformed {
-                location,
-                reason: reason.into(),
-            });
+            let reason: String = reason
+                .into()
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
+            self.malformed_examples.push(Malformed { location, reason });
         }
     }
 }
