@@ -243,9 +243,9 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
             postern_vault::VaultError::AlreadyExists(_)
             | postern_vault::VaultError::Revoked(_)
             | postern_vault::VaultError::NothingToRollBack(_) => StatusCode::CONFLICT,
-            postern_vault::VaultError::InvalidName(_) | postern_vault::VaultError::EmptyValue => {
-                StatusCode::BAD_REQUEST
-            }
+            postern_vault::VaultError::InvalidName(_)
+            | postern_vault::VaultError::InvalidKind(_)
+            | postern_vault::VaultError::EmptyValue => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         error(status, "vault", e.to_string())

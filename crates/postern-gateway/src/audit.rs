@@ -130,8 +130,8 @@ impl Audit {
             );
         }
         let key_path = data_dir.join(AUDIT_HMAC_KEY_FILE);
-        let hmac_key = match std::fs::read(&key_path) {
-            Ok(bytes) if bytes.len() >= 32 => Zeroizing::new(bytes),
+        let hmac_key = match postern_vault::read_private_file(&key_path) {
+            Ok(bytes) if bytes.len() >= 32 => bytes,
             Ok(_) => anyhow::bail!(
                 "{} is shorter than 32 bytes; restore it from backup (or delete it to start a new key: old HMACs can then no longer be matched)",
                 key_path.display()
@@ -141,6 +141,9 @@ impl Audit {
                 crate::write_private_file(&key_path, &key)?;
                 Zeroizing::new(key.to_vec())
             }
+            Err(error) if error.raw_os_error().is_none() => anyhow::bail!(
+                "{error}; the audit HMAC key must be readable by postern's user alone: `chown` it to that user and `chmod 600` it"
+            ),
             Err(error) => {
                 return Err(error).with_context(|| format!("reading {}", key_path.display()))
             }

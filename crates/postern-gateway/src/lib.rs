@@ -898,14 +898,20 @@ pub fn admin_token_hash(config: &Config, data_dir: &Path) -> anyhow::Result<[u8;
         return Ok(out);
     }
     let path = data_dir.join(ADMIN_TOKEN_FILE);
-    let token = match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().to_string(),
+    let token = match postern_vault::read_private_file(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let token = new_token("pat_");
             write_private_file(&path, format!("{token}\n").as_bytes())?;
             tracing::info!(path = %path.display(), "generated an admin token");
             token
         }
+        // Another user's file, or one others may read: whoever planted or read it would hold
+        // the admin API.
+        Err(error) if error.raw_os_error().is_none() => anyhow::bail!(
+            "{error}; the admin token must be readable by postern's user alone: delete the file to \
+             have a new token generated, or `chown` it to that user and `chmod 600` it"
+        ),
         Err(error) => {
             return Err(error)
                 .with_context(|| format!("reading the admin token {}", path.display()))
@@ -1037,5 +1043,43 @@ mod tests {
         assert_eq!(names, ["admin-token"], "no temporary file is left");
         assert!(super::write_private_file(&path, b"another\n").is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"pat_whole\n");
+    }
+
+    /// An admin token file others may read or change (one planted in a shared data_dir, say)
+    /// is refused with the fix, not trusted; the generated one is private and read back.
+    #[test]
+    fn an_admin_token_file_others_may_read_is_refused() {
+        use sha2::Digest as _;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = postern_config::parse(
+            "[gateway]\nlisten = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:2\"\ndata_dir = \"d\"\n",
+            std::path::Path::new("postern.toml"),
+        )
+        .unwrap();
+        let generated = super::admin_token_hash(&config, dir.path()).unwrap();
+        assert_eq!(
+            super::admin_token_hash(&config, dir.path()).unwrap(),
+            generated
+        );
+
+        let path = dir.path().join(super::ADMIN_TOKEN_FILE);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "pat_planted\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = format!(
+            "{:#}",
+            super::admin_token_hash(&config, dir.path()).unwrap_err()
+        );
+        assert!(error.contains("mode 644"), "{error}");
+        assert!(error.contains("delete the file"), "{error}");
+        assert!(!error.contains("pat_planted"), "{error}");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let planted: [u8; 32] = sha2::Sha256::digest(b"pat_planted").into();
+        assert_eq!(
+            super::admin_token_hash(&config, dir.path()).unwrap(),
+            planted
+        );
     }
 }

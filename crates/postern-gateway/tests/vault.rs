@@ -151,6 +151,26 @@ async fn vault_credential_set_rotate_under_load_rollback_revoke() {
         assert_eq!(body["error"]["code"], "invalid_rollback_window");
     }
 
+    // A kind that is not a short label (percent-encoded text, a long run) is refused and
+    // stores nothing.
+    let long = "k".repeat(65);
+    for kind in ["a%20b", long.as_str(), ""] {
+        let (status, body) = admin_post(
+            &gw,
+            &format!("/v1/credentials/other-key?kind={kind}"),
+            "sk_live_other_value_D4\n",
+        )
+        .await;
+        assert_eq!(status, 400, "{kind}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("credential kind"),
+            "{body}"
+        );
+    }
+
     // Rollback restores the first value.
     let (status, _) = admin_post(&gw, "/v1/credentials/stripe-live/rollback", "").await;
     assert_eq!(status, 200);

@@ -38,6 +38,11 @@ pub enum VaultError {
     MalformedEnvKey,
     #[error("{path} is not a valid master key file (expected base64 of 32 bytes on one line); fix or restore it — nothing was changed")]
     MalformedKeyFile { path: PathBuf },
+    #[error(
+        "{reason}; the master key must be readable by postern's user alone: `chown` it to that \
+         user and `chmod 600` it, or give the key in {MASTER_KEY_ENV} — nothing was changed"
+    )]
+    KeyFileNotPrivate { reason: String },
     #[error("no credential named {0:?}; create it with `postern creds set {0}`")]
     NotFound(String),
     #[error(
@@ -49,9 +54,15 @@ pub enum VaultError {
     #[error("credential {0:?} has no previous version inside its rollback window")]
     NothingToRollBack(String),
     #[error(
-        "credential name {0:?} is invalid: use letters, digits, '.', '-' and '_' (at most 128)"
+        "credential name {0:?} is invalid: use letters, digits, '.', '-' and '_', starting with a \
+         letter or digit (at most 128)"
     )]
     InvalidName(String),
+    #[error(
+        "credential kind {0:?} is invalid: use 1 to 64 letters, digits, '.', '-' and '_' (e.g. \
+         static)"
+    )]
+    InvalidKind(String),
     #[error("the credential value is empty")]
     EmptyValue,
     #[error("a stored value of {0:?} failed to decrypt: the vault file was altered or damaged")]
@@ -155,10 +166,20 @@ impl std::fmt::Debug for Vault {
     }
 }
 
+/// A credential name: 1 to 128 letters, digits, '.', '-' and '_', starting with a letter or a
+/// digit (so never `.` or `..`, which would read as a path step in an admin API URL).
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
+    name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+/// A credential kind (a label: `static` unless told): 1 to 64 letters, digits, '.', '-' and '_'.
+fn valid_kind(kind: &str) -> bool {
+    (1..=64).contains(&kind.len())
+        && kind
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
@@ -215,11 +236,18 @@ impl Vault {
                 MasterKeyOrigin::Environment,
             ),
             None if key_file.exists() => {
-                let text = Zeroizing::new(
-                    std::fs::read_to_string(&key_file)
-                        .map_err(io(format!("reading {}", key_file.display())))?,
-                );
-                let key = MasterKey::parse(&text).ok_or_else(|| VaultError::MalformedKeyFile {
+                let bytes = crate::read_private_file(&key_file).map_err(|error| {
+                    // A refusal of the file's owner or mode (no OS error: the file was read).
+                    if error.raw_os_error().is_none() {
+                        VaultError::KeyFileNotPrivate {
+                            reason: error.to_string(),
+                        }
+                    } else {
+                        io(format!("reading {}", key_file.display()))(error)
+                    }
+                })?;
+                let text = std::str::from_utf8(&bytes).unwrap_or_default();
+                let key = MasterKey::parse(text).ok_or_else(|| VaultError::MalformedKeyFile {
                     path: key_file.clone(),
                 })?;
                 (key, MasterKeyOrigin::File(key_file.clone()))
@@ -402,6 +430,9 @@ impl Vault {
     ) -> Result<u32, VaultError> {
         if !valid_name(name) {
             return Err(VaultError::InvalidName(name.to_string()));
+        }
+        if !valid_kind(kind) {
+            return Err(VaultError::InvalidKind(kind.to_string()));
         }
         if value.is_empty() {
             return Err(VaultError::EmptyValue);

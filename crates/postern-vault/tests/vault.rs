@@ -301,3 +301,59 @@ fn dataflow_counts_accumulate_per_day_and_filter() {
     assert_eq!(stripe, vec![row("stripe", "pii.email", "2026-11-27", 5)]);
     assert_eq!(vault.dataflow(None, Some("2026-11-28")).unwrap().len(), 1);
 }
+
+/// A master key file other users may read (or one planted by another user) is refused with
+/// the fix, before anything is opened or written.
+#[cfg(unix)]
+#[test]
+fn a_master_key_file_others_may_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let vault = Vault::open_with(dir.path(), None).unwrap();
+        vault.set("a", "static", b"value-a", now()).unwrap();
+    }
+    let key_file = dir.path().join("master.key");
+    let before = std::fs::read(dir.path().join("vault.db")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let error = Vault::open_with(dir.path(), None).unwrap_err();
+    assert!(
+        matches!(error, VaultError::KeyFileNotPrivate { .. }),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("mode 644"), "{message}");
+    assert!(message.contains("chmod 600"), "{message}");
+    assert!(message.contains("POSTERN_MASTER_KEY"), "{message}");
+    assert_eq!(std::fs::read(dir.path().join("vault.db")).unwrap(), before);
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let vault = Vault::open_with(dir.path(), None).unwrap();
+    assert_eq!(vault.current("a").unwrap().unwrap().expose(), b"value-a");
+}
+
+/// Names that would read as path steps (`.`, `..`) or start with punctuation, and kinds that
+/// are empty, long or hold anything but a label's characters, are refused.
+#[test]
+fn names_and_kinds_are_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::open_with(dir.path(), None).unwrap();
+    for name in [".", "..", ".hidden", "-x", "_x", "", "a/b", "a b"] {
+        let error = vault.set(name, "static", b"v", now()).unwrap_err();
+        assert!(
+            matches!(error, VaultError::InvalidName(_)),
+            "{name:?}: {error}"
+        );
+    }
+    let long = "k".repeat(65);
+    for kind in ["", long.as_str(), "a%20b", "x\u{1b}[2J", "oauth 2"] {
+        let error = vault.set("a", kind, b"v", now()).unwrap_err();
+        assert!(
+            matches!(error, VaultError::InvalidKind(_)),
+            "{kind:?}: {error}"
+        );
+    }
+    assert!(vault.list().unwrap().is_empty(), "nothing was stored");
+    vault
+        .set("9.stripe_live-key", "oauth2.client", b"v", now())
+        .unwrap();
+}
