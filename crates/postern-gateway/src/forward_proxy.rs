@@ -236,6 +236,11 @@ async fn connect(
         // Granted, as a path-mode call is before its vendor is dialled: what befalls the dial
         // (a refused address, the caller hanging up) is recorded as an allowed call's end.
         progress.authorized = true;
+        // The tunnel's requests are not seen, so not counted one by one: its opening is one call
+        // under the integration's rate limit, and it holds one place under its concurrency
+        // limits while it is open (the places go with the context into the tunnel's task).
+        crate::proxy::rate_limit(&integration, context)?;
+        context.places = shared.open_calls.admit(&integration, &caller.name)?;
         let connect_timeout = Duration::from_millis(integration.config.connect_timeout_ms);
         let (upstream, addr) = dial(integration.client.guard(), &host, port, connect_timeout)
             .await

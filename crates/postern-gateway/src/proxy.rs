@@ -997,17 +997,26 @@ fn authorize(
         request.method().as_str(),
         size.unwrap_or(0),
     );
+    // A WebSocket's messages pass unseen once the handshake is answered, so their sizes are as
+    // unknown as a chunked body's: decided at every size that could change the answer.
+    let websocket = crate::websocket::requested(request);
     let (decision, size_decides) = match size {
-        Some(_) => (runtime.policy.authorize(&authz), false),
+        Some(_) if !websocket => (runtime.policy.authorize(&authz), false),
         // A body of unknown size (chunked, h2 without content-length): a chunked upload must
         // not pass a size rule as 0 bytes, so where the size could change the answer: fail
         // closed, in the name of the policy that bounds it.
-        None => match runtime.policy.authorize_unsized(&authz) {
+        _ => match runtime.policy.authorize_unsized(&authz) {
             Ok(decision) => (decision, false),
             Err(refusing) => (refusing, true),
         },
     };
     context.policy_id = decision.reason.policy_id().cloned();
+    if size_decides && websocket {
+        return Err(CallError::forbidden(
+            "policy_forbid",
+            "a policy bounds the size of this caller's requests to this operation (context.request_bytes), and a WebSocket's messages are not decided one by one; call the operation with plain requests, or exempt it from the size rule",
+        ));
+    }
     if size_decides {
         return Err(CallError::new(
             StatusCode::LENGTH_REQUIRED,
@@ -1074,7 +1083,10 @@ impl PolicyFacts {
     }
 }
 
-fn rate_limit(integration: &IntegrationRuntime, context: &CallContext) -> Result<(), CallError> {
+pub(crate) fn rate_limit(
+    integration: &IntegrationRuntime,
+    context: &CallContext,
+) -> Result<(), CallError> {
     let (Some(limiter), Some(caller)) = (&integration.limiter, &context.caller) else {
         return Ok(());
     };

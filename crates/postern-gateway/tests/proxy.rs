@@ -970,6 +970,98 @@ async fn an_opaque_tunnel_is_refused_where_a_size_rule_applies() {
     gw.stop().await;
 }
 
+/// An opaque tunnel counts under its integration's limits as one call: its opening takes a
+/// token of the caller's rate limit, and it holds a place under the concurrency limits until
+/// it closes (its requests inside are not seen, so not counted one by one).
+#[tokio::test]
+async fn an_opaque_tunnel_counts_under_the_integrations_limits() {
+    use base64::Engine as _;
+    use tokio::io::AsyncWriteExt as _;
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let target = format!("localhost:{}", vendor.addr.port());
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
+    // A CONNECT held open: the connection and the head of Postern's answer.
+    let open = |gw: std::net::SocketAddr| {
+        let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {credentials}\r\n\r\n");
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(gw).await.unwrap();
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = answer_head(&mut tcp).await;
+            // A refusal's JSON body (its length declared), for its code.
+            let length = answer
+                .to_ascii_lowercase()
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:")?.trim().parse().ok())
+                .unwrap_or(0);
+            if !answer.starts_with("HTTP/1.1 200") {
+                use tokio::io::AsyncReadExt as _;
+                let mut body = vec![0; length];
+                tcp.read_exact(&mut body).await.unwrap();
+                answer.push_str(&String::from_utf8_lossy(&body));
+            }
+            (tcp, answer)
+        }
+    };
+
+    let body = opaque_integration(
+        "localhost",
+        vendor.addr.port(),
+        "max_concurrent_calls_per_caller = 1",
+    );
+    let gw = TestGateway::start(&body, None).await;
+    let listen = gw.running().listen_addr;
+    let (first, head) = open(listen).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_, head) = open(listen).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    assert!(head.contains("too_many_concurrent_calls"), "{head}");
+    // The place is given back when the first tunnel closes.
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..50 {
+        let (tcp, head) = open(listen).await;
+        if head.starts_with("HTTP/1.1 200") {
+            reopened = Some(tcp);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reopened.is_some(),
+        "the closed tunnel's place was not given back"
+    );
+    drop(reopened);
+    gw.stop().await;
+
+    let body = opaque_integration(
+        "localhost",
+        vendor.addr.port(),
+        "rate_limit = { requests_per_second = 1, burst = 1 }",
+    );
+    let gw = TestGateway::start(&body, None).await;
+    let listen = gw.running().listen_addr;
+    let (_first, head) = open(listen).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The next openings within the second are refused (a few tries: one second is long).
+    let mut limited = None;
+    for _ in 0..5 {
+        let (_, head) = open(listen).await;
+        if head.starts_with("HTTP/1.1 429") {
+            limited = Some(head);
+            break;
+        }
+    }
+    let head = limited.expect("tunnels opened past the rate limit");
+    assert!(head.contains("rate_limited"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after"), "{head}");
+    assert!(
+        vendor.seen().is_empty(),
+        "no request was sent in the tunnels"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their_endpoints_discovered(
 ) {

@@ -236,6 +236,69 @@ async fn a_handshake_is_refused_unless_granted_to_an_operation_that_takes_one() 
     gw.stop().await;
 }
 
+/// A policy bounding the size of the caller's requests to the WebSocket operation refuses the
+/// handshake (its messages are not decided one by one, as an opaque tunnel's requests are
+/// not); a size rule on another operation leaves it open.
+#[tokio::test]
+async fn a_handshake_is_refused_where_a_size_rule_bounds_the_operation() {
+    let vendor = WsVendor::start(None, echo).await;
+    let keys = tempfile::tempdir().unwrap();
+    let key_path = keys.path().join("openai-key");
+    std::fs::write(&key_path, VENDOR_KEY).unwrap();
+    let body = intercepted_integration(
+        "openai",
+        vendor.port,
+        VENDOR_HOST,
+        &key_path,
+        r#"
+  { id = "realtime", method = "GET", path = "/v1/realtime", websocket = true },
+  { id = "models",   method = "GET", path = "/v1/models" },
+"#,
+        "",
+        r#""realtime", "models""#,
+    );
+    for (operation, refused_here) in [("realtime", true), ("models", false)] {
+        let policies = keys.path().join(format!("{operation}.cedar"));
+        std::fs::write(
+            &policies,
+            format!(
+                "@id(\"small-{operation}\")\nforbid(principal, action, resource == Postern::Operation::\"openai/{operation}\") when {{ context.request_bytes > 1000 }};\n"
+            ),
+        )
+        .unwrap();
+        let gw = TestGateway::start_with_gateway(
+            &body,
+            Some(&vendor.ca_pem),
+            &format!("policies = \"{}\"", policies.display()),
+        )
+        .await;
+        let result = connect(
+            &gw,
+            handshake(&gw, "/openai/v1/realtime", Some(CHECKOUT_TOKEN)),
+        )
+        .await;
+        match (result, refused_here) {
+            (Err(error), true) => {
+                let (status, body) = refused(error);
+                assert_eq!(status, 403, "{body}");
+                assert!(body.contains("policy_forbid"), "{body}");
+                assert!(body.contains("WebSocket"), "{body}");
+                let events = gw.wait_events(1).await;
+                assert_eq!(events[0]["policy"], "small-realtime", "{}", events[0]);
+            }
+            (Ok(mut ws), false) => {
+                ws.send(Message::text("hello")).await.unwrap();
+                let reply = ws.next().await.unwrap().unwrap();
+                assert_eq!(reply.into_text().unwrap().as_str(), "echo: hello");
+            }
+            (Ok(_), true) => panic!("the handshake passed a size rule on its operation"),
+            (Err(error), false) => panic!("refused by a rule on another operation: {error}"),
+        }
+        gw.stop().await;
+    }
+    assert_eq!(vendor.handshakes.lock().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn a_caller_token_in_a_message_ends_the_session_before_it_reaches_the_vendor() {
     let vendor = WsVendor::start(None, echo).await;

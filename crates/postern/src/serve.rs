@@ -92,15 +92,34 @@ pub async fn run_until_stopped(gateway: &RunningGateway, path: &Path, mut trigge
         let trigger = tokio::select! {
             _ = triggers.hangup.recv() => "SIGHUP",
             Some(trigger) = triggers.changes.recv() => {
-                // Editors write in several steps: settle, then drain duplicates.
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                while triggers.changes.try_recv().is_ok() {}
+                settle(&mut triggers.changes).await;
                 trigger
             }
             _ = triggers.terminate.recv() => break,
             _ = triggers.interrupt.recv() => break,
         };
         reload(gateway, path, trigger);
+    }
+}
+
+/// How long the config file must go unchanged before a change to it is loaded.
+const QUIET: Duration = Duration::from_millis(500);
+/// The longest a change waits for the file to go quiet: a file rewritten without pause is
+/// loaded as it stands then (and again after its next change).
+const SETTLE_MAX: Duration = Duration::from_secs(5);
+
+/// Waits until the config file has had no change for [`QUIET`] (each change starts the wait
+/// again), at most [`SETTLE_MAX`]: editors and tools write a file in several steps, and a half
+/// written file must not be applied because it happens to be valid (a file written whole
+/// under another name and renamed into place is never seen half written).
+async fn settle(changes: &mut mpsc::Receiver<&'static str>) {
+    let deadline = tokio::time::Instant::now() + SETTLE_MAX;
+    loop {
+        let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
+        match tokio::time::timeout_at(quiet_until, changes.recv()).await {
+            Ok(Some(_)) if tokio::time::Instant::now() < deadline => continue,
+            _ => return,
+        }
     }
 }
 

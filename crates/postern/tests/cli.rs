@@ -533,6 +533,42 @@ fn serve_reloads_on_file_change_and_sighup_keeps_old_config_on_error_and_stops_o
     eventually("b is granted after the file changed", || {
         status(listen, "/acme/b") == Some(502)
     });
+    let logged = |what: &str, trigger: &str| {
+        let log = log.lock().unwrap();
+        log.lines()
+            .filter(|line| line.contains(what) && line.contains(trigger))
+            .count()
+    };
+    eventually("the reload is logged", || {
+        logged("configuration reloaded", "file change") >= 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let reloads = logged("configuration reloaded", "file change");
+
+    // 1b. A file written in place in two steps, 200 ms apart, is loaded once, whole: its first
+    // part (valid on its own: no grants at all) is never applied.
+    let text = served_config(dir.path(), listen, admin, r#""a", "b""#);
+    let (first, rest) = text.split_at(text.find("[[grants]]").unwrap());
+    std::fs::write(&config, first).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&config)
+        .unwrap()
+        .write_all(rest.as_bytes())
+        .unwrap();
+    eventually("the two-step write is reloaded", || {
+        logged("configuration reloaded", "file change") > reloads
+    });
+    for _ in 0..10 {
+        assert_eq!(status(listen, "/acme/a"), Some(502), "a stays granted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        logged("configuration reloaded", "file change"),
+        reloads + 1,
+        "one reload, of the whole file"
+    );
 
     // 2. An invalid file is rejected; the running config stays.
     std::fs::write(&config, "[gateway]\nlisten = \n").unwrap();
@@ -550,12 +586,6 @@ fn serve_reloads_on_file_change_and_sighup_keeps_old_config_on_error_and_stops_o
 
     // 3. SIGHUP with a valid file that revokes b. (The write alone reloads too: the log must
     // show the reload SIGHUP caused.)
-    let logged = |what: &str, trigger: &str| {
-        let log = log.lock().unwrap();
-        log.lines()
-            .filter(|line| line.contains(what) && line.contains(trigger))
-            .count()
-    };
     std::fs::write(&config, served_config(dir.path(), listen, admin, r#""a""#)).unwrap();
     let pid = server.0.id().to_string();
     Command::new("kill").args(["-HUP", &pid]).status().unwrap();
