@@ -1094,7 +1094,7 @@ impl Validator<'_> {
             }
             let text = name.get_ref();
             if text.len() > 128
-                || !text.starts_with(|c: char| c.is_ascii_alphanumeric())
+                || !text.contains(|c: char| c.is_ascii_alphanumeric())
                 || !text
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
@@ -1102,8 +1102,8 @@ impl Validator<'_> {
                 self.error(
                     name.span(),
                     "`secret` is not a valid vault credential name",
-                    "use letters, digits, '.', '-' and '_', starting with a letter or digit, as given to \
-                     `postern creds set NAME`",
+                    "use letters, digits, '.', '-' and '_', with at least one letter or digit, as given \
+                     to `postern creds set NAME`",
                 );
             }
             SecretSource::Vault(text.clone())

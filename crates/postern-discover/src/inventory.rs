@@ -289,16 +289,27 @@ pub(crate) fn recorded_method(method: &str) -> String {
     }
 }
 
-/// A caller name as the inventory records it: control characters (a terminal escape, a line
-/// break) as `?`, and at most [`MAX_CALLER_CHARS`] characters, `…` ending a longer one.
+/// Whether `c`, in anyone's text, would act on a terminal or hide what is printed rather than
+/// show: a control character (an escape, a line break), a bidirectional override or isolate
+/// (U+202A–U+202E, U+2066–U+2069, which reorder what follows), or a zero-width one.
+pub(crate) fn hides_text(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// A caller name as the inventory records it: characters that act on a terminal or hide text
+/// ([`hides_text`]) as `?`, and at most [`MAX_CALLER_CHARS`] characters, `…` ending a longer
+/// one.
 pub(crate) fn recorded_caller(caller: &str) -> std::borrow::Cow<'_, str> {
-    if caller.len() <= MAX_CALLER_CHARS && !caller.chars().any(char::is_control) {
+    if caller.len() <= MAX_CALLER_CHARS && !caller.chars().any(hides_text) {
         return std::borrow::Cow::Borrowed(caller);
     }
     let mut recorded: String = caller
         .chars()
         .take(MAX_CALLER_CHARS)
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| if hides_text(c) { '?' } else { c })
         .collect();
     if caller.chars().nth(MAX_CALLER_CHARS).is_some() {
         recorded.push('…');
@@ -457,6 +468,7 @@ mod tests {
         let forged = "GET\n  POST     /v1/fake-admin-endpoint   999\n  GET";
         for (caller, method) in [
             ("ci\u{1b}[2Jbot\n[[grants]]", forged),
+            ("admin\u{202E}toor\u{200B}", "GET"),
             (&*"c".repeat(300), &*"M".repeat(33)),
             ("ok", "propfind"),
         ] {
@@ -464,7 +476,7 @@ mod tests {
         }
         let host = inventory.hosts().next().unwrap();
         let methods: Vec<&str> = host.endpoints.iter().map(|e| e.method.as_str()).collect();
-        assert_eq!(methods, ["OTHER", "PROPFIND"]);
+        assert_eq!(methods, ["GET", "OTHER", "PROPFIND"]);
         let callers: Vec<&String> = host.callers.iter().collect();
         assert!(
             callers.contains(&&"ci?[2Jbot?[[grants]]".to_string()),
@@ -475,6 +487,7 @@ mod tests {
             "{callers:?}"
         );
         assert!(callers.contains(&&"ok".to_string()), "{callers:?}");
+        assert!(callers.contains(&&"admin?toor?".to_string()), "{callers:?}");
     }
 
     fn call(host: &str, caller: &str, method: &str, path: &str, time_ms: i64) -> Observation {

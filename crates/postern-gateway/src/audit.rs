@@ -112,6 +112,27 @@ impl Audit {
         origin: Option<&str>,
         timeout: Duration,
     ) -> anyhow::Result<Arc<Audit>> {
+        // The HMAC key first: a refused one stops the start before the log is opened (a
+        // torn tail trimmed, a signing key made).
+        let key_path = data_dir.join(AUDIT_HMAC_KEY_FILE);
+        let hmac_key = match postern_keyfile::read_private_file(&key_path) {
+            Ok(bytes) if bytes.len() >= 32 => bytes,
+            Ok(_) => anyhow::bail!(
+                "{} is shorter than 32 bytes; restore it from backup (or delete it to start a new key: old HMACs can then no longer be matched)",
+                key_path.display()
+            ),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let key: [u8; 32] = rand::random();
+                crate::write_private_file(&key_path, &key)?;
+                Zeroizing::new(key.to_vec())
+            }
+            Err(error) if postern_keyfile::is_not_private(&error) => anyhow::bail!(
+                "{error}; the audit HMAC key must be readable by postern's user alone: `chown` it to that user and `chmod 600` it"
+            ),
+            Err(error) => {
+                return Err(error).with_context(|| format!("reading {}", key_path.display()))
+            }
+        };
         let dir = data_dir.join(AUDIT_DIR);
         let origin = log_origin(&dir, origin, hostname)?;
         let (ledger, report) = Ledger::open(&dir, LedgerOptions::new(origin))
@@ -129,25 +150,6 @@ impl Audit {
                 "the audit log had a torn tail (an unacknowledged partial write); it was truncated"
             );
         }
-        let key_path = data_dir.join(AUDIT_HMAC_KEY_FILE);
-        let hmac_key = match postern_vault::read_private_file(&key_path) {
-            Ok(bytes) if bytes.len() >= 32 => bytes,
-            Ok(_) => anyhow::bail!(
-                "{} is shorter than 32 bytes; restore it from backup (or delete it to start a new key: old HMACs can then no longer be matched)",
-                key_path.display()
-            ),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let key: [u8; 32] = rand::random();
-                crate::write_private_file(&key_path, &key)?;
-                Zeroizing::new(key.to_vec())
-            }
-            Err(error) if error.raw_os_error().is_none() => anyhow::bail!(
-                "{error}; the audit HMAC key must be readable by postern's user alone: `chown` it to that user and `chmod 600` it"
-            ),
-            Err(error) => {
-                return Err(error).with_context(|| format!("reading {}", key_path.display()))
-            }
-        };
         let hmac = KeyedHasher::new(&hmac_key);
         drop(hmac_key);
         tracing::info!(entries = report.entries, verifier_key = %ledger.verifier_key(), "audit log open");
@@ -415,6 +417,46 @@ mod tests {
         }
         .encode()
         .unwrap()
+    }
+
+    /// An HMAC key others may read or change is refused with the fix before the log is opened
+    /// (nothing is made in `audit/`), as is the log's signing key; private again, both open.
+    #[tokio::test]
+    async fn key_files_others_may_read_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join(AUDIT_HMAC_KEY_FILE);
+        std::fs::write(&key, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let timeout = Duration::from_secs(5);
+        let error = match Audit::open(dir.path(), Some("test/log"), timeout).await {
+            Ok(_) => panic!("a key group members may read was used"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(
+            error.contains("mode 640") && error.contains("chmod 600"),
+            "{error}"
+        );
+        assert!(
+            !dir.path().join(AUDIT_DIR).exists(),
+            "the log was not opened"
+        );
+
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let audit = Audit::open(dir.path(), Some("test/log"), timeout)
+            .await
+            .unwrap();
+        audit.ledger.close().await;
+        let signing_key = dir.path().join(AUDIT_DIR).join("signing-key");
+        std::fs::set_permissions(&signing_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = match Audit::open(dir.path(), Some("test/log"), timeout).await {
+            Ok(_) => panic!("a signing key others may read was used"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(
+            error.contains("mode 644") && error.contains("chmod 600"),
+            "{error}"
+        );
     }
 
     /// Without `audit_origin`, a log keeps the origin it was created with: opened again under

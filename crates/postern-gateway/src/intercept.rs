@@ -296,7 +296,7 @@ fn ensure_ca_files(data_dir: &Path, names: &[String]) -> anyhow::Result<(String,
     // renamed into place: a crash leaves no half CA (at most a stray temporary directory), and
     // of two first starts at once (`serve` and `postern ca export`) one CA wins and both use it.
     let parent = dir.parent().unwrap_or(Path::new("."));
-    let tmp = postern_ledger::temporary_sibling(&dir);
+    let tmp = postern_keyfile::temporary_sibling(&dir);
     let written = crate::create_private_dir(&tmp)
         .and_then(|()| crate::write_private_file(&tmp.join(CA_KEY_FILE), key_pem.as_bytes()))
         .and_then(|()| crate::write_private_file(&tmp.join(CA_CERT_FILE), cert_pem.as_bytes()));
@@ -339,19 +339,21 @@ fn read_ca_files(dir: &Path) -> anyhow::Result<Option<(String, String)>> {
         ),
         (false, false) => return Ok(None),
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(metadata) = std::fs::metadata(&key_path) {
-            if metadata.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(path = %key_path.display(), "the interception CA key can be read by other users; `chmod 600` it");
-            }
-        }
-    }
     let cert = std::fs::read_to_string(&cert_path)
         .with_context(|| format!("reading {}", cert_path.display()))?;
-    let key = std::fs::read_to_string(&key_path)
-        .with_context(|| format!("reading {}", key_path.display()))?;
+    // A key another user planted would let them stand in for any vendor to every client that
+    // trusts the CA; one others can read, the same for whoever reads it.
+    let key = match postern_keyfile::read_private_file(&key_path) {
+        Ok(key) => key,
+        Err(error) if postern_keyfile::is_not_private(&error) => anyhow::bail!(
+            "{error}; the interception CA key must be readable by postern's user alone: `chown` it to that user and `chmod 600` it, or move the ca/ directory away to have a new CA generated (clients must then trust the new one)"
+        ),
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading {}", key_path.display()))
+        }
+    };
+    let key = String::from_utf8(key.to_vec())
+        .with_context(|| format!("{} is not a PEM file", key_path.display()))?;
     Ok(Some((cert, key)))
 }
 

@@ -898,7 +898,7 @@ pub fn admin_token_hash(config: &Config, data_dir: &Path) -> anyhow::Result<[u8;
         return Ok(out);
     }
     let path = data_dir.join(ADMIN_TOKEN_FILE);
-    let token = match postern_vault::read_private_file(&path) {
+    let token = match postern_keyfile::read_private_file(&path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let token = new_token("pat_");
@@ -908,7 +908,7 @@ pub fn admin_token_hash(config: &Config, data_dir: &Path) -> anyhow::Result<[u8;
         }
         // Another user's file, or one others may read: whoever planted or read it would hold
         // the admin API.
-        Err(error) if error.raw_os_error().is_none() => anyhow::bail!(
+        Err(error) if postern_keyfile::is_not_private(&error) => anyhow::bail!(
             "{error}; the admin token must be readable by postern's user alone: delete the file to \
              have a new token generated, or `chown` it to that user and `chmod 600` it"
         ),
@@ -973,9 +973,9 @@ pub fn token_sha256_hex(token: &str) -> String {
 }
 
 /// Creates a key or token file readable by its owner only, whole or not at all
-/// ([`postern_ledger::create_private_file`]).
+/// ([`postern_keyfile::create_private_file`]).
 pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    postern_ledger::create_private_file(path, contents)
+    postern_keyfile::create_private_file(path, contents)
         .with_context(|| format!("creating {}", path.display()))
 }
 

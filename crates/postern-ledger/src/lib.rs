@@ -58,5 +58,5 @@ mod verify;
 pub use error::LedgerError;
 pub use frame::MAX_RECORD_BYTES;
 pub use ledger::{DetachedAppend, Health, Ledger, LedgerOptions, Link, OpenReport, TornTail};
-pub use store::{create_private_file, stored_origin, temporary_sibling};
+pub use store::stored_origin;
 pub use verify::{verify_dir, VerifyError, VerifyReport};

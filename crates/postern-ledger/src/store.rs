@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use postern_tlog::{Hash, HashReader, NoteSigner, TreeError, HASH_SIZE};
@@ -142,18 +142,10 @@ pub(crate) fn load_or_create_signer(dir: &Path, origin: &str) -> Result<NoteSign
         path: path.clone(),
         reason,
     };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let mode = std::fs::metadata(&path)
-                .map_err(io_error(&path))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(key_error(format!(
-                    "file mode is {:o}; it must not be readable by group or others (chmod 600)",
-                    mode & 0o777
-                )));
-            }
+    match postern_keyfile::read_private_file(&path) {
+        Ok(bytes) => {
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| key_error("not a signer key (not UTF-8 text)".into()))?;
             let signer = NoteSigner::from_signer_key(text.trim())
                 .map_err(|e| key_error(format!("not a signer key ({e})")))?;
             if signer.name() != origin {
@@ -164,60 +156,20 @@ pub(crate) fn load_or_create_signer(dir: &Path, origin: &str) -> Result<NoteSign
             }
             Ok(signer)
         }
+        // Another user's key, or one others may read: they could sign checkpoints as this log.
+        Err(e) if postern_keyfile::is_not_private(&e) => Err(key_error(format!(
+            "{e}; it must be readable by postern's user alone: `chown` it to that user and `chmod 600` it"
+        ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut seed = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut seed);
             let signer = NoteSigner::from_seed(origin, seed)
                 .map_err(|e| key_error(format!("cannot create a key for this origin: {e}")))?;
-            create_private_file(&path, format!("{}\n", signer.signer_key()).as_bytes())
+            postern_keyfile::create_private_file(&path, format!("{}\n", signer.signer_key()).as_bytes())
                 .map_err(io_error(&path))?;
             Ok(signer)
         }
         Err(e) => Err(io_error(&path)(e)),
-    }
-}
-
-/// A name beside `path` for writing it before it is moved into place:
-/// `<path>.<pid>-<random>.tmp`, unique to this process and attempt.
-pub fn temporary_sibling(path: &Path) -> PathBuf {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(
-        ".{}-{:016x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    PathBuf::from(tmp)
-}
-
-/// Creates `path` readable by its owner only (0600), whole or not at all: written and synced
-/// under a temporary name of this write's own, then linked to `path` (which fails if `path`
-/// exists, as creating it would) and the directory synced. A crash part-way leaves at most a
-/// stray temporary file, never an empty or partial key at `path`. Where the filesystem has no
-/// hard links (SMB, some FUSE mounts) the file is created in place instead. For key files (the
-/// gateway's too).
-pub fn create_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true).mode(0o600);
-    let tmp = temporary_sibling(path);
-    let mut file = options.open(&tmp)?;
-    let written = file.write_all(contents).and_then(|()| file.sync_all());
-    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Err(error)
-            if matches!(
-                error.kind(),
-                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
-            ) =>
-        {
-            let mut file = options.open(path)?;
-            file.write_all(contents).and_then(|()| file.sync_all())?;
-        }
-        linked => linked?,
-    }
-    match path.parent() {
-        Some(dir) => File::open(dir).and_then(|dir| dir.sync_all()),
-        None => Ok(()),
     }
 }
 

@@ -24,15 +24,13 @@
 //! and no error message contains one.
 
 mod crypto;
-mod private_file;
 mod store;
 
 pub use crypto::{MasterKey, MasterKeyOrigin};
-pub use private_file::read_private_file;
 
 /// The longest rollback window a rotation may keep (a year), in seconds.
 pub const MAX_ROLLBACK_WINDOW_SECONDS: i64 = 365 * 24 * 3600;
 pub use store::{
-    CallerTokenState, DataflowRow, HistoryEntry, SecretMeta, SecretState, SecretValue, Vault,
-    VaultError, MASTER_KEY_ENV, MASTER_KEY_FILE, VAULT_FILE,
+    valid_kind, valid_name, CallerTokenState, DataflowRow, HistoryEntry, SecretMeta, SecretState,
+    SecretValue, Vault, VaultError, MASTER_KEY_ENV, MASTER_KEY_FILE, VAULT_FILE,
 };

@@ -54,8 +54,8 @@ pub enum VaultError {
     #[error("credential {0:?} has no previous version inside its rollback window")]
     NothingToRollBack(String),
     #[error(
-        "credential name {0:?} is invalid: use letters, digits, '.', '-' and '_', starting with a \
-         letter or digit (at most 128)"
+        "credential name {0:?} is invalid: use letters, digits, '.', '-' and '_', with at least \
+         one letter or digit (at most 128)"
     )]
     InvalidName(String),
     #[error(
@@ -166,18 +166,20 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-/// A credential name: 1 to 128 letters, digits, '.', '-' and '_', starting with a letter or a
-/// digit (so never `.` or `..`, which would read as a path step in an admin API URL).
-fn valid_name(name: &str) -> bool {
+/// Whether `name` can name a credential: at most 128 letters, digits, '.', '-' and '_', with at
+/// least one letter or digit (so never `.` or `..`, which would read as a path step in an
+/// admin API URL).
+pub fn valid_name(name: &str) -> bool {
     name.len() <= 128
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.contains(|c: char| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
-/// A credential kind (a label: `static` unless told): 1 to 64 letters, digits, '.', '-' and '_'.
-fn valid_kind(kind: &str) -> bool {
+/// Whether `kind` can be a credential's kind (a label: `static` unless told): 1 to 64 letters,
+/// digits, '.', '-' and '_'.
+pub fn valid_kind(kind: &str) -> bool {
     (1..=64).contains(&kind.len())
         && kind
             .chars()
@@ -236,9 +238,8 @@ impl Vault {
                 MasterKeyOrigin::Environment,
             ),
             None if key_file.exists() => {
-                let bytes = crate::read_private_file(&key_file).map_err(|error| {
-                    // A refusal of the file's owner or mode (no OS error: the file was read).
-                    if error.raw_os_error().is_none() {
+                let bytes = postern_keyfile::read_private_file(&key_file).map_err(|error| {
+                    if postern_keyfile::is_not_private(&error) {
                         VaultError::KeyFileNotPrivate {
                             reason: error.to_string(),
                         }
@@ -915,19 +916,8 @@ fn history(
     Ok(())
 }
 
+/// Creates a key file whole with mode 0600 ([`postern_keyfile::create_private_file`]).
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), VaultError> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .map_err(io(format!("creating {}", path.display())))?;
-    file.write_all(contents)
-        .and_then(|_| file.sync_all())
-        .map_err(io(format!("writing {}", path.display())))
+    postern_keyfile::create_private_file(path, contents)
+        .map_err(io(format!("creating {}", path.display())))
 }

@@ -300,6 +300,14 @@ fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
             kind,
             location,
         } => {
+            // Before the value is asked for and the vault opened (or made): nothing is left
+            // behind.
+            if !postern_vault::valid_name(&name) {
+                return Err(fail(postern_vault::VaultError::InvalidName(name)));
+            }
+            if !postern_vault::valid_kind(&kind) {
+                return Err(fail(postern_vault::VaultError::InvalidKind(kind)));
+            }
             let (opened, value) = located_value(&location, from_file.as_deref(), &name)?;
             let version = opened.vault.set(&name, &kind, &value, now).map_err(fail)?;
             println!("credential {name} stored (version {version})");

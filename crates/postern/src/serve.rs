@@ -92,7 +92,9 @@ pub async fn run_until_stopped(gateway: &RunningGateway, path: &Path, mut trigge
         let trigger = tokio::select! {
             _ = triggers.hangup.recv() => "SIGHUP",
             Some(trigger) = triggers.changes.recv() => {
-                settle(&mut triggers.changes).await;
+                if !triggers.settle().await {
+                    break;
+                }
                 trigger
             }
             _ = triggers.terminate.recv() => break,
@@ -108,17 +110,26 @@ const QUIET: Duration = Duration::from_millis(500);
 /// loaded as it stands then (and again after its next change).
 const SETTLE_MAX: Duration = Duration::from_secs(5);
 
-/// Waits until the config file has had no change for [`QUIET`] (each change starts the wait
-/// again), at most [`SETTLE_MAX`]: editors and tools write a file in several steps, and a half
-/// written file must not be applied because it happens to be valid (a file written whole
-/// under another name and renamed into place is never seen half written).
-async fn settle(changes: &mut mpsc::Receiver<&'static str>) {
-    let deadline = tokio::time::Instant::now() + SETTLE_MAX;
-    loop {
-        let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
-        match tokio::time::timeout_at(quiet_until, changes.recv()).await {
-            Ok(Some(_)) if tokio::time::Instant::now() < deadline => continue,
-            _ => return,
+impl Triggers {
+    /// Waits until the config file has had no change for [`QUIET`] (each change starts the
+    /// wait again), at most [`SETTLE_MAX`]: editors and tools write a file in several steps,
+    /// and a half written file must not be applied because it happens to be valid (a file
+    /// written whole under another name and renamed into place is never seen half written).
+    /// `false` if SIGTERM or SIGINT came meanwhile: stop, without the reload.
+    async fn settle(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + SETTLE_MAX;
+        loop {
+            let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
+            tokio::select! {
+                _ = self.terminate.recv() => return false,
+                _ = self.interrupt.recv() => return false,
+                _ = tokio::time::sleep_until(quiet_until) => return true,
+                changed = self.changes.recv() => {
+                    if changed.is_none() || tokio::time::Instant::now() >= deadline {
+                        return true;
+                    }
+                }
+            }
         }
     }
 }

@@ -928,6 +928,15 @@ fn creds_refuses_a_value_an_integration_could_not_inject() {
             "the value is never shown: {stderr}"
         );
     }
+    // A name or kind the vault would refuse is refused before the value is read.
+    for args in [
+        &["set", ".."][..],
+        &["set", "acme-key", "--kind", "a kind"][..],
+    ] {
+        let (code, stderr) = creds(args, b"sk_live_usable\n");
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("is invalid"), "{stderr}");
+    }
     // Nothing was stored: the value is checked before the vault is opened, so none was made.
     let (code, _, stderr) = run(&["creds", "list", "--config", config, "--json"]);
     assert_eq!(code, 1, "{stderr}");

@@ -316,20 +316,21 @@ fn ca_export_creates_the_interception_ca_once_and_prints_only_the_certificate() 
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        // A key others can read is still used, with a warning naming it and the fix.
+        // A key others can read is refused, naming it and the fix, and kept as it is.
         let key = dir.path().join("ca/ca-key.pem");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let (code, kept, stderr) = run(&["ca", "export", "--data-dir", data]);
-        assert_eq!(code, 0, "{stderr}");
-        assert_eq!(kept, first);
+        let (code, refused, stderr) = run(&["ca", "export", "--data-dir", data]);
+        assert_ne!(code, 0, "{stderr}");
+        assert!(refused.is_empty(), "{refused}");
         assert!(
-            stderr.contains("can be read by other users") && stderr.contains("chmod 600"),
+            stderr.contains("mode 644") && stderr.contains("chmod 600"),
             "{stderr}"
         );
         assert!(stderr.contains(key.to_str().unwrap()), "{stderr}");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let (_, _, stderr) = run(&["ca", "export", "--data-dir", data]);
-        assert!(!stderr.contains("chmod 600"), "{stderr}");
+        let (code, kept, stderr) = run(&["ca", "export", "--data-dir", data]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(kept, first);
     }
     let (code, _, _) = run(&["ca", "--help"]);
     assert_eq!(code, 0);

@@ -154,7 +154,13 @@ impl ImportReport {
             let reason: String = reason
                 .into()
                 .chars()
-                .map(|c| if c.is_control() { '?' } else { c })
+                .map(|c| {
+                    if crate::inventory::hides_text(c) {
+                        '?'
+                    } else {
+                        c
+                    }
+                })
                 .collect();
             self.malformed_examples.push(Malformed { location, reason });
         }

@@ -1,0 +1,215 @@
+//! Postern's key and token files (the admin token, the vault's master key, the audit log's
+//! signing and HMAC keys, the interception CA's key): created whole, readable by their owner
+//! only, and read only when no other user could have written or read them. A key file another
+//! user planted, one every user can read, or a link to a file whose contents are known (a
+//! `/proc/self` file is one of postern's user with mode 0400) is refused, not trusted.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+/// A name beside `path` for writing it before it is moved into place:
+/// `<path>.<pid>-<random>.tmp`, unique to this process and attempt.
+pub fn temporary_sibling(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".{}-{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    PathBuf::from(tmp)
+}
+
+/// Creates `path` readable by its owner only (0600), whole or not at all: written and synced
+/// under a temporary name of this write's own, then linked to `path` (which fails if `path`
+/// exists, as creating it would) and the directory synced. A crash part-way leaves at most a
+/// stray temporary file, never an empty or partial key at `path`. Where the filesystem has no
+/// hard links (SMB, some FUSE mounts) the file is created in place instead. For key files (the
+/// gateway's too).
+pub fn create_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true).mode(0o600);
+    let tmp = temporary_sibling(path);
+    let mut file = options.open(&tmp)?;
+    let written = file.write_all(contents).and_then(|()| file.sync_all());
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            let mut file = options.open(path)?;
+            file.write_all(contents).and_then(|()| file.sync_all())?;
+        }
+        linked => linked?,
+    }
+    match path.parent() {
+        Some(dir) => File::open(dir).and_then(|dir| dir.sync_all()),
+        None => Ok(()),
+    }
+}
+
+/// Why a key file was refused: its problem and the path, without its contents. Carried inside
+/// the `std::io::Error` [`read_private_file`] returns; [`is_not_private`] tells it apart.
+#[derive(Debug)]
+struct NotPrivate(String);
+
+impl std::fmt::Display for NotPrivate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotPrivate {}
+
+/// Whether `error` (from [`read_private_file`]) is a refusal of the file — its owner, its mode,
+/// a link, not a regular file — rather than a failure to read it.
+pub fn is_not_private(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<NotPrivate>())
+}
+
+/// Reads `path`, a file holding a secret, refusing it (an error [`is_not_private`] tells, of
+/// kind `PermissionDenied`, whose message names the path and the problem, never the contents)
+/// unless it is a regular file — not a symbolic link — owned by this process's effective user,
+/// with no permission for group or others (mode 0600 or 0400). `NotFound` is passed on as it
+/// is, for callers that create the file on first use. The checks are made on the opened file,
+/// so it cannot be swapped between check and read.
+pub fn read_private_file(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let refuse = |problem: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            NotPrivate(format!("{} {problem}", path.display())),
+        )
+    };
+    // Not through a link (one to `/proc/self/personality` passes every other check and holds a
+    // known value), nor waiting on a FIFO planted in its place.
+    let mut file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(refuse(
+                "is a symbolic link: put the file itself there".into(),
+            ))
+        }
+        opened => opened?,
+    };
+    let metadata = file.metadata()?;
+    if !metadata.file_type().is_file() {
+        return Err(refuse("is not a regular file".into()));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let user = unsafe { libc::geteuid() };
+    if metadata.uid() != user {
+        return Err(refuse(format!(
+            "is owned by user id {}, not by the user postern runs as ({user}): another user may \
+             have written it",
+            metadata.uid()
+        )));
+    }
+    let mode = metadata.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(refuse(format!(
+            "has mode {mode:03o}: group or other users may read or change it (it must be 0600)"
+        )));
+    }
+    let mut contents = Zeroizing::new(Vec::with_capacity(metadata.len() as usize));
+    file.read_to_end(&mut contents)?;
+    Ok(contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn private(path: &Path, contents: &[u8], mode: u32) {
+        std::fs::write(path, contents).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_private_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        private(&path, b"secret\n", 0o600);
+        assert_eq!(read_private_file(&path).unwrap().as_slice(), b"secret\n");
+        private(&path, b"secret\n", 0o400);
+        assert_eq!(read_private_file(&path).unwrap().as_slice(), b"secret\n");
+    }
+
+    #[test]
+    fn a_file_others_may_read_or_change_is_refused_with_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o666] {
+            private(&path, b"secret\n", mode);
+            let error = read_private_file(&path).unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
+            assert!(is_not_private(&error));
+            assert!(
+                error.to_string().contains(&format!("mode {mode:03o}")),
+                "{error}"
+            );
+            assert!(!error.to_string().contains("secret"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_link_and_a_fifo_are_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        let link = dir.path().join("key");
+        private(&target, b"secret\n", 0o600);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let error = read_private_file(&link).unwrap_err();
+        assert!(is_not_private(&error));
+        assert!(error.to_string().contains("is a symbolic link"), "{error}");
+        // A link to a /proc/self file, which is postern's user's with mode 0400 and holds a
+        // known value, the same.
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("/proc/self/personality", &link).unwrap();
+        assert!(is_not_private(&read_private_file(&link).unwrap_err()));
+
+        let fifo = dir.path().join("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let error = read_private_file(&fifo).unwrap_err();
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+        let absent = read_private_file(&dir.path().join("absent")).unwrap_err();
+        assert_eq!(absent.kind(), std::io::ErrorKind::NotFound);
+        assert!(!is_not_private(&absent));
+    }
+
+    /// Run as root (as CI here is), a file given to another user is refused: root reading a
+    /// token another user wrote would let that user in.
+    #[test]
+    fn a_file_of_another_user_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: only root can give a file to another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        private(&path, b"secret\n", 0o600);
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let error = read_private_file(&path).unwrap_err();
+        assert!(
+            error.to_string().contains("owned by user id 65534"),
+            "{error}"
+        );
+    }
+}
