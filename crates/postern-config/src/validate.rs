@@ -22,6 +22,8 @@ use crate::*;
 
 const MIN_EVENTS_MAX_FILE_BYTES: u64 = 4096;
 const MIN_MAX_HEADER_BYTES: usize = 1024;
+/// SHA-256 of the empty string.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 const MAX_MAX_HEADER_BYTES: usize = 1024 * 1024;
 
 /// Headers the gateway owns; a credential may not set them.
@@ -170,6 +172,14 @@ impl Validator<'_> {
                 ),
                 "put the hash of the token here, never the token: \
                  `printf %s \"$TOKEN\" | sha256sum`",
+            );
+        } else if digest == EMPTY_SHA256 {
+            // What `printf %s "$UNSET" | sha256sum` prints: a token nobody has to know.
+            self.error(
+                value.span(),
+                format!("`{key}` is the SHA-256 of the empty string, not of a token"),
+                "hash the token itself (`postern callers token NAME` prints a new one and its \
+                 hash); check that the variable you hashed was set",
             );
         }
         digest

@@ -268,6 +268,8 @@ fn gateway_values() {
     check(&format!("{GATEWAY}tls_key = \"k.pem\"\n"), "5:11: `tls_key` is set but `tls_cert` is not");
     check(&format!("{GATEWAY}client_ca = \"ca.pem\"\n"), "5:13: `client_ca` requires TLS, but `tls_cert` is not set");
     check(&format!("{GATEWAY}admin_token_sha256 = \"hunter2\"\n"), "5:22: `admin_token_sha256` must be a SHA-256 digest: 64 hex characters (got 7 characters)");
+    // `printf %s "$UNSET" | sha256sum`: a token nobody has to know.
+    check(&format!("{GATEWAY}admin_token_sha256 = \"E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855\"\n"), "5:22: `admin_token_sha256` is the SHA-256 of the empty string, not of a token");
     check(&format!("{GATEWAY}policies = \"missing.cedar\"\n"), "5:12: policies file /etc/postern/missing.cedar does not exist");
     check(&format!("{GATEWAY}events_max_file_bytes = 100\n"), "5:25: `events_max_file_bytes` = 100 is too small; the minimum is 4096");
     check(&format!("{GATEWAY}events_max_files = 0\n"), "5:20: `events_max_files` = 0 is too small; the minimum is 1");

@@ -36,7 +36,8 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
                 let (scheme, token) = v.split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then_some(token)
             })
-            .is_some_and(|token| runtime.is_admin_token(token.trim().as_bytes()));
+            .map(str::trim)
+            .is_some_and(|token| !token.is_empty() && runtime.is_admin_token(token.as_bytes()));
     if !public && !authorized {
         let mut response = json_response(
             StatusCode::UNAUTHORIZED,
@@ -223,9 +224,10 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
     let method = request.method().clone();
+    // Once: `/v1/credentials/v1/credentials/x` names `v1`, not `x`.
     let rest = path
-        .trim_start_matches("/v1/credentials")
-        .trim_start_matches('/');
+        .strip_prefix("/v1/credentials")
+        .map_or("", |rest| rest.strip_prefix('/').unwrap_or(rest));
     let mut parts = rest.splitn(2, '/');
     let name = parts.next().unwrap_or("").to_string();
     let action = parts.next().unwrap_or("").to_string();
@@ -408,6 +410,11 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
     }
 }
 
+/// Public `/log/` tile reads served at once ([`Shared::log_reads`]).
+pub const LOG_READERS: usize = 8;
+/// How long a tile read waits for a place before `503`.
+const LOG_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `/log/checkpoint`, `/log/tile/<L>/<N>[.p/<W>]`, `/log/tile/entries/<N>[.p/<W>]` (C2SP
 /// tlog-tiles), read-only. Only what the latest signed checkpoint covers is served, so every
 /// tile a client fetches can be checked against a checkpoint it can get.
@@ -456,9 +463,27 @@ async fn log_resource(shared: &Arc<Shared>, resource: &str) -> Response<GatewayB
         ));
     }
     let full = u64::from(width) == postern_tlog::TILE_WIDTH;
-    let read = tokio::task::spawn_blocking(move || match tile {
-        postern_tlog::TileResource::Hashes(t) => ledger.read_tile(t.level, t.n, t.width),
-        postern_tlog::TileResource::Entries(b) => ledger.read_entries(b.n, b.width),
+    // Anyone may ask: at most LOG_READERS reads at once, each holding its place until its
+    // disk reads end (even if its asker has gone), so tile requests cannot take the blocking
+    // pool the checkpointer and the vault use.
+    let place = tokio::time::timeout(LOG_READ_WAIT, shared.log_reads.clone().acquire_owned()).await;
+    let Ok(Ok(place)) = place else {
+        let mut response = text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many audit log reads at once; retry shortly\n",
+            "text/plain; charset=utf-8",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        let _place = place;
+        match tile {
+            postern_tlog::TileResource::Hashes(t) => ledger.read_tile(t.level, t.n, t.width),
+            postern_tlog::TileResource::Entries(b) => ledger.read_entries(b.n, b.width),
+        }
     })
     .await;
     match read {
@@ -662,8 +687,12 @@ fn text_response(
 ) -> Response<GatewayBody> {
     let mut response = Response::new(GatewayBody::full(body.into()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // A 404 quotes the path it was asked for: never sniffed into HTML by a browser.
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }

@@ -169,6 +169,8 @@ pub struct Shared {
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// The connections each data-plane worker serves (`/metrics`).
     pub worker_load: workers::Load,
+    /// Places for the public `/log/` tile reads ([`admin::LOG_READERS`]).
+    pub log_reads: Arc<tokio::sync::Semaphore>,
     /// The audit log's rate for refusals of calls with no caller ([`ANONYMOUS_AUDIT_PER_SECOND`]).
     pub anonymous_audit: governor::DefaultDirectRateLimiter,
     shutdown_signal: watch::Receiver<bool>,
@@ -507,6 +509,7 @@ impl RunningGateway {
             open_calls: concurrency::OpenCalls::default(),
             connection_slots: listener::connection_slots(),
             worker_load: gateway_sockets.load(),
+            log_reads: Arc::new(tokio::sync::Semaphore::new(admin::LOG_READERS)),
             anonymous_audit: governor::RateLimiter::direct(
                 governor::Quota::per_second(
                     std::num::NonZeroU32::new(ANONYMOUS_AUDIT_PER_SECOND).expect("not zero"),
@@ -564,9 +567,12 @@ impl RunningGateway {
                 builder,
                 graceful: admin_graceful.clone(),
                 shutdown: shutdown_rx,
-                slots: listener::connection_slots(),
+                // Its own few slots and a short idle limit: connections that never authenticate
+                // cannot keep health probes and operators out for long.
+                slots: Arc::new(tokio::sync::Semaphore::new(listener::ADMIN_MAX_CONNECTIONS)),
                 max_header_bytes: config.gateway.max_header_bytes,
-                idle: Duration::from_millis(config.gateway.idle_timeout_ms),
+                idle: Duration::from_millis(config.gateway.idle_timeout_ms)
+                    .min(listener::ADMIN_IDLE),
                 excuse_waits: false,
                 on_malformed: None,
             },

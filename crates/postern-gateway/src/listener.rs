@@ -65,7 +65,7 @@ pub fn raise_open_file_limit() -> Option<String> {
             limit = raised;
         }
     }
-    let needed = 2 * MAX_CONNECTIONS as u64 + 1024;
+    let needed = 2 * MAX_CONNECTIONS as u64 + ADMIN_MAX_CONNECTIONS as u64 + 1024;
     (limit.rlim_cur < needed).then(|| {
         format!(
             "the open-file limit is {} (the hard limit {}), below the {needed} that {MAX_CONNECTIONS} caller connections and their vendor connections may need: when it runs out, no caller and no admin request can connect; raise it (`ulimit -n {needed}`, or LimitNOFILE={needed} in a systemd unit)",
@@ -73,6 +73,11 @@ pub fn raise_open_file_limit() -> Option<String> {
         )
     })
 }
+
+/// Connections the admin listener holds at once (operators, probes and scrapers, not callers).
+pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+/// The admin listener's idle limit (or the gateway's `idle_timeout_ms`, if shorter).
+pub const ADMIN_IDLE: Duration = Duration::from_secs(30);
 
 /// The connection slots of one listener, shared by the workers accepting on it.
 pub fn connection_slots() -> Arc<tokio::sync::Semaphore> {

@@ -346,6 +346,7 @@ fn pipeline<'a>(
         if let Some(limit) = integration.config.max_header_bytes {
             check_header_bytes(&request, target, limit)?;
         }
+        let websocket = crate::websocket::requested(&request);
         authorize(
             runtime,
             &integration,
@@ -353,11 +354,12 @@ fn pipeline<'a>(
             &request,
             vendor_path,
             declared_length,
+            websocket,
         )?;
         // A WebSocket handshake goes on only to an operation that takes one; the caller's
         // connection is handed over once the vendor's `101` has been answered.
         let mut upgrade = None;
-        if crate::websocket::requested(&request) {
+        if websocket {
             upgrade = Some(crate::websocket::admit(
                 &integration,
                 context,
@@ -959,6 +961,7 @@ fn authorize(
     request: &Request<CallerBody>,
     vendor_path: &str,
     declared_length: Option<u64>,
+    websocket: bool,
 ) -> Result<(), CallError> {
     // Servers that read path parameters (Tomcat, Jetty, Spring) route `search;x` as `search`:
     // the operation is the one the path names without them, as such a vendor routes it (the
@@ -997,9 +1000,9 @@ fn authorize(
         request.method().as_str(),
         size.unwrap_or(0),
     );
-    // A WebSocket's messages pass unseen once the handshake is answered, so their sizes are as
-    // unknown as a chunked body's: decided at every size that could change the answer.
-    let websocket = crate::websocket::requested(request);
+    // A WebSocket's messages pass unseen once the handshake is answered (`websocket`: the
+    // request asks for one), so their sizes are as unknown as a chunked body's: decided at
+    // every size that could change the answer.
     let (decision, size_decides) = match size {
         Some(_) if !websocket => (runtime.policy.authorize(&authz), false),
         // A body of unknown size (chunked, h2 without content-length): a chunked upload must

@@ -198,6 +198,23 @@ async fn receipts_proofs_and_tiles_verify_against_signed_checkpoints() {
     ] {
         assert_eq!(admin(&gw, &path, false).await.status(), 404, "{path}");
     }
+    // Anyone may read tiles, a few at once: with every place taken, a read waits, then gets
+    // 503 and Retry-After rather than a blocking thread of its own.
+    let places = gw
+        .running()
+        .shared()
+        .log_reads
+        .clone()
+        .acquire_many_owned(postern_gateway::admin::LOG_READERS as u32)
+        .await
+        .unwrap();
+    let busy = admin(&gw, &format!("/log/tile/0/000.p/{width}"), false).await;
+    assert_eq!(busy.status(), 503);
+    assert_eq!(busy.headers()["retry-after"], "1");
+    drop(places);
+    let tile_again = admin(&gw, &format!("/log/tile/0/000.p/{width}"), false).await;
+    assert_eq!(tile_again.status(), 200);
+    assert_eq!(tile_again.bytes().await.unwrap(), tile);
 
     // The inclusion proof for the first receipt verifies for the entry's bytes.
     let entry = entries[first as usize];

@@ -3835,6 +3835,39 @@ async fn admin_api_scheme_limits_and_methods() {
     gw.stop().await;
 }
 
+/// The admin listener holds at most `ADMIN_MAX_CONNECTIONS` connections of its own (not the
+/// data plane's 16,384): past them a new one is closed at once, and one that closes gives its
+/// place back, so connections that never authenticate keep probes out only while held (and
+/// for at most its 30 s idle limit).
+#[tokio::test]
+async fn the_admin_listener_holds_a_few_connections_of_its_own() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let admin = gw.running().admin_addr;
+    let probe = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..postern_gateway::listener::ADMIN_MAX_CONNECTIONS {
+        held.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    let answer = raw_request(admin, probe).await;
+    assert!(
+        answer.is_empty(),
+        "a connection past the limit was served: {answer}"
+    );
+    drop(held.pop());
+    let mut served = false;
+    for _ in 0..50 {
+        if raw_request(admin, probe).await.starts_with("HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "the closed connection's place was not given back");
+    drop(held);
+    gw.stop().await;
+}
+
 /// Callers' connections are spread over the workers by how many each serves, and `/metrics`
 /// shows each worker's share.
 #[tokio::test]

@@ -596,25 +596,50 @@ impl Ledger {
         count: u64,
         mut visit: impl FnMut(u64, &[u8]),
     ) -> Result<(), LedgerError> {
-        let state = self.shared.state.read().expect("state lock");
-        if first.checked_add(count).is_none_or(|end| end > state.size) {
-            return Err(LedgerError::OutOfRange(format!(
-                "entries {first}..{} are beyond the log ({} entries)",
-                first.saturating_add(count),
-                state.size
-            )));
-        }
-        let start = state.bundle_starts[(first / TILE_WIDTH) as usize];
-        let (mut slot, mut offset) = (start.segment_slot, start.offset);
+        // What the read needs, copied under the lock and read after it is let go: the
+        // sequencer takes it to publish every commit, and a reader holding it through disk
+        // reads (anyone may fetch `/log/` tiles) would hold up every call waiting on one. The
+        // bytes below a segment's committed length never change, so reading them unlocked is
+        // safe.
+        let (start, segments) = {
+            let state = self.shared.state.read().expect("state lock");
+            if first.checked_add(count).is_none_or(|end| end > state.size) {
+                return Err(LedgerError::OutOfRange(format!(
+                    "entries {first}..{} are beyond the log ({} entries)",
+                    first.saturating_add(count),
+                    state.size
+                )));
+            }
+            let start = state.bundle_starts[(first / TILE_WIDTH) as usize];
+            // A bundle's entries (at most TILE_WIDTH of them before `first`, and `count`) lie in
+            // at most that many non-empty segments from the bundle's start.
+            let reach = usize::try_from(count.saturating_add(TILE_WIDTH + 1)).unwrap_or(usize::MAX);
+            let segments: Vec<Segment> = state.segments[start.segment_slot..]
+                .iter()
+                .take(reach)
+                .map(|segment| Segment {
+                    path: segment.path.clone(),
+                    file: segment.file.clone(),
+                    len: segment.len,
+                })
+                .collect();
+            (start, segments)
+        };
+        let (mut slot, mut offset) = (0, start.offset);
         let mut index = (first / TILE_WIDTH) * TILE_WIDTH;
         let mut header = [0u8; FRAME_HEADER_BYTES];
         let mut payload = Vec::new();
         while index < first + count {
-            while offset >= state.segments[slot].len {
+            while offset >= segments[slot].len {
                 slot += 1;
                 offset = 0;
+                if slot == segments.len() {
+                    return Err(LedgerError::Inconsistent(format!(
+                        "entry {index} is past the committed segments"
+                    )));
+                }
             }
-            let segment = &state.segments[slot];
+            let segment = &segments[slot];
             segment
                 .file
                 .read_exact_at(&mut header, offset)
