@@ -29,6 +29,12 @@ const VENDOR_KEY: &str = "sk_live_realtime_vendor_key_DO_NOT_LEAK_77";
 /// A gateway with an OpenAI-like integration: `realtime` takes WebSocket handshakes, `models`
 /// does not; both granted to `checkout`. `extra` goes in the integration.
 async fn ws_gateway(vendor: &WsVendor, extra: &str) -> (TestGateway, tempfile::TempDir) {
+    let (body, keys) = ws_integration(vendor, extra);
+    (TestGateway::start(&body, Some(&vendor.ca_pem)).await, keys)
+}
+
+/// [`ws_gateway`]'s integration, and the directory holding its vendor key.
+fn ws_integration(vendor: &WsVendor, extra: &str) -> (String, tempfile::TempDir) {
     let keys = tempfile::tempdir().unwrap();
     let key_path = keys.path().join("openai-key");
     std::fs::write(&key_path, VENDOR_KEY).unwrap();
@@ -44,7 +50,7 @@ async fn ws_gateway(vendor: &WsVendor, extra: &str) -> (TestGateway, tempfile::T
         extra,
         r#""realtime", "models""#,
     );
-    (TestGateway::start(&body, Some(&vendor.ca_pem)).await, keys)
+    (body, keys)
 }
 
 /// A handshake request to `path` on the gateway, with the caller token `token` (if any).
@@ -242,21 +248,7 @@ async fn a_handshake_is_refused_unless_granted_to_an_operation_that_takes_one() 
 #[tokio::test]
 async fn a_handshake_is_refused_where_a_size_rule_bounds_the_operation() {
     let vendor = WsVendor::start(None, echo).await;
-    let keys = tempfile::tempdir().unwrap();
-    let key_path = keys.path().join("openai-key");
-    std::fs::write(&key_path, VENDOR_KEY).unwrap();
-    let body = intercepted_integration(
-        "openai",
-        vendor.port,
-        VENDOR_HOST,
-        &key_path,
-        r#"
-  { id = "realtime", method = "GET", path = "/v1/realtime", websocket = true },
-  { id = "models",   method = "GET", path = "/v1/models" },
-"#,
-        "",
-        r#""realtime", "models""#,
-    );
+    let (body, keys) = ws_integration(&vendor, "");
     for (operation, refused_here) in [("realtime", true), ("models", false)] {
         let policies = keys.path().join(format!("{operation}.cedar"));
         std::fs::write(

@@ -420,13 +420,30 @@ impl Scanner {
     ) -> bool {
         let mut more = ScanResult::default();
         let spells_folded = self.scan_syntax(copy, syntax, &mut more);
+        // Per class, what `result` held and what is added here (each in order of start: the
+        // findings of a scan are, and `origin` keeps their order): an overlap is then a lookup
+        // ([`SpanIndex`]), not a pass over every finding.
+        let mut held: BTreeMap<Arc<str>, SpanIndex> = BTreeMap::new();
+        for seen in &result.findings {
+            held.entry(seen.class.clone())
+                .or_default()
+                .push(seen.start, seen.end);
+        }
+        let mut added: BTreeMap<Arc<str>, SpanIndex> = BTreeMap::new();
         for mut finding in more.findings {
             finding.start = origin[finding.start];
             finding.end = origin[finding.end];
-            let known = result.findings.iter().any(|seen| {
-                seen.class == finding.class && seen.start < finding.end && finding.start < seen.end
-            });
+            let overlaps = |spans: &BTreeMap<Arc<str>, SpanIndex>| {
+                spans
+                    .get(&finding.class)
+                    .is_some_and(|index| index.overlaps(finding.start, finding.end))
+            };
+            let known = overlaps(&held) || overlaps(&added);
             if !known {
+                added
+                    .entry(finding.class.clone())
+                    .or_default()
+                    .push(finding.start, finding.end);
                 *result
                     .class_counts
                     .entry(finding.class.clone())
@@ -462,6 +479,7 @@ impl Scanner {
                     input,
                     syntax,
                     verdicts,
+                    value_end: 0,
                 };
                 blocks::scan_blocks(input, self.digit_detectors, terminators, &mut keys, raw)
             } else {
@@ -591,6 +609,7 @@ impl Scanner {
     }
 
     /// The key rules whose `key_context` the key's words contain, run on the key's value.
+    /// Returns where the value (not an array's elements) ends, `0` if none was read.
     #[cold]
     fn key_rules_on_value(
         &self,
@@ -599,7 +618,7 @@ impl Scanner {
         key: keys::KeySpan,
         syntax: Syntax,
         out: &mut Vec<RawFinding>,
-    ) {
+    ) -> usize {
         let value = keys::value_after(input, at, key.form, syntax);
         // `{"password": ["…"]}`: each element of an array of scalars is the key's value.
         let array = match value {
@@ -607,7 +626,7 @@ impl Scanner {
             None => keys::array_after(input, at, key.form),
         };
         if value.is_none() && array.is_none() {
-            return;
+            return 0;
         }
         let key = &input[key.start..key.end];
         let mut segments = [(0usize, 0usize); MAX_KEY_SEGMENTS];
@@ -640,6 +659,7 @@ impl Scanner {
             next = Some(after);
             elements += 1;
         }
+        value.map_or(0, |(_, end)| end)
     }
 
     /// The key rules whose `key_context` the key's words contain, run on one value.
@@ -718,13 +738,16 @@ impl Scanner {
         let is_key_rule = |finding: &RawFinding| {
             self.rules[usize::from(finding.rule)].kind == RuleKind::KeyContext
         };
+        // The other findings, in order of start: whether one overlaps a key finding is a
+        // lookup, not a pass over all of them (a body of `dob=…&` pairs holds tens of
+        // thousands of key findings).
+        let mut others = SpanIndex::default();
+        for other in raw.iter().filter(|finding| !is_key_rule(finding)) {
+            others.push(other.start, other.end);
+        }
         result.findings.reserve(raw.len());
         for finding in raw.iter() {
-            if is_key_rule(finding)
-                && raw.iter().any(|other| {
-                    !is_key_rule(other) && other.start < finding.end && finding.start < other.end
-                })
-            {
+            if is_key_rule(finding) && others.overlaps(finding.start, finding.end) {
                 continue;
             }
             let compiled = &self.rules[usize::from(finding.rule)];
@@ -741,6 +764,28 @@ impl Scanner {
                 end: finding.end,
             });
         }
+    }
+}
+
+/// Spans pushed in order of start, each kept with the furthest end of those up to it, so
+/// whether any overlaps `start..end` is one binary search.
+#[derive(Default)]
+struct SpanIndex {
+    /// (start, the furthest end of the spans up to this one).
+    spans: Vec<(usize, usize)>,
+}
+
+impl SpanIndex {
+    fn push(&mut self, start: usize, end: usize) {
+        debug_assert!(self.spans.last().is_none_or(|&(last, _)| last <= start));
+        let furthest = self.spans.last().map_or(0, |&(_, end)| end).max(end);
+        self.spans.push((start, furthest));
+    }
+
+    /// Whether a span pushed has `span.start < end && start < span.end`.
+    fn overlaps(&self, start: usize, end: usize) -> bool {
+        let before_end = self.spans.partition_point(|&(from, _)| from < end);
+        before_end > 0 && self.spans[before_end - 1].1 > start
     }
 }
 
@@ -799,6 +844,10 @@ struct KeyScan<'a> {
     input: &'a [u8],
     syntax: Syntax,
     verdicts: &'a mut KeyVerdicts,
+    /// Where the last bare value read after a `=` or `:` ends: a separator inside it is part
+    /// of that value, not another key's (`pwd=pwd=pwd=…` would read up to 16 KiB of value at
+    /// every `=`).
+    value_end: usize,
 }
 
 impl KeyVisitor for KeyScan<'_> {
@@ -811,8 +860,13 @@ impl KeyVisitor for KeyScan<'_> {
                 holds_anchor_word,
             } => {
                 if holds_anchor_word {
-                    self.scanner
-                        .key_rules_on_value(self.input, close + 1, span, self.syntax, out);
+                    let _ = self.scanner.key_rules_on_value(
+                        self.input,
+                        close + 1,
+                        span,
+                        self.syntax,
+                        out,
+                    );
                 }
             }
             QuotedKey::NotAKey => {}
@@ -822,6 +876,9 @@ impl KeyVisitor for KeyScan<'_> {
 
     #[inline]
     fn terminator(&mut self, at: usize, out: &mut Vec<RawFinding>) {
+        if at < self.value_end {
+            return;
+        }
         let words = &self.scanner.key_anchor_words;
         let Some(key) = keys::key_before(self.input, at, self.syntax, words.min_letters) else {
             return;
@@ -830,8 +887,10 @@ impl KeyVisitor for KeyScan<'_> {
             .verdicts
             .holds_anchor_word(self.input, key.start, key.end, words)
         {
-            self.scanner
+            let end = self
+                .scanner
                 .key_rules_on_value(self.input, at, key, self.syntax, out);
+            self.value_end = self.value_end.max(end);
         }
     }
 }

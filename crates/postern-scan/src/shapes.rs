@@ -646,18 +646,23 @@ fn private_key_find_at(haystack: &[u8], at: usize, last_start: usize) -> Option<
             // `[\s\S]` is any Unicode scalar value: the body is valid UTF-8, at least 16
             // characters long, and cannot run past an invalid byte.
             let rest = &haystack[header_end..];
-            let valid =
-                std::str::from_utf8(rest).map_or_else(|error| error.valid_up_to(), str::len);
-            let body = &rest[..valid];
+            let text = match std::str::from_utf8(rest) {
+                Ok(text) => text,
+                Err(error) => std::str::from_utf8(&rest[..error.valid_up_to()]).unwrap_or_default(),
+            };
+            let body = text.as_bytes();
+            // Where the body's 16th character ends: a footer there or later has 16 characters
+            // before it (counted once, not again for every `-----END` tried).
+            let sixteen_chars = text
+                .char_indices()
+                .nth(15)
+                .map_or(usize::MAX, |(at, c)| at + c.len_utf8());
             let mut footer_from = 16;
             // No footer after this header means none after a later one either.
             loop {
                 let footer =
                     footer_from + memchr::memmem::find(body.get(footer_from..)?, b"-----END")?;
-                let long_enough = body[..footer].is_ascii()
-                    || std::str::from_utf8(&body[..footer]).map_or(0, |text| text.chars().count())
-                        >= 16;
-                if long_enough {
+                if footer >= sixteen_chars {
                     if let Some(end) = pem_marker_end(haystack, header_end + footer + 8) {
                         return Some((start, end));
                     }

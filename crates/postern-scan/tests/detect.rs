@@ -695,3 +695,35 @@ fn internationalised_email_addresses() {
         &[],
     );
 }
+
+/// Bodies a caller can send to make a scan cost more than linear time: many private-key
+/// headers each followed by footers that are not, a key repeated after every `=` (each value
+/// running on), tens of thousands of key-context findings (plain and with a character
+/// reference, which adds a folded reading). Each scans in well under the bound (a few tenths
+/// of a second in a debug build; tens of seconds each before the fixes), and finds what it
+/// found before.
+#[test]
+fn adversarial_bodies_scan_in_linear_time() {
+    let scanner = Scanner::default();
+    let body = |unit: &str, size: usize| unit.repeat(size / unit.len() + 1)[..size].to_string();
+    let cases = [
+        (body("-----BEGIN PRIVATE KEY-----é-----END", 512 * 1024), None),
+        (body("pwd=", 256 * 1024), None),
+        (body("dob=1990-01-01&", 1024 * 1024), Some(("pii.date_of_birth", 69_905))),
+        (body("dob=1990-01-01&#49;&", 512 * 1024), None),
+    ];
+    for (input, expected) in cases {
+        let started = std::time::Instant::now();
+        let result = scanner.scan(input.as_bytes(), ContentTypeHint::Unknown);
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "{} bytes of {:?}… took {took:?}",
+            input.len(),
+            &input[..24]
+        );
+        if let Some((class, count)) = expected {
+            assert!(result.count(class) >= count, "{:?}", result.class_counts);
+        }
+    }
+}
