@@ -420,14 +420,18 @@ impl Scanner {
     ) -> bool {
         let mut more = ScanResult::default();
         let spells_folded = self.scan_syntax(copy, syntax, &mut more);
-        // Per class, what `result` held and what is added here (each in order of start: the
-        // findings of a scan are, and `origin` keeps their order): an overlap is then a lookup
-        // ([`SpanIndex`]), not a pass over every finding.
+        // Few findings (nearly every body): each checked against those `result` holds. Many
+        // (tens of thousands of `dob=…&` pairs): per class, what `result` held and what is
+        // added here, each in order of start (the findings of a scan are, and `origin` keeps
+        // their order), so that an overlap is a lookup ([`SpanIndex`]), not a pass.
+        let indexed = result.findings.len().saturating_mul(more.findings.len()) > PAIRS_BY_PASS;
         let mut held: BTreeMap<Arc<str>, SpanIndex> = BTreeMap::new();
-        for seen in &result.findings {
-            held.entry(seen.class.clone())
-                .or_default()
-                .push(seen.start, seen.end);
+        if indexed {
+            for seen in &result.findings {
+                held.entry(seen.class.clone())
+                    .or_default()
+                    .push(seen.start, seen.end);
+            }
         }
         let mut added: BTreeMap<Arc<str>, SpanIndex> = BTreeMap::new();
         for mut finding in more.findings {
@@ -438,12 +442,21 @@ impl Scanner {
                     .get(&finding.class)
                     .is_some_and(|index| index.overlaps(finding.start, finding.end))
             };
-            let known = overlaps(&held) || overlaps(&added);
+            let known = match indexed {
+                true => overlaps(&held) || overlaps(&added),
+                false => result.findings.iter().any(|seen| {
+                    seen.class == finding.class
+                        && seen.start < finding.end
+                        && finding.start < seen.end
+                }),
+            };
             if !known {
-                added
-                    .entry(finding.class.clone())
-                    .or_default()
-                    .push(finding.start, finding.end);
+                if indexed {
+                    added
+                        .entry(finding.class.clone())
+                        .or_default()
+                        .push(finding.start, finding.end);
+                }
                 *result
                     .class_counts
                     .entry(finding.class.clone())
@@ -738,16 +751,25 @@ impl Scanner {
         let is_key_rule = |finding: &RawFinding| {
             self.rules[usize::from(finding.rule)].kind == RuleKind::KeyContext
         };
-        // The other findings, in order of start: whether one overlaps a key finding is a
-        // lookup, not a pass over all of them (a body of `dob=…&` pairs holds tens of
-        // thousands of key findings).
+        // Whether another finding overlaps a key finding: a pass over them when they are few
+        // (nearly every body), else a lookup among them in order of start (a body of `dob=…&`
+        // pairs holds tens of thousands of key findings).
+        let indexed = raw.len().saturating_mul(raw.len()) > PAIRS_BY_PASS;
         let mut others = SpanIndex::default();
-        for other in raw.iter().filter(|finding| !is_key_rule(finding)) {
-            others.push(other.start, other.end);
+        if indexed {
+            for other in raw.iter().filter(|finding| !is_key_rule(finding)) {
+                others.push(other.start, other.end);
+            }
         }
+        let overlaps_another = |finding: &RawFinding| match indexed {
+            true => others.overlaps(finding.start, finding.end),
+            false => raw.iter().any(|other| {
+                !is_key_rule(other) && other.start < finding.end && finding.start < other.end
+            }),
+        };
         result.findings.reserve(raw.len());
         for finding in raw.iter() {
-            if is_key_rule(finding) && others.overlaps(finding.start, finding.end) {
+            if is_key_rule(finding) && overlaps_another(finding) {
                 continue;
             }
             let compiled = &self.rules[usize::from(finding.rule)];
@@ -766,6 +788,10 @@ impl Scanner {
         }
     }
 }
+
+/// Up to how many pairs of findings are compared one by one for overlaps; past it, the spans
+/// are indexed ([`SpanIndex`]) instead.
+const PAIRS_BY_PASS: usize = 4096;
 
 /// Spans pushed in order of start, each kept with the furthest end of those up to it, so
 /// whether any overlaps `start..end` is one binary search.

@@ -707,9 +707,15 @@ fn adversarial_bodies_scan_in_linear_time() {
     let scanner = Scanner::default();
     let body = |unit: &str, size: usize| unit.repeat(size / unit.len() + 1)[..size].to_string();
     let cases = [
-        (body("-----BEGIN PRIVATE KEY-----é-----END", 512 * 1024), None),
+        (
+            body("-----BEGIN PRIVATE KEY-----é-----END", 512 * 1024),
+            None,
+        ),
         (body("pwd=", 256 * 1024), None),
-        (body("dob=1990-01-01&", 1024 * 1024), Some(("pii.date_of_birth", 69_905))),
+        (
+            body("dob=1990-01-01&", 1024 * 1024),
+            Some(("pii.date_of_birth", 69_905)),
+        ),
         (body("dob=1990-01-01&#49;&", 512 * 1024), None),
     ];
     for (input, expected) in cases {
