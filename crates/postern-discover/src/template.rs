@@ -27,6 +27,9 @@ pub const PLACEHOLDER: &str = "{id}";
 pub const MAX_SEGMENTS: usize = 32;
 /// A segment longer than this is a value: no API names a resource so long.
 const MAX_NAME_CHARS: usize = 64;
+/// A segment longer than this as sent is a value too, whatever it decodes to (64 characters
+/// percent-encoded as 4-byte UTF-8 are 768 bytes): a template's segments stay short.
+const MAX_NAME_BYTES: usize = 2 * MAX_NAME_CHARS;
 
 /// The endpoint template of a raw request path (query and fragment are ignored).
 pub fn infer_template(path: &str) -> String {
@@ -51,9 +54,10 @@ pub fn infer_template(path: &str) -> String {
 }
 
 fn template_segment(raw: &str, previous: Option<&str>, out: &mut String) {
-    let unwritable = raw
-        .chars()
-        .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control());
+    let unwritable = raw.len() > MAX_NAME_BYTES
+        || raw
+            .chars()
+            .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control());
     let decoded = percent_decode(raw);
     // Decoded, a space or a control character is no part of a name: `Bearer%20…`,
     // `4111%201111%201111%201111`.
@@ -333,6 +337,9 @@ mod tests {
         let long = "/x".repeat(100);
         let expect = format!("{}/{{id}}", "/x".repeat(super::MAX_SEGMENTS));
         check(&long, &expect);
+        // 64 characters that are 768 bytes as sent (4-byte UTF-8, percent-encoded): a value,
+        // not 768 bytes kept in the template.
+        check(&format!("/v1/{}", "%F0%9F%98%80".repeat(64)), "/v1/{id}");
         check(
             "/callers/pst_qwErTyUiOpAsDfGhJkLzXcVbNmQwErTyUiOpAsDfGhJ",
             "/callers/{id}",

@@ -24,7 +24,16 @@ pub enum UnscannedReason {
     WindowTooLarge { window_bits: u32 },
     #[error("the `zstd` body's window is larger than 8 MiB, the most RFC 9659 lets the zstd content coding use")]
     ZstdWindowTooLarge,
+    #[error(
+        "the body lists {count} content codings; Postern undoes at most {MAX_CODINGS} for scanning"
+    )]
+    TooManyCodings { count: usize },
 }
+
+/// The most content codings a body may list and still be decoded for scanning: each is undone
+/// whole, up to `scan_max_body_bytes`, so a head listing thousands (`gzip, gzip, …`) would
+/// cost thousands of decodes. Real senders list one.
+pub const MAX_CODINGS: usize = 3;
 
 /// The largest `br` window a [`StreamDecoder`] takes: 2^22 bytes (4 MiB), the default of the
 /// reference encoder and of the libraries built on it. The window is most of the decoder's
@@ -47,7 +56,8 @@ pub const MAX_ZSTD_WINDOW_LOG: u32 = 23;
 /// Returns the bytes to scan: `body` itself when there is no content coding, or the decoded
 /// body for `gzip`, `deflate`, `br` and `zstd` (codings listed in one header are undone last
 /// first).
-/// Decoding stops at `max_bytes`: a longer body is `Unscanned { TooLarge }`.
+/// Decoding stops at `max_bytes`: a longer body is `Unscanned { TooLarge }`; one listing more
+/// than [`MAX_CODINGS`] codings is `Unscanned { TooManyCodings }`, decoded not at all.
 pub fn decode_for_scan<'a>(
     body: &'a [u8],
     content_encoding: Option<&str>,
@@ -59,6 +69,13 @@ pub fn decode_for_scan<'a>(
         .map(|coding| coding.trim().to_ascii_lowercase())
         .filter(|coding| !coding.is_empty() && coding != "identity")
         .collect();
+    if codings.len() > MAX_CODINGS {
+        return Err(Unscanned {
+            reason: UnscannedReason::TooManyCodings {
+                count: codings.len(),
+            },
+        });
+    }
     if codings.is_empty() {
         if body.len() > max_bytes {
             return Err(Unscanned {
@@ -832,6 +849,26 @@ mod tests {
     use super::testing::brotli;
     use super::*;
     use std::io::Write as _;
+
+    /// A body gzipped three times is read; one listing four codings (or thousands, as a
+    /// vendor's 64 KiB head can) is not decoded at all.
+    #[test]
+    fn at_most_three_codings_are_undone() {
+        let mut body = b"email=someone@example.com".to_vec();
+        for _ in 0..3 {
+            body = encode(Coding::Gzip, &body).unwrap();
+        }
+        let decoded = decode_for_scan(&body, Some("gzip, gzip, gzip"), 1 << 20).unwrap();
+        assert_eq!(&*decoded, b"email=someone@example.com");
+        let many = vec!["gzip"; 4000].join(",");
+        for listed in ["gzip, gzip, gzip, gzip", many.as_str()] {
+            let error = decode_for_scan(&body, Some(listed), 1 << 20).unwrap_err();
+            assert!(
+                matches!(error.reason, UnscannedReason::TooManyCodings { .. }),
+                "{error:?}"
+            );
+        }
+    }
 
     /// `body` decoded in `pieces`-byte pieces: each reading's bytes.
     fn readings(
