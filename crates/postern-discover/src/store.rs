@@ -274,10 +274,21 @@ fn schema_version(connection: &Connection) -> rusqlite::Result<i64> {
 
 /// Removes the least recently seen host whose every call was refused; its calls are counted as
 /// dropped. False when there is none.
+/// Whether traffic reached `host`: a call the gateway passed, with bytes sent or received (an
+/// import's hosts count as reached: many logs give no sizes).
+fn reached(host: &DiscoveredHost) -> bool {
+    host.calls > host.blocked_calls
+        && (host.bytes_out > 0
+            || host.bytes_in > 0
+            || host.sources.contains(&ObservationSource::Import))
+}
+
 fn evict_refused_only(connection: &Connection) -> rusqlite::Result<bool> {
     let victim = connection
         .query_row(
-            "SELECT host, port, calls FROM hosts WHERE calls = blocked_calls
+            "SELECT host, port, calls FROM hosts
+             WHERE calls = blocked_calls
+                OR (seen_by_import = 0 AND bytes_out = 0 AND bytes_in = 0)
              ORDER BY last_seen_ms ASC, host ASC LIMIT 1",
             [],
             |row| {
@@ -382,10 +393,12 @@ fn merge_in(connection: &Connection, delta: &Inventory, limits: &Limits) -> rusq
         let key = params![host.host, host.port];
         if !exists.exists(key)? {
             // Full: a destination that traffic actually reached takes the place of one that
-            // was only ever refused (least recently seen), so a caller probing random names
-            // cannot crowd real rogue APIs out. Refused-only newcomers are counted, not kept.
+            // none did (least recently seen): only ever refused, or seen by the proxy with no
+            // byte either way (a made-up name that resolves nowhere, a closed port), so a
+            // caller probing random names cannot crowd real rogue APIs out. Newcomers that
+            // traffic did not reach are counted, not kept.
             if host_count >= limits.max_hosts
-                && (host.calls == host.blocked_calls || !evict_refused_only(connection)?)
+                && (!reached(host) || !evict_refused_only(connection)?)
             {
                 add_dropped_calls(connection, host.calls)?;
                 continue;
@@ -801,6 +814,27 @@ mod tests {
         );
         assert!(!names.contains(&"junk-1.example".to_string()), "{names:?}");
         assert_eq!(store.dropped_calls().unwrap(), 2);
+
+        // A name the proxy let go that nothing reached (no byte either way: it resolves
+        // nowhere) is not kept over reached ones either, and is what a reached one replaces.
+        let unreached = |host: &str, time: i64| {
+            let mut observation = call(host, "prober", "/", time);
+            (
+                observation.bytes_out,
+                observation.bytes_in,
+                observation.status,
+            ) = (0, 0, None);
+            observation
+        };
+        let mut made_up = Inventory::new();
+        made_up.record(&unreached("nowhere-1.example", 5));
+        store.merge_delta(&made_up).unwrap();
+        let names: Vec<String> = store.list().unwrap().into_iter().map(|h| h.host).collect();
+        assert!(
+            !names.contains(&"nowhere-1.example".to_string()),
+            "{names:?}"
+        );
+        assert_eq!(store.dropped_calls().unwrap(), 3);
     }
 
     #[test]

@@ -682,6 +682,25 @@ async fn allow_lists_wildcards_and_the_deny_list() {
         answer.starts_with("HTTP/1.1 403") && answer.contains("host_denied"),
         "{answer}"
     );
+    // The name that resolved nowhere is in the inventory as let go (the gateway did not refuse
+    // it) with no byte either way: what the store reads as not reached, so that thousands of
+    // made-up names are not kept over destinations traffic reached.
+    let mut unresolved = None;
+    for _ in 0..50 {
+        unresolved = discovered(&gw)
+            .await
+            .into_iter()
+            .find(|host| host["host"] == "api.allowed.test");
+        if unresolved.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unresolved = unresolved.expect("the unresolvable name is discovered");
+    assert_eq!(unresolved["calls"], 1, "{unresolved}");
+    assert_eq!(unresolved["blocked_calls"], 0, "{unresolved}");
+    assert_eq!(unresolved["bytes_out"], 0, "{unresolved}");
+    assert_eq!(unresolved["bytes_in"], 0, "{unresolved}");
     gw.stop().await;
 
     // The deny list wins even in open mode.
