@@ -20,6 +20,7 @@ use postern_scan::{ContentTypeHint, Scanner};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 
 use crate::body::RequestBodyViolation;
@@ -48,7 +49,7 @@ pub struct ScanSummary {
 /// unscanned without calling this). `coding`: the body's ([`crate::proxy::body_encoding`]).
 pub async fn scan_request(
     integration: &IntegrationRuntime,
-    scanner: &Scanner,
+    scanner: &Arc<Scanner>,
     context: &CallContext,
     headers: &http::HeaderMap,
     coding: Option<postern_scan::Coding>,
@@ -145,7 +146,7 @@ pub async fn scan_request(
     if bytes.is_empty() {
         return Ok((ForwardBody::full(bytes, state), Some(summary)));
     }
-    let classified = classify(scanner, approved, &bytes, decoded, headers, &mut summary);
+    let classified = classify(scanner, approved, &bytes, decoded, headers, &mut summary).await;
     if summary.unapproved.is_empty() {
         return Ok((ForwardBody::full(bytes, state), Some(summary)));
     }
@@ -351,12 +352,16 @@ fn is_qvalue(value: &str) -> bool {
         }
 }
 
+/// Bodies (all their readings together) of at least this many bytes are scanned on the
+/// blocking pool rather than on the worker serving the connection.
+const SCAN_OFF_WORKER_BYTES: usize = 256 * 1024;
+
 /// Scans `decoded` (`bytes` with its coding undone: one reading, or two for a `deflate` body
 /// that reads two ways, each scanned as a body of its own) and fills `summary` (classes,
 /// unapproved). A body that could not be decoded is scanned as sent, and `summary.unscanned`
 /// says it was not decoded.
-fn classify<'a>(
-    scanner: &Scanner,
+async fn classify<'a>(
+    scanner: &Arc<Scanner>,
     approved: &[String],
     bytes: &'a [u8],
     decoded: Result<Vec<Cow<'a, [u8]>>, postern_scan::Unscanned>,
@@ -382,8 +387,30 @@ fn classify<'a>(
     let hint = ContentTypeHint::from_content_type(content_type);
     let mut findings = Vec::new();
     summary.classes.clear();
-    for reading in &readings {
-        let result = scanner.scan(reading, hint);
+    // A large body is scanned off the worker, whose other connections would wait on it (a
+    // scan is linear, but a megabyte of crafted markup still takes a tenth of a second).
+    let results: Vec<postern_scan::ScanResult> =
+        if readings.iter().map(|reading| reading.len()).sum::<usize>() >= SCAN_OFF_WORKER_BYTES {
+            let scanner = scanner.clone();
+            let owned: Vec<Vec<u8>> = readings.iter().map(|reading| reading.to_vec()).collect();
+            let scanned = tokio::task::spawn_blocking(move || {
+                owned
+                    .iter()
+                    .map(|reading| scanner.scan(reading, hint))
+                    .collect()
+            })
+            .await;
+            match scanned {
+                Ok(results) => results,
+                Err(error) => std::panic::resume_unwind(error.into_panic()),
+            }
+        } else {
+            readings
+                .iter()
+                .map(|reading| scanner.scan(reading, hint))
+                .collect()
+        };
+    for result in results {
         for (class, count) in &result.class_counts {
             *summary.classes.entry(class.to_string()).or_default() += count;
         }
@@ -421,7 +448,7 @@ pub struct ScannedResponse {
 /// the call began (its `total_timeout_ms` counts from there).
 pub async fn scan_response(
     integration: &IntegrationRuntime,
-    scanner: &Scanner,
+    scanner: &Arc<Scanner>,
     headers: &http::HeaderMap,
     body: UpstreamBody,
     started: std::time::Instant,
@@ -499,7 +526,7 @@ pub async fn scan_response(
     let encoding = all_values(headers, &header::CONTENT_ENCODING);
     let decoded = postern_scan::decode_for_scan(&bytes, encoding.as_deref(), cap as usize)
         .map(|decoded| vec![decoded]);
-    let classified = classify(scanner, approved, &bytes, decoded, headers, &mut summary);
+    let classified = classify(scanner, approved, &bytes, decoded, headers, &mut summary).await;
     if summary.unapproved.is_empty() {
         return Ok(scanned(bytes, summary));
     }

@@ -85,6 +85,31 @@ async fn unapproved_class_is_blocked_and_nothing_reaches_the_vendor() {
     gw.stop().await;
 }
 
+/// A body of 256 KiB or more is scanned on the blocking pool, not on the worker: the same
+/// findings, redacted in place (a card near the end of 600 KB of notes).
+#[tokio::test]
+async fn a_large_body_is_scanned_off_the_worker_with_the_same_findings() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(&body(&vendor, "redact", ""), vendor.ca_pem.as_deref()).await;
+    let notes = "lorem ipsum dolor sit amet ".repeat(600_000 / 27);
+    let payload =
+        format!(r#"{{"notes":"{notes}","email":"ada@example.com","card":"4242424242424242"}}"#);
+    assert!(payload.len() >= 256 * 1024);
+    assert_eq!(post(&gw, &payload).await.status(), 200);
+    let forwarded = String::from_utf8(vendor.last().body.to_vec()).unwrap();
+    assert_eq!(forwarded.len(), payload.len());
+    assert!(!forwarded.contains("4242424242424242"));
+    assert!(forwarded.contains("ada@example.com"));
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["redacted"], true, "{}", events[0]);
+    assert_eq!(
+        events[0]["data_classes"]["payment.card"], 1,
+        "{}",
+        events[0]
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn unapproved_values_are_redacted_with_lengths_intact() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
