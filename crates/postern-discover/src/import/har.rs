@@ -8,7 +8,6 @@ use std::io::BufRead;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use super::{
     observation, parse_rfc3339, split_absolute_url, ImportError, ImportReport, RecordLocation,
@@ -140,7 +139,9 @@ pub(super) fn import<R: BufRead>(
                 .next()
                 .unwrap_or(&message)
                 .to_owned();
-            let reason = match serde_json::from_slice::<Value>(&bytes) {
+            // Valid JSON or not, told without building it (a `[0,0,…]` of N bytes would be a
+            // tree of 16·N bytes and more).
+            let reason = match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
                 Ok(_) => format!(
                     "not a HAR file (expected {{\"log\": {{\"entries\": […]}}}}): {message}"
                 ),
