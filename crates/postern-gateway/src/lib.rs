@@ -420,6 +420,9 @@ impl RunningGateway {
             })?;
         let data_dir = config.gateway.data_dir.clone();
         create_private_dir(&data_dir)?;
+        if let Some(problem) = data_dir_problem(&data_dir) {
+            tracing::warn!(data_dir = %data_dir.display(), "{problem}");
+        }
         // The vault first: a wrong or missing master key refuses start before anything is written.
         let vault = Arc::new(Vault::open(&data_dir)?);
         let admin_token_sha256 = admin_token_hash(&config, &data_dir)?;
@@ -895,6 +898,30 @@ pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What is wrong with `data_dir` as a home for the vault, the keys and the audit log, if
+/// anything: owned by another user, or writable by group or others (a mount that could not be
+/// made private). Whoever can write it can replace `vault.db` or the audit log (key files
+/// planted there are refused: `postern_keyfile::read_private_file`).
+pub fn data_dir_problem(data_dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = std::fs::metadata(data_dir).ok()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let user = unsafe { libc::geteuid() };
+    let mode = metadata.mode() & 0o777;
+    if metadata.uid() != user {
+        Some(format!(
+            "data_dir is owned by user id {}, not by the user postern runs as ({user}): that user can replace the vault and the audit log; give it to postern's user (`chown`) with mode 0700",
+            metadata.uid()
+        ))
+    } else if mode & 0o022 != 0 {
+        Some(format!(
+            "data_dir has mode {mode:03o}: group or other users can replace the vault and the audit log in it; `chmod 700` it (or mount it so)"
+        ))
+    } else {
+        None
+    }
+}
+
 /// The admin token's hash: from the config, else from `<data_dir>/admin-token`, generated with
 /// mode 0600 on first start.
 pub fn admin_token_hash(config: &Config, data_dir: &Path) -> anyhow::Result<[u8; 32]> {
@@ -1049,6 +1076,22 @@ mod tests {
         assert_eq!(names, ["admin-token"], "no temporary file is left");
         assert!(super::write_private_file(&path, b"another\n").is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"pat_whole\n");
+    }
+
+    /// A data_dir others may write (a mount that could not be made private) is named in a
+    /// warning with the fix; a private one is not.
+    #[test]
+    fn a_data_dir_others_may_write_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(super::data_dir_problem(dir.path()), None);
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let problem = super::data_dir_problem(dir.path()).unwrap();
+        assert!(
+            problem.contains("mode 777") && problem.contains("chmod 700"),
+            "{problem}"
+        );
     }
 
     /// An admin token file others may read or change (one planted in a shared data_dir, say)
