@@ -28,6 +28,13 @@ use crate::upstream::UpstreamClient;
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// Longest lifetime taken from an `expires_in` (a larger one is refreshed after this long).
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Shortest lifetime taken from an `expires_in`: a token said to expire at once (`0`) would be
+/// fetched again by every waiting call, one after another. Used that long, a token the vendor
+/// refuses (401) is dropped and a new one fetched, as any refused token is.
+const MIN_LIFETIME: Duration = Duration::from_secs(1);
+/// How many tokens' needles a response is checked for: the last installed and those before
+/// it, since a call injected with an older one may be answered after refreshes or a 401 purge.
+const ECHOED_TOKENS: usize = 4;
 /// After a failed fetch with no valid token, calls get that failure without a new token
 /// request for this long: a failing or refusing endpoint is not asked once per waiting call.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -67,11 +74,13 @@ pub struct TokenSource {
     client: UpstreamClient,
     timeout: Duration,
     current: ArcSwapOption<CachedToken>,
-    /// What a response header must not carry: the needles of the last two tokens installed (a
-    /// call injected with the older may be answered after a refresh, or after a 401 purged it).
+    /// What a response must not carry: the needles of the last [`ECHOED_TOKENS`] tokens
+    /// installed (a call injected with an older one may be answered after refreshes, or after
+    /// a 401 purged it).
     echoes: ArcSwap<Vec<Zeroizing<Vec<u8>>>>,
-    /// The needles of the last token installed (kept when [`TokenSource::purge`] drops it).
-    latest: ArcSwap<Vec<Zeroizing<Vec<u8>>>>,
+    /// The needles of the last [`ECHOED_TOKENS`] tokens installed, newest first (kept when
+    /// [`TokenSource::purge`] drops one).
+    installed: std::sync::Mutex<std::collections::VecDeque<Vec<Zeroizing<Vec<u8>>>>>,
     fetch_lock: tokio::sync::Mutex<()>,
     /// Fetches made for want of a valid token that have ended, whatever their result: a call
     /// that waited for the lock while one ended takes that one's answer.
@@ -98,7 +107,7 @@ impl TokenSource {
             timeout,
             current: ArcSwapOption::empty(),
             echoes: ArcSwap::from_pointee(Vec::new()),
-            latest: ArcSwap::from_pointee(Vec::new()),
+            installed: std::sync::Mutex::new(std::collections::VecDeque::new()),
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
             failed: ArcSwapOption::empty(),
@@ -178,18 +187,19 @@ impl TokenSource {
         self.refreshing.store(false, Ordering::Release);
     }
 
-    /// `token` becomes the one injected; its needles and those of the token installed before
-    /// it (purged or not) are what response headers are checked for.
+    /// `token` becomes the one injected; its needles and those of the tokens installed before
+    /// it (purged or not, [`ECHOED_TOKENS`] in all) are what responses are checked for.
     fn install(&self, token: CachedToken) {
-        let previous = self.latest.swap(Arc::new(token.needles.clone()));
-        let mut echoes = token.needles.clone();
-        echoes.extend(previous.iter().cloned());
+        let mut installed = self.installed.lock().expect("installed tokens lock");
+        installed.push_front(token.needles.clone());
+        installed.truncate(ECHOED_TOKENS);
+        let echoes: Vec<Zeroizing<Vec<u8>>> = installed.iter().flatten().cloned().collect();
         self.echoes.store(Arc::new(echoes));
         self.current.store(Some(Arc::new(token)));
     }
 
-    /// The last two tokens installed, as a vendor could echo them: a response header holding
-    /// one is dropped before it reaches the caller.
+    /// The last [`ECHOED_TOKENS`] tokens installed, as a vendor could echo them: a response
+    /// header holding one is dropped before it reaches the caller.
     pub fn echoes(&self) -> arc_swap::Guard<Arc<Vec<Zeroizing<Vec<u8>>>>> {
         self.echoes.load()
     }
@@ -242,21 +252,30 @@ impl TokenSource {
         }
         let body = ForwardBody::full(Bytes::from(form), Arc::new(RequestBodyState::default()));
         let request = request.body(body).map_err(|_| TokenError::Malformed)?;
-        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
-        {
-            Err(_) => return Err(TokenError::Timeout(self.timeout.as_millis() as u64)),
-            Ok(Err(error)) => return Err(TokenError::Unreachable(error.to_string())),
-            Ok(Ok((response, _))) => response,
+        // The whole exchange within the timeout, the answer's body too: an endpoint that sends
+        // a head and then stalls must not hold the fetch (and every call waiting on it) forever.
+        let exchange = async {
+            let (response, _) = self.client.request(request).await.map_err(|error| {
+                // The caller is told what kind of failure, not the endpoint's address.
+                tracing::warn!(integration = %self.integration, error = %error, "the token endpoint could not be reached");
+                TokenError::Unreachable(unreachable_kind(&error))
+            })?;
+            let status = response.status().as_u16();
+            if status != 200 {
+                return Err(TokenError::Refused { status });
+            }
+            Ok(
+                http_body_util::Limited::new(response.into_body(), MAX_TOKEN_RESPONSE_BYTES)
+                    .collect()
+                    .await
+                    .map_err(|_| TokenError::Malformed)?
+                    .to_bytes(),
+            )
         };
-        let status = response.status().as_u16();
-        if status != 200 {
-            return Err(TokenError::Refused { status });
-        }
-        let body = http_body_util::Limited::new(response.into_body(), MAX_TOKEN_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|_| TokenError::Malformed)?
-            .to_bytes();
+        let body = match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => return Err(TokenError::Timeout(self.timeout.as_millis() as u64)),
+            Ok(answer) => answer?,
+        };
         let parsed: serde_json::Value =
             serde_json::from_slice(&body).map_err(|_| TokenError::Malformed)?;
         let access_token = parsed
@@ -270,7 +289,7 @@ impl TokenSource {
                 e.as_u64()
                     .or_else(|| e.as_str().and_then(|s| s.parse().ok()))
             })
-            .map(|seconds| Duration::from_secs(seconds).min(MAX_LIFETIME))
+            .map(|seconds| Duration::from_secs(seconds).clamp(MIN_LIFETIME, MAX_LIFETIME))
             .unwrap_or(DEFAULT_LIFETIME);
         let mut header = HeaderValue::from_str(&format!("Bearer {access_token}"))
             .map_err(|_| TokenError::Malformed)?;
@@ -282,6 +301,24 @@ impl TokenSource {
             refresh_at: now + lifetime.mul_f64(0.8),
             expires_at: now + lifetime,
         })
+    }
+}
+
+/// What kind of failure kept the token endpoint from answering, without its address (which
+/// the log has): the caller is told this.
+fn unreachable_kind(error: &crate::upstream::UpstreamError) -> String {
+    use crate::upstream::{ConnectError, UpstreamError};
+    match error {
+        UpstreamError::Connect(ConnectError::Denied(denied)) => format!(
+            "it resolves to a {} address, which the SSRF guard refuses (list it in the integration's allow_private_networks if intended)",
+            denied.class.as_str()
+        ),
+        UpstreamError::Connect(ConnectError::Resolve { .. }) => "its name did not resolve".into(),
+        UpstreamError::Connect(_) => "the connection failed".into(),
+        UpstreamError::Tls { .. } | UpstreamError::Handshake { .. } => {
+            "the TLS handshake failed".into()
+        }
+        _ => "the exchange failed".into(),
     }
 }
 

@@ -382,6 +382,88 @@ async fn a_failing_token_endpoint_is_asked_once_for_all_waiting_calls() {
     s.gw.stop().await;
 }
 
+/// A token said to expire at once (`expires_in: 0`) is used for a second: the calls that
+/// waited for it take it, rather than each asking the endpoint again, one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_that_expires_at_once_is_fetched_once_for_the_waiting_calls() {
+    let s = setup(0, "basic").await;
+    assert_eq!(concurrent_calls(&s.gw, 16).await, [200; 16]);
+    assert_eq!(s.tokens.requests.load(Ordering::SeqCst), 1, "single flight");
+    s.gw.stop().await;
+}
+
+/// A token endpoint that sends its answer's head and then stalls is given up on at the
+/// integration's `request_timeout_ms`, the body included: the call fails closed (503), it does
+/// not wait forever, and the next call asks again once the failure's second has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_endpoint_stalling_mid_answer_times_out() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_port = listener.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holder = held.clone();
+    tokio::spawn(async move {
+        for _ in 0..8 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut request = vec![0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+                .await;
+            holder.lock().unwrap().push(stream);
+        }
+    });
+    let vendor = TestVendor::tls(vendor_handler(Arc::new(Mutex::new(Vec::new())))).await;
+    let body = format!(
+        r#"
+[[integrations]]
+name = "crm"
+vendor = "CRM"
+owner = "sales@example.com"
+upstream = "https://127.0.0.1:{vendor_port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+allow_plaintext = true
+request_timeout_ms = 500
+credential = {{ kind = "oauth2", token_url = "http://127.0.0.1:{token_port}/oauth/token", client_id = "postern-client", client_secret = "crm-client-secret" }}
+operations = [ {{ id = "list_contacts", method = "GET", path = "/contacts" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "crm"
+operations = ["*"]
+"#,
+        vendor_port = vendor.addr.port(),
+    );
+    let gw = TestGateway::start(&body, vendor.ca_pem.as_deref()).await;
+    let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
+    vault
+        .set("crm-client-secret", "oauth2_client_secret", b"secret", 1)
+        .unwrap();
+    gw.running().shared().refresh_from_vault().unwrap();
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), get_contacts(&gw))
+        .await
+        .expect("the call was answered, not held by the stalled token request");
+    assert_eq!(response.status(), 503);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "credential_unavailable");
+    assert!(answer.to_string().contains("500 ms"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(vendor.seen().is_empty());
+    // The fetch lock was let go: a call after the failure's second asks again (and fails
+    // the same way), rather than waiting on the first.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = tokio::time::timeout(std::time::Duration::from_secs(10), get_contacts(&gw))
+        .await
+        .expect("answered");
+    assert_eq!(again.status(), 503);
+    assert_eq!(held.lock().unwrap().len(), 2, "two token requests");
+    gw.stop().await;
+}
+
 /// An `expires_in` too large for the clock is taken as a day, not a crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_token_lifetime_is_capped() {
