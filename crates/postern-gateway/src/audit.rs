@@ -138,7 +138,12 @@ impl Audit {
         let (ledger, report) = Ledger::open(&dir, LedgerOptions::new(origin))
             .await
             .with_context(|| format!("opening the audit log in {}", dir.display()))?;
-        if report.entries > 0 && report.latest_checkpoint.is_none() {
+        if report.entries > 0
+            && report
+                .latest_checkpoint
+                .as_ref()
+                .is_none_or(|c| c.size == 0)
+        {
             tracing::warn!(
                 entries = report.entries,
                 "the audit log holds entries and no signed checkpoint (its checkpoint files are missing, or the gateway stopped before its first); the next checkpoint signs the entries as they are now: `postern audit verify --key <verifier key>` against a copy taken before this start tells whether they were altered"

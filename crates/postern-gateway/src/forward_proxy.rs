@@ -962,8 +962,13 @@ fn connect_target(uri: &Uri) -> Result<(String, u16), CallError> {
 /// all see: brackets off, lowercase, one trailing dot removed; `None` for an empty label.
 fn canonical_host(raw: &str) -> Option<String> {
     let host = postern_policy::normalize_host(raw.trim_start_matches('[').trim_end_matches(']'));
-    let valid =
-        !host.is_empty() && !host.starts_with('.') && !host.ends_with('.') && !host.contains("..");
+    // No IPv6 zone id (`[2001:db8::1%25eth0]`): the resolver dials the address it names, but
+    // no host pattern would see that address in it.
+    let valid = !host.is_empty()
+        && !host.starts_with('.')
+        && !host.ends_with('.')
+        && !host.contains("..")
+        && !host.contains('%');
     // An IPv4 address in a shorthand form (`1572395042`, `0x5db8d822`, `93.184.216.042`) is
     // the dotted quad it dials as, so a `deny_hosts` entry for that address matches it.
     match postern_netguard::ipv4_literal(&host) {

@@ -501,6 +501,11 @@ async fn a_denied_address_is_denied_in_every_spelling() {
         assert!(answer.starts_with("HTTP/1.1 403"), "{target}: {answer}");
         assert!(answer.contains("host_denied"), "{target}: {answer}");
     }
+    // With a zone id the address matches no host pattern, though a resolver dials it: refused
+    // as a target.
+    let answer = connect_status(&gw, &format!("[::1%25lo]:{port}")).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("invalid_connect_target"), "{answer}");
     assert!(vendor.seen().is_empty());
     gw.stop().await;
 }

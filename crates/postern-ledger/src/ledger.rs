@@ -384,14 +384,15 @@ impl Ledger {
         &self.shared.dir
     }
 
-    /// Signs and stores a new checkpoint if the tree grew since the last one (or none exists);
-    /// returns it, or `None` when nothing changed. Refuses to write a checkpoint inconsistent
-    /// with the previous one. Blocking (file writes and syncs).
+    /// Signs and stores a new checkpoint if the tree grew since the last one; returns it, or
+    /// `None` when nothing changed. The empty tree is never signed: a signed checkpoint of size
+    /// 0 kept alone would vouch for nothing, yet pass for a log's signed history. Refuses to
+    /// write a checkpoint inconsistent with the previous one. Blocking (file writes and syncs).
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>, LedgerError> {
         let shared = &self.shared;
         let mut latest = shared.latest.lock().expect("checkpoint lock");
         let size = self.size();
-        if latest.as_ref().map(|l| l.checkpoint.size) == Some(size) {
+        if size == 0 || latest.as_ref().map(|l| l.checkpoint.size) == Some(size) {
             return Ok(None);
         }
         let hashes_path = shared.dir.join(HASHES_FILE);

@@ -40,7 +40,7 @@ pub enum VerifyError {
     },
     #[error("{0}")]
     Unreadable(String),
-    #[error("the log holds {entries} entries and no checkpoint signed by the given key: its checkpoint files are missing (or the gateway stopped before writing its first), so nothing shows the entries were not rewritten; restore checkpoint and checkpoints.log from a backup or a witness")]
+    #[error("the log holds {entries} entries and no checkpoint signed by the given key covers any of them: its checkpoint files are missing or hold only the empty tree's (or the gateway stopped before signing its first entry), so nothing shows the entries were not rewritten; restore checkpoint and checkpoints.log from a backup or a witness")]
     Unsigned { entries: u64 },
     #[error("no verifier key: pass one, or keep {0} in the directory")]
     NoKey(PathBuf),
@@ -177,7 +177,14 @@ pub fn verify_dir(
         }
     }
     let current_path = dir.join(CHECKPOINT_FILE);
-    if let Ok(note) = std::fs::read_to_string(&current_path) {
+    // Absent, it is not checked; present, it must be read (open refuses a log whose
+    // checkpoint cannot be, and verify must not pass what open refuses).
+    let current = match std::fs::read_to_string(&current_path) {
+        Ok(note) => Some(note),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(io(&current_path)(error)),
+    };
+    if let Some(note) = current {
         let which = current_path.display().to_string();
         checkpoints.push(open_checkpoint(
             &which,
@@ -319,9 +326,15 @@ pub fn verify_dir(
         });
     }
     // A key given by the verifier (not read from the directory) pins what must have signed the
-    // log: entries with no checkpoint at all are not verified (deleting the checkpoint files
-    // would otherwise pass a rewritten log, and the next checkpoint would sign it).
-    if pinned && checkpoints.is_empty() && builder.size() > 0 {
+    // log: entries no checkpoint covers at all are not verified (deleting the checkpoint files,
+    // or keeping only a signed checkpoint of the empty tree, would otherwise pass a rewritten
+    // log, and the next checkpoint would sign it).
+    let signed_size = checkpoints
+        .iter()
+        .map(|c| c.checkpoint.size)
+        .max()
+        .unwrap_or(0);
+    if pinned && signed_size == 0 && builder.size() > 0 {
         return Err(VerifyError::Unsigned {
             entries: builder.size(),
         });

@@ -182,6 +182,37 @@ async fn appends_are_readable_provable_and_survive_reopen() {
             .checkpoints_verified,
         0
     );
+    // Nor does a signed checkpoint of the empty tree alone (an older version signed one at
+    // first start): it covers none of the entries.
+    let key = std::fs::read_to_string(tmp.path().join("signing-key")).unwrap();
+    let signer = NoteSigner::from_signer_key(key.trim()).unwrap();
+    let empty = Checkpoint {
+        origin: ORIGIN.to_string(),
+        size: 0,
+        root_hash: postern_tlog::empty_root(),
+    };
+    std::fs::write(tmp.path().join("checkpoint"), empty.sign(&signer).unwrap()).unwrap();
+    let unsigned = verify_dir(tmp.path(), Some(&verifier.verifier_key()), |_, _| {}).unwrap_err();
+    assert!(
+        matches!(unsigned, VerifyError::Unsigned { entries: 701 }),
+        "{unsigned}"
+    );
+    // A checkpoint file that cannot be read is an error, not skipped.
+    std::fs::remove_file(tmp.path().join("checkpoint")).unwrap();
+    std::fs::create_dir(tmp.path().join("checkpoint")).unwrap();
+    assert!(verify_dir(tmp.path(), Some(&verifier.verifier_key()), |_, _| {}).is_err());
+}
+
+/// The empty tree is never signed: a fresh ledger has no checkpoint until it holds an entry.
+#[tokio::test]
+async fn the_empty_tree_is_not_signed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    assert_eq!(ledger.checkpoint().unwrap(), None);
+    assert!(!tmp.path().join("checkpoint").exists());
+    ledger.append(entry(0)).await.unwrap();
+    assert_eq!(ledger.checkpoint().unwrap().unwrap().size, 1);
+    ledger.close().await;
 }
 
 #[tokio::test]

@@ -5,7 +5,8 @@
 //! breaks ties), so the first template that matches is the answer — unless a more
 //! specific one matches the path loosely (ASCII case aside, or with a format suffix), as
 //! a vendor's router might: then none does. A lookup therefore only looks at templates
-//! that could possibly match.
+//! that could possibly match. A path that two templates match, neither of them the more
+//! specific segment by segment, matches no operation either: routers disagree on it.
 
 use std::sync::Arc;
 
@@ -40,6 +41,12 @@ struct OperationEntry {
     template: PathTemplate,
     /// `template.as_str()`, shared.
     template_text: Arc<str>,
+    /// The bucket's other templates of which neither this one nor that one is the more
+    /// specific segment by segment (`/v1/{acct}/invoices/{id}` and
+    /// `/v1/admin/{section}/{item}`): a path both match is one routers disagree on (a
+    /// literal-first router takes the second, Postern's order the first), so it matches
+    /// neither. Indices into the bucket; empty for nearly every operation.
+    rivals: Vec<usize>,
 }
 
 impl OperationTable {
@@ -80,11 +87,22 @@ impl OperationTable {
                 id: id.into(),
                 template_text: template.as_str().into(),
                 template,
+                rivals: Vec::new(),
             });
         }
         for bucket in buckets.values_mut().flat_map(LookupMap::values_mut) {
             // Stable sort: declaration order breaks ties.
             bucket.sort_by_key(|entry| std::cmp::Reverse(entry.template.literal_len()));
+            for index in 0..bucket.len() {
+                let rivals = (0..bucket.len())
+                    .filter(|&other| {
+                        other != index
+                            && !bucket[index].template.dominates(&bucket[other].template)
+                            && !bucket[other].template.dominates(&bucket[index].template)
+                    })
+                    .collect();
+                bucket[index].rivals = rivals;
+            }
         }
         Ok(OperationTable { buckets })
     }
@@ -123,7 +141,11 @@ impl OperationTable {
         let mut loosely = false;
         for entry in bucket {
             if entry.template.matches(path) {
-                return match loosely {
+                let contested = entry
+                    .rivals
+                    .iter()
+                    .any(|&rival| bucket[rival].template.matches(path));
+                return match loosely || contested {
                     true => Found::Loosely,
                     false => Found::Operation(MatchedOperation {
                         id: &entry.id,

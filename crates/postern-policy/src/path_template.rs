@@ -38,15 +38,19 @@ impl TemplateSegment {
 
 impl TemplateSegment {
     /// Whether a server that routes regardless of ASCII case, or that strips a format suffix
-    /// (`.json`, Rails and older Spring MVC) or `;` parameters, could take `segment` for this
-    /// one.
+    /// (`.json`, Rails and older Spring MVC) or `;` parameters, or that decodes
+    /// percent-escapes before routing (ASP.NET Core, Go's ServeMux, Spring's PathPattern:
+    /// `%40me` is `@me`), could take `segment` for this one.
     fn loosely_matches(&self, segment: &[u8]) -> bool {
         match self {
             TemplateSegment::Literal(text) => {
                 let text = text.as_bytes();
-                segment.len() >= text.len()
-                    && segment[..text.len()].eq_ignore_ascii_case(text)
-                    && matches!(segment.get(text.len()), None | Some(b'.' | b';'))
+                let alike = |segment: &[u8]| {
+                    segment.len() >= text.len()
+                        && segment[..text.len()].eq_ignore_ascii_case(text)
+                        && matches!(segment.get(text.len()), None | Some(b'.' | b';'))
+                };
+                alike(segment) || (segment.contains(&b'%') && alike(&percent_decoded(segment)))
             }
             TemplateSegment::Placeholder { prefix, suffix } => {
                 segment.len() > prefix.len() + suffix.len()
@@ -146,11 +150,57 @@ impl PathTemplate {
         self.literal_len
     }
 
+    /// Whether this template is, segment by segment, at least as specific as `other` (a
+    /// literal where `other` has one or a placeholder; a placeholder with a prefix or suffix
+    /// where `other` has a bare one): where both match a path, every router — literal first
+    /// segment by segment, or most literal text first — picks this one.
+    pub(crate) fn dominates(&self, other: &PathTemplate) -> bool {
+        let rank = |segment: &TemplateSegment| match segment {
+            TemplateSegment::Literal(_) => 2,
+            TemplateSegment::Placeholder { prefix, suffix }
+                if !prefix.is_empty() || !suffix.is_empty() =>
+            {
+                1
+            }
+            TemplateSegment::Placeholder { .. } => 0,
+        };
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(mine, theirs)| rank(mine) >= rank(theirs))
+    }
+
     /// Number of `/`-separated segments; equals the number of `/` in any path
     /// this template matches.
     pub(crate) fn segment_count(&self) -> usize {
         self.segments.len()
     }
+}
+
+/// `segment` with its `%XX` escapes decoded (a `%` not followed by two hex digits kept as it
+/// is).
+fn percent_decoded(segment: &[u8]) -> Vec<u8> {
+    let hex = |byte: u8| (byte as char).to_digit(16).map(|digit| digit as u8);
+    let mut decoded = Vec::with_capacity(segment.len());
+    let mut at = 0;
+    while at < segment.len() {
+        let escaped = (segment[at] == b'%')
+            .then(|| Some(hex(*segment.get(at + 1)?)? * 16 + hex(*segment.get(at + 2)?)?))
+            .flatten();
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            None => {
+                decoded.push(segment[at]);
+                at += 1;
+            }
+        }
+    }
+    decoded
 }
 
 fn parse_segment(raw: &str) -> Result<TemplateSegment, String> {

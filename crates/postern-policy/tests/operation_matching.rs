@@ -202,3 +202,58 @@ fn table_rejects_bad_declarations() {
         "operations `a` and `b` both declare `GET /x/{id}`; remove one or make the templates differ"
     );
 }
+
+/// Two templates a path matches, neither the more specific segment by segment
+/// (`/v1/{acct}/invoices/{id}` has more literal text, `/v1/admin/{section}/{item}` its literal
+/// first): Postern's order takes the first, a literal-first router (httprouter, gin, chi,
+/// find-my-way, ASP.NET Core) the second — so the path matches neither, whichever is granted.
+/// Paths only one of them matches, and pairs where one is the more specific everywhere, are
+/// matched as before.
+#[test]
+fn a_path_two_templates_dispute_matches_neither() {
+    let table = OperationTable::new([
+        ("get_invoice", "GET", "/v1/{acct}/invoices/{id}"),
+        ("admin_item", "GET", "/v1/admin/{section}/{item}"),
+        ("get_charge", "GET", "/v1/charges/{id}"),
+        ("search_charges", "GET", "/v1/charges/search"),
+    ])
+    .unwrap();
+    let found = |path: &str| table.find("GET", path).map(|m| m.id.to_string());
+    assert_eq!(found("/v1/admin/invoices/x"), None);
+    assert_eq!(
+        found("/v1/acct_1/invoices/in_1").as_deref(),
+        Some("get_invoice")
+    );
+    assert_eq!(found("/v1/admin/users/u_1").as_deref(), Some("admin_item"));
+    // One more specific at every segment: no dispute.
+    assert_eq!(
+        found("/v1/charges/search").as_deref(),
+        Some("search_charges")
+    );
+    assert_eq!(found("/v1/charges/ch_1").as_deref(), Some("get_charge"));
+    // A `HEAD` falling back to the `GET` operations is refused the same way.
+    assert_eq!(table.find("HEAD", "/v1/admin/invoices/x"), None);
+}
+
+/// A literal segment written with percent-escapes (`%40me` for `@me`, `%3A` for `:`) is what
+/// routers that decode before routing take for the literal: it matches no operation, rather
+/// than the placeholder beside it.
+#[test]
+fn an_escaped_literal_matches_no_operation() {
+    let table = OperationTable::new([
+        ("get_user", "GET", "/users/{user_id}"),
+        ("get_me", "GET", "/users/@me"),
+        ("get_doc", "GET", "/v1/documents/{doc}"),
+        ("batch", "GET", "/v1/documents/doc:batchGet"),
+    ])
+    .unwrap();
+    let found = |path: &str| table.find("GET", path).map(|m| m.id.to_string());
+    assert_eq!(found("/users/%40me"), None);
+    assert_eq!(found("/users/%40ME"), None);
+    assert_eq!(found("/users/@me").as_deref(), Some("get_me"));
+    assert_eq!(found("/v1/documents/doc%3AbatchGet"), None);
+    assert_eq!(found("/v1/documents/doc%3abatchget"), None);
+    // Escapes that do not spell the literal leave the placeholder's match alone.
+    assert_eq!(found("/users/%40you").as_deref(), Some("get_user"));
+    assert_eq!(found("/users/100%25").as_deref(), Some("get_user"));
+}

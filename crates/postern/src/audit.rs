@@ -21,6 +21,10 @@ use postern_tlog::{leaf_hash, AuditRecord, Hash};
 
 use crate::ExitCode;
 
+/// The largest admin API answer `postern audit` reads (entries are at most 64 KiB, proofs a
+/// few KiB): a larger one is an error, not held in memory.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
 /// `postern audit verify`: the log is corrupt or was tampered with (distinct from 1, "could
 /// not check").
 pub const EXIT_LOG_CORRUPT: u8 = 4;
@@ -686,7 +690,11 @@ impl Admin {
             tokio::time::timeout(Duration::from_secs(30), async {
                 let response = client.request(request).await?;
                 let status = response.status();
-                let body = response.into_body().collect().await?.to_bytes();
+                // An entry, a proof or a key is small: a larger answer is not held.
+                let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                    .collect()
+                    .await?
+                    .to_bytes();
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
             })
             .await
