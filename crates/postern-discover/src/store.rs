@@ -272,23 +272,29 @@ fn schema_version(connection: &Connection) -> rusqlite::Result<i64> {
     )
 }
 
-/// Removes the least recently seen host whose every call was refused; its calls are counted as
-/// dropped. False when there is none.
-/// Whether traffic reached `host`: a call the gateway passed, with bytes sent or received (an
-/// import's hosts count as reached: many logs give no sizes).
+/// Whether traffic reached `host`: a call the gateway passed, with bytes sent or received or an
+/// answer's status (a `204` to a `GET` has no body either way); an import's hosts count as
+/// reached (many logs give no sizes).
 fn reached(host: &DiscoveredHost) -> bool {
     host.calls > host.blocked_calls
         && (host.bytes_out > 0
             || host.bytes_in > 0
+            || host.endpoints.iter().any(|e| e.last_status.is_some())
             || host.sources.contains(&ObservationSource::Import))
 }
 
+/// Removes the least recently seen host that traffic never reached ([`reached`]: every call
+/// refused, or seen by the proxy with no byte and no answer); its calls are counted as
+/// dropped. False when there is none.
 fn evict_refused_only(connection: &Connection) -> rusqlite::Result<bool> {
     let victim = connection
         .query_row(
             "SELECT host, port, calls FROM hosts
              WHERE calls = blocked_calls
-                OR (seen_by_import = 0 AND bytes_out = 0 AND bytes_in = 0)
+                OR (seen_by_import = 0 AND bytes_out = 0 AND bytes_in = 0
+                    AND NOT EXISTS (SELECT 1 FROM endpoints
+                        WHERE endpoints.host = hosts.host AND endpoints.port = hosts.port
+                          AND endpoints.last_status IS NOT NULL))
              ORDER BY last_seen_ms ASC, host ASC LIMIT 1",
             [],
             |row| {
@@ -835,6 +841,16 @@ mod tests {
             "{names:?}"
         );
         assert_eq!(store.dropped_calls().unwrap(), 3);
+        // One that answered with no body either way (a `204` to a `GET`) was reached: it takes
+        // the remaining refused-only slot.
+        let mut beacon = Inventory::new();
+        let mut answered = unreached("beacon.example", 6);
+        answered.status = Some(204);
+        beacon.record(&answered);
+        store.merge_delta(&beacon).unwrap();
+        let names: Vec<String> = store.list().unwrap().into_iter().map(|h| h.host).collect();
+        assert!(names.contains(&"beacon.example".to_string()), "{names:?}");
+        assert!(!names.contains(&"junk-2.example".to_string()), "{names:?}");
     }
 
     #[test]

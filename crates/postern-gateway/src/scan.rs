@@ -391,18 +391,23 @@ async fn classify<'a>(
     // scan is linear, but a megabyte of crafted markup still takes a tenth of a second).
     let results: Vec<postern_scan::ScanResult> =
         if readings.iter().map(|reading| reading.len()).sum::<usize>() >= SCAN_OFF_WORKER_BYTES {
-            let scanner = scanner.clone();
+            let off_worker = scanner.clone();
             let owned: Vec<Vec<u8>> = readings.iter().map(|reading| reading.to_vec()).collect();
             let scanned = tokio::task::spawn_blocking(move || {
                 owned
                     .iter()
-                    .map(|reading| scanner.scan(reading, hint))
+                    .map(|reading| off_worker.scan(reading, hint))
                     .collect()
             })
             .await;
-            match scanned {
+            match scanned.map_err(tokio::task::JoinError::try_into_panic) {
                 Ok(results) => results,
-                Err(error) => std::panic::resume_unwind(error.into_panic()),
+                Err(Ok(panic)) => std::panic::resume_unwind(panic),
+                // Cancelled (the runtime shutting down): scanned here instead.
+                Err(Err(_)) => readings
+                    .iter()
+                    .map(|reading| scanner.scan(reading, hint))
+                    .collect(),
             }
         } else {
             readings

@@ -141,10 +141,12 @@ impl OperationTable {
         let mut loosely = false;
         for entry in bucket {
             if entry.template.matches(path) {
+                // Loosely: a rival a case-blind or decoding router takes the path for disputes
+                // it as much (`/v1/ADMIN/invoices/x`, `/v1/%61dmin/invoices/x`).
                 let contested = entry
                     .rivals
                     .iter()
-                    .any(|&rival| bucket[rival].template.matches(path));
+                    .any(|&rival| bucket[rival].template.loosely_matches(path));
                 return match loosely || contested {
                     true => Found::Loosely,
                     false => Found::Operation(MatchedOperation {

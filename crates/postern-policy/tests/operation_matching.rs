@@ -220,6 +220,9 @@ fn a_path_two_templates_dispute_matches_neither() {
     .unwrap();
     let found = |path: &str| table.find("GET", path).map(|m| m.id.to_string());
     assert_eq!(found("/v1/admin/invoices/x"), None);
+    // Spelled as a case-blind or decoding router still reads it.
+    assert_eq!(found("/v1/ADMIN/invoices/x"), None);
+    assert_eq!(found("/v1/%61dmin/invoices/x"), None);
     assert_eq!(
         found("/v1/acct_1/invoices/in_1").as_deref(),
         Some("get_invoice")
