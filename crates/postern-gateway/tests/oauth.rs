@@ -84,7 +84,26 @@ async fn setup_with(lifetime_s: u64, client_auth: &str, extra: &str) -> Setup {
         vendor.ca_pem.as_deref().unwrap(),
         token_server.ca_pem.as_deref().unwrap()
     );
-    let body = format!(
+    let credential = format!(
+        r#"{{ kind = "oauth2", token_url = "https://127.0.0.1:{token_port}/oauth/token", client_id = "postern-client", client_secret = "crm-client-secret", scope = "contacts.read", client_auth = "{client_auth}", params = {{ audience = "https://api.crm.example" }} }}"#,
+        token_port = token_server.addr.port(),
+    );
+    let body = crm_integration(vendor.addr.port(), &credential, extra);
+    let gw = TestGateway::start(&body, Some(&cas)).await;
+    store_client_secret(&gw, b"s3cret value&=");
+    std::mem::forget(token_server);
+    Setup {
+        gw,
+        tokens,
+        vendor,
+        refused,
+    }
+}
+
+/// The CRM integration on the vendor at `vendor_port`, with `credential` (an oauth2 table) and
+/// `extra` keys, granted whole to `checkout`.
+fn crm_integration(vendor_port: u16, credential: &str, extra: &str) -> String {
+    format!(
         r#"
 [[integrations]]
 name = "crm"
@@ -93,7 +112,7 @@ owner = "sales@example.com"
 upstream = "https://127.0.0.1:{vendor_port}"
 ca_file = "{{ca}}"
 allow_private_networks = ["127.0.0.1/32"]
-credential = {{ kind = "oauth2", token_url = "https://127.0.0.1:{token_port}/oauth/token", client_id = "postern-client", client_secret = "crm-client-secret", scope = "contacts.read", client_auth = "{client_auth}", params = {{ audience = "https://api.crm.example" }} }}
+credential = {credential}
 operations = [
   {{ id = "list_contacts", method = "GET", path = "/contacts" }},
   {{ id = "create_contact", method = "POST", path = "/contacts" }},
@@ -104,28 +123,17 @@ operations = [
 caller = "checkout"
 integration = "crm"
 operations = ["*"]
-"#,
-        vendor_port = vendor.addr.port(),
-        token_port = token_server.addr.port(),
-    );
-    let gw = TestGateway::start(&body, Some(&cas)).await;
+"#
+    )
+}
+
+/// Stores the OAuth2 client secret `crm-client-secret` in the gateway's vault and applies it.
+fn store_client_secret(gw: &TestGateway, value: &[u8]) {
     let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
     vault
-        .set(
-            "crm-client-secret",
-            "oauth2_client_secret",
-            b"s3cret value&=",
-            1,
-        )
+        .set("crm-client-secret", "oauth2_client_secret", value, 1)
         .unwrap();
     gw.running().shared().refresh_from_vault().unwrap();
-    std::mem::forget(token_server);
-    Setup {
-        gw,
-        tokens,
-        vendor,
-        refused,
-    }
 }
 
 async fn call(gw: &TestGateway) -> u16 {
@@ -416,33 +424,16 @@ async fn a_token_endpoint_stalling_mid_answer_times_out() {
         }
     });
     let vendor = TestVendor::tls(vendor_handler(Arc::new(Mutex::new(Vec::new())))).await;
-    let body = format!(
-        r#"
-[[integrations]]
-name = "crm"
-vendor = "CRM"
-owner = "sales@example.com"
-upstream = "https://127.0.0.1:{vendor_port}"
-ca_file = "{{ca}}"
-allow_private_networks = ["127.0.0.1/32"]
-allow_plaintext = true
-request_timeout_ms = 500
-credential = {{ kind = "oauth2", token_url = "http://127.0.0.1:{token_port}/oauth/token", client_id = "postern-client", client_secret = "crm-client-secret" }}
-operations = [ {{ id = "list_contacts", method = "GET", path = "/contacts" }} ]
-
-[[grants]]
-caller = "checkout"
-integration = "crm"
-operations = ["*"]
-"#,
-        vendor_port = vendor.addr.port(),
+    let credential = format!(
+        r#"{{ kind = "oauth2", token_url = "http://127.0.0.1:{token_port}/oauth/token", client_id = "postern-client", client_secret = "crm-client-secret" }}"#
+    );
+    let body = crm_integration(
+        vendor.addr.port(),
+        &credential,
+        "allow_plaintext = true\nrequest_timeout_ms = 500",
     );
     let gw = TestGateway::start(&body, vendor.ca_pem.as_deref()).await;
-    let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
-    vault
-        .set("crm-client-secret", "oauth2_client_secret", b"secret", 1)
-        .unwrap();
-    gw.running().shared().refresh_from_vault().unwrap();
+    store_client_secret(&gw, b"secret");
     let started = std::time::Instant::now();
     let response = tokio::time::timeout(std::time::Duration::from_secs(10), get_contacts(&gw))
         .await
@@ -523,11 +514,7 @@ integration = "crm"
 operations = ["*"]
 "#;
     let gw = TestGateway::start(body, None).await;
-    let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
-    vault
-        .set("crm-client-secret", "oauth2_client_secret", b"x", 1)
-        .unwrap();
-    gw.running().shared().refresh_from_vault().unwrap();
+    store_client_secret(&gw, b"x");
     let response = client()
         .get(format!("{}/crm/contacts", gw.base))
         .bearer_auth(&gw.token)
