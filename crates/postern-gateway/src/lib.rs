@@ -903,23 +903,9 @@ pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 /// made private). Whoever can write it can replace `vault.db` or the audit log (key files
 /// planted there are refused: `postern_keyfile::read_private_file`).
 pub fn data_dir_problem(data_dir: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt as _;
-    let metadata = std::fs::metadata(data_dir).ok()?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let user = unsafe { libc::geteuid() };
-    let mode = metadata.mode() & 0o777;
-    if metadata.uid() != user {
-        Some(format!(
-            "data_dir is owned by user id {}, not by the user postern runs as ({user}): that user can replace the vault and the audit log; give it to postern's user (`chown`) with mode 0700",
-            metadata.uid()
-        ))
-    } else if mode & 0o022 != 0 {
-        Some(format!(
-            "data_dir has mode {mode:03o}: group or other users can replace the vault and the audit log in it; `chmod 700` it (or mount it so)"
-        ))
-    } else {
-        None
-    }
+    postern_keyfile::writable_by_others(data_dir).map(|problem| {
+        format!("data_dir {problem}: they can replace the vault and the audit log in it; give it to postern's user (`chown`) and `chmod 700` it (or mount it so)")
+    })
 }
 
 /// The admin token's hash: from the config, else from `<data_dir>/admin-token`, generated with

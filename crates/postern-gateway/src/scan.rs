@@ -389,7 +389,13 @@ async fn classify<'a>(
     summary.classes.clear();
     // A large body is scanned off the worker, whose other connections would wait on it (a
     // scan is linear, but a megabyte of crafted markup still takes a tenth of a second).
-    let results: Vec<postern_scan::ScanResult> =
+    let scan_here = || -> Vec<postern_scan::ScanResult> {
+        readings
+            .iter()
+            .map(|reading| scanner.scan(reading, hint))
+            .collect()
+    };
+    let results =
         if readings.iter().map(|reading| reading.len()).sum::<usize>() >= SCAN_OFF_WORKER_BYTES {
             let off_worker = scanner.clone();
             let owned: Vec<Vec<u8>> = readings.iter().map(|reading| reading.to_vec()).collect();
@@ -404,16 +410,10 @@ async fn classify<'a>(
                 Ok(results) => results,
                 Err(Ok(panic)) => std::panic::resume_unwind(panic),
                 // Cancelled (the runtime shutting down): scanned here instead.
-                Err(Err(_)) => readings
-                    .iter()
-                    .map(|reading| scanner.scan(reading, hint))
-                    .collect(),
+                Err(Err(_)) => scan_here(),
             }
         } else {
-            readings
-                .iter()
-                .map(|reading| scanner.scan(reading, hint))
-                .collect()
+            scan_here()
         };
     for result in results {
         for (class, count) in &result.class_counts {

@@ -76,6 +76,33 @@ pub fn is_not_private(error: &std::io::Error) -> bool {
         .is_some_and(|inner| inner.is::<NotPrivate>())
 }
 
+/// The effective user this process runs as.
+fn effective_user() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Why a directory holding key files could be written by another user, if it could: owned by
+/// another user, or writable by group or others. (Key files planted in it are refused by
+/// [`read_private_file`]; other files in it are not.)
+pub fn writable_by_others(dir: &Path) -> Option<String> {
+    let metadata = std::fs::metadata(dir).ok()?;
+    let user = effective_user();
+    let mode = metadata.mode() & 0o777;
+    if metadata.uid() != user {
+        Some(format!(
+            "is owned by user id {}, not by the user postern runs as ({user})",
+            metadata.uid()
+        ))
+    } else if mode & 0o022 != 0 {
+        Some(format!(
+            "has mode {mode:03o}: group or other users may write it"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Reads `path`, a file holding a secret, refusing it (an error [`is_not_private`] tells, of
 /// kind `PermissionDenied`, whose message names the path and the problem, never the contents)
 /// unless it is a regular file — not a symbolic link — owned by this process's effective user,
@@ -107,8 +134,7 @@ pub fn read_private_file(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
     if !metadata.file_type().is_file() {
         return Err(refuse("is not a regular file".into()));
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let user = unsafe { libc::geteuid() };
+    let user = effective_user();
     if metadata.uid() != user {
         return Err(refuse(format!(
             "is owned by user id {}, not by the user postern runs as ({user}): another user may \
@@ -197,8 +223,7 @@ mod tests {
     /// token another user wrote would let that user in.
     #[test]
     fn a_file_of_another_user_is_refused() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if effective_user() != 0 {
             eprintln!("skipped: only root can give a file to another user");
             return;
         }
