@@ -179,13 +179,22 @@ pub fn verify_dir(
     let current_path = dir.join(CHECKPOINT_FILE);
     // Absent, it is not checked; present, it must be read (open refuses a log whose
     // checkpoint cannot be, and verify must not pass what open refuses).
-    let current = match std::fs::read_to_string(&current_path) {
+    let current = match std::fs::read(&current_path) {
         Ok(note) => Some(note),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(error) => return Err(io(&current_path)(error)),
     };
     if let Some(note) = current {
         let which = current_path.display().to_string();
+        // A signed note is text: bytes that are not UTF-8 were changed, not merely unreadable.
+        let note = String::from_utf8(note).map_err(|e| VerifyError::CheckpointSignature {
+            which: which.clone(),
+            verifier_key: verifier_key.clone(),
+            reason: format!(
+                "the note is not UTF-8 text (byte offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        })?;
         checkpoints.push(open_checkpoint(
             &which,
             &note,

@@ -990,6 +990,16 @@ async fn checkpoint_signed_by_another_key_fails_verification() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("checkpoint #0"), "{err}");
+    // A checkpoint file changed into bytes that are not text is tampering too, not "could
+    // not check".
+    let mut bytes = note.into_bytes();
+    bytes[3] = 0xff;
+    std::fs::write(tmp.path().join("checkpoint"), bytes).unwrap();
+    let err = verify_dir(tmp.path(), Some(&real_key), |_, _| {}).unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::CheckpointSignature { reason, .. } if reason.contains("not UTF-8")),
+        "{err}"
+    );
 }
 
 #[tokio::test]

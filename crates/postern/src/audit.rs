@@ -1,10 +1,12 @@
 //! `postern audit …`: the audit transparency log from the command line.
 //!
-//! `key`, `proof`, `consistency` and `show` ask the running gateway's admin API (address and
-//! admin token from the config), or with `--offline` open the log in `<data_dir>/audit`
-//! directly (only while no gateway holds it). `verify` always reads the files offline and
-//! takes no lock. Exit codes: 0 ok, 1 failure, 3 invalid config, and for `verify` 4 when the
-//! log is corrupt or was tampered with (docs/AUDIT.md).
+//! `key`, `proof`, `checkpoint`, `consistency` and `show` ask the running gateway's admin API
+//! (address and admin token from the config), or with `--offline` open the log in
+//! `<data_dir>/audit` directly (only while no gateway holds it); with `--key`, `proof`, `show`
+//! and `checkpoint` check what they are answered against the verifier key rather than trust it
+//! (`checkpoint --state` also that the log only grew since the last run). `verify` always reads
+//! the files offline and takes no lock. Exit codes: 0 ok, 1 failure, 3 invalid config, 4 when
+//! the log is corrupt or was tampered with, or an answer does not verify (docs/AUDIT.md).
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -27,7 +29,7 @@ const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 /// `postern audit verify`: the log is corrupt or was tampered with (distinct from 1, "could
 /// not check").
-pub const EXIT_LOG_CORRUPT: u8 = 4;
+pub const EXIT_LOG_CORRUPT: u8 = ExitCode::LogCorrupt as u8;
 
 /// The log's directory inside `data_dir` (as `postern_gateway::audit::AUDIT_DIR`).
 const AUDIT_DIR: &str = postern_gateway::audit::AUDIT_DIR;
@@ -51,6 +53,29 @@ pub enum AuditCommand {
         /// Write the proof to this file instead of stdout (conventionally NAME.tlog-proof).
         #[arg(long, short)]
         out: Option<PathBuf>,
+        /// Check the proof before writing it: the checkpoint's signature with this verifier
+        /// key (`postern audit key`, obtained independently) and the entry's inclusion in it.
+        /// Exit 4 when it does not verify.
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Print the latest signed checkpoint. With --key, check its signature; with --state FILE
+    /// as well, check that it is consistent with the checkpoint saved in FILE by the last run
+    /// (the log only grew: nothing was rewritten or forked), then save it there.
+    Checkpoint {
+        /// The verifier key to check the checkpoint with (`postern audit key`, obtained
+        /// independently).
+        #[arg(long)]
+        key: Option<String>,
+        /// A file keeping the last checkpoint this command verified (created on first use).
+        /// Exit 4 when the new checkpoint is not consistent with it.
+        #[arg(long, requires = "key")]
+        state: Option<PathBuf>,
+        /// Print {"origin", "size", "root_hash", "verified", "consistent_with"} as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         source: Source,
     },
@@ -70,6 +95,10 @@ pub enum AuditCommand {
     Show {
         /// The entry's index.
         index: u64,
+        /// Check that a checkpoint signed with this verifier key includes the entry (its
+        /// inclusion proof). Exit 4 when it does not verify, 1 while no checkpoint covers it.
+        #[arg(long)]
+        key: Option<String>,
         /// Print the entry as JSON (the admin API's /v1/audit/entries/INDEX answer).
         #[arg(long)]
         json: bool,
@@ -130,12 +159,31 @@ impl Failure {
             message: message.into(),
         }
     }
+
+    /// What the log or the gateway answered does not verify (exit 4).
+    fn corrupt(message: impl Into<String>) -> Failure {
+        Failure {
+            code: EXIT_LOG_CORRUPT,
+            message: message.into(),
+        }
+    }
 }
 
 pub fn run(command: AuditCommand) -> ProcessExitCode {
     let result = match command {
         AuditCommand::Key { json, source } => key(&source, json),
-        AuditCommand::Proof { index, out, source } => proof(&source, index, out.as_deref()),
+        AuditCommand::Proof {
+            index,
+            out,
+            key,
+            source,
+        } => proof(&source, index, out.as_deref(), key.as_deref()),
+        AuditCommand::Checkpoint {
+            key,
+            state,
+            json,
+            source,
+        } => checkpoint(&source, key.as_deref(), state.as_deref(), json),
         AuditCommand::Consistency {
             old,
             new,
@@ -144,9 +192,10 @@ pub fn run(command: AuditCommand) -> ProcessExitCode {
         } => consistency(&source, old, new, json),
         AuditCommand::Show {
             index,
+            key,
             json,
             source,
-        } => show(&source, index, json),
+        } => show(&source, index, key.as_deref(), json),
         AuditCommand::Verify {
             data_dir,
             key,
@@ -189,32 +238,28 @@ fn key(source: &Source, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-fn proof(source: &Source, index: u64, out: Option<&Path>) -> Result<(), Failure> {
-    let text = match open(source)? {
-        Log::Online(admin) => {
-            let body = admin.get_ok(&format!("/v1/audit/proof/{index}"))?;
-            String::from_utf8(body.to_vec())
-                .map_err(|_| Failure::new("the gateway answered a proof that is not text"))?
-        }
-        Log::Offline(offline) => {
-            let size = offline.ledger.size();
-            let result = if index >= size {
-                Err(format!(
-                    "entry {index} does not exist: the log has {size} entries"
-                ))
-            } else {
-                offline
-                    .ledger
-                    .tlog_proof(index)
-                    .map(|p| p.encode())
-                    .map_err(|e| {
-                        format!("{e} (the gateway signs a checkpoint every audit_checkpoint_interval_ms while it runs)")
-                    })
-            };
-            offline.close();
-            result.map_err(Failure::new)?
-        }
-    };
+fn proof(
+    source: &Source,
+    index: u64,
+    out: Option<&Path>,
+    key: Option<&str>,
+) -> Result<(), Failure> {
+    let verifier = key.map(parse_verifier_key).transpose()?;
+    let log = open(source)?;
+    let read = log.proof_text(index).and_then(|text| match &verifier {
+        Some(_) => Ok((text, Some(log.entry(index)?.bytes))),
+        None => Ok((text, None)),
+    });
+    log.close();
+    let (text, entry) = read?;
+    if let (Some(verifier), Some(entry)) = (&verifier, entry) {
+        let checkpoint = verify_inclusion(&text, index, &entry, verifier)?;
+        eprintln!(
+            "verified: entry {index} is in the checkpoint of size {} signed by {}",
+            checkpoint.size,
+            verifier.verifier_key()
+        );
+    }
     match out {
         Some(path) => {
             std::fs::write(path, &text)
@@ -226,34 +271,180 @@ fn proof(source: &Source, index: u64, out: Option<&Path>) -> Result<(), Failure>
     Ok(())
 }
 
-fn consistency(source: &Source, old: u64, new: u64, json: bool) -> Result<(), Failure> {
-    let hashes: Vec<String> = match open(source)? {
-        Log::Online(admin) => {
-            let body = admin.get_ok(&format!("/v1/audit/consistency?old={old}&new={new}"))?;
-            String::from_utf8_lossy(&body)
-                .lines()
-                .map(str::to_string)
-                .collect()
-        }
-        Log::Offline(offline) => {
-            let signed = offline.ledger.latest_checkpoint().map_or(0, |c| c.size);
-            let result = if old == 0 || old > new {
-                Err(format!("need 0 < OLD <= NEW (got {old}, {new})"))
-            } else if new > signed {
-                Err(format!(
-                    "tree size {new} is beyond the latest checkpoint (size {signed})"
-                ))
-            } else {
-                offline
-                    .ledger
-                    .consistency_proof(old, new)
-                    .map(|proof| proof.iter().map(Hash::to_base64).collect())
-                    .map_err(|e| e.to_string())
-            };
-            offline.close();
-            result.map_err(Failure::new)?
-        }
+/// Checks a tlog-proof's checkpoint signature and that `entry` is at `index` in it; a proof
+/// that does not verify is exit 4.
+fn verify_inclusion(
+    text: &str,
+    index: u64,
+    entry: &[u8],
+    verifier: &postern_tlog::NoteVerifier,
+) -> Result<postern_tlog::Checkpoint, Failure> {
+    let proof = postern_tlog::TlogProof::parse(text)
+        .map_err(|e| Failure::corrupt(format!("the proof of entry {index} is malformed: {e}")))?;
+    if proof.index != index {
+        return Err(Failure::corrupt(format!(
+            "the proof asked for entry {index} is for entry {}",
+            proof.index
+        )));
+    }
+    proof
+        .verify(entry, std::slice::from_ref(verifier), verifier.name())
+        .map_err(|e| {
+            Failure::corrupt(format!(
+                "the proof of entry {index} does not verify against {}: {e}",
+                verifier.verifier_key()
+            ))
+        })
+}
+
+fn parse_verifier_key(key: &str) -> Result<postern_tlog::NoteVerifier, Failure> {
+    postern_tlog::NoteVerifier::from_verifier_key(key.trim()).map_err(|e| {
+        Failure::new(format!(
+            "--key is not a verifier key ({e}); pass what `postern audit key` printed: <origin>+<key id>+<public key>"
+        ))
+    })
+}
+
+fn checkpoint(
+    source: &Source,
+    key: Option<&str>,
+    state: Option<&Path>,
+    json: bool,
+) -> Result<(), Failure> {
+    let verifier = key.map(parse_verifier_key).transpose()?;
+    // The saved checkpoint is read, and checked, before the gateway is asked anything.
+    let saved = match (state, &verifier) {
+        (Some(path), Some(verifier)) => read_state(path, verifier)?,
+        _ => None,
     };
+    let log = open(source)?;
+    let read = log.checkpoint_note().and_then(|note| {
+        let Some(verifier) = &verifier else {
+            return Ok((note, None, None));
+        };
+        let latest =
+            postern_tlog::Checkpoint::open(&note, std::slice::from_ref(verifier), verifier.name())
+                .map_err(|e| {
+                    Failure::corrupt(format!(
+                        "the latest checkpoint does not verify against {}: {e}",
+                        verifier.verifier_key()
+                    ))
+                })?;
+        let proof = match &saved {
+            Some(old) if old.size < latest.size => Some(log.consistency(old.size, latest.size)?),
+            _ => None,
+        };
+        Ok((note, Some(latest), proof))
+    });
+    log.close();
+    let (note, latest, proof) = read?;
+    if let (Some(old), Some(new)) = (&saved, &latest) {
+        if new.size < old.size {
+            return Err(Failure::corrupt(format!(
+                "the log went backwards: its latest checkpoint has size {}, the one saved in the state file {}",
+                new.size, old.size
+            )));
+        }
+        postern_tlog::verify_consistency(
+            old.size,
+            new.size,
+            &old.root_hash,
+            &new.root_hash,
+            proof.as_deref().unwrap_or_default(),
+        )
+        .map_err(|e| {
+            Failure::corrupt(format!(
+                "the latest checkpoint (size {}) is not consistent with the one saved (size {}): {e}; the log was rewritten or forked",
+                new.size, old.size
+            ))
+        })?;
+    }
+    if let (Some(path), Some(_)) = (state, &latest) {
+        write_state(path, &note)?;
+    }
+    if json {
+        let parsed = match &latest {
+            Some(checkpoint) => Some(checkpoint.clone()),
+            // The note's text is everything up to its blank line, its own last newline kept.
+            None => note.split_once("\n\n").and_then(|(text, _)| {
+                postern_tlog::Checkpoint::parse_text(&format!("{text}\n")).ok()
+            }),
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "origin": parsed.as_ref().map(|c| c.origin.clone()),
+                "size": parsed.as_ref().map(|c| c.size),
+                "root_hash": parsed.as_ref().map(|c| c.root_hash.to_base64()),
+                "verified": latest.is_some(),
+                "consistent_with": saved.as_ref().map(|c| c.size),
+                "note": note,
+            })
+        );
+    } else {
+        print!("{note}");
+        if let Some(latest) = &latest {
+            eprintln!(
+                "verified: size {} signed by {}{}",
+                latest.size,
+                verifier
+                    .as_ref()
+                    .map_or(String::new(), |v| v.verifier_key()),
+                saved.as_ref().map_or(String::new(), |old| format!(
+                    "; consistent with the saved checkpoint of size {}",
+                    old.size
+                ))
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The checkpoint saved by the last `checkpoint --state` run, checked with the key (a state
+/// file that does not verify is refused: it is not what this command saved).
+fn read_state(
+    path: &Path,
+    verifier: &postern_tlog::NoteVerifier,
+) -> Result<Option<postern_tlog::Checkpoint>, Failure> {
+    let note = match std::fs::read(path) {
+        Ok(note) => note,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Failure::new(format!("reading {}: {e}", path.display()))),
+    };
+    let note = String::from_utf8(note).map_err(|_| {
+        Failure::new(format!(
+            "{} is not a checkpoint this command saved (not text); move it away to start afresh",
+            path.display()
+        ))
+    })?;
+    postern_tlog::Checkpoint::open(&note, std::slice::from_ref(verifier), verifier.name())
+        .map(Some)
+        .map_err(|e| {
+            Failure::new(format!(
+                "{} does not hold a checkpoint signed by {} ({e}); pass the key it was saved with, or move the file away to start afresh",
+                path.display(),
+                verifier.verifier_key()
+            ))
+        })
+}
+
+/// Replaces the state file whole (a temporary sibling renamed over it).
+fn write_state(path: &Path, note: &str) -> Result<(), Failure> {
+    let temporary = postern_keyfile::temporary_sibling(path);
+    let write = std::fs::write(&temporary, note)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| Failure::new(format!("saving the checkpoint to {}: {e}", path.display())));
+    if write.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    write
+}
+
+fn consistency(source: &Source, old: u64, new: u64, json: bool) -> Result<(), Failure> {
+    let log = open(source)?;
+    let read = log.consistency(old, new);
+    log.close();
+    let hashes: Vec<String> = read?.iter().map(Hash::to_base64).collect();
     if json {
         println!(
             "{}",
@@ -296,48 +487,35 @@ impl EntryView {
     }
 }
 
-fn show(source: &Source, index: u64, json: bool) -> Result<(), Failure> {
-    let view = match open(source)? {
-        Log::Online(admin) => {
-            let body = admin.get_ok(&format!("/v1/audit/entries/{index}"))?;
-            let answer: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|e| Failure::new(format!("the gateway's answer is not JSON: {e}")))?;
-            let bytes = answer["entry_base64"]
-                .as_str()
-                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                .ok_or_else(|| Failure::new("the gateway's answer has no entry_base64"))?;
-            let view = EntryView {
-                index,
-                checkpoint_size: answer["checkpoint_size"].as_u64().unwrap_or(0),
-                bytes,
-            };
-            if answer["leaf_hash"].as_str() != Some(leaf_hash(&view.bytes).to_hex().as_str()) {
-                return Err(Failure::new(
-                    "the gateway's leaf_hash does not match the entry bytes it sent",
-                ));
-            }
-            view
+fn show(source: &Source, index: u64, key: Option<&str>, json: bool) -> Result<(), Failure> {
+    let verifier = key.map(parse_verifier_key).transpose()?;
+    let log = open(source)?;
+    let read = log.entry(index).and_then(|view| {
+        if verifier.is_none() {
+            return Ok((view, None));
         }
-        Log::Offline(offline) => {
-            let size = offline.ledger.size();
-            let checkpoint_size = offline.ledger.latest_checkpoint().map_or(0, |c| c.size);
-            let bytes = if index >= size {
-                Err(format!(
-                    "entry {index} does not exist: the log has {size} entries"
-                ))
-            } else {
-                offline.ledger.entry(index).map_err(|e| e.to_string())
-            };
-            offline.close();
-            EntryView {
-                index,
-                bytes: bytes.map_err(Failure::new)?,
-                checkpoint_size,
-            }
+        // Asked whatever the answer said of the checkpoint: only the proof decides.
+        match log.proof_text(index) {
+            Ok(proof) => Ok((view, Some(proof))),
+            Err(_) if view.index >= view.checkpoint_size => Err(Failure::new(format!(
+                "entry {index} is not yet covered by a signed checkpoint (latest size {}), so it cannot be verified; the gateway signs one every audit_checkpoint_interval_ms",
+                view.checkpoint_size
+            ))),
+            Err(failure) => Err(failure),
         }
+    });
+    log.close();
+    let (view, proof) = read?;
+    let verified = match (&verifier, proof) {
+        (Some(verifier), Some(proof)) => {
+            Some(verify_inclusion(&proof, index, &view.bytes, verifier)?)
+        }
+        _ => None,
     };
     if json {
-        println!("{}", view.to_json());
+        let mut answer = view.to_json();
+        answer["verified_in_checkpoint_size"] = verified.as_ref().map(|c| c.size).into();
+        println!("{answer}");
         return Ok(());
     }
     let covered = if view.index < view.checkpoint_size {
@@ -350,6 +528,16 @@ fn show(source: &Source, index: u64, json: bool) -> Result<(), Failure> {
         ("leaf_hash", leaf_hash(&view.bytes).to_hex()),
         ("checkpointed", covered),
     ];
+    if let (Some(checkpoint), Some(verifier)) = (&verified, &verifier) {
+        rows.push((
+            "verified",
+            format!(
+                "yes (inclusion proof to the checkpoint of size {} signed by {})",
+                checkpoint.size,
+                verifier.verifier_key()
+            ),
+        ));
+    }
     let show_opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
     match AuditRecord::decode(&view.bytes) {
         Ok(r) => {
@@ -582,6 +770,132 @@ fn open(source: &Source) -> Result<Log, Failure> {
     }
     let config = load_config(&source.config)?;
     Admin::new(&config, source.admin_token_file.as_deref()).map(Log::Online)
+}
+
+impl Log {
+    /// Entry `index`'s tlog-proof@v1 text against the latest signed checkpoint.
+    fn proof_text(&self, index: u64) -> Result<String, Failure> {
+        match self {
+            Log::Online(admin) => {
+                let body = admin.get_ok(&format!("/v1/audit/proof/{index}"))?;
+                String::from_utf8(body.to_vec())
+                    .map_err(|_| Failure::new("the gateway answered a proof that is not text"))
+            }
+            Log::Offline(offline) => {
+                let size = offline.ledger.size();
+                if index >= size {
+                    return Err(Failure::new(format!(
+                        "entry {index} does not exist: the log has {size} entries"
+                    )));
+                }
+                offline
+                    .ledger
+                    .tlog_proof(index)
+                    .map(|p| p.encode())
+                    .map_err(|e| {
+                        Failure::new(format!("{e} (the gateway signs a checkpoint every audit_checkpoint_interval_ms while it runs)"))
+                    })
+            }
+        }
+    }
+
+    /// Entry `index`'s bytes and the latest checkpoint's size.
+    fn entry(&self, index: u64) -> Result<EntryView, Failure> {
+        match self {
+            Log::Online(admin) => {
+                let body = admin.get_ok(&format!("/v1/audit/entries/{index}"))?;
+                let answer: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|e| Failure::new(format!("the gateway's answer is not JSON: {e}")))?;
+                let bytes = answer["entry_base64"]
+                    .as_str()
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    .ok_or_else(|| Failure::new("the gateway's answer has no entry_base64"))?;
+                if answer["leaf_hash"].as_str() != Some(leaf_hash(&bytes).to_hex().as_str()) {
+                    return Err(Failure::corrupt(
+                        "the gateway's leaf_hash does not match the entry bytes it sent",
+                    ));
+                }
+                Ok(EntryView {
+                    index,
+                    checkpoint_size: answer["checkpoint_size"].as_u64().unwrap_or(0),
+                    bytes,
+                })
+            }
+            Log::Offline(offline) => {
+                let size = offline.ledger.size();
+                if index >= size {
+                    return Err(Failure::new(format!(
+                        "entry {index} does not exist: the log has {size} entries"
+                    )));
+                }
+                Ok(EntryView {
+                    index,
+                    checkpoint_size: offline.ledger.latest_checkpoint().map_or(0, |c| c.size),
+                    bytes: offline
+                        .ledger
+                        .entry(index)
+                        .map_err(|e| Failure::new(e.to_string()))?,
+                })
+            }
+        }
+    }
+
+    /// The latest signed checkpoint note.
+    fn checkpoint_note(&self) -> Result<String, Failure> {
+        match self {
+            Log::Online(admin) => {
+                let body = admin.get_ok("/log/checkpoint")?;
+                String::from_utf8(body.to_vec())
+                    .map_err(|_| Failure::new("the gateway answered a checkpoint that is not text"))
+            }
+            Log::Offline(offline) => offline.ledger.checkpoint_text().ok_or_else(|| {
+                Failure::new("the log has no signed checkpoint yet (the gateway signs its first once it holds an entry)")
+            }),
+        }
+    }
+
+    /// The consistency proof between two signed tree sizes.
+    fn consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, Failure> {
+        match self {
+            Log::Online(admin) => {
+                let body = admin.get_ok(&format!("/v1/audit/consistency?old={old}&new={new}"))?;
+                String::from_utf8_lossy(&body)
+                    .lines()
+                    .map(|line| {
+                        Hash::from_base64(line).ok_or_else(|| {
+                            Failure::new(format!(
+                                "the gateway's consistency proof holds {line:?}, not a base64 hash"
+                            ))
+                        })
+                    })
+                    .collect()
+            }
+            Log::Offline(offline) => {
+                let signed = offline.ledger.latest_checkpoint().map_or(0, |c| c.size);
+                if old == 0 || old > new {
+                    Err(Failure::new(format!(
+                        "need 0 < OLD <= NEW (got {old}, {new})"
+                    )))
+                } else if new > signed {
+                    Err(Failure::new(format!(
+                        "tree size {new} is beyond the latest checkpoint (size {signed})"
+                    )))
+                } else {
+                    offline
+                        .ledger
+                        .consistency_proof(old, new)
+                        .map_err(|e| Failure::new(e.to_string()))
+                }
+            }
+        }
+    }
+
+    /// Lets go of the log (an offline log's lock).
+    fn close(self) {
+        if let Log::Offline(offline) = self {
+            offline.close();
+        }
+    }
 }
 
 /// The log opened directly (holds its lock until `close`).

@@ -65,7 +65,8 @@ pub enum ExitCode {
     Usage = 2,
     /// The configuration is invalid.
     InvalidConfig = 3,
-    /// `audit verify`: the log is corrupt or was tampered with.
+    /// `audit verify`: the log is corrupt or was tampered with; `audit proof|show|checkpoint
+    /// --key`: the gateway's answer does not verify against the key.
     LogCorrupt = 4,
 }
 

@@ -500,6 +500,7 @@ fn audit_help_everywhere_and_config_errors_exit_3() {
         vec!["audit", "proof", "--help"],
         vec!["audit", "consistency", "--help"],
         vec!["audit", "show", "--help"],
+        vec!["audit", "checkpoint", "--help"],
         vec!["audit", "verify", "--help"],
     ] {
         let (code, stdout, _) = run(&args);
@@ -541,4 +542,191 @@ fn audit_help_everywhere_and_config_errors_exit_3() {
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["origin"], ORIGIN);
     assert_eq!(json["verifier_key"], online.trim());
+}
+
+/// A stand-in for the gateway's admin API that answers canned bodies by path (a gateway that
+/// lies), on `port`, until the test ends.
+fn lying_admin(port: u16, answers: Vec<(String, String)>) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+            let (status, body) = answers
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map_or(("404 Not Found", ""), |(_, body)| ("200 OK", body.as_str()));
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+}
+
+/// `postern audit proof|show --key` check the gateway's proofs, and `postern audit checkpoint
+/// --key --state` its checkpoints over time, rather than trusting its answers: a gateway that
+/// lies, a forked or rolled-back log, and a wrong key are each exit 4.
+#[test]
+fn online_commands_check_the_gateway_against_the_key() {
+    let mut s = setup();
+    let mut server = s.start();
+    let config = s.config.to_str().unwrap().to_string();
+    let index = get(s.listen, "/acme/things/a").unwrap().1.unwrap();
+    eventually("a checkpoint to cover the call", || {
+        show_json(&s.config, index, false)["covered_by_checkpoint"] == true
+    });
+    let (code, key, _) = run(&["audit", "key", "--config", &config]);
+    assert_eq!(code, 0);
+    let key = key.trim().to_string();
+    let other = postern_tlog::NoteSigner::from_seed(ORIGIN, [7; 32])
+        .unwrap()
+        .verifier()
+        .verifier_key();
+    let index = index.to_string();
+
+    let (code, stdout, stderr) =
+        run(&["audit", "show", &index, "--key", &key, "--config", &config]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("verified        yes"), "{stdout}");
+    let (code, proof_text, stderr) =
+        run(&["audit", "proof", &index, "--key", &key, "--config", &config]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("verified: entry"), "{stderr}");
+    let (code, _, stderr) = run(&[
+        "audit", "proof", &index, "--key", &other, "--config", &config,
+    ]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("does not verify against"), "{stderr}");
+    let (code, _, stderr) = run(&[
+        "audit",
+        "proof",
+        &index,
+        "--key",
+        "not-a-key",
+        "--config",
+        &config,
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("postern audit key"), "{stderr}");
+
+    // A checkpoint watched over time: saved on the first run, found consistent on the next.
+    let state = s.dir.path().join("watched.checkpoint");
+    let state_arg = state.to_str().unwrap();
+    let watch = |key: &str| {
+        run(&[
+            "audit",
+            "checkpoint",
+            "--key",
+            key,
+            "--state",
+            state_arg,
+            "--config",
+            &config,
+        ])
+    };
+    let (code, note, stderr) = watch(&key);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), note);
+    let first_size: u64 = note.lines().nth(1).unwrap().parse().unwrap();
+    for i in 0..5 {
+        get(s.listen, &format!("/acme/things/b{i}")).unwrap();
+    }
+    eventually("a larger checkpoint", || {
+        let (_, note, _) = run(&["audit", "checkpoint", "--config", &config]);
+        note.lines().nth(1).and_then(|n| n.parse::<u64>().ok()) > Some(first_size)
+    });
+    let (code, _, stderr) = watch(&key);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "consistent with the saved checkpoint of size {first_size}"
+        )),
+        "{stderr}"
+    );
+    let (code, stdout, _) = run(&[
+        "audit",
+        "checkpoint",
+        "--key",
+        &key,
+        "--json",
+        "--config",
+        &config,
+    ]);
+    assert_eq!(code, 0);
+    let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(answer["verified"], true);
+    assert_eq!(answer["origin"], ORIGIN);
+    let (code, stdout, _) = run(&["audit", "checkpoint", "--json", "--config", &config]);
+    assert_eq!(code, 0);
+    let unverified: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(unverified["verified"], false);
+    assert_eq!(unverified["origin"], ORIGIN);
+    assert!(
+        unverified["size"].as_u64().unwrap() > first_size,
+        "{unverified}"
+    );
+
+    // A saved checkpoint of another view of the log, signed by the log's own key: a fork.
+    let signer_key = std::fs::read_to_string(s.data.join("audit/signing-key")).unwrap();
+    let signer = postern_tlog::NoteSigner::from_signer_key(signer_key.trim()).unwrap();
+    let forked = |size: u64| postern_tlog::Checkpoint {
+        origin: ORIGIN.to_string(),
+        size,
+        root_hash: postern_tlog::leaf_hash(b"another history"),
+    };
+    std::fs::write(&state, forked(1).sign(&signer).unwrap()).unwrap();
+    let (code, _, stderr) = watch(&key);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("rewritten or forked"), "{stderr}");
+    // One past the log's size: the log went backwards.
+    std::fs::write(&state, forked(1 << 40).sign(&signer).unwrap()).unwrap();
+    let (code, _, stderr) = watch(&key);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("went backwards"), "{stderr}");
+    // A state file the key did not sign is refused as a state, not taken as the log's fault.
+    let (code, _, stderr) = watch(&other);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("move the file away"), "{stderr}");
+
+    // A gateway whose proof was altered: its answers served with one proof hash changed.
+    let (code, entry, _) = run(&["audit", "show", &index, "--json", "--config", &config]);
+    assert_eq!(code, 0);
+    server.terminate();
+    let mut lines: Vec<String> = proof_text.lines().map(str::to_string).collect();
+    let hash_line = lines
+        .iter()
+        .position(|l| l.len() == 44 && l.ends_with('='))
+        .expect("the proof holds a hash");
+    lines[hash_line] = postern_tlog::leaf_hash(b"x").to_base64();
+    let altered = lines.join("\n") + "\n";
+    lying_admin(
+        s.admin,
+        vec![
+            (format!("/v1/audit/proof/{index}"), altered.clone()),
+            (format!("/v1/audit/entries/{index}"), entry),
+        ],
+    );
+    let (code, stdout, _) = run(&["audit", "proof", &index, "--config", &config]);
+    assert_eq!(code, 0, "without --key the proof is passed on as answered");
+    assert_eq!(stdout, altered);
+    let (code, stdout, stderr) =
+        run(&["audit", "proof", &index, "--key", &key, "--config", &config]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stdout.is_empty(),
+        "a proof that does not verify is not written"
+    );
+    assert!(stderr.contains("does not verify against"), "{stderr}");
+    let (code, _, stderr) = run(&["audit", "show", &index, "--key", &key, "--config", &config]);
+    assert_eq!(code, 4, "{stderr}");
 }
