@@ -8,6 +8,7 @@
 //! Each phase reads and fills the one [`CallContext`]; a phase that refuses returns a
 //! [`CallError`] and nothing after it runs, so nothing reaches the vendor.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -1214,12 +1215,25 @@ fn inject(
         String::with_capacity(integration.upstream.path_prefix.len() + vendor_path.len() + 64);
     target.push_str(&integration.upstream.path_prefix);
     target.push_str(vendor_path);
-    let mut query: Vec<&str> = parts
+    let mut query: Vec<Cow<'_, str>> = parts
         .uri
         .query()
-        .map(|q| q.split('&').filter(|p| !p.is_empty()).collect())
+        .map(|q| {
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(Cow::Borrowed)
+                .collect()
+        })
         .unwrap_or_default();
-    let injected_query;
+    let mut injected_query = None;
+    // A bearer token may also ride in the query (RFC 6750 §2.3): where Postern injects one, a
+    // caller's `access_token` would be the vendor's second credential, its own.
+    if matches!(
+        integration.config.credential.as_ref().map(|c| c.kind),
+        Some(postern_config::CredentialKind::Bearer | postern_config::CredentialKind::OAuth2)
+    ) {
+        strip_query_credential(&mut query, "access_token");
+    }
     match injector {
         Some(Injector::Header { name, value }) => {
             headers.insert(name.clone(), value.clone());
@@ -1228,9 +1242,11 @@ fn inject(
             param,
             encoded_value,
         }) => {
-            query.retain(|pair| !query_name_is(pair, param));
-            injected_query = Zeroizing::new(format!("{param}={}", encoded_value.as_str()));
-            query.push(injected_query.as_str());
+            strip_query_credential(&mut query, param);
+            injected_query = Some(Zeroizing::new(format!(
+                "{param}={}",
+                encoded_value.as_str()
+            )));
         }
         Some(Injector::OAuth2(_)) => {
             if let Some(token) = oauth_token {
@@ -1239,9 +1255,13 @@ fn inject(
         }
         None => {}
     }
-    if !query.is_empty() {
-        target.push('?');
-        target.push_str(&query.join("&"));
+    let pairs = query.iter().map(|pair| &**pair);
+    for (i, pair) in pairs
+        .chain(injected_query.as_deref().map(String::as_str))
+        .enumerate()
+    {
+        target.push(if i == 0 { '?' } else { '&' });
+        target.push_str(pair);
     }
     let uri = Uri::builder()
         .scheme(integration.upstream.scheme.clone())
@@ -1284,12 +1304,63 @@ fn strip_path_parameters(path: &str) -> String {
         .join("/")
 }
 
-/// Whether a query pair's name, decoded as a form decodes it (`%XX`, `+` for a space), is
-/// `name`: a caller's `api%5Fkey=…` is its own `api_key=…`, which vendors that read the first
-/// value would take over the injected one.
+/// Takes out of `query` every pair a vendor could read as the credential's parameter `param`
+/// ([`query_name_is`]), including one written after a `;` inside a pair (`a=1;api_key=…`, as
+/// servers that take `;` for a separator read it); the rest of such a pair is kept as sent.
+fn strip_query_credential(query: &mut Vec<Cow<'_, str>>, param: &str) {
+    query.retain_mut(|pair| {
+        if !pair.contains(';') {
+            return !query_name_is(pair, param);
+        }
+        if !pair.split(';').any(|part| query_name_is(part, param)) {
+            return true;
+        }
+        let kept: Vec<&str> = pair
+            .split(';')
+            .filter(|part| !part.is_empty() && !query_name_is(part, param))
+            .collect();
+        *pair = Cow::Owned(kept.join(";"));
+        !pair.is_empty()
+    });
+}
+
+/// Whether a query pair's name is `name` as some vendor's server reads it: decoded as a form
+/// decodes it (`%XX`, `+` for a space), regardless of ASCII case, leading spaces dropped, `.`
+/// and a space taken for `_`, and an array suffix (`[]`, `[0]`) cut, as PHP reads a name. A
+/// caller's `api%5Fkey=…`, `API_KEY=…` or `api.key[]=…` is its own `api_key=…`, which a vendor
+/// that reads the first value would take over the injected one.
 fn query_name_is(pair: &str, name: &str) -> bool {
     let raw = pair.split('=').next().unwrap_or(pair);
-    *form_decoded(raw.as_bytes()) == *name.as_bytes()
+    let decoded = form_decoded(raw.as_bytes());
+    let mut read: &[u8] = &decoded;
+    while let [b' ', rest @ ..] = read {
+        read = rest;
+    }
+    let same = |a: &[u8], b: &[u8]| {
+        let fold = |c: u8| match c.to_ascii_lowercase() {
+            b'.' | b' ' => b'_',
+            c => c,
+        };
+        a.len() == b.len() && a.iter().zip(b).all(|(&a, &b)| fold(a) == fold(b))
+    };
+    // A configured name may hold brackets itself (`auth[key]`): compared whole first, then
+    // with the array suffix cut from both.
+    same(read, name.as_bytes()) || same(&array_base(read), &array_base(name.as_bytes()))
+}
+
+/// A query name as PHP reads it for its key: without its array part (`key` of `key[]`,
+/// `key[0]` and `key[0]x`, whatever follows the first `]`), and with a `[` that no `]` closes
+/// taken for `_` (`api[key` is `api_key`).
+fn array_base(name: &[u8]) -> Cow<'_, [u8]> {
+    match name.iter().position(|&b| b == b'[') {
+        Some(open) if open > 0 && name[open..].contains(&b']') => Cow::Borrowed(&name[..open]),
+        Some(open) if open > 0 => {
+            let mut read = name.to_vec();
+            read[open] = b'_';
+            Cow::Owned(read)
+        }
+        _ => Cow::Borrowed(name),
+    }
 }
 
 /// Whether a request header must not be forwarded because it holds a caller token: the call's
@@ -1897,12 +1968,15 @@ fn prepare_response(
     response: Response<UpstreamBody>,
     intent_index: Option<u64>,
 ) -> Result<Prepared, CallError> {
-    let (mut parts, body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
     let limit = integration.config.max_response_body_bytes;
+    let bodiless = crate::body::bodiless(context.method.as_ref(), parts.status.as_u16());
+    if bodiless {
+        body = body.without_content();
+    }
     // An answer with no content (to `HEAD`, a 304) has nothing to limit: its `Content-Length`
     // says what a `GET` would have carried.
-    let declared_length = crate::h1::content_length(&parts.headers)
-        .filter(|_| !crate::body::bodiless(context.method.as_ref(), parts.status.as_u16()));
+    let declared_length = crate::h1::content_length(&parts.headers).filter(|_| !bodiless);
     if declared_length.is_some_and(|length| length > limit) {
         return Err(CallError::bad_gateway(
             "response_too_large",
@@ -1984,7 +2058,7 @@ fn prepare_response(
         }
     }
     // The body is read for it too, as it streams (an answer with no content has none).
-    let echo = match crate::body::bodiless(context.method.as_ref(), parts.status.as_u16()) {
+    let echo = match bodiless {
         true => None,
         false => crate::echo::EchoFilter::for_answer(
             &parts.headers,
@@ -2217,12 +2291,13 @@ mod tests {
     use super::{
         cgi_alias_of, check_header_bytes, check_request, contains, cookie_kept_to, echoes_secret,
         holds_a_caller_token, leaves_origin, path_problem, query_name_is, strip_path_parameters,
-        through_postern, url_holds_a_caller_token, ESCAPE_LAYERS,
+        strip_query_credential, through_postern, url_holds_a_caller_token, ESCAPE_LAYERS,
     };
     use crate::body::CallerBody;
     use crate::escapes::every_byte::{json_escaped, percent_encoded};
     use http::header::{HeaderName, HeaderValue};
     use http::{header, Request};
+    use std::borrow::Cow;
 
     #[test]
     fn a_header_read_as_a_stripped_one_by_cgi_servers_is_stripped_too() {
@@ -2417,20 +2492,62 @@ mod tests {
             "api%5Fkey=1",
             "%61pi_key=",
             "api%5fkey",
+            // Case, PHP's readings of `.`, a space and arrays.
+            "API_KEY=1",
+            "Api_Key",
+            "api.key=1",
+            "api+key=1",
+            "api%20key=1",
+            "+api_key=1",
+            "api_key[]=1",
+            "api_key[0]=1",
+            "api.key[x]=1",
+            "api_key[0]x=1",
+            "api[key=1",
         ] {
             assert!(query_name_is(pair, "api_key"), "{pair}");
         }
         for pair in [
             "api_keys=1",
             "x=api_key",
-            "api+key=1",
             "api%5Gkey=1",
             "=api_key",
+            "api_key_=1",
+            "[]=1",
+            "api_key[=1",
+            "apikey=1",
         ] {
             assert!(!query_name_is(pair, "api_key"), "{pair}");
         }
         assert!(query_name_is("api+key=1", "api key"));
         assert!(query_name_is("api%20key=1", "api key"));
+        // A configured name with brackets of its own.
+        for pair in [
+            "auth[key]=1",
+            "AUTH[KEY]=1",
+            "auth%5Bkey%5D=1",
+            "auth[]=1",
+            "auth=1",
+        ] {
+            assert!(query_name_is(pair, "auth[key]"), "{pair}");
+        }
+        assert!(!query_name_is("author[key]=1", "auth[key]"));
+        assert!(query_name_is("key=1", "key[]"));
+    }
+
+    #[test]
+    fn a_query_credential_is_stripped_after_a_semicolon_too() {
+        let strip = |query: &str| {
+            let mut pairs: Vec<Cow<'_, str>> = query.split('&').map(Cow::Borrowed).collect();
+            strip_query_credential(&mut pairs, "api_key");
+            pairs.join("&")
+        };
+        assert_eq!(strip("a=1&api_key=x&b=2"), "a=1&b=2");
+        assert_eq!(strip("a=1;api_key=x&b=2"), "a=1&b=2");
+        assert_eq!(strip("api_key=x;a=1"), "a=1");
+        assert_eq!(strip("api_key=x;API_KEY=y"), "");
+        assert_eq!(strip("filter=a;b&c=d"), "filter=a;b&c=d");
+        assert_eq!(strip("q=a%3Bapi_key%3Dx"), "q=a%3Bapi_key%3Dx");
     }
 
     #[test]

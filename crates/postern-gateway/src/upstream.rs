@@ -1212,6 +1212,23 @@ pub enum UpstreamBody {
     /// The answer to a WebSocket handshake other than `101`, on the handshake's own connection
     /// ([`UpstreamClient::handshake`]).
     Handshake(Incoming),
+    /// No body: what an answer that has none (to `HEAD`, a `204`, a `304`) is given in place of
+    /// any DATA or trailers an HTTP/2 vendor sent with it anyway.
+    Empty,
+}
+
+impl UpstreamBody {
+    /// An answer that can have no content ([`crate::body::bodiless`]) passes on none: Postern's
+    /// HTTP/1.1 client reads none for it, but the h2 crate takes DATA on a `204` or `304` and
+    /// trailers after any of them, which no echo filter reads (there is no body to filter).
+    pub(crate) fn without_content(self) -> UpstreamBody {
+        if matches!(self, UpstreamBody::H1(_)) {
+            self
+        } else {
+            // Dropped here: an HTTP/2 stream with DATA unread counts as failed, and is reset.
+            UpstreamBody::Empty
+        }
+    }
 }
 
 impl Drop for UpstreamBody {
@@ -1234,6 +1251,7 @@ impl std::fmt::Debug for UpstreamBody {
             UpstreamBody::H1(_) => "UpstreamBody::H1",
             UpstreamBody::H2(..) => "UpstreamBody::H2",
             UpstreamBody::Handshake(_) => "UpstreamBody::Handshake",
+            UpstreamBody::Empty => "UpstreamBody::Empty",
         })
     }
 }
@@ -1253,6 +1271,7 @@ impl http_body::Body for UpstreamBody {
             UpstreamBody::H2(body, _) | UpstreamBody::Handshake(body) => std::pin::Pin::new(body)
                 .poll_frame(cx)
                 .map_err(BodyError::Hyper),
+            UpstreamBody::Empty => std::task::Poll::Ready(None),
         }
     }
 
@@ -1260,6 +1279,7 @@ impl http_body::Body for UpstreamBody {
         match self {
             UpstreamBody::H1(body) => body.is_end_stream(),
             UpstreamBody::H2(body, _) | UpstreamBody::Handshake(body) => body.is_end_stream(),
+            UpstreamBody::Empty => true,
         }
     }
 
@@ -1267,6 +1287,7 @@ impl http_body::Body for UpstreamBody {
         match self {
             UpstreamBody::H1(body) => body.size_hint(),
             UpstreamBody::H2(body, _) | UpstreamBody::Handshake(body) => body.size_hint(),
+            UpstreamBody::Empty => http_body::SizeHint::with_exact(0),
         }
     }
 }

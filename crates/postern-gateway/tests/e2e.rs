@@ -4658,6 +4658,56 @@ async fn a_vendor_echoing_the_injected_credential_in_a_trailer_never_shows_it_to
     gw.stop().await;
 }
 
+/// An answer that can have no content (a `204` here) passes on none of what an h2 vendor sends
+/// with it anyway: the h2 crate takes DATA and trailers after it, and no echo filter reads an
+/// answer that has no body, so a trailer quoting the injected credential would reach an h2
+/// caller unread.
+#[tokio::test]
+async fn a_bodiless_answer_passes_on_no_data_or_trailers() {
+    use http_body_util::BodyExt as _;
+    let (port, ca_pem) = h2_vendor(hyper::service::service_fn(
+        |request: http::Request<hyper::body::Incoming>| async move {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-debug-auth", request.headers()["authorization"].clone());
+            let body = http_body_util::Full::new(bytes::Bytes::from_static(b"quoted"))
+                .with_trailers(async move { Some(Ok(trailers)) });
+            let mut response = http::Response::new(body);
+            *response.status_mut() = http::StatusCode::NO_CONTENT;
+            Ok::<_, std::convert::Infallible>(response)
+        },
+    ))
+    .await;
+    let gw = start_with_key(
+        &stripe_like_at(port, ""),
+        Some(&ca_pem),
+        "stripe-key",
+        VENDOR_KEY,
+        "",
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .header("authorization", format!("Bearer {}", gw.token))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 204);
+    let collected = response.into_body().collect().await.unwrap();
+    assert!(collected.trailers().is_none(), "{:?}", collected.trailers());
+    assert!(collected.to_bytes().is_empty());
+    gw.stop().await;
+}
+
 /// A full-duplex exchange inside one call: a caller streams small messages and waits for the
 /// vendor's answer to each before it sends the next, and the vendor (over h2) answers each as
 /// it reads it; over h2c and over HTTP/1.1 (a chunked upload) to Postern, and typed as JSON
