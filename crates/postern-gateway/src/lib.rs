@@ -343,6 +343,14 @@ impl Shared {
                 tracing::warn!(%error, "could not record credential use");
             }
         }
+        match self.vault.erase_expired(now_ms()) {
+            Ok(0) => {}
+            Ok(erased) => tracing::info!(
+                erased,
+                "erased previous credential versions whose rollback window ended"
+            ),
+            Err(error) => tracing::warn!(%error, "could not erase expired credential versions"),
+        }
         if let Ok(list) = self.vault.list() {
             let now = now_ms();
             let max_age = self.credential_max_age_days.load(Ordering::Relaxed) as i64;
@@ -903,8 +911,11 @@ pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 /// made private). Whoever can write it can replace `vault.db` or the audit log (key files
 /// planted there are refused: `postern_keyfile::read_private_file`).
 pub fn data_dir_problem(data_dir: &Path) -> Option<String> {
-    postern_keyfile::writable_by_others(data_dir).map(|problem| {
-        format!("data_dir {problem}: they can replace the vault and the audit log in it; give it to postern's user (`chown`) and `chmod 700` it (or mount it so)")
+    if let Some(problem) = postern_keyfile::writable_by_others(data_dir) {
+        return Some(format!("data_dir {problem}: they can replace the vault and the audit log in it; give it to postern's user (`chown`) and `chmod 700` it (or mount it so)"));
+    }
+    postern_keyfile::replaceable_by_others(data_dir).map(|problem| {
+        format!("data_dir {problem} (with the vault and the audit log); put data_dir under directories only postern's user or root may write (`chmod o-w,g-w`, or the sticky bit)")
     })
 }
 

@@ -198,6 +198,22 @@ impl TokenSource {
         self.current.store(Some(Arc::new(token)));
     }
 
+    /// Takes on the tokens `older` installed, as tokens this source installed before its own:
+    /// a new client secret or changed settings make a new source, and the tokens the old one
+    /// minted stay valid at the vendor until they expire (an answer echoing one is filtered).
+    pub fn inherit_echoes(&self, older: &TokenSource) {
+        let inherited = older
+            .installed
+            .lock()
+            .expect("installed tokens lock")
+            .clone();
+        let mut installed = self.installed.lock().expect("installed tokens lock");
+        installed.extend(inherited);
+        installed.truncate(ECHOED_TOKENS);
+        let echoes: Vec<Zeroizing<Vec<u8>>> = installed.iter().flatten().cloned().collect();
+        self.echoes.store(Arc::new(echoes));
+    }
+
     /// The last [`ECHOED_TOKENS`] tokens installed, as a vendor could echo them: a response
     /// header holding one is dropped before it reaches the caller.
     pub fn echoes(&self) -> arc_swap::Guard<Arc<Vec<Zeroizing<Vec<u8>>>>> {

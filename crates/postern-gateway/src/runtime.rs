@@ -207,6 +207,9 @@ impl TokenSourceCache {
             client.clone(),
             Duration::from_millis(integration.request_timeout_ms),
         ));
+        if let Some((_, older)) = sources.get(&integration.name) {
+            source.inherit_echoes(older);
+        }
         sources.insert(integration.name.clone(), (key, source.clone()));
         source
     }
@@ -665,6 +668,19 @@ impl ClientAuth {
             .ok()
             .flatten()
             .ok_or("the key is not a PEM private key")?;
+        // What the TLS client will refuse is found here, so that the integration fails closed
+        // alone rather than every rebuild of the runtime (a cert rotated before its key would
+        // otherwise hold up every vault change, revocations included, until the key follows).
+        rustls::sign::CertifiedKey::from_der(
+            chain.clone(),
+            private_key.clone_key(),
+            &crate::tls::crypto_provider(),
+        )
+        .map_err(|error| match error {
+            rustls::Error::InconsistentKeys(_) => "the key is not the certificate's key",
+            rustls::Error::General(_) => "the key is of a type TLS cannot sign with",
+            _ => "the certificate or the key cannot be used for TLS",
+        })?;
         let mut hasher = Sha256::new();
         hasher.update(cert);
         hasher.update(key);
@@ -774,15 +790,20 @@ fn build_integration(
                 })
             }
             _ => read_secret(credential, inputs.vault).and_then(|secret| {
-                secret_needles = echo_needles(&secret);
-                let injector = load_injector(credential, secret)?;
-                // A Basic pair is sent base64-encoded: echoed as sent, it is the secret too, in
-                // each form a text is echoed in (`\/`, `\u002B`, `%2B`…).
-                if let Injector::Header { value, .. } = &injector {
-                    if let Some(sent) = value.as_bytes().strip_prefix(b"Basic ") {
-                        // Base64 text is ASCII.
-                        let sent = Zeroizing::new(String::from_utf8_lossy(sent).into_owned());
-                        add_new(&mut secret_needles, text_forms(&sent));
+                let (injector, needles) = injector_and_needles(credential, secret)?;
+                secret_needles = needles;
+                // The value a rotation replaced is still valid at the vendor until the operator
+                // retires it there: while its rollback window lasts, an answer echoing it (a
+                // stored webhook that kept the headers it was sent) is filtered as well.
+                if let (SecretSource::Vault(name), Some(vault)) = (&credential.source, inputs.vault)
+                {
+                    if let Ok(Some(previous)) = vault.previous(name, crate::now_ms()) {
+                        if let Ok(text) = std::str::from_utf8(previous.expose()) {
+                            let previous = Zeroizing::new(text.to_string());
+                            if let Ok((_, needles)) = injector_and_needles(credential, previous) {
+                                add_new(&mut secret_needles, needles);
+                            }
+                        }
                     }
                 }
                 Ok(Some(injector))
@@ -1129,6 +1150,49 @@ fn percent_encoded(secret: &str) -> Zeroizing<String> {
     out
 }
 
+/// The byte strings an answer echoing a secret would hold (each zeroized when dropped).
+type SecretForms = Vec<Zeroizing<Vec<u8>>>;
+
+/// The shortest part of a credential looked for on its own in answers ([`injector_and_needles`]).
+const MIN_ECHOED_PART: usize = 8;
+
+/// The injector for `secret`, and what an answer echoing it would hold: the secret's forms
+/// ([`echo_needles`]), and a Basic pair's as sent, base64-encoded, in each form a text is
+/// echoed in (`\/`, `\u002B`, `%2B`…).
+fn injector_and_needles(
+    credential: &CredentialConfig,
+    secret: Zeroizing<String>,
+) -> Result<(Injector, SecretForms), CredentialProblem> {
+    let mut needles = echo_needles(&secret);
+    // The part a vendor quotes on its own: a Basic pair's password (`user:password` stored
+    // whole) and a header value's token after its scheme word (`Token abc…`), long enough not
+    // to be found by chance.
+    let part = match credential.kind {
+        CredentialKind::Basic if credential.username.is_none() => {
+            secret.split_once(':').map(|(_, password)| password)
+        }
+        CredentialKind::Header => secret
+            .split_once(' ')
+            .filter(|(word, _)| !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphabetic()))
+            .map(|(_, token)| token.trim_start())
+            .filter(|token| !token.contains(' ')),
+        _ => None,
+    };
+    if let Some(part) = part.filter(|part| part.len() >= MIN_ECHOED_PART) {
+        let part = Zeroizing::new(part.to_string());
+        add_new(&mut needles, echo_needles(&part));
+    }
+    let injector = load_injector(credential, secret)?;
+    if let Injector::Header { value, .. } = &injector {
+        if let Some(sent) = value.as_bytes().strip_prefix(b"Basic ") {
+            // Base64 text is ASCII.
+            let sent = Zeroizing::new(String::from_utf8_lossy(sent).into_owned());
+            add_new(&mut needles, text_forms(&sent));
+        }
+    }
+    Ok((injector, needles))
+}
+
 /// Prepares a secret's header or query form. Errors never contain the value.
 fn load_injector(
     credential: &CredentialConfig,
@@ -1230,6 +1294,45 @@ mod limiter_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Basic pair stored whole (`user:password`) is looked for by its password alone too,
+    /// and a header value with a scheme word (`Token abc…`) by its token: what a vendor quotes
+    /// back ("invalid token: abc…"); a short part is not (it could be found by chance).
+    #[test]
+    fn the_part_a_vendor_quotes_is_a_needle_of_its_own() {
+        let needles = |kind: CredentialKind, header: Option<&str>, secret: &str| -> Vec<String> {
+            let credential = CredentialConfig {
+                kind,
+                source: SecretSource::Env("UNUSED".into()),
+                header_name: header.map(str::to_string),
+                query_param: None,
+                username: None,
+                oauth2: None,
+            };
+            let (_, needles) =
+                injector_and_needles(&credential, Zeroizing::new(secret.to_string())).unwrap();
+            needles
+                .iter()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .collect()
+        };
+        let basic = needles(CredentialKind::Basic, None, "AC42:pass_w0rd_long");
+        assert!(basic.iter().any(|n| n == "pass_w0rd_long"), "{basic:?}");
+        assert!(
+            basic.iter().any(|n| n == "AC42:pass_w0rd_long"),
+            "{basic:?}"
+        );
+        let short = needles(CredentialKind::Basic, None, "AC42:pw");
+        assert!(!short.iter().any(|n| n == "pw"), "{short:?}");
+        let header = needles(
+            CredentialKind::Header,
+            Some("authorization"),
+            "Token abcdef123456",
+        );
+        assert!(header.iter().any(|n| n == "abcdef123456"), "{header:?}");
+        let plain = needles(CredentialKind::Header, Some("x-api-key"), "key with spaces");
+        assert!(!plain.iter().any(|n| n == "with spaces"), "{plain:?}");
+    }
 
     #[test]
     fn a_secret_is_echoed_raw_percent_encoded_and_as_json_writes_it() {

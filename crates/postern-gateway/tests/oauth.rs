@@ -589,6 +589,26 @@ operations = ["*"]
     gw.running().shared().refresh_from_vault().unwrap();
     assert_eq!(get().await.unwrap().status(), 200);
     assert_eq!(vendor.seen().len(), 1);
+    // The certificate rotated before its key: the pair does not match, which the TLS client
+    // would refuse. That integration fails closed alone; the vault's refresh still applies
+    // (before, it failed whole, holding up every other change, revocations included).
+    let (new_cert, new_key) = client_pki.client_cert("spiffe://postern.example/gateway-2");
+    vault
+        .rotate("bank-cert", new_cert.as_bytes(), 0, 3)
+        .unwrap();
+    gw.running().shared().refresh_from_vault().unwrap();
+    let mismatched = get().await.unwrap();
+    assert_eq!(mismatched.status(), 503);
+    let answer: serde_json::Value = mismatched.json().await.unwrap();
+    assert_eq!(
+        answer["error"]["code"], "credential_unavailable",
+        "{answer}"
+    );
+    assert_eq!(vendor.seen().len(), 1);
+    vault.rotate("bank-key", new_key.as_bytes(), 0, 3).unwrap();
+    gw.running().shared().refresh_from_vault().unwrap();
+    assert_eq!(get().await.unwrap().status(), 200);
+    assert_eq!(vendor.seen().len(), 2);
     gw.stop().await;
 
     // The same vendor refuses a gateway without the certificate.
@@ -604,6 +624,6 @@ operations = ["*"]
         .await
         .unwrap();
     assert_eq!(response.status(), 502);
-    assert_eq!(vendor.seen().len(), 1);
+    assert_eq!(vendor.seen().len(), 2);
     gw.stop().await;
 }

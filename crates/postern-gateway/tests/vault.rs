@@ -499,3 +499,52 @@ async fn credential_changes_racing_reloads_leave_both_applied() {
     assert_eq!(reporting.status(), 200, "the last reload's grant applies");
     gw.stop().await;
 }
+
+/// A vendor that stores the headers of the first request it gets and quotes them in every
+/// later answer, as a webhook "test request" or request log does: after a rotation it shows the
+/// previous key, still valid at the vendor. While the rollback window lasts, the gateway reads
+/// answers for that value too, and it never reaches a caller.
+#[tokio::test]
+async fn an_answer_quoting_the_rotated_out_key_never_shows_it_to_the_caller() {
+    let stored: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let kept = stored.clone();
+    let vendor = TestVendor::tls(Arc::new(move |request: &SeenRequest| {
+        let sent = request
+            .header("authorization")
+            .unwrap_or_default()
+            .to_string();
+        let quoted = kept.lock().unwrap().get_or_insert(sent).clone();
+        Answer::json(
+            200,
+            serde_json::json!({ "stored_request": { "authorization": quoted } }),
+        )
+    }))
+    .await;
+    let gw = TestGateway::start(&integration(&vendor), vendor.ca_pem.as_deref()).await;
+    let old_key = "sk_live_rotated_out_C3";
+    let (status, answer) = admin_post(&gw, "/v1/credentials/stripe-live", old_key).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, first) = call(&gw, "first").await;
+    assert_eq!(status, 200);
+    assert!(
+        first.to_string().contains("***"),
+        "the current key is filtered: {first}"
+    );
+    let (status, answer) = admin_post(
+        &gw,
+        "/v1/credentials/stripe-live/rotate?rollback_window_seconds=600",
+        "sk_live_current_D4",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, later) = call(&gw, "later").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        vendor.last().header("authorization").unwrap(),
+        "Bearer sk_live_current_D4"
+    );
+    assert!(!later.to_string().contains(old_key), "{later}");
+    let events = gw.wait_events(2).await;
+    assert_eq!(events[1]["secret_echoed"], true, "{events:#?}");
+    gw.stop().await;
+}

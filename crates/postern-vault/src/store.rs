@@ -522,6 +522,8 @@ impl Vault {
         )?;
         Self::bump(&tx)?;
         tx.commit()?;
+        // The version retired here had its material erased: out of the WAL too.
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         Ok(version)
     }
 
@@ -566,6 +568,8 @@ impl Vault {
         )?;
         Self::bump(&tx)?;
         tx.commit()?;
+        // The retired version (perhaps compromised) had its material erased: out of the WAL too.
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         Ok(previous)
     }
 
@@ -625,6 +629,78 @@ impl Vault {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         drop(conn);
+        self.open_version(name, version, &wrapped, &sealed)
+            .map(Some)
+    }
+
+    /// Erases the material of every `previous` version whose rollback window has ended (it
+    /// becomes `retired`, as a later rotation would make it), so an old key does not stay
+    /// recoverable from `data_dir` until the next rotation. Returns how many were erased.
+    pub fn erase_expired(&self, now_ms: i64) -> Result<usize, VaultError> {
+        let mut conn = self.conn.lock().expect("vault lock");
+        // Asked without the write lock first: a `postern creds` command holding it must not
+        // hold up the poller's refresh when nothing is due.
+        let due: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM secret_versions WHERE status = 'previous' AND rollback_until_ms < ?1 LIMIT 1",
+                params![now_ms],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if due.is_none() {
+            return Ok(0);
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let expired: Vec<(String, u32)> = {
+            let mut statement = tx.prepare(
+                "SELECT name, version FROM secret_versions
+                 WHERE status = 'previous' AND rollback_until_ms < ?1",
+            )?;
+            let rows = statement.query_map(params![now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (name, version) in &expired {
+            tx.execute(
+                "UPDATE secret_versions SET status = 'retired', wrapped_key = NULL, sealed_value = NULL,
+                    rollback_until_ms = NULL
+                 WHERE name = ?1 AND version = ?2",
+                params![name, version],
+            )?;
+            history(
+                &tx,
+                name,
+                now_ms,
+                "expire",
+                Some(*version),
+                Some("its rollback window ended; erased".to_string()),
+            )?;
+        }
+        tx.commit()?;
+        if !expired.is_empty() {
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
+        Ok(expired.len())
+    }
+
+    /// The version a rotation replaced, while its rollback window lasts (`Ok(None)` when there
+    /// is none, the window has passed, or the credential is revoked): still valid at the vendor
+    /// until the operator retires it there, so a gateway still looks for it in answers.
+    pub fn previous(&self, name: &str, now_ms: i64) -> Result<Option<SecretValue>, VaultError> {
+        let conn = self.conn.lock().expect("vault lock");
+        let row: Option<(u32, Vec<u8>, Vec<u8>)> = conn
+            .query_row(
+                "SELECT v.version, v.wrapped_key, v.sealed_value
+                 FROM secret_versions v JOIN secrets s ON s.name = v.name
+                 WHERE v.name = ?1 AND v.status = 'previous' AND s.state = 'active'
+                   AND v.rollback_until_ms >= ?2 AND v.sealed_value IS NOT NULL",
+                params![name, now_ms],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        drop(conn);
+        let Some((version, wrapped, sealed)) = row else {
+            return Ok(None);
+        };
         self.open_version(name, version, &wrapped, &sealed)
             .map(Some)
     }

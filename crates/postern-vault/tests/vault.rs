@@ -40,6 +40,19 @@ fn set_get_rotate_rollback_revoke_with_history() {
     let meta = &vault.list().unwrap()[0];
     assert_eq!(meta.current_version, 2);
     assert_eq!(meta.rollback_until_ms, Some(now() + 10 + 3_600_000));
+    // The replaced value, while its window lasts (a gateway looks for it in answers).
+    assert_eq!(
+        vault
+            .previous("stripe-live", now() + 20)
+            .unwrap()
+            .unwrap()
+            .expose(),
+        CANARY
+    );
+    assert!(vault
+        .previous("stripe-live", now() + 20 + 3_600_000)
+        .unwrap()
+        .is_none());
 
     // Rollback inside the window restores v1; outside it there is nothing to roll back to.
     assert_eq!(vault.rollback("stripe-live", now() + 20).unwrap(), 1);
@@ -55,8 +68,15 @@ fn set_get_rotate_rollback_revoke_with_history() {
         Err(VaultError::NothingToRollBack(_))
     ));
 
+    assert!(vault.previous("stripe-live", now() + 35).unwrap().is_some());
+    // Inside its window nothing is erased; past it, the previous version's material is.
+    assert_eq!(vault.erase_expired(now() + 35).unwrap(), 0);
+    assert_eq!(vault.erase_expired(now() + 2_000).unwrap(), 1);
+    assert!(vault.previous("stripe-live", now() + 35).unwrap().is_none());
+    assert_eq!(vault.erase_expired(now() + 3_000).unwrap(), 0);
     vault.revoke("stripe-live", now() + 40).unwrap();
     assert!(vault.current("stripe-live").unwrap().is_none());
+    assert!(vault.previous("stripe-live", now() + 41).unwrap().is_none());
     assert_eq!(vault.list().unwrap()[0].state, SecretState::Revoked);
     let actions: Vec<String> = vault
         .history("stripe-live")
@@ -64,7 +84,10 @@ fn set_get_rotate_rollback_revoke_with_history() {
         .into_iter()
         .map(|h| h.action)
         .collect();
-    assert_eq!(actions, ["set", "rotate", "rollback", "rotate", "revoke"]);
+    assert_eq!(
+        actions,
+        ["set", "rotate", "rollback", "rotate", "expire", "revoke"]
+    );
     // A revoked name can be given a new value.
     assert_eq!(
         vault
