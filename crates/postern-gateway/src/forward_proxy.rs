@@ -77,7 +77,7 @@ impl TunnelsByCaller {
             return Err(CallError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_tunnels",
-                format!("this caller has {limit} tunnels open, the most `[proxy] max_tunnels_per_caller` allows; close some (reuse connections), or raise the limit"),
+                format!("this caller has {limit} tunnels and plain-HTTP proxy calls open, the most `[proxy] max_tunnels_per_caller` allows; close some (reuse connections), or raise the limit"),
             ));
         }
         *count += 1;
@@ -768,6 +768,12 @@ async fn absolute(
         shared.discovered(seen(context, true));
         return Err(host_refused(decision.reason, &host, port));
     }
+    // A plain-HTTP call holds a connection to the host until its answer ends, as a tunnel
+    // does: it takes one of the caller's places too (held until the answer's record), so that
+    // one caller's slow answers cannot take every connection slot of the listener.
+    let place = shared
+        .tunnels_by_caller
+        .take(&caller.name, proxy.config.max_tunnels_per_caller)?;
     progress.authorized = true;
     context.target_hmac = shared.audit.target_hmac(&target);
     progress.intent_index = crate::proxy::record_intent(shared, None, context).await?;
@@ -787,6 +793,16 @@ async fn absolute(
     if let Ok(value) = HeaderValue::from_str(&checked_host) {
         parts.headers.insert(header::HOST, value);
     }
+    // And the host dialled, resolved and named in TLS is the one the policy checked, as a
+    // CONNECT's is (`[::ffff:93.184.216.34]` is `93.184.216.34`, `1572395042` is too).
+    let mut target_parts = parts.uri.clone().into_parts();
+    target_parts.authority = checked_host.parse().ok();
+    parts.uri = Uri::from_parts(target_parts).map_err(|_| {
+        CallError::bad_request(
+            "invalid_proxy_target",
+            "the absolute-form request's host cannot be forwarded; send GET http://host/path",
+        )
+    })?;
     // Caller tokens (the caller's, and what looks like any `postern` made) are looked for in
     // the body decoded as well, as the destination may undo the coding (a coding Postern cannot
     // undo is refused, `415`), whoever the caller.
@@ -865,6 +881,7 @@ async fn absolute(
         reason: decision.reason,
         after: Some(Box::new(
             move |context: &CallContext, response_bytes: u64| {
+                drop(place);
                 let mut seen = sighting(context, &host, port, Some(scheme), false);
                 seen.method = method;
                 seen.path = Some(path);
@@ -993,6 +1010,10 @@ fn proxy_caller(
         if let Some(name) = runtime.caller_by_spiffe(spiffe_id) {
             context.caller = Some(name.clone());
             context.auth = Some(AuthMethod::Mtls);
+            // A caller token sent as well is searched for and kept from vendors; anything else
+            // in the header (`http://billing-svc@postern:8080`, a placeholder password) is not
+            // a caller token, and searching for it would refuse every call that holds it.
+            let token = token.filter(|token| runtime.caller_by_token(token).is_some());
             return Ok(ProxyCaller {
                 name,
                 auth: AuthMethod::Mtls,

@@ -1199,6 +1199,44 @@ async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their
     gw.stop().await;
 }
 
+/// An absolute-form request is dialled, resolved and named by the host the policy checked, as
+/// a CONNECT is: `[::ffff:127.0.0.1]` and `2130706433` are `127.0.0.1` (before, the spelling
+/// as sent was dialled, and the guard refused the mapped form as `ipv4_mapped`).
+#[tokio::test]
+async fn an_absolute_form_target_is_dialled_as_the_policy_read_it() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let plain = TestVendor::plain(TestVendor::ok_handler()).await;
+    let port = plain.addr.port();
+    let gw = intercepting_gateway(
+        &vendor,
+        "",
+        &format!(
+            "[proxy]\nmode = \"open\"\nallowed_ports = [{port}]\nallow_private_networks = [\"127.0.0.1/32\"]"
+        ),
+    )
+    .await;
+    use base64::Engine as _;
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
+    for spelled in ["[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "2130706433"] {
+        let answer = raw_request(
+            gw.running().listen_addr,
+            format!(
+                "GET http://{spelled}:{port}/v2/orders/1 HTTP/1.1\r\nHost: {spelled}:{port}\r\nProxy-Authorization: Basic {credentials}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{spelled}: {answer}");
+        assert_eq!(
+            plain.last().header("host").unwrap(),
+            format!("127.0.0.1:{port}"),
+            "{spelled}"
+        );
+    }
+    gw.stop().await;
+}
+
 /// The plain-HTTP path keeps each caller's connections to a host apart: what a caller sends
 /// there is its own, credentials included, and a host may tie them to the connection (NTLM or
 /// Negotiate authentication), which would let the next caller on it act as the first. One
@@ -1654,6 +1692,18 @@ async fn a_caller_holds_at_most_max_tunnels_per_caller() {
     let events = gw.wait_events(1).await;
     assert_eq!(events[0]["reason"], "too_many_tunnels", "{events:?}");
     assert_eq!(events[0]["caller"], "checkout");
+    // A plain-HTTP call to an unregistered host holds a connection to it as a tunnel does,
+    // and takes a place among the same (before, such calls were not counted: one caller's
+    // slow answers could take every connection slot of the listener).
+    let mut plain = send_proxy_head(
+        &gw,
+        &format!("GET http://127.0.0.1:{port}/x HTTP/1.1"),
+        port,
+    )
+    .await;
+    let head = answer_head(&mut plain).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    drop(plain);
 
     // One tunnel closes: its place is given back once Postern sees it end.
     drop(tunnels.pop());
@@ -1668,6 +1718,64 @@ async fn a_caller_holds_at_most_max_tunnels_per_caller() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(opened, "the closed tunnel's place was not given back");
+    gw.stop().await;
+}
+
+/// A plain HTTP/2 CONNECT (RFC 9113 §8.5, here over h2c) opens a tunnel as HTTP/1.1's does:
+/// bytes go through both ways, and it counts against `max_tunnels_per_caller`.
+#[tokio::test]
+async fn an_http2_connect_opens_a_tunnel_counted_as_the_caller_s() {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let destination = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = destination.local_addr().unwrap().port();
+    // Echoes what it reads until its client's side ends.
+    let _accepting = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = destination.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 1024];
+                while let Ok(read) = stream.read(&mut buffer).await {
+                    if read == 0 || stream.write_all(&buffer[..read]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = TestGateway::start(&open_proxy_to(port, "max_tunnels_per_caller = 1"), None).await;
+    let tcp = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
+    let connect = || {
+        http::Request::connect(format!("127.0.0.1:{port}"))
+            .header("proxy-authorization", format!("Basic {credentials}"))
+            .body(http_body_util::Empty::new())
+            .unwrap()
+    };
+    let response = sender.send_request(connect()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut tunnel = hyper_util::rt::TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    tunnel.write_all(b"through h2").await.unwrap();
+    let mut echoed = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(5), tunnel.read_exact(&mut echoed))
+        .await
+        .expect("the echo within 5 s")
+        .unwrap();
+    assert_eq!(&echoed, b"through h2");
+    // A second stream's tunnel is the caller's second: refused.
+    let second = sender.send_request(connect()).await.unwrap();
+    assert_eq!(second.status(), 429);
+    drop(tunnel);
     gw.stop().await;
 }
 
