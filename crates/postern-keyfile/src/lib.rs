@@ -103,6 +103,34 @@ pub fn writable_by_others(dir: &Path) -> Option<String> {
     }
 }
 
+/// Why another user could replace `dir` whole, if one could: a directory above it (up to `/`)
+/// that another user than this process's or root owns, or that group or others may write
+/// without the sticky bit (`/tmp`'s `1777` keeps others from renaming what is not theirs). Such
+/// a user could move `dir` aside and put one of their own in its place.
+pub fn replaceable_by_others(dir: &Path) -> Option<String> {
+    let dir = std::fs::canonicalize(dir).ok()?;
+    let user = effective_user();
+    dir.ancestors().skip(1).find_map(|ancestor| {
+        let metadata = std::fs::metadata(ancestor).ok()?;
+        let mode = metadata.mode() & 0o7777;
+        if metadata.uid() != user && metadata.uid() != 0 {
+            Some(format!(
+                "is inside {}, owned by user id {}, who can replace it",
+                ancestor.display(),
+                metadata.uid()
+            ))
+        } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            Some(format!(
+                "is inside {}, of mode {:03o}: group or other users may replace what it holds",
+                ancestor.display(),
+                mode & 0o777
+            ))
+        } else {
+            None
+        }
+    })
+}
+
 /// Reads `path`, a file holding a secret, refusing it (an error [`is_not_private`] tells, of
 /// kind `PermissionDenied`, whose message names the path and the problem, never the contents)
 /// unless it is a regular file — not a symbolic link — owned by this process's effective user,
@@ -161,6 +189,32 @@ mod tests {
     fn private(path: &Path, contents: &[u8], mode: u32) {
         std::fs::write(path, contents).unwrap();
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A directory above data_dir that others may write lets them replace data_dir whole; the
+    /// sticky bit (as `/tmp` has) keeps them from it.
+    #[test]
+    fn a_directory_others_may_replace_is_named() {
+        let outer = tempfile::tempdir().unwrap();
+        let parent = outer.path().join("parent");
+        let dir = parent.join("data");
+        std::fs::create_dir_all(&dir).unwrap();
+        // What lies above the temporary directory is this machine's: only the directories the
+        // test made are judged.
+        let names_ours = |problem: Option<String>| {
+            problem.is_some_and(|p| p.contains(&*outer.path().to_string_lossy()))
+        };
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(!names_ours(replaceable_by_others(&dir)));
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let problem = replaceable_by_others(&dir).unwrap();
+        assert!(
+            problem.contains(&*parent.to_string_lossy()) && problem.contains("mode 777"),
+            "{problem}"
+        );
+        // The sticky bit (as `/tmp` has) keeps others from replacing what is not theirs.
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(!names_ours(replaceable_by_others(&dir)));
     }
 
     #[test]

@@ -53,10 +53,16 @@ impl TemplateSegment {
                 alike(segment) || (segment.contains(&b'%') && alike(&percent_decoded(segment)))
             }
             TemplateSegment::Placeholder { prefix, suffix } => {
-                segment.len() > prefix.len() + suffix.len()
-                    && segment[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-                    && segment[segment.len() - suffix.len()..]
-                        .eq_ignore_ascii_case(suffix.as_bytes())
+                let alike = |segment: &[u8]| {
+                    segment.len() > prefix.len() + suffix.len()
+                        && segment[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+                        && segment[segment.len() - suffix.len()..]
+                            .eq_ignore_ascii_case(suffix.as_bytes())
+                };
+                alike(segment)
+                    || (!(prefix.is_empty() && suffix.is_empty())
+                        && segment.contains(&b'%')
+                        && alike(&percent_decoded(segment)))
             }
         }
     }

@@ -236,6 +236,23 @@ fn a_path_two_templates_dispute_matches_neither() {
     assert_eq!(found("/v1/charges/ch_1").as_deref(), Some("get_charge"));
     // A `HEAD` falling back to the `GET` operations is refused the same way.
     assert_eq!(table.find("HEAD", "/v1/admin/invoices/x"), None);
+
+    // A rival whose placeholder has fixed text beside it is read decoded too: `%762` is `v2`
+    // to a decoding router, which takes the path for `/v1/{acct}/items/v{version}`.
+    let table = OperationTable::new([
+        ("get_item_version", "GET", "/v1/{acct}/items/v{version}"),
+        ("admin_item", "GET", "/v1/admin/{section}/{item}"),
+    ])
+    .unwrap();
+    let found = |path: &str| table.find("GET", path).map(|m| m.id.to_string());
+    assert_eq!(found("/v1/admin/items/v2"), None);
+    assert_eq!(found("/v1/admin/items/%762"), None);
+    assert_eq!(found("/v1/admin/items/V2"), None);
+    assert_eq!(found("/v1/admin/items/x2").as_deref(), Some("admin_item"));
+    assert_eq!(
+        found("/v1/admin/items/%25762").as_deref(),
+        Some("admin_item")
+    );
 }
 
 /// A literal segment written with percent-escapes (`%40me` for `@me`, `%3A` for `:`) is what
