@@ -41,6 +41,71 @@ pub enum RequestBodyViolation {
     /// may read two ways): where the
     /// caller's token stands in what a vendor decodes cannot be told.
     Undecodable = 5,
+    /// A `br` or `zstd` body arrived while the request bodies being decoded already hold
+    /// [`REQUEST_DECODER_BUDGET`] for their decoders' windows.
+    DecodersBusy = 6,
+}
+
+/// What the `br` and `zstd` request bodies being decoded at once may hold for their decoders'
+/// windows, all callers together: each is counted at the most its coding may take (4 MiB for
+/// `br`, 8.5 MiB for `zstd`), from the call's start to its body's end. Past it, the next such
+/// body is refused (`503 request_decoders_busy`) rather than let a caller's slow compressed
+/// uploads take the gateway's memory. `gzip` and `deflate` (a 32 KiB window) are not counted.
+pub const REQUEST_DECODER_BUDGET: usize = 512 << 20;
+
+/// The process's [`DecoderBudget`] for request bodies.
+static REQUEST_DECODERS: DecoderBudget = DecoderBudget::new(REQUEST_DECODER_BUDGET);
+
+/// Memory set aside for decoders' windows, up to a limit ([`REQUEST_DECODER_BUDGET`]).
+pub(crate) struct DecoderBudget {
+    limit: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+/// A decoder's share of a [`DecoderBudget`], given back when dropped.
+pub(crate) struct DecoderPermit<'a> {
+    budget: &'a DecoderBudget,
+    bytes: usize,
+}
+
+impl DecoderBudget {
+    pub(crate) const fn new(limit: usize) -> Self {
+        DecoderBudget {
+            limit,
+            used: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The share a decoder of `coding` needs (`None`: one too small to count), unless the
+    /// budget is spent.
+    pub(crate) fn take(
+        &self,
+        coding: Coding,
+    ) -> Result<Option<DecoderPermit<'_>>, RequestBodyViolation> {
+        let bytes = match coding {
+            Coding::Brotli => 1 << postern_scan::MAX_BROTLI_WINDOW_BITS,
+            // The window, and the decoder's own state and buffers.
+            Coding::Zstd => (1 << postern_scan::MAX_ZSTD_WINDOW_LOG) + (512 << 10),
+            Coding::Gzip | Coding::Deflate => return Ok(None),
+        };
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + bytes <= self.limit).then_some(used + bytes)
+            })
+            .map(|_| {
+                Some(DecoderPermit {
+                    budget: self,
+                    bytes,
+                })
+            })
+            .map_err(|_| RequestBodyViolation::DecodersBusy)
+    }
+}
+
+impl Drop for DecoderPermit<'_> {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// Shared between the request body (written while streaming) and the handler (read after).
@@ -67,6 +132,7 @@ impl RequestBodyState {
             3 => RequestBodyViolation::Broken,
             4 => RequestBodyViolation::MethodOverride,
             5 => RequestBodyViolation::Undecodable,
+            6 => RequestBodyViolation::DecodersBusy,
             _ => RequestBodyViolation::None,
         }
     }
@@ -240,6 +306,8 @@ impl BodySearch {
 pub(crate) struct Decoding {
     decoder: postern_scan::StreamDecoder,
     readers: [Readers; postern_scan::READINGS],
+    /// Its share of the request decoders' memory ([`REQUEST_DECODER_BUDGET`]).
+    _permit: Option<DecoderPermit<'static>>,
 }
 
 /// What reads one reading of a decoded body (`Default`: nothing, for a reading there is not).
@@ -436,7 +504,22 @@ impl Decoding {
         Decoding {
             decoder,
             readers: [readers(overrides), second],
+            _permit: None,
         }
+    }
+
+    /// [`Decoding::new`] for a request body, with its share of [`REQUEST_DECODER_BUDGET`].
+    pub(crate) fn for_request(
+        coding: Coding,
+        max_decoded: u64,
+        overrides: Option<OverrideScan>,
+        keep: Option<usize>,
+    ) -> Result<Self, RequestBodyViolation> {
+        let permit = REQUEST_DECODERS.take(coding)?;
+        Ok(Decoding {
+            _permit: permit,
+            ..Decoding::new(coding, max_decoded, overrides, keep)
+        })
     }
 
     /// Whether what was decoded so far, in a reading still decoding, ends with the start of a
@@ -480,7 +563,9 @@ impl Decoding {
         data: &[u8],
         end: bool,
     ) -> Result<(), RequestBodyViolation> {
-        let Decoding { decoder, readers } = self;
+        let Decoding {
+            decoder, readers, ..
+        } = self;
         let mut found = RequestBodyViolation::None;
         let mut read = |reading: usize, piece: &[u8]| {
             if found == RequestBodyViolation::None {
@@ -584,8 +669,15 @@ impl ForwardBody {
         // sent and in each reading of its decoding, is searched with these needles. Read with
         // its escapes undone as sent only when it has no coding: one that has is read so in its
         // decoding (`Decoding`), which is what a vendor undoing escapes reads.
-        let decoded = coding
-            .map(|coding| Box::new(Decoding::new(coding, self.limit, overrides.clone(), None)));
+        let decoded = match coding {
+            Some(coding) => {
+                match Decoding::for_request(coding, self.limit, overrides.clone(), None) {
+                    Ok(decoding) => Some(Box::new(decoding)),
+                    Err(violation) => return Err(self.refused_for(violation)),
+                }
+            }
+            None => None,
+        };
         let search = self.search.insert(Box::new(BodySearch {
             needles: Needles::new(token),
             as_sent: TokenReading::new(coding.is_none()),
@@ -815,7 +907,9 @@ impl ForwardBody {
         this.stop(violation);
         match violation {
             RequestBodyViolation::TooLarge => BodyError::RequestTooLarge(this.limit),
-            RequestBodyViolation::Undecodable => BodyError::RequestUndecodable,
+            RequestBodyViolation::Undecodable | RequestBodyViolation::DecodersBusy => {
+                BodyError::RequestUndecodable
+            }
             RequestBodyViolation::MethodOverride => BodyError::MethodOverride,
             RequestBodyViolation::CallerToken => BodyError::CallerTokenInBody,
             // Not refusals (the caller's side broke, or nothing did): never given here; ended
@@ -1440,6 +1534,29 @@ impl Body for GatewayBody {
 mod tests {
     use super::*;
     use crate::escapes::every_byte::{self, json_escaped, percent_encoded, xml_escaped};
+
+    /// Each `br` or `zstd` decoder takes its coding's most from the budget, until it is spent;
+    /// a share comes back when its permit is dropped; `gzip` and `deflate` take none.
+    #[test]
+    fn decoders_take_their_share_of_the_budget_until_it_is_spent() {
+        let budget = DecoderBudget::new(20 << 20);
+        assert!(budget.take(Coding::Gzip).unwrap().is_none());
+        assert!(budget.take(Coding::Deflate).unwrap().is_none());
+        let first = budget.take(Coding::Zstd).unwrap().unwrap();
+        let _second = budget.take(Coding::Zstd).unwrap().unwrap();
+        assert_eq!(
+            budget.take(Coding::Zstd).err(),
+            Some(RequestBodyViolation::DecodersBusy)
+        );
+        assert_eq!(
+            budget.take(Coding::Brotli).err(),
+            Some(RequestBodyViolation::DecodersBusy)
+        );
+        drop(first);
+        let _brotli = budget.take(Coding::Brotli).unwrap().unwrap();
+        let _another = budget.take(Coding::Brotli).unwrap().unwrap();
+        assert!(budget.take(Coding::Zstd).is_err());
+    }
     use crate::tokens::GLUE;
     use http_body_util::BodyExt as _;
     use memchr::memmem;

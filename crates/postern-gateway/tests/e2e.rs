@@ -4658,6 +4658,77 @@ async fn a_vendor_echoing_the_injected_credential_in_a_trailer_never_shows_it_to
     gw.stop().await;
 }
 
+/// The `br` and `zstd` request bodies being decoded at once hold at most
+/// `REQUEST_DECODER_BUDGET` for their decoders' windows: a caller's slow compressed uploads are
+/// refused (`503 request_decoders_busy`, `Retry-After`) once it is spent, rather than take the
+/// gateway's memory, and the share of each comes back when its call ends.
+#[tokio::test]
+async fn slow_compressed_uploads_hold_at_most_the_decoder_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    // 8.5 MiB each: the budget holds 60. Streamed (a small body framed by its length is read
+    // whole before the call starts), and never sent.
+    let budget = postern_gateway::body::REQUEST_DECODER_BUDGET;
+    let fit = budget / ((8 << 20) + (512 << 10));
+    let head = format!(
+        "POST /stripe/v1/charges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: text/plain\r\nContent-Encoding: zstd\r\nTransfer-Encoding: chunked\r\n\r\n",
+        gw.token
+    );
+    let mut streams = Vec::new();
+    for _ in 0..fit + 10 {
+        let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
+            .await
+            .unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        streams.push(stream);
+    }
+    // A refusal comes at once; a body being waited for, never.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for mut stream in streams {
+        let mut answer = vec![0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(20), stream.read(&mut answer)).await {
+            Ok(Ok(read)) if read > 0 => {
+                let answer = String::from_utf8_lossy(&answer[..read]).to_string();
+                assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+                assert!(answer.contains("request_decoders_busy"), "{answer}");
+                assert!(
+                    answer.to_ascii_lowercase().contains("retry-after: 1"),
+                    "{answer}"
+                );
+                refused += 1;
+            }
+            _ => held.push(stream),
+        }
+    }
+    // Other tests of this process may hold a share for a moment: about `fit` were taken.
+    assert!(refused >= 10, "refused {refused} of {}", fit + 10);
+    assert!(held.len() >= fit - 5, "held {}", held.len());
+    // The uploads end (their callers hang up): their shares come back.
+    drop(held);
+    let body = postern_scan::testing::zstd(b"amount=100", 20);
+    let mut accepted = false;
+    for _ in 0..50 {
+        let response = post_coded(
+            &gw,
+            "/stripe/v1/charges",
+            Some("text/plain"),
+            "zstd",
+            body.clone(),
+        )
+        .await;
+        if response.status() == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "the hung-up uploads' shares were not given back");
+    gw.stop().await;
+}
+
 /// An answer that can have no content (a `204` here) passes on none of what an h2 vendor sends
 /// with it anyway: the h2 crate takes DATA and trailers after it, and no echo filter reads an
 /// answer that has no body, so a trailer quoting the injected credential would reach an h2

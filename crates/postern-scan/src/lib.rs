@@ -67,7 +67,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use decode::{
-    decode_for_scan, encode, testing, Coding, StreamDecoder, Unscanned, UnscannedReason, READINGS,
+    decode_for_scan, encode, testing, Coding, StreamDecoder, Unscanned, UnscannedReason,
+    MAX_BROTLI_WINDOW_BITS, MAX_ZSTD_WINDOW_LOG, READINGS,
 };
 pub use redact::redact;
 pub use rules::{NativeDetector, RuleError, RuleSpec, Rules, Validator, BUILTIN_RULES_TOML};
