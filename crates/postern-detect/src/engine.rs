@@ -518,6 +518,20 @@ fn novelty_due(
     true
 }
 
+impl KeyState {
+    /// Whether the arrays the engine indexes have the lengths it indexes them by.
+    fn has_this_shape(&self) -> bool {
+        self.baselines.len() == METRICS
+            && (self.hours.is_empty() || self.hours.len() == 168)
+            && self.baselines.iter().all(|baseline| {
+                baseline.seasonal.as_ref().is_none_or(|seasonal| {
+                    seasonal.mean.len() == SEASONAL_SLOTS
+                        && seasonal.minutes.len() == SEASONAL_SLOTS
+                })
+            })
+    }
+}
+
 /// Everything the engine knows about one key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct KeyState {
@@ -790,11 +804,28 @@ impl Engine {
 
     /// An engine continuing from `snapshot`, with its configuration.
     pub fn restore(snapshot: EngineSnapshot) -> Self {
+        let config = snapshot.config.clone();
+        Self::restore_with(snapshot, config)
+    }
+
+    /// An engine continuing from `snapshot`'s baselines, with `config` (the gateway's own: a
+    /// snapshot's would keep an install on the defaults it was first written with). A key whose
+    /// state is not of this version's shape (a damaged file, or one another version wrote) is
+    /// dropped, to be learned again, rather than panic the detector at its first event; a
+    /// snapshot of another version is not restored at all.
+    pub fn restore_with(snapshot: EngineSnapshot, config: EngineConfig) -> Self {
         let keys: HashMap<MetricKey, KeyState, foldhash::fast::RandomState> =
-            snapshot.keys.into_iter().collect();
+            match snapshot.version == SNAPSHOT_VERSION {
+                true => snapshot
+                    .keys
+                    .into_iter()
+                    .filter(|(_, state)| state.has_this_shape())
+                    .collect(),
+                false => HashMap::default(),
+            };
         let host_keys = keys.keys().filter(|key| key.is_host_level()).count();
         Self {
-            config: snapshot.config,
+            config,
             keys,
             last_sweep_ms: i64::MIN,
             host_keys,
@@ -814,7 +845,17 @@ impl Engine {
             caller: None,
             operation: None,
         };
-        self.observe_key(&integration_key, event, minute, now_ms, &mut alerts);
+        // A call the gateway refused to a known caller is that caller's doing: it counts on the
+        // caller's keys only. On the integration's own key, any caller's steady refusals
+        // (`not_granted` to an integration it has no grant on) would pad the requests every
+        // error ratio divides by, hiding a vendor's outage or a revoked vendor key, and a burst
+        // of them would read as the vendor's incident. Unidentified refusals have no caller key
+        // and stay counted here (`caller_auth_failures`).
+        let refused_known_caller =
+            event.decision.as_deref() == Some("deny") && event.caller.is_some();
+        if !refused_known_caller {
+            self.observe_key(&integration_key, event, minute, now_ms, &mut alerts);
+        }
         if let Some(caller) = &event.caller {
             let caller_key = MetricKey {
                 integration: integration.clone(),

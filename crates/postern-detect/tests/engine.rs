@@ -273,6 +273,70 @@ fn burst_of_vendor_401s_alerts_vendor_auth_failures() {
     );
 }
 
+/// A vendor outage on a quiet integration is seen on the integration's key, however many calls
+/// another caller has refused there: a caller's refused calls (`not_granted` to an integration
+/// it has no grant on) count on its own keys only, so they neither pad the requests the error
+/// ratio divides by nor read as the vendor's incident.
+#[test]
+fn another_caller_s_refused_calls_do_not_hide_a_vendor_outage() {
+    let quiet = |from: i64, minutes: i64, status: u16| -> Vec<DetectEvent> {
+        // One call every two minutes from each of two callers: too few for a caller's own key.
+        (0..minutes)
+            .filter(|minute| minute % 2 == 0)
+            .flat_map(|minute| {
+                let at = from + minute * MINUTE_MS;
+                [
+                    event(at, Some("checkout"), "get_charge", status, 500, "10.0.0.1"),
+                    event(
+                        at + 1_000,
+                        Some("billing"),
+                        "get_charge",
+                        status,
+                        500,
+                        "10.0.0.2",
+                    ),
+                ]
+            })
+            .collect()
+    };
+    let refusals = |from: i64, minutes: i64| -> Vec<DetectEvent> {
+        (0..minutes * 10)
+            .map(|i| {
+                let mut refused = event(
+                    from + i * 6_000,
+                    Some("mallory"),
+                    "get_charge",
+                    403,
+                    0,
+                    "10.9.9.9",
+                );
+                refused.decision = Some("deny".into());
+                refused.reason = Some("not_granted".into());
+                refused
+            })
+            .collect()
+    };
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut events = quiet(START_MS, 2 * 1_440, 200);
+    events.extend(refusals(START_MS, 2 * 1_440));
+    let outage_at = START_MS + 2 * DAY_MS;
+    events.extend(quiet(outage_at, 60, 503));
+    events.extend(refusals(outage_at, 60));
+    events.sort_by_key(|event| event.time_unix_ms);
+    let alerts = run(&mut engine, &events);
+    let on_integration: Vec<&Alert> = alerts
+        .iter()
+        .filter(|alert| alert.caller.is_none() && alert.kind == AlertKind::ErrorSpike)
+        .collect();
+    assert!(!on_integration.is_empty(), "{alerts:#?}");
+    assert!(
+        on_integration
+            .iter()
+            .all(|alert| alert.time.as_str() >= "2026-12-02"),
+        "refusals alone alerted on the integration: {on_integration:#?}"
+    );
+}
+
 #[test]
 fn burst_of_unauthenticated_calls_alerts_caller_auth_failures() {
     let alerts = check_incident(|at| {
@@ -513,6 +577,64 @@ fn snapshot_and_restore_keep_the_baseline() {
     let from_restored = run(&mut restored, &spike);
     assert!(!from_original.is_empty());
     assert_eq!(from_original, from_restored);
+}
+
+/// A snapshot damaged, or written by another version, never panics the engine: a key whose
+/// arrays are not of this version's lengths is dropped (learned again), and a snapshot of
+/// another version is not restored at all; the rest goes on as before.
+#[test]
+fn a_damaged_snapshot_drops_its_bad_keys_and_never_panics() {
+    let mut noise = Noise(5);
+    let (engine, now) = warmed_engine(&mut noise);
+    let held = engine.key_count();
+    let mut snapshot = serde_json::to_value(engine.snapshot()).unwrap();
+    let keys = snapshot["keys"].as_array_mut().unwrap();
+    // One key with a baseline short, one with a short hour table, one with a short season.
+    keys[0][1]["baselines"].as_array_mut().unwrap().pop();
+    let with_hours = keys
+        .iter()
+        .position(|key| key[1]["hours"].is_array())
+        .expect("a caller key keeps hours");
+    keys[with_hours][1]["hours"]
+        .as_array_mut()
+        .unwrap()
+        .truncate(3);
+    let with_season = keys
+        .iter()
+        .position(|key| {
+            key[1]["baselines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|baseline| baseline["seasonal"].is_object())
+        })
+        .expect("a seasonal baseline");
+    for baseline in keys[with_season][1]["baselines"].as_array_mut().unwrap() {
+        // (`get_mut`: indexing a missing key for writing would insert it.)
+        if let Some(mean) = baseline
+            .get_mut("seasonal")
+            .and_then(|seasonal| seasonal.get_mut("mean"))
+            .and_then(|mean| mean.as_array_mut())
+        {
+            mean.truncate(2);
+        }
+    }
+    let damaged: postern_detect::engine::EngineSnapshot =
+        serde_json::from_value(snapshot.clone()).unwrap();
+    let mut restored = Engine::restore(damaged);
+    let kept = restored.key_count();
+    assert!(kept < held && kept + 3 >= held, "kept {kept} of {held}");
+    // Every kind of event reaches every kind of key without a panic.
+    let alerts = run(&mut restored, &burst(now));
+    assert!(
+        kinds(&alerts).contains(&AlertKind::RateSpike),
+        "{alerts:#?}"
+    );
+    run(&mut restored, &steady(now, 90, 1.0, &mut noise));
+    // Another version's snapshot: nothing of it is taken.
+    snapshot["version"] = serde_json::json!(99);
+    let other: postern_detect::engine::EngineSnapshot = serde_json::from_value(snapshot).unwrap();
+    assert_eq!(Engine::restore(other).key_count(), 0);
 }
 
 #[test]

@@ -59,7 +59,7 @@ impl Detector {
         let snapshot_path = data_dir.join(SNAPSHOT_FILE);
         let engine = match std::fs::read(&snapshot_path) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(snapshot) => Engine::restore(snapshot),
+                Ok(snapshot) => Engine::restore_with(snapshot, EngineConfig::default()),
                 Err(error) => {
                     tracing::warn!(%error, path = %snapshot_path.display(), "detector snapshot unreadable; starting with empty baselines");
                     Engine::new(EngineConfig::default())
@@ -251,7 +251,20 @@ fn write_snapshot(engine: &Engine, path: &Path) {
         }
     };
     let tmp = path.with_extension("json.tmp");
-    if let Err(error) = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)) {
+    // Synced before it replaces the last one, and the directory after: a crash leaves the old
+    // snapshot or the new one, never an empty file (which would start every baseline afresh).
+    let written = (|| {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok::<_, std::io::Error>(())
+    })();
+    if let Err(error) = written {
         tracing::error!(%error, path = %path.display(), "could not write the detector snapshot");
     }
 }
