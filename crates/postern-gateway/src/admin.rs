@@ -244,7 +244,8 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
             postern_vault::VaultError::NotFound(_) => StatusCode::NOT_FOUND,
             postern_vault::VaultError::AlreadyExists(_)
             | postern_vault::VaultError::Revoked(_)
-            | postern_vault::VaultError::NothingToRollBack(_) => StatusCode::CONFLICT,
+            | postern_vault::VaultError::NothingToRollBack(_)
+            | postern_vault::VaultError::VersionMismatch { .. } => StatusCode::CONFLICT,
             postern_vault::VaultError::InvalidName(_)
             | postern_vault::VaultError::InvalidKind(_)
             | postern_vault::VaultError::EmptyValue => StatusCode::BAD_REQUEST,
@@ -374,8 +375,19 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
                     )
                 }
             };
+            let expected = match param("expected_version").map(|v| v.parse::<u32>()) {
+                None => None,
+                Some(Ok(version)) => Some(version),
+                Some(Err(_)) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_expected_version",
+                        "expected_version must be the credential's current version, a whole number (GET /v1/credentials shows it)".to_string(),
+                    )
+                }
+            };
             vault
-                .rotate(&name, value, window_s * 1000, now)
+                .rotate_from(&name, expected, value, window_s * 1000, now)
                 .map(|v| json!({"name": name, "action": "rotate", "version": v, "rollback_window_seconds": window_s}))
         }
         "rollback" => vault
@@ -401,7 +413,7 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
                 // Stored, but not in use yet: the vault poller tries again every 250 ms.
                 return json_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"error": {"code": "credential_change_not_applied", "message": "the change is stored in the vault, but applying it failed (see postern's log); calls go on with the previous credentials until it applies"}}),
+                    json!({"error": {"code": "credential_change_not_applied", "message": "the change is stored in the vault, but applying it failed (see postern's log); calls go on with the previous credentials until it applies; do not repeat it (a repeated rotation would rotate again: pass expected_version to make a retry safe)", "stored": answer}}),
                 );
             }
             json_response(StatusCode::OK, answer)

@@ -1886,6 +1886,14 @@ pub(crate) fn violation_error(violation: RequestBodyViolation, limit: u64) -> Op
             "request_body_undecodable",
             "the compressed request body is not valid for its Content-Encoding (corrupt, cut short, or bytes after its end), or is br with a window over 4 MiB (22 bits, the encoders' default) or zstd with a window over 8 MiB (RFC 9659's most), so what a vendor would decode from it cannot be checked (for the caller token, a _method field, data classes); nothing more of it was forwarded; send it uncompressed or validly compressed (br with a window of at most 22 bits, zstd of at most 23)",
         )),
+        RequestBodyViolation::DecodersBusy => {
+            let mut error = CallError::unavailable(
+                "request_decoders_busy",
+                "the gateway is decoding as many br and zstd request bodies as its memory budget allows; retry shortly, or send the body uncompressed or gzip'd",
+            );
+            error.retry_after_seconds = Some(1);
+            Some(error)
+        }
         RequestBodyViolation::Broken => Some(CallError::bad_request(
             "request_body_error",
             "the request body could not be read completely (malformed chunked framing, or the caller stopped sending it); nothing more of it was forwarded",

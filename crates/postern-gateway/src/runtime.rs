@@ -952,6 +952,26 @@ fn read_secret(
 /// candidate before it is stored (by the admin API, and by `postern creds set` / `rotate`
 /// against the config). An OAuth2 client secret is sent form-encoded: any text does.
 pub fn unusable_value(integration: &IntegrationConfig, name: &str, value: &[u8]) -> Option<String> {
+    // A client certificate's halves are each checked for what they must be (whether the two
+    // match is known only once both are stored: a pair is rotated one half at a time).
+    if let Some(names) = &integration.client_certificate {
+        if names.cert_secret == name
+            && !rustls_pemfile::certs(&mut &value[..]).any(|cert| cert.is_ok())
+        {
+            return Some(
+                "the client certificate is not a PEM certificate chain (-----BEGIN CERTIFICATE-----)"
+                    .to_string(),
+            );
+        }
+        if names.key_secret == name
+            && !matches!(rustls_pemfile::private_key(&mut &value[..]), Ok(Some(_)))
+        {
+            return Some(
+                "the client certificate's key is not a PEM private key (-----BEGIN PRIVATE KEY-----)"
+                    .to_string(),
+            );
+        }
+    }
     let credential = integration.credential.as_ref()?;
     if !matches!(&credential.source, SecretSource::Vault(vault_name) if vault_name == name) {
         return None;

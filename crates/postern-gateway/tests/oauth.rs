@@ -565,6 +565,23 @@ operations = ["*"]
     };
     // Not in the vault yet: fail closed, nothing sent.
     assert_eq!(get().await.unwrap().status(), 503);
+    // Through the admin API, a half that is not what it must be is refused before it is
+    // stored.
+    for (name, value) in [
+        ("bank-cert", "not a certificate"),
+        ("bank-key", "nor a key"),
+    ] {
+        let answer = client()
+            .post(format!("{}/v1/credentials/{name}", gw.admin))
+            .bearer_auth(&gw.admin_token)
+            .body(value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 422, "{name}");
+        let answer: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "credential_unusable", "{answer}");
+    }
     let (cert, key) = client_pki.client_cert("spiffe://postern.example/gateway");
     let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
     // In the vault but not PEM: the vault's refresh is taken (the config is not at fault) and

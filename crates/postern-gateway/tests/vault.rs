@@ -530,13 +530,29 @@ async fn an_answer_quoting_the_rotated_out_key_never_shows_it_to_the_caller() {
         first.to_string().contains("***"),
         "the current key is filtered: {first}"
     );
+    // Rotated once with `expected_version`: a retry of the same request (its answer lost) is
+    // refused, so the key a rollback would restore is not erased by a second rotation.
+    let rotate =
+        "/v1/credentials/stripe-live/rotate?rollback_window_seconds=600&expected_version=1";
+    let (status, answer) = admin_post(&gw, rotate, "sk_live_current_D4").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["version"], 2);
+    let (status, answer) = admin_post(&gw, rotate, "sk_live_current_D4").await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at version 2, not 1"),
+        "{answer}"
+    );
     let (status, answer) = admin_post(
         &gw,
-        "/v1/credentials/stripe-live/rotate?rollback_window_seconds=600",
-        "sk_live_current_D4",
+        "/v1/credentials/stripe-live/rotate?expected_version=two",
+        "x",
     )
     .await;
-    assert_eq!(status, 200, "{answer}");
+    assert_eq!(status, 400, "{answer}");
     let (status, later) = call(&gw, "later").await;
     assert_eq!(status, 200);
     assert_eq!(

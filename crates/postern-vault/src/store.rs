@@ -53,6 +53,12 @@ pub enum VaultError {
     Revoked(String),
     #[error("credential {0:?} has no previous version inside its rollback window")]
     NothingToRollBack(String),
+    #[error("credential {name:?} is at version {current}, not {expected}: it was changed since you read it (a retried rotation, or another operator); read it again and decide")]
+    VersionMismatch {
+        name: String,
+        expected: u32,
+        current: u32,
+    },
     #[error(
         "credential name {0:?} is invalid: use letters, digits, '.', '-' and '_', with at least \
          one letter or digit (at most 128)"
@@ -481,12 +487,34 @@ impl Vault {
         rollback_window_ms: i64,
         now_ms: i64,
     ) -> Result<u32, VaultError> {
+        self.rotate_from(name, None, value, rollback_window_ms, now_ms)
+    }
+
+    /// [`Vault::rotate`], only if the current version is `expected` (when given), checked in
+    /// the same transaction: a rotation retried after an answer that was lost, or raced by
+    /// another operator, is refused ([`VaultError::VersionMismatch`]) rather than rotate again
+    /// and erase the version a rollback would restore.
+    pub fn rotate_from(
+        &self,
+        name: &str,
+        expected: Option<u32>,
+        value: &[u8],
+        rollback_window_ms: i64,
+        now_ms: i64,
+    ) -> Result<u32, VaultError> {
         if value.is_empty() {
             return Err(VaultError::EmptyValue);
         }
         let mut conn = self.conn.lock().expect("vault lock");
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let current: u32 = active_version(&tx, name)?;
+        if let Some(expected) = expected.filter(|&expected| expected != current) {
+            return Err(VaultError::VersionMismatch {
+                name: name.to_string(),
+                expected,
+                current,
+            });
+        }
         // Older previous versions are retired now: their material is erased.
         tx.execute(
             "UPDATE secret_versions SET status = 'retired', wrapped_key = NULL, sealed_value = NULL
