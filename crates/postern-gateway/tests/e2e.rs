@@ -4617,36 +4617,36 @@ async fn trailing_h2_vendor() -> (u16, String) {
     .await
 }
 
+/// A Stripe-like gateway for the h2 vendor at `port`, and its answer to a charge's `GET` sent
+/// over h2c with the caller token.
+async fn charge_over_h2(
+    port: u16,
+    ca_pem: &str,
+) -> (TestGateway, http::Response<hyper::body::Incoming>) {
+    let gw = start_with_key(
+        &stripe_like_at(port, ""),
+        Some(ca_pem),
+        "stripe-key",
+        VENDOR_KEY,
+        "",
+    )
+    .await;
+    let mut sender = h2c_sender(gw.running().listen_addr).await;
+    let request = http::Request::get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .header("authorization", format!("Bearer {}", gw.token))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    (gw, response)
+}
+
 /// A vendor's trailer that quotes the injected credential never reaches the caller; its other
 /// trailers do.
 #[tokio::test]
 async fn a_vendor_echoing_the_injected_credential_in_a_trailer_never_shows_it_to_the_caller() {
     use http_body_util::BodyExt as _;
     let (port, ca_pem) = trailing_h2_vendor().await;
-    let gw = start_with_key(
-        &stripe_like_at(port, ""),
-        Some(&ca_pem),
-        "stripe-key",
-        VENDOR_KEY,
-        "",
-    )
-    .await;
-    let tcp = tokio::net::TcpStream::connect(gw.running().listen_addr)
-        .await
-        .unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::get(format!("{}/stripe/v1/charges/ch_1", gw.base))
-        .header("authorization", format!("Bearer {}", gw.token))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let (gw, response) = charge_over_h2(port, &ca_pem).await;
     assert_eq!(response.status(), 200);
     let collected = response.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().expect("the trailers came");
@@ -4748,30 +4748,7 @@ async fn a_bodiless_answer_passes_on_no_data_or_trailers() {
         },
     ))
     .await;
-    let gw = start_with_key(
-        &stripe_like_at(port, ""),
-        Some(&ca_pem),
-        "stripe-key",
-        VENDOR_KEY,
-        "",
-    )
-    .await;
-    let tcp = tokio::net::TcpStream::connect(gw.running().listen_addr)
-        .await
-        .unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::get(format!("{}/stripe/v1/charges/ch_1", gw.base))
-        .header("authorization", format!("Bearer {}", gw.token))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let (gw, response) = charge_over_h2(port, &ca_pem).await;
     assert_eq!(response.status(), 204);
     let collected = response.into_body().collect().await.unwrap();
     assert!(collected.trailers().is_none(), "{:?}", collected.trailers());

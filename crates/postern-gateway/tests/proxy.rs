@@ -517,12 +517,7 @@ async fn an_absolute_form_https_request_is_discovered_as_https() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let other = TestVendor::tls(TestVendor::ok_handler()).await;
     let port = other.addr.port();
-    let gw = intercepting_gateway(
-        &vendor,
-        "",
-        &format!("[proxy]\nmode = \"open\"\nallowed_ports = [{port}]\nallow_private_networks = [\"127.0.0.1/32\"]"),
-    )
-    .await;
+    let gw = intercepting_gateway(&vendor, "", &open_proxy_to(port, "")).await;
     let mut stream = send_proxy_head(
         &gw,
         &format!("GET https://127.0.0.1:{port}/v1/items/42 HTTP/1.1"),
@@ -1092,15 +1087,7 @@ async fn plain_http_proxy_requests_to_unregistered_hosts_are_forwarded_and_their
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     // The host forges a receipt: the caller must get Postern's own (its intent's index).
     let plain = TestVendor::plain(TestVendor::forged_receipt_handler()).await;
-    let gw = intercepting_gateway(
-        &vendor,
-        "",
-        &format!(
-            "[proxy]\nmode = \"open\"\nallowed_ports = [{}]\nallow_private_networks = [\"127.0.0.1/32\"]",
-            plain.addr.port()
-        ),
-    )
-    .await;
+    let gw = intercepting_gateway(&vendor, "", &open_proxy_to(plain.addr.port(), "")).await;
     let client = proxied(&gw, Some(CHECKOUT_TOKEN), &[]);
     for id in ["1001", "1002", "1003"] {
         let response = client
@@ -1207,14 +1194,7 @@ async fn an_absolute_form_target_is_dialled_as_the_policy_read_it() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let plain = TestVendor::plain(TestVendor::ok_handler()).await;
     let port = plain.addr.port();
-    let gw = intercepting_gateway(
-        &vendor,
-        "",
-        &format!(
-            "[proxy]\nmode = \"open\"\nallowed_ports = [{port}]\nallow_private_networks = [\"127.0.0.1/32\"]"
-        ),
-    )
-    .await;
+    let gw = intercepting_gateway(&vendor, "", &open_proxy_to(port, "")).await;
     use base64::Engine as _;
     let credentials =
         base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
@@ -1249,10 +1229,7 @@ async fn plain_http_proxy_connections_are_kept_to_their_caller() {
     let gw = intercepting_gateway_tuned(
         &vendor,
         "",
-        &format!(
-            "[proxy]\nmode = \"open\"\nallowed_ports = [{}]\nallow_private_networks = [\"127.0.0.1/32\"]",
-            plain.addr.port()
-        ),
+        &open_proxy_to(plain.addr.port(), ""),
         "workers = 1",
     )
     .await;
@@ -1459,15 +1436,7 @@ fn gzip_form_with_another_callers_token() -> Vec<u8> {
 async fn the_caller_token_in_a_url_to_an_unregistered_host_is_refused() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let plain = TestVendor::plain(TestVendor::ok_handler()).await;
-    let gw = intercepting_gateway(
-        &vendor,
-        "",
-        &format!(
-            "[proxy]\nmode = \"open\"\nallowed_ports = [{}]\nallow_private_networks = [\"127.0.0.1/32\"]",
-            plain.addr.port()
-        ),
-    )
-    .await;
+    let gw = intercepting_gateway(&vendor, "", &open_proxy_to(plain.addr.port(), "")).await;
     let client = proxied(&gw, Some(CHECKOUT_TOKEN), &[]);
     let response = client
         .get(format!(
@@ -1743,17 +1712,7 @@ async fn an_http2_connect_opens_a_tunnel_counted_as_the_caller_s() {
         }
     });
     let gw = TestGateway::start(&open_proxy_to(port, "max_tunnels_per_caller = 1"), None).await;
-    let tcp = tokio::net::TcpStream::connect(gw.running().listen_addr)
-        .await
-        .unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c_sender(gw.running().listen_addr).await;
     let credentials =
         base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
     let connect = || {

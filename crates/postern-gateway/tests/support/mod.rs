@@ -1150,3 +1150,20 @@ impl WsVendor {
         }
     }
 }
+
+/// An HTTP/2 connection to `addr` over cleartext (h2c, prior knowledge), for requests without a
+/// body; its driver runs on a task of its own.
+pub async fn h2c_sender(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Empty<Bytes>,
+    >(TokioExecutor::new(), TokioIo::new(tcp))
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    sender
+}
