@@ -61,6 +61,60 @@ use crate::listener::{Malformed, OnMalformed};
 
 /// The largest request body read whole here; bigger ones go to hyper, which streams them.
 pub const MAX_READ_BODY_BYTES: u64 = 64 * 1024;
+
+/// What the bodies being waited for whole (read before their calls start, so before their
+/// callers are known) may hold together, all connections of the process: past it, a request's
+/// body streams through hyper instead, as a larger one does. Without it, connections that each
+/// send a 64 KiB body but its last byte would hold 64 KiB apiece, unauthenticated, for
+/// [`HEAD_TIMEOUT`].
+pub const WHOLE_BODY_BUDGET: usize = 32 << 20;
+
+/// The process's [`WholeBodies`].
+static WHOLE_BODIES: WholeBodies = WholeBodies::new(WHOLE_BODY_BUDGET);
+
+/// Bytes set aside for bodies being waited for whole, up to a limit.
+struct WholeBodies {
+    limit: usize,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+/// One body's share of [`WholeBodies`], given back when dropped (once its body is read, or its
+/// wait has ended).
+struct WholeBodyShare {
+    bodies: &'static WholeBodies,
+    bytes: usize,
+}
+
+impl WholeBodies {
+    const fn new(limit: usize) -> Self {
+        WholeBodies {
+            limit,
+            held: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// A share of `bytes`, unless the others hold too much already.
+    fn take(&'static self, bytes: usize) -> Option<WholeBodyShare> {
+        use std::sync::atomic::Ordering;
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held + bytes <= self.limit).then_some(held + bytes)
+            })
+            .ok()
+            .map(|_| WholeBodyShare {
+                bodies: self,
+                bytes,
+            })
+    }
+}
+
+impl Drop for WholeBodyShare {
+    fn drop(&mut self) {
+        self.bodies
+            .held
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 /// A request head must be complete within this long of its first byte (the gateway's
 /// `header_read_timeout` for hyper).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -160,7 +214,16 @@ where
         }
         // The request (and the `Next` it came in) live only within this statement: a binding
         // alive across an `.await` takes room in every connection's task, however short its use.
-        let next = match next_request(io, &mut buf, shutdown, max_header_bytes, silent).await {
+        let next = match next_request(
+            io,
+            &mut buf,
+            shutdown,
+            max_header_bytes,
+            silent,
+            &WHOLE_BODIES,
+        )
+        .await
+        {
             Next::Request(request, close) => {
                 served = true;
                 let head_only = request.method() == Method::HEAD;
@@ -264,21 +327,22 @@ async fn next_request<S: AsyncRead + ReadReady + Unpin>(
     shutdown: &mut watch::Receiver<bool>,
     max_header_bytes: usize,
     mut silent: bool,
+    bodies: &'static WholeBodies,
 ) -> Next {
     // The head, and whether its body must still be waited for. In a block: a binding alive
     // across an `.await` takes room in every connection's task, so the head (224 bytes) waits for
     // its body in a box, made only then.
-    let (head, head_len, body_len, close) = {
+    let (head, head_len, body_len, close, _share) = {
         let mut head_deadline = None;
-        let (head, head_len, body_len, close) = loop {
+        let (head, head_len, body_len, close, share) = loop {
             if !buf.is_empty() {
                 let read = buf.len();
-                match parse(buf, max_header_bytes) {
+                match parse(buf, max_header_bytes, bodies) {
                     Parse::Partial => {}
                     Parse::Handoff => return Next::Handoff,
                     Parse::Conflicting => return Next::Conflicting,
-                    Parse::Request(head, body_len, close) => {
-                        break (head, read - buf.len(), body_len, close);
+                    Parse::Request(head, body_len, close, share) => {
+                        break (head, read - buf.len(), body_len, close, share);
                     }
                 }
                 // Still incomplete: past what hyper would read, hyper refuses it (431). Any
@@ -313,7 +377,7 @@ async fn next_request<S: AsyncRead + ReadReady + Unpin>(
             };
             return request(buf, head, head_len + body_len as usize, body, close);
         }
-        (Box::new(head), head_len, body_len, close)
+        (Box::new(head), head_len, body_len, close, share)
     };
     let len = body_len as usize;
     // The body is read before the call starts, so before its caller is known: it must arrive
@@ -555,21 +619,21 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
 enum Parse {
     Partial,
     Handoff,
-    /// The head (taken from the buffer), the body's length, and `Connection: close`.
-    Request(Request<()>, u64, bool),
+    /// The head (taken from the buffer), the body's length, `Connection: close`, and the share
+    /// of [`WHOLE_BODY_BUDGET`] its body holds while it is waited for.
+    Request(Request<()>, u64, bool, Option<WholeBodyShare>),
     /// Both `Content-Length` and `Transfer-Encoding`: refused, and the connection closed.
     Conflicting,
 }
 
 /// Parses a request head at the start of `buf`; takes it from `buf` only when this server will
 /// serve the request.
-fn parse(buf: &mut BytesMut, max_header_bytes: usize) -> Parse {
-    match parse_with::<MAX_HEADERS>(buf, max_header_bytes, false) {
+fn parse(buf: &mut BytesMut, max_header_bytes: usize, bodies: &'static WholeBodies) -> Parse {
+    match parse_with::<MAX_HEADERS>(buf, max_header_bytes, false, bodies) {
         // More headers than are parsed here: hyper's, unless the head has both framings (which
         // hyper would forward, framed by Transfer-Encoding).
-        None => {
-            parse_with::<HYPER_MAX_HEADERS>(buf, max_header_bytes, true).unwrap_or(Parse::Handoff)
-        }
+        None => parse_with::<HYPER_MAX_HEADERS>(buf, max_header_bytes, true, bodies)
+            .unwrap_or(Parse::Handoff),
         Some(parsed) => parsed,
     }
 }
@@ -580,6 +644,7 @@ fn parse_with<const N: usize>(
     buf: &mut BytesMut,
     max_header_bytes: usize,
     only_conflicting: bool,
+    bodies: &'static WholeBodies,
 ) -> Option<Parse> {
     // Left uninitialized: httparse writes the slots it fills (2 KiB not zeroed per request).
     let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
@@ -653,6 +718,16 @@ fn parse_with<const N: usize>(
     for (slot, found) in spans.iter_mut().zip(parsed.headers.iter()) {
         *slot = (span(found.name.as_bytes()), span(found.value));
     }
+    // A body still to come is waited for within a budget every connection shares: past it,
+    // hyper streams it (nothing is taken from `buf` yet, so every byte goes with the head).
+    let length = body_len.unwrap_or(0) as usize;
+    let share = match head_len + length > buf.len() {
+        true => match bodies.take(length) {
+            Some(share) => Some(share),
+            None => return Some(Parse::Handoff),
+        },
+        false => None,
+    };
     let head = buf.split_to(head_len).freeze();
     let build = || -> Option<Request<()>> {
         let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
@@ -671,7 +746,7 @@ fn parse_with<const N: usize>(
         Some(request)
     };
     Some(match build() {
-        Some(request) => Parse::Request(request, body_len.unwrap_or(0), close),
+        Some(request) => Parse::Request(request, body_len.unwrap_or(0), close, share),
         None => {
             // Not something hyper would take either, but hyper says so: put the head back.
             let mut restored = BytesMut::with_capacity(head.len() + buf.len());
@@ -1001,7 +1076,7 @@ mod tests {
 
     fn parsed(bytes: &[u8]) -> &'static str {
         let mut buf = BytesMut::from(bytes);
-        match parse(&mut buf, 8192) {
+        match parse(&mut buf, 8192, &WHOLE_BODIES) {
             Parse::Partial => "partial",
             Parse::Handoff => {
                 assert_eq!(&buf[..], bytes, "a hand-off keeps every byte");
@@ -1011,7 +1086,7 @@ mod tests {
                 assert_eq!(&buf[..], bytes, "a refused head is not taken");
                 "refused here"
             }
-            Parse::Request(request, _, _) => {
+            Parse::Request(request, ..) => {
                 assert!(!both_framings(&request), "both framings are never served");
                 "here"
             }
@@ -1104,7 +1179,10 @@ mod tests {
             )
             .as_bytes(),
         );
-        assert!(matches!(parse(&mut long, 1024), Parse::Conflicting));
+        assert!(matches!(
+            parse(&mut long, 1024, &WHOLE_BODIES),
+            Parse::Conflicting
+        ));
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("x-{i}: v\r\n"))
             .collect();
@@ -1345,7 +1423,7 @@ mod tests {
             let bytes = fuzzed_request(&mut fuzz);
             let shown = crate::fuzz::shown(seed, case, &bytes);
             let mut buf = BytesMut::from(&bytes[..]);
-            match parse(&mut buf, 8192) {
+            match parse(&mut buf, 8192, &WHOLE_BODIES) {
                 Parse::Partial => {}
                 Parse::Handoff => {
                     assert_eq!(&buf[..], &bytes[..], "a hand-off keeps every byte; {shown}");
@@ -1358,7 +1436,7 @@ mod tests {
                         "{shown}"
                     );
                 }
-                Parse::Request(request, body_len, close) => {
+                Parse::Request(request, body_len, close, _) => {
                     assert!(
                         !both_framings(&request),
                         "both framings are never served; {shown}"
@@ -1786,7 +1864,15 @@ mod tests {
         // Bytes lost would end the connection (`Closed`), not wait for more.
         drop(client);
         let mut buf = BytesMut::new();
-        let next = next_request(&mut server, &mut buf, &mut shutdown, 8192, false).await;
+        let next = next_request(
+            &mut server,
+            &mut buf,
+            &mut shutdown,
+            8192,
+            false,
+            &WHOLE_BODIES,
+        )
+        .await;
         let Next::Request(request, _) = next else {
             panic!("no request");
         };
@@ -1802,11 +1888,83 @@ mod tests {
             buf.len(),
             buf.capacity()
         );
-        let next = next_request(&mut server, &mut buf, &mut shutdown, 8192, false).await;
+        let next = next_request(
+            &mut server,
+            &mut buf,
+            &mut shutdown,
+            8192,
+            false,
+            &WHOLE_BODIES,
+        )
+        .await;
         let Next::Request(request, _) = next else {
             panic!("no second request");
         };
         assert_eq!(request.uri(), "/next");
+    }
+
+    /// A body waited for whole takes a share of a budget every connection shares: past it, the
+    /// request goes to hyper with every byte read so far, head included, to stream; a share
+    /// comes back once its body is read.
+    #[tokio::test]
+    async fn bodies_waited_for_whole_share_a_budget() {
+        static BODIES: WholeBodies = WholeBodies::new(1500);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let head = "POST /a HTTP/1.1\r\ncontent-length: 1000\r\n\r\n";
+        // One body waited for (its bytes not all there yet) holds 1,000 of the 1,500.
+        let (mut first_client, mut first_server) = tokio::io::duplex(64 * 1024);
+        first_client.write_all(head.as_bytes()).await.unwrap();
+        first_client.write_all(&[b'x'; 10]).await.unwrap();
+        let mut first_buf = BytesMut::new();
+        let (_stop1, mut shutdown1) = watch::channel(false);
+        let waiting = next_request(
+            &mut first_server,
+            &mut first_buf,
+            &mut shutdown1,
+            8192,
+            false,
+            &BODIES,
+        );
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err(),
+            "the first body is waited for"
+        );
+        // A second, meanwhile, does not fit: handed to hyper with every byte read.
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(b"xy").await.unwrap();
+        let mut buf = BytesMut::new();
+        let next = next_request(&mut server, &mut buf, &mut shutdown, 8192, false, &BODIES).await;
+        assert!(matches!(next, Next::Handoff));
+        assert_eq!(&buf[..], format!("{head}xy").as_bytes());
+        // A body already whole needs no share: served here.
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client
+            .write_all(b"POST /b HTTP/1.1\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let mut buf = BytesMut::new();
+        let next = next_request(&mut server, &mut buf, &mut shutdown, 8192, false, &BODIES).await;
+        assert!(matches!(next, Next::Request(..)));
+        // The first body arrives: read, and its share given back.
+        first_client.write_all(&[b'x'; 990]).await.unwrap();
+        let Next::Request(request, _) = waiting.await else {
+            panic!("no request");
+        };
+        assert_eq!(
+            request
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .len(),
+            1000
+        );
+        assert!(BODIES.take(1500).is_some());
     }
 
     /// `arrived` reads what is there without waiting: nothing yet, bytes (kept in the buffer), or
