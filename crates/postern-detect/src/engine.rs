@@ -269,6 +269,14 @@ const MINUTE_MS: i64 = 60_000;
 /// form.
 const MAX_GAP_FILL_MINUTES: i64 = 1_440;
 
+/// The metrics whose alert is raised again, whatever the cooldown, when the value grows to
+/// [`ESCALATION`] times the one it was raised on: a small decoy (1 MB sent) must not stand for
+/// the gigabytes that follow it within the minute or the cooldown.
+const ESCALATING: u8 = (1 << RATE) | (1 << REQUEST_BYTES) | (1 << RESPONSE_BYTES);
+
+/// How much larger than the value an alert was raised on a value must grow to alert again.
+const ESCALATION: f64 = 10.0;
+
 fn metric_kind(metric: usize) -> AlertKind {
     match metric {
         RATE => AlertKind::RateSpike,
@@ -541,6 +549,10 @@ struct KeyState {
     closed_minutes: u32,
     baselines: Vec<Baseline>,
     last_alert_ms: HashMap<AlertKind, i64>,
+    /// The value each volume or rate alert (of [`ESCALATING`] metrics) was raised on: one ten
+    /// times larger alerts again, in the same minute or within the cooldown.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    last_alert_observed: HashMap<AlertKind, f64>,
     /// Integration keys: callers seen. Caller keys: operations and source addresses seen.
     callers: NoveltySet,
     operations: NoveltySet,
@@ -695,6 +707,7 @@ impl KeyState {
             closed_minutes: 0,
             baselines: vec![Baseline::default(); METRICS],
             last_alert_ms: HashMap::new(),
+            last_alert_observed: HashMap::new(),
             callers: NoveltySet::default(),
             operations: NoveltySet::default(),
             sources: NoveltySet::default(),
@@ -1111,12 +1124,22 @@ impl Engine {
         }
         let slot = seasonal_slot(state.bucket.minute * MINUTE_MS);
         for metric in 0..METRICS {
-            if state.bucket.alerted & (1 << metric) != 0 {
+            let alerted = state.bucket.alerted & (1 << metric) != 0;
+            if alerted && ESCALATING & (1 << metric) == 0 {
                 continue;
             }
             let Some(observed) = state.bucket.value(metric, config.min_requests_for_ratio) else {
                 continue;
             };
+            // Alerted in this minute already: again only when it grew tenfold since.
+            if alerted
+                && state
+                    .last_alert_observed
+                    .get(&metric_kind(metric))
+                    .is_none_or(|&last| observed < ESCALATION * last)
+            {
+                continue;
+            }
             let baseline = &state.baselines[metric];
             if baseline.updates == 0 && !is_count_metric(metric) {
                 continue;
@@ -1241,10 +1264,19 @@ fn raise(
         .last_alert_ms
         .get(&kind)
         .is_none_or(|&last| now_ms - last >= quiet_ms);
-    if !quiet {
+    let escalating = ESCALATING & (1 << found.metric) != 0;
+    let grown = escalating
+        && state
+            .last_alert_observed
+            .get(&kind)
+            .is_some_and(|&last| found.observed >= ESCALATION * last);
+    if !quiet && !grown {
         return;
     }
     state.last_alert_ms.insert(kind, now_ms);
+    if escalating {
+        state.last_alert_observed.insert(kind, found.observed);
+    }
     let relative = found.relative;
     alerts.push(Alert {
         time: format_rfc3339_millis(now_ms),

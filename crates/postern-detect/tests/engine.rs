@@ -378,6 +378,40 @@ fn response_bytes_surge_alerts_volume_in() {
     );
 }
 
+/// A small decoy does not stand for what follows: once `volume_in` alerted on a first 2 MB
+/// pull, the gigabytes pulled over the next minutes, within the cooldown, alert again each
+/// time the minute's volume reaches ten times the value last alerted on.
+#[test]
+fn a_decoy_alert_does_not_hide_the_volume_that_follows_it() {
+    let pull =
+        |at: i64, bytes: u64| event(at, Some("checkout"), "get_charge", 200, bytes, "10.0.0.1");
+    let alerts = check_incident(|at| {
+        // The decoy: one 2 MB answer.
+        let mut events = vec![pull(at, 2_000_000)];
+        // Then, from the next minute on, 50 MB a minute for five minutes, in 5 MB answers.
+        for minute in 1..6 {
+            for i in 0..10 {
+                events.push(pull(at + minute * MINUTE_MS + i * 5_000, 5_000_000));
+            }
+        }
+        events
+    });
+    let volume: Vec<&Alert> = alerts
+        .iter()
+        .filter(|alert| {
+            alert.kind == AlertKind::VolumeIn
+                && alert.caller.as_deref() == Some("checkout")
+                && alert.operation.is_none()
+        })
+        .collect();
+    assert!(volume.len() >= 2, "{volume:#?}");
+    assert!(volume[0].observed < 3_000_000.0, "{volume:#?}");
+    assert!(
+        volume.iter().any(|alert| alert.observed >= 20_000_000.0),
+        "the pull after the decoy was not reported: {volume:#?}"
+    );
+}
+
 #[test]
 fn new_caller_and_new_source_alert_after_warm_up() {
     let alerts = check_incident(|at| {
