@@ -269,6 +269,23 @@ const MINUTE_MS: i64 = 60_000;
 /// form.
 const MAX_GAP_FILL_MINUTES: i64 = 1_440;
 
+/// The gateway's refusals recorded with `decision: allow` (past authorization) that are the
+/// caller's doing, or the gateway's own limits, not the vendor's: like a `deny`, they count on
+/// the caller's keys only, not on the integration's (docs/EVENTS.md).
+const CALLER_REFUSALS: &[&str] = &[
+    "rate_limited",
+    "too_many_concurrent_calls",
+    "concurrency_limited",
+    "request_decoders_busy",
+    "data_class_not_approved",
+    "caller_token_in_url",
+    "caller_token_in_body",
+    "request_too_large",
+    "request_body_undecodable",
+    "unsupported_content_encoding",
+    "request_body_error",
+];
+
 /// The metrics whose alert is raised again, whatever the cooldown, when the value grows to
 /// [`ESCALATION`] times the one it was raised on: a small decoy (1 MB sent) must not stand for
 /// the gigabytes that follow it within the minute or the cooldown.
@@ -748,6 +765,13 @@ pub struct EngineSnapshot {
     keys: Vec<(MetricKey, KeyState)>,
 }
 
+impl EngineSnapshot {
+    /// Keys the snapshot holds (of every level).
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
 /// Current snapshot format.
 pub const SNAPSHOT_VERSION: u32 = 1;
 
@@ -864,8 +888,12 @@ impl Engine {
         // error ratio divides by, hiding a vendor's outage or a revoked vendor key, and a burst
         // of them would read as the vendor's incident. Unidentified refusals have no caller key
         // and stay counted here (`caller_auth_failures`).
-        let refused_known_caller =
-            event.decision.as_deref() == Some("deny") && event.caller.is_some();
+        let refused_known_caller = event.caller.is_some()
+            && (event.decision.as_deref() == Some("deny")
+                || event
+                    .reason
+                    .as_deref()
+                    .is_some_and(|reason| CALLER_REFUSALS.contains(&reason)));
         if !refused_known_caller {
             self.observe_key(&integration_key, event, minute, now_ms, &mut alerts);
         }
@@ -1192,7 +1220,7 @@ impl Engine {
             };
             // Either way the metric does not alert again in the open minute.
             state.bucket.alerted |= 1 << metric;
-            raise(state, key, found, now_ms, quiet_ms, alerts);
+            raise(state, key, found, now_ms, quiet_ms, true, alerts);
         }
         check_window(config, state, key, failing, now_ms, alerts);
         check_slow_volume(config, state, key, now_ms, alerts);
@@ -1250,13 +1278,17 @@ struct Finding {
     expected: f64,
 }
 
-/// Raises the alert of `found` on `key` unless the same (key, kind) alerted within `quiet_ms`.
+/// Raises the alert of `found` on `key` unless the same (key, kind) alerted within `quiet_ms`
+/// (`per_minute`: a minute's own check, whose rate and volume alerts may escalate past it;
+/// the window and slow-volume checks keep their quiet periods whole).
+#[allow(clippy::too_many_arguments)]
 fn raise(
     state: &mut KeyState,
     key: &MetricKey,
     found: Finding,
     now_ms: i64,
     quiet_ms: i64,
+    per_minute: bool,
     alerts: &mut Vec<Alert>,
 ) {
     let kind = metric_kind(found.metric);
@@ -1264,7 +1296,7 @@ fn raise(
         .last_alert_ms
         .get(&kind)
         .is_none_or(|&last| now_ms - last >= quiet_ms);
-    let escalating = ESCALATING & (1 << found.metric) != 0;
+    let escalating = per_minute && ESCALATING & (1 << found.metric) != 0;
     let grown = escalating
         && state
             .last_alert_observed
@@ -1398,7 +1430,7 @@ fn check_window_counts(
                 expected: usual,
             };
             state.bucket.alerted |= 1 << metric;
-            raise(state, key, found, now_ms, quiet_ms, alerts);
+            raise(state, key, found, now_ms, quiet_ms, false, alerts);
         }
     }
     if failing & (1 << VENDOR_AUTH) != 0 && state.bucket.alerted & (1 << VENDOR_AUTH) == 0 {
@@ -1417,7 +1449,7 @@ fn check_window_counts(
                 expected,
             };
             state.bucket.alerted |= 1 << VENDOR_AUTH;
-            raise(state, key, found, now_ms, quiet_ms, alerts);
+            raise(state, key, found, now_ms, quiet_ms, false, alerts);
         }
     }
 }
@@ -1529,7 +1561,7 @@ fn check_slow_volume(
                 expected: expected / window_minutes,
             };
             let quiet_ms = (config.alert_cooldown_seconds * 1_000).max(3_600_000);
-            raise(state, key, found, now_ms, quiet_ms, alerts);
+            raise(state, key, found, now_ms, quiet_ms, false, alerts);
         }
     }
 }

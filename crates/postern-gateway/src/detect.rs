@@ -59,7 +59,17 @@ impl Detector {
         let snapshot_path = data_dir.join(SNAPSHOT_FILE);
         let engine = match std::fs::read(&snapshot_path) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(snapshot) => Engine::restore_with(snapshot, EngineConfig::default()),
+                Ok(snapshot) => {
+                    let snapshot: postern_detect::engine::EngineSnapshot = snapshot;
+                    let (version, held) = (snapshot.version, snapshot.key_count());
+                    let engine = Engine::restore_with(snapshot, EngineConfig::default());
+                    if version != postern_detect::engine::SNAPSHOT_VERSION {
+                        tracing::warn!(version, path = %snapshot_path.display(), "detector snapshot of another version; starting with empty baselines");
+                    } else if engine.key_count() < held {
+                        tracing::warn!(dropped = held - engine.key_count(), path = %snapshot_path.display(), "detector snapshot keys of another shape dropped; they are learned again");
+                    }
+                    engine
+                }
                 Err(error) => {
                     tracing::warn!(%error, path = %snapshot_path.display(), "detector snapshot unreadable; starting with empty baselines");
                     Engine::new(EngineConfig::default())
@@ -259,9 +269,8 @@ fn write_snapshot(engine: &Engine, path: &Path) {
         file.write_all(&bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty());
+        std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
         Ok::<_, std::io::Error>(())
     })();
     if let Err(error) = written {

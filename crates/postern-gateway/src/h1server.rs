@@ -1940,13 +1940,16 @@ mod tests {
         let next = next_request(&mut server, &mut buf, &mut shutdown, 8192, false, &BODIES).await;
         assert!(matches!(next, Next::Handoff));
         assert_eq!(&buf[..], format!("{head}xy").as_bytes());
-        // A body already whole needs no share: served here.
+        // A body already whole needs no share (600 bytes would not fit beside the 1,000 held):
+        // served here.
         let (mut client, mut server) = tokio::io::duplex(64 * 1024);
         client
-            .write_all(b"POST /b HTTP/1.1\r\ncontent-length: 2\r\n\r\nok")
+            .write_all(b"POST /b HTTP/1.1\r\ncontent-length: 600\r\n\r\n")
             .await
             .unwrap();
-        let mut buf = BytesMut::new();
+        client.write_all(&[b'y'; 600]).await.unwrap();
+        // Room for all of it in one read (an empty buffer on a duplex stream reads 64 bytes).
+        let mut buf = BytesMut::with_capacity(READ_SPACE);
         let next = next_request(&mut server, &mut buf, &mut shutdown, 8192, false, &BODIES).await;
         assert!(matches!(next, Next::Request(..)));
         // The first body arrives: read, and its share given back.

@@ -1,0 +1,99 @@
+//! The memory budget of `br` and `zstd` request-body decoders, which every call of the process
+//! shares: in a test binary of its own, so that filling it does not refuse other tests' bodies.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// The `br` and `zstd` request bodies being decoded at once hold at most
+/// `REQUEST_DECODER_BUDGET` for their decoders' windows: a caller's slow compressed uploads are
+/// refused (`503 request_decoders_busy`, `Retry-After`) once it is spent, rather than take the
+/// gateway's memory, and the share of each comes back when its call ends.
+#[tokio::test]
+async fn slow_compressed_uploads_hold_at_most_the_decoder_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(
+        &format!(
+            r#"
+[[integrations]]
+name = "stripe"
+vendor = "Stripe"
+owner = "payments@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+operations = [ {{ id = "create_charge", method = "POST", path = "/v1/charges" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "stripe"
+operations = ["*"]
+"#,
+            port = vendor.addr.port()
+        ),
+        vendor.ca_pem.as_deref(),
+    )
+    .await;
+    // 8.5 MiB each: the budget holds 60. Streamed (a small body framed by its length is read
+    // whole before the call starts), and never sent.
+    let budget = postern_gateway::body::REQUEST_DECODER_BUDGET;
+    let fit = budget / ((8 << 20) + (512 << 10));
+    let head = format!(
+        "POST /stripe/v1/charges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: text/plain\r\nContent-Encoding: zstd\r\nTransfer-Encoding: chunked\r\n\r\n",
+        gw.token
+    );
+    let mut streams = Vec::new();
+    for _ in 0..fit + 10 {
+        let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
+            .await
+            .unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        streams.push(stream);
+    }
+    // A refusal comes at once; a body being waited for, never.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for mut stream in streams {
+        let mut answer = vec![0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(20), stream.read(&mut answer)).await {
+            Ok(Ok(read)) if read > 0 => {
+                let answer = String::from_utf8_lossy(&answer[..read]).to_string();
+                assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+                assert!(answer.contains("request_decoders_busy"), "{answer}");
+                assert!(
+                    answer.to_ascii_lowercase().contains("retry-after: 1"),
+                    "{answer}"
+                );
+                refused += 1;
+            }
+            _ => held.push(stream),
+        }
+    }
+    assert_eq!(refused, 10, "refused {refused} of {}", fit + 10);
+    assert_eq!(held.len(), fit);
+    // The uploads end (their callers hang up): their shares come back.
+    drop(held);
+    let body = postern_scan::testing::zstd(b"amount=100", 20);
+    let mut accepted = false;
+    for _ in 0..50 {
+        let response = post_coded(
+            &gw,
+            "/stripe/v1/charges",
+            Some("text/plain"),
+            "zstd",
+            body.clone(),
+        )
+        .await;
+        if response.status() == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "the hung-up uploads' shares were not given back");
+    gw.stop().await;
+}
