@@ -53,34 +53,46 @@ pub enum RequestBodyViolation {
 /// uploads take the gateway's memory. `gzip` and `deflate` (a 32 KiB window) are not counted.
 pub const REQUEST_DECODER_BUDGET: usize = 512 << 20;
 
-/// The process's [`DecoderBudget`] for request bodies.
-static REQUEST_DECODERS: DecoderBudget = DecoderBudget::new(REQUEST_DECODER_BUDGET);
+/// The most of [`REQUEST_DECODER_BUDGET`] one caller's bodies may hold at once (a quarter: 15
+/// `zstd` or 32 `br` uploads), so one caller's slow uploads cannot refuse everyone else's.
+pub const REQUEST_DECODER_CALLER_SHARE: usize = REQUEST_DECODER_BUDGET / 4;
 
-/// Memory set aside for decoders' windows, up to a limit ([`REQUEST_DECODER_BUDGET`]).
+/// The process's [`DecoderBudget`] for request bodies.
+static REQUEST_DECODERS: DecoderBudget =
+    DecoderBudget::new(REQUEST_DECODER_BUDGET, REQUEST_DECODER_CALLER_SHARE);
+
+/// Memory set aside for decoders' windows, up to a limit ([`REQUEST_DECODER_BUDGET`]), and up to
+/// a part of it for each caller.
 pub(crate) struct DecoderBudget {
     limit: usize,
-    used: std::sync::atomic::AtomicUsize,
+    per_caller: usize,
+    /// What the bodies of each caller hold (few at once: a list); bodies no caller is known
+    /// for are held under the empty name, which has no part of its own.
+    by_caller: std::sync::Mutex<Vec<(Arc<str>, usize)>>,
 }
 
 /// A decoder's share of a [`DecoderBudget`], given back when dropped.
 pub(crate) struct DecoderPermit<'a> {
     budget: &'a DecoderBudget,
     bytes: usize,
+    caller: Arc<str>,
 }
 
 impl DecoderBudget {
-    pub(crate) const fn new(limit: usize) -> Self {
+    pub(crate) const fn new(limit: usize, per_caller: usize) -> Self {
         DecoderBudget {
             limit,
-            used: std::sync::atomic::AtomicUsize::new(0),
+            per_caller,
+            by_caller: std::sync::Mutex::new(Vec::new()),
         }
     }
 
-    /// The share a decoder of `coding` needs (`None`: one too small to count), unless the
-    /// budget is spent.
+    /// The share a decoder of `coding` for `caller`'s body needs (`None`: one too small to
+    /// count), unless the budget, or the caller's part of it, is spent.
     pub(crate) fn take(
         &self,
         coding: Coding,
+        caller: Option<&Arc<str>>,
     ) -> Result<Option<DecoderPermit<'_>>, RequestBodyViolation> {
         let bytes = match coding {
             Coding::Brotli => 1 << postern_scan::MAX_BROTLI_WINDOW_BITS,
@@ -88,23 +100,47 @@ impl DecoderBudget {
             Coding::Zstd => (1 << postern_scan::MAX_ZSTD_WINDOW_LOG) + (512 << 10),
             Coding::Gzip | Coding::Deflate => return Ok(None),
         };
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used + bytes <= self.limit).then_some(used + bytes)
-            })
-            .map(|_| {
-                Some(DecoderPermit {
-                    budget: self,
-                    bytes,
-                })
-            })
-            .map_err(|_| RequestBodyViolation::DecodersBusy)
+        let name = caller.cloned().unwrap_or_else(|| Arc::from(""));
+        let mut by_caller = self
+            .by_caller
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let used: usize = by_caller.iter().map(|(_, held)| held).sum();
+        let mine = by_caller
+            .iter()
+            .find(|(held_by, _)| *held_by == name)
+            .map_or(0, |(_, held)| *held);
+        if used + bytes > self.limit || (caller.is_some() && mine + bytes > self.per_caller) {
+            return Err(RequestBodyViolation::DecodersBusy);
+        }
+        match by_caller.iter_mut().find(|(held_by, _)| *held_by == name) {
+            Some((_, held)) => *held += bytes,
+            None => by_caller.push((name.clone(), bytes)),
+        }
+        Ok(Some(DecoderPermit {
+            budget: self,
+            bytes,
+            caller: name,
+        }))
     }
 }
 
 impl Drop for DecoderPermit<'_> {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        let mut by_caller = self
+            .budget
+            .by_caller
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(index) = by_caller
+            .iter()
+            .position(|(held_by, _)| *held_by == self.caller)
+        {
+            by_caller[index].1 -= self.bytes;
+            if by_caller[index].1 == 0 {
+                by_caller.swap_remove(index);
+            }
+        }
     }
 }
 
@@ -116,9 +152,17 @@ pub struct RequestBodyState {
     /// The last time the vendor side asked for more of the body, the caller had not sent it
     /// yet: the call is waiting on the caller's upload.
     waiting_on_caller: AtomicBool,
+    /// Whose body it is, once known: its decoder's share of [`REQUEST_DECODER_BUDGET`] counts
+    /// against that caller's part ([`REQUEST_DECODER_CALLER_SHARE`]).
+    caller: std::sync::OnceLock<Arc<str>>,
 }
 
 impl RequestBodyState {
+    /// Says whose body this is (the first caller said stands).
+    pub fn set_caller(&self, caller: &Arc<str>) {
+        let _ = self.caller.set(caller.clone());
+    }
+
     /// Whether the call, at this moment, waits on the caller's upload (asked for more of the
     /// body, which has not arrived), not on the vendor.
     pub fn waiting_on_caller(&self) -> bool {
@@ -514,8 +558,9 @@ impl Decoding {
         max_decoded: u64,
         overrides: Option<OverrideScan>,
         keep: Option<usize>,
+        caller: Option<&Arc<str>>,
     ) -> Result<Self, RequestBodyViolation> {
-        let permit = REQUEST_DECODERS.take(coding)?;
+        let permit = REQUEST_DECODERS.take(coding, caller)?;
         Ok(Decoding {
             _permit: permit,
             ..Decoding::new(coding, max_decoded, overrides, keep)
@@ -671,7 +716,8 @@ impl ForwardBody {
         // decoding (`Decoding`), which is what a vendor undoing escapes reads.
         let decoded = match coding {
             Some(coding) => {
-                match Decoding::for_request(coding, self.limit, overrides.clone(), None) {
+                let caller = self.state.caller.get();
+                match Decoding::for_request(coding, self.limit, overrides.clone(), None, caller) {
                     Ok(decoding) => Some(Box::new(decoding)),
                     Err(violation) => return Err(self.refused_for(violation)),
                 }
@@ -1539,23 +1585,61 @@ mod tests {
     /// a share comes back when its permit is dropped; `gzip` and `deflate` take none.
     #[test]
     fn decoders_take_their_share_of_the_budget_until_it_is_spent() {
-        let budget = DecoderBudget::new(20 << 20);
-        assert!(budget.take(Coding::Gzip).unwrap().is_none());
-        assert!(budget.take(Coding::Deflate).unwrap().is_none());
-        let first = budget.take(Coding::Zstd).unwrap().unwrap();
-        let _second = budget.take(Coding::Zstd).unwrap().unwrap();
+        let budget = DecoderBudget::new(20 << 20, 20 << 20);
+        assert!(budget.take(Coding::Gzip, None).unwrap().is_none());
+        assert!(budget.take(Coding::Deflate, None).unwrap().is_none());
+        let first = budget.take(Coding::Zstd, None).unwrap().unwrap();
+        let _second = budget.take(Coding::Zstd, None).unwrap().unwrap();
         assert_eq!(
-            budget.take(Coding::Zstd).err(),
+            budget.take(Coding::Zstd, None).err(),
             Some(RequestBodyViolation::DecodersBusy)
         );
         assert_eq!(
-            budget.take(Coding::Brotli).err(),
+            budget.take(Coding::Brotli, None).err(),
             Some(RequestBodyViolation::DecodersBusy)
         );
         drop(first);
-        let _brotli = budget.take(Coding::Brotli).unwrap().unwrap();
-        let _another = budget.take(Coding::Brotli).unwrap().unwrap();
-        assert!(budget.take(Coding::Zstd).is_err());
+        let _brotli = budget.take(Coding::Brotli, None).unwrap().unwrap();
+        let _another = budget.take(Coding::Brotli, None).unwrap().unwrap();
+        assert!(budget.take(Coding::Zstd, None).is_err());
+    }
+
+    /// One caller's bodies hold at most its part of the budget: past it that caller is refused
+    /// while another still has room; a caller's part comes back with its permits.
+    #[test]
+    fn one_caller_holds_at_most_its_part_of_the_decoder_budget() {
+        let budget = DecoderBudget::new(40 << 20, 10 << 20);
+        let (mallory, alice): (Arc<str>, Arc<str>) = (Arc::from("mallory"), Arc::from("alice"));
+        let first = budget
+            .take(Coding::Brotli, Some(&mallory))
+            .unwrap()
+            .unwrap();
+        let _second = budget
+            .take(Coding::Brotli, Some(&mallory))
+            .unwrap()
+            .unwrap();
+        // 8 of mallory's 10 MiB held: a third 4 MiB body is refused, alice's is not.
+        assert_eq!(
+            budget.take(Coding::Brotli, Some(&mallory)).err(),
+            Some(RequestBodyViolation::DecodersBusy)
+        );
+        let _alice = budget.take(Coding::Zstd, Some(&alice)).unwrap().unwrap();
+        drop(first);
+        let _third = budget
+            .take(Coding::Brotli, Some(&mallory))
+            .unwrap()
+            .unwrap();
+        // Bodies no caller is known for count against the whole budget only.
+        let unknown: Vec<_> = (0..3)
+            .map(|_| budget.take(Coding::Brotli, None).unwrap().unwrap())
+            .collect();
+        assert_eq!(unknown.len(), 3);
+        // 28.5 MiB held in all: one more zstd body fits (37), a second does not.
+        let _more = budget.take(Coding::Zstd, None).unwrap().unwrap();
+        assert!(
+            budget.take(Coding::Zstd, None).is_err(),
+            "37 of 40 MiB held"
+        );
     }
     use crate::tokens::GLUE;
     use http_body_util::BodyExt as _;

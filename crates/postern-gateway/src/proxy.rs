@@ -378,6 +378,10 @@ fn pipeline<'a>(
             true => None,
             false => body_encoding(request.headers())?,
         };
+        // A compressed body's decoder counts against its caller's part of the budget.
+        if let Some(caller) = &context.caller {
+            context.request_body.set_caller(caller);
+        }
         let (body, scan) = match &integration.config.data_classes {
             None => {
                 let max = integration.config.max_request_body_bytes;

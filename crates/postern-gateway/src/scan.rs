@@ -128,8 +128,10 @@ pub async fn scan_request(
     let decoded = match coding {
         None => Ok(vec![Cow::Borrowed(&bytes[..])]),
         Some(coding) => {
-            let mut decoding = Decoding::for_request(coding, limit, decoded_overrides, Some(cap))
-                .map_err(refused)?;
+            let caller = context.caller.as_ref();
+            let mut decoding =
+                Decoding::for_request(coding, limit, decoded_overrides, Some(cap), caller)
+                    .map_err(refused)?;
             decoding
                 .check(&needles, &bytes, false)
                 .and_then(|()| decoding.check(&needles, &[], true))

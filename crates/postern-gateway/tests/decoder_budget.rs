@@ -8,9 +8,10 @@ use std::time::Duration;
 use support::*;
 
 /// The `br` and `zstd` request bodies being decoded at once hold at most
-/// `REQUEST_DECODER_BUDGET` for their decoders' windows: a caller's slow compressed uploads are
-/// refused (`503 request_decoders_busy`, `Retry-After`) once it is spent, rather than take the
-/// gateway's memory, and the share of each comes back when its call ends.
+/// `REQUEST_DECODER_BUDGET` for their decoders' windows, and one caller's at most a quarter of
+/// it: a caller's slow compressed uploads are refused (`503 request_decoders_busy`,
+/// `Retry-After`) once its part is spent, rather than take the gateway's memory, while another
+/// caller's still go through; the share of each comes back when its call ends.
 #[tokio::test]
 async fn slow_compressed_uploads_hold_at_most_the_decoder_budget() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,16 +32,21 @@ operations = [ {{ id = "create_charge", method = "POST", path = "/v1/charges" }}
 caller = "checkout"
 integration = "stripe"
 operations = ["*"]
+
+[[grants]]
+caller = "reporting"
+integration = "stripe"
+operations = ["*"]
 "#,
             port = vendor.addr.port()
         ),
         vendor.ca_pem.as_deref(),
     )
     .await;
-    // 8.5 MiB each: the budget holds 60. Streamed (a small body framed by its length is read
-    // whole before the call starts), and never sent.
-    let budget = postern_gateway::body::REQUEST_DECODER_BUDGET;
-    let fit = budget / ((8 << 20) + (512 << 10));
+    // 8.5 MiB each: one caller's part holds 15. Streamed (a small body framed by its length is
+    // read whole before the call starts), and never sent.
+    let part = postern_gateway::body::REQUEST_DECODER_CALLER_SHARE;
+    let fit = part / ((8 << 20) + (512 << 10));
     let head = format!(
         "POST /stripe/v1/charges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: text/plain\r\nContent-Encoding: zstd\r\nTransfer-Encoding: chunked\r\n\r\n",
         gw.token
@@ -75,9 +81,20 @@ operations = ["*"]
     }
     assert_eq!(refused, 10, "refused {refused} of {}", fit + 10);
     assert_eq!(held.len(), fit);
+    // Another caller's compressed body goes through meanwhile.
+    let body = postern_scan::testing::zstd(b"amount=100", 20);
+    let other = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(REPORTING_TOKEN)
+        .header("content-type", "text/plain")
+        .header("content-encoding", "zstd")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
     // The uploads end (their callers hang up): their shares come back.
     drop(held);
-    let body = postern_scan::testing::zstd(b"amount=100", 20);
     let mut accepted = false;
     for _ in 0..50 {
         let response = post_coded(
