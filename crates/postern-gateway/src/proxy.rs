@@ -378,8 +378,11 @@ fn pipeline<'a>(
             true => None,
             false => body_encoding(request.headers())?,
         };
-        // A compressed body's decoder counts against its caller's part of the budget.
-        if let Some(caller) = &context.caller {
+        // A `br` or `zstd` body's decoder counts against its caller's part of the budget (said
+        // only then: the name's count is shared by the workers, and most calls have no body).
+        if let (Some(caller), Some(postern_scan::Coding::Brotli | postern_scan::Coding::Zstd)) =
+            (&context.caller, encoding)
+        {
             context.request_body.set_caller(caller);
         }
         let (body, scan) = match &integration.config.data_classes {
