@@ -953,16 +953,15 @@ impl ForwardBody {
         this.stop(violation);
         match violation {
             RequestBodyViolation::TooLarge => BodyError::RequestTooLarge(this.limit),
-            RequestBodyViolation::Undecodable | RequestBodyViolation::DecodersBusy => {
-                BodyError::RequestUndecodable
-            }
+            RequestBodyViolation::Undecodable => BodyError::RequestUndecodable,
             RequestBodyViolation::MethodOverride => BodyError::MethodOverride,
             RequestBodyViolation::CallerToken => BodyError::CallerTokenInBody,
-            // Not refusals (the caller's side broke, or nothing did): never given here; ended
-            // all the same, as the strictest of them.
-            RequestBodyViolation::Broken | RequestBodyViolation::None => {
-                BodyError::CallerTokenInBody
-            }
+            // Never given here: not refusals (the caller's side broke, or nothing did), or made
+            // only before the body is read (`DecodersBusy`, when its reading starts); ended all
+            // the same, as the strictest of them.
+            RequestBodyViolation::Broken
+            | RequestBodyViolation::None
+            | RequestBodyViolation::DecodersBusy => BodyError::CallerTokenInBody,
         }
     }
 

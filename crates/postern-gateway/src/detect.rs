@@ -260,20 +260,9 @@ fn write_snapshot(engine: &Engine, path: &Path) {
             return;
         }
     };
-    let tmp = path.with_extension("json.tmp");
-    // Synced before it replaces the last one, and the directory after: a crash leaves the old
-    // snapshot or the new one, never an empty file (which would start every baseline afresh).
-    let written = (|| {
-        use std::io::Write as _;
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty());
-        std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
-        Ok::<_, std::io::Error>(())
-    })();
-    if let Err(error) = written {
+    // A crash leaves the old snapshot or the new one, never an empty file (which would start
+    // every baseline afresh).
+    if let Err(error) = postern_keyfile::replace_file(path, &bytes) {
         tracing::error!(%error, path = %path.display(), "could not write the detector snapshot");
     }
 }

@@ -192,10 +192,16 @@ impl TokenSource {
     fn install(&self, token: CachedToken) {
         let mut installed = self.installed.lock().expect("installed tokens lock");
         installed.push_front(token.needles.clone());
+        self.publish_echoes(&mut installed);
+        self.current.store(Some(Arc::new(token)));
+    }
+
+    /// Keeps the last [`ECHOED_TOKENS`] of `installed` (newest first), and makes their needles
+    /// what responses are checked for.
+    fn publish_echoes(&self, installed: &mut std::collections::VecDeque<Vec<Zeroizing<Vec<u8>>>>) {
         installed.truncate(ECHOED_TOKENS);
         let echoes: Vec<Zeroizing<Vec<u8>>> = installed.iter().flatten().cloned().collect();
         self.echoes.store(Arc::new(echoes));
-        self.current.store(Some(Arc::new(token)));
     }
 
     /// Takes on the tokens `older` installed, as tokens this source installed before its own:
@@ -209,9 +215,7 @@ impl TokenSource {
             .clone();
         let mut installed = self.installed.lock().expect("installed tokens lock");
         installed.extend(inherited);
-        installed.truncate(ECHOED_TOKENS);
-        let echoes: Vec<Zeroizing<Vec<u8>>> = installed.iter().flatten().cloned().collect();
-        self.echoes.store(Arc::new(echoes));
+        self.publish_echoes(&mut installed);
     }
 
     /// The last [`ECHOED_TOKENS`] tokens installed, as a vendor could echo them: a response

@@ -656,18 +656,24 @@ struct ClientAuth {
     fingerprint: String,
 }
 
+/// A client certificate's chain as stored: every PEM block a certificate, at least one.
+fn pem_chain(cert: &[u8]) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    rustls_pemfile::certs(&mut &cert[..])
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+        .filter(|chain| !chain.is_empty())
+}
+
+/// A client certificate's private key as stored: a PEM private key.
+fn pem_key(key: &[u8]) -> Option<rustls::pki_types::PrivateKeyDer<'static>> {
+    rustls_pemfile::private_key(&mut &key[..]).ok().flatten()
+}
+
 impl ClientAuth {
     /// What is wrong with it, if the vault's PEM is not a certificate chain and a private key.
     fn parse(cert: &[u8], key: &[u8]) -> Result<ClientAuth, &'static str> {
-        let chain = rustls_pemfile::certs(&mut &cert[..])
-            .collect::<Result<Vec<_>, _>>()
-            .ok()
-            .filter(|chain| !chain.is_empty())
-            .ok_or("the certificate is not PEM")?;
-        let private_key = rustls_pemfile::private_key(&mut &key[..])
-            .ok()
-            .flatten()
-            .ok_or("the key is not a PEM private key")?;
+        let chain = pem_chain(cert).ok_or("the certificate is not PEM")?;
+        let private_key = pem_key(key).ok_or("the key is not a PEM private key")?;
         // What the TLS client will refuse is found here, so that the integration fails closed
         // alone rather than every rebuild of the runtime (a cert rotated before its key would
         // otherwise hold up every vault change, revocations included, until the key follows).
@@ -955,17 +961,13 @@ pub fn unusable_value(integration: &IntegrationConfig, name: &str, value: &[u8])
     // A client certificate's halves are each checked for what they must be (whether the two
     // match is known only once both are stored: a pair is rotated one half at a time).
     if let Some(names) = &integration.client_certificate {
-        if names.cert_secret == name
-            && !rustls_pemfile::certs(&mut &value[..]).any(|cert| cert.is_ok())
-        {
+        if names.cert_secret == name && pem_chain(value).is_none() {
             return Some(
                 "the client certificate is not a PEM certificate chain (-----BEGIN CERTIFICATE-----)"
                     .to_string(),
             );
         }
-        if names.key_secret == name
-            && !matches!(rustls_pemfile::private_key(&mut &value[..]), Ok(Some(_)))
-        {
+        if names.key_secret == name && pem_key(value).is_none() {
             return Some(
                 "the client certificate's key is not a PEM private key (-----BEGIN PRIVATE KEY-----)"
                     .to_string(),

@@ -2,7 +2,8 @@
 //! signing and HMAC keys, the interception CA's key): created whole, readable by their owner
 //! only, and read only when no other user could have written or read them. A key file another
 //! user planted, one every user can read, or a link to a file whose contents are known (a
-//! `/proc/self` file is one of postern's user with mode 0400) is refused, not trusted.
+//! `/proc/self` file is one of postern's user with mode 0400) is refused, not trusted. Also
+//! [`replace_file`], for files that are not secret but must be replaced whole.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
@@ -21,6 +22,23 @@ pub fn temporary_sibling(path: &Path) -> PathBuf {
         rand::random::<u64>()
     ));
     PathBuf::from(tmp)
+}
+
+/// Replaces `path` whole, or leaves it as it was: `contents` written and synced under a
+/// temporary name of this write's own ([`temporary_sibling`]), renamed over `path`, and the
+/// directory synced, so a crash leaves the old file or the new one, never an empty or partial
+/// one. For files that are not secret (a checkpoint, a snapshot, a state file).
+pub fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = temporary_sibling(path);
+    let written = File::create(&tmp)
+        .and_then(|mut file| file.write_all(contents).and_then(|()| file.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty());
+    File::open(dir.unwrap_or(Path::new("."))).and_then(|dir| dir.sync_all())
 }
 
 /// Creates `path` readable by its owner only (0600), whole or not at all: written and synced
@@ -215,6 +233,23 @@ mod tests {
         // The sticky bit (as `/tmp` has) keeps others from replacing what is not theirs.
         std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(!names_ours(replaceable_by_others(&dir)));
+    }
+
+    /// A file replaced whole holds the new contents, and no temporary file is left beside it;
+    /// one that cannot be written leaves the old one as it was.
+    #[test]
+    fn a_file_is_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        replace_file(&path, b"old\n").unwrap();
+        replace_file(&path, b"new\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state"]);
+        assert!(replace_file(&dir.path().join("absent/state"), b"x").is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Files of the ledger directory: layout, the signing key, segments, stored hashes.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -78,14 +78,8 @@ pub(crate) fn write_file_atomically(
     name: &str,
     bytes: &[u8],
 ) -> Result<(), LedgerError> {
-    let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
-    let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
-    sync_dir(dir)
+    postern_keyfile::replace_file(&path, bytes).map_err(io_error(&path))
 }
 
 /// Removes the marker in `dir` (if there) once the rewrite it stood for is synced, durably.

@@ -428,16 +428,10 @@ fn read_state(
         })
 }
 
-/// Replaces the state file whole (a temporary sibling renamed over it).
+/// Replaces the state file whole.
 fn write_state(path: &Path, note: &str) -> Result<(), Failure> {
-    let temporary = postern_keyfile::temporary_sibling(path);
-    let write = std::fs::write(&temporary, note)
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .map_err(|e| Failure::new(format!("saving the checkpoint to {}: {e}", path.display())));
-    if write.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    write
+    postern_keyfile::replace_file(path, note.as_bytes())
+        .map_err(|e| Failure::new(format!("saving the checkpoint to {}: {e}", path.display())))
 }
 
 fn consistency(source: &Source, old: u64, new: u64, json: bool) -> Result<(), Failure> {
