@@ -158,9 +158,13 @@ pub struct RequestBodyState {
 }
 
 impl RequestBodyState {
-    /// Says whose body this is (the first caller said stands).
-    pub fn set_caller(&self, caller: &Arc<str>) {
-        let _ = self.caller.set(caller.clone());
+    /// Says whose body this is (the first caller said stands), when its `coding` has a decoder
+    /// that takes a share of the budget (`br`, `zstd`): the name's count is shared by the
+    /// workers, and most calls have no such body.
+    pub fn set_caller(&self, caller: &Arc<str>, coding: Option<Coding>) {
+        if matches!(coding, Some(Coding::Brotli | Coding::Zstd)) {
+            let _ = self.caller.set(caller.clone());
+        }
     }
 
     /// Whether the call, at this moment, waits on the caller's upload (asked for more of the

@@ -811,12 +811,7 @@ async fn absolute(
         false => crate::proxy::body_encoding(&parts.headers)?,
     };
     let max = postern_config::DEFAULT_MAX_REQUEST_BODY_BYTES;
-    if matches!(
-        encoding,
-        Some(postern_scan::Coding::Brotli | postern_scan::Coding::Zstd)
-    ) {
-        context.request_body.set_caller(&caller.name);
-    }
+    context.request_body.set_caller(&caller.name, encoding);
     // Nothing is read ahead here: the reading starts with the first frame.
     let body = ForwardBody::new(body, max, context.request_body.clone())
         .reading(encoding, token.as_deref(), None)

@@ -378,12 +378,9 @@ fn pipeline<'a>(
             true => None,
             false => body_encoding(request.headers())?,
         };
-        // A `br` or `zstd` body's decoder counts against its caller's part of the budget (said
-        // only then: the name's count is shared by the workers, and most calls have no body).
-        if let (Some(caller), Some(postern_scan::Coding::Brotli | postern_scan::Coding::Zstd)) =
-            (&context.caller, encoding)
-        {
-            context.request_body.set_caller(caller);
+        // A compressed body's decoder counts against its caller's part of the budget.
+        if let Some(caller) = &context.caller {
+            context.request_body.set_caller(caller, encoding);
         }
         let (body, scan) = match &integration.config.data_classes {
             None => {

@@ -215,17 +215,10 @@ pub fn run(command: AuditCommand) -> ProcessExitCode {
 }
 
 fn key(source: &Source, json: bool) -> Result<(), Failure> {
-    let verifier_key = match open(source)? {
-        Log::Online(admin) => {
-            let body = admin.get_ok("/v1/audit/key")?;
-            String::from_utf8_lossy(&body).trim().to_string()
-        }
-        Log::Offline(offline) => {
-            let key = offline.ledger.verifier_key();
-            offline.close();
-            key
-        }
-    };
+    let log = open(source)?;
+    let read = log.verifier_key();
+    log.close();
+    let verifier_key = read?;
     if json {
         let origin = verifier_key.split('+').next().unwrap_or_default();
         println!(
@@ -767,6 +760,17 @@ fn open(source: &Source) -> Result<Log, Failure> {
 }
 
 impl Log {
+    /// The log's verifier key, `<origin>+<key id>+<public key>`.
+    fn verifier_key(&self) -> Result<String, Failure> {
+        match self {
+            Log::Online(admin) => {
+                let body = admin.get_ok("/v1/audit/key")?;
+                Ok(String::from_utf8_lossy(&body).trim().to_string())
+            }
+            Log::Offline(offline) => Ok(offline.ledger.verifier_key()),
+        }
+    }
+
     /// Entry `index`'s tlog-proof@v1 text against the latest signed checkpoint.
     fn proof_text(&self, index: u64) -> Result<String, Failure> {
         match self {
