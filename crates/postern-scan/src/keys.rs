@@ -65,8 +65,11 @@ pub(crate) fn key_before(
         if syntax == Syntax::Form {
             return None;
         }
+        // No cap on the blanks between a key's closing quote and its `:`: a cap lets a body
+        // hide a key behind more of them. The walk back stops at the first byte that is not a
+        // blank, and a `:` is one, so each run of blanks is walked by at most one terminator.
         let mut close = at;
-        while close > 0 && at - close < 64 && is_json_space(input[close - 1]) {
+        while close > 0 && is_json_space(input[close - 1]) {
             close -= 1;
         }
         if close > 0 && input[close - 1] == b'"' {

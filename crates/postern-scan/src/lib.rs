@@ -40,7 +40,10 @@
 //! JSON is not parsed into a tree: a key is recognised where it stands (`"…"` followed by `:`),
 //! which in valid JSON only a key can be. Form bodies and text get `key=value` / `key: value`;
 //! a form holding `+` or `%` is scanned as sent and percent-decoded (a copy), the decoded scan's
-//! findings mapped back onto the encoded bytes and added where they are new.
+//! findings mapped back onto the encoded bytes and added where they are new. The same is done
+//! for the `=` pairs of text and of a body with no type sniffed as JSON, for a form holding
+//! `":` read as JSON (a JSON document in a form value), for JSON with its `\/` and `\uXXXX`
+//! escapes undone, and for full-width forms and numeric references folded to ASCII (`fold.rs`).
 //!
 //! Throughput (one core, `examples/scan_bench.rs`; figures in `docs/BENCHMARKS.md`): about
 //! 1.1 GB/s on PII-light API JSON and 0.3 GB/s on the dense labelled corpus.
@@ -376,34 +379,73 @@ impl Scanner {
         // judge, and decoding would cut it at its `&` or space.
         // A body sent with no form type may still be read as one (Rack reads a body with no
         // `Content-Type` as a form; many servers read one whatever its type says): text holding
-        // `=` pairs is scanned decoded too.
-        let decode = match syntax {
-            Syntax::Form => true,
-            Syntax::Text => memchr::memchr(b'=', input).is_some(),
-            Syntax::Json => false,
+        // `=` pairs is scanned decoded too, and so is a body with no type that was sniffed as
+        // JSON (`[x]=1&card=%34…` starts with `[`), its decoded copy read as text since it
+        // need not be JSON at all.
+        let decode_as = match syntax {
+            Syntax::Form => Some(Syntax::Form),
+            Syntax::Text => memchr::memchr(b'=', input).map(|_| Syntax::Text),
+            Syntax::Json if content_type_hint == ContentTypeHint::Unknown => {
+                memchr::memchr(b'=', input).map(|_| Syntax::Text)
+            }
+            Syntax::Json => None,
         };
-        if decode {
-            // The copy's buffers are this thread's, kept from one scan to the next.
-            let (mut decoded, mut origin) = DECODE_BUFFERS.take();
-            if form_decode_into(input, &mut decoded, &mut origin) {
-                // Full-width digits or character references in a decoded pair
-                // (`%EF%BC%94…`): folded too, mapped back through both copies.
-                if self.scan_copy(&decoded, &origin, syntax, result) {
-                    let (folded, folded_origin) = fold::fold_spelled(&decoded);
-                    let origin: Vec<usize> = folded_origin.iter().map(|&at| origin[at]).collect();
-                    self.scan_copy(&folded, &origin, syntax, result);
+        // JSON may spell any character as `\uXXXX` and `/` as `\/` (PHP's `json_encode` writes
+        // `https:\/\/hooks.slack.com\/…` and `01\/02\/1980`; Python's `json.dumps` writes
+        // `\uff14` for `４`): a body holding either is scanned with them undone too.
+        let unescape = syntax == Syntax::Json && holds_undone_json_escape(input);
+        if decode_as.is_some() || unescape {
+            // The copies' buffers are this thread's, kept from one scan to the next.
+            let (mut copy, mut origin) = DECODE_BUFFERS.take();
+            if unescape && json_unescape_into(input, &mut copy, &mut origin) {
+                self.scan_copy_and_fold(&copy, &origin, Syntax::Json, result);
+            }
+            if let Some(copy_syntax) = decode_as {
+                copy.clear();
+                origin.clear();
+                if form_decode_into(input, &mut copy, &mut origin) {
+                    self.scan_copy_and_fold(&copy, &origin, copy_syntax, result);
+                    // A form value may be a JSON document (Slack-style `payload=%7B%22…`),
+                    // whose keys are `"key":`, which a form's scan does not read.
+                    if syntax == Syntax::Form && memchr::memmem::find(&copy, b"\":").is_some() {
+                        self.scan_copy_and_fold(&copy, &origin, Syntax::Json, result);
+                    }
                 }
             }
-            if decoded.capacity() <= DECODE_BUFFERS_KEEP {
-                decoded.clear();
+            if copy.capacity() <= DECODE_BUFFERS_KEEP {
+                copy.clear();
                 origin.clear();
-                DECODE_BUFFERS.set((decoded, origin));
+                DECODE_BUFFERS.set((copy, origin));
             }
+        }
+        // The same for a JSON document sent in a form value as it stands
+        // (`payload={"password":"…"}`, which servers read whatever its encoding). Rare, so the
+        // input is mapped onto itself through an origin built for it.
+        if syntax == Syntax::Form && memchr::memmem::find(input, b"\":").is_some() {
+            let origin: Vec<usize> = (0..=input.len()).collect();
+            self.scan_copy_and_fold(input, &origin, Syntax::Json, result);
         }
         // Full-width forms and HTML numeric references spelling a digit or `@`: scanned
         // folded to ASCII too (`fold.rs`); the block pass tells whether there are any.
         if spells_folded {
             let (folded, origin) = fold::fold_spelled(input);
+            self.scan_copy(&folded, &origin, syntax, result);
+        }
+    }
+
+    /// [`Scanner::scan_copy`], and then, if the copy spells a digit or `@` as a full-width form
+    /// or a numeric reference (`%EF%BC%94…` in a form pair, `\uff14` in JSON), the copy
+    /// folded too (`fold.rs`), mapped back through both copies.
+    fn scan_copy_and_fold(
+        &self,
+        copy: &[u8],
+        origin: &[usize],
+        syntax: Syntax,
+        result: &mut ScanResult,
+    ) {
+        if self.scan_copy(copy, origin, syntax, result) {
+            let (folded, folded_origin) = fold::fold_spelled(copy);
+            let origin: Vec<usize> = folded_origin.iter().map(|&at| origin[at]).collect();
             self.scan_copy(&folded, &origin, syntax, result);
         }
     }
@@ -421,11 +463,14 @@ impl Scanner {
     ) -> bool {
         let mut more = ScanResult::default();
         let spells_folded = self.scan_syntax(copy, syntax, &mut more);
-        // Few findings (nearly every body): each checked against those `result` holds. Many
-        // (tens of thousands of `dob=…&` pairs): per class, what `result` held and what is
-        // added here, each in order of start (the findings of a scan are, and `origin` keeps
-        // their order), so that an overlap is a lookup ([`SpanIndex`]), not a pass.
-        let indexed = result.findings.len().saturating_mul(more.findings.len()) > PAIRS_BY_PASS;
+        // Few findings (nearly every body): each checked against those `result` holds, which
+        // come to hold those added here too. Many (tens of thousands of `dob=…&` pairs, found
+        // as sent or only in the copy): per class, what `result` held and what is added here,
+        // each in order of start (the findings of a scan are, and `origin` keeps their order),
+        // so that an overlap is a lookup ([`SpanIndex`]), not a pass.
+        let indexed = (result.findings.len() + more.findings.len())
+            .saturating_mul(more.findings.len())
+            > PAIRS_BY_PASS;
         let mut held: BTreeMap<Arc<str>, SpanIndex> = BTreeMap::new();
         if indexed {
             for seen in &result.findings {
@@ -1032,6 +1077,80 @@ fn decode_into(
     }
 }
 
+/// Whether `input` holds a `\/` or a `\u`: JSON that [`json_unescape_into`] may change. One
+/// `memchr` for `\`, which JSON without escapes does not hold at all.
+fn holds_undone_json_escape(input: &[u8]) -> bool {
+    memchr::memchr_iter(b'\\', input).any(|at| matches!(input.get(at + 1), Some(b'/' | b'u')))
+}
+
+/// The copy of `input`, JSON, with `\/` read as `/` and each `\uXXXX` decoded to UTF-8, and
+/// for each byte of the copy the offset in `input` where its spelling starts, then
+/// `input.len()`: a range `a..b` of the copy is `origin[a]..origin[b]` of `input`, the whole
+/// escaped spelling. Kept as sent: the other escapes (`\\u0041` is an escaped backslash and
+/// then `u0041`), and a `\u` of a surrogate (half of a character beyond U+FFFF; the halves are
+/// not joined), of `"` or `\`, or of a control character below U+0020, so that the copy's
+/// strings start and end where the input's do and a key is read in the copy where it stands
+/// in the input. Written into `copy` and `origin` (empty); `false` when nothing was undone.
+fn json_unescape_into(input: &[u8], copy: &mut Vec<u8>, origin: &mut Vec<usize>) -> bool {
+    copy.reserve(input.len());
+    origin.reserve(input.len() + 1);
+    let mut undone = false;
+    let mut at = 0;
+    while at < input.len() {
+        // The bytes up to the next `\` stand as they are.
+        let next = memchr::memchr(b'\\', &input[at..]).map_or(input.len(), |offset| at + offset);
+        copy.extend_from_slice(&input[at..next]);
+        origin.extend(at..next);
+        if next == input.len() {
+            break;
+        }
+        at = next;
+        let escape_end = match input.get(at + 1) {
+            Some(b'/') => {
+                copy.push(b'/');
+                origin.push(at);
+                undone = true;
+                at += 2;
+                continue;
+            }
+            Some(b'u') => match json_unicode_escape(input, at) {
+                Some(character) => {
+                    let mut utf8 = [0u8; 4];
+                    let encoded = character.encode_utf8(&mut utf8).as_bytes();
+                    copy.extend_from_slice(encoded);
+                    origin.extend(std::iter::repeat_n(at, encoded.len()));
+                    undone = true;
+                    at += 6;
+                    continue;
+                }
+                None => at + 2,
+            },
+            _ => (at + 2).min(input.len()),
+        };
+        // An escape kept: its two bytes together, so that the second is not read as the start
+        // of another (`\\` then `u0041`).
+        copy.extend_from_slice(&input[at..escape_end]);
+        origin.extend(at..escape_end);
+        at = escape_end;
+    }
+    origin.push(input.len());
+    undone
+}
+
+/// The character of the `\uXXXX` at `at`, unless it is one kept as sent (see
+/// [`json_unescape_into`]).
+fn json_unicode_escape(input: &[u8], at: usize) -> Option<char> {
+    let hex = input.get(at + 2..at + 6)?;
+    let value = hex.iter().try_fold(0u32, |value, &digit| {
+        hex_value(digit).map(|digit| value << 4 | u32::from(digit))
+    })?;
+    if value < 0x20 || value == u32::from(b'"') || value == u32::from(b'\\') {
+        return None;
+    }
+    // `char::from_u32` refuses the surrogates U+D800–U+DFFF.
+    char::from_u32(value)
+}
+
 fn hex_value(digit: u8) -> Option<u8> {
     match digit {
         b'0'..=b'9' => Some(digit - b'0'),
@@ -1043,7 +1162,7 @@ fn hex_value(digit: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::form_decode;
+    use super::{form_decode, json_unescape_into};
 
     #[test]
     fn a_form_is_decoded_pair_by_pair() {
@@ -1057,5 +1176,29 @@ mod tests {
         assert_eq!(origin, [4, 5, 6, 7, 8, 9, 14, 15, 16, 19, 20, 21]);
         assert_eq!(&input[origin[0]..origin[5]], b"b=x+y");
         assert_eq!(&input[origin[6]..origin[11]], b"d=%41%4");
+    }
+
+    #[test]
+    fn json_escapes_of_slashes_and_characters_are_undone_where_they_stand() {
+        let unescape = |input: &[u8]| {
+            let (mut copy, mut origin) = (Vec::new(), Vec::new());
+            json_unescape_into(input, &mut copy, &mut origin).then_some((copy, origin))
+        };
+        assert_eq!(unescape(br#"{"a":"x\n\"y\\u0041"}"#), None);
+        let input = br#"{"u":"a\/b\u0040\u00e9\\u0041\u0022\u000a\ud83d\uDE00\u12"}"#;
+        let (copy, origin) = unescape(input).unwrap();
+        // `\/`, `\u0040` and `\u00e9` undone; an escaped backslash, `"`, a control character,
+        // the surrogates and a short escape kept as sent.
+        assert_eq!(
+            copy,
+            "{\"u\":\"a/b@\u{e9}\\\\u0041\\u0022\\u000a\\ud83d\\uDE00\\u12\"}".as_bytes()
+        );
+        assert_eq!(origin.len(), copy.len() + 1);
+        assert_eq!(&input[origin[7]..origin[9]], br"\/b");
+        assert_eq!(&input[origin[9]..origin[12]], br"\u0040\u00e9");
+        assert_eq!(origin[copy.len()], input.len());
+        // A `\` that ends the input is kept.
+        let (copy, _) = unescape(br"\/\").unwrap();
+        assert_eq!(copy, br"/\");
     }
 }

@@ -698,8 +698,9 @@ fn internationalised_email_addresses() {
 
 /// Bodies a caller can send to make a scan cost more than linear time: many private-key
 /// headers each followed by footers that are not, a key repeated after every `=` (each value
-/// running on), tens of thousands of key-context findings (plain and with a character
-/// reference, which adds a folded reading). Each scans in well under the bound (a few tenths
+/// running on), tens of thousands of key-context findings (plain, with a character reference,
+/// which adds a folded reading, or found only with JSON escapes undone), long runs of blanks
+/// before colons. Each scans in well under the bound (a few tenths
 /// of a second in a debug build; tens of seconds each before the fixes), and finds what it
 /// found before.
 #[test]
@@ -717,6 +718,32 @@ fn adversarial_bodies_scan_in_linear_time() {
             Some(("pii.date_of_birth", 69_905)),
         ),
         (body("dob=1990-01-01&#49;&", 512 * 1024), None),
+        // Long runs of blanks before colons: each run is walked back once, by its own colon,
+        // however long it is, and a run of colons after one walks it once in all.
+        (
+            format!(
+                r#"{{"password"{}:"Xk9mQ2vL7pZr4Tq!"}}"#,
+                " ".repeat(1024 * 1024)
+            ),
+            Some(("secret.generic", 1)),
+        ),
+        (
+            body(
+                &format!(r#"{{"password"{}:"#, " \n".repeat(2048)),
+                1024 * 1024,
+            ),
+            None,
+        ),
+        (
+            format!("{}{}", " ".repeat(512 * 1024), ":".repeat(512 * 1024)),
+            None,
+        ),
+        // A JSON body whose escapes are undone: tens of thousands of findings only the copy
+        // holds, each mapped back.
+        (
+            body(r#"{"dob":"01\/02\/1980"},"#, 1024 * 1024),
+            Some(("pii.date_of_birth", 45_000)),
+        ),
     ];
     for (input, expected) in cases {
         let started = std::time::Instant::now();
@@ -732,4 +759,110 @@ fn adversarial_bodies_scan_in_linear_time() {
             assert!(result.count(class) >= count, "{:?}", result.class_counts);
         }
     }
+}
+
+/// However many blanks stand between a key's closing quote and its `:`, the key is read.
+#[test]
+fn any_blanks_between_a_key_and_its_colon() {
+    let secret = "Xk9mQ2vL7pZr4Tq!";
+    for blanks in [" ".repeat(100), "\r\n\t ".repeat(100)] {
+        check(
+            &format!(r#"{{"password"{blanks}:"{secret}"}}"#),
+            Json,
+            &[("secret.generic", secret)],
+        );
+        check(
+            &format!(r#"{{"body":"{{\"token\"{blanks}:\"{secret}\"}}"}}"#),
+            Json,
+            &[("secret.generic", secret)],
+        );
+    }
+}
+
+/// JSON's `\/` and `\uXXXX` escapes (PHP's `json_encode` writes every `/` as `\/`; Python's
+/// `json.dumps` writes anything outside ASCII as `\uXXXX`) are undone in a copy, and what it
+/// holds is found over the whole escaped spelling.
+#[test]
+fn json_slash_and_unicode_escapes_are_undone() {
+    let hook = r"T0A1B2C3D\/B0E1F2G3H\/q8Zx2Lpv9TmWc4Rk7Yn3Hs5J";
+    check(
+        &format!(r#"{{"url":"https:\/\/hooks.slack.com\/services\/{hook}"}}"#),
+        Json,
+        &[("secret.slack_token", hook)],
+    );
+    check(
+        r#"{"dob":"01\/02\/1980"}"#,
+        Json,
+        &[("pii.date_of_birth", r"01\/02\/1980")],
+    );
+    let card = r"\u0034\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031\u0031";
+    check(
+        &format!(r#"{{"card":"{card}"}}"#),
+        Json,
+        &[("payment.card", card)],
+    );
+    check(
+        r#"{"to":"ada\u0040example.com"}"#,
+        ContentTypeHint::Unknown,
+        &[("pii.email", r"ada\u0040example.com")],
+    );
+    // Full-width digits as escapes: undone, then folded.
+    let wide = r"\uff14\uff11\uff11\uff11 \uFF11\uFF11\uFF11\uFF11 \uff11\uff11\uff11\uff11 \uff11\uff11\uff11\uff11";
+    check(
+        &format!(r#"{{"note":"card {wide}"}}"#),
+        Json,
+        &[("payment.card", wide)],
+    );
+    // Kept as sent: an escaped backslash before `u0034`, and a `\u0022`, which would end the
+    // string in the copy.
+    check(r#"{"path":"C:\\u0034111111111111111"}"#, Json, &[]);
+    check(r#"{"password\u0022:"Zx81!kq0PwLm2#rT"}"#, Json, &[]);
+    // Masked over the whole spelling, the document still valid.
+    let input = format!(r#"{{"card":"{card}","n":1}}"#);
+    let result = Scanner::default().scan(input.as_bytes(), Json);
+    assert_eq!(
+        String::from_utf8(postern_scan::redact(input.as_bytes(), &result.findings)).unwrap(),
+        format!(r#"{{"card":"{}","n":1}}"#, "*".repeat(card.len()))
+    );
+}
+
+/// A body with no `Content-Type` that starts with `[` or `{` is sniffed as JSON, but a server
+/// reading it as a form (Rack) decodes its pairs: they are scanned decoded too.
+#[test]
+fn a_form_sniffed_as_json_is_scanned_decoded() {
+    let card = "%34%31%31%31%31%31%31%31%31%31%31%31%31%31%31%31";
+    check(
+        &format!("[x]=1&card={card}"),
+        ContentTypeHint::Unknown,
+        &[("payment.card", card)],
+    );
+    check(
+        "{a}=1&card=4111+1111+1111+1111",
+        ContentTypeHint::Unknown,
+        &[("payment.card", "4111+1111+1111+1111")],
+    );
+    // A body declared JSON is not.
+    check(&format!("[x]=1&card={card}"), Json, &[]);
+}
+
+/// A form value holding a JSON document (Slack's `payload=…`), as it stands or
+/// percent-encoded: its `"key":` pairs are read as JSON's are.
+#[test]
+fn json_in_a_form_value_is_read_as_json() {
+    let secret = "Zx81!kq0PwLm2#rT";
+    check(
+        &format!(r#"payload={{"password":"{secret}"}}"#),
+        Form,
+        &[("secret.generic", secret)],
+    );
+    check(
+        "payload=%7B%22password%22%3A%22Zx81%21kq0PwLm2%23rT%22%7D",
+        Form,
+        &[("secret.generic", "Zx81%21kq0PwLm2%23rT")],
+    );
+    check(
+        "token=abc&payload=%7B%22text%22%3A+%22hi%22%2C+%22api_key%22%3A+%22Zx81%21kq0PwLm2%23rT%22%7D",
+        Form,
+        &[("secret.generic", "Zx81%21kq0PwLm2%23rT")],
+    );
 }
