@@ -11,8 +11,9 @@ pub const PAD_BLOCK_BYTES: usize = 4096;
 /// The active segment grows ahead of its records in steps of this many bytes of zeros, written
 /// and durable before records are written over them (`direct.rs`).
 pub const GROW_BYTES: u64 = 1 << 20;
-/// The most one direct write of records carries (a larger batch is written in pieces, each
-/// durable before the next starts): the most a crash can tear. Block-aligned.
+/// The most one write of records carries, direct or through the page cache (a larger batch is
+/// written in pieces, each durable before the next starts): the most a crash can tear.
+/// Block-aligned.
 pub const MAX_WRITE_BYTES: usize = 256 * 1024;
 
 /// Appends one framed record to `out`.
@@ -49,15 +50,18 @@ pub struct Frame<'a> {
 pub enum Tail {
     /// A file no longer written (an earlier segment): any damage is corruption.
     Sealed,
-    /// A file only ever appended to through the page cache (the checkpoint history): a damaged
-    /// record is a torn tail when nothing valid can follow it.
+    /// A file only ever appended to through the page cache, one record synced at a time (the
+    /// checkpoint history): a damaged record is a torn tail when nothing valid follows it.
     Appended,
-    /// The active segment, which direct I/O may have written: as `Appended`, except in a
-    /// block-aligned file, where zeros from the last record to the end are padding, a damaged
-    /// record reaching into the last [`MAX_WRITE_BYTES`] before them (what the last direct
-    /// write, torn by a crash, can have covered) is a torn tail, and a record length above
-    /// [`MAX_RECORD_BYTES`] is corruption wherever it is (a crash cannot set a length's high
-    /// bytes).
+    /// The active segment. Where direct I/O wrote it, the file is block-aligned: zeros from the
+    /// last record to the end are padding, a damaged record reaching into the last
+    /// [`MAX_WRITE_BYTES`] before them (what the last direct write, torn by a crash, can have
+    /// covered) is a torn tail, and a record length above [`MAX_RECORD_BYTES`] is corruption
+    /// wherever it is (a crash cannot set a length's high bytes). Otherwise it was written
+    /// through the page cache (or closed cleanly): as `Appended`, and a damaged record reaching
+    /// into the last [`MAX_WRITE_BYTES`] of the file is a torn tail too (the last write, not yet
+    /// synced, may have reached the disk as any of its pages and not the others, which then
+    /// read as zeros).
     Active,
 }
 
@@ -89,14 +93,20 @@ pub fn scan_frames<E>(
         true => data.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1),
         false => data.len(),
     };
-    // Whether a record ending at `end` reaches into what the last direct write covered: each
-    // write is durable before the next starts and carries at most `MAX_WRITE_BYTES` from a block
-    // boundary, so a crash can tear only the last `MAX_WRITE_BYTES` (rounded out to whole
-    // blocks) before `content_end`, in any of its blocks.
-    let torn_from = content_end
-        .next_multiple_of(PAD_BLOCK_BYTES)
-        .saturating_sub(MAX_WRITE_BYTES);
-    let in_last_write = |end: usize| padded_tail && end > torn_from;
+    // Whether a record ending at `end` reaches into what the last write of records covered:
+    // each write is durable before the next starts and carries at most `MAX_WRITE_BYTES`, so a
+    // crash can tear only the last `MAX_WRITE_BYTES` of the records, anywhere in them. A direct
+    // write starts at a block boundary: the last `MAX_WRITE_BYTES` (rounded out to whole blocks)
+    // before `content_end`. A write through the page cache starts wherever the records ended,
+    // and writeback may have stored any of its pages and not the others before the crash (an
+    // earlier one lost, a later one kept): the last `MAX_WRITE_BYTES` of the file.
+    let torn_from = match padded_tail {
+        true => content_end
+            .next_multiple_of(PAD_BLOCK_BYTES)
+            .saturating_sub(MAX_WRITE_BYTES),
+        false => data.len().saturating_sub(MAX_WRITE_BYTES),
+    };
+    let in_last_write = |end: usize| tail == Tail::Active && end > torn_from;
     while pos < data.len() {
         let remaining = &data[pos..];
         // Only zeros from this record boundary on: padding. A valid record is never all zeros
@@ -108,7 +118,13 @@ pub fn scan_frames<E>(
         }
         let torn_or_corrupt = |reason: String, looks_torn: bool| {
             let only_zeros = remaining.iter().all(|&b| b == 0);
-            if tail_allowed && (looks_torn || only_zeros) {
+            // The history's unsynced write is one record: damaged with no intact record after
+            // it, it is that record, torn (say its first page was lost, its second kept). The
+            // records of a batch in a segment follow each other in one write: there the
+            // distance from the end decides (`in_last_write`).
+            let last_record = tail == Tail::Appended
+                && first_intact_frame(&remaining[1..], remaining.len()).is_none();
+            if tail_allowed && (looks_torn || only_zeros || last_record) {
                 FrameStop::TornTail {
                     offset: pos as u64,
                     reason,
@@ -134,7 +150,12 @@ pub fn scan_frames<E>(
                 // the same bytes or zeros. A torn length keeps a real one's two high zero bytes,
                 // so a length above the limit there is damage, whatever follows it.
                 true => len == 0 && in_last_write(pos + FRAME_HEADER_BYTES),
-                false => len > remaining.len() - FRAME_HEADER_BYTES,
+                // A length running past the end is the last record's, torn; in the last write
+                // through the page cache, a zero length is a page writeback did not store.
+                false => {
+                    len > remaining.len() - FRAME_HEADER_BYTES
+                        || (len == 0 && in_last_write(pos + FRAME_HEADER_BYTES))
+                }
             };
             return Ok(Some(torn_or_corrupt(
                 format!("record length {len} is invalid (must be 1..=65535)"),
@@ -165,6 +186,25 @@ pub fn scan_frames<E>(
         pos += end;
     }
     Ok(None)
+}
+
+/// Where the first whole, intact record in `data` starts, among the offsets below `before`: its
+/// length within 1..=[`MAX_RECORD_BYTES`], its bytes inside `data`, its CRC-32C matching. Finds a
+/// record boundary without scanning from the start of the file. An offset that is not a
+/// boundary passes only by chance: its length needs two zero high bytes, which in the history's
+/// text notes only the frame headers hold, and then its CRC-32C must match (one in 2^32).
+pub fn first_intact_frame(data: &[u8], before: usize) -> Option<usize> {
+    (0..before.min(data.len())).find(|&at| {
+        let Some(header) = data.get(at..at + FRAME_HEADER_BYTES) else {
+            return false;
+        };
+        let len = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
+        (1..=MAX_RECORD_BYTES).contains(&len)
+            && data
+                .get(at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + len)
+                .is_some_and(|payload| crc32c::crc32c(payload) == crc)
+    })
 }
 
 /// Whether a [`FrameStop::TornTail`] at entry `entry_index` is corruption after all: when the
@@ -330,6 +370,102 @@ mod tests {
         .unwrap();
         assert_eq!(seen, 2);
         assert_eq!(stopped, Some(FrameStop::Padding { offset: records }));
+    }
+
+    /// Records of 1,000 bytes filling more than one write of records, ending off a block
+    /// boundary (an unpadded file: a segment written through the page cache), and where each
+    /// record starts.
+    fn unpadded_records() -> (Vec<u8>, Vec<usize>) {
+        let mut data = Vec::new();
+        let mut starts = Vec::new();
+        for i in 0..400 {
+            starts.push(data.len());
+            push_frame(&mut data, &[b'a' + (i % 26) as u8; 1000]);
+        }
+        assert!(data.len() > MAX_WRITE_BYTES + PAD_BLOCK_BYTES);
+        assert!(!data.len().is_multiple_of(PAD_BLOCK_BYTES));
+        (data, starts)
+    }
+
+    #[test]
+    fn a_page_lost_in_the_last_write_through_the_page_cache_is_a_tear() {
+        // Writeback stored a later page of the last write and not an earlier one, which reads as
+        // zeros: the records it touches are torn, with valid records after them.
+        let (mut data, starts) = unpadded_records();
+        let lost = (data.len() - 10 * PAD_BLOCK_BYTES).next_multiple_of(PAD_BLOCK_BYTES);
+        data[lost..lost + PAD_BLOCK_BYTES].fill(0);
+        let first_damaged = starts.iter().rposition(|&at| at <= lost).unwrap();
+        assert!(
+            matches!(stop(&data, Tail::Active), Some(FrameStop::TornTail { offset, .. }) if offset == starts[first_damaged] as u64)
+        );
+        // A lost page starting with a record's header: its length reads as 0.
+        let (mut data, starts) = unpadded_records();
+        let page = starts[256];
+        assert!(page.is_multiple_of(PAD_BLOCK_BYTES) && page > data.len() - MAX_WRITE_BYTES);
+        data[page..page + PAD_BLOCK_BYTES].fill(0);
+        assert!(
+            matches!(stop(&data, Tail::Active), Some(FrameStop::TornTail { offset, ref reason }) if offset == page as u64 && reason.contains("length 0"))
+        );
+        // The same damage before the last write was synced before anything after it was
+        // written: corruption, as in a sealed segment or the history.
+        let (mut data, starts) = unpadded_records();
+        let early = starts[10].next_multiple_of(PAD_BLOCK_BYTES);
+        assert!(early + PAD_BLOCK_BYTES < data.len() - MAX_WRITE_BYTES);
+        data[early..early + PAD_BLOCK_BYTES].fill(0);
+        for tail in [Tail::Active, Tail::Appended, Tail::Sealed] {
+            assert!(
+                matches!(stop(&data, tail), Some(FrameStop::Corrupt { .. })),
+                "{tail:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_damaged_last_note_of_the_history_is_a_tear_whatever_its_damage() {
+        let mut data = Vec::new();
+        push_frame(&mut data, b"first note");
+        let last = data.len();
+        push_frame(&mut data, &[b'n'; 300]);
+        // Its first page lost (zeros over its header), the rest of it kept: nothing intact
+        // follows the damage, so it is the last note, torn.
+        let mut torn = data.clone();
+        torn[last..last + 20].fill(0);
+        assert!(
+            matches!(stop(&torn, Tail::Appended), Some(FrameStop::TornTail { offset, .. }) if offset == last as u64)
+        );
+        // The same damage to the first note, with the second intact after it, is corruption.
+        let mut damaged = data.clone();
+        damaged[..12].fill(0);
+        assert!(matches!(
+            stop(&damaged, Tail::Appended),
+            Some(FrameStop::Corrupt { offset: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn an_intact_frame_is_found_from_anywhere_before_it() {
+        let mut data = b"the end of a note\n".to_vec();
+        let first = data.len();
+        push_frame(&mut data, b"a note");
+        let second = data.len();
+        push_frame(&mut data, b"another note");
+        assert_eq!(first_intact_frame(&data, data.len()), Some(first));
+        assert_eq!(first_intact_frame(&data, first), None);
+        assert_eq!(
+            first_intact_frame(&data[first + 1..], data.len()),
+            Some(second - first - 1)
+        );
+        // Cut short or damaged: not intact.
+        assert_eq!(
+            first_intact_frame(&data[..data.len() - 1], data.len()),
+            Some(first)
+        );
+        assert_eq!(
+            first_intact_frame(&data[second..data.len() - 1], data.len()),
+            None
+        );
+        data[second + FRAME_HEADER_BYTES] ^= 1;
+        assert_eq!(first_intact_frame(&data[first + 1..], data.len()), None);
     }
 
     #[test]

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::direct::DirectSegment;
 use crate::error::{io_error, LedgerError};
 use crate::frame::{
-    covered_damage, push_frame, scan_frames, FrameStop, Tail, FRAME_HEADER_BYTES, MAX_RECORD_BYTES,
-    PAD_BLOCK_BYTES,
+    covered_damage, first_intact_frame, push_frame, scan_frames, FrameStop, Tail,
+    FRAME_HEADER_BYTES, MAX_RECORD_BYTES, MAX_WRITE_BYTES, PAD_BLOCK_BYTES,
 };
 use crate::store::{
     list_segments, load_or_create_signer, lock_dir, open_rw, read_file, read_rebuild_marker,
@@ -647,6 +647,23 @@ impl Ledger {
                 .map_err(io_error(&segment.path))?;
             let len = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
             let crc = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
+            // The length is read from the disk, which may have been damaged since open checked
+            // it: it must neither size the buffer (anyone may ask for an entry bundle, and a
+            // damaged length would have the gateway allocate up to 4 GiB) nor move the read to
+            // where no record starts. Every record open accepted holds 1..=MAX_RECORD_BYTES
+            // bytes and ends within its segment's committed bytes; anything else is damage.
+            let record_end = offset + (FRAME_HEADER_BYTES + len) as u64;
+            if len == 0 || len > MAX_RECORD_BYTES || record_end > segment.len {
+                return Err(LedgerError::Corrupt {
+                    segment: segment.path.clone(),
+                    offset,
+                    entry_index: index,
+                    reason: format!(
+                        "record length {len} is invalid on read (must be 1..={MAX_RECORD_BYTES} and end within the segment's {} committed bytes)",
+                        segment.len
+                    ),
+                });
+            }
             if index >= first {
                 payload.resize(len, 0);
                 segment
@@ -815,9 +832,14 @@ fn open_blocking(
             }
             Some(FrameStop::Padding { offset }) => {
                 // A direct write's zeros after the last record (the ledger stopped without
-                // closing): nothing to report.
+                // closing): nothing to report. Cut off durably: the ledger may now write through
+                // the page cache (direct I/O off, or refused), and after a crash start-up must
+                // find the segment ending where those writes ended, not at the old padding's
+                // end, to tell a torn last write from damage (`frame.rs`).
                 valid_len = offset;
-                file.set_len(offset).map_err(io_error(&path))?;
+                file.set_len(offset)
+                    .and_then(|()| file.sync_all())
+                    .map_err(io_error(&path))?;
             }
             Some(FrameStop::TornTail { offset, reason }) => {
                 // Entries a signed checkpoint covers were durable before it was signed: a crash
@@ -1070,7 +1092,9 @@ fn load_latest_checkpoint(
     }
     let history_path = dir.join(CHECKPOINT_HISTORY_FILE);
     if history_path.exists() {
-        let data = read_file(&history_path)?;
+        let (from, data) = File::open(&history_path)
+            .and_then(|file| read_history_tail(&file))
+            .map_err(io_error(&history_path))?;
         let mut last = None;
         let stop = scan_frames::<()>(&data, Tail::Appended, |frame| {
             last = Some(String::from_utf8_lossy(frame.payload).into_owned());
@@ -1081,7 +1105,7 @@ fn load_latest_checkpoint(
             Some(FrameStop::Corrupt { offset, reason }) => {
                 return Err(LedgerError::Corrupt {
                     segment: history_path,
-                    offset,
+                    offset: from + offset,
                     entry_index: 0,
                     reason,
                 })
@@ -1089,7 +1113,7 @@ fn load_latest_checkpoint(
             // The history is appended through the page cache: never padded (`Tail::Appended`).
             Some(FrameStop::TornTail { offset, .. } | FrameStop::Padding { offset }) => {
                 let file = open_rw(&history_path)?;
-                file.set_len(offset)
+                file.set_len(from + offset)
                     .and_then(|()| file.sync_all())
                     .map_err(io_error(&history_path))?;
             }
@@ -1111,6 +1135,41 @@ fn load_latest_checkpoint(
         }
     }
     Ok(latest)
+}
+
+/// How much of the checkpoint history opening reads back from its end at a time.
+const HISTORY_STEP_BYTES: u64 = 64 * 1024;
+
+/// The checkpoint history from a record boundary near its end: that boundary's offset, and the
+/// bytes from there to the end, which the caller scans as it would the whole file. Opening
+/// needs only the last note, and the history grows by a note per checkpoint (some 6 GB a year
+/// at one a second): it reads back from the end a step at a time until a step holds the start
+/// of an intact record (the last step does, unless a torn end, damage or one long note fills
+/// it), and from the start of the file when none does. The records before the boundary are
+/// left to `postern audit verify`, which reads all of them.
+fn read_history_tail(file: &File) -> std::io::Result<(u64, Vec<u8>)> {
+    let len = file.metadata()?.len();
+    let mut start = len;
+    let from = loop {
+        start = start.saturating_sub(HISTORY_STEP_BYTES);
+        if start == 0 {
+            break 0;
+        }
+        // The step, and as far after it as a record starting in it can reach.
+        let reach = start + HISTORY_STEP_BYTES + (FRAME_HEADER_BYTES + MAX_RECORD_BYTES) as u64;
+        let window = read_range(file, start, reach.min(len))?;
+        if let Some(at) = first_intact_frame(&window, HISTORY_STEP_BYTES as usize) {
+            break start + at as u64;
+        }
+    };
+    Ok((from, read_range(file, from, len)?))
+}
+
+/// The bytes of `file` from offset `from` to `to`.
+fn read_range(file: &File, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
+    let mut data = vec![0; (to - from) as usize];
+    file.read_exact_at(&mut data, from)?;
+    Ok(data)
 }
 
 /// Hashes a [`Link`] key by folding its halves: keys are random (a request id's 128 bits), so
@@ -1380,7 +1439,8 @@ fn commit(shared: &Shared, writer: &mut Writer, gathered: Gathered) -> bool {
 }
 
 /// Writes one batch: frames to the current segment (durable on return with direct I/O, else
-/// synced with `fdatasync` after the hashes), stored hashes to the hash file. Publishes the new
+/// written through the page cache in pieces, each synced with `fdatasync` before the next and
+/// the last after the hashes), stored hashes to the hash file. Publishes the new
 /// size only once the frames are durable. On failure nothing is published and the next batch
 /// rewrites from the same offsets.
 fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Result<u64, String> {
@@ -1452,7 +1512,9 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
                     tracing::warn!(segment = %segment_path.display(), error = %e, "audit log: the filesystem refused a direct write; writing through the page cache from now on");
                     writer.direct = None;
                     // Buffered writes append again, past the durable size: the zeros grown
-                    // ahead go, so page writeback cannot tear a batch anywhere but its end.
+                    // ahead go, durably, so that after a crash the segment ends where the last
+                    // write through the page cache ended, which is what start-up measures a
+                    // tear from (`frame.rs`).
                     trim_to(&segment_file, base_offset)?;
                     false
                 }
@@ -1461,7 +1523,21 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
             None => false,
         };
         if !direct {
-            segment_file.write_all_at(&writer.frames, base_offset)?;
+            // Until it is synced, writeback may have stored any of a write's pages and not the
+            // others (a later one kept, an earlier one lost, reading as zeros), so a crash can
+            // damage it anywhere, not only at its end. As direct writes do, the frames go out
+            // in pieces of at most `MAX_WRITE_BYTES`, each synced before the next is written
+            // (the last one below, after the hashes): a crash damages only the last piece,
+            // which start-up forgives as a torn tail (`frame.rs`), and nothing before it.
+            let mut at = base_offset;
+            let mut pieces = writer.frames.chunks(MAX_WRITE_BYTES).peekable();
+            while let Some(piece) = pieces.next() {
+                segment_file.write_all_at(piece, at)?;
+                at += piece.len() as u64;
+                if pieces.peek().is_some() {
+                    segment_file.sync_data()?;
+                }
+            }
         }
         if take_injected(&shared.injected_failures_after_segment_write) {
             return Err(std::io::Error::other(

@@ -39,14 +39,17 @@
 //!   failed batch publishes nothing, its bytes are cut off durably (retried before the next
 //!   batch, which is not written until that succeeds), and the next batch rewrites from the
 //!   same offset.
-//! * On open every record is read and its CRC checked; a torn final record is truncated and
-//!   reported (zero padding after the last record is cut off silently) unless the last signed
-//!   checkpoint covers it; any other damage refuses to open, naming the segment, byte offset,
-//!   entry and reason ([`verify_dir`] draws the same line, `frame::covered_damage`), and
-//!   changes no segment nor a stored hash the checkpoint covers. The tree is recomputed from
-//!   the entries and must match the last signed checkpoint.
+//! * On open every segment record is read and its CRC checked (of the checkpoint history only
+//!   the end, which holds the last note; [`verify_dir`] reads all of it); a torn final record
+//!   is truncated and reported (zero padding after the last record is cut off silently) unless
+//!   the last signed checkpoint covers it; any other damage refuses to open, naming the
+//!   segment, byte offset, entry and reason ([`verify_dir`] draws the same line,
+//!   `frame::covered_damage`), and changes no segment nor a stored hash the checkpoint covers.
+//!   The tree is recomputed from the entries and must match the last signed checkpoint.
 //! * A checkpoint is signed only if it is consistent with the previous one; the history is
 //!   written before the current checkpoint is replaced.
+//! * Reads check every record they pass, its length (1..=65535 bytes, within the committed
+//!   bytes) and its CRC, so damage after open is refused as corruption, never trusted.
 
 mod direct;
 mod error;

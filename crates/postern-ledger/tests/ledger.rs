@@ -1356,3 +1356,200 @@ async fn a_provisional_entry_in_a_full_batch_stays_when_what_supersedes_it_comes
     );
     ledger.close().await;
 }
+
+/// A record length damaged after open (on the disk under a running gateway) is refused on
+/// read, wherever it is among the records a read walks: it neither sizes the read buffer (a
+/// public entry-bundle request could have the gateway allocate up to 4 GiB) nor moves the read
+/// to where no record starts.
+#[tokio::test]
+async fn a_record_length_damaged_after_open_is_refused_on_read() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..10).await;
+    let segment = std::fs::OpenOptions::new()
+        .write(true)
+        .open(only_segment(tmp.path()))
+        .unwrap();
+    let offset = |index: u64| -> u64 { (0..index).map(|i| 8 + entry(i).len() as u64).sum() };
+    // Above the limit, zero, and within the limit but running past the committed records.
+    for (index, len) in [(2, 100u32 << 20), (2, 0), (9, 60_000)] {
+        let at = offset(index);
+        segment.write_all_at(&len.to_be_bytes(), at).unwrap();
+        let refused = |result: Result<Vec<u8>, LedgerError>| {
+            let err = result.unwrap_err();
+            assert!(
+                matches!(&err, LedgerError::Corrupt { entry_index, offset, reason, .. } if *entry_index == index && *offset == at && reason.contains(&format!("record length {len} is invalid"))),
+                "length {len}: {err}"
+            );
+        };
+        refused(ledger.entry(index));
+        // Read through on the way to a later entry of the same bundle.
+        refused(ledger.entry(9));
+        refused(ledger.read_entries(0, 10));
+        let real = entry(index).len() as u32;
+        segment.write_all_at(&real.to_be_bytes(), at).unwrap();
+        assert_eq!(ledger.entry(9).unwrap(), entry(9));
+    }
+    ledger.close().await;
+}
+
+/// Each framed record of `data`, header included (test-side framing reader).
+fn frames(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < data.len() {
+        let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+        out.push(data[pos..pos + 8 + len].to_vec());
+        pos += 8 + len;
+    }
+    out
+}
+
+/// Opening reads checkpoints.log back from its end only as far as it must to find the last
+/// note (the history grows by a note per checkpoint, gigabytes a year): a torn end longer than
+/// a step back is still cut off, and damage far before the end no longer stops it, while
+/// `postern audit verify`, which reads the whole history, still names it.
+#[tokio::test]
+async fn opening_reads_the_checkpoint_history_from_its_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..3).await;
+    ledger.checkpoint().unwrap();
+    append_n(&ledger, 3..6).await;
+    ledger.checkpoint().unwrap();
+    ledger.close().await;
+    // The history alone says which checkpoint is the latest.
+    std::fs::remove_file(tmp.path().join("checkpoint")).unwrap();
+    let history_path = tmp.path().join("checkpoints.log");
+    let notes = frames(&std::fs::read(&history_path).unwrap());
+    assert_eq!(notes.len(), 2);
+    // A long history (the first note over and over: equal sizes may follow each other), then
+    // the second note.
+    let copies = (160 * 1024) / notes[0].len();
+    let mut history = notes[0].repeat(copies);
+    history.extend_from_slice(&notes[1]);
+
+    // More zeros than a step back, where a crash left no note: cut off, up to the last note.
+    let mut torn = history.clone();
+    torn.resize(history.len() + 100 * 1024, 0);
+    std::fs::write(&history_path, &torn).unwrap();
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.latest_checkpoint.unwrap().size, 6);
+    ledger.close().await;
+    assert_eq!(std::fs::read(&history_path).unwrap(), history);
+    let verified = verify_dir(tmp.path(), None, |_, _| {}).unwrap();
+    assert_eq!(verified.checkpoints_verified, copies + 1);
+
+    // Damage in the first note, far from the end.
+    history[10] ^= 0x01;
+    std::fs::write(&history_path, &history).unwrap();
+    let (ledger, report) = Ledger::open(tmp.path(), options()).await.unwrap();
+    assert_eq!(report.latest_checkpoint.unwrap().size, 6);
+    ledger.close().await;
+    assert_eq!(std::fs::read(&history_path).unwrap(), history);
+    let err = verify_dir(tmp.path(), None, |_, _| {}).unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::BadRecord { segment, offset: 0, .. } if *segment == history_path),
+        "{err}"
+    );
+}
+
+/// 400 entries of about 1 KiB: more than one write of records (256 KiB at most).
+fn kilobyte_entries() -> Vec<Vec<u8>> {
+    (0..400)
+        .map(|i| format!("{{\"entry\":{i},\"pad\":\"{}\"}}", "x".repeat(1000)).into_bytes())
+        .collect()
+}
+
+/// After a crash, writeback may have stored a later page of the last batch written through the
+/// page cache (direct I/O off, or refused by the filesystem) and not an earlier one, which then
+/// reads as zeros. A segment written by hand that way: the damaged records and those after them
+/// were never acknowledged (their write was not synced), so they are a torn tail, cut off; the
+/// same page lost more than one write of records before the end is corruption.
+#[tokio::test]
+async fn a_page_lost_from_the_last_write_through_the_page_cache_is_a_torn_tail() {
+    let entries = kilobyte_entries();
+    let offsets: Vec<usize> = (0..=entries.len())
+        .map(|i| entries[..i].iter().map(|e| 8 + e.len()).sum())
+        .collect();
+    let end = *offsets.last().unwrap();
+    assert!(
+        !end.is_multiple_of(4096),
+        "the segment is not block-aligned"
+    );
+    let buffered = LedgerOptions {
+        direct_io: false,
+        ..options()
+    };
+    for (lost, torn) in [(end - 40 * 1024, true), (64 * 1024, false)] {
+        let lost = lost.next_multiple_of(4096);
+        let first_damaged = offsets.iter().rposition(|&at| at <= lost).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let (ledger, _) = Ledger::open(tmp.path(), buffered.clone()).await.unwrap();
+        ledger.close().await;
+        let segment = only_segment(tmp.path());
+        write_records(&segment, &entries);
+        let mut data = std::fs::read(&segment).unwrap();
+        data[lost..lost + 4096].fill(0);
+        std::fs::write(&segment, &data).unwrap();
+        if torn {
+            let verified = verify_dir(tmp.path(), None, |_, _| {}).unwrap();
+            assert_eq!(
+                verified.torn_tail,
+                Some((segment.clone(), offsets[first_damaged] as u64))
+            );
+            let (ledger, report) = Ledger::open(tmp.path(), buffered.clone()).await.unwrap();
+            assert_eq!(report.entries, first_damaged as u64);
+            let cut = report.torn_tail.unwrap();
+            assert_eq!(cut.offset, offsets[first_damaged] as u64);
+            assert_eq!(cut.discarded_bytes, (end - offsets[first_damaged]) as u64);
+            assert_eq!(ledger.append(entry(0)).await.unwrap(), first_damaged as u64);
+            ledger.close().await;
+            verify_dir(tmp.path(), None, |_, _| {}).unwrap();
+        } else {
+            let err = verify_dir(tmp.path(), None, |_, _| {}).unwrap_err();
+            assert!(
+                matches!(err, VerifyError::BadRecord { entry_index, .. } if entry_index == first_damaged as u64),
+                "{err}"
+            );
+            let err = Ledger::open(tmp.path(), buffered.clone())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, LedgerError::Corrupt { entry_index, .. } if entry_index == first_damaged as u64),
+                "{err}"
+            );
+            assert_eq!(
+                std::fs::read(&segment).unwrap(),
+                data,
+                "the file is left as it was"
+            );
+        }
+    }
+}
+
+/// A batch larger than one write of records goes out in pieces through the page cache as it
+/// does with direct I/O, and leaves the same file.
+#[tokio::test]
+async fn a_batch_larger_than_one_write_is_written_whole_either_way() {
+    let mut segments = Vec::new();
+    for direct_io in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = LedgerOptions {
+            direct_io,
+            ..options()
+        };
+        let (ledger, _) = Ledger::open(tmp.path(), options.clone()).await.unwrap();
+        append_n(&ledger, 0..3).await;
+        assert_eq!(ledger.append_many(kilobyte_entries()).await.unwrap(), 3);
+        assert_eq!(ledger.entry(402).unwrap(), kilobyte_entries()[399]);
+        ledger.close().await;
+        let (ledger, report) = Ledger::open(tmp.path(), options).await.unwrap();
+        assert_eq!((report.entries, report.torn_tail), (403, None));
+        ledger.close().await;
+        verify_dir(tmp.path(), None, |_, _| {}).unwrap();
+        segments.push(segment_bytes(tmp.path()));
+    }
+    assert_eq!(segments[0], segments[1]);
+}
