@@ -1,9 +1,12 @@
 //! The in-memory inventory: observations in, one [`DiscoveredHost`] per (host, port) out.
 //!
 //! Bounded: at most [`Limits::max_hosts`] hosts, [`Limits::max_endpoints_per_host`] endpoints
-//! and [`Limits::max_callers_per_host`] callers per host. What does not fit is counted, never
-//! dropped silently: `endpoints_truncated` and `callers_truncated` on the host,
-//! [`Inventory::dropped_calls`] for calls to hosts that did not fit.
+//! and [`Limits::max_callers_per_host`] callers per host, and [`Limits::max_endpoints`]
+//! endpoints in all. What does not fit is counted, never dropped silently: `endpoints_truncated`
+//! and `callers_truncated` on the host, [`Inventory::dropped_calls`] for calls to hosts that did
+//! not fit. When the hosts are full, one that traffic reached replaces the least recently seen
+//! one it did not ([`reached`]), as in the store, so probing made-up names cannot crowd real
+//! destinations out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +23,10 @@ pub struct Limits {
     pub max_endpoints_per_host: usize,
     /// Distinct callers per host.
     pub max_callers_per_host: usize,
+    /// Distinct (host, port, method, template) in all. Without it the per-host caps would
+    /// allow 25 million endpoints of up to [`crate::MAX_TEMPLATE_BYTES`] each (about 13 GB),
+    /// which one caller could fill with made-up paths to made-up hosts.
+    pub max_endpoints: usize,
 }
 
 impl Default for Limits {
@@ -28,6 +35,7 @@ impl Default for Limits {
             max_hosts: 50_000,
             max_endpoints_per_host: 500,
             max_callers_per_host: 200,
+            max_endpoints: 200_000,
         }
     }
 }
@@ -199,7 +207,9 @@ impl DiscoveredHost {
             .map(|index| &self.endpoints[index])
     }
 
-    fn record(&mut self, observation: &Observation, limits: &Limits) {
+    /// Adds one call; `room` is how many endpoints may still be added in all, and is lowered
+    /// by those added.
+    fn record(&mut self, observation: &Observation, limits: &Limits, room: &mut usize) {
         self.calls += 1;
         self.blocked_calls += u64::from(observation.blocked);
         self.bytes_out = self.bytes_out.saturating_add(observation.bytes_out);
@@ -221,12 +231,19 @@ impl DiscoveredHost {
                 last_seen_ms: observation.time_ms,
                 last_status: observation.status,
             };
-            self.add_endpoint(endpoint, limits);
+            self.add_endpoint(endpoint, limits, room);
         }
     }
 
     /// Adds `other`'s counts, times, callers and endpoints (same host and port assumed).
+    /// Bounded per host only: [`Limits::max_endpoints`] is a bound on an inventory or a store.
     pub fn merge(&mut self, other: DiscoveredHost, limits: &Limits) {
+        let mut room = usize::MAX;
+        self.merge_within(other, limits, &mut room);
+    }
+
+    /// [`DiscoveredHost::merge`], adding at most `room` new endpoints (lowered by those added).
+    fn merge_within(&mut self, other: DiscoveredHost, limits: &Limits, room: &mut usize) {
         self.calls += other.calls;
         self.blocked_calls += other.blocked_calls;
         self.bytes_out = self.bytes_out.saturating_add(other.bytes_out);
@@ -241,7 +258,7 @@ impl DiscoveredHost {
             self.add_caller(&caller, 1, limits);
         }
         for endpoint in other.endpoints {
-            self.add_endpoint(endpoint, limits);
+            self.add_endpoint(endpoint, limits, room);
         }
     }
 
@@ -257,19 +274,34 @@ impl DiscoveredHost {
         }
     }
 
-    fn add_endpoint(&mut self, endpoint: EndpointStats, limits: &Limits) {
+    fn add_endpoint(&mut self, endpoint: EndpointStats, limits: &Limits, room: &mut usize) {
         let key = (endpoint.method.as_str(), endpoint.template.as_str());
         match self
             .endpoints
             .binary_search_by(|e| (e.method.as_str(), e.template.as_str()).cmp(&key))
         {
             Ok(index) => merge_endpoint(&mut self.endpoints[index], &endpoint),
-            Err(_) if self.endpoints.len() >= limits.max_endpoints_per_host => {
+            Err(_) if self.endpoints.len() >= limits.max_endpoints_per_host || *room == 0 => {
                 self.endpoints_truncated += endpoint.calls;
             }
-            Err(index) => self.endpoints.insert(index, endpoint),
+            Err(index) => {
+                self.endpoints.insert(index, endpoint);
+                *room -= 1;
+            }
         }
     }
+}
+
+/// Whether traffic reached `host`: a call the gateway passed, with bytes sent or received or an
+/// answer's status (a `204` to a `GET` has no body either way); an import's hosts count as
+/// reached (many logs give no sizes). Once reached, a host stays so: counts only grow, and an
+/// endpoint's status is only ever replaced by another.
+pub(crate) fn reached(host: &DiscoveredHost) -> bool {
+    host.calls > host.blocked_calls
+        && (host.bytes_out > 0
+            || host.bytes_in > 0
+            || host.endpoints.iter().any(|e| e.last_status.is_some())
+            || host.sources.contains(&ObservationSource::Import))
 }
 
 /// The longest method recorded as it is (registered ones are at most 17 bytes).
@@ -346,6 +378,11 @@ pub(crate) fn normalize_host(host: &str) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
     hosts: BTreeMap<(String, u16), DiscoveredHost>,
+    /// The hosts traffic has not reached ([`reached`]) by (last seen, host, port): the first is
+    /// the one a reached newcomer replaces when the inventory is full, found without a scan.
+    unreached: BTreeSet<(i64, String, u16)>,
+    /// Endpoints kept, over all hosts (bounded by [`Limits::max_endpoints`]).
+    endpoints: usize,
     limits: Limits,
     dropped_calls: u64,
 }
@@ -375,34 +412,77 @@ impl Inventory {
             self.dropped_calls += 1;
             return;
         }
-        let key = (host, observation.port);
-        if let Some(entry) = self.hosts.get_mut(&key) {
-            entry.record(observation, &self.limits);
-            return;
-        }
-        if self.hosts.len() >= self.limits.max_hosts {
-            self.dropped_calls += 1;
-            return;
-        }
-        let mut entry = DiscoveredHost::new(&key.0, key.1, observation.time_ms);
-        entry.record(observation, &self.limits);
-        self.hosts.insert(key, entry);
+        self.add(
+            (host, observation.port),
+            observation.time_ms,
+            |entry, limits, room| entry.record(observation, limits, room),
+        );
     }
 
     /// Adds everything `other` holds (hosts, counts, overflow counters).
     pub fn merge(&mut self, other: Inventory) {
         self.dropped_calls += other.dropped_calls;
         for (key, host) in other.hosts {
-            if let Some(entry) = self.hosts.get_mut(&key) {
-                entry.merge(host, &self.limits);
-            } else if self.hosts.len() >= self.limits.max_hosts {
-                self.dropped_calls += host.calls;
-            } else {
-                let mut entry = DiscoveredHost::new(&key.0, key.1, host.first_seen_ms);
-                entry.merge(host, &self.limits);
-                self.hosts.insert(key, entry);
-            }
+            self.add(key, host.first_seen_ms, |entry, limits, room| {
+                entry.merge_within(host, limits, room)
+            });
         }
+    }
+
+    /// Applies `change` to the host `key`, a new entry first seen at `first_seen_ms` if there is
+    /// none, and keeps the endpoint total and the unreached hosts up to date. A new host that
+    /// does not fit under `max_hosts` takes the place of the least recently seen unreached one
+    /// if traffic reached it, as the store does; otherwise its calls are dropped (counted).
+    fn add(
+        &mut self,
+        key: (String, u16),
+        first_seen_ms: i64,
+        change: impl FnOnce(&mut DiscoveredHost, &Limits, &mut usize),
+    ) {
+        let mut room = self.limits.max_endpoints.saturating_sub(self.endpoints);
+        if let Some(entry) = self.hosts.get_mut(&key) {
+            let endpoints_before = entry.endpoints.len();
+            let unreached_since = (!reached(entry)).then_some(entry.last_seen_ms);
+            change(entry, &self.limits, &mut room);
+            self.endpoints += entry.endpoints.len() - endpoints_before;
+            if let Some(last_seen_ms) = unreached_since {
+                let still_unreached = !reached(entry);
+                if !still_unreached || entry.last_seen_ms != last_seen_ms {
+                    let (host, port) = key;
+                    self.unreached.remove(&(last_seen_ms, host.clone(), port));
+                    if still_unreached {
+                        self.unreached.insert((entry.last_seen_ms, host, port));
+                    }
+                }
+            }
+            return;
+        }
+        let mut entry = DiscoveredHost::new(&key.0, key.1, first_seen_ms);
+        change(&mut entry, &self.limits, &mut room);
+        let is_reached = reached(&entry);
+        if self.hosts.len() >= self.limits.max_hosts && !(is_reached && self.evict_unreached()) {
+            self.dropped_calls += entry.calls;
+            return;
+        }
+        self.endpoints += entry.endpoints.len();
+        if !is_reached {
+            self.unreached
+                .insert((entry.last_seen_ms, key.0.clone(), key.1));
+        }
+        self.hosts.insert(key, entry);
+    }
+
+    /// Removes the least recently seen host traffic did not reach, counting its calls as
+    /// dropped. False when there is none.
+    fn evict_unreached(&mut self) -> bool {
+        let Some((_, host, port)) = self.unreached.pop_first() else {
+            return false;
+        };
+        if let Some(victim) = self.hosts.remove(&(host, port)) {
+            self.endpoints -= victim.endpoints.len();
+            self.dropped_calls += victim.calls;
+        }
+        true
     }
 
     /// Takes everything recorded so far (the delta to persist), leaving this inventory empty
@@ -410,12 +490,15 @@ impl Inventory {
     pub fn drain(&mut self) -> Inventory {
         Inventory {
             hosts: std::mem::take(&mut self.hosts),
+            unreached: std::mem::take(&mut self.unreached),
+            endpoints: std::mem::take(&mut self.endpoints),
             limits: self.limits,
             dropped_calls: std::mem::take(&mut self.dropped_calls),
         }
     }
 
-    /// Calls not recorded because their host did not fit under `max_hosts` (or had no host).
+    /// Calls not recorded because their host did not fit under `max_hosts` (or had no host),
+    /// and those of unreached hosts a reached one replaced.
     pub fn dropped_calls(&self) -> u64 {
         self.dropped_calls
     }
@@ -568,6 +651,7 @@ mod tests {
             max_hosts: 2,
             max_endpoints_per_host: 3,
             max_callers_per_host: 2,
+            max_endpoints: 4,
         });
         for index in 0..10 {
             inventory.record(&call(
@@ -578,7 +662,10 @@ mod tests {
                 index,
             ));
         }
+        // The second host's second endpoint is one too many in all.
         inventory.record(&call("b.example.com", "c", "GET", "/", 1));
+        inventory.record(&call("b.example.com", "c", "GET", "/b", 1));
+        inventory.record(&call("b.example.com", "c", "GET", "/", 2));
         inventory.record(&call("c.example.com", "c", "GET", "/", 1));
         inventory.record(&call("c.example.com", "c", "GET", "/", 2));
         let host = inventory.get("api.x.com", 443).unwrap();
@@ -588,8 +675,86 @@ mod tests {
         assert_eq!(host.endpoints.len(), 3);
         let kept: u64 = host.endpoints.iter().map(|e| e.calls).sum();
         assert_eq!(kept + host.endpoints_truncated, 10);
+        let b = inventory.get("b.example.com", 443).unwrap();
+        assert_eq!(b.endpoints.len(), 1);
+        assert_eq!(
+            (b.endpoint("GET", "/").unwrap().calls, b.endpoints_truncated),
+            (2, 1)
+        );
         assert_eq!(inventory.len(), 2);
         assert_eq!(inventory.dropped_calls(), 2);
+        // Drained, the inventory has room for endpoints again.
+        let mut inventory = Inventory::with_limits(*inventory.limits());
+        for index in 0..5 {
+            inventory.record(&call(
+                "d.example.com",
+                "c",
+                "GET",
+                &format!("/{index}/a"),
+                1,
+            ));
+            inventory.record(&call(
+                "d.example.com",
+                "c",
+                "GET",
+                &format!("/{index}/b"),
+                1,
+            ));
+            let delta = inventory.drain();
+            assert_eq!(delta.get("d.example.com", 443).unwrap().endpoints.len(), 2);
+        }
+    }
+
+    /// A burst of refused calls to made-up names fills the hosts; a destination traffic reached
+    /// then takes the least recently seen one's place (its calls counted as dropped), as in the
+    /// store. A newcomer traffic did not reach is dropped; a host that became reached is no
+    /// longer replaced.
+    #[test]
+    fn when_full_a_reached_host_replaces_an_unreached_one() {
+        let mut inventory = Inventory::with_limits(Limits {
+            max_hosts: 3,
+            ..Limits::default()
+        });
+        let refused = |host: &str, time: i64| {
+            let mut observation = call(host, "prober", "GET", "/", time);
+            observation.blocked = true;
+            observation
+        };
+        inventory.record(&refused("r1.invalid", 1));
+        inventory.record(&refused("r2.invalid", 2));
+        inventory.record(&refused("r3.invalid", 3));
+        // r1 seen again, later: r2 is now the least recently seen.
+        inventory.record(&refused("r1.invalid", 4));
+        inventory.record(&refused("r4.invalid", 5));
+        assert_eq!(inventory.dropped_calls(), 1);
+        inventory.record(&call("api.rogue.example", "app", "POST", "/v1/upload", 6));
+        assert!(inventory.get("api.rogue.example", 443).is_some());
+        assert!(inventory.get("r2.invalid", 443).is_none());
+        assert_eq!(inventory.dropped_calls(), 2);
+        // r3 is reached now (the gateway passed a call and it answered): r1 goes instead.
+        inventory.record(&call("r3.invalid", "app", "GET", "/", 7));
+        inventory.record(&call("api.other.example", "app", "GET", "/v1/x", 8));
+        let names: Vec<&str> = inventory.hosts().map(|h| h.host.as_str()).collect();
+        assert_eq!(
+            names,
+            ["api.other.example", "api.rogue.example", "r3.invalid"]
+        );
+        assert_eq!(inventory.dropped_calls(), 4);
+        // Nothing left to replace: a reached newcomer is counted, not kept.
+        inventory.record(&call("api.third.example", "app", "GET", "/v1/x", 9));
+        assert_eq!(inventory.len(), 3);
+        assert_eq!(inventory.dropped_calls(), 5);
+        // Merging applies the same rule.
+        let mut full = Inventory::with_limits(*inventory.limits());
+        for host in ["r5.invalid", "r6.invalid", "r7.invalid"] {
+            full.record(&refused(host, 1));
+        }
+        full.merge(inventory.drain());
+        assert_eq!(full.len(), 3);
+        assert!(full.get("r5.invalid", 443).is_none());
+        assert!(full.get("api.rogue.example", 443).is_some());
+        // Its 5 dropped calls, and r5, r6 and r7's.
+        assert_eq!(full.dropped_calls(), 5 + 3);
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! - [`infer_template`]: raw path → endpoint template (ids, numbers, UUIDs… become `{id}`).
 //!   Pure.
 //! - [`Inventory`]: bounded in-memory aggregate ([`Limits`]: hosts, endpoints and callers per
-//!   host); what does not fit is counted, not dropped silently. Pure: times come in the
-//!   observations.
+//!   host, endpoints in all); what does not fit is counted, not dropped silently. Pure: times
+//!   come in the observations.
 //! - [`Store`]: the persistent inventory, `<data_dir>/discovery.db` (SQLite, WAL), merged in
 //!   deltas, shared by the gateway and the CLI.
 //! - [`import`]: nginx (combined and JSON), Envoy JSON and HAR readers, for traffic that
@@ -58,4 +58,4 @@ pub use inventory::{
 };
 pub use promote::draft_integration;
 pub use store::{Store, StoreError, DISCOVERY_FILE, SCHEMA_VERSION};
-pub use template::{infer_template, PLACEHOLDER};
+pub use template::{infer_template, MAX_TEMPLATE_BYTES, PLACEHOLDER, TRUNCATED};

@@ -5,12 +5,13 @@
 //! What the draft guarantees is that the parts derived from traffic are valid for the config:
 //! the name is `[a-z0-9][a-z0-9_-]{0,62}`, operation ids are unique `[a-z0-9_]{1,64}`, methods
 //! are ones the config allows (others are listed as comments), and each path template has
-//! distinct placeholder names (`{id}`, `{id2}`, …).
+//! distinct placeholder names (`{id}`, `{id2}`, …). A template cut short (it ends with
+//! [`crate::template::TRUNCATED`]) is listed as a comment too: what followed is not known.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use crate::template::PLACEHOLDER;
+use crate::template::{PLACEHOLDER, TRUNCATED};
 use crate::{DiscoveredHost, Scheme};
 
 /// Umbrella domains where the registrable name says little (`sqs.us-east-1.amazonaws.com`):
@@ -183,6 +184,15 @@ fn write_draft(out: &mut String, host: &DiscoveredHost, name: &str) -> std::fmt:
             writeln!(
                 out,
                 "  # {} {}: {counts}; method not allowed in operations",
+                comment_text(&endpoint.method),
+                comment_text(&endpoint.template)
+            )?;
+            continue;
+        }
+        if endpoint.template.ends_with(TRUNCATED) {
+            writeln!(
+                out,
+                "  # {} {}: {counts}; path cut short, write this operation by hand",
                 comment_text(&endpoint.method),
                 comment_text(&endpoint.template)
             )?;
@@ -437,7 +447,7 @@ mod tests {
             ("api-.example.com", "# hosts = [\"api-.example.com\"]"),
         ] {
             let mut inventory = crate::Inventory::new();
-            inventory.record(&crate::Observation {
+            let observation = crate::Observation {
                 host: host.into(),
                 port: 443,
                 scheme: None,
@@ -450,9 +460,19 @@ mod tests {
                 time_ms: 1,
                 blocked: false,
                 source: crate::ObservationSource::Proxy,
+            };
+            inventory.record(&observation);
+            // A path too long for a template: its endpoint is listed, as a comment.
+            inventory.record(&crate::Observation {
+                path: Some("/x".repeat(40)),
+                ..observation
             });
             let draft = draft_integration(inventory.hosts().next().unwrap());
             assert!(draft.contains(hosts_line), "{draft}");
+            assert!(
+                draft.contains("/x/{...}: 1 call (0 blocked), last status 200"),
+                "{draft}"
+            );
             let text = format!(
                 "[gateway]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"d\"\n\n{draft}"
             );

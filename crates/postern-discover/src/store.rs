@@ -4,6 +4,11 @@
 //! latest last seen, callers and endpoints united under the same [`Limits`] as memory), so two
 //! writers — a running gateway and `postern discover import` — can share the file; the second
 //! waits (`busy_timeout`, 10 s) rather than failing.
+//!
+//! The endpoints in all are bounded too ([`Limits::max_endpoints`]). Their number is kept in
+//! `meta` by triggers, not counted per merge: a full store's endpoints table is up to about a
+//! hundred megabytes, and the triggers keep the number right whoever writes (an older postern
+//! too).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,7 +17,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::inventory::{merge_endpoint, normalize_host, sort_by_calls};
+use crate::inventory::{merge_endpoint, normalize_host, reached, sort_by_calls};
 use crate::{DiscoveredHost, EndpointStats, Inventory, Limits, ObservationSource, Scheme};
 
 /// The file name inside `data_dir`.
@@ -91,6 +96,18 @@ CREATE TABLE IF NOT EXISTS endpoints (
     last_status INTEGER,
     PRIMARY KEY (host, port, method, template)
 );
+";
+
+/// The number of endpoint rows, `meta`'s `endpoint_count`, kept by the database itself so that
+/// every writer (this version, an older one, a later one) keeps it right. An upsert that updates
+/// a row fires no insert trigger. Created by [`set_up`] with the count of the rows already there.
+const ENDPOINT_COUNT_TRIGGERS: &str = "
+CREATE TRIGGER IF NOT EXISTS endpoint_count_up AFTER INSERT ON endpoints BEGIN
+    UPDATE meta SET value = value + 1 WHERE key = 'endpoint_count';
+END;
+CREATE TRIGGER IF NOT EXISTS endpoint_count_down AFTER DELETE ON endpoints BEGIN
+    UPDATE meta SET value = value - 1 WHERE key = 'endpoint_count';
+END;
 ";
 
 /// Columns added since a table was first written, each with a default: a file without one gets
@@ -211,14 +228,31 @@ impl Store {
     /// Every host, by calls (most first), then host and port.
     pub fn list(&self) -> Result<Vec<DiscoveredHost>, StoreError> {
         let connection = self.connection();
-        load(&connection, None).map_err(self.sqlite())
+        load(&connection, Selection::All).map_err(self.sqlite())
+    }
+
+    /// The `limit` most-called hosts, in [`Store::list`]'s order: what a listing shows without
+    /// reading (and answering with) the whole store. Only those hosts' callers and endpoints are
+    /// read. [`Store::host_count`] says how many there are in all.
+    pub fn list_top(&self, limit: usize) -> Result<Vec<DiscoveredHost>, StoreError> {
+        let connection = self.connection();
+        load(&connection, Selection::Top(limit)).map_err(self.sqlite())
+    }
+
+    /// How many (host, port) entries the store holds.
+    pub fn host_count(&self) -> Result<u64, StoreError> {
+        let connection = self.connection();
+        connection
+            .query_row("SELECT count(*) FROM hosts", [], |row| row.get::<_, i64>(0))
+            .map(from_sql)
+            .map_err(self.sqlite())
     }
 
     /// The entries for `host` (every port, or only `port`), by calls (most first).
     pub fn get(&self, host: &str, port: Option<u16>) -> Result<Vec<DiscoveredHost>, StoreError> {
         let connection = self.connection();
         let host = normalize_host(host);
-        let mut hosts = load(&connection, Some(&host)).map_err(self.sqlite())?;
+        let mut hosts = load(&connection, Selection::Host(&host)).map_err(self.sqlite())?;
         hosts.retain(|entry| port.is_none_or(|port| entry.port == port));
         Ok(hosts)
     }
@@ -239,9 +273,10 @@ impl Store {
 }
 
 /// Creates the tables of a new file, or of one a crash left half set up, and adds to an older
-/// file the columns it lacks ([`ADDED_COLUMNS`]), in one immediate transaction: two processes
-/// opening the same file take turns, and the second finds the work done. Only the first
-/// version written stays (`INSERT OR IGNORE`).
+/// file the columns it lacks ([`ADDED_COLUMNS`]) and the endpoint count
+/// ([`ENDPOINT_COUNT_TRIGGERS`]), in one immediate transaction: two processes opening the same
+/// file take turns, and the second finds the work done. Only the first version written stays
+/// (`INSERT OR IGNORE`).
 fn set_up(connection: &mut Connection) -> rusqlite::Result<()> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     transaction.execute_batch(SCHEMA)?;
@@ -261,6 +296,20 @@ fn set_up(connection: &mut Connection) -> rusqlite::Result<()> {
             ))?;
         }
     }
+    // Counted once, when the file first gets the triggers (in the same transaction, so no
+    // write comes between): from then on they keep the number.
+    let counted: bool = transaction.query_row(
+        "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'endpoint_count')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !counted {
+        transaction.execute(
+            "INSERT INTO meta (key, value) SELECT 'endpoint_count', count(*) FROM endpoints",
+            [],
+        )?;
+    }
+    transaction.execute_batch(ENDPOINT_COUNT_TRIGGERS)?;
     transaction.commit()
 }
 
@@ -272,31 +321,44 @@ fn schema_version(connection: &Connection) -> rusqlite::Result<i64> {
     )
 }
 
-/// Whether traffic reached `host`: a call the gateway passed, with bytes sent or received or an
-/// answer's status (a `204` to a `GET` has no body either way); an import's hosts count as
-/// reached (many logs give no sizes).
-fn reached(host: &DiscoveredHost) -> bool {
-    host.calls > host.blocked_calls
-        && (host.bytes_out > 0
-            || host.bytes_in > 0
-            || host.endpoints.iter().any(|e| e.last_status.is_some())
-            || host.sources.contains(&ObservationSource::Import))
+/// What a reached host needs a refused-only one's place for.
+#[derive(Clone, Copy)]
+enum Need {
+    /// A host entry: any refused-only host will do.
+    Host,
+    /// Room for an endpoint: only a refused-only host that holds one frees any.
+    Endpoint,
 }
 
 /// Removes the least recently seen host that traffic never reached ([`reached`]: every call
-/// refused, or seen by the proxy with no byte and no answer); its calls are counted as
-/// dropped. False when there is none.
-fn evict_refused_only(connection: &Connection) -> rusqlite::Result<bool> {
+/// refused, or seen by the proxy with no byte and no answer), other than `except` (the host
+/// being merged: the store does not yet know what reached it); its calls are counted as
+/// dropped. The number of endpoints removed with it, or `None` when there is none.
+fn evict_refused_only(
+    connection: &Connection,
+    need: Need,
+    except: (&str, u16),
+) -> rusqlite::Result<Option<usize>> {
+    let holding_endpoints = match need {
+        Need::Host => "",
+        Need::Endpoint => {
+            "AND EXISTS (SELECT 1 FROM endpoints
+                WHERE endpoints.host = hosts.host AND endpoints.port = hosts.port)"
+        }
+    };
     let victim = connection
         .query_row(
-            "SELECT host, port, calls FROM hosts
-             WHERE calls = blocked_calls
-                OR (seen_by_import = 0 AND bytes_out = 0 AND bytes_in = 0
-                    AND NOT EXISTS (SELECT 1 FROM endpoints
-                        WHERE endpoints.host = hosts.host AND endpoints.port = hosts.port
-                          AND endpoints.last_status IS NOT NULL))
-             ORDER BY last_seen_ms ASC, host ASC LIMIT 1",
-            [],
+            &format!(
+                "SELECT host, port, calls FROM hosts
+                 WHERE (calls = blocked_calls
+                    OR (seen_by_import = 0 AND bytes_out = 0 AND bytes_in = 0
+                        AND NOT EXISTS (SELECT 1 FROM endpoints
+                            WHERE endpoints.host = hosts.host AND endpoints.port = hosts.port
+                              AND endpoints.last_status IS NOT NULL)))
+                   AND NOT (host = ?1 AND port = ?2) {holding_endpoints}
+                 ORDER BY last_seen_ms ASC, host ASC LIMIT 1"
+            ),
+            params![except.0, except.1],
             |row| {
                 Ok((
                     row.get::<_, String>(0)?,
@@ -307,16 +369,20 @@ fn evict_refused_only(connection: &Connection) -> rusqlite::Result<bool> {
         )
         .optional()?;
     let Some((host, port, calls)) = victim else {
-        return Ok(false);
+        return Ok(None);
     };
-    for table in ["hosts", "callers", "endpoints"] {
+    for table in ["hosts", "callers"] {
         connection.execute(
             &format!("DELETE FROM {table} WHERE host = ?1 AND port = ?2"),
             params![host, port],
         )?;
     }
+    let endpoints = connection.execute(
+        "DELETE FROM endpoints WHERE host = ?1 AND port = ?2",
+        params![host, port],
+    )?;
     add_dropped_calls(connection, from_sql(calls))?;
-    Ok(true)
+    Ok(Some(endpoints))
 }
 
 /// SQL setting `column` to `column + addend`, saturating at SQLite's largest integer: past it
@@ -347,6 +413,19 @@ fn merge_in(connection: &Connection, delta: &Inventory, limits: &Limits) -> rusq
     let mut host_count: usize = connection
         .query_row("SELECT count(*) FROM hosts", [], |row| row.get::<_, i64>(0))?
         as usize;
+    // Kept by triggers ([`ENDPOINT_COUNT_TRIGGERS`]); counted if someone removed it.
+    let endpoint_total: Option<i64> = connection
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'endpoint_count'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let endpoint_total = match endpoint_total {
+        Some(total) => total,
+        None => connection.query_row("SELECT count(*) FROM endpoints", [], |row| row.get(0))?,
+    };
+    let mut endpoint_total = usize::try_from(endpoint_total).unwrap_or(0);
     let mut exists =
         connection.prepare_cached("SELECT 1 FROM hosts WHERE host = ?1 AND port = ?2")?;
     let mut insert_host = connection.prepare_cached(
@@ -403,14 +482,18 @@ fn merge_in(connection: &Connection, delta: &Inventory, limits: &Limits) -> rusq
             // byte either way (a made-up name that resolves nowhere, a closed port), so a
             // caller probing random names cannot crowd real rogue APIs out. Newcomers that
             // traffic did not reach are counted, not kept.
-            if host_count >= limits.max_hosts
-                && (!reached(host) || !evict_refused_only(connection)?)
-            {
-                add_dropped_calls(connection, host.calls)?;
-                continue;
-            }
             if host_count >= limits.max_hosts {
+                let evicted = if reached(host) {
+                    evict_refused_only(connection, Need::Host, (&host.host, host.port))?
+                } else {
+                    None
+                };
+                let Some(endpoints) = evicted else {
+                    add_dropped_calls(connection, host.calls)?;
+                    continue;
+                };
                 host_count -= 1;
+                endpoint_total = endpoint_total.saturating_sub(endpoints);
             }
             insert_host.execute(params![
                 host.host,
@@ -459,7 +542,24 @@ fn merge_in(connection: &Connection, delta: &Inventory, limits: &Limits) -> rusq
                     continue;
                 }
                 None => {
+                    // Full in all: as for hosts, a destination traffic reached takes the room
+                    // of one it did not (one that holds endpoints), so endpoints made up for
+                    // refused calls cannot keep real ones out.
+                    if endpoint_total >= limits.max_endpoints {
+                        let evicted = if reached(host) {
+                            evict_refused_only(connection, Need::Endpoint, (&host.host, host.port))?
+                        } else {
+                            None
+                        };
+                        let Some(endpoints) = evicted else {
+                            endpoints_truncated += endpoint.calls;
+                            continue;
+                        };
+                        host_count -= 1;
+                        endpoint_total = endpoint_total.saturating_sub(endpoints);
+                    }
                     endpoint_count += 1;
+                    endpoint_total += 1;
                     endpoint.clone()
                 }
             };
@@ -495,17 +595,25 @@ fn merge_in(connection: &Connection, delta: &Inventory, limits: &Limits) -> rusq
     Ok(())
 }
 
-fn load(connection: &Connection, only_host: Option<&str>) -> rusqlite::Result<Vec<DiscoveredHost>> {
-    let filter = if only_host.is_some() {
-        "WHERE host = ?1"
-    } else {
-        ""
+/// Which hosts [`load`] reads.
+#[derive(Clone, Copy)]
+enum Selection<'a> {
+    All,
+    /// Every port of one host.
+    Host(&'a str),
+    /// The most-called ones.
+    Top(usize),
+}
+
+fn load(connection: &Connection, selection: Selection) -> rusqlite::Result<Vec<DiscoveredHost>> {
+    let (filter, parameter): (&str, Option<Box<dyn rusqlite::ToSql>>) = match selection {
+        Selection::All => ("", None),
+        Selection::Host(host) => ("WHERE host = ?1", Some(Box::new(host.to_owned()))),
+        Selection::Top(limit) => (
+            "ORDER BY calls DESC, host, port LIMIT ?1",
+            Some(Box::new(i64::try_from(limit).unwrap_or(i64::MAX))),
+        ),
     };
-    let host_filter: Vec<&dyn rusqlite::ToSql> = match &only_host {
-        Some(host) => vec![host as &dyn rusqlite::ToSql],
-        None => Vec::new(),
-    };
-    let mut index: HashMap<(String, u16), usize> = HashMap::new();
     let mut hosts = Vec::new();
     let mut statement = connection.prepare(&format!(
         "SELECT host, port, first_seen_ms, last_seen_ms, calls, blocked_calls, bytes_out,
@@ -513,7 +621,7 @@ fn load(connection: &Connection, only_host: Option<&str>) -> rusqlite::Result<Ve
             seen_http, seen_https
          FROM hosts {filter}"
     ))?;
-    let mut rows = statement.query(host_filter.as_slice())?;
+    let mut rows = statement.query(rusqlite::params_from_iter(parameter.iter()))?;
     while let Some(row) = rows.next()? {
         let mut sources = BTreeSet::new();
         if row.get::<_, bool>(10)? {
@@ -529,7 +637,7 @@ fn load(connection: &Connection, only_host: Option<&str>) -> rusqlite::Result<Ve
         if row.get::<_, bool>(13)? {
             schemes.insert(Scheme::Https);
         }
-        let host = DiscoveredHost {
+        hosts.push(DiscoveredHost {
             host: row.get(0)?,
             port: row.get(1)?,
             first_seen_ms: row.get(2)?,
@@ -544,24 +652,54 @@ fn load(connection: &Connection, only_host: Option<&str>) -> rusqlite::Result<Ve
             endpoints_truncated: from_sql(row.get(9)?),
             sources,
             schemes,
-        };
-        index.insert((host.host.clone(), host.port), hosts.len());
-        hosts.push(host);
+        });
     }
+    match selection {
+        // Every host: each table read once.
+        Selection::All => load_details(connection, &mut hosts, "", &[])?,
+        // A few hosts: each one's rows found through the primary key.
+        Selection::Host(_) | Selection::Top(_) => {
+            for at in 0..hosts.len() {
+                let (host, port) = (hosts[at].host.clone(), hosts[at].port);
+                load_details(
+                    connection,
+                    &mut hosts[at..=at],
+                    "WHERE host = ?1 AND port = ?2",
+                    params![host, port],
+                )?;
+            }
+        }
+    }
+    sort_by_calls(&mut hosts);
+    Ok(hosts)
+}
+
+/// Reads the callers and endpoints (rows matching `filter`) of `hosts`.
+fn load_details(
+    connection: &Connection,
+    hosts: &mut [DiscoveredHost],
+    filter: &str,
+    parameters: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<()> {
+    let index: HashMap<(String, u16), usize> = hosts
+        .iter()
+        .enumerate()
+        .map(|(at, host)| ((host.host.clone(), host.port), at))
+        .collect();
     let mut statement =
-        connection.prepare(&format!("SELECT host, port, caller FROM callers {filter}"))?;
-    let mut rows = statement.query(host_filter.as_slice())?;
+        connection.prepare_cached(&format!("SELECT host, port, caller FROM callers {filter}"))?;
+    let mut rows = statement.query(parameters)?;
     while let Some(row) = rows.next()? {
         if let Some(&at) = index.get(&(row.get(0)?, row.get(1)?)) {
             hosts[at].callers.insert(row.get(2)?);
         }
     }
-    let mut statement = connection.prepare(&format!(
+    let mut statement = connection.prepare_cached(&format!(
         "SELECT host, port, method, template, calls, blocked_calls, first_seen_ms, last_seen_ms,
             last_status
          FROM endpoints {filter} ORDER BY host, port, method, template"
     ))?;
-    let mut rows = statement.query(host_filter.as_slice())?;
+    let mut rows = statement.query(parameters)?;
     while let Some(row) = rows.next()? {
         if let Some(&at) = index.get(&(row.get(0)?, row.get(1)?)) {
             hosts[at].endpoints.push(EndpointStats {
@@ -575,8 +713,7 @@ fn load(connection: &Connection, only_host: Option<&str>) -> rusqlite::Result<Ve
             });
         }
     }
-    sort_by_calls(&mut hosts);
-    Ok(hosts)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -670,13 +807,16 @@ mod tests {
                     blocked_calls INTEGER NOT NULL, first_seen_ms INTEGER NOT NULL,
                     last_seen_ms INTEGER NOT NULL, last_status INTEGER,
                     PRIMARY KEY (host, port, method, template));
-                 INSERT INTO hosts VALUES ('api.old.com', 443, 1, 2, 7, 0, 10, 20, 0, 0, 1, 0);",
+                 INSERT INTO hosts VALUES ('api.old.com', 443, 1, 2, 7, 0, 10, 20, 0, 0, 1, 0);
+                 INSERT INTO endpoints VALUES ('api.old.com', 443, 'GET', '/v0', 7, 0, 1, 2, 200);",
             )
             .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let version = schema_version(&store.connection()).unwrap();
         assert_eq!(version, 1);
+        // Its endpoints are counted when it first gets the triggers that keep the count.
+        assert_eq!(endpoint_count(&store), (1, 1));
         let old = &store.get("api.old.com", None).unwrap()[0];
         assert_eq!((old.calls, old.bytes_in), (7, 20));
         assert!(old.schemes.is_empty());
@@ -690,6 +830,7 @@ mod tests {
         let old = &store.get("api.old.com", None).unwrap()[0];
         assert_eq!(old.calls, 8);
         assert_eq!(old.schemes, BTreeSet::from([Scheme::Https]));
+        assert_eq!(endpoint_count(&store), (2, 2));
         drop(store);
         // What an older postern writes (its columns only) still goes in.
         Connection::open(dir.path().join(DISCOVERY_FILE))
@@ -765,6 +906,7 @@ mod tests {
             max_hosts: 1,
             max_endpoints_per_host: 1,
             max_callers_per_host: 1,
+            ..Limits::default()
         };
         let store = Store::open_with_limits(dir.path(), limits).unwrap();
         let mut first = Inventory::new();
@@ -851,6 +993,99 @@ mod tests {
         let names: Vec<String> = store.list().unwrap().into_iter().map(|h| h.host).collect();
         assert!(names.contains(&"beacon.example".to_string()), "{names:?}");
         assert!(!names.contains(&"junk-2.example".to_string()), "{names:?}");
+    }
+
+    fn endpoint_count(store: &Store) -> (i64, i64) {
+        let connection = store.connection();
+        let count = |sql: &str| connection.query_row(sql, [], |row| row.get(0)).unwrap();
+        (
+            count("SELECT value FROM meta WHERE key = 'endpoint_count'"),
+            count("SELECT count(*) FROM endpoints"),
+        )
+    }
+
+    /// The endpoints in all are capped, what did not fit counted on its host; a destination
+    /// traffic reached takes the room of a refused-only one holding endpoints (never its own);
+    /// the kept count stays the number of rows.
+    #[test]
+    fn endpoints_in_all_are_capped_and_a_reached_host_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_endpoints: 3,
+            ..Limits::default()
+        };
+        let store = Store::open_with_limits(dir.path(), limits).unwrap();
+        let refused = |host: &str, path: &str, time: i64| {
+            let mut observation = call(host, "prober", path, time);
+            observation.blocked = true;
+            observation
+        };
+        let merge = |observations: &[Observation]| {
+            let mut delta = Inventory::new();
+            for observation in observations {
+                delta.record(observation);
+            }
+            store.merge_delta(&delta).unwrap();
+        };
+        merge(&[
+            refused("junk-1.invalid", "/a", 1),
+            refused("junk-1.invalid", "/b", 1),
+            refused("junk-1.invalid", "/c", 1),
+        ]);
+        merge(&[refused("junk-2.invalid", "/a", 2)]);
+        let junk = &store.get("junk-2.invalid", None).unwrap()[0];
+        assert_eq!((junk.endpoints.len(), junk.endpoints_truncated), (0, 1));
+        assert_eq!(endpoint_count(&store), (3, 3));
+
+        merge(&[
+            call("api.rogue.example", "app", "/v1/upload", 3),
+            call("api.rogue.example", "app", "/v1/files", 3),
+        ]);
+        assert!(store.get("junk-1.invalid", None).unwrap().is_empty());
+        assert_eq!(
+            store.get("api.rogue.example", None).unwrap()[0]
+                .endpoints
+                .len(),
+            2
+        );
+        assert_eq!(store.dropped_calls().unwrap(), 3);
+        assert_eq!(endpoint_count(&store), (2, 2));
+
+        // junk-3, reached at last, is not its own victim, and junk-2 holds no endpoint.
+        merge(&[refused("junk-3.invalid", "/x", 4)]);
+        merge(&[call("junk-3.invalid", "app", "/y", 5)]);
+        let junk = &store.get("junk-3.invalid", None).unwrap()[0];
+        assert_eq!((junk.endpoints.len(), junk.endpoints_truncated), (1, 1));
+        assert_eq!(store.list().unwrap().len(), 3);
+        assert_eq!(endpoint_count(&store), (3, 3));
+        drop(store);
+        let store = Store::open_with_limits(dir.path(), limits).unwrap();
+        assert_eq!(endpoint_count(&store), (3, 3));
+    }
+
+    /// `list_top` is the head of `list`, callers and endpoints included.
+    #[test]
+    fn list_top_is_the_head_of_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut delta = Inventory::new();
+        for (host, calls) in [("a.example", 1), ("b.example", 3), ("c.example", 2)] {
+            for index in 0..calls {
+                delta.record(&call(host, &format!("c{index}"), &format!("/v{index}"), 1));
+            }
+        }
+        let mut other_port = call("b.example", "z", "/v9", 1);
+        other_port.port = 8443;
+        delta.record(&other_port);
+        store.merge_delta(&delta).unwrap();
+        let all = store.list().unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(store.host_count().unwrap(), 4);
+        assert_eq!(store.list_top(2).unwrap(), all[..2]);
+        assert_eq!(store.list_top(10).unwrap(), all);
+        assert!(store.list_top(0).unwrap().is_empty());
+        assert_eq!(all[0].endpoints.len(), 3);
+        assert_eq!(all[0].callers.len(), 3);
     }
 
     #[test]

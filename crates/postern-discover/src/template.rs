@@ -8,23 +8,33 @@
 //! (`2010-04-01`, Twilio's API version), and one- or two-digit numbers right after `api`
 //! (`/rest/api/2/`); **`{id}`**: numbers (also `+14155552671`), UUIDs, hex of 8+ characters with
 //! a digit, e-mail addresses, prefixed vendor ids (`cus_Nffrfe2r9a`, `file-abc123`), tokens of
-//! 16+ characters mixing letters and digits (`AC0123…`), upper-case ids with 2+ digits
+//! 16+ characters mixing letters and digits (`AC0123…`), shorter ones of 10+ letters and
+//! digits that do not read as a word (`k9x2m4p7q1z8`), upper-case ids with 2+ digits
 //! (`T024BE7LD`), digit-heavy strings, values joined by `:` or `.` (a bot token, a JWT), and any
 //! segment that could not be written into a template as is (braces, whitespace, control
 //! characters).
 //!
-//! The output always satisfies the config's template rules: it starts with `/`, has no query,
+//! The output satisfies the config's template rules: it starts with `/`, has no query,
 //! fragment or empty segment (`//` is collapsed; a trailing `/` is kept, it is significant), and
-//! at most one placeholder per segment (a file extension stays literal: `{id}.json`).
+//! at most one placeholder per segment (a file extension stays literal: `{id}.json`). The one
+//! exception is a template cut short ([`MAX_SEGMENTS`], [`MAX_TEMPLATE_BYTES`]): it ends with
+//! the marker segment [`TRUNCATED`], which the config refuses, so it is never promoted as it is.
 
 /// What an inferred placeholder is called. [`crate::promote`] renames the second and later
 /// ones of a template (`{id2}`, …) because the config wants distinct names.
 pub const PLACEHOLDER: &str = "{id}";
-/// Segments a template keeps; the rest of a longer path becomes one last [`PLACEHOLDER`], so
-/// what a caller sends cannot grow the inventory without bound. (That last placeholder stands
-/// for one segment when the template is matched: the shortened template names its endpoint,
-/// it does not match the paths it came from.)
+/// Segments a template keeps; the rest of a longer path becomes the one marker segment
+/// [`TRUNCATED`], so what a caller sends cannot grow the inventory without bound.
 pub const MAX_SEGMENTS: usize = 32;
+/// The most bytes a template holds, marker included. A segment is short ([`MAX_NAME_BYTES`]),
+/// but 32 of them are 4 KiB, and every endpoint of every host is kept: a caller sending long
+/// made-up paths to made-up hosts would fill the store's disk. A longer template is cut at a
+/// segment boundary and ends with [`TRUNCATED`].
+pub const MAX_TEMPLATE_BYTES: usize = 512;
+/// The last segment of a template cut short: what followed is not known. It is no placeholder
+/// (the config refuses its name), because a placeholder stands for one segment and the
+/// shortened template would then match paths it never came from.
+pub const TRUNCATED: &str = "{...}";
 /// A segment longer than this is a value: no API names a resource so long.
 const MAX_NAME_CHARS: usize = 64;
 /// A segment longer than this as sent is a value too, whatever it decodes to (64 characters
@@ -39,17 +49,37 @@ pub fn infer_template(path: &str) -> String {
     // A segment's path parameters (`;v=1`) are not its name, as operations are matched.
     let segments = path.split('/').map(postern_config::segment_name);
     for (index, segment) in segments.filter(|segment| !segment.is_empty()).enumerate() {
-        template.push('/');
+        let boundary = template.len();
         if index == MAX_SEGMENTS {
-            template.push_str(PLACEHOLDER);
-            return template;
+            return truncated(template, boundary);
         }
+        template.push('/');
         template_segment(segment, previous, &mut template);
+        if template.len() > MAX_TEMPLATE_BYTES {
+            return truncated(template, boundary);
+        }
         previous = Some(segment);
     }
     if template.is_empty() || (path.ends_with('/') && path.len() > 1) {
+        if template.len() == MAX_TEMPLATE_BYTES {
+            let boundary = template.rfind('/').unwrap_or_default();
+            return truncated(template, boundary);
+        }
         template.push('/');
     }
+    template
+}
+
+/// `template` cut at `boundary` (the end of a segment, or 0) and ended by [`TRUNCATED`], at
+/// most [`MAX_TEMPLATE_BYTES`] long: earlier segments go too if the marker does not fit.
+fn truncated(mut template: String, mut boundary: usize) -> String {
+    let marker_bytes = 1 + TRUNCATED.len();
+    while boundary + marker_bytes > MAX_TEMPLATE_BYTES {
+        boundary = template[..boundary].rfind('/').unwrap_or_default();
+    }
+    template.truncate(boundary);
+    template.push('/');
+    template.push_str(TRUNCATED);
     template
 }
 
@@ -181,6 +211,13 @@ fn is_value(segment: &str, previous: Option<&str>) -> bool {
     if token_characters && length >= 12 && digits >= 2 && capitals >= 2 && smalls >= 2 {
         return true;
     }
+    // Letters and digits, shorter than a token, all in one case or not (`k9x2m4p7q1z8`,
+    // lower-case base36): a value unless it reads as a word, as names with digits do
+    // (`sha256sums`, `ISO8601Date`, `utf8mb4general`).
+    let alphanumeric = segment.chars().all(|c| c.is_ascii_alphanumeric());
+    if alphanumeric && length >= 10 && digits >= 2 && letters >= 2 && !reads_as_word(segment) {
+        return true;
+    }
     let upper_case_id = length >= 8
         && digits >= 2
         && segment.starts_with(|c: char| c.is_ascii_uppercase())
@@ -191,6 +228,28 @@ fn is_value(segment: &str, previous: Option<&str>) -> bool {
         return true;
     }
     token_characters && length >= 6 && digits * 2 > length
+}
+
+/// Whether letters and digits read as a name with a number or two in it (`sha256sums`,
+/// `covid19stats`, `level3data2`) rather than a random token: the digits stand in at most two
+/// places, and at least a quarter of the letters are vowels (random letters hold about one
+/// in five; words about two in five).
+fn reads_as_word(segment: &str) -> bool {
+    let mut digit_runs = 0;
+    let mut in_digits = false;
+    for c in segment.chars() {
+        let digit = c.is_ascii_digit();
+        if digit && !in_digits {
+            digit_runs += 1;
+        }
+        in_digits = digit;
+    }
+    let letters = segment.chars().filter(char::is_ascii_alphabetic).count();
+    let vowels = segment
+        .chars()
+        .filter(|c| "aeiouyAEIOUY".contains(*c))
+        .count();
+    digit_runs <= 2 && vowels * 4 >= letters
 }
 
 /// `2010-04-01` or `2024-03`: dated API versions (Twilio) stay literal.
@@ -335,8 +394,13 @@ mod tests {
             &format!("/v1/{}", "a".repeat(64)),
         );
         let long = "/x".repeat(100);
-        let expect = format!("{}/{{id}}", "/x".repeat(super::MAX_SEGMENTS));
+        let expect = format!("{}/{{...}}", "/x".repeat(super::MAX_SEGMENTS));
         check(&long, &expect);
+        check(&format!("{}/", "/x".repeat(40)), &expect);
+        check(
+            &"/x".repeat(super::MAX_SEGMENTS),
+            &"/x".repeat(super::MAX_SEGMENTS),
+        );
         // 64 characters that are 768 bytes as sent (4-byte UTF-8, percent-encoded): a value,
         // not 768 bytes kept in the template.
         check(&format!("/v1/{}", "%F0%9F%98%80".repeat(64)), "/v1/{id}");
@@ -353,6 +417,76 @@ mod tests {
             "/api/listAllOrganizationMembersForAdmins",
             "/api/listAllOrganizationMembersForAdmins",
         );
+    }
+
+    /// However long its segments, a template holds at most [`super::MAX_TEMPLATE_BYTES`]: 32
+    /// words of 64 characters (2 KiB) are cut at a segment boundary and end with the marker.
+    #[test]
+    fn templates_are_cut_short_at_a_segment_boundary() {
+        use super::{MAX_TEMPLATE_BYTES, TRUNCATED};
+        let word = "a".repeat(64);
+        let template = infer_template(&format!("/{word}").repeat(32));
+        assert!(template.len() <= MAX_TEMPLATE_BYTES, "{}", template.len());
+        let kept = (MAX_TEMPLATE_BYTES - 1 - TRUNCATED.len()) / 65;
+        assert_eq!(
+            template,
+            format!("{}/{TRUNCATED}", format!("/{word}").repeat(kept))
+        );
+        // Cut or not, every template is at most that long: with a trailing `/`, with values.
+        for path in [
+            format!("{}/", format!("/{word}").repeat(32)),
+            format!("/{}", format!("x/{}/", "c".repeat(62)).repeat(20)),
+            format!("/{}", format!("{}/42/", "d".repeat(60)).repeat(20)),
+        ] {
+            let template = infer_template(&path);
+            assert!(template.len() <= MAX_TEMPLATE_BYTES, "{template}");
+            assert!(template.ends_with(TRUNCATED), "{template}");
+        }
+        // Exactly that long, a trailing `/` does not fit: the last segment makes way for the
+        // marker.
+        let full = format!("{}/{}", format!("/{word}").repeat(7), "g".repeat(56));
+        assert_eq!(full.len(), MAX_TEMPLATE_BYTES);
+        check(&full, &full);
+        check(
+            &format!("{full}/"),
+            &format!("{}/{TRUNCATED}", format!("/{word}").repeat(7)),
+        );
+        // One that fits is kept whole, its trailing `/` too.
+        let fits = format!("{}/", format!("/{}", "f".repeat(63)).repeat(7));
+        check(&fits, &fits);
+    }
+
+    /// Letters and digits shorter than a token are a value unless they read as a name.
+    #[test]
+    fn short_random_tokens_and_names_with_digits() {
+        for value in [
+            "k9x2m4p7q1z8",
+            "q7wz3kx9pt",
+            "kqxmpz47tqrw",
+            "zz9k2p4m7qwr5",
+            "MX7Q2KPZ9R",
+            "a7bkeq3xmtzp",
+        ] {
+            check(&format!("/v1/links/{value}"), "/v1/links/{id}");
+        }
+        for name in [
+            "v2",
+            "oauth2",
+            "x509",
+            "sha256",
+            "sha256sums",
+            "x509certs",
+            "base64url",
+            "ipv4address",
+            "covid19stats",
+            "level3data2",
+            "ISO8601Date",
+            "utf8mb4general",
+            "win32api",
+            "http2push",
+        ] {
+            check(&format!("/v1/{name}/items"), &format!("/v1/{name}/items"));
+        }
     }
 
     #[test]

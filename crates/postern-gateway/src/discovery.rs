@@ -79,4 +79,14 @@ impl Discovery {
             .list()
             .map_err(|error| anyhow::anyhow!("{error}"))
     }
+
+    /// Flushes, then the `limit` most-called destinations and how many there are in all: a
+    /// listing that reads (and answers with) only what it shows.
+    pub fn list_top(&self, limit: usize) -> anyhow::Result<(Vec<DiscoveredHost>, u64)> {
+        self.flush();
+        let error = |error: postern_discover::StoreError| anyhow::anyhow!("{error}");
+        let hosts = self.store.list_top(limit).map_err(error)?;
+        let total = self.store.host_count().map_err(error)?;
+        Ok((hosts, total))
+    }
 }

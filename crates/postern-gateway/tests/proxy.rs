@@ -611,7 +611,14 @@ async fn discovered(gw: &TestGateway) -> Vec<serde_json::Value> {
         .json()
         .await
         .unwrap();
-    answer["discovered"].as_array().cloned().unwrap_or_default()
+    let hosts = answer["discovered"].as_array().cloned().unwrap_or_default();
+    // Fewer than the default limit of 100 in these tests: the answer holds them all.
+    assert_eq!(
+        answer["total"].as_u64(),
+        Some(hosts.len() as u64),
+        "{answer}"
+    );
+    hosts
 }
 
 #[tokio::test]

@@ -113,10 +113,16 @@ fn host_from_extras(extras: &[String]) -> Option<(String, u16)> {
     Some((host, port.or(address_port).unwrap_or(443)))
 }
 
-/// `api.x.com` or `localhost`: labels of letters, digits, `-`, at least one letter.
+/// `api.x.com` or `localhost`: labels of letters, digits, `-`, the last one with a letter (a
+/// top-level domain is never all digits). That keeps other fields a log format appends from
+/// being taken for the host: `$ssl_protocol` (`TLSv1.3`, `SSLv3`: its last label is a number,
+/// or it has no dot), a version or a time (`1.1`, `0.003`).
 fn is_dns_name(host: &str) -> bool {
-    host.chars().any(|c| c.is_ascii_alphabetic())
-        && (host.contains('.') || host == "localhost")
+    (host.contains('.') || host == "localhost")
+        && host
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.chars().any(|c| c.is_ascii_alphabetic()))
         && host.split('.').all(|label| {
             !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
@@ -219,6 +225,17 @@ mod tests {
         // `$http_host` with a port, and a float that is not an address.
         let o = parse(r#"10.1.2.3 - - [05/Mar/2024:10:11:12 +0000] "GET /v1/x HTTP/1.1" 200 90 "-" "curl/8" 0.003 api.example.com:8080"#).unwrap();
         assert_eq!((o.host.as_str(), o.port), ("api.example.com", 8080));
+        // `$ssl_protocol` before `$host` is not a host name.
+        let o = parse(r#"10.1.2.3 - - [05/Mar/2024:10:11:12 +0000] "GET /v1/x HTTP/1.1" 200 90 "-" "curl/8" TLSv1.3 "api.example.com""#).unwrap();
+        assert_eq!((o.host.as_str(), o.port), ("api.example.com", 443));
+        for not_a_host in ["TLSv1.2", "SSLv3.0", "tlsv1.3", "10.0.0", "1.1", "0.003"] {
+            assert!(!is_dns_name(not_a_host), "{not_a_host}");
+        }
+        for host in ["api.x.com", "localhost", "a1.b2.io", "tlsv1.example.com"] {
+            assert!(is_dns_name(host), "{host}");
+        }
+        let line = r#"10.1.2.3 - - [05/Mar/2024:10:11:12 +0000] "GET /v1/x HTTP/1.1" 200 90 "-" "curl/8" TLSv1.3"#;
+        assert!(parse(line).unwrap_err().contains("--host"));
     }
 
     #[test]
