@@ -575,6 +575,8 @@ impl Scanner {
             on_heap.resize(self.rules.len(), 0);
             &mut on_heap
         };
+        // What the native matchers learn of this input at one hit, for the hits after it.
+        let mut memo = shapes::ShapeMemo::default();
         anchors.for_each_hit(input, |hit_start, hit_end, target, first_of_group| {
             if first_of_group {
                 covered_until.fill(0);
@@ -583,7 +585,7 @@ impl Scanner {
                 if hit_start < covered_until[usize::from(rule)] {
                     continue;
                 }
-                if let Some(found) = self.keyword_hit(rule, input, hit_start, hit_end) {
+                if let Some(found) = self.keyword_hit(rule, input, hit_start, hit_end, &mut memo) {
                     covered_until[usize::from(rule)] = found.end;
                     raw.push(found);
                 }
@@ -598,6 +600,7 @@ impl Scanner {
         input: &[u8],
         hit_start: usize,
         hit_end: usize,
+        memo: &mut shapes::ShapeMemo,
     ) -> Option<RawFinding> {
         let compiled = &self.rules[usize::from(rule)];
         let regex = compiled.regex.as_ref()?;
@@ -616,7 +619,7 @@ impl Scanner {
         while at <= hit_start {
             let (whole_start, whole_end, found_start, found_end) =
                 if let Some(shape) = compiled.shape {
-                    shape.find_at(haystack, at, hit_start)?
+                    shape.find_at(input, window_end, at, hit_start, memo)?
                 } else if compiled.regex_has_group {
                     let captures = regex.captures_at(haystack, at)?;
                     let whole = captures.get(0)?;

@@ -89,17 +89,21 @@ impl Shape {
         }
     }
 
-    /// Like `regex.find_at(haystack, at)` — the leftmost-first match starting at or after
-    /// `at`, with `haystack[..at]` as look-behind context — when that match starts at or before
-    /// `last_start`; `None` when there is no such match. Returns (match start, match end,
-    /// capture group 1 start, capture group 1 end), the group being the whole match for
-    /// patterns without one.
+    /// Like `regex.find_at(haystack, at)` with `haystack` being `input[..window_end]` — the
+    /// leftmost-first match starting at or after `at`, with `haystack[..at]` as look-behind
+    /// context — when that match starts at or before `last_start`; `None` when there is no
+    /// such match. Returns (match start, match end, capture group 1 start, capture group 1
+    /// end), the group being the whole match for patterns without one. `memo` keeps what one
+    /// call learns of `input` for the next (see [`ShapeMemo`]).
     pub(crate) fn find_at(
         self,
-        haystack: &[u8],
+        input: &[u8],
+        window_end: usize,
         at: usize,
         last_start: usize,
+        memo: &mut ShapeMemo,
     ) -> Option<(usize, usize, usize, usize)> {
+        let haystack = &input[..window_end];
         let (start, end) = match self {
             Shape::Email {
                 percent_encoded: false,
@@ -118,7 +122,7 @@ impl Shape {
             }
             Shape::SlackToken => leftmost(haystack, at, last_start, b"x", slack_token_at)?,
             Shape::OpenaiApiKey => leftmost(haystack, at, last_start, b"s", openai_api_key_at)?,
-            Shape::PrivateKey => private_key_find_at(haystack, at, last_start)?,
+            Shape::PrivateKey => private_key_find_at(input, window_end, at, last_start, memo)?,
             Shape::GenericSecretValue | Shape::DateValue => {
                 // Anchored at both ends: only a search from the start can match.
                 if at > 0 {
@@ -146,7 +150,8 @@ impl Shape {
             | Shape::SlackToken
             | Shape::OpenaiApiKey
             | Shape::PrivateKey => {
-                let (_, _, start, end) = self.find_at(value, 0, value.len())?;
+                let memo = &mut ShapeMemo::default();
+                let (_, _, start, end) = self.find_at(value, value.len(), 0, value.len(), memo)?;
                 Some((start, end))
             }
         }
@@ -633,9 +638,82 @@ fn openai_api_key_at(haystack: &[u8], start: usize) -> Option<usize> {
     None
 }
 
-/// [`PRIVATE_KEY`]: a `-----BEGIN … PRIVATE KEY-----` header, then the first footer that
-/// starts 16 characters or more after it (the body is lazy), with valid UTF-8 between.
-fn private_key_find_at(haystack: &[u8], at: usize, last_start: usize) -> Option<(usize, usize)> {
+/// What matching [`PRIVATE_KEY`] has learned of one input, kept from one keyword hit to the
+/// next. Every `-----BEGIN` hit would otherwise search the 16 KiB after it for a footer and
+/// check it for UTF-8 again, so that a body of headers with no footer cost 16 KiB of passes
+/// per 27-byte header; remembered, each header is decided in a small constant time, and each
+/// stretch of the input is searched once per scan (whose hits come in input order).
+///
+/// A memo is for one input: every call given it must be given that input (its window may
+/// differ), since what it holds are positions in it.
+#[derive(Debug, Default)]
+pub(crate) struct ShapeMemo {
+    /// `(from, footer)`: the first private-key footer (its start and end) that starts at or
+    /// after `from`, `None` when there is none up to the end of the input.
+    footer: Option<(usize, Option<(usize, usize)>)>,
+    /// `(from, until)`: `input[from..until]` is valid UTF-8, `from` is a character boundary,
+    /// and `until` is the end of the input or where the first invalid sequence after `from`
+    /// starts.
+    utf8: Option<(usize, usize)>,
+}
+
+impl ShapeMemo {
+    /// The first private-key footer in `input` that starts at or after `from`: the start and
+    /// end of `-----END[A-Z ]{0,24} PRIVATE KEY(?: BLOCK)?-----`.
+    fn footer_from(&mut self, input: &[u8], from: usize) -> Option<(usize, usize)> {
+        let footer = match self.footer {
+            // No footer starts between where the last search began and what it found (or the
+            // end), so that answers for any point between them.
+            Some((known_from, footer))
+                if known_from <= from && footer.is_none_or(|(start, _)| start >= from) =>
+            {
+                return footer;
+            }
+            // Before where the last search began: only the bytes up to there are new.
+            Some((known_from, footer)) if from < known_from => {
+                next_footer(input, from, known_from).or(footer)
+            }
+            _ => next_footer(input, from, input.len()),
+        };
+        self.footer = Some((from, footer));
+        footer
+    }
+
+    /// Where the first sequence that is not UTF-8 at or after `from` starts in `input` (its
+    /// length when there is none), `from` being a character boundary.
+    fn utf8_until(&mut self, input: &[u8], from: usize) -> usize {
+        if let Some((known_from, until)) = self.utf8 {
+            // A boundary inside a stretch known to be valid is a boundary of the same
+            // decoding, which meets the same invalid sequence at its end.
+            if (known_from..=until).contains(&from) {
+                return until;
+            }
+        }
+        let rest = input.get(from..).unwrap_or_default();
+        let until = from
+            + match std::str::from_utf8(rest) {
+                Ok(_) => rest.len(),
+                Err(error) => error.valid_up_to(),
+            };
+        self.utf8 = Some((from, until));
+        until
+    }
+}
+
+/// [`PRIVATE_KEY`] in `input[..window_end]`: a `-----BEGIN … PRIVATE KEY-----` header, then
+/// the first footer that starts 16 characters or more after it (the body is lazy), with valid
+/// UTF-8 between. Beyond `window_end` the input is read only to find where its next footer
+/// and next invalid byte lie, which `memo` keeps for the calls after this one. A header whose
+/// body has no footer tells nothing of a later header's (a byte that is not UTF-8 may end the
+/// first body before the second begins), so each is tried, as the regex tries them.
+fn private_key_find_at(
+    input: &[u8],
+    window_end: usize,
+    at: usize,
+    last_start: usize,
+    memo: &mut ShapeMemo,
+) -> Option<(usize, usize)> {
+    let haystack = &input[..window_end];
     let mut from = at;
     loop {
         let start = from + memchr::memmem::find(haystack.get(from..)?, b"-----BEGIN")?;
@@ -643,34 +721,67 @@ fn private_key_find_at(haystack: &[u8], at: usize, last_start: usize) -> Option<
             return None;
         }
         if let Some(header_end) = pem_marker_end(haystack, start + 10) {
-            // `[\s\S]` is any Unicode scalar value: the body is valid UTF-8, at least 16
-            // characters long, and cannot run past an invalid byte.
-            let rest = &haystack[header_end..];
-            let text = match std::str::from_utf8(rest) {
-                Ok(text) => text,
-                Err(error) => std::str::from_utf8(&rest[..error.valid_up_to()]).unwrap_or_default(),
-            };
-            let body = text.as_bytes();
-            // Where the body's 16th character ends: a footer there or later has 16 characters
-            // before it (counted once, not again for every `-----END` tried).
-            let sixteen_chars = text
-                .char_indices()
-                .nth(15)
-                .map_or(usize::MAX, |(at, c)| at + c.len_utf8());
-            let mut footer_from = 16;
-            // No footer after this header means none after a later one either.
-            loop {
-                let footer =
-                    footer_from + memchr::memmem::find(body.get(footer_from..)?, b"-----END")?;
-                if footer >= sixteen_chars {
-                    if let Some(end) = pem_marker_end(haystack, header_end + footer + 8) {
-                        return Some((start, end));
-                    }
-                }
-                footer_from = footer + 1;
+            if let Some(end) = private_key_end(input, window_end, header_end, memo) {
+                return Some((start, end));
             }
         }
         from = start + 1;
+    }
+}
+
+/// Where the match of a private-key header that ends at `header_end` ends, in
+/// `input[..window_end]`: at the end of the first footer that starts 16 characters or more
+/// after the header, if the bytes up to it are valid UTF-8 and it ends in the window.
+///
+/// Only the first footer at or after the 16th character needs trying: a later one ends later
+/// (two can share no bytes but the dashes between them), so cannot fit a window this one
+/// overruns, and holds this one's bytes before it, which must be valid UTF-8 too. A footer that
+/// fits in the window is found the same way in the whole input, and one that does not is not
+/// searched for again by later headers.
+fn private_key_end(
+    input: &[u8],
+    window_end: usize,
+    header_end: usize,
+    memo: &mut ShapeMemo,
+) -> Option<usize> {
+    // The 16th character ends 16 bytes or more after the header: a footer from there is
+    // needed, and when there is none in the window (the answer to a body of headers and no
+    // footers), the header is decided without decoding its body.
+    let (footer, end) = memo.footer_from(input, header_end + 16)?;
+    if end > window_end {
+        return None;
+    }
+    // `[\s\S]` is any Unicode scalar value: the body is valid UTF-8, at least 16 characters
+    // long, and cannot run past an invalid byte. Sixteen characters take at most 64 bytes, so
+    // only those need decoding to know where the 16th ends.
+    let head = &input[header_end..window_end.min(header_end + 64)];
+    let head = match std::str::from_utf8(head) {
+        Ok(text) => text,
+        Err(error) => std::str::from_utf8(&head[..error.valid_up_to()]).unwrap_or_default(),
+    };
+    let sixteen_chars = head
+        .char_indices()
+        .nth(15)
+        .map(|(at, c)| header_end + at + c.len_utf8())?;
+    let (footer, end) = match footer >= sixteen_chars {
+        true => (footer, end),
+        false => memo.footer_from(input, sixteen_chars)?,
+    };
+    // `header_end` follows a `-`, so it is a character boundary.
+    (end <= window_end && footer + 8 <= memo.utf8_until(input, header_end)).then_some(end)
+}
+
+/// The first private-key footer in `input` that starts at or after `from` and before `to`.
+fn next_footer(input: &[u8], from: usize, to: usize) -> Option<(usize, usize)> {
+    let mut search = from;
+    // A footer starting before `to` has its `-----END` end before `to + 8`.
+    let searched = input.get(..to.saturating_add(7).min(input.len()))?;
+    loop {
+        let start = search + memchr::memmem::find(searched.get(search..)?, b"-----END")?;
+        if let Some(end) = pem_marker_end(input, start + 8) {
+            return Some((start, end));
+        }
+        search = start + 1;
     }
 }
 
@@ -797,6 +908,9 @@ mod tests {
         let mut generator = Pieces {
             state: 0x9e37_79b9_7f4a_7c15,
         };
+        let mut windows = Pieces {
+            state: 0x853c_49e6_748f_ea9b,
+        };
         let mut matched = 0;
         for _ in 0..cases {
             let mut haystack = Vec::new();
@@ -825,12 +939,36 @@ mod tests {
                     (whole.start(), whole.end(), group.start(), group.end())
                 });
             matched += usize::from(expected.is_some());
+            let memo = &mut ShapeMemo::default();
             assert_eq!(
-                shape.find_at(&haystack, at, last_start),
+                shape.find_at(&haystack, haystack.len(), at, last_start, memo),
                 expected,
                 "{:?} at {at} up to {last_start}",
                 String::from_utf8_lossy(&haystack)
             );
+            // More calls on the same input, each in a window of its own, in any order, with
+            // what the calls before learned of the input: as the regex on the window alone.
+            // (Their own generator, so the haystacks above stay what they were.)
+            for _ in 0..3 {
+                let window_end = windows.below(haystack.len() + 1);
+                let at = windows.below(window_end + 1);
+                let last_start = at + windows.below(window_end + 1);
+                let window = &haystack[..window_end];
+                let expected = regex
+                    .captures_at(window, at)
+                    .filter(|found| found.get(0).unwrap().start() <= last_start)
+                    .map(|found| {
+                        let whole = found.get(0).unwrap();
+                        let group = found.get(1).unwrap_or(whole);
+                        (whole.start(), whole.end(), group.start(), group.end())
+                    });
+                assert_eq!(
+                    shape.find_at(&haystack, window_end, at, last_start, memo),
+                    expected,
+                    "{:?} in its first {window_end} bytes at {at} up to {last_start}",
+                    String::from_utf8_lossy(&haystack)
+                );
+            }
         }
         assert!(
             matched >= 500 && cases - matched >= 500,
@@ -1110,6 +1248,8 @@ mod tests {
             "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}".as_bytes(),
             b"\xff",
             b"\xc3",
+            // A header inside a body: after a byte that is not UTF-8, it may start the match.
+            b"-----BEGIN PRIVATE KEY-----",
         ];
         let pem: &[&[&[u8]]] = &[
             before,

@@ -761,6 +761,141 @@ fn adversarial_bodies_scan_in_linear_time() {
     }
 }
 
+/// The private-key findings of scanning `body` (as text), as spans.
+fn private_keys(body: &[u8]) -> Vec<(usize, usize)> {
+    Scanner::default()
+        .scan(body, Text)
+        .findings
+        .iter()
+        .filter(|finding| &*finding.class == "secret.private_key")
+        .map(|finding| (finding.start, finding.end))
+        .collect()
+}
+
+/// A PEM key of the form the scanner finds: header, 20 lines of base64, footer.
+fn pem_key() -> String {
+    let line = "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n";
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}-----END PRIVATE KEY-----",
+        line.repeat(20)
+    )
+}
+
+/// Bodies of 4 MiB that are nothing but private-key headers with no footer within reach
+/// (up to 155,000 of them): bare, each followed by `é`, by a byte that is not UTF-8, or by
+/// `é-----END`, which is no footer. Each header is decided in a small constant time (the scan
+/// remembers where the next footer and the next invalid byte lie, rather than searching the
+/// 16 KiB after every header again), so each body scans in about the time of the same body
+/// with `KEY` spelled `KEX`, whose headers are no headers: about 0.2 s each in a debug build,
+/// where searched again per header the bare headers took 0.5 s, the `é` ones 1.2 s and the
+/// `é-----END` ones 6 s.
+#[test]
+fn footerless_private_key_headers_cost_a_constant_each() {
+    let scanner = Scanner::default();
+    let size = 4 * 1024 * 1024;
+    let body = |unit: &[u8]| -> Vec<u8> { unit.repeat(size / unit.len() + 1)[..size].to_vec() };
+    // The least of three scans, so that what else the machine runs meanwhile counts little.
+    let scan_time = |input: &[u8]| {
+        (0..3)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                let result = scanner.scan(input, ContentTypeHint::Unknown);
+                let took = started.elapsed();
+                assert_eq!(result.count("secret.private_key"), 0);
+                took
+            })
+            .min()
+            .unwrap()
+    };
+    for unit in [
+        &b"-----BEGIN PRIVATE KEY-----"[..],
+        "-----BEGIN PRIVATE KEY-----é".as_bytes(),
+        b"-----BEGIN PRIVATE KEY-----\xff",
+        "-----BEGIN PRIVATE KEY-----é-----END".as_bytes(),
+    ] {
+        // The same with `KEY` spelled `KEX`, its last byte at 21.
+        let mut no_header = unit.to_vec();
+        no_header[21] = b'X';
+        let (took, baseline) = (scan_time(&body(unit)), scan_time(&body(&no_header)));
+        assert!(
+            took < baseline * 2,
+            "{size} bytes of {:?} took {took:?}, {baseline:?} with no headers",
+            String::from_utf8_lossy(unit)
+        );
+    }
+}
+
+/// A key after many headers with no footer of their own is found: on its own when the
+/// headers are out of reach (the match ends within 16 KiB of its header) or cut off by a
+/// byte that is not UTF-8, and from the first header within reach of its footer when they
+/// are not, as the regex reads it.
+#[test]
+fn a_private_key_after_footerless_headers_is_found() {
+    let key = pem_key();
+    let headers = "-----BEGIN PRIVATE KEY-----".repeat(40_000);
+    let filler = "lorem ipsum ".repeat(2 * 1024);
+
+    let body = format!("{headers}{filler}{key}");
+    let key_start = headers.len() + filler.len();
+    assert_eq!(private_keys(body.as_bytes()), [(key_start, body.len())]);
+
+    let mut body = headers.clone().into_bytes();
+    body.push(0xff);
+    body.extend_from_slice(key.as_bytes());
+    assert_eq!(
+        private_keys(&body),
+        [(headers.len() + 1, body.len())],
+        "after a byte that is not UTF-8"
+    );
+
+    // With no gap the match starts at the first header whose 16 KiB reach the footer.
+    let body = format!("{headers}{key}");
+    let header = "-----BEGIN PRIVATE KEY-----".len();
+    let first = (0..=headers.len())
+        .step_by(header)
+        .find(|&start| body.len() - start <= 16 * 1024)
+        .unwrap();
+    assert_eq!(private_keys(body.as_bytes()), [(first, body.len())]);
+}
+
+/// A match must end within 16 KiB of where its header starts: a footer ending at that bound
+/// is found, one ending a byte beyond it is not, and then a later header within reach of
+/// the same footer is where the match starts.
+#[test]
+fn a_private_key_footer_beyond_16_kib_is_not_reached() {
+    let header = "-----BEGIN PRIVATE KEY-----\n";
+    let footer = "\n-----END PRIVATE KEY-----";
+    let fill = |len: usize| "A".repeat(len);
+    let reach = 16 * 1024;
+
+    let body = format!(
+        "{header}{}{footer}",
+        fill(reach - header.len() - footer.len())
+    );
+    assert_eq!(body.len(), reach);
+    assert_eq!(private_keys(body.as_bytes()), [(0, reach)]);
+
+    let body = format!(
+        "{header}{}{footer}",
+        fill(reach + 1 - header.len() - footer.len())
+    );
+    assert_eq!(private_keys(body.as_bytes()), []);
+
+    // Two headers, the first out of reach of the footer, the second within it; then a third
+    // body whose footer neither reaches.
+    let second = 10 * 1024;
+    let body = format!(
+        "{header}{}{header}{}{footer} {header}{}{footer}",
+        fill(second - header.len()),
+        fill(reach - header.len() - footer.len() - 100),
+        fill(reach),
+    );
+    assert_eq!(
+        private_keys(body.as_bytes()),
+        [(second, second + reach - 100)]
+    );
+}
+
 /// However many blanks stand between a key's closing quote and its `:`, the key is read.
 #[test]
 fn any_blanks_between_a_key_and_its_colon() {
