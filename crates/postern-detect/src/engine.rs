@@ -215,6 +215,9 @@ pub struct EngineConfig {
     /// forward-proxy calls let through to them); the calls to further hosts count under
     /// `(none)`, so a caller spraying names cannot evict the other keys' baselines.
     pub max_host_keys: usize,
+    /// Most of those host keys one caller's calls may open: one caller spraying names cannot
+    /// take every place and leave the hosts the other callers reach uncounted.
+    pub max_host_keys_per_caller: usize,
     /// Keys idle for longer are evicted.
     pub idle_eviction_seconds: i64,
     /// Most callers, operations or source addresses remembered per key.
@@ -246,6 +249,7 @@ impl Default for EngineConfig {
             alert_cooldown_seconds: 600,
             max_keys: 50_000,
             max_host_keys: 1_000,
+            max_host_keys_per_caller: 100,
             idle_eviction_seconds: 7 * 86_400,
             max_novelty_entries: 1_024,
         }
@@ -284,6 +288,7 @@ const CALLER_REFUSALS: &[&str] = &[
     "request_body_undecodable",
     "unsupported_content_encoding",
     "request_body_error",
+    "request_body_timeout",
 ];
 
 /// The metrics whose alert is raised again, whatever the cooldown, when the value grows to
@@ -787,6 +792,11 @@ pub struct Engine {
     last_sweep_ms: i64,
     /// Integration-level keys of unregistered hosts (`host:<name>`) held now.
     host_keys: usize,
+    /// The caller whose call opened each host key (by its name, `host:<name>`), and how many
+    /// each caller opened ([`EngineConfig::max_host_keys_per_caller`]). Not in snapshots: the
+    /// keys a restored engine holds count against the total, not against any caller.
+    host_key_openers: HashMap<Arc<str>, Option<Arc<str>>, foldhash::fast::RandomState>,
+    opened_host_keys: HashMap<Option<Arc<str>>, usize, foldhash::fast::RandomState>,
 }
 
 /// The prefix of the key of a host no integration registers: `host:api.github.com`.
@@ -799,6 +809,8 @@ impl Engine {
             keys: HashMap::default(),
             last_sweep_ms: i64::MIN,
             host_keys: 0,
+            host_key_openers: HashMap::default(),
+            opened_host_keys: HashMap::default(),
         }
     }
 
@@ -866,6 +878,8 @@ impl Engine {
             keys,
             last_sweep_ms: i64::MIN,
             host_keys,
+            host_key_openers: HashMap::default(),
+            opened_host_keys: HashMap::default(),
         }
     }
 
@@ -938,9 +952,18 @@ impl Engine {
             if self.keys.contains_key(&key) {
                 return key.integration;
             }
-            if self.host_keys < self.config.max_host_keys {
+            let opened = self.opened_host_keys.get(&event.caller).copied();
+            if self.host_keys < self.config.max_host_keys
+                && opened.unwrap_or(0) < self.config.max_host_keys_per_caller
+            {
                 // Counted now: `observe_key` adds the key for this event.
                 self.host_keys += 1;
+                *self
+                    .opened_host_keys
+                    .entry(event.caller.clone())
+                    .or_default() += 1;
+                self.host_key_openers
+                    .insert(key.integration.clone(), event.caller.clone());
                 return key.integration;
             }
         }
@@ -1237,11 +1260,15 @@ impl Engine {
         }
         self.last_sweep_ms = now_ms;
         let idle_ms = self.config.idle_eviction_seconds.saturating_mul(1_000);
-        let host_keys = &mut self.host_keys;
+        let mut hosts = HostKeys {
+            held: &mut self.host_keys,
+            openers: &mut self.host_key_openers,
+            opened: &mut self.opened_host_keys,
+        };
         self.keys.retain(|key, state| {
             let kept = now_ms.saturating_sub(state.last_seen_ms) <= idle_ms;
             if !kept && key.is_host_level() {
-                *host_keys = host_keys.saturating_sub(1);
+                hosts.evicted(key);
             }
             kept
         });
@@ -1253,18 +1280,44 @@ impl Engine {
             let drop = last_seen.len() - keep;
             let (_, &mut cutoff, _) = last_seen.select_nth_unstable(drop.saturating_sub(1));
             let mut to_drop = drop;
-            let host_keys = &mut self.host_keys;
+            let mut hosts = HostKeys {
+                held: &mut self.host_keys,
+                openers: &mut self.host_key_openers,
+                opened: &mut self.opened_host_keys,
+            };
             self.keys.retain(|key, state| {
                 if to_drop > 0 && state.last_seen_ms <= cutoff {
                     to_drop -= 1;
                     if key.is_host_level() {
-                        *host_keys = host_keys.saturating_sub(1);
+                        hosts.evicted(key);
                     }
                     false
                 } else {
                     true
                 }
             });
+        }
+    }
+}
+
+/// The engine's count of host keys, borrowed while its keys are swept.
+struct HostKeys<'a> {
+    held: &'a mut usize,
+    openers: &'a mut HashMap<Arc<str>, Option<Arc<str>>, foldhash::fast::RandomState>,
+    opened: &'a mut HashMap<Option<Arc<str>>, usize, foldhash::fast::RandomState>,
+}
+
+impl HostKeys<'_> {
+    /// The host key `key` was evicted: its place, and its opener's, are free.
+    fn evicted(&mut self, key: &MetricKey) {
+        *self.held = self.held.saturating_sub(1);
+        if let Some(caller) = self.openers.remove(&key.integration) {
+            if let Some(count) = self.opened.get_mut(&caller) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.opened.remove(&caller);
+                }
+            }
         }
     }
 }

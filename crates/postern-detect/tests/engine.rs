@@ -611,6 +611,50 @@ fn unregistered_hosts_are_keyed_by_host_up_to_a_cap() {
     assert_eq!(names(&restored), ["host:files.example"]);
 }
 
+/// One caller spraying host names opens at most `max_host_keys_per_caller` host keys: the
+/// places left are other callers' to take, and an evicted key frees its opener's share.
+#[test]
+fn one_caller_opens_at_most_its_share_of_host_keys() {
+    let config = EngineConfig {
+        max_host_keys: 10,
+        max_host_keys_per_caller: 3,
+        idle_eviction_seconds: 3_600,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config);
+    let proxied = |time_ms: i64, caller: &'static str, host: &str| DetectEvent {
+        integration: None,
+        operation: None,
+        host: Some(host.into()),
+        decision: Some("allow".into()),
+        ..event(time_ms, Some(caller), "x", 200, 100, "10.0.0.1")
+    };
+    let host_keys = |engine: &Engine| -> Vec<String> {
+        engine
+            .integration_names()
+            .iter()
+            .filter(|name| name.starts_with("host:"))
+            .map(|name| name.to_string())
+            .collect()
+    };
+    for i in 0..20 {
+        let event = proxied(START_MS + i * 1_000, "sprayer", &format!("r{i:02}.example"));
+        engine.observe(&event, event.time_unix_ms);
+    }
+    assert_eq!(
+        host_keys(&engine),
+        ["host:r00.example", "host:r01.example", "host:r02.example"]
+    );
+    // Another caller's host still gets a key of its own.
+    let other = proxied(START_MS + 30_000, "ci", "api.github.com");
+    engine.observe(&other, other.time_unix_ms);
+    assert!(host_keys(&engine).contains(&"host:api.github.com".to_string()));
+    // The sprayer's keys go idle and are evicted: its share is free again.
+    let later = proxied(START_MS + 120 * MINUTE_MS, "sprayer", "late.example");
+    engine.observe(&later, later.time_unix_ms);
+    assert_eq!(host_keys(&engine), ["host:late.example"]);
+}
+
 #[test]
 fn snapshot_and_restore_keep_the_baseline() {
     let mut noise = Noise(3);
