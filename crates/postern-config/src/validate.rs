@@ -646,6 +646,26 @@ impl Validator<'_> {
             .as_ref()
             .map(|limit| self.at_least(limit, "max_concurrent_calls_per_caller", 1));
         let operations = self.operations(&name, &raw.operations);
+        // A WebSocket session's messages are not scanned: with `data_classes` its calls would be
+        // recorded as scanned and clean while anything went through them.
+        if raw.data_classes.is_some() {
+            let sessions = raw.operations.get_ref().iter().filter_map(|operation| {
+                operation
+                    .websocket
+                    .as_ref()
+                    .filter(|flag| *flag.get_ref())
+                    .map(|flag| (operation.id.get_ref(), flag.span()))
+            });
+            for (id, span) in sessions.collect::<Vec<_>>() {
+                self.error(
+                    span,
+                    format!(
+                        "operation `{id}` has websocket = true in integration `{name}`, which has data_classes: WebSocket messages are not scanned, so the session's data would pass unchecked"
+                    ),
+                    "put the WebSocket operation in an integration of its own without data_classes (same upstream), or remove websocket = true",
+                );
+            }
+        }
         let hosts = self.host_patterns(&raw.hosts, "hosts");
         let intercept = raw.intercept.as_ref().is_none_or(|i| *i.get_ref());
         if intercept {

@@ -552,6 +552,9 @@ fn operations_and_path_templates() {
     check(&with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1\", websocket = true }]"), "ok");
     check(&with_operations("[{ id = \"a\", method = \"POST\", path = \"/v1\", websocket = true }]"), "6:70: operation `a` is POST with websocket = true, but a WebSocket handshake is a GET");
     check(&with_operations("[{ id = \"a\", method = \"POST\", path = \"/v1\", websocket = false }]"), "ok");
+    // A WebSocket session's messages are not scanned: not in an integration that scans.
+    check(&format!("{}data_classes = [\"pii.email\"]\n", with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1\", websocket = true }]")), "6:69: operation `a` has websocket = true in integration `stripe`, which has data_classes: WebSocket messages are not scanned, so the session's data would pass unchecked");
+    check(&format!("{}data_classes = [\"pii.email\"]\n", with_operations("[{ id = \"a\", method = \"GET\", path = \"/v1\", websocket = false }]")), "ok");
     check(&with_operations("[\n  { id = \"a\", method = \"GET\", path = \"/v1\" },\n  { id = \"a\", method = \"POST\", path = \"/v1\" },\n]"), "8:10: operation id `a` is used twice in integration `stripe` (first on line 7)");
     check(&with_operations("[\n  { id = \"a\", method = \"GET\", path = \"/v1/{x}\" },\n  { id = \"b\", method = \"get\", path = \"/v1/{y}\" },\n]"), "8:38: operation `b` (GET /v1/{y}) matches the same requests as operation `a` on line 7");
     check(&with_operations("[\n  { id = \"a\", method = \"GET\", path = \"/v1\" },\n  { id = \"b\", method = \"POST\", path = \"/v1\" },\n]"), "ok");

@@ -22,11 +22,12 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
     let path = path.as_str();
     // Authentication first for everything not public: without the token, no route's methods
     // (a 405's `Allow`) are told apart from a route that does not exist.
-    let public = matches!(path, "/healthz" | "/readyz") || path.starts_with("/log/");
+    let public =
+        matches!(path, "/healthz" | "/readyz") || path.starts_with("/log/") || public_audit(path);
     let runtime = shared.runtime.load();
     // Asked only where it matters: every route but the public ones, and `/readyz`, which
     // says more to the admin (a `/healthz` probe pays for no hash).
-    let authorized = (!public || path == "/readyz")
+    let authorized = (!public || path == "/readyz" || path.starts_with("/v1/audit/entries/"))
         && request
             .headers()
             .get(header::AUTHORIZATION)
@@ -80,7 +81,13 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
         return credentials(&shared, request).await;
     }
     if let Some(rest) = path.strip_prefix("/v1/audit/") {
-        return audit_api(&shared, rest, request.uri().query().unwrap_or("")).await;
+        return audit_api(
+            &shared,
+            rest,
+            request.uri().query().unwrap_or(""),
+            authorized,
+        )
+        .await;
     }
     match path {
         "/metrics" => text_response(
@@ -96,6 +103,12 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
                 );
                 metrics.set_calls_open(shared.open_calls.snapshot());
                 metrics.set_workers(&shared.worker_load);
+                metrics.set_audit_dropped(
+                    shared
+                        .audit
+                        .dropped
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                );
                 metrics.encode(&shared.recorder.events.stats)
             },
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -145,9 +158,16 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
             json_response(StatusCode::OK, json!({ "integrations": list }))
         }
         "/v1/discovered" => {
+            let Some(limit) = limit(&request) else {
+                return invalid_limit("/v1/discovered");
+            };
+            let limit = limit.min(DISCOVERED_LIMIT);
             let discovery = shared.discovery.clone();
-            match tokio::task::spawn_blocking(move || discovery.list()).await {
-                Ok(Ok(hosts)) => json_response(StatusCode::OK, json!({ "discovered": hosts })),
+            match tokio::task::spawn_blocking(move || discovery.list_top(limit)).await {
+                Ok(Ok((hosts, total))) => json_response(
+                    StatusCode::OK,
+                    json!({ "discovered": hosts, "total": total }),
+                ),
                 Ok(Err(error)) => json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     json!({"error": {"code": "discovery_unavailable", "message": format!("{error:#}")}}),
@@ -197,6 +217,10 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
         ),
     }
 }
+
+/// Most destinations `/v1/discovered` answers with at once (each may hold hundreds of
+/// endpoints): the most-called first; `total` says how many there are.
+const DISCOVERED_LIMIT: usize = 10_000;
 
 /// The request's `limit=N` (100 without one); `None` when it is not a whole number.
 fn limit(request: &Request<CallerBody>) -> Option<usize> {
@@ -528,10 +552,43 @@ async fn log_resource(shared: &Arc<Shared>, resource: &str) -> Response<GatewayB
     }
 }
 
-/// `/v1/audit/entries/<INDEX>`, `/v1/audit/proof/<INDEX>`,
-/// `/v1/audit/consistency?old=N&new=M`, `/v1/audit/key` (admin token required).
-async fn audit_api(shared: &Arc<Shared>, rest: &str, query: &str) -> Response<GatewayBody> {
+/// The audit routes anyone may ask, as the tiles under `/log/` are: the verifier key, proofs
+/// (only hashes and a signed checkpoint), and the entries a signed checkpoint covers (the same
+/// bytes as the public entry bundles). A monitor on another machine checks the log without the
+/// admin token. Entries no checkpoint covers yet are the admin's ([`audit_api`]).
+fn public_audit(path: &str) -> bool {
+    matches!(path, "/v1/audit/key" | "/v1/audit/consistency")
+        || path.starts_with("/v1/audit/proof/")
+        || path.starts_with("/v1/audit/entries/")
+}
+
+/// `/v1/audit/entries/<INDEX>`, `/v1/audit/proof/<INDEX>`, `/v1/audit/consistency?old=N&new=M`
+/// and `/v1/audit/key`: public, but for entries no signed checkpoint covers yet, which need the
+/// admin token (`authorized`).
+async fn audit_api(
+    shared: &Arc<Shared>,
+    rest: &str,
+    query: &str,
+    authorized: bool,
+) -> Response<GatewayBody> {
     let ledger = shared.audit.ledger.clone();
+    // Anyone may ask for proofs: their disk reads take a place among the log's readers, as
+    // tile reads do.
+    let place = || async {
+        match tokio::time::timeout(LOG_READ_WAIT, shared.log_reads.clone().acquire_owned()).await {
+            Ok(Ok(place)) => Ok(place),
+            _ => {
+                let mut response = json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": {"code": "log_reads_busy", "message": "too many audit log reads at once; retry shortly"}}),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                Err(response)
+            }
+        }
+    };
     let error = |status: StatusCode, code: &str, message: String| {
         json_response(status, json!({"error": {"code": code, "message": message}}))
     };
@@ -561,6 +618,19 @@ async fn audit_api(shared: &Arc<Shared>, rest: &str, query: &str) -> Response<Ga
                     format!("{index:?} is not an entry index: use a whole number, e.g. /v1/audit/{route}/0"),
                 );
             };
+            let is_proof = route == "proof";
+            if !is_proof && index >= signed_size && !authorized {
+                let mut response = error(
+                    StatusCode::UNAUTHORIZED,
+                    "admin_unauthenticated",
+                    format!("entry {index} is not covered by a signed checkpoint yet (size {signed_size}): until it is, it is the admin's; send Authorization: Bearer <admin token>, or ask again after the next checkpoint"),
+                );
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"postern-admin\""),
+                );
+                return response;
+            }
             if index >= size {
                 return error(
                     StatusCode::NOT_FOUND,
@@ -568,8 +638,12 @@ async fn audit_api(shared: &Arc<Shared>, rest: &str, query: &str) -> Response<Ga
                     format!("entry {index} does not exist: the log has {size} entries"),
                 );
             }
-            let is_proof = route == "proof";
+            let place = match place().await {
+                Ok(place) => place,
+                Err(busy) => return busy,
+            };
             let read = tokio::task::spawn_blocking(move || {
+                let _place = place;
                 if is_proof {
                     ledger.tlog_proof(index).map(|proof| proof.encode().into_bytes())
                 } else {
@@ -639,7 +713,15 @@ async fn audit_api(shared: &Arc<Shared>, rest: &str, query: &str) -> Response<Ga
                     format!("tree size {new} is beyond the latest checkpoint (size {signed_size})"),
                 );
             }
-            let read = tokio::task::spawn_blocking(move || ledger.consistency_proof(old, new)).await;
+            let place = match place().await {
+                Ok(place) => place,
+                Err(busy) => return busy,
+            };
+            let read = tokio::task::spawn_blocking(move || {
+                let _place = place;
+                ledger.consistency_proof(old, new)
+            })
+            .await;
             match read {
                 Ok(Ok(proof)) => {
                     let mut body = String::with_capacity(proof.len() * 45);

@@ -35,7 +35,17 @@ pub struct Audit {
     pub timeout: Duration,
     /// One per data-plane worker, made on its first call: see [`IntentPipe`].
     pipes: PerWorker<IntentPipe>,
+    /// Places for entries that found the ledger's queue full, each waiting in a task of its
+    /// own ([`Audit::append_later`]): bounded, so a stalled disk cannot make every call hold
+    /// a task and its entry in memory.
+    overflow: Arc<tokio::sync::Semaphore>,
+    /// Entries not written because the queue and its overflow were both full
+    /// (`postern_audit_entries_dropped_total`).
+    pub dropped: std::sync::atomic::AtomicU64,
 }
+
+/// Entries that may wait for room in the ledger's queue at once, beyond the queue itself.
+const OVERFLOW_ENTRIES: usize = 65_536;
 
 /// The intents a worker's calls are waiting on, handed to the ledger in runs by the worker's
 /// [`run_pipe`] task: one round trip between the worker and the sequencer thread per run instead
@@ -163,6 +173,8 @@ impl Audit {
             hmac,
             timeout,
             pipes: PerWorker::new(),
+            overflow: Arc::new(tokio::sync::Semaphore::new(OVERFLOW_ENTRIES)),
+            dropped: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -274,7 +286,9 @@ impl Audit {
     }
 
     /// Appends without making the caller wait (refusals and outcomes): queued for the next group
-    /// commit; when the queue is full, a task waits for room instead (never a silent drop).
+    /// commit; when the queue is full, a task waits for room instead, up to
+    /// [`OVERFLOW_ENTRIES`] of them; past that (the disk has not kept up for a long while) the
+    /// entry is dropped, counted and logged, never silently.
     /// `request_id` names the call in the error logged if the entry cannot be written.
     pub fn append_later(self: &Arc<Self>, entry: Entry, request_id: &str) {
         let bytes = match entry.bytes {
@@ -287,9 +301,21 @@ impl Audit {
         match self.ledger.append_detached_linked(bytes, entry.link) {
             Ok(()) => {}
             Err(postern_ledger::DetachedAppend::Full(bytes)) => {
+                let Ok(place) = self.overflow.clone().try_acquire_owned() else {
+                    let dropped = 1 + self
+                        .dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Logged at the first drop and then at each power of two: not once per call
+                    // while the disk stalls.
+                    if dropped.is_power_of_two() {
+                        tracing::error!(%request_id, dropped, "audit entries not written: the audit log's queue and its overflow are full (the disk has not kept up); see postern_audit_entries_dropped_total");
+                    }
+                    return;
+                };
                 let audit = self.clone();
                 let request_id = request_id.to_string();
                 tokio::spawn(async move {
+                    let _place = place;
                     if let Err(error) = audit.ledger.append(bytes).await {
                         tracing::error!(%error, %request_id, "audit entry not written");
                     }

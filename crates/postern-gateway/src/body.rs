@@ -231,6 +231,9 @@ pub enum CallerBody {
     /// Frames as a caller's stream would bring them (tests).
     #[cfg(test)]
     Frames(std::collections::VecDeque<Bytes>),
+    /// Frames as a test sends them, when it sends them; the end when the sender is dropped.
+    #[cfg(test)]
+    Channel(tokio::sync::mpsc::UnboundedReceiver<Bytes>),
 }
 
 impl CallerBody {
@@ -256,6 +259,10 @@ impl Body for CallerBody {
             CallerBody::Frames(frames) => {
                 Poll::Ready(frames.pop_front().map(|bytes| Ok(Frame::data(bytes))))
             }
+            #[cfg(test)]
+            CallerBody::Channel(frames) => frames
+                .poll_recv(cx)
+                .map(|bytes| bytes.map(|bytes| Ok(Frame::data(bytes)))),
         }
     }
 
@@ -265,6 +272,8 @@ impl Body for CallerBody {
             CallerBody::Read(bytes) => bytes.is_none(),
             #[cfg(test)]
             CallerBody::Frames(frames) => frames.is_empty(),
+            #[cfg(test)]
+            CallerBody::Channel(_) => false,
         }
     }
 
@@ -278,6 +287,8 @@ impl Body for CallerBody {
             CallerBody::Frames(frames) => {
                 SizeHint::with_exact(frames.iter().map(|b| b.len() as u64).sum())
             }
+            #[cfg(test)]
+            CallerBody::Channel(_) => SizeHint::default(),
         }
     }
 }
@@ -847,6 +858,16 @@ impl ForwardBody {
         body
     }
 
+    /// Puts `bytes`, the frame last taken from this body (already read and released), back in
+    /// front of the rest: a request that no byte of went out goes on another connection whole.
+    pub(crate) fn give_back(&mut self, bytes: Bytes) {
+        debug_assert!(
+            self.buffered.is_none(),
+            "only the frame last taken goes back"
+        );
+        self.buffered = Some(bytes).filter(|b| !b.is_empty());
+    }
+
     /// A body already in memory (already checked; sent as is).
     pub fn full(bytes: Bytes, state: Arc<RequestBodyState>) -> Self {
         ForwardBody {
@@ -1138,6 +1159,14 @@ impl Stall {
         Stall {
             total: call_end(started, integration.total_timeout_ms),
             ..Stall::new(integration.response_idle_timeout_ms)
+        }
+    }
+
+    /// No idle limit, only an end: `end` (its instant and the limit that set it; `None`: none).
+    pub fn until(end: Option<(tokio::time::Instant, std::time::Duration)>) -> Self {
+        Stall {
+            total: end,
+            ..Stall::new(0)
         }
     }
 

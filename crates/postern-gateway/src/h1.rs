@@ -276,11 +276,20 @@ pub(crate) fn send(
                     &mut body,
                     &parts.method,
                     Some(length),
+                    reused,
                 ))
                 .await
             }
             Outgoing::Chunked => {
-                Box::pin(upload(&mut conn, head, &mut body, &parts.method, None)).await
+                Box::pin(upload(
+                    &mut conn,
+                    head,
+                    &mut body,
+                    &parts.method,
+                    None,
+                    reused,
+                ))
+                .await
             }
         };
         let (early, answered_early) = match uploaded {
@@ -289,6 +298,16 @@ pub(crate) fn send(
             // connection, with the request unfinished on it, is not reused.
             Ok(Uploaded::Refused((head, framing, _))) => {
                 return Ok(refused(conn, head, framing));
+            }
+            // Nothing went out: the request, its first bytes given back, tries the next
+            // connection.
+            Ok(Uploaded::Stale(first)) => {
+                if let Some(first) = first {
+                    body.give_back(first);
+                }
+                return Err(SendError::Unsent(Box::new(http::Request::from_parts(
+                    parts, body,
+                ))));
             }
             // A vendor may answer (413, 401…) and close before it has read the whole body: the
             // answer it sent first is the call's (on a connection not reused).
@@ -448,6 +467,9 @@ enum Uploaded {
     /// The vendor answered with an error (`4xx`, `5xx`) or `Connection: close` before the body
     /// ended: it does not want the rest (RFC 9112 §9.5), and the rest is not sent.
     Refused(Head),
+    /// A pooled connection the vendor closed (or wrote on) while the upload waited for the
+    /// caller's first bytes: nothing was written; the frame read (if any) is given back.
+    Stale(Option<Bytes>),
 }
 
 /// Writes the head and the body, framed by `length` (checked) or chunked, while it reads what
@@ -462,11 +484,14 @@ async fn upload(
     body: &mut ForwardBody,
     method: &Method,
     length: Option<u64>,
+    reused: bool,
 ) -> Result<Uploaded, Error> {
     let mut upload = Upload {
         queue: std::collections::VecDeque::from([Bytes::from(head)]),
         length,
         sent: 0,
+        reused,
+        waited: false,
         started: false,
         ended: false,
         watching: true,
@@ -483,6 +508,11 @@ struct Upload {
     queue: std::collections::VecDeque<Bytes>,
     length: Option<u64>,
     sent: u64,
+    /// The connection came from the pool.
+    reused: bool,
+    /// The caller's first frame was not there at once: a pooled connection is checked again
+    /// before the head goes (a vendor may close an idle connection while a slow caller starts).
+    waited: bool,
     /// The body's first frame, or its end, was read: the head may go.
     started: bool,
     /// The body's end was read (its last bytes are queued).
@@ -547,7 +577,10 @@ impl Upload {
             let frame = match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(frame) => frame,
                 // Nothing sent yet: nothing to hear.
-                Poll::Pending if !self.started => return Poll::Pending,
+                Poll::Pending if !self.started => {
+                    self.waited = true;
+                    return Poll::Pending;
+                }
                 Poll::Pending => {
                     // The caller is slow: what the TLS layer holds goes out meanwhile.
                     if let Poll::Ready(Err(error)) = Pin::new(&mut conn.io).poll_flush(cx) {
@@ -566,6 +599,9 @@ impl Upload {
                     Err(_) => continue,
                 },
             };
+            if !self.started && self.waited && self.reused && !conn.is_usable() {
+                return Poll::Ready(Ok(Uploaded::Stale(data)));
+            }
             self.started = true;
             let chunked = self.length.is_none();
             match data {
@@ -1719,6 +1755,55 @@ mod tests {
         );
         assert_eq!(vendor.accepted.load(Ordering::SeqCst), 1);
         assert_eq!(vendor.requests.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_closed_while_a_slow_caller_starts_its_body_is_not_used() {
+        // The vendor closes the connection 100 ms after its first answer: after the upload
+        // below took it from the pool, before the caller's first bytes come.
+        let vendor = vendor(vec![
+            Answer(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none<pause>",
+                true,
+            ),
+            Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo", false),
+        ])
+        .await;
+        let client = client();
+        assert_eq!(get(&client, &vendor).await.unwrap(), (200, b"one".to_vec()));
+        let (frames, rest) = tokio::sync::mpsc::unbounded_channel();
+        let body = ForwardBody::new(
+            crate::body::CallerBody::Channel(rest),
+            1 << 20,
+            Arc::new(RequestBodyState::default()),
+        );
+        let mut upload = http::Request::new(body);
+        *upload.method_mut() = Method::POST;
+        *upload.uri_mut() = format!("http://{}/v1/files", vendor.addr).parse().unwrap();
+        let caller = async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            frames.send(Bytes::from_static(b"first,")).unwrap();
+            frames.send(Bytes::from_static(b"second")).unwrap();
+        };
+        let (called, ()) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(10), call(&client, upload)),
+            caller
+        );
+        assert_eq!(
+            called.expect("the call ended").unwrap(),
+            (200, b"two".to_vec())
+        );
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
+        let requests = vendor.requests.lock().unwrap();
+        let posted = String::from_utf8_lossy(&requests[1]);
+        assert!(
+            posted.starts_with("POST /v1/files HTTP/1.1\r\n"),
+            "{posted}"
+        );
+        assert!(
+            posted.ends_with("\r\n\r\n6\r\nfirst,\r\n6\r\nsecond\r\n0\r\n\r\n"),
+            "{posted}"
+        );
     }
 
     #[tokio::test]

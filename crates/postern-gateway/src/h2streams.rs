@@ -122,6 +122,31 @@ impl StreamSlot {
     pub(crate) fn failed(&self) {
         self.0.failed.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// The slot while its request waits for the answer's head: a call dropped meanwhile (its
+    /// caller reset the stream or hung up) has hyper reset the vendor's stream, which counts
+    /// as a failed one ([`Unanswered`]).
+    pub(crate) fn unanswered(self) -> Unanswered {
+        Unanswered(Some(self))
+    }
+}
+
+/// A [`StreamSlot`] whose request has not been answered: dropped so, its stream counts as
+/// failed; [`Unanswered::answered`] gives the slot back.
+pub(crate) struct Unanswered(Option<StreamSlot>);
+
+impl Unanswered {
+    pub(crate) fn answered(mut self) -> StreamSlot {
+        self.0.take().expect("taken only here")
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.0 {
+            slot.failed();
+        }
+    }
 }
 
 impl Drop for StreamSlot {
@@ -363,6 +388,19 @@ mod tests {
         assert!(!streams.worn());
         streams.reserve().failed();
         assert!(streams.worn());
+    }
+
+    #[test]
+    fn a_call_dropped_before_its_answer_counts_as_a_failed_stream() {
+        let streams = H2Streams::new(usize::MAX);
+        // Answered: not counted.
+        drop(streams.reserve().unanswered().answered());
+        for _ in 0..FAILED_STREAMS_BUDGET {
+            assert!(!streams.worn());
+            drop(streams.reserve().unanswered());
+        }
+        assert!(streams.worn());
+        assert_eq!(streams.active(), 0);
     }
 
     #[test]

@@ -99,6 +99,7 @@ pub struct Metrics {
     /// Refusals of calls with no caller whose audit entry was not written (over
     /// [`crate::ANONYMOUS_AUDIT_PER_SECOND`]).
     pub audit_anonymous_unrecorded: Counter,
+    audit_entries_dropped: Counter,
     registry: Registry,
     calls: Family<CallLabels, Counter>,
     denials: Family<ReasonLabel, Counter>,
@@ -158,6 +159,12 @@ impl Metrics {
             "audit_anonymous_unrecorded",
             "Refusals of calls with no caller (unauthenticated, malformed) recorded by event only: over the audit log's rate for them",
             audit_anonymous_unrecorded.clone(),
+        );
+        let audit_entries_dropped = Counter::default();
+        registry.register(
+            "audit_entries_dropped",
+            "Audit entries nobody waited for (outcomes, refusals, best_effort intents) not written: the audit log's queue and its overflow were full",
+            audit_entries_dropped.clone(),
         );
         let credential_age_days = Family::<CredentialLabel, Gauge>::default();
         registry.register(
@@ -237,6 +244,7 @@ impl Metrics {
             alerts,
             detector_dropped,
             audit_anonymous_unrecorded,
+            audit_entries_dropped,
             credential_age_days,
             credential_over_max_age,
             events_written,
@@ -394,6 +402,11 @@ impl Metrics {
                 counter.inc_by(count - counted);
             }
         }
+    }
+
+    /// The audit entries dropped so far ([`crate::audit::Audit::dropped`]).
+    pub fn set_audit_dropped(&self, dropped: u64) {
+        self.mirror(&[(&self.audit_entries_dropped, dropped)]);
     }
 
     /// Text exposition format.

@@ -489,7 +489,7 @@ fn pipeline<'a>(
                     progress.intent_index,
                     prepared.parts,
                     (caller, vendor),
-                    caller_token.as_deref(),
+                    (caller_token.as_deref(), vendor_path),
                 );
             }
         }
@@ -971,16 +971,10 @@ fn authorize(
     // Servers that read path parameters (Tomcat, Jetty, Spring) route `search;x` as `search`:
     // the operation is the one the path names without them, as such a vendor routes it (the
     // path is forwarded as sent).
-    let without_parameters;
-    let routed_path = if memchr::memchr(b';', vendor_path.as_bytes()).is_some() {
-        without_parameters = strip_path_parameters(vendor_path);
-        &without_parameters
-    } else {
-        vendor_path
-    };
+    let routed_path = routed(vendor_path);
     let Some(operation) = integration
         .operations
-        .find(request.method().as_str(), routed_path)
+        .find(request.method().as_str(), &routed_path)
     else {
         return Err(CallError::forbidden(
             "operation_not_allowed",
@@ -1297,6 +1291,16 @@ pub(crate) fn audit_receipt(headers: &mut HeaderMap, intent_index: Option<u64>) 
         None => {
             headers.remove(crate::AUDIT_INDEX);
         }
+    }
+}
+
+/// The path an operation is matched by: `vendor_path` without its path parameters, as servers
+/// that read them (Tomcat, Jetty, Spring) route `search;x` as `search` (the path is forwarded
+/// as sent).
+pub(crate) fn routed(vendor_path: &str) -> std::borrow::Cow<'_, str> {
+    match memchr::memchr(b';', vendor_path.as_bytes()) {
+        Some(_) => std::borrow::Cow::Owned(strip_path_parameters(vendor_path)),
+        None => std::borrow::Cow::Borrowed(vendor_path),
     }
 }
 
@@ -1662,7 +1666,22 @@ async fn forward_replayable(
 ) -> Result<Response<UpstreamBody>, CallError> {
     use http_body_util::BodyExt as _;
     let (parts, body) = request.into_parts();
-    let bytes = match body.collect().await {
+    // Read whole before it goes (it may go twice): bound as a body read for scanning is.
+    let read = match body_read_by(integration, context.started) {
+        Some((by, _)) => tokio::time::timeout_at(by, body.collect()).await,
+        None => Ok(body.collect().await),
+    };
+    let Ok(read) = read else {
+        let received = context
+            .request_body
+            .bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        return Err(request_body_timeout(
+            received,
+            crate::h1::content_length(&parts.headers),
+        ));
+    };
+    let bytes = match read {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
             return Err(
@@ -1772,15 +1791,7 @@ fn forwarded(
             if context.request_body.waiting_on_caller()
                 && declared_length.is_some_and(|length| received() < length) =>
         {
-            Err(CallError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_body_timeout",
-                format!(
-                    "the request body did not arrive in time ({} of {} bytes when request_timeout_ms or total_timeout_ms ran out); send it faster, or raise the integration's limits",
-                    received(),
-                    declared_length.unwrap_or_default()
-                ),
-            ))
+            Err(request_body_timeout(received(), declared_length))
         }
         Err(_) if past_end() => Err(CallError::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -1863,6 +1874,41 @@ fn classify_upstream_error(
 /// token), if it was.
 pub(crate) fn body_violation_error(context: &CallContext, limit: u64) -> Option<CallError> {
     violation_error(context.request_body.violation(), limit)
+}
+
+/// When a request body read whole before anything goes to the vendor (for scanning, or to be
+/// sent again with a fresh OAuth2 token) must have arrived, and the limit that says so: within
+/// `request_timeout_ms` from now, as a streamed body must, and before the call's end
+/// (`total_timeout_ms`). The caller's connection does not bound it: a call in progress excuses
+/// its connection's idle limit (and holds its places under the concurrency limits).
+pub(crate) fn body_read_by(
+    integration: &IntegrationRuntime,
+    started: std::time::Instant,
+) -> Option<(tokio::time::Instant, std::time::Duration)> {
+    let config = &integration.config;
+    let request = std::time::Duration::from_millis(config.request_timeout_ms);
+    (config.request_timeout_ms > 0)
+        .then(|| (tokio::time::Instant::now() + request, request))
+        .into_iter()
+        .chain(crate::body::call_end(started, config.total_timeout_ms))
+        .min_by_key(|(at, _)| *at)
+}
+
+/// The refusal of a call whose caller had sent `received` bytes of its body (of `declared`, when
+/// it said) when `request_timeout_ms` or `total_timeout_ms` ran out: the caller was slow, not
+/// the vendor.
+pub(crate) fn request_body_timeout(received: u64, declared: Option<u64>) -> CallError {
+    let of = match declared {
+        Some(declared) => format!("{received} of {declared} bytes"),
+        None => format!("{received} bytes"),
+    };
+    CallError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_body_timeout",
+        format!(
+            "the request body did not arrive in time ({of} when request_timeout_ms or total_timeout_ms ran out); send it faster, or raise the integration's limits"
+        ),
+    )
 }
 
 /// The refusal of a request body found to be one (`limit`: its `max_request_body_bytes`).

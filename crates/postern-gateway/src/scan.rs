@@ -60,7 +60,8 @@ pub async fn scan_request(
     let limit = integration.config.max_request_body_bytes;
     let state = context.request_body.clone();
     let cap = integration.config.scan_max_body_bytes;
-    // The caller's side: its connection's own deadlines bound a caller that stalls.
+    // The caller's side: bound as a streamed body is (its connection's deadlines do not).
+    let read_by = crate::proxy::body_read_by(integration, context.started);
     let refused = |violation| {
         (
             crate::proxy::body_refusal(violation, limit),
@@ -73,14 +74,20 @@ pub async fn scan_request(
             .bytes
             .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
     };
-    let (bytes, body, complete) = match read_up_to(body, cap, limit, Stall::new(0)).await {
+    let (bytes, body, complete) = match read_up_to(body, cap, limit, Stall::until(read_by)).await {
         Ok(read) => read,
-        // Not given an idle limit, so never stalled.
         Err(ReadError::Broken { read }) => {
             counted(read);
             return Err(refused(RequestBodyViolation::Broken));
         }
-        Err(ReadError::Stalled(_)) => return Err(refused(RequestBodyViolation::Broken)),
+        Err(ReadError::Stalled { read, .. }) => {
+            counted(read);
+            let declared = crate::h1::content_length(headers);
+            return Err((
+                crate::proxy::request_body_timeout(read, declared),
+                ScanSummary::default(),
+            ));
+        }
         Err(ReadError::TooLarge { read }) => {
             counted(read);
             return Err(refused(RequestBodyViolation::TooLarge));
@@ -488,7 +495,7 @@ pub async fn scan_response(
                 summary,
             ))
         }
-        Err(ReadError::Stalled(overdue)) => {
+        Err(ReadError::Stalled { overdue, .. }) => {
             let message = match overdue {
                 Overdue::Idle(_) => format!(
                     "the vendor of {} sent no body data for response_idle_timeout_ms ({} ms) while its answer was read for scanning",
@@ -568,8 +575,8 @@ enum ReadError {
     Broken { read: u64 },
     /// Past the limit, at `read` bytes.
     TooLarge { read: u64 },
-    /// No frame for the idle limit given, or past the call's end.
-    Stalled(Overdue),
+    /// No frame for the idle limit given, or past the end given, after `read` bytes.
+    Stalled { overdue: Overdue, read: u64 },
 }
 
 /// Reads frames until the body ends or more than `cap` bytes are buffered; more than `limit`
@@ -585,7 +592,10 @@ async fn read_up_to<B: http_body::Body<Data = Bytes> + Unpin>(
     while (buffer.len() as u64) <= cap {
         let frame = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
             Poll::Pending => match stall.poll_stalled(cx) {
-                Some(overdue) => Poll::Ready(Err(ReadError::Stalled(overdue))),
+                Some(overdue) => Poll::Ready(Err(ReadError::Stalled {
+                    overdue,
+                    read: buffer.len() as u64,
+                })),
                 None => Poll::Pending,
             },
             Poll::Ready(frame) => {

@@ -885,7 +885,9 @@ impl UpstreamClient {
                     Leased::H2(mut tx, slot) => {
                         to_absolute_form(&mut request, &key)?;
                         length_from_body(&mut request);
+                        let unanswered = slot.unanswered();
                         let sent = tx.try_send_request(request).await;
+                        let slot = unanswered.answered();
                         // A stream of a connection still open failed: reset by Postern (the
                         // caller's body refused as it streamed) or by the vendor.
                         if sent.is_err() && !tx.is_closed() {

@@ -176,7 +176,7 @@ pub(crate) fn open(
     intent_index: Option<u64>,
     mut parts: http::response::Parts,
     (caller, vendor): (OnUpgrade, OnUpgrade),
-    caller_token: Option<&[u8]>,
+    (caller_token, vendor_path): (Option<&[u8]>, &str),
 ) -> Result<Response<GatewayBody>, CallError> {
     if parts.headers.contains_key(EXTENSIONS) {
         return Err(CallError::bad_gateway(
@@ -205,6 +205,7 @@ pub(crate) fn open(
     let grant = SessionGrant {
         spiffe_id: connection.spiffe_id.clone(),
         token: caller_token.map(|token| Zeroizing::new(token.to_vec())),
+        path: crate::proxy::routed(vendor_path).into(),
     };
     let shared = shared.clone();
     let context = context.take();
@@ -320,6 +321,9 @@ struct Ends<'a> {
 struct SessionGrant {
     spiffe_id: Option<String>,
     token: Option<Zeroizing<Vec<u8>>>,
+    /// The vendor path the operation was matched by ([`crate::proxy::routed`]): matched again,
+    /// since a reload may move the operation or add a more literal one that covers the path.
+    path: Box<str>,
 }
 
 impl SessionGrant {
@@ -344,7 +348,10 @@ impl SessionGrant {
         let Some(integration) = runtime.integrations.get(&**name) else {
             return false;
         };
-        if !allowed(integration, Some(operation)) {
+        let matched = integration.operations.find("GET", &self.path);
+        if matched.is_none_or(|found| found.id != operation)
+            || !allowed(integration, Some(operation))
+        {
             return false;
         }
         // The vendor credential it was opened with, revoked or no longer to be had (`postern
@@ -357,11 +364,13 @@ impl SessionGrant {
         {
             return false;
         }
+        // Its messages' sizes are not seen, as when it opened: a rule on
+        // `context.request_bytes` that a size could decide now ends it.
         let facts = crate::proxy::PolicyFacts::at(context, at);
         runtime
             .policy
-            .authorize(&facts.request(name, operation, "GET", 0))
-            .allowed
+            .authorize_unsized(&facts.request(name, operation, "GET", 0))
+            .is_ok_and(|decision| decision.allowed)
     }
 
     /// Ends when the session is no longer allowed.
@@ -455,8 +464,9 @@ async fn relay(
 }
 
 /// Passes one side's bytes on to the other as its frames allow ([`Frames::read`],
-/// [`release_upto`]), counting them in `count`, until the side closes (`Ok`) or its frames end
-/// the session (`Err` with the reason); bytes still held then are not passed on.
+/// [`release_upto`]), counting them in `count`, until the side closes (`Ok`), or its frames or
+/// a broken connection end the session (`Err` with the reason); bytes still held then are not
+/// passed on.
 async fn pass<R, W, S>(
     from: &mut R,
     to: &mut W,
@@ -474,8 +484,14 @@ where
     let mut released = 0u64;
     loop {
         let read = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(read) => read,
+            // A close without TLS's `close_notify` (as many servers end a connection), or any
+            // break once this side has sent its close frame, is a close.
+            Err(error) if frames.closed() || error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                break
+            }
+            Err(_) => return Err(S::READ_BROKE),
         };
         moved();
         let hold = frames.read(&buffer[..read])?;
@@ -491,8 +507,15 @@ where
             held.drain(..release);
             written
         };
-        if written.is_err() {
-            break;
+        if let Err(error) = written {
+            // The other side, answering this side's close, may have gone first.
+            if frames.closed() {
+                break;
+            }
+            return Err(match error.kind() {
+                std::io::ErrorKind::TimedOut => S::WRITE_STALLED,
+                _ => S::WRITE_BROKE,
+            });
         }
         released = upto;
         count.fetch_add(release as u64, Ordering::Relaxed);
@@ -524,6 +547,12 @@ pub(crate) trait Reader {
     const FOUND: &'static str;
     const PROTOCOL: &'static str;
     const TOO_LARGE: &'static str;
+    /// The session's end when reading this side's connection fails (a reset, a TLS error: not
+    /// a close), when writing to the other side's does, and when that write is cut at the
+    /// connection's idle limit (a caller that stopped reading).
+    const READ_BROKE: &'static str;
+    const WRITE_BROKE: &'static str;
+    const WRITE_STALLED: &'static str;
     fn start(&self) -> Self::Reading;
     /// Reads the next piece of a message: whether what is looked for now stands in it.
     fn read(&self, reading: &mut Self::Reading, piece: &[u8]) -> bool;
@@ -546,6 +575,9 @@ impl Reader for CallerTokens {
     const FOUND: &'static str = "caller_token_in_body";
     const PROTOCOL: &'static str = "websocket_protocol_error";
     const TOO_LARGE: &'static str = "request_too_large";
+    const READ_BROKE: &'static str = "caller_closed";
+    const WRITE_BROKE: &'static str = "upstream_error";
+    const WRITE_STALLED: &'static str = "upstream_error";
 
     fn start(&self) -> TokenReading {
         TokenReading::new(true)
@@ -590,6 +622,9 @@ impl Reader for EchoedSecrets {
     const FOUND: &'static str = "secret_echoed";
     const PROTOCOL: &'static str = "upstream_websocket_error";
     const TOO_LARGE: &'static str = "response_too_large";
+    const READ_BROKE: &'static str = "upstream_error";
+    const WRITE_BROKE: &'static str = "caller_closed";
+    const WRITE_STALLED: &'static str = "caller_stalled";
 
     fn start(&self) -> Self::Reading {
         Zeroizing::new(Vec::new())
@@ -634,6 +669,10 @@ pub(crate) struct Frames<R: Reader> {
     /// The bytes read so far, and where in them the frame being read began.
     fed: u64,
     frame_start: u64,
+    /// This side sent a close frame: the closing handshake has begun, and a connection that
+    /// breaks now (a server closing TCP without TLS's `close_notify`, a reset after the last
+    /// frame) ends the session as a close does.
+    closed: bool,
 }
 
 struct Payload {
@@ -669,7 +708,13 @@ impl<R: Reader> Frames<R> {
             scratch: Vec::new(),
             fed: 0,
             frame_start: 0,
+            closed: false,
         }
+    }
+
+    /// Whether this side has sent a close frame.
+    pub(crate) fn closed(&self) -> bool {
+        self.closed
     }
 
     /// Reads the caller's next bytes. `Ok(None)`: every byte read so far may go on;
@@ -829,6 +874,7 @@ impl<R: Reader> Frames<R> {
     /// A frame's payload has been read whole.
     fn end_frame(&mut self, control: Option<u8>, fin: bool) -> Result<(), &'static str> {
         if let Some(opcode) = control {
+            self.closed |= opcode == 0x8;
             // A close frame's reason is read on its own too: its status code's two bytes
             // before it could read as part of a token-shaped run (4161 is `\x10A`).
             let reason = match (opcode, self.control.get(2..)) {

@@ -142,8 +142,8 @@ async fn receipts_proofs_and_tiles_verify_against_signed_checkpoints() {
     assert_eq!(status, 403);
     assert_eq!(index, None);
 
-    // The verifier key, from the admin API (token required).
-    assert_eq!(admin(&gw, "/v1/audit/key", false).await.status(), 401);
+    // The verifier key, from the admin API (public, as the tiles are).
+    assert_eq!(admin(&gw, "/v1/audit/key", false).await.status(), 200);
     let key = admin(&gw, "/v1/audit/key", true)
         .await
         .text()
@@ -262,7 +262,7 @@ async fn receipts_proofs_and_tiles_verify_against_signed_checkpoints() {
     let decoded = AuditRecord::decode(entry).unwrap();
     assert_eq!(decoded.kind, RecordKind::Intent);
 
-    // Errors: an entry beyond the log, a malformed index, no token.
+    // Errors: an entry beyond the log, a malformed index.
     let beyond = ledger.size() + 1000;
     assert_eq!(
         admin(&gw, &format!("/v1/audit/entries/{beyond}"), true)
@@ -271,12 +271,27 @@ async fn receipts_proofs_and_tiles_verify_against_signed_checkpoints() {
         404
     );
     assert_eq!(admin(&gw, "/v1/audit/proof/01", true).await.status(), 400);
+    // Without the token: proofs and covered entries are public (their bytes are in the public
+    // tiles); an entry no checkpoint covers is the admin's.
+    let public_proof = admin(&gw, &format!("/v1/audit/proof/{first}"), false).await;
+    assert_eq!(public_proof.status(), 200);
     assert_eq!(
-        admin(&gw, &format!("/v1/audit/proof/{first}"), false)
-            .await
-            .status(),
-        401
+        TlogProof::parse(&public_proof.text().await.unwrap())
+            .unwrap()
+            .index,
+        first
     );
+    let public_entry = admin(&gw, &format!("/v1/audit/entries/{first}"), false).await;
+    assert_eq!(public_entry.status(), 200);
+    let public_entry: serde_json::Value = public_entry.json().await.unwrap();
+    assert_eq!(public_entry["entry_base64"], json["entry_base64"]);
+    let uncovered = admin(&gw, &format!("/v1/audit/entries/{beyond}"), false).await;
+    assert_eq!(uncovered.status(), 401);
+    assert!(uncovered
+        .text()
+        .await
+        .unwrap()
+        .contains("not covered by a signed checkpoint"));
 
     // Consistency between two signed checkpoints.
     let (old, _) = checkpoint_covering(&gw, &key, 1).await;

@@ -3028,6 +3028,33 @@ async fn a_slow_upload_is_the_callers_timeout_not_the_vendors() {
     gw.stop().await;
 }
 
+/// The same stalled upload to an integration whose bodies are scanned (read whole before
+/// anything goes to the vendor): bound by the same limits, not held for good.
+#[tokio::test]
+async fn a_slow_upload_to_a_scanned_integration_is_the_callers_timeout() {
+    let (port, hold, mut accepts) = silent_vendor().await;
+    let body = slow_integration(port, 300, "data_classes = [\"pii.email\"]")
+        .replace("method = \"GET\"", "method = \"POST\"");
+    let gw = TestGateway::start(&body, None).await;
+    let mut request = format!(
+        "POST /slow/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 100000\r\n\r\n",
+        gw.token
+    )
+    .into_bytes();
+    request.extend(std::iter::repeat_n(b'a', 10_000));
+    let answer = raw_request(gw.running().listen_addr, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_body_timeout"), "{answer}");
+    assert!(answer.contains("10000 of 100000 bytes"), "{answer}");
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "request_body_timeout");
+    assert_eq!(events[0]["request_bytes"], 10_000);
+    // Nothing reached the vendor.
+    assert!(accepts.try_recv().is_err());
+    hold.abort();
+    gw.stop().await;
+}
+
 /// A vendor that refuses a call on its head (`401`) while the caller is still uploading, and
 /// then reads no more: the caller has the refusal at once, not when its upload ends (or
 /// `request_timeout_ms`, here 20 s, runs out), and the event records the vendor's answer.

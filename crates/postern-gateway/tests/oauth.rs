@@ -279,6 +279,36 @@ async fn oversized_bodies_get_413_on_the_oauth2_path_and_never_reach_the_vendor(
     s.gw.stop().await;
 }
 
+/// The body the OAuth2 path reads whole must arrive within `request_timeout_ms`, as a streamed
+/// one must: a caller that stalls its upload gets `408 request_body_timeout`, not a call held
+/// open for good, and the vendor gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_on_the_oauth2_path_times_out() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = setup_with(3600, "basic", "request_timeout_ms = 300").await;
+    let mut stream = tokio::net::TcpStream::connect(s.gw.running().listen_addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /crm/contacts HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 100000\r\n\r\n",
+        s.gw.token
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[b'a'; 10_000]).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_body_timeout"), "{answer}");
+    assert!(answer.contains("10000 of 100000 bytes"), "{answer}");
+    assert!(s.vendor.seen().is_empty());
+    s.gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_secret_in_body_when_asked() {
     let s = setup(3600, "body").await;

@@ -509,6 +509,48 @@ async fn an_open_session_closes_when_its_credential_or_its_vendors_address_goes(
     }
 }
 
+/// A session whose caller's connection breaks (a reset, not a close) is recorded as the caller's
+/// hang-up, not as a session that ended well.
+#[tokio::test]
+async fn a_session_whose_caller_resets_its_connection_is_recorded_so() {
+    let vendor = WsVendor::start(None, echo).await;
+    let (gw, _keys) = ws_gateway(&vendor, "").await;
+    let mut ws = open_session(&gw).await;
+    ws.send(Message::text("hello")).await.unwrap();
+    let answer = ws.next().await.unwrap().unwrap();
+    assert_eq!(answer, Message::text("echo: hello"));
+    // Closed with a zero linger: the socket sends a reset.
+    socket2::SockRef::from(ws.get_ref())
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(ws);
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "caller_closed", "{events:#?}");
+    assert_eq!(events[0]["status"], 101);
+    gw.stop().await;
+}
+
+/// A reload that moves the session's operation to another path closes the session opened on
+/// the old one: its path is matched again, not only the operation's id.
+#[tokio::test]
+async fn an_open_session_closes_when_its_operation_moves_to_another_path() {
+    let vendor = WsVendor::start(None, echo).await;
+    let (gw, _keys) = ws_gateway(&vendor, "").await;
+    let mut ws = open_session(&gw).await;
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let moved = text.replace(
+        r#"path = "/v1/realtime", websocket = true"#,
+        r#"path = "/v2/realtime", websocket = true"#,
+    );
+    assert_ne!(moved, text);
+    let config = postern_config::parse(&moved, &gw.config_path).unwrap();
+    gw.running().reload(config).unwrap();
+    until_closed(&mut ws, "the session").await;
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "websocket_revoked", "{events:#?}");
+    gw.stop().await;
+}
+
 /// A vendor message that quotes the injected credential never reaches the caller: the session
 /// ends before it (`secret_echoed`).
 #[tokio::test]

@@ -133,10 +133,15 @@ pub struct Source {
     /// The TOML configuration file: admin_listen, data_dir and the admin token come from it.
     #[arg(long, short, env = "POSTERN_CONFIG", default_value = "postern.toml")]
     config: PathBuf,
-    /// A file holding the admin token. Needed when the config sets admin_token_sha256;
-    /// otherwise <data_dir>/admin-token is used.
+    /// A file holding the admin token, for `show` (an entry's record is the admin's; the key,
+    /// checkpoints and proofs are public). Default: <data_dir>/admin-token, when readable.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// The gateway's admin API, e.g. http://gateway.internal:9090, instead of the config's
+    /// admin_listen: for a monitor on another machine, with no config (`key`, `checkpoint`,
+    /// `proof` and `consistency` need no admin token).
+    #[arg(long, conflicts_with = "offline")]
+    admin_url: Option<String>,
     /// Open the log in <data_dir>/audit directly instead of asking the running gateway.
     /// Works only while no gateway (or other postern command) holds the log.
     #[arg(long)]
@@ -755,6 +760,9 @@ fn open(source: &Source) -> Result<Log, Failure> {
         };
         return Offline::open(&dir).map(Log::Offline);
     }
+    if let Some(url) = &source.admin_url {
+        return Admin::at(url, source.admin_token_file.as_deref()).map(Log::Online);
+    }
     let config = load_config(&source.config)?;
     Admin::new(&config, source.admin_token_file.as_deref()).map(Log::Online)
 }
@@ -936,7 +944,29 @@ fn current_thread_runtime() -> Result<tokio::runtime::Runtime, Failure> {
 struct Admin {
     runtime: tokio::runtime::Runtime,
     base: String,
-    token: String,
+    /// Sent when known: only an entry's record needs it.
+    token: Option<String>,
+}
+
+/// The admin token in `path`; `Ok(None)` when the file is missing and `required` is false.
+fn read_token(path: &Path, required: bool) -> Result<Option<String>, Failure> {
+    let token = match std::fs::read_to_string(path) {
+        Ok(token) => token.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(None),
+        Err(e) => {
+            return Err(Failure::new(format!(
+                "reading the admin token {}: {e} (the gateway writes it on its first start)",
+                path.display()
+            )))
+        }
+    };
+    if token.is_empty() {
+        return Err(Failure::new(format!(
+            "the admin token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Some(token))
 }
 
 impl Admin {
@@ -953,33 +983,19 @@ impl Admin {
                 std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
-        let token_path = match (token_file, &config.gateway.admin_token_sha256) {
-            (Some(path), _) => path.to_path_buf(),
-            (None, Some(_)) => {
-                return Err(Failure::new(
-                    "the config sets admin_token_sha256: pass --admin-token-file FILE holding that admin token",
-                ))
-            }
-            (None, None) => config
-                .gateway
-                .data_dir
-                .join(postern_gateway::ADMIN_TOKEN_FILE),
+        // The token file given must be read; the default one only if it is there (the public
+        // routes need none).
+        let token = match (token_file, &config.gateway.admin_token_sha256) {
+            (Some(path), _) => read_token(path, true)?,
+            (None, Some(_)) => None,
+            (None, None) => read_token(
+                &config
+                    .gateway
+                    .data_dir
+                    .join(postern_gateway::ADMIN_TOKEN_FILE),
+                false,
+            )?,
         };
-        let token = std::fs::read_to_string(&token_path)
-            .map_err(|e| {
-                Failure::new(format!(
-                    "reading the admin token {}: {e} (the gateway writes it on its first start)",
-                    token_path.display()
-                ))
-            })?
-            .trim()
-            .to_string();
-        if token.is_empty() {
-            return Err(Failure::new(format!(
-                "the admin token file {} is empty",
-                token_path.display()
-            )));
-        }
         Ok(Admin {
             runtime: current_thread_runtime()?,
             base: format!("http://{addr}"),
@@ -987,14 +1003,40 @@ impl Admin {
         })
     }
 
+    /// The admin API at `url` (`http://host:port`), without a config.
+    fn at(url: &str, token_file: Option<&Path>) -> Result<Admin, Failure> {
+        let base = url.trim_end_matches('/');
+        let parsed: http::Uri = base.parse().map_err(|e| {
+            Failure::new(format!(
+                "--admin-url {url:?} is not a URL ({e}); give it as http://HOST:PORT"
+            ))
+        })?;
+        if parsed.scheme_str() != Some("http")
+            || parsed.authority().is_none()
+            || !parsed.path().trim_end_matches('/').is_empty()
+        {
+            return Err(Failure::new(format!(
+                "--admin-url {url:?} is not of the form http://HOST:PORT (the admin listener serves plain HTTP, with no path)"
+            )));
+        }
+        Ok(Admin {
+            runtime: current_thread_runtime()?,
+            base: base.to_string(),
+            token: token_file
+                .map(|path| read_token(path, true))
+                .transpose()?
+                .flatten(),
+        })
+    }
+
     /// `GET path`; the body of a 200 answer, else the API's error message.
     fn get_ok(&self, path: &str) -> Result<Bytes, Failure> {
         let url = format!("{}{path}", self.base);
-        let request = http::Request::get(&url)
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", self.token),
-            )
+        let mut request = http::Request::get(&url);
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
             .body(Empty::<Bytes>::new())
             .map_err(|e| Failure::new(format!("bad request {url}: {e}")))?;
         let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
@@ -1034,7 +1076,15 @@ impl Admin {
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-        Err(Failure::new(format!("{status} from {url}: {message}")))
+        let hint = match (status, &self.token) {
+            (http::StatusCode::UNAUTHORIZED, None) => {
+                " (this needs the admin token: pass --admin-token-file FILE)"
+            }
+            _ => "",
+        };
+        Err(Failure::new(format!(
+            "{status} from {url}: {message}{hint}"
+        )))
     }
 }
 

@@ -653,6 +653,29 @@ fn online_commands_check_the_gateway_against_the_key() {
         )),
         "{stderr}"
     );
+    // A monitor on another machine: the admin API's address, no config and no admin token
+    // (the key, checkpoints and proofs are public; an entry's record is not).
+    let url = format!("http://127.0.0.1:{}", s.admin);
+    let nowhere = s.dir.path().join("no-such-config.toml");
+    let remote = |args: &[&str]| {
+        let mut all = vec!["audit"];
+        all.extend_from_slice(args);
+        all.extend(["--admin-url", &url, "--config", nowhere.to_str().unwrap()]);
+        run(&all)
+    };
+    let (code, _, stderr) = remote(&["checkpoint", "--key", &key, "--state", state_arg]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("consistent with the saved checkpoint"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = remote(&["proof", &index, "--key", &key]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = remote(&["show", &index, "--key", &key]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("verified        yes"), "{stdout}");
+    let (code, stdout, stderr) = remote(&["key"]);
+    assert_eq!((code, stdout.trim()), (0, key.as_str()), "{stderr}");
     let (code, stdout, _) = run(&[
         "audit",
         "checkpoint",
