@@ -888,7 +888,7 @@ impl Engine {
     pub fn observe(&mut self, event: &DetectEvent, now_ms: i64) -> Vec<Alert> {
         let mut alerts = Vec::new();
         self.sweep(now_ms);
-        let integration = self.integration_of(event);
+        let (integration, opens_host_key) = self.integration_of(event);
         let minute = event.time_unix_ms.div_euclid(MINUTE_MS);
 
         let integration_key = MetricKey {
@@ -909,6 +909,9 @@ impl Engine {
                     .as_deref()
                     .is_some_and(|reason| CALLER_REFUSALS.contains(&reason)));
         if !refused_known_caller {
+            if opens_host_key {
+                self.count_host_key(&integration, &event.caller);
+            }
             self.observe_key(&integration_key, event, minute, now_ms, &mut alerts);
         }
         if let Some(caller) = &event.caller {
@@ -932,15 +935,18 @@ impl Engine {
 
     /// The name an event is keyed under: its integration; for a forward-proxy call let
     /// through to a host no integration registers, `host:<name>` (while fewer than
-    /// `max_host_keys` such keys are held, or its key is held already); else `(none)`.
-    fn integration_of(&mut self, event: &DetectEvent) -> Arc<str> {
+    /// `max_host_keys` such keys are held, and fewer than `max_host_keys_per_caller` opened by
+    /// the event's caller, or its key is held already); else `(none)`. And whether the event
+    /// would open that host key: it is counted only where the key is added
+    /// ([`Engine::count_host_key`]), not for an event that counts on its caller's keys alone.
+    fn integration_of(&self, event: &DetectEvent) -> (Arc<str>, bool) {
         if let Some(integration) = &event.integration {
             // No integration is named `host:…` (names take no `:`); a replayed event that says
             // so is not counted as a host key.
             if integration.starts_with(HOST_KEY_PREFIX) {
-                return Arc::from(NO_INTEGRATION);
+                return (Arc::from(NO_INTEGRATION), false);
             }
-            return integration.clone();
+            return (integration.clone(), false);
         }
         let allowed = event.decision.as_deref() == Some("allow");
         if let (Some(host), true) = (&event.host, allowed) {
@@ -950,24 +956,41 @@ impl Engine {
                 operation: None,
             };
             if self.keys.contains_key(&key) {
-                return key.integration;
+                return (key.integration, false);
             }
             let opened = self.opened_host_keys.get(&event.caller).copied();
             if self.host_keys < self.config.max_host_keys
                 && opened.unwrap_or(0) < self.config.max_host_keys_per_caller
             {
-                // Counted now: `observe_key` adds the key for this event.
-                self.host_keys += 1;
-                *self
-                    .opened_host_keys
-                    .entry(event.caller.clone())
-                    .or_default() += 1;
-                self.host_key_openers
-                    .insert(key.integration.clone(), event.caller.clone());
-                return key.integration;
+                return (key.integration, true);
             }
         }
-        Arc::from(NO_INTEGRATION)
+        (Arc::from(NO_INTEGRATION), false)
+    }
+
+    /// The keys, and the host keys' counts beside them, borrowed apart for a sweep.
+    #[allow(clippy::type_complexity)]
+    fn keys_and_host_counts(
+        &mut self,
+    ) -> (
+        &mut HashMap<MetricKey, KeyState, foldhash::fast::RandomState>,
+        HostKeys<'_>,
+    ) {
+        (
+            &mut self.keys,
+            HostKeys {
+                held: &mut self.host_keys,
+                openers: &mut self.host_key_openers,
+                opened: &mut self.opened_host_keys,
+            },
+        )
+    }
+
+    /// A host key is about to be added for `caller`'s event: counted, with its opener.
+    fn count_host_key(&mut self, name: &Arc<str>, caller: &Option<Arc<str>>) {
+        self.host_keys += 1;
+        *self.opened_host_keys.entry(caller.clone()).or_default() += 1;
+        self.host_key_openers.insert(name.clone(), caller.clone());
     }
 
     fn observe_novelty(
@@ -1260,12 +1283,8 @@ impl Engine {
         }
         self.last_sweep_ms = now_ms;
         let idle_ms = self.config.idle_eviction_seconds.saturating_mul(1_000);
-        let mut hosts = HostKeys {
-            held: &mut self.host_keys,
-            openers: &mut self.host_key_openers,
-            opened: &mut self.opened_host_keys,
-        };
-        self.keys.retain(|key, state| {
+        let (keys, mut hosts) = self.keys_and_host_counts();
+        keys.retain(|key, state| {
             let kept = now_ms.saturating_sub(state.last_seen_ms) <= idle_ms;
             if !kept && key.is_host_level() {
                 hosts.evicted(key);
@@ -1280,12 +1299,8 @@ impl Engine {
             let drop = last_seen.len() - keep;
             let (_, &mut cutoff, _) = last_seen.select_nth_unstable(drop.saturating_sub(1));
             let mut to_drop = drop;
-            let mut hosts = HostKeys {
-                held: &mut self.host_keys,
-                openers: &mut self.host_key_openers,
-                opened: &mut self.opened_host_keys,
-            };
-            self.keys.retain(|key, state| {
+            let (keys, mut hosts) = self.keys_and_host_counts();
+            keys.retain(|key, state| {
                 if to_drop > 0 && state.last_seen_ms <= cutoff {
                     to_drop -= 1;
                     if key.is_host_level() {

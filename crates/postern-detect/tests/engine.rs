@@ -637,6 +637,16 @@ fn one_caller_opens_at_most_its_share_of_host_keys() {
             .map(|name| name.to_string())
             .collect()
     };
+    // Calls refused for what the caller sent count on its own keys only: they open no host
+    // key, and take none of its share.
+    for i in 0..20 {
+        let refused = DetectEvent {
+            reason: Some("request_too_large".into()),
+            ..proxied(START_MS + i * 100, "sprayer", &format!("big{i:02}.example"))
+        };
+        engine.observe(&refused, refused.time_unix_ms);
+    }
+    assert!(host_keys(&engine).is_empty(), "{:?}", host_keys(&engine));
     for i in 0..20 {
         let event = proxied(START_MS + i * 1_000, "sprayer", &format!("r{i:02}.example"));
         engine.observe(&event, event.time_unix_ms);

@@ -499,11 +499,7 @@ async fn log_resource(shared: &Arc<Shared>, resource: &str) -> Response<GatewayB
         ));
     }
     let full = u64::from(width) == postern_tlog::TILE_WIDTH;
-    // Anyone may ask: at most LOG_READERS reads at once, each holding its place until its
-    // disk reads end (even if its asker has gone), so tile requests cannot take the blocking
-    // pool the checkpointer and the vault use.
-    let place = tokio::time::timeout(LOG_READ_WAIT, shared.log_reads.clone().acquire_owned()).await;
-    let Ok(Ok(place)) = place else {
+    let Some(place) = log_read_place(shared).await else {
         let mut response = text_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many audit log reads at once; retry shortly\n",
@@ -552,6 +548,17 @@ async fn log_resource(shared: &Arc<Shared>, resource: &str) -> Response<GatewayB
     }
 }
 
+/// A place among the audit log's readers ([`LOG_READ_WAIT`] at most to get one): anyone may
+/// read the log, so at most `LOG_READERS` reads run at once, each holding its place until its
+/// disk reads end (even if its asker has gone), and cannot take the blocking pool the
+/// checkpointer and the vault use.
+async fn log_read_place(shared: &Shared) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    tokio::time::timeout(LOG_READ_WAIT, shared.log_reads.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
 /// The audit routes anyone may ask, as the tiles under `/log/` are: the verifier key, proofs
 /// (only hashes and a signed checkpoint), and the entries a signed checkpoint covers (the same
 /// bytes as the public entry bundles). A monitor on another machine checks the log without the
@@ -572,12 +579,11 @@ async fn audit_api(
     authorized: bool,
 ) -> Response<GatewayBody> {
     let ledger = shared.audit.ledger.clone();
-    // Anyone may ask for proofs: their disk reads take a place among the log's readers, as
-    // tile reads do.
+    // Anyone may ask for proofs: their disk reads take a place among the log's readers.
     let place = || async {
-        match tokio::time::timeout(LOG_READ_WAIT, shared.log_reads.clone().acquire_owned()).await {
-            Ok(Ok(place)) => Ok(place),
-            _ => {
+        match log_read_place(shared).await {
+            Some(place) => Ok(place),
+            None => {
                 let mut response = json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     json!({"error": {"code": "log_reads_busy", "message": "too many audit log reads at once; retry shortly"}}),
@@ -619,6 +625,15 @@ async fn audit_api(
                 );
             };
             let is_proof = route == "proof";
+            // Without the token, nothing is said of entries past the latest checkpoint, not even
+            // how many there are.
+            if is_proof && index >= signed_size && !authorized {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_checkpointed",
+                    format!("entry {index} is not covered by the latest checkpoint (size {signed_size}); ask again after the next one"),
+                );
+            }
             if !is_proof && index >= signed_size && !authorized {
                 let mut response = error(
                     StatusCode::UNAUTHORIZED,

@@ -1108,14 +1108,21 @@ fn rotate_file(
 
 /// Renames `path` to `path.1`, shifting `path.N` to `path.N+1` and dropping what would pass
 /// `max_files` (at least one kept): the rotation of `events.jsonl` and `alerts.jsonl`.
+/// Only the files before the first free slot move (the oldest is dropped only when there is
+/// none): a rotation that failed halfway (a rename refused) and is tried again fills the gap it
+/// left rather than dropping one more kept file at each try.
 pub(crate) fn shift_rotated(path: &Path, max_files: u32) -> std::io::Result<()> {
     let keep = max_files.max(1);
-    let _ = std::fs::remove_file(rotated_name(path, keep));
-    for index in (1..keep).rev() {
-        let from = rotated_name(path, index);
-        if from.exists() {
-            std::fs::rename(&from, rotated_name(path, index + 1))?;
+    let free = (1..=keep).find(|&index| !rotated_name(path, index).exists());
+    let top = match free {
+        Some(index) => index,
+        None => {
+            let _ = std::fs::remove_file(rotated_name(path, keep));
+            keep
         }
+    };
+    for index in (1..top).rev() {
+        std::fs::rename(rotated_name(path, index), rotated_name(path, index + 1))?;
     }
     std::fs::rename(path, rotated_name(path, 1))
 }
@@ -1845,8 +1852,9 @@ mod tests {
         assert_eq!(stats.write_errors.load(Ordering::Relaxed), 0);
         assert_eq!(stats.rotations.load(Ordering::Relaxed), 0);
         assert_eq!(count(1).unwrap(), 3);
+        // `.1` was free: nothing else moved.
         assert_eq!(
-            std::fs::read_to_string(rotated_name(&path, 3)).unwrap(),
+            std::fs::read_to_string(rotated_name(&path, 2)).unwrap(),
             "kept\n"
         );
         assert!(!path.exists());
@@ -1858,9 +1866,48 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         assert_eq!(count(1).unwrap(), 3);
         assert_eq!(
-            std::fs::read_to_string(rotated_name(&path, 3)).unwrap(),
+            std::fs::read_to_string(rotated_name(&path, 2)).unwrap(),
             "kept\n"
         );
+    }
+
+    /// A rotation fills the first free slot and moves only the files before it, so one that a
+    /// failed rename left halfway drops no further kept file when it is tried again; with no
+    /// free slot the oldest goes.
+    #[test]
+    fn a_rotation_fills_the_first_free_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let write = |index: u32, text: &str| match index {
+            0 => std::fs::write(&path, text).unwrap(),
+            index => std::fs::write(rotated_name(&path, index), text).unwrap(),
+        };
+        let read = |index: u32| std::fs::read_to_string(rotated_name(&path, index)).ok();
+        // `.2` missing: the rename from `.2` to `.3` had gone, the one from `.1` to `.2` not.
+        write(0, "newest");
+        write(1, "newer");
+        write(3, "oldest");
+        shift_rotated(&path, 3).unwrap();
+        assert_eq!(
+            [read(1), read(2), read(3)],
+            [
+                Some("newest".into()),
+                Some("newer".into()),
+                Some("oldest".into())
+            ]
+        );
+        // Full: the oldest is dropped.
+        write(0, "now");
+        shift_rotated(&path, 3).unwrap();
+        assert_eq!(
+            [read(1), read(2), read(3)],
+            [
+                Some("now".into()),
+                Some("newest".into()),
+                Some("newer".into())
+            ]
+        );
+        assert!(!path.exists());
     }
 
     /// A write that fails part-way (a full disk) leaves no half line: what landed is cut off,

@@ -976,13 +976,23 @@ fn connect_target(uri: &Uri) -> Result<(String, u16), CallError> {
     Ok((host, port))
 }
 
+/// The longest host name DNS carries, in its text form, and its longest label (RFC 1035 §2.3.4).
+const MAX_HOST_BYTES: usize = 253;
+const MAX_LABEL_BYTES: usize = 63;
+
 /// The one form of a destination host that policy, guard, certificates, events and discovery
-/// all see: brackets off, lowercase, one trailing dot removed; `None` for an empty label.
+/// all see: brackets off, lowercase, one trailing dot removed; `None` for an empty label, or
+/// a name longer than DNS allows.
 fn canonical_host(raw: &str) -> Option<String> {
     let host = postern_policy::normalize_host(raw.trim_start_matches('[').trim_end_matches(']'));
     // No IPv6 zone id (`[2001:db8::1%25eth0]`): the resolver dials the address it names, but
     // no host pattern would see that address in it.
+    // No longer than a DNS name can be (RFC 1035: 253 characters, labels of at most 63): the
+    // host is recorded (the event of a refusal too, before the caller is known), and a 16 KiB
+    // "host" would make every such event line 16 KiB.
     let valid = !host.is_empty()
+        && host.len() <= MAX_HOST_BYTES
+        && host.split('.').all(|label| label.len() <= MAX_LABEL_BYTES)
         && !host.starts_with('.')
         && !host.ends_with('.')
         && !host.contains("..")

@@ -869,9 +869,12 @@ pub(crate) fn token_from_authorization(value: &[u8]) -> Option<Vec<u8>> {
     }
     if scheme.eq_ignore_ascii_case(b"basic") {
         use base64::Engine as _;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .ok()?;
+        // Wiped when dropped: it holds the token (and, for a user name, whatever came with it).
+        let decoded = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .ok()?,
+        );
         let colon = decoded.iter().position(|&b| b == b':')?;
         let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
         return Some(if password.is_empty() { user } else { password }.to_vec());

@@ -498,14 +498,26 @@ impl Runtime {
             .collect();
         let mut callers_by_token = LookupMap::default();
         let mut callers_by_spiffe = LookupMap::default();
+        // The callers whose tokens live in the vault: `token_store = true`, or a caller whose
+        // config token `postern callers rotate|revoke` revoked (the vault took its tokens over
+        // without the config being edited). Another caller's vault tokens do not count: its
+        // config says how it authenticates (a new `token_sha256`, a SPIFFE ID alone), and a
+        // token imported or issued before that, or for an earlier caller of the same name,
+        // must not outlive it.
+        let mut vault_callers: HashSet<&str> = HashSet::new();
         for caller in &config.callers {
             let name: Arc<str> = Arc::from(caller.name.as_str());
+            if caller.token_store {
+                vault_callers.insert(&caller.name);
+            }
             if let Some(hash) = &caller.token_sha256 {
                 let mut key = [0u8; 32];
                 hex::decode_to_slice(hash, &mut key).map_err(|_| {
                     anyhow::anyhow!("caller {}: token_sha256 is not 64 hex digits", caller.name)
                 })?;
-                if !revoked.contains(&key) {
+                if revoked.contains(&key) {
+                    vault_callers.insert(&caller.name);
+                } else {
                     callers_by_token.insert(key, name.clone());
                 }
             }
@@ -514,7 +526,7 @@ impl Runtime {
             }
         }
 
-        // Tokens issued at run time (`postern callers rotate`) for callers the config declares.
+        // Tokens issued at run time (`postern callers rotate`) or imported, for those callers.
         for token in store_tokens.iter().filter(|t| !t.revoked) {
             if token.token_sha256 == inputs.admin_token_sha256 {
                 anyhow::bail!(
@@ -523,8 +535,8 @@ impl Runtime {
                     token.caller
                 );
             }
-            if let Some(caller) = config.callers.iter().find(|c| c.name == token.caller) {
-                callers_by_token.insert(token.token_sha256, Arc::from(caller.name.as_str()));
+            if let Some(caller) = vault_callers.get(token.caller.as_str()) {
+                callers_by_token.insert(token.token_sha256, Arc::from(*caller));
             }
         }
 

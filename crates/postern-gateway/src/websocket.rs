@@ -806,6 +806,12 @@ impl<R: Reader> Frames<R> {
         if first & 0x70 != 0 || (second & 0x80 != 0) != R::MASKED {
             return Err(R::PROTOCOL);
         }
+        // After its close frame an endpoint sends nothing more (RFC 6455 §5.5.1): a side that
+        // does would keep its session going past the point where a broken connection counts
+        // as a close.
+        if self.closed {
+            return Err(R::PROTOCOL);
+        }
         let (left, key_at) = match second & 0x7f {
             126 => (
                 u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
@@ -1292,6 +1298,17 @@ mod tests {
                 "code {code}"
             );
         }
+    }
+
+    #[test]
+    fn nothing_may_follow_a_close_frame() {
+        let close = masked_frame(true, 8, &1000u16.to_be_bytes(), KEY);
+        let mut frames = reader();
+        assert!(!frames.closed());
+        assert_eq!(frames.read(&close), Ok(None));
+        assert!(frames.closed());
+        let text = masked_frame(true, 1, b"more", KEY);
+        assert_eq!(frames.read(&text), Err("websocket_protocol_error"));
     }
 
     /// The vendor's side, read for an injected credential `sk_live_key_4242` (raw, and as a

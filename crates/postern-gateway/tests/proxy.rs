@@ -506,6 +506,22 @@ async fn a_denied_address_is_denied_in_every_spelling() {
     let answer = connect_status(&gw, &format!("[::1%25lo]:{port}")).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("invalid_connect_target"), "{answer}");
+    // A name longer than DNS allows (a label over 63 bytes, a name over 253) is no target: an
+    // unauthenticated CONNECT cannot make its refusal's event line kilobytes long.
+    let long_label = format!("{}.example", "a".repeat(64));
+    let long_name = format!("{}example", "abcdefgh.".repeat(28));
+    for host in [&long_label, &long_name] {
+        let answer = connect_status(&gw, &format!("{host}:{port}")).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{host}: {answer}");
+        assert!(answer.contains("invalid_connect_target"), "{answer}");
+    }
+    let events = gw.events().await;
+    assert!(
+        events
+            .iter()
+            .all(|event| event["host"].as_str().is_none_or(|host| host.len() <= 253)),
+        "{events:#?}"
+    );
     assert!(vendor.seen().is_empty());
     gw.stop().await;
 }

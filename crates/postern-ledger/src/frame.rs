@@ -207,6 +207,220 @@ pub fn first_intact_frame(data: &[u8], before: usize) -> Option<usize> {
     })
 }
 
+/// One step of [`AppendedFrames`]: the next record, or the end of the records and how they
+/// ended (as [`scan_frames`] says it).
+pub enum Step<'a> {
+    Frame(Frame<'a>),
+    End(Option<FrameStop>),
+}
+
+/// The records of a file only ever appended to ([`Tail::Appended`]: the checkpoint history),
+/// read from `reader` a chunk at a time, so that memory stays bounded however long the file
+/// grows (the history grows by a note per checkpoint, some 6 GB a year at one a second). A
+/// record cut by a chunk's end is carried into the next read. Each record, and where and how
+/// the records end, is what [`scan_frames`] with [`Tail::Appended`] finds in the whole file:
+/// whether a damaged record is torn or corrupt depends on what follows it (an intact record
+/// anywhere after it, the end of the file), and that is read on from the damage to find out.
+pub struct AppendedFrames<R> {
+    reader: R,
+    chunk_bytes: usize,
+    /// Bytes read and not yet consumed are `buf[start..end]`; the buffer is reused, and grows
+    /// only when a read needs more room than it had.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The file offset of `buf[start]`.
+    offset: u64,
+    eof: bool,
+    ended: bool,
+}
+
+impl<R: std::io::Read> AppendedFrames<R> {
+    /// Reads records from `reader`, whose first byte is at file `offset` (a record boundary),
+    /// `chunk_bytes` at a time. The buffer holds at most about two chunks and one record.
+    pub fn new(reader: R, offset: u64, chunk_bytes: usize) -> AppendedFrames<R> {
+        AppendedFrames {
+            reader,
+            chunk_bytes: chunk_bytes.max(1),
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            offset,
+            eof: false,
+            ended: false,
+        }
+    }
+
+    /// The next record, or the end of the records. After the end, the end again, with no stop.
+    pub fn next_frame(&mut self) -> std::io::Result<Step<'_>> {
+        if self.ended {
+            return Ok(Step::End(None));
+        }
+        self.fill(FRAME_HEADER_BYTES)?;
+        let left = self.left();
+        if left == 0 {
+            self.ended = true;
+            return Ok(Step::End(None));
+        }
+        if left < FRAME_HEADER_BYTES {
+            let reason = format!("{left} stray bytes after the last record");
+            return self.damaged(reason, true, None).map(Step::End);
+        }
+        let header = &self.buf[self.start..self.start + FRAME_HEADER_BYTES];
+        let len = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
+        if len == 0 || len > MAX_RECORD_BYTES {
+            let reason = format!("record length {len} is invalid (must be 1..=65535)");
+            // As in `scan_frames`: a length running past the end of the file is the last
+            // record's, torn. Past the longest record, only reading on tells.
+            let past = (len > 0).then(|| self.offset + (FRAME_HEADER_BYTES + len) as u64);
+            return self.damaged(reason, false, past).map(Step::End);
+        }
+        let end = FRAME_HEADER_BYTES + len;
+        // A byte more than the record, if there is one: whether the record ends the file.
+        self.fill(end + 1)?;
+        let left = self.left();
+        if end > left {
+            let reason = format!(
+                "record of {len} bytes runs past the end of the file ({} bytes left)",
+                left - FRAME_HEADER_BYTES
+            );
+            return self.damaged(reason, true, None).map(Step::End);
+        }
+        let payload = self.start + FRAME_HEADER_BYTES..self.start + end;
+        if crc32c::crc32c(&self.buf[payload.clone()]) != crc {
+            let reason = "CRC-32C mismatch (the record's bytes were altered)".to_string();
+            return self.damaged(reason, end == left, None).map(Step::End);
+        }
+        let offset = self.offset;
+        self.consume(end);
+        Ok(Step::Frame(Frame {
+            offset,
+            payload: &self.buf[payload],
+        }))
+    }
+
+    fn left(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn consume(&mut self, bytes: usize) {
+        self.start += bytes;
+        self.offset += bytes as u64;
+    }
+
+    /// Reads until `bytes` are buffered or the file ends. What is left is moved to the front
+    /// first, so the buffer holds at most `bytes` and a chunk.
+    fn fill(&mut self, bytes: usize) -> std::io::Result<()> {
+        if self.left() >= bytes || self.eof {
+            return Ok(());
+        }
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        while self.end < bytes && !self.eof {
+            let room = self.end + self.chunk_bytes;
+            if self.buf.len() < room {
+                self.buf.resize(room, 0);
+            }
+            match self.reader.read(&mut self.buf[self.end..room]) {
+                Ok(0) => self.eof = true,
+                Ok(read) => self.end += read,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// How the damaged record at the current offset ends the records, by the rule of
+    /// `scan_frames` for an appended file: torn when it looks torn (`looks_torn`, or its length
+    /// reaching `past`, when given, past the end of the file) or when no intact record follows
+    /// it, corrupt otherwise. (Only zeros after it is a case of the second: zeros hold no
+    /// record.)
+    fn damaged(
+        &mut self,
+        reason: String,
+        looks_torn: bool,
+        past: Option<u64>,
+    ) -> std::io::Result<Option<FrameStop>> {
+        self.ended = true;
+        let offset = self.offset;
+        let torn = looks_torn
+            || !self.intact_record_follows()?
+            || match past {
+                Some(end) => !self.reaches(end)?,
+                None => false,
+            };
+        Ok(Some(match torn {
+            true => FrameStop::TornTail { offset, reason },
+            false => FrameStop::Corrupt { offset, reason },
+        }))
+    }
+
+    /// Whether a whole, intact record starts anywhere after the current offset (the search
+    /// [`first_intact_frame`] makes in the whole file), reading on a window at a time: an
+    /// offset is decided once the window holds the longest record that can start there.
+    fn intact_record_follows(&mut self) -> std::io::Result<bool> {
+        let longest = FRAME_HEADER_BYTES + MAX_RECORD_BYTES;
+        self.consume(1);
+        loop {
+            self.fill(longest + self.chunk_bytes)?;
+            let window = &self.buf[self.start..self.end];
+            let decided = match self.eof {
+                true => window.len(),
+                false => window.len() - longest,
+            };
+            if first_intact_frame(window, decided).is_some() {
+                return Ok(true);
+            }
+            if self.eof {
+                return Ok(false);
+            }
+            self.consume(decided);
+        }
+    }
+
+    /// Whether the file reaches offset `end`, reading on (and dropping what is read) as far as
+    /// that.
+    fn reaches(&mut self, end: u64) -> std::io::Result<bool> {
+        loop {
+            if self.offset + self.left() as u64 >= end {
+                return Ok(true);
+            }
+            if self.eof {
+                return Ok(false);
+            }
+            self.consume(self.left());
+            self.fill(1)?;
+        }
+    }
+}
+
+/// Where a record starts in the last `step` bytes of an appended file of `len` bytes, or in the
+/// step before it, and so on: the first offset from which reading the file finds the records a
+/// read from its start would find from there (`read_range(from, to)` gives the bytes between two
+/// offsets). 0 when no step holds the start of an intact record. The step, and as far after it
+/// as a record starting in it can reach, is all that is held at a time.
+pub fn boundary_near_end(
+    len: u64,
+    step: u64,
+    mut read_range: impl FnMut(u64, u64) -> std::io::Result<Vec<u8>>,
+) -> std::io::Result<u64> {
+    let mut start = len;
+    loop {
+        start = start.saturating_sub(step);
+        if start == 0 {
+            return Ok(0);
+        }
+        let reach = start + step + (FRAME_HEADER_BYTES + MAX_RECORD_BYTES) as u64;
+        let window = read_range(start, reach.min(len))?;
+        if let Some(at) = first_intact_frame(&window, step as usize) {
+            return Ok(start + at as u64);
+        }
+    }
+}
+
 /// Whether a [`FrameStop::TornTail`] at entry `entry_index` is corruption after all: when the
 /// largest signed checkpoint (`checkpoint_size`) covers that entry, its record was durable before
 /// the checkpoint was signed, so no crash can have torn it, wherever it is in the file. Then the
@@ -466,6 +680,132 @@ mod tests {
         );
         data[second + FRAME_HEADER_BYTES] ^= 1;
         assert_eq!(first_intact_frame(&data[first + 1..], data.len()), None);
+    }
+
+    /// Every record and the stop `AppendedFrames` finds reading `data` `chunk_bytes` at a time.
+    fn streamed(data: &[u8], chunk_bytes: usize) -> (Vec<(u64, Vec<u8>)>, Option<FrameStop>) {
+        let mut frames = AppendedFrames::new(data, 0, chunk_bytes);
+        let mut found = Vec::new();
+        loop {
+            match frames.next_frame().unwrap() {
+                Step::Frame(frame) => found.push((frame.offset, frame.payload.to_vec())),
+                Step::End(stop) => return (found, stop),
+            }
+        }
+    }
+
+    /// What `scan_frames` finds in the whole of `data`, as an appended file.
+    fn scanned(data: &[u8]) -> (Vec<(u64, Vec<u8>)>, Option<FrameStop>) {
+        let mut found = Vec::new();
+        let stop = scan_frames::<()>(data, Tail::Appended, |frame| {
+            found.push((frame.offset, frame.payload.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        (found, stop)
+    }
+
+    #[test]
+    fn reading_an_appended_file_in_chunks_decides_as_scanning_it_whole() {
+        let mut notes = Vec::new();
+        for i in 0..12 {
+            push_frame(
+                &mut notes,
+                format!("note {i}\n{}\n", "x".repeat(i * 7)).as_bytes(),
+            );
+        }
+        let mut cases = vec![notes.clone()];
+        // Cut at every length, each byte changed, runs of zeros, zeros and stray bytes after.
+        for len in 0..notes.len() {
+            cases.push(notes[..len].to_vec());
+        }
+        for at in 0..notes.len() {
+            let mut damaged = notes.clone();
+            damaged[at] ^= 0x41;
+            cases.push(damaged);
+            let mut zeroed = notes.clone();
+            zeroed[at..(at + 13).min(notes.len())].fill(0);
+            cases.push(zeroed);
+        }
+        for tail in [vec![0; 9], vec![0; 3], b"stray".to_vec()] {
+            let mut longer = notes.clone();
+            longer.extend_from_slice(&tail);
+            cases.push(longer);
+        }
+        for case in &cases {
+            let whole = scanned(case);
+            for chunk_bytes in [1, 3, 8, 64, 4096] {
+                assert_eq!(
+                    streamed(case, chunk_bytes),
+                    whole,
+                    "chunks of {chunk_bytes}"
+                );
+            }
+        }
+
+        // Records longer than a chunk, and lengths above the limit, within the file's reach or
+        // past its end: reading on from the damage decides.
+        let mut long = Vec::new();
+        let mut starts = Vec::new();
+        for i in 0..40 {
+            starts.push(long.len());
+            push_frame(&mut long, &[b'a' + i as u8 % 26; 3000]);
+        }
+        starts.push(long.len());
+        push_frame(&mut long, &vec![b'z'; MAX_RECORD_BYTES]);
+        let mut long_cases = vec![long.clone()];
+        // Records near the start (a longest record and more after them) and the last ones.
+        for &at in starts.iter().step_by(8).chain(&starts[38..]) {
+            for length in [0x0001_0000u32, 0x0001_2000, 0x7fff_ffff, 0] {
+                let mut damaged = long.clone();
+                damaged[at..at + 4].copy_from_slice(&length.to_be_bytes());
+                long_cases.push(damaged);
+            }
+            let mut damaged = long.clone();
+            damaged[at + FRAME_HEADER_BYTES + 100] ^= 1;
+            long_cases.push(damaged);
+        }
+        let stops: Vec<_> = long_cases.iter().map(|case| scanned(case).1).collect();
+        assert!(stops
+            .iter()
+            .any(|stop| matches!(stop, Some(FrameStop::Corrupt { .. }))));
+        assert!(stops
+            .iter()
+            .any(|stop| matches!(stop, Some(FrameStop::TornTail { .. }))));
+        for case in &long_cases {
+            let whole = scanned(case);
+            for chunk_bytes in [4096, 1 << 20] {
+                assert_eq!(
+                    streamed(case, chunk_bytes),
+                    whole,
+                    "chunks of {chunk_bytes}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_boundary_near_the_end_is_where_a_record_starts() {
+        let mut data = Vec::new();
+        let mut starts = Vec::new();
+        for i in 0..400 {
+            starts.push(data.len() as u64);
+            push_frame(
+                &mut data,
+                format!("note {i}\n{}\n", "y".repeat(200)).as_bytes(),
+            );
+        }
+        let read = |from: u64, to: u64| Ok(data[from as usize..to as usize].to_vec());
+        let from = boundary_near_end(data.len() as u64, 4096, read).unwrap();
+        assert!(starts.contains(&from) && from >= data.len() as u64 - 4096);
+        // Reading on from there finds the last records a whole scan finds.
+        let (tail, stop) = streamed(&data[from as usize..], 1 << 20);
+        assert_eq!((tail.last().unwrap().1.clone(), stop), {
+            let (all, stop) = scanned(&data);
+            (all.last().unwrap().1.clone(), stop)
+        });
+        // A short file: from its start.
+        assert_eq!(boundary_near_end(100, 4096, read).unwrap(), 0);
     }
 
     #[test]

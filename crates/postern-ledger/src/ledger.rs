@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::direct::DirectSegment;
 use crate::error::{io_error, LedgerError};
 use crate::frame::{
-    covered_damage, first_intact_frame, push_frame, scan_frames, FrameStop, Tail,
+    boundary_near_end, covered_damage, push_frame, scan_frames, FrameStop, Tail,
     FRAME_HEADER_BYTES, MAX_RECORD_BYTES, MAX_WRITE_BYTES, PAD_BLOCK_BYTES,
 };
 use crate::store::{
@@ -1149,19 +1149,9 @@ const HISTORY_STEP_BYTES: u64 = 64 * 1024;
 /// left to `postern audit verify`, which reads all of them.
 fn read_history_tail(file: &File) -> std::io::Result<(u64, Vec<u8>)> {
     let len = file.metadata()?.len();
-    let mut start = len;
-    let from = loop {
-        start = start.saturating_sub(HISTORY_STEP_BYTES);
-        if start == 0 {
-            break 0;
-        }
-        // The step, and as far after it as a record starting in it can reach.
-        let reach = start + HISTORY_STEP_BYTES + (FRAME_HEADER_BYTES + MAX_RECORD_BYTES) as u64;
-        let window = read_range(file, start, reach.min(len))?;
-        if let Some(at) = first_intact_frame(&window, HISTORY_STEP_BYTES as usize) {
-            break start + at as u64;
-        }
-    };
+    let from = boundary_near_end(len, HISTORY_STEP_BYTES, |from, to| {
+        read_range(file, from, to)
+    })?;
     Ok((from, read_range(file, from, len)?))
 }
 

@@ -284,6 +284,28 @@ async fn torn_tail_is_truncated_and_reported() {
     verify_dir(tmp.path(), None, |_, _| {}).unwrap();
 }
 
+/// A partial note at the end of the checkpoint history (a crash as it was appended) is reported
+/// by verify as a torn tail, as a segment's is, not passed over in silence.
+#[tokio::test]
+async fn a_torn_last_note_of_the_history_is_reported_by_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = open(tmp.path()).await;
+    append_n(&ledger, 0..4).await;
+    ledger.checkpoint().unwrap();
+    ledger.close().await;
+    let history = tmp.path().join("checkpoints.log");
+    let whole = std::fs::metadata(&history).unwrap().len();
+    // The header of a note of 200 bytes, and 10 of its bytes.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&history)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[0, 0, 0, 200, 1, 2, 3, 4, b'x', b'y']).unwrap();
+    drop(file);
+    let verified = verify_dir(tmp.path(), None, |_, _| {}).unwrap();
+    assert_eq!(verified.torn_tail, Some((history, whole)));
+}
+
 /// A closed ledger of `n` entries in one segment: its path and bytes.
 async fn closed_segment(dir: &Path, n: u64) -> (PathBuf, Vec<u8>) {
     let ledger = open(dir).await;
@@ -1552,4 +1574,125 @@ async fn a_batch_larger_than_one_write_is_written_whole_either_way() {
         segments.push(segment_bytes(tmp.path()));
     }
     assert_eq!(segments[0], segments[1]);
+}
+
+/// A checkpoint history of 6,000 notes signed with the log's key, more than one chunk of the
+/// file verify reads at a time: note `i` covers `i / 100` of the log's 60 entries. The key, the
+/// notes' frames, and the directory's history path.
+async fn long_history(dir: &Path) -> (NoteSigner, Vec<Vec<u8>>, PathBuf) {
+    let ledger = open(dir).await;
+    append_n(&ledger, 0..60).await;
+    ledger.checkpoint().unwrap();
+    ledger.close().await;
+    let key = std::fs::read_to_string(dir.join("signing-key")).unwrap();
+    let signer = NoteSigner::from_signer_key(key.trim()).unwrap();
+    let notes = (0..6000)
+        .map(|i| framed(&signed_note(&signer, i / 100, None)))
+        .collect();
+    (signer, notes, dir.join("checkpoints.log"))
+}
+
+/// The checkpoint of the first `size` test entries (or one with `root` instead), signed.
+fn signed_note(signer: &NoteSigner, size: u64, root: Option<postern_tlog::Hash>) -> String {
+    let mut builder = postern_tlog::TreeBuilder::new();
+    for i in 0..size {
+        builder.append(leaf_hash(&entry(i)), &mut Vec::new());
+    }
+    let checkpoint = Checkpoint {
+        origin: ORIGIN.to_string(),
+        size,
+        root_hash: root.unwrap_or_else(|| builder.root()),
+    };
+    checkpoint.sign(signer).unwrap()
+}
+
+fn framed(note: &str) -> Vec<u8> {
+    let mut frame = (note.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&crc32c::crc32c(note.as_bytes()).to_be_bytes());
+    frame.extend_from_slice(note.as_bytes());
+    frame
+}
+
+/// Verify reads the checkpoint history a chunk at a time and compares its notes with the tree
+/// one at a time, and still catches, in a long one, a note that does not verify, a size that
+/// goes backwards, a root that differs, a damaged record, in the order it always named them,
+/// and reports a torn last note.
+#[tokio::test]
+async fn a_long_history_is_verified_a_note_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (signer, notes, history_path) = long_history(tmp.path()).await;
+    let offset = |n: usize| notes[..n].iter().map(Vec::len).sum::<usize>() as u64;
+    let which = |n: usize| {
+        format!(
+            "checkpoint #{n} in {} (byte offset {})",
+            history_path.display(),
+            offset(n)
+        )
+    };
+    let verify_with = |notes: &[Vec<u8>]| {
+        std::fs::write(&history_path, notes.concat()).unwrap();
+        verify_dir(tmp.path(), None, |_, _| {})
+    };
+    assert!(notes.concat().len() > 1 << 20, "more than one chunk");
+    let verified = verify_with(&notes).unwrap();
+    assert_eq!(verified.checkpoints_verified, 6001);
+    assert_eq!(verified.latest_checkpoint.unwrap().size, 60);
+    assert_eq!(verified.torn_tail, None);
+
+    // A signature changed in the middle (its record intact).
+    let mut bad_signature = notes.clone();
+    let mut note = String::from_utf8(notes[3000][8..].to_vec()).unwrap();
+    let at = note.len() - 10;
+    let flipped = if &note[at..at + 1] == "A" { "B" } else { "A" };
+    note.replace_range(at..at + 1, flipped);
+    bad_signature[3000] = framed(&note);
+    let err = verify_with(&bad_signature).unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::CheckpointSignature { which: w, .. } if *w == which(3000)),
+        "{err}"
+    );
+
+    // A size that goes backwards: a well-signed note of 10 entries after one of 39.
+    let mut backwards = notes.clone();
+    backwards[4000] = framed(&signed_note(&signer, 10, None));
+    let err = verify_with(&backwards).unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::CheckpointRollback { which: w, size: 10, previous: 39 } if *w == which(4000)),
+        "{err}"
+    );
+    // A note that does not verify after it is still named first, as when every signature was
+    // checked before the sizes were.
+    backwards[4500] = bad_signature[3000].clone();
+    let err = verify_with(&backwards).unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::CheckpointSignature { which: w, .. } if *w == which(4500)),
+        "{err}"
+    );
+
+    // A well-signed note whose root is not the entries'.
+    let mut other_root = notes.clone();
+    other_root[2500] = framed(&signed_note(&signer, 25, Some(postern_tlog::Hash([7; 32]))));
+    let err = verify_with(&other_root).unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::CheckpointRootMismatch { which: w, size: 25 } if *w == which(2500)),
+        "{err}"
+    );
+    // A damaged record after it is named first, as when the whole file was read first.
+    other_root[5000][20] ^= 0x01;
+    let err = verify_with(&other_root).unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::BadRecord { segment, offset: o, entry_index: 5000, .. } if *segment == history_path && *o == offset(5000)),
+        "{err}"
+    );
+
+    // The last note cut short: a torn tail, not an error; the note before it is checked.
+    let mut torn = notes.concat();
+    torn.truncate(torn.len() - 30);
+    std::fs::write(&history_path, &torn).unwrap();
+    let verified = verify_dir(tmp.path(), None, |_, _| {}).unwrap();
+    assert_eq!(
+        verified.torn_tail,
+        Some((history_path.clone(), offset(5999)))
+    );
+    assert_eq!(verified.checkpoints_verified, 6000);
 }

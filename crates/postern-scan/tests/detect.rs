@@ -817,8 +817,10 @@ fn footerless_private_key_headers_cost_a_constant_each() {
         let mut no_header = unit.to_vec();
         no_header[21] = b'X';
         let (took, baseline) = (scan_time(&body(unit)), scan_time(&body(&no_header)));
+        // Four times the scan with no headers: loose enough for a loaded machine; searching
+        // each header's window took 7 and 35 times as long for the second and fourth bodies.
         assert!(
-            took < baseline * 2,
+            took < baseline * 4,
             "{size} bytes of {:?} took {took:?}, {baseline:?} with no headers",
             String::from_utf8_lossy(unit)
         );

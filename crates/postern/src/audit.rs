@@ -952,7 +952,17 @@ struct Admin {
 fn read_token(path: &Path, required: bool) -> Result<Option<String>, Failure> {
     let token = match std::fs::read_to_string(path) {
         Ok(token) => token.trim().to_string(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(None),
+        // The default file may be missing, or the postern user's alone (mode 0600): the public
+        // routes need no token.
+        Err(e)
+            if !required
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+        {
+            return Ok(None)
+        }
         Err(e) => {
             return Err(Failure::new(format!(
                 "reading the admin token {}: {e} (the gateway writes it on its first start)",
@@ -1012,8 +1022,9 @@ impl Admin {
             ))
         })?;
         if parsed.scheme_str() != Some("http")
-            || parsed.authority().is_none()
+            || parsed.authority().is_none_or(|a| a.as_str().contains('@'))
             || !parsed.path().trim_end_matches('/').is_empty()
+            || parsed.query().is_some()
         {
             return Err(Failure::new(format!(
                 "--admin-url {url:?} is not of the form http://HOST:PORT (the admin listener serves plain HTTP, with no path)"
@@ -1029,16 +1040,36 @@ impl Admin {
         })
     }
 
-    /// `GET path`; the body of a 200 answer, else the API's error message.
+    /// `GET path`; the body of a 200 answer, else the API's error message. Asked without the
+    /// admin token first: most of what the CLI reads is public, and the token goes only where
+    /// a `401` says it is needed (over plain HTTP, perhaps to another machine).
     fn get_ok(&self, path: &str) -> Result<Bytes, Failure> {
+        match self.get(path, false) {
+            Err(refused) if refused.status == Some(http::StatusCode::UNAUTHORIZED) => {
+                match self.token {
+                    Some(_) => self.get(path, true),
+                    None => Err(refused),
+                }
+            }
+            answer => answer,
+        }
+        .map_err(|refused| refused.failure)
+    }
+
+    /// `GET path`, with the admin token when `with_token`.
+    fn get(&self, path: &str, with_token: bool) -> Result<Bytes, Refused> {
         let url = format!("{}{path}", self.base);
+        let refused = |failure| Refused {
+            status: None,
+            failure,
+        };
         let mut request = http::Request::get(&url);
-        if let Some(token) = &self.token {
+        if let Some(token) = self.token.as_ref().filter(|_| with_token) {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request
             .body(Empty::<Bytes>::new())
-            .map_err(|e| Failure::new(format!("bad request {url}: {e}")))?;
+            .map_err(|e| refused(Failure::new(format!("bad request {url}: {e}"))))?;
         let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let answer = self.runtime.block_on(async {
             tokio::time::timeout(Duration::from_secs(30), async {
@@ -1056,17 +1087,17 @@ impl Admin {
         let (status, body) = match answer {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
-                return Err(Failure::new(format!(
+                return Err(refused(Failure::new(format!(
                     "cannot reach the gateway's admin API at {}: {} (is `postern serve` running? --offline reads the log directly when it is not)",
                     self.base,
                     error_chain(e.as_ref())
-                )))
+                ))))
             }
             Err(_) => {
-                return Err(Failure::new(format!(
+                return Err(refused(Failure::new(format!(
                     "the gateway's admin API at {} did not answer within 30 s",
                     self.base
-                )))
+                ))))
             }
         };
         if status.is_success() {
@@ -1082,10 +1113,17 @@ impl Admin {
             }
             _ => "",
         };
-        Err(Failure::new(format!(
-            "{status} from {url}: {message}{hint}"
-        )))
+        Err(Refused {
+            status: Some(status),
+            failure: Failure::new(format!("{status} from {url}: {message}{hint}")),
+        })
     }
+}
+
+/// Why a request to the admin API failed: its status, when it answered.
+struct Refused {
+    status: Option<http::StatusCode>,
+    failure: Failure,
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -466,6 +466,15 @@ fn callers_change(name: &str, location: &VaultLocation, json: bool, issue_new: b
         );
         return ExitCode::Failure;
     };
+    // A token issued for a caller the config does not let authenticate by token (a SPIFFE ID
+    // alone) would not be accepted: the gateway counts vault tokens only for callers whose
+    // tokens live there.
+    if issue_new && caller.token_sha256.is_none() && !caller.token_store {
+        eprintln!(
+            "error: caller {name:?} authenticates by its client certificate (spiffe_id) only, so a token issued for it would not be accepted; add `token_store = true` to it in the config to give it vault tokens"
+        );
+        return ExitCode::InvalidConfig;
+    }
     let mut config_hashes = Vec::new();
     if let Some(hash) = &caller.token_sha256 {
         let mut bytes = [0u8; 32];

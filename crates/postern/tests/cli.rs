@@ -1007,6 +1007,22 @@ fn caller_token_hashes_move_into_the_vault() {
         Some(502),
         "authenticated by the stored hash"
     );
+    // The config names a new token again (a suspected leak): the token moved into the vault no
+    // longer counts, though the vault never revoked it; the new one does.
+    let fresh = "pst_a_fresh_token_for_checkout_after_a_suspected_leak";
+    let renamed = text.replace(
+        &hash_line,
+        &format!("token_sha256 = \"{}\"", sha256_hex(fresh)),
+    );
+    std::fs::write(&config, renamed).unwrap();
+    eventually("the old token refused after the reload", || {
+        get(listen, "/acme/a", TOKEN)
+            .and_then(|answer| answer.get(9..12).map(str::to_owned))
+            .as_deref()
+            == Some("401")
+    });
+    let answer = get(listen, "/acme/a", fresh).unwrap();
+    assert_eq!(answer.get(9..12), Some("502"), "{answer}");
 }
 
 /// An integration whose upstream is an address the SSRF guard refuses (the cloud metadata
