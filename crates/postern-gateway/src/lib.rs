@@ -219,7 +219,9 @@ impl Shared {
                 ((*running.config).clone(), admin, Some(&*running))
             }
         };
-        let runtime = Runtime::build(
+        // A refused build leaves the caches as they were (applied whole or not at all).
+        let (clients, token_sources) = (self.clients.snapshot(), self.token_sources.snapshot());
+        let built = Runtime::build(
             config,
             &BuildInputs {
                 admin_token_sha256,
@@ -229,7 +231,15 @@ impl Shared {
                 vault: Some(&self.vault),
                 reuse,
             },
-        )?;
+        );
+        let runtime = match built {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                self.clients.restore(clients);
+                self.token_sources.restore(token_sources);
+                return Err(error);
+            }
+        };
         *self.admin_token_sha256.lock().expect("admin token lock") = admin_token_sha256;
         let notes = runtime.warnings();
         // What the caches hold for integrations this config no longer has (pools with their

@@ -38,6 +38,11 @@ const ECHOED_TOKENS: usize = 4;
 /// After a failed fetch with no valid token, calls get that failure without a new token
 /// request for this long: a failing or refusing endpoint is not asked once per waiting call.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// A token a vendor refused (401) is dropped at most this often per source: a caller that can
+/// make the vendor answer 401 for reasons of its own (an account header, a scope) cannot have
+/// a token minted for every call it makes, nor push the tokens in flight out of the echo
+/// filter ([`ECHOED_TOKENS`]).
+const PURGE_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest token response read.
 const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -87,6 +92,8 @@ pub struct TokenSource {
     fetches: AtomicU64,
     failed: ArcSwapOption<FailedFetch>,
     refreshing: AtomicBool,
+    /// When [`TokenSource::purge`] last dropped a token ([`PURGE_INTERVAL`]).
+    last_purge: std::sync::Mutex<Option<Instant>>,
     /// Token requests made (for tests and metrics).
     pub token_requests: AtomicU64,
 }
@@ -112,6 +119,7 @@ impl TokenSource {
             fetches: AtomicU64::new(0),
             failed: ArcSwapOption::empty(),
             refreshing: AtomicBool::new(false),
+            last_purge: std::sync::Mutex::new(None),
             token_requests: AtomicU64::new(0),
         }
     }
@@ -165,7 +173,16 @@ impl TokenSource {
         if now >= token.expires_at {
             return None;
         }
-        if now >= token.refresh_at && !self.refreshing.swap(true, Ordering::AcqRel) {
+        // A refresh that failed is tried again only after RETRY_AFTER_FAILURE: a failing
+        // endpoint is not asked once per call while the current token still serves.
+        if now >= token.refresh_at
+            && self
+                .failed
+                .load()
+                .as_ref()
+                .is_none_or(|failed| now >= failed.retry_at)
+            && !self.refreshing.swap(true, Ordering::AcqRel)
+        {
             let source = self.clone();
             tokio::spawn(async move { source.refresh_in_background().await });
         }
@@ -176,12 +193,21 @@ impl TokenSource {
         {
             let _single_flight = self.fetch_lock.lock().await;
             match self.fetch().await {
-                Ok(token) => self.install(token),
-                Err(error) => tracing::warn!(
-                    integration = %self.integration,
-                    %error,
-                    "OAuth2 token refresh failed; the current token serves until it expires"
-                ),
+                Ok(token) => {
+                    self.install(token);
+                    self.failed.store(None);
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        integration = %self.integration,
+                        %error,
+                        "OAuth2 token refresh failed; the current token serves until it expires"
+                    );
+                    self.failed.store(Some(Arc::new(FailedFetch {
+                        error,
+                        retry_at: Instant::now() + RETRY_AFTER_FAILURE,
+                    })));
+                }
             }
         }
         self.refreshing.store(false, Ordering::Release);
@@ -224,12 +250,20 @@ impl TokenSource {
         self.echoes.load()
     }
 
-    /// Drops the token that a vendor refused (401), unless a newer one already replaced it.
+    /// Drops the token that a vendor refused (401), unless a newer one already replaced it, or
+    /// one was dropped less than [`PURGE_INTERVAL`] ago.
     pub fn purge(&self, refused: &HeaderValue) {
         let current = self.current.load_full();
-        if current.as_ref().is_some_and(|t| t.header == *refused) {
-            self.current.store(None);
+        if current.as_ref().is_none_or(|t| t.header != *refused) {
+            return;
         }
+        let now = Instant::now();
+        let mut last = self.last_purge.lock().expect("last purge lock");
+        if last.is_some_and(|at| now.duration_since(at) < PURGE_INTERVAL) {
+            return;
+        }
+        *last = Some(now);
+        self.current.store(None);
     }
 
     async fn fetch(&self) -> Result<CachedToken, TokenError> {

@@ -1005,8 +1005,20 @@ fn authorize(
     // A WebSocket's messages pass unseen once the handshake is answered (`websocket`: the
     // request asks for one), so their sizes are as unknown as a chunked body's: decided at
     // every size that could change the answer.
+    // A compressed body's declared size is not the size its vendor reads (a 20 kB gzip body
+    // may inflate to megabytes): decided as one of unknown size too.
+    let coded = request
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|value| {
+            !value
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"identity")
+        });
     let (decision, size_decides) = match size {
-        Some(_) if !websocket => (runtime.policy.authorize(&authz), false),
+        Some(_) if !websocket && !coded => (runtime.policy.authorize(&authz), false),
         // A body of unknown size (chunked, h2 without content-length): a chunked upload must
         // not pass a size rule as 0 bytes, so where the size could change the answer: fail
         // closed, in the name of the policy that bounds it.
@@ -1020,6 +1032,12 @@ fn authorize(
         return Err(CallError::forbidden(
             "policy_forbid",
             "a policy bounds the size of this caller's requests to this operation (context.request_bytes), and a WebSocket's messages are not decided one by one; call the operation with plain requests, or exempt it from the size rule",
+        ));
+    }
+    if size_decides && coded {
+        return Err(CallError::forbidden(
+            "policy_forbid",
+            "a policy decides this call on the request's size (context.request_bytes), and its body is compressed (Content-Encoding), so the size its vendor reads is not known before it is read; send it uncompressed",
         ));
     }
     if size_decides {

@@ -109,6 +109,17 @@ impl ClientCache {
         clients.retain(|name, _| keep(name));
     }
 
+    /// What the cache holds now, to put back with [`ClientCache::restore`] if a build that
+    /// adds to it is refused: a rejected reload must leave nothing behind (a client trusting
+    /// its `ca_file`'s new contents would otherwise be taken by the next vault refresh).
+    pub(crate) fn snapshot(&self) -> HashMap<String, CachedClient> {
+        self.clients.lock().expect("client cache lock").clone()
+    }
+
+    pub(crate) fn restore(&self, entries: HashMap<String, CachedClient>) {
+        *self.clients.lock().expect("client cache lock") = entries;
+    }
+
     /// The integration's client: the cached one while its settings are unchanged, else a new
     /// one. `reread_ca`: a reload, which reads `ca_file` again and keeps the cached client only
     /// if its contents are unchanged (a root removed, or a damaged file, which the rebuild then
@@ -178,6 +189,18 @@ impl TokenSourceCache {
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         let mut sources = self.sources.lock().expect("token source cache lock");
         sources.retain(|name, _| keep(name));
+    }
+
+    /// As [`ClientCache::snapshot`]: a refused build's new sources are not kept.
+    pub(crate) fn snapshot(&self) -> HashMap<String, (String, Arc<TokenSource>)> {
+        self.sources
+            .lock()
+            .expect("token source cache lock")
+            .clone()
+    }
+
+    pub(crate) fn restore(&self, entries: HashMap<String, (String, Arc<TokenSource>)>) {
+        *self.sources.lock().expect("token source cache lock") = entries;
     }
 
     fn get(

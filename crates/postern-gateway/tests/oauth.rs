@@ -373,11 +373,57 @@ async fn vendor_401_purges_and_re_mints_once() {
         "the body was replayed intact"
     );
 
-    // A vendor that refuses every token: exactly one re-mint, then the 401 is returned.
+    // A vendor that refuses every token: exactly one re-mint, then the 401 is returned. (A
+    // token is dropped at most once a second per source: past that second.)
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     s.refused.lock().unwrap().push("tok-2".to_string());
     s.refused.lock().unwrap().push("tok-3".to_string());
     assert_eq!(call(&s.gw).await, 401);
     assert_eq!(s.tokens.requests.load(Ordering::SeqCst), 3);
+    s.gw.stop().await;
+}
+
+/// A caller that can make the vendor answer 401 whatever the token has a token dropped and
+/// minted again at most once a second, not once per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendor_401s_drop_the_token_at_most_once_a_second() {
+    let s = setup(3600, "basic").await;
+    assert_eq!(call(&s.gw).await, 200);
+    for token in ["tok-1", "tok-2", "tok-3", "tok-4", "tok-5"] {
+        s.refused.lock().unwrap().push(token.to_string());
+    }
+    for _ in 0..5 {
+        assert_eq!(call(&s.gw).await, 401);
+    }
+    // One re-mint for the first refusal; the next ones, within the second, keep the token.
+    assert_eq!(s.tokens.requests.load(Ordering::SeqCst), 2);
+    s.gw.stop().await;
+}
+
+/// A background refresh that fails is tried again after a second, not at every call while
+/// the current token serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_refresh_is_not_tried_at_every_call() {
+    // 3 s tokens: refreshed from 2.4 s on.
+    let s = setup(3, "basic").await;
+    assert_eq!(call(&s.gw).await, 200);
+    s.tokens.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(2450)).await;
+    let started = std::time::Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < std::time::Duration::from_millis(400) {
+        assert_eq!(call(&s.gw).await, 200, "the unexpired token keeps serving");
+        calls += 1;
+    }
+    assert!(calls >= 5, "{calls} calls");
+    // One refresh, refused, within the second (maybe a second one if the calls straddled its
+    // end): never one per call.
+    let refused = s.tokens.refused.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&refused),
+        "{refused} refreshes refused for {calls} calls"
+    );
+    assert_eq!(s.tokens.requests.load(Ordering::SeqCst), 1);
     s.gw.stop().await;
 }
 

@@ -29,7 +29,8 @@ pub struct MatchedOperation<'a> {
 
 /// What one method's operations make of a path.
 enum Found<'a> {
-    Operation(MatchedOperation<'a>),
+    /// An operation, and its template's fixed characters ([`PathTemplate::literal_len`]).
+    Operation(MatchedOperation<'a>, usize),
     /// Only loosely, as a vendor's router might ([`PathTemplate::loosely_matches`]).
     Loosely,
     Nothing,
@@ -114,12 +115,23 @@ impl OperationTable {
     pub fn find(&self, method: &str, path: &str) -> Option<MatchedOperation<'_>> {
         let segment_count = path.bytes().filter(|&b| b == b'/').count();
         match self.find_exact(method, segment_count, path) {
-            Found::Operation(matched) => Some(matched),
+            // A `HEAD` operation, unless a `GET` one is more literal for the path (or a vendor
+            // could take the path for one): servers that answer `HEAD` with a `GET` route
+            // (Express, Rails, Flask) may run that route's handler first (`HEAD
+            // /files/export` under `HEAD /files/{id}` beside `GET /files/export`).
+            Found::Operation(matched, literal) if method == "HEAD" => {
+                match self.find_exact("GET", segment_count, path) {
+                    Found::Operation(_, get_literal) if get_literal > literal => None,
+                    Found::Loosely => None,
+                    _ => Some(matched),
+                }
+            }
+            Found::Operation(matched, _) => Some(matched),
             // Not by way of `GET` either: the `HEAD` a vendor might route elsewhere is refused.
             Found::Loosely => None,
             Found::Nothing if method == "HEAD" => match self.find_exact("GET", segment_count, path)
             {
-                Found::Operation(matched) => Some(matched),
+                Found::Operation(matched, _) => Some(matched),
                 Found::Loosely | Found::Nothing => None,
             },
             Found::Nothing => None,
@@ -149,10 +161,13 @@ impl OperationTable {
                     .any(|&rival| bucket[rival].template.loosely_matches(path));
                 return match loosely || contested {
                     true => Found::Loosely,
-                    false => Found::Operation(MatchedOperation {
-                        id: &entry.id,
-                        template: &entry.template_text,
-                    }),
+                    false => Found::Operation(
+                        MatchedOperation {
+                            id: &entry.id,
+                            template: &entry.template_text,
+                        },
+                        entry.template.literal_len(),
+                    ),
                 };
             }
             loosely = loosely || entry.template.loosely_matches(path);

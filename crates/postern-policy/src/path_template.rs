@@ -41,28 +41,50 @@ impl TemplateSegment {
     /// (`.json`, Rails and older Spring MVC) or `;` parameters, or that decodes
     /// percent-escapes before routing (ASP.NET Core, Go's ServeMux, Spring's PathPattern:
     /// `%40me` is `@me`), could take `segment` for this one.
+    /// The template's own text is read both ways too: a literal written with escapes
+    /// (`/users/%40me`) is the route `@me` to such a server, which `/users/@me` reaches.
     fn loosely_matches(&self, segment: &[u8]) -> bool {
+        // The segment as sent, and decoded when it holds an escape.
+        let decoded_segment = segment.contains(&b'%').then(|| percent_decoded(segment));
+        let segments = std::iter::once(segment).chain(decoded_segment.as_deref());
         match self {
             TemplateSegment::Literal(text) => {
-                let text = text.as_bytes();
-                let alike = |segment: &[u8]| {
+                let decoded_text = text.contains('%').then(|| percent_decoded(text.as_bytes()));
+                let texts: Vec<&[u8]> = std::iter::once(text.as_bytes())
+                    .chain(decoded_text.as_deref())
+                    .collect();
+                let alike = |segment: &[u8], text: &[u8]| {
                     segment.len() >= text.len()
                         && segment[..text.len()].eq_ignore_ascii_case(text)
                         && matches!(segment.get(text.len()), None | Some(b'.' | b';'))
                 };
-                alike(segment) || (segment.contains(&b'%') && alike(&percent_decoded(segment)))
+                segments
+                    .into_iter()
+                    .any(|segment| texts.iter().any(|text| alike(segment, text)))
             }
             TemplateSegment::Placeholder { prefix, suffix } => {
-                let alike = |segment: &[u8]| {
+                let alike = |segment: &[u8], (prefix, suffix): (&[u8], &[u8])| {
                     segment.len() > prefix.len() + suffix.len()
-                        && segment[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-                        && segment[segment.len() - suffix.len()..]
-                            .eq_ignore_ascii_case(suffix.as_bytes())
+                        && segment[..prefix.len()].eq_ignore_ascii_case(prefix)
+                        && segment[segment.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
                 };
-                alike(segment)
-                    || (!(prefix.is_empty() && suffix.is_empty())
-                        && segment.contains(&b'%')
-                        && alike(&percent_decoded(segment)))
+                let decoded =
+                    |text: &String| text.contains('%').then(|| percent_decoded(text.as_bytes()));
+                let (decoded_prefix, decoded_suffix) = (decoded(prefix), decoded(suffix));
+                let mut fixes = vec![(prefix.as_bytes(), suffix.as_bytes())];
+                if decoded_prefix.is_some() || decoded_suffix.is_some() {
+                    fixes.push((
+                        decoded_prefix.as_deref().unwrap_or(prefix.as_bytes()),
+                        decoded_suffix.as_deref().unwrap_or(suffix.as_bytes()),
+                    ));
+                }
+                // A bare placeholder takes any segment, escaped or not: no second reading.
+                let bare = prefix.is_empty() && suffix.is_empty();
+                alike(segment, fixes[0])
+                    || (!bare
+                        && segments
+                            .into_iter()
+                            .any(|segment| fixes.iter().any(|&fix| alike(segment, fix))))
             }
         }
     }

@@ -142,6 +142,23 @@ fn head_falls_back_to_get() {
     check("GET", "/files/f1", "get_file");
 }
 
+/// A `HEAD` operation does not take a path a more literal `GET` operation names: a server that
+/// answers `HEAD` with a `GET` route may run that route's handler.
+#[test]
+fn a_head_operation_yields_to_a_more_literal_get_one() {
+    let table = OperationTable::new([
+        ("head_file", "HEAD", "/files/{id}"),
+        ("export", "GET", "/files/export"),
+        ("get_file", "GET", "/files/{id}"),
+    ])
+    .unwrap();
+    let found = |method: &str, path: &str| table.find(method, path).map(|m| m.id.to_string());
+    assert_eq!(found("HEAD", "/files/export"), None);
+    assert_eq!(found("HEAD", "/files/Export"), None);
+    assert_eq!(found("HEAD", "/files/f1").as_deref(), Some("head_file"));
+    assert_eq!(found("GET", "/files/export").as_deref(), Some("export"));
+}
+
 #[test]
 fn specificity_does_not_depend_on_declaration_order() {
     let table = OperationTable::new([
@@ -276,4 +293,28 @@ fn an_escaped_literal_matches_no_operation() {
     // Escapes that do not spell the literal leave the placeholder's match alone.
     assert_eq!(found("/users/%40you").as_deref(), Some("get_user"));
     assert_eq!(found("/users/100%25").as_deref(), Some("get_user"));
+}
+
+/// A literal the config writes with escapes is the route a decoding server sees: the request
+/// that spells it unescaped is not taken for the placeholder beside it.
+#[test]
+fn a_literal_written_with_escapes_is_read_decoded_too() {
+    let table = OperationTable::new([
+        ("get_user", "GET", "/users/{user_id}"),
+        ("get_me", "GET", "/users/%40me"),
+        ("cancel_any", "POST", "/v1/jobs/{job}"),
+        ("cancel", "POST", "/v1/jobs/{job}%3Acancel"),
+    ])
+    .unwrap();
+    let found = |method: &str, path: &str| table.find(method, path).map(|m| m.id.to_string());
+    assert_eq!(found("GET", "/users/%40me").as_deref(), Some("get_me"));
+    assert_eq!(found("GET", "/users/@me"), None);
+    assert_eq!(found("GET", "/users/@ME"), None);
+    assert_eq!(found("GET", "/users/ada").as_deref(), Some("get_user"));
+    assert_eq!(
+        found("POST", "/v1/jobs/7%3Acancel").as_deref(),
+        Some("cancel")
+    );
+    assert_eq!(found("POST", "/v1/jobs/7:cancel"), None);
+    assert_eq!(found("POST", "/v1/jobs/7").as_deref(), Some("cancel_any"));
 }
