@@ -4138,6 +4138,42 @@ async fn a_reload_reads_the_ca_file_again() {
     gw.stop().await;
 }
 
+/// A reload refused for one integration leaves nothing of itself behind for the others: the
+/// client it built for a changed `ca_file` is not what the next vault change then takes (the
+/// vault's rebuild does not read `ca_file` again).
+#[tokio::test]
+async fn a_refused_reload_leaves_no_client_behind() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let other = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let charge = || get_charge(&client(), &gw);
+    assert_eq!(charge().await.unwrap().status(), 200);
+    // The stripe integration's CA file now holds another CA, and a second integration, built
+    // after it, has a CA file with no certificate: the reload is refused.
+    std::fs::write(gw.vendor_ca_path(), other.ca_pem.as_deref().unwrap()).unwrap();
+    let broken_ca = gw.config_path.with_file_name("broken-ca.pem");
+    std::fs::write(&broken_ca, "not a certificate").unwrap();
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let broken = format!(
+        "{text}\n[[integrations]]\nname = \"broken\"\nvendor = \"B\"\nowner = \"o@example.com\"\nupstream = \"https://127.0.0.1:9\"\nca_file = \"{}\"\noperations = [ {{ id = \"x\", method = \"GET\", path = \"/x\" }} ]\n",
+        broken_ca.display()
+    );
+    let config = postern_config::parse(&broken, &gw.config_path).unwrap();
+    assert!(gw.running().reload(config).is_err());
+    // A vault change rebuilds the running config: its stripe client still trusts the vendor.
+    let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
+    vault.set("unrelated", "static", b"value", 1).unwrap();
+    // (The gateway's own poller may get to it first.)
+    gw.running().shared().refresh_from_vault().unwrap();
+    let generation = vault.generation().unwrap();
+    assert_eq!(
+        gw.running().shared().runtime.load().vault_generation,
+        generation
+    );
+    assert_eq!(charge().await.unwrap().status(), 200);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_swaps_config_atomically_and_in_flight_calls_finish() {
     let vendor = slow_vendor().await;
