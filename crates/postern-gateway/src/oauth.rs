@@ -127,11 +127,29 @@ impl TokenSource {
     /// The `Authorization` value to inject: the cached token, or one fetched now. Calls that
     /// wait while a fetch is made take its answer, a failure included; and for
     /// [`RETRY_AFTER_FAILURE`] after a failure, calls get it without a new request.
+    ///
+    /// The wait and the fetch run in a task of their own: a call whose caller hangs up while
+    /// it waits drops only its own wait, never the fetch the other waiting calls take the
+    /// answer of (they would each start it again, one after another).
     pub async fn authorization(self: &Arc<Self>) -> Result<HeaderValue, TokenError> {
         if let Some(token) = self.valid_token() {
             return Ok(token);
         }
         let ended_before = self.fetches.load(Ordering::Acquire);
+        let source = self.clone();
+        match tokio::spawn(async move { source.fetch_once(ended_before).await }).await {
+            Ok(answer) => answer,
+            // The task panicked (a bug): no token, as a failed fetch.
+            Err(_) => Err(TokenError::Unreachable(
+                "the token fetch task failed".to_string(),
+            )),
+        }
+    }
+
+    /// [`TokenSource::authorization`]'s wait for the single flight, and the fetch when no other
+    /// answered meanwhile (`ended_before`: the fetches that had ended when the call began to
+    /// wait).
+    async fn fetch_once(self: Arc<Self>, ended_before: u64) -> Result<HeaderValue, TokenError> {
         let _single_flight = self.fetch_lock.lock().await;
         if let Some(token) = self.valid_token() {
             return Ok(token);

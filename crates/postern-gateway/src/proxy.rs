@@ -1002,21 +1002,22 @@ fn authorize(
         request.method().as_str(),
         size.unwrap_or(0),
     );
+    // A compressed body's declared size is not the size its vendor reads (a 20 kB gzip body
+    // may inflate to megabytes): decided as one of unknown size too.
+    let coded = size != Some(0)
+        && request
+            .headers()
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|value| {
+                !value
+                    .as_bytes()
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"identity")
+            });
     // A WebSocket's messages pass unseen once the handshake is answered (`websocket`: the
     // request asks for one), so their sizes are as unknown as a chunked body's: decided at
     // every size that could change the answer.
-    // A compressed body's declared size is not the size its vendor reads (a 20 kB gzip body
-    // may inflate to megabytes): decided as one of unknown size too.
-    let coded = request
-        .headers()
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .any(|value| {
-            !value
-                .as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"identity")
-        });
     let (decision, size_decides) = match size {
         Some(_) if !websocket && !coded => (runtime.policy.authorize(&authz), false),
         // A body of unknown size (chunked, h2 without content-length): a chunked upload must
@@ -1739,10 +1740,15 @@ async fn forward_replayable(
     if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(response);
     }
-    drop(response);
     source.purge(&token);
-    tracing::info!(integration = %integration.name, request_id = %context.request_id, "vendor refused the OAuth2 token; re-minting once");
     let fresh = oauth_token(integration, source).await?;
+    // The token was not dropped (another was dropped less than a second ago): sending the
+    // same one again would only be refused again. The vendor's 401 is the answer.
+    if fresh == token {
+        return Ok(response);
+    }
+    drop(response);
+    tracing::info!(integration = %integration.name, request_id = %context.request_id, "vendor refused the OAuth2 token; re-minted, replaying once");
     let caller = context.caller.as_deref();
     let result = forward(integration, build(fresh), context.started, caller).await;
     forwarded(integration, context, result, None)

@@ -550,6 +550,7 @@ impl Runtime {
         }
 
         // Tokens issued at run time (`postern callers rotate`) or imported, for those callers.
+        let mut ignored: Vec<&str> = Vec::new();
         for token in store_tokens.iter().filter(|t| !t.revoked) {
             if token.token_sha256 == inputs.admin_token_sha256 {
                 anyhow::bail!(
@@ -560,7 +561,18 @@ impl Runtime {
             }
             if let Some(caller) = vault_callers.get(token.caller.as_str()) {
                 callers_by_token.insert(token.token_sha256, Arc::from(*caller));
+            } else if config.caller(&token.caller).is_some_and(|caller| {
+                // Not the config's own token, copied by `callers import` before the switch.
+                caller.token_sha256.as_deref() != Some(hex::encode(token.token_sha256).as_str())
+            }) && !ignored.contains(&token.caller.as_str())
+            {
+                ignored.push(&token.caller);
             }
+        }
+        // Said, not silent: a caller may have been given such a token before this rule (a
+        // `callers rotate` of a caller known by its certificate alone).
+        if !ignored.is_empty() {
+            tracing::warn!(callers = ?ignored, "the vault holds active tokens for these callers, which are not accepted: the config names no vault tokens for them (`token_store = true`, or a token_sha256 that `postern callers rotate|revoke` revoked); add token_store = true to use them, or `postern callers revoke NAME` to retire them");
         }
 
         let (policy, scanner) = match inputs.reuse {

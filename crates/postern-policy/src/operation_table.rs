@@ -29,8 +29,8 @@ pub struct MatchedOperation<'a> {
 
 /// What one method's operations make of a path.
 enum Found<'a> {
-    /// An operation, and its template's fixed characters ([`PathTemplate::literal_len`]).
-    Operation(MatchedOperation<'a>, usize),
+    /// An operation, and its template.
+    Operation(MatchedOperation<'a>, &'a PathTemplate),
     /// Only loosely, as a vendor's router might ([`PathTemplate::loosely_matches`]).
     Loosely,
     Nothing,
@@ -115,13 +115,13 @@ impl OperationTable {
     pub fn find(&self, method: &str, path: &str) -> Option<MatchedOperation<'_>> {
         let segment_count = path.bytes().filter(|&b| b == b'/').count();
         match self.find_exact(method, segment_count, path) {
-            // A `HEAD` operation, unless a `GET` one is more literal for the path (or a vendor
-            // could take the path for one): servers that answer `HEAD` with a `GET` route
-            // (Express, Rails, Flask) may run that route's handler first (`HEAD
-            // /files/export` under `HEAD /files/{id}` beside `GET /files/export`).
-            Found::Operation(matched, literal) if method == "HEAD" => {
+            // A `HEAD` operation, unless a `GET` one the path matches is not less specific at
+            // every segment (or a vendor could take the path for one): servers that answer
+            // `HEAD` with a `GET` route (Express, Rails, Flask) may run that route's handler
+            // first (`HEAD /files/export` under `HEAD /files/{id}` beside `GET /files/export`).
+            Found::Operation(matched, template) if method == "HEAD" => {
                 match self.find_exact("GET", segment_count, path) {
-                    Found::Operation(_, get_literal) if get_literal > literal => None,
+                    Found::Operation(_, get) if !template.dominates(get) => None,
                     Found::Loosely => None,
                     _ => Some(matched),
                 }
@@ -166,7 +166,7 @@ impl OperationTable {
                             id: &entry.id,
                             template: &entry.template_text,
                         },
-                        entry.template.literal_len(),
+                        &entry.template,
                     ),
                 };
             }

@@ -157,6 +157,21 @@ fn a_head_operation_yields_to_a_more_literal_get_one() {
     assert_eq!(found("HEAD", "/files/Export"), None);
     assert_eq!(found("HEAD", "/files/f1").as_deref(), Some("head_file"));
     assert_eq!(found("GET", "/files/export").as_deref(), Some("export"));
+    // Fewer fixed characters is not what decides: a HEAD template less specific at one
+    // segment than the GET one the path matches yields too.
+    let table = OperationTable::new([
+        ("head_export", "HEAD", "/{kind}/export"),
+        ("get_file", "GET", "/files/{id}"),
+    ])
+    .unwrap();
+    assert!(table.find("HEAD", "/files/export").is_none());
+    assert_eq!(
+        table
+            .find("HEAD", "/docs/export")
+            .map(|m| m.id.to_string())
+            .as_deref(),
+        Some("head_export")
+    );
 }
 
 #[test]
