@@ -763,6 +763,19 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
                     b'/' => return Some("it contains an encoded '/' (%2f)"),
                     b'\\' => return Some("it contains an encoded '\\' (%5c)"),
                     0..=0x1f | 0x7f => return Some("it contains an encoded control character"),
+                    // `%25` and then an escape of what shapes a path: a vendor stack that
+                    // decodes twice (a proxy in front of it, then its framework) reads `%252e%252e`
+                    // as `..` and `%252f` as `/`, which no template was matched against.
+                    b'%' => {
+                        let twice = bytes
+                            .get(index + 3..index + 5)
+                            .and_then(|pair| Some(hex_digit(pair[0])? << 4 | hex_digit(pair[1])?));
+                        if matches!(twice, Some(b'.' | b'/' | b'\\' | 0..=0x1f | 0x7f)) {
+                            return Some(
+                                "it contains a doubly encoded '.', '/', '\\' or control character (%25 and its escape)",
+                            );
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -2637,6 +2650,8 @@ mod tests {
 
     #[test]
     fn path_problem_names_the_first_kind_of_problem() {
+        const DOUBLY: &str =
+            "it contains a doubly encoded '.', '/', '\\' or control character (%25 and its escape)";
         let cases: &[(&str, Option<&str>)] = &[
             ("/stripe/v1/charges/ch_1", None),
             ("/", None),
@@ -2668,6 +2683,14 @@ mod tests {
             ("/a%2fb", Some("it contains an encoded '/' (%2f)")),
             ("/a%5Cb", Some("it contains an encoded '\\' (%5c)")),
             ("/a%0d%0a", Some("it contains an encoded control character")),
+            // A percent sign is data (`100%25`), but not the start of an escape a vendor that
+            // decodes twice reads as path structure.
+            ("/a/100%25/b%2520c", None),
+            ("/a/%25", None),
+            ("/a/%252e%252e/b", Some(DOUBLY)),
+            ("/a%252Fb", Some(DOUBLY)),
+            ("/a%255cb", Some(DOUBLY)),
+            ("/a%2500", Some(DOUBLY)),
             ("/a/../b", Some("it contains a '.' or '..' segment")),
             ("/a/./b", Some("it contains a '.' or '..' segment")),
             ("/..", Some("it contains a '.' or '..' segment")),
