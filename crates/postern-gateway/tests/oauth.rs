@@ -441,11 +441,11 @@ async fn vendor_401s_drop_the_token_at_most_once_a_second() {
 /// the current token serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_refresh_is_not_tried_at_every_call() {
-    // 5 s tokens: refreshed from 4 s on, the calls below well before the token expires.
-    let s = setup(5, "basic").await;
+    // 10 s tokens: refreshed from 8 s on, the calls below well before the token expires.
+    let s = setup(10, "basic").await;
     assert_eq!(call(&s.gw).await, 200);
     s.tokens.down.store(true, Ordering::SeqCst);
-    tokio::time::sleep(std::time::Duration::from_millis(4050)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(8050)).await;
     let started = std::time::Instant::now();
     let mut calls = 0;
     while started.elapsed() < std::time::Duration::from_millis(400) {

@@ -44,47 +44,47 @@ impl TemplateSegment {
     /// The template's own text is read both ways too: a literal written with escapes
     /// (`/users/%40me`) is the route `@me` to such a server, which `/users/@me` reaches.
     fn loosely_matches(&self, segment: &[u8]) -> bool {
-        // The segment as sent, and decoded when it holds an escape.
+        // The segment as sent, and decoded when it holds an escape; the template's text too
+        // (decoded only when it holds one, which config templates rarely do): nothing is
+        // allocated for the usual segment and template.
         let decoded_segment = segment.contains(&b'%').then(|| percent_decoded(segment));
-        let segments = std::iter::once(segment).chain(decoded_segment.as_deref());
+        let decoded = |text: &str| text.contains('%').then(|| percent_decoded(text.as_bytes()));
         match self {
             TemplateSegment::Literal(text) => {
-                let decoded_text = text.contains('%').then(|| percent_decoded(text.as_bytes()));
-                let texts: Vec<&[u8]> = std::iter::once(text.as_bytes())
-                    .chain(decoded_text.as_deref())
-                    .collect();
-                let alike = |segment: &[u8], text: &[u8]| {
-                    segment.len() >= text.len()
-                        && segment[..text.len()].eq_ignore_ascii_case(text)
-                        && matches!(segment.get(text.len()), None | Some(b'.' | b';'))
+                let decoded_text = decoded(text);
+                let alike = |segment: &[u8]| {
+                    let like = |text: &[u8]| {
+                        segment.len() >= text.len()
+                            && segment[..text.len()].eq_ignore_ascii_case(text)
+                            && matches!(segment.get(text.len()), None | Some(b'.' | b';'))
+                    };
+                    like(text.as_bytes()) || decoded_text.as_deref().is_some_and(like)
                 };
-                segments
-                    .into_iter()
-                    .any(|segment| texts.iter().any(|text| alike(segment, text)))
+                alike(segment) || decoded_segment.as_deref().is_some_and(alike)
             }
             TemplateSegment::Placeholder { prefix, suffix } => {
-                let alike = |segment: &[u8], (prefix, suffix): (&[u8], &[u8])| {
+                let fits = |segment: &[u8], prefix: &[u8], suffix: &[u8]| {
                     segment.len() > prefix.len() + suffix.len()
                         && segment[..prefix.len()].eq_ignore_ascii_case(prefix)
                         && segment[segment.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
                 };
-                let decoded =
-                    |text: &String| text.contains('%').then(|| percent_decoded(text.as_bytes()));
-                let (decoded_prefix, decoded_suffix) = (decoded(prefix), decoded(suffix));
-                let mut fixes = vec![(prefix.as_bytes(), suffix.as_bytes())];
-                if decoded_prefix.is_some() || decoded_suffix.is_some() {
-                    fixes.push((
-                        decoded_prefix.as_deref().unwrap_or(prefix.as_bytes()),
-                        decoded_suffix.as_deref().unwrap_or(suffix.as_bytes()),
-                    ));
+                if fits(segment, prefix.as_bytes(), suffix.as_bytes()) {
+                    return true;
                 }
                 // A bare placeholder takes any segment, escaped or not: no second reading.
-                let bare = prefix.is_empty() && suffix.is_empty();
-                alike(segment, fixes[0])
-                    || (!bare
-                        && segments
-                            .into_iter()
-                            .any(|segment| fixes.iter().any(|&fix| alike(segment, fix))))
+                if prefix.is_empty() && suffix.is_empty() {
+                    return false;
+                }
+                let (decoded_prefix, decoded_suffix) = (decoded(prefix), decoded(suffix));
+                let prefix_decoded = decoded_prefix.as_deref().unwrap_or(prefix.as_bytes());
+                let suffix_decoded = decoded_suffix.as_deref().unwrap_or(suffix.as_bytes());
+                let template_escaped = decoded_prefix.is_some() || decoded_suffix.is_some();
+                let alike = |segment: &[u8]| {
+                    fits(segment, prefix.as_bytes(), suffix.as_bytes())
+                        || (template_escaped && fits(segment, prefix_decoded, suffix_decoded))
+                };
+                (template_escaped && alike(segment))
+                    || decoded_segment.as_deref().is_some_and(alike)
             }
         }
     }
