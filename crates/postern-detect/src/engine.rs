@@ -8,8 +8,9 @@
 //! Every event updates up to three keys: the integration, (integration, caller) and
 //! (integration, caller, operation). Each key keeps per-minute buckets of: request count,
 //! request bytes, response bytes, 4xx and 5xx ratios, vendor 401/403 count, caller
-//! authentication failures (status 401 `caller_unauthenticated`, attributed to the integration
-//! named in the event, or `(none)`), and mean latency.
+//! authentication failures (401 `caller_unauthenticated`, and the forward proxy's 407
+//! `proxy_auth_required`, attributed to the integration named in the event, or `(none)`), and
+//! mean latency.
 //!
 //! A closed bucket updates the key's baseline for each metric: an exponentially weighted level
 //! and mean absolute deviation (re-learning a new normal within about
@@ -290,6 +291,11 @@ const CALLER_REFUSALS: &[&str] = &[
     "request_body_error",
     "request_body_timeout",
 ];
+
+/// The gateway's refusals for missing, unknown or no longer valid caller credentials: the
+/// listener's 401 and the forward proxy's 407 (`Proxy-Authorization`), counted as caller
+/// authentication failures, not in the 4xx ratio (docs/EVENTS.md).
+const CALLER_AUTH_FAILURES: &[&str] = &["caller_unauthenticated", "proxy_auth_required"];
 
 /// The metrics whose alert is raised again, whatever the cooldown, when the value grows to
 /// [`ESCALATION`] times the one it was raised on: a small decoy (1 MB sent) must not stand for
@@ -602,6 +608,13 @@ struct KeyState {
     /// time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     behind_since_ms: Option<i64>,
+    /// Caller keys: made again for a caller its integration already knew once the integration
+    /// was warm (the caller's earlier key was evicted: idle for `idle_eviction_seconds`, or
+    /// past `max_keys`): its novelty alerts need no warm-up of their own, or a dormant
+    /// credential coming back — what a thief reuses — would go a day without `new_source` or
+    /// `new_operation`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    returned: bool,
 }
 
 /// Calls and bytes of one 5-minute step.
@@ -739,6 +752,7 @@ impl KeyState {
             previous_latency_ms: 0.0,
             volume_steps: VecDeque::new(),
             behind_since_ms: None,
+            returned: false,
         }
     }
 }
@@ -888,14 +902,6 @@ impl Engine {
     pub fn observe(&mut self, event: &DetectEvent, now_ms: i64) -> Vec<Alert> {
         let mut alerts = Vec::new();
         self.sweep(now_ms);
-        let (integration, opens_host_key) = self.integration_of(event);
-        let minute = event.time_unix_ms.div_euclid(MINUTE_MS);
-
-        let integration_key = MetricKey {
-            integration: integration.clone(),
-            caller: None,
-            operation: None,
-        };
         // A call the gateway refused to a known caller is that caller's doing: it counts on the
         // caller's keys only. On the integration's own key, any caller's steady refusals
         // (`not_granted` to an integration it has no grant on) would pad the requests every
@@ -908,6 +914,14 @@ impl Engine {
                     .reason
                     .as_deref()
                     .is_some_and(|reason| CALLER_REFUSALS.contains(&reason)));
+        let (integration, opens_host_key) = self.integration_of(event, refused_known_caller);
+        let minute = event.time_unix_ms.div_euclid(MINUTE_MS);
+
+        let integration_key = MetricKey {
+            integration: integration.clone(),
+            caller: None,
+            operation: None,
+        };
         if !refused_known_caller {
             if opens_host_key {
                 self.count_host_key(&integration, &event.caller);
@@ -937,9 +951,14 @@ impl Engine {
     /// through to a host no integration registers, `host:<name>` (while fewer than
     /// `max_host_keys` such keys are held, and fewer than `max_host_keys_per_caller` opened by
     /// the event's caller, or its key is held already); else `(none)`. And whether the event
-    /// would open that host key: it is counted only where the key is added
-    /// ([`Engine::count_host_key`]), not for an event that counts on its caller's keys alone.
-    fn integration_of(&self, event: &DetectEvent) -> (Arc<str>, bool) {
+    /// opens that host key ([`Engine::count_host_key`]).
+    ///
+    /// A call refused as its caller's doing (`refused_known_caller`) counts on its caller's
+    /// keys alone, so it adds no host key, and takes no place under the caps: it is keyed
+    /// `host:<name>` only when that host's key is held already, else `(none)`. Keyed by a host
+    /// of its own, each such call to a new name would add caller keys under a `host:` name
+    /// the caps never counted, and a caller spraying names would push every other key out.
+    fn integration_of(&self, event: &DetectEvent, refused_known_caller: bool) -> (Arc<str>, bool) {
         if let Some(integration) = &event.integration {
             // No integration is named `host:…` (names take no `:`); a replayed event that says
             // so is not counted as a host key.
@@ -957,6 +976,9 @@ impl Engine {
             };
             if self.keys.contains_key(&key) {
                 return (key.integration, false);
+            }
+            if refused_known_caller {
+                return (Arc::from(NO_INTEGRATION), false);
             }
             let opened = self.opened_host_keys.get(&event.caller).copied();
             if self.host_keys < self.config.max_host_keys
@@ -1027,8 +1049,12 @@ impl Engine {
                     warm && novelty_due(last_alert_ms, kind, full, now_ms, quiet_ms)
                 })
         };
+        // Whether the integration knew the caller before this event, while warm: a caller key
+        // made now is then one made again (its earlier key evicted), not a new caller's.
+        let mut returning = false;
         if let Some(integration_state) = self.keys.get_mut(integration_key) {
             let integration_warm = now_ms - integration_state.first_seen_ms >= warm_ms;
+            returning = integration_warm && integration_state.callers.entries.contains_key(caller);
             if news(
                 &mut integration_state.callers,
                 &mut integration_state.last_alert_ms,
@@ -1048,8 +1074,15 @@ impl Engine {
         let state = self
             .keys
             .entry(caller_key.clone())
-            .or_insert_with(|| KeyState::new(now_ms, minute));
-        let caller_warm = now_ms - state.first_seen_ms >= warm_ms;
+            .or_insert_with(|| KeyState {
+                returned: returning,
+                ..KeyState::new(now_ms, minute)
+            });
+        // A caller key made again is warm for names at once: every operation and source is new
+        // to it then (its memory went with the evicted key), so the return of a dormant caller
+        // raises `new_operation` and `new_source`, once per name. Off-hours waits its week again
+        // (the activity histogram went too).
+        let caller_warm = state.returned || now_ms - state.first_seen_ms >= warm_ms;
         if let Some(operation) = &event.operation {
             if news(
                 &mut state.operations,
@@ -1164,7 +1197,10 @@ impl Engine {
         }
         // Events older than the open minute (out of order) still count in it.
         let bucket = &mut state.bucket;
-        let caller_auth_failure = event.reason.as_deref() == Some("caller_unauthenticated");
+        let caller_auth_failure = event
+            .reason
+            .as_deref()
+            .is_some_and(|reason| CALLER_AUTH_FAILURES.contains(&reason));
         bucket.requests += 1;
         bucket.request_bytes += event.request_bytes as f64;
         bucket.response_bytes += event.response_bytes as f64;

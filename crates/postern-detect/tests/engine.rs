@@ -364,6 +364,41 @@ fn burst_of_unauthenticated_calls_alerts_caller_auth_failures() {
     );
 }
 
+/// The forward proxy refuses a missing or wrong `Proxy-Authorization` with 407
+/// `proxy_auth_required`: credential stuffing through the proxy is a caller authentication
+/// failure too, not just a 4xx.
+#[test]
+fn burst_of_proxy_auth_refusals_alerts_caller_auth_failures() {
+    let refused = |time_ms: i64| DetectEvent {
+        integration: None,
+        operation: None,
+        host: Some("api.acme.example".into()),
+        decision: Some("deny".into()),
+        reason: Some("proxy_auth_required".into()),
+        ..event(time_ms, None, "x", 407, 0, "203.0.113.9")
+    };
+    let mut noise = Noise(0x5eed);
+    let mut engine = Engine::new(EngineConfig::default());
+    // A stray refusal long before: the `(none)` key has a baseline (of about nothing).
+    engine.observe(&refused(START_MS), START_MS);
+    let (mut events, now) = (
+        steady(START_MS, 2 * 1_440, 1.0, &mut noise),
+        START_MS + 2 * DAY_MS,
+    );
+    events.extend(steady(now, 10, 1.0, &mut noise));
+    events.extend((0..40).map(|i| refused(now + 2 * MINUTE_MS + i * 1_000)));
+    events.sort_by_key(|event| event.time_unix_ms);
+    let alerts = run(&mut engine, &events);
+    let alert = alerts
+        .iter()
+        .find(|alert| alert.kind == AlertKind::CallerAuthFailures)
+        .unwrap_or_else(|| panic!("no caller_auth_failures: {alerts:#?}"));
+    assert_eq!(
+        (alert.integration.as_str(), alert.caller.as_deref()),
+        ("(none)", None)
+    );
+}
+
 #[test]
 fn response_bytes_surge_alerts_volume_in() {
     let alerts = check_incident(|at| {
@@ -545,6 +580,50 @@ fn idle_keys_are_evicted() {
     assert_eq!(engine.key_count(), 1);
 }
 
+/// A caller idle past `idle_eviction_seconds` loses its keys; when its (perhaps stolen) token
+/// comes back, its integration still knows it, and its calls are not given a fresh day of
+/// novelty warm-up: a new source and a new operation alert at once.
+#[test]
+fn a_dormant_caller_coming_back_is_not_warmed_up_again() {
+    let config = EngineConfig {
+        idle_eviction_seconds: 2 * 86_400,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config);
+    let mut noise = Noise(0x5eed);
+    let alerts = run(&mut engine, &steady(START_MS, 3 * 1_440, 1.0, &mut noise));
+    assert!(alerts.is_empty(), "clean traffic alerted: {alerts:#?}");
+    let only_checkout: Vec<DetectEvent> = steady(START_MS + 3 * DAY_MS, 3 * 1_440, 1.0, &mut noise)
+        .into_iter()
+        .filter(|event| event.caller.as_deref() == Some("checkout"))
+        .collect();
+    let alerts = run(&mut engine, &only_checkout);
+    assert!(alerts.is_empty(), "clean traffic alerted: {alerts:#?}");
+    let back = event(
+        START_MS + 6 * DAY_MS + MINUTE_MS,
+        Some("billing"),
+        "delete_customer",
+        200,
+        5_000,
+        "203.0.113.9",
+    );
+    let alerts = engine.observe(&back, back.time_unix_ms);
+    assert_eq!(
+        kinds(&alerts),
+        BTreeSet::from([AlertKind::NewOperation, AlertKind::NewSource]),
+        "{alerts:#?}"
+    );
+    assert!(alerts
+        .iter()
+        .all(|alert| alert.caller.as_deref() == Some("billing")));
+    // Its next calls' names are known again: one alert per name.
+    let again = DetectEvent {
+        time_unix_ms: back.time_unix_ms + 1_000,
+        ..back.clone()
+    };
+    assert!(engine.observe(&again, again.time_unix_ms).is_empty());
+}
+
 /// A forward-proxy call let through to a host no integration registers is keyed by its host
 /// (`host:<name>`), up to `max_host_keys` hosts: calls to further hosts, and refused ones,
 /// count under `(none)`; an evicted host key frees its place, and a restored engine counts
@@ -663,6 +742,52 @@ fn one_caller_opens_at_most_its_share_of_host_keys() {
     let later = proxied(START_MS + 120 * MINUTE_MS, "sprayer", "late.example");
     engine.observe(&later, later.time_unix_ms);
     assert_eq!(host_keys(&engine), ["host:late.example"]);
+}
+
+/// Calls refused as the caller's doing (here `unsupported_content_encoding`, which the plain
+/// forward-proxy path refuses whoever the caller, under a wildcard allow or report mode) to
+/// ever-new host names add no keys under those names: each would otherwise add a
+/// `(host:<name>, caller)` key that no host cap counts, and past `max_keys` the sweep would
+/// evict the real integrations' keys.
+#[test]
+fn refused_calls_to_new_hosts_add_no_keys_and_evict_nothing() {
+    let config = EngineConfig {
+        max_keys: 1_000,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config);
+    let first = event(
+        START_MS,
+        Some("checkout"),
+        "get_charge",
+        200,
+        5_000,
+        "10.0.0.1",
+    );
+    engine.observe(&first, first.time_unix_ms);
+    for i in 0..5_000 {
+        let refused = DetectEvent {
+            integration: None,
+            operation: None,
+            host: Some(format!("h{i}.example").into()),
+            decision: Some("allow".into()),
+            reason: Some("unsupported_content_encoding".into()),
+            ..event(
+                START_MS + 1_000 + i,
+                Some("sprayer"),
+                "x",
+                415,
+                0,
+                "10.0.0.9",
+            )
+        };
+        engine.observe(&refused, refused.time_unix_ms);
+        assert!(engine.key_count() < 20, "{} keys", engine.key_count());
+    }
+    assert!(engine
+        .integration_names()
+        .iter()
+        .any(|name| &**name == "acme"));
 }
 
 #[test]
