@@ -152,7 +152,7 @@ fn type_error(message: &str, written: &str) -> Option<(String, String)> {
         return None;
     };
     let (found, expected) = rest.rsplit_once(", expected ")?;
-    let found = plain_found(found);
+    let found = plain_found(found, kind == "value");
     let expected_plain = plain_expected(expected);
     // A table header: `[name]` or `[[name]]`, where the error points.
     let header = written.trim_start();
@@ -198,26 +198,68 @@ fn type_error(message: &str, written: &str) -> Option<(String, String)> {
     Some((message, fix))
 }
 
-/// serde's name for what was written, in the config's words.
-fn plain_found(found: &str) -> String {
+/// serde's name for what was written, in the config's words, never with its text.
+///
+/// A value of the wrong type may be a secret typed in the wrong place (`credential =
+/// "sk_live_..."` where a table belongs), and diagnostics reach terminals, `check --json` and
+/// the reload log: a string is described by its length only, and a number or boolean in a type
+/// error by its kind (the line and column already point at it). A number is echoed only when
+/// `echo_number` is set, for a range error: a number written where the key takes a number (a
+/// port, a count, a size), whose value is what the message is about.
+fn plain_found(found: &str, echo_number: bool) -> String {
     let found = found.trim();
     if let Some(value) = found.strip_prefix("string ") {
-        return format!("a string ({value})");
+        return string_of(debug_str_chars(value));
     }
-    for (serde, plain) in [
-        ("integer", "the number"),
-        ("floating point", "the number"),
-        ("boolean", "the boolean"),
+    if found.starts_with("character ") {
+        return string_of(1);
+    }
+    for (serde, kind, plain) in [
+        ("integer", "a whole number", "the number"),
+        ("floating point", "a number", "the number"),
+        ("boolean", "a boolean", "the boolean"),
     ] {
         if let Some(value) = found.strip_prefix(serde) {
-            return format!("{plain} {}", value.trim().trim_matches('`'));
+            return if echo_number && serde != "boolean" {
+                format!("{plain} {}", value.trim().trim_matches('`'))
+            } else {
+                kind.to_string()
+            };
         }
     }
     match found {
         "map" => "a table".to_string(),
         "sequence" => "an array".to_string(),
+        // Anything else serde names is a kind (`unit value`, `byte array`), never a value.
         other => other.to_string(),
     }
+}
+
+fn string_of(chars: usize) -> String {
+    let unit = if chars == 1 {
+        "character"
+    } else {
+        "characters"
+    };
+    format!("a string ({chars} {unit})")
+}
+
+/// The length in characters of the string serde wrote with `{:?}` (`"a\"b\u{7f}"`): each escape
+/// (`\"`, `\n`, `\u{...}`) is one character of the value.
+fn debug_str_chars(quoted: &str) -> usize {
+    let inner = quoted
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or(quoted);
+    let mut chars = inner.chars();
+    let mut count = 0;
+    while let Some(c) = chars.next() {
+        count += 1;
+        if c == '\\' && chars.next() == Some('u') {
+            chars.by_ref().take_while(|&c| c != '}').for_each(drop);
+        }
+    }
+    count
 }
 
 /// serde's name for what the config expects (`struct RawGateway`, `u32`, `a sequence`), in the

@@ -160,7 +160,7 @@ fn toml_syntax_type_and_unknown_key_errors() {
     check("[gateway]\nlistenn = \"127.0.0.1:8080\"\n", "2:1: unknown field `listenn`, expected one of `listen`, `admin_listen`, `data_dir`, `tls_cert`, `tls_key`, `client_ca`, `admin_token_sha256`, `policies`, `events_max_file_bytes`, `events_max_files`, `max_header_bytes`, `shutdown_grace_ms`, `idle_timeout_ms`, `workers`, `credential_max_age_days`, `audit_origin`, `detect`, `scan_rules`, `audit_checkpoint_interval_ms`, `audit_timeout_ms`");
     check("[gatway]\n", "1:2: unknown field `gatway`, expected one of `gateway`, `callers`, `integrations`, `grants`, `proxy`");
     check(&integration("credential = { kind = \"bearer\", from_envv = \"K\" }\n"), "7:33: unknown field `from_envv`, expected one of `kind`, `from_env`, `from_file`, `secret`, `name`, `param`, `username`, `token_url`, `client_id`, `client_secret`, `scope`, `client_auth`, `params`");
-    check("[[callers]]\nname = 1\n", "2:8: expected a string, found the number 1");
+    check("[[callers]]\nname = 1\n", "2:8: expected a string, found a whole number");
     check("[[callers]]\nname = \"a\n", "2:10: invalid basic string");
     check("[[callers]]\nname = \"a\"\ntoken_sha256 = \"<64 hex>\"\n[gateway]\n", "4:1: missing field `listen`");
     check(&integration("").replace("owner = \"payments@example.com\"\n", ""), "1:1: missing field `owner`");
@@ -799,11 +799,11 @@ fn type_errors_name_what_was_expected_and_how_to_write_it() {
     );
     assert_eq!(
         fixes(&format!("{}credential = \"KEY\"\n\n{GATEWAY}", integration(""))),
-        "7:14: expected a table, found a string (\"KEY\") | write a table here: `key = { name = value, ... }` inline, or a `[section]` of its own (see docs/CONFIG.md for this key)"
+        "7:14: expected a table, found a string (3 characters) | write a table here: `key = { name = value, ... }` inline, or a `[section]` of its own (see docs/CONFIG.md for this key)"
     );
     assert_eq!(
         fixes(&format!("{}rate_limit = {{ requests_per_second = 5, burst = \"100\" }}\n\n{GATEWAY}", integration(""))),
-        "7:49: expected a whole number from 0 to 4294967295, found a string (\"100\") | write the number without quotes"
+        "7:49: expected a whole number from 0 to 4294967295, found a string (3 characters) | write the number without quotes"
     );
     assert_eq!(
         fixes(&format!("{GATEWAY}events_max_files = -1\n")),
@@ -811,7 +811,7 @@ fn type_errors_name_what_was_expected_and_how_to_write_it() {
     );
     assert_eq!(
         fixes(&format!("{GATEWAY}\n[proxy]\nenabled = \"yes\"\n")),
-        "7:11: expected a boolean, found a string (\"yes\") | write `true` or `false`, without quotes"
+        "7:11: expected a boolean, found a string (3 characters) | write `true` or `false`, without quotes"
     );
     // An inline value that is an array of arrays is no table header.
     assert_eq!(
@@ -824,5 +824,76 @@ fn type_errors_name_what_was_expected_and_how_to_write_it() {
         fixes(&format!("{GATEWAY}\n[callers]\nname = \"x\"\n")),
     ] {
         assert!(!text.contains("Raw") && !text.contains("map") && !text.contains("sequence"), "{text}");
+    }
+}
+
+/// A value of the wrong type may be a secret typed where a table belongs: the diagnostic
+/// (`check`, `check --json`, serve start, reload log) never carries its text, only its kind and
+/// length, and still names the place, what was expected and a fix.
+#[test]
+fn type_errors_never_echo_the_value_written() {
+    let text = format!(
+        "{}credential = \"CANARY_X_123\"\n\n{GATEWAY}",
+        integration("")
+    );
+    let errors = parse(&text, Path::new("postern.toml")).unwrap_err();
+    let rendered = errors.to_string();
+    assert!(!rendered.contains("CANARY_X_123"), "{rendered}");
+    assert!(
+        !format!("{errors:?}").contains("CANARY_X_123"),
+        "{errors:?}"
+    );
+    assert_eq!(errors.errors.len(), 1, "{rendered}");
+    let error = &errors.errors[0];
+    // What `check --json` prints: line, column, message and fix of each diagnostic.
+    for field in [&error.message, &error.fix] {
+        assert!(!field.contains("CANARY_X_123"), "{field}");
+    }
+    assert_eq!((error.line, error.column), (7, 14));
+    assert_eq!(
+        error.message,
+        "expected a table, found a string (12 characters)"
+    );
+    assert!(error.fix.starts_with("write a table here"), "{}", error.fix);
+    assert!(
+        rendered.starts_with("postern.toml:7:14: error: expected a table, found a string (12 characters)\n  fix: write a table here"),
+        "{rendered}"
+    );
+
+    // The length counts the value's characters, escapes and all; no part of the text shows.
+    let text = format!(
+        "{}credential = \"CANARY\\\"\\u00e9\\n\\u0001\"\n\n{GATEWAY}",
+        integration("")
+    );
+    let error = &parse(&text, Path::new("postern.toml")).unwrap_err().errors[0];
+    assert_eq!(
+        error.message,
+        "expected a table, found a string (10 characters)"
+    );
+
+    // Numbers and booleans in a type error are named by kind only (the place points at them);
+    // a number is echoed only when out of range for a key that takes a number.
+    let cases = [
+        (
+            format!("[[callers]]\nname = \"a\"\ntoken_sha256 = 424242424242\n\n{GATEWAY}"),
+            "expected a string, found a whole number",
+        ),
+        (
+            format!("{}credential = 4242.4242\n\n{GATEWAY}", integration("")),
+            "expected a table, found a number",
+        ),
+        (
+            format!("{}credential = true\n\n{GATEWAY}", integration("")),
+            "expected a table, found a boolean",
+        ),
+    ];
+    for (text, message) in cases {
+        let errors = parse(&text, Path::new("postern.toml")).unwrap_err();
+        let rendered = errors.to_string();
+        assert!(
+            !rendered.contains("4242") && !rendered.contains("true"),
+            "{rendered}"
+        );
+        assert_eq!(errors.errors[0].message, message, "{rendered}");
     }
 }

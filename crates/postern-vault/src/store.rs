@@ -208,13 +208,15 @@ impl Vault {
     /// Like [`Vault::open`], with the environment's key passed in (tests, embedding).
     pub fn open_with(data_dir: &Path, env_key: Option<&str>) -> Result<Vault, VaultError> {
         if !data_dir.exists() {
-            std::fs::create_dir_all(data_dir)
-                .map_err(io(format!("creating {}", data_dir.display())))?;
+            // Private from the start (each directory created, parents too): no moment in which
+            // another user could enter it or, under a loose umask, plant files in it.
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
             #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
-            }
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder
+                .create(data_dir)
+                .map_err(io(format!("creating {}", data_dir.display())))?;
         }
         let path = data_dir.join(VAULT_FILE);
         let key_file = data_dir.join(MASTER_KEY_FILE);
@@ -271,12 +273,8 @@ impl Vault {
                 (key, MasterKeyOrigin::Generated(key_file.clone()))
             }
         };
+        create_private_db(&path)?;
         let conn = Connection::open(&path)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -1020,8 +1018,81 @@ fn history(
     Ok(())
 }
 
+/// Makes `path` (the vault file) exist and readable by its owner only, before SQLite opens it.
+///
+/// A new file is created empty with mode 0600 (an empty file is a valid SQLite database), never
+/// with SQLite's 0644 less the umask and narrowed afterwards: in between, another user could
+/// open it and keep the descriptor. An existing file, and any `-wal`, `-shm` or `-journal` beside
+/// it, is narrowed to 0600; a failure to do so is an error naming the file and the fix. (SQLite
+/// creates its side files with the main file's mode: 0600 too.)
+fn create_private_db(path: &Path) -> Result<(), VaultError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => {}
+        // Created meanwhile by another process (or there already): narrowed below.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(io(format!("creating {}", path.display()))(error)),
+    }
+    make_private(path)?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut side = path.as_os_str().to_os_string();
+        side.push(suffix);
+        match make_private(Path::new(&side)) {
+            // Absent, or removed meanwhile by the last connection of another process closing.
+            Err(VaultError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                continue
+            }
+            result => result?,
+        }
+    }
+    Ok(())
+}
+
+/// Narrows `path` to mode 0600 unless it is already; an error names the file and the fix.
+fn make_private(path: &Path) -> Result<(), VaultError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(io(format!("reading {}", path.display())))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode != 0o600 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                io(format!(
+                    "{} has mode {mode:04o} and could not be made private (0600): run `chmod 600 {}` as its owner, or move the data_dir to a file system that keeps modes",
+                    path.display(),
+                    path.display()
+                )),
+            )?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// Creates a key file whole with mode 0600 ([`postern_keyfile::create_private_file`]).
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), VaultError> {
     postern_keyfile::create_private_file(path, contents)
         .map_err(io(format!("creating {}", path.display())))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// A vault file that cannot be narrowed to 0600 is an error naming the file and the fix,
+    /// never ignored. (procfs refuses every chmod of a process's files, even root's.)
+    #[test]
+    fn a_file_that_cannot_be_made_private_is_an_error_naming_it_and_the_fix() {
+        let path = Path::new("/proc/self/status");
+        let error = make_private(path).unwrap_err().to_string();
+        assert!(error.contains("/proc/self/status has mode 0444"), "{error}");
+        assert!(error.contains("chmod 600 /proc/self/status"), "{error}");
+    }
 }
