@@ -375,6 +375,16 @@ impl Validator<'_> {
                         "`audit_origin` must be a non-empty single line without a URL scheme",
                         "name the log like `postern.example.com/audit` (C2SP tlog-checkpoint origin)",
                     );
+                } else if text.contains('+') || text.chars().any(char::is_whitespace) {
+                    // The origin is also the name of the log's signing key (C2SP signed-note),
+                    // which may hold neither: the gateway could not open the log.
+                    self.error(
+                        origin.span(),
+                        format!(
+                            "`audit_origin` {text:?} holds a space or a '+': it also names the log's signing key, and a signed-note key name may hold neither"
+                        ),
+                        "name the log without spaces or '+', like `postern.example.com/audit`",
+                    );
                 }
                 text.clone()
             }),
@@ -1795,4 +1805,49 @@ fn check_spiffe_id(id: &str) -> Result<(), (String, String)> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// `line:column: message` of each error in a config whose `[gateway]` ends with `extra`,
+    /// or "ok" (as `tests/parse.rs` renders them).
+    fn render(extra: &str) -> String {
+        let text = format!(
+            "[gateway]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:9090\"\ndata_dir = \"./data\"\n{extra}"
+        );
+        match crate::parse(&text, Path::new("/etc/postern/postern.toml")) {
+            Ok(_) => "ok".to_string(),
+            Err(errors) => errors
+                .errors
+                .iter()
+                .map(|d| format!("{}:{}: {} (fix: {})", d.line, d.column, d.message, d.fix))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    /// The origin names the signing key too: what a signed-note key name cannot hold is a
+    /// config error at its value, not a gateway that fails to open its log.
+    #[test]
+    fn audit_origin_follows_the_signed_note_key_name_rules() {
+        let refused = |origin: &str| {
+            format!("5:16: `audit_origin` {origin:?} holds a space or a '+': it also names the log's signing key, and a signed-note key name may hold neither (fix: name the log without spaces or '+', like `postern.example.com/audit`)")
+        };
+        let check = |value: &str, expect: &str| {
+            assert_eq!(
+                render(&format!("audit_origin = {value}\n")),
+                expect,
+                "{value}"
+            );
+        };
+        check("\"postern.example.com/audit\"", "ok");
+        check("\"my log\"", &refused("my log"));
+        check("\"a+b/audit\"", &refused("a+b/audit"));
+        check("\"tab\\tlog\"", &refused("tab\tlog"));
+        check("\"nbsp\u{a0}log\"", &refused("nbsp\u{a0}log"));
+        check("\"\u{2003}log\"", &refused("\u{2003}log"));
+        assert!(render("audit_origin = \"\"\n").contains("must be a non-empty single line"));
+    }
 }

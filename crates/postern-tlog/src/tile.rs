@@ -245,9 +245,33 @@ pub fn decode_entry_bundle(bundle: &[u8]) -> Result<Vec<&[u8]>, TileError> {
     Ok(out)
 }
 
-/// The stored hash of a tile's `i`-th element, for tools that fetched a tile.
+/// The stored hash of a tile's `i`-th element, for tools that fetched a tile; `None` when the
+/// tile is too short to hold it (an `i` whose offset does not fit a `usize` included).
 pub fn tile_hash_at(tile_bytes: &[u8], i: usize) -> Option<Hash> {
-    tile_bytes
-        .get(i * HASH_SIZE..(i + 1) * HASH_SIZE)
-        .and_then(Hash::from_slice)
+    let start = i.checked_mul(HASH_SIZE)?;
+    let end = start.checked_add(HASH_SIZE)?;
+    tile_bytes.get(start..end).and_then(Hash::from_slice)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_hash_at_reads_each_hash_and_nothing_past_the_tile() {
+        let tile: Vec<u8> = (0..2 * HASH_SIZE).map(|b| b as u8).collect();
+        assert_eq!(tile_hash_at(&tile, 0), Hash::from_slice(&tile[..HASH_SIZE]));
+        assert_eq!(tile_hash_at(&tile, 1), Hash::from_slice(&tile[HASH_SIZE..]));
+        assert_eq!(tile_hash_at(&tile, 2), None);
+        assert_eq!(tile_hash_at(&tile[..HASH_SIZE + 1], 1), None, "a torn hash");
+        // Offsets that overflow: unchecked, `i * 32` panics in debug builds and wraps in
+        // release ones, where `(usize::MAX / 32 + 1) * 32` is 0: the tile's first hash.
+        for i in [
+            usize::MAX,
+            usize::MAX / HASH_SIZE,
+            usize::MAX / HASH_SIZE + 1,
+        ] {
+            assert_eq!(tile_hash_at(&tile, i), None, "i = {i}");
+        }
+    }
 }

@@ -4,7 +4,9 @@
 //! (address and admin token from the config), or with `--offline` open the log in
 //! `<data_dir>/audit` directly (only while no gateway holds it); with `--key`, `proof`, `show`
 //! and `checkpoint` check what they are answered against the verifier key rather than trust it
-//! (`checkpoint --state` also that the log only grew since the last run). `verify` always reads
+//! (`checkpoint --state` also that the log only grew since the last run; `proof --state` and
+//! `show --state` that the proof's checkpoint is consistent with the one that run saved, so a
+//! key holder cannot show a receipt's checker another view of the log). `verify` always reads
 //! the files offline and takes no lock. Exit codes: 0 ok, 1 failure, 3 invalid config, 4 when
 //! the log is corrupt or was tampered with, or an answer does not verify (docs/AUDIT.md).
 
@@ -58,6 +60,12 @@ pub enum AuditCommand {
         /// Exit 4 when it does not verify.
         #[arg(long)]
         key: Option<String>,
+        /// A checkpoint saved by `postern audit checkpoint --key K --state FILE` (a monitor's):
+        /// the proof's checkpoint must be consistent with it, or this is another view of the
+        /// log (a split view). Exit 4 when it is not. Saves the proof's checkpoint there when
+        /// it is the larger.
+        #[arg(long, requires = "key")]
+        state: Option<PathBuf>,
         #[command(flatten)]
         source: Source,
     },
@@ -99,6 +107,11 @@ pub enum AuditCommand {
         /// inclusion proof). Exit 4 when it does not verify, 1 while no checkpoint covers it.
         #[arg(long)]
         key: Option<String>,
+        /// A checkpoint saved by `postern audit checkpoint --key K --state FILE`, as for
+        /// `proof --state`: the checkpoint the entry is proved in must be consistent with it
+        /// (exit 4 when it is not); saved there when it is the larger.
+        #[arg(long, requires = "key")]
+        state: Option<PathBuf>,
         /// Print the entry as JSON (the admin API's /v1/audit/entries/INDEX answer).
         #[arg(long)]
         json: bool,
@@ -181,8 +194,15 @@ pub fn run(command: AuditCommand) -> ProcessExitCode {
             index,
             out,
             key,
+            state,
             source,
-        } => proof(&source, index, out.as_deref(), key.as_deref()),
+        } => proof(
+            &source,
+            index,
+            out.as_deref(),
+            key.as_deref(),
+            state.as_deref(),
+        ),
         AuditCommand::Checkpoint {
             key,
             state,
@@ -198,9 +218,10 @@ pub fn run(command: AuditCommand) -> ProcessExitCode {
         AuditCommand::Show {
             index,
             key,
+            state,
             json,
             source,
-        } => show(&source, index, key.as_deref(), json),
+        } => show(&source, index, key.as_deref(), state.as_deref(), json),
         AuditCommand::Verify {
             data_dir,
             key,
@@ -241,22 +262,36 @@ fn proof(
     index: u64,
     out: Option<&Path>,
     key: Option<&str>,
+    state: Option<&Path>,
 ) -> Result<(), Failure> {
     let verifier = key.map(parse_verifier_key).transpose()?;
+    // As for `checkpoint --state`: the saved checkpoint is read, and checked, first.
+    let saved = saved_checkpoint(state, verifier.as_ref())?;
     let log = open(source)?;
-    let read = log.proof_text(index).and_then(|text| match &verifier {
-        Some(_) => Ok((text, Some(log.entry(index)?.bytes))),
-        None => Ok((text, None)),
+    let read = log.proof_text(index).and_then(|text| {
+        let Some(verifier) = &verifier else {
+            return Ok((text, None));
+        };
+        let entry = log.entry(index)?.bytes;
+        let included = verify_inclusion(&text, index, &entry, verifier)?;
+        if let Some(saved) = &saved {
+            let what = format!("the checkpoint entry {index} is proved in");
+            check_one_log(&log, saved, &included.checkpoint, &what)?;
+        }
+        Ok((text, Some(included)))
     });
     log.close();
-    let (text, entry) = read?;
-    if let (Some(verifier), Some(entry)) = (&verifier, entry) {
-        let checkpoint = verify_inclusion(&text, index, &entry, verifier)?;
+    let (text, included) = read?;
+    if let (Some(verifier), Some(included)) = (&verifier, &included) {
         eprintln!(
-            "verified: entry {index} is in the checkpoint of size {} signed by {}",
-            checkpoint.size,
-            verifier.verifier_key()
+            "verified: entry {index} is in the checkpoint of size {} signed by {}{}",
+            included.checkpoint.size,
+            verifier.verifier_key(),
+            consistent_with(saved.as_ref())
         );
+    }
+    if let (Some(path), Some(saved), Some(included)) = (state, &saved, &included) {
+        advance_state(path, saved, included)?;
     }
     match out {
         Some(path) => {
@@ -269,6 +304,12 @@ fn proof(
     Ok(())
 }
 
+/// A checkpoint an entry was proved to be in: as parsed, and its signed note as sent.
+struct Included {
+    checkpoint: postern_tlog::Checkpoint,
+    note: String,
+}
+
 /// Checks a tlog-proof's checkpoint signature and that `entry` is at `index` in it; a proof
 /// that does not verify is exit 4.
 fn verify_inclusion(
@@ -276,7 +317,7 @@ fn verify_inclusion(
     index: u64,
     entry: &[u8],
     verifier: &postern_tlog::NoteVerifier,
-) -> Result<postern_tlog::Checkpoint, Failure> {
+) -> Result<Included, Failure> {
     let proof = postern_tlog::TlogProof::parse(text)
         .map_err(|e| Failure::corrupt(format!("the proof of entry {index} is malformed: {e}")))?;
     if proof.index != index {
@@ -285,14 +326,18 @@ fn verify_inclusion(
             proof.index
         )));
     }
-    proof
+    let checkpoint = proof
         .verify(entry, std::slice::from_ref(verifier), verifier.name())
         .map_err(|e| {
             Failure::corrupt(format!(
                 "the proof of entry {index} does not verify against {}: {e}",
                 verifier.verifier_key()
             ))
-        })
+        })?;
+    Ok(Included {
+        checkpoint,
+        note: proof.checkpoint_note,
+    })
 }
 
 fn parse_verifier_key(key: &str) -> Result<postern_tlog::NoteVerifier, Failure> {
@@ -318,7 +363,7 @@ fn checkpoint(
     let log = open(source)?;
     let read = log.checkpoint_note().and_then(|note| {
         let Some(verifier) = &verifier else {
-            return Ok((note, None, None));
+            return Ok((note, None));
         };
         let latest =
             postern_tlog::Checkpoint::open(&note, std::slice::from_ref(verifier), verifier.name())
@@ -328,35 +373,19 @@ fn checkpoint(
                         verifier.verifier_key()
                     ))
                 })?;
-        let proof = match &saved {
-            Some(old) if old.size < latest.size => Some(log.consistency(old.size, latest.size)?),
-            _ => None,
-        };
-        Ok((note, Some(latest), proof))
+        if let Some(old) = &saved {
+            if latest.size < old.size {
+                return Err(Failure::corrupt(format!(
+                    "the log went backwards: its latest checkpoint has size {}, the one saved in the state file {}",
+                    latest.size, old.size
+                )));
+            }
+            check_one_log(&log, old, &latest, "the latest checkpoint")?;
+        }
+        Ok((note, Some(latest)))
     });
     log.close();
-    let (note, latest, proof) = read?;
-    if let (Some(old), Some(new)) = (&saved, &latest) {
-        if new.size < old.size {
-            return Err(Failure::corrupt(format!(
-                "the log went backwards: its latest checkpoint has size {}, the one saved in the state file {}",
-                new.size, old.size
-            )));
-        }
-        postern_tlog::verify_consistency(
-            old.size,
-            new.size,
-            &old.root_hash,
-            &new.root_hash,
-            proof.as_deref().unwrap_or_default(),
-        )
-        .map_err(|e| {
-            Failure::corrupt(format!(
-                "the latest checkpoint (size {}) is not consistent with the one saved (size {}): {e}; the log was rewritten or forked",
-                new.size, old.size
-            ))
-        })?;
-    }
+    let (note, latest) = read?;
     if let (Some(path), Some(_)) = (state, &latest) {
         write_state(path, &note)?;
     }
@@ -388,10 +417,7 @@ fn checkpoint(
                 verifier
                     .as_ref()
                     .map_or(String::new(), |v| v.verifier_key()),
-                saved.as_ref().map_or(String::new(), |old| format!(
-                    "; consistent with the saved checkpoint of size {}",
-                    old.size
-                ))
+                consistent_with(saved.as_ref())
             );
         }
     }
@@ -430,6 +456,89 @@ fn read_state(
 fn write_state(path: &Path, note: &str) -> Result<(), Failure> {
     postern_keyfile::replace_file(path, note.as_bytes())
         .map_err(|e| Failure::new(format!("saving the checkpoint to {}: {e}", path.display())))
+}
+
+/// `proof --state` and `show --state`: the checkpoint saved in `state`, which must exist (with
+/// nothing to compare with, the proof's checkpoint would be taken on trust).
+fn saved_checkpoint(
+    state: Option<&Path>,
+    verifier: Option<&postern_tlog::NoteVerifier>,
+) -> Result<Option<postern_tlog::Checkpoint>, Failure> {
+    let (Some(path), Some(verifier)) = (state, verifier) else {
+        return Ok(None);
+    };
+    match read_state(path, verifier)? {
+        Some(saved) => Ok(Some(saved)),
+        None => Err(Failure::new(format!(
+            "{} does not exist: --state names the file `postern audit checkpoint --key K --state FILE` keeps, which the proof's checkpoint is checked against; run that first",
+            path.display()
+        ))),
+    }
+}
+
+/// Saves the checkpoint an entry was proved in when it is larger than the saved one (both
+/// verified and consistent), as `checkpoint --state` saves the latest: the next check starts
+/// from the largest tree seen, and never goes back to a smaller one.
+fn advance_state(
+    path: &Path,
+    saved: &postern_tlog::Checkpoint,
+    included: &Included,
+) -> Result<(), Failure> {
+    if included.checkpoint.size > saved.size {
+        write_state(path, &included.note)?;
+    }
+    Ok(())
+}
+
+/// `; consistent with the saved checkpoint of size N`, when one was saved.
+fn consistent_with(saved: Option<&postern_tlog::Checkpoint>) -> String {
+    saved.map_or(String::new(), |old| {
+        format!(
+            "; consistent with the saved checkpoint of size {}",
+            old.size
+        )
+    })
+}
+
+/// Checks that `seen` (`what`, e.g. "the latest checkpoint") and the checkpoint `saved` in the
+/// state file, both signed with the key, are views of one log: the smaller tree a prefix of
+/// the larger (the gateway's RFC 9162 consistency proof), equal sizes with equal roots. Every
+/// tree extends the empty one (a checkpoint of size 0, which older versions signed at first
+/// start, and which no consistency proof is asked for), whose root must be the empty tree's.
+/// Not one log is exit 4: it was rewritten or forked, or `seen` is another view of it.
+fn check_one_log(
+    log: &Log,
+    saved: &postern_tlog::Checkpoint,
+    seen: &postern_tlog::Checkpoint,
+    what: &str,
+) -> Result<(), Failure> {
+    let (old, new) = if saved.size <= seen.size {
+        (saved, seen)
+    } else {
+        (seen, saved)
+    };
+    let not_one_log = |why: String| {
+        Failure::corrupt(format!(
+            "{what} (size {}) is not consistent with the checkpoint saved in the state file (size {}): {why}; the log was rewritten or forked",
+            seen.size, saved.size
+        ))
+    };
+    if old.size == 0 {
+        if old.root_hash != postern_tlog::empty_root() {
+            return Err(not_one_log(format!(
+                "the checkpoint of size 0 has root {}, not the empty tree's",
+                old.root_hash.to_base64()
+            )));
+        }
+        return Ok(());
+    }
+    let proof = if old.size < new.size {
+        log.consistency(old.size, new.size)?
+    } else {
+        Vec::new()
+    };
+    postern_tlog::verify_consistency(old.size, new.size, &old.root_hash, &new.root_hash, &proof)
+        .map_err(|e| not_one_log(e.to_string()))
 }
 
 fn consistency(source: &Source, old: u64, new: u64, json: bool) -> Result<(), Failure> {
@@ -479,34 +588,48 @@ impl EntryView {
     }
 }
 
-fn show(source: &Source, index: u64, key: Option<&str>, json: bool) -> Result<(), Failure> {
+fn show(
+    source: &Source,
+    index: u64,
+    key: Option<&str>,
+    state: Option<&Path>,
+    json: bool,
+) -> Result<(), Failure> {
     let verifier = key.map(parse_verifier_key).transpose()?;
+    let saved = saved_checkpoint(state, verifier.as_ref())?;
     let log = open(source)?;
     let read = log.entry(index).and_then(|view| {
-        if verifier.is_none() {
+        let Some(verifier) = &verifier else {
             return Ok((view, None));
-        }
+        };
         // Asked whatever the answer said of the checkpoint: only the proof decides.
-        match log.proof_text(index) {
-            Ok(proof) => Ok((view, Some(proof))),
-            Err(_) if view.index >= view.checkpoint_size => Err(Failure::new(format!(
+        let proof = match log.proof_text(index) {
+            Ok(proof) => proof,
+            Err(_) if view.index >= view.checkpoint_size => return Err(Failure::new(format!(
                 "entry {index} is not yet covered by a signed checkpoint (latest size {}), so it cannot be verified; the gateway signs one every audit_checkpoint_interval_ms",
                 view.checkpoint_size
             ))),
-            Err(failure) => Err(failure),
+            Err(failure) => return Err(failure),
+        };
+        let included = verify_inclusion(&proof, index, &view.bytes, verifier)?;
+        if let Some(saved) = &saved {
+            let what = format!("the checkpoint entry {index} is proved in");
+            check_one_log(&log, saved, &included.checkpoint, &what)?;
         }
+        Ok((view, Some(included)))
     });
     log.close();
-    let (view, proof) = read?;
-    let verified = match (&verifier, proof) {
-        (Some(verifier), Some(proof)) => {
-            Some(verify_inclusion(&proof, index, &view.bytes, verifier)?)
-        }
-        _ => None,
-    };
+    let (view, included) = read?;
+    if let (Some(path), Some(saved), Some(included)) = (state, &saved, &included) {
+        advance_state(path, saved, included)?;
+    }
+    let verified = included.map(|included| included.checkpoint);
     if json {
         let mut answer = view.to_json();
         answer["verified_in_checkpoint_size"] = verified.as_ref().map(|c| c.size).into();
+        if let Some(saved) = &saved {
+            answer["consistent_with"] = saved.size.into();
+        }
         println!("{answer}");
         return Ok(());
     }
@@ -524,9 +647,10 @@ fn show(source: &Source, index: u64, key: Option<&str>, json: bool) -> Result<()
         rows.push((
             "verified",
             format!(
-                "yes (inclusion proof to the checkpoint of size {} signed by {})",
+                "yes (inclusion proof to the checkpoint of size {} signed by {}{})",
                 checkpoint.size,
-                verifier.verifier_key()
+                verifier.verifier_key(),
+                consistent_with(saved.as_ref())
             ),
         ));
     }
@@ -1042,14 +1166,17 @@ impl Admin {
 
     /// `GET path`; the body of a 200 answer, else the API's error message. Asked without the
     /// admin token first: most of what the CLI reads is public, and the token goes only where
-    /// a `401` says it is needed (over plain HTTP, perhaps to another machine).
+    /// a `401` says it is needed (over plain HTTP, perhaps to another machine), and only for a
+    /// route that can need it ([`may_need_admin_token`]): a `401` on a public route is not how
+    /// Postern answers, and whoever sent it does not get the token.
     fn get_ok(&self, path: &str) -> Result<Bytes, Failure> {
         match self.get(path, false) {
-            Err(refused) if refused.status == Some(http::StatusCode::UNAUTHORIZED) => {
-                match self.token {
-                    Some(_) => self.get(path, true),
-                    None => Err(refused),
-                }
+            Err(refused)
+                if refused.status == Some(http::StatusCode::UNAUTHORIZED)
+                    && self.token.is_some()
+                    && may_need_admin_token(path) =>
+            {
+                self.get(path, true)
             }
             answer => answer,
         }
@@ -1107,9 +1234,12 @@ impl Admin {
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-        let hint = match (status, &self.token) {
-            (http::StatusCode::UNAUTHORIZED, None) => {
+        let hint = match (status, may_need_admin_token(path), &self.token) {
+            (http::StatusCode::UNAUTHORIZED, true, None) => {
                 " (this needs the admin token: pass --admin-token-file FILE)"
+            }
+            (http::StatusCode::UNAUTHORIZED, false, _) => {
+                " (Postern serves this route to anyone, so the admin token is not sent for it: is this Postern's admin API?)"
             }
             _ => "",
         };
@@ -1118,6 +1248,14 @@ impl Admin {
             failure: Failure::new(format!("{status} from {url}: {message}{hint}")),
         })
     }
+}
+
+/// Whether the admin API can want the admin token for `path`: only for an entry no signed
+/// checkpoint covers yet (`/v1/audit/entries/INDEX`). Everything else `postern audit` asks is
+/// public (`/log/…`, the key, proofs, consistency proofs: `public_audit` in postern-gateway's
+/// admin.rs, docs/ADMIN.md), and never gets the token, whatever the answer.
+fn may_need_admin_token(path: &str) -> bool {
+    path.starts_with("/v1/audit/entries/")
 }
 
 /// Why a request to the admin API failed: its status, when it answered.

@@ -545,9 +545,10 @@ fn audit_help_everywhere_and_config_errors_exit_3() {
 }
 
 /// A stand-in for the gateway's admin API that answers canned bodies by path (a gateway that
-/// lies), on `port`, until the test ends.
-fn lying_admin(port: u16, answers: Vec<(String, String)>) {
+/// lies), on `port` (0: any free one), until the test ends; returns its port.
+fn lying_admin(port: u16, answers: Vec<(String, String)>) -> u16 {
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
@@ -571,6 +572,59 @@ fn lying_admin(port: u16, answers: Vec<(String, String)>) {
             );
         }
     });
+    port
+}
+
+/// `postern audit ARGS --admin-url http://127.0.0.1:PORT`, with no config.
+fn at_admin(port: u16, args: &[&str]) -> (i32, String, String) {
+    let url = format!("http://127.0.0.1:{port}");
+    let mut all = vec!["audit"];
+    all.extend_from_slice(args);
+    all.extend(["--admin-url", &url, "--config", "/nonexistent/postern.toml"]);
+    run(&all)
+}
+
+/// A log of `size` entries, another view of the gateway's: entry `index` is the gateway's
+/// (`leaf`), every other one made up. Its checkpoint signed with the log's own key (what a key
+/// holder can do), the tlog-proof of entry `index` in it, and its consistency proof from
+/// `old` (when smaller), as the admin API would serve them.
+fn forked_log(
+    signer: &postern_tlog::NoteSigner,
+    size: u64,
+    index: u64,
+    leaf: postern_tlog::Hash,
+    old: u64,
+) -> (String, String) {
+    let mut tree = postern_tlog::TreeBuilder::new();
+    let mut stored = Vec::new();
+    for i in 0..size {
+        let made_up = postern_tlog::leaf_hash(format!("forked entry {i}").as_bytes());
+        tree.append(if i == index { leaf } else { made_up }, &mut stored);
+    }
+    let note = postern_tlog::Checkpoint {
+        origin: ORIGIN.to_string(),
+        size,
+        root_hash: tree.root(),
+    }
+    .sign(signer)
+    .unwrap();
+    let proof = postern_tlog::TlogProof {
+        extra: None,
+        index,
+        inclusion_proof: postern_tlog::inclusion_proof(index, size, &stored).unwrap(),
+        checkpoint_note: note,
+    }
+    .encode();
+    let consistency = if old < size {
+        postern_tlog::consistency_proof(old, size, &stored)
+            .unwrap()
+            .iter()
+            .map(|hash| hash.to_base64() + "\n")
+            .collect()
+    } else {
+        String::new()
+    };
+    (proof, consistency)
 }
 
 /// `postern audit proof|show --key` check the gateway's proofs, and `postern audit checkpoint
@@ -720,6 +774,95 @@ fn online_commands_check_the_gateway_against_the_key() {
     let (code, _, stderr) = watch(&other);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("move the file away"), "{stderr}");
+    // A saved checkpoint of the empty tree (older versions signed one at first start): every
+    // tree extends it, with no consistency proof to ask for (the gateway refuses size 0), if
+    // its root is the empty tree's.
+    let empty = |root_hash| {
+        postern_tlog::Checkpoint {
+            origin: ORIGIN.to_string(),
+            size: 0,
+            root_hash,
+        }
+        .sign(&signer)
+        .unwrap()
+    };
+    std::fs::write(&state, empty(postern_tlog::leaf_hash(b""))).unwrap();
+    let (code, _, stderr) = watch(&key);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("not the empty tree's"), "{stderr}");
+    std::fs::write(&state, empty(postern_tlog::empty_root())).unwrap();
+    let (code, note, stderr) = watch(&key);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("consistent with the saved checkpoint of size 0"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), note);
+
+    // `proof` and `show` with the monitor's state: the checkpoint the entry is proved in must
+    // be one view with the saved one. The state must exist (else the proof's checkpoint would
+    // be taken on trust), and is read with the key.
+    let (code, saved_note, _) = run(&["audit", "checkpoint", "--config", &config]);
+    assert_eq!(code, 0);
+    std::fs::write(&state, &saved_note).unwrap();
+    let saved_size: u64 = saved_note.lines().nth(1).unwrap().parse().unwrap();
+    let (code, stdout, stderr) = run(&[
+        "audit", "proof", &index, "--key", &key, "--state", state_arg, "--config", &config,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("c2sp.org/tlog-proof@v1\n"), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "consistent with the saved checkpoint of size {saved_size}"
+        )),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run(&[
+        "audit", "show", &index, "--key", &key, "--state", state_arg, "--config", &config,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("consistent with the saved checkpoint of size"),
+        "{stdout}"
+    );
+    let missing = s.dir.path().join("no-such-state");
+    let (code, _, stderr) = run(&[
+        "audit",
+        "proof",
+        &index,
+        "--key",
+        &key,
+        "--state",
+        missing.to_str().unwrap(),
+        "--config",
+        &config,
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("run that first"), "{stderr}");
+    assert!(!missing.exists(), "not created: there was nothing to check");
+    let (code, _, stderr) = run(&["audit", "show", &index, "--state", state_arg]);
+    assert_eq!(code, 2, "--state needs --key: {stderr}");
+    // The proof fetched first is in a smaller checkpoint than the saved one: consistent with
+    // it through the gateway's proof (kept for the stand-in below).
+    let proved_size: u64 = postern_tlog::TlogProof::parse(&proof_text)
+        .unwrap()
+        .checkpoint_note
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(proved_size < saved_size);
+    let (old_size, new_size) = (proved_size.to_string(), saved_size.to_string());
+    let (code, genuine_consistency, _) = run(&[
+        "audit",
+        "consistency",
+        &old_size,
+        &new_size,
+        "--config",
+        &config,
+    ]);
+    assert_eq!(code, 0);
 
     // A gateway whose proof was altered: its answers served with one proof hash changed.
     let (code, entry, _) = run(&["audit", "show", &index, "--json", "--config", &config]);
@@ -736,7 +879,7 @@ fn online_commands_check_the_gateway_against_the_key() {
         s.admin,
         vec![
             (format!("/v1/audit/proof/{index}"), altered.clone()),
-            (format!("/v1/audit/entries/{index}"), entry),
+            (format!("/v1/audit/entries/{index}"), entry.clone()),
         ],
     );
     let (code, stdout, _) = run(&["audit", "proof", &index, "--config", &config]);
@@ -752,4 +895,148 @@ fn online_commands_check_the_gateway_against_the_key() {
     assert!(stderr.contains("does not verify against"), "{stderr}");
     let (code, _, stderr) = run(&["audit", "show", &index, "--key", &key, "--config", &config]);
     assert_eq!(code, 4, "{stderr}");
+
+    // A key holder showing a receipt's checker another view of the log (a split view): a tree
+    // holding the entry, signed with the log's key, its proof and even its own consistency
+    // proofs served. The key alone cannot tell (the limit of `--key`); the monitor's state can,
+    // whether the fork is as large as the saved checkpoint or larger. The state is left as is.
+    let entry_json: serde_json::Value = serde_json::from_str(&entry).unwrap();
+    let leaf = postern_tlog::Hash::from_hex(entry_json["leaf_hash"].as_str().unwrap()).unwrap();
+    let index_n: u64 = index.parse().unwrap();
+    for fork_size in [saved_size, saved_size + 1] {
+        let (fork_proof, fork_consistency) =
+            forked_log(&signer, fork_size, index_n, leaf, saved_size);
+        let fork = lying_admin(
+            0,
+            vec![
+                (format!("/v1/audit/proof/{index}"), fork_proof.clone()),
+                (format!("/v1/audit/entries/{index}"), entry.clone()),
+                (
+                    format!("/v1/audit/consistency?old={saved_size}&new={fork_size}"),
+                    fork_consistency,
+                ),
+            ],
+        );
+        let (code, stdout, stderr) = at_admin(fork, &["proof", &index, "--key", &key]);
+        assert_eq!(code, 0, "the key alone takes the fork: {stderr}");
+        assert_eq!(stdout, fork_proof);
+        for command in ["proof", "show"] {
+            let (code, stdout, stderr) = at_admin(
+                fork,
+                &[command, &index, "--key", &key, "--state", state_arg],
+            );
+            assert_eq!(code, 4, "{command} of a fork of size {fork_size}: {stderr}");
+            assert!(stderr.contains("rewritten or forked"), "{stderr}");
+            assert!(stdout.is_empty(), "{stdout}");
+        }
+        assert_eq!(std::fs::read_to_string(&state).unwrap(), saved_note);
+    }
+    // The genuine proof in a checkpoint smaller than the saved one passes (the saved tree
+    // extends it), and leaves the state as it is; a larger genuine one would replace it.
+    let stale = lying_admin(
+        0,
+        vec![
+            (format!("/v1/audit/proof/{index}"), proof_text.clone()),
+            (format!("/v1/audit/entries/{index}"), entry.clone()),
+            (
+                format!("/v1/audit/consistency?old={proved_size}&new={saved_size}"),
+                genuine_consistency,
+            ),
+        ],
+    );
+    let (code, stdout, stderr) = at_admin(
+        stale,
+        &["proof", &index, "--key", &key, "--state", state_arg],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, proof_text);
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), saved_note);
+}
+
+/// The admin token goes only to the one route that can need it (an entry no checkpoint covers
+/// yet): a server at --admin-url answering 401 to the public routes (`/log/checkpoint`, the
+/// key, proofs, consistency proofs) is not sent the token.
+#[test]
+fn the_admin_token_goes_only_where_it_can_be_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "the-admin-token\n").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Every request: its path and whether it carried an Authorization header.
+    let seen = Arc::new(Mutex::new(Vec::<(String, bool)>::new()));
+    let recorded = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut authorization = false;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                authorization |= line.to_ascii_lowercase().starts_with("authorization:");
+                line.clear();
+            }
+            let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+            recorded.lock().unwrap().push((path, authorization));
+            let body = r#"{"error":{"code":"admin_unauthenticated","message":"send the token"}}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 401 Unauthorized\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let key = postern_tlog::NoteSigner::from_seed(ORIGIN, [7; 32])
+        .unwrap()
+        .verifier()
+        .verifier_key();
+    let token = token_file.to_str().unwrap();
+    for args in [
+        &["checkpoint"][..],
+        &["checkpoint", "--key", key.as_str()],
+        &["key"],
+        &["proof", "0"],
+        &["proof", "0", "--key", key.as_str()],
+        &["consistency", "1", "2"],
+    ] {
+        let (code, _, stderr) =
+            at_admin(port, &[args, &["--admin-token-file", token][..]].concat());
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(stderr.contains("401"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("the admin token is not sent"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let public = std::mem::take(&mut *seen.lock().unwrap());
+    let paths: Vec<&str> = public.iter().map(|(path, _)| path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/log/checkpoint",
+            "/log/checkpoint",
+            "/v1/audit/key",
+            "/v1/audit/proof/0",
+            "/v1/audit/proof/0",
+            "/v1/audit/consistency?old=1&new=2"
+        ],
+        "each asked once"
+    );
+    assert!(
+        public.iter().all(|(_, authorization)| !authorization),
+        "the token was sent to a public route: {public:?}"
+    );
+    // An entry's record is the one thing the token is for: asked again with it after a 401.
+    let (code, _, stderr) = at_admin(port, &["show", "0", "--admin-token-file", token]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            ("/v1/audit/entries/0".to_string(), false),
+            ("/v1/audit/entries/0".to_string(), true)
+        ]
+    );
 }
