@@ -282,7 +282,11 @@ async fn connect(
             Err(error) => {
                 // Refused by the guard, or a host that is down or unknown: only the first is
                 // the gateway's refusal.
-                let refused = matches!(error, crate::upstream::ConnectError::Denied(_));
+                let refused = matches!(
+                    error,
+                    crate::upstream::ConnectError::Denied(_)
+                        | crate::upstream::ConnectError::ReachesPostern { .. }
+                );
                 shared.discovered(sighting(context, &host, port, None, refused));
                 return Err(crate::proxy::connect_error(&host, &error));
             }
@@ -687,6 +691,7 @@ async fn absolute(
 ) -> Result<Absolute, CallError> {
     crate::proxy::refuse_a_token_in_the_method(context, request.method(), None)?;
     enabled(runtime)?;
+    crate::proxy::check_transfer_coding(request.headers())?;
     let uri = request.uri().clone();
     // The authority (`http://user:TOKEN@host/`, `http://TOKEN.example.com/`) holding any
     // caller's token is refused before its host is recorded; the caller's own, below.

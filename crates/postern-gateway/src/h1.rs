@@ -928,6 +928,18 @@ fn agreed_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     Ok(length)
 }
 
+/// Whether the `Transfer-Encoding` lines of `headers`, read as one list, name `chunked` alone.
+pub(crate) fn chunked_alone(headers: &HeaderMap) -> bool {
+    let mut parts = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','));
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(only), None) if only.trim_ascii().eq_ignore_ascii_case(b"chunked")
+    )
+}
+
 /// How the body of an answer with these headers, to `method`, with `status`, ends.
 fn framing(headers: &HeaderMap, method: &Method, status: StatusCode) -> Result<Framing, Error> {
     if method == Method::HEAD
@@ -946,12 +958,9 @@ fn framing(headers: &HeaderMap, method: &Method, status: StatusCode) -> Result<F
         }
         // Postern never offers a transfer coding (no `TE`), so `chunked` is the only one a
         // vendor may use (RFC 9110 §10.1.4): any other would reach the scanner still encoded.
-        let mut parts = codings.flat_map(|value| value.as_bytes().split(|b| *b == b','));
-        return match (parts.next(), parts.next()) {
-            (Some(only), None) if only.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
-                Ok(Framing::Chunked(Chunk::Size))
-            }
-            _ => Err(Error::Malformed(
+        return match chunked_alone(headers) {
+            true => Ok(Framing::Chunked(Chunk::Size)),
+            false => Err(Error::Malformed(
                 "the response's Transfer-Encoding is not chunked alone",
             )),
         };

@@ -451,7 +451,10 @@ impl RunningGateway {
         )
         .await?;
         let limiters = LimiterCache::default();
-        let clients = ClientCache::new(resolver);
+        // No dial may come back in: a caller would reach Postern through itself, its calls then
+        // coming from Postern's own address.
+        let clients = ClientCache::new(resolver)
+            .with_own_listeners(vec![gateway_sockets.addr(), admin_listener.local_addr()?]);
         let token_sources = TokenSourceCache::default();
         let runtime = Runtime::build(
             config.clone(),
@@ -906,7 +909,14 @@ fn spawn_vault_poller(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
 }
 
 pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(path)
+    // 0700 from creation (parents created with it too), not narrowed afterwards; an existing
+    // directory is narrowed below.
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(path)
         .with_context(|| format!("creating data_dir {}", path.display()))?;
     #[cfg(unix)]
     {

@@ -59,11 +59,19 @@ pub enum TokenError {
 }
 
 struct CachedToken {
-    header: HeaderValue,
-    /// The access token as a vendor could echo it back (raw, percent-encoded).
-    needles: Vec<Zeroizing<Vec<u8>>>,
+    minted: Minted,
     refresh_at: Instant,
     expires_at: Instant,
+}
+
+/// An access token as a call injects it, and the forms a vendor could echo it back in.
+#[derive(Clone)]
+pub struct Minted {
+    /// `Bearer <token>`, marked sensitive.
+    pub header: HeaderValue,
+    /// The access token raw and percent-encoded ([`crate::runtime::echo_needles`]): the call
+    /// that injected it reads its answer for them whatever tokens were minted since.
+    pub needles: crate::echo::Needles,
 }
 
 /// The last fetch made for want of a valid token, when it failed.
@@ -85,7 +93,7 @@ pub struct TokenSource {
     echoes: ArcSwap<Vec<Zeroizing<Vec<u8>>>>,
     /// The needles of the last [`ECHOED_TOKENS`] tokens installed, newest first (kept when
     /// [`TokenSource::purge`] drops one).
-    installed: std::sync::Mutex<std::collections::VecDeque<Vec<Zeroizing<Vec<u8>>>>>,
+    installed: std::sync::Mutex<std::collections::VecDeque<crate::echo::Needles>>,
     fetch_lock: tokio::sync::Mutex<()>,
     /// Fetches made for want of a valid token that have ended, whatever their result: a call
     /// that waited for the lock while one ended takes that one's answer.
@@ -131,7 +139,7 @@ impl TokenSource {
     /// The wait and the fetch run in a task of their own: a call whose caller hangs up while
     /// it waits drops only its own wait, never the fetch the other waiting calls take the
     /// answer of (they would each start it again, one after another).
-    pub async fn authorization(self: &Arc<Self>) -> Result<HeaderValue, TokenError> {
+    pub async fn authorization(self: &Arc<Self>) -> Result<Minted, TokenError> {
         if let Some(token) = self.valid_token() {
             return Ok(token);
         }
@@ -149,7 +157,7 @@ impl TokenSource {
     /// [`TokenSource::authorization`]'s wait for the single flight, and the fetch when no other
     /// answered meanwhile (`ended_before`: the fetches that had ended when the call began to
     /// wait).
-    async fn fetch_once(self: Arc<Self>, ended_before: u64) -> Result<HeaderValue, TokenError> {
+    async fn fetch_once(self: Arc<Self>, ended_before: u64) -> Result<Minted, TokenError> {
         let _single_flight = self.fetch_lock.lock().await;
         if let Some(token) = self.valid_token() {
             return Ok(token);
@@ -164,10 +172,10 @@ impl TokenSource {
         self.fetches.fetch_add(1, Ordering::Release);
         match fetched {
             Ok(token) => {
-                let header = token.header.clone();
+                let minted = token.minted.clone();
                 self.install(token);
                 self.failed.store(None);
-                Ok(header)
+                Ok(minted)
             }
             Err(error) => {
                 self.failed.store(Some(Arc::new(FailedFetch {
@@ -185,7 +193,7 @@ impl TokenSource {
         self.client.same(client)
     }
 
-    fn valid_token(self: &Arc<Self>) -> Option<HeaderValue> {
+    fn valid_token(self: &Arc<Self>) -> Option<Minted> {
         let token = self.current.load_full()?;
         let now = Instant::now();
         if now >= token.expires_at {
@@ -204,7 +212,7 @@ impl TokenSource {
             let source = self.clone();
             tokio::spawn(async move { source.refresh_in_background().await });
         }
-        Some(token.header.clone())
+        Some(token.minted.clone())
     }
 
     async fn refresh_in_background(self: Arc<Self>) {
@@ -235,16 +243,17 @@ impl TokenSource {
     /// it (purged or not, [`ECHOED_TOKENS`] in all) are what responses are checked for.
     fn install(&self, token: CachedToken) {
         let mut installed = self.installed.lock().expect("installed tokens lock");
-        installed.push_front(token.needles.clone());
+        installed.push_front(token.minted.needles.clone());
         self.publish_echoes(&mut installed);
         self.current.store(Some(Arc::new(token)));
     }
 
     /// Keeps the last [`ECHOED_TOKENS`] of `installed` (newest first), and makes their needles
     /// what responses are checked for.
-    fn publish_echoes(&self, installed: &mut std::collections::VecDeque<Vec<Zeroizing<Vec<u8>>>>) {
+    fn publish_echoes(&self, installed: &mut std::collections::VecDeque<crate::echo::Needles>) {
         installed.truncate(ECHOED_TOKENS);
-        let echoes: Vec<Zeroizing<Vec<u8>>> = installed.iter().flatten().cloned().collect();
+        let echoes: Vec<Zeroizing<Vec<u8>>> =
+            installed.iter().flat_map(|n| n.iter()).cloned().collect();
         self.echoes.store(Arc::new(echoes));
     }
 
@@ -272,7 +281,7 @@ impl TokenSource {
     /// one was dropped less than [`PURGE_INTERVAL`] ago.
     pub fn purge(&self, refused: &HeaderValue) {
         let current = self.current.load_full();
-        if current.as_ref().is_none_or(|t| t.header != *refused) {
+        if current.as_ref().is_none_or(|t| t.minted.header != *refused) {
             return;
         }
         let now = Instant::now();
@@ -368,8 +377,10 @@ impl TokenSource {
         header.set_sensitive(true);
         let now = Instant::now();
         Ok(CachedToken {
-            header,
-            needles: crate::runtime::echo_needles(access_token),
+            minted: Minted {
+                header,
+                needles: Arc::new(crate::runtime::echo_needles(access_token)),
+            },
             refresh_at: now + lifetime.mul_f64(0.8),
             expires_at: now + lifetime,
         })

@@ -532,22 +532,41 @@ async fn oauth_call(
     source: Arc<TokenSource>,
     websocket: bool,
 ) -> Result<Response<UpstreamBody>, CallError> {
-    let token = oauth_token(integration, &source).await?;
+    let token = oauth_token(integration, &source, context.started).await?;
     let upstream_request = inject(
         integration,
         vendor_path,
         request,
         declared_length,
         caller_token,
-        Some(token.clone()),
+        Some(token.header.clone()),
     )?;
-    if websocket {
+    let answer = if websocket {
         // A handshake is not sent twice: its answer may be the session.
         let result =
             crate::websocket::handshake(integration, upstream_request, context.started).await;
-        return forwarded(integration, context, result, declared_length);
-    }
-    forward_replayable(integration, context, upstream_request, &source, token).await
+        forwarded(integration, context, result, declared_length)
+    } else {
+        forward_replayable(
+            integration,
+            context,
+            upstream_request,
+            &source,
+            token.clone(),
+        )
+        .await
+    };
+    // The answer is read for the token its request carried ([`oauth_echoes`]).
+    answer.map(|mut response| {
+        let injected = response
+            .extensions()
+            .get::<crate::oauth::Minted>()
+            .is_some();
+        if !injected {
+            response.extensions_mut().insert(token);
+        }
+        response
+    })
 }
 
 /// The intent entry: durable before the call is forwarded (or a tunnel opens), failing closed
@@ -621,6 +640,7 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
         ));
     }
     let headers = request.headers();
+    check_transfer_coding(headers)?;
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(length) = lengths.next() else {
         return Ok(None);
@@ -638,6 +658,20 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
         ));
     }
     Ok(crate::h1::parse_length(length.as_bytes()))
+}
+
+/// A transfer coding under `chunked` (`gzip, chunked`) is not undone by the framing, and a body
+/// forwarded without its header would reach the vendor, and every reading of Postern's, still
+/// coded: refused (RFC 9112 §6.1: 501 for a transfer coding the server does not understand).
+pub(crate) fn check_transfer_coding(headers: &HeaderMap) -> Result<(), CallError> {
+    if headers.contains_key(header::TRANSFER_ENCODING) && !crate::h1::chunked_alone(headers) {
+        return Err(CallError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_transfer_coding",
+            "the request's Transfer-Encoding is not `chunked` alone; send the body chunked, or with Content-Length (a compressed body names its coding in Content-Encoding)",
+        ));
+    }
+    Ok(())
 }
 
 /// The coding a request body's `Content-Encoding` (all its lines as one list) names to
@@ -724,6 +758,7 @@ fn check_header_bytes(
 
 /// Why a raw request path is refused, if it is.
 pub fn path_problem(path: &str) -> Option<&'static str> {
+    const OVERLONG: &str = "it contains an overlong UTF-8 escape (%c0%ae, %e0%80%af)";
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Some("it does not start with '/'");
@@ -766,14 +801,42 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
                     // `%25` and then an escape of what shapes a path: a vendor stack that
                     // decodes twice (a proxy in front of it, then its framework) reads `%252e%252e`
                     // as `..` and `%252f` as `/`, which no template was matched against.
+                    // A letter, digit, '-' or '_' too (`%2573earch`), and an overlong lead byte.
                     b'%' => {
                         let twice = bytes
                             .get(index + 3..index + 5)
                             .and_then(|pair| Some(hex_digit(pair[0])? << 4 | hex_digit(pair[1])?));
-                        if matches!(twice, Some(b'.' | b'/' | b'\\' | 0..=0x1f | 0x7f)) {
+                        if matches!(
+                            twice,
+                            Some(
+                                b'.'
+                                | b'/'
+                                | b'\\'
+                                | 0..=0x1f
+                                | 0x7f
+                                | b'a'..=b'z'
+                                | b'A'..=b'Z'
+                                | b'0'..=b'9'
+                                | b'-'
+                                | b'_'
+                                | 0xc0
+                                | 0xc1,
+                            )
+                        ) {
                             return Some(
-                                "it contains a doubly encoded '.', '/', '\\' or control character (%25 and its escape)",
+                                "it contains a doubly encoded '.', '/', '\\', letter, digit, '-', '_' or control character (%25 and its escape)",
                             );
+                        }
+                    }
+                    // Overlong UTF-8 (`%c0%ae` for '.', `%e0%80%af` for '/'): no encoder makes
+                    // one, and a lenient decoder behind the vendor reads the character it spells.
+                    0xc0 | 0xc1 => return Some(OVERLONG),
+                    lead @ (0xe0 | 0xf0) => {
+                        let upper = if lead == 0xe0 { 0x9f } else { 0x8f };
+                        if escape_at(bytes, index + 3)
+                            .is_some_and(|next| (0x80..=upper).contains(&next))
+                        {
+                            return Some(OVERLONG);
                         }
                     }
                     _ => {}
@@ -798,6 +861,14 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
         Some("it contains an empty segment ('//')")
     } else {
         None
+    }
+}
+
+/// The byte a `%XY` escape at `at` stands for, if one is there.
+fn escape_at(bytes: &[u8], at: usize) -> Option<u8> {
+    match bytes.get(at..at + 3)? {
+        [b'%', high, low] => Some(hex_digit(*high)? << 4 | hex_digit(*low)?),
+        _ => None,
     }
 }
 
@@ -1674,11 +1745,31 @@ pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// The OAuth2 access token for this call (cached, or minted now — once for all waiting calls).
+/// The wait ends with the call's `total_timeout_ms` (504 `upstream_total_timeout`): a slow token
+/// endpoint, or a queue of fetches before this call's, holds it no longer than a slow vendor.
 async fn oauth_token(
     integration: &IntegrationRuntime,
     source: &Arc<TokenSource>,
-) -> Result<HeaderValue, CallError> {
-    source.authorization().await.map_err(|error| {
+    started: std::time::Instant,
+) -> Result<crate::oauth::Minted, CallError> {
+    let total = integration.config.total_timeout_ms;
+    let answer = match crate::body::call_end(started, total) {
+        Some((end, _)) => match tokio::time::timeout_at(end, source.authorization()).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                tracing::warn!(integration = %integration.name, "no OAuth2 access token before the call's total_timeout_ms");
+                return Err(CallError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_total_timeout",
+                    format!(
+                        "the OAuth2 token endpoint did not answer before the call reached total_timeout_ms ({total} ms)"
+                    ),
+                ));
+            }
+        },
+        None => source.authorization().await,
+    };
+    answer.map_err(|error| {
         tracing::error!(integration = %integration.name, %error, "no OAuth2 access token; failing closed");
         CallError::unavailable(
             "credential_unavailable",
@@ -1697,7 +1788,7 @@ async fn forward_replayable(
     context: &mut CallContext,
     request: Request<ForwardBody>,
     source: &Arc<TokenSource>,
-    token: HeaderValue,
+    token: crate::oauth::Minted,
 ) -> Result<Response<UpstreamBody>, CallError> {
     use http_body_util::BodyExt as _;
     let (parts, body) = request.into_parts();
@@ -1741,7 +1832,7 @@ async fn forward_replayable(
             .insert(header::AUTHORIZATION, authorization);
         request
     };
-    let first = build(token.clone());
+    let first = build(token.header.clone());
     let result = forward(
         integration,
         first,
@@ -1753,18 +1844,26 @@ async fn forward_replayable(
     if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(response);
     }
-    source.purge(&token);
-    let fresh = oauth_token(integration, source).await?;
+    source.purge(&token.header);
+    let fresh = oauth_token(integration, source, context.started).await?;
     // The token was not dropped (another was dropped less than a second ago): sending the
     // same one again would only be refused again. The vendor's 401 is the answer.
-    if fresh == token {
+    if fresh.header == token.header {
         return Ok(response);
     }
     drop(response);
     tracing::info!(integration = %integration.name, request_id = %context.request_id, "vendor refused the OAuth2 token; re-minted, replaying once");
     let caller = context.caller.as_deref();
-    let result = forward(integration, build(fresh), context.started, caller).await;
-    forwarded(integration, context, result, None)
+    let result = forward(
+        integration,
+        build(fresh.header.clone()),
+        context.started,
+        caller,
+    )
+    .await;
+    let mut response = forwarded(integration, context, result, None)?;
+    response.extensions_mut().insert(fresh);
+    Ok(response)
 }
 
 /// The vendor request under `request_timeout_ms`, and within the call's `total_timeout_ms` of
@@ -2011,6 +2110,18 @@ pub(crate) fn connect_error(what: &str, error: &ConnectError) -> CallError {
             "upstream_unresolvable",
             format!("{what} could not be resolved"),
         ),
+        ConnectError::ReachesPostern { .. } => CallError::bad_gateway(
+            "upstream_is_postern",
+            format!("{what} is Postern itself (one of its own listening sockets); a call may not come back in through Postern"),
+        ),
+        ConnectError::ResolverBusy { limit } => {
+            let mut error = CallError::unavailable(
+                "resolver_busy",
+                format!("{what} was not looked up: Postern has {limit} name lookups waiting on name servers already; try again shortly"),
+            );
+            error.retry_after_seconds = Some(1);
+            error
+        }
         ConnectError::Timeout { timeout_ms, .. } => CallError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_connect_timeout",
@@ -2108,7 +2219,7 @@ fn prepare_response(
     }
     // A vendor may echo the injected credential (a redirect or pagination link carrying an
     // api_key parameter, say): such headers never reach the caller.
-    let oauth_tokens = integration.oauth_echoes();
+    let oauth_tokens = oauth_echoes(integration, &parts.extensions);
     let leaks = |name: &HeaderName, value: &HeaderValue| {
         echoes_secret(name, value.as_bytes(), &integration.secret_needles)
             || oauth_tokens
@@ -2161,7 +2272,7 @@ fn prepare_response(
         false => crate::echo::EchoFilter::for_answer(
             &parts.headers,
             &integration.secret_needles,
-            oauth_tokens.as_deref().cloned(),
+            oauth_tokens.clone(),
             limit,
         )
         .map_err(|coding| {
@@ -2185,6 +2296,30 @@ fn prepare_response(
     parts.version = http::Version::default();
     parts.extensions = http::Extensions::new();
     Ok(Prepared { parts, body, echo })
+}
+
+/// The OAuth2 tokens an answer is read for: those the integration minted last
+/// ([`TokenSource::echoes`]), and the one this call injected ([`oauth_call`] leaves it in the
+/// answer's `extensions`) should newer ones have pushed it out meanwhile.
+fn oauth_echoes(
+    integration: &IntegrationRuntime,
+    extensions: &http::Extensions,
+) -> Option<crate::echo::Needles> {
+    let minted = integration.oauth_echoes();
+    let injected = extensions.get::<crate::oauth::Minted>();
+    match (minted, injected) {
+        (Some(minted), Some(injected))
+            if !injected
+                .needles
+                .iter()
+                .all(|needle| minted.iter().any(|known| known[..] == needle[..])) =>
+        {
+            let all = minted.iter().chain(injected.needles.iter()).cloned();
+            Some(Arc::new(all.collect()))
+        }
+        (Some(minted), _) => Some(Arc::clone(&minted)),
+        (None, injected) => injected.map(|injected| injected.needles.clone()),
+    }
 }
 
 /// The vendor's answer as [`prepare_response`] leaves it for the caller.
@@ -2650,8 +2785,8 @@ mod tests {
 
     #[test]
     fn path_problem_names_the_first_kind_of_problem() {
-        const DOUBLY: &str =
-            "it contains a doubly encoded '.', '/', '\\' or control character (%25 and its escape)";
+        const DOUBLY: &str = "it contains a doubly encoded '.', '/', '\\', letter, digit, '-', '_' or control character (%25 and its escape)";
+        const OVERLONG: &str = "it contains an overlong UTF-8 escape (%c0%ae, %e0%80%af)";
         let cases: &[(&str, Option<&str>)] = &[
             ("/stripe/v1/charges/ch_1", None),
             ("/", None),
@@ -2688,6 +2823,17 @@ mod tests {
             ("/a/100%25/b%2520c", None),
             ("/a/%25", None),
             ("/a/%252e%252e/b", Some(DOUBLY)),
+            ("/v1/charges/%2573earch", Some(DOUBLY)),
+            ("/a/%2541%252D", Some(DOUBLY)),
+            ("/a/%25c0%25ae", Some(DOUBLY)),
+            ("/a/%c0%ae%c0%ae/b", Some(OVERLONG)),
+            ("/a%c0%afb", Some(OVERLONG)),
+            ("/a%C1%9Cb", Some(OVERLONG)),
+            ("/a%e0%80%afb", Some(OVERLONG)),
+            ("/a%f0%80%80%afb", Some(OVERLONG)),
+            // Well-formed UTF-8 with those lead bytes is data: U+0800 and U+10000.
+            ("/a/%e0%a0%80/%f0%90%80%80", None),
+            ("/a/%e0", None),
             ("/a%252Fb", Some(DOUBLY)),
             ("/a%255cb", Some(DOUBLY)),
             ("/a%2500", Some(DOUBLY)),
@@ -2770,6 +2916,25 @@ mod tests {
             check_request(&request(&[("transfer-encoding", "chunked")])).unwrap(),
             None
         );
+        assert_eq!(
+            check_request(&request(&[("transfer-encoding", " Chunked ")])).unwrap(),
+            None
+        );
+        // A coding under `chunked`, or none but another, is not undone: 501.
+        for codings in [
+            &[("transfer-encoding", "gzip, chunked")][..],
+            &[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("transfer-encoding", "chunked, chunked")],
+            &[("transfer-encoding", "identity")],
+            &[("transfer-encoding", "")],
+        ] {
+            let refused = check_request(&request(codings)).unwrap_err();
+            assert_eq!(refused.code, "unsupported_transfer_coding", "{codings:?}");
+            assert_eq!(refused.status, http::StatusCode::NOT_IMPLEMENTED);
+        }
         assert_eq!(
             code(&[("content-length", "1"), ("transfer-encoding", "chunked")]),
             "conflicting_framing"

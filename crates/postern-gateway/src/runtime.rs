@@ -86,6 +86,33 @@ type CachedClient = (String, Option<[u8; 32]>, UpstreamClient);
 pub struct ClientCache {
     clients: Mutex<HashMap<String, CachedClient>>,
     resolver: Option<Arc<dyn postern_netguard::Resolve>>,
+    /// The system resolver's lookups in flight for integrations' vendors, whose names the
+    /// operator wrote ([`VENDOR_LOOKUPS`]), and for the forward proxy's hosts, which callers
+    /// name ([`PROXY_LOOKUPS`]): apart, so that callers naming hosts whose name servers never
+    /// answer cannot hold up the lookups of the integrations' vendors.
+    lookups: LookupSlots,
+    /// Postern's own listening sockets, which no dial may reach.
+    own_listeners: Arc<[std::net::SocketAddr]>,
+}
+
+/// System-resolver lookups in flight at once for integrations' vendors (a quarter of tokio's
+/// 512 blocking threads).
+pub const VENDOR_LOOKUPS: usize = 128;
+/// System-resolver lookups in flight at once for the forward proxy's hosts.
+pub const PROXY_LOOKUPS: usize = 64;
+
+struct LookupSlots {
+    vendors: postern_netguard::Lookups,
+    proxy: postern_netguard::Lookups,
+}
+
+impl Default for LookupSlots {
+    fn default() -> Self {
+        LookupSlots {
+            vendors: postern_netguard::Lookups::new(VENDOR_LOOKUPS),
+            proxy: postern_netguard::Lookups::new(PROXY_LOOKUPS),
+        }
+    }
 }
 
 impl ClientCache {
@@ -93,14 +120,33 @@ impl ClientCache {
     /// `resolver` (`None`: the system resolver).
     pub fn new(resolver: Option<Arc<dyn postern_netguard::Resolve>>) -> Self {
         ClientCache {
-            clients: Mutex::default(),
             resolver,
+            ..ClientCache::default()
         }
     }
 
-    /// An SSRF guard for `allow_private_networks`, resolving with this cache's resolver.
+    /// The same cache, its guards refusing dials that reach `listeners` (the gateway's own).
+    pub fn with_own_listeners(mut self, listeners: Vec<std::net::SocketAddr>) -> Self {
+        self.own_listeners = Arc::from(listeners);
+        self
+    }
+
+    /// An SSRF guard for an integration's `allow_private_networks`, resolving with this
+    /// cache's resolver.
     pub fn guard(&self, allow_private_networks: Vec<ipnet::IpNet>) -> postern_netguard::Guard {
-        postern_netguard::Guard::new(allow_private_networks).with_resolver(self.resolver.clone())
+        postern_netguard::Guard::new(allow_private_networks)
+            .with_resolver(self.resolver.clone())
+            .with_lookups(self.lookups.vendors.clone())
+            .with_own_listeners(self.own_listeners.clone())
+    }
+
+    /// The forward proxy's SSRF guard: [`ClientCache::guard`] with the proxy's own lookups.
+    pub fn proxy_guard(
+        &self,
+        allow_private_networks: Vec<ipnet::IpNet>,
+    ) -> postern_netguard::Guard {
+        self.guard(allow_private_networks)
+            .with_lookups(self.lookups.proxy.clone())
     }
     /// Forgets the integrations a reload removed: their pools, and the idle vendor connections
     /// in them, are dropped.
@@ -464,8 +510,9 @@ fn compile_rules(
 }
 
 impl Runtime {
-    /// What an operator should be told of this runtime: each integration's readiness problem
-    /// and refused upstream address, then the custom policies' notes.
+    /// What an operator should be told of this runtime: each integration's readiness problem,
+    /// refused upstream address and credential file other users may read, the listener's key
+    /// file if others may read it, then the custom policies' notes.
     pub fn warnings(&self) -> Vec<String> {
         self.placed_warnings()
             .into_iter()
@@ -491,6 +538,27 @@ impl Runtime {
                 let key = KeyProblem::integration(&integration.name, "upstream", &message, "");
                 placed.push((message, key));
             }
+            let file = integration
+                .credential
+                .as_ref()
+                .and_then(|c| match &c.source {
+                    SecretSource::File(path) => Some(path),
+                    _ => None,
+                });
+            if let Some(problem) = file.and_then(|path| postern_keyfile::readable_by_others(path)) {
+                let message = format!(
+                    "integration {}: the credential file {problem}",
+                    integration.name
+                );
+                let key = KeyProblem::integration(&integration.name, "credential", &message, "");
+                placed.push((message, key));
+            }
+        }
+        let tls_key = self.config.gateway.tls_key.as_deref();
+        if let Some(problem) = tls_key.and_then(postern_keyfile::readable_by_others) {
+            let message = format!("the listener's private key {problem}");
+            let key = KeyProblem::gateway("tls_key", &message, "");
+            placed.push((message, key));
         }
         for message in self.policy.notes() {
             let key = KeyProblem::gateway("policies", &message, "");
@@ -678,7 +746,7 @@ fn build_proxy(
     hosts.sort_by_key(|(pattern, _)| matches!(pattern, HostPattern::OneLevel(_)));
     let plain_client = crate::upstream::build_client(crate::upstream::UpstreamOptions {
         guard: clients
-            .guard(proxy.allow_private_networks.clone())
+            .proxy_guard(proxy.allow_private_networks.clone())
             .with_denied_networks(proxy.deny_networks.clone()),
         allow_plaintext: true,
         ca_file: None,

@@ -50,6 +50,13 @@ pub enum ConnectError {
     },
     #[error("the host resolved to no address")]
     NoAddress,
+    /// The address answered is one of Postern's own listening sockets
+    /// ([`Guard::reaches_self`]).
+    #[error("{addr} is one of Postern's own listening sockets")]
+    ReachesPostern { addr: SocketAddr },
+    /// All the lookups the guard may have in flight are ([`postern_netguard::Lookups`]).
+    #[error("{limit} name lookups are in flight already")]
+    ResolverBusy { limit: usize },
     #[error("{host} is not a valid TLS server name")]
     ServerName { host: String },
 }
@@ -79,8 +86,16 @@ pub async fn dial(
     let addrs = resolved.map_err(|e| match e {
         GuardError::Denied(denied) => ConnectError::Denied(denied),
         GuardError::Resolve { host, source } => ConnectError::Resolve { host, source },
+        GuardError::Busy { limit } => ConnectError::ResolverBusy { limit },
     })?;
     let (stream, addr) = connect_first(addrs, connect_timeout).await?;
+    // Which local address the connection has is known only once it is made.
+    if stream
+        .local_addr()
+        .is_ok_and(|local| guard.reaches_self(local, addr))
+    {
+        return Err(ConnectError::ReachesPostern { addr });
+    }
     let _ = stream.set_nodelay(true);
     Ok((stream, addr))
 }
@@ -1440,6 +1455,34 @@ mod tests {
 
     use super::*;
     use crate::body::RequestBodyState;
+
+    /// A dial that reaches one of Postern's own sockets is refused once connected, though the
+    /// guard let its address through: by the listener's own address, and for a listener bound
+    /// to every address, by a loopback one. Another port of the same host is dialled.
+    #[tokio::test]
+    async fn a_dial_reaching_postern_itself_is_refused() {
+        let own = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let everywhere = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let own_addr = own.local_addr().unwrap();
+        let everywhere_port = everywhere.local_addr().unwrap().port();
+        let guard = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]).with_own_listeners(
+            std::sync::Arc::from(vec![own_addr, everywhere.local_addr().unwrap()]),
+        );
+        let timeout = Duration::from_secs(5);
+        for (host, port) in [
+            ("127.0.0.1", own_addr.port()),
+            ("127.0.0.1", everywhere_port),
+            ("127.0.0.2", everywhere_port),
+        ] {
+            match dial(&guard, host, port, timeout).await {
+                Err(ConnectError::ReachesPostern { addr }) => assert_eq!(addr.port(), port),
+                other => panic!("{host}:{port}: {other:?}"),
+            }
+        }
+        let port = other.local_addr().unwrap().port();
+        assert!(dial(&guard, "127.0.0.1", port, timeout).await.is_ok());
+    }
 
     #[test]
     fn the_two_families_take_turns_starting_with_the_first_address_s() {

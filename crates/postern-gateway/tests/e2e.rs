@@ -99,6 +99,9 @@ async fn start_with_key_and_resolver(
     let staging = tempfile::tempdir().unwrap();
     let key_path = staging.path().join(key_file);
     std::fs::write(&key_path, key).unwrap();
+    // As an operator keeps it: readable by others, it is a warning on every reload.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let body = body.replace(
         &format!("{{dir}}/{key_file}"),
         &key_path.display().to_string(),
@@ -2522,6 +2525,10 @@ async fn bad_input_gets_4xx_and_never_reaches_the_vendor() {
         (format!("GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}x-evil: a\rb\r\nconnection: close\r\n\r\n"), "400"),
         (format!("GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}x-evil: a\nb\r\nconnection: close\r\n\r\n"), "400"),
         (format!("POST /stripe/v1/charges HTTP/1.1\r\nhost: x\r\n{auth}content-length: 4\r\ncontent-length: 5\r\nconnection: close\r\n\r\nabcd"), "400"),
+        // A transfer coding the framing does not undo: the body would reach the vendor coded.
+        (format!("POST /stripe/v1/charges HTTP/1.1\r\nhost: x\r\n{auth}transfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"), "501"),
+        // Overlong UTF-8 for `..`: a lenient decoder behind the vendor climbs.
+        (format!("GET /stripe/v1/charges/%c0%ae%c0%ae/ch_1 HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "400"),
         (format!("GET /nosuch/v1/x HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"), "404"),
     ];
     for (request, status) in &cases {

@@ -39,9 +39,14 @@ fn token_handler(state: Arc<TokenServer>) -> Handler {
     })
 }
 
-/// The vendor accepts every `tok-N` except those listed as refused.
+/// The vendor accepts every `tok-N` except those listed as refused; it answers a request with
+/// `x-slow-ms: N` after N ms.
 fn vendor_handler(refused: Arc<Mutex<Vec<String>>>) -> Handler {
     Arc::new(move |request: &SeenRequest| {
+        if let Some(ms) = request.header("x-slow-ms").and_then(|ms| ms.parse().ok()) {
+            let slow = std::time::Duration::from_millis(ms);
+            tokio::task::block_in_place(|| std::thread::sleep(slow));
+        }
         let auth = request.header("authorization").unwrap_or_default();
         let token = auth.strip_prefix("Bearer ").unwrap_or("");
         if !token.starts_with("tok-") || refused.lock().unwrap().iter().any(|t| t == token) {
@@ -204,6 +209,42 @@ async fn a_vendor_echoing_the_access_token_in_a_header_or_its_body_never_shows_i
         events.iter().all(|e| e["secret_echoed"] == true),
         "{events:#?}"
     );
+}
+
+/// A call's answer is read for the token its request carried, though the tokens minted while
+/// the vendor took its time (one a second here) pushed it out of the last four, which every
+/// answer is read for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_answer_is_read_for_its_own_token_after_newer_ones() {
+    let s = setup(1, "basic").await;
+    let (base, token) = (s.gw.base.clone(), s.gw.token.clone());
+    let slow = tokio::spawn(async move {
+        client()
+            .get(format!("{base}/crm/contacts"))
+            .bearer_auth(token)
+            .header("x-slow-ms", "6000")
+            .send()
+            .await
+            .unwrap()
+    });
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(5500) {
+        assert_eq!(call(&s.gw).await, 200);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let minted = s.tokens.requests.load(Ordering::SeqCst);
+    assert!(
+        minted >= 6,
+        "tokens minted while the answer was slow: {minted}"
+    );
+    let response = slow.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert!(headers.get("x-echo-as-sent").is_none(), "{headers:?}");
+    assert!(headers.get("x-echo-encoded").is_none(), "{headers:?}");
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["you_sent"], "Bearer *****", "{answer}");
+    s.gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -518,6 +559,37 @@ async fn a_token_that_expires_at_once_is_fetched_once_for_the_waiting_calls() {
 /// not wait forever, and the next call asks again once the failure's second has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_endpoint_stalling_mid_answer_times_out() {
+    let (gw, vendor, held) = stalling_token_endpoint("request_timeout_ms = 500").await;
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), get_contacts(&gw))
+        .await
+        .expect("the call was answered, not held by the stalled token request");
+    assert_eq!(response.status(), 503);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "credential_unavailable");
+    assert!(answer.to_string().contains("500 ms"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(vendor.seen().is_empty());
+    // The fetch lock was let go: a call after the failure's second asks again (and fails
+    // the same way), rather than waiting on the first.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = tokio::time::timeout(std::time::Duration::from_secs(10), get_contacts(&gw))
+        .await
+        .expect("answered");
+    assert_eq!(again.status(), 503);
+    assert_eq!(held.lock().unwrap().len(), 2, "two token requests");
+    gw.stop().await;
+}
+
+/// A gateway whose CRM integration (with `extra` keys) mints its tokens at an endpoint that
+/// sends its answer's head and stalls; the streams it holds (one per token request).
+async fn stalling_token_endpoint(
+    extra: &str,
+) -> (
+    TestGateway,
+    TestVendor,
+    Arc<Mutex<Vec<tokio::net::TcpStream>>>,
+) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let token_port = listener.local_addr().unwrap().port();
@@ -540,31 +612,31 @@ async fn a_token_endpoint_stalling_mid_answer_times_out() {
     let credential = format!(
         r#"{{ kind = "oauth2", token_url = "http://127.0.0.1:{token_port}/oauth/token", client_id = "postern-client", client_secret = "crm-client-secret" }}"#
     );
-    let body = crm_integration(
-        vendor.addr.port(),
-        &credential,
-        "allow_plaintext = true\nrequest_timeout_ms = 500",
-    );
+    let extra = format!("allow_plaintext = true\n{extra}");
+    let body = crm_integration(vendor.addr.port(), &credential, &extra);
     let gw = TestGateway::start(&body, vendor.ca_pem.as_deref()).await;
     store_client_secret(&gw, b"secret");
+    (gw, vendor, held)
+}
+
+/// The wait for a token ends with the call's `total_timeout_ms`, though the token request
+/// may take `request_timeout_ms` (5 s here): 504, as a vendor that is slow to answer gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_for_a_token_ends_with_the_calls_total_timeout() {
+    let (gw, vendor, held) =
+        stalling_token_endpoint("request_timeout_ms = 5000\ntotal_timeout_ms = 400").await;
     let started = std::time::Instant::now();
     let response = tokio::time::timeout(std::time::Duration::from_secs(10), get_contacts(&gw))
         .await
-        .expect("the call was answered, not held by the stalled token request");
-    assert_eq!(response.status(), 503);
-    let answer: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(answer["error"]["code"], "credential_unavailable");
-    assert!(answer.to_string().contains("500 ms"), "{answer}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    assert!(vendor.seen().is_empty());
-    // The fetch lock was let go: a call after the failure's second asks again (and fails
-    // the same way), rather than waiting on the first.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let again = tokio::time::timeout(std::time::Duration::from_secs(10), get_contacts(&gw))
-        .await
         .expect("answered");
-    assert_eq!(again.status(), 503);
-    assert_eq!(held.lock().unwrap().len(), 2, "two token requests");
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 504);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "upstream_total_timeout");
+    assert!(answer.to_string().contains("400 ms"), "{answer}");
+    assert!(waited < std::time::Duration::from_secs(3), "{waited:?}");
+    assert!(vendor.seen().is_empty());
+    assert_eq!(held.lock().unwrap().len(), 1, "one token request");
     gw.stop().await;
 }
 

@@ -121,6 +121,20 @@ pub fn writable_by_others(dir: &Path) -> Option<String> {
     }
 }
 
+/// Why another user could read the secret file `path` (its target, when a link), if one could:
+/// group or others may read it. (The files an operator provides, such as a `from_file`
+/// credential or the listener's key, are read whatever their mode; this is the warning.)
+pub fn readable_by_others(path: &Path) -> Option<String> {
+    let mode = std::fs::metadata(path).ok()?.mode() & 0o777;
+    (mode & 0o044 != 0).then(|| {
+        format!(
+            "{} has mode {mode:03o}: group or other users may read it (fix: chmod 600 {})",
+            path.display(),
+            path.display()
+        )
+    })
+}
+
 /// Why another user could replace `dir` whole, if one could: a directory above it (up to `/`)
 /// that another user than this process's or root owns, or that group or others may write
 /// without the sticky bit (`/tmp`'s `1777` keeps others from renaming what is not theirs). Such

@@ -19,8 +19,8 @@
 //! * **[`Guard::resolve`] is the only IO.** It accepts IP literals (including
 //!   the bracketed IPv6 form and the numeric IPv4 shorthands that the system
 //!   resolver also accepts, such as `2130706433`, `0x7f.1` or `127.1`) without
-//!   DNS, and otherwise asks the system resolver through
-//!   [`tokio::net::lookup_host`] (or the [`Resolve`] it was given), on every
+//!   DNS, and otherwise asks the system resolver on a blocking thread, at most
+//!   [`Lookups`] at once (or the [`Resolve`] it was given), on every
 //!   call: an answer is never kept. If *any* address in the answer is denied, the
 //!   whole resolution is refused, so a name that answers with one public and
 //!   one private address cannot smuggle the private one past the guard.
@@ -250,13 +250,97 @@ pub enum GuardError {
         #[source]
         source: io::Error,
     },
+    /// The guard's [`Lookups`] are all in flight: the name was not looked up.
+    #[error("{limit} name lookups are in flight already; try again shortly")]
+    Busy { limit: usize },
 }
+
+/// The system resolver's lookups a set of [`Guard`]s may have in flight at once.
+///
+/// `getaddrinfo` blocks, so each lookup holds one of tokio's blocking threads until the name
+/// server answers or glibc gives up (up to half a minute), and it runs to its end even when
+/// the call that asked has gone: a caller that makes Postern look up names whose server never
+/// answers (its own zone, a new name each time) would otherwise fill the blocking pool and
+/// queue every other lookup, and every body scan, behind them. A lookup takes a slot before it
+/// starts and gives it back only when `getaddrinfo` returns; with none free, the guard answers
+/// [`GuardError::Busy`] at once. A custom [`Resolve`] is not counted (it is async).
+#[derive(Clone)]
+pub struct Lookups {
+    slots: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+    blocking: BlockingLookup,
+}
+
+/// A blocking lookup of `host` (lower-cased, never an IP literal) with `port`.
+pub type BlockingLookup = fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
+
+impl fmt::Debug for Lookups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lookups")
+            .field("limit", &self.limit)
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl Lookups {
+    /// At most `limit` lookups at once, with the system resolver.
+    pub fn new(limit: usize) -> Self {
+        Lookups {
+            slots: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+            blocking: |host, port| {
+                use std::net::ToSocketAddrs as _;
+                (host, port).to_socket_addrs().map(Iterator::collect)
+            },
+        }
+    }
+
+    /// The same bound with `blocking` for the system resolver (tests: a name server that
+    /// takes its time).
+    pub fn with_blocking_lookup(mut self, blocking: BlockingLookup) -> Self {
+        self.blocking = blocking;
+        self
+    }
+
+    /// Lookups running now.
+    pub fn in_flight(&self) -> usize {
+        self.limit - self.slots.available_permits()
+    }
+
+    async fn lookup(&self, host: &str, port: u16) -> Result<io::Result<Vec<SocketAddr>>, usize> {
+        let slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.limit)?;
+        let (host, blocking) = (host.to_string(), self.blocking);
+        let lookup = tokio::task::spawn_blocking(move || {
+            // Given back when the lookup ends, not when its caller stops waiting.
+            let _slot = slot;
+            blocking(&host, port)
+        });
+        Ok(lookup
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the lookup task failed"))))
+    }
+}
+
+/// The slots of guards made without [`Guard::with_lookups`].
+fn default_lookups() -> &'static Lookups {
+    static DEFAULT: std::sync::OnceLock<Lookups> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(|| Lookups::new(DEFAULT_LOOKUPS))
+}
+
+/// Lookups in flight at once for guards given no [`Lookups`] of their own: a quarter of
+/// tokio's blocking threads.
+pub const DEFAULT_LOOKUPS: usize = 128;
 
 /// A lookup in progress: every address the name has, each with the port asked for.
 pub type Lookup<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>>;
 
 /// Looks host names up for a [`Guard`]: the system resolver
-/// ([`tokio::net::lookup_host`]) unless [`Guard::with_resolver`] gives another
+/// (`getaddrinfo`, bounded by [`Lookups`]) unless [`Guard::with_resolver`] gives another
 /// (a DNS client of the deployment's own; in tests, one whose answer changes
 /// between lookups, as a rebinding name's does). Whatever it answers is
 /// checked like the system resolver's answer.
@@ -276,6 +360,10 @@ pub struct Guard {
     denied_networks: Vec<IpNet>,
     /// `None`: the system resolver.
     resolver: Option<Arc<dyn Resolve>>,
+    /// The system resolver's slots (`None`: [`DEFAULT_LOOKUPS`] shared by all such guards).
+    lookups: Option<Lookups>,
+    /// Postern's own listening sockets ([`Guard::reaches_self`]).
+    own_listeners: Arc<[SocketAddr]>,
 }
 
 impl Guard {
@@ -284,7 +372,39 @@ impl Guard {
             allow_private_networks,
             denied_networks: Vec::new(),
             resolver: None,
+            lookups: None,
+            own_listeners: Arc::new([]),
         }
+    }
+
+    /// The same guard, refusing connections to `listeners` (Postern's own sockets): a caller
+    /// must not reach Postern again through itself, where its calls would come from Postern's
+    /// own address ([`Guard::reaches_self`]).
+    pub fn with_own_listeners(mut self, listeners: Arc<[SocketAddr]>) -> Self {
+        self.own_listeners = listeners;
+        self
+    }
+
+    /// Whether a connection from `local` to `peer` reaches one of the guard's own listeners:
+    /// the same port, and the listener's address, or any address of this host when the
+    /// listener is bound to all of them (`0.0.0.0`, `[::]`): the peer is then this host when it
+    /// is a loopback address or the connection's own local address (a global IPv6 address of
+    /// this host passes every address check).
+    pub fn reaches_self(&self, local: SocketAddr, peer: SocketAddr) -> bool {
+        let (local_ip, peer_ip) = (local.ip().to_canonical(), peer.ip().to_canonical());
+        self.own_listeners.iter().any(|own| {
+            let own_ip = own.ip().to_canonical();
+            own.port() == peer.port()
+                && (own_ip == peer_ip
+                    || (own_ip.is_unspecified() && (peer_ip == local_ip || peer_ip.is_loopback())))
+        })
+    }
+
+    /// The same guard, its system-resolver lookups counted in `lookups` (shared with the other
+    /// guards given the same).
+    pub fn with_lookups(mut self, lookups: Lookups) -> Self {
+        self.lookups = Some(lookups);
+        self
     }
 
     /// The same guard, refusing every address inside `networks` as well, public ones too, and
@@ -371,10 +491,11 @@ impl Guard {
     /// (`10.0.0.1`, `::1`, `[::1]`) and numeric IPv4 shorthands the system
     /// resolver would also accept (`2130706433`, `0x7f.1`, `0177.0.0.1`,
     /// `127.1`) are checked directly without DNS. Anything else goes to
-    /// [`tokio::net::lookup_host`] (or the guard's [`Resolve`]), afresh on every
+    /// the system resolver (or the guard's [`Resolve`]), afresh on every
     /// call; if any address in the answer is denied, the whole answer is
     /// refused with [`GuardError::Denied`]. An empty answer is
-    /// [`GuardError::Resolve`].
+    /// [`GuardError::Resolve`]; all the guard's [`Lookups`] in flight,
+    /// [`GuardError::Busy`].
     ///
     /// Dial only the returned addresses; resolving the host again elsewhere
     /// would undo the check.
@@ -394,9 +515,13 @@ impl Guard {
         }
         let mut answer = match &self.resolver {
             Some(resolver) => resolver.lookup(&normalized, port).await,
-            None => tokio::net::lookup_host((normalized.as_str(), port))
+            None => self
+                .lookups
+                .as_ref()
+                .unwrap_or_else(|| default_lookups())
+                .lookup(&normalized, port)
                 .await
-                .map(Iterator::collect),
+                .map_err(|limit| GuardError::Busy { limit })?,
         }
         .map_err(|source| GuardError::Resolve {
             host: host.escape_debug().to_string(),
@@ -973,5 +1098,94 @@ mod tests {
                 other => panic!("{host:?}: expected Resolve error, got {other:?}"),
             }
         }
+    }
+
+    /// A lookup holds its slot until the resolver returns, not until its caller stops waiting:
+    /// callers that give up at once still cannot have more than the limit in flight, the next
+    /// is refused at once (`Busy`), and the slots come back when the slow lookups end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_in_flight_are_bounded_after_their_callers_give_up() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static RUNNING: AtomicUsize = AtomicUsize::new(0);
+        static PEAK: AtomicUsize = AtomicUsize::new(0);
+        let lookups = Lookups::new(3).with_blocking_lookup(|_, port| {
+            let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+            PEAK.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            RUNNING.fetch_sub(1, Ordering::SeqCst);
+            Ok(vec![SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(93, 184, 215, 14)),
+                port,
+            )])
+        });
+        let guard = Guard::default().with_lookups(lookups.clone());
+        let (mut started, mut busy) = (0, 0);
+        for n in 0..20 {
+            let host = format!("n{n}.slow.example");
+            match tokio::time::timeout(
+                std::time::Duration::from_millis(5),
+                guard.resolve(&host, 443),
+            )
+            .await
+            {
+                Err(_) => started += 1,
+                Ok(Err(GuardError::Busy { limit })) => {
+                    assert_eq!(limit, 3);
+                    busy += 1;
+                }
+                Ok(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((started, busy), (3, 17));
+        assert_eq!(lookups.in_flight(), 3);
+        // Another guard with the same slots is bounded with them.
+        let other = Guard::default().with_lookups(lookups.clone());
+        assert!(matches!(
+            other.resolve("one.more.example", 443).await,
+            Err(GuardError::Busy { .. })
+        ));
+        // IP literals need no lookup.
+        assert!(other.resolve("93.184.215.14", 443).await.is_ok());
+        for _ in 0..100 {
+            if lookups.in_flight() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(lookups.in_flight(), 0);
+        assert!(PEAK.load(Ordering::SeqCst) <= 3);
+        let answer = guard.resolve("after.example", 443).await.unwrap();
+        assert_eq!(answer[0].port(), 443);
+    }
+
+    /// Postern's own sockets are refused whatever address reaches them: the listener's own,
+    /// and for one bound to every address, a loopback address or the host's own (the local
+    /// address of the connection), IPv4-mapped forms too; another host's same port is not.
+    #[test]
+    fn own_listeners_are_reached_by_any_address_of_this_host() {
+        let addr = |text: &str| text.parse::<SocketAddr>().unwrap();
+        let guard = Guard::default().with_own_listeners(Arc::from(vec![
+            addr("0.0.0.0:8080"),
+            addr("[::]:8443"),
+            addr("10.0.0.5:9090"),
+        ]));
+        let local = addr("192.0.2.7:50000");
+        let local6 = addr("[2001:db8::7]:50000");
+        for (peer, from, reached) in [
+            ("127.0.0.1:8080", local, true),
+            ("127.0.0.2:8080", local, true),
+            ("192.0.2.7:8080", local, true),
+            ("[::ffff:192.0.2.7]:8080", local, true),
+            ("192.0.2.8:8080", local, false),
+            ("127.0.0.1:8081", local, false),
+            ("[2001:db8::7]:8443", local6, true),
+            ("[::1]:8443", local6, true),
+            ("[2001:db8::8]:8443", local6, false),
+            ("10.0.0.5:9090", local, true),
+            ("127.0.0.1:9090", local, false),
+        ] {
+            assert_eq!(guard.reaches_self(from, addr(peer)), reached, "{peer}");
+        }
+        assert!(!Guard::default().reaches_self(local, addr("127.0.0.1:8080")));
     }
 }

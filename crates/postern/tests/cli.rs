@@ -198,6 +198,38 @@ fn check_places_a_warning_at_its_key() {
     );
 }
 
+/// A `from_file` credential other users may read is a warning at the integration's
+/// `credential` (the file is read whatever its mode: an operator's own), naming the mode and the
+/// fix; at 0600, none.
+#[test]
+fn check_warns_of_a_credential_file_others_may_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("stripe.key");
+    std::fs::write(&key, "sk_test_123\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let example = std::fs::read_to_string(repo_root().join("examples/postern.toml")).unwrap();
+    let config = example.replace(
+        r#"from_env = "STRIPE_KEY""#,
+        &format!(r#"from_file = "{}""#, key.display()),
+    );
+    let path = dir.path().join("postern.toml");
+    std::fs::write(&path, config).unwrap();
+    let (code, stdout, stderr) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("postern.toml:20:14: warning: integration stripe: the credential file")
+            && stdout.contains("has mode 644")
+            && stdout.contains("chmod 600"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("sk_test_123"), "{stdout}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, stdout, _) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(!stdout.contains("warning"), "{stdout}");
+}
+
 /// `check` says what it means for requests of unknown size (a warning; exit 0).
 #[test]
 fn check_warns_of_a_size_read_that_cannot_be_probed() {
