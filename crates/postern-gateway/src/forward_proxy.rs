@@ -844,7 +844,10 @@ async fn absolute(
             // broke off on the caller's side was not refused).
             let refused = matches!(
                 error,
-                crate::upstream::UpstreamError::Connect(crate::upstream::ConnectError::Denied(_))
+                crate::upstream::UpstreamError::Connect(
+                    crate::upstream::ConnectError::Denied(_)
+                        | crate::upstream::ConnectError::ReachesPostern { .. }
+                )
             ) || matches!(
                 context.request_body.violation(),
                 crate::body::RequestBodyViolation::TooLarge

@@ -479,6 +479,8 @@ fn pipeline<'a>(
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let mut response = response;
                 let vendor = hyper::upgrade::on(&mut response);
+                // The session's messages are read for the token its handshake carried too.
+                let injected = response.extensions().get::<crate::oauth::Minted>().cloned();
                 let prepared =
                     prepare_response(&integration, context, response, progress.intent_index)?;
                 return crate::websocket::open(
@@ -489,7 +491,7 @@ fn pipeline<'a>(
                     progress.intent_index,
                     prepared.parts,
                     (caller, vendor),
-                    (caller_token.as_deref(), vendor_path),
+                    (caller_token.as_deref(), vendor_path, injected),
                 );
             }
         }
@@ -758,7 +760,8 @@ fn check_header_bytes(
 
 /// Why a raw request path is refused, if it is.
 pub fn path_problem(path: &str) -> Option<&'static str> {
-    const OVERLONG: &str = "it contains an overlong UTF-8 escape (%c0%ae, %e0%80%af)";
+    const OVERLONG: &str =
+        "it contains an overlong or obsolete UTF-8 escape (%c0%ae, %e0%80%af, %f8)";
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Some("it does not start with '/'");
@@ -820,9 +823,13 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
                                 | b'-'
                                 | b'_'
                                 | 0xc0
-                                | 0xc1,
+                                | 0xc1
+                                | 0xf8..=0xfd,
                             )
-                        ) {
+                        ) || twice.is_some_and(|lead| {
+                            // `%25e0%2580%25af`: an overlong form, encoded twice.
+                            overlong_after(lead, doubly_escaped_at(bytes, index + 5))
+                        }) {
                             return Some(
                                 "it contains a doubly encoded '.', '/', '\\', letter, digit, '-', '_' or control character (%25 and its escape)",
                             );
@@ -830,14 +837,11 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
                     }
                     // Overlong UTF-8 (`%c0%ae` for '.', `%e0%80%af` for '/'): no encoder makes
                     // one, and a lenient decoder behind the vendor reads the character it spells.
-                    0xc0 | 0xc1 => return Some(OVERLONG),
-                    lead @ (0xe0 | 0xf0) => {
-                        let upper = if lead == 0xe0 { 0x9f } else { 0x8f };
-                        if escape_at(bytes, index + 3)
-                            .is_some_and(|next| (0x80..=upper).contains(&next))
-                        {
-                            return Some(OVERLONG);
-                        }
+                    // 0xf8-0xfd: the 5- and 6-byte forms UTF-8 once had, which old decoders
+                    // still read.
+                    0xc0 | 0xc1 | 0xf8..=0xfd => return Some(OVERLONG),
+                    lead @ (0xe0 | 0xf0) if overlong_after(lead, escape_at(bytes, index + 3)) => {
+                        return Some(OVERLONG)
                     }
                     _ => {}
                 }
@@ -861,6 +865,25 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
         Some("it contains an empty segment ('//')")
     } else {
         None
+    }
+}
+
+/// Whether `lead` (0xe0 or 0xf0) and the continuation byte after it, `next`, begin an
+/// overlong form (`%e0%80%af` for '/').
+fn overlong_after(lead: u8, next: Option<u8>) -> bool {
+    let upper = match lead {
+        0xe0 => 0x9f,
+        0xf0 => 0x8f,
+        _ => return false,
+    };
+    next.is_some_and(|next| (0x80..=upper).contains(&next))
+}
+
+/// The byte a `%25XY` escape (`%XY`, encoded again) at `at` stands for, if one is there.
+fn doubly_escaped_at(bytes: &[u8], at: usize) -> Option<u8> {
+    match bytes.get(at..at + 5)? {
+        [b'%', b'2', b'5', high, low] => Some(hex_digit(*high)? << 4 | hex_digit(*low)?),
+        _ => None,
     }
 }
 
@@ -1845,7 +1868,13 @@ async fn forward_replayable(
         return Ok(response);
     }
     source.purge(&token.header);
-    let fresh = oauth_token(integration, source, context.started).await?;
+    let fresh = match oauth_token(integration, source, context.started).await {
+        Ok(fresh) => fresh,
+        // The call's time ran out while a new token was fetched: the vendor's answer, in hand,
+        // is the call's, not a 504.
+        Err(error) if error.code == "upstream_total_timeout" => return Ok(response),
+        Err(error) => return Err(error),
+    };
     // The token was not dropped (another was dropped less than a second ago): sending the
     // same one again would only be refused again. The vendor's 401 is the answer.
     if fresh.header == token.header {
@@ -2219,7 +2248,7 @@ fn prepare_response(
     }
     // A vendor may echo the injected credential (a redirect or pagination link carrying an
     // api_key parameter, say): such headers never reach the caller.
-    let oauth_tokens = oauth_echoes(integration, &parts.extensions);
+    let oauth_tokens = oauth_echoes(integration, parts.extensions.get::<crate::oauth::Minted>());
     let leaks = |name: &HeaderName, value: &HeaderValue| {
         echoes_secret(name, value.as_bytes(), &integration.secret_needles)
             || oauth_tokens
@@ -2301,12 +2330,11 @@ fn prepare_response(
 /// The OAuth2 tokens an answer is read for: those the integration minted last
 /// ([`TokenSource::echoes`]), and the one this call injected ([`oauth_call`] leaves it in the
 /// answer's `extensions`) should newer ones have pushed it out meanwhile.
-fn oauth_echoes(
+pub(crate) fn oauth_echoes(
     integration: &IntegrationRuntime,
-    extensions: &http::Extensions,
+    injected: Option<&crate::oauth::Minted>,
 ) -> Option<crate::echo::Needles> {
     let minted = integration.oauth_echoes();
-    let injected = extensions.get::<crate::oauth::Minted>();
     match (minted, injected) {
         (Some(minted), Some(injected))
             if !injected
@@ -2786,7 +2814,8 @@ mod tests {
     #[test]
     fn path_problem_names_the_first_kind_of_problem() {
         const DOUBLY: &str = "it contains a doubly encoded '.', '/', '\\', letter, digit, '-', '_' or control character (%25 and its escape)";
-        const OVERLONG: &str = "it contains an overlong UTF-8 escape (%c0%ae, %e0%80%af)";
+        const OVERLONG: &str =
+            "it contains an overlong or obsolete UTF-8 escape (%c0%ae, %e0%80%af, %f8)";
         let cases: &[(&str, Option<&str>)] = &[
             ("/stripe/v1/charges/ch_1", None),
             ("/", None),
@@ -2831,6 +2860,13 @@ mod tests {
             ("/a%C1%9Cb", Some(OVERLONG)),
             ("/a%e0%80%afb", Some(OVERLONG)),
             ("/a%f0%80%80%afb", Some(OVERLONG)),
+            ("/a%f8%80%80%80%afb", Some(OVERLONG)),
+            ("/a%FC%80%80%80%80%afb", Some(OVERLONG)),
+            ("/a%25e0%2580%25afb", Some(DOUBLY)),
+            ("/a%25f0%2580%2580%25afb", Some(DOUBLY)),
+            ("/a%25fcb", Some(DOUBLY)),
+            // U+0800 encoded twice is data.
+            ("/a/%25e0%25a0%2580", None),
             // Well-formed UTF-8 with those lead bytes is data: U+0800 and U+10000.
             ("/a/%e0%a0%80/%f0%90%80%80", None),
             ("/a/%e0", None),

@@ -176,7 +176,7 @@ pub(crate) fn open(
     intent_index: Option<u64>,
     mut parts: http::response::Parts,
     (caller, vendor): (OnUpgrade, OnUpgrade),
-    (caller_token, vendor_path): (Option<&[u8]>, &str),
+    (caller_token, vendor_path, injected): (Option<&[u8]>, &str, Option<crate::oauth::Minted>),
 ) -> Result<Response<GatewayBody>, CallError> {
     if parts.headers.contains_key(EXTENSIONS) {
         return Err(CallError::bad_gateway(
@@ -197,7 +197,7 @@ pub(crate) fn open(
         CallerTokens(Needles::new(caller_token)),
         config.max_request_body_bytes,
     );
-    let minted = integration.oauth_echoes().as_deref().cloned();
+    let minted = crate::proxy::oauth_echoes(integration, injected.as_ref());
     let from_vendor = Frames::new(
         EchoedSecrets::new(&integration.secret_needles, minted),
         config.max_response_body_bytes,

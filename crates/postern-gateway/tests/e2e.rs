@@ -1002,6 +1002,56 @@ operations = ["*"]
     gw.stop().await;
 }
 
+/// An upstream that is Postern itself (its admin listener here; a reload points the
+/// integration there, the port being known only once bound) is refused once connected, though
+/// `allow_private_networks` lets its address through: `502 upstream_is_postern`, recorded.
+#[tokio::test]
+async fn an_upstream_that_is_postern_itself_is_refused() {
+    let body = r#"
+[[integrations]]
+name = "loop"
+vendor = "V"
+owner = "o@example.com"
+upstream = "http://127.0.0.1:9"
+allow_plaintext = true
+allow_private_networks = ["127.0.0.1/32"]
+operations = [ { id = "health", method = "GET", path = "/healthz" } ]
+
+[[grants]]
+caller = "checkout"
+integration = "loop"
+operations = ["*"]
+"#;
+    let gw = TestGateway::start(body, None).await;
+    for own in [gw.running().admin_addr, gw.running().listen_addr] {
+        let text = std::fs::read_to_string(&gw.config_path).unwrap();
+        let text = text.replace(
+            &text[text.find("http://127.0.0.1:").unwrap()..]
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string(),
+            &format!("http://{own}"),
+        );
+        std::fs::write(&gw.config_path, &text).unwrap();
+        let config = postern_config::load(&gw.config_path).unwrap();
+        gw.running().reload(config).unwrap();
+        let response = client()
+            .get(format!("{}/loop/healthz", gw.base))
+            .bearer_auth(&gw.token)
+            .send()
+            .await
+            .unwrap();
+        assert_refused(response, 502, "upstream_is_postern").await;
+    }
+    let events = gw.wait_events(2).await;
+    assert!(
+        events.iter().all(|e| e["reason"] == "upstream_is_postern"),
+        "{events:#?}"
+    );
+    gw.stop().await;
+}
+
 /// Answers each lookup with the next of its addresses (the last again once they run out) and
 /// keeps the names it was asked for: a vendor name that rebinds.
 #[derive(Debug)]

@@ -387,16 +387,26 @@ impl Guard {
 
     /// Whether a connection from `local` to `peer` reaches one of the guard's own listeners:
     /// the same port, and the listener's address, or any address of this host when the
-    /// listener is bound to all of them (`0.0.0.0`, `[::]`): the peer is then this host when it
-    /// is a loopback address or the connection's own local address (a global IPv6 address of
-    /// this host passes every address check).
+    /// listener is bound to all of them: the peer is then this host when it is a loopback
+    /// address or the connection's own local address (a global IPv6 address of this host
+    /// passes every address check). `0.0.0.0` takes IPv4 peers only (another program may
+    /// listen on the port over IPv6); `[::]` both, as a dual-stack socket does.
+    ///
+    /// Seen after address translation only: a published container port, a Kubernetes
+    /// Service address or the host's public address through hairpin NAT reach Postern under
+    /// another address and port (PROXY.md: `deny_hosts`).
     pub fn reaches_self(&self, local: SocketAddr, peer: SocketAddr) -> bool {
         let (local_ip, peer_ip) = (local.ip().to_canonical(), peer.ip().to_canonical());
         self.own_listeners.iter().any(|own| {
-            let own_ip = own.ip().to_canonical();
+            let family = match own.ip() {
+                IpAddr::V4(_) => peer_ip.is_ipv4(),
+                IpAddr::V6(_) => true,
+            };
             own.port() == peer.port()
-                && (own_ip == peer_ip
-                    || (own_ip.is_unspecified() && (peer_ip == local_ip || peer_ip.is_loopback())))
+                && (own.ip().to_canonical() == peer_ip
+                    || (own.ip().is_unspecified()
+                        && family
+                        && (peer_ip == local_ip || peer_ip.is_loopback())))
         })
     }
 
@@ -1105,13 +1115,21 @@ mod tests {
     /// is refused at once (`Busy`), and the slots come back when the slow lookups end.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lookups_in_flight_are_bounded_after_their_callers_give_up() {
+        use std::sync::atomic::AtomicBool;
         use std::sync::atomic::{AtomicUsize, Ordering};
         static RUNNING: AtomicUsize = AtomicUsize::new(0);
         static PEAK: AtomicUsize = AtomicUsize::new(0);
+        // The name server answers when the test says so (or after 10 s: bounded).
+        static ANSWER: AtomicBool = AtomicBool::new(false);
         let lookups = Lookups::new(3).with_blocking_lookup(|_, port| {
             let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
             PEAK.fetch_max(now, Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(400));
+            for _ in 0..1000 {
+                if ANSWER.load(Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             RUNNING.fetch_sub(1, Ordering::SeqCst);
             Ok(vec![SocketAddr::new(
                 IpAddr::V4(Ipv4Addr::new(93, 184, 215, 14)),
@@ -1146,7 +1164,8 @@ mod tests {
         ));
         // IP literals need no lookup.
         assert!(other.resolve("93.184.215.14", 443).await.is_ok());
-        for _ in 0..100 {
+        ANSWER.store(true, Ordering::SeqCst);
+        for _ in 0..500 {
             if lookups.in_flight() == 0 {
                 break;
             }
@@ -1183,6 +1202,11 @@ mod tests {
             ("[2001:db8::8]:8443", local6, false),
             ("10.0.0.5:9090", local, true),
             ("127.0.0.1:9090", local, false),
+            // `0.0.0.0` is IPv4 alone: the port over IPv6 may be another program's.
+            ("[::1]:8080", local6, false),
+            ("[2001:db8::7]:8080", local6, false),
+            // `[::]` is dual-stack.
+            ("127.0.0.1:8443", local, true),
         ] {
             assert_eq!(guard.reaches_self(from, addr(peer)), reached, "{peer}");
         }
