@@ -26,8 +26,8 @@
 //! on caller and operation keys, the last hour's bytes against its calls times the usual bytes
 //! per call (a slow leak under the per-minute floor). docs/DETECTION.md has the rules.
 //!
-//! Novelty: a caller new to an integration, an operation or source address new to a caller, and
-//! an hour of the week the caller rarely uses — each only after a warm-up.
+//! Novelty: a caller new to an integration (not to `(none)`), an operation or source address new
+//! to a caller, and an hour of the week the caller rarely uses — each only after a warm-up.
 //!
 //! ## Bounded memory
 //! At most [`EngineConfig::max_keys`] keys; keys idle longer than
@@ -282,6 +282,13 @@ const CALLER_REFUSALS: &[&str] = &[
     "too_many_concurrent_calls",
     "concurrency_limited",
     "request_decoders_busy",
+    // 503: the gateway's own bound on name lookups in flight was full (as for
+    // `concurrency_limited` and `request_decoders_busy`, a gateway limit: no vendor was asked,
+    // and its 5xx are not the vendor's outage).
+    "resolver_busy",
+    // 502: the target dialled is one of Postern's own listeners: the caller asked for Postern
+    // itself, nothing reached a vendor.
+    "upstream_is_postern",
     "data_class_not_approved",
     "caller_token_in_url",
     "caller_token_in_body",
@@ -608,11 +615,13 @@ struct KeyState {
     /// time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     behind_since_ms: Option<i64>,
-    /// Caller keys: made again for a caller its integration already knew once the integration
-    /// was warm (the caller's earlier key was evicted: idle for `idle_eviction_seconds`, or
-    /// past `max_keys`): its novelty alerts need no warm-up of their own, or a dormant
-    /// credential coming back — what a thief reuses — would go a day without `new_source` or
-    /// `new_operation`.
+    /// Caller keys: made again for a dormant caller its integration already knew once the
+    /// integration was warm (the integration last saw it `idle_eviction_seconds` or more ago,
+    /// so its earlier key was evicted as idle, or under `max_keys` while idle): its novelty
+    /// alerts need no warm-up of their own, or a dormant credential coming back — what a thief
+    /// reuses — would go a day without `new_source` or `new_operation`. Not for a caller whose
+    /// key `max_keys` pushed out while it was active: each such eviction would raise its usual
+    /// operations and addresses again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     returned: bool,
 }
@@ -1049,18 +1058,33 @@ impl Engine {
                     warm && novelty_due(last_alert_ms, kind, full, now_ms, quiet_ms)
                 })
         };
-        // Whether the integration knew the caller before this event, while warm: a caller key
-        // made now is then one made again (its earlier key evicted), not a new caller's.
+        // Whether the integration, warm, knew the caller before this event and had not seen it
+        // for `idle_eviction_seconds`: a caller key made now is then a dormant caller's made
+        // again, not a new caller's. The callers set holds when each was last seen on this
+        // integration (read before this event records it); a caller seen more recently whose
+        // key is missing lost it to `max_keys` while active, and is warmed up as a new key is.
+        let idle_ms = config.idle_eviction_seconds.saturating_mul(1_000);
         let mut returning = false;
         if let Some(integration_state) = self.keys.get_mut(integration_key) {
             let integration_warm = now_ms - integration_state.first_seen_ms >= warm_ms;
-            returning = integration_warm && integration_state.callers.entries.contains_key(caller);
+            returning = integration_warm
+                && integration_state
+                    .callers
+                    .entries
+                    .get(caller)
+                    .is_some_and(|&last_seen_ms| now_ms.saturating_sub(last_seen_ms) >= idle_ms);
+            // `(none)` holds the calls no integration answers for (refused before routing, by
+            // host policy, or as their caller's doing to a host with no key): a caller's first
+            // such refusal is not a new identity on any integration, so it raises no
+            // `new_caller` (it is still recorded: a dormant caller's return is judged by it).
+            let raises_new_caller =
+                integration_warm && &*integration_key.integration != NO_INTEGRATION;
             if news(
                 &mut integration_state.callers,
                 &mut integration_state.last_alert_ms,
                 caller,
                 AlertKind::NewCaller,
-                integration_warm,
+                raises_new_caller,
             ) {
                 alerts.push(alert(
                     AlertKind::NewCaller,
@@ -1078,10 +1102,10 @@ impl Engine {
                 returned: returning,
                 ..KeyState::new(now_ms, minute)
             });
-        // A caller key made again is warm for names at once: every operation and source is new
-        // to it then (its memory went with the evicted key), so the return of a dormant caller
-        // raises `new_operation` and `new_source`, once per name. Off-hours waits its week again
-        // (the activity histogram went too).
+        // A dormant caller's key made again is warm for names at once: every operation and
+        // source is new to it then (its memory went with the evicted key), so its return raises
+        // `new_operation` and `new_source`, once per name. Off-hours waits its week again (the
+        // activity histogram went too).
         let caller_warm = state.returned || now_ms - state.first_seen_ms >= warm_ms;
         if let Some(operation) = &event.operation {
             if news(

@@ -624,6 +624,146 @@ fn a_dormant_caller_coming_back_is_not_warmed_up_again() {
     assert!(engine.observe(&again, again.time_unix_ms).is_empty());
 }
 
+/// A caller whose keys `max_keys` pushes out while it is active is no dormant caller coming
+/// back: its next calls are warmed up as a new key's, not met with a `new_operation` per
+/// operation and a `new_source` per address — its usual ones — at every such eviction.
+#[test]
+fn a_caller_evicted_by_max_keys_while_active_raises_no_novelty_on_its_next_calls() {
+    let config = EngineConfig {
+        max_keys: 20,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config);
+    let mut noise = Noise(0x5eed);
+    let alerts = run(&mut engine, &steady(START_MS, 2 * 1_440, 1.0, &mut noise));
+    assert!(alerts.is_empty(), "clean traffic alerted: {alerts:#?}");
+    let now = START_MS + 2 * DAY_MS;
+    let usual = |time_ms: i64, operation: &str| {
+        event(time_ms, Some("billing"), operation, 200, 5_000, "10.0.0.2")
+    };
+    assert!(engine.observe(&usual(now, "get_charge"), now).is_empty());
+    // Callers new to the integration fill the keys past the cap: the least recently seen go,
+    // billing's among them, seconds after its last call.
+    for i in 0..20 {
+        let caller = format!("newcomer-{i}");
+        let other = event(
+            now + 1_000 + i * 100,
+            Some(&caller),
+            "get_charge",
+            200,
+            5_000,
+            "10.0.0.3",
+        );
+        engine.observe(&other, other.time_unix_ms);
+    }
+    let snapshot = serde_json::to_value(engine.snapshot()).unwrap();
+    assert!(
+        !snapshot["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| entry[0]["caller"] == "billing"),
+        "billing's keys were not evicted"
+    );
+    assert!(engine
+        .integration_names()
+        .iter()
+        .any(|name| &**name == "acme"));
+    for (i, operation) in ["get_charge", "create_charge"].into_iter().enumerate() {
+        let back = usual(now + MINUTE_MS + i as i64 * 1_000, operation);
+        let alerts = engine.observe(&back, back.time_unix_ms);
+        assert!(
+            alerts
+                .iter()
+                .all(|alert| alert.caller.as_deref() != Some("billing")),
+            "{alerts:#?}"
+        );
+    }
+}
+
+/// `(none)` is where calls no integration answers for are counted (refused before routing, by
+/// host policy, or as their caller's doing to a host with no key): a known caller's first such
+/// refusal is not a new identity on an integration, and raises no `new_caller` there.
+#[test]
+fn a_caller_s_first_refusal_under_none_raises_no_new_caller() {
+    let mut engine = Engine::new(EngineConfig::default());
+    // An unauthenticated call long before: the `(none)` key is a day old, warm for novelty.
+    let stray = DetectEvent {
+        integration: None,
+        operation: None,
+        ..event(START_MS, None, "x", 401, 0, "203.0.113.9")
+    };
+    engine.observe(&stray, START_MS);
+    let now = START_MS + 2 * DAY_MS;
+    let refusals = [
+        // A plain-HTTP proxy call refused as its caller's doing, to a host with no key.
+        DetectEvent {
+            integration: None,
+            operation: None,
+            host: Some("files.example".into()),
+            decision: Some("allow".into()),
+            reason: Some("unsupported_content_encoding".into()),
+            ..event(now, Some("ci"), "x", 415, 0, "10.0.0.7")
+        },
+        // A proxy call refused by host policy.
+        DetectEvent {
+            integration: None,
+            operation: None,
+            host: Some("pastebin.com".into()),
+            decision: Some("deny".into()),
+            reason: Some("host_not_allowed".into()),
+            ..event(now + 1_000, Some("build"), "x", 403, 0, "10.0.0.8")
+        },
+    ];
+    for refused in &refusals {
+        let alerts = engine.observe(refused, refused.time_unix_ms);
+        assert!(alerts.is_empty(), "{alerts:#?}");
+    }
+    assert!(engine
+        .integration_names()
+        .iter()
+        .any(|name| &**name == "(none)"));
+}
+
+/// The gateway's own refusals that reach no vendor — `resolver_busy` (its bound on name lookups
+/// in flight was full) and `upstream_is_postern` (the target is Postern itself) — count on
+/// their caller's keys only: no integration key, no host key; a vendor's 502 does count.
+#[test]
+fn gateway_refusals_that_reach_no_vendor_count_on_the_caller_only() {
+    let refused = |status: u16, reason: &'static str| DetectEvent {
+        reason: Some(reason.into()),
+        ..event(
+            START_MS,
+            Some("checkout"),
+            "get_charge",
+            status,
+            0,
+            "10.0.0.1",
+        )
+    };
+    for (status, reason) in [(503, "resolver_busy"), (502, "upstream_is_postern")] {
+        let mut engine = Engine::new(EngineConfig::default());
+        engine.observe(&refused(status, reason), START_MS);
+        assert!(engine.integration_names().is_empty(), "{reason}");
+        let proxied = DetectEvent {
+            integration: None,
+            operation: None,
+            host: Some("files.example".into()),
+            ..refused(status, reason)
+        };
+        engine.observe(&proxied, START_MS + 1_000);
+        assert!(engine.integration_names().is_empty(), "{reason}");
+    }
+    let mut engine = Engine::new(EngineConfig::default());
+    engine.observe(&refused(502, "upstream_unresolvable"), START_MS);
+    let names: Vec<String> = engine
+        .integration_names()
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
+    assert_eq!(names, ["acme"]);
+}
+
 /// A forward-proxy call let through to a host no integration registers is keyed by its host
 /// (`host:<name>`), up to `max_host_keys` hosts: calls to further hosts, and refused ones,
 /// count under `(none)`; an evicted host key frees its place, and a restored engine counts
