@@ -578,13 +578,21 @@ impl Validator<'_> {
         let vendor = self.non_empty_text(&raw.vendor, "vendor", "the company behind the API");
         let owner = self.non_empty_text(&raw.owner, "owner", "the team or person responsible");
         let docs_url = raw.docs_url.as_ref().map(|value| {
-            let is_web_url = url::Url::parse(value.get_ref())
-                .map(|url| matches!(url.scheme(), "http" | "https"))
-                .unwrap_or(false);
-            if !is_web_url {
+            // Not echoed: a URL may carry a token (in its query, or as a user name or
+            // password), and a value that is not a URL may be a secret pasted in the wrong
+            // place.
+            let problem = match url::Url::parse(value.get_ref()) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => None,
+                Ok(url) => Some(format!("has scheme `{}`", url.scheme())),
+                Err(error) => Some(format!(
+                    "({} characters) is not an absolute URL: {error}",
+                    value.get_ref().chars().count()
+                )),
+            };
+            if let Some(problem) = problem {
                 self.error(
                     value.span(),
-                    format!("`docs_url` = \"{}\" is not an http(s) URL", value.get_ref()),
+                    format!("`docs_url` {problem}; only an http(s) URL is a docs link"),
                     "write a full URL such as \"https://docs.example.com/api\"",
                 );
             }
@@ -886,7 +894,10 @@ impl Validator<'_> {
             if let Some(problem) = problem {
                 self.error(
                     value.span(),
-                    format!("`intercept_ca_names` entry \"{name}\" is not a DNS name: {problem}"),
+                    format!(
+                        "`intercept_ca_names` entry \"{}\" is not a DNS name: {problem}",
+                        without_credentials(&name)
+                    ),
                     "write a name such as \"stripe.com\" (it covers api.stripe.com and every other name below it)",
                 );
             } else if names.contains(&name) {
@@ -970,7 +981,10 @@ impl Validator<'_> {
                     Err(problem) => {
                         self.error(
                             value.span(),
-                            format!("`{key}` entry \"{pattern}\" is not a host pattern: {problem}"),
+                            format!(
+                                "`{key}` entry \"{}\" is not a host pattern: {problem}",
+                                without_credentials(&pattern)
+                            ),
                             "write a host name such as \"api.stripe.com\" or a one-level wildcard such as \"*.example.com\" (no scheme, port or path)",
                         );
                         None
@@ -1183,14 +1197,15 @@ impl Validator<'_> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-._~[]".contains(c));
             if kind == Some(CredentialKind::Query) && !valid {
-                self.error(
-                    param.span(),
-                    format!(
-                        "`param` = \"{}\" is not a valid query parameter name",
-                        param.get_ref()
-                    ),
-                    "use letters, digits and '-', '.', '_', '~', '[', ']' only",
+                // Not echoed: `api_key=sk_live_…` puts the secret itself here.
+                let (message, fix) = name_problem(
+                    "param",
+                    param.get_ref(),
+                    |c| c.is_ascii_alphanumeric() || "-._~[]".contains(c),
+                    ('=', "query parameter"),
+                    "use letters, digits and '-', '.', '_', '~', '[', ']' only, e.g. \"api_key\"",
                 );
+                self.error(param.span(), message, fix);
             }
         }
         let username = raw.username.as_ref().map(|username| {
@@ -1397,11 +1412,15 @@ impl Validator<'_> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
         if !is_token {
-            self.error(
-                header.span(),
-                format!("`name` = \"{name}\" is not a valid HTTP header name"),
+            // Not echoed: `Authorization: Bearer sk_live_…` puts the secret itself here.
+            let (message, fix) = name_problem(
+                "name",
+                name,
+                |c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c),
+                (':', "HTTP header"),
                 "use letters, digits and '-' only, e.g. \"X-Api-Key\"",
             );
+            self.error(header.span(), message, fix);
         } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
             self.error(
                 header.span(),
@@ -1697,6 +1716,62 @@ pub fn check_host_pattern(pattern: &str) -> Result<(), &'static str> {
         );
     }
     Ok(())
+}
+
+/// The error for `key`, a name (an HTTP header's, a query parameter's) that may hold a
+/// secret, and its fix, without the name itself: its length and its first character not
+/// `allowed`. A name holding `separator` (`:` for a header, `=` for a parameter) was most likely
+/// written with its value, the credential: the fix says so.
+fn name_problem(
+    key: &str,
+    name: &str,
+    allowed: impl Fn(char) -> bool,
+    (separator, what): (char, &str),
+    fix: &str,
+) -> (String, String) {
+    let Some(bad) = name.chars().find(|&c| !allowed(c)) else {
+        return (
+            format!("`{key}` is empty: give the {what} name"),
+            fix.to_string(),
+        );
+    };
+    let message = format!(
+        "`{key}` ({} characters, holding {bad:?}) is not a valid {what} name",
+        name.chars().count()
+    );
+    if name.contains(separator) {
+        let fix = format!(
+            "write the {what} name alone, without '{separator}' and a value: the value is the credential, which comes from `secret`, `from_env` or `from_file` ({})",
+            fix.trim_start_matches("use ")
+        );
+        return (message, fix);
+    }
+    (message, fix.to_string())
+}
+
+/// `text` (a host pattern, a name, that may have been written as a URL) without what could be
+/// a credential: a user name and password before `@`, a query or a fragment, each shown as `…`.
+fn without_credentials(text: &str) -> String {
+    let (scheme, rest) = match text.find("://") {
+        Some(at) => text.split_at(at + 3),
+        None => ("", text),
+    };
+    let (before, after) = rest.split_at(rest.find(['?', '#']).unwrap_or(rest.len()));
+    let (authority, path) = before.split_at(before.find('/').unwrap_or(before.len()));
+    let mut out = scheme.to_string();
+    match authority.rfind('@') {
+        Some(at) => {
+            out.push_str("…@");
+            out.push_str(&authority[at + 1..]);
+        }
+        None => out.push_str(authority),
+    }
+    out.push_str(path);
+    if let Some(mark) = after.chars().next() {
+        out.push(mark);
+        out.push('…');
+    }
+    out
 }
 
 fn known_names_fix(plural: &str, table: &str, known: &[&str]) -> String {

@@ -420,7 +420,8 @@ fn integration_names_and_fields() {
     check(&integration("").replace("\"stripe\"", "\"Stripe\""), "2:8: integration name `Stripe` is not valid");
     check(&integration("").replace("\"stripe\"", "\"-x\""), "2:8: integration name `-x` is not valid");
     check(&integration("").replace("\"Stripe\"", "\" \""), "3:10: `vendor` is empty");
-    check(&integration("docs_url = \"not a url\"\n"), "7:12: `docs_url` = \"not a url\" is not an http(s) URL");
+    check(&integration("docs_url = \"not a url\"\n"), "7:12: `docs_url` (9 characters) is not an absolute URL: relative URL without a base; only an http(s) URL is a docs link");
+    check(&integration("docs_url = \"ftp://docs.stripe.com\"\n"), "7:12: `docs_url` has scheme `ftp`; only an http(s) URL is a docs link");
     check(&integration("connect_timeout_ms = 0\nrequest_timeout_ms = 0\nidle_timeout_ms = 0\n"), "7:22: `connect_timeout_ms` is 0; a timeout must be greater than zero\n8:22: `request_timeout_ms` is 0; a timeout must be greater than zero\n9:19: `idle_timeout_ms` is 0; a timeout must be greater than zero");
     check(&integration("rate_limit = { requests_per_second = 0, burst = 0 }\n"), "7:38: `requests_per_second` = 0 is too small; the minimum is 1\n7:49: `burst` = 0 is too small; the minimum is 1");
     check(&integration("max_concurrent_calls = 0\nmax_concurrent_calls_per_caller = 0\n"), "7:24: `max_concurrent_calls` = 0 is too small; the minimum is 1\n8:35: `max_concurrent_calls_per_caller` = 0 is too small; the minimum is 1");
@@ -497,9 +498,9 @@ fn credentials() {
     check(&with("{ kind = \"header\", from_env = \"K\" }"), "7:23: credential kind \"header\" needs `name`");
     check(&with("{ kind = \"query\", from_env = \"K\" }"), "7:23: credential kind \"query\" needs `param`");
     check(&with("{ kind = \"bearer\", from_env = \"K\", name = \"X-Key\" }"), "7:56: `name` is only used with kind = \"header\"");
-    check(&with("{ kind = \"header\", from_env = \"K\", name = \"X Key\" }"), "7:56: `name` = \"X Key\" is not a valid HTTP header name");
+    check(&with("{ kind = \"header\", from_env = \"K\", name = \"X Key\" }"), "7:56: `name` (5 characters, holding ' ') is not a valid HTTP header name");
     check(&with("{ kind = \"header\", from_env = \"K\", name = \"Host\" }"), "7:56: header `Host` is managed by the gateway and cannot carry a credential");
-    check(&with("{ kind = \"query\", from_env = \"K\", param = \"a&b\" }"), "7:56: `param` = \"a&b\" is not a valid query parameter name");
+    check(&with("{ kind = \"query\", from_env = \"K\", param = \"a&b\" }"), "7:56: `param` (3 characters, holding '&') is not a valid query parameter name");
     check(&with("{ kind = \"bearer\", from_env = \"K\", username = \"u\" }"), "7:60: `username` is only used with kind = \"basic\"");
     check(&with("{ kind = \"basic\", from_env = \"K\", username = \"a:b\" }"), "7:59: `username` is empty or contains ':'");
 
@@ -896,4 +897,63 @@ fn type_errors_never_echo_the_value_written() {
         );
         assert_eq!(errors.errors[0].message, message, "{rendered}");
     }
+}
+
+/// A header name, a query parameter name or a URL may hold the credential itself (`name =
+/// "Authorization: Bearer sk_live_…"`, `param = "api_key=sk_…"`, a token in a URL's query or
+/// user part): an error about one says what is wrong (its length, the first character not
+/// allowed, the URL's scheme) and never echoes it. Names that are names by design (callers',
+/// integrations', operations') are still echoed.
+#[test]
+fn errors_about_values_that_may_hold_a_secret_never_echo_it() {
+    let with = |extra: &str| integration(extra);
+    let cases = [
+        (
+            with("credential = { kind = \"header\", from_env = \"K\", name = \"Authorization: Bearer sk_live_CANARY\" }\n"),
+            "`name` (36 characters, holding ':') is not a valid HTTP header name",
+            Some("write the HTTP header name alone, without ':' and a value: the value is the credential"),
+        ),
+        (
+            with("credential = { kind = \"query\", from_env = \"K\", param = \"api_key=sk_CANARY\" }\n"),
+            "`param` (17 characters, holding '=') is not a valid query parameter name",
+            Some("write the query parameter name alone, without '=' and a value"),
+        ),
+        (
+            with("credential = { kind = \"header\", from_env = \"K\", name = \"\" }\n"),
+            "`name` is empty: give the HTTP header name",
+            None,
+        ),
+        (
+            with("docs_url = \"ftp://user:CANARY@docs.example.com/?token=CANARY\"\n"),
+            "`docs_url` has scheme `ftp`; only an http(s) URL is a docs link",
+            None,
+        ),
+        (
+            with("docs_url = \"docs.example.com/?token=CANARY\"\n"),
+            "`docs_url` (30 characters) is not an absolute URL: relative URL without a base; only an http(s) URL is a docs link",
+            None,
+        ),
+        (
+            with("hosts = [\"https://user:CANARY@api.example.com/v1?key=CANARY\"]\n"),
+            "`hosts` entry \"https://…@api.example.com/v1?…\" is not a host pattern: it contains a scheme, port or path",
+            None,
+        ),
+    ];
+    for (body, message, fix) in cases {
+        let errors = parse_body(&body).expect_err("refused");
+        let rendered = format!("{errors}\n{errors:?}");
+        assert!(!rendered.to_lowercase().contains("canary"), "{rendered}");
+        assert_eq!(errors.errors.len(), 1, "{rendered}");
+        assert_eq!(errors.errors[0].message, message, "{rendered}");
+        if let Some(fix) = fix {
+            assert!(
+                errors.errors[0].fix.starts_with(fix),
+                "{}",
+                errors.errors[0].fix
+            );
+        }
+    }
+    // Names by design are echoed: they are how the error says which one.
+    assert!(render(&integration("").replace("\"stripe\"", "\"Stripe\""))
+        .contains("integration name `Stripe`"));
 }

@@ -73,6 +73,12 @@ pub enum VaultError {
     EmptyValue,
     #[error("a stored value of {0:?} failed to decrypt: the vault file was altered or damaged")]
     Corrupt(String),
+    #[error(
+        "{path} is {found}, not a regular file: Postern keeps the vault in a file of its own and \
+         follows no link there (it would narrow the mode of, and open, whatever the link names); \
+         move the real file there (`mv TARGET {path}`), or remove {path} — nothing was changed"
+    )]
+    NotRegularFile { path: PathBuf, found: &'static str },
     #[error("vault storage: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("vault file system: {context}: {source}")]
@@ -220,7 +226,8 @@ impl Vault {
         }
         let path = data_dir.join(VAULT_FILE);
         let key_file = data_dir.join(MASTER_KEY_FILE);
-        let vault_exists = path.exists();
+        // The file itself, never where a link leads (nor a directory, a FIFO…).
+        let vault_exists = regular_file(&path)?.is_some();
         // An empty file is not an absent vault: taking it for one would seal a new vault under
         // whatever key was given, and the key the lost vault had would no longer open the file.
         // (Another process opening a new vault at this moment leaves it empty for a few
@@ -1024,7 +1031,8 @@ fn history(
 /// with SQLite's 0644 less the umask and narrowed afterwards: in between, another user could
 /// open it and keep the descriptor. An existing file, and any `-wal`, `-shm` or `-journal` beside
 /// it, is narrowed to 0600; a failure to do so is an error naming the file and the fix. (SQLite
-/// creates its side files with the main file's mode: 0600 too.)
+/// creates its side files with the main file's mode: 0600 too.) Any of them that is not a
+/// regular file (a symbolic link, even to a file of the same owner) is refused, never followed.
 fn create_private_db(path: &Path) -> Result<(), VaultError> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -1051,16 +1059,45 @@ fn create_private_db(path: &Path) -> Result<(), VaultError> {
     Ok(())
 }
 
-/// Narrows `path` to mode 0600 unless it is already; an error names the file and the fix.
+/// The metadata of the regular file at `path` (not of where a link there leads); `None` when
+/// nothing is there, an error when something else is (a symbolic link, whatever it points to, a
+/// directory, a FIFO…), naming the path and the fix.
+fn regular_file(path: &Path) -> Result<Option<std::fs::Metadata>, VaultError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) => {
+            let kind = metadata.file_type();
+            if kind.is_file() {
+                return Ok(Some(metadata));
+            }
+            Err(VaultError::NotRegularFile {
+                path: path.to_path_buf(),
+                found: if kind.is_symlink() {
+                    "a symbolic link"
+                } else if kind.is_dir() {
+                    "a directory"
+                } else {
+                    "a special file"
+                },
+            })
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(io(format!("reading {}", path.display()))(error)),
+    }
+}
+
+/// Narrows `path` to mode 0600 unless it is already; an error names the file and the fix. Only
+/// a regular file ([`regular_file`]): a symbolic link is refused, not followed (its target,
+/// which may be any file of the same owner, would be chmodded, then opened by SQLite).
 fn make_private(path: &Path) -> Result<(), VaultError> {
+    let Some(metadata) = regular_file(path)? else {
+        return Err(io(format!("reading {}", path.display()))(
+            std::io::ErrorKind::NotFound.into(),
+        ));
+    };
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(io(format!("reading {}", path.display())))?
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = metadata.permissions().mode() & 0o777;
         if mode != 0o600 {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
                 io(format!(
@@ -1072,7 +1109,7 @@ fn make_private(path: &Path) -> Result<(), VaultError> {
         }
     }
     #[cfg(not(unix))]
-    let _ = path;
+    let _ = (path, metadata);
     Ok(())
 }
 

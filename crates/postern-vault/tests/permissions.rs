@@ -97,3 +97,81 @@ fn an_existing_vault_and_its_side_files_are_narrowed_on_open() {
     }
     drop(first);
 }
+
+/// Why the vault in `data_dir` was not opened.
+fn refusal(data_dir: &Path) -> String {
+    match Vault::open_with(data_dir, None) {
+        Ok(_) => panic!("{} opened", data_dir.display()),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// A vault file that is a symbolic link (even to a file of the same owner), or a directory, is
+/// refused by name with the fix, not followed: the link's target is neither chmodded nor opened
+/// as the vault, and nothing is created (no master key, no file at a dangling link's target).
+/// The side files SQLite opens beside it alike.
+#[test]
+fn a_vault_file_that_is_a_symbolic_link_is_refused_not_followed() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::write(&elsewhere, b"someone else's data").unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    let db = data_dir.join("vault.db");
+    let refused = |expected: &str| {
+        let error = refusal(&data_dir);
+        assert!(
+            error.contains(&format!(
+                "{} is {expected}, not a regular file",
+                db.display()
+            )),
+            "{error}"
+        );
+        assert!(
+            error.contains(&format!("mv TARGET {}", db.display())),
+            "{error}"
+        );
+        error
+    };
+
+    symlink(&elsewhere, &db).unwrap();
+    refused("a symbolic link");
+    assert_mode(&elsewhere, 0o644);
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), b"someone else's data");
+    assert!(!data_dir.join("master.key").exists(), "nothing was created");
+
+    // A dangling link: its target is not created either.
+    let nowhere = dir.path().join("nowhere.db");
+    std::fs::remove_file(&db).unwrap();
+    symlink(&nowhere, &db).unwrap();
+    refused("a symbolic link");
+    assert!(!nowhere.exists());
+
+    std::fs::remove_file(&db).unwrap();
+    std::fs::create_dir(&db).unwrap();
+    refused("a directory");
+    std::fs::remove_dir(&db).unwrap();
+
+    // A side file that is a link, beside a real vault.
+    let vault = Vault::open_with(&data_dir, None).unwrap();
+    vault.set("stripe-live", "static", b"sk_live_x", 1).unwrap();
+    drop(vault);
+    let wal = side(&db, "-wal");
+    let _ = std::fs::remove_file(&wal);
+    symlink(&elsewhere, &wal).unwrap();
+    let error = refusal(&data_dir);
+    assert!(
+        error.contains(&format!("{} is a symbolic link", wal.display())),
+        "{error}"
+    );
+    assert_mode(&elsewhere, 0o644);
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), b"someone else's data");
+    std::fs::remove_file(&wal).unwrap();
+    let vault = Vault::open_with(&data_dir, None).unwrap();
+    assert_eq!(
+        vault.current("stripe-live").unwrap().unwrap().expose(),
+        b"sk_live_x"
+    );
+}

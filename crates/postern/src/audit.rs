@@ -6,9 +6,11 @@
 //! and `checkpoint` check what they are answered against the verifier key rather than trust it
 //! (`checkpoint --state` also that the log only grew since the last run; `proof --state` and
 //! `show --state` that the proof's checkpoint is consistent with the one that run saved, so a
-//! key holder cannot show a receipt's checker another view of the log). `verify` always reads
-//! the files offline and takes no lock. Exit codes: 0 ok, 1 failure, 3 invalid config, 4 when
-//! the log is corrupt or was tampered with, or an answer does not verify (docs/AUDIT.md).
+//! key holder cannot show a receipt's checker another view of the log; the checkpoint is saved
+//! once the result is out, never over a larger one another run saved meanwhile). `verify`
+//! always reads the files offline and takes no lock. Exit codes: 0 ok, 1 failure, 3 invalid
+//! config, 4 when the log is corrupt or was tampered with, or an answer does not verify
+//! (docs/AUDIT.md).
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -63,7 +65,7 @@ pub enum AuditCommand {
         /// A checkpoint saved by `postern audit checkpoint --key K --state FILE` (a monitor's):
         /// the proof's checkpoint must be consistent with it, or this is another view of the
         /// log (a split view). Exit 4 when it is not. Saves the proof's checkpoint there when
-        /// it is the larger.
+        /// it is the larger, once the proof is written (a failure to save is a warning).
         #[arg(long, requires = "key")]
         state: Option<PathBuf>,
         #[command(flatten)]
@@ -109,7 +111,8 @@ pub enum AuditCommand {
         key: Option<String>,
         /// A checkpoint saved by `postern audit checkpoint --key K --state FILE`, as for
         /// `proof --state`: the checkpoint the entry is proved in must be consistent with it
-        /// (exit 4 when it is not); saved there when it is the larger.
+        /// (exit 4 when it is not); saved there when it is the larger, once the entry is
+        /// printed (a failure to save is a warning).
         #[arg(long, requires = "key")]
         state: Option<PathBuf>,
         /// Print the entry as JSON (the admin API's /v1/audit/entries/INDEX answer).
@@ -272,8 +275,11 @@ fn proof(
         let Some(verifier) = &verifier else {
             return Ok((text, None));
         };
-        let entry = log.entry(index)?.bytes;
-        let included = verify_inclusion(&text, index, &entry, verifier)?;
+        let proof = covering_proof(&text, index, verifier)?;
+        // A checkpoint signed with the key covers the entry: Postern serves it to anyone, so
+        // it is asked without the admin token, whatever the answer.
+        let entry = log.entry(index, true)?.bytes;
+        let included = verify_inclusion(proof, index, &entry, verifier)?;
         if let Some(saved) = &saved {
             let what = format!("the checkpoint entry {index} is proved in");
             check_one_log(&log, saved, &included.checkpoint, &what)?;
@@ -290,9 +296,6 @@ fn proof(
             consistent_with(saved.as_ref())
         );
     }
-    if let (Some(path), Some(saved), Some(included)) = (state, &saved, &included) {
-        advance_state(path, saved, included)?;
-    }
     match out {
         Some(path) => {
             std::fs::write(path, &text)
@@ -300,6 +303,10 @@ fn proof(
             eprintln!("wrote the proof of entry {index} to {}", path.display());
         }
         None => print!("{text}"),
+    }
+    // Saved once the verified proof is out: failing to save does not undo it.
+    if let (Some(path), Some(verifier), Some(included)) = (state, &verifier, &included) {
+        advance_state(path, verifier, saved.as_ref(), included)?;
     }
     Ok(())
 }
@@ -310,29 +317,61 @@ struct Included {
     note: String,
 }
 
-/// Checks a tlog-proof's checkpoint signature and that `entry` is at `index` in it; a proof
-/// that does not verify is exit 4.
-fn verify_inclusion(
+/// A tlog-proof of entry `index` whose checkpoint is signed with the key and holds the entry
+/// (the inclusion itself is checked by [`verify_inclusion`] once the entry is read: such an
+/// entry is one Postern serves to anyone, read without the admin token). One that is not is
+/// exit 4.
+fn covering_proof(
     text: &str,
     index: u64,
-    entry: &[u8],
     verifier: &postern_tlog::NoteVerifier,
-) -> Result<Included, Failure> {
-    let proof = postern_tlog::TlogProof::parse(text)
-        .map_err(|e| Failure::corrupt(format!("the proof of entry {index} is malformed: {e}")))?;
+) -> Result<postern_tlog::TlogProof, Failure> {
+    let proof = postern_tlog::TlogProof::parse(text).map_err(|e| {
+        Failure::corrupt(printable(&format!(
+            "the proof of entry {index} is malformed: {e}"
+        )))
+    })?;
     if proof.index != index {
         return Err(Failure::corrupt(format!(
             "the proof asked for entry {index} is for entry {}",
             proof.index
         )));
     }
+    let checkpoint = postern_tlog::Checkpoint::open(
+        &proof.checkpoint_note,
+        std::slice::from_ref(verifier),
+        verifier.name(),
+    )
+    .map_err(|e| {
+        Failure::corrupt(printable(&format!(
+            "the proof of entry {index} does not verify against {}: {e}",
+            verifier.verifier_key()
+        )))
+    })?;
+    if index >= checkpoint.size {
+        return Err(Failure::corrupt(format!(
+            "the proof of entry {index} is in a checkpoint of size {}, which does not hold it",
+            checkpoint.size
+        )));
+    }
+    Ok(proof)
+}
+
+/// Checks that `entry` is at `index` in the checkpoint of a [`covering_proof`]; a proof that
+/// does not verify is exit 4.
+fn verify_inclusion(
+    proof: postern_tlog::TlogProof,
+    index: u64,
+    entry: &[u8],
+    verifier: &postern_tlog::NoteVerifier,
+) -> Result<Included, Failure> {
     let checkpoint = proof
         .verify(entry, std::slice::from_ref(verifier), verifier.name())
         .map_err(|e| {
-            Failure::corrupt(format!(
+            Failure::corrupt(printable(&format!(
                 "the proof of entry {index} does not verify against {}: {e}",
                 verifier.verifier_key()
-            ))
+            )))
         })?;
     Ok(Included {
         checkpoint,
@@ -368,10 +407,10 @@ fn checkpoint(
         let latest =
             postern_tlog::Checkpoint::open(&note, std::slice::from_ref(verifier), verifier.name())
                 .map_err(|e| {
-                    Failure::corrupt(format!(
+                    Failure::corrupt(printable(&format!(
                         "the latest checkpoint does not verify against {}: {e}",
                         verifier.verifier_key()
-                    ))
+                    )))
                 })?;
         if let Some(old) = &saved {
             if latest.size < old.size {
@@ -386,9 +425,6 @@ fn checkpoint(
     });
     log.close();
     let (note, latest) = read?;
-    if let (Some(path), Some(_)) = (state, &latest) {
-        write_state(path, &note)?;
-    }
     if json {
         let parsed = match &latest {
             Some(checkpoint) => Some(checkpoint.clone()),
@@ -420,6 +456,12 @@ fn checkpoint(
                 consistent_with(saved.as_ref())
             );
         }
+    }
+    // Saved once the result is out. Saving is what a monitor runs this for (a state never
+    // saved would check nothing next time): failing to is exit 1, unlike for `proof` and
+    // `show`.
+    if let (Some(path), Some(verifier), Some(latest)) = (state, &verifier, &latest) {
+        save_state(path, verifier, saved.as_ref(), latest, &note)?.report(path, latest);
     }
     Ok(())
 }
@@ -476,18 +518,97 @@ fn saved_checkpoint(
     }
 }
 
-/// Saves the checkpoint an entry was proved in when it is larger than the saved one (both
-/// verified and consistent), as `checkpoint --state` saves the latest: the next check starts
-/// from the largest tree seen, and never goes back to a smaller one.
+/// `proof --state` and `show --state`: saves the checkpoint the entry was proved in when it is
+/// larger than the saved one (as [`save_state`]), as `checkpoint --state` saves the latest: the
+/// next check starts from the largest tree seen. The verification stands whatever happens here:
+/// a failure to save is a warning (exit 0), but for a fork the state file shows (exit 4).
 fn advance_state(
     path: &Path,
-    saved: &postern_tlog::Checkpoint,
+    verifier: &postern_tlog::NoteVerifier,
+    saved: Option<&postern_tlog::Checkpoint>,
     included: &Included,
 ) -> Result<(), Failure> {
-    if included.checkpoint.size > saved.size {
-        write_state(path, &included.note)?;
+    match save_state(path, verifier, saved, &included.checkpoint, &included.note) {
+        Ok(saving) => saving.report(path, &included.checkpoint),
+        Err(failure) if failure.code == EXIT_LOG_CORRUPT => return Err(failure),
+        Err(failure) => eprintln!(
+            "warning: the checkpoint of size {} was verified but not saved: {}",
+            included.checkpoint.size, failure.message
+        ),
     }
     Ok(())
+}
+
+/// What [`save_state`] did.
+enum Saving {
+    Written,
+    /// The state file holds this checkpoint, or a larger one (perhaps saved meanwhile).
+    NotLarger,
+    /// The state file changed while this ran (another `checkpoint --state`, or `proof --state`
+    /// or `show --state`, saved meanwhile) to a smaller checkpoint than this run's, or was
+    /// removed: left as it is (this run's checkpoint was checked against what it held before).
+    Changed {
+        now: Option<u64>,
+    },
+}
+
+impl Saving {
+    fn report(&self, path: &Path, checkpoint: &postern_tlog::Checkpoint) {
+        if let Saving::Changed { now } = self {
+            eprintln!(
+                "warning: {} changed while this ran ({}), so the checkpoint of size {} (checked against what it held before) was not saved there",
+                path.display(),
+                now.map_or("it was removed".to_string(), |size| format!(
+                    "it now holds a checkpoint of size {size}"
+                )),
+                checkpoint.size
+            );
+        }
+    }
+}
+
+/// Saves `note`, the checkpoint `new` (verified with the key, and consistent with `earlier`:
+/// what the state file held when this run read it, `None` when there was none), in the state
+/// file when it is larger than the one there. The file is read again just before: another
+/// run (a monitor's `checkpoint --state` from cron, a `proof --state`) may have saved a
+/// checkpoint meanwhile, which is not overwritten by a smaller one, nor by one this run did not
+/// check against it. The same size with another root, both signed with the key, is a fork
+/// (exit 4).
+fn save_state(
+    path: &Path,
+    verifier: &postern_tlog::NoteVerifier,
+    earlier: Option<&postern_tlog::Checkpoint>,
+    new: &postern_tlog::Checkpoint,
+    note: &str,
+) -> Result<Saving, Failure> {
+    let now = read_state(path, verifier)?;
+    let same = |a: &postern_tlog::Checkpoint, b: &postern_tlog::Checkpoint| {
+        a.size == b.size && a.root_hash == b.root_hash
+    };
+    let unchanged = match (&now, earlier) {
+        (None, None) => true,
+        (Some(now), Some(earlier)) => same(now, earlier),
+        _ => false,
+    };
+    match &now {
+        Some(now) if now.size == new.size && now.root_hash != new.root_hash => {
+            Err(Failure::corrupt(format!(
+                "{} now holds a checkpoint of size {} with root {}, and the one this run verified has that size with root {}: two trees of one size, both signed with the key; the log was forked",
+                path.display(),
+                now.size,
+                now.root_hash.to_base64(),
+                new.root_hash.to_base64()
+            )))
+        }
+        Some(now) if now.size >= new.size => Ok(Saving::NotLarger),
+        _ if !unchanged => Ok(Saving::Changed {
+            now: now.as_ref().map(|now| now.size),
+        }),
+        _ => {
+            write_state(path, note)?;
+            Ok(Saving::Written)
+        }
+    }
 }
 
 /// `; consistent with the saved checkpoint of size N`, when one was saved.
@@ -505,7 +626,9 @@ fn consistent_with(saved: Option<&postern_tlog::Checkpoint>) -> String {
 /// the larger (the gateway's RFC 9162 consistency proof), equal sizes with equal roots. Every
 /// tree extends the empty one (a checkpoint of size 0, which older versions signed at first
 /// start, and which no consistency proof is asked for), whose root must be the empty tree's.
-/// Not one log is exit 4: it was rewritten or forked, or `seen` is another view of it.
+/// Not one log is exit 4: it was rewritten or forked, or `seen` is another view of it; so is a
+/// gateway that no longer has the larger of the two trees (its latest checkpoint is smaller
+/// than one signed with its key: the log went backwards).
 fn check_one_log(
     log: &Log,
     saved: &postern_tlog::Checkpoint,
@@ -524,16 +647,36 @@ fn check_one_log(
         ))
     };
     if old.size == 0 {
-        if old.root_hash != postern_tlog::empty_root() {
-            return Err(not_one_log(format!(
-                "the checkpoint of size 0 has root {}, not the empty tree's",
-                old.root_hash.to_base64()
-            )));
+        // Both, when both are of size 0.
+        for empty in [old, new].into_iter().filter(|c| c.size == 0) {
+            if empty.root_hash != postern_tlog::empty_root() {
+                return Err(not_one_log(format!(
+                    "the checkpoint of size 0 has root {}, not the empty tree's",
+                    empty.root_hash.to_base64()
+                )));
+            }
         }
         return Ok(());
     }
     let proof = if old.size < new.size {
-        log.consistency(old.size, new.size)?
+        match log.consistency_proof(old.size, new.size) {
+            Ok(proof) => proof,
+            Err(refused) if refused.beyond_latest => {
+                let which = if new.size == saved.size {
+                    format!(
+                        "the checkpoint of size {} saved in the state file, which is larger than {what} (size {})",
+                        saved.size, seen.size
+                    )
+                } else {
+                    format!("{what} (size {}), which it signed", seen.size)
+                };
+                return Err(Failure::corrupt(format!(
+                    "the gateway no longer has {which}: the log went backwards ({})",
+                    refused.failure.message
+                )));
+            }
+            Err(refused) => return Err(refused.failure),
+        }
     } else {
         Vec::new()
     };
@@ -598,41 +741,70 @@ fn show(
     let verifier = key.map(parse_verifier_key).transpose()?;
     let saved = saved_checkpoint(state, verifier.as_ref())?;
     let log = open(source)?;
-    let read = log.entry(index).and_then(|view| {
-        let Some(verifier) = &verifier else {
-            return Ok((view, None));
-        };
-        // Asked whatever the answer said of the checkpoint: only the proof decides.
-        let proof = match log.proof_text(index) {
-            Ok(proof) => proof,
-            Err(_) if view.index >= view.checkpoint_size => return Err(Failure::new(format!(
-                "entry {index} is not yet covered by a signed checkpoint (latest size {}), so it cannot be verified; the gateway signs one every audit_checkpoint_interval_ms",
-                view.checkpoint_size
-            ))),
-            Err(failure) => return Err(failure),
-        };
-        let included = verify_inclusion(&proof, index, &view.bytes, verifier)?;
-        if let Some(saved) = &saved {
-            let what = format!("the checkpoint entry {index} is proved in");
-            check_one_log(&log, saved, &included.checkpoint, &what)?;
-        }
-        Ok((view, Some(included)))
-    });
+    let read = read_shown(&log, index, verifier.as_ref(), saved.as_ref());
     log.close();
     let (view, included) = read?;
-    if let (Some(path), Some(saved), Some(included)) = (state, &saved, &included) {
-        advance_state(path, saved, included)?;
-    }
-    let verified = included.map(|included| included.checkpoint);
+    let verified = included.as_ref().map(|included| &included.checkpoint);
     if json {
         let mut answer = view.to_json();
-        answer["verified_in_checkpoint_size"] = verified.as_ref().map(|c| c.size).into();
+        answer["verified_in_checkpoint_size"] = verified.map(|c| c.size).into();
         if let Some(saved) = &saved {
             answer["consistent_with"] = saved.size.into();
         }
         println!("{answer}");
-        return Ok(());
+    } else {
+        print_entry(&view, verified, verifier.as_ref(), saved.as_ref());
     }
+    // Saved once the verified entry is out: failing to save does not undo it.
+    if let (Some(path), Some(verifier), Some(included)) = (state, &verifier, &included) {
+        advance_state(path, verifier, saved.as_ref(), included)?;
+    }
+    Ok(())
+}
+
+/// `show`'s entry, and with the key the checkpoint it is proved in (consistent with `saved`).
+/// The proof is asked first: only it decides whether a checkpoint covers the entry, and when
+/// one signed with the key does, the entry is one Postern serves to anyone, asked without the
+/// admin token whatever the answer. Without a proof, the entry is asked as any other (the
+/// token after a `401`), to tell one no checkpoint covers yet.
+fn read_shown(
+    log: &Log,
+    index: u64,
+    verifier: Option<&postern_tlog::NoteVerifier>,
+    saved: Option<&postern_tlog::Checkpoint>,
+) -> Result<(EntryView, Option<Included>), Failure> {
+    let Some(verifier) = verifier else {
+        return Ok((log.entry(index, false)?, None));
+    };
+    let proof = match log.proof_text(index) {
+        Ok(text) => covering_proof(&text, index, verifier)?,
+        Err(failure) => {
+            let view = log.entry(index, false)?;
+            if view.index >= view.checkpoint_size {
+                return Err(Failure::new(format!(
+                    "entry {index} is not yet covered by a signed checkpoint (latest size {}), so it cannot be verified; the gateway signs one every audit_checkpoint_interval_ms",
+                    view.checkpoint_size
+                )));
+            }
+            return Err(failure);
+        }
+    };
+    let view = log.entry(index, true)?;
+    let included = verify_inclusion(proof, index, &view.bytes, verifier)?;
+    if let Some(saved) = saved {
+        let what = format!("the checkpoint entry {index} is proved in");
+        check_one_log(log, saved, &included.checkpoint, &what)?;
+    }
+    Ok((view, Some(included)))
+}
+
+/// `show`'s table.
+fn print_entry(
+    view: &EntryView,
+    verified: Option<&postern_tlog::Checkpoint>,
+    verifier: Option<&postern_tlog::NoteVerifier>,
+    saved: Option<&postern_tlog::Checkpoint>,
+) {
     let covered = if view.index < view.checkpoint_size {
         format!("yes (latest checkpoint size {})", view.checkpoint_size)
     } else {
@@ -643,14 +815,14 @@ fn show(
         ("leaf_hash", leaf_hash(&view.bytes).to_hex()),
         ("checkpointed", covered),
     ];
-    if let (Some(checkpoint), Some(verifier)) = (&verified, &verifier) {
+    if let (Some(checkpoint), Some(verifier)) = (verified, verifier) {
         rows.push((
             "verified",
             format!(
                 "yes (inclusion proof to the checkpoint of size {} signed by {}{})",
                 checkpoint.size,
                 verifier.verifier_key(),
-                consistent_with(saved.as_ref())
+                consistent_with(saved)
             ),
         ));
     }
@@ -701,7 +873,6 @@ fn show(
         let value = if value.is_empty() { "-" } else { &value };
         println!("{name:<16}{value}");
     }
-    Ok(())
 }
 
 fn verify(
@@ -929,11 +1100,20 @@ impl Log {
         }
     }
 
-    /// Entry `index`'s bytes and the latest checkpoint's size.
-    fn entry(&self, index: u64) -> Result<EntryView, Failure> {
+    /// Entry `index`'s bytes and the latest checkpoint's size. `covered`: a checkpoint signed
+    /// with the key is known to cover it, so Postern serves it to anyone and the admin token is
+    /// never sent; otherwise it is after a `401` ([`Admin::get_ok`]).
+    fn entry(&self, index: u64, covered: bool) -> Result<EntryView, Failure> {
         match self {
             Log::Online(admin) => {
-                let body = admin.get_ok(&format!("/v1/audit/entries/{index}"))?;
+                let path = format!("/v1/audit/entries/{index}");
+                let body = if covered {
+                    admin
+                        .get_public(&path, "an entry a signed checkpoint covers")
+                        .map_err(|refused| refused.failure)?
+                } else {
+                    admin.get_ok(&path)?
+                };
                 let answer: serde_json::Value = serde_json::from_slice(&body)
                     .map_err(|e| Failure::new(format!("the gateway's answer is not JSON: {e}")))?;
                 let bytes = answer["entry_base64"]
@@ -986,16 +1166,35 @@ impl Log {
 
     /// The consistency proof between two signed tree sizes.
     fn consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, Failure> {
+        self.consistency_proof(old, new)
+            .map_err(|refused| refused.failure)
+    }
+
+    /// [`Log::consistency`], telling when the log answered that `new` is beyond its latest
+    /// signed checkpoint (the admin API's `404 not_checkpointed`).
+    fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, NoProof> {
+        let failed = |failure| NoProof {
+            beyond_latest: false,
+            failure,
+        };
         match self {
             Log::Online(admin) => {
-                let body = admin.get_ok(&format!("/v1/audit/consistency?old={old}&new={new}"))?;
+                let path = format!("/v1/audit/consistency?old={old}&new={new}");
+                let body = admin
+                    .get_public(&path, "this route")
+                    .map_err(|refused| NoProof {
+                        beyond_latest: refused.status == Some(http::StatusCode::NOT_FOUND)
+                            && refused.code.as_deref() == Some("not_checkpointed"),
+                        failure: refused.failure,
+                    })?;
                 String::from_utf8_lossy(&body)
                     .lines()
                     .map(|line| {
                         Hash::from_base64(line).ok_or_else(|| {
-                            Failure::new(format!(
-                                "the gateway's consistency proof holds {line:?}, not a base64 hash"
-                            ))
+                            failed(Failure::new(format!(
+                                "the gateway's consistency proof holds {:?}, not a base64 hash",
+                                printable(line)
+                            )))
                         })
                     })
                     .collect()
@@ -1003,18 +1202,21 @@ impl Log {
             Log::Offline(offline) => {
                 let signed = offline.ledger.latest_checkpoint().map_or(0, |c| c.size);
                 if old == 0 || old > new {
-                    Err(Failure::new(format!(
+                    Err(failed(Failure::new(format!(
                         "need 0 < OLD <= NEW (got {old}, {new})"
-                    )))
+                    ))))
                 } else if new > signed {
-                    Err(Failure::new(format!(
-                        "tree size {new} is beyond the latest checkpoint (size {signed})"
-                    )))
+                    Err(NoProof {
+                        beyond_latest: true,
+                        failure: Failure::new(format!(
+                            "tree size {new} is beyond the latest checkpoint (size {signed})"
+                        )),
+                    })
                 } else {
                     offline
                         .ledger
                         .consistency_proof(old, new)
-                        .map_err(|e| Failure::new(e.to_string()))
+                        .map_err(|e| failed(Failure::new(e.to_string())))
                 }
             }
         }
@@ -1026,6 +1228,13 @@ impl Log {
             offline.close();
         }
     }
+}
+
+/// A consistency proof the log did not give; `beyond_latest` when it answered that the newer
+/// size is beyond its latest signed checkpoint.
+struct NoProof {
+    beyond_latest: bool,
+    failure: Failure,
 }
 
 /// The log opened directly (holds its lock until `close`).
@@ -1170,17 +1379,43 @@ impl Admin {
     /// route that can need it ([`may_need_admin_token`]): a `401` on a public route is not how
     /// Postern answers, and whoever sent it does not get the token.
     fn get_ok(&self, path: &str) -> Result<Bytes, Failure> {
+        if !may_need_admin_token(path) {
+            return self
+                .get_public(path, "this route")
+                .map_err(|refused| refused.failure);
+        }
         match self.get(path, false) {
             Err(refused)
                 if refused.status == Some(http::StatusCode::UNAUTHORIZED)
-                    && self.token.is_some()
-                    && may_need_admin_token(path) =>
+                    && self.token.is_some() =>
             {
                 self.get(path, true)
             }
             answer => answer,
         }
-        .map_err(|refused| refused.failure)
+        .map_err(|mut refused| {
+            if refused.status == Some(http::StatusCode::UNAUTHORIZED) && self.token.is_none() {
+                refused
+                    .failure
+                    .message
+                    .push_str(" (this needs the admin token: pass --admin-token-file FILE)");
+            }
+            refused.failure
+        })
+    }
+
+    /// `GET path` without the admin token, whatever the answer: `what` Postern serves to
+    /// anyone (a `401` is not how Postern answers it, and whoever sent one does not get the
+    /// token).
+    fn get_public(&self, path: &str, what: &str) -> Result<Bytes, Refused> {
+        self.get(path, false).map_err(|mut refused| {
+            if refused.status == Some(http::StatusCode::UNAUTHORIZED) {
+                refused.failure.message.push_str(&format!(
+                    " (Postern serves {what} to anyone, so the admin token is not sent for it: is this Postern's admin API?)"
+                ));
+            }
+            refused
+        })
     }
 
     /// `GET path`, with the admin token when `with_token`.
@@ -1188,6 +1423,7 @@ impl Admin {
         let url = format!("{}{path}", self.base);
         let refused = |failure| Refused {
             status: None,
+            code: None,
             failure,
         };
         let mut request = http::Request::get(&url);
@@ -1230,22 +1466,19 @@ impl Admin {
         if status.is_success() {
             return Ok(body);
         }
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
+        // Whatever answered may not be Postern: what it says is printed without control
+        // characters, and only so much of it.
+        let error = serde_json::from_slice::<serde_json::Value>(&body).ok();
+        let message = error
+            .as_ref()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-        let hint = match (status, may_need_admin_token(path), &self.token) {
-            (http::StatusCode::UNAUTHORIZED, true, None) => {
-                " (this needs the admin token: pass --admin-token-file FILE)"
-            }
-            (http::StatusCode::UNAUTHORIZED, false, _) => {
-                " (Postern serves this route to anyone, so the admin token is not sent for it: is this Postern's admin API?)"
-            }
-            _ => "",
-        };
         Err(Refused {
             status: Some(status),
-            failure: Failure::new(format!("{status} from {url}: {message}{hint}")),
+            code: error
+                .as_ref()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_string)),
+            failure: Failure::new(format!("{status} from {url}: {}", printable(&message))),
         })
     }
 }
@@ -1258,10 +1491,41 @@ fn may_need_admin_token(path: &str) -> bool {
     path.starts_with("/v1/audit/entries/")
 }
 
-/// Why a request to the admin API failed: its status, when it answered.
+/// Why a request to the admin API failed: its status and error code, when it answered.
 struct Refused {
     status: Option<http::StatusCode>,
+    code: Option<String>,
     failure: Failure,
+}
+
+/// The most of a text from the gateway (an error message, a line it sent) that is printed.
+const MAX_PRINTED_BYTES: usize = 2048;
+
+/// `text`, from the gateway (or whatever answered at its address), fit to print on a terminal:
+/// without control characters (line breaks kept) nor bidirectional overrides, and cut at
+/// [`MAX_PRINTED_BYTES`] (saying how much more there was).
+fn printable(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text
+        .chars()
+        .filter(|&c| {
+            c == '\n'
+                || !(c.is_control()
+                    || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+        })
+        .peekable();
+    while let Some(&c) = chars.peek() {
+        if out.len() + c.len_utf8() > MAX_PRINTED_BYTES {
+            break;
+        }
+        out.push(c);
+        chars.next();
+    }
+    let more: usize = chars.map(char::len_utf8).sum();
+    if more > 0 {
+        out.push_str(&format!("… ({more} bytes more)"));
+    }
+    out
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

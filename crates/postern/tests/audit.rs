@@ -547,8 +547,24 @@ fn audit_help_everywhere_and_config_errors_exit_3() {
 /// A stand-in for the gateway's admin API that answers canned bodies by path (a gateway that
 /// lies), on `port` (0: any free one), until the test ends; returns its port.
 fn lying_admin(port: u16, answers: Vec<(String, String)>) -> u16 {
+    stub_admin(port, answers, ("404 Not Found", String::new())).0
+}
+
+/// Every request a [`stub_admin`] was sent: its path, and whether it carried an Authorization
+/// header.
+type Seen = Arc<Mutex<Vec<(String, bool)>>>;
+
+/// [`lying_admin`] answering `otherwise` (status line, body) to the paths it has no answer
+/// for; returns its port and the requests it was sent.
+fn stub_admin(
+    port: u16,
+    answers: Vec<(String, String)>,
+    otherwise: (&'static str, String),
+) -> (u16, Seen) {
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let port = listener.local_addr().unwrap().port();
+    let seen = Seen::default();
+    let recorded = seen.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
@@ -556,15 +572,20 @@ fn lying_admin(port: u16, answers: Vec<(String, String)>) -> u16 {
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut request_line = String::new();
             let _ = reader.read_line(&mut request_line);
+            let mut authorization = false;
             let mut line = String::new();
             while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                authorization |= line.to_ascii_lowercase().starts_with("authorization:");
                 line.clear();
             }
             let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+            recorded.lock().unwrap().push((path.clone(), authorization));
             let (status, body) = answers
                 .iter()
                 .find(|(p, _)| *p == path)
-                .map_or(("404 Not Found", ""), |(_, body)| ("200 OK", body.as_str()));
+                .map_or((otherwise.0, otherwise.1.as_str()), |(_, body)| {
+                    ("200 OK", body.as_str())
+                });
             let _ = write!(
                 stream,
                 "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -572,7 +593,7 @@ fn lying_admin(port: u16, answers: Vec<(String, String)>) -> u16 {
             );
         }
     });
-    port
+    (port, seen)
 }
 
 /// `postern audit ARGS --admin-url http://127.0.0.1:PORT`, with no config.
@@ -842,6 +863,25 @@ fn online_commands_check_the_gateway_against_the_key() {
     assert!(!missing.exists(), "not created: there was nothing to check");
     let (code, _, stderr) = run(&["audit", "show", &index, "--state", state_arg]);
     assert_eq!(code, 2, "--state needs --key: {stderr}");
+    // The saved checkpoint (signed with the log's key) is larger than the gateway's latest, the
+    // one the entry is proved in: the gateway has no consistency proof up to the saved tree (its
+    // 404 not_checkpointed). The log went backwards: exit 4, as for `checkpoint --state`.
+    let ahead = 1u64 << 40;
+    std::fs::write(&state, forked(ahead).sign(&signer).unwrap()).unwrap();
+    for command in ["proof", "show"] {
+        let (code, stdout, stderr) = run(&[
+            "audit", command, &index, "--key", &key, "--state", state_arg, "--config", &config,
+        ]);
+        assert_eq!(code, 4, "{command}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the gateway no longer has the checkpoint of size {ahead} saved in the state file"
+            )) && stderr.contains("the log went backwards"),
+            "{command}: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{command}: {stdout}");
+    }
+    std::fs::write(&state, &saved_note).unwrap();
     // The proof fetched first is in a smaller checkpoint than the saved one: consistent with
     // it through the gateway's proof (kept for the stand-in below).
     let proved_size: u64 = postern_tlog::TlogProof::parse(&proof_text)
@@ -961,34 +1001,11 @@ fn the_admin_token_goes_only_where_it_can_be_needed() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, "the-admin-token\n").unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    // Every request: its path and whether it carried an Authorization header.
-    let seen = Arc::new(Mutex::new(Vec::<(String, bool)>::new()));
-    let recorded = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            let _ = reader.read_line(&mut request_line);
-            let mut authorization = false;
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                authorization |= line.to_ascii_lowercase().starts_with("authorization:");
-                line.clear();
-            }
-            let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
-            recorded.lock().unwrap().push((path, authorization));
-            let body = r#"{"error":{"code":"admin_unauthenticated","message":"send the token"}}"#;
-            let _ = write!(
-                stream,
-                "HTTP/1.1 401 Unauthorized\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
+    let unauthorized = (
+        "401 Unauthorized",
+        r#"{"error":{"code":"admin_unauthenticated","message":"send the token"}}"#.to_string(),
+    );
+    let (port, seen) = stub_admin(0, Vec::new(), unauthorized.clone());
     let key = postern_tlog::NoteSigner::from_seed(ORIGIN, [7; 32])
         .unwrap()
         .verifier()
@@ -1039,4 +1056,152 @@ fn the_admin_token_goes_only_where_it_can_be_needed() {
             ("/v1/audit/entries/0".to_string(), true)
         ]
     );
+
+    // With --key, an entry whose proof's checkpoint, signed with the key, covers it is one
+    // Postern serves to anyone: a 401 for it does not get the token either.
+    let signer = postern_tlog::NoteSigner::from_seed(ORIGIN, [7; 32]).unwrap();
+    let leaf = postern_tlog::leaf_hash(b"an entry");
+    let (covering, _) = forked_log(&signer, 2, 0, leaf, 2);
+    let (port, seen) = stub_admin(
+        0,
+        vec![("/v1/audit/proof/0".to_string(), covering)],
+        unauthorized,
+    );
+    for command in ["proof", "show"] {
+        let (code, _, stderr) = at_admin(
+            port,
+            &[command, "0", "--key", &key, "--admin-token-file", token],
+        );
+        assert_eq!(code, 1, "{command}: {stderr}");
+        assert!(
+            stderr.contains("the admin token is not sent"),
+            "{command}: {stderr}"
+        );
+        assert_eq!(
+            std::mem::take(&mut *seen.lock().unwrap()),
+            [
+                ("/v1/audit/proof/0".to_string(), false),
+                ("/v1/audit/entries/0".to_string(), false)
+            ],
+            "{command}"
+        );
+    }
+
+    // What answers is printed without control characters, and only so much of it.
+    let noise = format!("\x1b[2J\x1b]0;owned\x07{}\r\nend", "A".repeat(10_000));
+    let (port, _) = stub_admin(0, Vec::new(), ("500 Internal Server Error", noise));
+    let (code, _, stderr) = at_admin(port, &["checkpoint"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("500 Internal Server Error from"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(['\x1b', '\x07', '\r']),
+        "control characters printed: {stderr:?}"
+    );
+    assert!(stderr.contains("bytes more"), "{stderr}");
+    assert!(stderr.len() < 3000, "{} bytes printed", stderr.len());
+}
+
+/// `proof --state` and `show --state` save the checkpoint the entry was proved in when it is
+/// larger than the saved one, once the result is out; a state file that cannot be written
+/// then is a warning, not a failure of the verification (exit 0, the proof printed). A saved
+/// checkpoint of size 0 and a latest one of size 0 both need the empty tree's root.
+#[test]
+fn the_state_is_saved_after_the_result_and_a_failed_save_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = postern_tlog::NoteSigner::from_seed(ORIGIN, [9; 32]).unwrap();
+    let key = signer.verifier().verifier_key();
+    let entry = b"an entry".to_vec();
+    let leaf = postern_tlog::leaf_hash(&entry);
+    let (proof_in_8, consistency_4_8) = forked_log(&signer, 8, 2, leaf, 4);
+    let (proof_in_4, _) = forked_log(&signer, 4, 2, leaf, 4);
+    let note_of = |proof: &str| {
+        postern_tlog::TlogProof::parse(proof)
+            .unwrap()
+            .checkpoint_note
+    };
+    let (note_4, note_8) = (note_of(&proof_in_4), note_of(&proof_in_8));
+    use base64::Engine as _;
+    let entry_json = serde_json::json!({
+        "index": 2,
+        "entry_base64": base64::engine::general_purpose::STANDARD.encode(&entry),
+        "leaf_hash": leaf.to_hex(),
+        "checkpoint_size": 8,
+    })
+    .to_string();
+    let port = lying_admin(
+        0,
+        vec![
+            ("/v1/audit/proof/2".to_string(), proof_in_8.clone()),
+            ("/v1/audit/entries/2".to_string(), entry_json),
+            (
+                "/v1/audit/consistency?old=4&new=8".to_string(),
+                consistency_4_8,
+            ),
+        ],
+    );
+
+    // A name its temporary sibling cannot have (too long): the state is read, never replaced.
+    let unwritable = dir.path().join("s".repeat(240));
+    for command in ["proof", "show"] {
+        std::fs::write(&unwritable, &note_4).unwrap();
+        let state = unwritable.to_str().unwrap();
+        let (code, stdout, stderr) =
+            at_admin(port, &[command, "2", "--key", &key, "--state", state]);
+        assert_eq!(code, 0, "{command}: {stderr}");
+        if command == "proof" {
+            assert_eq!(stdout, proof_in_8);
+            assert!(stderr.contains("verified: entry 2"), "{stderr}");
+        } else {
+            assert!(stdout.contains("verified        yes"), "{stdout}");
+        }
+        assert!(
+            stderr.contains("warning: the checkpoint of size 8 was verified but not saved"),
+            "{command}: {stderr}"
+        );
+        assert_eq!(std::fs::read_to_string(&unwritable).unwrap(), note_4);
+    }
+    // Saved when larger; then left as it is.
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    for command in ["proof", "show"] {
+        std::fs::write(&state, &note_4).unwrap();
+        let (code, _, stderr) =
+            at_admin(port, &[command, "2", "--key", &key, "--state", state_arg]);
+        assert_eq!(code, 0, "{command}: {stderr}");
+        assert!(!stderr.contains("warning"), "{command}: {stderr}");
+        assert_eq!(
+            std::fs::read_to_string(&state).unwrap(),
+            note_8,
+            "{command}"
+        );
+    }
+    let (code, _, stderr) = at_admin(port, &["proof", "2", "--key", &key, "--state", state_arg]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), note_8);
+
+    // Size 0 on both sides: the latest's root is checked too, not only the saved one's.
+    let empty = |root_hash| {
+        postern_tlog::Checkpoint {
+            origin: ORIGIN.to_string(),
+            size: 0,
+            root_hash,
+        }
+        .sign(&signer)
+        .unwrap()
+    };
+    let good = empty(postern_tlog::empty_root());
+    for (latest, expected) in [(empty(postern_tlog::leaf_hash(b"")), 4), (good.clone(), 0)] {
+        std::fs::write(&state, &good).unwrap();
+        let port = lying_admin(0, vec![("/log/checkpoint".to_string(), latest)]);
+        let (code, _, stderr) =
+            at_admin(port, &["checkpoint", "--key", &key, "--state", state_arg]);
+        assert_eq!(code, expected, "{stderr}");
+        if expected == 4 {
+            assert!(stderr.contains("not the empty tree's"), "{stderr}");
+        }
+        assert_eq!(std::fs::read_to_string(&state).unwrap(), good);
+    }
 }
