@@ -909,14 +909,9 @@ fn spawn_vault_poller(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
 }
 
 pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
-    // 0700 from creation (parents created with it too), not narrowed afterwards; an existing
-    // directory is narrowed below.
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(path)
+    // 0700 from creation (parents created with it too); an existing directory is narrowed
+    // below.
+    postern_keyfile::create_private_dir(path)
         .with_context(|| format!("creating data_dir {}", path.display()))?;
     #[cfg(unix)]
     {

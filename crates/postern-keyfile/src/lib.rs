@@ -121,6 +121,16 @@ pub fn writable_by_others(dir: &Path) -> Option<String> {
     }
 }
 
+/// Creates `dir` and any missing parents with mode 0700 from the start (no moment in which
+/// another user could enter it or, under a loose umask, plant files in it). An existing
+/// directory is left as it is.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// Why another user could read the secret file `path` (its target, when a link), if one could:
 /// group or others may read it. (The files an operator provides, such as a `from_file`
 /// credential or the listener's key, are read whatever their mode; this is the warning.)

@@ -214,14 +214,7 @@ impl Vault {
     /// Like [`Vault::open`], with the environment's key passed in (tests, embedding).
     pub fn open_with(data_dir: &Path, env_key: Option<&str>) -> Result<Vault, VaultError> {
         if !data_dir.exists() {
-            // Private from the start (each directory created, parents too): no moment in which
-            // another user could enter it or, under a loose umask, plant files in it.
-            let mut builder = std::fs::DirBuilder::new();
-            builder.recursive(true);
-            #[cfg(unix)]
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-            builder
-                .create(data_dir)
+            postern_keyfile::create_private_dir(data_dir)
                 .map_err(io(format!("creating {}", data_dir.display())))?;
         }
         let path = data_dir.join(VAULT_FILE);
