@@ -529,7 +529,10 @@ impl Validator<'_> {
                 if let Some(other) = hosts.get(&pattern) {
                     self.error(
                         host.span(),
-                        format!("host `{pattern}` is already claimed by integration `{other}`"),
+                        format!(
+                            "host `{}` is already claimed by integration `{other}`",
+                            without_credentials(&pattern)
+                        ),
                         "list each host under one integration only",
                     );
                 } else {
@@ -583,7 +586,13 @@ impl Validator<'_> {
             // place.
             let problem = match url::Url::parse(value.get_ref()) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") => None,
-                Ok(url) => Some(format!("has scheme `{}`", url.scheme())),
+                // Named when it is a scheme people use; `user:password` parses as scheme `user`.
+                Ok(url) => Some(match url.scheme() {
+                    scheme @ ("ftp" | "file" | "mailto" | "ws" | "wss" | "ssh" | "git") => {
+                        format!("has scheme `{scheme}`")
+                    }
+                    _ => "has a scheme other than http or https".to_string(),
+                }),
                 Err(error) => Some(format!(
                     "({} characters) is not an absolute URL: {error}",
                     value.get_ref().chars().count()
@@ -1759,14 +1768,27 @@ fn without_credentials(text: &str) -> String {
     let (before, after) = rest.split_at(rest.find(['?', '#']).unwrap_or(rest.len()));
     let (authority, path) = before.split_at(before.find('/').unwrap_or(before.len()));
     let mut out = scheme.to_string();
-    match authority.rfind('@') {
+    let host = match authority.rfind('@') {
         Some(at) => {
             out.push_str("…@");
-            out.push_str(&authority[at + 1..]);
+            &authority[at + 1..]
         }
-        None => out.push_str(authority),
+        None => authority,
+    };
+    // A host is echoed; anything else (a secret pasted into a host list) is described.
+    let host_like = host.len() <= 260
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-*:[]".contains(&b));
+    if host_like {
+        out.push_str(host);
+    } else {
+        out.push_str(&format!("({} characters)", host.chars().count()));
     }
-    out.push_str(path);
+    // A path may hold a token (`hooks.slack.com/services/…`, `api.telegram.org/bot<token>`).
+    if !path.is_empty() {
+        out.push_str("/…");
+    }
     if let Some(mark) = after.chars().next() {
         out.push(mark);
         out.push('…');

@@ -935,7 +935,13 @@ fn errors_about_values_that_may_hold_a_secret_never_echo_it() {
         ),
         (
             with("hosts = [\"https://user:CANARY@api.example.com/v1?key=CANARY\"]\n"),
-            "`hosts` entry \"https://…@api.example.com/v1?…\" is not a host pattern: it contains a scheme, port or path",
+            "`hosts` entry \"https://…@api.example.com/…?…\" is not a host pattern: it contains a scheme, port or path",
+            None,
+        ),
+        // A webhook URL's path is its secret; a secret pasted alone is no host.
+        (
+            with("hosts = [\"hooks.slack.com/services/T0/B0/CANARY\"]\n"),
+            "`hosts` entry \"hooks.slack.com/…\" is not a host pattern: it contains a scheme, port or path",
             None,
         ),
     ];

@@ -821,14 +821,14 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
                                 | b'A'..=b'Z'
                                 | b'0'..=b'9'
                                 | b'-'
-                                | b'_'
-                                | 0xc0
-                                | 0xc1
-                                | 0xf8..=0xfd,
+                                | b'_',
                             )
                         ) || twice.is_some_and(|lead| {
-                            // `%25e0%2580%25af`: an overlong form, encoded twice.
-                            overlong_after(lead, doubly_escaped_at(bytes, index + 5))
+                            // An overlong form encoded twice, its next byte encoded once more
+                            // or not (`%25e0%2580%25af`, `%25e0%80%af`).
+                            let next = doubly_escaped_at(bytes, index + 5)
+                                .or_else(|| escape_at(bytes, index + 5));
+                            overlong_after(lead, next)
                         }) {
                             return Some(
                                 "it contains a doubly encoded '.', '/', '\\', letter, digit, '-', '_' or control character (%25 and its escape)",
@@ -839,8 +839,9 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
                     // one, and a lenient decoder behind the vendor reads the character it spells.
                     // 0xf8-0xfd: the 5- and 6-byte forms UTF-8 once had, which old decoders
                     // still read.
-                    0xc0 | 0xc1 | 0xf8..=0xfd => return Some(OVERLONG),
-                    lead @ (0xe0 | 0xf0) if overlong_after(lead, escape_at(bytes, index + 3)) => {
+                    lead @ (0xc0 | 0xc1 | 0xe0 | 0xf0 | 0xf8..=0xfd)
+                        if overlong_after(lead, escape_at(bytes, index + 3)) =>
+                    {
                         return Some(OVERLONG)
                     }
                     _ => {}
@@ -868,10 +869,13 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
     }
 }
 
-/// Whether `lead` (0xe0 or 0xf0) and the continuation byte after it, `next`, begin an
-/// overlong form (`%e0%80%af` for '/').
+/// Whether `lead` and the byte after it, `next`, begin an overlong or obsolete UTF-8 form:
+/// `%c0%ae` for '.', `%e0%80%af` for '/', and the 5- and 6-byte forms (`%f8`–`%fd`) old
+/// decoders still read. Such a lead followed by no continuation byte is no UTF-8 at all (a
+/// Latin-1 `%fc` in `m%fcnchen`), left to the vendor.
 fn overlong_after(lead: u8, next: Option<u8>) -> bool {
     let upper = match lead {
+        0xc0 | 0xc1 | 0xf8..=0xfd => 0xbf,
         0xe0 => 0x9f,
         0xf0 => 0x8f,
         _ => return false,
@@ -2864,9 +2868,18 @@ mod tests {
             ("/a%FC%80%80%80%80%afb", Some(OVERLONG)),
             ("/a%25e0%2580%25afb", Some(DOUBLY)),
             ("/a%25f0%2580%2580%25afb", Some(DOUBLY)),
-            ("/a%25fcb", Some(DOUBLY)),
+            ("/a%25fc%2580%2580%2580%2580%25afb", Some(DOUBLY)),
+            ("/a%25fcb", None),
             // U+0800 encoded twice is data.
             ("/a/%25e0%25a0%2580", None),
+            ("/a%25e0%80%afb", Some(DOUBLY)),
+            ("/a%25c0%aeb", Some(DOUBLY)),
+            // Latin-1, not UTF-8: no continuation byte follows (`München`, `50%fa…` as text).
+            ("/search/m%fcnchen/%c0x/%f8", None),
+            ("/a/50%25fat", None),
+            // Well-formed UTF-8, once or twice encoded.
+            ("/a/%e2%82%ac/%f0%9f%98%80/%c3%a9", None),
+            ("/a/%25e2%2582%25ac/%25f0%259f%2598%2580/%25c3%25a9", None),
             // Well-formed UTF-8 with those lead bytes is data: U+0800 and U+10000.
             ("/a/%e0%a0%80/%f0%90%80%80", None),
             ("/a/%e0", None),

@@ -76,7 +76,9 @@ pub enum VaultError {
     #[error(
         "{path} is {found}, not a regular file: Postern keeps the vault in a file of its own and \
          follows no link there (it would narrow the mode of, and open, whatever the link names); \
-         move the real file there (`mv TARGET {path}`), or remove {path} — nothing was changed"
+         move the real file there (`mv TARGET {path}`), or point data_dir at the directory that \
+         holds it; removing {path} loses what it holds (a -wal file: the writes not yet in \
+         vault.db) — nothing was changed"
     )]
     NotRegularFile { path: PathBuf, found: &'static str },
     #[error("vault storage: {0}")]

@@ -1511,14 +1511,27 @@ fn printable(text: &str) -> String {
         .filter(|&c| {
             c == '\n'
                 || !(c.is_control()
-                    || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+                    || matches!(
+                        c,
+                        '\u{200E}'
+                            | '\u{200F}'
+                            | '\u{061C}'
+                            | '\u{2028}'
+                            | '\u{2029}'
+                            | '\u{202A}'..='\u{202E}'
+                            | '\u{2066}'..='\u{2069}'
+                    ))
         })
         .peekable();
     while let Some(&c) = chars.peek() {
         if out.len() + c.len_utf8() > MAX_PRINTED_BYTES {
             break;
         }
-        out.push(c);
+        // A line the server wrote is indented, so it cannot pass for one of the CLI's own.
+        match c {
+            '\n' => out.push_str("\n  | "),
+            c => out.push(c),
+        }
         chars.next();
     }
     let more: usize = chars.map(char::len_utf8).sum();
