@@ -1432,6 +1432,58 @@ mod limiter_tests {
 mod tests {
     use super::*;
 
+    /// The forward proxy's lookups and the vendors' are counted apart: with every proxy place
+    /// taken by a name server that does not answer, a proxy host is refused at once
+    /// (`503 resolver_busy`, `Retry-After: 1`) while a vendor's name is still looked up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn proxy_lookups_cannot_take_the_vendors_places() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static ANSWER: AtomicBool = AtomicBool::new(false);
+        fn slow(_: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+            for _ in 0..1000 {
+                if ANSWER.load(Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(vec![std::net::SocketAddr::from(([93, 184, 215, 14], port))])
+        }
+        let cache = ClientCache {
+            lookups: LookupSlots {
+                vendors: postern_netguard::Lookups::new(2).with_blocking_lookup(slow),
+                proxy: postern_netguard::Lookups::new(1).with_blocking_lookup(slow),
+            },
+            ..ClientCache::default()
+        };
+        let proxy = cache.proxy_guard(Vec::new());
+        let held = tokio::time::timeout(Duration::from_millis(20), proxy.resolve("a.slow", 443));
+        assert!(
+            held.await.is_err(),
+            "the first proxy lookup waits on its name server"
+        );
+        let refused = proxy.resolve("b.slow", 443).await.unwrap_err();
+        assert!(
+            matches!(refused, postern_netguard::GuardError::Busy { limit: 1 }),
+            "{refused:?}"
+        );
+        let error = crate::proxy::connect_error(
+            "b.slow",
+            &crate::upstream::ConnectError::ResolverBusy { limit: 1 },
+        );
+        assert_eq!(
+            (error.status.as_u16(), error.code, error.retry_after_seconds),
+            (503, "resolver_busy", Some(1))
+        );
+        let vendor = cache.guard(Vec::new());
+        let looking = tokio::spawn(async move { vendor.resolve("api.vendor", 443).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ANSWER.store(true, Ordering::SeqCst);
+        assert!(
+            looking.await.unwrap().is_ok(),
+            "the vendor's name was looked up"
+        );
+    }
+
     /// A Basic pair stored whole (`user:password`) is looked for by its password alone too,
     /// and a header value with a scheme word (`Token abc…`) by its token: what a vendor quotes
     /// back ("invalid token: abc…"); a short part is not (it could be found by chance).
