@@ -581,6 +581,9 @@ fn save_state(
     new: &postern_tlog::Checkpoint,
     note: &str,
 ) -> Result<Saving, Failure> {
+    // Runs that save at once take turns from the read to the replacement: without it, a run
+    // with a smaller checkpoint could land after one with a larger.
+    let _turn = lock_state(path)?;
     let now = read_state(path, verifier)?;
     let same = |a: &postern_tlog::Checkpoint, b: &postern_tlog::Checkpoint| {
         a.size == b.size && a.root_hash == b.root_hash
@@ -609,6 +612,29 @@ fn save_state(
             Ok(Saving::Written)
         }
     }
+}
+
+/// An exclusive lock on `<state>.lock` (made 0600 beside the state file, and kept), held while
+/// the returned file is open.
+fn lock_state(path: &Path) -> Result<std::fs::File, Failure> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let failed = |e: std::io::Error| {
+        Failure::new(format!(
+            "locking {} to save the checkpoint: {e}",
+            Path::new(&name).display()
+        ))
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&name)
+        .map_err(failed)?;
+    file.lock().map_err(failed)?;
+    Ok(file)
 }
 
 /// `; consistent with the saved checkpoint of size N`, when one was saved.
@@ -1550,4 +1576,40 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two runs saving the state at once take turns: the second waits for the first's lock.
+    #[test]
+    fn saving_runs_take_turns_on_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let Ok(first) = lock_state(&state) else {
+            panic!("locking the state")
+        };
+        let path = state.clone();
+        let started = std::time::Instant::now();
+        let second = std::thread::spawn(move || {
+            let Ok(_turn) = lock_state(&path) else {
+                panic!("locking the state")
+            };
+            started.elapsed()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+        let waited = second.join().unwrap();
+        assert!(
+            waited >= std::time::Duration::from_millis(300),
+            "{waited:?}"
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("state.lock"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }
