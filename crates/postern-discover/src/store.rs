@@ -39,6 +39,11 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("discovery store {path} could not be made private: {source}")]
+    Private {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("discovery store {path}: {source}")]
     Sqlite {
         path: PathBuf,
@@ -165,13 +170,13 @@ impl Store {
             path: path.clone(),
             source,
         };
+        // Who called which outside host is operational data: owner-only from its creation, and
+        // never where a link leads, like the vault.
+        postern_keyfile::create_private_db(&path).map_err(|source| StoreError::Private {
+            path: path.clone(),
+            source,
+        })?;
         let connection = Connection::open(&path).map_err(sqlite)?;
-        // Who called which outside host is operational data: owner-only, like the vault.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
         connection.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
         connection
             .pragma_update(None, "journal_mode", "WAL")
@@ -736,6 +741,35 @@ mod tests {
             blocked: false,
             source: ObservationSource::Proxy,
         }
+    }
+
+    /// The store is owner-only (0600) however loose the file it finds, and a link in its place
+    /// is refused, not followed, as the vault's is.
+    #[test]
+    fn the_store_is_private_and_never_a_link() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir(&data_dir).unwrap();
+        let path = data_dir.join(DISCOVERY_FILE);
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(&data_dir).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_file(&path).unwrap();
+        let elsewhere = dir.path().join("elsewhere.db");
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        let Err(refused) = Store::open(&data_dir) else {
+            panic!("a link opened as the store");
+        };
+        assert!(
+            refused
+                .to_string()
+                .contains("is a symbolic link, not a regular file"),
+            "{refused}"
+        );
+        assert!(!elsewhere.exists());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! only, and read only when no other user could have written or read them. A key file another
 //! user planted, one every user can read, or a link to a file whose contents are known (a
 //! `/proc/self` file is one of postern's user with mode 0400) is refused, not trusted. Also
-//! [`replace_file`], for files that are not secret but must be replaced whole.
+//! [`replace_file`], for files that are not secret but must be replaced whole, and
+//! [`create_private_db`] and [`create_private_dir`] for the private SQLite stores and data_dir.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
@@ -71,6 +72,101 @@ pub fn create_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> 
         Some(dir) => File::open(dir).and_then(|dir| dir.sync_all()),
         None => Ok(()),
     }
+}
+
+/// What stands at a path where Postern keeps a file of its own but is no regular file (a
+/// symbolic link, whatever it points to; a directory; a special file). Carried inside the
+/// `std::io::Error` [`regular_file`] returns; [`not_regular`] reads it back.
+#[derive(Debug)]
+struct NotRegular(PathBuf, &'static str);
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is {}, not a regular file", self.0.display(), self.1)
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+/// The path and what stood there when `error` came from [`regular_file`] (or
+/// [`create_private_db`]) refusing it: "a symbolic link", "a directory", "a special file".
+pub fn not_regular(error: &std::io::Error) -> Option<(&Path, &'static str)> {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<NotRegular>())
+        .map(|NotRegular(path, found)| (path.as_path(), *found))
+}
+
+/// The metadata of the regular file at `path` (never of where a link there leads); `None` when
+/// nothing is there; an error [`not_regular`] names when something else is.
+pub fn regular_file(path: &Path) -> std::io::Result<Option<std::fs::Metadata>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_file() => Ok(Some(metadata)),
+        Ok(metadata) => {
+            let kind = metadata.file_type();
+            let found = if kind.is_symlink() {
+                "a symbolic link"
+            } else if kind.is_dir() {
+                "a directory"
+            } else {
+                "a special file"
+            };
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                NotRegular(path.to_path_buf(), found),
+            ))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Makes `path` ready for an SQLite database of private data (the vault, the discovery
+/// store): created empty with mode 0600 when absent (an empty file is a database), so it is
+/// never readable by others for a moment; it and the side files SQLite keeps beside it
+/// (`-wal`, `-shm`, `-journal`) must be regular files, not links ([`regular_file`]), and are
+/// narrowed to 0600. A file that cannot be narrowed is an error naming it and the fix.
+pub fn create_private_db(path: &Path) -> std::io::Result<()> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        // Or created meanwhile by another process, or there already: narrowed below.
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(error),
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = path.as_os_str().to_os_string();
+        file.push(suffix);
+        let file = Path::new(&file);
+        // A side file absent, or removed meanwhile by another process's last connection.
+        if let Some(metadata) = regular_file(file)? {
+            narrow_to_owner(file, &metadata)?;
+        }
+    }
+    Ok(())
+}
+
+/// Narrows `path` (a regular file, `metadata` its own) to mode 0600 unless it is already.
+fn narrow_to_owner(path: &Path, metadata: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = metadata.mode() & 0o777;
+    if mode == 0o600 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|error| {
+        std::io::Error::new(
+            error.kind(),
+            format!(
+                "{} has mode {mode:04o} and could not be made private (0600): run `chmod 600 {}` as its owner, or move the data_dir to a file system that keeps modes ({error})",
+                path.display(),
+                path.display()
+            ),
+        )
+    })
 }
 
 /// Why a key file was refused: its problem and the path, without its contents. Carried inside
@@ -225,6 +321,20 @@ pub fn read_private_file(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
 
 #[cfg(test)]
 mod tests {
+    /// A database file that cannot be narrowed to 0600 is an error naming the file and the
+    /// fix, never ignored. (procfs refuses every chmod of a process's files, even root's.)
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_that_cannot_be_made_private_is_an_error_naming_it_and_the_fix() {
+        let path = std::path::Path::new("/proc/self/status");
+        let metadata = std::fs::metadata(path).unwrap();
+        let error = super::narrow_to_owner(path, &metadata)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/proc/self/status has mode 0444"), "{error}");
+        assert!(error.contains("chmod 600 /proc/self/status"), "{error}");
+    }
+
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 

@@ -215,10 +215,8 @@ impl Vault {
 
     /// Like [`Vault::open`], with the environment's key passed in (tests, embedding).
     pub fn open_with(data_dir: &Path, env_key: Option<&str>) -> Result<Vault, VaultError> {
-        if !data_dir.exists() {
-            postern_keyfile::create_private_dir(data_dir)
-                .map_err(io(format!("creating {}", data_dir.display())))?;
-        }
+        postern_keyfile::create_private_dir(data_dir)
+            .map_err(io(format!("creating {}", data_dir.display())))?;
         let path = data_dir.join(VAULT_FILE);
         let key_file = data_dir.join(MASTER_KEY_FILE);
         // The file itself, never where a link leads (nor a directory, a FIFO…).
@@ -1020,111 +1018,32 @@ fn history(
     Ok(())
 }
 
-/// Makes `path` (the vault file) exist and readable by its owner only, before SQLite opens it.
-///
-/// A new file is created empty with mode 0600 (an empty file is a valid SQLite database), never
-/// with SQLite's 0644 less the umask and narrowed afterwards: in between, another user could
-/// open it and keep the descriptor. An existing file, and any `-wal`, `-shm` or `-journal` beside
-/// it, is narrowed to 0600; a failure to do so is an error naming the file and the fix. (SQLite
-/// creates its side files with the main file's mode: 0600 too.) Any of them that is not a
-/// regular file (a symbolic link, even to a file of the same owner) is refused, never followed.
+/// [`postern_keyfile::create_private_db`] for the vault file: what is not a regular file there
+/// is [`VaultError::NotRegularFile`].
 fn create_private_db(path: &Path) -> Result<(), VaultError> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => {}
-        // Created meanwhile by another process (or there already): narrowed below.
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(error) => return Err(io(format!("creating {}", path.display()))(error)),
-    }
-    make_private(path)?;
-    for suffix in ["-wal", "-shm", "-journal"] {
-        let mut side = path.as_os_str().to_os_string();
-        side.push(suffix);
-        match make_private(Path::new(&side)) {
-            // Absent, or removed meanwhile by the last connection of another process closing.
-            Err(VaultError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                continue
-            }
-            result => result?,
-        }
-    }
-    Ok(())
+    postern_keyfile::create_private_db(path).map_err(|error| refused(path, error))
 }
 
-/// The metadata of the regular file at `path` (not of where a link there leads); `None` when
-/// nothing is there, an error when something else is (a symbolic link, whatever it points to, a
-/// directory, a FIFO…), naming the path and the fix.
+/// Whether the vault file is there ([`postern_keyfile::regular_file`]: never where a link
+/// leads).
 fn regular_file(path: &Path) -> Result<Option<std::fs::Metadata>, VaultError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(metadata) => {
-            let kind = metadata.file_type();
-            if kind.is_file() {
-                return Ok(Some(metadata));
-            }
-            Err(VaultError::NotRegularFile {
-                path: path.to_path_buf(),
-                found: if kind.is_symlink() {
-                    "a symbolic link"
-                } else if kind.is_dir() {
-                    "a directory"
-                } else {
-                    "a special file"
-                },
-            })
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(io(format!("reading {}", path.display()))(error)),
-    }
+    postern_keyfile::regular_file(path).map_err(|error| refused(path, error))
 }
 
-/// Narrows `path` to mode 0600 unless it is already; an error names the file and the fix. Only
-/// a regular file ([`regular_file`]): a symbolic link is refused, not followed (its target,
-/// which may be any file of the same owner, would be chmodded, then opened by SQLite).
-fn make_private(path: &Path) -> Result<(), VaultError> {
-    let Some(metadata) = regular_file(path)? else {
-        return Err(io(format!("reading {}", path.display()))(
-            std::io::ErrorKind::NotFound.into(),
-        ));
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode != 0o600 {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
-                io(format!(
-                    "{} has mode {mode:04o} and could not be made private (0600): run `chmod 600 {}` as its owner, or move the data_dir to a file system that keeps modes",
-                    path.display(),
-                    path.display()
-                )),
-            )?;
-        }
+/// `error` from postern_keyfile about `path` as the vault says it.
+fn refused(path: &Path, error: std::io::Error) -> VaultError {
+    match postern_keyfile::not_regular(&error) {
+        // The file it was about: the vault's, or a side file beside it.
+        Some((path, found)) => VaultError::NotRegularFile {
+            path: path.to_path_buf(),
+            found,
+        },
+        None => io(format!("preparing {}", path.display()))(error),
     }
-    #[cfg(not(unix))]
-    let _ = (path, metadata);
-    Ok(())
 }
 
 /// Creates a key file whole with mode 0600 ([`postern_keyfile::create_private_file`]).
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), VaultError> {
     postern_keyfile::create_private_file(path, contents)
         .map_err(io(format!("creating {}", path.display())))
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use super::*;
-
-    /// A vault file that cannot be narrowed to 0600 is an error naming the file and the fix,
-    /// never ignored. (procfs refuses every chmod of a process's files, even root's.)
-    #[test]
-    fn a_file_that_cannot_be_made_private_is_an_error_naming_it_and_the_fix() {
-        let path = Path::new("/proc/self/status");
-        let error = make_private(path).unwrap_err().to_string();
-        assert!(error.contains("/proc/self/status has mode 0444"), "{error}");
-        assert!(error.contains("chmod 600 /proc/self/status"), "{error}");
-    }
 }
