@@ -282,11 +282,7 @@ async fn connect(
             Err(error) => {
                 // Refused by the guard, or a host that is down or unknown: only the first is
                 // the gateway's refusal.
-                let refused = matches!(
-                    error,
-                    crate::upstream::ConnectError::Denied(_)
-                        | crate::upstream::ConnectError::ReachesPostern { .. }
-                );
+                let refused = error.is_refusal();
                 shared.discovered(sighting(context, &host, port, None, refused));
                 return Err(crate::proxy::connect_error(&host, &error));
             }
@@ -843,11 +839,8 @@ async fn absolute(
             // The gateway's refusals: the SSRF guard's, or a body it would not forward (one that
             // broke off on the caller's side was not refused).
             let refused = matches!(
-                error,
-                crate::upstream::UpstreamError::Connect(
-                    crate::upstream::ConnectError::Denied(_)
-                        | crate::upstream::ConnectError::ReachesPostern { .. }
-                )
+                &error,
+                crate::upstream::UpstreamError::Connect(connect) if connect.is_refusal()
             ) || matches!(
                 context.request_body.violation(),
                 crate::body::RequestBodyViolation::TooLarge

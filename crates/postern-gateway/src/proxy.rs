@@ -348,6 +348,9 @@ fn pipeline<'a>(
             check_header_bytes(&request, target, limit)?;
         }
         let websocket = crate::websocket::requested(&request);
+        // Read once: whether the body is compressed decides how its size is authorized; a
+        // coding Postern cannot undo is refused (415) only after the authorization's refusals.
+        let encoding = body_encoding(request.headers());
         authorize(
             runtime,
             &integration,
@@ -355,7 +358,7 @@ fn pipeline<'a>(
             &request,
             vendor_path,
             declared_length,
-            websocket,
+            (websocket, !matches!(encoding, Ok(None))),
         )?;
         // A WebSocket handshake goes on only to an operation that takes one; the caller's
         // connection is handed over once the vendor's `101` has been answered.
@@ -376,7 +379,7 @@ fn pipeline<'a>(
         let body = std::mem::replace(request.body_mut(), CallerBody::empty());
         let encoding = match body.is_end_stream() {
             true => None,
-            false => body_encoding(request.headers())?,
+            false => encoding?,
         };
         // A compressed body's decoder counts against its caller's part of the budget.
         if let Some(caller) = &context.caller {
@@ -760,8 +763,6 @@ fn check_header_bytes(
 
 /// Why a raw request path is refused, if it is.
 pub fn path_problem(path: &str) -> Option<&'static str> {
-    const OVERLONG: &str =
-        "it contains an overlong or obsolete UTF-8 escape (%c0%ae, %e0%80%af, %f8)";
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Some("it does not start with '/'");
@@ -806,9 +807,7 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
                     // as `..` and `%252f` as `/`, which no template was matched against.
                     // A letter, digit, '-' or '_' too (`%2573earch`), and an overlong lead byte.
                     b'%' => {
-                        let twice = bytes
-                            .get(index + 3..index + 5)
-                            .and_then(|pair| Some(hex_digit(pair[0])? << 4 | hex_digit(pair[1])?));
+                        let twice = doubly_escaped_at(bytes, index);
                         if matches!(
                             twice,
                             Some(
@@ -830,9 +829,7 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
                                 .or_else(|| escape_at(bytes, index + 5));
                             overlong_after(lead, next)
                         }) {
-                            return Some(
-                                "it contains a doubly encoded '.', '/', '\\', letter, digit, '-', '_' or control character (%25 and its escape)",
-                            );
+                            return Some(DOUBLY_ENCODED);
                         }
                     }
                     // Overlong UTF-8 (`%c0%ae` for '.', `%e0%80%af` for '/'): no encoder makes
@@ -868,6 +865,10 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
         None
     }
 }
+
+/// [`path_problem`]'s answers that more than one case gives.
+const DOUBLY_ENCODED: &str = "it contains a doubly encoded '.', '/', '\\', letter, digit, '-', '_' or control character (%25 and its escape)";
+const OVERLONG: &str = "it contains an overlong or obsolete UTF-8 escape (%c0%ae, %e0%80%af, %f8)";
 
 /// Whether `lead` and the byte after it, `next`, begin an overlong or obsolete UTF-8 form:
 /// `%c0%ae` for '.', `%e0%80%af` for '/', and the 5- and 6-byte forms (`%f8`–`%fd`) old
@@ -1080,7 +1081,7 @@ fn authorize(
     request: &Request<CallerBody>,
     vendor_path: &str,
     declared_length: Option<u64>,
-    websocket: bool,
+    (websocket, encoded): (bool, bool),
 ) -> Result<(), CallError> {
     // Servers that read path parameters (Tomcat, Jetty, Spring) route `search;x` as `search`:
     // the operation is the one the path names without them, as such a vendor routes it (the
@@ -1114,18 +1115,9 @@ fn authorize(
         size.unwrap_or(0),
     );
     // A compressed body's declared size is not the size its vendor reads (a 20 kB gzip body
-    // may inflate to megabytes): decided as one of unknown size too.
-    let coded = size != Some(0)
-        && request
-            .headers()
-            .get_all(header::CONTENT_ENCODING)
-            .iter()
-            .any(|value| {
-                !value
-                    .as_bytes()
-                    .trim_ascii()
-                    .eq_ignore_ascii_case(b"identity")
-            });
+    // may inflate to megabytes): decided as one of unknown size too. `encoded`: its
+    // Content-Encoding names a coding, or one Postern cannot read ([`body_encoding`]).
+    let coded = size != Some(0) && encoded;
     // A WebSocket's messages pass unseen once the handshake is answered (`websocket`: the
     // request asks for one), so their sizes are as unknown as a chunked body's: decided at
     // every size that could change the answer.
@@ -1820,10 +1812,8 @@ async fn forward_replayable(
     use http_body_util::BodyExt as _;
     let (parts, body) = request.into_parts();
     // Read whole before it goes (it may go twice): bound as a body read for scanning is.
-    let read = match body_read_by(integration, context.started) {
-        Some((by, _)) => tokio::time::timeout_at(by, body.collect()).await,
-        None => Ok(body.collect().await),
-    };
+    let (by, _) = body_read_by(integration, context.started);
+    let read = tokio::time::timeout_at(by, body.collect()).await;
     let Ok(read) = read else {
         let received = context
             .request_body
@@ -1920,18 +1910,13 @@ fn forward<'a>(
     )
 }
 
-/// When the vendor's answer head must have come, for a call that `started` then: within
-/// `request_timeout_ms` from now, and before `total_timeout_ms` from its start.
+/// When the vendor's answer head must have come, for a call that `started` then
+/// ([`body_read_by`]'s deadline).
 pub(crate) fn answer_deadline(
     integration: &IntegrationRuntime,
     started: std::time::Instant,
 ) -> tokio::time::Instant {
-    let config = &integration.config;
-    let head = tokio::time::Instant::now() + Duration::from_millis(config.request_timeout_ms);
-    match crate::body::call_end(started, config.total_timeout_ms) {
-        Some((end, _)) => head.min(end),
-        None => head,
-    }
+    body_read_by(integration, started).0
 }
 
 /// What the vendor request gave: its response, or why there is none.
@@ -2048,22 +2033,24 @@ pub(crate) fn body_violation_error(context: &CallContext, limit: u64) -> Option<
     violation_error(context.request_body.violation(), limit)
 }
 
-/// When a request body read whole before anything goes to the vendor (for scanning, or to be
-/// sent again with a fresh OAuth2 token) must have arrived, and the limit that says so: within
-/// `request_timeout_ms` from now, as a streamed body must, and before the call's end
-/// (`total_timeout_ms`). The caller's connection does not bound it: a call in progress excuses
+/// Within `request_timeout_ms` from now, and before the call's end (`total_timeout_ms` from
+/// `started`), and the limit that decides it: when the vendor's answer head must have come
+/// ([`answer_deadline`]), and when a request body read whole before anything goes to the vendor
+/// (for scanning, or to be sent again with a fresh OAuth2 token) must have arrived, as a
+/// streamed body must. The caller's connection does not bound it: a call in progress excuses
 /// its connection's idle limit (and holds its places under the concurrency limits).
 pub(crate) fn body_read_by(
     integration: &IntegrationRuntime,
     started: std::time::Instant,
-) -> Option<(tokio::time::Instant, std::time::Duration)> {
+) -> (tokio::time::Instant, std::time::Duration) {
     let config = &integration.config;
-    let request = std::time::Duration::from_millis(config.request_timeout_ms);
-    (config.request_timeout_ms > 0)
-        .then(|| (tokio::time::Instant::now() + request, request))
-        .into_iter()
-        .chain(crate::body::call_end(started, config.total_timeout_ms))
-        .min_by_key(|(at, _)| *at)
+    // `request_timeout_ms` is at least 1 (postern-config refuses 0).
+    let request = Duration::from_millis(config.request_timeout_ms);
+    let head = (tokio::time::Instant::now() + request, request);
+    match crate::body::call_end(started, config.total_timeout_ms) {
+        Some(end) if end.0 < head.0 => end,
+        _ => head,
+    }
 }
 
 /// The refusal of a call whose caller had sent `received` bytes of its body (of `declared`, when
@@ -2817,9 +2804,7 @@ mod tests {
 
     #[test]
     fn path_problem_names_the_first_kind_of_problem() {
-        const DOUBLY: &str = "it contains a doubly encoded '.', '/', '\\', letter, digit, '-', '_' or control character (%25 and its escape)";
-        const OVERLONG: &str =
-            "it contains an overlong or obsolete UTF-8 escape (%c0%ae, %e0%80%af, %f8)";
+        use super::{DOUBLY_ENCODED as DOUBLY, OVERLONG};
         let cases: &[(&str, Option<&str>)] = &[
             ("/stripe/v1/charges/ch_1", None),
             ("/", None),

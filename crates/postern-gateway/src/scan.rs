@@ -74,25 +74,26 @@ pub async fn scan_request(
             .bytes
             .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
     };
-    let (bytes, body, complete) = match read_up_to(body, cap, limit, Stall::until(read_by)).await {
-        Ok(read) => read,
-        Err(ReadError::Broken { read }) => {
-            counted(read);
-            return Err(refused(RequestBodyViolation::Broken));
-        }
-        Err(ReadError::Stalled { read, .. }) => {
-            counted(read);
-            let declared = crate::h1::content_length(headers);
-            return Err((
-                crate::proxy::request_body_timeout(read, declared),
-                ScanSummary::default(),
-            ));
-        }
-        Err(ReadError::TooLarge { read }) => {
-            counted(read);
-            return Err(refused(RequestBodyViolation::TooLarge));
-        }
-    };
+    let (bytes, body, complete) =
+        match read_up_to(body, cap, limit, Stall::until(Some(read_by))).await {
+            Ok(read) => read,
+            Err(ReadError::Broken { read }) => {
+                counted(read);
+                return Err(refused(RequestBodyViolation::Broken));
+            }
+            Err(ReadError::Stalled { read, .. }) => {
+                counted(read);
+                let declared = crate::h1::content_length(headers);
+                return Err((
+                    crate::proxy::request_body_timeout(read, declared),
+                    ScanSummary::default(),
+                ));
+            }
+            Err(ReadError::TooLarge { read }) => {
+                counted(read);
+                return Err(refused(RequestBodyViolation::TooLarge));
+            }
+        };
     let token = caller_token.filter(|token| !token.is_empty());
     // A POST body's `_method` field, read as sent and decoded (a fresh scan for each reading).
     let override_scan = || {

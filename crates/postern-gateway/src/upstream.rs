@@ -100,6 +100,17 @@ pub async fn dial(
     Ok((stream, addr))
 }
 
+impl ConnectError {
+    /// Whether Postern refused the address (the SSRF guard, or Postern's own socket), rather
+    /// than failing to reach it.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Denied(_) | ConnectError::ReachesPostern { .. }
+        )
+    }
+}
+
 /// The port `authority` names, or its scheme's.
 fn port_of(https: bool, authority: &Authority) -> u16 {
     authority.port_u16().unwrap_or(if https { 443 } else { 80 })

@@ -1023,17 +1023,12 @@ integration = "loop"
 operations = ["*"]
 "#;
     let gw = TestGateway::start(body, None).await;
+    let mut upstream = "http://127.0.0.1:9".to_string();
     for own in [gw.running().admin_addr, gw.running().listen_addr] {
         let text = std::fs::read_to_string(&gw.config_path).unwrap();
-        let text = text.replace(
-            &text[text.find("http://127.0.0.1:").unwrap()..]
-                .split('"')
-                .next()
-                .unwrap()
-                .to_string(),
-            &format!("http://{own}"),
-        );
-        std::fs::write(&gw.config_path, &text).unwrap();
+        let next = format!("http://{own}");
+        std::fs::write(&gw.config_path, text.replace(&upstream, &next)).unwrap();
+        upstream = next;
         let config = postern_config::load(&gw.config_path).unwrap();
         gw.running().reload(config).unwrap();
         let response = client()

@@ -472,7 +472,7 @@ async fn vendor_401s_drop_the_token_at_most_once_a_second() {
     let seconds = started.elapsed().as_secs();
     let requests = s.tokens.requests.load(Ordering::SeqCst) as u64;
     assert!(
-        requests <= 2 + seconds,
+        (2..=2 + seconds).contains(&requests),
         "{requests} tokens minted in {seconds} s"
     );
     s.gw.stop().await;
