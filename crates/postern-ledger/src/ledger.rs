@@ -20,13 +20,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::direct::DirectSegment;
 use crate::error::{io_error, LedgerError};
 use crate::frame::{
-    boundary_near_end, covered_damage, push_frame, scan_frames, FrameStop, Tail,
-    FRAME_HEADER_BYTES, MAX_RECORD_BYTES, MAX_WRITE_BYTES, PAD_BLOCK_BYTES,
+    covered_damage, push_frame, scan_frames, FrameStop, Tail, FRAME_HEADER_BYTES, MAX_RECORD_BYTES,
+    MAX_WRITE_BYTES, PAD_BLOCK_BYTES,
 };
 use crate::store::{
-    list_segments, load_or_create_signer, lock_dir, open_rw, read_file, read_rebuild_marker,
-    remove_rebuild_marker, segment_name, sync_dir, write_file_atomically, write_rebuild_marker,
-    HashFile, CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE, HASHES_FILE, LOG_DIR,
+    history_tail_start, list_segments, load_or_create_signer, lock_dir, open_rw, read_file,
+    read_range, read_rebuild_marker, remove_rebuild_marker, segment_name, sync_dir,
+    write_file_atomically, write_rebuild_marker, HashFile, CHECKPOINT_FILE,
+    CHECKPOINT_HISTORY_FILE, HASHES_FILE, LOG_DIR,
 };
 
 /// Default [`LedgerOptions::min_commit_interval_us`].
@@ -837,9 +838,7 @@ fn open_blocking(
                 // find the segment ending where those writes ended, not at the old padding's
                 // end, to tell a torn last write from damage (`frame.rs`).
                 valid_len = offset;
-                file.set_len(offset)
-                    .and_then(|()| file.sync_all())
-                    .map_err(io_error(&path))?;
+                trim_to(&file, offset).map_err(io_error(&path))?;
             }
             Some(FrameStop::TornTail { offset, reason }) => {
                 // Entries a signed checkpoint covers were durable before it was signed: a crash
@@ -855,9 +854,7 @@ fn open_blocking(
                     });
                 }
                 valid_len = offset;
-                file.set_len(offset)
-                    .and_then(|()| file.sync_all())
-                    .map_err(io_error(&path))?;
+                trim_to(&file, offset).map_err(io_error(&path))?;
                 tracing::warn!(segment = %path.display(), offset, discarded_bytes = data.len() as u64 - offset, "audit log: truncated a torn last record");
                 torn_tail = Some(TornTail {
                     segment: path.clone(),
@@ -1092,8 +1089,13 @@ fn load_latest_checkpoint(
     }
     let history_path = dir.join(CHECKPOINT_HISTORY_FILE);
     if history_path.exists() {
+        // Opening needs only the last note: the records before the tail are left to
+        // `postern audit verify`, which reads all of them.
         let (from, data) = File::open(&history_path)
-            .and_then(|file| read_history_tail(&file))
+            .and_then(|file| {
+                let (from, len) = history_tail_start(&file)?;
+                Ok((from, read_range(&file, from, len)?))
+            })
             .map_err(io_error(&history_path))?;
         let mut last = None;
         let stop = scan_frames::<()>(&data, Tail::Appended, |frame| {
@@ -1113,9 +1115,7 @@ fn load_latest_checkpoint(
             // The history is appended through the page cache: never padded (`Tail::Appended`).
             Some(FrameStop::TornTail { offset, .. } | FrameStop::Padding { offset }) => {
                 let file = open_rw(&history_path)?;
-                file.set_len(from + offset)
-                    .and_then(|()| file.sync_all())
-                    .map_err(io_error(&history_path))?;
+                trim_to(&file, from + offset).map_err(io_error(&history_path))?;
             }
             None => {}
         }
@@ -1135,31 +1135,6 @@ fn load_latest_checkpoint(
         }
     }
     Ok(latest)
-}
-
-/// How much of the checkpoint history opening reads back from its end at a time.
-const HISTORY_STEP_BYTES: u64 = 64 * 1024;
-
-/// The checkpoint history from a record boundary near its end: that boundary's offset, and the
-/// bytes from there to the end, which the caller scans as it would the whole file. Opening
-/// needs only the last note, and the history grows by a note per checkpoint (some 6 GB a year
-/// at one a second): it reads back from the end a step at a time until a step holds the start
-/// of an intact record (the last step does, unless a torn end, damage or one long note fills
-/// it), and from the start of the file when none does. The records before the boundary are
-/// left to `postern audit verify`, which reads all of them.
-fn read_history_tail(file: &File) -> std::io::Result<(u64, Vec<u8>)> {
-    let len = file.metadata()?.len();
-    let from = boundary_near_end(len, HISTORY_STEP_BYTES, |from, to| {
-        read_range(file, from, to)
-    })?;
-    Ok((from, read_range(file, from, len)?))
-}
-
-/// The bytes of `file` from offset `from` to `to`.
-fn read_range(file: &File, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
-    let mut data = vec![0; (to - from) as usize];
-    file.read_exact_at(&mut data, from)?;
-    Ok(data)
 }
 
 /// Hashes a [`Link`] key by folding its halves: keys are random (a request id's 128 bits), so
@@ -1349,7 +1324,8 @@ fn trim_padding(shared: &Shared) {
     }
 }
 
-/// Cuts `file` to `len` and syncs it, if it is longer (a direct write's padding).
+/// Cuts `file` to `len` and syncs it, if it is longer (a direct write's padding, a torn last
+/// record).
 fn trim_to(file: &File, len: u64) -> std::io::Result<()> {
     if file.metadata()?.len() > len {
         file.set_len(len)?;

@@ -9,6 +9,7 @@ use postern_tlog::{Hash, HashReader, NoteSigner, TreeError, HASH_SIZE};
 use rand::RngCore;
 
 use crate::error::{io_error, LedgerError};
+use crate::frame::boundary_near_end;
 
 pub(crate) const LOG_DIR: &str = "log";
 pub(crate) const HASHES_FILE: &str = "tree-hashes.bin";
@@ -19,8 +20,31 @@ pub(crate) const HASHES_FILE: &str = "tree-hashes.bin";
 pub(crate) const HASHES_REBUILD_FILE: &str = "tree-hashes.rebuild";
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
 pub(crate) const CHECKPOINT_HISTORY_FILE: &str = "checkpoints.log";
+/// How much of the checkpoint history is read back from its end at a time.
+const HISTORY_STEP_BYTES: u64 = 64 * 1024;
 pub(crate) const KEY_FILE: &str = "signing-key";
 pub(crate) const LOCK_FILE: &str = "lock";
+
+/// Where the tail of the checkpoint history starts, a record boundary near its end, and the
+/// file's length now (notes appended later are left out). Opening the ledger and verify both
+/// learn the latest checkpoint from the last note there: the history grows by a note per
+/// checkpoint (some 6 GB a year at one a second), so it is read back from the end a step at a
+/// time until a step holds the start of an intact record (the last step does, unless a torn
+/// end, damage or one long note fills it); the start of the file when none does.
+pub(crate) fn history_tail_start(file: &File) -> std::io::Result<(u64, u64)> {
+    let len = file.metadata()?.len();
+    let from = boundary_near_end(len, HISTORY_STEP_BYTES, |from, to| {
+        read_range(file, from, to)
+    })?;
+    Ok((from, len))
+}
+
+/// The bytes of `file` from offset `from` to `to`.
+pub(crate) fn read_range(file: &File, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
+    let mut data = vec![0; (to - from) as usize];
+    file.read_exact_at(&mut data, from)?;
+    Ok(data)
+}
 
 pub(crate) fn segment_name(first_index: u64) -> String {
     format!("segment-{first_index:020}.log")

@@ -8,12 +8,10 @@ use std::path::{Path, PathBuf};
 use postern_tlog::{leaf_hash, Checkpoint, Hash, NoteSigner, NoteVerifier, TreeBuilder, HASH_SIZE};
 
 use crate::error::io_error;
-use crate::frame::{
-    boundary_near_end, covered_damage, scan_frames, AppendedFrames, FrameStop, Step, Tail,
-};
+use crate::frame::{covered_damage, scan_frames, AppendedFrames, FrameStop, Step, Tail};
 use crate::store::{
-    list_segments, read_rebuild_marker, CHECKPOINT_FILE, CHECKPOINT_HISTORY_FILE, HASHES_FILE,
-    KEY_FILE, LOG_DIR,
+    history_tail_start, list_segments, read_rebuild_marker, CHECKPOINT_FILE,
+    CHECKPOINT_HISTORY_FILE, HASHES_FILE, KEY_FILE, LOG_DIR,
 };
 
 /// What a successful verification checked.
@@ -110,9 +108,6 @@ struct CheckpointToCheck {
 
 /// How much of the checkpoint history is read at a time.
 const HISTORY_CHUNK_BYTES: usize = 1 << 20;
-/// How far back from its end the history is searched for a note at a time, to learn the latest
-/// checkpoint before the tree is rebuilt (as opening does).
-const HISTORY_TAIL_STEP_BYTES: u64 = 64 * 1024;
 
 /// What a checkpoint is opened with.
 struct Keys {
@@ -427,7 +422,6 @@ struct History<'k> {
     rollback: Option<VerifyError>,
     /// A torn last note, which the next open cuts off.
     torn: Option<(PathBuf, u64)>,
-    ended: bool,
     /// Whether reading it has returned an error.
     failed: bool,
 }
@@ -449,7 +443,6 @@ impl<'k> History<'k> {
             bad_signature: None,
             rollback: None,
             torn: None,
-            ended: true,
             failed: false,
         };
         if !history.path.exists() {
@@ -459,13 +452,9 @@ impl<'k> History<'k> {
         let file = File::open(&history.path).map_err(unreadable)?;
         // The notes the gateway appends while verify runs are left to the next run: both reads
         // stop at the length the file has now.
-        let len = file.metadata().map_err(unreadable)?.len();
-        let from = boundary_near_end(len, HISTORY_TAIL_STEP_BYTES, |from, to| {
-            let mut data = vec![0; (to - from) as usize];
-            file.read_exact_at(&mut data, from)?;
-            Ok(data)
-        })
-        .map_err(unreadable)?;
+        // The tail is the one opening reads, but streamed: when no boundary is found it is the
+        // whole file, which verify never holds at once.
+        let (from, len) = history_tail_start(&file).map_err(unreadable)?;
         let tail = FileRange {
             file: file.try_clone().map_err(unreadable)?,
             offset: from,
@@ -489,7 +478,6 @@ impl<'k> History<'k> {
             end: len,
         };
         history.frames = Some(AppendedFrames::new(whole, 0, HISTORY_CHUNK_BYTES));
-        history.ended = false;
         Ok(history)
     }
 
@@ -503,17 +491,15 @@ impl<'k> History<'k> {
     }
 
     fn read_note(&mut self) -> Result<Option<CheckpointToCheck>, VerifyError> {
-        while !self.ended {
-            let Some(frames) = self.frames.as_mut() else {
-                break;
-            };
+        // With no history, or after its end (where the frames end again, with no stop), the
+        // loop stops at once.
+        while let Some(frames) = self.frames.as_mut() {
             let step = frames
                 .next_frame()
                 .map_err(|e| VerifyError::Unreadable(io_error(&self.path)(e).to_string()))?;
             let frame = match step {
                 Step::Frame(frame) => frame,
                 Step::End(stop) => {
-                    self.ended = true;
                     match stop {
                         Some(FrameStop::Corrupt { offset, reason }) => {
                             return Err(VerifyError::BadRecord {

@@ -150,7 +150,8 @@ pub struct Source {
     #[arg(long, short, env = "POSTERN_CONFIG", default_value = "postern.toml")]
     config: PathBuf,
     /// A file holding the admin token, for `show` (an entry's record is the admin's; the key,
-    /// checkpoints and proofs are public). Default: <data_dir>/admin-token, when readable.
+    /// checkpoints and proofs are public). Default, with a config that does not set
+    /// admin_token_sha256: <data_dir>/admin-token, when readable.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
     /// The gateway's admin API, e.g. http://gateway.internal:9090, instead of the config's
@@ -279,7 +280,7 @@ fn proof(
         // A checkpoint signed with the key covers the entry: Postern serves it to anyone, so
         // it is asked without the admin token, whatever the answer.
         let entry = log.entry(index, true)?.bytes;
-        let included = verify_inclusion(proof, index, &entry, verifier)?;
+        let included = verify_inclusion(proof, index, &entry)?;
         if let Some(saved) = &saved {
             let what = format!("the checkpoint entry {index} is proved in");
             check_one_log(&log, saved, &included.checkpoint, &what)?;
@@ -317,15 +318,15 @@ struct Included {
     note: String,
 }
 
-/// A tlog-proof of entry `index` whose checkpoint is signed with the key and holds the entry
-/// (the inclusion itself is checked by [`verify_inclusion`] once the entry is read: such an
-/// entry is one Postern serves to anyone, read without the admin token). One that is not is
-/// exit 4.
+/// A tlog-proof of entry `index` whose checkpoint is signed with the key and holds the entry,
+/// with that checkpoint opened (the inclusion itself is checked by [`verify_inclusion`] once
+/// the entry is read: such an entry is one Postern serves to anyone, read without the admin
+/// token). One that is not is exit 4.
 fn covering_proof(
     text: &str,
     index: u64,
     verifier: &postern_tlog::NoteVerifier,
-) -> Result<postern_tlog::TlogProof, Failure> {
+) -> Result<(postern_tlog::TlogProof, postern_tlog::Checkpoint), Failure> {
     let proof = postern_tlog::TlogProof::parse(text).map_err(|e| {
         Failure::corrupt(printable(&format!(
             "the proof of entry {index} is malformed: {e}"
@@ -354,25 +355,29 @@ fn covering_proof(
             checkpoint.size
         )));
     }
-    Ok(proof)
+    Ok((proof, checkpoint))
 }
 
-/// Checks that `entry` is at `index` in the checkpoint of a [`covering_proof`]; a proof that
-/// does not verify is exit 4.
+/// Checks that `entry` is at `index` in the checkpoint of a [`covering_proof`] (whose signature
+/// that checked); a proof that does not verify is exit 4.
 fn verify_inclusion(
-    proof: postern_tlog::TlogProof,
+    (proof, checkpoint): (postern_tlog::TlogProof, postern_tlog::Checkpoint),
     index: u64,
     entry: &[u8],
-    verifier: &postern_tlog::NoteVerifier,
 ) -> Result<Included, Failure> {
-    let checkpoint = proof
-        .verify(entry, std::slice::from_ref(verifier), verifier.name())
-        .map_err(|e| {
-            Failure::corrupt(printable(&format!(
-                "the proof of entry {index} does not verify against {}: {e}",
-                verifier.verifier_key()
-            )))
-        })?;
+    postern_tlog::verify_inclusion(
+        index,
+        checkpoint.size,
+        &postern_tlog::leaf_hash(entry),
+        &proof.inclusion_proof,
+        &checkpoint.root_hash,
+    )
+    .map_err(|e| {
+        Failure::corrupt(format!(
+            "the proof of entry {index} does not verify against its checkpoint (size {}): {e}",
+            checkpoint.size
+        ))
+    })?;
     Ok(Included {
         checkpoint,
         note: proof.checkpoint_note,
@@ -461,7 +466,7 @@ fn checkpoint(
     // saved would check nothing next time): failing to is exit 1, unlike for `proof` and
     // `show`.
     if let (Some(path), Some(verifier), Some(latest)) = (state, &verifier, &latest) {
-        save_state(path, verifier, saved.as_ref(), latest, &note)?.report(path, latest);
+        save_state(path, verifier, saved.as_ref(), latest, &note)?;
     }
     Ok(())
 }
@@ -529,41 +534,14 @@ fn advance_state(
     included: &Included,
 ) -> Result<(), Failure> {
     match save_state(path, verifier, saved, &included.checkpoint, &included.note) {
-        Ok(saving) => saving.report(path, &included.checkpoint),
-        Err(failure) if failure.code == EXIT_LOG_CORRUPT => return Err(failure),
-        Err(failure) => eprintln!(
-            "warning: the checkpoint of size {} was verified but not saved: {}",
-            included.checkpoint.size, failure.message
-        ),
-    }
-    Ok(())
-}
-
-/// What [`save_state`] did.
-enum Saving {
-    Written,
-    /// The state file holds this checkpoint, or a larger one (perhaps saved meanwhile).
-    NotLarger,
-    /// The state file changed while this ran (another `checkpoint --state`, or `proof --state`
-    /// or `show --state`, saved meanwhile) to a smaller checkpoint than this run's, or was
-    /// removed: left as it is (this run's checkpoint was checked against what it held before).
-    Changed {
-        now: Option<u64>,
-    },
-}
-
-impl Saving {
-    fn report(&self, path: &Path, checkpoint: &postern_tlog::Checkpoint) {
-        if let Saving::Changed { now } = self {
+        Err(failure) if failure.code != EXIT_LOG_CORRUPT => {
             eprintln!(
-                "warning: {} changed while this ran ({}), so the checkpoint of size {} (checked against what it held before) was not saved there",
-                path.display(),
-                now.map_or("it was removed".to_string(), |size| format!(
-                    "it now holds a checkpoint of size {size}"
-                )),
-                checkpoint.size
+                "warning: the checkpoint of size {} was verified but not saved: {}",
+                included.checkpoint.size, failure.message
             );
+            Ok(())
         }
+        saved => saved,
     }
 }
 
@@ -572,15 +550,16 @@ impl Saving {
 /// file when it is larger than the one there. The file is read again just before: another
 /// run (a monitor's `checkpoint --state` from cron, a `proof --state`) may have saved a
 /// checkpoint meanwhile, which is not overwritten by a smaller one, nor by one this run did not
-/// check against it. The same size with another root, both signed with the key, is a fork
-/// (exit 4).
+/// check against it: when the file changed meanwhile to a smaller checkpoint than `new`, or was
+/// removed, it is left as it is, with a warning (`new` was checked against what it held
+/// before). The same size with another root, both signed with the key, is a fork (exit 4).
 fn save_state(
     path: &Path,
     verifier: &postern_tlog::NoteVerifier,
     earlier: Option<&postern_tlog::Checkpoint>,
     new: &postern_tlog::Checkpoint,
     note: &str,
-) -> Result<Saving, Failure> {
+) -> Result<(), Failure> {
     // Runs that save at once take turns from the read to the replacement: without it, a run
     // with a smaller checkpoint could land after one with a larger.
     let _turn = lock_state(path)?;
@@ -603,14 +582,22 @@ fn save_state(
                 new.root_hash.to_base64()
             )))
         }
-        Some(now) if now.size >= new.size => Ok(Saving::NotLarger),
-        _ if !unchanged => Ok(Saving::Changed {
-            now: now.as_ref().map(|now| now.size),
-        }),
-        _ => {
-            write_state(path, note)?;
-            Ok(Saving::Written)
+        // It holds this checkpoint, or a larger one (perhaps saved meanwhile).
+        Some(now) if now.size >= new.size => Ok(()),
+        // Another run (`checkpoint --state`, `proof --state`, `show --state`) saved meanwhile.
+        _ if !unchanged => {
+            eprintln!(
+                "warning: {} changed while this ran ({}), so the checkpoint of size {} (checked against what it held before) was not saved there",
+                path.display(),
+                now.map_or("it was removed".to_string(), |now| format!(
+                    "it now holds a checkpoint of size {}",
+                    now.size
+                )),
+                new.size
+            );
+            Ok(())
         }
+        _ => write_state(path, note),
     }
 }
 
@@ -816,7 +803,7 @@ fn read_shown(
         }
     };
     let view = log.entry(index, true)?;
-    let included = verify_inclusion(proof, index, &view.bytes, verifier)?;
+    let included = verify_inclusion(proof, index, &view.bytes)?;
     if let Some(saved) = saved {
         let what = format!("the checkpoint entry {index} is proved in");
         check_one_log(log, saved, &included.checkpoint, &what)?;
@@ -1093,7 +1080,9 @@ impl Log {
     fn verifier_key(&self) -> Result<String, Failure> {
         match self {
             Log::Online(admin) => {
-                let body = admin.get_ok("/v1/audit/key")?;
+                let body = admin
+                    .get_public("/v1/audit/key", "this route")
+                    .map_err(|refused| refused.failure)?;
                 Ok(String::from_utf8_lossy(&body).trim().to_string())
             }
             Log::Offline(offline) => Ok(offline.ledger.verifier_key()),
@@ -1104,7 +1093,9 @@ impl Log {
     fn proof_text(&self, index: u64) -> Result<String, Failure> {
         match self {
             Log::Online(admin) => {
-                let body = admin.get_ok(&format!("/v1/audit/proof/{index}"))?;
+                let body = admin
+                    .get_public(&format!("/v1/audit/proof/{index}"), "this route")
+                    .map_err(|refused| refused.failure)?;
                 String::from_utf8(body.to_vec())
                     .map_err(|_| Failure::new("the gateway answered a proof that is not text"))
             }
@@ -1128,7 +1119,7 @@ impl Log {
 
     /// Entry `index`'s bytes and the latest checkpoint's size. `covered`: a checkpoint signed
     /// with the key is known to cover it, so Postern serves it to anyone and the admin token is
-    /// never sent; otherwise it is after a `401` ([`Admin::get_ok`]).
+    /// never sent; otherwise it is after a `401` ([`Admin::get_token_after_401`]).
     fn entry(&self, index: u64, covered: bool) -> Result<EntryView, Failure> {
         match self {
             Log::Online(admin) => {
@@ -1138,7 +1129,7 @@ impl Log {
                         .get_public(&path, "an entry a signed checkpoint covers")
                         .map_err(|refused| refused.failure)?
                 } else {
-                    admin.get_ok(&path)?
+                    admin.get_token_after_401(&path)?
                 };
                 let answer: serde_json::Value = serde_json::from_slice(&body)
                     .map_err(|e| Failure::new(format!("the gateway's answer is not JSON: {e}")))?;
@@ -1180,7 +1171,9 @@ impl Log {
     fn checkpoint_note(&self) -> Result<String, Failure> {
         match self {
             Log::Online(admin) => {
-                let body = admin.get_ok("/log/checkpoint")?;
+                let body = admin
+                    .get_public("/log/checkpoint", "this route")
+                    .map_err(|refused| refused.failure)?;
                 String::from_utf8(body.to_vec())
                     .map_err(|_| Failure::new("the gateway answered a checkpoint that is not text"))
             }
@@ -1399,17 +1392,13 @@ impl Admin {
         })
     }
 
-    /// `GET path`; the body of a 200 answer, else the API's error message. Asked without the
-    /// admin token first: most of what the CLI reads is public, and the token goes only where
-    /// a `401` says it is needed (over plain HTTP, perhaps to another machine), and only for a
-    /// route that can need it ([`may_need_admin_token`]): a `401` on a public route is not how
-    /// Postern answers, and whoever sent it does not get the token.
-    fn get_ok(&self, path: &str) -> Result<Bytes, Failure> {
-        if !may_need_admin_token(path) {
-            return self
-                .get_public(path, "this route")
-                .map_err(|refused| refused.failure);
-        }
+    /// `GET path`; the body of a 200 answer, else the API's error message. Only for an entry
+    /// no signed checkpoint is known to cover (`/v1/audit/entries/INDEX`), the one route the
+    /// admin API can want the admin token for; everything else `postern audit` asks is public
+    /// (`public_audit` in postern-gateway's admin.rs, docs/ADMIN.md) and asked with
+    /// [`Admin::get_public`]. Asked without the token first: it goes only where a `401` says it
+    /// is needed (over plain HTTP, perhaps to another machine).
+    fn get_token_after_401(&self, path: &str) -> Result<Bytes, Failure> {
         match self.get(path, false) {
             Err(refused)
                 if refused.status == Some(http::StatusCode::UNAUTHORIZED)
@@ -1507,14 +1496,6 @@ impl Admin {
             failure: Failure::new(format!("{status} from {url}: {}", printable(&message))),
         })
     }
-}
-
-/// Whether the admin API can want the admin token for `path`: only for an entry no signed
-/// checkpoint covers yet (`/v1/audit/entries/INDEX`). Everything else `postern audit` asks is
-/// public (`/log/…`, the key, proofs, consistency proofs: `public_audit` in postern-gateway's
-/// admin.rs, docs/ADMIN.md), and never gets the token, whatever the answer.
-fn may_need_admin_token(path: &str) -> bool {
-    path.starts_with("/v1/audit/entries/")
 }
 
 /// Why a request to the admin API failed: its status and error code, when it answered.

@@ -596,6 +596,18 @@ fn stub_admin(
     (port, seen)
 }
 
+/// A checkpoint of size 0 with `root_hash`, signed by `signer` (older versions signed one of
+/// the empty tree at first start).
+fn empty_checkpoint(signer: &postern_tlog::NoteSigner, root_hash: postern_tlog::Hash) -> String {
+    postern_tlog::Checkpoint {
+        origin: ORIGIN.to_string(),
+        size: 0,
+        root_hash,
+    }
+    .sign(signer)
+    .unwrap()
+}
+
 /// `postern audit ARGS --admin-url http://127.0.0.1:PORT`, with no config.
 fn at_admin(port: u16, args: &[&str]) -> (i32, String, String) {
     let url = format!("http://127.0.0.1:{port}");
@@ -798,15 +810,7 @@ fn online_commands_check_the_gateway_against_the_key() {
     // A saved checkpoint of the empty tree (older versions signed one at first start): every
     // tree extends it, with no consistency proof to ask for (the gateway refuses size 0), if
     // its root is the empty tree's.
-    let empty = |root_hash| {
-        postern_tlog::Checkpoint {
-            origin: ORIGIN.to_string(),
-            size: 0,
-            root_hash,
-        }
-        .sign(&signer)
-        .unwrap()
-    };
+    let empty = |root_hash| empty_checkpoint(&signer, root_hash);
     std::fs::write(&state, empty(postern_tlog::leaf_hash(b""))).unwrap();
     let (code, _, stderr) = watch(&key);
     assert_eq!(code, 4, "{stderr}");
@@ -1183,15 +1187,7 @@ fn the_state_is_saved_after_the_result_and_a_failed_save_is_a_warning() {
     assert_eq!(std::fs::read_to_string(&state).unwrap(), note_8);
 
     // Size 0 on both sides: the latest's root is checked too, not only the saved one's.
-    let empty = |root_hash| {
-        postern_tlog::Checkpoint {
-            origin: ORIGIN.to_string(),
-            size: 0,
-            root_hash,
-        }
-        .sign(&signer)
-        .unwrap()
-    };
+    let empty = |root_hash| empty_checkpoint(&signer, root_hash);
     let good = empty(postern_tlog::empty_root());
     for (latest, expected) in [(empty(postern_tlog::leaf_hash(b"")), 4), (good.clone(), 0)] {
         std::fs::write(&state, &good).unwrap();
