@@ -646,14 +646,10 @@ impl RunningGateway {
                 changed.join(", ")
             ));
         }
-        let hash = match &config.gateway.admin_token_sha256 {
-            Some(_) => admin_token_hash(&config, &self.data_dir)?,
-            None => *self
-                .shared
-                .admin_token_sha256
-                .lock()
-                .expect("admin token lock"),
-        };
+        // Without `admin_token_sha256`, the token in `<data_dir>/admin-token` is read again (made
+        // anew if it was deleted): an operator who takes a leaked hash out of the config, or
+        // deletes the file, has the old token refused from this reload on, not at a restart.
+        let hash = admin_token_hash(&config, &self.data_dir)?;
         // The CA's names are fixed when it is made: a config that asks for others is refused
         // (the running one stays) rather than leaving clients to refuse the leaves.
         if let Some(ca) = &self.shared.intercept_ca {

@@ -1056,6 +1056,11 @@ fn route<'a>(
 }
 
 /// Inside a tunnel the integration is the one claiming the host; the whole path is the vendor's.
+///
+/// It is asked again of each request's runtime, as an opaque tunnel's grant is at each swap: a
+/// reload that gives the host to another integration, takes it out of the integration's
+/// `hosts`, or turns `intercept` off closes what the old config opened (`403 host_changed`)
+/// rather than go on terminating TLS and injecting the old integration's credential for it.
 fn route_tunnel<'a>(
     runtime: &Runtime,
     context: &mut CallContext,
@@ -1070,6 +1075,16 @@ fn route_tunnel<'a>(
         ));
     };
     context.integration = Some(integration.name.clone());
+    let still_claimed = runtime
+        .proxy
+        .integration_for_host(&tunnel.host)
+        .is_some_and(|owner| owner.name == integration.name);
+    if !still_claimed || (tunnel.mode == "intercept" && !integration.config.intercept) {
+        return Err(CallError::forbidden(
+            "host_changed",
+            "the integration that owns this host, or whether Postern intercepts it, changed; open a new connection",
+        ));
+    }
     Ok((integration.clone(), path))
 }
 

@@ -628,7 +628,26 @@ impl Runtime {
                 );
             }
             if let Some(caller) = vault_callers.get(token.caller.as_str()) {
-                callers_by_token.insert(token.token_sha256, Arc::from(*caller));
+                // One token, one caller: a vault row must not quietly take over the token the
+                // config gives another caller (an earlier `callers import` of a hash that has
+                // since been given to someone else), or calls would run under its grants.
+                match callers_by_token.entry(token.token_sha256) {
+                    std::collections::hash_map::Entry::Occupied(held)
+                        if **held.get() != **caller =>
+                    {
+                        anyhow::bail!(
+                            "caller `{}`'s token in the vault is also caller `{}`'s token_sha256 in the config: one token cannot name two callers; give `{}` another token in the config, or revoke the vault one (`postern callers rotate {}`)",
+                            token.caller,
+                            held.get(),
+                            held.get(),
+                            token.caller
+                        );
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => {}
+                    std::collections::hash_map::Entry::Vacant(place) => {
+                        place.insert(Arc::from(*caller));
+                    }
+                }
             } else if config.caller(&token.caller).is_some_and(|caller| {
                 // Not the config's own token, copied by `callers import` before the switch.
                 caller.token_sha256.as_deref() != Some(hex::encode(token.token_sha256).as_str())

@@ -4226,6 +4226,56 @@ async fn a_refused_reload_leaves_no_client_behind() {
     gw.stop().await;
 }
 
+/// The generated admin token rotates with a reload: the file deleted, the reload makes a new
+/// one and the old token is refused; a configured `admin_token_sha256` taken out of the config
+/// stops working with the reload too (before, the token in use stayed valid until a restart).
+#[tokio::test]
+async fn a_reload_rotates_the_admin_token() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let admin = |token: String| {
+        let url = format!("{}/v1/integrations", gw.admin);
+        async move {
+            client()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let token_file = gw.running().data_dir.join(postern_gateway::ADMIN_TOKEN_FILE);
+    let reload = |text: &str| {
+        let config = postern_config::parse(text, &gw.config_path).unwrap();
+        gw.running().reload(config).unwrap();
+    };
+    assert_eq!(admin(gw.admin_token.clone()).await, 200);
+    std::fs::remove_file(&token_file).unwrap();
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    reload(&text);
+    let rotated = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    assert_ne!(rotated, gw.admin_token);
+    assert_eq!(admin(gw.admin_token.clone()).await, 401, "the old token");
+    assert_eq!(admin(rotated.clone()).await, 200, "the new one");
+
+    // A configured token, then taken out again: the file's token is the admin token.
+    let configured = "pat_configured_admin_token_for_this_test_0123";
+    let with_hash = text.replacen(
+        "[gateway]\n",
+        &format!("[gateway]\nadmin_token_sha256 = \"{}\"\n", sha256_hex(configured)),
+        1,
+    );
+    assert_ne!(with_hash, text, "the config has a [gateway] table");
+    reload(&with_hash);
+    assert_eq!(admin(configured.to_string()).await, 200);
+    assert_eq!(admin(rotated.clone()).await, 401);
+    reload(&text);
+    assert_eq!(admin(configured.to_string()).await, 401, "taken out");
+    assert_eq!(admin(rotated).await, 200);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_swaps_config_atomically_and_in_flight_calls_finish() {
     let vendor = slow_vendor().await;

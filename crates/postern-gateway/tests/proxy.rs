@@ -1615,6 +1615,51 @@ async fn an_open_tunnel_stops_working_when_its_caller_is_revoked() {
     gw.stop().await;
 }
 
+/// A reload that takes the host from the integration an intercepted tunnel was opened for, or
+/// turns its interception off, closes what the old config opened: the open connection's next
+/// request is `403 host_changed` and reaches no vendor (before, it went on being intercepted
+/// and sent with the old integration's credential for as long as the connection lived).
+#[tokio::test]
+async fn an_open_intercepted_tunnel_stops_when_its_host_or_interception_changes() {
+    for (change, from, to) in [
+        (
+            "host moved",
+            format!("hosts = [\"{VENDOR_HOST}\"]"),
+            "hosts = [\"elsewhere.postern.test\"]".to_string(),
+        ),
+        (
+            "interception off",
+            format!("hosts = [\"{VENDOR_HOST}\"]"),
+            format!("hosts = [\"{VENDOR_HOST}\"]\nintercept = false"),
+        ),
+    ] {
+        let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+        let gw = intercepting_gateway(&vendor, "", "").await;
+        let client = reqwest::Client::builder()
+            .proxy(
+                reqwest::Proxy::all(&gw.base)
+                    .unwrap()
+                    .basic_auth("x", CHECKOUT_TOKEN),
+            )
+            .add_root_certificate(postern_ca(&gw))
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let url = format!("https://{VENDOR_HOST}/v1/charges/ch_1");
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200, "{change}");
+        let text = std::fs::read_to_string(&gw.config_path).unwrap();
+        assert!(text.contains(&from), "{change}: {text}");
+        let config = postern_config::parse(&text.replace(&from, &to), &gw.config_path).unwrap();
+        gw.running().reload(config).unwrap();
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 403, "{change}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "host_changed", "{change}: {body}");
+        assert_eq!(vendor.seen().len(), 1, "{change}");
+        gw.stop().await;
+    }
+}
+
 /// An open forward proxy that may reach 127.0.0.1:`port`, with `extra` proxy settings.
 fn open_proxy_to(port: u16, extra: &str) -> String {
     format!(

@@ -427,6 +427,48 @@ async fn changes_made_by_another_process_take_effect_without_restart() {
     gw.stop().await;
 }
 
+/// A vault token row for one caller that holds the token the config gives another caller (an
+/// old `callers import` of a hash since handed to someone else) is refused when the vault is
+/// read, naming both callers: before, the row quietly took the token over, and the other
+/// caller's calls ran under the row's caller's grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_token_cannot_take_over_another_callers_config_token() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(&integration(&vendor), vendor.ca_pem.as_deref()).await;
+    let as_reporting = || async {
+        client()
+            .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+            .bearer_auth(REPORTING_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(as_reporting().await, 403, "reporting has no grant on stripe");
+    // checkout's tokens now live in the vault (its config token revoked there), and a row
+    // gives it reporting's token.
+    let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
+    use sha2::Digest as _;
+    let hash: [u8; 32] = sha2::Sha256::digest(CHECKOUT_TOKEN.as_bytes()).into();
+    vault.revoke_caller("checkout", &[hash], 2).unwrap();
+    vault
+        .add_caller_token("checkout", REPORTING_TOKEN, 3)
+        .unwrap();
+    let error = gw.running().shared().refresh_from_vault().unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("caller `checkout`'s token in the vault is also caller `reporting`'s"),
+        "{message}"
+    );
+    assert!(!message.contains(REPORTING_TOKEN), "{message}");
+    assert_eq!(
+        as_reporting().await,
+        403,
+        "reporting's token still names reporting, not checkout"
+    );
+    gw.stop().await;
+}
+
 /// A credential change and a config reload that run at once both take effect: the runtime left
 /// in place has the reload's config and the vault's latest value, whichever built first (a
 /// refresh that rebuilt from the config it found before the reload swapped, or a reload that
