@@ -242,9 +242,15 @@ async fn connect(
         crate::proxy::rate_limit(&integration, context)?;
         context.places = shared.open_calls.admit(&integration, &caller.name)?;
         let connect_timeout = Duration::from_millis(integration.config.connect_timeout_ms);
-        let (upstream, addr) = dial(integration.client.guard(), &host, port, connect_timeout)
-            .await
-            .map_err(|error| crate::proxy::connect_error(&host, &error))?;
+        let (upstream, addr) = dial(
+            integration.client.guard(),
+            &host,
+            port,
+            connect_timeout,
+            Some(&caller.name),
+        )
+        .await
+        .map_err(|error| crate::proxy::connect_error(&host, &error))?;
         context.upstream_addr = Some(addr);
         progress.intent_index =
             crate::proxy::record_intent(shared, Some(&integration), context).await?;
@@ -276,17 +282,24 @@ async fn connect(
         return Err(host_refused(decision.reason, &host, port));
     }
     let connect_timeout = Duration::from_millis(proxy.config.connect_timeout_ms);
-    let (upstream, addr) =
-        match dial(proxy.plain_client.guard(), &host, port, connect_timeout).await {
-            Ok(dialled) => dialled,
-            Err(error) => {
-                // Refused by the guard, or a host that is down or unknown: only the first is
-                // the gateway's refusal.
-                let refused = error.is_refusal();
-                shared.discovered(sighting(context, &host, port, None, refused));
-                return Err(crate::proxy::connect_error(&host, &error));
-            }
-        };
+    let (upstream, addr) = match dial(
+        proxy.plain_client.guard(),
+        &host,
+        port,
+        connect_timeout,
+        Some(&caller.name),
+    )
+    .await
+    {
+        Ok(dialled) => dialled,
+        Err(error) => {
+            // Refused by the guard, or a host that is down or unknown: only the first is
+            // the gateway's refusal.
+            let refused = error.is_refusal();
+            shared.discovered(sighting(context, &host, port, None, refused));
+            return Err(crate::proxy::connect_error(&host, &error));
+        }
+    };
     context.upstream_addr = Some(addr);
     // Authorized once the guard let the address through: a refused address is a denial.
     progress.authorized = true;

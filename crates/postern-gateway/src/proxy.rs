@@ -2157,6 +2157,14 @@ pub(crate) fn connect_error(what: &str, error: &ConnectError) -> CallError {
             error.retry_after_seconds = Some(1);
             error
         }
+        ConnectError::CallerResolverBusy { limit } => {
+            let mut error = CallError::unavailable(
+                "resolver_busy",
+                format!("{what} was not looked up: this caller has {limit} name lookups waiting on name servers already, the most one caller may have; try again shortly"),
+            );
+            error.retry_after_seconds = Some(1);
+            error
+        }
         ConnectError::Timeout { timeout_ms, .. } => CallError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_connect_timeout",

@@ -88,8 +88,9 @@ pub struct ClientCache {
     resolver: Option<Arc<dyn postern_netguard::Resolve>>,
     /// The system resolver's lookups in flight for integrations' vendors, whose names the
     /// operator wrote ([`VENDOR_LOOKUPS`]), and for the forward proxy's hosts, which callers
-    /// name ([`PROXY_LOOKUPS`]): apart, so that callers naming hosts whose name servers never
-    /// answer cannot hold up the lookups of the integrations' vendors.
+    /// name ([`PROXY_LOOKUPS`], at most [`PROXY_LOOKUPS_PER_CALLER`] of them one caller's):
+    /// apart, so that callers naming hosts whose name servers never answer cannot hold up the
+    /// lookups of the integrations' vendors, and one such caller not the other callers'.
     lookups: LookupSlots,
     /// Postern's own listening sockets, which no dial may reach.
     own_listeners: Arc<[std::net::SocketAddr]>,
@@ -100,6 +101,10 @@ pub struct ClientCache {
 pub const VENDOR_LOOKUPS: usize = 128;
 /// System-resolver lookups in flight at once for the forward proxy's hosts.
 pub const PROXY_LOOKUPS: usize = 64;
+/// Of those, in flight at once for one caller's proxy calls (a quarter): a caller naming hosts
+/// whose name servers never answer fills its own share only, so it takes four such callers to
+/// fill the pool; a caller whose names do answer (in milliseconds) cannot come near it.
+pub const PROXY_LOOKUPS_PER_CALLER: usize = PROXY_LOOKUPS / 4;
 
 struct LookupSlots {
     vendors: postern_netguard::Lookups,
@@ -110,7 +115,8 @@ impl Default for LookupSlots {
     fn default() -> Self {
         LookupSlots {
             vendors: postern_netguard::Lookups::new(VENDOR_LOOKUPS),
-            proxy: postern_netguard::Lookups::new(PROXY_LOOKUPS),
+            proxy: postern_netguard::Lookups::new(PROXY_LOOKUPS)
+                .per_caller(PROXY_LOOKUPS_PER_CALLER),
         }
     }
 }
@@ -140,7 +146,8 @@ impl ClientCache {
             .with_own_listeners(self.own_listeners.clone())
     }
 
-    /// The forward proxy's SSRF guard: [`ClientCache::guard`] with the proxy's own lookups.
+    /// The forward proxy's SSRF guard: [`ClientCache::guard`] with the proxy's own lookups,
+    /// each caller bounded to its share of them (dials name their caller: [`crate::upstream::dial`]).
     pub fn proxy_guard(
         &self,
         allow_private_networks: Vec<ipnet::IpNet>,
@@ -1501,6 +1508,101 @@ mod tests {
             looking.await.unwrap().is_ok(),
             "the vendor's name was looked up"
         );
+    }
+
+    /// Each forward-proxy caller has a share of the proxy's lookups (a quarter): caller `a`,
+    /// whose hosts' name server does not answer, fills its share with tunnels' dials and a
+    /// plain-HTTP call (each giving up at once, its lookup holding its places), and its next
+    /// dial is refused at once (`503 resolver_busy`, `Retry-After: 1`), while caller `b`'s host
+    /// is still looked up and dialled (a real socket); `a`'s places come back when the name
+    /// server answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_proxy_caller_cannot_take_the_other_callers_lookups() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static ANSWER: AtomicBool = AtomicBool::new(false);
+        /// `*.slow` waits for the test to answer (10 s at most); any other name is 127.0.0.1.
+        fn slow(host: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+            for _ in 0..1000 {
+                if !host.ends_with(".slow") || ANSWER.load(Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))])
+        }
+        let mut lookups = LookupSlots::default();
+        lookups.proxy = lookups.proxy.with_blocking_lookup(slow);
+        let cache = ClientCache {
+            lookups,
+            ..ClientCache::default()
+        };
+        let proxy = cache.proxy_guard(vec!["127.0.0.0/8".parse().unwrap()]);
+        let vendor = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = vendor.local_addr().unwrap().port();
+        let dial = |host: String, caller: &'static str| {
+            let proxy = proxy.clone();
+            async move {
+                let timeout = Duration::from_secs(5);
+                crate::upstream::dial(&proxy, &host, port, timeout, Some(caller)).await
+            }
+        };
+        let gives_up = Duration::from_millis(20);
+        for n in 1..PROXY_LOOKUPS_PER_CALLER {
+            let dialled = tokio::time::timeout(gives_up, dial(format!("a{n}.slow"), "a"));
+            assert!(dialled.await.is_err(), "waits on its name server");
+        }
+        // The plain-HTTP path's dials count in the caller's share too (its partition).
+        let plain = crate::upstream::build_client(crate::upstream::UpstreamOptions {
+            guard: proxy.clone(),
+            allow_plaintext: true,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            client_auth: None,
+        })
+        .unwrap();
+        let body = crate::body::ForwardBody::full(bytes::Bytes::new(), Default::default());
+        let mut request = http::Request::new(body);
+        *request.uri_mut() = format!("http://plain.slow:{port}/").parse().unwrap();
+        let sent = tokio::time::timeout(gives_up, plain.request_for(request, "a".into()));
+        assert!(sent.await.is_err(), "waits on its name server");
+        assert_eq!(
+            (
+                cache.lookups.proxy.in_flight(),
+                cache.lookups.proxy.in_flight_for("a")
+            ),
+            (PROXY_LOOKUPS_PER_CALLER, PROXY_LOOKUPS_PER_CALLER)
+        );
+        let refused = dial("a.more.slow".into(), "a").await.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                crate::upstream::ConnectError::CallerResolverBusy { limit } if limit == PROXY_LOOKUPS_PER_CALLER
+            ),
+            "{refused:?}"
+        );
+        let error = crate::proxy::connect_error("a.more.slow", &refused);
+        assert_eq!(
+            (error.status.as_u16(), error.code, error.retry_after_seconds),
+            (503, "resolver_busy", Some(1))
+        );
+        assert_eq!(cache.lookups.proxy.in_flight(), PROXY_LOOKUPS_PER_CALLER);
+        let (_stream, addr) = dial("api.b.example".into(), "b").await.unwrap();
+        assert_eq!(
+            addr,
+            vendor.local_addr().unwrap(),
+            "b's host was looked up and dialled"
+        );
+        ANSWER.store(true, Ordering::SeqCst);
+        for _ in 0..500 {
+            if cache.lookups.proxy.in_flight() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(cache.lookups.proxy.in_flight_for("a"), 0);
+        assert_eq!(cache.lookups.proxy.in_flight(), 0);
+        assert!(dial("a.again.slow".into(), "a").await.is_ok());
     }
 
     /// A Basic pair stored whole (`user:password`) is looked for by its password alone too,

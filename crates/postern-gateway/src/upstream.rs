@@ -57,6 +57,9 @@ pub enum ConnectError {
     /// All the lookups the guard may have in flight are ([`postern_netguard::Lookups`]).
     #[error("{limit} name lookups are in flight already")]
     ResolverBusy { limit: usize },
+    /// The caller's share of those lookups is in flight ([`postern_netguard::Lookups::per_caller`]).
+    #[error("this caller has {limit} name lookups in flight already, its share")]
+    CallerResolverBusy { limit: usize },
     #[error("{host} is not a valid TLS server name")]
     ServerName { host: String },
 }
@@ -64,13 +67,17 @@ pub enum ConnectError {
 /// Resolves `host` (within `connect_timeout`: a name server that never answers does not hold
 /// the call), refuses the answer if the guard refuses any address in it, and connects to the
 /// address that answers first ([`connect_first`]). The one way Postern dials out.
+///
+/// `caller`: whose call this is, when known; its lookup is counted in the caller's share of
+/// the guard's lookups when they have shares (the forward proxy's do: [`Guard::resolve_for`]).
 pub async fn dial(
     guard: &Guard,
     host: &str,
     port: u16,
     connect_timeout: Duration,
+    caller: Option<&str>,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
-    let resolved = tokio::time::timeout(connect_timeout, guard.resolve(host, port))
+    let resolved = tokio::time::timeout(connect_timeout, guard.resolve_for(host, port, caller))
         .await
         .map_err(|_| ConnectError::Resolve {
             // Escaped as the guard's own resolve errors are: a hostile name cannot forge log lines.
@@ -87,6 +94,7 @@ pub async fn dial(
         GuardError::Denied(denied) => ConnectError::Denied(denied),
         GuardError::Resolve { host, source } => ConnectError::Resolve { host, source },
         GuardError::Busy { limit } => ConnectError::ResolverBusy { limit },
+        GuardError::CallerBusy { limit } => ConnectError::CallerResolverBusy { limit },
     })?;
     let (stream, addr) = connect_first(addrs, connect_timeout).await?;
     // Which local address the connection has is known only once it is made.
@@ -762,8 +770,14 @@ impl UpstreamClient {
         }
         let (host, port) = (authority.host(), port_of(https, &authority));
         let name = server_name(https, host)?;
-        let (stream, addr) =
-            dial(&self.inner.guard, host, port, self.inner.connect_timeout).await?;
+        let (stream, addr) = dial(
+            &self.inner.guard,
+            host,
+            port,
+            self.inner.connect_timeout,
+            None,
+        )
+        .await?;
         let io = match name {
             Some(name) => {
                 let tls = tls_to(&self.inner.tls_h1, name, stream, host).await?;
@@ -874,7 +888,7 @@ impl UpstreamClient {
                     Some(pooled) => pooled,
                     // Boxed: the TLS and h2 handshakes would otherwise make every call's future
                     // (and each move of it) kilobytes larger.
-                    None => Box::pin(self.connect(&key, pool, h2_shared)).await?,
+                    None => Box::pin(self.connect(&key, pool, h2_shared, partition)).await?,
                 };
                 let sent = match sender {
                     Leased::H1(conn) => {
@@ -948,11 +962,14 @@ impl UpstreamClient {
     /// connection's task on this thread's runtime.
     /// With `h2_shared`, an h2 connection dialled for a partition's `key` is known and pooled
     /// as everyone's ([`UpstreamClient::send`]).
+    /// `partition`: the caller's name the call was sent for, whose share of the guard's lookups
+    /// the dial's takes ([`dial`]).
     async fn connect(
         &self,
         key: &OriginKey,
         pool: &Arc<Mutex<Pool>>,
         h2_shared: bool,
+        partition: Option<&str>,
     ) -> Result<(Leased, SocketAddr), UpstreamError> {
         let OriginKey {
             https, authority, ..
@@ -999,8 +1016,14 @@ impl UpstreamClient {
         let host = authority.host();
         let port = port_of(*https, authority);
         let name = server_name(*https, host)?;
-        let (stream, addr) =
-            dial(&self.inner.guard, host, port, self.inner.connect_timeout).await?;
+        let (stream, addr) = dial(
+            &self.inner.guard,
+            host,
+            port,
+            self.inner.connect_timeout,
+            partition,
+        )
+        .await?;
         let sender = if let Some(name) = name {
             let tls = tls_to(&self.inner.tls, name, stream, host).await?;
             match tls.get_ref().1.alpn_protocol() == Some(b"h2") {
@@ -1486,13 +1509,13 @@ mod tests {
             ("127.0.0.1", everywhere_port),
             ("127.0.0.2", everywhere_port),
         ] {
-            match dial(&guard, host, port, timeout).await {
+            match dial(&guard, host, port, timeout, None).await {
                 Err(ConnectError::ReachesPostern { addr }) => assert_eq!(addr.port(), port),
                 other => panic!("{host}:{port}: {other:?}"),
             }
         }
         let port = other.local_addr().unwrap().port();
-        assert!(dial(&guard, "127.0.0.1", port, timeout).await.is_ok());
+        assert!(dial(&guard, "127.0.0.1", port, timeout, None).await.is_ok());
     }
 
     #[test]

@@ -253,6 +253,12 @@ pub enum GuardError {
     /// The guard's [`Lookups`] are all in flight: the name was not looked up.
     #[error("{limit} name lookups are in flight already; try again shortly")]
     Busy { limit: usize },
+    /// The caller's share of the guard's [`Lookups`] is in flight ([`Lookups::per_caller`]):
+    /// the name was not looked up.
+    #[error(
+        "this caller has {limit} name lookups in flight already, its share; try again shortly"
+    )]
+    CallerBusy { limit: usize },
 }
 
 /// The system resolver's lookups a set of [`Guard`]s may have in flight at once.
@@ -264,11 +270,76 @@ pub enum GuardError {
 /// queue every other lookup, and every body scan, behind them. A lookup takes a slot before it
 /// starts and gives it back only when `getaddrinfo` returns; with none free, the guard answers
 /// [`GuardError::Busy`] at once. A custom [`Resolve`] is not counted (it is async).
+///
+/// With [`Lookups::per_caller`], each caller named to [`Guard::resolve_for`] also has a share
+/// of the slots, held as long: one caller that fills its share is answered
+/// [`GuardError::CallerBusy`] while the others still look names up.
 #[derive(Clone)]
 pub struct Lookups {
     slots: Arc<tokio::sync::Semaphore>,
     limit: usize,
     blocking: BlockingLookup,
+    /// `None`: callers are not bounded apart (nothing is counted per caller).
+    shares: Option<Arc<Shares>>,
+}
+
+/// Each caller's share of a [`Lookups`]' slots.
+struct Shares {
+    limit: usize,
+    /// Lookups in flight by caller. A caller with none has no entry, and each entry's lookups
+    /// hold slots of the pool too, so it never holds more entries than the pool has slots.
+    held: std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>,
+}
+
+/// One lookup's place in its caller's share, given back when dropped (when `getaddrinfo`
+/// returns, as the pool's slot is).
+struct SharePlace {
+    shares: Arc<Shares>,
+    caller: Arc<str>,
+}
+
+impl Shares {
+    /// A place for one more of `caller`'s lookups, unless it has `limit` in flight already.
+    fn take(self: &Arc<Self>, caller: &str) -> Option<SharePlace> {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let caller = match held.get_key_value(caller) {
+            Some((_, &count)) if count >= self.limit => return None,
+            Some((name, _)) => name.clone(),
+            None => Arc::from(caller),
+        };
+        *held.entry(caller.clone()).or_default() += 1;
+        Some(SharePlace {
+            shares: self.clone(),
+            caller,
+        })
+    }
+
+    fn in_flight(&self, caller: &str) -> usize {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        held.get(caller).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for SharePlace {
+    fn drop(&mut self) {
+        let mut held = self
+            .shares
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = held.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.caller);
+            }
+        }
+    }
 }
 
 /// A blocking lookup of `host` (lower-cased, never an IP literal) with `port`.
@@ -279,6 +350,10 @@ impl fmt::Debug for Lookups {
         f.debug_struct("Lookups")
             .field("limit", &self.limit)
             .field("in_flight", &self.in_flight())
+            .field(
+                "per_caller",
+                &self.shares.as_ref().map(|shares| shares.limit),
+            )
             .finish()
     }
 }
@@ -293,7 +368,18 @@ impl Lookups {
                 use std::net::ToSocketAddrs as _;
                 (host, port).to_socket_addrs().map(Iterator::collect)
             },
+            shares: None,
         }
+    }
+
+    /// The same bound, and at most `share` of its lookups for any one caller named to
+    /// [`Guard::resolve_for`] (lookups for no caller take a slot of the pool only).
+    pub fn per_caller(mut self, share: usize) -> Self {
+        self.shares = Some(Arc::new(Shares {
+            limit: share,
+            held: Default::default(),
+        }));
+        self
     }
 
     /// The same bound with `blocking` for the system resolver (tests: a name server that
@@ -308,16 +394,39 @@ impl Lookups {
         self.limit - self.slots.available_permits()
     }
 
-    async fn lookup(&self, host: &str, port: u16) -> Result<io::Result<Vec<SocketAddr>>, usize> {
+    /// `caller`'s lookups running now (none when callers are not bounded apart).
+    pub fn in_flight_for(&self, caller: &str) -> usize {
+        self.shares
+            .as_ref()
+            .map_or(0, |shares| shares.in_flight(caller))
+    }
+
+    async fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+        caller: Option<&str>,
+    ) -> Result<io::Result<Vec<SocketAddr>>, GuardError> {
         let slot = self
             .slots
             .clone()
             .try_acquire_owned()
-            .map_err(|_| self.limit)?;
+            .map_err(|_| GuardError::Busy { limit: self.limit })?;
+        // Taken after the pool's slot (and dropped with it when refused): a caller's entry
+        // exists only while its lookups hold slots, so the entries are bounded by the pool.
+        let place = match (&self.shares, caller) {
+            (Some(shares), Some(caller)) => {
+                Some(shares.take(caller).ok_or(GuardError::CallerBusy {
+                    limit: shares.limit,
+                })?)
+            }
+            _ => None,
+        };
         let (host, blocking) = (host.to_string(), self.blocking);
         let lookup = tokio::task::spawn_blocking(move || {
             // Given back when the lookup ends, not when its caller stops waiting.
-            let _slot = slot;
+            // The caller's place first: its next lookup must not find the slot free and its share not.
+            let _held = (place, slot);
             blocking(&host, port)
         });
         Ok(lookup
@@ -510,6 +619,18 @@ impl Guard {
     /// Dial only the returned addresses; resolving the host again elsewhere
     /// would undo the check.
     pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, GuardError> {
+        self.resolve_for(host, port, None).await
+    }
+
+    /// [`Guard::resolve`] for `caller`: a system-resolver lookup also takes a place in the
+    /// caller's share of the guard's [`Lookups`] when they have shares ([`Lookups::per_caller`];
+    /// [`GuardError::CallerBusy`] when it is full).
+    pub async fn resolve_for(
+        &self,
+        host: &str,
+        port: u16,
+        caller: Option<&str>,
+    ) -> Result<Vec<SocketAddr>, GuardError> {
         let resolve_error = |kind: io::ErrorKind, message: &str| GuardError::Resolve {
             // Escaped so a hostile host name cannot forge log lines.
             host: host.escape_debug().to_string(),
@@ -525,13 +646,13 @@ impl Guard {
         }
         let mut answer = match &self.resolver {
             Some(resolver) => resolver.lookup(&normalized, port).await,
-            None => self
-                .lookups
-                .as_ref()
-                .unwrap_or_else(|| default_lookups())
-                .lookup(&normalized, port)
-                .await
-                .map_err(|limit| GuardError::Busy { limit })?,
+            None => {
+                self.lookups
+                    .as_ref()
+                    .unwrap_or_else(|| default_lookups())
+                    .lookup(&normalized, port, caller)
+                    .await?
+            }
         }
         .map_err(|source| GuardError::Resolve {
             host: host.escape_debug().to_string(),
@@ -1175,6 +1296,81 @@ mod tests {
         assert!(PEAK.load(Ordering::SeqCst) <= 3);
         let answer = guard.resolve("after.example", 443).await.unwrap();
         assert_eq!(answer[0].port(), 443);
+    }
+
+    /// With shares, one caller's lookups waiting on a name server take its share only: its next
+    /// is refused at once (`CallerBusy`, holding no slot), another caller's still gets a slot,
+    /// a lookup for no caller is bounded by the pool alone, and every place comes back (the
+    /// share's entry gone) when the name server answers, not when the callers give up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_caller_cannot_take_more_than_its_share_of_the_lookups() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static ANSWER: AtomicBool = AtomicBool::new(false);
+        let lookups = Lookups::new(4)
+            .per_caller(2)
+            .with_blocking_lookup(|_, port| {
+                for _ in 0..1000 {
+                    if ANSWER.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Ok(vec![SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::new(93, 184, 215, 14)),
+                    port,
+                )])
+            });
+        let guard = Guard::default().with_lookups(lookups.clone());
+        let gives_up = |host: &'static str, caller: Option<&'static str>| {
+            let guard = guard.clone();
+            async move {
+                tokio::time::timeout(
+                    std::time::Duration::from_millis(20),
+                    guard.resolve_for(host, 443, caller),
+                )
+                .await
+            }
+        };
+        for host in ["a1.slow.example", "a2.slow.example"] {
+            assert!(
+                gives_up(host, Some("a")).await.is_err(),
+                "waits on its server"
+            );
+        }
+        assert_eq!((lookups.in_flight(), lookups.in_flight_for("a")), (2, 2));
+        for _ in 0..5 {
+            match guard.resolve_for("a3.slow.example", 443, Some("a")).await {
+                Err(GuardError::CallerBusy { limit: 2 }) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(lookups.in_flight(), 2, "a refused lookup holds no slot");
+        assert!(gives_up("b1.slow.example", Some("b")).await.is_err());
+        assert!(gives_up("none.slow.example", None).await.is_err());
+        assert_eq!((lookups.in_flight(), lookups.in_flight_for("b")), (4, 1));
+        // The pool is full: `b` is refused by it, not by its share.
+        match guard.resolve_for("b2.slow.example", 443, Some("b")).await {
+            Err(GuardError::Busy { limit: 4 }) => {}
+            other => panic!("{other:?}"),
+        }
+        ANSWER.store(true, Ordering::SeqCst);
+        for _ in 0..500 {
+            if lookups.in_flight() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(lookups.in_flight(), 0);
+        assert_eq!(lookups.in_flight_for("a") + lookups.in_flight_for("b"), 0);
+        let shares = lookups.shares.as_ref().unwrap();
+        assert!(
+            shares.held.lock().unwrap().is_empty(),
+            "no entry left behind"
+        );
+        assert!(guard
+            .resolve_for("a4.example", 443, Some("a"))
+            .await
+            .is_ok());
     }
 
     /// Postern's own sockets are refused whatever address reaches them: the listener's own,
