@@ -13,7 +13,10 @@
 //! `Transfer-Encoding` (which hyper would frame by the latter) is refused here, whatever handler
 //! serves the listener: `400 conflicting_framing`, no body read, and the connection closed after
 //! the answer, as where the next request starts cannot be known. The listener's refusal hook
-//! (the gateway's records it as a call) makes the answer.
+//! (the gateway's records it as a call) makes the answer. The close lingers, as nginx's does:
+//! what the caller still sends is read and discarded, for at most 2 s and 1 MiB and never past
+//! shutdown (`linger`), so a caller still sending its body reads the answer rather than a TCP
+//! reset.
 //!
 //! Why: hyper's server costs about 0.8 µs of CPU per call here in parsing, dispatch, a boxed
 //! service future per request, timers and its response encoder (docs/BENCHMARKS.md §1), on a
@@ -38,7 +41,11 @@
 //! - an idle keep-alive connection lives until the connection's idle limit
 //!   (`[gateway] idle_timeout_ms`, 300 s by default, as docs/CONFIG.md states); hyper's
 //!   head timer also ran between requests and closed it after 30 s;
-//! - at shutdown, a connection whose first request has not arrived is closed at once.
+//! - at shutdown, a connection whose first request has not arrived is closed at once;
+//! - a refusal's close lingers (above); hyper closes at once after the heads it refuses
+//!   (400/431/414), with what the caller still sends unread, so a caller still sending may meet
+//!   a reset there. A head or body that does not arrive in time is closed unanswered, without
+//!   lingering: there is no answer to lose, and the caller is a slow one.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -134,6 +141,14 @@ pub(crate) const HYPER_MIN_BUF_BYTES: usize = 8192;
 const READ_SPACE: usize = 2 * 1024;
 /// How long closing a connection may wait to send its last bytes (TLS `close_notify`).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a refused request's connection is read and discarded after its answer, at most
+/// ([`linger`]; nginx's `lingering_time`, 30 s there): long enough for a caller still sending
+/// its body to finish, or to see the answer and stop, short enough that a caller cannot hold
+/// the connection with it.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// How much [`linger`] discards at most: a caller sending faster than that within
+/// [`LINGER_TIME`] is cut off sooner.
+const LINGER_BYTES: usize = 1 << 20;
 /// Response data up to this size is copied behind the head and sent with it in one write.
 const COALESCE_BYTES: usize = 16 * 1024;
 
@@ -253,7 +268,12 @@ where
                 }
             };
             let in_flight = info.in_flight();
-            let _ = respond(io, &mut out, &mut buf, answer, false, true, in_flight).await;
+            if respond(io, &mut out, &mut buf, answer, false, true, in_flight)
+                .await
+                .is_ok()
+            {
+                linger(io, &mut buf, shutdown).await;
+            }
             break 'connection;
         };
         let mut call = slot
@@ -606,6 +626,45 @@ async fn arrived<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> Option
 /// [`crate::deadline::InFlight`]).
 async fn watch_caller<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> bool {
     matches!(io.read_buf(buf).await, Ok(read) if read > 0)
+}
+
+/// Closes the sending side after a refusal's answer, then reads and discards what the caller
+/// still sends, until it closes too, [`LINGER_TIME`] has passed, [`LINGER_BYTES`] have come,
+/// or shutdown begins (nginx's lingering close). A refused head's body is never read, and a
+/// socket closed with unread bytes, or sent more once closed, answers with a TCP reset: a
+/// caller still sending its body then fails on the reset (Linux tells its next write "broken
+/// pipe"; some stacks drop the received answer too) instead of reading the answer. The
+/// connection's read buffer is what the discarded bytes go through.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    // The caller is told the answer is all (a TCP FIN, over TLS after `close_notify`); one that
+    // does not take it in time is not waited for.
+    if !matches!(
+        tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    let mut discarded = 0;
+    buf.clear();
+    buf.reserve(16 * 1024);
+    while discarded < LINGER_BYTES {
+        buf.clear();
+        // Shutdown first: a caller sending fast always has bytes ready.
+        let read = tokio::select! {
+            biased;
+            _ = stopping(shutdown) => return,
+            read = tokio::time::timeout_at(deadline, io.read_buf(buf)) => read,
+        };
+        match read {
+            Ok(Ok(read)) if read > 0 => discarded += read,
+            _ => return,
+        }
+    }
 }
 
 /// Resolves once shutdown has begun (never, if the gateway's shutdown sender is gone).
@@ -1614,6 +1673,8 @@ mod tests {
             "a".repeat(3000)
         );
         client.write_all(sent.as_bytes()).await.unwrap();
+        // The caller's end: the refusal's lingering read ends there.
+        client.shutdown().await.unwrap();
         let served = serve(&mut server, &info(), &echo, &mut shutdown, 1024, None).await;
         assert!(matches!(served, Served::Closed), "handed to hyper");
         drop(server);
@@ -2139,5 +2200,141 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
+    }
+
+    /// A caller connected to a server over real sockets, served in a task: the client, and the
+    /// task (its time from the first byte served to its end).
+    async fn served_over_tcp() -> (
+        tokio::net::TcpStream,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<Duration>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (stop, mut shutdown) = watch::channel(false);
+        let serving = tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            serve(&mut server, &info(), &echo, &mut shutdown, 8192, None).await;
+            started.elapsed()
+        });
+        (client, stop, serving)
+    }
+
+    /// The head of a request with both framings and a body of `length` bytes.
+    fn conflicting_head(length: usize) -> String {
+        format!(
+            "POST /a HTTP/1.1\r\nhost: a\r\ncontent-length: {length}\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+    }
+
+    /// A caller whose body is still arriving when its head is refused sends it whole, then
+    /// reads the whole answer and a clean end. Closing at once, with the body unread in the
+    /// socket, resets the connection (TCP RST): here (Linux, loopback) the caller's next write
+    /// failed with "broken pipe", so a caller that sends its request before reading the answer
+    /// never read it (other stacks may drop the received answer too).
+    #[tokio::test]
+    async fn a_refusal_lets_the_caller_finish_sending_and_read_the_answer() {
+        let (mut client, _stop, serving) = served_over_tcp().await;
+        const BODY: usize = 256 * 1024;
+        let mut first = conflicting_head(BODY).into_bytes();
+        first.extend_from_slice(&[b'a'; 32 * 1024]);
+        client.write_all(&first).await.unwrap();
+        // The rest comes after the server has answered (and, without lingering, closed).
+        let mut sent = 32 * 1024;
+        while sent < BODY {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let chunk = (BODY - sent).min(16 * 1024);
+            if let Err(error) = client.write_all(&vec![b'a'; chunk]).await {
+                panic!("the body's write failed after {sent} bytes: {error}");
+            }
+            sent += chunk;
+        }
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+            .await
+            .expect("the answer ends")
+            .expect("the answer is read to a clean end, not a reset");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.contains("conflicting_framing"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+        drop(client);
+        let took = tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .expect("the connection ends with its caller")
+            .unwrap();
+        assert!(took < LINGER_TIME, "{took:?}");
+    }
+
+    /// A caller that goes on sending after its refusal's answer is cut off: at
+    /// [`LINGER_BYTES`] when it sends fast, at [`LINGER_TIME`] when it trickles, and at once
+    /// when shutdown begins.
+    #[tokio::test]
+    async fn a_caller_that_keeps_sending_after_a_refusal_is_cut_off() {
+        /// Sends `chunk` every `pause` until a write fails (within 10 s): the bytes sent.
+        async fn send_until_cut(
+            client: &mut tokio::net::TcpStream,
+            chunk: usize,
+            pause: Duration,
+        ) -> usize {
+            let chunk = vec![b'a'; chunk];
+            let mut sent = 0;
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while client.write_all(&chunk).await.is_ok() {
+                    sent += chunk.len();
+                    tokio::time::sleep(pause).await;
+                }
+            })
+            .await
+            .expect("the caller is cut off");
+            sent
+        }
+
+        // Fast: cut off once a MiB is discarded, well before the time is up.
+        let (mut client, _stop, serving) = served_over_tcp().await;
+        client
+            .write_all(conflicting_head(1 << 30).as_bytes())
+            .await
+            .unwrap();
+        let sent = send_until_cut(&mut client, 64 * 1024, Duration::ZERO).await;
+        assert!(sent >= LINGER_BYTES, "{sent}");
+        let took = serving.await.unwrap();
+        assert!(took < LINGER_TIME, "{took:?}");
+
+        // A trickle: cut off when the time is up.
+        let (mut client, _stop, serving) = served_over_tcp().await;
+        client
+            .write_all(conflicting_head(1 << 30).as_bytes())
+            .await
+            .unwrap();
+        send_until_cut(&mut client, 1024, Duration::from_millis(20)).await;
+        let took = serving.await.unwrap();
+        assert!(
+            took >= LINGER_TIME && took < LINGER_TIME + Duration::from_secs(1),
+            "{took:?}"
+        );
+
+        // Shutdown: cut off at once.
+        let (mut client, stop, serving) = served_over_tcp().await;
+        client
+            .write_all(conflicting_head(1 << 30).as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        read_until(&mut client, &mut answer, |answer| {
+            String::from_utf8_lossy(answer).contains("conflicting_framing")
+        })
+        .await;
+        client.write_all(&[b'a'; 1024]).await.unwrap();
+        let stopped = tokio::time::Instant::now();
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_millis(500), serving)
+            .await
+            .expect("shutdown ends the lingering at once")
+            .unwrap();
+        assert!(stopped.elapsed() < Duration::from_millis(500));
     }
 }
