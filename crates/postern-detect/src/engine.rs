@@ -292,6 +292,8 @@ const CALLER_REFUSALS: &[&str] = &[
     "data_class_not_approved",
     "caller_token_in_url",
     "caller_token_in_body",
+    // 400: the caller's own vendor token in a bearer integration's form body.
+    "vendor_credential_in_body",
     "request_too_large",
     "request_body_undecodable",
     "unsupported_content_encoding",

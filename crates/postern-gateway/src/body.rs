@@ -44,6 +44,9 @@ pub enum RequestBodyViolation {
     /// A `br` or `zstd` body arrived while the request bodies being decoded already hold
     /// [`REQUEST_DECODER_BUDGET`] for their decoders' windows.
     DecodersBusy = 6,
+    /// A form body to an integration that injects a bearer token has an `access_token` field
+    /// (RFC 6750 §2.2): a vendor credential of the caller's own, beside the injected one.
+    VendorCredential = 7,
 }
 
 /// What the `br` and `zstd` request bodies being decoded at once may hold for their decoders'
@@ -181,6 +184,7 @@ impl RequestBodyState {
             4 => RequestBodyViolation::MethodOverride,
             5 => RequestBodyViolation::Undecodable,
             6 => RequestBodyViolation::DecodersBusy,
+            7 => RequestBodyViolation::VendorCredential,
             _ => RequestBodyViolation::None,
         }
     }
@@ -198,6 +202,8 @@ pub enum BodyError {
     CallerTokenInBody,
     #[error("the body's _method field names another method than the request's")]
     MethodOverride,
+    #[error("the form body has an access_token field; Postern injects the vendor's credential")]
+    VendorCredentialInBody,
     #[error("the compressed request body is not valid for its coding")]
     RequestUndecodable,
     #[error("response body exceeds max_response_body_bytes ({0} bytes)")]
@@ -309,7 +315,8 @@ pub struct ForwardBody {
     /// after it show it is none (and every frame while a reading that is not as sent may be
     /// completing one).
     carry: Vec<u8>,
-    /// For a POST body its server may read a `_method` from: read as it streams
+    /// For a POST body its server may read a `_method` from, or a form body to an integration
+    /// that injects a bearer token (its `access_token` field): read as it streams
     /// ([`OverrideScan`]).
     overrides: Option<Box<OverrideScan>>,
     /// The last byte released so far, held while `overrides` has not seen the body's end: a
@@ -487,7 +494,8 @@ pub(crate) fn whole_holds_a_token(needles: &Needles, bytes: &[u8], escapes: bool
 }
 
 impl Readers {
-    /// Reads `piece`: the caller's token is `CallerToken`, a `_method` field `MethodOverride`.
+    /// Reads `piece`: the caller's token is `CallerToken`, a `_method` field `MethodOverride`,
+    /// an `access_token` field `VendorCredential`.
     fn read(&mut self, needles: &Needles, piece: &[u8]) -> RequestBodyViolation {
         self.fed = true;
         if let Some(kept) = &mut self.kept {
@@ -500,10 +508,10 @@ impl Readers {
         {
             return RequestBodyViolation::CallerToken;
         }
-        if self.overrides.as_mut().is_some_and(|scan| scan.feed(piece)) {
-            return RequestBodyViolation::MethodOverride;
-        }
-        RequestBodyViolation::None
+        self.overrides
+            .as_mut()
+            .and_then(|scan| scan.feed(piece))
+            .unwrap_or(RequestBodyViolation::None)
     }
 
     /// Whether what was decoded so far ends with the start of a token.
@@ -612,8 +620,9 @@ impl Decoding {
 
     /// Feeds `data` (or, at `end`, finishes the stream) and reads what it decodes, in every
     /// reading, for what `needles` (the body's) look for. The caller's token is `CallerToken`,
-    /// a `_method` field `MethodOverride`; decoding past the limit is `TooLarge`; data that no
-    /// reading decodes (not valid for its coding, cut short) `Undecodable` (vendors' decoders
+    /// a `_method` field `MethodOverride`, an `access_token` field `VendorCredential`; decoding
+    /// past the limit is `TooLarge`; data that no reading decodes (not valid for its coding,
+    /// cut short) `Undecodable` (vendors' decoders
     /// differ in what they forgive, so one may read on past where Postern stopped). A reading
     /// that fails while another goes on has been read up to where it failed, as a lenient
     /// vendor would.
@@ -709,13 +718,14 @@ impl ForwardBody {
 
     /// Reads this body as it streams, as its vendor would: for `token` (the caller's; ignored
     /// when empty) and what looks like any caller token `postern` made ([`crate::tokens`]) as
-    /// sent and with its escapes undone, with `overrides` for a POST body's `_method` field
-    /// ([`OverrideScan`]), and, with a `coding` (its `Content-Encoding`,
-    /// [`crate::proxy::body_encoding`]), decoded as well (once, for all its readers, to at most
-    /// the body's limit) for the tokens and the `_method` field. A frame whose reading finds
-    /// either is refused before it is sent; data not valid for its coding, or decoding past
-    /// the limit, refuses the body. `Err` if what was read ahead ([`ForwardBody::with_prefix`];
-    /// all of the body, when its stream has ended) already does: nothing of it is sent.
+    /// sent and with its escapes undone, with `overrides` for a POST body's `_method` field and
+    /// a bearer integration's form `access_token` field ([`OverrideScan`]), and, with a
+    /// `coding` (its `Content-Encoding`, [`crate::proxy::body_encoding`]), decoded as well
+    /// (once, for all its readers, to at most the body's limit) for the tokens and those
+    /// fields. A frame whose reading finds any of them is refused before it is sent; data not
+    /// valid for its coding, or decoding past the limit, refuses the body. `Err` if what was
+    /// read ahead ([`ForwardBody::with_prefix`]; all of the body, when its stream has ended)
+    /// already does: nothing of it is sent.
     pub fn reading(
         mut self,
         coding: Option<Coding>,
@@ -758,8 +768,8 @@ impl ForwardBody {
             false => Ok(()),
         };
         if let Some(mut scan) = overrides.map(Box::new) {
-            if checked.is_ok() && scan.feed(&ahead) {
-                checked = Err(RequestBodyViolation::MethodOverride);
+            if let (Ok(()), Some(found)) = (&checked, scan.feed(&ahead)) {
+                checked = Err(found);
             }
             self.overrides = Some(scan);
         }
@@ -957,8 +967,8 @@ impl ForwardBody {
                         return refused(this, RequestBodyViolation::TooLarge);
                     }
                     let data = data.clone();
-                    if this.overrides.as_mut().is_some_and(|scan| scan.feed(&data)) {
-                        return refused(this, RequestBodyViolation::MethodOverride);
+                    if let Some(found) = this.overrides.as_mut().and_then(|scan| scan.feed(&data)) {
+                        return refused(this, found);
                     }
                     if let Err(violation) = this.decoded_check(&data, false) {
                         return refused(this, violation);
@@ -980,6 +990,7 @@ impl ForwardBody {
             RequestBodyViolation::TooLarge => BodyError::RequestTooLarge(this.limit),
             RequestBodyViolation::Undecodable => BodyError::RequestUndecodable,
             RequestBodyViolation::MethodOverride => BodyError::MethodOverride,
+            RequestBodyViolation::VendorCredential => BodyError::VendorCredentialInBody,
             RequestBodyViolation::CallerToken => BodyError::CallerTokenInBody,
             // Never given here: not refusals (the caller's side broke, or nothing did), or made
             // only before the body is read (`DecodersBusy`, when its reading starts); ended all

@@ -13,6 +13,14 @@
 //! The body is read as those servers read it: names decoded (percent-encoding in a form, the
 //! part's `name` parameter in multipart, escapes in JSON), values compared regardless of case and
 //! surrounding spaces. Only the current field is kept, each part of it capped.
+//!
+//! The same scan reads a form body, whatever its method, for an `access_token` field when the
+//! integration injects a bearer token ([`OverrideScan::for_request`]'s `bearer`): RFC 6750 §2.2
+//! lets a bearer token ride there, so a caller's own would reach the vendor beside the injected
+//! one, and a vendor that reads it acts for whoever owns it while Postern records the call under
+//! the integration's credential. A streamed body cannot be rewritten, so it is refused
+//! (`400 vendor_credential_in_body`), as a `_method` field is. Only forms: RFC 6750 defines no
+//! other body for it, and a JSON `access_token` key is ordinary data in many APIs.
 
 use std::borrow::Cow;
 
@@ -20,7 +28,7 @@ use http::header::{self, HeaderMap};
 use http::Request;
 use memchr::memchr;
 
-use crate::body::CallerBody;
+use crate::body::{CallerBody, RequestBodyViolation};
 use crate::error::CallError;
 
 /// Headers with which a request names another method.
@@ -105,7 +113,8 @@ const MAX_FORM_NAME: usize = 4096;
 const MAX_PART_HEADERS: usize = 8 * 1024;
 
 /// Reads a POST body as it streams for a `_method` field naming another method than the
-/// request's ([`OverrideScan::feed`], then [`OverrideScan::finish`] at the body's end).
+/// request's, and a bearer integration's form body for an `access_token` field
+/// ([`OverrideScan::feed`], then [`OverrideScan::finish`] at the body's end).
 ///
 /// It reads the bytes it is given. A body with a `Content-Encoding` is read as sent and decoded
 /// (a server that ignores the coding reads the bytes as sent, one that undoes it what they
@@ -115,10 +124,14 @@ const MAX_PART_HEADERS: usize = 8 * 1024;
 #[derive(Debug, Clone)]
 pub struct OverrideScan {
     method: http::Method,
-    kind: Kind,
+    /// How a POST's body is read for `_method`; `None` for another method's, read only for
+    /// `credential`.
+    kind: Option<Kind>,
     /// A form or multipart body whose type also says JSON (`…; x=/json`): Laravel reads it as
     /// JSON, so it is read as both.
     also_json: Option<JsonKeys>,
+    /// A form body to an integration that injects a bearer token: its `access_token` field.
+    credential: Option<CredentialField>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,19 +147,29 @@ impl OverrideScan {
     /// The scan for a request's body, if the request is one whose body those frameworks read
     /// for `_method`: a POST (the method they let a body override) whose `Content-Type` is a
     /// form (or missing or empty: Rack parses such a body as a form), `multipart/form-data` with
-    /// a boundary, or JSON (`…/json` or `…+json`, as Laravel tells it).
-    pub fn for_request(method: &http::Method, headers: &HeaderMap) -> Option<Self> {
-        if method != http::Method::POST {
+    /// a boundary, or JSON (`…/json` or `…+json`, as Laravel tells it). With `bearer` (the
+    /// integration injects a bearer token), also a form body of any method (Rack and Rails
+    /// parse one whatever the method), read for an `access_token` field; other methods' bodies
+    /// need a form type to be read (a missing one is a form to Rack for a POST only).
+    pub fn for_request(method: &http::Method, headers: &HeaderMap, bearer: bool) -> Option<Self> {
+        let post = method == http::Method::POST;
+        if !post && !bearer {
             return None;
         }
         let (kind, also_json) = match headers.get(header::CONTENT_TYPE) {
-            None => (Kind::Form(FormFields::default()), None),
+            None if post => (Kind::Form(FormFields::default()), None),
+            None => return None,
             Some(value) => Kind::for_content_type(value.as_bytes())?,
         };
+        let credential = (bearer && matches!(kind, Kind::Form(_))).then(CredentialField::default);
+        if !post && credential.is_none() {
+            return None;
+        }
         Some(OverrideScan {
             method: method.clone(),
-            kind,
-            also_json,
+            kind: post.then_some(kind),
+            also_json: also_json.filter(|_| post),
+            credential,
         })
     }
 
@@ -154,45 +177,60 @@ impl OverrideScan {
     pub fn form(method: http::Method) -> Self {
         OverrideScan {
             method,
-            kind: Kind::Form(FormFields::default()),
+            kind: Some(Kind::Form(FormFields::default())),
             also_json: None,
+            credential: None,
         }
     }
 
-    /// Takes the next bytes of the body; `true` if a field they end overrides the method.
-    pub fn feed(&mut self, data: &[u8]) -> bool {
+    /// Takes the next bytes of the body: `MethodOverride` if a field they end overrides the
+    /// method, `VendorCredential` if they reach an `access_token` field's value.
+    pub fn feed(&mut self, data: &[u8]) -> Option<RequestBodyViolation> {
+        if self
+            .credential
+            .as_mut()
+            .is_some_and(|credential| credential.feed(data))
+        {
+            return Some(RequestBodyViolation::VendorCredential);
+        }
         let method = self.method.as_str().as_bytes();
         if let Some(json) = &mut self.also_json {
             if json.feed(data, method) {
-                return true;
+                return Some(RequestBodyViolation::MethodOverride);
             }
         }
-        match &mut self.kind {
-            Kind::Form(form) => form.feed(data, method),
-            Kind::Multipart(parts) => parts.feed(data, method),
-            Kind::Json(keys) => keys.feed(data, method),
-            Kind::Refused => true,
-        }
+        let overrides = match &mut self.kind {
+            None => false,
+            Some(Kind::Form(form)) => form.feed(data, method),
+            Some(Kind::Multipart(parts)) => parts.feed(data, method),
+            Some(Kind::Json(keys)) => keys.feed(data, method),
+            Some(Kind::Refused) => true,
+        };
+        overrides.then_some(RequestBodyViolation::MethodOverride)
     }
 
     /// Whether the body's end can decide a field: a form's or a multipart body's last field
     /// (`_method=DELET` is `DELETE` with one byte more), so a body streamed to its vendor keeps
     /// its last byte until the end ([`crate::body::ForwardBody`]). A JSON body's `_method` is
     /// decided at its string value's closing quote, inside the body ([`OverrideScan::finish`]
-    /// finds nothing more at its end).
+    /// finds nothing more at its end). Nor is an `access_token` field, decided at its `=`
+    /// (a bare name at the end carries no token).
     pub fn decided_at_the_end(&self) -> bool {
-        !matches!(self.kind, Kind::Json(_))
+        self.kind
+            .as_ref()
+            .is_some_and(|kind| !matches!(kind, Kind::Json(_)))
     }
 
     /// At the body's end: `true` if what is left (a form's last field, a multipart part with
     /// no closing delimiter) overrides the method, or the body is refused whatever it holds.
+    /// (The end decides no `access_token` field: [`OverrideScan::decided_at_the_end`].)
     pub fn finish(&mut self) -> bool {
         let method = self.method.as_str().as_bytes();
         match &mut self.kind {
-            Kind::Form(form) => form.field_overrides(method),
-            Kind::Multipart(parts) => parts.finish(method),
-            Kind::Json(_) => false,
-            Kind::Refused => true,
+            None | Some(Kind::Json(_)) => false,
+            Some(Kind::Form(form)) => form.field_overrides(method),
+            Some(Kind::Multipart(parts)) => parts.finish(method),
+            Some(Kind::Refused) => true,
         }
     }
 }
@@ -370,6 +408,115 @@ impl FormFields {
         self.name_cut = false;
         overrides
     }
+}
+
+/// The form field a bearer token may ride in (RFC 6750 §2.2).
+const CREDENTIAL_FIELD: &[u8] = b"access_token";
+
+/// A form body's `access_token` field (RFC 6750 §2.2), read for an integration that injects a
+/// bearer token: found at the `=` after its name, before any byte of its value is sent. Only the
+/// current name is kept (of a long one its tail, as [`FormFields`] keeps it); a value is skipped
+/// with `memchr`. Fields end at `&` and also at `;`, which older Go and Python parsers split
+/// on too (a form encoder escapes both, so a value holding one raw is not a client's).
+#[derive(Debug, Default, Clone)]
+struct CredentialField {
+    /// The current field's name so far, as sent.
+    name: Vec<u8>,
+    /// Past the current field's `=`: nothing is kept until its end.
+    in_value: bool,
+    /// The name ran past MAX_FORM_NAME: only its tail is kept.
+    name_cut: bool,
+}
+
+impl CredentialField {
+    /// Takes the next bytes of the body; `true` once an `access_token` field's name reaches its
+    /// `=`.
+    fn feed(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            if self.in_value {
+                let Some(at) = memchr::memchr2(b'&', b';', data) else {
+                    return false;
+                };
+                self.in_value = false;
+                data = &data[at + 1..];
+                continue;
+            }
+            let Some(at) = memchr::memchr3(b'&', b';', b'=', data) else {
+                self.take_name(data);
+                return false;
+            };
+            self.take_name(&data[..at]);
+            if data[at] == b'=' {
+                if self.names_credential() {
+                    return true;
+                }
+                self.in_value = true;
+            }
+            self.name.clear();
+            self.name_cut = false;
+            data = &data[at + 1..];
+        }
+        false
+    }
+
+    /// Adds `part` to the name, keeping at most MAX_FORM_NAME bytes: past it, the last half
+    /// (padding before a name is dropped by PHP and Rack, however long).
+    fn take_name(&mut self, part: &[u8]) {
+        let keep = MAX_FORM_NAME / 2;
+        if self.name.len() + part.len() > MAX_FORM_NAME {
+            self.name_cut = true;
+            if part.len() >= keep {
+                self.name.clear();
+                self.name.extend_from_slice(&part[part.len() - keep..]);
+                return;
+            }
+            self.name.drain(..self.name.len() + part.len() - keep);
+        }
+        self.name.extend_from_slice(part);
+    }
+
+    /// Whether the name read so far, decoded, is `access_token`. A name cut to its tail starts
+    /// inside its padding, perhaps inside an escape (`20%20access_token`): read from each of
+    /// the first three bytes.
+    fn names_credential(&self) -> bool {
+        // Decoding only shortens a name: a shorter one cannot be it (most fields end here).
+        if self.name.len() < CREDENTIAL_FIELD.len() {
+            return false;
+        }
+        let skips = if self.name_cut { 0..3 } else { 0..1 };
+        skips
+            .filter_map(|skip| self.name.get(skip..))
+            .any(|name| is_credential_name(&form_decoded(name)))
+    }
+}
+
+/// Whether a decoded form field name is `access_token` for some server: in any case (ASP.NET's
+/// form collection ignores it), up to a NUL (PHP), leading spaces and any leading `[` and `]`
+/// dropped (PHP, Rack 2), `.`, a space and a `[` with no `]` after it read as `_` (PHP), trailing
+/// `]` dropped (Rack 2); an array or hash under the name (`access_token[]`, `access_token[k]`)
+/// is that name's too.
+fn is_credential_name(name: &[u8]) -> bool {
+    let name = name.split(|&byte| byte == 0).next().unwrap_or_default();
+    let mut name = name.trim_ascii_start();
+    while let [b'[' | b']', rest @ ..] = name {
+        name = rest;
+    }
+    if let Some(at) = memchr(b'[', name) {
+        if memchr(b']', &name[at..]).is_some() {
+            name = &name[..at];
+        }
+    }
+    while let [rest @ .., b']'] = name {
+        name = rest;
+    }
+    name.len() == CREDENTIAL_FIELD.len()
+        && name.iter().zip(CREDENTIAL_FIELD).all(|(&byte, &wanted)| {
+            let byte = match byte {
+                b'.' | b' ' | b'[' => b'_',
+                other => other.to_ascii_lowercase(),
+            };
+            byte == wanted
+        })
 }
 
 /// `multipart/*` (RFC 7578): parts between delimiters, each a header section (whose
@@ -796,7 +943,7 @@ mod tests {
         if let Some(value) = content_type {
             headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
         }
-        OverrideScan::for_request(&http::Method::POST, &headers).expect("a scanned body")
+        OverrideScan::for_request(&http::Method::POST, &headers, false).expect("a scanned body")
     }
 
     /// Whether `body` overrides, fed whole and then split at every byte into two pieces (the
@@ -804,11 +951,13 @@ mod tests {
     fn overrides_however_split(content_type: Option<&str>, body: &[u8]) -> bool {
         let whole = {
             let mut scan = scan(content_type);
-            scan.feed(body) || scan.finish()
+            scan.feed(body).is_some() || scan.finish()
         };
         for at in 1..body.len() {
             let mut scan = scan(content_type);
-            let split = scan.feed(&body[..at]) || scan.feed(&body[at..]) || scan.finish();
+            let split = scan.feed(&body[..at]).is_some()
+                || scan.feed(&body[at..]).is_some()
+                || scan.finish();
             assert_eq!(
                 split,
                 whole,
@@ -817,7 +966,8 @@ mod tests {
             );
         }
         let mut bytewise = scan(content_type);
-        let one_by_one = body.iter().any(|byte| bytewise.feed(&[*byte])) || bytewise.finish();
+        let one_by_one =
+            body.iter().any(|byte| bytewise.feed(&[*byte]).is_some()) || bytewise.finish();
         assert_eq!(one_by_one, whole, "byte by byte");
         whole
     }
@@ -863,8 +1013,9 @@ mod tests {
         let in_pieces = |body: &[u8]| {
             let mut whole = scan(None);
             let mut pieces = scan(None);
-            let split = body.chunks(1000).any(|piece| pieces.feed(piece)) || pieces.finish();
-            let all = whole.feed(body) || whole.finish();
+            let split =
+                body.chunks(1000).any(|piece| pieces.feed(piece).is_some()) || pieces.finish();
+            let all = whole.feed(body).is_some() || whole.finish();
             assert_eq!(split, all);
             all
         };
@@ -965,7 +1116,7 @@ mod tests {
             "p".repeat(MAX_PART_HEADERS)
         );
         let mut refused = scan(Some(MULTIPART));
-        assert!(refused.feed(huge.as_bytes()));
+        assert!(refused.feed(huge.as_bytes()).is_some());
         // A multipart type naming no boundary is read as a form (as Rack reads it); any
         // `multipart/*` is multipart; two boundaries are refused whatever the body holds.
         assert!(overrides_however_split(
@@ -1224,23 +1375,28 @@ mod tests {
             headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
             headers
         };
-        assert!(OverrideScan::for_request(&http::Method::PUT, &HeaderMap::new()).is_none());
+        assert!(OverrideScan::for_request(&http::Method::PUT, &HeaderMap::new(), false).is_none());
         for kept in ["", "application/x-www-form-urlencoded", "application/json"] {
-            assert!(OverrideScan::for_request(&http::Method::POST, &headers(kept)).is_some());
+            assert!(
+                OverrideScan::for_request(&http::Method::POST, &headers(kept), false).is_some()
+            );
         }
         // The type cut at a space (PHP), and JSON wherever the header says so (Laravel).
         let mut form = OverrideScan::for_request(
             &http::Method::POST,
             &headers("application/x-www-form-urlencoded x"),
+            false,
         )
         .unwrap();
-        assert!(form.feed(b"_method=DELETE&"));
+        assert!(form.feed(b"_method=DELETE&").is_some());
         let mut json =
-            OverrideScan::for_request(&http::Method::POST, &headers("text/plain; x=/json"))
+            OverrideScan::for_request(&http::Method::POST, &headers("text/plain; x=/json"), false)
                 .unwrap();
-        assert!(json.feed(br#"{"_method":"DELETE"}"#));
+        assert!(json.feed(br#"{"_method":"DELETE"}"#).is_some());
         for skipped in ["text/plain", "application/octet-stream", "application/xml"] {
-            assert!(OverrideScan::for_request(&http::Method::POST, &headers(skipped)).is_none());
+            assert!(
+                OverrideScan::for_request(&http::Method::POST, &headers(skipped), false).is_none()
+            );
         }
     }
 
@@ -1271,7 +1427,7 @@ mod tests {
         let body = ForwardBody::new(CallerBody::Frames(frames.collect()), limit, state).reading(
             coding,
             None,
-            OverrideScan::for_request(&http::Method::POST, &headers),
+            OverrideScan::for_request(&http::Method::POST, &headers, false),
         );
         let Ok(mut body) = body else {
             return (true, 0);
@@ -1436,5 +1592,235 @@ mod tests {
             (false, bomb.len()),
             "within a larger limit"
         );
+    }
+
+    /// A bearer integration's scan of a `method` body typed `content_type` (`None`: no
+    /// `Content-Type`).
+    fn bearer_scan(method: http::Method, content_type: Option<&str>) -> Option<OverrideScan> {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = content_type {
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+        }
+        OverrideScan::for_request(&method, &headers, true)
+    }
+
+    const FORM: &str = "application/x-www-form-urlencoded";
+
+    /// What a bearer integration's scan of a `method` form body finds in `body`, fed whole, split
+    /// in two at every byte and byte by byte (the answer must not depend on the frames).
+    fn found_in_form(method: http::Method, body: &[u8]) -> Option<RequestBodyViolation> {
+        let scan = || bearer_scan(method.clone(), Some(FORM)).expect("a scanned body");
+        let read = |pieces: Vec<&[u8]>| {
+            let mut scan = scan();
+            let found = pieces.into_iter().find_map(|piece| scan.feed(piece));
+            found.or_else(|| {
+                scan.finish()
+                    .then_some(RequestBodyViolation::MethodOverride)
+            })
+        };
+        let whole = read(vec![body]);
+        for at in 1..body.len() {
+            let split = read(vec![&body[..at], &body[at..]]);
+            assert_eq!(
+                split,
+                whole,
+                "split at {at}: {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(read(body.chunks(1).collect()), whole, "byte by byte");
+        whole
+    }
+
+    /// An `access_token` field is found in a bearer integration's form body, of any method,
+    /// however its name is written (percent-encoded, `+` for a space, in any case, as PHP and
+    /// Rack read a name, after a `;`, behind padding past the kept length) and however the body
+    /// is split: at its `=`, even with an empty value.
+    #[test]
+    fn an_access_token_form_field_is_found_however_it_is_written_or_split() {
+        let padded_spaces = format!("a=1&{}access_token=x", "%20".repeat(3000));
+        let padded_pluses = format!("{}access_token=x", "+".repeat(5000));
+        let padded_brackets = format!("{}access_token=x&b=2", "[".repeat(MAX_FORM_NAME + 1));
+        let found: &[&[u8]] = &[
+            b"access_token=caller-own-token",
+            b"amount=100&access_token=caller-own-token&currency=usd",
+            b"access_token=",
+            b"access%5Ftoken=t",
+            b"%61%63%63%65%73%73%5f%74%6f%6b%65%6e=t",
+            b"ACCESS_TOKEN=t",
+            b"Access_Token=t",
+            b"+access_token=t",
+            b"%20access_token=t",
+            b"access.token=t",
+            b"access+token=t",
+            b"access[token=t",
+            b"[access_token]=t",
+            b"access_token[]=t",
+            b"access_token[0]=t",
+            b"access_token%00x=t",
+            b"amount=1;access_token=t",
+            b"amount=1&&access_token=t",
+            padded_spaces.as_bytes(),
+            padded_pluses.as_bytes(),
+            padded_brackets.as_bytes(),
+        ];
+        for method in [http::Method::POST, http::Method::PUT, http::Method::PATCH] {
+            for body in found {
+                assert_eq!(
+                    found_in_form(method.clone(), body),
+                    Some(RequestBodyViolation::VendorCredential),
+                    "{method} {}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+        // Found at the `=`: the value's first byte is never needed (so none of it is sent).
+        let mut scan = bearer_scan(http::Method::PUT, Some(FORM)).unwrap();
+        assert_eq!(scan.feed(b"a=1&access_tok"), None);
+        assert_eq!(
+            scan.feed(b"en="),
+            Some(RequestBodyViolation::VendorCredential)
+        );
+    }
+
+    /// Other fields pass: names that merely hold the word, the word in a value (as it stands,
+    /// escaped or with its own `=`), a bare name with no value (it carries no token), a hash
+    /// under another name, and a long name that only ends with it.
+    #[test]
+    fn other_form_fields_and_values_holding_access_token_pass() {
+        let long_name = format!("{}access_token=t", "a".repeat(5000));
+        let passing: &[&[u8]] = &[
+            b"x_access_token=t",
+            b"access_tokens=t",
+            b"access_token_hint=t",
+            b"my_access_token=t",
+            b"note=access_token",
+            b"note=my+access_token+here",
+            b"note=access_token%3Dt",
+            b"note=access_token=t",
+            b"access_token",
+            b"access_token&amount=1",
+            b"access[token]=t",
+            b"access%255Ftoken=t",
+            b"amount=100&currency=usd",
+            b"",
+            long_name.as_bytes(),
+        ];
+        for body in passing {
+            assert_eq!(
+                found_in_form(http::Method::PUT, body),
+                None,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // A POST's form is read for `_method` as before, beside the credential field.
+        assert_eq!(
+            found_in_form(http::Method::POST, b"note=access_token&_method=DELETE"),
+            Some(RequestBodyViolation::MethodOverride)
+        );
+    }
+
+    /// Which bodies are read for the credential field: a form (by its type, or a POST with none,
+    /// which Rack reads as a form; a multipart type naming no boundary too) of any method, to a
+    /// bearer integration only; not multipart parts or JSON keys (RFC 6750 defines only the
+    /// form; a JSON `access_token` is ordinary data in many APIs). Another method's form is not
+    /// read for `_method`, and nothing of it is held back for the body's end.
+    #[test]
+    fn only_a_bearer_integrations_form_bodies_are_read_for_access_token() {
+        let mut form_headers = HeaderMap::new();
+        form_headers.insert(header::CONTENT_TYPE, FORM.parse().unwrap());
+        assert!(OverrideScan::for_request(&http::Method::PUT, &form_headers, false).is_none());
+        let mut not_bearer =
+            OverrideScan::for_request(&http::Method::POST, &form_headers, false).unwrap();
+        assert_eq!(not_bearer.feed(b"access_token=t&"), None);
+        for method in [http::Method::GET, http::Method::DELETE, http::Method::PUT] {
+            let mut scan = bearer_scan(method.clone(), Some(FORM)).expect("{method}");
+            assert!(!scan.decided_at_the_end(), "{method}");
+            assert_eq!(scan.feed(b"_method=DELETE&a=1"), None, "{method}");
+            assert!(!scan.finish(), "{method}");
+            assert!(bearer_scan(method.clone(), None).is_none(), "{method}");
+            assert!(
+                bearer_scan(method.clone(), Some("application/json")).is_none(),
+                "{method}"
+            );
+            let mut boundaryless =
+                bearer_scan(method.clone(), Some("multipart/form-data")).unwrap();
+            assert_eq!(
+                boundaryless.feed(b"access_token=t"),
+                Some(RequestBodyViolation::VendorCredential)
+            );
+        }
+        let mut untyped = bearer_scan(http::Method::POST, None).unwrap();
+        assert_eq!(
+            untyped.feed(b"access_token=t"),
+            Some(RequestBodyViolation::VendorCredential)
+        );
+        let mut json = bearer_scan(http::Method::POST, Some("application/json")).unwrap();
+        assert_eq!(json.feed(br#"{"access_token":"t"}"#), None);
+        assert!(!json.finish());
+        let mut multipart = bearer_scan(
+            http::Method::POST,
+            Some("multipart/form-data; boundary=XyZ"),
+        )
+        .unwrap();
+        assert_eq!(
+            multipart.feed(
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"access_token\"\r\n\r\nt\r\n--XyZ--\r\n"
+            ),
+            None
+        );
+        assert!(!multipart.finish());
+    }
+
+    /// The credential field is read in the pipeline's own reading of a streamed body, as sent
+    /// and decoded (gzip), and refuses the body before its value is sent.
+    #[test]
+    fn an_access_token_field_refuses_a_streamed_body_as_sent_or_decoded() {
+        use crate::body::{CallerBody, ForwardBody, RequestBodyState};
+        use http_body::Body as _;
+        let forward = |encoding: Option<&str>, pieces: &[&[u8]]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, FORM.parse().unwrap());
+            if let Some(encoding) = encoding {
+                headers.insert(header::CONTENT_ENCODING, encoding.parse().unwrap());
+            }
+            let coding = crate::proxy::body_encoding(&headers).unwrap();
+            let frames = pieces.iter().map(|p| bytes::Bytes::copy_from_slice(p));
+            let state = std::sync::Arc::new(RequestBodyState::default());
+            let scan = OverrideScan::for_request(&http::Method::PUT, &headers, true);
+            let body = ForwardBody::new(CallerBody::Frames(frames.collect()), LIMIT, state.clone())
+                .reading(coding, None, scan);
+            let mut sent = Vec::new();
+            let Ok(mut body) = body else {
+                return (state.violation(), sent);
+            };
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            loop {
+                match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+                    std::task::Poll::Ready(Some(Ok(frame))) => {
+                        sent.extend_from_slice(frame.data_ref().unwrap())
+                    }
+                    std::task::Poll::Ready(_) => return (state.violation(), sent),
+                    std::task::Poll::Pending => panic!("a caller's frames are always ready here"),
+                }
+            }
+        };
+        let (found, sent) = forward(None, &[b"amount=100&access_to", b"ken=SECRET", b"&b=2"]);
+        assert_eq!(found, RequestBodyViolation::VendorCredential);
+        assert!(
+            !sent.windows(6).any(|w| w == b"SECRET"),
+            "the value was sent"
+        );
+        let (found, sent) = forward(None, &[b"amount=100&", b"note=access_token"]);
+        assert_eq!(found, RequestBodyViolation::None);
+        assert_eq!(sent, b"amount=100&note=access_token");
+        let coded = gzip(b"amount=100&access_token=SECRET");
+        let (found, _) = forward(Some("gzip"), &[&coded[..9], &coded[9..]]);
+        assert_eq!(found, RequestBodyViolation::VendorCredential);
+        let harmless = gzip(b"amount=100&note=access_token");
+        let (found, sent) = forward(Some("gzip"), &[&harmless]);
+        assert_eq!(found, RequestBodyViolation::None);
+        assert_eq!(sent, harmless);
     }
 }

@@ -394,7 +394,11 @@ fn pipeline<'a>(
                     .reading(
                         encoding,
                         token,
-                        OverrideScan::for_request(request.method(), request.headers()),
+                        OverrideScan::for_request(
+                            request.method(),
+                            request.headers(),
+                            injects_bearer(&integration),
+                        ),
                     )
                     .map_err(|violation| body_refusal(violation, max))?;
                 (body, None)
@@ -1251,6 +1255,17 @@ pub(crate) fn rate_limit(
     Ok(())
 }
 
+/// Whether `integration` injects a bearer token (`bearer`, `oauth2`), which RFC 6750 lets a
+/// request also carry as an `access_token` query parameter (§2.3, stripped by [`inject`]) or
+/// form field (§2.2, refused as the body streams, [`OverrideScan`]): a caller's own there would
+/// be a second vendor credential, its own.
+pub(crate) fn injects_bearer(integration: &IntegrationRuntime) -> bool {
+    matches!(
+        integration.config.credential.as_ref().map(|c| c.kind),
+        Some(postern_config::CredentialKind::Bearer | postern_config::CredentialKind::OAuth2)
+    )
+}
+
 /// Builds the vendor request: strips every caller credential and hop-by-hop header, refuses a
 /// request that would carry the caller token, injects the vendor credential.
 fn inject(
@@ -1365,11 +1380,9 @@ fn inject(
         .unwrap_or_default();
     let mut injected_query = None;
     // A bearer token may also ride in the query (RFC 6750 §2.3): where Postern injects one, a
-    // caller's `access_token` would be the vendor's second credential, its own.
-    if matches!(
-        integration.config.credential.as_ref().map(|c| c.kind),
-        Some(postern_config::CredentialKind::Bearer | postern_config::CredentialKind::OAuth2)
-    ) {
+    // caller's `access_token` would be the vendor's second credential, its own. (In a form body,
+    // §2.2, it is refused as the body streams: `OverrideScan`.)
+    if injects_bearer(integration) {
         strip_query_credential(&mut query, "access_token");
     }
     match injector {
@@ -2106,6 +2119,10 @@ pub(crate) fn violation_error(violation: RequestBodyViolation, limit: u64) -> Op
             "the request body contains the caller token; it is never forwarded",
         )),
         RequestBodyViolation::MethodOverride => Some(crate::overrides::body_method_override()),
+        RequestBodyViolation::VendorCredential => Some(CallError::bad_request(
+            "vendor_credential_in_body",
+            "the request's form body has an access_token field (RFC 6750 §2.2; its name read percent-decoded, and in a compressed body decoded), a vendor credential the vendor would act on: Postern injects the vendor's credential; remove access_token from the form body",
+        )),
         RequestBodyViolation::Undecodable => Some(CallError::bad_request(
             "request_body_undecodable",
             "the compressed request body is not valid for its Content-Encoding (corrupt, cut short, or bytes after its end), or is br with a window over 4 MiB (22 bits, the encoders' default) or zstd with a window over 8 MiB (RFC 9659's most), so what a vendor would decode from it cannot be checked (for the caller token, a _method field, data classes); nothing more of it was forwarded; send it uncompressed or validly compressed (br with a window of at most 22 bits, zstd of at most 23)",

@@ -95,12 +95,14 @@ pub async fn scan_request(
             }
         };
     let token = caller_token.filter(|token| !token.is_empty());
-    // A POST body's `_method` field, read as sent and decoded (a fresh scan for each reading).
+    // A POST body's `_method` field and a bearer integration's form `access_token` field, read
+    // as sent and decoded (a fresh scan for each reading).
+    let bearer = crate::proxy::injects_bearer(integration);
     let override_scan = || {
         context
             .method
             .as_ref()
-            .and_then(|method| OverrideScan::for_request(method, headers))
+            .and_then(|method| OverrideScan::for_request(method, headers, bearer))
     };
     let overrides = override_scan();
     let mut summary = ScanSummary::default();
@@ -120,15 +122,18 @@ pub async fn scan_request(
     if whole_holds_a_token(&needles, &bytes, coding.is_none()) {
         return Err(refused(RequestBodyViolation::CallerToken));
     }
-    // Read whole: as sent for a `_method` field (the token was looked for above), then decoded
-    // once (as a vendor that undoes the coding reads it) for the caller token, the `_method`
-    // field and the data classes, keeping no more of what it decodes than the scan's cap. Not
-    // valid for its coding, it is refused whoever the caller is: what a vendor would read in
-    // it could not be scanned.
+    // Read whole: as sent for a `_method` or `access_token` field (the token was looked for
+    // above), then decoded once (as a vendor that undoes the coding reads it) for the caller
+    // token, those fields and the data classes, keeping no more of what it decodes than the
+    // scan's cap. Not valid for its coding, it is refused whoever the caller is: what a vendor
+    // would read in it could not be scanned.
     // (A fresh scan for the decoded readings: cloned before this one reads anything.)
     let decoded_overrides = coding.and(overrides.clone());
     if let Some(mut scan) = overrides {
-        if scan.feed(&bytes) || scan.finish() {
+        if let Some(found) = scan.feed(&bytes) {
+            return Err(refused(found));
+        }
+        if scan.finish() {
             return Err(refused(RequestBodyViolation::MethodOverride));
         }
     }
@@ -206,9 +211,10 @@ pub async fn scan_request(
             };
             // The new bytes as sent, read as a server that ignores the coding reads them: an
             // encoder's literals may join pieces of the body into the caller's token or a
-            // `_method` field that the decoded body does not hold.
+            // `_method` or `access_token` field that the decoded body does not hold.
             let smuggled = whole_holds_a_token(&needles, &encoded, false)
-                || override_scan().is_some_and(|mut scan| scan.feed(&encoded) || scan.finish());
+                || override_scan()
+                    .is_some_and(|mut scan| scan.feed(&encoded).is_some() || scan.finish());
             if smuggled {
                 return Err(refuse(summary));
             }

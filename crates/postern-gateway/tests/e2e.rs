@@ -4665,6 +4665,120 @@ async fn a_form_body_overriding_the_method_is_refused() {
     gw.stop().await;
 }
 
+/// A form body carrying its own `access_token` (RFC 6750 §2.2) to a bearer integration is
+/// refused `vendor_credential_in_body` — read whole or streamed in pieces, its name as sent or
+/// percent-encoded, compressed or not — and the vendor never has the whole body, nor the
+/// caller's token; the refusal and its event name the field, never its value. Fields that merely
+/// hold the word pass untouched, and the same body to a `header`-kind integration (whose vendor
+/// reads no bearer token) goes as sent.
+#[tokio::test]
+async fn a_callers_access_token_in_a_form_body_is_refused_for_a_bearer_integration() {
+    const CALLERS_OWN: &str = "callers-own-vendor-token-77";
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    const FORM: &str = "application/x-www-form-urlencoded";
+    let post = |body: reqwest::Body, encoding: Option<&'static str>| {
+        let mut request = client()
+            .post(format!("{}/stripe/v1/charges", gw.base))
+            .bearer_auth(&gw.token)
+            .header("content-type", FORM);
+        if let Some(encoding) = encoding {
+            request = request.header("content-encoding", encoding);
+        }
+        request.body(body).send()
+    };
+    let never_the_token = |vendor: &TestVendor| {
+        vendor
+            .seen()
+            .iter()
+            .all(|request| !String::from_utf8_lossy(&request.body).contains(CALLERS_OWN))
+    };
+    let plain = format!("amount=100&access_token={CALLERS_OWN}&currency=usd");
+    let encoded_name = format!("amount=100&access%5Ftoken={CALLERS_OWN}");
+    let mut events = 0;
+    for body in [plain.as_str(), encoded_name.as_str()] {
+        // Whole (Content-Length: the listener reads it before anything goes), then chunked in
+        // pieces of 7 bytes (the name split across them) and of 1.
+        for pieces in [body.len(), 7, 1] {
+            let seen = vendor.seen().len();
+            let chunks: Vec<Vec<u8>> = body.as_bytes().chunks(pieces).map(<[u8]>::to_vec).collect();
+            let sent = match pieces == body.len() {
+                true => reqwest::Body::from(body.to_string()),
+                false => reqwest::Body::wrap_stream(futures_stream(chunks)),
+            };
+            let response = post(sent, None).await.unwrap();
+            let text = response.text().await.unwrap();
+            let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                answer["error"]["code"], "vendor_credential_in_body",
+                "{answer}"
+            );
+            assert!(
+                !text.contains(CALLERS_OWN),
+                "the refusal holds the token: {text}"
+            );
+            assert!(
+                text.contains("remove access_token from the form body"),
+                "{text}"
+            );
+            assert!(
+                never_whole(&vendor, seen, body.len()),
+                "the vendor got the whole body in pieces of {pieces}"
+            );
+            events += 1;
+        }
+    }
+    let coded = gzip(plain.as_bytes());
+    let response = post(coded.clone().into(), Some("gzip")).await.unwrap();
+    assert_refused(response, 400, "vendor_credential_in_body").await;
+    events += 1;
+    assert!(
+        never_the_token(&vendor),
+        "the vendor got the caller's token"
+    );
+    let recorded = gw.wait_events(events).await;
+    for event in &recorded {
+        assert_eq!(event["reason"], "vendor_credential_in_body", "{event}");
+        assert_eq!(event["status"], 400, "{event}");
+        assert!(!event.to_string().contains(CALLERS_OWN), "{event}");
+    }
+
+    // The word in other names and in values passes, forwarded as sent.
+    let harmless = "amount=100&x_access_token=1&note=my+access_token+here&memo=access_token";
+    let fine = post(harmless.into(), None).await.unwrap();
+    assert_eq!(fine.status(), 200);
+    assert_eq!(vendor.last().body, harmless.as_bytes());
+    gw.stop().await;
+
+    // A `header`-kind integration's vendor reads its key from a header: the caller's form field
+    // is its own business there, and goes as sent.
+    let config = stripe_like(&vendor, "").replace(
+        r#"kind = "bearer""#,
+        r#"kind = "header", name = "x-api-key""#,
+    );
+    let gw = start_with_key(
+        &config,
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        "",
+    )
+    .await;
+    let response = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-type", FORM)
+        .body(plain.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = vendor.last();
+    assert_eq!(seen.body, plain.as_bytes());
+    assert_eq!(seen.header("x-api-key").unwrap(), VENDOR_KEY);
+    gw.stop().await;
+}
+
 /// Refusals of calls with no caller are audited at a bounded rate (anyone who can reach the
 /// listener can send them, and the log keeps all it is given): a flood of unauthenticated
 /// requests is answered and evented call by call, but past the burst its audit entries are

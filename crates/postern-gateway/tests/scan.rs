@@ -1010,3 +1010,52 @@ async fn a_certificate_callers_compressed_body_is_decoded_strictly_for_scanning(
     assert_eq!(vendor.seen().len(), 5, "only the five approved bodies");
     gw.stop().await;
 }
+
+/// A scanned bearer integration's form body (read whole for scanning, as sent and decoded) with
+/// the caller's own `access_token` field is refused before anything reaches the vendor; one
+/// whose fields merely hold the word is scanned and forwarded.
+#[tokio::test]
+async fn a_scanned_form_body_with_an_access_token_field_is_refused_whole() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("crm-key");
+    std::fs::write(&key, "crm-vendor-key").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let credential = format!(
+        r#"credential = {{ kind = "bearer", from_file = "{}" }}"#,
+        key.display()
+    );
+    let gw = TestGateway::start(
+        &body(&vendor, "block", &credential),
+        vendor.ca_pem.as_deref(),
+    )
+    .await;
+    const FORM: &str = "application/x-www-form-urlencoded";
+    let post_form = |body: String| {
+        client()
+            .post(format!("{}/crm/contacts", gw.base))
+            .bearer_auth(&gw.token)
+            .header("content-type", FORM)
+            .body(body)
+            .send()
+    };
+    let response = post_form("name=ada&access%5Ftoken=callers-own".to_string())
+        .await
+        .unwrap();
+    assert_refused(response, 400, "vendor_credential_in_body").await;
+    let coded = gzip(b"name=ada&access_token=callers-own");
+    let response = post_coded(&gw, "/crm/contacts", Some(FORM), "gzip", coded).await;
+    assert_refused(response, 400, "vendor_credential_in_body").await;
+    assert!(vendor.seen().is_empty(), "nothing reached the vendor");
+    let fine = post_form("name=ada&note=access_token".to_string())
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), 200);
+    assert_eq!(vendor.last().body, "name=ada&note=access_token".as_bytes());
+    assert_eq!(
+        vendor.last().header("authorization").unwrap(),
+        "Bearer crm-vendor-key"
+    );
+    gw.stop().await;
+}
