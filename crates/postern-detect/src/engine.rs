@@ -294,6 +294,8 @@ const CALLER_REFUSALS: &[&str] = &[
     "caller_token_in_body",
     // 400: the caller's own vendor token in a bearer integration's form body.
     "vendor_credential_in_body",
+    // 400: the caller asked the vendor to run another method than the one granted.
+    "method_override_refused",
     "request_too_large",
     "request_body_undecodable",
     "unsupported_content_encoding",
