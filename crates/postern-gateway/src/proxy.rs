@@ -2262,18 +2262,29 @@ fn prepare_response(
         if let Some(location) = location.and_then(|v| v.to_str().ok()) {
             let upstream = &integration.config.upstream;
             context.redirect_off_origin = leaves_origin(upstream, location);
-            let through = match context.mode {
+            let redirect = match context.mode {
                 None => through_postern(
                     upstream,
                     &integration.upstream.path_prefix,
                     &integration.name,
                     location,
+                    request_depth(context.path_template.as_deref()),
                 ),
                 // Through the forward proxy the caller already names the vendor's own URLs.
-                Some(_) => None,
+                Some(_) => Redirect::AsWritten,
             };
-            if let Some(value) = through.and_then(|through| HeaderValue::from_str(&through).ok()) {
-                parts.headers.insert(header::LOCATION, value);
+            match redirect {
+                Redirect::Through(through) => {
+                    if let Ok(value) = HeaderValue::from_str(&through) {
+                        parts.headers.insert(header::LOCATION, value);
+                    }
+                }
+                Redirect::AsWritten => {}
+                Redirect::OutOfReach => context.redirect_off_origin = true,
+                Redirect::Dropped => {
+                    context.redirect_off_origin = true;
+                    parts.headers.remove(header::LOCATION);
+                }
             }
         }
     }
@@ -2490,31 +2501,92 @@ pub fn leaves_origin(upstream: &url::Url, location: &str) -> bool {
     }
 }
 
-/// A vendor's redirect to a place of its own, as the caller reaches it through Postern (path
-/// mode): `https://api.vendor.example/v2/x?y` or `/v2/x?y`, for an upstream
+/// What becomes of a vendor's redirect in path mode ([`through_postern`]).
+#[derive(Debug, PartialEq)]
+enum Redirect {
+    /// To a place of the vendor's own, as the caller reaches it through Postern.
+    Through(String),
+    /// Left as the vendor wrote it: another origin (flagged by [`leaves_origin`]), or a
+    /// reference relative to the request's own URL that stays inside the integration.
+    AsWritten,
+    /// The vendor's own origin outside the upstream's path prefix, as a full URL: left as
+    /// written (a caller following it reaches the vendor without Postern, as for another
+    /// origin) and flagged.
+    OutOfReach,
+    /// A place on Postern's origin outside the integration (`/other/x` from the vendor's root
+    /// outside the prefix, or `../../other/x` past the integration's first segment): removed and
+    /// flagged. A caller following it would call another integration with its own token, and
+    /// its method and body too after a 307 or 308: the vendor would choose what the caller
+    /// calls next.
+    Dropped,
+}
+
+/// The directories below `/<integration>/` of a request matched by the operation `template`
+/// (`/v1/charges/{id}`: 2), as far as `..` in a relative redirect may climb; templates match
+/// segment for segment, so the template tells it of the request. None known: 0.
+fn request_depth(template: Option<&str>) -> usize {
+    template.map_or(0, |template| {
+        template
+            .bytes()
+            .filter(|&byte| byte == b'/')
+            .count()
+            .saturating_sub(1)
+    })
+}
+
+/// Whether `location`, a reference relative to a request `depth` directories below
+/// `/<integration>/`, resolves outside the integration's paths. Only the shape of the request's
+/// path matters to dot-segment resolution (RFC 3986 §5.2), so it is resolved against one of
+/// that shape.
+fn escapes_integration(location: &str, depth: usize) -> bool {
+    let base = format!("http://postern.invalid/i/{}f", "d/".repeat(depth));
+    match url::Url::parse(&base).and_then(|base| base.join(location)) {
+        Ok(target) => {
+            target.host_str() != Some("postern.invalid")
+                || !(target.path() == "/i" || target.path().starts_with("/i/"))
+        }
+        Err(_) => true,
+    }
+}
+
+/// A vendor's redirect, as the caller reaches its target through Postern (path mode):
+/// `https://api.vendor.example/v2/x?y` or `/v2/x?y`, for an upstream
 /// `https://api.vendor.example/v2`, is `/<integration>/x?y`. A caller that follows it then stays
 /// on its grants, its token and the vendor's key where they belong; the vendor's own URL would
 /// take it past Postern (its client carrying whatever headers it sends Postern), and a path
-/// from the vendor's root would land on Postern's. `None` (left as the vendor wrote it) for a
-/// redirect to another origin (flagged in the event, [`leaves_origin`]), outside the
-/// upstream's path prefix, or relative to the request's own path (`other`, `?page=2`), which
-/// the caller resolves against the URL it called, through Postern already.
+/// from the vendor's root would land on Postern's. A redirect to another origin is left as
+/// written (flagged in the event, [`leaves_origin`]), and so is one relative to the request's
+/// own URL (`other`, `?page=2`, `../x`), which the caller resolves against the URL it called,
+/// through Postern already, unless it climbs out of the integration ([`Redirect::Dropped`]).
+/// `depth`: the request's directories below `/<integration>/` ([`request_depth`]).
 fn through_postern(
     upstream: &url::Url,
     path_prefix: &str,
     integration: &str,
     location: &str,
-) -> Option<String> {
+    depth: usize,
+) -> Redirect {
     if !location.starts_with('/') && url::Url::parse(location).is_err() {
-        return None;
+        return match escapes_integration(location, depth) {
+            true => Redirect::Dropped,
+            false => Redirect::AsWritten,
+        };
     }
     if leaves_origin(upstream, location) {
-        return None;
+        return Redirect::AsWritten;
     }
-    let target = upstream.join(location).ok()?;
-    let rest = target.path().strip_prefix(path_prefix)?;
+    let outside = || match location.starts_with('/') {
+        true => Redirect::Dropped,
+        false => Redirect::OutOfReach,
+    };
+    let Ok(target) = upstream.join(location) else {
+        return outside();
+    };
+    let Some(rest) = target.path().strip_prefix(path_prefix) else {
+        return outside();
+    };
     if !rest.is_empty() && !rest.starts_with('/') {
-        return None;
+        return outside();
     }
     let mut through = format!("/{integration}{rest}");
     if rest.is_empty() {
@@ -2525,7 +2597,7 @@ fn through_postern(
     if let Some(at) = location.find(['?', '#']) {
         through.push_str(&location[at..]);
     }
-    Some(through)
+    Redirect::Through(through)
 }
 
 /// A vendor's `Set-Cookie` kept to its integration's paths on Postern's origin (path mode): its
@@ -2664,41 +2736,63 @@ mod tests {
 
     #[test]
     fn a_redirect_to_the_vendors_own_place_goes_through_postern() {
+        use super::Redirect::{AsWritten, Dropped, OutOfReach, Through};
         let upstream = url::Url::parse("https://api.vendor.example/v2").unwrap();
+        let through = |path: &str| Through(path.to_string());
         let cases = [
             (
                 "/v2/charges/ch_1?expand=x",
-                Some("/pay/charges/ch_1?expand=x"),
+                through("/pay/charges/ch_1?expand=x"),
             ),
             (
                 "https://API.vendor.example:443/v2/a#top",
-                Some("/pay/a#top"),
+                through("/pay/a#top"),
             ),
-            ("/v2", Some("/pay/")),
-            ("/v2/../v2/b", Some("/pay/b")),
-            ("/v2/s?sig=a'b%2F#x y", Some("/pay/s?sig=a'b%2F#x y")),
-            // Outside the prefix, elsewhere, or relative to the request's own URL: as written.
-            ("/v1/charges", None),
-            ("/v2x/charges", None),
-            ("https://evil.example.net/v2/steal", None),
-            ("//evil.example.net/v2/steal", None),
-            ("http://api.vendor.example/v2/a", None),
-            ("https://api.vendor.example:8443/v2/a", None),
-            ("charges/ch_2", None),
-            ("?page=2", None),
+            ("/v2", through("/pay/")),
+            ("/v2/../v2/b", through("/pay/b")),
+            ("/v2/s?sig=a'b%2F#x y", through("/pay/s?sig=a'b%2F#x y")),
+            // Elsewhere: as written (flagged by `leaves_origin`).
+            ("https://evil.example.net/v2/steal", AsWritten),
+            ("//evil.example.net/v2/steal", AsWritten),
+            ("http://api.vendor.example/v2/a", AsWritten),
+            ("https://api.vendor.example:8443/v2/a", AsWritten),
+            // Relative to the request's own URL (2 directories deep here), inside the
+            // integration: as written.
+            ("charges/ch_2", AsWritten),
+            ("?page=2", AsWritten),
+            ("../x", AsWritten),
+            ("../../x", AsWritten),
+            ("./../../x?y", AsWritten),
+            // Out of the integration on Postern's origin: removed.
+            ("../../../payroll/v1/transfers", Dropped),
+            ("../../../../../payroll", Dropped),
+            ("a/../../../../payroll", Dropped),
+            ("/v1/charges", Dropped),
+            ("/v2x/charges", Dropped),
+            ("/payroll/v1/transfers", Dropped),
+            ("/v2/../payroll", Dropped),
+            // The vendor's origin outside the prefix, as a full URL: past Postern, flagged.
+            ("https://api.vendor.example/v1/charges", OutOfReach),
+            ("https://api.vendor.example/", OutOfReach),
         ];
-        for (location, through) in cases {
+        for (location, expected) in cases {
             assert_eq!(
-                through_postern(&upstream, "/v2", "pay", location).as_deref(),
-                through,
+                through_postern(&upstream, "/v2", "pay", location, 2),
+                expected,
                 "{location}"
             );
         }
         let root = url::Url::parse("https://api.vendor.example").unwrap();
         assert_eq!(
-            through_postern(&root, "", "pay", "/v1/x").as_deref(),
-            Some("/pay/v1/x")
+            through_postern(&root, "", "pay", "/v1/x", 0),
+            through("/pay/v1/x")
         );
+        // A request at the integration's top (`/pay/x`): no `..` stays inside.
+        assert_eq!(through_postern(&root, "", "pay", "../x", 0), Dropped);
+        assert_eq!(through_postern(&root, "", "pay", "y", 0), AsWritten);
+        assert_eq!(super::request_depth(Some("/v1/charges/{id}")), 2);
+        assert_eq!(super::request_depth(Some("/x")), 0);
+        assert_eq!(super::request_depth(None), 0);
     }
 
     #[test]

@@ -1267,7 +1267,9 @@ async fn untrusted_vendor_certificate_is_refused() {
 /// A redirect is passed back, not followed; one to another origin is flagged in the event and
 /// left as written, one to the vendor's own origin (a path from its root, or its own absolute
 /// URL) is rewritten to go through Postern, and a relative one is left to resolve against the
-/// URL the caller called.
+/// URL the caller called, unless it climbs out of the integration (`../../../payroll/…`, which
+/// would have the caller's client call another integration on its grants): that one is removed
+/// and flagged.
 #[tokio::test]
 async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
     // The vendor's own port, known once it listens (h2 carries no `Host` to read it from).
@@ -1276,6 +1278,7 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
     let handler: Handler = Arc::new(move |request: &SeenRequest| {
         let location = match request.target.rsplit('/').next().unwrap_or("") {
             "ch_away" => "https://evil.example.net/steal".to_string(),
+            "ch_climb" => "../../../payroll/v1/transfers".to_string(),
             "ch_home" => "/v1/charges/ch_other".to_string(),
             "ch_own" => format!(
                 "https://127.0.0.1:{}/v1/charges/ch_x?expand=a",
@@ -1297,6 +1300,7 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
         ("ch_home", "/stripe/v1/charges/ch_other"),
         ("ch_own", "/stripe/v1/charges/ch_x?expand=a"),
         ("ch_rel", "ch_next"),
+        ("ch_climb", ""),
     ];
     for (id, location) in cases {
         let response = client()
@@ -1310,14 +1314,21 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
             308,
             "the redirect is passed back, not followed"
         );
-        assert_eq!(response.headers()["location"], location, "{id}");
+        let sent = response.headers().get("location");
+        assert_eq!(
+            sent.map_or("", |value| value.to_str().unwrap()),
+            location,
+            "{id}"
+        );
     }
     assert_eq!(vendor.seen().len(), cases.len());
     let events = gw.wait_events(cases.len()).await;
+    let flagged = |event: &serde_json::Value| event.get("redirect_off_origin").is_some();
     assert_eq!(events[0]["redirect_off_origin"], true);
-    for event in &events[1..] {
-        assert!(event.get("redirect_off_origin").is_none(), "{event}");
+    for event in &events[1..4] {
+        assert!(!flagged(event), "{event}");
     }
+    assert_eq!(events[4]["redirect_off_origin"], true, "the climb out");
     gw.stop().await;
 }
 
@@ -4245,7 +4256,10 @@ async fn a_reload_rotates_the_admin_token() {
                 .status()
         }
     };
-    let token_file = gw.running().data_dir.join(postern_gateway::ADMIN_TOKEN_FILE);
+    let token_file = gw
+        .running()
+        .data_dir
+        .join(postern_gateway::ADMIN_TOKEN_FILE);
     let reload = |text: &str| {
         let config = postern_config::parse(text, &gw.config_path).unwrap();
         gw.running().reload(config).unwrap();
@@ -4254,7 +4268,10 @@ async fn a_reload_rotates_the_admin_token() {
     std::fs::remove_file(&token_file).unwrap();
     let text = std::fs::read_to_string(&gw.config_path).unwrap();
     reload(&text);
-    let rotated = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    let rotated = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
     assert_ne!(rotated, gw.admin_token);
     assert_eq!(admin(gw.admin_token.clone()).await, 401, "the old token");
     assert_eq!(admin(rotated.clone()).await, 200, "the new one");
@@ -4263,7 +4280,10 @@ async fn a_reload_rotates_the_admin_token() {
     let configured = "pat_configured_admin_token_for_this_test_0123";
     let with_hash = text.replacen(
         "[gateway]\n",
-        &format!("[gateway]\nadmin_token_sha256 = \"{}\"\n", sha256_hex(configured)),
+        &format!(
+            "[gateway]\nadmin_token_sha256 = \"{}\"\n",
+            sha256_hex(configured)
+        ),
         1,
     );
     assert_ne!(with_hash, text, "the config has a [gateway] table");
