@@ -2253,40 +2253,7 @@ fn prepare_response(
         ));
     }
     if parts.status.is_redirection() {
-        let location = parts.headers.get(header::LOCATION);
-        // One a client could read otherwise than Postern (a byte that is not visible ASCII) is
-        // taken as leaving the origin, and left as written.
-        if location.is_some_and(|value| value.to_str().is_err()) {
-            context.redirect_off_origin = true;
-        }
-        if let Some(location) = location.and_then(|v| v.to_str().ok()) {
-            let upstream = &integration.config.upstream;
-            context.redirect_off_origin = leaves_origin(upstream, location);
-            let redirect = match context.mode {
-                None => through_postern(
-                    upstream,
-                    &integration.upstream.path_prefix,
-                    &integration.name,
-                    location,
-                    request_depth(context.path_template.as_deref()),
-                ),
-                // Through the forward proxy the caller already names the vendor's own URLs.
-                Some(_) => Redirect::AsWritten,
-            };
-            match redirect {
-                Redirect::Through(through) => {
-                    if let Ok(value) = HeaderValue::from_str(&through) {
-                        parts.headers.insert(header::LOCATION, value);
-                    }
-                }
-                Redirect::AsWritten => {}
-                Redirect::OutOfReach => context.redirect_off_origin = true,
-                Redirect::Dropped => {
-                    context.redirect_off_origin = true;
-                    parts.headers.remove(header::LOCATION);
-                }
-            }
-        }
+        redirect_for_caller(integration, context, &mut parts.headers);
     }
     // A vendor may echo the injected credential (a redirect or pagination link carrying an
     // api_key parameter, say): such headers never reach the caller.
@@ -2501,6 +2468,55 @@ pub fn leaves_origin(upstream: &url::Url, location: &str) -> bool {
     }
 }
 
+/// A vendor's redirect, as the caller gets it: flagged in the event when it leads off the
+/// vendor's origin or past Postern (`redirect_off_origin`), and in path mode either mapped
+/// through Postern, left as written, or removed ([`through_postern`]). Through the forward proxy
+/// the caller already names the vendor's own URLs: the `Location` is left as written.
+fn redirect_for_caller(
+    integration: &IntegrationRuntime,
+    context: &mut CallContext,
+    headers: &mut HeaderMap,
+) {
+    let mut locations = headers.get_all(header::LOCATION).iter();
+    let Some(first) = locations.next() else {
+        return;
+    };
+    let several = locations.next().is_some();
+    let upstream = &integration.config.upstream;
+    let text = first.to_str().ok();
+    // One a client could read otherwise than Postern (a byte that is not visible ASCII) is
+    // taken as leaving the origin.
+    context.redirect_off_origin = text.is_none_or(|location| leaves_origin(upstream, location));
+    if context.mode.is_some() {
+        return;
+    }
+    let redirect = match text {
+        // Clients disagree on which one they follow, or on how they read it: none is sent.
+        Some(_) if several => Redirect::Dropped,
+        None => Redirect::Dropped,
+        Some(location) => through_postern(
+            upstream,
+            &integration.upstream.path_prefix,
+            &integration.name,
+            location,
+            context.path_template.as_deref(),
+        ),
+    };
+    match redirect {
+        Redirect::Through(through) => {
+            if let Ok(value) = HeaderValue::from_str(&through) {
+                headers.insert(header::LOCATION, value);
+            }
+        }
+        Redirect::AsWritten => {}
+        Redirect::OutOfReach => context.redirect_off_origin = true,
+        Redirect::Dropped => {
+            context.redirect_off_origin = true;
+            headers.remove(header::LOCATION);
+        }
+    }
+}
+
 /// What becomes of a vendor's redirect in path mode ([`through_postern`]).
 #[derive(Debug, PartialEq)]
 enum Redirect {
@@ -2513,40 +2529,48 @@ enum Redirect {
     /// written (a caller following it reaches the vendor without Postern, as for another
     /// origin) and flagged.
     OutOfReach,
-    /// A place on Postern's origin outside the integration (`/other/x` from the vendor's root
-    /// outside the prefix, or `../../other/x` past the integration's first segment): removed and
-    /// flagged. A caller following it would call another integration with its own token, and
-    /// its method and body too after a 307 or 308: the vendor would choose what the caller
-    /// calls next.
+    /// Removed and flagged: a `Location` a caller following it would resolve to a place on
+    /// Postern's origin outside the integration (`/other/x` from the vendor's root outside the
+    /// prefix, `../../other/x` past the integration's first segment, `http:/other/x`), since it
+    /// would call another integration with its own token, and its method and body too after a
+    /// 307 or 308: the vendor would choose what the caller calls next. Also one that URL parsers
+    /// read apart (a `\`, a tab), one that is not visible ASCII, and one of several.
     Dropped,
 }
 
-/// The directories below `/<integration>/` of a request matched by the operation `template`
-/// (`/v1/charges/{id}`: 2), as far as `..` in a relative redirect may climb; templates match
-/// segment for segment, so the template tells it of the request. None known: 0.
-fn request_depth(template: Option<&str>) -> usize {
-    template.map_or(0, |template| {
+/// Whether a caller that called a path of the operation `template`'s shape under
+/// `/<integration>` (`/v1/charges/{id}` for `/<integration>/v1/charges/ch_1`) and followed
+/// `location` would call Postern's origin outside the integration's paths, over plain HTTP or
+/// TLS alike. Only the shape of the request's path matters to dot-segment resolution (RFC 3986
+/// §5.2; templates match segment for segment), so it is resolved against a path of that shape;
+/// a request for the integration's root (`/`, which `/<integration>` alone also reaches) has no
+/// directory of its own there, so any path-relative reference leaves it. Resolved as WHATWG
+/// URL parsers do (the `url` crate), which read more forms as relative (`http:/x`) than RFC
+/// 3986; Python's `urljoin` and curl read those alike.
+fn lands_outside_integration(location: &str, template: Option<&str>) -> bool {
+    let directories = template.map_or(0, |template| {
         template
             .bytes()
             .filter(|&byte| byte == b'/')
             .count()
             .saturating_sub(1)
-    })
-}
-
-/// Whether `location`, a reference relative to a request `depth` directories below
-/// `/<integration>/`, resolves outside the integration's paths. Only the shape of the request's
-/// path matters to dot-segment resolution (RFC 3986 §5.2), so it is resolved against one of
-/// that shape.
-fn escapes_integration(location: &str, depth: usize) -> bool {
-    let base = format!("http://postern.invalid/i/{}f", "d/".repeat(depth));
-    match url::Url::parse(&base).and_then(|base| base.join(location)) {
-        Ok(target) => {
-            target.host_str() != Some("postern.invalid")
-                || !(target.path() == "/i" || target.path().starts_with("/i/"))
+    });
+    let path = match template {
+        Some(template) if template != "/" => format!("/i/{}f", "d/".repeat(directories)),
+        _ => "/i".to_string(),
+    };
+    ["http", "https"].iter().any(|scheme| {
+        let base = format!("{scheme}://postern.invalid{path}");
+        match url::Url::parse(&base).and_then(|base| base.join(location)) {
+            Ok(target) => {
+                target.host_str() == Some("postern.invalid")
+                    && target.scheme() == *scheme
+                    && target.port().is_none()
+                    && !(target.path() == "/i" || target.path().starts_with("/i/"))
+            }
+            Err(_) => true,
         }
-        Err(_) => true,
-    }
+    })
 }
 
 /// A vendor's redirect, as the caller reaches its target through Postern (path mode):
@@ -2557,37 +2581,37 @@ fn escapes_integration(location: &str, depth: usize) -> bool {
 /// from the vendor's root would land on Postern's. A redirect to another origin is left as
 /// written (flagged in the event, [`leaves_origin`]), and so is one relative to the request's
 /// own URL (`other`, `?page=2`, `../x`), which the caller resolves against the URL it called,
-/// through Postern already, unless it climbs out of the integration ([`Redirect::Dropped`]).
-/// `depth`: the request's directories below `/<integration>/` ([`request_depth`]).
+/// through Postern already: unless, as the caller resolves it, it lands on Postern's origin
+/// outside the integration ([`lands_outside_integration`], [`Redirect::Dropped`]).
+/// `template`: the operation's path template, the shape of the request's path.
 fn through_postern(
     upstream: &url::Url,
     path_prefix: &str,
     integration: &str,
     location: &str,
-    depth: usize,
+    template: Option<&str>,
 ) -> Redirect {
+    // Read apart by URL parsers (WHATWG takes `\` for `/` and drops tabs; curl and Python do
+    // not): where a caller's client lands cannot be told.
+    if location.contains(['\\', '\t']) {
+        return Redirect::Dropped;
+    }
+    let left = |as_written: Redirect| match lands_outside_integration(location, template) {
+        true => Redirect::Dropped,
+        false => as_written,
+    };
     if !location.starts_with('/') && url::Url::parse(location).is_err() {
-        return match escapes_integration(location, depth) {
-            true => Redirect::Dropped,
-            false => Redirect::AsWritten,
-        };
+        return left(Redirect::AsWritten);
     }
     if leaves_origin(upstream, location) {
-        return Redirect::AsWritten;
+        return left(Redirect::AsWritten);
     }
-    let outside = || match location.starts_with('/') {
-        true => Redirect::Dropped,
-        false => Redirect::OutOfReach,
+    let Some(rest) = upstream.join(location).ok().and_then(|target| {
+        let rest = target.path().strip_prefix(path_prefix)?.to_string();
+        (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+    }) else {
+        return left(Redirect::OutOfReach);
     };
-    let Ok(target) = upstream.join(location) else {
-        return outside();
-    };
-    let Some(rest) = target.path().strip_prefix(path_prefix) else {
-        return outside();
-    };
-    if !rest.is_empty() && !rest.starts_with('/') {
-        return outside();
-    }
     let mut through = format!("/{integration}{rest}");
     if rest.is_empty() {
         through.push('/');
@@ -2739,6 +2763,8 @@ mod tests {
         use super::Redirect::{AsWritten, Dropped, OutOfReach, Through};
         let upstream = url::Url::parse("https://api.vendor.example/v2").unwrap();
         let through = |path: &str| Through(path.to_string());
+        // The request: `/pay/v1/charges/ch_1`, two directories below `/pay/`.
+        let template = Some("/v1/charges/{id}");
         let cases = [
             (
                 "/v2/charges/ch_1?expand=x",
@@ -2756,43 +2782,68 @@ mod tests {
             ("//evil.example.net/v2/steal", AsWritten),
             ("http://api.vendor.example/v2/a", AsWritten),
             ("https://api.vendor.example:8443/v2/a", AsWritten),
-            // Relative to the request's own URL (2 directories deep here), inside the
-            // integration: as written.
+            // Relative to the request's own URL, inside the integration: as written.
             ("charges/ch_2", AsWritten),
             ("?page=2", AsWritten),
             ("../x", AsWritten),
             ("../../x", AsWritten),
             ("./../../x?y", AsWritten),
-            // Out of the integration on Postern's origin: removed.
+            ("%2e%2e/x", AsWritten),
+            // On Postern's origin outside the integration, as a caller resolves it: removed.
             ("../../../payroll/v1/transfers", Dropped),
             ("../../../../../payroll", Dropped),
             ("a/../../../../payroll", Dropped),
+            ("%2e%2e/%2e%2e/%2e%2e/payroll", Dropped),
+            (".%2E/.%2e/%2E./payroll", Dropped),
+            // A segment `..;` is no dot segment to a caller's client: it asks Postern for
+            // `/pay/..;/payroll`, on the integration still.
+            ("../../..;/payroll", AsWritten),
             ("/v1/charges", Dropped),
             ("/v2x/charges", Dropped),
             ("/payroll/v1/transfers", Dropped),
+            ("/payroll/v1/transfers#x", Dropped),
             ("/v2/../payroll", Dropped),
+            ("http:/payroll/v1/t", Dropped),
+            ("https:/payroll/v1/t", Dropped),
+            // Relative to the request to a caller on plain HTTP (WHATWG, urljoin): inside.
+            ("http:payroll", AsWritten),
+            ("/payroll/v1/transfers#\\", Dropped),
+            ("/v2/a\tb", Dropped),
+            ("https://api.vendor.example\\@evil.example/x", Dropped),
             // The vendor's origin outside the prefix, as a full URL: past Postern, flagged.
             ("https://api.vendor.example/v1/charges", OutOfReach),
             ("https://api.vendor.example/", OutOfReach),
         ];
         for (location, expected) in cases {
             assert_eq!(
-                through_postern(&upstream, "/v2", "pay", location, 2),
+                through_postern(&upstream, "/v2", "pay", location, template),
                 expected,
                 "{location}"
             );
         }
         let root = url::Url::parse("https://api.vendor.example").unwrap();
         assert_eq!(
-            through_postern(&root, "", "pay", "/v1/x", 0),
+            through_postern(&root, "", "pay", "/v1/x", Some("/x")),
             through("/pay/v1/x")
         );
-        // A request at the integration's top (`/pay/x`): no `..` stays inside.
-        assert_eq!(through_postern(&root, "", "pay", "../x", 0), Dropped);
-        assert_eq!(through_postern(&root, "", "pay", "y", 0), AsWritten);
-        assert_eq!(super::request_depth(Some("/v1/charges/{id}")), 2);
-        assert_eq!(super::request_depth(Some("/x")), 0);
-        assert_eq!(super::request_depth(None), 0);
+        // A request at the top (`/pay/x`): no `..` stays inside.
+        assert_eq!(
+            through_postern(&root, "", "pay", "../x", Some("/x")),
+            Dropped
+        );
+        assert_eq!(
+            through_postern(&root, "", "pay", "y", Some("/x")),
+            AsWritten
+        );
+        // The integration's root (`/pay` reaches it as well as `/pay/`): only a query or a
+        // fragment stays on it.
+        for (location, expected) in [("?page=2", AsWritten), ("y", Dropped), (".", Dropped)] {
+            assert_eq!(
+                through_postern(&root, "", "pay", location, Some("/")),
+                expected,
+                "{location}"
+            );
+        }
     }
 
     #[test]

@@ -1279,6 +1279,8 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
         let location = match request.target.rsplit('/').next().unwrap_or("") {
             "ch_away" => "https://evil.example.net/steal".to_string(),
             "ch_climb" => "../../../payroll/v1/transfers".to_string(),
+            // Read apart by URL parsers; the fragment is never sent.
+            "ch_apart" => "/payroll/v1/transfers#\\".to_string(),
             "ch_home" => "/v1/charges/ch_other".to_string(),
             "ch_own" => format!(
                 "https://127.0.0.1:{}/v1/charges/ch_x?expand=a",
@@ -1301,6 +1303,7 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
         ("ch_own", "/stripe/v1/charges/ch_x?expand=a"),
         ("ch_rel", "ch_next"),
         ("ch_climb", ""),
+        ("ch_apart", ""),
     ];
     for (id, location) in cases {
         let response = client()
@@ -1329,6 +1332,7 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
         assert!(!flagged(event), "{event}");
     }
     assert_eq!(events[4]["redirect_off_origin"], true, "the climb out");
+    assert_eq!(events[5]["redirect_off_origin"], true, "read apart");
     gw.stop().await;
 }
 
