@@ -131,6 +131,10 @@ pub struct TunnelInfo {
     pub host: Arc<str>,
     /// `intercept` (CONNECT) or `proxy` (absolute-form request).
     pub mode: &'static str,
+    /// Told once a reload has taken the tunnel's host from its integration, or its
+    /// interception (`403 host_changed`): the tunnel then closes (HTTP/1.1 after that answer,
+    /// h2 with a GOAWAY), so a client does not go on meeting the refusal on a kept connection.
+    pub closing: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for TunnelInfo {

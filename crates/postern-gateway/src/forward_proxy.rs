@@ -555,6 +555,7 @@ fn intercept(
         integration: integration.name.clone(),
         host: Arc::from(host.as_str()),
         mode: "intercept",
+        closing: tokio::sync::Notify::new(),
     });
     // The tunnel's calls excuse its own idle limit while any runs (below).
     let in_flight = crate::deadline::InFlight::default();
@@ -767,6 +768,8 @@ async fn absolute(
                 integration: integration.name.clone(),
                 host: Arc::from(host.as_str()),
                 mode: "proxy",
+                // One request's: nothing waits on it.
+                closing: tokio::sync::Notify::new(),
             }),
             connection.in_flight().clone(),
         ));

@@ -272,7 +272,10 @@ where
                 .await
                 .is_ok()
             {
-                linger(io, &mut buf, shutdown).await;
+                // Boxed: a path this rare must not grow the future every connection holds.
+                Box::pin(linger(io, &mut buf, shutdown)).await;
+                // It shut the connection down itself (or gave up trying): not again below.
+                return Served::Closed;
             }
             break 'connection;
         };

@@ -649,7 +649,24 @@ impl RunningGateway {
         // Without `admin_token_sha256`, the token in `<data_dir>/admin-token` is read again (made
         // anew if it was deleted): an operator who takes a leaked hash out of the config, or
         // deletes the file, has the old token refused from this reload on, not at a restart.
-        let hash = admin_token_hash(&config, &self.data_dir)?;
+        // A file that cannot be read keeps the token in use and is said: the rest of the reload
+        // (a revocation, say) must not wait on it.
+        let running = *self
+            .shared
+            .admin_token_sha256
+            .lock()
+            .expect("admin token lock");
+        let hash = match admin_token_hash(&config, &self.data_dir) {
+            Ok(hash) => hash,
+            Err(error) if config.gateway.admin_token_sha256.is_none() => {
+                tracing::warn!(error = %format!("{error:#}"), "the admin token file could not be read on reload; the admin token in use stays");
+                notes.push(format!(
+                    "{ADMIN_TOKEN_FILE} could not be read, so the admin token in use stays: {error:#}"
+                ));
+                running
+            }
+            Err(error) => return Err(error),
+        };
         // The CA's names are fixed when it is made: a config that asks for others is refused
         // (the running one stays) rather than leaving clients to refuse the leaves.
         if let Some(ca) = &self.shared.intercept_ca {

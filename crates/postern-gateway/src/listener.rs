@@ -688,9 +688,22 @@ pub async fn serve_tunnel<I, H, F>(
         .serve_connection_with_upgrades(io, service)
         .into_owned();
     tokio::pin!(connection);
+    // A tunnel a reload no longer allows ([`crate::context::TunnelInfo::closing`]) closes as at
+    // shutdown: the answer in hand (its refusal) goes out, then the connection ends.
+    let closing = async {
+        match &info.tunnel {
+            Some(tunnel) => tunnel.closing.notified().await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+        _ = async {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => {}
+                () = closing => {}
+            }
+        } => {
             connection.as_mut().graceful_shutdown();
             // Draining is bounded by the shutdown grace; a stalled answer is still cut.
             tokio::select! {

@@ -389,17 +389,19 @@ fn pipeline<'a>(
             None => {
                 let max = integration.config.max_request_body_bytes;
                 let token = caller_token.as_deref();
+                // A body with nothing in it (a GET's) has no field to read: its headers are not
+                // looked at for one.
+                let overrides = match body.is_end_stream() {
+                    true => None,
+                    false => OverrideScan::for_request(
+                        request.method(),
+                        request.headers(),
+                        injects_bearer(&integration),
+                    ),
+                };
                 // Nothing is read ahead here: the reading starts with the first frame.
                 let body = ForwardBody::new(body, max, context.request_body.clone())
-                    .reading(
-                        encoding,
-                        token,
-                        OverrideScan::for_request(
-                            request.method(),
-                            request.headers(),
-                            injects_bearer(&integration),
-                        ),
-                    )
+                    .reading(encoding, token, overrides)
                     .map_err(|violation| body_refusal(violation, max))?;
                 (body, None)
             }
@@ -1084,6 +1086,7 @@ fn route_tunnel<'a>(
         .integration_for_host(&tunnel.host)
         .is_some_and(|owner| owner.name == integration.name);
     if !still_claimed || (tunnel.mode == "intercept" && !integration.config.intercept) {
+        tunnel.closing.notify_one();
         return Err(CallError::forbidden(
             "host_changed",
             "the integration that owns this host, or whether Postern intercepts it, changed; open a new connection",

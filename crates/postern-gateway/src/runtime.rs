@@ -635,18 +635,20 @@ impl Runtime {
                 );
             }
             if let Some(caller) = vault_callers.get(token.caller.as_str()) {
-                // One token, one caller: a vault row must not quietly take over the token the
-                // config gives another caller (an earlier `callers import` of a hash that has
-                // since been given to someone else), or calls would run under its grants.
+                // One token, one caller: a vault row must not take over the token the config
+                // gives another caller (an earlier `callers import` of a hash that has since
+                // been given to someone else), or that caller's calls would run under the row's
+                // caller's grants. The config's caller keeps it, and the row is said, not
+                // refused: failing the build would hold up every later vault change and reload,
+                // revocations among them.
                 match callers_by_token.entry(token.token_sha256) {
                     std::collections::hash_map::Entry::Occupied(held)
                         if **held.get() != **caller =>
                     {
-                        anyhow::bail!(
-                            "caller `{}`'s token in the vault is also caller `{}`'s token_sha256 in the config: one token cannot name two callers; give `{}` another token in the config, or revoke the vault one (`postern callers rotate {}`)",
-                            token.caller,
-                            held.get(),
-                            held.get(),
+                        tracing::warn!(
+                            vault_caller = %token.caller,
+                            config_caller = %held.get(),
+                            "a caller token in the vault is also another caller's token_sha256 in the config; it names the config's caller, not the vault's: give one of them another token (`postern callers rotate {}` revokes the vault one)",
                             token.caller
                         );
                     }
