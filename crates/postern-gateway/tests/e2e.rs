@@ -4245,7 +4245,10 @@ async fn a_reload_rotates_the_admin_token() {
                 .status()
         }
     };
-    let token_file = gw.running().data_dir.join(postern_gateway::ADMIN_TOKEN_FILE);
+    let token_file = gw
+        .running()
+        .data_dir
+        .join(postern_gateway::ADMIN_TOKEN_FILE);
     let reload = |text: &str| {
         let config = postern_config::parse(text, &gw.config_path).unwrap();
         gw.running().reload(config).unwrap();
@@ -4254,7 +4257,10 @@ async fn a_reload_rotates_the_admin_token() {
     std::fs::remove_file(&token_file).unwrap();
     let text = std::fs::read_to_string(&gw.config_path).unwrap();
     reload(&text);
-    let rotated = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    let rotated = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
     assert_ne!(rotated, gw.admin_token);
     assert_eq!(admin(gw.admin_token.clone()).await, 401, "the old token");
     assert_eq!(admin(rotated.clone()).await, 200, "the new one");
@@ -4263,7 +4269,10 @@ async fn a_reload_rotates_the_admin_token() {
     let configured = "pat_configured_admin_token_for_this_test_0123";
     let with_hash = text.replacen(
         "[gateway]\n",
-        &format!("[gateway]\nadmin_token_sha256 = \"{}\"\n", sha256_hex(configured)),
+        &format!(
+            "[gateway]\nadmin_token_sha256 = \"{}\"\n",
+            sha256_hex(configured)
+        ),
         1,
     );
     assert_ne!(with_hash, text, "the config has a [gateway] table");

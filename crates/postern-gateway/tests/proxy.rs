@@ -1646,7 +1646,11 @@ async fn an_open_intercepted_tunnel_stops_when_its_host_or_interception_changes(
             .build()
             .unwrap();
         let url = format!("https://{VENDOR_HOST}/v1/charges/ch_1");
-        assert_eq!(client.get(&url).send().await.unwrap().status(), 200, "{change}");
+        assert_eq!(
+            client.get(&url).send().await.unwrap().status(),
+            200,
+            "{change}"
+        );
         let text = std::fs::read_to_string(&gw.config_path).unwrap();
         assert!(text.contains(&from), "{change}: {text}");
         let config = postern_config::parse(&text.replace(&from, &to), &gw.config_path).unwrap();

@@ -444,7 +444,11 @@ async fn a_vault_token_cannot_take_over_another_callers_config_token() {
             .unwrap()
             .status()
     };
-    assert_eq!(as_reporting().await, 403, "reporting has no grant on stripe");
+    assert_eq!(
+        as_reporting().await,
+        403,
+        "reporting has no grant on stripe"
+    );
     // checkout's tokens now live in the vault (its config token revoked there), and a row
     // gives it reporting's token.
     let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
