@@ -12,6 +12,11 @@
 //!   SETTINGS frames off the frame headers as they pass to hyper (RFC 9113 §4.1, §6.5): nothing
 //!   is changed, only a header split across reads is gathered (9 bytes), and any other frame's
 //!   payload, DATA's included, is skipped whole.
+//!
+//! Postern also bounds the streams it puts on one connection itself
+//! ([`H2_STREAMS_PER_CONNECTION`]), and sizes the connection's flow-control windows by that
+//! bound ([`H2_STREAM_WINDOW`], [`H2_CONNECTION_WINDOW`]), so that callers who never read their
+//! answers cannot hold up the other callers' answers on the shared connection.
 
 use std::io;
 use std::pin::Pin;
@@ -21,6 +26,46 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, ReadBuf};
+
+/// The most calls Postern puts on one h2 connection to a vendor, whatever larger limit the
+/// vendor announces (or none): past it, another connection is opened, as past the vendor's own.
+/// It is what lets [`H2_CONNECTION_WINDOW`] cover every stream's window (see there). 128 is
+/// nginx's default `http2_max_concurrent_streams`, a limit many vendors announce anyway, and
+/// keeps what one connection's unread answers may hold to [`H2_CONNECTION_WINDOW`].
+pub(crate) const H2_STREAMS_PER_CONNECTION: usize = 128;
+
+/// The flow-control window Postern gives each stream of an h2 connection to a vendor
+/// (`SETTINGS_INITIAL_WINDOW_SIZE`): how much of an answer the vendor may send before Postern's
+/// caller has taken it. hyper gives window back only as the answer's body is read, and
+/// `ResponseBody` reads the vendor only when the caller's connection takes more, so a caller
+/// that stops reading holds its stream's window full. 512 KiB is of the order of what the
+/// kernel's socket buffers hold for a stalled HTTP/1.1 vendor connection. hyper's default is 2 MiB; the price of
+/// less is a single answer's speed on a long path: at most one window per round trip to the
+/// vendor (512 KiB per 10 ms is about 400 Mbit/s, per 100 ms about 40 Mbit/s).
+pub(crate) const H2_STREAM_WINDOW: u32 = 512 << 10;
+
+/// The connection's flow-control window: every stream's window together
+/// ([`H2_STREAMS_PER_CONNECTION`] × [`H2_STREAM_WINDOW`], 64 MiB). A DATA frame counts against
+/// both its stream's window and the connection's, and hyper gives the connection's back only
+/// as bodies are read; with hyper's default (5 MiB for 2 MiB streams), three callers not reading
+/// answers larger than 2 MiB held the whole connection window, and every other caller's answer
+/// on the connection stopped after its head until their calls ended (up to the idle limits).
+/// As large as all its streams' windows, it can never be held by streams that stalled: each
+/// holds at most its own window, and one stream that reads always finds room. What unread
+/// answers may hold in memory is bounded by the same 64 MiB per connection.
+///
+/// The bound holds while Postern puts at most [`H2_STREAMS_PER_CONNECTION`] calls on the
+/// connection: only past `MAX_H2_PER_ORIGIN` full connections to an origin on one worker
+/// (`upstream.rs`, 64 × 128 calls at once) do calls go on the least loaded connection anyway,
+/// where a vendor allowing more streams opens them, and streams that stalled could again hold
+/// that connection's window.
+pub(crate) const H2_CONNECTION_WINDOW: u32 = H2_STREAMS_PER_CONNECTION as u32 * H2_STREAM_WINDOW;
+
+// Every stream's window together, within a window's largest size (2^31 - 1, RFC 9113 §6.9.1).
+const _: () = assert!(
+    H2_CONNECTION_WINDOW as usize == H2_STREAMS_PER_CONNECTION * H2_STREAM_WINDOW as usize
+        && H2_CONNECTION_WINDOW < 1 << 31
+);
 
 /// One h2 connection's calls and the vendor's stream limit on it.
 #[derive(Debug)]
@@ -64,7 +109,7 @@ impl H2Streams {
         })
     }
 
-    /// Whether one more call fits under the vendor's limit. A limit of 0 (a vendor refusing
+    /// Whether one more call fits under [`H2Streams::limit`]. A limit of 0 (a vendor refusing
     /// new streams for now, RFC 9113 §6.5.2) counts as 1: such a connection takes one call,
     /// which waits in it, rather than every call dialling a connection of its own.
     pub(crate) fn has_room(&self) -> bool {
@@ -95,9 +140,13 @@ impl H2Streams {
         self.settled.notify_one();
     }
 
-    /// The vendor's limit as last announced, or as assumed until it is (`usize::MAX`: none).
+    /// The calls Postern puts on the connection at once: the vendor's limit as last announced,
+    /// or as assumed until it is, and at most [`H2_STREAMS_PER_CONNECTION`] (also when the
+    /// vendor sets none).
     pub(crate) fn limit(&self) -> usize {
-        self.limit.load(Ordering::Relaxed)
+        self.limit
+            .load(Ordering::Relaxed)
+            .min(H2_STREAMS_PER_CONNECTION)
     }
 
     /// Counts one more call on the connection until the slot is dropped.
@@ -329,10 +378,11 @@ mod tests {
                     limits.push(streams.limit());
                 }
             }
-            // Unlimited, then the first SETTINGS' 100 (unless the same read brought the last
-            // frame too), then 7; never the 1 inside the DATA frame.
+            // Unlimited (Postern's own bound), then the first SETTINGS' 100 (unless the same
+            // read brought the last frame too), then 7; never the 1 inside the DATA frame.
+            let none = H2_STREAMS_PER_CONNECTION;
             assert!(
-                limits == [usize::MAX, 100, 7] || limits == [usize::MAX, 7],
+                limits == [none, 100, 7] || limits == [none, 7],
                 "reads of {piece} bytes: limits {limits:?}"
             );
             assert!(scan.settled);
@@ -354,7 +404,7 @@ mod tests {
         let (streams, mut scan) = (H2Streams::new(usize::MAX), FrameScan::default());
         scan.feed(&settings(&[]), &streams);
         assert!(scan.settled);
-        assert_eq!(streams.limit(), usize::MAX);
+        assert_eq!(streams.limit(), H2_STREAMS_PER_CONNECTION);
     }
 
     #[test]
@@ -423,7 +473,34 @@ mod tests {
             4,
             "a SETTINGS frame without the limit keeps it"
         );
-        FrameScan::default().feed(&settings(&[(0x3, 250)]), &streams);
-        assert_eq!(streams.limit(), 250);
+        FrameScan::default().feed(&settings(&[(0x3, 100)]), &streams);
+        assert_eq!(streams.limit(), 100);
+    }
+
+    /// A vendor allowing more streams than [`H2_STREAMS_PER_CONNECTION`], or setting no limit,
+    /// gets that many calls on a connection, no more: its flow-control window
+    /// ([`H2_CONNECTION_WINDOW`]) is every stream's window together only so.
+    #[test]
+    fn postern_puts_at_most_its_own_bound_of_calls_on_a_connection() {
+        for announced in [None, Some(1_000), Some(u32::MAX)] {
+            let streams = H2Streams::new(usize::MAX);
+            if let Some(limit) = announced {
+                FrameScan::default().feed(&settings(&[(0x3, limit)]), &streams);
+            }
+            assert_eq!(streams.limit(), H2_STREAMS_PER_CONNECTION, "{announced:?}");
+            let slots: Vec<_> = (0..H2_STREAMS_PER_CONNECTION)
+                .map(|_| {
+                    assert!(streams.has_room(), "{announced:?}");
+                    streams.reserve()
+                })
+                .collect();
+            assert!(!streams.has_room(), "{announced:?}");
+            drop(slots);
+            assert!(streams.has_room());
+        }
+        // A vendor's lower limit still counts.
+        let streams = H2Streams::new(usize::MAX);
+        FrameScan::default().feed(&settings(&[(0x3, 3)]), &streams);
+        assert_eq!(streams.limit(), 3);
     }
 }

@@ -27,7 +27,9 @@ use postern_netguard::{Denied, Guard, GuardError};
 use tokio::net::TcpStream;
 
 use crate::body::{BodyError, ForwardBody};
-use crate::h2streams::{H2Streams, SettingsWatch, StreamSlot};
+use crate::h2streams::{
+    H2Streams, SettingsWatch, StreamSlot, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW,
+};
 
 /// Why a connection to the vendor could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -353,7 +355,8 @@ impl UpstreamError {
 /// - An h2 connection (ALPN) is shared by every call of the worker to its origin (every
 ///   caller's), up to the
 ///   vendor's stream limit (`SETTINGS_MAX_CONCURRENT_STREAMS`, read off the connection:
-///   `h2streams.rs`). A call that finds every connection to the origin full opens another, as
+///   `h2streams.rs`) and at most `H2_STREAMS_PER_CONNECTION` (128), the bound its flow-control
+///   windows are sized by (`h2_handshake`). A call that finds every connection to the origin full opens another, as
 ///   Envoy's pool does, rather than wait in one behind long streams; a connection opened so is
 ///   kept beside the others. Once an origin has answered with h2, calls that find no connection
 ///   with room while another call opens one wait for that one, as many as its limit (the
@@ -1215,7 +1218,9 @@ async fn sweep(pool: std::sync::Weak<Mutex<Pool>>, idle_timeout: Duration) {
 /// Starts an h2 connection over `io`; its task runs on this thread's runtime until every sender
 /// is gone or the vendor closes it. Answers once the vendor's SETTINGS have been read (or the
 /// connection ended), or after `settle` without them, the stream limit then assumed to be
-/// `limit`.
+/// `limit`. Its flow-control windows are `H2_STREAM_WINDOW` per stream and
+/// `H2_CONNECTION_WINDOW` for the connection (`h2streams.rs` says why): streams whose callers
+/// do not read them cannot hold the connection's window.
 async fn h2_handshake<T>(io: T, limit: usize, settle: Duration) -> Result<Sender, hyper::Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -1224,6 +1229,8 @@ where
     let io = TokioIo::new(SettingsWatch::new(io, streams.clone()));
     let (tx, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .handshake(io)
         .await?;
     let ended = streams.clone();

@@ -3547,6 +3547,67 @@ async fn streams_reset_after_their_head_wear_an_h2_connection_too() {
     gw.stop().await;
 }
 
+/// Callers that never read their answers hold no other caller's answer on the worker's shared
+/// h2 connection to the vendor: three callers each take a 16 MiB answer and read none of it
+/// (a small receive buffer, so most of each answer stays with the vendor), then a fourth
+/// caller's 16 MiB answer on the same connection comes whole within 10 s. With hyper's default
+/// windows (2 MiB per stream, 5 MiB per connection) the three stalled streams held the whole
+/// connection window and the fourth answer stopped after its head; Postern's windows
+/// (`H2_STREAM_WINDOW` per stream, the connection's as large as all its streams' together)
+/// leave a stalled stream only its own window.
+#[tokio::test]
+async fn callers_not_reading_their_answers_hold_up_no_other_call_on_a_shared_h2_connection() {
+    use tokio::io::AsyncWriteExt;
+    const LEN: usize = 16 << 20;
+    let body = bytes::Bytes::from(vec![b'x'; LEN]);
+    let big: Handler = Arc::new(move |_request: &SeenRequest| Answer {
+        status: 200,
+        headers: vec![("content-type", "application/octet-stream".to_string())],
+        body: body.clone(),
+    });
+    let vendor = TestVendor::tls(big).await;
+    let gw = stripe_gateway_tuned(&vendor, "", "workers = 1").await;
+    // The first call makes the origin known as h2: the calls after it share its connection.
+    let response = get_charge(&client(), &gw).await.unwrap();
+    assert_eq!(response.bytes().await.unwrap().len(), LEN);
+    let mut stalled = Vec::new();
+    for n in 1..=3 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(gw.running().listen_addr).await.unwrap();
+        let request = format!(
+            "GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
+            gw.token
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stalled.push(stream);
+        eventually("the vendor has the stalled call", || async {
+            vendor.seen().len() > n
+        })
+        .await;
+    }
+    // The vendor sends each stalled answer as far as the windows let it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let whole = tokio::time::timeout(Duration::from_secs(10), async {
+        let response = get_charge(&client(), &gw).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap().len()
+    })
+    .await;
+    assert_eq!(
+        whole.ok(),
+        Some(LEN),
+        "another caller's answer came whole while three callers read none of theirs"
+    );
+    assert_eq!(
+        vendor.connections(),
+        1,
+        "every call shared one h2 connection"
+    );
+    drop(stalled);
+    gw.stop().await;
+}
+
 /// POSTs `body` in `encoding` through `gw`, whole and then streamed in 7-byte pieces: each
 /// refused `caller_token_in_body`, the vendor never having the whole body.
 async fn refused_whole_and_in_pieces(
