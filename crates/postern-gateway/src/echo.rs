@@ -12,13 +12,20 @@
 //!   declared stays true and a JSON document stays valid. A frame is passed on at once unless
 //!   it ends with what could be the start of a secret: only those last bytes wait for the next
 //!   frame, or the body's end (a streamed answer, Server-Sent Events say, is not held back).
-//! - An answer with a `Content-Encoding` (gzip, deflate, br, zstd) cannot be rewritten without
+//! - An answer with a `Content-Encoding` (gzip, deflate, br) cannot be rewritten without
 //!   coding it again, so it is read decoded, as the caller will read it, and **cut** before the
 //!   frame whose decoding completes a secret: frames since its decoding began to end with what
-//!   could start one wait until more shows that it does not. A coding Postern cannot undo is
-//!   refused before the answer's head ([`EchoFilter::for_answer`]), and an answer that decodes
-//!   past `max_response_body_bytes`, or is not valid for its coding, is cut too: it could not
-//!   be read.
+//!   could start one wait until more shows that it does not. That holds because these decoders
+//!   hand on what each frame decodes to (gzip and deflate are flushed after every frame; the
+//!   brotli decoder writes out what it has decoded whenever it runs out of input), so only the
+//!   few bits of a symbol not yet whole are ever passed on unread. A coding Postern cannot undo
+//!   is refused before the answer's head ([`EchoFilter::for_answer`]), and so is `zstd`:
+//!   libzstd decodes a compressed block (up to 128 KiB) only once all of it has come, so the
+//!   frames carrying a block's literals — a secret among them, stored as it is or in Huffman
+//!   streams the caller could decode alone — would be passed on before its decoding showed the
+//!   secret. The vendor is not offered `zstd` ([`crate::scan::narrow_accept_encoding`],
+//!   [`crate::scan::without_zstd`]). An answer that decodes past `max_response_body_bytes`, or
+//!   is not valid for its coding, is cut too: it could not be read.
 //!
 //! Either way the call's event says `secret_echoed` (docs/EVENTS.md).
 
@@ -88,8 +95,9 @@ impl EchoFilter {
     /// The filter for an answer whose headers are `headers`, read for `fixed` (the
     /// integration's secret forms) and `minted` (an OAuth2 client's tokens): `Ok(None)` when
     /// there is nothing to look for; `Err` with the coding's name when the answer has a
-    /// `Content-Encoding` Postern cannot undo (stacked codings, unknown ones), which the
-    /// caller must not be handed unread.
+    /// `Content-Encoding` Postern cannot undo (stacked codings, unknown ones) or cannot read
+    /// as it streams (`zstd`: see the module's notes), which the caller must not be handed
+    /// unread.
     pub fn for_answer(
         headers: &http::HeaderMap,
         fixed: &Needles,
@@ -102,8 +110,10 @@ impl EchoFilter {
         }
         let coding = match crate::scan::all_values(headers, &http::header::CONTENT_ENCODING) {
             None => None,
-            Some(encoding) => postern_scan::StreamDecoder::check(&encoding)
-                .map_err(|_| encoding.chars().take(40).collect::<String>())?,
+            Some(encoding) => match postern_scan::StreamDecoder::check(&encoding) {
+                Ok(coding) if coding != Some(postern_scan::Coding::Zstd) => coding,
+                _ => return Err(encoding.chars().take(40).collect::<String>()),
+            },
         };
         let reading = match coding {
             None => Reading::Plain(Zeroizing::new(Vec::new())),
@@ -520,6 +530,110 @@ mod tests {
         assert_eq!(trailers.len(), 1);
         assert_eq!(trailers["grpc-status"], "16");
         assert!(!f.trailers(&mut trailers));
+    }
+
+    /// An echo endpoint's answer: ~100 KiB of bytes no entropy coding shrinks, each run of
+    /// them sent twice (so the block is compressed, its literals stored as they are), with the
+    /// key among the literals; and where the key starts.
+    fn echo_answer() -> (Vec<u8>, usize) {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut body = Vec::new();
+        while body.len() < 100 * 1024 {
+            let run: Vec<u8> = (0..64)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            body.extend_from_slice(&run);
+            body.extend_from_slice(&run);
+        }
+        let at = body.len();
+        body.extend_from_slice(KEY);
+        body.extend_from_within(..4096);
+        (body, at)
+    }
+
+    /// Why a zstd answer is refused: libzstd hands on nothing of a compressed block until the
+    /// whole block has come, so reading it decoded, frame by frame, would pass on the frames
+    /// carrying its literals — here the key itself, stored as it is — before the decoding
+    /// showed it.
+    #[test]
+    fn libzstd_decodes_a_block_only_once_all_of_it_has_come() {
+        let (body, at) = echo_answer();
+        let coded = postern_scan::testing::zstd(&body, 20);
+        let key_sent_by =
+            memchr::memmem::find(&coded, KEY).expect("the key stored as it is") + KEY.len();
+        let mut decoder = postern_scan::StreamDecoder::new(postern_scan::Coding::Zstd, 1 << 20);
+        // The bytes fed before the frame that first decoded to anything.
+        let (mut before, mut decoded) = (0, 0);
+        for frame in coded.chunks(1000) {
+            decoder
+                .feed(frame, &mut |_, piece| decoded += piece.len())
+                .unwrap();
+            if decoded > 0 {
+                break;
+            }
+            before += frame.len();
+        }
+        assert!(decoded > at, "the block came out whole");
+        // Every frame before the one that decoded anything was passed on, and they held the key.
+        assert!(
+            before >= key_sent_by,
+            "the key was sent by byte {key_sent_by}; output came after byte {before} of {}",
+            coded.len()
+        );
+    }
+
+    #[test]
+    fn a_zstd_answer_is_refused_before_any_of_it_is_read() {
+        for coding in ["zstd", "ZSTD"] {
+            let mut map = http::HeaderMap::new();
+            map.insert(http::header::CONTENT_ENCODING, coding.parse().unwrap());
+            let refused = EchoFilter::for_answer(&map, &needles(&[KEY]), None, 1 << 20);
+            assert_eq!(refused.err().as_deref(), Some(coding));
+        }
+        // With nothing to look for there is no filter, and nothing refused.
+        let mut map = http::HeaderMap::new();
+        map.insert(http::header::CONTENT_ENCODING, "zstd".parse().unwrap());
+        let none = EchoFilter::for_answer(&map, &needles(&[]), None, 1 << 20);
+        assert!(matches!(none, Ok(None)));
+    }
+
+    /// The answer libzstd would have leaked, in br and in gzip: cut before the frame that
+    /// completes the key, and nothing passed on decodes to any of it (the brotli decoder writes
+    /// out what it has decoded whenever it runs out of input; gzip is flushed every frame).
+    #[test]
+    fn a_br_or_gzip_echo_answer_is_cut_before_any_of_the_key_went_out() {
+        let (body, at) = echo_answer();
+        for (coding, name, coded) in [
+            (
+                postern_scan::Coding::Brotli,
+                "br",
+                postern_scan::testing::brotli(&body, 22),
+            ),
+            (postern_scan::Coding::Gzip, "gzip", gzip(&body)),
+        ] {
+            for size in [1, 100, 1000, 16 * 1024] {
+                let frames: Vec<&[u8]> = coded.chunks(size).collect();
+                let (out, _, cut) = run(&mut filter(&[("content-encoding", name)]), &frames);
+                assert_eq!(cut, Some(Cut::SecretEchoed), "{name}, frames of {size}");
+                assert!(
+                    !crate::proxy::contains(&out, KEY),
+                    "{name}, frames of {size}"
+                );
+                let mut decoder = postern_scan::StreamDecoder::new(coding, 1 << 20);
+                let mut decoded = Vec::new();
+                let _ = decoder.feed(&out, &mut |_, piece| decoded.extend_from_slice(piece));
+                assert!(
+                    decoded.len() <= at && body.starts_with(&decoded),
+                    "{name}, frames of {size}: {} bytes decoded, the key at {at}",
+                    decoded.len()
+                );
+            }
+        }
     }
 
     #[test]

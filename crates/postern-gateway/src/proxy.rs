@@ -1361,9 +1361,17 @@ fn inject(
     }
     // Made once per integration (the client would otherwise build it from the authority).
     headers.insert(header::HOST, integration.upstream.host_header.clone());
-    // An answer that is scanned comes in a coding Postern can undo.
+    // An answer that is scanned comes in a coding Postern can undo; one read for the injected
+    // credential as it streams, in one it can read so (not zstd: `crate::echo`).
+    let reads_echoes = matches!(integration.credential, Ok(Some(_)));
     if integration.config.data_classes.is_some() {
-        crate::scan::narrow_accept_encoding(&mut headers, integration.config.on_unapproved);
+        crate::scan::narrow_accept_encoding(
+            &mut headers,
+            integration.config.on_unapproved,
+            !reads_echoes,
+        );
+    } else if reads_echoes {
+        crate::scan::without_zstd(&mut headers);
     }
 
     // URL: upstream prefix + vendor path + query (with the credential's query param replaced).
@@ -2323,7 +2331,7 @@ fn prepare_response(
             CallError::bad_gateway(
                 "response_undecodable",
                 format!(
-                    "the vendor answered in Content-Encoding `{}`, which Postern cannot undo to read the answer for the injected credential before the caller gets it; the caller should ask for one coding Postern reads (Accept-Encoding: gzip, deflate, br or zstd) or none",
+                    "the vendor answered in Content-Encoding `{}`, which Postern cannot read for the injected credential as it streams, before the caller gets it (stacked or unknown codings, and zstd, whose blocks decode only once whole); the caller should ask for one coding Postern reads so (Accept-Encoding: gzip, deflate or br) or none",
                     if named { coding.as_str() } else { "(not a coding name)" }
                 ),
             )

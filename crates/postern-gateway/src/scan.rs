@@ -306,7 +306,14 @@ pub(crate) fn drop_digests(headers: &mut http::HeaderMap) {
 /// field (which lets a server use any coding), becomes `identity`. A list already in that form,
 /// on one line, is left as it came. With `redact`, only `identity` is asked for: a compressed
 /// answer cannot be masked in place (it would be withheld like `block`), a plain one can.
-pub(crate) fn narrow_accept_encoding(headers: &mut http::HeaderMap, on_unapproved: OnUnapproved) {
+/// Without `zstd` (`offer_zstd` false: the integration injects a credential, and its answers
+/// are read for it as they stream, which a zstd answer cannot be: [`crate::echo`]), `zstd` is
+/// dropped too.
+pub(crate) fn narrow_accept_encoding(
+    headers: &mut http::HeaderMap,
+    on_unapproved: OnUnapproved,
+    offer_zstd: bool,
+) {
     if on_unapproved == OnUnapproved::Redact {
         headers.insert(
             header::ACCEPT_ENCODING,
@@ -316,7 +323,11 @@ pub(crate) fn narrow_accept_encoding(headers: &mut http::HeaderMap, on_unapprove
     }
     let narrowed = match all_values(headers, &header::ACCEPT_ENCODING) {
         Some(list) => {
-            let kept: Vec<String> = list.split(',').filter_map(readable_coding).collect();
+            let kept: Vec<String> = list
+                .split(',')
+                .filter_map(readable_coding)
+                .filter(|kept| offer_zstd || !is_zstd(kept))
+                .collect();
             let narrowed = kept.join(", ");
             if narrowed == list && headers.get_all(header::ACCEPT_ENCODING).iter().count() == 1 {
                 return;
@@ -332,6 +343,51 @@ pub(crate) fn narrow_accept_encoding(headers: &mut http::HeaderMap, on_unapprove
         false => http::HeaderValue::from_str(&narrowed).unwrap_or(identity),
     };
     headers.insert(header::ACCEPT_ENCODING, value);
+}
+
+/// A caller's `Accept-Encoding`, for an integration that injects a credential and does not
+/// scan its answers, without `zstd`: an answer is read for the credential as it streams
+/// ([`crate::echo`]), and a zstd one cannot be, so the vendor is not offered it (one sent
+/// unasked is refused, `502 response_undecodable`). Every other element goes as it came; a `*`
+/// (any coding) gets `zstd;q=0` after it, which refuses zstd by name (RFC 9110 §12.5.3); a list
+/// left empty becomes `identity`. No field, or one naming neither, is left as it is: the cost
+/// of a call without the field is one lookup.
+pub(crate) fn without_zstd(headers: &mut http::HeaderMap) {
+    let names = |value: &http::HeaderValue| {
+        let bytes = value.as_bytes();
+        bytes.contains(&b'*') || bytes.windows(4).any(|w| w.eq_ignore_ascii_case(b"zstd"))
+    };
+    if !headers.get_all(header::ACCEPT_ENCODING).iter().any(names) {
+        return;
+    }
+    let Some(list) = all_values(headers, &header::ACCEPT_ENCODING) else {
+        return;
+    };
+    let mut kept: Vec<&str> = list
+        .split(',')
+        .map(|element| element.trim_matches([' ', '\t']))
+        .filter(|element| !element.is_empty() && !is_zstd(element))
+        .collect();
+    let any = kept
+        .iter()
+        .any(|element| element.split(';').next().map(str::trim_ascii) == Some("*"));
+    if any {
+        kept.push("zstd;q=0");
+    }
+    let identity = http::HeaderValue::from_static("identity");
+    let value = match kept.is_empty() {
+        true => identity,
+        false => http::HeaderValue::from_str(&kept.join(", ")).unwrap_or(identity),
+    };
+    headers.insert(header::ACCEPT_ENCODING, value);
+}
+
+/// Whether an `Accept-Encoding` element names `zstd`.
+fn is_zstd(element: &str) -> bool {
+    element
+        .split(';')
+        .next()
+        .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case("zstd"))
 }
 
 /// One element of an `Accept-Encoding` list (`coding [ OWS ";" OWS "q=" qvalue ]`) in its
@@ -631,4 +687,54 @@ async fn read_up_to<B: http_body::Body<Data = Bytes> + Unpin>(
         }
     }
     Ok((buffer.freeze(), body, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `Accept-Encoding` lines `lines` become after `change`.
+    fn after(lines: &[&str], change: impl Fn(&mut http::HeaderMap)) -> Vec<String> {
+        let mut headers = http::HeaderMap::new();
+        for line in lines {
+            headers.append(header::ACCEPT_ENCODING, line.parse().unwrap());
+        }
+        change(&mut headers);
+        headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .map(|value| value.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_credential_injecting_integration_does_not_offer_zstd() {
+        for (sent, expected) in [
+            (&["gzip, br, zstd"][..], &["gzip, br"][..]),
+            (&["ZSTD;q=1, gzip;q=0.5"], &["gzip;q=0.5"]),
+            (&["zstd"], &["identity"]),
+            (&["zstd ; q=1", "deflate"], &["deflate"]),
+            (&["*"], &["*, zstd;q=0"]),
+            (&["gzip, *;q=0.1, zstd"], &["gzip, *;q=0.1, zstd;q=0"]),
+            // Left as they came: no zstd, no `*`; or no field.
+            (&["gzip, compress", "br"], &["gzip, compress", "br"]),
+            (&[], &[]),
+        ] {
+            assert_eq!(after(sent, without_zstd), expected, "{sent:?}");
+        }
+    }
+
+    #[test]
+    fn a_scanning_integration_that_injects_a_credential_does_not_offer_zstd() {
+        let narrow = |offer_zstd| {
+            move |headers: &mut http::HeaderMap| {
+                narrow_accept_encoding(headers, OnUnapproved::Block, offer_zstd)
+            }
+        };
+        let sent = &["gzip, deflate, br, zstd, dcz"][..];
+        assert_eq!(after(sent, narrow(true)), ["gzip, deflate, br, zstd"]);
+        assert_eq!(after(sent, narrow(false)), ["gzip, deflate, br"]);
+        assert_eq!(after(&["zstd;q=1"], narrow(false)), ["identity"]);
+        assert_eq!(after(&["zstd;q=1"], narrow(true)), ["zstd;q=1"]);
+    }
 }

@@ -698,6 +698,82 @@ async fn a_vendor_echoing_the_injected_credential_in_its_body_never_shows_it_to_
     gw.stop().await;
 }
 
+/// An echo endpoint (it answers with ~100 KiB of what it was sent, then the request's headers,
+/// the injected `Authorization` among them) that compresses in zstd when it is offered zstd, and
+/// at `/zstd-unasked` whatever it is offered. libzstd decodes a compressed block only once all of
+/// it has come, so the frames carrying the key would pass before decoding showed it: the vendor
+/// is not offered zstd, and a zstd answer sent anyway is refused before any of its body reaches
+/// the caller.
+#[tokio::test]
+async fn a_credential_is_never_echoed_to_the_caller_in_a_zstd_answer() {
+    let vendor = TestVendor::tls(Arc::new(|request: &SeenRequest| {
+        // Text no coding shrinks much, so the block holds the key as it is.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut echoed: String = (0..100 * 1024)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'!' + (state % 90) as u8)
+            })
+            .collect();
+        for (name, value) in request.headers.iter() {
+            echoed.push_str(&format!("\n{name}: {}", value.to_str().unwrap_or("?")));
+        }
+        let offered = request.header("accept-encoding").unwrap_or_default();
+        let mut answer = Answer::json(200, serde_json::json!({}));
+        answer.headers = vec![("content-type", "text/plain".into())];
+        match request.target == "/zstd-unasked" || offered.contains("zstd") {
+            true => {
+                answer.body = zstd(echoed.as_bytes(), 20).into();
+                answer.headers.push(("content-encoding", "zstd".into()));
+            }
+            false => answer.body = echoed.into(),
+        }
+        answer
+    }))
+    .await;
+    let gw = v_gateway(&vendor, r#"kind = "bearer""#, &["/echo", "/zstd-unasked"]).await;
+    let get = |path: &str, accept: &str| {
+        client()
+            .get(format!("{}/v{path}", gw.base))
+            .bearer_auth(&gw.token)
+            .header("accept-encoding", accept)
+            .send()
+    };
+
+    // Asked for zstd: the vendor is offered what else the caller takes, and its plain answer
+    // has the key overwritten in place.
+    for (accept, offered) in [("zstd", "identity"), ("zstd, gzip;q=0.5", "gzip;q=0.5")] {
+        let response = get("/echo", accept).await.unwrap();
+        assert_eq!(
+            vendor.last().header("accept-encoding").as_deref(),
+            Some(offered),
+            "{accept}"
+        );
+        assert_eq!(response.status(), 200, "{accept}");
+        assert!(response.headers().get("content-encoding").is_none());
+        let text = response.text().await.unwrap();
+        assert!(!text.contains(VENDOR_KEY), "{accept}");
+        assert!(text.contains(&"*".repeat(VENDOR_KEY.len())), "{accept}");
+    }
+    // Answered in zstd anyway: refused before the answer's head, none of its body sent.
+    let response = get("/zstd-unasked", "zstd").await.unwrap();
+    assert!(response.headers().get("content-encoding").is_none());
+    let bytes = response.content_length();
+    assert_refused(response, 502, "response_undecodable").await;
+    assert!(bytes.is_some_and(|length| length < 4096), "{bytes:?}");
+
+    let events = gw.wait_events(3).await;
+    let refused = events
+        .iter()
+        .find(|e| e["operation"] == "zstd_unasked")
+        .unwrap_or_else(|| panic!("no zstd_unasked event in {events:#?}"));
+    assert_eq!(refused["reason"], "response_undecodable");
+    assert!(!serde_json::to_string(&events).unwrap().contains(VENDOR_KEY));
+    gw.stop().await;
+}
+
 /// A Basic pair's base64 holding `+`, `/` and `=`, echoed in a JSON body as PHP (`\/`), .NET's
 /// System.Text.Json (`\u002B`) and Gson (`\u003d`) write it, is overwritten in each.
 #[tokio::test]
