@@ -48,12 +48,18 @@ pub enum Filtered {
     Cut(Cut),
 }
 
+/// The most of a coded answer held back while its decoding could be completing a secret: far
+/// above what a coding needs to show the next byte (gzip and deflate decode each frame as it
+/// comes, brotli too; zstd, which waits for whole blocks of up to 128 KiB, is not read here).
+pub const MAX_HELD_CODED: usize = 1 << 20;
+
 /// Why a coded answer was cut.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Cut {
     /// Its decoding holds a secret.
     SecretEchoed,
-    /// It is not valid for its coding, or its window is larger than Postern decodes.
+    /// It is not valid for its coding, or its window is larger than Postern decodes, or more
+    /// than [`MAX_HELD_CODED`] of it came while its decoding could still be completing a secret.
     Undecodable,
     /// It decodes past `max_response_body_bytes`.
     TooLarge,
@@ -241,6 +247,15 @@ impl EchoFilter {
                 .any(|(tail, alive)| alive && starts_a_needle(tail, needles.clone(), keep) > 0);
         if waiting {
             held.push(data);
+            // What the coding holds back is bounded by its window and blocks, not by the
+            // answer: more than this undecided (empty stored blocks after a decoded secret's
+            // first byte, say) is not waited for, it is cut, or a vendor (or whoever stands in
+            // for it on a plaintext upstream) could have each call held up to
+            // `max_response_body_bytes` in memory.
+            if held.iter().map(Bytes::len).sum::<usize>() > MAX_HELD_CODED {
+                held.clear();
+                return Filtered::Cut(Cut::Undecodable);
+            }
             return Filtered::Held;
         }
         let out = match held.is_empty() {
@@ -510,6 +525,39 @@ mod tests {
         frame.extend_from_slice(b"then not gzip at all");
         let (_, _, cut) = run(&mut filter(&[("content-encoding", "gzip")]), &[&frame]);
         assert_eq!(cut, Some(Cut::SecretEchoed));
+    }
+
+    /// A coded answer whose decoding stops on a secret's first byte and then shows nothing more
+    /// (empty stored blocks, which a hostile vendor may send without end): past
+    /// [`MAX_HELD_CODED`] held it is cut, not held in memory to its end.
+    #[test]
+    fn a_coded_answer_held_undecided_is_cut_past_the_bound() {
+        use std::io::Write as _;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(b"invalid key: s").unwrap();
+        encoder.flush().unwrap();
+        let start = Bytes::from(encoder.get_ref().clone());
+        // Empty non-final stored blocks, byte-aligned after the sync flush: 80 KiB a frame.
+        let empty = Bytes::from([0u8, 0, 0, 0xff, 0xff].repeat(16 * 1024));
+        let mut f = filter(&[("content-encoding", "gzip")]);
+        assert_eq!(
+            f.filter(start, false),
+            Filtered::Held,
+            "it may start the key"
+        );
+        let mut cut = None;
+        for _ in 0..(2 * MAX_HELD_CODED / empty.len()) {
+            match f.filter(empty.clone(), false) {
+                Filtered::Held => {}
+                Filtered::Cut(reason) => {
+                    cut = Some(reason);
+                    break;
+                }
+                Filtered::Pass(..) => panic!("nothing was decoded, nothing passes"),
+            }
+        }
+        assert_eq!(cut, Some(Cut::Undecodable));
+        assert_eq!(f.held(), 0);
     }
 
     #[test]

@@ -62,6 +62,22 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// A vendor's answer headers that speak for the whole origin they come from, not its own paths:
+/// in path mode every integration shares Postern's origin, so one vendor's would steer the
+/// caller's client for all of them (another host for the origin, `Alt-Svc`; its data wiped,
+/// `Clear-Site-Data`; HTTPS pinned for the name, `Strict-Transport-Security`). Not passed on
+/// in path mode; through the forward proxy the caller talks to the vendor's own origin.
+const ORIGIN_WIDE: [HeaderName; 3] = [
+    header::ALT_SVC,
+    HeaderName::from_static("clear-site-data"),
+    header::STRICT_TRANSPORT_SECURITY,
+];
+
+/// The fields that say what the answer's body is: a `Connection` header naming one (which RFC
+/// 9110 §7.6.1 forbids a sender) does not take it off, or the answer would pass on coded while
+/// read for the injected credential as plain.
+const BODY_FIELDS: [HeaderName; 2] = [header::CONTENT_ENCODING, header::CONTENT_LENGTH];
+
 /// Serves one call and always answers; refusals and failures are recorded here, streamed
 /// responses when their body ends. CONNECT and absolute-form requests go to the forward proxy.
 ///
@@ -2278,9 +2294,13 @@ fn prepare_response(
     // Most answers carry none of the headers removed below, and one pass over them costs less
     // than the removals (each hashes its name): `Connection`, which names more, is hop-by-hop.
     let mut cookies = false;
+    let origin_wide: &[HeaderName] = match context.mode {
+        None => &ORIGIN_WIDE,
+        Some(_) => &[],
+    };
     let strip = parts.headers.iter().fold(false, |strip, (name, value)| {
         cookies |= name == header::SET_COOKIE;
-        strip || HOP_BY_HOP.contains(name) || leaks(name, value)
+        strip || HOP_BY_HOP.contains(name) || origin_wide.contains(name) || leaks(name, value)
     });
     // Every integration shares Postern's origin in path mode: a vendor's cookie is kept to its
     // integration's paths, or a caller's cookie jar would hand it to every other vendor.
@@ -2300,7 +2320,10 @@ fn prepare_response(
     }
     if strip {
         let connection_named = connection_named(&parts.headers);
-        for name in HOP_BY_HOP.iter().chain(connection_named.iter()) {
+        let named = connection_named
+            .iter()
+            .filter(|name| !BODY_FIELDS.contains(name));
+        for name in HOP_BY_HOP.iter().chain(origin_wide).chain(named) {
             parts.headers.remove(name);
         }
         for name in remove_fields(&mut parts.headers, leaks) {

@@ -608,6 +608,47 @@ fn body_echoing_vendor() -> Handler {
     })
 }
 
+/// Where the answer is read for the injected credential, the caller does not choose a range
+/// of it (two ranges cut inside an echoed secret would each show part of it, which the
+/// reading, of whole secrets, never matches): `Range` and `If-Range` are not passed on, and the
+/// vendor's whole answer comes back. And in path mode, where every integration shares
+/// Postern's origin, a vendor's origin-wide answer headers (`Alt-Svc`, `Clear-Site-Data`,
+/// `Strict-Transport-Security`) are not passed on either.
+#[tokio::test]
+async fn ranges_and_origin_wide_answer_headers_do_not_pass() {
+    let handler: Handler = Arc::new(|_: &SeenRequest| {
+        let mut answer = Answer::json(200, serde_json::json!({"id": "ch_1"}));
+        answer.headers.extend([
+            ("alt-svc", "h2=\"elsewhere.example:443\"".to_string()),
+            ("clear-site-data", "\"cookies\"".to_string()),
+            ("strict-transport-security", "max-age=31536000".to_string()),
+            ("x-request-id", "req_1".to_string()),
+        ]);
+        answer
+    });
+    let vendor = TestVendor::tls(handler).await;
+    let gw = v_gateway(&vendor, r#"kind = "bearer""#, &["/ranged"]).await;
+    let response = client()
+        .get(format!("{}/v/ranged", gw.base))
+        .bearer_auth(&gw.token)
+        .header("range", "bytes=0-3")
+        .header("if-range", "\"etag\"")
+        .header("if_range", "\"etag\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for name in ["alt-svc", "clear-site-data", "strict-transport-security"] {
+        assert!(response.headers().get(name).is_none(), "{name} passed");
+    }
+    assert_eq!(response.headers()["x-request-id"], "req_1");
+    let seen = vendor.last();
+    for name in ["range", "if-range", "if_range"] {
+        assert!(seen.header(name).is_none(), "{name} reached the vendor");
+    }
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_vendor_echoing_the_injected_credential_in_its_body_never_shows_it_to_the_caller() {
     let vendor = TestVendor::tls(body_echoing_vendor()).await;
