@@ -52,15 +52,15 @@ pub(crate) fn method_override(request: &Request<CallerBody>) -> Option<String> {
             return Some(format!("header {name}"));
         }
     }
-    request.uri().query()?.split('&').find_map(|pair| {
+    let ends = |c: char| c.is_ascii() && FIELD_ENDS.contains(&(c as u8));
+    request.uri().query()?.split(ends).find_map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = form_decoded(name.as_bytes());
-        // Also as PHP and Rack read a name (`+_method`, `.method`, `_method%00`): Symfony and
-        // Laravel take `_method` from the query too.
-        let overrides = is_method_name(&name)
-            || METHOD_OVERRIDE_PARAMS
-                .iter()
-                .any(|known| name.eq_ignore_ascii_case(known.as_bytes()));
+        // As PHP and Rack read a name (`+_method`, `.method`, `_method%00`, `[_method]`), in
+        // any case: Symfony and Laravel take `_method` from the query too.
+        let overrides = METHOD_OVERRIDE_PARAMS
+            .iter()
+            .any(|known| form_name_is(&name, known.as_bytes(), true));
         (overrides && other(&form_decoded(value.as_bytes())))
             .then(|| format!("query parameter {}", String::from_utf8_lossy(&name)))
     })
@@ -104,9 +104,15 @@ pub(crate) fn form_decoded(raw: &[u8]) -> Cow<'_, [u8]> {
 /// server honours is longer than a few letters. One byte past it marks the part too long.
 const CAP: usize = 32;
 
-/// Longest form field name kept whole (as sent, before decoding); of a longer one only the tail
-/// is read, since padding before `_method` (`+`, `%20`, `[`) is dropped by the servers.
-const MAX_FORM_NAME: usize = 4096;
+/// How much of a form field's name is kept as it streams ([`FieldName`]): decoded, after the
+/// padding servers drop before a name, however long. Longer than any name looked for, so a
+/// longer name's head decides it as the whole name would ([`form_name_is`]).
+const NAME_HEAD: usize = 64;
+
+/// The bytes that end a form field: `&`, and `;`, which Rack 2 (for a query), older Go and
+/// Python parsers split on too (a form encoder escapes both, so a value holding one raw is not a
+/// client's). Bodies and queries are read with the same set.
+pub(crate) const FIELD_ENDS: [u8; 2] = [b'&', b';'];
 
 /// Longest header section of a multipart part that is read for its name. A longer one is
 /// refused: whether it names `_method` cannot be told.
@@ -327,23 +333,140 @@ fn names_other(value: &[u8], method: &[u8]) -> bool {
     !value.is_empty() && value.len() <= CAP && !value.eq_ignore_ascii_case(method)
 }
 
-/// A field name as PHP and Rack read it: up to a NUL (PHP), leading spaces dropped, any leading `[` and `]` and
-/// trailing `]` dropped (Rack 2), `.` and a space read as `_` (PHP).
-fn is_method_name(name: &[u8]) -> bool {
-    // PHP reads a name as a C string: up to its first NUL.
+/// Whether a decoded form or query field name is `wanted` for some server that reads it (PHP,
+/// Rack 2, and with `any_case` ASP.NET, whose collections ignore case): up to a NUL (PHP reads a
+/// C string), leading white space, `[` and `]` dropped (PHP, Rack 2), `.` and a space read as
+/// `_`, and a `[` that no `]` follows too (PHP); and an array or hash under the name is the
+/// name's (`wanted[]`, `wanted[k]`, `wanted]…`: PHP and Rack 2 key it by what comes before the
+/// first bracket, unless that bracket is a last, lone `[`). A `wanted` holding brackets itself
+/// (a configured `auth[key]`) is compared whole, and by its key. The one rule for the query's
+/// credential parameter (`proxy::strip_query_credential`), the query's `_method`
+/// ([`method_override`]) and a form body's `_method` and `access_token` ([`FieldName`]).
+pub(crate) fn form_name_is(name: &[u8], wanted: &[u8], any_case: bool) -> bool {
     let name = name.split(|&byte| byte == 0).next().unwrap_or_default();
-    let mut name = name.trim_ascii_start();
-    while let [b'[' | b']', rest @ ..] = name {
-        name = rest;
+    let start = name
+        .iter()
+        .position(|&byte| !is_name_padding(byte))
+        .unwrap_or(name.len());
+    let name = &name[start..];
+    if name.is_empty() {
+        return false;
     }
-    while let [rest @ .., b']'] = name {
-        name = rest;
-    }
-    name.len() == b"_method".len()
+    let fold = |byte: u8| match byte {
+        b'.' | b' ' => b'_',
+        _ if any_case => byte.to_ascii_lowercase(),
+        _ => byte,
+    };
+    let same = |a: &[u8], b: &[u8]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(&a, &b)| fold(a) == fold(b))
+    };
+    let last_close = memchr::memrchr(b']', name);
+    let whole = name.len() == wanted.len()
         && name
             .iter()
-            .map(|&b| if b == b'.' || b == b' ' { b'_' } else { b })
-            .eq(b"_method".iter().copied())
+            .zip(wanted)
+            .enumerate()
+            .all(|(at, (&byte, &want))| {
+                let unclosed = byte == b'[' && last_close.is_none_or(|close| close < at);
+                fold(if unclosed { b'_' } else { byte }) == fold(want)
+            });
+    whole || same(array_key(name), array_key(wanted))
+}
+
+/// What servers drop before a field's name (decoded): white space (PHP drops spaces), `[` and
+/// `]` (Rack 2).
+fn is_name_padding(byte: u8) -> bool {
+    byte.is_ascii_whitespace() || byte == b'[' || byte == b']'
+}
+
+/// The key PHP and Rack 2 file a name under: what comes before its first `[` or `]` (`key` of
+/// `key[]`, `key[0]x`, `key]]`), unless that is a last, lone `[` (`key[` is PHP's `key_`,
+/// Rack's `key[`).
+fn array_key(name: &[u8]) -> &[u8] {
+    match name.iter().position(|&byte| byte == b'[' || byte == b']') {
+        Some(cut) if cut > 0 && &name[cut..] != b"[" => &name[..cut],
+        _ => name,
+    }
+}
+
+/// A form field's name as it streams: decoded as it comes (`+` a space, `%XX` its byte, as
+/// [`form_decoded`] reads it), the padding servers drop before a name skipped however long,
+/// then its first [`NAME_HEAD`] bytes (and one more, marking it longer) kept, up to a NUL
+/// (where PHP ends it). Whatever follows a name's head, padding or a hash's key however long,
+/// cannot change what it names ([`form_name_is`]).
+#[derive(Debug, Default, Clone)]
+struct FieldName {
+    head: Vec<u8>,
+    /// A `%` and the hex digit after it, if any, not decoded yet.
+    escape: [u8; 2],
+    escaped: u8,
+    /// A NUL was read: the rest of the name is not kept.
+    ended: bool,
+}
+
+impl FieldName {
+    fn push(&mut self, raw: &[u8]) {
+        for &byte in raw {
+            self.push_byte(byte);
+        }
+    }
+
+    fn push_byte(&mut self, byte: u8) {
+        let byte = if byte == b'+' { b' ' } else { byte };
+        match self.escaped {
+            0 if byte == b'%' => {
+                self.escape[0] = byte;
+                self.escaped = 1;
+            }
+            0 => self.decoded(byte),
+            1 | 2 if !byte.is_ascii_hexdigit() => {
+                // Not an escape: its bytes are the name's as sent, and this one starts anew.
+                self.flush();
+                self.push_byte(byte);
+            }
+            1 => {
+                self.escape[1] = byte;
+                self.escaped = 2;
+            }
+            _ => {
+                let hex = |digit: u8| (digit as char).to_digit(16).unwrap_or_default() as u8;
+                self.escaped = 0;
+                self.decoded((hex(self.escape[1]) << 4) | hex(byte));
+            }
+        }
+    }
+
+    /// An unfinished escape, taken as sent.
+    fn flush(&mut self) {
+        let escape = self.escape;
+        let escaped = std::mem::take(&mut self.escaped);
+        for &byte in &escape[..escaped as usize] {
+            self.decoded(byte);
+        }
+    }
+
+    fn decoded(&mut self, byte: u8) {
+        if self.ended || (self.head.is_empty() && is_name_padding(byte)) {
+            return;
+        }
+        if byte == 0 {
+            self.ended = true;
+        } else if self.head.len() <= NAME_HEAD {
+            self.head.push(byte);
+        }
+    }
+
+    /// Whether the name, now ended, is `wanted` ([`form_name_is`]).
+    fn is(&mut self, wanted: &[u8], any_case: bool) -> bool {
+        self.flush();
+        form_name_is(&self.head, wanted, any_case)
+    }
+
+    fn clear(&mut self) {
+        self.head.clear();
+        self.escaped = 0;
+        self.ended = false;
+    }
 }
 
 /// Pushes `byte` onto `part` while it is at most `CAP` long (one byte more marks it too long).
@@ -353,59 +476,40 @@ fn push_capped(part: &mut Vec<u8>, byte: u8) {
     }
 }
 
-/// `application/x-www-form-urlencoded`: `name=value` pairs split by `&`.
+/// `application/x-www-form-urlencoded`: `name=value` pairs split by [`FIELD_ENDS`].
 #[derive(Debug, Default, Clone)]
 struct FormFields {
-    name: Vec<u8>,
+    name: FieldName,
     value: Vec<u8>,
     in_value: bool,
-    /// The name ran past MAX_FORM_NAME: only its tail is kept.
-    name_cut: bool,
 }
 
 impl FormFields {
     fn feed(&mut self, data: &[u8], method: &[u8]) -> bool {
         for &byte in data {
             match byte {
-                b'&' => {
+                _ if FIELD_ENDS.contains(&byte) => {
                     if self.field_overrides(method) {
                         return true;
                     }
                 }
                 b'=' if !self.in_value => self.in_value = true,
                 _ if self.in_value => push_capped(&mut self.value, byte),
-                _ => {
-                    // Padding before a name (`+`, `%20`, `[`) is dropped by PHP and Rack,
-                    // however long: past MAX_FORM_NAME only the name's tail is kept.
-                    if self.name.len() >= MAX_FORM_NAME {
-                        self.name.drain(..MAX_FORM_NAME / 2);
-                        self.name_cut = true;
-                    }
-                    self.name.push(byte);
-                }
+                _ => self.name.push_byte(byte),
             }
         }
         false
     }
 
+    /// The field just ended names `_method` (in its case: Rack and Laravel read it so) and
+    /// another method.
     fn field_overrides(&mut self, method: &[u8]) -> bool {
-        let mut name = &self.name[..];
-        if self.name_cut {
-            // The tail may start inside the padding, even inside an escape (`20%20_method`):
-            // what could be padding or an escape's rest is dropped before the name is read.
-            while let [b'+' | b' ' | b'%' | b'[' | b']' | b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F', rest @ ..] =
-                name
-            {
-                name = rest;
-            }
-        }
         let overrides = self.value.len() <= CAP
-            && is_method_name(&form_decoded(name))
+            && self.name.is(b"_method", false)
             && names_other(&form_decoded(&self.value), method);
         self.name.clear();
         self.value.clear();
         self.in_value = false;
-        self.name_cut = false;
         overrides
     }
 }
@@ -415,108 +519,47 @@ const CREDENTIAL_FIELD: &[u8] = b"access_token";
 
 /// A form body's `access_token` field (RFC 6750 §2.2), read for an integration that injects a
 /// bearer token: found at the `=` after its name, before any byte of its value is sent. Only the
-/// current name is kept (of a long one its tail, as [`FormFields`] keeps it); a value is skipped
-/// with `memchr`. Fields end at `&` and also at `;`, which older Go and Python parsers split
-/// on too (a form encoder escapes both, so a value holding one raw is not a client's).
+/// current name's head is kept ([`FieldName`]); a value is skipped with `memchr`. Fields end at
+/// [`FIELD_ENDS`], as [`FormFields`]'s do.
 #[derive(Debug, Default, Clone)]
 struct CredentialField {
-    /// The current field's name so far, as sent.
-    name: Vec<u8>,
+    /// The current field's name so far.
+    name: FieldName,
     /// Past the current field's `=`: nothing is kept until its end.
     in_value: bool,
-    /// The name ran past MAX_FORM_NAME: only its tail is kept.
-    name_cut: bool,
 }
 
 impl CredentialField {
     /// Takes the next bytes of the body; `true` once an `access_token` field's name reaches its
     /// `=`.
     fn feed(&mut self, mut data: &[u8]) -> bool {
+        let [amp, semi] = FIELD_ENDS;
         while !data.is_empty() {
             if self.in_value {
-                let Some(at) = memchr::memchr2(b'&', b';', data) else {
+                let Some(at) = memchr::memchr2(amp, semi, data) else {
                     return false;
                 };
                 self.in_value = false;
                 data = &data[at + 1..];
                 continue;
             }
-            let Some(at) = memchr::memchr3(b'&', b';', b'=', data) else {
-                self.take_name(data);
+            let Some(at) = memchr::memchr3(amp, semi, b'=', data) else {
+                self.name.push(data);
                 return false;
             };
-            self.take_name(&data[..at]);
+            self.name.push(&data[..at]);
             if data[at] == b'=' {
-                if self.names_credential() {
+                // In any case: ASP.NET's form collection ignores it.
+                if self.name.is(CREDENTIAL_FIELD, true) {
                     return true;
                 }
                 self.in_value = true;
             }
             self.name.clear();
-            self.name_cut = false;
             data = &data[at + 1..];
         }
         false
     }
-
-    /// Adds `part` to the name, keeping at most MAX_FORM_NAME bytes: past it, the last half
-    /// (padding before a name is dropped by PHP and Rack, however long).
-    fn take_name(&mut self, part: &[u8]) {
-        let keep = MAX_FORM_NAME / 2;
-        if self.name.len() + part.len() > MAX_FORM_NAME {
-            self.name_cut = true;
-            if part.len() >= keep {
-                self.name.clear();
-                self.name.extend_from_slice(&part[part.len() - keep..]);
-                return;
-            }
-            self.name.drain(..self.name.len() + part.len() - keep);
-        }
-        self.name.extend_from_slice(part);
-    }
-
-    /// Whether the name read so far, decoded, is `access_token`. A name cut to its tail starts
-    /// inside its padding, perhaps inside an escape (`20%20access_token`): read from each of
-    /// the first three bytes.
-    fn names_credential(&self) -> bool {
-        // Decoding only shortens a name: a shorter one cannot be it (most fields end here).
-        if self.name.len() < CREDENTIAL_FIELD.len() {
-            return false;
-        }
-        let skips = if self.name_cut { 0..3 } else { 0..1 };
-        skips
-            .filter_map(|skip| self.name.get(skip..))
-            .any(|name| is_credential_name(&form_decoded(name)))
-    }
-}
-
-/// Whether a decoded form field name is `access_token` for some server: in any case (ASP.NET's
-/// form collection ignores it), up to a NUL (PHP), leading spaces and any leading `[` and `]`
-/// dropped (PHP, Rack 2), `.`, a space and a `[` with no `]` after it read as `_` (PHP), trailing
-/// `]` dropped (Rack 2); an array or hash under the name (`access_token[]`, `access_token[k]`)
-/// is that name's too.
-fn is_credential_name(name: &[u8]) -> bool {
-    let name = name.split(|&byte| byte == 0).next().unwrap_or_default();
-    let mut name = name.trim_ascii_start();
-    while let [b'[' | b']', rest @ ..] = name {
-        name = rest;
-    }
-    if let Some(at) = memchr(b'[', name) {
-        if memchr(b']', &name[at..]).is_some() {
-            name = &name[..at];
-        }
-    }
-    while let [rest @ .., b']'] = name {
-        name = rest;
-    }
-    name.len() == CREDENTIAL_FIELD.len()
-        && name.iter().zip(CREDENTIAL_FIELD).all(|(&byte, &wanted)| {
-            let byte = match byte {
-                b'.' | b' ' | b'[' => b'_',
-                other => other.to_ascii_lowercase(),
-            };
-            byte == wanted
-        })
 }
 
 /// `multipart/*` (RFC 7578): parts between delimiters, each a header section (whose
@@ -1019,10 +1062,18 @@ mod tests {
             assert_eq!(split, all);
             all
         };
-        let opaque = "a".repeat(3 * MAX_FORM_NAME);
+        let opaque = "a".repeat(12 * 1024);
         assert!(!in_pieces(opaque.as_bytes()));
-        let far_padded = format!("{}_method=DELETE", "%20".repeat(3 * MAX_FORM_NAME + 1));
+        let far_padded = format!("{}_method=DELETE", "%20".repeat(12 * 1024 + 1));
         assert!(in_pieces(far_padded.as_bytes()));
+        // Padding or a hash's key after the name, however long: Rack 2 drops trailing `]` and
+        // keys `_method[…]` (and `_method]…`) by `_method`.
+        let trailing = format!("_method{}=DELETE", "]".repeat(5000));
+        let trailing_encoded = format!("a=1&_method{}=DELETE", "%5D".repeat(3000));
+        let long_key = format!("_method[{}]=DELETE", "k".repeat(5000));
+        for body in [&trailing, &trailing_encoded, &long_key] {
+            assert!(in_pieces(body.as_bytes()), "{}", &body[..20]);
+        }
         let padded = format!("{}_method=DELETE", "+".repeat(26));
         let bracketed = format!("{}_method]=DELETE", "[".repeat(26));
         assert_each_overrides(
@@ -1032,6 +1083,11 @@ mod tests {
                 bracketed.as_bytes(),
                 b"_method%00x=DELETE",
                 b"a=1&_method%00=DELETE",
+                // `;` ends a field as `&` does (older Go and Python parsers).
+                b"a=1;_method=DELETE",
+                b"_method]]=DELETE",
+                b"_method]x=DELETE",
+                b"%5B_method%5D=DELETE",
             ],
             true,
         );
@@ -1640,7 +1696,13 @@ mod tests {
     fn an_access_token_form_field_is_found_however_it_is_written_or_split() {
         let padded_spaces = format!("a=1&{}access_token=x", "%20".repeat(3000));
         let padded_pluses = format!("{}access_token=x", "+".repeat(5000));
-        let padded_brackets = format!("{}access_token=x&b=2", "[".repeat(MAX_FORM_NAME + 1));
+        let padded_brackets = format!("{}access_token=x&b=2", "[".repeat(4097));
+        // Padding or a hash's key after the name, however long (Rack 2 drops trailing `]`; a
+        // hash under the name is the name's).
+        let trailing = format!("access_token{}=T", "]".repeat(5000));
+        let trailing_encoded = format!("a=1&access_token{}=T", "%5d".repeat(2000));
+        let long_key = format!("access_token[{}]=T", "k".repeat(5000));
+        let long_unclosed_key = format!("access_token[{}=T", "k".repeat(5000));
         let found: &[&[u8]] = &[
             b"access_token=caller-own-token",
             b"amount=100&access_token=caller-own-token&currency=usd",
@@ -1663,6 +1725,16 @@ mod tests {
             padded_spaces.as_bytes(),
             padded_pluses.as_bytes(),
             padded_brackets.as_bytes(),
+            trailing.as_bytes(),
+            trailing_encoded.as_bytes(),
+            long_key.as_bytes(),
+            long_unclosed_key.as_bytes(),
+            b"access_token]=t",
+            b"access_token]]=t",
+            b"access_token]x=t",
+            b"access_token%5D%5D=t",
+            b"%5Baccess_token=t",
+            b"access_token%00%5D=t",
         ];
         for method in [http::Method::POST, http::Method::PUT, http::Method::PATCH] {
             for body in found {
@@ -1701,7 +1773,9 @@ mod tests {
             b"access_token",
             b"access_token&amount=1",
             b"access[token]=t",
+            b"access_token[=t",
             b"access%255Ftoken=t",
+            b"%00access_token=t",
             b"amount=100&currency=usd",
             b"",
             long_name.as_bytes(),
