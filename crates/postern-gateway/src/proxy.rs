@@ -1380,8 +1380,8 @@ fn inject(
         .unwrap_or_default();
     let mut injected_query = None;
     // A bearer token may also ride in the query (RFC 6750 §2.3): where Postern injects one, a
-    // caller's `access_token` would be the vendor's second credential, its own. (In a form body,
-    // §2.2, it is refused as the body streams: `OverrideScan`.)
+    // caller's `access_token` would be the vendor's second credential, its own. (In a form or
+    // multipart body, §2.2, it is refused as the body streams: `OverrideScan`.)
     if injects_bearer(integration) {
         strip_query_credential(&mut query, "access_token");
     }
