@@ -14,13 +14,17 @@
 //! part's `name` parameter in multipart, escapes in JSON), values compared regardless of case and
 //! surrounding spaces. Only the current field is kept, each part of it capped.
 //!
-//! The same scan reads a form body, whatever its method, for an `access_token` field when the
-//! integration injects a bearer token ([`OverrideScan::for_request`]'s `bearer`): RFC 6750 §2.2
-//! lets a bearer token ride there, so a caller's own would reach the vendor beside the injected
-//! one, and a vendor that reads it acts for whoever owns it while Postern records the call under
-//! the integration's credential. A streamed body cannot be rewritten, so it is refused
-//! (`400 vendor_credential_in_body`), as a `_method` field is. Only forms: RFC 6750 defines no
-//! other body for it, and a JSON `access_token` key is ordinary data in many APIs.
+//! The same scan reads a form or multipart body, whatever its method, for an `access_token`
+//! field when the integration injects a bearer token ([`OverrideScan::for_request`]'s
+//! `bearer`): RFC 6750 §2.2 lets a bearer token ride in a form, which Rack, PHP and Go read
+//! from multipart parts too, so a caller's own would reach the vendor beside the injected one,
+//! and a vendor that reads it acts for whoever owns it while Postern records the call under the
+//! integration's credential. A streamed body cannot be rewritten, so it is refused
+//! (`400 vendor_credential_in_body`), as a `_method` field is. Not JSON: a JSON `access_token`
+//! key is ordinary data in many APIs.
+//!
+//! Form and query field names are matched by one rule ([`form_name_is`]), also for the query's
+//! credential parameter (`proxy::strip_query_credential`).
 
 use std::borrow::Cow;
 
@@ -52,15 +56,15 @@ pub(crate) fn method_override(request: &Request<CallerBody>) -> Option<String> {
             return Some(format!("header {name}"));
         }
     }
-    request.uri().query()?.split('&').find_map(|pair| {
+    let ends = |c: char| c.is_ascii() && FIELD_ENDS.contains(&(c as u8));
+    request.uri().query()?.split(ends).find_map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = form_decoded(name.as_bytes());
-        // Also as PHP and Rack read a name (`+_method`, `.method`, `_method%00`): Symfony and
-        // Laravel take `_method` from the query too.
-        let overrides = is_method_name(&name)
-            || METHOD_OVERRIDE_PARAMS
-                .iter()
-                .any(|known| name.eq_ignore_ascii_case(known.as_bytes()));
+        // As PHP and Rack read a name (`+_method`, `.method`, `_method%00`, `[_method]`), in
+        // any case: Symfony and Laravel take `_method` from the query too.
+        let overrides = METHOD_OVERRIDE_PARAMS
+            .iter()
+            .any(|known| form_name_is(&name, known.as_bytes(), true));
         (overrides && other(&form_decoded(value.as_bytes())))
             .then(|| format!("query parameter {}", String::from_utf8_lossy(&name)))
     })
@@ -104,9 +108,15 @@ pub(crate) fn form_decoded(raw: &[u8]) -> Cow<'_, [u8]> {
 /// server honours is longer than a few letters. One byte past it marks the part too long.
 const CAP: usize = 32;
 
-/// Longest form field name kept whole (as sent, before decoding); of a longer one only the tail
-/// is read, since padding before `_method` (`+`, `%20`, `[`) is dropped by the servers.
-const MAX_FORM_NAME: usize = 4096;
+/// How much of a form field's name is kept as it streams ([`FieldName`]): decoded, after the
+/// padding servers drop before a name, however long. Longer than any name looked for, so a
+/// longer name's head decides it as the whole name would ([`form_name_is`]).
+const NAME_HEAD: usize = 64;
+
+/// The bytes that end a form field: `&`, and `;`, which Rack 2 (for a query), older Go and
+/// Python parsers split on too (a form encoder escapes both, so a value holding one raw is not a
+/// client's). Bodies and queries are read with the same set.
+pub(crate) const FIELD_ENDS: [u8; 2] = [b'&', b';'];
 
 /// Longest header section of a multipart part that is read for its name. A longer one is
 /// refused: whether it names `_method` cannot be told.
@@ -130,7 +140,8 @@ pub struct OverrideScan {
     /// A form or multipart body whose type also says JSON (`…; x=/json`): Laravel reads it as
     /// JSON, so it is read as both.
     also_json: Option<JsonKeys>,
-    /// A form body to an integration that injects a bearer token: its `access_token` field.
+    /// A form body to an integration that injects a bearer token: its `access_token` field (a
+    /// multipart body's parts are read for it by its `Kind::Multipart`).
     credential: Option<CredentialField>,
 }
 
@@ -150,7 +161,8 @@ impl OverrideScan {
     /// a boundary, or JSON (`…/json` or `…+json`, as Laravel tells it). With `bearer` (the
     /// integration injects a bearer token), also a form body of any method (Rack and Rails
     /// parse one whatever the method), read for an `access_token` field; other methods' bodies
-    /// need a form type to be read (a missing one is a form to Rack for a POST only).
+    /// need a form type to be read (a missing one is a form to Rack for a POST only); a
+    /// multipart body of any method is read for a part named `access_token` too.
     pub fn for_request(method: &http::Method, headers: &HeaderMap, bearer: bool) -> Option<Self> {
         let post = method == http::Method::POST;
         if !post && !bearer {
@@ -162,12 +174,23 @@ impl OverrideScan {
             Some(value) => Kind::for_content_type(value.as_bytes())?,
         };
         let credential = (bearer && matches!(kind, Kind::Form(_))).then(CredentialField::default);
-        if !post && credential.is_none() {
+        let kind = match kind {
+            // A multipart body's parts are read for `access_token` too (Rack, PHP and Go read
+            // them as form fields), `_method` a POST's only; one that cannot be read is refused.
+            Kind::Multipart(mut parts) if bearer => {
+                parts.read_method = post;
+                parts.read_credential = true;
+                Some(Kind::Multipart(parts))
+            }
+            Kind::Refused if bearer => Some(Kind::Refused),
+            kind => post.then_some(kind),
+        };
+        if kind.is_none() && credential.is_none() {
             return None;
         }
         Some(OverrideScan {
             method: method.clone(),
-            kind: post.then_some(kind),
+            kind,
             also_json: also_json.filter(|_| post),
             credential,
         })
@@ -202,7 +225,13 @@ impl OverrideScan {
         let overrides = match &mut self.kind {
             None => false,
             Some(Kind::Form(form)) => form.feed(data, method),
-            Some(Kind::Multipart(parts)) => parts.feed(data, method),
+            Some(Kind::Multipart(parts)) => {
+                let refused = parts.feed(data, method);
+                if refused && parts.found_credential {
+                    return Some(RequestBodyViolation::VendorCredential);
+                }
+                refused
+            }
             Some(Kind::Json(keys)) => keys.feed(data, method),
             Some(Kind::Refused) => true,
         };
@@ -327,23 +356,140 @@ fn names_other(value: &[u8], method: &[u8]) -> bool {
     !value.is_empty() && value.len() <= CAP && !value.eq_ignore_ascii_case(method)
 }
 
-/// A field name as PHP and Rack read it: up to a NUL (PHP), leading spaces dropped, any leading `[` and `]` and
-/// trailing `]` dropped (Rack 2), `.` and a space read as `_` (PHP).
-fn is_method_name(name: &[u8]) -> bool {
-    // PHP reads a name as a C string: up to its first NUL.
+/// Whether a decoded form or query field name is `wanted` for some server that reads it (PHP,
+/// Rack 2, and with `any_case` ASP.NET, whose collections ignore case): up to a NUL (PHP reads a
+/// C string), leading white space, `[` and `]` dropped (PHP, Rack 2), `.` and a space read as
+/// `_`, and a `[` that no `]` follows too (PHP); and an array or hash under the name is the
+/// name's (`wanted[]`, `wanted[k]`, `wanted]…`: PHP and Rack 2 key it by what comes before the
+/// first bracket, unless that bracket is a last, lone `[`). A `wanted` holding brackets itself
+/// (a configured `auth[key]`) is compared whole, and by its key. The one rule for the query's
+/// credential parameter (`proxy::strip_query_credential`), the query's `_method`
+/// ([`method_override`]) and a form body's `_method` and `access_token` ([`FieldName`]).
+pub(crate) fn form_name_is(name: &[u8], wanted: &[u8], any_case: bool) -> bool {
     let name = name.split(|&byte| byte == 0).next().unwrap_or_default();
-    let mut name = name.trim_ascii_start();
-    while let [b'[' | b']', rest @ ..] = name {
-        name = rest;
+    let start = name
+        .iter()
+        .position(|&byte| !is_name_padding(byte))
+        .unwrap_or(name.len());
+    let name = &name[start..];
+    if name.is_empty() {
+        return false;
     }
-    while let [rest @ .., b']'] = name {
-        name = rest;
-    }
-    name.len() == b"_method".len()
+    let fold = |byte: u8| match byte {
+        b'.' | b' ' => b'_',
+        _ if any_case => byte.to_ascii_lowercase(),
+        _ => byte,
+    };
+    let same = |a: &[u8], b: &[u8]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(&a, &b)| fold(a) == fold(b))
+    };
+    let last_close = memchr::memrchr(b']', name);
+    let whole = name.len() == wanted.len()
         && name
             .iter()
-            .map(|&b| if b == b'.' || b == b' ' { b'_' } else { b })
-            .eq(b"_method".iter().copied())
+            .zip(wanted)
+            .enumerate()
+            .all(|(at, (&byte, &want))| {
+                let unclosed = byte == b'[' && last_close.is_none_or(|close| close < at);
+                fold(if unclosed { b'_' } else { byte }) == fold(want)
+            });
+    whole || same(array_key(name), array_key(wanted))
+}
+
+/// What servers drop before a field's name (decoded): white space (PHP drops spaces), `[` and
+/// `]` (Rack 2).
+fn is_name_padding(byte: u8) -> bool {
+    byte.is_ascii_whitespace() || byte == b'[' || byte == b']'
+}
+
+/// The key PHP and Rack 2 file a name under: what comes before its first `[` or `]` (`key` of
+/// `key[]`, `key[0]x`, `key]]`), unless that is a last, lone `[` (`key[` is PHP's `key_`,
+/// Rack's `key[`).
+fn array_key(name: &[u8]) -> &[u8] {
+    match name.iter().position(|&byte| byte == b'[' || byte == b']') {
+        Some(cut) if cut > 0 && &name[cut..] != b"[" => &name[..cut],
+        _ => name,
+    }
+}
+
+/// A form field's name as it streams: decoded as it comes (`+` a space, `%XX` its byte, as
+/// [`form_decoded`] reads it), the padding servers drop before a name skipped however long,
+/// then its first [`NAME_HEAD`] bytes (and one more, marking it longer) kept, up to a NUL
+/// (where PHP ends it). Whatever follows a name's head, padding or a hash's key however long,
+/// cannot change what it names ([`form_name_is`]).
+#[derive(Debug, Default, Clone)]
+struct FieldName {
+    head: Vec<u8>,
+    /// A `%` and the hex digit after it, if any, not decoded yet.
+    escape: [u8; 2],
+    escaped: u8,
+    /// A NUL was read: the rest of the name is not kept.
+    ended: bool,
+}
+
+impl FieldName {
+    fn push(&mut self, raw: &[u8]) {
+        for &byte in raw {
+            self.push_byte(byte);
+        }
+    }
+
+    fn push_byte(&mut self, byte: u8) {
+        let byte = if byte == b'+' { b' ' } else { byte };
+        match self.escaped {
+            0 if byte == b'%' => {
+                self.escape[0] = byte;
+                self.escaped = 1;
+            }
+            0 => self.decoded(byte),
+            1 | 2 if !byte.is_ascii_hexdigit() => {
+                // Not an escape: its bytes are the name's as sent, and this one starts anew.
+                self.flush();
+                self.push_byte(byte);
+            }
+            1 => {
+                self.escape[1] = byte;
+                self.escaped = 2;
+            }
+            _ => {
+                let hex = |digit: u8| (digit as char).to_digit(16).unwrap_or_default() as u8;
+                self.escaped = 0;
+                self.decoded((hex(self.escape[1]) << 4) | hex(byte));
+            }
+        }
+    }
+
+    /// An unfinished escape, taken as sent.
+    fn flush(&mut self) {
+        let escape = self.escape;
+        let escaped = std::mem::take(&mut self.escaped);
+        for &byte in &escape[..escaped as usize] {
+            self.decoded(byte);
+        }
+    }
+
+    fn decoded(&mut self, byte: u8) {
+        if self.ended || (self.head.is_empty() && is_name_padding(byte)) {
+            return;
+        }
+        if byte == 0 {
+            self.ended = true;
+        } else if self.head.len() <= NAME_HEAD {
+            self.head.push(byte);
+        }
+    }
+
+    /// Whether the name, now ended, is `wanted` ([`form_name_is`]).
+    fn is(&mut self, wanted: &[u8], any_case: bool) -> bool {
+        self.flush();
+        form_name_is(&self.head, wanted, any_case)
+    }
+
+    fn clear(&mut self) {
+        self.head.clear();
+        self.escaped = 0;
+        self.ended = false;
+    }
 }
 
 /// Pushes `byte` onto `part` while it is at most `CAP` long (one byte more marks it too long).
@@ -353,59 +499,40 @@ fn push_capped(part: &mut Vec<u8>, byte: u8) {
     }
 }
 
-/// `application/x-www-form-urlencoded`: `name=value` pairs split by `&`.
+/// `application/x-www-form-urlencoded`: `name=value` pairs split by [`FIELD_ENDS`].
 #[derive(Debug, Default, Clone)]
 struct FormFields {
-    name: Vec<u8>,
+    name: FieldName,
     value: Vec<u8>,
     in_value: bool,
-    /// The name ran past MAX_FORM_NAME: only its tail is kept.
-    name_cut: bool,
 }
 
 impl FormFields {
     fn feed(&mut self, data: &[u8], method: &[u8]) -> bool {
         for &byte in data {
             match byte {
-                b'&' => {
+                _ if FIELD_ENDS.contains(&byte) => {
                     if self.field_overrides(method) {
                         return true;
                     }
                 }
                 b'=' if !self.in_value => self.in_value = true,
                 _ if self.in_value => push_capped(&mut self.value, byte),
-                _ => {
-                    // Padding before a name (`+`, `%20`, `[`) is dropped by PHP and Rack,
-                    // however long: past MAX_FORM_NAME only the name's tail is kept.
-                    if self.name.len() >= MAX_FORM_NAME {
-                        self.name.drain(..MAX_FORM_NAME / 2);
-                        self.name_cut = true;
-                    }
-                    self.name.push(byte);
-                }
+                _ => self.name.push_byte(byte),
             }
         }
         false
     }
 
+    /// The field just ended names `_method` (in its case: Rack and Laravel read it so) and
+    /// another method.
     fn field_overrides(&mut self, method: &[u8]) -> bool {
-        let mut name = &self.name[..];
-        if self.name_cut {
-            // The tail may start inside the padding, even inside an escape (`20%20_method`):
-            // what could be padding or an escape's rest is dropped before the name is read.
-            while let [b'+' | b' ' | b'%' | b'[' | b']' | b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F', rest @ ..] =
-                name
-            {
-                name = rest;
-            }
-        }
         let overrides = self.value.len() <= CAP
-            && is_method_name(&form_decoded(name))
+            && self.name.is(b"_method", false)
             && names_other(&form_decoded(&self.value), method);
         self.name.clear();
         self.value.clear();
         self.in_value = false;
-        self.name_cut = false;
         overrides
     }
 }
@@ -415,108 +542,47 @@ const CREDENTIAL_FIELD: &[u8] = b"access_token";
 
 /// A form body's `access_token` field (RFC 6750 §2.2), read for an integration that injects a
 /// bearer token: found at the `=` after its name, before any byte of its value is sent. Only the
-/// current name is kept (of a long one its tail, as [`FormFields`] keeps it); a value is skipped
-/// with `memchr`. Fields end at `&` and also at `;`, which older Go and Python parsers split
-/// on too (a form encoder escapes both, so a value holding one raw is not a client's).
+/// current name's head is kept ([`FieldName`]); a value is skipped with `memchr`. Fields end at
+/// [`FIELD_ENDS`], as [`FormFields`]'s do.
 #[derive(Debug, Default, Clone)]
 struct CredentialField {
-    /// The current field's name so far, as sent.
-    name: Vec<u8>,
+    /// The current field's name so far.
+    name: FieldName,
     /// Past the current field's `=`: nothing is kept until its end.
     in_value: bool,
-    /// The name ran past MAX_FORM_NAME: only its tail is kept.
-    name_cut: bool,
 }
 
 impl CredentialField {
     /// Takes the next bytes of the body; `true` once an `access_token` field's name reaches its
     /// `=`.
     fn feed(&mut self, mut data: &[u8]) -> bool {
+        let [amp, semi] = FIELD_ENDS;
         while !data.is_empty() {
             if self.in_value {
-                let Some(at) = memchr::memchr2(b'&', b';', data) else {
+                let Some(at) = memchr::memchr2(amp, semi, data) else {
                     return false;
                 };
                 self.in_value = false;
                 data = &data[at + 1..];
                 continue;
             }
-            let Some(at) = memchr::memchr3(b'&', b';', b'=', data) else {
-                self.take_name(data);
+            let Some(at) = memchr::memchr3(amp, semi, b'=', data) else {
+                self.name.push(data);
                 return false;
             };
-            self.take_name(&data[..at]);
+            self.name.push(&data[..at]);
             if data[at] == b'=' {
-                if self.names_credential() {
+                // In any case: ASP.NET's form collection ignores it.
+                if self.name.is(CREDENTIAL_FIELD, true) {
                     return true;
                 }
                 self.in_value = true;
             }
             self.name.clear();
-            self.name_cut = false;
             data = &data[at + 1..];
         }
         false
     }
-
-    /// Adds `part` to the name, keeping at most MAX_FORM_NAME bytes: past it, the last half
-    /// (padding before a name is dropped by PHP and Rack, however long).
-    fn take_name(&mut self, part: &[u8]) {
-        let keep = MAX_FORM_NAME / 2;
-        if self.name.len() + part.len() > MAX_FORM_NAME {
-            self.name_cut = true;
-            if part.len() >= keep {
-                self.name.clear();
-                self.name.extend_from_slice(&part[part.len() - keep..]);
-                return;
-            }
-            self.name.drain(..self.name.len() + part.len() - keep);
-        }
-        self.name.extend_from_slice(part);
-    }
-
-    /// Whether the name read so far, decoded, is `access_token`. A name cut to its tail starts
-    /// inside its padding, perhaps inside an escape (`20%20access_token`): read from each of
-    /// the first three bytes.
-    fn names_credential(&self) -> bool {
-        // Decoding only shortens a name: a shorter one cannot be it (most fields end here).
-        if self.name.len() < CREDENTIAL_FIELD.len() {
-            return false;
-        }
-        let skips = if self.name_cut { 0..3 } else { 0..1 };
-        skips
-            .filter_map(|skip| self.name.get(skip..))
-            .any(|name| is_credential_name(&form_decoded(name)))
-    }
-}
-
-/// Whether a decoded form field name is `access_token` for some server: in any case (ASP.NET's
-/// form collection ignores it), up to a NUL (PHP), leading spaces and any leading `[` and `]`
-/// dropped (PHP, Rack 2), `.`, a space and a `[` with no `]` after it read as `_` (PHP), trailing
-/// `]` dropped (Rack 2); an array or hash under the name (`access_token[]`, `access_token[k]`)
-/// is that name's too.
-fn is_credential_name(name: &[u8]) -> bool {
-    let name = name.split(|&byte| byte == 0).next().unwrap_or_default();
-    let mut name = name.trim_ascii_start();
-    while let [b'[' | b']', rest @ ..] = name {
-        name = rest;
-    }
-    if let Some(at) = memchr(b'[', name) {
-        if memchr(b']', &name[at..]).is_some() {
-            name = &name[..at];
-        }
-    }
-    while let [rest @ .., b']'] = name {
-        name = rest;
-    }
-    name.len() == CREDENTIAL_FIELD.len()
-        && name.iter().zip(CREDENTIAL_FIELD).all(|(&byte, &wanted)| {
-            let byte = match byte {
-                b'.' | b' ' | b'[' => b'_',
-                other => other.to_ascii_lowercase(),
-            };
-            byte == wanted
-        })
 }
 
 /// `multipart/*` (RFC 7578): parts between delimiters, each a header section (whose
@@ -540,6 +606,12 @@ struct MultipartParts {
     kept: Vec<u8>,
     /// The kept value ran past what a method can be.
     too_long: bool,
+    /// Parts are read for `_method` (a POST's).
+    read_method: bool,
+    /// Parts are read for `access_token` (a bearer integration's body, any method).
+    read_credential: bool,
+    /// A part named `access_token` was found: what [`MultipartParts::feed`]'s `true` means then.
+    found_credential: bool,
 }
 
 /// Longest line of a part's header section that is read: PHP reads header lines in pieces of
@@ -590,6 +662,9 @@ impl MultipartParts {
             state: PartState::Data,
             kept: Vec::new(),
             too_long: false,
+            read_method: true,
+            read_credential: false,
+            found_credential: false,
         })
     }
 
@@ -723,7 +798,12 @@ impl MultipartParts {
         if !self.kept.ends_with(b"\r\n\r\n") {
             return None;
         }
-        let is_method = names_method_field(&self.kept);
+        if self.read_credential && names_credential_field(&self.kept) {
+            // Refused before any byte of its value is sent.
+            self.found_credential = true;
+            return None;
+        }
+        let is_method = self.read_method && names_method_field(&self.kept);
         self.kept.clear();
         self.matched = 0;
         Some(if is_method {
@@ -738,7 +818,7 @@ impl MultipartParts {
     fn finish(&mut self, method: &[u8]) -> bool {
         match self.state {
             PartState::MethodValue => self.value_overrides(false, method),
-            PartState::Headers { .. } => names_method_field(&self.kept),
+            PartState::Headers { .. } => self.read_method && names_method_field(&self.kept),
             _ => false,
         }
     }
@@ -754,19 +834,58 @@ impl MultipartParts {
 /// tab too) or terminator (`(`, `[`) a server honours is covered, at the cost of refusing a
 /// file uploaded as `_method`.
 fn names_method_field(headers: &[u8]) -> bool {
+    names_field(headers, stands_as_method)
+}
+
+/// Whether a part's header section may name the field `access_token` for some server, read as
+/// [`names_method_field`] reads it for `_method`: `access_token` standing as a name of its own,
+/// in any case (ASP.NET), with `.`, a space or `[` for its `_` (PHP). At the cost of refusing a
+/// file uploaded as `access token`.
+fn names_credential_field(headers: &[u8]) -> bool {
+    names_field(headers, stands_as_credential)
+}
+
+/// `stands` in a part's header section once line breaks, NULs and backslashes are taken out,
+/// or in that percent-decoded.
+fn names_field(headers: &[u8], stands: fn(&[u8]) -> bool) -> bool {
     let joined: Vec<u8> = headers
         .iter()
         .copied()
         .filter(|byte| !matches!(byte, b'\r' | b'\n' | 0 | b'\\'))
         .collect();
-    stands_as_method(&joined) || stands_as_method(&form_decoded(&joined))
+    stands(&joined) || stands(&form_decoded(&joined))
+}
+
+/// Whether a byte may be part of a name in a part's header section (so a name next to it does
+/// not stand on its own).
+fn in_part_name(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.')
+}
+
+/// Whether `access_token` stands in `bytes` as a name of its own, in any case, its `_` also a
+/// `.`, a space or a `[`.
+fn stands_as_credential(bytes: &[u8]) -> bool {
+    let lower = bytes.to_ascii_lowercase();
+    memchr::memmem::find_iter(&lower, b"token").any(|at| {
+        let Some(start) = at.checked_sub(b"access_".len()) else {
+            return false;
+        };
+        &lower[start..at - 1] == b"access"
+            && matches!(lower[at - 1], b'_' | b'.' | b' ' | b'[')
+            && start
+                .checked_sub(1)
+                .is_none_or(|before| !in_part_name(lower[before]))
+            && lower
+                .get(at + b"token".len())
+                .is_none_or(|&after| !in_part_name(after))
+    })
 }
 
 /// Whether `_method` stands in `bytes` as a name of its own, or `.method` / ` method` (which
 /// PHP reads as `_method`) at the start of a value (after `=`, a quote or `[`, spaces aside):
 /// elsewhere those are words in a file name (`R&D / method.txt`).
 fn stands_as_method(bytes: &[u8]) -> bool {
-    let in_name = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.');
+    let in_name = in_part_name;
     memchr::memmem::find_iter(bytes, b"method").any(|at| {
         if at == 0
             || bytes
@@ -1019,10 +1138,18 @@ mod tests {
             assert_eq!(split, all);
             all
         };
-        let opaque = "a".repeat(3 * MAX_FORM_NAME);
+        let opaque = "a".repeat(12 * 1024);
         assert!(!in_pieces(opaque.as_bytes()));
-        let far_padded = format!("{}_method=DELETE", "%20".repeat(3 * MAX_FORM_NAME + 1));
+        let far_padded = format!("{}_method=DELETE", "%20".repeat(12 * 1024 + 1));
         assert!(in_pieces(far_padded.as_bytes()));
+        // Padding or a hash's key after the name, however long: Rack 2 drops trailing `]` and
+        // keys `_method[…]` (and `_method]…`) by `_method`.
+        let trailing = format!("_method{}=DELETE", "]".repeat(5000));
+        let trailing_encoded = format!("a=1&_method{}=DELETE", "%5D".repeat(3000));
+        let long_key = format!("_method[{}]=DELETE", "k".repeat(5000));
+        for body in [&trailing, &trailing_encoded, &long_key] {
+            assert!(in_pieces(body.as_bytes()), "{}", &body[..20]);
+        }
         let padded = format!("{}_method=DELETE", "+".repeat(26));
         let bracketed = format!("{}_method]=DELETE", "[".repeat(26));
         assert_each_overrides(
@@ -1032,6 +1159,11 @@ mod tests {
                 bracketed.as_bytes(),
                 b"_method%00x=DELETE",
                 b"a=1&_method%00=DELETE",
+                // `;` ends a field as `&` does (older Go and Python parsers).
+                b"a=1;_method=DELETE",
+                b"_method]]=DELETE",
+                b"_method]x=DELETE",
+                b"%5B_method%5D=DELETE",
             ],
             true,
         );
@@ -1640,7 +1772,13 @@ mod tests {
     fn an_access_token_form_field_is_found_however_it_is_written_or_split() {
         let padded_spaces = format!("a=1&{}access_token=x", "%20".repeat(3000));
         let padded_pluses = format!("{}access_token=x", "+".repeat(5000));
-        let padded_brackets = format!("{}access_token=x&b=2", "[".repeat(MAX_FORM_NAME + 1));
+        let padded_brackets = format!("{}access_token=x&b=2", "[".repeat(4097));
+        // Padding or a hash's key after the name, however long (Rack 2 drops trailing `]`; a
+        // hash under the name is the name's).
+        let trailing = format!("access_token{}=T", "]".repeat(5000));
+        let trailing_encoded = format!("a=1&access_token{}=T", "%5d".repeat(2000));
+        let long_key = format!("access_token[{}]=T", "k".repeat(5000));
+        let long_unclosed_key = format!("access_token[{}=T", "k".repeat(5000));
         let found: &[&[u8]] = &[
             b"access_token=caller-own-token",
             b"amount=100&access_token=caller-own-token&currency=usd",
@@ -1663,6 +1801,16 @@ mod tests {
             padded_spaces.as_bytes(),
             padded_pluses.as_bytes(),
             padded_brackets.as_bytes(),
+            trailing.as_bytes(),
+            trailing_encoded.as_bytes(),
+            long_key.as_bytes(),
+            long_unclosed_key.as_bytes(),
+            b"access_token]=t",
+            b"access_token]]=t",
+            b"access_token]x=t",
+            b"access_token%5D%5D=t",
+            b"%5Baccess_token=t",
+            b"access_token%00%5D=t",
         ];
         for method in [http::Method::POST, http::Method::PUT, http::Method::PATCH] {
             for body in found {
@@ -1701,7 +1849,9 @@ mod tests {
             b"access_token",
             b"access_token&amount=1",
             b"access[token]=t",
+            b"access_token[=t",
             b"access%255Ftoken=t",
+            b"%00access_token=t",
             b"amount=100&currency=usd",
             b"",
             long_name.as_bytes(),
@@ -1722,10 +1872,10 @@ mod tests {
     }
 
     /// Which bodies are read for the credential field: a form (by its type, or a POST with none,
-    /// which Rack reads as a form; a multipart type naming no boundary too) of any method, to a
-    /// bearer integration only; not multipart parts or JSON keys (RFC 6750 defines only the
-    /// form; a JSON `access_token` is ordinary data in many APIs). Another method's form is not
-    /// read for `_method`, and nothing of it is held back for the body's end.
+    /// which Rack reads as a form; a multipart type naming no boundary too) or a multipart body
+    /// of any method, to a bearer integration only; not JSON keys (a JSON `access_token` is
+    /// ordinary data in many APIs). Another method's form is not read for `_method`, and
+    /// nothing of it is held back for the body's end.
     #[test]
     fn only_a_bearer_integrations_form_bodies_are_read_for_access_token() {
         let mut form_headers = HeaderMap::new();
@@ -1768,9 +1918,81 @@ mod tests {
             multipart.feed(
                 b"--XyZ\r\nContent-Disposition: form-data; name=\"access_token\"\r\n\r\nt\r\n--XyZ--\r\n"
             ),
-            None
+            Some(RequestBodyViolation::VendorCredential)
         );
-        assert!(!multipart.finish());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, MULTIPART.parse().unwrap());
+        assert!(OverrideScan::for_request(&http::Method::PUT, &headers, false).is_none());
+    }
+
+    /// A bearer integration's multipart body, of any method, is refused at the end of the header
+    /// section of a part named `access_token` (as [`names_method_field`] reads `_method`: any
+    /// quoting, decoded, in any case, `.`, a space or `[` for its `_`), before its value is
+    /// sent, however the body is split; other parts and values pass, and another method's parts
+    /// are not read for `_method`.
+    #[test]
+    fn a_multipart_access_token_part_is_found() {
+        let part = |disposition: &str| {
+            format!(
+                "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XyZ\r\nContent-Disposition: {disposition}\r\n\r\nSECRET\r\n--XyZ--\r\n"
+            )
+        };
+        let read = |method: http::Method, body: &[u8], pieces: usize| {
+            let mut scan = bearer_scan(method, Some(MULTIPART)).expect("a scanned body");
+            let found = body
+                .chunks(body.len().div_ceil(pieces))
+                .find_map(|piece| scan.feed(piece));
+            found.or_else(|| {
+                scan.finish()
+                    .then_some(RequestBodyViolation::MethodOverride)
+            })
+        };
+        for disposition in [
+            "form-data; name=\"access_token\"",
+            "form-data; name=access_token",
+            "form-data; name=\"ACCESS_TOKEN\"",
+            "form-data; name=\"access.token\"",
+            "form-data; name=\"access token\"",
+            "form-data; name=\"access_token[]\"",
+            "form-data; name=\"[access_token]\"",
+            "form-data; name=\"access%5Ftoken\"",
+            "form-data; name=\"access_token\"; filename=\"t.txt\"",
+        ] {
+            let body = part(disposition);
+            for method in [http::Method::POST, http::Method::PUT] {
+                for pieces in [1, 2, 7, body.len()] {
+                    assert_eq!(
+                        read(method.clone(), body.as_bytes(), pieces),
+                        Some(RequestBodyViolation::VendorCredential),
+                        "{method} {pieces} {disposition}"
+                    );
+                }
+            }
+            // Found at the header section's end: the value is not needed.
+            let header_end = body.find("\r\n\r\nSECRET").unwrap() + 4;
+            let mut scan = bearer_scan(http::Method::PUT, Some(MULTIPART)).unwrap();
+            assert_eq!(
+                scan.feed(&body.as_bytes()[..header_end]),
+                Some(RequestBodyViolation::VendorCredential),
+                "{disposition}"
+            );
+        }
+        for disposition in [
+            "form-data; name=\"note\"",
+            "form-data; name=\"my_access_token\"",
+            "form-data; name=\"access_tokens\"",
+            "form-data; name=\"file\"; filename=\"access_token.txt\"",
+            "form-data; name=\"_method\"",
+        ] {
+            let body = part(disposition);
+            assert_eq!(
+                read(http::Method::PUT, body.as_bytes(), 3),
+                None,
+                "{disposition}"
+            );
+        }
+        let value = "--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\naccess_token\r\n--XyZ--\r\n";
+        assert_eq!(read(http::Method::PATCH, value.as_bytes(), 1), None);
     }
 
     /// The credential field is read in the pipeline's own reading of a streamed body, as sent

@@ -33,7 +33,7 @@ use crate::error::CallError;
 use crate::events::Decision;
 use crate::listener::{Malformed, OnMalformed};
 use crate::oauth::TokenSource;
-use crate::overrides::{form_decoded, method_override, OverrideScan};
+use crate::overrides::{form_decoded, form_name_is, method_override, OverrideScan};
 use crate::record::PendingRecord;
 use crate::runtime::{Injector, IntegrationRuntime, Runtime};
 use crate::upstream::{ConnectError, UpstreamBody, UpstreamError};
@@ -1407,8 +1407,8 @@ fn inject(
         .unwrap_or_default();
     let mut injected_query = None;
     // A bearer token may also ride in the query (RFC 6750 §2.3): where Postern injects one, a
-    // caller's `access_token` would be the vendor's second credential, its own. (In a form body,
-    // §2.2, it is refused as the body streams: `OverrideScan`.)
+    // caller's `access_token` would be the vendor's second credential, its own. (In a form or
+    // multipart body, §2.2, it is refused as the body streams: `OverrideScan`.)
     if injects_bearer(integration) {
         strip_query_credential(&mut query, "access_token");
     }
@@ -1513,42 +1513,14 @@ fn strip_query_credential(query: &mut Vec<Cow<'_, str>>, param: &str) {
 }
 
 /// Whether a query pair's name is `name` as some vendor's server reads it: decoded as a form
-/// decodes it (`%XX`, `+` for a space), regardless of ASCII case, leading spaces dropped, `.`
-/// and a space taken for `_`, and an array suffix (`[]`, `[0]`) cut, as PHP reads a name. A
-/// caller's `api%5Fkey=…`, `API_KEY=…` or `api.key[]=…` is its own `api_key=…`, which a vendor
-/// that reads the first value would take over the injected one.
+/// decodes it (`%XX`, `+` for a space), then read by the one rule for form and query names,
+/// regardless of ASCII case ([`crate::overrides::form_name_is`]: up to a NUL, padding before it
+/// dropped, `.` and a space taken for `_`, an array or hash under it its own). A caller's
+/// `api%5Fkey=…`, `API_KEY=…`, `api.key[]=…` or `[api_key]=…` is its own `api_key=…`, which a
+/// vendor that reads the first value would take over the injected one.
 fn query_name_is(pair: &str, name: &str) -> bool {
     let raw = pair.split('=').next().unwrap_or(pair);
-    let decoded = form_decoded(raw.as_bytes());
-    let mut read: &[u8] = &decoded;
-    while let [b' ', rest @ ..] = read {
-        read = rest;
-    }
-    let same = |a: &[u8], b: &[u8]| {
-        let fold = |c: u8| match c.to_ascii_lowercase() {
-            b'.' | b' ' => b'_',
-            c => c,
-        };
-        a.len() == b.len() && a.iter().zip(b).all(|(&a, &b)| fold(a) == fold(b))
-    };
-    // A configured name may hold brackets itself (`auth[key]`): compared whole first, then
-    // with the array suffix cut from both.
-    same(read, name.as_bytes()) || same(&array_base(read), &array_base(name.as_bytes()))
-}
-
-/// A query name as PHP reads it for its key: without its array part (`key` of `key[]`,
-/// `key[0]` and `key[0]x`, whatever follows the first `]`), and with a `[` that no `]` closes
-/// taken for `_` (`api[key` is `api_key`).
-fn array_base(name: &[u8]) -> Cow<'_, [u8]> {
-    match name.iter().position(|&b| b == b'[') {
-        Some(open) if open > 0 && name[open..].contains(&b']') => Cow::Borrowed(&name[..open]),
-        Some(open) if open > 0 => {
-            let mut read = name.to_vec();
-            read[open] = b'_';
-            Cow::Owned(read)
-        }
-        _ => Cow::Borrowed(name),
-    }
+    form_name_is(&form_decoded(raw.as_bytes()), name.as_bytes(), true)
 }
 
 /// Whether a request header must not be forwarded because it holds a caller token: the call's
@@ -2975,6 +2947,16 @@ mod tests {
             "api.key[x]=1",
             "api_key[0]x=1",
             "api[key=1",
+            // As PHP and Rack 2 read a name: up to a NUL, brackets before it and after it
+            // dropped, a hash under it its own.
+            "[api_key]=1",
+            "[api_key=1",
+            "%5Bapi_key%5D=1",
+            "api_key%00=1",
+            "api_key%00x=1",
+            "api_key]]=1",
+            "api_key]x=1",
+            "%09api_key=1",
         ] {
             assert!(query_name_is(pair, "api_key"), "{pair}");
         }
@@ -2987,6 +2969,8 @@ mod tests {
             "[]=1",
             "api_key[=1",
             "apikey=1",
+            "%00api_key=1",
+            "x%00api_key=1",
         ] {
             assert!(!query_name_is(pair, "api_key"), "{pair}");
         }
@@ -3019,6 +3003,10 @@ mod tests {
         assert_eq!(strip("api_key=x;API_KEY=y"), "");
         assert_eq!(strip("filter=a;b&c=d"), "filter=a;b&c=d");
         assert_eq!(strip("q=a%3Bapi_key%3Dx"), "q=a%3Bapi_key%3Dx");
+        // The pairs PHP and Rack 2 would read as the parameter, however long the padding.
+        let long = format!("a=1&api_key{}=x&b=2", "]".repeat(5000));
+        assert_eq!(strip(&long), "a=1&b=2");
+        assert_eq!(strip("[api_key]=x&api_key%00=y&api_key]]=z&b=2"), "b=2");
     }
 
     #[test]
@@ -3255,6 +3243,10 @@ mod tests {
             ".method=DELETE",
             "_method%00=DELETE",
             "[_method]=DELETE",
+            // And as Rack 2 reads one (trailing `]`, a hash under it), after a `;` too.
+            "_method]]=DELETE",
+            "_HttpMethod[x]=DELETE",
+            "a=1;_method=DELETE",
         ] {
             assert!(
                 refused(&format!("/acme/v1/x?{query}"), &[]).is_some(),

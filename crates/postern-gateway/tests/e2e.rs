@@ -4950,6 +4950,39 @@ async fn a_callers_access_token_in_a_form_body_is_refused_for_a_bearer_integrati
     let fine = post(harmless.into(), None).await.unwrap();
     assert_eq!(fine.status(), 200);
     assert_eq!(vendor.last().body, harmless.as_bytes());
+
+    // A multipart part so named (Rack, PHP and Go read parts as form fields), streamed in
+    // pieces: refused at its header section's end, before its value.
+    let multipart = format!(
+        "--XyZ\r\nContent-Disposition: form-data; name=\"amount\"\r\n\r\n100\r\n--XyZ\r\nContent-Disposition: form-data; name=\"access_token\"\r\n\r\n{CALLERS_OWN}\r\n--XyZ--\r\n"
+    );
+    let chunks: Vec<Vec<u8>> = multipart.as_bytes().chunks(5).map(<[u8]>::to_vec).collect();
+    let response = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(reqwest::Body::wrap_stream(futures_stream(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_refused(response, 400, "vendor_credential_in_body").await;
+    assert!(
+        never_the_token(&vendor),
+        "the vendor got the caller's token"
+    );
+
+    // The query's `access_token`, as PHP and Rack 2 read names, is stripped, not forwarded.
+    let query = "a=1&[access_token]=q1&access_token%00=q2&access_token]]=q3&Access_Token[x]=q4&b=2";
+    let response = client()
+        .post(format!("{}/stripe/v1/charges?{query}", gw.base))
+        .bearer_auth(&gw.token)
+        .header("content-type", FORM)
+        .body("amount=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(vendor.last().target, "/v1/charges?a=1&b=2");
     gw.stop().await;
 
     // A `header`-kind integration's vendor reads its key from a header: the caller's form field
