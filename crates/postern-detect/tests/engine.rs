@@ -299,52 +299,57 @@ fn another_caller_s_refused_calls_do_not_hide_a_vendor_outage() {
             })
             .collect()
     };
-    // Half refused `not_granted` (a deny), half `rate_limited` (recorded as allow: past
-    // authorization).
-    let refusals = |from: i64, minutes: i64| -> Vec<DetectEvent> {
-        (0..minutes * 10)
-            .map(|i| {
-                let limited = i % 2 == 1;
-                let mut refused = event(
-                    from + i * 6_000,
-                    Some("mallory"),
-                    "get_charge",
-                    if limited { 429 } else { 403 },
-                    0,
-                    "10.9.9.9",
-                );
-                refused.decision = Some(if limited { "allow" } else { "deny" }.into());
-                refused.reason = Some(
-                    if limited {
-                        "rate_limited"
-                    } else {
-                        "not_granted"
-                    }
-                    .into(),
-                );
-                refused
-            })
-            .collect()
-    };
-    let mut engine = Engine::new(EngineConfig::default());
-    let mut events = quiet(START_MS, 2 * 1_440, 200);
-    events.extend(refusals(START_MS, 2 * 1_440));
-    let outage_at = START_MS + 2 * DAY_MS;
-    events.extend(quiet(outage_at, 60, 503));
-    events.extend(refusals(outage_at, 60));
-    events.sort_by_key(|event| event.time_unix_ms);
-    let alerts = run(&mut engine, &events);
-    let on_integration: Vec<&Alert> = alerts
-        .iter()
-        .filter(|alert| alert.caller.is_none() && alert.kind == AlertKind::ErrorSpike)
-        .collect();
-    assert!(!on_integration.is_empty(), "{alerts:#?}");
-    assert!(
-        on_integration
+    // Half refused `not_granted` (a deny), half past authorization (recorded as allow) for
+    // what or how much the caller sent: each such refusal of the gateway's, run by run.
+    let refusals =
+        |from: i64, minutes: i64, (status, reason): (u16, &'static str)| -> Vec<DetectEvent> {
+            (0..minutes * 10)
+                .map(|i| {
+                    let limited = i % 2 == 1;
+                    let (status, reason) = match limited {
+                        true => (status, reason),
+                        false => (403, "not_granted"),
+                    };
+                    let mut refused = event(
+                        from + i * 6_000,
+                        Some("mallory"),
+                        "get_charge",
+                        status,
+                        0,
+                        "10.9.9.9",
+                    );
+                    refused.decision = Some(if limited { "allow" } else { "deny" }.into());
+                    refused.reason = Some(reason.into());
+                    refused
+                })
+                .collect()
+        };
+    for refusal in [
+        (429, "rate_limited"),
+        (400, "caller_token_in_body"),
+        (400, "vendor_credential_in_body"),
+        (400, "method_override_refused"),
+    ] {
+        let mut engine = Engine::new(EngineConfig::default());
+        let mut events = quiet(START_MS, 2 * 1_440, 200);
+        events.extend(refusals(START_MS, 2 * 1_440, refusal));
+        let outage_at = START_MS + 2 * DAY_MS;
+        events.extend(quiet(outage_at, 60, 503));
+        events.extend(refusals(outage_at, 60, refusal));
+        events.sort_by_key(|event| event.time_unix_ms);
+        let alerts = run(&mut engine, &events);
+        let on_integration: Vec<&Alert> = alerts
             .iter()
-            .all(|alert| alert.time.as_str() >= "2026-12-02"),
-        "refusals alone alerted on the integration: {on_integration:#?}"
-    );
+            .filter(|alert| alert.caller.is_none() && alert.kind == AlertKind::ErrorSpike)
+            .collect();
+        assert!(!on_integration.is_empty(), "{refusal:?}: {alerts:#?}");
+        assert!(
+            on_integration
+                .iter()
+                .all(|alert| alert.time.as_str() >= "2026-12-02"),
+            "{refusal:?}: refusals alone alerted on the integration: {on_integration:#?}"
+        );
+    }
 }
 
 #[test]
