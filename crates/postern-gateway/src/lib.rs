@@ -649,16 +649,26 @@ impl RunningGateway {
         // Without `admin_token_sha256`, the token in `<data_dir>/admin-token` is read again (made
         // anew if it was deleted): an operator who takes a leaked hash out of the config, or
         // deletes the file, has the old token refused from this reload on, not at a restart.
-        // A file that cannot be read keeps the token in use and is said: the rest of the reload
-        // (a revocation, say) must not wait on it.
+        // A file that cannot be read keeps the token in use and is said, where that token is
+        // the file's own: the rest of the reload (a revocation, say) must not wait on it. Where
+        // the token in use is a configured hash the reload takes out (a leaked one, say), it
+        // is refused instead: keeping it would keep what the operator is retiring.
         let running = *self
             .shared
             .admin_token_sha256
             .lock()
             .expect("admin token lock");
+        let configured = self
+            .shared
+            .runtime
+            .load()
+            .config
+            .gateway
+            .admin_token_sha256
+            .is_some();
         let hash = match admin_token_hash(&config, &self.data_dir) {
             Ok(hash) => hash,
-            Err(error) if config.gateway.admin_token_sha256.is_none() => {
+            Err(error) if config.gateway.admin_token_sha256.is_none() && !configured => {
                 tracing::warn!(error = %format!("{error:#}"), "the admin token file could not be read on reload; the admin token in use stays");
                 notes.push(format!(
                     "{ADMIN_TOKEN_FILE} could not be read, so the admin token in use stays: {error:#}"

@@ -14,17 +14,13 @@
 //! part's `name` parameter in multipart, escapes in JSON), values compared regardless of case and
 //! surrounding spaces. Only the current field is kept, each part of it capped.
 //!
-//! The same scan reads a form or multipart body, whatever its method, for an `access_token`
-//! field when the integration injects a bearer token ([`OverrideScan::for_request`]'s
-//! `bearer`): RFC 6750 §2.2 lets a bearer token ride in a form, which Rack, PHP and Go read
-//! from multipart parts too, so a caller's own would reach the vendor beside the injected one,
-//! and a vendor that reads it acts for whoever owns it while Postern records the call under the
-//! integration's credential. A streamed body cannot be rewritten, so it is refused
-//! (`400 vendor_credential_in_body`), as a `_method` field is. Not JSON: a JSON `access_token`
-//! key is ordinary data in many APIs.
-//!
-//! Form and query field names are matched by one rule ([`form_name_is`]), also for the query's
-//! credential parameter (`proxy::strip_query_credential`).
+//! The same scan reads a form body, whatever its method, for an `access_token` field when the
+//! integration injects a bearer token ([`OverrideScan::for_request`]'s `bearer`): RFC 6750 §2.2
+//! lets a bearer token ride there, so a caller's own would reach the vendor beside the injected
+//! one, and a vendor that reads it acts for whoever owns it while Postern records the call under
+//! the integration's credential. A streamed body cannot be rewritten, so it is refused
+//! (`400 vendor_credential_in_body`), as a `_method` field is. Only forms: RFC 6750 defines no
+//! other body for it, and a JSON `access_token` key is ordinary data in many APIs.
 
 use std::borrow::Cow;
 
@@ -140,8 +136,7 @@ pub struct OverrideScan {
     /// A form or multipart body whose type also says JSON (`…; x=/json`): Laravel reads it as
     /// JSON, so it is read as both.
     also_json: Option<JsonKeys>,
-    /// A form body to an integration that injects a bearer token: its `access_token` field (a
-    /// multipart body's parts are read for it by its `Kind::Multipart`).
+    /// A form body to an integration that injects a bearer token: its `access_token` field.
     credential: Option<CredentialField>,
 }
 
@@ -161,8 +156,7 @@ impl OverrideScan {
     /// a boundary, or JSON (`…/json` or `…+json`, as Laravel tells it). With `bearer` (the
     /// integration injects a bearer token), also a form body of any method (Rack and Rails
     /// parse one whatever the method), read for an `access_token` field; other methods' bodies
-    /// need a form type to be read (a missing one is a form to Rack for a POST only); a
-    /// multipart body of any method is read for a part named `access_token` too.
+    /// need a form type to be read (a missing one is a form to Rack for a POST only).
     pub fn for_request(method: &http::Method, headers: &HeaderMap, bearer: bool) -> Option<Self> {
         let post = method == http::Method::POST;
         if !post && !bearer {
@@ -174,23 +168,12 @@ impl OverrideScan {
             Some(value) => Kind::for_content_type(value.as_bytes())?,
         };
         let credential = (bearer && matches!(kind, Kind::Form(_))).then(CredentialField::default);
-        let kind = match kind {
-            // A multipart body's parts are read for `access_token` too (Rack, PHP and Go read
-            // them as form fields), `_method` a POST's only; one that cannot be read is refused.
-            Kind::Multipart(mut parts) if bearer => {
-                parts.read_method = post;
-                parts.read_credential = true;
-                Some(Kind::Multipart(parts))
-            }
-            Kind::Refused if bearer => Some(Kind::Refused),
-            kind => post.then_some(kind),
-        };
-        if kind.is_none() && credential.is_none() {
+        if !post && credential.is_none() {
             return None;
         }
         Some(OverrideScan {
             method: method.clone(),
-            kind,
+            kind: post.then_some(kind),
             also_json: also_json.filter(|_| post),
             credential,
         })
@@ -225,13 +208,7 @@ impl OverrideScan {
         let overrides = match &mut self.kind {
             None => false,
             Some(Kind::Form(form)) => form.feed(data, method),
-            Some(Kind::Multipart(parts)) => {
-                let refused = parts.feed(data, method);
-                if refused && parts.found_credential {
-                    return Some(RequestBodyViolation::VendorCredential);
-                }
-                refused
-            }
+            Some(Kind::Multipart(parts)) => parts.feed(data, method),
             Some(Kind::Json(keys)) => keys.feed(data, method),
             Some(Kind::Refused) => true,
         };
@@ -606,12 +583,6 @@ struct MultipartParts {
     kept: Vec<u8>,
     /// The kept value ran past what a method can be.
     too_long: bool,
-    /// Parts are read for `_method` (a POST's).
-    read_method: bool,
-    /// Parts are read for `access_token` (a bearer integration's body, any method).
-    read_credential: bool,
-    /// A part named `access_token` was found: what [`MultipartParts::feed`]'s `true` means then.
-    found_credential: bool,
 }
 
 /// Longest line of a part's header section that is read: PHP reads header lines in pieces of
@@ -662,9 +633,6 @@ impl MultipartParts {
             state: PartState::Data,
             kept: Vec::new(),
             too_long: false,
-            read_method: true,
-            read_credential: false,
-            found_credential: false,
         })
     }
 
@@ -798,12 +766,7 @@ impl MultipartParts {
         if !self.kept.ends_with(b"\r\n\r\n") {
             return None;
         }
-        if self.read_credential && names_credential_field(&self.kept) {
-            // Refused before any byte of its value is sent.
-            self.found_credential = true;
-            return None;
-        }
-        let is_method = self.read_method && names_method_field(&self.kept);
+        let is_method = names_method_field(&self.kept);
         self.kept.clear();
         self.matched = 0;
         Some(if is_method {
@@ -818,7 +781,7 @@ impl MultipartParts {
     fn finish(&mut self, method: &[u8]) -> bool {
         match self.state {
             PartState::MethodValue => self.value_overrides(false, method),
-            PartState::Headers { .. } => self.read_method && names_method_field(&self.kept),
+            PartState::Headers { .. } => names_method_field(&self.kept),
             _ => false,
         }
     }
@@ -834,58 +797,19 @@ impl MultipartParts {
 /// tab too) or terminator (`(`, `[`) a server honours is covered, at the cost of refusing a
 /// file uploaded as `_method`.
 fn names_method_field(headers: &[u8]) -> bool {
-    names_field(headers, stands_as_method)
-}
-
-/// Whether a part's header section may name the field `access_token` for some server, read as
-/// [`names_method_field`] reads it for `_method`: `access_token` standing as a name of its own,
-/// in any case (ASP.NET), with `.`, a space or `[` for its `_` (PHP). At the cost of refusing a
-/// file uploaded as `access token`.
-fn names_credential_field(headers: &[u8]) -> bool {
-    names_field(headers, stands_as_credential)
-}
-
-/// `stands` in a part's header section once line breaks, NULs and backslashes are taken out,
-/// or in that percent-decoded.
-fn names_field(headers: &[u8], stands: fn(&[u8]) -> bool) -> bool {
     let joined: Vec<u8> = headers
         .iter()
         .copied()
         .filter(|byte| !matches!(byte, b'\r' | b'\n' | 0 | b'\\'))
         .collect();
-    stands(&joined) || stands(&form_decoded(&joined))
-}
-
-/// Whether a byte may be part of a name in a part's header section (so a name next to it does
-/// not stand on its own).
-fn in_part_name(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.')
-}
-
-/// Whether `access_token` stands in `bytes` as a name of its own, in any case, its `_` also a
-/// `.`, a space or a `[`.
-fn stands_as_credential(bytes: &[u8]) -> bool {
-    let lower = bytes.to_ascii_lowercase();
-    memchr::memmem::find_iter(&lower, b"token").any(|at| {
-        let Some(start) = at.checked_sub(b"access_".len()) else {
-            return false;
-        };
-        &lower[start..at - 1] == b"access"
-            && matches!(lower[at - 1], b'_' | b'.' | b' ' | b'[')
-            && start
-                .checked_sub(1)
-                .is_none_or(|before| !in_part_name(lower[before]))
-            && lower
-                .get(at + b"token".len())
-                .is_none_or(|&after| !in_part_name(after))
-    })
+    stands_as_method(&joined) || stands_as_method(&form_decoded(&joined))
 }
 
 /// Whether `_method` stands in `bytes` as a name of its own, or `.method` / ` method` (which
 /// PHP reads as `_method`) at the start of a value (after `=`, a quote or `[`, spaces aside):
 /// elsewhere those are words in a file name (`R&D / method.txt`).
 fn stands_as_method(bytes: &[u8]) -> bool {
-    let in_name = in_part_name;
+    let in_name = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.');
     memchr::memmem::find_iter(bytes, b"method").any(|at| {
         if at == 0
             || bytes
@@ -1872,10 +1796,10 @@ mod tests {
     }
 
     /// Which bodies are read for the credential field: a form (by its type, or a POST with none,
-    /// which Rack reads as a form; a multipart type naming no boundary too) or a multipart body
-    /// of any method, to a bearer integration only; not JSON keys (a JSON `access_token` is
-    /// ordinary data in many APIs). Another method's form is not read for `_method`, and
-    /// nothing of it is held back for the body's end.
+    /// which Rack reads as a form; a multipart type naming no boundary too) of any method, to a
+    /// bearer integration only; not multipart parts or JSON keys (RFC 6750 defines only the
+    /// form; a JSON `access_token` is ordinary data in many APIs). Another method's form is not
+    /// read for `_method`, and nothing of it is held back for the body's end.
     #[test]
     fn only_a_bearer_integrations_form_bodies_are_read_for_access_token() {
         let mut form_headers = HeaderMap::new();
@@ -1918,81 +1842,9 @@ mod tests {
             multipart.feed(
                 b"--XyZ\r\nContent-Disposition: form-data; name=\"access_token\"\r\n\r\nt\r\n--XyZ--\r\n"
             ),
-            Some(RequestBodyViolation::VendorCredential)
+            None
         );
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, MULTIPART.parse().unwrap());
-        assert!(OverrideScan::for_request(&http::Method::PUT, &headers, false).is_none());
-    }
-
-    /// A bearer integration's multipart body, of any method, is refused at the end of the header
-    /// section of a part named `access_token` (as [`names_method_field`] reads `_method`: any
-    /// quoting, decoded, in any case, `.`, a space or `[` for its `_`), before its value is
-    /// sent, however the body is split; other parts and values pass, and another method's parts
-    /// are not read for `_method`.
-    #[test]
-    fn a_multipart_access_token_part_is_found() {
-        let part = |disposition: &str| {
-            format!(
-                "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XyZ\r\nContent-Disposition: {disposition}\r\n\r\nSECRET\r\n--XyZ--\r\n"
-            )
-        };
-        let read = |method: http::Method, body: &[u8], pieces: usize| {
-            let mut scan = bearer_scan(method, Some(MULTIPART)).expect("a scanned body");
-            let found = body
-                .chunks(body.len().div_ceil(pieces))
-                .find_map(|piece| scan.feed(piece));
-            found.or_else(|| {
-                scan.finish()
-                    .then_some(RequestBodyViolation::MethodOverride)
-            })
-        };
-        for disposition in [
-            "form-data; name=\"access_token\"",
-            "form-data; name=access_token",
-            "form-data; name=\"ACCESS_TOKEN\"",
-            "form-data; name=\"access.token\"",
-            "form-data; name=\"access token\"",
-            "form-data; name=\"access_token[]\"",
-            "form-data; name=\"[access_token]\"",
-            "form-data; name=\"access%5Ftoken\"",
-            "form-data; name=\"access_token\"; filename=\"t.txt\"",
-        ] {
-            let body = part(disposition);
-            for method in [http::Method::POST, http::Method::PUT] {
-                for pieces in [1, 2, 7, body.len()] {
-                    assert_eq!(
-                        read(method.clone(), body.as_bytes(), pieces),
-                        Some(RequestBodyViolation::VendorCredential),
-                        "{method} {pieces} {disposition}"
-                    );
-                }
-            }
-            // Found at the header section's end: the value is not needed.
-            let header_end = body.find("\r\n\r\nSECRET").unwrap() + 4;
-            let mut scan = bearer_scan(http::Method::PUT, Some(MULTIPART)).unwrap();
-            assert_eq!(
-                scan.feed(&body.as_bytes()[..header_end]),
-                Some(RequestBodyViolation::VendorCredential),
-                "{disposition}"
-            );
-        }
-        for disposition in [
-            "form-data; name=\"note\"",
-            "form-data; name=\"my_access_token\"",
-            "form-data; name=\"access_tokens\"",
-            "form-data; name=\"file\"; filename=\"access_token.txt\"",
-            "form-data; name=\"_method\"",
-        ] {
-            let body = part(disposition);
-            assert_eq!(
-                read(http::Method::PUT, body.as_bytes(), 3),
-                None,
-                "{disposition}"
-            );
-        }
-        let value = "--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\naccess_token\r\n--XyZ--\r\n";
-        assert_eq!(read(http::Method::PATCH, value.as_bytes(), 1), None);
+        assert!(!multipart.finish());
     }
 
     /// The credential field is read in the pipeline's own reading of a streamed body, as sent

@@ -73,10 +73,16 @@ const ORIGIN_WIDE: [HeaderName; 3] = [
     header::STRICT_TRANSPORT_SECURITY,
 ];
 
-/// The fields that say what the answer's body is: a `Connection` header naming one (which RFC
-/// 9110 §7.6.1 forbids a sender) does not take it off, or the answer would pass on coded while
-/// read for the injected credential as plain.
-const BODY_FIELDS: [HeaderName; 2] = [header::CONTENT_ENCODING, header::CONTENT_LENGTH];
+/// The fields that say what a body is: a `Connection` header naming one (which RFC 9110
+/// §7.6.1 forbids a sender) does not take it off, in either direction. Taken off, the body
+/// would pass on as something other than what Postern read it as: an answer coded while read
+/// for the injected credential as plain, a request typed `text/plain` (not read for `_method`
+/// or `access_token`) that the vendor reads as a form once its type is gone.
+const BODY_FIELDS: [HeaderName; 3] = [
+    header::CONTENT_ENCODING,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+];
 
 /// Serves one call and always answers; refusals and failures are recorded here, streamed
 /// responses when their body ends. CONNECT and absolute-form requests go to the forward proxy.
@@ -942,6 +948,7 @@ fn identify_caller(
         let token = tunnel.token.as_deref().map(Vec::as_slice);
         let spiffe_id = connection.spiffe_id.as_deref();
         if !runtime.still_names(&tunnel.caller, tunnel.auth, spiffe_id, token) {
+            tunnel.closing.notify_one();
             return Err(CallError::unauthenticated(
                 "the credentials this tunnel was opened with are no longer valid (revoked or reconfigured); reconnect with a current caller token",
             ));
@@ -1090,6 +1097,7 @@ fn route_tunnel<'a>(
     path: &'a str,
 ) -> Result<(Arc<IntegrationRuntime>, &'a str), CallError> {
     let Some(integration) = runtime.integrations.get(&*tunnel.integration) else {
+        tunnel.closing.notify_one();
         return Err(CallError::new(
             StatusCode::NOT_FOUND,
             "unknown_integration",
@@ -1336,7 +1344,8 @@ fn inject(
     // Headers: drop hop-by-hop, those named by Connection, caller credentials, and any header
     // carrying the caller token.
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
-    let connection_named = connection_named(&parts.headers);
+    let mut connection_named = connection_named(&parts.headers);
+    connection_named.retain(|name| !BODY_FIELDS.contains(name));
     let mut last_name: Option<HeaderName> = None;
     let mut cookies = 0usize;
     for (name, value) in parts.headers.into_iter() {
@@ -1407,8 +1416,8 @@ fn inject(
         .unwrap_or_default();
     let mut injected_query = None;
     // A bearer token may also ride in the query (RFC 6750 §2.3): where Postern injects one, a
-    // caller's `access_token` would be the vendor's second credential, its own. (In a form or
-    // multipart body, §2.2, it is refused as the body streams: `OverrideScan`.)
+    // caller's `access_token` would be the vendor's second credential, its own. (In a form body,
+    // §2.2, it is refused as the body streams: `OverrideScan`.)
     if injects_bearer(integration) {
         strip_query_credential(&mut query, "access_token");
     }
@@ -2270,10 +2279,19 @@ fn prepare_response(
         None => &ORIGIN_WIDE,
         Some(_) => &[],
     };
+    let mut origin_wide_found = false;
     let strip = parts.headers.iter().fold(false, |strip, (name, value)| {
         cookies |= name == header::SET_COOKIE;
-        strip || HOP_BY_HOP.contains(name) || origin_wide.contains(name) || leaks(name, value)
+        origin_wide_found |= origin_wide.contains(name);
+        strip || HOP_BY_HOP.contains(name) || leaks(name, value)
     });
+    // Many vendors send one on every answer (HSTS): taken off by name alone, not by the strip
+    // below, which reads every field again.
+    if origin_wide_found {
+        for name in origin_wide {
+            parts.headers.remove(name);
+        }
+    }
     // Every integration shares Postern's origin in path mode: a vendor's cookie is kept to its
     // integration's paths, or a caller's cookie jar would hand it to every other vendor.
     if cookies && context.mode.is_none() {
@@ -2295,7 +2313,7 @@ fn prepare_response(
         let named = connection_named
             .iter()
             .filter(|name| !BODY_FIELDS.contains(name));
-        for name in HOP_BY_HOP.iter().chain(origin_wide).chain(named) {
+        for name in HOP_BY_HOP.iter().chain(named) {
             parts.headers.remove(name);
         }
         for name in remove_fields(&mut parts.headers, leaks) {
@@ -2487,7 +2505,8 @@ fn redirect_for_caller(
     let Some(first) = locations.next() else {
         return;
     };
-    let several = locations.next().is_some();
+    // The same `Location` twice (a proxy's duplicate line) is one; different ones are not.
+    let several = locations.any(|other| other != first);
     let upstream = &integration.config.upstream;
     let text = first.to_str().ok();
     // One a client could read otherwise than Postern (a byte that is not visible ASCII) is
@@ -2579,6 +2598,25 @@ fn lands_outside_integration(location: &str, template: Option<&str>) -> bool {
     })
 }
 
+/// Whether `location` names an empty authority (`///x`, `http:///x`): WHATWG parsers skip the
+/// slashes and take `x` for a host, Python's `urljoin` keeps the caller's host and calls `/x`
+/// there: where a caller following it lands depends on its client.
+fn empty_authority(location: &str) -> bool {
+    let rest = match location.split_once(':') {
+        Some((scheme, rest))
+            if !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"+-.".contains(&byte)) =>
+        {
+            rest
+        }
+        _ => location,
+    };
+    rest.strip_prefix("//")
+        .is_some_and(|after| after.is_empty() || after.starts_with(['/', '?', '#']))
+}
+
 /// A vendor's redirect, as the caller reaches its target through Postern (path mode):
 /// `https://api.vendor.example/v2/x?y` or `/v2/x?y`, for an upstream
 /// `https://api.vendor.example/v2`, is `/<integration>/x?y`. A caller that follows it then stays
@@ -2599,7 +2637,7 @@ fn through_postern(
 ) -> Redirect {
     // Read apart by URL parsers (WHATWG takes `\` for `/` and drops tabs; curl and Python do
     // not): where a caller's client lands cannot be told.
-    if location.contains(['\\', '\t']) {
+    if location.contains(['\\', '\t']) || empty_authority(location) {
         return Redirect::Dropped;
     }
     let left = |as_written: Redirect| match lands_outside_integration(location, template) {
@@ -2816,6 +2854,11 @@ mod tests {
             ("/payroll/v1/transfers#\\", Dropped),
             ("/v2/a\tb", Dropped),
             ("https://api.vendor.example\\@evil.example/x", Dropped),
+            // An empty authority: a host to WHATWG parsers, the caller's own to `urljoin`.
+            ("///payroll/v1/transfers", Dropped),
+            ("http:///payroll/v1/t", Dropped),
+            ("https:///payroll", Dropped),
+            ("//", Dropped),
             // The vendor's origin outside the prefix, as a full URL: past Postern, flagged.
             ("https://api.vendor.example/v1/charges", OutOfReach),
             ("https://api.vendor.example/", OutOfReach),

@@ -401,8 +401,7 @@ pub struct IntegrationRuntime {
     pub limiter: Option<Arc<CallerLimiter>>,
     pub client: UpstreamClient,
     pub upstream: UpstreamTarget,
-    /// Headers removed from every forwarded request, lowercase: the caller's credentials, and
-    /// where a credential is injected, `Range` and `If-Range`.
+    /// Headers removed from every forwarded request, lowercase.
     pub stripped_headers: Vec<HeaderName>,
 }
 
@@ -981,14 +980,6 @@ fn build_integration(
         if !stripped_headers.contains(name) {
             stripped_headers.push(name.clone());
         }
-    }
-    // Where the answer is read for the injected credential, a caller does not choose where it
-    // starts or ends: two ranges cut inside a secret echoed back would each show a part of it
-    // that the reading, whole secrets only, never matches. Without `Range` the vendor sends the
-    // whole representation (RFC 9110 §14.2 lets a server ignore it), which the caller's client
-    // takes as a 200.
-    if matches!(credential, Ok(Some(_))) {
-        stripped_headers.extend([http::header::RANGE, http::header::IF_RANGE]);
     }
     Ok(IntegrationRuntime {
         name: Arc::from(integration.name.as_str()),

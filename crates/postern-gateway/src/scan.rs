@@ -375,11 +375,32 @@ pub(crate) fn without_zstd(headers: &mut http::HeaderMap) {
         kept.push("zstd;q=0");
     }
     let identity = http::HeaderValue::from_static("identity");
-    let value = match kept.is_empty() {
+    // Nothing left the caller takes (`zstd, identity;q=0`): it gets the plain answer, which
+    // every client reads, rather than a list that leaves the vendor nothing to send.
+    let value = match kept.iter().all(|element| weighs_nothing(element)) {
         true => identity,
         false => http::HeaderValue::from_str(&kept.join(", ")).unwrap_or(identity),
     };
     headers.insert(header::ACCEPT_ENCODING, value);
+}
+
+/// Whether an `Accept-Encoding` element refuses its coding (`;q=0`, `q=0.000`).
+fn weighs_nothing(element: &str) -> bool {
+    element.split(';').skip(1).any(|parameter| {
+        parameter
+            .trim_ascii()
+            .strip_prefix(['q', 'Q'])
+            .and_then(|rest| rest.trim_ascii_start().strip_prefix('='))
+            .is_some_and(|weight| {
+                let weight = weight.trim_ascii();
+                weight.strip_prefix('0').is_some_and(|rest| {
+                    rest.is_empty()
+                        || rest
+                            .strip_prefix('.')
+                            .is_some_and(|digits| digits.bytes().all(|b| b == b'0'))
+                })
+            })
+    })
 }
 
 /// Whether an `Accept-Encoding` element names `zstd`.
@@ -716,6 +737,10 @@ mod tests {
             (&["zstd ; q=1", "deflate"], &["deflate"]),
             (&["*"], &["*, zstd;q=0"]),
             (&["gzip, *;q=0.1, zstd"], &["gzip, *;q=0.1, zstd;q=0"]),
+            // Nothing the caller takes is left: the plain answer.
+            (&["zstd, identity;q=0"], &["identity"]),
+            (&["zstd, gzip; Q = 0.000"], &["identity"]),
+            (&["zstd, gzip;q=0.001"], &["gzip;q=0.001"]),
             // Left as they came: no zstd, no `*`; or no field.
             (&["gzip, compress", "br"], &["gzip, compress", "br"]),
             (&[], &[]),
