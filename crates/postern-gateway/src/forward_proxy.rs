@@ -17,9 +17,8 @@
 //! it checked (`upstream::dial`). Tunnels end when either side closes, after `idle_timeout_ms`
 //! without traffic, or at shutdown.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
@@ -56,34 +55,21 @@ struct ProxyCaller {
 /// The CONNECT tunnels each caller holds, open or being opened (`[proxy]
 /// max_tunnels_per_caller`): one caller cannot take every connection slot of the listener.
 #[derive(Default)]
-pub struct TunnelsByCaller(Arc<Mutex<HashMap<Arc<str>, u32>>>);
+pub struct TunnelsByCaller(postern_netguard::PerCaller);
 
 /// One tunnel's place among its caller's, given back when dropped (the tunnel closed, or the
 /// CONNECT refused before it opened).
-pub struct TunnelPlace {
-    held: Arc<Mutex<HashMap<Arc<str>, u32>>>,
-    caller: Arc<str>,
-}
+pub type TunnelPlace = postern_netguard::CallerPlace;
 
 impl TunnelsByCaller {
     /// A place for one more of `caller`'s tunnels, unless it holds `limit` already.
     fn take(&self, caller: &Arc<str>, limit: u32) -> Result<TunnelPlace, CallError> {
-        let mut held = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = held.entry(caller.clone()).or_default();
-        if *count >= limit {
-            return Err(CallError::new(
+        self.0.take(caller, limit as usize).ok_or_else(|| {
+            CallError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_tunnels",
                 format!("this caller has {limit} tunnels and plain-HTTP proxy calls open, the most `[proxy] max_tunnels_per_caller` allows; close some (reuse connections), or raise the limit"),
-            ));
-        }
-        *count += 1;
-        Ok(TunnelPlace {
-            held: self.0.clone(),
-            caller: caller.clone(),
+            )
         })
     }
 }
@@ -111,21 +97,6 @@ impl OpenTunnel {
 impl Drop for OpenTunnel {
     fn drop(&mut self) {
         self.shared.tunnels.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Drop for TunnelPlace {
-    fn drop(&mut self) {
-        let mut held = self
-            .held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = held.get_mut(&self.caller) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.caller);
-            }
-        }
     }
 }
 

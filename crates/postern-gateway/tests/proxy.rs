@@ -37,6 +37,21 @@ fn proxied(
     builder.build().unwrap()
 }
 
+/// A client of `gw`'s forward proxy as `checkout` that trusts Postern's CA and speaks h2 inside
+/// its tunnels: it keeps one tunnel open for all its calls.
+fn h2_through_tunnels(gw: &TestGateway) -> reqwest::Client {
+    reqwest::Client::builder()
+        .proxy(
+            reqwest::Proxy::all(&gw.base)
+                .unwrap()
+                .basic_auth("x", CHECKOUT_TOKEN),
+        )
+        .add_root_certificate(postern_ca(gw))
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
 /// An intercepted integration for `vendor` under [`VENDOR_HOST`], plus `proxy` settings.
 async fn intercepting_gateway(
     vendor: &TestVendor,
@@ -1591,16 +1606,7 @@ operations = ["*"]
 async fn an_open_tunnel_stops_working_when_its_caller_is_revoked() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = intercepting_gateway(&vendor, "", "").await;
-    let client = reqwest::Client::builder()
-        .proxy(
-            reqwest::Proxy::all(&gw.base)
-                .unwrap()
-                .basic_auth("x", CHECKOUT_TOKEN),
-        )
-        .add_root_certificate(postern_ca(&gw))
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let client = h2_through_tunnels(&gw);
     let url = format!("https://{VENDOR_HOST}/v1/charges/ch_1");
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
     // The config no longer knows checkout's token: the tunnel already open refuses.
@@ -1635,16 +1641,7 @@ async fn an_open_intercepted_tunnel_stops_when_its_host_or_interception_changes(
     ] {
         let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
         let gw = intercepting_gateway(&vendor, "", "").await;
-        let client = reqwest::Client::builder()
-            .proxy(
-                reqwest::Proxy::all(&gw.base)
-                    .unwrap()
-                    .basic_auth("x", CHECKOUT_TOKEN),
-            )
-            .add_root_certificate(postern_ca(&gw))
-            .http2_prior_knowledge()
-            .build()
-            .unwrap();
+        let client = h2_through_tunnels(&gw);
         let url = format!("https://{VENDOR_HOST}/v1/charges/ch_1");
         assert_eq!(
             client.get(&url).send().await.unwrap().status(),

@@ -286,53 +286,60 @@ pub struct Lookups {
 /// Each caller's share of a [`Lookups`]' slots.
 struct Shares {
     limit: usize,
-    /// Lookups in flight by caller. A caller with none has no entry, and each entry's lookups
-    /// hold slots of the pool too, so it never holds more entries than the pool has slots.
-    held: std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>,
+    /// Lookups in flight by caller. Each of them holds a slot of the pool too, so there are
+    /// never more entries than the pool has slots.
+    held: PerCaller,
 }
 
-/// One lookup's place in its caller's share, given back when dropped (when `getaddrinfo`
-/// returns, as the pool's slot is).
-struct SharePlace {
-    shares: Arc<Shares>,
+/// Places held by caller, each given back when its [`CallerPlace`] is dropped: a lookup in
+/// flight here, a tunnel open in the gateway's forward proxy. A caller holding none has no
+/// entry, so the map is never larger than the places held.
+#[derive(Clone, Default)]
+pub struct PerCaller(Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>>);
+
+/// One place among its caller's in a [`PerCaller`], given back when dropped.
+pub struct CallerPlace {
+    counts: PerCaller,
     caller: Arc<str>,
 }
 
-impl Shares {
-    /// A place for one more of `caller`'s lookups, unless it has `limit` in flight already.
-    fn take(self: &Arc<Self>, caller: &str) -> Option<SharePlace> {
-        let mut held = self
-            .held
+impl PerCaller {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Arc<str>, usize>> {
+        self.0
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A place for one more of `caller`'s, unless it holds `limit` already.
+    pub fn take(&self, caller: &str, limit: usize) -> Option<CallerPlace> {
+        let mut held = self.lock();
         let caller = match held.get_key_value(caller) {
-            Some((_, &count)) if count >= self.limit => return None,
+            Some((_, &count)) if count >= limit => return None,
             Some((name, _)) => name.clone(),
+            None if limit == 0 => return None,
             None => Arc::from(caller),
         };
         *held.entry(caller.clone()).or_default() += 1;
-        Some(SharePlace {
-            shares: self.clone(),
+        Some(CallerPlace {
+            counts: self.clone(),
             caller,
         })
     }
 
-    fn in_flight(&self, caller: &str) -> usize {
-        let held = self
-            .held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        held.get(caller).copied().unwrap_or(0)
+    /// The places `caller` holds now.
+    pub fn held(&self, caller: &str) -> usize {
+        self.lock().get(caller).copied().unwrap_or(0)
+    }
+
+    /// Whether no caller holds any place (and so no entry is left).
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 }
 
-impl Drop for SharePlace {
+impl Drop for CallerPlace {
     fn drop(&mut self) {
-        let mut held = self
-            .shares
-            .held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut held = self.counts.lock();
         if let Some(count) = held.get_mut(&self.caller) {
             *count -= 1;
             if *count == 0 {
@@ -377,7 +384,7 @@ impl Lookups {
     pub fn per_caller(mut self, share: usize) -> Self {
         self.shares = Some(Arc::new(Shares {
             limit: share,
-            held: Default::default(),
+            held: PerCaller::default(),
         }));
         self
     }
@@ -398,7 +405,7 @@ impl Lookups {
     pub fn in_flight_for(&self, caller: &str) -> usize {
         self.shares
             .as_ref()
-            .map_or(0, |shares| shares.in_flight(caller))
+            .map_or(0, |shares| shares.held.held(caller))
     }
 
     async fn lookup(
@@ -415,11 +422,11 @@ impl Lookups {
         // Taken after the pool's slot (and dropped with it when refused): a caller's entry
         // exists only while its lookups hold slots, so the entries are bounded by the pool.
         let place = match (&self.shares, caller) {
-            (Some(shares), Some(caller)) => {
-                Some(shares.take(caller).ok_or(GuardError::CallerBusy {
+            (Some(shares), Some(caller)) => Some(shares.held.take(caller, shares.limit).ok_or(
+                GuardError::CallerBusy {
                     limit: shares.limit,
-                })?)
-            }
+                },
+            )?),
             _ => None,
         };
         let (host, blocking) = (host.to_string(), self.blocking);
@@ -1363,10 +1370,7 @@ mod tests {
         assert_eq!(lookups.in_flight(), 0);
         assert_eq!(lookups.in_flight_for("a") + lookups.in_flight_for("b"), 0);
         let shares = lookups.shares.as_ref().unwrap();
-        assert!(
-            shares.held.lock().unwrap().is_empty(),
-            "no entry left behind"
-        );
+        assert!(shares.held.is_empty(), "no entry left behind");
         assert!(guard
             .resolve_for("a4.example", 443, Some("a"))
             .await
