@@ -1348,6 +1348,7 @@ fn inject(
     connection_named.retain(|name| !BODY_FIELDS.contains(name));
     let mut last_name: Option<HeaderName> = None;
     let mut cookies = 0usize;
+    let mut accepts_codings = false;
     for (name, value) in parts.headers.into_iter() {
         let name = match name {
             Some(name) => {
@@ -1377,6 +1378,8 @@ fn inject(
             continue;
         }
         cookies += usize::from(name == header::COOKIE);
+        // Noted in passing: most requests carry none, and looking it up after costs a hash.
+        accepts_codings |= name == header::ACCEPT_ENCODING;
         headers.append(name, value);
     }
     // HTTP/2 sends each cookie as a field of its own; HTTP/1.1 wants them in one, joined by
@@ -1395,7 +1398,7 @@ fn inject(
             integration.config.on_unapproved,
             !reads_echoes,
         );
-    } else if reads_echoes {
+    } else if reads_echoes && accepts_codings {
         crate::scan::without_zstd(&mut headers);
     }
 
