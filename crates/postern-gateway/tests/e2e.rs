@@ -639,6 +639,45 @@ async fn origin_wide_answer_headers_do_not_pass_in_path_mode() {
     gw.stop().await;
 }
 
+/// A vendor's `Connection` header naming `Content-Encoding` does not take the coding off: the
+/// answer is read decoded for the injected credential, and cut where it holds it (taken off,
+/// the gzip'd answer was read as plain, found clean, and passed on with the key inside).
+#[tokio::test]
+async fn a_vendors_connection_header_does_not_hide_the_answers_coding() {
+    let handler: Handler = Arc::new(|request: &SeenRequest| {
+        let key = request.header("authorization").unwrap_or_default();
+        let mut answer = Answer::json(200, serde_json::json!({}));
+        answer.body = gzip(format!(r#"{{"echo":"{key}"}}"#).as_bytes()).into();
+        answer.headers.extend([
+            ("content-encoding", "gzip".to_string()),
+            ("connection", "content-encoding".to_string()),
+        ]);
+        answer
+    });
+    // HTTP/1.1: h2 carries no `Connection` header.
+    let vendor = TestVendor::tls_http1(handler).await;
+    let gw = v_gateway(&vendor, r#"kind = "bearer""#, &["/named"]).await;
+    let mut response = client()
+        .get(format!("{}/v/named", gw.base))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    let mut received = Vec::new();
+    let cut = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => received.extend_from_slice(&chunk),
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(cut, "the answer holding the key was passed whole");
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["reason"], "secret_echoed", "{events:#?}");
+    gw.stop().await;
+}
+
 /// A caller's `Connection` header naming `Content-Type` (which RFC 9110 §7.6.1 forbids a
 /// sender) does not take the type off: the body was judged by it (a `text/plain` body is not
 /// read for `_method` or `access_token`), and a vendor given none would read a POST as a form.
