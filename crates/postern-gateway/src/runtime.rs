@@ -627,12 +627,15 @@ impl Runtime {
         // Tokens issued at run time (`postern callers rotate`) or imported, for those callers.
         let mut ignored: Vec<&str> = Vec::new();
         for token in store_tokens.iter().filter(|t| !t.revoked) {
+            // The admin token names no caller: such a row is skipped and said, not refused, so
+            // the rest of the vault change (a revocation, say) still applies.
             if token.token_sha256 == inputs.admin_token_sha256 {
-                anyhow::bail!(
-                    "a caller token in the vault, for caller `{}`, has the admin token's hash: issue the caller another (`postern callers rotate {}`, which revokes it)",
-                    token.caller,
+                tracing::warn!(
+                    caller = %token.caller,
+                    "a caller token in the vault has the admin token's hash; it is not accepted as the caller's: issue the caller another (`postern callers rotate {}`, which revokes it)",
                     token.caller
                 );
+                continue;
             }
             if let Some(caller) = vault_callers.get(token.caller.as_str()) {
                 // One token, one caller: a vault row must not take over the token the config

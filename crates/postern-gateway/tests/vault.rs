@@ -407,16 +407,12 @@ async fn changes_made_by_another_process_take_effect_without_restart() {
     .await;
 
     // A caller token with the admin token's hash, put into the vault by another process, is
-    // refused when the vault is read: the admin token stays no caller's, and the runtime as it
-    // was stays in use.
+    // skipped when the vault is read: the admin token stays no caller's, and the rest of the
+    // vault (the rotated token above) still applies.
     vault
         .add_caller_token("checkout", &gw.admin_token, 4)
         .unwrap();
-    let error = gw.running().shared().refresh_from_vault().unwrap_err();
-    assert!(
-        format!("{error:#}").contains("has the admin token's hash"),
-        "{error:#}"
-    );
+    gw.running().shared().refresh_from_vault().unwrap();
     let as_caller = client()
         .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
         .bearer_auth(&gw.admin_token)
