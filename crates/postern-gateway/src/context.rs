@@ -184,6 +184,10 @@ pub struct CallContext {
     pub target_hmac: Arc<str>,
     /// Forward-proxy destination host.
     pub host: Option<Arc<str>>,
+    /// The authority the caller reached Postern by (its `Host`, or h2's `:authority`), in path
+    /// mode: a vendor's redirect naming it outside the integration is removed
+    /// (`proxy::through_postern`). Never recorded.
+    pub reached: Option<http::HeaderValue>,
     /// The call's places under its integration's concurrency limits, given back when the
     /// context is dropped: once the call is recorded.
     pub places: Option<crate::concurrency::CallPlaces>,
@@ -227,6 +231,7 @@ impl CallContext {
             mode: connection.tunnel.as_ref().map(|t| t.mode),
             target_hmac,
             host: connection.tunnel.as_ref().map(|t| t.host.clone()),
+            reached: None,
             places: None,
             in_flight: Some(connection.in_flight.clone()),
         }
@@ -278,6 +283,7 @@ impl CallContext {
             mode: None,
             target_hmac: self.target_hmac.clone(),
             host: None,
+            reached: None,
             places: None,
             in_flight: None,
         };

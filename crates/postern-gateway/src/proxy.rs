@@ -65,12 +65,17 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 9] = [
 /// A vendor's answer headers that speak for the whole origin they come from, not its own paths:
 /// in path mode every integration shares Postern's origin, so one vendor's would steer the
 /// caller's client for all of them (another host for the origin, `Alt-Svc`; its data wiped,
-/// `Clear-Site-Data`; HTTPS pinned for the name, `Strict-Transport-Security`). Not passed on
+/// `Clear-Site-Data`; HTTPS pinned for the name, `Strict-Transport-Security`; the origin's
+/// network errors reported to the vendor's collector, `NEL` with the `Report-To` groups it
+/// names; client hints asked of every later request to the origin, `Accept-CH`). Not passed on
 /// in path mode; through the forward proxy the caller talks to the vendor's own origin.
-const ORIGIN_WIDE: [HeaderName; 3] = [
+const ORIGIN_WIDE: [HeaderName; 6] = [
     header::ALT_SVC,
     HeaderName::from_static("clear-site-data"),
     header::STRICT_TRANSPORT_SECURITY,
+    HeaderName::from_static("nel"),
+    HeaderName::from_static("report-to"),
+    HeaderName::from_static("accept-ch"),
 ];
 
 /// The fields that say what a body is: a `Connection` header naming one (which RFC 9110
@@ -159,12 +164,15 @@ pub fn handle_call(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let context = CallContext::new(
+    let mut context = CallContext::new(
         &connection,
         request.method(),
         request.version(),
         shared.audit.target_hmac(target.as_str()),
     );
+    if connection.tunnel.is_none() {
+        context.reached = reached(&request);
+    }
     async move {
         let mut call = Unanswered::new(&shared, context);
         let result = pipeline(
@@ -182,6 +190,18 @@ pub fn handle_call(
             Ok(response) => response,
             Err(error) => refuse(&shared, &call.context, &call.progress, &error),
         }
+    }
+}
+
+/// The authority a caller reached Postern by: its `Host` (HTTP/1.1), or its `:authority` (h2,
+/// which carries no `Host`).
+fn reached(request: &Request<CallerBody>) -> Option<HeaderValue> {
+    match request.headers().get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => request
+            .uri()
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()),
     }
 }
 
@@ -2528,6 +2548,10 @@ fn redirect_for_caller(
             &integration.name,
             location,
             context.path_template.as_deref(),
+            context
+                .reached
+                .as_ref()
+                .and_then(|reached| reached.to_str().ok()),
         ),
     };
     match redirect {
@@ -2559,7 +2583,8 @@ enum Redirect {
     OutOfReach,
     /// Removed and flagged: a `Location` a caller following it would resolve to a place on
     /// Postern's origin outside the integration (`/other/x` from the vendor's root outside the
-    /// prefix, `../../other/x` past the integration's first segment, `http:/other/x`), since it
+    /// prefix, `../../other/x` past the integration's first segment, `http:/other/x`, a full
+    /// URL naming the address the caller reached Postern by, [`names_postern`]), since it
     /// would call another integration with its own token, and its method and body too after a
     /// 307 or 308: the vendor would choose what the caller calls next. Also one that URL parsers
     /// read apart (a `\`, a tab), one that is not visible ASCII, and one of several.
@@ -2630,13 +2655,16 @@ fn empty_authority(location: &str) -> bool {
 /// own URL (`other`, `?page=2`, `../x`), which the caller resolves against the URL it called,
 /// through Postern already: unless, as the caller resolves it, it lands on Postern's origin
 /// outside the integration ([`lands_outside_integration`], [`Redirect::Dropped`]).
-/// `template`: the operation's path template, the shape of the request's path.
+/// `template`: the operation's path template, the shape of the request's path. `reached`: the
+/// authority the caller reached Postern by; a full URL naming it is a place on Postern's
+/// origin, kept only inside the integration.
 fn through_postern(
     upstream: &url::Url,
     path_prefix: &str,
     integration: &str,
     location: &str,
     template: Option<&str>,
+    reached: Option<&str>,
 ) -> Redirect {
     // Read apart by URL parsers (WHATWG takes `\` for `/` and drops tabs; curl and Python do
     // not): where a caller's client lands cannot be told.
@@ -2651,6 +2679,23 @@ fn through_postern(
         return left(Redirect::AsWritten);
     }
     if leaves_origin(upstream, location) {
+        // Postern's own address, as the caller wrote it or another name for it on loopback:
+        // a caller following it calls Postern, with whatever credentials its client sends
+        // there (a `Postern-Caller-Token` set on every request, which clients do not take off
+        // for another host, or its `Authorization` for the same one).
+        if let (Ok(target), Some(reached)) = (upstream.join(location), reached) {
+            if names_postern(&target, reached) {
+                let path = target.path();
+                let inside = path
+                    .strip_prefix('/')
+                    .and_then(|path| path.strip_prefix(integration))
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+                return match inside {
+                    true => Redirect::AsWritten,
+                    false => Redirect::Dropped,
+                };
+            }
+        }
         return left(Redirect::AsWritten);
     }
     let Some(rest) = upstream.join(location).ok().and_then(|target| {
@@ -2669,6 +2714,30 @@ fn through_postern(
         through.push_str(&location[at..]);
     }
     Redirect::Through(through)
+}
+
+/// Whether `target` (a vendor's redirect, resolved) names the authority the caller reached
+/// Postern by (`reached`, its `Host`): the same host, or both on loopback (`localhost`,
+/// `*.localhost`, 127.0.0.0/8, `::1`: a sidecar's caller reaches it by any of them), and the
+/// same port (a `Host` without one stands for the default port of the `Location`'s scheme,
+/// which is not told apart from the other scheme's: a redirect to the other one is taken as
+/// Postern's too). Hosts compared as WHATWG parsers write them (`LOCALHOST`, `0x7f.1` and
+/// `127.1` are `localhost` and `127.0.0.1`).
+fn names_postern(target: &url::Url, reached: &str) -> bool {
+    let Ok(reached) = url::Url::parse(&format!("http://{reached}/")) else {
+        return false;
+    };
+    let same_port = match reached.port() {
+        Some(port) => target.port_or_known_default() == Some(port),
+        None => target.port().is_none(),
+    };
+    let loopback = |url: &url::Url| match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost" || name.ends_with(".localhost"),
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        None => false,
+    };
+    same_port && (target.host() == reached.host() || (loopback(target) && loopback(&reached)))
 }
 
 /// A vendor's `Set-Cookie` kept to its integration's paths on Postern's origin (path mode): its
@@ -2868,34 +2937,139 @@ mod tests {
         ];
         for (location, expected) in cases {
             assert_eq!(
-                through_postern(&upstream, "/v2", "pay", location, template),
+                through_postern(&upstream, "/v2", "pay", location, template, None),
                 expected,
                 "{location}"
             );
         }
         let root = url::Url::parse("https://api.vendor.example").unwrap();
         assert_eq!(
-            through_postern(&root, "", "pay", "/v1/x", Some("/x")),
+            through_postern(&root, "", "pay", "/v1/x", Some("/x"), None),
             through("/pay/v1/x")
         );
         // A request at the top (`/pay/x`): no `..` stays inside.
         assert_eq!(
-            through_postern(&root, "", "pay", "../x", Some("/x")),
+            through_postern(&root, "", "pay", "../x", Some("/x"), None),
             Dropped
         );
         assert_eq!(
-            through_postern(&root, "", "pay", "y", Some("/x")),
+            through_postern(&root, "", "pay", "y", Some("/x"), None),
             AsWritten
         );
         // The integration's root (`/pay` reaches it as well as `/pay/`): only a query or a
         // fragment stays on it.
         for (location, expected) in [("?page=2", AsWritten), ("y", Dropped), (".", Dropped)] {
             assert_eq!(
-                through_postern(&root, "", "pay", location, Some("/")),
+                through_postern(&root, "", "pay", location, Some("/"), None),
                 expected,
                 "{location}"
             );
         }
+    }
+
+    /// A full URL naming the address the caller reached Postern by is a place on Postern's
+    /// origin: kept inside the integration, removed outside it; on loopback, any loopback name
+    /// with the same port is Postern's.
+    #[test]
+    fn a_redirect_naming_posterns_own_address_outside_the_integration_is_removed() {
+        use super::Redirect::{AsWritten, Dropped};
+        let upstream = url::Url::parse("https://api.vendor.example/v2").unwrap();
+        let template = Some("/v1/charges/{id}");
+        let cases = [
+            (
+                "127.0.0.1:8080",
+                "http://127.0.0.1:8080/payroll/v1/transfers",
+                Dropped,
+            ),
+            ("127.0.0.1:8080", "http://localhost:8080/payroll", Dropped),
+            ("127.0.0.1:8080", "https://LOCALHOST:8080/payroll", Dropped),
+            ("127.0.0.1:8080", "http://127.1:8080/payroll", Dropped),
+            ("127.0.0.1:8080", "http://0x7f.1:8080/payroll", Dropped),
+            ("127.0.0.1:8080", "http://[::1]:8080/payroll", Dropped),
+            (
+                "127.0.0.1:8080",
+                "http://app.localhost:8080/payroll",
+                Dropped,
+            ),
+            (
+                "127.0.0.1:8080",
+                "http://user:pw@127.0.0.1:8080/payroll",
+                Dropped,
+            ),
+            ("127.0.0.1:8080", "//127.0.0.1:8080/payroll", Dropped),
+            ("127.0.0.1:8080", "http://127.0.0.1:8080/", Dropped),
+            ("127.0.0.1:8080", "http://127.0.0.1:8080/payx/v1", Dropped),
+            (
+                "127.0.0.1:8080",
+                "http://127.0.0.1:8080/pay/../payroll",
+                Dropped,
+            ),
+            // Inside the integration: as written.
+            (
+                "127.0.0.1:8080",
+                "http://127.0.0.1:8080/pay/v1/charges/ch_2",
+                AsWritten,
+            ),
+            ("127.0.0.1:8080", "http://localhost:8080/pay", AsWritten),
+            // Another port or host: not Postern's.
+            ("127.0.0.1:8080", "http://127.0.0.1:9090/payroll", AsWritten),
+            (
+                "127.0.0.1:8080",
+                "http://evil.example:8080/payroll",
+                AsWritten,
+            ),
+            ("127.0.0.1:8080", "http://127.0.0.1/payroll", AsWritten),
+            (
+                "postern.internal:8080",
+                "http://POSTERN.internal:8080/payroll",
+                Dropped,
+            ),
+            (
+                "postern.internal:8080",
+                "http://localhost:8080/payroll",
+                AsWritten,
+            ),
+            (
+                "postern.internal:8080",
+                "http://other.internal:8080/payroll",
+                AsWritten,
+            ),
+            // A `Host` without a port: the default one of the `Location`'s scheme.
+            (
+                "postern.internal",
+                "https://postern.internal/payroll",
+                Dropped,
+            ),
+            (
+                "postern.internal",
+                "http://postern.internal:80/payroll",
+                Dropped,
+            ),
+            (
+                "postern.internal",
+                "http://postern.internal:8080/payroll",
+                AsWritten,
+            ),
+        ];
+        for (reached, location, expected) in cases {
+            assert_eq!(
+                through_postern(&upstream, "/v2", "pay", location, template, Some(reached)),
+                expected,
+                "{reached} {location}"
+            );
+        }
+        // Without a `Host` nothing names Postern: as before.
+        assert_eq!(
+            through_postern(
+                &upstream,
+                "/v2",
+                "pay",
+                "http://127.0.0.1:8080/payroll",
+                template,
+                None
+            ),
+            AsWritten
+        );
     }
 
     #[test]

@@ -110,6 +110,15 @@ pub fn listener_config(
         .context("the listener certificate and key do not match")
         .map_err(at("tls_key", key_fix))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if gateway.client_ca.is_some() {
+        // No session resumption where client certificates identify callers: a resumed session
+        // carries the certificates of the handshake it resumes, not verified again, and each
+        // resumption hands out fresh tickets, so a caller could go on resuming past its
+        // certificate's expiry (short-lived SVIDs are SPIFFE's revocation) or a `client_ca`
+        // change. Every connection makes a full handshake instead.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Some(config))
 }
 

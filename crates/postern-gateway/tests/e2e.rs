@@ -609,8 +609,8 @@ fn body_echoing_vendor() -> Handler {
 }
 
 /// In path mode, where every integration shares Postern's origin, a vendor's origin-wide answer
-/// headers (`Alt-Svc`, `Clear-Site-Data`, `Strict-Transport-Security`) are not passed on; its
-/// other headers are.
+/// headers (`Alt-Svc`, `Clear-Site-Data`, `Strict-Transport-Security`, `NEL`, `Report-To`,
+/// `Accept-CH`) are not passed on; its other headers are.
 #[tokio::test]
 async fn origin_wide_answer_headers_do_not_pass_in_path_mode() {
     let handler: Handler = Arc::new(|_: &SeenRequest| {
@@ -619,6 +619,17 @@ async fn origin_wide_answer_headers_do_not_pass_in_path_mode() {
             ("alt-svc", "h2=\"elsewhere.example:443\"".to_string()),
             ("clear-site-data", "\"cookies\"".to_string()),
             ("strict-transport-security", "max-age=31536000".to_string()),
+            (
+                "nel",
+                r#"{"report_to":"vendor","max_age":31536000,"include_subdomains":true}"#
+                    .to_string(),
+            ),
+            (
+                "report-to",
+                r#"{"group":"vendor","max_age":31536000,"endpoints":[{"url":"https://collector.example/r"}]}"#
+                    .to_string(),
+            ),
+            ("accept-ch", "Sec-CH-UA-Platform-Version".to_string()),
             ("x-request-id", "req_1".to_string()),
         ]);
         answer
@@ -632,7 +643,14 @@ async fn origin_wide_answer_headers_do_not_pass_in_path_mode() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    for name in ["alt-svc", "clear-site-data", "strict-transport-security"] {
+    for name in [
+        "alt-svc",
+        "clear-site-data",
+        "strict-transport-security",
+        "nel",
+        "report-to",
+        "accept-ch",
+    ] {
         assert!(response.headers().get(name).is_none(), "{name} passed");
     }
     assert_eq!(response.headers()["x-request-id"], "req_1");
@@ -1443,9 +1461,17 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
     // The vendor's own port, known once it listens (h2 carries no `Host` to read it from).
     let port = Arc::new(std::sync::atomic::AtomicU16::new(0));
     let own = port.clone();
+    // Postern's own port, as a caller on this machine reaches it.
+    let gateway_port = Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let postern = gateway_port.clone();
     let handler: Handler = Arc::new(move |request: &SeenRequest| {
+        let postern = postern.load(std::sync::atomic::Ordering::Relaxed);
         let location = match request.target.rsplit('/').next().unwrap_or("") {
             "ch_away" => "https://evil.example.net/steal".to_string(),
+            // Postern's own address, by another loopback name than the caller's: a client
+            // following it would call another integration with the caller's token.
+            "ch_postern" => format!("http://localhost:{postern}/payroll/v1/transfers"),
+            "ch_postern_in" => format!("http://127.0.0.1:{postern}/stripe/v1/charges/ch_9"),
             "ch_climb" => "../../../payroll/v1/transfers".to_string(),
             "ch_same" | "ch_two" => "/v1/charges/ch_other".to_string(),
             // Read apart by URL parsers; the fragment is never sent.
@@ -1473,6 +1499,9 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
     let vendor = TestVendor::tls(handler).await;
     port.store(vendor.addr.port(), std::sync::atomic::Ordering::Relaxed);
     let gw = stripe_gateway(&vendor, "").await;
+    let gateway = url::Url::parse(&gw.base).unwrap().port().unwrap();
+    gateway_port.store(gateway, std::sync::atomic::Ordering::Relaxed);
+    let inside = format!("http://127.0.0.1:{gateway}/stripe/v1/charges/ch_9");
     let cases = [
         ("ch_away", "https://evil.example.net/steal"),
         ("ch_home", "/stripe/v1/charges/ch_other"),
@@ -1482,6 +1511,8 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
         ("ch_apart", ""),
         ("ch_same", "/stripe/v1/charges/ch_other"),
         ("ch_two", ""),
+        ("ch_postern", ""),
+        ("ch_postern_in", inside.as_str()),
     ];
     for (id, location) in cases {
         let response = client()
@@ -1513,6 +1544,14 @@ async fn redirects_are_not_followed_and_off_origin_ones_are_flagged() {
     assert_eq!(events[5]["redirect_off_origin"], true, "read apart");
     assert!(!flagged(&events[6]), "{}", events[6]);
     assert_eq!(events[7]["redirect_off_origin"], true, "two Locations");
+    assert_eq!(
+        events[8]["redirect_off_origin"], true,
+        "Postern's own address"
+    );
+    assert_eq!(
+        events[9]["redirect_off_origin"], true,
+        "off the vendor's origin"
+    );
     gw.stop().await;
 }
 
@@ -2319,6 +2358,110 @@ async fn calls_waiting_on_a_failed_h2_dial_dial_for_themselves() {
     // The first connection, then one dial per call: the one that opened for the others and
     // seven that dialled for themselves once it failed.
     assert_eq!(vendor.connections(), 9);
+    gw.stop().await;
+}
+
+/// Where client certificates identify callers, no TLS session is resumed: a resumed session
+/// carries the certificate of the handshake it resumes, not verified again, so a caller could
+/// go on being its SPIFFE ID past the certificate's expiry. Each connection makes a full
+/// handshake, and one presenting an expired certificate is refused.
+#[tokio::test]
+async fn an_mtls_identity_ends_with_its_certificate_not_resumed_past_it() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let pki = TestPki::new();
+    let staging = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}\n{}",
+        stripe_like(&vendor, ""),
+        r#"
+[[callers]]
+name = "billing"
+spiffe_id = "spiffe://example.org/billing"
+
+[[grants]]
+caller = "billing"
+integration = "stripe"
+operations = ["get_charge"]
+"#
+    );
+    let gw = start_with_key(
+        &body,
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        &pki.mtls_listener(staging.path()),
+    )
+    .await;
+    // A short-lived SVID: valid for a few seconds from now.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://example.org/billing".try_into().unwrap(),
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(1);
+    let lifetime = Duration::from_secs(3);
+    params.not_after = now + lifetime;
+    let issuer = rcgen::Issuer::from_params(&pki.ca_params, &pki.ca_key);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            rustls_pemfile::certs(&mut pki.ca_pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap(),
+        ))
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // One client, one session cache: what a resuming client keeps between connections.
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let addr = gw.running().listen_addr;
+    let call = || async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await?;
+        let kind = tls.get_ref().1.handshake_kind();
+        tls.write_all(
+            b"GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+        )
+        .await?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>((kind, String::from_utf8_lossy(&answer).into_owned()))
+    };
+    let (first, answer) = call().await.unwrap();
+    assert_eq!(first, Some(rustls::HandshakeKind::Full));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (second, answer) = call().await.unwrap();
+    assert_eq!(
+        second,
+        Some(rustls::HandshakeKind::Full),
+        "the second connection resumed the first's session"
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    tokio::time::sleep(lifetime + Duration::from_secs(1)).await;
+    // TLS 1.3: the client may finish its side before the server refuses the certificate,
+    // so the refusal shows as an alert on the read or as no answer.
+    if let Ok((kind, answer)) = call().await {
+        assert!(
+            !answer.starts_with("HTTP/1.1 200"),
+            "an expired certificate was served ({kind:?}): {answer}"
+        );
+    }
     gw.stop().await;
 }
 
