@@ -1034,6 +1034,56 @@ fn unavailable(why: String) -> CredentialProblem {
     }
 }
 
+/// The most a `from_file` credential's file may hold: more is no credential (a client
+/// certificate's chain and key take a few KiB).
+const MAX_SECRET_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a `from_file` credential: a regular file (through links, as Kubernetes mounts its
+/// secrets) of at most [`MAX_SECRET_FILE_BYTES`]. A FIFO is not waited on, nor is a device or a
+/// file that goes on read whole: the read runs under the runtime's rebuild, which every reload
+/// and vault change (revocations among them) waits for. Errors name the problem, never the
+/// contents.
+fn read_secret_file(path: &std::path::Path) -> std::io::Result<Zeroizing<String>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is not a regular file (a FIFO, a device or a directory)",
+        ));
+    }
+    let mut contents = Zeroizing::new(Vec::with_capacity(
+        metadata.len().min(MAX_SECRET_FILE_BYTES) as usize,
+    ));
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut contents)?;
+    if contents.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "it holds more than {} KiB, more than any credential",
+                MAX_SECRET_FILE_BYTES / 1024
+            ),
+        ));
+    }
+    // The buffer moves into the text, not copied; refused, it is zeroized as it was read.
+    match String::from_utf8(std::mem::take(&mut *contents)) {
+        Ok(text) => Ok(Zeroizing::new(text)),
+        Err(error) => {
+            drop(Zeroizing::new(error.into_bytes()));
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            ))
+        }
+    }
+}
+
 /// Reads a credential's secret from its source. Errors never contain the value.
 fn read_secret(
     credential: &CredentialConfig,
@@ -1048,13 +1098,13 @@ fn read_secret(
         })?),
         SecretSource::File(path) => {
             // Trimmed in place: the text as read is the one zeroized.
-            let mut secret = Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
+            let mut secret = read_secret_file(path).map_err(|error| {
                 unavailable(format!(
                     "credential unavailable: cannot read {}: {} (fix: check the path and its permissions)",
                     path.display(),
                     error
                 ))
-            })?);
+            })?;
             let kept = secret.trim_end_matches(['\r', '\n']).len();
             secret.truncate(kept);
             secret
@@ -1462,6 +1512,58 @@ mod limiter_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `from_file` credential is read through a link (Kubernetes mounts secrets so), with its
+    /// line end trimmed; a FIFO is refused at once rather than waited on (the read holds every
+    /// reload and vault change), and so are a device and a file larger than any credential,
+    /// each with an error naming the problem and not the contents.
+    #[test]
+    fn a_credential_file_is_read_only_when_it_is_a_file_of_credential_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::write(&real, "sk_live_file\r\n").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let credential = |path: &std::path::Path| CredentialConfig {
+            kind: postern_config::CredentialKind::Bearer,
+            source: SecretSource::File(path.to_path_buf()),
+            header_name: None,
+            query_param: None,
+            username: None,
+            oauth2: None,
+        };
+        let secret = read_secret(&credential(&link), None).unwrap();
+        assert_eq!(secret.as_str(), "sk_live_file");
+
+        let fifo = dir.path().join("fifo");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let (done, finished) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(read_secret_file(&path).map(|_| ()));
+        });
+        let refused = finished
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a FIFO was waited on");
+        let error = refused.unwrap_err().to_string();
+        assert!(error.contains("not a regular file"), "{error}");
+
+        let error = read_secret_file(std::path::Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a regular file"), "{error}");
+
+        let large = dir.path().join("large");
+        let mut contents = vec![b'k'; MAX_SECRET_FILE_BYTES as usize];
+        std::fs::write(&large, &contents).unwrap();
+        assert_eq!(read_secret_file(&large).unwrap().len(), contents.len());
+        contents.push(b'k');
+        std::fs::write(&large, &contents).unwrap();
+        let message = read_secret(&credential(&large), None).err().unwrap().why;
+        assert!(message.contains("more than 1024 KiB"), "{message}");
+        assert!(!message.contains("kkkk"), "{message}");
+    }
 
     /// The forward proxy's lookups and the vendors' are counted apart: with every proxy place
     /// taken by a name server that does not answer, a proxy host is refused at once

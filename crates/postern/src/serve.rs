@@ -12,7 +12,29 @@ use tokio::sync::mpsc;
 
 use crate::ExitCode;
 
+/// Keeps the process's memory from other processes of its user and from core dumps
+/// (`PR_SET_DUMPABLE` 0): it holds the vendors' secrets, the vault's master key and the tokens'
+/// hashes, and `/proc/<pid>/environ` holds `from_env` credentials. Then only root may attach a
+/// debugger or read `environ`, `mem` and `maps`, and a crash writes no core. `POSTERN_DUMPABLE=1`
+/// leaves the process as it was started (to debug it or collect its cores); a warning says so.
+pub fn keep_memory_private() {
+    if std::env::var_os("POSTERN_DUMPABLE").is_some_and(|value| value == "1") {
+        tracing::warn!(
+            "POSTERN_DUMPABLE=1: this process's memory, vendor secrets included, can be read by its user's other processes and written to core dumps"
+        );
+        return;
+    }
+    // SAFETY: prctl with PR_SET_DUMPABLE takes a plain integer and touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not keep this process's memory from core dumps and its user's other processes"
+        );
+    }
+}
+
 pub async fn serve(path: PathBuf) -> ExitCode {
+    keep_memory_private();
     let config = match postern_config::load(&path) {
         Ok(config) => config,
         Err(errors) => {
@@ -371,5 +393,24 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
             report_invalid(&errors, json);
             ExitCode::InvalidConfig
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `serve` keeps its memory from core dumps and from its user's other processes: the
+    /// kernel then reports the process as not dumpable. (This test's own process is made so;
+    /// nothing else in it attaches to itself or dumps.)
+    #[test]
+    fn serve_makes_its_process_not_dumpable() {
+        // SAFETY: PR_GET_DUMPABLE takes no pointer and returns the flag.
+        let dumpable = || unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+        if std::env::var_os("POSTERN_DUMPABLE").is_some_and(|value| value == "1") {
+            eprintln!("skipped: POSTERN_DUMPABLE=1 is set for this test run");
+            return;
+        }
+        assert_eq!(dumpable(), 1, "a process starts dumpable");
+        super::keep_memory_private();
+        assert_eq!(dumpable(), 0);
     }
 }
