@@ -1,9 +1,14 @@
-//! The master key and the envelope: seal/open with XChaCha20-Poly1305.
+//! The master key and the envelope: seal/open with XChaCha20-Poly1305; keys derived from the
+//! master key and HMAC-SHA256 under them.
 
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
+
+type HmacSha256 = Hmac<Sha256>;
 
 /// Where the master key came from (for messages; never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,11 +74,49 @@ impl MasterKey {
     }
 }
 
+/// A key for one purpose, derived from the master key: HKDF-Expand (RFC 5869) with the master
+/// key as the pseudorandom key and `label` as the info, one 32-byte block
+/// (`HMAC-SHA256(master, label ‖ 0x01)`). The master key is uniformly random already, so no
+/// Extract step is needed; distinct labels give independent keys.
+pub(crate) fn derive_key(master: &MasterKey, label: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut mac =
+        <HmacSha256 as Mac>::new_from_slice(master.bytes()).expect("HMAC accepts any key length");
+    mac.update(label);
+    mac.update(&[1]);
+    Zeroizing::new(mac.finalize().into_bytes().into())
+}
+
+/// HMAC-SHA256 of `message` under `key`.
+pub(crate) fn mac(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
+/// Whether `tag` is the HMAC-SHA256 of `message` under `key` (compared in constant time).
+pub(crate) fn mac_matches(key: &[u8; 32], message: &[u8], tag: &[u8]) -> bool {
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(message);
+    mac.verify_slice(tag).is_ok()
+}
+
 /// `nonce ‖ ciphertext+tag`.
 pub(crate) fn seal(key: &[u8; 32], associated: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    seal_with_nonce(key, &rand::random(), associated, plaintext)
+}
+
+/// [`seal`] with a nonce chosen by the caller. Only for a value that is sealed under one key
+/// with one nonce, one associated data and one plaintext, ever (the same inputs give the same
+/// bytes, so nothing is learnt from the nonce's reuse): the vault's key check, whose nonce,
+/// derived from the master key, tells the vault its caller-token rows carry MACs.
+pub(crate) fn seal_with_nonce(
+    key: &[u8; 32],
+    nonce_bytes: &[u8; 24],
+    associated: &[u8],
+    plaintext: &[u8],
+) -> Vec<u8> {
     let cipher = XChaCha20Poly1305::new(key.into());
-    let nonce_bytes: [u8; 24] = rand::random();
-    let nonce = XNonce::from_slice(&nonce_bytes);
+    let nonce = XNonce::from_slice(nonce_bytes);
     let sealed = cipher
         .encrypt(
             nonce,
@@ -84,7 +127,7 @@ pub(crate) fn seal(key: &[u8; 32], associated: &[u8], plaintext: &[u8]) -> Vec<u
         )
         .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
     let mut out = Vec::with_capacity(24 + sealed.len());
-    out.extend_from_slice(&nonce_bytes);
+    out.extend_from_slice(nonce_bytes);
     out.extend_from_slice(&sealed);
     out
 }

@@ -13,6 +13,12 @@
 //! data key is sealed under the master key (associated data: `dek|<name>|<version>`), so a
 //! ciphertext cannot be moved to another name or version undetected.
 //!
+//! Caller-token rows (a token's SHA-256, its caller, when it was issued and revoked) are not
+//! secret but decide who a caller is: each carries an HMAC-SHA256 under a key derived from the
+//! master key, and a row whose MAC is missing or wrong counts as no token at all
+//! ([`Vault::caller_tokens_checked`]), so writing to the file without the key issues, renames
+//! or un-revokes no token.
+//!
 //! The master key is 32 bytes from `POSTERN_MASTER_KEY` (64 hex digits or base64), else from
 //! `<data_dir>/master.key` (created on first run with mode 0600). A known value sealed under the
 //! master key at creation (`key_check`) detects a wrong key at open: the vault then refuses to
@@ -31,6 +37,7 @@ pub use crypto::{MasterKey, MasterKeyOrigin};
 /// The longest rollback window a rotation may keep (a year), in seconds.
 pub const MAX_ROLLBACK_WINDOW_SECONDS: i64 = 365 * 24 * 3600;
 pub use store::{
-    valid_kind, valid_name, CallerTokenState, DataflowRow, HistoryEntry, SecretMeta, SecretState,
-    SecretValue, Vault, VaultError, MASTER_KEY_ENV, MASTER_KEY_FILE, VAULT_FILE,
+    valid_kind, valid_name, CallerTokenRowProblem, CallerTokenState, CallerTokens, DataflowRow,
+    HistoryEntry, RefusedCallerToken, SecretMeta, SecretState, SecretValue, Vault, VaultError,
+    MASTER_KEY_ENV, MASTER_KEY_FILE, VAULT_FILE,
 };

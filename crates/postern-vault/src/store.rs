@@ -8,14 +8,22 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::crypto::{open, seal, MasterKey, MasterKeyOrigin};
+use crate::crypto::{
+    derive_key, mac, mac_matches, open, seal, seal_with_nonce, MasterKey, MasterKeyOrigin,
+};
 
 pub const VAULT_FILE: &str = "vault.db";
 pub const MASTER_KEY_FILE: &str = "master.key";
 pub const MASTER_KEY_ENV: &str = "POSTERN_MASTER_KEY";
 
-const SCHEMA_VERSION: i64 = 1;
+/// 1: the first schema. 2: caller-token rows carry a MAC (`caller_tokens.mac`).
+const SCHEMA_VERSION: i64 = 2;
 const KEY_CHECK_PLAINTEXT: &[u8] = b"postern-vault key check v1";
+/// Derives the key caller-token rows are MACed under ([`TokenFields::message`]).
+const CALLER_TOKEN_MAC_LABEL: &[u8] = b"postern-vault caller_tokens mac key v1";
+/// Derives the nonce of the key check of a vault whose caller-token rows carry MACs
+/// ([`marked_key_check`]).
+const KEY_CHECK_NONCE_LABEL: &[u8] = b"postern-vault key_check nonce, caller_tokens mac v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -159,7 +167,7 @@ pub struct DataflowRow {
     pub count: u64,
 }
 
-/// A caller token known to the store.
+/// A caller token known to the store (a row whose MAC holds: see [`Vault::caller_tokens`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerTokenState {
     pub token_sha256: [u8; 32],
@@ -167,9 +175,53 @@ pub struct CallerTokenState {
     pub revoked: bool,
 }
 
+/// The caller-token rows, as [`Vault::caller_tokens_checked`] reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallerTokens {
+    /// The rows whose MAC holds: issued, imported or revoked by postern with the master key.
+    pub tokens: Vec<CallerTokenState>,
+    /// The rows whose MAC is missing or wrong: none of them is a token, active or revoked.
+    pub refused: Vec<RefusedCallerToken>,
+}
+
+/// A caller-token row that fails its MAC. Its fields are what the file holds, authenticated by
+/// nothing: for saying which row it is, not for deciding anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedCallerToken {
+    /// The caller the row names (anything may be there: show it with `{:?}`).
+    pub caller: String,
+    /// The row's token hash, when it is 32 bytes.
+    pub token_sha256: Option<[u8; 32]>,
+    /// The first 4 bytes of the row's token hash in hex: enough to find the row, not to use it.
+    pub hash_prefix: String,
+    pub problem: CallerTokenRowProblem,
+}
+
+/// Why a caller-token row is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerTokenRowProblem {
+    /// The row has no MAC: written without the master key (or by a postern older than the
+    /// vault's upgrade, see [`Vault::open_with`]).
+    MissingMac,
+    /// The MAC does not match the row: a value was changed (the caller, a revocation undone…),
+    /// or the row was made up or copied with another row's MAC.
+    WrongMac,
+}
+
+impl CallerTokenRowProblem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallerTokenRowProblem::MissingMac => "missing_mac",
+            CallerTokenRowProblem::WrongMac => "wrong_mac",
+        }
+    }
+}
+
 pub struct Vault {
     conn: Mutex<Connection>,
     master: MasterKey,
+    /// Derived from the master key ([`CALLER_TOKEN_MAC_LABEL`]): the caller-token rows' MACs.
+    token_mac_key: Zeroizing<[u8; 32]>,
     path: PathBuf,
     origin: MasterKeyOrigin,
 }
@@ -214,6 +266,10 @@ impl Vault {
     }
 
     /// Like [`Vault::open`], with the environment's key passed in (tests, embedding).
+    ///
+    /// A vault written before caller-token rows carried MACs is upgraded here, once the key has
+    /// opened it: its rows, trusted until then, get their MACs (`authenticate_caller_tokens`
+    /// says why that is sound); from then on a row written without the key is refused.
     pub fn open_with(data_dir: &Path, env_key: Option<&str>) -> Result<Vault, VaultError> {
         postern_keyfile::create_private_dir(data_dir)
             .map_err(io(format!("creating {}", data_dir.display())))?;
@@ -274,7 +330,7 @@ impl Vault {
             }
         };
         create_private_db(&path)?;
-        let conn = Connection::open(&path)?;
+        let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -322,7 +378,8 @@ impl Vault {
                 token_sha256 BLOB PRIMARY KEY,
                 caller TEXT NOT NULL,
                 created_ms INTEGER NOT NULL,
-                revoked_ms INTEGER
+                revoked_ms INTEGER,
+                mac BLOB
              );",
         )?;
         let check: Option<Vec<u8>> = conn
@@ -349,16 +406,19 @@ impl Vault {
                 }
             }
             None => {
-                let sealed = seal(master.bytes(), b"key_check", KEY_CHECK_PLAINTEXT);
+                // A new vault's rows carry MACs from the start: its key check says so.
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('key_check', ?1), ('schema_version', ?2), ('generation', ?3)",
-                    params![sealed, SCHEMA_VERSION.to_be_bytes().to_vec(), 0i64.to_be_bytes().to_vec()],
+                    params![marked_key_check(&master), SCHEMA_VERSION.to_be_bytes().to_vec(), 0i64.to_be_bytes().to_vec()],
                 )?;
             }
         }
+        let token_mac_key = derive_key(&master, CALLER_TOKEN_MAC_LABEL);
+        authenticate_caller_tokens(&mut conn, &master, &token_mac_key)?;
         Ok(Vault {
             conn: Mutex::new(conn),
             master,
+            token_mac_key,
             path,
             origin,
         })
@@ -844,23 +904,21 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Self::issue_in(&tx, caller, token, now_ms)?;
+        self.issue_in(&tx, caller, token, now_ms)?;
         Self::bump(&tx)?;
         tx.commit()?;
         Ok(())
     }
 
     fn issue_in(
+        &self,
         tx: &rusqlite::Transaction<'_>,
         caller: &str,
         token: &str,
         now_ms: i64,
     ) -> Result<(), VaultError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        tx.execute(
-            "INSERT INTO caller_tokens (token_sha256, caller, created_ms, revoked_ms) VALUES (?1, ?2, ?3, NULL)",
-            params![digest.to_vec(), caller, now_ms],
-        )?;
+        insert_token_row(tx, &self.token_mac_key, &digest, caller, now_ms, None)?;
         history(
             tx,
             &format!("caller:{caller}"),
@@ -881,10 +939,24 @@ impl Vault {
     ) -> Result<bool, VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row = TokenFields {
+            token_sha256,
+            caller,
+            created_ms: now_ms,
+            revoked_ms: None,
+        };
+        // A row already there for the hash, even one that fails its MAC, stays as it is: an
+        // import never makes a token active that the vault holds otherwise.
         let added = tx.execute(
-            "INSERT INTO caller_tokens (token_sha256, caller, created_ms, revoked_ms) VALUES (?1, ?2, ?3, NULL)
+            "INSERT INTO caller_tokens (token_sha256, caller, created_ms, revoked_ms, mac)
+             VALUES (?1, ?2, ?3, NULL, ?4)
              ON CONFLICT(token_sha256) DO NOTHING",
-            params![token_sha256.to_vec(), caller, now_ms],
+            params![
+                token_sha256.to_vec(),
+                caller,
+                now_ms,
+                row.mac(&self.token_mac_key).to_vec()
+            ],
         )?;
         if added > 0 {
             history(
@@ -910,7 +982,7 @@ impl Vault {
     ) -> Result<usize, VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let count = Self::revoke_in(&tx, caller, config_hashes, now_ms)?;
+        let count = self.revoke_in(&tx, caller, config_hashes, now_ms)?;
         Self::bump(&tx)?;
         tx.commit()?;
         Ok(count)
@@ -927,29 +999,66 @@ impl Vault {
     ) -> Result<usize, VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let count = Self::revoke_in(&tx, caller, config_hashes, now_ms)?;
-        Self::issue_in(&tx, caller, token, now_ms)?;
+        let count = self.revoke_in(&tx, caller, config_hashes, now_ms)?;
+        self.issue_in(&tx, caller, token, now_ms)?;
         Self::bump(&tx)?;
         tx.commit()?;
         Ok(count)
     }
 
+    /// Revokes the caller's active tokens and the config hashes (whoever's row holds them),
+    /// each revoked row MACed again with its revocation time. The caller's rows that fail their
+    /// MAC were never its tokens: they are removed (so they are not reported at every reload
+    /// again); a config hash held by such a row gets a new, revoked row.
     fn revoke_in(
+        &self,
         tx: &rusqlite::Transaction<'_>,
         caller: &str,
         config_hashes: &[[u8; 32]],
         now_ms: i64,
     ) -> Result<usize, VaultError> {
-        let mut count = tx.execute(
-            "UPDATE caller_tokens SET revoked_ms = ?2 WHERE caller = ?1 AND revoked_ms IS NULL",
-            params![caller, now_ms],
-        )?;
+        let key = &self.token_mac_key;
+        let mut count = 0;
+        let mut removed = 0;
+        for row in token_rows(tx, "WHERE caller = ?1", params![caller])? {
+            match row.fields() {
+                Some(fields) if row.authentic(key) => {
+                    if fields.revoked_ms.is_none() {
+                        revoke_token_row(tx, key, row.rowid, fields, now_ms)?;
+                        count += 1;
+                    }
+                }
+                _ => {
+                    remove_token_row(tx, row.rowid)?;
+                    removed += 1;
+                }
+            }
+        }
         for hash in config_hashes {
-            count += tx.execute(
-                "INSERT INTO caller_tokens (token_sha256, caller, created_ms, revoked_ms) VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT(token_sha256) DO UPDATE SET revoked_ms = ?3 WHERE revoked_ms IS NULL",
-                params![hash.to_vec(), caller, now_ms],
-            )?;
+            let held = token_rows(tx, "WHERE token_sha256 = ?1", params![hash.to_vec()])?;
+            match held.first() {
+                Some(row) if row.authentic(key) => {
+                    let fields = row.fields().expect("an authentic row is well formed");
+                    if fields.revoked_ms.is_none() {
+                        revoke_token_row(tx, key, row.rowid, fields, now_ms)?;
+                        count += 1;
+                    }
+                }
+                held => {
+                    if let Some(row) = held {
+                        remove_token_row(tx, row.rowid)?;
+                        removed += 1;
+                    }
+                    insert_token_row(tx, key, hash, caller, now_ms, Some(now_ms))?;
+                    count += 1;
+                }
+            }
+        }
+        let mut detail = format!("{count} token(s)");
+        if removed > 0 {
+            detail.push_str(&format!(
+                "; {removed} row(s) that failed their integrity check removed"
+            ));
         }
         history(
             tx,
@@ -957,25 +1066,312 @@ impl Vault {
             now_ms,
             "tokens_revoked",
             None,
-            Some(format!("{count} token(s)")),
+            Some(detail),
         )?;
         Ok(count)
     }
 
+    /// The caller tokens, active and revoked: only rows whose MAC holds (see
+    /// [`Vault::caller_tokens_checked`]). Each row that fails its MAC is left out and said in
+    /// a warning naming its caller and the first 8 hex digits of its hash.
     pub fn caller_tokens(&self) -> Result<Vec<CallerTokenState>, VaultError> {
-        let conn = self.conn.lock().expect("vault lock");
-        let mut statement =
-            conn.prepare("SELECT token_sha256, caller, revoked_ms FROM caller_tokens")?;
-        let rows = statement.query_map([], |r| {
-            let hash: Vec<u8> = r.get(0)?;
-            Ok(CallerTokenState {
-                token_sha256: hash.try_into().unwrap_or([0; 32]),
-                caller: r.get(1)?,
-                revoked: r.get::<_, Option<i64>>(2)?.is_some(),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let CallerTokens { tokens, refused } = self.caller_tokens_checked()?;
+        for row in &refused {
+            tracing::warn!(
+                caller = ?row.caller,
+                token_sha256_prefix = %row.hash_prefix,
+                problem = row.problem.as_str(),
+                "a caller-token row in the vault fails its integrity check (a MAC under the master key) and is ignored: it was not written by postern with this vault's master key (the vault file was altered, or an older postern wrote it); `postern callers rotate|revoke CALLER` removes the caller's such rows"
+            );
+        }
+        Ok(tokens)
     }
+
+    /// Every caller-token row, split by its MAC (HMAC-SHA256 under a key derived from the
+    /// master key, over the token hash, the caller, the creation time and the revocation time
+    /// or its absence): a row someone wrote into the file without the master key — a made-up
+    /// hash, a revocation undone, another caller's name — is in `refused`, never in `tokens`.
+    /// A value of the wrong type (the file altered) refuses the row, not the read.
+    pub fn caller_tokens_checked(&self) -> Result<CallerTokens, VaultError> {
+        let conn = self.conn.lock().expect("vault lock");
+        let mut read = CallerTokens::default();
+        for row in token_rows(&conn, "", [])? {
+            match row.fields() {
+                Some(fields) if row.authentic(&self.token_mac_key) => {
+                    read.tokens.push(CallerTokenState {
+                        token_sha256: *fields.token_sha256,
+                        caller: fields.caller.to_string(),
+                        revoked: fields.revoked_ms.is_some(),
+                    })
+                }
+                _ => read.refused.push(row.refused()),
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// A caller-token row's values, each of the type the schema gives it: what its MAC covers.
+#[derive(Clone, Copy)]
+struct TokenFields<'a> {
+    token_sha256: &'a [u8; 32],
+    caller: &'a str,
+    created_ms: i64,
+    revoked_ms: Option<i64>,
+}
+
+impl TokenFields<'_> {
+    /// An unambiguous encoding of the row: a label; the 32-byte hash; the caller's length in
+    /// bytes (u64, big-endian) and its UTF-8; the creation time (i64, big-endian); `0` when the
+    /// row is not revoked, else `1` and the revocation time (i64, big-endian).
+    fn message(&self) -> Vec<u8> {
+        const LABEL: &[u8] = b"postern-vault caller_tokens row v1\0";
+        let mut message = Vec::with_capacity(LABEL.len() + 32 + 8 + self.caller.len() + 17);
+        message.extend_from_slice(LABEL);
+        message.extend_from_slice(self.token_sha256);
+        message.extend_from_slice(&(self.caller.len() as u64).to_be_bytes());
+        message.extend_from_slice(self.caller.as_bytes());
+        message.extend_from_slice(&self.created_ms.to_be_bytes());
+        match self.revoked_ms {
+            None => message.push(0),
+            Some(revoked_ms) => {
+                message.push(1);
+                message.extend_from_slice(&revoked_ms.to_be_bytes());
+            }
+        }
+        message
+    }
+
+    fn mac(&self, key: &[u8; 32]) -> [u8; 32] {
+        mac(key, &self.message())
+    }
+}
+
+/// A caller-token row as the file holds it, whatever the types of its values.
+struct TokenRow {
+    rowid: i64,
+    token_sha256: Vec<u8>,
+    caller: Option<String>,
+    created_ms: Option<i64>,
+    /// `Err` when the value is neither NULL nor an integer.
+    revoked_ms: Result<Option<i64>, ()>,
+    mac: Option<Vec<u8>>,
+}
+
+impl TokenRow {
+    fn fields(&self) -> Option<TokenFields<'_>> {
+        Some(TokenFields {
+            token_sha256: self.token_sha256.as_slice().try_into().ok()?,
+            caller: self.caller.as_deref()?,
+            created_ms: self.created_ms?,
+            revoked_ms: self.revoked_ms.ok()?,
+        })
+    }
+
+    /// Whether the row's MAC is there and matches its values.
+    fn authentic(&self, key: &[u8; 32]) -> bool {
+        match (self.fields(), &self.mac) {
+            (Some(fields), Some(tag)) => mac_matches(key, &fields.message(), tag),
+            _ => false,
+        }
+    }
+
+    fn refused(&self) -> RefusedCallerToken {
+        RefusedCallerToken {
+            caller: self.caller.clone().unwrap_or_default(),
+            token_sha256: self.token_sha256.as_slice().try_into().ok(),
+            hash_prefix: hex::encode(&self.token_sha256[..self.token_sha256.len().min(4)]),
+            problem: if self.mac.is_some() {
+                CallerTokenRowProblem::WrongMac
+            } else {
+                CallerTokenRowProblem::MissingMac
+            },
+        }
+    }
+}
+
+/// The caller-token rows `filter` (a `WHERE` clause, or nothing) selects, read value by value,
+/// so that one a changed file gives a value of another type is read, to be refused.
+fn token_rows(
+    conn: &Connection,
+    filter: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<TokenRow>, VaultError> {
+    use rusqlite::types::ValueRef;
+    let mut statement = conn.prepare(&format!(
+        "SELECT rowid, token_sha256, caller, created_ms, revoked_ms, mac FROM caller_tokens {filter}"
+    ))?;
+    let rows = statement.query_map(params, |r| {
+        let bytes = |value: ValueRef<'_>| match value {
+            ValueRef::Blob(bytes) | ValueRef::Text(bytes) => Some(bytes.to_vec()),
+            _ => None,
+        };
+        let integer = |value: ValueRef<'_>| match value {
+            ValueRef::Integer(value) => Some(value),
+            _ => None,
+        };
+        Ok(TokenRow {
+            rowid: r.get(0)?,
+            token_sha256: bytes(r.get_ref(1)?).unwrap_or_default(),
+            caller: match r.get_ref(2)? {
+                ValueRef::Text(text) => std::str::from_utf8(text).ok().map(str::to_string),
+                _ => None,
+            },
+            created_ms: integer(r.get_ref(3)?),
+            revoked_ms: match r.get_ref(4)? {
+                ValueRef::Null => Ok(None),
+                ValueRef::Integer(value) => Ok(Some(value)),
+                _ => Err(()),
+            },
+            mac: match r.get_ref(5)? {
+                ValueRef::Blob(tag) => Some(tag.to_vec()),
+                ValueRef::Null => None,
+                // Something is there, of the wrong type: a wrong MAC, not a missing one.
+                _ => Some(Vec::new()),
+            },
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn insert_token_row(
+    tx: &rusqlite::Transaction<'_>,
+    key: &[u8; 32],
+    token_sha256: &[u8; 32],
+    caller: &str,
+    created_ms: i64,
+    revoked_ms: Option<i64>,
+) -> Result<(), VaultError> {
+    let fields = TokenFields {
+        token_sha256,
+        caller,
+        created_ms,
+        revoked_ms,
+    };
+    tx.execute(
+        "INSERT INTO caller_tokens (token_sha256, caller, created_ms, revoked_ms, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            token_sha256.to_vec(),
+            caller,
+            created_ms,
+            revoked_ms,
+            fields.mac(key).to_vec()
+        ],
+    )?;
+    Ok(())
+}
+
+/// Revokes an authentic row at `now_ms`, with the MAC of the row as it becomes.
+fn revoke_token_row(
+    tx: &rusqlite::Transaction<'_>,
+    key: &[u8; 32],
+    rowid: i64,
+    fields: TokenFields<'_>,
+    now_ms: i64,
+) -> Result<(), VaultError> {
+    let revoked = TokenFields {
+        revoked_ms: Some(now_ms),
+        ..fields
+    };
+    tx.execute(
+        "UPDATE caller_tokens SET revoked_ms = ?2, mac = ?3 WHERE rowid = ?1",
+        params![rowid, now_ms, revoked.mac(key).to_vec()],
+    )?;
+    Ok(())
+}
+
+fn remove_token_row(tx: &rusqlite::Transaction<'_>, rowid: i64) -> Result<(), VaultError> {
+    tx.execute("DELETE FROM caller_tokens WHERE rowid = ?1", params![rowid])?;
+    Ok(())
+}
+
+/// The key check of a vault whose caller-token rows carry MACs: the same plaintext under the
+/// same associated data as any key check (so every postern opens it, older ones too), sealed
+/// with a nonce derived from the master key instead of a random one. Only the key's holder can
+/// make it; a key check with a random nonce is a vault from before the MACs.
+fn marked_key_check(master: &MasterKey) -> Vec<u8> {
+    let derived = derive_key(master, KEY_CHECK_NONCE_LABEL);
+    let nonce: [u8; 24] = derived[..24].try_into().expect("24 of 32 bytes");
+    seal_with_nonce(master.bytes(), &nonce, b"key_check", KEY_CHECK_PLAINTEXT)
+}
+
+/// Upgrades a vault written before caller-token rows carried MACs (schema 1) to schema 2, in one
+/// immediate transaction (another process opening the file at the same time waits, then finds
+/// the work done): the `mac` column is added where it is missing, every row without a MAC gets
+/// one, and the key check is replaced by the [`marked_key_check`].
+///
+/// Rows are MACed as they are found, which is acceptable: this runs only after the master key
+/// has opened the vault, and the rows are the ones the vault trusted without a MAC until now, so
+/// the upgrade keeps what the key's holder already accepted, no more. From then on a row must
+/// carry a MAC only the key's holder can make: one written into the file later without the key
+/// — a made-up hash, a revocation undone, a caller renamed — is refused. Such a writer cannot
+/// have the upgrade run again over rows of theirs either: what says "upgraded" is the marked
+/// key check, which cannot be made without the key, not `schema_version` or the column, which
+/// they could change or remove. (Putting back the key check of a copy of the file made before
+/// the upgrade would do it; a copy that old brings its own rows back anyway: no per-row MAC
+/// stops a rollback to an older file, nor a row's removal.)
+fn authenticate_caller_tokens(
+    conn: &mut Connection,
+    master: &MasterKey,
+    key: &[u8; 32],
+) -> Result<(), VaultError> {
+    let marked = marked_key_check(master);
+    let upgraded = |conn: &Connection| -> Result<bool, VaultError> {
+        let has_mac: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('caller_tokens') WHERE name = 'mac')",
+            [],
+            |r| r.get(0),
+        )?;
+        let check: Vec<u8> =
+            conn.query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+                r.get(0)
+            })?;
+        Ok(has_mac && check == marked)
+    };
+    // Asked without the write lock first: the usual answer.
+    if upgraded(conn)? {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if upgraded(&tx)? {
+        return Ok(());
+    }
+    let has_mac: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('caller_tokens') WHERE name = 'mac')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_mac {
+        // Rows without a MAC: in a vault marked upgraded, they stay refused.
+        tx.execute_batch("ALTER TABLE caller_tokens ADD COLUMN mac BLOB")?;
+    }
+    let check: Vec<u8> =
+        tx.query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+            r.get(0)
+        })?;
+    if check != marked {
+        for row in token_rows(&tx, "WHERE mac IS NULL", [])? {
+            // A row of the wrong shape cannot have a MAC: it stays refused.
+            if let Some(fields) = row.fields() {
+                tx.execute(
+                    "UPDATE caller_tokens SET mac = ?2 WHERE rowid = ?1",
+                    params![row.rowid, fields.mac(key).to_vec()],
+                )?;
+            }
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'key_check'",
+            params![marked],
+        )?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = ?1",
+            params![SCHEMA_VERSION.to_be_bytes().to_vec()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// The current version of an active credential; a clear error when it is revoked or unknown.
