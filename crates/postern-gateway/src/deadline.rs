@@ -29,6 +29,9 @@ pin_project! {
         sleep: Pin<Box<Sleep>>,
         started: Instant,
         last_activity: Option<Instant>,
+        // Since when a write, flush or shutdown has waited on the peer with no byte taken: it
+        // fails an idle period from then, whatever the peer sends meanwhile.
+        write_stalled_since: Option<Instant>,
         first_byte: Duration,
         idle: Duration,
         in_flight: Option<InFlight>,
@@ -158,6 +161,7 @@ impl<S> Deadline<S> {
             sleep: Box::pin(tokio::time::sleep_until(started + first_byte)),
             started,
             last_activity: None,
+            write_stalled_since: None,
             first_byte,
             idle,
             in_flight: None,
@@ -227,6 +231,16 @@ impl<S> Deadline<S> {
             None => *this.started + *this.first_byte,
             Some(last) => last + *this.idle,
         };
+        // A peer that sends but takes nothing (an h2 caller sending frames that move nothing
+        // while the answers it opened fill the buffers) keeps `last_activity` moving: a waiting
+        // write's own deadline runs from when it began to wait.
+        let stalled_write = match (reading, *this.write_stalled_since) {
+            (false, Some(since)) if since + *this.idle < deadline => {
+                deadline = since + *this.idle;
+                true
+            }
+            _ => false,
+        };
         // A wait that ended since is found when the timer fires (`excused_until`).
         if reading {
             deadline = deadline.max(*this.reads_excused_until);
@@ -264,6 +278,8 @@ impl<S> Deadline<S> {
                             io::ErrorKind::TimedOut,
                             if this.last_activity.is_none() {
                                 "no request within the first-byte timeout"
+                            } else if stalled_write {
+                                "the peer took no bytes within the idle limit"
                             } else {
                                 "connection idle"
                             },
@@ -284,8 +300,8 @@ impl<S> Deadline<S> {
 }
 
 impl<S: AsyncWrite> Deadline<S> {
-    /// One write: bytes taken count as activity; a write the peer does not take times out
-    /// with the connection.
+    /// One write: bytes taken count as activity; a write the peer does not take times out an
+    /// idle period after it began to wait, whatever the peer sends meanwhile.
     fn write_with(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -294,14 +310,25 @@ impl<S: AsyncWrite> Deadline<S> {
         let this = self.as_mut().project();
         match write(this.inner, cx) {
             Poll::Ready(Ok(written)) => {
-                if written > 0 && this.last_activity.is_some() {
-                    *this.last_activity = Some(Instant::now());
+                if written > 0 {
+                    *this.write_stalled_since = None;
+                    if this.last_activity.is_some() {
+                        *this.last_activity = Some(Instant::now());
+                    }
                 }
                 Poll::Ready(Ok(written))
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => self.expired(cx, false),
+            Poll::Pending => self.write_waits(cx),
         }
+    }
+
+    /// A write, flush or shutdown waits on the peer: noted when it began to, then as
+    /// [`Deadline::expired`].
+    fn write_waits<T>(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let stalled = self.as_mut().project().write_stalled_since;
+        stalled.get_or_insert_with(Instant::now);
+        self.expired(cx, false)
     }
 }
 
@@ -315,15 +342,20 @@ impl<S: AsyncWrite> AsyncWrite for Deadline<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.as_mut().project().inner.poll_flush(cx) {
-            Poll::Pending => self.expired(cx, false),
+        let this = self.as_mut().project();
+        match this.inner.poll_flush(cx) {
+            Poll::Pending => self.write_waits(cx),
+            Poll::Ready(Ok(())) => {
+                *this.write_stalled_since = None;
+                Poll::Ready(Ok(()))
+            }
             ready => ready,
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.as_mut().project().inner.poll_shutdown(cx) {
-            Poll::Pending => self.expired(cx, false),
+            Poll::Pending => self.write_waits(cx),
             ready => ready,
         }
     }
@@ -470,6 +502,45 @@ mod tests {
         let error = server.write_all(&[b'x'; 64]).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         drop(client);
+    }
+
+    /// A peer that goes on sending (a byte every 30 s, under the 60 s idle limit) but takes
+    /// nothing: the write waiting on it fails an idle period after it began to wait, not never
+    /// (the bytes read kept the connection's activity moving, and the write's deadline with it).
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_sends_but_stops_reading_still_times_out_a_write() {
+        let secs = Duration::from_secs;
+        let (mut client, server) = tokio::io::duplex(16);
+        let server = Deadline::new(server, secs(10), secs(60));
+        let (mut reader, mut writer) = tokio::io::split(server);
+        client.write_all(b"GET").await.unwrap();
+        assert_eq!(reader.read(&mut [0u8; 8]).await.unwrap(), 3);
+        let start = Instant::now();
+        let reads = async {
+            let mut buf = [0u8; 8];
+            loop {
+                assert_eq!(reader.read(&mut buf).await.unwrap(), 1);
+            }
+        };
+        let sends = async {
+            for _ in 0..10 {
+                tokio::time::sleep(secs(30)).await;
+                client.write_all(b"x").await.unwrap();
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            biased;
+            () = reads => unreachable!(),
+            () = sends => unreachable!(),
+            written = writer.write_all(&[b'x'; 64]) => {
+                let error = written.unwrap_err();
+                assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+                assert_eq!(error.to_string(), "the peer took no bytes within the idle limit");
+            }
+        }
+        // 16 bytes went into the pipe at once; the rest waited from then.
+        assert_eq!(start.elapsed(), secs(60));
     }
 
     /// A connection whose reads `in_flight` excuses (first byte within 10 s, then idle for at
