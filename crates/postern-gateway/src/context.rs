@@ -30,8 +30,9 @@ impl AuthMethod {
     }
 }
 
-/// Facts about the downstream connection, fixed for all its requests.
-#[derive(Debug, Clone)]
+/// Facts about the downstream connection, fixed for all its requests, and what its requests
+/// have told of it (whether one identified a caller).
+#[derive(Debug)]
 pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// `peer.ip()` as text, formatted once per connection for every call's event, audit entry,
@@ -50,6 +51,11 @@ pub struct ConnectionInfo {
     held: Option<Arc<Held>>,
     /// The calls in flight on this connection (or tunnel), which its idle limit excuses.
     in_flight: InFlight,
+    /// Whether a request on this connection has identified a caller (path mode).
+    identified: std::sync::atomic::AtomicBool,
+    /// Told when a connection that never identified a caller answers `401`: it then closes
+    /// ([`ConnectionInfo::close_unidentified`]).
+    closing: tokio::sync::Notify,
 }
 
 impl ConnectionInfo {
@@ -74,6 +80,8 @@ impl ConnectionInfo {
             tunnel: None,
             held: None,
             in_flight,
+            identified: std::sync::atomic::AtomicBool::new(false),
+            closing: tokio::sync::Notify::new(),
         }
     }
 
@@ -110,6 +118,40 @@ impl ConnectionInfo {
             tunnel: Some(tunnel),
             held: self.held.clone(),
             in_flight,
+            identified: std::sync::atomic::AtomicBool::new(true),
+            closing: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A request on this connection identified a caller.
+    pub fn identified(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Read first: most calls find it set, and a store would dirty the line each time.
+        if !self.identified.load(Relaxed) {
+            self.identified.store(true, Relaxed);
+        }
+    }
+
+    /// After a `401`: whether this connection has identified no caller yet, in which case it
+    /// is told to close once that answer is out (hyper-served connections: [`Self::closing`];
+    /// Postern's own HTTP/1.1 server reads the answer's `Connection: close`). A peer without
+    /// a caller token cannot then hold one of the listener's connection places with a request
+    /// refused every idle period: each attempt costs it a new connection, and a new
+    /// connection must speak within the first-byte limit.
+    pub fn close_unidentified(&self) -> bool {
+        if self.identified.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        self.closing.notify_one();
+        true
+    }
+
+    /// Ends once the connection has been told to close ([`Self::close_unidentified`]), or its
+    /// tunnel has ([`TunnelInfo::closing`]).
+    pub async fn closing(&self) {
+        match &self.tunnel {
+            Some(tunnel) => tunnel.closing.notified().await,
+            None => self.closing.notified().await,
         }
     }
 }

@@ -210,6 +210,8 @@ where
     // it stops (and nothing if the gateway's sender was dropped, as `stopping` expects).
     let (local_stop, local_shutdown) = watch::channel(*shutdown.borrow());
     let mut stopping = false;
+    // New connections closed at the connection limit since the last warning, and when that was.
+    let (mut refused, mut last_warned) = (0u64, None::<std::time::Instant>);
     loop {
         let accepted = match stopping {
             // Connections another worker handed over before this one stopped accepting were
@@ -239,7 +241,14 @@ where
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "too many connections; closing a new one");
+            // At most one warning a second, counting the connections closed since the last:
+            // a flood of connections would otherwise be a flood of log lines too.
+            refused += 1;
+            if last_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                tracing::warn!(%peer, limit = MAX_CONNECTIONS, closed = refused, "too many connections; closing new ones");
+                last_warned = Some(std::time::Instant::now());
+                refused = 0;
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -302,7 +311,10 @@ where
                     match h2 {
                         true => {
                             let Connection {
-                                builder, watcher, ..
+                                builder,
+                                watcher,
+                                shutdown,
+                                ..
                             } = connection;
                             // hyper's h2 server resets a malformed stream itself (no
                             // connection error): nothing to record here. Boxed, as at the
@@ -311,7 +323,7 @@ where
                                 TokioIo::new(stream),
                                 info,
                                 builder.builder.clone(),
-                                (watcher, builder.idle),
+                                (watcher, shutdown, builder.idle),
                                 None,
                                 handler,
                             ))
@@ -382,7 +394,7 @@ impl Connection {
             let io = TokioIo::new(Prefixed::new(read, stream));
             // Boxed, made only when a request is left to hyper: hyper's connection state is
             // kilobytes, and inline it would be part of every connection's task, idle or not.
-            let watch = (watcher, idle);
+            let watch = (watcher, shutdown, idle);
             Box::pin(serve(io, info, builder, watch, on_malformed, handler)).await;
         }
     }
@@ -620,14 +632,13 @@ where
     })
 }
 
-/// Serves a connection with hyper until it ends, or until its calls have not moved for the idle
-/// limit ([`InFlight::request_idle`]: bytes that move no call — PINGs, a head trickled in
-/// frames, PINGs beside an answer the caller grants no window for — do not hold it open).
+/// Serves a connection with hyper ([`serve_hyper`]), holding `watcher` until it ends so the
+/// listener's graceful shutdown waits for it.
 async fn serve<I, H, F>(
     io: I,
     info: Arc<ConnectionInfo>,
     builder: auto::Builder<TokioExecutor>,
-    (watcher, idle): (Watcher, Duration),
+    (watcher, shutdown, idle): (Watcher, watch::Receiver<bool>, Duration),
     on_malformed: Option<OnMalformed>,
     handler: H,
 ) where
@@ -635,23 +646,8 @@ async fn serve<I, H, F>(
     H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
-    let answers = Answers::default();
-    let service = service(info.clone(), answers.clone(), handler);
-    // With upgrades: a CONNECT request hands the connection over to the forward proxy.
-    let connection = builder
-        .serve_connection_with_upgrades(io, service)
-        .into_owned();
-    let ended = tokio::select! {
-        ended = watcher.watch(connection) => ended,
-        never = answers.cut_stalled_every(idle) => match never {},
-        () = info.in_flight().request_idle(idle) => {
-            tracing::debug!(peer = %info.peer, "closing a connection that began no request within the idle limit");
-            return;
-        }
-    };
-    if let Err(error) = ended {
-        ended_with(&info, &*error, on_malformed.as_ref());
-    }
+    let _watcher = watcher;
+    serve_hyper(io, info, builder, (shutdown, idle), on_malformed, handler).await;
 }
 
 /// A connection hyper served ended with `error`: a refused request head is reported.
@@ -668,8 +664,30 @@ fn ended_with(
 }
 
 /// Serves HTTP inside an intercepted tunnel (already TLS-terminated) until the client closes
-/// it or the gateway shuts down (then in-flight requests finish first).
+/// it or the gateway shuts down (then in-flight requests finish first): [`serve_hyper`].
 pub async fn serve_tunnel<I, H, F>(
+    io: I,
+    info: Arc<ConnectionInfo>,
+    builder: auto::Builder<TokioExecutor>,
+    shutdown: (watch::Receiver<bool>, Duration),
+    on_malformed: Option<OnMalformed>,
+    handler: H,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<GatewayBody>> + Send + 'static,
+{
+    serve_hyper(io, info, builder, shutdown, on_malformed, handler).await;
+}
+
+/// Serves a connection (or an intercepted tunnel) with hyper until it ends; until its calls
+/// have not moved for the idle limit ([`InFlight::request_idle`]: bytes that move no call —
+/// PINGs, a head trickled in frames, PINGs beside an answer the caller grants no window for —
+/// do not hold it open); or, gracefully (the answers in hand go out first, h2 with a GOAWAY),
+/// once the gateway shuts down or the connection is told to close
+/// ([`ConnectionInfo::closing`]: a tunnel a reload no longer allows, a connection that answered
+/// `401` without ever identifying a caller).
+async fn serve_hyper<I, H, F>(
     io: I,
     info: Arc<ConnectionInfo>,
     builder: auto::Builder<TokioExecutor>,
@@ -683,37 +701,32 @@ pub async fn serve_tunnel<I, H, F>(
 {
     let answers = Answers::default();
     let service = service(info.clone(), answers.clone(), handler);
-    // With upgrades: a WebSocket session inside the tunnel takes the connection over.
+    // With upgrades: a CONNECT request hands the connection over to the forward proxy, a
+    // WebSocket handshake to its session.
     let connection = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
     tokio::pin!(connection);
-    // A tunnel a reload no longer allows ([`crate::context::TunnelInfo::closing`]) closes as at
-    // shutdown: the answer in hand (its refusal) goes out, then the connection ends.
-    let closing = async {
-        match &info.tunnel {
-            Some(tunnel) => tunnel.closing.notified().await,
-            None => std::future::pending().await,
-        }
-    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = async {
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => {}
-                () = closing => {}
+                () = info.closing() => {}
             }
         } => {
             connection.as_mut().graceful_shutdown();
-            // Draining is bounded by the shutdown grace; a stalled answer is still cut.
+            // Draining is bounded by the shutdown grace; a stalled answer is still cut, and a
+            // connection told to close whose calls stop moving is closed as before.
             tokio::select! {
                 result = connection => result,
                 never = answers.cut_stalled_every(idle) => match never {},
+                () = info.in_flight().request_idle(idle) => return,
             }
         }
         never = answers.cut_stalled_every(idle) => match never {},
         () = info.in_flight().request_idle(idle) => {
-            tracing::debug!(peer = %info.peer, "closing a tunnel that began no request within the idle limit");
+            tracing::debug!(peer = %info.peer, tunnel = info.tunnel.is_some(), "closing a connection that began no request within the idle limit");
             return;
         }
     };

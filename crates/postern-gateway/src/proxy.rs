@@ -188,7 +188,20 @@ pub fn handle_call(
         call.answered();
         match result {
             Ok(response) => response,
-            Err(error) => refuse(&shared, &call.context, &call.progress, &error),
+            Err(error) => {
+                let mut response = refuse(&shared, &call.context, &call.progress, &error);
+                // A connection that never identified a caller closes after its `401`.
+                if error.status == StatusCode::UNAUTHORIZED
+                    && connection.tunnel.is_none()
+                    && connection.close_unidentified()
+                    && call.context.protocol != "HTTP/2"
+                {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
+            }
         }
     }
 }
@@ -979,6 +992,7 @@ fn identify_caller(
     }
     if let Some(spiffe_id) = &connection.spiffe_id {
         if let Some(caller) = runtime.caller_by_spiffe(spiffe_id) {
+            connection.identified();
             context.caller = Some(caller);
             context.auth = Some(AuthMethod::Mtls);
             // A caller token sent as well is kept from the vendor; anything else in those
@@ -994,6 +1008,7 @@ fn identify_caller(
     };
     match runtime.caller_by_token(&token) {
         Some(caller) => {
+            connection.identified();
             context.caller = Some(caller);
             context.auth = Some(AuthMethod::Token);
             Ok(Some(token))

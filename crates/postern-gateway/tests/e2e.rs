@@ -2407,12 +2407,12 @@ operations = ["get_charge"]
     let cert = params.signed_by(&key, &issuer).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(rustls::pki_types::CertificateDer::from(
+        .add(
             rustls_pemfile::certs(&mut pki.ca_pem.as_bytes())
                 .next()
                 .unwrap()
                 .unwrap(),
-        ))
+        )
         .unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -2633,6 +2633,107 @@ where
         "{}",
         String::from_utf8_lossy(&answer[..read])
     );
+}
+
+/// A connection on which no request has identified a caller is closed after its `401`
+/// (HTTP/1.1: `connection: close`, then the end; h2: a GOAWAY, then the end), so a peer without
+/// a caller token cannot hold one of the listener's connection places by sending a request
+/// each idle period. A connection that has identified a caller is kept after a `401` (a token
+/// revoked or mistyped in one of its requests).
+#[tokio::test]
+async fn a_connection_that_identified_no_caller_closes_after_its_401() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let addr = gw.running().listen_addr;
+    let unidentified = b"GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: postern\r\nauthorization: Bearer pst_wrong\r\n\r\n";
+    /// All the connection sends until it closes (bounded: 5 s).
+    async fn to_the_end(stream: &mut tokio::net::TcpStream) -> String {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the connection was closed")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    // HTTP/1.1, Postern's own server: the 401 says `connection: close`, and the connection
+    // ends, the pipelined request behind it unanswered.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut pipelined = unidentified.to_vec();
+    pipelined.extend_from_slice(unidentified);
+    stream.write_all(&pipelined).await.unwrap();
+    let answer = to_the_end(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 401").count(), 1, "{answer}");
+
+    // Identified first: a later 401 on the same connection keeps it.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    get_charge_kept_alive(&mut stream, &gw.token).await;
+    stream.write_all(unidentified).await.unwrap();
+    let mut answer = [0u8; 4096];
+    let read = stream.read(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer[..read]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
+    get_charge_kept_alive(&mut stream, &gw.token).await;
+
+    // h2 (prior knowledge, served by hyper): a GOAWAY after the 401, and the connection ends.
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut send, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let ended = tokio::spawn(connection);
+    let request = |token: &str| {
+        http::Request::get(format!("http://{addr}/stripe/v1/charges/ch_1"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let response = send.send_request(request("pst_wrong")).await.unwrap();
+    assert_eq!(response.status(), 401);
+    tokio::time::timeout(Duration::from_secs(5), ended)
+        .await
+        .expect("the h2 connection ended after its 401")
+        .unwrap()
+        .unwrap();
+
+    // h2, identified first: the connection stays after a 401 and serves the next call.
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut send, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let ended = tokio::spawn(connection);
+    assert_eq!(
+        send.send_request(request(&gw.token))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        send.send_request(request("pst_wrong"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !ended.is_finished(),
+        "the identified h2 connection was closed"
+    );
+    assert_eq!(
+        send.send_request(request(&gw.token))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    gw.stop().await;
 }
 
 /// An idle keep-alive connection is closed as soon as the gateway stops, not at the end of
