@@ -310,16 +310,18 @@ impl TokenSource {
         match self.config.client_auth {
             OAuth2ClientAuth::Basic => {
                 // RFC 6749 §2.3.1: form-encode id and secret, then Basic.
+                // Each text holding the secret is zeroized when dropped.
+                let secret = Zeroizing::new(form_value(&self.client_secret));
                 let pair = Zeroizing::new(format!(
                     "{}:{}",
                     form_value(&self.config.client_id),
-                    form_value(&self.client_secret)
+                    secret.as_str()
                 ));
-                let mut value = HeaderValue::from_str(&format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
-                ))
-                .map_err(|_| TokenError::Malformed)?;
+                let encoded = Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()),
+                );
+                let text = Zeroizing::new(format!("Basic {}", encoded.as_str()));
+                let mut value = HeaderValue::from_str(&text).map_err(|_| TokenError::Malformed)?;
                 value.set_sensitive(true);
                 request = request.header(header::AUTHORIZATION, value);
             }
@@ -372,8 +374,8 @@ impl TokenSource {
             })
             .map(|seconds| Duration::from_secs(seconds).clamp(MIN_LIFETIME, MAX_LIFETIME))
             .unwrap_or(DEFAULT_LIFETIME);
-        let mut header = HeaderValue::from_str(&format!("Bearer {access_token}"))
-            .map_err(|_| TokenError::Malformed)?;
+        let text = Zeroizing::new(format!("Bearer {access_token}"));
+        let mut header = HeaderValue::from_str(&text).map_err(|_| TokenError::Malformed)?;
         header.set_sensitive(true);
         let now = Instant::now();
         Ok(CachedToken {
