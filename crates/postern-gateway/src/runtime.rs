@@ -583,12 +583,23 @@ impl Runtime {
         // A caller's token never opens the admin API: the config's callers, here; the vault's
         // tokens, below.
         crate::refuse_admin_token_for_callers(&config, &inputs.admin_token_sha256)?;
-        let store_tokens = match inputs.vault {
-            Some(vault) => vault.caller_tokens().map_err(|error| {
-                anyhow::anyhow!("reading caller tokens from the vault: {error}")
-            })?,
-            None => Vec::new(),
+        let (store_tokens, refused_rows) = match inputs.vault {
+            Some(vault) => {
+                let checked = vault.caller_tokens_checked().map_err(|error| {
+                    anyhow::anyhow!("reading caller tokens from the vault: {error}")
+                })?;
+                (checked.tokens, checked.refused)
+            }
+            None => (Vec::new(), Vec::new()),
         };
+        // Rows whose MAC fails grant nothing, but may still deny: a config token named by one
+        // (a revocation whose row was altered, `revoked_ms` set back to NULL, or one an older
+        // `postern` wrote without a MAC) is not accepted, so altering the file cannot bring a
+        // revoked token back.
+        let distrusted: HashSet<[u8; 32]> = refused_rows
+            .iter()
+            .filter_map(|row| row.token_sha256)
+            .collect();
         let revoked: HashSet<[u8; 32]> = store_tokens
             .iter()
             .filter(|t| t.revoked)
@@ -615,6 +626,12 @@ impl Runtime {
                 })?;
                 if revoked.contains(&key) {
                     vault_callers.insert(&caller.name);
+                } else if distrusted.contains(&key) {
+                    tracing::warn!(
+                        caller = %caller.name,
+                        "the caller's token_sha256 is named by a caller-token row of the vault whose MAC fails (altered without the master key, or written by an older postern); the token is not accepted: give the caller a new token (`postern callers rotate {}`)",
+                        caller.name
+                    );
                 } else {
                     callers_by_token.insert(key, name.clone());
                 }

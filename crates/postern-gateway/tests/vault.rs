@@ -423,6 +423,63 @@ async fn changes_made_by_another_process_take_effect_without_restart() {
     gw.stop().await;
 }
 
+/// A revocation cannot be undone by altering the vault file without the master key: the
+/// revoked config token's row, made active again by SQL (`revoked_ms` set back to NULL), fails
+/// its MAC, grants nothing, and still keeps the config token out. A row forged for a new token
+/// is no token either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_undone_in_the_vault_file_keeps_the_token_out() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(&integration(&vendor), vendor.ca_pem.as_deref()).await;
+    let status_as = |token: &'static str| {
+        let url = format!("{}/stripe/v1/charges/ch_1", gw.base);
+        async move {
+            client()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // Identified (its vendor credential is not in the vault: 503, not 401).
+    assert_eq!(status_as(CHECKOUT_TOKEN).await, 503);
+    let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
+    use sha2::Digest as _;
+    let hash: [u8; 32] = sha2::Sha256::digest(CHECKOUT_TOKEN.as_bytes()).into();
+    vault.revoke_caller("checkout", &[hash], 2).unwrap();
+    gw.running().shared().refresh_from_vault().unwrap();
+    assert_eq!(status_as(CHECKOUT_TOKEN).await, 401, "revoked");
+    // Someone with the file but not the key undoes the revocation and adds a token of theirs.
+    let forged = "pst_forged_token_for_checkout_0001";
+    let forged_hash: [u8; 32] = sha2::Sha256::digest(forged.as_bytes()).into();
+    let db = rusqlite::Connection::open(gw.running().data_dir.join("vault.db")).unwrap();
+    db.execute(
+        "UPDATE caller_tokens SET revoked_ms = NULL WHERE token_sha256 = ?1",
+        [hash.to_vec()],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO caller_tokens (token_sha256, caller, created_ms) VALUES (?1, 'checkout', 1)",
+        [forged_hash.to_vec()],
+    )
+    .unwrap();
+    drop(db);
+    // The next change made with the key (any) has the gateway read the vault again.
+    vault
+        .set("unrelated", "static", b"sk_unrelated", 3)
+        .unwrap();
+    gw.running().shared().refresh_from_vault().unwrap();
+    assert_eq!(
+        status_as(CHECKOUT_TOKEN).await,
+        401,
+        "the revocation stands"
+    );
+    assert_eq!(status_as(forged).await, 401, "a forged row is no token");
+    gw.stop().await;
+}
+
 /// A vault token row for one caller that holds the token the config gives another caller (an
 /// old `callers import` of a hash since handed to someone else) does not take it over: the
 /// token still names the config's caller (before, the row quietly took it, and the other

@@ -1309,8 +1309,10 @@ fn marked_key_check(master: &MasterKey) -> Vec<u8> {
 /// have the upgrade run again over rows of theirs either: what says "upgraded" is the marked
 /// key check, which cannot be made without the key, not `schema_version` or the column, which
 /// they could change or remove. (Putting back the key check of a copy of the file made before
-/// the upgrade would do it; a copy that old brings its own rows back anyway: no per-row MAC
-/// stops a rollback to an older file, nor a row's removal.)
+/// the upgrade would do it, and the rows without a MAC written since would be authenticated at
+/// the next open: so each row the upgrade authenticates is logged, caller and hash prefix, with
+/// what to do if postern was not just upgraded. No per-row MAC stops a rollback to an older
+/// file, nor a row's removal.)
 fn authenticate_caller_tokens(
     conn: &mut Connection,
     master: &MasterKey,
@@ -1354,6 +1356,14 @@ fn authenticate_caller_tokens(
         for row in token_rows(&tx, "WHERE mac IS NULL", [])? {
             // A row of the wrong shape cannot have a MAC: it stays refused.
             if let Some(fields) = row.fields() {
+                // Said, row by row: after an upgrade of postern these are the vault's own rows;
+                // otherwise (a vault whose key check someone put back from an older copy) a row
+                // here may have been written without the key.
+                tracing::warn!(
+                    caller = ?fields.caller,
+                    hash_prefix = %hex::encode(&fields.token_sha256[..4]),
+                    "a caller-token row from before token rows were authenticated is now authenticated; if postern was not just upgraded, revoke it (`postern callers rotate`)"
+                );
                 tx.execute(
                     "UPDATE caller_tokens SET mac = ?2 WHERE rowid = ?1",
                     params![row.rowid, fields.mac(key).to_vec()],
