@@ -258,9 +258,10 @@ EOF
 }
 
 # start_postern -> POSTERN_PID: `postern serve` on the config above (log level POSTERN_LOG, default
-# info; stderr appended to WORK/postern.log), serving.
+# info; stderr appended to WORK/postern.log), serving. Dumpable (POSTERN_DUMPABLE=1), so the
+# profiles (--perf, --syscalls) can attach to it as a user other than root; it holds no secret.
 start_postern() {
-  POSTERN_LOG="${POSTERN_LOG:-info}" \
+  POSTERN_LOG="${POSTERN_LOG:-info}" POSTERN_DUMPABLE=1 \
     "$POSTERN_BIN" serve --config "$WORK/postern/postern.toml" >>"$WORK/postern.log" 2>&1 &
   POSTERN_PID=$!
   PIDS+=("$POSTERN_PID")

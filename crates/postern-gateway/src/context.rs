@@ -53,7 +53,7 @@ pub struct ConnectionInfo {
     in_flight: InFlight,
     /// Whether a request on this connection has identified a caller (path mode).
     identified: std::sync::atomic::AtomicBool,
-    /// Told when a connection that never identified a caller answers `401`: it then closes
+    /// Told when a connection that never identified a caller refuses a request: it then closes
     /// ([`ConnectionInfo::close_unidentified`]).
     closing: tokio::sync::Notify,
 }
@@ -132,12 +132,10 @@ impl ConnectionInfo {
         }
     }
 
-    /// After a `401`: whether this connection has identified no caller yet, in which case it
-    /// is told to close once that answer is out (hyper-served connections: [`Self::closing`];
-    /// Postern's own HTTP/1.1 server reads the answer's `Connection: close`). A peer without
-    /// a caller token cannot then hold one of the listener's connection places with a request
-    /// refused every idle period: each attempt costs it a new connection, and a new
-    /// connection must speak within the first-byte limit.
+    /// After a refusal of a request that identified no caller: whether this connection has
+    /// identified none yet, in which case it is told to close once that answer is out
+    /// (hyper-served connections: [`Self::closing`]; Postern's own HTTP/1.1 server reads the
+    /// answer's `Connection: close`): [`crate::proxy::close_if_unidentified`].
     pub fn close_unidentified(&self) -> bool {
         if self.identified.load(std::sync::atomic::Ordering::Relaxed) {
             return false;
@@ -226,10 +224,10 @@ pub struct CallContext {
     pub target_hmac: Arc<str>,
     /// Forward-proxy destination host.
     pub host: Option<Arc<str>>,
-    /// The authority the caller reached Postern by (its `Host`, or h2's `:authority`), in path
-    /// mode: a vendor's redirect naming it outside the integration is removed
+    /// The authority the caller reached Postern by, in path mode, until the vendor's answer
+    /// head is prepared: a vendor's redirect naming it outside the integration is removed
     /// (`proxy::through_postern`). Never recorded.
-    pub reached: Option<http::HeaderValue>,
+    pub reached: Option<Reached>,
     /// The call's places under its integration's concurrency limits, given back when the
     /// context is dropped: once the call is recorded.
     pub places: Option<crate::concurrency::CallPlaces>,
@@ -238,6 +236,25 @@ pub struct CallContext {
     /// ([`InFlight::idled_out`]), is one its caller stopped taking (`caller_stalled`).
     /// `None` in the placeholder [`CallContext::take`] leaves.
     pub in_flight: Option<InFlight>,
+}
+
+/// The authority a caller reached Postern by: shared with the request it came in (no copy).
+#[derive(Debug, Clone)]
+pub enum Reached {
+    /// HTTP/1.x: the `Host` field.
+    Host(http::HeaderValue),
+    /// h2: the `:authority` pseudo-header, which stands for `Host`.
+    Authority(http::uri::Authority),
+}
+
+impl Reached {
+    /// As text; `None` for a `Host` that is not visible ASCII.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Reached::Host(host) => host.to_str().ok(),
+            Reached::Authority(authority) => Some(authority.as_str()),
+        }
+    }
 }
 
 impl CallContext {

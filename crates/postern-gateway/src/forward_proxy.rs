@@ -651,7 +651,9 @@ pub async fn handle_absolute(
             if call.context.target_hmac.is_empty() {
                 call.context.target_hmac = shared.audit.target_hmac(&uri.to_string());
             }
-            crate::proxy::refuse(&shared, &call.context, &call.progress, &error)
+            let mut response = crate::proxy::refuse(&shared, &call.context, &call.progress, &error);
+            crate::proxy::close_if_unidentified(&connection, &call.context, &mut response);
+            response
         }
     }
 }
@@ -1007,6 +1009,7 @@ fn proxy_caller(
         .map(Zeroizing::new);
     if let Some(spiffe_id) = &connection.spiffe_id {
         if let Some(name) = runtime.caller_by_spiffe(spiffe_id) {
+            connection.identified();
             context.caller = Some(name.clone());
             context.auth = Some(AuthMethod::Mtls);
             // A caller token sent as well is searched for and kept from vendors; anything else
@@ -1029,6 +1032,7 @@ fn proxy_caller(
     };
     match runtime.caller_by_token(&token) {
         Some(name) => {
+            connection.identified();
             context.caller = Some(name.clone());
             context.auth = Some(AuthMethod::ProxyToken);
             Ok(ProxyCaller {

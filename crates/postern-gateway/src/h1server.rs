@@ -303,14 +303,21 @@ where
         if out.capacity() == 0 {
             out = Spares::take();
         }
-        // `Ok(true)`: neither side asked to close.
+        // `Ending::KeepAlive`: neither side asked to close.
         let in_flight = info.in_flight();
         match respond(
             io, &mut out, &mut buf, response, head_only, close, in_flight,
         )
         .await
         {
-            Ok(true) => {}
+            Ok(Ending::KeepAlive) => {}
+            // The answer itself closes the connection (a refusal on a connection that never
+            // identified a caller): the close lingers, as after a refused head, so a caller
+            // that sent more (a pipelined request, a body) reads the answer, not a reset.
+            Ok(Ending::Linger) => {
+                Box::pin(linger(io, &mut buf, shutdown)).await;
+                return Served::Closed;
+            }
             _ => break 'connection,
         }
         // A connection keeps small buffers, whatever its last call needed.
@@ -820,7 +827,19 @@ fn parse_with<const N: usize>(
     })
 }
 
-/// Writes `response`. `Ok(true)`: the connection may carry another request. The head is
+/// How a connection goes on after an answer.
+#[derive(Debug, PartialEq)]
+enum Ending {
+    /// It may carry another request.
+    KeepAlive,
+    /// It closes: the caller asked, shutdown began, the caller hung up, or the answer failed.
+    Close,
+    /// It closes because the answer said `connection: close` (Postern's own refusal), and
+    /// lingers ([`linger`]).
+    Linger,
+}
+
+/// Writes `response`, and says how the connection goes on ([`Ending`]). The head is
 /// written into `out` before the future is made: what the future keeps across its waits is the
 /// body and its framing, not the response's head (room in every connection's task).
 fn respond<'a, S: AsyncRead + AsyncWrite + Unpin>(
@@ -831,7 +850,7 @@ fn respond<'a, S: AsyncRead + AsyncWrite + Unpin>(
     head_only: bool,
     close: bool,
     in_flight: &'a crate::deadline::InFlight,
-) -> impl Future<Output = io::Result<bool>> + 'a {
+) -> impl Future<Output = io::Result<Ending>> + 'a {
     let (parts, body) = response.into_parts();
     let framing = write_head(out, &parts, &body, head_only, close);
     drop(parts);
@@ -842,6 +861,8 @@ fn respond<'a, S: AsyncRead + AsyncWrite + Unpin>(
 struct Framing {
     /// The connection closes after this answer.
     close: bool,
+    /// ... because the answer said so, not the caller or shutdown ([`Ending::Linger`]).
+    answer_closes: bool,
     /// No body is written (`HEAD`, 204, 304).
     bodiless: bool,
     /// The body's length, or `None` for chunked.
@@ -859,12 +880,13 @@ fn write_head(
     let status = parts.status;
     // Never a 1xx here: the vendor client passes on final answers only.
     let no_content = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let close = close
-        || parts
+    let answer_closes = !close
+        && parts
             .headers
             .get_all(header::CONNECTION)
             .iter()
             .any(|value| crate::h1::has_token(value.as_bytes(), b"close"));
+    let close = close || answer_closes;
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -906,6 +928,7 @@ fn write_head(
         out.extend_from_slice(b"\r\n");
         return Framing {
             close,
+            answer_closes,
             bodiless: true,
             length: None,
         };
@@ -918,13 +941,14 @@ fn write_head(
     out.extend_from_slice(b"\r\n");
     Framing {
         close,
+        answer_closes,
         bodiless: false,
         length,
     }
 }
 
-/// Writes the head in `out` and then `body` as `framing` says. `Ok(true)`: the connection may
-/// carry another request.
+/// Writes the head in `out` and then `body` as `framing` says, and says how the connection goes
+/// on ([`Ending`]).
 async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     out: &mut Vec<u8>,
@@ -932,17 +956,24 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
     mut body: GatewayBody,
     framing: Framing,
     in_flight: &crate::deadline::InFlight,
-) -> io::Result<bool> {
+) -> io::Result<Ending> {
     let Framing {
         close,
+        answer_closes,
         bodiless,
         length,
     } = framing;
+    // How it goes on once the answer is written whole.
+    let ending = match (close, answer_closes) {
+        (false, _) => Ending::KeepAlive,
+        (true, true) => Ending::Linger,
+        (true, false) => Ending::Close,
+    };
     if bodiless {
         drop(body);
         io.write_all(out).await?;
         io.flush().await?;
-        return Ok(!close);
+        return Ok(ending);
     }
     let body = &mut body;
     // `out` holds what is still to be written; it is written when the body has nothing ready
@@ -966,7 +997,7 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
                         biased;
                         frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)) => break frame,
                         more = watch_caller(io, buf), if buf.is_empty() => if !more {
-                            return Ok(false);
+                            return Ok(Ending::Close);
                         },
                     }
                 }
@@ -977,7 +1008,7 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
             Some(Err(error)) => {
                 tracing::debug!(%error, "response body failed; closing the connection");
                 let _ = io.write_all(out).await;
-                return Ok(false);
+                return Ok(Ending::Close);
             }
             // Trailers are not sent, as hyper does for a caller without `TE: trailers`.
             Some(Ok(frame)) => match frame.into_data() {
@@ -991,7 +1022,7 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
                     tracing::debug!("response body longer than its length; closing");
                     out.extend_from_slice(&data[..*left as usize]);
                     let _ = io.write_all(out).await;
-                    return Ok(false);
+                    return Ok(Ending::Close);
                 }
                 *left -= data.len() as u64;
                 push_data(io, out, &data).await?;
@@ -1015,7 +1046,7 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
         Some(_) => {
             tracing::debug!("response body shorter than its length; closing");
             let _ = io.write_all(out).await;
-            return Ok(false);
+            return Ok(Ending::Close);
         }
         None => out.extend_from_slice(b"0\r\n\r\n"),
     }
@@ -1023,7 +1054,7 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
         io.write_all(out).await?;
         io.flush().await?;
     }
-    Ok(!close)
+    Ok(ending)
 }
 
 /// One poll of the body's next frame: `None` when it is not ready yet.

@@ -190,31 +190,46 @@ pub fn handle_call(
             Ok(response) => response,
             Err(error) => {
                 let mut response = refuse(&shared, &call.context, &call.progress, &error);
-                // A connection that never identified a caller closes after its `401`.
-                if error.status == StatusCode::UNAUTHORIZED
-                    && connection.tunnel.is_none()
-                    && connection.close_unidentified()
-                    && call.context.protocol != "HTTP/2"
-                {
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
+                close_if_unidentified(&connection, &call.context, &mut response);
                 response
             }
         }
     }
 }
 
+/// A refusal before any request on its connection identified a caller (`401`, `407`, a `400`
+/// for a malformed path or a token in the method) closes the connection once it is answered:
+/// HTTP/1.x by the answer's `connection: close` (which Postern's own server closes by, lingering,
+/// and hyper's), h2 by a GOAWAY ([`ConnectionInfo::close_unidentified`]). A peer without a
+/// caller token then cannot hold one of the listener's connection places by sending a request
+/// every idle period: each refusal costs it a connection. A connection that has identified a
+/// caller keeps going after a refusal (a token revoked or mistyped in one of its requests).
+pub(crate) fn close_if_unidentified(
+    connection: &ConnectionInfo,
+    context: &CallContext,
+    response: &mut Response<GatewayBody>,
+) {
+    if context.caller.is_none()
+        && connection.tunnel.is_none()
+        && connection.close_unidentified()
+        && context.protocol != "HTTP/2"
+    {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
 /// The authority a caller reached Postern by: its `Host` (HTTP/1.1), or its `:authority` (h2,
-/// which carries no `Host`).
-fn reached(request: &Request<CallerBody>) -> Option<HeaderValue> {
+/// which carries no `Host`). Shared with the request, not copied.
+fn reached(request: &Request<CallerBody>) -> Option<crate::context::Reached> {
     match request.headers().get(header::HOST) {
-        Some(host) => Some(host.clone()),
+        Some(host) => Some(crate::context::Reached::Host(host.clone())),
         None => request
             .uri()
             .authority()
-            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()),
+            .cloned()
+            .map(crate::context::Reached::Authority),
     }
 }
 
@@ -2301,6 +2316,9 @@ fn prepare_response(
     if parts.status.is_redirection() {
         redirect_for_caller(integration, context, &mut parts.headers);
     }
+    // Needed no more: a `Host` shares the request head's buffer, which a streamed answer
+    // would otherwise keep until its end.
+    context.reached = None;
     // A vendor may echo the injected credential (a redirect or pagination link carrying an
     // api_key parameter, say): such headers never reach the caller.
     let oauth_tokens = oauth_echoes(integration, parts.extensions.get::<crate::oauth::Minted>());
@@ -2566,7 +2584,7 @@ fn redirect_for_caller(
             context
                 .reached
                 .as_ref()
-                .and_then(|reached| reached.to_str().ok()),
+                .and_then(|reached| reached.as_str()),
         ),
     };
     match redirect {
@@ -2732,12 +2750,14 @@ fn through_postern(
 }
 
 /// Whether `target` (a vendor's redirect, resolved) names the authority the caller reached
-/// Postern by (`reached`, its `Host`): the same host, or both on loopback (`localhost`,
-/// `*.localhost`, 127.0.0.0/8, `::1`: a sidecar's caller reaches it by any of them), and the
-/// same port (a `Host` without one stands for the default port of the `Location`'s scheme,
-/// which is not told apart from the other scheme's: a redirect to the other one is taken as
-/// Postern's too). Hosts compared as WHATWG parsers write them (`LOCALHOST`, `0x7f.1` and
-/// `127.1` are `localhost` and `127.0.0.1`).
+/// Postern by (`reached`, its `Host`): the same host (a name's trailing dot aside), or both this
+/// machine's (`localhost`, `*.localhost`, 127.0.0.0/8, `::1`, and the addresses a connection
+/// to reaches this machine too: 0.0.0.0/8, `::`, and those IPv4-mapped, `::ffff:127.0.0.1`; a
+/// sidecar's caller reaches it by any of them), and the same port (a `Host` without one stands
+/// for the default port of the `Location`'s scheme, which is not told apart from the other
+/// scheme's: a redirect to the other one is taken as Postern's too). Hosts compared as WHATWG
+/// parsers write them (`LOCALHOST`, `0x7f.1` and `127.1` are `localhost` and `127.0.0.1`).
+/// Another name that resolves to Postern (a DNS alias, `127.0.0.1.nip.io`) is not told.
 fn names_postern(target: &url::Url, reached: &str) -> bool {
     let Ok(reached) = url::Url::parse(&format!("http://{reached}/")) else {
         return false;
@@ -2746,13 +2766,35 @@ fn names_postern(target: &url::Url, reached: &str) -> bool {
         Some(port) => target.port_or_known_default() == Some(port),
         None => target.port().is_none(),
     };
-    let loopback = |url: &url::Url| match url.host() {
-        Some(url::Host::Domain(name)) => name == "localhost" || name.ends_with(".localhost"),
-        Some(url::Host::Ipv4(address)) => address.is_loopback(),
-        Some(url::Host::Ipv6(address)) => address.is_loopback(),
-        None => false,
+    fn this_machine_v4(address: std::net::Ipv4Addr) -> bool {
+        address.is_loopback() || address.octets()[0] == 0
+    }
+    let this_machine = |host: &url::Host<&str>| match host {
+        url::Host::Domain(name) => {
+            let name = name.strip_suffix('.').unwrap_or(name);
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        url::Host::Ipv4(address) => this_machine_v4(*address),
+        url::Host::Ipv6(address) => {
+            address.is_loopback()
+                || address.is_unspecified()
+                || address.to_ipv4_mapped().is_some_and(this_machine_v4)
+        }
     };
-    same_port && (target.host() == reached.host() || (loopback(target) && loopback(&reached)))
+    let same_host = |a: &url::Host<&str>, b: &url::Host<&str>| match (a, b) {
+        (url::Host::Domain(a), url::Host::Domain(b)) => {
+            a.strip_suffix('.').unwrap_or(a) == b.strip_suffix('.').unwrap_or(b)
+        }
+        (a, b) => a == b,
+    };
+    match (target.host(), reached.host()) {
+        (Some(target), Some(reached)) => {
+            same_port
+                && (same_host(&target, &reached)
+                    || (this_machine(&target) && this_machine(&reached)))
+        }
+        _ => false,
+    }
 }
 
 /// A vendor's `Set-Cookie` kept to its integration's paths on Postern's origin (path mode): its
@@ -3017,6 +3059,32 @@ mod tests {
             (
                 "127.0.0.1:8080",
                 "http://127.0.0.1:8080/pay/../payroll",
+                Dropped,
+            ),
+            ("127.0.0.1:8080", "http://localhost.:8080/payroll", Dropped),
+            ("127.0.0.1:8080", "http://0.0.0.0:8080/payroll", Dropped),
+            ("127.0.0.1:8080", "http://0:8080/payroll", Dropped),
+            ("127.0.0.1:8080", "http://[::]:8080/payroll", Dropped),
+            (
+                "127.0.0.1:8080",
+                "http://[::ffff:127.0.0.1]:8080/payroll",
+                Dropped,
+            ),
+            ("127.0.0.1:8080", "http://127.0.0.1.:8080/payroll", Dropped),
+            ("127.0.0.1:8080", "http://127.0.0.1:08080/payroll", Dropped),
+            (
+                "127.0.0.1:8080",
+                "http://%6c%6fcalhost:8080/payroll",
+                Dropped,
+            ),
+            (
+                "postern.internal:8080",
+                "http://postern.internal.:8080/payroll",
+                Dropped,
+            ),
+            (
+                "postern.internal.:8080",
+                "http://postern.internal:8080/payroll",
                 Dropped,
             ),
             // Inside the integration: as written.

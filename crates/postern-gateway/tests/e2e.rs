@@ -2635,13 +2635,14 @@ where
     );
 }
 
-/// A connection on which no request has identified a caller is closed after its `401`
-/// (HTTP/1.1: `connection: close`, then the end; h2: a GOAWAY, then the end), so a peer without
+/// A connection on which no request has identified a caller is closed after a refusal (`401`,
+/// or a `400` or the forward proxy's refusal before a caller is known; HTTP/1.1:
+/// `connection: close`, then the end, lingering; h2: a GOAWAY, then the end), so a peer without
 /// a caller token cannot hold one of the listener's connection places by sending a request
 /// each idle period. A connection that has identified a caller is kept after a `401` (a token
 /// revoked or mistyped in one of its requests).
 #[tokio::test]
-async fn a_connection_that_identified_no_caller_closes_after_its_401() {
+async fn a_connection_that_identified_no_caller_closes_after_a_refusal() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = stripe_gateway(&vendor, "").await;
@@ -2667,6 +2668,32 @@ async fn a_connection_that_identified_no_caller_closes_after_its_401() {
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert!(answer.contains("connection: close\r\n"), "{answer}");
     assert_eq!(answer.matches("HTTP/1.1 401").count(), 1, "{answer}");
+
+    // Other refusals before a caller is known: a malformed path (400), an absolute-form
+    // request without proxy credentials (the forward proxy's refusal), and a 401 after the
+    // hand-over to hyper (a chunked upload, which Postern's own server leaves to it).
+    for (request, status) in [
+        (
+            &b"GET /stripe/../x HTTP/1.1\r\nhost: postern\r\n\r\n"[..],
+            "HTTP/1.1 400",
+        ),
+        (
+            &b"GET http://api.example.test/x HTTP/1.1\r\nhost: api.example.test\r\n\r\n"[..],
+            "HTTP/1.1 4",
+        ),
+        (
+            &b"POST /stripe/v1/charges HTTP/1.1\r\nhost: postern\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"[..],
+            "HTTP/1.1 401",
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut pipelined = request.to_vec();
+        pipelined.extend_from_slice(unidentified);
+        stream.write_all(&pipelined).await.unwrap();
+        let answer = to_the_end(&mut stream).await;
+        assert!(answer.starts_with(status), "{answer}");
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    }
 
     // Identified first: a later 401 on the same connection keeps it.
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -5331,7 +5358,8 @@ async fn a_callers_access_token_in_a_form_body_is_refused_for_a_bearer_integrati
 /// Refusals of calls with no caller are audited at a bounded rate (anyone who can reach the
 /// listener can send them, and the log keeps all it is given): a flood of unauthenticated
 /// requests is answered and evented call by call, but past the burst its audit entries are
-/// counted instead of written.
+/// counted instead of written. (Each request takes a connection of its own: one that
+/// identified no caller is closed after its `401`.)
 #[tokio::test]
 async fn a_flood_of_unauthenticated_requests_is_audited_at_a_bounded_rate() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -5339,21 +5367,35 @@ async fn a_flood_of_unauthenticated_requests_is_audited_at_a_bounded_rate() {
     let gw = stripe_gateway(&vendor, "").await;
     let burst = postern_gateway::ANONYMOUS_AUDIT_BURST as usize;
     let calls = burst * 3;
-    let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
-        .await
-        .unwrap();
-    let request = b"GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nHost: x\r\n\r\n";
-    let mut flood = request.repeat(calls);
-    flood.extend_from_slice(
-        b"GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    stream.write_all(&flood).await.unwrap();
-    let mut answers = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answers))
-        .await
-        .expect("the flood is answered within 60 s")
-        .unwrap();
-    let answered = memchr::memmem::find_iter(&answers, b"HTTP/1.1 401").count();
+    let addr = gw.running().listen_addr;
+    // 32 connections at a time, each one request until the gateway closes it.
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let floods = (0..32).map(|_| {
+        let next = next.clone();
+        tokio::spawn(async move {
+            let mut answered = 0;
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < calls + 1 {
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream
+                    .write_all(b"GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut answer = Vec::new();
+                stream.read_to_end(&mut answer).await.unwrap();
+                answered += usize::from(answer.starts_with(b"HTTP/1.1 401"));
+            }
+            answered
+        })
+    });
+    let answered = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(floods),
+    )
+    .await
+    .expect("the flood is answered within 60 s")
+    .into_iter()
+    .map(Result::unwrap)
+    .sum::<usize>();
     assert_eq!(answered, calls + 1, "every request is answered 401");
     let metric = |text: &str| {
         text.lines()
