@@ -164,15 +164,12 @@ pub fn handle_call(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let mut context = CallContext::new(
+    let context = CallContext::new(
         &connection,
         request.method(),
         request.version(),
         shared.audit.target_hmac(target.as_str()),
     );
-    if connection.tunnel.is_none() {
-        context.reached = reached(&request);
-    }
     async move {
         let mut call = Unanswered::new(&shared, context);
         let result = pipeline(
@@ -217,19 +214,6 @@ pub(crate) fn close_if_unidentified(
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-}
-
-/// The authority a caller reached Postern by: its `Host` (HTTP/1.1), or its `:authority` (h2,
-/// which carries no `Host`). Shared with the request, not copied.
-fn reached(request: &Request<CallerBody>) -> Option<crate::context::Reached> {
-    match request.headers().get(header::HOST) {
-        Some(host) => Some(crate::context::Reached::Host(host.clone())),
-        None => request
-            .uri()
-            .authority()
-            .cloned()
-            .map(crate::context::Reached::Authority),
     }
 }
 
@@ -535,6 +519,7 @@ fn pipeline<'a>(
                     declared_length,
                     caller_token.as_deref(),
                     None,
+                    &mut context.reached,
                 )?;
                 let result = match upgrade {
                     None => {
@@ -621,6 +606,7 @@ async fn oauth_call(
         declared_length,
         caller_token,
         Some(token.header.clone()),
+        &mut context.reached,
     )?;
     let answer = if websocket {
         // A handshake is not sent twice: its answer may be the session.
@@ -1344,7 +1330,11 @@ pub(crate) fn injects_bearer(integration: &IntegrationRuntime) -> bool {
 }
 
 /// Builds the vendor request: strips every caller credential and hop-by-hop header, refuses a
-/// request that would carry the caller token, injects the vendor credential.
+/// request that would carry the caller token, injects the vendor credential. The authority
+/// the caller reached Postern by (its `Host`, which the vendor does not get, or h2's
+/// `:authority`) is kept in `reached`, moved rather than looked up or copied, for the answer's
+/// redirects ([`names_postern`]).
+#[allow(clippy::too_many_arguments)]
 fn inject(
     integration: &IntegrationRuntime,
     vendor_path: &str,
@@ -1352,6 +1342,7 @@ fn inject(
     declared_length: Option<u64>,
     caller_token: Option<&[u8]>,
     oauth_token: Option<HeaderValue>,
+    reached: &mut Option<crate::context::Reached>,
 ) -> Result<Request<ForwardBody>, CallError> {
     let injector = match &integration.credential {
         Ok(injector) => injector,
@@ -1410,13 +1401,16 @@ fn inject(
                 None => continue,
             },
         };
+        if name == header::HOST {
+            *reached = Some(crate::context::Reached::Host(value));
+            continue;
+        }
         // `Expect: 100-continue` was answered on the caller's side (hyper's server sends the
         // `100`), and Postern sends the vendor the whole body at once without waiting for one:
         // a vendor that answered early (401, 413, 417) and then read the body as the
         // connection's next request would leave the pooled connection out of step, so the
         // header is not passed on (as Envoy does by default).
-        if name == header::HOST
-            || name == header::EXPECT
+        if name == header::EXPECT
             || HOP_BY_HOP.contains(&name)
             || connection_named.contains(&name)
             || integration.stripped_headers.contains(&name)
@@ -1431,6 +1425,14 @@ fn inject(
         // Noted in passing: most requests carry none, and looking it up after costs a hash.
         accepts_codings |= name == header::ACCEPT_ENCODING;
         headers.append(name, value);
+    }
+    // h2 carries no `Host`: its `:authority` stands for it.
+    if reached.is_none() {
+        *reached = parts
+            .uri
+            .authority()
+            .cloned()
+            .map(crate::context::Reached::Authority);
     }
     // HTTP/2 sends each cookie as a field of its own; HTTP/1.1 wants them in one, joined by
     // "; " (RFC 9113 §8.2.3). Fields of other kinds are sent as they came.
