@@ -2361,6 +2361,18 @@ async fn calls_waiting_on_a_failed_h2_dial_dial_for_themselves() {
     gw.stop().await;
 }
 
+/// A caller `billing` known by its SPIFFE ID (no token), granted `get_charge` on `stripe`.
+const SPIFFE_BILLING: &str = r#"
+[[callers]]
+name = "billing"
+spiffe_id = "spiffe://example.org/billing"
+
+[[grants]]
+caller = "billing"
+integration = "stripe"
+operations = ["get_charge"]
+"#;
+
 /// Where client certificates identify callers, no TLS session is resumed: a resumed session
 /// carries the certificate of the handshake it resumes, not verified again, so a caller could
 /// go on being its SPIFFE ID past the certificate's expiry. Each connection makes a full
@@ -2370,20 +2382,7 @@ async fn an_mtls_identity_ends_with_its_certificate_not_resumed_past_it() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let pki = TestPki::new();
     let staging = tempfile::tempdir().unwrap();
-    let body = format!(
-        "{}\n{}",
-        stripe_like(&vendor, ""),
-        r#"
-[[callers]]
-name = "billing"
-spiffe_id = "spiffe://example.org/billing"
-
-[[grants]]
-caller = "billing"
-integration = "stripe"
-operations = ["get_charge"]
-"#
-    );
+    let body = format!("{}\n{SPIFFE_BILLING}", stripe_like(&vendor, ""));
     let gw = start_with_key(
         &body,
         vendor.ca_pem.as_deref(),
@@ -2470,17 +2469,7 @@ async fn tls_listener_with_mtls_spiffe_identity() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let pki = TestPki::new();
     let staging = tempfile::tempdir().unwrap();
-    let spiffe_caller = r#"
-[[callers]]
-name = "billing"
-spiffe_id = "spiffe://example.org/billing"
-
-[[grants]]
-caller = "billing"
-integration = "stripe"
-operations = ["get_charge"]
-"#;
-    let body = format!("{}\n{spiffe_caller}", stripe_like(&vendor, ""));
+    let body = format!("{}\n{SPIFFE_BILLING}", stripe_like(&vendor, ""));
     let gw = start_with_key(
         &body,
         vendor.ca_pem.as_deref(),

@@ -363,6 +363,17 @@ async fn a_stored_change_that_cannot_be_applied_says_so_and_applies_later() {
     gw.stop().await;
 }
 
+/// The status of `GET /stripe/v1/charges/ch_1` with `token` as the caller token.
+async fn status_as(gw: &TestGateway, token: &str) -> reqwest::StatusCode {
+    client()
+        .get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_by_another_process_take_effect_without_restart() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
@@ -431,18 +442,7 @@ async fn changes_made_by_another_process_take_effect_without_restart() {
 async fn a_revocation_undone_in_the_vault_file_keeps_the_token_out() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = TestGateway::start(&integration(&vendor), vendor.ca_pem.as_deref()).await;
-    let status_as = |token: &'static str| {
-        let url = format!("{}/stripe/v1/charges/ch_1", gw.base);
-        async move {
-            client()
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
+    let status_as = |token: &'static str| status_as(&gw, token);
     // Identified (its vendor credential is not in the vault: 503, not 401).
     assert_eq!(status_as(CHECKOUT_TOKEN).await, 503);
     let vault = postern_vault::Vault::open_with(&gw.running().data_dir, None).unwrap();
@@ -489,18 +489,7 @@ async fn a_revocation_undone_in_the_vault_file_keeps_the_token_out() {
 async fn a_vault_token_cannot_take_over_another_callers_config_token() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = TestGateway::start(&integration(&vendor), vendor.ca_pem.as_deref()).await;
-    let status_as = |token: &'static str| {
-        let url = format!("{}/stripe/v1/charges/ch_1", gw.base);
-        async move {
-            client()
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
+    let status_as = |token: &'static str| status_as(&gw, token);
     assert_eq!(status_as(REPORTING_TOKEN).await, 403, "no grant on stripe");
     // Identified (its vendor credential is not in the vault: 503, not 401).
     assert_eq!(status_as(CHECKOUT_TOKEN).await, 503);
