@@ -1361,19 +1361,26 @@ impl Engine {
             let mut last_seen: Vec<i64> =
                 self.keys.values().map(|state| state.last_seen_ms).collect();
             let drop = last_seen.len() - keep;
-            let (_, &mut cutoff, _) = last_seen.select_nth_unstable(drop.saturating_sub(1));
-            let mut to_drop = drop;
+            let (older, &mut cutoff, _) = last_seen.select_nth_unstable(drop.saturating_sub(1));
+            // Every key seen before the cutoff goes; of those seen at it, as many as make up
+            // the rest (in the map's order). Counting both alike let a tie at the cutoff take
+            // a place meant for an older key, which then outlived newer ones.
+            let before = older.iter().filter(|&&seen| seen < cutoff).count();
+            let mut ties = drop - before;
             let (keys, mut hosts) = self.keys_and_host_counts();
             keys.retain(|key, state| {
-                if to_drop > 0 && state.last_seen_ms <= cutoff {
-                    to_drop -= 1;
-                    if key.is_host_level() {
-                        hosts.evicted(key);
+                let evicted = match state.last_seen_ms.cmp(&cutoff) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Equal if ties > 0 => {
+                        ties -= 1;
+                        true
                     }
-                    false
-                } else {
-                    true
+                    _ => false,
+                };
+                if evicted && key.is_host_level() {
+                    hosts.evicted(key);
                 }
+                !evicted
             });
         }
     }

@@ -629,6 +629,40 @@ fn a_dormant_caller_coming_back_is_not_warmed_up_again() {
     assert!(engine.observe(&again, again.time_unix_ms).is_empty());
 }
 
+/// Past `max_keys` the least recently seen keys go first: a key older than every other is
+/// evicted before keys seen at the cutoff's instant, whatever order the map holds them in
+/// (each newcomer's two keys are seen at one instant; counting those ties alike with older
+/// keys let a tie take the older key's place, so it outlived newer ones, in about one map
+/// order of seven). Thirty engines, each with a map order of its own.
+#[test]
+fn eviction_past_the_cap_takes_the_oldest_key_first() {
+    for _ in 0..30 {
+        let mut engine = Engine::new(EngineConfig {
+            max_keys: 20,
+            ..EngineConfig::default()
+        });
+        let old = event(START_MS, Some("old"), "get_charge", 200, 5_000, "10.0.0.2");
+        engine.observe(&old, START_MS);
+        for i in 0..12 {
+            let caller = format!("newcomer-{i}");
+            let time = START_MS + 1_000 + i * 100;
+            let other = event(time, Some(&caller), "get_charge", 200, 5_000, "10.0.0.3");
+            engine.observe(&other, time);
+        }
+        let snapshot = serde_json::to_value(engine.snapshot()).unwrap();
+        let callers: Vec<&serde_json::Value> = snapshot["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| &entry[0]["caller"])
+            .collect();
+        assert!(
+            !callers.iter().any(|caller| *caller == "old"),
+            "the oldest key outlived newer ones: {callers:?}"
+        );
+    }
+}
+
 /// A caller whose keys `max_keys` pushes out while it is active is no dormant caller coming
 /// back: its next calls are warmed up as a new key's, not met with a `new_operation` per
 /// operation and a `new_source` per address — its usual ones — at every such eviction.
