@@ -2400,7 +2400,8 @@ async fn an_mtls_identity_ends_with_its_certificate_not_resumed_past_it() {
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(1);
-    let lifetime = Duration::from_secs(3);
+    // Long enough for two handshakes on a loaded machine, short for a test.
+    let lifetime = Duration::from_secs(6);
     params.not_after = now + lifetime;
     let issuer = rcgen::Issuer::from_params(&pki.ca_params, &pki.ca_key);
     let cert = params.signed_by(&key, &issuer).unwrap();
