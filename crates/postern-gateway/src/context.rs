@@ -53,8 +53,8 @@ pub struct ConnectionInfo {
     in_flight: InFlight,
     /// Whether a request on this connection has identified a caller (path mode).
     identified: std::sync::atomic::AtomicBool,
-    /// Told when a connection that never identified a caller refuses a request: it then closes
-    /// ([`ConnectionInfo::close_unidentified`]).
+    /// Told when the connection is to close once the answers in hand are out
+    /// ([`ConnectionInfo::close`]).
     closing: tokio::sync::Notify,
 }
 
@@ -140,17 +140,22 @@ impl ConnectionInfo {
         if self.identified.load(std::sync::atomic::Ordering::Relaxed) {
             return false;
         }
-        self.closing.notify_one();
+        self.close();
         true
     }
 
-    /// Ends once the connection has been told to close ([`Self::close_unidentified`]), or its
-    /// tunnel has ([`TunnelInfo::closing`]).
+    /// Tells the connection (or intercepted tunnel) to close once the answers in hand are out
+    /// (HTTP/1.1 after the answer, h2 with a GOAWAY): a caller that never identified itself
+    /// ([`Self::close_unidentified`]), or a tunnel a reload no longer allows (`403
+    /// host_changed`, a `401` for a revoked caller, a `404` for a removed integration), so a
+    /// client does not go on meeting the refusal on a kept connection.
+    pub fn close(&self) {
+        self.closing.notify_one();
+    }
+
+    /// Ends once the connection has been told to close ([`Self::close`]).
     pub async fn closing(&self) {
-        match &self.tunnel {
-            Some(tunnel) => tunnel.closing.notified().await,
-            None => self.closing.notified().await,
-        }
+        self.closing.notified().await;
     }
 }
 
@@ -171,10 +176,6 @@ pub struct TunnelInfo {
     pub host: Arc<str>,
     /// `intercept` (CONNECT) or `proxy` (absolute-form request).
     pub mode: &'static str,
-    /// Told once a reload has taken the tunnel's host from its integration, or its
-    /// interception (`403 host_changed`): the tunnel then closes (HTTP/1.1 after that answer,
-    /// h2 with a GOAWAY), so a client does not go on meeting the refusal on a kept connection.
-    pub closing: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for TunnelInfo {

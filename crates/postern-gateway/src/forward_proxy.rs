@@ -526,7 +526,6 @@ fn intercept(
         integration: integration.name.clone(),
         host: Arc::from(host.as_str()),
         mode: "intercept",
-        closing: tokio::sync::Notify::new(),
     });
     // The tunnel's calls excuse its own idle limit while any runs (below).
     let in_flight = crate::deadline::InFlight::default();
@@ -559,7 +558,7 @@ fn intercept(
                                 crate::proxy::handle_call(shared.clone(), connection, request)
                             }
                         };
-                        crate::listener::serve_tunnel(
+                        crate::listener::serve_hyper(
                             TokioIo::new(stream),
                             info,
                             builder,
@@ -742,7 +741,6 @@ async fn absolute(
                 host: Arc::from(host.as_str()),
                 mode: "proxy",
                 // One request's: nothing waits on it.
-                closing: tokio::sync::Notify::new(),
             }),
             connection.in_flight().clone(),
         ));

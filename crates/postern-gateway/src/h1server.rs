@@ -859,10 +859,8 @@ fn respond<'a, S: AsyncRead + AsyncWrite + Unpin>(
 
 /// How an answer's body goes out, as its head said.
 struct Framing {
-    /// The connection closes after this answer.
-    close: bool,
-    /// ... because the answer said so, not the caller or shutdown ([`Ending::Linger`]).
-    answer_closes: bool,
+    /// How the connection goes on once the answer is written whole.
+    ending: Ending,
     /// No body is written (`HEAD`, 204, 304).
     bodiless: bool,
     /// The body's length, or `None` for chunked.
@@ -886,7 +884,12 @@ fn write_head(
             .get_all(header::CONNECTION)
             .iter()
             .any(|value| crate::h1::has_token(value.as_bytes(), b"close"));
-    let close = close || answer_closes;
+    let ending = match (close, answer_closes) {
+        (true, _) => Ending::Close,
+        (false, true) => Ending::Linger,
+        (false, false) => Ending::KeepAlive,
+    };
+    let close = ending != Ending::KeepAlive;
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -927,8 +930,7 @@ fn write_head(
         }
         out.extend_from_slice(b"\r\n");
         return Framing {
-            close,
-            answer_closes,
+            ending,
             bodiless: true,
             length: None,
         };
@@ -940,8 +942,7 @@ fn write_head(
     }
     out.extend_from_slice(b"\r\n");
     Framing {
-        close,
-        answer_closes,
+        ending,
         bodiless: false,
         length,
     }
@@ -958,17 +959,10 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
     in_flight: &crate::deadline::InFlight,
 ) -> io::Result<Ending> {
     let Framing {
-        close,
-        answer_closes,
+        ending,
         bodiless,
         length,
     } = framing;
-    // How it goes on once the answer is written whole.
-    let ending = match (close, answer_closes) {
-        (false, _) => Ending::KeepAlive,
-        (true, true) => Ending::Linger,
-        (true, false) => Ending::Close,
-    };
     if bodiless {
         drop(body);
         io.write_all(out).await?;

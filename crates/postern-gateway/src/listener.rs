@@ -663,31 +663,15 @@ fn ended_with(
     }
 }
 
-/// Serves HTTP inside an intercepted tunnel (already TLS-terminated) until the client closes
-/// it or the gateway shuts down (then in-flight requests finish first): [`serve_hyper`].
-pub async fn serve_tunnel<I, H, F>(
-    io: I,
-    info: Arc<ConnectionInfo>,
-    builder: auto::Builder<TokioExecutor>,
-    shutdown: (watch::Receiver<bool>, Duration),
-    on_malformed: Option<OnMalformed>,
-    handler: H,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    H: Fn(Arc<ConnectionInfo>, Request<CallerBody>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<GatewayBody>> + Send + 'static,
-{
-    serve_hyper(io, info, builder, shutdown, on_malformed, handler).await;
-}
-
-/// Serves a connection (or an intercepted tunnel) with hyper until it ends; until its calls
+/// Serves a connection, or HTTP inside an intercepted tunnel (already TLS-terminated), with
+/// hyper until it ends; until its calls
 /// have not moved for the idle limit ([`InFlight::request_idle`]: bytes that move no call —
 /// PINGs, a head trickled in frames, PINGs beside an answer the caller grants no window for —
 /// do not hold it open); or, gracefully (the answers in hand go out first, h2 with a GOAWAY),
 /// once the gateway shuts down or the connection is told to close
-/// ([`ConnectionInfo::closing`]: a tunnel a reload no longer allows, a connection that answered
-/// `401` without ever identifying a caller).
-async fn serve_hyper<I, H, F>(
+/// ([`ConnectionInfo::close`]: a tunnel a reload no longer allows, a connection that refused a
+/// request without ever identifying a caller).
+pub async fn serve_hyper<I, H, F>(
     io: I,
     info: Arc<ConnectionInfo>,
     builder: auto::Builder<TokioExecutor>,

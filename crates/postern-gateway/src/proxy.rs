@@ -395,7 +395,7 @@ fn pipeline<'a>(
         let caller_token = identify_caller(runtime, connection, context, request.headers())?;
         refuse_a_token_in_the_method(context, request.method(), caller_token.as_deref())?;
         let (integration, vendor_path) = match &connection.tunnel {
-            Some(tunnel) => route_tunnel(runtime, context, tunnel, target.path())?,
+            Some(tunnel) => route_tunnel(runtime, connection, context, tunnel, target.path())?,
             None => route(runtime, context, target.path())?,
         };
         if let Some(limit) = integration.config.max_header_bytes {
@@ -982,7 +982,7 @@ fn identify_caller(
         let token = tunnel.token.as_deref().map(Vec::as_slice);
         let spiffe_id = connection.spiffe_id.as_deref();
         if !runtime.still_names(&tunnel.caller, tunnel.auth, spiffe_id, token) {
-            tunnel.closing.notify_one();
+            connection.close();
             return Err(CallError::unauthenticated(
                 "the credentials this tunnel was opened with are no longer valid (revoked or reconfigured); reconnect with a current caller token",
             ));
@@ -1128,12 +1128,13 @@ fn route<'a>(
 /// rather than go on terminating TLS and injecting the old integration's credential for it.
 fn route_tunnel<'a>(
     runtime: &Runtime,
+    connection: &ConnectionInfo,
     context: &mut CallContext,
     tunnel: &crate::context::TunnelInfo,
     path: &'a str,
 ) -> Result<(Arc<IntegrationRuntime>, &'a str), CallError> {
     let Some(integration) = runtime.integrations.get(&*tunnel.integration) else {
-        tunnel.closing.notify_one();
+        connection.close();
         return Err(CallError::new(
             StatusCode::NOT_FOUND,
             "unknown_integration",
@@ -1146,7 +1147,7 @@ fn route_tunnel<'a>(
         .integration_for_host(&tunnel.host)
         .is_some_and(|owner| owner.name == integration.name);
     if !still_claimed || (tunnel.mode == "intercept" && !integration.config.intercept) {
-        tunnel.closing.notify_one();
+        connection.close();
         return Err(CallError::forbidden(
             "host_changed",
             "the integration that owns this host, or whether Postern intercepts it, changed; open a new connection",
@@ -2768,20 +2769,19 @@ fn names_postern(target: &url::Url, reached: &str) -> bool {
         Some(port) => target.port_or_known_default() == Some(port),
         None => target.port().is_none(),
     };
-    fn this_machine_v4(address: std::net::Ipv4Addr) -> bool {
-        address.is_loopback() || address.octets()[0] == 0
-    }
-    let this_machine = |host: &url::Host<&str>| match host {
-        url::Host::Domain(name) => {
-            let name = name.strip_suffix('.').unwrap_or(name);
-            name == "localhost" || name.ends_with(".localhost")
-        }
-        url::Host::Ipv4(address) => this_machine_v4(*address),
-        url::Host::Ipv6(address) => {
-            address.is_loopback()
-                || address.is_unspecified()
-                || address.to_ipv4_mapped().is_some_and(this_machine_v4)
-        }
+    let this_machine = |host: &url::Host<&str>| {
+        let address = match host {
+            url::Host::Domain(name) => {
+                let name = name.strip_suffix('.').unwrap_or(name);
+                return name == "localhost" || name.ends_with(".localhost");
+            }
+            url::Host::Ipv4(address) => std::net::IpAddr::V4(*address),
+            url::Host::Ipv6(address) => std::net::IpAddr::V6(*address).to_canonical(),
+        };
+        // 0.0.0.0/8 ("this network") reaches this host too, as the SSRF guard notes.
+        address.is_loopback()
+            || address.is_unspecified()
+            || matches!(address, std::net::IpAddr::V4(v4) if v4.octets()[0] == 0)
     };
     let same_host = |a: &url::Host<&str>, b: &url::Host<&str>| match (a, b) {
         (url::Host::Domain(a), url::Host::Domain(b)) => {
