@@ -588,6 +588,7 @@ impl Runtime {
                 let checked = vault.caller_tokens_checked().map_err(|error| {
                     anyhow::anyhow!("reading caller tokens from the vault: {error}")
                 })?;
+                checked.refused.iter().for_each(|row| row.warn());
                 (checked.tokens, checked.refused)
             }
             None => (Vec::new(), Vec::new()),

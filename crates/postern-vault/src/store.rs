@@ -185,7 +185,8 @@ pub struct CallerTokens {
 }
 
 /// A caller-token row that fails its MAC. Its fields are what the file holds, authenticated by
-/// nothing: for saying which row it is, not for deciding anything.
+/// nothing: for saying which row it is, and never for granting anything (the gateway uses its
+/// hash only to deny: a config token such a row names is not accepted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedCallerToken {
     /// The caller the row names (anything may be there: show it with `{:?}`).
@@ -195,6 +196,18 @@ pub struct RefusedCallerToken {
     /// The first 4 bytes of the row's token hash in hex: enough to find the row, not to use it.
     pub hash_prefix: String,
     pub problem: CallerTokenRowProblem,
+}
+
+impl RefusedCallerToken {
+    /// Logs the row as refused (its caller and hash prefix, never more), with what to do.
+    pub fn warn(&self) {
+        tracing::warn!(
+            caller = ?self.caller,
+            token_sha256_prefix = %self.hash_prefix,
+            problem = self.problem.as_str(),
+            "a caller-token row in the vault fails its integrity check (a MAC under the master key) and is ignored: it was not written by postern with this vault's master key (the vault file was altered, or an older postern wrote it); `postern callers rotate|revoke CALLER` removes the caller's such rows"
+        );
+    }
 }
 
 /// Why a caller-token row is refused.
@@ -1076,14 +1089,7 @@ impl Vault {
     /// a warning naming its caller and the first 8 hex digits of its hash.
     pub fn caller_tokens(&self) -> Result<Vec<CallerTokenState>, VaultError> {
         let CallerTokens { tokens, refused } = self.caller_tokens_checked()?;
-        for row in &refused {
-            tracing::warn!(
-                caller = ?row.caller,
-                token_sha256_prefix = %row.hash_prefix,
-                problem = row.problem.as_str(),
-                "a caller-token row in the vault fails its integrity check (a MAC under the master key) and is ignored: it was not written by postern with this vault's master key (the vault file was altered, or an older postern wrote it); `postern callers rotate|revoke CALLER` removes the caller's such rows"
-            );
-        }
+        refused.iter().for_each(RefusedCallerToken::warn);
         Ok(tokens)
     }
 
