@@ -155,7 +155,7 @@ fn integration_key(integration: &str, key: &str) -> String {
 }
 
 /// Where a config's values that only using them can fault sit in its file: `tls_cert`,
-/// `tls_key`, `client_ca`, `policies` and `scan_rules` in `[gateway]`; `upstream`, `credential`,
+/// `tls_key`, `client_ca`, `client_crl`, `policies` and `scan_rules` in `[gateway]`; `upstream`, `credential`,
 /// `operations`, `ca_file` and `client_certificate` in an integration. Shared, not copied, by
 /// [`Config::places`], so a caller that hands the config on can still place what starting it
 /// finds.
@@ -232,6 +232,9 @@ pub struct GatewayConfig {
     pub tls_key: Option<PathBuf>,
     /// CA bundle for verifying client certificates (mTLS). Requires `tls_cert`.
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM, or one DER list) for the `client_ca` chains.
+    /// Requires `client_ca`.
+    pub client_crl: Option<PathBuf>,
     /// SHA-256 of the admin API bearer token: 64 lowercase hex characters.
     pub admin_token_sha256: Option<String>,
     /// Optional Cedar file with extra conditions. Absolute; known to exist at parse time.

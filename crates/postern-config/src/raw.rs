@@ -65,6 +65,8 @@ pub(crate) struct RawGateway {
     #[serde(default)]
     pub client_ca: Option<Spanned<String>>,
     #[serde(default)]
+    pub client_crl: Option<Spanned<String>>,
+    #[serde(default)]
     pub admin_token_sha256: Option<Spanned<String>>,
     #[serde(default)]
     pub policies: Option<Spanned<String>>,

@@ -218,6 +218,7 @@ impl Validator<'_> {
             ("tls_cert", &raw.tls_cert),
             ("tls_key", &raw.tls_key),
             ("client_ca", &raw.client_ca),
+            ("client_crl", &raw.client_crl),
             ("policies", &raw.policies),
             ("scan_rules", &raw.scan_rules),
         ];
@@ -248,6 +249,10 @@ impl Validator<'_> {
             .client_ca
             .as_ref()
             .map(|v| self.resolve_path(v, "client_ca"));
+        let client_crl = raw
+            .client_crl
+            .as_ref()
+            .map(|v| self.resolve_path(v, "client_crl"));
         match (&raw.tls_cert, &raw.tls_key) {
             (Some(cert), None) => self.error(
                 cert.span(),
@@ -266,6 +271,13 @@ impl Validator<'_> {
                 client_ca.span(),
                 "`client_ca` requires TLS, but `tls_cert` is not set",
                 "add `tls_cert` and `tls_key`, or remove `client_ca`",
+            );
+        }
+        if let (Some(client_crl), None) = (&raw.client_crl, &raw.client_ca) {
+            self.error(
+                client_crl.span(),
+                "`client_crl` lists revoked client certificates, but `client_ca` is not set, so no client certificate is verified",
+                "add `client_ca` (the CA bundle the revocation lists are for), or remove `client_crl`",
             );
         }
         let admin_token_sha256 = raw
@@ -350,6 +362,7 @@ impl Validator<'_> {
             tls_cert,
             tls_key,
             client_ca,
+            client_crl,
             admin_token_sha256,
             policies,
             events_max_file_bytes,

@@ -157,7 +157,7 @@ fn the_documented_example_parses() {
 #[test]
 #[rustfmt::skip]
 fn toml_syntax_type_and_unknown_key_errors() {
-    check("[gateway]\nlistenn = \"127.0.0.1:8080\"\n", "2:1: unknown field `listenn`, expected one of `listen`, `admin_listen`, `data_dir`, `tls_cert`, `tls_key`, `client_ca`, `admin_token_sha256`, `policies`, `events_max_file_bytes`, `events_max_files`, `max_header_bytes`, `shutdown_grace_ms`, `idle_timeout_ms`, `workers`, `credential_max_age_days`, `audit_origin`, `detect`, `scan_rules`, `audit_checkpoint_interval_ms`, `audit_timeout_ms`");
+    check("[gateway]\nlistenn = \"127.0.0.1:8080\"\n", "2:1: unknown field `listenn`, expected one of `listen`, `admin_listen`, `data_dir`, `tls_cert`, `tls_key`, `client_ca`, `client_crl`, `admin_token_sha256`, `policies`, `events_max_file_bytes`, `events_max_files`, `max_header_bytes`, `shutdown_grace_ms`, `idle_timeout_ms`, `workers`, `credential_max_age_days`, `audit_origin`, `detect`, `scan_rules`, `audit_checkpoint_interval_ms`, `audit_timeout_ms`");
     check("[gatway]\n", "1:2: unknown field `gatway`, expected one of `gateway`, `callers`, `integrations`, `grants`, `proxy`");
     check(&integration("credential = { kind = \"bearer\", from_envv = \"K\" }\n"), "7:33: unknown field `from_envv`, expected one of `kind`, `from_env`, `from_file`, `secret`, `name`, `param`, `username`, `token_url`, `client_id`, `client_secret`, `scope`, `client_auth`, `params`");
     check("[[callers]]\nname = 1\n", "2:8: expected a string, found a whole number");
@@ -267,6 +267,7 @@ fn gateway_values() {
     check(&format!("{GATEWAY}tls_cert = \"c.pem\"\n"), "5:12: `tls_cert` is set but `tls_key` is not");
     check(&format!("{GATEWAY}tls_key = \"k.pem\"\n"), "5:11: `tls_key` is set but `tls_cert` is not");
     check(&format!("{GATEWAY}client_ca = \"ca.pem\"\n"), "5:13: `client_ca` requires TLS, but `tls_cert` is not set");
+    check(&format!("{GATEWAY}client_crl = \"revoked.crl\"\n"), "5:14: `client_crl` lists revoked client certificates, but `client_ca` is not set, so no client certificate is verified");
     check(&format!("{GATEWAY}admin_token_sha256 = \"hunter2\"\n"), "5:22: `admin_token_sha256` must be a SHA-256 digest: 64 hex characters (got 7 characters)");
     // `printf %s "$UNSET" | sha256sum`: a token nobody has to know.
     check(&format!("{GATEWAY}admin_token_sha256 = \"E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855\"\n"), "5:22: `admin_token_sha256` is the SHA-256 of the empty string, not of a token");

@@ -38,8 +38,9 @@ pub struct ConnectionInfo {
     /// `peer.ip()` as text, formatted once per connection for every call's event, audit entry,
     /// policy context and detector event. Private so it always matches `peer`.
     peer_ip: Arc<str>,
-    /// SPIFFE ID from a verified client certificate.
-    pub spiffe_id: Option<String>,
+    /// A verified client certificate naming a SPIFFE ID; what it identifies is asked of the
+    /// runtime at each request ([`crate::runtime::Runtime::certified`]).
+    pub certificate: Option<Arc<crate::tls::ClientCertificate>>,
     pub tls: bool,
     /// Set on connections inside an intercepted CONNECT tunnel (and for absolute-form requests
     /// to a registered host): who opened it and which integration the host belongs to.
@@ -67,7 +68,7 @@ impl ConnectionInfo {
     /// [`crate::deadline::Deadline`] excuses (`InFlight::default()` where none does).
     pub fn new(
         peer: SocketAddr,
-        spiffe_id: Option<String>,
+        certificate: Option<Arc<crate::tls::ClientCertificate>>,
         tls: bool,
         in_flight: InFlight,
     ) -> Self {
@@ -75,7 +76,7 @@ impl ConnectionInfo {
         ConnectionInfo {
             peer,
             peer_ip: peer.ip().to_string().into(),
-            spiffe_id,
+            certificate,
             tls,
             tunnel: None,
             held: None,
@@ -113,7 +114,7 @@ impl ConnectionInfo {
         ConnectionInfo {
             peer: self.peer,
             peer_ip: self.peer_ip.clone(),
-            spiffe_id: self.spiffe_id.clone(),
+            certificate: self.certificate.clone(),
             tls,
             tunnel: Some(tunnel),
             held: self.held.clone(),

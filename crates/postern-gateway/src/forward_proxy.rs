@@ -227,7 +227,7 @@ async fn connect(
             crate::proxy::record_intent(shared, Some(&integration), context).await?;
         let grant = TunnelGrant {
             caller,
-            spiffe_id: connection.spiffe_id.clone(),
+            certificate: connection.certificate.clone(),
             host,
             port,
             integration: Some(integration.name.clone()),
@@ -277,7 +277,7 @@ async fn connect(
     progress.intent_index = crate::proxy::record_intent(shared, None, context).await?;
     let grant = TunnelGrant {
         caller,
-        spiffe_id: connection.spiffe_id.clone(),
+        certificate: connection.certificate.clone(),
         host,
         port,
         integration: None,
@@ -301,7 +301,9 @@ async fn connect(
 /// never seen, so this is the only check after it opens.
 struct TunnelGrant {
     caller: ProxyCaller,
-    spiffe_id: Option<String>,
+    /// The client certificate of the connection it was opened on (its caller's credential
+    /// when `caller.auth` is `Mtls`).
+    certificate: Option<Arc<crate::tls::ClientCertificate>>,
     host: String,
     port: u16,
     /// The integration whose host it reaches; `None` for an unregistered destination.
@@ -320,7 +322,7 @@ impl TunnelGrant {
     ) -> Result<(), CallError> {
         enabled(runtime)?;
         let token = self.caller.token.as_deref().map(Vec::as_slice);
-        let spiffe_id = self.spiffe_id.as_deref();
+        let spiffe_id = runtime.certified(self.certificate.as_deref(), at);
         if !runtime.still_names(&self.caller.name, self.caller.auth, spiffe_id, token) {
             return Err(CallError::new(
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,
@@ -394,10 +396,11 @@ async fn revoked(
             Ok(()) => context.policy_id = opened_under,
             Err(refusal) => return refusal,
         }
-        if decisions.changed().await.is_err() {
-            return std::future::pending().await;
+        let expires = grant.certificate.as_ref().map(|cert| cert.not_after());
+        match crate::next_decision(decisions, expires).await {
+            Some(next) => at = next,
+            None => return std::future::pending().await,
         }
-        at = *decisions.borrow_and_update();
     }
 }
 
@@ -442,7 +445,7 @@ fn open_tunnel(
                     _ = splice(client, upstream, counts.clone(), idle) => {}
                     _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {}
                     refusal = revoked(&shared, &grant, &mut check, &mut decisions) => {
-                        tracing::info!(caller = %grant.caller.name, host = %grant.host, refusal = refusal.code, "an open tunnel is no longer allowed after a configuration or vault change, or in this hour; closed");
+                        tracing::info!(caller = %grant.caller.name, host = %grant.host, refusal = refusal.code, "an open tunnel is no longer allowed after a configuration or vault change, its client certificate's expiry, or in this hour; closed");
                         reason = TUNNEL_REVOKED;
                     }
                 }
@@ -1005,23 +1008,32 @@ fn proxy_caller(
         .get(header::PROXY_AUTHORIZATION)
         .and_then(|value| crate::proxy::token_from_authorization(value.as_bytes()))
         .map(Zeroizing::new);
-    if let Some(spiffe_id) = &connection.spiffe_id {
-        if let Some(name) = runtime.caller_by_spiffe(spiffe_id) {
-            connection.identified();
-            context.caller = Some(name.clone());
-            context.auth = Some(AuthMethod::Mtls);
-            // A caller token sent as well is searched for and kept from vendors; anything else
-            // in the header (`http://billing-svc@postern:8080`, a placeholder password) is not
-            // a caller token, and searching for it would refuse every call that holds it.
-            let token = token.filter(|token| runtime.caller_by_token(token).is_some());
-            return Ok(ProxyCaller {
-                name,
-                auth: AuthMethod::Mtls,
-                token,
-            });
-        }
+    let certificate = connection.certificate.as_deref();
+    let certified = runtime.certified(certificate, context.wall_start);
+    if let Some(name) = certified.and_then(|spiffe_id| runtime.caller_by_spiffe(spiffe_id)) {
+        connection.identified();
+        context.caller = Some(name.clone());
+        context.auth = Some(AuthMethod::Mtls);
+        // A caller token sent as well is searched for and kept from vendors; anything else
+        // in the header (`http://billing-svc@postern:8080`, a placeholder password) is not
+        // a caller token, and searching for it would refuse every call that holds it.
+        let token = token.filter(|token| runtime.caller_by_token(token).is_some());
+        return Ok(ProxyCaller {
+            name,
+            auth: AuthMethod::Mtls,
+            token,
+        });
     }
     let Some(token) = token else {
+        if certificate.is_some() && certified.is_none() {
+            // As in path mode: the client reconnects with its current certificate.
+            connection.close();
+            return Err(CallError::new(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                "proxy_auth_required",
+                crate::proxy::CERTIFICATE_LAPSED,
+            ));
+        }
         return Err(CallError::new(
             StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             "proxy_auth_required",

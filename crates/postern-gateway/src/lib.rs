@@ -207,16 +207,21 @@ impl Shared {
     }
 
     /// Builds a runtime with the current vault contents and swaps it in: from a reloaded
-    /// config, or (`None`) from the running one, read under the rebuild lock so a reload that
-    /// swapped in first is not undone.
-    fn rebuild(&self, reload: Option<(Config, [u8; 32])>) -> anyhow::Result<Vec<String>> {
+    /// config (with the listener's TLS read from its files), or (`None`) from the running one,
+    /// read under the rebuild lock so a reload that swapped in first is not undone.
+    fn rebuild(&self, reload: Option<Reload>) -> anyhow::Result<Vec<String>> {
         let _guard = self.rebuild.lock().expect("rebuild lock");
         let running = self.runtime.load_full();
-        let (config, admin_token_sha256, reuse) = match reload {
-            Some((config, admin_token_sha256)) => (config, admin_token_sha256, None),
+        let (config, admin_token_sha256, reuse, listener_tls) = match reload {
+            Some(Reload {
+                config,
+                admin_token_sha256,
+                listener_tls,
+            }) => (config, admin_token_sha256, None, listener_tls),
             None => {
                 let admin = *self.admin_token_sha256.lock().expect("admin token lock");
-                ((*running.config).clone(), admin, Some(&*running))
+                let tls = running.listener_tls.clone();
+                ((*running.config).clone(), admin, Some(&*running), tls)
             }
         };
         // A refused build leaves the caches as they were (applied whole or not at all).
@@ -230,6 +235,7 @@ impl Shared {
                 token_sources: &self.token_sources,
                 vault: Some(&self.vault),
                 reuse,
+                listener_tls,
             },
         );
         let runtime = match built {
@@ -384,6 +390,14 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// What a reload hands [`Shared::rebuild`]: the new config, the admin token hash it names,
+/// and the listener's TLS read from its files.
+struct Reload {
+    config: Config,
+    admin_token_sha256: [u8; 32],
+    listener_tls: Option<Arc<tls::ListenerTls>>,
+}
+
 /// A started gateway: its bound addresses and the handles to reload and stop it.
 pub struct RunningGateway {
     pub listen_addr: SocketAddr,
@@ -421,8 +435,7 @@ impl RunningGateway {
         // listening; connections wait in the backlog until the workers run) before anything is
         // written: a start that fails on an address in use leaves no data directory, key or log
         // behind.
-        let tls = tls::listener_config(&config.gateway)?
-            .map(|config| tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+        let listener_tls = tls::listener_config(&config.gateway)?.map(Arc::new);
         let gateway_sockets = workers::bind(
             config.gateway.listen,
             workers::count(config.gateway.workers),
@@ -465,6 +478,7 @@ impl RunningGateway {
                 token_sources: &token_sources,
                 vault: Some(&vault),
                 reuse: None,
+                listener_tls: listener_tls.clone(),
             },
         )?;
         for problem in &runtime.problems {
@@ -561,6 +575,13 @@ impl RunningGateway {
         let gateway_graceful = Arc::new(GracefulShutdown::new());
         let admin_graceful = Arc::new(GracefulShutdown::new());
         let builder = listener::connection_builder(config.gateway.max_header_bytes);
+        // Each TLS connection handshakes with the listener's TLS as the runtime holds it when
+        // the connection arrives: a reload's rotated certificate or new `client_ca` applies
+        // to the next handshake. (Whether the listener speaks TLS at all is fixed at start.)
+        let tls = listener_tls.is_some().then(|| {
+            let shared = shared.clone();
+            Arc::new(move || shared.runtime.load().listener_tls.clone()) as listener::TlsSource
+        });
         let gateway_accept = listener::Accept {
             tls,
             builder: builder.clone(),
@@ -626,8 +647,8 @@ impl RunningGateway {
     }
 
     /// Swaps in a new configuration atomically. On error the running one stays.
-    /// Listener addresses, TLS files and data_dir are fixed at start; changes to them are
-    /// reported and need a restart.
+    /// Listener addresses, whether the listener speaks TLS, and data_dir are fixed at start;
+    /// changes to them are reported and need a restart. The listener's TLS files are read again.
     pub fn reload(&self, config: Config) -> anyhow::Result<Vec<String>> {
         let result = self.apply_reload(config);
         self.count_reload(result.is_ok());
@@ -683,7 +704,15 @@ impl RunningGateway {
             ca.check_names(&self.data_dir, &config.proxy.intercept_ca_names)?;
         }
         let max_age_days = config.gateway.credential_max_age_days;
-        notes.extend(self.shared.rebuild(Some((config, hash)))?);
+        // The listener's files read again (a rotated certificate, another `client_ca` or
+        // `client_crl`): new connections handshake with them, and connections already open
+        // have their client certificates asked again under the new trust at their next request.
+        let listener_tls = tls::listener_config(&config.gateway)?.map(Arc::new);
+        notes.extend(self.shared.rebuild(Some(Reload {
+            config,
+            admin_token_sha256: hash,
+            listener_tls,
+        }))?);
         self.shared
             .credential_max_age_days
             .store(max_age_days, Ordering::Relaxed);
@@ -795,6 +824,15 @@ fn keep_start_values(
     new: &mut postern_config::GatewayConfig,
 ) -> Vec<&'static str> {
     let mut changed = Vec::new();
+    // Whether the listener speaks TLS is fixed at start (its sockets are served one way or
+    // the other); while it does, its files are read again at each reload, whatever their paths.
+    if new.tls_cert.is_some() != start.tls_cert.is_some() {
+        changed.push("tls_cert");
+        new.tls_cert = start.tls_cert.clone();
+        new.tls_key = start.tls_key.clone();
+        new.client_ca = start.client_ca.clone();
+        new.client_crl = start.client_crl.clone();
+    }
     macro_rules! keep {
         (restart_only: [$($key:ident),* $(,)?], reloadable: [$($live:ident),* $(,)?]) => {
             // Every field is named in one list or the other, with no `..`: a new field does
@@ -813,9 +851,6 @@ fn keep_start_values(
             listen,
             admin_listen,
             data_dir,
-            tls_cert,
-            tls_key,
-            client_ca,
             events_max_file_bytes,
             events_max_files,
             max_header_bytes,
@@ -827,7 +862,16 @@ fn keep_start_values(
             audit_timeout_ms,
             audit_checkpoint_interval_ms,
         ],
-        reloadable: [admin_token_sha256, policies, credential_max_age_days, scan_rules]
+        reloadable: [
+            tls_cert,
+            tls_key,
+            client_ca,
+            client_crl,
+            admin_token_sha256,
+            policies,
+            credential_max_age_days,
+            scan_rules,
+        ]
     );
     changed
 }
@@ -853,6 +897,35 @@ async fn run_tunnel_clock(shared: std::sync::Weak<Shared>, mut shutdown: watch::
             return;
         };
         shared.decide_tunnels_again(now);
+    }
+}
+
+/// Waits until open tunnels and WebSocket sessions are to be decided again: a change of
+/// `decisions` (a runtime swapped in, a new hour), or the end of the client certificate they
+/// were opened with (`expires`, while it is still ahead); the time as of which to decide.
+/// `None` once the gateway is gone.
+pub(crate) async fn next_decision(
+    decisions: &mut watch::Receiver<SystemTime>,
+    expires: Option<SystemTime>,
+) -> Option<SystemTime> {
+    // A second past `notAfter`, the certificate's last valid second.
+    let until = expires.and_then(|end| {
+        (end + Duration::from_secs(1))
+            .duration_since(SystemTime::now())
+            .ok()
+    });
+    let expired = async {
+        match until {
+            Some(until) => tokio::time::sleep(until).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        changed = decisions.changed() => {
+            changed.ok()?;
+            Some(*decisions.borrow_and_update())
+        }
+        _ = expired => Some(SystemTime::now()),
     }
 }
 

@@ -18,7 +18,6 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::body::{CallerBody, GatewayBody};
 use crate::context::ConnectionInfo;
@@ -162,10 +161,14 @@ pub fn malformed(error: &(dyn std::error::Error + 'static)) -> Option<Malformed>
     })
 }
 
+/// The listener's TLS as it stands when a connection arrives (a reload may have read its files
+/// again); `None` refuses the connection.
+pub type TlsSource = Arc<dyn Fn() -> Option<Arc<crate::tls::ListenerTls>> + Send + Sync>;
+
 /// The parts of a listener every accepting task shares.
 #[derive(Clone)]
 pub struct Accept {
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<TlsSource>,
     pub builder: auto::Builder<TokioExecutor>,
     pub graceful: Arc<GracefulShutdown>,
     pub shutdown: watch::Receiver<bool>,
@@ -260,7 +263,14 @@ where
             true => stream.excusing(in_flight.clone()),
             false => stream,
         };
-        let tls = tls.clone();
+        // The TLS of the moment, taken here: the connection is served under it throughout.
+        let tls = match &tls {
+            Some(source) => match source() {
+                Some(current) => Some(current),
+                None => continue,
+            },
+            None => None,
+        };
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let handler = handler.clone();
@@ -283,8 +293,9 @@ where
                     connection.serve_h1_first(stream, info, handler).await;
                 });
             }
-            Some(acceptor) => {
+            Some(current) => {
                 tokio::spawn(async move {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(current.server.clone());
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                             .await;
@@ -299,14 +310,14 @@ where
                             return;
                         }
                     };
-                    let spiffe_id = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|certs| certs.first())
-                        .and_then(crate::tls::spiffe_id);
+                    let certificate = crate::tls::ClientCertificate::presented(
+                        stream.get_ref().1,
+                        current.clients.as_ref(),
+                    )
+                    .map(Arc::new);
+                    drop(current);
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let info = ConnectionInfo::new(peer, spiffe_id, true, in_flight);
+                    let info = ConnectionInfo::new(peer, certificate, true, in_flight);
                     let info = Arc::new(info.holding(slot, live));
                     match h2 {
                         true => {

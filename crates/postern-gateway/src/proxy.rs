@@ -966,6 +966,10 @@ fn hex_digit(byte: u8) -> Option<u8> {
     (byte as char).to_digit(16).map(|digit| digit as u8)
 }
 
+/// The refusal of a request on a connection whose client certificate identified a caller
+/// once and no longer does.
+pub(crate) const CERTIFICATE_LAPSED: &str = "the client certificate this connection was made with has expired, or is no longer trusted (`client_ca` or `client_crl` changed): reconnect with a current certificate";
+
 /// Who is calling: a verified client certificate's SPIFFE ID, else a caller token from
 /// `Postern-Caller-Token`, `Authorization: Bearer`, or `Authorization: Basic` (token as password).
 /// Returns the token (to keep it from ever being forwarded).
@@ -980,7 +984,7 @@ fn identify_caller(
         // checked again on every request, so a revoked token or a caller removed from the
         // config stops working inside tunnels that are already open.
         let token = tunnel.token.as_deref().map(Vec::as_slice);
-        let spiffe_id = connection.spiffe_id.as_deref();
+        let spiffe_id = runtime.certified(connection.certificate.as_deref(), context.wall_start);
         if !runtime.still_names(&tunnel.caller, tunnel.auth, spiffe_id, token) {
             connection.close();
             return Err(CallError::unauthenticated(
@@ -991,18 +995,24 @@ fn identify_caller(
         context.auth = Some(tunnel.auth);
         return Ok(tunnel.token.as_ref().map(|token| token.to_vec()));
     }
-    if let Some(spiffe_id) = &connection.spiffe_id {
-        if let Some(caller) = runtime.caller_by_spiffe(spiffe_id) {
-            connection.identified();
-            context.caller = Some(caller);
-            context.auth = Some(AuthMethod::Mtls);
-            // A caller token sent as well is kept from the vendor; anything else in those
-            // headers (an SDK's placeholder key) is not a caller token to search for.
-            return Ok(caller_token_from_headers(headers)
-                .filter(|token| runtime.caller_by_token(token).is_some()));
-        }
+    let certificate = connection.certificate.as_deref();
+    let certified = runtime.certified(certificate, context.wall_start);
+    if let Some(caller) = certified.and_then(|spiffe_id| runtime.caller_by_spiffe(spiffe_id)) {
+        connection.identified();
+        context.caller = Some(caller);
+        context.auth = Some(AuthMethod::Mtls);
+        // A caller token sent as well is kept from the vendor; anything else in those
+        // headers (an SDK's placeholder key) is not a caller token to search for.
+        return Ok(caller_token_from_headers(headers)
+            .filter(|token| runtime.caller_by_token(token).is_some()));
     }
     let Some(token) = caller_token_from_headers(headers) else {
+        if certificate.is_some() && certified.is_none() {
+            // The certificate this connection was made with identifies no one any more: the
+            // client reconnects with its current one.
+            connection.close();
+            return Err(CallError::unauthenticated(CERTIFICATE_LAPSED));
+        }
         return Err(CallError::unauthenticated(
             "no caller credentials: send Authorization: Bearer <caller token> (or Basic with the token as password, or Postern-Caller-Token), or a client certificate with a registered SPIFFE ID",
         ));

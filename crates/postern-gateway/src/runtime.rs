@@ -304,6 +304,10 @@ pub struct BuildInputs<'a> {
     /// at a reload: a vault change neither picks up nor fails on a half-edited policies or
     /// scan_rules file.
     pub reuse: Option<&'a Runtime>,
+    /// The listener's TLS, read by whoever builds ([`crate::tls::listener_config`]): before
+    /// anything is written at start, from the new config at a reload, the running one's for a
+    /// vault change.
+    pub listener_tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 /// Why an integration's credential cannot be injected. Never holds the value.
@@ -420,6 +424,9 @@ pub struct Runtime {
     pub problems: Vec<String>,
     /// Forward-proxy mode: host policy, registered hosts, the guard for unregistered targets.
     pub proxy: ProxyRuntime,
+    /// The listener's TLS (`tls_cert`, `tls_key`, `client_ca`, `client_crl`), read at start and
+    /// again at each reload; `None` on a plain listener.
+    pub listener_tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 /// The compiled `[proxy]` section and the `hosts` of integrations.
@@ -717,7 +724,20 @@ impl Runtime {
             scanner,
             problems,
             proxy,
+            listener_tls: inputs.listener_tls.clone(),
         })
+    }
+
+    /// The SPIFFE ID a connection's client certificate stands for as of `at`: none without
+    /// one, once it has expired, or when the listener's trust as this runtime holds it
+    /// (`client_ca`, `client_crl`) no longer verifies it.
+    pub fn certified<'c>(
+        &self,
+        certificate: Option<&'c crate::tls::ClientCertificate>,
+        at: std::time::SystemTime,
+    ) -> Option<&'c str> {
+        let trust = self.listener_tls.as_ref()?.clients.as_ref();
+        certificate?.identity(trust, at)
     }
 
     /// The caller whose token hashes to this value.

@@ -1,12 +1,15 @@
 //! TLS material: PEM loading, the listener's server config (optionally verifying client
-//! certificates against `client_ca`), and the caller identity in a client certificate's
-//! SPIFFE URI SAN.
+//! certificates against `client_ca` and `client_crl`, read again at each reload), and the
+//! caller identity in a client certificate's SPIFFE URI SAN, which lasts while the
+//! certificate is valid and trusted.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 
 /// The one crypto provider Postern uses (ring).
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -54,63 +57,59 @@ pub fn read_private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
         })
 }
 
-/// The listener's TLS config from `[gateway]` (`None` without `tls_cert` and `tls_key`): ALPN
-/// h2 and http/1.1; with `client_ca`, client certificates are verified when presented (callers
-/// may still authenticate with a token instead). A file that cannot be used is a
-/// [`postern_config::KeyProblem`] at its own key, so `check`, `serve` and a reload place it at
-/// its line and column alike.
+/// The listener's TLS as read from the files `[gateway]` names, at start and again at each
+/// reload: what new connections handshake with, and what their client certificates are
+/// verified against. A connection keeps the config it was accepted with; the trust is asked
+/// again on each of its requests ([`ClientCertificate::identity`]).
+pub struct ListenerTls {
+    pub server: Arc<rustls::ServerConfig>,
+    /// `None` without `client_ca`: no client certificate identifies anyone.
+    pub clients: Option<ClientTrust>,
+}
+
+/// What client certificates are verified against: `client_ca`, with `client_crl`.
+pub struct ClientTrust {
+    verifier: Arc<dyn ClientCertVerifier>,
+    /// SHA-256 of the CA and revocation files' contents: a reload that reads the same files
+    /// holds the same trust, and certificates verified under it need no second look.
+    digest: [u8; 32],
+}
+
+/// The listener's TLS from `[gateway]` (`None` without `tls_cert` and `tls_key`): ALPN h2 and
+/// http/1.1; with `client_ca`, client certificates are verified when presented (callers may
+/// still authenticate with a token instead), against `client_crl` too when it is set. A file
+/// that cannot be used is a [`postern_config::KeyProblem`] at its own key, so `check`, `serve`
+/// and a reload place it at its line and column alike.
 pub fn listener_config(
     gateway: &postern_config::GatewayConfig,
-) -> anyhow::Result<Option<rustls::ServerConfig>> {
+) -> anyhow::Result<Option<ListenerTls>> {
     let (Some(cert), Some(key)) = (&gateway.tls_cert, &gateway.tls_key) else {
         return Ok(None);
     };
-    let at = |key: &'static str, fix: &'static str| {
-        move |error: anyhow::Error| {
-            anyhow::Error::new(postern_config::KeyProblem::gateway(
-                key,
-                format!("{error:#}"),
-                fix,
-            ))
-        }
-    };
-    let certs = read_certificates(cert).map_err(at(
+    let certs = read_certificates(cert).map_err(at_key(
         "tls_cert",
         "point `tls_cert` at a PEM certificate chain",
     ))?;
     let key_fix = "point `tls_key` at the PEM private key of the `tls_cert` certificate";
-    let key = read_private_key(key).map_err(at("tls_key", key_fix))?;
+    let key = read_private_key(key).map_err(at_key("tls_key", key_fix))?;
     let provider = crypto_provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
-    let builder = match &gateway.client_ca {
-        Some(ca) => {
-            let ca_problem = at("client_ca", "point `client_ca` at PEM CA certificates");
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in read_certificates(ca).map_err(&ca_problem)? {
-                roots
-                    .add(cert)
-                    .with_context(|| format!("client_ca {}", ca.display()))
-                    .map_err(&ca_problem)?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .allow_unauthenticated()
-            .build()
-            .context("building the client certificate verifier")?;
-            builder.with_client_cert_verifier(verifier)
-        }
+    let clients = match &gateway.client_ca {
+        Some(ca) => Some(client_trust(ca, gateway.client_crl.as_deref(), provider)?),
+        None => None,
+    };
+    let builder = match &clients {
+        Some(trust) => builder.with_client_cert_verifier(trust.verifier.clone()),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder
         .with_single_cert(certs, key)
         .context("the listener certificate and key do not match")
-        .map_err(at("tls_key", key_fix))?;
+        .map_err(at_key("tls_key", key_fix))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    if gateway.client_ca.is_some() {
+    if clients.is_some() {
         // No session resumption where client certificates identify callers: a resumed session
         // carries the certificates of the handshake it resumes, not verified again, and each
         // resumption hands out fresh tickets, so a caller could go on resuming past its
@@ -119,7 +118,197 @@ pub fn listener_config(
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
     }
-    Ok(Some(config))
+    Ok(Some(ListenerTls {
+        server: Arc::new(config),
+        clients,
+    }))
+}
+
+/// A problem with a `[gateway]` file, placed at its key with its fix.
+fn at_key(key: &'static str, fix: &'static str) -> impl Fn(anyhow::Error) -> anyhow::Error {
+    move |error: anyhow::Error| {
+        anyhow::Error::new(postern_config::KeyProblem::gateway(
+            key,
+            format!("{error:#}"),
+            fix,
+        ))
+    }
+}
+
+/// The verifier of `client_ca`'s certificates, checking `client_crl`'s lists when set: every
+/// certificate of a presented chain must then be covered by its issuer's list (fail closed: a
+/// certificate whose issuer has no list in the file is refused). A list past its `nextUpdate`
+/// still revokes what it names, and is warned of.
+fn client_trust(
+    ca: &Path,
+    crl: Option<&Path>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> anyhow::Result<ClientTrust> {
+    use sha2::Digest as _;
+    let ca_problem = at_key("client_ca", "point `client_ca` at PEM CA certificates");
+    let ca_pem = read_file(ca).map_err(&ca_problem)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates_in(ca, &ca_pem).map_err(&ca_problem)? {
+        roots
+            .add(cert)
+            .with_context(|| format!("client_ca {}", ca.display()))
+            .map_err(&ca_problem)?;
+    }
+    let mut digest = sha2::Sha256::new();
+    digest.update((ca_pem.len() as u64).to_be_bytes());
+    digest.update(&ca_pem);
+    let mut builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .allow_unauthenticated();
+    if let Some(crl) = crl {
+        let crl_problem = at_key(
+            "client_crl",
+            "point `client_crl` at the PEM (or DER) revocation lists of the `client_ca` CAs",
+        );
+        let text = read_file(crl).map_err(&crl_problem)?;
+        let lists = revocation_lists(crl, &text).map_err(&crl_problem)?;
+        digest.update(&text);
+        builder = builder.with_crls(lists);
+    }
+    let verifier = builder
+        .build()
+        .context("building the client certificate verifier")
+        .map_err(at_key(
+            "client_crl",
+            "point `client_crl` at the revocation lists of the `client_ca` CAs",
+        ))?;
+    Ok(ClientTrust {
+        verifier,
+        digest: digest.finalize().into(),
+    })
+}
+
+/// The certificate revocation lists in `text` (read from `path`, named in the errors): PEM
+/// `X509 CRL` blocks, or one DER list; at least one. Each must parse; one past its
+/// `nextUpdate` is warned of.
+fn revocation_lists(
+    path: &Path,
+    text: &[u8],
+) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
+    let mut lists: Vec<CertificateRevocationListDer<'static>> =
+        rustls_pemfile::crls(&mut &text[..])
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("parsing the PEM revocation lists in {}", path.display()))?;
+    if lists.is_empty() && text.first() == Some(&0x30) {
+        lists.push(CertificateRevocationListDer::from(text.to_vec()));
+    }
+    if lists.is_empty() {
+        anyhow::bail!(
+            "{} holds no certificate revocation list (expected -----BEGIN X509 CRL----- or DER)",
+            path.display()
+        );
+    }
+    let now = x509_parser::time::ASN1Time::now();
+    for (index, list) in lists.iter().enumerate() {
+        let (_, parsed) = x509_parser::parse_x509_crl(list.as_ref())
+            .map_err(|error| anyhow::anyhow!("{error}"))
+            .with_context(|| format!("revocation list {} in {}", index + 1, path.display()))?;
+        if parsed.next_update().is_some_and(|next| next < now) {
+            tracing::warn!(
+                file = %path.display(),
+                issuer = %parsed.issuer(),
+                next_update = %parsed.next_update().map(|next| next.to_string()).unwrap_or_default(),
+                "a client revocation list is past its nextUpdate: it still revokes what it names; fetch a current one"
+            );
+        }
+    }
+    Ok(lists)
+}
+
+/// A verified client certificate naming a SPIFFE ID, kept for the connection that presented
+/// it: its identity lasts while the certificate is valid and the listener's trust (a reload
+/// may change `client_ca` or `client_crl`) still verifies it.
+pub struct ClientCertificate {
+    spiffe_id: String,
+    /// The earliest `notAfter` of the presented chain.
+    not_after: SystemTime,
+    /// The presented chain, end entity first, to verify again under another trust.
+    chain: Vec<CertificateDer<'static>>,
+    /// The trust the handshake verified it under.
+    verified_under: [u8; 32],
+    /// The last other trust it was verified under again, and whether it passed.
+    checked: std::sync::Mutex<Option<([u8; 32], bool)>>,
+}
+
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertificate")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertificate {
+    /// The certificate a handshake under `trust` verified, if it names one SPIFFE ID.
+    pub fn presented(
+        connection: &rustls::ServerConnection,
+        trust: Option<&ClientTrust>,
+    ) -> Option<ClientCertificate> {
+        let trust = trust?;
+        let chain = connection.peer_certificates()?;
+        let spiffe_id = spiffe_id(chain.first()?)?;
+        let not_after = chain
+            .iter()
+            .map(|cert| {
+                x509_parser::parse_x509_certificate(cert.as_ref())
+                    .ok()
+                    .map(|(_, parsed)| parsed.validity().not_after.timestamp())
+            })
+            .try_fold(i64::MAX, |earliest, end| Some(earliest.min(end?)))?;
+        Some(ClientCertificate {
+            spiffe_id,
+            not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(not_after).ok()?),
+            chain: chain.iter().map(|cert| cert.clone().into_owned()).collect(),
+            verified_under: trust.digest,
+            checked: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// When the certificate (or the intermediate presented with it that ends first) expires.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// Its SPIFFE ID as of `at` under `trust` (the listener's as it stands): none once the
+    /// certificate has expired, without a trust, or when `trust` is not the one the handshake
+    /// verified it under and does not verify it (another `client_ca`, a `client_crl` that now
+    /// lists it). The verification under a new trust is made once and kept.
+    pub fn identity(&self, trust: Option<&ClientTrust>, at: SystemTime) -> Option<&str> {
+        let trust = trust?;
+        if at > self.not_after {
+            return None;
+        }
+        if trust.digest == self.verified_under {
+            return Some(&self.spiffe_id);
+        }
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        let passed = match *checked {
+            Some((digest, passed)) if digest == trust.digest => passed,
+            _ => {
+                let since = at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let (end_entity, intermediates) = self.chain.split_first()?;
+                let passed = trust
+                    .verifier
+                    .verify_client_cert(
+                        end_entity,
+                        intermediates,
+                        rustls::pki_types::UnixTime::since_unix_epoch(since),
+                    )
+                    .is_ok();
+                *checked = Some((trust.digest, passed));
+                passed
+            }
+        };
+        passed.then_some(self.spiffe_id.as_str())
+    }
 }
 
 /// The `spiffe://` URI SAN of a verified client certificate, if it has exactly one: an X.509

@@ -203,7 +203,7 @@ pub(crate) fn open(
         config.max_response_body_bytes,
     );
     let grant = SessionGrant {
-        spiffe_id: connection.spiffe_id.clone(),
+        certificate: connection.certificate.clone(),
         token: caller_token.map(|token| Zeroizing::new(token.to_vec())),
         path: crate::proxy::routed(vendor_path).into(),
     };
@@ -319,7 +319,8 @@ struct Ends<'a> {
 /// caller, its way of authenticating, the integration and the operation are the call's
 /// (its context); the credential it was named by is kept here.
 struct SessionGrant {
-    spiffe_id: Option<String>,
+    /// The client certificate of the connection it was opened on.
+    certificate: Option<std::sync::Arc<crate::tls::ClientCertificate>>,
     token: Option<Zeroizing<Vec<u8>>>,
     /// The vendor path the operation was matched by ([`crate::proxy::routed`]): matched again,
     /// since a reload may move the operation or add a more literal one that covers the path.
@@ -342,7 +343,8 @@ impl SessionGrant {
             return false;
         };
         let token = self.token.as_deref().map(Vec::as_slice);
-        if !runtime.still_names(caller, auth, self.spiffe_id.as_deref(), token) {
+        let spiffe_id = runtime.certified(self.certificate.as_deref(), at);
+        if !runtime.still_names(caller, auth, spiffe_id, token) {
             return false;
         }
         let Some(integration) = runtime.integrations.get(&**name) else {
@@ -377,13 +379,14 @@ impl SessionGrant {
     async fn revoked(self, shared: &Shared, context: &CallContext) {
         let mut decisions = shared.tunnel_decisions();
         let mut at = std::time::SystemTime::now();
+        let expires = self.certificate.as_ref().map(|cert| cert.not_after());
         while self.still_allowed(&shared.runtime.load_full(), context, at) {
-            if decisions.changed().await.is_err() {
-                return std::future::pending().await;
+            match crate::next_decision(&mut decisions, expires).await {
+                Some(next) => at = next,
+                None => return std::future::pending().await,
             }
-            at = *decisions.borrow_and_update();
         }
-        tracing::info!(caller = context.caller.as_deref().unwrap_or(""), integration = context.integration.as_deref().unwrap_or(""), request_id = %context.request_id, "an open WebSocket session is no longer allowed after a configuration or vault change, or in this hour; closed");
+        tracing::info!(caller = context.caller.as_deref().unwrap_or(""), integration = context.integration.as_deref().unwrap_or(""), request_id = %context.request_id, "an open WebSocket session is no longer allowed after a configuration or vault change, its client certificate's expiry, or in this hour; closed");
     }
 }
 

@@ -2465,6 +2465,213 @@ async fn an_mtls_identity_ends_with_its_certificate_not_resumed_past_it() {
     gw.stop().await;
 }
 
+/// An mTLS identity ends with its certificate on a connection kept open too: the handshake
+/// verified the certificate, yet a request after its `notAfter` is refused (401, naming why)
+/// and the connection closed, so the client reconnects with its current certificate.
+#[tokio::test]
+async fn an_mtls_identity_ends_with_its_certificate_on_a_connection_kept_open() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let pki = TestPki::new();
+    let staging = tempfile::tempdir().unwrap();
+    let body = format!("{}\n{SPIFFE_BILLING}", stripe_like(&vendor, ""));
+    let gw = start_with_key(
+        &body,
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        &pki.mtls_listener(staging.path()),
+    )
+    .await;
+    let lifetime = Duration::from_secs(4);
+    let (cert, key) = pki.client_cert_with("spiffe://example.org/billing", |params| {
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + lifetime;
+    });
+    let addr = gw.running().listen_addr;
+    let client = pki.mtls_client_presenting(&cert, &key, addr);
+    let url = format!("https://localhost:{}/stripe/v1/charges/ch_1", addr.port());
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    tokio::time::sleep(lifetime + Duration::from_secs(2)).await;
+    // On the connection the first call opened (a new one could not be made: the handshake
+    // refuses an expired certificate).
+    let answer = client.get(&url).send().await.unwrap();
+    assert_eq!(answer.status(), 401);
+    let text = answer.text().await.unwrap();
+    assert!(
+        text.contains("has expired, or is no longer trusted"),
+        "{text}"
+    );
+    assert!(
+        client.get(&url).send().await.is_err(),
+        "a new connection with the expired certificate was served"
+    );
+    gw.stop().await;
+}
+
+/// The listener's trust is read again at each reload, and asked of open connections at their
+/// next request: a certificate `client_crl` now lists is refused on the connection it opened
+/// (and at the next handshake), one it does not list goes on; a `client_ca` that no longer
+/// holds their CA ends the others' identity too.
+#[tokio::test]
+async fn a_reload_that_revokes_a_client_certificate_ends_its_open_connections() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let pki = TestPki::new();
+    let staging = tempfile::tempdir().unwrap();
+    let crl_path = staging.path().join("client.crl");
+    std::fs::write(&crl_path, pki.revocation_list(&[])).unwrap();
+    let listener = format!(
+        "{}\nclient_crl = \"{}\"",
+        pki.mtls_listener(staging.path()),
+        crl_path.display()
+    );
+    let body = format!("{}\n{SPIFFE_BILLING}", stripe_like(&vendor, ""));
+    let gw = start_with_key(
+        &body,
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        &listener,
+    )
+    .await;
+    let addr = gw.running().listen_addr;
+    let serial = |serial: u64| {
+        move |params: &mut rcgen::CertificateParams| {
+            params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        }
+    };
+    let (cert_a, key_a) = pki.client_cert_with("spiffe://example.org/billing", serial(1001));
+    let (cert_b, key_b) = pki.client_cert_with("spiffe://example.org/billing", serial(1002));
+    let (a, b) = (
+        pki.mtls_client_presenting(&cert_a, &key_a, addr),
+        pki.mtls_client_presenting(&cert_b, &key_b, addr),
+    );
+    let url = format!("https://localhost:{}/stripe/v1/charges/ch_1", addr.port());
+    let status = |client: &reqwest::Client| {
+        let request = client.get(&url).send();
+        async move { request.await.map(|answer| answer.status().as_u16()) }
+    };
+    assert_eq!(status(&a).await.unwrap(), 200);
+    assert_eq!(status(&b).await.unwrap(), 200);
+    let reload = || {
+        let config = postern_config::load(&gw.config_path).unwrap();
+        gw.running().reload(config)
+    };
+
+    std::fs::write(&crl_path, pki.revocation_list(&[1001])).unwrap();
+    reload().unwrap();
+    assert_eq!(
+        status(&a).await.unwrap(),
+        401,
+        "a revoked certificate's open connection"
+    );
+    assert!(
+        status(&a).await.is_err(),
+        "a handshake with a revoked certificate was accepted"
+    );
+    assert_eq!(
+        status(&b).await.unwrap(),
+        200,
+        "a certificate the list does not name"
+    );
+    let fresh_b = pki.mtls_client_presenting(&cert_b, &key_b, addr);
+    assert_eq!(status(&fresh_b).await.unwrap(), 200);
+
+    // Another CA (with its own list): b's connection, opened under the old one, is refused.
+    let other = TestPki::new();
+    std::fs::write(staging.path().join("client-ca.pem"), &other.ca_pem).unwrap();
+    std::fs::write(&crl_path, other.revocation_list(&[])).unwrap();
+    reload().unwrap();
+    assert_eq!(
+        status(&b).await.unwrap(),
+        401,
+        "b's connection under a CA no longer trusted"
+    );
+    gw.stop().await;
+}
+
+/// A reload reads the listener's certificate and key again: new connections get the rotated
+/// certificate, connections already open keep theirs, and a certificate that does not match
+/// its key is refused at its key's place, the running one kept.
+#[tokio::test]
+async fn a_reload_rotates_the_listener_certificate_for_new_connections() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let (old, new) = (TestPki::new(), TestPki::new());
+    let staging = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        staging.path().join("gw.pem"),
+        staging.path().join("gw-key.pem"),
+    );
+    std::fs::write(&cert, &old.server_cert_pem).unwrap();
+    std::fs::write(&key, &old.server_key_pem).unwrap();
+    let listener = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+    let gw = start_with_key(
+        &stripe_like(&vendor, ""),
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        &listener,
+    )
+    .await;
+    let addr = gw.running().listen_addr;
+    let trusting = |pki: &TestPki| {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+            .resolve("localhost", addr)
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://localhost:{}/stripe/v1/charges/ch_1", addr.port());
+    let status = |client: &reqwest::Client| {
+        let request = client.get(&url).bearer_auth(&gw.token).send();
+        async move { request.await.map(|answer| answer.status().as_u16()) }
+    };
+    let before = trusting(&old);
+    assert_eq!(status(&before).await.unwrap(), 200);
+    let reload = || {
+        let config = postern_config::load(&gw.config_path).unwrap();
+        gw.running().reload(config)
+    };
+
+    std::fs::write(&cert, &new.server_cert_pem).unwrap();
+    std::fs::write(&key, &new.server_key_pem).unwrap();
+    reload().unwrap();
+    assert_eq!(
+        status(&before).await.unwrap(),
+        200,
+        "the open connection goes on"
+    );
+    assert!(
+        status(&trusting(&old)).await.is_err(),
+        "a new connection was served the old certificate"
+    );
+    assert_eq!(status(&trusting(&new)).await.unwrap(), 200);
+
+    // Half a rotation: the old key beside the new certificate.
+    std::fs::write(&key, &old.server_key_pem).unwrap();
+    let error = format!("{:#}", reload().unwrap_err());
+    assert!(error.contains("do not match"), "{error}");
+    let problem = reload()
+        .unwrap_err()
+        .downcast::<postern_config::KeyProblem>()
+        .unwrap();
+    assert!(
+        problem.fix.contains("point `tls_key` at"),
+        "{}",
+        problem.fix
+    );
+    assert_eq!(
+        status(&trusting(&new)).await.unwrap(),
+        200,
+        "the running certificate stays"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn tls_listener_with_mtls_spiffe_identity() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;

@@ -84,12 +84,18 @@ pub async fn serve(path: PathBuf) -> ExitCode {
     ExitCode::Ok
 }
 
-/// What reloads or stops a running gateway: the config file's changes, SIGHUP, SIGTERM and
-/// SIGINT. Armed before the gateway starts listening, so that a change made as soon as it
+/// What reloads or stops a running gateway: the config file's changes, the listener's TLS
+/// files' changes (a rotated certificate, a new CA bundle or revocation list), SIGHUP, SIGTERM
+/// and SIGINT. Armed before the gateway starts listening, so that a change made as soon as it
 /// answers is not missed, and a SIGHUP then does not end the process.
 pub struct Triggers {
     changes: mpsc::Receiver<&'static str>,
+    sender: mpsc::Sender<&'static str>,
     _watcher: Option<notify::RecommendedWatcher>,
+    /// The listener's TLS files as the running config names them, and their watcher: armed
+    /// again when a reload names others.
+    tls_files: Vec<PathBuf>,
+    tls_watcher: Option<notify::RecommendedWatcher>,
     hangup: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
@@ -100,17 +106,49 @@ impl Triggers {
         let (sender, changes) = mpsc::channel::<&'static str>(8);
         Triggers {
             changes,
-            _watcher: watch_file(path, sender),
+            _watcher: watch_files(&[path.to_path_buf()], sender.clone(), "file change"),
+            sender,
+            tls_files: Vec::new(),
+            tls_watcher: None,
             hangup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
             terminate: signal(SignalKind::terminate()).expect("SIGTERM handler"),
             interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler"),
         }
+    }
+
+    /// Watches the listener's TLS files that `gateway`'s running config names (none on a
+    /// plain listener): a change to one reloads, so a certificate rotated in place (cert-manager,
+    /// SPIRE, certbot) is served from the next handshake on.
+    fn watch_tls_files(&mut self, gateway: &RunningGateway) {
+        let files: Vec<PathBuf> = {
+            let runtime = gateway.shared().runtime.load();
+            let config = &runtime.config.gateway;
+            [
+                &config.tls_cert,
+                &config.tls_key,
+                &config.client_ca,
+                &config.client_crl,
+            ]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+        };
+        if files == self.tls_files {
+            return;
+        }
+        self.tls_watcher = match files.is_empty() {
+            true => None,
+            false => watch_files(&files, self.sender.clone(), "TLS file change"),
+        };
+        self.tls_files = files;
     }
 }
 
 /// Serves reload triggers until SIGINT or SIGTERM.
 pub async fn run_until_stopped(gateway: &RunningGateway, path: &Path, mut triggers: Triggers) {
     loop {
+        triggers.watch_tls_files(gateway);
         let trigger = tokio::select! {
             _ = triggers.hangup.recv() => "SIGHUP",
             Some(trigger) = triggers.changes.recv() => {
@@ -181,31 +219,34 @@ fn reload(gateway: &RunningGateway, path: &Path, trigger: &str) {
     }
 }
 
-/// Watches the config file's directory (editors replace files), and, when the file is a
-/// symbolic link, the directory of the file it leads to (a Kubernetes ConfigMap swaps a link
-/// beside it, `..data`); signals when what the path leads to changed: another file, another
-/// size or another modification time.
-fn watch_file(
-    path: &Path,
+/// Watches each file's directory (editors replace files), and, when the file is a symbolic
+/// link, the directory of the file it leads to (a Kubernetes ConfigMap or Secret swaps a link
+/// beside it, `..data`); sends `trigger` when what a path leads to changed: another file,
+/// another size or another modification time.
+fn watch_files(
+    paths: &[PathBuf],
     sender: mpsc::Sender<&'static str>,
+    trigger: &'static str,
 ) -> Option<notify::RecommendedWatcher> {
-    let absolute = std::path::absolute(path).ok()?;
-    let mut directories = vec![absolute.parent()?.to_path_buf()];
-    let target = std::fs::canonicalize(&absolute).ok();
-    if let Some(target_directory) = target
-        .as_deref()
-        .and_then(|target| target.parent().map(Path::to_path_buf))
-    {
-        if !directories.contains(&target_directory) {
-            directories.push(target_directory);
+    let mut absolutes = Vec::new();
+    let mut directories: Vec<PathBuf> = Vec::new();
+    let mut names: Vec<std::ffi::OsString> = Vec::new();
+    for path in paths {
+        let absolute = std::path::absolute(path).ok()?;
+        let target = std::fs::canonicalize(&absolute).ok();
+        for file in [Some(absolute.clone()), target].into_iter().flatten() {
+            if let Some(directory) = file.parent().map(Path::to_path_buf) {
+                if !directories.contains(&directory) {
+                    directories.push(directory);
+                }
+            }
+            names.extend(file.file_name().map(ToOwned::to_owned));
         }
+        absolutes.push(absolute);
     }
-    let names: Vec<std::ffi::OsString> = [Some(absolute.clone()), target]
-        .into_iter()
-        .flatten()
-        .filter_map(|path| path.file_name().map(ToOwned::to_owned))
-        .collect();
-    let seen = std::sync::Mutex::new(file_fingerprint(&absolute));
+    let fingerprints =
+        |paths: &[PathBuf]| -> Vec<_> { paths.iter().map(|path| file_fingerprint(path)).collect() };
+    let seen = std::sync::Mutex::new(fingerprints(&absolutes));
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else {
             return;
@@ -225,21 +266,23 @@ fn watch_file(
             path.file_name()
                 .is_some_and(|name| names.iter().any(|n| n == name))
         });
-        let now = file_fingerprint(&absolute);
         let mut seen = seen.lock().expect("watch lock");
-        let changed = now.is_some() && now != *seen;
-        if now.is_some() {
-            *seen = now;
+        let mut changed = false;
+        for (now, seen) in fingerprints(&absolutes).into_iter().zip(seen.iter_mut()) {
+            if now.is_some() {
+                changed |= now != *seen;
+                *seen = now;
+            }
         }
         if (named && !matches!(event.kind, notify::EventKind::Remove(_))) || changed {
-            let _ = sender.try_send("file change");
+            let _ = sender.try_send(trigger);
         }
     })
-    .map_err(|error| tracing::warn!(%error, "cannot watch the config file; SIGHUP still reloads"))
+    .map_err(|error| tracing::warn!(%error, trigger, "cannot watch the file; SIGHUP still reloads"))
     .ok()?;
     for directory in &directories {
         if let Err(error) = watcher.watch(directory, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!(%error, directory = %directory.display(), "cannot watch the config directory; SIGHUP still reloads");
+            tracing::warn!(%error, directory = %directory.display(), trigger, "cannot watch the directory; SIGHUP still reloads");
             return None;
         }
     }
@@ -305,7 +348,7 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
         .expect("runtime");
     let places = config.places();
     let compiled = runtime.block_on(async {
-        postern_gateway::tls::listener_config(&config.gateway)?;
+        let listener_tls = postern_gateway::tls::listener_config(&config.gateway)?;
         Runtime::build(
             config,
             &BuildInputs {
@@ -315,6 +358,7 @@ pub fn check(path: &Path, json: bool, show_policies: bool) -> ExitCode {
                 token_sources: &TokenSourceCache::default(),
                 vault: None,
                 reuse: None,
+                listener_tls: listener_tls.map(std::sync::Arc::new),
             },
         )
     });

@@ -149,6 +149,15 @@ impl TestPki {
 
     /// A client certificate with a SPIFFE URI SAN, signed by this CA: (cert PEM, key PEM).
     pub fn client_cert(&self, spiffe_id: &str) -> (String, String) {
+        self.client_cert_with(spiffe_id, |_| {})
+    }
+
+    /// [`TestPki::client_cert`], its parameters (serial number, validity) set by `adjust`.
+    pub fn client_cert_with(
+        &self,
+        spiffe_id: &str,
+        adjust: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = vec![rcgen::SanType::URI(spiffe_id.try_into().unwrap())];
@@ -156,9 +165,34 @@ impl TestPki {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "test client");
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        adjust(&mut params);
         let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer).unwrap();
         (cert.pem(), key.serialize_pem())
+    }
+
+    /// A certificate revocation list of this CA (PEM), valid for an hour, naming the
+    /// certificates with `serials` as revoked.
+    pub fn revocation_list(&self, serials: &[u64]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: now + time::Duration::hours(1),
+            crl_number: rcgen::SerialNumber::from(now.unix_timestamp() as u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|&serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(serial),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        params.signed_by(&issuer).unwrap().pem().unwrap()
     }
 
     /// The `[gateway]` lines of a TLS listener with this PKI's server certificate that asks
@@ -181,6 +215,17 @@ impl TestPki {
     /// certificate for `spiffe_id`.
     pub fn mtls_client(&self, spiffe_id: &str, addr: std::net::SocketAddr) -> reqwest::Client {
         let (cert, key) = self.client_cert(spiffe_id);
+        self.mtls_client_presenting(&cert, &key, addr)
+    }
+
+    /// A client for an [`TestPki::mtls_listener`] at `addr` (as `localhost`) presenting `cert`
+    /// with its `key` (PEM).
+    pub fn mtls_client_presenting(
+        &self,
+        cert: &str,
+        key: &str,
+        addr: std::net::SocketAddr,
+    ) -> reqwest::Client {
         reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
             .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
