@@ -197,7 +197,10 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
         });
     }
     // Armed only now: until here, Ctrl-C stops the demo at once.
-    let triggers = crate::serve::Triggers::arm(&config_path);
+    let triggers = crate::serve::Triggers::arm(
+        &config_path,
+        &gateway.shared().runtime.load().config.gateway,
+    );
     println!("Try it (Ctrl-C to stop):");
     println!("  export TOKEN={token}");
     println!("  curl -s -X POST {base}/acme/v1/charges -H \"Authorization: Bearer $TOKEN\" -d amount=500");

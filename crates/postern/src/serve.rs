@@ -51,7 +51,7 @@ pub async fn serve(path: PathBuf) -> ExitCode {
     if let Some(warning) = postern_gateway::listener::raise_open_file_limit() {
         tracing::warn!("{warning}");
     }
-    let triggers = Triggers::arm(&path);
+    let triggers = Triggers::arm(&path, &config.gateway);
     // Kept to place a problem that starting finds in the config (a `ca_file` that is not PEM).
     let places = config.places();
     let gateway = match RunningGateway::start(config).await {
@@ -102,9 +102,10 @@ pub struct Triggers {
 }
 
 impl Triggers {
-    pub fn arm(path: &Path) -> Triggers {
+    /// Armed for the config file at `path` and the TLS files its `gateway` section names.
+    pub fn arm(path: &Path, gateway: &postern_config::GatewayConfig) -> Triggers {
         let (sender, changes) = mpsc::channel::<&'static str>(8);
-        Triggers {
+        let mut triggers = Triggers {
             changes,
             _watcher: watch_files(&[path.to_path_buf()], sender.clone(), "file change"),
             sender,
@@ -113,27 +114,25 @@ impl Triggers {
             hangup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
             terminate: signal(SignalKind::terminate()).expect("SIGTERM handler"),
             interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler"),
-        }
+        };
+        triggers.watch_tls_files(gateway);
+        triggers
     }
 
-    /// Watches the listener's TLS files that `gateway`'s running config names (none on a
-    /// plain listener): a change to one reloads, so a certificate rotated in place (cert-manager,
-    /// SPIRE, certbot) is served from the next handshake on.
-    fn watch_tls_files(&mut self, gateway: &RunningGateway) {
-        let files: Vec<PathBuf> = {
-            let runtime = gateway.shared().runtime.load();
-            let config = &runtime.config.gateway;
-            [
-                &config.tls_cert,
-                &config.tls_key,
-                &config.client_ca,
-                &config.client_crl,
-            ]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect()
-        };
+    /// Watches the listener's TLS files that `gateway` names (none on a plain listener): a
+    /// change to one reloads, so a certificate rotated in place (cert-manager, SPIRE, certbot)
+    /// is served from the next handshake on. Armed again when a reload names other files.
+    fn watch_tls_files(&mut self, gateway: &postern_config::GatewayConfig) {
+        let files: Vec<PathBuf> = [
+            &gateway.tls_cert,
+            &gateway.tls_key,
+            &gateway.client_ca,
+            &gateway.client_crl,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
         if files == self.tls_files {
             return;
         }
@@ -148,7 +147,7 @@ impl Triggers {
 /// Serves reload triggers until SIGINT or SIGTERM.
 pub async fn run_until_stopped(gateway: &RunningGateway, path: &Path, mut triggers: Triggers) {
     loop {
-        triggers.watch_tls_files(gateway);
+        triggers.watch_tls_files(&gateway.shared().runtime.load().config.gateway);
         let trigger = tokio::select! {
             _ = triggers.hangup.recv() => "SIGHUP",
             Some(trigger) = triggers.changes.recv() => {

@@ -681,6 +681,115 @@ fn serve_reloads_a_config_whose_link_is_swapped() {
     assert_eq!(terminate(&mut server), Some(0));
 }
 
+/// A CA and a certificate it signed for `localhost` and 127.0.0.1: a listener's identity.
+struct ListenerIdentity {
+    ca: rustls::pki_types::CertificateDer<'static>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl ListenerIdentity {
+    fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        ListenerIdentity {
+            ca: ca.der().clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// Whether a TLS handshake with the listener on `port`, trusting only this CA, succeeds.
+    fn served_on(&self, port: u16) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        while client.is_handshaking() {
+            if client.complete_io(&mut tcp).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A listener certificate rotated in place (as cert-manager, SPIRE or certbot do) is served
+/// from the next handshake on, without a signal: `serve` watches the TLS files the config
+/// names, and reloads when one changes.
+#[test]
+fn serve_serves_a_listener_certificate_rotated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = two_free_ports();
+    let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("gw-key.pem"));
+    let write = |identity: &ListenerIdentity| {
+        std::fs::write(&key, &identity.key_pem).unwrap();
+        std::fs::write(&cert, &identity.cert_pem).unwrap();
+    };
+    let first = ListenerIdentity::new();
+    write(&first);
+    let config = dir.path().join("postern.toml");
+    let tls = format!(
+        "[gateway]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let text = served_config(dir.path(), listen, admin, r#""a""#).replacen("[gateway]\n", &tls, 1);
+    std::fs::write(&config, text).unwrap();
+    let mut server = serve(&[], &config, Stdio::piped());
+    let stderr = server.0.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let log_writer = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log_writer.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    eventually("the first certificate is served", || {
+        first.served_on(listen)
+    });
+    let second = ListenerIdentity::new();
+    write(&second);
+    let rotated = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        second.served_on(listen)
+    });
+    assert!(
+        rotated,
+        "the rotated certificate is not served: {}",
+        log.lock().unwrap()
+    );
+    assert!(
+        !first.served_on(listen),
+        "the old certificate is still served"
+    );
+    assert_eq!(terminate(&mut server), Some(0));
+    let log = log.lock().unwrap();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("configuration reloaded") && line.contains("TLS file change")),
+        "{log}"
+    );
+}
+
 /// With `--log-format json`, everything `serve` writes on stderr is a JSON line (no banner).
 #[test]
 fn json_logs_are_json_lines_only() {
