@@ -2215,3 +2215,89 @@ async fn a_refused_connect_closes_the_connection() {
     assert!(vendor.seen().is_empty());
     gw.stop().await;
 }
+
+/// An opaque tunnel opened by a caller its client certificate identified ends when that
+/// certificate expires: its bytes are never seen, so no request on it could be refused, and
+/// Postern closes it at the certificate's `notAfter` instead.
+#[tokio::test]
+async fn a_tunnel_opened_with_a_client_certificate_closes_when_it_expires() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let plain = TestVendor::plain(TestVendor::ok_handler()).await;
+    let pki = TestPki::new();
+    let staging = tempfile::tempdir().unwrap();
+    let body = format!(
+        r#"
+[[callers]]
+name = "billing"
+spiffe_id = "spiffe://example.org/billing"
+
+[proxy]
+mode = "open"
+allowed_ports = [{port}]
+allow_private_networks = ["127.0.0.1/32"]
+"#,
+        port = plain.addr.port()
+    );
+    let gw = TestGateway::start_with_gateway(&body, None, &pki.mtls_listener(staging.path())).await;
+    let lifetime = Duration::from_secs(4);
+    let (cert, key) = pki.client_cert_with("spiffe://example.org/billing", |params| {
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + lifetime;
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut pki.ca_pem.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        rustls_pemfile::certs(&mut cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap(),
+        rustls_pemfile::private_key(&mut key.as_bytes())
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tunnel = connector.connect(name, tcp).await.unwrap();
+    let target = format!("127.0.0.1:{}", plain.addr.port());
+    tunnel
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tunnel.read(&mut byte).await.unwrap(), 1, "closed: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut byte = [0u8; 1];
+    // Open while the certificate is valid...
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), tunnel.read(&mut byte))
+            .await
+            .is_err(),
+        "the tunnel closed while its certificate was valid"
+    );
+    // ...and closed once it has expired.
+    let closed = tokio::time::timeout(lifetime + Duration::from_secs(5), tunnel.read(&mut byte))
+        .await
+        .expect("the tunnel outlived its caller's certificate");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let events = gw.wait_events(1).await;
+    assert_eq!(events[0]["caller"], "billing");
+    assert_eq!(events[0]["reason"], "tunnel_revoked");
+    gw.stop().await;
+}
