@@ -487,6 +487,9 @@ impl RunningGateway {
         for note in runtime.policy.notes() {
             tracing::warn!(%note, "custom policies");
         }
+        for note in listener_tls.iter().flat_map(|tls| &tls.crl_notes) {
+            tracing::warn!(%note, "client_crl");
+        }
         let (events, event_task) = EventSink::start(EventFileOptions {
             path: data_dir.join(EVENTS_FILE),
             max_file_bytes: config.gateway.events_max_file_bytes,

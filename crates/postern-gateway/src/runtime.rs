@@ -578,6 +578,10 @@ impl Runtime {
             let key = KeyProblem::gateway("policies", &message, "");
             placed.push((message, key));
         }
+        for message in self.listener_tls.iter().flat_map(|tls| &tls.crl_notes) {
+            let key = KeyProblem::gateway("client_crl", message, "");
+            placed.push((message.clone(), key));
+        }
         placed
     }
 

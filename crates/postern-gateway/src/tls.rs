@@ -65,6 +65,8 @@ pub struct ListenerTls {
     pub server: Arc<rustls::ServerConfig>,
     /// `None` without `client_ca`: no client certificate identifies anyone.
     pub clients: Option<ClientTrust>,
+    /// What is worth a warning about `client_crl` (a list past its `nextUpdate`).
+    pub crl_notes: Vec<String>,
 }
 
 /// What client certificates are verified against: `client_ca`, with `client_crl`.
@@ -96,8 +98,14 @@ pub fn listener_config(
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
+    let mut crl_notes = Vec::new();
     let clients = match &gateway.client_ca {
-        Some(ca) => Some(client_trust(ca, gateway.client_crl.as_deref(), provider)?),
+        Some(ca) => Some(client_trust(
+            ca,
+            gateway.client_crl.as_deref(),
+            provider,
+            &mut crl_notes,
+        )?),
         None => None,
     };
     let builder = match &clients {
@@ -121,6 +129,7 @@ pub fn listener_config(
     Ok(Some(ListenerTls {
         server: Arc::new(config),
         clients,
+        crl_notes,
     }))
 }
 
@@ -138,11 +147,12 @@ fn at_key(key: &'static str, fix: &'static str) -> impl Fn(anyhow::Error) -> any
 /// The verifier of `client_ca`'s certificates, checking `client_crl`'s lists when set: every
 /// certificate of a presented chain must then be covered by its issuer's list (fail closed: a
 /// certificate whose issuer has no list in the file is refused). A list past its `nextUpdate`
-/// still revokes what it names, and is warned of.
+/// still revokes what it names, and is said in `notes`.
 fn client_trust(
     ca: &Path,
     crl: Option<&Path>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    notes: &mut Vec<String>,
 ) -> anyhow::Result<ClientTrust> {
     use sha2::Digest as _;
     let ca_problem = at_key("client_ca", "point `client_ca` at PEM CA certificates");
@@ -166,7 +176,7 @@ fn client_trust(
             "point `client_crl` at the PEM (or DER) revocation lists of the `client_ca` CAs",
         );
         let text = read_file(crl).map_err(&crl_problem)?;
-        let lists = revocation_lists(crl, &text).map_err(&crl_problem)?;
+        let lists = revocation_lists(crl, &text, notes).map_err(&crl_problem)?;
         digest.update(&text);
         builder = builder.with_crls(lists);
     }
@@ -185,10 +195,11 @@ fn client_trust(
 
 /// The certificate revocation lists in `text` (read from `path`, named in the errors): PEM
 /// `X509 CRL` blocks, or one DER list; at least one. Each must parse; one past its
-/// `nextUpdate` is warned of.
+/// `nextUpdate` is said in `notes`.
 fn revocation_lists(
     path: &Path,
     text: &[u8],
+    notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
     let mut lists: Vec<CertificateRevocationListDer<'static>> =
         rustls_pemfile::crls(&mut &text[..])
@@ -206,15 +217,18 @@ fn revocation_lists(
     let now = x509_parser::time::ASN1Time::now();
     for (index, list) in lists.iter().enumerate() {
         let (_, parsed) = x509_parser::parse_x509_crl(list.as_ref())
-            .map_err(|error| anyhow::anyhow!("{error}"))
+            .map_err(|error| anyhow::anyhow!("not an X.509 certificate revocation list ({error})"))
             .with_context(|| format!("revocation list {} in {}", index + 1, path.display()))?;
-        if parsed.next_update().is_some_and(|next| next < now) {
-            tracing::warn!(
-                file = %path.display(),
-                issuer = %parsed.issuer(),
-                next_update = %parsed.next_update().map(|next| next.to_string()).unwrap_or_default(),
-                "a client revocation list is past its nextUpdate: it still revokes what it names; fetch a current one"
-            );
+        if let Some(next) = parsed.next_update().filter(|next| *next < now) {
+            let next = next
+                .to_datetime()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| next.to_string());
+            notes.push(format!(
+                "the revocation list of {} in {} was due to be replaced at {next} (its nextUpdate): it still revokes what it names; publish a current one",
+                parsed.issuer(),
+                path.display()
+            ));
         }
     }
     Ok(lists)

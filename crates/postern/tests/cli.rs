@@ -790,6 +790,56 @@ fn serve_serves_a_listener_certificate_rotated_in_place() {
     );
 }
 
+/// A client revocation list past its `nextUpdate` is a warning at `client_crl` (it still
+/// revokes what it names: refusing it would let every revoked certificate in); exit 0.
+#[test]
+fn check_warns_of_a_client_revocation_list_past_its_next_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = two_free_ports();
+    let identity = ListenerIdentity::new();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2020, 1, 1),
+        next_update: rcgen::date_time_ymd(2020, 2, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&rcgen::Issuer::from_params(&ca_params, &ca_key))
+    .unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let tls = format!(
+        "[gateway]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\nclient_crl = \"{}\"\n",
+        write("gw.pem", &identity.cert_pem),
+        write("gw-key.pem", &identity.key_pem),
+        write("ca.pem", &ca.pem()),
+        write("stale.crl", &crl.pem().unwrap()),
+    );
+    let text = served_config(dir.path(), listen, admin, r#""a""#).replacen("[gateway]\n", &tls, 1);
+    let path = dir.path().join("postern.toml");
+    std::fs::write(&path, text).unwrap();
+    let (code, stdout, stderr) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("postern.toml:5:14: warning: the revocation list of")
+            && stdout.contains("2020-02-01")
+            && stdout.contains("publish a current one"),
+        "{stdout}"
+    );
+}
+
 /// With `--log-format json`, everything `serve` writes on stderr is a JSON line (no banner).
 #[test]
 fn json_logs_are_json_lines_only() {
