@@ -253,6 +253,9 @@ pub struct GatewayConfig {
     /// Data-plane worker threads, each with its own event loop, listening socket
     /// (`SO_REUSEPORT`) and upstream connection pools. `0` (the default): one per CPU.
     pub workers: usize,
+    /// Connections one client address (an IPv6 client's /64) may hold on `listen` at once;
+    /// `0` (the default): no cap beyond the listener's own.
+    pub max_connections_per_source: usize,
     /// Credentials whose current value is older than this are flagged (`creds list`, `/metrics`).
     pub credential_max_age_days: u64,
     /// Origin line of the audit log's checkpoints (C2SP tlog-checkpoint), e.g.

@@ -83,6 +83,8 @@ pub(crate) struct RawGateway {
     #[serde(default)]
     pub workers: Option<Spanned<usize>>,
     #[serde(default)]
+    pub max_connections_per_source: Option<usize>,
+    #[serde(default)]
     pub credential_max_age_days: Option<Spanned<u64>>,
     #[serde(default)]
     pub audit_origin: Option<Spanned<String>>,

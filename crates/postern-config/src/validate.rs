@@ -415,6 +415,7 @@ impl Validator<'_> {
                 "`audit_timeout_ms` must be at least 1",
                 "use e.g. 2000: how long a call waits for its audit entry to be durable",
             ),
+            max_connections_per_source: raw.max_connections_per_source.unwrap_or(0),
             credential_max_age_days: self.at_least_or(
                 &raw.credential_max_age_days,
                 1,

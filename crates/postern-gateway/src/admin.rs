@@ -103,6 +103,7 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
                 );
                 metrics.set_calls_open(shared.open_calls.snapshot());
                 metrics.set_workers(&shared.worker_load);
+                metrics.set_refused_per_source(shared.per_source.refused());
                 metrics.set_audit_dropped(
                     shared
                         .audit

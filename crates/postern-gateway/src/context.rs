@@ -91,17 +91,20 @@ impl ConnectionInfo {
         &self.in_flight
     }
 
-    /// The same facts, holding the listener's connection `slot` and the worker's count of it
-    /// (`live`, on a data-plane worker) until the last holder ends.
+    /// The same facts, holding the listener's connection `slot`, the worker's count of it
+    /// (`live`, on a data-plane worker) and its place under its source's cap (`source`) until
+    /// the last holder ends.
     pub fn holding(
         self,
         slot: tokio::sync::OwnedSemaphorePermit,
         live: Option<crate::workers::Live>,
+        source: Option<crate::sources::SourceHold>,
     ) -> Self {
         ConnectionInfo {
             held: Some(Arc::new(Held {
                 _slot: slot,
                 _live: live,
+                _source: source,
             })),
             ..self
         }
@@ -165,6 +168,7 @@ impl ConnectionInfo {
 struct Held {
     _slot: tokio::sync::OwnedSemaphorePermit,
     _live: Option<crate::workers::Live>,
+    _source: Option<crate::sources::SourceHold>,
 }
 
 /// The forward-proxy facts a tunnel's requests inherit.

@@ -83,6 +83,7 @@ pub mod proxy;
 pub mod record;
 pub mod runtime;
 pub mod scan;
+pub mod sources;
 pub mod tls;
 pub(crate) mod tokens;
 pub mod upstream;
@@ -167,6 +168,9 @@ pub struct Shared {
     /// The data-plane listener's connection slots ([`listener::MAX_CONNECTIONS`]), held by each
     /// caller connection and by each tunnel opened on one.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// The connections each client address holds on the data-plane listener, under
+    /// `[gateway] max_connections_per_source`.
+    pub per_source: Arc<sources::SourceLimit>,
     /// The connections each data-plane worker serves (`/metrics`).
     pub worker_load: workers::Load,
     /// Places for the public `/log/` tile reads ([`admin::LOG_READERS`]).
@@ -549,6 +553,7 @@ impl RunningGateway {
             tunnels_by_caller: forward_proxy::TunnelsByCaller::default(),
             open_calls: concurrency::OpenCalls::default(),
             connection_slots: listener::connection_slots(),
+            per_source: sources::SourceLimit::new(config.gateway.max_connections_per_source),
             worker_load: gateway_sockets.load(),
             log_reads: Arc::new(tokio::sync::Semaphore::new(admin::LOG_READERS)),
             anonymous_audit: governor::RateLimiter::direct(
@@ -591,6 +596,7 @@ impl RunningGateway {
             graceful: gateway_graceful.clone(),
             shutdown: shutdown_rx.clone(),
             slots: shared.connection_slots.clone(),
+            per_source: Some(shared.per_source.clone()),
             max_header_bytes: config.gateway.max_header_bytes,
             idle: Duration::from_millis(config.gateway.idle_timeout_ms),
             excuse_waits: true,
@@ -618,6 +624,7 @@ impl RunningGateway {
                 // Its own few slots and a short idle limit: connections that never authenticate
                 // cannot keep health probes and operators out for long.
                 slots: Arc::new(tokio::sync::Semaphore::new(listener::ADMIN_MAX_CONNECTIONS)),
+                per_source: None,
                 max_header_bytes: config.gateway.max_header_bytes,
                 idle: Duration::from_millis(config.gateway.idle_timeout_ms)
                     .min(listener::ADMIN_IDLE),
@@ -707,6 +714,7 @@ impl RunningGateway {
             ca.check_names(&self.data_dir, &config.proxy.intercept_ca_names)?;
         }
         let max_age_days = config.gateway.credential_max_age_days;
+        let per_source = config.gateway.max_connections_per_source;
         // The listener's files read again (a rotated certificate, another `client_ca` or
         // `client_crl`): new connections handshake with them, and connections already open
         // have their client certificates asked again under the new trust at their next request.
@@ -719,6 +727,7 @@ impl RunningGateway {
         self.shared
             .credential_max_age_days
             .store(max_age_days, Ordering::Relaxed);
+        self.shared.per_source.set(per_source);
         Ok(notes)
     }
 
@@ -866,6 +875,7 @@ fn keep_start_values(
             audit_checkpoint_interval_ms,
         ],
         reloadable: [
+            max_connections_per_source,
             tls_cert,
             tls_key,
             client_ca,

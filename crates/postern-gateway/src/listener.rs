@@ -173,6 +173,8 @@ pub struct Accept {
     pub graceful: Arc<GracefulShutdown>,
     pub shutdown: watch::Receiver<bool>,
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// `[gateway] max_connections_per_source` (`None`: no such cap, as on the admin listener).
+    pub per_source: Option<Arc<crate::sources::SourceLimit>>,
     /// `[gateway] max_header_bytes`: heads larger than this are hyper's to refuse.
     pub max_header_bytes: usize,
     /// `[gateway] idle_timeout_ms`: a connection with no byte either way for this long (and,
@@ -183,6 +185,29 @@ pub struct Accept {
     pub excuse_waits: bool,
     /// Told of each request head hyper refuses (`None`: not recorded, as on the admin listener).
     pub on_malformed: Option<OnMalformed>,
+}
+
+/// New connections closed at a limit, warned of at most once a second with their count: a
+/// flood of connections would otherwise be a flood of log lines too.
+#[derive(Default)]
+struct Refusals {
+    since_warned: u64,
+    warned_at: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    /// Counts one; the count to warn of, when a warning is due.
+    fn count(&mut self) -> Option<u64> {
+        self.since_warned += 1;
+        if self
+            .warned_at
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.warned_at = Some(std::time::Instant::now());
+        Some(std::mem::take(&mut self.since_warned))
+    }
 }
 
 /// Accepts until `shutdown` turns true. Each connection runs in its own task, registered with
@@ -198,6 +223,7 @@ where
         graceful,
         mut shutdown,
         slots,
+        per_source,
         max_header_bytes,
         idle,
         excuse_waits,
@@ -214,7 +240,9 @@ where
     let (local_stop, local_shutdown) = watch::channel(*shutdown.borrow());
     let mut stopping = false;
     // New connections closed at the connection limit since the last warning, and when that was.
-    let (mut refused, mut last_warned) = (0u64, None::<std::time::Instant>);
+    let mut at_limit = Refusals::default();
+    // And those closed because their source held `max_connections_per_source`.
+    let mut at_source_cap = Refusals::default();
     loop {
         let accepted = match stopping {
             // Connections another worker handed over before this one stopped accepting were
@@ -244,15 +272,20 @@ where
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // At most one warning a second, counting the connections closed since the last:
-            // a flood of connections would otherwise be a flood of log lines too.
-            refused += 1;
-            if last_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                tracing::warn!(%peer, limit = MAX_CONNECTIONS, closed = refused, "too many connections; closing new ones");
-                last_warned = Some(std::time::Instant::now());
-                refused = 0;
+            if let Some(closed) = at_limit.count() {
+                tracing::warn!(%peer, limit = MAX_CONNECTIONS, closed, "too many connections; closing new ones");
             }
             continue;
+        };
+        let source = match per_source.as_ref().map(|sources| sources.admit(peer.ip())) {
+            None | Some(Ok(None)) => None,
+            Some(Ok(Some(hold))) => Some(hold),
+            Some(Err(crate::sources::AtCap)) => {
+                if let Some(closed) = at_source_cap.count() {
+                    tracing::warn!(%peer, closed, "a client address holds [gateway] max_connections_per_source connections; closing its new ones");
+                }
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         // The connection's calls (hyper's or Postern's own HTTP/1.1 server's, counted through
@@ -287,8 +320,8 @@ where
         match tls {
             None => {
                 tokio::spawn(async move {
-                    let info =
-                        ConnectionInfo::new(peer, None, false, in_flight).holding(slot, live);
+                    let info = ConnectionInfo::new(peer, None, false, in_flight)
+                        .holding(slot, live, source);
                     let info = Arc::new(info);
                     connection.serve_h1_first(stream, info, handler).await;
                 });
@@ -318,7 +351,7 @@ where
                     drop(current);
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let info = ConnectionInfo::new(peer, certificate, true, in_flight);
-                    let info = Arc::new(info.holding(slot, live));
+                    let info = Arc::new(info.holding(slot, live, source));
                     match h2 {
                         true => {
                             let Connection {

@@ -112,6 +112,7 @@ pub struct Metrics {
     connections_open: Gauge,
     worker_connections: Family<WorkerLabel, Gauge>,
     connections_handed_over: Counter,
+    connections_refused_per_source: Counter,
     tunnels_open: Gauge,
     websocket_sessions_open: Gauge,
     calls_open: Family<IntegrationLabel, Gauge>,
@@ -208,6 +209,12 @@ impl Metrics {
             "Connections a worker accepted and handed to a worker serving fewer",
             connections_handed_over.clone(),
         );
+        let connections_refused_per_source = Counter::default();
+        registry.register(
+            "connections_refused_per_source",
+            "New connections closed because their client address held [gateway] max_connections_per_source",
+            connections_refused_per_source.clone(),
+        );
         let tunnels_open = Gauge::default();
         registry.register(
             "tunnels_open",
@@ -252,6 +259,7 @@ impl Metrics {
             connections_open,
             worker_connections,
             connections_handed_over,
+            connections_refused_per_source,
             tunnels_open,
             websocket_sessions_open,
             calls_open,
@@ -402,6 +410,11 @@ impl Metrics {
                 counter.inc_by(count - counted);
             }
         }
+    }
+
+    /// The connections refused at `max_connections_per_source` so far.
+    pub fn set_refused_per_source(&self, refused: u64) {
+        self.mirror(&[(&self.connections_refused_per_source, refused)]);
     }
 
     /// The audit entries dropped so far ([`crate::audit::Audit::dropped`]).

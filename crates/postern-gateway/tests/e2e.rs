@@ -2361,6 +2361,60 @@ async fn calls_waiting_on_a_failed_h2_dial_dial_for_themselves() {
     gw.stop().await;
 }
 
+/// `[gateway] max_connections_per_source`: a client address holds at most that many
+/// connections; one more is closed at once (and counted in `/metrics`), and a place comes back
+/// when one of its connections closes. A reload changes the cap (`0`: none).
+#[tokio::test]
+async fn a_client_address_holds_at_most_max_connections_per_source() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway_tuned(&vendor, "", "max_connections_per_source = 2").await;
+    let url = format!("{}/stripe/v1/charges/ch_1", gw.base);
+    // Each client its own pool: one connection, kept open between its calls.
+    let call = |client: &reqwest::Client| {
+        let request = client.get(&url).bearer_auth(&gw.token).send();
+        async move { request.await.map(|answer| answer.status().as_u16()) }
+    };
+    let (first, second, third) = (client(), client(), client());
+    assert_eq!(call(&first).await.unwrap(), 200);
+    assert_eq!(call(&second).await.unwrap(), 200);
+    assert!(call(&third).await.is_err(), "a third connection was served");
+    assert!(
+        gw.metrics()
+            .await
+            .contains("postern_connections_refused_per_source_total 1"),
+        "{}",
+        gw.metrics().await
+    );
+    drop(first);
+    let mut served = false;
+    for _ in 0..50 {
+        if call(&client()).await.is_ok_and(|status| status == 200) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "the closed connection's place did not come back");
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let uncapped = text.replace(
+        "max_connections_per_source = 2",
+        "max_connections_per_source = 0",
+    );
+    assert_ne!(text, uncapped);
+    std::fs::write(&gw.config_path, uncapped).unwrap();
+    let notes = gw
+        .running()
+        .reload(postern_config::load(&gw.config_path).unwrap())
+        .unwrap();
+    assert!(notes.is_empty(), "{notes:?}");
+    let more: Vec<reqwest::Client> = (0..3).map(|_| client()).collect();
+    for client in &more {
+        assert_eq!(call(client).await.unwrap(), 200);
+    }
+    assert_eq!(call(&second).await.unwrap(), 200);
+    gw.stop().await;
+}
+
 /// A caller `billing` known by its SPIFFE ID (no token), granted `get_charge` on `stripe`.
 const SPIFFE_BILLING: &str = r#"
 [[callers]]
