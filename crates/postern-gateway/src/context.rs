@@ -57,6 +57,8 @@ pub struct ConnectionInfo {
     /// Told when the connection is to close once the answers in hand are out
     /// ([`ConnectionInfo::close`]).
     closing: tokio::sync::Notify,
+    /// Whether it has been told so (an HTTP/1.1 refusal then carries `connection: close`).
+    told_to_close: std::sync::atomic::AtomicBool,
 }
 
 impl ConnectionInfo {
@@ -83,6 +85,7 @@ impl ConnectionInfo {
             in_flight,
             identified: std::sync::atomic::AtomicBool::new(false),
             closing: tokio::sync::Notify::new(),
+            told_to_close: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -124,6 +127,7 @@ impl ConnectionInfo {
             in_flight,
             identified: std::sync::atomic::AtomicBool::new(true),
             closing: tokio::sync::Notify::new(),
+            told_to_close: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -136,25 +140,33 @@ impl ConnectionInfo {
         }
     }
 
-    /// After a refusal of a request that identified no caller: whether this connection has
-    /// identified none yet, in which case it is told to close once that answer is out
-    /// (hyper-served connections: [`Self::closing`]; Postern's own HTTP/1.1 server reads the
-    /// answer's `Connection: close`): [`crate::proxy::close_if_unidentified`].
-    pub fn close_unidentified(&self) -> bool {
-        if self.identified.load(std::sync::atomic::Ordering::Relaxed) {
-            return false;
+    /// After a refusal of a request that identified no caller: when this connection has
+    /// identified none yet, it is told to close once that answer is out
+    /// ([`crate::proxy::close_after_refusal`]).
+    pub fn close_unidentified(&self) {
+        if !self.identified.load(std::sync::atomic::Ordering::Relaxed) {
+            self.close();
         }
-        self.close();
-        true
     }
 
     /// Tells the connection (or intercepted tunnel) to close once the answers in hand are out
     /// (HTTP/1.1 after the answer, h2 with a GOAWAY): a caller that never identified itself
     /// ([`Self::close_unidentified`]), or a tunnel a reload no longer allows (`403
-    /// host_changed`, a `401` for a revoked caller, a `404` for a removed integration), so a
-    /// client does not go on meeting the refusal on a kept connection.
+    /// host_changed`, a `401` for a revoked caller, a `404` for a removed integration), or a
+    /// connection whose client certificate identifies no one any more, so a client does not go
+    /// on meeting the refusal on a kept connection. Hyper-served connections listen to
+    /// [`Self::closing`]; Postern's own HTTP/1.1 server closes by the refusal's
+    /// `connection: close` ([`crate::proxy::close_after_refusal`]).
     pub fn close(&self) {
+        self.told_to_close
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.closing.notify_one();
+    }
+
+    /// Whether the connection has been told to close ([`Self::close`]).
+    pub fn told_to_close(&self) -> bool {
+        self.told_to_close
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Ends once the connection has been told to close ([`Self::close`]).

@@ -654,7 +654,7 @@ pub async fn handle_absolute(
                 call.context.target_hmac = shared.audit.target_hmac(&uri.to_string());
             }
             let mut response = crate::proxy::refuse(&shared, &call.context, &call.progress, &error);
-            crate::proxy::close_if_unidentified(&connection, &call.context, &mut response);
+            crate::proxy::close_after_refusal(&connection, &call.context, &mut response);
             response
         }
     }

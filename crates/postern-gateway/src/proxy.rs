@@ -187,7 +187,7 @@ pub fn handle_call(
             Ok(response) => response,
             Err(error) => {
                 let mut response = refuse(&shared, &call.context, &call.progress, &error);
-                close_if_unidentified(&connection, &call.context, &mut response);
+                close_after_refusal(&connection, &call.context, &mut response);
                 response
             }
         }
@@ -195,22 +195,23 @@ pub fn handle_call(
 }
 
 /// A refusal before any request on its connection identified a caller (`401`, `407`, a `400`
-/// for a malformed path or a token in the method) closes the connection once it is answered:
-/// HTTP/1.x by the answer's `connection: close` (which Postern's own server closes by, lingering,
-/// and hyper's), h2 by a GOAWAY ([`ConnectionInfo::close_unidentified`]). A peer without a
-/// caller token then cannot hold one of the listener's connection places by sending a request
-/// every idle period: each refusal costs it a connection. A connection that has identified a
-/// caller keeps going after a refusal (a token revoked or mistyped in one of its requests).
-pub(crate) fn close_if_unidentified(
+/// for a malformed path or a token in the method) closes the connection once it is answered
+/// ([`ConnectionInfo::close_unidentified`]), as does one on a connection told to close otherwise
+/// (a lapsed client certificate, a tunnel a reload no longer allows): HTTP/1.x by the answer's
+/// `connection: close` (which Postern's own server closes by, lingering, and hyper's), h2 by a
+/// GOAWAY ([`ConnectionInfo::closing`]). A peer without a caller token then cannot hold one of
+/// the listener's connection places by sending a request every idle period: each refusal costs
+/// it a connection. A connection that has identified a caller keeps going after a refusal (a
+/// token revoked or mistyped in one of its requests).
+pub(crate) fn close_after_refusal(
     connection: &ConnectionInfo,
     context: &CallContext,
     response: &mut Response<GatewayBody>,
 ) {
-    if context.caller.is_none()
-        && connection.tunnel.is_none()
-        && connection.close_unidentified()
-        && context.protocol != "HTTP/2"
-    {
+    if context.caller.is_none() && connection.tunnel.is_none() {
+        connection.close_unidentified();
+    }
+    if connection.told_to_close() && context.protocol != "HTTP/2" {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -2239,7 +2239,8 @@ allow_private_networks = ["127.0.0.1/32"]
         port = plain.addr.port()
     );
     let gw = TestGateway::start_with_gateway(&body, None, &pki.mtls_listener(staging.path())).await;
-    let lifetime = Duration::from_secs(4);
+    // Long enough to open the tunnel on a loaded machine, short for a test.
+    let lifetime = Duration::from_secs(6);
     let (cert, key) = pki.client_cert_with("spiffe://example.org/billing", |params| {
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(1);

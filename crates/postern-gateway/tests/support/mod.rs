@@ -226,12 +226,20 @@ impl TestPki {
         key: &str,
         addr: std::net::SocketAddr,
     ) -> reqwest::Client {
+        self.mtls_client_builder(cert, key, addr).build().unwrap()
+    }
+
+    /// [`TestPki::mtls_client_presenting`], to be built further (`.http1_only()`, say).
+    pub fn mtls_client_builder(
+        &self,
+        cert: &str,
+        key: &str,
+        addr: std::net::SocketAddr,
+    ) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
             .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
             .resolve("localhost", addr)
-            .build()
-            .unwrap()
     }
 }
 
