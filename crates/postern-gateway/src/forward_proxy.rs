@@ -36,7 +36,7 @@ use crate::error::CallError;
 use crate::events::Decision;
 use crate::proxy::{Progress, Unanswered};
 use crate::record::PendingRecord;
-use crate::runtime::{IntegrationRuntime, Runtime};
+use crate::runtime::{ByCertificate, IntegrationRuntime, Runtime};
 use crate::upstream::dial;
 use crate::Shared;
 use postern_discover::{Observation, ObservationSource, Scheme};
@@ -376,8 +376,8 @@ fn checked_again(
     }
 }
 
-/// Returns the refusal once `grant`'s tunnel, decided again (a runtime swapped in, a new hour),
-/// is no longer allowed; pending while it is. `decisions` was subscribed to after the runtime
+/// Returns the refusal once `grant`'s tunnel, decided again (a runtime swapped in, a new hour,
+/// the expiry of the client certificate that identified its caller), is no longer allowed; pending while it is. `decisions` was subscribed to after the runtime
 /// that opened the tunnel was loaded, so it is first decided at once, as of now: a swap in
 /// between is looked at too.
 async fn revoked(
@@ -396,7 +396,12 @@ async fn revoked(
             Ok(()) => context.policy_id = opened_under,
             Err(refusal) => return refusal,
         }
-        let expires = grant.certificate.as_ref().map(|cert| cert.not_after());
+        // A tunnel its caller's certificate opened is decided again when that expires.
+        let expires = grant
+            .certificate
+            .as_ref()
+            .filter(|_| grant.caller.auth == AuthMethod::Mtls)
+            .map(|cert| cert.not_after());
         match crate::next_decision(decisions, expires).await {
             Some(next) => at = next,
             None => return std::future::pending().await,
@@ -404,12 +409,13 @@ async fn revoked(
     }
 }
 
-/// The reason an opaque tunnel's record gives when a configuration or vault change, or a new
-/// hour, closed it.
+/// The reason an opaque tunnel's record gives when a configuration or vault change, a new
+/// hour, or its caller's certificate expiring closed it.
 const TUNNEL_REVOKED: &str = "tunnel_revoked";
 
 /// Answers 200 and splices the client and the upstream until either closes, the tunnel idles
-/// out, a configuration or vault change no longer allows it, or the gateway shuts down; then
+/// out, a configuration or vault change (or a new hour, or its caller's certificate expiring)
+/// no longer allows it, or the gateway shuts down; then
 /// records the event (bytes each way, duration).
 #[allow(clippy::too_many_arguments)]
 fn open_tunnel(
@@ -1008,9 +1014,9 @@ fn proxy_caller(
         .get(header::PROXY_AUTHORIZATION)
         .and_then(|value| crate::proxy::token_from_authorization(value.as_bytes()))
         .map(Zeroizing::new);
-    let certificate = connection.certificate.as_deref();
-    let certified = runtime.certified(certificate, context.wall_start);
-    if let Some(name) = certified.and_then(|spiffe_id| runtime.caller_by_spiffe(spiffe_id)) {
+    let by_certificate =
+        runtime.caller_by_certificate(connection.certificate.as_deref(), context.wall_start);
+    if let ByCertificate::Caller(name) = by_certificate {
         connection.identified();
         context.caller = Some(name.clone());
         context.auth = Some(AuthMethod::Mtls);
@@ -1025,7 +1031,7 @@ fn proxy_caller(
         });
     }
     let Some(token) = token else {
-        if certificate.is_some() && certified.is_none() {
+        if let ByCertificate::Lapsed = by_certificate {
             // As in path mode: the client reconnects with its current certificate.
             connection.close();
             return Err(CallError::new(

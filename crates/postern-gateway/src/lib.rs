@@ -178,8 +178,10 @@ pub struct Shared {
     /// The audit log's rate for refusals of calls with no caller ([`ANONYMOUS_AUDIT_PER_SECOND`]).
     pub anonymous_audit: governor::DefaultDirectRateLimiter,
     shutdown_signal: watch::Receiver<bool>,
-    /// The time as of which open opaque tunnels are decided again: set at each runtime swap
-    /// (reload, vault change) and at each hour of UTC (Cedar rules read the hour and weekday).
+    /// The time as of which open opaque tunnels and WebSocket sessions are decided again: set
+    /// at each runtime swap (reload, vault change) and at each hour of UTC (Cedar rules read the
+    /// hour and weekday); each also wakes at its caller's certificate's expiry
+    /// ([`next_decision`]).
     tunnel_decisions: watch::Sender<SystemTime>,
 }
 
@@ -189,8 +191,8 @@ impl Shared {
         self.shutdown_signal.clone()
     }
 
-    /// Changes each time open opaque tunnels are to be decided again (a runtime swapped in, a
-    /// new hour), to the time as of which to decide them.
+    /// Changes each time open opaque tunnels and WebSocket sessions are to be decided again (a
+    /// runtime swapped in, a new hour), to the time as of which to decide them.
     pub fn tunnel_decisions(&self) -> watch::Receiver<SystemTime> {
         self.tunnel_decisions.subscribe()
     }
@@ -718,7 +720,23 @@ impl RunningGateway {
         // The listener's files read again (a rotated certificate, another `client_ca` or
         // `client_crl`): new connections handshake with them, and connections already open
         // have their client certificates asked again under the new trust at their next request.
-        let listener_tls = tls::listener_config(&config.gateway)?.map(Arc::new);
+        // Files that cannot be used (a key written before its certificate, a list that does not
+        // parse) keep the running ones, said in the notes: the rest of the reload (a caller's
+        // revocation, say) must not wait on them.
+        let listener_tls = match tls::listener_config(&config.gateway) {
+            Ok(listener_tls) => listener_tls.map(Arc::new),
+            Err(error) => {
+                let why = match error.downcast_ref::<postern_config::KeyProblem>() {
+                    Some(problem) => format!("{} (fix: {})", problem.message, problem.fix),
+                    None => format!("{error:#}"),
+                };
+                tracing::error!(error = %why, "the listener's TLS files could not be used; the running ones stay");
+                notes.push(format!(
+                    "the listener's TLS files could not be used, so the running ones stay: {why}"
+                ));
+                self.shared.runtime.load().listener_tls.clone()
+            }
+        };
         notes.extend(self.shared.rebuild(Some(Reload {
             config,
             admin_token_sha256: hash,

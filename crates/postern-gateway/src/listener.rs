@@ -300,7 +300,11 @@ where
         let tls = match &tls {
             Some(source) => match source() {
                 Some(current) => Some(current),
-                None => continue,
+                None => {
+                    // Not seen: a listener started with TLS keeps it across reloads.
+                    tracing::error!(%peer, "the TLS listener has no TLS config; closing the connection");
+                    continue;
+                }
             },
             None => None,
         };

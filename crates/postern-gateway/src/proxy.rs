@@ -35,7 +35,7 @@ use crate::listener::{Malformed, OnMalformed};
 use crate::oauth::TokenSource;
 use crate::overrides::{form_decoded, form_name_is, method_override, OverrideScan};
 use crate::record::PendingRecord;
-use crate::runtime::{Injector, IntegrationRuntime, Runtime};
+use crate::runtime::{ByCertificate, Injector, IntegrationRuntime, Runtime};
 use crate::upstream::{ConnectError, UpstreamBody, UpstreamError};
 use crate::Shared;
 use postern_config::AuditMode;
@@ -988,17 +988,18 @@ fn identify_caller(
         let spiffe_id = runtime.certified(connection.certificate.as_deref(), context.wall_start);
         if !runtime.still_names(&tunnel.caller, tunnel.auth, spiffe_id, token) {
             connection.close();
-            return Err(CallError::unauthenticated(
-                "the credentials this tunnel was opened with are no longer valid (revoked or reconfigured); reconnect with a current caller token",
-            ));
+            return Err(CallError::unauthenticated(match tunnel.auth {
+                AuthMethod::Mtls => CERTIFICATE_LAPSED,
+                _ => "the credentials this tunnel was opened with are no longer valid (revoked or reconfigured); reconnect with a current caller token",
+            }));
         }
         context.caller = Some(tunnel.caller.clone());
         context.auth = Some(tunnel.auth);
         return Ok(tunnel.token.as_ref().map(|token| token.to_vec()));
     }
-    let certificate = connection.certificate.as_deref();
-    let certified = runtime.certified(certificate, context.wall_start);
-    if let Some(caller) = certified.and_then(|spiffe_id| runtime.caller_by_spiffe(spiffe_id)) {
+    let by_certificate =
+        runtime.caller_by_certificate(connection.certificate.as_deref(), context.wall_start);
+    if let ByCertificate::Caller(caller) = by_certificate {
         connection.identified();
         context.caller = Some(caller);
         context.auth = Some(AuthMethod::Mtls);
@@ -1008,7 +1009,7 @@ fn identify_caller(
             .filter(|token| runtime.caller_by_token(token).is_some()));
     }
     let Some(token) = caller_token_from_headers(headers) else {
-        if certificate.is_some() && certified.is_none() {
+        if let ByCertificate::Lapsed = by_certificate {
             // The certificate this connection was made with identifies no one any more: the
             // client reconnects with its current one.
             connection.close();

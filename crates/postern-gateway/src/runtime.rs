@@ -429,6 +429,17 @@ pub struct Runtime {
     pub listener_tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
+/// What a connection's client certificate says of its caller ([`Runtime::caller_by_certificate`]).
+pub enum ByCertificate {
+    /// A registered caller's SPIFFE ID, the certificate valid and trusted.
+    Caller(Arc<str>),
+    /// The certificate has expired, or the listener's trust no longer verifies it: the
+    /// connection is to close, and the client to reconnect with its current one.
+    Lapsed,
+    /// No certificate, or one naming no registered caller.
+    None,
+}
+
 /// The compiled `[proxy]` section and the `hosts` of integrations.
 pub struct ProxyRuntime {
     pub config: postern_config::ProxyConfig,
@@ -732,6 +743,25 @@ impl Runtime {
         })
     }
 
+    /// The caller a connection's client certificate names as of `at` (path mode and the
+    /// forward proxy alike).
+    pub fn caller_by_certificate(
+        &self,
+        certificate: Option<&crate::tls::ClientCertificate>,
+        at: std::time::SystemTime,
+    ) -> ByCertificate {
+        let Some(certificate) = certificate else {
+            return ByCertificate::None;
+        };
+        match self.certified(Some(certificate), at) {
+            Some(spiffe_id) => match self.caller_by_spiffe(spiffe_id) {
+                Some(caller) => ByCertificate::Caller(caller),
+                None => ByCertificate::None,
+            },
+            None => ByCertificate::Lapsed,
+        }
+    }
+
     /// The SPIFFE ID a connection's client certificate stands for as of `at`: none without
     /// one, once it has expired, or when the listener's trust as this runtime holds it
     /// (`client_ca`, `client_crl`) no longer verifies it.
@@ -754,9 +784,11 @@ impl Runtime {
         self.callers_by_spiffe.get(spiffe_id).cloned()
     }
 
-    /// Whether the credential a tunnel was opened with (a client certificate's SPIFFE ID for
-    /// `Mtls`, else the caller token) still names `caller`: asked of every request inside an
-    /// intercepted tunnel, and of an opaque tunnel at each new runtime.
+    /// Whether the credential a tunnel or WebSocket session was opened with (for `Mtls`, the
+    /// SPIFFE ID its client certificate still stands for, [`Runtime::certified`]: a token sent
+    /// beside it does not keep it open past the certificate; else the caller token) still
+    /// names `caller`: asked of every request inside an intercepted tunnel, and of an opaque
+    /// tunnel or a session at each new runtime, each new hour and its certificate's expiry.
     pub fn still_names(
         &self,
         caller: &str,
@@ -765,8 +797,8 @@ impl Runtime {
         token: Option<&[u8]>,
     ) -> bool {
         let current = match (auth, spiffe_id, token) {
-            (crate::context::AuthMethod::Mtls, Some(spiffe_id), _) => {
-                self.caller_by_spiffe(spiffe_id)
+            (crate::context::AuthMethod::Mtls, spiffe_id, _) => {
+                spiffe_id.and_then(|spiffe_id| self.caller_by_spiffe(spiffe_id))
             }
             (_, _, Some(token)) => self.caller_by_token(token),
             _ => None,

@@ -157,10 +157,11 @@ fn client_trust(
     use sha2::Digest as _;
     let ca_problem = at_key("client_ca", "point `client_ca` at PEM CA certificates");
     let ca_pem = read_file(ca).map_err(&ca_problem)?;
+    let cas = certificates_in(ca, &ca_pem).map_err(&ca_problem)?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in certificates_in(ca, &ca_pem).map_err(&ca_problem)? {
+    for cert in &cas {
         roots
-            .add(cert)
+            .add(cert.clone())
             .with_context(|| format!("client_ca {}", ca.display()))
             .map_err(&ca_problem)?;
     }
@@ -177,20 +178,74 @@ fn client_trust(
         );
         let text = read_file(crl).map_err(&crl_problem)?;
         let lists = revocation_lists(crl, &text, notes).map_err(&crl_problem)?;
+        lists_cover_every_ca(crl, &lists, &cas).map_err(at_key("client_crl", CRL_FIX))?;
         digest.update(&text);
         builder = builder.with_crls(lists);
     }
     let verifier = builder
         .build()
         .context("building the client certificate verifier")
-        .map_err(at_key(
-            "client_crl",
-            "point `client_crl` at the revocation lists of the `client_ca` CAs",
-        ))?;
+        .map_err(at_key("client_crl", CRL_FIX))?;
     Ok(ClientTrust {
         verifier,
         digest: digest.finalize().into(),
     })
+}
+
+/// How to mend a `client_crl` that cannot be used.
+const CRL_FIX: &str = "put each `client_ca` CA's current revocation list in `client_crl` (X.509 v2 lists, signed by that CA's key: `openssl ca -gencrl` makes one with a `crl_extensions` section), or remove `client_crl`";
+
+/// Checks at load what would otherwise refuse every client certificate at the handshake: with
+/// `client_crl`, each certificate of a chain needs its issuer's list, so every CA in
+/// `client_ca` needs one in `lists`, issued under its name and signed by its key, and a CA
+/// certificate that limits its key's use must allow signing lists (`cRLSign`).
+fn lists_cover_every_ca(
+    path: &Path,
+    lists: &[CertificateRevocationListDer<'static>],
+    cas: &[CertificateDer<'static>],
+) -> anyhow::Result<()> {
+    let lists: Vec<_> = lists
+        .iter()
+        .filter_map(|list| x509_parser::parse_x509_crl(list.as_ref()).ok())
+        .map(|(_, parsed)| parsed)
+        .collect();
+    for ca in cas {
+        let Ok((_, ca)) = x509_parser::parse_x509_certificate(ca.as_ref()) else {
+            continue;
+        };
+        let signs_lists = match ca.key_usage() {
+            Ok(Some(usage)) => usage.value.crl_sign(),
+            _ => true,
+        };
+        if !signs_lists {
+            anyhow::bail!(
+                "the client_ca CA {} may not sign revocation lists (its key usage lacks cRLSign), so no list of its can be checked and each certificate it issued would be refused",
+                ca.subject()
+            );
+        }
+        let named: Vec<_> = lists
+            .iter()
+            .filter(|list| list.issuer().as_raw() == ca.subject().as_raw())
+            .collect();
+        if named.is_empty() {
+            anyhow::bail!(
+                "{} holds no revocation list of the client_ca CA {}: each certificate it issued would be refused",
+                path.display(),
+                ca.subject()
+            );
+        }
+        if !named
+            .iter()
+            .any(|list| list.verify_signature(ca.public_key()).is_ok())
+        {
+            anyhow::bail!(
+                "the revocation list of {} in {} is not signed by the client_ca CA of that name: each certificate it issued would be refused",
+                ca.subject(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The certificate revocation lists in `text` (read from `path`, named in the errors): PEM
@@ -274,7 +329,12 @@ impl ClientCertificate {
                     .ok()
                     .map(|(_, parsed)| parsed.validity().not_after.timestamp())
             })
-            .try_fold(i64::MAX, |earliest, end| Some(earliest.min(end?)))?;
+            .try_fold(i64::MAX, |earliest, end| Some(earliest.min(end?)));
+        let Some(not_after) = not_after else {
+            // Verified by webpki, yet not read here: it identifies no one (a token still may).
+            tracing::debug!(%spiffe_id, "a client certificate chain could not be read for its expiry; it identifies no caller");
+            return None;
+        };
         Some(ClientCertificate {
             spiffe_id,
             not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(not_after).ok()?),
@@ -360,6 +420,81 @@ mod tests {
 
     fn uri(text: &str) -> rcgen::SanType {
         rcgen::SanType::URI(text.try_into().unwrap())
+    }
+
+    /// A CA named `name` (DER) with its parameters and key; `crl_sign`: whether its key usage
+    /// allows signing revocation lists.
+    fn ca(
+        name: &str,
+        crl_sign: bool,
+    ) -> (
+        CertificateDer<'static>,
+        rcgen::CertificateParams,
+        rcgen::KeyPair,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        if crl_sign {
+            params.key_usages.push(rcgen::KeyUsagePurpose::CrlSign);
+        }
+        let der = params.self_signed(&key).unwrap().der().clone();
+        (der, params, key)
+    }
+
+    /// An empty revocation list issued under `params`' name, signed by `key`.
+    fn list(
+        params: &rcgen::CertificateParams,
+        key: &rcgen::KeyPair,
+    ) -> rustls::pki_types::CertificateRevocationListDer<'static> {
+        let mut params = params.clone();
+        // (rcgen refuses to sign a list for a CA whose key may not.)
+        params.key_usages.clear();
+        rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2035, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&rcgen::Issuer::from_params(&params, key))
+        .unwrap()
+        .der()
+        .clone()
+    }
+
+    /// What would refuse every certificate at the handshake is refused at load: a CA of
+    /// `client_ca` with no list of its own in `client_crl`, a list under its name not signed
+    /// by its key, a CA whose key may not sign lists.
+    #[test]
+    fn every_client_ca_needs_a_list_signed_by_its_key() {
+        let path = std::path::Path::new("revoked.crl");
+        let check = |lists: &[_], cas: &[_]| {
+            super::lists_cover_every_ca(path, lists, cas).map_err(|error| error.to_string())
+        };
+        let (one, one_params, one_key) = ca("CA one", true);
+        let (two, two_params, two_key) = ca("CA two", true);
+        let (_, _, impostor_key) = ca("CA one", true);
+        let lists = [list(&one_params, &one_key), list(&two_params, &two_key)];
+        assert_eq!(check(&lists, &[one.clone(), two.clone()]), Ok(()));
+        let missing = check(&lists[..1], &[one.clone(), two]).unwrap_err();
+        assert!(
+            missing.contains("holds no revocation list of the client_ca CA CN=CA two"),
+            "{missing}"
+        );
+        let forged = check(&[list(&one_params, &impostor_key)], &[one]).unwrap_err();
+        assert!(
+            forged.contains("is not signed by the client_ca CA"),
+            "{forged}"
+        );
+        let (limited, limited_params, limited_key) = ca("CA limited", false);
+        let unusable = check(&[list(&limited_params, &limited_key)], &[limited]).unwrap_err();
+        assert!(unusable.contains("lacks cRLSign"), "{unusable}");
     }
 
     #[test]

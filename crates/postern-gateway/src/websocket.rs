@@ -57,7 +57,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 use crate::body::{CallerBody, ForwardBody, GatewayBody, TokenReading};
-use crate::context::{CallContext, ConnectionInfo};
+use crate::context::{AuthMethod, CallContext, ConnectionInfo};
 use crate::error::CallError;
 use crate::events::Decision;
 use crate::runtime::IntegrationRuntime;
@@ -312,8 +312,9 @@ struct Ends<'a> {
     revoked: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
 }
 
-/// What let a session open, decided again at each runtime swap (a reload, a vault change) and
-/// each new hour of UTC, as an opaque tunnel is: the same credential still names its caller,
+/// What let a session open, decided again at each runtime swap (a reload, a vault change),
+/// each new hour of UTC and the expiry of a client certificate that identified its caller, as
+/// an opaque tunnel is: the same credential still names its caller,
 /// the operation still takes WebSocket handshakes, Cedar still allows the call, the vendor
 /// credential can still be injected and the vendor's address still passes the guard. The
 /// caller, its way of authenticating, the integration and the operation are the call's
@@ -379,7 +380,12 @@ impl SessionGrant {
     async fn revoked(self, shared: &Shared, context: &CallContext) {
         let mut decisions = shared.tunnel_decisions();
         let mut at = std::time::SystemTime::now();
-        let expires = self.certificate.as_ref().map(|cert| cert.not_after());
+        // A session its caller's certificate opened is decided again when that expires.
+        let expires = self
+            .certificate
+            .as_ref()
+            .filter(|_| context.auth == Some(AuthMethod::Mtls))
+            .map(|cert| cert.not_after());
         while self.still_allowed(&shared.runtime.load_full(), context, at) {
             match crate::next_decision(&mut decisions, expires).await {
                 Some(next) => at = next,

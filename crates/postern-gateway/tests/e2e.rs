@@ -2730,18 +2730,15 @@ async fn a_reload_rotates_the_listener_certificate_for_new_connections() {
     );
     assert_eq!(status(&trusting(&new)).await.unwrap(), 200);
 
-    // Half a rotation: the old key beside the new certificate.
+    // Half a rotation: the old key beside the new certificate. The rest of the reload applies;
+    // the running certificate stays, and the notes say why.
     std::fs::write(&key, &old.server_key_pem).unwrap();
-    let error = format!("{:#}", reload().unwrap_err());
-    assert!(error.contains("do not match"), "{error}");
-    let problem = reload()
-        .unwrap_err()
-        .downcast::<postern_config::KeyProblem>()
-        .unwrap();
+    let notes = reload().unwrap();
     assert!(
-        problem.fix.contains("point `tls_key` at"),
-        "{}",
-        problem.fix
+        notes
+            .iter()
+            .any(|note| note.contains("do not match") && note.contains("point `tls_key` at")),
+        "{notes:?}"
     );
     assert_eq!(
         status(&trusting(&new)).await.unwrap(),

@@ -136,10 +136,21 @@ impl Triggers {
         if files == self.tls_files {
             return;
         }
-        self.tls_watcher = match files.is_empty() {
-            true => None,
-            false => watch_files(&files, self.sender.clone(), "TLS file change"),
+        if files.is_empty() {
+            self.tls_watcher = None;
+            self.tls_files = files;
+            return;
+        }
+        // A watcher that cannot be armed is tried again after the next reload.
+        let Some(watcher) = watch_files(&files, self.sender.clone(), "TLS file change") else {
+            return;
         };
+        // Files a reload named anew were read before they were watched: one more reload reads
+        // whatever changed in between.
+        if !self.tls_files.is_empty() {
+            let _ = self.sender.try_send("TLS file change");
+        }
+        self.tls_watcher = Some(watcher);
         self.tls_files = files;
     }
 }
