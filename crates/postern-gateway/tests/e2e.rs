@@ -2427,6 +2427,25 @@ integration = "stripe"
 operations = ["get_charge"]
 "#;
 
+/// A Stripe-like gateway for `vendor` with [`SPIFFE_BILLING`], its listener asking for
+/// certificates `pki` signed (files in `staging`).
+async fn billing_over_mtls(
+    vendor: &TestVendor,
+    pki: &TestPki,
+    staging: &std::path::Path,
+) -> TestGateway {
+    let body = format!("{}\n{SPIFFE_BILLING}", stripe_like(vendor, ""));
+    let listener = pki.mtls_listener(staging);
+    start_with_key(
+        &body,
+        vendor.ca_pem.as_deref(),
+        "stripe-key",
+        VENDOR_KEY,
+        &listener,
+    )
+    .await
+}
+
 /// Where client certificates identify callers, no TLS session is resumed: a resumed session
 /// carries the certificate of the handshake it resumes, not verified again, so a caller could
 /// go on being its SPIFFE ID past the certificate's expiry. Each connection makes a full
@@ -2436,49 +2455,11 @@ async fn an_mtls_identity_ends_with_its_certificate_not_resumed_past_it() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let pki = TestPki::new();
     let staging = tempfile::tempdir().unwrap();
-    let body = format!("{}\n{SPIFFE_BILLING}", stripe_like(&vendor, ""));
-    let gw = start_with_key(
-        &body,
-        vendor.ca_pem.as_deref(),
-        "stripe-key",
-        VENDOR_KEY,
-        &pki.mtls_listener(staging.path()),
-    )
-    .await;
-    // A short-lived SVID: valid for a few seconds from now.
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![rcgen::SanType::URI(
-        "spiffe://example.org/billing".try_into().unwrap(),
-    )];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::minutes(1);
-    // Long enough for two handshakes on a loaded machine, short for a test.
+    let gw = billing_over_mtls(&vendor, &pki, staging.path()).await;
+    // A short-lived SVID. Long enough for two handshakes on a loaded machine, short for a test.
     let lifetime = Duration::from_secs(6);
-    params.not_after = now + lifetime;
-    let issuer = rcgen::Issuer::from_params(&pki.ca_params, &pki.ca_key);
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(
-            rustls_pemfile::certs(&mut pki.ca_pem.as_bytes())
-                .next()
-                .unwrap()
-                .unwrap(),
-        )
-        .unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-    )
-    .unwrap();
+    let (cert, key) = pki.short_lived_client_cert("spiffe://example.org/billing", lifetime);
+    let mut config = pki.rustls_client(&cert, &key);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // One client, one session cache: what a resuming client keeps between connections.
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -2528,22 +2509,10 @@ async fn an_mtls_identity_ends_with_its_certificate_on_a_connection_kept_open() 
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let pki = TestPki::new();
     let staging = tempfile::tempdir().unwrap();
-    let body = format!("{}\n{SPIFFE_BILLING}", stripe_like(&vendor, ""));
-    let gw = start_with_key(
-        &body,
-        vendor.ca_pem.as_deref(),
-        "stripe-key",
-        VENDOR_KEY,
-        &pki.mtls_listener(staging.path()),
-    )
-    .await;
+    let gw = billing_over_mtls(&vendor, &pki, staging.path()).await;
     // Long enough for the first calls on a loaded machine, short for a test.
     let lifetime = Duration::from_secs(6);
-    let (cert, key) = pki.client_cert_with("spiffe://example.org/billing", |params| {
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(1);
-        params.not_after = now + lifetime;
-    });
+    let (cert, key) = pki.short_lived_client_cert("spiffe://example.org/billing", lifetime);
     let addr = gw.running().listen_addr;
     let (h1, h2) = (
         pki.mtls_client_builder(&cert, &key, addr)
@@ -2753,15 +2722,7 @@ async fn tls_listener_with_mtls_spiffe_identity() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let pki = TestPki::new();
     let staging = tempfile::tempdir().unwrap();
-    let body = format!("{}\n{SPIFFE_BILLING}", stripe_like(&vendor, ""));
-    let gw = start_with_key(
-        &body,
-        vendor.ca_pem.as_deref(),
-        "stripe-key",
-        VENDOR_KEY,
-        &pki.mtls_listener(staging.path()),
-    )
-    .await;
+    let gw = billing_over_mtls(&vendor, &pki, staging.path()).await;
     let base = format!("https://localhost:{}", gw.running().listen_addr.port());
     let root = reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap();
 

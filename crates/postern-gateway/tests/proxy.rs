@@ -2241,30 +2241,8 @@ allow_private_networks = ["127.0.0.1/32"]
     let gw = TestGateway::start_with_gateway(&body, None, &pki.mtls_listener(staging.path())).await;
     // Long enough to open the tunnel on a loaded machine, short for a test.
     let lifetime = Duration::from_secs(6);
-    let (cert, key) = pki.client_cert_with("spiffe://example.org/billing", |params| {
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(1);
-        params.not_after = now + lifetime;
-    });
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in rustls_pemfile::certs(&mut pki.ca_pem.as_bytes()) {
-        roots.add(ca.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
-        rustls_pemfile::certs(&mut cert.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap(),
-        rustls_pemfile::private_key(&mut key.as_bytes())
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let (cert, key) = pki.short_lived_client_cert("spiffe://example.org/billing", lifetime);
+    let config = pki.rustls_client(&cert, &key);
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(gw.running().listen_addr)
         .await

@@ -171,6 +171,44 @@ impl TestPki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A client certificate for `spiffe_id` valid from a minute ago until `lifetime` from now: a
+    /// short-lived SVID.
+    pub fn short_lived_client_cert(
+        &self,
+        spiffe_id: &str,
+        lifetime: std::time::Duration,
+    ) -> (String, String) {
+        self.client_cert_with(spiffe_id, |params| {
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now - time::Duration::minutes(1);
+            params.not_after = now + lifetime;
+        })
+    }
+
+    /// A rustls client config trusting this CA and presenting `cert` with its `key` (PEM),
+    /// for tests that must see the TLS connection itself.
+    pub fn rustls_client(&self, cert: &str, key: &str) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in rustls_pemfile::certs(&mut self.ca_pem.as_bytes()) {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            rustls_pemfile::certs(&mut cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            rustls_pemfile::private_key(&mut key.as_bytes())
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
     /// A certificate revocation list of this CA (PEM), valid for an hour, naming the
     /// certificates with `serials` as revoked.
     pub fn revocation_list(&self, serials: &[u64]) -> String {
