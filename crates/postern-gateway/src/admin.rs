@@ -104,6 +104,11 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
                 metrics.set_calls_open(shared.open_calls.snapshot());
                 metrics.set_workers(&shared.worker_load);
                 metrics.set_refused_per_source(shared.per_source.refused());
+                metrics.set_listener_tls_stale(
+                    shared
+                        .listener_tls_stale
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                );
                 metrics.set_audit_dropped(
                     shared
                         .audit

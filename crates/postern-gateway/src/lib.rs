@@ -153,6 +153,9 @@ pub struct Shared {
     /// Data-flow counts not yet written to the store: (integration, caller, class, direction, day).
     dataflow: Mutex<HashMap<DataflowKey, u64>>,
     pub credential_max_age_days: std::sync::atomic::AtomicU64,
+    /// Whether the last reload could not use the listener's TLS files, so the TLS in use is
+    /// older than what they hold (`postern_listener_tls_stale`).
+    pub listener_tls_stale: AtomicBool,
     /// Postern's interception CA (forward proxy); `None` if it could not be loaded.
     pub intercept_ca: Option<Arc<intercept::InterceptCa>>,
     /// Destinations no integration claims, seen by the forward proxy.
@@ -545,6 +548,7 @@ impl RunningGateway {
             draining: AtomicBool::new(false),
             rebuild: Mutex::new(()),
             dataflow: Mutex::new(HashMap::new()),
+            listener_tls_stale: AtomicBool::new(false),
             credential_max_age_days: std::sync::atomic::AtomicU64::new(
                 config.gateway.credential_max_age_days,
             ),
@@ -723,7 +727,11 @@ impl RunningGateway {
         // Files that cannot be used (a key written before its certificate, a list that does not
         // parse) keep the running ones, said in the notes: the rest of the reload (a caller's
         // revocation, say) must not wait on them.
-        let listener_tls = match tls::listener_config(&config.gateway) {
+        let read = tls::listener_config(&config.gateway);
+        self.shared
+            .listener_tls_stale
+            .store(read.is_err(), Ordering::Relaxed);
+        let listener_tls = match read {
             Ok(listener_tls) => listener_tls.map(Arc::new),
             Err(error) => {
                 let why = match error.downcast_ref::<postern_config::KeyProblem>() {

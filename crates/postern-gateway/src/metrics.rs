@@ -115,6 +115,7 @@ pub struct Metrics {
     connections_refused_per_source: Counter,
     tunnels_open: Gauge,
     websocket_sessions_open: Gauge,
+    listener_tls_stale: Gauge,
     calls_open: Family<IntegrationLabel, Gauge>,
     caller_calls_open: Family<IntegrationCallerLabel, Gauge>,
 }
@@ -221,6 +222,12 @@ impl Metrics {
             "CONNECT tunnels open (opaque and intercepted)",
             tunnels_open.clone(),
         );
+        let listener_tls_stale = Gauge::default();
+        registry.register(
+            "listener_tls_stale",
+            "1 while the listener serves older TLS than its files hold: the last reload could not use them (see the log)",
+            listener_tls_stale.clone(),
+        );
         let websocket_sessions_open = Gauge::default();
         registry.register(
             "websocket_sessions_open",
@@ -262,6 +269,7 @@ impl Metrics {
             connections_refused_per_source,
             tunnels_open,
             websocket_sessions_open,
+            listener_tls_stale,
             calls_open,
             caller_calls_open,
         }
@@ -410,6 +418,11 @@ impl Metrics {
                 counter.inc_by(count - counted);
             }
         }
+    }
+
+    /// Whether the listener's TLS is older than its files ([`crate::Shared::listener_tls_stale`]).
+    pub fn set_listener_tls_stale(&self, stale: bool) {
+        self.listener_tls_stale.set(i64::from(stale));
     }
 
     /// The connections refused at `max_connections_per_source` so far.

@@ -178,37 +178,49 @@ fn client_trust(
         );
         let text = read_file(crl).map_err(&crl_problem)?;
         let lists = revocation_lists(crl, &text, notes).map_err(&crl_problem)?;
-        lists_cover_every_ca(crl, &lists, &cas).map_err(at_key("client_crl", CRL_FIX))?;
+        lists_cover_every_ca(crl, &lists, &cas, notes);
         digest.update(&text);
         builder = builder.with_crls(lists);
     }
     let verifier = builder
         .build()
         .context("building the client certificate verifier")
-        .map_err(at_key("client_crl", CRL_FIX))?;
+        .map_err(at_key(
+            "client_crl",
+            "point `client_crl` at the revocation lists of the `client_ca` CAs",
+        ))?;
     Ok(ClientTrust {
         verifier,
         digest: digest.finalize().into(),
     })
 }
 
-/// How to mend a `client_crl` that cannot be used.
-const CRL_FIX: &str = "put each `client_ca` CA's current revocation list in `client_crl` (X.509 v2 lists, signed by that CA's key: `openssl ca -gencrl` makes one with a `crl_extensions` section), or remove `client_crl`";
+/// How to mend a `client_crl` that does not cover the `client_ca` CAs.
+const CRL_FIX: &str = "put each `client_ca` CA's current revocation list in `client_crl` (X.509 v2 lists, signed by that CA's key: `openssl ca -gencrl` makes one with a `crl_extensions` section)";
 
-/// Checks at load what would otherwise refuse every client certificate at the handshake: with
-/// `client_crl`, each certificate of a chain needs its issuer's list, so every CA in
-/// `client_ca` needs one in `lists`, issued under its name and signed by its key, and a CA
-/// certificate that limits its key's use must allow signing lists (`cRLSign`).
+/// Says in `notes` what is likely to refuse client certificates at the handshake: with
+/// `client_crl`, each certificate of a chain needs its issuer's list, so a CA in `client_ca`
+/// needs one in `lists`, issued under its name and signed by its key (the first under its name,
+/// as webpki picks), and a CA certificate that limits its key's use must allow signing lists
+/// (`cRLSign`). Warnings, not errors: a CA of the bundle that only vouches for another CA of
+/// the bundle (a root beside its intermediate) is never asked for its list, webpki's paths
+/// ending at the first trust anchor they reach.
 fn lists_cover_every_ca(
     path: &Path,
     lists: &[CertificateRevocationListDer<'static>],
     cas: &[CertificateDer<'static>],
-) -> anyhow::Result<()> {
+    notes: &mut Vec<String>,
+) {
     let lists: Vec<_> = lists
         .iter()
         .filter_map(|list| x509_parser::parse_x509_crl(list.as_ref()).ok())
         .map(|(_, parsed)| parsed)
         .collect();
+    let mut note = |problem: String| {
+        notes.push(format!(
+            "{problem}: certificates it issued will be refused at the handshake; {CRL_FIX}"
+        ))
+    };
     for ca in cas {
         let Ok((_, ca)) = x509_parser::parse_x509_certificate(ca.as_ref()) else {
             continue;
@@ -217,35 +229,27 @@ fn lists_cover_every_ca(
             Ok(Some(usage)) => usage.value.crl_sign(),
             _ => true,
         };
-        if !signs_lists {
-            anyhow::bail!(
-                "the client_ca CA {} may not sign revocation lists (its key usage lacks cRLSign), so no list of its can be checked and each certificate it issued would be refused",
-                ca.subject()
-            );
-        }
-        let named: Vec<_> = lists
+        let first = lists
             .iter()
-            .filter(|list| list.issuer().as_raw() == ca.subject().as_raw())
-            .collect();
-        if named.is_empty() {
-            anyhow::bail!(
-                "{} holds no revocation list of the client_ca CA {}: each certificate it issued would be refused",
+            .find(|list| list.issuer().as_raw() == ca.subject().as_raw());
+        match first {
+            _ if !signs_lists => note(format!(
+                "the client_ca CA {} may not sign revocation lists (its key usage lacks cRLSign)",
+                ca.subject()
+            )),
+            None => note(format!(
+                "{} holds no revocation list of the client_ca CA {}",
                 path.display(),
                 ca.subject()
-            );
-        }
-        if !named
-            .iter()
-            .any(|list| list.verify_signature(ca.public_key()).is_ok())
-        {
-            anyhow::bail!(
-                "the revocation list of {} in {} is not signed by the client_ca CA of that name: each certificate it issued would be refused",
+            )),
+            Some(list) if list.verify_signature(ca.public_key()).is_err() => note(format!(
+                "the first revocation list of {} in {} is not signed by the client_ca CA of that name (another CA of the same name, or a forged list)",
                 ca.subject(),
                 path.display()
-            );
+            )),
+            Some(_) => {}
         }
     }
-    Ok(())
 }
 
 /// The certificate revocation lists in `text` (read from `path`, named in the errors): PEM
@@ -468,32 +472,43 @@ mod tests {
         .clone()
     }
 
-    /// What would refuse every certificate at the handshake is refused at load: a CA of
-    /// `client_ca` with no list of its own in `client_crl`, a list under its name not signed
-    /// by its key, a CA whose key may not sign lists.
+    /// What is likely to refuse certificates at the handshake is said at load: a CA of
+    /// `client_ca` with no list of its own in `client_crl`, a first list under its name not
+    /// signed by its key, a CA whose key may not sign lists.
     #[test]
-    fn every_client_ca_needs_a_list_signed_by_its_key() {
+    fn a_client_ca_without_a_list_signed_by_its_key_is_warned_of() {
         let path = std::path::Path::new("revoked.crl");
         let check = |lists: &[_], cas: &[_]| {
-            super::lists_cover_every_ca(path, lists, cas).map_err(|error| error.to_string())
+            let mut notes = Vec::new();
+            super::lists_cover_every_ca(path, lists, cas, &mut notes);
+            notes
         };
         let (one, one_params, one_key) = ca("CA one", true);
         let (two, two_params, two_key) = ca("CA two", true);
         let (_, _, impostor_key) = ca("CA one", true);
         let lists = [list(&one_params, &one_key), list(&two_params, &two_key)];
-        assert_eq!(check(&lists, &[one.clone(), two.clone()]), Ok(()));
-        let missing = check(&lists[..1], &[one.clone(), two]).unwrap_err();
+        assert_eq!(
+            check(&lists, &[one.clone(), two.clone()]),
+            Vec::<String>::new()
+        );
+        let missing = check(&lists[..1], &[one.clone(), two]).join("\n");
         assert!(
-            missing.contains("holds no revocation list of the client_ca CA CN=CA two"),
+            missing.contains("holds no revocation list of the client_ca CA CN=CA two")
+                && missing.contains("will be refused at the handshake"),
             "{missing}"
         );
-        let forged = check(&[list(&one_params, &impostor_key)], &[one]).unwrap_err();
+        // webpki takes the first list under the CA's name: a good one after it does not help.
+        let forged = [
+            list(&one_params, &impostor_key),
+            list(&one_params, &one_key),
+        ];
+        let forged = check(&forged, &[one]).join("\n");
         assert!(
             forged.contains("is not signed by the client_ca CA"),
             "{forged}"
         );
         let (limited, limited_params, limited_key) = ca("CA limited", false);
-        let unusable = check(&[list(&limited_params, &limited_key)], &[limited]).unwrap_err();
+        let unusable = check(&[list(&limited_params, &limited_key)], &[limited]).join("\n");
         assert!(unusable.contains("lacks cRLSign"), "{unusable}");
     }
 

@@ -2714,6 +2714,14 @@ async fn a_reload_rotates_the_listener_certificate_for_new_connections() {
         200,
         "the running certificate stays"
     );
+    assert!(gw.metrics().await.contains("postern_listener_tls_stale 1"));
+    std::fs::write(&key, &new.server_key_pem).unwrap();
+    let notes = reload().unwrap();
+    assert!(
+        !notes.iter().any(|note| note.contains("could not be used")),
+        "{notes:?}"
+    );
+    assert!(gw.metrics().await.contains("postern_listener_tls_stale 0"));
     gw.stop().await;
 }
 
