@@ -115,14 +115,16 @@ impl Triggers {
             terminate: signal(SignalKind::terminate()).expect("SIGTERM handler"),
             interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler"),
         };
-        triggers.watch_tls_files(gateway);
+        triggers.watch_tls_files(gateway, false);
         triggers
     }
 
     /// Watches the listener's TLS files that `gateway` names (none on a plain listener): a
     /// change to one reloads, so a certificate rotated in place (cert-manager, SPIRE, certbot)
-    /// is served from the next handshake on. Armed again when a reload names other files.
-    fn watch_tls_files(&mut self, gateway: &postern_config::GatewayConfig) {
+    /// is served from the next handshake on. Armed again when a reload names other files, or
+    /// when arming failed before; then (`catch_up`) one more reload reads the files as they
+    /// stand, since they were read before they were watched.
+    fn watch_tls_files(&mut self, gateway: &postern_config::GatewayConfig, catch_up: bool) {
         let files: Vec<PathBuf> = [
             &gateway.tls_cert,
             &gateway.tls_key,
@@ -145,9 +147,7 @@ impl Triggers {
         let Some(watcher) = watch_files(&files, self.sender.clone(), "TLS file change") else {
             return;
         };
-        // Files a reload named anew were read before they were watched: one more reload reads
-        // whatever changed in between.
-        if !self.tls_files.is_empty() {
+        if catch_up {
             let _ = self.sender.try_send("TLS file change");
         }
         self.tls_watcher = Some(watcher);
@@ -158,7 +158,7 @@ impl Triggers {
 /// Serves reload triggers until SIGINT or SIGTERM.
 pub async fn run_until_stopped(gateway: &RunningGateway, path: &Path, mut triggers: Triggers) {
     loop {
-        triggers.watch_tls_files(&gateway.shared().runtime.load().config.gateway);
+        triggers.watch_tls_files(&gateway.shared().runtime.load().config.gateway, true);
         let trigger = tokio::select! {
             _ = triggers.hangup.recv() => "SIGHUP",
             Some(trigger) = triggers.changes.recv() => {
