@@ -104,10 +104,16 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
                 metrics.set_calls_open(shared.open_calls.snapshot());
                 metrics.set_workers(&shared.worker_load);
                 metrics.set_refused_per_source(shared.per_source.refused());
-                metrics.set_listener_tls_stale(
+                metrics.set_listener_tls(
                     shared
                         .listener_tls_stale
                         .load(std::sync::atomic::Ordering::Relaxed),
+                    shared
+                        .runtime
+                        .load()
+                        .listener_tls
+                        .as_ref()
+                        .and_then(|tls| tls.not_after),
                 );
                 metrics.set_audit_dropped(
                     shared

@@ -116,6 +116,7 @@ pub struct Metrics {
     tunnels_open: Gauge,
     websocket_sessions_open: Gauge,
     listener_tls_stale: Gauge,
+    listener_certificate_expiry: Gauge,
     calls_open: Family<IntegrationLabel, Gauge>,
     caller_calls_open: Family<IntegrationCallerLabel, Gauge>,
 }
@@ -228,6 +229,12 @@ impl Metrics {
             "1 while the listener serves older TLS than its files hold: the last reload could not use them (see the log)",
             listener_tls_stale.clone(),
         );
+        let listener_certificate_expiry = Gauge::default();
+        registry.register(
+            "listener_certificate_expiry_seconds",
+            "When the certificate the TLS listener serves expires (notAfter), in seconds since the Unix epoch; 0 on a plain listener",
+            listener_certificate_expiry.clone(),
+        );
         let websocket_sessions_open = Gauge::default();
         registry.register(
             "websocket_sessions_open",
@@ -270,6 +277,7 @@ impl Metrics {
             tunnels_open,
             websocket_sessions_open,
             listener_tls_stale,
+            listener_certificate_expiry,
             calls_open,
             caller_calls_open,
         }
@@ -420,9 +428,11 @@ impl Metrics {
         }
     }
 
-    /// Whether the listener's TLS is older than its files ([`crate::Shared::listener_tls_stale`]).
-    pub fn set_listener_tls_stale(&self, stale: bool) {
+    /// Whether the listener's TLS is older than its files ([`crate::Shared::listener_tls_stale`]),
+    /// and when the certificate it serves expires (0 when there is none to read).
+    pub fn set_listener_tls(&self, stale: bool, not_after: Option<i64>) {
         self.listener_tls_stale.set(i64::from(stale));
+        self.listener_certificate_expiry.set(not_after.unwrap_or(0));
     }
 
     /// The connections refused at `max_connections_per_source` so far.

@@ -67,6 +67,9 @@ pub struct ListenerTls {
     pub clients: Option<ClientTrust>,
     /// What is worth a warning about `client_crl` (a list past its `nextUpdate`).
     pub crl_notes: Vec<String>,
+    /// When the served certificate (`tls_cert`'s first) expires, in seconds since the Unix
+    /// epoch (`postern_listener_certificate_expiry_seconds`); `None` if it could not be read.
+    pub not_after: Option<i64>,
 }
 
 /// What client certificates are verified against: `client_ca`, with `client_crl`.
@@ -92,6 +95,10 @@ pub fn listener_config(
         "tls_cert",
         "point `tls_cert` at a PEM certificate chain",
     ))?;
+    let not_after = certs.first().and_then(|leaf| {
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(parsed.validity().not_after.timestamp())
+    });
     let key_fix = "point `tls_key` at the PEM private key of the `tls_cert` certificate";
     let key = read_private_key(key).map_err(at_key("tls_key", key_fix))?;
     let provider = crypto_provider();
@@ -130,6 +137,7 @@ pub fn listener_config(
         server: Arc::new(config),
         clients,
         crl_notes,
+        not_after,
     }))
 }
 

@@ -2714,7 +2714,21 @@ async fn a_reload_rotates_the_listener_certificate_for_new_connections() {
         200,
         "the running certificate stays"
     );
-    assert!(gw.metrics().await.contains("postern_listener_tls_stale 1"));
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("postern_listener_tls_stale 1"),
+        "{metrics}"
+    );
+    // The served certificate's notAfter, for alerts on a rotation that did not happen.
+    let expiry: i64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("postern_listener_certificate_expiry_seconds "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("postern_listener_certificate_expiry_seconds");
+    assert!(
+        expiry > time::OffsetDateTime::now_utc().unix_timestamp(),
+        "{metrics}"
+    );
     std::fs::write(&key, &new.server_key_pem).unwrap();
     let notes = reload().unwrap();
     assert!(
