@@ -21,6 +21,18 @@ pub enum AuthMethod {
 }
 
 impl AuthMethod {
+    /// When a caller authenticated this way with `certificate` (its connection's) stops being
+    /// identified by it: the certificate's expiry for `Mtls`, never for a token.
+    pub fn expiry(
+        self,
+        certificate: Option<&crate::tls::ClientCertificate>,
+    ) -> Option<std::time::SystemTime> {
+        match self {
+            AuthMethod::Mtls => certificate.map(crate::tls::ClientCertificate::not_after),
+            AuthMethod::Token | AuthMethod::ProxyToken => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Token => "token",
@@ -39,7 +51,7 @@ pub struct ConnectionInfo {
     /// policy context and detector event. Private so it always matches `peer`.
     peer_ip: Arc<str>,
     /// A verified client certificate naming a SPIFFE ID; what it identifies is asked of the
-    /// runtime at each request ([`crate::runtime::Runtime::certified`]).
+    /// runtime at each request ([`crate::runtime::Runtime::caller_by_certificate`]).
     pub certificate: Option<Arc<crate::tls::ClientCertificate>>,
     pub tls: bool,
     /// Set on connections inside an intercepted CONNECT tunnel (and for absolute-form requests

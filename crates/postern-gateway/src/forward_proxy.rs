@@ -322,8 +322,8 @@ impl TunnelGrant {
     ) -> Result<(), CallError> {
         enabled(runtime)?;
         let token = self.caller.token.as_deref().map(Vec::as_slice);
-        let spiffe_id = runtime.certified(self.certificate.as_deref(), at);
-        if !runtime.still_names(&self.caller.name, self.caller.auth, spiffe_id, token) {
+        let certificate = self.certificate.as_deref();
+        if !runtime.still_names(&self.caller.name, self.caller.auth, certificate, token, at) {
             return Err(CallError::new(
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                 "proxy_auth_required",
@@ -397,11 +397,7 @@ async fn revoked(
             Err(refusal) => return refusal,
         }
         // A tunnel its caller's certificate opened is decided again when that expires.
-        let expires = grant
-            .certificate
-            .as_ref()
-            .filter(|_| grant.caller.auth == AuthMethod::Mtls)
-            .map(|cert| cert.not_after());
+        let expires = grant.caller.auth.expiry(grant.certificate.as_deref());
         match crate::next_decision(decisions, expires).await {
             Some(next) => at = next,
             None => return std::future::pending().await,

@@ -728,9 +728,7 @@ impl RunningGateway {
         // parse) keep the running ones, said in the notes: the rest of the reload (a caller's
         // revocation, say) must not wait on them.
         let read = tls::listener_config(&config.gateway);
-        self.shared
-            .listener_tls_stale
-            .store(read.is_err(), Ordering::Relaxed);
+        let stale = read.is_err();
         let listener_tls = match read {
             Ok(listener_tls) => listener_tls.map(Arc::new),
             Err(error) => {
@@ -753,6 +751,10 @@ impl RunningGateway {
         self.shared
             .credential_max_age_days
             .store(max_age_days, Ordering::Relaxed);
+        // Only once the reload applied: a refused one leaves the TLS, stale or not, as it was.
+        self.shared
+            .listener_tls_stale
+            .store(stale, Ordering::Relaxed);
         self.shared.per_source.set(per_source);
         Ok(notes)
     }

@@ -985,8 +985,9 @@ fn identify_caller(
         // checked again on every request, so a revoked token or a caller removed from the
         // config stops working inside tunnels that are already open.
         let token = tunnel.token.as_deref().map(Vec::as_slice);
-        let spiffe_id = runtime.certified(connection.certificate.as_deref(), context.wall_start);
-        if !runtime.still_names(&tunnel.caller, tunnel.auth, spiffe_id, token) {
+        let certificate = connection.certificate.as_deref();
+        let at = context.wall_start;
+        if !runtime.still_names(&tunnel.caller, tunnel.auth, certificate, token, at) {
             connection.close();
             return Err(CallError::unauthenticated(match tunnel.auth {
                 AuthMethod::Mtls => CERTIFICATE_LAPSED,

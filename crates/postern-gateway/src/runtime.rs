@@ -765,7 +765,7 @@ impl Runtime {
     /// The SPIFFE ID a connection's client certificate stands for as of `at`: none without
     /// one, once it has expired, or when the listener's trust as this runtime holds it
     /// (`client_ca`, `client_crl`) no longer verifies it.
-    pub fn certified<'c>(
+    fn certified<'c>(
         &self,
         certificate: Option<&'c crate::tls::ClientCertificate>,
         at: std::time::SystemTime,
@@ -785,7 +785,7 @@ impl Runtime {
     }
 
     /// Whether the credential a tunnel or WebSocket session was opened with (for `Mtls`, the
-    /// SPIFFE ID its client certificate still stands for, [`Runtime::certified`]: a token sent
+    /// SPIFFE ID its client certificate still stands for: a token sent
     /// beside it does not keep it open past the certificate; else the caller token) still
     /// names `caller`: asked of every request inside an intercepted tunnel, and of an opaque
     /// tunnel or a session at each new runtime, each new hour and its certificate's expiry.
@@ -793,14 +793,15 @@ impl Runtime {
         &self,
         caller: &str,
         auth: crate::context::AuthMethod,
-        spiffe_id: Option<&str>,
+        certificate: Option<&crate::tls::ClientCertificate>,
         token: Option<&[u8]>,
+        at: std::time::SystemTime,
     ) -> bool {
-        let current = match (auth, spiffe_id, token) {
-            (crate::context::AuthMethod::Mtls, spiffe_id, _) => {
-                spiffe_id.and_then(|spiffe_id| self.caller_by_spiffe(spiffe_id))
-            }
-            (_, _, Some(token)) => self.caller_by_token(token),
+        let current = match (auth, token) {
+            (crate::context::AuthMethod::Mtls, _) => self
+                .certified(certificate, at)
+                .and_then(|spiffe_id| self.caller_by_spiffe(spiffe_id)),
+            (_, Some(token)) => self.caller_by_token(token),
             _ => None,
         };
         current.as_deref() == Some(caller)

@@ -333,15 +333,21 @@ impl ClientCertificate {
     ) -> Option<ClientCertificate> {
         let trust = trust?;
         let chain = connection.peer_certificates()?;
-        let spiffe_id = spiffe_id(chain.first()?)?;
-        let not_after = chain
+        let (leaf, intermediates) = chain.split_first()?;
+        // Each certificate parsed once: the leaf for its SPIFFE ID and expiry, the
+        // intermediates for theirs.
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        let spiffe_id = spiffe_id(&parsed)?;
+        let not_after = intermediates
             .iter()
             .map(|cert| {
                 x509_parser::parse_x509_certificate(cert.as_ref())
                     .ok()
                     .map(|(_, parsed)| parsed.validity().not_after.timestamp())
             })
-            .try_fold(i64::MAX, |earliest, end| Some(earliest.min(end?)));
+            .try_fold(parsed.validity().not_after.timestamp(), |earliest, end| {
+                Some(earliest.min(end?))
+            });
         let Some(not_after) = not_after else {
             // Verified by webpki, yet not read here: it identifies no one (a token still may).
             tracing::debug!(%spiffe_id, "a client certificate chain could not be read for its expiry; it identifies no caller");
@@ -400,8 +406,7 @@ impl ClientCertificate {
 /// The `spiffe://` URI SAN of a verified client certificate, if it has exactly one: an X.509
 /// SVID carries one SPIFFE ID (SPIFFE X509-SVID §2), so a certificate naming two identifies no
 /// caller (a token may still).
-pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+fn spiffe_id(parsed: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
     let san = parsed.subject_alternative_name().ok()??;
     let mut ids = san
         .value
@@ -428,6 +433,12 @@ mod tests {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = sans;
         params.self_signed(&key).unwrap().der().clone()
+    }
+
+    /// [`super::spiffe_id`] of a certificate in DER.
+    fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).unwrap();
+        super::spiffe_id(&parsed)
     }
 
     fn uri(text: &str) -> rcgen::SanType {
@@ -528,14 +539,14 @@ mod tests {
             uri("https://example.org/not-spiffe"),
         ]);
         assert_eq!(
-            super::spiffe_id(&one).as_deref(),
+            spiffe_id(&one).as_deref(),
             Some("spiffe://example.org/billing")
         );
         let two = certificate(vec![
             uri("spiffe://example.org/billing"),
             uri("spiffe://example.org/admin"),
         ]);
-        assert_eq!(super::spiffe_id(&two), None);
-        assert_eq!(super::spiffe_id(&certificate(vec![])), None);
+        assert_eq!(spiffe_id(&two), None);
+        assert_eq!(spiffe_id(&certificate(vec![])), None);
     }
 }

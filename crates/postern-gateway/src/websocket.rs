@@ -57,7 +57,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 use crate::body::{CallerBody, ForwardBody, GatewayBody, TokenReading};
-use crate::context::{AuthMethod, CallContext, ConnectionInfo};
+use crate::context::{CallContext, ConnectionInfo};
 use crate::error::CallError;
 use crate::events::Decision;
 use crate::runtime::IntegrationRuntime;
@@ -344,8 +344,7 @@ impl SessionGrant {
             return false;
         };
         let token = self.token.as_deref().map(Vec::as_slice);
-        let spiffe_id = runtime.certified(self.certificate.as_deref(), at);
-        if !runtime.still_names(caller, auth, spiffe_id, token) {
+        if !runtime.still_names(caller, auth, self.certificate.as_deref(), token, at) {
             return false;
         }
         let Some(integration) = runtime.integrations.get(&**name) else {
@@ -381,11 +380,9 @@ impl SessionGrant {
         let mut decisions = shared.tunnel_decisions();
         let mut at = std::time::SystemTime::now();
         // A session its caller's certificate opened is decided again when that expires.
-        let expires = self
-            .certificate
-            .as_ref()
-            .filter(|_| context.auth == Some(AuthMethod::Mtls))
-            .map(|cert| cert.not_after());
+        let expires = context
+            .auth
+            .and_then(|auth| auth.expiry(self.certificate.as_deref()));
         while self.still_allowed(&shared.runtime.load_full(), context, at) {
             match crate::next_decision(&mut decisions, expires).await {
                 Some(next) => at = next,
