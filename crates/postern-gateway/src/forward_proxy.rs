@@ -145,7 +145,11 @@ pub async fn handle_connect(
             // What a client sent after its CONNECT, before the answer (an optimistic TLS
             // hello, a request meant for the tunnel), is not a request to Postern: the
             // connection closes after the refusal, as Squid's does.
+            // Over h2 that header is not sent, and other streams may be tunnels: there a
+            // refusal closes the connection (with a GOAWAY) only when it has identified no
+            // caller, as any refusal does.
             let mut response = crate::proxy::refuse(&shared, &call.context, &call.progress, &error);
+            crate::proxy::close_after_refusal(&connection, &call.context, &mut response);
             response
                 .headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -944,7 +948,7 @@ fn authorize_tunnel(
     ))
 }
 
-fn enabled(runtime: &Runtime) -> Result<(), CallError> {
+pub(crate) fn enabled(runtime: &Runtime) -> Result<(), CallError> {
     if runtime.proxy.config.enabled {
         return Ok(());
     }
@@ -1027,13 +1031,18 @@ fn proxy_caller(
         });
     }
     let Some(token) = token else {
-        if let ByCertificate::Lapsed = by_certificate {
-            // As in path mode: the client reconnects with its current certificate.
+        // As in path mode: the client reconnects with its current certificate.
+        let reason = match by_certificate {
+            ByCertificate::Lapsed => Some(crate::proxy::CERTIFICATE_LAPSED),
+            ByCertificate::Unregistered => Some(crate::proxy::CERTIFICATE_UNREGISTERED),
+            ByCertificate::Caller(_) | ByCertificate::None => None,
+        };
+        if let Some(reason) = reason {
             connection.close();
             return Err(CallError::new(
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                 "proxy_auth_required",
-                crate::proxy::CERTIFICATE_LAPSED,
+                reason,
             ));
         }
         return Err(CallError::new(

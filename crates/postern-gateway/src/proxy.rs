@@ -971,6 +971,10 @@ fn hex_digit(byte: u8) -> Option<u8> {
 /// once and no longer does.
 pub(crate) const CERTIFICATE_LAPSED: &str = "the client certificate this connection was made with has expired, or is no longer trusted (`client_ca` or `client_crl` changed): reconnect with a current certificate";
 
+/// The refusal of a request without a caller token on a connection whose client certificate
+/// is valid but whose SPIFFE ID no caller has (any more).
+pub(crate) const CERTIFICATE_UNREGISTERED: &str = "the client certificate's SPIFFE ID is no caller's `spiffe_id` in the config (never added, or removed by a reload): register it, or send a caller token";
+
 /// Who is calling: a verified client certificate's SPIFFE ID, else a caller token from
 /// `Postern-Caller-Token`, `Authorization: Bearer`, or `Authorization: Basic` (token as password).
 /// Returns the token (to keep it from ever being forwarded).
@@ -1010,11 +1014,19 @@ fn identify_caller(
             .filter(|token| runtime.caller_by_token(token).is_some()));
     }
     let Some(token) = caller_token_from_headers(headers) else {
-        if let ByCertificate::Lapsed = by_certificate {
-            // The certificate this connection was made with identifies no one any more: the
-            // client reconnects with its current one.
-            connection.close();
-            return Err(CallError::unauthenticated(CERTIFICATE_LAPSED));
+        // The certificate this connection was made with identifies no one (any more): the
+        // client reconnects with its current one, or once its caller is registered, rather
+        // than meet this refusal on every request of a kept connection.
+        match by_certificate {
+            ByCertificate::Lapsed => {
+                connection.close();
+                return Err(CallError::unauthenticated(CERTIFICATE_LAPSED));
+            }
+            ByCertificate::Unregistered => {
+                connection.close();
+                return Err(CallError::unauthenticated(CERTIFICATE_UNREGISTERED));
+            }
+            ByCertificate::Caller(_) | ByCertificate::None => {}
         }
         return Err(CallError::unauthenticated(
             "no caller credentials: send Authorization: Bearer <caller token> (or Basic with the token as password, or Postern-Caller-Token), or a client certificate with a registered SPIFFE ID",
@@ -1146,6 +1158,11 @@ fn route_tunnel<'a>(
     tunnel: &crate::context::TunnelInfo,
     path: &'a str,
 ) -> Result<(Arc<IntegrationRuntime>, &'a str), CallError> {
+    // Forward-proxy mode turned off closes what it opened, as it closes opaque tunnels.
+    if let Err(refusal) = crate::forward_proxy::enabled(runtime) {
+        connection.close();
+        return Err(refusal);
+    }
     let Some(integration) = runtime.integrations.get(&*tunnel.integration) else {
         connection.close();
         return Err(CallError::new(
@@ -1155,11 +1172,7 @@ fn route_tunnel<'a>(
         ));
     };
     context.integration = Some(integration.name.clone());
-    let still_claimed = runtime
-        .proxy
-        .integration_for_host(&tunnel.host)
-        .is_some_and(|owner| owner.name == integration.name);
-    if !still_claimed || (tunnel.mode == "intercept" && !integration.config.intercept) {
+    if !still_routes(runtime, tunnel, integration) {
         connection.close();
         return Err(CallError::forbidden(
             "host_changed",
@@ -1167,6 +1180,21 @@ fn route_tunnel<'a>(
         ));
     }
     Ok((integration.clone(), path))
+}
+
+/// Whether `runtime` still routes what `tunnel` carries to `integration`, as when it opened:
+/// the host still that integration's, and intercepted only while the integration intercepts
+/// (asked of each request in the tunnel, and of a WebSocket session opened in it).
+pub(crate) fn still_routes(
+    runtime: &Runtime,
+    tunnel: &crate::context::TunnelInfo,
+    integration: &IntegrationRuntime,
+) -> bool {
+    let still_claimed = runtime
+        .proxy
+        .integration_for_host(&tunnel.host)
+        .is_some_and(|owner| owner.name == integration.name);
+    still_claimed && (tunnel.mode != "intercept" || integration.config.intercept)
 }
 
 /// Operation match, then the Cedar decision.

@@ -436,7 +436,10 @@ pub enum ByCertificate {
     /// The certificate has expired, or the listener's trust no longer verifies it: the
     /// connection is to close, and the client to reconnect with its current one.
     Lapsed,
-    /// No certificate, or one naming no registered caller.
+    /// A valid, trusted certificate whose SPIFFE ID names no caller in the config (none was
+    /// added, or a reload removed it): the connection carries no identity but a caller token.
+    Unregistered,
+    /// No certificate.
     None,
 }
 
@@ -756,7 +759,7 @@ impl Runtime {
         match self.certified(Some(certificate), at) {
             Some(spiffe_id) => match self.caller_by_spiffe(spiffe_id) {
                 Some(caller) => ByCertificate::Caller(caller),
-                None => ByCertificate::None,
+                None => ByCertificate::Unregistered,
             },
             None => ByCertificate::Lapsed,
         }

@@ -203,6 +203,7 @@ pub(crate) fn open(
         config.max_response_body_bytes,
     );
     let grant = SessionGrant {
+        tunnel: connection.tunnel.clone(),
         certificate: connection.certificate.clone(),
         token: caller_token.map(|token| Zeroizing::new(token.to_vec())),
         path: crate::proxy::routed(vendor_path).into(),
@@ -320,6 +321,10 @@ struct Ends<'a> {
 /// caller, its way of authenticating, the integration and the operation are the call's
 /// (its context); the credential it was named by is kept here.
 struct SessionGrant {
+    /// The forward-proxy tunnel it was opened in, if any: the session ends when forward-proxy
+    /// mode is turned off or its host no longer routes to its integration, as the tunnel's
+    /// next request would be refused.
+    tunnel: Option<std::sync::Arc<crate::context::TunnelInfo>>,
     /// The client certificate of the connection it was opened on.
     certificate: Option<std::sync::Arc<crate::tls::ClientCertificate>>,
     token: Option<Zeroizing<Vec<u8>>>,
@@ -350,6 +355,13 @@ impl SessionGrant {
         let Some(integration) = runtime.integrations.get(&**name) else {
             return false;
         };
+        if let Some(tunnel) = &self.tunnel {
+            if !runtime.proxy.config.enabled
+                || !crate::proxy::still_routes(runtime, tunnel, integration)
+            {
+                return false;
+            }
+        }
         let matched = integration.operations.find("GET", &self.path);
         if matched.is_none_or(|found| found.id != operation)
             || !allowed(integration, Some(operation))

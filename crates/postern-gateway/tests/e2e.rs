@@ -2555,6 +2555,42 @@ async fn an_mtls_identity_ends_with_its_certificate_on_a_connection_kept_open() 
     gw.stop().await;
 }
 
+/// A reload that takes a certificate's SPIFFE ID from the callers ends the identity of the
+/// connections it opened: their next request without a caller token is refused, saying so,
+/// and the connection closed, rather than refused on every request of a kept connection.
+#[tokio::test]
+async fn a_reload_that_unregisters_a_spiffe_id_closes_its_connections() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let pki = TestPki::new();
+    let staging = tempfile::tempdir().unwrap();
+    let gw = billing_over_mtls(&vendor, &pki, staging.path()).await;
+    let (cert, key) = pki.client_cert("spiffe://example.org/billing");
+    let addr = gw.running().listen_addr;
+    let h1 = pki
+        .mtls_client_builder(&cert, &key, addr)
+        .http1_only()
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/stripe/v1/charges/ch_1", addr.port());
+    assert_eq!(h1.get(&url).send().await.unwrap().status(), 200);
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let moved = config.replace(
+        "spiffe_id = \"spiffe://example.org/billing\"",
+        "spiffe_id = \"spiffe://example.org/billing-v2\"",
+    );
+    assert_ne!(config, moved);
+    std::fs::write(&gw.config_path, moved).unwrap();
+    gw.running()
+        .reload(postern_config::load(&gw.config_path).unwrap())
+        .unwrap();
+    let answer = h1.get(&url).send().await.unwrap();
+    assert_eq!(answer.status(), 401);
+    assert_eq!(answer.headers()["connection"], "close");
+    let text = answer.text().await.unwrap();
+    assert!(text.contains("no caller's `spiffe_id`"), "{text}");
+    gw.stop().await;
+}
+
 /// The listener's trust is read again at each reload, and asked of open connections at their
 /// next request: a certificate `client_crl` now lists is refused on the connection it opened
 /// (and at the next handshake), one it does not list goes on; a `client_ca` that no longer

@@ -1638,6 +1638,12 @@ async fn an_open_intercepted_tunnel_stops_when_its_host_or_interception_changes(
             format!("hosts = [\"{VENDOR_HOST}\"]"),
             format!("hosts = [\"{VENDOR_HOST}\"]\nintercept = false"),
         ),
+        // (Appended: the config has no [proxy] table.)
+        (
+            "forward proxy off",
+            String::new(),
+            "\n[proxy]\nenabled = false\n".to_string(),
+        ),
     ] {
         let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
         let gw = intercepting_gateway(&vendor, "", "").await;
@@ -1649,13 +1655,23 @@ async fn an_open_intercepted_tunnel_stops_when_its_host_or_interception_changes(
             "{change}"
         );
         let text = std::fs::read_to_string(&gw.config_path).unwrap();
-        assert!(text.contains(&from), "{change}: {text}");
-        let config = postern_config::parse(&text.replace(&from, &to), &gw.config_path).unwrap();
+        let changed = match from.is_empty() {
+            true => format!("{text}{to}"),
+            false => {
+                assert!(text.contains(&from), "{change}: {text}");
+                text.replace(&from, &to)
+            }
+        };
+        let config = postern_config::parse(&changed, &gw.config_path).unwrap();
         gw.running().reload(config).unwrap();
         let response = client.get(&url).send().await.unwrap();
-        assert_eq!(response.status(), 403, "{change}");
+        let (status, code) = match from.is_empty() {
+            true => (405, "proxy_disabled"),
+            false => (403, "host_changed"),
+        };
+        assert_eq!(response.status(), status, "{change}");
         let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "host_changed", "{change}: {body}");
+        assert_eq!(body["error"]["code"], code, "{change}: {body}");
         // The tunnel closes after that answer (h2: a GOAWAY, which a request the client sends
         // at once may cross): soon a request opens another tunnel, which the new config decides
         // (refused, or opaque and so not trusted by this client), instead of meeting the
@@ -1665,7 +1681,7 @@ async fn an_open_intercepted_tunnel_stops_when_its_host_or_interception_changes(
             match client.get(&url).send().await {
                 Ok(response) => {
                     let body = response.text().await.unwrap_or_default();
-                    if !body.contains("host_changed") {
+                    if !body.contains(code) {
                         closed = true;
                         break;
                     }
@@ -1830,6 +1846,35 @@ async fn an_http2_connect_opens_a_tunnel_counted_as_the_caller_s() {
     let second = sender.send_request(connect()).await.unwrap();
     assert_eq!(second.status(), 429);
     drop(tunnel);
+    gw.stop().await;
+}
+
+/// A CONNECT refused over h2 before the connection identified any caller (no credentials)
+/// ends the connection with a GOAWAY, as any such refusal does: a peer without a caller token
+/// cannot hold a listener slot by sending a refused CONNECT every idle period.
+#[tokio::test]
+async fn an_unauthenticated_http2_connect_closes_its_connection() {
+    let gw = TestGateway::start(&open_proxy_to(9, ""), None).await;
+    let io = hyper_util::rt::TokioIo::new(
+        tokio::net::TcpStream::connect(gw.running().listen_addr)
+            .await
+            .unwrap(),
+    );
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let ended = tokio::spawn(connection);
+    let connect = http::Request::connect("127.0.0.1:9")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(connect).await.unwrap();
+    assert_eq!(response.status(), 407);
+    tokio::time::timeout(Duration::from_secs(5), ended)
+        .await
+        .expect("the h2 connection ended after its 407")
+        .unwrap()
+        .unwrap();
     gw.stop().await;
 }
 

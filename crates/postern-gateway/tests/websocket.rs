@@ -348,13 +348,14 @@ async fn an_idle_session_is_closed_at_the_integrations_idle_limit() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn a_websocket_session_through_the_forward_proxy_is_intercepted_and_relayed() {
+/// A session to the realtime operation through the forward proxy, as a client with
+/// `HTTPS_PROXY=http://x:<caller token>@postern` opens one for `wss://`: CONNECT, then the
+/// handshake inside the tunnel Postern intercepts.
+async fn session_through_the_proxy(
+    gw: &TestGateway,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>> {
     use base64::Engine as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let vendor = WsVendor::start(None, echo).await;
-    let (gw, _keys) = ws_gateway(&vendor, "").await;
-    // What a client with HTTPS_PROXY=http://x:<caller token>@postern does for wss://.
     let credentials =
         base64::engine::general_purpose::STANDARD.encode(format!("x:{CHECKOUT_TOKEN}"));
     let mut tcp = TcpStream::connect(gw.running().listen_addr).await.unwrap();
@@ -379,9 +380,17 @@ async fn a_websocket_session_through_the_forward_proxy_is_intercepted_and_relaye
     let request = format!("wss://{VENDOR_HOST}/v1/realtime?model=gpt")
         .into_client_request()
         .unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(request, tls)
+    let (ws, _) = tokio_tungstenite::client_async(request, tls)
         .await
         .expect("the handshake is accepted inside the tunnel");
+    ws
+}
+
+#[tokio::test]
+async fn a_websocket_session_through_the_forward_proxy_is_intercepted_and_relayed() {
+    let vendor = WsVendor::start(None, echo).await;
+    let (gw, _keys) = ws_gateway(&vendor, "").await;
+    let mut ws = session_through_the_proxy(&gw).await;
     ws.send(Message::text("hello")).await.unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await
@@ -415,6 +424,60 @@ async fn a_websocket_session_through_the_forward_proxy_is_intercepted_and_relaye
     assert_eq!(event["operation"], "realtime", "{event}");
     assert_eq!(event["reason"], "caller_token_in_body", "{event}");
     gw.stop().await;
+}
+
+/// A session opened inside an intercepted tunnel ends when a reload takes what the tunnel's
+/// next request would be refused for: interception of its host turned off, its host given
+/// elsewhere, or forward-proxy mode turned off (`websocket_revoked`).
+#[tokio::test]
+async fn a_session_in_a_tunnel_ends_when_the_tunnel_would_be_refused() {
+    let hosts = format!("hosts = [\"{VENDOR_HOST}\"]");
+    for (change, from, to) in [
+        (
+            "interception off",
+            hosts.clone(),
+            format!("{hosts}\nintercept = false"),
+        ),
+        (
+            "host moved",
+            hosts.clone(),
+            "hosts = [\"elsewhere.postern.test\"]".into(),
+        ),
+        // (Appended: the config has no [proxy] table.)
+        (
+            "forward proxy off",
+            String::new(),
+            "\n[proxy]\nenabled = false\n".into(),
+        ),
+    ] {
+        let vendor = WsVendor::start(None, echo).await;
+        let (gw, _keys) = ws_gateway(&vendor, "").await;
+        let mut ws = session_through_the_proxy(&gw).await;
+        ws.send(Message::text("hello")).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer, Message::text("echo: hello"), "{change}");
+        let text = std::fs::read_to_string(&gw.config_path).unwrap();
+        let changed = match from.is_empty() {
+            true => format!("{text}{to}"),
+            false => {
+                assert!(text.contains(&from), "{change}: {text}");
+                text.replace(&from, &to)
+            }
+        };
+        let config = postern_config::parse(&changed, &gw.config_path).unwrap();
+        gw.running().reload(config).unwrap();
+        until_closed(&mut ws, change).await;
+        let events = gw.wait_events(1).await;
+        assert_eq!(
+            events[0]["reason"], "websocket_revoked",
+            "{change}: {events:#?}"
+        );
+        gw.stop().await;
+    }
 }
 
 /// An open session is decided again at each reload, as an opaque tunnel is: one that still
