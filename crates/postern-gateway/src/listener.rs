@@ -87,6 +87,12 @@ pub fn connection_slots() -> Arc<tokio::sync::Semaphore> {
 /// vendor connection, so one connection cannot take a thousand descriptors.
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 
+/// The most of an answer an HTTP/2 caller connection buffers per stream ahead of what its
+/// socket takes (hyper's default is 400 KiB). A caller that grants huge flow-control windows
+/// and then stops reading otherwise pins 400 KiB a stream, 50 MB a connection of
+/// [`MAX_CONCURRENT_STREAMS`]; the stream's source (the vendor) waits instead.
+pub const H2_SEND_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Protocol settings shared by the gateway and admin listeners.
 pub fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -100,7 +106,8 @@ pub fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecuto
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(max_header_bytes as u32)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_send_buf_size(H2_SEND_BUFFER_BYTES);
     // No keep-alive PINGs: a PING and its answer are bytes, so they would keep an idle HTTP/2
     // connection (or an intercepted tunnel) from ever reaching its idle limit; a silent peer
     // is closed by that limit (`deadline.rs`) as an HTTP/1.1 one is.
@@ -358,6 +365,8 @@ where
                     let info = Arc::new(info.holding(slot, live, source));
                     match h2 {
                         true => {
+                            // The client chose h2: it speaks nothing else here.
+                            let stream = H2Only::new(stream);
                             let Connection {
                                 builder,
                                 watcher,
@@ -388,6 +397,57 @@ where
         let _ = local_stop.send(true);
     }
 }
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4), which hyper's server looks for.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `read`, the start of what a connection sends next, is or may become the h2 preface.
+fn may_begin_h2_preface(read: &[u8]) -> bool {
+    let shared = read.len().min(H2_PREFACE.len());
+    !read.is_empty() && read[..shared] == H2_PREFACE[..shared]
+}
+
+/// A TLS connection whose client chose `h2` by ALPN, read through a check of its first bytes:
+/// anything but the h2 preface ends it. hyper's server would otherwise serve it HTTP/1.1, which
+/// the client agreed not to speak and which would bypass Postern's own HTTP/1.1 server (and
+/// the records it makes of malformed heads).
+struct H2Only<S> {
+    inner: S,
+    /// How many bytes of the preface have been read.
+    matched: usize,
+}
+
+impl<S> H2Only<S> {
+    fn new(inner: S) -> Self {
+        H2Only { inner, matched: 0 }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for H2Only<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if this.matched < H2_PREFACE.len() {
+            let read = &buf.filled()[before..];
+            let checked = read.len().min(H2_PREFACE.len() - this.matched);
+            if read[..checked] != H2_PREFACE[this.matched..this.matched + checked] {
+                return std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the client chose h2 by ALPN but did not send the HTTP/2 preface",
+                )));
+            }
+            this.matched += checked;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+forward_async_write!(H2Only<S>, inner);
 
 /// What a connection needs once hyper serves it: hyper's settings, and the idle limit its
 /// requests must keep to ([`serve`]). Shared by a listener's connections.
@@ -431,14 +491,17 @@ impl Connection {
         )
         .await;
         if let Served::Handoff { read, served } = served {
-            // After an HTTP/1.1 exchange, the connection stays HTTP/1.1 (no h2 preface).
+            // After an HTTP/1.1 exchange, the connection stays HTTP/1.1: an h2 preface now is
+            // no request (hyper's server would switch to h2 on it whatever it is told: it
+            // looks for the preface on every connection it serves with upgrades). What is
+            // handed over is at least a request line that HTTP/1.1 parsing refused, so a
+            // preface would show.
+            if served && may_begin_h2_preface(&read) {
+                tracing::debug!(peer = %info.peer, "an HTTP/2 preface after an HTTP/1.1 exchange: closing");
+                return;
+            }
             let idle = builder.idle;
             let builder = builder.builder.clone();
-            let builder = if served {
-                builder.http1_only()
-            } else {
-                builder
-            };
             let io = TokioIo::new(Prefixed::new(read, stream));
             // Boxed, made only when a request is left to hyper: hyper's connection state is
             // kilobytes, and inline it would be part of every connection's task, idle or not.
@@ -771,6 +834,122 @@ pub async fn serve_hyper<I, H, F>(
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP/2 caller that grants the largest windows and then stops reading has at most
+    /// [`H2_SEND_BUFFER_BYTES`] (and one chunk) of each answer taken from its source.
+    #[tokio::test]
+    async fn an_http2_caller_that_stops_reading_pins_little_of_each_answer() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        const CHUNK: usize = 16 * 1024;
+        const STREAMS: usize = 32;
+        /// A client stream whose reads stop once `paused` is set (and are never woken).
+        struct Pausable {
+            inner: tokio::io::DuplexStream,
+            paused: Arc<AtomicBool>,
+        }
+        impl tokio::io::AsyncRead for Pausable {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                if self.paused.load(SeqCst) {
+                    return std::task::Poll::Pending;
+                }
+                std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+            }
+        }
+        impl tokio::io::AsyncWrite for Pausable {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+            }
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+            }
+        }
+
+        let (client, server) = tokio::io::duplex(CHUNK);
+        let polled = Arc::new(AtomicUsize::new(0));
+        let counted = polled.clone();
+        let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+            let counted = counted.clone();
+            async move {
+                // An answer without end, counting what is taken of it.
+                let chunks = futures_util::stream::repeat_with(move || {
+                    counted.fetch_add(CHUNK, SeqCst);
+                    Ok::<_, Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(
+                        &[b'x'; CHUNK],
+                    )))
+                });
+                Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(chunks)))
+            }
+        });
+        let serving = tokio::spawn(async move {
+            let builder = connection_builder(8192);
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(server), service)
+                .await;
+        });
+        let paused = Arc::new(AtomicBool::new(false));
+        let io = Pausable {
+            inner: client,
+            paused: paused.clone(),
+        };
+        let largest = (1u32 << 31) - 1;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(largest)
+                .initial_connection_window_size(largest)
+                .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(io))
+                .await
+                .unwrap();
+        // Nothing the gateway sends is read from here on: its SETTINGS need no answer for it
+        // to take the windows granted.
+        paused.store(true, SeqCst);
+        let driving = tokio::spawn(connection);
+        let mut waiting = Vec::new();
+        for _ in 0..STREAMS {
+            let request = Request::get("http://postern/big")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            sender.ready().await.unwrap();
+            waiting.push(tokio::spawn(sender.send_request(request)));
+        }
+        // Until the taking stops (bounded: 5 s).
+        let mut last = usize::MAX;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = polled.load(SeqCst);
+            if now == last && now > 0 {
+                break;
+            }
+            last = now;
+        }
+        let taken = polled.load(SeqCst);
+        let bound = STREAMS * (H2_SEND_BUFFER_BYTES + 2 * CHUNK) + CHUNK;
+        assert!(
+            taken > 0 && taken <= bound,
+            "{taken} bytes taken of {STREAMS} answers nobody reads (at most {bound})"
+        );
+        serving.abort();
+        driving.abort();
+        for request in waiting {
+            request.abort();
+        }
+    }
 
     /// Serves `request` with hyper's HTTP/1.1 server (its head buffer `max_buf_size`, at most
     /// [`h1server::HYPER_MAX_HEADERS`] headers, as the listener sets it) and returns what

@@ -2927,6 +2927,69 @@ where
     );
 }
 
+/// A connection speaks one protocol: after an HTTP/1.1 exchange an h2 preface is no request
+/// (the connection ends, nothing of HTTP/2 sent), and a TLS client that chose h2 by ALPN and
+/// sends HTTP/1.1 is not answered.
+#[tokio::test]
+async fn a_connection_keeps_the_protocol_it_began_with() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// All the connection sends until it closes (bounded: 5 s).
+    async fn to_the_end<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the connection was closed");
+        answer
+    }
+    // An empty SETTINGS frame.
+    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = stripe_gateway(&vendor, "").await;
+    let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    get_charge_kept_alive(&mut stream, &gw.token).await;
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(SETTINGS).await.unwrap();
+    let after = to_the_end(&mut stream).await;
+    assert!(
+        after.is_empty(),
+        "answered an h2 preface after HTTP/1.1: {after:?}"
+    );
+    gw.stop().await;
+
+    let pki = TestPki::new();
+    let staging = tempfile::tempdir().unwrap();
+    let gw = billing_over_mtls(&vendor, &pki, staging.path()).await;
+    let (cert, key) = pki.client_cert("spiffe://example.org/billing");
+    for (alpn, answered) in [(&b"h2"[..], false), (&b"http/1.1"[..], true)] {
+        let mut config = pki.rustls_client(&cert, &key);
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(gw.running().listen_addr)
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(
+            b"GET /stripe/v1/charges/ch_1 HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let answer = String::from_utf8_lossy(&to_the_end(&mut tls).await).into_owned();
+        assert_eq!(
+            answer.starts_with("HTTP/1.1 200"),
+            answered,
+            "ALPN {}: {answer}",
+            String::from_utf8_lossy(alpn)
+        );
+    }
+    gw.stop().await;
+}
+
 /// A connection on which no request has identified a caller is closed after a refusal (`401`,
 /// or a `400` or the forward proxy's refusal before a caller is known; HTTP/1.1:
 /// `connection: close`, then the end, lingering; h2: a GOAWAY, then the end), so a peer without
