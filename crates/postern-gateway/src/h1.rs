@@ -771,9 +771,14 @@ async fn read_head(
     method: &Method,
     heard: &mut bool,
 ) -> Result<Head, Error> {
+    // How much of the buffer was parsed and found to end no head yet.
+    let mut scanned = 0;
     loop {
-        if let Some(parsed) = parse_head(conn, method)? {
-            return Ok(parsed);
+        if may_end_a_head(&conn.buf, scanned) {
+            if let Some(parsed) = parse_head(conn, method)? {
+                return Ok(parsed);
+            }
+            scanned = conn.buf.len();
         }
         if conn.buf.len() >= MAX_HEAD_BYTES {
             return Err(Error::Malformed("the response head is larger than 64 KiB"));
@@ -785,6 +790,21 @@ async fn read_head(
             Err(error) => return Err(Error::Read(error)),
         }
     }
+}
+
+/// Whether `buf`, whose first `scanned` bytes were parsed and found to end no head (`0`: none
+/// parsed yet), may now hold a head's end: a blank line (`\n\n` or `\n\r\n`) among the bytes
+/// read since and the three before them. hyper's check, so that a head trickled a byte at a
+/// time is not parsed again whole at every byte (quadratic in its length, for a caller
+/// unauthenticated until its head ends).
+pub(crate) fn may_end_a_head(buf: &[u8], scanned: usize) -> bool {
+    if scanned == 0 {
+        return true;
+    }
+    let tail = &buf[scanned.saturating_sub(3).min(buf.len())..];
+    tail.iter().enumerate().any(|(at, &byte)| {
+        byte == b'\n' && matches!(tail.get(at + 1..), Some([b'\n', ..] | [b'\r', b'\n', ..]))
+    })
 }
 
 /// A final head: its parts, how its body ends, and whether the connection may be reused.

@@ -139,6 +139,8 @@ pub(crate) const HYPER_MIN_BUF_BYTES: usize = 8192;
 /// into room made for its length). An idle keep-alive connection over TLS keeps this much; over
 /// plain TCP none ([`idle_read`]).
 const READ_SPACE: usize = 2 * 1024;
+/// The longest request target hyper's server takes (its `MAX_URI_LEN`; longer: `414`).
+const HYPER_MAX_URI_BYTES: usize = (u16::MAX - 1) as usize;
 /// How long closing a connection may wait to send its last bytes (TLS `close_notify`).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a refused request's connection is read and discarded after its answer, at most
@@ -364,15 +366,20 @@ async fn next_request<S: AsyncRead + ReadReady + Unpin>(
     // its body in a box, made only then.
     let (head, head_len, body_len, close, _share) = {
         let mut head_deadline = None;
+        // How much of `buf` was parsed and found to end no head yet: parsed again only once a
+        // blank line may have come ([`crate::h1::may_end_a_head`]).
+        let mut scanned = 0;
         let (head, head_len, body_len, close, share) = loop {
             if !buf.is_empty() {
                 let read = buf.len();
-                match parse(buf, max_header_bytes, bodies) {
-                    Parse::Partial => {}
-                    Parse::Handoff => return Next::Handoff,
-                    Parse::Conflicting => return Next::Conflicting,
-                    Parse::Request(head, body_len, close, share) => {
-                        break (head, read - buf.len(), body_len, close, share);
+                if crate::h1::may_end_a_head(buf, scanned) {
+                    match parse(buf, max_header_bytes, bodies) {
+                        Parse::Partial => scanned = read,
+                        Parse::Handoff => return Next::Handoff,
+                        Parse::Conflicting => return Next::Conflicting,
+                        Parse::Request(head, body_len, close, share) => {
+                            break (head, read - buf.len(), body_len, close, share);
+                        }
                     }
                 }
                 // Still incomplete: past what hyper would read, hyper refuses it (431). Any
@@ -766,7 +773,8 @@ fn parse_with<const N: usize>(
     let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
         return Some(Parse::Handoff);
     };
-    if method == "CONNECT" || !path.starts_with('/') {
+    // A target longer than hyper takes is hyper's to refuse (414), whatever `max_header_bytes`.
+    if method == "CONNECT" || !path.starts_with('/') || path.len() > HYPER_MAX_URI_BYTES {
         return Some(Parse::Handoff);
     }
     if handoff || chunked || only_conflicting {
@@ -1501,6 +1509,74 @@ mod tests {
     /// itself hyper reads as the same method, target, headers and body; every one it leaves to
     /// hyper keeps all its bytes; and the one shape hyper would reframe (both Content-Length and
     /// Transfer-Encoding) is refused, never served.
+    /// However large `max_header_bytes` is, a request target longer than hyper takes is
+    /// hyper's (which answers 414): this server serves only what hyper would.
+    #[test]
+    fn a_target_longer_than_hyper_takes_is_handed_to_hyper() {
+        let head = |length: usize| {
+            let head = format!(
+                "GET /{} HTTP/1.1\r\nhost: x\r\n\r\n",
+                "a".repeat(length - 1)
+            );
+            BytesMut::from(head.as_bytes())
+        };
+        let mut longest = head(HYPER_MAX_URI_BYTES);
+        assert!(matches!(
+            parse(&mut longest, 1 << 20, &WHOLE_BODIES),
+            Parse::Request(..)
+        ));
+        let mut longer = head(HYPER_MAX_URI_BYTES + 1);
+        assert!(matches!(
+            parse(&mut longer, 1 << 20, &WHOLE_BODIES),
+            Parse::Handoff
+        ));
+    }
+
+    /// A head trickled in pieces is parsed again only once a blank line may have come, and no
+    /// complete head (nor one with both framings) is ever left unparsed for it: at every piece
+    /// of fuzzed heads where the parse is skipped, parsing would have found it incomplete, or
+    /// malformed (which the head's end or the size limit hands to hyper all the same).
+    #[test]
+    fn a_trickled_head_is_parsed_again_only_when_it_may_have_ended() {
+        let seed = 0x7e1c_4ead;
+        let mut fuzz = Fuzz(seed);
+        for case in 0..3000 {
+            let bytes = fuzzed_request(&mut fuzz);
+            let shown = crate::fuzz::shown(seed, case, &bytes);
+            let (mut at, mut scanned) = (0, 0);
+            while at < bytes.len() {
+                at = (at + 1 + fuzz.below(8)).min(bytes.len());
+                let parsed = parsed(&bytes[..at]);
+                if crate::h1::may_end_a_head(&bytes[..at], scanned) {
+                    match parsed {
+                        "partial" => scanned = at,
+                        _ => break,
+                    }
+                } else {
+                    assert!(
+                        matches!(parsed, "partial" | "hyper"),
+                        "a {parsed} head was not parsed at {at}; {shown}"
+                    );
+                }
+            }
+        }
+        // A 12 KiB head a byte at a time: parsed twice (its first byte, its end), not 12,000
+        // times.
+        let mut head = b"GET /stripe/v1/charges HTTP/1.1\r\nhost: postern\r\n".to_vec();
+        while head.len() < 12 * 1024 {
+            head.extend_from_slice(b"x-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        let (mut scanned, mut parses) = (0, 0);
+        for at in 1..=head.len() {
+            if crate::h1::may_end_a_head(&head[..at], scanned) {
+                parses += 1;
+                scanned = at;
+            }
+        }
+        assert_eq!(parses, 2);
+    }
+
     #[tokio::test]
     async fn the_servers_parser_agrees_with_hyper_on_fuzzed_heads() {
         let seed = 0x005e_ed0f_b00c;
