@@ -641,8 +641,15 @@ impl Pool {
 
     /// A ready connection to `key`: an HTTP/1.1 one leaves the stack, an h2 one with room is
     /// shared (a stream of it counted for the call). Closed connections and ones idle longer
-    /// than `idle_timeout` are dropped on the way.
-    fn take(&mut self, key: &OriginKey, idle_timeout: Duration) -> Option<(Leased, SocketAddr)> {
+    /// than `idle_timeout` are dropped on the way. `h2_only`: a caller's call on everyone's
+    /// connections to an origin known as h2 takes no HTTP/1.1 one there (one checked in by a
+    /// call of no caller's, Postern's own token request, whose late answer must not reach it).
+    fn take(
+        &mut self,
+        key: &OriginKey,
+        idle_timeout: Duration,
+        h2_only: bool,
+    ) -> Option<(Leased, SocketAddr)> {
         let conns = self.origins.get_mut(key)?;
         let now = Instant::now();
         let mut i = conns.len();
@@ -654,6 +661,7 @@ impl Pool {
                     continue;
                 }
                 State::Full => continue,
+                State::Ready if h2_only && matches!(conns[i].sender, Sender::H1(_)) => continue,
                 State::Ready => conns[i].since = now,
             }
             return Some(match &conns[i].sender {
@@ -852,7 +860,7 @@ impl UpstreamClient {
                     let mut locked = lock(pool);
                     let taken = match resent {
                         true => None,
-                        false => locked.take(&key, self.inner.idle_timeout),
+                        false => locked.take(&key, self.inner.idle_timeout, h1_partition.is_some()),
                     };
                     match taken {
                         Some(pooled) => (Some(pooled), None),
@@ -1737,6 +1745,30 @@ mod tests {
             assert_eq!(call(&client, vendor.addr).await, format!("{{\"n\":{n}}}"));
         }
         assert_eq!(vendor.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// A caller's call on everyone's connections to an origin known as h2 takes no HTTP/1.1
+    /// connection pooled there: only a call of no caller's checks one in (Postern's own token
+    /// request), and a late answer on it must not reach a caller.
+    #[tokio::test]
+    async fn a_callers_call_takes_no_http1_connection_of_postern_s_own() {
+        let vendor = vendor(usize::MAX).await;
+        let client = client(Duration::from_secs(60));
+        call(&client, vendor.addr).await;
+        // Let the connection's task see its body end (it is ready again then).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let url = format!("http://{}/v1/charges", vendor.addr);
+        let key = OriginKey::of(&url.parse().unwrap()).unwrap();
+        let known_as_h2 = H2Origin {
+            limit: 100,
+            opening: None,
+            dialling: 0,
+        };
+        lock(client.pool()).h2_origins.insert(key, known_as_h2);
+        let (response, _) = client.send(request(&url), Some("a"), true).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
