@@ -790,6 +790,78 @@ fn serve_serves_a_listener_certificate_rotated_in_place() {
     );
 }
 
+/// A reload that names other TLS files serves them, watches them from then on (a certificate
+/// rotated in place there is served), and reloads once more by itself as soon as they are
+/// watched: a file changed between the reload's reading and the watch is not missed.
+#[test]
+fn serve_watches_the_tls_files_a_reload_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = two_free_ports();
+    let place = |name: &str| {
+        let at = dir.path().join(name);
+        std::fs::create_dir_all(&at).unwrap();
+        (at.join("gw.pem"), at.join("gw-key.pem"))
+    };
+    let write = |(cert, key): &(PathBuf, PathBuf), identity: &ListenerIdentity| {
+        std::fs::write(key, &identity.key_pem).unwrap();
+        std::fs::write(cert, &identity.cert_pem).unwrap();
+    };
+    let (old, new) = (place("old"), place("new"));
+    let config = dir.path().join("postern.toml");
+    let config_for = |(cert, key): &(PathBuf, PathBuf)| {
+        let tls = format!(
+            "[gateway]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
+        served_config(dir.path(), listen, admin, r#""a""#).replacen("[gateway]\n", &tls, 1)
+    };
+    let first = ListenerIdentity::new();
+    write(&old, &first);
+    std::fs::write(&config, config_for(&old)).unwrap();
+    let mut server = serve(&[], &config, Stdio::piped());
+    let stderr = server.0.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let log_writer = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log_writer.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let reloads_by_tls = || {
+        log.lock()
+            .unwrap()
+            .lines()
+            .filter(|line| {
+                line.contains("configuration reloaded") && line.contains("TLS file change")
+            })
+            .count()
+    };
+    eventually("the first certificate is served", || {
+        first.served_on(listen)
+    });
+    assert_eq!(reloads_by_tls(), 0);
+
+    let second = ListenerIdentity::new();
+    write(&new, &second);
+    std::fs::write(&config, config_for(&new)).unwrap();
+    eventually("the certificate the reload names is served", || {
+        second.served_on(listen)
+    });
+    // No TLS file changed since: the reload that follows is the catch-up.
+    eventually("one catch-up reload once the new files are watched", || {
+        reloads_by_tls() == 1
+    });
+
+    let third = ListenerIdentity::new();
+    write(&new, &third);
+    eventually(
+        "a certificate rotated in place where the reload pointed",
+        || third.served_on(listen),
+    );
+    assert_eq!(terminate(&mut server), Some(0));
+}
+
 /// A client revocation list past its `nextUpdate` is a warning at `client_crl` (it still
 /// revokes what it names: refusing it would let every revoked certificate in); exit 0.
 #[test]
