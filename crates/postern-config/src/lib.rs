@@ -52,7 +52,7 @@ mod validate;
 
 pub use diagnostic::{ConfigErrors, Diagnostic};
 pub use path_template::segment_name;
-pub use validate::{check_host_pattern, is_identifier, within_name};
+pub use validate::{check_host_pattern, is_identifier, reads_as_a_secret, within_name};
 
 /// Default for [`GatewayConfig::events_max_file_bytes`]: 64 MiB.
 pub const DEFAULT_EVENTS_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;

@@ -1156,6 +1156,14 @@ impl Validator<'_> {
                     "`from_env` is not a valid environment variable name",
                     "name the variable that holds the secret, e.g. `from_env = \"STRIPE_KEY\"`",
                 );
+            } else if reads_as_a_secret(name) {
+                // Refused here, and never echoed: the name is repeated by `check`, the logs
+                // and `/readyz` when the variable is missing.
+                self.error(
+                    variable.span(),
+                    "`from_env` reads as a secret value, not the name of a variable",
+                    "put the value in an environment variable and name it here, e.g. `from_env = \"STRIPE_KEY\"`; rotate the value if this file was shared",
+                );
             }
             SecretSource::Env(name.clone())
         } else if let Some(file) = &raw.from_file {
@@ -1181,6 +1189,16 @@ impl Validator<'_> {
                     "`secret` is not a valid vault credential name",
                     "use letters, digits, '.', '-' and '_', with at least one letter or digit, as given \
                      to `postern creds set NAME`",
+                );
+            } else if reads_as_a_secret(text) {
+                let key = match raw.client_secret.is_some() {
+                    true => "client_secret",
+                    false => "secret",
+                };
+                self.error(
+                    name.span(),
+                    format!("`{key}` reads as a secret value, not the name of a vault credential"),
+                    format!("store the value with `postern creds set NAME` (it asks for it) and write `{key} = \"NAME\"`; rotate the value if this file was shared"),
                 );
             }
             SecretSource::Vault(text.clone())
@@ -1772,6 +1790,66 @@ fn name_problem(
     (message, fix.to_string())
 }
 
+/// Well-known prefixes of vendor keys and tokens (Stripe, GitHub, GitLab, Slack, AWS, Google,
+/// OpenAI, SendGrid, Postern's own caller tokens).
+const KEY_PREFIXES: &[&str] = &[
+    "sk_live_",
+    "sk_test_",
+    "rk_live_",
+    "rk_test_",
+    "whsec_",
+    "pst_",
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "ghu_",
+    "github_pat_",
+    "glpat-",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "xoxs-",
+    "AKIA",
+    "ASIA",
+    "AIza",
+    "sk-",
+    "SG.",
+];
+
+/// Whether `text`, written where a name belongs (a vault credential's, an environment
+/// variable's, a user name in an imported log), reads as a secret value instead: a well-known
+/// key prefix with 16 or more characters after it, or, its letters and digits taken together,
+/// 24 or more of them holding both, whose kind (capital, small letter, digit) changes at two
+/// steps in five or more as in random keys (a name's words change it at their starts only:
+/// `SalesforceProductionClientSecret2024` at one step in four), or 32 or more of which a
+/// quarter are digits (hexadecimal and lower-case random keys). Such a text is never echoed.
+pub fn reads_as_a_secret(text: &str) -> bool {
+    if KEY_PREFIXES
+        .iter()
+        .any(|prefix| text.len() >= prefix.len() + 16 && text.starts_with(prefix))
+    {
+        return true;
+    }
+    let kind = |byte: u8| match byte {
+        b'0'..=b'9' => 0,
+        b'A'..=b'Z' => 1,
+        _ => 2,
+    };
+    let (mut length, mut digits, mut changes, mut last) = (0usize, 0usize, 0usize, None);
+    for byte in text.bytes().filter(u8::is_ascii_alphanumeric) {
+        length += 1;
+        digits += usize::from(byte.is_ascii_digit());
+        if last.is_some_and(|last| last != kind(byte)) {
+            changes += 1;
+        }
+        last = Some(kind(byte));
+    }
+    if length < 24 || digits == 0 || digits == length {
+        return false;
+    }
+    changes * 5 >= (length - 1) * 2 || (length >= 32 && digits * 4 >= length)
+}
+
 /// `text` (a host pattern, a name, that may have been written as a URL) without what could be
 /// a credential: a user name and password before `@`, a query or a fragment, each shown as `…`.
 fn without_credentials(text: &str) -> String {
@@ -1921,6 +1999,36 @@ fn check_spiffe_id(id: &str) -> Result<(), (String, String)> {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    #[test]
+    fn names_are_told_from_secret_values() {
+        for name in [
+            "STRIPE_KEY",
+            "OPENAI_API_KEY_PRODUCTION_EU_WEST_1",
+            "SalesforceProductionClientSecret2024",
+            "salesforce-production-client-secret-2024",
+            "stripe.prod.v2",
+            "svc-billing",
+            "alice@example.com",
+            "sk-prod",
+            "AKIA_KEY",
+            "twilio_auth_token_2024_11_28",
+        ] {
+            assert!(!super::reads_as_a_secret(name), "{name}");
+        }
+        for secret in [
+            "sk_live_51HabcDEFghiJKLmno",
+            "pst_AbCdEfGhIjKlMnOpQrStUvWxYz",
+            "AKIAIOSFODNN7EXAMPLE",
+            // Random keys: base62, hexadecimal, base64url, lower case and digits.
+            "q8TzL0vNw3YbR5kXe2JmC7uHa9DgF1pS",
+            "3f9a0c7e5b1d2e8f4a6b0c9d1e3f5a7b9c0d2e4f",
+            "Zx9-aB3cD4_eF5gH6iJ7kL8mN9oP0qR1sT2uV3wX4y",
+            "k3j5h7g9f2d4s6a8q1w3e5r7t9y2u4i6",
+        ] {
+            assert!(super::reads_as_a_secret(secret), "{secret}");
+        }
+    }
 
     /// `line:column: message` of each error in a config whose `[gateway]` ends with `extra`,
     /// or "ok" (as `tests/parse.rs` renders them).
