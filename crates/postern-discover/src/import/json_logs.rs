@@ -109,8 +109,10 @@ pub(super) fn parse_nginx_json(line: &str, options: &ImportOptions) -> Result<Ob
     observation.status = number(&object, &["status"]);
     observation.bytes_in = number(&object, &["bytes_sent", "body_bytes_sent"]).unwrap_or(0);
     observation.bytes_out = number(&object, &["request_length"]).unwrap_or(0);
-    observation.caller =
-        text(&object, &["remote_user"]).or_else(|| text(&object, &["remote_addr"]));
+    observation.caller = super::caller_of(
+        text(&object, &["remote_user"]).as_deref(),
+        text(&object, &["remote_addr"]).as_deref(),
+    );
     Ok(observation)
 }
 

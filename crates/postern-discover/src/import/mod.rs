@@ -233,6 +233,37 @@ pub fn import<R: BufRead>(
 }
 
 /// An observation with the parts every importer fills the same way.
+/// The caller a log line names: its authenticated user (`$remote_user`), unless that reads as a
+/// secret (nginx fills it from any `Authorization: Basic`, and vendors such as Stripe take the
+/// API key as the Basic user name: `curl -u sk_live_…:`), else its client address.
+fn caller_of(remote_user: Option<&str>, remote_addr: Option<&str>) -> Option<String> {
+    remote_user
+        .filter(|user| *user != "-" && !postern_config::reads_as_a_secret(user))
+        .or(remote_addr)
+        .filter(|caller| *caller != "-")
+        .map(str::to_owned)
+}
+
+/// A request target as an error message may show it: without a query, a fragment or user
+/// information, which may hold credentials (`?key=…`, `https://user:password@…`).
+fn shown_target(target: &str) -> String {
+    let (before, after) = target.split_at(target.find(['?', '#']).unwrap_or(target.len()));
+    let mut shown = before.to_string();
+    if let Some(scheme_end) = shown.find("://").map(|at| at + 3) {
+        let authority_end = shown[scheme_end..]
+            .find('/')
+            .map_or(shown.len(), |at| scheme_end + at);
+        if let Some(at) = shown[scheme_end..authority_end].rfind('@') {
+            shown.replace_range(scheme_end..scheme_end + at, "…");
+        }
+    }
+    if let Some(mark) = after.chars().next() {
+        shown.push(mark);
+        shown.push('…');
+    }
+    shown
+}
+
 fn observation(host: (String, u16), time_ms: i64) -> Observation {
     Observation {
         host: host.0,

@@ -47,10 +47,16 @@ pub(super) fn parse_line(line: &str, options: &ImportOptions) -> Result<Observat
     let request = &fields[4];
     let mut parts = request.split_ascii_whitespace();
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return Err(format!("request `{request}` is not `METHOD TARGET HTTP/x`"));
+        return Err(format!(
+            "request `{}` is not `METHOD TARGET HTTP/x`",
+            super::shown_target(request)
+        ));
     };
     if !method.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(format!("request `{request}` does not start with a method"));
+        return Err(format!(
+            "request `{}` does not start with a method",
+            super::shown_target(request)
+        ));
     }
     // Only an absolute-form target says how the host was spoken to (a CONNECT tunnel's
     // bytes are not in the log).
@@ -59,32 +65,37 @@ pub(super) fn parse_line(line: &str, options: &ImportOptions) -> Result<Observat
             Some((host, port)) if super::is_host(&host) => {
                 ((host, port.unwrap_or(443)), None, None)
             }
-            _ => return Err(format!("CONNECT target `{target}` is not host:port")),
+            _ => {
+                return Err(format!(
+                    "CONNECT target `{}` is not host:port",
+                    super::shown_target(target)
+                ))
+            }
         }
     } else if target.starts_with('/') || target == "*" {
         let destination = host_from_extras(extras)
             .or_else(|| options.default_host.clone())
             .ok_or_else(|| {
                 format!(
-                    "request `{method} {target}` names no host and the line has no host field; \
-                     pass --host, or log absolute-form requests or $host"
+                    "request `{method} {}` names no host and the line has no host field; \
+                     pass --host, or log absolute-form requests or $host",
+                    super::shown_target(target)
                 )
             })?;
         (destination, Some(target.to_owned()), None)
     } else {
-        let (destination, path, scheme) = split_absolute_url(target)
-            .ok_or_else(|| format!("request target `{target}` is not a path or an http(s) URL"))?;
+        let (destination, path, scheme) = split_absolute_url(target).ok_or_else(|| {
+            format!(
+                "request target `{}` is not a path or an http(s) URL",
+                super::shown_target(target)
+            )
+        })?;
         (destination, Some(path), Some(scheme))
     };
 
     let mut observation = observation(destination, time);
     observation.scheme = scheme;
-    let caller = if remote_user != "-" {
-        remote_user
-    } else {
-        remote_addr
-    };
-    observation.caller = (caller != "-").then(|| caller.clone());
+    observation.caller = super::caller_of(Some(remote_user.as_ref()), Some(remote_addr.as_ref()));
     observation.method = Some(method.to_owned());
     observation.path = path;
     observation.status = Some(status);
@@ -204,6 +215,20 @@ mod tests {
         assert_eq!(o.scheme, Some(crate::Scheme::Https));
         let o = parse(r#"10.1.2.3 - - [05/Mar/2024:10:11:12 +0000] "GET http://api.x.com:8080/v1 HTTP/1.1" 200 2 "-" "-""#).unwrap();
         assert_eq!((o.port, o.scheme), (8080, Some(crate::Scheme::Http)));
+    }
+
+    /// nginx fills `$remote_user` from any Basic credential, and Stripe-style vendors take the
+    /// API key as the user name: such a key is never a discovered caller (the client's address
+    /// is), and an error never shows a request's query or user information.
+    #[test]
+    fn a_key_in_the_log_is_no_caller_and_no_error_text() {
+        let o = parse(r#"10.1.2.3 - sk_live_51HabcDEFghiJKLmnoPQR [05/Mar/2024:10:11:12 +0000] "CONNECT api.stripe.com:443 HTTP/1.1" 200 0 "-" "-""#).unwrap();
+        assert_eq!(o.caller.as_deref(), Some("10.1.2.3"));
+        let error = parse(r#"10.1.2.3 - - [05/Mar/2024:10:11:12 +0000] "GET /maps/api/geocode/json?key=AIzaCANARY&address=x HTTP/1.1" 200 2 "-" "-""#).unwrap_err();
+        assert!(error.contains("`GET /maps/api/geocode/json?…`"), "{error}");
+        let error = parse(r#"10.1.2.3 - - [05/Mar/2024:10:11:12 +0000] "GET ftp://user:CANARY@files.x.com/a?t=CANARY HTTP/1.1" 200 2 "-" "-""#).unwrap_err();
+        assert!(!error.contains("CANARY"), "{error}");
+        assert!(error.contains("ftp://…@files.x.com/a?…"), "{error}");
     }
 
     #[test]
