@@ -2322,12 +2322,21 @@ fn has_tls_error(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// An error and its causes, for the log. A vendor's GOAWAY carries debug data of the vendor's
+/// choosing, which h2 shows after the reason as ` (b"…")`: it may quote the injected credential
+/// or the request's URL (a `query` credential), so it is left out.
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error.source();
+    let mut text = String::new();
+    let mut current = Some(error);
     while let Some(error) = current {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        let described = error.to_string();
+        text.push_str(match described.find(" (b\"") {
+            Some(at) => &described[..at],
+            None => &described,
+        });
         current = error.source();
     }
     text
@@ -2902,6 +2911,37 @@ mod tests {
     use http::header::{HeaderName, HeaderValue};
     use http::{header, Request};
     use std::borrow::Cow;
+
+    /// A vendor's GOAWAY debug data (h2 shows it after the reason) never reaches the log.
+    #[test]
+    fn a_vendors_goaway_debug_data_is_left_out_of_the_log() {
+        #[derive(Debug)]
+        struct GoAway;
+        impl std::fmt::Display for GoAway {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "connection error received: not a result of an error (b\"key=sk_live_CANARY\")",
+                )
+            }
+        }
+        impl std::error::Error for GoAway {}
+        #[derive(Debug)]
+        struct Client(GoAway);
+        impl std::fmt::Display for Client {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("http2 error")
+            }
+        }
+        impl std::error::Error for Client {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert_eq!(
+            super::error_chain(&Client(GoAway)),
+            "http2 error: connection error received: not a result of an error"
+        );
+    }
 
     #[test]
     fn a_header_read_as_a_stripped_one_by_cgi_servers_is_stripped_too() {

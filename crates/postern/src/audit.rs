@@ -1368,9 +1368,18 @@ impl Admin {
     /// The admin API at `url` (`http://host:port`), without a config.
     fn at(url: &str, token_file: Option<&Path>) -> Result<Admin, Failure> {
         let base = url.trim_end_matches('/');
+        // Echoed only when it holds nothing that could be a credential (a user name and
+        // password, a query).
+        let shown = match url.contains(['@', '?', '#']) {
+            true => format!(
+                "({} characters, holding user information or a query)",
+                url.chars().count()
+            ),
+            false => format!("{url:?}"),
+        };
         let parsed: http::Uri = base.parse().map_err(|e| {
             Failure::new(format!(
-                "--admin-url {url:?} is not a URL ({e}); give it as http://HOST:PORT"
+                "--admin-url {shown} is not a URL ({e}); give it as http://HOST:PORT"
             ))
         })?;
         if parsed.scheme_str() != Some("http")
@@ -1379,7 +1388,7 @@ impl Admin {
             || parsed.query().is_some()
         {
             return Err(Failure::new(format!(
-                "--admin-url {url:?} is not of the form http://HOST:PORT (the admin listener serves plain HTTP, with no path)"
+                "--admin-url {shown} is not of the form http://HOST:PORT (the admin listener serves plain HTTP, with no path)"
             )));
         }
         Ok(Admin {
@@ -1562,6 +1571,28 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refused `--admin-url` is echoed only when it holds no user information or query.
+    #[test]
+    fn a_refused_admin_url_is_not_echoed_with_its_credentials() {
+        for url in [
+            "http://admin:CANARY@127.0.0.1:9090",
+            "http://127.0.0.1:9090/?token=CANARY",
+        ] {
+            let Err(failure) = Admin::at(url, None) else {
+                panic!("{url} was taken")
+            };
+            assert!(!failure.message.contains("CANARY"), "{}", failure.message);
+        }
+        let Err(failure) = Admin::at("https://127.0.0.1:9090", None) else {
+            panic!("https was taken")
+        };
+        assert!(
+            failure.message.contains("\"https://127.0.0.1:9090\""),
+            "{}",
+            failure.message
+        );
+    }
 
     /// Two runs saving the state at once take turns: the second waits for the first's lock.
     #[test]
