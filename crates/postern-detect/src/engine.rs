@@ -286,6 +286,10 @@ const CALLER_REFUSALS: &[&str] = &[
     // `concurrency_limited` and `request_decoders_busy`, a gateway limit: no vendor was asked,
     // and its 5xx are not the vendor's outage).
     "resolver_busy",
+    // 503: the gateway's memory bounds on bodies read to be scanned and on `br` answers read
+    // for the injected credential (the vendor, asked or not, is not at fault).
+    "scanners_busy",
+    "response_decoders_busy",
     // 502: the target dialled is one of Postern's own listeners: the caller asked for Postern
     // itself, nothing reached a vendor.
     "upstream_is_postern",

@@ -764,8 +764,10 @@ fn a_caller_s_first_refusal_under_none_raises_no_new_caller() {
         .any(|name| &**name == "(none)"));
 }
 
-/// The gateway's own refusals that reach no vendor — `resolver_busy` (its bound on name lookups
-/// in flight was full) and `upstream_is_postern` (the target is Postern itself) — count on
+/// The gateway's own refusals that reach no vendor, or withhold an answer for its own bounds —
+/// `resolver_busy` (its bound on name lookups in flight was full), `upstream_is_postern` (the
+/// target is Postern itself), `scanners_busy` and `response_decoders_busy` (its memory bounds
+/// on bodies scanned and `br` answers read) — count on
 /// their caller's keys only: no integration key, no host key; a vendor's 502 does count.
 #[test]
 fn gateway_refusals_that_reach_no_vendor_count_on_the_caller_only() {
@@ -780,7 +782,12 @@ fn gateway_refusals_that_reach_no_vendor_count_on_the_caller_only() {
             "10.0.0.1",
         )
     };
-    for (status, reason) in [(503, "resolver_busy"), (502, "upstream_is_postern")] {
+    for (status, reason) in [
+        (503, "resolver_busy"),
+        (502, "upstream_is_postern"),
+        (503, "scanners_busy"),
+        (503, "response_decoders_busy"),
+    ] {
         let mut engine = Engine::new(EngineConfig::default());
         engine.observe(&refused(status, reason), START_MS);
         assert!(engine.integration_names().is_empty(), "{reason}");

@@ -74,11 +74,12 @@ pub(crate) struct DecoderBudget {
     by_caller: std::sync::Mutex<Vec<(Arc<str>, usize)>>,
 }
 
-/// A decoder's share of a [`DecoderBudget`], given back when dropped.
+/// A share of a [`DecoderBudget`] (a decoder's window, or what a scan holds), given back when
+/// dropped.
 pub(crate) struct DecoderPermit<'a> {
     budget: &'a DecoderBudget,
     bytes: usize,
-    caller: Arc<str>,
+    caller: Option<Arc<str>>,
 }
 
 impl DecoderBudget {
@@ -103,8 +104,30 @@ impl DecoderBudget {
             Coding::Zstd => (1 << postern_scan::MAX_ZSTD_WINDOW_LOG) + (512 << 10),
             Coding::Gzip | Coding::Deflate => return Ok(None),
         };
-        let name = caller.cloned().unwrap_or_else(|| Arc::from(""));
-        let mut by_caller = self
+        let mut permit = self.permit(caller);
+        match permit.grow(bytes) {
+            true => Ok(Some(permit)),
+            false => Err(RequestBodyViolation::DecodersBusy),
+        }
+    }
+
+    /// A share of nothing yet, for `caller`, to [`DecoderPermit::grow`].
+    pub(crate) fn permit(&self, caller: Option<&Arc<str>>) -> DecoderPermit<'_> {
+        DecoderPermit {
+            budget: self,
+            bytes: 0,
+            caller: caller.cloned(),
+        }
+    }
+}
+
+impl DecoderPermit<'_> {
+    /// Takes `more` bytes of the budget, unless that would pass its limit or its caller's part
+    /// of it (bodies no caller is known for have none of their own).
+    pub(crate) fn grow(&mut self, more: usize) -> bool {
+        let budget = self.budget;
+        let name = self.caller.clone().unwrap_or_else(|| Arc::from(""));
+        let mut by_caller = budget
             .by_caller
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -113,32 +136,31 @@ impl DecoderBudget {
             .iter()
             .find(|(held_by, _)| *held_by == name)
             .map_or(0, |(_, held)| *held);
-        if used + bytes > self.limit || (caller.is_some() && mine + bytes > self.per_caller) {
-            return Err(RequestBodyViolation::DecodersBusy);
+        if used + more > budget.limit || (self.caller.is_some() && mine + more > budget.per_caller)
+        {
+            return false;
         }
         match by_caller.iter_mut().find(|(held_by, _)| *held_by == name) {
-            Some((_, held)) => *held += bytes,
-            None => by_caller.push((name.clone(), bytes)),
+            Some((_, held)) => *held += more,
+            None => by_caller.push((name, more)),
         }
-        Ok(Some(DecoderPermit {
-            budget: self,
-            bytes,
-            caller: name,
-        }))
+        self.bytes += more;
+        true
     }
 }
 
 impl Drop for DecoderPermit<'_> {
     fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        let name = self.caller.clone().unwrap_or_else(|| Arc::from(""));
         let mut by_caller = self
             .budget
             .by_caller
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(index) = by_caller
-            .iter()
-            .position(|(held_by, _)| *held_by == self.caller)
-        {
+        if let Some(index) = by_caller.iter().position(|(held_by, _)| *held_by == name) {
             by_caller[index].1 -= self.bytes;
             if by_caller[index].1 == 0 {
                 by_caller.swap_remove(index);

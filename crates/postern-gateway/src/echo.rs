@@ -89,12 +89,34 @@ enum Reading {
     /// No coding: the bytes at the last frame's end that could start a secret.
     Plain(Zeroizing<Vec<u8>>),
     /// A coding: the decoder, the last bytes of each of its readings (two for a `deflate`
-    /// answer that may read either way), and the frames held back, as sent.
+    /// answer that may read either way), and the frames held back, as sent; and the decoder's
+    /// share of [`RESPONSE_DECODER_BUDGET`] (a `br` window's).
     Coded {
         decoder: Box<postern_scan::StreamDecoder>,
         tails: [Zeroizing<Vec<u8>>; postern_scan::READINGS],
         held: Vec<Bytes>,
+        _permit: Option<crate::body::DecoderPermit<'static>>,
     },
+}
+
+/// What the `br` answers being read for the injected credential at once may hold for their
+/// decoders' windows (4 MiB each), all callers together, as [`crate::body::REQUEST_DECODER_BUDGET`]
+/// bounds request bodies': past it (or past a caller's quarter) the next such answer is refused
+/// (`503 response_decoders_busy`) rather than let answers nobody reads take the gateway's
+/// memory. `gzip` and `deflate` (a 32 KiB window) are not counted.
+pub const RESPONSE_DECODER_BUDGET: usize = 512 << 20;
+
+/// The process's [`RESPONSE_DECODER_BUDGET`].
+static RESPONSE_DECODERS: crate::body::DecoderBudget =
+    crate::body::DecoderBudget::new(RESPONSE_DECODER_BUDGET, RESPONSE_DECODER_BUDGET / 4);
+
+/// Why an answer cannot be read for the credential as it streams.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    /// A `Content-Encoding` Postern cannot undo, or read as it streams (its text, cut short).
+    Coding(String),
+    /// [`RESPONSE_DECODER_BUDGET`] is spent.
+    DecodersBusy,
 }
 
 impl EchoFilter {
@@ -108,8 +130,8 @@ impl EchoFilter {
         headers: &http::HeaderMap,
         fixed: &Needles,
         minted: Option<Needles>,
-        max_decoded: u64,
-    ) -> Result<Option<Self>, String> {
+        (max_decoded, caller): (u64, Option<&std::sync::Arc<str>>),
+    ) -> Result<Option<Self>, Unreadable> {
         let (needles, keep) = secrets(fixed, minted);
         if needles.iter().all(Option::is_none) {
             return Ok(None);
@@ -118,12 +140,19 @@ impl EchoFilter {
             None => None,
             Some(encoding) => match postern_scan::StreamDecoder::check(&encoding) {
                 Ok(coding) if coding != Some(postern_scan::Coding::Zstd) => coding,
-                _ => return Err(encoding.chars().take(40).collect::<String>()),
+                _ => {
+                    return Err(Unreadable::Coding(
+                        encoding.chars().take(40).collect::<String>(),
+                    ))
+                }
             },
         };
         let reading = match coding {
             None => Reading::Plain(Zeroizing::new(Vec::new())),
             Some(coding) => Reading::Coded {
+                _permit: RESPONSE_DECODERS
+                    .take(coding, caller)
+                    .map_err(|_| Unreadable::DecodersBusy)?,
                 decoder: Box::new(postern_scan::StreamDecoder::new(
                     coding,
                     usize::try_from(max_decoded).unwrap_or(usize::MAX),
@@ -218,6 +247,7 @@ impl EchoFilter {
                     decoder,
                     tails,
                     held,
+                    ..
                 },
         } = self
         else {
@@ -378,7 +408,7 @@ mod tests {
                 http::HeaderValue::from_str(value).unwrap(),
             );
         }
-        EchoFilter::for_answer(&map, &needles(&[KEY]), None, 1 << 20)
+        EchoFilter::for_answer(&map, &needles(&[KEY]), None, (1 << 20, None))
             .unwrap()
             .expect("a filter")
     }
@@ -453,6 +483,32 @@ mod tests {
         );
     }
 
+    /// A `br` answer's decoder takes its window (4 MiB) of the response decoders' budget for
+    /// as long as its filter lives, one caller at most a quarter of it: past that the next is
+    /// refused, another caller's still read, and the share comes back when a filter goes.
+    #[test]
+    fn br_answers_hold_at_most_the_response_decoder_budget() {
+        let mut map = http::HeaderMap::new();
+        map.insert("content-encoding", "br".parse().unwrap());
+        let map = map;
+        let (one, other): (std::sync::Arc<str>, std::sync::Arc<str>) =
+            ("budget-test-one".into(), "budget-test-other".into());
+        let filter = |caller: &std::sync::Arc<str>| {
+            EchoFilter::for_answer(&map, &needles(&[KEY]), None, (1 << 20, Some(caller)))
+        };
+        let part = RESPONSE_DECODER_BUDGET / 4 / (4 << 20);
+        let mut held: Vec<_> = (0..part).map(|_| filter(&one).unwrap()).collect();
+        assert_eq!(filter(&one).err(), Some(Unreadable::DecodersBusy));
+        assert!(filter(&other).is_ok());
+        held.pop();
+        assert!(filter(&one).is_ok());
+        // gzip takes no share.
+        let mut gzip = http::HeaderMap::new();
+        gzip.insert("content-encoding", "gzip".parse().unwrap());
+        let gzipped = EchoFilter::for_answer(&gzip, &needles(&[KEY]), None, (1 << 20, Some(&one)));
+        assert!(gzipped.is_ok());
+    }
+
     #[test]
     fn every_form_of_the_secret_is_overwritten() {
         let encoded = b"sk%2Blive";
@@ -460,7 +516,7 @@ mod tests {
             &http::HeaderMap::new(),
             &needles(&[b"sk+live", encoded]),
             Some(needles(&[b"oauth-token-1"])),
-            1 << 20,
+            (1 << 20, None),
         )
         .unwrap()
         .unwrap();
@@ -471,7 +527,12 @@ mod tests {
 
     #[test]
     fn nothing_to_look_for_is_no_filter() {
-        let none = EchoFilter::for_answer(&http::HeaderMap::new(), &needles(&[]), None, 1 << 20);
+        let none = EchoFilter::for_answer(
+            &http::HeaderMap::new(),
+            &needles(&[]),
+            None,
+            (1 << 20, None),
+        );
         assert!(matches!(none, Ok(None)));
     }
 
@@ -479,8 +540,8 @@ mod tests {
     fn a_coding_postern_cannot_undo_is_refused() {
         let mut map = http::HeaderMap::new();
         map.insert(http::header::CONTENT_ENCODING, "gzip, br".parse().unwrap());
-        let refused = EchoFilter::for_answer(&map, &needles(&[KEY]), None, 1 << 20);
-        assert_eq!(refused.err().as_deref(), Some("gzip, br"));
+        let refused = EchoFilter::for_answer(&map, &needles(&[KEY]), None, (1 << 20, None));
+        assert_eq!(refused.err(), Some(Unreadable::Coding("gzip, br".into())));
     }
 
     #[test]
@@ -640,13 +701,13 @@ mod tests {
         for coding in ["zstd", "ZSTD"] {
             let mut map = http::HeaderMap::new();
             map.insert(http::header::CONTENT_ENCODING, coding.parse().unwrap());
-            let refused = EchoFilter::for_answer(&map, &needles(&[KEY]), None, 1 << 20);
-            assert_eq!(refused.err().as_deref(), Some(coding));
+            let refused = EchoFilter::for_answer(&map, &needles(&[KEY]), None, (1 << 20, None));
+            assert_eq!(refused.err(), Some(Unreadable::Coding(coding.into())));
         }
         // With nothing to look for there is no filter, and nothing refused.
         let mut map = http::HeaderMap::new();
         map.insert(http::header::CONTENT_ENCODING, "zstd".parse().unwrap());
-        let none = EchoFilter::for_answer(&map, &needles(&[]), None, 1 << 20);
+        let none = EchoFilter::for_answer(&map, &needles(&[]), None, (1 << 20, None));
         assert!(matches!(none, Ok(None)));
     }
 

@@ -2444,9 +2444,20 @@ fn prepare_response(
             &parts.headers,
             &integration.secret_needles,
             oauth_tokens.clone(),
-            limit,
+            (limit, context.caller.as_ref()),
         )
-        .map_err(|coding| {
+        .map_err(|unreadable| {
+            let coding = match unreadable {
+                crate::echo::Unreadable::Coding(coding) => coding,
+                crate::echo::Unreadable::DecodersBusy => {
+                    let mut error = CallError::unavailable(
+                        "response_decoders_busy",
+                        "the gateway is reading as many br answers for the injected credential as its memory budget allows; retry shortly, or ask for gzip (Accept-Encoding: gzip)",
+                    );
+                    error.retry_after_seconds = Some(1);
+                    return error;
+                }
+            };
             let named = coding
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-._, ".contains(&b));
@@ -2520,7 +2531,7 @@ async fn inspect_scanned(
         &runtime.scanner,
         &parts.headers,
         body,
-        context.started,
+        (context.started, context.caller.as_ref()),
     );
     match scanned.await {
         Ok(scanned) => {

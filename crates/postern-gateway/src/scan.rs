@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use crate::body::RequestBodyViolation;
-use crate::body::{whole_holds_a_token, Decoding, ForwardBody, Overdue, Stall};
+use crate::body::{
+    whole_holds_a_token, DecoderBudget, DecoderPermit, Decoding, ForwardBody, Overdue, Stall,
+};
 use crate::context::CallContext;
 use crate::error::CallError;
 use crate::overrides::OverrideScan;
@@ -74,9 +76,15 @@ pub async fn scan_request(
             .bytes
             .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
     };
+    // What the scan holds, counted in the budget until this returns.
+    let mut held = SCANS.permit(context.caller.as_ref());
     let (bytes, body, complete) =
-        match read_up_to(body, cap, limit, Stall::until(Some(read_by))).await {
+        match read_up_to(body, cap, limit, Stall::until(Some(read_by)), &mut held).await {
             Ok(read) => read,
+            Err(ReadError::Busy { read }) => {
+                counted(read);
+                return Err((scanners_busy(), ScanSummary::default()));
+            }
             Err(ReadError::Broken { read }) => {
                 counted(read);
                 return Err(refused(RequestBodyViolation::Broken));
@@ -159,10 +167,31 @@ pub async fn scan_request(
                 })
         }
     };
+    if let Ok(readings) = &decoded {
+        let kept = readings
+            .iter()
+            .filter(|reading| matches!(reading, Cow::Owned(_)))
+            .map(|reading| reading.len())
+            .sum();
+        if !held.grow(kept) {
+            return Err((scanners_busy(), ScanSummary::default()));
+        }
+    }
     if bytes.is_empty() {
         return Ok((ForwardBody::full(bytes, state), Some(summary)));
     }
-    let classified = classify(scanner, approved, &bytes, decoded, headers, &mut summary).await;
+    let caller = context.caller.as_ref();
+    let classified = classify(
+        scanner,
+        approved,
+        &bytes,
+        decoded,
+        headers,
+        &mut summary,
+        caller,
+    )
+    .await
+    .map_err(|busy| (busy, ScanSummary::default()))?;
     if summary.unapproved.is_empty() {
         return Ok((ForwardBody::full(bytes, state), Some(summary)));
     }
@@ -450,10 +479,41 @@ fn is_qvalue(value: &str) -> bool {
 /// blocking pool rather than on the worker serving the connection.
 const SCAN_OFF_WORKER_BYTES: usize = 256 * 1024;
 
+/// What scanned calls may hold at once, all callers together: the bodies read whole to be
+/// scanned (requests and answers, up to each integration's `scan_max_body_bytes`), their
+/// decoded readings, and the copies scanned off the workers (which live until their scan ends,
+/// the call cancelled or not). Past it a scanned call is refused `503 scanners_busy` (failing
+/// closed: nothing unscanned is forwarded) rather than let compressed or slow bodies take the
+/// gateway's memory.
+pub const SCAN_BUDGET: usize = 256 << 20;
+
+/// The most of [`SCAN_BUDGET`] one caller's calls may hold at once (a quarter), so one caller's
+/// bodies cannot refuse everyone else's.
+pub const SCAN_CALLER_SHARE: usize = SCAN_BUDGET / 4;
+
+/// The process's [`SCAN_BUDGET`].
+static SCANS: DecoderBudget = DecoderBudget::new(SCAN_BUDGET, SCAN_CALLER_SHARE);
+
+/// Scans running off the workers at once; the others wait their turn (their copies counted in
+/// [`SCAN_BUDGET`] meanwhile), rather than take a blocking-pool thread each.
+static SCAN_THREADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
+/// The refusal of a scanned call past [`SCAN_BUDGET`].
+fn scanners_busy() -> CallError {
+    let mut error = CallError::unavailable(
+        "scanners_busy",
+        "the gateway is scanning as many bodies as its memory budget allows; retry shortly",
+    );
+    error.retry_after_seconds = Some(1);
+    error
+}
+
 /// Scans `decoded` (`bytes` with its coding undone: one reading, or two for a `deflate` body
 /// that reads two ways, each scanned as a body of its own) and fills `summary` (classes,
 /// unapproved). A body that could not be decoded is scanned as sent, and `summary.unscanned`
 /// says it was not decoded.
+/// `caller`: whose call it is, for the off-worker copy's share of [`SCAN_BUDGET`] (past it:
+/// `scanners_busy`).
 async fn classify<'a>(
     scanner: &Arc<Scanner>,
     approved: &[String],
@@ -461,7 +521,8 @@ async fn classify<'a>(
     decoded: Result<Vec<Cow<'a, [u8]>>, postern_scan::Unscanned>,
     headers: &http::HeaderMap,
     summary: &mut ScanSummary,
-) -> Classified<'a> {
+    caller: Option<&Arc<str>>,
+) -> Result<Classified<'a>, CallError> {
     let readings = match decoded {
         Ok(readings) => readings,
         Err(unscanned) => {
@@ -489,26 +550,38 @@ async fn classify<'a>(
             .map(|reading| scanner.scan(reading, hint))
             .collect()
     };
-    let results =
-        if readings.iter().map(|reading| reading.len()).sum::<usize>() >= SCAN_OFF_WORKER_BYTES {
-            let off_worker = scanner.clone();
-            let owned: Vec<Vec<u8>> = readings.iter().map(|reading| reading.to_vec()).collect();
-            let scanned = tokio::task::spawn_blocking(move || {
-                owned
-                    .iter()
-                    .map(|reading| off_worker.scan(reading, hint))
-                    .collect()
-            })
-            .await;
-            match scanned.map_err(tokio::task::JoinError::try_into_panic) {
-                Ok(results) => results,
-                Err(Ok(panic)) => std::panic::resume_unwind(panic),
-                // Cancelled (the runtime shutting down): scanned here instead.
-                Err(Err(_)) => scan_here(),
+    let size = readings.iter().map(|reading| reading.len()).sum::<usize>();
+    let results = if size >= SCAN_OFF_WORKER_BYTES {
+        // The copy and its share of the budget go with the scan, which runs to its end even
+        // if the call is dropped meanwhile (unless it had not begun: then it is skipped).
+        let mut held = SCANS.permit(caller);
+        if !held.grow(size) {
+            return Err(scanners_busy());
+        }
+        let turn = SCAN_THREADS.acquire().await;
+        let off_worker = scanner.clone();
+        let owned: Vec<Vec<u8>> = readings.iter().map(|reading| reading.to_vec()).collect();
+        let (done, scanned) = tokio::sync::oneshot::channel();
+        drop(tokio::task::spawn_blocking(move || {
+            let (_held, _turn) = (held, turn);
+            if done.is_closed() {
+                return;
             }
-        } else {
-            scan_here()
-        };
+            let results: Vec<_> = owned
+                .iter()
+                .map(|reading| off_worker.scan(reading, hint))
+                .collect();
+            let _ = done.send(results);
+        }));
+        match scanned.await {
+            Ok(results) => results,
+            // Not run (the runtime shutting down): scanned here instead. (A panic in the
+            // scan is a panic of the blocking pool's thread, and ends here too.)
+            Err(_) => scan_here(),
+        }
+    } else {
+        scan_here()
+    };
     for result in results {
         for (class, count) in &result.class_counts {
             *summary.classes.entry(class.to_string()).or_default() += count;
@@ -527,10 +600,10 @@ async fn classify<'a>(
         .into_iter()
         .filter(|f| summary.unapproved.iter().any(|c| c.as_str() == &*f.class))
         .collect();
-    Classified {
+    Ok(Classified {
         readings,
         unapproved_findings,
-    }
+    })
 }
 
 /// A vendor response after scanning: the bytes read so far (possibly masked), the rest of the
@@ -550,7 +623,7 @@ pub async fn scan_response(
     scanner: &Arc<Scanner>,
     headers: &http::HeaderMap,
     body: UpstreamBody,
-    started: std::time::Instant,
+    (started, caller): (std::time::Instant, Option<&Arc<str>>),
 ) -> Result<ScannedResponse, (CallError, ScanSummary)> {
     let approved = integration.config.data_classes.as_deref().unwrap_or(&[]);
     let cap = integration.config.scan_max_body_bytes;
@@ -566,8 +639,11 @@ pub async fn scan_response(
     }
     let stall = Stall::for_call(&integration.config, started);
     let limit = integration.config.max_response_body_bytes;
-    let (bytes, body, complete) = match read_up_to(body, cap, limit, stall).await {
+    // What the scan holds, counted in the budget until this returns.
+    let mut held = SCANS.permit(caller);
+    let (bytes, body, complete) = match read_up_to(body, cap, limit, stall, &mut held).await {
         Ok(read) => read,
+        Err(ReadError::Busy { .. }) => return Err((scanners_busy(), summary)),
         // What is read for scanning is passed on as the answer's start: the answer's limit
         // holds for it as for the rest.
         Err(ReadError::TooLarge { .. }) => {
@@ -625,7 +701,25 @@ pub async fn scan_response(
     let encoding = all_values(headers, &header::CONTENT_ENCODING);
     let decoded = postern_scan::decode_for_scan(&bytes, encoding.as_deref(), cap as usize)
         .map(|decoded| vec![decoded]);
-    let classified = classify(scanner, approved, &bytes, decoded, headers, &mut summary).await;
+    if let Ok([Cow::Owned(reading)]) = decoded.as_deref() {
+        if !held.grow(reading.len()) {
+            return Err((scanners_busy(), summary));
+        }
+    }
+    let classified = match classify(
+        scanner,
+        approved,
+        &bytes,
+        decoded,
+        headers,
+        &mut summary,
+        caller,
+    )
+    .await
+    {
+        Ok(classified) => classified,
+        Err(busy) => return Err((busy, summary)),
+    };
     if summary.unapproved.is_empty() {
         return Ok(scanned(bytes, summary));
     }
@@ -655,6 +749,8 @@ pub async fn scan_response(
 }
 
 enum ReadError {
+    /// Past [`SCAN_BUDGET`], at `read` bytes.
+    Busy { read: u64 },
     /// The stream failed after `read` bytes.
     Broken { read: u64 },
     /// Past the limit, at `read` bytes.
@@ -663,14 +759,16 @@ enum ReadError {
     Stalled { overdue: Overdue, read: u64 },
 }
 
-/// Reads frames until the body ends or more than `cap` bytes are buffered; more than `limit`
-/// is an error, and so is a vendor that stalls past `stall`'s limit. Returns the bytes, the
+/// Reads frames until the body ends or more than `cap` bytes are buffered, each counted in
+/// `held` (its share of [`SCAN_BUDGET`]); more than `limit` is an error, and so is a vendor
+/// that stalls past `stall`'s limit. Returns the bytes, the
 /// rest of the stream, and whether the body ended.
 async fn read_up_to<B: http_body::Body<Data = Bytes> + Unpin>(
     mut body: B,
     cap: u64,
     limit: u64,
     mut stall: Stall,
+    held: &mut DecoderPermit<'static>,
 ) -> Result<(Bytes, B, bool), ReadError> {
     let mut buffer = BytesMut::new();
     while (buffer.len() as u64) <= cap {
@@ -697,6 +795,11 @@ async fn read_up_to<B: http_body::Body<Data = Bytes> + Unpin>(
             }
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
+                    if !held.grow(data.len()) {
+                        return Err(ReadError::Busy {
+                            read: buffer.len() as u64,
+                        });
+                    }
                     buffer.extend_from_slice(data);
                 }
                 if buffer.len() as u64 > limit {

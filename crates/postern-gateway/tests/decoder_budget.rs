@@ -1,5 +1,6 @@
-//! The memory budget of `br` and `zstd` request-body decoders, which every call of the process
-//! shares: in a test binary of its own, so that filling it does not refuse other tests' bodies.
+//! The memory budgets every call of the process shares — of `br` and `zstd` request-body
+//! decoders, and of bodies read whole to be scanned: in a test binary of their own, so that
+//! filling one does not refuse other tests' bodies.
 
 mod support;
 
@@ -120,6 +121,122 @@ operations = ["*"]
             body.clone(),
         )
         .await;
+        if response.status() == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "the hung-up uploads' shares were not given back");
+    gw.stop().await;
+}
+
+/// Bodies read whole to be scanned hold at most `SCAN_BUDGET`, and one caller's at most a
+/// quarter of it: slow uploads to a scanned integration are refused (`503 scanners_busy`,
+/// `Retry-After`) once the caller's part is spent, rather than take the gateway's memory, and
+/// reach no vendor; another caller's go through meanwhile, and the shares come back when the
+/// calls end.
+#[tokio::test]
+async fn bodies_read_to_be_scanned_hold_at_most_the_scan_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(
+        &format!(
+            r#"
+[[integrations]]
+name = "stripe"
+vendor = "Stripe"
+owner = "payments@example.com"
+upstream = "https://127.0.0.1:{port}"
+ca_file = "{{ca}}"
+allow_private_networks = ["127.0.0.1/32"]
+data_classes = ["pii.email"]
+operations = [ {{ id = "create_charge", method = "POST", path = "/v1/charges" }} ]
+
+[[grants]]
+caller = "checkout"
+integration = "stripe"
+operations = ["*"]
+
+[[grants]]
+caller = "reporting"
+integration = "stripe"
+operations = ["*"]
+"#,
+            port = vendor.addr.port()
+        ),
+        vendor.ca_pem.as_deref(),
+    )
+    .await;
+    // A million bytes of a declared two million each, within the scan's cap (1 MiB): each
+    // upload holds its million while the rest is waited for. One caller's part holds 67.
+    const SENT: usize = 1_000_000;
+    let part = postern_gateway::scan::SCAN_CALLER_SHARE;
+    let fit = part / SENT;
+    let head = format!(
+        "POST /stripe/v1/charges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        gw.token,
+        2 * SENT
+    );
+    let body = vec![b'a'; SENT];
+    let mut waiting = Vec::new();
+    for _ in 0..fit + 8 {
+        let mut stream = tokio::net::TcpStream::connect(gw.running().listen_addr)
+            .await
+            .unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        waiting.push(Some(stream));
+    }
+    // Refusals come once the part is spent; a body being waited for is never answered.
+    let mut refused = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while refused < 5 && std::time::Instant::now() < deadline {
+        for slot in waiting.iter_mut() {
+            let Some(stream) = slot.as_mut() else {
+                continue;
+            };
+            let mut answer = vec![0u8; 4096];
+            if let Ok(Ok(read)) =
+                tokio::time::timeout(Duration::from_millis(20), stream.read(&mut answer)).await
+            {
+                let answer = String::from_utf8_lossy(&answer[..read]).to_string();
+                assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+                assert!(answer.contains("scanners_busy"), "{answer}");
+                assert!(
+                    answer.to_ascii_lowercase().contains("retry-after: 1"),
+                    "{answer}"
+                );
+                refused += 1;
+                *slot = None;
+            }
+        }
+    }
+    assert!(refused >= 5, "refused {refused} of {}", fit + 8);
+    assert!(refused <= 9, "refused {refused} of {}", fit + 8);
+    assert!(vendor.seen().is_empty(), "a vendor was sent a body");
+    // Another caller's scanned body goes through meanwhile.
+    let other = client()
+        .post(format!("{}/stripe/v1/charges", gw.base))
+        .bearer_auth(REPORTING_TOKEN)
+        .header("content-type", "text/plain")
+        .body("amount=100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    // The uploads end (their callers hang up): their shares come back.
+    drop(waiting);
+    let mut accepted = false;
+    for _ in 0..50 {
+        let response = client()
+            .post(format!("{}/stripe/v1/charges", gw.base))
+            .bearer_auth(&gw.token)
+            .header("content-type", "text/plain")
+            .body(vec![b'a'; SENT])
+            .send()
+            .await
+            .unwrap();
         if response.status() == 200 {
             accepted = true;
             break;
