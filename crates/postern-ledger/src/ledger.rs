@@ -111,9 +111,19 @@ pub enum Health {
 
 struct Segment {
     path: PathBuf,
-    file: Arc<File>,
+    /// Open for the last segment only: a full one is opened again when read (tiles and proofs,
+    /// a few at once), so a log of thousands of segments does not hold a descriptor each for
+    /// the life of the process (they would crowd out the listener's connections).
+    file: Option<Arc<File>>,
     /// Committed bytes (readers never look past this).
     len: u64,
+}
+
+impl Segment {
+    /// The last segment's file.
+    fn open_file(&self) -> &Arc<File> {
+        self.file.as_ref().expect("the last segment is open")
+    }
 }
 
 /// Where an entry's frame starts.
@@ -631,6 +641,7 @@ impl Ledger {
         let mut index = (first / TILE_WIDTH) * TILE_WIDTH;
         let mut header = [0u8; FRAME_HEADER_BYTES];
         let mut payload = Vec::new();
+        let mut segments = segments;
         while index < first + count {
             while offset >= segments[slot].len {
                 slot += 1;
@@ -641,9 +652,14 @@ impl Ledger {
                     )));
                 }
             }
+            if segments[slot].file.is_none() {
+                let path = &segments[slot].path;
+                let file = File::open(path).map_err(io_error(path))?;
+                segments[slot].file = Some(Arc::new(file));
+            }
             let segment = &segments[slot];
             segment
-                .file
+                .open_file()
                 .read_exact_at(&mut header, offset)
                 .map_err(io_error(&segment.path))?;
             let len = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
@@ -668,7 +684,7 @@ impl Ledger {
             if index >= first {
                 payload.resize(len, 0);
                 segment
-                    .file
+                    .open_file()
                     .read_exact_at(&mut payload, offset + FRAME_HEADER_BYTES as u64)
                     .map_err(io_error(&segment.path))?;
                 if crc32c::crc32c(&payload) != crc {
@@ -869,7 +885,7 @@ fn open_blocking(
         }
         segments.push(Segment {
             path,
-            file: Arc::new(file),
+            file: (slot == last_slot).then(|| Arc::new(file)),
             len: valid_len,
         });
     }
@@ -1319,7 +1335,7 @@ fn open_direct(path: &Path, tail: &[u8]) -> Result<Option<DirectSegment>, Ledger
 fn trim_padding(shared: &Shared) {
     let state = shared.state.read().expect("state lock");
     let last = state.segments.last().expect("at least one segment");
-    if let Err(error) = trim_to(&last.file, last.len) {
+    if let Err(error) = trim_to(last.open_file(), last.len) {
         tracing::warn!(segment = %last.path.display(), %error, "audit log: could not trim the last segment's padding (it is skipped on open)");
     }
 }
@@ -1428,7 +1444,7 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
         let last = state.segments.last().expect("at least one segment");
         (
             state.segments.len() - 1,
-            last.file.clone(),
+            last.open_file().clone(),
             last.path.clone(),
             last.len,
             last.len >= shared.options.max_segment_bytes,
@@ -1541,9 +1557,13 @@ fn write_batch(shared: &Shared, writer: &mut Writer, entries: &[Vec<u8>]) -> Res
     writer.builder = builder;
     let mut state = shared.state.write().expect("state lock");
     if new_segment {
+        // The full segment is closed (its readers hold their own handles while they read).
+        if let Some(full) = state.segments.last_mut() {
+            full.file = None;
+        }
         state.segments.push(Segment {
             path: segment_path,
-            file: segment_file,
+            file: Some(segment_file),
             len: writer.frames.len() as u64,
         });
     } else {

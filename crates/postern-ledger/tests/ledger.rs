@@ -1047,6 +1047,16 @@ async fn write_failures_fail_promptly_then_recover() {
     assert_eq!(verify_dir(tmp.path(), None, |_, _| {}).unwrap().entries, 4);
 }
 
+/// How many files under `dir` this process holds open (each by one descriptor or more).
+fn open_files_under(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
 #[tokio::test]
 async fn segments_roll_and_entry_bundles_span_them() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1067,17 +1077,23 @@ async fn segments_roll_and_entry_bundles_span_them() {
     ledger.checkpoint().unwrap();
     let bundle = ledger.read_entries(0, 256).unwrap();
     assert_eq!(decode_entry_bundle(&bundle).unwrap().len(), 256);
+    // Only the last segment is held open (by the state and the writer), however many rolled.
+    // (A read opens the segments it reads, and closes them after.)
+    let log = tmp.path().join("log");
+    assert_eq!(open_files_under(&log), 1);
     ledger.close().await;
-    let segments = std::fs::read_dir(tmp.path().join("log")).unwrap().count();
+    let segments = std::fs::read_dir(&log).unwrap().count();
     assert!(segments > 3, "{segments} segments");
     let (reopened, report) = Ledger::open(tmp.path(), small).await.unwrap();
     assert_eq!(report.entries, 600);
+    assert_eq!(open_files_under(&log), 1);
     assert_eq!(
         decode_entry_bundle(&reopened.read_entries(1, 256).unwrap())
             .unwrap()
             .len(),
         256
     );
+    assert_eq!(open_files_under(&log), 1);
     verify_dir(tmp.path(), None, |_, _| {}).unwrap();
 }
 
