@@ -388,6 +388,11 @@ struct ClientInner {
 /// At most this many connections are pooled per origin (and partition: a caller's HTTP/1.1
 /// ones) and worker, idle or finishing a response body (more are closed).
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
+/// At most this many connections are pooled per worker by one client (an integration's, or the
+/// forward proxy's), all origins and partitions together: past it a connection is closed after
+/// its call instead, so callers naming host after host through the forward proxy cannot have
+/// it keep a descriptor open for each until the idle limit.
+const MAX_POOLED_PER_WORKER: usize = if cfg!(test) { 8 } else { 4096 };
 /// At most this many h2 connections are opened per origin and worker because the others were at
 /// the vendor's stream limit; past it, calls wait for a stream in the least loaded one.
 const MAX_H2_PER_ORIGIN: usize = 64;
@@ -512,6 +517,8 @@ type OriginMap<V> = HashMap<OriginKey, V, std::hash::BuildHasherDefault<Precompu
 #[derive(Default)]
 struct Pool {
     origins: OriginMap<Vec<Pooled>>,
+    /// The connections in `origins`, all together (at most [`MAX_POOLED_PER_WORKER`]).
+    pooled: usize,
     /// Origins that have answered with h2 (one small entry per origin; past
     /// `MAX_KNOWN_H2_ORIGINS` the ones with no connection are forgotten).
     h2_origins: OriginMap<H2Origin>,
@@ -658,6 +665,7 @@ impl Pool {
             match conns[i].state(now, idle_timeout) {
                 State::Spent => {
                     conns.swap_remove(i);
+                    self.pooled -= 1;
                     continue;
                 }
                 State::Full => continue,
@@ -668,6 +676,7 @@ impl Pool {
                 Sender::H2(conn) => (conn.lease(), conns[i].addr),
                 Sender::H1(_) => {
                     let pooled = conns.swap_remove(i);
+                    self.pooled -= 1;
                     (pooled.sender.lease(), pooled.addr)
                 }
             });
@@ -692,6 +701,9 @@ impl Pool {
     /// (`waited_for`), or when none of them has room: when calls to an origin not yet known as
     /// h2 dialled at once, the first is kept and the others end with their calls.
     fn put(&mut self, key: &OriginKey, sender: Sender, addr: SocketAddr, waited_for: bool) {
+        if self.pooled >= MAX_POOLED_PER_WORKER {
+            return;
+        }
         let conns = match self.origins.get_mut(key) {
             Some(conns) => conns,
             None => self.origins.entry(key.clone()).or_default(),
@@ -708,6 +720,10 @@ impl Pool {
                 addr,
                 since: Instant::now(),
             });
+            self.pooled += 1;
+        } else if conns.is_empty() {
+            // (An entry made for nothing.)
+            self.origins.remove(key);
         }
     }
 
@@ -717,14 +733,19 @@ impl Pool {
     fn sweep(&mut self, idle_timeout: Duration) -> Vec<crate::h1::Connection> {
         let now = Instant::now();
         let mut spent = Vec::new();
+        let mut removed = 0;
         self.origins.retain(|_, conns| {
             let gone = conns.extract_if(.., |conn| conn.state(now, idle_timeout) == State::Spent);
-            spent.extend(gone.filter_map(|pooled| match pooled.sender {
-                Sender::H1(conn) => Some(conn),
-                Sender::H2(_) => None,
+            spent.extend(gone.filter_map(|pooled| {
+                removed += 1;
+                match pooled.sender {
+                    Sender::H1(conn) => Some(conn),
+                    Sender::H2(_) => None,
+                }
             }));
             !conns.is_empty()
         });
+        self.pooled -= removed;
         spent
     }
 }
@@ -1769,6 +1790,34 @@ mod tests {
         assert_eq!(response.status(), 200);
         response.into_body().collect().await.unwrap();
         assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// Past `MAX_POOLED_PER_WORKER` (8 in unit tests) a connection is closed after its call
+    /// instead of pooled: of twelve at once, eight are reused by the next twelve.
+    #[tokio::test]
+    async fn a_worker_pools_at_most_its_cap_of_connections() {
+        let vendor = vendor(usize::MAX).await;
+        let client = client(Duration::from_secs(60));
+        for round in 1..=2 {
+            let mut calls = tokio::task::JoinSet::new();
+            let barrier = Arc::new(tokio::sync::Barrier::new(12));
+            for _ in 0..12 {
+                let (client, addr, barrier) = (client.clone(), vendor.addr, barrier.clone());
+                calls.spawn(async move {
+                    let (response, _) = client
+                        .request(request(&format!("http://{addr}/v1/charges")))
+                        .await
+                        .unwrap();
+                    // Every call holds its connection until all have one.
+                    barrier.wait().await;
+                    response.into_body().collect().await.unwrap();
+                });
+            }
+            calls.join_all().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(lock(client.pool()).pooled, 8, "round {round}");
+        }
+        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 12 + 4);
     }
 
     #[tokio::test]
