@@ -52,7 +52,9 @@ mod validate;
 
 pub use diagnostic::{ConfigErrors, Diagnostic};
 pub use path_template::segment_name;
-pub use validate::{check_host_pattern, is_identifier, reads_as_a_secret, within_name};
+pub use validate::{
+    check_host_pattern, is_identifier, may_be_a_secret, reads_as_a_secret, within_name,
+};
 
 /// Default for [`GatewayConfig::events_max_file_bytes`]: 64 MiB.
 pub const DEFAULT_EVENTS_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -488,6 +490,10 @@ pub enum OnUnapproved {
 
 /// Default for [`IntegrationConfig::scan_max_body_bytes`]: 1 MiB.
 pub const DEFAULT_SCAN_MAX_BODY_BYTES: u64 = 1024 * 1024;
+
+/// The most [`IntegrationConfig::scan_max_body_bytes`] may be: 64 MiB (a body, its decoded
+/// reading and the copy scanned off the worker fit the gateway's 256 MiB scan budget).
+pub const MAX_SCAN_MAX_BODY_BYTES: u64 = 64 << 20;
 
 /// Per-integration audit durability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

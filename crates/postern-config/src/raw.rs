@@ -162,7 +162,7 @@ pub(crate) struct RawIntegration {
     #[serde(default)]
     pub on_unapproved: Option<Spanned<String>>,
     #[serde(default)]
-    pub scan_max_body_bytes: Option<u64>,
+    pub scan_max_body_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     pub connect_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]

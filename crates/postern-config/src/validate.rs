@@ -772,9 +772,21 @@ impl Validator<'_> {
             audit,
             data_classes,
             on_unapproved,
-            scan_max_body_bytes: raw
-                .scan_max_body_bytes
-                .unwrap_or(DEFAULT_SCAN_MAX_BODY_BYTES),
+            scan_max_body_bytes: match &raw.scan_max_body_bytes {
+                Some(value) if *value.get_ref() > MAX_SCAN_MAX_BODY_BYTES => {
+                    self.error(
+                        value.span(),
+                        format!(
+                            "`scan_max_body_bytes` is {}; at most {MAX_SCAN_MAX_BODY_BYTES} (64 MiB) is read into memory to be scanned",
+                            value.get_ref()
+                        ),
+                        "lower it: a body larger than it is forwarded unscanned and marked so (a scanned body, its decoded reading and its copy count against the gateway's 256 MiB scan budget)",
+                    );
+                    DEFAULT_SCAN_MAX_BODY_BYTES
+                }
+                Some(value) => *value.get_ref(),
+                None => DEFAULT_SCAN_MAX_BODY_BYTES,
+            },
             connect_timeout_ms,
             request_timeout_ms,
             idle_timeout_ms,
@@ -1790,7 +1802,7 @@ fn name_problem(
     (message, fix.to_string())
 }
 
-/// Well-known prefixes of vendor keys and tokens (Stripe, GitHub, GitLab, Slack, AWS, Google,
+/// Well-known prefixes of vendor keys and tokens (Stripe, GitHub, GitLab, Slack, Hugging Face,
 /// OpenAI, SendGrid, Postern's own caller tokens).
 const KEY_PREFIXES: &[&str] = &[
     "sk_live_",
@@ -1809,45 +1821,66 @@ const KEY_PREFIXES: &[&str] = &[
     "xoxp-",
     "xoxa-",
     "xoxs-",
-    "AKIA",
-    "ASIA",
-    "AIza",
+    "hf_",
     "sk-",
     "SG.",
 ];
 
 /// Whether `text`, written where a name belongs (a vault credential's, an environment
-/// variable's, a user name in an imported log), reads as a secret value instead: a well-known
-/// key prefix with 16 or more characters after it, or, its letters and digits taken together,
-/// 24 or more of them holding both, whose kind (capital, small letter, digit) changes at two
-/// steps in five or more as in random keys (a name's words change it at their starts only:
-/// `SalesforceProductionClientSecret2024` at one step in four), or 32 or more of which a
-/// quarter are digits (hexadecimal and lower-case random keys). Such a text is never echoed.
+/// variable's), certainly is a secret value instead: an AWS access key id (`AKIA` or `ASIA` and
+/// 16 capitals or digits), or a well-known key prefix followed by 16 or more letters and digits
+/// that read as random ([`reads_as_random`], or 40 or more of them: `xoxb-` tokens are mostly
+/// digits) rather than as words (`whsec_stripe_webhook_secret`, `sk-openai-production-key`,
+/// `ASIA_SOUTHEAST_1_KEY` are names). Refused without being echoed.
 pub fn reads_as_a_secret(text: &str) -> bool {
-    if KEY_PREFIXES
-        .iter()
-        .any(|prefix| text.len() >= prefix.len() + 16 && text.starts_with(prefix))
-    {
-        return true;
-    }
+    let aws = text.len() == 20
+        && (text.starts_with("AKIA") || text.starts_with("ASIA"))
+        && text[4..]
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    aws || KEY_PREFIXES.iter().any(|prefix| {
+        text.strip_prefix(prefix).is_some_and(|rest| {
+            let length = rest.bytes().filter(u8::is_ascii_alphanumeric).count();
+            length >= 16 && (length >= 40 || reads_as_random(rest, true))
+        })
+    })
+}
+
+/// Whether `text`, written where a name belongs, may be a secret value ([`reads_as_a_secret`],
+/// or 24 or more letters and digits that [`reads_as_random`]): such a name is not echoed where
+/// the gateway says a credential is missing, nor kept as a caller discovered in a log.
+pub fn may_be_a_secret(text: &str) -> bool {
+    reads_as_a_secret(text)
+        || (text.bytes().filter(u8::is_ascii_alphanumeric).count() >= 24
+            && reads_as_random(text, false))
+}
+
+/// Whether the letters and digits of `text`, taken together, read as a random key's: both
+/// letters and digits (or, with `letters_alone`, capitals and small letters), and the kind of
+/// character (capital, small letter, digit) changing at two steps in five or more, as it does in
+/// random keys, where a name's words change it at their starts only
+/// (`SalesforceProductionClientSecret2024`: one step in four).
+fn reads_as_random(text: &str, letters_alone: bool) -> bool {
     let kind = |byte: u8| match byte {
-        b'0'..=b'9' => 0,
+        b'0'..=b'9' => 0u8,
         b'A'..=b'Z' => 1,
         _ => 2,
     };
-    let (mut length, mut digits, mut changes, mut last) = (0usize, 0usize, 0usize, None);
+    let (mut length, mut kinds, mut changes, mut last) = (0usize, 0u8, 0usize, None);
     for byte in text.bytes().filter(u8::is_ascii_alphanumeric) {
         length += 1;
-        digits += usize::from(byte.is_ascii_digit());
+        kinds |= 1 << kind(byte);
         if last.is_some_and(|last| last != kind(byte)) {
             changes += 1;
         }
         last = Some(kind(byte));
     }
-    if length < 24 || digits == 0 || digits == length {
-        return false;
-    }
-    changes * 5 >= (length - 1) * 2 || (length >= 32 && digits * 4 >= length)
+    let mixed = match letters_alone {
+        // Digits and letters, or capitals and small letters.
+        true => kinds.count_ones() >= 2,
+        false => kinds & 1 != 0 && kinds & 0b110 != 0,
+    };
+    length >= 2 && mixed && changes * 5 >= (length - 1) * 2
 }
 
 /// `text` (a host pattern, a name, that may have been written as a URL) without what could be
@@ -2002,6 +2035,7 @@ mod tests {
 
     #[test]
     fn names_are_told_from_secret_values() {
+        // Names, some with ids and dates in them: neither refused nor withheld.
         for name in [
             "STRIPE_KEY",
             "OPENAI_API_KEY_PRODUCTION_EU_WEST_1",
@@ -2013,20 +2047,49 @@ mod tests {
             "sk-prod",
             "AKIA_KEY",
             "twilio_auth_token_2024_11_28",
+            "ASIA_SOUTHEAST_1_OPENAI_KEY",
+            "ASIA_PAC_STRIPE_SECRET",
+            "sk-openai-production-key",
+            "sk-anthropic-prod-eu",
+            "whsec_stripe_webhook_secret",
+            "xoxb-slack-alerts-bot-token",
+            "github_pat_ci_release_bot_2024",
+            "pst_caller_token_checkout",
+            "GCP_PROJECT_123456789012_API_KEY_PROD",
+            "AWS_ACCOUNT_123456789012_SECRET_KEY_ID",
+            "OPENAI_KEY_20241128T103000Z_ROTATED",
+            "hf_inference_api_token",
+        ] {
+            assert!(!super::reads_as_a_secret(name), "{name}");
+            assert!(!super::may_be_a_secret(name), "{name}");
+        }
+        // Names with an id that reads as random: not refused, but withheld where echoed.
+        for name in [
+            "tenant-7c9e6679-7425-40de-944b-e07fc1f90ae7-stripe",
+            "stripe-acct_1MqR2xLkdIwHu7ix-secret",
         ] {
             assert!(!super::reads_as_a_secret(name), "{name}");
         }
+        // Keys: refused.
         for secret in [
-            "sk_live_51HabcDEFghiJKLmno",
-            "pst_AbCdEfGhIjKlMnOpQrStUvWxYz",
+            "sk_live_51HqLyjWDarjtT1zdp7dc",
+            "pst_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_AbCd",
             "AKIAIOSFODNN7EXAMPLE",
-            // Random keys: base62, hexadecimal, base64url, lower case and digits.
+            "sk-proj-q8TzL0vNw3YbR5kXe2JmC7uHa9DgF1pS",
+            "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+            "hf_AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh",
+            "whsec_q8TzL0vNw3YbR5kXe2JmC7uHa9DgF1pS",
+        ] {
+            assert!(super::reads_as_a_secret(secret), "{secret}");
+        }
+        // Random keys without a known prefix: withheld where echoed (base62, hexadecimal,
+        // base64url).
+        for secret in [
             "q8TzL0vNw3YbR5kXe2JmC7uHa9DgF1pS",
             "3f9a0c7e5b1d2e8f4a6b0c9d1e3f5a7b9c0d2e4f",
             "Zx9-aB3cD4_eF5gH6iJ7kL8mN9oP0qR1sT2uV3wX4y",
-            "k3j5h7g9f2d4s6a8q1w3e5r7t9y2u4i6",
         ] {
-            assert!(super::reads_as_a_secret(secret), "{secret}");
+            assert!(super::may_be_a_secret(secret), "{secret}");
         }
     }
 

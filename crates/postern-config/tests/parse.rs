@@ -948,17 +948,17 @@ fn errors_about_values_that_may_hold_a_secret_never_echo_it() {
         // A secret pasted where its name belongs (the runtime repeats the name when the
         // credential is missing: `check`, the logs, `/readyz`).
         (
-            with("credential = { kind = \"oauth2\", token_url = \"https://auth.example.com/token\", client_id = \"c\", client_secret = \"Zx9CANARYaB3cD4eF5gH6iJ7kL8mN9oP0qR1sT2uV3wX4y\" }\n"),
+            with("credential = { kind = \"oauth2\", token_url = \"https://auth.example.com/token\", client_id = \"c\", client_secret = \"whsec_CANARYq8TzL0vNw3YbR5kXe2JmC7uHa9DgF1pSx\" }\n"),
             "`client_secret` reads as a secret value, not the name of a vault credential",
             Some("store the value with `postern creds set NAME`"),
         ),
         (
-            with("credential = { kind = \"bearer\", secret = \"sk_live_51CANARYabcDEFghiJKL\" }\n"),
+            with("credential = { kind = \"bearer\", secret = \"sk_live_51CANARYq8TzL0vNw3YbR5kXe2JmC7uHa9DgF1pS\" }\n"),
             "`secret` reads as a secret value, not the name of a vault credential",
             None,
         ),
         (
-            with("credential = { kind = \"bearer\", from_env = \"3f9a0c7e5bCANARY1d2e8f4a6b0c9d1e3f5a7b9c0d2e\" }\n"),
+            with("credential = { kind = \"bearer\", from_env = \"AKIACANARY1234567890\" }\n"),
             "`from_env` reads as a secret value, not the name of a variable",
             Some("put the value in an environment variable"),
         ),

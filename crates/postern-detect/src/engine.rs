@@ -286,9 +286,11 @@ const CALLER_REFUSALS: &[&str] = &[
     // `concurrency_limited` and `request_decoders_busy`, a gateway limit: no vendor was asked,
     // and its 5xx are not the vendor's outage).
     "resolver_busy",
-    // 503: the gateway's memory bounds on bodies read to be scanned and on `br` answers read
-    // for the injected credential (the vendor, asked or not, is not at fault).
+    // 503: the gateway's memory bound on bodies read to be scanned (no vendor was asked); 502:
+    // the same bound, and that on `br` answers read for the injected credential, withholding
+    // an answer the vendor gave (the vendor is not at fault).
     "scanners_busy",
+    "response_scanners_busy",
     "response_decoders_busy",
     // 502: the target dialled is one of Postern's own listeners: the caller asked for Postern
     // itself, nothing reached a vendor.

@@ -786,7 +786,8 @@ fn gateway_refusals_that_reach_no_vendor_count_on_the_caller_only() {
         (503, "resolver_busy"),
         (502, "upstream_is_postern"),
         (503, "scanners_busy"),
-        (503, "response_decoders_busy"),
+        (502, "response_scanners_busy"),
+        (502, "response_decoders_busy"),
     ] {
         let mut engine = Engine::new(EngineConfig::default());
         engine.observe(&refused(status, reason), START_MS);

@@ -122,9 +122,13 @@ impl DecoderBudget {
 }
 
 impl DecoderPermit<'_> {
-    /// Takes `more` bytes of the budget, unless that would pass its limit or its caller's part
-    /// of it (bodies no caller is known for have none of their own).
+    /// Takes `more` bytes of the budget, unless that would pass its limit or, while the caller
+    /// holds other shares too, its caller's part of it (bodies no caller is known for have
+    /// none of their own).
     pub(crate) fn grow(&mut self, more: usize) -> bool {
+        if more == 0 {
+            return true;
+        }
         let budget = self.budget;
         let name = self.caller.clone().unwrap_or_else(|| Arc::from(""));
         let mut by_caller = budget
@@ -136,7 +140,11 @@ impl DecoderPermit<'_> {
             .iter()
             .find(|(held_by, _)| *held_by == name)
             .map_or(0, |(_, held)| *held);
-        if used + more > budget.limit || (self.caller.is_some() && mine + more > budget.per_caller)
+        // A caller's part bounds what its calls hold together: one call alone may take more
+        // (up to the whole budget), or a large `scan_max_body_bytes` could never be met.
+        let alone = mine == self.bytes;
+        if used + more > budget.limit
+            || (self.caller.is_some() && !alone && mine + more > budget.per_caller)
         {
             return false;
         }
@@ -346,6 +354,8 @@ pub struct ForwardBody {
     /// last field still comes before the vendor could. Not for a JSON body, whose `_method` is
     /// decided inside it (at its value's closing quote).
     held: Option<u8>,
+    /// A scanned body's share of [`crate::scan::SCAN_BUDGET`], held while its bytes may be.
+    scanned: Option<Box<DecoderPermit<'static>>>,
 }
 
 /// A streaming body's searches for what [`Needles`] looks for, made once for the body and
@@ -735,6 +745,7 @@ impl ForwardBody {
             carry: Vec::new(),
             overrides: None,
             held: None,
+            scanned: None,
         }
     }
 
@@ -911,7 +922,14 @@ impl ForwardBody {
             carry: Vec::new(),
             overrides: None,
             held: None,
+            scanned: None,
         }
+    }
+
+    /// Holds `scanned`, a scanned body's share of the scan budget, as long as it lives.
+    pub(crate) fn holding(mut self, scanned: DecoderPermit<'static>) -> Self {
+        self.scanned = Some(Box::new(scanned));
+        self
     }
 
     /// Whether what the body decodes to so far ends with the start of a token
@@ -1283,6 +1301,8 @@ pub struct ResponseBody {
     next: Option<Frame<Bytes>>,
     /// The answer has ended (its last bytes, held back by the echo filter, sent on their own).
     ended: bool,
+    /// A scanned answer's share of [`crate::scan::SCAN_BUDGET`], held while its bytes may be.
+    _scanned: Option<Box<DecoderPermit<'static>>>,
 }
 
 impl ResponseBody {
@@ -1306,7 +1326,14 @@ impl ResponseBody {
             echo: None,
             next: None,
             ended: false,
+            _scanned: None,
         }
+    }
+
+    /// Holds `scanned`, a scanned answer's share of the scan budget, as long as it lives.
+    pub(crate) fn holding(mut self, scanned: Option<Box<DecoderPermit<'static>>>) -> Self {
+        self._scanned = scanned;
+        self
     }
 
     /// Reads the body for the injected credential with `echo`, if any.
@@ -1667,6 +1694,34 @@ mod tests {
         let _brotli = budget.take(Coding::Brotli, None).unwrap().unwrap();
         let _another = budget.take(Coding::Brotli, None).unwrap().unwrap();
         assert!(budget.take(Coding::Zstd, None).is_err());
+    }
+
+    /// A share grows while the budget has room; one caller's shares together stay within its
+    /// part, but a share alone may pass it (one call scanning a large body), and whatever a
+    /// share held comes back when it is dropped.
+    #[test]
+    fn a_share_grows_alone_past_its_callers_part_but_not_beside_others() {
+        let budget = DecoderBudget::new(40 << 20, 10 << 20);
+        let mallory: Arc<str> = Arc::from("mallory");
+        let mut alone = budget.permit(Some(&mallory));
+        assert!(alone.grow(0));
+        assert!(
+            alone.grow(30 << 20),
+            "one share alone passes its caller's part"
+        );
+        assert!(!alone.grow(11 << 20), "but not the budget");
+        let mut beside = budget.permit(Some(&mallory));
+        assert!(
+            !beside.grow(1),
+            "a second share of the same caller is past its part"
+        );
+        let mut other = budget.permit(None);
+        assert!(other.grow(10 << 20));
+        assert!(!other.grow(1));
+        drop(alone);
+        assert!(beside.grow(10 << 20), "alone once the other went");
+        let mut third = budget.permit(Some(&mallory));
+        assert!(!third.grow(1), "beside another share, the part holds");
     }
 
     /// One caller's bodies hold at most its part of the budget: past it that caller is refused

@@ -42,8 +42,13 @@ impl AuthMethod {
     }
 }
 
+/// [`ConnectionInfo`]'s note that a request identified a caller by its client certificate.
+const BY_CERTIFICATE: u8 = 1;
+/// [`ConnectionInfo`]'s note that a request identified a caller by a caller token.
+const BY_TOKEN: u8 = 2;
+
 /// Facts about the downstream connection, fixed for all its requests, and what its requests
-/// have told of it (whether one identified a caller).
+/// have told of it (whether one identified a caller, and how).
 #[derive(Debug)]
 pub struct ConnectionInfo {
     pub peer: SocketAddr,
@@ -64,8 +69,9 @@ pub struct ConnectionInfo {
     held: Option<Arc<Held>>,
     /// The calls in flight on this connection (or tunnel), which its idle limit excuses.
     in_flight: InFlight,
-    /// Whether a request on this connection has identified a caller (path mode).
-    identified: std::sync::atomic::AtomicBool,
+    /// How requests on this connection have identified a caller (path mode): the bits
+    /// [`BY_CERTIFICATE`] and [`BY_TOKEN`].
+    identified: std::sync::atomic::AtomicU8,
     /// Told when the connection is to close once the answers in hand are out
     /// ([`ConnectionInfo::close`]).
     closing: tokio::sync::Notify,
@@ -95,7 +101,7 @@ impl ConnectionInfo {
             tunnel: None,
             held: None,
             in_flight,
-            identified: std::sync::atomic::AtomicBool::new(false),
+            identified: std::sync::atomic::AtomicU8::new(0),
             closing: tokio::sync::Notify::new(),
             told_to_close: std::sync::atomic::AtomicBool::new(false),
         }
@@ -137,26 +143,33 @@ impl ConnectionInfo {
             tunnel: Some(tunnel),
             held: self.held.clone(),
             in_flight,
-            identified: std::sync::atomic::AtomicBool::new(true),
+            identified: std::sync::atomic::AtomicU8::new(BY_CERTIFICATE | BY_TOKEN),
             closing: tokio::sync::Notify::new(),
             told_to_close: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// A request on this connection identified a caller.
-    pub fn identified(&self) {
+    /// A request on this connection identified a caller, by its client certificate or by a
+    /// caller token.
+    pub fn identified(&self, by_token: bool) {
         use std::sync::atomic::Ordering::Relaxed;
+        let by = if by_token { BY_TOKEN } else { BY_CERTIFICATE };
         // Read first: most calls find it set, and a store would dirty the line each time.
-        if !self.identified.load(Relaxed) {
-            self.identified.store(true, Relaxed);
+        if self.identified.load(Relaxed) & by == 0 {
+            self.identified.fetch_or(by, Relaxed);
         }
+    }
+
+    /// Whether a request on this connection has identified a caller by a caller token.
+    pub fn identified_by_token(&self) -> bool {
+        self.identified.load(std::sync::atomic::Ordering::Relaxed) & BY_TOKEN != 0
     }
 
     /// After a refusal of a request that identified no caller: when this connection has
     /// identified none yet, it is told to close once that answer is out
     /// ([`crate::proxy::close_after_refusal`]).
     pub fn close_unidentified(&self) {
-        if !self.identified.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.identified.load(std::sync::atomic::Ordering::Relaxed) == 0 {
             self.close();
         }
     }

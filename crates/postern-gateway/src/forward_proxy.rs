@@ -1017,7 +1017,7 @@ fn proxy_caller(
     let by_certificate =
         runtime.caller_by_certificate(connection.certificate.as_deref(), context.wall_start);
     if let ByCertificate::Caller(name) = by_certificate {
-        connection.identified();
+        connection.identified(false);
         context.caller = Some(name.clone());
         context.auth = Some(AuthMethod::Mtls);
         // A caller token sent as well is searched for and kept from vendors; anything else
@@ -1038,7 +1038,12 @@ fn proxy_caller(
             ByCertificate::Caller(_) | ByCertificate::None => None,
         };
         if let Some(reason) = reason {
-            connection.close();
+            // (A connection whose callers have used tokens goes on after an unregistered
+            // certificate's refusal, as after any refusal of a request of its.)
+            if matches!(by_certificate, ByCertificate::Lapsed) || !connection.identified_by_token()
+            {
+                connection.close();
+            }
             return Err(CallError::new(
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                 "proxy_auth_required",
@@ -1053,7 +1058,7 @@ fn proxy_caller(
     };
     match runtime.caller_by_token(&token) {
         Some(name) => {
-            connection.identified();
+            connection.identified(true);
             context.caller = Some(name.clone());
             context.auth = Some(AuthMethod::ProxyToken);
             Ok(ProxyCaller {

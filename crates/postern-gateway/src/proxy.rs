@@ -579,7 +579,7 @@ fn pipeline<'a>(
                 &integration,
                 context,
                 prepared,
-                Bytes::new(),
+                (Bytes::new(), None),
                 progress.intent_index,
             ))
         }
@@ -1005,7 +1005,7 @@ fn identify_caller(
     let by_certificate =
         runtime.caller_by_certificate(connection.certificate.as_deref(), context.wall_start);
     if let ByCertificate::Caller(caller) = by_certificate {
-        connection.identified();
+        connection.identified(false);
         context.caller = Some(caller);
         context.auth = Some(AuthMethod::Mtls);
         // A caller token sent as well is kept from the vendor; anything else in those
@@ -1023,7 +1023,11 @@ fn identify_caller(
                 return Err(CallError::unauthenticated(CERTIFICATE_LAPSED));
             }
             ByCertificate::Unregistered => {
-                connection.close();
+                // (A connection whose callers have used tokens goes on, as after any
+                // refusal of a request of its.)
+                if !connection.identified_by_token() {
+                    connection.close();
+                }
                 return Err(CallError::unauthenticated(CERTIFICATE_UNREGISTERED));
             }
             ByCertificate::Caller(_) | ByCertificate::None => {}
@@ -1034,7 +1038,7 @@ fn identify_caller(
     };
     match runtime.caller_by_token(&token) {
         Some(caller) => {
-            connection.identified();
+            connection.identified(true);
             context.caller = Some(caller);
             context.auth = Some(AuthMethod::Token);
             Ok(Some(token))
@@ -2449,13 +2453,13 @@ fn prepare_response(
         .map_err(|unreadable| {
             let coding = match unreadable {
                 crate::echo::Unreadable::Coding(coding) => coding,
+                // The call reached the vendor, which may have acted on it: a 502, with no
+                // `Retry-After` inviting a retry that would act again.
                 crate::echo::Unreadable::DecodersBusy => {
-                    let mut error = CallError::unavailable(
+                    return CallError::bad_gateway(
                         "response_decoders_busy",
-                        "the gateway is reading as many br answers for the injected credential as its memory budget allows; retry shortly, or ask for gzip (Accept-Encoding: gzip)",
+                        "the vendor's answer was withheld: the gateway is reading as many br answers for the injected credential as its memory budget allows (the call reached the vendor, and may have taken effect); ask for gzip (Accept-Encoding: gzip) to be read without that budget",
                     );
-                    error.retry_after_seconds = Some(1);
-                    return error;
                 }
             };
             let named = coding
@@ -2549,7 +2553,7 @@ async fn inspect_scanned(
                     body: scanned.rest,
                     echo,
                 },
-                scanned.prefix,
+                (scanned.prefix, scanned.held),
                 intent_index,
             ))
         }
@@ -2568,7 +2572,7 @@ fn answer(
     integration: &IntegrationRuntime,
     context: &mut CallContext,
     Prepared { parts, body, echo }: Prepared,
-    prefix: Bytes,
+    (prefix, scanned): (Bytes, Option<Box<crate::body::DecoderPermit<'static>>>),
     intent_index: Option<u64>,
 ) -> Response<GatewayBody> {
     let status = parts.status.as_u16();
@@ -2588,7 +2592,8 @@ fn answer(
     let stall = Stall::for_call(&integration.config, started);
     let body = ResponseBody::new(body, limit, stall, pending, Some(audit))
         .with_prefix(prefix)
-        .with_echo(echo);
+        .with_echo(echo)
+        .holding(scanned);
     Response::from_parts(parts, GatewayBody::Stream(Box::new(body)))
 }
 

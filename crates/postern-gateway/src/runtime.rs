@@ -1162,13 +1162,24 @@ fn read_secret_file(path: &std::path::Path) -> std::io::Result<Zeroizing<String>
     }
 }
 
-/// Reads a credential's secret from its source. Errors never contain the value.
+/// A credential's name (an environment variable's, a vault entry's) as a message may show it:
+/// not at all when it may be a secret pasted where its name belongs.
+fn shown_name(name: &str) -> std::borrow::Cow<'_, str> {
+    match postern_config::may_be_a_secret(name) {
+        true => "(whose name reads as a secret value, not shown: put the value in the vault or the environment and name it in the config)".into(),
+        false => name.into(),
+    }
+}
+
+/// Reads a credential's secret from its source. Errors never contain the value, nor a name
+/// that may be one ([`shown_name`]).
 fn read_secret(
     credential: &CredentialConfig,
     vault: Option<&Vault>,
 ) -> Result<Zeroizing<String>, CredentialProblem> {
     let secret: Zeroizing<String> = match &credential.source {
-        SecretSource::Env(name) => Zeroizing::new(std::env::var(name).map_err(|_| {
+        SecretSource::Env(variable) => Zeroizing::new(std::env::var(variable).map_err(|_| {
+            let name = shown_name(variable);
             unavailable(format!(
                 "credential unavailable: environment variable {name} is not set \
                  (fix: export {name} before starting postern, or use from_file or a vault `secret`)"
@@ -1187,13 +1198,14 @@ fn read_secret(
             secret.truncate(kept);
             secret
         }
-        SecretSource::Vault(name) => {
+        SecretSource::Vault(vault_name) => {
+            let name = shown_name(vault_name);
             let Some(vault) = vault else {
                 return Err(unavailable(format!(
                     "credential {name} lives in the vault, which is opened by `postern serve`"
                 )));
             };
-            match vault.current(name) {
+            match vault.current(vault_name) {
                 Ok(Some(value)) => match std::str::from_utf8(value.expose()) {
                     Ok(text) => Zeroizing::new(text.to_string()),
                     Err(_) => {
@@ -1213,6 +1225,11 @@ fn read_secret(
                 Err(VaultError::NotFound(_)) => {
                     return Err(unavailable(format!(
                         "credential unavailable: no credential {name} in the vault (fix: `postern creds set {name}`)"
+                    )))
+                }
+                Err(_) if name.as_ref() != vault_name.as_str() => {
+                    return Err(unavailable(format!(
+                        "credential unavailable: the vault could not give credential {name}"
                     )))
                 }
                 Err(error) => return Err(unavailable(format!("credential unavailable: {error}"))),
@@ -1641,6 +1658,31 @@ mod tests {
         let message = read_secret(&credential(&large), None).err().unwrap().why;
         assert!(message.contains("more than 1024 KiB"), "{message}");
         assert!(!message.contains("kkkk"), "{message}");
+    }
+
+    /// A credential's missing source is named in the problem (for `check`, the logs and
+    /// `/readyz`), unless its name reads as a secret pasted where the name belongs.
+    #[test]
+    fn a_missing_credential_is_named_unless_its_name_may_be_a_secret() {
+        let credential = |source| CredentialConfig {
+            kind: postern_config::CredentialKind::Bearer,
+            source,
+            header_name: None,
+            query_param: None,
+            username: None,
+            oauth2: None,
+        };
+        let why = |source| read_secret(&credential(source), None).err().unwrap().why;
+        let named = why(SecretSource::Env("POSTERN_TEST_UNSET_STRIPE_KEY".into()));
+        assert!(named.contains("POSTERN_TEST_UNSET_STRIPE_KEY"), "{named}");
+        for pasted in [
+            SecretSource::Env("q8TzL0vNw3YbR5kXe2JmC7uHa9DgF1pS".into()),
+            SecretSource::Vault("q8TzL0vNw3YbR5kXe2JmC7uHa9DgF1pS".into()),
+        ] {
+            let withheld = why(pasted);
+            assert!(!withheld.contains("q8TzL0vN"), "{withheld}");
+            assert!(withheld.contains("reads as a secret"), "{withheld}");
+        }
     }
 
     /// The forward proxy's lookups and the vendors' are counted apart: with every proxy place

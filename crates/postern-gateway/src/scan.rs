@@ -120,7 +120,8 @@ pub async fn scan_request(
         // that undoes the coding reads it) for the token and the `_method` field.
         let forward = ForwardBody::with_prefix(bytes, body, limit, state)
             .reading(coding, token, overrides)
-            .map_err(refused)?;
+            .map_err(refused)?
+            .holding(held);
         return Ok((forward, Some(summary)));
     }
     counted(bytes.len() as u64);
@@ -178,7 +179,7 @@ pub async fn scan_request(
         }
     }
     if bytes.is_empty() {
-        return Ok((ForwardBody::full(bytes, state), Some(summary)));
+        return Ok((ForwardBody::full(bytes, state).holding(held), Some(summary)));
     }
     let caller = context.caller.as_ref();
     let classified = classify(
@@ -193,7 +194,7 @@ pub async fn scan_request(
     .await
     .map_err(|busy| (busy, ScanSummary::default()))?;
     if summary.unapproved.is_empty() {
-        return Ok((ForwardBody::full(bytes, state), Some(summary)));
+        return Ok((ForwardBody::full(bytes, state).holding(held), Some(summary)));
     }
     let names: Vec<String> = summary.unapproved.clone();
     let refuse = |summary: ScanSummary| {
@@ -249,7 +250,7 @@ pub async fn scan_request(
             }
             summary.redacted = true;
             Ok((
-                ForwardBody::full(Bytes::from(encoded), state),
+                ForwardBody::full(Bytes::from(encoded), state).holding(held),
                 Some(summary),
             ))
         }
@@ -260,11 +261,11 @@ pub async fn scan_request(
             }
             summary.redacted = true;
             Ok((
-                ForwardBody::full(Bytes::from(redacted), state),
+                ForwardBody::full(Bytes::from(redacted), state).holding(held),
                 Some(summary),
             ))
         }
-        OnUnapproved::Report => Ok((ForwardBody::full(bytes, state), Some(summary))),
+        OnUnapproved::Report => Ok((ForwardBody::full(bytes, state).holding(held), Some(summary))),
     }
 }
 
@@ -498,7 +499,16 @@ static SCANS: DecoderBudget = DecoderBudget::new(SCAN_BUDGET, SCAN_CALLER_SHARE)
 /// [`SCAN_BUDGET`] meanwhile), rather than take a blocking-pool thread each.
 static SCAN_THREADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
 
-/// The refusal of a scanned call past [`SCAN_BUDGET`].
+/// The vendor's answer withheld past [`SCAN_BUDGET`]: a 502 with no `Retry-After`, as the
+/// call reached the vendor, which may have acted on it (a retry would act again).
+fn response_scanners_busy() -> CallError {
+    CallError::bad_gateway(
+        "response_scanners_busy",
+        "the vendor's answer was withheld: the gateway is scanning as many bodies as its memory budget allows (the call reached the vendor, and may have taken effect)",
+    )
+}
+
+/// The refusal of a scanned call past [`SCAN_BUDGET`], before anything reached the vendor.
 fn scanners_busy() -> CallError {
     let mut error = CallError::unavailable(
         "scanners_busy",
@@ -612,6 +622,8 @@ pub struct ScannedResponse {
     pub prefix: Bytes,
     pub rest: UpstreamBody,
     pub summary: ScanSummary,
+    /// What the scan holds of [`SCAN_BUDGET`], to be held while the bytes may be.
+    pub(crate) held: Option<Box<DecoderPermit<'static>>>,
 }
 
 /// Scans a response body for scanned integrations: up to `scan_max_body_bytes` is read and
@@ -635,6 +647,7 @@ pub async fn scan_response(
             prefix: Bytes::new(),
             rest: body,
             summary,
+            held: None,
         });
     }
     let stall = Stall::for_call(&integration.config, started);
@@ -643,7 +656,7 @@ pub async fn scan_response(
     let mut held = SCANS.permit(caller);
     let (bytes, body, complete) = match read_up_to(body, cap, limit, stall, &mut held).await {
         Ok(read) => read,
-        Err(ReadError::Busy { .. }) => return Err((scanners_busy(), summary)),
+        Err(ReadError::Busy { .. }) => return Err((response_scanners_busy(), summary)),
         // What is read for scanning is passed on as the answer's start: the answer's limit
         // holds for it as for the rest.
         Err(ReadError::TooLarge { .. }) => {
@@ -687,15 +700,17 @@ pub async fn scan_response(
             prefix: bytes,
             rest: body,
             summary,
+            held: Some(Box::new(held)),
         });
     }
-    let scanned = |prefix: Bytes, summary: ScanSummary| ScannedResponse {
+    let scanned = |prefix: Bytes, summary: ScanSummary, held| ScannedResponse {
         prefix,
         rest: body,
         summary,
+        held: Some(Box::new(held)),
     };
     if bytes.is_empty() {
-        return Ok(scanned(bytes, summary));
+        return Ok(scanned(bytes, summary, held));
     }
     // The caller's client undoes the coding: gzip, deflate either way, br, stacked.
     let encoding = all_values(headers, &header::CONTENT_ENCODING);
@@ -703,7 +718,7 @@ pub async fn scan_response(
         .map(|decoded| vec![decoded]);
     if let Ok([Cow::Owned(reading)]) = decoded.as_deref() {
         if !held.grow(reading.len()) {
-            return Err((scanners_busy(), summary));
+            return Err((response_scanners_busy(), summary));
         }
     }
     let classified = match classify(
@@ -718,10 +733,10 @@ pub async fn scan_response(
     .await
     {
         Ok(classified) => classified,
-        Err(busy) => return Err((busy, summary)),
+        Err(_) => return Err((response_scanners_busy(), summary)),
     };
     if summary.unapproved.is_empty() {
-        return Ok(scanned(bytes, summary));
+        return Ok(scanned(bytes, summary, held));
     }
     let refuse = |summary: ScanSummary| {
         let names = summary.unapproved.join(", ");
@@ -742,9 +757,9 @@ pub async fn scan_response(
         OnUnapproved::Redact => {
             let redacted = postern_scan::redact(&bytes, &classified.unapproved_findings);
             summary.redacted = true;
-            Ok(scanned(Bytes::from(redacted), summary))
+            Ok(scanned(Bytes::from(redacted), summary, held))
         }
-        OnUnapproved::Report => Ok(scanned(bytes, summary)),
+        OnUnapproved::Report => Ok(scanned(bytes, summary, held)),
     }
 }
 

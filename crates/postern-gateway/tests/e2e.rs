@@ -2588,6 +2588,18 @@ async fn a_reload_that_unregisters_a_spiffe_id_closes_its_connections() {
     assert_eq!(answer.headers()["connection"], "close");
     let text = answer.text().await.unwrap();
     assert!(text.contains("no caller's `spiffe_id`"), "{text}");
+    // A connection whose calls identified a caller by token goes on after that refusal, as
+    // after any refusal of a request of its.
+    let with_tokens = pki
+        .mtls_client_builder(&cert, &key, addr)
+        .http1_only()
+        .build()
+        .unwrap();
+    let by_token = with_tokens.get(&url).bearer_auth(&gw.token).send().await;
+    assert_eq!(by_token.unwrap().status(), 200);
+    let answer = with_tokens.get(&url).send().await.unwrap();
+    assert_eq!(answer.status(), 401);
+    assert!(answer.headers().get("connection").is_none());
     gw.stop().await;
 }
 

@@ -238,7 +238,7 @@ pub fn import<R: BufRead>(
 /// API key as the Basic user name: `curl -u sk_live_…:`), else its client address.
 fn caller_of(remote_user: Option<&str>, remote_addr: Option<&str>) -> Option<String> {
     remote_user
-        .filter(|user| *user != "-" && !postern_config::reads_as_a_secret(user))
+        .filter(|user| *user != "-" && !postern_config::may_be_a_secret(user))
         .or(remote_addr)
         .filter(|caller| *caller != "-")
         .map(str::to_owned)
@@ -247,8 +247,10 @@ fn caller_of(remote_user: Option<&str>, remote_addr: Option<&str>) -> Option<Str
 /// A request target as an error message may show it: without a query, a fragment or user
 /// information, which may hold credentials (`?key=…`, `https://user:password@…`).
 fn shown_target(target: &str) -> String {
-    let (before, after) = target.split_at(target.find(['?', '#']).unwrap_or(target.len()));
-    let mut shown = before.to_string();
+    // The user information first (before the first `/` after the scheme: a password may hold a
+    // `?` or `#`), then the query and fragment.
+    let mut shown = target.to_string();
+    let mut path_from = 0;
     if let Some(scheme_end) = shown.find("://").map(|at| at + 3) {
         let authority_end = shown[scheme_end..]
             .find('/')
@@ -256,10 +258,11 @@ fn shown_target(target: &str) -> String {
         if let Some(at) = shown[scheme_end..authority_end].rfind('@') {
             shown.replace_range(scheme_end..scheme_end + at, "…");
         }
+        path_from = scheme_end;
     }
-    if let Some(mark) = after.chars().next() {
-        shown.push(mark);
-        shown.push('…');
+    if let Some(at) = shown[path_from..].find(['?', '#']).map(|at| path_from + at) {
+        let mark = &shown[at..at + 1];
+        shown = format!("{}{mark}…", &shown[..at]);
     }
     shown
 }

@@ -222,13 +222,17 @@ mod tests {
     /// is), and an error never shows a request's query or user information.
     #[test]
     fn a_key_in_the_log_is_no_caller_and_no_error_text() {
-        let o = parse(r#"10.1.2.3 - sk_live_51HabcDEFghiJKLmnoPQR [05/Mar/2024:10:11:12 +0000] "CONNECT api.stripe.com:443 HTTP/1.1" 200 0 "-" "-""#).unwrap();
+        let o = parse(r#"10.1.2.3 - sk_live_51HqLyjWDarjtT1zdp7dcXZo [05/Mar/2024:10:11:12 +0000] "CONNECT api.stripe.com:443 HTTP/1.1" 200 0 "-" "-""#).unwrap();
         assert_eq!(o.caller.as_deref(), Some("10.1.2.3"));
         let error = parse(r#"10.1.2.3 - - [05/Mar/2024:10:11:12 +0000] "GET /maps/api/geocode/json?key=AIzaCANARY&address=x HTTP/1.1" 200 2 "-" "-""#).unwrap_err();
         assert!(error.contains("`GET /maps/api/geocode/json?…`"), "{error}");
         let error = parse(r#"10.1.2.3 - - [05/Mar/2024:10:11:12 +0000] "GET ftp://user:CANARY@files.x.com/a?t=CANARY HTTP/1.1" 200 2 "-" "-""#).unwrap_err();
         assert!(!error.contains("CANARY"), "{error}");
         assert!(error.contains("ftp://…@files.x.com/a?…"), "{error}");
+        assert_eq!(
+            super::super::shown_target("ftp://u:pa#ss@h.x.com/a#frag"),
+            "ftp://…@h.x.com/a#…"
+        );
     }
 
     #[test]
