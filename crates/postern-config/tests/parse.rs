@@ -166,6 +166,7 @@ fn toml_syntax_type_and_unknown_key_errors() {
     check(&integration("").replace("owner = \"payments@example.com\"\n", ""), "1:1: missing field `owner`");
     check("# no [gateway] table\n", "1:1: missing field `gateway`");
     check(&integration("connect_timeout_ms = -1\n"), "7:22: the number -1 is out of range: expected a whole number, 0 or more");
+    check(&integration("scan_max_body_bytes = 67108865\n"), "7:23: `scan_max_body_bytes` is 67108865; at most 67108864 (64 MiB) is read into memory to be scanned");
 }
 
 /// Every table refuses a key it does not know, at the key, with a fix: not only the top level,
