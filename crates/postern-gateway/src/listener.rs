@@ -843,11 +843,11 @@ mod tests {
         const CHUNK: usize = 16 * 1024;
         const STREAMS: usize = 32;
         /// A client stream whose reads stop once `paused` is set (and are never woken).
-        struct Pausable {
-            inner: tokio::io::DuplexStream,
+        struct Pausable<S> {
+            inner: S,
             paused: Arc<AtomicBool>,
         }
-        impl tokio::io::AsyncRead for Pausable {
+        impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Pausable<S> {
             fn poll_read(
                 mut self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
@@ -859,27 +859,7 @@ mod tests {
                 std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
             }
         }
-        impl tokio::io::AsyncWrite for Pausable {
-            fn poll_write(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &[u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-            }
-            fn poll_flush(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-            }
-            fn poll_shutdown(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-            }
-        }
+        forward_async_write!(Pausable<S>, inner);
 
         let (client, server) = tokio::io::duplex(CHUNK);
         let polled = Arc::new(AtomicUsize::new(0));

@@ -8,18 +8,11 @@ use std::time::Duration;
 
 use support::*;
 
-/// The `br` and `zstd` request bodies being decoded at once hold at most
-/// `REQUEST_DECODER_BUDGET` for their decoders' windows, and one caller's at most a quarter of
-/// it: a caller's slow compressed uploads are refused (`503 request_decoders_busy`,
-/// `Retry-After`) once its part is spent, rather than take the gateway's memory, while another
-/// caller's still go through; the share of each comes back when its call ends.
-#[tokio::test]
-async fn slow_compressed_uploads_hold_at_most_the_decoder_budget() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let gw = TestGateway::start(
-        &format!(
-            r#"
+/// A gateway whose `stripe` integration (with `extra` lines) takes POST /v1/charges from
+/// `checkout` and `reporting`.
+async fn two_callers_gateway(vendor: &TestVendor, extra: &str) -> TestGateway {
+    let body = format!(
+        r#"
 [[integrations]]
 name = "stripe"
 vendor = "Stripe"
@@ -27,6 +20,7 @@ owner = "payments@example.com"
 upstream = "https://127.0.0.1:{port}"
 ca_file = "{{ca}}"
 allow_private_networks = ["127.0.0.1/32"]
+{extra}
 operations = [ {{ id = "create_charge", method = "POST", path = "/v1/charges" }} ]
 
 [[grants]]
@@ -39,11 +33,21 @@ caller = "reporting"
 integration = "stripe"
 operations = ["*"]
 "#,
-            port = vendor.addr.port()
-        ),
-        vendor.ca_pem.as_deref(),
-    )
-    .await;
+        port = vendor.addr.port()
+    );
+    TestGateway::start(&body, vendor.ca_pem.as_deref()).await
+}
+
+/// The `br` and `zstd` request bodies being decoded at once hold at most
+/// `REQUEST_DECODER_BUDGET` for their decoders' windows, and one caller's at most a quarter of
+/// it: a caller's slow compressed uploads are refused (`503 request_decoders_busy`,
+/// `Retry-After`) once its part is spent, rather than take the gateway's memory, while another
+/// caller's still go through; the share of each comes back when its call ends.
+#[tokio::test]
+async fn slow_compressed_uploads_hold_at_most_the_decoder_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = two_callers_gateway(&vendor, "").await;
     // 8.5 MiB each: one caller's part holds 15. Streamed (a small body framed by its length is
     // read whole before the call starts), and never sent.
     let part = postern_gateway::body::REQUEST_DECODER_CALLER_SHARE;
@@ -140,34 +144,7 @@ operations = ["*"]
 async fn bodies_read_to_be_scanned_hold_at_most_the_scan_budget() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
-    let gw = TestGateway::start(
-        &format!(
-            r#"
-[[integrations]]
-name = "stripe"
-vendor = "Stripe"
-owner = "payments@example.com"
-upstream = "https://127.0.0.1:{port}"
-ca_file = "{{ca}}"
-allow_private_networks = ["127.0.0.1/32"]
-data_classes = ["pii.email"]
-operations = [ {{ id = "create_charge", method = "POST", path = "/v1/charges" }} ]
-
-[[grants]]
-caller = "checkout"
-integration = "stripe"
-operations = ["*"]
-
-[[grants]]
-caller = "reporting"
-integration = "stripe"
-operations = ["*"]
-"#,
-            port = vendor.addr.port()
-        ),
-        vendor.ca_pem.as_deref(),
-    )
-    .await;
+    let gw = two_callers_gateway(&vendor, "data_classes = [\"pii.email\"]").await;
     // A million bytes of a declared two million each, within the scan's cap (1 MiB): each
     // upload holds its million while the rest is waited for. One caller's part holds 67.
     const SENT: usize = 1_000_000;

@@ -1655,13 +1655,7 @@ async fn an_open_intercepted_tunnel_stops_when_its_host_or_interception_changes(
             "{change}"
         );
         let text = std::fs::read_to_string(&gw.config_path).unwrap();
-        let changed = match from.is_empty() {
-            true => format!("{text}{to}"),
-            false => {
-                assert!(text.contains(&from), "{change}: {text}");
-                text.replace(&from, &to)
-            }
-        };
+        let changed = changed_config(&text, &from, &to);
         let config = postern_config::parse(&changed, &gw.config_path).unwrap();
         gw.running().reload(config).unwrap();
         let response = client.get(&url).send().await.unwrap();

@@ -461,13 +461,7 @@ async fn a_session_in_a_tunnel_ends_when_the_tunnel_would_be_refused() {
             .unwrap();
         assert_eq!(answer, Message::text("echo: hello"), "{change}");
         let text = std::fs::read_to_string(&gw.config_path).unwrap();
-        let changed = match from.is_empty() {
-            true => format!("{text}{to}"),
-            false => {
-                assert!(text.contains(&from), "{change}: {text}");
-                text.replace(&from, &to)
-            }
-        };
+        let changed = changed_config(&text, &from, &to);
         let config = postern_config::parse(&changed, &gw.config_path).unwrap();
         gw.running().reload(config).unwrap();
         until_closed(&mut ws, change).await;

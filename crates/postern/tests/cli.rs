@@ -732,6 +732,19 @@ impl ListenerIdentity {
     }
 }
 
+/// What `server` writes to its standard error from now on, gathered as it comes.
+fn logged(server: &mut Server) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let stderr = server.0.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let log_writer = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log_writer.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    log
+}
+
 /// A listener certificate rotated in place (as cert-manager, SPIRE or certbot do) is served
 /// from the next handshake on, without a signal: `serve` watches the TLS files the config
 /// names, and reloads when one changes.
@@ -755,14 +768,7 @@ fn serve_serves_a_listener_certificate_rotated_in_place() {
     let text = served_config(dir.path(), listen, admin, r#""a""#).replacen("[gateway]\n", &tls, 1);
     std::fs::write(&config, text).unwrap();
     let mut server = serve(&[], &config, Stdio::piped());
-    let stderr = server.0.stderr.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let log_writer = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            log_writer.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
+    let log = logged(&mut server);
     eventually("the first certificate is served", || {
         first.served_on(listen)
     });
@@ -820,14 +826,7 @@ fn serve_watches_the_tls_files_a_reload_names() {
     write(&old, &first);
     std::fs::write(&config, config_for(&old)).unwrap();
     let mut server = serve(&[], &config, Stdio::piped());
-    let stderr = server.0.stderr.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let log_writer = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            log_writer.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
+    let log = logged(&mut server);
     let reloads_by_tls = || {
         log.lock()
             .unwrap()

@@ -1258,3 +1258,15 @@ pub async fn h2c_sender(
     tokio::spawn(connection);
     sender
 }
+
+/// `text` (a config) with `from` replaced by `to`, or, `from` empty, with `to` appended (a
+/// table the config does not have).
+pub fn changed_config(text: &str, from: &str, to: &str) -> String {
+    match from.is_empty() {
+        true => format!("{text}{to}"),
+        false => {
+            assert!(text.contains(from), "{from} is not in {text}");
+            text.replace(from, to)
+        }
+    }
+}
