@@ -1833,15 +1833,20 @@ const KEY_PREFIXES: &[&str] = &[
 /// digits) rather than as words (`whsec_stripe_webhook_secret`, `sk-openai-production-key`,
 /// `ASIA_SOUTHEAST_1_KEY` are names). Refused without being echoed.
 pub fn reads_as_a_secret(text: &str) -> bool {
+    // Base32 (capitals and 2 to 7), with a digit: `ASIAPACIFICSTRIPEKEY` is a name.
     let aws = text.len() == 20
         && (text.starts_with("AKIA") || text.starts_with("ASIA"))
         && text[4..]
             .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+        && text[4..].bytes().any(|b| b.is_ascii_digit());
     aws || KEY_PREFIXES.iter().any(|prefix| {
         text.strip_prefix(prefix).is_some_and(|rest| {
             let length = rest.bytes().filter(u8::is_ascii_alphanumeric).count();
-            length >= 16 && (length >= 40 || reads_as_random(rest, true))
+            // Words after the prefix (`pst_svc1_eu2_token`) make a name, unless the rest is as
+            // long as keys are (base64url keys hold `-` and `_` at random).
+            let words = rest.contains(['_', '-', '.']);
+            length >= 40 || (length >= 16 && !words && reads_as_random(rest, true))
         })
     })
 }
@@ -2059,6 +2064,13 @@ mod tests {
             "AWS_ACCOUNT_123456789012_SECRET_KEY_ID",
             "OPENAI_KEY_20241128T103000Z_ROTATED",
             "hf_inference_api_token",
+            "ASIAPACIFICSTRIPEKEY",
+            "AKIAROTATEDKEY202411",
+            "pst_svc1_eu2_us3_v4_token",
+            "xoxb-bot-v2-ch1-ch2-ch3-alerts",
+            "whsec_v2_eu1_us2_ap3_webhook",
+            "hf_gpt2_m3_l4_r5_x6_token",
+            "hf_llama2_7b_chat_v1_token",
         ] {
             assert!(!super::reads_as_a_secret(name), "{name}");
             assert!(!super::may_be_a_secret(name), "{name}");
@@ -2075,7 +2087,7 @@ mod tests {
             "sk_live_51HqLyjWDarjtT1zdp7dc",
             "pst_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_AbCd",
             "AKIAIOSFODNN7EXAMPLE",
-            "sk-proj-q8TzL0vNw3YbR5kXe2JmC7uHa9DgF1pS",
+            "sk-proj-q8TzL0vNw3YbR5kXe2JmC7uHa9DgF1pSx4Lm7Qw2Er5Ty8Ui0Op",
             "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
             "hf_AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh",
             "whsec_q8TzL0vNw3YbR5kXe2JmC7uHa9DgF1pS",

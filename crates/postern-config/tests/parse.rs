@@ -959,7 +959,7 @@ fn errors_about_values_that_may_hold_a_secret_never_echo_it() {
             None,
         ),
         (
-            with("credential = { kind = \"bearer\", from_env = \"AKIACANARY1234567890\" }\n"),
+            with("credential = { kind = \"bearer\", from_env = \"AKIACANARY2345672345\" }\n"),
             "`from_env` reads as a secret value, not the name of a variable",
             Some("put the value in an environment variable"),
         ),

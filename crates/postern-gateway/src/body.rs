@@ -121,7 +121,7 @@ impl DecoderBudget {
     }
 }
 
-impl DecoderPermit<'_> {
+impl<'a> DecoderPermit<'a> {
     /// Takes `more` bytes of the budget, unless that would pass its limit or, while the caller
     /// holds other shares too, its caller's part of it (bodies no caller is known for have
     /// none of their own).
@@ -155,10 +155,29 @@ impl DecoderPermit<'_> {
         self.bytes += more;
         true
     }
-}
 
-impl Drop for DecoderPermit<'_> {
-    fn drop(&mut self) {
+    /// Gives back what it holds past `bytes` (the bytes it stands for are fewer now).
+    pub(crate) fn shrink_to(&mut self, bytes: usize) {
+        if bytes >= self.bytes {
+            return;
+        }
+        let mut rest = self.split_off(self.bytes - bytes);
+        rest.give_back();
+    }
+
+    /// `bytes` of what it holds, as a share of their own (for a copy that may outlive this
+    /// share's holder), still counted for the same caller.
+    pub(crate) fn split_off(&mut self, bytes: usize) -> DecoderPermit<'a> {
+        let bytes = bytes.min(self.bytes);
+        self.bytes -= bytes;
+        DecoderPermit {
+            budget: self.budget,
+            bytes,
+            caller: self.caller.clone(),
+        }
+    }
+
+    fn give_back(&mut self) {
         if self.bytes == 0 {
             return;
         }
@@ -174,6 +193,13 @@ impl Drop for DecoderPermit<'_> {
                 by_caller.swap_remove(index);
             }
         }
+        self.bytes = 0;
+    }
+}
+
+impl Drop for DecoderPermit<'_> {
+    fn drop(&mut self) {
+        self.give_back();
     }
 }
 
@@ -354,7 +380,8 @@ pub struct ForwardBody {
     /// last field still comes before the vendor could. Not for a JSON body, whose `_method` is
     /// decided inside it (at its value's closing quote).
     held: Option<u8>,
-    /// A scanned body's share of [`crate::scan::SCAN_BUDGET`], held while its bytes may be.
+    /// A scanned body's share of [`crate::scan::SCAN_BUDGET`], held until its bytes read ahead
+    /// are handed to the writer.
     scanned: Option<Box<DecoderPermit<'static>>>,
 }
 
@@ -926,10 +953,17 @@ impl ForwardBody {
         }
     }
 
-    /// Holds `scanned`, a scanned body's share of the scan budget, as long as it lives.
-    pub(crate) fn holding(mut self, scanned: DecoderPermit<'static>) -> Self {
+    /// Holds `scanned`, a scanned body's share of the scan budget, for the bytes read ahead
+    /// until they are handed to the writer.
+    pub(crate) fn holding(mut self, mut scanned: DecoderPermit<'static>) -> Self {
+        scanned.shrink_to(self.buffered.as_ref().map_or(0, Bytes::len));
         self.scanned = Some(Box::new(scanned));
         self
+    }
+
+    /// Its share of the scan budget, taken out (to hold while the body is read whole).
+    pub(crate) fn take_scanned(&mut self) -> Option<Box<DecoderPermit<'static>>> {
+        self.scanned.take()
     }
 
     /// Whether what the body decodes to so far ends with the start of a token
@@ -1080,6 +1114,8 @@ impl Body for ForwardBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         if let Some(bytes) = this.buffered.take() {
+            // Handed to the writer: their share of the scan budget goes back.
+            this.scanned = None;
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
         loop {
@@ -1301,8 +1337,9 @@ pub struct ResponseBody {
     next: Option<Frame<Bytes>>,
     /// The answer has ended (its last bytes, held back by the echo filter, sent on their own).
     ended: bool,
-    /// A scanned answer's share of [`crate::scan::SCAN_BUDGET`], held while its bytes may be.
-    _scanned: Option<Box<DecoderPermit<'static>>>,
+    /// A scanned answer's share of [`crate::scan::SCAN_BUDGET`], held until its bytes read
+    /// ahead are passed on.
+    scanned: Option<Box<DecoderPermit<'static>>>,
 }
 
 impl ResponseBody {
@@ -1326,13 +1363,17 @@ impl ResponseBody {
             echo: None,
             next: None,
             ended: false,
-            _scanned: None,
+            scanned: None,
         }
     }
 
-    /// Holds `scanned`, a scanned answer's share of the scan budget, as long as it lives.
-    pub(crate) fn holding(mut self, scanned: Option<Box<DecoderPermit<'static>>>) -> Self {
-        self._scanned = scanned;
+    /// Holds `scanned`, a scanned answer's share of the scan budget, for the bytes read ahead
+    /// until they are passed on.
+    pub(crate) fn holding(mut self, mut scanned: Option<Box<DecoderPermit<'static>>>) -> Self {
+        if let Some(scanned) = scanned.as_mut() {
+            scanned.shrink_to(self.prefix.as_ref().map_or(0, Bytes::len));
+        }
+        self.scanned = scanned;
         self
     }
 
@@ -1466,6 +1507,7 @@ impl Body for ResponseBody {
             return Poll::Ready(None);
         }
         if let Some(prefix) = this.prefix.take() {
+            this.scanned = None;
             this.seen += prefix.len() as u64;
             let last = this.inner.is_end_stream();
             let sent = this.unechoed(prefix, last);
@@ -1722,6 +1764,23 @@ mod tests {
         assert!(beside.grow(10 << 20), "alone once the other went");
         let mut third = budget.permit(Some(&mallory));
         assert!(!third.grow(1), "beside another share, the part holds");
+        drop((beside, third, other));
+
+        // A share split off (a copy scanned off the worker) counts until it goes; a share
+        // shrunk gives back the rest; nothing is left held once all are dropped.
+        let mut call = budget.permit(Some(&mallory));
+        assert!(call.grow(20 << 20));
+        assert!(
+            call.grow(20 << 20),
+            "the call's copy, counted in its own share"
+        );
+        let copy = call.split_off(20 << 20);
+        assert!(!budget.permit(None).grow(1), "40 of 40 MiB held");
+        drop(copy);
+        call.shrink_to(5 << 20);
+        assert!(budget.permit(None).grow(35 << 20));
+        drop(call);
+        assert!(budget.permit(None).grow(40 << 20), "everything came back");
     }
 
     /// One caller's bodies hold at most its part of the budget: past it that caller is refused

@@ -1947,7 +1947,9 @@ async fn forward_replayable(
     token: crate::oauth::Minted,
 ) -> Result<Response<UpstreamBody>, CallError> {
     use http_body_util::BodyExt as _;
-    let (parts, body) = request.into_parts();
+    let (parts, mut body) = request.into_parts();
+    // (A scanned body's share of the scan budget is held while it is.)
+    let _scanned = body.take_scanned();
     // Read whole before it goes (it may go twice): bound as a body read for scanning is.
     let (by, _) = body_read_by(integration, context.started);
     let read = tokio::time::timeout_at(by, body.collect()).await;

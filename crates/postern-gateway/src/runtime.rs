@@ -957,7 +957,8 @@ fn build_integration(
                                 code: "credential_unavailable",
                                 why: format!(
                                     "client certificate unusable: vault credentials {} and {}: {what} (fix: `postern creds set NAME --from-file FILE.pem`)",
-                                    names.cert_secret, names.key_secret
+                                    shown_name(&names.cert_secret),
+                                    shown_name(&names.key_secret)
                                 ),
                             });
                             None
@@ -969,7 +970,8 @@ fn build_integration(
                         code: "credential_unavailable",
                         why: format!(
                             "client certificate unavailable: vault credentials {} and {} must both exist and be active (fix: `postern creds set NAME --from-file FILE.pem`)",
-                            names.cert_secret, names.key_secret
+                            shown_name(&names.cert_secret),
+                            shown_name(&names.key_secret)
                         ),
                     });
                     None

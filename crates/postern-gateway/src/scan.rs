@@ -181,7 +181,6 @@ pub async fn scan_request(
     if bytes.is_empty() {
         return Ok((ForwardBody::full(bytes, state).holding(held), Some(summary)));
     }
-    let caller = context.caller.as_ref();
     let classified = classify(
         scanner,
         approved,
@@ -189,7 +188,7 @@ pub async fn scan_request(
         decoded,
         headers,
         &mut summary,
-        caller,
+        &mut held,
     )
     .await
     .map_err(|busy| (busy, ScanSummary::default()))?;
@@ -522,8 +521,8 @@ fn scanners_busy() -> CallError {
 /// that reads two ways, each scanned as a body of its own) and fills `summary` (classes,
 /// unapproved). A body that could not be decoded is scanned as sent, and `summary.unscanned`
 /// says it was not decoded.
-/// `caller`: whose call it is, for the off-worker copy's share of [`SCAN_BUDGET`] (past it:
-/// `scanners_busy`).
+/// `held`: the call's share of [`SCAN_BUDGET`], which the off-worker copy is counted in (past
+/// it: `scanners_busy`), as a share of its own that goes with the copy.
 async fn classify<'a>(
     scanner: &Arc<Scanner>,
     approved: &[String],
@@ -531,7 +530,7 @@ async fn classify<'a>(
     decoded: Result<Vec<Cow<'a, [u8]>>, postern_scan::Unscanned>,
     headers: &http::HeaderMap,
     summary: &mut ScanSummary,
-    caller: Option<&Arc<str>>,
+    held: &mut DecoderPermit<'static>,
 ) -> Result<Classified<'a>, CallError> {
     let readings = match decoded {
         Ok(readings) => readings,
@@ -564,10 +563,10 @@ async fn classify<'a>(
     let results = if size >= SCAN_OFF_WORKER_BYTES {
         // The copy and its share of the budget go with the scan, which runs to its end even
         // if the call is dropped meanwhile (unless it had not begun: then it is skipped).
-        let mut held = SCANS.permit(caller);
         if !held.grow(size) {
             return Err(scanners_busy());
         }
+        let held = held.split_off(size);
         let turn = SCAN_THREADS.acquire().await;
         let off_worker = scanner.clone();
         let owned: Vec<Vec<u8>> = readings.iter().map(|reading| reading.to_vec()).collect();
@@ -728,7 +727,7 @@ pub async fn scan_response(
         decoded,
         headers,
         &mut summary,
-        caller,
+        &mut held,
     )
     .await
     {

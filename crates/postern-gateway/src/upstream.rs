@@ -389,9 +389,10 @@ struct ClientInner {
 /// ones) and worker, idle or finishing a response body (more are closed).
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
 /// At most this many connections are pooled per worker by one client (an integration's, or the
-/// forward proxy's), all origins and partitions together: past it an HTTP/1.1 connection is
-/// closed after its call instead, so callers naming host after host through the forward proxy
-/// cannot have it keep a descriptor open for each until the idle limit.
+/// forward proxy's), all origins and partitions together: past it a connection is closed after
+/// its call instead (but an h2 one other calls wait for), so callers naming host after host
+/// through the forward proxy cannot have it keep a descriptor open for each until the idle
+/// limit.
 const MAX_POOLED_PER_WORKER: usize = if cfg!(test) { 8 } else { 4096 };
 /// At most this many h2 connections are opened per origin and worker because the others were at
 /// the vendor's stream limit; past it, calls wait for a stream in the least loaded one.
@@ -701,9 +702,9 @@ impl Pool {
     /// (`waited_for`), or when none of them has room: when calls to an origin not yet known as
     /// h2 dialled at once, the first is kept and the others end with their calls.
     fn put(&mut self, key: &OriginKey, sender: Sender, addr: SocketAddr, waited_for: bool) {
-        // (An h2 connection is pooled all the same: calls may be waiting for it to be, and it
-        // carries many calls; at most `MAX_H2_PER_ORIGIN` per origin.)
-        if self.pooled >= MAX_POOLED_PER_WORKER && matches!(sender, Sender::H1(_)) {
+        // (An h2 connection calls wait for is pooled all the same: they were told it would be.)
+        if self.pooled >= MAX_POOLED_PER_WORKER && !(waited_for && matches!(sender, Sender::H2(_)))
+        {
             return;
         }
         let conns = match self.origins.get_mut(key) {
