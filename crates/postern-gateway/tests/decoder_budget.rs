@@ -8,6 +8,33 @@ use std::time::Duration;
 
 use support::*;
 
+/// Looks once at each upload still waiting: one answered is a refusal (`503` naming `code`,
+/// with `Retry-After: 1`), taken out of `waiting`. Returns how many were.
+async fn take_refusals(waiting: &mut [Option<tokio::net::TcpStream>], code: &str) -> usize {
+    use tokio::io::AsyncReadExt;
+    let mut refused = 0;
+    for slot in waiting.iter_mut() {
+        let Some(stream) = slot.as_mut() else {
+            continue;
+        };
+        let mut answer = vec![0u8; 4096];
+        if let Ok(Ok(read)) =
+            tokio::time::timeout(Duration::from_millis(20), stream.read(&mut answer)).await
+        {
+            let answer = String::from_utf8_lossy(&answer[..read]).to_string();
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+            assert!(answer.contains(code), "{answer}");
+            assert!(
+                answer.to_ascii_lowercase().contains("retry-after: 1"),
+                "{answer}"
+            );
+            refused += 1;
+            *slot = None;
+        }
+    }
+    refused
+}
+
 /// A gateway whose `stripe` integration (with `extra` lines) takes POST /v1/charges from
 /// `checkout` and `reporting`.
 async fn two_callers_gateway(vendor: &TestVendor, extra: &str) -> TestGateway {
@@ -45,7 +72,7 @@ operations = ["*"]
 /// caller's still go through; the share of each comes back when its call ends.
 #[tokio::test]
 async fn slow_compressed_uploads_hold_at_most_the_decoder_budget() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = two_callers_gateway(&vendor, "").await;
     // 8.5 MiB each: one caller's part holds 15. Streamed (a small body framed by its length is
@@ -71,25 +98,7 @@ async fn slow_compressed_uploads_hold_at_most_the_decoder_budget() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut last_look = false;
     loop {
-        for slot in waiting.iter_mut() {
-            let Some(stream) = slot.as_mut() else {
-                continue;
-            };
-            let mut answer = vec![0u8; 4096];
-            if let Ok(Ok(read)) =
-                tokio::time::timeout(Duration::from_millis(20), stream.read(&mut answer)).await
-            {
-                let answer = String::from_utf8_lossy(&answer[..read]).to_string();
-                assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-                assert!(answer.contains("request_decoders_busy"), "{answer}");
-                assert!(
-                    answer.to_ascii_lowercase().contains("retry-after: 1"),
-                    "{answer}"
-                );
-                refused += 1;
-                *slot = None;
-            }
-        }
+        refused += take_refusals(&mut waiting, "request_decoders_busy").await;
         if last_look || std::time::Instant::now() > deadline {
             break;
         }
@@ -142,7 +151,7 @@ async fn slow_compressed_uploads_hold_at_most_the_decoder_budget() {
 /// calls end.
 #[tokio::test]
 async fn bodies_read_to_be_scanned_hold_at_most_the_scan_budget() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = two_callers_gateway(&vendor, "data_classes = [\"pii.email\"]").await;
     // A million bytes of a declared two million each, within the scan's cap (1 MiB): each
@@ -169,25 +178,7 @@ async fn bodies_read_to_be_scanned_hold_at_most_the_scan_budget() {
     let mut refused = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while refused < 5 && std::time::Instant::now() < deadline {
-        for slot in waiting.iter_mut() {
-            let Some(stream) = slot.as_mut() else {
-                continue;
-            };
-            let mut answer = vec![0u8; 4096];
-            if let Ok(Ok(read)) =
-                tokio::time::timeout(Duration::from_millis(20), stream.read(&mut answer)).await
-            {
-                let answer = String::from_utf8_lossy(&answer[..read]).to_string();
-                assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-                assert!(answer.contains("scanners_busy"), "{answer}");
-                assert!(
-                    answer.to_ascii_lowercase().contains("retry-after: 1"),
-                    "{answer}"
-                );
-                refused += 1;
-                *slot = None;
-            }
-        }
+        refused += take_refusals(&mut waiting, "scanners_busy").await;
     }
     assert!(refused >= 5, "refused {refused} of {}", fit + 8);
     assert!(refused <= 9, "refused {refused} of {}", fit + 8);
