@@ -956,7 +956,8 @@ impl ForwardBody {
     /// Holds `scanned`, a scanned body's share of the scan budget, for the bytes read ahead
     /// until they are handed to the writer.
     pub(crate) fn holding(mut self, mut scanned: DecoderPermit<'static>) -> Self {
-        scanned.shrink_to(self.buffered.as_ref().map_or(0, Bytes::len));
+        // (What a streamed body's reading holds back of them, too.)
+        scanned.shrink_to(self.buffered.as_ref().map_or(0, Bytes::len) + self.carry.len());
         self.scanned = Some(Box::new(scanned));
         self
     }
