@@ -474,6 +474,8 @@ thread_local! {
     /// For each wait for a caller made without a buffer on this thread, the read buffer's room
     /// the connection held while it waited.
     static IDLE_WAITS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// How many times [`parse`] ran on this thread.
+    static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Room for one more read of a head: [`READ_SPACE`] more when less than 1 KiB is left; a
@@ -705,6 +707,8 @@ enum Parse {
 /// Parses a request head at the start of `buf`; takes it from `buf` only when this server will
 /// serve the request.
 fn parse(buf: &mut BytesMut, max_header_bytes: usize, bodies: &'static WholeBodies) -> Parse {
+    #[cfg(test)]
+    PARSES.with(|parses| parses.set(parses.get() + 1));
     match parse_with::<MAX_HEADERS>(buf, max_header_bytes, false, bodies) {
         // More headers than are parsed here: hyper's, unless the head has both framings (which
         // hyper would forward, framed by Transfer-Encoding).
@@ -1653,6 +1657,39 @@ mod tests {
             String::from_utf8_lossy(&body)
         );
         Response::new(GatewayBody::full(text))
+    }
+
+    /// The server parses a head trickled a byte per read again only once a blank line may
+    /// have come: a 6 KiB head, its bytes read one by one, is parsed a few times, not thousands.
+    #[tokio::test]
+    async fn a_head_read_a_byte_at_a_time_is_parsed_a_few_times() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let mut head = b"GET /trickled HTTP/1.1\r\nconnection: close\r\n".to_vec();
+        // (Twelve long headers: within the headers this server takes.)
+        while head.len() < 6 * 1024 {
+            head.extend_from_slice(format!("x-padding: {}\r\n", "a".repeat(500)).as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let reads = head.len();
+        let writing = tokio::spawn(async move {
+            for byte in head {
+                client.write_all(&[byte]).await.unwrap();
+                // The server reads it before the next is written (one thread: it runs now).
+                tokio::task::yield_now().await;
+            }
+            let mut answer = String::new();
+            client.read_to_string(&mut answer).await.unwrap();
+            answer
+        });
+        let before = PARSES.with(std::cell::Cell::get);
+        let served = serve(&mut server, &info(), &echo, &mut shutdown, 8192, None).await;
+        let parses = PARSES.with(std::cell::Cell::get) - before;
+        assert!(matches!(served, Served::Closed));
+        drop(server);
+        let answer = writing.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(parses <= 4, "{parses} parses of a head read in up to {reads} reads");
     }
 
     #[tokio::test]
