@@ -1031,19 +1031,7 @@ fn proxy_caller(
         });
     }
     let Some(token) = token else {
-        // As in path mode: the client reconnects with its current certificate.
-        let reason = match by_certificate {
-            ByCertificate::Lapsed => Some(crate::proxy::CERTIFICATE_LAPSED),
-            ByCertificate::Unregistered => Some(crate::proxy::CERTIFICATE_UNREGISTERED),
-            ByCertificate::Caller(_) | ByCertificate::None => None,
-        };
-        if let Some(reason) = reason {
-            // (A connection whose callers have used tokens goes on after an unregistered
-            // certificate's refusal, as after any refusal of a request of its.)
-            if matches!(by_certificate, ByCertificate::Lapsed) || !connection.identified_by_token()
-            {
-                connection.close();
-            }
+        if let Some(reason) = crate::proxy::certificate_refusal(&by_certificate, connection) {
             return Err(CallError::new(
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                 "proxy_auth_required",

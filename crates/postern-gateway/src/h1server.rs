@@ -1689,7 +1689,10 @@ mod tests {
         drop(server);
         let answer = writing.await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-        assert!(parses <= 4, "{parses} parses of a head read in up to {reads} reads");
+        assert!(
+            parses <= 4,
+            "{parses} parses of a head read in up to {reads} reads"
+        );
     }
 
     #[tokio::test]

@@ -969,11 +969,32 @@ fn hex_digit(byte: u8) -> Option<u8> {
 
 /// The refusal of a request on a connection whose client certificate identified a caller
 /// once and no longer does.
-pub(crate) const CERTIFICATE_LAPSED: &str = "the client certificate this connection was made with has expired, or is no longer trusted (`client_ca` or `client_crl` changed): reconnect with a current certificate";
+const CERTIFICATE_LAPSED: &str = "the client certificate this connection was made with has expired, or is no longer trusted (`client_ca` or `client_crl` changed): reconnect with a current certificate";
 
 /// The refusal of a request without a caller token on a connection whose client certificate
 /// is valid but whose SPIFFE ID no caller has (any more).
-pub(crate) const CERTIFICATE_UNREGISTERED: &str = "the client certificate's SPIFFE ID is no caller's `spiffe_id` in the config (never added, or removed by a reload): register it, or send a caller token";
+const CERTIFICATE_UNREGISTERED: &str = "the client certificate's SPIFFE ID is no caller's `spiffe_id` in the config (never added, or removed by a reload): register it, or send a caller token";
+
+/// Why a request without a caller token is refused when its connection's client certificate
+/// names no caller (path mode and the forward proxy alike), the connection told to close so
+/// that the client reconnects with its current certificate, or once its caller is registered,
+/// rather than meet the refusal on every request of a kept connection: always for a lapsed
+/// certificate, for an unregistered one unless the connection's callers have used tokens (it
+/// goes on then, as after any refusal of a request of its). `None` without a certificate.
+pub(crate) fn certificate_refusal(
+    by_certificate: &ByCertificate,
+    connection: &ConnectionInfo,
+) -> Option<&'static str> {
+    let reason = match by_certificate {
+        ByCertificate::Lapsed => CERTIFICATE_LAPSED,
+        ByCertificate::Unregistered => CERTIFICATE_UNREGISTERED,
+        ByCertificate::Caller(_) | ByCertificate::None => return None,
+    };
+    if matches!(by_certificate, ByCertificate::Lapsed) || !connection.identified_by_token() {
+        connection.close();
+    }
+    Some(reason)
+}
 
 /// Who is calling: a verified client certificate's SPIFFE ID, else a caller token from
 /// `Postern-Caller-Token`, `Authorization: Bearer`, or `Authorization: Basic` (token as password).
@@ -1014,23 +1035,8 @@ fn identify_caller(
             .filter(|token| runtime.caller_by_token(token).is_some()));
     }
     let Some(token) = caller_token_from_headers(headers) else {
-        // The certificate this connection was made with identifies no one (any more): the
-        // client reconnects with its current one, or once its caller is registered, rather
-        // than meet this refusal on every request of a kept connection.
-        match by_certificate {
-            ByCertificate::Lapsed => {
-                connection.close();
-                return Err(CallError::unauthenticated(CERTIFICATE_LAPSED));
-            }
-            ByCertificate::Unregistered => {
-                // (A connection whose callers have used tokens goes on, as after any
-                // refusal of a request of its.)
-                if !connection.identified_by_token() {
-                    connection.close();
-                }
-                return Err(CallError::unauthenticated(CERTIFICATE_UNREGISTERED));
-            }
-            ByCertificate::Caller(_) | ByCertificate::None => {}
+        if let Some(reason) = certificate_refusal(&by_certificate, connection) {
+            return Err(CallError::unauthenticated(reason));
         }
         return Err(CallError::unauthenticated(
             "no caller credentials: send Authorization: Bearer <caller token> (or Basic with the token as password, or Postern-Caller-Token), or a client certificate with a registered SPIFFE ID",
@@ -1162,7 +1168,8 @@ fn route_tunnel<'a>(
     tunnel: &crate::context::TunnelInfo,
     path: &'a str,
 ) -> Result<(Arc<IntegrationRuntime>, &'a str), CallError> {
-    // Forward-proxy mode turned off closes what it opened, as it closes opaque tunnels.
+    // Forward-proxy mode turned off closes what it opened, as it closes opaque tunnels (said
+    // apart from `still_routes`'s other answers).
     if let Err(refusal) = crate::forward_proxy::enabled(runtime) {
         connection.close();
         return Err(refusal);
@@ -1187,8 +1194,9 @@ fn route_tunnel<'a>(
 }
 
 /// Whether `runtime` still routes what `tunnel` carries to `integration`, as when it opened:
-/// the host still that integration's, and intercepted only while the integration intercepts
-/// (asked of each request in the tunnel, and of a WebSocket session opened in it).
+/// forward-proxy mode still on, the host still that integration's, and intercepted only while
+/// the integration intercepts (asked of each request in the tunnel, and of a WebSocket session
+/// opened in it).
 pub(crate) fn still_routes(
     runtime: &Runtime,
     tunnel: &crate::context::TunnelInfo,
@@ -1198,7 +1206,9 @@ pub(crate) fn still_routes(
         .proxy
         .integration_for_host(&tunnel.host)
         .is_some_and(|owner| owner.name == integration.name);
-    still_claimed && (tunnel.mode != "intercept" || integration.config.intercept)
+    runtime.proxy.config.enabled
+        && still_claimed
+        && (tunnel.mode != "intercept" || integration.config.intercept)
 }
 
 /// Operation match, then the Cedar decision.

@@ -168,16 +168,6 @@ pub async fn scan_request(
                 })
         }
     };
-    if let Ok(readings) = &decoded {
-        let kept = readings
-            .iter()
-            .filter(|reading| matches!(reading, Cow::Owned(_)))
-            .map(|reading| reading.len())
-            .sum();
-        if !held.grow(kept) {
-            return Err((scanners_busy(), ScanSummary::default()));
-        }
-    }
     if bytes.is_empty() {
         return Ok((ForwardBody::full(bytes, state).holding(held), Some(summary)));
     }
@@ -191,7 +181,7 @@ pub async fn scan_request(
         &mut held,
     )
     .await
-    .map_err(|busy| (busy, ScanSummary::default()))?;
+    .map_err(|Busy| (scanners_busy(), ScanSummary::default()))?;
     if summary.unapproved.is_empty() {
         return Ok((ForwardBody::full(bytes, state).holding(held), Some(summary)));
     }
@@ -498,6 +488,10 @@ static SCANS: DecoderBudget = DecoderBudget::new(SCAN_BUDGET, SCAN_CALLER_SHARE)
 /// [`SCAN_BUDGET`] meanwhile), rather than take a blocking-pool thread each.
 static SCAN_THREADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
 
+/// [`SCAN_BUDGET`] is spent: a request is refused ([`scanners_busy`]), an answer withheld
+/// ([`response_scanners_busy`]).
+struct Busy;
+
 /// The vendor's answer withheld past [`SCAN_BUDGET`]: a 502 with no `Retry-After`, as the
 /// call reached the vendor, which may have acted on it (a retry would act again).
 fn response_scanners_busy() -> CallError {
@@ -521,8 +515,8 @@ fn scanners_busy() -> CallError {
 /// that reads two ways, each scanned as a body of its own) and fills `summary` (classes,
 /// unapproved). A body that could not be decoded is scanned as sent, and `summary.unscanned`
 /// says it was not decoded.
-/// `held`: the call's share of [`SCAN_BUDGET`], which the off-worker copy is counted in (past
-/// it: `scanners_busy`), as a share of its own that goes with the copy.
+/// `held`: the call's share of [`SCAN_BUDGET`], which the decoded readings are counted in, and
+/// the off-worker copy as a share of its own that goes with the copy; past it, [`Busy`].
 async fn classify<'a>(
     scanner: &Arc<Scanner>,
     approved: &[String],
@@ -531,9 +525,19 @@ async fn classify<'a>(
     headers: &http::HeaderMap,
     summary: &mut ScanSummary,
     held: &mut DecoderPermit<'static>,
-) -> Result<Classified<'a>, CallError> {
+) -> Result<Classified<'a>, Busy> {
     let readings = match decoded {
-        Ok(readings) => readings,
+        Ok(readings) => {
+            let decoded_bytes = readings
+                .iter()
+                .filter(|reading| matches!(reading, Cow::Owned(_)))
+                .map(|reading| reading.len())
+                .sum();
+            if !held.grow(decoded_bytes) {
+                return Err(Busy);
+            }
+            readings
+        }
         Err(unscanned) => {
             // Not decoded, and said so; but scanned as sent: a server that ignores the coding
             // reads these very bytes, and what is found in them can be masked in place.
@@ -564,7 +568,7 @@ async fn classify<'a>(
         // The copy and its share of the budget go with the scan, which runs to its end even
         // if the call is dropped meanwhile (unless it had not begun: then it is skipped).
         if !held.grow(size) {
-            return Err(scanners_busy());
+            return Err(Busy);
         }
         let held = held.split_off(size);
         let turn = SCAN_THREADS.acquire().await;
@@ -715,11 +719,6 @@ pub async fn scan_response(
     let encoding = all_values(headers, &header::CONTENT_ENCODING);
     let decoded = postern_scan::decode_for_scan(&bytes, encoding.as_deref(), cap as usize)
         .map(|decoded| vec![decoded]);
-    if let Ok([Cow::Owned(reading)]) = decoded.as_deref() {
-        if !held.grow(reading.len()) {
-            return Err((response_scanners_busy(), summary));
-        }
-    }
     let classified = match classify(
         scanner,
         approved,
@@ -732,7 +731,7 @@ pub async fn scan_response(
     .await
     {
         Ok(classified) => classified,
-        Err(_) => return Err((response_scanners_busy(), summary)),
+        Err(Busy) => return Err((response_scanners_busy(), summary)),
     };
     if summary.unapproved.is_empty() {
         return Ok(scanned(bytes, summary, held));

@@ -356,9 +356,7 @@ impl SessionGrant {
             return false;
         };
         if let Some(tunnel) = &self.tunnel {
-            if !runtime.proxy.config.enabled
-                || !crate::proxy::still_routes(runtime, tunnel, integration)
-            {
+            if !crate::proxy::still_routes(runtime, tunnel, integration) {
                 return false;
             }
         }
