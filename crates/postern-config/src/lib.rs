@@ -54,6 +54,7 @@ pub use diagnostic::{ConfigErrors, Diagnostic};
 pub use path_template::segment_name;
 pub use validate::{
     check_host_pattern, is_identifier, may_be_a_secret, reads_as_a_secret, within_name,
+    CREDENTIAL_PREFIXES,
 };
 
 /// Default for [`GatewayConfig::events_max_file_bytes`]: 64 MiB.

@@ -1802,27 +1802,36 @@ fn name_problem(
     (message, fix.to_string())
 }
 
-/// Well-known prefixes of vendor keys and tokens (Stripe, GitHub, GitLab, Slack, Hugging Face,
-/// OpenAI, SendGrid, Postern's own caller tokens).
-const KEY_PREFIXES: &[&str] = &[
+/// The prefixes of well-known API keys and tokens (Stripe, GitHub, GitLab, Slack, Hugging Face,
+/// OpenAI, Anthropic, AWS, Google, SendGrid, Postern's own caller tokens): what config checks
+/// names against ([`reads_as_a_secret`]) and discovery keeps out of path templates.
+pub const CREDENTIAL_PREFIXES: &[&str] = &[
     "sk_live_",
     "sk_test_",
     "rk_live_",
     "rk_test_",
+    "pk_live_",
+    "pk_test_",
     "whsec_",
     "pst_",
     "ghp_",
     "gho_",
-    "ghs_",
     "ghu_",
+    "ghs_",
+    "ghr_",
     "github_pat_",
     "glpat-",
     "xoxb-",
     "xoxp-",
     "xoxa-",
     "xoxs-",
+    "xapp-",
     "hf_",
     "sk-",
+    "AKIA",
+    "ASIA",
+    "AIza",
+    "ya29.",
     "SG.",
 ];
 
@@ -1840,7 +1849,7 @@ pub fn reads_as_a_secret(text: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
         && text[4..].bytes().any(|b| b.is_ascii_digit());
-    aws || KEY_PREFIXES.iter().any(|prefix| {
+    aws || CREDENTIAL_PREFIXES.iter().any(|prefix| {
         text.strip_prefix(prefix).is_some_and(|rest| {
             let length = rest.bytes().filter(u8::is_ascii_alphanumeric).count();
             // Words after the prefix (`pst_svc1_eu2_token`) make a name, unless the rest is as

@@ -312,39 +312,10 @@ fn is_prefixed_id(segment: &str) -> bool {
         && tail.chars().any(|c| c.is_ascii_digit())
 }
 
-/// The prefixes of well-known API keys and tokens (Stripe, GitHub, GitLab, Slack, OpenAI,
-/// Anthropic, AWS, Google, SendGrid): a segment starting with one and going on for 8
-/// or more characters is a credential, digits or not, and never kept.
-const CREDENTIAL_PREFIXES: &[&str] = &[
-    "sk_live_",
-    "sk_test_",
-    "rk_live_",
-    "rk_test_",
-    "pk_live_",
-    "pk_test_",
-    "whsec_",
-    "ghp_",
-    "gho_",
-    "ghu_",
-    "ghs_",
-    "ghr_",
-    "github_pat_",
-    "glpat-",
-    "xoxb-",
-    "xoxp-",
-    "xoxa-",
-    "xoxs-",
-    "xapp-",
-    "sk-",
-    "AKIA",
-    "ASIA",
-    "AIza",
-    "ya29.",
-    "SG.",
-];
-
+/// A segment starting with a well-known key prefix ([`postern_config::CREDENTIAL_PREFIXES`])
+/// and going on for 8 or more characters is a credential, digits or not, and never kept.
 fn is_credential(segment: &str) -> bool {
-    CREDENTIAL_PREFIXES.iter().any(|prefix| {
+    postern_config::CREDENTIAL_PREFIXES.iter().any(|prefix| {
         segment
             .strip_prefix(prefix)
             .is_some_and(|rest| rest.len() >= 8)
