@@ -401,10 +401,17 @@ where
 /// The HTTP/2 connection preface (RFC 9113 §3.4), which hyper's server looks for.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Whether `read`, what a connection sends after the first `matched` bytes of the h2 preface,
+/// goes on with the preface (as far as either goes).
+fn continues_h2_preface(matched: usize, read: &[u8]) -> bool {
+    let rest = &H2_PREFACE[matched.min(H2_PREFACE.len())..];
+    let shared = read.len().min(rest.len());
+    read[..shared] == rest[..shared]
+}
+
 /// Whether `read`, the start of what a connection sends next, is or may become the h2 preface.
 fn may_begin_h2_preface(read: &[u8]) -> bool {
-    let shared = read.len().min(H2_PREFACE.len());
-    !read.is_empty() && read[..shared] == H2_PREFACE[..shared]
+    !read.is_empty() && continues_h2_preface(0, read)
 }
 
 /// A TLS connection whose client chose `h2` by ALPN, read through a check of its first bytes:
@@ -434,14 +441,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for H2Only<S> {
         std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, buf))?;
         if this.matched < H2_PREFACE.len() {
             let read = &buf.filled()[before..];
-            let checked = read.len().min(H2_PREFACE.len() - this.matched);
-            if read[..checked] != H2_PREFACE[this.matched..this.matched + checked] {
+            if !continues_h2_preface(this.matched, read) {
                 return std::task::Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     "the client chose h2 by ALPN but did not send the HTTP/2 preface",
                 )));
             }
-            this.matched += checked;
+            this.matched = (this.matched + read.len()).min(H2_PREFACE.len());
         }
         std::task::Poll::Ready(Ok(()))
     }

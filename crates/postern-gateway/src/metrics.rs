@@ -232,7 +232,7 @@ impl Metrics {
         let listener_certificate_expiry = Gauge::default();
         registry.register(
             "listener_certificate_expiry_seconds",
-            "When the certificate the TLS listener serves expires (notAfter), in seconds since the Unix epoch; 0 on a plain listener",
+            "When the certificate the TLS listener serves expires (notAfter), in seconds since the Unix epoch; 0 on a plain listener, or when its certificate cannot be read",
             listener_certificate_expiry.clone(),
         );
         let websocket_sessions_open = Gauge::default();

@@ -62,8 +62,9 @@ impl SourceLimit {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// The connections `peer`'s source holds (tests).
-    pub fn held_by(&self, peer: IpAddr) -> usize {
+    /// The connections `peer`'s source holds.
+    #[cfg(test)]
+    fn held_by(&self, peer: IpAddr) -> usize {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.get(&source_of(peer)).copied().unwrap_or(0)
     }
