@@ -2515,10 +2515,7 @@ async fn an_mtls_identity_ends_with_its_certificate_on_a_connection_kept_open() 
     let (cert, key) = pki.short_lived_client_cert("spiffe://example.org/billing", lifetime);
     let addr = gw.running().listen_addr;
     let (h1, h2) = (
-        pki.mtls_client_builder(&cert, &key, addr)
-            .http1_only()
-            .build()
-            .unwrap(),
+        pki.mtls_h1_client(&cert, &key, addr),
         pki.mtls_client_presenting(&cert, &key, addr),
     );
     let url = format!("https://localhost:{}/stripe/v1/charges/ch_1", addr.port());
@@ -2566,11 +2563,7 @@ async fn a_reload_that_unregisters_a_spiffe_id_closes_its_connections() {
     let gw = billing_over_mtls(&vendor, &pki, staging.path()).await;
     let (cert, key) = pki.client_cert("spiffe://example.org/billing");
     let addr = gw.running().listen_addr;
-    let h1 = pki
-        .mtls_client_builder(&cert, &key, addr)
-        .http1_only()
-        .build()
-        .unwrap();
+    let h1 = pki.mtls_h1_client(&cert, &key, addr);
     let url = format!("https://localhost:{}/stripe/v1/charges/ch_1", addr.port());
     assert_eq!(h1.get(&url).send().await.unwrap().status(), 200);
     let config = std::fs::read_to_string(&gw.config_path).unwrap();
@@ -2590,11 +2583,7 @@ async fn a_reload_that_unregisters_a_spiffe_id_closes_its_connections() {
     assert!(text.contains("no caller's `spiffe_id`"), "{text}");
     // A connection whose calls identified a caller by token goes on after that refusal, as
     // after any refusal of a request of its.
-    let with_tokens = pki
-        .mtls_client_builder(&cert, &key, addr)
-        .http1_only()
-        .build()
-        .unwrap();
+    let with_tokens = pki.mtls_h1_client(&cert, &key, addr);
     let by_token = with_tokens.get(&url).bearer_auth(&gw.token).send().await;
     assert_eq!(by_token.unwrap().status(), 200);
     let answer = with_tokens.get(&url).send().await.unwrap();

@@ -84,6 +84,19 @@ async fn connect(
         .map(|(ws, _)| ws)
 }
 
+/// Sends `text` on the session and returns the next message, within 5 s.
+async fn echoed<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, text: &str) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::text(text)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("an answer within 5 s")
+        .expect("the session is open")
+        .unwrap()
+}
+
 /// Reads `ws` until its session ends (within 5 s, else panics naming `what`): the messages
 /// that came meanwhile.
 async fn until_closed<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, what: &str) -> Vec<Message>
@@ -391,13 +404,7 @@ async fn a_websocket_session_through_the_forward_proxy_is_intercepted_and_relaye
     let vendor = WsVendor::start(None, echo).await;
     let (gw, _keys) = ws_gateway(&vendor, "").await;
     let mut ws = session_through_the_proxy(&gw).await;
-    ws.send(Message::text("hello")).await.unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(answer, Message::text("echo: hello"));
+    assert_eq!(echoed(&mut ws, "hello").await, Message::text("echo: hello"));
     ws.send(Message::text(format!("key {ANOTHER_TOKEN}")))
         .await
         .unwrap();
@@ -453,13 +460,11 @@ async fn a_session_in_a_tunnel_ends_when_the_tunnel_would_be_refused() {
         let vendor = WsVendor::start(None, echo).await;
         let (gw, _keys) = ws_gateway(&vendor, "").await;
         let mut ws = session_through_the_proxy(&gw).await;
-        ws.send(Message::text("hello")).await.unwrap();
-        let answer = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(answer, Message::text("echo: hello"), "{change}");
+        assert_eq!(
+            echoed(&mut ws, "hello").await,
+            Message::text("echo: hello"),
+            "{change}"
+        );
         let text = std::fs::read_to_string(&gw.config_path).unwrap();
         let changed = changed_config(&text, &from, &to);
         let config = postern_config::parse(&changed, &gw.config_path).unwrap();
@@ -491,13 +496,10 @@ async fn an_open_session_is_decided_again_at_each_reload() {
     let text = std::fs::read_to_string(&gw.config_path).unwrap();
     let config = postern_config::parse(&text, &gw.config_path).unwrap();
     gw.running().reload(config).unwrap();
-    ws.send(Message::text("still here")).await.unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(answer, Message::text("echo: still here"));
+    assert_eq!(
+        echoed(&mut ws, "still here").await,
+        Message::text("echo: still here")
+    );
     assert!(gw.events().await.is_empty(), "the session is still open");
     // The grant of the realtime operation withdrawn: the open session is closed.
     let narrowed = text.replace(

@@ -267,8 +267,20 @@ impl TestPki {
         self.mtls_client_builder(cert, key, addr).build().unwrap()
     }
 
-    /// [`TestPki::mtls_client_presenting`], to be built further (`.http1_only()`, say).
-    pub fn mtls_client_builder(
+    /// [`TestPki::mtls_client_presenting`], speaking HTTP/1.1 only.
+    pub fn mtls_h1_client(
+        &self,
+        cert: &str,
+        key: &str,
+        addr: std::net::SocketAddr,
+    ) -> reqwest::Client {
+        self.mtls_client_builder(cert, key, addr)
+            .http1_only()
+            .build()
+            .unwrap()
+    }
+
+    fn mtls_client_builder(
         &self,
         cert: &str,
         key: &str,
