@@ -602,7 +602,7 @@ impl RunningGateway {
             graceful: gateway_graceful.clone(),
             shutdown: shutdown_rx.clone(),
             slots: shared.connection_slots.clone(),
-            per_source: Some(shared.per_source.clone()),
+            per_source: shared.per_source.clone(),
             max_header_bytes: config.gateway.max_header_bytes,
             idle: Duration::from_millis(config.gateway.idle_timeout_ms),
             excuse_waits: true,
@@ -630,7 +630,7 @@ impl RunningGateway {
                 // Its own few slots and a short idle limit: connections that never authenticate
                 // cannot keep health probes and operators out for long.
                 slots: Arc::new(tokio::sync::Semaphore::new(listener::ADMIN_MAX_CONNECTIONS)),
-                per_source: None,
+                per_source: sources::SourceLimit::new(0),
                 max_header_bytes: config.gateway.max_header_bytes,
                 idle: Duration::from_millis(config.gateway.idle_timeout_ms)
                     .min(listener::ADMIN_IDLE),

@@ -180,8 +180,8 @@ pub struct Accept {
     pub graceful: Arc<GracefulShutdown>,
     pub shutdown: watch::Receiver<bool>,
     pub slots: Arc<tokio::sync::Semaphore>,
-    /// `[gateway] max_connections_per_source` (`None`: no such cap, as on the admin listener).
-    pub per_source: Option<Arc<crate::sources::SourceLimit>>,
+    /// `[gateway] max_connections_per_source` (a cap of 0 on the admin listener: none).
+    pub per_source: Arc<crate::sources::SourceLimit>,
     /// `[gateway] max_header_bytes`: heads larger than this are hyper's to refuse.
     pub max_header_bytes: usize,
     /// `[gateway] idle_timeout_ms`: a connection with no byte either way for this long (and,
@@ -284,10 +284,9 @@ where
             }
             continue;
         };
-        let source = match per_source.as_ref().map(|sources| sources.admit(peer.ip())) {
-            None | Some(Ok(None)) => None,
-            Some(Ok(Some(hold))) => Some(hold),
-            Some(Err(crate::sources::AtCap)) => {
+        let source = match per_source.admit(peer.ip()) {
+            Ok(hold) => hold,
+            Err(crate::sources::AtCap) => {
                 if let Some(closed) = at_source_cap.count() {
                     tracing::warn!(%peer, closed, "a client address holds [gateway] max_connections_per_source connections; closing its new ones");
                 }

@@ -181,7 +181,8 @@ const QUIET: Duration = Duration::from_millis(500);
 const SETTLE_MAX: Duration = Duration::from_secs(5);
 
 impl Triggers {
-    /// Waits until the config file has had no change for [`QUIET`] (each change starts the
+    /// Waits until the watched files (the config, its TLS files) have had no change for
+    /// [`QUIET`] (each change starts the
     /// wait again), at most [`SETTLE_MAX`]: editors and tools write a file in several steps,
     /// and a half written file must not be applied because it happens to be valid (a file
     /// written whole under another name and renamed into place is never seen half written).
@@ -299,7 +300,7 @@ fn watch_files(
     Some(watcher)
 }
 
-/// What the config path leads to, symbolic links followed: (file, device and inode, size,
+/// What a watched path (the config file, a TLS file) leads to, symbolic links followed: (file, device and inode, size,
 /// modification time). `None` while there is no file there.
 fn file_fingerprint(path: &Path) -> Option<(PathBuf, u64, u64, u64, std::time::SystemTime)> {
     use std::os::unix::fs::MetadataExt as _;
