@@ -216,20 +216,29 @@ impl Shared {
     }
 
     /// Builds a runtime with the current vault contents and swaps it in: from a reloaded
-    /// config (with the listener's TLS read from its files), or (`None`) from the running one,
-    /// read under the rebuild lock so a reload that swapped in first is not undone.
-    fn rebuild(&self, reload: Option<Reload>) -> anyhow::Result<Vec<String>> {
+    /// config (with the listener's TLS read from its files), or from the running one (read
+    /// under the rebuild lock, so a reload that swapped in first is not undone), with the
+    /// listener's TLS it holds or read again from the files it names.
+    fn rebuild(&self, from: Rebuild) -> anyhow::Result<Vec<String>> {
         let _guard = self.rebuild.lock().expect("rebuild lock");
         let running = self.runtime.load_full();
-        let (config, admin_token_sha256, reuse, listener_tls) = match reload {
-            Some(Reload {
-                config,
-                admin_token_sha256,
-                listener_tls,
-            }) => (config, admin_token_sha256, None, listener_tls),
-            None => {
+        let reread_tls = matches!(from, Rebuild::ListenerTls);
+        let (config, admin_token_sha256, reuse, listener_tls) = match from {
+            Rebuild::Reload(reload) => {
+                let Reload {
+                    config,
+                    admin_token_sha256,
+                    listener_tls,
+                } = *reload;
+                (config, admin_token_sha256, None, listener_tls)
+            }
+            Rebuild::Vault | Rebuild::ListenerTls => {
                 let admin = *self.admin_token_sha256.lock().expect("admin token lock");
-                let tls = running.listener_tls.clone();
+                let tls = if reread_tls {
+                    tls::listener_config(&running.config.gateway)?.map(Arc::new)
+                } else {
+                    running.listener_tls.clone()
+                };
                 ((*running.config).clone(), admin, Some(&*running), tls)
             }
         };
@@ -285,7 +294,7 @@ impl Shared {
         if generation == self.runtime.load().vault_generation {
             return Ok(false);
         }
-        let notes = self.rebuild(None)?;
+        let notes = self.rebuild(Rebuild::Vault)?;
         for note in notes {
             tracing::warn!(problem = %note, "after vault change");
         }
@@ -397,6 +406,25 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Why the listener's TLS files could not be used, with the fix when it is a problem at one
+/// of their keys.
+fn tls_problem(error: &anyhow::Error) -> String {
+    match error.downcast_ref::<postern_config::KeyProblem>() {
+        Some(problem) => format!("{} (fix: {})", problem.message, problem.fix),
+        None => format!("{error:#}"),
+    }
+}
+
+/// What [`Shared::rebuild`] builds the new runtime from.
+enum Rebuild {
+    /// A reloaded config.
+    Reload(Box<Reload>),
+    /// The running config, with the vault as it is now.
+    Vault,
+    /// The running config, with the listener's TLS files it names read again.
+    ListenerTls,
 }
 
 /// What a reload hands [`Shared::rebuild`]: the new config, the admin token hash it names,
@@ -732,10 +760,7 @@ impl RunningGateway {
         let listener_tls = match read {
             Ok(listener_tls) => listener_tls.map(Arc::new),
             Err(error) => {
-                let why = match error.downcast_ref::<postern_config::KeyProblem>() {
-                    Some(problem) => format!("{} (fix: {})", problem.message, problem.fix),
-                    None => format!("{error:#}"),
-                };
+                let why = tls_problem(&error);
                 tracing::error!(error = %why, "the listener's TLS files could not be used; the running ones stay");
                 notes.push(format!(
                     "the listener's TLS files could not be used, so the running ones stay: {why}"
@@ -743,11 +768,11 @@ impl RunningGateway {
                 self.shared.runtime.load().listener_tls.clone()
             }
         };
-        notes.extend(self.shared.rebuild(Some(Reload {
+        notes.extend(self.shared.rebuild(Rebuild::Reload(Box::new(Reload {
             config,
             admin_token_sha256: hash,
             listener_tls,
-        }))?);
+        })))?);
         self.shared
             .credential_max_age_days
             .store(max_age_days, Ordering::Relaxed);
@@ -757,6 +782,20 @@ impl RunningGateway {
             .store(stale, Ordering::Relaxed);
         self.shared.per_source.set(per_source);
         Ok(notes)
+    }
+
+    /// Reads the listener's TLS files again, as the running config names them, and swaps
+    /// them in with nothing else changed: what a change to one of those files does. A
+    /// certificate rotated in place is then served even while the config file holds an edit
+    /// that a reload refuses (a full reload would wait on the edit being mended). Files that
+    /// cannot be used keep the running TLS, with `postern_listener_tls_stale` at 1 until they
+    /// can; the error names the file's key and the fix. Not counted as a config reload.
+    pub fn reload_listener_tls(&self) -> anyhow::Result<Vec<String>> {
+        let result = self.shared.rebuild(Rebuild::ListenerTls);
+        self.shared
+            .listener_tls_stale
+            .store(result.is_err(), Ordering::Relaxed);
+        result.map_err(|error| anyhow::anyhow!(tls_problem(&error)))
     }
 
     /// Counts a reload in `postern_config_reloads_total`, `applied` or `rejected`: one

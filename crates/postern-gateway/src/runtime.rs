@@ -306,7 +306,7 @@ pub struct BuildInputs<'a> {
     pub reuse: Option<&'a Runtime>,
     /// The listener's TLS, read by whoever builds ([`crate::tls::listener_config`]): before
     /// anything is written at start, from the new config at a reload, the running one's for a
-    /// vault change.
+    /// vault change, from the running config's files when one of them changed.
     pub listener_tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 

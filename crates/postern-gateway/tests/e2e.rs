@@ -2751,6 +2751,12 @@ async fn a_reload_rotates_the_listener_certificate_for_new_connections() {
         200,
         "the running certificate stays"
     );
+    // What a change to a TLS file does: the files alone, read again, refused alike.
+    let refused = gw.running().reload_listener_tls().unwrap_err().to_string();
+    assert!(
+        refused.contains("do not match") && refused.contains("point `tls_key` at"),
+        "{refused}"
+    );
     let metrics = gw.metrics().await;
     assert!(
         metrics.contains("postern_listener_tls_stale 1"),
@@ -2767,6 +2773,8 @@ async fn a_reload_rotates_the_listener_certificate_for_new_connections() {
         "{metrics}"
     );
     std::fs::write(&key, &new.server_key_pem).unwrap();
+    gw.running().reload_listener_tls().unwrap();
+    assert!(gw.metrics().await.contains("postern_listener_tls_stale 0"));
     let notes = reload().unwrap();
     assert!(
         !notes.iter().any(|note| note.contains("could not be used")),

@@ -89,8 +89,8 @@ pub async fn serve(path: PathBuf) -> ExitCode {
 /// and SIGINT. Armed before the gateway starts listening, so that a change made as soon as it
 /// answers is not missed, and a SIGHUP then does not end the process.
 pub struct Triggers {
-    changes: mpsc::Receiver<&'static str>,
-    sender: mpsc::Sender<&'static str>,
+    changes: mpsc::Receiver<Change>,
+    sender: mpsc::Sender<Change>,
     _watcher: Option<notify::RecommendedWatcher>,
     /// The listener's TLS files as the running config names them, and their watcher: armed
     /// again when a reload names others.
@@ -104,10 +104,10 @@ pub struct Triggers {
 impl Triggers {
     /// Armed for the config file at `path` and the TLS files its `gateway` section names.
     pub fn arm(path: &Path, gateway: &postern_config::GatewayConfig) -> Triggers {
-        let (sender, changes) = mpsc::channel::<&'static str>(8);
+        let (sender, changes) = mpsc::channel::<Change>(8);
         let mut triggers = Triggers {
             changes,
-            _watcher: watch_files(&[path.to_path_buf()], sender.clone(), "file change"),
+            _watcher: watch_files(&[path.to_path_buf()], sender.clone(), Change::Config),
             sender,
             tls_files: Vec::new(),
             tls_watcher: None,
@@ -120,9 +120,9 @@ impl Triggers {
     }
 
     /// Watches the listener's TLS files that `gateway` names (none on a plain listener): a
-    /// change to one reloads, so a certificate rotated in place (cert-manager, SPIRE, certbot)
-    /// is served from the next handshake on. Armed again when a reload names other files, or
-    /// when arming failed before; then (`catch_up`) one more reload reads the files as they
+    /// change to one reads them again, so a certificate rotated in place (cert-manager, SPIRE,
+    /// certbot) is served from the next handshake on. Armed again when a reload names other
+    /// files, or when arming failed before; then (`catch_up`) they are read once more as they
     /// stand, since they were read before they were watched.
     fn watch_tls_files(&mut self, gateway: &postern_config::GatewayConfig, catch_up: bool) {
         let files: Vec<PathBuf> = [
@@ -144,33 +144,73 @@ impl Triggers {
             return;
         }
         // A watcher that cannot be armed is tried again after the next reload.
-        let Some(watcher) = watch_files(&files, self.sender.clone(), "TLS file change") else {
+        let Some(watcher) = watch_files(&files, self.sender.clone(), Change::TlsFiles) else {
             return;
         };
         if catch_up {
-            let _ = self.sender.try_send("TLS file change");
+            let _ = self.sender.try_send(Change::TlsFiles);
         }
         self.tls_watcher = Some(watcher);
         self.tls_files = files;
     }
 }
 
+/// A watched file that changed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Change {
+    /// The config file.
+    Config,
+    /// One of the listener's TLS files the running config names.
+    TlsFiles,
+}
+
+impl Change {
+    /// The `trigger` a reload it starts is logged with.
+    fn trigger(self) -> &'static str {
+        match self {
+            Change::Config => "file change",
+            Change::TlsFiles => "TLS file change",
+        }
+    }
+}
+
+/// What one round of triggers asks for.
+#[derive(Default)]
+struct Asked {
+    /// A reload of the config file (SIGHUP, or the file changed), under this trigger.
+    reload: Option<&'static str>,
+    /// The listener's TLS files are to be read again (one changed, or SIGHUP on a TLS
+    /// listener): by the reload, or, when there is none or it is refused, alone with the
+    /// running config.
+    tls_files: bool,
+}
+
 /// Serves reload triggers until SIGINT or SIGTERM.
 pub async fn run_until_stopped(gateway: &RunningGateway, path: &Path, mut triggers: Triggers) {
     loop {
         triggers.watch_tls_files(&gateway.shared().runtime.load().config.gateway, true);
-        let trigger = tokio::select! {
-            _ = triggers.hangup.recv() => "SIGHUP",
-            Some(trigger) = triggers.changes.recv() => {
-                if !triggers.settle().await {
-                    break;
+        let asked = tokio::select! {
+            _ = triggers.hangup.recv() => Asked {
+                reload: Some("SIGHUP"),
+                tls_files: !triggers.tls_files.is_empty(),
+            },
+            Some(change) = triggers.changes.recv() => {
+                match triggers.settle(change).await {
+                    Some(asked) => asked,
+                    None => break,
                 }
-                trigger
             }
             _ = triggers.terminate.recv() => break,
             _ = triggers.interrupt.recv() => break,
         };
-        reload(gateway, path, trigger);
+        // A refused config keeps the running one, whose TLS files are still read: a rotated
+        // certificate must not wait on an unrelated edit being mended.
+        let reloaded = asked
+            .reload
+            .is_some_and(|trigger| reload(gateway, path, trigger));
+        if asked.tls_files && !reloaded {
+            reload_listener_tls(gateway);
+        }
     }
 }
 
@@ -186,26 +226,37 @@ impl Triggers {
     /// wait again), at most [`SETTLE_MAX`]: editors and tools write a file in several steps,
     /// and a half written file must not be applied because it happens to be valid (a file
     /// written whole under another name and renamed into place is never seen half written).
-    /// `false` if SIGTERM or SIGINT came meanwhile: stop, without the reload.
-    async fn settle(&mut self) -> bool {
+    /// `None` if SIGTERM or SIGINT came meanwhile: stop, without the reload. Else what the
+    /// changes, `first` and those that came meanwhile, ask for.
+    async fn settle(&mut self, first: Change) -> Option<Asked> {
+        let mut asked = Asked::default();
+        let mut note = |change: Change| match change {
+            Change::Config => asked.reload = Some(change.trigger()),
+            Change::TlsFiles => asked.tls_files = true,
+        };
+        note(first);
         let deadline = tokio::time::Instant::now() + SETTLE_MAX;
         loop {
             let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
             tokio::select! {
-                _ = self.terminate.recv() => return false,
-                _ = self.interrupt.recv() => return false,
-                _ = tokio::time::sleep_until(quiet_until) => return true,
+                _ = self.terminate.recv() => return None,
+                _ = self.interrupt.recv() => return None,
+                _ = tokio::time::sleep_until(quiet_until) => break,
                 changed = self.changes.recv() => {
-                    if changed.is_none() || tokio::time::Instant::now() >= deadline {
-                        return true;
+                    let Some(change) = changed else { break };
+                    note(change);
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
                     }
                 }
             }
         }
+        Some(asked)
     }
 }
 
-fn reload(gateway: &RunningGateway, path: &Path, trigger: &str) {
+/// Reloads the config file; `true` if the reload applied.
+fn reload(gateway: &RunningGateway, path: &Path, trigger: &str) -> bool {
     match postern_config::load(path) {
         Ok(config) => match (config.places(), gateway.reload(config)) {
             (_, Ok(notes)) => {
@@ -213,6 +264,7 @@ fn reload(gateway: &RunningGateway, path: &Path, trigger: &str) {
                 for note in notes {
                     tracing::warn!(note = %note, "after reload");
                 }
+                return true;
             }
             (places, Err(error)) => match located(path, &places, &error) {
                 Some(errors) => {
@@ -228,17 +280,35 @@ fn reload(gateway: &RunningGateway, path: &Path, trigger: &str) {
             tracing::error!(trigger, errors = %errors, "configuration rejected; keeping the running one")
         }
     }
+    false
+}
+
+/// Reads the listener's TLS files the running config names again, nothing else.
+fn reload_listener_tls(gateway: &RunningGateway) {
+    let trigger = Change::TlsFiles.trigger();
+    match gateway.reload_listener_tls() {
+        Ok(notes) => {
+            tracing::info!(trigger, "listener TLS files reloaded");
+            for note in notes {
+                tracing::warn!(note = %note, "after reload");
+            }
+        }
+        Err(error) => {
+            tracing::error!(trigger, error = %error, "the listener's TLS files could not be used; the running ones stay")
+        }
+    }
 }
 
 /// Watches each file's directory (editors replace files), and, when the file is a symbolic
 /// link, the directory of the file it leads to (a Kubernetes ConfigMap or Secret swaps a link
-/// beside it, `..data`); sends `trigger` when what a path leads to changed: another file,
+/// beside it, `..data`); sends `change` when what a path leads to changed: another file,
 /// another size or another modification time.
 fn watch_files(
     paths: &[PathBuf],
-    sender: mpsc::Sender<&'static str>,
-    trigger: &'static str,
+    sender: mpsc::Sender<Change>,
+    change: Change,
 ) -> Option<notify::RecommendedWatcher> {
+    let trigger = change.trigger();
     let mut absolutes = Vec::new();
     let mut directories: Vec<PathBuf> = Vec::new();
     let mut names: Vec<std::ffi::OsString> = Vec::new();
@@ -286,7 +356,7 @@ fn watch_files(
             }
         }
         if (named && !matches!(event.kind, notify::EventKind::Remove(_))) || changed {
-            let _ = sender.try_send(trigger);
+            let _ = sender.try_send(change);
         }
     })
     .map_err(|error| tracing::warn!(%error, trigger, "cannot watch the file; SIGHUP still reloads"))

@@ -832,7 +832,7 @@ fn serve_watches_the_tls_files_a_reload_names() {
             .unwrap()
             .lines()
             .filter(|line| {
-                line.contains("configuration reloaded") && line.contains("TLS file change")
+                line.contains("listener TLS files reloaded") && line.contains("TLS file change")
             })
             .count()
     };
@@ -858,6 +858,61 @@ fn serve_watches_the_tls_files_a_reload_names() {
         "a certificate rotated in place where the reload pointed",
         || third.served_on(listen),
     );
+    assert_eq!(terminate(&mut server), Some(0));
+}
+
+/// A certificate rotated in place is served while the config file holds an edit that a
+/// reload refuses: a change to a TLS file reads the TLS files the running config names, not
+/// the whole file again. Once the file is mended it reloads as ever.
+#[test]
+fn a_rotated_certificate_is_served_while_the_config_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = two_free_ports();
+    let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("gw-key.pem"));
+    let write = |identity: &ListenerIdentity| {
+        std::fs::write(&key, &identity.key_pem).unwrap();
+        std::fs::write(&cert, &identity.cert_pem).unwrap();
+    };
+    let config = dir.path().join("postern.toml");
+    let tls = format!(
+        "[gateway]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let text = served_config(dir.path(), listen, admin, r#""a""#).replacen("[gateway]\n", &tls, 1);
+    let first = ListenerIdentity::new();
+    write(&first);
+    std::fs::write(&config, &text).unwrap();
+    let mut server = serve(&[], &config, Stdio::piped());
+    let log = logged(&mut server);
+    let logged_lines = |what: &str| {
+        log.lock()
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains(what))
+            .count()
+    };
+    eventually("the first certificate is served", || {
+        first.served_on(listen)
+    });
+
+    std::fs::write(&config, format!("{text}\n[[integrations]]\nname = 7\n")).unwrap();
+    eventually("the edit is refused", || {
+        logged_lines("configuration rejected") == 1
+    });
+    let second = ListenerIdentity::new();
+    write(&second);
+    eventually("the rotated certificate is served", || {
+        second.served_on(listen)
+    });
+    assert_eq!(logged_lines("listener TLS files reloaded"), 1);
+    assert_eq!(logged_lines("configuration reloaded"), 0);
+
+    std::fs::write(&config, &text).unwrap();
+    eventually("the mended file reloads", || {
+        logged_lines("configuration reloaded") == 1
+    });
+    assert!(second.served_on(listen));
     assert_eq!(terminate(&mut server), Some(0));
 }
 
