@@ -3,10 +3,11 @@
 //! cannot take every one of the listener's places ([`crate::listener::MAX_CONNECTIONS`]).
 //! An IPv6 client is counted by its /64, which one host commonly holds whole.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use postern_netguard::{PerKey, Place};
 
 /// The cap and the connections each source holds under it. Shared by the listener's workers;
 /// the cap may change at a reload.
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 pub struct SourceLimit {
     /// Connections one source may hold; 0: no cap (and nothing is counted).
     limit: AtomicUsize,
-    held: Mutex<HashMap<IpAddr, usize>>,
+    held: PerKey<IpAddr>,
     /// Connections refused at the cap since start (`/metrics`).
     refused: AtomicU64,
 }
@@ -38,23 +39,18 @@ impl SourceLimit {
 
     /// A place for one more connection from `peer`, held until the [`SourceHold`] drops:
     /// `Ok(None)` without a cap (nothing counted), [`AtCap`] when its source holds the cap.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Option<SourceHold>, AtCap> {
+    pub fn admit(&self, peer: IpAddr) -> Result<Option<SourceHold>, AtCap> {
         let limit = self.limit.load(Ordering::Relaxed);
         if limit == 0 {
             return Ok(None);
         }
-        let source = source_of(peer);
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let count = held.entry(source).or_insert(0);
-        if *count >= limit {
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(AtCap);
+        match self.held.take(&source_of(peer), limit) {
+            Some(place) => Ok(Some(place)),
+            None => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                Err(AtCap)
+            }
         }
-        *count += 1;
-        Ok(Some(SourceHold {
-            sources: self.clone(),
-            source,
-        }))
     }
 
     /// Connections refused at the cap since start.
@@ -65,8 +61,7 @@ impl SourceLimit {
     /// The connections `peer`'s source holds.
     #[cfg(test)]
     fn held_by(&self, peer: IpAddr) -> usize {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.get(&source_of(peer)).copied().unwrap_or(0)
+        self.held.held(&source_of(peer))
     }
 }
 
@@ -83,23 +78,7 @@ fn source_of(peer: IpAddr) -> IpAddr {
 }
 
 /// One connection's place under its source's cap, given back when dropped.
-#[derive(Debug)]
-pub struct SourceHold {
-    sources: Arc<SourceLimit>,
-    source: IpAddr,
-}
-
-impl Drop for SourceHold {
-    fn drop(&mut self) {
-        let mut held = self.sources.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = held.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.source);
-            }
-        }
-    }
-}
+pub type SourceHold = Place<IpAddr>;
 
 #[cfg(test)]
 mod tests {
@@ -126,10 +105,7 @@ mod tests {
         let third = sources.admit(ip("10.0.0.1")).unwrap();
         drop((second, third));
         assert_eq!(sources.held_by(ip("10.0.0.1")), 0);
-        assert!(
-            sources.held.lock().unwrap().is_empty(),
-            "no entry left behind"
-        );
+        assert!(sources.held.is_empty(), "no entry left behind");
     }
 
     #[test]
@@ -148,7 +124,7 @@ mod tests {
         let sources = SourceLimit::new(0);
         let uncounted = sources.admit(ip("10.0.0.1")).unwrap();
         assert!(uncounted.is_none());
-        assert!(sources.held.lock().unwrap().is_empty());
+        assert!(sources.held.is_empty());
         sources.set(1);
         let _held = sources.admit(ip("10.0.0.1")).unwrap();
         assert_eq!(sources.admit(ip("10.0.0.1")).unwrap_err(), AtCap);

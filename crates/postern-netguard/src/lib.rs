@@ -291,59 +291,102 @@ struct Shares {
     held: PerCaller,
 }
 
-/// Places held by caller, each given back when its [`CallerPlace`] is dropped: a lookup in
-/// flight here, a tunnel open in the gateway's forward proxy. A caller holding none has no
-/// entry, so the map is never larger than the places held.
-#[derive(Clone, Default)]
-pub struct PerCaller(Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>>);
+/// Places held by key, each given back when its [`Place`] is dropped: a lookup in flight
+/// here by caller, a tunnel open in the gateway's forward proxy by caller, a connection open
+/// on its listener by client address. A key holding none has no entry, so the map is never
+/// larger than the places held.
+pub struct PerKey<K>(Arc<std::sync::Mutex<std::collections::HashMap<K, usize>>>);
 
-/// One place among its caller's in a [`PerCaller`], given back when dropped.
-pub struct CallerPlace {
-    counts: PerCaller,
-    caller: Arc<str>,
+/// Places held by caller name.
+pub type PerCaller = PerKey<Arc<str>>;
+
+/// One place among its caller's in a [`PerCaller`].
+pub type CallerPlace = Place<Arc<str>>;
+
+/// One place among its key's in a [`PerKey`], given back when dropped.
+pub struct Place<K: std::hash::Hash + Eq> {
+    counts: PerKey<K>,
+    key: K,
 }
 
-impl PerCaller {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Arc<str>, usize>> {
+impl<K> Clone for PerKey<K> {
+    fn clone(&self) -> Self {
+        PerKey(self.0.clone())
+    }
+}
+
+impl<K> Default for PerKey<K> {
+    fn default() -> Self {
+        PerKey(Arc::default())
+    }
+}
+
+impl<K> fmt::Debug for PerKey<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerKey")
+            .field("keys", &self.lock().len())
+            .finish()
+    }
+}
+
+impl<K: std::hash::Hash + Eq> fmt::Debug for Place<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Place")
+    }
+}
+
+impl<K> PerKey<K> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<K, usize>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A place for one more of `caller`'s, unless it holds `limit` already.
-    pub fn take(&self, caller: &str, limit: usize) -> Option<CallerPlace> {
-        let mut held = self.lock();
-        let caller = match held.get_key_value(caller) {
-            Some((_, &count)) if count >= limit => return None,
-            Some((name, _)) => name.clone(),
-            None if limit == 0 => return None,
-            None => Arc::from(caller),
-        };
-        *held.entry(caller.clone()).or_default() += 1;
-        Some(CallerPlace {
-            counts: self.clone(),
-            caller,
-        })
-    }
-
-    /// The places `caller` holds now.
-    pub fn held(&self, caller: &str) -> usize {
-        self.lock().get(caller).copied().unwrap_or(0)
-    }
-
-    /// Whether no caller holds any place (and so no entry is left).
+    /// Whether no key holds any place (and so no entry is left).
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
     }
 }
 
-impl Drop for CallerPlace {
+impl<K: std::hash::Hash + Eq + Clone> PerKey<K> {
+    /// A place for one more of `key`'s, unless it holds `limit` already. The key is made
+    /// (`to_owned`) only when it holds no place yet.
+    pub fn take<Q>(&self, key: &Q, limit: usize) -> Option<Place<K>>
+    where
+        K: std::borrow::Borrow<Q> + From<Q::Owned>,
+        Q: std::hash::Hash + Eq + ToOwned + ?Sized,
+    {
+        let mut held = self.lock();
+        let key = match held.get_key_value(key) {
+            Some((_, &count)) if count >= limit => return None,
+            Some((key, _)) => key.clone(),
+            None if limit == 0 => return None,
+            None => K::from(key.to_owned()),
+        };
+        *held.entry(key.clone()).or_default() += 1;
+        Some(Place {
+            counts: self.clone(),
+            key,
+        })
+    }
+
+    /// The places `key` holds now.
+    pub fn held<Q>(&self, key: &Q) -> usize
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.lock().get(key).copied().unwrap_or(0)
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Drop for Place<K> {
     fn drop(&mut self) {
         let mut held = self.counts.lock();
-        if let Some(count) = held.get_mut(&self.caller) {
+        if let Some(count) = held.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                held.remove(&self.caller);
+                held.remove(&self.key);
             }
         }
     }
