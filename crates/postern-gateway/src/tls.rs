@@ -185,8 +185,7 @@ fn client_trust(
             "point `client_crl` at the PEM (or DER) revocation lists of the `client_ca` CAs",
         );
         let text = read_file(crl).map_err(&crl_problem)?;
-        let lists = revocation_lists(crl, &text, notes).map_err(&crl_problem)?;
-        lists_cover_every_ca(crl, &lists, &cas, notes);
+        let lists = revocation_lists(crl, &text, &cas, notes).map_err(&crl_problem)?;
         digest.update(&text);
         builder = builder.with_crls(lists);
     }
@@ -215,15 +214,10 @@ const CRL_FIX: &str = "put each `client_ca` CA's current revocation list in `cli
 /// ending at the first trust anchor they reach.
 fn lists_cover_every_ca(
     path: &Path,
-    lists: &[CertificateRevocationListDer<'static>],
+    lists: &[x509_parser::revocation_list::CertificateRevocationList<'_>],
     cas: &[CertificateDer<'static>],
     notes: &mut Vec<String>,
 ) {
-    let lists: Vec<_> = lists
-        .iter()
-        .filter_map(|list| x509_parser::parse_x509_crl(list.as_ref()).ok())
-        .map(|(_, parsed)| parsed)
-        .collect();
     let mut note = |problem: String| {
         notes.push(format!(
             "{problem}: certificates it issued will be refused at the handshake; {CRL_FIX}"
@@ -262,10 +256,12 @@ fn lists_cover_every_ca(
 
 /// The certificate revocation lists in `text` (read from `path`, named in the errors): PEM
 /// `X509 CRL` blocks, or one DER list; at least one. Each must parse; one past its
-/// `nextUpdate` is said in `notes`.
+/// `nextUpdate`, and a CA of `cas` they do not cover ([`lists_cover_every_ca`]), are said in
+/// `notes`. Each list is parsed once here (rustls parses them again to use them).
 fn revocation_lists(
     path: &Path,
     text: &[u8],
+    cas: &[CertificateDer<'static>],
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
     let mut lists: Vec<CertificateRevocationListDer<'static>> =
@@ -282,6 +278,7 @@ fn revocation_lists(
         );
     }
     let now = x509_parser::time::ASN1Time::now();
+    let mut parsed_lists = Vec::with_capacity(lists.len());
     for (index, list) in lists.iter().enumerate() {
         let (_, parsed) = x509_parser::parse_x509_crl(list.as_ref())
             .map_err(|error| anyhow::anyhow!("not an X.509 certificate revocation list ({error})"))
@@ -297,7 +294,10 @@ fn revocation_lists(
                 path.display()
             ));
         }
+        parsed_lists.push(parsed);
     }
+    lists_cover_every_ca(path, &parsed_lists, cas, notes);
+    drop(parsed_lists);
     Ok(lists)
 }
 
@@ -497,9 +497,14 @@ mod tests {
     #[test]
     fn a_client_ca_without_a_list_signed_by_its_key_is_warned_of() {
         let path = std::path::Path::new("revoked.crl");
-        let check = |lists: &[_], cas: &[_]| {
+        let check = |lists: &[rustls::pki_types::CertificateRevocationListDer<'static>],
+                     cas: &[_]| {
+            let parsed: Vec<_> = lists
+                .iter()
+                .map(|list| x509_parser::parse_x509_crl(list.as_ref()).unwrap().1)
+                .collect();
             let mut notes = Vec::new();
-            super::lists_cover_every_ca(path, lists, cas, &mut notes);
+            super::lists_cover_every_ca(path, &parsed, cas, &mut notes);
             notes
         };
         let (one, one_params, one_key) = ca("CA one", true);
