@@ -50,18 +50,17 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
         );
         return response;
     }
-    let is_credential_change =
-        request.method() == Method::POST && path.starts_with("/v1/credentials/");
-    if request.method() != Method::GET && request.method() != Method::HEAD && !is_credential_change
-    {
+    let allow = allowed_methods(path);
+    let method = request.method();
+    let allowed = match allow {
+        "POST" => method == Method::POST,
+        _ => method == Method::GET || method == Method::HEAD,
+    };
+    if !allowed {
         let mut response = json_response(
             StatusCode::METHOD_NOT_ALLOWED,
-            json!({"error": {"code": "method_not_allowed", "message": "use GET (POST only under /v1/credentials/NAME)"}}),
+            json!({"error": {"code": "method_not_allowed", "message": format!("use {allow} here (POST only to change a credential: /v1/credentials/NAME[/rotate|/rollback|/revoke])")}}),
         );
-        let allow = match path.starts_with("/v1/credentials/") {
-            true => "GET, HEAD, POST",
-            false => "GET, HEAD",
-        };
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -75,19 +74,23 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
     // The transparency log is public, like any tlog-tiles log: it holds no secret (entries
     // carry only names from the config and keyed hashes), and anyone may verify it.
     if let Some(resource) = path.strip_prefix("/log/") {
-        return log_resource(&shared, resource).await;
+        return held(
+            &shared.public_answers,
+            log_resource(&shared, resource).await,
+        );
     }
     if path == "/v1/credentials" || path.starts_with("/v1/credentials/") {
         return credentials(&shared, request).await;
     }
     if let Some(rest) = path.strip_prefix("/v1/audit/") {
-        return audit_api(
+        let answer = audit_api(
             &shared,
             rest,
             request.uri().query().unwrap_or(""),
             authorized,
         )
         .await;
+        return held(&shared.public_answers, answer);
     }
     match path {
         "/metrics" => text_response(
@@ -230,6 +233,20 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
     }
 }
 
+/// The methods a route takes (its `Allow`): `POST` for a credential change
+/// (`/v1/credentials/NAME`, `…/rotate`, `…/rollback`, `…/revoke`), `GET, HEAD` for everything
+/// else, the routes that do not exist included (they answer 404 to those).
+fn allowed_methods(path: &str) -> &'static str {
+    let Some(rest) = path.strip_prefix("/v1/credentials/") else {
+        return "GET, HEAD";
+    };
+    match rest.split_once('/') {
+        None if !rest.is_empty() => "POST",
+        Some((name, "rotate" | "rollback" | "revoke")) if !name.is_empty() => "POST",
+        _ => "GET, HEAD",
+    }
+}
+
 /// Most destinations `/v1/discovered` answers with at once (each may hold hundreds of
 /// endpoints): the most-called first; `total` says how many there are.
 const DISCOVERED_LIMIT: usize = 10_000;
@@ -292,8 +309,9 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
     // HEAD reads as GET does (its body is dropped on the way out); only POST changes anything.
     if method == Method::GET || method == Method::HEAD {
         return match (name.as_str(), action.as_str()) {
-            ("", "") => match vault.list() {
-                Ok(list) => {
+            ("", "") => match blocking(move || vault.list()).await {
+                None => internal("listing the credentials failed; see postern's log"),
+                Some(Ok(list)) => {
                     let items: Vec<_> = list
                         .iter()
                         .map(|m| {
@@ -310,14 +328,18 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
                         json!({"credentials": items, "max_age_days": max_age}),
                     )
                 }
-                Err(e) => vault_error(e),
+                Some(Err(e)) => vault_error(e),
             },
-            (name, "history") => match vault.history(name) {
-                Ok(history) => {
-                    json_response(StatusCode::OK, json!({"name": name, "history": history}))
+            (_, "history") => {
+                let read = name.clone();
+                match blocking(move || vault.history(&read)).await {
+                    None => internal("reading the credential's history failed; see postern's log"),
+                    Some(Ok(history)) => {
+                        json_response(StatusCode::OK, json!({"name": name, "history": history}))
+                    }
+                    Some(Err(e)) => vault_error(e),
                 }
-                Err(e) => vault_error(e),
-            },
+            }
             _ => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -325,14 +347,7 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
             ),
         };
     }
-    if method != Method::POST {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "credentials change with POST only".to_string(),
-        );
-    }
-    // POST: set (no action), rotate, rollback, revoke.
+    // POST (the only other method `handle` lets through here): set (no action), rotate, rollback, revoke.
     // A body that does not come is not waited for longer than this (a request is not left
     // holding the admin listener's connection open by sending its head and nothing else).
     let read = tokio::time::timeout(
@@ -383,15 +398,21 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
             );
         }
     }
-    let result = match action.as_str() {
-        "" => vault
-            .set(
-                &name,
-                param("kind").as_deref().unwrap_or("static"),
-                value,
-                now,
-            )
-            .map(|v| json!({"name": name, "action": "set", "version": v})),
+    enum Change {
+        Set {
+            kind: String,
+        },
+        Rotate {
+            window_s: i64,
+            expected: Option<u32>,
+        },
+        Rollback,
+        Revoke,
+    }
+    let change = match action.as_str() {
+        "" => Change::Set {
+            kind: param("kind").unwrap_or_else(|| "static".to_string()),
+        },
         "rotate" => {
             let window_s = match param("rollback_window_seconds").map(|v| v.parse::<i64>()) {
                 None => 86_400,
@@ -422,16 +443,10 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
                     )
                 }
             };
-            vault
-                .rotate_from(&name, expected, value, window_s * 1000, now)
-                .map(|v| json!({"name": name, "action": "rotate", "version": v, "rollback_window_seconds": window_s}))
+            Change::Rotate { window_s, expected }
         }
-        "rollback" => vault
-            .rollback(&name, now)
-            .map(|v| json!({"name": name, "action": "rollback", "version": v})),
-        "revoke" => vault
-            .revoke(&name, now)
-            .map(|_| json!({"name": name, "action": "revoke"})),
+        "rollback" => Change::Rollback,
+        "revoke" => Change::Revoke,
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -440,21 +455,103 @@ async fn credentials(shared: &Arc<Shared>, request: Request<CallerBody>) -> Resp
             )
         }
     };
-    match result {
-        Ok(answer) => {
+    // The vault's SQLite (which may wait on another writer, up to its busy timeout) and the
+    // runtime's rebuild, off the async threads.
+    let applying = shared.clone();
+    let changed = blocking(move || {
+        let value: &[u8] = body.trim_ascii_end();
+        let result = match change {
+            Change::Set { kind } => vault
+                .set(&name, &kind, value, now)
+                .map(|v| json!({"name": name, "action": "set", "version": v})),
+            Change::Rotate { window_s, expected } => vault
+                .rotate_from(&name, expected, value, window_s * 1000, now)
+                .map(|v| json!({"name": name, "action": "rotate", "version": v, "rollback_window_seconds": window_s})),
+            Change::Rollback => vault
+                .rollback(&name, now)
+                .map(|v| json!({"name": name, "action": "rollback", "version": v})),
+            Change::Revoke => vault
+                .revoke(&name, now)
+                .map(|_| json!({"name": name, "action": "revoke"})),
+        };
+        let applied = result.as_ref().ok().map(|_| {
             // Apply at once for calls that start after this answer.
             tracing::info!(credential = %name, action = %if action.is_empty() { "set" } else { action.as_str() }, "credential changed via the admin API");
-            if let Err(e) = shared.refresh_from_vault() {
-                tracing::error!(error = %format!("{e:#}"), "applying a credential change failed");
-                // Stored, but not in use yet: the vault poller tries again every 250 ms.
-                return json_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"error": {"code": "credential_change_not_applied", "message": "the change is stored in the vault, but applying it failed (see postern's log); calls go on with the previous credentials until it applies; do not repeat it (a repeated rotation would rotate again: pass expected_version to make a retry safe)", "stored": answer}}),
-                );
-            }
-            json_response(StatusCode::OK, answer)
+            applying.refresh_from_vault()
+        });
+        (result, applied)
+    })
+    .await;
+    match changed {
+        Some((Ok(answer), Some(Err(e)))) => {
+            tracing::error!(error = %format!("{e:#}"), "applying a credential change failed");
+            // Stored, but not in use yet: the vault poller tries again every 250 ms.
+            json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": {"code": "credential_change_not_applied", "message": "the change is stored in the vault, but applying it failed (see postern's log); calls go on with the previous credentials until it applies; do not repeat it (a repeated rotation would rotate again: pass expected_version to make a retry safe)", "stored": answer}}),
+            )
         }
-        Err(e) => vault_error(e),
+        Some((Ok(answer), _)) => json_response(StatusCode::OK, answer),
+        Some((Err(e), _)) => vault_error(e),
+        None => internal("the credential change's task failed; see postern's log"),
+    }
+}
+
+/// `500 audit_read_failed`. These routes are public: the reason (which names files under
+/// `data_dir`) goes to the gateway's log, not to the client.
+fn audit_read_failed() -> Response<GatewayBody> {
+    json_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({"error": {"code": "audit_read_failed", "message": "the audit log could not be read; see the gateway's log"}}),
+    )
+}
+
+/// Runs `work` (the vault's SQLite, a runtime rebuild) on tokio's blocking threads, not on
+/// the async ones that serve the admin listener, the checkpointer and the event task:
+/// `None` if it panicked.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(work).await.ok()
+}
+
+/// `500 internal`, saying what failed.
+fn internal(message: &str) -> Response<GatewayBody> {
+    json_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({"error": {"code": "internal", "message": message}}),
+    )
+}
+
+/// The most memory, in KiB, the public audit log's answers (`/log/…` and `/v1/audit/…`) hold
+/// at once while their clients take them ([`Shared::public_answers`], [`held`]): 64 MiB, four
+/// full entry bundles of the largest entries or hundreds of common ones. Past it a read answers
+/// `503 log_reads_busy` (Retry-After 1) until answers already given are taken or dropped.
+pub const PUBLIC_ANSWER_KIB: usize = 64 * 1024;
+
+/// `answer`, holding its size in the public answers' budget until it is sent: an HTTP/2
+/// client can ask for 128 answers a connection and take none (a zero window), and the bytes
+/// would stay in memory for as long as it holds the connection open. `503 log_reads_busy`
+/// when the budget is spent.
+fn held(
+    budget: &Arc<tokio::sync::Semaphore>,
+    answer: Response<GatewayBody>,
+) -> Response<GatewayBody> {
+    let (parts, body) = answer.into_parts();
+    let GatewayBody::Full(Some(bytes)) = body else {
+        return Response::from_parts(parts, body);
+    };
+    let kib = u32::try_from(bytes.len().div_ceil(1024)).unwrap_or(u32::MAX);
+    match budget.clone().try_acquire_many_owned(kib) {
+        Ok(share) => Response::from_parts(parts, GatewayBody::held(bytes, share)),
+        Err(_) => {
+            let mut response = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": {"code": "log_reads_busy", "message": "the audit log's answers not yet taken by their clients hold the memory set aside for them; retry shortly"}}),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
     }
 }
 
@@ -686,11 +783,9 @@ async fn audit_api(
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, index, "reading the audit log failed");
-                    return error(StatusCode::INTERNAL_SERVER_ERROR, "audit_read_failed", e.to_string());
+                    return audit_read_failed();
                 }
-                Err(_) => {
-                    return error(StatusCode::INTERNAL_SERVER_ERROR, "audit_read_failed", "the read task failed".to_string())
-                }
+                Err(_) => return audit_read_failed(),
             };
             if is_proof {
                 return text_response(StatusCode::OK, bytes, "text/plain; charset=utf-8");
@@ -759,8 +854,11 @@ async fn audit_api(
                     }
                     text_response(StatusCode::OK, body, "text/plain; charset=utf-8")
                 }
-                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "audit_read_failed", e.to_string()),
-                Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "audit_read_failed", "the read task failed".to_string()),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, old, new, "reading the audit log failed");
+                    audit_read_failed()
+                }
+                Err(_) => audit_read_failed(),
             }
         }
         _ => error(
@@ -817,4 +915,45 @@ fn text_response(
         HeaderValue::from_static("nosniff"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    /// A public answer holds its KiB of the budget until its client has taken it whole (or it
+    /// is dropped), handed on in copies of at most a chunk; past the budget a read is `503`.
+    #[tokio::test]
+    async fn public_answers_hold_their_size_until_taken() {
+        let budget = Arc::new(tokio::sync::Semaphore::new(300));
+        let tile = Bytes::from(vec![7u8; 200 * 1024]);
+        let answer = |bytes: &Bytes| {
+            held(
+                &budget,
+                text_response(StatusCode::OK, bytes.clone(), "application/octet-stream"),
+            )
+        };
+        let first = answer(&tile);
+        assert_eq!(budget.available_permits(), 100);
+        let refused = answer(&tile);
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(budget.available_permits(), 100, "a refusal holds nothing");
+
+        let mut body = first.into_body();
+        let mut taken = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            assert!(data.len() <= crate::body::HeldBytes::CHUNK);
+            taken.extend_from_slice(&data);
+        }
+        assert_eq!(taken, tile);
+        assert_eq!(budget.available_permits(), 300, "given back once taken");
+
+        let dropped = answer(&tile);
+        assert_eq!(budget.available_permits(), 100);
+        drop(dropped);
+        assert_eq!(budget.available_permits(), 300, "given back when dropped");
+    }
 }

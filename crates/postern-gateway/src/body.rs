@@ -1653,16 +1653,51 @@ impl ResponseBody {
     }
 }
 
-/// Every body the gateway answers with: a small in-memory one (errors, admin) or a vendor stream.
+/// Every body the gateway answers with: a small in-memory one (errors, admin), one in memory
+/// that holds a share of a budget until it is sent, or a vendor stream.
 pub enum GatewayBody {
     Full(Option<Bytes>),
+    Held(Box<HeldBytes>),
     Stream(Box<ResponseBody>),
+}
+
+/// An answer in memory that holds its share of a budget (the public audit log's reads:
+/// [`crate::admin::PUBLIC_ANSWER_KIB`]) until it has been handed on whole, or dropped: a
+/// client that asks for many answers and then reads none cannot make the gateway hold more
+/// than the budget. Handed on in copies of [`HeldBytes::CHUNK`] bytes, so that what the
+/// connection still buffers once the body is done holds none of the answer's memory.
+pub struct HeldBytes {
+    rest: Bytes,
+    _share: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl HeldBytes {
+    /// The most handed on at once (an HTTP/2 stream's send buffer's worth).
+    pub const CHUNK: usize = 64 * 1024;
+
+    fn next(&mut self) -> Option<Bytes> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let length = self.rest.len().min(Self::CHUNK);
+        let chunk = Bytes::copy_from_slice(&self.rest[..length]);
+        bytes::Buf::advance(&mut self.rest, length);
+        Some(chunk)
+    }
 }
 
 impl GatewayBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
         GatewayBody::Full(if bytes.is_empty() { None } else { Some(bytes) })
+    }
+
+    /// `bytes`, holding `share` until they have been handed on ([`HeldBytes`]).
+    pub fn held(bytes: Bytes, share: tokio::sync::OwnedSemaphorePermit) -> Self {
+        GatewayBody::Held(Box::new(HeldBytes {
+            rest: bytes,
+            _share: share,
+        }))
     }
 
     /// Whether it streams a vendor's answer (and holds the call: its vendor connection, its
@@ -1688,8 +1723,17 @@ impl Body for GatewayBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        match this {
             GatewayBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            GatewayBody::Held(held) => {
+                let chunk = held.next();
+                if held.rest.is_empty() {
+                    // Done: the share goes back now, not when hyper drops the body.
+                    *this = GatewayBody::Full(None);
+                }
+                Poll::Ready(chunk.map(|b| Ok(Frame::data(b))))
+            }
             GatewayBody::Stream(body) => Pin::new(body.as_mut()).poll_frame(cx),
         }
     }
@@ -1697,6 +1741,7 @@ impl Body for GatewayBody {
     fn is_end_stream(&self) -> bool {
         match self {
             GatewayBody::Full(bytes) => bytes.is_none(),
+            GatewayBody::Held(held) => held.rest.is_empty(),
             GatewayBody::Stream(body) => body.is_end_stream(),
         }
     }
@@ -1706,6 +1751,7 @@ impl Body for GatewayBody {
             GatewayBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            GatewayBody::Held(held) => SizeHint::with_exact(held.rest.len() as u64),
             GatewayBody::Stream(body) => body.size_hint(),
         }
     }

@@ -178,6 +178,9 @@ pub struct Shared {
     pub worker_load: workers::Load,
     /// Places for the public `/log/` tile reads ([`admin::LOG_READERS`]).
     pub log_reads: Arc<tokio::sync::Semaphore>,
+    /// KiB of the public audit log's answers held until their clients take them
+    /// ([`admin::PUBLIC_ANSWER_KIB`]).
+    pub public_answers: Arc<tokio::sync::Semaphore>,
     /// The audit log's rate for refusals of calls with no caller ([`ANONYMOUS_AUDIT_PER_SECOND`]).
     pub anonymous_audit: governor::DefaultDirectRateLimiter,
     shutdown_signal: watch::Receiver<bool>,
@@ -590,6 +593,7 @@ impl RunningGateway {
             per_source: sources::SourceLimit::new(config.gateway.max_connections_per_source),
             worker_load: gateway_sockets.load(),
             log_reads: Arc::new(tokio::sync::Semaphore::new(admin::LOG_READERS)),
+            public_answers: Arc::new(tokio::sync::Semaphore::new(admin::PUBLIC_ANSWER_KIB)),
             anonymous_audit: governor::RateLimiter::direct(
                 governor::Quota::per_second(
                     std::num::NonZeroU32::new(ANONYMOUS_AUDIT_PER_SECOND).expect("not zero"),

@@ -180,14 +180,44 @@ async fn vault_credential_set_rotate_under_load_rollback_revoke() {
         "Bearer sk_live_first_value_A1"
     );
 
-    // HEAD reads, never changes: a HEAD to an action is not the action.
+    // HEAD reads, never changes: a HEAD to an action is not the action. A change takes POST
+    // alone (405 names it), a read GET and HEAD.
     let head = client()
         .head(format!("{}/v1/credentials/stripe-live/revoke", gw.admin))
         .bearer_auth(&gw.admin_token)
         .send()
         .await
         .unwrap();
-    assert_eq!(head.status(), 404);
+    assert_eq!(head.status(), 405);
+    assert_eq!(head.headers()["allow"], "POST");
+    for (method, route, allow) in [
+        (reqwest::Method::GET, "/v1/credentials/stripe-live", "POST"),
+        (
+            reqwest::Method::GET,
+            "/v1/credentials/stripe-live/rotate",
+            "POST",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/credentials/stripe-live/history",
+            "GET, HEAD",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/credentials/stripe-live/history",
+            "GET, HEAD",
+        ),
+        (reqwest::Method::POST, "/v1/credentials", "GET, HEAD"),
+    ] {
+        let answer = client()
+            .request(method.clone(), format!("{}{route}", gw.admin))
+            .bearer_auth(&gw.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 405, "{method} {route}");
+        assert_eq!(answer.headers()["allow"], allow, "{method} {route}");
+    }
     let (status, _) = call(&gw, "after-head").await;
     assert_eq!(status, 200, "a HEAD revoked the credential");
 
@@ -477,6 +507,53 @@ async fn a_revocation_undone_in_the_vault_file_keeps_the_token_out() {
         "the revocation stands"
     );
     assert_eq!(status_as(forged).await, 401, "a forged row is no token");
+    gw.stop().await;
+}
+
+/// A credential change that waits on the vault (another process holds its write lock, as
+/// `postern creds` does while it writes, for up to the vault's 5 s busy timeout) holds up no
+/// other admin answer: the vault's SQLite and the runtime's rebuild run off the async threads
+/// (on one, here, as a small machine has few).
+#[tokio::test(flavor = "current_thread")]
+async fn a_credential_change_waiting_on_the_vault_holds_up_no_other_admin_answer() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start(&integration(&vendor), vendor.ca_pem.as_deref()).await;
+    let db = rusqlite::Connection::open(gw.running().data_dir.join("vault.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let change = tokio::spawn({
+        let admin = gw.admin.clone();
+        let token = gw.admin_token.clone();
+        async move {
+            client()
+                .post(format!("{admin}/v1/credentials/stripe-live"))
+                .bearer_auth(token)
+                .body("sk_live_waited_for_A1")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    // The change is waiting on the lock by now.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let health = client()
+        .get(format!("{}/healthz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "/healthz waited {:?} on a credential change",
+        started.elapsed()
+    );
+    assert!(!change.is_finished(), "the change did not wait on the lock");
+    db.execute_batch("COMMIT").unwrap();
+    assert_eq!(change.await.unwrap(), 200);
+    let (status, _) = call(&gw, "after-wait").await;
+    assert_eq!(status, 200);
     gw.stop().await;
 }
 
