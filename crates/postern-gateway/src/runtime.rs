@@ -407,6 +407,9 @@ pub struct IntegrationRuntime {
     pub upstream: UpstreamTarget,
     /// Headers removed from every forwarded request, lowercase.
     pub stripped_headers: Vec<HeaderName>,
+    /// Why the client certificate in use is not the vault's current pair (one half of it
+    /// rotated, the other not yet): said at each rebuild until the other half follows.
+    pub client_certificate_note: Option<String>,
 }
 
 pub struct Runtime {
@@ -565,6 +568,11 @@ impl Runtime {
             if let Some(message) = refused_upstream_address(integration, runtime) {
                 let key = KeyProblem::integration(&integration.name, "upstream", &message, "");
                 placed.push((message, key));
+            }
+            if let Some(message) = &runtime.client_certificate_note {
+                let key =
+                    KeyProblem::integration(&integration.name, "client_certificate", message, "");
+                placed.push((message.clone(), key));
             }
             let file = integration
                 .credential
@@ -894,6 +902,9 @@ fn pem_key(key: &[u8]) -> Option<rustls::pki_types::PrivateKeyDer<'static>> {
 }
 
 impl ClientAuth {
+    /// What [`ClientAuth::parse`] says of a key that is not its certificate's.
+    const MISMATCHED: &'static str = "the key is not the certificate's key";
+
     /// What is wrong with it, if the vault's PEM is not a certificate chain and a private key.
     fn parse(cert: &[u8], key: &[u8]) -> Result<ClientAuth, &'static str> {
         let chain = pem_chain(cert).ok_or("the certificate is not PEM")?;
@@ -907,7 +918,7 @@ impl ClientAuth {
             &crate::tls::crypto_provider(),
         )
         .map_err(|error| match error {
-            rustls::Error::InconsistentKeys(_) => "the key is not the certificate's key",
+            rustls::Error::InconsistentKeys(_) => Self::MISMATCHED,
             rustls::Error::General(_) => "the key is of a type TLS cannot sign with",
             _ => "the certificate or the key cannot be used for TLS",
         })?;
@@ -943,6 +954,7 @@ fn build_integration(
     // A client certificate for the vendor (mTLS) comes from the vault; if it cannot be read or
     // used the integration fails closed like a missing credential (the config is not at fault).
     let mut client_pem_problem = None;
+    let mut client_certificate_note = None;
     let client_auth = match (&integration.client_certificate, inputs.vault) {
         (Some(names), Some(vault)) => {
             match (
@@ -950,7 +962,18 @@ fn build_integration(
                 vault.current(&names.key_secret),
             ) {
                 (Ok(Some(cert)), Ok(Some(key))) => {
-                    match ClientAuth::parse(cert.expose(), key.expose()) {
+                    let parsed =
+                        ClientAuth::parse(cert.expose(), key.expose()).or_else(|what| match what {
+                            ClientAuth::MISMATCHED => half_rotated(vault, names, &cert, &key)
+                                .map(|(auth, note)| {
+                                    client_certificate_note =
+                                        Some(format!("integration {}: {note}", integration.name));
+                                    auth
+                                })
+                                .ok_or(what),
+                            _ => Err(what),
+                        });
+                    match parsed {
                         Ok(auth) => Some(auth),
                         Err(what) => {
                             client_pem_problem = Some(CredentialProblem {
@@ -1076,7 +1099,42 @@ fn build_integration(
         client,
         upstream,
         stripped_headers,
+        client_certificate_note,
     })
+}
+
+/// A client certificate pair rotated one half at a time (through the admin API, which changes
+/// one credential a request, or `postern creds`): while the current certificate and key do
+/// not match, the previous version of one of them (kept for rollback) that matches the other's
+/// current one is used, with a note saying so. So calls go on with the pair in use until the
+/// other half lands, rather than failing closed in between. Only pairs the operator stored,
+/// and that match, are ever used.
+fn half_rotated(
+    vault: &Vault,
+    names: &postern_config::ClientCertificateConfig,
+    cert: &postern_vault::SecretValue,
+    key: &postern_vault::SecretValue,
+) -> Option<(ClientAuth, String)> {
+    let now = crate::now_ms();
+    let (cert_name, key_name) = (
+        shown_name(&names.cert_secret),
+        shown_name(&names.key_secret),
+    );
+    if let Ok(Some(previous)) = vault.previous(&names.cert_secret, now) {
+        if let Ok(auth) = ClientAuth::parse(previous.expose(), key.expose()) {
+            return Some((auth, format!(
+                "the client certificate {cert_name} was rotated, but not its key {key_name}: the previous certificate stays in use until the key is rotated to the new certificate's (`postern creds rotate`), or the certificate rolled back"
+            )));
+        }
+    }
+    if let Ok(Some(previous)) = vault.previous(&names.key_secret, now) {
+        if let Ok(auth) = ClientAuth::parse(cert.expose(), previous.expose()) {
+            return Some((auth, format!(
+                "the client certificate's key {key_name} was rotated, but not its certificate {cert_name}: the previous key stays in use until the certificate is rotated to the new key's (`postern creds rotate`), or the key rolled back"
+            )));
+        }
+    }
+    None
 }
 
 fn upstream_target(url: &url::Url) -> anyhow::Result<UpstreamTarget> {

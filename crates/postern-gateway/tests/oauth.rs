@@ -811,6 +811,54 @@ operations = ["*"]
     gw.running().shared().refresh_from_vault().unwrap();
     assert_eq!(get().await.unwrap().status(), 200);
     assert_eq!(vendor.seen().len(), 2);
+
+    // Rotated one half at a time with a rollback window (as the admin API, one credential a
+    // request, does by default): the previous half that matches the other's current one stays
+    // in use, with a note, until the other half lands; calls go on throughout.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let notes = || gw.running().shared().runtime.load().warnings().join("\n");
+    for (first, second) in [("bank-cert", "bank-key"), ("bank-key", "bank-cert")] {
+        let (cert, key) = client_pki.client_cert("spiffe://postern.example/gateway-3");
+        let value = |name: &str| {
+            if name == "bank-cert" {
+                cert.clone()
+            } else {
+                key.clone()
+            }
+        };
+        vault
+            .rotate(first, value(first).as_bytes(), 3_600_000, now())
+            .unwrap();
+        gw.running().shared().refresh_from_vault().unwrap();
+        assert_eq!(get().await.unwrap().status(), 200, "{first} rotated alone");
+        assert!(
+            notes().contains("was rotated, but not its") && notes().contains("stays in use"),
+            "{}",
+            notes()
+        );
+        vault
+            .rotate(second, value(second).as_bytes(), 3_600_000, now())
+            .unwrap();
+        gw.running().shared().refresh_from_vault().unwrap();
+        assert_eq!(get().await.unwrap().status(), 200, "both rotated");
+        assert!(!notes().contains("was rotated, but not its"), "{}", notes());
+    }
+    // Each half's previous version pairs with no current one: fail closed.
+    let (stray, _) = client_pki.client_cert("spiffe://postern.example/stray");
+    vault
+        .rotate("bank-cert", stray.as_bytes(), 3_600_000, now())
+        .unwrap();
+    let (_, stray_key) = client_pki.client_cert("spiffe://postern.example/stray-2");
+    vault
+        .rotate("bank-key", stray_key.as_bytes(), 3_600_000, now())
+        .unwrap();
+    gw.running().shared().refresh_from_vault().unwrap();
+    assert_eq!(get().await.unwrap().status(), 503);
     gw.stop().await;
 
     // The same vendor refuses a gateway without the certificate.
@@ -826,6 +874,10 @@ operations = ["*"]
         .await
         .unwrap();
     assert_eq!(response.status(), 502);
-    assert_eq!(vendor.seen().len(), 2);
+    assert_eq!(
+        vendor.seen().len(),
+        6,
+        "nothing reached it without the certificate"
+    );
     gw.stop().await;
 }
