@@ -745,9 +745,19 @@ fn logged(server: &mut Server) -> std::sync::Arc<std::sync::Mutex<String>> {
     log
 }
 
+/// [`served_config`] on a TLS listener with the certificate and key at `cert` and `key`.
+fn tls_config(dir: &Path, listen: u16, admin: u16, cert: &Path, key: &Path) -> String {
+    let tls = format!(
+        "[gateway]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    served_config(dir, listen, admin, r#""a""#).replacen("[gateway]\n", &tls, 1)
+}
+
 /// A listener certificate rotated in place (as cert-manager, SPIRE or certbot do) is served
 /// from the next handshake on, without a signal: `serve` watches the TLS files the config
-/// names, and reloads when one changes.
+/// names, and reads them again when one changes.
 #[test]
 fn serve_serves_a_listener_certificate_rotated_in_place() {
     let dir = tempfile::tempdir().unwrap();
@@ -760,13 +770,7 @@ fn serve_serves_a_listener_certificate_rotated_in_place() {
     let first = ListenerIdentity::new();
     write(&first);
     let config = dir.path().join("postern.toml");
-    let tls = format!(
-        "[gateway]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
-    let text = served_config(dir.path(), listen, admin, r#""a""#).replacen("[gateway]\n", &tls, 1);
-    std::fs::write(&config, text).unwrap();
+    std::fs::write(&config, tls_config(dir.path(), listen, admin, &cert, &key)).unwrap();
     let mut server = serve(&[], &config, Stdio::piped());
     let log = logged(&mut server);
     eventually("the first certificate is served", || {
@@ -791,7 +795,8 @@ fn serve_serves_a_listener_certificate_rotated_in_place() {
     let log = log.lock().unwrap();
     assert!(
         log.lines()
-            .any(|line| line.contains("configuration reloaded") && line.contains("TLS file change")),
+            .any(|line| line.contains("listener TLS files reloaded")
+                && line.contains("TLS file change")),
         "{log}"
     );
 }
@@ -814,14 +819,8 @@ fn serve_watches_the_tls_files_a_reload_names() {
     };
     let (old, new) = (place("old"), place("new"));
     let config = dir.path().join("postern.toml");
-    let config_for = |(cert, key): &(PathBuf, PathBuf)| {
-        let tls = format!(
-            "[gateway]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            cert.display(),
-            key.display()
-        );
-        served_config(dir.path(), listen, admin, r#""a""#).replacen("[gateway]\n", &tls, 1)
-    };
+    let config_for =
+        |(cert, key): &(PathBuf, PathBuf)| tls_config(dir.path(), listen, admin, cert, key);
     let first = ListenerIdentity::new();
     write(&old, &first);
     std::fs::write(&config, config_for(&old)).unwrap();
@@ -874,12 +873,7 @@ fn a_rotated_certificate_is_served_while_the_config_file_is_refused() {
         std::fs::write(&cert, &identity.cert_pem).unwrap();
     };
     let config = dir.path().join("postern.toml");
-    let tls = format!(
-        "[gateway]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
-    let text = served_config(dir.path(), listen, admin, r#""a""#).replacen("[gateway]\n", &tls, 1);
+    let text = tls_config(dir.path(), listen, admin, &cert, &key);
     let first = ListenerIdentity::new();
     write(&first);
     std::fs::write(&config, &text).unwrap();
