@@ -848,6 +848,16 @@ operations = ["*"]
         assert_eq!(get().await.unwrap().status(), 200, "both rotated");
         assert!(!notes().contains("was rotated, but not its"), "{}", notes());
     }
+    // Once the rollback window has ended, the previous half is erased and no longer used.
+    let (cert, _) = client_pki.client_cert("spiffe://postern.example/gateway-4");
+    vault
+        .rotate("bank-cert", cert.as_bytes(), 5_000, now())
+        .unwrap();
+    gw.running().shared().refresh_from_vault().unwrap();
+    assert_eq!(get().await.unwrap().status(), 200, "inside the window");
+    assert_eq!(vault.erase_expired(now() + 10_000).unwrap(), 1);
+    gw.running().shared().refresh_from_vault().unwrap();
+    assert_eq!(get().await.unwrap().status(), 503, "past the window");
     // Each half's previous version pairs with no current one: fail closed.
     let (stray, _) = client_pki.client_cert("spiffe://postern.example/stray");
     vault
@@ -876,7 +886,7 @@ operations = ["*"]
     assert_eq!(response.status(), 502);
     assert_eq!(
         vendor.seen().len(),
-        6,
+        7,
         "nothing reached it without the certificate"
     );
     gw.stop().await;

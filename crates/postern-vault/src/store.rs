@@ -734,7 +734,8 @@ impl Vault {
 
     /// Erases the material of every `previous` version whose rollback window has ended (it
     /// becomes `retired`, as a later rotation would make it), so an old key does not stay
-    /// recoverable from `data_dir` until the next rotation. Returns how many were erased.
+    /// recoverable from `data_dir` until the next rotation; the vault's generation moves when
+    /// any was. Returns how many were erased.
     pub fn erase_expired(&self, now_ms: i64) -> Result<usize, VaultError> {
         let mut conn = self.conn.lock().expect("vault lock");
         // Asked without the write lock first: a `postern creds` command holding it must not
@@ -773,6 +774,11 @@ impl Vault {
                 Some(*version),
                 Some("its rollback window ended; erased".to_string()),
             )?;
+        }
+        // A change like any other: a gateway using an erased version (the matching half of a
+        // client certificate rotated alone) builds again without it.
+        if !expired.is_empty() {
+            Self::bump(&tx)?;
         }
         tx.commit()?;
         if !expired.is_empty() {

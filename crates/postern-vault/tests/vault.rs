@@ -70,8 +70,12 @@ fn set_get_rotate_rollback_revoke_with_history() {
 
     assert!(vault.previous("stripe-live", now() + 35).unwrap().is_some());
     // Inside its window nothing is erased; past it, the previous version's material is.
+    // An erasure is a change (a gateway builds again without the erased version); none is not.
+    let generation = vault.generation().unwrap();
     assert_eq!(vault.erase_expired(now() + 35).unwrap(), 0);
+    assert_eq!(vault.generation().unwrap(), generation);
     assert_eq!(vault.erase_expired(now() + 2_000).unwrap(), 1);
+    assert_eq!(vault.generation().unwrap(), generation + 1);
     assert!(vault.previous("stripe-live", now() + 35).unwrap().is_none());
     assert_eq!(vault.erase_expired(now() + 3_000).unwrap(), 0);
     vault.revoke("stripe-live", now() + 40).unwrap();
