@@ -238,7 +238,9 @@ impl Shared {
             Rebuild::Vault | Rebuild::ListenerTls => {
                 let admin = *self.admin_token_sha256.lock().expect("admin token lock");
                 let tls = if reread_tls {
-                    tls::listener_config(&running.config.gateway)?.map(Arc::new)
+                    tls::listener_config(&running.config.gateway)
+                        .map_err(|error| TlsFilesUnusable(tls_problem(&error)))?
+                        .map(Arc::new)
                 } else {
                     running.listener_tls.clone()
                 };
@@ -419,6 +421,18 @@ fn tls_problem(error: &anyhow::Error) -> String {
         None => format!("{error:#}"),
     }
 }
+
+/// The listener's TLS files could not be used ([`tls_problem`] says why and how to mend it).
+#[derive(Debug)]
+struct TlsFilesUnusable(String);
+
+impl std::fmt::Display for TlsFilesUnusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsFilesUnusable {}
 
 /// What [`Shared::rebuild`] builds the new runtime from.
 enum Rebuild {
@@ -656,7 +670,16 @@ impl RunningGateway {
             workers::Arrivals::single(admin_listener),
             listener::Accept {
                 tls: None,
-                builder,
+                builder: {
+                    // Fewer streams than the gateway's: each may buffer an answer's
+                    // `H2_SEND_BUFFER_BYTES` its client does not take, and public reads need
+                    // no token.
+                    let mut builder = builder;
+                    builder
+                        .http2()
+                        .max_concurrent_streams(listener::ADMIN_MAX_CONCURRENT_STREAMS);
+                    builder
+                },
                 graceful: admin_graceful.clone(),
                 shutdown: shutdown_rx,
                 // Its own few slots and a short idle limit: connections that never authenticate
@@ -796,10 +819,18 @@ impl RunningGateway {
     /// can; the error names the file's key and the fix. Not counted as a config reload.
     pub fn reload_listener_tls(&self) -> anyhow::Result<Vec<String>> {
         let result = self.shared.rebuild(Rebuild::ListenerTls);
-        self.shared
-            .listener_tls_stale
-            .store(result.is_err(), Ordering::Relaxed);
-        result.map_err(|error| anyhow::anyhow!(tls_problem(&error)))
+        // Stale only for the files' sake (another failure of the build is not theirs).
+        let stale = match &result {
+            Ok(_) => Some(false),
+            Err(error) if error.is::<TlsFilesUnusable>() => Some(true),
+            Err(_) => None,
+        };
+        if let Some(stale) = stale {
+            self.shared
+                .listener_tls_stale
+                .store(stale, Ordering::Relaxed);
+        }
+        result
     }
 
     /// Counts a reload in `postern_config_reloads_total`, `applied` or `rejected`: one

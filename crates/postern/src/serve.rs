@@ -2,13 +2,14 @@
 //! on file change, stop on SIGINT/SIGTERM.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notify::Watcher as _;
 use postern_gateway::runtime::{BuildInputs, ClientCache, LimiterCache, Runtime, TokenSourceCache};
 use postern_gateway::RunningGateway;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
 
 use crate::ExitCode;
 
@@ -89,8 +90,7 @@ pub async fn serve(path: PathBuf) -> ExitCode {
 /// and SIGINT. Armed before the gateway starts listening, so that a change made as soon as it
 /// answers is not missed, and a SIGHUP then does not end the process.
 pub struct Triggers {
-    changes: mpsc::Receiver<Change>,
-    sender: mpsc::Sender<Change>,
+    changed: Arc<Changed>,
     _watcher: Option<notify::RecommendedWatcher>,
     /// The listener's TLS files as the running config names them, and their watcher: armed
     /// again when a reload names others.
@@ -104,11 +104,10 @@ pub struct Triggers {
 impl Triggers {
     /// Armed for the config file at `path` and the TLS files its `gateway` section names.
     pub fn arm(path: &Path, gateway: &postern_config::GatewayConfig) -> Triggers {
-        let (sender, changes) = mpsc::channel::<Change>(8);
+        let changed = Arc::new(Changed::default());
         let mut triggers = Triggers {
-            changes,
-            _watcher: watch_files(&[path.to_path_buf()], sender.clone(), Change::Config),
-            sender,
+            _watcher: watch_files(&[path.to_path_buf()], changed.clone(), Change::Config),
+            changed,
             tls_files: Vec::new(),
             tls_watcher: None,
             hangup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
@@ -144,11 +143,11 @@ impl Triggers {
             return;
         }
         // A watcher that cannot be armed is tried again after the next reload.
-        let Some(watcher) = watch_files(&files, self.sender.clone(), Change::TlsFiles) else {
+        let Some(watcher) = watch_files(&files, self.changed.clone(), Change::TlsFiles) else {
             return;
         };
         if catch_up {
-            let _ = self.sender.try_send(Change::TlsFiles);
+            self.changed.note(Change::TlsFiles);
         }
         self.tls_watcher = Some(watcher);
         self.tls_files = files;
@@ -174,6 +173,38 @@ impl Change {
     }
 }
 
+/// The watched files' changes not yet handled: noted by the watchers, taken by
+/// [`run_until_stopped`]. Flags, not a queue: any number of changes of a kind is one, so a
+/// burst of one kind (a certificate written in several steps) never crowds out the other.
+#[derive(Default)]
+struct Changed {
+    config: AtomicBool,
+    tls_files: AtomicBool,
+    noted: tokio::sync::Notify,
+}
+
+impl Changed {
+    fn note(&self, change: Change) {
+        let flag = match change {
+            Change::Config => &self.config,
+            Change::TlsFiles => &self.tls_files,
+        };
+        flag.store(true, Ordering::SeqCst);
+        self.noted.notify_one();
+    }
+
+    /// What the changes noted so far ask for; none are noted after.
+    fn take(&self) -> Asked {
+        Asked {
+            reload: self
+                .config
+                .swap(false, Ordering::SeqCst)
+                .then(|| Change::Config.trigger()),
+            tls_files: self.tls_files.swap(false, Ordering::SeqCst),
+        }
+    }
+}
+
 /// What one round of triggers asks for.
 #[derive(Default)]
 struct Asked {
@@ -192,10 +223,10 @@ pub async fn run_until_stopped(gateway: &RunningGateway, path: &Path, mut trigge
         let asked = tokio::select! {
             _ = triggers.hangup.recv() => Asked {
                 reload: Some("SIGHUP"),
-                tls_files: !triggers.tls_files.is_empty(),
+                tls_files: gateway.shared().runtime.load().config.gateway.tls_cert.is_some(),
             },
-            Some(change) = triggers.changes.recv() => {
-                match triggers.settle(change).await {
+            () = triggers.changed.noted.notified() => {
+                match triggers.settle().await {
                     Some(asked) => asked,
                     None => break,
                 }
@@ -227,14 +258,8 @@ impl Triggers {
     /// and a half written file must not be applied because it happens to be valid (a file
     /// written whole under another name and renamed into place is never seen half written).
     /// `None` if SIGTERM or SIGINT came meanwhile: stop, without the reload. Else what the
-    /// changes, `first` and those that came meanwhile, ask for.
-    async fn settle(&mut self, first: Change) -> Option<Asked> {
-        let mut asked = Asked::default();
-        let mut note = |change: Change| match change {
-            Change::Config => asked.reload = Some(change.trigger()),
-            Change::TlsFiles => asked.tls_files = true,
-        };
-        note(first);
+    /// changes noted until then ask for.
+    async fn settle(&mut self) -> Option<Asked> {
         let deadline = tokio::time::Instant::now() + SETTLE_MAX;
         loop {
             let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
@@ -242,16 +267,14 @@ impl Triggers {
                 _ = self.terminate.recv() => return None,
                 _ = self.interrupt.recv() => return None,
                 _ = tokio::time::sleep_until(quiet_until) => break,
-                changed = self.changes.recv() => {
-                    let Some(change) = changed else { break };
-                    note(change);
+                () = self.changed.noted.notified() => {
                     if tokio::time::Instant::now() >= deadline {
                         break;
                     }
                 }
             }
         }
-        Some(asked)
+        Some(self.changed.take())
     }
 }
 
@@ -294,18 +317,18 @@ fn reload_listener_tls(gateway: &RunningGateway) {
             }
         }
         Err(error) => {
-            tracing::error!(trigger, error = %error, "the listener's TLS files could not be used; the running ones stay")
+            tracing::error!(trigger, error = %format!("{error:#}"), "the listener's TLS files could not be applied; the running ones stay")
         }
     }
 }
 
 /// Watches each file's directory (editors replace files), and, when the file is a symbolic
 /// link, the directory of the file it leads to (a Kubernetes ConfigMap or Secret swaps a link
-/// beside it, `..data`); sends `change` when what a path leads to changed: another file,
+/// beside it, `..data`); notes `change` when what a path leads to changed: another file,
 /// another size or another modification time.
 fn watch_files(
     paths: &[PathBuf],
-    sender: mpsc::Sender<Change>,
+    changed: Arc<Changed>,
     change: Change,
 ) -> Option<notify::RecommendedWatcher> {
     let trigger = change.trigger();
@@ -348,15 +371,15 @@ fn watch_files(
                 .is_some_and(|name| names.iter().any(|n| n == name))
         });
         let mut seen = seen.lock().expect("watch lock");
-        let mut changed = false;
+        let mut moved = false;
         for (now, seen) in fingerprints(&absolutes).into_iter().zip(seen.iter_mut()) {
             if now.is_some() {
-                changed |= now != *seen;
+                moved |= now != *seen;
                 *seen = now;
             }
         }
-        if (named && !matches!(event.kind, notify::EventKind::Remove(_))) || changed {
-            let _ = sender.try_send(change);
+        if (named && !matches!(event.kind, notify::EventKind::Remove(_))) || moved {
+            changed.note(change);
         }
     })
     .map_err(|error| tracing::warn!(%error, trigger, "cannot watch the file; SIGHUP still reloads"))
