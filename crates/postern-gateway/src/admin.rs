@@ -74,10 +74,8 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
     // The transparency log is public, like any tlog-tiles log: it holds no secret (entries
     // carry only names from the config and keyed hashes), and anyone may verify it.
     if let Some(resource) = path.strip_prefix("/log/") {
-        return held(
-            &shared.public_answers,
-            log_resource(&shared, resource).await,
-        );
+        let answer = log_resource(&shared, resource).await;
+        return held(&shared.public_answers, answer, false);
     }
     if path == "/v1/credentials" || path.starts_with("/v1/credentials/") {
         return credentials(&shared, request).await;
@@ -90,7 +88,7 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
             authorized,
         )
         .await;
-        return held(&shared.public_answers, answer);
+        return held(&shared.public_answers, answer, true);
     }
     match path {
         "/metrics" => text_response(
@@ -528,12 +526,14 @@ fn internal(message: &str) -> Response<GatewayBody> {
 pub const PUBLIC_ANSWER_KIB: usize = 64 * 1024;
 
 /// `answer`, holding its size in the public answers' budget until it is sent: an HTTP/2
-/// client can ask for 128 answers a connection and take none (a zero window), and the bytes
-/// would stay in memory for as long as it holds the connection open. `503 log_reads_busy`
-/// when the budget is spent.
+/// client can ask for 128 answers a connection and take none (a zero window). The budget
+/// bounds the bytes they hold; the idle limit cuts an answer that does not move
+/// (`listener::Answers`). `503 log_reads_busy` (JSON, or text for `/log/`) when the budget
+/// is spent.
 fn held(
     budget: &Arc<tokio::sync::Semaphore>,
     answer: Response<GatewayBody>,
+    json: bool,
 ) -> Response<GatewayBody> {
     let (parts, body) = answer.into_parts();
     let GatewayBody::Full(Some(bytes)) = body else {
@@ -543,10 +543,18 @@ fn held(
     match budget.clone().try_acquire_many_owned(kib) {
         Ok(share) => Response::from_parts(parts, GatewayBody::held(bytes, share)),
         Err(_) => {
-            let mut response = json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": {"code": "log_reads_busy", "message": "the audit log's answers not yet taken by their clients hold the memory set aside for them; retry shortly"}}),
-            );
+            const BUSY: &str = "the audit log's answers not yet taken by their clients hold the memory set aside for them; retry shortly";
+            let mut response = match json {
+                true => json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": {"code": "log_reads_busy", "message": BUSY}}),
+                ),
+                false => text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{BUSY}\n"),
+                    "text/plain; charset=utf-8",
+                ),
+            };
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -932,6 +940,7 @@ mod tests {
             held(
                 &budget,
                 text_response(StatusCode::OK, bytes.clone(), "application/octet-stream"),
+                false,
             )
         };
         let first = answer(&tile);

@@ -87,6 +87,11 @@ pub fn connection_slots() -> Arc<tokio::sync::Semaphore> {
 /// vendor connection, so one connection cannot take a thousand descriptors.
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 
+/// Streams an HTTP/2 connection to the admin listener may have open at once: with
+/// [`ADMIN_MAX_CONNECTIONS`] and [`H2_SEND_BUFFER_BYTES`], what clients that take none of their
+/// answers can have buffered there is at most 128 MiB (public reads need no token).
+pub const ADMIN_MAX_CONCURRENT_STREAMS: u32 = 8;
+
 /// The most of an answer an HTTP/2 caller connection buffers per stream ahead of what its
 /// socket takes (hyper's default is 400 KiB). A caller that grants huge flow-control windows
 /// and then stops reading otherwise pins 400 KiB a stream, 50 MB a connection of
@@ -571,9 +576,10 @@ impl Answers {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// `body` to answer with: watched if it streams a vendor's answer.
+    /// `body` to answer with: watched if it streams a vendor's answer, or holds a share of a
+    /// budget until it is taken ([`GatewayBody::Held`]: cut, it gives its share back).
     fn watch(&self, body: GatewayBody) -> AnswerBody {
-        if !body.is_stream() {
+        if matches!(body, GatewayBody::Full(_)) {
             return AnswerBody::Full(body);
         }
         let watched = Arc::new(Watched {

@@ -366,6 +366,88 @@ async fn a_receipt_forged_by_the_vendor_is_replaced_or_removed() {
     gw.stop().await;
 }
 
+/// A public entry bundle (larger than what an HTTP/2 stream buffers) its client takes none of
+/// (its stream has no window) gives its share of the public answers' budget back within two
+/// idle limits, even while the client keeps its connection busy with other requests
+/// (`/healthz` every 100 ms, their streams given a window): it is cut as a stalled vendor
+/// answer is. Bounded: 5 s.
+#[tokio::test]
+async fn a_public_answer_its_client_takes_none_of_gives_its_share_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vendor = TestVendor::plain(TestVendor::ok_handler()).await;
+    let gw = TestGateway::start_with_gateway(
+        &body(&vendor),
+        None,
+        &format!(
+            "audit_origin = \"{ORIGIN}\"\naudit_checkpoint_interval_ms = 20\nidle_timeout_ms = 300"
+        ),
+    )
+    .await;
+    let key = gw.running().shared().audit.ledger.verifier_key();
+    for _ in 0..260 {
+        assert_eq!(call(&gw, "/acme/refused").await.0, 403);
+    }
+    checkpoint_covering(&gw, &key, 256).await;
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        frame.extend([kind, flags]);
+        frame.extend(stream.to_be_bytes());
+        frame.extend(payload);
+        frame
+    }
+    // GET <path> (HPACK: :method GET, :scheme http, :path literal, :authority x).
+    let get = |stream: u32, path: &str| {
+        let mut head = vec![0x82, 0x86, 0x04, path.len() as u8];
+        head.extend(path.as_bytes());
+        head.extend([0x41, 0x01, b'x']);
+        frame(1, 0x5, stream, &head)
+    };
+    let budget = gw.running().shared().public_answers.clone();
+    let full = budget.available_permits();
+    let mut stream = tokio::net::TcpStream::connect(gw.running().admin_addr)
+        .await
+        .unwrap();
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no stream's answer moves until given a window.
+    opening.extend(frame(4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    opening.extend(get(1, "/log/tile/entries/000"));
+    stream.write_all(&opening).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut held = false;
+    let mut next = 3u32;
+    let mut buf = [0u8; 4096];
+    let given_back = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the share was not given back within 5 s (held: {held})"
+        );
+        held |= budget.available_permits() < full;
+        if held && budget.available_permits() == full {
+            break started.elapsed();
+        }
+        // A request that moves, its stream given a window.
+        let mut busy = get(next, "/healthz");
+        busy.extend(frame(8, 0, next, &65_535u32.to_be_bytes()));
+        next += 2;
+        stream.write_all(&busy).await.unwrap();
+        let round = tokio::time::Instant::now() + Duration::from_millis(100);
+        while let Ok(read) = tokio::time::timeout_at(round, stream.read(&mut buf)).await {
+            if let Ok(0) | Err(_) = read {
+                panic!(
+                    "the connection closed after {:?}; it was kept busy",
+                    started.elapsed()
+                );
+            }
+        }
+    };
+    assert!(held, "the answer never held a share");
+    assert!(
+        given_back < Duration::from_millis(1500),
+        "given back after {given_back:?}"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn full_tiles_are_served_and_cacheable() {
     let vendor = TestVendor::plain(TestVendor::ok_handler()).await;

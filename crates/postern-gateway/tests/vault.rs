@@ -535,9 +535,10 @@ async fn a_credential_change_waiting_on_the_vault_holds_up_no_other_admin_answer
                 .as_u16()
         }
     });
-    // The change is waiting on the lock by now.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The change is waiting on the lock by now (on one thread, a change that blocks it would
+    // hold up this sleep too).
     let started = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let health = client()
         .get(format!("{}/healthz", gw.admin))
         .send()
