@@ -388,13 +388,7 @@ async fn a_public_answer_its_client_takes_none_of_gives_its_share_back() {
         assert_eq!(call(&gw, "/acme/refused").await.0, 403);
     }
     checkpoint_covering(&gw, &key, 256).await;
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        frame.extend([kind, flags]);
-        frame.extend(stream.to_be_bytes());
-        frame.extend(payload);
-        frame
-    }
+    let frame = h2_frame;
     // GET <path> (HPACK: :method GET, :scheme http, :path literal, :authority x).
     let get = |stream: u32, path: &str| {
         let mut head = vec![0x82, 0x86, 0x04, path.len() as u8];

@@ -1679,14 +1679,7 @@ async fn an_http2_connection_whose_bytes_move_no_call_is_closed_at_the_idle_limi
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = short_idle_gateway(&vendor).await;
-    /// An HTTP/2 frame: length, type, flags, stream id, payload.
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        frame.extend([kind, flags]);
-        frame.extend(stream.to_be_bytes());
-        frame.extend(payload);
-        frame
-    }
+    let frame = h2_frame;
     const HEADERS: u8 = 1;
     const SETTINGS: u8 = 4;
     const PING: u8 = 6;

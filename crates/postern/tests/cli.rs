@@ -707,6 +707,12 @@ impl ListenerIdentity {
     }
 
     /// Whether a TLS handshake with the listener on `port`, trusting only this CA, succeeds.
+    /// Writes the key, then the certificate, in place (as a rotation does).
+    fn write_to(&self, cert: &Path, key: &Path) {
+        std::fs::write(key, &self.key_pem).unwrap();
+        std::fs::write(cert, &self.cert_pem).unwrap();
+    }
+
     fn served_on(&self, port: u16) -> bool {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.clone()).unwrap();
@@ -763,10 +769,7 @@ fn serve_serves_a_listener_certificate_rotated_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let (listen, admin) = two_free_ports();
     let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("gw-key.pem"));
-    let write = |identity: &ListenerIdentity| {
-        std::fs::write(&key, &identity.key_pem).unwrap();
-        std::fs::write(&cert, &identity.cert_pem).unwrap();
-    };
+    let write = |identity: &ListenerIdentity| identity.write_to(&cert, &key);
     let first = ListenerIdentity::new();
     write(&first);
     let config = dir.path().join("postern.toml");
@@ -814,8 +817,7 @@ fn serve_watches_the_tls_files_a_reload_names() {
         (at.join("gw.pem"), at.join("gw-key.pem"))
     };
     let write = |(cert, key): &(PathBuf, PathBuf), identity: &ListenerIdentity| {
-        std::fs::write(key, &identity.key_pem).unwrap();
-        std::fs::write(cert, &identity.cert_pem).unwrap();
+        identity.write_to(cert, key)
     };
     let (old, new) = (place("old"), place("new"));
     let config = dir.path().join("postern.toml");
@@ -868,10 +870,7 @@ fn a_rotated_certificate_is_served_while_the_config_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (listen, admin) = two_free_ports();
     let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("gw-key.pem"));
-    let write = |identity: &ListenerIdentity| {
-        std::fs::write(&key, &identity.key_pem).unwrap();
-        std::fs::write(&cert, &identity.cert_pem).unwrap();
-    };
+    let write = |identity: &ListenerIdentity| identity.write_to(&cert, &key);
     let config = dir.path().join("postern.toml");
     let text = tls_config(dir.path(), listen, admin, &cert, &key);
     let first = ListenerIdentity::new();

@@ -997,6 +997,16 @@ token_sha256 = "{reporting}"
 }
 
 /// A plain HTTP client (the gateway listener is plain unless a test configures TLS).
+/// An HTTP/2 frame written by hand (for clients no library would be): length, type, flags,
+/// stream id, payload.
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
