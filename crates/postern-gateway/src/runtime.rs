@@ -902,6 +902,18 @@ fn pem_key(key: &[u8]) -> Option<rustls::pki_types::PrivateKeyDer<'static>> {
 }
 
 impl ClientAuth {
+    /// Whether its certificate is within its validity at `unix_seconds` (one that cannot be
+    /// read is taken as not).
+    fn valid_at(&self, unix_seconds: i64) -> bool {
+        self.chain.first().is_some_and(|leaf| {
+            x509_parser::parse_x509_certificate(leaf.as_ref()).is_ok_and(|(_, parsed)| {
+                let validity = parsed.validity();
+                validity.not_before.timestamp() <= unix_seconds
+                    && unix_seconds <= validity.not_after.timestamp()
+            })
+        })
+    }
+
     /// What [`ClientAuth::parse`] says of a key that is not its certificate's.
     const MISMATCHED: &'static str = "the key is not the certificate's key";
 
@@ -1121,7 +1133,12 @@ fn half_rotated(
         shown_name(&names.key_secret),
     );
     if let Ok(Some(previous)) = vault.previous(&names.cert_secret, now) {
-        if let Ok(auth) = ClientAuth::parse(previous.expose(), key.expose()) {
+        // One past its notAfter would only be refused by the vendor (502): fail closed here.
+        let in_date = |auth: &ClientAuth| auth.valid_at(now / 1000);
+        if let Some(auth) = ClientAuth::parse(previous.expose(), key.expose())
+            .ok()
+            .filter(in_date)
+        {
             return Some((auth, format!(
                 "the client certificate {cert_name} was rotated, but not its key {key_name}: the previous certificate stays in use until the key is rotated to the new certificate's (`postern creds rotate`), or the certificate rolled back"
             )));

@@ -869,6 +869,24 @@ operations = ["*"]
         .unwrap();
     gw.running().shared().refresh_from_vault().unwrap();
     assert_eq!(get().await.unwrap().status(), 503);
+    // A previous certificate past its notAfter is not used (the vendor would refuse it: 502).
+    let (expired, expired_key) =
+        client_pki.client_cert_with("spiffe://postern.example/expired", |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 2, 1);
+        });
+    vault
+        .rotate("bank-cert", expired.as_bytes(), 3_600_000, now())
+        .unwrap();
+    vault
+        .rotate("bank-key", expired_key.as_bytes(), 3_600_000, now())
+        .unwrap();
+    let (fresh, _) = client_pki.client_cert("spiffe://postern.example/fresh");
+    vault
+        .rotate("bank-cert", fresh.as_bytes(), 3_600_000, now())
+        .unwrap();
+    gw.running().shared().refresh_from_vault().unwrap();
+    assert_eq!(get().await.unwrap().status(), 503, "not the expired one");
     gw.stop().await;
 
     // The same vendor refuses a gateway without the certificate.
