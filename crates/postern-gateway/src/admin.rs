@@ -176,19 +176,16 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
             };
             let limit = limit.min(DISCOVERED_LIMIT);
             let discovery = shared.discovery.clone();
-            match tokio::task::spawn_blocking(move || discovery.list_top(limit)).await {
-                Ok(Ok((hosts, total))) => json_response(
+            match blocking(move || discovery.list_top(limit)).await {
+                Some(Ok((hosts, total))) => json_response(
                     StatusCode::OK,
                     json!({ "discovered": hosts, "total": total }),
                 ),
-                Ok(Err(error)) => json_response(
+                Some(Err(error)) => json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     json!({"error": {"code": "discovery_unavailable", "message": format!("{error:#}")}}),
                 ),
-                Err(_) => json_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"error": {"code": "internal", "message": "the discovery task failed"}}),
-                ),
+                None => internal("the discovery task failed"),
             }
         }
         "/v1/alerts" => {

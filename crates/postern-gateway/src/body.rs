@@ -1672,8 +1672,9 @@ pub struct HeldBytes {
 }
 
 impl HeldBytes {
-    /// The most handed on at once (an HTTP/2 stream's send buffer's worth).
-    pub const CHUNK: usize = 64 * 1024;
+    /// The most handed on at once: an HTTP/2 stream buffers up to its send buffer
+    /// ([`crate::listener::H2_SEND_BUFFER_BYTES`]) and one more piece, whatever its window.
+    pub const CHUNK: usize = 16 * 1024;
 
     fn next(&mut self) -> Option<Bytes> {
         if self.rest.is_empty() {

@@ -225,7 +225,6 @@ impl Shared {
     fn rebuild(&self, from: Rebuild) -> anyhow::Result<Vec<String>> {
         let _guard = self.rebuild.lock().expect("rebuild lock");
         let running = self.runtime.load_full();
-        let reread_tls = matches!(from, Rebuild::ListenerTls);
         let (config, admin_token_sha256, reuse, listener_tls) = match from {
             Rebuild::Reload(reload) => {
                 let Reload {
@@ -235,14 +234,13 @@ impl Shared {
                 } = *reload;
                 (config, admin_token_sha256, None, listener_tls)
             }
-            Rebuild::Vault | Rebuild::ListenerTls => {
+            from_running => {
                 let admin = *self.admin_token_sha256.lock().expect("admin token lock");
-                let tls = if reread_tls {
-                    tls::listener_config(&running.config.gateway)
+                let tls = match from_running {
+                    Rebuild::ListenerTls => tls::listener_config(&running.config.gateway)
                         .map_err(|error| TlsFilesUnusable(tls_problem(&error)))?
-                        .map(Arc::new)
-                } else {
-                    running.listener_tls.clone()
+                        .map(Arc::new),
+                    _ => running.listener_tls.clone(),
                 };
                 ((*running.config).clone(), admin, Some(&*running), tls)
             }

@@ -88,8 +88,9 @@ pub fn connection_slots() -> Arc<tokio::sync::Semaphore> {
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 
 /// Streams an HTTP/2 connection to the admin listener may have open at once: with
-/// [`ADMIN_MAX_CONNECTIONS`] and [`H2_SEND_BUFFER_BYTES`], what clients that take none of their
-/// answers can have buffered there is at most 128 MiB (public reads need no token).
+/// [`ADMIN_MAX_CONNECTIONS`], and [`H2_SEND_BUFFER_BYTES`] and one
+/// [`crate::body::HeldBytes::CHUNK`] a stream, what clients that take none of their public
+/// answers can have buffered there is at most 160 MiB (public reads need no token).
 pub const ADMIN_MAX_CONCURRENT_STREAMS: u32 = 8;
 
 /// The most of an answer an HTTP/2 caller connection buffers per stream ahead of what its

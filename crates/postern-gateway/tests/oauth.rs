@@ -822,6 +822,12 @@ operations = ["*"]
             .as_millis() as i64
     };
     let notes = || gw.running().shared().runtime.load().warnings().join("\n");
+    // A rotation that keeps the previous version for rollback for an hour.
+    let rotate = |name: &str, value: &str| {
+        vault
+            .rotate(name, value.as_bytes(), 3_600_000, now())
+            .unwrap()
+    };
     for (first, second) in [("bank-cert", "bank-key"), ("bank-key", "bank-cert")] {
         let (cert, key) = client_pki.client_cert("spiffe://postern.example/gateway-3");
         let value = |name: &str| {
@@ -831,9 +837,7 @@ operations = ["*"]
                 key.clone()
             }
         };
-        vault
-            .rotate(first, value(first).as_bytes(), 3_600_000, now())
-            .unwrap();
+        rotate(first, &value(first));
         gw.running().shared().refresh_from_vault().unwrap();
         assert_eq!(get().await.unwrap().status(), 200, "{first} rotated alone");
         assert!(
@@ -841,9 +845,7 @@ operations = ["*"]
             "{}",
             notes()
         );
-        vault
-            .rotate(second, value(second).as_bytes(), 3_600_000, now())
-            .unwrap();
+        rotate(second, &value(second));
         gw.running().shared().refresh_from_vault().unwrap();
         assert_eq!(get().await.unwrap().status(), 200, "both rotated");
         assert!(!notes().contains("was rotated, but not its"), "{}", notes());
@@ -860,13 +862,9 @@ operations = ["*"]
     assert_eq!(get().await.unwrap().status(), 503, "past the window");
     // Each half's previous version pairs with no current one: fail closed.
     let (stray, _) = client_pki.client_cert("spiffe://postern.example/stray");
-    vault
-        .rotate("bank-cert", stray.as_bytes(), 3_600_000, now())
-        .unwrap();
+    rotate("bank-cert", &stray);
     let (_, stray_key) = client_pki.client_cert("spiffe://postern.example/stray-2");
-    vault
-        .rotate("bank-key", stray_key.as_bytes(), 3_600_000, now())
-        .unwrap();
+    rotate("bank-key", &stray_key);
     gw.running().shared().refresh_from_vault().unwrap();
     assert_eq!(get().await.unwrap().status(), 503);
     // A previous certificate past its notAfter is not used (the vendor would refuse it: 502).
@@ -875,16 +873,10 @@ operations = ["*"]
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
             params.not_after = rcgen::date_time_ymd(2020, 2, 1);
         });
-    vault
-        .rotate("bank-cert", expired.as_bytes(), 3_600_000, now())
-        .unwrap();
-    vault
-        .rotate("bank-key", expired_key.as_bytes(), 3_600_000, now())
-        .unwrap();
+    rotate("bank-cert", &expired);
+    rotate("bank-key", &expired_key);
     let (fresh, _) = client_pki.client_cert("spiffe://postern.example/fresh");
-    vault
-        .rotate("bank-cert", fresh.as_bytes(), 3_600_000, now())
-        .unwrap();
+    rotate("bank-cert", &fresh);
     gw.running().shared().refresh_from_vault().unwrap();
     assert_eq!(get().await.unwrap().status(), 503, "not the expired one");
     gw.stop().await;
