@@ -96,7 +96,7 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
             {
                 let metrics = &shared.recorder.metrics;
                 metrics.set_open(
-                    crate::listener::MAX_CONNECTIONS - shared.connection_slots.available_permits(),
+                    shared.connection_slots.open(),
                     shared.tunnels.load(std::sync::atomic::Ordering::Relaxed),
                     shared
                         .websocket_sessions
@@ -105,6 +105,10 @@ pub async fn handle(shared: Arc<Shared>, request: Request<CallerBody>) -> Respon
                 metrics.set_calls_open(shared.open_calls.snapshot());
                 metrics.set_workers(&shared.worker_load);
                 metrics.set_refused_per_source(shared.per_source.refused());
+                metrics.set_closed_for_room(
+                    shared.connection_slots.closed_for_room(),
+                    shared.admin_slots.closed_for_room(),
+                );
                 metrics.set_listener_tls(
                     shared
                         .listener_tls_stale

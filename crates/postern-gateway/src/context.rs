@@ -117,7 +117,7 @@ impl ConnectionInfo {
     /// the last holder ends.
     pub fn holding(
         self,
-        slot: tokio::sync::OwnedSemaphorePermit,
+        slot: crate::slots::Slot,
         live: Option<crate::workers::Live>,
         source: Option<crate::sources::SourceHold>,
     ) -> Self {
@@ -203,7 +203,7 @@ impl ConnectionInfo {
 /// What a connection holds until its last holder ends ([`ConnectionInfo::holding`]).
 #[derive(Debug)]
 struct Held {
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _slot: crate::slots::Slot,
     _live: Option<crate::workers::Live>,
     _source: Option<crate::sources::SourceHold>,
 }

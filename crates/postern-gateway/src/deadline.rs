@@ -37,6 +37,9 @@ pin_project! {
         in_flight: Option<InFlight>,
         // Reads wait until at least this instant: set when a call in flight excused the limit.
         reads_excused_until: Instant,
+        // The listener's view of the connection: told of moved bytes, and telling it to close
+        // for room ([`crate::slots`]).
+        presence: Option<Arc<crate::slots::Presence>>,
     }
 }
 
@@ -118,6 +121,12 @@ impl InFlight {
         self.0.idled_out.load(Ordering::Relaxed)
     }
 
+    /// Whether a request is in hand: being answered, waiting on its vendor, or a tunnel or
+    /// WebSocket session open.
+    pub fn busy(&self) -> bool {
+        self.0.waiting.load(Ordering::Acquire) > 0
+    }
+
     pub fn wait(&self) -> Waiting {
         self.0.waiting.fetch_add(1, Ordering::Relaxed);
         Waiting(self.0.clone())
@@ -166,6 +175,16 @@ impl<S> Deadline<S> {
             idle,
             in_flight: None,
             reads_excused_until: started,
+            presence: None,
+        }
+    }
+
+    /// The same limits, the connection's bytes told to `presence`, and its waits for bytes
+    /// failing once `presence` is told to close for room.
+    pub fn present(self, presence: Arc<crate::slots::Presence>) -> Self {
+        Deadline {
+            presence: Some(presence),
+            ..self
         }
     }
 
@@ -195,7 +214,11 @@ impl<S: AsyncRead> AsyncRead for Deadline<S> {
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    *this.last_activity = Some(Instant::now());
+                    let now = Instant::now();
+                    *this.last_activity = Some(now);
+                    if let Some(presence) = this.presence {
+                        presence.moved(now);
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -227,6 +250,14 @@ impl<S> Deadline<S> {
         reading: bool,
     ) -> Poll<io::Result<T>> {
         let this = self.project();
+        if let Some(presence) = this.presence {
+            if presence.closed_for_room(cx) {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "closed to make room for a new connection at the listener's connection limit",
+                )));
+            }
+        }
         let mut deadline = match *this.last_activity {
             None => *this.started + *this.first_byte,
             Some(last) => last + *this.idle,
@@ -313,7 +344,11 @@ impl<S: AsyncWrite> Deadline<S> {
                 if written > 0 {
                     *this.write_stalled_since = None;
                     if this.last_activity.is_some() {
-                        *this.last_activity = Some(Instant::now());
+                        let now = Instant::now();
+                        *this.last_activity = Some(now);
+                        if let Some(presence) = this.presence {
+                            presence.moved(now);
+                        }
                     }
                 }
                 Poll::Ready(Ok(written))

@@ -83,6 +83,7 @@ pub mod proxy;
 pub mod record;
 pub mod runtime;
 pub mod scan;
+pub mod slots;
 pub mod sources;
 pub mod tls;
 pub(crate) mod tokens;
@@ -170,7 +171,9 @@ pub struct Shared {
     pub open_calls: concurrency::OpenCalls,
     /// The data-plane listener's connection slots ([`listener::MAX_CONNECTIONS`]), held by each
     /// caller connection and by each tunnel opened on one.
-    pub connection_slots: Arc<tokio::sync::Semaphore>,
+    pub connection_slots: Arc<slots::Slots>,
+    /// The admin listener's ([`listener::ADMIN_MAX_CONNECTIONS`]).
+    pub admin_slots: Arc<slots::Slots>,
     /// The connections each client address holds on the data-plane listener, under
     /// `[gateway] max_connections_per_source`.
     pub per_source: Arc<sources::SourceLimit>,
@@ -601,7 +604,8 @@ impl RunningGateway {
             websocket_sessions: std::sync::atomic::AtomicUsize::new(0),
             tunnels_by_caller: forward_proxy::TunnelsByCaller::default(),
             open_calls: concurrency::OpenCalls::default(),
-            connection_slots: listener::connection_slots(),
+            connection_slots: slots::Slots::new(listener::MAX_CONNECTIONS),
+            admin_slots: slots::Slots::new(listener::ADMIN_MAX_CONNECTIONS),
             per_source: sources::SourceLimit::new(config.gateway.max_connections_per_source),
             worker_load: gateway_sockets.load(),
             log_reads: Arc::new(tokio::sync::Semaphore::new(admin::LOG_READERS)),
@@ -682,7 +686,7 @@ impl RunningGateway {
                 shutdown: shutdown_rx,
                 // Its own few slots and a short idle limit: connections that never authenticate
                 // cannot keep health probes and operators out for long.
-                slots: Arc::new(tokio::sync::Semaphore::new(listener::ADMIN_MAX_CONNECTIONS)),
+                slots: shared.admin_slots.clone(),
                 per_source: sources::SourceLimit::new(0),
                 max_header_bytes: config.gateway.max_header_bytes,
                 idle: Duration::from_millis(config.gateway.idle_timeout_ms)

@@ -78,11 +78,6 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 256;
 /// The admin listener's idle limit (or the gateway's `idle_timeout_ms`, if shorter).
 pub const ADMIN_IDLE: Duration = Duration::from_secs(30);
 
-/// The connection slots of one listener, shared by the workers accepting on it.
-pub fn connection_slots() -> Arc<tokio::sync::Semaphore> {
-    Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS))
-}
-
 /// Streams an HTTP/2 caller connection may have open at once (nginx's default): each may hold a
 /// vendor connection, so one connection cannot take a thousand descriptors.
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
@@ -185,7 +180,9 @@ pub struct Accept {
     pub builder: auto::Builder<TokioExecutor>,
     pub graceful: Arc<GracefulShutdown>,
     pub shutdown: watch::Receiver<bool>,
-    pub slots: Arc<tokio::sync::Semaphore>,
+    /// The listener's connection slots, shared by the workers accepting on it: at the limit, a
+    /// new connection closes the quietest one ([`crate::slots`]).
+    pub slots: Arc<crate::slots::Slots>,
     /// `[gateway] max_connections_per_source` (a cap of 0 on the admin listener: none).
     pub per_source: Arc<crate::sources::SourceLimit>,
     /// `[gateway] max_header_bytes`: heads larger than this are hyper's to refuse.
@@ -284,12 +281,6 @@ where
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            if let Some(closed) = at_limit.count() {
-                tracing::warn!(%peer, limit = MAX_CONNECTIONS, closed, "too many connections; closing new ones");
-            }
-            continue;
-        };
         let source = match per_source.admit(peer.ip()) {
             Ok(hold) => hold,
             Err(crate::sources::AtCap) => {
@@ -299,11 +290,18 @@ where
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         // The connection's calls (hyper's or Postern's own HTTP/1.1 server's, counted through
-        // `ConnectionInfo::in_flight`) excuse its idle limit while any waits on its vendor.
+        // `ConnectionInfo::in_flight`) excuse its idle limit while any waits on its vendor, and
+        // keep it from being closed for room.
         let in_flight = InFlight::default();
-        let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, idle);
+        let Some((slot, presence)) = slots.take(&in_flight).await else {
+            if let Some(closed) = at_limit.count() {
+                tracing::warn!(%peer, limit = slots.limit(), closed, "too many connections, none of them quiet; closing new ones");
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let stream = Deadline::new(stream, FIRST_BYTE_TIMEOUT, idle).present(presence);
         let stream = match excuse_waits {
             true => stream.excusing(in_flight.clone()),
             false => stream,

@@ -113,6 +113,8 @@ pub struct Metrics {
     worker_connections: Family<WorkerLabel, Gauge>,
     connections_handed_over: Counter,
     connections_refused_per_source: Counter,
+    connections_closed_for_room: Counter,
+    admin_connections_closed_for_room: Counter,
     tunnels_open: Gauge,
     websocket_sessions_open: Gauge,
     listener_tls_stale: Gauge,
@@ -217,6 +219,18 @@ impl Metrics {
             "New connections closed because their client address held [gateway] max_connections_per_source",
             connections_refused_per_source.clone(),
         );
+        let connections_closed_for_room = Counter::default();
+        registry.register(
+            "connections_closed_for_room",
+            "Quiet data-plane connections closed to make room for a new one at the connection limit",
+            connections_closed_for_room.clone(),
+        );
+        let admin_connections_closed_for_room = Counter::default();
+        registry.register(
+            "admin_connections_closed_for_room",
+            "Quiet admin-listener connections closed to make room for a new one at its connection limit",
+            admin_connections_closed_for_room.clone(),
+        );
         let tunnels_open = Gauge::default();
         registry.register(
             "tunnels_open",
@@ -274,6 +288,8 @@ impl Metrics {
             worker_connections,
             connections_handed_over,
             connections_refused_per_source,
+            connections_closed_for_room,
+            admin_connections_closed_for_room,
             tunnels_open,
             websocket_sessions_open,
             listener_tls_stale,
@@ -438,6 +454,15 @@ impl Metrics {
     /// The connections refused at `max_connections_per_source` so far.
     pub fn set_refused_per_source(&self, refused: u64) {
         self.mirror(&[(&self.connections_refused_per_source, refused)]);
+    }
+
+    /// Connections closed so far to make room for new ones: on the data-plane listener, and on
+    /// the admin listener ([`crate::slots`]).
+    pub fn set_closed_for_room(&self, gateway: u64, admin: u64) {
+        self.mirror(&[
+            (&self.connections_closed_for_room, gateway),
+            (&self.admin_connections_closed_for_room, admin),
+        ]);
     }
 
     /// The audit entries dropped so far ([`crate::audit::Audit::dropped`]).

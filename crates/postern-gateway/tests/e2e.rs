@@ -4805,11 +4805,46 @@ async fn admin_api_scheme_limits_and_methods() {
 }
 
 /// The admin listener holds at most `ADMIN_MAX_CONNECTIONS` connections of its own (not the
-/// data plane's 16,384): past them a new one is closed at once, and one that closes gives its
-/// place back, so connections that never authenticate keep probes out only while held (and
-/// for at most its 30 s idle limit).
+/// data plane's 16,384). Past them a new connection closes the one quiet longest (no byte either
+/// way for `MIN_QUIET`, no request in hand), as nginx reuses idle keep-alive connections; while
+/// every one has moved a byte within `MIN_QUIET`, a new one is closed at once.
 #[tokio::test]
 async fn the_admin_listener_holds_a_few_connections_of_its_own() {
+    use postern_gateway::slots::MIN_QUIET;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// One keep-alive request on `stream`, its answer read whole.
+    async fn keep_alive_health(stream: &mut tokio::net::TcpStream) {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            let read = stream.read(&mut chunk).await.unwrap();
+            assert!(read > 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..read]);
+            let text = String::from_utf8_lossy(&answer);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .expect("a length")
+                .trim()
+                .parse()
+                .unwrap();
+            if body.len() >= length {
+                assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+                return;
+            }
+        }
+    }
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let gw = stripe_gateway(&vendor, "").await;
     let admin = gw.running().admin_addr;
@@ -4818,21 +4853,47 @@ async fn the_admin_listener_holds_a_few_connections_of_its_own() {
     for _ in 0..postern_gateway::listener::ADMIN_MAX_CONNECTIONS {
         held.push(tokio::net::TcpStream::connect(admin).await.unwrap());
     }
-    let answer = raw_request(admin, probe).await;
-    assert!(
-        answer.is_empty(),
-        "a connection past the limit was served: {answer}"
-    );
-    drop(held.pop());
-    let mut served = false;
-    for _ in 0..50 {
-        if raw_request(admin, probe).await.starts_with("HTTP/1.1 200") {
-            served = true;
-            break;
+
+    // Each held connection answered a request just before the probe: none is quiet, so the
+    // probe is closed unserved. (A try whose requests took MIN_QUIET or more proves nothing.)
+    let mut refused = 0;
+    for _ in 0..5 {
+        let began = tokio::time::Instant::now();
+        for stream in &mut held {
+            keep_alive_health(stream).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answer = raw_request(admin, probe).await;
+        if began.elapsed() < MIN_QUIET {
+            assert!(
+                answer.is_empty(),
+                "a connection past the limit was served: {answer}"
+            );
+            refused += 1;
+        }
     }
-    assert!(served, "the closed connection's place was not given back");
+    assert!(refused > 0, "every try took longer than {MIN_QUIET:?}");
+
+    // Once all are quiet, a probe is served, and one of them (the quietest) is closed for it.
+    tokio::time::sleep(MIN_QUIET + Duration::from_millis(200)).await;
+    let answer = raw_request(admin, probe).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let closed = futures_util::future::join_all(held.iter_mut().map(|stream| async move {
+        let mut chunk = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut chunk)).await;
+        matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+    }))
+    .await;
+    assert_eq!(closed.iter().filter(|closed| **closed).count(), 1);
+    // (The metrics request takes a place too, closing the next quietest.)
+    let text = gw.metrics().await;
+    let closed: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("postern_admin_connections_closed_for_room_total "))
+        .unwrap_or_else(|| panic!("no postern_admin_connections_closed_for_room_total in {text}"))
+        .parse()
+        .unwrap();
+    assert!(closed >= 1, "{closed}");
+
     drop(held);
     gw.stop().await;
 }
