@@ -274,8 +274,17 @@ impl Vault {
     /// Opens (creating on first use) `<data_dir>/vault.db` with the master key from
     /// `POSTERN_MASTER_KEY` or `<data_dir>/master.key`.
     pub fn open(data_dir: &Path) -> Result<Vault, VaultError> {
-        let env = std::env::var(MASTER_KEY_ENV).ok();
-        Self::open_with(data_dir, env.as_deref())
+        // Set but not UTF-8 (raw key bytes, say) is a malformed key, never an absent one: taken
+        // for absent, the key file beside the vault would be used, or made.
+        let env = match std::env::var_os(MASTER_KEY_ENV) {
+            None => None,
+            Some(value) => Some(Zeroizing::new(
+                value
+                    .into_string()
+                    .map_err(|_| VaultError::MalformedEnvKey)?,
+            )),
+        };
+        Self::open_with(data_dir, env.as_ref().map(|key| key.as_str()))
     }
 
     /// Like [`Vault::open`], with the environment's key passed in (tests, embedding).
@@ -309,27 +318,28 @@ impl Vault {
                 waited += 1;
             }
         }
+        let read_key_file = || -> Result<(MasterKey, MasterKeyOrigin), VaultError> {
+            let bytes = postern_keyfile::read_private_file(&key_file).map_err(|error| {
+                if postern_keyfile::is_not_private(&error) {
+                    VaultError::KeyFileNotPrivate {
+                        reason: error.to_string(),
+                    }
+                } else {
+                    io(format!("reading {}", key_file.display()))(error)
+                }
+            })?;
+            let text = std::str::from_utf8(&bytes).unwrap_or_default();
+            let key = MasterKey::parse(text).ok_or_else(|| VaultError::MalformedKeyFile {
+                path: key_file.clone(),
+            })?;
+            Ok((key, MasterKeyOrigin::File(key_file.clone())))
+        };
         let (master, origin) = match env_key {
             Some(text) => (
                 MasterKey::parse(text).ok_or(VaultError::MalformedEnvKey)?,
                 MasterKeyOrigin::Environment,
             ),
-            None if key_file.exists() => {
-                let bytes = postern_keyfile::read_private_file(&key_file).map_err(|error| {
-                    if postern_keyfile::is_not_private(&error) {
-                        VaultError::KeyFileNotPrivate {
-                            reason: error.to_string(),
-                        }
-                    } else {
-                        io(format!("reading {}", key_file.display()))(error)
-                    }
-                })?;
-                let text = std::str::from_utf8(&bytes).unwrap_or_default();
-                let key = MasterKey::parse(text).ok_or_else(|| VaultError::MalformedKeyFile {
-                    path: key_file.clone(),
-                })?;
-                (key, MasterKeyOrigin::File(key_file.clone()))
-            }
+            None if key_file.exists() => read_key_file()?,
             None if vault_exists => {
                 return Err(VaultError::MissingKey {
                     vault: path,
@@ -338,92 +348,67 @@ impl Vault {
             }
             None => {
                 let key = MasterKey::generate();
-                write_private(&key_file, key.to_file_text().as_bytes())?;
-                (key, MasterKeyOrigin::Generated(key_file.clone()))
+                // The file appears whole (linked into place) or not at all: one made by another
+                // process opening the new vault at the same moment is the key to use.
+                match postern_keyfile::create_private_file(&key_file, key.to_file_text().as_bytes())
+                {
+                    Ok(()) => (key, MasterKeyOrigin::Generated(key_file.clone())),
+                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                        read_key_file()?
+                    }
+                    Err(error) => {
+                        return Err(io(format!("creating {}", key_file.display()))(error))
+                    }
+                }
             }
         };
         create_private_db(&path)?;
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        wal_mode(&conn)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         // Erased material (retired and revoked versions) is overwritten, not just unlinked.
         conn.pragma_update(None, "secure_delete", "ON")?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS secrets (
-                name TEXT PRIMARY KEY,
-                kind TEXT NOT NULL,
-                state TEXT NOT NULL,
-                current_version INTEGER NOT NULL,
-                created_ms INTEGER NOT NULL,
-                last_rotated_ms INTEGER
-             );
-             CREATE TABLE IF NOT EXISTS secret_versions (
-                name TEXT NOT NULL,
-                version INTEGER NOT NULL,
-                wrapped_key BLOB,
-                sealed_value BLOB,
-                created_ms INTEGER NOT NULL,
-                status TEXT NOT NULL,
-                rollback_until_ms INTEGER,
-                PRIMARY KEY (name, version)
-             );
-             CREATE TABLE IF NOT EXISTS usage (name TEXT PRIMARY KEY, last_used_ms INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS history (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                name TEXT NOT NULL,
-                time_ms INTEGER NOT NULL,
-                action TEXT NOT NULL,
-                version INTEGER,
-                detail TEXT
-             );
-             CREATE TABLE IF NOT EXISTS dataflow (
-                integration TEXT NOT NULL,
-                caller TEXT NOT NULL,
-                class TEXT NOT NULL,
-                direction TEXT NOT NULL,
-                day TEXT NOT NULL,
-                count INTEGER NOT NULL,
-                PRIMARY KEY (integration, caller, class, direction, day)
-             );
-             CREATE TABLE IF NOT EXISTS caller_tokens (
-                token_sha256 BLOB PRIMARY KEY,
-                caller TEXT NOT NULL,
-                created_ms INTEGER NOT NULL,
-                revoked_ms INTEGER,
-                mac BLOB
-             );",
-        )?;
-        let check: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        match check {
+        let wrong_key = || VaultError::WrongKey {
+            vault: path.clone(),
+            origin: match &origin {
+                MasterKeyOrigin::Environment => MASTER_KEY_ENV.to_string(),
+                MasterKeyOrigin::File(p) | MasterKeyOrigin::Generated(p) => p.display().to_string(),
+            },
+        };
+        let opens = |sealed: &[u8]| {
+            open(master.bytes(), b"key_check", sealed)
+                .as_deref()
+                .map(|v| v.as_slice())
+                == Some(KEY_CHECK_PLAINTEXT)
+        };
+        match stored_key_check(&conn)? {
+            // A vault with its key check opens without a write (the schema's statements make
+            // only tables a later Postern added), so a busy writer does not keep it closed.
             Some(sealed) => {
-                if open(master.bytes(), b"key_check", &sealed)
-                    .as_deref()
-                    .map(|v| v.as_slice())
-                    != Some(KEY_CHECK_PLAINTEXT)
-                {
-                    return Err(VaultError::WrongKey {
-                        vault: path,
-                        origin: match &origin {
-                            MasterKeyOrigin::Environment => MASTER_KEY_ENV.to_string(),
-                            MasterKeyOrigin::File(p) | MasterKeyOrigin::Generated(p) => {
-                                p.display().to_string()
-                            }
-                        },
-                    });
+                if !opens(&sealed) {
+                    return Err(wrong_key());
                 }
+                conn.execute_batch(SCHEMA)?;
             }
+            // A new vault's schema and key check in one write transaction: processes opening it
+            // at once (a `creds set` beside `serve`, replicas) each find either no vault or a
+            // whole one with its key check, never both write the check.
             None => {
-                // A new vault's rows carry MACs from the start: its key check says so.
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('key_check', ?1), ('schema_version', ?2), ('generation', ?3)",
-                    params![marked_key_check(&master), SCHEMA_VERSION.to_be_bytes().to_vec(), 0i64.to_be_bytes().to_vec()],
-                )?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute_batch(SCHEMA)?;
+                match stored_key_check(&tx)? {
+                    Some(sealed) if !opens(&sealed) => return Err(wrong_key()),
+                    Some(_) => {}
+                    None => {
+                        // A new vault's rows carry MACs from the start: its key check says so.
+                        tx.execute(
+                            "INSERT INTO meta (key, value) VALUES ('key_check', ?1), ('schema_version', ?2), ('generation', ?3)",
+                            params![marked_key_check(&master), SCHEMA_VERSION.to_be_bytes().to_vec(), 0i64.to_be_bytes().to_vec()],
+                        )?;
+                    }
+                }
+                tx.commit()?;
             }
         }
         let token_mac_key = derive_key(&master, CALLER_TOKEN_MAC_LABEL);
@@ -709,25 +694,29 @@ impl Vault {
     /// The current value, or `Ok(None)` when the credential is revoked.
     pub fn current(&self, name: &str) -> Result<Option<SecretValue>, VaultError> {
         let conn = self.conn.lock().expect("vault lock");
-        let row: Option<(String, u32)> = conn
+        // One statement, so one snapshot: another process's rollback between two reads would
+        // leave the version read first erased.
+        type Row = (String, u32, Option<Vec<u8>>, Option<Vec<u8>>);
+        let row: Option<Row> = conn
             .query_row(
-                "SELECT state, current_version FROM secrets WHERE name = ?1",
+                "SELECT s.state, s.current_version, v.wrapped_key, v.sealed_value
+                 FROM secrets s LEFT JOIN secret_versions v
+                   ON v.name = s.name AND v.version = s.current_version
+                 WHERE s.name = ?1",
                 params![name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        let Some((state, version)) = row else {
+        drop(conn);
+        let Some((state, version, wrapped, sealed)) = row else {
             return Err(VaultError::NotFound(name.to_string()));
         };
         if state != "active" {
             return Ok(None);
         }
-        let (wrapped, sealed): (Vec<u8>, Vec<u8>) = conn.query_row(
-            "SELECT wrapped_key, sealed_value FROM secret_versions WHERE name = ?1 AND version = ?2",
-            params![name, version],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        drop(conn);
+        let (Some(wrapped), Some(sealed)) = (wrapped, sealed) else {
+            return Err(VaultError::Corrupt(name.to_string()));
+        };
         self.open_version(name, version, &wrapped, &sealed)
             .map(Some)
     }
@@ -835,7 +824,22 @@ impl Vault {
                 rollback_until_ms: r.get(7)?,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows: Vec<SecretMeta> = rows.collect::<Result<_, _>>()?;
+        // Postern writes only valid names and kinds: a row with others was put in the file by
+        // something else, and its text is not shown (a name is a metric label and a table cell).
+        Ok(rows
+            .into_iter()
+            .filter(|meta| {
+                let valid = valid_name(&meta.name) && valid_kind(&meta.kind);
+                if !valid {
+                    tracing::warn!(
+                        vault = %self.path.display(),
+                        "a credential row with an invalid name or kind is left out: vault.db was written by something other than Postern"
+                    );
+                }
+                valid
+            })
+            .collect())
     }
 
     pub fn history(&self, name: &str) -> Result<Vec<HistoryEntry>, VaultError> {
@@ -1438,6 +1442,88 @@ fn history(
 
 /// [`postern_keyfile::create_private_db`] for the vault file: what is not a regular file there
 /// is [`VaultError::NotRegularFile`].
+/// The vault's tables (`IF NOT EXISTS`: an open makes those a newer Postern added).
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS secrets (
+                name TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                state TEXT NOT NULL,
+                current_version INTEGER NOT NULL,
+                created_ms INTEGER NOT NULL,
+                last_rotated_ms INTEGER
+             );
+             CREATE TABLE IF NOT EXISTS secret_versions (
+                name TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                wrapped_key BLOB,
+                sealed_value BLOB,
+                created_ms INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                rollback_until_ms INTEGER,
+                PRIMARY KEY (name, version)
+             );
+             CREATE TABLE IF NOT EXISTS usage (name TEXT PRIMARY KEY, last_used_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS history (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                name TEXT NOT NULL,
+                time_ms INTEGER NOT NULL,
+                action TEXT NOT NULL,
+                version INTEGER,
+                detail TEXT
+             );
+             CREATE TABLE IF NOT EXISTS dataflow (
+                integration TEXT NOT NULL,
+                caller TEXT NOT NULL,
+                class TEXT NOT NULL,
+                direction TEXT NOT NULL,
+                day TEXT NOT NULL,
+                count INTEGER NOT NULL,
+                PRIMARY KEY (integration, caller, class, direction, day)
+             );
+             CREATE TABLE IF NOT EXISTS caller_tokens (
+                token_sha256 BLOB PRIMARY KEY,
+                caller TEXT NOT NULL,
+                created_ms INTEGER NOT NULL,
+                revoked_ms INTEGER,
+                mac BLOB
+             );";
+
+/// The sealed key check of the vault `conn` opened; `None` for a new one (no `meta` table yet,
+/// or no check in it).
+fn stored_key_check(conn: &Connection) -> Result<Option<Vec<u8>>, VaultError> {
+    let has_meta: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_meta {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+/// Puts the vault in WAL mode (kept in the file: once done, every later open finds it so).
+/// Turning it on takes the file's exclusive lock without SQLite's busy handler, so processes
+/// opening a new vault at once find it busy: tried again for up to the busy timeout.
+fn wal_mode(conn: &Connection) -> Result<(), VaultError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(error, _))
+                if error.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
 fn create_private_db(path: &Path) -> Result<(), VaultError> {
     postern_keyfile::create_private_db(path).map_err(|error| refused(path, error))
 }
@@ -1458,10 +1544,4 @@ fn refused(path: &Path, error: std::io::Error) -> VaultError {
         },
         None => io(format!("preparing {}", path.display()))(error),
     }
-}
-
-/// Creates a key file whole with mode 0600 ([`postern_keyfile::create_private_file`]).
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), VaultError> {
-    postern_keyfile::create_private_file(path, contents)
-        .map_err(io(format!("creating {}", path.display())))
 }

@@ -218,11 +218,18 @@ fn read_value(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, ExitCode> 
         // At a terminal, one line, not shown as it is typed (as a password prompt); piped,
         // everything on stdin (a PEM file, say).
         None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
-            rpassword::prompt_password("Enter the value (not shown), then Enter: ").map(|line| {
-                let line = Zeroizing::new(line);
-                value.extend_from_slice(line.as_bytes());
-                value.len()
-            })
+            rpassword::prompt_password("Enter the value (not shown), then Enter: ")
+                .map(|line| {
+                    let line = Zeroizing::new(line);
+                    value.extend_from_slice(line.as_bytes());
+                    value.len()
+                })
+                .and_then(|read| match discard_pending_terminal_input()? {
+                    false => Ok(read),
+                    true => Err(std::io::Error::other(
+                        "more than one line was entered (a pasted PEM file or JSON document?), and none of it was stored; the lines after the first were discarded, not left for the shell — give such a value with --from-file or on a pipe",
+                    )),
+                })
         }
         None => std::io::stdin().take(limit).read_to_end(&mut value),
     };
@@ -244,6 +251,46 @@ fn read_value(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, ExitCode> 
         return Err(ExitCode::Failure);
     }
     Ok(value)
+}
+
+/// After one line was read at the terminal: whether more input waits behind it, or arrives
+/// within 100 ms (a multi-line value pasted: the terminal delivers it in pieces), which is then
+/// discarded. Left there, the shell would read the rest of the secret once postern exits: shown,
+/// run as commands, kept in its history. The terminal is read without its line discipline
+/// meanwhile, so a last line with no line break counts too.
+fn discard_pending_terminal_input() -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")?;
+    let fd = tty.as_raw_fd();
+    let check = |result: libc::c_int| match result {
+        -1 => Err(std::io::Error::last_os_error()),
+        _ => Ok(()),
+    };
+    // SAFETY: termios is plain data, filled by tcgetattr before use; `fd` is open throughout.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::tcgetattr(fd, &mut saved) })?;
+    let mut raw = saved;
+    raw.c_lflag &= !(libc::ICANON | libc::ECHO);
+    raw.c_cc[libc::VMIN] = 0;
+    raw.c_cc[libc::VTIME] = 0;
+    check(unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) })?;
+    let mut ready = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let polled = unsafe { libc::poll(&mut ready, 1, 100) };
+    let pending = polled > 0 && ready.revents & libc::POLLIN != 0;
+    // Discarded whatever the outcome, and the terminal restored before any error is told.
+    let flushed = check(unsafe { libc::tcflush(fd, libc::TCIFLUSH) });
+    check(unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) })?;
+    check(polled)?;
+    flushed?;
+    Ok(pending)
 }
 
 /// Refuses a value that an integration of the config injecting the credential `name` could not
@@ -424,13 +471,15 @@ fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
             if json {
                 println!("{}", serde_json::json!({"name": name, "history": history}));
             } else {
+                // Control characters escaped: the rows are read from a file something else
+                // may have written.
                 for entry in history {
                     println!(
                         "{}  {:<9} {:<4} {}",
                         format_time(Some(entry.time_ms)),
-                        entry.action,
+                        entry.action.escape_debug().to_string(),
                         entry.version.map(|v| format!("v{v}")).unwrap_or_default(),
-                        entry.detail.unwrap_or_default()
+                        entry.detail.unwrap_or_default().escape_debug()
                     );
                 }
             }

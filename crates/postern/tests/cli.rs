@@ -1411,3 +1411,126 @@ fn check_warns_when_the_existing_ca_has_other_names() {
         "{stdout}"
     );
 }
+
+/// At a terminal a credential value is one line, typed unseen. One pasted over several lines
+/// (a PEM key, a JSON document) is refused, nothing stored, and the lines after the first are
+/// discarded: left in the terminal, the shell would read them once postern exits — show them,
+/// run them, keep them in its history.
+#[test]
+fn a_value_pasted_over_several_lines_at_the_terminal_is_refused_and_not_left_for_the_shell() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let cases: [(&str, &[u8], i32); 2] = [("typed", b"one-line\r", 0), ("pasted", b"l1\rl2\r", 1)];
+    for (name, typed, expected) in cases {
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty fills two descriptors, owned from here on.
+        let opened = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let mut command = postern();
+        command
+            .args(["creds", "set", name, "--data-dir", data])
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave.try_clone().unwrap()));
+        // SAFETY: only async-signal-safe calls between fork and exec. The terminal becomes the
+        // child's own (its /dev/tty), as a login shell's is.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() == -1 || libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
+        // (Its copies of the terminal closed, so reads of the other end end with the child.)
+        drop(command);
+        let mut terminal = std::fs::File::from(master);
+        terminal.write_all(typed).unwrap();
+        // What the child writes is drained, so it never waits on a full terminal.
+        let shown = std::thread::spawn({
+            let mut terminal = terminal.try_clone().unwrap();
+            move || {
+                let mut shown = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while let Ok(read @ 1..) = terminal.read(&mut chunk) {
+                    shown.extend_from_slice(&chunk[..read]);
+                }
+                String::from_utf8_lossy(&shown).to_string()
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{name}: still running");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Left for whatever reads the terminal next (a shell).
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        assert_eq!(
+            unsafe { libc::ioctl(slave.as_raw_fd(), libc::FIONREAD, &mut queued) },
+            0
+        );
+        drop(slave);
+        let shown = shown.join().unwrap();
+        assert_eq!(status.code(), Some(expected), "{name}: {shown}");
+        assert_eq!(queued, 0, "{name}: {queued} bytes left for the shell");
+        if expected == 1 {
+            assert!(shown.contains("more than one line"), "{shown}");
+        }
+    }
+    let (code, stdout, stderr) = run(&["creds", "list", "--json", "--data-dir", data]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("\"typed\"") && !stdout.contains("pasted"),
+        "{stdout}"
+    );
+}
+
+/// A `POSTERN_MASTER_KEY` that is set but not UTF-8 (raw key bytes) is refused as malformed,
+/// not taken for unset: a key file would be made beside the vault, which the variable is there
+/// to avoid.
+#[test]
+fn a_master_key_variable_that_is_not_text_is_refused_not_ignored() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let output = postern()
+        .args(["creds", "set", "x", "--data-dir", data.to_str().unwrap()])
+        .env(
+            "POSTERN_MASTER_KEY",
+            std::ffi::OsStr::from_bytes(&[0xff; 32]),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"value\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("POSTERN_MASTER_KEY is set but is not a 32-byte key"),
+        "{stderr}"
+    );
+    assert!(!data.join("master.key").exists());
+}
