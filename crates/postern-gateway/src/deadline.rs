@@ -52,6 +52,9 @@ pub struct InFlight(Arc<Waits>);
 #[derive(Debug)]
 struct Waits {
     waiting: AtomicUsize,
+    /// Requests in hand, from their head until their answer is handed on whole
+    /// ([`InFlight::answering`]): a connection with any is never closed for room.
+    answering: AtomicUsize,
     /// Requests begun and pieces of answers handed to the protocol so far
     /// ([`InFlight::progressed`]): [`InFlight::request_idle`] tells by it whether the
     /// connection's calls moved in an idle period.
@@ -69,6 +72,7 @@ impl Default for InFlight {
     fn default() -> Self {
         InFlight(Arc::new(Waits {
             waiting: AtomicUsize::new(0),
+            answering: AtomicUsize::new(0),
             progress: AtomicU64::new(0),
             last_ended: AtomicU64::new(0),
             base: Instant::now(),
@@ -80,6 +84,16 @@ impl Default for InFlight {
 /// One wait on a vendor, counted in its [`InFlight`] until dropped.
 #[derive(Debug)]
 pub struct Waiting(Arc<Waits>);
+
+/// One request in hand, counted in its [`InFlight`] until dropped.
+#[derive(Debug)]
+pub struct Answering(Arc<Waits>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.answering.fetch_sub(1, Ordering::Release);
+    }
+}
 
 impl InFlight {
     /// The connection's calls moved: a request began, or a piece of an answer was handed to
@@ -121,9 +135,20 @@ impl InFlight {
         self.0.idled_out.load(Ordering::Relaxed)
     }
 
-    /// Whether a request is in hand: being answered, waiting on its vendor, or a tunnel or
-    /// WebSocket session open.
+    /// A request is in hand until the guard is dropped: from its head until its answer is handed
+    /// on whole.
+    pub fn answering(&self) -> Answering {
+        self.0.answering.fetch_add(1, Ordering::Relaxed);
+        Answering(self.0.clone())
+    }
+
+    /// Whether a request is in hand ([`InFlight::answering`]) or a wait counted (a call waiting
+    /// on its vendor, a tunnel or WebSocket session open).
     pub fn busy(&self) -> bool {
+        self.waits() || self.0.answering.load(Ordering::Acquire) > 0
+    }
+
+    fn waits(&self) -> bool {
         self.0.waiting.load(Ordering::Acquire) > 0
     }
 
@@ -138,7 +163,7 @@ impl InFlight {
     /// `last_ended`.)
     fn excused_until(&self, idle: Duration) -> Option<Instant> {
         let now = Instant::now();
-        if self.0.waiting.load(Ordering::Acquire) > 0 {
+        if self.waits() {
             return Some(now + idle);
         }
         self.last_ended()
@@ -214,11 +239,13 @@ impl<S: AsyncRead> AsyncRead for Deadline<S> {
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    let now = Instant::now();
-                    *this.last_activity = Some(now);
-                    if let Some(presence) = this.presence {
-                        presence.moved(now);
+                    // Bytes that reach a connection told to close for room with no request in
+                    // hand (the next request of a kept connection, racing the close) are not
+                    // taken: the client sees its kept connection closed, as by any server.
+                    if this.presence.as_ref().is_some_and(|p| p.closing_for_room()) {
+                        return Poll::Ready(Err(closed_for_room()));
                     }
+                    touch(this.last_activity, this.presence.as_deref(), Instant::now());
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -240,6 +267,25 @@ impl<S: crate::h1server::ReadReady> crate::h1server::ReadReady for Deadline<S> {
     }
 }
 
+/// The connection moved a byte at `now`.
+fn touch(
+    last_activity: &mut Option<Instant>,
+    presence: Option<&crate::slots::Presence>,
+    now: Instant,
+) {
+    *last_activity = Some(now);
+    if let Some(presence) = presence {
+        presence.moved(now);
+    }
+}
+
+fn closed_for_room() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "closed to make room for a new connection at the listener's connection limit",
+    )
+}
+
 impl<S> Deadline<S> {
     /// Called when the stream is not ready: `TimedOut` once the connection has been silent
     /// past its deadline, else `Pending` with the deadline's timer armed. `reading`: a read is
@@ -251,11 +297,8 @@ impl<S> Deadline<S> {
     ) -> Poll<io::Result<T>> {
         let this = self.project();
         if let Some(presence) = this.presence {
-            if presence.closed_for_room(cx) {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "closed to make room for a new connection at the listener's connection limit",
-                )));
+            if presence.closing_for_room_or_wake(cx) {
+                return Poll::Ready(Err(closed_for_room()));
             }
         }
         let mut deadline = match *this.last_activity {
@@ -344,11 +387,7 @@ impl<S: AsyncWrite> Deadline<S> {
                 if written > 0 {
                     *this.write_stalled_since = None;
                     if this.last_activity.is_some() {
-                        let now = Instant::now();
-                        *this.last_activity = Some(now);
-                        if let Some(presence) = this.presence {
-                            presence.moved(now);
-                        }
+                        touch(this.last_activity, this.presence.as_deref(), Instant::now());
                     }
                 }
                 Poll::Ready(Ok(written))

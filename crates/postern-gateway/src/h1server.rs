@@ -289,7 +289,9 @@ where
         // hyper does): a caller that hangs up (EOF, reset) ends the call. Once a pipelining
         // caller's next bytes are in `buf`, reading stops until they are served, so an EOF
         // behind them waits until their answers are written ([`watch_caller`]). The call
-        // waits on its vendor meanwhile, which the connection's idle limit excuses.
+        // waits on its vendor meanwhile, which the connection's idle limit excuses. The request
+        // is in hand until its answer is written (never closed for room meanwhile).
+        let _answering = info.in_flight().answering();
         let waiting = info.in_flight().wait();
         let response = loop {
             tokio::select! {

@@ -527,6 +527,7 @@ struct Answer {
     body: AnswerBody,
     waiting: Option<Waiting>,
     in_flight: InFlight,
+    _answering: crate::deadline::Answering,
 }
 
 enum AnswerBody {
@@ -736,6 +737,8 @@ where
         // idle or not, and moves the future per call.
         let in_flight = info.in_flight().clone();
         in_flight.progressed();
+        // In hand until hyper drops the answer's body, after its end.
+        let answering = in_flight.answering();
         let waiting = in_flight.wait();
         let response = Box::pin(handler(info.clone(), request.map(CallerBody::Hyper)));
         let answers = answers.clone();
@@ -748,6 +751,7 @@ where
                 body: answers.watch(body),
                 waiting: None,
                 in_flight,
+                _answering: answering,
             }))
         }
     })

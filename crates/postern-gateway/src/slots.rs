@@ -1,16 +1,13 @@
-//! A listener's connection slots, and room made at the limit. When every slot is taken, a new
-//! connection closes the open one that has been quiet longest — no byte either way for at least
-//! [`MIN_QUIET`] and no request being answered: a keep-alive connection between requests, or
-//! one that never sent a byte — as nginx reuses its idle keep-alive connections. Clients that
-//! open connections and leave them quiet can then keep others out only for as long as it takes
-//! to open new ones, not until the idle limit closes theirs. A connection with a request in
-//! hand (answered, waiting on its vendor, a tunnel or WebSocket session open on it) is never
-//! closed for room; a new connection arriving when every one is busy is closed at once, as
-//! before.
+//! A listener's connection slots, and room made at the limit (the policy: CONFIG.md, time
+//! limits). When every slot is taken, a new connection closes the open one that has been quiet
+//! longest — no byte either way for at least [`MIN_QUIET`] and no request in hand
+//! ([`InFlight::busy`]) — as nginx reuses its idle keep-alive connections.
 //!
 //! The closing is done by the connection's own [`crate::deadline::Deadline`]: told through its
 //! [`Presence`], its next wait for bytes fails (`ConnectionAborted`), which ends whichever server
-//! serves it (hyper's or Postern's own HTTP/1.1 one) as a connection reset would.
+//! serves it (hyper's or Postern's own HTTP/1.1 one) as a connection reset would; so do bytes
+//! arriving first (a kept connection's next request racing the close), unless a request is in
+//! hand by then, in which case the connection closes once it has none.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +37,9 @@ pub struct Slots {
     next_id: AtomicU64,
     base: Instant,
     closed_for_room: AtomicU64,
+    /// No connection can be quiet enough before this (ms since `base`), as the last look found:
+    /// a flood of connections at a limit of busy ones does not look through them all each time.
+    next_look_ms: AtomicU64,
 }
 
 /// What the listener knows of one open connection: when it last moved a byte, whether a request
@@ -76,6 +76,7 @@ impl Slots {
             next_id: AtomicU64::new(0),
             base: Instant::now(),
             closed_for_room: AtomicU64::new(0),
+            next_look_ms: AtomicU64::new(MIN_QUIET.as_millis() as u64),
         })
     }
 
@@ -89,7 +90,7 @@ impl Slots {
         self.limit - self.permits.available_permits()
     }
 
-    /// Connections closed so far to make room for new ones.
+    /// Connections told so far to close to make room for new ones.
     pub fn closed_for_room(&self) -> u64 {
         self.closed_for_room.load(Ordering::Relaxed)
     }
@@ -146,27 +147,41 @@ impl Slots {
     /// Tells the connection quiet longest (at least [`MIN_QUIET`], with no request in hand, not
     /// told already) to close; whether there was one.
     fn make_room(&self) -> bool {
+        const QUIET_MS: u64 = MIN_QUIET.as_millis() as u64;
         let now = self.ms(Instant::now());
-        let Some(quiet_enough) = now.checked_sub(MIN_QUIET.as_millis() as u64) else {
+        if now < self.next_look_ms.load(Ordering::Relaxed) {
             return false;
+        }
+        let quiet_enough = now - QUIET_MS;
+        let quietest = {
+            let holders = self
+                .holders
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            holders
+                .values()
+                .filter(|presence| {
+                    !presence.closed_for_room.load(Ordering::Relaxed) && !presence.in_flight.busy()
+                })
+                .map(|presence| (presence.last_moved_ms.load(Ordering::Relaxed), presence))
+                .min_by_key(|(moved, _)| *moved)
+                .map(|(moved, presence)| (moved, presence.clone()))
         };
-        let holders = self
-            .holders
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let quietest = holders
-            .values()
-            .filter(|presence| !presence.closed_for_room.load(Ordering::Relaxed))
-            .map(|presence| (presence.last_moved_ms.load(Ordering::Relaxed), presence))
-            .filter(|(moved, presence)| *moved <= quiet_enough && !presence.in_flight.busy())
-            .min_by_key(|(moved, _)| *moved);
-        let Some((_, presence)) = quietest else {
-            return false;
-        };
-        presence.closed_for_room.store(true, Ordering::Release);
-        presence.waker.wake();
-        self.closed_for_room.fetch_add(1, Ordering::Relaxed);
-        true
+        match quietest {
+            Some((moved, presence)) if moved <= quiet_enough => {
+                presence.closed_for_room.store(true, Ordering::Release);
+                presence.waker.wake();
+                self.closed_for_room.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            // None is quiet enough before the quietest idle one is, or, with all busy, for a
+            // quiet period (a busy connection's request ends with bytes moved).
+            quietest => {
+                let next = quietest.map_or(now, |(moved, _)| moved) + QUIET_MS;
+                self.next_look_ms.store(next, Ordering::Relaxed);
+                false
+            }
+        }
     }
 }
 
@@ -187,11 +202,15 @@ impl Presence {
         self.last_moved_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Whether the connection was told to close for room; if not, the task behind `cx` is woken
-    /// when it is.
-    pub fn closed_for_room(&self, cx: &Context<'_>) -> bool {
+    /// Whether the connection is to close now: told to close for room, with no request in hand.
+    pub fn closing_for_room(&self) -> bool {
+        self.closed_for_room.load(Ordering::Acquire) && !self.in_flight.busy()
+    }
+
+    /// [`Presence::closing_for_room`]; if not, the task behind `cx` is woken when it is told.
+    pub fn closing_for_room_or_wake(&self, cx: &Context<'_>) -> bool {
         self.waker.register(cx.waker());
-        self.closed_for_room.load(Ordering::Acquire)
+        self.closing_for_room()
     }
 }
 
@@ -202,6 +221,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn room_is_made_by_closing_the_connection_quiet_longest_and_never_a_busy_one() {
         let slots = Slots::new(3);
+        // Past the first quiet period of the slots themselves.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let waker = futures_util::task::noop_waker();
+        let cx = Context::from_waker(&waker);
         let (busy, quiet, quieter) = (
             InFlight::default(),
             InFlight::default(),
@@ -215,43 +238,61 @@ mod tests {
 
         // None quiet for MIN_QUIET yet: a new connection finds no room.
         assert!(slots.take(&InFlight::default()).await.is_none());
+        assert_eq!(slots.closed_for_room(), 0);
 
-        // The oldest is busy with a request, so the quieter of the others is chosen.
+        // The oldest has a request in hand, so the quieter of the others is chosen.
         tokio::time::advance(Duration::from_secs(2)).await;
-        let _request = busy.wait();
-        let waker = futures_util::task::noop_waker();
-        let cx = Context::from_waker(&waker);
-        assert!(!quieter_presence.closed_for_room(&cx));
+        let request = busy.answering();
         let taking = tokio::spawn({
             let slots = slots.clone();
             async move { slots.take(&InFlight::default()).await.map(|(slot, _)| slot) }
         });
         tokio::task::yield_now().await;
-        assert!(quieter_presence.closed_for_room(&cx));
-        assert!(!quiet_presence.closed_for_room(&cx));
-        assert!(!busy_presence.closed_for_room(&cx));
+        assert!(quieter_presence.closing_for_room_or_wake(&cx));
+        assert!(!quiet_presence.closing_for_room_or_wake(&cx));
+        assert!(!busy_presence.closing_for_room_or_wake(&cx));
         // Its slot, once its connection ends, goes to the new one.
         drop(quieter_slot);
         let _new_slot = taking.await.unwrap().expect("the closed connection's slot");
         assert_eq!(slots.closed_for_room(), 1);
 
-        // A byte moved puts a connection back among the active ones.
+        // A byte moved puts a connection back among the active ones; the one whose request
+        // ended is quiet, and chosen.
         quiet_presence.moved(Instant::now());
-        assert!(slots.take(&InFlight::default()).await.is_none());
+        drop(request);
+        let taking = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.take(&InFlight::default()).await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!quiet_presence.closing_for_room_or_wake(&cx));
+        assert!(busy_presence.closing_for_room_or_wake(&cx));
+        assert_eq!(slots.closed_for_room(), 2);
         drop(quiet_slot);
-        assert!(slots.take(&InFlight::default()).await.is_some());
+        assert!(taking.await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_connection_closed_for_room_that_does_not_end_leaves_the_new_one_out() {
+    async fn a_connection_told_to_close_that_takes_a_request_first_closes_after_it() {
         let slots = Slots::new(1);
-        let (_held, presence) = slots.take(&InFlight::default()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let in_flight = InFlight::default();
+        let (_held, presence) = slots.take(&in_flight).await.unwrap();
+        tokio::time::advance(MIN_QUIET).await;
+        let request = in_flight.answering();
+        // Busy: not chosen.
+        assert!(slots.take(&InFlight::default()).await.is_none());
+        drop(request);
         tokio::time::advance(MIN_QUIET).await;
         assert!(slots.take(&InFlight::default()).await.is_none());
-        let waker = futures_util::task::noop_waker();
-        assert!(presence.closed_for_room(&Context::from_waker(&waker)));
+        assert!(presence.closing_for_room());
         // Told once: the next new connection does not count it again.
         assert!(slots.take(&InFlight::default()).await.is_none());
         assert_eq!(slots.closed_for_room(), 1);
+        // A request it took first keeps it open until the request is answered.
+        let request = in_flight.answering();
+        assert!(!presence.closing_for_room());
+        drop(request);
+        assert!(presence.closing_for_room());
     }
 }
