@@ -251,18 +251,18 @@ impl std::fmt::Debug for Vault {
 pub fn valid_name(name: &str) -> bool {
     name.len() <= 128
         && name.contains(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && name.chars().all(is_label_char)
 }
 
 /// Whether `kind` can be a credential's kind (a label: `static` unless told): 1 to 64 letters,
 /// digits, '.', '-' and '_'.
 pub fn valid_kind(kind: &str) -> bool {
-    (1..=64).contains(&kind.len())
-        && kind
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    (1..=64).contains(&kind.len()) && kind.chars().all(is_label_char)
+}
+
+/// A letter, digit, '.', '-' or '_'.
+fn is_label_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VaultError {
@@ -825,19 +825,23 @@ impl Vault {
             })
         })?;
         let rows: Vec<SecretMeta> = rows.collect::<Result<_, _>>()?;
-        // Postern writes only valid names and kinds: a row with others was put in the file by
-        // something else, and its text is not shown (a name is a metric label and a table cell).
+        // Every Postern wrote names of label characters only (later ones also need a letter or
+        // digit): a row with others was put in the file by something else, and its name is not
+        // passed on (it is a metric label and a table cell). Kinds went unchecked before, and
+        // are shown escaped instead.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         Ok(rows
             .into_iter()
             .filter(|meta| {
-                let valid = valid_name(&meta.name) && valid_kind(&meta.kind);
-                if !valid {
+                let written = (1..=128).contains(&meta.name.len())
+                    && meta.name.chars().all(is_label_char);
+                if !written && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     tracing::warn!(
                         vault = %self.path.display(),
-                        "a credential row with an invalid name or kind is left out: vault.db was written by something other than Postern"
+                        "a credential row whose name holds characters Postern never writes is left out: vault.db was written by something other than Postern"
                     );
                 }
-                valid
+                written
             })
             .collect())
     }
@@ -1440,8 +1444,6 @@ fn history(
     Ok(())
 }
 
-/// [`postern_keyfile::create_private_db`] for the vault file: what is not a regular file there
-/// is [`VaultError::NotRegularFile`].
 /// The vault's tables (`IF NOT EXISTS`: an open makes those a newer Postern added).
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS secrets (
@@ -1524,6 +1526,8 @@ fn wal_mode(conn: &Connection) -> Result<(), VaultError> {
     }
 }
 
+/// [`postern_keyfile::create_private_db`] for the vault file: what is not a regular file there
+/// is [`VaultError::NotRegularFile`].
 fn create_private_db(path: &Path) -> Result<(), VaultError> {
     postern_keyfile::create_private_db(path).map_err(|error| refused(path, error))
 }

@@ -460,8 +460,9 @@ fn reading_a_credential_while_another_process_rolls_it_back_never_fails() {
     );
 }
 
-/// A row put in vault.db by something other than Postern, with a name or kind Postern never
-/// writes (a metric label, a table cell), is left out of the list.
+/// A row put in vault.db by something other than Postern, with a name Postern never writes (a
+/// metric label, a table cell), is left out of the list; a kind, which older versions did not
+/// check, is listed as it is (and shown escaped).
 #[test]
 fn rows_with_names_postern_never_writes_are_not_listed() {
     let dir = tempfile::tempdir().unwrap();
@@ -476,5 +477,5 @@ fn rows_with_names_postern_never_writes_are_not_listed() {
         .unwrap();
     }
     let names: Vec<String> = vault.list().unwrap().into_iter().map(|m| m.name).collect();
-    assert_eq!(names, ["good"]);
+    assert_eq!(names, ["fine", "good"]);
 }

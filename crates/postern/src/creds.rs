@@ -260,10 +260,7 @@ fn read_value(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, ExitCode> 
 /// meanwhile, so a last line with no line break counts too.
 fn discard_pending_terminal_input() -> std::io::Result<bool> {
     use std::os::fd::AsRawFd as _;
-    let tty = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")?;
+    let tty = std::fs::File::open("/dev/tty")?;
     let fd = tty.as_raw_fd();
     let check = |result: libc::c_int| match result {
         -1 => Err(std::io::Error::last_os_error()),
@@ -273,19 +270,32 @@ fn discard_pending_terminal_input() -> std::io::Result<bool> {
     let mut saved: libc::termios = unsafe { std::mem::zeroed() };
     check(unsafe { libc::tcgetattr(fd, &mut saved) })?;
     let mut raw = saved;
-    raw.c_lflag &= !(libc::ICANON | libc::ECHO);
+    // No signals either: a Ctrl-C now is input like the rest (discarded, refused), and cannot
+    // end postern with the terminal left this way.
+    raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ISIG);
     raw.c_cc[libc::VMIN] = 0;
     raw.c_cc[libc::VTIME] = 0;
+    // SAFETY: `raw` is a termios tcgetattr filled, changed in its flags.
     check(unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) })?;
     let mut ready = libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: one valid pollfd.
-    let polled = unsafe { libc::poll(&mut ready, 1, 100) };
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(100);
+    let polled = loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        // SAFETY: one valid pollfd, for the length given.
+        let polled = unsafe { libc::poll(&mut ready, 1, left.as_millis() as libc::c_int) };
+        let interrupted = polled == -1
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
+        if !interrupted {
+            break polled;
+        }
+    };
     let pending = polled > 0 && ready.revents & libc::POLLIN != 0;
     // Discarded whatever the outcome, and the terminal restored before any error is told.
+    // SAFETY: `fd` is the open terminal; `saved` is what tcgetattr read from it.
     let flushed = check(unsafe { libc::tcflush(fd, libc::TCIFLUSH) });
     check(unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) })?;
     check(polled)?;
@@ -438,7 +448,8 @@ fn run_inner(command: CredsCommand) -> Result<ExitCode, ExitCode> {
                     println!(
                         "{:<name_width$} {:<kind_width$} {:<8} {:>3} {:<19} {:<19} {:<19} {:>5}  {}",
                         m.name,
-                        m.kind,
+                        // Escaped: older versions stored kinds unchecked.
+                        m.kind.escape_debug().to_string(),
                         match m.state {
                             SecretState::Active => "active",
                             SecretState::Revoked => "revoked",
