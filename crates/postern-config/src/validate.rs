@@ -1113,9 +1113,21 @@ impl Validator<'_> {
         }
         if upstream.fragment().is_some() {
             self.error(
-                span,
+                span.clone(),
                 "`upstream` has a fragment",
                 "remove `#...` from the URL",
+            );
+        }
+        // A key in the path would be shown by the admin API and in messages: refused unshown.
+        if upstream
+            .path()
+            .split(['/', ';', ':'])
+            .any(reads_as_a_secret)
+        {
+            self.error(
+                span,
+                "`upstream`'s path holds a piece that reads as a secret value (not shown)",
+                "give the vendor's origin and path prefix only; Postern injects the credential (`credential = { kind = ... }`)",
             );
         }
         let trimmed = upstream.path().trim_end_matches('/').to_string();
@@ -1382,6 +1394,7 @@ impl Validator<'_> {
             .params
             .as_ref()
             .map(|p| {
+                self.oauth2_params(p);
                 p.get_ref()
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
@@ -1395,6 +1408,44 @@ impl Validator<'_> {
             client_auth,
             params,
         })
+    }
+
+    /// An OAuth2 credential's extra token-request `params`: none Postern sends itself, none that
+    /// carries a secret (which belongs in the vault, not the config file), and no value that
+    /// reads as one (refused without being echoed).
+    fn oauth2_params(&mut self, params: &Spanned<std::collections::BTreeMap<String, String>>) {
+        const SENT_BY_POSTERN: &[&str] = &["grant_type", "client_id", "client_secret", "scope"];
+        const SECRETS: &[&str] = &[
+            "password",
+            "refresh_token",
+            "client_assertion",
+            "assertion",
+            "code",
+            "code_verifier",
+            "subject_token",
+            "actor_token",
+        ];
+        for (key, value) in params.get_ref() {
+            if SENT_BY_POSTERN.contains(&key.as_str()) {
+                self.error(
+                    params.span(),
+                    format!("`params` sets `{key}`, which Postern sends itself"),
+                    "remove it: set client_id, scope and client_secret (a vault credential's name) as keys of the credential; the grant is client_credentials",
+                );
+            } else if SECRETS.contains(&key.as_str()) {
+                self.error(
+                    params.span(),
+                    format!("`params` sets `{key}`, which carries a secret in the config file"),
+                    "remove it: Postern requests tokens with client_credentials, its client secret kept in the vault (client_secret = \"VAULT-NAME\")",
+                );
+            } else if may_be_a_secret(value) {
+                self.error(
+                    params.span(),
+                    format!("`params.{key}` reads as a secret value (not shown)"),
+                    "a token request's extra parameters are not secret (an audience, a resource); keep secrets in the vault",
+                );
+            }
+        }
     }
 
     fn client_certificate(
@@ -1537,6 +1588,21 @@ impl Validator<'_> {
                 );
             }
             let path = operation.path.get_ref().clone();
+            // A key pasted into a template (a full URL copied in, `?api_key=sk_live_…`) would be
+            // shown in every message about it, and recorded in every event and audit entry of
+            // its calls: refused without being shown. (Only what certainly is a key: a literal
+            // that merely looks random, an account id, is a path a grant may pin.)
+            let holds_a_secret = path
+                .split(['/', '?', '&', '=', ':', ';', '.'])
+                .any(reads_as_a_secret);
+            if holds_a_secret {
+                self.error(
+                    operation.path.span(),
+                    format!("operation `{id}`'s path holds a piece that reads as a secret value (not shown)"),
+                    "write the vendor's path template (\"/v1/charges/{id}\"), with no key in it: Postern injects the vendor credential",
+                );
+                continue;
+            }
             match check_path_template(&path) {
                 Err(error) => self.error(operation.path.span(), error.message, error.fix),
                 Ok(_) if !method_is_valid => {}
@@ -1580,6 +1646,8 @@ impl Validator<'_> {
         operations
     }
 
+    /// An `allow_private_networks` entry; a network is refused when it takes in a cloud
+    /// metadata address ([`CLOUD_METADATA`]) without being that address.
     fn ip_network(&mut self, value: &Spanned<String>) -> Option<ipnet::IpNet> {
         let text = value.get_ref().trim();
         if let Ok(network) = text.parse::<ipnet::IpNet>() {
@@ -1593,6 +1661,23 @@ impl Validator<'_> {
                     format!(
                         "write \"{whole}\" for the whole network or \"{one}\" for the one address"
                     ),
+                );
+                return None;
+            }
+            // A network wide enough to take in a cloud metadata endpoint (`0.0.0.0/0` meant as
+            // "our internal APIs", all of link-local) hands out the instance's credentials:
+            // that endpoint is allowed only by its own address.
+            let metadata = CLOUD_METADATA
+                .iter()
+                .filter_map(|address| address.parse::<std::net::IpAddr>().ok())
+                .find(|address| {
+                    network.prefix_len() < network.max_prefix_len() && network.contains(address)
+                });
+            if let Some(address) = metadata {
+                self.error(
+                    value.span(),
+                    format!("\"{text}\" takes in the cloud metadata address {address}, which hands out the instance's credentials"),
+                    format!("list the networks you mean without it (e.g. \"10.0.0.0/8\", \"fd00::/8\"); if that endpoint is meant to be reached, list \"{address}\" alone"),
                 );
                 return None;
             }
@@ -1833,6 +1918,16 @@ pub const CREDENTIAL_PREFIXES: &[&str] = &[
     "AIza",
     "ya29.",
     "SG.",
+];
+
+/// Cloud instance metadata endpoints (AWS, GCP and Azure share the first; AWS ECS task
+/// credentials, Alibaba, AWS over IPv6), and the first as an IPv4-mapped IPv6 address.
+const CLOUD_METADATA: &[&str] = &[
+    "169.254.169.254",
+    "169.254.170.2",
+    "100.100.100.200",
+    "fd00:ec2::254",
+    "::ffff:169.254.169.254",
 ];
 
 /// Whether `text`, written where a name belongs (a vault credential's, an environment

@@ -323,6 +323,134 @@ fn a_token_url_with_credentials_is_refused() {
     assert_eq!(render(&body), "ok");
 }
 
+/// An OAuth2 credential's extra `params` may not set what Postern sends itself, nor carry a
+/// secret (by name or by the look of its value, which is not echoed): secrets live in the vault.
+#[test]
+fn oauth2_params_carry_no_secret_and_nothing_postern_sends() {
+    let with = |params: &str| {
+        integration(&format!(
+            "credential = {{ kind = \"oauth2\", token_url = \"https://auth.example.com/token\", client_id = \"c\", client_secret = \"s\", params = {params} }}\n"
+        ))
+    };
+    assert_eq!(
+        render(&with(
+            "{ audience = \"https://api.example.com\", resource = \"crm\" }"
+        )),
+        "ok"
+    );
+    for (params, expected) in [
+        (
+            "{ grant_type = \"password\" }",
+            "`params` sets `grant_type`, which Postern sends itself",
+        ),
+        (
+            "{ client_secret = \"s2\" }",
+            "`params` sets `client_secret`, which Postern sends itself",
+        ),
+        (
+            "{ password = \"hunter2\" }",
+            "`params` sets `password`, which carries a secret in the config file",
+        ),
+        (
+            "{ refresh_token = \"r\" }",
+            "`params` sets `refresh_token`, which carries a secret in the config file",
+        ),
+    ] {
+        let rendered = render(&with(params));
+        assert!(rendered.contains(expected), "{params}: {rendered}");
+        assert!(!rendered.contains("hunter2"), "{rendered}");
+    }
+    let key = "q8TzL0vNw3YbR5kXe2JmC7uHa9DgF1pS";
+    let body = with(&format!("{{ api_token = \"{key}\" }}"));
+    let errors = parse_body(&body).expect_err("a secret-looking value");
+    let shown = format!("{errors}");
+    assert!(
+        shown.contains("`params.api_token` reads as a secret value (not shown)"),
+        "{shown}"
+    );
+    assert!(!shown.contains(key), "{shown}");
+}
+
+/// A key pasted into an operation's path is refused without being shown: it would be in every
+/// message about the template, and in every event and audit entry of its calls.
+#[test]
+fn a_key_in_an_operation_path_is_refused_unshown() {
+    let key = "sk_live_51HqLyjWDarjtT1zdp7dcQ8";
+    for path in [format!("/v1/x?api_key={key}"), format!("/v1/{key}/charges")] {
+        let body = integration("").replace("/v1/charges/{id}", &path);
+        let errors = parse_body(&body).expect_err("a key in a path");
+        let shown = format!("{errors}");
+        assert!(
+            shown.contains("path holds a piece that reads as a secret value (not shown)"),
+            "{shown}"
+        );
+        assert!(!shown.contains(key), "{shown}");
+    }
+    let body = integration("").replace(
+        "https://api.stripe.com",
+        &format!("https://api.stripe.com/{key}"),
+    );
+    let shown = format!("{}", parse_body(&body).expect_err("a key in the upstream"));
+    assert!(
+        shown.contains("`upstream`'s path holds a piece that reads as a secret value (not shown)"),
+        "{shown}"
+    );
+    assert!(!shown.contains(key), "{shown}");
+    // An id that merely looks random may be pinned.
+    let body = integration("").replace(
+        "/v1/charges/{id}",
+        "/2010-04-01/Accounts/AC0a1b2c3d4e5f60718293a4b5c6d7e8f9/Messages.json",
+    );
+    assert_eq!(render(&body), "ok");
+}
+
+/// An `allow_private_networks` network that takes in a cloud metadata endpoint is refused:
+/// the endpoint is allowed only by its own address.
+#[test]
+fn a_private_network_taking_in_the_metadata_endpoint_is_refused() {
+    for network in [
+        "0.0.0.0/0",
+        "169.254.0.0/16",
+        "::/0",
+        "fd00::/8",
+        "100.64.0.0/10",
+        "::ffff:0:0/96",
+    ] {
+        let rendered = render(&integration(&format!(
+            "allow_private_networks = [\"{network}\"]\n"
+        )));
+        assert!(
+            rendered.contains(&format!(
+                "\"{network}\" takes in the cloud metadata address"
+            )),
+            "{network}: {rendered}"
+        );
+    }
+    for allowed in [
+        "169.254.169.254",
+        "169.254.169.254/32",
+        "10.0.0.0/8",
+        "fd12::/16",
+        "192.168.0.0/16",
+    ] {
+        assert_eq!(
+            render(&integration(&format!(
+                "allow_private_networks = [\"{allowed}\"]\n"
+            ))),
+            "ok",
+            "{allowed}"
+        );
+    }
+    let rendered = render(&format!(
+        "{}\n[proxy]\nallow_private_networks = [\"0.0.0.0/0\"]\n",
+        integration("")
+    ));
+    assert!(
+        rendered.contains("takes in the cloud metadata address"),
+        "{rendered}"
+    );
+}
+
 #[test]
 fn gateway_paths_resolve_against_the_config_directory() {
     let config = parse_ok(&format!(

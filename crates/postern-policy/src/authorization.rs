@@ -137,6 +137,8 @@ pub struct PolicyEngine {
     evaluation: Evaluation,
     /// How custom policies read `context.request_bytes`.
     size_reads: SizeReads,
+    /// Names custom policies give that the config does not have ([`unknown_names`]).
+    unknown_names: Vec<String>,
 }
 
 /// How the custom policies read `context.request_bytes`: what deciding a request of unknown
@@ -337,9 +339,27 @@ impl PolicyEngine {
             cedar_text.push_str(&text);
         }
 
-        let (custom_count, size_reads) = match custom_policies {
-            Some(source) => add_custom_policies(source, &schema, &mut policy_set, &mut cedar_text)?,
-            None => (0, SizeReads::default()),
+        let known = Known {
+            callers: caller_slots.keys().cloned().collect(),
+            integrations: integration_uids.keys().cloned().collect(),
+            operations: operation_slots
+                .iter()
+                .flat_map(|(integration, slots)| {
+                    slots
+                        .keys()
+                        .map(move |operation| operation_entity_id(integration, operation))
+                })
+                .collect(),
+            operation_ids: operation_slots
+                .values()
+                .flat_map(|slots| slots.keys().cloned())
+                .collect(),
+        };
+        let (custom_count, size_reads, unknown_names) = match custom_policies {
+            Some(source) => {
+                add_custom_policies(source, &schema, &known, &mut policy_set, &mut cedar_text)?
+            }
+            None => (0, SizeReads::default(), Vec::new()),
         };
 
         let entities = Entities::from_entities(entities, Some(&schema)).map_err(|error| {
@@ -359,6 +379,7 @@ impl PolicyEngine {
                 entities,
             },
             size_reads,
+            unknown_names,
         };
         if custom_count == 0 {
             engine.precompute(&granted_pairs);
@@ -534,6 +555,7 @@ impl PolicyEngine {
                     "policy {policy_id} reads context.request_bytes other than by comparing it with a number: a request whose body declares no size (chunked, or h2 without content-length) that the policy's principal, action and resource match is refused with 411 length_required; compare request_bytes with numbers written out so the sizes that matter can be probed"
                 )
             })
+            .chain(self.unknown_names.iter().cloned())
             .collect()
     }
 
@@ -626,9 +648,10 @@ fn add_policy(policy_set: &mut PolicySet, policy: Policy) -> Result<(), PolicyEr
 fn add_custom_policies(
     source: &str,
     schema: &Schema,
+    known: &Known,
     policy_set: &mut PolicySet,
     cedar_text: &mut String,
-) -> Result<(usize, SizeReads), PolicyError> {
+) -> Result<(usize, SizeReads, Vec<String>), PolicyError> {
     let parsed = PolicySet::from_str(source).map_err(|errors| PolicyError::CustomPolicySyntax {
         message: describe_diagnostics(source, [DetailedError::from(&errors)]),
     })?;
@@ -678,10 +701,107 @@ fn add_custom_policies(
         }
     }
     let size_reads = size_reads(&renamed);
+    let unknown = unknown_names(&renamed, known);
     for policy in renamed.policies() {
         add_policy(policy_set, policy.clone())?;
     }
-    Ok((count, size_reads))
+    Ok((count, size_reads, unknown))
+}
+
+/// The config's names, which custom policies are checked against ([`unknown_names`]).
+struct Known {
+    callers: HashSet<String>,
+    integrations: HashSet<String>,
+    /// Operation entities' ids (`integration/operation`).
+    operations: HashSet<String>,
+    /// Operation ids, as `context.operation` holds them.
+    operation_ids: HashSet<String>,
+}
+
+/// A note for each name a custom policy gives that the config does not have: a caller,
+/// integration or operation entity, or a string `context.caller`, `.integration` or
+/// `.operation` is compared with. Cedar's validation checks entity types, not ids, so a policy
+/// naming an integration since renamed, or a mistyped caller, matches nothing, silently: a
+/// `forbid` meant to bound calls is then gone.
+fn unknown_names(policies: &PolicySet, known: &Known) -> Vec<String> {
+    let mut notes = Vec::new();
+    for policy in policies.policies() {
+        let Ok(json) = policy.to_json() else { continue };
+        let mut names = Vec::new();
+        named(&json, known, &mut names);
+        names.sort();
+        names.dedup();
+        notes.extend(names.into_iter().map(|name| {
+            format!(
+                "policy {} names {name}, which the config does not have: the policy matches no call through it (renamed, or mistyped?); name one the config has",
+                policy.id()
+            )
+        }));
+    }
+    notes
+}
+
+/// Collects into `names` the unknown names `json` (a policy's EST, or a part of it) gives.
+fn named(json: &serde_json::Value, known: &Known, names: &mut Vec<String>) {
+    use serde_json::Value;
+    match json {
+        Value::Object(map) => {
+            if let (Some(Value::String(kind)), Some(Value::String(id))) =
+                (map.get("type"), map.get("id"))
+            {
+                let set = match kind.as_str() {
+                    "Postern::Caller" => Some(&known.callers),
+                    "Postern::Integration" => Some(&known.integrations),
+                    "Postern::Operation" => Some(&known.operations),
+                    _ => None,
+                };
+                if set.is_some_and(|set| !set.contains(id)) {
+                    names.push(format!("{kind}::{id:?}"));
+                }
+            }
+            for operator in ["==", "!="] {
+                let Some(Value::Object(sides)) = map.get(operator) else {
+                    continue;
+                };
+                let (Some(left), Some(right)) = (sides.get("left"), sides.get("right")) else {
+                    continue;
+                };
+                for (attribute, literal) in [(left, right), (right, left)] {
+                    let (Some(attribute), Some(Value::String(literal))) =
+                        (context_attribute(attribute), literal.get("Value"))
+                    else {
+                        continue;
+                    };
+                    let set = match attribute {
+                        "caller" => &known.callers,
+                        "integration" => &known.integrations,
+                        "operation" => &known.operation_ids,
+                        _ => continue,
+                    };
+                    if !set.contains(literal) {
+                        names.push(format!("context.{attribute} {literal:?}"));
+                    }
+                }
+            }
+            for value in map.values() {
+                named(value, known, names);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                named(item, known, names);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `attr` when `json` is `context.attr`.
+fn context_attribute(json: &serde_json::Value) -> Option<&str> {
+    let access = json.get(".")?;
+    (access.get("left")?.get("Var")?.as_str()? == "context")
+        .then(|| access.get("attr")?.as_str())
+        .flatten()
 }
 
 /// How `policies` read `context.request_bytes`, from each policy's JSON form (Cedar's EST:

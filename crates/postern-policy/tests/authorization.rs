@@ -698,3 +698,39 @@ fn unsized_decisions_hold_for_every_size_under_generated_size_rules() {
     }
     assert!(decided_by_size > 50, "{decided_by_size}");
 }
+
+/// Cedar checks entity types, not ids: a custom policy naming a caller, integration or
+/// operation the config does not have (renamed since, or mistyped), or comparing
+/// `context.caller`/`.integration`/`.operation` with such a name, matches nothing. Each such
+/// name is a note (`check` prints it, `serve` logs it); the config's own names are not.
+#[test]
+fn a_custom_policy_naming_what_the_config_does_not_have_is_noted() {
+    let policies = r#"@id("renamed")
+forbid(principal, action, resource in Postern::Integration::"stripe-eu")
+    when { context.hour < 6 };
+@id("typos")
+forbid(principal == Postern::Caller::"chekout", action, resource == Postern::Operation::"stripe/create_refnd")
+    when { context.operation == "refnd" || "suport" == context.caller || context.integration != "twilo" };
+@id("known")
+forbid(principal == Postern::Caller::"checkout", action, resource == Postern::Operation::"stripe/refund")
+    when { context.operation == "refund" && context.caller != "support" && context.integration == "stripe" };"#;
+    let notes = compile(Some(policies)).unwrap().notes();
+    let named = |policy: &str, name: &str| {
+        notes.iter().any(|note| {
+            note.starts_with(&format!(
+                "policy {policy} names {name}, which the config does not have"
+            ))
+        })
+    };
+    for (policy, name) in [
+        ("renamed", r#"Postern::Integration::"stripe-eu""#),
+        ("typos", r#"Postern::Caller::"chekout""#),
+        ("typos", r#"Postern::Operation::"stripe/create_refnd""#),
+        ("typos", r#"context.operation "refnd""#),
+        ("typos", r#"context.caller "suport""#),
+        ("typos", r#"context.integration "twilo""#),
+    ] {
+        assert!(named(policy, name), "{policy} {name}: {notes:#?}");
+    }
+    assert_eq!(notes.len(), 6, "{notes:#?}");
+}
