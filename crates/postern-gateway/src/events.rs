@@ -446,6 +446,7 @@ pub struct EventStats {
     pub written: AtomicU64,
     pub write_errors: AtomicU64,
     pub rotations: AtomicU64,
+    pub rotation_failures: AtomicU64,
     /// Times a producer had to wait because the writer was [`MAX_BUFFERED_BYTES`] behind.
     pub backpressure_waits: AtomicU64,
 }
@@ -928,9 +929,15 @@ struct RotatingWriter {
     rotation: Rotation,
     file: File,
     size: u64,
+    /// Whether the file may end in part of a line: a failed write landed some of its bytes and
+    /// they could not be cut off. The next write starts a line of its own first.
+    torn: bool,
     /// Writes a test makes fail half-way (as on a full disk).
     #[cfg(test)]
     failing_writes: u32,
+    /// Cuts of a failed write's bytes a test makes fail (an append-only file, an I/O error).
+    #[cfg(test)]
+    failing_cuts: u32,
 }
 
 /// How long after a failed rotation the next one is tried.
@@ -1003,8 +1010,11 @@ impl RotatingWriter {
             rotation: Rotation::new(options.path, options.max_files),
             file,
             size,
+            torn: false,
             #[cfg(test)]
             failing_writes: 0,
+            #[cfg(test)]
+            failing_cuts: 0,
         })
     }
 
@@ -1032,6 +1042,7 @@ impl RotatingWriter {
                     Err(error) => {
                         // The lines go on into the file open now, past its size for a while:
                         // none is dropped, and rotating is tried again after ROTATION_RETRY.
+                        stats.rotation_failures.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(%error, "could not rotate the event file; appending to it until a rotation succeeds");
                     }
                 }
@@ -1046,6 +1057,13 @@ impl RotatingWriter {
     fn write_chunk(&mut self, chunk: &[u8], lines: u64, stats: &EventStats) {
         if chunk.is_empty() {
             return;
+        }
+        if self.torn {
+            // The broken line ends here, unparsable on its own; the chunk's first is whole.
+            if self.file.write_all(b"\n").is_ok() {
+                self.size += 1;
+                self.torn = false;
+            }
         }
         #[cfg(test)]
         let written = if self.failing_writes > 0 {
@@ -1066,9 +1084,22 @@ impl RotatingWriter {
             Err(error) => {
                 // Part of the chunk may have landed (a full disk): it is cut off, so the next
                 // line does not start in the middle of a broken one. Failing that, the size is
-                // re-read so rotation stays right.
-                if self.file.set_len(self.size).is_err() {
+                // re-read so rotation stays right, and the next write begins a line of its own.
+                #[cfg(test)]
+                let cut = match self.failing_cuts {
+                    0 => self.file.set_len(self.size),
+                    _ => {
+                        self.failing_cuts -= 1;
+                        Err(std::io::Error::other("a cut made to fail by a test"))
+                    }
+                };
+                #[cfg(not(test))]
+                let cut = self.file.set_len(self.size);
+                if cut.is_err() {
                     if let Ok(metadata) = self.file.metadata() {
+                        // What landed is the chunk's start: torn unless it ends a line.
+                        let landed = metadata.len().saturating_sub(self.size) as usize;
+                        self.torn |= landed > 0 && chunk.get(landed - 1) != Some(&b'\n');
                         self.size = metadata.len();
                     }
                 }
@@ -1082,6 +1113,7 @@ impl RotatingWriter {
         self.file.flush()?;
         self.file = self.rotation.rotate()?;
         self.size = 0;
+        self.torn = false;
         Ok(())
     }
 }
@@ -1851,6 +1883,7 @@ mod tests {
         assert_eq!(stats.written.load(Ordering::Relaxed), 3);
         assert_eq!(stats.write_errors.load(Ordering::Relaxed), 0);
         assert_eq!(stats.rotations.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.rotation_failures.load(Ordering::Relaxed), 1);
         assert_eq!(count(1).unwrap(), 3);
         // `.1` was free: nothing else moved.
         assert_eq!(
@@ -1929,6 +1962,34 @@ mod tests {
             "{\"n\":1}\n{\"n\":4}\n"
         );
         assert_eq!(stats.written.load(Ordering::Relaxed), 2);
+    }
+
+    /// When a failed write's bytes cannot be cut off, the next write begins a line of its own:
+    /// the broken line stays alone (and unparsable), every later one whole.
+    #[test]
+    fn a_failed_write_that_cannot_be_cut_off_breaks_no_later_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = options(dir.path(), u64::MAX);
+        let path = options.path.clone();
+        let mut writer = RotatingWriter::open(options).unwrap();
+        let stats = EventStats::default();
+        writer.write_batch(b"{\"n\":1}\n".to_vec(), &stats);
+        writer.failing_writes = 1;
+        writer.failing_cuts = 1;
+        writer.write_batch(b"{\"n\":2}\n{\"n\":3}\n{\"n\":33}\n".to_vec(), &stats);
+        writer.write_batch(b"{\"n\":4}\n{\"n\":5}\n".to_vec(), &stats);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let parsed: Vec<&str> = text
+            .lines()
+            .filter(|line| serde_json::from_str::<serde_json::Value>(line).is_ok())
+            .collect();
+        // Half the failed chunk landed: its first line whole, the second broken.
+        assert_eq!(
+            parsed,
+            ["{\"n\":1}", "{\"n\":2}", "{\"n\":4}", "{\"n\":5}"],
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 5, "{text}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

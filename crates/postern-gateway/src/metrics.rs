@@ -109,6 +109,8 @@ pub struct Metrics {
     credential_over_max_age: Family<CredentialLabel, Gauge>,
     events_written: Counter,
     events_errors: Counter,
+    event_rotations: Counter,
+    event_rotation_failures: Counter,
     connections_open: Gauge,
     worker_connections: Family<WorkerLabel, Gauge>,
     connections_handed_over: Counter,
@@ -194,6 +196,18 @@ impl Metrics {
             "event_write_errors",
             "Call events that could not be written",
             events_errors.clone(),
+        );
+        let event_rotations = Counter::default();
+        registry.register(
+            "event_rotations",
+            "Times events.jsonl was rotated",
+            event_rotations.clone(),
+        );
+        let event_rotation_failures = Counter::default();
+        registry.register(
+            "event_rotation_failures",
+            "Rotations of events.jsonl that failed (the file grows past events_max_file_bytes until one succeeds)",
+            event_rotation_failures.clone(),
         );
         let connections_open = Gauge::default();
         registry.register(
@@ -284,6 +298,8 @@ impl Metrics {
             credential_over_max_age,
             events_written,
             events_errors,
+            event_rotations,
+            event_rotation_failures,
             connections_open,
             worker_connections,
             connections_handed_over,
@@ -481,6 +497,14 @@ impl Metrics {
             (
                 &self.events_errors,
                 event_stats.write_errors.load(Ordering::Relaxed),
+            ),
+            (
+                &self.event_rotations,
+                event_stats.rotations.load(Ordering::Relaxed),
+            ),
+            (
+                &self.event_rotation_failures,
+                event_stats.rotation_failures.load(Ordering::Relaxed),
             ),
         ]);
         let mut out = String::new();
