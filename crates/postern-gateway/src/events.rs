@@ -1943,16 +1943,23 @@ mod tests {
         assert!(!path.exists());
     }
 
+    /// A writer of an event file in `dir` (no size limit) that holds `{"n":1}`, its path, and
+    /// its stats.
+    fn one_line_written(dir: &Path) -> (RotatingWriter, PathBuf, EventStats) {
+        let options = options(dir, u64::MAX);
+        let path = options.path.clone();
+        let mut writer = RotatingWriter::open(options).unwrap();
+        let stats = EventStats::default();
+        writer.write_batch(b"{\"n\":1}\n".to_vec(), &stats);
+        (writer, path, stats)
+    }
+
     /// A write that fails part-way (a full disk) leaves no half line: what landed is cut off,
     /// and the next batch starts on a line of its own.
     #[test]
     fn a_failed_write_leaves_no_half_line() {
         let dir = tempfile::tempdir().unwrap();
-        let options = options(dir.path(), u64::MAX);
-        let path = options.path.clone();
-        let mut writer = RotatingWriter::open(options).unwrap();
-        let stats = EventStats::default();
-        writer.write_batch(b"{\"n\":1}\n".to_vec(), &stats);
+        let (mut writer, path, stats) = one_line_written(dir.path());
         writer.failing_writes = 1;
         writer.write_batch(b"{\"n\":2}\n{\"n\":3}\n".to_vec(), &stats);
         assert_eq!(stats.write_errors.load(Ordering::Relaxed), 2);
@@ -1969,11 +1976,7 @@ mod tests {
     #[test]
     fn a_failed_write_that_cannot_be_cut_off_breaks_no_later_line() {
         let dir = tempfile::tempdir().unwrap();
-        let options = options(dir.path(), u64::MAX);
-        let path = options.path.clone();
-        let mut writer = RotatingWriter::open(options).unwrap();
-        let stats = EventStats::default();
-        writer.write_batch(b"{\"n\":1}\n".to_vec(), &stats);
+        let (mut writer, path, stats) = one_line_written(dir.path());
         writer.failing_writes = 1;
         writer.failing_cuts = 1;
         writer.write_batch(b"{\"n\":2}\n{\"n\":3}\n{\"n\":33}\n".to_vec(), &stats);
