@@ -1438,7 +1438,7 @@ impl Validator<'_> {
                     format!("`params` sets `{key}`, which carries a secret in the config file"),
                     "remove it: Postern requests tokens with client_credentials, its client secret kept in the vault (client_secret = \"VAULT-NAME\")",
                 );
-            } else if may_be_a_secret(value) {
+            } else if reads_as_a_secret(value) {
                 self.error(
                     params.span(),
                     format!("`params.{key}` reads as a secret value (not shown)"),
@@ -1593,7 +1593,7 @@ impl Validator<'_> {
             // its calls: refused without being shown. (Only what certainly is a key: a literal
             // that merely looks random, an account id, is a path a grant may pin.)
             let holds_a_secret = path
-                .split(['/', '?', '&', '=', ':', ';', '.'])
+                .split(['/', '?', '&', '=', ':', ';'])
                 .any(reads_as_a_secret);
             if holds_a_secret {
                 self.error(
@@ -1646,8 +1646,6 @@ impl Validator<'_> {
         operations
     }
 
-    /// An `allow_private_networks` entry; a network is refused when it takes in a cloud
-    /// metadata address ([`CLOUD_METADATA`]) without being that address.
     fn ip_network(&mut self, value: &Spanned<String>) -> Option<ipnet::IpNet> {
         let text = value.get_ref().trim();
         if let Ok(network) = text.parse::<ipnet::IpNet>() {
@@ -1661,23 +1659,6 @@ impl Validator<'_> {
                     format!(
                         "write \"{whole}\" for the whole network or \"{one}\" for the one address"
                     ),
-                );
-                return None;
-            }
-            // A network wide enough to take in a cloud metadata endpoint (`0.0.0.0/0` meant as
-            // "our internal APIs", all of link-local) hands out the instance's credentials:
-            // that endpoint is allowed only by its own address.
-            let metadata = CLOUD_METADATA
-                .iter()
-                .filter_map(|address| address.parse::<std::net::IpAddr>().ok())
-                .find(|address| {
-                    network.prefix_len() < network.max_prefix_len() && network.contains(address)
-                });
-            if let Some(address) = metadata {
-                self.error(
-                    value.span(),
-                    format!("\"{text}\" takes in the cloud metadata address {address}, which hands out the instance's credentials"),
-                    format!("list the networks you mean without it (e.g. \"10.0.0.0/8\", \"fd00::/8\"); if that endpoint is meant to be reached, list \"{address}\" alone"),
                 );
                 return None;
             }
@@ -1918,16 +1899,6 @@ pub const CREDENTIAL_PREFIXES: &[&str] = &[
     "AIza",
     "ya29.",
     "SG.",
-];
-
-/// Cloud instance metadata endpoints (AWS, GCP and Azure share the first; AWS ECS task
-/// credentials, Alibaba, AWS over IPv6), and the first as an IPv4-mapped IPv6 address.
-const CLOUD_METADATA: &[&str] = &[
-    "169.254.169.254",
-    "169.254.170.2",
-    "100.100.100.200",
-    "fd00:ec2::254",
-    "::ffff:169.254.169.254",
 ];
 
 /// Whether `text`, written where a name belongs (a vault credential's, an environment

@@ -738,10 +738,38 @@ impl Guard {
         first.map_or(Ok(()), Err)
     }
 
+    /// Whether an `allow_private_networks` entry holds `ip`; a cloud metadata address
+    /// ([`is_cloud_metadata`]) only by an entry that is that address alone, so a wide entry
+    /// (`0.0.0.0/0` meant as "our internal networks", all of link-local, a ULA `fd00::/8`) does
+    /// not hand out the instance's credentials.
     fn is_allowed_private(&self, ip: IpAddr) -> bool {
+        let metadata = is_cloud_metadata(ip);
         self.allow_private_networks
             .iter()
-            .any(|net| net.contains(&ip))
+            .any(|net| net.contains(&ip) && (!metadata || net.prefix_len() == net.max_prefix_len()))
+    }
+}
+
+/// Cloud instance metadata endpoints, which hand out the instance's credentials: AWS, GCP and
+/// Azure's `169.254.169.254`, AWS ECS task credentials (`169.254.170.2`), EKS Pod Identity
+/// (`169.254.170.23`), AWS over IPv6 (`fd00:ec2::254`, `fd00:ec2::23`) and GCP over IPv6
+/// (`fd20:ce::254`). (Alibaba's `100.100.100.200` is not among them: it lies in the CGNAT range
+/// that overlay networks such as Tailscale allow whole, and is an endpoint on that cloud only.)
+/// Reached through an IPv4-embedding IPv6 address, the embedded address is checked as itself.
+pub fn is_cloud_metadata(ip: IpAddr) -> bool {
+    const V4: [Ipv4Addr; 3] = [
+        Ipv4Addr::new(169, 254, 169, 254),
+        Ipv4Addr::new(169, 254, 170, 2),
+        Ipv4Addr::new(169, 254, 170, 23),
+    ];
+    const V6: [Ipv6Addr; 3] = [
+        Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254),
+        Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23),
+        Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254),
+    ];
+    match ip {
+        IpAddr::V4(v4) => V4.contains(&v4),
+        IpAddr::V6(v6) => V6.contains(&v6),
     }
 }
 
@@ -1009,6 +1037,30 @@ mod tests {
             (&["2002::/16"], "2002:808:808::1", true),
             (&["2002::/16"], "2002:a9fe:a9fe::1", false),
             (&["64:ff9b:1::/48"], "64:ff9b:1::a00:5", true),
+            // Cloud metadata endpoints pass only an entry of the address alone, however wide
+            // the entries that hold them.
+            (&["0.0.0.0/0"], "169.254.169.254", false),
+            (&["0.0.0.0/0"], "169.254.1.1", true),
+            (&["169.254.0.0/16"], "169.254.170.2", false),
+            (&["169.254.0.0/16"], "169.254.170.23", false),
+            (&["169.254.169.254/32"], "169.254.169.254", true),
+            (&["169.254.169.254/32"], "::ffff:169.254.169.254", true),
+            (
+                &["::ffff:0:0/96", "169.254.0.0/16"],
+                "::ffff:169.254.169.254",
+                false,
+            ),
+            (
+                &["64:ff9b::/96", "169.254.0.0/16"],
+                "64:ff9b::a9fe:a9fe",
+                false,
+            ),
+            (&["fd00::/8"], "fd00:ec2::254", false),
+            (&["fd00::/8"], "fd00:ec2::23", false),
+            (&["fd00::/8"], "fd00:ec2::1", true),
+            (&["::/0"], "fd20:ce::254", false),
+            (&["fd00:ec2::254/128"], "fd00:ec2::254", true),
+            (&["100.64.0.0/10"], "100.100.100.200", true),
         ]);
     }
 
