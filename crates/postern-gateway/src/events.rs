@@ -1058,13 +1058,16 @@ impl RotatingWriter {
         if chunk.is_empty() {
             return;
         }
-        if self.torn {
-            // The broken line ends here, unparsable on its own; the chunk's first is whole.
-            if self.file.write_all(b"\n").is_ok() {
-                self.size += 1;
-                self.torn = false;
+        // The broken line ends before the chunk (in the same write, so the chunk never goes
+        // without it), unparsable on its own; the chunk's first line is whole.
+        let mended;
+        let chunk = match self.torn {
+            true => {
+                mended = [b"\n", chunk].concat();
+                &mended[..]
             }
-        }
+            false => chunk,
+        };
         #[cfg(test)]
         let written = if self.failing_writes > 0 {
             self.failing_writes -= 1;
@@ -1079,6 +1082,7 @@ impl RotatingWriter {
         match written {
             Ok(()) => {
                 self.size += chunk.len() as u64;
+                self.torn = false;
                 stats.written.fetch_add(lines, Ordering::Relaxed);
             }
             Err(error) => {
@@ -1097,10 +1101,11 @@ impl RotatingWriter {
                 let cut = self.file.set_len(self.size);
                 if cut.is_err() {
                     if let Ok(metadata) = self.file.metadata() {
-                        // What landed is the chunk's start: torn unless it ends a line.
-                        let landed = metadata.len().saturating_sub(self.size) as usize;
-                        self.torn |= landed > 0 && chunk.get(landed - 1) != Some(&b'\n');
+                        // Torn unless the file, as it now stands, ends a line (read back: what
+                        // landed is not known, nor who else wrote).
                         self.size = metadata.len();
+                        self.torn = self.size > 0
+                            && last_byte(self.rotation.path(), self.size) != Some(b'\n');
                     }
                 }
                 stats.write_errors.fetch_add(lines, Ordering::Relaxed);

@@ -733,7 +733,7 @@ fn unknown_names(policies: &PolicySet, known: &Known) -> Vec<String> {
         names.dedup();
         notes.extend(names.into_iter().map(|name| {
             format!(
-                "policy {} names {name}, which the config does not have: the policy matches no call through it (renamed, or mistyped?); name one the config has",
+                "policy {} names {name}, which the config does not have: no call is that (renamed, or mistyped?), so whatever the policy compares with it never matches; name one the config has",
                 policy.id()
             )
         }));
