@@ -1960,9 +1960,23 @@ async fn forward_replayable(
     let (parts, mut body) = request.into_parts();
     // (A scanned body's share of the scan budget is held while it is.)
     let _scanned = body.take_scanned();
-    // Read whole before it goes (it may go twice): bound as a body read for scanning is.
+    // Read whole before it goes (it may go twice): bound as a body read for scanning is, in
+    // time and in memory (its share of `REPLAYS`, held until the call is over).
     let (by, _) = body_read_by(integration, context.started);
-    let read = tokio::time::timeout_at(by, body.collect()).await;
+    let mut held = crate::scan::REPLAYS.permit(context.caller.as_ref());
+    let read = tokio::time::timeout_at(by, async {
+        let mut read = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                if !held.grow(data.len()) {
+                    return Ok(None);
+                }
+                read.extend_from_slice(data);
+            }
+        }
+        Ok(Some(read.freeze()))
+    })
+    .await;
     let Ok(read) = read else {
         let received = context
             .request_body
@@ -1974,8 +1988,16 @@ async fn forward_replayable(
         ));
     };
     let bytes = match read {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            let mut error = CallError::unavailable(
+                "request_bodies_busy",
+                "the gateway holds as many request bodies as its memory budget allows (an OAuth2 integration's are read whole, to be replayed once if the vendor refuses the token); retry shortly",
+            );
+            error.retry_after_seconds = Some(1);
+            return Err(error);
+        }
+        Err::<_, <ForwardBody as http_body::Body>::Error>(_) => {
             return Err(
                 body_violation_error(context, integration.config.max_request_body_bytes)
                     .unwrap_or_else(|| {

@@ -484,6 +484,11 @@ pub const SCAN_CALLER_SHARE: usize = SCAN_BUDGET / 4;
 /// The process's [`SCAN_BUDGET`].
 static SCANS: DecoderBudget = DecoderBudget::new(SCAN_BUDGET, SCAN_CALLER_SHARE);
 
+/// What OAuth2 integrations' request bodies, read whole to be replayed after a vendor's 401,
+/// may hold at once: as much as scanned bodies, a caller's calls a quarter of it. Past it a call
+/// is refused `503 request_bodies_busy` before anything reaches the vendor.
+pub(crate) static REPLAYS: DecoderBudget = DecoderBudget::new(SCAN_BUDGET, SCAN_CALLER_SHARE);
+
 /// Scans running off the workers at once; the others wait their turn (their copies counted in
 /// [`SCAN_BUDGET`] meanwhile), rather than take a blocking-pool thread each.
 static SCAN_THREADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);

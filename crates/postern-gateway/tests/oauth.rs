@@ -322,6 +322,64 @@ async fn oversized_bodies_get_413_on_the_oauth2_path_and_never_reach_the_vendor(
     s.gw.stop().await;
 }
 
+/// The OAuth2 path's bodies, read whole, count in a memory budget whose caller share is 64 MiB:
+/// uploads that would hold more are refused `503 request_bodies_busy`, nothing of them reaching
+/// the vendor, rather than let one caller's large bodies take the gateway's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_read_whole_on_the_oauth2_path_count_in_a_memory_budget() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = setup_with(
+        3600,
+        "basic",
+        "max_request_body_bytes = 33554432\nrequest_timeout_ms = 60000",
+    )
+    .await;
+    let addr = s.gw.base.trim_start_matches("http://").to_string();
+    // 12 MiB sent of each 32 MiB body: six hold 72 MiB.
+    const SENT_MIB: usize = 12;
+    let mut uploads = Vec::new();
+    for _ in 0..6 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /crm/contacts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+            s.gw.token,
+            32 << 20
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        uploads.push(stream);
+    }
+    // Written at once; a refused upload's connection may stop taking bytes.
+    let answers =
+        futures_util::future::join_all(uploads.into_iter().map(|mut stream| async move {
+            let chunk = vec![b'a'; 1 << 20];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+                for _ in 0..SENT_MIB {
+                    if stream.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            let mut answer = vec![0u8; 4096];
+            match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+                .await
+            {
+                Ok(Ok(read)) => String::from_utf8_lossy(&answer[..read]).to_string(),
+                _ => String::new(),
+            }
+        }))
+        .await;
+    let refused = answers
+        .iter()
+        .filter(|answer| {
+            answer.starts_with("HTTP/1.1 503") && answer.contains("request_bodies_busy")
+        })
+        .count();
+    assert!(refused >= 1, "{answers:#?}");
+    assert!(s.vendor.seen().is_empty());
+    s.gw.stop().await;
+}
+
 /// The body the OAuth2 path reads whole must arrive within `request_timeout_ms`, as a streamed
 /// one must: a caller that stalls its upload gets `408 request_body_timeout`, not a call held
 /// open for good, and the vendor gets nothing.
