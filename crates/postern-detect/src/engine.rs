@@ -290,6 +290,8 @@ const CALLER_REFUSALS: &[&str] = &[
     // the same bound, and that on `br` answers read for the injected credential, withholding
     // an answer the vendor gave (the vendor is not at fault).
     "scanners_busy",
+    // 503: the same bound on OAuth2 integrations' bodies, read whole to be replayed.
+    "request_bodies_busy",
     "response_scanners_busy",
     "response_decoders_busy",
     // 502: the target dialled is one of Postern's own listeners: the caller asked for Postern
