@@ -424,16 +424,9 @@ fn tls_problem(error: &anyhow::Error) -> String {
 }
 
 /// The listener's TLS files could not be used ([`tls_problem`] says why and how to mend it).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 struct TlsFilesUnusable(String);
-
-impl std::fmt::Display for TlsFilesUnusable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for TlsFilesUnusable {}
 
 /// What [`Shared::rebuild`] builds the new runtime from.
 enum Rebuild {

@@ -756,7 +756,7 @@ impl Guard {
 /// (`fd20:ce::254`). (Alibaba's `100.100.100.200` is not among them: it lies in the CGNAT range
 /// that overlay networks such as Tailscale allow whole, and is an endpoint on that cloud only.)
 /// Reached through an IPv4-embedding IPv6 address, the embedded address is checked as itself.
-pub fn is_cloud_metadata(ip: IpAddr) -> bool {
+fn is_cloud_metadata(ip: IpAddr) -> bool {
     const V4: [Ipv4Addr; 3] = [
         Ipv4Addr::new(169, 254, 169, 254),
         Ipv4Addr::new(169, 254, 170, 2),
