@@ -928,6 +928,8 @@ struct RotatingWriter {
     max_file_bytes: u64,
     rotation: Rotation,
     file: File,
+    /// The same file opened for reading (see [`reader_of`]), to tell whether it ends a line.
+    reader: Option<File>,
     size: u64,
     /// Whether the file may end in part of a line: a failed write landed some of its bytes and
     /// they could not be cut off. The next write starts a line of its own first.
@@ -1007,6 +1009,7 @@ impl RotatingWriter {
         let (file, size) = open_log(&options.path)?;
         Ok(RotatingWriter {
             max_file_bytes: options.max_file_bytes,
+            reader: reader_of(&options.path, &file),
             rotation: Rotation::new(options.path, options.max_files),
             file,
             size,
@@ -1061,6 +1064,7 @@ impl RotatingWriter {
         // The broken line ends before the chunk (in the same write, so the chunk never goes
         // without it), unparsable on its own; the chunk's first line is whole.
         let mended;
+        let mended_prefix = usize::from(self.torn);
         let chunk = match self.torn {
             true => {
                 mended = [b"\n", chunk].concat();
@@ -1099,17 +1103,32 @@ impl RotatingWriter {
                 };
                 #[cfg(not(test))]
                 let cut = self.file.set_len(self.size);
+                let mut landed_lines = 0;
                 if cut.is_err() {
                     if let Ok(metadata) = self.file.metadata() {
-                        // Torn unless the file, as it now stands, ends a line (read back: what
-                        // landed is not known, nor who else wrote).
+                        // Torn unless the file, as it now stands, ends a line (read back through
+                        // the file written, which a failed rotation left under another name:
+                        // what landed is not known for sure, nor who else wrote).
+                        let before = self.size;
                         self.size = metadata.len();
                         self.torn = self.size > 0
-                            && last_byte(self.rotation.path(), self.size) != Some(b'\n');
+                            && self
+                                .reader
+                                .as_ref()
+                                .and_then(|reader| last_byte(reader, self.size))
+                                != Some(b'\n');
+                        landed_lines = whole_lines_landed(
+                            &chunk[mended_prefix..],
+                            self.size.saturating_sub(before + mended_prefix as u64),
+                        )
+                        .min(lines);
                     }
                 }
-                stats.write_errors.fetch_add(lines, Ordering::Relaxed);
-                tracing::error!(%error, events = lines, "could not append to the event file");
+                stats.written.fetch_add(landed_lines, Ordering::Relaxed);
+                stats
+                    .write_errors
+                    .fetch_add(lines - landed_lines, Ordering::Relaxed);
+                tracing::error!(%error, events = lines - landed_lines, "could not append to the event file");
             }
         }
     }
@@ -1117,6 +1136,7 @@ impl RotatingWriter {
     fn rotate(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
         self.file = self.rotation.rotate()?;
+        self.reader = reader_of(self.rotation.path(), &self.file);
         self.size = 0;
         self.torn = false;
         Ok(())
@@ -1175,11 +1195,11 @@ pub(crate) fn rotated_name(path: &Path, index: u32) -> PathBuf {
 /// line a crash tore is ended first, so the next line written is one of its own.
 pub(crate) fn open_log(path: &Path) -> std::io::Result<(File, u64)> {
     let mut file = open_append(path)?;
-    let metadata = file.metadata()?;
-    let mut size = metadata.len();
+    let mut size = file.metadata()?.len();
     // Best effort: a file that can be appended to but not read (or that is no regular file)
     // is appended to as before.
-    if metadata.is_file() && size > 0 && last_byte(path, size).is_some_and(|last| last != b'\n') {
+    let ends_a_line = |reader: File| last_byte(&reader, size).is_none_or(|last| last == b'\n');
+    if size > 0 && reader_of(path, &file).is_some_and(|reader| !ends_a_line(reader)) {
         match file.write_all(b"\n") {
             Ok(()) => size += 1,
             // As a failed write later would be: logged, and the file appended to as it is.
@@ -1191,14 +1211,38 @@ pub(crate) fn open_log(path: &Path) -> std::io::Result<(File, u64)> {
     Ok((file, size))
 }
 
-/// The last of the `size` bytes of `path`, if it can be read.
-fn last_byte(path: &Path, size: u64) -> Option<u8> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = File::open(path).ok()?;
-    file.seek(SeekFrom::Start(size - 1)).ok()?;
+/// The last of the `size` bytes of `file`, if it can be read.
+fn last_byte(file: &File, size: u64) -> Option<u8> {
+    use std::os::unix::fs::FileExt;
     let mut last = [0u8; 1];
-    file.read_exact(&mut last).ok()?;
+    file.read_exact_at(&mut last, size.checked_sub(1)?).ok()?;
     Some(last[0])
+}
+
+/// `appending`, the log file at `path`, opened again for reading: a regular file only (a FIFO
+/// is never waited on), and only if `path` still names that file. The handle follows the file
+/// when it is renamed, as the appending one does (a failed rotation leaves both on `.1`).
+fn reader_of(path: &Path, appending: &File) -> Option<File> {
+    use std::os::unix::fs::MetadataExt;
+    let written = appending.metadata().ok()?;
+    if !written.is_file() {
+        return None;
+    }
+    let reader = File::open(path).ok()?;
+    let read = reader.metadata().ok()?;
+    (read.dev() == written.dev() && read.ino() == written.ino()).then_some(reader)
+}
+
+/// How many whole lines of `chunk` the first `landed` bytes hold: what a failed write left in
+/// the file that it could not cut off. None when more landed than the chunk has (another
+/// writer's bytes: what is ours is not known).
+fn whole_lines_landed(chunk: &[u8], landed: u64) -> u64 {
+    match usize::try_from(landed) {
+        Ok(landed) if landed <= chunk.len() => {
+            memchr::memchr_iter(b'\n', &chunk[..landed]).count() as u64
+        }
+        _ => 0,
+    }
 }
 
 /// Opens a log file for appending (created with mode 0640).
@@ -1998,6 +2042,38 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.lines().count(), 5, "{text}");
+        // The line that landed whole counts as written, the two that did not as errors.
+        assert_eq!(stats.written.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.write_errors.load(Ordering::Relaxed), 2);
+    }
+
+    /// After a failed rotation the writer appends to the moved file (`.1`); a failed write
+    /// that cannot be cut off is read back there, not at the configured path. Here what landed
+    /// ends a line, so the next write adds no empty line.
+    #[test]
+    fn a_failed_write_after_a_failed_rotation_is_read_back_in_the_moved_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = options(dir.path(), 20);
+        let path = options.path.clone();
+        let mut writer = RotatingWriter::open(options).unwrap();
+        writer.rotation.failing_opens = 1;
+        let stats = EventStats::default();
+        // The second line's rotation moves the file to `.1` and fails to open a new one.
+        writer.write_batch(b"{\"n\":1,\"pad\":\"pppp\"}\n{\"n\":2}\n".to_vec(), &stats);
+        assert_eq!(stats.rotation_failures.load(Ordering::Relaxed), 1);
+        assert!(!path.exists());
+        // Half of two equal lines lands: the first whole, and it cannot be cut off.
+        writer.failing_writes = 1;
+        writer.failing_cuts = 1;
+        writer.write_batch(b"{\"n\":3}\n{\"n\":4}\n".to_vec(), &stats);
+        writer.write_batch(b"{\"n\":5}\n".to_vec(), &stats);
+        let text = std::fs::read_to_string(rotated_name(&path, 1)).unwrap();
+        assert_eq!(
+            text,
+            "{\"n\":1,\"pad\":\"pppp\"}\n{\"n\":2}\n{\"n\":3}\n{\"n\":5}\n"
+        );
+        assert_eq!(stats.written.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.write_errors.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
