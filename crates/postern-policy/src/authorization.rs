@@ -351,8 +351,8 @@ impl PolicyEngine {
                 })
                 .collect(),
             operation_ids: operation_slots
-                .values()
-                .flat_map(|slots| slots.keys().cloned())
+                .iter()
+                .map(|(integration, slots)| (integration.clone(), slots.keys().cloned().collect()))
                 .collect(),
         };
         let (custom_count, size_reads, unknown_names) = match custom_policies {
@@ -714,8 +714,27 @@ struct Known {
     integrations: HashSet<String>,
     /// Operation entities' ids (`integration/operation`).
     operations: HashSet<String>,
-    /// Operation ids, as `context.operation` holds them.
-    operation_ids: HashSet<String>,
+    /// Each integration's operation ids, as `context.operation` holds them.
+    operation_ids: HashMap<String, HashSet<String>>,
+}
+
+impl Known {
+    /// The names `context.<attribute>` may hold, or None for an attribute not checked. An
+    /// operation is looked for in `integration`'s when the policy names that one alone (see
+    /// [`the_one_integration`]), else in every integration's.
+    fn names(&self, attribute: &str, integration: Option<&str>) -> Option<Vec<&HashSet<String>>> {
+        match attribute {
+            "caller" => Some(vec![&self.callers]),
+            "integration" => Some(vec![&self.integrations]),
+            "operation" => Some(
+                match integration.and_then(|name| self.operation_ids.get(name)) {
+                    Some(operations) => vec![operations],
+                    None => self.operation_ids.values().collect(),
+                },
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// A note for each name a custom policy gives that the config does not have: a caller,
@@ -728,7 +747,8 @@ fn unknown_names(policies: &PolicySet, known: &Known) -> Vec<String> {
     for policy in policies.policies() {
         let Ok(json) = policy.to_json() else { continue };
         let mut names = Vec::new();
-        named(&json, known, &mut names);
+        let integration = the_one_integration(&json);
+        named(&json, known, integration.as_deref(), &mut names);
         names.sort();
         names.dedup();
         notes.extend(names.into_iter().map(|name| {
@@ -741,9 +761,107 @@ fn unknown_names(policies: &PolicySet, known: &Known) -> Vec<String> {
     notes
 }
 
-/// Collects into `names` the unknown names `json` (a policy's EST, or a part of it) gives.
-fn named(json: &serde_json::Value, known: &Known, names: &mut Vec<String>) {
+/// The integration a policy (its EST) is bound to: the one its scope's resource names or the
+/// one a `context.integration == "…"` among its conditions' top-level `&&` terms names, when
+/// it names exactly one. An operation compared with `context.operation` in such a policy is one
+/// of that integration's, or it never matches.
+fn the_one_integration(policy: &serde_json::Value) -> Option<String> {
     use serde_json::Value;
+    let mut named = HashSet::new();
+    if let Some(entity) = policy.get("resource").and_then(|scope| scope.get("entity")) {
+        let id = entity.get("id").and_then(Value::as_str);
+        match entity.get("type").and_then(Value::as_str) {
+            Some("Postern::Integration") => named.extend(id.map(str::to_owned)),
+            // Operations' ids are `integration/operation`.
+            Some("Postern::Operation") => named.extend(
+                id.and_then(|id| id.split_once('/'))
+                    .map(|(integration, _)| integration.to_owned()),
+            ),
+            _ => {}
+        }
+    }
+    let mut terms = Vec::new();
+    for condition in policy
+        .get("conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if condition.get("kind").and_then(Value::as_str) == Some("when") {
+            terms.extend(condition.get("body").map(conjuncts).into_iter().flatten());
+        }
+    }
+    for term in terms {
+        let Some(Value::Object(sides)) = term.get("==") else {
+            continue;
+        };
+        let (Some(left), Some(right)) = (sides.get("left"), sides.get("right")) else {
+            continue;
+        };
+        for (attribute, literal) in [(left, right), (right, left)] {
+            if context_attribute(attribute) == Some("integration") {
+                named.extend(
+                    literal
+                        .get("Value")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
+    let mut named = named.into_iter();
+    match (named.next(), named.next()) {
+        (Some(one), None) => Some(one),
+        _ => None,
+    }
+}
+
+/// The terms of `json`'s top-level `&&` chain (itself when it is none).
+fn conjuncts(json: &serde_json::Value) -> Vec<&serde_json::Value> {
+    match json.get("&&") {
+        Some(sides) => [sides.get("left"), sides.get("right")]
+            .into_iter()
+            .flatten()
+            .flat_map(conjuncts)
+            .collect(),
+        None => vec![json],
+    }
+}
+
+/// Whether `name` matches a Cedar `like` pattern (its EST: `"Wildcard"` or `{"Literal": s}`).
+fn like_matches(pattern: &[serde_json::Value], name: &str) -> bool {
+    let Some((first, rest)) = pattern.split_first() else {
+        return name.is_empty();
+    };
+    match first {
+        serde_json::Value::String(wildcard) if wildcard == "Wildcard" => name
+            .char_indices()
+            .map(|(at, _)| at)
+            .chain([name.len()])
+            .any(|at| like_matches(rest, &name[at..])),
+        _ => match first.get("Literal").and_then(serde_json::Value::as_str) {
+            Some(literal) => name
+                .strip_prefix(literal)
+                .is_some_and(|name| like_matches(rest, name)),
+            None => true, // a form not understood: take it as matching, so no false note
+        },
+    }
+}
+
+/// Collects into `names` the unknown names `json` (a policy's EST, or a part of it) gives;
+/// operations are checked against `integration`'s when the policy names that one alone.
+fn named(
+    json: &serde_json::Value,
+    known: &Known,
+    integration: Option<&str>,
+    names: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    let unknown = |attribute: &str, name: &str| {
+        known
+            .names(attribute, integration)
+            .is_some_and(|sets| !sets.iter().any(|set| set.contains(name)))
+    };
     match json {
         Value::Object(map) => {
             if let (Some(Value::String(kind)), Some(Value::String(id))) =
@@ -772,28 +890,68 @@ fn named(json: &serde_json::Value, known: &Known, names: &mut Vec<String>) {
                     else {
                         continue;
                     };
-                    let set = match attribute {
-                        "caller" => &known.callers,
-                        "integration" => &known.integrations,
-                        "operation" => &known.operation_ids,
-                        _ => continue,
-                    };
-                    if !set.contains(literal) {
+                    if unknown(attribute, literal) {
                         names.push(format!("context.{attribute} {literal:?}"));
                     }
                 }
             }
+            // `["a", "b"].contains(context.caller)`: each member is a name.
+            if let Some(Value::Object(sides)) = map.get("contains") {
+                if let (Some(Value::Array(members)), Some(attribute)) = (
+                    sides.get("left").and_then(|set| set.get("Set")),
+                    sides.get("right").and_then(context_attribute),
+                ) {
+                    for member in members {
+                        if let Some(Value::String(literal)) = member.get("Value") {
+                            if unknown(attribute, literal) {
+                                names.push(format!("context.{attribute} {literal:?}"));
+                            }
+                        }
+                    }
+                }
+            }
+            // `context.caller like "pay*"`: some name must match the pattern.
+            if let Some(Value::Object(like)) = map.get("like") {
+                if let (Some(attribute), Some(Value::Array(pattern))) = (
+                    like.get("left").and_then(context_attribute),
+                    like.get("pattern"),
+                ) {
+                    let matched = known.names(attribute, integration).map(|sets| {
+                        sets.iter()
+                            .any(|set| set.iter().any(|name| like_matches(pattern, name)))
+                    });
+                    if matched == Some(false) {
+                        names.push(format!(
+                            "context.{attribute} like {:?}",
+                            pattern_text(pattern)
+                        ));
+                    }
+                }
+            }
             for value in map.values() {
-                named(value, known, names);
+                named(value, known, integration, names);
             }
         }
         Value::Array(items) => {
             for item in items {
-                named(item, known, names);
+                named(item, known, integration, names);
             }
         }
         _ => {}
     }
+}
+
+/// A `like` pattern as written in Cedar (`*` for a wildcard, a literal `*` escaped).
+fn pattern_text(pattern: &[serde_json::Value]) -> String {
+    pattern
+        .iter()
+        .map(
+            |element| match element.get("Literal").and_then(serde_json::Value::as_str) {
+                Some(literal) => literal.replace('*', "\\*"),
+                None => "*".to_owned(),
+            },
+        )
+        .collect()
 }
 
 /// `attr` when `json` is `context.attr`.

@@ -713,7 +713,20 @@ forbid(principal == Postern::Caller::"chekout", action, resource == Postern::Ope
     when { context.operation == "refnd" || "suport" == context.caller || context.integration != "twilo" };
 @id("known")
 forbid(principal == Postern::Caller::"checkout", action, resource == Postern::Operation::"stripe/refund")
-    when { context.operation == "refund" && context.caller != "support" && context.integration == "stripe" };"#;
+    when { context.operation == "refund" && context.caller != "support" && context.integration == "stripe" };
+@id("sets")
+forbid(principal, action, resource)
+    when { ["checkout", "reprots"].contains(context.caller) || context.caller like "pay*" };
+@id("elsewhere")
+forbid(principal, action, resource in Postern::Integration::"twilio")
+    when { context.operation == "refund" };
+@id("elsewhere2")
+forbid(principal, action, resource)
+    when { context.integration == "stripe" && context.operation == "send_message" };
+@id("known2")
+forbid(principal, action, resource)
+    when { ["checkout", "reports"].contains(context.caller) && context.operation like "create_*"
+        && context.caller like "*port*" && context.integration like "tw*" && context.operation == "send_message" };"#;
     let notes = compile(Some(policies)).unwrap().notes();
     let named = |policy: &str, name: &str| {
         notes.iter().any(|note| {
@@ -729,8 +742,13 @@ forbid(principal == Postern::Caller::"checkout", action, resource == Postern::Op
         ("typos", r#"context.operation "refnd""#),
         ("typos", r#"context.caller "suport""#),
         ("typos", r#"context.integration "twilo""#),
+        ("sets", r#"context.caller "reprots""#),
+        ("sets", r#"context.caller like "pay*""#),
+        // An operation of another integration than the one the policy is bound to.
+        ("elsewhere", r#"context.operation "refund""#),
+        ("elsewhere2", r#"context.operation "send_message""#),
     ] {
         assert!(named(policy, name), "{policy} {name}: {notes:#?}");
     }
-    assert_eq!(notes.len(), 6, "{notes:#?}");
+    assert_eq!(notes.len(), 10, "{notes:#?}");
 }
