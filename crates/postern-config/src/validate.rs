@@ -1119,11 +1119,7 @@ impl Validator<'_> {
             );
         }
         // A key in the path would be shown by the admin API and in messages: refused unshown.
-        if upstream
-            .path()
-            .split(['/', ';', ':'])
-            .any(reads_as_a_secret)
-        {
+        if path_holds_a_key(upstream.path()) {
             self.error(
                 span,
                 "`upstream`'s path holds a piece that reads as a secret value (not shown)",
@@ -1592,10 +1588,7 @@ impl Validator<'_> {
             // shown in every message about it, and recorded in every event and audit entry of
             // its calls: refused without being shown. (Only what certainly is a key: a literal
             // that merely looks random, an account id, is a path a grant may pin.)
-            let holds_a_secret = path
-                .split(['/', '?', '&', '=', ':', ';'])
-                .any(reads_as_a_secret);
-            if holds_a_secret {
+            if path_holds_a_key(&path) {
                 self.error(
                     operation.path.span(),
                     format!("operation `{id}`'s path holds a piece that reads as a secret value (not shown)"),
@@ -1924,6 +1917,54 @@ pub fn reads_as_a_secret(text: &str) -> bool {
             length >= 40 || (length >= 16 && !words && reads_as_random(rest, true))
         })
     })
+}
+
+/// Whether a URL path (an operation's template, an upstream's path, with any query) holds a
+/// key: a piece that [`reads_as_a_secret`], or a vendor's token where its API takes it in the
+/// path — a Telegram bot token (`/bot123456789:AAH…`), a Slack webhook's secret
+/// (`/services/T…/B…/<secret>`), a Discord webhook's (`/webhooks/<id>/<token>`). Only what is
+/// certainly a key: an account id a grant pins stays allowed.
+pub fn path_holds_a_key(path: &str) -> bool {
+    let pieces = |separators: &[char]| path.split(separators).collect::<Vec<_>>();
+    let alphanumeric_or = |text: &str, others: &[u8]| {
+        text.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || others.contains(&b))
+    };
+    let id = |text: &str, first: u8| {
+        text.len() >= 9
+            && text.as_bytes()[0] == first
+            && alphanumeric_or(text, b"")
+            && !text.bytes().any(|b| b.is_ascii_lowercase())
+    };
+    let telegram = |segment: &str| {
+        let Some((bot, token)) = segment.split_once(':') else {
+            return false;
+        };
+        bot.strip_prefix("bot").is_some_and(|digits| {
+            (5..=16).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+        }) && token.len() >= 30
+            && alphanumeric_or(token, b"-_")
+    };
+    let segments = pieces(&['/', '?', '&', '=', ';']);
+    let slack = segments.windows(3).any(|three| {
+        id(three[0], b'T')
+            && id(three[1], b'B')
+            && three[2].len() >= 20
+            && alphanumeric_or(three[2], b"")
+    });
+    let discord = segments.windows(3).any(|three| {
+        three[0].eq_ignore_ascii_case("webhooks")
+            && three[1].len() >= 15
+            && three[1].bytes().all(|b| b.is_ascii_digit())
+            && three[2].len() >= 50
+            && alphanumeric_or(three[2], b"-_")
+    });
+    pieces(&['/', '?', '&', '=', ':', ';'])
+        .into_iter()
+        .any(reads_as_a_secret)
+        || segments.iter().any(|segment| telegram(segment))
+        || slack
+        || discord
 }
 
 /// Whether `text`, written where a name belongs, may be a secret value ([`reads_as_a_secret`],

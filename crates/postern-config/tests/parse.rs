@@ -383,15 +383,37 @@ fn oauth2_params_carry_no_secret_and_nothing_postern_sends() {
 #[test]
 fn a_key_in_an_operation_path_is_refused_unshown() {
     let key = "sk_live_51HqLyjWDarjtT1zdp7dcQ8";
-    for path in [format!("/v1/x?api_key={key}"), format!("/v1/{key}/charges")] {
+    // Tokens vendors take in the path: Telegram's bot token, Slack's and Discord's webhooks'.
+    let telegram = "AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw";
+    let slack = "XXXXXXXXXXXXXXXXXXXXXXXX";
+    let discord = "Xl0aWjq3WfEbNSZvm8Mj_2a7hJkLmNoPqRsTuVwXyZ-0123456789abcdef";
+    for (path, secret) in [
+        (format!("/v1/x?api_key={key}"), key),
+        (format!("/v1/{key}/charges"), key),
+        (format!("/bot123456789:{telegram}/sendMessage"), telegram),
+        (format!("/services/T00000000/B00000000/{slack}"), slack),
+        (
+            format!("/api/webhooks/123456789012345678/{discord}"),
+            discord,
+        ),
+    ] {
         let body = integration("").replace("/v1/charges/{id}", &path);
         let errors = parse_body(&body).expect_err("a key in a path");
         let shown = format!("{errors}");
         assert!(
             shown.contains("path holds a piece that reads as a secret value (not shown)"),
-            "{shown}"
+            "{path}: {shown}"
         );
-        assert!(!shown.contains(key), "{shown}");
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    // Their templates pass.
+    for path in [
+        "/bot{token}/sendMessage",
+        "/services/{team}/{channel}/{secret}",
+        "/api/webhooks/{id}/{token}",
+    ] {
+        let body = integration("").replace("/v1/charges/{id}", path);
+        assert_eq!(render(&body), "ok", "{path}");
     }
     let body = integration("").replace(
         "https://api.stripe.com",
