@@ -67,6 +67,11 @@ pub struct ConnectionInfo {
     /// that outlives it (a CONNECT's socket is handed to a task of its own), so open tunnels
     /// count against the listener's limit and as their worker's connections.
     held: Option<Arc<Held>>,
+    /// An intercepted tunnel's bookkeeping (its place under the caller's tunnel cap, the open
+    /// tunnels' count, a call in flight on the connection it came through), kept while anything
+    /// holds these facts: the tunnel's task, and a WebSocket session opened in it, which goes on
+    /// once hyper has handed its socket over and the task has ended.
+    _open_tunnel: Option<Arc<dyn std::any::Any + Send + Sync>>,
     /// The calls in flight on this connection (or tunnel), which its idle limit excuses.
     in_flight: InFlight,
     /// How requests on this connection have identified a caller (path mode): the bits
@@ -100,6 +105,7 @@ impl ConnectionInfo {
             tls,
             tunnel: None,
             held: None,
+            _open_tunnel: None,
             in_flight,
             identified: std::sync::atomic::AtomicU8::new(0),
             closing: tokio::sync::Notify::new(),
@@ -131,6 +137,15 @@ impl ConnectionInfo {
         }
     }
 
+    /// The same facts, keeping an intercepted tunnel's bookkeeping (`open`) until the last
+    /// holder ends.
+    pub fn keeping(self, open: Arc<dyn std::any::Any + Send + Sync>) -> Self {
+        ConnectionInfo {
+            _open_tunnel: Some(open),
+            ..self
+        }
+    }
+
     /// The same client, inside a tunnel (or an absolute-form request) that `tunnel` describes,
     /// its calls counted in `in_flight`: the one its stream's [`crate::deadline::Deadline`]
     /// excuses (an intercepted tunnel's own, or this connection's for an absolute-form request).
@@ -142,6 +157,7 @@ impl ConnectionInfo {
             tls,
             tunnel: Some(tunnel),
             held: self.held.clone(),
+            _open_tunnel: None,
             in_flight,
             identified: std::sync::atomic::AtomicU8::new(BY_CERTIFICATE | BY_TOKEN),
             closing: tokio::sync::Notify::new(),

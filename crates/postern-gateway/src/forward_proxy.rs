@@ -538,8 +538,15 @@ fn intercept(
     });
     // The tunnel's calls excuse its own idle limit while any runs (below).
     let in_flight = crate::deadline::InFlight::default();
-    let info = Arc::new(connection.tunnelled(true, tunnel, in_flight.clone()));
+    // The tunnel's place, count and call on the outer connection last as long as these facts:
+    // the task below holds them, and so does a WebSocket session opened in the tunnel, which
+    // outlives the task (hyper hands its socket over and ends the connection's future).
     let open = OpenTunnel::new(shared, place, connection);
+    let info = Arc::new(
+        connection
+            .tunnelled(true, tunnel, in_flight.clone())
+            .keeping(Arc::new(open)),
+    );
     let builder = crate::listener::connection_builder(runtime.config.gateway.max_header_bytes);
     // An intercepted tunnel closes after the proxy's idle timeout without a byte either way
     // (unless a call in it is waiting for its vendor).
@@ -547,7 +554,6 @@ fn intercept(
     let shared = shared.clone();
     let context = context.take();
     tokio::spawn(async move {
-        let _open = open;
         match hyper::upgrade::on(request).await {
             Ok(upgraded) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls);

@@ -1441,8 +1441,7 @@ fn inject(
     // Headers: drop hop-by-hop, those named by Connection, caller credentials, and any header
     // carrying the caller token.
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
-    let mut connection_named = connection_named(&parts.headers);
-    connection_named.retain(|name| !BODY_FIELDS.contains(name));
+    let connection_named = connection_named(&parts.headers);
     let mut last_name: Option<HeaderName> = None;
     let mut cookies = 0usize;
     let mut accepts_codings = false;
@@ -2456,11 +2455,7 @@ fn prepare_response(
         }
     }
     if strip {
-        let connection_named = connection_named(&parts.headers);
-        let named = connection_named
-            .iter()
-            .filter(|name| !BODY_FIELDS.contains(name));
-        for name in HOP_BY_HOP.iter().chain(named) {
+        for name in HOP_BY_HOP.iter().chain(&connection_named(&parts.headers)) {
             parts.headers.remove(name);
         }
         for name in remove_fields(&mut parts.headers, leaks) {
@@ -2940,12 +2935,15 @@ fn cookie_kept_to(value: &[u8], path_prefix: &str, integration: &str) -> Option<
 
 /// Header names listed in `Connection` (hop-by-hop for this message, RFC 9110 §7.6.1). Read
 /// as bytes: a value with a byte that is not UTF-8 (obs-text) still names the headers beside it.
+/// [`BODY_FIELDS`] are left out, in path mode and the forward proxy alike: named or not, they
+/// stay.
 pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&byte| byte == b','))
         .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+        .filter(|name| !BODY_FIELDS.contains(name))
         .collect()
 }
 
@@ -3344,6 +3342,11 @@ mod tests {
             HeaderValue::from_bytes(b"x-one, \xff\xfe ,X-Two").unwrap(),
         );
         headers.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        // What says what the body is stays (BODY_FIELDS), whoever names it.
+        headers.append(
+            header::CONNECTION,
+            HeaderValue::from_static("Content-Encoding, content-type,content-length"),
+        );
         let named = super::connection_named(&headers);
         assert_eq!(
             named,

@@ -433,6 +433,58 @@ async fn a_websocket_session_through_the_forward_proxy_is_intercepted_and_relaye
     gw.stop().await;
 }
 
+/// A session opened inside an intercepted tunnel holds the tunnel's place while it lasts,
+/// though hyper hands its socket over and ends the tunnel's connection task: it counts among
+/// the open tunnels and under the caller's `max_tunnels_per_caller` (before, it gave both back
+/// at once, and its caller could open sessions past the cap, uncounted), until it ends.
+#[tokio::test]
+async fn a_session_in_a_tunnel_holds_the_tunnels_place_until_it_ends() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let vendor = WsVendor::start(None, echo).await;
+    let (body, _keys) = ws_integration(&vendor, "");
+    let body = format!("{body}\n[proxy]\nmax_tunnels_per_caller = 1\n");
+    let gw = TestGateway::start(&body, Some(&vendor.ca_pem)).await;
+    let tunnels_open = |text: String| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("postern_tunnels_open "))
+            .unwrap_or_else(|| panic!("no postern_tunnels_open in {text}"))
+            .parse::<i64>()
+            .unwrap()
+    };
+    let mut ws = session_through_the_proxy(&gw).await;
+    assert_eq!(echoed(&mut ws, "hello").await, Message::text("echo: hello"));
+    assert_eq!(tunnels_open(gw.metrics().await), 1);
+    // The caller's one place is taken: a second tunnel is refused.
+    let connect = |token: &str| {
+        use base64::Engine as _;
+        let credentials = base64::engine::general_purpose::STANDARD.encode(format!("x:{token}"));
+        format!("CONNECT {VENDOR_HOST}:443 HTTP/1.1\r\nHost: {VENDOR_HOST}:443\r\nProxy-Authorization: Basic {credentials}\r\n\r\n")
+    };
+    let mut second = TcpStream::connect(gw.running().listen_addr).await.unwrap();
+    second
+        .write_all(connect(CHECKOUT_TOKEN).as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    second.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 429", "{}", String::from_utf8_lossy(&head));
+    // Still open and relaying; once it ends, the place is free again.
+    assert_eq!(echoed(&mut ws, "again").await, Message::text("echo: again"));
+    ws.close(None).await.unwrap();
+    until_closed(&mut ws, "the session").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tunnels_open(gw.metrics().await) != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tunnel is still counted open after its session ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut third = session_through_the_proxy(&gw).await;
+    assert_eq!(echoed(&mut third, "hi").await, Message::text("echo: hi"));
+    gw.stop().await;
+}
+
 /// A session opened inside an intercepted tunnel ends when a reload takes what the tunnel's
 /// next request would be refused for: interception of its host turned off, its host given
 /// elsewhere, or forward-proxy mode turned off (`websocket_revoked`).
