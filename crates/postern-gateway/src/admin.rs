@@ -1,6 +1,6 @@
 //! The admin listener: health, readiness, metrics, the read-only JSON API and the audit log.
-//! Everything but `/healthz`, `/readyz` and the public transparency log under `/log/` needs
-//! `Authorization: Bearer <admin token>`.
+//! Everything but `/healthz`, `/readyz`, the public transparency log under `/log/` and the
+//! public audit routes ([`public_audit`]) needs `Authorization: Bearer <admin token>`.
 //! Routes and payloads are documented in `docs/ADMIN.md` and (audit) `docs/AUDIT.md`.
 
 use std::sync::Arc;
