@@ -2063,11 +2063,12 @@ async fn forward_replayable(
 /// `started`; [`forwarded`] reads its result. Not an `async fn` (no level of its own in the
 /// call's future: see [`handle`]).
 ///
-/// Sent on HTTP/1.1 connections kept to the `caller` ([`UpstreamClient::send`]): a vendor
-/// that sends an answer nobody asked for (a second response after one, late) puts an HTTP/1.1
-/// connection one answer behind its requests, which no client can tell; on a connection shared
-/// by callers, each would get the one before's answer. Kept apart, a caller can only ever get
-/// its own. (An h2 vendor's answers name their stream: its connections are shared.)
+/// Sent on connections kept to the `caller` ([`UpstreamClient::send`]): a vendor that sends an
+/// answer nobody asked for (a second response after one, late) puts an HTTP/1.1 connection one
+/// answer behind its requests, which no client can tell; on a connection shared by callers,
+/// each would get the one before's answer. Kept apart, a caller can only ever get its own. An
+/// h2 connection fails all its streams together (a GOAWAY), so a caller who can make it fail
+/// (by not reading answers sent in small frames) fails only its own calls.
 fn forward<'a>(
     integration: &'a IntegrationRuntime,
     request: Request<ForwardBody>,
@@ -2076,7 +2077,7 @@ fn forward<'a>(
 ) -> tokio::time::Timeout<impl Future<Output = Forwarded> + Send + 'a> {
     tokio::time::timeout_at(
         answer_deadline(integration, started),
-        integration.client.send(request, caller, true),
+        integration.client.send(request, caller),
     )
 }
 

@@ -649,15 +649,8 @@ impl Pool {
 
     /// A ready connection to `key`: an HTTP/1.1 one leaves the stack, an h2 one with room is
     /// shared (a stream of it counted for the call). Closed connections and ones idle longer
-    /// than `idle_timeout` are dropped on the way. `h2_only`: a caller's call on everyone's
-    /// connections to an origin known as h2 takes no HTTP/1.1 one there (one checked in by a
-    /// call of no caller's, Postern's own token request, whose late answer must not reach it).
-    fn take(
-        &mut self,
-        key: &OriginKey,
-        idle_timeout: Duration,
-        h2_only: bool,
-    ) -> Option<(Leased, SocketAddr)> {
+    /// than `idle_timeout` are dropped on the way.
+    fn take(&mut self, key: &OriginKey, idle_timeout: Duration) -> Option<(Leased, SocketAddr)> {
         let conns = self.origins.get_mut(key)?;
         let now = Instant::now();
         let mut i = conns.len();
@@ -670,7 +663,6 @@ impl Pool {
                     continue;
                 }
                 State::Full => continue,
-                State::Ready if h2_only && matches!(conns[i].sender, Sender::H1(_)) => continue,
                 State::Ready => conns[i].since = now,
             }
             return Some(match &conns[i].sender {
@@ -774,19 +766,17 @@ impl UpstreamClient {
     ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError>>
            + Send
            + '_ {
-        self.send(request, None, true)
+        self.send(request, None)
     }
 
     /// [`UpstreamClient::request`] on connections kept to `partition` (a caller's name): none is
-    /// shared with a call of another partition. For requests whose credentials are the
-    /// caller's own, not an integration's: a host may tie state to a connection (NTLM or
-    /// Negotiate authentication does), which would let the next caller on it act as the first.
+    /// shared with a call of another partition ([`UpstreamClient::send`]).
     pub async fn request_for(
         &self,
         request: http::Request<ForwardBody>,
         partition: Arc<str>,
     ) -> Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError> {
-        self.send(request, Some(&partition), false).await
+        self.send(request, Some(&partition)).await
     }
 
     /// Sends a WebSocket handshake (`request`: absolute URI, its upgrade headers set) on a
@@ -841,11 +831,17 @@ impl UpstreamClient {
         Ok((response, addr))
     }
 
-    /// [`UpstreamClient::request`] (`partition` `None`) or [`UpstreamClient::request_for`];
-    /// with `h2_shared`, only HTTP/1.1 connections are kept to `partition`: an origin known to
-    /// speak h2 is sent to on the connections every partition shares (an h2 answer names its
-    /// stream, so no answer can go astray between partitions on one), and an h2 connection
-    /// dialled for a partition is pooled as everyone's.
+    /// [`UpstreamClient::request`] (`partition` `None`: Postern's own requests) or
+    /// [`UpstreamClient::request_for`]: a caller's calls go on connections kept to it
+    /// (`partition`, its name), HTTP/1.1 and h2 alike, none shared with another caller's.
+    /// - HTTP/1.1: a vendor's stray answer puts a connection one answer behind, and a host may
+    ///   tie state to a connection (NTLM or Negotiate authentication does), which would let the
+    ///   next caller on it act as the first.
+    /// - h2: a connection's fate is shared by its streams. A caller that stops reading an answer
+    ///   sent in many small DATA frames leaves them buffered in the h2 crate, whose budget for
+    ///   such frames (half the connection window) then ends the connection with a GOAWAY,
+    ///   failing every call on it; a vendor's GOAWAY for one caller's requests ends the others'.
+    ///
     /// Not an `async fn` but an `async move` block, which keeps the request once in its future
     /// (an `async fn` keeps each argument twice).
     #[allow(clippy::manual_async_fn)]
@@ -853,24 +849,17 @@ impl UpstreamClient {
         &'a self,
         mut request: http::Request<ForwardBody>,
         partition: Option<&'a str>,
-        h2_shared: bool,
     ) -> impl Future<Output = Result<(http::Response<UpstreamBody>, SocketAddr), UpstreamError>>
            + Send
            + 'a {
         async move {
             let key = OriginKey::of(request.uri())?;
             let pool = self.pool();
-            // `h1_partition`: the partition of a call sent on everyone's connections to an
-            // origin known as h2, for an HTTP/1.1 connection it gets there after all.
-            let (key, h1_partition) = match partition {
-                None => (key, None),
+            let key = match partition {
+                None => key,
                 Some(name) => {
-                    let mut locked = lock(pool);
-                    let partition = locked.partition(name);
-                    match h2_shared && locked.h2_origins.contains_key(&key) {
-                        true => (key, Some(partition)),
-                        false => (key.in_partition(partition), None),
-                    }
+                    let partition = lock(pool).partition(name);
+                    key.in_partition(partition)
                 }
             };
             // Set once an attempt this call waited for failed: it then dials itself, at once, like
@@ -884,7 +873,7 @@ impl UpstreamClient {
                     let mut locked = lock(pool);
                     let taken = match resent {
                         true => None,
-                        false => locked.take(&key, self.inner.idle_timeout, h1_partition.is_some()),
+                        false => locked.take(&key, self.inner.idle_timeout),
                     };
                     match taken {
                         Some(pooled) => (Some(pooled), None),
@@ -923,20 +912,14 @@ impl UpstreamClient {
                     Some(pooled) => pooled,
                     // Boxed: the TLS and h2 handshakes would otherwise make every call's future
                     // (and each move of it) kilobytes larger.
-                    None => Box::pin(self.connect(&key, pool, h2_shared, partition)).await?,
+                    None => Box::pin(self.connect(&key, pool, partition)).await?,
                 };
                 let sent = match sender {
                     Leased::H1(conn) => {
                         to_origin_form(&mut request, &key)?;
-                        // An origin known as h2 that answered over HTTP/1.1 this time: the
-                        // connection goes back to the call's partition, never to everyone's.
-                        let checkin_key = match &h1_partition {
-                            Some(partition) => key.clone().in_partition(*partition),
-                            None => key.clone(),
-                        };
                         let checkin = Checkin {
                             pool: pool.clone(),
-                            key: checkin_key,
+                            key: key.clone(),
                             addr,
                         };
                         match crate::h1::send(conn, request, checkin, !fresh).await {
@@ -995,15 +978,12 @@ impl UpstreamClient {
 
     /// Dials `key` through the SSRF guard, negotiates TLS (ALPN h2 or http/1.1) and starts the
     /// connection's task on this thread's runtime.
-    /// With `h2_shared`, an h2 connection dialled for a partition's `key` is known and pooled
-    /// as everyone's ([`UpstreamClient::send`]).
     /// `partition`: the caller's name the call was sent for, whose share of the guard's lookups
     /// the dial's takes ([`dial`]).
     async fn connect(
         &self,
         key: &OriginKey,
         pool: &Arc<Mutex<Pool>>,
-        h2_shared: bool,
         partition: Option<&str>,
     ) -> Result<(Leased, SocketAddr), UpstreamError> {
         let OriginKey {
@@ -1082,14 +1062,6 @@ impl UpstreamClient {
         }
         match &sender {
             Sender::H2(conn) => {
-                let shared;
-                let key = match (h2_shared, &key.partition) {
-                    (true, Some(_)) => {
-                        shared = OriginKey::new(key.https, key.authority.clone());
-                        &shared
-                    }
-                    _ => key,
-                };
                 if !locked.h2_origins.contains_key(key) {
                     if locked.h2_origins.len() >= MAX_KNOWN_H2_ORIGINS {
                         // Forget the origins with no connection and no call opening one.
@@ -1771,28 +1743,26 @@ mod tests {
         assert_eq!(vendor.accepted.load(Ordering::SeqCst), 1);
     }
 
-    /// A caller's call on everyone's connections to an origin known as h2 takes no HTTP/1.1
-    /// connection pooled there: only a call of no caller's checks one in (Postern's own token
-    /// request), and a late answer on it must not reach a caller.
+    /// A caller's call takes no connection of Postern's own requests (an OAuth2 token
+    /// request's, whose late answer must not reach a caller) nor of another caller's; its own
+    /// it reuses.
     #[tokio::test]
-    async fn a_callers_call_takes_no_http1_connection_of_postern_s_own() {
+    async fn a_callers_call_takes_only_its_own_connections() {
         let vendor = vendor(usize::MAX).await;
         let client = client(Duration::from_secs(60));
-        call(&client, vendor.addr).await;
-        // Let the connection's task see its body end (it is ready again then).
-        tokio::time::sleep(Duration::from_millis(20)).await;
         let url = format!("http://{}/v1/charges", vendor.addr);
-        let key = OriginKey::of(&url.parse().unwrap()).unwrap();
-        let known_as_h2 = H2Origin {
-            limit: 100,
-            opening: None,
-            dialling: 0,
-        };
-        lock(client.pool()).h2_origins.insert(key, known_as_h2);
-        let (response, _) = client.send(request(&url), Some("a"), true).await.unwrap();
-        assert_eq!(response.status(), 200);
-        response.into_body().collect().await.unwrap();
-        assert_eq!(vendor.accepted.load(Ordering::SeqCst), 2);
+        for (partition, accepted) in [(None, 1), (Some("a"), 2), (Some("b"), 3), (Some("a"), 3)] {
+            // Let the last connection's task see its body end (it is ready again then).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let (response, _) = client.send(request(&url), partition).await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.into_body().collect().await.unwrap();
+            assert_eq!(
+                vendor.accepted.load(Ordering::SeqCst),
+                accepted,
+                "{partition:?}"
+            );
+        }
     }
 
     /// Past `MAX_POOLED_PER_WORKER` (8 in unit tests) a connection is closed after its call

@@ -2081,12 +2081,13 @@ operations = ["*"]
     gw.stop().await;
 }
 
-/// An h2 vendor's connection is shared by every caller (an h2 answer names its stream, so none
-/// can go astray between callers), unlike an HTTP/1.1 one
-/// (`a_stray_vendor_answer_never_reaches_another_caller`): two callers over one client
-/// connection, so one worker, make one vendor connection, whichever calls first.
+/// Each caller has its own h2 vendor connections, as it has its own HTTP/1.1 ones
+/// (`a_stray_vendor_answer_never_reaches_another_caller`): an h2 connection fails all its
+/// streams at once, so one caller must not be able to fail another's calls through it
+/// (`a_caller_not_reading_an_answer_in_small_frames_fails_no_other_callers_call`). Two callers
+/// over one client connection, so one worker, make two vendor connections, each reused.
 #[tokio::test]
-async fn callers_share_an_h2_vendor_connection() {
+async fn each_caller_has_its_own_h2_vendor_connection() {
     let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
     let reporting = "[[grants]]\ncaller = \"reporting\"\nintegration = \"stripe\"\noperations = [\"get_charge\"]\n";
     let gw = stripe_gateway_with(&vendor, "", reporting).await;
@@ -2105,7 +2106,7 @@ async fn callers_share_an_h2_vendor_connection() {
         assert_eq!(call(token).await.unwrap().status(), 200);
     }
     assert_eq!(vendor.last().version, http::Version::HTTP_2);
-    assert_eq!(vendor.connections(), 1);
+    assert_eq!(vendor.connections(), 2);
     gw.stop().await;
 }
 
@@ -4412,6 +4413,117 @@ async fn callers_not_reading_their_answers_hold_up_no_other_call_on_a_shared_h2_
         1,
         "every call shared one h2 connection"
     );
+    drop(stalled);
+    gw.stop().await;
+}
+
+/// A caller that stops reading an answer its h2 vendor sends in one-byte DATA frames fails no
+/// other caller's call: the frames it leaves unread exhaust the h2 crate's budget for small
+/// frames and the vendor connection ends with a GOAWAY, but that connection is its caller's
+/// alone. (On a connection shared by callers the other caller's call failed with it.)
+#[tokio::test]
+async fn a_caller_not_reading_an_answer_in_small_frames_fails_no_other_callers_call() {
+    const FRAMES: usize = 400_000;
+    const SLOW_LEN: usize = 1 << 20;
+    /// Told when the small frames' answer is done with, sent whole or cut off.
+    struct Done(Arc<tokio::sync::watch::Sender<bool>>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.send_replace(true);
+        }
+    }
+    let done = Arc::new(tokio::sync::watch::channel(false).0);
+    let (port, ca_pem) = h2_vendor(hyper::service::service_fn(
+        move |request: http::Request<hyper::body::Incoming>| {
+            let done = done.clone();
+            async move {
+                let body = if request.uri().path().ends_with("/ch_tiny") {
+                    // One DATA frame per body frame: one byte each.
+                    let guard = Done(done);
+                    let frames = futures_util::stream::iter((0..FRAMES).map(move |_| {
+                        // A use, so the closure holds the guard (`let _ = &guard` is none).
+                        let _ = guard.0.is_closed();
+                        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                            bytes::Bytes::from_static(b"x"),
+                        ))
+                    }));
+                    http_body_util::combinators::BoxBody::new(http_body_util::StreamBody::new(
+                        frames,
+                    ))
+                } else if request.uri().path().ends_with("/ch_warm") {
+                    http_body_util::combinators::BoxBody::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(b"{}"),
+                    ))
+                } else {
+                    // Answered once the small frames' answer is done with (or in 20 s).
+                    let mut told = done.subscribe();
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(20), told.wait_for(|done| *done))
+                            .await;
+                    http_body_util::combinators::BoxBody::new(http_body_util::Full::new(
+                        bytes::Bytes::from(vec![b'y'; SLOW_LEN]),
+                    ))
+                };
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            }
+        },
+    ))
+    .await;
+    let reporting = "[[grants]]\ncaller = \"reporting\"\nintegration = \"stripe\"\noperations = [\"get_charge\"]\n";
+    let gw = start_with_key(
+        &format!("{}\n{reporting}", stripe_like_at(port, "")),
+        Some(&ca_pem),
+        "stripe-key",
+        VENDOR_KEY,
+        "workers = 1",
+    )
+    .await;
+    // A first call makes the vendor known as h2 (else each call to come would dial its own).
+    let warm = client()
+        .get(format!("{}/stripe/v1/charges/ch_warm", gw.base))
+        .bearer_auth(REPORTING_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), 200);
+    // The other caller's call is on its way (its answer waits for the stall's end) when the
+    // stall begins.
+    let other = {
+        let url = format!("{}/stripe/v1/charges/ch_1", gw.base);
+        tokio::spawn(async move {
+            let response = client()
+                .get(url)
+                .bearer_auth(REPORTING_TOKEN)
+                .send()
+                .await?;
+            let status = response.status();
+            response.bytes().await.map(|body| (status, body.len()))
+        })
+    };
+    // Over h2c with a 1 KiB stream window, never read: Postern holds at most 64 KiB of the
+    // answer ahead of it, and stops reading the vendor's frames, which the h2 crate then keeps.
+    let tcp = tokio::net::TcpStream::connect(gw.running().listen_addr)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(1024)
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("{}/stripe/v1/charges/ch_tiny", gw.base))
+        .header("authorization", format!("Bearer {}", gw.token))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let stalled = sender.send_request(request).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    let answered = tokio::time::timeout(Duration::from_secs(30), other)
+        .await
+        .expect("the other caller's call ended")
+        .unwrap();
+    let (status, len) = answered.expect("the other caller's answer came whole");
+    assert_eq!((status.as_u16(), len), (200, SLOW_LEN));
     drop(stalled);
     gw.stop().await;
 }
