@@ -228,6 +228,11 @@ pub struct Scanner {
 
 const DEFAULT_MAX_MATCH_LEN: usize = 16 * 1024;
 const MAX_LOOKBEHIND_BYTES: usize = 256;
+/// How many times its input a keyword rule with no native matcher may search in windows around
+/// its hits before it runs once over the whole input instead ([`Scanner::keyword_hits`]).
+const WINDOW_BUDGET: usize = 4;
+/// The most rules a scanner runs, built-in ones included (rule indexes are `u16`).
+pub const MAX_RULES: usize = 4096;
 /// Rule sets up to this size track keyword coverage on the stack.
 const STACK_RULES: usize = 64;
 
@@ -242,7 +247,12 @@ impl Scanner {
     /// Compiles `rules`. Fails with the rule id if a regex does not compile.
     pub fn new(rules: Rules) -> Result<Scanner, RuleError> {
         let specs = rules.specs();
-        assert!(specs.len() < usize::from(u16::MAX), "too many rules");
+        if specs.len() > MAX_RULES {
+            return Err(RuleError::TooMany {
+                count: specs.len(),
+                max: MAX_RULES,
+            });
+        }
         let mut compiled = Vec::with_capacity(specs.len());
         let mut anchor_builder = AnchorSetBuilder::default();
         let mut key_rules = Vec::new();
@@ -566,6 +576,11 @@ impl Scanner {
 
     /// Every keyword hit runs its rules' regexes around it (once per stretch a rule already
     /// matched).
+    ///
+    /// A rule with no native matcher searches a window after each hit (up to its longest match,
+    /// 16 KiB if unbounded), so dense hits with no match near them would cost hits × window.
+    /// Past [`WINDOW_BUDGET`] times the input searched so, the rule's regex runs once over the
+    /// whole input instead, keeping the matches that contain a hit: linear, whatever the rule.
     fn keyword_hits(&self, anchors: &AnchorSet, input: &[u8], raw: &mut Vec<RawFinding>) {
         let mut on_stack = [0usize; STACK_RULES];
         let mut on_heap = Vec::new();
@@ -575,6 +590,17 @@ impl Scanner {
             on_heap.resize(self.rules.len(), 0);
             &mut on_heap
         };
+        let mut searched_on_stack = [0usize; STACK_RULES];
+        let mut searched_on_heap = Vec::new();
+        let searched: &mut [usize] = if self.rules.len() <= STACK_RULES {
+            &mut searched_on_stack
+        } else {
+            searched_on_heap.resize(self.rules.len(), 0);
+            &mut searched_on_heap
+        };
+        let budget = input.len().saturating_mul(WINDOW_BUDGET).max(1 << 16);
+        // The hits of rules past their budget: (rule, start, end), for the one pass below.
+        let mut deferred: Vec<(u16, usize, usize)> = Vec::new();
         // What the native matchers learn of this input at one hit, for the hits after it.
         let mut memo = shapes::ShapeMemo::default();
         anchors.for_each_hit(input, |hit_start, hit_end, target, first_of_group| {
@@ -582,15 +608,54 @@ impl Scanner {
                 covered_until.fill(0);
             }
             for &rule in &target.keyword_rules {
-                if hit_start < covered_until[usize::from(rule)] {
+                let index = usize::from(rule);
+                if searched[index] > budget {
+                    deferred.push((rule, hit_start, hit_end));
                     continue;
                 }
+                if hit_start < covered_until[index] {
+                    continue;
+                }
+                let compiled = &self.rules[index];
+                if compiled.shape.is_none() {
+                    searched[index] += compiled.max_match_len.min(input.len() - hit_start)
+                        + compiled.max_match_len.min(MAX_LOOKBEHIND_BYTES);
+                }
                 if let Some(found) = self.keyword_hit(rule, input, hit_start, hit_end, &mut memo) {
-                    covered_until[usize::from(rule)] = found.end;
+                    covered_until[index] = found.end;
                     raw.push(found);
                 }
             }
         });
+        if deferred.is_empty() {
+            return;
+        }
+        deferred.sort_unstable();
+        for hits in deferred.chunk_by(|a, b| a.0 == b.0) {
+            let rule = hits[0].0;
+            let Some(regex) = &self.rules[usize::from(rule)].regex else {
+                continue;
+            };
+            for captures in regex.captures_iter(input) {
+                let Some(whole) = captures.get(0) else {
+                    continue;
+                };
+                // A hit inside the match (hits are sorted by start).
+                let from = hits.partition_point(|&(_, start, _)| start < whole.start());
+                let inside = hits[from..]
+                    .iter()
+                    .take_while(|&&(_, start, _)| start < whole.end())
+                    .any(|&(_, _, end)| end <= whole.end());
+                if !inside {
+                    continue;
+                }
+                let found = captures.get(1).unwrap_or(whole);
+                let start = after_escape(input, found.start());
+                if let Some(found) = self.accept(rule, input, start, found.end()) {
+                    raw.push(found);
+                }
+            }
+        }
     }
 
     /// Runs a keyword rule's regex around a keyword hit; the match must contain the hit.
@@ -633,19 +698,7 @@ impl Scanner {
                 return None;
             }
             if whole_end >= hit_end {
-                let mut start = found_start;
-                // `\njohn@…` inside a JSON string: the `n` belongs to the escape, not the value.
-                if start > 0
-                    && input[start - 1] == b'\\'
-                    && preceding_backslashes(input, start) % 2 == 1
-                {
-                    let unicode_escape = input[start] == b'u'
-                        && input
-                            .get(start + 1..start + 5)
-                            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit));
-                    start += if unicode_escape { 5 } else { 1 };
-                }
-                return self.accept(rule, input, start, found_end);
+                return self.accept(rule, input, after_escape(input, found_start), found_end);
             }
             at = whole_end.max(whole_start + 1);
         }
@@ -968,6 +1021,24 @@ impl KeyVisitor for KeyScan<'_> {
             self.value_end = self.value_end.max(end);
         }
     }
+}
+
+/// Where a value found at `start` begins: past the escape it starts in, when the byte before
+/// it ends a backslash escape (`\njohn@…` inside a JSON string: the `n` belongs to the
+/// escape, not the value; `\u0041…`: the five bytes after the backslash).
+fn after_escape(input: &[u8], start: usize) -> usize {
+    if start > 0
+        && start < input.len()
+        && input[start - 1] == b'\\'
+        && preceding_backslashes(input, start) % 2 == 1
+    {
+        let unicode_escape = input[start] == b'u'
+            && input
+                .get(start + 1..start + 5)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit));
+        return start + if unicode_escape { 5 } else { 1 };
+    }
+    start
 }
 
 fn preceding_backslashes(input: &[u8], at: usize) -> usize {

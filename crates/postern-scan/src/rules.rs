@@ -110,6 +110,8 @@ pub enum RuleError {
     Empty { id: String, field: &'static str },
     #[error("rule `{id}`: key_context cannot be combined with a native detector; use a regex with a validator")]
     KeyContextWithDetector { id: String },
+    #[error("{count} rules, built-in ones included: at most {max}; merge rules (one regex may hold alternatives) or switch unused built-ins off")]
+    TooMany { count: usize, max: usize },
 }
 
 impl Rules {

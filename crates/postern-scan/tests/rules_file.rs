@@ -194,3 +194,72 @@ fn scan_into_reuses_the_result() {
         "scan_into gives what scan gives"
     );
 }
+
+/// A custom keyword rule's scan stays linear when its keyword is everywhere and its regex
+/// matches nowhere near: each hit searched a window up to the rule's longest match (16 KiB
+/// when unbounded), so a body dense with the keyword cost hits × window (a 128 KiB body took
+/// two minutes with a `{0,100000}` rule); past a budget the rule runs once over the body.
+#[test]
+fn a_custom_keyword_rule_costs_a_constant_per_hit() {
+    for (pattern, size) in [
+        (r"[a-z]{1,32}@acme[a-z0-9.]{0,100000}\.internal", 128 * 1024),
+        (r"[a-z]+@acme[a-z0-9.]*\.internal", 1024 * 1024),
+    ] {
+        let scanner = Scanner::with_rule_file(&format!(
+            "[[rules]]\nid = \"acme-internal\"\nclass = \"pii.acme\"\nkeywords = [\"@\"]\nregex = '{pattern}'\n"
+        ))
+        .unwrap();
+        let body = |unit: &str| unit.repeat(size / unit.len());
+        // The least of three scans, so that what else the machine runs meanwhile counts little.
+        let scan_time = |input: &str| {
+            (0..3)
+                .map(|_| {
+                    let started = std::time::Instant::now();
+                    let result = scanner.scan(input.as_bytes(), ContentTypeHint::Text);
+                    let took = started.elapsed();
+                    assert_eq!(result.count("pii.acme"), 0);
+                    took
+                })
+                .min()
+                .unwrap()
+        };
+        let (took, baseline) = (scan_time(&body("x@acme")), scan_time(&body("x#acme")));
+        // Loose for a loaded machine and a debug build: without the budget, 60 and 18 times.
+        assert!(
+            took < baseline * 8 + std::time::Duration::from_millis(50),
+            "{pattern}: {size} bytes took {took:?}, {baseline:?} with no hits"
+        );
+    }
+    // Still found past the budget: matches that hold a hit, none that do not.
+    let scanner = Scanner::with_rule_file(
+        "[[rules]]\nid = \"acme-internal\"\nclass = \"pii.acme\"\nkeywords = [\"@\"]\nregex = '[a-z]+@acme[a-z0-9.]*\\.internal'\n",
+    )
+    .unwrap();
+    let input = format!(
+        "{}bob@acme.eu.internal and acme.internal {}carol@acme.internal",
+        "x@acme ".repeat(20_000),
+        "y@acme ".repeat(20_000)
+    );
+    let found: Vec<&str> = scanner
+        .scan(input.as_bytes(), ContentTypeHint::Text)
+        .findings
+        .iter()
+        .filter(|f| &*f.class == "pii.acme")
+        .map(|f| &input[f.start..f.end])
+        .collect();
+    assert_eq!(found, ["bob@acme.eu.internal", "carol@acme.internal"]);
+}
+
+/// A rule file with more rules than a scanner runs is refused, naming the bound (it panicked).
+#[test]
+fn too_many_rules_are_refused() {
+    let text: String = (0..postern_scan::MAX_RULES + 1)
+        .map(|n| format!("[[rules]]\nid = \"r{n}\"\nclass = \"pii.r\"\nregex = 'r{n}x'\n"))
+        .collect();
+    match Scanner::with_rule_file(&text) {
+        Err(error @ RuleError::TooMany { .. }) => {
+            assert!(error.to_string().contains("at most 4096"), "{error}")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
