@@ -214,6 +214,11 @@ pub struct RequestBodyState {
     /// Whose body it is, once known: its decoder's share of [`REQUEST_DECODER_BUDGET`] counts
     /// against that caller's part ([`REQUEST_DECODER_CALLER_SHARE`]).
     caller: std::sync::OnceLock<Arc<str>>,
+    /// The vendor's answer has ended (over h2): the rest of the body is not sent
+    /// ([`RequestBodyState::answered`]).
+    answered: AtomicBool,
+    /// The task sending the body, woken when the answer ends while it waits for the caller.
+    sender: futures_util::task::AtomicWaker,
 }
 
 impl RequestBodyState {
@@ -224,6 +229,16 @@ impl RequestBodyState {
         if matches!(coding, Some(Coding::Brotli | Coding::Zstd)) {
             let _ = self.caller.set(caller.clone());
         }
+    }
+
+    /// The vendor's answer to this body's request has ended, over h2, where the upload runs in
+    /// a task of hyper's apart from the call: the rest of the body is not sent, and the stream
+    /// is reset (`BodyError::Answered`). Else the upload went on, after the call and its
+    /// vendor stream were counted done, for as long as its caller kept sending. Postern's
+    /// HTTP/1.1 client stops an upload so itself once the answer comes.
+    pub fn answered(&self) {
+        self.answered.store(true, Ordering::Release);
+        self.sender.wake();
     }
 
     /// Whether the call, at this moment, waits on the caller's upload (asked for more of the
@@ -276,6 +291,8 @@ pub enum BodyError {
         "the caller took none of its answer for the idle limit (idle_timeout_ms); the call was cut"
     )]
     CallerStalled,
+    #[error("the vendor's answer ended before the request body; the rest of it is not sent")]
+    Answered,
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
     #[error(transparent)]
@@ -742,6 +759,11 @@ impl Decoding {
 }
 
 impl ForwardBody {
+    /// What the call knows of this body as it is sent.
+    pub(crate) fn state(&self) -> &Arc<RequestBodyState> {
+        &self.state
+    }
+
     /// The caller's body, to be forwarded once [`ForwardBody::reading`] says how it is read:
     /// without that call, nothing in it is looked for, not even the caller's token.
     pub fn new(inner: CallerBody, limit: u64, state: Arc<RequestBodyState>) -> Self {
@@ -1123,6 +1145,11 @@ impl Body for ForwardBody {
             let Some(inner) = this.inner.as_mut() else {
                 return Poll::Ready(Self::drain_carry(this));
             };
+            if this.state.answered.load(Ordering::Acquire) {
+                this.inner = None;
+                return Poll::Ready(Some(Err(BodyError::Answered)));
+            }
+            this.state.sender.register(cx.waker());
             let polled = Pin::new(inner).poll_frame(cx);
             this.state
                 .waiting_on_caller

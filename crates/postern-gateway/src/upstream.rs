@@ -944,6 +944,7 @@ impl UpstreamClient {
                         to_absolute_form(&mut request, &key)?;
                         length_from_body(&mut request);
                         let unanswered = slot.unanswered();
+                        let upload = request.body().state().clone();
                         let sent = tx.try_send_request(request).await;
                         let slot = unanswered.answered();
                         // A stream of a connection still open failed: reset by Postern (the
@@ -951,7 +952,9 @@ impl UpstreamClient {
                         if sent.is_err() && !tx.is_closed() {
                             slot.failed();
                         }
-                        sent.map(|response| response.map(|body| UpstreamBody::H2(body, slot)))
+                        sent.map(|response| {
+                            response.map(|body| UpstreamBody::H2(body, slot, upload))
+                        })
                     }
                 };
                 match sent {
@@ -1269,8 +1272,9 @@ pub enum UpstreamBody {
     /// The stream's slot is counted on its connection until the body is dropped; a stream that
     /// fails, or is dropped before its end (hyper then resets it: the caller left, the answer
     /// passed its limit), counts as failed ([`StreamSlot::failed`]), as one that fails before
-    /// its head does.
-    H2(Incoming, StreamSlot),
+    /// its head does. Dropped, it stops what is left of its request's upload
+    /// ([`crate::body::RequestBodyState::answered`]).
+    H2(Incoming, StreamSlot, Arc<crate::body::RequestBodyState>),
     /// The answer to a WebSocket handshake other than `101`, on the handshake's own connection
     /// ([`UpstreamClient::handshake`]).
     Handshake(Incoming),
@@ -1295,7 +1299,8 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let UpstreamBody::H2(body, slot) = self {
+        if let UpstreamBody::H2(body, slot, upload) = self {
+            upload.answered();
             // Read to its declared length, an answer has ended whatever frame brings the
             // stream's end (hyper's HTTP/1.1 server drops a body at its last byte): not a reset.
             if !http_body::Body::is_end_stream(body)
@@ -1330,7 +1335,7 @@ impl http_body::Body for UpstreamBody {
             UpstreamBody::H1(body) => std::pin::Pin::new(body)
                 .poll_frame(cx)
                 .map_err(BodyError::Vendor),
-            UpstreamBody::H2(body, _) | UpstreamBody::Handshake(body) => std::pin::Pin::new(body)
+            UpstreamBody::H2(body, ..) | UpstreamBody::Handshake(body) => std::pin::Pin::new(body)
                 .poll_frame(cx)
                 .map_err(BodyError::Hyper),
             UpstreamBody::Empty => std::task::Poll::Ready(None),
@@ -1340,7 +1345,7 @@ impl http_body::Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::H1(body) => body.is_end_stream(),
-            UpstreamBody::H2(body, _) | UpstreamBody::Handshake(body) => body.is_end_stream(),
+            UpstreamBody::H2(body, ..) | UpstreamBody::Handshake(body) => body.is_end_stream(),
             UpstreamBody::Empty => true,
         }
     }
@@ -1348,7 +1353,7 @@ impl http_body::Body for UpstreamBody {
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             UpstreamBody::H1(body) => body.size_hint(),
-            UpstreamBody::H2(body, _) | UpstreamBody::Handshake(body) => body.size_hint(),
+            UpstreamBody::H2(body, ..) | UpstreamBody::Handshake(body) => body.size_hint(),
             UpstreamBody::Empty => http_body::SizeHint::with_exact(0),
         }
     }

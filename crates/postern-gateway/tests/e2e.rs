@@ -6109,6 +6109,70 @@ async fn a_bodiless_answer_passes_on_no_data_or_trailers() {
     gw.stop().await;
 }
 
+/// An h2 vendor's answer that ends before the request body stops the upload: the vendor's
+/// stream is reset, as Postern's HTTP/1.1 client stops an upload once the answer comes. Before,
+/// the upload went on in hyper's task, after the call and its vendor stream were counted done,
+/// for as long as its caller kept sending (over HTTP/1.1 and h2c alike).
+#[tokio::test]
+async fn an_early_h2_answer_ends_the_upload() {
+    use http_body_util::BodyExt as _;
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let (port, ca_pem) = h2_vendor(hyper::service::service_fn(
+        move |request: http::Request<hyper::body::Incoming>| {
+            let ended_tx = ended_tx.clone();
+            async move {
+                // The body is read on, apart from the answer, which ends at once.
+                let mut body = request.into_body();
+                tokio::spawn(async move {
+                    let how = loop {
+                        match body.frame().await {
+                            Some(Ok(_)) => continue,
+                            Some(Err(_)) => break "reset",
+                            None => break "ended",
+                        }
+                    };
+                    let _ = ended_tx.send(how);
+                });
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"{\"id\":\"ch_early\"}"),
+                )))
+            }
+        },
+    ))
+    .await;
+    let gw = start_with_key(
+        &stripe_like_at(port, ""),
+        Some(&ca_pem),
+        "stripe-key",
+        VENDOR_KEY,
+        "",
+    )
+    .await;
+    for caller in [client(), h2c_client()] {
+        let (messages, body) = channel_stream();
+        messages.send(b"amount=1&".to_vec()).await.unwrap();
+        let response = caller
+            .post(format!("{}/stripe/v1/charges", gw.base))
+            .bearer_auth(&gw.token)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            &response.bytes().await.unwrap()[..],
+            b"{\"id\":\"ch_early\"}"
+        );
+        // The caller keeps its upload open; the vendor's side of it ends all the same.
+        let how = tokio::time::timeout(Duration::from_secs(5), ended.recv())
+            .await
+            .expect("the upload went on after the answer ended");
+        assert_eq!(how, Some("reset"));
+        drop(messages);
+    }
+    gw.stop().await;
+}
+
 /// A full-duplex exchange inside one call: a caller streams small messages and waits for the
 /// vendor's answer to each before it sends the next, and the vendor (over h2) answers each as
 /// it reads it; over h2c and over HTTP/1.1 (a chunked upload) to Postern, and typed as JSON
