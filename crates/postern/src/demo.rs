@@ -220,7 +220,7 @@ operations = ["create_charge", "get_charge"]   # refund_charge is not granted
     );
     println!("  curl -s --proxy {base} --proxy-user checkout:$TOKEN --cacert {} -X POST https://api.acme.test/v1/charges -d amount=500", ca_pem.display());
     println!(
-        "  curl -s 'http://{}/v1/events?limit=5' -H @<(printf 'Authorization: Bearer %s\\n' \"$(cat {})\")",
+        "  curl -s 'http://{}/v1/events?limit=5' -H @<(printf 'Authorization: Bearer %s\\n' \"$(cat {})\")   # bash/zsh",
         gateway.admin_addr,
         gateway
             .data_dir
