@@ -1921,9 +1921,10 @@ pub fn reads_as_a_secret(text: &str) -> bool {
 
 /// Whether a URL path (an operation's template, an upstream's path, with any query) holds a
 /// key: a piece that [`reads_as_a_secret`], or a vendor's token where its API takes it in the
-/// path — a Telegram bot token (`/bot123456789:AAH…`), a Slack webhook's secret
-/// (`/services/T…/B…/<secret>`), a Discord webhook's (`/webhooks/<id>/<token>`). Only what is
-/// certainly a key: an account id a grant pins stays allowed.
+/// path — a Telegram bot token (`/bot123456789:AAH…`, the colon also as `%3A`), a Slack
+/// webhook's secret (`/services/T…/B…/<secret>`, `/workflows/T…/…`, `/triggers/T…/…`), a
+/// Discord webhook's (`/webhooks/<id>/<token>`). Only what is certainly a key: an account id a
+/// grant pins stays allowed.
 pub fn path_holds_a_key(path: &str) -> bool {
     let pieces = |separators: &[char]| path.split(separators).collect::<Vec<_>>();
     let alphanumeric_or = |text: &str, others: &[u8]| {
@@ -1931,13 +1932,18 @@ pub fn path_holds_a_key(path: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || others.contains(&b))
     };
     let id = |text: &str, first: u8| {
-        text.len() >= 9
+        text.len() >= 7
             && text.as_bytes()[0] == first
             && alphanumeric_or(text, b"")
             && !text.bytes().any(|b| b.is_ascii_lowercase())
     };
     let telegram = |segment: &str| {
-        let Some((bot, token)) = segment.split_once(':') else {
+        let colon = segment
+            .find(':')
+            .map(|at| (at, 1))
+            .or_else(|| segment.to_ascii_lowercase().find("%3a").map(|at| (at, 3)));
+        let Some((bot, token)) = colon.map(|(at, len)| (&segment[..at], &segment[at + len..]))
+        else {
             return false;
         };
         bot.strip_prefix("bot").is_some_and(|digits| {
@@ -1946,12 +1952,16 @@ pub fn path_holds_a_key(path: &str) -> bool {
             && alphanumeric_or(token, b"-_")
     };
     let segments = pieces(&['/', '?', '&', '=', ';']);
-    let slack = segments.windows(3).any(|three| {
-        id(three[0], b'T')
-            && id(three[1], b'B')
-            && three[2].len() >= 20
-            && alphanumeric_or(three[2], b"")
-    });
+    let secret = |text: &str| text.len() >= 20 && alphanumeric_or(text, b"");
+    let slack = segments
+        .windows(3)
+        .any(|three| id(three[0], b'T') && id(three[1], b'B') && secret(three[2]))
+        || segments.iter().enumerate().any(|(at, segment)| {
+            // Workflow and trigger webhooks: the team id, then the secret last.
+            matches!(*segment, "workflows" | "triggers")
+                && segments.get(at + 1).is_some_and(|team| id(team, b'T'))
+                && segments[at + 2..].last().is_some_and(|last| secret(last))
+        });
     let discord = segments.windows(3).any(|three| {
         three[0].eq_ignore_ascii_case("webhooks")
             && three[1].len() >= 15

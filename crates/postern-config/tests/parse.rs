@@ -391,6 +391,9 @@ fn a_key_in_an_operation_path_is_refused_unshown() {
         (format!("/v1/x?api_key={key}"), key),
         (format!("/v1/{key}/charges"), key),
         (format!("/bot123456789:{telegram}/sendMessage"), telegram),
+        (format!("/bot123456789%3A{telegram}/getMe"), telegram),
+        (format!("/services/T000001/B000001/{slack}"), slack),
+        (format!("/triggers/T0000000/1234567890/{slack}"), slack),
         (format!("/services/T00000000/B00000000/{slack}"), slack),
         (
             format!("/api/webhooks/123456789012345678/{discord}"),
@@ -410,6 +413,7 @@ fn a_key_in_an_operation_path_is_refused_unshown() {
     for path in [
         "/bot{token}/sendMessage",
         "/services/{team}/{channel}/{secret}",
+        "/triggers/{team}/{id}/{secret}",
         "/api/webhooks/{id}/{token}",
     ] {
         let body = integration("").replace("/v1/charges/{id}", path);

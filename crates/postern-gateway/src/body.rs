@@ -1145,11 +1145,12 @@ impl Body for ForwardBody {
             let Some(inner) = this.inner.as_mut() else {
                 return Poll::Ready(Self::drain_carry(this));
             };
+            // Registered before the flag is read, so an answer ending in between still wakes it.
+            this.state.sender.register(cx.waker());
             if this.state.answered.load(Ordering::Acquire) {
                 this.inner = None;
                 return Poll::Ready(Some(Err(BodyError::Answered)));
             }
-            this.state.sender.register(cx.waker());
             let polled = Pin::new(inner).poll_frame(cx);
             this.state
                 .waiting_on_caller

@@ -2047,6 +2047,34 @@ mod tests {
         assert_eq!(stats.write_errors.load(Ordering::Relaxed), 2);
     }
 
+    /// A failed write after a torn one, which begins with the newline that ends the broken
+    /// line: only the whole lines of the chunk itself count as written.
+    #[test]
+    fn a_failed_write_after_a_torn_one_counts_only_its_own_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, path, stats) = one_line_written(dir.path());
+        writer.failing_writes = 2;
+        writer.failing_cuts = 2;
+        // Half lands: `{"n":2}` whole, then a broken line.
+        writer.write_batch(b"{\"n\":2}\n{\"n\":3}\n{\"n\":33}\n".to_vec(), &stats);
+        // Half of the newline and the chunk lands: the newline, then `{"n":4}` whole.
+        writer.write_batch(b"{\"n\":4}\n{\"n\":5}\n{\"n\":6}\n".to_vec(), &stats);
+        assert_eq!(stats.written.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.write_errors.load(Ordering::Relaxed), 4);
+        writer.write_batch(b"{\"n\":7}\n".to_vec(), &stats);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let parsed: Vec<&str> = text
+            .lines()
+            .filter(|line| serde_json::from_str::<serde_json::Value>(line).is_ok())
+            .collect();
+        assert_eq!(
+            parsed,
+            ["{\"n\":1}", "{\"n\":2}", "{\"n\":4}", "{\"n\":7}"],
+            "{text}"
+        );
+        assert_eq!(stats.written.load(Ordering::Relaxed), 4);
+    }
+
     /// After a failed rotation the writer appends to the moved file (`.1`); a failed write
     /// that cannot be cut off is read back there, not at the configured path. Here what landed
     /// ends a line, so the next write adds no empty line.

@@ -15,8 +15,9 @@
 //!
 //! Postern also bounds the streams it puts on one connection itself
 //! ([`H2_STREAMS_PER_CONNECTION`]), and sizes the connection's flow-control windows by that
-//! bound ([`H2_STREAM_WINDOW`], [`H2_CONNECTION_WINDOW`]), so that callers who never read their
-//! answers cannot hold up the other callers' answers on the shared connection.
+//! bound ([`H2_STREAM_WINDOW`], [`H2_CONNECTION_WINDOW`]), so that calls whose answers are never
+//! read cannot hold up the other calls' answers on the same connection (a caller's own: each
+//! caller has its own connections, `upstream.rs`).
 
 use std::io;
 use std::pin::Pin;

@@ -352,8 +352,8 @@ impl UpstreamError {
 ///   least 1 s). An HTTP/1.1 connection's idle time starts when its response body ends, so a
 ///   long body never counts as idle. An h2 connection is idle only while no call runs on it,
 ///   from the later of its last call's end and the last take.
-/// - An h2 connection (ALPN) is shared by every call of the worker to its origin (every
-///   caller's), up to the
+/// - An h2 connection (ALPN) carries every call of one caller on the worker to its origin (each
+///   caller has its own, as for HTTP/1.1: [`UpstreamClient::send`]), up to the
 ///   vendor's stream limit (`SETTINGS_MAX_CONCURRENT_STREAMS`, read off the connection:
 ///   `h2streams.rs`) and at most `H2_STREAMS_PER_CONNECTION` (128), the bound its flow-control
 ///   windows are sized by (`h2_handshake`). A call that finds every connection to the origin full opens another, as
@@ -364,7 +364,10 @@ impl UpstreamError {
 ///   dial at once, and those extra connections serve their own call only unless every other
 ///   is full. A new h2 connection is used once the vendor's SETTINGS have been read (within
 ///   `connect_timeout`): a stream past the limit sent before would be refused.
-///   At most `MAX_H2_PER_ORIGIN` connections, pooled or being opened, per origin and worker:
+///   A caller's first calls to an origin another caller found to speak h2 wait so too
+///   (`Pool::h2_anywhere`).
+///   At most `MAX_H2_PER_ORIGIN` connections, pooled or being opened, per origin, caller and
+///   worker:
 ///   past that, a call waits for one being opened, or for a stream in the least loaded one (a
 ///   vendor announcing a limit of 0 gets one call per connection, waiting in it). The first
 ///   calls to an origin not yet known as h2 are not counted: each dials, as for HTTP/1.1.
@@ -520,9 +523,14 @@ struct Pool {
     origins: OriginMap<Vec<Pooled>>,
     /// The connections in `origins`, all together (at most [`MAX_POOLED_PER_WORKER`]).
     pooled: usize,
-    /// Origins that have answered with h2 (one small entry per origin; past
-    /// `MAX_KNOWN_H2_ORIGINS` the ones with no connection are forgotten).
+    /// Origins that have answered with h2, per partition (one small entry per origin and
+    /// caller; past `MAX_KNOWN_H2_ORIGINS` the ones with no connection are forgotten).
     h2_origins: OriginMap<H2Origin>,
+    /// Origins that have answered with h2 to any partition, and the stream limit they last
+    /// told (keyed without partition): a caller's first calls to such an origin wait for the
+    /// one connection being opened for it, as its later calls do, rather than each dial.
+    /// Forgotten whole past `MAX_KNOWN_H2_ORIGINS` (a hint only).
+    h2_anywhere: OriginMap<usize>,
     sweeping: bool,
     /// The partitions' names (callers') and their numbers, never reused.
     partitions: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
@@ -637,6 +645,33 @@ impl Pooled {
 }
 
 impl Pool {
+    /// Remembers `key` as speaking h2 (its stream limit `limit` unless known already); past
+    /// `MAX_KNOWN_H2_ORIGINS`, the origins with no connection and no call opening one are
+    /// forgotten first.
+    fn know_h2(&mut self, key: &OriginKey, limit: usize) {
+        if self.h2_origins.contains_key(key) {
+            return;
+        }
+        if self.h2_origins.len() >= MAX_KNOWN_H2_ORIGINS {
+            let Pool {
+                origins,
+                h2_origins,
+                ..
+            } = self;
+            h2_origins.retain(|key, origin| {
+                origin.opening.is_some() || origin.dialling > 0 || origins.contains_key(key)
+            });
+        }
+        self.h2_origins.insert(
+            key.clone(),
+            H2Origin {
+                limit,
+                opening: None,
+                dialling: 0,
+            },
+        );
+    }
+
     /// The number of the partition named `name`.
     fn partition(&mut self, name: &str) -> usize {
         if let Some(&number) = self.partitions.get(name) {
@@ -999,6 +1034,13 @@ impl UpstreamClient {
         // (Declared before `locked` below, so it is dropped after the lock is released.)
         let opening = {
             let mut locked = lock(pool);
+            // Known as h2 through another partition: known for this one too.
+            if key.partition.is_some() && !locked.h2_origins.contains_key(key) {
+                let bare = OriginKey::new(key.https, key.authority.clone());
+                if let Some(&limit) = locked.h2_anywhere.get(&bare) {
+                    locked.know_h2(key, limit);
+                }
+            }
             let Pool {
                 origins,
                 h2_origins,
@@ -1065,32 +1107,16 @@ impl UpstreamClient {
         }
         match &sender {
             Sender::H2(conn) => {
-                if !locked.h2_origins.contains_key(key) {
-                    if locked.h2_origins.len() >= MAX_KNOWN_H2_ORIGINS {
-                        // Forget the origins with no connection and no call opening one.
-                        let Pool {
-                            origins,
-                            h2_origins,
-                            ..
-                        } = &mut *locked;
-                        h2_origins.retain(|key, origin| {
-                            origin.opening.is_some()
-                                || origin.dialling > 0
-                                || origins.contains_key(key)
-                        });
-                    }
-                    locked.h2_origins.insert(
-                        key.clone(),
-                        H2Origin {
-                            limit: usize::MAX,
-                            opening: None,
-                            dialling: 0,
-                        },
-                    );
-                }
+                let limit = conn.streams.limit();
+                locked.know_h2(key, limit);
                 if let Some(origin) = locked.h2_origins.get_mut(key) {
-                    origin.limit = conn.streams.limit();
+                    origin.limit = limit;
                 }
+                if locked.h2_anywhere.len() >= MAX_KNOWN_H2_ORIGINS {
+                    locked.h2_anywhere.clear();
+                }
+                let bare = OriginKey::new(key.https, key.authority.clone());
+                locked.h2_anywhere.insert(bare, limit);
                 // Calls waited for it if they took room from its opening (which another opening
                 // replaces only once its room has run out, or after a failed one).
                 let waited_for = opening.as_ref().is_some_and(|mine| {

@@ -2110,6 +2110,31 @@ async fn each_caller_has_its_own_h2_vendor_connection() {
     gw.stop().await;
 }
 
+/// A caller's first calls to a vendor another caller has found to speak h2 share the one
+/// connection opened for them, as its later calls do: eight at once make one connection, not
+/// eight (a caller's connections are its own, but what the vendor speaks is not).
+#[tokio::test]
+async fn a_callers_first_burst_to_a_known_h2_vendor_opens_one_connection() {
+    let vendor = TestVendor::tls(TestVendor::ok_handler()).await;
+    let reporting = "[[grants]]\ncaller = \"reporting\"\nintegration = \"stripe\"\noperations = [\"get_charge\"]\n";
+    let gw = stripe_gateway_with(&vendor, "", reporting).await;
+    let h2c = h2c_client();
+    let call = |token: &'static str| {
+        h2c.get(format!("{}/stripe/v1/charges/ch_1", gw.base))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(call(REPORTING_TOKEN).await.unwrap().status(), 200);
+    assert_eq!(vendor.connections(), 1);
+    let burst = futures_util::future::join_all((0..8).map(|_| call(CHECKOUT_TOKEN))).await;
+    for response in burst {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    assert_eq!(vendor.last().version, http::Version::HTTP_2);
+    assert_eq!(vendor.connections(), 2);
+    gw.stop().await;
+}
+
 /// A gateway whose worker serving `h2c` (one client connection, so one worker) knows `vendor`
 /// speaks h2 but holds no connection to it: one call made the connection, and the pool's sweep
 /// (every second with `idle_timeout_ms = 1000`) closed it, ~2 s in.
@@ -4356,16 +4381,17 @@ async fn streams_reset_after_their_head_wear_an_h2_connection_too() {
     gw.stop().await;
 }
 
-/// Callers that never read their answers hold no other caller's answer on the worker's shared
-/// h2 connection to the vendor: three callers each take a 16 MiB answer and read none of it
-/// (a small receive buffer, so most of each answer stays with the vendor), then a fourth
-/// caller's 16 MiB answer on the same connection comes whole within 10 s. With hyper's default
+/// Calls whose answers are never read hold no other call's answer on the worker's h2
+/// connection to the vendor: three calls (one caller's, so on one connection) each take a
+/// 16 MiB answer and read none of it (a small receive buffer, so most of each answer stays
+/// with the vendor), then a fourth call's 16 MiB answer on the same connection comes whole
+/// within 10 s. With hyper's default
 /// windows (2 MiB per stream, 5 MiB per connection) the three stalled streams held the whole
 /// connection window and the fourth answer stopped after its head; Postern's windows
 /// (`H2_STREAM_WINDOW` per stream, the connection's as large as all its streams' together)
 /// leave a stalled stream only its own window.
 #[tokio::test]
-async fn callers_not_reading_their_answers_hold_up_no_other_call_on_a_shared_h2_connection() {
+async fn calls_not_reading_their_answers_hold_up_no_other_call_on_their_h2_connection() {
     use tokio::io::AsyncWriteExt;
     const LEN: usize = 16 << 20;
     let body = bytes::Bytes::from(vec![b'x'; LEN]);

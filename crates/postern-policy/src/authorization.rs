@@ -829,23 +829,45 @@ fn conjuncts(json: &serde_json::Value) -> Vec<&serde_json::Value> {
 }
 
 /// Whether `name` matches a Cedar `like` pattern (its EST: `"Wildcard"` or `{"Literal": s}`).
+/// Iterative, backing up to the last wildcard only (as Cedar's own matcher): O(pattern × name),
+/// whatever the wildcards. A form not understood is taken as matching, so no false note.
 fn like_matches(pattern: &[serde_json::Value], name: &str) -> bool {
-    let Some((first, rest)) = pattern.split_first() else {
-        return name.is_empty();
-    };
-    match first {
-        serde_json::Value::String(wildcard) if wildcard == "Wildcard" => name
-            .char_indices()
-            .map(|(at, _)| at)
-            .chain([name.len()])
-            .any(|at| like_matches(rest, &name[at..])),
-        _ => match first.get("Literal").and_then(serde_json::Value::as_str) {
-            Some(literal) => name
-                .strip_prefix(literal)
-                .is_some_and(|name| like_matches(rest, name)),
-            None => true, // a form not understood: take it as matching, so no false note
-        },
+    // `None`: a wildcard.
+    let mut elements: Vec<Option<char>> = Vec::new();
+    for element in pattern {
+        match element {
+            serde_json::Value::String(wildcard) if wildcard == "Wildcard" => elements.push(None),
+            _ => match element.get("Literal").and_then(serde_json::Value::as_str) {
+                Some(literal) => elements.extend(literal.chars().map(Some)),
+                None => return true,
+            },
+        }
     }
+    let name: Vec<char> = name.chars().collect();
+    let (mut at_pattern, mut at_name) = (0, 0);
+    // The last wildcard met, and the name position it has taken up to.
+    let mut backup: Option<(usize, usize)> = None;
+    while at_name < name.len() {
+        match elements.get(at_pattern) {
+            Some(Some(c)) if *c == name[at_name] => {
+                at_pattern += 1;
+                at_name += 1;
+            }
+            Some(None) => {
+                backup = Some((at_pattern, at_name));
+                at_pattern += 1;
+            }
+            _ => match backup {
+                Some((wildcard, taken)) => {
+                    backup = Some((wildcard, taken + 1));
+                    at_pattern = wildcard + 1;
+                    at_name = taken + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    elements[at_pattern..].iter().all(Option::is_none)
 }
 
 /// Collects into `names` the unknown names `json` (a policy's EST, or a part of it) gives;

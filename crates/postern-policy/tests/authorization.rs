@@ -751,4 +751,15 @@ forbid(principal, action, resource)
         assert!(named(policy, name), "{policy} {name}: {notes:#?}");
     }
     assert_eq!(notes.len(), 10, "{notes:#?}");
+    // Patterns full of wildcards are matched in time (a recursive matcher took C(n+k, k) steps).
+    let stars = format!("{}x", "*a".repeat(40));
+    let policy = format!(
+        "@id(\"stars\")\nforbid(principal, action, resource) when {{ context.caller like \"{stars}\" && context.operation like \"{}\" }};",
+        "*".repeat(5000)
+    );
+    let started = std::time::Instant::now();
+    let notes = compile(Some(&policy)).unwrap().notes();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(notes.len(), 1, "{notes:#?}");
+    assert!(notes[0].contains("context.caller like"), "{notes:#?}");
 }

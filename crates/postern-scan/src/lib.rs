@@ -208,8 +208,9 @@ struct CompiledRule {
     /// Per `key_context` entry: its words, and the id of its anchor word in
     /// `Scanner::key_anchor_words` (a key holds the entry only if it holds that word).
     key_context: Vec<(Vec<String>, usize)>,
-    /// For a key rule given `keywords`: the key must contain one of them (case-sensitive).
-    key_keywords: Vec<Vec<u8>>,
+    /// The rule's `keywords`: for a key rule, the key must contain one of them; for a keyword
+    /// rule, a match must (case-sensitive).
+    keywords: Vec<Vec<u8>>,
 }
 
 /// A compiled rule set. Cheap to share (`&self` scans); build once per rule-set change.
@@ -323,7 +324,7 @@ impl Scanner {
                 max_match_len,
                 validator: spec.validator,
                 entropy_min: spec.entropy_min,
-                key_keywords: if kind == RuleKind::KeyContext {
+                keywords: if matches!(kind, RuleKind::KeyContext | RuleKind::Keyword) {
                     spec.keywords
                         .iter()
                         .map(|k| k.as_bytes().to_vec())
@@ -579,8 +580,11 @@ impl Scanner {
     ///
     /// A rule with no native matcher searches a window after each hit (up to its longest match,
     /// 16 KiB if unbounded), so dense hits with no match near them would cost hits × window.
-    /// Past [`WINDOW_BUDGET`] times the input searched so, the rule's regex runs once over the
-    /// whole input instead, keeping the matches that contain a hit: linear, whatever the rule.
+    /// Past [`WINDOW_BUDGET`] times the input searched so, the rule's windowed findings are
+    /// dropped and its regex runs once over the whole input instead, keeping the matches that
+    /// contain one of its keywords: linear, whatever the rule, in time and memory. (Matches do
+    /// not overlap in that pass: one without a keyword can hide one with, which a window would
+    /// have found; only unusual custom rules can match so.)
     fn keyword_hits(&self, anchors: &AnchorSet, input: &[u8], raw: &mut Vec<RawFinding>) {
         let mut on_stack = [0usize; STACK_RULES];
         let mut on_heap = Vec::new();
@@ -599,8 +603,9 @@ impl Scanner {
             &mut searched_on_heap
         };
         let budget = input.len().saturating_mul(WINDOW_BUDGET).max(1 << 16);
-        // The hits of rules past their budget: (rule, start, end), for the one pass below.
-        let mut deferred: Vec<(u16, usize, usize)> = Vec::new();
+        // Rules past their budget, for the one pass below, and where this pass's findings begin.
+        let mut whole_pass: Vec<u16> = Vec::new();
+        let first = raw.len();
         // What the native matchers learn of this input at one hit, for the hits after it.
         let mut memo = shapes::ShapeMemo::default();
         anchors.for_each_hit(input, |hit_start, hit_end, target, first_of_group| {
@@ -609,17 +614,18 @@ impl Scanner {
             }
             for &rule in &target.keyword_rules {
                 let index = usize::from(rule);
-                if searched[index] > budget {
-                    deferred.push((rule, hit_start, hit_end));
-                    continue;
-                }
-                if hit_start < covered_until[index] {
+                if hit_start < covered_until[index] || searched[index] == usize::MAX {
                     continue;
                 }
                 let compiled = &self.rules[index];
                 if compiled.shape.is_none() {
                     searched[index] += compiled.max_match_len.min(input.len() - hit_start)
                         + compiled.max_match_len.min(MAX_LOOKBEHIND_BYTES);
+                    if searched[index] > budget {
+                        searched[index] = usize::MAX;
+                        whole_pass.push(rule);
+                        continue;
+                    }
                 }
                 if let Some(found) = self.keyword_hit(rule, input, hit_start, hit_end, &mut memo) {
                     covered_until[index] = found.end;
@@ -627,32 +633,46 @@ impl Scanner {
                 }
             }
         });
-        if deferred.is_empty() {
+        if whole_pass.is_empty() {
             return;
         }
-        deferred.sort_unstable();
-        for hits in deferred.chunk_by(|a, b| a.0 == b.0) {
-            let rule = hits[0].0;
-            let Some(regex) = &self.rules[usize::from(rule)].regex else {
+        let windowed = raw.split_off(first);
+        raw.extend(
+            windowed
+                .into_iter()
+                .filter(|found| !whole_pass.contains(&found.rule)),
+        );
+        for rule in whole_pass {
+            let compiled = &self.rules[usize::from(rule)];
+            let Some(regex) = &compiled.regex else {
                 continue;
             };
-            for captures in regex.captures_iter(input) {
-                let Some(whole) = captures.get(0) else {
-                    continue;
-                };
-                // A hit inside the match (hits are sorted by start).
-                let from = hits.partition_point(|&(_, start, _)| start < whole.start());
-                let inside = hits[from..]
+            let holds_a_keyword = |span: &[u8]| {
+                compiled
+                    .keywords
                     .iter()
-                    .take_while(|&&(_, start, _)| start < whole.end())
-                    .any(|&(_, _, end)| end <= whole.end());
-                if !inside {
-                    continue;
-                }
-                let found = captures.get(1).unwrap_or(whole);
-                let start = after_escape(input, found.start());
-                if let Some(found) = self.accept(rule, input, start, found.end()) {
+                    .any(|keyword| memchr::memmem::find(span, keyword).is_some())
+            };
+            let mut keep = |start: usize, end: usize| {
+                if let Some(found) = self.accept(rule, input, after_escape(input, start), end) {
                     raw.push(found);
+                }
+            };
+            if compiled.regex_has_group {
+                for captures in regex.captures_iter(input) {
+                    let Some(whole) = captures.get(0) else {
+                        continue;
+                    };
+                    if holds_a_keyword(whole.as_bytes()) {
+                        let found = captures.get(1).unwrap_or(whole);
+                        keep(found.start(), found.end());
+                    }
+                }
+            } else {
+                for whole in regex.find_iter(input) {
+                    if holds_a_keyword(whole.as_bytes()) {
+                        keep(whole.start(), whole.end());
+                    }
                 }
             }
         }
@@ -798,9 +818,9 @@ impl Scanner {
             }) {
                 continue;
             }
-            if !compiled.key_keywords.is_empty()
+            if !compiled.keywords.is_empty()
                 && !compiled
-                    .key_keywords
+                    .keywords
                     .iter()
                     .any(|keyword| memchr::memmem::find(key, keyword).is_some())
             {
