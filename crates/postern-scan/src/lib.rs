@@ -586,21 +586,20 @@ impl Scanner {
     /// not overlap in that pass: one without a keyword can hide one with, which a window would
     /// have found; only unusual custom rules can match so.)
     fn keyword_hits(&self, anchors: &AnchorSet, input: &[u8], raw: &mut Vec<RawFinding>) {
-        let mut on_stack = [0usize; STACK_RULES];
+        /// Per rule: the end of its last finding in this group of hits, and how far its
+        /// windows have searched (`usize::MAX`: past the budget).
+        #[derive(Clone, Copy, Default)]
+        struct Progress {
+            covered_until: usize,
+            searched: usize,
+        }
+        let mut on_stack = [Progress::default(); STACK_RULES];
         let mut on_heap = Vec::new();
-        let covered_until: &mut [usize] = if self.rules.len() <= STACK_RULES {
+        let progress: &mut [Progress] = if self.rules.len() <= STACK_RULES {
             &mut on_stack
         } else {
-            on_heap.resize(self.rules.len(), 0);
+            on_heap.resize(self.rules.len(), Progress::default());
             &mut on_heap
-        };
-        let mut searched_on_stack = [0usize; STACK_RULES];
-        let mut searched_on_heap = Vec::new();
-        let searched: &mut [usize] = if self.rules.len() <= STACK_RULES {
-            &mut searched_on_stack
-        } else {
-            searched_on_heap.resize(self.rules.len(), 0);
-            &mut searched_on_heap
         };
         let budget = input.len().saturating_mul(WINDOW_BUDGET).max(1 << 16);
         // Rules past their budget, for the one pass below, and where this pass's findings begin.
@@ -610,25 +609,25 @@ impl Scanner {
         let mut memo = shapes::ShapeMemo::default();
         anchors.for_each_hit(input, |hit_start, hit_end, target, first_of_group| {
             if first_of_group {
-                covered_until.fill(0);
+                progress.iter_mut().for_each(|rule| rule.covered_until = 0);
             }
             for &rule in &target.keyword_rules {
-                let index = usize::from(rule);
-                if hit_start < covered_until[index] || searched[index] == usize::MAX {
+                let progress = &mut progress[usize::from(rule)];
+                if hit_start < progress.covered_until || progress.searched == usize::MAX {
                     continue;
                 }
-                let compiled = &self.rules[index];
+                let compiled = &self.rules[usize::from(rule)];
                 if compiled.shape.is_none() {
-                    searched[index] += compiled.max_match_len.min(input.len() - hit_start)
+                    progress.searched += compiled.max_match_len.min(input.len() - hit_start)
                         + compiled.max_match_len.min(MAX_LOOKBEHIND_BYTES);
-                    if searched[index] > budget {
-                        searched[index] = usize::MAX;
+                    if progress.searched > budget {
+                        progress.searched = usize::MAX;
                         whole_pass.push(rule);
                         continue;
                     }
                 }
                 if let Some(found) = self.keyword_hit(rule, input, hit_start, hit_end, &mut memo) {
-                    covered_until[index] = found.end;
+                    progress.covered_until = found.end;
                     raw.push(found);
                 }
             }
