@@ -224,9 +224,11 @@ fn a_custom_keyword_rule_costs_a_constant_per_hit() {
                 .unwrap()
         };
         let (took, baseline) = (scan_time(&body("x@acme")), scan_time(&body("x#acme")));
-        // Loose for a loaded machine and a debug build: without the budget, 60 and 18 times.
+        // Without the budget: 82 s and 18 times the baseline in a debug build; with it, about
+        // 50 ms (20 times a baseline of 2.5 ms) and 5 to 7 times. The bound is loose, for a
+        // loaded machine: what it must catch is the first, whose windows grow with the rule.
         assert!(
-            took < baseline * 8 + std::time::Duration::from_millis(50),
+            took < baseline * 12 + std::time::Duration::from_secs(2),
             "{pattern}: {size} bytes took {took:?}, {baseline:?} with no hits"
         );
     }
