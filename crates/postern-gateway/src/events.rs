@@ -2020,6 +2020,13 @@ mod tests {
         assert_eq!(stats.written.load(Ordering::Relaxed), 2);
     }
 
+    /// The lines of `text` that parse as JSON: the events a reader gets.
+    fn json_lines(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|line| serde_json::from_str::<serde_json::Value>(line).is_ok())
+            .collect()
+    }
+
     /// When a failed write's bytes cannot be cut off, the next write begins a line of its own:
     /// the broken line stays alone (and unparsable), every later one whole.
     #[test]
@@ -2031,10 +2038,7 @@ mod tests {
         writer.write_batch(b"{\"n\":2}\n{\"n\":3}\n{\"n\":33}\n".to_vec(), &stats);
         writer.write_batch(b"{\"n\":4}\n{\"n\":5}\n".to_vec(), &stats);
         let text = std::fs::read_to_string(&path).unwrap();
-        let parsed: Vec<&str> = text
-            .lines()
-            .filter(|line| serde_json::from_str::<serde_json::Value>(line).is_ok())
-            .collect();
+        let parsed = json_lines(&text);
         // Half the failed chunk landed: its first line whole, the second broken.
         assert_eq!(
             parsed,
@@ -2063,10 +2067,7 @@ mod tests {
         assert_eq!(stats.write_errors.load(Ordering::Relaxed), 4);
         writer.write_batch(b"{\"n\":7}\n".to_vec(), &stats);
         let text = std::fs::read_to_string(&path).unwrap();
-        let parsed: Vec<&str> = text
-            .lines()
-            .filter(|line| serde_json::from_str::<serde_json::Value>(line).is_ok())
-            .collect();
+        let parsed = json_lines(&text);
         assert_eq!(
             parsed,
             ["{\"n\":1}", "{\"n\":2}", "{\"n\":4}", "{\"n\":7}"],
