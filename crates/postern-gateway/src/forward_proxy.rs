@@ -689,6 +689,7 @@ async fn absolute(
     crate::proxy::refuse_a_token_in_the_method(context, request.method(), None)?;
     enabled(runtime)?;
     crate::proxy::check_transfer_coding(request.headers())?;
+    crate::proxy::check_header_aliases(request.headers())?;
     let uri = request.uri().clone();
     // The authority (`http://user:TOKEN@host/`, `http://TOKEN.example.com/`) holding any
     // caller's token is refused before its host is recorded; the caller's own, below.

@@ -709,6 +709,7 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
     }
     let headers = request.headers();
     check_transfer_coding(headers)?;
+    check_header_aliases(headers)?;
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(length) = lengths.next() else {
         return Ok(None);
@@ -726,6 +727,43 @@ fn check_request(request: &Request<CallerBody>) -> Result<Option<u64>, CallError
         ));
     }
     Ok(crate::h1::parse_length(length.as_bytes()))
+}
+
+/// The framing, body and hop-by-hop headers whose names hold a `-`, which a name with `_` for
+/// it stands for where a server reads headers the CGI way ([`check_header_aliases`]).
+const ALIASED_BY_UNDERSCORE: [HeaderName; 8] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Refuses a header spelled as a framing or hop-by-hop one with `_` for `-`
+/// (`Transfer_Encoding`, `content_length`, `Content_Type`): Postern frames the body it forwards
+/// itself, reads it by its own type and coding, and takes hop-by-hop headers off, but passes
+/// other names on, and servers that read headers the CGI
+/// way (Unicorn, older Puma, PHP and WSGI stacks behind a proxy that passes such names) take
+/// `transfer_encoding: chunked` for `Transfer-Encoding` and frame the body otherwise than
+/// Postern read it: a request smuggled inside it runs with the injected credential, neither
+/// authorized nor recorded (`400 header_alias_refused`).
+pub(crate) fn check_header_aliases(headers: &HeaderMap) -> Result<(), CallError> {
+    let alias = headers
+        .keys()
+        .filter(|name| memchr::memchr(b'_', name.as_str().as_bytes()).is_some())
+        .find(|name| cgi_alias_of(name, &ALIASED_BY_UNDERSCORE));
+    match alias {
+        None => Ok(()),
+        Some(name) => Err(CallError::bad_request(
+            "header_alias_refused",
+            format!(
+                "the request has a header `{name}`, which servers that read `_` as `-` take for a framing or hop-by-hop header; send the header under its own name, or not at all"
+            ),
+        )),
+    }
 }
 
 /// A transfer coding under `chunked` (`gzip, chunked`) is not undone by the framing, and a body
@@ -3636,6 +3674,37 @@ mod tests {
             "{}",
             both.message
         );
+        // A framing, body or hop-by-hop header spelled with `_` for `-`: CGI-style servers
+        // read it as the header itself (a chunked body Postern read as plain bytes).
+        for alias in [
+            "transfer_encoding",
+            "content_length",
+            "content_type",
+            "content_encoding",
+            "keep_alive",
+            "proxy_connection",
+            "proxy_authorization",
+            "proxy_authenticate",
+        ] {
+            assert_eq!(
+                code(&[(alias, "chunked")]),
+                "header_alias_refused",
+                "{alias}"
+            );
+        }
+        // Other names with `_` pass.
+        for name in [
+            "x_request_id",
+            "x_api_version",
+            "content__length",
+            "transfer_encodings",
+        ] {
+            assert_eq!(
+                check_request(&request(&[(name, "1")])).unwrap(),
+                None,
+                "{name}"
+            );
+        }
     }
 
     /// A request asking its vendor to treat it as another method is refused, by header or by

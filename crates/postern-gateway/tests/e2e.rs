@@ -3470,6 +3470,18 @@ async fn bad_input_gets_4xx_and_never_reaches_the_vendor() {
     let refused = refused.expect("the refusal is recorded");
     assert_eq!(refused["decision"], "deny");
     assert_eq!(refused["status"], 400);
+
+    // `Transfer_Encoding: chunked` beside a Content-Length: Postern frames by the length and
+    // would pass the underscore name on, which a CGI-style vendor (Unicorn) reads as
+    // Transfer-Encoding, de-chunking the body into a request of its own: refused, nothing sent.
+    let aliased = format!(
+        "POST /stripe/v1/charges HTTP/1.1\r\nhost: x\r\n{auth}Transfer_Encoding: chunked\r\ncontent-length: 46\r\n\r\n0\r\n\r\nDELETE /v1/charges/ch_1 HTTP/1.1\r\nX-Ignore: x"
+    );
+    let answer = raw_request(addr, aliased.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("header_alias_refused"), "{answer}");
+    assert!(vendor.seen().is_empty(), "{:?}", vendor.seen());
+
     // The admin listener shares the HTTP/1.1 server: there too the head is refused before any
     // handler runs, and the connection closed.
     let admin = raw_request(
