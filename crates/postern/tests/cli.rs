@@ -1220,7 +1220,12 @@ fn creds_refuses_a_value_an_integration_could_not_inject() {
             .unwrap();
         {
             use std::io::Write as _;
-            child.stdin.take().unwrap().write_all(value).unwrap();
+            // A child that ends before reading (a refusal that needs no value) closes the
+            // pipe: its exit code and message below say why.
+            let written = child.stdin.take().unwrap().write_all(value);
+            if let Err(error) = written {
+                assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe, "{error}");
+            }
         }
         let output = child.wait_with_output().unwrap();
         (
