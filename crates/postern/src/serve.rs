@@ -240,7 +240,11 @@ pub async fn run_until_stopped(gateway: &RunningGateway, path: &Path, mut trigge
             .reload
             .is_some_and(|trigger| reload(gateway, path, trigger));
         if asked.tls_files && !reloaded {
-            reload_listener_tls(gateway);
+            let trigger = match asked.reload {
+                Some("SIGHUP") => "SIGHUP",
+                _ => Change::TlsFiles.trigger(),
+            };
+            reload_listener_tls(gateway, trigger);
         }
     }
 }
@@ -306,9 +310,9 @@ fn reload(gateway: &RunningGateway, path: &Path, trigger: &str) -> bool {
     false
 }
 
-/// Reads the listener's TLS files the running config names again, nothing else.
-fn reload_listener_tls(gateway: &RunningGateway) {
-    let trigger = Change::TlsFiles.trigger();
+/// Reads the listener's TLS files the running config names again, nothing else; `trigger`:
+/// what asked for it (a change to one of them, or SIGHUP), for the log.
+fn reload_listener_tls(gateway: &RunningGateway, trigger: &str) {
     match gateway.reload_listener_tls() {
         Ok(notes) => {
             tracing::info!(trigger, "listener TLS files reloaded");

@@ -804,6 +804,47 @@ fn serve_serves_a_listener_certificate_rotated_in_place() {
     );
 }
 
+/// SIGHUP on a TLS listener whose config file holds an edit a reload refuses still reads the
+/// listener's TLS files again, with the running config: a rotated certificate must not wait on
+/// an unrelated edit being mended. The log says SIGHUP asked for it.
+#[test]
+fn sighup_with_a_refused_config_still_reads_the_listener_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = two_free_ports();
+    let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("gw-key.pem"));
+    let first = ListenerIdentity::new();
+    first.write_to(&cert, &key);
+    let config = dir.path().join("postern.toml");
+    std::fs::write(&config, tls_config(dir.path(), listen, admin, &cert, &key)).unwrap();
+    let mut server = serve(&[], &config, Stdio::piped());
+    let log = logged(&mut server);
+    eventually("the first certificate is served", || {
+        first.served_on(listen)
+    });
+    let count = |what: &str, trigger: &str| {
+        log.lock()
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains(what) && line.contains(trigger))
+            .count()
+    };
+    // An edit the reload refuses (its change is seen and refused first).
+    std::fs::write(&config, "[gateway]\nlisten = \n").unwrap();
+    eventually("the edit is refused", || {
+        count("configuration rejected", "file change") >= 1
+    });
+    let pid = server.0.id().to_string();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    eventually("SIGHUP's reload is refused", || {
+        count("configuration rejected", "SIGHUP") == 1
+    });
+    eventually("SIGHUP reads the TLS files again", || {
+        count("listener TLS files reloaded", "SIGHUP") == 1
+    });
+    assert!(first.served_on(listen), "the running certificate stays");
+    assert_eq!(terminate(&mut server), Some(0));
+}
+
 /// A reload that names other TLS files serves them, watches them from then on (a certificate
 /// rotated in place there is served), and reloads once more by itself as soon as they are
 /// watched: a file changed between the reload's reading and the watch is not missed.
