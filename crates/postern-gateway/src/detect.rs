@@ -213,7 +213,7 @@ struct AlertWriter {
 
 impl AlertWriter {
     fn open(options: AlertFileOptions) -> std::io::Result<Self> {
-        let (file, size) = open_log(&options.path)?;
+        let (file, size, _) = open_log(&options.path)?;
         Ok(AlertWriter {
             max_file_bytes: options.max_file_bytes,
             rotation: Rotation::new(options.path, options.max_files),

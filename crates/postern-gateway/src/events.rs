@@ -1006,10 +1006,10 @@ impl RotatingWriter {
         if let Some(parent) = options.path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let (file, size) = open_log(&options.path)?;
+        let (file, size, reader) = open_log(&options.path)?;
         Ok(RotatingWriter {
             max_file_bytes: options.max_file_bytes,
-            reader: reader_of(&options.path, &file),
+            reader,
             rotation: Rotation::new(options.path, options.max_files),
             file,
             size,
@@ -1193,13 +1193,15 @@ pub(crate) fn rotated_name(path: &Path, index: u32) -> PathBuf {
 
 /// Opens a JSON-lines log (`events.jsonl`, `alerts.jsonl`) for appending, and its size. A last
 /// line a crash tore is ended first, so the next line written is one of its own.
-pub(crate) fn open_log(path: &Path) -> std::io::Result<(File, u64)> {
+/// Also the file opened for reading ([`reader_of`]).
+pub(crate) fn open_log(path: &Path) -> std::io::Result<(File, u64, Option<File>)> {
     let mut file = open_append(path)?;
     let mut size = file.metadata()?.len();
+    let reader = reader_of(path, &file);
     // Best effort: a file that can be appended to but not read (or that is no regular file)
     // is appended to as before.
-    let ends_a_line = |reader: File| last_byte(&reader, size).is_none_or(|last| last == b'\n');
-    if size > 0 && reader_of(path, &file).is_some_and(|reader| !ends_a_line(reader)) {
+    let torn = |reader: &File| last_byte(reader, size).is_some_and(|last| last != b'\n');
+    if size > 0 && reader.as_ref().is_some_and(torn) {
         match file.write_all(b"\n") {
             Ok(()) => size += 1,
             // As a failed write later would be: logged, and the file appended to as it is.
@@ -1208,7 +1210,7 @@ pub(crate) fn open_log(path: &Path) -> std::io::Result<(File, u64)> {
             }
         }
     }
-    Ok((file, size))
+    Ok((file, size, reader))
 }
 
 /// The last of the `size` bytes of `file`, if it can be read.

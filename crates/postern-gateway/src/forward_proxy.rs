@@ -689,7 +689,6 @@ async fn absolute(
     crate::proxy::refuse_a_token_in_the_method(context, request.method(), None)?;
     enabled(runtime)?;
     crate::proxy::check_transfer_coding(request.headers())?;
-    crate::proxy::check_header_aliases(request.headers())?;
     let uri = request.uri().clone();
     // The authority (`http://user:TOKEN@host/`, `http://TOKEN.example.com/`) holding any
     // caller's token is refused before its host is recorded; the caller's own, below.
@@ -762,6 +761,8 @@ async fn absolute(
         ));
         return Ok(Absolute::Registered(info, request));
     }
+    // (A registered host's request meets this in the pipeline's `check_request`.)
+    crate::proxy::check_header_aliases(request.headers())?;
     // Refused before anything records the URL (discovery keeps hosts and paths).
     let target = uri.to_string();
     if token_in(uri.path_and_query().map_or("", |target| target.as_str())) {

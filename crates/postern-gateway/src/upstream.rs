@@ -465,6 +465,11 @@ impl OriginKey {
     }
 
     /// This origin's connections kept to `partition`.
+    /// This origin's key for no partition (its own, when it has none).
+    fn without_partition(&self) -> Self {
+        OriginKey::new(self.https, self.authority.clone())
+    }
+
     fn in_partition(self, partition: usize) -> Self {
         use std::hash::{BuildHasher, Hasher};
         let mut hasher = ORIGIN_HASHER.build_hasher();
@@ -645,11 +650,12 @@ impl Pooled {
 }
 
 impl Pool {
-    /// Remembers `key` as speaking h2 (its stream limit `limit` unless known already); past
+    /// Remembers `key` as speaking h2 with the stream limit `limit`; past
     /// `MAX_KNOWN_H2_ORIGINS`, the origins with no connection and no call opening one are
     /// forgotten first.
     fn know_h2(&mut self, key: &OriginKey, limit: usize) {
-        if self.h2_origins.contains_key(key) {
+        if let Some(origin) = self.h2_origins.get_mut(key) {
+            origin.limit = limit;
             return;
         }
         if self.h2_origins.len() >= MAX_KNOWN_H2_ORIGINS {
@@ -1036,8 +1042,7 @@ impl UpstreamClient {
             let mut locked = lock(pool);
             // Known as h2 through another partition: known for this one too.
             if key.partition.is_some() && !locked.h2_origins.contains_key(key) {
-                let bare = OriginKey::new(key.https, key.authority.clone());
-                if let Some(&limit) = locked.h2_anywhere.get(&bare) {
+                if let Some(&limit) = locked.h2_anywhere.get(&key.without_partition()) {
                     locked.know_h2(key, limit);
                 }
             }
@@ -1109,14 +1114,10 @@ impl UpstreamClient {
             Sender::H2(conn) => {
                 let limit = conn.streams.limit();
                 locked.know_h2(key, limit);
-                if let Some(origin) = locked.h2_origins.get_mut(key) {
-                    origin.limit = limit;
-                }
                 if locked.h2_anywhere.len() >= MAX_KNOWN_H2_ORIGINS {
                     locked.h2_anywhere.clear();
                 }
-                let bare = OriginKey::new(key.https, key.authority.clone());
-                locked.h2_anywhere.insert(bare, limit);
+                locked.h2_anywhere.insert(key.without_partition(), limit);
                 // Calls waited for it if they took room from its opening (which another opening
                 // replaces only once its room has run out, or after a failed one).
                 let waited_for = opening.as_ref().is_some_and(|mine| {

@@ -761,26 +761,58 @@ fn tls_config(dir: &Path, listen: u16, admin: u16, cert: &Path, key: &Path) -> S
     served_config(dir, listen, admin, r#""a""#).replacen("[gateway]\n", &tls, 1)
 }
 
+/// A `serve` on a TLS listener in `dir`, serving its first certificate: the server, its log,
+/// its listen port, the certificate and key paths, the first identity and the config path.
+struct TlsServer {
+    server: Server,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    listen: u16,
+    cert: PathBuf,
+    key: PathBuf,
+    first: ListenerIdentity,
+    config: PathBuf,
+}
+
+fn tls_server(dir: &Path) -> TlsServer {
+    let (listen, admin) = two_free_ports();
+    let (cert, key) = (dir.join("gw.pem"), dir.join("gw-key.pem"));
+    let first = ListenerIdentity::new();
+    first.write_to(&cert, &key);
+    let config = dir.join("postern.toml");
+    std::fs::write(&config, tls_config(dir, listen, admin, &cert, &key)).unwrap();
+    let mut server = serve(&[], &config, Stdio::piped());
+    let log = logged(&mut server);
+    eventually("the first certificate is served", || {
+        first.served_on(listen)
+    });
+    TlsServer {
+        server,
+        log,
+        listen,
+        cert,
+        key,
+        first,
+        config,
+    }
+}
+
 /// A listener certificate rotated in place (as cert-manager, SPIRE or certbot do) is served
 /// from the next handshake on, without a signal: `serve` watches the TLS files the config
 /// names, and reads them again when one changes.
 #[test]
 fn serve_serves_a_listener_certificate_rotated_in_place() {
     let dir = tempfile::tempdir().unwrap();
-    let (listen, admin) = two_free_ports();
-    let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("gw-key.pem"));
-    let write = |identity: &ListenerIdentity| identity.write_to(&cert, &key);
-    let first = ListenerIdentity::new();
-    write(&first);
-    let config = dir.path().join("postern.toml");
-    std::fs::write(&config, tls_config(dir.path(), listen, admin, &cert, &key)).unwrap();
-    let mut server = serve(&[], &config, Stdio::piped());
-    let log = logged(&mut server);
-    eventually("the first certificate is served", || {
-        first.served_on(listen)
-    });
+    let TlsServer {
+        mut server,
+        log,
+        listen,
+        cert,
+        key,
+        first,
+        ..
+    } = tls_server(dir.path());
     let second = ListenerIdentity::new();
-    write(&second);
+    second.write_to(&cert, &key);
     let rotated = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
         second.served_on(listen)
@@ -810,17 +842,14 @@ fn serve_serves_a_listener_certificate_rotated_in_place() {
 #[test]
 fn sighup_with_a_refused_config_still_reads_the_listener_tls_files() {
     let dir = tempfile::tempdir().unwrap();
-    let (listen, admin) = two_free_ports();
-    let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("gw-key.pem"));
-    let first = ListenerIdentity::new();
-    first.write_to(&cert, &key);
-    let config = dir.path().join("postern.toml");
-    std::fs::write(&config, tls_config(dir.path(), listen, admin, &cert, &key)).unwrap();
-    let mut server = serve(&[], &config, Stdio::piped());
-    let log = logged(&mut server);
-    eventually("the first certificate is served", || {
-        first.served_on(listen)
-    });
+    let TlsServer {
+        mut server,
+        log,
+        listen,
+        first,
+        config,
+        ..
+    } = tls_server(dir.path());
     let count = |what: &str, trigger: &str| {
         log.lock()
             .unwrap()
